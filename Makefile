@@ -1,0 +1,34 @@
+# `make test` and `make bench` do all the set-up: .venv, dependencies, the package (and its CUDA extension where a
+# CUDA toolkit and a CUDA build of torch are present). Nothing else needs installing or exporting.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.masksub-installed
+PYTHON_FOR_VENV ?= python3
+SOURCES := masksub_kernels tests benchmarks setup.py
+
+.PHONY: test bench lint format install clean
+
+$(STAMP): requirements-dev.txt pyproject.toml setup.py $(wildcard csrc/*)
+	test -x $(PYTHON) || $(PYTHON_FOR_VENV) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(SOURCES)
+	$(VENV)/bin/ruff format $(SOURCES)
+
+test: lint
+	$(PYTHON) -m pytest
+
+bench: $(STAMP)
+	$(PYTHON) -m masksub_kernels.bench $(BENCH_ARGS)
+
+clean:
+	rm -rf build *.egg-info masksub_kernels/*.so .pytest_cache .ruff_cache

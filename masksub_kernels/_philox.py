@@ -1,0 +1,108 @@
+"""The one random number generator behind every mask: Philox4x32-10, counter-based.
+
+Every backend (PyTorch reference, Triton, CUDA) draws the random number of an element from a 64-bit ``seed`` and
+the element's position alone, so the same seed gives the same mask on every backend and device.
+
+Counter layout (the one of Triton's ``tl.randint(seed, offset)`` with an int64 offset):
+
+    offset = row * num_positions + position              (int64: row = sample, position = token or cell)
+    counter = (c0, c1, c2, c3) = (offset mod 2^32, offset div 2^32, 0, 0)
+    key     = (k0, k1)         = (seed mod 2^32, seed div 2^32)
+    draw    = c0 after 10 Philox rounds                   (a uint32)
+
+Each round (Salmon et al., 2011) with multipliers A = 0xD2511F53, B = 0xCD9E8D57:
+
+    c0' = hi32(B * c2) ^ c1 ^ k0      c1' = lo32(B * c2)
+    c2' = hi32(A * c0) ^ c3 ^ k1      c3' = lo32(A * c0)
+    k0 += 0x9E3779B9 (mod 2^32)       k1 += 0xBB67AE85 (mod 2^32)
+
+Selection: a row keeps the positions with the smallest draws, ties broken by position. Both are folded into one
+int64 sort key that orders as (draw, position):
+
+    key = (draw - 2^31) * 2^32 + position                 (fits int64; signed order = (draw, position) order)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._triton import jit, tl
+
+MASK32 = 0xFFFFFFFF
+PHILOX_ROUND_A = 0xD2511F53
+PHILOX_ROUND_B = 0xCD9E8D57
+PHILOX_KEY_A = 0x9E3779B9
+PHILOX_KEY_B = 0xBB67AE85
+PHILOX_ROUNDS = 10
+SEED_LIMIT = 2**63  # seeds are integers in [0, 2^63): they travel as int64 to every backend
+
+
+def new_seed(seed: int | None = None) -> int:
+    """Validate ``seed``, or draw one from torch's default CPU generator when it is None.
+
+    Drawing from the default generator makes ``torch.manual_seed`` reproduce a run; it runs on the host and never
+    synchronises with a GPU.
+    """
+    if seed is None:
+        return int(torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64).item())
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    return seed
+
+
+def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi32(a*b), lo32(a*b)) for a 32-bit constant ``a`` and int64 tensor ``b`` holding uint32 values.
+
+    The full product needs 64 unsigned bits, more than int64 holds, so the high word is assembled from 16-bit limbs:
+    a*b = ah*bh*2^32 + (ah*bl + al*bh)*2^16 + al*bl, every partial product below 2^50. The low word is exact from
+    the wrapping int64 product, whose low 32 bits are the true ones.
+    """
+    a_hi, a_lo = a >> 16, a & 0xFFFF
+    b_hi, b_lo = b >> 16, b & 0xFFFF
+    middle = a_hi * b_lo + a_lo * b_hi
+    low_part = (middle << 16) + a_lo * b_lo
+    hi = (a_hi * b_hi + (low_part >> 32)) & MASK32
+    lo = (b * a) & MASK32
+    return hi, lo
+
+
+def philox_uint32(seed: int, offset: torch.Tensor) -> torch.Tensor:
+    """The uint32 Philox draw for each int64 ``offset`` (any shape), as int64 values in [0, 2^32).
+
+    Bit for bit ``tl.randint(seed, offset)`` for int64 offsets (and int32 offsets below 2^31).
+    """
+    offset = offset.to(torch.int64)
+    c0 = offset & MASK32
+    c1 = (offset >> 32) & MASK32
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0, k1 = seed & MASK32, (seed >> 32) & MASK32
+    for _ in range(PHILOX_ROUNDS):
+        hi_b, lo_b = _mulhilo32(PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mulhilo32(PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + PHILOX_KEY_A) & MASK32, (k1 + PHILOX_KEY_B) & MASK32
+    return c0
+
+
+def sort_keys(seed: int, num_rows: int, num_positions: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """int64 [num_rows, num_positions]: key[r, p] = (draw(seed, r*num_positions + p) - 2^31) * 2^32 + p.
+
+    Sorting a row ascending gives its positions in ascending-draw order, ties broken by position.
+    """
+    positions = torch.arange(num_positions, dtype=torch.int64, device=device)
+    rows = torch.arange(num_rows, dtype=torch.int64, device=device)
+    offsets = rows[:, None] * num_positions + positions[None, :]
+    draws = philox_uint32(seed, offsets)
+    return ((draws - 2**31) << 32) + positions
+
+
+@jit
+def philox_sort_keys(seed, row, positions, num_positions):
+    """Triton twin of ``sort_keys`` for one row: int64 keys of ``positions`` (an int block) of row ``row``."""
+    positions = positions.to(tl.int64)
+    offsets = row.to(tl.int64) * num_positions + positions
+    draws = tl.randint(seed, offsets).to(tl.int64)  # uint32 -> int64 zero-extends
+    return ((draws - 2147483648) << 32) + positions

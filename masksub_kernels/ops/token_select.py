@@ -1,0 +1,563 @@
+"""Random token selection + gather for the ViT sub-branch, and its scatter backward.
+
+Maths (SEMANTICS.md, ViT section). Input X[B, P+N, D]: P prefix tokens (class, registers), then N patch tokens.
+Keep K = floor(N * (1 - r)) patch tokens per sample:
+
+    ids[b] = the K positions with the smallest Philox draws of row b (ties by position), ascending-draw order
+             (or ascending position when ordered=True)
+    Y[b, :P] = X[b, :P];   Y[b, P + j] = X[b, P + ids[b, j]]                              -> Y[B, P+K, D]
+    dX[b, :P] = dY[b, :P]; dX[b, P + ids[b, j]] = dY[b, P + j]; every other row of dX is 0
+
+The ids of a row are unique, so the backward is a plain scatter: each element of dX is written exactly once
+(kept rows from dY, the rest zeros) without atomics and without a separate zero-fill pass. It reads an inverse
+map inv[b, n] = j if n == ids[b, j] else -1, which the selection kernel writes for free.
+
+Launches on the GPU: forward = select (one program per sample: Philox, sort, ids + inverse) + gather;
+backward = scatter. The gather cannot start before its sample's sort is done, and one program per sample is too
+little parallelism for the copy (B=256 programs for ~40 MB), so the two stay separate launches.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._backend import resolve_backend
+from .._philox import new_seed, philox_sort_keys, sort_keys
+from .._triton import jit, next_power_of_2, tl
+
+INDEX_DTYPES = (torch.int64, torch.int32)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+MAX_TOKENS = 8192  # one sort per sample in one program (8192 int64 keys, 32 warps); a ViT-H at 448 px has 1024
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Host-side validation: messages say what was expected and what came
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
+    """K = floor(num_tokens * (1 - mask_ratio)), as the official code computes it (``int(L * (1 - r))``)."""
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)):
+        raise TypeError(f"mask_ratio must be a float in [0, 1), got {type(mask_ratio).__name__}")
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    num_keep = int(num_tokens * (1.0 - mask_ratio))
+    if num_keep < 1:
+        raise ValueError(
+            f"mask_ratio={mask_ratio} keeps floor({num_tokens} * (1 - {mask_ratio})) = 0 of {num_tokens} tokens: "
+            "at least one token must be kept"
+        )
+    return num_keep
+
+
+def _check_keep_args(batch_size: int, num_tokens: int, num_keep: int) -> None:
+    for name, value in (("batch_size", batch_size), ("num_tokens", num_tokens), ("num_keep", num_keep)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if batch_size < 0:
+        raise ValueError(f"batch_size must be >= 0, got {batch_size}")
+    if not 1 <= num_tokens <= MAX_TOKENS:
+        raise ValueError(f"num_tokens must be in [1, {MAX_TOKENS}], got {num_tokens}")
+    if not 1 <= num_keep <= num_tokens:
+        raise ValueError(f"num_keep must be in [1, num_tokens={num_tokens}], got {num_keep}")
+
+
+def _check_tokens(x: torch.Tensor, num_prefix_tokens: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"x must be [batch, prefix + tokens, dim] (3-D), got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x must be float32, float16, bfloat16 or float64, got {x.dtype}")
+    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int):
+        raise TypeError(f"num_prefix_tokens must be an int, got {type(num_prefix_tokens).__name__}")
+    if not 0 <= num_prefix_tokens < x.shape[1]:
+        raise ValueError(
+            f"num_prefix_tokens must be in [0, sequence length {x.shape[1]}) so that at least one patch token "
+            f"remains, got {num_prefix_tokens}"
+        )
+
+
+def _check_ids(x: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int, validate_values: bool) -> None:
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"ids must be a torch.Tensor, got {type(ids).__name__}")
+    num_tokens = x.shape[1] - num_prefix_tokens
+    if ids.dim() != 2 or ids.shape[0] != x.shape[0] or not 1 <= ids.shape[1] <= num_tokens:
+        raise ValueError(
+            f"ids must be [batch={x.shape[0]}, K] with 1 <= K <= {num_tokens} patch tokens, got shape "
+            f"{tuple(ids.shape)}"
+        )
+    if ids.dtype not in INDEX_DTYPES:
+        raise TypeError(f"ids must be int64 (or int32), got {ids.dtype}")
+    if ids.device != x.device:
+        raise ValueError(f"ids must be on the device of x ({x.device}), got {ids.device}")
+    if validate_values and ids.numel() > 0:
+        # Reading values synchronises with the device: done on CPU by default, on a GPU only when asked.
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= num_tokens:
+            raise ValueError(f"ids must index patch tokens in [0, {num_tokens}), got values in [{low}, {high}]")
+        ordered = ids.sort(dim=1).values
+        if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
+            raise ValueError("ids must be unique within each row (the backward writes each token once)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference (PyTorch): the oracle and the CPU fallback
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def select_reference(
+    seed: int, batch_size: int, num_tokens: int, num_keep: int, device: torch.device, ordered: bool
+) -> torch.Tensor:
+    """ids int64 [B, K]: the K smallest sort keys of each row (keys are unique, so topk is exact)."""
+    keys = sort_keys(seed, batch_size, num_tokens, device)
+    ids = torch.topk(keys, num_keep, dim=1, largest=False, sorted=True).indices
+    return ids.sort(dim=1).values if ordered else ids
+
+
+def inverse_reference(ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """inv int32 [B, N]: inv[b, ids[b, j]] = j, -1 elsewhere."""
+    batch_size, num_keep = ids.shape
+    inv = torch.full((batch_size, num_tokens), -1, dtype=torch.int32, device=ids.device)
+    ranks = torch.arange(num_keep, dtype=torch.int32, device=ids.device).expand(batch_size, num_keep)
+    return inv.scatter_(1, ids.long(), ranks)
+
+
+def gather_reference(x: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """Y[B, P+K, D] from X[B, P+N, D] (gather with an expanded index: no index copy of D times)."""
+    batch_size, _, dim = x.shape
+    prefix = torch.arange(num_prefix_tokens, device=x.device).expand(batch_size, num_prefix_tokens)
+    rows = torch.cat([prefix, ids.long() + num_prefix_tokens], dim=1)
+    return torch.gather(x, 1, rows[:, :, None].expand(-1, -1, dim)).contiguous()
+
+
+def scatter_reference(grad_y: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int, num_tokens: int) -> torch.Tensor:
+    """dX[B, P+N, D] from dY[B, P+K, D]: prefix rows copied, kept rows scattered, the rest zero."""
+    batch_size, _, dim = grad_y.shape
+    grad_x = grad_y.new_zeros(batch_size, num_prefix_tokens + num_tokens, dim)
+    grad_x[:, :num_prefix_tokens] = grad_y[:, :num_prefix_tokens]
+    index = ids.long()[:, :, None].expand(-1, -1, dim)
+    grad_x[:, num_prefix_tokens:].scatter_(1, index, grad_y[:, num_prefix_tokens:])
+    return grad_x
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@jit
+def _select_kernel(
+    ids_ptr,  # int64 [B, K] out
+    inv_ptr,  # int32 [B, N] out (only when WRITE_INVERSE)
+    seed,
+    N,
+    K,
+    ORDERED: tl.constexpr,
+    WRITE_INVERSE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    # One program per sample: draw N keys, sort them; rank r < K is kept. Keys are (draw, position) packed in
+    # int64, so one sort gives the order and the positions; padding lanes sort last.
+    row = tl.program_id(0).to(tl.int64)
+    lanes = tl.arange(0, BLOCK_N)
+    keys = philox_sort_keys(seed, row, lanes, N)
+    keys = tl.where(lanes < N, keys, 9223372036854775807)
+    keys = tl.sort(keys)
+    by_draw = keys - ((keys >> 32) << 32)  # low 32 bits: the position, in ascending-draw order
+    kept = lanes < K
+    dropped = (lanes >= K) & (lanes < N)
+    if ORDERED:
+        kept_positions = tl.sort(tl.where(kept, by_draw, 9223372036854775807))
+    else:
+        kept_positions = by_draw
+    tl.store(ids_ptr + row * K + lanes, kept_positions, mask=kept)
+    if WRITE_INVERSE:
+        # kept positions get their output slot, dropped ones -1: disjoint addresses, each written once.
+        tl.store(inv_ptr + row * N + kept_positions, lanes.to(tl.int32), mask=kept)
+        tl.store(inv_ptr + row * N + by_draw, tl.full([BLOCK_N], -1, tl.int32), mask=dropped)
+
+
+@jit
+def _gather_kernel(
+    x_ptr,  # [B, P+N, D], last stride 1
+    ids_ptr,  # int [B, K]
+    y_ptr,  # [B, P+K, D] out, contiguous
+    total_rows,  # B * (P+K)
+    P,
+    N,
+    K,
+    D,
+    stride_xb,
+    stride_xs,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    # Tile of BLOCK_R output rows x BLOCK_D channels; each output row reads one source row.
+    out_rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_ok = out_rows < total_rows
+    col_ok = cols < D
+    b = out_rows // (P + K)
+    j = out_rows - b * (P + K)
+    is_patch = j >= P
+    kept = tl.load(ids_ptr + b * K + (j - P), mask=row_ok & is_patch, other=0).to(tl.int64)
+    src = tl.where(is_patch, P + kept, j)
+    src_ok = row_ok & (src >= 0) & (src < P + N)  # an out-of-range id reads nothing (zeros), never stray memory
+    x_offsets = b[:, None] * stride_xb + src[:, None] * stride_xs + cols[None, :]
+    values = tl.load(x_ptr + x_offsets, mask=src_ok[:, None] & col_ok[None, :], other=0.0)
+    tl.store(y_ptr + out_rows[:, None] * D + cols[None, :], values, mask=row_ok[:, None] & col_ok[None, :])
+
+
+@jit
+def _scatter_kernel(
+    grad_y_ptr,  # [B, P+K, D], last stride 1
+    inv_ptr,  # int32 [B, N]
+    grad_x_ptr,  # [B, P+N, D] out, contiguous
+    total_rows,  # B * (P+N)
+    P,
+    N,
+    K,
+    D,
+    stride_gb,
+    stride_gs,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    # Tile of BLOCK_R rows of dX: a prefix row copies dY's, a kept patch row copies dY[P + inv], a dropped one is 0.
+    out_rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_ok = out_rows < total_rows
+    col_ok = cols < D
+    b = out_rows // (P + N)
+    t = out_rows - b * (P + N)
+    is_patch = t >= P
+    slot = tl.load(inv_ptr + b * N + (t - P), mask=row_ok & is_patch, other=-1).to(tl.int64)
+    src = tl.where(is_patch, tl.where(slot >= 0, P + slot, -1), t)
+    g_offsets = b[:, None] * stride_gb + src[:, None] * stride_gs + cols[None, :]
+    values = tl.load(grad_y_ptr + g_offsets, mask=(row_ok & (src >= 0))[:, None] & col_ok[None, :], other=0.0)
+    tl.store(grad_x_ptr + out_rows[:, None] * D + cols[None, :], values, mask=row_ok[:, None] & col_ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _copy_tile(dim: int, element_size: int) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_D) for a row copy: ~16 KB per program, channel blocks that divide D when they can."""
+    divisor = dim & -dim  # largest power of two dividing D
+    block_d = min(divisor, 512) if divisor >= 64 else min(next_power_of_2(dim), 512)
+    block_r = max(1, min(64, (16384 // element_size) // block_d))
+    return block_r, block_d
+
+
+def _select_warps(block_n: int) -> int:
+    """Warps for the one-program sort: ~8 keys per thread keeps the bitonic network small (compile time grows
+    steeply with keys per thread: 4096 keys on 4 warps took minutes to compile, on 16 warps 7 s)."""
+    return max(4, min(32, block_n // 256))
+
+
+def _select_triton(
+    seed: int,
+    batch_size: int,
+    num_tokens: int,
+    num_keep: int,
+    device: torch.device,
+    ordered: bool,
+    write_inverse: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ids = torch.empty(batch_size, num_keep, dtype=torch.int64, device=device)
+    inv = torch.empty(batch_size, num_tokens, dtype=torch.int32, device=device) if write_inverse else ids
+    if batch_size > 0:
+        block_n = max(16, next_power_of_2(num_tokens))
+        num_warps = _select_warps(block_n)
+        _select_kernel[(batch_size,)](
+            ids,
+            inv,
+            seed,
+            num_tokens,
+            num_keep,
+            ORDERED=ordered,
+            WRITE_INVERSE=write_inverse,
+            BLOCK_N=block_n,
+            num_warps=num_warps,
+        )
+    return ids, (inv if write_inverse else None)
+
+
+def _gather_triton(x: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    batch_size, seq_len, dim = x.shape
+    num_keep = ids.shape[1]
+    ids = ids.contiguous()
+    y = torch.empty(batch_size, num_prefix_tokens + num_keep, dim, dtype=x.dtype, device=x.device)
+    total_rows = y.shape[0] * y.shape[1]
+    if total_rows and dim:
+        block_r, block_d = _copy_tile(dim, x.element_size())
+        grid = (triton_cdiv(total_rows, block_r), triton_cdiv(dim, block_d))
+        _gather_kernel[grid](
+            x,
+            ids,
+            y,
+            total_rows,
+            num_prefix_tokens,
+            seq_len - num_prefix_tokens,
+            num_keep,
+            dim,
+            x.stride(0),
+            x.stride(1),
+            BLOCK_R=block_r,
+            BLOCK_D=block_d,
+            num_warps=4,
+        )
+    return y
+
+
+def _scatter_triton(grad_y: torch.Tensor, inv: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    if grad_y.stride(2) != 1:
+        grad_y = grad_y.contiguous()
+    batch_size, _, dim = grad_y.shape
+    num_tokens = inv.shape[1]
+    grad_x = torch.empty(batch_size, num_prefix_tokens + num_tokens, dim, dtype=grad_y.dtype, device=grad_y.device)
+    total_rows = grad_x.shape[0] * grad_x.shape[1]
+    if total_rows and dim:
+        block_r, block_d = _copy_tile(dim, grad_y.element_size())
+        grid = (triton_cdiv(total_rows, block_r), triton_cdiv(dim, block_d))
+        _scatter_kernel[grid](
+            grad_y,
+            inv.contiguous(),
+            grad_x,
+            total_rows,
+            num_prefix_tokens,
+            num_tokens,
+            grad_y.shape[1] - num_prefix_tokens,
+            dim,
+            grad_y.stride(0),
+            grad_y.stride(1),
+            BLOCK_R=block_r,
+            BLOCK_D=block_d,
+            num_warps=4,
+        )
+    return grad_x
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _cuda_ext():
+    from .. import _C  # built by setup.py on machines with a CUDA toolkit
+
+    return _C
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Custom ops (opaque to torch.compile, no host syncs) and autograd
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("masksub::select_tokens", mutates_args=())
+def _select_op(
+    seed: int,
+    batch_size: int,
+    num_tokens: int,
+    num_keep: int,
+    device: torch.device,
+    ordered: bool,
+    write_inverse: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids int64 [B, K], inv int32 [B, N]); inv is an empty [0, N] tensor unless write_inverse."""
+    op = "random_token_select" if write_inverse else "random_keep_indices"
+    backend = resolve_backend(device, op)
+    if backend == "triton":
+        ids, inv = _select_triton(seed, batch_size, num_tokens, num_keep, device, ordered, write_inverse)
+    elif backend == "cuda":
+        ids, inv = _cuda_ext().select_tokens(seed, batch_size, num_tokens, num_keep, ordered, write_inverse, device)
+    else:
+        ids = select_reference(seed, batch_size, num_tokens, num_keep, device, ordered)
+        inv = inverse_reference(ids, num_tokens) if write_inverse else None
+    if inv is None:
+        inv = torch.empty(0, num_tokens, dtype=torch.int32, device=device)
+    return ids, inv
+
+
+@_select_op.register_fake
+def _(seed, batch_size, num_tokens, num_keep, device, ordered, write_inverse):
+    ids = torch.empty(batch_size, num_keep, dtype=torch.int64, device=device)
+    inv = torch.empty(batch_size if write_inverse else 0, num_tokens, dtype=torch.int32, device=device)
+    return ids, inv
+
+
+@torch.library.custom_op("masksub::gather_tokens", mutates_args=())
+def _gather_op(x: torch.Tensor, ids: torch.Tensor, inv: torch.Tensor | None, num_prefix_tokens: int) -> torch.Tensor:
+    backend = resolve_backend(x.device, "gather_tokens")
+    if backend == "triton":
+        return _gather_triton(x, ids, num_prefix_tokens)
+    if backend == "cuda":
+        return _cuda_ext().gather_tokens(x, ids, num_prefix_tokens)
+    return gather_reference(x, ids, num_prefix_tokens)
+
+
+@_gather_op.register_fake
+def _(x, ids, inv, num_prefix_tokens):
+    return x.new_empty(x.shape[0], num_prefix_tokens + ids.shape[1], x.shape[2])
+
+
+@torch.library.custom_op("masksub::scatter_tokens", mutates_args=())
+def _scatter_op(
+    grad_y: torch.Tensor,
+    ids: torch.Tensor,
+    inv: torch.Tensor | None,
+    num_prefix_tokens: int,
+    num_tokens: int,
+) -> torch.Tensor:
+    backend = resolve_backend(grad_y.device, "scatter_tokens")
+    if backend == "torch":
+        return scatter_reference(grad_y, ids, num_prefix_tokens, num_tokens)
+    if inv is None:
+        inv = inverse_reference(ids, num_tokens)
+    if backend == "cuda":
+        return _cuda_ext().scatter_tokens(grad_y, inv, num_prefix_tokens)
+    return _scatter_triton(grad_y, inv, num_prefix_tokens)
+
+
+@_scatter_op.register_fake
+def _(grad_y, ids, inv, num_prefix_tokens, num_tokens):
+    return grad_y.new_empty(grad_y.shape[0], num_prefix_tokens + num_tokens, grad_y.shape[2])
+
+
+def _gather_setup_context(ctx, inputs, output):
+    x, ids, inv, num_prefix_tokens = inputs
+    ctx.save_for_backward(ids, inv)
+    ctx.num_prefix_tokens = num_prefix_tokens
+    ctx.num_tokens = x.shape[1] - num_prefix_tokens
+
+
+def _gather_backward(ctx, grad_y):
+    ids, inv = ctx.saved_tensors
+    grad_x = _scatter_op(grad_y, ids, inv, ctx.num_prefix_tokens, ctx.num_tokens)
+    return grad_x, None, None, None
+
+
+_gather_op.register_autograd(_gather_backward, setup_context=_gather_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def random_keep_indices(
+    batch_size: int,
+    num_tokens: int,
+    num_keep: int,
+    *,
+    seed: int | None = None,
+    device: torch.device | str | None = None,
+    ordered: bool = False,
+) -> torch.Tensor:
+    """Per sample, the positions of the ``num_keep`` smallest Philox draws among ``num_tokens``.
+
+    Returns int64 [batch_size, num_keep] on ``device`` (default: torch's default device), in ascending-draw order
+    (the official code's order) or in ascending position when ``ordered=True``. The same ``seed`` gives the same
+    indices on every backend and device; ``seed=None`` draws one from torch's default generator.
+    """
+    _check_keep_args(batch_size, num_tokens, num_keep)
+    device = torch.device(device) if device is not None else torch.empty(0).device
+    seed = new_seed(seed)
+    ids, _ = _select_op(seed, batch_size, num_tokens, num_keep, device, bool(ordered), False)
+    return ids
+
+
+def gather_tokens(
+    x: torch.Tensor, ids: torch.Tensor, *, num_prefix_tokens: int = 1, validate_ids: bool | None = None
+) -> torch.Tensor:
+    """Keep the prefix tokens and the patch tokens ``ids`` of each sample; differentiable in ``x``.
+
+    x: [B, P+N, D] float (fp32/fp16/bf16/fp64), any strides; ids: int64/int32 [B, K], unique per row, values in
+    [0, N). Returns a new contiguous [B, P+K, D] tensor of x's dtype: y[:, :P] = x[:, :P], y[:, P+j] = x[:, P+ids[:, j]].
+    The backward writes every element of dX once (scatter of dY, zeros elsewhere).
+
+    ``validate_ids`` checks range and uniqueness of the values, which reads them on the host: the default does so
+    for CPU tensors only, so that CUDA calls never synchronise (an out-of-range id then reads zeros, never
+    stray memory).
+    """
+    _check_tokens(x, num_prefix_tokens)
+    if validate_ids is None:  # never inside a compiled graph: reading values would break it
+        validate_ids = ids.device.type == "cpu" and not torch.compiler.is_compiling()
+    validate = bool(validate_ids)
+    _check_ids(x, ids, num_prefix_tokens, validate)
+    return _gather_op(x, ids, None, num_prefix_tokens)
+
+
+def random_token_select(
+    x: torch.Tensor,
+    mask_ratio: float = 0.5,
+    *,
+    num_prefix_tokens: int = 1,
+    seed: int | None = None,
+    ordered: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaskSub's ViT sub-branch masking: keep K = floor(N * (1 - mask_ratio)) random patch tokens per sample.
+
+    x: [B, P+N, D] float, P = ``num_prefix_tokens`` prefix tokens (always kept) then N patch tokens.
+    Returns (y [B, P+K, D] of x's dtype, differentiable in x; ids int64 [B, K]). Contract: for the same seed,
+    ``ids == random_keep_indices(B, N, K, seed=seed, ordered=ordered)`` and ``y == gather_tokens(x, ids)``.
+    """
+    _check_tokens(x, num_prefix_tokens)
+    batch_size, seq_len, _ = x.shape
+    num_tokens = seq_len - num_prefix_tokens
+    num_keep = num_kept_tokens(num_tokens, mask_ratio)
+    _check_keep_args(batch_size, num_tokens, num_keep)
+    seed = new_seed(seed)
+    ids, inv = _select_op(seed, batch_size, num_tokens, num_keep, x.device, bool(ordered), True)
+    return _gather_op(x, ids, inv, num_prefix_tokens), ids
+
+
+# Compile specs for the sm_80/sm_90 check (masksub_kernels/tools/compile_kernels.py): name, kernel, signature,
+# constexprs, options. Pointer and scalar types follow what the launchers pass.
+def _copy_signature(src: str, index: str, dst: str, stride: str, dtype: str) -> dict[str, str]:
+    return {
+        f"{src}_ptr": f"*{dtype}",
+        f"{index}_ptr": "*i64" if index == "ids" else "*i32",
+        f"{dst}_ptr": f"*{dtype}",
+        "total_rows": "i64",
+        "P": "i32",
+        "N": "i32",
+        "K": "i32",
+        "D": "i32",
+        f"stride_{stride}b": "i64",
+        f"stride_{stride}s": "i64",
+    }
+
+
+KERNEL_SPECS = [
+    (
+        f"select[ordered={ordered},block={block_n}]",
+        _select_kernel,
+        {"ids_ptr": "*i64", "inv_ptr": "*i32", "seed": "i64", "N": "i32", "K": "i32"},
+        {"ORDERED": ordered, "WRITE_INVERSE": True, "BLOCK_N": block_n},
+        {"num_warps": _select_warps(block_n)},
+    )
+    for ordered in (False, True)
+    for block_n in (256, 4096)
+]
+for _dtype in ("fp32", "fp16", "bf16"):
+    KERNEL_SPECS += [
+        (
+            f"gather[{_dtype}]",
+            _gather_kernel,
+            _copy_signature("x", "ids", "y", "x", _dtype),
+            {"BLOCK_R": 16, "BLOCK_D": 256},
+            {"num_warps": 4},
+        ),
+        (
+            f"scatter[{_dtype}]",
+            _scatter_kernel,
+            _copy_signature("grad_y", "inv", "grad_x", "g", _dtype),
+            {"BLOCK_R": 16, "BLOCK_D": 256},
+            {"num_warps": 4},
+        ),
+    ]

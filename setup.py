@@ -1,0 +1,109 @@
+"""Build of masksub_kernels, with the optional CUDA extension ``masksub_kernels._C`` (sources in csrc/).
+
+The extension is built when a CUDA build of torch and a CUDA toolkit are present. Switches (environment):
+
+    MASKSUB_BUILD_CUDA=1     build it and fail loudly if that is impossible
+    MASKSUB_BUILD_CUDA=0     skip it (pure-Python install: Triton and PyTorch backends)
+    (unset)                  build it when possible; otherwise, or if the build fails, install without it
+    MASKSUB_CUDA_ARCHS       target compute capabilities, default "80;90" (sm_80 and sm_90a)
+
+Install with ``pip install --no-build-isolation -e .`` so that the build sees the environment's torch.
+The nvcc on PATH may be a wrapper script that execs the real toolkit's nvcc; torch guesses CUDA_HOME from the
+nvcc it finds and then fails to link (-lcudart). So CUDA_HOME is resolved here, from the wrapper's target.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "csrc"
+
+
+def log(message: str) -> None:
+    print(f"masksub_kernels setup: {message}", file=sys.stderr)
+
+
+def find_cuda_home() -> str | None:
+    """The real CUDA toolkit directory: $CUDA_HOME, the target of an nvcc wrapper script, or /usr/local/cuda."""
+    for variable in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(variable) and Path(os.environ[variable], "bin", "nvcc").exists():
+            return os.environ[variable]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        nvcc_path = Path(nvcc).resolve()
+        try:
+            head = nvcc_path.read_bytes()[:4096]
+        except OSError:
+            head = b""
+        if head.startswith(b"#!"):  # a wrapper script: follow its `exec /real/path/bin/nvcc`
+            match = re.search(rb"(/\S+)/bin/nvcc", head)
+            if match and Path(match.group(1).decode(), "bin", "nvcc").exists():
+                return match.group(1).decode()
+        elif nvcc_path.parent.name == "bin":
+            return str(nvcc_path.parent.parent)
+    for candidate in ("/usr/local/cuda",):
+        if Path(candidate, "bin", "nvcc").exists():
+            return str(Path(candidate).resolve())
+    return None
+
+
+def cuda_extension_plan() -> tuple[bool, str]:
+    """(build?, reason) from the switches and what this machine has."""
+    switch = os.environ.get("MASKSUB_BUILD_CUDA", "").strip()
+    if switch == "0":
+        return False, "MASKSUB_BUILD_CUDA=0"
+    sources = sorted(CSRC.glob("*.cu")) + sorted(CSRC.glob("*.cpp"))
+    if not sources:
+        return False, "no sources in csrc/"
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed in the build environment (use --no-build-isolation)"
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is a CPU-only build"
+    cuda_home = find_cuda_home()
+    if cuda_home is None:
+        return False, "no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)"
+    os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
+    return True, f"CUDA toolkit {cuda_home}, torch {torch.__version__} (CUDA {torch.version.cuda})"
+
+
+def extension_modules():
+    build, reason = cuda_extension_plan()
+    forced = os.environ.get("MASKSUB_BUILD_CUDA", "").strip() == "1"
+    if not build:
+        if forced:
+            raise SystemExit(f"masksub_kernels setup: MASKSUB_BUILD_CUDA=1 but the extension cannot be built: {reason}")
+        log(f"skipping the CUDA extension masksub_kernels._C ({reason}); the Triton and torch backends still work")
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    archs = os.environ.get("MASKSUB_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
+    gencode = []
+    for arch in filter(None, (a.strip() for a in archs)):
+        target = f"{arch}a" if arch == "90" else arch  # sm_90a: Hopper-only instructions allowed
+        gencode += [f"-gencode=arch=compute_{target},code=sm_{target}"]
+    log(f"building the CUDA extension masksub_kernels._C for sm_{', sm_'.join(archs)} ({reason})")
+    sources = [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cu")) + sorted(CSRC.glob("*.cpp"))]
+    extension = CUDAExtension(
+        name="masksub_kernels._C",
+        sources=sources,
+        include_dirs=[str(CSRC)],
+        extra_compile_args={
+            "cxx": ["-O3", "-std=c++17"],
+            "nvcc": ["-O3", "-std=c++17", "-lineinfo", *gencode],
+        },
+        optional=not forced,  # an automatic build that fails leaves a working pure-Python install
+    )
+    return [extension], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+
+
+ext_modules, cmdclass = extension_modules()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

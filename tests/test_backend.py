@@ -1,0 +1,85 @@
+"""Backend selection: names, availability messages, the environment variable, per-device resolution."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import masksub_kernels as mk
+from masksub_kernels import _backend
+
+
+def test_torch_always_available():
+    assert "torch" in mk.available_backends()
+
+
+def test_unknown_backend_names_the_choices():
+    with pytest.raises(ValueError, match="auto, triton, cuda, torch"):
+        mk.set_backend("tpu")
+
+
+def test_unavailable_backend_says_what_is_missing():
+    missing = [name for name in ("triton", "cuda") if name not in mk.available_backends()]
+    if not missing:
+        pytest.skip("every backend is available here")
+    with pytest.raises(RuntimeError, match=r"not available: .+"):
+        mk.set_backend(missing[0])
+
+
+def test_use_backend_restores_previous():
+    before = mk.get_backend()
+    with mk.use_backend("torch"):
+        assert mk.get_backend() == "torch"
+    assert mk.get_backend() == before
+
+
+def test_auto_runs_reference_on_cpu_tensors():
+    with mk.use_backend("auto"):
+        assert mk.resolve_backend("cpu") == "torch"
+
+
+def test_cuda_backend_refuses_cpu_tensors(monkeypatch):
+    monkeypatch.setattr(_backend, "_requested", "cuda")
+    with pytest.raises(RuntimeError, match="CUDA tensors"):
+        mk.resolve_backend("cpu")
+
+
+def test_triton_backend_refuses_cpu_tensors_without_interpreter(monkeypatch):
+    monkeypatch.setattr(_backend, "_requested", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        mk.resolve_backend("cpu")
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    full_env = {key: value for key, value in os.environ.items() if key not in ("MASKSUB_BACKEND", "TRITON_INTERPRET")}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
+
+
+def test_environment_variable_selects_backend():
+    result = run_python("import masksub_kernels as mk; print(mk.get_backend())", MASKSUB_BACKEND="torch")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "torch"
+
+
+def test_environment_variable_unknown_name_fails_clearly():
+    result = run_python("import masksub_kernels as mk; mk.get_backend()", MASKSUB_BACKEND="nope")
+    assert result.returncode != 0 and "unknown backend 'nope'" in result.stderr
+
+
+def test_import_never_initialises_cuda():
+    code = "import torch, masksub_kernels as mk; mk.get_backend(); print(torch.cuda.is_initialized())"
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_triton_without_gpu_or_interpreter_is_unavailable():
+    code = "import masksub_kernels as mk; print(mk.available_backends())"
+    result = run_python(code, TRITON_INTERPRET="0")
+    assert result.returncode == 0, result.stderr
+    assert "triton" not in result.stdout

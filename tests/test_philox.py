@@ -1,0 +1,63 @@
+"""The PyTorch Philox reproduces Triton's tl.randint bit for bit, and the sort keys order as (draw, position)."""
+
+import pytest
+import torch
+from conftest import kernel_backends
+
+from masksub_kernels._philox import new_seed, philox_sort_keys, philox_uint32, sort_keys
+from masksub_kernels._triton import HAS_TRITON, jit, tl
+
+SEEDS = [0, 1, 7, 2**31 - 1, 2**31, 2**32 + 5, 123456789012, 2**63 - 1]
+
+
+def test_known_values_seed_zero():
+    # Philox4x32-10 of counter (0, 0, 0, 0) and key (0, 0): the Random123 known-answer vector's first word.
+    assert philox_uint32(0, torch.tensor([0])).item() == 0x6627E8D5
+
+
+def test_draws_are_uint32_and_depend_on_high_offset_bits():
+    offsets = torch.tensor([5, 5 + 2**32, 2**40 + 3], dtype=torch.int64)
+    draws = philox_uint32(99, offsets)
+    assert draws.dtype == torch.int64
+    assert bool(((draws >= 0) & (draws < 2**32)).all())
+    assert draws[0] != draws[1]
+
+
+def test_sort_keys_order_by_draw_then_position():
+    keys = sort_keys(42, 3, 50)
+    draws = philox_uint32(42, torch.arange(150).view(3, 50))
+    order_by_keys = keys.argsort(dim=1)
+    order_by_pairs = torch.stack([torch.tensor(sorted(range(50), key=lambda p: (int(d[p]), p))) for d in draws])
+    assert torch.equal(order_by_keys, order_by_pairs)
+    assert torch.equal(keys - ((keys >> 32) << 32), torch.arange(50).expand(3, 50))
+
+
+def test_new_seed_validation_and_default_generator():
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*63\)"):
+        new_seed(-1)
+    with pytest.raises(TypeError, match="int or None"):
+        new_seed(1.5)
+    torch.manual_seed(3)
+    first = new_seed(None)
+    torch.manual_seed(3)
+    assert new_seed(None) == first
+
+
+@jit
+def draw_kernel(draws_ptr, keys_ptr, seed, n, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    lanes = tl.arange(0, BLOCK)
+    offsets = row.to(tl.int64) * n + lanes
+    tl.store(draws_ptr + offsets, tl.randint(seed, offsets).to(tl.int64), mask=lanes < n)
+    tl.store(keys_ptr + offsets, philox_sort_keys(seed, row, lanes, n), mask=lanes < n)
+
+
+@pytest.mark.skipif(not HAS_TRITON or "triton" not in kernel_backends(), reason="needs the Triton backend")
+@pytest.mark.parametrize("seed", SEEDS)
+def test_matches_triton_randint_bit_for_bit(seed, device):
+    rows, n = 3, 37
+    draws = torch.zeros(rows * n, dtype=torch.int64, device=device)
+    keys = torch.zeros(rows * n, dtype=torch.int64, device=device)
+    draw_kernel[(rows,)](draws, keys, seed, n, BLOCK=64)
+    assert torch.equal(draws.cpu(), philox_uint32(seed, torch.arange(rows * n)))
+    assert torch.equal(keys.view(rows, n).cpu(), sort_keys(seed, rows, n))
