@@ -476,8 +476,9 @@ def gather_tokens(
 ) -> torch.Tensor:
     """Keep the prefix tokens and the patch tokens ``ids`` of each sample; differentiable in ``x``.
 
-    x: [B, P+N, D] float (fp32/fp16/bf16/fp64), any strides; ids: int64/int32 [B, K], unique per row, values in
-    [0, N). Returns a new contiguous [B, P+K, D] tensor of x's dtype: y[:, :P] = x[:, :P], y[:, P+j] = x[:, P+ids[:, j]].
+    x: [B, P+N, D] float (fp32/fp16/bf16/fp64), any strides; ids: int64/int32 [B, K], unique per row, values
+    in [0, N). Returns a new contiguous [B, P+K, D] tensor of x's dtype:
+    y[:, :P] = x[:, :P] and y[:, P+j] = x[:, P+ids[:, j]].
     The backward writes every element of dX once (scatter of dY, zeros elsewhere).
 
     ``validate_ids`` checks range and uniqueness of the values, which reads them on the host: the default does so

@@ -1,0 +1,35 @@
+"""masksub_kernels: fused GPU kernels and a training layer for MaskSub (arXiv 2306.11339).
+
+``import masksub_kernels as mk`` gives the public ops; every op runs on the backend chosen by
+``mk.set_backend`` / ``MASKSUB_BACKEND`` (``auto``: Triton for CUDA tensors, the PyTorch reference on CPU),
+and ``mk.last_backend(op)`` says which one ran. Importing the package never touches a GPU.
+"""
+
+from ._backend import (
+    available_backends,
+    get_backend,
+    last_backend,
+    resolve_backend,
+    set_backend,
+    triton_interpreted,
+    use_backend,
+)
+from ._philox import philox_uint32
+from .ops.token_select import gather_tokens, num_kept_tokens, random_keep_indices, random_token_select
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "available_backends",
+    "gather_tokens",
+    "get_backend",
+    "last_backend",
+    "num_kept_tokens",
+    "philox_uint32",
+    "random_keep_indices",
+    "random_token_select",
+    "resolve_backend",
+    "set_backend",
+    "triton_interpreted",
+    "use_backend",
+]
