@@ -1,0 +1,110 @@
+"""`make bench` / `masksub-bench` / `python -m masksub_kernels.bench`: the library's benchmarks on the best device.
+
+1. Measures the device's copy bandwidth (bytes read + written), the roofline of every memory-bound op.
+2. Runs the op suites (each provider of this library against official-style eager code, timm-style code and
+   torch.compile of the eager code; forward, backward and full).
+3. Writes benchmarks/results/<device>-<date>.json, .md and .png, and prints the table.
+
+The default run is short (minutes); --full sweeps more shapes and dtypes. On a machine without a GPU the suites
+time the PyTorch reference against the baselines on the CPU and say so: GPU figures need a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import report
+from .runner import run_case
+from .timing import copy_bandwidth_gbps, environment
+
+SUITES = {
+    "token_select": "masksub_kernels.bench.token_select",
+    "grid_mask": "masksub_kernels.bench.grid_mask",
+    "loss": "masksub_kernels.bench.loss",
+    "train": "masksub_kernels.bench.train_step",
+}
+
+
+def default_output_directory() -> Path:
+    """benchmarks/results of the source tree when run from it, else ./benchmarks/results."""
+    source_tree = Path(__file__).resolve().parents[2] / "benchmarks"
+    return (source_tree if source_tree.is_dir() else Path("benchmarks")) / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="auto (GPU if present), cuda or cpu")
+    parser.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES), help="what to run")
+    parser.add_argument("--full", action="store_true", help="long sweeps: more shapes and dtypes")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 30 GPU, 10 CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 5 GPU, 2 CPU)")
+    parser.add_argument("--out", type=Path, default=None, help="directory for the result files")
+    parser.add_argument("--tiny", action="store_true", help="smallest shapes, 2 repeats: a smoke test of the code")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    repeats = args.repeats or (2 if args.tiny else 30 if on_gpu else 10)
+    warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 5 if on_gpu else 2)
+    env = environment(device)
+    print(f"masksub_kernels benchmarks on {env['device']}")
+    if not on_gpu:
+        print(
+            "No GPU here: these are CPU figures of the PyTorch reference against the eager baselines. "
+            "The Triton/CUDA kernel figures need a GPU (run benchmarks/gpu_suite.sh there)."
+        )
+    copy_gbps = copy_bandwidth_gbps(device, megabytes=64 if args.tiny else 1024)
+    print(f"copy bandwidth: {copy_gbps:.1f} GB/s (bytes read + written)")
+    records, skipped = [], {}
+    started = time.perf_counter()
+    for suite in args.suites:
+        try:
+            module = importlib.import_module(SUITES[suite])
+        except ImportError as exc:
+            skipped[suite] = f"not available: {exc}"
+            print(f"[{suite}] skipped: {exc}")
+            continue
+        suite_cases = module.cases(device, full=args.full, tiny=args.tiny)
+        print(f"[{suite}] {len(suite_cases)} cases", flush=True)
+        for case in suite_cases:
+            for record in run_case(case, device, repeats=repeats, warmup=warmup, copy_gbps=copy_gbps):
+                records.append(record)
+                summary = record.get("error") or f"{record['median_ms']:.3f} ms"
+                print(f"  {case.shape} {case.dtype} {case.provider} {record['mode']}: {summary}", flush=True)
+    run = {
+        "date": datetime.date.today().isoformat(),
+        "environment": env,
+        "copy_gbps": copy_gbps,
+        "repeats": repeats,
+        "warmup": warmup,
+        "full": args.full,
+        "tiny": args.tiny,
+        "skipped_suites": skipped,
+        "seconds": round(time.perf_counter() - started, 1),
+        "records": records,
+    }
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{env['device']}-{run['date']}").strip("-")
+    paths = report.write(run, args.out or default_output_directory(), stem)
+    print()
+    print(report.markdown_table(run))
+    for kind, path in paths.items():
+        print(f"wrote {kind}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Result files of a benchmark run: JSON (every figure with its context), a Markdown table, a PNG plot."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+BASELINE = "official"
+
+
+def _fmt(value, digits=3):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(run: dict) -> str:
+    """Per suite, shape, dtype and mode: each provider's median time, GB/s, % of copy bandwidth, speed-up vs the
+    official style measured in the same run."""
+    env = run["environment"]
+    lines = [
+        f"Device: {env['device']} | torch {env['torch']} | triton {env.get('triton')} | date {run['date']} | "
+        f"copy bandwidth {run['copy_gbps']:.0f} GB/s (read + write)",
+        "",
+        "| suite | shape | dtype | mode | provider | median ms (p20-p80) | GB/s | % of copy | vs official | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups = defaultdict(list)
+    for record in run["records"]:
+        groups[(record["suite"], record["shape"], record["dtype"], record["mode"])].append(record)
+    for (suite, shape, dtype, mode), records in groups.items():
+        baseline = next((r for r in records if r["provider"] == BASELINE and "median_ms" in r), None)
+        for r in records:
+            if "error" in r:
+                lines.append(f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | error: {r['error']} |||||")
+                continue
+            speedup = baseline["median_ms"] / r["median_ms"] if baseline else None
+            fraction = r.get("fraction_of_copy")
+            lines.append(
+                f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | {_fmt(r['median_ms'])} "
+                f"({_fmt(r['p20_ms'])}-{_fmt(r['p80_ms'])}) | {_fmt(r.get('gbps'), 1)} | "
+                f"{_fmt(None if fraction is None else 100 * fraction, 1)} | "
+                f"{_fmt(speedup, 2)}{'x' if speedup else ''} | {_fmt(r.get('peak_mem_mb'), 1)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(run: dict, path: Path) -> bool:
+    """Bar chart of full-step (forward + backward) medians per provider and shape; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    records = [r for r in run["records"] if r["mode"] == "full" and "median_ms" in r]
+    if not records:
+        return False
+    shapes = list(dict.fromkeys(f"{r['suite']}\n{r['shape']}\n{r['dtype']}" for r in records))
+    providers = list(dict.fromkeys(r["provider"] for r in records))
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(shapes) * max(1, len(providers)) / 3), 4.5))
+    width = 0.8 / len(providers)
+    for index, provider in enumerate(providers):
+        values = []
+        for shape in shapes:
+            match = [
+                r["median_ms"]
+                for r in records
+                if r["provider"] == provider and f"{r['suite']}\n{r['shape']}\n{r['dtype']}" == shape
+            ]
+            values.append(match[0] if match else 0.0)
+        axis.bar([i + index * width for i in range(len(shapes))], values, width, label=provider)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))], shapes, fontsize=7)
+    axis.set_ylabel("forward + backward, median ms (lower is better)")
+    axis.set_yscale("log")
+    axis.set_title(f"{run['environment']['device']} - {run['date']}", fontsize=9)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def write(run: dict, directory: Path, stem: str) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {"json": directory / f"{stem}.json", "md": directory / f"{stem}.md", "png": directory / f"{stem}.png"}
+    paths["json"].write_text(json.dumps(run, indent=1, default=str))
+    paths["md"].write_text(markdown_table(run))
+    if not plot(run, paths["png"]):
+        del paths["png"]
+    return paths

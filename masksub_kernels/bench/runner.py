@@ -1,0 +1,83 @@
+"""Op benchmark cases and their runner: forward, backward and full (forward + backward) of each provider.
+
+A case names its suite, shape, dtype and provider, builds its inputs, and says how many bytes each mode must move
+at least (each input read once, each output written once): achieved GB/s = bytes / median time, and the fraction
+of the copy bandwidth measured in the same run is the headline number for these memory-bound ops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .timing import measure
+
+MODES = ("forward", "backward", "full")
+
+
+@dataclass
+class OpCase:
+    suite: str  # e.g. "token_select"
+    shape: str  # e.g. "ViT-S B=256 N=196 D=384"
+    dtype: str
+    provider: str  # e.g. "masksub[triton]", "official", "timm", "compile(official)"
+    make_inputs: Callable[[], Sequence[torch.Tensor]]  # fresh inputs; those to differentiate require grad
+    fn: Callable[..., torch.Tensor]  # output tensor (any shape) from the inputs
+    bytes: dict[str, int]  # minimal bytes moved per mode
+    modes: tuple[str, ...] = MODES
+    setup: Callable[[], None] | None = None  # e.g. select the backend before timing
+    notes: dict = field(default_factory=dict)
+
+
+def _timed_callables(case: OpCase, mode: str) -> Callable[[], object]:
+    inputs = list(case.make_inputs())
+    differentiable = [t for t in inputs if t.requires_grad]
+    if mode == "forward":
+        return lambda: case.fn(*inputs)
+    output = case.fn(*inputs)
+    grad_output = torch.randn_like(output) if output.dim() else torch.ones_like(output)
+    if mode == "backward":
+        return lambda: torch.autograd.grad(output, differentiable, grad_output, retain_graph=True)
+
+    def full():
+        out = case.fn(*inputs)
+        return torch.autograd.grad(out, differentiable, grad_output)
+
+    return full
+
+
+def run_case(case: OpCase, device: torch.device, *, repeats: int, warmup: int, copy_gbps: float) -> list[dict]:
+    """One record per mode: timing, GB/s and fraction of copy bandwidth, or the error that stopped it."""
+    records = []
+    for mode in case.modes:
+        record = {
+            "suite": case.suite,
+            "shape": case.shape,
+            "dtype": case.dtype,
+            "provider": case.provider,
+            "mode": mode,
+            "bytes": case.bytes.get(mode),
+            **case.notes,
+        }
+        try:
+            if case.setup is not None:
+                case.setup()
+            timing = measure(_timed_callables(case, mode), device, warmup=warmup, repeats=repeats)
+            record.update(
+                median_ms=timing.median_ms,
+                p20_ms=timing.p20_ms,
+                p80_ms=timing.p80_ms,
+                repeats=timing.repeats,
+                peak_mem_mb=timing.peak_mem_mb,
+            )
+            if record["bytes"]:
+                record["gbps"] = record["bytes"] / (timing.median_ms * 1e-3) / 1e9
+                record["fraction_of_copy"] = record["gbps"] / copy_gbps
+        except Exception as exc:  # a provider that fails (e.g. compile unsupported) is recorded, not fatal
+            record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        records.append(record)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return records

@@ -1,0 +1,118 @@
+"""Timing, memory and bandwidth measurement shared by every benchmark.
+
+GPU: CUDA events around each repeat, the L2 cache flushed before each one (a 256 MB memset, as
+triton.testing.do_bench does) so that inputs that would fit in L2 are read from HBM; median and 20/80 percentiles.
+CPU: perf_counter around each repeat. Peak memory: the CUDA caching allocator's peak above what was allocated
+before the call (GPU only; None on CPU).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    repeats: int
+    peak_mem_mb: float | None
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def measure(fn: Callable[[], object], device: torch.device, *, warmup: int = 5, repeats: int = 30) -> Timing:
+    """Time ``fn()`` on ``device``: ``warmup`` untimed calls, then ``repeats`` timed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    peak = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=device)
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        for start, end in zip(starts, ends):
+            flush.zero_()
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(device)
+        times = [start.elapsed_time(end) for start, end in zip(starts, ends)]
+        del flush
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    else:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), repeats, peak)
+
+
+def copy_bandwidth_gbps(device: torch.device, megabytes: int = 1024, repeats: int = 20) -> float:
+    """Device-to-device copy bandwidth in GB/s, counting bytes read + written (the roofline of every op here)."""
+    numel = megabytes * 2**20 // 4
+    if device.type == "cpu":
+        numel //= 8  # 128 MB on CPU: still far past any cache
+    source = torch.randn(numel, device=device)
+    target = torch.empty_like(source)
+    timing = measure(lambda: target.copy_(source), device, warmup=3, repeats=repeats)
+    return 2 * source.numel() * source.element_size() / (timing.median_ms * 1e-3) / 1e9
+
+
+def device_label(device: torch.device) -> str:
+    """'GPU: NVIDIA H100 80GB HBM3' or 'CPU: <processor> (N threads)'."""
+    if device.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    processor = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        processor = names[0] if names else processor
+    except OSError:
+        pass
+    return f"CPU: {processor} ({torch.get_num_threads()} threads)"
+
+
+def environment(device: torch.device) -> dict:
+    """Versions and device facts recorded with every result file."""
+    info = {
+        "device": device_label(device),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "platform": platform.platform(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    try:
+        import timm
+
+        info["timm"] = timm.__version__
+    except ImportError:
+        info["timm"] = None
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        info["gpu_memory_gb"] = round(properties.total_memory / 2**30, 1)
+        info["sm_count"] = properties.multi_processor_count
+        info["capability"] = f"{properties.major}.{properties.minor}"
+    return info
