@@ -1,0 +1,732 @@
+"""The MaskSub loss: soft-target CE / BCE for the main branch, self-distillation for the sub branch, one pass.
+
+Maths (SEMANTICS.md, loss section). Row i of the main logits z, the sub logits s, C classes, a target given as a
+class id y (one-hot q; rows with y == ignore_index count in neither term) or probabilities q [C]:
+
+    w = (1 - eps) q + eps / C                      main target, after q := [q > threshold] when one is given
+    CE  main:  l = sum_c -w_c log_softmax(z)_c = S log l_z - D_z                    dl/dz = S softmax(z) - w
+    BCE main:  l = mean_c softplus(z_c) - w_c z_c                                   dl/dz = (sigmoid(z) - w) / C
+    CE  sub:   l = T^2 sum_c -p_c log_softmax(s/T)_c,  p = softmax(z/T)             dl/ds = T (softmax(s/T) - p)
+    BCE sub:   l = T^2 mean_c softplus(s_c/T) - p_c s_c/T,  p = sigmoid(z/T)        dl/ds = T (sigmoid(s/T) - p) / C
+
+p is a constant (detached): nothing flows into z from the sub term. T^2 is Hinton's distillation convention: it
+keeps the sub term's gradient the same size at every temperature (T = 1 in the paper, where it is 1). A CE row is
+kept in shifted form, updated online per block and rescaled when the running max grows: c = max(z) (0 while the
+row is all -inf), l_z = sum exp(z - c), S = sum w, D_z = sum w (z - c) (terms with w = 0 skipped, so -inf logits
+without target mass stay finite); no lse - z cancellation at logits of 1e4. The sub term keeps the same state for
+s/T and z/T. BCE terms are (1 - w) max(z, 0) - w min(z, 0) + log1p(exp(-|z|)), finite at z = -inf.
+
+Label smoothing for BCE uses the same w: for a class id this is timm's off = eps / C, on = 1 - eps + eps / C;
+unlike timm, probability targets are smoothed too, and a threshold binarises q *before* smoothing. The per-row
+values are what reduction='none' returns (BCE: the row's mean over classes); 'sum' adds them; 'mean' divides that
+sum by the number of rows that count (0 rows -> 0). So for BCE 'mean' is the mean over the M*C elements and 'sum'
+is 1/C of the element sum.
+
+Design, bytes per row (b per logit, f per target element: 0 for class ids, C classes):
+    forward   reads z, s and the target once (online softmax): (2b + f) C; writes 9 fp32 (both losses, stats)
+    backward  reads z, s, the target and the stats, writes dz and ds (fp32 maths, one cast): (4b + f) C
+That is (6b + 2f) C in all. Writing the gradients in the forward instead (Liger) costs (2b + f) C + 2b C there,
+then a read-modify-write of both in the backward to apply grad_output (a device scalar such as 1/count, or one per
+row, unknown to the host without a sync): (8b + f) C, and O(M C) held until the backward. Recomputing from the
+saved fp32 stats (c and log l per softmax, and S: flash-attention's choice) moves fewer bytes for class ids (6b vs
+8b: 25% less) and as many for fp32 probability targets with bf16 logits, is correct for any grad_output, and keeps
+the extra memory O(M). The caller's logits are never written. One program per row loops over C in blocks of at
+most MAX_BLOCK_C (C up to 262144, int64 offsets); a few rows of a huge C leave SMs idle (a 2-D grid would need a
+second pass to combine the partial softmax states). fp64 logits run in fp32 in the kernels (fp64 in the reference).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .._backend import resolve_backend
+from .._triton import jit, next_power_of_2, tl
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+INDEX_DTYPES = (torch.int64, torch.int32)
+MODES = ("ce", "bce")
+REDUCTIONS = ("none", "sum", "mean")
+MAX_BLOCK_C = 4096  # classes per loop iteration of a program (the tests raise it under the interpreter)
+# Rows of the forward's fp32 [9, M] output: the two per-row losses, then the stats the backward reads (CE only).
+MAIN, SUB, C_Z, LOG_L_Z, S_Z, C_S, LOG_L_S, C_T, LOG_L_T = range(9)
+NUM_OUT = 9
+
+
+class MaskSubLoss(NamedTuple):
+    """``loss = main_weight * main + sub_weight * sub`` and the two unweighted criteria, fp32."""
+
+    loss: torch.Tensor
+    main: torch.Tensor
+    sub: torch.Tensor
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Host-side validation: messages say what was expected and what came (no value reads on CUDA tensors)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_logits(name: str, x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2 or x.shape[1] < 1:
+        raise ValueError(f"{name} must be [rows, classes] (2-D, classes >= 1), got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
+
+
+def _check_pair(sub: torch.Tensor, main: torch.Tensor) -> None:
+    _check_logits("sub_logits", sub)
+    _check_logits("main_logits", main)
+    if sub.shape != main.shape or sub.dtype != main.dtype or sub.device != main.device:
+        raise ValueError(
+            "sub_logits must match main_logits in shape, dtype and device: expected "
+            f"{tuple(main.shape)} {main.dtype} {main.device}, got {tuple(sub.shape)} {sub.dtype} {sub.device}"
+        )
+
+
+def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    rows, classes = logits.shape
+    if target.device != logits.device:
+        raise ValueError(f"target must be on the device of the logits ({logits.device}), got {target.device}")
+    if target.dtype in FLOAT_DTYPES:
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"probability target must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)} "
+                "(class ids must be an int64 tensor [rows])"
+            )
+        return target
+    if target.dtype not in INDEX_DTYPES:
+        raise TypeError(
+            f"target must be int64 class ids [rows] or float probabilities [rows, classes], got {target.dtype}"
+        )
+    if tuple(target.shape) != (rows,):
+        raise ValueError(f"class-id target must be [rows={rows}], got shape {tuple(target.shape)}")
+    target = target.long().contiguous()
+    if target.device.type == "cpu" and rows and not torch.compiler.is_compiling():  # never sync a GPU
+        bad = (target < 0) | (target >= classes)
+        if ignore_index is not None:
+            bad &= target != ignore_index
+        if bool(bad.any()):
+            allowed = f"[0, {classes})" + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
+            raise ValueError(f"class ids must be in {allowed}, got {int(target[bad][0])}")
+    return target
+
+
+def _check_options(mode="ce", reduction="mean", label_smoothing=0.0, temperature=1.0, target_threshold=None, **weights):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    numbers = {"label_smoothing": label_smoothing, "temperature": temperature, **weights}
+    if target_threshold is not None:
+        numbers["target_threshold"] = target_threshold
+    for name, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if not temperature > 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if target_threshold is not None and mode == "ce":
+        raise ValueError("target_threshold binarises BCE targets: it needs mode='bce', got mode='ce'")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference (PyTorch): the CPU fallback, in fp32 (fp64 for fp64 logits), same output layout as the kernels
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _valid_rows(target: torch.Tensor | None, ignore_index: int, rows: int, device) -> torch.Tensor:
+    if target is None or target.is_floating_point():
+        return torch.ones(rows, dtype=torch.bool, device=device)
+    return target != ignore_index
+
+
+def _target_weights(target: torch.Tensor, classes: int, eps: float, threshold: float | None, dtype) -> torch.Tensor:
+    """w [M, C] = (1 - eps) q + eps / C; q one-hot (an id out of range gives a zero row) or dense, binarised first."""
+    if target.is_floating_point():
+        q = target.to(dtype)
+    else:
+        q = (torch.arange(classes, device=target.device) == target[:, None]).to(dtype)
+    if threshold is not None:
+        q = (q > threshold).to(dtype)
+    return (1.0 - eps) * q + eps / classes
+
+
+def _bce_terms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """softplus(x) - w x elementwise, finite at x = +-inf when w is 0 or 1."""
+    pos = torch.where(w != 1, (1 - w) * x.clamp(min=0), 0.0)
+    return pos - torch.where(w != 0, w * x.clamp(max=0), 0.0) + torch.log1p(torch.exp(-x.abs()))
+
+
+def _soft_ce(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return -torch.where(w != 0, w * torch.log_softmax(x, dim=1), 0.0).sum(1)
+
+
+def _shift_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    c = x.amax(1)
+    c = torch.where(torch.isneginf(c), 0.0, c)
+    return c, torch.log(torch.exp(x - c[:, None]).sum(1))
+
+
+def loss_forward_reference(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold):
+    """fp32 [9, M]: per-row main loss, per-row sub loss (0 for an absent term or an ignored row), then the stats."""
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    z = logits.to(acc)
+    rows, classes = z.shape
+    valid = _valid_rows(target, ignore_index, rows, z.device)
+    out = torch.zeros(NUM_OUT, rows, dtype=torch.float32, device=z.device)
+    if target is not None:
+        w = _target_weights(target, classes, label_smoothing, threshold, acc)
+        out[MAIN] = torch.where(valid, _bce_terms(z, w).mean(1) if bce else _soft_ce(z, w), 0.0)
+        if not bce:
+            out[C_Z], out[LOG_L_Z] = _shift_stats(z)
+            out[S_Z] = w.sum(1)
+    if sub_logits is not None:
+        x, zt = sub_logits.to(acc) / temperature, z / temperature
+        values = _bce_terms(x, torch.sigmoid(zt)).mean(1) if bce else _soft_ce(x, torch.softmax(zt, dim=1))
+        out[SUB] = torch.where(valid, values * temperature**2, 0.0)
+        if not bce:
+            (out[C_S], out[LOG_L_S]), (out[C_T], out[LOG_L_T]) = _shift_stats(x), _shift_stats(zt)
+    return out
+
+
+def loss_backward_reference(grad_main, grad_sub, out, logits, sub_logits, target, bce, eps, ignore, temperature, thr):
+    """(d logits or [0], d sub_logits or [0]) in the logits' dtype; a None grad means that gradient is not needed."""
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    z = logits.to(acc)
+    rows, classes = z.shape
+    valid = _valid_rows(target, ignore, rows, z.device)[:, None]
+    per_class = 1.0 / classes if bce else 1.0
+    dz = ds = logits.new_empty(0)
+    if grad_main is not None:
+        w = _target_weights(target, classes, eps, thr, acc)
+        p = torch.sigmoid(z) if bce else torch.softmax(z, dim=1) * w.sum(1, keepdim=True)
+        dz = torch.where(valid, grad_main.to(acc)[:, None] * per_class * (p - w), 0.0).to(logits.dtype)
+    if grad_sub is not None:
+        x, zt = sub_logits.to(acc) / temperature, z / temperature
+        act = torch.sigmoid if bce else (lambda v: torch.softmax(v, dim=1))
+        g = grad_sub.to(acc)[:, None] * (temperature * per_class)
+        ds = torch.where(valid, g * (act(x) - act(zt)), 0.0).to(sub_logits.dtype)
+    return dz, ds
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Triton kernels: one program per row, a loop over the classes in blocks of BLOCK_C, fp32 arithmetic
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@jit
+def _log1p(v):
+    # log(1 + v), accurate for small v without libdevice (Goldberg's trick; exact where 1 + v rounds to 1)
+    u = 1.0 + v
+    return tl.where(u == 1.0, v, tl.log(u) * (v / (u - 1.0)))
+
+
+@jit
+def _bce_elem(x, w):
+    # softplus(x) - w x = (1 - w) max(x, 0) - w min(x, 0) + log1p(exp(-|x|)); zero coefficients skip +-inf
+    pos = tl.where(w != 1.0, (1.0 - w) * tl.maximum(x, 0.0), 0.0)
+    neg = tl.where(w != 0.0, w * tl.minimum(x, 0.0), 0.0)
+    return pos - neg + _log1p(tl.exp(-tl.abs(x)))
+
+
+@jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@jit
+def _shift(m):
+    # the softmax shift: the running max, 0 while it is -inf (so that exp(x - shift) never sees -inf - -inf)
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@jit
+def _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE: tl.constexpr, BINARISE: tl.constexpr):
+    # w = (1 - eps) q + eps / C on the block, 0 on masked lanes
+    if DENSE:
+        q = tl.load(y_row + cols, mask=mask, other=0.0).to(tl.float32)
+    else:
+        q = tl.where(cols == label, 1.0, 0.0)
+    if BINARISE:
+        q = tl.where(q > threshold, 1.0, 0.0)
+    return tl.where(mask, (1.0 - eps) * q + eps / C, 0.0)
+
+
+@jit
+def _row_label(y_ptr, row, in_row, ignore_index, LABELS: tl.constexpr):
+    # (class id, whether the row counts); without class ids every row counts
+    label = tl.full([], -1, tl.int64)
+    valid = in_row
+    if LABELS:
+        label = tl.load(y_ptr + row, mask=in_row, other=0).to(tl.int64)
+        valid = in_row & (label != ignore_index)
+    return label, valid
+
+
+@jit
+def _loss_fwd_kernel(
+    z_ptr,  # main logits [M, C], last stride 1 (also the sub term's teacher)
+    s_ptr,  # sub logits [M, C], last stride 1 (HAS_SUB)
+    y_ptr,  # int64 class ids [M] or probabilities [M, C], last stride 1 (HAS_MAIN)
+    out_ptr,  # fp32 [9, M] out: main loss, sub loss (T^2 included), stats (rows MAIN .. LOG_L_T), zero-filled
+    M,
+    C,
+    stride_z,
+    stride_s,
+    stride_y,
+    eps,
+    ignore_index,
+    temperature,
+    threshold,
+    HAS_MAIN: tl.constexpr,
+    HAS_SUB: tl.constexpr,
+    BCE: tl.constexpr,
+    DENSE: tl.constexpr,
+    BINARISE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    in_row = row < M
+    lanes = tl.arange(0, BLOCK_C)
+    z_row, s_row, y_row = z_ptr + row * stride_z, s_ptr + row * stride_s, y_ptr + row * stride_y
+    label, valid = _row_label(y_ptr, row, in_row, ignore_index, HAS_MAIN and not DENSE)
+    inv_t = 1.0 / temperature
+    neg_inf = tl.zeros([], tl.float32) + float("-inf")
+    zero = tl.zeros([], tl.float32)
+    # main CE: running max m_z, l_z = sum exp(z - shift), S = sum w, D = sum w (z - shift); main BCE: acc_m
+    m_z, l_z, s_z, d_z, acc_m = neg_inf, zero, zero, zero, zero
+    # sub CE: s/T (m_s, l_s), z/T (m_t, l_t), D_t = sum exp(z/T - shift_t) (s/T - shift_s); sub BCE: acc_s
+    m_s, l_s, m_t, l_t, d_t, acc_s = neg_inf, zero, neg_inf, zero, zero, zero
+    for start in range(0, C, BLOCK_C):
+        cols = start + lanes
+        mask = (cols < C) & in_row
+        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_MAIN:
+            w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
+            if BCE:
+                acc_m += tl.sum(tl.where(mask, _bce_elem(z, w), 0.0), axis=0)
+            else:
+                zm = tl.where(mask, z, float("-inf"))
+                m_new = tl.maximum(m_z, tl.max(zm, axis=0))
+                c_old, c_new = _shift(m_z), _shift(m_new)
+                l_z = l_z * tl.exp(m_z - c_new) + tl.sum(tl.exp(zm - c_new), axis=0)
+                d_z += s_z * (c_old - c_new) + tl.sum(tl.where(w != 0.0, w * (zm - c_new), 0.0), axis=0)
+                s_z += tl.sum(w, axis=0)
+                m_z = m_new
+        if HAS_SUB:
+            s = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32)
+            if BCE:
+                acc_s += tl.sum(tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0), axis=0)
+            else:
+                x = tl.where(mask, s * inv_t, float("-inf"))
+                zt = tl.where(mask, z * inv_t, float("-inf"))
+                ms_new = tl.maximum(m_s, tl.max(x, axis=0))
+                mt_new = tl.maximum(m_t, tl.max(zt, axis=0))
+                cs_old, cs_new, ct_new = _shift(m_s), _shift(ms_new), _shift(mt_new)
+                alpha_t = tl.exp(m_t - ct_new)
+                e_t = tl.exp(zt - ct_new)
+                d_t = alpha_t * (d_t + l_t * (cs_old - cs_new))
+                d_t += tl.sum(tl.where(e_t != 0.0, e_t * (x - cs_new), 0.0), axis=0)
+                l_t = l_t * alpha_t + tl.sum(e_t, axis=0)
+                l_s = l_s * tl.exp(m_s - cs_new) + tl.sum(tl.exp(x - cs_new), axis=0)
+                m_s, m_t = ms_new, mt_new
+    out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
+    if HAS_MAIN:
+        if BCE:
+            main = acc_m / C
+        else:
+            main = s_z * tl.log(l_z) - d_z  # sum_c w_c (lse - z_c)
+            tl.store(out_row + 2 * m64, _shift(m_z), mask=in_row)
+            tl.store(out_row + 3 * m64, tl.log(l_z), mask=in_row)
+            tl.store(out_row + 4 * m64, s_z, mask=in_row)
+        tl.store(out_row, tl.where(valid, main, 0.0), mask=in_row)
+    if HAS_SUB:
+        if BCE:
+            sub = acc_s / C
+        else:
+            sub = tl.log(l_s) - d_t / l_t  # sum_c p_c (lse(s/T) - s_c/T)
+            tl.store(out_row + 5 * m64, _shift(m_s), mask=in_row)
+            tl.store(out_row + 6 * m64, tl.log(l_s), mask=in_row)
+            tl.store(out_row + 7 * m64, _shift(m_t), mask=in_row)
+            tl.store(out_row + 8 * m64, tl.log(l_t), mask=in_row)
+        tl.store(out_row + M, tl.where(valid, (temperature * temperature) * sub, 0.0), mask=in_row)
+
+
+@jit
+def _loss_bwd_kernel(
+    z_ptr,  # as in the forward
+    s_ptr,
+    y_ptr,
+    out_ptr,  # fp32 [9, M], the forward's output (stats rows)
+    gm_ptr,  # grad of the per-row main loss [M], any float dtype and row stride (0 included) (WRITE_DZ)
+    gs_ptr,  # grad of the per-row sub loss [M] (WRITE_DS)
+    dz_ptr,  # [M, C] out, the logits' dtype, contiguous (WRITE_DZ)
+    ds_ptr,  # [M, C] out (WRITE_DS)
+    M,
+    C,
+    stride_z,
+    stride_s,
+    stride_y,
+    stride_gm,
+    stride_gs,
+    eps,
+    ignore_index,
+    temperature,
+    threshold,
+    LABELS: tl.constexpr,
+    WRITE_DZ: tl.constexpr,
+    WRITE_DS: tl.constexpr,
+    BCE: tl.constexpr,
+    DENSE: tl.constexpr,
+    BINARISE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    in_row = row < M
+    lanes = tl.arange(0, BLOCK_C)
+    z_row, s_row, y_row = z_ptr + row * stride_z, s_ptr + row * stride_s, y_ptr + row * stride_y
+    label, valid = _row_label(y_ptr, row, in_row, ignore_index, LABELS)  # an ignored row: zero in both terms
+    inv_t = 1.0 / temperature
+    per_class = 1.0
+    if BCE:
+        per_class = 1.0 / C
+    out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
+    if WRITE_DZ:
+        g_m = tl.load(gm_ptr + row * stride_gm, mask=in_row, other=0.0).to(tl.float32) * per_class
+        c_z = tl.load(out_row + 2 * m64, mask=in_row, other=0.0)
+        log_l_z = tl.load(out_row + 3 * m64, mask=in_row, other=0.0)
+        s_z = tl.load(out_row + 4 * m64, mask=in_row, other=0.0)
+    if WRITE_DS:
+        g_s = tl.load(gs_ptr + row * stride_gs, mask=in_row, other=0.0).to(tl.float32) * (temperature * per_class)
+        c_s = tl.load(out_row + 5 * m64, mask=in_row, other=0.0)
+        log_l_s = tl.load(out_row + 6 * m64, mask=in_row, other=0.0)
+        c_t = tl.load(out_row + 7 * m64, mask=in_row, other=0.0)
+        log_l_t = tl.load(out_row + 8 * m64, mask=in_row, other=0.0)
+    for start in range(0, C, BLOCK_C):
+        cols = start + lanes
+        mask = (cols < C) & in_row
+        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
+        if WRITE_DZ:
+            w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
+            if BCE:
+                p = _sigmoid(z)
+            else:
+                p = s_z * tl.exp((z - c_z) - log_l_z)
+            dz = tl.where(valid, g_m * (p - w), 0.0)  # fp32 throughout, one cast at the store
+            tl.store(dz_ptr + row * C + cols, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+        if WRITE_DS:
+            x = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32) * inv_t
+            zt = z * inv_t
+            if BCE:
+                diff = _sigmoid(x) - _sigmoid(zt)
+            else:
+                diff = tl.exp((x - c_s) - log_l_s) - tl.exp((zt - c_t) - log_l_t)
+            ds = tl.where(valid, g_s * diff, 0.0)
+            tl.store(ds_ptr + row * C + cols, ds.to(ds_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers. The CUDA extension masksub_kernels._C takes the same arguments (? = optional):
+#   _C.masksub_loss_forward(logits, sub_logits?, target?, bce, label_smoothing, ignore_index, temperature,
+#                           target_threshold?) -> fp32 [9, M] (rows: main, sub, the 7 stats of NUM_OUT above)
+#   _C.masksub_loss_backward(grad_main?, grad_sub?, out, logits, sub_logits?, target?, bce, label_smoothing,
+#                            ignore_index, temperature, target_threshold?) -> (d logits or [0], d sub_logits or [0])
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _launch_config(classes: int) -> tuple[int, int]:
+    """(BLOCK_C, num_warps): up to MAX_BLOCK_C classes per iteration, ~8 per thread at most."""
+    block_c = min(max(16, next_power_of_2(classes)), MAX_BLOCK_C)
+    return block_c, max(4, min(16, block_c // 256))
+
+
+def _prepare(logits, sub_logits, target, bce, threshold):
+    """Kernel operands: tensors with unit last stride (absent ones stand in as logits), row strides, constexprs."""
+    z, s, y = (t if t is None or t.stride(-1) == 1 else t.contiguous() for t in (logits, sub_logits, target))
+    dense = y is not None and y.is_floating_point()
+    block_c, num_warps = _launch_config(z.shape[1])
+    strides = (z.stride(0), s.stride(0) if s is not None else 0, y.stride(0) if dense else 1)
+    flags = {"BCE": bool(bce), "DENSE": dense, "BINARISE": threshold is not None, "BLOCK_C": block_c}
+    return (z, z if s is None else s, z if y is None else y), strides, flags, num_warps
+
+
+def _forward_triton(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold):
+    (z, s, y), strides, flags, warps = _prepare(logits, sub_logits, target, bce, threshold)
+    out = torch.zeros(NUM_OUT, z.shape[0], dtype=torch.float32, device=z.device)
+    if z.shape[0]:
+        args = (z, s, y, out, *z.shape, *strides, label_smoothing, ignore_index, temperature, threshold or 0.0)
+        has = {"HAS_MAIN": target is not None, "HAS_SUB": sub_logits is not None}
+        _loss_fwd_kernel[(z.shape[0],)](*args, **has, **flags, num_warps=warps)
+    return out
+
+
+def _backward_triton(grad_main, grad_sub, out, logits, sub_logits, target, bce, eps, ignore, temperature, threshold):
+    (z, s, y), strides, flags, warps = _prepare(logits, sub_logits, target, bce, threshold)
+    dz, ds = (z.new_empty(z.shape if g is not None else (0,)) for g in (grad_main, grad_sub))  # contiguous
+    gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
+    if z.shape[0] and (grad_main is not None or grad_sub is not None):
+        args = (z, s, y, out, gm, gs, dz if dz.numel() else out, ds if ds.numel() else out, *z.shape, *strides)
+        args += (gm.stride(0), gs.stride(0), eps, ignore, temperature, threshold or 0.0)
+        has = {"LABELS": target is not None and not flags["DENSE"], "WRITE_DZ": grad_main is not None}
+        _loss_bwd_kernel[(z.shape[0],)](*args, **has, WRITE_DS=grad_sub is not None, **flags, num_warps=warps)
+    return dz, ds
+
+
+def _cuda_ext():
+    from .. import _C  # built by setup.py on machines with a CUDA toolkit
+
+    return _C
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Custom ops (opaque to torch.compile, no host syncs) and autograd
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("masksub::masksub_loss_forward", mutates_args=())
+def _loss_op(
+    logits: torch.Tensor,
+    sub_logits: torch.Tensor | None,
+    target: torch.Tensor | None,
+    bce: bool,
+    label_smoothing: float,
+    ignore_index: int,
+    temperature: float,
+    target_threshold: float | None,
+) -> torch.Tensor:
+    args = (logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, target_threshold)
+    backend = resolve_backend(logits.device, "masksub_loss")
+    if backend == "triton":
+        return _forward_triton(*args)
+    if backend == "cuda":
+        return _cuda_ext().masksub_loss_forward(*args)
+    return loss_forward_reference(*args)
+
+
+@_loss_op.register_fake
+def _(logits, *options):
+    return logits.new_empty(NUM_OUT, logits.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("masksub::masksub_loss_backward", mutates_args=())
+def _loss_backward_op(
+    grad_main: torch.Tensor | None,
+    grad_sub: torch.Tensor | None,
+    out: torch.Tensor,
+    logits: torch.Tensor,
+    sub_logits: torch.Tensor | None,
+    target: torch.Tensor | None,
+    bce: bool,
+    label_smoothing: float,
+    ignore_index: int,
+    temperature: float,
+    target_threshold: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    args = (grad_main, grad_sub, out, logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature)
+    backend = resolve_backend(logits.device, "masksub_loss_backward")
+    if backend == "triton":
+        return _backward_triton(*args, target_threshold)
+    if backend == "cuda":
+        return tuple(_cuda_ext().masksub_loss_backward(*args, target_threshold))
+    return loss_backward_reference(*args, target_threshold)
+
+
+@_loss_backward_op.register_fake
+def _(grad_main, grad_sub, out, logits, *options):
+    return tuple(logits.new_empty(logits.shape if g is not None else (0,)) for g in (grad_main, grad_sub))
+
+
+def _loss_setup_context(ctx, inputs, output):
+    logits, sub_logits, target, *options = inputs
+    ctx.save_for_backward(logits, sub_logits, target, output)
+    ctx.options = options  # bce, label_smoothing, ignore_index, temperature, target_threshold
+
+
+def _loss_backward(ctx, grad_out):
+    logits, sub_logits, target, out = ctx.saved_tensors
+    # the main term's gradient only: the sub term's target is detached, so it never reaches logits
+    need_dmain = grad_out is not None and ctx.needs_input_grad[0] and target is not None
+    need_dsub = grad_out is not None and ctx.needs_input_grad[1] and sub_logits is not None
+    if not (need_dmain or need_dsub):
+        return (None,) * 8
+    grad_main, grad_sub = grad_out[MAIN] if need_dmain else None, grad_out[SUB] if need_dsub else None
+    dz, ds = _loss_backward_op(grad_main, grad_sub, out, logits, sub_logits, target, *ctx.options)
+    return (dz if need_dmain else None), (ds if need_dsub else None), *(None,) * 6
+
+
+_loss_op.register_autograd(_loss_backward, setup_context=_loss_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _reduce(rows: torch.Tensor, count, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return rows
+    return rows.sum() if reduction == "sum" else rows.sum() / count
+
+
+def _row_count(target: torch.Tensor, ignore_index: int | None):
+    """Rows that count, at least 1 (0 rows -> a 0 mean): a device tensor for class ids (no sync), else M."""
+    if target.is_floating_point() or ignore_index is None:
+        return float(max(target.shape[0], 1))
+    return (target != ignore_index).sum().clamp_min(1).to(torch.float32)
+
+
+def soft_target_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy against class ids or probabilities: per row sum_c -w_c log_softmax(logits)_c.
+
+    logits: [M, C] fp32/fp16/bf16/fp64, any row stride. target: int64 (or int32) class ids [M], where rows equal to
+    ``ignore_index`` give 0 and a zero gradient, or probabilities [M, C] of any float dtype (mixup/cutmix; they get
+    no gradient). w = (1 - label_smoothing) q + label_smoothing / C. Returns fp32 [M] for reduction='none', else a
+    scalar; 'mean' divides by the number of rows that count (0 when none does).
+    """
+    _check_logits("logits", logits)
+    _check_options(reduction=reduction, label_smoothing=label_smoothing)
+    target = _check_target(logits, target, ignore_index)
+    out = _loss_op(logits, None, target, False, float(label_smoothing), int(ignore_index), 1.0, None)
+    return _reduce(out[MAIN], _row_count(target, ignore_index), reduction)
+
+
+def soft_target_bce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    target_threshold: float | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Binary cross-entropy with logits: the mean over the M*C elements of softplus(z) - w z.
+
+    logits: [M, C] float. target: class ids [M] (one-hot; all in [0, C)) or probabilities [M, C] of any float
+    dtype. With ``target_threshold``, q becomes [q > threshold] (DeiT-III: 0.0); then w = (1 - label_smoothing) q +
+    label_smoothing / C. Returns fp32: reduction='none' gives [M], each row's mean over the classes (their mean is
+    the 'mean' loss, their sum the 'sum' loss, i.e. 1/C of the element sum).
+    """
+    _check_logits("logits", logits)
+    _check_options("bce", reduction, label_smoothing, target_threshold=target_threshold)
+    target = _check_target(logits, target, None)
+    threshold = None if target_threshold is None else float(target_threshold)
+    out = _loss_op(logits, None, target, True, float(label_smoothing), -(2**63), 1.0, threshold)  # no id ignored
+    return _reduce(out[MAIN], _row_count(target, None), reduction)
+
+
+def self_distillation_loss(
+    sub_logits: torch.Tensor,
+    main_logits: torch.Tensor,
+    *,
+    mode: str = "ce",
+    temperature: float = 1.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """The sub branch's criterion against the detached main prediction, times T^2.
+
+    sub_logits, main_logits: [M, C], same dtype and device. mode 'ce': per row T^2 sum_c -softmax(main/T)_c
+    log_softmax(sub/T)_c; 'bce': T^2 mean_c softplus(sub_c/T) - sigmoid(main_c/T) sub_c/T. The gradient reaches
+    sub_logits only (T (p_sub - p_main), / C for bce); main_logits gets none and is never written. Returns fp32 [M]
+    for reduction='none', else a scalar (mean over the M rows).
+    """
+    _check_pair(sub_logits, main_logits)
+    _check_options(mode, reduction, temperature=temperature)
+    out = _loss_op(main_logits.detach(), sub_logits, None, mode == "bce", 0.0, -100, float(temperature), None)
+    return _reduce(out[SUB], float(max(main_logits.shape[0], 1)), reduction)
+
+
+def masksub_loss(
+    main_logits: torch.Tensor,
+    sub_logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    mode: str = "ce",
+    main_weight: float = 0.5,
+    sub_weight: float = 0.5,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    target_threshold: float | None = None,
+    reduction: str = "mean",
+) -> MaskSubLoss:
+    """MaskSub's loss in one fused pass: ``main_weight * crit(main, target) + sub_weight * crit(sub, T(main))``.
+
+    main_logits, sub_logits: [M, C] float, same dtype and device. target and crit as in soft_target_cross_entropy
+    (mode 'ce') or soft_target_bce (mode 'bce', where ``target_threshold`` applies); T(main) and the temperature as
+    in self_distillation_loss. label_smoothing and target_threshold shape the main target only. Rows whose class id
+    equals ``ignore_index`` count in neither term (also with mode 'bce'). One kernel reads each row of both logits
+    once; the backward writes both gradients, main_logits receiving only its own term's. Returns
+    MaskSubLoss(loss, main, sub): fp32 scalars ([M] with reduction='none'), main and sub unweighted; gradients flow
+    from each field. With the defaults: the paper's (crit_main + crit_sub) / 2.
+    """
+    _check_pair(sub_logits, main_logits)
+    _check_options(
+        mode, reduction, label_smoothing, temperature, target_threshold, main_weight=main_weight, sub_weight=sub_weight
+    )
+    target = _check_target(main_logits, target, ignore_index)
+    threshold = None if target_threshold is None else float(target_threshold)
+    options = (mode == "bce", float(label_smoothing), int(ignore_index), float(temperature), threshold)
+    out = _loss_op(main_logits, sub_logits, target, *options)
+    count = _row_count(target, ignore_index)
+    main, sub = _reduce(out[MAIN], count, reduction), _reduce(out[SUB], count, reduction)
+    return MaskSubLoss(main_weight * main + sub_weight * sub, main, sub)
+
+
+# Compile specs for the sm_80/sm_90 check (masksub_kernels/tools/compile_kernels.py): name, kernel, signature,
+# constexprs, options. Pointer and scalar types follow what the launchers pass.
+_SCALARS = {"M": "i32", "C": "i32", "stride_z": "i64", "stride_s": "i64", "stride_y": "i64"}
+_OPTIONS = {"eps": "fp32", "ignore_index": "i64", "temperature": "fp32", "threshold": "fp32"}
+
+
+def _spec(kernel, dtype: str, flags: dict, block_c: int = MAX_BLOCK_C):
+    logits = {"z_ptr": f"*{dtype}", "s_ptr": f"*{dtype}", "y_ptr": "*fp32" if flags.get("DENSE") else "*i64"}
+    if kernel is _loss_fwd_kernel:
+        signature = {**logits, "out_ptr": "*fp32", **_SCALARS, **_OPTIONS}
+    else:
+        grads = {"gm_ptr": "*fp32", "gs_ptr": "*fp32", "dz_ptr": f"*{dtype}", "ds_ptr": f"*{dtype}"}
+        signature = {**logits, "out_ptr": "*fp32", **grads, **_SCALARS, "stride_gm": "i64", "stride_gs": "i64"}
+        signature.update(_OPTIONS)
+    constexprs = {"BCE": False, "DENSE": False, "BINARISE": False, **flags, "BLOCK_C": block_c}
+    signature = {name: kind for name, kind in signature.items() if name not in constexprs}
+    if kernel is _loss_bwd_kernel:
+        constexprs = {"LABELS": False, **constexprs}
+    name = "fwd" if kernel is _loss_fwd_kernel else "bwd"
+    name += (
+        f"[{dtype},{','.join(k.lower() if v is True else f'{k}={v}' for k, v in flags.items() if v)},block={block_c}]"
+    )
+    return name, kernel, signature, constexprs, {"num_warps": _launch_config(block_c)[1]}
+
+
+# variant: (forward flags, backward flags, BLOCK_C); single-term kernels in bf16 only
+_BCE = {"BCE": True, "DENSE": True, "BINARISE": True}
+_VARIANTS = [
+    ({"HAS_MAIN": True, "HAS_SUB": True}, {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": True}, MAX_BLOCK_C),
+    ({"HAS_MAIN": True, "HAS_SUB": True, "DENSE": True}, {"WRITE_DZ": True, "WRITE_DS": True, "DENSE": True}, 1024),
+    ({"HAS_MAIN": True, "HAS_SUB": True, **_BCE}, {"WRITE_DZ": True, "WRITE_DS": True, **_BCE}, MAX_BLOCK_C),
+]
+KERNEL_SPECS = [
+    _spec(kernel, dtype, flags, block_c)
+    for dtype in ("fp32", "fp16", "bf16")
+    for fwd, bwd, block_c in _VARIANTS
+    for kernel, flags in ((_loss_fwd_kernel, fwd), (_loss_bwd_kernel, bwd))
+] + [
+    _spec(_loss_fwd_kernel, "bf16", {"HAS_MAIN": True, "HAS_SUB": False}),
+    _spec(_loss_fwd_kernel, "bf16", {"HAS_MAIN": False, "HAS_SUB": True}),
+    _spec(_loss_bwd_kernel, "bf16", {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": False}),
+    _spec(_loss_bwd_kernel, "bf16", {"LABELS": False, "WRITE_DZ": False, "WRITE_DS": True}),
+    # Triton turns integer arguments equal to 1 into constants: one row of one class
+    _spec(_loss_fwd_kernel, "fp32", {"HAS_MAIN": True, "HAS_SUB": True, "M": 1, "C": 1}),
+    _spec(_loss_bwd_kernel, "fp32", {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": True, "M": 1, "C": 1}),
+]

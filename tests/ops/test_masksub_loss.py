@@ -1,0 +1,378 @@
+"""soft_target_cross_entropy, soft_target_bce, self_distillation_loss, masksub_loss: every backend against a float64
+oracle written from SEMANTICS.md (loss section), values and both gradients.
+
+Tolerances: fp32 inputs agree with the oracle to 1e-6 relative (gradients: plus 1e-6 of the largest). fp16/bf16
+inputs are compared with the oracle evaluated on the same rounded inputs: losses (fp32 accumulation) to 1e-5
+relative, gradients to one rounding of the output dtype (2^-11 fp16, 2^-8 bf16 relative, plus that much of the
+largest gradient). Under the interpreter the tests raise MAX_BLOCK_C so that one block covers a row, except
+test_many_blocks_online_rescaling, which runs 16 blocks per row.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE
+
+import masksub_kernels as mk
+from masksub_kernels.ops import masksub_loss as ml
+
+# The interpreter computes the discarded lanes of tl.where too (inf - inf, 0 / 0): numpy warns, the GPU does not.
+pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+GRAD_RTOL = {F32: 1e-6, F16: 2**-11, BF16: 2**-8}
+
+
+@pytest.fixture(autouse=True)
+def _few_loop_iterations(monkeypatch):
+    # The interpreter's cost grows with loop iterations: one block covers even C = 30522 there.
+    if mk.triton_interpreted():
+        monkeypatch.setattr(ml, "MAX_BLOCK_C", 32768)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The oracle: float64, autograd, straight from the definitions
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _xent(x, w):
+    return -torch.where(w != 0, w * torch.log_softmax(x, 1), 0.0).sum(1)
+
+
+def _bce(x, w):
+    return (F.softplus(x) - torch.where(w != 0, w * x, 0.0)).mean(1)
+
+
+def oracle(
+    main,
+    sub,
+    target,
+    *,
+    mode="ce",
+    label_smoothing=0.0,
+    ignore_index=-100,
+    temperature=1.0,
+    target_threshold=None,
+    main_weight=0.5,
+    sub_weight=0.5,
+    reduction="mean",
+):
+    """(loss, main, sub, z, s): z, s the float64 leaves the terms were computed from."""
+    z = main.detach().cpu().double().requires_grad_(True)
+    s = sub.detach().cpu().double().requires_grad_(True)
+    rows, classes = z.shape
+    target = target.cpu()
+    if target.is_floating_point():
+        valid, q = torch.ones(rows, dtype=torch.bool), target.double()
+    else:
+        valid = target != ignore_index
+        q = F.one_hot(torch.where(valid, target, 0), classes).double()
+    if target_threshold is not None:
+        q = (q > target_threshold).double()
+    w = (1 - label_smoothing) * q + label_smoothing / classes
+    crit, act = (_xent, lambda v: torch.softmax(v, 1)) if mode == "ce" else (_bce, torch.sigmoid)
+    main_rows = torch.where(valid, crit(z, w), 0.0)
+    sub_rows = torch.where(valid, temperature**2 * crit(s / temperature, act(z.detach() / temperature)), 0.0)
+    count = valid.sum().clamp_min(1)
+    red = {"none": lambda r: r, "sum": lambda r: r.sum(), "mean": lambda r: r.sum() / count}[reduction]
+    main_value, sub_value = red(main_rows), red(sub_rows)
+    return main_weight * main_value + sub_weight * sub_value, main_value, sub_value, z, s
+
+
+def make_inputs(rows, classes, dtype, target_kind, scale=3.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    main = (torch.randn(rows, classes, generator=gen) * scale).to(dtype)
+    sub = (torch.randn(rows, classes, generator=gen) * scale).to(dtype)
+    if target_kind == "dense":
+        target = torch.softmax(torch.randn(rows, classes, generator=gen) * 2, 1)
+    else:
+        target = torch.randint(0, classes, (rows,), generator=gen)
+        if target_kind == "index_ignore":
+            target[::3] = -100
+    return main.to(DEVICE), sub.to(DEVICE), target.to(DEVICE)
+
+
+def grad_weights(reduction, rows, seed=1):
+    """Weights of (loss, main, sub) in the objective that is backpropagated: scalars != 1, or per-row tensors."""
+    if reduction != "none":
+        return 1.3, 0.4, -0.7
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(rows, generator=gen, dtype=torch.float64) for _ in range(3))
+
+
+def objective(values, weights):
+    return sum((v * g.to(v.device, v.dtype) if torch.is_tensor(g) else v * g).sum() for v, g in zip(values, weights))
+
+
+def assert_close(actual, expected, rtol, atol_scale=None, name=""):
+    dtype = actual.dtype
+    actual, expected = actual.detach().cpu().double(), expected.detach().cpu().double()
+    finite = expected[torch.isfinite(expected)]
+    scale = finite.abs().max() if finite.numel() else torch.tensor(0.0)
+    tiny = torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps  # the spacing of subnormals
+    atol = float(scale) * (rtol if atol_scale is None else atol_scale) + tiny
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def check_masksub(main, sub, target, **options):
+    reduction = options.get("reduction", "mean")
+    weights = grad_weights(reduction, main.shape[0])
+    main_leaf = main.detach().clone().requires_grad_(True)
+    sub_leaf = sub.detach().clone().requires_grad_(True)
+    out = mk.masksub_loss(main_leaf, sub_leaf, target, **options)
+    for value in out:
+        assert value.dtype == torch.float32 and value.device.type == DEVICE.type
+        assert value.shape == ((main.shape[0],) if reduction == "none" else ())
+    objective(out, weights).backward()
+    *expected, z, s = oracle(main, sub, target, **options)
+    objective(expected, weights).backward()
+    for name, a, e in zip(("loss", "main", "sub"), out, expected):
+        assert_close(a, e, 1e-6 if main.dtype == F32 else 1e-5, name=name)
+    rtol = GRAD_RTOL[main.dtype]
+    assert main_leaf.grad.dtype == main.dtype and sub_leaf.grad.dtype == main.dtype
+    assert_close(main_leaf.grad, z.grad, rtol, name="d main")
+    assert_close(sub_leaf.grad, s.grad, rtol, name="d sub")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Against the oracle
+# ---------------------------------------------------------------------------------------------------------------
+
+CASES = [
+    # mode, rows, classes, dtype, target kind, label_smoothing, temperature, target_threshold, reduction
+    ("ce", 5, 1, F32, "index", 0.0, 1.0, None, "mean"),
+    ("ce", 7, 7, F32, "index_ignore", 0.1, 1.0, None, "mean"),
+    ("ce", 9, 7, F32, "dense", 0.0, 2.0, None, "sum"),
+    ("ce", 13, 1000, F32, "index_ignore", 0.1, 1.0, None, "none"),
+    ("ce", 3, 30522, F32, "index", 0.1, 1.0, None, "mean"),
+    ("ce", 5, 1000, F16, "dense", 0.1, 1.0, None, "mean"),
+    ("ce", 7, 1000, BF16, "index_ignore", 0.0, 0.5, None, "none"),
+    ("ce", 3, 30522, BF16, "dense", 0.0, 1.0, None, "sum"),
+    ("bce", 5, 1, F32, "index", 0.0, 1.0, None, "mean"),
+    ("bce", 7, 7, F32, "dense", 0.1, 1.0, 0.0, "mean"),
+    ("bce", 9, 1000, F32, "index_ignore", 0.1, 2.0, None, "none"),
+    ("bce", 5, 1000, F16, "index", 0.0, 1.0, None, "sum"),
+    ("bce", 3, 30522, BF16, "dense", 0.0, 1.0, 0.0, "mean"),
+]
+
+
+@pytest.mark.parametrize(
+    ("mode", "rows", "classes", "dtype", "kind", "eps", "temperature", "threshold", "reduction"), CASES
+)
+def test_masksub_loss_matches_oracle(backend, mode, rows, classes, dtype, kind, eps, temperature, threshold, reduction):
+    main, sub, target = make_inputs(rows, classes, dtype, kind)
+    check_masksub(
+        main,
+        sub,
+        target,
+        mode=mode,
+        label_smoothing=eps,
+        temperature=temperature,
+        target_threshold=threshold,
+        reduction=reduction,
+        main_weight=0.6,
+        sub_weight=0.3,
+    )
+    assert mk.last_backend("masksub_loss") == backend
+
+
+@pytest.mark.parametrize(
+    ("classes", "dtype", "kind", "reduction"),
+    [
+        (1, F32, "index", "mean"),
+        (7, F32, "index_ignore", "none"),
+        (1000, F32, "dense", "sum"),
+        (1000, BF16, "index_ignore", "mean"),
+        (30522, F16, "index", "none"),
+    ],
+)
+@pytest.mark.parametrize("function", ["ce", "bce", "distill"])
+def test_single_branch_ops_match_oracle(backend, function, classes, dtype, kind, reduction):
+    rows = 3 if classes > 1000 else 7
+    main, sub, target = make_inputs(rows, classes, dtype, kind, seed=classes)
+    if function != "ce" and kind == "index_ignore":
+        target = target.clamp(min=0)  # no ignore_index in soft_target_bce and self_distillation_loss
+    options = {"label_smoothing": 0.1} if function != "distill" else {"temperature": 2.0}
+    options["target_threshold"] = 0.0 if function == "bce" and kind == "dense" else None
+    weights = grad_weights(reduction, rows)[0]
+    leaf = (sub if function == "distill" else main).detach().clone().requires_grad_(True)
+    if function == "ce":
+        value = mk.soft_target_cross_entropy(leaf, target, label_smoothing=0.1, reduction=reduction)
+    elif function == "bce":
+        value = mk.soft_target_bce(
+            leaf, target, label_smoothing=0.1, reduction=reduction, target_threshold=options["target_threshold"]
+        )
+    else:
+        teacher = main.detach().clone().requires_grad_(True)
+        value = mk.self_distillation_loss(leaf, teacher, temperature=2.0, reduction=reduction)
+    objective([value], [weights]).backward()
+    _, exp_main, exp_sub, z, s = oracle(
+        main,
+        sub,
+        target,
+        mode="bce" if function == "bce" else "ce",
+        reduction=reduction,
+        temperature=options.get("temperature", 1.0),
+        label_smoothing=options.get("label_smoothing", 0.0),
+        target_threshold=options["target_threshold"],
+    )
+    expected, leaf_expected = (exp_sub, s) if function == "distill" else (exp_main, z)
+    objective([expected], [weights]).backward()
+    assert value.dtype == torch.float32
+    assert_close(value, expected, 1e-6 if dtype == F32 else 1e-5, name="value")
+    assert_close(leaf.grad, leaf_expected.grad, GRAD_RTOL[dtype], name="grad")
+    if function == "distill":
+        assert teacher.grad is None  # the teacher is detached
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Edge cases
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["ce", "bce"])
+def test_all_ignored_rows_give_zero_loss_and_gradients(backend, mode):
+    main, sub, _ = make_inputs(5, 7, F32, "index")
+    target = torch.full((5,), -100, dtype=torch.int64, device=DEVICE)
+    main.requires_grad_(True)
+    sub.requires_grad_(True)
+    out = mk.masksub_loss(main, sub, target, mode=mode)
+    (out.loss + out.main + out.sub).backward()
+    for value in out:
+        assert float(value.detach()) == 0.0
+    assert torch.equal(main.grad, torch.zeros_like(main)) and torch.equal(sub.grad, torch.zeros_like(sub))
+    assert float(mk.soft_target_cross_entropy(main, target).detach()) == 0.0
+
+
+def test_empty_batch(backend):
+    main = torch.zeros(0, 5, device=DEVICE, requires_grad=True)
+    out = mk.masksub_loss(main, torch.zeros(0, 5, device=DEVICE), torch.zeros(0, dtype=torch.int64, device=DEVICE))
+    out.loss.backward()
+    assert float(out.loss.detach()) == 0.0 and main.grad.shape == (0, 5)
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("ce", "index"), ("ce", "dense"), ("bce", "index"), ("bce", "dense")])
+def test_extreme_and_infinite_logits(backend, mode, kind):
+    main, sub, target = make_inputs(5, 7, F32, kind)
+    main[:, 0], sub[:, 1] = 1e4, -1e4
+    main[1, 2] = main[3, 4] = sub[3, 4] = float("-inf")  # sub's -inf only where the teacher has no mass
+    if kind == "index":
+        target = torch.tensor([0, 1, 2, 5, 6], device=DEVICE)  # no class id on a -inf logit
+    else:  # no target mass on a -inf logit of main, nor teacher mass on sub's -inf (main is finite there)
+        target[1, 2] = target[3, 4] = 0.0
+    check_masksub(main, sub, target, mode=mode)
+    out = mk.masksub_loss(main, sub, target, mode=mode, reduction="none")
+    assert all(bool(torch.isfinite(v).all()) for v in out)
+
+
+def test_main_logits_never_written_and_get_no_sub_gradient(backend):
+    main, sub, target = make_inputs(7, 33, BF16, "index_ignore")
+    main.requires_grad_(True)
+    sub.requires_grad_(True)
+    before = main.detach().clone()
+    out = mk.masksub_loss(main, sub, target)
+    assert torch.equal(main.detach(), before)
+    out.sub.backward(retain_graph=True)
+    assert main.grad is None or not bool(main.grad.any())  # the sub term sends nothing to main
+    assert sub.grad is not None and bool(sub.grad.any())
+    out.loss.backward()
+    assert torch.equal(main.detach(), before)
+    main.grad = None
+    mk.self_distillation_loss(sub, main).backward()
+    assert main.grad is None
+    assert torch.equal(main.detach(), before)
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind", "eps"), [("ce", "index_ignore", 0.1), ("ce", "dense", 0.0), ("bce", "dense", 0.0)]
+)
+def test_many_blocks_online_rescaling(backend, monkeypatch, mode, kind, eps):
+    # 16 blocks of 64 classes: the running max grows block after block (row 0 starts with an all -inf block),
+    # falls (row 1), or jumps at the end (row 2); the stats must rescale every time.
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    main, sub, target = make_inputs(5, 1000, F32, kind)
+    ramp = torch.linspace(-40.0, 40.0, 1000, device=DEVICE)
+    main[0] += ramp
+    sub[0] += ramp
+    main[1] -= ramp
+    sub[1] += 0.5 * ramp
+    main[2, -1] = sub[2, -3] = 60.0
+    if eps == 0.0:  # label smoothing puts mass on every logit: -inf ones make the loss infinite
+        main[0, :64] = sub[0, :64] = float("-inf")
+    if kind == "dense":
+        target[0, :64] = 0.0  # no target mass on -inf logits
+    else:
+        target[0] = 500
+    options = {"target_threshold": 0.0} if mode == "bce" else {"label_smoothing": eps}
+    check_masksub(main, sub, target, mode=mode, temperature=2.0, reduction="none", **options)
+
+
+def test_two_half_weight_backwards_equal_one_of_the_sum(backend):
+    # The official sequential schedule: backward of crit_main / 2, then of crit_sub / 2, one optimizer step.
+    main, sub, target = make_inputs(9, 50, F32, "dense")
+    leaves = [t.detach().clone().requires_grad_(True) for t in (main, sub, main, sub)]
+    (0.5 * mk.soft_target_cross_entropy(leaves[0], target, label_smoothing=0.1)).backward()
+    (0.5 * mk.self_distillation_loss(leaves[1], leaves[0])).backward()
+    mk.masksub_loss(leaves[2], leaves[3], target, label_smoothing=0.1).loss.backward()
+    torch.testing.assert_close(leaves[0].grad, leaves[2].grad, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(leaves[1].grad, leaves[3].grad, rtol=1e-6, atol=1e-9)
+
+
+def test_strided_logits_and_targets(backend):
+    wide_main, wide_sub, wide_target = make_inputs(6, 20, F32, "dense")
+    main, sub, target = wide_main[::2, 3:13], wide_sub[::2, 3:13], torch.softmax(wide_target[::2, :10], 1).t().t()
+    check_masksub(main, sub, target, label_smoothing=0.1)
+
+
+def test_default_is_the_paper_loss():
+    main, sub, target = make_inputs(6, 10, F32, "index")
+    out = mk.masksub_loss(main, sub, target)
+    ce = F.cross_entropy(main, target)
+    distill = -(torch.softmax(main, 1) * torch.log_softmax(sub, 1)).sum(1).mean()
+    torch.testing.assert_close(out.loss, (ce + distill) / 2)
+
+
+def test_opcheck_and_torch_compile(backend):
+    main, sub, target = make_inputs(5, 7, F32, "index_ignore")
+    main.requires_grad_(True)
+    sub.requires_grad_(True)
+    args = (main, sub, target, False, 0.1, -100, 2.0, None)
+    torch.library.opcheck(
+        ml._loss_op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
+    )
+    compiled = torch.compile(lambda a, b, y: mk.masksub_loss(a, b, y).loss, fullgraph=True, backend="aot_eager")
+    value = compiled(main, sub, target)
+    value.backward()
+    expected, *_ = oracle(main, sub, target)
+    assert_close(value, expected, 2e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input: clear errors, before any kernel runs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda m, s, y: mk.masksub_loss(m, s[:, :5], y), ValueError, r"match main_logits.*\(4, 6\).*\(4, 5\)"),
+        (lambda m, s, y: mk.masksub_loss(m, s.double(), y), ValueError, "dtype"),
+        (lambda m, s, y: mk.masksub_loss(m, s, y[:3]), ValueError, r"\[rows=4\], got shape \(3,\)"),
+        (lambda m, s, y: mk.masksub_loss(m, s, y.float()), ValueError, "probability target must have"),
+        (lambda m, s, y: mk.masksub_loss(m, s, y.bool()), TypeError, "got torch.bool"),
+        (lambda m, s, y: mk.masksub_loss(m, s, y + 6), ValueError, r"\[0, 6\).*got \d+"),
+        (lambda m, s, y: mk.masksub_loss(m, s, y, mode="kl"), ValueError, "mode must be one of"),
+        (lambda m, s, y: mk.masksub_loss(m, s, y, reduction="avg"), ValueError, "reduction must be one of"),
+        (lambda m, s, y: mk.masksub_loss(m, s, y, temperature=0.0), ValueError, "temperature must be > 0"),
+        (lambda m, s, y: mk.masksub_loss(m, s, y, target_threshold=0.0), ValueError, "needs mode='bce'"),
+        (lambda m, s, y: mk.soft_target_cross_entropy(m[0], y), ValueError, r"\[rows, classes\]"),
+        (lambda m, s, y: mk.soft_target_cross_entropy(m.long(), y), TypeError, "float32, float16"),
+        (lambda m, s, y: mk.soft_target_cross_entropy(m, y, label_smoothing=1.5), ValueError, r"\[0, 1\]"),
+        (lambda m, s, y: mk.soft_target_bce(m, torch.full_like(y, -100)), ValueError, r"\[0, 6\), got -100"),
+        (lambda m, s, y: mk.self_distillation_loss(s, m, mode="mse"), ValueError, "mode must be one of"),
+    ],
+)
+def test_bad_input_raises_clear_errors(call, error, match):
+    main, sub, target = torch.randn(4, 6), torch.randn(4, 6), torch.tensor([0, 5, -100, 2])
+    with pytest.raises(error, match=match):
+        call(main, sub, target)
