@@ -15,21 +15,37 @@ from ._backend import (
     use_backend,
 )
 from ._philox import philox_uint32
+from .ops.grid_mask import mask_image_grid, mask_tokens_grid, random_grid_mask
+from .ops.masksub_loss import (
+    MaskSubLoss,
+    masksub_loss,
+    self_distillation_loss,
+    soft_target_bce,
+    soft_target_cross_entropy,
+)
 from .ops.token_select import gather_tokens, num_kept_tokens, random_keep_indices, random_token_select
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MaskSubLoss",
     "available_backends",
     "gather_tokens",
     "get_backend",
     "last_backend",
+    "mask_image_grid",
+    "mask_tokens_grid",
+    "masksub_loss",
     "num_kept_tokens",
     "philox_uint32",
+    "random_grid_mask",
     "random_keep_indices",
     "random_token_select",
     "resolve_backend",
+    "self_distillation_loss",
     "set_backend",
+    "soft_target_bce",
+    "soft_target_cross_entropy",
     "triton_interpreted",
     "use_backend",
 ]

@@ -18,7 +18,11 @@ import os
 import sys
 import time
 
-OP_MODULES = ("masksub_kernels.ops.token_select",)
+OP_MODULES = (
+    "masksub_kernels.ops.token_select",
+    "masksub_kernels.ops.grid_mask",
+    "masksub_kernels.ops.masksub_loss",
+)
 
 
 def kernel_specs():

@@ -1,0 +1,419 @@
+"""random_grid_mask, mask_image_grid, mask_tokens_grid: every backend against the reference, bit for bit."""
+
+import math
+
+import pytest
+import torch
+from conftest import DEVICE, kernel_backends
+
+import masksub_kernels as mk
+from masksub_kernels.ops import grid_mask as gm
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+INT_OF_WIDTH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def cuda_grid_ops_built() -> bool:
+    try:
+        from masksub_kernels import _C
+    except ImportError:
+        return False
+    return all(hasattr(_C, name) for name in gm.CUDA_OPS)
+
+
+def grid_backends(names):
+    """The backends to test; a CUDA extension built before its grid-mask kernels existed is skipped, not failed."""
+    skip = pytest.mark.skip("the CUDA extension has no grid-mask kernels yet")
+    return [pytest.param(n, marks=skip) if n == "cuda" and not cuda_grid_ops_built() else n for n in names]
+
+
+@pytest.fixture(params=grid_backends(["torch", *kernel_backends()]))
+def backend(request):
+    """Each available backend in turn (the reference included), restored afterwards."""
+    with mk.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=grid_backends(kernel_backends()) or [pytest.param("none", marks=pytest.mark.skip("none"))])
+def kernel_backend(request):
+    """Each available non-reference backend in turn."""
+    with mk.use_backend(request.param):
+        yield request.param
+
+
+def bits(x: torch.Tensor) -> torch.Tensor:
+    """The raw bits of a float tensor on the CPU: equality of these is bit-exactness (NaNs and -0.0 included)."""
+    return x.detach().cpu().view(INT_OF_WIDTH[x.element_size()])
+
+
+def randn(*shape, dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype).to(DEVICE)
+
+
+def removed_from_keep_indices(batch_size, grid_h, grid_w, num_keep, seed):
+    """The contract: the removed cells are all but random_keep_indices' kept ones (row-major numbering)."""
+    ids = mk.random_keep_indices(batch_size, grid_h * grid_w, num_keep, seed=seed, device=DEVICE)
+    removed = torch.ones(batch_size, grid_h * grid_w, dtype=torch.bool, device=DEVICE)
+    return removed.scatter_(1, ids, False).view(batch_size, grid_h, grid_w)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# random_grid_mask
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("grid_size", "num_keep"), [((7, 7), 24), ((4, 6), 12), (5, 1), ((1, 1), 1), ((3, 5), 15), ((2, 40), 17)]
+)
+def test_grid_mask_is_random_keep_indices(backend, grid_size, num_keep):
+    mask = mk.random_grid_mask(3, grid_size, num_keep, seed=1234, device=DEVICE)
+    grid_h, grid_w = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
+    assert mask.dtype == torch.bool and mask.shape == (3, grid_h, grid_w) and mask.device.type == DEVICE.type
+    assert torch.equal(mask, removed_from_keep_indices(3, grid_h, grid_w, num_keep, 1234))
+    reference = gm.cell_mask_reference(1234, 3, grid_h * grid_w, num_keep, torch.device("cpu"))
+    assert torch.equal(mask.cpu().view(3, -1), reference)
+    assert mask.view(3, -1).sum(dim=1).tolist() == [grid_h * grid_w - num_keep] * 3
+
+
+def test_grid_mask_large_grid(kernel_backend):
+    mask = mk.random_grid_mask(2, (12, 20), 100, seed=8, device=DEVICE)
+    assert torch.equal(mask, removed_from_keep_indices(2, 12, 20, 100, 8))
+
+
+def test_grid_mask_empty_batch(backend):
+    assert mk.random_grid_mask(0, 7, 24, seed=0, device=DEVICE).shape == (0, 7, 7)
+
+
+def test_seed_none_follows_torch_manual_seed(backend):
+    torch.manual_seed(0)
+    first = mk.random_grid_mask(2, 7, 24, device=DEVICE)
+    torch.manual_seed(0)
+    assert torch.equal(first, mk.random_grid_mask(2, 7, 24, device=DEVICE))
+    assert not torch.equal(first, mk.random_grid_mask(2, 7, 24, device=DEVICE))
+
+
+def test_removed_cells_uniform_chi_square():
+    # 4000 samples of a 4 x 4 grid keeping 8: each cell removed 2000 times in expectation. chi-square with 15
+    # degrees of freedom; 37.7 is its 0.999 quantile (fixed seed: deterministic).
+    mask = mk.random_grid_mask(4000, 4, 8, seed=2024)
+    counts = mask.view(4000, 16).sum(dim=0).double()
+    chi_square = float(((counts - 2000) ** 2 / 2000).sum())
+    assert chi_square < 37.7, counts
+
+
+def test_removed_cells_uniform_over_seeds():
+    # the published 7 x 7 grid at r = 0.5: every cell is removed with frequency close to 25/49 over seeds
+    hits = torch.zeros(7, 7)
+    for seed in range(200):
+        hits += mk.random_grid_mask(4, 7, 24, seed=seed).sum(dim=0)
+    frequency = hits / 800
+    assert float((frequency - 25 / 49).abs().max()) < 0.1
+    assert not torch.equal(mk.random_grid_mask(1, 7, 24, seed=1), mk.random_grid_mask(1, 7, 24, seed=2))
+
+
+@pytest.mark.parametrize(
+    ("grid_size", "num_keep", "error", "match"),
+    [
+        ((7, 0), 1, ValueError, "grid_w"),
+        ((7, 7, 7), 1, TypeError, "grid_size"),
+        ((7.0, 7), 1, TypeError, "grid_h"),
+        ((7, 7), 0, ValueError, "num_keep"),
+        ((7, 7), 50, ValueError, "num_keep"),
+        ((100, 100), 5, ValueError, "num_tokens"),
+    ],
+)
+def test_grid_mask_bad_input(grid_size, num_keep, error, match):
+    with pytest.raises(error, match=match):
+        mk.random_grid_mask(2, grid_size, num_keep, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mask_image_grid
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def image_layouts(x):
+    return {"contiguous": x, "channels_last": x.contiguous(memory_format=torch.channels_last)}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float64])
+def test_mask_image_matches_reference(backend, dtype, layout):
+    images = image_layouts(randn(2, 3, 64, 96, dtype=dtype))[layout].requires_grad_(True)
+    masked, mask = mk.mask_image_grid(images, 0.5, cell_size=32, seed=7, fill_value=0.1)
+    assert mask.shape == (2, 2, 3) and torch.equal(mask, mk.random_grid_mask(2, (2, 3), 3, seed=7, device=DEVICE))
+    assert masked.dtype == dtype and masked.stride() == images.stride()  # output layout = input layout
+    expected = gm.mask_image_reference(images.detach().cpu(), mask.cpu(), 32, 0.1)
+    assert torch.equal(bits(masked), bits(expected))
+    grad = image_layouts(randn(*masked.shape, dtype=dtype, seed=1))[layout]
+    masked.backward(grad)
+    pixels = gm.pixel_mask_reference(mask.cpu(), 32)[:, None]
+    assert torch.equal(bits(images.grad), bits(grad.cpu().masked_fill(pixels, 0)))
+
+
+def test_mask_image_semantics(backend):
+    images = randn(3, 2, 96, 64)
+    images[0, 0, :4, :4] = float("nan")  # kept pixels are copied bit for bit, whatever they hold
+    images[0, 1, :4, :4] = -0.0
+    masked, mask = mk.mask_image_grid(images, 0.5, cell_size=32, seed=3, fill_value=-1.5)
+    assert mask.view(3, -1).sum(dim=1).tolist() == [6 - 3] * 3
+    cells = masked.view(3, 2, 3, 32, 2, 32).permute(0, 2, 4, 1, 3, 5)  # [B, gh, gw, C, 32, 32]
+    originals = images.view(3, 2, 3, 32, 2, 32).permute(0, 2, 4, 1, 3, 5)
+    assert bool((cells[mask] == -1.5).all())  # removed cells: constant fill
+    assert torch.equal(bits(cells[~mask]), bits(originals[~mask]))  # kept cells: untouched
+
+
+def test_mask_image_identity_at_ratio_zero(backend):
+    images = randn(2, 3, 64, 64, dtype=torch.bfloat16)
+    masked, mask = mk.mask_image_grid(images, 0.0, seed=1)
+    assert not bool(mask.any()) and torch.equal(bits(masked), bits(images))
+    assert masked.data_ptr() != images.data_ptr()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_mask_image_non_square(backend, layout):
+    images = image_layouts(randn(1, 3, 224, 160))[layout]
+    masked, mask = mk.mask_image_grid(images, 0.5, seed=11)
+    assert mask.shape == (1, 7, 5) and int(mask.sum()) == 35 - 17
+    assert torch.equal(bits(masked), bits(gm.mask_image_reference(images.cpu(), mask.cpu(), 32, 0.0)))
+    assert masked.stride() == images.stride()
+
+
+def test_cell_sizes_not_powers_of_two(backend):
+    images = image_layouts(randn(2, 3, 48, 72))["channels_last"]
+    masked, mask = mk.mask_image_grid(images, 0.5, cell_size=24, seed=4)
+    assert mask.shape == (2, 2, 3)
+    assert torch.equal(bits(masked), bits(gm.mask_image_reference(images.cpu(), mask.cpu(), 24, 0.0)))
+    tokens, mask_token = randn(2, 12, 18, 5), randn(5, seed=1)
+    out, mask = mk.mask_tokens_grid(tokens, mask_token, 0.5, cell_size=6, seed=4)
+    expected = gm.mask_tokens_reference(tokens.cpu(), mask_token.cpu(), mask.cpu(), 6)
+    assert mask.shape == (2, 2, 3) and torch.equal(bits(out), bits(expected))
+
+
+def test_mask_image_strided_views(backend):
+    base = randn(4, 5, 64, 64)
+    for view in (base[::2, 1:4], base.permute(0, 1, 3, 2), base[:, :, :, :32]):
+        view = view.detach().requires_grad_(True)
+        masked, mask = mk.mask_image_grid(view, 0.5, seed=2)
+        assert torch.equal(bits(masked), bits(gm.mask_image_reference(view.detach().cpu(), mask.cpu(), 32, 0.0)))
+        masked.sum().backward()  # an expanded (stride 0) gradient, read in place
+        expected = (~gm.pixel_mask_reference(mask.cpu(), 32))[:, None].float().expand(view.shape)
+        assert torch.equal(view.grad.cpu(), expected)
+
+
+def test_mask_image_published_cell_counts():
+    # 224 px, 32-pixel cells, r = 0.5: 49 cells, 24 kept, 25 removed (reference backend: cheap at this size)
+    with mk.use_backend("torch"):
+        _, mask = mk.mask_image_grid(torch.zeros(8, 3, 224, 224), 0.5, seed=0)
+    assert mask.shape == (8, 7, 7) and mask.view(8, -1).sum(dim=1).tolist() == [25] * 8
+
+
+@pytest.mark.parametrize(
+    ("shape", "kwargs", "error", "match"),
+    [
+        ((2, 3, 64, 64), {"mask_ratio": 1.0}, ValueError, r"\[0, 1\)"),
+        ((2, 3, 64, 64), {"mask_ratio": -0.1}, ValueError, r"\[0, 1\)"),
+        ((2, 3, 64, 64), {"mask_ratio": 0.9}, ValueError, "at least one"),
+        ((2, 3, 64, 80), {}, ValueError, "not divisible by cell_size=32"),
+        ((2, 3, 64, 64), {"cell_size": 0}, ValueError, "cell_size"),
+        ((3, 64, 64), {}, ValueError, "4-D"),
+        ((2, 3, 64, 64), {"fill_value": True}, TypeError, "fill_value"),
+        ((2, 3, 64, 64), {"seed": -1}, ValueError, "seed"),
+    ],
+)
+def test_mask_image_bad_input(shape, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        mk.mask_image_grid(torch.zeros(shape), **kwargs)
+
+
+def test_mask_image_bad_dtype():
+    with pytest.raises(TypeError, match="float32"):
+        mk.mask_image_grid(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mask_tokens_grid
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def mask_token_grad_float64(grad, mask, cell_size):
+    removed = gm.pixel_mask_reference(mask.cpu(), cell_size)[..., None]
+    return torch.where(removed, grad.cpu().double(), 0).sum(dim=(0, 1, 2))
+
+
+def assert_mask_token_grad_close(actual, grad, mask, cell_size):
+    # fp32 accumulation (fp64 for fp64) of n terms in another order than float64's: |error| <= n * eps * max|term|
+    # (the classic bound), then one rounding to the dtype (rtol eps)
+    expected = mask_token_grad_float64(grad, mask, cell_size)
+    terms = int(mask.sum()) * cell_size * cell_size
+    acc_eps = torch.finfo(torch.float64 if actual.dtype == torch.float64 else torch.float32).eps
+    atol = acc_eps * terms * float(grad.abs().max())
+    torch.testing.assert_close(actual.detach().cpu().double(), expected, rtol=torch.finfo(actual.dtype).eps, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float64])
+def test_mask_tokens_matches_reference(backend, dtype):
+    tokens = randn(2, 16, 24, 40, dtype=dtype).requires_grad_(True)
+    mask_token = randn(40, dtype=dtype, seed=5).requires_grad_(True)
+    out, mask = mk.mask_tokens_grid(tokens, mask_token, 0.5, seed=9)
+    assert mask.shape == (2, 2, 3) and torch.equal(mask, mk.random_grid_mask(2, (2, 3), 3, seed=9, device=DEVICE))
+    assert out.dtype == dtype and out.is_contiguous()
+    expected = gm.mask_tokens_reference(tokens.detach().cpu(), mask_token.detach().cpu(), mask.cpu(), 8)
+    assert torch.equal(bits(out), bits(expected))
+    grad = randn(*out.shape, dtype=dtype, seed=1)
+    out.backward(grad)
+    grad_tokens, _ = gm.mask_tokens_backward_reference(grad.cpu(), mask.cpu(), 8)
+    assert torch.equal(bits(tokens.grad), bits(grad_tokens))
+    assert mask_token.grad.dtype == dtype
+    assert_mask_token_grad_close(mask_token.grad, grad, mask, 8)
+
+
+def test_mask_tokens_semantics(backend):
+    tokens = randn(3, 16, 16, 12)
+    mask_token = randn(1, 1, 12, seed=2).requires_grad_(True)  # timm-style [1, 1, C] parameter
+    out, mask = mk.mask_tokens_grid(tokens, mask_token, 0.5, seed=4)
+    assert mask.view(3, -1).sum(dim=1).tolist() == [4 - 2] * 3
+    removed = gm.pixel_mask_reference(mask.cpu(), 8).to(DEVICE)
+    assert torch.equal(out[removed], mask_token.detach().view(1, 12).expand(int(removed.sum()), 12))
+    assert torch.equal(out[~removed], tokens[~removed])
+    out.sum().backward()  # an expanded (stride 0) grad_output
+    assert mask_token.grad.shape == (1, 1, 12)
+    assert torch.equal(mask_token.grad.view(12), torch.full((12,), float(removed.sum())))
+
+
+def test_mask_tokens_identity_at_ratio_zero(backend):
+    tokens = randn(2, 8, 16, 10, dtype=torch.bfloat16)
+    out, mask = mk.mask_tokens_grid(tokens, torch.zeros(10, dtype=torch.bfloat16, device=DEVICE), 0.0, seed=0)
+    assert not bool(mask.any()) and torch.equal(bits(out), bits(tokens))
+
+
+@pytest.mark.parametrize("which", ["tokens", "mask_token"])
+def test_mask_tokens_one_input_needs_grad(backend, which):
+    tokens = randn(2, 16, 8, 24).requires_grad_(which == "tokens")
+    mask_token = randn(24, seed=3).requires_grad_(which == "mask_token")
+    out, mask = mk.mask_tokens_grid(tokens, mask_token, 0.5, seed=6)
+    grad = randn(*out.shape, seed=7)
+    out.backward(grad)
+    expected_tokens, _ = gm.mask_tokens_backward_reference(grad.cpu(), mask.cpu(), 8)
+    if which == "tokens":
+        assert mask_token.grad is None and torch.equal(bits(tokens.grad), bits(expected_tokens))
+    else:
+        assert tokens.grad is None
+        assert_mask_token_grad_close(mask_token.grad, grad, mask, 8)
+
+
+def test_mask_tokens_strided_layouts(backend):
+    base = randn(2, 16, 24, 48)
+    mask_token = randn(40, seed=1)
+    for tokens in (base[..., :40], base[..., :40].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)):
+        out, mask = mk.mask_tokens_grid(tokens, mask_token, 0.5, seed=3)
+        assert torch.equal(bits(out), bits(gm.mask_tokens_reference(tokens.cpu(), mask_token.cpu(), mask.cpu(), 8)))
+
+
+def test_mask_token_grad_partial_reduction(kernel_backend):
+    # 48 lines (b, h): one per program (more partials than one block of the second stage), 7 per program with a
+    # ragged last one, or all in one program; then the fixed-order second stage
+    if kernel_backend != "triton":
+        pytest.skip("exercises the Triton launcher")
+    mask = mk.random_grid_mask(3, (2, 3), 3, seed=1, device=DEVICE)
+    grad = randn(3, 16, 24, 40, seed=2)
+    for max_partials in (1024, 7, 1):
+        grad_tokens, grad_mask = gm._mask_tokens_backward_triton(grad, mask, 8, True, True, max_partials)
+        assert torch.equal(grad_tokens.cpu(), gm.mask_tokens_backward_reference(grad.cpu(), mask.cpu(), 8)[0])
+        assert_mask_token_grad_close(grad_mask, grad, mask, 8)
+        again = gm._mask_tokens_backward_triton(grad, mask, 8, False, True, max_partials)[1]
+        assert torch.equal(bits(again), bits(grad_mask))  # same bits with or without writing dT
+
+
+def test_mask_token_grad_deterministic(backend):
+    tokens = randn(2, 16, 16, 32, dtype=torch.bfloat16)
+    grads = []
+    for _ in range(2):
+        mask_token = torch.zeros(32, dtype=torch.bfloat16, device=DEVICE, requires_grad=True)
+        out, _ = mk.mask_tokens_grid(tokens, mask_token, 0.5, seed=5)
+        out.backward(randn(*out.shape, dtype=torch.bfloat16, seed=3))
+        grads.append(bits(mask_token.grad))
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_mask_tokens_published_cell_counts():
+    # Swin at 224 px: 56 x 56 tokens, 8 x 8-token cells -> 49 cells, 25 replaced; 224 x 160 -> 7 x 5 cells
+    with mk.use_backend("torch"):
+        _, mask = mk.mask_tokens_grid(torch.zeros(4, 56, 56, 3), torch.zeros(3), 0.5, seed=0)
+        _, wide = mk.mask_tokens_grid(torch.zeros(4, 56, 40, 3), torch.zeros(3), 0.5, seed=0)
+    assert mask.view(4, -1).sum(dim=1).tolist() == [25] * 4
+    assert wide.shape == (4, 7, 5) and wide.view(4, -1).sum(dim=1).tolist() == [35 - 17] * 4
+
+
+@pytest.mark.parametrize(
+    ("tokens", "mask_token", "kwargs", "error", "match"),
+    [
+        (torch.zeros(2, 64, 8), torch.zeros(8), {}, ValueError, "4-D"),
+        (torch.zeros(2, 16, 16, 8), torch.zeros(7), {}, ValueError, r"\[C=8\]"),
+        (torch.zeros(2, 16, 16, 8), torch.zeros(2, 8), {}, ValueError, r"\[C=8\]"),
+        (torch.zeros(2, 8, 16, 16), torch.zeros(8), {}, ValueError, "B, H, W, C"),  # NCHW by mistake
+        (torch.zeros(2, 16, 16, 8), torch.zeros(8, dtype=torch.float16), {}, TypeError, "dtype of tokens"),
+        (torch.zeros(2, 16, 16, 8), torch.zeros(8, device="meta"), {}, ValueError, "device"),
+        (torch.zeros(2, 16, 16, 8), [0.0] * 8, {}, TypeError, "mask_token"),
+        (torch.zeros(2, 16, 12, 8), torch.zeros(8), {}, ValueError, "not divisible by cell_size=8"),
+        (torch.zeros(2, 16, 16, 8), torch.zeros(8), {"mask_ratio": 1.0}, ValueError, r"\[0, 1\)"),
+        (torch.zeros(2, 16, 16, 8, dtype=torch.int32), torch.zeros(8), {}, TypeError, "float32"),
+    ],
+)
+def test_mask_tokens_bad_input(tokens, mask_token, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        mk.mask_tokens_grid(tokens, mask_token, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Across backends and under torch.compile
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_mask_on_every_backend():
+    images, tokens = randn(2, 3, 64, 96), randn(2, 16, 24, 4)
+    results = {}
+    for name in mk.available_backends():
+        with mk.use_backend(name):
+            try:
+                results[name] = (
+                    mk.random_grid_mask(2, (2, 3), 3, seed=21, device=DEVICE),
+                    mk.mask_image_grid(images, seed=21)[1],
+                    mk.mask_tokens_grid(tokens, torch.zeros(4, device=DEVICE), seed=21)[1],
+                )
+            except RuntimeError:  # a backend that runs on another device only (cuda on a CPU tensor)
+                continue
+    expected = removed_from_keep_indices(2, 2, 3, 3, 21)
+    assert results and all(torch.equal(mask, expected) for masks in results.values() for mask in masks)
+
+
+def test_backend_is_reported():
+    with mk.use_backend("torch"):
+        mk.mask_image_grid(torch.zeros(1, 1, 32, 64), seed=0)
+        mk.mask_tokens_grid(torch.zeros(1, 8, 16, 2), torch.zeros(2), seed=0)
+    assert mk.last_backend("mask_image_grid") == mk.last_backend("mask_tokens_grid") == "torch"
+    assert mk.last_backend("random_grid_mask") == "torch"
+
+
+def test_torch_compile_fullgraph():
+    # the ops are opaque custom ops: no graph break, same values and gradients as eager
+    def step(images, tokens, mask_token):
+        masked, _ = mk.mask_image_grid(images, 0.5, seed=3)
+        out, _ = mk.mask_tokens_grid(tokens, mask_token, 0.5, seed=3)
+        return (masked * 2).sum() + (out * out).sum()
+
+    inputs = [torch.randn(2, 3, 64, 64), torch.randn(2, 16, 16, 4), torch.randn(4)]
+    eager = [x.clone().requires_grad_(True) for x in inputs]
+    compiled_inputs = [x.clone().requires_grad_(True) for x in inputs]
+    step(*eager).backward()
+    torch.compile(step, fullgraph=True, backend="aot_eager")(*compiled_inputs).backward()
+    for a, b in zip(eager, compiled_inputs):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_mask_ratio_rounding_matches_official_formula():
+    # Kc = floor(Lc * (1 - r)), as int(L * (1 - r)) in the official code
+    for ratio in (0.25, 0.5, 0.6, 0.75):
+        _, mask = mk.mask_image_grid(torch.zeros(1, 1, 224, 224), ratio, seed=0)
+        assert int((~mask).sum()) == math.floor(49 * (1 - ratio))
