@@ -179,64 +179,37 @@ def _select_kernel(
 
 
 @jit
-def _gather_kernel(
-    x_ptr,  # [B, P+N, D], last stride 1
-    ids_ptr,  # int [B, K]
-    y_ptr,  # [B, P+K, D] out, contiguous
-    total_rows,  # B * (P+K)
+def _copy_rows_kernel(
+    src_ptr,  # [B, P + SRC_LEN, D], last stride 1
+    map_ptr,  # int [B, MAP_LEN]: source patch row of each output patch row, -1 for a row of zeros
+    dst_ptr,  # [B, P + MAP_LEN, D] out, contiguous
+    total_rows,  # B * (P + MAP_LEN)
     P,
-    N,
-    K,
+    MAP_LEN,
+    SRC_LEN,
     D,
-    stride_xb,
-    stride_xs,
+    stride_sb,
+    stride_ss,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    # Tile of BLOCK_R output rows x BLOCK_D channels; each output row reads one source row.
+    # Both directions are one row copy. Output row (b, t): a prefix row (t < P) copies source row t; a patch row
+    # copies source row P + map[b, t - P], or is zero where the map says -1. Gather: map = ids (K entries, source
+    # N patch rows). Scatter (the backward): map = inv (N entries, source K rows of dY), -1 on dropped tokens.
     out_rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
     row_ok = out_rows < total_rows
     col_ok = cols < D
-    b = out_rows // (P + K)
-    j = out_rows - b * (P + K)
-    is_patch = j >= P
-    kept = tl.load(ids_ptr + b * K + (j - P), mask=row_ok & is_patch, other=0).to(tl.int64)
-    src = tl.where(is_patch, P + kept, j)
-    src_ok = row_ok & (src >= 0) & (src < P + N)  # an out-of-range id reads nothing (zeros), never stray memory
-    x_offsets = b[:, None] * stride_xb + src[:, None] * stride_xs + cols[None, :]
-    values = tl.load(x_ptr + x_offsets, mask=src_ok[:, None] & col_ok[None, :], other=0.0)
-    tl.store(y_ptr + out_rows[:, None] * D + cols[None, :], values, mask=row_ok[:, None] & col_ok[None, :])
-
-
-@jit
-def _scatter_kernel(
-    grad_y_ptr,  # [B, P+K, D], last stride 1
-    inv_ptr,  # int32 [B, N]
-    grad_x_ptr,  # [B, P+N, D] out, contiguous
-    total_rows,  # B * (P+N)
-    P,
-    N,
-    K,
-    D,
-    stride_gb,
-    stride_gs,
-    BLOCK_R: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
-    # Tile of BLOCK_R rows of dX: a prefix row copies dY's, a kept patch row copies dY[P + inv], a dropped one is 0.
-    out_rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
-    row_ok = out_rows < total_rows
-    col_ok = cols < D
-    b = out_rows // (P + N)
-    t = out_rows - b * (P + N)
+    b = out_rows // (P + MAP_LEN)
+    t = out_rows - b * (P + MAP_LEN)
     is_patch = t >= P
-    slot = tl.load(inv_ptr + b * N + (t - P), mask=row_ok & is_patch, other=-1).to(tl.int64)
-    src = tl.where(is_patch, tl.where(slot >= 0, P + slot, -1), t)
-    g_offsets = b[:, None] * stride_gb + src[:, None] * stride_gs + cols[None, :]
-    values = tl.load(grad_y_ptr + g_offsets, mask=(row_ok & (src >= 0))[:, None] & col_ok[None, :], other=0.0)
-    tl.store(grad_x_ptr + out_rows[:, None] * D + cols[None, :], values, mask=row_ok[:, None] & col_ok[None, :])
+    source = tl.load(map_ptr + b * MAP_LEN + (t - P), mask=row_ok & is_patch, other=0).to(tl.int64)
+    src = tl.where(is_patch, P + source, t)
+    # -1 rows are zeros; an out-of-range id reads nothing either (zeros), never stray memory
+    src_ok = row_ok & (source >= 0) & (src < P + SRC_LEN)
+    offsets = b[:, None] * stride_sb + src[:, None] * stride_ss + cols[None, :]
+    values = tl.load(src_ptr + offsets, mask=src_ok[:, None] & col_ok[None, :], other=0.0)
+    tl.store(dst_ptr + out_rows[:, None] * D + cols[None, :], values, mask=row_ok[:, None] & col_ok[None, :])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -286,61 +259,23 @@ def _select_triton(
     return ids, (inv if write_inverse else None)
 
 
-def _gather_triton(x: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-    if x.stride(2) != 1:
-        x = x.contiguous()
-    batch_size, seq_len, dim = x.shape
-    num_keep = ids.shape[1]
-    ids = ids.contiguous()
-    y = torch.empty(batch_size, num_prefix_tokens + num_keep, dim, dtype=x.dtype, device=x.device)
-    total_rows = y.shape[0] * y.shape[1]
+def _copy_rows_triton(source: torch.Tensor, row_map: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """[B, P + len(map), D] from source [B, P + n, D]: prefix rows copied, patch rows by the map (-1: zeros)."""
+    if source.stride(2) != 1:
+        source = source.contiguous()
+    batch_size, source_len, dim = source.shape
+    map_len = row_map.shape[1]
+    out = torch.empty(batch_size, num_prefix_tokens + map_len, dim, dtype=source.dtype, device=source.device)
+    total_rows = out.shape[0] * out.shape[1]
     if total_rows and dim:
-        block_r, block_d = _copy_tile(dim, x.element_size())
+        block_r, block_d = _copy_tile(dim, source.element_size())
         grid = (triton_cdiv(total_rows, block_r), triton_cdiv(dim, block_d))
-        _gather_kernel[grid](
-            x,
-            ids,
-            y,
-            total_rows,
-            num_prefix_tokens,
-            seq_len - num_prefix_tokens,
-            num_keep,
-            dim,
-            x.stride(0),
-            x.stride(1),
-            BLOCK_R=block_r,
-            BLOCK_D=block_d,
-            num_warps=4,
-        )
-    return y
-
-
-def _scatter_triton(grad_y: torch.Tensor, inv: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-    if grad_y.stride(2) != 1:
-        grad_y = grad_y.contiguous()
-    batch_size, _, dim = grad_y.shape
-    num_tokens = inv.shape[1]
-    grad_x = torch.empty(batch_size, num_prefix_tokens + num_tokens, dim, dtype=grad_y.dtype, device=grad_y.device)
-    total_rows = grad_x.shape[0] * grad_x.shape[1]
-    if total_rows and dim:
-        block_r, block_d = _copy_tile(dim, grad_y.element_size())
-        grid = (triton_cdiv(total_rows, block_r), triton_cdiv(dim, block_d))
-        _scatter_kernel[grid](
-            grad_y,
-            inv.contiguous(),
-            grad_x,
-            total_rows,
-            num_prefix_tokens,
-            num_tokens,
-            grad_y.shape[1] - num_prefix_tokens,
-            dim,
-            grad_y.stride(0),
-            grad_y.stride(1),
-            BLOCK_R=block_r,
-            BLOCK_D=block_d,
-            num_warps=4,
-        )
-    return grad_x
+        _copy_rows_kernel[grid](
+            source, row_map.contiguous(), out, total_rows, num_prefix_tokens, map_len,
+            source_len - num_prefix_tokens, dim, source.stride(0), source.stride(1),
+            BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4,
+        )  # fmt: skip
+    return out
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -394,7 +329,7 @@ def _(seed, batch_size, num_tokens, num_keep, device, ordered, write_inverse):
 def _gather_op(x: torch.Tensor, ids: torch.Tensor, inv: torch.Tensor | None, num_prefix_tokens: int) -> torch.Tensor:
     backend = resolve_backend(x.device, "gather_tokens")
     if backend == "triton":
-        return _gather_triton(x, ids, num_prefix_tokens)
+        return _copy_rows_triton(x, ids, num_prefix_tokens)
     if backend == "cuda":
         return _cuda_ext().gather_tokens(x, ids, num_prefix_tokens)
     return gather_reference(x, ids, num_prefix_tokens)
@@ -420,7 +355,7 @@ def _scatter_op(
         inv = inverse_reference(ids, num_tokens)
     if backend == "cuda":
         return _cuda_ext().scatter_tokens(grad_y, inv, num_prefix_tokens)
-    return _scatter_triton(grad_y, inv, num_prefix_tokens)
+    return _copy_rows_triton(grad_y, inv, num_prefix_tokens)
 
 
 @_scatter_op.register_fake
@@ -519,19 +454,11 @@ def random_token_select(
 
 # Compile specs for the sm_80/sm_90 check (masksub_kernels/tools/compile_kernels.py): name, kernel, signature,
 # constexprs, options. Pointer and scalar types follow what the launchers pass.
-def _copy_signature(src: str, index: str, dst: str, stride: str, dtype: str) -> dict[str, str]:
+def _copy_signature(dtype: str, map_dtype: str) -> dict[str, str]:
     return {
-        f"{src}_ptr": f"*{dtype}",
-        f"{index}_ptr": "*i64" if index == "ids" else "*i32",
-        f"{dst}_ptr": f"*{dtype}",
-        "total_rows": "i64",
-        "P": "i32",
-        "N": "i32",
-        "K": "i32",
-        "D": "i32",
-        f"stride_{stride}b": "i64",
-        f"stride_{stride}s": "i64",
-    }
+        "src_ptr": f"*{dtype}", "map_ptr": f"*{map_dtype}", "dst_ptr": f"*{dtype}", "total_rows": "i64",
+        "P": "i32", "MAP_LEN": "i32", "SRC_LEN": "i32", "D": "i32", "stride_sb": "i64", "stride_ss": "i64",
+    }  # fmt: skip
 
 
 KERNEL_SPECS = [
@@ -545,20 +472,9 @@ KERNEL_SPECS = [
     for ordered in (False, True)
     for block_n in (256, 4096)
 ]
-for _dtype in ("fp32", "fp16", "bf16"):
-    KERNEL_SPECS += [
-        (
-            f"gather[{_dtype}]",
-            _gather_kernel,
-            _copy_signature("x", "ids", "y", "x", _dtype),
-            {"BLOCK_R": 16, "BLOCK_D": 256},
-            {"num_warps": 4},
-        ),
-        (
-            f"scatter[{_dtype}]",
-            _scatter_kernel,
-            _copy_signature("grad_y", "inv", "grad_x", "g", _dtype),
-            {"BLOCK_R": 16, "BLOCK_D": 256},
-            {"num_warps": 4},
-        ),
-    ]
+KERNEL_SPECS += [
+    (f"copy_rows[{dtype},{direction}]", _copy_rows_kernel, _copy_signature(dtype, map_dtype),
+     {"BLOCK_R": 16, "BLOCK_D": 256}, {"num_warps": 4})
+    for dtype in ("fp32", "fp16", "bf16")
+    for direction, map_dtype in (("gather", "i64"), ("scatter", "i32"))
+]  # fmt: skip
