@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The small replication of docs/replication (README, "Training"): a tiny ViT on the embedded digits set, trained
+# plainly and with MaskSub, 3 seeds each, same recipe; then the table, the plot and the logs in docs/replication.
+# One thread per run (the numbers were measured on a shared 2-core CPU, where one thread is the steady setting).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-.venv/bin/python}
+RUNS=${RUNS:-/tmp/masksub-replication}   # checkpoints and logs of each run (checkpoints stay out of the repository)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+COMMON=(--model vit_tiny_patch16_224 --model-kwargs img_size=32 patch_size=8 embed_dim=64 depth=4 num_heads=4
+        --epochs 40 --warmup-epochs 3 --lr 2e-3 --batch-size 32 --no-progress)
+for seed in 0 1 2; do
+    $PY -m masksub_kernels.train "${COMMON[@]}" --seed "$seed" --baseline --output "$RUNS/baseline-seed$seed"
+    $PY -m masksub_kernels.train "${COMMON[@]}" --seed "$seed" --output "$RUNS/masksub-seed$seed"
+done
+$PY -m masksub_kernels.training.replication "$RUNS" docs/replication

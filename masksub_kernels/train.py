@@ -1,0 +1,431 @@
+"""``masksub-train``: train any timm image model with MaskSub (or plainly, ``--baseline``), built on timm's pieces.
+
+    masksub-train --model vit_tiny_patch16_224 --model-kwargs img_size=32 patch_size=4 --epochs 30
+    torchrun --nproc_per_node=8 -m masksub_kernels.train --data-dir /data/imagenet --model deit3_small_patch16_224 \
+        --loss bce --bce-target-thresh 0.0 --mixup 0.8 --cutmix 1.0 --amp
+
+timm provides the model (``create_model`` with any kwargs), the data transforms and ImageFolder reader, Mixup /
+CutMix, the optimizer (``create_optimizer_v2``: weight decay off for 1-D parameters and ``no_weight_decay()``
+names, the Swin mask token included) and the LR schedule (``create_scheduler_v2``, stepped per update). This file
+wires them to ``MaskSub.train_step`` (training/schedules.py) and the epoch loop (training/engine.py).
+
+Without ``--data-dir`` the embedded digits set is used (training/data.py). Every epoch writes ``log.csv`` /
+``log.json`` and ``last.pth`` in ``--output``; ``--resume PATH`` continues a run exactly (same weights as an
+uninterrupted run, on the same machine and software).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import functools
+import os
+import sys
+import time
+import warnings
+
+import torch
+
+PROG = "masksub-train"
+
+__all__ = ["build_parser", "main", "parse_kwargs"]
+
+
+class UsageError(Exception):
+    """A user-facing configuration error: printed as ``masksub-train: error: ...``, exit status 2."""
+
+
+def parse_kwargs(items: list[str] | None) -> dict:
+    """``['img_size=32', 'patch_size=4', 'global_pool=avg']`` -> {'img_size': 32, 'patch_size': 4, ...}: values
+    are Python literals where they parse as one (numbers, tuples, True / None), strings otherwise."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--model-kwargs expects key=value pairs, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default="vit_tiny_patch16_224", help="any timm model name")
+    g.add_argument("--model-kwargs", nargs="*", default=None, metavar="K=V", help="extra create_model kwargs")
+    g.add_argument("--data-dir", default=None, help="ImageFolder root with train/ and val/ (default: digits)")
+    g.add_argument("--img-size", type=int, default=None, help="input size (default: model img_size, 32 for digits)")
+    g.add_argument("--no-aug", action="store_true", help="no training augmentation")
+    g.add_argument("--workers", type=int, default=None, help="loader processes (default 0 for digits, else 4)")
+    g.add_argument("--drop", type=float, default=0.0, help="model dropout rate")
+    g.add_argument("--drop-path", type=float, default=0.0, help="model drop-path rate")
+    g = p.add_argument_group("MaskSub")
+    g.add_argument("--baseline", action="store_true", help="plain training (no sub-branch), for comparison")
+    g.add_argument("--schedule", choices=("sequential", "joint"), default="sequential")
+    g.add_argument("--variant", choices=("mask", "drop", "path"), default="mask")
+    g.add_argument("--mask-ratio", type=float, default=0.5)
+    g.add_argument("--loss", choices=("ce", "bce"), default="ce")
+    g.add_argument("--bce-target-thresh", type=float, default=None, help="BCE: binarise targets (DeiT-III: 0.0)")
+    g.add_argument("--cell-size", type=int, default=None, help="mask cell (Swin: 8 tokens, CNN: 32 pixels)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--batch-size", type=int, default=64, help="per process, per micro-step")
+    g.add_argument("--grad-accum-steps", type=int, default=1)
+    g.add_argument("--opt", default="adamw", help="timm optimizer name")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--sched", default="cosine", help="timm scheduler name")
+    g.add_argument("--warmup-epochs", type=int, default=5)
+    g.add_argument("--warmup-lr", type=float, default=1e-5)
+    g.add_argument("--min-lr", type=float, default=1e-5)
+    g.add_argument("--clip-grad", type=float, default=None)
+    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    g.add_argument("--mixup", type=float, default=0.0, help="Mixup alpha (0: off)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (0: off)")
+    g.add_argument("--mixup-prob", type=float, default=1.0)
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    g.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
+    g.add_argument("--amp-dtype", choices=("float16", "bfloat16"), default="float16")
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--output", default="output/masksub-train", help="checkpoints and logs")
+    g.add_argument("--resume", default=None, help="checkpoint to continue from")
+    g.add_argument("--keep-epoch-checkpoints", action="store_true", help="also keep epoch-N.pth every epoch")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--log-interval", type=int, default=10, help="progress-bar refresh, in steps")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Set-up
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
+    """(rank, world, device); initialises the process group under torchrun (NCCL on GPUs, gloo on CPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank if world > 1 else (device.index or 0))
+        torch.cuda.set_device(device)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return dist.get_rank(), world, device
+    return 0, 1, device
+
+
+def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
+    import timm
+
+    if not timm.is_model(args.model):
+        close = timm.list_models(f"*{args.model.split('_')[0]}*")[:8]
+        hint = f"; similar names: {', '.join(close)}" if close else ""
+        raise UsageError(f"unknown timm model {args.model!r}{hint}")
+    kwargs = dict(args.model_kwargs)
+    kwargs.setdefault("num_classes", num_classes)
+    kwargs.setdefault("in_chans", in_chans)
+    if args.drop:
+        kwargs.setdefault("drop_rate", args.drop)
+    if args.drop_path:
+        kwargs.setdefault("drop_path_rate", args.drop_path)
+    try:
+        return timm.create_model(args.model, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise UsageError(f"timm model {args.model!r} does not take these kwargs {kwargs}: {exc}") from exc
+
+
+def _img_size(args, model_kwargs: dict) -> int:
+    """--img-size, else the model's img_size kwarg, else 32 for digits, else the model's default input size."""
+    if args.img_size is not None:
+        return args.img_size
+    size = model_kwargs.get("img_size")
+    if isinstance(size, int):
+        return size
+    if args.data_dir is None:
+        return 32
+    import timm
+
+    cfg = timm.get_pretrained_cfg(args.model)
+    return cfg.input_size[-1] if cfg is not None else 224
+
+
+def _mean_std(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation the model was configured with (its pretrained config), ImageNet's by default."""
+    import timm
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    cfg = timm.get_pretrained_cfg(model_name)
+    if cfg is None or cfg.mean is None:
+        return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
+def _check_model_size(model: torch.nn.Module, img_size: int) -> None:
+    """A ViT / Swin built for another size fails deep in its patch embedding: say so up front."""
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if size is not None and getattr(embed, "strict_img_size", False) and tuple(size) != (img_size, img_size):
+        raise UsageError(
+            f"the model is built for {tuple(size)} images but the data is {img_size} x {img_size}: pass "
+            f"--model-kwargs img_size={img_size} (or --img-size {size[0]})"
+        )
+
+
+def _setup(args):
+    """Everything before the first epoch; raises UsageError for configuration mistakes."""
+    from timm.data import Mixup
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    from .training import MaskSub
+    from .training.data import build_datasets
+    from .training.engine import seed_epoch
+
+    args.model_kwargs = parse_kwargs(args.model_kwargs)
+    for name in ("epochs", "batch_size", "grad_accum_steps", "log_interval"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        raise UsageError(f"data directory {args.data_dir!r} does not exist")
+    mixing = args.mixup > 0 or args.cutmix > 0
+    if mixing and args.batch_size % 2:
+        raise UsageError(f"Mixup / CutMix need an even --batch-size, got {args.batch_size}")
+    rank, world, device = _distributed(args.device)
+    seed_epoch(args.seed, -1, 0)  # model initialisation: the same on every rank (DDP broadcasts rank 0's anyway)
+    img_size = _img_size(args, args.model_kwargs)
+    in_chans = args.model_kwargs.get("in_chans", 1 if args.data_dir is None else 3)
+    mean, std = _mean_std(args.model) if args.data_dir is not None else (None, None)
+    try:
+        data = build_datasets(args.data_dir, img_size, in_chans, mean, std, augment=not args.no_aug)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    model = _create_model(args, data.num_classes, in_chans)
+    _check_model_size(model, img_size)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model = torch.compile(model)
+    ms = None
+    if not args.baseline:
+        try:
+            ms = MaskSub(
+                model,
+                mask_ratio=args.mask_ratio,
+                loss=args.loss,
+                variant=args.variant,
+                target_threshold=args.bce_target_thresh,
+                label_smoothing=0.0 if mixing else args.smoothing,
+                cell_size=args.cell_size,
+            ).to(device)
+            ms.check_input_size(img_size)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    trained = ms if ms is not None else model
+    optimizer = create_optimizer_v2(
+        trained, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum
+    )
+    workers = args.workers if args.workers is not None else (0 if args.data_dir is None else 4)
+    batches = len(data.train) // world // args.batch_size
+    updates_per_epoch = batches // args.grad_accum_steps
+    if updates_per_epoch < 1:
+        raise UsageError(
+            f"{len(data.train)} training images over {world} process(es) give {batches} batches of {args.batch_size}: "
+            f"fewer than --grad-accum-steps {args.grad_accum_steps}"
+        )
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=args.sched,
+        num_epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs,
+        warmup_lr=args.warmup_lr,
+        min_lr=args.min_lr,
+        step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
+    )
+    mixup = None
+    if mixing:
+        mixup = Mixup(
+            mixup_alpha=args.mixup,
+            cutmix_alpha=args.cutmix,
+            prob=args.mixup_prob,
+            switch_prob=args.mixup_switch_prob,
+            label_smoothing=args.smoothing,
+            num_classes=data.num_classes,
+        )
+    amp = args.amp and device.type == "cuda"
+    if args.amp and not amp:
+        warnings.warn("--amp runs on CUDA devices only: training in float32", stacklevel=2)
+    amp_dtype = getattr(torch, args.amp_dtype)
+    autocast = functools.partial(torch.autocast, device.type, dtype=amp_dtype) if amp else None
+    scaler = torch.amp.GradScaler(device.type) if amp and amp_dtype == torch.float16 else None
+    return dict(
+        rank=rank, world=world, device=device, data=data, model=model, ms=ms, trained=trained, optimizer=optimizer,
+        scheduler=scheduler, mixup=mixup, autocast=autocast, scaler=scaler, workers=workers,
+        batches=updates_per_epoch * args.grad_accum_steps, mixing=mixing, img_size=img_size,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Main loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _Truncated:
+    """The first ``n`` batches of a loader (whole accumulation windows per epoch)."""
+
+    def __init__(self, loader, n: int) -> None:
+        self.loader, self.n = loader, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for index, batch in enumerate(self.loader):
+            if index >= self.n:
+                return
+            yield batch
+
+
+def _run(args) -> None:
+    import torch.distributed as dist
+
+    from .training.checkpoint import load_checkpoint, save_checkpoint
+    from .training.data import train_loader, val_loader
+    from .training.engine import PlainStep, evaluate, seed_epoch, train_one_epoch
+    from .training.runlog import write_log
+
+    s = _setup(args)
+    rank, world, device, ms, model = s["rank"], s["world"], s["device"], s["ms"], s["model"]
+    optimizer, scheduler, scaler = s["optimizer"], s["scheduler"], s["scaler"]
+    ddp = None
+    if world > 1:
+        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        if ms is not None:
+            ddp = ms.wrap_ddp(**ddp_kwargs)
+        else:
+            ddp = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
+    if ms is not None:
+        step = functools.partial(ms.train_step, schedule=args.schedule)
+    else:
+        from .training.wrapper import supervised_loss
+
+        criterion = functools.partial(  # the same main criterion as MaskSub's
+            supervised_loss,
+            mode=args.loss,
+            label_smoothing=0.0 if s["mixing"] else args.smoothing,
+            target_threshold=args.bce_target_thresh,
+        )
+        step = PlainStep(model, criterion, ddp)
+    start_epoch, num_updates, rows, wall = 0, 0, [], 0.0
+    if args.resume:
+        try:
+            ckpt = load_checkpoint(args.resume)
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from exc
+        s["trained"].load_state_dict(ckpt["module"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, num_updates, rows = ckpt["epoch"] + 1, ckpt["num_updates"], ckpt["log"]
+        wall = rows[-1]["wall_time_s"] if rows else 0.0
+    meta = {
+        "command": " ".join([PROG, *sys.argv[1:]]),
+        "args": {k: v for k, v in vars(args).items()},
+        "world_size": world,
+        "device": str(device),
+        "torch": torch.__version__,
+        "family": ms.family if ms is not None else None,
+        "train_images": len(s["data"].train),
+        "val_images": len(s["data"].val),
+    }
+    val = val_loader(s["data"].val, args.batch_size, rank, world, s["workers"], device.type == "cuda")
+    for epoch in range(start_epoch, args.epochs):
+        seed_epoch(args.seed, epoch, rank)
+        s["trained"].train()
+        loader = train_loader(
+            s["data"].train, args.batch_size, epoch, args.seed, rank, world, s["workers"], device.type == "cuda"
+        )
+        stats = train_one_epoch(
+            step,
+            _Truncated(loader, s["batches"]),
+            optimizer,
+            device=device,
+            scheduler=scheduler,
+            num_updates=num_updates,
+            mixup=s["mixup"],
+            scaler=scaler,
+            clip_grad=args.clip_grad,
+            accum_steps=args.grad_accum_steps,
+            autocast=s["autocast"],
+            channels_last=args.channels_last,
+            progress=rank == 0 and not args.no_progress,
+            log_interval=args.log_interval,
+            description=f"epoch {epoch + 1}/{args.epochs}",
+        )
+        num_updates = stats.num_updates
+        scheduler.step(epoch + 1)
+        t0 = time.perf_counter()
+        metrics = evaluate(model, val, device=device, autocast=s["autocast"], channels_last=args.channels_last)
+        wall += stats.seconds + time.perf_counter() - t0
+        row = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "loss": stats.loss,
+            "loss_main": stats.loss_main,
+            "loss_sub": stats.loss_sub,
+            **metrics,
+            "images_per_s": stats.images_per_s,
+            "epoch_time_s": stats.seconds,
+            "wall_time_s": wall,
+        }
+        rows.append(row)
+        if rank == 0:
+            sub = f" loss_sub {row['loss_sub']:.4f}" if row["loss_sub"] is not None else ""
+            print(
+                f"epoch {epoch + 1}/{args.epochs}: loss_main {row['loss_main']:.4f}{sub} val top-1 {row['top1']:.2f}% "
+                f"top-5 {row['top5']:.2f}% {row['images_per_s']:.0f} img/s lr {row['lr']:.2e}",
+                flush=True,
+            )
+            state = {
+                "epoch": epoch,
+                "num_updates": num_updates,
+                "module": s["trained"].state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "log": rows,
+                "args": vars(args),
+            }
+            save_checkpoint(os.path.join(args.output, "last.pth"), state)
+            if args.keep_epoch_checkpoints:
+                save_checkpoint(os.path.join(args.output, f"epoch-{epoch + 1}.pth"), state)
+            write_log(args.output, rows, meta)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``masksub-train`` / ``python -m masksub_kernels.train``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        _run(args)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Datasets and loaders for the training command: an ImageFolder tree, or the embedded digits set.
+
+- Digits (default, no download): scikit-learn's 8 x 8 handwritten digits, 1,797 grey images, 10 classes, values
+  0..16. Scaled to [0, 1], upsampled bilinearly to img_size, normalised with the training split's mean / std, one
+  channel (repeated when the model wants more). Stratified split, fixed: 1,437 train / 360 val. Training
+  augmentation: a random shift of up to img_size / 8 pixels (pad with the background, crop), drawn from torch's
+  default generator, so a per-epoch seed makes it reproducible.
+- ImageFolder: ``DIR/train`` and ``DIR/val`` (or ``validation``) with one folder per class, read by timm's
+  ``create_dataset`` and transformed by timm's ``create_transform`` (RandomResizedCrop + flip for training, resize
+  + centre crop for validation; the model's mean / std).
+
+Loaders: the training order comes from a generator (single process) or a ``DistributedSampler`` (DDP), both
+seeded by (seed, epoch): together with the per-epoch reseeding in engine.py, an epoch is the same whether or not
+the run was resumed before it. Validation shards the set exactly (rank r takes items r, r + world, ...), so summed
+counts are exact.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
+
+DIGITS_CLASSES = 10
+DIGITS_VAL_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+__all__ = ["DataSpec", "DigitsDataset", "build_datasets", "train_loader", "val_loader"]
+
+
+@dataclass
+class DataSpec:
+    """What the model needs to know about the data."""
+
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    in_chans: int
+    img_size: int
+
+
+class DigitsDataset(Dataset):
+    """Upsampled, normalised digits: (image float32 [C, S, S], label int64). ``shift`` > 0: random translation."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, shift: int = 0, in_chans: int = 1) -> None:
+        self.images, self.labels, self.shift, self.in_chans = images, labels, shift, in_chans
+        self.background = float(images.amin())  # the normalised value of an empty (0) pixel
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.images[index]
+        if self.shift:
+            s = self.shift
+            padded = F.pad(image, (s, s, s, s), value=self.background)
+            dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()
+            image = padded[:, dy : dy + image.shape[1], dx : dx + image.shape[2]]
+        return image.expand(self.in_chans, -1, -1).contiguous(), self.labels[index]
+
+
+def _digits(img_size: int, in_chans: int, augment: bool) -> DataSpec:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # [1797, 1, 8, 8] in [0, 1]
+    images = F.interpolate(images, size=(img_size, img_size), mode="bilinear", align_corners=False)
+    labels = torch.tensor(digits.target, dtype=torch.int64)
+    train_idx, val_idx = train_test_split(
+        list(range(len(labels))),
+        test_size=DIGITS_VAL_FRACTION,
+        random_state=DIGITS_SPLIT_SEED,
+        stratify=digits.target,
+    )
+    train_idx, val_idx = torch.tensor(sorted(train_idx)), torch.tensor(sorted(val_idx))
+    mean, std = images[train_idx].mean(), images[train_idx].std()
+    images = (images - mean) / std
+    shift = max(1, img_size // 8) if augment else 0
+    train = DigitsDataset(images[train_idx], labels[train_idx], shift=shift, in_chans=in_chans)
+    val = DigitsDataset(images[val_idx], labels[val_idx], in_chans=in_chans)
+    return DataSpec(train, val, DIGITS_CLASSES, in_chans, img_size)
+
+
+def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: bool) -> DataSpec:
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_dataset, create_transform
+
+    mean, std = mean or IMAGENET_DEFAULT_MEAN, std or IMAGENET_DEFAULT_STD
+
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data directory {root!r} does not exist")
+    val_split = next((s for s in ("val", "validation") if os.path.isdir(os.path.join(root, s))), None)
+    if not os.path.isdir(os.path.join(root, "train")) or val_split is None:
+        raise FileNotFoundError(
+            f"data directory {root!r} must hold ImageFolder trees 'train/' and 'val/' (or 'validation/'), one "
+            "sub-folder per class"
+        )
+    train = create_dataset("", root=root, split="train", is_training=True)
+    val = create_dataset("", root=root, split=val_split, class_map=getattr(train.reader, "class_to_idx", None))
+    train.transform = create_transform(img_size, is_training=True, no_aug=not augment, mean=mean, std=std)
+    val.transform = create_transform(img_size, is_training=False, mean=mean, std=std, crop_pct=1.0)
+    num_classes = len(getattr(train.reader, "class_to_idx", {})) or 1 + max(t for _, t in train.reader.samples)
+    return DataSpec(train, val, num_classes, in_chans, img_size)
+
+
+def build_datasets(
+    data_dir: str | None,
+    img_size: int,
+    in_chans: int = 1,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    augment: bool = True,
+) -> DataSpec:
+    """The digits set (``data_dir=None``) or an ImageFolder tree, at ``img_size`` pixels, normalised with
+    ``mean`` / ``std`` (ImageNet's when None; the digits set uses its own statistics)."""
+    if data_dir is None:
+        return _digits(img_size, in_chans, augment)
+    return _image_folder(data_dir, img_size, in_chans, mean, std, augment)
+
+
+def train_loader(
+    dataset: Dataset, batch_size: int, epoch: int, seed: int, rank: int, world: int, workers: int, pin: bool
+) -> DataLoader:
+    """The epoch's training loader: shuffled by (seed, epoch), whole batches only (Mixup needs even batches and the
+    accumulation windows stay aligned with epochs)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if world > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(dataset, generator=generator)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=pin,
+        generator=generator,
+        persistent_workers=False,
+    )
+
+
+def val_loader(dataset: Dataset, batch_size: int, rank: int, world: int, workers: int, pin: bool) -> DataLoader:
+    """This rank's exact shard of the validation set (items rank, rank + world, ...), in order."""
+    shard = Subset(dataset, list(range(rank, len(dataset), world))) if world > 1 else dataset
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin)

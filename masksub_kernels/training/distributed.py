@@ -1,0 +1,36 @@
+"""DistributedDataParallel for ``MaskSub``: one gradient all-reduce per optimizer step.
+
+DDP all-reduces the gradients at the end of every backward that runs outside ``no_sync()``, and its bookkeeping
+(``prepare_for_backward``) happens in its forward, so every forward whose backward must be synchronised has to go
+through the DDP module. ``MaskSub.forward`` therefore takes ``branch='main' | 'sub'``, and ``wrap_ddp`` wraps the
+*wrapper* (model and mask token alike) and records the DDP module on it; ``train_step`` then calls
+
+    with ddp.no_sync():  main forward + backward          (gradients accumulate locally)
+    sub forward + backward                                (one all-reduce of the summed gradient)
+
+and runs whole micro-steps under ``no_sync()`` while an accumulation window is open. For the joint schedule, call
+the DDP module itself: ``ddp(images, target)['loss'].backward()`` is one forward, one backward, one all-reduce.
+
+Every parameter must get a gradient in the synchronised backward (or pass ``find_unused_parameters=True``): true for
+all three families, since the sub-branch uses the whole model (and the Swin mask token, unused by the main branch,
+is only needed in the sub backward, which is the synchronised one).
+"""
+
+from __future__ import annotations
+
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["unwrap_ddp", "wrap_ddp"]
+
+
+def wrap_ddp(ms, **ddp_kwargs) -> DistributedDataParallel:
+    """``DistributedDataParallel(ms, **ddp_kwargs)``, remembered by ``ms`` so that ``ms.train_step`` routes its
+    forwards through it. The process group must be initialised and ``ms`` on its device."""
+    ddp = DistributedDataParallel(ms, **ddp_kwargs)
+    object.__setattr__(ms, "_ddp", ddp)  # not a submodule: ms would otherwise contain itself
+    return ddp
+
+
+def unwrap_ddp(module):
+    """The module inside a DistributedDataParallel, else the module itself."""
+    return module.module if isinstance(module, DistributedDataParallel) else module

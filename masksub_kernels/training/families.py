@@ -1,0 +1,113 @@
+"""Which sub-branch a model gets, and the checks that its input size fits the mask grid.
+
+Families (``family='auto'`` picks one):
+
+- ``'vit'``: timm ``VisionTransformer`` and subclasses (vit_*, deit_*, deit3_*, MAE-style global pools): token
+  selection before the blocks (vit.py).
+- ``'swin'``: timm ``SwinTransformer``: stage-1 tokens of removed cells replaced by a mask token (swin.py).
+- ``'pixel'``: ResNets and other CNNs: removed cells of the input images set to 0 (pixel.py).
+
+Policy for models outside these families (decided here, documented in the README): the pixel-grid masking works on
+any model that takes [B, C, H, W] images, so such a model gets it, with a one-time ``UserWarning`` per model class
+that says the sub-branch is the pixel-grid fallback rather than the paper's recipe for that architecture; passing
+``family='pixel'`` explicitly silences it. A model whose forward is not image -> logits fails on its first call
+with the model's own error. Asking for ``'vit'`` / ``'swin'`` on a model without that structure is a ValueError.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from torch import nn
+
+from .pixel import is_convolutional
+from .swin import is_swin, swin_token_grid
+from .vit import is_vit, vit_token_grid
+
+FAMILIES = ("vit", "swin", "pixel")
+DEFAULT_CELL_SIZE = {"vit": None, "swin": 8, "pixel": 32}  # Swin: 8 tokens (32 px at patch 4); CNN: 32 px
+_WARNED: set[str] = set()
+
+__all__ = ["DEFAULT_CELL_SIZE", "FAMILIES", "check_input_size", "resolve_family", "unwrap_model"]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The eager module under ``torch.compile`` (``OptimizedModule._orig_mod``), else the model itself."""
+    return getattr(model, "_orig_mod", model)
+
+
+def _has(model: nn.Module, names: tuple[str, ...]) -> bool:
+    return all(hasattr(model, name) for name in names)
+
+
+def resolve_family(model: nn.Module, family: str = "auto") -> str:
+    """'vit', 'swin' or 'pixel' for ``model`` (see the module docstring for the policy)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if family == "auto":
+        if is_vit(model):
+            return "vit"
+        if is_swin(model):
+            return "swin"
+        name = type(model).__name__
+        if not is_convolutional(model) and name not in _WARNED:
+            _WARNED.add(name)
+            warnings.warn(
+                f"MaskSub: {name} is not a timm VisionTransformer, SwinTransformer or a CNN; its sub-branch uses the "
+                "pixel-grid fallback (random 32x32-pixel cells of the input set to 0), not a recipe from the paper. "
+                "Pass family='pixel' to silence this warning.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return "pixel"
+    if family not in FAMILIES:
+        raise ValueError(f"family must be 'auto' or one of {FAMILIES}, got {family!r}")
+    needs = {
+        "vit": ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm", "forward_head"),
+        "swin": ("patch_embed", "layers", "norm", "forward_head"),
+        "pixel": (),
+    }[family]
+    if not _has(model, needs):
+        missing = [name for name in needs if not hasattr(model, name)]
+        raise ValueError(f"family={family!r} needs a model with {needs}; {type(model).__name__} lacks {missing}")
+    return family
+
+
+def check_input_size(
+    family: str, model: nn.Module, img_size: int | tuple[int, int] | None, cell_size: int | None, mask_ratio: float
+) -> None:
+    """Raise a ValueError when images of ``img_size`` (None: the model's configured size, where it has one) cannot
+    be masked: a grid that the cells do not divide, or a ratio that keeps no token / cell."""
+    from ..ops.token_select import num_kept_tokens
+
+    if isinstance(img_size, int):
+        img_size = (img_size, img_size)
+    if family == "vit":
+        grid = vit_token_grid(model)
+        if img_size is not None:
+            patch = tuple(model.patch_embed.patch_size)
+            if img_size[0] % patch[0] or img_size[1] % patch[1]:
+                raise ValueError(f"image size {img_size} is not divisible by the ViT patch size {patch}")
+            grid = (img_size[0] // patch[0], img_size[1] // patch[1])
+        if grid is not None:
+            num_kept_tokens(grid[0] * grid[1], mask_ratio)
+        return
+    if family == "swin":
+        patch = tuple(model.patch_embed.patch_size)
+        grid = swin_token_grid(model) if img_size is None else (img_size[0] // patch[0], img_size[1] // patch[1])
+        if grid[0] % cell_size or grid[1] % cell_size:
+            raise ValueError(
+                f"the Swin stage-1 token grid {grid[0]} x {grid[1]} is not divisible by the mask cell of {cell_size} "
+                f"tokens: use an image size that is a multiple of {cell_size * patch[0]} pixels (patch {patch[0]} x "
+                f"cell {cell_size}), or another cell_size"
+            )
+    else:
+        if img_size is None:
+            return  # a CNN takes any size; the forward checks the actual images
+        grid = img_size
+        if grid[0] % cell_size or grid[1] % cell_size:
+            raise ValueError(
+                f"image size {grid[0]} x {grid[1]} is not divisible by the mask cell of {cell_size} pixels: use a "
+                f"multiple of {cell_size}, or another cell_size"
+            )
+    num_kept_tokens((grid[0] // cell_size) * (grid[1] // cell_size), mask_ratio)

@@ -1,0 +1,34 @@
+"""Pixel-grid sub-branch for ResNets and any other CNN: remove random cells of the (normalised) input images.
+
+SEMANTICS.md, ResNet section. Images I [B, C, H, W], cells of S x S pixels (S = 32), Kc = floor(Lc * (1 - r))
+cells kept per sample, the others set to 0, the mean colour after normalisation; then the unchanged model runs.
+Unlike the official code (which multiplies by the *remove* mask, zeroing the kept cells), the removed cells are the
+ones zeroed. No gradient reaches the images (they are data).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["is_convolutional", "pixel_sub_logits"]
+
+
+def is_convolutional(model: nn.Module) -> bool:
+    """True when the model has 2-D convolutions and no attention module (a CNN: pixel masking is its recipe)."""
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    has_attention = any(
+        isinstance(m, nn.MultiheadAttention) or "attention" in type(m).__name__.lower() for m in model.modules()
+    )
+    return has_conv and not has_attention
+
+
+def pixel_sub_logits(
+    model: nn.Module, images: torch.Tensor, mask_ratio: float, cell_size: int, seed: int | None
+) -> torch.Tensor:
+    """Logits of the model on the masked images. With ``seed=s`` the removed cells are ``random_grid_mask(B,
+    (H/S, W/S), Kc, seed=s)``; the masked images keep the input's layout (channels_last stays channels_last)."""
+    import masksub_kernels as mk
+
+    masked, _ = mk.mask_image_grid(images.detach(), mask_ratio, cell_size=cell_size, seed=seed)
+    return model(masked)

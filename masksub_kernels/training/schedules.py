@@ -1,0 +1,148 @@
+"""Training-step schedules for ``MaskSub``: sequential (official) and joint, with accumulation, AMP and clipping.
+
+With A accumulation steps and micro-batches k = 1..A of one optimizer step, both schedules accumulate
+
+    g = sum_k d/dθ [ main_weight * crit(z_main^k, y^k) + sub_weight * crit(z_sub^k, stopgrad(T(z_main^k))) ] / A
+
+- sequential (the official code's order): inside autocast, main forward, backward of main_weight * crit_main / A
+  (the main graph is freed here, so activation memory is one forward's, not two); then the sub forward with the
+  detached main logits as teacher, backward of sub_weight * crit_sub / A.
+- joint: one forward of both branches through the fused ``masksub_loss``, one backward of loss / A.
+
+When the window closes: with a GradScaler, unscale (only when clipping, which must see true gradients), clip the
+*summed* gradient's norm, ``scaler.step``, ``scaler.update``; without one, clip and step. Gradients are zeroed
+when a window opens (not after the step), so after a step ``p.grad`` still holds the window's summed gradient.
+
+Under DistributedDataParallel (``MaskSub.wrap_ddp``) every backward but the window's last runs under ``no_sync()``:
+the sequential schedule's main backward always, the whole micro-step when the window is not closing. DDP then
+all-reduces once per optimizer step, over the gradient summed locally from all backwards (the official code
+all-reduces after each of its two backwards). Nothing here reads a device value: no host sync (a GradScaler's
+``step`` still checks for infs, as it must).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import torch
+
+from .._philox import new_seed
+
+SCHEDULES = ("sequential", "joint")
+
+__all__ = ["SCHEDULES", "optimizer_step", "train_step"]
+
+
+def optimizer_step(
+    params,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+    clip_grad: float | None = None,
+) -> None:
+    """Unscale (when clipping under a scaler), clip the gradient norm of ``params`` to ``clip_grad``, step."""
+    params = [p for p in params if p.grad is not None]
+    if scaler is not None:
+        if clip_grad is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        if clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        optimizer.step()
+
+
+def _check_optimizer(ms, optimizer: torch.optim.Optimizer) -> None:
+    """The Swin mask token lives on the wrapper: an optimizer built from the bare model would never train it."""
+    if ms.mask_token is None or id(optimizer) in ms._checked_optimizers:
+        return
+    if not any(p is ms.mask_token for group in optimizer.param_groups for p in group["params"]):
+        raise ValueError(
+            "the optimizer does not hold MaskSub's mask_token: build it from the wrapper (e.g. "
+            "timm.optim.create_optimizer_v2(ms, ...) or ms.parameters()), not from the bare model"
+        )
+    ms._checked_optimizers.add(id(optimizer))
+
+
+def train_step(
+    ms,
+    images: torch.Tensor,
+    target: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    clip_grad: float | None = None,
+    accum_steps: int = 1,
+    seed: int | None = None,
+    schedule: str = "sequential",
+    autocast: Callable[[], AbstractContextManager] | None = None,
+) -> dict[str, torch.Tensor | bool]:
+    """One micro-step of MaskSub training on (images, target); steps the optimizer every ``accum_steps`` calls.
+
+    Args:
+        ms: the ``MaskSub`` wrapper, in train mode (its ``wrap_ddp`` DDP module is used when there is one).
+        images, target: a micro-batch; target class ids [B] or probabilities [B, C].
+        optimizer: built from the wrapper's parameters (the Swin mask token included).
+        scaler: a ``torch.amp.GradScaler`` for fp16 autocast (None for fp32 / bf16).
+        clip_grad: max norm of the summed gradient (None: no clipping).
+        accum_steps: A, micro-steps per optimizer step; each backward is divided by A.
+        seed: the sub-branch mask's seed (None: drawn from torch's default generator).
+        schedule: 'sequential' (official: main then sub backward) or 'joint' (one fused loss, one backward).
+        autocast: a context-manager factory (e.g. ``functools.partial(torch.autocast, 'cuda', torch.bfloat16)``)
+            entered around the forwards and losses only; backwards run outside it.
+
+    Returns {'loss', 'loss_main', 'loss_sub', 'logits'} detached (the weighted total and the two unweighted
+    criteria of this micro-batch, fp32; the main logits) and 'stepped' (whether the optimizer stepped).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if isinstance(accum_steps, bool) or not isinstance(accum_steps, int) or accum_steps < 1:
+        raise ValueError(f"accum_steps must be an int >= 1, got {accum_steps!r}")
+    if not ms.training:
+        raise RuntimeError("train_step needs the MaskSub wrapper in train mode (call ms.train())")
+    _check_optimizer(ms, optimizer)
+    autocast = autocast or contextlib.nullcontext
+    ddp = ms._ddp
+    runner = ddp if ddp is not None else ms
+    no_sync = ddp.no_sync if ddp is not None else contextlib.nullcontext
+    closing = (ms._micro_step + 1) % accum_steps == 0
+    if ms._micro_step % accum_steps == 0:
+        optimizer.zero_grad(set_to_none=True)
+    seed = new_seed(seed)
+
+    def backward(loss: torch.Tensor) -> None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    if schedule == "joint":
+        with no_sync() if not closing else contextlib.nullcontext():
+            with autocast():
+                out = runner(images, target, seed=seed)
+            backward(out["loss"] / accum_steps)
+        logits, loss_main, loss_sub = out["logits"], out["loss_main"], out["loss_sub"]
+    else:
+        with no_sync():  # never all-reduce after the main backward: the sub backward's sync covers both
+            with autocast():
+                logits = runner(images, branch="main")
+                loss_main = ms.main_criterion(logits, target)
+            backward(loss_main * (ms.main_weight / accum_steps))
+        logits = logits.detach()  # the main graph is gone; the logits stay as the sub branch's teacher
+        with no_sync() if not closing else contextlib.nullcontext():
+            with autocast():
+                sub_logits = runner(images, branch="sub", seed=seed)
+                loss_sub = ms.sub_criterion(sub_logits, logits)
+            backward(loss_sub * (ms.sub_weight / accum_steps))
+    ms._micro_step += 1
+    if closing:
+        ms._micro_step = 0
+        optimizer_step(ms.parameters(), optimizer, scaler, clip_grad)
+    loss_main, loss_sub = loss_main.detach(), loss_sub.detach()
+    return {
+        "loss": ms.main_weight * loss_main + ms.sub_weight * loss_sub,
+        "loss_main": loss_main,
+        "loss_sub": loss_sub,
+        "logits": logits.detach(),
+        "stepped": closing,
+    }

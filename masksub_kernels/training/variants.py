@@ -1,0 +1,67 @@
+"""DropSub and PathSub: the sub-branch as the unmasked model with extra dropout or drop-path (official DeiT code).
+
+- DropSub (``variant='drop'``): during the sub forward every dropout inside the ViT blocks except the attention-
+  weight dropout (``attn_drop``) runs at p = r: the attention output projection's and the MLP's.
+- PathSub (``variant='path'``): during the sub forward every drop-path slot of the blocks (``drop_path``,
+  ``drop_path1``, ``drop_path2``) runs at rate r, uniform over depth. timm builds an ``nn.Identity`` where the
+  model's own rate is 0, so such slots get a temporary ``DropPath(r)``.
+
+Both are context managers that restore the model's own rates (and modules) on exit, also when the forward raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from torch import nn
+
+__all__ = ["sub_drop_path", "sub_dropout"]
+
+
+def _blocks(model: nn.Module) -> nn.Module:
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Module):
+        raise ValueError(f"DropSub / PathSub need a ViT with .blocks; {type(model).__name__} has none")
+    return blocks
+
+
+@contextlib.contextmanager
+def sub_dropout(model: nn.Module, rate: float) -> Iterator[None]:
+    """Set p = rate on every ``nn.Dropout`` in ``model.blocks`` except ``*attn_drop``; restore on exit."""
+    saved: list[tuple[nn.Dropout, float]] = []
+    try:
+        for name, module in _blocks(model).named_modules():
+            if isinstance(module, nn.Dropout) and not name.endswith("attn_drop"):
+                saved.append((module, module.p))
+                module.p = rate
+        yield
+    finally:
+        for module, p in saved:
+            module.p = p
+
+
+@contextlib.contextmanager
+def sub_drop_path(model: nn.Module, rate: float) -> Iterator[None]:
+    """Every drop-path slot of ``model.blocks`` at ``rate`` (Identity slots get a DropPath); restore on exit."""
+    from timm.layers import DropPath
+
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, attribute, original module)
+    rates: list[tuple[nn.Module, float]] = []
+    try:
+        for parent in _blocks(model).modules():
+            for name, child in list(parent.named_children()):
+                if not name.startswith("drop_path"):
+                    continue
+                if isinstance(child, DropPath):
+                    rates.append((child, child.drop_prob))
+                    child.drop_prob = rate
+                elif isinstance(child, nn.Identity):
+                    swapped.append((parent, name, child))
+                    setattr(parent, name, DropPath(rate))
+        yield
+    finally:
+        for module, drop_prob in rates:
+            module.drop_prob = drop_prob
+        for parent, name, original in swapped:
+            setattr(parent, name, original)

@@ -1,0 +1,304 @@
+"""``MaskSub``: a model plus its masked sub-branch, the MaskSub loss, and the training-step schedules.
+
+One network, two branches per step, same parameters, same images (SEMANTICS.md):
+
+    L = main_weight * crit(z_main, y) + sub_weight * crit(z_sub, stopgrad(T(z_main)))      (1/2 and 1/2 published)
+
+crit is soft-target cross-entropy with T = softmax (``loss='ce'``) or binary cross-entropy with T = sigmoid
+(``loss='bce'``; ``target_threshold=0.0`` binarises mixed targets as DeiT-III does). The sub-branch depends on the
+model family (families.py): token selection for ViTs, a mask token on Swin's stage-1 cells, pixel cells for CNNs;
+or, for ViTs, the unmasked model with dropout (``variant='drop'``) or drop-path (``variant='path'``) at rate r.
+
+Two schedules give the same gradients (dropout and drop-path aside, whose randomness differs):
+
+- joint: ``ms(images, target)`` runs both branches and returns the fused ``masksub_loss``; one backward by the
+  caller. Simple, but both graphs are alive at once (activation memory of two forwards).
+- sequential (``ms.train_step``, the official schedule): main forward + backward, then sub forward + backward, then
+  one optimizer step; the main graph is freed before the sub forward. See schedules.py.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._philox import new_seed
+from .families import DEFAULT_CELL_SIZE, check_input_size, resolve_family, unwrap_model
+from .pixel import pixel_sub_logits
+from .swin import swin_embed_dim, swin_sub_logits
+from .variants import sub_drop_path, sub_dropout
+from .vit import vit_sub_logits
+
+LOSSES = ("ce", "bce")
+VARIANTS = ("mask", "drop", "path")
+BRANCHES = ("joint", "main", "sub")
+
+__all__ = ["LOSSES", "VARIANTS", "MaskSub", "supervised_loss"]
+
+
+def _check_float(name: str, value, low: float, high: float, high_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not (low <= value < high if high_open else low <= value <= high):
+        raise ValueError(f"{name} must be in [{low}, {high}{')' if high_open else ']'}, got {value}")
+    return float(value)
+
+
+def supervised_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    mode: str = "ce",
+    label_smoothing: float = 0.0,
+    target_threshold: float | None = None,
+) -> torch.Tensor:
+    """The main branch's criterion (and the baseline's), fp32 scalar, with the fused ops:
+    CE: mean_rows sum_c -w_c log_softmax(z)_c; BCE: mean_{rows, classes} softplus(z) - w z; w the smoothed
+    (BCE: first binarised at ``target_threshold``) target."""
+    import masksub_kernels as mk
+
+    if mode == "bce":
+        return mk.soft_target_bce(logits, target, target_threshold=target_threshold, label_smoothing=label_smoothing)
+    return mk.soft_target_cross_entropy(logits, target, label_smoothing=label_smoothing)
+
+
+class MaskSub(nn.Module):
+    """A model trained with MaskSub: ``ms(images, target)`` (joint schedule) or ``ms.train_step(...)`` (sequential).
+
+    Args:
+        model: a timm VisionTransformer / SwinTransformer, a CNN, or any image classifier (pixel-grid fallback with
+            a one-time warning); may be ``torch.compile``-d (the sub-branch is then compiled with the same options).
+        mask_ratio: r, the fraction of tokens / cells removed (DropSub / PathSub: the dropout / drop-path rate).
+        loss: 'ce' (softmax, DeiT / MAE / Swin recipes) or 'bce' (sigmoid, DeiT-III / ResNet RSB recipes).
+        variant: 'mask' (MaskSub), 'drop' (DropSub) or 'path' (PathSub); the last two for ViTs only.
+        main_weight, sub_weight: weights of the two terms (1/2 each in the paper).
+        target_threshold: BCE only: the main target becomes [y > threshold] (DeiT-III: 0.0).
+        label_smoothing: eps of the main target, w = (1 - eps) y + eps / C (leave 0 when timm's Mixup smooths).
+        family: 'auto' (detect), 'vit', 'swin' or 'pixel'.
+        cell_size: mask cell side, in tokens for Swin (8) and pixels for the pixel grid (32).
+
+    In eval mode ``ms(images)`` just runs the model: {'logits'} (+ 'loss' = 'loss_main' when a target is given).
+    Only the Swin family owns a parameter, ``mask_token`` [C] (trunc-normal 0.02, listed by ``no_weight_decay``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        mask_ratio: float = 0.5,
+        loss: str = "ce",
+        variant: str = "mask",
+        main_weight: float = 0.5,
+        sub_weight: float = 0.5,
+        target_threshold: float | None = None,
+        label_smoothing: float = 0.0,
+        family: str = "auto",
+        cell_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if target_threshold is not None and loss != "bce":
+            raise ValueError("target_threshold binarises BCE targets: it needs loss='bce'")
+        self.mask_ratio = _check_float("mask_ratio", mask_ratio, 0.0, 1.0, high_open=True)
+        self.main_weight = _check_float("main_weight", main_weight, 0.0, float("inf"))
+        self.sub_weight = _check_float("sub_weight", sub_weight, 0.0, float("inf"))
+        self.label_smoothing = _check_float("label_smoothing", label_smoothing, 0.0, 1.0)
+        self.target_threshold = None if target_threshold is None else float(target_threshold)
+        self.loss_mode = loss
+        self.variant = variant
+        self.model = model
+        inner = unwrap_model(model)
+        self.family = resolve_family(inner, family)
+        if variant != "mask" and self.family != "vit":
+            raise ValueError(
+                f"variant={variant!r} (DropSub / PathSub) is defined for ViTs; this model is {self.family}"
+            )
+        self.cell_size = cell_size if cell_size is not None else DEFAULT_CELL_SIZE[self.family]
+        if self.family == "swin" and variant == "mask":
+            reference = next(inner.parameters())
+            token = torch.empty(swin_embed_dim(inner), device=reference.device, dtype=reference.dtype)
+            self.mask_token = nn.Parameter(nn.init.trunc_normal_(token, std=0.02))
+        else:
+            self.register_parameter("mask_token", None)
+        if variant == "mask":
+            check_input_size(self.family, inner, None, self.cell_size, self.mask_ratio)
+        self._compiled_sub = None  # the sub-branch under the model's torch.compile context, built on first use
+        self._micro_step = 0  # position inside the gradient-accumulation window (train_step)
+        self._checked_optimizers: set[int] = set()
+        object.__setattr__(self, "_ddp", None)  # the DistributedDataParallel wrapping self, when wrap_ddp made one
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Introspection used by timm's factories and the training command
+    # ------------------------------------------------------------------------------------------------------------
+
+    @property
+    def inner_model(self) -> nn.Module:
+        """The eager model (under ``torch.compile``, the original module)."""
+        return unwrap_model(self.model)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Names (relative to this wrapper) that timm's ``create_optimizer_v2`` keeps out of weight decay: the
+        model's own ``no_weight_decay()`` names under ``model.`` and the Swin mask token."""
+        prefix = "model._orig_mod." if self.model is not self.inner_model else "model."
+        names = {prefix + name for name in getattr(self.inner_model, "no_weight_decay", lambda: set())()}
+        if self.mask_token is not None:
+            names.add("mask_token")
+        return names
+
+    def check_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """Raise a ValueError when images of ``img_size`` cannot be masked (cells not dividing the grid, nothing
+        kept). The training command calls it before training."""
+        if self.variant == "mask":
+            check_input_size(self.family, self.inner_model, img_size, self.cell_size, self.mask_ratio)
+
+    def extra_repr(self) -> str:
+        return (
+            f"family={self.family}, variant={self.variant}, mask_ratio={self.mask_ratio}, loss={self.loss_mode}, "
+            f"weights=({self.main_weight}, {self.sub_weight}), cell_size={self.cell_size}"
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Criteria: the fused op's two terms, separately (the sequential schedule backpropagates them one at a time)
+    # ------------------------------------------------------------------------------------------------------------
+
+    def main_criterion(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """crit(z_main, y), fp32 scalar: soft-target CE, or BCE with the threshold; label smoothing applied."""
+        return supervised_loss(
+            logits,
+            target,
+            mode=self.loss_mode,
+            label_smoothing=self.label_smoothing,
+            target_threshold=self.target_threshold,
+        )
+
+    def sub_criterion(self, sub_logits: torch.Tensor, main_logits: torch.Tensor) -> torch.Tensor:
+        """crit(z_sub, stopgrad(T(z_main))), fp32 scalar; no gradient reaches main_logits."""
+        import masksub_kernels as mk
+
+        return mk.self_distillation_loss(sub_logits, main_logits.detach(), mode=self.loss_mode)
+
+    def loss(self, main_logits: torch.Tensor, sub_logits: torch.Tensor, target: torch.Tensor):
+        """The fused ``masksub_loss`` with this wrapper's settings: (loss, main, sub), fp32 scalars."""
+        import masksub_kernels as mk
+
+        return mk.masksub_loss(
+            main_logits,
+            sub_logits,
+            target,
+            mode=self.loss_mode,
+            main_weight=self.main_weight,
+            sub_weight=self.sub_weight,
+            label_smoothing=self.label_smoothing,
+            target_threshold=self.target_threshold,
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Branches
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _sub_eager(self, images: torch.Tensor, seed: int) -> torch.Tensor:
+        model = self.inner_model
+        if self.variant == "drop":
+            with sub_dropout(model, self.mask_ratio):
+                return model(images)
+        if self.variant == "path":
+            with sub_drop_path(model, self.mask_ratio):
+                return model(images)
+        if self.family == "vit":
+            return vit_sub_logits(model, images, self.mask_ratio, seed)
+        if self.family == "swin":
+            return swin_sub_logits(model, images, self.mask_token, self.mask_ratio, self.cell_size, seed)
+        return pixel_sub_logits(model, images, self.mask_ratio, self.cell_size, seed)
+
+    def sub_logits(self, images: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """Logits of the sub-branch. The seed is drawn here, eagerly, when None (torch's default generator), so a
+        compiled sub-branch always receives an int; with ``seed=s`` the mask is the ops' mask for s."""
+        seed = new_seed(seed)
+        if self.model is self.inner_model:
+            return self._sub_eager(images, seed)
+        if self._compiled_sub is None:
+            # Same backend and options as the user's torch.compile(model): its dynamo context wraps our function.
+            object.__setattr__(self, "_compiled_sub", self.model.dynamo_ctx(self._sub_eager))
+        return self._compiled_sub(images, seed)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        target: torch.Tensor | None = None,
+        *,
+        seed: int | None = None,
+        branch: str = "joint",
+    ) -> dict[str, torch.Tensor] | torch.Tensor:
+        """Joint schedule in train mode: {'loss', 'loss_main', 'loss_sub', 'logits'} (fp32 losses, main logits).
+
+        target: class ids int64 [B] or probabilities [B, C] (timm's Mixup / CutMix output). ``branch='main'`` or
+        ``'sub'`` returns that branch's logits only (how ``train_step`` runs each branch through
+        DistributedDataParallel). In eval mode: the model's logits ({'logits'}, + 'loss' / 'loss_main' with a target).
+        """
+        if branch not in BRANCHES:
+            raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
+        if branch == "main":
+            return self.model(images)
+        if branch == "sub":
+            return self.sub_logits(images, seed)
+        if not self.training:
+            logits = self.model(images)
+            out = {"logits": logits}
+            if target is not None:
+                out["loss"] = out["loss_main"] = self.main_criterion(logits, target)
+            return out
+        if target is None:
+            raise ValueError("the joint MaskSub step in train mode needs a target (class ids or probabilities)")
+        main_logits = self.model(images)
+        sub_logits = self.sub_logits(images, seed)
+        loss, loss_main, loss_sub = self.loss(main_logits, sub_logits, target)
+        return {"loss": loss, "loss_main": loss_main, "loss_sub": loss_sub, "logits": main_logits}
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Training step and DDP (schedules.py, distributed.py)
+    # ------------------------------------------------------------------------------------------------------------
+
+    def train_step(
+        self,
+        images: torch.Tensor,
+        target: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        *,
+        scaler: torch.amp.GradScaler | None = None,
+        clip_grad: float | None = None,
+        accum_steps: int = 1,
+        seed: int | None = None,
+        schedule: str = "sequential",
+        autocast=None,
+    ) -> dict[str, torch.Tensor | bool]:
+        """One micro-step of training; the optimizer steps when the accumulation window closes.
+
+        See ``schedules.train_step`` for the details: returns {'loss', 'loss_main', 'loss_sub', 'logits'} detached
+        (no host sync) and 'stepped' (a Python bool: whether the optimizer stepped).
+        """
+        from .schedules import train_step
+
+        return train_step(
+            self,
+            images,
+            target,
+            optimizer,
+            scaler=scaler,
+            clip_grad=clip_grad,
+            accum_steps=accum_steps,
+            seed=seed,
+            schedule=schedule,
+            autocast=autocast,
+        )
+
+    def wrap_ddp(self, **ddp_kwargs) -> nn.parallel.DistributedDataParallel:
+        """Wrap this module in DistributedDataParallel and route ``train_step``'s forwards through it (see
+        distributed.py): one gradient all-reduce per optimizer step. Returns the DDP module (for the joint
+        schedule call it: ``ddp(images, target)``)."""
+        from .distributed import wrap_ddp
+
+        return wrap_ddp(self, **ddp_kwargs)

@@ -1,0 +1,68 @@
+"""DDP (2 processes, gloo, torchrun): gradients equal one process on the combined batch, one all-reduce per step."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from _models import tiny_swin, tiny_vit
+from ddp_worker import ACCUM, STEPS, shard
+
+from masksub_kernels.training import MaskSub
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORLD = 2
+
+
+CONFIGS = [("vit", "sequential"), ("swin", "sequential"), ("vit", "joint")]
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory) -> dict:
+    """Every configuration, trained by one torchrun of 2 processes."""
+    out_dir = tmp_path_factory.mktemp("ddp")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+        os.path.join(HERE, "ddp_worker.py"), str(out_dir), *(f"{n}:{s}" for n, s in CONFIGS),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return {(n, s): torch.load(out_dir / f"{n}-{s}.pt", weights_only=False) for n, s in CONFIGS}
+
+
+def _single_process(name: str, schedule: str) -> dict:
+    """One process: per optimizer step, the MaskSub loss of the combined batch (the mean of the shard losses, every
+    shard having B rows), with each shard's rows masked as on its rank; one backward; the same SGD step."""
+    torch.manual_seed(0)
+    ms = MaskSub((tiny_vit if name == "vit" else tiny_swin)().double()).train()
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.5)
+    for step in range(STEPS):
+        optimizer.zero_grad(set_to_none=True)
+        shards = [(k, r) for k in range(ACCUM) for r in range(WORLD)]
+        loss = sum(ms(*shard(step, k, r, WORLD, name), seed=100 * step + 10 * k + r)["loss"] for k, r in shards)
+        (loss / len(shards)).backward()
+        optimizer.step()
+    return {
+        "grads": {n: p.grad.clone() for n, p in ms.named_parameters()},
+        "params": {n: p.detach().clone() for n, p in ms.named_parameters()},
+    }
+
+
+@pytest.mark.parametrize(("name", "schedule"), CONFIGS)
+def test_ddp_matches_single_process_with_one_allreduce_per_step(ddp_results, name, schedule):
+    got = ddp_results[(name, schedule)]
+    assert got["world"] == WORLD
+    # One bucket (bucket_cap_mb=1000): one all-reduce per optimizer step, although the sequential schedule runs
+    # 2 backwards per micro-step and each step has 2 micro-steps.
+    assert got["allreduces"] == [1] * STEPS
+    want = _single_process(name, schedule)
+    for key in ("grads", "params"):
+        assert got[key].keys() == want[key].keys()
+        for n in want[key]:
+            torch.testing.assert_close(got[key][n], want[key][n], rtol=1e-9, atol=1e-11, msg=f"{key} {n}")

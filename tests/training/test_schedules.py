@@ -1,0 +1,160 @@
+"""train_step: gradient accumulation, GradScaler, clipping, autocast, channels_last, torch.compile, no host sync."""
+
+import copy
+import functools
+
+import pytest
+import torch
+from _models import (
+    assert_grads_close,
+    batch,
+    grads,
+    reference_loss,
+    reference_vit_sub,
+    tiny_resnet,
+    tiny_swin,
+    tiny_vit,
+)
+
+import masksub_kernels as mk
+from masksub_kernels.training import MaskSub
+
+
+def _vit_masksub(dtype=torch.float64, **kwargs) -> MaskSub:
+    torch.manual_seed(0)
+    return MaskSub(tiny_vit().to(dtype), **kwargs).train()
+
+
+@pytest.mark.parametrize("clip_grad", [None, 0.05])
+def test_accumulating_two_steps_equals_one_step_on_the_doubled_batch(clip_grad):
+    ms = _vit_masksub()
+    reference = copy.deepcopy(ms.model)
+    (x1, y1), (x2, y2) = batch("vit", seed=1), batch("vit", seed=2)
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.5)
+    first = ms.train_step(x1, y1, optimizer, accum_steps=2, seed=11, clip_grad=clip_grad)
+    assert first["stepped"] is False
+    second = ms.train_step(x2, y2, optimizer, accum_steps=2, seed=12, clip_grad=clip_grad)
+    assert second["stepped"] is True
+
+    # One step on the doubled batch, whose sub-branch keeps the same tokens (rows 0-3: seed 11, rows 4-7: seed 12).
+    images, target = torch.cat([x1, x2]), torch.cat([y1, y2])
+    ids = torch.cat([mk.random_keep_indices(4, 16, 8, seed=11), mk.random_keep_indices(4, 16, 8, seed=12)])
+    main = reference(images)
+    loss, crit_main, crit_sub = reference_loss(main, reference_vit_sub(reference, images, ids), target)
+    loss.backward()
+    if clip_grad is not None:
+        norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), clip_grad)
+        assert norm > clip_grad  # the clip is active
+    want = {f"model.{name}": g for name, g in grads(reference).items()}
+    assert_grads_close(grads(ms), want)
+    torch.optim.SGD(reference.parameters(), lr=0.5).step()
+    for (name, p), q in zip(ms.model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-7, atol=1e-9, msg=name)
+    # Logged values are per micro-batch: their mean is the doubled batch's.
+    torch.testing.assert_close((first["loss_main"] + second["loss_main"]) / 2, crit_main.float())
+    torch.testing.assert_close((first["loss_sub"] + second["loss_sub"]) / 2, crit_sub.float())
+
+
+def test_accumulation_window_restarts_after_each_step():
+    ms = _vit_masksub()
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.1)
+    stepped = [ms.train_step(*batch("vit", seed=i), optimizer, accum_steps=3)["stepped"] for i in range(6)]
+    assert stepped == [False, False, True, False, False, True]
+    with pytest.raises(ValueError, match="accum_steps"):
+        ms.train_step(*batch("vit"), optimizer, accum_steps=0)
+    with pytest.raises(ValueError, match="schedule"):
+        ms.train_step(*batch("vit"), optimizer, schedule="both")
+    with pytest.raises(RuntimeError, match="train mode"):
+        ms.eval().train_step(*batch("vit"), optimizer)
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "joint"])
+def test_grad_scaler_with_clipping_matches_unscaled_step(schedule):
+    images, target = batch("vit")
+    results = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**10)):
+        ms = _vit_masksub()
+        optimizer = torch.optim.SGD(ms.parameters(), lr=0.5)
+        ms.train_step(images, target, optimizer, scaler=scaler, clip_grad=0.05, seed=3, schedule=schedule)
+        results.append([p.detach().clone() for p in ms.parameters()])
+    for scaled, plain in zip(*results):
+        torch.testing.assert_close(scaled, plain, rtol=1e-12, atol=1e-14)  # scaling by 2^k is exact
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "joint"])
+def test_bf16_autocast_runs_close_to_fp32(schedule):
+    images, target = batch("vit", dtype=torch.float32)
+    ms = _vit_masksub(torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ms(images, target, seed=4)
+    assert out["logits"].dtype == torch.bfloat16 and out["loss"].dtype == torch.float32
+    reference = _vit_masksub(torch.float32)
+    reference(images, target, seed=4)["loss"].backward()
+    autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.0)
+    step = ms.train_step(images, target, optimizer, seed=4, autocast=autocast, schedule=schedule)
+    torch.testing.assert_close(step["loss"], out["loss"], rtol=2e-2, atol=2e-2)
+    for (name, got), want in zip(grads(ms).items(), grads(reference).values()):
+        assert torch.isfinite(got).all(), name
+        torch.testing.assert_close(got, want, rtol=0.1, atol=3e-2 * want.abs().max().item() + 1e-4, msg=name)
+
+
+def test_fp16_autocast_with_grad_scaler_steps():
+    ms = MaskSub(tiny_swin()).train()
+    images, target = batch("swin", dtype=torch.float32)
+    optimizer = torch.optim.AdamW(ms.parameters(), lr=1e-3)
+    before = ms.mask_token.detach().clone()
+    scaler = torch.amp.GradScaler("cpu")
+    out = ms.train_step(
+        images, target, optimizer, scaler=scaler, clip_grad=1.0, seed=1,
+        autocast=functools.partial(torch.autocast, "cpu", dtype=torch.float16),
+    )  # fmt: skip
+    assert out["logits"].dtype == torch.float16 and torch.isfinite(out["loss"])
+    assert not torch.equal(ms.mask_token, before)  # the mask token trained (the step was not skipped)
+
+
+def test_channels_last_gives_the_same_step():
+    torch.manual_seed(0)
+    ms = MaskSub(tiny_resnet().double()).train()
+    images, target = batch("resnet")
+    contiguous = ms(images, target, seed=9)
+    last = ms(images.contiguous(memory_format=torch.channels_last), target, seed=9)
+    torch.testing.assert_close(last["loss"], contiguous["loss"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(last["logits"], contiguous["logits"])
+
+
+@pytest.mark.parametrize("variant", ["mask", "path"])
+def test_torch_compiled_model_gives_the_same_loss_and_gradients(variant):
+    torch.manual_seed(0)
+    model = tiny_vit().double()
+    compiled = MaskSub(torch.compile(copy.deepcopy(model), backend="eager"), variant=variant).train()
+    eager = MaskSub(model, variant=variant).train()
+    assert compiled.family == "vit" and compiled.inner_model is not compiled.model
+    images, target = batch("vit")
+    for ms in (compiled, eager):
+        torch.manual_seed(1)  # the same drop-path draws for PathSub
+        ms.out = ms(images, target, seed=5)
+        ms.out["loss"].backward()
+    assert compiled._compiled_sub is not None  # the sub-branch ran under the model's dynamo context
+    torch.testing.assert_close(compiled.out["loss"], eager.out["loss"])
+    want = {name.replace("model.", "model._orig_mod.", 1): g for name, g in grads(eager).items()}
+    assert_grads_close(grads(compiled), want)
+    assert compiled.no_weight_decay() == {n.replace("model.", "model._orig_mod.", 1) for n in eager.no_weight_decay()}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("schedule", ["sequential", "joint"])
+def test_train_step_does_not_synchronise_with_the_gpu(schedule):
+    torch.manual_seed(0)
+    ms = MaskSub(tiny_swin().cuda()).train()
+    images, target = (t.cuda() for t in batch("swin", dtype=torch.float32))
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.1, foreach=True)
+    ms.train_step(images, target, optimizer, seed=1, clip_grad=1.0, schedule=schedule)  # warm-up (allocations)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(2):
+            ms.train_step(images, target, optimizer, seed=2 + step, clip_grad=1.0, accum_steps=2, schedule=schedule)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

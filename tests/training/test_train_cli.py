@@ -1,0 +1,156 @@
+"""masksub-train on the digits set: logs, checkpoints, exact resume, the options, clear errors, torchrun."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from masksub_kernels.train import main, parse_kwargs
+from masksub_kernels.training.runlog import COLUMNS
+
+TINY_VIT = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=16",
+            "depth=1", "num_heads=2"]  # fmt: skip
+FAST = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "64", "--no-progress", "--img-size", "16"]
+
+
+def _run(tmp_path, name: str, *extra: str) -> str:
+    out = str(tmp_path / name)
+    assert main([*TINY_VIT, *FAST, "--output", out, *extra]) == 0
+    return out
+
+
+def _log(out: str) -> list[dict]:
+    with open(os.path.join(out, "log.json")) as f:
+        return json.load(f)["epochs"]
+
+
+def test_masksub_run_writes_logs_and_checkpoints(tmp_path):
+    out = _run(tmp_path, "ms", "--keep-epoch-checkpoints")
+    rows = _log(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["loss_main"] > 0 and row["loss_sub"] > 0 and 0 <= row["top1"] <= 100 and row["images_per_s"] > 0
+        assert row["loss"] == pytest.approx(0.5 * row["loss_main"] + 0.5 * row["loss_sub"])
+    with open(os.path.join(out, "log.csv")) as f:
+        table = list(csv.DictReader(f))
+    assert tuple(table[0]) == COLUMNS and len(table) == 2
+    for name in ("last.pth", "epoch-1.pth", "epoch-2.pth"):
+        assert os.path.isfile(os.path.join(out, name))
+    meta = json.load(open(os.path.join(out, "log.json")))["meta"]
+    assert meta["family"] == "vit" and meta["train_images"] == 1437 and meta["val_images"] == 360
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = _run(tmp_path, "full", "--keep-epoch-checkpoints", "--drop-path", "0.1")
+    resumed = _run(tmp_path, "resumed", "--drop-path", "0.1", "--resume", os.path.join(full, "epoch-1.pth"))
+    want = torch.load(os.path.join(full, "last.pth"), weights_only=False)
+    got = torch.load(os.path.join(resumed, "last.pth"), weights_only=False)
+    assert got["epoch"] == want["epoch"] == 1 and got["num_updates"] == want["num_updates"]
+    for name, tensor in want["module"].items():
+        assert torch.equal(got["module"][name], tensor), name
+    drop_time = lambda rows: [{k: v for k, v in r.items() if "time" not in k and k != "images_per_s"} for r in rows]
+    assert drop_time(_log(resumed)) == drop_time(_log(full))
+
+
+def test_baseline_with_mixup_and_accumulation(tmp_path):
+    out = _run(tmp_path, "base", "--baseline", "--mixup", "0.8", "--cutmix", "1.0", "--grad-accum-steps", "2")
+    rows = _log(out)
+    assert all(r["loss_sub"] is None and r["loss"] == r["loss_main"] for r in rows)
+    ckpt = torch.load(os.path.join(out, "last.pth"), weights_only=False)
+    assert ckpt["num_updates"] == 2 * (1437 // 64 // 2)
+    assert not any(k.startswith("model.") for k in ckpt["module"])  # the bare model's state
+
+
+def test_joint_schedule_bce_and_clipping(tmp_path):
+    out = _run(tmp_path, "joint", "--schedule", "joint", "--loss", "bce", "--bce-target-thresh", "0.0",
+               "--clip-grad", "1.0", "--epochs", "1", "--sched", "step")  # fmt: skip
+    assert len(_log(out)) == 1
+
+
+@pytest.mark.parametrize("variant", ["drop", "path"])
+def test_variants(tmp_path, variant):
+    out = _run(tmp_path, variant, "--variant", variant, "--epochs", "1")
+    assert _log(out)[0]["loss_sub"] > 0
+
+
+def test_cnn_and_swin(tmp_path):
+    out = str(tmp_path / "cnn")
+    assert main(["--model", "test_resnet", "--img-size", "32", "--cell-size", "16", "--epochs", "1", "--batch-size",
+                 "128", "--no-progress", "--output", out]) == 0  # fmt: skip
+    assert json.load(open(os.path.join(out, "log.json")))["meta"]["family"] == "pixel"
+    out = str(tmp_path / "swin")
+    swin = ["--model", "swin_tiny_patch4_window7_224", "--model-kwargs", "img_size=32", "patch_size=2",
+            "window_size=4", "embed_dim=16", "depths=(1,1)", "num_heads=(1,2)"]  # fmt: skip
+    assert main([*swin, "--img-size", "32", "--epochs", "1", "--batch-size", "128", "--no-progress", "--output",
+                 out]) == 0  # fmt: skip
+    ckpt = torch.load(os.path.join(out, "last.pth"), weights_only=False)
+    assert "mask_token" in ckpt["module"]
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            os.makedirs(tmp_path / "data" / split / label)
+            for i in range(4):
+                pixels = (torch.rand(20, 20, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / "data" / split / label / f"{i}.png")
+    out = str(tmp_path / "folder")
+    args = [*TINY_VIT, "--data-dir", str(tmp_path / "data"), "--img-size", "16", "--epochs", "1", "--batch-size",
+            "4", "--workers", "0", "--no-progress", "--output", out]  # fmt: skip
+    assert main(args) == 0
+    meta = json.load(open(os.path.join(out, "log.json")))["meta"]
+    assert meta["train_images"] == 8 and meta["val_images"] == 8
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data-dir", "/no/such/dir"], "data directory '/no/such/dir' does not exist"),
+        (["--model", "vit_nonexistent_model"], "unknown timm model 'vit_nonexistent_model'"),
+        (["--model", "resnet10t", "--img-size", "48"], "not divisible by the mask cell of 32 pixels"),
+        (["--model", "vit_tiny_patch16_224", "--img-size", "32"], "--model-kwargs img_size=32"),
+        ([*TINY_VIT, "--img-size", "16", "--mixup", "0.8", "--batch-size", "7"], "even --batch-size"),
+        ([*TINY_VIT, "--img-size", "16", "--resume", "/no/ckpt.pth"], "checkpoint '/no/ckpt.pth' does not exist"),
+        (["--model-kwargs", "img_size"], "key=value"),
+    ],
+)
+def test_clear_errors(tmp_path, capsys, args, message):
+    assert main([*args, "--output", str(tmp_path / "err"), "--no-progress", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("masksub-train: error:") and message in err
+
+
+def test_parse_kwargs():
+    assert parse_kwargs(["img_size=32", "depths=(1,1)", "global_pool=avg", "class_token=False"]) == {
+        "img_size": 32, "depths": (1, 1), "global_pool": "avg", "class_token": False,
+    }  # fmt: skip
+
+
+def test_torchrun_two_processes(tmp_path):
+    out = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "masksub_kernels.train", *TINY_VIT, *FAST, "--epochs", "1", "--output", out]  # fmt: skip
+    result = subprocess.run(
+        cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.load(open(os.path.join(out, "log.json")))["meta"]
+    assert meta["world_size"] == 2
+    ckpt = torch.load(os.path.join(out, "last.pth"), weights_only=False)
+    assert ckpt["num_updates"] == 1437 // 2 // 64
+
+
+def test_console_script_and_module_entry_points():
+    for cmd in (
+        [os.path.join(os.path.dirname(sys.executable), "masksub-train"), "--help"],
+        [sys.executable, "-m", "masksub_kernels.train", "--help"],
+    ):
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "--mask-ratio" in result.stdout

@@ -1,0 +1,187 @@
+"""MaskSub wrapper vs the hand-written step of SEMANTICS.md, per family; family detection and its policy."""
+
+import warnings
+
+import pytest
+import torch
+from _models import (
+    BUILDERS,
+    assert_grads_close,
+    batch,
+    grads,
+    reference_loss,
+    sub_logits_for_seed,
+    tiny_vit,
+)
+
+from masksub_kernels.training import MaskSub
+
+FAMILY = {"vit": "vit", "deit3": "vit", "mae": "vit", "swin": "swin", "resnet": "pixel"}
+# DeiT-III's recipe is BCE with binarised mixed targets; the others use soft-target CE.
+LOSS = {"deit3": ("bce", 0.0)}
+
+
+def _wrapped(name: str, **kwargs) -> MaskSub:
+    torch.manual_seed(0)
+    mode, threshold = LOSS.get(name, ("ce", None))
+    return MaskSub(BUILDERS[name]().double(), loss=mode, target_threshold=threshold, **kwargs).train()
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_joint_step_equals_hand_written_step(name):
+    ms = _wrapped(name)
+    assert ms.family == FAMILY[name]
+    images, target = batch(name, soft=name in ("deit3", "mae"))
+    out = ms(images, target, seed=1234)
+    out["loss"].backward()
+    got = grads(ms)
+
+    ms.zero_grad(set_to_none=True)
+    mode, threshold = LOSS.get(name, ("ce", None))
+    main = ms.model(images)
+    sub = sub_logits_for_seed(name, ms.model, images, 1234, mask_token=ms.mask_token)
+    loss, crit_main, crit_sub = reference_loss(main, sub, target, mode, threshold)
+    loss.backward()
+
+    torch.testing.assert_close(out["loss"], loss.float(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(out["loss_main"], crit_main.float(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(out["loss_sub"], crit_sub.float(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(out["logits"], main)
+    # Every parameter (the Swin mask token included) gets the reference gradient.
+    want = grads(ms)
+    assert len(want) == len(list(ms.parameters()))
+    assert_grads_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["vit", "swin", "resnet"])
+def test_joint_and_sequential_schedules_give_the_same_summed_gradient(name):
+    ms = _wrapped(name)
+    images, target = batch(name)
+    ms(images, target, seed=7)["loss"].backward()
+    joint = grads(ms)
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.0)  # the step leaves the weights as they are
+    out = ms.train_step(images, target, optimizer, seed=7)
+    assert out["stepped"] is True
+    assert not any(v.requires_grad for v in out.values() if isinstance(v, torch.Tensor))
+    assert_grads_close(grads(ms), joint)
+
+
+def test_seed_none_draws_from_torch_default_generator():
+    ms = _wrapped("vit")
+    images, target = batch("vit")
+    torch.manual_seed(5)
+    first = ms(images, target)["loss_sub"]
+    torch.manual_seed(5)
+    assert torch.equal(ms(images, target)["loss_sub"], first)
+
+
+def test_eval_mode_just_runs_the_model():
+    ms = _wrapped("vit").eval()
+    images, target = batch("vit")
+    out = ms(images)
+    assert set(out) == {"logits"}
+    torch.testing.assert_close(out["logits"], ms.model(images))
+    with_target = ms(images, target)
+    assert set(with_target) == {"logits", "loss", "loss_main"}
+    torch.testing.assert_close(with_target["loss"], torch.nn.functional.cross_entropy(out["logits"], target).float())
+
+
+def test_branch_outputs_and_train_mode_needs_a_target():
+    ms = _wrapped("vit")
+    images, target = batch("vit")
+    torch.testing.assert_close(ms(images, branch="main"), ms.model(images))
+    torch.testing.assert_close(ms(images, branch="sub", seed=3), sub_logits_for_seed("vit", ms.model, images, 3))
+    with pytest.raises(ValueError, match="needs a target"):
+        ms(images)
+    with pytest.raises(ValueError, match="branch"):
+        ms(images, target, branch="both")
+
+
+def test_mask_ratio_sets_the_kept_count():
+    ms = _wrapped("vit", mask_ratio=0.75)
+    images, _ = batch("vit")
+    torch.testing.assert_close(
+        ms.sub_logits(images, seed=2), sub_logits_for_seed("vit", ms.model, images, 2, ratio=0.75)
+    )
+
+
+def test_swin_mask_token_gets_gradient_and_no_weight_decay():
+    from timm.optim import create_optimizer_v2
+
+    ms = _wrapped("swin")
+    assert ms.mask_token.shape == (16,) and ms.mask_token.std() < 0.1
+    images, target = batch("swin")
+    ms(images, target, seed=1)["loss"].backward()
+    assert ms.mask_token.grad is not None and ms.mask_token.grad.abs().sum() > 0
+    assert "mask_token" in ms.no_weight_decay()
+    assert "model.layers.0.blocks.0.attn.relative_position_bias_table" in ms.no_weight_decay()
+    optimizer = create_optimizer_v2(ms, opt="adamw", lr=1e-3, weight_decay=0.05)
+    decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert decay_of[id(ms.mask_token)] == 0.0
+    assert decay_of[id(ms.model.layers[0].blocks[0].attn.relative_position_bias_table)] == 0.0
+    assert decay_of[id(ms.model.head.fc.weight)] == 0.05
+
+
+def test_optimizer_without_the_mask_token_is_refused():
+    ms = _wrapped("swin")
+    images, target = batch("swin")
+    with pytest.raises(ValueError, match="mask_token"):
+        ms.train_step(images, target, torch.optim.SGD(ms.model.parameters(), lr=0.1))
+
+
+def test_vit_no_weight_decay_names_are_prefixed():
+    ms = _wrapped("vit")
+    assert {"model.cls_token", "model.pos_embed"} <= ms.no_weight_decay()
+    assert ms.mask_token is None
+
+
+class _TinyMlpClassifier(torch.nn.Module):
+    """Neither a timm ViT / Swin nor a CNN: gets the pixel-grid fallback."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * 64 * 64, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def test_unsupported_model_gets_pixel_fallback_with_one_warning():
+    with pytest.warns(UserWarning, match="pixel-grid fallback"):
+        ms = MaskSub(_TinyMlpClassifier().double())
+    assert ms.family == "pixel"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MaskSub(_TinyMlpClassifier())  # once per model class
+        MaskSub(_TinyMlpClassifier(), family="pixel")
+    images, target = batch("resnet")
+    out = ms.train()(images, target, seed=3)
+    sub = sub_logits_for_seed("resnet", ms.model, images, 3)
+    torch.testing.assert_close(out["loss_sub"], reference_loss(out["logits"], sub, target)[2].float())
+
+
+def test_configuration_errors_are_clear():
+    with pytest.raises(ValueError, match="loss must be one of"):
+        MaskSub(tiny_vit(), loss="mse")
+    with pytest.raises(ValueError, match="variant must be one of"):
+        MaskSub(tiny_vit(), variant="cut")
+    with pytest.raises(ValueError, match="mask_ratio must be in"):
+        MaskSub(tiny_vit(), mask_ratio=1.0)
+    with pytest.raises(ValueError, match="needs loss='bce'"):
+        MaskSub(tiny_vit(), target_threshold=0.0)
+    with pytest.raises(ValueError, match="defined for ViTs"):
+        MaskSub(BUILDERS["resnet"](), variant="path")
+    with pytest.raises(ValueError, match="lacks"):
+        MaskSub(BUILDERS["resnet"](), family="vit")
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        MaskSub(lambda x: x)
+    # Swin at 56 px / patch 4: a 14 x 14 token grid that cells of 8 tokens do not divide.
+    with pytest.raises(ValueError, match="not divisible by the mask cell of 8 tokens"):
+        MaskSub(BUILDERS["swin"](img_size=56, window_size=7))
+    ms = MaskSub(BUILDERS["resnet"]())
+    with pytest.raises(ValueError, match="image size 48 x 48 is not divisible by the mask cell of 32 pixels"):
+        ms.check_input_size(48)
+    with pytest.raises(ValueError, match="keeps"):
+        ms.check_input_size(32)  # one cell: r = 0.5 keeps none
+    with pytest.raises(ValueError, match="patch size"):
+        MaskSub(tiny_vit()).check_input_size(36)
