@@ -28,17 +28,29 @@ def test_failing_provider_is_recorded_not_fatal():
     assert all("unsupported here" in r["error"] for r in records)
 
 
-def test_cli_tiny_run_writes_json_markdown_and_plot(tmp_path, capsys):
-    assert cli.main(["--tiny", "--device", "cpu", "--suites", "token_select", "--out", str(tmp_path)]) == 0
+def test_cli_tiny_run_of_every_suite_writes_json_markdown_and_plot(tmp_path, capsys):
+    assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path)]) == 0
     written = sorted(p.suffix for p in tmp_path.iterdir())
     assert written == [".json", ".md", ".png"]
     run = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert run["environment"]["device"].startswith("CPU") and run["copy_gbps"] > 0
-    assert {r["provider"] for r in run["records"]} >= {"masksub[torch]", "official", "timm"}
-    for record in run["records"]:
-        if "error" not in record:
-            assert REQUIRED <= set(record), record
-            assert record["gbps"] > 0
+    assert run["skipped_suites"] == {}
+    records = run["records"]
+    assert {r["suite"] for r in records} == set(cli.SUITES)
+    assert [r for r in records if "error" in r] == []
+    by_suite = {suite: {r["provider"] for r in records if r["suite"] == suite} for suite in cli.SUITES}
+    assert by_suite["token_select"] >= {"masksub[torch]", "official", "timm", "compile(official)"}
+    assert by_suite["loss"] >= {"masksub[torch]", "official", "eager(int labels)"}
+    assert by_suite["grid_mask"] >= {"masksub[torch]", "official", "compile(official)"}
+    assert by_suite["train"] == {
+        "plain", "masksub official-style (sequential)", "masksub (sequential)", "masksub (joint)"
+    }  # fmt: skip
+    for record in records:
+        assert REQUIRED <= set(record), record
+        if record["suite"] == "train":
+            assert record["images_per_s"] > 0 and record["ideal_ratio"] == 1.5
+        else:
+            assert record["gbps"] > 0 and record["fraction_of_copy"] > 0
     assert "No GPU here" in capsys.readouterr().out
     table = report.markdown_table(run)
-    assert "| token_select |" in table and "vs official" in table
+    assert "| token_select |" in table and "vs official" in table and "time / plain" in table

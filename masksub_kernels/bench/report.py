@@ -6,7 +6,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-BASELINE = "official"
+BASELINE = "official"  # op suites: speed-up = official-style time / provider time
+TRAIN_BASELINE = "plain"  # training steps: MaskSub step time / plain step time, beside the ideal ratio
 
 
 def _fmt(value, digits=3):
@@ -27,7 +28,27 @@ def markdown_table(run: dict) -> str:
     groups = defaultdict(list)
     for record in run["records"]:
         groups[(record["suite"], record["shape"], record["dtype"], record["mode"])].append(record)
+    train_lines = [
+        "",
+        "End-to-end training steps (images/s; step-time ratio to plain training, beside the ideal):",
+        "",
+        "| model | dtype | provider | median ms (p20-p80) | images/s | time / plain | ideal | peak MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for (suite, shape, dtype, mode), records in groups.items():
+        if suite == "train":
+            plain = next((r for r in records if r["provider"] == TRAIN_BASELINE and "median_ms" in r), None)
+            for r in records:
+                if "error" in r:
+                    train_lines.append(f"| {shape} | {dtype} | {r['provider']} | error: {r['error']} |||||")
+                    continue
+                ratio = r["median_ms"] / plain["median_ms"] if plain else None
+                train_lines.append(
+                    f"| {shape} | {dtype} | {r['provider']} | {_fmt(r['median_ms'], 1)} ({_fmt(r['p20_ms'], 1)}-"
+                    f"{_fmt(r['p80_ms'], 1)}) | {_fmt(r.get('images_per_s'), 0)} | {_fmt(ratio, 2)} | "
+                    f"{_fmt(r.get('ideal_ratio'), 1)} | {_fmt(r.get('peak_mem_mb'), 0)} |"
+                )
+            continue
         baseline = next((r for r in records if r["provider"] == BASELINE and "median_ms" in r), None)
         for r in records:
             if "error" in r:
@@ -41,6 +62,8 @@ def markdown_table(run: dict) -> str:
                 f"{_fmt(None if fraction is None else 100 * fraction, 1)} | "
                 f"{_fmt(speedup, 2)}{'x' if speedup else ''} | {_fmt(r.get('peak_mem_mb'), 1)} |"
             )
+    if len(train_lines) > 5:
+        lines += train_lines
     return "\n".join(lines) + "\n"
 
 
@@ -53,7 +76,7 @@ def plot(run: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    records = [r for r in run["records"] if r["mode"] == "full" and "median_ms" in r]
+    records = [r for r in run["records"] if r["mode"] == "full" and "median_ms" in r and r["suite"] != "train"]
     if not records:
         return False
     shapes = list(dict.fromkeys(f"{r['suite']}\n{r['shape']}\n{r['dtype']}" for r in records))

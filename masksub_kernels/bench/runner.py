@@ -72,6 +72,8 @@ def run_case(case: OpCase, device: torch.device, *, repeats: int, warmup: int, c
                 repeats=timing.repeats,
                 peak_mem_mb=timing.peak_mem_mb,
             )
+            if record.get("batch_size"):
+                record["images_per_s"] = record["batch_size"] / (timing.median_ms * 1e-3)
             if record["bytes"]:
                 record["gbps"] = record["bytes"] / (timing.median_ms * 1e-3) / 1e9
                 record["fraction_of_copy"] = record["gbps"] / copy_gbps
