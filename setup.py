@@ -97,7 +97,7 @@ def extension_modules():
         sources=sources,
         include_dirs=[str(CSRC)],
         extra_compile_args={
-            "cxx": ["-O3", "-std=c++17"],
+            "cxx": ["-O3", "-std=c++20"],  # torch 2.14 headers require C++20; .cu files are torch-free
             "nvcc": ["-O3", "-std=c++17", "-lineinfo", *gencode],
         },
         optional=not forced,  # an automatic build that fails leaves a working pure-Python install

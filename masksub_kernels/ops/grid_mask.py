@@ -347,7 +347,7 @@ def _sum_partials_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Launchers. The CUDA extension (masksub_kernels._C, not written yet) takes the same arguments:
+# Launchers. The CUDA extension (masksub_kernels._C, csrc/grid_mask.cu) takes the same arguments:
 #   _C.grid_cell_mask(seed, batch_size, num_cells, num_keep, device) -> bool [B, Lc]
 #   _C.mask_image_grid(images, cell_mask, cell_size, fill_value) -> [B, C, H, W], images' layout (empty_like)
 #   _C.mask_tokens_grid_forward(tokens, mask_token, cell_mask, cell_size) -> contiguous [B, H, W, C]

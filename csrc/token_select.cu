@@ -1,0 +1,250 @@
+// Random token selection, gather and scatter for the ViT sub-branch (masksub_kernels/ops/token_select.py).
+//
+// Maths. X[B, P+N, D]: P prefix tokens, then N patch tokens; keep K of the N per sample:
+//   key[b, n] = (draw(seed, b*N + n), n)                 ordered lexicographically (ties in the draw by position)
+//   ids[b]    = the positions of the K smallest keys, in ascending-key order (or ascending position if ordered)
+//   inv[b, n] = j if n == ids[b, j] else -1
+//   Y[b, :P] = X[b, :P];  Y[b, P+j] = X[b, P+ids[b, j]]                        (gather, forward)
+//   dX[b, :P] = dY[b, :P];  dX[b, P+n] = dY[b, P+inv[b, n]] or 0 if inv = -1   (scatter, backward)
+//
+// Selection: one thread block per sample. Each thread draws ITEMS consecutive positions (a "blocked"
+// arrangement, so the block's input is in ascending position order), then cub::BlockRadixSort sorts the 32-bit
+// draws carrying the 16-bit positions as values. Why a radix sort rather than a shared-memory bitonic network:
+//   - work: 8 passes of 4 bits over N keys, against log2(N)(log2(N)+1)/2 compare-exchange stages (91 at 8192),
+//     each ending in a barrier;
+//   - ties: cub documents BlockRadixSort as stable, so equal draws keep ascending position order, which is the
+//     reference's (draw, position) key order without packing 64-bit keys: half the shared memory (32 KB of keys
+//     at N = 8192, under the 48 KB static limit) and 8 passes instead of 11-12 over 40-45 key bits;
+//   - it is a maintained, tested primitive that ships with the toolkit (no code of our own to get wrong).
+// Padding lanes (n >= N) get the draw 0xFFFFFFFF and, being later in position order, sort after every real key.
+//
+// Gather / scatter: a row copy (row_copy.cuh) in which each output row reads one source row or none (zeros); this
+// file states only the index maps. The scatter writes every element of dX once, without atomics.
+#include <cub/block/block_radix_sort.cuh>
+#include <cub/block/block_scan.cuh>
+
+#include <climits>
+#include <cstdint>
+
+#include "masksub_kernels.h"
+#include "philox.cuh"
+#include "row_copy.cuh"
+
+namespace masksub {
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------------
+// Selection
+// ---------------------------------------------------------------------------------------------------------------
+
+template <int THREADS, int ITEMS>
+struct SelectShared {
+  using Sort = cub::BlockRadixSort<uint32_t, THREADS, ITEMS, uint16_t>;
+  using Scan = cub::BlockScan<int, THREADS>;
+  union {
+    typename Sort::TempStorage sort;
+    int32_t slot_of[THREADS * ITEMS];  // after the sort: per position, its rank (then its output slot or -1)
+  } reuse;
+  typename Scan::TempStorage scan;
+};
+
+// Register budget: at least 1024 / THREADS blocks per SM (half of the 2048 threads an sm_80/sm_90 SM holds) caps
+// every shape at 64 registers per thread. With at most 8 keys per thread (8 draws, 8 positions, the sort's ranks)
+// that fits without spills on sm_80 and sm_90a (python -m masksub_kernels.tools.check_spills); 16 keys per thread
+// needed ~100 registers and spilled under the same cap.
+template <int THREADS, int ITEMS>
+__global__ void __launch_bounds__(THREADS, 1024 / THREADS) select_tokens_kernel(
+    uint64_t seed, int num_tokens, int num_keep, bool ordered, int64_t* __restrict__ ids, int32_t* __restrict__ inv,
+    uint8_t* __restrict__ removed) {
+  // Outputs, each optional: ids (kept positions), inv (slot of each position or -1), removed (1 for a dropped
+  // position, 0 for a kept one: the grid masks' cell mask). `ordered` only concerns ids.
+  using Shared = SelectShared<THREADS, ITEMS>;
+  __shared__ Shared shared;
+  const int tid = threadIdx.x;
+  const int64_t row = blockIdx.x;
+  int64_t* row_ids = ids + row * num_keep;
+
+  uint32_t draws[ITEMS];
+  uint16_t positions[ITEMS];
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const int position = tid * ITEMS + i;  // blocked: the block's input is in ascending position order
+    positions[i] = static_cast<uint16_t>(position);
+    draws[i] = position < num_tokens
+                   ? philox_draw(seed, static_cast<uint64_t>(row * num_tokens + position))
+                   : 0xFFFFFFFFu;  // padding: the largest draw, and later than every real position
+  }
+  // Stable sort by draw: equal draws stay in ascending position order. Output is striped: item i of thread tid
+  // has rank i * THREADS + tid, so consecutive threads hold consecutive ranks (coalesced stores below).
+  typename Shared::Sort(shared.reuse.sort).SortBlockedToStriped(draws, positions);
+
+  const bool per_position = inv != nullptr || removed != nullptr;  // outputs indexed by position, via slot_of
+  if (!ordered) {
+    if (ids != nullptr) {
+#pragma unroll
+      for (int i = 0; i < ITEMS; ++i) {
+        const int rank = i * THREADS + tid;
+        if (rank < num_keep) row_ids[rank] = positions[i];
+      }
+    }
+    if (!per_position) return;  // uniform over the block: no thread is left waiting at a barrier
+  }
+
+  __syncthreads();  // the sort's storage becomes slot_of
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) {
+    const int rank = i * THREADS + tid;
+    if (rank < num_tokens) shared.reuse.slot_of[positions[i]] = (ordered || rank < num_keep) ? rank : -1;
+  }
+  __syncthreads();
+
+  if (ordered) {
+    // Ordered output: slot of a kept position = number of kept positions before it (an exclusive prefix sum of
+    // the kept flags in position order). Each thread reads and rewrites only its own positions: no barrier
+    // between the read and the write.
+    int kept[ITEMS];
+    int slots[ITEMS];
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int position = tid * ITEMS + i;
+      kept[i] = position < num_tokens && shared.reuse.slot_of[position] < num_keep;
+    }
+    typename Shared::Scan(shared.scan).ExclusiveSum(kept, slots);
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const int position = tid * ITEMS + i;
+      if (position < num_tokens) {
+        if (kept[i]) row_ids[slots[i]] = position;
+        shared.reuse.slot_of[position] = kept[i] ? slots[i] : -1;
+      }
+    }
+    if (!per_position) return;
+    __syncthreads();
+  }
+
+  // Coalesced per-position stores: slot_of holds the output slot of a kept position and -1 for a dropped one.
+  for (int position = tid; position < num_tokens; position += THREADS) {
+    const int32_t slot = shared.reuse.slot_of[position];
+    if (inv != nullptr) inv[row * num_tokens + position] = slot;
+    if (removed != nullptr) removed[row * num_tokens + position] = slot < 0 ? 1 : 0;
+  }
+}
+
+template <int THREADS, int ITEMS>
+cudaError_t launch_select(uint64_t seed, int64_t batch_size, int num_tokens, int num_keep, bool ordered, int64_t* ids,
+                          int32_t* inv, uint8_t* removed, cudaStream_t stream) {
+  static_assert(THREADS * ITEMS <= 65536, "positions travel as uint16 values through the sort");
+  select_tokens_kernel<THREADS, ITEMS><<<static_cast<unsigned int>(batch_size), THREADS, 0, stream>>>(
+      seed, num_tokens, num_keep, ordered, ids, inv, removed);
+  return cudaGetLastError();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Row sources of the gather and the scatter (row_copy.cuh): the byte address of an output row's source, or null
+// ---------------------------------------------------------------------------------------------------------------
+
+template <typename IndexT>
+struct GatherRows {  // row (b, j) of Y [B, P+K, D]
+  const char* x;
+  int64_t stride_b, stride_s;  // bytes
+  const IndexT* ids;
+  int64_t stride_ib, stride_ik, P, N, K;
+  __device__ __forceinline__ const char* operator()(int64_t row) const {
+    const int64_t b = row / (P + K);
+    const int64_t j = row - b * (P + K);
+    int64_t s = j;
+    if (j >= P) {
+      const int64_t id = static_cast<int64_t>(ids[b * stride_ib + (j - P) * stride_ik]);
+      if (id < 0 || id >= N) return nullptr;  // an out-of-range id reads nothing (zeros), never stray memory
+      s = P + id;
+    }
+    return x + b * stride_b + s * stride_s;
+  }
+};
+
+struct ScatterRows {  // row (b, t) of dX [B, P+N, D]
+  const char* grad_y;
+  int64_t stride_b, stride_s;  // bytes
+  const int32_t* inv;
+  int64_t stride_vb, stride_vn, P, N, K;
+  __device__ __forceinline__ const char* operator()(int64_t row) const {
+    const int64_t b = row / (P + N);
+    const int64_t t = row - b * (P + N);
+    int64_t s = t;
+    if (t >= P) {
+      const int64_t slot = inv[b * stride_vb + (t - P) * stride_vn];
+      if (slot < 0 || slot >= K) return nullptr;  // a dropped token: its gradient is 0
+      s = P + slot;
+    }
+    return grad_y + b * stride_b + s * stride_s;
+  }
+};
+
+inline bool valid_token_sizes(int64_t B, int64_t P, int64_t N, int64_t K, int64_t D) {
+  return B >= 0 && P >= 0 && N >= 1 && K >= 1 && K <= N && D >= 0;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// Launchers (masksub_kernels.h)
+// ---------------------------------------------------------------------------------------------------------------
+
+cudaError_t launch_select_tokens(uint64_t seed, int64_t batch_size, int64_t num_tokens, int64_t num_keep,
+                                 bool ordered, int64_t* ids, int32_t* inv, uint8_t* removed, cudaStream_t stream) {
+  if (batch_size < 0 || batch_size > INT_MAX || num_tokens < 1 || num_tokens > kMaxSelectTokens || num_keep < 1 ||
+      num_keep > num_tokens) {
+    return cudaErrorInvalidValue;
+  }
+  if (batch_size == 0 || (ids == nullptr && inv == nullptr && removed == nullptr)) return cudaSuccess;
+  ordered = ordered && ids != nullptr;  // the order of ids only: without them it would cost a scan for nothing
+  const int n = static_cast<int>(num_tokens);
+  const int k = static_cast<int>(num_keep);
+  // Block shapes (threads x keys per thread = capacity >= N): the smallest capacity that holds the row, 2-8 keys
+  // per thread. Static shared memory ranges from 5 KB (128 x 2) to 41 KB (1024 x 8), under the 48 KB limit.
+  if (n <= 256) return launch_select<128, 2>(seed, batch_size, n, k, ordered, ids, inv, removed, stream);
+  if (n <= 512) return launch_select<128, 4>(seed, batch_size, n, k, ordered, ids, inv, removed, stream);
+  if (n <= 1024) return launch_select<256, 4>(seed, batch_size, n, k, ordered, ids, inv, removed, stream);
+  if (n <= 2048) return launch_select<256, 8>(seed, batch_size, n, k, ordered, ids, inv, removed, stream);
+  if (n <= 4096) return launch_select<512, 8>(seed, batch_size, n, k, ordered, ids, inv, removed, stream);
+  return launch_select<1024, 8>(seed, batch_size, n, k, ordered, ids, inv, removed, stream);
+}
+
+template <typename T, typename IndexT>
+cudaError_t launch_gather_tokens(const T* x, int64_t stride_xb, int64_t stride_xs, const IndexT* ids,
+                                 int64_t stride_ib, int64_t stride_ik, T* y, int64_t B, int64_t P, int64_t N,
+                                 int64_t K, int64_t D, cudaStream_t stream) {
+  if (!valid_token_sizes(B, P, N, K, D)) return cudaErrorInvalidValue;
+  const int64_t element = static_cast<int64_t>(sizeof(T));
+  const GatherRows<IndexT> rows{reinterpret_cast<const char*>(x), stride_xb * element, stride_xs * element,
+                                ids, stride_ib, stride_ik, P, N, K};
+  const uint64_t alignment = detail::address_bits(x) | static_cast<uint64_t>(rows.stride_b | rows.stride_s);
+  return detail::launch_copy_rows(rows, alignment, y, B * (P + K), D * element, stream);
+}
+
+template <typename T>
+cudaError_t launch_scatter_tokens(const T* grad_y, int64_t stride_gb, int64_t stride_gs, const int32_t* inv,
+                                  int64_t stride_vb, int64_t stride_vn, T* grad_x, int64_t B, int64_t P, int64_t N,
+                                  int64_t K, int64_t D, cudaStream_t stream) {
+  if (!valid_token_sizes(B, P, N, K, D)) return cudaErrorInvalidValue;
+  const int64_t element = static_cast<int64_t>(sizeof(T));
+  const ScatterRows rows{reinterpret_cast<const char*>(grad_y), stride_gb * element, stride_gs * element,
+                         inv, stride_vb, stride_vn, P, N, K};
+  const uint64_t alignment = detail::address_bits(grad_y) | static_cast<uint64_t>(rows.stride_b | rows.stride_s);
+  return detail::launch_copy_rows(rows, alignment, grad_x, B * (P + N), D * element, stream);
+}
+
+// One instantiation per float type: the kernels behind them are shared by word size.
+#define MASKSUB_INSTANTIATE_TOKEN_OPS(T)                                                                          \
+  template cudaError_t launch_gather_tokens<T, int64_t>(const T*, int64_t, int64_t, const int64_t*, int64_t,   \
+                                                        int64_t, T*, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                                        cudaStream_t);                                          \
+  template cudaError_t launch_gather_tokens<T, int32_t>(const T*, int64_t, int64_t, const int32_t*, int64_t,   \
+                                                        int64_t, T*, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                                        cudaStream_t);                                          \
+  template cudaError_t launch_scatter_tokens<T>(const T*, int64_t, int64_t, const int32_t*, int64_t, int64_t, T*, \
+                                                int64_t, int64_t, int64_t, int64_t, int64_t, cudaStream_t);
+MASKSUB_FLOAT_TYPES(MASKSUB_INSTANTIATE_TOKEN_OPS)
+#undef MASKSUB_INSTANTIATE_TOKEN_OPS
+
+}  // namespace masksub

@@ -1,0 +1,216 @@
+"""Compile every CUDA source of csrc/ with ``nvcc -Xptxas -v`` and fail on register spills.
+
+A spill moves a kernel's registers to local memory (off-chip): slow, and invisible until profiled. ptxas reports it
+per function at compile time, without a GPU:
+
+    ptxas info    : Compiling entry function '_Z...' for 'sm_90a'
+    ptxas info    : Function properties for _Z...
+        0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+    ptxas info    : Used 40 registers, used 1 barriers, 5312 bytes smem
+
+This tool compiles each csrc/*.cu on its own (torch-free sources: ~2-7 s each), prints one row per function and
+architecture, and exits 1 if any function spills (2 if nvcc is missing or a compilation fails).
+
+    python -m masksub_kernels.tools.check_spills [--arch 90a,80] [--json out.json] [file.cu ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CSRC = ROOT / "csrc"
+# As the extension is built: setup.py's flags, plus those torch's BuildExtension adds (no implicit half conversions).
+NVCC_FLAGS = [
+    "-O3",
+    "-std=c++17",
+    "-lineinfo",
+    "--expt-relaxed-constexpr",
+    "-D__CUDA_NO_HALF_OPERATORS__",
+    "-D__CUDA_NO_HALF_CONVERSIONS__",
+    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    "-D__CUDA_NO_HALF2_OPERATORS__",
+]
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\w+)'")
+_PROPERTIES = re.compile(r"Function properties for (\S+)")
+_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USAGE = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
+
+
+def find_cuda_home() -> Path | None:
+    """The real CUDA toolkit, found as setup.py finds it: $CUDA_HOME / $CUDA_PATH, the target of an nvcc wrapper
+    script on PATH (``exec /real/bin/nvcc``), the directory of a real nvcc on PATH, or /usr/local/cuda."""
+    for variable in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(variable) and Path(os.environ[variable], "bin", "nvcc").exists():
+            return Path(os.environ[variable])
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        path = Path(nvcc).resolve()
+        try:
+            head = path.read_bytes()[:4096]
+        except OSError:
+            head = b""
+        if head.startswith(b"#!"):
+            match = re.search(rb"(/\S+)/bin/nvcc", head)
+            if match and Path(match.group(1).decode(), "bin", "nvcc").exists():
+                return Path(match.group(1).decode())
+        elif path.parent.name == "bin":
+            return path.parent.parent
+    if Path("/usr/local/cuda/bin/nvcc").exists():
+        return Path("/usr/local/cuda").resolve()
+    return None
+
+
+def parse_ptxas(text: str, source: str) -> list[dict]:
+    """One record per function of ptxas' verbose output: registers, shared memory, stack, spill stores/loads."""
+    records: dict[tuple[str, str], dict] = {}
+    current: dict | None = None
+    arch = ""
+    for line in text.splitlines():
+        if match := _ENTRY.search(line):
+            arch = match.group(2)
+            current = records.setdefault((match.group(1), arch), _record(source, match.group(1), arch, "kernel"))
+        elif match := _PROPERTIES.search(line):
+            # device functions that were not inlined get their own properties (and can spill too)
+            key = (match.group(1), arch)
+            current = records.setdefault(key, _record(source, match.group(1), arch, "function"))
+        elif (match := _SPILLS.search(line)) and current is not None:
+            current["stack"], current["spill_stores"], current["spill_loads"] = map(int, match.groups())
+        elif (match := _USAGE.search(line)) and current is not None:
+            current["registers"] = int(match.group(1))
+            current["smem"] = int(match.group(2) or 0)
+    return list(records.values())
+
+
+def _record(source: str, symbol: str, arch: str, kind: str) -> dict:
+    return {
+        "source": source,
+        "symbol": symbol,
+        "name": symbol,
+        "kind": kind,
+        "arch": arch,
+        "registers": None,
+        "smem": 0,
+        "stack": 0,
+        "spill_stores": 0,
+        "spill_loads": 0,
+    }
+
+
+def demangle(records: list[dict], cuda_home: Path) -> None:
+    """Readable names, shortened: namespaces dropped, parameter lists elided. nvcc mangles as the Itanium C++ ABI,
+    so the toolkit's cu++filt or binutils' c++filt both demangle; without either the mangled names stay."""
+    candidates = [cuda_home / "bin" / "cu++filt", shutil.which("c++filt")]
+    tool = next((Path(c) for c in candidates if c and Path(c).exists()), None)
+    symbols = [record["symbol"] for record in records]
+    if not symbols or tool is None:
+        return
+    result = subprocess.run([str(tool)], input="\n".join(symbols), capture_output=True, text=True)
+    names = result.stdout.splitlines()
+    if result.returncode != 0 or len(names) != len(symbols):
+        return
+    for record, name in zip(records, names):
+        name = re.sub(r"masksub::|\(anonymous namespace\)::|void ", "", name)
+        record["name"] = re.sub(r"\((?:[^()]|\([^()]*\))*\)$", "", name)  # drop the parameter list
+
+
+def compile_source(source: Path, arch: str, nvcc: Path, workdir: Path) -> tuple[list[dict], str | None]:
+    command = [
+        str(nvcc),
+        "-c",
+        f"-arch=sm_{arch}",
+        "-Xptxas",
+        "-v",
+        *NVCC_FLAGS,
+        f"-I{CSRC}",
+        str(source),
+        "-o",
+        str(workdir / f"{source.stem}.sm_{arch}.o"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        return [], f"{' '.join(command)}\n{result.stdout}{result.stderr}"
+    return parse_ptxas(result.stdout + result.stderr, source.name), None
+
+
+def format_table(records: list[dict]) -> str:
+    header = ("source", "arch", "function", "regs", "smem B", "stack B", "spill st B", "spill ld B")
+    rows = [
+        (
+            r["source"],
+            r["arch"],
+            r["name"],
+            "-" if r["registers"] is None else str(r["registers"]),
+            str(r["smem"]),
+            str(r["stack"]),
+            str(r["spill_stores"]),
+            str(r["spill_loads"]),
+        )
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="90a", help="comma-separated targets as in sm_<arch> (default: 90a)")
+    parser.add_argument("--json", help="write the per-function records to this file")
+    parser.add_argument("sources", nargs="*", type=Path, help="the .cu files (default: every csrc/*.cu)")
+    args = parser.parse_args(argv)
+    archs = [arch.strip() for arch in args.arch.split(",") if arch.strip()]
+
+    cuda_home = find_cuda_home()
+    if cuda_home is None:
+        print("check_spills: no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)", file=sys.stderr)
+        return 2
+    sources = args.sources or sorted(CSRC.glob("*.cu"))
+    if not sources:
+        print(f"check_spills: no .cu sources in {CSRC}", file=sys.stderr)
+        return 2
+
+    records, failures = [], []
+    with tempfile.TemporaryDirectory(prefix="masksub-spills-") as workdir:
+        for source in sources:
+            for arch in archs:
+                found, error = compile_source(Path(source), arch, cuda_home / "bin" / "nvcc", Path(workdir))
+                if error:
+                    failures.append(error)
+                records += found
+    demangle(records, cuda_home)
+    records.sort(key=lambda r: (r["source"], r["arch"], r["name"]))
+    print(format_table(records))
+
+    spilling = [r for r in records if r["spill_stores"] or r["spill_loads"]]
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=1))
+    for error in failures:
+        print(f"check_spills: compilation failed:\n{error}", file=sys.stderr)
+    for record in spilling:
+        print(
+            f"check_spills: {record['source']} {record['arch']} {record['name']} spills "
+            f"{record['spill_stores']} B stored / {record['spill_loads']} B loaded",
+            file=sys.stderr,
+        )
+    print(
+        f"{len(records)} functions from {len(sources)} sources x {len(archs)} arch: "
+        f"{len(spilling)} spilling, {len(failures)} failed compilations"
+    )
+    if failures:
+        return 2
+    return 1 if spilling else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

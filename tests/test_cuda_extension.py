@@ -1,0 +1,506 @@
+"""The CUDA extension masksub_kernels._C (csrc/): the `cuda` backend.
+
+Skipped where the extension does not import. Where it imports but no GPU is present, the argument checks run:
+CPU tensors (and bad metadata) are refused with messages that say what was expected and what came. With a GPU,
+every function is compared with the PyTorch reference: bit for bit for the token and grid ops (ids, inverse map,
+gather, scatter, cell masks, masked images and tokens, dT), within fp32 rounding for the loss and the mask token's
+gradient (sums in another order). tests/ops/ runs the public ops on this backend too.
+"""
+
+import pytest
+import torch
+
+import masksub_kernels as mk
+from masksub_kernels._philox import philox_uint32
+from masksub_kernels.ops import grid_mask as gm
+from masksub_kernels.ops import masksub_loss as ml
+from masksub_kernels.ops import token_select as ts
+
+try:
+    from masksub_kernels import _C
+except ImportError as exc:  # not built here (no toolkit, MASKSUB_BUILD_CUDA=0) or built for another torch
+    pytest.skip(f"masksub_kernels._C does not import: {exc}", allow_module_level=True)
+
+CPU = torch.device("cpu")
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def test_extension_is_a_backend():
+    assert "cuda" in mk.available_backends()
+    assert _C.MAX_SELECT_TOKENS == ts.MAX_TOKENS
+    assert all(hasattr(_C, name) for name in gm.CUDA_OPS)
+    assert hasattr(_C, "masksub_loss_forward") and hasattr(_C, "masksub_loss_backward")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Refusals (any machine): messages name the argument, what was expected and what came
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_select_refuses_cpu_device():
+    with pytest.raises(RuntimeError, match="device must be a CUDA device, got cpu"):
+        _C.select_tokens(1, 2, 10, 5, False, True, CPU)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((-1, 2, 10, 5), r"seed must be in \[0, 2\*\*63\), got -1"),
+        ((1, -1, 10, 5), r"batch_size must be in \[0, 2\*\*31\), got -1"),
+        ((1, 2, 0, 1), r"num_tokens must be in \[1, 8192\], got 0"),
+        ((1, 2, 8193, 5), r"num_tokens must be in \[1, 8192\], got 8193"),
+        ((1, 2, 10, 0), r"num_keep must be in \[1, num_tokens=10\], got 0"),
+        ((1, 2, 10, 11), r"num_keep must be in \[1, num_tokens=10\], got 11"),
+    ],
+)
+def test_select_refuses_bad_sizes(args, message):
+    with pytest.raises(RuntimeError, match=message):
+        _C.select_tokens(*args, False, True, CPU)
+
+
+def test_gather_refuses_cpu_tensors():
+    x = torch.randn(2, 5, 4)
+    ids = torch.zeros(2, 2, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="x must be a CUDA tensor, got cpu"):
+        _C.gather_tokens(x, ids, 1)
+
+
+@pytest.mark.parametrize(
+    ("x", "ids", "prefix", "message"),
+    [
+        (torch.randn(5, 4), torch.zeros(2, 2, dtype=torch.int64), 1, r"x must be \[batch, prefix \+ tokens, dim\] "),
+        (
+            torch.zeros(2, 5, 4, dtype=torch.int32),
+            torch.zeros(2, 2, dtype=torch.int64),
+            1,
+            "x must be float32, float16, bfloat16 or float64, got int32",
+        ),
+        (torch.randn(2, 5, 4), torch.zeros(2, dtype=torch.int64), 1, r"ids must be \[batch, K\] \(2-D\), got shape"),
+        (torch.randn(2, 5, 4), torch.zeros(2, 2), 1, "ids must be int64 or int32, got float32"),
+        (torch.randn(2, 5, 4), torch.zeros(2, 2, dtype=torch.int64), 5, r"num_prefix_tokens must be in \[0, seq"),
+        (torch.randn(2, 5, 4), torch.zeros(2, 5, dtype=torch.int64), 1, r"ids must have 1 <= K <= 4 \(patch"),
+        (torch.randn(2, 5, 4), torch.zeros(3, 2, dtype=torch.int32), 1, r"ids must have shape \[2, 2\], got \[3, 2\]"),
+    ],
+)
+def test_gather_refuses_bad_metadata(x, ids, prefix, message):
+    with pytest.raises(RuntimeError, match=message):
+        _C.gather_tokens(x, ids, prefix)
+
+
+def test_scatter_refuses_cpu_tensors():
+    grad_y = torch.randn(2, 3, 4)
+    inv = torch.full((2, 4), -1, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="grad_y must be a CUDA tensor, got cpu"):
+        _C.scatter_tokens(grad_y, inv, 1)
+
+
+@pytest.mark.parametrize(
+    ("grad_y", "inv", "prefix", "message"),
+    [
+        (torch.randn(3, 4), torch.zeros(2, 4, dtype=torch.int32), 1, r"grad_y must be \[batch, prefix \+ kept"),
+        (torch.randn(2, 3, 4), torch.zeros(2, 4, dtype=torch.int64), 1, "inv must be int32, got int64"),
+        (
+            torch.randn(2, 3, 4).to(torch.int64),
+            torch.zeros(2, 4, dtype=torch.int32),
+            1,
+            "grad_y must be float32, float16, bfloat16 or float64, got int64",
+        ),
+        (torch.randn(2, 3, 4), torch.zeros(2, 4, dtype=torch.int32), 3, r"num_prefix_tokens must be in \[0, grad_y"),
+        (torch.randn(2, 3, 4), torch.zeros(2, 1, dtype=torch.int32), 1, "inv must have at least K=2"),
+        (torch.randn(2, 3, 4), torch.zeros(1, 4, dtype=torch.int32), 1, r"inv must have shape \[2, 4\], got \[1, 4\]"),
+    ],
+)
+def test_scatter_refuses_bad_metadata(grad_y, inv, prefix, message):
+    with pytest.raises(RuntimeError, match=message):
+        _C.scatter_tokens(grad_y, inv, prefix)
+
+
+def test_grid_cell_mask_refusals():
+    with pytest.raises(RuntimeError, match="device must be a CUDA device, got cpu"):
+        _C.grid_cell_mask(1, 2, 49, 24, CPU)
+    with pytest.raises(RuntimeError, match=r"num_cells must be in \[1, 8192\], got 0"):
+        _C.grid_cell_mask(1, 2, 0, 1, CPU)
+    with pytest.raises(RuntimeError, match=r"num_keep must be in \[1, num_cells=49\], got 50"):
+        _C.grid_cell_mask(1, 2, 49, 50, CPU)
+
+
+MASK = torch.zeros(2, 2, 2, dtype=torch.bool)
+
+
+@pytest.mark.parametrize(
+    ("images", "mask", "cell_size", "message"),
+    [
+        (torch.zeros(2, 3, 64, 64), MASK, 32, "images must be a CUDA tensor, got cpu"),
+        (torch.zeros(3, 64, 64), MASK, 32, r"images must be \[batch, channels, height, width\] \(4-D\)"),
+        (torch.zeros(2, 3, 64, 64, dtype=torch.int32), MASK, 32, "images must be float32, float16, bfloat16 or"),
+        (torch.zeros(2, 3, 64, 60), MASK, 32, "images of 64 x 60 is not divisible by cell_size=32"),
+        (torch.zeros(2, 3, 64, 64), MASK, 0, "cell_size must be >= 1, got 0"),
+        (torch.zeros(2, 3, 64, 64), MASK.to(torch.uint8), 32, "cell_mask must be bool, got uint8"),
+        (torch.zeros(2, 3, 64, 96), MASK, 32, r"cell_mask must have shape \[2, 2, 3\], got \[2, 2, 2\]"),
+    ],
+)
+def test_mask_image_grid_refusals(images, mask, cell_size, message):
+    with pytest.raises(RuntimeError, match=message):
+        _C.mask_image_grid(images, mask, cell_size, 0.0)
+
+
+def test_mask_tokens_grid_refusals():
+    tokens, token = torch.zeros(2, 16, 16, 40), torch.zeros(40)
+    with pytest.raises(RuntimeError, match="tokens must be a CUDA tensor, got cpu"):
+        _C.mask_tokens_grid_forward(tokens, token, MASK, 8)
+    with pytest.raises(RuntimeError, match="mask_token must have C=40 elements, got shape"):
+        _C.mask_tokens_grid_forward(tokens, torch.zeros(39), MASK, 8)
+    with pytest.raises(RuntimeError, match="mask_token must have the dtype of tokens \\(float32\\), got float16"):
+        _C.mask_tokens_grid_forward(tokens, token.half(), MASK, 8)
+    with pytest.raises(RuntimeError, match="grad_out must be a CUDA tensor, got cpu"):
+        _C.mask_tokens_grid_backward(tokens, MASK, 8, True, True)
+    with pytest.raises(RuntimeError, match="grad_out of 16 x 16 is not divisible by cell_size=5"):
+        _C.mask_tokens_grid_backward(tokens, MASK, 5, True, True)
+
+
+LOGITS, TARGET = torch.zeros(4, 10), torch.zeros(4, dtype=torch.int64)
+
+
+@pytest.mark.parametrize(
+    ("logits", "sub", "target", "options", "message"),
+    [
+        (LOGITS, LOGITS, TARGET, {}, "logits must be a CUDA tensor, got cpu"),
+        (torch.zeros(10), None, None, {}, r"logits must be \[rows, classes\] \(2-D\)"),
+        (LOGITS, torch.zeros(4, 9), TARGET, {}, r"sub_logits must have shape \[4, 10\], got \[4, 9\]"),
+        (LOGITS, LOGITS.half(), TARGET, {}, r"sub_logits must have the dtype of logits \(float32\), got float16"),
+        (LOGITS, None, TARGET.bool(), {}, "target must be int64, int32, float32, float16, bfloat16 or float64, got"),
+        (LOGITS, None, torch.zeros(4, 9), {}, r"target must have shape \[4, 10\], got \[4, 9\]"),
+        (LOGITS, None, torch.zeros(5, dtype=torch.int64), {}, r"target must have shape \[4\], got \[5\]"),
+        (LOGITS, None, TARGET, {"temperature": 0.0}, "temperature must be > 0, got 0"),
+        (LOGITS, None, TARGET, {"label_smoothing": 1.5}, r"label_smoothing must be in \[0, 1\], got 1.5"),
+        (LOGITS, None, TARGET, {"target_threshold": 0.5}, "target_threshold binarises BCE targets"),
+    ],
+)
+def test_masksub_loss_refusals(logits, sub, target, options, message):
+    args = {"bce": False, "label_smoothing": 0.0, "ignore_index": -100, "temperature": 1.0, "target_threshold": None}
+    args.update(options)
+    with pytest.raises(RuntimeError, match=message):
+        _C.masksub_loss_forward(logits, sub, target, *args.values())
+    out = torch.zeros(9, logits.shape[0] if logits.dim() == 2 else 1)
+    with pytest.raises(RuntimeError, match=message):
+        _C.masksub_loss_backward(None, None, out, logits, sub, target, *args.values())
+
+
+def test_cuda_backend_refuses_cpu_tensors_before_the_extension():
+    with mk.use_backend("cuda"), pytest.raises(RuntimeError, match="the CUDA extension needs CUDA tensors"):
+        mk.random_keep_indices(2, 10, 5, seed=1, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU: bit for bit against the reference
+# ---------------------------------------------------------------------------------------------------------------
+
+# (B, N, K): every block shape of the selection kernel (capacities 256 ... 8192), edges K = 1 and K = N.
+SELECT_SIZES = [
+    (3, 1, 1),
+    (4, 10, 5),
+    (8, 196, 98),
+    (2, 256, 256),
+    (3, 257, 100),
+    (2, 512, 1),
+    (2, 1000, 500),
+    (2, 2048, 1024),
+    (2, 4095, 2047),
+    (1, 8192, 4096),
+]
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("write_inverse", [True, False])
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize(("batch_size", "num_tokens", "num_keep"), SELECT_SIZES)
+def test_select_matches_reference(batch_size, num_tokens, num_keep, ordered, write_inverse):
+    seed = 0x1234_5678_9ABC
+    ids, inv = _C.select_tokens(seed, batch_size, num_tokens, num_keep, ordered, write_inverse, torch.device("cuda"))
+    expected = ts.select_reference(seed, batch_size, num_tokens, num_keep, CPU, ordered)
+    assert ids.dtype == torch.int64 and ids.is_contiguous() and ids.device.type == "cuda"
+    assert torch.equal(ids.cpu(), expected)
+    if write_inverse:
+        assert inv.dtype == torch.int32 and inv.shape == (batch_size, num_tokens)
+        assert torch.equal(inv.cpu(), ts.inverse_reference(expected, num_tokens))
+    else:
+        assert inv is None
+
+
+@gpu
+@pytest.mark.gpu
+def test_select_breaks_draw_ties_by_position():
+    # Equal 32-bit draws within a row of 8192 happen (~0.8% of rows); seed 11 has them in rows 44, 188 and 245.
+    # The full order (K = N) must match the reference's (draw, position) order there: the sort is stable.
+    seed, rows, num_tokens = 11, 256, 8192
+    cuda = torch.device("cuda")
+    draws = philox_uint32(seed, torch.arange(rows * num_tokens, device=cuda).view(rows, num_tokens))
+    ordered_draws = draws.sort(dim=1).values
+    tied = (ordered_draws[:, 1:] == ordered_draws[:, :-1]).any(dim=1).nonzero().flatten().tolist()
+    assert tied == [44, 188, 245]
+    ids, _ = _C.select_tokens(seed, rows, num_tokens, num_tokens, False, False, cuda)
+    expected = ts.select_reference(seed, rows, num_tokens, num_tokens, cuda, False)
+    assert torch.equal(ids[tied], expected[tied])
+    assert torch.equal(ids, expected)
+
+
+@gpu
+@pytest.mark.gpu
+def test_select_empty_batch_and_current_device():
+    ids, inv = _C.select_tokens(3, 0, 16, 8, False, True, torch.device("cuda"))
+    assert ids.shape == (0, 8) and inv.shape == (0, 16)
+    ids, _ = _C.select_tokens(3, 1, 16, 8, False, False, torch.device("cuda"))  # no index: the current device
+    assert ids.device == torch.device("cuda", torch.cuda.current_device())
+
+
+# (P, N, K, D): a ViT-S row (16-byte words), odd widths (2- and 4-byte words), D = 1, K = N, no prefix.
+COPY_SIZES = [(1, 196, 98, 384), (0, 10, 3, 7), (4, 64, 64, 1), (2, 50, 25, 130)]
+
+
+def _random_ids(batch_size, num_tokens, num_keep, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.randperm(num_tokens, generator=generator)[:num_keep] for _ in range(batch_size)]
+    return torch.stack(rows).to(dtype)
+
+
+def _layouts(x):
+    """x itself and views of it with other strides: a sequence stride > row, a batch-major transpose, a channel
+    slice that breaks 16-byte alignment, and channels-strided (last stride != 1, copied by the binding)."""
+    batch_size, seq_len, dim = x.shape
+    padded = torch.zeros(batch_size, seq_len * 2, dim + 3, dtype=x.dtype, device=x.device)
+    padded[:, ::2, 1 : dim + 1] = x
+    transposed = x.transpose(0, 1).contiguous().transpose(0, 1)
+    channels_strided = x.transpose(1, 2).contiguous().transpose(1, 2)
+    return {
+        "contiguous": x,
+        "sequence-strided": padded[:, ::2, 1 : dim + 1],
+        "transposed": transposed,
+        "channels-strided": channels_strided,
+    }
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize(("prefix", "num_tokens", "num_keep", "dim"), COPY_SIZES)
+def test_gather_matches_reference(dtype, index_dtype, prefix, num_tokens, num_keep, dim):
+    x = torch.randn(3, prefix + num_tokens, dim).to(dtype).cuda()
+    ids = _random_ids(3, num_tokens, num_keep, index_dtype).cuda()
+    expected = ts.gather_reference(x, ids, prefix)
+    for name, view in _layouts(x).items():
+        y = _C.gather_tokens(view, ids, prefix)
+        assert y.dtype == dtype and y.is_contiguous() and y.shape == expected.shape, name
+        assert torch.equal(y, expected), name
+    # ids with strides of their own (a column slice): read through their strides
+    wide = torch.cat([ids, ids], dim=1)[:, ::2]
+    assert torch.equal(_C.gather_tokens(x, wide, prefix), ts.gather_reference(x, wide.contiguous(), prefix))
+
+
+@gpu
+@pytest.mark.gpu
+def test_gather_out_of_range_ids_read_zeros():
+    x = torch.randn(2, 6, 8, device="cuda")
+    ids = torch.tensor([[0, 5], [-1, 2]], device="cuda")
+    y = _C.gather_tokens(x, ids, 1)
+    assert torch.equal(y[0, 2], torch.zeros(8, device="cuda")) and torch.equal(y[1, 1], torch.zeros(8, device="cuda"))
+    assert torch.equal(y[1, 2], x[1, 3])
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(("prefix", "num_tokens", "num_keep", "dim"), COPY_SIZES)
+def test_scatter_matches_reference(dtype, prefix, num_tokens, num_keep, dim):
+    ids = _random_ids(3, num_tokens, num_keep, torch.int64).cuda()
+    inv = ts.inverse_reference(ids, num_tokens)
+    grad_y = torch.randn(3, prefix + num_keep, dim).to(dtype).cuda()
+    expected = ts.scatter_reference(grad_y, ids, prefix, num_tokens)
+    for name, view in _layouts(grad_y).items():
+        grad_x = _C.scatter_tokens(view, inv, prefix)
+        assert grad_x.dtype == dtype and grad_x.is_contiguous() and grad_x.shape == expected.shape, name
+        assert torch.equal(grad_x, expected), name
+    # every element is written (no zero-fill pass): NaN left in the reused allocation must not survive
+    poison = torch.full_like(expected, float("nan"))
+    del poison
+    assert torch.equal(_C.scatter_tokens(grad_y, inv, prefix), expected)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_public_ops_with_cuda_backend_match_torch_backend(dtype):
+    x = torch.randn(4, 1 + 196, 192, device="cuda").to(dtype).requires_grad_()
+    grad = torch.randn(4, 1 + 98, 192, device="cuda").to(dtype)
+    results = {}
+    for backend in ("torch", "cuda"):
+        with mk.use_backend(backend):
+            y, ids = mk.random_token_select(x, 0.5, seed=99)
+            assert mk.last_backend("gather_tokens") == backend
+            (grad_x,) = torch.autograd.grad(y, x, grad)
+            ordered = mk.random_keep_indices(4, 196, 98, seed=99, device="cuda", ordered=True)
+        results[backend] = (y, ids, grad_x, ordered)
+    for expected, got in zip(results["torch"], results["cuda"]):
+        assert torch.equal(expected, got)
+
+
+@gpu
+@pytest.mark.gpu
+def test_runs_on_the_current_stream():
+    stream = torch.cuda.Stream()
+    x = torch.randn(8, 197, 256, device="cuda")
+    stream.wait_stream(torch.cuda.current_stream())  # x is written on the default stream
+    with torch.cuda.stream(stream):
+        ids, inv = _C.select_tokens(5, 8, 196, 98, False, True, torch.device("cuda"))
+        y = _C.gather_tokens(x, ids, 1)
+        grad_x = _C.scatter_tokens(y, inv, 1)
+    stream.synchronize()
+    expected_ids = ts.select_reference(5, 8, 196, 98, CPU, False)
+    assert torch.equal(ids.cpu(), expected_ids)
+    assert torch.equal(y, ts.gather_reference(x, ids, 1))
+    assert torch.equal(grad_x, ts.scatter_reference(y, ids, 1, 196))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU: grid masks (bit for bit; the mask token's gradient within fp32 rounding)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _bits(x):
+    return x.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]).cpu()
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize(("batch_size", "num_cells", "num_keep"), [(3, 49, 24), (2, 240, 100), (1, 4096, 1)])
+def test_grid_cell_mask_matches_reference(batch_size, num_cells, num_keep):
+    mask = _C.grid_cell_mask(21, batch_size, num_cells, num_keep, torch.device("cuda"))
+    assert mask.dtype == torch.bool and mask.shape == (batch_size, num_cells)
+    assert torch.equal(mask.cpu(), gm.cell_mask_reference(21, batch_size, num_cells, num_keep, CPU))
+
+
+def _image_layouts(x):
+    wide = torch.zeros(*x.shape[:3], x.shape[3] + 5, dtype=x.dtype, device=x.device)
+    wide[..., 2 : 2 + x.shape[3]] = x
+    return {
+        "contiguous": x,
+        "channels_last": x.contiguous(memory_format=torch.channels_last),
+        "strided": wide[..., 2 : 2 + x.shape[3]],
+    }
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(("channels", "height", "width", "cell_size"), [(3, 64, 96, 32), (1, 48, 72, 24), (5, 8, 8, 1)])
+def test_mask_image_grid_matches_reference(dtype, channels, height, width, cell_size):
+    images = torch.randn(2, channels, height, width, device="cuda").to(dtype)
+    cells = _C.grid_cell_mask(3, 2, (height // cell_size) * (width // cell_size), 2, torch.device("cuda"))
+    cells = cells.view(2, height // cell_size, width // cell_size)
+    for name, view in _image_layouts(images).items():
+        out = _C.mask_image_grid(view, cells, cell_size, 0.1)
+        assert out.dtype == dtype and out.shape == images.shape, name
+        if view.is_non_overlapping_and_dense():
+            assert out.stride() == view.stride(), name  # the input's layout
+        expected = gm.mask_image_reference(view.cpu(), cells.cpu(), cell_size, 0.1)
+        assert torch.equal(_bits(out), _bits(expected)), name
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(("height", "width", "channels", "cell_size"), [(16, 24, 40, 8), (56, 56, 96, 8), (8, 8, 3, 4)])
+def test_mask_tokens_grid_matches_reference(dtype, height, width, channels, cell_size):
+    cuda = torch.device("cuda")
+    grid_h, grid_w = height // cell_size, width // cell_size
+    cells = _C.grid_cell_mask(4, 2, grid_h * grid_w, max(1, grid_h * grid_w // 2), cuda).view(2, grid_h, grid_w)
+    tokens = torch.randn(2, height, width, channels, device=cuda).to(dtype)
+    token = torch.randn(channels, device=cuda).to(dtype)
+    strided = tokens.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)  # h and w strides swapped
+    for view in (tokens, strided, tokens.transpose(1, 2).contiguous().transpose(1, 2)):
+        out = _C.mask_tokens_grid_forward(view, token, cells, cell_size)
+        assert out.is_contiguous()
+        expected = gm.mask_tokens_reference(view.cpu(), token.cpu(), cells.cpu(), cell_size)
+        assert torch.equal(_bits(out), _bits(expected))
+    grad = torch.randn(2, height, width, channels, device=cuda).to(dtype)
+    expected_tokens, _ = gm.mask_tokens_backward_reference(grad.cpu(), cells.cpu(), cell_size)
+    grad_tokens, grad_mask = _C.mask_tokens_grid_backward(grad, cells, cell_size, True, True)
+    assert torch.equal(_bits(grad_tokens), _bits(expected_tokens))
+    removed = gm.pixel_mask_reference(cells.cpu(), cell_size)[..., None]
+    expected_mask = torch.where(removed, grad.cpu().double(), 0).sum(dim=(0, 1, 2))
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(grad_mask.cpu().double(), expected_mask, rtol=eps, atol=1e-5)
+    only_mask = _C.mask_tokens_grid_backward(grad, cells, cell_size, False, True)
+    assert only_mask[0].numel() == 0 and torch.equal(_bits(only_mask[1]), _bits(grad_mask))  # same fixed order
+    only_tokens = _C.mask_tokens_grid_backward(grad, cells, cell_size, True, False)
+    assert only_tokens[1].numel() == 0 and torch.equal(_bits(only_tokens[0]), _bits(grad_tokens))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU: the loss (fp32 arithmetic in another order than the reference: close, not equal)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _loss_inputs(rows, classes, dtype, kind, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    main = (torch.randn(rows, classes, generator=generator) * 3).to(dtype).cuda()
+    sub = (torch.randn(rows, classes, generator=generator) * 3).to(dtype).cuda()
+    if kind == "dense":
+        target = torch.softmax(torch.randn(rows, classes, generator=generator) * 2, 1).cuda()
+    else:
+        target = torch.randint(0, classes, (rows,), generator=generator)
+        target[::3] = -100
+        target = target.cuda()
+    return main, sub, target
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(
+    ("bce", "kind", "eps", "temperature", "threshold"),
+    [
+        (False, "index", 0.1, 1.0, None),
+        (False, "dense", 0.0, 2.0, None),
+        (True, "dense", 0.0, 1.0, 0.0),
+        (True, "index", 0.1, 0.5, None),
+    ],
+)
+@pytest.mark.parametrize(("rows", "classes"), [(7, 1000), (5, 3), (3, 4500)])
+def test_masksub_loss_matches_reference(dtype, bce, kind, eps, temperature, threshold, rows, classes):
+    main, sub, target = _loss_inputs(rows, classes, dtype, kind)
+    options = (bce, eps, -100, temperature, threshold)
+    out = _C.masksub_loss_forward(main, sub, target, *options)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    assert out.dtype == torch.float32 and out.shape == (9, rows)
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected.abs().max()))
+    grad_main = torch.randn(rows, device="cuda")
+    grad_sub = torch.tensor(0.7, device="cuda").expand(rows)  # a broadcast scalar: stride 0
+    dz, ds = _C.masksub_loss_backward(grad_main, grad_sub, out, main, sub, target, *options)
+    ez, es = ml.loss_backward_reference(grad_main, grad_sub, expected, main, sub, target, *options)
+    assert dz.dtype == dtype and ds.dtype == dtype and dz.is_contiguous()
+    rtol = {torch.float16: 2**-10, torch.bfloat16: 2**-7}.get(dtype, 1e-5)
+    for got, want in ((dz, ez), (ds, es)):
+        torch.testing.assert_close(got.double(), want.double(), rtol=rtol, atol=rtol * float(want.abs().max()))
+    only_sub = _C.masksub_loss_backward(None, grad_sub, out, main, sub, target, *options)
+    assert only_sub[0].numel() == 0 and torch.equal(only_sub[1], ds)
+
+
+@gpu
+@pytest.mark.gpu
+def test_masksub_loss_single_terms_and_ignored_rows():
+    main, sub, target = _loss_inputs(6, 50, torch.float32, "index")
+    target[:] = -100  # every row ignored: zero losses, zero gradients
+    out = _C.masksub_loss_forward(main, sub, target, False, 0.1, -100, 1.0, None)
+    assert torch.equal(out[:2], torch.zeros_like(out[:2]))
+    dz, ds = _C.masksub_loss_backward(torch.ones(6, device="cuda"), torch.ones(6, device="cuda"), out, main, sub,
+                                      target, False, 0.1, -100, 1.0, None)  # fmt: skip
+    assert torch.equal(dz, torch.zeros_like(dz)) and torch.equal(ds, torch.zeros_like(ds))
+    sub_only = _C.masksub_loss_forward(main, sub, None, False, 0.0, -100, 1.0, None)
+    expected = ml.loss_forward_reference(main, sub, None, False, 0.0, -100, 1.0, None)
+    torch.testing.assert_close(sub_only, expected, rtol=2e-6, atol=1e-6)
+    main_only = _C.masksub_loss_forward(main, None, target.clamp_min(0), True, 0.0, -100, 1.0, None)
+    expected = ml.loss_forward_reference(main, None, target.clamp_min(0), True, 0.0, -100, 1.0, None)
+    torch.testing.assert_close(main_only, expected, rtol=2e-6, atol=1e-6)

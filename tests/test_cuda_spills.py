@@ -1,0 +1,81 @@
+"""No CUDA kernel of csrc/ spills registers (python -m masksub_kernels.tools.check_spills), where nvcc is found.
+
+The parser is also checked on canned ptxas output, which needs no toolkit.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from masksub_kernels.tools import check_spills
+
+PTXAS_OUTPUT = """\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_Z4fastPf' for 'sm_90a'
+ptxas info    : Function properties for _Z4fastPf
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 28 registers, used 1 barriers, 5312 bytes smem
+ptxas info    : Compiling entry function '_Z4slowPf' for 'sm_90a'
+ptxas info    : Function properties for _Z4slowPf
+    824 bytes stack frame, 1072 bytes spill stores, 1076 bytes spill loads
+ptxas info    : Used 32 registers, used 0 barriers, 8 bytes cumulative stack size
+"""
+
+SPILLING_SOURCE = """\
+// 64 live accumulators under a 32-register cap (1024 threads x 2 blocks per SM): ptxas must spill.
+__global__ void __launch_bounds__(1024, 2) spilling_kernel(const float* x, float* y, int n) {
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = x[threadIdx.x + i * n];
+  for (int k = 0; k < n; ++k) {
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] = acc[i] * x[k] + acc[(i + 1) % 64];
+  }
+#pragma unroll
+  for (int i = 0; i < 64; ++i) y[threadIdx.x + i * n] = acc[i];
+}
+"""
+
+needs_nvcc = pytest.mark.skipif(check_spills.find_cuda_home() is None, reason="no CUDA toolkit (nvcc) found")
+
+
+def test_parse_ptxas_records_each_function():
+    records = {r["symbol"]: r for r in check_spills.parse_ptxas(PTXAS_OUTPUT, "x.cu")}
+    assert set(records) == {"_Z4fastPf", "_Z4slowPf"}
+    fast, slow = records["_Z4fastPf"], records["_Z4slowPf"]
+    assert (fast["registers"], fast["smem"], fast["spill_stores"], fast["spill_loads"]) == (28, 5312, 0, 0)
+    assert (slow["registers"], slow["stack"], slow["spill_stores"], slow["spill_loads"]) == (32, 824, 1072, 1076)
+    assert slow["arch"] == "sm_90a" and slow["kind"] == "kernel"
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "masksub_kernels.tools.check_spills", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@needs_nvcc
+def test_csrc_kernels_do_not_spill(tmp_path):
+    report = tmp_path / "spills.json"
+    result = _run("--arch", "90a,80", "--json", str(report))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    records = json.loads(report.read_text())
+    names = {r["name"] for r in records}
+    assert any("select_tokens_kernel" in name for name in names), names
+    assert any("copy_rows_kernel" in name for name in names), names
+    assert {r["arch"] for r in records} == {"sm_90a", "sm_80"}
+    assert all(r["spill_stores"] == 0 and r["spill_loads"] == 0 for r in records)
+
+
+@needs_nvcc
+def test_a_spilling_kernel_fails_the_check(tmp_path):
+    source = tmp_path / "spilling.cu"
+    source.write_text(SPILLING_SOURCE)
+    result = _run(str(source))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "spilling_kernel spills" in result.stderr
