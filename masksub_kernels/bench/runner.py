@@ -29,6 +29,7 @@ class OpCase:
     modes: tuple[str, ...] = MODES
     setup: Callable[[], None] | None = None  # e.g. select the backend before timing
     notes: dict = field(default_factory=dict)
+    max_repeats: int | None = None  # cap for slow cases (whole training steps)
 
 
 def _timed_callables(case: OpCase, mode: str) -> Callable[[], object]:
@@ -64,6 +65,8 @@ def run_case(case: OpCase, device: torch.device, *, repeats: int, warmup: int, c
         try:
             if case.setup is not None:
                 case.setup()
+            if case.max_repeats is not None:
+                repeats, warmup = min(repeats, case.max_repeats), min(warmup, 3)
             timing = measure(_timed_callables(case, mode), device, warmup=warmup, repeats=repeats)
             record.update(
                 median_ms=timing.median_ms,

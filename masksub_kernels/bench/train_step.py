@@ -135,7 +135,8 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
                 _StepCase(
                     "train", f"{label} B={batch_size}", "bf16 autocast" if on_gpu else "float32", provider,
                     build, lambda provider=provider, state=state: state[provider](), {},
-                    modes=("forward",), notes={"batch_size": batch_size, "model": name, "ideal_ratio": ideal},
+                    modes=("forward",), max_repeats=10,
+                    notes={"batch_size": batch_size, "model": name, "ideal_ratio": ideal},
                 )
             )  # fmt: skip
     return result

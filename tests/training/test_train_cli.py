@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 
+pytest.importorskip("sklearn", reason="the default dataset (digits) comes from scikit-learn")
+
 from masksub_kernels.train import main, parse_kwargs
 from masksub_kernels.training.runlog import COLUMNS
 
