@@ -37,16 +37,9 @@ import torch
 from .._backend import resolve_backend
 from .._philox import new_seed, philox_sort_keys
 from .._triton import jit, next_power_of_2, tl
-from .token_select import (
-    _check_keep_args,
-    _cuda_ext,
-    _select_warps,
-    num_kept_tokens,
-    select_reference,
-    triton_cdiv,
-)
+from ._common import FLOAT_DTYPES, cdiv, check_keep_args, cuda_extension, sort_warps
+from .token_select import num_kept_tokens, select_reference
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _BITS_DTYPE = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # element size -> int type of the same width
 TILE_ELEMENTS = 2048  # elements per tile of the pixel/token passes (16 per thread at 4 warps)
 MAX_PARTIALS = 1024  # programs of the token backward: at most this many partial sums of dm per channel
@@ -362,7 +355,7 @@ CUDA_OPS = ("grid_cell_mask", "mask_image_grid", "mask_tokens_grid_forward", "ma
 
 def _cuda(name: str):
     """The CUDA extension's ``name``, or a clear error while the extension predates the grid-mask kernels."""
-    function = getattr(_cuda_ext(), name, None)
+    function = getattr(cuda_extension(), name, None)
     if function is None:
         raise NotImplementedError(
             f"the CUDA extension masksub_kernels._C has no {name} (grid masks) yet: select the 'triton' or 'torch' "
@@ -387,7 +380,7 @@ def _cell_mask_triton(seed: int, batch_size: int, num_cells: int, num_keep: int,
     if batch_size > 0:
         block = max(16, next_power_of_2(num_cells))
         _cell_mask_kernel[(batch_size,)](
-            mask.view(torch.uint8), seed, num_cells, num_keep, BLOCK_L=block, num_warps=_select_warps(block)
+            mask.view(torch.uint8), seed, num_cells, num_keep, BLOCK_L=block, num_warps=sort_warps(block)
         )
     return mask
 
@@ -401,7 +394,7 @@ def _mask_image_triton(
     planes, n_cols = (batch_size, width * channels) if channels_last else (batch_size * channels, width)
     if images.numel():
         block_h, block_k = _tile(n_cols, height)
-        grid = (planes, triton_cdiv(height, block_h), triton_cdiv(n_cols, block_k))
+        grid = (planes, cdiv(height, block_h), cdiv(n_cols, block_k))
         meta = {"CELL": cell_size, "CHANNELS_LAST": channels_last, "FILL_INT": _int_type(images.dtype)}
         meta["RUN"] = min(cell_size & -cell_size, block_k)
         fill_bits = _fill_bits(fill_value, images.dtype)
@@ -430,7 +423,7 @@ def _mask_tokens_forward_triton(
     batch_size, height, width, channels = tokens.shape
     if out.numel():
         block_w, block_c = _tile(channels, width)
-        grid = (batch_size * height, triton_cdiv(width, block_w), triton_cdiv(channels, block_c))
+        grid = (batch_size * height, cdiv(width, block_w), cdiv(channels, block_c))
         cells, token = cell_mask.view(torch.uint8), mask_token.contiguous()
         _mask_tokens_kernel[grid](tokens, token, cells, out, *sizes, CELL=cell_size, BLOCK_W=block_w, BLOCK_C=block_c)
     return out
@@ -453,18 +446,18 @@ def _mask_tokens_backward_triton(
     if grad_out.numel() == 0 or not (need_tokens_grad or need_mask_grad):
         return grad_tokens, grad_mask.zero_()
     block_w, block_c = _tile(channels, width)
-    lines_per_program = triton_cdiv(n_lines, max_partials)
-    programs = triton_cdiv(n_lines, lines_per_program)  # fixed by the shape: same partials on every run and GPU
+    lines_per_program = cdiv(n_lines, max_partials)
+    programs = cdiv(n_lines, lines_per_program)  # fixed by the shape: same partials on every run and GPU
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     partials = torch.empty(programs if need_mask_grad else 0, channels, dtype=acc_dtype, device=device)
     meta = {"CELL": cell_size, "WRITE_GRAD_X": need_tokens_grad, "WRITE_PARTIALS": need_mask_grad}
-    _mask_tokens_backward_kernel[(programs, triton_cdiv(channels, block_c))](
+    _mask_tokens_backward_kernel[(programs, cdiv(channels, block_c))](
         grad_out, cell_mask.view(torch.uint8), grad_tokens, partials, n_lines, *sizes, lines_per_program, **meta,
         BLOCK_W=block_w, BLOCK_C=block_c,
     )  # fmt: skip
     if need_mask_grad:
         block_c = min(next_power_of_2(channels), 128)
-        grid = (triton_cdiv(channels, block_c),)
+        grid = (cdiv(channels, block_c),)
         _sum_partials_kernel[grid](partials, grad_mask, programs, channels, BLOCK_P=32, BLOCK_C=block_c)
     return grad_tokens, grad_mask
 
@@ -593,7 +586,7 @@ def random_grid_mask(
     default generator. ``device`` defaults to torch's default device.
     """
     grid_h, grid_w = _grid_size(grid_size)
-    _check_keep_args(batch_size, grid_h * grid_w, num_keep)
+    check_keep_args(batch_size, grid_h * grid_w, num_keep)
     device = torch.device(device) if device is not None else torch.empty(0).device
     seed = new_seed(seed)
     return _cell_mask_op(seed, batch_size, grid_h * grid_w, num_keep, device).view(batch_size, grid_h, grid_w)
@@ -666,7 +659,7 @@ def _spec(name: str, kernel, types: dict[str, str], constexprs: dict, num_warps:
 
 
 KERNEL_SPECS = [
-    _spec(f"cell_mask[block={b}]", _cell_mask_kernel, {"mask_ptr": "*u8"}, {"BLOCK_L": b}, _select_warps(b))
+    _spec(f"cell_mask[block={b}]", _cell_mask_kernel, {"mask_ptr": "*u8"}, {"BLOCK_L": b}, sort_warps(b))
     for b in (64, 1024)
 ]
 for _t, _int in (("fp32", tl.int32), ("fp16", tl.int16), ("bf16", tl.int16)):

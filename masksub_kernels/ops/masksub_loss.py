@@ -43,9 +43,8 @@ import torch
 
 from .._backend import resolve_backend
 from .._triton import jit, next_power_of_2, tl
+from ._common import FLOAT_DTYPES, INDEX_DTYPES, cuda_extension
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-INDEX_DTYPES = (torch.int64, torch.int32)
 MODES = ("ce", "bce")
 REDUCTIONS = ("none", "sum", "mean")
 MAX_BLOCK_C = 4096  # classes per loop iteration of a program (the tests raise it under the interpreter)
@@ -478,12 +477,6 @@ def _backward_triton(grad_main, grad_sub, out, logits, sub_logits, target, bce, 
     return dz, ds
 
 
-def _cuda_ext():
-    from .. import _C  # built by setup.py on machines with a CUDA toolkit
-
-    return _C
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Custom ops (opaque to torch.compile, no host syncs) and autograd
 # ----------------------------------------------------------------------------------------------------------------
@@ -505,7 +498,7 @@ def _loss_op(
     if backend == "triton":
         return _forward_triton(*args)
     if backend == "cuda":
-        return _cuda_ext().masksub_loss_forward(*args)
+        return cuda_extension().masksub_loss_forward(*args)
     return loss_forward_reference(*args)
 
 
@@ -533,7 +526,7 @@ def _loss_backward_op(
     if backend == "triton":
         return _backward_triton(*args, target_threshold)
     if backend == "cuda":
-        return tuple(_cuda_ext().masksub_loss_backward(*args, target_threshold))
+        return tuple(cuda_extension().masksub_loss_backward(*args, target_threshold))
     return loss_backward_reference(*args, target_threshold)
 
 

@@ -24,11 +24,7 @@ import torch
 from .._backend import resolve_backend
 from .._philox import new_seed, philox_sort_keys, sort_keys
 from .._triton import jit, next_power_of_2, tl
-
-INDEX_DTYPES = (torch.int64, torch.int32)
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-MAX_TOKENS = 8192  # one sort per sample in one program (8192 int64 keys, 32 warps); a ViT-H at 448 px has 1024
-
+from ._common import FLOAT_DTYPES, INDEX_DTYPES, cdiv, check_keep_args, cuda_extension, sort_warps
 
 # ----------------------------------------------------------------------------------------------------------------
 # Host-side validation: messages say what was expected and what came
@@ -48,18 +44,6 @@ def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
             "at least one token must be kept"
         )
     return num_keep
-
-
-def _check_keep_args(batch_size: int, num_tokens: int, num_keep: int) -> None:
-    for name, value in (("batch_size", batch_size), ("num_tokens", num_tokens), ("num_keep", num_keep)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if batch_size < 0:
-        raise ValueError(f"batch_size must be >= 0, got {batch_size}")
-    if not 1 <= num_tokens <= MAX_TOKENS:
-        raise ValueError(f"num_tokens must be in [1, {MAX_TOKENS}], got {num_tokens}")
-    if not 1 <= num_keep <= num_tokens:
-        raise ValueError(f"num_keep must be in [1, num_tokens={num_tokens}], got {num_keep}")
 
 
 def _check_tokens(x: torch.Tensor, num_prefix_tokens: int) -> None:
@@ -225,12 +209,6 @@ def _copy_tile(dim: int, element_size: int) -> tuple[int, int]:
     return block_r, block_d
 
 
-def _select_warps(block_n: int) -> int:
-    """Warps for the one-program sort: ~8 keys per thread keeps the bitonic network small (compile time grows
-    steeply with keys per thread: 4096 keys on 4 warps took minutes to compile, on 16 warps 7 s)."""
-    return max(4, min(32, block_n // 256))
-
-
 def _select_triton(
     seed: int,
     batch_size: int,
@@ -244,7 +222,7 @@ def _select_triton(
     inv = torch.empty(batch_size, num_tokens, dtype=torch.int32, device=device) if write_inverse else ids
     if batch_size > 0:
         block_n = max(16, next_power_of_2(num_tokens))
-        num_warps = _select_warps(block_n)
+        num_warps = sort_warps(block_n)
         _select_kernel[(batch_size,)](
             ids,
             inv,
@@ -269,23 +247,13 @@ def _copy_rows_triton(source: torch.Tensor, row_map: torch.Tensor, num_prefix_to
     total_rows = out.shape[0] * out.shape[1]
     if total_rows and dim:
         block_r, block_d = _copy_tile(dim, source.element_size())
-        grid = (triton_cdiv(total_rows, block_r), triton_cdiv(dim, block_d))
+        grid = (cdiv(total_rows, block_r), cdiv(dim, block_d))
         _copy_rows_kernel[grid](
             source, row_map.contiguous(), out, total_rows, num_prefix_tokens, map_len,
             source_len - num_prefix_tokens, dim, source.stride(0), source.stride(1),
             BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4,
         )  # fmt: skip
     return out
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _cuda_ext():
-    from .. import _C  # built by setup.py on machines with a CUDA toolkit
-
-    return _C
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -309,7 +277,8 @@ def _select_op(
     if backend == "triton":
         ids, inv = _select_triton(seed, batch_size, num_tokens, num_keep, device, ordered, write_inverse)
     elif backend == "cuda":
-        ids, inv = _cuda_ext().select_tokens(seed, batch_size, num_tokens, num_keep, ordered, write_inverse, device)
+        extension = cuda_extension()
+        ids, inv = extension.select_tokens(seed, batch_size, num_tokens, num_keep, ordered, write_inverse, device)
     else:
         ids = select_reference(seed, batch_size, num_tokens, num_keep, device, ordered)
         inv = inverse_reference(ids, num_tokens) if write_inverse else None
@@ -331,7 +300,7 @@ def _gather_op(x: torch.Tensor, ids: torch.Tensor, inv: torch.Tensor | None, num
     if backend == "triton":
         return _copy_rows_triton(x, ids, num_prefix_tokens)
     if backend == "cuda":
-        return _cuda_ext().gather_tokens(x, ids, num_prefix_tokens)
+        return cuda_extension().gather_tokens(x, ids, num_prefix_tokens)
     return gather_reference(x, ids, num_prefix_tokens)
 
 
@@ -354,7 +323,7 @@ def _scatter_op(
     if inv is None:
         inv = inverse_reference(ids, num_tokens)
     if backend == "cuda":
-        return _cuda_ext().scatter_tokens(grad_y, inv, num_prefix_tokens)
+        return cuda_extension().scatter_tokens(grad_y, inv, num_prefix_tokens)
     return _copy_rows_triton(grad_y, inv, num_prefix_tokens)
 
 
@@ -399,7 +368,7 @@ def random_keep_indices(
     (the official code's order) or in ascending position when ``ordered=True``. The same ``seed`` gives the same
     indices on every backend and device; ``seed=None`` draws one from torch's default generator.
     """
-    _check_keep_args(batch_size, num_tokens, num_keep)
+    check_keep_args(batch_size, num_tokens, num_keep)
     device = torch.device(device) if device is not None else torch.empty(0).device
     seed = new_seed(seed)
     ids, _ = _select_op(seed, batch_size, num_tokens, num_keep, device, bool(ordered), False)
@@ -446,7 +415,7 @@ def random_token_select(
     batch_size, seq_len, _ = x.shape
     num_tokens = seq_len - num_prefix_tokens
     num_keep = num_kept_tokens(num_tokens, mask_ratio)
-    _check_keep_args(batch_size, num_tokens, num_keep)
+    check_keep_args(batch_size, num_tokens, num_keep)
     seed = new_seed(seed)
     ids, inv = _select_op(seed, batch_size, num_tokens, num_keep, x.device, bool(ordered), True)
     return _gather_op(x, ids, inv, num_prefix_tokens), ids
@@ -467,7 +436,7 @@ KERNEL_SPECS = [
         _select_kernel,
         {"ids_ptr": "*i64", "inv_ptr": "*i32", "seed": "i64", "N": "i32", "K": "i32"},
         {"ORDERED": ordered, "WRITE_INVERSE": True, "BLOCK_N": block_n},
-        {"num_warps": _select_warps(block_n)},
+        {"num_warps": sort_warps(block_n)},
     )
     for ordered in (False, True)
     for block_n in (256, 4096)

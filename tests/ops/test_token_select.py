@@ -8,6 +8,7 @@ from conftest import DEVICE
 
 import masksub_kernels as mk
 from masksub_kernels.ops import token_select as ts
+from masksub_kernels.ops._common import MAX_TOKENS
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -93,7 +94,7 @@ def test_ratio_within_tolerance_over_seeds():
         ((2, 10, 11), ValueError, "num_keep"),
         ((-1, 10, 5), ValueError, "batch_size"),
         ((2.0, 10, 5), TypeError, "batch_size"),
-        ((2, ts.MAX_TOKENS + 1, 5), ValueError, "num_tokens"),
+        ((2, MAX_TOKENS + 1, 5), ValueError, "num_tokens"),
     ],
 )
 def test_keep_indices_bad_input(args, error, match):
