@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from .cuda_home import find_cuda_home
 
 ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
@@ -44,30 +45,6 @@ _ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\w+)'")
 _PROPERTIES = re.compile(r"Function properties for (\S+)")
 _SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _USAGE = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
-
-
-def find_cuda_home() -> Path | None:
-    """The real CUDA toolkit, found as setup.py finds it: $CUDA_HOME / $CUDA_PATH, the target of an nvcc wrapper
-    script on PATH (``exec /real/bin/nvcc``), the directory of a real nvcc on PATH, or /usr/local/cuda."""
-    for variable in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(variable) and Path(os.environ[variable], "bin", "nvcc").exists():
-            return Path(os.environ[variable])
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        path = Path(nvcc).resolve()
-        try:
-            head = path.read_bytes()[:4096]
-        except OSError:
-            head = b""
-        if head.startswith(b"#!"):
-            match = re.search(rb"(/\S+)/bin/nvcc", head)
-            if match and Path(match.group(1).decode(), "bin", "nvcc").exists():
-                return Path(match.group(1).decode())
-        elif path.parent.name == "bin":
-            return path.parent.parent
-    if Path("/usr/local/cuda/bin/nvcc").exists():
-        return Path("/usr/local/cuda").resolve()
-    return None
 
 
 def parse_ptxas(text: str, source: str) -> list[dict]:
