@@ -37,7 +37,7 @@ import torch
 from .._backend import resolve_backend
 from .._philox import new_seed, philox_sort_keys
 from .._triton import jit, next_power_of_2, tl
-from ._common import FLOAT_DTYPES, cdiv, check_keep_args, cuda_extension, sort_warps
+from ._common import FLOAT_DTYPES, cdiv, check_keep_args, cuda_extension, masksub_op, sort_warps
 from .token_select import num_kept_tokens, select_reference
 
 _BITS_DTYPE = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # element size -> int type of the same width
@@ -467,7 +467,7 @@ def _mask_tokens_backward_triton(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("masksub::grid_cell_mask", mutates_args=())
+@masksub_op("grid_cell_mask")
 def _cell_mask_op(seed: int, batch_size: int, num_cells: int, num_keep: int, device: torch.device) -> torch.Tensor:
     backend = resolve_backend(device, "random_grid_mask")
     if backend == "triton":
@@ -482,7 +482,7 @@ def _(seed, batch_size, num_cells, num_keep, device):
     return torch.empty(batch_size, num_cells, dtype=torch.bool, device=device)
 
 
-@torch.library.custom_op("masksub::mask_image_grid", mutates_args=())
+@masksub_op("mask_image_grid")
 def _mask_image_op(images: torch.Tensor, cell_mask: torch.Tensor, cell_size: int, fill_value: float) -> torch.Tensor:
     backend = resolve_backend(images.device, "mask_image_grid")
     if backend == "triton":
@@ -511,7 +511,7 @@ def _mask_image_backward(ctx, grad_out):
 _mask_image_op.register_autograd(_mask_image_backward, setup_context=_mask_image_setup_context)
 
 
-@torch.library.custom_op("masksub::mask_tokens_grid", mutates_args=())
+@masksub_op("mask_tokens_grid")
 def _mask_tokens_op(
     tokens: torch.Tensor, mask_token: torch.Tensor, cell_mask: torch.Tensor, cell_size: int
 ) -> torch.Tensor:
@@ -528,7 +528,7 @@ def _(tokens, mask_token, cell_mask, cell_size):
     return tokens.new_empty(tokens.shape)
 
 
-@torch.library.custom_op("masksub::mask_tokens_grid_backward", mutates_args=())
+@masksub_op("mask_tokens_grid_backward")
 def _mask_tokens_backward_op(
     grad_out: torch.Tensor, cell_mask: torch.Tensor, cell_size: int, need_tokens_grad: bool, need_mask_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:

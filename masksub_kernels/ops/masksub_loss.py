@@ -43,7 +43,7 @@ import torch
 
 from .._backend import resolve_backend
 from .._triton import jit, next_power_of_2, tl
-from ._common import FLOAT_DTYPES, INDEX_DTYPES, cuda_extension
+from ._common import FLOAT_DTYPES, INDEX_DTYPES, cuda_extension, masksub_op
 
 MODES = ("ce", "bce")
 REDUCTIONS = ("none", "sum", "mean")
@@ -482,7 +482,7 @@ def _backward_triton(grad_main, grad_sub, out, logits, sub_logits, target, bce, 
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("masksub::masksub_loss_forward", mutates_args=())
+@masksub_op("masksub_loss_forward")
 def _loss_op(
     logits: torch.Tensor,
     sub_logits: torch.Tensor | None,
@@ -507,7 +507,7 @@ def _(logits, *options):
     return logits.new_empty(NUM_OUT, logits.shape[0], dtype=torch.float32)
 
 
-@torch.library.custom_op("masksub::masksub_loss_backward", mutates_args=())
+@masksub_op("masksub_loss_backward")
 def _loss_backward_op(
     grad_main: torch.Tensor | None,
     grad_sub: torch.Tensor | None,

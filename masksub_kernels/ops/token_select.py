@@ -24,7 +24,15 @@ import torch
 from .._backend import resolve_backend
 from .._philox import new_seed, philox_sort_keys, sort_keys
 from .._triton import jit, next_power_of_2, tl
-from ._common import FLOAT_DTYPES, INDEX_DTYPES, cdiv, check_keep_args, cuda_extension, sort_warps
+from ._common import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    cdiv,
+    check_keep_args,
+    cuda_extension,
+    masksub_op,
+    sort_warps,
+)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Host-side validation: messages say what was expected and what came
@@ -261,7 +269,7 @@ def _copy_rows_triton(source: torch.Tensor, row_map: torch.Tensor, num_prefix_to
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("masksub::select_tokens", mutates_args=())
+@masksub_op("select_tokens")
 def _select_op(
     seed: int,
     batch_size: int,
@@ -294,7 +302,7 @@ def _(seed, batch_size, num_tokens, num_keep, device, ordered, write_inverse):
     return ids, inv
 
 
-@torch.library.custom_op("masksub::gather_tokens", mutates_args=())
+@masksub_op("gather_tokens")
 def _gather_op(x: torch.Tensor, ids: torch.Tensor, inv: torch.Tensor | None, num_prefix_tokens: int) -> torch.Tensor:
     backend = resolve_backend(x.device, "gather_tokens")
     if backend == "triton":
@@ -309,7 +317,7 @@ def _(x, ids, inv, num_prefix_tokens):
     return x.new_empty(x.shape[0], num_prefix_tokens + ids.shape[1], x.shape[2])
 
 
-@torch.library.custom_op("masksub::scatter_tokens", mutates_args=())
+@masksub_op("scatter_tokens")
 def _scatter_op(
     grad_y: torch.Tensor,
     ids: torch.Tensor,
