@@ -148,11 +148,22 @@ void check_selection(int64_t seed, int64_t batch_size, int64_t count, int64_t ke
   TORCH_CHECK(keep >= 1 && keep <= count, keep_name, " must be in [1, ", count_name, "=", count, "], got ", keep);
 }
 
+// A seed tensor (one int64 on the output's device, read there by the kernel), or null for the int seed.
+const int64_t* seed_pointer(const std::optional<at::Tensor>& seed_tensor, at::Device device) {
+  if (!seed_tensor) return nullptr;
+  TORCH_CHECK(seed_tensor->scalar_type() == at::kLong && seed_tensor->numel() == 1,
+              "seed tensor must hold one int64, got ", seed_tensor->scalar_type(), " with ", seed_tensor->numel(),
+              " elements");
+  TORCH_CHECK(seed_tensor->device() == device, "seed tensor must be on ", device, ", got ", seed_tensor->device());
+  return seed_tensor->const_data_ptr<int64_t>();
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Token select / gather / scatter (masksub_kernels/ops/token_select.py)
 // ---------------------------------------------------------------------------------------------------------------
 
 std::tuple<at::Tensor, std::optional<at::Tensor>> select_tokens(int64_t seed,
+                                                                const std::optional<at::Tensor>& seed_tensor,
                                                                 int64_t batch_size,
                                                                 int64_t num_tokens,
                                                                 int64_t num_keep,
@@ -161,13 +172,15 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> select_tokens(int64_t seed,
                                                                 at::Device device) {
   check_selection(seed, batch_size, num_tokens, num_keep, "num_tokens", "num_keep");
   device = resolve_device(device);
+  const int64_t* seed_ptr = seed_pointer(seed_tensor, device);
   const c10::cuda::CUDAGuard guard(device);
   const auto options = at::TensorOptions().device(device);
   at::Tensor ids = at::empty({batch_size, num_keep}, options.dtype(at::kLong));
   std::optional<at::Tensor> inv;
   if (write_inverse) inv = at::empty({batch_size, num_tokens}, options.dtype(at::kInt));
   CHECK_LAUNCH("select_tokens",
-               masksub::launch_select_tokens(static_cast<uint64_t>(seed), batch_size, num_tokens, num_keep, ordered,
+               masksub::launch_select_tokens(static_cast<uint64_t>(seed), seed_ptr, batch_size, num_tokens, num_keep,
+                                             ordered,
                                              ids.mutable_data_ptr<int64_t>(),
                                              inv ? inv->mutable_data_ptr<int32_t>() : nullptr, nullptr,
                                              c10::cuda::getCurrentCUDAStream()));
@@ -239,13 +252,15 @@ at::Tensor scatter_tokens(const at::Tensor& grad_y, const at::Tensor& inv, int64
 // Grid masks (masksub_kernels/ops/grid_mask.py)
 // ---------------------------------------------------------------------------------------------------------------
 
-at::Tensor grid_cell_mask(int64_t seed, int64_t batch_size, int64_t num_cells, int64_t num_keep, at::Device device) {
+at::Tensor grid_cell_mask(int64_t seed, const std::optional<at::Tensor>& seed_tensor, int64_t batch_size,
+                          int64_t num_cells, int64_t num_keep, at::Device device) {
   check_selection(seed, batch_size, num_cells, num_keep, "num_cells", "num_keep");
   device = resolve_device(device);
+  const int64_t* seed_ptr = seed_pointer(seed_tensor, device);
   const c10::cuda::CUDAGuard guard(device);
   at::Tensor mask = at::empty({batch_size, num_cells}, at::TensorOptions().device(device).dtype(at::kBool));
   CHECK_LAUNCH("grid_cell_mask",
-               masksub::launch_select_tokens(static_cast<uint64_t>(seed), batch_size, num_cells, num_keep, false,
+               masksub::launch_select_tokens(static_cast<uint64_t>(seed), seed_ptr, batch_size, num_cells, num_keep, false,
                                              nullptr, nullptr, reinterpret_cast<uint8_t*>(mask.mutable_data_ptr()),
                                              c10::cuda::getCurrentCUDAStream()));
   return mask;
@@ -495,8 +510,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("select_tokens", &select_tokens,
         "(ids int64 [B, K], inv int32 [B, N] or None): per sample the K positions with the smallest Philox draws "
         "(ties by position), ascending-draw order or ascending position when ordered",
-        py::arg("seed"), py::arg("batch_size"), py::arg("num_tokens"), py::arg("num_keep"), py::arg("ordered"),
-        py::arg("write_inverse"), py::arg("device"));
+        py::arg("seed"), py::arg("seed_tensor"), py::arg("batch_size"), py::arg("num_tokens"), py::arg("num_keep"),
+        py::arg("ordered"), py::arg("write_inverse"), py::arg("device"));
   m.def("gather_tokens", &gather_tokens,
         "y [B, P+K, D]: y[:, :P] = x[:, :P], y[:, P+j] = x[:, P+ids[:, j]] (x any strides, ids int64 or int32)",
         py::arg("x"), py::arg("ids"), py::arg("num_prefix_tokens"));
@@ -506,7 +521,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_y"), py::arg("inv"), py::arg("num_prefix_tokens"));
   m.def("grid_cell_mask", &grid_cell_mask,
         "bool [B, Lc]: True for the cells each sample removes (all but random_keep_indices' kept cells)",
-        py::arg("seed"), py::arg("batch_size"), py::arg("num_cells"), py::arg("num_keep"), py::arg("device"));
+        py::arg("seed"), py::arg("seed_tensor"), py::arg("batch_size"), py::arg("num_cells"), py::arg("num_keep"),
+        py::arg("device"));
   m.def("mask_image_grid", &mask_image_grid,
         "images [B, C, H, W] with the removed cells set to fill_value, in the images' layout",
         py::arg("images"), py::arg("cell_mask"), py::arg("cell_size"), py::arg("fill_value"));

@@ -35,8 +35,10 @@ constexpr int64_t kMaxSelectTokens = 8192;
 //   removed [batch_size, num_tokens] (contiguous bytes): 1 for a dropped position, 0 for a kept one (the grid
 //                                     masks' cell mask, a torch.bool tensor's bytes).
 // Every output may be null (none: nothing is launched). Requires 1 <= num_keep <= num_tokens <= kMaxSelectTokens
-// and batch_size < 2^31.
+// and batch_size < 2^31. The Philox key is *seed_ptr (one int64, read on the device) when seed_ptr is not null,
+// else seed.
 cudaError_t launch_select_tokens(uint64_t seed,
+                                 const int64_t* seed_ptr,
                                  int64_t batch_size,
                                  int64_t num_tokens,
                                  int64_t num_keep,
@@ -88,7 +90,7 @@ cudaError_t launch_scatter_tokens(const T* grad_y,
 
 // ---------------------------------------------------------------------------------------------------------------
 // Grid masks (masksub_kernels/ops/grid_mask.py; csrc/grid_mask.cu). The cell mask of a sample comes from
-// launch_select_tokens(seed, B, G_h * G_w, Kc, ..., removed = cell_mask). cell_mask: bytes [B, G_h, G_w],
+// launch_select_tokens(seed, seed_ptr, B, G_h * G_w, Kc, ..., removed = cell_mask). cell_mask: bytes [B, G_h, G_w],
 // contiguous, 1 = removed, with G_h = H / S and G_w = W / S (S = cell size; H and W multiples of S).
 // ---------------------------------------------------------------------------------------------------------------
 

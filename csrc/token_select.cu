@@ -54,8 +54,8 @@ struct SelectShared {
 // needed ~100 registers and spilled under the same cap.
 template <int THREADS, int ITEMS>
 __global__ void __launch_bounds__(THREADS, 1024 / THREADS) select_tokens_kernel(
-    uint64_t seed, int num_tokens, int num_keep, bool ordered, int64_t* __restrict__ ids, int32_t* __restrict__ inv,
-    uint8_t* __restrict__ removed) {
+    uint64_t seed_value, const int64_t* __restrict__ seed_ptr, int num_tokens, int num_keep, bool ordered,
+    int64_t* __restrict__ ids, int32_t* __restrict__ inv, uint8_t* __restrict__ removed) {
   // Outputs, each optional: ids (kept positions), inv (slot of each position or -1), removed (1 for a dropped
   // position, 0 for a kept one: the grid masks' cell mask). `ordered` only concerns ids.
   using Shared = SelectShared<THREADS, ITEMS>;
@@ -63,6 +63,8 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS) select_tokens_kernel(
   const int tid = threadIdx.x;
   const int64_t row = blockIdx.x;
   int64_t* row_ids = ids + row * num_keep;
+  // A seed tensor is read here, on the device (never by the host): CUDA-graph replays see its current value.
+  const uint64_t seed = seed_ptr != nullptr ? static_cast<uint64_t>(*seed_ptr) : seed_value;
 
   uint32_t draws[ITEMS];
   uint16_t positions[ITEMS];
@@ -131,11 +133,11 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS) select_tokens_kernel(
 }
 
 template <int THREADS, int ITEMS>
-cudaError_t launch_select(uint64_t seed, int64_t batch_size, int num_tokens, int num_keep, bool ordered, int64_t* ids,
-                          int32_t* inv, uint8_t* removed, cudaStream_t stream) {
+cudaError_t launch_select(uint64_t seed, const int64_t* seed_ptr, int64_t batch_size, int num_tokens, int num_keep,
+                          bool ordered, int64_t* ids, int32_t* inv, uint8_t* removed, cudaStream_t stream) {
   static_assert(THREADS * ITEMS <= 65536, "positions travel as uint16 values through the sort");
   select_tokens_kernel<THREADS, ITEMS><<<static_cast<unsigned int>(batch_size), THREADS, 0, stream>>>(
-      seed, num_tokens, num_keep, ordered, ids, inv, removed);
+      seed, seed_ptr, num_tokens, num_keep, ordered, ids, inv, removed);
   return cudaGetLastError();
 }
 
@@ -190,8 +192,9 @@ inline bool valid_token_sizes(int64_t B, int64_t P, int64_t N, int64_t K, int64_
 // Launchers (masksub_kernels.h)
 // ---------------------------------------------------------------------------------------------------------------
 
-cudaError_t launch_select_tokens(uint64_t seed, int64_t batch_size, int64_t num_tokens, int64_t num_keep,
-                                 bool ordered, int64_t* ids, int32_t* inv, uint8_t* removed, cudaStream_t stream) {
+cudaError_t launch_select_tokens(uint64_t seed, const int64_t* seed_ptr, int64_t batch_size, int64_t num_tokens,
+                                 int64_t num_keep, bool ordered, int64_t* ids, int32_t* inv, uint8_t* removed,
+                                 cudaStream_t stream) {
   if (batch_size < 0 || batch_size > INT_MAX || num_tokens < 1 || num_tokens > kMaxSelectTokens || num_keep < 1 ||
       num_keep > num_tokens) {
     return cudaErrorInvalidValue;
@@ -202,12 +205,12 @@ cudaError_t launch_select_tokens(uint64_t seed, int64_t batch_size, int64_t num_
   const int k = static_cast<int>(num_keep);
   // Block shapes (threads x keys per thread = capacity >= N): the smallest capacity that holds the row, 2-8 keys
   // per thread. Static shared memory ranges from 5 KB (128 x 2) to 41 KB (1024 x 8), under the 48 KB limit.
-  if (n <= 256) return launch_select<128, 2>(seed, batch_size, n, k, ordered, ids, inv, removed, stream);
-  if (n <= 512) return launch_select<128, 4>(seed, batch_size, n, k, ordered, ids, inv, removed, stream);
-  if (n <= 1024) return launch_select<256, 4>(seed, batch_size, n, k, ordered, ids, inv, removed, stream);
-  if (n <= 2048) return launch_select<256, 8>(seed, batch_size, n, k, ordered, ids, inv, removed, stream);
-  if (n <= 4096) return launch_select<512, 8>(seed, batch_size, n, k, ordered, ids, inv, removed, stream);
-  return launch_select<1024, 8>(seed, batch_size, n, k, ordered, ids, inv, removed, stream);
+  if (n <= 256) return launch_select<128, 2>(seed, seed_ptr, batch_size, n, k, ordered, ids, inv, removed, stream);
+  if (n <= 512) return launch_select<128, 4>(seed, seed_ptr, batch_size, n, k, ordered, ids, inv, removed, stream);
+  if (n <= 1024) return launch_select<256, 4>(seed, seed_ptr, batch_size, n, k, ordered, ids, inv, removed, stream);
+  if (n <= 2048) return launch_select<256, 8>(seed, seed_ptr, batch_size, n, k, ordered, ids, inv, removed, stream);
+  if (n <= 4096) return launch_select<512, 8>(seed, seed_ptr, batch_size, n, k, ordered, ids, inv, removed, stream);
+  return launch_select<1024, 8>(seed, seed_ptr, batch_size, n, k, ordered, ids, inv, removed, stream);
 }
 
 template <typename T, typename IndexT>

@@ -52,6 +52,30 @@ def new_seed(seed: int | None = None) -> int:
     return seed
 
 
+def resolve_seed(seed: int | torch.Tensor | None, device: torch.device) -> tuple[int, torch.Tensor | None]:
+    """(integer seed, None) for an int or None (see ``new_seed``); (0, int64 [1] tensor) for a seed tensor.
+
+    A seed tensor is read by the kernels on the device, never by the host: a captured CUDA graph then draws a new
+    mask on each replay after the caller updates the tensor in place (e.g. ``seed.add_(1)`` inside the graph).
+    It must hold one int64 on the op's device; its 64 bits are the Philox key as they are for an int.
+    """
+    if not isinstance(seed, torch.Tensor):
+        return new_seed(seed), None
+    if seed.dtype != torch.int64 or seed.numel() != 1:
+        raise TypeError(f"a seed tensor must hold one int64, got {seed.dtype} with {seed.numel()} elements")
+    device = torch.device(device)
+    if seed.device.type != device.type or (
+        seed.device.index is not None and device.index is not None and seed.device.index != device.index
+    ):
+        raise ValueError(f"the seed tensor must be on the op's device ({device}), got {seed.device}")
+    return 0, seed.reshape(1)
+
+
+def seed_value(seed: int, seed_tensor: torch.Tensor | None) -> int:
+    """The integer key of a resolved seed. Reading a seed tensor syncs with its device: the reference backend only."""
+    return seed if seed_tensor is None else int(seed_tensor.item())
+
+
 def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(hi32(a*b), lo32(a*b)) for a 32-bit constant ``a`` and int64 tensor ``b`` holding uint32 values.
 
@@ -97,6 +121,14 @@ def sort_keys(seed: int, num_rows: int, num_positions: int, device: torch.device
     offsets = rows[:, None] * num_positions + positions[None, :]
     draws = philox_uint32(seed, offsets)
     return ((draws - 2**31) << 32) + positions
+
+
+@jit
+def load_seed(seed, seed_ptr, SEED_FROM_PTR: tl.constexpr):
+    """The kernel's Philox key: the int argument, or the int64 the seed tensor holds (read on the device)."""
+    if SEED_FROM_PTR:
+        seed = tl.load(seed_ptr)
+    return seed
 
 
 @jit

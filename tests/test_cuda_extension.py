@@ -41,7 +41,7 @@ def test_extension_is_a_backend():
 
 def test_select_refuses_cpu_device():
     with pytest.raises(RuntimeError, match="device must be a CUDA device, got cpu"):
-        _C.select_tokens(1, 2, 10, 5, False, True, CPU)
+        _C.select_tokens(1, None, 2, 10, 5, False, True, CPU)
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,7 @@ def test_select_refuses_cpu_device():
 )
 def test_select_refuses_bad_sizes(args, message):
     with pytest.raises(RuntimeError, match=message):
-        _C.select_tokens(*args, False, True, CPU)
+        _C.select_tokens(args[0], None, *args[1:], False, True, CPU)
 
 
 def test_gather_refuses_cpu_tensors():
@@ -117,13 +117,20 @@ def test_scatter_refuses_bad_metadata(grad_y, inv, prefix, message):
         _C.scatter_tokens(grad_y, inv, prefix)
 
 
+def test_seed_tensor_refusals():
+    with pytest.raises(RuntimeError, match="seed tensor must hold one int64, got Int with 1 elements"):
+        _C.select_tokens(0, torch.zeros(1, dtype=torch.int32), 2, 10, 5, False, True, torch.device("cuda", 0))
+    with pytest.raises(RuntimeError, match="seed tensor must hold one int64, got Long with 2 elements"):
+        _C.grid_cell_mask(0, torch.zeros(2, dtype=torch.int64), 2, 49, 24, torch.device("cuda", 0))
+
+
 def test_grid_cell_mask_refusals():
     with pytest.raises(RuntimeError, match="device must be a CUDA device, got cpu"):
-        _C.grid_cell_mask(1, 2, 49, 24, CPU)
+        _C.grid_cell_mask(1, None, 2, 49, 24, CPU)
     with pytest.raises(RuntimeError, match=r"num_cells must be in \[1, 8192\], got 0"):
-        _C.grid_cell_mask(1, 2, 0, 1, CPU)
+        _C.grid_cell_mask(1, None, 2, 0, 1, CPU)
     with pytest.raises(RuntimeError, match=r"num_keep must be in \[1, num_cells=49\], got 50"):
-        _C.grid_cell_mask(1, 2, 49, 50, CPU)
+        _C.grid_cell_mask(1, None, 2, 49, 50, CPU)
 
 
 MASK = torch.zeros(2, 2, 2, dtype=torch.bool)
@@ -219,7 +226,9 @@ SELECT_SIZES = [
 @pytest.mark.parametrize(("batch_size", "num_tokens", "num_keep"), SELECT_SIZES)
 def test_select_matches_reference(batch_size, num_tokens, num_keep, ordered, write_inverse):
     seed = 0x1234_5678_9ABC
-    ids, inv = _C.select_tokens(seed, batch_size, num_tokens, num_keep, ordered, write_inverse, torch.device("cuda"))
+    ids, inv = _C.select_tokens(
+        seed, None, batch_size, num_tokens, num_keep, ordered, write_inverse, torch.device("cuda")
+    )
     expected = ts.select_reference(seed, batch_size, num_tokens, num_keep, CPU, ordered)
     assert ids.dtype == torch.int64 and ids.is_contiguous() and ids.device.type == "cuda"
     assert torch.equal(ids.cpu(), expected)
@@ -241,7 +250,7 @@ def test_select_breaks_draw_ties_by_position():
     ordered_draws = draws.sort(dim=1).values
     tied = (ordered_draws[:, 1:] == ordered_draws[:, :-1]).any(dim=1).nonzero().flatten().tolist()
     assert tied == [44, 188, 245]
-    ids, _ = _C.select_tokens(seed, rows, num_tokens, num_tokens, False, False, cuda)
+    ids, _ = _C.select_tokens(seed, None, rows, num_tokens, num_tokens, False, False, cuda)
     expected = ts.select_reference(seed, rows, num_tokens, num_tokens, cuda, False)
     assert torch.equal(ids[tied], expected[tied])
     assert torch.equal(ids, expected)
@@ -250,9 +259,9 @@ def test_select_breaks_draw_ties_by_position():
 @gpu
 @pytest.mark.gpu
 def test_select_empty_batch_and_current_device():
-    ids, inv = _C.select_tokens(3, 0, 16, 8, False, True, torch.device("cuda"))
+    ids, inv = _C.select_tokens(3, None, 0, 16, 8, False, True, torch.device("cuda"))
     assert ids.shape == (0, 8) and inv.shape == (0, 16)
-    ids, _ = _C.select_tokens(3, 1, 16, 8, False, False, torch.device("cuda"))  # no index: the current device
+    ids, _ = _C.select_tokens(3, None, 1, 16, 8, False, False, torch.device("cuda"))  # no index: the current device
     assert ids.device == torch.device("cuda", torch.cuda.current_device())
 
 
@@ -354,7 +363,7 @@ def test_runs_on_the_current_stream():
     x = torch.randn(8, 197, 256, device="cuda")
     stream.wait_stream(torch.cuda.current_stream())  # x is written on the default stream
     with torch.cuda.stream(stream):
-        ids, inv = _C.select_tokens(5, 8, 196, 98, False, True, torch.device("cuda"))
+        ids, inv = _C.select_tokens(5, None, 8, 196, 98, False, True, torch.device("cuda"))
         y = _C.gather_tokens(x, ids, 1)
         grad_x = _C.scatter_tokens(y, inv, 1)
     stream.synchronize()
@@ -377,7 +386,7 @@ def _bits(x):
 @pytest.mark.gpu
 @pytest.mark.parametrize(("batch_size", "num_cells", "num_keep"), [(3, 49, 24), (2, 240, 100), (1, 4096, 1)])
 def test_grid_cell_mask_matches_reference(batch_size, num_cells, num_keep):
-    mask = _C.grid_cell_mask(21, batch_size, num_cells, num_keep, torch.device("cuda"))
+    mask = _C.grid_cell_mask(21, None, batch_size, num_cells, num_keep, torch.device("cuda"))
     assert mask.dtype == torch.bool and mask.shape == (batch_size, num_cells)
     assert torch.equal(mask.cpu(), gm.cell_mask_reference(21, batch_size, num_cells, num_keep, CPU))
 
@@ -398,7 +407,7 @@ def _image_layouts(x):
 @pytest.mark.parametrize(("channels", "height", "width", "cell_size"), [(3, 64, 96, 32), (1, 48, 72, 24), (5, 8, 8, 1)])
 def test_mask_image_grid_matches_reference(dtype, channels, height, width, cell_size):
     images = torch.randn(2, channels, height, width, device="cuda").to(dtype)
-    cells = _C.grid_cell_mask(3, 2, (height // cell_size) * (width // cell_size), 2, torch.device("cuda"))
+    cells = _C.grid_cell_mask(3, None, 2, (height // cell_size) * (width // cell_size), 2, torch.device("cuda"))
     cells = cells.view(2, height // cell_size, width // cell_size)
     for name, view in _image_layouts(images).items():
         out = _C.mask_image_grid(view, cells, cell_size, 0.1)
@@ -416,7 +425,7 @@ def test_mask_image_grid_matches_reference(dtype, channels, height, width, cell_
 def test_mask_tokens_grid_matches_reference(dtype, height, width, channels, cell_size):
     cuda = torch.device("cuda")
     grid_h, grid_w = height // cell_size, width // cell_size
-    cells = _C.grid_cell_mask(4, 2, grid_h * grid_w, max(1, grid_h * grid_w // 2), cuda).view(2, grid_h, grid_w)
+    cells = _C.grid_cell_mask(4, None, 2, grid_h * grid_w, max(1, grid_h * grid_w // 2), cuda).view(2, grid_h, grid_w)
     tokens = torch.randn(2, height, width, channels, device=cuda).to(dtype)
     token = torch.randn(channels, device=cuda).to(dtype)
     strided = tokens.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)  # h and w strides swapped

@@ -35,7 +35,7 @@ import inspect
 import torch
 
 from .._backend import resolve_backend
-from .._philox import new_seed, philox_sort_keys
+from .._philox import load_seed, philox_sort_keys, resolve_seed, seed_value
 from .._triton import jit, next_power_of_2, tl
 from ._common import FLOAT_DTYPES, cdiv, check_keep_args, cuda_extension, masksub_op, sort_warps
 from .token_select import num_kept_tokens, select_reference
@@ -159,15 +159,17 @@ def mask_tokens_backward_reference(
 def _cell_mask_kernel(
     mask_ptr,  # uint8 [B, Lc] out (the bool mask's bytes)
     seed,
+    seed_ptr,  # int64 [1]: the seed when SEED_FROM_PTR (a seed tensor), else unused
     L,
     K,
+    SEED_FROM_PTR: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
     # One program per sample: the Philox keys of its Lc cells (token_select's definition), one sort; the cells of
     # rank < K are kept (0), the others removed (1). Each cell is written once, at its position.
     row = tl.program_id(0).to(tl.int64)
     lanes = tl.arange(0, BLOCK_L)
-    keys = philox_sort_keys(seed, row, lanes, L)
+    keys = philox_sort_keys(load_seed(seed, seed_ptr, SEED_FROM_PTR), row, lanes, L)
     keys = tl.sort(tl.where(lanes < L, keys, 9223372036854775807))  # padding lanes sort last
     positions = keys - ((keys >> 32) << 32)  # low 32 bits: the cell, in ascending-draw order
     tl.store(mask_ptr + row * L + positions, (lanes >= K).to(tl.uint8), mask=lanes < L)
@@ -341,7 +343,7 @@ def _sum_partials_kernel(
 
 # ----------------------------------------------------------------------------------------------------------------
 # Launchers. The CUDA extension (masksub_kernels._C, csrc/grid_mask.cu) takes the same arguments:
-#   _C.grid_cell_mask(seed, batch_size, num_cells, num_keep, device) -> bool [B, Lc]
+#   _C.grid_cell_mask(seed, seed_tensor or None, batch_size, num_cells, num_keep, device) -> bool [B, Lc]
 #   _C.mask_image_grid(images, cell_mask, cell_size, fill_value) -> [B, C, H, W], images' layout (empty_like)
 #   _C.mask_tokens_grid_forward(tokens, mask_token, cell_mask, cell_size) -> contiguous [B, H, W, C]
 #   _C.mask_tokens_grid_backward(grad_out, cell_mask, cell_size, need_tokens_grad, need_mask_grad)
@@ -375,13 +377,17 @@ def _fill_bits(fill_value: float, dtype: torch.dtype) -> int:
     return int(torch.tensor(fill_value, dtype=dtype).view(_BITS_DTYPE[dtype.itemsize]).item())
 
 
-def _cell_mask_triton(seed: int, batch_size: int, num_cells: int, num_keep: int, device: torch.device):
+def _cell_mask_triton(
+    seed: int, seed_tensor: torch.Tensor | None, batch_size: int, num_cells: int, num_keep: int, device: torch.device
+):
     mask = torch.empty(batch_size, num_cells, dtype=torch.bool, device=device)
     if batch_size > 0:
         block = max(16, next_power_of_2(num_cells))
+        seed_ptr = seed_tensor if seed_tensor is not None else mask.view(torch.uint8)
         _cell_mask_kernel[(batch_size,)](
-            mask.view(torch.uint8), seed, num_cells, num_keep, BLOCK_L=block, num_warps=sort_warps(block)
-        )
+            mask.view(torch.uint8), seed, seed_ptr, num_cells, num_keep, SEED_FROM_PTR=seed_tensor is not None,
+            BLOCK_L=block, num_warps=sort_warps(block),
+        )  # fmt: skip
     return mask
 
 
@@ -468,17 +474,19 @@ def _mask_tokens_backward_triton(
 
 
 @masksub_op("grid_cell_mask")
-def _cell_mask_op(seed: int, batch_size: int, num_cells: int, num_keep: int, device: torch.device) -> torch.Tensor:
+def _cell_mask_op(
+    seed: int, seed_tensor: torch.Tensor | None, batch_size: int, num_cells: int, num_keep: int, device: torch.device
+) -> torch.Tensor:
     backend = resolve_backend(device, "random_grid_mask")
     if backend == "triton":
-        return _cell_mask_triton(seed, batch_size, num_cells, num_keep, device)
+        return _cell_mask_triton(seed, seed_tensor, batch_size, num_cells, num_keep, device)
     if backend == "cuda":
-        return _cuda("grid_cell_mask")(seed, batch_size, num_cells, num_keep, device)
-    return cell_mask_reference(seed, batch_size, num_cells, num_keep, device)
+        return _cuda("grid_cell_mask")(seed, seed_tensor, batch_size, num_cells, num_keep, device)
+    return cell_mask_reference(seed_value(seed, seed_tensor), batch_size, num_cells, num_keep, device)
 
 
 @_cell_mask_op.register_fake
-def _(seed, batch_size, num_cells, num_keep, device):
+def _(seed, seed_tensor, batch_size, num_cells, num_keep, device):
     return torch.empty(batch_size, num_cells, dtype=torch.bool, device=device)
 
 
@@ -574,7 +582,7 @@ def random_grid_mask(
     grid_size: int | tuple[int, int],
     num_keep: int,
     *,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Per sample, which cells of a G_h x G_w grid are removed: bool [batch_size, G_h, G_w], True = removed.
@@ -583,13 +591,17 @@ def random_grid_mask(
     ``random_keep_indices(batch_size, G_h * G_w, num_keep, seed=seed)[b]`` in row-major cell numbering, so token
     and grid masks share one definition; ``num_keep`` cells are kept and G_h * G_w - num_keep removed per sample.
     The same ``seed`` gives the same mask on every backend and device; ``seed=None`` draws one from torch's
-    default generator. ``device`` defaults to torch's default device.
+    default generator; an int64 tensor of one element is read on the device (see ``random_keep_indices``).
+    ``device`` defaults to the seed tensor's device, else torch's default device.
     """
     grid_h, grid_w = _grid_size(grid_size)
     check_keep_args(batch_size, grid_h * grid_w, num_keep)
-    device = torch.device(device) if device is not None else torch.empty(0).device
-    seed = new_seed(seed)
-    return _cell_mask_op(seed, batch_size, grid_h * grid_w, num_keep, device).view(batch_size, grid_h, grid_w)
+    if device is None:
+        device = seed.device if isinstance(seed, torch.Tensor) else torch.empty(0).device
+    device = torch.device(device)
+    seed, seed_tensor = resolve_seed(seed, device)
+    mask = _cell_mask_op(seed, seed_tensor, batch_size, grid_h * grid_w, num_keep, device)
+    return mask.view(batch_size, grid_h, grid_w)
 
 
 def mask_image_grid(
@@ -597,7 +609,7 @@ def mask_image_grid(
     mask_ratio: float = 0.5,
     *,
     cell_size: int = 32,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     fill_value: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MaskSub's CNN sub-branch masking: set the removed cells of the images to ``fill_value``, in one pass.
@@ -626,7 +638,7 @@ def mask_tokens_grid(
     mask_ratio: float = 0.5,
     *,
     cell_size: int = 8,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MaskSub's Swin sub-branch masking: replace the tokens of removed cells by a learnable mask token.
 
@@ -658,9 +670,17 @@ def _spec(name: str, kernel, types: dict[str, str], constexprs: dict, num_warps:
     return name, kernel, signature, constexprs, {"num_warps": num_warps}
 
 
+_CELL_MASK_TYPES = {"mask_ptr": "*u8", "seed_ptr": "*i64"}
 KERNEL_SPECS = [
-    _spec(f"cell_mask[block={b}]", _cell_mask_kernel, {"mask_ptr": "*u8"}, {"BLOCK_L": b}, sort_warps(b))
+    _spec(
+        f"cell_mask[block={b},seed_ptr={p}]",
+        _cell_mask_kernel,
+        _CELL_MASK_TYPES,
+        {"SEED_FROM_PTR": p, "BLOCK_L": b},
+        sort_warps(b),
+    )
     for b in (64, 1024)
+    for p in (False, True)
 ]
 for _t, _int in (("fp32", tl.int32), ("fp16", tl.int16), ("bf16", tl.int16)):
     for _last in (False, True):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import resolve_backend
-from .._philox import new_seed, philox_sort_keys, sort_keys
+from .._philox import load_seed, philox_sort_keys, resolve_seed, seed_value, sort_keys
 from .._triton import jit, next_power_of_2, tl
 from ._common import (
     FLOAT_DTYPES,
@@ -143,8 +143,10 @@ def _select_kernel(
     ids_ptr,  # int64 [B, K] out
     inv_ptr,  # int32 [B, N] out (only when WRITE_INVERSE)
     seed,
+    seed_ptr,  # int64 [1]: the seed when SEED_FROM_PTR (a seed tensor), else unused
     N,
     K,
+    SEED_FROM_PTR: tl.constexpr,
     ORDERED: tl.constexpr,
     WRITE_INVERSE: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -153,7 +155,7 @@ def _select_kernel(
     # int64, so one sort gives the order and the positions; padding lanes sort last.
     row = tl.program_id(0).to(tl.int64)
     lanes = tl.arange(0, BLOCK_N)
-    keys = philox_sort_keys(seed, row, lanes, N)
+    keys = philox_sort_keys(load_seed(seed, seed_ptr, SEED_FROM_PTR), row, lanes, N)
     keys = tl.where(lanes < N, keys, 9223372036854775807)
     keys = tl.sort(keys)
     by_draw = keys - ((keys >> 32) << 32)  # low 32 bits: the position, in ascending-draw order
@@ -219,6 +221,7 @@ def _copy_tile(dim: int, element_size: int) -> tuple[int, int]:
 
 def _select_triton(
     seed: int,
+    seed_tensor: torch.Tensor | None,
     batch_size: int,
     num_tokens: int,
     num_keep: int,
@@ -235,8 +238,10 @@ def _select_triton(
             ids,
             inv,
             seed,
+            seed_tensor if seed_tensor is not None else ids,
             num_tokens,
             num_keep,
+            SEED_FROM_PTR=seed_tensor is not None,
             ORDERED=ordered,
             WRITE_INVERSE=write_inverse,
             BLOCK_N=block_n,
@@ -272,6 +277,7 @@ def _copy_rows_triton(source: torch.Tensor, row_map: torch.Tensor, num_prefix_to
 @masksub_op("select_tokens")
 def _select_op(
     seed: int,
+    seed_tensor: torch.Tensor | None,
     batch_size: int,
     num_tokens: int,
     num_keep: int,
@@ -283,12 +289,14 @@ def _select_op(
     op = "random_token_select" if write_inverse else "random_keep_indices"
     backend = resolve_backend(device, op)
     if backend == "triton":
-        ids, inv = _select_triton(seed, batch_size, num_tokens, num_keep, device, ordered, write_inverse)
+        ids, inv = _select_triton(seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, write_inverse)
     elif backend == "cuda":
         extension = cuda_extension()
-        ids, inv = extension.select_tokens(seed, batch_size, num_tokens, num_keep, ordered, write_inverse, device)
+        ids, inv = extension.select_tokens(
+            seed, seed_tensor, batch_size, num_tokens, num_keep, ordered, write_inverse, device
+        )
     else:
-        ids = select_reference(seed, batch_size, num_tokens, num_keep, device, ordered)
+        ids = select_reference(seed_value(seed, seed_tensor), batch_size, num_tokens, num_keep, device, ordered)
         inv = inverse_reference(ids, num_tokens) if write_inverse else None
     if inv is None:
         inv = torch.empty(0, num_tokens, dtype=torch.int32, device=device)
@@ -296,7 +304,7 @@ def _select_op(
 
 
 @_select_op.register_fake
-def _(seed, batch_size, num_tokens, num_keep, device, ordered, write_inverse):
+def _(seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, write_inverse):
     ids = torch.empty(batch_size, num_keep, dtype=torch.int64, device=device)
     inv = torch.empty(batch_size if write_inverse else 0, num_tokens, dtype=torch.int32, device=device)
     return ids, inv
@@ -366,7 +374,7 @@ def random_keep_indices(
     num_tokens: int,
     num_keep: int,
     *,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     device: torch.device | str | None = None,
     ordered: bool = False,
 ) -> torch.Tensor:
@@ -374,12 +382,16 @@ def random_keep_indices(
 
     Returns int64 [batch_size, num_keep] on ``device`` (default: torch's default device), in ascending-draw order
     (the official code's order) or in ascending position when ``ordered=True``. The same ``seed`` gives the same
-    indices on every backend and device; ``seed=None`` draws one from torch's default generator.
+    indices on every backend and device; ``seed=None`` draws one from torch's default generator. ``seed`` may also
+    be an int64 tensor of one element on ``device`` (default: its device), read on the device by the kernels: a
+    captured CUDA graph then draws new indices whenever the tensor changes.
     """
     check_keep_args(batch_size, num_tokens, num_keep)
-    device = torch.device(device) if device is not None else torch.empty(0).device
-    seed = new_seed(seed)
-    ids, _ = _select_op(seed, batch_size, num_tokens, num_keep, device, bool(ordered), False)
+    if device is None:
+        device = seed.device if isinstance(seed, torch.Tensor) else torch.empty(0).device
+    device = torch.device(device)
+    seed, seed_tensor = resolve_seed(seed, device)
+    ids, _ = _select_op(seed, seed_tensor, batch_size, num_tokens, num_keep, device, bool(ordered), False)
     return ids
 
 
@@ -410,7 +422,7 @@ def random_token_select(
     mask_ratio: float = 0.5,
     *,
     num_prefix_tokens: int = 1,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     ordered: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MaskSub's ViT sub-branch masking: keep K = floor(N * (1 - mask_ratio)) random patch tokens per sample.
@@ -424,8 +436,8 @@ def random_token_select(
     num_tokens = seq_len - num_prefix_tokens
     num_keep = num_kept_tokens(num_tokens, mask_ratio)
     check_keep_args(batch_size, num_tokens, num_keep)
-    seed = new_seed(seed)
-    ids, inv = _select_op(seed, batch_size, num_tokens, num_keep, x.device, bool(ordered), True)
+    seed, seed_tensor = resolve_seed(seed, x.device)
+    ids, inv = _select_op(seed, seed_tensor, batch_size, num_tokens, num_keep, x.device, bool(ordered), True)
     return _gather_op(x, ids, inv, num_prefix_tokens), ids
 
 
@@ -440,13 +452,13 @@ def _copy_signature(dtype: str, map_dtype: str) -> dict[str, str]:
 
 KERNEL_SPECS = [
     (
-        f"select[ordered={ordered},block={block_n}]",
+        f"select[ordered={ordered},seed_ptr={from_ptr},block={block_n}]",
         _select_kernel,
-        {"ids_ptr": "*i64", "inv_ptr": "*i32", "seed": "i64", "N": "i32", "K": "i32"},
-        {"ORDERED": ordered, "WRITE_INVERSE": True, "BLOCK_N": block_n},
+        {"ids_ptr": "*i64", "inv_ptr": "*i32", "seed": "i64", "seed_ptr": "*i64", "N": "i32", "K": "i32"},
+        {"SEED_FROM_PTR": from_ptr, "ORDERED": ordered, "WRITE_INVERSE": True, "BLOCK_N": block_n},
         {"num_warps": sort_warps(block_n)},
     )
-    for ordered in (False, True)
+    for ordered, from_ptr in ((False, False), (True, False), (False, True))
     for block_n in (256, 4096)
 ]
 KERNEL_SPECS += [

@@ -214,10 +214,12 @@ class MaskSub(nn.Module):
             return swin_sub_logits(model, images, self.mask_token, self.mask_ratio, self.cell_size, seed)
         return pixel_sub_logits(model, images, self.mask_ratio, self.cell_size, seed)
 
-    def sub_logits(self, images: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+    def sub_logits(self, images: torch.Tensor, seed: int | torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the sub-branch. The seed is drawn here, eagerly, when None (torch's default generator), so a
-        compiled sub-branch always receives an int; with ``seed=s`` the mask is the ops' mask for s."""
-        seed = new_seed(seed)
+        compiled sub-branch always receives an int; with ``seed=s`` the mask is the ops' mask for s. A seed tensor
+        (one int64 on the images' device) is passed through to the ops, which read it on the device."""
+        if not isinstance(seed, torch.Tensor):
+            seed = new_seed(seed)
         if self.model is self.inner_model:
             return self._sub_eager(images, seed)
         if self._compiled_sub is None:

@@ -417,3 +417,13 @@ def test_mask_ratio_rounding_matches_official_formula():
     for ratio in (0.25, 0.5, 0.6, 0.75):
         _, mask = mk.mask_image_grid(torch.zeros(1, 1, 224, 224), ratio, seed=0)
         assert int((~mask).sum()) == math.floor(49 * (1 - ratio))
+
+
+def test_seed_tensor_gives_the_int_seeds_mask(backend):
+    seed = torch.tensor(2**40 + 7, dtype=torch.int64, device=DEVICE)
+    mask = mk.random_grid_mask(3, (7, 7), 24, seed=seed)
+    assert torch.equal(mask.cpu(), mk.random_grid_mask(3, (7, 7), 24, seed=2**40 + 7, device="cpu"))
+    images = torch.randn(2, 3, 64, 96, device=DEVICE)
+    masked, cells = mk.mask_image_grid(images, 0.5, seed=seed)
+    assert torch.equal(cells.cpu(), mk.random_grid_mask(2, (2, 3), 3, seed=2**40 + 7, device="cpu"))
+    assert torch.equal(masked, mk.mask_image_grid(images, 0.5, seed=2**40 + 7)[0])

@@ -297,3 +297,58 @@ def test_torch_compile_fullgraph():
     x_eager = x.detach().clone().requires_grad_(True)
     step(x_eager).backward()
     assert torch.equal(x.grad, x_eager.grad)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Seeds held in a device tensor (read by the kernels: CUDA-graph replays see new values)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_seed_tensor_gives_the_int_seeds_ids(backend, ordered):
+    seed = torch.tensor(123456789012, dtype=torch.int64, device=DEVICE)
+    ids = mk.random_keep_indices(3, 40, 17, seed=seed, ordered=ordered)
+    assert ids.device.type == DEVICE.type  # the device defaults to the seed's
+    assert torch.equal(ids.cpu(), reference_ids(3, 40, 17, 123456789012, ordered))
+    x = make_tokens(3, 41, 5, torch.float32)
+    y, ids_fused = mk.random_token_select(x, 0.5, seed=seed.reshape(1), ordered=ordered)
+    assert torch.equal(ids_fused.cpu(), reference_ids(3, 40, 20, 123456789012, ordered))
+    assert torch.equal(y, mk.gather_tokens(x, ids_fused))
+
+
+def test_seed_tensor_updated_in_place_changes_the_ids(backend):
+    seed = torch.zeros((), dtype=torch.int64, device=DEVICE)
+    first = mk.random_keep_indices(2, 30, 10, seed=seed)
+    seed.add_(1)  # what a captured graph would do between replays
+    second = mk.random_keep_indices(2, 30, 10, seed=seed)
+    assert torch.equal(first.cpu(), reference_ids(2, 30, 10, 0))
+    assert torch.equal(second.cpu(), reference_ids(2, 30, 10, 1))
+
+
+def test_seed_tensor_bad_input():
+    with pytest.raises(TypeError, match="one int64"):
+        mk.random_keep_indices(2, 10, 5, seed=torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="one int64"):
+        mk.random_keep_indices(2, 10, 5, seed=torch.tensor(1.0))
+    with pytest.raises(ValueError, match="op's device"):
+        mk.random_keep_indices(2, 10, 5, seed=torch.tensor(1), device="meta")
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
+def test_cuda_graph_replay_draws_the_seed_tensors_mask(kernel_backend):
+    seed = torch.zeros((), dtype=torch.int64, device=DEVICE)
+    x = make_tokens(4, 1 + 64, 32, torch.float32)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        mk.random_token_select(x, seed=seed)  # warm-up: kernels compile outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y, ids = mk.random_token_select(x, seed=seed)
+    for value in (5, 6):
+        seed.fill_(value)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(ids.cpu(), reference_ids(4, 64, 32, value))
+        assert torch.equal(y.cpu(), ts.gather_reference(x.cpu(), ids.cpu(), 1))
