@@ -1,4 +1,5 @@
-// Structured grid masks for Swin (tokens + a learnable mask token) and CNNs (pixels): ops/grid_mask.py.
+// Structured grid masks for Swin (tokens + a learnable mask token: ops/token_grid_mask.py) and CNNs (pixels:
+// ops/grid_mask.py).
 //
 // Maths. An H x W map cut into S x S cells, a G_h x G_w grid (G_h = H / S, G_w = W / S), cells numbered row-major;
 // cell_mask[b, i, j] = 1 where cell (i, j) of sample b is removed (launch_select_tokens' `removed` output, so the

@@ -15,7 +15,7 @@ from ._backend import (
     use_backend,
 )
 from ._philox import philox_uint32
-from .ops.grid_mask import mask_image_grid, mask_tokens_grid, random_grid_mask
+from .ops.grid_mask import mask_image_grid, random_grid_mask
 from .ops.masksub_loss import (
     MaskSubLoss,
     masksub_loss,
@@ -23,6 +23,7 @@ from .ops.masksub_loss import (
     soft_target_bce,
     soft_target_cross_entropy,
 )
+from .ops.token_grid_mask import mask_tokens_grid
 from .ops.token_select import gather_tokens, num_kept_tokens, random_keep_indices, random_token_select
 
 __version__ = "0.1.0"

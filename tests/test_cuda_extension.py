@@ -14,6 +14,7 @@ import masksub_kernels as mk
 from masksub_kernels._philox import philox_uint32
 from masksub_kernels.ops import grid_mask as gm
 from masksub_kernels.ops import masksub_loss as ml
+from masksub_kernels.ops import token_grid_mask as tgm
 from masksub_kernels.ops import token_select as ts
 from masksub_kernels.ops._common import MAX_TOKENS
 
@@ -30,7 +31,7 @@ FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 def test_extension_is_a_backend():
     assert "cuda" in mk.available_backends()
     assert _C.MAX_SELECT_TOKENS == MAX_TOKENS
-    assert all(hasattr(_C, name) for name in gm.CUDA_OPS)
+    assert all(hasattr(_C, name) for name in (*gm.CUDA_OPS, *tgm.CUDA_OPS))
     assert hasattr(_C, "masksub_loss_forward") and hasattr(_C, "masksub_loss_backward")
 
 
@@ -432,10 +433,10 @@ def test_mask_tokens_grid_matches_reference(dtype, height, width, channels, cell
     for view in (tokens, strided, tokens.transpose(1, 2).contiguous().transpose(1, 2)):
         out = _C.mask_tokens_grid_forward(view, token, cells, cell_size)
         assert out.is_contiguous()
-        expected = gm.mask_tokens_reference(view.cpu(), token.cpu(), cells.cpu(), cell_size)
+        expected = tgm.mask_tokens_reference(view.cpu(), token.cpu(), cells.cpu(), cell_size)
         assert torch.equal(_bits(out), _bits(expected))
     grad = torch.randn(2, height, width, channels, device=cuda).to(dtype)
-    expected_tokens, _ = gm.mask_tokens_backward_reference(grad.cpu(), cells.cpu(), cell_size)
+    expected_tokens, _ = tgm.mask_tokens_backward_reference(grad.cpu(), cells.cpu(), cell_size)
     grad_tokens, grad_mask = _C.mask_tokens_grid_backward(grad, cells, cell_size, True, True)
     assert torch.equal(_bits(grad_tokens), _bits(expected_tokens))
     removed = gm.pixel_mask_reference(cells.cpu(), cell_size)[..., None]

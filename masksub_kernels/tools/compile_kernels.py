@@ -21,6 +21,7 @@ import time
 OP_MODULES = (
     "masksub_kernels.ops.token_select",
     "masksub_kernels.ops.grid_mask",
+    "masksub_kernels.ops.token_grid_mask",
     "masksub_kernels.ops.masksub_loss",
 )
 

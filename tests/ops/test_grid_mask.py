@@ -1,4 +1,6 @@
-"""random_grid_mask, mask_image_grid, mask_tokens_grid: every backend against the reference, bit for bit."""
+"""random_grid_mask, mask_image_grid (and both with mask_tokens_grid): every backend against the reference, bit for bit.
+
+The shared helpers and backend fixtures here are imported by test_token_grid_mask.py."""
 
 import math
 
@@ -8,6 +10,7 @@ from conftest import DEVICE, kernel_backends
 
 import masksub_kernels as mk
 from masksub_kernels.ops import grid_mask as gm
+from masksub_kernels.ops import token_grid_mask as tgm
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 INT_OF_WIDTH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -18,7 +21,7 @@ def cuda_grid_ops_built() -> bool:
         from masksub_kernels import _C
     except ImportError:
         return False
-    return all(hasattr(_C, name) for name in gm.CUDA_OPS)
+    return all(hasattr(_C, name) for name in (*gm.CUDA_OPS, *tgm.CUDA_OPS))
 
 
 def grid_backends(names):
@@ -187,7 +190,7 @@ def test_cell_sizes_not_powers_of_two(backend):
     assert torch.equal(bits(masked), bits(gm.mask_image_reference(images.cpu(), mask.cpu(), 24, 0.0)))
     tokens, mask_token = randn(2, 12, 18, 5), randn(5, seed=1)
     out, mask = mk.mask_tokens_grid(tokens, mask_token, 0.5, cell_size=6, seed=4)
-    expected = gm.mask_tokens_reference(tokens.cpu(), mask_token.cpu(), mask.cpu(), 6)
+    expected = tgm.mask_tokens_reference(tokens.cpu(), mask_token.cpu(), mask.cpu(), 6)
     assert mask.shape == (2, 2, 3) and torch.equal(bits(out), bits(expected))
 
 
@@ -230,140 +233,6 @@ def test_mask_image_bad_input(shape, kwargs, error, match):
 def test_mask_image_bad_dtype():
     with pytest.raises(TypeError, match="float32"):
         mk.mask_image_grid(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# mask_tokens_grid
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def mask_token_grad_float64(grad, mask, cell_size):
-    removed = gm.pixel_mask_reference(mask.cpu(), cell_size)[..., None]
-    return torch.where(removed, grad.cpu().double(), 0).sum(dim=(0, 1, 2))
-
-
-def assert_mask_token_grad_close(actual, grad, mask, cell_size):
-    # fp32 accumulation (fp64 for fp64) of n terms in another order than float64's: |error| <= n * eps * max|term|
-    # (the classic bound), then one rounding to the dtype (rtol eps)
-    expected = mask_token_grad_float64(grad, mask, cell_size)
-    terms = int(mask.sum()) * cell_size * cell_size
-    acc_eps = torch.finfo(torch.float64 if actual.dtype == torch.float64 else torch.float32).eps
-    atol = acc_eps * terms * float(grad.abs().max())
-    torch.testing.assert_close(actual.detach().cpu().double(), expected, rtol=torch.finfo(actual.dtype).eps, atol=atol)
-
-
-@pytest.mark.parametrize("dtype", [*DTYPES, torch.float64])
-def test_mask_tokens_matches_reference(backend, dtype):
-    tokens = randn(2, 16, 24, 40, dtype=dtype).requires_grad_(True)
-    mask_token = randn(40, dtype=dtype, seed=5).requires_grad_(True)
-    out, mask = mk.mask_tokens_grid(tokens, mask_token, 0.5, seed=9)
-    assert mask.shape == (2, 2, 3) and torch.equal(mask, mk.random_grid_mask(2, (2, 3), 3, seed=9, device=DEVICE))
-    assert out.dtype == dtype and out.is_contiguous()
-    expected = gm.mask_tokens_reference(tokens.detach().cpu(), mask_token.detach().cpu(), mask.cpu(), 8)
-    assert torch.equal(bits(out), bits(expected))
-    grad = randn(*out.shape, dtype=dtype, seed=1)
-    out.backward(grad)
-    grad_tokens, _ = gm.mask_tokens_backward_reference(grad.cpu(), mask.cpu(), 8)
-    assert torch.equal(bits(tokens.grad), bits(grad_tokens))
-    assert mask_token.grad.dtype == dtype
-    assert_mask_token_grad_close(mask_token.grad, grad, mask, 8)
-
-
-def test_mask_tokens_semantics(backend):
-    tokens = randn(3, 16, 16, 12)
-    mask_token = randn(1, 1, 12, seed=2).requires_grad_(True)  # timm-style [1, 1, C] parameter
-    out, mask = mk.mask_tokens_grid(tokens, mask_token, 0.5, seed=4)
-    assert mask.view(3, -1).sum(dim=1).tolist() == [4 - 2] * 3
-    removed = gm.pixel_mask_reference(mask.cpu(), 8).to(DEVICE)
-    assert torch.equal(out[removed], mask_token.detach().view(1, 12).expand(int(removed.sum()), 12))
-    assert torch.equal(out[~removed], tokens[~removed])
-    out.sum().backward()  # an expanded (stride 0) grad_output
-    assert mask_token.grad.shape == (1, 1, 12)
-    assert torch.equal(mask_token.grad.view(12), torch.full((12,), float(removed.sum())))
-
-
-def test_mask_tokens_identity_at_ratio_zero(backend):
-    tokens = randn(2, 8, 16, 10, dtype=torch.bfloat16)
-    out, mask = mk.mask_tokens_grid(tokens, torch.zeros(10, dtype=torch.bfloat16, device=DEVICE), 0.0, seed=0)
-    assert not bool(mask.any()) and torch.equal(bits(out), bits(tokens))
-
-
-@pytest.mark.parametrize("which", ["tokens", "mask_token"])
-def test_mask_tokens_one_input_needs_grad(backend, which):
-    tokens = randn(2, 16, 8, 24).requires_grad_(which == "tokens")
-    mask_token = randn(24, seed=3).requires_grad_(which == "mask_token")
-    out, mask = mk.mask_tokens_grid(tokens, mask_token, 0.5, seed=6)
-    grad = randn(*out.shape, seed=7)
-    out.backward(grad)
-    expected_tokens, _ = gm.mask_tokens_backward_reference(grad.cpu(), mask.cpu(), 8)
-    if which == "tokens":
-        assert mask_token.grad is None and torch.equal(bits(tokens.grad), bits(expected_tokens))
-    else:
-        assert tokens.grad is None
-        assert_mask_token_grad_close(mask_token.grad, grad, mask, 8)
-
-
-def test_mask_tokens_strided_layouts(backend):
-    base = randn(2, 16, 24, 48)
-    mask_token = randn(40, seed=1)
-    for tokens in (base[..., :40], base[..., :40].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)):
-        out, mask = mk.mask_tokens_grid(tokens, mask_token, 0.5, seed=3)
-        assert torch.equal(bits(out), bits(gm.mask_tokens_reference(tokens.cpu(), mask_token.cpu(), mask.cpu(), 8)))
-
-
-def test_mask_token_grad_partial_reduction(kernel_backend):
-    # 48 lines (b, h): one per program (more partials than one block of the second stage), 7 per program with a
-    # ragged last one, or all in one program; then the fixed-order second stage
-    if kernel_backend != "triton":
-        pytest.skip("exercises the Triton launcher")
-    mask = mk.random_grid_mask(3, (2, 3), 3, seed=1, device=DEVICE)
-    grad = randn(3, 16, 24, 40, seed=2)
-    for max_partials in (1024, 7, 1):
-        grad_tokens, grad_mask = gm._mask_tokens_backward_triton(grad, mask, 8, True, True, max_partials)
-        assert torch.equal(grad_tokens.cpu(), gm.mask_tokens_backward_reference(grad.cpu(), mask.cpu(), 8)[0])
-        assert_mask_token_grad_close(grad_mask, grad, mask, 8)
-        again = gm._mask_tokens_backward_triton(grad, mask, 8, False, True, max_partials)[1]
-        assert torch.equal(bits(again), bits(grad_mask))  # same bits with or without writing dT
-
-
-def test_mask_token_grad_deterministic(backend):
-    tokens = randn(2, 16, 16, 32, dtype=torch.bfloat16)
-    grads = []
-    for _ in range(2):
-        mask_token = torch.zeros(32, dtype=torch.bfloat16, device=DEVICE, requires_grad=True)
-        out, _ = mk.mask_tokens_grid(tokens, mask_token, 0.5, seed=5)
-        out.backward(randn(*out.shape, dtype=torch.bfloat16, seed=3))
-        grads.append(bits(mask_token.grad))
-    assert torch.equal(grads[0], grads[1])
-
-
-def test_mask_tokens_published_cell_counts():
-    # Swin at 224 px: 56 x 56 tokens, 8 x 8-token cells -> 49 cells, 25 replaced; 224 x 160 -> 7 x 5 cells
-    with mk.use_backend("torch"):
-        _, mask = mk.mask_tokens_grid(torch.zeros(4, 56, 56, 3), torch.zeros(3), 0.5, seed=0)
-        _, wide = mk.mask_tokens_grid(torch.zeros(4, 56, 40, 3), torch.zeros(3), 0.5, seed=0)
-    assert mask.view(4, -1).sum(dim=1).tolist() == [25] * 4
-    assert wide.shape == (4, 7, 5) and wide.view(4, -1).sum(dim=1).tolist() == [35 - 17] * 4
-
-
-@pytest.mark.parametrize(
-    ("tokens", "mask_token", "kwargs", "error", "match"),
-    [
-        (torch.zeros(2, 64, 8), torch.zeros(8), {}, ValueError, "4-D"),
-        (torch.zeros(2, 16, 16, 8), torch.zeros(7), {}, ValueError, r"\[C=8\]"),
-        (torch.zeros(2, 16, 16, 8), torch.zeros(2, 8), {}, ValueError, r"\[C=8\]"),
-        (torch.zeros(2, 8, 16, 16), torch.zeros(8), {}, ValueError, "B, H, W, C"),  # NCHW by mistake
-        (torch.zeros(2, 16, 16, 8), torch.zeros(8, dtype=torch.float16), {}, TypeError, "dtype of tokens"),
-        (torch.zeros(2, 16, 16, 8), torch.zeros(8, device="meta"), {}, ValueError, "device"),
-        (torch.zeros(2, 16, 16, 8), [0.0] * 8, {}, TypeError, "mask_token"),
-        (torch.zeros(2, 16, 12, 8), torch.zeros(8), {}, ValueError, "not divisible by cell_size=8"),
-        (torch.zeros(2, 16, 16, 8), torch.zeros(8), {"mask_ratio": 1.0}, ValueError, r"\[0, 1\)"),
-        (torch.zeros(2, 16, 16, 8, dtype=torch.int32), torch.zeros(8), {}, TypeError, "float32"),
-    ],
-)
-def test_mask_tokens_bad_input(tokens, mask_token, kwargs, error, match):
-    with pytest.raises(error, match=match):
-        mk.mask_tokens_grid(tokens, mask_token, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
