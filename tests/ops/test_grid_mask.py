@@ -1,12 +1,12 @@
 """random_grid_mask, mask_image_grid (and both with mask_tokens_grid): every backend against the reference, bit for bit.
 
-The shared helpers and backend fixtures here are imported by test_token_grid_mask.py."""
+The shared helpers here are imported by test_token_grid_mask.py; the backend fixtures come from conftest.py."""
 
 import math
 
 import pytest
 import torch
-from conftest import DEVICE, kernel_backends
+from conftest import DEVICE
 
 import masksub_kernels as mk
 from masksub_kernels.ops import grid_mask as gm
@@ -14,34 +14,6 @@ from masksub_kernels.ops import token_grid_mask as tgm
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 INT_OF_WIDTH = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def cuda_grid_ops_built() -> bool:
-    try:
-        from masksub_kernels import _C
-    except ImportError:
-        return False
-    return all(hasattr(_C, name) for name in (*gm.CUDA_OPS, *tgm.CUDA_OPS))
-
-
-def grid_backends(names):
-    """The backends to test; a CUDA extension built before its grid-mask kernels existed is skipped, not failed."""
-    skip = pytest.mark.skip("the CUDA extension has no grid-mask kernels yet")
-    return [pytest.param(n, marks=skip) if n == "cuda" and not cuda_grid_ops_built() else n for n in names]
-
-
-@pytest.fixture(params=grid_backends(["torch", *kernel_backends()]))
-def backend(request):
-    """Each available backend in turn (the reference included), restored afterwards."""
-    with mk.use_backend(request.param):
-        yield request.param
-
-
-@pytest.fixture(params=grid_backends(kernel_backends()) or [pytest.param("none", marks=pytest.mark.skip("none"))])
-def kernel_backend(request):
-    """Each available non-reference backend in turn."""
-    with mk.use_backend(request.param):
-        yield request.param
 
 
 def bits(x: torch.Tensor) -> torch.Tensor:

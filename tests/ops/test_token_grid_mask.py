@@ -2,27 +2,12 @@
 
 import pytest
 import torch
-from conftest import DEVICE, kernel_backends
-from test_grid_mask import DTYPES, bits, grid_backends, randn
+from conftest import DEVICE
+from test_grid_mask import DTYPES, bits, randn
 
 import masksub_kernels as mk
 from masksub_kernels.ops import grid_mask as gm
 from masksub_kernels.ops import token_grid_mask as tgm
-
-
-# the backend fixtures of test_grid_mask.py (a CUDA extension without the grid-mask kernels is skipped, not failed)
-@pytest.fixture(params=grid_backends(["torch", *kernel_backends()]))
-def backend(request):
-    """Each available backend in turn (the reference included), restored afterwards."""
-    with mk.use_backend(request.param):
-        yield request.param
-
-
-@pytest.fixture(params=grid_backends(kernel_backends()) or [pytest.param("none", marks=pytest.mark.skip("none"))])
-def kernel_backend(request):
-    """Each available non-reference backend in turn."""
-    with mk.use_backend(request.param):
-        yield request.param
 
 
 def mask_token_grad_float64(grad, mask, cell_size):
