@@ -78,10 +78,10 @@ def mask_tokens_backward_reference(
     grad_out: torch.Tensor, cell_mask: torch.Tensor, cell_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dT [B, H, W, C] contiguous, dm [C]): dm summed in float32 (float64 for float64 input)."""
-    removed = pixel_mask_reference(cell_mask, cell_size)[..., None]
-    grad_tokens = grad_out.masked_fill(removed, 0).contiguous()
+    removed = pixel_mask_reference(cell_mask, cell_size)
+    grad_tokens = grad_out.masked_fill(removed[..., None], 0).contiguous()
     acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
-    grad_mask = torch.where(removed, grad_out.to(acc), 0).sum(dim=(0, 1, 2)).to(grad_out.dtype)
+    grad_mask = grad_out[removed].to(acc).sum(dim=0).to(grad_out.dtype)  # rows of removed tokens [n, C], summed
     return grad_tokens, grad_mask
 
 
