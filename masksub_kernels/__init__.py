@@ -16,7 +16,7 @@ from ._backend import (
 )
 from ._philox import philox_uint32
 from .ops.grid_mask import mask_image_grid, random_grid_mask
-from .ops.masksub_loss import (
+from .ops.losses import (
     MaskSubLoss,
     masksub_loss,
     self_distillation_loss,

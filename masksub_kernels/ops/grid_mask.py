@@ -203,12 +203,12 @@ CUDA_OPS = ("grid_cell_mask", "mask_image_grid")
 
 
 def _cuda(name: str):
-    """The CUDA extension's ``name``, or a clear error while the extension predates the grid-mask kernels."""
+    """The CUDA extension's ``name`` (csrc/grid_mask.cu); an extension built from older sources says so."""
     function = getattr(cuda_extension(), name, None)
     if function is None:
-        raise NotImplementedError(
-            f"the CUDA extension masksub_kernels._C has no {name} (grid masks) yet: select the 'triton' or 'torch' "
-            "backend (mk.set_backend), or rebuild the extension"
+        raise RuntimeError(
+            f"the CUDA extension masksub_kernels._C has no {name}: it was built from older sources; rebuild it "
+            "(pip install --no-build-isolation -e .) or select the 'triton' or 'torch' backend"
         )
     return function
 
@@ -220,8 +220,9 @@ def _tile(n_cols: int, n_rows: int) -> tuple[int, int]:
 
 
 def _fill_bits(fill_value: float, dtype: torch.dtype) -> int:
-    """The bit pattern of fill_value rounded to dtype, as a signed int of the dtype's width (host-side, no sync)."""
-    return int(torch.tensor(fill_value, dtype=dtype).view(_BITS_DTYPE[dtype.itemsize]).item())
+    """The bit pattern of fill_value rounded to dtype, as a signed int of the dtype's width. Computed with a CPU
+    tensor (torch's own rounding to fp16/bf16), so it never touches the device."""
+    return torch.tensor([fill_value], dtype=dtype, device="cpu").view(_BITS_DTYPE[dtype.itemsize]).tolist()[0]
 
 
 def _cell_mask_triton(

@@ -37,101 +37,16 @@ second pass to combine the partial softmax states). fp64 logits run in fp32 in t
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from .._backend import resolve_backend
 from .._triton import jit, next_power_of_2, tl
-from ._common import FLOAT_DTYPES, INDEX_DTYPES, cuda_extension, masksub_op
+from ._common import cuda_extension, masksub_op
 
-MODES = ("ce", "bce")
-REDUCTIONS = ("none", "sum", "mean")
 MAX_BLOCK_C = 4096  # classes per loop iteration of a program (the tests raise it under the interpreter)
 # Rows of the forward's fp32 [9, M] output: the two per-row losses, then the stats the backward reads (CE only).
 MAIN, SUB, C_Z, LOG_L_Z, S_Z, C_S, LOG_L_S, C_T, LOG_L_T = range(9)
 NUM_OUT = 9
-
-
-class MaskSubLoss(NamedTuple):
-    """``loss = main_weight * main + sub_weight * sub`` and the two unweighted criteria, fp32."""
-
-    loss: torch.Tensor
-    main: torch.Tensor
-    sub: torch.Tensor
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Host-side validation: messages say what was expected and what came (no value reads on CUDA tensors)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _check_logits(name: str, x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2 or x.shape[1] < 1:
-        raise ValueError(f"{name} must be [rows, classes] (2-D, classes >= 1), got shape {tuple(x.shape)}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
-
-
-def _check_pair(sub: torch.Tensor, main: torch.Tensor) -> None:
-    _check_logits("sub_logits", sub)
-    _check_logits("main_logits", main)
-    if sub.shape != main.shape or sub.dtype != main.dtype or sub.device != main.device:
-        raise ValueError(
-            "sub_logits must match main_logits in shape, dtype and device: expected "
-            f"{tuple(main.shape)} {main.dtype} {main.device}, got {tuple(sub.shape)} {sub.dtype} {sub.device}"
-        )
-
-
-def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    rows, classes = logits.shape
-    if target.device != logits.device:
-        raise ValueError(f"target must be on the device of the logits ({logits.device}), got {target.device}")
-    if target.dtype in FLOAT_DTYPES:
-        if target.shape != logits.shape:
-            raise ValueError(
-                f"probability target must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)} "
-                "(class ids must be an int64 tensor [rows])"
-            )
-        return target
-    if target.dtype not in INDEX_DTYPES:
-        raise TypeError(
-            f"target must be int64 class ids [rows] or float probabilities [rows, classes], got {target.dtype}"
-        )
-    if tuple(target.shape) != (rows,):
-        raise ValueError(f"class-id target must be [rows={rows}], got shape {tuple(target.shape)}")
-    target = target.long().contiguous()
-    if target.device.type == "cpu" and rows and not torch.compiler.is_compiling():  # never sync a GPU
-        bad = (target < 0) | (target >= classes)
-        if ignore_index is not None:
-            bad &= target != ignore_index
-        if bool(bad.any()):
-            allowed = f"[0, {classes})" + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
-            raise ValueError(f"class ids must be in {allowed}, got {int(target[bad][0])}")
-    return target
-
-
-def _check_options(mode="ce", reduction="mean", label_smoothing=0.0, temperature=1.0, target_threshold=None, **weights):
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    numbers = {"label_smoothing": label_smoothing, "temperature": temperature, **weights}
-    if target_threshold is not None:
-        numbers["target_threshold"] = target_threshold
-    for name, value in numbers.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    if not temperature > 0.0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if target_threshold is not None and mode == "ce":
-        raise ValueError("target_threshold binarises BCE targets: it needs mode='bce', got mode='ce'")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -554,127 +469,6 @@ def _loss_backward(ctx, grad_out):
 
 
 _loss_op.register_autograd(_loss_backward, setup_context=_loss_setup_context)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Public API
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _reduce(rows: torch.Tensor, count, reduction: str) -> torch.Tensor:
-    if reduction == "none":
-        return rows
-    return rows.sum() if reduction == "sum" else rows.sum() / count
-
-
-def _row_count(target: torch.Tensor, ignore_index: int | None):
-    """Rows that count, at least 1 (0 rows -> a 0 mean): a device tensor for class ids (no sync), else M."""
-    if target.is_floating_point() or ignore_index is None:
-        return float(max(target.shape[0], 1))
-    return (target != ignore_index).sum().clamp_min(1).to(torch.float32)
-
-
-def soft_target_cross_entropy(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    label_smoothing: float = 0.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """Cross-entropy against class ids or probabilities: per row sum_c -w_c log_softmax(logits)_c.
-
-    logits: [M, C] fp32/fp16/bf16/fp64, any row stride. target: int64 (or int32) class ids [M], where rows equal to
-    ``ignore_index`` give 0 and a zero gradient, or probabilities [M, C] of any float dtype (mixup/cutmix; they get
-    no gradient). w = (1 - label_smoothing) q + label_smoothing / C. Returns fp32 [M] for reduction='none', else a
-    scalar; 'mean' divides by the number of rows that count (0 when none does).
-    """
-    _check_logits("logits", logits)
-    _check_options(reduction=reduction, label_smoothing=label_smoothing)
-    target = _check_target(logits, target, ignore_index)
-    out = _loss_op(logits, None, target, False, float(label_smoothing), int(ignore_index), 1.0, None)
-    return _reduce(out[MAIN], _row_count(target, ignore_index), reduction)
-
-
-def soft_target_bce(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    target_threshold: float | None = None,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """Binary cross-entropy with logits: the mean over the M*C elements of softplus(z) - w z.
-
-    logits: [M, C] float. target: class ids [M] (one-hot; all in [0, C)) or probabilities [M, C] of any float
-    dtype. With ``target_threshold``, q becomes [q > threshold] (DeiT-III: 0.0); then w = (1 - label_smoothing) q +
-    label_smoothing / C. Returns fp32: reduction='none' gives [M], each row's mean over the classes (their mean is
-    the 'mean' loss, their sum the 'sum' loss, i.e. 1/C of the element sum).
-    """
-    _check_logits("logits", logits)
-    _check_options("bce", reduction, label_smoothing, target_threshold=target_threshold)
-    target = _check_target(logits, target, None)
-    threshold = None if target_threshold is None else float(target_threshold)
-    out = _loss_op(logits, None, target, True, float(label_smoothing), -(2**63), 1.0, threshold)  # no id ignored
-    return _reduce(out[MAIN], _row_count(target, None), reduction)
-
-
-def self_distillation_loss(
-    sub_logits: torch.Tensor,
-    main_logits: torch.Tensor,
-    *,
-    mode: str = "ce",
-    temperature: float = 1.0,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """The sub branch's criterion against the detached main prediction, times T^2.
-
-    sub_logits, main_logits: [M, C], same dtype and device. mode 'ce': per row T^2 sum_c -softmax(main/T)_c
-    log_softmax(sub/T)_c; 'bce': T^2 mean_c softplus(sub_c/T) - sigmoid(main_c/T) sub_c/T. The gradient reaches
-    sub_logits only (T (p_sub - p_main), / C for bce); main_logits gets none and is never written. Returns fp32 [M]
-    for reduction='none', else a scalar (mean over the M rows).
-    """
-    _check_pair(sub_logits, main_logits)
-    _check_options(mode, reduction, temperature=temperature)
-    out = _loss_op(main_logits.detach(), sub_logits, None, mode == "bce", 0.0, -100, float(temperature), None)
-    return _reduce(out[SUB], float(max(main_logits.shape[0], 1)), reduction)
-
-
-def masksub_loss(
-    main_logits: torch.Tensor,
-    sub_logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    mode: str = "ce",
-    main_weight: float = 0.5,
-    sub_weight: float = 0.5,
-    label_smoothing: float = 0.0,
-    ignore_index: int = -100,
-    temperature: float = 1.0,
-    target_threshold: float | None = None,
-    reduction: str = "mean",
-) -> MaskSubLoss:
-    """MaskSub's loss in one fused pass: ``main_weight * crit(main, target) + sub_weight * crit(sub, T(main))``.
-
-    main_logits, sub_logits: [M, C] float, same dtype and device. target and crit as in soft_target_cross_entropy
-    (mode 'ce') or soft_target_bce (mode 'bce', where ``target_threshold`` applies); T(main) and the temperature as
-    in self_distillation_loss. label_smoothing and target_threshold shape the main target only. Rows whose class id
-    equals ``ignore_index`` count in neither term (also with mode 'bce'). One kernel reads each row of both logits
-    once; the backward writes both gradients, main_logits receiving only its own term's. Returns
-    MaskSubLoss(loss, main, sub): fp32 scalars ([M] with reduction='none'), main and sub unweighted; gradients flow
-    from each field. With the defaults: the paper's (crit_main + crit_sub) / 2.
-    """
-    _check_pair(sub_logits, main_logits)
-    _check_options(
-        mode, reduction, label_smoothing, temperature, target_threshold, main_weight=main_weight, sub_weight=sub_weight
-    )
-    target = _check_target(main_logits, target, ignore_index)
-    threshold = None if target_threshold is None else float(target_threshold)
-    options = (mode == "bce", float(label_smoothing), int(ignore_index), float(temperature), threshold)
-    out = _loss_op(main_logits, sub_logits, target, *options)
-    count = _row_count(target, ignore_index)
-    main, sub = _reduce(out[MAIN], count, reduction), _reduce(out[SUB], count, reduction)
-    return MaskSubLoss(main_weight * main + sub_weight * sub, main, sub)
 
 
 # Compile specs for the sm_80/sm_90 check (masksub_kernels/tools/compile_kernels.py): name, kernel, signature,
