@@ -7,8 +7,14 @@
 // The stream comes from c10/cuda/CUDAStream.h (c10::cuda::getCurrentCUDAStream, the stream that
 // at::cuda::getCurrentCUDAStream returns), not from ATen/cuda/CUDAContext.h: that header pulls in the cuBLAS,
 // cuSPARSE and cuSOLVER headers, which a bare CUDA toolkit may lack (this one does) and these kernels do not use.
+//
+// The CUDA emulator (csrc/emulator, masksub_kernels/tools/cuda_emulator.py) compiles this very file for the CPU with
+// MASKSUB_EMULATOR defined: there CPU tensors stand for CUDA ones, and there is no device guard or stream. That
+// difference is confined to the "Kernel device" block below.
+#ifndef MASKSUB_EMULATOR
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#endif
 #include <torch/extension.h>
 
 #include <climits>
@@ -24,10 +30,31 @@
 namespace {
 
 // ---------------------------------------------------------------------------------------------------------------
+// Kernel device: where the kernels run, its guard and its stream
+// ---------------------------------------------------------------------------------------------------------------
+
+#ifndef MASKSUB_EMULATOR
+constexpr at::DeviceType kKernelDevice = at::kCUDA;
+#define KERNEL_TENSOR "CUDA tensor"
+using DeviceGuard = c10::cuda::CUDAGuard;
+cudaStream_t current_stream() { return current_stream(); }
+at::Device default_device_index(at::Device device) { return at::Device(device.type(), c10::cuda::current_device()); }
+#else
+constexpr at::DeviceType kKernelDevice = at::kCPU;
+#define KERNEL_TENSOR "CPU tensor (this is the CUDA emulator)"
+struct DeviceGuard {
+  explicit DeviceGuard(at::Device) {}
+};
+cudaStream_t current_stream() { return nullptr; }
+at::Device default_device_index(at::Device device) { return device; }
+#endif
+
+// ---------------------------------------------------------------------------------------------------------------
 // Argument checks
 // ---------------------------------------------------------------------------------------------------------------
 
-#define CHECK_DEVICE(x) TORCH_CHECK((x).is_cuda(), #x " must be a CUDA tensor, got ", (x).device())
+#define CHECK_DEVICE(x) TORCH_CHECK((x).device().type() == kKernelDevice, #x " must be a " KERNEL_TENSOR ", got ", \
+                                    (x).device())
 #define CHECK_SAME_DEVICE(x, ref) \
   TORCH_CHECK((x).device() == (ref).device(), #x " must be on the device of " #ref " (", (ref).device(), "), got ", \
               (x).device())
@@ -134,8 +161,9 @@ T scalar_as(double value, at::ScalarType dtype) {
 
 // The device of an output: an index-less "cuda" means the current device.
 at::Device resolve_device(at::Device device) {
-  TORCH_CHECK(device.is_cuda(), "device must be a CUDA device, got ", device);
-  return device.has_index() ? device : at::Device(at::kCUDA, c10::cuda::current_device());
+  TORCH_CHECK(device.type() == kKernelDevice, "device must be a ", at::DeviceTypeName(kKernelDevice), " device, got ",
+              device);
+  return device.has_index() ? device : default_device_index(device);
 }
 
 // The arguments of a per-sample selection of `keep` of `count` positions (tokens or cells).
@@ -173,7 +201,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> select_tokens(int64_t seed,
   check_selection(seed, batch_size, num_tokens, num_keep, "num_tokens", "num_keep");
   device = resolve_device(device);
   const int64_t* seed_ptr = seed_pointer(seed_tensor, device);
-  const c10::cuda::CUDAGuard guard(device);
+  const DeviceGuard guard(device);
   const auto options = at::TensorOptions().device(device);
   at::Tensor ids = at::empty({batch_size, num_keep}, options.dtype(at::kLong));
   std::optional<at::Tensor> inv;
@@ -183,7 +211,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> select_tokens(int64_t seed,
                                              ordered,
                                              ids.mutable_data_ptr<int64_t>(),
                                              inv ? inv->mutable_data_ptr<int32_t>() : nullptr, nullptr,
-                                             c10::cuda::getCurrentCUDAStream()));
+                                             current_stream()));
   return {ids, inv};
 }
 
@@ -200,10 +228,10 @@ at::Tensor gather_tokens(const at::Tensor& x, const at::Tensor& ids, int64_t num
   CHECK_SHAPE(ids, B, K);
   CHECK_DEVICE(x);
   CHECK_SAME_DEVICE(ids, x);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const at::Tensor source = last_dim_dense(x);
   at::Tensor y = at::empty({B, P + K, D}, x.options().memory_format(at::MemoryFormat::Contiguous));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   dispatch_float(x.scalar_type(), "x", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (ids.scalar_type() == at::kLong) {
@@ -234,10 +262,10 @@ at::Tensor scatter_tokens(const at::Tensor& grad_y, const at::Tensor& inv, int64
   CHECK_SHAPE(inv, B, N);
   CHECK_DEVICE(grad_y);
   CHECK_SAME_DEVICE(inv, grad_y);
-  const c10::cuda::CUDAGuard guard(grad_y.device());
+  const DeviceGuard guard(grad_y.device());
   const at::Tensor source = last_dim_dense(grad_y);
   at::Tensor grad_x = at::empty({B, P + N, D}, grad_y.options().memory_format(at::MemoryFormat::Contiguous));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   dispatch_float(grad_y.scalar_type(), "grad_y", [&](auto tag) {
     using T = typename decltype(tag)::type;
     CHECK_LAUNCH("scatter_tokens",
@@ -257,12 +285,12 @@ at::Tensor grid_cell_mask(int64_t seed, const std::optional<at::Tensor>& seed_te
   check_selection(seed, batch_size, num_cells, num_keep, "num_cells", "num_keep");
   device = resolve_device(device);
   const int64_t* seed_ptr = seed_pointer(seed_tensor, device);
-  const c10::cuda::CUDAGuard guard(device);
+  const DeviceGuard guard(device);
   at::Tensor mask = at::empty({batch_size, num_cells}, at::TensorOptions().device(device).dtype(at::kBool));
   CHECK_LAUNCH("grid_cell_mask",
                masksub::launch_select_tokens(static_cast<uint64_t>(seed), seed_ptr, batch_size, num_cells, num_keep, false,
                                              nullptr, nullptr, reinterpret_cast<uint8_t*>(mask.mutable_data_ptr()),
-                                             c10::cuda::getCurrentCUDAStream()));
+                                             current_stream()));
   return mask;
 }
 
@@ -287,7 +315,7 @@ at::Tensor mask_image_grid(const at::Tensor& images, const at::Tensor& cell_mask
   const at::Tensor cells = checked_cell_mask(cell_mask, B, H, W, cell_size, "images");
   CHECK_DEVICE(images);
   CHECK_SAME_DEVICE(cell_mask, images);
-  const c10::cuda::CUDAGuard guard(images.device());
+  const DeviceGuard guard(images.device());
   at::Tensor out = at::empty_like(images);  // the input's layout (contiguous or channels_last)
   const masksub::ImageStrides in_strides{images.stride(0), images.stride(1), images.stride(2), images.stride(3)};
   const masksub::ImageStrides out_strides{out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
@@ -297,7 +325,7 @@ at::Tensor mask_image_grid(const at::Tensor& images, const at::Tensor& cell_mask
                  masksub::launch_mask_image_grid<T>(data_of<T>(images), in_strides, mutable_data_of<T>(out),
                                                     out_strides, cell_bytes(cells), B, C, H, W, cell_size,
                                                     scalar_as<T>(fill_value, images.scalar_type()),
-                                                    c10::cuda::getCurrentCUDAStream()));
+                                                    current_stream()));
   });
   return out;
 }
@@ -314,7 +342,7 @@ at::Tensor mask_tokens_grid_forward(const at::Tensor& tokens, const at::Tensor& 
   CHECK_DEVICE(tokens);
   CHECK_SAME_DEVICE(mask_token, tokens);
   CHECK_SAME_DEVICE(cell_mask, tokens);
-  const c10::cuda::CUDAGuard guard(tokens.device());
+  const DeviceGuard guard(tokens.device());
   const at::Tensor source = last_dim_dense(tokens);
   const at::Tensor token = mask_token.reshape({C}).contiguous();
   at::Tensor out = at::empty({B, H, W, C}, tokens.options().memory_format(at::MemoryFormat::Contiguous));
@@ -324,7 +352,7 @@ at::Tensor mask_tokens_grid_forward(const at::Tensor& tokens, const at::Tensor& 
                  masksub::launch_mask_tokens_grid_forward<T>(
                      data_of<T>(source), source.stride(0), source.stride(1), source.stride(2), data_of<T>(token),
                      cell_bytes(cells), mutable_data_of<T>(out), B, H, W, C, cell_size,
-                     c10::cuda::getCurrentCUDAStream()));
+                     current_stream()));
   });
   return out;
 }
@@ -338,7 +366,7 @@ std::tuple<at::Tensor, at::Tensor> mask_tokens_grid_backward(const at::Tensor& g
   const at::Tensor cells = checked_cell_mask(cell_mask, B, H, W, cell_size, "grad_out");
   CHECK_DEVICE(grad_out);
   CHECK_SAME_DEVICE(cell_mask, grad_out);
-  const c10::cuda::CUDAGuard guard(grad_out.device());
+  const DeviceGuard guard(grad_out.device());
   const auto options = grad_out.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor grad_tokens = need_tokens_grad ? at::empty({B, H, W, C}, options) : at::empty({0}, options);
   at::Tensor grad_mask = at::empty({need_mask_grad ? C : 0}, options);
@@ -354,7 +382,7 @@ std::tuple<at::Tensor, at::Tensor> mask_tokens_grid_backward(const at::Tensor& g
                      data_of<T>(source), source.stride(0), source.stride(1), source.stride(2), cell_bytes(cells),
                      need_tokens_grad ? mutable_data_of<T>(grad_tokens) : nullptr,
                      need_mask_grad ? mutable_data_of<T>(grad_mask) : nullptr, partials.mutable_data_ptr(), B, H, W,
-                     C, cell_size, c10::cuda::getCurrentCUDAStream()));
+                     C, cell_size, current_stream()));
   });
   return {grad_tokens, grad_mask};
 }
@@ -448,14 +476,14 @@ at::Tensor masksub_loss_forward(const at::Tensor& logits, const std::optional<at
                                 int64_t ignore_index, double temperature, std::optional<double> target_threshold) {
   const LossOperands ops = loss_operands(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature,
                                          target_threshold);
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const DeviceGuard guard(logits.device());
   at::Tensor out = at::zeros({masksub::kLossRows, logits.size(0)}, logits.options().dtype(at::kFloat));
   dispatch_float(logits.scalar_type(), "logits", [&](auto tag) {
     using T = typename decltype(tag)::type;
     CHECK_LAUNCH("masksub_loss_forward",
                  masksub::launch_masksub_loss_forward<T>(data_of<T>(ops.logits), ops.problem,
                                                          out.mutable_data_ptr<float>(),
-                                                         c10::cuda::getCurrentCUDAStream()));
+                                                         current_stream()));
   });
   return out;
 }
@@ -485,7 +513,7 @@ std::tuple<at::Tensor, at::Tensor> masksub_loss_backward(
   TORCH_CHECK(!grad_sub || sub_logits, "grad_sub needs sub_logits: without them there is no sub term");
   const at::Tensor gm = grad_main ? checked_row_grad(*grad_main, logits, "grad_main") : at::Tensor();
   const at::Tensor gs = grad_sub ? checked_row_grad(*grad_sub, logits, "grad_sub") : at::Tensor();
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const DeviceGuard guard(logits.device());
   const auto options = logits.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor grad_logits = grad_main ? at::empty(logits.sizes(), options) : at::empty({0}, options);
   at::Tensor grad_sub_logits = grad_sub ? at::empty(logits.sizes(), options) : at::empty({0}, options);
@@ -497,7 +525,7 @@ std::tuple<at::Tensor, at::Tensor> masksub_loss_backward(
                      grad_main ? gm.const_data_ptr<float>() : nullptr, grad_main ? gm.stride(0) : 0,
                      grad_sub ? gs.const_data_ptr<float>() : nullptr, grad_sub ? gs.stride(0) : 0,
                      grad_main ? mutable_data_of<T>(grad_logits) : nullptr,
-                     grad_sub ? mutable_data_of<T>(grad_sub_logits) : nullptr, c10::cuda::getCurrentCUDAStream()));
+                     grad_sub ? mutable_data_of<T>(grad_sub_logits) : nullptr, current_stream()));
   });
   return {grad_logits, grad_sub_logits};
 }

@@ -300,9 +300,10 @@ inline LossConstants constants_of(const LossProblem& p) {
   return {1.0f / p.temperature, p.label_smoothing / classes, 1.0f / classes};
 }
 
+// Pointers are checked only for a non-empty problem: an empty tensor's data pointer may be null.
 inline bool valid_problem(const LossProblem& p) {
   return p.rows >= 0 && p.rows <= INT32_MAX && p.classes >= 1 && p.temperature > 0.0f &&
-         (p.target_kind == TargetKind::kNone || p.target != nullptr);
+         (p.rows == 0 || p.target_kind == TargetKind::kNone || p.target != nullptr);
 }
 
 }  // namespace
@@ -326,11 +327,12 @@ cudaError_t launch_masksub_loss_backward(const T* logits, const LossProblem& pro
                                          const float* grad_main, int64_t stride_grad_main, const float* grad_sub,
                                          int64_t stride_grad_sub, T* grad_logits, T* grad_sub_logits,
                                          cudaStream_t stream) {
-  if (!valid_problem(problem) || (grad_logits != nullptr && grad_main == nullptr) ||
+  if (!valid_problem(problem)) return cudaErrorInvalidValue;
+  if (problem.rows == 0 || (grad_logits == nullptr && grad_sub_logits == nullptr)) return cudaSuccess;
+  if ((grad_logits != nullptr && grad_main == nullptr) ||
       (grad_sub_logits != nullptr && (grad_sub == nullptr || problem.sub_logits == nullptr))) {
     return cudaErrorInvalidValue;
   }
-  if (problem.rows == 0 || (grad_logits == nullptr && grad_sub_logits == nullptr)) return cudaSuccess;
   loss_backward_kernel<T><<<static_cast<unsigned int>(problem.rows), kLossThreads, 0, stream>>>(
       logits, problem, constants_of(problem), out, grad_main, stride_grad_main, grad_sub, stride_grad_sub,
       grad_logits, grad_sub_logits);

@@ -6,7 +6,8 @@ first use) resolved per call from the device of the op's tensors:
 - ``auto`` (default): CUDA tensors run the Triton kernels (the CUDA extension if Triton is missing, the PyTorch
   reference if neither is); CPU tensors run the PyTorch reference.
 - ``triton``: the Triton kernels; CPU tensors are accepted only under ``TRITON_INTERPRET=1`` (how the tests run).
-- ``cuda``: the compiled extension ``masksub_kernels._C``; CUDA tensors only.
+- ``cuda``: the compiled extension ``masksub_kernels._C``; CUDA tensors only (CPU tensors too once the CUDA
+  emulator is installed: ``masksub_kernels.tools.cuda_emulator``, a test instrument that runs csrc/ on the CPU).
 - ``torch``: the PyTorch reference everywhere.
 
 Nothing here touches a GPU at import time: availability is probed lazily, when first asked.
@@ -27,6 +28,7 @@ _CONCRETE = ("triton", "cuda", "torch")
 
 _requested: str | None = None  # None until first use: then MASKSUB_BACKEND or "auto"
 _last_used: dict[str, str] = {}
+_cuda_emulator = None  # csrc/ compiled for the CPU (tools/cuda_emulator.py): the `cuda` backend on CPU tensors
 
 
 def triton_interpreted() -> bool:
@@ -49,6 +51,8 @@ def _triton_missing() -> str | None:
 @functools.cache
 def _cuda_missing() -> str | None:
     """Why the CUDA extension backend cannot run here, or None when it imports."""
+    if _cuda_emulator is not None:
+        return None
     try:
         importlib.import_module("masksub_kernels._C")
     except ImportError as exc:
@@ -58,6 +62,21 @@ def _cuda_missing() -> str | None:
             "with a CUDA toolkit and a CUDA build of torch"
         )
     return None
+
+
+def set_cuda_emulator(module) -> None:
+    """Use ``module`` (masksub_kernels.tools.cuda_emulator.build()) as the ``cuda`` backend, for CPU tensors; None
+    restores the compiled extension. A test instrument: ``auto`` never chooses it."""
+    global _cuda_emulator
+    _cuda_emulator = module
+    _cuda_missing.cache_clear()
+
+
+def cuda_module():
+    """The module behind the ``cuda`` backend: the CUDA emulator when installed, else ``masksub_kernels._C``."""
+    if _cuda_emulator is not None:
+        return _cuda_emulator
+    return importlib.import_module("masksub_kernels._C")
 
 
 def _missing(name: str) -> str | None:
@@ -128,7 +147,7 @@ def resolve_backend(device: torch.device | str, op: str | None = None) -> str:
             )
         chosen = "triton"
     elif requested == "cuda":
-        if not on_cuda:
+        if not on_cuda and not (_cuda_emulator is not None and device.type == "cpu"):
             raise RuntimeError(f"backend 'cuda' got tensors on {device}: the CUDA extension needs CUDA tensors")
         chosen = "cuda"
     else:

@@ -1,7 +1,10 @@
-"""Test set-up: the Triton kernels run on the CPU interpreter unless a GPU is present.
+"""Test set-up: without a GPU, the Triton kernels run on the CPU interpreter and the CUDA extension's sources on
+the CUDA emulator; with a GPU, the tests run on CUDA tensors (the GPU suite).
 
 TRITON_INTERPRET is read when @triton.jit runs, i.e. when masksub_kernels is imported, so it is set here, before
-any import of the package. On a machine with a CUDA device the tests run on CUDA tensors instead (the GPU suite).
+any import of the package. MASKSUB_CUDA_EMULATOR chooses whether the ``cuda`` backend runs on the emulator
+(masksub_kernels.tools.cuda_emulator: csrc/ compiled for the CPU) where there is no GPU: ``auto`` (default: when a
+CUDA toolkit's headers are present), ``1`` (required: a build failure fails the run; CI), ``0`` (never).
 """
 
 import os
@@ -18,10 +21,26 @@ import masksub_kernels as mk
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _install_cuda_emulator() -> bool:
+    """Install the CUDA emulator as the ``cuda`` backend for CPU tensors, as MASKSUB_CUDA_EMULATOR says."""
+    setting = os.environ.get("MASKSUB_CUDA_EMULATOR", "auto")
+    if DEVICE.type == "cuda" or setting == "0":
+        return False
+    from masksub_kernels.tools import cuda_emulator
+
+    if setting != "1" and cuda_emulator.missing() is not None:
+        return False
+    cuda_emulator.install()
+    return True
+
+
+CUDA_EMULATED = _install_cuda_emulator()
+
+
 def kernel_backends() -> list[str]:
     """The non-reference backends that can run on DEVICE in this process (the CUDA extension may import on a
-    machine without a GPU, but runs on CUDA tensors only)."""
-    runnable = {"triton"} | ({"cuda"} if DEVICE.type == "cuda" else set())
+    machine without a GPU, but runs on CUDA tensors only, or on CPU tensors through the CUDA emulator)."""
+    runnable = {"triton"} | ({"cuda"} if DEVICE.type == "cuda" or CUDA_EMULATED else set())
     return [name for name in mk.available_backends() if name in runnable]
 
 

@@ -34,10 +34,11 @@ def cdiv(a: int, b: int) -> int:
 
 
 def cuda_extension():
-    """The compiled extension ``masksub_kernels._C`` (built by setup.py where a CUDA toolkit is present)."""
-    from .. import _C
+    """The compiled extension ``masksub_kernels._C`` (built by setup.py where a CUDA toolkit is present), or the CUDA
+    emulator standing in for it (masksub_kernels.tools.cuda_emulator)."""
+    from .._backend import cuda_module
 
-    return _C
+    return cuda_module()
 
 
 class MaskSubOp:

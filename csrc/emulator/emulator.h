@@ -1,0 +1,306 @@
+// A CPU emulator of the CUDA execution model, just wide enough to run csrc/ on CPU tensors (no GPU needed):
+// masksub_kernels/tools/cuda_emulator.py compiles the very .cu sources with the host C++ compiler, this header
+// force-included (-include) and every `kernel<<<grid, block, smem, stream>>>(args)` rewritten as
+// `::masksub_emu::launch(kernel, grid, block, smem, stream)(args)`.
+//
+// Model, and why it is faithful where the kernels depend on it:
+//   - a launch runs its blocks one after another; the threads of a block are fibers (ucontext) on the calling
+//     thread, each running until it reaches a barrier or exits, in thread order. Deterministic, and the harshest
+//     schedule for a missing barrier: every thread runs as far ahead of the others as it can, so a read of shared
+//     memory that another thread has not yet written, or a write over data others still read, shows in the
+//     results instead of depending on timing;
+//   - __shared__ is a function-local static: one object per kernel instantiation, shared by the threads of the
+//     block that runs (blocks never overlap);
+//   - __syncthreads() waits for every thread of the block that has not exited (as on sm_70 and later); when no
+//     thread can move (a barrier some live thread never reaches) the emulator aborts with a message;
+//   - __shfl_xor_sync exchanges through a per-warp buffer between two warp barriers; a full-mask shuffle with an
+//     exited lane aborts (undefined behaviour on a GPU);
+//   - launch configurations are checked as the driver checks them (<= 1024 threads per block, grid.y/z <= 65535),
+//     and a bad one is reported by cudaGetLastError() as cudaErrorInvalidConfiguration;
+//   - cub::BlockRadixSort / BlockScan are re-implemented from their documented contracts (emulator/cub/).
+// What it does not model: concurrency between barriers (warp-synchronous code without *_sync, memory ordering),
+// shared memory size limits, and device maths: expf, logf... are the host's libm (ULP-level differences).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>  // types only (dim3, uint4, cudaError_t, cudaStream_t): nothing links the CUDA runtime
+
+#include <ucontext.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace masksub_emu {
+
+constexpr int kWarpSize = 32;
+constexpr size_t kFiberStack = size_t{256} << 10;  // bytes of stack per emulated thread
+
+[[noreturn]] inline void fail(const char* what) {
+  std::fprintf(stderr, "masksub CUDA emulator: %s\n", what);
+  std::fflush(stderr);
+  std::abort();
+}
+
+struct ThreadContext {
+  uint3 thread_idx{0, 0, 0};
+  uint3 block_idx{0, 0, 0};
+  dim3 block_dim{1, 1, 1};
+  dim3 grid_dim{1, 1, 1};
+  int linear = 0;  // x + y * blockDim.x + z * blockDim.x * blockDim.y: the lane is linear % 32, as on a GPU
+  struct Block* block = nullptr;
+};
+
+// The fibers of the block that runs, and the scheduler's own context to switch back to.
+struct Scheduler {
+  ucontext_t home;
+  ucontext_t* running = nullptr;  // the fiber that runs now
+  ThreadContext* thread = nullptr;
+  const std::function<void()>* body = nullptr;
+  uint64_t events = 0;  // arrivals, releases and exits: a round of the scheduler without one is a deadlock
+};
+
+inline Scheduler& scheduler() {
+  static thread_local Scheduler current;
+  return current;
+}
+
+inline void yield() { swapcontext(scheduler().running, &scheduler().home); }
+
+// A reusable barrier for a group of threads, from which exited threads drop out.
+class Barrier {
+ public:
+  explicit Barrier(int count) : expected_(count) {}
+
+  void arrive_and_wait() {
+    const uint64_t generation = generation_;
+    ++scheduler().events;
+    if (++arrived_ == expected_) {
+      release();
+      return;
+    }
+    while (generation_ == generation) yield();
+  }
+
+  void drop() {
+    ++scheduler().events;
+    --expected_;
+    if (arrived_ > 0 && arrived_ == expected_) release();
+  }
+
+  int live() const { return expected_; }
+
+ private:
+  void release() {
+    arrived_ = 0;
+    ++generation_;
+  }
+
+  int expected_;
+  int arrived_ = 0;
+  uint64_t generation_ = 0;
+};
+
+struct Warp {
+  explicit Warp(int lanes) : barrier(lanes) {}
+  Barrier barrier;
+  unsigned char slots[kWarpSize][16];
+};
+
+struct Block {
+  explicit Block(int threads) : barrier(threads) {
+    for (int first = 0; first < threads; first += kWarpSize) {
+      warps.push_back(std::make_unique<Warp>(threads - first < kWarpSize ? threads - first : kWarpSize));
+    }
+  }
+  Barrier barrier;
+  std::vector<std::unique_ptr<Warp>> warps;
+};
+
+inline ThreadContext& context() {
+  ThreadContext* thread = scheduler().thread;
+  if (thread == nullptr) fail("a device function ran outside a kernel launch");
+  return *thread;
+}
+
+inline Block& current_block() { return *context().block; }
+
+inline void sync_threads() { current_block().barrier.arrive_and_wait(); }
+
+template <typename T>
+T shfl_xor_sync(unsigned mask, T value, int lane_mask, int width) {
+  static_assert(sizeof(T) <= 16 && std::is_trivially_copyable<T>::value, "shuffle of a register-sized value");
+  if (width != kWarpSize || mask != 0xFFFFFFFFu) fail("__shfl_xor_sync: only full-warp shuffles are emulated");
+  const int lane = context().linear % kWarpSize;
+  Warp& warp = *current_block().warps[context().linear / kWarpSize];
+  if (warp.barrier.live() != kWarpSize) fail("__shfl_xor_sync: a full-mask shuffle in a warp with exited lanes");
+  std::memcpy(warp.slots[lane], &value, sizeof(T));
+  warp.barrier.arrive_and_wait();
+  T result;
+  std::memcpy(&result, warp.slots[(lane ^ lane_mask) % kWarpSize], sizeof(T));
+  warp.barrier.arrive_and_wait();
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Launches
+// ---------------------------------------------------------------------------------------------------------------
+
+inline cudaError_t& last_error() {
+  thread_local cudaError_t error = cudaSuccess;
+  return error;
+}
+
+inline cudaError_t get_last_error() {
+  const cudaError_t error = last_error();
+  last_error() = cudaSuccess;
+  return error;
+}
+
+inline const char* error_string(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    default:
+      return "unknown error";
+  }
+}
+
+inline bool valid_configuration(dim3 grid, dim3 block) {
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  return threads >= 1 && threads <= 1024 && block.z <= 64 && grid.x >= 1 && grid.x <= 0x7FFFFFFFu &&
+         grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 && grid.z <= 65535;
+}
+
+// Stacks of the fibers, kept from one block to the next (allocated lazily by the OS: untouched pages cost nothing).
+inline char* fiber_stack(int index) {
+  static thread_local std::vector<std::unique_ptr<char[]>> stacks;
+  while (static_cast<int>(stacks.size()) <= index) stacks.emplace_back(new char[kFiberStack]);
+  return stacks[index].get();
+}
+
+inline void fiber_main() {
+  Scheduler& s = scheduler();
+  ThreadContext& thread = *s.thread;
+  (*s.body)();
+  Block& block = *thread.block;
+  block.warps[thread.linear / kWarpSize]->barrier.drop();  // an exited thread: barriers stop waiting for it
+  block.barrier.drop();
+  thread.block = nullptr;  // returning switches to uc_link, the scheduler
+}
+
+inline void run_block(dim3 grid, dim3 block_dim, uint3 block_idx, const std::function<void()>& body) {
+  const int threads = static_cast<int>(block_dim.x * block_dim.y * block_dim.z);
+  Scheduler& s = scheduler();
+  if (s.running != nullptr) fail("a kernel launched from inside a kernel (dynamic parallelism is not emulated)");
+  Block block(threads);
+  std::vector<ThreadContext> contexts(threads);
+  std::vector<ucontext_t> fibers(threads);
+  for (int linear = 0; linear < threads; ++linear) {
+    ThreadContext& c = contexts[linear];
+    c.linear = linear;
+    c.thread_idx = {linear % block_dim.x, (linear / block_dim.x) % block_dim.y, linear / (block_dim.x * block_dim.y)};
+    c.block_idx = block_idx;
+    c.block_dim = block_dim;
+    c.grid_dim = grid;
+    c.block = &block;
+    getcontext(&fibers[linear]);
+    fibers[linear].uc_stack.ss_sp = fiber_stack(linear);
+    fibers[linear].uc_stack.ss_size = kFiberStack;
+    fibers[linear].uc_link = &s.home;
+    makecontext(&fibers[linear], fiber_main, 0);
+  }
+  s.body = &body;
+  int remaining = threads;
+  while (remaining > 0) {
+    const uint64_t events = s.events;
+    for (int linear = 0; linear < threads; ++linear) {
+      if (contexts[linear].block == nullptr) continue;  // exited
+      s.running = &fibers[linear];
+      s.thread = &contexts[linear];
+      swapcontext(&s.home, &fibers[linear]);
+      if (contexts[linear].block == nullptr) --remaining;
+    }
+    if (remaining > 0 && s.events == events) {
+      fail("deadlock: live threads wait at a barrier (__syncthreads or a warp shuffle) that others never reach");
+    }
+  }
+  s.running = nullptr;
+  s.thread = nullptr;
+  s.body = nullptr;
+}
+
+template <typename... Params>
+struct Launch {
+  void (*kernel)(Params...);
+  dim3 grid, block;
+
+  // Arguments convert to the kernel's parameter types as in a CUDA launch; every thread gets its own copies.
+  template <typename... Args>
+  void operator()(Args&&... args) const {
+    if (!valid_configuration(grid, block)) {
+      last_error() = cudaErrorInvalidConfiguration;
+      return;
+    }
+    const std::tuple<std::decay_t<Params>...> params(static_cast<Params>(std::forward<Args>(args))...);
+    auto kernel_of_launch = kernel;
+    const std::function<void()> body = [&] { std::apply(kernel_of_launch, params); };
+    for (unsigned z = 0; z < grid.z; ++z) {
+      for (unsigned y = 0; y < grid.y; ++y) {
+        for (unsigned x = 0; x < grid.x; ++x) run_block(grid, block, {x, y, z}, body);
+      }
+    }
+  }
+};
+
+template <typename... Params>
+Launch<Params...> launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_shared = 0,
+                         cudaStream_t stream = nullptr) {
+  (void)stream;  // one host thread runs everything in order: every launch is complete when it returns
+  if (dynamic_shared != 0) fail("dynamic shared memory is not emulated");
+  return {kernel, grid, block};
+}
+
+}  // namespace masksub_emu
+
+// ---------------------------------------------------------------------------------------------------------------
+// The CUDA names the kernels use, for the host compiler
+// ---------------------------------------------------------------------------------------------------------------
+
+#undef __shared__
+#define __shared__ static
+#define __launch_bounds__(...)
+#define threadIdx (::masksub_emu::context().thread_idx)
+#define blockIdx (::masksub_emu::context().block_idx)
+#define blockDim (::masksub_emu::context().block_dim)
+#define gridDim (::masksub_emu::context().grid_dim)
+#define cudaGetLastError() ::masksub_emu::get_last_error()
+#define cudaGetErrorString(error) ::masksub_emu::error_string(error)
+
+inline void __syncthreads() { ::masksub_emu::sync_threads(); }
+
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = ::masksub_emu::kWarpSize) {
+  return ::masksub_emu::shfl_xor_sync(mask, value, lane_mask, width);
+}
+
+template <typename T>
+T __ldg(const T* pointer) {
+  return *pointer;
+}
+
+inline unsigned int __umulhi(unsigned int a, unsigned int b) {
+  return static_cast<unsigned int>((static_cast<uint64_t>(a) * b) >> 32);
+}

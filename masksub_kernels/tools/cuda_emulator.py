@@ -1,0 +1,152 @@
+"""Run the CUDA extension's own sources (csrc/) on the CPU: the ``cuda`` backend without a GPU.
+
+The kernels of csrc/ are compiled by the host C++ compiler with csrc/emulator/emulator.h force-included (threads
+as OS threads, ``__syncthreads`` as a barrier, warp shuffles, cub's block sort and scan from their contracts; the
+header says what is and is not modelled), together with csrc/bindings.cpp under ``MASKSUB_EMULATOR``, into a torch
+extension that takes CPU tensors. :func:`install` makes it the ``cuda`` backend for CPU tensors in this process, so
+the tests that compare every backend with the reference run the CUDA sources' arithmetic, indexing, launch
+configurations and barriers on a machine without a GPU. It is a test instrument, slow by design (one OS thread per
+CUDA thread), and never chosen by ``auto``.
+
+    python -m masksub_kernels.tools.cuda_emulator          # build it (about a minute) and run a smoke check
+
+The only source change is syntactic: ``kernel<<<grid, block, smem, stream>>>(args)`` becomes
+``::masksub_emu::launch(kernel, grid, block, smem, stream)(args)`` in copies of the files under the build folder.
+Needs the CUDA toolkit's headers (cuda_fp16.h, cuda_bf16.h, cuda_runtime.h for types), not its compiler or runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from .cuda_home import find_cuda_home
+
+REPO = Path(__file__).resolve().parents[2]
+CSRC = REPO / "csrc"
+EMULATOR = CSRC / "emulator"
+MODULE_NAME = "masksub_kernels_cuda_emulator"
+DEFAULT_BUILD_DIR = REPO / "build" / "cuda_emulator"
+
+# `name<targs><<<config>>>`: a kernel (optionally with template arguments, which hold no <> or parentheses in
+# csrc/) and its launch configuration, up to the first `>>>`.
+_LAUNCH = re.compile(r"\b([A-Za-z_]\w*(?:\s*<[^<>;()]*>)?)\s*<<<(.*?)>>>", re.DOTALL)
+
+
+def rewrite_launches(source: str) -> str:
+    """``k<<<cfg>>>(args)`` -> ``::masksub_emu::launch(k, cfg)(args)``; anything else unchanged."""
+    return _LAUNCH.sub(lambda m: f"::masksub_emu::launch({m.group(1)}, {m.group(2)})", source)
+
+
+def cuda_include_dir() -> Path | None:
+    """The toolkit's include folder with cuda_fp16.h, or None."""
+    home = find_cuda_home()
+    if home is None or not (home / "include" / "cuda_fp16.h").exists():
+        return None
+    return home / "include"
+
+
+def missing() -> str | None:
+    """Why the emulator cannot be built here, or None."""
+    if sys.platform != "linux":
+        return f"the CUDA emulator is built with the Linux host compiler only, this is {sys.platform}"
+    if cuda_include_dir() is None:
+        return "the CUDA emulator needs the CUDA toolkit's headers (cuda_fp16.h): no CUDA toolkit was found"
+    return None
+
+
+def _stage_sources(build_dir: Path) -> list[Path]:
+    """Copies of csrc/ with the launches rewritten (.cu -> .cpp for the host compiler); the translation units."""
+    staged = build_dir / "src"
+    staged.mkdir(parents=True, exist_ok=True)
+    units = []
+    for path in sorted(CSRC.iterdir()):
+        if path.suffix not in (".cu", ".cuh", ".h", ".cpp"):
+            continue
+        target = staged / (path.stem + ".cpp" if path.suffix == ".cu" else path.name)
+        text = rewrite_launches(path.read_text())
+        if not target.exists() or target.read_text() != text:  # unchanged files keep their timestamps (no rebuild)
+            target.write_text(text)
+        if target.suffix == ".cpp":
+            units.append(target)
+    return units
+
+
+def build(build_dir: Path | str = DEFAULT_BUILD_DIR, verbose: bool = False):
+    """Compile (or reuse) the emulated extension and return the module; raises RuntimeError when it cannot."""
+    reason = missing()
+    if reason is not None:
+        raise RuntimeError(reason)
+    from torch.utils import cpp_extension
+
+    build_dir = Path(build_dir)
+    units = _stage_sources(build_dir)
+    emulator_files = sorted(EMULATOR.rglob("*.h")) + sorted(EMULATOR.rglob("*.cuh"))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in emulator_files)).hexdigest()[:12]
+    flags = [
+        "-O2",
+        "-pthread",
+        "-DMASKSUB_EMULATOR",
+        f"-DMASKSUB_EMULATOR_DIGEST={digest}",  # a changed emulator header changes the flags: the build reruns
+        "-include",
+        str(EMULATOR / "emulator.h"),
+        f"-I{EMULATOR}",  # emulator/cub/... before anything else named cub
+        f"-I{cuda_include_dir()}",
+        "-Wno-unknown-pragmas",
+    ]
+    return cpp_extension.load(
+        name=MODULE_NAME,
+        sources=[str(unit) for unit in units],
+        extra_cflags=flags,
+        extra_ldflags=["-pthread"],
+        build_directory=str(build_dir),
+        with_cuda=False,
+        verbose=verbose,
+    )
+
+
+def install(module=None) -> None:
+    """Make the emulated extension the ``cuda`` backend for CPU tensors in this process (built when not given)."""
+    from .. import _backend
+
+    _backend.set_cuda_emulator(module if module is not None else build())
+
+
+def _smoke_check(module) -> None:
+    """One call of each op family against the reference, printed."""
+    from ..ops.token_select import random_keep_indices
+
+    with torch.no_grad():
+        ids, _ = module.select_tokens(7, None, 4, 196, 98, False, True, torch.device("cpu"))
+        from .. import use_backend
+
+        with use_backend("torch"):
+            expected = random_keep_indices(4, 196, 98, seed=7)
+        print(f"select_tokens 4 x 196 -> 98: {'identical to the reference' if torch.equal(ids, expected) else 'DIFFERS'}")
+        logits = torch.randn(8, 1000)
+        out = module.masksub_loss_forward(logits, logits.flip(1), torch.arange(8), False, 0.1, -100, 1.0, None)
+        print(f"masksub_loss_forward 8 x 1000: main losses {out[0, :3].tolist()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD_DIR)
+    parser.add_argument("--verbose", action="store_true", help="show the compiler's commands")
+    args = parser.parse_args(argv)
+    reason = missing()
+    if reason is not None:
+        print(reason, file=sys.stderr)
+        return 1
+    module = build(args.build_dir, verbose=args.verbose)
+    print(f"built {module.__file__}")
+    _smoke_check(module)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
