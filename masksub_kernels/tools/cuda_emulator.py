@@ -1,12 +1,12 @@
 """Run the CUDA extension's own sources (csrc/) on the CPU: the ``cuda`` backend without a GPU.
 
 The kernels of csrc/ are compiled by the host C++ compiler with csrc/emulator/emulator.h force-included (threads
-as OS threads, ``__syncthreads`` as a barrier, warp shuffles, cub's block sort and scan from their contracts; the
+as fibers, ``__syncthreads`` as a barrier, warp shuffles, cub's block sort and scan from their contracts; the
 header says what is and is not modelled), together with csrc/bindings.cpp under ``MASKSUB_EMULATOR``, into a torch
 extension that takes CPU tensors. :func:`install` makes it the ``cuda`` backend for CPU tensors in this process, so
 the tests that compare every backend with the reference run the CUDA sources' arithmetic, indexing, launch
-configurations and barriers on a machine without a GPU. It is a test instrument, slow by design (one OS thread per
-CUDA thread), and never chosen by ``auto``.
+configurations and barriers on a machine without a GPU. It is a test instrument, slow by design (one fiber per CUDA
+thread), and never chosen by ``auto``.
 
     python -m masksub_kernels.tools.cuda_emulator          # build it (about a minute) and run a smoke check
 
@@ -77,20 +77,12 @@ def _stage_sources(build_dir: Path) -> list[Path]:
     return units
 
 
-def build(build_dir: Path | str = DEFAULT_BUILD_DIR, verbose: bool = False):
-    """Compile (or reuse) the emulated extension and return the module; raises RuntimeError when it cannot."""
-    reason = missing()
-    if reason is not None:
-        raise RuntimeError(reason)
-    from torch.utils import cpp_extension
-
-    build_dir = Path(build_dir)
-    units = _stage_sources(build_dir)
+def compile_flags() -> list[str]:
+    """Host compiler flags that turn a CUDA source (launches rewritten) into CPU code on the emulator."""
     emulator_files = sorted(EMULATOR.rglob("*.h")) + sorted(EMULATOR.rglob("*.cuh"))
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in emulator_files)).hexdigest()[:12]
-    flags = [
+    return [
         "-O2",
-        "-pthread",
         "-DMASKSUB_EMULATOR",
         f"-DMASKSUB_EMULATOR_DIGEST={digest}",  # a changed emulator header changes the flags: the build reruns
         "-include",
@@ -99,11 +91,27 @@ def build(build_dir: Path | str = DEFAULT_BUILD_DIR, verbose: bool = False):
         f"-I{cuda_include_dir()}",
         "-Wno-unknown-pragmas",
     ]
+
+
+def build(build_dir: Path | str = DEFAULT_BUILD_DIR, verbose: bool = False):
+    """Compile (or reuse) the emulated extension and return the module; raises RuntimeError when it cannot."""
+    reason = missing()
+    if reason is not None:
+        raise RuntimeError(reason)
+    import os
+
+    # torch.utils.cpp_extension guesses CUDA_HOME on import and warns when it finds no runtime; nothing here links
+    # CUDA, but the real toolkit is the right answer to its question (see tools/cuda_home.py).
+    os.environ.setdefault("CUDA_HOME", str(find_cuda_home()))
+    from torch.utils import cpp_extension
+
+    build_dir = Path(build_dir)
+    units = _stage_sources(build_dir)
+    flags = compile_flags()
     return cpp_extension.load(
         name=MODULE_NAME,
         sources=[str(unit) for unit in units],
         extra_cflags=flags,
-        extra_ldflags=["-pthread"],
         build_directory=str(build_dir),
         with_cuda=False,
         verbose=verbose,
@@ -117,20 +125,24 @@ def install(module=None) -> None:
     _backend.set_cuda_emulator(module if module is not None else build())
 
 
-def _smoke_check(module) -> None:
-    """One call of each op family against the reference, printed."""
-    from ..ops.token_select import random_keep_indices
+def _smoke_check() -> bool:
+    """One selection and one fused loss through the public ops, the emulated ``cuda`` backend against ``torch``."""
+    from .. import masksub_loss, random_keep_indices, use_backend
 
-    with torch.no_grad():
-        ids, _ = module.select_tokens(7, None, 4, 196, 98, False, True, torch.device("cpu"))
-        from .. import use_backend
-
-        with use_backend("torch"):
-            expected = random_keep_indices(4, 196, 98, seed=7)
-        print(f"select_tokens 4 x 196 -> 98: {'identical to the reference' if torch.equal(ids, expected) else 'DIFFERS'}")
-        logits = torch.randn(8, 1000)
-        out = module.masksub_loss_forward(logits, logits.flip(1), torch.arange(8), False, 0.1, -100, 1.0, None)
-        print(f"masksub_loss_forward 8 x 1000: main losses {out[0, :3].tolist()}")
+    generator = torch.Generator().manual_seed(0)
+    main_logits, sub_logits = torch.randn(2, 8, 1000, generator=generator).unbind(0)
+    labels = torch.randint(0, 1000, (8,), generator=generator)
+    results = {}
+    for backend in ("cuda", "torch"):
+        with use_backend(backend):
+            ids = random_keep_indices(4, 196, 98, seed=7)
+            loss = masksub_loss(main_logits, sub_logits, labels, label_smoothing=0.1).loss
+        results[backend] = ids, loss
+    same_ids = torch.equal(results["cuda"][0], results["torch"][0])
+    loss_error = (results["cuda"][1] - results["torch"][1]).abs().item()
+    print(f"random_keep_indices 4 x 196 -> 98: {'identical to' if same_ids else 'DIFFERENT from'} the reference")
+    print(f"masksub_loss 8 x 1000: {results['cuda'][1].item():.6f} (|cuda - torch| = {loss_error:.2e})")
+    return same_ids and loss_error <= 1e-5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     module = build(args.build_dir, verbose=args.verbose)
     print(f"built {module.__file__}")
-    _smoke_check(module)
-    return 0
+    install(module)
+    return 0 if _smoke_check() else 1
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@
 //   arrangement (item i of thread t is element t * ITEMS + i), sorted ascending by key, *stably* ("BlockRadixSort
 //   is stable", cub/block/block_radix_sort.cuh), and handed back striped (item i of thread t has rank
 //   i * BLOCK_THREADS + t). Like cub, it ends without a barrier: reusing the storage needs a __syncthreads().
+// The sorted pairs are read back from the start of the storage, so a caller that reuses it without that barrier
+// (a union with its own shared arrays, as cub's documentation suggests) overwrites pairs that other threads have
+// not read yet: under the emulator's schedule the race shows in the results.
 #pragma once
 
 #include <algorithm>
-#include <numeric>
 
 namespace cub {
 
@@ -16,31 +18,29 @@ class BlockRadixSort {
   static constexpr int kItems = BLOCK_THREADS * ITEMS;
 
  public:
+  struct Item {
+    Key key;
+    Value value;
+  };
   struct TempStorage {
-    Key keys[kItems];
-    Value values[kItems];
-    int order[kItems];
+    Item items[kItems];
   };
 
   explicit BlockRadixSort(TempStorage& storage) : storage_(storage) {}
 
   void SortBlockedToStriped(Key (&keys)[ITEMS], Value (&values)[ITEMS]) {
     const int tid = ::masksub_emu::context().linear;
-    for (int i = 0; i < ITEMS; ++i) {
-      storage_.keys[tid * ITEMS + i] = keys[i];
-      storage_.values[tid * ITEMS + i] = values[i];
-    }
+    for (int i = 0; i < ITEMS; ++i) storage_.items[tid * ITEMS + i] = {keys[i], values[i]};
     __syncthreads();
     if (tid == 0) {
-      std::iota(storage_.order, storage_.order + kItems, 0);
-      std::stable_sort(storage_.order, storage_.order + kItems,
-                       [this](int a, int b) { return storage_.keys[a] < storage_.keys[b]; });
+      std::stable_sort(storage_.items, storage_.items + kItems,
+                       [](const Item& a, const Item& b) { return a.key < b.key; });
     }
     __syncthreads();
     for (int i = 0; i < ITEMS; ++i) {
-      const int source = storage_.order[i * BLOCK_THREADS + tid];
-      keys[i] = storage_.keys[source];
-      values[i] = storage_.values[source];
+      const Item& item = storage_.items[i * BLOCK_THREADS + tid];
+      keys[i] = item.key;
+      values[i] = item.value;
     }
   }
 

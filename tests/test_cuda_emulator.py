@@ -1,0 +1,95 @@
+"""The CUDA emulator (masksub_kernels.tools.cuda_emulator, csrc/emulator/): the launch rewrite, the execution model
+on probe kernels (barriers, races made visible, deadlocks, shuffles, launch limits, cub's sort and scan), and its
+place as the ``cuda`` backend for CPU tensors. The ops' own tests run the ``cuda`` backend on it (tests/ops)."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CUDA_EMULATED
+
+import masksub_kernels as mk
+from masksub_kernels import _backend
+from masksub_kernels.tools import cuda_emulator
+
+
+def test_rewrite_launches():
+    source = (
+        "k<<<blocks, 256, 0, stream>>>(x, y);\n"
+        "select_kernel<THREADS, ITEMS><<<static_cast<unsigned int>(n), THREADS, 0, stream>>>(a);\n"
+        "partials<T><<<blocks, dim3(32, 8), 0, stream>>>(\n    b);\n"
+        "int shifted = a >> 3 << 2;  // not a launch\n"
+    )
+    assert cuda_emulator.rewrite_launches(source) == (
+        "::masksub_emu::launch(k, blocks, 256, 0, stream)(x, y);\n"
+        "::masksub_emu::launch(select_kernel<THREADS, ITEMS>, static_cast<unsigned int>(n), THREADS, 0, stream)(a);\n"
+        "::masksub_emu::launch(partials<T>, blocks, dim3(32, 8), 0, stream)(\n    b);\n"
+        "int shifted = a >> 3 << 2;  // not a launch\n"
+    )
+
+
+def test_every_csrc_launch_is_rewritten():
+    for path in cuda_emulator.CSRC.glob("*.cu*"):
+        assert "<<<" not in cuda_emulator.rewrite_launches(path.read_text()), path.name
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory) -> Path:
+    compiler = os.environ.get("CXX", "c++")
+    if cuda_emulator.missing() is not None or shutil.which(compiler) is None:
+        pytest.skip(cuda_emulator.missing() or f"no host C++ compiler ({compiler})")
+    folder = tmp_path_factory.mktemp("probe")
+    source = folder / "probe.cpp"
+    source.write_text(cuda_emulator.rewrite_launches((Path(__file__).parent / "cuda_emulator_probe.cu").read_text()))
+    binary = folder / "probe"
+    command = [compiler, "-std=c++17", *cuda_emulator.compile_flags(), str(source), "-o", str(binary)]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    return binary
+
+
+def test_probe_kernels(probe):
+    result = subprocess.run([str(probe)], capture_output=True, text=True, timeout=60, check=True)
+    lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
+    assert set(lines) == {
+        "barrier",
+        "missing_barrier_visible",
+        "warp_sum",
+        "indices",
+        "invalid_configuration",
+        "error_cleared",
+        "radix_sort_stable_striped",
+        "exclusive_sum",
+    }
+    assert all(status == "ok" for status in lines.values()), lines
+
+
+def test_probe_deadlock_aborts_with_a_message(probe):
+    result = subprocess.run([str(probe), "deadlock"], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "masksub CUDA emulator: deadlock" in result.stderr
+    assert "not detected" not in result.stdout
+
+
+@pytest.mark.skipif(not CUDA_EMULATED, reason="the CUDA emulator is not installed in this run")
+class TestAsBackend:
+    def test_cuda_backend_runs_on_cpu_tensors(self):
+        assert "cuda" in mk.available_backends()
+        with mk.use_backend("cuda"):
+            ids = mk.random_keep_indices(2, 16, 4, seed=3)
+        assert mk.last_backend("random_keep_indices") == "cuda"
+        with mk.use_backend("torch"):
+            assert torch.equal(ids, mk.random_keep_indices(2, 16, 4, seed=3))
+
+    def test_auto_never_picks_it(self):
+        with mk.use_backend("auto"):
+            assert _backend.resolve_backend("cpu") == "torch"
+
+    def test_bindings_name_the_emulator_in_device_errors(self):
+        module = _backend.cuda_module()
+        with pytest.raises(RuntimeError, match="device must be a CPU device, got meta"):
+            module.select_tokens(0, None, 1, 4, 2, False, False, torch.device("meta"))
+        with pytest.raises(RuntimeError, match=r"x must be a CPU tensor \(this is the CUDA emulator\), got meta"):
+            module.gather_tokens(torch.empty(1, 4, 2, device="meta"), torch.zeros(1, 2, dtype=torch.long), 0)
