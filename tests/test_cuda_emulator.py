@@ -5,6 +5,7 @@ place as the ``cuda`` backend for CPU tensors. The ops' own tests run the ``cuda
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,27 @@ def test_probe_deadlock_aborts_with_a_message(probe):
     assert result.returncode != 0
     assert "masksub CUDA emulator: deadlock" in result.stderr
     assert "not detected" not in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CUDA_EMULATED, reason="the CUDA emulator is not installed in this run")
+def test_kernels_under_address_sanitizer():
+    """The extension's kernel tests and the public ops on the cuda backend, with every load and store of the
+    kernels checked by AddressSanitizer (an unmasked load past a tensor aborts with a report): ~3 minutes."""
+    try:
+        asan = cuda_emulator.asan_environment()
+    except RuntimeError as exc:
+        if os.environ.get("MASKSUB_CUDA_EMULATOR") == "1":
+            raise
+        pytest.skip(str(exc))
+    env = {**os.environ, **asan, "MASKSUB_CUDA_EMULATOR": "1", "PYTHONUNBUFFERED": "1"}
+    tests = Path(__file__).parent
+    command = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-x"]
+    command += [str(tests / "test_cuda_extension.py"), str(tests / "ops"), "-k", "not ops or cuda"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1500, cwd=tests.parent)
+    report = result.stdout[-6000:] + result.stderr[-6000:]
+    assert result.returncode == 0, report
+    assert "AddressSanitizer" not in report and " passed" in result.stdout, report
 
 
 @pytest.mark.skipif(not CUDA_EMULATED, reason="the CUDA emulator is not installed in this run")

@@ -28,6 +28,10 @@
 
 #include <ucontext.h>
 
+#if defined(__SANITIZE_ADDRESS__)  // AddressSanitizer (tools/cuda_emulator.py, sanitize="address")
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -57,6 +61,8 @@ struct ThreadContext {
   dim3 grid_dim{1, 1, 1};
   int linear = 0;  // x + y * blockDim.x + z * blockDim.x * blockDim.y: the lane is linear % 32, as on a GPU
   struct Block* block = nullptr;
+  char* stack = nullptr;         // the fiber's stack
+  void* fake_stack = nullptr;    // AddressSanitizer's saved state of the fiber while it is switched out
 };
 
 // The fibers of the block that runs, and the scheduler's own context to switch back to.
@@ -66,6 +72,9 @@ struct Scheduler {
   ThreadContext* thread = nullptr;
   const std::function<void()>* body = nullptr;
   uint64_t events = 0;  // arrivals, releases and exits: a round of the scheduler without one is a deadlock
+  void* home_fake_stack = nullptr;  // AddressSanitizer's view of the scheduler's stack, told at each switch
+  const void* home_bottom = nullptr;
+  size_t home_size = 0;
 };
 
 inline Scheduler& scheduler() {
@@ -73,7 +82,31 @@ inline Scheduler& scheduler() {
   return current;
 }
 
-inline void yield() { swapcontext(scheduler().running, &scheduler().home); }
+// Stack switches announced to AddressSanitizer (no-ops without it), so that it tracks the fibers' stacks.
+inline void switch_start(void** fake_stack, const void* bottom, size_t size) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(fake_stack, bottom, size);
+#else
+  (void)fake_stack, (void)bottom, (void)size;
+#endif
+}
+
+inline void switch_finish(void* fake_stack, const void** bottom_old, size_t* size_old) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(fake_stack, bottom_old, size_old);
+#else
+  (void)fake_stack, (void)bottom_old, (void)size_old;
+#endif
+}
+
+// From a fiber back to the scheduler, until the scheduler resumes it.
+inline void yield() {
+  Scheduler& s = scheduler();
+  ThreadContext& thread = *s.thread;
+  switch_start(&thread.fake_stack, s.home_bottom, s.home_size);
+  swapcontext(s.running, &s.home);
+  switch_finish(thread.fake_stack, &s.home_bottom, &s.home_size);
+}
 
 // A reusable barrier for a group of threads, from which exited threads drop out.
 class Barrier {
@@ -193,12 +226,14 @@ inline char* fiber_stack(int index) {
 
 inline void fiber_main() {
   Scheduler& s = scheduler();
+  switch_finish(nullptr, &s.home_bottom, &s.home_size);
   ThreadContext& thread = *s.thread;
   (*s.body)();
   Block& block = *thread.block;
   block.warps[thread.linear / kWarpSize]->barrier.drop();  // an exited thread: barriers stop waiting for it
   block.barrier.drop();
-  thread.block = nullptr;  // returning switches to uc_link, the scheduler
+  thread.block = nullptr;
+  switch_start(nullptr, s.home_bottom, s.home_size);  // returning switches to uc_link, the scheduler, for good
 }
 
 inline void run_block(dim3 grid, dim3 block_dim, uint3 block_idx, const std::function<void()>& body) {
@@ -216,8 +251,9 @@ inline void run_block(dim3 grid, dim3 block_dim, uint3 block_idx, const std::fun
     c.block_dim = block_dim;
     c.grid_dim = grid;
     c.block = &block;
+    c.stack = fiber_stack(linear);
     getcontext(&fibers[linear]);
-    fibers[linear].uc_stack.ss_sp = fiber_stack(linear);
+    fibers[linear].uc_stack.ss_sp = c.stack;
     fibers[linear].uc_stack.ss_size = kFiberStack;
     fibers[linear].uc_link = &s.home;
     makecontext(&fibers[linear], fiber_main, 0);
@@ -230,7 +266,9 @@ inline void run_block(dim3 grid, dim3 block_dim, uint3 block_idx, const std::fun
       if (contexts[linear].block == nullptr) continue;  // exited
       s.running = &fibers[linear];
       s.thread = &contexts[linear];
+      switch_start(&s.home_fake_stack, contexts[linear].stack, kFiberStack);
       swapcontext(&s.home, &fibers[linear]);
+      switch_finish(s.home_fake_stack, nullptr, nullptr);
       if (contexts[linear].block == nullptr) --remaining;
     }
     if (remaining > 0 && s.events == events) {

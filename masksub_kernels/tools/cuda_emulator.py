@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 CSRC = REPO / "csrc"
 EMULATOR = CSRC / "emulator"
 MODULE_NAME = "masksub_kernels_cuda_emulator"
-DEFAULT_BUILD_DIR = REPO / "build" / "cuda_emulator"
+DEFAULT_BUILD_DIR = REPO / "build" / MODULE_NAME
 
 # `name<targs><<<config>>>`: a kernel (optionally with template arguments, which hold no <> or parentheses in
 # csrc/) and its launch configuration, up to the first `>>>`.
@@ -77,12 +79,30 @@ def _stage_sources(build_dir: Path) -> list[Path]:
     return units
 
 
-def compile_flags() -> list[str]:
-    """Host compiler flags that turn a CUDA source (launches rewritten) into CPU code on the emulator."""
+SANITIZERS = ("address",)
+
+
+def sanitizer() -> str | None:
+    """The sanitizer the emulator is built with: MASKSUB_CUDA_EMULATOR_SANITIZE (``address`` or unset)."""
+    value = os.environ.get("MASKSUB_CUDA_EMULATOR_SANITIZE") or None
+    if value is not None and value not in SANITIZERS:
+        raise ValueError(f"MASKSUB_CUDA_EMULATOR_SANITIZE must be one of {SANITIZERS} or empty, got {value!r}")
+    return value
+
+
+def compile_flags(sanitize: str | None = None) -> list[str]:
+    """Host compiler flags that turn a CUDA source (launches rewritten) into CPU code on the emulator.
+
+    ``sanitize="address"`` instruments the kernels with AddressSanitizer: every load and store of a kernel is checked
+    against the allocations (torch's CPU tensors get redzones), so an out-of-bounds access, which a GPU reports as an
+    illegal address or silently reads, stops the run with a report. The process must preload the runtime
+    (:func:`asan_environment`)."""
     emulator_files = sorted(EMULATOR.rglob("*.h")) + sorted(EMULATOR.rglob("*.cuh"))
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in emulator_files)).hexdigest()[:12]
+    sanitizer_flags = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"] if sanitize else []
     return [
-        "-O2",
+        "-O1" if sanitize else "-O2",
+        *sanitizer_flags,
         "-DMASKSUB_EMULATOR",
         f"-DMASKSUB_EMULATOR_DIGEST={digest}",  # a changed emulator header changes the flags: the build reruns
         "-include",
@@ -93,25 +113,46 @@ def compile_flags() -> list[str]:
     ]
 
 
-def build(build_dir: Path | str = DEFAULT_BUILD_DIR, verbose: bool = False):
-    """Compile (or reuse) the emulated extension and return the module; raises RuntimeError when it cannot."""
+def asan_environment() -> dict[str, str]:
+    """Environment for a Python process that loads the AddressSanitizer build: the runtime preloaded (it must come
+    first), with the C++ runtime beside it (ASan's __cxa_throw interceptor needs it at start-up, or the first C++
+    exception in another extension aborts the process), leak detection off (the interpreter's own allocations live
+    to exit). Raises RuntimeError when the compiler has no ASan runtime."""
+    compiler = os.environ.get("CXX", "c++")
+    libraries = []
+    for name in ("libasan.so", "libstdc++.so"):
+        path = subprocess.run([compiler, f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+        if not Path(path).is_absolute() or not Path(path).exists():
+            raise RuntimeError(f"{compiler} has no {name}: AddressSanitizer builds need the compiler's runtime")
+        libraries.append(path)
+    return {
+        "LD_PRELOAD": " ".join(libraries),
+        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
+        "MASKSUB_CUDA_EMULATOR_SANITIZE": "address",
+    }
+
+
+def build(build_dir: Path | str | None = None, verbose: bool = False, sanitize: str | None = None):
+    """Compile (or reuse) the emulated extension and return the module; raises RuntimeError when it cannot.
+
+    ``sanitize`` defaults to :func:`sanitizer` (the environment); a sanitized build has its own name and folder."""
     reason = missing()
     if reason is not None:
         raise RuntimeError(reason)
-    import os
-
+    sanitize = sanitize if sanitize is not None else sanitizer()
+    name = MODULE_NAME + (f"_{sanitize}" if sanitize else "")
+    build_dir = Path(build_dir) if build_dir is not None else DEFAULT_BUILD_DIR.with_name(name)
     # torch.utils.cpp_extension guesses CUDA_HOME on import and warns when it finds no runtime; nothing here links
     # CUDA, but the real toolkit is the right answer to its question (see tools/cuda_home.py).
     os.environ.setdefault("CUDA_HOME", str(find_cuda_home()))
     from torch.utils import cpp_extension
 
-    build_dir = Path(build_dir)
     units = _stage_sources(build_dir)
-    flags = compile_flags()
     return cpp_extension.load(
-        name=MODULE_NAME,
+        name=name,
         sources=[str(unit) for unit in units],
-        extra_cflags=flags,
+        extra_cflags=compile_flags(sanitize),
+        extra_ldflags=[f"-fsanitize={sanitize}"] if sanitize else [],
         build_directory=str(build_dir),
         with_cuda=False,
         verbose=verbose,
@@ -147,7 +188,7 @@ def _smoke_check() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--build-dir", type=Path, default=DEFAULT_BUILD_DIR)
+    parser.add_argument("--build-dir", type=Path, default=None, help="default: build/<module name>")
     parser.add_argument("--verbose", action="store_true", help="show the compiler's commands")
     args = parser.parse_args(argv)
     reason = missing()
