@@ -10,7 +10,9 @@
 //     memory that another thread has not yet written, or a write over data others still read, shows in the
 //     results instead of depending on timing;
 //   - __shared__ is a function-local static: one object per kernel instantiation, shared by the threads of the
-//     block that runs (blocks never overlap);
+//     block that runs (blocks never overlap). It starts at zero and then holds the previous block's leftovers;
+//     poisoning it per block is not possible this way (GCC ignores section attributes on the static locals of
+//     templates), so a read of shared memory that no thread of the block wrote is not detected;
 //   - __syncthreads() waits for every thread of the block that has not exited (as on sm_70 and later); when no
 //     thread can move (a barrier some live thread never reaches) the emulator aborts with a message;
 //   - __shfl_xor_sync exchanges through a per-warp buffer between two warp barriers; a full-mask shuffle with an
