@@ -92,5 +92,7 @@ def test_module_entry_point_describes_the_installation():
     assert result.returncode == 0, result.stderr
     assert "requested backend: auto" in result.stdout
     assert "tensors on cpu: torch" in result.stdout
+    if not torch.cuda.is_available():
+        assert "CUDA emulator (csrc/ on the CPU, a test instrument): " in result.stdout
     bad = run_python("import runpy; runpy.run_module('masksub_kernels', run_name='__main__')", MASKSUB_BACKEND="tpu")
     assert bad.returncode == 0 and "unknown backend 'tpu'" in bad.stdout
