@@ -31,7 +31,6 @@ namespace {
 constexpr int kImageThreads = 256;
 constexpr int kPartChannels = 32;  // threads of a partial-sum block along the channels (coalesced loads)
 constexpr int kPartRows = 8;       // ... and along the tokens
-constexpr int64_t kMaxImageBlocks = int64_t{1} << 20;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Images
@@ -94,7 +93,7 @@ cudaError_t launch_image(const T* x, ImageStrides xs, T* y, ImageStrides ys, con
   while ((int64_t{1} << lanes_log2) < columns && (1 << lanes_log2) < kImageThreads) ++lanes_log2;
   const int64_t lines_per_block = kImageThreads >> lanes_log2;
   int64_t blocks = (lines + lines_per_block - 1) / lines_per_block;
-  if (blocks > kMaxImageBlocks) blocks = kMaxImageBlocks;
+  if (blocks > detail::kMaxGridBlocks) blocks = detail::kMaxGridBlocks;
   mask_image_kernel<T, CHANNELS_LAST><<<static_cast<unsigned int>(blocks), kImageThreads, 0, stream>>>(
       x, xs, y, ys, cells, lines, static_cast<int>(C), static_cast<int>(H), static_cast<int>(W), static_cast<int>(S),
       lanes_log2, fill);
