@@ -283,6 +283,19 @@ def test_select_breaks_draw_ties_by_position():
     assert torch.equal(ids, expected)
 
 
+@gpu
+@pytest.mark.gpu
+def test_select_counters_past_two_to_the_32():
+    # Draw offsets b * N + n reach 2^32 here: the counter's high word (offset >> 32) must enter Philox. Too large
+    # for the emulator (4.3e9 draws); 4 MB of ids on a GPU.
+    seed, rows, num_tokens = 5, 524288, 8192
+    ids, _ = EXT.select_tokens(seed, None, rows, num_tokens, 1, False, False, DEV)
+    for row in (0, rows // 2 - 1, rows // 2, rows - 1):  # offsets below and above 2^32 = (rows / 2) * num_tokens
+        offsets = row * num_tokens + torch.arange(num_tokens, device=DEV)
+        draws = philox_uint32(seed, offsets)
+        assert int(ids[row, 0]) == int(torch.argmin(draws)), row  # ties go to the first position, as in the kernel
+
+
 @kernels
 def test_select_empty_batch_and_current_device():
     ids, inv = EXT.select_tokens(3, None, 0, 16, 8, False, True, DEV)
@@ -342,6 +355,19 @@ def test_gather_out_of_range_ids_read_zeros():
     y = EXT.gather_tokens(x, ids, 1)
     assert torch.equal(y[0, 2], torch.zeros(8, device=DEV)) and torch.equal(y[1, 1], torch.zeros(8, device=DEV))
     assert torch.equal(y[1, 2], x[1, 3])
+
+
+@kernels
+def test_scatter_out_of_range_slots_write_zeros():
+    grad_y = torch.randn(2, 3, 8, device=DEV)  # P = 1, K = 2: valid slots are 0 and 1
+    inv = torch.tensor([[0, 2, -1, 1, 7], [1, -1, 2, 0, -5]], dtype=torch.int32, device=DEV)
+    grad_x = EXT.scatter_tokens(grad_y, inv, 1)
+    zero = torch.zeros(8, device=DEV)
+    for b, t in ((0, 2), (0, 3), (0, 5), (1, 2), (1, 3), (1, 5)):  # slots 2, -1, 7, -1, 2, -5
+        assert torch.equal(grad_x[b, t], zero), (b, t)
+    for b, t, slot in ((0, 1, 0), (0, 4, 1), (1, 1, 1), (1, 4, 0)):
+        assert torch.equal(grad_x[b, t], grad_y[b, 1 + slot]), (b, t)
+    assert torch.equal(grad_x[:, 0], grad_y[:, 0])  # the prefix token
 
 
 @kernels
@@ -438,6 +464,21 @@ def test_mask_image_grid_matches_reference(dtype, channels, height, width, cell_
         assert torch.equal(_bits(out), _bits(expected)), name
 
 
+def _assert_mask_token_grad(grad_mask, grad, cells, cell_size):
+    """grad_mask [C] against the fp64 sum of grad [B, H, W, C] over the removed cells' tokens. Summation in fp32
+    (fp64 for fp64) over n terms, then one rounding to the dtype: the classic bound |error| <= n u sum|x| + eps |sum|
+    (a missed or doubled token is off by |x|, far above it)."""
+    removed = gm.pixel_mask_reference(cells.cpu(), cell_size)[..., None]
+    removed_grad = torch.where(removed, grad.cpu().double(), 0)
+    expected = removed_grad.sum(dim=(0, 1, 2))
+    terms = int(removed[..., 0].sum())
+    unit = 2.0**-53 if grad.dtype == torch.float64 else 2.0**-24
+    bound = terms * unit * removed_grad.abs().sum(dim=(0, 1, 2)) + torch.finfo(grad.dtype).eps * expected.abs()
+    error = (grad_mask.cpu().double() - expected).abs()
+    assert grad_mask.dtype == grad.dtype and grad_mask.shape == expected.shape
+    assert bool((error <= bound + 1e-30).all()), float((error - bound).max())
+
+
 @kernels
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize(("height", "width", "channels", "cell_size"), [(16, 24, 40, 8), (56, 56, 96, 8), (8, 8, 3, 4)])
@@ -459,20 +500,36 @@ def test_mask_tokens_grid_matches_reference(dtype, height, width, channels, cell
     expected_tokens, _ = tgm.mask_tokens_backward_reference(grad.cpu(), cells.cpu(), cell_size)
     grad_tokens, grad_mask = EXT.mask_tokens_grid_backward(grad, cells, cell_size, True, True)
     assert torch.equal(_bits(grad_tokens), _bits(expected_tokens))
-    removed = gm.pixel_mask_reference(cells.cpu(), cell_size)[..., None]
-    removed_grad = torch.where(removed, grad.cpu().double(), 0)
-    expected_mask = removed_grad.sum(dim=(0, 1, 2))
-    # Summation in fp32 (fp64 for fp64) over n terms, then one rounding to dtype: the classic bound
-    # |error| <= n u sum|x| + eps |sum| (a missed or doubled token is off by |x|, far above it).
-    terms = int(removed[..., 0].sum())
-    unit = 2.0**-53 if dtype == torch.float64 else 2.0**-24
-    bound = terms * unit * removed_grad.abs().sum(dim=(0, 1, 2)) + torch.finfo(dtype).eps * expected_mask.abs()
-    error = (grad_mask.cpu().double() - expected_mask).abs()
-    assert bool((error <= bound + 1e-30).all()), float((error - bound).max())
+    _assert_mask_token_grad(grad_mask, grad, cells, cell_size)
     only_mask = EXT.mask_tokens_grid_backward(grad, cells, cell_size, False, True)
     assert only_mask[0].numel() == 0 and torch.equal(_bits(only_mask[1]), _bits(grad_mask))  # same fixed order
     only_tokens = EXT.mask_tokens_grid_backward(grad, cells, cell_size, True, False)
     assert only_tokens[1].numel() == 0 and torch.equal(_bits(only_tokens[0]), _bits(grad_tokens))
+
+
+@kernels
+def test_mask_token_grad_adds_every_token_of_a_part():
+    # 2048 tokens: two per partial sum, so a block adds its token rows in shared memory (after a barrier); every cell
+    # removed, so every token of every part counts
+    cells = torch.ones(2, 4, 4, dtype=torch.bool, device=DEV)
+    grad = torch.randn(2, 32, 32, 40, generator=torch.Generator().manual_seed(0)).to(DEV)
+    _assert_mask_token_grad(EXT.mask_tokens_grid_backward(grad, cells, 8, False, True)[1], grad, cells, 8)
+
+
+@kernels
+@pytest.mark.parametrize("width", [2, 4])
+@pytest.mark.parametrize("layout", ["contiguous", "hw-swapped"])
+def test_mask_token_grad_narrow_rows(width, layout):
+    # Over 8192 tokens (9 per part, more than the 8 token rows of a block) with W < 8: one step of 8 tokens crosses
+    # several rows, so the kernel's carry into h repeats; S = 2 makes the cell a non-linear function of the token.
+    batch, channels, cell = 2, 8, 2
+    height = 2 * (9000 // (2 * batch * width) + 1)
+    generator = torch.Generator().manual_seed(3)
+    cells = (torch.rand(batch, height // cell, width // cell, generator=generator) < 0.5).to(DEV)
+    grad = torch.randn(batch, height, width, channels, generator=generator).to(DEV)
+    if layout == "hw-swapped":
+        grad = grad.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+    _assert_mask_token_grad(EXT.mask_tokens_grid_backward(grad, cells, cell, False, True)[1], grad, cells, cell)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -265,6 +265,21 @@ def test_extreme_and_infinite_logits(backend, mode, kind):
     assert all(bool(torch.isfinite(v).all()) for v in out)
 
 
+def test_bce_infinite_logit_on_full_weight(backend):
+    # w = 1 at x = +inf: softplus(x) - x -> 0 (the (1 - w) max(x, 0) term must be skipped, not 0 * inf). Main: a class
+    # id on +inf (eps = 0); sub: +inf where the teacher's sigmoid(1e4) is exactly 1.
+    main, sub, _ = make_inputs(3, 7, F32, "index")
+    target = torch.tensor([0, 1, 2], device=DEVICE)
+    main[0, 0] = float("inf")
+    main[1, 3], sub[1, 3] = 1e4, float("inf")
+    out = mk.masksub_loss(main, sub, target, mode="bce", reduction="none")
+    assert all(bool(torch.isfinite(v).all()) for v in out), out
+    # The oracle's softplus(x) - w x is inf - inf there; at x = 1e4 it is exactly the limit, 0, in float64.
+    *expected, _, _ = oracle(main.clamp(max=1e4), sub.clamp(max=1e4), target, mode="bce", reduction="none")
+    for name, got, want in zip(("loss", "main", "sub"), out, expected):
+        assert_close(got, want, 1e-6, name=name)
+
+
 def test_main_logits_never_written_and_get_no_sub_gradient(backend):
     main, sub, target = make_inputs(7, 33, BF16, "index_ignore")
     main.requires_grad_(True)
