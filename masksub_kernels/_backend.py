@@ -1,13 +1,18 @@
-"""Which implementation of an op runs: ``triton``, ``cuda`` (the csrc extension) or ``torch`` (the reference).
+"""Which implementation of an op runs: ``triton``, ``cuda`` (a compiled extension) or ``torch`` (the reference).
+
+This is the one place that decides. Every op declares its implementations once (``ops/_common.masksub_op``); on
+each call it asks :func:`resolve_backend` for the backend, which checks that the backend can take tensors of that
+device (the error names what is missing) and records the choice for :func:`last_backend`.
 
 The choice is a process-wide setting (``set_backend`` / the ``MASKSUB_BACKEND`` environment variable, read on
 first use) resolved per call from the device of the op's tensors:
 
 - ``auto`` (default): CUDA tensors run the Triton kernels (the CUDA extension if Triton is missing, the PyTorch
-  reference if neither is); CPU tensors run the PyTorch reference.
-- ``triton``: the Triton kernels; CPU tensors are accepted only under ``TRITON_INTERPRET=1`` (how the tests run).
-- ``cuda``: the compiled extension ``masksub_kernels._C``; CUDA tensors only (CPU tensors too once the CUDA
-  emulator is installed: ``masksub_kernels.tools.cuda_emulator``, a test instrument that runs csrc/ on the CPU).
+  reference if neither is); tensors of any other device run the PyTorch reference.
+- ``triton``: the Triton kernels; CUDA tensors, and CPU tensors only under ``TRITON_INTERPRET=1`` (the tests).
+- ``cuda``: the functions of a compiled extension registered for the tensors' device type. The extension
+  ``masksub_kernels._C`` (csrc/) serves CUDA tensors; :func:`register_extension` adds one for another device type
+  (the tests register csrc/ compiled for the CPU this way). ``auto`` chooses it for CUDA tensors only.
 - ``torch``: the PyTorch reference everywhere.
 
 Nothing here touches a GPU at import time: availability is probed lazily, when first asked.
@@ -19,7 +24,8 @@ import contextlib
 import functools
 import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -28,12 +34,17 @@ _CONCRETE = ("triton", "cuda", "torch")
 
 _requested: str | None = None  # None until first use: then MASKSUB_BACKEND or "auto"
 _last_used: dict[str, str] = {}
-_cuda_emulator = None  # csrc/ compiled for the CPU (tools/cuda_emulator.py): the `cuda` backend on CPU tensors
+_extensions: dict[str, Any] = {}  # device type -> extension module registered for it (besides _C for "cuda")
 
 
 def triton_interpreted() -> bool:
     """True when Triton kernels run on the CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def _cuda_device_present() -> bool:
+    return torch.cuda.is_available()
 
 
 @functools.cache
@@ -43,16 +54,14 @@ def _triton_missing() -> str | None:
         importlib.import_module("triton")
     except ImportError as exc:
         return f"the 'triton' package does not import ({exc})"
-    if triton_interpreted() or torch.cuda.is_available():
+    if triton_interpreted() or _cuda_device_present():
         return None
     return "Triton needs a CUDA device, or TRITON_INTERPRET=1 to run its kernels on the CPU interpreter"
 
 
 @functools.cache
-def _cuda_missing() -> str | None:
-    """Why the CUDA extension backend cannot run here, or None when it imports."""
-    if _cuda_emulator is not None:
-        return None
+def _compiled_extension_missing() -> str | None:
+    """Why masksub_kernels._C does not import, or None when it does."""
     try:
         importlib.import_module("masksub_kernels._C")
     except ImportError as exc:
@@ -64,23 +73,51 @@ def _cuda_missing() -> str | None:
     return None
 
 
-def set_cuda_emulator(module) -> None:
-    """Use ``module`` (masksub_kernels.tools.cuda_emulator.build()) as the ``cuda`` backend, for CPU tensors; None
-    restores the compiled extension. A test instrument: ``auto`` never chooses it."""
-    global _cuda_emulator
-    _cuda_emulator = module
-    _cuda_missing.cache_clear()
-
-
-def cuda_module():
-    """The module behind the ``cuda`` backend: the CUDA emulator when installed, else ``masksub_kernels._C``."""
-    if _cuda_emulator is not None:
-        return _cuda_emulator
-    return importlib.import_module("masksub_kernels._C")
+def _cuda_missing() -> str | None:
+    """Why the ``cuda`` backend cannot run here, or None when some extension serves it."""
+    return None if _extensions else _compiled_extension_missing()
 
 
 def _missing(name: str) -> str | None:
     return {"triton": _triton_missing, "cuda": _cuda_missing, "torch": lambda: None}[name]()
+
+
+def register_extension(device_type: str, module: Any | None) -> None:
+    """Serve the ``cuda`` backend for tensors of ``device_type`` with ``module`` (None removes it).
+
+    ``module`` has the functions of ``masksub_kernels._C`` and takes tensors of that device type. ``auto`` never
+    chooses it for a device other than CUDA. The tests register csrc/ compiled for the CPU (tools/cuda_emulator.py)
+    for ``"cpu"``, so that the very sources of the extension run without a GPU.
+    """
+    if not isinstance(device_type, str) or device_type == "meta":
+        raise ValueError(f"device_type must be a device type name such as 'cpu', got {device_type!r}")
+    if module is None:
+        _extensions.pop(device_type, None)
+    else:
+        _extensions[device_type] = module
+
+
+class _Extension:
+    """An extension module's functions; one it lacks (an extension built from older sources) is a clear error."""
+
+    def __init__(self, module: Any):
+        self._module = module
+
+    def __getattr__(self, name: str):
+        function = getattr(self._module, name, None)
+        if function is None:
+            raise RuntimeError(
+                f"the CUDA extension {self._module.__name__} has no {name}: it was built from older sources; rebuild "
+                "it (pip install --no-build-isolation -e .) or select the 'triton' or 'torch' backend"
+            )
+        return function
+
+
+def extension(device_type: str) -> _Extension:
+    """The extension that runs the ``cuda`` backend on tensors of ``device_type``."""
+    if device_type in _extensions:
+        return _Extension(_extensions[device_type])
+    return _Extension(importlib.import_module("masksub_kernels._C"))
 
 
 def available_backends() -> list[str]:
@@ -127,33 +164,57 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
-def resolve_backend(device: torch.device | str, op: str | None = None) -> str:
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch.device; a CUDA device on a machine without one is a clear RuntimeError (not a driver
+    error from deep inside a kernel launch)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise TypeError(f"device must be a torch.device or a device string such as 'cuda', got {device!r}") from exc
+    if device.type == "cuda" and not _cuda_device_present():
+        raise RuntimeError(f"device {device} was asked for, but torch finds no CUDA device on this machine")
+    return device
+
+
+def _serves(name: str, device_type: str) -> bool:
+    """Whether backend ``name`` can take tensors of ``device_type`` in this process."""
+    if name == "torch":
+        return True
+    if _missing(name) is not None:
+        return False
+    if name == "triton":
+        return device_type == "cuda" or (device_type == "cpu" and triton_interpreted())
+    return device_type in _extensions or (device_type == "cuda" and _compiled_extension_missing() is None)
+
+
+def resolve_backend(device: torch.device | str, op: str | Iterable[str] | None = None) -> str:
     """The concrete backend an op on tensors of ``device`` runs with under the current setting.
 
-    When ``op`` is given the choice is recorded, so that ``last_backend(op)`` can say what ran.
+    When ``op`` is given (a name or several) the choice is recorded, so that ``last_backend(op)`` can say what ran.
+    Raises RuntimeError when the requested backend cannot take tensors of that device, saying what it needs.
     """
-    device = torch.device(device)
+    device = check_device(device)
     requested = get_backend()
-    on_cuda = device.type == "cuda"
     if requested == "auto":
         chosen = "torch"
-        if on_cuda:
-            chosen = next((b for b in ("triton", "cuda") if _missing(b) is None), "torch")
+        if device.type == "cuda":
+            chosen = next((b for b in ("triton", "cuda") if _serves(b, "cuda")), "torch")
+    elif requested == "torch" or _serves(requested, device.type):
+        chosen = requested
     elif requested == "triton":
-        if not on_cuda and not triton_interpreted():
-            raise RuntimeError(
-                f"backend 'triton' got tensors on {device}: the Triton kernels need CUDA tensors "
-                "(or TRITON_INTERPRET=1 set before importing masksub_kernels to run them on the CPU)"
-            )
-        chosen = "triton"
-    elif requested == "cuda":
-        if not on_cuda and not (_cuda_emulator is not None and device.type == "cpu"):
-            raise RuntimeError(f"backend 'cuda' got tensors on {device}: the CUDA extension needs CUDA tensors")
-        chosen = "cuda"
+        raise RuntimeError(
+            f"backend 'triton' got tensors on {device}: the Triton kernels need CUDA tensors "
+            "(or TRITON_INTERPRET=1 set before importing masksub_kernels to run them on the CPU)"
+        )
     else:
-        chosen = "torch"
+        registered = ", ".join(sorted(_extensions)) or "none"
+        raise RuntimeError(
+            f"backend 'cuda' got tensors on {device}: the CUDA extension needs CUDA tensors "
+            f"(extensions registered for other device types: {registered})"
+        )
     if op is not None:
-        _last_used[op] = chosen
+        for name in (op,) if isinstance(op, str) else op:
+            _last_used[name] = chosen
     return chosen
 
 

@@ -43,7 +43,7 @@ def test_auto_runs_reference_on_cpu_tensors():
 
 def test_cuda_backend_refuses_cpu_tensors(monkeypatch):
     monkeypatch.setattr(_backend, "_requested", "cuda")
-    monkeypatch.setattr(_backend, "_cuda_emulator", None)  # the tests' CUDA emulator takes CPU tensors
+    monkeypatch.setattr(_backend, "_extensions", {})  # the tests' CUDA emulator takes CPU tensors
     with pytest.raises(RuntimeError, match="CUDA tensors"):
         mk.resolve_backend("cpu")
 

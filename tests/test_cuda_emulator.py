@@ -110,7 +110,7 @@ class TestAsBackend:
             assert _backend.resolve_backend("cpu") == "torch"
 
     def test_bindings_name_the_emulator_in_device_errors(self):
-        module = _backend.cuda_module()
+        module = _backend._extensions["cpu"]
         with pytest.raises(RuntimeError, match="device must be a CPU device, got meta"):
             module.select_tokens(0, None, 1, 4, 2, False, False, torch.device("meta"))
         with pytest.raises(RuntimeError, match=r"x must be a CPU tensor \(this is the CUDA emulator\), got meta"):

@@ -37,7 +37,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available() or _C is None, reason=_C_
 if torch.cuda.is_available() and _C is not None:
     EXT, DEV = _C, torch.device("cuda")
 elif CUDA_EMULATED:
-    EXT, DEV = _backend.cuda_module(), CPU
+    EXT, DEV = _backend._extensions["cpu"], CPU
 else:
     EXT = DEV = None
 kernels = pytest.mark.skipif(EXT is None, reason="needs a CUDA device, or the CUDA emulator (MASKSUB_CUDA_EMULATOR)")
@@ -48,8 +48,9 @@ FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 def test_extension_is_a_backend():
     assert "cuda" in mk.available_backends()
     assert _C.MAX_SELECT_TOKENS == MAX_TOKENS
-    assert all(hasattr(_C, name) for name in (*gm.CUDA_OPS, *tgm.CUDA_OPS))
-    assert hasattr(_C, "masksub_loss_forward") and hasattr(_C, "masksub_loss_backward")
+    names = ("select_tokens", "gather_tokens", "scatter_tokens", "grid_cell_mask", "mask_image_grid")
+    names += ("mask_tokens_grid_forward", "mask_tokens_grid_backward", "masksub_loss_forward", "masksub_loss_backward")
+    assert all(hasattr(_C, name) for name in names)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -226,7 +227,7 @@ def test_masksub_loss_refusals(logits, sub, target, options, message):
 
 @needs_C
 def test_cuda_backend_refuses_cpu_tensors_before_the_extension(monkeypatch):
-    monkeypatch.setattr(_backend, "_cuda_emulator", None)  # the tests' CUDA emulator takes CPU tensors
+    monkeypatch.setattr(_backend, "_extensions", {})  # the tests' CUDA emulator takes CPU tensors
     with mk.use_backend("cuda"), pytest.raises(RuntimeError, match="the CUDA extension needs CUDA tensors"):
         mk.random_keep_indices(2, 10, 5, seed=1, device="cpu")
 

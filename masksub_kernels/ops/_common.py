@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
+
+from .. import _backend
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INDEX_DTYPES = (torch.int64, torch.int32)
@@ -33,16 +38,14 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def cuda_extension():
-    """The compiled extension ``masksub_kernels._C`` (built by setup.py where a CUDA toolkit is present), or the CUDA
-    emulator standing in for it (masksub_kernels.tools.cuda_emulator)."""
-    from .._backend import cuda_module
-
-    return cuda_module()
-
-
 class MaskSubOp:
-    """An op of this library: a ``torch.library`` custom op for torch.compile, a direct call in eager mode.
+    """An op of this library: its implementations, chosen per call by the backend; a ``torch.library`` custom op
+    for torch.compile, a direct call in eager mode.
+
+    ``implementations`` maps each backend to a function taking the op's arguments; the ``cuda`` one takes the
+    extension that serves the tensors' device first (``_backend.extension``). The backend comes from
+    ``_backend.resolve_backend`` (the one place that decides, checks and records it) on the device of the argument
+    ``device_arg`` (a tensor or a torch.device). Meta tensors run the registered fake on every backend.
 
     Through the dispatcher a custom op with autograd costs ~70 us of Python per call (measured on the CPU), more than
     the kernels take at ViT sizes. So in eager mode the op runs its implementation directly, inside an
@@ -51,23 +54,43 @@ class MaskSubOp:
     called instead, so compiled graphs keep one opaque node per op and never break.
     """
 
-    def __init__(self, name: str, implementation):
-        self.implementation = implementation
-        self.custom_op = torch.library.custom_op(f"masksub::{name}", implementation, mutates_args=())
+    def __init__(self, name: str, schema, device_arg: str, implementations: dict, records: tuple[str, ...]):
+        parameters = list(inspect.signature(schema).parameters)
+        if set(implementations) != {"torch", "triton", "cuda"}:
+            raise ValueError(f"op {name}: implementations for torch, triton and cuda are required")
+        self.name = name
+        self.records = records
+        self._device_index = parameters.index(device_arg)
+        self._implementations = implementations
+        self._fake = None
         self._function = None
+        implementation = functools.update_wrapper(lambda *args: self.run(*args), schema)
+        self.custom_op = torch.library.custom_op(f"masksub::{name}", implementation, mutates_args=())
+
+    def run(self, *args):
+        """The op on the backend that resolve_backend chooses for the device of its tensors."""
+        device = args[self._device_index]
+        device = device.device if isinstance(device, torch.Tensor) else device
+        if device.type == "meta" and self._fake is not None:
+            return self._fake(*args)
+        backend = _backend.resolve_backend(device, self.records)
+        if backend == "cuda":
+            return self._implementations["cuda"](_backend.extension(device.type), *args)
+        return self._implementations[backend](*args)
 
     def register_fake(self, fake):
+        self._fake = fake
         self.custom_op.register_fake(fake)
         return fake
 
     def register_autograd(self, backward, *, setup_context) -> None:
         self.custom_op.register_autograd(backward, setup_context=setup_context)
-        implementation = self.implementation
+        run = self.run
 
         class Function(torch.autograd.Function):
             @staticmethod
             def forward(ctx, *args):
-                output = implementation(*args)
+                output = run(*args)
                 setup_context(ctx, args, output)
                 return output
 
@@ -83,9 +106,12 @@ class MaskSubOp:
         if self._function is not None and torch.is_grad_enabled():
             if any(isinstance(arg, torch.Tensor) and arg.requires_grad for arg in args):
                 return self._function.apply(*args)
-        return self.implementation(*args)
+        return self.run(*args)
 
 
-def masksub_op(name: str):
-    """Decorator: ``@masksub_op("gather_tokens")`` makes the function the op ``masksub::gather_tokens``."""
-    return lambda implementation: MaskSubOp(name, implementation)
+def masksub_op(name: str, *, device: str, torch, triton, cuda, records: tuple[str, ...] | None = None):
+    """Decorator over a signature (its body unused): ``@masksub_op("gather_tokens", device="x", torch=...,
+    triton=..., cuda=...)`` makes the op ``masksub::gather_tokens`` with those implementations. ``records``: the
+    names under which ``last_backend`` reports it (default: ``name``)."""
+    implementations = {"torch": torch, "triton": triton, "cuda": cuda}
+    return lambda schema: MaskSubOp(name, schema, device, implementations, records or (name,))

@@ -1,6 +1,6 @@
 """Structured grid masks: the removed cells of a grid, and CNN image masking by cells, with fused kernels.
 
-Maths (SEMANTICS.md, Swin and ResNet sections). An H x W map is cut into cells of S x S (S = ``cell_size``): a
+Maths (docs/semantics.md, §5 and §9). An H x W map is cut into cells of S x S (S = ``cell_size``): a
 G_h x G_w grid, Lc = G_h * G_w cells numbered row-major (cell (i, j) is number i * G_w + j). Per sample keep
 Kc = floor(Lc * (1 - r)) cells; the other Lc - Kc are *removed*:
 
@@ -32,10 +32,9 @@ import inspect
 
 import torch
 
-from .._backend import resolve_backend
 from .._philox import load_seed, philox_sort_keys, resolve_seed, seed_value
 from .._triton import jit, next_power_of_2, tl
-from ._common import FLOAT_DTYPES, cdiv, check_keep_args, cuda_extension, masksub_op, sort_warps
+from ._common import FLOAT_DTYPES, cdiv, check_keep_args, masksub_op, sort_warps
 from .token_select import num_kept_tokens, select_reference
 
 _BITS_DTYPE = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # element size -> int type of the same width
@@ -199,20 +198,6 @@ def _mask_image_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-CUDA_OPS = ("grid_cell_mask", "mask_image_grid")
-
-
-def _cuda(name: str):
-    """The CUDA extension's ``name`` (csrc/grid_mask.cu); an extension built from older sources says so."""
-    function = getattr(cuda_extension(), name, None)
-    if function is None:
-        raise RuntimeError(
-            f"the CUDA extension masksub_kernels._C has no {name}: it was built from older sources; rebuild it "
-            "(pip install --no-build-isolation -e .) or select the 'triton' or 'torch' backend"
-        )
-    return function
-
-
 def _tile(n_cols: int, n_rows: int) -> tuple[int, int]:
     """(rows, columns) of a tile: TILE_ELEMENTS per program, inner blocks of up to 256 columns."""
     block_k = min(next_power_of_2(n_cols), 256)
@@ -268,16 +253,18 @@ def _int_type(dtype: torch.dtype):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@masksub_op("grid_cell_mask")
+@masksub_op(
+    "grid_cell_mask",
+    device="device",
+    torch=lambda seed, seed_tensor, *sizes: cell_mask_reference(seed_value(seed, seed_tensor), *sizes),
+    triton=_cell_mask_triton,
+    cuda=lambda extension, *args: extension.grid_cell_mask(*args),
+    records=("random_grid_mask",),
+)
 def _cell_mask_op(
     seed: int, seed_tensor: torch.Tensor | None, batch_size: int, num_cells: int, num_keep: int, device: torch.device
 ) -> torch.Tensor:
-    backend = resolve_backend(device, "random_grid_mask")
-    if backend == "triton":
-        return _cell_mask_triton(seed, seed_tensor, batch_size, num_cells, num_keep, device)
-    if backend == "cuda":
-        return _cuda("grid_cell_mask")(seed, seed_tensor, batch_size, num_cells, num_keep, device)
-    return cell_mask_reference(seed_value(seed, seed_tensor), batch_size, num_cells, num_keep, device)
+    """bool [B, L] cell mask, True on the masked cells."""
 
 
 @_cell_mask_op.register_fake
@@ -285,14 +272,15 @@ def _(seed, seed_tensor, batch_size, num_cells, num_keep, device):
     return torch.empty(batch_size, num_cells, dtype=torch.bool, device=device)
 
 
-@masksub_op("mask_image_grid")
+@masksub_op(
+    "mask_image_grid",
+    device="images",
+    torch=mask_image_reference,
+    triton=_mask_image_triton,
+    cuda=lambda extension, *args: extension.mask_image_grid(*args),
+)
 def _mask_image_op(images: torch.Tensor, cell_mask: torch.Tensor, cell_size: int, fill_value: float) -> torch.Tensor:
-    backend = resolve_backend(images.device, "mask_image_grid")
-    if backend == "triton":
-        return _mask_image_triton(images, cell_mask, cell_size, fill_value)
-    if backend == "cuda":
-        return _cuda("mask_image_grid")(images, cell_mask, cell_size, fill_value)
-    return mask_image_reference(images, cell_mask, cell_size, fill_value)
+    """[B, C, H, W] images with the masked cells filled, in the images' layout."""
 
 
 @_mask_image_op.register_fake

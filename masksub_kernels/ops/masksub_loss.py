@@ -1,6 +1,6 @@
 """The MaskSub loss: soft-target CE / BCE for the main branch, self-distillation for the sub branch, one pass.
 
-Maths (SEMANTICS.md, loss section). Row i of the main logits z, the sub logits s, C classes, a target given as a
+Maths (docs/semantics.md, §7). Row i of the main logits z, the sub logits s, C classes, a target given as a
 class id y (one-hot q; rows with y == ignore_index count in neither term) or probabilities q [C]:
 
     w = (1 - eps) q + eps / C                      main target, after q := [q > threshold] when one is given
@@ -39,9 +39,8 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import resolve_backend
 from .._triton import jit, next_power_of_2, tl
-from ._common import cuda_extension, masksub_op
+from ._common import masksub_op
 
 MAX_BLOCK_C = 4096  # classes per loop iteration of a program (the tests raise it under the interpreter)
 # Rows of the forward's fp32 [9, M] output: the two per-row losses, then the stats the backward reads (CE only).
@@ -397,7 +396,14 @@ def _backward_triton(grad_main, grad_sub, out, logits, sub_logits, target, bce, 
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@masksub_op("masksub_loss_forward")
+@masksub_op(
+    "masksub_loss_forward",
+    device="logits",
+    torch=loss_forward_reference,
+    triton=_forward_triton,
+    cuda=lambda extension, *args: extension.masksub_loss_forward(*args),
+    records=("masksub_loss",),
+)
 def _loss_op(
     logits: torch.Tensor,
     sub_logits: torch.Tensor | None,
@@ -408,13 +414,7 @@ def _loss_op(
     temperature: float,
     target_threshold: float | None,
 ) -> torch.Tensor:
-    args = (logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, target_threshold)
-    backend = resolve_backend(logits.device, "masksub_loss")
-    if backend == "triton":
-        return _forward_triton(*args)
-    if backend == "cuda":
-        return cuda_extension().masksub_loss_forward(*args)
-    return loss_forward_reference(*args)
+    """fp32 [NUM_OUT, M]: the per-row losses and the saved softmax states."""
 
 
 @_loss_op.register_fake
@@ -422,7 +422,13 @@ def _(logits, *options):
     return logits.new_empty(NUM_OUT, logits.shape[0], dtype=torch.float32)
 
 
-@masksub_op("masksub_loss_backward")
+@masksub_op(
+    "masksub_loss_backward",
+    device="logits",
+    torch=loss_backward_reference,
+    triton=_backward_triton,
+    cuda=lambda extension, *args: tuple(extension.masksub_loss_backward(*args)),
+)
 def _loss_backward_op(
     grad_main: torch.Tensor | None,
     grad_sub: torch.Tensor | None,
@@ -436,13 +442,7 @@ def _loss_backward_op(
     temperature: float,
     target_threshold: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    args = (grad_main, grad_sub, out, logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature)
-    backend = resolve_backend(logits.device, "masksub_loss_backward")
-    if backend == "triton":
-        return _backward_triton(*args, target_threshold)
-    if backend == "cuda":
-        return tuple(cuda_extension().masksub_loss_backward(*args, target_threshold))
-    return loss_backward_reference(*args, target_threshold)
+    """(d logits, d sub_logits), each an empty [0] when its grad is None."""
 
 
 @_loss_backward_op.register_fake

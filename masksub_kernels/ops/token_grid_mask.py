@@ -1,6 +1,6 @@
 """Swin token masking by grid cells with a learnable mask token, with fused kernels and a deterministic backward.
 
-Maths (SEMANTICS.md, Swin section). The tokens T[B, H, W, C] (timm Swin's layout after patch_embed) are cut into
+Maths (docs/semantics.md, §6). The tokens T[B, H, W, C] (timm Swin's layout after patch_embed) are cut into
 cells of S x S tokens (S = ``cell_size``; 8 tokens = 32 pixels at patch 4); the removed-cell mask M [B, G_h, G_w]
 and its per-token expansion M_px[b, h, w] = M[b, h // S, w // S] are those of grid_mask.py (``random_grid_mask``,
 one definition with the ViT token masks). With m the mask token [C]:
@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import resolve_backend
 from .._triton import jit, next_power_of_2, tl
 from ._common import cdiv, masksub_op
-from .grid_mask import _cell_grid, _check_float_tensor, _cuda, _spec, _tile, pixel_mask_reference, random_grid_mask
+from .grid_mask import _cell_grid, _check_float_tensor, _spec, _tile, pixel_mask_reference, random_grid_mask
 from .token_select import num_kept_tokens
 
 MAX_PARTIALS = 1024  # programs of the token backward: at most this many partial sums of dm per channel
@@ -209,9 +208,6 @@ def _sum_partials_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-CUDA_OPS = ("mask_tokens_grid_forward", "mask_tokens_grid_backward")
-
-
 def _tokens_args(x: torch.Tensor) -> tuple[int, ...]:
     """(C, H, W, stride_b, stride_h, stride_w, stride_c) of [B, H, W, C] for the token kernels (any strides: a
     stride of 1 is specialised by Triton, so the usual layout pays nothing for the generality)."""
@@ -270,16 +266,17 @@ def _mask_tokens_backward_triton(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@masksub_op("mask_tokens_grid")
+@masksub_op(
+    "mask_tokens_grid",
+    device="tokens",
+    torch=mask_tokens_reference,
+    triton=_mask_tokens_forward_triton,
+    cuda=lambda extension, *args: extension.mask_tokens_grid_forward(*args),
+)
 def _mask_tokens_op(
     tokens: torch.Tensor, mask_token: torch.Tensor, cell_mask: torch.Tensor, cell_size: int
 ) -> torch.Tensor:
-    backend = resolve_backend(tokens.device, "mask_tokens_grid")
-    if backend == "triton":
-        return _mask_tokens_forward_triton(tokens, mask_token, cell_mask, cell_size)
-    if backend == "cuda":
-        return _cuda("mask_tokens_grid_forward")(tokens, mask_token, cell_mask, cell_size)
-    return mask_tokens_reference(tokens, mask_token, cell_mask, cell_size)
+    """[B, H, W, C] tokens with the masked cells replaced by the mask token."""
 
 
 @_mask_tokens_op.register_fake
@@ -287,19 +284,23 @@ def _(tokens, mask_token, cell_mask, cell_size):
     return tokens.new_empty(tokens.shape)
 
 
-@masksub_op("mask_tokens_grid_backward")
+def _mask_tokens_backward_torch(grad_out, cell_mask, cell_size, need_tokens_grad, need_mask_grad):
+    grad_tokens, grad_mask = mask_tokens_backward_reference(grad_out, cell_mask, cell_size)
+    empty = grad_out.new_empty(0)
+    return (grad_tokens if need_tokens_grad else empty), (grad_mask if need_mask_grad else empty)
+
+
+@masksub_op(
+    "mask_tokens_grid_backward",
+    device="grad_out",
+    torch=_mask_tokens_backward_torch,
+    triton=_mask_tokens_backward_triton,
+    cuda=lambda extension, *args: extension.mask_tokens_grid_backward(*args),
+)
 def _mask_tokens_backward_op(
     grad_out: torch.Tensor, cell_mask: torch.Tensor, cell_size: int, need_tokens_grad: bool, need_mask_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dT [B, H, W, C] or an empty [0], dm [C] or an empty [0]), as asked."""
-    backend = resolve_backend(grad_out.device, "mask_tokens_grid_backward")
-    if backend == "triton":
-        return _mask_tokens_backward_triton(grad_out, cell_mask, cell_size, need_tokens_grad, need_mask_grad)
-    if backend == "cuda":
-        return _cuda("mask_tokens_grid_backward")(grad_out, cell_mask, cell_size, need_tokens_grad, need_mask_grad)
-    grad_tokens, grad_mask = mask_tokens_backward_reference(grad_out, cell_mask, cell_size)
-    empty = grad_out.new_empty(0)
-    return (grad_tokens if need_tokens_grad else empty), (grad_mask if need_mask_grad else empty)
 
 
 @_mask_tokens_backward_op.register_fake

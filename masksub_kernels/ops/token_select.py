@@ -1,6 +1,6 @@
 """Random token selection + gather for the ViT sub-branch, and its scatter backward.
 
-Maths (SEMANTICS.md, ViT section). Input X[B, P+N, D]: P prefix tokens (class, registers), then N patch tokens.
+Maths (docs/semantics.md, §2-§4). Input X[B, P+N, D]: P prefix tokens (class, registers), then N patch tokens.
 Keep K = floor(N * (1 - r)) patch tokens per sample:
 
     ids[b] = the K positions with the smallest Philox draws of row b (ties by position), ascending-draw order
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import resolve_backend
 from .._philox import load_seed, philox_sort_keys, resolve_seed, seed_value, sort_keys
 from .._triton import jit, next_power_of_2, tl
 from ._common import (
@@ -29,7 +28,6 @@ from ._common import (
     INDEX_DTYPES,
     cdiv,
     check_keep_args,
-    cuda_extension,
     masksub_op,
     sort_warps,
 )
@@ -228,7 +226,7 @@ def _select_triton(
     device: torch.device,
     ordered: bool,
     write_inverse: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.empty(batch_size, num_keep, dtype=torch.int64, device=device)
     inv = torch.empty(batch_size, num_tokens, dtype=torch.int32, device=device) if write_inverse else ids
     if batch_size > 0:
@@ -247,7 +245,7 @@ def _select_triton(
             BLOCK_N=block_n,
             num_warps=num_warps,
         )
-    return ids, (inv if write_inverse else None)
+    return ids, inv if write_inverse else _no_inverse(num_tokens, device)
 
 
 def _copy_rows_triton(source: torch.Tensor, row_map: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
@@ -274,7 +272,35 @@ def _copy_rows_triton(source: torch.Tensor, row_map: torch.Tensor, num_prefix_to
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@masksub_op("select_tokens")
+def _select_reference(seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, write_inverse):
+    ids = select_reference(seed_value(seed, seed_tensor), batch_size, num_tokens, num_keep, device, ordered)
+    return ids, inverse_reference(ids, num_tokens) if write_inverse else _no_inverse(num_tokens, device)
+
+
+def _select_cuda(extension, seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, write_inverse):
+    ids, inv = extension.select_tokens(
+        seed, seed_tensor, batch_size, num_tokens, num_keep, ordered, write_inverse, device
+    )
+    return ids, inv if write_inverse else _no_inverse(num_tokens, device)
+
+
+def _no_inverse(num_tokens: int, device: torch.device) -> torch.Tensor:
+    return torch.empty(0, num_tokens, dtype=torch.int32, device=device)
+
+
+def _inverse(ids: torch.Tensor, inv: torch.Tensor | None, num_tokens: int) -> torch.Tensor:
+    """The inverse map the scatter kernels read: the selection's when it wrote one, else built from the ids."""
+    return inv if inv is not None else inverse_reference(ids, num_tokens)
+
+
+@masksub_op(
+    "select_tokens",
+    device="device",
+    torch=_select_reference,
+    triton=_select_triton,
+    cuda=_select_cuda,
+    records=("random_keep_indices", "random_token_select"),
+)
 def _select_op(
     seed: int,
     seed_tensor: torch.Tensor | None,
@@ -286,21 +312,6 @@ def _select_op(
     write_inverse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids int64 [B, K], inv int32 [B, N]); inv is an empty [0, N] tensor unless write_inverse."""
-    op = "random_token_select" if write_inverse else "random_keep_indices"
-    backend = resolve_backend(device, op)
-    if backend == "triton":
-        ids, inv = _select_triton(seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, write_inverse)
-    elif backend == "cuda":
-        extension = cuda_extension()
-        ids, inv = extension.select_tokens(
-            seed, seed_tensor, batch_size, num_tokens, num_keep, ordered, write_inverse, device
-        )
-    else:
-        ids = select_reference(seed_value(seed, seed_tensor), batch_size, num_tokens, num_keep, device, ordered)
-        inv = inverse_reference(ids, num_tokens) if write_inverse else None
-    if inv is None:
-        inv = torch.empty(0, num_tokens, dtype=torch.int32, device=device)
-    return ids, inv
 
 
 @_select_op.register_fake
@@ -310,14 +321,15 @@ def _(seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, writ
     return ids, inv
 
 
-@masksub_op("gather_tokens")
+@masksub_op(
+    "gather_tokens",
+    device="x",
+    torch=lambda x, ids, inv, num_prefix_tokens: gather_reference(x, ids, num_prefix_tokens),
+    triton=lambda x, ids, inv, num_prefix_tokens: _copy_rows_triton(x, ids, num_prefix_tokens),
+    cuda=lambda extension, x, ids, inv, num_prefix_tokens: extension.gather_tokens(x, ids, num_prefix_tokens),
+)
 def _gather_op(x: torch.Tensor, ids: torch.Tensor, inv: torch.Tensor | None, num_prefix_tokens: int) -> torch.Tensor:
-    backend = resolve_backend(x.device, "gather_tokens")
-    if backend == "triton":
-        return _copy_rows_triton(x, ids, num_prefix_tokens)
-    if backend == "cuda":
-        return cuda_extension().gather_tokens(x, ids, num_prefix_tokens)
-    return gather_reference(x, ids, num_prefix_tokens)
+    """Y [B, P+K, D] from X [B, P+N, D] and ids [B, K]; inv rides along for the backward."""
 
 
 @_gather_op.register_fake
@@ -325,7 +337,13 @@ def _(x, ids, inv, num_prefix_tokens):
     return x.new_empty(x.shape[0], num_prefix_tokens + ids.shape[1], x.shape[2])
 
 
-@masksub_op("scatter_tokens")
+@masksub_op(
+    "scatter_tokens",
+    device="grad_y",
+    torch=lambda grad_y, ids, inv, prefix, num_tokens: scatter_reference(grad_y, ids, prefix, num_tokens),
+    triton=lambda grad_y, ids, inv, prefix, n: _copy_rows_triton(grad_y, _inverse(ids, inv, n), prefix),
+    cuda=lambda extension, grad_y, ids, inv, prefix, n: extension.scatter_tokens(grad_y, _inverse(ids, inv, n), prefix),
+)
 def _scatter_op(
     grad_y: torch.Tensor,
     ids: torch.Tensor,
@@ -333,14 +351,7 @@ def _scatter_op(
     num_prefix_tokens: int,
     num_tokens: int,
 ) -> torch.Tensor:
-    backend = resolve_backend(grad_y.device, "scatter_tokens")
-    if backend == "torch":
-        return scatter_reference(grad_y, ids, num_prefix_tokens, num_tokens)
-    if inv is None:
-        inv = inverse_reference(ids, num_tokens)
-    if backend == "cuda":
-        return cuda_extension().scatter_tokens(grad_y, inv, num_prefix_tokens)
-    return _copy_rows_triton(grad_y, inv, num_prefix_tokens)
+    """dX [B, P+N, D] from dY [B, P+K, D]: the gather's backward."""
 
 
 @_scatter_op.register_fake

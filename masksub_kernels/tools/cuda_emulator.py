@@ -164,7 +164,7 @@ def install(module=None) -> None:
     """Make the emulated extension the ``cuda`` backend for CPU tensors in this process (built when not given)."""
     from .. import _backend
 
-    _backend.set_cuda_emulator(module if module is not None else build())
+    _backend.register_extension("cpu", module if module is not None else build())
 
 
 def _smoke_check() -> bool:

@@ -1,6 +1,6 @@
 """Pixel-grid sub-branch for ResNets and any other CNN: remove random cells of the (normalised) input images.
 
-SEMANTICS.md, ResNet section. Images I [B, C, H, W], cells of S x S pixels (S = 32), Kc = floor(Lc * (1 - r))
+docs/semantics.md, §5 and §9. Images I [B, C, H, W], cells of S x S pixels (S = 32), Kc = floor(Lc * (1 - r))
 cells kept per sample, the others set to 0, the mean colour after normalisation; then the unchanged model runs.
 Unlike the official code (which multiplies by the *remove* mask, zeroing the kept cells), the removed cells are the
 ones zeroed. No gradient reaches the images (they are data).

@@ -1,6 +1,6 @@
 """Swin sub-branch: structured masking of the stage-1 tokens with a learnable mask token.
 
-SEMANTICS.md, Swin section. timm's ``SwinTransformer.forward_features`` is ``patch_embed (conv + norm, NHWC out)
+docs/semantics.md, §6 and §8. timm's ``SwinTransformer.forward_features`` is ``patch_embed (conv + norm, NHWC out)
 -> layers -> norm``; the sub-branch replaces, per sample, the tokens of Lc - Kc random cells of S x S tokens
 (S = 8 tokens = 32 pixels at patch 4) by the mask token m [C]:
 

@@ -1,6 +1,6 @@
 """ViT / DeiT-III / MAE sub-branch: random token selection between the embeddings and the blocks.
 
-SEMANTICS.md, ViT section. timm's ``VisionTransformer.forward_features`` is
+docs/semantics.md, §4 and §8. timm's ``VisionTransformer.forward_features`` is
 
     patch_embed -> _pos_embed (prefix tokens + position embedding) -> patch_drop -> norm_pre -> blocks -> norm
 

@@ -1,6 +1,6 @@
 """``MaskSub``: a model plus its masked sub-branch, the MaskSub loss, and the training-step schedules.
 
-One network, two branches per step, same parameters, same images (SEMANTICS.md):
+One network, two branches per step, same parameters, same images (docs/semantics.md, §8):
 
     L = main_weight * crit(z_main, y) + sub_weight * crit(z_sub, stopgrad(T(z_main)))      (1/2 and 1/2 published)
 

@@ -1,5 +1,5 @@
 """soft_target_cross_entropy, soft_target_bce, self_distillation_loss, masksub_loss: every backend against a float64
-oracle written from SEMANTICS.md (loss section), values and both gradients.
+oracle written from docs/semantics.md (§7), values and both gradients.
 
 Tolerances: fp32 inputs agree with the oracle to 1e-6 relative (gradients: plus 1e-6 of the largest). fp16/bf16
 inputs are compared with the oracle evaluated on the same rounded inputs: losses (fp32 accumulation) to 1e-5

@@ -246,7 +246,7 @@ def test_token_select_identity_at_ratio_zero_when_ordered(backend):
 
 @pytest.mark.parametrize(
     ("seq_len", "num_tokens_out"), [(197, 99), (145, 73), (122, 61)]
-)  # SEMANTICS.md token counts at r = 0.5
+)  # docs/semantics.md §3: token counts at r = 0.5
 def test_published_token_counts(seq_len, num_tokens_out):
     y, _ = mk.random_token_select(torch.zeros(1, seq_len, 2), 0.5, seed=0)
     assert y.shape[1] == num_tokens_out

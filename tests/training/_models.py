@@ -1,4 +1,4 @@
-"""Tiny timm models and the hand-written MaskSub step of SEMANTICS.md, shared by the training tests.
+"""Tiny timm models and the hand-written MaskSub step of docs/semantics.md (§8), shared by the training tests.
 
 The reference is written from the semantics, not from the wrapper: it rebuilds each family's forward from the
 model's parts and draws the masks with the public mask ops (``random_keep_indices``, ``random_grid_mask``) for the
@@ -66,7 +66,7 @@ def batch(name: str, size: int = 4, seed: int = 0, soft: bool = False, dtype=tor
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The hand-written step (SEMANTICS.md)
+# The hand-written step (docs/semantics.md, §8)
 # ----------------------------------------------------------------------------------------------------------------
 
 

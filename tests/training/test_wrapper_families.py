@@ -1,4 +1,4 @@
-"""MaskSub wrapper vs the hand-written step of SEMANTICS.md, per family; family detection and its policy."""
+"""MaskSub wrapper vs the hand-written step of docs/semantics.md (§8), per family; family detection and its policy."""
 
 import warnings
 
