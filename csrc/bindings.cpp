@@ -167,9 +167,9 @@ at::Device resolve_device(at::Device device) {
 }
 
 // The arguments of a per-sample selection of `keep` of `count` positions (tokens or cells).
-void check_selection(int64_t seed, int64_t batch_size, int64_t count, int64_t keep, const char* count_name,
+// Any int64 is a seed (its 64 bits are the Philox key, as for a seed tensor, which may hold any int64): none checked.
+void check_selection(int64_t batch_size, int64_t count, int64_t keep, const char* count_name,
                      const char* keep_name) {
-  TORCH_CHECK(seed >= 0, "seed must be in [0, 2**63), got ", seed);
   TORCH_CHECK(batch_size >= 0 && batch_size <= INT_MAX, "batch_size must be in [0, 2**31), got ", batch_size);
   TORCH_CHECK(count >= 1 && count <= masksub::kMaxSelectTokens, count_name, " must be in [1, ",
               masksub::kMaxSelectTokens, "], got ", count);
@@ -198,7 +198,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> select_tokens(int64_t seed,
                                                                 bool ordered,
                                                                 bool write_inverse,
                                                                 at::Device device) {
-  check_selection(seed, batch_size, num_tokens, num_keep, "num_tokens", "num_keep");
+  check_selection(batch_size, num_tokens, num_keep, "num_tokens", "num_keep");
   device = resolve_device(device);
   const int64_t* seed_ptr = seed_pointer(seed_tensor, device);
   const DeviceGuard guard(device);
@@ -282,7 +282,7 @@ at::Tensor scatter_tokens(const at::Tensor& grad_y, const at::Tensor& inv, int64
 
 at::Tensor grid_cell_mask(int64_t seed, const std::optional<at::Tensor>& seed_tensor, int64_t batch_size,
                           int64_t num_cells, int64_t num_keep, at::Device device) {
-  check_selection(seed, batch_size, num_cells, num_keep, "num_cells", "num_keep");
+  check_selection(batch_size, num_cells, num_keep, "num_cells", "num_keep");
   device = resolve_device(device);
   const int64_t* seed_ptr = seed_pointer(seed_tensor, device);
   const DeviceGuard guard(device);

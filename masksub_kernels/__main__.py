@@ -1,4 +1,8 @@
-"""`python -m masksub_kernels`: what this installation can run, and which backend each device's tensors get."""
+"""`python -m masksub_kernels`: what this installation can run, and which backend each device's tensors get.
+
+Exits with status 2 (and the reason on stderr) when the requested backend (MASKSUB_BACKEND) is unknown or cannot
+run here, as any op would fail then.
+"""
 
 from __future__ import annotations
 
@@ -9,34 +13,46 @@ import torch
 from . import __version__, _backend
 
 
-def describe() -> str:
-    lines = [f"masksub_kernels {__version__} (torch {torch.__version__}, CUDA {torch.version.cuda})"]
-    try:
-        lines.append(f"requested backend: {_backend.get_backend()} (set_backend / MASKSUB_BACKEND)")
-    except (RuntimeError, ValueError) as exc:
-        lines.append(f"requested backend: {exc}")
-        return "\n".join(lines)
-    notes = {"cuda": " (the extension imports; it runs on CUDA tensors only)"}
-    for name in ("triton", "cuda", "torch"):
-        reason = _backend._missing(name)
-        lines.append(f"  {name:7} {'available' + notes.get(name, '') if reason is None else 'unavailable: ' + reason}")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
-        try:
-            chosen = _backend.resolve_backend(device)
-        except RuntimeError as exc:
-            chosen = f"error: {exc}"
-        lines.append(f"tensors on {device}: {chosen}")
-    if not torch.cuda.is_available():
-        lines.append("no CUDA device: the ops run their PyTorch reference (TRITON_INTERPRET=1 runs Triton on the CPU)")
-        from .tools import cuda_emulator
+def _devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-        reason = cuda_emulator.missing()
-        status = f"unavailable: {reason}" if reason else "python -m masksub_kernels.tools.cuda_emulator builds it"
-        lines.append(f"CUDA emulator (csrc/ on the CPU, a test instrument): {status}")
+
+def _backend_line(name: str) -> str:
+    reason = _backend._missing(name)
+    if reason is not None:
+        return f"  {name:7} unavailable: {reason}"
+    serves = [device for device in _devices() if _backend._serves(name, device)]
+    if name == "triton" and _backend.triton_interpreted():
+        serves = [f"{d} (the CPU interpreter, TRITON_INTERPRET=1)" if d == "cpu" else d for d in serves]
+    return f"  {name:7} available for tensors on: {', '.join(serves)}"
+
+
+def describe() -> str:
+    """The report; raises ValueError or RuntimeError when the requested backend is unknown or cannot run."""
+    requested = _backend.get_backend()
+    lines = [
+        f"masksub_kernels {__version__} (torch {torch.__version__}, CUDA {torch.version.cuda})",
+        f"requested backend: {requested} (set_backend / MASKSUB_BACKEND)",
+        *(_backend_line(name) for name in ("triton", "cuda", "torch")),
+    ]
+    for device in _devices():
+        try:
+            lines.append(f"tensors on {device} run: {_backend.resolve_backend(device)}")
+        except RuntimeError as exc:
+            lines.append(f"tensors on {device}: error: {exc}")
+    if not torch.cuda.is_available():
+        lines.append("no CUDA device here: under `auto` every op runs its PyTorch reference")
     return "\n".join(lines)
 
 
+def main() -> int:
+    try:
+        print(describe())
+    except (ValueError, RuntimeError) as exc:
+        print(f"python -m masksub_kernels: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    print(describe())
-    sys.exit(0)
+    sys.exit(main())

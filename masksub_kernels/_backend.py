@@ -74,8 +74,13 @@ def _compiled_extension_missing() -> str | None:
 
 
 def _cuda_missing() -> str | None:
-    """Why the ``cuda`` backend cannot run here, or None when some extension serves it."""
-    return None if _extensions else _compiled_extension_missing()
+    """Why the ``cuda`` backend cannot run here, or None when some extension serves a device of this machine."""
+    if _extensions:
+        return None
+    reason = _compiled_extension_missing()
+    if reason is None and not _cuda_device_present():
+        reason = "the CUDA extension masksub_kernels._C imports, but this machine has no CUDA device to run it on"
+    return reason
 
 
 def _missing(name: str) -> str | None:
@@ -170,7 +175,8 @@ def check_device(device: torch.device | str) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise TypeError(f"device must be a torch.device or a device string such as 'cuda', got {device!r}") from exc
+        kind = ValueError if isinstance(device, str) else TypeError
+        raise kind(f"device must be a torch.device or a device string such as 'cuda:0', got {device!r}") from exc
     if device.type == "cuda" and not _cuda_device_present():
         raise RuntimeError(f"device {device} was asked for, but torch finds no CUDA device on this machine")
     return device

@@ -34,7 +34,7 @@ PHILOX_ROUND_B = 0xCD9E8D57
 PHILOX_KEY_A = 0x9E3779B9
 PHILOX_KEY_B = 0xBB67AE85
 PHILOX_ROUNDS = 10
-SEED_LIMIT = 2**63  # seeds are integers in [0, 2^63): they travel as int64 to every backend
+SEED_LIMIT = 2**63  # seeds are int64 values, in [-2^63, 2^63): they travel as int64 to every backend
 
 
 def new_seed(seed: int | None = None) -> int:
@@ -47,8 +47,9 @@ def new_seed(seed: int | None = None) -> int:
         return int(torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64).item())
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    if not 0 <= seed < SEED_LIMIT:
-        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    if not -SEED_LIMIT <= seed < SEED_LIMIT:
+        # Any int64 is a key (its 64 bits, two's complement, as for a seed tensor, which may hold any int64 too)
+        raise ValueError(f"seed must be an int64 value, in [-2**63, 2**63), got {seed}")
     return seed
 
 

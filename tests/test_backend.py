@@ -41,6 +41,22 @@ def test_auto_runs_reference_on_cpu_tensors():
         assert mk.resolve_backend("cpu") == "torch"
 
 
+def test_cuda_device_without_a_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(_backend, "_cuda_device_present", lambda: False)
+    for device in ("cuda", torch.device("cuda", 0)):
+        with pytest.raises(RuntimeError, match="torch finds no CUDA device"):
+            mk.resolve_backend(device)
+    with pytest.raises(RuntimeError, match="torch finds no CUDA device"):
+        mk.random_keep_indices(2, 8, 4, seed=0, device="cuda")
+
+
+def test_bad_device_names_say_what_is_expected():
+    with pytest.raises(ValueError, match=r"device must be a torch\.device or a device string"):
+        mk.random_grid_mask(1, 4, 2, seed=0, device="gpu0")
+    with pytest.raises(TypeError, match=r"device must be a torch\.device or a device string"):
+        mk.random_keep_indices(1, 4, 2, seed=0, device=1.5)
+
+
 def test_cuda_backend_refuses_cpu_tensors(monkeypatch):
     monkeypatch.setattr(_backend, "_requested", "cuda")
     monkeypatch.setattr(_backend, "_extensions", {})  # the tests' CUDA emulator takes CPU tensors
@@ -87,12 +103,29 @@ def test_triton_without_gpu_or_interpreter_is_unavailable():
     assert "triton" not in result.stdout
 
 
+ENTRY_POINT = "import runpy; runpy.run_module('masksub_kernels', run_name='__main__')"
+
+
 def test_module_entry_point_describes_the_installation():
-    result = run_python("import runpy; runpy.run_module('masksub_kernels', run_name='__main__')")
+    result = run_python(ENTRY_POINT)
     assert result.returncode == 0, result.stderr
     assert "requested backend: auto" in result.stdout
-    assert "tensors on cpu: torch" in result.stdout
-    if not torch.cuda.is_available():
-        assert "CUDA emulator (csrc/ on the CPU, a test instrument): " in result.stdout
-    bad = run_python("import runpy; runpy.run_module('masksub_kernels', run_name='__main__')", MASKSUB_BACKEND="tpu")
-    assert bad.returncode == 0 and "unknown backend 'tpu'" in bad.stdout
+    assert "tensors on cpu run: torch" in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only report")
+def test_module_entry_point_under_the_interpreter_says_where_triton_runs():
+    result = run_python(ENTRY_POINT, TRITON_INTERPRET="1")
+    assert result.returncode == 0, result.stderr
+    assert "triton  available for tensors on: cpu (the CPU interpreter, TRITON_INTERPRET=1)" in result.stdout
+    assert "tensors on cpu run: torch" in result.stdout  # auto keeps the reference on the CPU
+    assert "cuda    unavailable: " in result.stdout
+
+
+@pytest.mark.parametrize("name", ["tpu", "triton"])
+def test_module_entry_point_fails_on_a_backend_that_cannot_run(name):
+    if name == "triton" and torch.cuda.is_available():
+        pytest.skip("triton runs here")
+    bad = run_python(ENTRY_POINT, MASKSUB_BACKEND=name, TRITON_INTERPRET="0")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("python -m masksub_kernels: error: "), bad.stderr

@@ -27,6 +27,21 @@ def check_keep_args(batch_size: int, num_tokens: int, num_keep: int) -> None:
         raise ValueError(f"num_keep must be in [1, num_tokens={num_tokens}], got {num_keep}")
 
 
+def check_bool(name: str, value) -> bool:
+    """A flag argument: a bool (a string such as "no" would otherwise count as True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def resolve_device(device, seed) -> torch.device:
+    """The device of a mask-drawing op: ``device``, else the seed tensor's, else torch's default device; checked
+    (a CUDA device on a machine without one is a clear error)."""
+    if device is None:
+        device = seed.device if isinstance(seed, torch.Tensor) else torch.empty(0).device
+    return _backend.check_device(device)
+
+
 def sort_warps(block: int) -> int:
     """Warps for a one-program sort of ``block`` keys: ~8 keys per thread keeps the bitonic network small (compile
     time grows steeply with keys per thread: 4096 keys on 4 warps took minutes to compile, on 16 warps 7 s)."""

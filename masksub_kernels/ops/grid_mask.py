@@ -29,12 +29,13 @@ Launches on the GPU and bytes moved (N = elements, e = element size, r' = remove
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 
 from .._philox import load_seed, philox_sort_keys, resolve_seed, seed_value
 from .._triton import jit, next_power_of_2, tl
-from ._common import FLOAT_DTYPES, cdiv, check_keep_args, masksub_op, sort_warps
+from ._common import FLOAT_DTYPES, cdiv, check_keep_args, masksub_op, resolve_device, sort_warps
 from .token_select import num_kept_tokens, select_reference
 
 _BITS_DTYPE = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # element size -> int type of the same width
@@ -71,6 +72,16 @@ def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int,
             "of the cell size (grid masks never crop silently)"
         )
     return height // cell_size, width // cell_size
+
+
+def _check_fill_value(fill_value, dtype: torch.dtype) -> None:
+    """A finite number that stays finite in the images' dtype (65504 is fp16's largest): every backend then writes
+    the same value, the number rounded to the dtype."""
+    if isinstance(fill_value, bool) or not isinstance(fill_value, (int, float)):
+        raise TypeError(f"fill_value must be a float, got {type(fill_value).__name__}")
+    largest = torch.finfo(dtype).max
+    if not math.isfinite(fill_value) or abs(fill_value) > largest:
+        raise ValueError(f"fill_value must be finite and within ±{largest:g} for {dtype} images, got {fill_value}")
 
 
 def _check_float_tensor(name: str, x, layout: str) -> None:
@@ -326,9 +337,7 @@ def random_grid_mask(
     """
     grid_h, grid_w = _grid_size(grid_size)
     check_keep_args(batch_size, grid_h * grid_w, num_keep)
-    if device is None:
-        device = seed.device if isinstance(seed, torch.Tensor) else torch.empty(0).device
-    device = torch.device(device)
+    device = resolve_device(device, seed)
     seed, seed_tensor = resolve_seed(seed, device)
     mask = _cell_mask_op(seed, seed_tensor, batch_size, grid_h * grid_w, num_keep, device)
     return mask.view(batch_size, grid_h, grid_w)
@@ -355,8 +364,7 @@ def mask_image_grid(
     """
     _check_float_tensor("images", images, "[B, C, H, W]")
     grid_h, grid_w = _cell_grid(images.shape[2], images.shape[3], cell_size, "images")
-    if isinstance(fill_value, bool) or not isinstance(fill_value, (int, float)):
-        raise TypeError(f"fill_value must be a float, got {type(fill_value).__name__}")
+    _check_fill_value(fill_value, images.dtype)
     num_keep = num_kept_tokens(grid_h * grid_w, mask_ratio)
     mask = random_grid_mask(images.shape[0], (grid_h, grid_w), num_keep, seed=seed, device=images.device)
     return _mask_image_op(images, mask, cell_size, float(fill_value)), mask

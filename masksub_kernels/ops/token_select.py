@@ -27,8 +27,10 @@ from ._common import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
     cdiv,
+    check_bool,
     check_keep_args,
     masksub_op,
+    resolve_device,
     sort_warps,
 )
 
@@ -105,30 +107,39 @@ def select_reference(
     return ids.sort(dim=1).values if ordered else ids
 
 
+def _spill_slot(ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """ids as int64 with every out-of-range id (possible only when the caller skipped validation) sent to slot
+    N, one past the tokens: the references scatter into an extra slot that is dropped, and gather zeros from it, as
+    the kernels read and write nothing for such an id."""
+    ids = ids.long()
+    return torch.where((ids >= 0) & (ids < num_tokens), ids, num_tokens)
+
+
 def inverse_reference(ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """inv int32 [B, N]: inv[b, ids[b, j]] = j, -1 elsewhere."""
     batch_size, num_keep = ids.shape
-    inv = torch.full((batch_size, num_tokens), -1, dtype=torch.int32, device=ids.device)
+    inv = torch.full((batch_size, num_tokens + 1), -1, dtype=torch.int32, device=ids.device)
     ranks = torch.arange(num_keep, dtype=torch.int32, device=ids.device).expand(batch_size, num_keep)
-    return inv.scatter_(1, ids.long(), ranks)
+    return inv.scatter_(1, _spill_slot(ids, num_tokens), ranks)[:, :num_tokens].contiguous()
 
 
 def gather_reference(x: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
     """Y[B, P+K, D] from X[B, P+N, D] (gather with an expanded index: no index copy of D times)."""
-    batch_size, _, dim = x.shape
+    batch_size, seq_len, dim = x.shape
+    padded = torch.cat([x, x.new_zeros(batch_size, 1, dim)], dim=1)  # the zero row that out-of-range ids read
     prefix = torch.arange(num_prefix_tokens, device=x.device).expand(batch_size, num_prefix_tokens)
-    rows = torch.cat([prefix, ids.long() + num_prefix_tokens], dim=1)
-    return torch.gather(x, 1, rows[:, :, None].expand(-1, -1, dim)).contiguous()
+    rows = torch.cat([prefix, _spill_slot(ids, seq_len - num_prefix_tokens) + num_prefix_tokens], dim=1)
+    return torch.gather(padded, 1, rows[:, :, None].expand(-1, -1, dim)).contiguous()
 
 
 def scatter_reference(grad_y: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int, num_tokens: int) -> torch.Tensor:
     """dX[B, P+N, D] from dY[B, P+K, D]: prefix rows copied, kept rows scattered, the rest zero."""
     batch_size, _, dim = grad_y.shape
-    grad_x = grad_y.new_zeros(batch_size, num_prefix_tokens + num_tokens, dim)
+    grad_x = grad_y.new_zeros(batch_size, num_prefix_tokens + num_tokens + 1, dim)  # + the dropped spill row
     grad_x[:, :num_prefix_tokens] = grad_y[:, :num_prefix_tokens]
-    index = ids.long()[:, :, None].expand(-1, -1, dim)
+    index = _spill_slot(ids, num_tokens)[:, :, None].expand(-1, -1, dim)
     grad_x[:, num_prefix_tokens:].scatter_(1, index, grad_y[:, num_prefix_tokens:])
-    return grad_x
+    return grad_x[:, :-1].contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -398,11 +409,10 @@ def random_keep_indices(
     captured CUDA graph then draws new indices whenever the tensor changes.
     """
     check_keep_args(batch_size, num_tokens, num_keep)
-    if device is None:
-        device = seed.device if isinstance(seed, torch.Tensor) else torch.empty(0).device
-    device = torch.device(device)
+    device = resolve_device(device, seed)
     seed, seed_tensor = resolve_seed(seed, device)
-    ids, _ = _select_op(seed, seed_tensor, batch_size, num_tokens, num_keep, device, bool(ordered), False)
+    ordered = check_bool("ordered", ordered)
+    ids, _ = _select_op(seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, False)
     return ids
 
 
@@ -416,14 +426,14 @@ def gather_tokens(
     y[:, :P] = x[:, :P] and y[:, P+j] = x[:, P+ids[:, j]].
     The backward writes every element of dX once (scatter of dY, zeros elsewhere).
 
-    ``validate_ids`` checks range and uniqueness of the values, which reads them on the host: the default does so
-    for CPU tensors only, so that CUDA calls never synchronise (an out-of-range id then reads zeros, never
-    stray memory).
+    ``validate_ids`` checks range and uniqueness of the values, which reads them on the host: the default (None)
+    does so for CPU tensors only, so that CUDA calls never synchronise. Unvalidated, an out-of-range id gives a row
+    of zeros (and no gradient) on every backend, never stray memory; repeated ids are the caller's error.
     """
     _check_tokens(x, num_prefix_tokens)
     if validate_ids is None:  # never inside a compiled graph: reading values would break it
         validate_ids = ids.device.type == "cpu" and not torch.compiler.is_compiling()
-    validate = bool(validate_ids)
+    validate = check_bool("validate_ids", validate_ids) and not ids.is_meta
     _check_ids(x, ids, num_prefix_tokens, validate)
     return _gather_op(x, ids, None, num_prefix_tokens)
 
@@ -448,7 +458,8 @@ def random_token_select(
     num_keep = num_kept_tokens(num_tokens, mask_ratio)
     check_keep_args(batch_size, num_tokens, num_keep)
     seed, seed_tensor = resolve_seed(seed, x.device)
-    ids, inv = _select_op(seed, seed_tensor, batch_size, num_tokens, num_keep, x.device, bool(ordered), True)
+    ordered = check_bool("ordered", ordered)
+    ids, inv = _select_op(seed, seed_tensor, batch_size, num_tokens, num_keep, x.device, ordered, True)
     return _gather_op(x, ids, inv, num_prefix_tokens), ids
 
 
