@@ -1,0 +1,249 @@
+"""Bad input to the token and grid ops: a clear ValueError/TypeError on every backend, never a silent wrong result;
+edge inputs (negative seeds, unvalidated out-of-range ids, meta tensors) give the same result on every backend.
+The losses have their own: tests/ops/test_loss_inputs.py."""
+
+import math
+
+import pytest
+import torch
+from conftest import DEVICE
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import masksub_kernels as mk
+
+# ---------------------------------------------------------------------------------------------------------------
+# Seeds: any int64, an int and a seed tensor holding it draw the same mask
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [-1, -(2**63), -12345678901, 2**63 - 1])
+def test_negative_seeds_are_int64_keys_on_every_backend(backend, seed):
+    as_tensor = torch.tensor([seed], dtype=torch.int64, device=DEVICE)
+    with mk.use_backend("torch"):
+        expected = mk.random_keep_indices(3, 40, 12, seed=seed, device="cpu")
+        expected_cells = mk.random_grid_mask(2, (3, 4), 5, seed=seed, device="cpu")
+    for value in (seed, as_tensor):
+        assert torch.equal(mk.random_keep_indices(3, 40, 12, seed=value, device=DEVICE).cpu(), expected)
+        assert torch.equal(mk.random_grid_mask(2, (3, 4), 5, seed=value, device=DEVICE).cpu(), expected_cells)
+
+
+@pytest.mark.parametrize("seed", [2**63, -(2**63) - 1])
+def test_seeds_beyond_int64_are_refused(seed):
+    with pytest.raises(ValueError, match=r"seed must be an int64 value, in \[-2\*\*63, 2\*\*63\)"):
+        mk.random_keep_indices(1, 4, 2, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Unvalidated ids: an out-of-range id reads a row of zeros and receives no gradient, on every backend
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_unvalidated_out_of_range_ids_read_zeros_on_every_backend(backend):
+    x = torch.randn(2, 1 + 6, 4, device=DEVICE, requires_grad=True)
+    ids = torch.tensor([[0, 6, 3], [-1, 2, 5]], device=DEVICE)  # 6 and -1 are outside [0, 6)
+    y = mk.gather_tokens(x, ids, validate_ids=False)
+    expected = torch.stack([x[0, [0, 1, 1, 4]], x[1, [0, 1, 3, 6]]]).detach()
+    expected[0, 2] = 0  # the id 6
+    expected[1, 1] = 0  # the id -1
+    assert torch.equal(y.detach(), expected)
+    grad_y = torch.randn_like(y)
+    y.backward(grad_y)
+    grad_x = torch.zeros_like(x)
+    grad_x[:, 0] = grad_y[:, 0]
+    grad_x[0, 1], grad_x[0, 4] = grad_y[0, 1], grad_y[0, 3]
+    grad_x[1, 3], grad_x[1, 6] = grad_y[1, 2], grad_y[1, 3]
+    assert torch.equal(x.grad, grad_x)
+
+
+def test_validated_out_of_range_ids_are_refused():
+    x = torch.randn(1, 5, 2)
+    with pytest.raises(ValueError, match=r"ids must index patch tokens in \[0, 4\), got values in \[0, 4\]"):
+        mk.gather_tokens(x, torch.tensor([[0, 4]]), validate_ids=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scalars and flags
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dtype", "fill_value"),
+    [(torch.float16, 1e6), (torch.bfloat16, 1e39), (torch.float32, math.inf), (torch.float32, math.nan)],
+)
+def test_fill_value_must_stay_finite_in_the_images_dtype(backend, dtype, fill_value):
+    images = torch.zeros(1, 1, 4, 4, dtype=dtype, device=DEVICE)
+    with pytest.raises(ValueError, match=f"fill_value must be finite and within ±.* for {dtype} images"):
+        mk.mask_image_grid(images, cell_size=2, seed=1, fill_value=fill_value)
+
+
+def test_largest_finite_fill_value_is_written_on_every_backend(backend):
+    images = torch.zeros(1, 1, 4, 4, dtype=torch.float16, device=DEVICE)
+    out, mask = mk.mask_image_grid(images, cell_size=2, seed=1, fill_value=65504.0)
+    removed = mask.repeat_interleave(2, 1).repeat_interleave(2, 2)[:, None]
+    assert torch.equal(out, torch.where(removed, 65504.0, images))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: mk.random_keep_indices(2, 8, 4, seed=0, ordered="yes"),
+        lambda: mk.random_token_select(torch.zeros(1, 5, 2), 0.5, seed=0, ordered=1),
+        lambda: mk.gather_tokens(torch.zeros(1, 5, 2), torch.tensor([[0, 1]]), validate_ids="no"),
+    ],
+)
+def test_flags_must_be_bools(call):
+    with pytest.raises(TypeError, match="must be a bool, got"):
+        call()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Meta tensors: every op gives the shapes (its registered fake) on every backend
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_meta_tensors_on_every_backend(backend):
+    meta = torch.device("meta")
+    x = torch.empty(2, 1 + 8, 4, device=meta)
+    y, ids = mk.random_token_select(x, 0.5, seed=1)
+    assert y.is_meta and y.shape == (2, 5, 4) and ids.shape == (2, 4) and ids.dtype == torch.int64
+    assert mk.gather_tokens(x, torch.empty(2, 3, dtype=torch.int64, device=meta)).shape == (2, 4, 4)
+    assert mk.random_keep_indices(3, 10, 4, seed=1, device=meta).shape == (3, 4)
+    assert mk.random_grid_mask(2, (2, 3), 2, seed=1, device=meta).shape == (2, 2, 3)
+    out, mask = mk.mask_image_grid(torch.empty(2, 3, 8, 8, device=meta), cell_size=4, seed=1)
+    assert out.is_meta and out.shape == (2, 3, 8, 8) and mask.shape == (2, 2, 2)
+    out, mask = mk.mask_tokens_grid(torch.empty(1, 4, 4, 6, device=meta), torch.empty(6, device=meta), cell_size=2)
+    assert out.is_meta and out.shape == (1, 4, 4, 6) and mask.shape == (1, 2, 2)
+    logits = torch.empty(3, 5, device=meta)
+    loss = mk.masksub_loss(logits, logits.clone(), torch.empty(3, 5, device=meta))
+    assert loss.loss.is_meta and loss.loss.dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Property tests: random valid arguments agree with the reference on every backend; random invalid ones raise
+# ValueError or TypeError (nothing else, never a result) on every backend
+# ---------------------------------------------------------------------------------------------------------------
+
+SEEDS = st.integers(-(2**63), 2**63 - 1)
+
+
+def _on_every_backend(call):
+    """call() under the reference and each kernel backend; the results of the kernels, and the reference's."""
+    with mk.use_backend("torch"):
+        expected = call()
+    results = {}
+    for name in mk.available_backends():
+        with mk.use_backend(name):
+            results[name] = call()
+    return expected, results
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    batch=st.integers(0, 3),
+    grid=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    keep_fraction=st.floats(0.0, 1.0),
+    seed=SEEDS,
+    ordered=st.booleans(),
+)
+def test_masks_agree_with_the_reference(batch, grid, keep_fraction, seed, ordered):
+    cells = grid[0] * grid[1]
+    keep = max(1, round(keep_fraction * cells))
+    expected, results = _on_every_backend(
+        lambda: mk.random_keep_indices(batch, cells, keep, seed=seed, ordered=ordered)
+    )
+    assert all(torch.equal(result, expected) for result in results.values())
+    expected, results = _on_every_backend(lambda: mk.random_grid_mask(batch, grid, keep, seed=seed))
+    assert all(torch.equal(result, expected) for result in results.values())
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    grid=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    cell=st.integers(1, 3),
+    ratio=st.floats(0.0, 0.9),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    seed=SEEDS,
+    fill=st.floats(-100.0, 100.0),
+)
+def test_image_and_token_masks_agree_with_the_reference(grid, cell, ratio, dtype, seed, fill):
+    cells = grid[0] * grid[1]
+    if int(cells * (1.0 - ratio)) < 1:
+        return
+    generator = torch.Generator().manual_seed(seed % 2**32)
+    images = torch.randn(2, 3, grid[0] * cell, grid[1] * cell, generator=generator).to(dtype)
+    expected, results = _on_every_backend(
+        lambda: mk.mask_image_grid(images, ratio, cell_size=cell, seed=seed, fill_value=fill)
+    )
+    for masked, mask in results.values():
+        assert torch.equal(masked, expected[0]) and torch.equal(mask, expected[1])
+    tokens, mask_token = images.permute(0, 2, 3, 1), torch.randn(3, generator=generator).to(dtype)
+    expected, results = _on_every_backend(
+        lambda: mk.mask_tokens_grid(tokens, mask_token, ratio, cell_size=cell, seed=seed)
+    )
+    assert all(torch.equal(result[0], expected[0]) for result in results.values())
+
+
+# Invalid values per argument (kind and value errors); one argument of a valid call is replaced by one of these.
+BAD_ARGUMENTS = {
+    "batch_size": [-1, 2.0, True, None],
+    "num_tokens": [0, 8193, 3.0, "8"],
+    "num_keep": [0, 9, 1.5],
+    "seed": [2**63, -(2**63) - 1, 1.5, "7", torch.tensor([1], dtype=torch.int32), torch.tensor([1, 2])],
+    "mask_ratio": [-0.1, 1.0, math.nan, math.inf, "0.5", None, True],
+    "cell_size": [0, -2, 2.0, True, 3],  # 3 does not divide the 8 x 8 images
+    "fill_value": [math.nan, -math.inf, 1e39, "0", None],
+    "num_prefix_tokens": [-1, 9, 1.0, None],
+    "device": ["gpu", 1.5],
+    "ordered": ["yes", 1, None],
+}
+
+
+def _bad_call(op: str, argument: str, value):
+    """A call of ``op`` that is valid but for ``argument`` = ``value``; None when op has no such argument."""
+    calls = {
+        "random_keep_indices": (
+            lambda a: mk.random_keep_indices(a["batch_size"], a["num_tokens"], a["num_keep"], seed=a["seed"],
+                                             device=a["device"], ordered=a["ordered"]),
+            {"batch_size": 2, "num_tokens": 8, "num_keep": 4, "seed": 1, "device": DEVICE, "ordered": False},
+        ),
+        "random_token_select": (
+            lambda a: mk.random_token_select(torch.zeros(2, 9, 3, device=DEVICE), a["mask_ratio"], seed=a["seed"],
+                                             num_prefix_tokens=a["num_prefix_tokens"], ordered=a["ordered"]),
+            {"mask_ratio": 0.5, "seed": 1, "num_prefix_tokens": 1, "ordered": False},
+        ),
+        "mask_image_grid": (
+            lambda a: mk.mask_image_grid(torch.zeros(1, 2, 8, 8, device=DEVICE), a["mask_ratio"],
+                                         cell_size=a["cell_size"], seed=a["seed"], fill_value=a["fill_value"]),
+            {"mask_ratio": 0.5, "cell_size": 4, "seed": 1, "fill_value": 0.0},
+        ),
+        "mask_tokens_grid": (
+            lambda a: mk.mask_tokens_grid(torch.zeros(1, 8, 8, 2, device=DEVICE), torch.zeros(2, device=DEVICE),
+                                          a["mask_ratio"], cell_size=a["cell_size"], seed=a["seed"]),
+            {"mask_ratio": 0.5, "cell_size": 4, "seed": 1},
+        ),
+    }  # fmt: skip
+    call, arguments = calls[op]
+    if argument not in arguments:
+        return None
+    return lambda: call({**arguments, argument: value})
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    op=st.sampled_from(["random_keep_indices", "random_token_select", "mask_image_grid", "mask_tokens_grid"]),
+    bad=st.sampled_from([(name, index) for name, values in BAD_ARGUMENTS.items() for index in range(len(values))]),
+    backend_name=st.sampled_from(["torch", "triton", "cuda"]),
+)
+def test_invalid_arguments_raise_value_or_type_errors(op, bad, backend_name):
+    if backend_name not in mk.available_backends():
+        return
+    argument, index = bad
+    value = BAD_ARGUMENTS[argument][index]
+    if isinstance(value, torch.Tensor):
+        value = value.to(DEVICE)
+    call = _bad_call(op, argument, value)
+    if call is None:
+        return
+    with mk.use_backend(backend_name), pytest.raises((ValueError, TypeError)):
+        call()
