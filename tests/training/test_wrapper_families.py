@@ -185,3 +185,12 @@ def test_configuration_errors_are_clear():
         ms.check_input_size(32)  # one cell: r = 0.5 keeps none
     with pytest.raises(ValueError, match="patch size"):
         MaskSub(tiny_vit()).check_input_size(36)
+    for cell_size in (0, -8, 2.0, True):
+        with pytest.raises(ValueError, match="cell_size must be an int >= 1"):
+            MaskSub(BUILDERS["resnet"](), cell_size=cell_size)
+    for weight in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="sub_weight must be in"):
+            MaskSub(tiny_vit(), sub_weight=weight)
+    for threshold in (float("nan"), float("-inf")):
+        with pytest.raises(ValueError, match="target_threshold must be"):
+            MaskSub(tiny_vit(), loss="bce", target_threshold=threshold)
