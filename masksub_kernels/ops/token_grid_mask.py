@@ -31,7 +31,7 @@ import torch
 
 from .._triton import jit, next_power_of_2, tl
 from ._common import cdiv, masksub_op
-from .grid_mask import _cell_grid, _check_float_tensor, _spec, _tile, pixel_mask_reference, random_grid_mask
+from .grid_mask import _cell_grid, _check_float_tensor, _spec, _tile, random_grid_mask
 from .token_select import num_kept_tokens
 
 MAX_PARTIALS = 1024  # programs of the token backward: at most this many partial sums of dm per channel
@@ -65,22 +65,35 @@ def _check_mask_token(tokens: torch.Tensor, mask_token) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _by_cells(x: torch.Tensor, cell_size: int) -> torch.Tensor:
+    """[B, H, W, C] viewed as [B, G_h, S, G_w, S, C] (a view for any strides: splitting a dimension never copies)."""
+    return x.unflatten(1, (-1, cell_size)).unflatten(3, (-1, cell_size))
+
+
+def _removed(cell_mask: torch.Tensor) -> torch.Tensor:
+    """bool [B, G_h, 1, G_w, 1, 1]: the cell mask, broadcast over the tokens of each cell and the channels."""
+    return cell_mask[:, :, None, :, None, None]
+
+
 def mask_tokens_reference(
     tokens: torch.Tensor, mask_token: torch.Tensor, cell_mask: torch.Tensor, cell_size: int
 ) -> torch.Tensor:
-    """T_out [B, H, W, C] contiguous: the mask token on removed cells, the tokens elsewhere."""
-    removed = pixel_mask_reference(cell_mask, cell_size)[..., None]
-    return torch.where(removed, mask_token.reshape(-1), tokens).contiguous()
+    """T_out [B, H, W, C] contiguous: the mask token on removed cells, the tokens elsewhere (a select, so NaN or inf
+    in a removed token never leaks; one pass, the per-token mask never materialised)."""
+    out = torch.where(_removed(cell_mask), mask_token.reshape(-1), _by_cells(tokens, cell_size))
+    return out.reshape(tokens.shape)
 
 
 def mask_tokens_backward_reference(
     grad_out: torch.Tensor, cell_mask: torch.Tensor, cell_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dT [B, H, W, C] contiguous, dm [C]): dm summed in float32 (float64 for float64 input)."""
-    removed = pixel_mask_reference(cell_mask, cell_size)
-    grad_tokens = grad_out.masked_fill(removed[..., None], 0).contiguous()
+    grad = _by_cells(grad_out, cell_size)
+    removed = _removed(cell_mask)
+    zero = grad.new_zeros(())
+    grad_tokens = torch.where(removed, zero, grad).reshape(grad_out.shape)
     acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
-    grad_mask = grad_out[removed].to(acc).sum(dim=0).to(grad_out.dtype)  # rows of removed tokens [n, C], summed
+    grad_mask = torch.where(removed, grad, zero).sum(dim=(0, 1, 2, 3, 4), dtype=acc).to(grad_out.dtype)
     return grad_tokens, grad_mask
 
 
