@@ -24,6 +24,15 @@ from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
+# The real kernel device (csrc/platform/masksub_platform.h); the CUDA emulator's build puts its twin, csrc/emulator/,
+# on its include path instead.
+PLATFORM = CSRC / "platform"
+
+# Warnings are errors in the extension's own code, for the host compiler and for nvcc's host pass. GCC 12's -Wall
+# has -Winfinite-recursion: a stream getter that called itself once shipped in bindings.cpp, where no CPU test could
+# run it. tests/test_setup.py compiles with these very flags.
+WARNING_FLAGS = ["-Wall", "-Wextra", "-Werror"]
+NVCC_WARNING_FLAGS = [f"-Xcompiler={','.join(WARNING_FLAGS)}", "-Werror=all-warnings"]
 
 
 def log(message: str) -> None:
@@ -31,8 +40,8 @@ def log(message: str) -> None:
 
 
 def find_cuda_home() -> str | None:
-    """The real CUDA toolkit (masksub_kernels/tools/cuda_home.py, loaded by path: nothing is installed yet)."""
-    spec = importlib.util.spec_from_file_location("_masksub_cuda_home", ROOT / "masksub_kernels/tools/cuda_home.py")
+    """The real CUDA toolkit (tools/cuda_home.py, loaded by path: nothing is installed yet)."""
+    spec = importlib.util.spec_from_file_location("_masksub_cuda_home", ROOT / "tools" / "cuda_home.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     home = module.find_cuda_home()
@@ -60,6 +69,17 @@ def cuda_extension_plan() -> tuple[bool, str]:
     return True, f"CUDA toolkit {cuda_home}, torch {torch.__version__} (CUDA {torch.version.cuda})"
 
 
+def system_includes(include_dirs: list[str]) -> list[str]:
+    """-isystem for headers that are not ours (torch's, the toolkit's, Python's): GCC then ignores the -I that the
+    build also passes for them, and -Werror judges only this project's code."""
+    return [flag for directory in include_dirs for flag in ("-isystem", directory)]
+
+
+def host_compile_flags(include_dirs: list[str]) -> list[str]:
+    """The host compiler's flags for bindings.cpp, given the foreign include folders (tests/test_setup.py)."""
+    return ["-O3", "-std=c++20", *WARNING_FLAGS, *system_includes(include_dirs)]  # torch 2.14 headers need C++20
+
+
 def extension_modules():
     build, reason = cuda_extension_plan()
     forced = os.environ.get("MASKSUB_BUILD_CUDA", "").strip() == "1"
@@ -68,7 +88,9 @@ def extension_modules():
             raise SystemExit(f"masksub_kernels setup: MASKSUB_BUILD_CUDA=1 but the extension cannot be built: {reason}")
         log(f"skipping the CUDA extension masksub_kernels._C ({reason}); the Triton and torch backends still work")
         return [], {}
-    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+    import sysconfig
+
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension, include_paths
 
     archs = os.environ.get("MASKSUB_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
     gencode = []
@@ -80,12 +102,12 @@ def extension_modules():
     extension = CUDAExtension(
         name="masksub_kernels._C",
         sources=sources,
-        include_dirs=[str(CSRC)],
+        include_dirs=[str(CSRC), str(PLATFORM)],
         extra_compile_args={
-            "cxx": ["-O3", "-std=c++20"],  # torch 2.14 headers require C++20; .cu files are torch-free
-            "nvcc": ["-O3", "-std=c++17", "-lineinfo", *gencode],
+            "cxx": host_compile_flags([*include_paths("cuda"), sysconfig.get_paths()["include"]]),
+            "nvcc": ["-O3", "-std=c++17", "-lineinfo", *NVCC_WARNING_FLAGS, *gencode],  # .cu files are torch-free
         },
-        optional=not forced,  # an automatic build that fails leaves a working pure-Python install
+        optional=not forced,  # an automatic build that fails leaves a working pure-Python install (CI forces it)
     )
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
 

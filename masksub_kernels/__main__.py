@@ -29,11 +29,8 @@ def describe() -> str:
         lines.append(f"tensors on {device}: {chosen}")
     if not torch.cuda.is_available():
         lines.append("no CUDA device: the ops run their PyTorch reference (TRITON_INTERPRET=1 runs Triton on the CPU)")
-        from .tools import cuda_emulator
-
-        reason = cuda_emulator.missing()
-        status = f"unavailable: {reason}" if reason else "python -m masksub_kernels.tools.cuda_emulator builds it"
-        lines.append(f"CUDA emulator (csrc/ on the CPU, a test instrument): {status}")
+        # a developer tool of the source tree, not of the installed package
+        lines.append("CUDA emulator (csrc/ on the CPU, a test tool): python -m tools.cuda_emulator in a checkout")
     return "\n".join(lines)
 
 

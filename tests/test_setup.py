@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from masksub_kernels.tools.cuda_home import find_cuda_home
+from tools.cuda_home import find_cuda_home
 
 ROOT = Path(__file__).resolve().parents[1]
 
