@@ -7,6 +7,9 @@ The extension is built when a CUDA build of torch and a CUDA toolkit are present
     (unset)                  build it when possible; otherwise, or if the build fails, install without it
     MASKSUB_CUDA_ARCHS       target compute capabilities, default "80;90" (sm_80 and sm_90a)
 
+The extension's own code compiles with warnings as errors (WARNING_FLAGS: host compiler and nvcc's host pass), so
+a build that warns fails; CI sets MASKSUB_BUILD_CUDA=1, so that such a failure fails the run.
+
 Install with ``pip install --no-build-isolation -e .`` so that the build sees the environment's torch.
 The nvcc on PATH may be a wrapper script that execs the real toolkit's nvcc; torch guesses CUDA_HOME from the
 nvcc it finds and then fails to link (-lcudart). So CUDA_HOME is resolved here, from the wrapper's target.
@@ -69,15 +72,21 @@ def cuda_extension_plan() -> tuple[bool, str]:
     return True, f"CUDA toolkit {cuda_home}, torch {torch.__version__} (CUDA {torch.version.cuda})"
 
 
-def system_includes(include_dirs: list[str]) -> list[str]:
-    """-isystem for headers that are not ours (torch's, the toolkit's, Python's): GCC then ignores the -I that the
-    build also passes for them, and -Werror judges only this project's code."""
-    return [flag for directory in include_dirs for flag in ("-isystem", directory)]
+def foreign_include_dirs(cuda_home: str) -> list[str]:
+    """The include folders of torch, the CUDA toolkit and Python: the headers bindings.cpp uses but we do not own."""
+    import sysconfig
+
+    from torch.utils.cpp_extension import include_paths
+
+    return [*include_paths(), str(Path(cuda_home) / "include"), sysconfig.get_paths()["include"]]
 
 
-def host_compile_flags(include_dirs: list[str]) -> list[str]:
-    """The host compiler's flags for bindings.cpp, given the foreign include folders (tests/test_setup.py)."""
-    return ["-O3", "-std=c++20", *WARNING_FLAGS, *system_includes(include_dirs)]  # torch 2.14 headers need C++20
+def host_compile_flags(cuda_home: str) -> list[str]:
+    """The host compiler's flags for bindings.cpp (tests/test_setup.py compiles with them too). Foreign headers are
+    -isystem: GCC then ignores the -I the build also passes for them, and -Werror judges only this project's code
+    (torch's headers alone trip -Wextra's unused-parameter)."""
+    system = [flag for directory in foreign_include_dirs(cuda_home) for flag in ("-isystem", directory)]
+    return ["-O3", "-std=c++20", *WARNING_FLAGS, *system]  # torch 2.14 headers require C++20
 
 
 def extension_modules():
@@ -88,9 +97,7 @@ def extension_modules():
             raise SystemExit(f"masksub_kernels setup: MASKSUB_BUILD_CUDA=1 but the extension cannot be built: {reason}")
         log(f"skipping the CUDA extension masksub_kernels._C ({reason}); the Triton and torch backends still work")
         return [], {}
-    import sysconfig
-
-    from torch.utils.cpp_extension import BuildExtension, CUDAExtension, include_paths
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
     archs = os.environ.get("MASKSUB_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
     gencode = []
@@ -104,7 +111,7 @@ def extension_modules():
         sources=sources,
         include_dirs=[str(CSRC), str(PLATFORM)],
         extra_compile_args={
-            "cxx": host_compile_flags([*include_paths("cuda"), sysconfig.get_paths()["include"]]),
+            "cxx": host_compile_flags(find_cuda_home()),
             "nvcc": ["-O3", "-std=c++17", "-lineinfo", *NVCC_WARNING_FLAGS, *gencode],  # .cu files are torch-free
         },
         optional=not forced,  # an automatic build that fails leaves a working pure-Python install (CI forces it)
