@@ -7,6 +7,9 @@ The extension is built when a CUDA build of torch and a CUDA toolkit are present
     (unset)                  build it when possible; otherwise, or if the build fails, install without it
     MASKSUB_CUDA_ARCHS       target compute capabilities, default "80;90" (sm_80 and sm_90a)
 
+The extension's own code compiles with warnings as errors (WARNING_FLAGS: host compiler and nvcc's host pass), so
+a build that warns fails; CI sets MASKSUB_BUILD_CUDA=1, so that such a failure fails the run.
+
 Install with ``pip install --no-build-isolation -e .`` so that the build sees the environment's torch.
 The nvcc on PATH may be a wrapper script that execs the real toolkit's nvcc; torch guesses CUDA_HOME from the
 nvcc it finds and then fails to link (-lcudart). So CUDA_HOME is resolved here, from the wrapper's target.
@@ -24,6 +27,15 @@ from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
+# The real kernel device (csrc/platform/masksub_platform.h); the CUDA emulator's build puts its twin, csrc/emulator/,
+# on its include path instead.
+PLATFORM = CSRC / "platform"
+
+# Warnings are errors in the extension's own code, for the host compiler and for nvcc's host pass. GCC 12's -Wall
+# has -Winfinite-recursion: a stream getter that called itself once shipped in bindings.cpp, where no CPU test could
+# run it. tests/test_setup.py compiles with these very flags.
+WARNING_FLAGS = ["-Wall", "-Wextra", "-Werror"]
+NVCC_WARNING_FLAGS = [f"-Xcompiler={','.join(WARNING_FLAGS)}", "-Werror=all-warnings"]
 
 
 def log(message: str) -> None:
@@ -31,8 +43,8 @@ def log(message: str) -> None:
 
 
 def find_cuda_home() -> str | None:
-    """The real CUDA toolkit (masksub_kernels/tools/cuda_home.py, loaded by path: nothing is installed yet)."""
-    spec = importlib.util.spec_from_file_location("_masksub_cuda_home", ROOT / "masksub_kernels/tools/cuda_home.py")
+    """The real CUDA toolkit (tools/cuda_home.py, loaded by path: nothing is installed yet)."""
+    spec = importlib.util.spec_from_file_location("_masksub_cuda_home", ROOT / "tools" / "cuda_home.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     home = module.find_cuda_home()
@@ -60,6 +72,23 @@ def cuda_extension_plan() -> tuple[bool, str]:
     return True, f"CUDA toolkit {cuda_home}, torch {torch.__version__} (CUDA {torch.version.cuda})"
 
 
+def foreign_include_dirs(cuda_home: str) -> list[str]:
+    """The include folders of torch, the CUDA toolkit and Python: the headers bindings.cpp uses but we do not own."""
+    import sysconfig
+
+    from torch.utils.cpp_extension import include_paths
+
+    return [*include_paths(), str(Path(cuda_home) / "include"), sysconfig.get_paths()["include"]]
+
+
+def host_compile_flags(cuda_home: str) -> list[str]:
+    """The host compiler's flags for bindings.cpp (tests/test_setup.py compiles with them too). Foreign headers are
+    -isystem: GCC then ignores the -I the build also passes for them, and -Werror judges only this project's code
+    (torch's headers alone trip -Wextra's unused-parameter)."""
+    system = [flag for directory in foreign_include_dirs(cuda_home) for flag in ("-isystem", directory)]
+    return ["-O3", "-std=c++20", *WARNING_FLAGS, *system]  # torch 2.14 headers require C++20
+
+
 def extension_modules():
     build, reason = cuda_extension_plan()
     forced = os.environ.get("MASKSUB_BUILD_CUDA", "").strip() == "1"
@@ -80,12 +109,12 @@ def extension_modules():
     extension = CUDAExtension(
         name="masksub_kernels._C",
         sources=sources,
-        include_dirs=[str(CSRC)],
+        include_dirs=[str(CSRC), str(PLATFORM)],
         extra_compile_args={
-            "cxx": ["-O3", "-std=c++20"],  # torch 2.14 headers require C++20; .cu files are torch-free
-            "nvcc": ["-O3", "-std=c++17", "-lineinfo", *gencode],
+            "cxx": host_compile_flags(find_cuda_home()),
+            "nvcc": ["-O3", "-std=c++17", "-lineinfo", *NVCC_WARNING_FLAGS, *gencode],  # .cu files are torch-free
         },
-        optional=not forced,  # an automatic build that fails leaves a working pure-Python install
+        optional=not forced,  # an automatic build that fails leaves a working pure-Python install (CI forces it)
     )
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
 

@@ -1,20 +1,14 @@
 // masksub_kernels._C: the thin torch layer over the launchers of csrc/masksub_kernels.h.
 //
 // Each function checks its arguments (messages say what was expected and what came), allocates its outputs with
-// torch, sets the device guard, and enqueues the kernels on the current CUDA stream without synchronising.
-// Metadata checks (rank, dtype, shape) come before the device checks, so that they can be tested without a GPU.
+// torch, sets the device guard, and enqueues the kernels on the current stream of the tensors' device without
+// synchronising. Metadata checks (rank, dtype, shape) come before the device checks, so that they can be tested
+// without a GPU.
 //
-// The stream comes from c10/cuda/CUDAStream.h (c10::cuda::getCurrentCUDAStream, the stream that
-// at::cuda::getCurrentCUDAStream returns), not from ATen/cuda/CUDAContext.h: that header pulls in the cuBLAS,
-// cuSPARSE and cuSOLVER headers, which a bare CUDA toolkit may lack (this one does) and these kernels do not use.
-//
-// The CUDA emulator (csrc/emulator, masksub_kernels/tools/cuda_emulator.py) compiles this very file for the CPU with
-// MASKSUB_EMULATOR defined: there CPU tensors stand for CUDA ones, and there is no device guard or stream. That
-// difference is confined to the "Kernel device" block below.
-#ifndef MASKSUB_EMULATOR
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
+// The kernel device (its tensors, guard, current stream and current index) comes from masksub_platform.h, found on
+// the include path: csrc/platform/ in the real build (setup.py), csrc/emulator/ in the CUDA emulator's build
+// (tools/cuda_emulator.py), where CPU tensors stand for CUDA ones. This file has no conditional compilation: the
+// emulator runs every line of it that the GPU build runs.
 #include <torch/extension.h>
 
 #include <climits>
@@ -26,35 +20,21 @@
 #include <tuple>
 
 #include "masksub_kernels.h"
+#include "masksub_platform.h"
 
 namespace {
 
-// ---------------------------------------------------------------------------------------------------------------
-// Kernel device: where the kernels run, its guard and its stream
-// ---------------------------------------------------------------------------------------------------------------
-
-#ifndef MASKSUB_EMULATOR
-constexpr at::DeviceType kKernelDevice = at::kCUDA;
-#define KERNEL_TENSOR "CUDA tensor"
-using DeviceGuard = c10::cuda::CUDAGuard;
-cudaStream_t current_stream() { return current_stream(); }
-at::Device default_device_index(at::Device device) { return at::Device(device.type(), c10::cuda::current_device()); }
-#else
-constexpr at::DeviceType kKernelDevice = at::kCPU;
-#define KERNEL_TENSOR "CPU tensor (this is the CUDA emulator)"
-struct DeviceGuard {
-  explicit DeviceGuard(at::Device) {}
-};
-cudaStream_t current_stream() { return nullptr; }
-at::Device default_device_index(at::Device device) { return device; }
-#endif
+using masksub::platform::current_stream;
+using masksub::platform::DeviceGuard;
+using masksub::platform::kKernelDevice;
+using masksub::platform::kKernelTensor;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Argument checks
 // ---------------------------------------------------------------------------------------------------------------
 
-#define CHECK_DEVICE(x) TORCH_CHECK((x).device().type() == kKernelDevice, #x " must be a " KERNEL_TENSOR ", got ", \
-                                    (x).device())
+#define CHECK_DEVICE(x) \
+  TORCH_CHECK((x).device().type() == kKernelDevice, #x " must be a ", kKernelTensor, ", got ", (x).device())
 #define CHECK_SAME_DEVICE(x, ref) \
   TORCH_CHECK((x).device() == (ref).device(), #x " must be on the device of " #ref " (", (ref).device(), "), got ", \
               (x).device())
@@ -163,7 +143,7 @@ T scalar_as(double value, at::ScalarType dtype) {
 at::Device resolve_device(at::Device device) {
   TORCH_CHECK(device.type() == kKernelDevice, "device must be a ", at::DeviceTypeName(kKernelDevice), " device, got ",
               device);
-  return device.has_index() ? device : default_device_index(device);
+  return device.has_index() ? device : at::Device(device.type(), masksub::platform::current_device_index());
 }
 
 // The arguments of a per-sample selection of `keep` of `count` positions (tokens or cells).
@@ -211,7 +191,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> select_tokens(int64_t seed,
                                              ordered,
                                              ids.mutable_data_ptr<int64_t>(),
                                              inv ? inv->mutable_data_ptr<int32_t>() : nullptr, nullptr,
-                                             current_stream()));
+                                             current_stream(device)));
   return {ids, inv};
 }
 
@@ -231,7 +211,7 @@ at::Tensor gather_tokens(const at::Tensor& x, const at::Tensor& ids, int64_t num
   const DeviceGuard guard(x.device());
   const at::Tensor source = last_dim_dense(x);
   at::Tensor y = at::empty({B, P + K, D}, x.options().memory_format(at::MemoryFormat::Contiguous));
-  const cudaStream_t stream = current_stream();
+  const cudaStream_t stream = current_stream(x.device());
   dispatch_float(x.scalar_type(), "x", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (ids.scalar_type() == at::kLong) {
@@ -265,7 +245,7 @@ at::Tensor scatter_tokens(const at::Tensor& grad_y, const at::Tensor& inv, int64
   const DeviceGuard guard(grad_y.device());
   const at::Tensor source = last_dim_dense(grad_y);
   at::Tensor grad_x = at::empty({B, P + N, D}, grad_y.options().memory_format(at::MemoryFormat::Contiguous));
-  const cudaStream_t stream = current_stream();
+  const cudaStream_t stream = current_stream(grad_y.device());
   dispatch_float(grad_y.scalar_type(), "grad_y", [&](auto tag) {
     using T = typename decltype(tag)::type;
     CHECK_LAUNCH("scatter_tokens",
@@ -290,7 +270,7 @@ at::Tensor grid_cell_mask(int64_t seed, const std::optional<at::Tensor>& seed_te
   CHECK_LAUNCH("grid_cell_mask",
                masksub::launch_select_tokens(static_cast<uint64_t>(seed), seed_ptr, batch_size, num_cells, num_keep, false,
                                              nullptr, nullptr, reinterpret_cast<uint8_t*>(mask.mutable_data_ptr()),
-                                             current_stream()));
+                                             current_stream(device)));
   return mask;
 }
 
@@ -325,7 +305,7 @@ at::Tensor mask_image_grid(const at::Tensor& images, const at::Tensor& cell_mask
                  masksub::launch_mask_image_grid<T>(data_of<T>(images), in_strides, mutable_data_of<T>(out),
                                                     out_strides, cell_bytes(cells), B, C, H, W, cell_size,
                                                     scalar_as<T>(fill_value, images.scalar_type()),
-                                                    current_stream()));
+                                                    current_stream(images.device())));
   });
   return out;
 }
@@ -352,7 +332,7 @@ at::Tensor mask_tokens_grid_forward(const at::Tensor& tokens, const at::Tensor& 
                  masksub::launch_mask_tokens_grid_forward<T>(
                      data_of<T>(source), source.stride(0), source.stride(1), source.stride(2), data_of<T>(token),
                      cell_bytes(cells), mutable_data_of<T>(out), B, H, W, C, cell_size,
-                     current_stream()));
+                     current_stream(tokens.device())));
   });
   return out;
 }
@@ -382,7 +362,7 @@ std::tuple<at::Tensor, at::Tensor> mask_tokens_grid_backward(const at::Tensor& g
                      data_of<T>(source), source.stride(0), source.stride(1), source.stride(2), cell_bytes(cells),
                      need_tokens_grad ? mutable_data_of<T>(grad_tokens) : nullptr,
                      need_mask_grad ? mutable_data_of<T>(grad_mask) : nullptr, partials.mutable_data_ptr(), B, H, W,
-                     C, cell_size, current_stream()));
+                     C, cell_size, current_stream(grad_out.device())));
   });
   return {grad_tokens, grad_mask};
 }
@@ -483,7 +463,7 @@ at::Tensor masksub_loss_forward(const at::Tensor& logits, const std::optional<at
     CHECK_LAUNCH("masksub_loss_forward",
                  masksub::launch_masksub_loss_forward<T>(data_of<T>(ops.logits), ops.problem,
                                                          out.mutable_data_ptr<float>(),
-                                                         current_stream()));
+                                                         current_stream(logits.device())));
   });
   return out;
 }
@@ -525,7 +505,7 @@ std::tuple<at::Tensor, at::Tensor> masksub_loss_backward(
                      grad_main ? gm.const_data_ptr<float>() : nullptr, grad_main ? gm.stride(0) : 0,
                      grad_sub ? gs.const_data_ptr<float>() : nullptr, grad_sub ? gs.stride(0) : 0,
                      grad_main ? mutable_data_of<T>(grad_logits) : nullptr,
-                     grad_sub ? mutable_data_of<T>(grad_sub_logits) : nullptr, current_stream()));
+                     grad_sub ? mutable_data_of<T>(grad_sub_logits) : nullptr, current_stream(logits.device())));
   });
   return {grad_logits, grad_sub_logits};
 }

@@ -20,7 +20,8 @@ namespace detail {
 constexpr int kCopyThreads = 256;
 constexpr int kCopyUnroll = 4;
 // Grid cap of the row copies and the image masks: work beyond blocks x rows per block is covered by a grid-stride
-// loop. The CUDA emulator's build lowers it (-DMASKSUB_MAX_GRID_BLOCKS=3) so that the tests run that loop.
+// loop. A tuning knob with a default, not a switch between builds: it changes a value, never which lines compile.
+// The CUDA emulator's build lowers it (-DMASKSUB_MAX_GRID_BLOCKS=3) so that the tests run that loop on small inputs.
 #ifndef MASKSUB_MAX_GRID_BLOCKS
 #define MASKSUB_MAX_GRID_BLOCKS (int64_t{1} << 20)
 #endif

@@ -50,7 +50,7 @@ struct SelectShared {
 
 // Register budget: at least 1024 / THREADS blocks per SM (half of the 2048 threads an sm_80/sm_90 SM holds) caps
 // every shape at 64 registers per thread. With at most 8 keys per thread (8 draws, 8 positions, the sort's ranks)
-// that fits without spills on sm_80 and sm_90a (python -m masksub_kernels.tools.check_spills); 16 keys per thread
+// that fits without spills on sm_80 and sm_90a (python -m tools.check_spills); 16 keys per thread
 // needed ~100 registers and spilled under the same cap.
 template <int THREADS, int ITEMS>
 __global__ void __launch_bounds__(THREADS, 1024 / THREADS) select_tokens_kernel(

@@ -3,7 +3,7 @@ the CUDA emulator; with a GPU, the tests run on CUDA tensors (the GPU suite).
 
 TRITON_INTERPRET is read when @triton.jit runs, i.e. when masksub_kernels is imported, so it is set here, before
 any import of the package. MASKSUB_CUDA_EMULATOR chooses whether the ``cuda`` backend runs on the emulator
-(masksub_kernels.tools.cuda_emulator: csrc/ compiled for the CPU) where there is no GPU: ``auto`` (default: when a
+(tools/cuda_emulator.py: csrc/ compiled for the CPU) where there is no GPU: ``auto`` (default: when a
 CUDA toolkit's headers are present), ``1`` (required: a build failure fails the run; CI), ``0`` (never).
 """
 
@@ -26,7 +26,7 @@ def _install_cuda_emulator() -> bool:
     setting = os.environ.get("MASKSUB_CUDA_EMULATOR", "auto")
     if DEVICE.type == "cuda" or setting == "0":
         return False
-    from masksub_kernels.tools import cuda_emulator
+    from tools import cuda_emulator
 
     if setting != "1" and cuda_emulator.missing() is not None:
         return False

@@ -13,6 +13,9 @@ namespace {
 
 constexpr int kThreads = 64;
 
+// The stream launches must be on: handed out as the emulated masksub_platform.h hands out a device's stream.
+cudaStream_t stream = nullptr;
+
 // out[t] = the value thread t+1 wrote to shared memory, with or without the barrier in between.
 template <bool BARRIER>
 __global__ void neighbour_kernel(int tag, int* out) {
@@ -72,18 +75,18 @@ void report(const char* name, bool ok, const char* detail = "") {
 
 void check_barriers() {
   std::vector<int> out(kThreads);
-  neighbour_kernel<true><<<1, kThreads>>>(100, out.data());
+  neighbour_kernel<true><<<1, kThreads, 0, stream>>>(100, out.data());
   bool ok = true;
   for (int t = 0; t < kThreads; ++t) ok = ok && out[t] == 100 + (t + 1) % kThreads;
   report("barrier", ok);
   // Without the barrier, thread 0 runs ahead of thread 1 and reads the previous launch's value: a race made visible.
-  neighbour_kernel<false><<<1, kThreads>>>(200, out.data());
+  neighbour_kernel<false><<<1, kThreads, 0, stream>>>(200, out.data());
   report("missing_barrier_visible", out[0] != 201);
 }
 
 void check_warp_sum() {
   std::vector<int> out(kThreads);
-  warp_sum_kernel<<<1, kThreads>>>(out.data());
+  warp_sum_kernel<<<1, kThreads, 0, stream>>>(out.data());
   bool ok = true;
   for (int t = 0; t < kThreads; ++t) ok = ok && out[t] == 496;  // 0 + 1 + ... + 31 in every lane
   report("warp_sum", ok);
@@ -92,16 +95,30 @@ void check_warp_sum() {
 void check_indices() {
   const dim3 grid(3, 2), block(8, 4);
   std::vector<int> out(6 * 32, -1);
-  index_kernel<<<grid, block>>>(out.data());
+  index_kernel<<<grid, block, 0, stream>>>(out.data());
   bool ok = cudaGetLastError() == cudaSuccess;
   for (int b = 0; b < 6; ++b) {
     for (int t = 0; t < 32; ++t) ok = ok && out[b * 32 + t] == b * 1000 + t;
   }
   report("indices", ok);
-  index_kernel<<<1, 2048>>>(out.data());  // more than 1024 threads: refused, as the driver refuses it
+  index_kernel<<<1, 2048, 0, stream>>>(out.data());  // more than 1024 threads: refused, as the driver refuses it
   const cudaError_t error = cudaGetLastError();
   report("invalid_configuration", error == cudaErrorInvalidConfiguration, cudaGetErrorString(error));
   report("error_cleared", cudaGetLastError() == cudaSuccess);
+}
+
+// A launch off the handed-out stream (the default one, another device's) is refused and does not run.
+void check_streams() {
+  std::vector<int> out(32, -1);
+  index_kernel<<<1, 32>>>(out.data());  // the default stream
+  cudaError_t error = cudaGetLastError();
+  bool ok = error == cudaErrorInvalidResourceHandle && out[0] == -1;
+  const cudaStream_t other_device = ::masksub_emu::hand_out_stream(1);
+  stream = ::masksub_emu::hand_out_stream(0);
+  index_kernel<<<1, 32, 0, other_device>>>(out.data());
+  ok = ok && cudaGetLastError() == cudaErrorInvalidResourceHandle && out[0] == -1 && other_device != stream;
+  index_kernel<<<1, 32, 0, stream>>>(out.data());
+  report("stream_checked", ok && cudaGetLastError() == cudaSuccess && out[0] == 0, cudaGetErrorString(error));
 }
 
 void check_sort_scan() {
@@ -110,7 +127,7 @@ void check_sort_scan() {
   std::vector<uint16_t> positions(kCount);
   std::vector<int> sums(kCount);
   for (int i = 0; i < kCount; ++i) keys[i] = static_cast<uint32_t>((i * 7919) % 61);  // many ties
-  sort_scan_kernel<kItems><<<1, kThreads>>>(keys.data(), sorted.data(), positions.data(), sums.data());
+  sort_scan_kernel<kItems><<<1, kThreads, 0, stream>>>(keys.data(), sorted.data(), positions.data(), sums.data());
   bool ok = true;
   for (int rank = 0; rank < kCount; ++rank) {
     ok = ok && keys[positions[rank]] == sorted[rank];
@@ -132,15 +149,17 @@ void check_sort_scan() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  stream = ::masksub_emu::hand_out_stream(0);
   if (argc > 1 && std::strcmp(argv[1], "deadlock") == 0) {
     std::vector<float> out(kThreads);
-    deadlock_kernel<<<1, kThreads>>>(out.data());
+    deadlock_kernel<<<1, kThreads, 0, stream>>>(out.data());
     std::printf("deadlock not detected\n");
     return 0;
   }
   check_barriers();
   check_warp_sum();
   check_indices();
+  check_streams();
   check_sort_scan();
   return 0;
 }

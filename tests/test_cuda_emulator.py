@@ -1,4 +1,4 @@
-"""The CUDA emulator (masksub_kernels.tools.cuda_emulator, csrc/emulator/): the launch rewrite, the execution model
+"""The CUDA emulator (tools/cuda_emulator.py, csrc/emulator/): the launch rewrite, the execution model
 on probe kernels (barriers, races made visible, deadlocks, shuffles, launch limits, cub's sort and scan), and its
 place as the ``cuda`` backend for CPU tensors. The ops' own tests run the ``cuda`` backend on it (tests/ops)."""
 
@@ -14,7 +14,7 @@ from conftest import CUDA_EMULATED
 
 import masksub_kernels as mk
 from masksub_kernels import _backend
-from masksub_kernels.tools import cuda_emulator
+from tools import cuda_emulator
 
 
 def test_rewrite_launches():
@@ -61,6 +61,7 @@ def test_probe_kernels(probe):
         "indices",
         "invalid_configuration",
         "error_cleared",
+        "stream_checked",
         "radix_sort_stable_striped",
         "exclusive_sum",
     }

@@ -5,7 +5,7 @@ with messages that say what was expected and what came. Every function is then c
 reference (bit for bit for the token and grid ops: ids, inverse map, gather, scatter, cell masks, masked images and
 tokens, dT; within fp32 rounding for the loss and the mask token's gradient, sums in another order) on the kernels'
 device: the compiled extension on CUDA tensors where there is a GPU, else the same sources on the CUDA emulator
-with CPU tensors (masksub_kernels.tools.cuda_emulator; there device maths are the host's libm, within the same
+with CPU tensors (tools/cuda_emulator.py; there device maths are the host's libm, within the same
 tolerances). tests/ops/ runs the public ops on this backend too.
 """
 

@@ -1,4 +1,4 @@
-"""No CUDA kernel of csrc/ spills registers (python -m masksub_kernels.tools.check_spills), where nvcc is found.
+"""No CUDA kernel of csrc/ spills registers (python -m tools.check_spills), where nvcc is found.
 
 The parser is also checked on canned ptxas output, which needs no toolkit.
 """
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from masksub_kernels.tools import check_spills
+from tools import check_spills
 
 PTXAS_OUTPUT = """\
 ptxas info    : 0 bytes gmem
@@ -52,7 +52,8 @@ def test_parse_ptxas_records_each_function():
 
 def _run(*args):
     return subprocess.run(
-        [sys.executable, "-m", "masksub_kernels.tools.check_spills", *args],
+        [sys.executable, "-m", "tools.check_spills", *args],
+        cwd=check_spills.ROOT,  # tools/ is a folder of the checkout, not of the installed package
         capture_output=True,
         text=True,
         timeout=900,

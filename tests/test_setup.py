@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from masksub_kernels.tools.cuda_home import find_cuda_home
+from tools.cuda_home import find_cuda_home
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,3 +78,61 @@ def test_setup_py_skips_the_extension_with_a_message():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "masksub_kernels"
     assert "skipping the CUDA extension masksub_kernels._C (MASKSUB_BUILD_CUDA=0)" in result.stderr
+
+
+# The warning flags of the real build, on the real platform header: the build that must refuse an infinite recursion
+# (once shipped as bindings.cpp's current_stream, which no CPU test could run) and accept the fixed header.
+STREAM_USER = """#include "masksub_platform.h"
+cudaStream_t stream_of(c10::Device device) { return masksub::platform::current_stream(device); }
+"""
+REAL_STREAM = "return c10::cuda::getCurrentCUDAStream(device.index()).stream();"
+
+
+def compile_platform_header(folder: Path, header_text: str) -> subprocess.CompletedProcess:
+    """Compile a use of masksub_platform.h (given as text) with setup.py's host compiler flags."""
+    setup = load_setup_module()
+    cuda_home = find_cuda_home()
+    torch_include = Path(setup.foreign_include_dirs(str(cuda_home))[0]) if cuda_home else None
+    if cuda_home is None or not (torch_include / "c10" / "cuda" / "CUDAStream.h").exists():
+        pytest.skip("needs the CUDA toolkit's headers and a CUDA build of torch")
+    (folder / "masksub_platform.h").write_text(header_text)
+    (folder / "user.cpp").write_text(STREAM_USER)
+    compiler = os.environ.get("CXX", "c++")
+    command = [compiler, *setup.host_compile_flags(str(cuda_home)), f"-I{folder}", "-c", "user.cpp", "-o", "user.o"]
+    return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=120)
+
+
+def test_the_build_refuses_an_infinite_recursion(tmp_path):
+    header = (ROOT / "csrc" / "platform" / "masksub_platform.h").read_text()
+    assert REAL_STREAM in header
+    result = compile_platform_header(tmp_path, header.replace(REAL_STREAM, "return current_stream(device);"))
+    assert result.returncode != 0 and "-Werror=infinite-recursion" in result.stderr, result.stderr[-3000:]
+
+
+def test_the_real_platform_header_compiles_warning_free(tmp_path):
+    result = compile_platform_header(tmp_path, (ROOT / "csrc" / "platform" / "masksub_platform.h").read_text())
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_extension_is_built_with_warnings_as_errors(monkeypatch):
+    setup = load_setup_module()
+    monkeypatch.setenv("MASKSUB_BUILD_CUDA", "1")
+    if find_cuda_home() is None:
+        pytest.skip("no CUDA toolkit")
+    monkeypatch.setattr(setup, "cuda_extension_plan", lambda: (True, "test"))
+    [extension], _ = setup.extension_modules()
+    assert set(setup.WARNING_FLAGS) <= set(extension.extra_compile_args["cxx"])
+    assert "-Xcompiler=-Wall,-Wextra,-Werror" in extension.extra_compile_args["nvcc"]
+    assert str(setup.PLATFORM) in extension.include_dirs and not extension.optional
+
+
+def test_the_package_ships_no_developer_tools():
+    """tools/ (the emulator, the compile and spill checks) reads the source tree: it is not part of the library."""
+    tomllib = pytest.importorskip("tomllib")
+    from setuptools import find_packages
+
+    assert not (ROOT / "masksub_kernels" / "tools").exists()
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = find_packages(str(ROOT), include=include)
+    assert "masksub_kernels" in packages and "masksub_kernels.ops" in packages
+    assert all(name.split(".")[0] == "masksub_kernels" for name in packages), packages

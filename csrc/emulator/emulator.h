@@ -1,6 +1,7 @@
 // A CPU emulator of the CUDA execution model, just wide enough to run csrc/ on CPU tensors (no GPU needed):
-// masksub_kernels/tools/cuda_emulator.py compiles the very .cu sources with the host C++ compiler, this header
-// force-included (-include) and every `kernel<<<grid, block, smem, stream>>>(args)` rewritten as
+// tools/cuda_emulator.py compiles the very .cu sources and bindings.cpp with the host C++ compiler, this header
+// force-included (-include), this folder first on the include path (its masksub_platform.h and cub/ stand for the
+// real ones), and every `kernel<<<grid, block, smem, stream>>>(args)` rewritten as
 // `::masksub_emu::launch(kernel, grid, block, smem, stream)(args)`.
 //
 // Model, and why it is faithful where the kernels depend on it:
@@ -19,6 +20,8 @@
 //     exited lane aborts (undefined behaviour on a GPU);
 //   - launch configurations are checked as the driver checks them (<= 1024 threads per block, grid.y/z <= 65535),
 //     and a bad one is reported by cudaGetLastError() as cudaErrorInvalidConfiguration;
+//   - streams are checked, more strictly than a GPU does: a launch must be on the stream that the emulated
+//     masksub_platform.h handed out for the tensors' device (see hand_out_stream below);
 //   - cub::BlockRadixSort / BlockScan are re-implemented from their documented contracts (emulator/cub/).
 // What it does not model: concurrency between barriers (warp-synchronous code without *_sync, memory ordering),
 // shared memory size limits, and device maths: expf, logf... are the host's libm (ULP-level differences).
@@ -208,9 +211,29 @@ inline const char* error_string(cudaError_t error) {
       return "invalid argument";
     case cudaErrorInvalidConfiguration:
       return "invalid configuration argument";
+    case cudaErrorInvalidResourceHandle:
+      return "invalid resource handle (the CUDA emulator: a launch not on the stream that masksub_platform.h's "
+             "current_stream handed out)";
     default:
       return "unknown error";
   }
+}
+
+// Streams. The emulated platform (emulator/masksub_platform.h) hands out a distinct sentinel stream per device, and
+// every launch must be on the stream handed out last on its thread; any other one, the default stream (null)
+// included, fails the launch with cudaErrorInvalidResourceHandle. A GPU would accept such a launch and race with
+// torch's work on the tensors' stream; here a binding or launcher that drops or mixes up its stream fails a test.
+// The sentinels are never dereferenced: one host thread runs everything in order.
+inline cudaStream_t& handed_out_stream() {
+  thread_local cudaStream_t stream = nullptr;
+  return stream;
+}
+
+inline cudaStream_t hand_out_stream(int device_index) {
+  static char sentinels[257];  // one per c10::DeviceIndex, -1 (a CPU tensor's) included
+  if (device_index < -1 || device_index > 255) fail("hand_out_stream: a device index out of range");
+  handed_out_stream() = reinterpret_cast<cudaStream_t>(&sentinels[device_index + 1]);
+  return handed_out_stream();
 }
 
 inline bool valid_configuration(dim3 grid, dim3 block) {
@@ -286,12 +309,17 @@ template <typename... Params>
 struct Launch {
   void (*kernel)(Params...);
   dim3 grid, block;
+  cudaStream_t stream;
 
   // Arguments convert to the kernel's parameter types as in a CUDA launch; every thread gets its own copies.
   template <typename... Args>
   void operator()(Args&&... args) const {
     if (!valid_configuration(grid, block)) {
       last_error() = cudaErrorInvalidConfiguration;
+      return;
+    }
+    if (stream == nullptr || stream != handed_out_stream()) {
+      last_error() = cudaErrorInvalidResourceHandle;
       return;
     }
     const std::tuple<std::decay_t<Params>...> params(static_cast<Params>(std::forward<Args>(args))...);
@@ -308,9 +336,9 @@ struct Launch {
 template <typename... Params>
 Launch<Params...> launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_shared = 0,
                          cudaStream_t stream = nullptr) {
-  (void)stream;  // one host thread runs everything in order: every launch is complete when it returns
+  // One host thread runs everything in order: every launch is complete when it returns, whatever its stream.
   if (dynamic_shared != 0) fail("dynamic shared memory is not emulated");
-  return {kernel, grid, block};
+  return {kernel, grid, block, stream};
 }
 
 }  // namespace masksub_emu

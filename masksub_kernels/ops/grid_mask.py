@@ -28,7 +28,6 @@ Launches on the GPU and bytes moved (N = elements, e = element size, r' = remove
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -368,37 +367,3 @@ def mask_image_grid(
     num_keep = num_kept_tokens(grid_h * grid_w, mask_ratio)
     mask = random_grid_mask(images.shape[0], (grid_h, grid_w), num_keep, seed=seed, device=images.device)
     return _mask_image_op(images, mask, cell_size, float(fill_value)), mask
-
-
-# Compile specs for the sm_80/sm_90 check (masksub_kernels/tools/compile_kernels.py): name, kernel, signature,
-# constexprs, options. Arguments not typed here are i64 strides (s...) or i32 sizes; strides of 1 are constexprs,
-# as Triton specialises them at launch.
-def _spec(name: str, kernel, types: dict[str, str], constexprs: dict, num_warps: int = 4):
-    params = inspect.signature(getattr(kernel, "fn", kernel)).parameters.values()
-    names = [p.name for p in params if "constexpr" not in str(p.annotation)]
-    default = {n: "constexpr" if n in constexprs else "i64" if n.startswith("s") else "i32" for n in names}
-    signature = {n: types.get(n, default[n]) for n in names}
-    return name, kernel, signature, constexprs, {"num_warps": num_warps}
-
-
-_CELL_MASK_TYPES = {"mask_ptr": "*u8", "seed_ptr": "*i64"}
-KERNEL_SPECS = [
-    _spec(
-        f"cell_mask[block={b},seed_ptr={p}]",
-        _cell_mask_kernel,
-        _CELL_MASK_TYPES,
-        {"SEED_FROM_PTR": p, "BLOCK_L": b},
-        sort_warps(b),
-    )
-    for b in (64, 1024)
-    for p in (False, True)
-]
-for _t, _int in (("fp32", tl.int32), ("fp16", tl.int16), ("bf16", tl.int16)):
-    for _last in (False, True):
-        _r, _k = _tile(224 * 3 if _last else 224, 224)
-        _unit = {"sxc": 1, "syc": 1} if _last else {"sxw": 1, "syw": 1}
-        KERNEL_SPECS.append(_spec(
-            f"mask_image[{_t},{'nhwc' if _last else 'nchw'}]", _mask_image_kernel,
-            {"x_ptr": f"*{_t}", "cell_ptr": "*u8", "y_ptr": f"*{_t}"},
-            {**_unit, "CELL": 32, "CHANNELS_LAST": _last, "FILL_INT": _int, "RUN": 32, "BLOCK_H": _r, "BLOCK_K": _k},
-        ))  # fmt: skip

@@ -31,7 +31,7 @@ import torch
 
 from .._triton import jit, next_power_of_2, tl
 from ._common import cdiv, masksub_op
-from .grid_mask import _cell_grid, _check_float_tensor, _spec, _tile, random_grid_mask
+from .grid_mask import _cell_grid, _check_float_tensor, _tile, random_grid_mask
 from .token_select import num_kept_tokens
 
 MAX_PARTIALS = 1024  # programs of the token backward: at most this many partial sums of dm per channel
@@ -367,25 +367,3 @@ def mask_tokens_grid(
     mask = random_grid_mask(tokens.shape[0], (grid_h, grid_w), num_keep, seed=seed, device=tokens.device)
     out = _mask_tokens_op(tokens, mask_token.reshape(tokens.shape[3]), mask, cell_size)
     return out, mask
-
-
-# Compile specs for the sm_80/sm_90 check (masksub_kernels/tools/compile_kernels.py), as in grid_mask.py: name,
-# kernel, signature, constexprs, options; untyped arguments are i64 strides (s...) or i32 sizes.
-KERNEL_SPECS = []
-for _t in ("fp32", "fp16", "bf16"):
-    _w, _c = _tile(96, 56)  # Swin-T stage 1: 56 x 56 tokens of 96 channels
-    KERNEL_SPECS.append(_spec(
-        f"mask_tokens[{_t}]", _mask_tokens_kernel,
-        {"x_ptr": f"*{_t}", "m_ptr": f"*{_t}", "cell_ptr": "*u8", "y_ptr": f"*{_t}"},
-        {"sxc": 1, "CELL": 8, "BLOCK_W": _w, "BLOCK_C": _c},
-    ))  # fmt: skip
-    for _dx, _dm in ((True, True), (True, False), (False, True)):
-        KERNEL_SPECS.append(_spec(
-            f"mask_tokens_backward[{_t},dT={_dx},dm={_dm}]", _mask_tokens_backward_kernel,
-            {"g_ptr": f"*{_t}", "cell_ptr": "*u8", "gx_ptr": f"*{_t}", "part_ptr": "*fp32"},
-            {"sgc": 1, "CELL": 8, "WRITE_GRAD_X": _dx, "WRITE_PARTIALS": _dm, "BLOCK_W": _w, "BLOCK_C": _c},
-        ))  # fmt: skip
-    KERNEL_SPECS.append(_spec(
-        f"sum_partials[{_t}]", _sum_partials_kernel, {"part_ptr": "*fp32", "out_ptr": f"*{_t}"},
-        {"BLOCK_P": 32, "BLOCK_C": 128},
-    ))  # fmt: skip

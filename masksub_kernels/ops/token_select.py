@@ -461,31 +461,3 @@ def random_token_select(
     ordered = check_bool("ordered", ordered)
     ids, inv = _select_op(seed, seed_tensor, batch_size, num_tokens, num_keep, x.device, ordered, True)
     return _gather_op(x, ids, inv, num_prefix_tokens), ids
-
-
-# Compile specs for the sm_80/sm_90 check (masksub_kernels/tools/compile_kernels.py): name, kernel, signature,
-# constexprs, options. Pointer and scalar types follow what the launchers pass.
-def _copy_signature(dtype: str, map_dtype: str) -> dict[str, str]:
-    return {
-        "src_ptr": f"*{dtype}", "map_ptr": f"*{map_dtype}", "dst_ptr": f"*{dtype}", "total_rows": "i64",
-        "P": "i32", "MAP_LEN": "i32", "SRC_LEN": "i32", "D": "i32", "stride_sb": "i64", "stride_ss": "i64",
-    }  # fmt: skip
-
-
-KERNEL_SPECS = [
-    (
-        f"select[ordered={ordered},seed_ptr={from_ptr},block={block_n}]",
-        _select_kernel,
-        {"ids_ptr": "*i64", "inv_ptr": "*i32", "seed": "i64", "seed_ptr": "*i64", "N": "i32", "K": "i32"},
-        {"SEED_FROM_PTR": from_ptr, "ORDERED": ordered, "WRITE_INVERSE": True, "BLOCK_N": block_n},
-        {"num_warps": sort_warps(block_n)},
-    )
-    for ordered, from_ptr in ((False, False), (True, False), (False, True))
-    for block_n in (256, 4096)
-]
-KERNEL_SPECS += [
-    (f"copy_rows[{dtype},{direction}]", _copy_rows_kernel, _copy_signature(dtype, map_dtype),
-     {"BLOCK_R": 16, "BLOCK_D": 256}, {"num_warps": 4})
-    for dtype in ("fp32", "fp16", "bf16")
-    for direction, map_dtype in (("gather", "i64"), ("scatter", "i32"))
-]  # fmt: skip

@@ -2,15 +2,17 @@
 
 The kernels of csrc/ are compiled by the host C++ compiler with csrc/emulator/emulator.h force-included (threads
 as fibers, ``__syncthreads`` as a barrier, warp shuffles, cub's block sort and scan from their contracts; the
-header says what is and is not modelled), together with csrc/bindings.cpp under ``MASKSUB_EMULATOR``, into a torch
-extension that takes CPU tensors. :func:`install` makes it the ``cuda`` backend for CPU tensors in this process, so
-the tests that compare every backend with the reference run the CUDA sources' arithmetic, indexing, launch
-configurations and barriers on a machine without a GPU. It is a test instrument, slow by design (one fiber per CUDA
+header says what is and is not modelled) and csrc/emulator/ first on the include path (its masksub_platform.h: CPU
+tensors stand for CUDA ones), together with csrc/bindings.cpp, into a torch extension that takes CPU tensors.
+:func:`install` makes it the ``cuda`` backend for CPU tensors in this process, so the tests that compare every
+backend with the reference run the CUDA sources' arithmetic, indexing, launch configurations, streams and barriers
+on a machine without a GPU. It is a test instrument, slow by design (one fiber per CUDA
 thread), and never chosen by ``auto``.
 
-    python -m masksub_kernels.tools.cuda_emulator          # build it (about a minute) and run a smoke check
+    python -m tools.cuda_emulator          # from a checkout: build it (about a minute) and run a smoke check
 
-The only source change is syntactic: ``kernel<<<grid, block, smem, stream>>>(args)`` becomes
+No file of csrc/ has a branch for the emulator (tests/test_csrc_sources.py says so); the only source change is
+syntactic: ``kernel<<<grid, block, smem, stream>>>(args)`` becomes
 ``::masksub_emu::launch(kernel, grid, block, smem, stream)(args)`` in copies of the files under the build folder.
 Needs the CUDA toolkit's headers (cuda_fp16.h, cuda_bf16.h, cuda_runtime.h for types), not its compiler or runtime.
 """
@@ -29,7 +31,7 @@ import torch
 
 from .cuda_home import find_cuda_home
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CSRC = REPO / "csrc"
 EMULATOR = CSRC / "emulator"
 MODULE_NAME = "masksub_kernels_cuda_emulator"
@@ -103,12 +105,11 @@ def compile_flags(sanitize: str | None = None) -> list[str]:
     return [
         "-O1" if sanitize else "-O2",
         *sanitizer_flags,
-        "-DMASKSUB_EMULATOR",
         "-DMASKSUB_MAX_GRID_BLOCKS=3",  # capped grids: the tests run the kernels' grid-stride loops
         f"-DMASKSUB_EMULATOR_DIGEST={digest}",  # a changed emulator header changes the flags: the build reruns
         "-include",
         str(EMULATOR / "emulator.h"),
-        f"-I{EMULATOR}",  # emulator/cub/... before anything else named cub
+        f"-I{EMULATOR}",  # emulator/masksub_platform.h and emulator/cub/... before anything else of those names
         f"-I{cuda_include_dir()}",
         "-Wno-unknown-pragmas",
     ]
@@ -162,14 +163,14 @@ def build(build_dir: Path | str | None = None, verbose: bool = False, sanitize: 
 
 def install(module=None) -> None:
     """Make the emulated extension the ``cuda`` backend for CPU tensors in this process (built when not given)."""
-    from .. import _backend
+    from masksub_kernels import _backend
 
     _backend.register_extension("cpu", module if module is not None else build())
 
 
 def _smoke_check() -> bool:
     """One selection and one fused loss through the public ops, the emulated ``cuda`` backend against ``torch``."""
-    from .. import masksub_loss, random_keep_indices, use_backend
+    from masksub_kernels import masksub_loss, random_keep_indices, use_backend
 
     generator = torch.Generator().manual_seed(0)
     main_logits, sub_logits = torch.randn(2, 8, 1000, generator=generator).unbind(0)

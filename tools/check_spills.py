@@ -11,7 +11,7 @@ per function at compile time, without a GPU:
 This tool compiles each csrc/*.cu on its own (torch-free sources: ~2-7 s each), prints one row per function and
 architecture, and exits 1 if any function spills (2 if nvcc is missing or a compilation fails).
 
-    python -m masksub_kernels.tools.check_spills [--arch 90a,80] [--json out.json] [file.cu ...]
+    python -m tools.check_spills [--arch 90a,80] [--json out.json] [file.cu ...]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .cuda_home import find_cuda_home
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 # As the extension is built: setup.py's flags, plus those torch's BuildExtension adds (no implicit half conversions).
 NVCC_FLAGS = [

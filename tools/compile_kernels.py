@@ -1,10 +1,10 @@
 """Compile every Triton kernel of the package for GPUs that are not there (sm_80, sm_90a by default).
 
 The CPU interpreter proves arithmetic and indexing but not that a kernel lowers to PTX: this check catches what only
-the real compiler sees (types it refuses, shared memory over the limit, register spills). Each op module lists its
-kernels in ``KERNEL_SPECS`` as (name, kernel, signature, constexprs, options); this tool compiles each for each target.
+the real compiler sees (types it refuses, shared memory over the limit, register spills). tools/kernel_specs.py lists
+the kernels of each op as (name, kernel, signature, constexprs, options); this tool compiles each for each target.
 
-    python -m masksub_kernels.tools.compile_kernels [--arch 80 90] [--json out.json]
+    python -m tools.compile_kernels [--arch 80 90] [--json out.json]     # from a checkout
 
 Runs in a process without TRITON_INTERPRET (under the interpreter kernels are not compilable objects).
 """
@@ -12,25 +12,10 @@ Runs in a process without TRITON_INTERPRET (under the interpreter kernels are no
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 import time
-
-OP_MODULES = (
-    "masksub_kernels.ops.token_select",
-    "masksub_kernels.ops.grid_mask",
-    "masksub_kernels.ops.token_grid_mask",
-    "masksub_kernels.ops.masksub_loss",
-)
-
-
-def kernel_specs():
-    for module_name in OP_MODULES:
-        module = importlib.import_module(module_name)
-        for name, kernel, signature, constexprs, options in module.KERNEL_SPECS:
-            yield f"{module_name.rsplit('.', 1)[1]}.{name}", kernel, signature, constexprs, options
 
 
 def compile_one(kernel, signature: dict, constexprs: dict, options: dict, arch: int) -> dict:
@@ -64,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from .kernel_specs import kernel_specs  # imports the ops: only once TRITON_INTERPRET is known to be unset
+
     results, failures = [], 0
     for name, kernel, signature, constexprs, options in kernel_specs():
         for arch in args.arch:

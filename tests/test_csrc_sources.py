@@ -1,0 +1,82 @@
+"""The CUDA emulator runs the very lines the GPU runs: no source of the extension branches on the emulator.
+
+A branch of bindings.cpp that only the real build compiled once held an infinite recursion that no CPU test could
+reach. What differs between the two builds lives in the platform header pair (csrc/platform/masksub_platform.h and
+csrc/emulator/masksub_platform.h), chosen by the include path; these tests keep it that way.
+"""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
+PLATFORM_PAIR = (CSRC / "platform" / "masksub_platform.h", CSRC / "emulator" / "masksub_platform.h")
+EMULATOR_MACRO = "MASKSUB_EMULATOR"
+# Where the emulator's macro may be named: the emulator, the tool that builds it, and this test.
+EMULATOR_PLACES = ("csrc/emulator/", "tools/cuda_emulator.py", "tests/test_csrc_sources.py")
+# The preprocessor conditionals allowed in the code under test: a tuning knob with a default (row_copy.cuh), which
+# changes a value, never which lines are compiled.
+ALLOWED_CONDITIONALS = {"#ifndef MASKSUB_MAX_GRID_BLOCKS"}
+_CONDITIONAL = re.compile(r"^\s*#\s*(?:if|ifdef|ifndef|elif|elifdef|elifndef|else)\b.*$", re.MULTILINE)
+
+
+def repository_files() -> list[str]:
+    """Tracked files and new ones not ignored (a file not yet committed counts too)."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    command = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
+    listed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+    return [name for name in listed if (ROOT / name).is_file()]
+
+
+def code_under_test() -> list[Path]:
+    """bindings.cpp, the kernels and their headers, and the real platform header: what the GPU build compiles."""
+    return [p for p in sorted(CSRC.iterdir()) if p.suffix in (".cu", ".cuh", ".h", ".cpp")] + [PLATFORM_PAIR[0]]
+
+
+def test_the_emulator_macro_is_named_only_by_the_emulator():
+    offenders = []
+    for name in repository_files():
+        if name.startswith(EMULATOR_PLACES):
+            continue
+        try:
+            text = (ROOT / name).read_text()
+        except UnicodeDecodeError:  # binary files
+            continue
+        offenders += [f"{name}:{n}" for n, line in enumerate(text.splitlines(), 1) if EMULATOR_MACRO in line]
+    assert not offenders, f"{EMULATOR_MACRO} outside the emulator: {offenders}"
+
+
+def test_no_conditional_compilation_in_the_code_under_test():
+    found = {
+        f"{path.relative_to(ROOT)}: {match.group(0).strip()}"
+        for path in code_under_test()
+        for match in _CONDITIONAL.finditer(path.read_text())
+        if match.group(0).strip() not in ALLOWED_CONDITIONALS
+    }
+    assert not found, f"the emulator would not run these lines as the GPU build does: {sorted(found)}"
+
+
+def _platform_names(path: Path) -> set[str]:
+    """The names masksub::platform declares in a platform header."""
+    body = path.read_text().split("namespace masksub::platform {", 1)[1]
+    declarations = r"constexpr [^=;(]*?(\w+) =|using (\w+) =|struct (\w+)|inline [\w:]+ (\w+)\("
+    return {next(filter(None, match.groups())) for match in re.finditer(declarations, body)}
+
+
+def test_the_platform_pair_declares_the_same_names():
+    real, emulated = (_platform_names(path) for path in PLATFORM_PAIR)
+    assert real == emulated
+    assert {"kKernelDevice", "kKernelTensor", "DeviceGuard", "current_stream", "current_device_index"} <= real
+
+
+def test_the_real_platform_header_cannot_shadow_the_emulated_one():
+    # The emulator stages copies of csrc/*.{cu,cuh,h,cpp} and compiles them where they lie; a quoted include looks
+    # there first, so a masksub_platform.h directly in csrc/ would replace the emulated one in the emulator build.
+    assert not (CSRC / "masksub_platform.h").exists()
+    bindings = (CSRC / "bindings.cpp").read_text()
+    assert '#include "masksub_platform.h"' in bindings

@@ -1,0 +1,161 @@
+"""What tools/compile_kernels.py compiles: each Triton kernel of the ops, in the specialisations the launchers use.
+
+A spec is (name, kernel, signature, constexprs, options). Pointer and scalar types follow what the launchers pass;
+Triton specialises integer arguments equal to 1 into constants at launch, so unit strides are constexprs here too.
+These tables know the ops' private kernels and tiling helpers on purpose: they check exactly what the ops launch.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from masksub_kernels._triton import tl
+from masksub_kernels.ops import grid_mask, masksub_loss, token_grid_mask, token_select
+from masksub_kernels.ops._common import sort_warps
+
+
+def _spec(name: str, kernel, types: dict[str, str], constexprs: dict, num_warps: int = 4):
+    """A spec from the kernel's own parameters: those not typed in ``types`` are i64 strides (named s...) or i32
+    sizes; constexprs stay constexprs."""
+    params = inspect.signature(getattr(kernel, "fn", kernel)).parameters.values()
+    names = [p.name for p in params if "constexpr" not in str(p.annotation)]
+    default = {n: "constexpr" if n in constexprs else "i64" if n.startswith("s") else "i32" for n in names}
+    signature = {n: types.get(n, default[n]) for n in names}
+    return name, kernel, signature, constexprs, {"num_warps": num_warps}
+
+
+def token_select_specs() -> list[tuple]:
+    def copy_signature(dtype: str, map_dtype: str) -> dict[str, str]:
+        return {
+            "src_ptr": f"*{dtype}", "map_ptr": f"*{map_dtype}", "dst_ptr": f"*{dtype}", "total_rows": "i64",
+            "P": "i32", "MAP_LEN": "i32", "SRC_LEN": "i32", "D": "i32", "stride_sb": "i64", "stride_ss": "i64",
+        }  # fmt: skip
+
+    select = [
+        (
+            f"select[ordered={ordered},seed_ptr={from_ptr},block={block_n}]",
+            token_select._select_kernel,
+            {"ids_ptr": "*i64", "inv_ptr": "*i32", "seed": "i64", "seed_ptr": "*i64", "N": "i32", "K": "i32"},
+            {"SEED_FROM_PTR": from_ptr, "ORDERED": ordered, "WRITE_INVERSE": True, "BLOCK_N": block_n},
+            {"num_warps": sort_warps(block_n)},
+        )
+        for ordered, from_ptr in ((False, False), (True, False), (False, True))
+        for block_n in (256, 4096)
+    ]
+    copy = [
+        (f"copy_rows[{dtype},{direction}]", token_select._copy_rows_kernel, copy_signature(dtype, map_dtype),
+         {"BLOCK_R": 16, "BLOCK_D": 256}, {"num_warps": 4})
+        for dtype in ("fp32", "fp16", "bf16")
+        for direction, map_dtype in (("gather", "i64"), ("scatter", "i32"))
+    ]  # fmt: skip
+    return select + copy
+
+
+def grid_mask_specs() -> list[tuple]:
+    specs = [
+        _spec(
+            f"cell_mask[block={b},seed_ptr={p}]",
+            grid_mask._cell_mask_kernel,
+            {"mask_ptr": "*u8", "seed_ptr": "*i64"},
+            {"SEED_FROM_PTR": p, "BLOCK_L": b},
+            sort_warps(b),
+        )
+        for b in (64, 1024)
+        for p in (False, True)
+    ]
+    for t, fill_int in (("fp32", tl.int32), ("fp16", tl.int16), ("bf16", tl.int16)):
+        for last in (False, True):
+            rows, cols = grid_mask._tile(224 * 3 if last else 224, 224)
+            unit = {"sxc": 1, "syc": 1} if last else {"sxw": 1, "syw": 1}
+            specs.append(_spec(
+                f"mask_image[{t},{'nhwc' if last else 'nchw'}]", grid_mask._mask_image_kernel,
+                {"x_ptr": f"*{t}", "cell_ptr": "*u8", "y_ptr": f"*{t}"},
+                {**unit, "CELL": 32, "CHANNELS_LAST": last, "FILL_INT": fill_int, "RUN": 32, "BLOCK_H": rows,
+                 "BLOCK_K": cols},
+            ))  # fmt: skip
+    return specs
+
+
+def token_grid_mask_specs() -> list[tuple]:
+    specs = []
+    for t in ("fp32", "fp16", "bf16"):
+        w, c = grid_mask._tile(96, 56)  # Swin-T stage 1: 56 x 56 tokens of 96 channels
+        specs.append(_spec(
+            f"mask_tokens[{t}]", token_grid_mask._mask_tokens_kernel,
+            {"x_ptr": f"*{t}", "m_ptr": f"*{t}", "cell_ptr": "*u8", "y_ptr": f"*{t}"},
+            {"sxc": 1, "CELL": 8, "BLOCK_W": w, "BLOCK_C": c},
+        ))  # fmt: skip
+        for dx, dm in ((True, True), (True, False), (False, True)):
+            specs.append(_spec(
+                f"mask_tokens_backward[{t},dT={dx},dm={dm}]", token_grid_mask._mask_tokens_backward_kernel,
+                {"g_ptr": f"*{t}", "cell_ptr": "*u8", "gx_ptr": f"*{t}", "part_ptr": "*fp32"},
+                {"sgc": 1, "CELL": 8, "WRITE_GRAD_X": dx, "WRITE_PARTIALS": dm, "BLOCK_W": w, "BLOCK_C": c},
+            ))  # fmt: skip
+        specs.append(_spec(
+            f"sum_partials[{t}]", token_grid_mask._sum_partials_kernel, {"part_ptr": "*fp32", "out_ptr": f"*{t}"},
+            {"BLOCK_P": 32, "BLOCK_C": 128},
+        ))  # fmt: skip
+    return specs
+
+
+_LOSS_SCALARS = {"M": "i32", "C": "i32", "stride_z": "i64", "stride_s": "i64", "stride_y": "i64"}
+_LOSS_OPTIONS = {"eps": "fp32", "ignore_index": "i64", "temperature": "fp32", "threshold": "fp32"}
+
+
+def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_BLOCK_C):
+    forward = kernel is masksub_loss._loss_fwd_kernel
+    logits = {"z_ptr": f"*{dtype}", "s_ptr": f"*{dtype}", "y_ptr": "*fp32" if flags.get("DENSE") else "*i64"}
+    if forward:
+        signature = {**logits, "out_ptr": "*fp32", **_LOSS_SCALARS, **_LOSS_OPTIONS}
+    else:
+        grads = {"gm_ptr": "*fp32", "gs_ptr": "*fp32", "dz_ptr": f"*{dtype}", "ds_ptr": f"*{dtype}"}
+        signature = {**logits, "out_ptr": "*fp32", **grads, **_LOSS_SCALARS, "stride_gm": "i64", "stride_gs": "i64"}
+        signature.update(_LOSS_OPTIONS)
+    constexprs = {"BCE": False, "DENSE": False, "BINARISE": False, **flags, "BLOCK_C": block_c}
+    signature = {name: kind for name, kind in signature.items() if name not in constexprs}
+    if not forward:
+        constexprs = {"LABELS": False, **constexprs}
+    set_flags = ",".join(k.lower() if v is True else f"{k}={v}" for k, v in flags.items() if v)
+    name = f"{'fwd' if forward else 'bwd'}[{dtype},{set_flags},block={block_c}]"
+    return name, kernel, signature, constexprs, {"num_warps": masksub_loss._launch_config(block_c)[1]}
+
+
+def masksub_loss_specs() -> list[tuple]:
+    fwd, bwd = masksub_loss._loss_fwd_kernel, masksub_loss._loss_bwd_kernel
+    bce, widest = {"BCE": True, "DENSE": True, "BINARISE": True}, masksub_loss.MAX_BLOCK_C
+    # variant: (forward flags, backward flags, BLOCK_C); single-term kernels in bf16 only
+    variants = [
+        ({"HAS_MAIN": True, "HAS_SUB": True}, {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": True}, widest),
+        ({"HAS_MAIN": True, "HAS_SUB": True, "DENSE": True}, {"WRITE_DZ": True, "WRITE_DS": True, "DENSE": True}, 1024),
+        ({"HAS_MAIN": True, "HAS_SUB": True, **bce}, {"WRITE_DZ": True, "WRITE_DS": True, **bce}, widest),
+    ]
+    return [
+        _loss_spec(kernel, dtype, flags, block_c)
+        for dtype in ("fp32", "fp16", "bf16")
+        for fwd_flags, bwd_flags, block_c in variants
+        for kernel, flags in ((fwd, fwd_flags), (bwd, bwd_flags))
+    ] + [
+        _loss_spec(fwd, "bf16", {"HAS_MAIN": True, "HAS_SUB": False}),
+        _loss_spec(fwd, "bf16", {"HAS_MAIN": False, "HAS_SUB": True}),
+        _loss_spec(bwd, "bf16", {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": False}),
+        _loss_spec(bwd, "bf16", {"LABELS": False, "WRITE_DZ": False, "WRITE_DS": True}),
+        # Triton turns integer arguments equal to 1 into constants: one row of one class
+        _loss_spec(fwd, "fp32", {"HAS_MAIN": True, "HAS_SUB": True, "M": 1, "C": 1}),
+        _loss_spec(bwd, "fp32", {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": True, "M": 1, "C": 1}),
+    ]
+
+
+# op module -> its specs, in the order compile_kernels reports them
+SPECS = {
+    "token_select": token_select_specs,
+    "grid_mask": grid_mask_specs,
+    "token_grid_mask": token_grid_mask_specs,
+    "masksub_loss": masksub_loss_specs,
+}
+
+
+def kernel_specs():
+    """Every spec, named ``<op module>.<kernel variant>``."""
+    for module, specs in SPECS.items():
+        for name, kernel, signature, constexprs, options in specs():
+            yield f"{module}.{name}", kernel, signature, constexprs, options
