@@ -112,19 +112,18 @@ def _choice(name: str, value, choices: tuple[str, ...]) -> None:
         raise (ValueError if isinstance(value, str) else TypeError)(f"{name} must be one of {choices}, got {value!r}")
 
 
-def _number(name: str, value, low: float, high: float = FP32_MAX, *, open_low=False, open_high=False) -> float:
-    """``value`` (a real number, not a bool) as a float in the interval; the kernels take it in fp32."""
+def _number(name: str, value, low: float, high: float = FP32_MAX, *, open_high=False, expected=None) -> float:
+    """``value`` (a real number, not a bool) as a float in [low, high] (or [low, high)); the kernels take it in fp32,
+    so ``high`` is at most fp32's largest finite value. ``expected`` words the interval in the error message."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number (int or float), got {type(value).__name__}")
     try:
         x = float(value)
     except OverflowError:  # an int beyond the float range
         x = math.inf
-    above = x > low if open_low else x >= low
-    below = x < high if open_high else x <= high
-    if not (math.isfinite(x) and above and below):
-        interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+    if not (math.isfinite(x) and low <= x and (x < high if open_high else x <= high)):
+        expected = expected or f"in [{low:g}, {high:g}{')' if open_high else ']'}"
+        raise ValueError(f"{name} must be a finite number {expected}, got {value!r}")
     return x
 
 
@@ -148,7 +147,7 @@ def _check_options(
         bce=mode == "bce",
         label_smoothing=_number("label_smoothing", label_smoothing, 0.0, 1.0),
         ignore_index=int(ignore_index),
-        temperature=_number("temperature", temperature, *TEMPERATURE_RANGE),
+        temperature=_number("temperature", temperature, *TEMPERATURE_RANGE, expected="> 0, in [2**-63, 2**63]"),
         target_threshold=threshold,
     )
 
@@ -269,7 +268,8 @@ def masksub_loss(
     """
     _check_pair(sub_logits, main_logits)
     options = _check_options(mode, reduction, label_smoothing, ignore_index, temperature, target_threshold)
-    main_weight, sub_weight = _number("main_weight", main_weight, 0.0), _number("sub_weight", sub_weight, 0.0)
+    main_weight = _number("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
+    sub_weight = _number("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
     target = _check_target(main_logits, target, options.ignore_index)
     out = _loss_op(main_logits, sub_logits, target, *options)
     count = _row_count(target, options.ignore_index)
