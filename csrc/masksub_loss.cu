@@ -290,17 +290,20 @@ __global__ void __launch_bounds__(kLossThreads)
     c_t = o[kStatShiftT * M];
     log_l_t = o[kStatLogSumT * M];
   }
+  // A bad class id: NaN upstream gradients make the row NaN (NaN times anything), as row_value does in the forward;
+  // set once here rather than tested per element, which costs registers (spills on sm_90a).
+  if (target.bad) g_m = g_s = NAN;
   for (int64_t c = threadIdx.x; c < C; c += kLossThreads) {
     const float z = detail::to_acc<float>(z_row[c]);
     if (dz != nullptr) {
       const float w = main_weight(p, k.smooth, row, c, target.label);
       const float prob = p.bce ? sigmoid(z) : s_z * expf((z - c_z) - log_l_z);
-      dz[row * C + c] = detail::from_acc<T>(row_value(target, g_m * (prob - w)));
+      dz[row * C + c] = detail::from_acc<T>(target.valid ? g_m * (prob - w) : 0.0f);
     }
     if (ds != nullptr) {
       const float x = detail::to_acc<float>(s_row[c]) * inv_t, zt = z * inv_t;
       const float diff = p.bce ? sigmoid(x) - sigmoid(zt) : expf((x - c_s) - log_l_s) - expf((zt - c_t) - log_l_t);
-      ds[row * C + c] = detail::from_acc<T>(row_value(target, g_s * diff));
+      ds[row * C + c] = detail::from_acc<T>(target.valid ? g_s * diff : 0.0f);
     }
   }
 }
