@@ -32,9 +32,11 @@ class MaskSubLoss(NamedTuple):
 # Host-side validation: messages say what was expected and what came (no value reads on CUDA tensors)
 # ----------------------------------------------------------------------------------------------------------------
 
-NO_IGNORE = -(2**63)  # the ignore_index passed by losses without one (an id that negative is refused on CPU tensors)
+# The ignore_index passed by losses without one: an id equal to it is refused on CPU tensors, but would count as
+# ignored elsewhere (no class id is that negative in practice; the fused op has no "none" ignore_index).
+NO_IGNORE = -(2**63)
 FP32_MAX = torch.finfo(torch.float32).max
-# The kernels use T^2 and 1 / T in fp32: both stay normal fp32 numbers for T in [2^-63, 2^63].
+# The kernels use T, T^2 and 1 / T in fp32: T^2 and 1 / T^2 stay normal fp32 numbers for T in [2^-63, 2^63].
 TEMPERATURE_RANGE = (2.0**-63, 2.0**63)
 
 
