@@ -10,6 +10,8 @@
 // L_z = sum exp(z - c), S = sum w, D_z = sum w (z - c) over w != 0 (so -inf logits without mass stay finite);
 // the sub term keeps (m_s, L_s) for x = s/T, (m_t, L_t) for z/T and D_t = sum exp(z/T - c_t) (x - c_s), so that
 // sub = log L_s - D_t / L_t. No lse - z cancellation: every term is >= 0.
+// Rows: a class id equal to ignore_index gives 0 in both terms and both gradients; any other id outside [0, C)
+// gives NaN there (row_value), so that a bad id poisons the reduced loss instead of passing as a zero-loss row.
 //
 // Forward: one block per row. Each thread folds its classes (strided, kLossChunk at a time: one rescale per chunk)
 // into a private state; the states are merged across the block (warp shuffles, then one warp), which is exact
@@ -67,14 +69,22 @@ struct LossConstants {
 struct RowTarget {
   int64_t label;  // the class id, -1 for probability targets
   bool valid;     // the row counts (its class id is not ignore_index)
+  bool bad;       // it counts, but its class id is outside [0, C): the row is NaN
 };
 
 __device__ __forceinline__ RowTarget row_target(const LossProblem& p, int64_t row) {
-  if (!is_labels(p.target_kind)) return {-1, true};
+  if (!is_labels(p.target_kind)) return {-1, true, false};
   const int64_t index = row * p.stride_target;
   const int64_t label = p.target_kind == TargetKind::kLabelsInt64 ? static_cast<const int64_t*>(p.target)[index]
                                                                   : static_cast<const int32_t*>(p.target)[index];
-  return {label, label != p.ignore_index};
+  const bool valid = label != p.ignore_index;
+  return {label, valid, valid && (label < 0 || label >= p.classes)};
+}
+
+// A row's value or gradient: as computed where the row counts, 0 where it is ignored, NaN where its class id is
+// out of range (the NaN reaches any reduction: the bad id is visible without a host sync or a device trap).
+__device__ __forceinline__ float row_value(const RowTarget& t, float value) {
+  return t.bad ? NAN : (t.valid ? value : 0.0f);
 }
 
 // w_c = (1 - eps) q_c + eps / C, q binarised first when asked.
@@ -235,7 +245,7 @@ __global__ void __launch_bounds__(kLossThreads)
       o[kStatLogSumZ * M] = logf(st.l_z);
       o[kStatMassZ * M] = st.s_z;
     }
-    o[kLossMain * M] = target.valid ? main : 0.0f;
+    o[kLossMain * M] = row_value(target, main);
   }
   if (has_sub) {
     float sub;
@@ -248,7 +258,7 @@ __global__ void __launch_bounds__(kLossThreads)
       o[kStatShiftT * M] = shift_of(st.m_t);
       o[kStatLogSumT * M] = logf(st.l_t);
     }
-    o[kLossSub * M] = target.valid ? (p.temperature * p.temperature) * sub : 0.0f;
+    o[kLossSub * M] = row_value(target, (p.temperature * p.temperature) * sub);
   }
 }
 
@@ -261,7 +271,7 @@ __global__ void __launch_bounds__(kLossThreads)
   const int64_t row = blockIdx.x, C = p.classes, M = p.rows;
   const T* z_row = logits + row * p.stride_logits;
   const T* s_row = p.sub_logits != nullptr ? static_cast<const T*>(p.sub_logits) + row * p.stride_sub : nullptr;
-  const RowTarget target = row_target(p, row);  // an ignored row: zero in both gradients
+  const RowTarget target = row_target(p, row);  // an ignored row: zero in both gradients; a bad id: NaN
   const float inv_t = k.inv_temperature;
   const float per_class = p.bce ? k.inv_classes : 1.0f;
   const float* o = out + row;
@@ -280,6 +290,9 @@ __global__ void __launch_bounds__(kLossThreads)
     c_t = o[kStatShiftT * M];
     log_l_t = o[kStatLogSumT * M];
   }
+  // A bad class id: NaN upstream gradients make the row NaN (NaN times anything), as row_value does in the forward;
+  // set once here rather than tested per element, which costs registers (spills on sm_90a).
+  if (target.bad) g_m = g_s = NAN;
   for (int64_t c = threadIdx.x; c < C; c += kLossThreads) {
     const float z = detail::to_acc<float>(z_row[c]);
     if (dz != nullptr) {

@@ -7,6 +7,8 @@ needs, and reduces the per-row values: 'none' returns them, 'sum' adds them, 'me
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -30,6 +32,23 @@ class MaskSubLoss(NamedTuple):
 # Host-side validation: messages say what was expected and what came (no value reads on CUDA tensors)
 # ----------------------------------------------------------------------------------------------------------------
 
+# The ignore_index passed by losses without one: an id equal to it is refused on CPU tensors, but would count as
+# ignored elsewhere (no class id is that negative in practice; the fused op has no "none" ignore_index).
+NO_IGNORE = -(2**63)
+FP32_MAX = torch.finfo(torch.float32).max
+# The kernels use T, T^2 and 1 / T in fp32: T^2 and 1 / T^2 stay normal fp32 numbers for T in [2^-63, 2^63].
+TEMPERATURE_RANGE = (2.0**-63, 2.0**63)
+
+
+class _Options(NamedTuple):
+    """The checked trailing arguments of the fused op ``_loss_op``."""
+
+    bce: bool
+    label_smoothing: float
+    ignore_index: int
+    temperature: float
+    target_threshold: float | None
+
 
 def _check_logits(name: str, x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor):
@@ -50,7 +69,7 @@ def _check_pair(sub: torch.Tensor, main: torch.Tensor) -> None:
         )
 
 
-def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     rows, classes = logits.shape
@@ -62,41 +81,77 @@ def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int 
                 f"probability target must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)} "
                 "(class ids must be an int64 tensor [rows])"
             )
+        if target.requires_grad and torch.is_grad_enabled():  # it would silently get no gradient
+            raise ValueError(
+                "probability target requires grad, but the losses do not differentiate their targets: "
+                "pass target.detach()"
+            )
         return target
     if target.dtype not in INDEX_DTYPES:
         raise TypeError(
             f"target must be int64 class ids [rows] or float probabilities [rows, classes], got {target.dtype}"
         )
     if tuple(target.shape) != (rows,):
-        raise ValueError(f"class-id target must be [rows={rows}], got shape {tuple(target.shape)}")
+        raise ValueError(
+            f"class-id target must be [rows={rows}], got shape {tuple(target.shape)} "
+            "(probabilities [rows, classes] must be a float tensor)"
+        )
     target = target.long().contiguous()
-    if target.device.type == "cpu" and rows and not torch.compiler.is_compiling():  # never sync a GPU
+    # An id outside [0, C) makes its row NaN on every backend (the kernels); on CPU tensors in eager mode it is
+    # caught here with a clearer message. Never on a GPU or while compiling: reading the ids would synchronise.
+    if target.device.type == "cpu" and rows and not torch.compiler.is_compiling():
         bad = (target < 0) | (target >= classes)
-        if ignore_index is not None:
+        if ignore_index != NO_IGNORE:
             bad &= target != ignore_index
         if bool(bad.any()):
-            allowed = f"[0, {classes})" + ("" if ignore_index is None else f" or ignore_index={ignore_index}")
+            allowed = f"[0, {classes})" + ("" if ignore_index == NO_IGNORE else f" or ignore_index={ignore_index}")
             raise ValueError(f"class ids must be in {allowed}, got {int(target[bad][0])}")
     return target
 
 
-def _check_options(mode="ce", reduction="mean", label_smoothing=0.0, temperature=1.0, target_threshold=None, **weights):
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    numbers = {"label_smoothing": label_smoothing, "temperature": temperature, **weights}
+def _choice(name: str, value, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise (ValueError if isinstance(value, str) else TypeError)(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _number(name: str, value, low: float, high: float = FP32_MAX, *, open_high=False, expected=None) -> float:
+    """``value`` (a real number, not a bool) as a float in [low, high] (or [low, high)); the kernels take it in fp32,
+    so ``high`` is at most fp32's largest finite value. ``expected`` words the interval in the error message."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number (int or float), got {type(value).__name__}")
+    try:
+        x = float(value)
+    except OverflowError:  # an int beyond the float range
+        x = math.inf
+    if not (math.isfinite(x) and low <= x and (x < high if open_high else x <= high)):
+        expected = expected or f"in [{low:g}, {high:g}{')' if open_high else ']'}"
+        raise ValueError(f"{name} must be a finite number {expected}, got {value!r}")
+    return x
+
+
+def _check_options(
+    mode="ce", reduction="mean", label_smoothing=0.0, ignore_index=NO_IGNORE, temperature=1.0, target_threshold=None
+) -> _Options:
+    """The fused op's options from the public arguments, each checked (docs/semantics.md §7)."""
+    _choice("mode", mode, MODES)
+    _choice("reduction", reduction, REDUCTIONS)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if not -(2**63) <= int(ignore_index) < 2**63:
+        raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
+    threshold = None
     if target_threshold is not None:
-        numbers["target_threshold"] = target_threshold
-    for name, value in numbers.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    if not temperature > 0.0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if target_threshold is not None and mode == "ce":
-        raise ValueError("target_threshold binarises BCE targets: it needs mode='bce', got mode='ce'")
+        if mode == "ce":
+            raise ValueError("target_threshold binarises BCE targets: it needs mode='bce', got mode='ce'")
+        # q > threshold on probabilities in [0, 1]: outside [0, 1) every target would become the same
+        threshold = _number("target_threshold", target_threshold, 0.0, 1.0, open_high=True)
+    return _Options(
+        bce=mode == "bce",
+        label_smoothing=_number("label_smoothing", label_smoothing, 0.0, 1.0),
+        ignore_index=int(ignore_index),
+        temperature=_number("temperature", temperature, *TEMPERATURE_RANGE, expected="> 0, in [2**-63, 2**63]"),
+        target_threshold=threshold,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -128,15 +183,18 @@ def soft_target_cross_entropy(
     """Cross-entropy against class ids or probabilities: per row sum_c -w_c log_softmax(logits)_c.
 
     logits: [M, C] fp32/fp16/bf16/fp64, any row stride. target: int64 (or int32) class ids [M], where rows equal to
-    ``ignore_index`` give 0 and a zero gradient, or probabilities [M, C] of any float dtype (mixup/cutmix; they get
-    no gradient). w = (1 - label_smoothing) q + label_smoothing / C. Returns fp32 [M] for reduction='none', else a
-    scalar; 'mean' divides by the number of rows that count (0 when none does).
+    ``ignore_index`` (an int) give 0 and a zero gradient, or probabilities [M, C] of any float dtype (mixup/cutmix;
+    they get no gradient: one that requires grad is refused). w = (1 - label_smoothing) q + label_smoothing / C,
+    label_smoothing in [0, 1]. Returns fp32 [M] for reduction='none', else a scalar; 'mean' divides by the number of
+    rows that count (0 when none does). A class id outside [0, C) that is not ``ignore_index`` is a ValueError on
+    CPU tensors in eager mode; elsewhere (CUDA tensors, torch.compile) its row's loss and gradient are NaN, so the
+    reduced loss is NaN (docs/semantics.md §7).
     """
     _check_logits("logits", logits)
-    _check_options(reduction=reduction, label_smoothing=label_smoothing)
-    target = _check_target(logits, target, ignore_index)
-    out = _loss_op(logits, None, target, False, float(label_smoothing), int(ignore_index), 1.0, None)
-    return _reduce(out[MAIN], _row_count(target, ignore_index), reduction)
+    options = _check_options(reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index)
+    target = _check_target(logits, target, options.ignore_index)
+    out = _loss_op(logits, None, target, *options)
+    return _reduce(out[MAIN], _row_count(target, options.ignore_index), reduction)
 
 
 def soft_target_bce(
@@ -149,16 +207,16 @@ def soft_target_bce(
 ) -> torch.Tensor:
     """Binary cross-entropy with logits: the mean over the M*C elements of softplus(z) - w z.
 
-    logits: [M, C] float. target: class ids [M] (one-hot; all in [0, C)) or probabilities [M, C] of any float
-    dtype. With ``target_threshold``, q becomes [q > threshold] (DeiT-III: 0.0); then w = (1 - label_smoothing) q +
-    label_smoothing / C. Returns fp32: reduction='none' gives [M], each row's mean over the classes (their mean is
-    the 'mean' loss, their sum the 'sum' loss, i.e. 1/C of the element sum).
+    logits: [M, C] float. target: class ids [M] (one-hot; all in [0, C), else as in soft_target_cross_entropy: a
+    ValueError on CPU tensors in eager mode, a NaN row elsewhere) or probabilities [M, C] of any float dtype that
+    do not require grad. With ``target_threshold`` (in [0, 1)), q becomes [q > threshold] (DeiT-III: 0.0); then
+    w = (1 - label_smoothing) q + label_smoothing / C. Returns fp32: reduction='none' gives [M], each row's mean
+    over the classes (their mean is the 'mean' loss, their sum the 'sum' loss, i.e. 1/C of the element sum).
     """
     _check_logits("logits", logits)
-    _check_options("bce", reduction, label_smoothing, target_threshold=target_threshold)
-    target = _check_target(logits, target, None)
-    threshold = None if target_threshold is None else float(target_threshold)
-    out = _loss_op(logits, None, target, True, float(label_smoothing), -(2**63), 1.0, threshold)  # no id ignored
+    options = _check_options("bce", reduction, label_smoothing, target_threshold=target_threshold)
+    target = _check_target(logits, target, options.ignore_index)
+    out = _loss_op(logits, None, target, *options)
     return _reduce(out[MAIN], _row_count(target, None), reduction)
 
 
@@ -173,13 +231,14 @@ def self_distillation_loss(
     """The sub branch's criterion against the detached main prediction, times T^2.
 
     sub_logits, main_logits: [M, C], same dtype and device. mode 'ce': per row T^2 sum_c -softmax(main/T)_c
-    log_softmax(sub/T)_c; 'bce': T^2 mean_c softplus(sub_c/T) - sigmoid(main_c/T) sub_c/T. The gradient reaches
-    sub_logits only (T (p_sub - p_main), / C for bce); main_logits gets none and is never written. Returns fp32 [M]
-    for reduction='none', else a scalar (mean over the M rows).
+    log_softmax(sub/T)_c; 'bce': T^2 mean_c softplus(sub_c/T) - sigmoid(main_c/T) sub_c/T; temperature T finite
+    in [2^-63, 2^63]. The gradient reaches sub_logits only (T (p_sub - p_main), / C for bce): main_logits is the
+    teacher, detached here by design (MaskSub's stop-gradient), never written. Returns fp32 [M] for
+    reduction='none', else a scalar (mean over the M rows).
     """
     _check_pair(sub_logits, main_logits)
-    _check_options(mode, reduction, temperature=temperature)
-    out = _loss_op(main_logits.detach(), sub_logits, None, mode == "bce", 0.0, -100, float(temperature), None)
+    options = _check_options(mode, reduction, temperature=temperature)
+    out = _loss_op(main_logits.detach(), sub_logits, None, *options)
     return _reduce(out[SUB], float(max(main_logits.shape[0], 1)), reduction)
 
 
@@ -201,20 +260,20 @@ def masksub_loss(
 
     main_logits, sub_logits: [M, C] float, same dtype and device. target and crit as in soft_target_cross_entropy
     (mode 'ce') or soft_target_bce (mode 'bce', where ``target_threshold`` applies); T(main) and the temperature as
-    in self_distillation_loss. label_smoothing and target_threshold shape the main target only. Rows whose class id
-    equals ``ignore_index`` count in neither term (also with mode 'bce'). One kernel reads each row of both logits
-    once; the backward writes both gradients, main_logits receiving only its own term's. Returns
-    MaskSubLoss(loss, main, sub): fp32 scalars ([M] with reduction='none'), main and sub unweighted; gradients flow
-    from each field. With the defaults: the paper's (crit_main + crit_sub) / 2.
+    in self_distillation_loss. label_smoothing and target_threshold shape the main target only; main_weight and
+    sub_weight are finite and >= 0. Rows whose class id equals ``ignore_index`` count in neither term (also with
+    mode 'bce'); a row whose id is outside [0, C) and not ``ignore_index`` is NaN in both terms and both gradients
+    (a ValueError instead on CPU tensors in eager mode). One kernel reads each row of both logits once; the backward
+    writes both gradients, main_logits receiving only its own term's. Returns MaskSubLoss(loss, main, sub): fp32
+    scalars ([M] with reduction='none'), main and sub unweighted; gradients flow from each field. With the
+    defaults: the paper's (crit_main + crit_sub) / 2.
     """
     _check_pair(sub_logits, main_logits)
-    _check_options(
-        mode, reduction, label_smoothing, temperature, target_threshold, main_weight=main_weight, sub_weight=sub_weight
-    )
-    target = _check_target(main_logits, target, ignore_index)
-    threshold = None if target_threshold is None else float(target_threshold)
-    options = (mode == "bce", float(label_smoothing), int(ignore_index), float(temperature), threshold)
+    options = _check_options(mode, reduction, label_smoothing, ignore_index, temperature, target_threshold)
+    main_weight = _number("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
+    sub_weight = _number("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
+    target = _check_target(main_logits, target, options.ignore_index)
     out = _loss_op(main_logits, sub_logits, target, *options)
-    count = _row_count(target, ignore_index)
+    count = _row_count(target, options.ignore_index)
     main, sub = _reduce(out[MAIN], count, reduction), _reduce(out[SUB], count, reduction)
     return MaskSubLoss(main_weight * main + sub_weight * sub, main, sub)

@@ -1,7 +1,9 @@
 """The MaskSub loss: soft-target CE / BCE for the main branch, self-distillation for the sub branch, one pass.
 
 Maths (docs/semantics.md, §7). Row i of the main logits z, the sub logits s, C classes, a target given as a
-class id y (one-hot q; rows with y == ignore_index count in neither term) or probabilities q [C]:
+class id y (one-hot q; rows with y == ignore_index count in neither term; any other y outside [0, C) makes the
+row's values and gradients NaN in both terms: visible in any reduction, found without a host sync) or
+probabilities q [C]:
 
     w = (1 - eps) q + eps / C                      main target, after q := [q > threshold] when one is given
     CE  main:  l = sum_c -w_c log_softmax(z)_c = S log l_z - D_z                    dl/dz = S softmax(z) - w
@@ -53,10 +55,20 @@ NUM_OUT = 9
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _valid_rows(target: torch.Tensor | None, ignore_index: int, rows: int, device) -> torch.Tensor:
+def _row_masks(target: torch.Tensor | None, ignore_index: int, shape, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(valid, bad) [M]: the rows that count (class id != ignore_index), and those of them whose id is outside
+    [0, C). A bad row is NaN in every output, found without a host sync (the public losses raise on CPU tensors)."""
+    rows, classes = shape
     if target is None or target.is_floating_point():
-        return torch.ones(rows, dtype=torch.bool, device=device)
-    return target != ignore_index
+        valid = torch.ones(rows, dtype=torch.bool, device=device)
+        return valid, ~valid
+    valid = target != ignore_index
+    return valid, valid & ((target < 0) | (target >= classes))
+
+
+def _mask_rows(values: torch.Tensor, valid: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """values where the row counts, 0 where it is ignored, NaN where its class id is out of range."""
+    return torch.where(bad, torch.nan, torch.where(valid, values, 0.0))
 
 
 def _target_weights(target: torch.Tensor, classes: int, eps: float, threshold: float | None, dtype) -> torch.Tensor:
@@ -87,44 +99,46 @@ def _shift_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def loss_forward_reference(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold):
-    """fp32 [9, M]: per-row main loss, per-row sub loss (0 for an absent term or an ignored row), then the stats."""
+    """fp32 [9, M]: per-row main loss, per-row sub loss (0 for an absent term or an ignored row, NaN for a class id
+    outside [0, C)), then the stats."""
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     z = logits.to(acc)
     rows, classes = z.shape
-    valid = _valid_rows(target, ignore_index, rows, z.device)
+    valid, bad = _row_masks(target, ignore_index, z.shape, z.device)
     out = torch.zeros(NUM_OUT, rows, dtype=torch.float32, device=z.device)
     if target is not None:
         w = _target_weights(target, classes, label_smoothing, threshold, acc)
-        out[MAIN] = torch.where(valid, _bce_terms(z, w).mean(1) if bce else _soft_ce(z, w), 0.0)
+        out[MAIN] = _mask_rows(_bce_terms(z, w).mean(1) if bce else _soft_ce(z, w), valid, bad)
         if not bce:
             out[C_Z], out[LOG_L_Z] = _shift_stats(z)
             out[S_Z] = w.sum(1)
     if sub_logits is not None:
         x, zt = sub_logits.to(acc) / temperature, z / temperature
         values = _bce_terms(x, torch.sigmoid(zt)).mean(1) if bce else _soft_ce(x, torch.softmax(zt, dim=1))
-        out[SUB] = torch.where(valid, values * temperature**2, 0.0)
+        out[SUB] = _mask_rows(values * temperature**2, valid, bad)
         if not bce:
             (out[C_S], out[LOG_L_S]), (out[C_T], out[LOG_L_T]) = _shift_stats(x), _shift_stats(zt)
     return out
 
 
 def loss_backward_reference(grad_main, grad_sub, out, logits, sub_logits, target, bce, eps, ignore, temperature, thr):
-    """(d logits or [0], d sub_logits or [0]) in the logits' dtype; a None grad means that gradient is not needed."""
+    """(d logits or [0], d sub_logits or [0]) in the logits' dtype; a None grad means that gradient is not needed.
+    Rows as in the forward: zero where ignored, NaN where the class id is out of range."""
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     z = logits.to(acc)
-    rows, classes = z.shape
-    valid = _valid_rows(target, ignore, rows, z.device)[:, None]
+    classes = z.shape[1]
+    valid, bad = (m[:, None] for m in _row_masks(target, ignore, z.shape, z.device))
     per_class = 1.0 / classes if bce else 1.0
     dz = ds = logits.new_empty(0)
     if grad_main is not None:
         w = _target_weights(target, classes, eps, thr, acc)
         p = torch.sigmoid(z) if bce else torch.softmax(z, dim=1) * w.sum(1, keepdim=True)
-        dz = torch.where(valid, grad_main.to(acc)[:, None] * per_class * (p - w), 0.0).to(logits.dtype)
+        dz = _mask_rows(grad_main.to(acc)[:, None] * per_class * (p - w), valid, bad).to(logits.dtype)
     if grad_sub is not None:
         x, zt = sub_logits.to(acc) / temperature, z / temperature
         act = torch.sigmoid if bce else (lambda v: torch.softmax(v, dim=1))
         g = grad_sub.to(acc)[:, None] * (temperature * per_class)
-        ds = torch.where(valid, g * (act(x) - act(zt)), 0.0).to(sub_logits.dtype)
+        ds = _mask_rows(g * (act(x) - act(zt)), valid, bad).to(sub_logits.dtype)
     return dz, ds
 
 
@@ -172,14 +186,22 @@ def _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE: tl.constexp
 
 
 @jit
-def _row_label(y_ptr, row, in_row, ignore_index, LABELS: tl.constexpr):
-    # (class id, whether the row counts); without class ids every row counts
+def _row_label(y_ptr, row, in_row, ignore_index, C, LABELS: tl.constexpr):
+    # (class id, whether the row counts, whether it counts with an id outside [0, C)); without ids every row counts
     label = tl.full([], -1, tl.int64)
     valid = in_row
+    bad = tl.zeros([], tl.int1)
     if LABELS:
         label = tl.load(y_ptr + row, mask=in_row, other=0).to(tl.int64)
         valid = in_row & (label != ignore_index)
-    return label, valid
+        bad = valid & ((label < 0) | (label >= C))
+    return label, valid, bad
+
+
+@jit
+def _row_value(value, valid, bad):
+    # the value where the row counts, 0 where it is ignored, NaN where its class id is out of range (no host sync)
+    return tl.where(bad, float("nan"), tl.where(valid, value, 0.0))
 
 
 @jit
@@ -187,7 +209,7 @@ def _loss_fwd_kernel(
     z_ptr,  # main logits [M, C], last stride 1 (also the sub term's teacher)
     s_ptr,  # sub logits [M, C], last stride 1 (HAS_SUB)
     y_ptr,  # int64 class ids [M] or probabilities [M, C], last stride 1 (HAS_MAIN)
-    out_ptr,  # fp32 [9, M] out: main loss, sub loss (T^2 included), stats (rows MAIN .. LOG_L_T), zero-filled
+    out_ptr,  # fp32 [9, M] out: main loss, sub loss (T^2 included; 0 ignored, NaN bad-id rows), stats, zero-filled
     M,
     C,
     stride_z,
@@ -208,7 +230,7 @@ def _loss_fwd_kernel(
     in_row = row < M
     lanes = tl.arange(0, BLOCK_C)
     z_row, s_row, y_row = z_ptr + row * stride_z, s_ptr + row * stride_s, y_ptr + row * stride_y
-    label, valid = _row_label(y_ptr, row, in_row, ignore_index, HAS_MAIN and not DENSE)
+    label, valid, bad = _row_label(y_ptr, row, in_row, ignore_index, C, HAS_MAIN and not DENSE)
     inv_t = 1.0 / temperature
     neg_inf = tl.zeros([], tl.float32) + float("-inf")
     zero = tl.zeros([], tl.float32)
@@ -258,7 +280,7 @@ def _loss_fwd_kernel(
             tl.store(out_row + 2 * m64, _shift(m_z), mask=in_row)
             tl.store(out_row + 3 * m64, tl.log(l_z), mask=in_row)
             tl.store(out_row + 4 * m64, s_z, mask=in_row)
-        tl.store(out_row, tl.where(valid, main, 0.0), mask=in_row)
+        tl.store(out_row, _row_value(main, valid, bad), mask=in_row)
     if HAS_SUB:
         if BCE:
             sub = acc_s / C
@@ -268,7 +290,7 @@ def _loss_fwd_kernel(
             tl.store(out_row + 6 * m64, tl.log(l_s), mask=in_row)
             tl.store(out_row + 7 * m64, _shift(m_t), mask=in_row)
             tl.store(out_row + 8 * m64, tl.log(l_t), mask=in_row)
-        tl.store(out_row + M, tl.where(valid, (temperature * temperature) * sub, 0.0), mask=in_row)
+        tl.store(out_row + M, _row_value((temperature * temperature) * sub, valid, bad), mask=in_row)
 
 
 @jit
@@ -304,7 +326,7 @@ def _loss_bwd_kernel(
     in_row = row < M
     lanes = tl.arange(0, BLOCK_C)
     z_row, s_row, y_row = z_ptr + row * stride_z, s_ptr + row * stride_s, y_ptr + row * stride_y
-    label, valid = _row_label(y_ptr, row, in_row, ignore_index, LABELS)  # an ignored row: zero in both terms
+    label, valid, bad = _row_label(y_ptr, row, in_row, ignore_index, C, LABELS)  # zero / NaN rows as forward
     inv_t = 1.0 / temperature
     per_class = 1.0
     if BCE:
@@ -331,7 +353,7 @@ def _loss_bwd_kernel(
                 p = _sigmoid(z)
             else:
                 p = s_z * tl.exp((z - c_z) - log_l_z)
-            dz = tl.where(valid, g_m * (p - w), 0.0)  # fp32 throughout, one cast at the store
+            dz = _row_value(g_m * (p - w), valid, bad)  # fp32 throughout, one cast at the store
             tl.store(dz_ptr + row * C + cols, dz.to(dz_ptr.dtype.element_ty), mask=mask)
         if WRITE_DS:
             x = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32) * inv_t
@@ -340,7 +362,7 @@ def _loss_bwd_kernel(
                 diff = _sigmoid(x) - _sigmoid(zt)
             else:
                 diff = tl.exp((x - c_s) - log_l_s) - tl.exp((zt - c_t) - log_l_t)
-            ds = tl.where(valid, g_s * diff, 0.0)
+            ds = _row_value(g_s * diff, valid, bad)
             tl.store(ds_ptr + row * C + cols, ds.to(ds_ptr.dtype.element_ty), mask=mask)
 
 

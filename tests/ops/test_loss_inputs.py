@@ -1,0 +1,289 @@
+"""Bad input to the losses (docs/semantics.md §7): a clear TypeError / ValueError from the public functions, the
+same on every backend, and never a silent wrong result.
+
+- Refusals: each argument of each public loss, on every backend (raised before any kernel runs).
+- A class id outside [0, C) that is not ignore_index: a ValueError on CPU tensors in eager mode; wherever that check
+  cannot run without a host sync (CUDA tensors, torch.compile) its row is NaN in the values and the gradients. The
+  NaN path is tested under torch.compile and through the internal op on every backend (the CUDA emulator too).
+- Property tests (hypothesis): random valid arguments give the reference's values and gradients on every kernel
+  backend; random invalid scalars raise TypeError / ValueError, never anything else, never a result. Tiny shapes:
+  the Triton interpreter's cost grows with the programs launched.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import DEVICE
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import masksub_kernels as mk
+from masksub_kernels.ops import masksub_loss as ml
+
+# The interpreter computes the discarded lanes of tl.where too (inf - inf, 0 / 0): numpy warns, the GPU does not.
+pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
+
+LOSSES = {
+    "ce": mk.soft_target_cross_entropy,
+    "bce": mk.soft_target_bce,
+    "distill": lambda main, sub, target, **kw: mk.self_distillation_loss(sub, main, **kw),
+    "masksub": mk.masksub_loss,
+}
+
+
+def _call(name, main, sub, target, **options):
+    """The public loss ``name`` on (main, sub, target), as a tuple of its outputs."""
+    if name in ("ce", "bce"):
+        return (LOSSES[name](main, target, **options),)
+    value = LOSSES[name](main, sub, target, **options)
+    return tuple(value) if name == "masksub" else (value,)
+
+
+def _inputs():
+    """main, sub [4, 6] and class ids with an ignored row."""
+    gen = torch.Generator().manual_seed(0)
+    main, sub = (torch.randn(4, 6, generator=gen).to(DEVICE) for _ in "ms")
+    return main, sub, torch.tensor([0, 5, -100, 2], device=DEVICE)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Refusals: (loss, options or a change of the inputs, error, message)
+# ---------------------------------------------------------------------------------------------------------------
+
+# The eager check of class ids reads them: CPU tensors only (on a GPU the row is NaN instead, tested below).
+CPU_ONLY = pytest.mark.skipif(DEVICE.type != "cpu", reason="class ids are checked on the host for CPU tensors only")
+REFUSALS = [
+    # tensors
+    ("masksub", lambda m, s, y: (m, s[:, :5], y), ValueError, r"match main_logits.*\(4, 6\).*\(4, 5\)"),
+    ("masksub", lambda m, s, y: (m, s.double(), y), ValueError, "dtype"),
+    ("masksub", lambda m, s, y: (m, s, y[:3]), ValueError, r"\[rows=4\], got shape \(3,\)"),
+    ("masksub", lambda m, s, y: (m, s, y.float()), ValueError, "probability target must have"),
+    ("masksub", lambda m, s, y: (m, s, y.bool()), TypeError, "got torch.bool"),
+    ("masksub", lambda m, s, y: (m, s, y.tolist()), TypeError, "target must be a torch.Tensor, got list"),
+    ("masksub", lambda m, s, y: (m, s, y.to("meta")), ValueError, "target must be on the device"),
+    pytest.param("masksub", lambda m, s, y: (m, s, y + 6), ValueError, r"\[0, 6\).*got \d+", marks=CPU_ONLY),
+    ("ce", lambda m, s, y: (m, s, torch.zeros_like(m, dtype=torch.long)), ValueError, "must be a float tensor"),
+    ("ce", lambda m, s, y: (m[0], s, y), ValueError, r"\[rows, classes\]"),
+    ("ce", lambda m, s, y: (m.long(), s, y), TypeError, "float32, float16"),
+    ("ce", lambda m, s, y: (m.tolist(), s, y), TypeError, "logits must be a torch.Tensor"),
+    pytest.param(
+        "bce", lambda m, s, y: (m, s, torch.full_like(y, -100)), ValueError, r"\[0, 6\), got -1", marks=CPU_ONLY
+    ),
+    ("distill", lambda m, s, y: (m, s.to(torch.float16), y), ValueError, "dtype"),
+    # probability targets that require grad would get none
+    *(
+        (name, lambda m, s, y: (m, s, torch.rand_like(m).requires_grad_(True)), ValueError, r"target\.detach\(\)")
+        for name in ("ce", "bce", "masksub")
+    ),
+    # strings
+    ("masksub", {"mode": "kl"}, ValueError, "mode must be one of"),
+    ("masksub", {"mode": 1}, TypeError, "mode must be one of"),
+    ("masksub", {"reduction": "avg"}, ValueError, "reduction must be one of"),
+    ("ce", {"reduction": None}, TypeError, "reduction must be one of"),
+    ("distill", {"mode": "mse"}, ValueError, "mode must be one of"),
+    # weights: finite, >= 0, real numbers
+    ("masksub", {"main_weight": -0.5}, ValueError, "main_weight must be a finite number >= 0.*got -0.5"),
+    ("masksub", {"sub_weight": math.nan}, ValueError, "sub_weight must be a finite number >= 0.*got nan"),
+    ("masksub", {"sub_weight": math.inf}, ValueError, "got inf"),
+    ("masksub", {"main_weight": 1e39}, ValueError, "fp32"),
+    ("masksub", {"main_weight": True}, TypeError, "main_weight must be a real number.*got bool"),
+    ("masksub", {"sub_weight": "0.5"}, TypeError, "got str"),
+    ("masksub", {"sub_weight": torch.tensor(0.5)}, TypeError, "got Tensor"),
+    # temperature: > 0, finite, T^2 a normal fp32 number
+    *(("masksub", {"temperature": t}, ValueError, r"temperature must be a finite number > 0") for t in (0, -1.0)),
+    *(("distill", {"temperature": t}, ValueError, r"in \[2\*\*-63, 2\*\*63\]") for t in (math.inf, math.nan, 1e30)),
+    ("distill", {"temperature": 1e-30}, ValueError, "temperature"),
+    ("distill", {"temperature": None}, TypeError, "temperature must be a real number"),
+    # label smoothing in [0, 1]
+    *(("ce", {"label_smoothing": e}, ValueError, r"label_smoothing.*\[0, 1\]") for e in (1.5, -0.1, math.nan)),
+    ("bce", {"label_smoothing": False}, TypeError, "label_smoothing must be a real number"),
+    # target_threshold: BCE only, in [0, 1)
+    ("masksub", {"target_threshold": 0.0}, ValueError, "needs mode='bce'"),
+    *(("bce", {"target_threshold": t}, ValueError, r"\[0, 1\)") for t in (math.nan, math.inf, -0.5, 1.0)),
+    ("masksub", {"mode": "bce", "target_threshold": "0"}, TypeError, "target_threshold must be a real number"),
+    # ignore_index: an int (a float was silently truncated)
+    ("ce", {"ignore_index": -100.0}, TypeError, "ignore_index must be an int, got float"),
+    ("masksub", {"ignore_index": True}, TypeError, "ignore_index must be an int, got bool"),
+    ("masksub", {"ignore_index": 2**63}, ValueError, "int64"),
+]
+
+
+@pytest.mark.parametrize(("name", "change", "error", "match"), REFUSALS)
+def test_bad_input_raises_clear_errors(backend, name, change, error, match):
+    main, sub, target = _inputs()
+    options = change if isinstance(change, dict) else {}
+    if not isinstance(change, dict):
+        main, sub, target = change(main, sub, target)
+    with pytest.raises(error, match=match):
+        _call(name, main, sub, target, **options)
+
+
+def test_valid_edge_values_and_numpy_scalars_are_accepted(backend):
+    main, sub, target = _inputs()
+    np_options = {"ignore_index": np.int64(-100), "temperature": np.float32(2.0), "main_weight": np.float64(1.0)}
+    for options in ({"label_smoothing": 1.0, "main_weight": 0, "sub_weight": 0.0}, np_options):
+        assert all(torch.isfinite(v).all() for v in _call("masksub", main, sub, target, **options))
+    assert torch.isfinite(mk.soft_target_bce(main, target.clamp(min=0), target_threshold=0.0))
+    with torch.no_grad():  # nothing is differentiated: a target that requires grad loses nothing
+        mk.soft_target_cross_entropy(main, torch.rand_like(main).requires_grad_(True))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A class id outside [0, C): NaN rows, no host sync
+# ---------------------------------------------------------------------------------------------------------------
+
+BAD_IDS = [0, 6, -100, -1, 2]  # C = 6: rows 1 and 3 are bad, row 2 ignored
+BAD_ROWS = torch.tensor([False, True, False, True, False])
+
+
+def _check_nan_rows(values, grads):
+    """NaN exactly in the bad rows (values and every gradient element), 0 in the ignored row, finite elsewhere."""
+    bad = BAD_ROWS.to(DEVICE)
+    for v in values:
+        v = v.detach()
+        assert torch.equal(v.isnan(), bad) and float(v[2]) == 0.0 and torch.isfinite(v[~bad]).all(), v
+    for g in grads:
+        assert g.isnan().all(1).equal(bad) and torch.isfinite(g[~bad]).all() and not g[2].any(), g
+
+
+@pytest.mark.parametrize("bce", [False, True])
+def test_out_of_range_ids_give_nan_rows_on_every_backend(backend, bce):
+    main, sub = (torch.randn(5, 6, device=DEVICE, requires_grad=True) for _ in "ms")
+    target = torch.tensor(BAD_IDS, device=DEVICE)
+    for int32 in (False, True):
+        out = ml._loss_op(main, sub, target.int() if int32 else target, bce, 0.1, -100, 2.0, None)
+        assert mk.last_backend("masksub_loss") == backend
+        (out[ml.MAIN] + out[ml.SUB]).sum().backward()
+        _check_nan_rows(out[: ml.SUB + 1], (main.grad, sub.grad))
+        main.grad = sub.grad = None
+    # one term, one gradient: the main term only (no sub logits), the sub gradient only (main is a constant)
+    out = ml._loss_op(main, None, target, bce, 0.0, -100, 1.0, None)
+    out[ml.MAIN].sum().backward()
+    _check_nan_rows(out[: ml.MAIN + 1], (main.grad,))
+    out = ml._loss_op(main.detach(), sub, target, bce, 0.0, -100, 1.0, None)
+    out[ml.SUB].sum().backward()
+    _check_nan_rows(out[ml.SUB : ml.SUB + 1], (sub.grad,))
+
+
+def test_out_of_range_ids_poison_the_loss_under_torch_compile(backend):
+    # Compiled, the public losses skip the eager CPU check (it would read the ids): the NaN rows show instead.
+    main, sub = (torch.randn(5, 6, device=DEVICE, requires_grad=True) for _ in "ms")
+    target = torch.tensor(BAD_IDS, device=DEVICE)
+
+    def losses(a, b, y):
+        out = mk.masksub_loss(a, b, y, reduction="none")
+        no_ignored = torch.where(y == -100, 0, y)  # soft_target_bce has no ignore_index: the same bad rows
+        return out.loss, mk.soft_target_cross_entropy(a, y), mk.soft_target_bce(a, no_ignored, reduction="sum")
+
+    rows, ce, bce = torch.compile(losses, fullgraph=True, backend="aot_eager")(main, sub, target)
+    assert ce.isnan() and bce.isnan()
+    rows.sum().backward()
+    _check_nan_rows([rows], (main.grad, sub.grad))
+    if DEVICE.type == "cpu":  # eager on CPU tensors: the clearer error
+        with pytest.raises(ValueError, match=r"class ids must be in \[0, 6\) or ignore_index=-100, got 6"):
+            losses(main, sub, target)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Property tests
+# ---------------------------------------------------------------------------------------------------------------
+
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+OPTIONS = {  # the scalar options each loss takes
+    "ce": ("label_smoothing", "ignore_index", "reduction"),
+    "bce": ("label_smoothing", "target_threshold", "reduction"),
+    "distill": ("mode", "temperature", "reduction"),
+    "masksub": ("mode", "main_weight", "sub_weight", "label_smoothing", "ignore_index", "temperature",
+                "target_threshold", "reduction"),
+}  # fmt: skip
+
+
+@st.composite
+def valid_calls(draw):
+    """(loss, main, sub, target, options): tiny shapes, class ids (some ignored) or probabilities, valid options."""
+    name = draw(st.sampled_from(sorted(LOSSES)))
+    rows, classes = draw(st.integers(0, 3)), draw(st.integers(1, 5))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    main, sub = ((torch.randn(rows, classes, generator=gen) * 3).to(DEVICE, dtype) for _ in "ms")
+    mode = "bce" if name == "bce" else draw(st.sampled_from(["ce", "bce"]))
+    unit = st.floats(0, 1, width=32)
+    options = {
+        "mode": mode,
+        "reduction": draw(st.sampled_from(["none", "sum", "mean"])),
+        "label_smoothing": draw(unit),
+        "temperature": draw(st.floats(0.1, 10)),
+        "main_weight": draw(st.floats(0, 10)),
+        "sub_weight": draw(st.floats(0, 10)),
+        "ignore_index": draw(st.integers(-3, classes + 2)),
+        "target_threshold": draw(st.none() | unit.filter(lambda t: t < 1)) if mode == "bce" else None,
+    }
+    if draw(st.booleans()):  # probabilities, from mixup or multi-label
+        target = torch.rand(rows, classes, generator=gen).to(DEVICE, draw(st.sampled_from([torch.float32, dtype])))
+    else:
+        ids = torch.randint(0, classes, (rows,), generator=gen)
+        ignored = torch.rand(rows, generator=gen) < 0.3
+        if "ignore_index" in OPTIONS[name]:
+            ids = torch.where(ignored, options["ignore_index"], ids)
+        target = ids.to(DEVICE)
+    return name, main, sub, target, {k: v for k, v in options.items() if k in OPTIONS[name]}
+
+
+def _values_and_grads(name, main, sub, target, options):
+    main, sub = (t.detach().clone().requires_grad_(True) for t in (main, sub))
+    values = _call(name, main, sub, target, **options)
+    weights = [torch.linspace(-1, 2, v.numel(), device=DEVICE).reshape(v.shape) for v in values]
+    sum(((v * w).sum() for v, w in zip(values, weights)), torch.zeros((), device=DEVICE)).backward()
+    return [v.detach() for v in values], [g for g in (main.grad, sub.grad) if g is not None]
+
+
+@PROPERTY
+@given(call=valid_calls())
+def test_valid_arguments_match_the_reference(kernel_backend, call):
+    got = _values_and_grads(*call)
+    with mk.use_backend("torch"):
+        expected = _values_and_grads(*call)
+    for a, e in zip(got[0] + got[1], expected[0] + expected[1]):
+        scale = float(e.abs().max()) if e.numel() else 0.0
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5 * scale + 1e-7)
+
+
+def _is_valid(option: str, value) -> bool:
+    """The rule of docs/semantics.md §7, stated independently of the code under test."""
+    if isinstance(value, bool):
+        return False
+    if value is None:
+        return option == "target_threshold"
+    if option in ("mode", "reduction"):
+        return value in (("ce", "bce") if option == "mode" else ("none", "sum", "mean")) and isinstance(value, str)
+    if option == "ignore_index":
+        return isinstance(value, int) and -(2**63) <= value < 2**63
+    if not isinstance(value, (int, float)) or abs(value) > 1e300:  # beyond 1e300: no fp32 range contains it
+        return False
+    low, high = {"temperature": (2.0**-63, 2.0**63), "label_smoothing": (0, 1), "target_threshold": (0, 1)}.get(
+        option, (0, torch.finfo(torch.float32).max)
+    )
+    return math.isfinite(value) and low <= value <= high and not (option == "target_threshold" and value == 1)
+
+
+ANY_SCALAR = st.one_of(
+    st.floats(), st.integers(), st.integers(2**62, 2**70).map(lambda v: v * (-1) ** v), st.booleans(), st.none(),
+    st.sampled_from(["ce", "bce", "sum", "mean", "none", "1", ""]), st.complex_numbers(max_magnitude=2),
+)  # fmt: skip
+
+
+@PROPERTY
+@given(data=st.data())
+def test_invalid_scalars_raise_type_or_value_errors(backend, data):
+    name = data.draw(st.sampled_from(sorted(LOSSES)))
+    option = data.draw(st.sampled_from(OPTIONS[name]))
+    value = data.draw(ANY_SCALAR.filter(lambda v: not _is_valid(option, v)), label=option)
+    options = {option: value, **({"mode": "bce"} if option == "target_threshold" and name == "masksub" else {})}
+    main, sub, target = _inputs()
+    try:
+        _call(name, main, sub, target.clamp(min=0), **options)
+    except (TypeError, ValueError):
+        return
+    pytest.fail(f"{name}({option}={value!r}) returned a result")
