@@ -19,8 +19,6 @@ Two schedules give the same gradients (dropout and drop-path aside, whose random
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -109,10 +107,8 @@ class MaskSub(nn.Module):
         self.sub_weight = _check_float("sub_weight", sub_weight, 0.0, float("inf"), high_open=True)
         self.label_smoothing = _check_float("label_smoothing", label_smoothing, 0.0, 1.0)
         self.target_threshold = None
-        if target_threshold is not None:  # a probability threshold: finite (NaN would binarise every target to 0)
-            self.target_threshold = _check_float("target_threshold", target_threshold, -math.inf, math.inf)
-            if not math.isfinite(self.target_threshold):
-                raise ValueError(f"target_threshold must be a finite float, got {target_threshold}")
+        if target_threshold is not None:  # a probability threshold: [0, 1), as masksub_loss takes it
+            self.target_threshold = _check_float("target_threshold", target_threshold, 0.0, 1.0, high_open=True)
         if cell_size is not None and (isinstance(cell_size, bool) or not isinstance(cell_size, int) or cell_size < 1):
             raise ValueError(f"cell_size must be an int >= 1 (or None for the family's default), got {cell_size!r}")
         self.loss_mode = loss

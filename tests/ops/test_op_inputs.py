@@ -1,6 +1,6 @@
 """Bad input to the token and grid ops: a clear ValueError/TypeError on every backend, never a silent wrong result;
 edge inputs (negative seeds, unvalidated out-of-range ids, meta tensors) give the same result on every backend.
-The losses have their own: tests/ops/test_loss_inputs.py."""
+The losses have theirs in tests/ops/test_loss_inputs.py."""
 
 import math
 

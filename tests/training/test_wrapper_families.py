@@ -191,6 +191,6 @@ def test_configuration_errors_are_clear():
     for weight in (-0.5, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="sub_weight must be in"):
             MaskSub(tiny_vit(), sub_weight=weight)
-    for threshold in (float("nan"), float("-inf")):
+    for threshold in (float("nan"), float("-inf"), -0.5, 1.0):
         with pytest.raises(ValueError, match="target_threshold must be"):
             MaskSub(tiny_vit(), loss="bce", target_threshold=threshold)
