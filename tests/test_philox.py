@@ -33,8 +33,10 @@ def test_sort_keys_order_by_draw_then_position():
 
 
 def test_new_seed_validation_and_default_generator():
-    with pytest.raises(ValueError, match=r"\[0, 2\*\*63\)"):
-        new_seed(-1)
+    assert new_seed(-1) == -1 and new_seed(-(2**63)) == -(2**63)  # any int64: its 64 bits are the key
+    for seed in (2**63, -(2**63) - 1):
+        with pytest.raises(ValueError, match=r"\[-2\*\*63, 2\*\*63\)"):
+            new_seed(seed)
     with pytest.raises(TypeError, match="int or None"):
         new_seed(1.5)
     torch.manual_seed(3)

@@ -194,7 +194,7 @@ def test_mask_image_published_cell_counts():
         ((2, 3, 64, 64), {"cell_size": 0}, ValueError, "cell_size"),
         ((3, 64, 64), {}, ValueError, "4-D"),
         ((2, 3, 64, 64), {"fill_value": True}, TypeError, "fill_value"),
-        ((2, 3, 64, 64), {"seed": -1}, ValueError, "seed"),
+        ((2, 3, 64, 64), {"seed": 2**63}, ValueError, "seed must be an int64 value"),
     ],
 )
 def test_mask_image_bad_input(shape, kwargs, error, match):
