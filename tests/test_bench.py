@@ -3,6 +3,7 @@ Speed is never asserted here."""
 
 import json
 
+import pytest
 import torch
 
 from masksub_kernels.bench import cli, report
@@ -54,3 +55,27 @@ def test_cli_tiny_run_of_every_suite_writes_json_markdown_and_plot(tmp_path, cap
     assert "No GPU here" in capsys.readouterr().out
     table = report.markdown_table(run)
     assert "| token_select |" in table and "vs official" in table and "time / plain" in table
+
+
+def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measured(tmp_path):
+    """The loss moves 6 passes over the logits in full where the minimal count is 4: both fractions are reported;
+    a model file of the card puts the predicted time beside the measured one."""
+    case = OpCase(
+        "loss", "s", "float32", "masksub[triton]", lambda: [torch.ones(4, requires_grad=True)], lambda x: x * 2,
+        {"forward": 2, "backward": 4, "full": 4}, design_bytes={"forward": 2, "backward": 4, "full": 6},
+    )  # fmt: skip
+    records = run_case(case, torch.device("cpu"), repeats=1, warmup=0, copy_gbps=1.0)
+    full = next(r for r in records if r["mode"] == "full")
+    assert full["fraction_of_copy_design"] == pytest.approx(1.5 * full["fraction_of_copy"])
+    model = {"environment": {"label": "PREDICTIONS"}, "records": [
+        {"suite": "loss", "shape": "s", "dtype": "float32", "variant": "CE, class ids", "mode": "full",
+         "predicted_us": 123.0},
+    ]}  # fmt: skip
+    (tmp_path / "model-sm90.json").write_text(json.dumps(model))
+    assert report.model_file(tmp_path, "GPU: NVIDIA H100 80GB HBM3") is None  # the H100 has its own file
+    path = report.model_file(tmp_path, "GPU: NVIDIA H200")
+    run = {"environment": {"device": "GPU: NVIDIA H200", "torch": "-"}, "date": "-", "copy_gbps": 1.0,
+           "records": records}  # fmt: skip
+    assert report.attach_predictions(run, path) == 1 and full["predicted_ms"] == pytest.approx(0.123)
+    table = report.markdown_table(run)
+    assert "% of copy (design)" in table and "predicted ms" in table and "| 0.123 |" in table

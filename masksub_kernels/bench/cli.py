@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - started, 1),
         "records": records,
     }
+    model_path = report.model_file(default_output_directory(), env["device"]) if on_gpu else None
+    if model_path is not None:
+        print(f"performance model: {report.attach_predictions(run, model_path)} records beside {model_path.name}")
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{env['device']}-{run['date']}").strip("-")
     paths = report.write(run, args.out or default_output_directory(), stem)
     print()

@@ -6,6 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+MODEL_VARIANTS = ("", "nchw", "CE, class ids")  # the model's variant of each benchmark case (tools/perf_model)
 BASELINE = "official"  # op suites: speed-up = official-style time / provider time
 TRAIN_BASELINE = "plain"  # training steps: MaskSub step time / plain step time, beside the ideal ratio
 
@@ -14,16 +15,53 @@ def _fmt(value, digits=3):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def model_file(directory: Path, device_name: str) -> Path | None:
+    """The performance model's predictions for this card (tools/perf_model writes them), where there are some:
+    benchmarks/results/model-sm90.json for an H200, model-sm90-H100.json for an H100."""
+    name = device_name.upper()
+    stem = "model-sm90" if "H200" in name else "model-sm90-H100" if "H100" in name else None
+    path = directory / f"{stem}.json" if stem else None
+    return path if path is not None and path.exists() else None
+
+
+def attach_predictions(run: dict, model_path: Path) -> int:
+    """Put the model's predicted time beside each measured masksub[triton] record of the same case (a GPU run
+    calibrates the model: measured / predicted per op). Returns how many records got one."""
+    model = json.loads(model_path.read_text())
+    predicted = {
+        (r["suite"], r["shape"], r["dtype"], r["mode"]): r["predicted_us"]
+        for r in model["records"]
+        if r["variant"] in MODEL_VARIANTS
+    }
+    count = 0
+    for record in run["records"]:
+        value = predicted.get((record["suite"], record["shape"], record["dtype"], record["mode"]))
+        if record["provider"] == "masksub[triton]" and value is not None:
+            record["predicted_ms"] = value / 1000
+            count += 1
+    run["model"] = {"file": model_path.name, "label": model["environment"]["label"]}
+    return count
+
+
 def markdown_table(run: dict) -> str:
-    """Per suite, shape, dtype and mode: each provider's median time, GB/s, % of copy bandwidth, speed-up vs the
-    official style measured in the same run."""
+    """Per suite, shape, dtype and mode: each provider's median time, GB/s, % of copy bandwidth (on the minimal
+    bytes, and on the bytes the design moves where they differ), speed-up vs the official style measured in the
+    same run; the model's prediction beside where a model file was found."""
     env = run["environment"]
     lines = [
         f"Device: {env['device']} | torch {env['torch']} | triton {env.get('triton')} | date {run['date']} | "
         f"copy bandwidth {run['copy_gbps']:.0f} GB/s (read + write)",
         "",
-        "| suite | shape | dtype | mode | provider | median ms (p20-p80) | GB/s | % of copy | vs official | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "% of copy: on the minimal bytes (each input read once, each output written once) and, where this "
+        "library's design moves more (the loss: 6 passes over the logits in full, not 4), on the design's bytes.",
+    ]
+    if run.get("model"):
+        lines.append(f"predicted ms: {run['model']['label']} ({run['model']['file']}).")
+    lines += [
+        "",
+        "| suite | shape | dtype | mode | provider | median ms (p20-p80) | predicted ms | GB/s | % of copy "
+        "(minimal) | % of copy (design) | vs official | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups = defaultdict(list)
     for record in run["records"]:
@@ -52,14 +90,15 @@ def markdown_table(run: dict) -> str:
         baseline = next((r for r in records if r["provider"] == BASELINE and "median_ms" in r), None)
         for r in records:
             if "error" in r:
-                lines.append(f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | error: {r['error']} |||||")
+                lines.append(f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | error: {r['error']} |||||||")
                 continue
             speedup = baseline["median_ms"] / r["median_ms"] if baseline else None
-            fraction = r.get("fraction_of_copy")
+            fraction, design = r.get("fraction_of_copy"), r.get("fraction_of_copy_design")
             lines.append(
                 f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | {_fmt(r['median_ms'])} "
-                f"({_fmt(r['p20_ms'])}-{_fmt(r['p80_ms'])}) | {_fmt(r.get('gbps'), 1)} | "
-                f"{_fmt(None if fraction is None else 100 * fraction, 1)} | "
+                f"({_fmt(r['p20_ms'])}-{_fmt(r['p80_ms'])}) | {_fmt(r.get('predicted_ms'))} | "
+                f"{_fmt(r.get('gbps'), 1)} | {_fmt(None if fraction is None else 100 * fraction, 1)} | "
+                f"{_fmt(None if design is None else 100 * design, 1)} | "
                 f"{_fmt(speedup, 2)}{'x' if speedup else ''} | {_fmt(r.get('peak_mem_mb'), 1)} |"
             )
     if len(train_lines) > 5:

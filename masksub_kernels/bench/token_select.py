@@ -16,7 +16,7 @@ import masksub_kernels as mk
 
 from .runner import OpCase
 
-GPU_SHAPES = [("ViT-S", 256, 196, 384), ("ViT-B", 256, 196, 768), ("ViT-L", 256, 196, 1024)]
+GPU_SHAPES = [("ViT-S", 256, 196, 384), ("ViT-B", 256, 196, 768), ("ViT-L", 256, 196, 1024), ("ViT-B", 256, 1024, 768)]
 CPU_SHAPES = [("ViT-S", 32, 196, 384)]
 MASK_RATIO = 0.5
 

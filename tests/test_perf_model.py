@@ -1,0 +1,74 @@
+"""The performance model (tools/perf_model) in CI: it runs, its calibration holds, no prediction falls below the
+committed floor (tools/perf_floors.json), and the floor check can fail.
+
+The model compiles kernels, which the Triton interpreter that conftest.py switches on cannot: it runs in a
+subprocess without TRITON_INTERPRET. Cubins are cached under build/perf_model/ (keyed by source and specialisation),
+so a warm run compiles nothing.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools.perf_model import floors
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path_factory.mktemp("perf_model") / "model.json"
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    command = [sys.executable, "-m", "tools.perf_model", "--no-write", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert out.exists(), result.stdout[-3000:] + result.stderr[-3000:]
+    return result, json.loads(out.read_text())
+
+
+def test_every_case_is_predicted(model_run):
+    _, run = model_run
+    assert run["environment"]["label"].startswith("PREDICTIONS")
+    suites = {record["suite"] for record in run["records"]}
+    assert suites == {"token_select", "loss", "grid_mask"}
+    for record in run["records"]:
+        assert record["predicted_us"] > 0 and record["launches"] >= 1, record
+        assert 0 < record["percent_of_copy_design"] <= 100.5, record  # a prediction never beats the roofline
+
+
+def test_calibration_checks(model_run):
+    _, run = model_run
+    checks = {(c["name"], c["card"]): c for c in run["calibration"]}
+    for card in ("H200", "H100"):
+        copy = checks[("copy", card)]
+        assert copy["passed"], copy["summary"]  # within the stated band of the measured copy bandwidth
+    liger = checks[("liger", "H100")]
+    if liger["passed"] is None:
+        pytest.skip(liger["summary"])
+    assert liger["passed"], liger["summary"]  # within 20% of Liger-Kernel's published 0.80 ms
+
+
+def test_predictions_at_or_above_committed_floors(model_run):
+    result, run = model_run
+    committed = floors.load(ROOT / "tools" / "perf_floors.json")
+    missing = [floors.key(r) for r in run["records"] if floors.key(r) not in committed]
+    assert not missing, f"cases without a floor (run python -m tools.perf_model.floors --update): {missing}"
+    assert floors.check(run, committed) == []
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_floor_check_fails_below_a_floor():
+    record = {"suite": "loss", "shape": "s", "dtype": "bfloat16", "variant": "CE", "mode": "full"}
+    committed = {floors.key(record): 50.0}
+    below = {"records": [{**record, "percent_of_copy_design": 49.9}]}
+    at = {"records": [{**record, "percent_of_copy_design": 50.0}]}
+    assert len(floors.check(below, committed)) == 1
+    assert floors.check(at, committed) == []
+    # floors ratchet: an update never lowers a floor unless asked
+    assert floors.updated(below, committed)[floors.key(record)] == 50.0
+    assert floors.updated(below, committed, allow_lower=True)[floors.key(record)] == round(0.9 * 49.9, 1)

@@ -1,0 +1,49 @@
+"""The cards the model predicts for: the figures it uses, each with where it comes from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Card:
+    name: str
+    sms: int
+    clock_ghz: float  # the sustained SM clock under a memory-bound load (boost clock of the SXM parts)
+    copy_tbps: float  # measured device-to-device copy, bytes read + written: the roofline of every op here
+    schedulers_per_sm: int = 4  # warp schedulers per SM, each issues one warp-instruction per cycle
+    registers_per_sm: int = 65536
+    threads_per_sm: int = 2048
+    shared_per_sm: int = 233472  # 228 KB of shared memory per SM on sm_90 (227 KB usable by one block)
+    shared_reserved_per_block: int = 1024  # the driver reserves 1 KB per resident block on sm_80+
+    blocks_per_sm: int = 32
+    dram_latency_ns: float = 650.0  # a global load's round trip under load (HBM ~500 ns idle, more when busy)
+    launch_us: float = 2.5  # GPU time per launch back to back without CUDA graphs (launch gap + ramp + drain)
+
+    @property
+    def issue_rate(self) -> float:
+        """Warp-instructions per second over the whole card."""
+        return self.sms * self.schedulers_per_sm * self.clock_ghz * 1e9
+
+    @property
+    def copy_bytes_per_s(self) -> float:
+        return self.copy_tbps * 1e12
+
+
+# H200 SXM 141 GB: 132 SMs, 4.8 TB/s on paper, ~4.3 TB/s measured copy on the machines lent to this project
+# (docs/ANCHORS: "H200 device-to-device copy measured at ~4.3 TB/s").
+H200 = Card("H200", sms=132, clock_ghz=1.98, copy_tbps=4.3)
+# H100 SXM 80 GB HBM3: 132 SMs, 3.35 TB/s on paper. A device-to-device copy measured ~3.0 TB/s on the machines
+# lent here (ANCHORS: "a device-to-device copy here measured about 3.0 TB/s"); 2.9-3.0 TB/s is what copy benchmarks
+# report for this card elsewhere too, so 3.0 is used (not the paper figure: no kernel reaches it).
+H100 = Card("H100", sms=132, clock_ghz=1.98, copy_tbps=3.0)
+
+CARDS = {card.name: card for card in (H200, H100)}
+
+
+def card_for_device(device_name: str) -> Card | None:
+    """The card of a torch.cuda device name ('NVIDIA H200', 'NVIDIA H100 80GB HBM3'), or None."""
+    for name, card in CARDS.items():
+        if name in device_name.upper():
+            return card
+    return None

@@ -1,0 +1,173 @@
+"""The prediction for one kernel launch, and for an op (a sequence of launches).
+
+Per launch, with P programs of W warps, I warp-instructions per program (the SASS: instructions outside loops once,
+each loop's own body times its trip count), R bytes read and B bytes moved in all:
+
+    resident   blocks per SM = min(registers, threads, shared memory, 32 blocks) limits
+    n_sm       = ceil(P / SMs): programs the busiest SM runs;  concurrent = min(resident, n_sm) blocks at a time
+    t_issue    = n_sm * W * I / (schedulers * clock) / min(1, concurrent * W / schedulers)
+    t_memory   = max(B / copy bandwidth,                       the roofline
+                     R / (min(SMs, P) * concurrent * W * L / latency))
+                 the second term is Little's law: a warp keeps L bytes of loads in flight (those of one iteration
+                 of its innermost loop: none of these loops is software-pipelined), so few resident warps cannot
+                 cover the memory latency
+    t_chain    = t_issue + n_sm * iterations * latency      with one block per SM at a time: none of these loops
+                                           is software-pipelined, so each iteration's loads wait a full round trip
+                                           with no other block to fill it (with two or more blocks: t_issue)
+    t_kernel   = max(t_memory, t_chain)
+    t_launch   = launch cost (card.launch_us) per launch
+
+An op's predicted time is the sum over its launches (they run one after another on a stream). % of copy bandwidth
+= bytes / t / copy bandwidth, on the bytes the design moves and on the minimal bytes (each input read once, each
+output written once).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .hardware import Card
+from .sass import Function
+
+
+@dataclass
+class Occupancy:
+    resident_blocks: int  # blocks one SM can hold
+    limiter: str  # what limits it
+    waves: float  # P / (SMs * resident)
+
+
+def occupancy(card: Card, function: Function, warps: int, shared: int, programs: int) -> Occupancy:
+    per_warp = math.ceil(max(function.registers, 1) * 32 / 256) * 256  # registers are allocated per warp, by 256
+    limits = {
+        "registers": card.registers_per_sm // (per_warp * warps),
+        "threads": card.threads_per_sm // (32 * warps),
+        "blocks": card.blocks_per_sm,
+    }
+    if shared:
+        limits["shared memory"] = card.shared_per_sm // (shared + card.shared_reserved_per_block)
+    limiter = min(limits, key=limits.get)
+    resident = max(0, limits[limiter])
+    return Occupancy(resident, limiter, programs / (card.sms * max(resident, 1)))
+
+
+@dataclass
+class KernelPrediction:
+    kernel: str
+    grid: tuple[int, int, int]
+    warps: int
+    registers: int
+    shared: int
+    occupancy: Occupancy
+    instructions_per_program: int  # warp-instructions each warp issues
+    loop_instructions: int  # the steady-state (innermost) loop body, per warp per iteration
+    elements_per_warp_iteration: float  # elements a warp handles per iteration of that loop
+    loop_mix: dict
+    access_widths: list[int]  # bytes per lane of the global accesses of that loop (or of the kernel)
+    bytes_read: int
+    bytes_written: int
+    t_memory_us: float
+    t_issue_us: float
+    overlapped: bool
+    t_kernel_us: float
+
+    @property
+    def instructions_per_element(self) -> float | None:
+        if not self.elements_per_warp_iteration:
+            return None
+        return self.loop_instructions / self.elements_per_warp_iteration
+
+
+def predict_kernel(
+    card: Card,
+    function: Function,
+    name: str,
+    grid: tuple[int, int, int],
+    warps: int,
+    shared: int,
+    trips: list[int],
+    elements_per_iteration: int,
+    bytes_read: int,
+    bytes_written: int,
+) -> KernelPrediction:
+    """``trips[d]``: iterations of the loops at nesting depth d per entry of their enclosing loop (a loop absent
+    from ``trips`` counts once); ``elements_per_iteration``: elements one program handles per iteration of its
+    innermost loop (per program when it has none)."""
+    programs = math.prod(grid)
+    shared = max(shared, function.shared)
+    occ = occupancy(card, function, warps, shared, programs)
+    executed = len(function.outside_loops())
+    for loop in function.loops:
+        executed += len(loop.own) * math.prod(trips[: loop.depth + 1] or [1])
+    innermost = max(function.loops, key=lambda loop: (loop.depth, len(loop.own)), default=None)
+    loop_instructions = len(innermost.own) if innermost else len(function.instructions)
+    loads_in_flight = innermost.load_bytes_per_warp() if innermost else function.load_bytes_per_warp()
+    widths = innermost.access_widths() if innermost else function.access_widths()
+
+    per_sm = math.ceil(programs / card.sms)
+    concurrent = max(1, min(occ.resident_blocks, per_sm))
+    busy = min(1.0, concurrent * warps / card.schedulers_per_sm)  # fewer warps than schedulers leave some idle
+    t_issue = per_sm * warps * executed / (card.schedulers_per_sm * card.clock_ghz * 1e9) / busy
+    roofline = (bytes_read + bytes_written) / card.copy_bytes_per_s
+    in_flight = min(card.sms, programs) * concurrent * warps * max(loads_in_flight, 1)
+    latency_bound = bytes_read * card.dram_latency_ns * 1e-9 / in_flight
+    t_memory = max(roofline, latency_bound)
+    overlapped = concurrent >= 2  # another resident block computes while one waits on memory
+    # only loops that load wait on memory (a store-only loop, e.g. Liger's ignored-row path, does not)
+    waiting = [loop for loop in function.loops if loop.load_bytes_per_warp()]
+    iterations = sum(math.prod(trips[: loop.depth + 1] or [1]) for loop in waiting) or 1
+    t_chain = t_issue if overlapped else t_issue + per_sm * iterations * card.dram_latency_ns * 1e-9
+    t_kernel = max(t_memory, t_chain)
+    return KernelPrediction(
+        name,
+        grid,
+        warps,
+        function.registers,
+        shared,
+        occ,
+        executed,
+        loop_instructions,
+        elements_per_iteration / warps,
+        innermost.mix() if innermost else function.mix(),
+        widths,
+        bytes_read,
+        bytes_written,
+        t_memory * 1e6,
+        t_issue * 1e6,
+        overlapped,
+        t_kernel * 1e6,
+    )
+
+
+@dataclass
+class OpPrediction:
+    op: str
+    shape: str
+    dtype: str
+    variant: str  # e.g. "CE, class ids"
+    mode: str  # forward / backward / full
+    backend: str  # triton / cuda
+    kernels: list[KernelPrediction]
+    design_bytes: int
+    minimal_bytes: int
+    launch_us: float
+    note: str = ""
+
+    @property
+    def predicted_us(self) -> float:
+        return sum(k.t_kernel_us for k in self.kernels) + self.launch_us * len(self.kernels)
+
+    def fraction_of_copy(self, card: Card, on: str = "design") -> float:
+        nbytes = self.design_bytes if on == "design" else self.minimal_bytes
+        return nbytes / (self.predicted_us * 1e-6) / card.copy_bytes_per_s
+
+    @property
+    def bound(self) -> str:
+        """What the slowest launch is limited by."""
+        if not self.kernels:
+            return "-"
+        slowest = max(self.kernels, key=lambda k: k.t_kernel_us)
+        if slowest.t_kernel_us < self.launch_us:
+            return "launch"
+        return "memory" if slowest.t_memory_us >= slowest.t_issue_us else "issue"

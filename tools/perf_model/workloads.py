@@ -1,0 +1,239 @@
+"""The ops at the benchmark shapes: their launchers run on meta tensors under ``capture.recording``.
+
+For each Triton kernel, ``KERNELS`` says what the SASS cannot: the trip count of its loops, the elements one
+program handles per iteration, and the bytes the design reads and writes (the design's, not what the masked SASS
+could touch: e.g. the image mask reads no pixel of a removed cell). Each case then names the op's minimal bytes
+(each input read once, each output written once: the benchmark's byte counts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from masksub_kernels.ops import grid_mask, masksub_loss, token_grid_mask, token_select
+from masksub_kernels.ops._common import cdiv
+
+from .capture import Launch, recording
+
+META = torch.device("meta")
+MASK_RATIO = 0.5  # the benchmarks' ratio
+SEED = 1234
+
+
+def _size(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Per kernel: (trips per loop depth, elements per program per innermost iteration, bytes read, bytes written)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _select(a: dict) -> tuple:
+    # one program per sample sorts N keys: writes K ids (int64) and, for the backward, N inverse entries (int32)
+    n, k, rows = a["N"], a["K"], a["ids_ptr"].shape[0]
+    return [], a["BLOCK_N"], 0, rows * (8 * k + (4 * n if a["WRITE_INVERSE"] else 0))
+
+
+def _copy_rows(a: dict) -> tuple:
+    # each output row: one map entry read, the source row read unless the map says -1 (a zero row), the row written
+    rows, d, e = a["total_rows"], a["D"], a["src_ptr"].element_size()
+    batch, prefix, map_len, src_len = a["map_ptr"].shape[0], a["P"], a["MAP_LEN"], a["SRC_LEN"]
+    copied = batch * (prefix + min(map_len, src_len))  # gather: every row; scatter: the K kept of N
+    return [], a["BLOCK_R"] * a["BLOCK_D"], copied * d * e + batch * map_len * a["map_ptr"].element_size(), rows * d * e
+
+
+def _loss(a: dict) -> tuple:
+    m, c, e = a["M"], a["C"], a["z_ptr"].element_size()
+    forward = "gm_ptr" not in a
+    dense = a["DENSE"]
+    target = m * c * a["y_ptr"].element_size() if dense else m * 8
+    if forward:
+        reads = m * c * e * (int(a["HAS_MAIN"] or a["HAS_SUB"]) + int(a["HAS_SUB"])) + target * a["HAS_MAIN"]
+        return [cdiv(c, a["BLOCK_C"])], a["BLOCK_C"], reads, 9 * m * 4
+    dz, ds = a["WRITE_DZ"], a["WRITE_DS"]
+    reads = m * c * e * (1 + int(ds)) + target * dz + 9 * m * 4
+    return [cdiv(c, a["BLOCK_C"])], a["BLOCK_C"], reads, m * c * e * (int(dz) + int(ds))
+
+
+def _cell_mask(a: dict) -> tuple:
+    return [], a["BLOCK_L"], 0, a["mask_ptr"].numel()
+
+
+def _mask_image(a: dict) -> tuple:
+    x, cells = a["x_ptr"], a["cell_ptr"]
+    kept = 1.0 - MASK_RATIO  # removed cells read nothing
+    return [], a["BLOCK_H"] * a["BLOCK_K"], int(_size(x) * kept) + cells.numel(), _size(x)
+
+
+def _mask_tokens(a: dict) -> tuple:
+    x = a["x_ptr"]
+    return [], a["BLOCK_W"] * a["BLOCK_C"], int(_size(x) * (1 - MASK_RATIO)) + a["cell_ptr"].numel(), _size(x)
+
+
+def _mask_tokens_backward(a: dict) -> tuple:
+    g, programs = a["g_ptr"], a["part_ptr"].shape[0]
+    trips = [a["lines_per_program"], cdiv(a["W"], a["BLOCK_W"])]
+    reads = _size(g) if a["WRITE_GRAD_X"] else int(_size(g) * MASK_RATIO)
+    writes = _size(g) * a["WRITE_GRAD_X"] + programs * a["C"] * 4 * a["WRITE_PARTIALS"]
+    return trips, a["BLOCK_W"] * a["BLOCK_C"], reads + a["cell_ptr"].numel(), writes
+
+
+def _sum_partials(a: dict) -> tuple:
+    parts = a["part_ptr"]
+    return [cdiv(a["P"], a["BLOCK_P"])], a["BLOCK_P"] * a["BLOCK_C"], _size(parts), _size(a["out_ptr"])
+
+
+KERNELS: dict[str, Callable[[dict], tuple]] = {
+    "_select_kernel": _select,
+    "_copy_rows_kernel": _copy_rows,
+    "_loss_fwd_kernel": _loss,
+    "_loss_bwd_kernel": _loss,
+    "_cell_mask_kernel": _cell_mask,
+    "_mask_image_kernel": _mask_image,
+    "_mask_tokens_kernel": _mask_tokens,
+    "_mask_tokens_backward_kernel": _mask_tokens_backward,
+    "_sum_partials_kernel": _sum_partials,
+}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Cases: an op at a shape, per mode, as the launches its Triton implementation makes
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    op: str  # the benchmark suite's name
+    shape: str  # the benchmark's shape label where the benchmark has the shape
+    dtype: str
+    variant: str
+    mode: str
+    launches: list[Launch]
+    minimal_bytes: int
+    headline: bool = False  # in the README's table
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def token_select_cases() -> list[Case]:
+    """ViT token select + gather (forward), scatter (backward): the issue's ViT-B shapes and the benchmark's."""
+    shapes = [("ViT-S", 256, 196, 384, False), ("ViT-B", 256, 196, 768, True), ("ViT-L", 256, 196, 1024, False)]
+    shapes.append(("ViT-B", 256, 1024, 768, True))
+    impl = {op: op._implementations["triton"] for op in (token_select._select_op, token_select._gather_op)}
+    scatter = token_select._scatter_op._implementations["triton"]
+    cases = []
+    for name, b, n, d, headline in shapes:
+        dtype, k, prefix = torch.bfloat16, token_select.num_kept_tokens(n, MASK_RATIO), 1
+        x = torch.empty(b, prefix + n, d, dtype=dtype, device=META)
+        with recording(token_select) as forward:
+            ids, inv = impl[token_select._select_op](SEED, None, b, n, k, META, False, True)
+            y = impl[token_select._gather_op](x, ids, inv, prefix)
+        with recording(token_select) as backward:
+            scatter(torch.empty_like(y), ids, inv, prefix, n)
+        rows_out, rows_in = b * (prefix + k), b * (prefix + n)
+        minimal = {"forward": 2 * rows_out * d * 2, "backward": (rows_out + rows_in) * d * 2}
+        label = f"{name} B={b} N={n} D={d}"
+        for mode, launches in (("forward", forward), ("backward", backward), ("full", forward + backward)):
+            total = minimal.get(mode, minimal["forward"] + minimal["backward"])
+            cases.append(Case("token_select", label, "bfloat16", "", mode, launches, total, headline))
+    return cases
+
+
+LOSS_SHAPES = [
+    ("ImageNet-21k", 4096, 21841, torch.bfloat16, True),
+    ("BERT-like", 16384, 30522, torch.bfloat16, True),
+    ("LLM-like", 8, 128256, torch.bfloat16, True),
+    ("ImageNet", 1024, 1000, torch.float32, False),
+    ("ImageNet", 1024, 1000, torch.bfloat16, False),
+    ("LLM-like", 8192, 128256, torch.bfloat16, False),
+]
+LOSS_VARIANTS = [
+    ("CE, class ids", False, False),
+    ("CE, probabilities", False, True),
+    ("BCE, class ids", True, False),
+    ("BCE, probabilities", True, True),
+]
+
+
+def loss_cases() -> list[Case]:
+    """The MaskSub loss (main + sub term, one fused forward, one fused backward), CE and BCE, both target kinds.
+    Probability targets come in the logits' dtype (as the benchmark builds them)."""
+    forward_impl = masksub_loss._loss_op._implementations["triton"]
+    backward_impl = masksub_loss._loss_backward_op._implementations["triton"]
+    cases = []
+    for name, m, c, dtype, headline in LOSS_SHAPES:
+        for variant, bce, dense in LOSS_VARIANTS:
+            if not headline and (bce or dense):
+                continue  # the benchmark's extra shapes: its own case only (CE, class ids)
+            z = torch.empty(m, c, dtype=dtype, device=META)
+            y = torch.empty(m, c, dtype=dtype, device=META) if dense else torch.empty(m, dtype=torch.int64, device=META)
+            options = (bce, 0.0, -100, 1.0, None)
+            with recording(masksub_loss) as forward:
+                out = forward_impl(z, torch.empty_like(z), y, *options)
+            grad_out = torch.empty(masksub_loss.NUM_OUT, m, device=META)  # autograd's grad of the [9, M] output
+            with recording(masksub_loss) as backward:
+                backward_impl(grad_out[0], grad_out[1], out, z, torch.empty_like(z), y, *options)
+            logits, target = _size(z), _size(y)
+            # minimal: the forward reads both logits and the target; the backward writes both gradients (and must
+            # read the logits again unless the forward wrote the gradients: the benchmark's 4 passes in all)
+            minimal = {"forward": 2 * logits + target, "backward": 4 * logits + target, "full": 4 * logits + target}
+            label = f"{name} M={m} C={c}"
+            for mode, launches in (("forward", forward), ("backward", backward), ("full", forward + backward)):
+                cases.append(Case("loss", label, _dtype_name(dtype), variant, mode, launches, minimal[mode], headline))
+    return cases
+
+
+def grid_mask_cases() -> list[Case]:
+    """Image masks (NCHW and channels_last, fp32 and bf16) and Swin-T stage-1 token masks (bf16) at B=256."""
+    cell_mask = grid_mask._cell_mask_op._implementations["triton"]
+    mask_image = grid_mask._mask_image_op._implementations["triton"]
+    cases = []
+    b, hw, cell = 256, 224, 32
+    cells = (hw // cell) ** 2
+    keep = token_select.num_kept_tokens(cells, MASK_RATIO)
+    for dtype in (torch.float32, torch.bfloat16):
+        for layout in ("nchw", "channels_last"):
+            images = torch.empty(b, 3, hw, hw, dtype=dtype, device=META)
+            if layout == "channels_last":
+                images = images.to(memory_format=torch.channels_last)
+            with recording(grid_mask) as launches:
+                mask = cell_mask(SEED, None, b, cells, keep, META).view(b, hw // cell, hw // cell)
+                mask_image(images, mask, cell, 0.0)
+            label = f"images B={b} 3x{hw}x{hw} cell 32" + (" channels_last" if layout == "channels_last" else "")
+            headline = dtype == torch.bfloat16
+            # minimal: the kept cells' pixels read, every pixel written (the benchmark counts a full read: 2 x size)
+            minimal = int((2 - MASK_RATIO) * _size(images))
+            cases.append(Case("grid_mask", label, _dtype_name(dtype), layout, "forward", launches, minimal, headline))
+    # Swin-T stage 1: 56 x 56 tokens of 96 channels, cells of 8 x 8 tokens
+    hw, channels, cell = 56, 96, 8
+    cells, dtype = (hw // cell) ** 2, torch.bfloat16
+    keep = token_select.num_kept_tokens(cells, MASK_RATIO)
+    tokens = torch.empty(b, hw, hw, channels, dtype=dtype, device=META)
+    token = torch.empty(channels, dtype=dtype, device=META)
+    with recording(grid_mask, token_grid_mask) as forward:
+        mask = cell_mask(SEED, None, b, cells, keep, META).view(b, hw // cell, hw // cell)
+        token_grid_mask._mask_tokens_op._implementations["triton"](tokens, token, mask, cell)
+    with recording(token_grid_mask) as backward:
+        token_grid_mask._mask_tokens_backward_op._implementations["triton"](tokens, mask, cell, True, True)
+    label = f"Swin-T tokens B={b} {hw}x{hw}x{channels} cell 8"
+    # minimal: forward reads the kept tokens and writes all; backward reads dT_out and writes dT (and dm)
+    minimal = {"forward": int((2 - MASK_RATIO) * _size(tokens)), "backward": 2 * _size(tokens)}
+    minimal["full"] = minimal["forward"] + minimal["backward"]
+    for mode, launches in (("forward", forward), ("backward", backward), ("full", forward + backward)):
+        cases.append(Case("grid_mask", label, "bfloat16", "", mode, launches, minimal[mode], True))
+    return cases
+
+
+def all_cases() -> list[Case]:
+    return token_select_cases() + loss_cases() + grid_mask_cases()
+
+
+def kernel_terms(launch: Launch) -> tuple:
+    """(trips, elements per iteration, bytes read, bytes written) of a recorded launch."""
+    return KERNELS[launch.name](launch.bound)
