@@ -37,12 +37,23 @@ import torch
 
 from .. import _backend
 from .._triton import next_power_of_2
+from . import _linear_loss_kernels as kernels
 from ._common import FLOAT_DTYPES, cdiv, masksub_op
-from ._linear_loss_kernels import NUM_PART, P_BCE_MAIN, P_BCE_SUB, P_D_T, P_D_Z, P_L_S, P_L_T, P_L_Z, P_M_S, P_M_T
-from ._linear_loss_kernels import P_M_Z, P_S_Z, _dh_kernel, _dw_kernel, _fwd_kernel
-from .masksub_loss import C_S, C_T, C_Z, LOG_L_S, LOG_L_T, LOG_L_Z, MAIN, NUM_OUT, S_Z, SUB
 from .losses import MaskSubLoss, _check_options, _check_target, _reduce, _row_count
-from .masksub_loss import loss_backward_reference, loss_forward_reference
+from .masksub_loss import (
+    C_S,
+    C_T,
+    C_Z,
+    LOG_L_S,
+    LOG_L_T,
+    LOG_L_Z,
+    MAIN,
+    NUM_OUT,
+    S_Z,
+    SUB,
+    loss_backward_reference,
+    loss_forward_reference,
+)
 
 CHUNK_ELEMENTS = 2**20  # logits per chunk of the reference: rows per chunk = max(1, CHUNK_ELEMENTS // C)
 MAX_BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K = 64, 128, 64  # Triton tiles (the tests lower them under the interpreter)
@@ -102,7 +113,7 @@ def _accumulation(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 def linear_loss_forward_reference(hidden, sub_hidden, weight, bias, target, bce, eps, ignore, temperature, thr):
     """fp32 [9, M], ops/masksub_loss.py's layout: per-row main and sub losses, then the stats of z, s/T, z/T."""
-    acc, w, b = _accumulation(hidden, weight, bias)
+    _, w, b = _accumulation(hidden, weight, bias)
     out = torch.zeros(NUM_OUT, hidden.shape[0], dtype=torch.float32, device=hidden.device)
     for rows in _counted_row_chunks(target, ignore, weight.shape[0]):
         z = _chunk_logits(hidden, rows, w, b)
@@ -216,36 +227,37 @@ def _num_warps(blocks) -> int:
     return 8 if blocks[0] * blocks[1] >= 64 * 128 else 4
 
 
+def _shift(m: torch.Tensor) -> torch.Tensor:
+    """The softmax shift of a running max: 0 where it is -inf (a row, or a split of it, with only -inf logits)."""
+    return torch.where(torch.isneginf(m), 0.0, m)
+
+
 def _merge(m: torch.Tensor, l: torch.Tensor):
-    """Combine online-softmax states of the splits [splits, M]: (shift c, sum exp(x - c), scale of each split)."""
-    top = m.amax(0)
-    c = torch.where(torch.isneginf(top), 0.0, top)
-    scale = torch.exp(m - c)  # 0 for a split whose classes are all -inf (its sum is 0 too)
+    """Online-softmax states of the splits [splits, M] -> (shift c, sum_c exp(x - c), each split's rescaling)."""
+    c = _shift(m.amax(0))
+    scale = torch.exp(m - c)  # exp(shift_k - c) where split k has a finite max; 0 (as its sum) where it has none
     return c, (scale * l).sum(0), scale
 
 
 def _combine(part, valid, bad, bce, has_sub, temperature, classes) -> torch.Tensor:
     """fp32 [9, M] (ops/masksub_loss.py's layout) from the splits' partial states [NUM_PART, splits, M]."""
+    m_z, l_z, s_z, d_z, bce_main, m_s, l_s, m_t, l_t, d_t, bce_sub = part  # the P_* order of the kernels
     out = part.new_zeros(NUM_OUT, part.shape[2])
     if bce:
-        out[MAIN] = part[P_BCE_MAIN].sum(0) / classes
-        out[SUB] = part[P_BCE_SUB].sum(0) * (temperature**2 / classes)
+        out[MAIN] = bce_main.sum(0) / classes
+        out[SUB] = bce_sub.sum(0) * (temperature**2 / classes)
     else:
-
-        def shift(m):
-            return torch.where(torch.isneginf(m), 0.0, m)
-
-        c_z, l_z, _ = _merge(part[P_M_Z], part[P_L_Z])
-        d_z = (part[P_D_Z] + part[P_S_Z] * (shift(part[P_M_Z]) - c_z)).sum(0)  # each split's D re-shifted to c_z
-        s_z = part[P_S_Z].sum(0)
-        out[C_Z], out[LOG_L_Z], out[S_Z] = c_z, torch.log(l_z), s_z
-        out[MAIN] = s_z * out[LOG_L_Z] - d_z
+        # main: l = sum_k l_k exp(shift_k - c), D = sum_k D_k + S_k (shift_k - c), loss = S log l - D
+        c_z, sum_z, _ = _merge(m_z, l_z)
+        out[C_Z], out[LOG_L_Z], out[S_Z] = c_z, torch.log(sum_z), s_z.sum(0)
+        out[MAIN] = out[S_Z] * out[LOG_L_Z] - (d_z + s_z * (_shift(m_z) - c_z)).sum(0)
         if has_sub:
-            c_s, l_s, _ = _merge(part[P_M_S], part[P_L_S])
-            c_t, l_t, scale_t = _merge(part[P_M_T], part[P_L_T])
-            d_t = (scale_t * (part[P_D_T] + part[P_L_T] * (shift(part[P_M_S]) - c_s))).sum(0)
-            out[C_S], out[LOG_L_S], out[C_T], out[LOG_L_T] = c_s, torch.log(l_s), c_t, torch.log(l_t)
-            out[SUB] = (out[LOG_L_S] - d_t / l_t) * temperature**2
+            # sub: D_t = sum_k exp(shift_t,k - c_t) (D_t,k + l_t,k (shift_s,k - c_s)), loss = T^2 (log l_s - D_t / l_t)
+            c_s, sum_s, _ = _merge(m_s, l_s)
+            c_t, sum_t, scale_t = _merge(m_t, l_t)
+            sum_d_t = (scale_t * (d_t + l_t * (_shift(m_s) - c_s))).sum(0)
+            out[C_S], out[LOG_L_S], out[C_T], out[LOG_L_T] = c_s, torch.log(sum_s), c_t, torch.log(sum_t)
+            out[SUB] = (out[LOG_L_S] - sum_d_t / sum_t) * temperature**2
     out[MAIN], out[SUB] = _mask_rows(out[MAIN], valid, bad), _mask_rows(out[SUB], valid, bad)
     return out
 
@@ -255,7 +267,7 @@ def _forward_triton(hidden, sub_hidden, weight, bias, target, bce, eps, ignore, 
     (rows, depth), classes = hidden.shape, weight.shape[0]
     row_tiles, class_tiles = cdiv(rows, blocks[0]), cdiv(classes, blocks[1])
     splits, per_split = _splits(row_tiles, class_tiles, hidden.device)
-    part = torch.zeros(NUM_PART, splits, rows, dtype=torch.float32, device=hidden.device)
+    part = torch.zeros(kernels.NUM_PART, splits, rows, dtype=torch.float32, device=hidden.device)
     if rows:
         args = (
             *tensors,
@@ -269,7 +281,7 @@ def _forward_triton(hidden, sub_hidden, weight, bias, target, bce, eps, ignore, 
             temperature,
             threshold or 0.0,
         )
-        _fwd_kernel[(row_tiles, splits)](*args, **flags, num_warps=_num_warps(blocks))
+        kernels._fwd_kernel[(row_tiles, splits)](*args, **flags, num_warps=_num_warps(blocks))
     valid, bad = _row_masks(target, ignore, classes)
     return _combine(part, valid, bad, bce, sub_hidden is not None, temperature, classes)
 
@@ -304,7 +316,7 @@ def _backward_triton(
         if launch:
             grid = (row_tiles, splits)
             args = (*inputs, dh_part, dhs_part, *scalars, per_split * blocks[1], *options)
-            _dh_kernel[grid](*args, **flags, num_warps=_num_warps(blocks))
+            kernels._dh_kernel[grid](*args, **flags, num_warps=_num_warps(blocks))
         dh = _sum_splits(dh_part, hidden.dtype) if grad_main is not None else empty
         dhs = _sum_splits(dhs_part, hidden.dtype) if grad_sub is not None else empty
     if need_weight:
@@ -313,7 +325,7 @@ def _backward_triton(
         if launch:
             grid = (class_tiles, splits)
             args = (*inputs, dw_part, db_part, *scalars, per_split * blocks[0], *options)
-            _dw_kernel[grid](*args, **flags, num_warps=_num_warps(blocks))
+            kernels._dw_kernel[grid](*args, **flags, num_warps=_num_warps(blocks))
         dw = _sum_splits(dw_part, weight.dtype)
         db = _sum_splits(db_part, weight.dtype) if bias is not None else empty
     return dh, dhs, dw, db
@@ -532,3 +544,60 @@ def linear_soft_target_cross_entropy(
     )
     out = _linear_loss_op(hidden, None, weight, bias, target, *options)
     return _reduce(out[MAIN], _row_count(target, ignore_index), reduction)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KERNEL_SPECS: compile specs for the sm_80/sm_90 check (masksub_kernels/tools/compile_kernels.py): name, kernel,
+# signature, constexprs, options; pointer and scalar types as the launchers pass them, GPU tile sizes.
+# ----------------------------------------------------------------------------------------------------------------
+
+_SIZES = {
+    "M": "i32",
+    "C": "i32",
+    "D": "i32",
+    "stride_h": "i64",
+    "stride_hs": "i64",
+    "stride_w": "i64",
+    "stride_y": "i64",
+}
+_OPTIONS = {"eps": "fp32", "temperature": "fp32", "threshold": "fp32"}
+
+
+def _spec(kernel, dtype: str, flags: dict):
+    inputs = {name: f"*{dtype}" for name in ("h_ptr", "hs_ptr", "w_ptr", "b_ptr")}
+    inputs.update(y_ptr="*fp32" if flags.get("DENSE") else "*i64", order_ptr="*i64", count_ptr="*i32")
+    grads = {"out_ptr": "*fp32", "gm_ptr": "*fp32", "gs_ptr": "*fp32"}
+    if kernel is kernels._fwd_kernel:
+        signature = {**inputs, "part_ptr": "*fp32", **_SIZES, "classes_per_split": "i32", **_OPTIONS}
+    elif kernel is kernels._dh_kernel:
+        signature = {**inputs, **grads, "dh_ptr": "*fp32", "dhs_ptr": "*fp32", **_SIZES}
+        signature.update(stride_gm="i64", stride_gs="i64", classes_per_split="i32", **_OPTIONS)
+    else:
+        signature = {**inputs, **grads, "dw_ptr": "*fp32", "db_ptr": "*fp32", **_SIZES}
+        signature.update(stride_gm="i64", stride_gs="i64", rows_per_split="i32", **_OPTIONS)
+    blocks = dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), _max_blocks()))
+    constexprs = {"HAS_SUB": True, "HAS_BIAS": True, "BCE": False, "DENSE": False, "BINARISE": False, **flags}
+    if kernel is not kernels._fwd_kernel:
+        constexprs = {"MAIN_GRAD": True, "SUB_GRAD": True, **constexprs}
+    constexprs.update(UPCAST=False, PRECISION="ieee" if dtype == "fp32" else "tf32", **blocks)
+    signature = {name: kind for name, kind in signature.items() if name not in constexprs}
+    label = ",".join(k.lower() if v is True else f"{k}={v}" for k, v in flags.items() if v is not False)
+    name = f"{kernel.fn.__name__.strip('_')}[{dtype}{',' + label if label else ''}]"
+    return name, kernel, signature, constexprs, {"num_warps": _num_warps(tuple(blocks.values()))}
+
+
+_VARIANTS = [  # class ids with a bias (MLM); mixup probabilities without one; DeiT-III's thresholded BCE
+    {},
+    {"DENSE": True, "HAS_BIAS": False},
+    {"BCE": True, "DENSE": True, "BINARISE": True},
+]
+KERNEL_SPECS = [
+    _spec(kernel, dtype, flags)
+    for dtype in ("fp32", "fp16", "bf16")
+    for flags in _VARIANTS
+    for kernel in (kernels._fwd_kernel, kernels._dh_kernel, kernels._dw_kernel)
+] + [  # one branch (linear_soft_target_cross_entropy), and a backward of the sub term alone
+    _spec(kernels._fwd_kernel, "bf16", {"HAS_SUB": False}),
+    _spec(kernels._dh_kernel, "bf16", {"HAS_SUB": False, "SUB_GRAD": False}),
+    _spec(kernels._dw_kernel, "bf16", {"MAIN_GRAD": False}),
+]

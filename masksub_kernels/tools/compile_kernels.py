@@ -23,6 +23,7 @@ OP_MODULES = (
     "masksub_kernels.ops.grid_mask",
     "masksub_kernels.ops.token_grid_mask",
     "masksub_kernels.ops.masksub_loss",
+    "masksub_kernels.ops.linear_masksub_loss",
 )
 
 
