@@ -174,6 +174,7 @@ def _target_programs(device: torch.device) -> int:
 
 def _splits(parallel_tiles: int, split_tiles: int, device: torch.device, cap: int | None = None):
     """(splits, tiles per split): split ``split_tiles`` over programs while ``parallel_tiles`` cannot fill the GPU."""
+    split_tiles = max(split_tiles, 1)  # an empty batch still gets its (zero) outputs
     splits = max(1, min(split_tiles, _target_programs(device) // max(parallel_tiles, 1), cap or split_tiles))
     per_split = cdiv(split_tiles, splits)
     return cdiv(split_tiles, per_split), per_split
