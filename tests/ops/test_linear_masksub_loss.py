@@ -103,7 +103,9 @@ def check_against_composite(inputs, **options):
     objective(out, weights).backward()
     objective(expected, weights).backward()
     for name, a, e in zip(("loss", "main", "sub"), out, expected):
-        torch.testing.assert_close(a.double(), e.detach().double(), rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+        torch.testing.assert_close(
+            a.double(), e.detach().double(), rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+        )
     for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
         if e is not None:
             assert a.grad.dtype == h.dtype
@@ -261,7 +263,7 @@ def test_bf16_sub_gradient_within_one_percent_when_branches_agree(op_backend):
     assert 0.97 < similarity < 0.99, similarity  # the regime of the goal: softmaxes 0.98 similar
     ours = leaves(h, hs, w)
     mk.linear_masksub_loss(ours[0], ours[1], ours[2], None, target).sub.backward()
-    expected, (h64, hs64, w64, _) = composite(h, hs, w, None, target)
+    expected, (_, hs64, w64, _) = composite(h, hs, w, None, target)
     expected.sub.backward()
     assert_grad_close(ours[1].grad, hs64.grad, 0.01, "d sub_hidden")
     assert_grad_close(ours[2].grad, w64.grad, 0.01, "d weight (sub term)")
@@ -332,7 +334,11 @@ def test_opcheck_and_torch_compile(op_backend):
     ("call", "error", "match"),
     [
         (lambda h, s, w, b, y: mk.linear_masksub_loss(h[0], s, w, b, y), ValueError, r"\[rows, hidden\]"),
-        (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s[:, :3], w, b, y), ValueError, r"sub_hidden must be \[4, 5\]"),
+        (
+            lambda h, s, w, b, y: mk.linear_masksub_loss(h, s[:, :3], w, b, y),
+            ValueError,
+            r"sub_hidden must be \[4, 5\]",
+        ),
         (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s.double(), w, b, y), ValueError, "dtype and device"),
         (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w[:, :3], b, y), ValueError, r"\[classes, hidden=5\]"),
         (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w, b[:2], y), ValueError, r"bias must be \[6\]"),
@@ -359,5 +365,5 @@ def test_cuda_backend_refuses_clearly():
     if "cuda" not in kernel_backends():
         pytest.skip("the cuda backend cannot run here")
     h, hs, w, b, target = make_inputs()
-    with mk.use_backend("cuda"), pytest.raises(RuntimeError, match="no CUDA-extension.*'triton'.*'torch'"):
+    with mk.use_backend("cuda"), pytest.raises(RuntimeError, match=r"no CUDA-extension.*'triton'.*'torch'"):
         mk.linear_masksub_loss(h, hs, w, b, target)
