@@ -16,6 +16,7 @@ from ._backend import (
 )
 from ._philox import philox_uint32
 from .ops.grid_mask import mask_image_grid, random_grid_mask
+from .ops.linear_masksub_loss import linear_masksub_loss, linear_soft_target_cross_entropy
 from .ops.losses import (
     MaskSubLoss,
     masksub_loss,
@@ -34,6 +35,8 @@ __all__ = [
     "gather_tokens",
     "get_backend",
     "last_backend",
+    "linear_masksub_loss",
+    "linear_soft_target_cross_entropy",
     "mask_image_grid",
     "mask_tokens_grid",
     "masksub_loss",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import inspect
 
 from masksub_kernels._triton import tl
-from masksub_kernels.ops import grid_mask, masksub_loss, token_grid_mask, token_select
+from masksub_kernels.ops import _linear_loss_kernels as kernels
+from masksub_kernels.ops import grid_mask, linear_masksub_loss, masksub_loss, token_grid_mask, token_select
 from masksub_kernels.ops._common import sort_warps
 
 
@@ -145,12 +146,72 @@ def masksub_loss_specs() -> list[tuple]:
     ]
 
 
+# The fused-linear loss: forward, dH and dW kernels at the GPU tile sizes (class ids with a bias, probabilities
+# without one, thresholded BCE; one branch; the sub term alone).
+_LINEAR_SIZES = {
+    "M": "i32",
+    "C": "i32",
+    "D": "i32",
+    "stride_h": "i64",
+    "stride_hs": "i64",
+    "stride_w": "i64",
+    "stride_y": "i64",
+}
+_LINEAR_OPTIONS = {"eps": "fp32", "temperature": "fp32", "threshold": "fp32"}
+
+
+def _linear_loss_spec(kernel, dtype: str, flags: dict):
+    inputs = {name: f"*{dtype}" for name in ("h_ptr", "hs_ptr", "w_ptr", "b_ptr")}
+    inputs.update(y_ptr="*fp32" if flags.get("DENSE") else "*i64", order_ptr="*i64", count_ptr="*i32")
+    grads = {"out_ptr": "*fp32", "gm_ptr": "*fp32", "gs_ptr": "*fp32"}
+    if kernel is kernels._fwd_kernel:
+        signature = {**inputs, "part_ptr": "*fp32", **_LINEAR_SIZES, "classes_per_split": "i32", **_LINEAR_OPTIONS}
+    elif kernel is kernels._dh_kernel:
+        signature = {**inputs, **grads, "dh_ptr": "*fp32", "dhs_ptr": "*fp32", **_LINEAR_SIZES}
+        signature.update(stride_gm="i64", stride_gs="i64", classes_per_split="i32", **_LINEAR_OPTIONS)
+    else:
+        signature = {**inputs, **grads, "dw_ptr": "*fp32", "db_ptr": "*fp32", **_LINEAR_SIZES}
+        signature.update(stride_gm="i64", stride_gs="i64", rows_per_split="i32", **_LINEAR_OPTIONS)
+    blocks = dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), linear_masksub_loss._max_blocks()))
+    constexprs = {"HAS_SUB": True, "HAS_BIAS": True, "BCE": False, "DENSE": False, "BINARISE": False, **flags}
+    if kernel is not kernels._fwd_kernel:
+        constexprs = {"MAIN_GRAD": True, "SUB_GRAD": True, **constexprs}
+    constexprs.update(UPCAST=False, PRECISION="ieee" if dtype == "fp32" else "tf32", **blocks)
+    signature = {name: kind for name, kind in signature.items() if name not in constexprs}
+    label = ",".join(k.lower() if v is True else f"{k}={v}" for k, v in flags.items() if v is not False)
+    name = f"{kernel.fn.__name__.strip('_')}[{dtype}{',' + label if label else ''}]"
+    return name, kernel, signature, constexprs, {"num_warps": linear_masksub_loss._num_warps(tuple(blocks.values()))}
+
+
+_LINEAR_VARIANTS = [  # class ids with a bias (MLM); mixup probabilities without one; DeiT-III's thresholded BCE
+    {},
+    {"DENSE": True, "HAS_BIAS": False},
+    {"BCE": True, "DENSE": True, "BINARISE": True},
+]
+
+
+def linear_masksub_loss_specs() -> list[tuple]:
+    # fp16 lowers like bf16 (the same tl.dot path): its base variant only, which keeps the CI compile time down
+    dtype_variants = [(dtype, flags) for dtype in ("fp32", "bf16") for flags in _LINEAR_VARIANTS]
+    dtype_variants.append(("fp16", _LINEAR_VARIANTS[0]))
+    return [
+        _linear_loss_spec(kernel, dtype, flags)
+        for dtype, flags in dtype_variants
+        for kernel in (kernels._fwd_kernel, kernels._dh_kernel, kernels._dw_kernel)
+    ] + [  # one branch (linear_soft_target_cross_entropy), and a backward of the sub term alone
+        _linear_loss_spec(kernels._fwd_kernel, "bf16", {"HAS_SUB": False}),
+        _linear_loss_spec(kernels._dh_kernel, "bf16", {"HAS_SUB": False, "SUB_GRAD": False}),
+        _linear_loss_spec(kernels._dw_kernel, "bf16", {"MAIN_GRAD": False}),
+    ]
+
+
 # op module -> its specs, in the order compile_kernels reports them
 SPECS = {
     "token_select": token_select_specs,
     "grid_mask": grid_mask_specs,
     "token_grid_mask": token_grid_mask_specs,
     "masksub_loss": masksub_loss_specs,
+    "linear_masksub_loss": linear_masksub_loss_specs,
 }
 
 

@@ -29,6 +29,7 @@ SUITES = {
     "token_select": "masksub_kernels.bench.token_select",
     "grid_mask": "masksub_kernels.bench.grid_mask",
     "loss": "masksub_kernels.bench.loss",
+    "linear_loss": "masksub_kernels.bench.linear_loss",
     "train": "masksub_kernels.bench.train_step",
 }
 

@@ -103,6 +103,15 @@ def markdown_table(run: dict) -> str:
             )
     if len(train_lines) > 5:
         lines += train_lines
+    compute = [r for r in run["records"] if r.get("tflops")]
+    if compute:  # compute-bound suites (linear_loss): the useful flops of the composite per second
+        lines += ["", "Compute-bound cases (TFLOP/s of the composite's useful flops):", ""]
+        lines += ["| suite | shape | dtype | mode | provider | TFLOP/s | peak MB |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"| {r['suite']} | {r['shape']} | {r['dtype']} | {r['mode']} | {r['provider']} | {r['tflops']:.3f} | "
+            f"{_fmt(r.get('peak_mem_mb'), 1)} |"
+            for r in compute
+        ]
     return "\n".join(lines) + "\n"
 
 

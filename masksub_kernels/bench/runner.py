@@ -33,6 +33,8 @@ class OpCase:
     setup: Callable[[], None] | None = None  # e.g. select the backend before timing
     notes: dict = field(default_factory=dict)
     max_repeats: int | None = None  # cap for slow cases (whole training steps)
+    cpu_memory: bool = False  # also measure the peak memory on the CPU (torch's profiler: one more call)
+    flops: dict[str, int] | None = None  # useful flops per mode, for TFLOP/s (compute-bound ops)
 
 
 def _timed_callables(case: OpCase, mode: str) -> Callable[[], object]:
@@ -71,7 +73,8 @@ def run_case(case: OpCase, device: torch.device, *, repeats: int, warmup: int, c
                 case.setup()
             if case.max_repeats is not None:
                 repeats, warmup = min(repeats, case.max_repeats), min(warmup, 3)
-            timing = measure(_timed_callables(case, mode), device, warmup=warmup, repeats=repeats)
+            callable_ = _timed_callables(case, mode)
+            timing = measure(callable_, device, warmup=warmup, repeats=repeats, cpu_memory=case.cpu_memory)
             record.update(
                 median_ms=timing.median_ms,
                 p20_ms=timing.p20_ms,
@@ -87,6 +90,8 @@ def run_case(case: OpCase, device: torch.device, *, repeats: int, warmup: int, c
             if record["design_bytes"]:
                 design_gbps = record["design_bytes"] / (timing.median_ms * 1e-3) / 1e9
                 record["fraction_of_copy_design"] = design_gbps / copy_gbps
+            if case.flops and case.flops.get(mode):
+                record["tflops"] = case.flops[mode] / (timing.median_ms * 1e-3) / 1e12
         except Exception as exc:  # a provider that fails (e.g. compile unsupported) is recorded, not fatal
             record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
         records.append(record)

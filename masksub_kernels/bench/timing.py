@@ -3,7 +3,8 @@
 GPU: CUDA events around each repeat, the L2 cache flushed before each one (a 256 MB memset, as
 triton.testing.do_bench does) so that inputs that would fit in L2 are read from HBM; median and 20/80 percentiles.
 CPU: perf_counter around each repeat. Peak memory: the CUDA caching allocator's peak above what was allocated
-before the call (GPU only; None on CPU).
+before the call; on the CPU, only when asked (``cpu_memory=True``), the peak of the bytes allocated during one more
+call as torch's profiler records them, else None.
 """
 
 from __future__ import annotations
@@ -31,8 +32,30 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def measure(fn: Callable[[], object], device: torch.device, *, warmup: int = 5, repeats: int = 30) -> Timing:
-    """Time ``fn()`` on ``device``: ``warmup`` untimed calls, then ``repeats`` timed ones."""
+def cpu_peak_mb(fn: Callable[[], object]) -> float | None:
+    """Peak MiB allocated on the CPU during ``fn()`` above what was live before: the running sum of the sizes of
+    the allocations (+) and frees (-) that torch's profiler records, in time order. None if this torch's profiler
+    does not expose them (its kineto results are not a public API)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as profile:
+        fn()
+    try:
+        events = profile.profiler.kineto_results.events()
+        changes = sorted((event.start_ns(), event.nbytes()) for event in events if event.name() == "[memory]")
+    except AttributeError:
+        return None
+    live = peak = 0
+    for _, change in changes:
+        live += change
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def measure(
+    fn: Callable[[], object], device: torch.device, *, warmup: int = 5, repeats: int = 30, cpu_memory: bool = False
+) -> Timing:
+    """Time ``fn()`` on ``device``: ``warmup`` untimed calls, then ``repeats`` timed ones (and one more call that
+    measures the CPU peak memory when ``cpu_memory``)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -61,6 +84,8 @@ def measure(fn: Callable[[], object], device: torch.device, *, warmup: int = 5, 
             start = time.perf_counter()
             fn()
             times.append((time.perf_counter() - start) * 1e3)
+        if cpu_memory:
+            peak = cpu_peak_mb(fn)
     return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), repeats, peak)
 
 

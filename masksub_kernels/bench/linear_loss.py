@@ -1,0 +1,107 @@
+"""Benchmark cases for the fused-linear MaskSub loss (``mk.linear_masksub_loss``) against the materialised composite.
+
+Providers (class-id targets, a bias, the paper's defaults):
+- masksub[<backend>]: this library's fused op (the classifier head and the loss; logits never materialised);
+- official: the eager composite as MaskSub's code writes it on top of a linear head: F.linear per branch,
+  F.cross_entropy(main, y) + soft cross-entropy of sub against the detached softmax(main), halves;
+- linear+masksub_loss: F.linear per branch + this library's masksub_loss (the logits materialised, the loss fused);
+- compile(official): torch.compile of the official composite (GPU, or --full);
+- liger(main CE only): Liger-Kernel's fused linear cross-entropy of the main branch alone, a reference point
+  (hard labels, CE only: it cannot do the sub term), where liger_kernel imports.
+The op is compute-bound: TFLOP/s count the useful flops of the composite (2 M D C per matmul: 2 forward, 4
+backward), not the fused op's recomputation. Peak memory: the CUDA allocator's on a GPU, torch's profiler's on the
+CPU (extra memory above the inputs). GPU_SHAPES are the issue's BERT-base MLM step; on the CPU a reduced shape runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+import masksub_kernels as mk
+
+from .runner import OpCase
+from .token_select import library_providers
+
+GPU_SHAPES = [("BERT-base MLM", 16384, 768, 30522, (torch.bfloat16,))]
+CPU_SHAPES = [("BERT-like reduced (CPU)", 1024, 128, 8192, (torch.float32,))]
+TINY_SHAPES = [("tiny", 8, 16, 32, (torch.float32,))]
+
+
+def official_composite(h, hs, weight, bias, labels):
+    main, sub = F.linear(h, weight, bias), F.linear(hs, weight, bias)
+    teacher = F.softmax(main.detach().float(), dim=-1)
+    loss_sub = torch.sum(-teacher * F.log_softmax(sub.float(), dim=-1), dim=-1).mean()
+    return 0.5 * F.cross_entropy(main.float(), labels) + 0.5 * loss_sub
+
+
+def linear_then_masksub_loss(h, hs, weight, bias, labels):
+    return mk.masksub_loss(F.linear(h, weight, bias), F.linear(hs, weight, bias), labels).loss
+
+
+def fused(h, hs, weight, bias, labels):
+    return mk.linear_masksub_loss(h, hs, weight, bias, labels).loss
+
+
+def liger_provider():
+    if importlib.util.find_spec("liger_kernel") is None:
+        return None
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    liger = LigerFusedLinearCrossEntropyLoss()
+    return lambda h, hs, weight, bias, labels: liger(weight, h, labels, bias)
+
+
+def modelled_extra_mb(rows: int, depth: int, classes: int, element: int) -> dict[str, float]:
+    """Extra memory of one forward + backward beyond the inputs and the returned gradients, by the model (MiB).
+
+    fused (Triton): stats 9 fp32 + row order 12 bytes per row, fp32 accumulators dH for both branches [M, D] and
+    dW [C, D] (one split at these sizes). composite: both logits and both logit gradients in the inputs' dtype
+    (4 [M, C]), the least any materialising implementation holds at its peak."""
+    fused_bytes = rows * (9 * 4 + 12) + 2 * rows * depth * 4 + classes * depth * 4
+    composite_bytes = 4 * rows * classes * element
+    return {"fused": fused_bytes / 2**20, "composite": composite_bytes / 2**20}
+
+
+def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> list[OpCase]:
+    on_gpu = device.type == "cuda"
+    shapes = TINY_SHAPES if tiny else GPU_SHAPES if on_gpu else CPU_SHAPES
+    liger = liger_provider() if on_gpu else None
+    result = []
+    for name, rows, depth, classes, dtypes in shapes:
+        for dtype in dtypes:
+            element = torch.tensor([], dtype=dtype).element_size()
+            matmul = 2 * rows * depth * classes
+            flops = {"forward": 2 * matmul, "backward": 4 * matmul, "full": 6 * matmul}
+            inputs_bytes = (2 * rows + classes + 1) * depth * element + rows * 8
+            nbytes = {"forward": inputs_bytes, "backward": 2 * inputs_bytes, "full": 2 * inputs_bytes}
+            model = modelled_extra_mb(rows, depth, classes, element)
+            notes = {"modelled_extra_mb_fused": model["fused"], "modelled_extra_mb_composite": model["composite"]}
+            label = f"{name} M={rows} D={depth} C={classes}"
+            dtype_name = str(dtype).removeprefix("torch.")
+
+            def make(m=rows, d=depth, c=classes, dt=dtype):
+                generator = torch.Generator(device=device).manual_seed(0)
+                h = torch.randn(m, d, device=device, dtype=dt, generator=generator).requires_grad_(True)
+                hs = (h.detach() + 0.1 * torch.randn_like(h)).requires_grad_(True)
+                weight = (torch.randn(c, d, device=device, generator=generator) / d**0.5).to(dt).requires_grad_(True)
+                bias = torch.zeros(c, device=device, dtype=dt, requires_grad=True)
+                return [h, hs, weight, bias, torch.randint(0, c, (m,), device=device, generator=generator)]
+
+            providers = [(f"masksub[{b}]", fused, b) for b in library_providers(device) if b != "cuda"]
+            providers += [
+                ("official", official_composite, None),
+                ("linear+masksub_loss", linear_then_masksub_loss, None),
+            ]
+            if on_gpu or full:
+                providers.append(("compile(official)", torch.compile(official_composite), None))
+            if liger is not None:
+                providers.append(("liger(main CE only)", liger, None))
+            for provider, fn, backend in providers:
+                setup = None if backend is None else (lambda b=backend: mk.set_backend(b))
+                case = OpCase("linear_loss", label, dtype_name, provider, make, fn, nbytes, setup=setup, notes=notes)
+                case.cpu_memory, case.flops, case.max_repeats = not on_gpu, flops, None if on_gpu else 3
+                result.append(case)
+    return result

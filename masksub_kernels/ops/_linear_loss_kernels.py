@@ -1,0 +1,342 @@
+"""Triton kernels of the fused-linear MaskSub loss; the maths, the reference, the launchers and the autograd are in
+``ops/linear_masksub_loss.py`` (read that first).
+
+A program works on a tile of BLOCK_M rows x BLOCK_N classes of the logits z = h W^T + b (main) and s = h_s W^T + b
+(sub), made by ``tl.dot`` over the hidden size D in steps of BLOCK_K; each weight tile is loaded once for both
+branches. Rows are visited through ``order`` (the counted rows first, ``count`` of them, read on the device): tiles
+of ignored rows do no work. Logit tiles never leave the program; fp32 throughout (one rounding of dz, ds to the
+inputs' dtype for the gradient matmuls, as a bf16 GEMM would).
+
+    _fwd_kernel   grid (row tiles, class splits): the online softmax / BCE states of each row over its split's
+                  classes -> part [NUM_PART, splits, M] (combined on the host side by torch ops, no sync)
+    _dh_kernel    grid (row tiles, class splits): recompute z, s; dz, ds; dH += dz W, dH_s += ds W over the classes
+    _dw_kernel    grid (class tiles, row splits): recompute z, s; dz, ds; dW += dz^T H + ds^T H_s, db += sum dz + ds
+Every gradient element is owned by one program and accumulated in a fixed order (split partials are summed in a
+fixed order by the launcher): the results are the same bits on every run, no atomics. The dH / dW accumulators are
+fp32 read-modify-writes in global memory (a [BLOCK_M, D] accumulator does not fit in registers); a barrier after
+each write keeps the next read of the same program ordered after it.
+"""
+
+from __future__ import annotations
+
+from .._triton import jit, tl
+from .masksub_loss import _bce_elem, _shift, _sigmoid
+
+# Rows of the forward's partial states, fp32 [NUM_PART, splits, M]: main CE (running max, sum exp(z - shift),
+# S = sum w, D = sum w (z - shift)); main BCE sum; sub CE (max and sum exp of s/T, of z/T, D_t = sum exp(z/T -
+# shift_t) (s/T - shift_s)); sub BCE sum.
+P_M_Z, P_L_Z, P_S_Z, P_D_Z, P_BCE_MAIN, P_M_S, P_L_S, P_M_T, P_L_T, P_D_T, P_BCE_SUB = range(11)
+NUM_PART = 11
+
+
+@jit
+def _row_tile(order_ptr, start, end, BLOCK_M: tl.constexpr):
+    # the row ids (int64) of positions start .. start + BLOCK_M of ``order``, and which are below ``end``
+    r = start + tl.arange(0, BLOCK_M)
+    in_rows = r < end
+    return tl.load(order_ptr + r, mask=in_rows, other=0).to(tl.int64), in_rows
+
+
+@jit
+def _load_dot(ptr, offsets, mask, UPCAST: tl.constexpr):
+    # a tl.dot operand in its own dtype; fp32 under the CPU interpreter, whose bf16 tl.dot is wrong
+    x = tl.load(ptr + offsets, mask=mask, other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@jit
+def _logit_tiles(
+    h_ptr, hs_ptr, w_ptr, b_ptr, rows, in_rows, cols, col_mask, D, stride_h, stride_hs, stride_w,
+    HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    # z = h W^T + b and s = h_s W^T + b on the tile, fp32 [BLOCK_M, BLOCK_N]; W^T's tile [BLOCK_K, BLOCK_N] is
+    # loaded once per step for both branches
+    z = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    ks = tl.arange(0, BLOCK_K)
+    for k in range(0, D, BLOCK_K):
+        kk = k + ks
+        k_mask = kk < D
+        wt = _load_dot(w_ptr, cols[None, :] * stride_w + kk[:, None], col_mask[None, :] & k_mask[:, None], UPCAST)
+        h_mask = in_rows[:, None] & k_mask[None, :]
+        h = _load_dot(h_ptr, rows[:, None] * stride_h + kk[None, :], h_mask, UPCAST)
+        z = tl.dot(h, wt, z, input_precision=PRECISION)
+        if HAS_SUB:
+            hs = _load_dot(hs_ptr, rows[:, None] * stride_hs + kk[None, :], h_mask, UPCAST)
+            s = tl.dot(hs, wt, s, input_precision=PRECISION)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        z += bias[None, :]
+        s += bias[None, :]
+    return z, s
+
+
+@jit
+def _target_tile(y_ptr, rows, label, cols, mask, stride_y, eps, C, threshold, DENSE: tl.constexpr,
+                 BINARISE: tl.constexpr):  # fmt: skip
+    # w = (1 - eps) q + eps / C on the tile, 0 on masked lanes; q one-hot of the row's id or the probabilities
+    if DENSE:
+        q = tl.load(y_ptr + rows[:, None] * stride_y + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    else:
+        q = tl.where(cols[None, :] == label[:, None], 1.0, 0.0)
+    if BINARISE:
+        q = tl.where(q > threshold, 1.0, 0.0)
+    return tl.where(mask, (1.0 - eps) * q + eps / C, 0.0)
+
+
+@jit
+def _row_labels(y_ptr, rows, in_rows, C, DENSE: tl.constexpr):
+    # (class ids, rows whose id is outside [0, C): NaN rows); counted rows only, so never ignore_index
+    label = rows * 0 - 1
+    bad = tl.zeros_like(in_rows)
+    if not DENSE:
+        label = tl.load(y_ptr + rows, mask=in_rows, other=0).to(tl.int64)
+        bad = in_rows & ((label < 0) | (label >= C))
+    return label, bad
+
+
+@jit
+def _fwd_kernel(
+    h_ptr,  # main hidden [M, D], last stride 1
+    hs_ptr,  # sub hidden [M, D], last stride 1 (HAS_SUB)
+    w_ptr,  # weight [C, D], last stride 1
+    b_ptr,  # bias [C] (HAS_BIAS)
+    y_ptr,  # int64 class ids [M] or probabilities [M, C], last stride 1
+    order_ptr,  # int64 [M]: counted rows first
+    count_ptr,  # int32 [1]: how many rows count
+    part_ptr,  # fp32 [NUM_PART, splits, M] out, zero-filled
+    M, C, D, stride_h, stride_hs, stride_w, stride_y, classes_per_split, eps, temperature, threshold,
+    HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    tile, split = tl.program_id(0), tl.program_id(1)
+    count = tl.load(count_ptr)
+    rows, in_rows = _row_tile(order_ptr, tile * BLOCK_M, count, BLOCK_M)
+    label, _ = _row_labels(y_ptr, rows, in_rows, C, DENSE)
+    c_begin = split * classes_per_split
+    c_end = tl.minimum(c_begin + classes_per_split, C)
+    c_end = tl.where(tile * BLOCK_M < count, c_end, c_begin)  # a tile of ignored rows: no iteration at all
+    inv_t = 1.0 / temperature
+    neg_inf = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    zero = tl.zeros([BLOCK_M], tl.float32)
+    m_z, l_z, s_z, d_z, acc_m = neg_inf, zero, zero, zero, zero
+    m_s, l_s, m_t, l_t, d_t, acc_s = neg_inf, zero, neg_inf, zero, zero, zero
+    for start in range(c_begin, c_end, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_mask = cols < c_end
+        mask = in_rows[:, None] & col_mask[None, :]
+        z, s = _logit_tiles(
+            h_ptr, hs_ptr, w_ptr, b_ptr, rows, in_rows, cols, col_mask, D, stride_h, stride_hs, stride_w,
+            HAS_SUB, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+        w = _target_tile(y_ptr, rows, label, cols, mask, stride_y, eps, C, threshold, DENSE, BINARISE)
+        # main term (ops/masksub_loss.py's row loop, one row per tile row): shifted online softmax of z
+        if BCE:
+            acc_m += tl.sum(tl.where(mask, _bce_elem(z, w), 0.0), axis=1)
+        else:
+            zm = tl.where(mask, z, float("-inf"))
+            m_new = tl.maximum(m_z, tl.max(zm, axis=1))
+            c_old, c_new = _shift(m_z), _shift(m_new)
+            l_z = l_z * tl.exp(m_z - c_new) + tl.sum(tl.exp(zm - c_new[:, None]), axis=1)
+            d_z += s_z * (c_old - c_new) + tl.sum(tl.where(w != 0.0, w * (zm - c_new[:, None]), 0.0), axis=1)
+            s_z += tl.sum(w, axis=1)
+            m_z = m_new
+        # sub term: online softmax of s/T, and of the teacher z/T with D_t = sum exp(z/T - shift_t) (s/T - shift_s)
+        if HAS_SUB:
+            if BCE:
+                acc_s += tl.sum(tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0), axis=1)
+            else:
+                x = tl.where(mask, s * inv_t, float("-inf"))
+                zt = tl.where(mask, z * inv_t, float("-inf"))
+                ms_new = tl.maximum(m_s, tl.max(x, axis=1))
+                mt_new = tl.maximum(m_t, tl.max(zt, axis=1))
+                cs_old, cs_new, ct_new = _shift(m_s), _shift(ms_new), _shift(mt_new)
+                alpha_t = tl.exp(m_t - ct_new)
+                e_t = tl.exp(zt - ct_new[:, None])
+                d_t = alpha_t * (d_t + l_t * (cs_old - cs_new))
+                d_t += tl.sum(tl.where(e_t != 0.0, e_t * (x - cs_new[:, None]), 0.0), axis=1)
+                l_t = l_t * alpha_t + tl.sum(e_t, axis=1)
+                l_s = l_s * tl.exp(m_s - cs_new) + tl.sum(tl.exp(x - cs_new[:, None]), axis=1)
+                m_s, m_t = ms_new, mt_new
+    # the states in the order P_M_Z .. P_BCE_SUB; state k of this split and row at out + k * splits * M
+    out, step = part_ptr + split * M + rows, tl.num_programs(1) * M
+    states = (m_z, l_z, s_z, d_z, acc_m, m_s, l_s, m_t, l_t, d_t, acc_s)
+    for k in tl.static_range(11):
+        tl.store(out + k * step, states[k], mask=in_rows)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward: dz = g_main (S softmax(z) - w)  [BCE: g_main (sigmoid(z) - w) / C]
+#           ds = g_sub T (softmax(s/T) - softmax(z/T))  [BCE: g_sub T (sigmoid(s/T) - sigmoid(z/T)) / C]
+# from the forward's saved stats (shift and log-sum-exp of z, s/T, z/T; S), then the three matmuls of the linear.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@jit
+def _stat(stat, k, m64, in_rows):
+    return tl.load(stat + k * m64, mask=in_rows, other=0.0)
+
+
+@jit
+def _row_state(y_ptr, out_ptr, gm_ptr, gs_ptr, rows, in_rows, M, C, stride_gm, stride_gs, temperature,
+               BCE: tl.constexpr, DENSE: tl.constexpr):  # fmt: skip
+    # per row of the tile: (class id, NaN row, g_main, g_sub, and the stats of out [9, M] rows 2 .. 8)
+    label, bad = _row_labels(y_ptr, rows, in_rows, C, DENSE)
+    per_class = 1.0
+    if BCE:
+        per_class = 1.0 / C
+    g_m = tl.load(gm_ptr + rows * stride_gm, mask=in_rows, other=0.0).to(tl.float32) * per_class
+    g_s = tl.load(gs_ptr + rows * stride_gs, mask=in_rows, other=0.0).to(tl.float32) * (temperature * per_class)
+    stat = out_ptr + rows  # stats row k of these rows: stat + k * M (int64 offsets)
+    m64 = rows * 0 + M
+    c_z, lse_z, s_z = _stat(stat, 2, m64, in_rows), _stat(stat, 3, m64, in_rows), _stat(stat, 4, m64, in_rows)
+    c_s, lse_s = _stat(stat, 5, m64, in_rows), _stat(stat, 6, m64, in_rows)
+    c_t, lse_t = _stat(stat, 7, m64, in_rows), _stat(stat, 8, m64, in_rows)
+    return label, bad, g_m, g_s, (c_z, lse_z, s_z, c_s, lse_s, c_t, lse_t)
+
+
+@jit
+def _dlogit_tiles(
+    h_ptr, hs_ptr, w_ptr, b_ptr, y_ptr, rows, in_rows, cols, col_mask, state, D, C, stride_h, stride_hs, stride_w,
+    stride_y, eps, temperature, threshold,
+    HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
+    MAIN_GRAD: tl.constexpr, SUB_GRAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    # (dz, ds) fp32 [BLOCK_M, BLOCK_N] on the tile: 0 on masked lanes, NaN on rows with an out-of-range id
+    label, bad, g_m, g_s, stats = state
+    c_z, lse_z, s_z, c_s, lse_s, c_t, lse_t = stats
+    mask = in_rows[:, None] & col_mask[None, :]
+    z, s = _logit_tiles(
+        h_ptr, hs_ptr, w_ptr, b_ptr, rows, in_rows, cols, col_mask, D, stride_h, stride_hs, stride_w,
+        HAS_SUB, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
+    dz = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    ds = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    if MAIN_GRAD:
+        w = _target_tile(y_ptr, rows, label, cols, mask, stride_y, eps, C, threshold, DENSE, BINARISE)
+        if BCE:
+            p = _sigmoid(z)
+        else:
+            p = s_z[:, None] * tl.exp((z - c_z[:, None]) - lse_z[:, None])
+        dz = tl.where(mask, tl.where(bad[:, None], float("nan"), g_m[:, None] * (p - w)), 0.0)
+    if SUB_GRAD:
+        inv_t = 1.0 / temperature
+        x, zt = s * inv_t, z * inv_t
+        if BCE:
+            diff = _sigmoid(x) - _sigmoid(zt)
+        else:
+            diff = tl.exp((x - c_s[:, None]) - lse_s[:, None]) - tl.exp((zt - c_t[:, None]) - lse_t[:, None])
+        ds = tl.where(mask, tl.where(bad[:, None], float("nan"), g_s[:, None] * diff), 0.0)
+    return dz, ds
+
+
+@jit
+def _operand(x, like_ptr, UPCAST: tl.constexpr):
+    # x rounded once to the inputs' dtype for a tl.dot (kept in fp32 under the interpreter after the rounding)
+    x = x.to(like_ptr.dtype.element_ty)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@jit
+def _dh_kernel(
+    h_ptr, hs_ptr, w_ptr, b_ptr, y_ptr, order_ptr, count_ptr,  # as in _fwd_kernel
+    out_ptr,  # fp32 [9, M]: the forward's stats (ops/masksub_loss.py layout)
+    gm_ptr,  # grad of the per-row main loss [M], any float dtype and stride (MAIN_GRAD)
+    gs_ptr,  # grad of the per-row sub loss [M] (SUB_GRAD)
+    dh_ptr,  # fp32 [splits, M, D] out, zero-filled: d main hidden per class split (MAIN_GRAD)
+    dhs_ptr,  # fp32 [splits, M, D] out, zero-filled: d sub hidden (SUB_GRAD)
+    M, C, D, stride_h, stride_hs, stride_w, stride_y, stride_gm, stride_gs, classes_per_split, eps, temperature,
+    threshold,
+    HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
+    MAIN_GRAD: tl.constexpr, SUB_GRAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    tile, split = tl.program_id(0), tl.program_id(1)
+    count = tl.load(count_ptr)
+    rows, in_rows = _row_tile(order_ptr, tile * BLOCK_M, count, BLOCK_M)
+    state = _row_state(y_ptr, out_ptr, gm_ptr, gs_ptr, rows, in_rows, M, C, stride_gm, stride_gs, temperature, BCE,
+                       DENSE)  # fmt: skip
+    c_begin = split * classes_per_split
+    c_end = tl.minimum(c_begin + classes_per_split, C)
+    c_end = tl.where(tile * BLOCK_M < count, c_end, c_begin)
+    ks = tl.arange(0, BLOCK_K)
+    offsets = (split * M + rows)[:, None] * D  # of each row in dh / dhs
+    for start in range(c_begin, c_end, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_mask = cols < c_end
+        dz, ds = _dlogit_tiles(
+            h_ptr, hs_ptr, w_ptr, b_ptr, y_ptr, rows, in_rows, cols, col_mask, state, D, C, stride_h, stride_hs,
+            stride_w, stride_y, eps, temperature, threshold, HAS_SUB, HAS_BIAS, BCE, DENSE, BINARISE, MAIN_GRAD,
+            SUB_GRAD, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+        dz, ds = _operand(dz, h_ptr, UPCAST), _operand(ds, h_ptr, UPCAST)
+        for k in range(0, D, BLOCK_K):  # dH[:, k] += dz W[cols, k], in fp32 memory owned by this program
+            kk = k + ks
+            k_mask = kk < D
+            wk = _load_dot(w_ptr, cols[:, None] * stride_w + kk[None, :], col_mask[:, None] & k_mask[None, :], UPCAST)
+            acc_mask = in_rows[:, None] & k_mask[None, :]
+            if MAIN_GRAD:
+                acc = tl.load(dh_ptr + offsets + kk[None, :], mask=acc_mask, other=0.0)
+                acc = tl.dot(dz, wk, acc, input_precision=PRECISION)
+                tl.store(dh_ptr + offsets + kk[None, :], acc, mask=acc_mask)
+            if SUB_GRAD:
+                acc = tl.load(dhs_ptr + offsets + kk[None, :], mask=acc_mask, other=0.0)
+                acc = tl.dot(ds, wk, acc, input_precision=PRECISION)
+                tl.store(dhs_ptr + offsets + kk[None, :], acc, mask=acc_mask)
+            tl.debug_barrier()  # the next class tile reads what this one wrote
+
+
+@jit
+def _dw_kernel(
+    h_ptr, hs_ptr, w_ptr, b_ptr, y_ptr, order_ptr, count_ptr, out_ptr, gm_ptr, gs_ptr,  # as in _dh_kernel
+    dw_ptr,  # fp32 [splits, C, D] out, zero-filled: d weight per row split
+    db_ptr,  # fp32 [splits, C] out: d bias per row split (HAS_BIAS)
+    M, C, D, stride_h, stride_hs, stride_w, stride_y, stride_gm, stride_gs, rows_per_split, eps, temperature,
+    threshold,
+    HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
+    MAIN_GRAD: tl.constexpr, SUB_GRAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    class_tile, split = tl.program_id(0), tl.program_id(1)
+    count = tl.load(count_ptr)
+    cols = class_tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < C
+    r_begin = split * rows_per_split
+    r_end = tl.minimum(r_begin + rows_per_split, count)
+    ks = tl.arange(0, BLOCK_K)
+    offsets = (split * C + cols).to(tl.int64)[:, None] * D  # of each class in dw
+    db = tl.zeros([BLOCK_N], tl.float32)
+    for r in range(r_begin, r_end, BLOCK_M):
+        rows, in_rows = _row_tile(order_ptr, r, r_end, BLOCK_M)
+        state = _row_state(y_ptr, out_ptr, gm_ptr, gs_ptr, rows, in_rows, M, C, stride_gm, stride_gs, temperature,
+                           BCE, DENSE)  # fmt: skip
+        dz, ds = _dlogit_tiles(
+            h_ptr, hs_ptr, w_ptr, b_ptr, y_ptr, rows, in_rows, cols, col_mask, state, D, C, stride_h, stride_hs,
+            stride_w, stride_y, eps, temperature, threshold, HAS_SUB, HAS_BIAS, BCE, DENSE, BINARISE, MAIN_GRAD,
+            SUB_GRAD, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+        db += tl.sum(dz + ds, axis=0)  # fp32, before the rounding of the matmul operands
+        dz, ds = tl.trans(_operand(dz, h_ptr, UPCAST)), tl.trans(_operand(ds, h_ptr, UPCAST))
+        for k in range(0, D, BLOCK_K):  # dW[cols, k] += dz^T H[rows, k] + ds^T H_s[rows, k]
+            kk = k + ks
+            k_mask = kk < D
+            h_mask = in_rows[:, None] & k_mask[None, :]
+            acc_mask = col_mask[:, None] & k_mask[None, :]
+            acc = tl.load(dw_ptr + offsets + kk[None, :], mask=acc_mask, other=0.0)
+            if MAIN_GRAD:
+                h = _load_dot(h_ptr, rows[:, None] * stride_h + kk[None, :], h_mask, UPCAST)
+                acc = tl.dot(dz, h, acc, input_precision=PRECISION)
+            if SUB_GRAD:
+                hs = _load_dot(hs_ptr, rows[:, None] * stride_hs + kk[None, :], h_mask, UPCAST)
+                acc = tl.dot(ds, hs, acc, input_precision=PRECISION)
+            tl.store(dw_ptr + offsets + kk[None, :], acc, mask=acc_mask)
+            tl.debug_barrier()  # the next row tile reads what this one wrote
+    if HAS_BIAS:
+        tl.store(db_ptr + split * C + cols, db, mask=col_mask)

@@ -1,0 +1,547 @@
+"""The fused-linear MaskSub loss: the classifier head and the loss in one op, the [M, C] logits never materialised.
+
+Maths (docs/semantics.md, §7, applied to linear logits). Hidden states h (main) and h_s (sub), [M, D], rows
+aligned; a head W [C, D] (a tied embedding works) and bias b [C] or None:
+
+    z = h W^T + b,   s = h_s W^T + b,   (value, gradients) = masksub_loss(z, s, target, ...)
+
+so with dz, ds the gradients of the loss with respect to the logits (ops/masksub_loss.py: dz = g_main (S
+softmax(z) - w), ds = g_sub T (softmax(s/T) - softmax(z/T)), BCE likewise):
+
+    dh = dz W,   dh_s = ds W,   dW = dz^T h + ds^T h_s,   db = sum_rows (dz + ds)
+
+The teacher softmax(z/T) is detached: the sub term reaches W and b through s only, never through z.
+
+Design. The forward keeps, per row, the online softmax states of z, s/T and z/T across class tiles (Triton: tiles
+of rows x classes from tl.dot, each weight tile read once for both branches; the classes are split across programs
+when there are few row tiles, and the partial states combined by a few torch ops on [M] vectors) and saves 9 fp32
+per row (ops/masksub_loss.py's layout). The backward recomputes the logit tiles from the saved stats instead of
+holding gradients from the forward (correct for any grad_output, scalar or per row; flash-attention's choice) at
+the cost of one more pass of matmuls: 2 units of 2 M D C flops forward, 2 + 2 (dH, recomputing z and s) + 2 + 2
+(dW and db, recomputing again) backward, so that every gradient element is owned by one program and summed in a
+fixed order (deterministic, no atomics). Rows whose class id is ``ignore_index`` are moved behind the counted ones
+(a device argsort, no host sync) and no tile of theirs does any work.
+
+Extra memory (beyond inputs and the returned gradients): Triton O(M) for the stats and row order, plus fp32
+accumulators: dH [splits, M, D] per branch and dW [splits, C, D] (splits > 1 only when rows, resp. classes, are
+few). The PyTorch reference (the oracle, and the path on CPU tensors) works on chunks of CHUNK_ROWS(C) rows, so
+its extra memory is a few [chunk, C] fp32 buffers (chunk * C <= CHUNK_ELEMENTS, i.e. 4 MiB each) plus fp32 copies
+of W, dW and dH: never [M, C]. The CUDA extension does not have this op yet (the 'cuda' backend refuses it).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .. import _backend
+from .._triton import next_power_of_2
+from . import _linear_loss_kernels as kernels
+from ._common import FLOAT_DTYPES, cdiv, masksub_op
+from .losses import MaskSubLoss, _check_options, _check_target, _number, _reduce, _row_count
+from .masksub_loss import (
+    C_S,
+    C_T,
+    C_Z,
+    LOG_L_S,
+    LOG_L_T,
+    LOG_L_Z,
+    MAIN,
+    NUM_OUT,
+    S_Z,
+    SUB,
+    loss_backward_reference,
+    loss_forward_reference,
+)
+
+CHUNK_ELEMENTS = 2**20  # logits per chunk of the reference: rows per chunk = max(1, CHUNK_ELEMENTS // C)
+MAX_BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K = 64, 128, 64  # Triton tiles (the tests lower them under the interpreter)
+MAX_DW_SPLITS = 8  # row splits of the dW kernel: each costs an fp32 [C, D] accumulator
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rows that count, and the NaN rows (shared by the reference and the launchers)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _row_masks(target: torch.Tensor, ignore_index: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(valid, bad) [M] bool: rows that count (class id != ignore_index; every row for probabilities), and those of
+    them whose id is outside [0, C): NaN in both terms and every gradient, found without a host sync."""
+    if target.is_floating_point():
+        valid = torch.ones(target.shape[0], dtype=torch.bool, device=target.device)
+        return valid, ~valid
+    valid = target != ignore_index
+    return valid, valid & ((target < 0) | (target >= classes))
+
+
+def _mask_rows(values: torch.Tensor, valid: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """values where the row counts, 0 where it is ignored, NaN where its id is out of range (rows on dim 0)."""
+    shape = (-1,) + (1,) * (values.dim() - 1)
+    return torch.where(bad.view(shape), torch.nan, torch.where(valid.view(shape), values, 0.0))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference (PyTorch): the oracle and the CPU path, in chunks of rows; fp32 (fp64 for fp64 inputs)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def chunk_rows(classes: int) -> int:
+    """Rows per chunk of the reference: at most CHUNK_ELEMENTS logits per [chunk, C] buffer."""
+    return max(1, CHUNK_ELEMENTS // classes)
+
+
+def _counted_row_chunks(target: torch.Tensor, ignore_index: int, classes: int) -> tuple[torch.Tensor, ...]:
+    """Row ids in chunks of chunk_rows(C). Ignored rows are skipped on CPU tensors (they cost nothing); on other
+    devices every row is processed (counting them would synchronise) and the ignored ones are masked."""
+    rows = torch.arange(target.shape[0], device=target.device)
+    if target.device.type == "cpu" and not target.is_floating_point():
+        rows = rows[target != ignore_index]
+    return rows.split(chunk_rows(classes))
+
+
+def _chunk_logits(hidden: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """hidden[rows] W^T + b in W's dtype (the accumulation dtype): [len(rows), C]."""
+    x = hidden[rows].to(weight.dtype)
+    return x @ weight.T if bias is None else torch.addmm(bias, x, weight.T)
+
+
+def _accumulation(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    return acc, weight.to(acc), None if bias is None else bias.to(acc)
+
+
+def linear_loss_forward_reference(hidden, sub_hidden, weight, bias, target, bce, eps, ignore, temperature, thr):
+    """fp32 [9, M], ops/masksub_loss.py's layout: per-row main and sub losses, then the stats of z, s/T, z/T."""
+    _, w, b = _accumulation(hidden, weight, bias)
+    out = torch.zeros(NUM_OUT, hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    for rows in _counted_row_chunks(target, ignore, weight.shape[0]):
+        z = _chunk_logits(hidden, rows, w, b)
+        s = None if sub_hidden is None else _chunk_logits(sub_hidden, rows, w, b)
+        out[:, rows] = loss_forward_reference(z, s, target[rows], bce, eps, ignore, temperature, thr)
+    valid, bad = _row_masks(target, ignore, weight.shape[0])
+    out[MAIN], out[SUB] = _mask_rows(out[MAIN], valid, bad), _mask_rows(out[SUB], valid, bad)
+    return out
+
+
+def linear_loss_backward_reference(
+    grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, *options
+):
+    """(d hidden, d sub_hidden, d weight, d bias), each in its input's dtype, or an empty [0] when not asked for
+    (need_hidden / need_weight) or when its term has no grad (grad_main / grad_sub None). options: (bce,
+    label_smoothing, ignore_index, temperature, target_threshold)."""
+    acc, w, b = _accumulation(hidden, weight, bias)
+    ignore, empty = options[2], hidden.new_empty(0)
+    valid, bad = _row_masks(target, ignore, weight.shape[0])
+    want_dh, want_dhs = need_hidden and grad_main is not None, need_hidden and grad_sub is not None
+    dh = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if want_dh else None
+    dhs = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if want_dhs else None
+    dw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
+    db = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_weight and bias is not None else None
+    for rows in _counted_row_chunks(target, ignore, weight.shape[0]):
+        z = _chunk_logits(hidden, rows, w, b)
+        s = None if sub_hidden is None else _chunk_logits(sub_hidden, rows, w, b)
+        gm, gs = (None if g is None else g[rows] for g in (grad_main, grad_sub))
+        dz, ds = loss_backward_reference(gm, gs, out[:, rows], z, s, target[rows], *options)
+        for d, g, x, dx in ((dz, gm, hidden, dh), (ds, gs, sub_hidden, dhs)):
+            if g is None:  # the term's gradient was not asked for: d is an empty [0]
+                continue
+            d = _mask_rows(d, valid[rows], bad[rows])  # NaN rows for out-of-range ids (ignored ones are 0)
+            if dx is not None:
+                dx[rows] = d @ w
+            if dw is not None:
+                dw += d.T @ x[rows].to(acc)
+            if db is not None:
+                db += d.sum(0)
+    dtypes = (hidden.dtype, hidden.dtype, weight.dtype, weight.dtype)
+    return tuple(empty if g is None else g.to(dtype) for g, dtype in zip((dh, dhs, dw, db), dtypes))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers of the Triton kernels (ops/_linear_loss_kernels.py)
+# ----------------------------------------------------------------------------------------------------------------
+
+INTERPRETER_PROGRAMS = 4  # "enough programs" under the CPU interpreter, so that the tests exercise the splits
+
+
+@functools.cache
+def _target_programs(device: torch.device) -> int:
+    """Programs that fill the device: two per SM (splits are added until a grid has this many)."""
+    if device.type != "cuda":
+        return INTERPRETER_PROGRAMS
+    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _splits(parallel_tiles: int, split_tiles: int, device: torch.device, cap: int | None = None):
+    """(splits, tiles per split): split ``split_tiles`` over programs while ``parallel_tiles`` cannot fill the GPU."""
+    split_tiles = max(split_tiles, 1)  # an empty batch still gets its (zero) outputs
+    splits = max(1, min(split_tiles, _target_programs(device) // max(parallel_tiles, 1), cap or split_tiles))
+    per_split = cdiv(split_tiles, splits)
+    return cdiv(split_tiles, per_split), per_split
+
+
+def _row_order(target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order int64 [M], count int32 [1]): the counted rows first, in order, and how many; on the device."""
+    rows = target.shape[0]
+    if target.is_floating_point():
+        return torch.arange(rows, device=target.device), torch.full((1,), rows, dtype=torch.int32, device=target.device)
+    ignored = target == ignore_index
+    order = torch.argsort(ignored.to(torch.uint8), stable=True)
+    return order, (~ignored).sum(dtype=torch.int32).reshape(1)
+
+
+def _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore_index, bce, threshold):
+    """(tensors, strides, constexprs, blocks): operands with unit last stride (fp64 ones in fp32; absent ones stand
+    in as another pointer), the row order and count, and the flags common to the three kernels."""
+    compute = torch.float32 if hidden.dtype == torch.float64 else hidden.dtype
+
+    def operand(x):
+        return None if x is None else (x if x.stride(-1) == 1 else x.contiguous()).to(compute)
+
+    h, hs, w, b = (operand(x) for x in (hidden, sub_hidden, weight, bias))
+    y = target if target.stride(-1) == 1 else target.contiguous()
+    order, count = _row_order(target, ignore_index)
+    (rows, depth), classes = h.shape, w.shape[0]
+    blocks = tuple(min(top, max(16, next_power_of_2(n))) for top, n in zip(_max_blocks(), (rows, classes, depth)))
+    flags = {
+        "HAS_SUB": hs is not None,
+        "HAS_BIAS": b is not None,
+        "BCE": bool(bce),
+        "DENSE": y.is_floating_point(),
+        "BINARISE": threshold is not None,
+        "UPCAST": _backend.triton_interpreted(),  # the interpreter's bf16 tl.dot is wrong: fp32 operands there
+        "PRECISION": "ieee" if compute == torch.float32 else "tf32",  # fp32 inputs: true fp32 products, no TF32
+        "BLOCK_M": blocks[0],
+        "BLOCK_N": blocks[1],
+        "BLOCK_K": blocks[2],
+    }
+    tensors = (h, h if hs is None else hs, w, w if b is None else b, y, order, count)
+    strides = (h.stride(0), 0 if hs is None else hs.stride(0), w.stride(0), y.stride(0) if flags["DENSE"] else 1)
+    return tensors, strides, flags, blocks
+
+
+def _max_blocks() -> tuple[int, int, int]:
+    return MAX_BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K
+
+
+def _num_warps(blocks) -> int:
+    return 8 if blocks[0] * blocks[1] >= 64 * 128 else 4
+
+
+def _shift(m: torch.Tensor) -> torch.Tensor:
+    """The softmax shift of a running max: 0 where it is -inf (a row, or a split of it, with only -inf logits)."""
+    return torch.where(torch.isneginf(m), 0.0, m)
+
+
+def _merge(m: torch.Tensor, l: torch.Tensor):
+    """Online-softmax states of the splits [splits, M] -> (shift c, sum_c exp(x - c), each split's rescaling)."""
+    c = _shift(m.amax(0))
+    scale = torch.exp(m - c)  # exp(shift_k - c) where split k has a finite max; 0 (as its sum) where it has none
+    return c, (scale * l).sum(0), scale
+
+
+def _combine(part, valid, bad, bce, has_sub, temperature, classes) -> torch.Tensor:
+    """fp32 [9, M] (ops/masksub_loss.py's layout) from the splits' partial states [NUM_PART, splits, M]."""
+    m_z, l_z, s_z, d_z, bce_main, m_s, l_s, m_t, l_t, d_t, bce_sub = part  # the P_* order of the kernels
+    out = part.new_zeros(NUM_OUT, part.shape[2])
+    if bce:
+        out[MAIN] = bce_main.sum(0) / classes
+        out[SUB] = bce_sub.sum(0) * (temperature**2 / classes)
+    else:
+        # main: l = sum_k l_k exp(shift_k - c), D = sum_k D_k + S_k (shift_k - c), loss = S log l - D
+        c_z, sum_z, _ = _merge(m_z, l_z)
+        out[C_Z], out[LOG_L_Z], out[S_Z] = c_z, torch.log(sum_z), s_z.sum(0)
+        out[MAIN] = out[S_Z] * out[LOG_L_Z] - (d_z + s_z * (_shift(m_z) - c_z)).sum(0)
+        if has_sub:
+            # sub: D_t = sum_k exp(shift_t,k - c_t) (D_t,k + l_t,k (shift_s,k - c_s)), loss = T^2 (log l_s - D_t / l_t)
+            c_s, sum_s, _ = _merge(m_s, l_s)
+            c_t, sum_t, scale_t = _merge(m_t, l_t)
+            sum_d_t = (scale_t * (d_t + l_t * (_shift(m_s) - c_s))).sum(0)
+            out[C_S], out[LOG_L_S], out[C_T], out[LOG_L_T] = c_s, torch.log(sum_s), c_t, torch.log(sum_t)
+            out[SUB] = (out[LOG_L_S] - sum_d_t / sum_t) * temperature**2
+    out[MAIN], out[SUB] = _mask_rows(out[MAIN], valid, bad), _mask_rows(out[SUB], valid, bad)
+    return out
+
+
+def _forward_triton(hidden, sub_hidden, weight, bias, target, bce, eps, ignore, temperature, threshold):
+    tensors, strides, flags, blocks = _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore, bce, threshold)
+    (rows, depth), classes = hidden.shape, weight.shape[0]
+    row_tiles, class_tiles = cdiv(rows, blocks[0]), cdiv(classes, blocks[1])
+    splits, per_split = _splits(row_tiles, class_tiles, hidden.device)
+    part = torch.zeros(kernels.NUM_PART, splits, rows, dtype=torch.float32, device=hidden.device)
+    if rows:
+        args = (
+            *tensors,
+            part,
+            rows,
+            classes,
+            depth,
+            *strides,
+            per_split * blocks[1],
+            eps,
+            temperature,
+            threshold or 0.0,
+        )
+        kernels._fwd_kernel[(row_tiles, splits)](*args, **flags, num_warps=_num_warps(blocks))
+    valid, bad = _row_masks(target, ignore, classes)
+    return _combine(part, valid, bad, bce, sub_hidden is not None, temperature, classes)
+
+
+def _sum_splits(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The splits' fp32 partial sums added in a fixed order, rounded once to ``dtype``."""
+    return (part[0] if part.shape[0] == 1 else part.sum(0)).to(dtype)
+
+
+def _backward_triton(
+    grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, *options
+):
+    bce, eps, ignore, temperature, threshold = options
+    tensors, strides, flags, blocks = _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore, bce, threshold)
+    flags.update(MAIN_GRAD=grad_main is not None, SUB_GRAD=grad_sub is not None)
+    (rows, depth), classes = hidden.shape, weight.shape[0]
+    row_tiles, class_tiles = cdiv(rows, blocks[0]), cdiv(classes, blocks[1])
+    gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
+    inputs = (*tensors, out, gm, gs)
+    scalars = (rows, classes, depth, *strides, gm.stride(0), gs.stride(0))
+    options = (eps, temperature, threshold or 0.0)
+    launch = rows and (grad_main is not None or grad_sub is not None)
+
+    def fp32_zeros(*shape):
+        return torch.zeros(shape, dtype=torch.float32, device=hidden.device)
+
+    empty = hidden.new_empty(0)
+    dh = dhs = dw = db = empty
+    if need_hidden:
+        splits, per_split = _splits(row_tiles, class_tiles, hidden.device)
+        dh_part, dhs_part = (fp32_zeros(splits, rows, depth) if g is not None else out for g in (grad_main, grad_sub))
+        if launch:
+            grid = (row_tiles, splits)
+            args = (*inputs, dh_part, dhs_part, *scalars, per_split * blocks[1], *options)
+            kernels._dh_kernel[grid](*args, **flags, num_warps=_num_warps(blocks))
+        dh = _sum_splits(dh_part, hidden.dtype) if grad_main is not None else empty
+        dhs = _sum_splits(dhs_part, hidden.dtype) if grad_sub is not None else empty
+    if need_weight:
+        splits, per_split = _splits(class_tiles, row_tiles, hidden.device, MAX_DW_SPLITS)
+        dw_part, db_part = fp32_zeros(splits, classes, depth), fp32_zeros(splits, classes)
+        if launch:
+            grid = (class_tiles, splits)
+            args = (*inputs, dw_part, db_part, *scalars, per_split * blocks[0], *options)
+            kernels._dw_kernel[grid](*args, **flags, num_warps=_num_warps(blocks))
+        dw = _sum_splits(dw_part, weight.dtype)
+        db = _sum_splits(db_part, weight.dtype) if bias is not None else empty
+    return dh, dhs, dw, db
+
+
+def _no_cuda_extension(extension, *args):
+    raise RuntimeError(
+        "linear_masksub_loss has no CUDA-extension (csrc/) implementation yet: select the 'triton' backend (CUDA "
+        "tensors, or CPU tensors under TRITON_INTERPRET=1) or 'torch' (any device): mk.set_backend(...) or "
+        "MASKSUB_BACKEND"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Custom ops (opaque to torch.compile, no host syncs on CUDA tensors) and autograd
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@masksub_op(
+    "linear_masksub_loss_forward",
+    device="hidden",
+    torch=linear_loss_forward_reference,
+    triton=_forward_triton,
+    cuda=_no_cuda_extension,
+    records=("linear_masksub_loss",),
+)
+def _linear_loss_op(
+    hidden: torch.Tensor,
+    sub_hidden: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    bce: bool,
+    label_smoothing: float,
+    ignore_index: int,
+    temperature: float,
+    target_threshold: float | None,
+) -> torch.Tensor:
+    """fp32 [NUM_OUT, M]: the per-row losses and the saved softmax stats (ops/masksub_loss.py's layout)."""
+
+
+@_linear_loss_op.register_fake
+def _(hidden, *options):
+    return hidden.new_empty(NUM_OUT, hidden.shape[0], dtype=torch.float32)
+
+
+@masksub_op(
+    "linear_masksub_loss_backward",
+    device="hidden",
+    torch=linear_loss_backward_reference,
+    triton=_backward_triton,
+    cuda=_no_cuda_extension,
+)
+def _linear_loss_backward_op(
+    grad_main: torch.Tensor | None,
+    grad_sub: torch.Tensor | None,
+    out: torch.Tensor,
+    hidden: torch.Tensor,
+    sub_hidden: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    need_hidden: bool,
+    need_weight: bool,
+    bce: bool,
+    label_smoothing: float,
+    ignore_index: int,
+    temperature: float,
+    target_threshold: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d hidden, d sub_hidden, d weight, d bias); each an empty [0] when not asked for or its term has no grad."""
+
+
+@_linear_loss_backward_op.register_fake
+def _(grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, *options):
+    def grad(x, shape, wanted):
+        return x.new_empty(shape if wanted else (0,))
+
+    return (
+        grad(hidden, hidden.shape, need_hidden and grad_main is not None),
+        grad(hidden, hidden.shape, need_hidden and grad_sub is not None),
+        grad(weight, weight.shape, need_weight),
+        grad(weight, weight.shape[:1], need_weight and bias is not None),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    hidden, sub_hidden, weight, bias, target, *options = inputs
+    ctx.save_for_backward(hidden, sub_hidden, weight, bias, target, output)
+    ctx.options = options  # bce, label_smoothing, ignore_index, temperature, target_threshold
+
+
+def _backward(ctx, grad_out):
+    hidden, sub_hidden, weight, bias, target, out = ctx.saved_tensors
+    need_h, need_hs, need_w, need_b = ctx.needs_input_grad[:4]
+    need_weight = need_w or need_b
+    # the main term reaches h, W and b through z; the sub term reaches h_s, W and b through s (its teacher is detached)
+    need_main = grad_out is not None and (need_h or need_weight)
+    need_sub = grad_out is not None and sub_hidden is not None and (need_hs or need_weight)
+    if not (need_main or need_sub):
+        return (None,) * 10
+    grad_main, grad_sub = grad_out[MAIN] if need_main else None, grad_out[SUB] if need_sub else None
+    dh, dhs, dw, db = _linear_loss_backward_op(
+        grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_h or need_hs, need_weight, *ctx.options
+    )
+    return (
+        dh if need_h else None,
+        dhs if need_hs and need_sub else None,
+        dw if need_w else None,
+        db if need_b else None,
+        *(None,) * 6,
+    )
+
+
+_linear_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public API: host-side checks (ops/losses.py's rules and messages), the op, the reductions
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_linear(hidden, sub_hidden, weight, bias) -> None:
+    """Shapes, dtypes and devices of hidden [M, D], sub_hidden like hidden, weight [C, D], bias [C] or None."""
+    for name, x in (("main_hidden", hidden), ("sub_hidden", sub_hidden), ("weight", weight), ("bias", bias)):
+        if not (x is None and name in ("sub_hidden", "bias")) and not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if hidden.dim() != 2 or hidden.shape[1] < 1:
+        raise ValueError(f"main_hidden must be [rows, hidden] (2-D, hidden >= 1), got shape {tuple(hidden.shape)}")
+    if hidden.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"main_hidden must be float32, float16, bfloat16 or float64, got {hidden.dtype}")
+    if weight.dim() != 2 or weight.shape[0] < 1 or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(
+            f"weight must be [classes, hidden={hidden.shape[1]}] (classes >= 1), got shape {tuple(weight.shape)}"
+        )
+    expected = {"sub_hidden": tuple(hidden.shape), "weight": tuple(weight.shape), "bias": (weight.shape[0],)}
+    for name, x in (("sub_hidden", sub_hidden), ("weight", weight), ("bias", bias)):
+        if x is not None and (tuple(x.shape) != expected[name] or x.dtype != hidden.dtype or x.device != hidden.device):
+            raise ValueError(
+                f"{name} must be {list(expected[name])} with main_hidden's dtype and device ({hidden.dtype}, "
+                f"{hidden.device}), got {list(x.shape)} {x.dtype} {x.device}"
+            )
+
+
+def _check_all(hidden, sub_hidden, weight, bias, target, mode, reduction, label_smoothing, ignore_index,
+               temperature, target_threshold):  # fmt: skip
+    """(target, options of the op) after every check of masksub_loss, applied to the logits' shape [M, C]."""
+    _check_linear(hidden, sub_hidden, weight, bias)
+    options = _check_options(mode, reduction, label_smoothing, ignore_index, temperature, target_threshold)
+    # masksub_loss's target check needs the logits only for their shape and device: one element, expanded
+    logits_like = hidden.new_empty(()).expand(hidden.shape[0], weight.shape[0])
+    return _check_target(logits_like, target, options.ignore_index), options
+
+
+def linear_masksub_loss(
+    main_hidden: torch.Tensor,
+    sub_hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    *,
+    mode: str = "ce",
+    main_weight: float = 0.5,
+    sub_weight: float = 0.5,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+    target_threshold: float | None = None,
+    reduction: str = "mean",
+) -> MaskSubLoss:
+    """``masksub_loss(main_hidden @ weight.T + bias, sub_hidden @ weight.T + bias, target, ...)`` without the logits.
+
+    main_hidden, sub_hidden: [M, D] fp32/fp16/bf16/fp64, rows aligned (row i of both is the same sample or
+    position). weight: [C, D] (a tied embedding works), bias: [C] or None; all of one dtype and device. target:
+    class ids [M] (int64/int32; ``ignore_index`` rows count in neither term and cost no work) or probabilities
+    [M, C]. The options, the checks and their errors, and the values are masksub_loss's (docs/semantics.md §7):
+    returns MaskSubLoss(loss, main, sub), fp32 scalars ([M] with reduction='none'). Gradients reach both hidden
+    states, the weight and the bias (fp32 accumulation, one rounding to the inputs' dtype); the sub term's teacher
+    softmax(z / T) is detached. Extra memory: O(M) plus fp32 [M, D] / [C, D] accumulators on the Triton backend;
+    chunks of ``chunk_rows(C)`` rows on the PyTorch one; never [M, C]. No CUDA-extension implementation yet.
+    """
+    if sub_hidden is None:
+        raise TypeError(
+            "sub_hidden must be a torch.Tensor, got NoneType (one branch: linear_soft_target_cross_entropy)"
+        )
+    target, options = _check_all(
+        main_hidden, sub_hidden, weight, bias, target, mode, reduction, label_smoothing, ignore_index, temperature,
+        target_threshold,
+    )  # fmt: skip
+    main_weight = _number("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
+    sub_weight = _number("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
+    out = _linear_loss_op(main_hidden, sub_hidden, weight, bias, target, *options)
+    count = _row_count(target, options.ignore_index)
+    main, sub = _reduce(out[MAIN], count, reduction), _reduce(out[SUB], count, reduction)
+    return MaskSubLoss(main_weight * main + sub_weight * sub, main, sub)
+
+
+def linear_soft_target_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """``soft_target_cross_entropy(hidden @ weight.T + bias, target, ...)`` without the logits (one branch).
+
+    hidden: [M, D] fp32/fp16/bf16/fp64; weight [C, D] and bias [C] or None of the same dtype and device; target:
+    class ids [M] or probabilities [M, C], as in soft_target_cross_entropy. Returns fp32 [M] for reduction='none',
+    else a scalar; gradients reach hidden, weight and bias.
+    """
+    target, options = _check_all(
+        hidden, None, weight, bias, target, "ce", reduction, label_smoothing, ignore_index, 1.0, None
+    )
+    out = _linear_loss_op(hidden, None, weight, bias, target, *options)
+    return _reduce(out[MAIN], _row_count(target, options.ignore_index), reduction)

@@ -1,0 +1,369 @@
+"""linear_masksub_loss and linear_soft_target_cross_entropy: every backend that has the op against the materialised
+composite ``masksub_loss(h @ W.T + b, ...)`` evaluated in float64 on the same (rounded) inputs, values and the
+gradients of both hidden states, the weight and the bias.
+
+Tolerances: values 1e-5 relative (fp32 accumulation in every backend). Gradients, norm-wise: fp32 1e-5; fp16/bf16
+one rounding of dz / ds to the inputs' dtype for the matmuls plus one of the result (bf16 under the interpreter
+truncates: ~2x a GPU's error). Under the interpreter the tiles are 16 x 32 x 16 and 4 programs count as "enough",
+so that the shapes here (20 rows, 40 classes, 24 hidden) run 2 row tiles, 2 class tiles, 2 hidden steps, and the
+class and row splits with their combine passes.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE, kernel_backends
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import masksub_kernels as mk
+from masksub_kernels.ops import linear_masksub_loss as lm
+
+pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
+
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+GRAD_RTOL = {F32: 1e-5, F16: 4e-3, BF16: 2e-2}
+OP_BACKENDS = ["torch", *(name for name in kernel_backends() if name != "cuda")]  # no CUDA-extension version yet
+
+
+@pytest.fixture(params=OP_BACKENDS)
+def op_backend(request):
+    with mk.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(autouse=True)
+def _small_tiles(monkeypatch):
+    if mk.triton_interpreted():
+        monkeypatch.setattr(lm, "MAX_BLOCK_M", 16)
+        monkeypatch.setattr(lm, "MAX_BLOCK_N", 32)
+        monkeypatch.setattr(lm, "MAX_BLOCK_K", 16)
+
+
+def make_inputs(rows=20, depth=24, classes=40, dtype=F32, kind="index", bias=True, seed=0, scale=1.0):
+    """(h, h_s, W, b, target) on DEVICE; h_s a perturbed copy of h (the branches see the same samples)."""
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(rows, depth, generator=gen)
+    hs = h + 0.5 * torch.randn(rows, depth, generator=gen)
+    w = torch.randn(classes, depth, generator=gen) * (scale / depth**0.5) * 3
+    b = torch.randn(classes, generator=gen) if bias else None
+    if kind == "dense":
+        target = torch.softmax(2 * torch.randn(rows, classes, generator=gen), 1)
+    else:
+        target = torch.randint(0, classes, (rows,), generator=gen)
+        if kind == "index_ignore":
+            target[::3] = -100
+    tensors = [None if t is None else t.to(dtype).to(DEVICE) for t in (h, hs, w, b)]
+    return (*tensors, target.to(DEVICE))
+
+
+def leaves(*tensors):
+    return [None if t is None else t.detach().clone().requires_grad_(True) for t in tensors]
+
+
+def composite(h, hs, w, b, target, single=False, **options):
+    """The materialised composite in float64 on the PyTorch backend: (value(s), float64 leaves h, h_s, W, b)."""
+    h64, hs64, w64, b64 = leaves(*(None if t is None else t.detach().double() for t in (h, hs, w, b)))
+
+    def logits(x):
+        return x @ w64.T + (0.0 if b64 is None else b64)
+
+    with mk.use_backend("torch"):
+        if single:
+            return mk.soft_target_cross_entropy(logits(h64), target, **options), (h64, w64, b64)
+        return mk.masksub_loss(logits(h64), logits(hs64), target, **options), (h64, hs64, w64, b64)
+
+
+def weights_for(reduction, rows):
+    if reduction != "none":
+        return (1.3, 0.4, -0.7)
+    gen = torch.Generator().manual_seed(1)
+    return tuple(torch.randn(rows, generator=gen, dtype=torch.float64).to(DEVICE) for _ in range(3))
+
+
+def objective(values, weights):
+    return sum((v * (g.to(v.dtype) if torch.is_tensor(g) else g)).sum() for v, g in zip(values, weights))
+
+
+def assert_grad_close(actual, expected, rtol, name):
+    assert actual is not None and actual.shape == expected.shape, name
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    error = float((actual - expected).norm() / expected.norm().clamp_min(1e-30))
+    assert error <= rtol, f"{name}: norm-wise relative error {error:.2e} > {rtol:.0e}"
+
+
+def check_against_composite(inputs, **options):
+    h, hs, w, b, target = inputs
+    reduction = options.get("reduction", "mean")
+    ours = leaves(h, hs, w, b)
+    out = mk.linear_masksub_loss(*ours, target, **options)
+    for value in out:
+        assert value.dtype == torch.float32 and value.shape == ((h.shape[0],) if reduction == "none" else ())
+    expected, ref_leaves = composite(h, hs, w, b, target, **options)
+    weights = weights_for(reduction, h.shape[0])
+    objective(out, weights).backward()
+    objective(expected, weights).backward()
+    for name, a, e in zip(("loss", "main", "sub"), out, expected):
+        torch.testing.assert_close(
+            a.double(), e.detach().double(), rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+        )
+    for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
+        if e is not None:
+            assert a.grad.dtype == h.dtype
+            assert_grad_close(a.grad, e.grad, GRAD_RTOL[h.dtype], name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Against the composite
+# ---------------------------------------------------------------------------------------------------------------
+
+CASES = [
+    # mode, dtype, target kind, bias, label_smoothing, temperature, target_threshold, reduction
+    ("ce", F32, "index_ignore", True, 0.1, 1.0, None, "mean"),
+    ("ce", F32, "dense", False, 0.0, 2.0, None, "sum"),
+    ("ce", F32, "index", True, 0.0, 0.5, None, "none"),
+    ("ce", BF16, "index_ignore", True, 0.0, 1.0, None, "mean"),
+    ("ce", F16, "dense", True, 0.1, 1.0, None, "none"),
+    ("bce", F32, "index_ignore", True, 0.1, 2.0, None, "mean"),
+    ("bce", F32, "dense", False, 0.0, 1.0, 0.0, "sum"),
+    ("bce", BF16, "dense", True, 0.1, 1.0, 0.0, "mean"),
+]
+
+
+@pytest.mark.parametrize(("mode", "dtype", "kind", "bias", "eps", "temperature", "threshold", "reduction"), CASES)
+def test_matches_composite(op_backend, mode, dtype, kind, bias, eps, temperature, threshold, reduction):
+    inputs = make_inputs(dtype=dtype, kind=kind, bias=bias)
+    options = {"label_smoothing": eps, "temperature": temperature, "target_threshold": threshold}
+    check_against_composite(inputs, mode=mode, reduction=reduction, main_weight=0.6, sub_weight=0.3, **options)
+    assert mk.last_backend("linear_masksub_loss") == op_backend
+
+
+@pytest.mark.parametrize(("kind", "dtype", "reduction"), [("index_ignore", F32, "none"), ("dense", BF16, "mean")])
+def test_single_branch_matches_composite(op_backend, kind, dtype, reduction):
+    h, _, w, b, target = make_inputs(dtype=dtype, kind=kind, seed=3)
+    ours = leaves(h, w, b)
+    value = mk.linear_soft_target_cross_entropy(*ours, target, label_smoothing=0.1, reduction=reduction)
+    expected, ref_leaves = composite(h, None, w, b, target, single=True, label_smoothing=0.1, reduction=reduction)
+    weights = weights_for(reduction, h.shape[0])[:1]
+    objective([value], weights).backward()
+    objective([expected], weights).backward()
+    torch.testing.assert_close(value.double(), expected.detach().double(), rtol=1e-5, atol=1e-6)
+    for name, a, e in zip(("d hidden", "d weight", "d bias"), ours, ref_leaves):
+        assert_grad_close(a.grad, e.grad, GRAD_RTOL[dtype], name)
+
+
+@pytest.mark.parametrize("needs", ["hidden only", "weight only", "sub only", "tied"])
+def test_partial_and_tied_gradients(op_backend, needs):
+    # a frozen head, frozen features, only the sub branch trained, and a head tied to an input embedding
+    h, hs, w, b, target = make_inputs(kind="index_ignore", seed=5)
+    ours, ref = leaves(h, hs, w, b), leaves(*(t.double() for t in (h, hs, w, b)))
+    for group in (ours, ref):
+        if needs != "hidden only" and needs != "sub only":
+            group[0].requires_grad_(False)
+            group[1].requires_grad_(False)
+        if needs in ("hidden only", "sub only"):
+            group[2].requires_grad_(False)
+            group[3].requires_grad_(False)
+        if needs == "sub only":
+            group[0].requires_grad_(False)
+    ids = torch.arange(h.shape[0], device=DEVICE) % w.shape[0]
+
+    def run(h_, hs_, w_, b_, linear):
+        if needs == "tied":  # the hidden states come from an embedding of the head's own weight
+            h_, hs_ = h_ + w_[ids], hs_ + 0.5 * w_[ids]
+        if linear:
+            return mk.linear_masksub_loss(h_, hs_, w_, b_, target).loss
+        with mk.use_backend("torch"):
+            return mk.masksub_loss(h_ @ w_.T + b_, hs_ @ w_.T + b_, target).loss
+
+    run(*ours, linear=True).backward()
+    run(*ref, linear=False).backward()
+    for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref):
+        assert (a.grad is None) == (e.grad is None), name
+        if e.grad is not None:
+            assert_grad_close(a.grad, e.grad, GRAD_RTOL[F32], name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Edge cases
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("ce", "index"), ("ce", "dense"), ("bce", "index")])
+def test_extreme_and_infinite_logits(op_backend, mode, kind):
+    # logits of +-1e4 through the bias, a -inf class (a masked vocabulary entry) without target or teacher mass,
+    # and a bias ramp that moves each row's max from one class tile to the next
+    h, hs, w, b, target = make_inputs(kind=kind, seed=7)
+    b = b + torch.linspace(-40.0, 40.0, b.shape[0], device=DEVICE)
+    b[0], b[1], b[2] = 1e4, -1e4, float("-inf")
+    if kind == "dense":
+        target[:, 2] = 0.0
+    else:
+        target = torch.where(target == 2, 3, target)
+    check_against_composite((h, hs, w, b, target), mode=mode, reduction="none")
+    out = mk.linear_masksub_loss(h, hs, w, b, target, mode=mode, reduction="none")
+    assert all(bool(torch.isfinite(v).all()) for v in out)
+
+
+def test_all_ignored_rows_and_empty_batch(op_backend):
+    h, hs, w, b, _ = make_inputs()
+    ours = leaves(h, hs, w, b)
+    out = mk.linear_masksub_loss(*ours, torch.full((h.shape[0],), -100, device=DEVICE))
+    (out.loss + out.main + out.sub).backward()
+    assert all(float(v.detach()) == 0.0 for v in out)
+    assert all(not bool(t.grad.any()) for t in ours)
+    empty = leaves(h[:0], hs[:0], w, b)
+    out = mk.linear_masksub_loss(*empty, torch.zeros(0, dtype=torch.int64, device=DEVICE))
+    out.loss.backward()
+    assert float(out.loss.detach()) == 0.0 and empty[0].grad.shape == (0, h.shape[1])
+    assert not bool(empty[2].grad.any())
+
+
+def test_out_of_range_class_id_gives_nan_row_without_sync(op_backend):
+    # the public functions refuse such ids on CPU tensors; the op itself (what runs on a GPU) gives a NaN row
+    h, hs, w, b, target = make_inputs(kind="index_ignore")
+    target[1] = w.shape[0] + 3
+    ours = leaves(h, hs, w, b)
+    out = lm._linear_loss_op(*ours, target, False, 0.0, -100, 1.0, None)
+    assert bool(out[lm.MAIN, 1].isnan()) and bool(out[lm.SUB, 1].isnan())
+    others = torch.ones(h.shape[0], dtype=torch.bool, device=DEVICE)
+    others[1] = False
+    assert bool(out[lm.MAIN, others].isfinite().all()) and bool(out[lm.SUB, others].isfinite().all())
+    out[lm.MAIN].nansum().backward()
+    assert bool(ours[0].grad[1].isnan().all()) and bool(ours[0].grad[others].isfinite().all())
+
+
+def test_triton_backward_is_deterministic():
+    if "triton" not in OP_BACKENDS:
+        pytest.skip("no Triton backend here")
+    h, hs, w, b, target = make_inputs(dtype=BF16, kind="index_ignore", seed=11)
+    grads = []
+    with mk.use_backend("triton"):
+        for _ in range(2):
+            ours = leaves(h, hs, w, b)
+            mk.linear_masksub_loss(*ours, target).loss.backward()
+            grads.append([t.grad for t in ours])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The numerics goal of issue 13: branches nearly agreeing, bf16 inputs, the sub gradient within 1% of float64
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_bf16_sub_gradient_within_one_percent_when_branches_agree(op_backend):
+    gen = torch.Generator().manual_seed(13)
+    rows, depth, classes = 16, 32, 256
+    h = torch.randn(rows, depth, generator=gen)
+    hs = h + 0.12 * torch.randn(rows, depth, generator=gen)
+    w = torch.randn(classes, depth, generator=gen) * 0.4
+    h, hs, w = (t.to(BF16).to(DEVICE) for t in (h, hs, w))
+    target = torch.randint(0, classes, (rows,), generator=gen).to(DEVICE)
+    p, q = (torch.softmax(x.double() @ w.double().T, 1) for x in (h, hs))
+    similarity = float(F.cosine_similarity(p, q, dim=1).mean())
+    assert 0.97 < similarity < 0.99, similarity  # the regime of the goal: softmaxes 0.98 similar
+    ours = leaves(h, hs, w)
+    mk.linear_masksub_loss(ours[0], ours[1], ours[2], None, target).sub.backward()
+    expected, (_, hs64, w64, _) = composite(h, hs, w, None, target)
+    expected.sub.backward()
+    assert_grad_close(ours[1].grad, hs64.grad, 0.01, "d sub_hidden")
+    assert_grad_close(ours[2].grad, w64.grad, 0.01, "d weight (sub term)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Memory: the reference never makes an [M, C] tensor (a check that fails for the composite)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the most elements held by the storage of any tensor an aten op returns (views of one element, such
+    as the expanded stand-in of the logits' shape that the target check gets, hold one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for value in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(value, torch.Tensor):
+                self.largest = max(self.largest, value.untyped_storage().nbytes() // value.element_size())
+        return result
+
+
+def test_reference_works_in_chunks_never_on_m_by_c(monkeypatch):
+    rows, depth, classes = 512, 8, 64
+    monkeypatch.setattr(lm, "CHUNK_ELEMENTS", 16 * classes)  # 16 rows per chunk
+    h, hs, w, b, target = (t.cpu() for t in make_inputs(rows, depth, classes, kind="index_ignore"))
+    bound = max(9 * rows, rows * depth, 16 * classes)  # the stats [9, M], d hidden [M, D], one chunk [16, C]
+    assert bound * 4 <= rows * classes
+    with mk.use_backend("torch"):
+        ours = leaves(h, hs, w, b)
+        with LargestTensor() as fused:
+            mk.linear_masksub_loss(*ours, target).loss.backward()
+        with LargestTensor() as materialised:
+            z, s = (x @ w.T + b for x in leaves(h, hs))
+            mk.masksub_loss(z, s, target).loss.backward()
+    assert fused.largest <= bound, (fused.largest, bound)
+    assert materialised.largest >= rows * classes  # the same measure sees the composite's logits
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torch.compile, bad input, backends
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_opcheck_and_torch_compile(op_backend):
+    h, hs, w, b, target = make_inputs(kind="index_ignore")
+    ours = leaves(h, hs, w, b)
+    args = (*ours, target, False, 0.1, -100, 2.0, None)
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(lm._linear_loss_op.custom_op, args, test_utils=checks)
+    compiled = torch.compile(
+        lambda *x: mk.linear_masksub_loss(*x, target, label_smoothing=0.1).loss, fullgraph=True, backend="aot_eager"
+    )
+    value = compiled(*ours)
+    value.backward()
+    expected, ref_leaves = composite(h, hs, w, b, target, label_smoothing=0.1)
+    expected.loss.backward()
+    torch.testing.assert_close(value.double(), expected.loss.detach().double(), rtol=1e-5, atol=1e-6)
+    for a, e in zip(ours, ref_leaves):
+        assert_grad_close(a.grad, e.grad, GRAD_RTOL[F32], "grad")
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda h, s, w, b, y: mk.linear_masksub_loss(h[0], s, w, b, y), ValueError, r"\[rows, hidden\]"),
+        (
+            lambda h, s, w, b, y: mk.linear_masksub_loss(h, s[:, :3], w, b, y),
+            ValueError,
+            r"sub_hidden must be \[4, 5\]",
+        ),
+        (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s.double(), w, b, y), ValueError, "dtype and device"),
+        (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w[:, :3], b, y), ValueError, r"\[classes, hidden=5\]"),
+        (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w, b[:2], y), ValueError, r"bias must be \[6\]"),
+        (lambda h, s, w, b, y: mk.linear_masksub_loss(h.long(), s, w, b, y), TypeError, "float32, float16"),
+        (lambda h, s, w, b, y: mk.linear_masksub_loss(h, None, w, b, y), TypeError, "linear_soft_target_cross_entropy"),
+        (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w.numpy(), b, y), TypeError, "weight must be a torch"),
+        (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w, b, y[:3]), ValueError, r"\[rows=4\], got shape \(3,\)"),
+        (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w, b, y + 6), ValueError, r"\[0, 6\).*got \d+"),
+        (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w, b, y.float()), ValueError, "probability target"),
+        (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w, b, y, mode="kl"), ValueError, "mode must be one of"),
+        (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w, b, y, temperature=0.0), ValueError, "temperature"),
+        (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w, b, y, target_threshold=0.0), ValueError, "mode='bce'"),
+        (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w, b, y, reduction="avg"), ValueError, "reduction"),
+        (lambda h, s, w, b, y: mk.linear_soft_target_cross_entropy(h, w, b, y, label_smoothing=2), ValueError, "0, 1"),
+    ],
+)
+def test_bad_input_raises_clear_errors(call, error, match):
+    h, s, w, b = torch.randn(4, 5), torch.randn(4, 5), torch.randn(6, 5), torch.randn(6)
+    with pytest.raises(error, match=match):
+        call(h, s, w, b, torch.tensor([0, 5, -100, 2]))
+
+
+def test_cuda_backend_refuses_clearly():
+    if "cuda" not in kernel_backends():
+        pytest.skip("the cuda backend cannot run here")
+    h, hs, w, b, target = make_inputs()
+    with mk.use_backend("cuda"), pytest.raises(RuntimeError, match=r"no CUDA-extension.*'triton'.*'torch'"):
+        mk.linear_masksub_loss(h, hs, w, b, target)
