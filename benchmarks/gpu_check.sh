@@ -6,26 +6,28 @@
 #   DRY_RUN=1 benchmarks/gpu_check.sh X   prints the steps, their caps and the result files; runs nothing
 #
 # Works from the source tree with the machine's own Python (torch, triton, timm, pytest), no network, no install.
-# Files (7): env.txt, summary.txt (one line per step), build.log, tests-ops.log, tests-rest.log, tests-cuda.log,
-# sanitizer.log.
+# Files (8): env.txt, summary.txt (one line per step), build.log, tests-select.log, tests-loss.log,
+# tests-masks.log, tests-rest.log, cuda.log.
 #
-# Budget, GPU caps (s) and what fills them. The device gives 15 minutes with start-up, 10 per command; the caps add
-# up to 450 s so that this call ends inside 8 minutes even when every step runs to its cap.
-#   env             10  card, driver, versions
-#   phase 1        200  in parallel (16 cores; the build uses few of them, Triton's JIT one per process):
+# Budget: GPU caps (s) and what fills them. The device gives 15 minutes with start-up, 10 per command; the caps add
+# up to 455 s, so this call ends inside 8 minutes even if every step runs to its cap. Expected: ~5 minutes.
+#   env             15  card, driver, versions
+#   phase 1        200  in parallel on the 16 cores (Triton compiles on one core per process, nvcc on a few):
 #     build.log         nvcc, sm_90 only: ~140 s on such a machine (issue 11's audit)
-#     tests-ops.log     tests/ops on the torch and triton backends: 134 of the run's Triton specialisations
-#     tests-rest.log    the other tests (training, DDP on gloo, benchmarks' code, setup): 18 specialisations
-#                       (JIT estimate ~1 s per specialisation and per C launcher, about 3 s for each large sort)
-#   tests-cuda.log 100  after the build: the cuda backend's tests (tests/test_cuda_extension.py, the cuda
+#     tests-*.log       the test suite on CUDA tensors, torch and triton backends, in 4 processes. The census
+#                       (benchmarks/jit_census.py, CPU interpreter) counts 234 Triton specialisations and 98 C
+#                       launchers for the whole run: token_select 78, masksub_loss 74, grid and token-grid masks
+#                       83, the rest 5. At ~1 s per specialisation (sm_90 compiles of these kernels take 0.4-2 s
+#                       here, the 4096-key sorts up to 44 s on this loaded 2-core machine) and <1 s per launcher,
+#                       each process should need ~100-160 s; one process would need ~5 minutes.
+#   cuda.log       100  after the build: the cuda backend's tests (tests/test_cuda_extension.py, the cuda
 #                       parametrisations of tests/ops, tests/test_backend.py); no Triton JIT left to pay
-#   memcheck        80  compute-sanitizer --tool memcheck, kernels of csrc/ only, on every kernel test of
-#                       tests/test_cuda_extension.py except the 2^32-counter one (4.3e9 draws); PyTorch's caching
-#                       allocator is off so that a read past a tensor is past an allocation
-#   racecheck       60  compute-sanitizer --tool racecheck (shared-memory hazards): the kernels that use shared
-#                       memory (selection, cell masks, mask-token gradient, loss) on small shapes, listed below
-# The census of specialisations: `python -m pytest tests -p benchmarks.jit_census` (CPU interpreter).
-# Timed on the CPU here (2 shared cores, no GPU, CAP_SCALE 8): see the GPU run section of the README.
+#                   80  compute-sanitizer --tool memcheck, kernels of csrc/ only (--kernel-name kns=masksub), on
+#                       every kernel test of tests/test_cuda_extension.py except the 2^32-counter one (4.3e9
+#                       draws); PyTorch's caching allocator off, so a read past a tensor is past an allocation
+#                   60  compute-sanitizer --tool racecheck (shared-memory hazards) on the kernels that use shared
+#                       memory (selection, cell masks, mask-token gradient, loss), small and largest blocks (below)
+# Timed on the CPU here (2 cores shared with other jobs, no GPU, CAP_SCALE 12): see the README's GPU run section.
 #
 # Where the run differs from CI, on purpose: the build goes to build/gpu-lib and is copied into the package only
 # when phase 1 is over (an in-place build would appear under the feet of the tests importing the package), and the
@@ -33,7 +35,8 @@
 # same there as here, and compile_kernels alone is ~170 s of Triton compilation.
 source "$(dirname "$0")/gpu_lib.sh"
 
-PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rfEs --durations=10)
+# jit_census: under the CPU interpreter, the count of Triton specialisations each step would compile on a GPU
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rfEs --durations=10 -p benchmarks.jit_census)
 DEV_TOOLS=(--ignore-glob='*test_compile_kernels.py' --ignore-glob='*test_cuda_spills.py'
   --ignore-glob='*test_check_spills.py' --ignore-glob='*test_cuda_emulator.py')
 CUDA_TESTS=(tests/test_cuda_extension.py tests/test_backend.py)
@@ -68,21 +71,24 @@ sanitize() { # TOOL PYTEST-ARGS...: compute-sanitizer on csrc/'s kernels; withou
 }
 
 setup_run "$@"
-step env.txt 10 write_env
+step env.txt 15 write_env
 
 # phase 1: the build beside the tests that do not need it (a _C left by an earlier run on this machine would give
 # these tests a cuda backend: gone, and rebuilt, incrementally when nothing changed)
 [[ -z ${DRY_RUN:-} ]] && rm -f masksub_kernels/_C*.so build/gpu-lib/masksub_kernels/_C*.so
 step_bg build.log 200 build_extension
-step_bg tests-ops.log 200 "${PYTEST[@]}" tests/ops
+step_bg tests-select.log 200 "${PYTEST[@]}" tests/ops/test_token_select.py
+step_bg tests-loss.log 200 "${PYTEST[@]}" tests/ops/test_masksub_loss.py
+step_bg tests-masks.log 200 "${PYTEST[@]}" tests/ops --ignore=tests/ops/test_token_select.py \
+  --ignore=tests/ops/test_masksub_loss.py
 step_bg tests-rest.log 200 "${PYTEST[@]}" tests --ignore=tests/ops "${CUDA_TESTS[@]/#/--ignore=}" "${DEV_TOOLS[@]}"
 wait_steps
 
 # phase 2: the cuda backend, with the extension just built
 if [[ -n ${DRY_RUN:-} ]] || cp build/gpu-lib/masksub_kernels/_C*.so masksub_kernels/ 2> /dev/null; then
-  step tests-cuda.log 100 "${PYTEST[@]}" "${CUDA_TESTS[@]}" tests/ops -k 'cuda or test_backend'
-  step sanitizer.log 80 sanitize memcheck tests/test_cuda_extension.py -k 'not past_two_to_the_32'
-  step sanitizer.log 60 sanitize racecheck tests/test_cuda_extension.py -k "$RACECHECK_K"
+  step cuda.log 100 "${PYTEST[@]}" "${CUDA_TESTS[@]}" tests/ops -k 'cuda or test_backend'
+  step cuda.log 80 sanitize memcheck tests/test_cuda_extension.py -k 'not past_two_to_the_32'
+  step cuda.log 60 sanitize racecheck tests/test_cuda_extension.py -k "$RACECHECK_K"
 else
   note "no CUDA extension built (see build.log): the cuda backend's tests and the sanitizers did not run"
 fi

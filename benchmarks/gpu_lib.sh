@@ -99,7 +99,8 @@ write_env() { # card, driver, versions: what the results were measured on
 import platform, sys
 import torch
 print("python", platform.python_version(), "| torch", torch.__version__, "| torch's CUDA", torch.version.cuda)
-print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU: " + platform.processor() + ")")
+cpu = platform.processor() or platform.machine()
+print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else f"none (CPU, {cpu})")
 for name in ("triton", "timm", "pytest"):
     try:
         print(name, __import__(name).__version__)
