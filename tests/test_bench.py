@@ -1,7 +1,10 @@
 """The benchmark code itself: a tiny run of each entry point completes and writes valid result files.
 Speed is never asserted here."""
 
+import collections
 import json
+import sys
+import types
 
 import pytest
 import torch
@@ -79,3 +82,24 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
     assert report.attach_predictions(run, path) == 1 and full["predicted_ms"] == pytest.approx(0.123)
     table = report.markdown_table(run)
     assert "% of copy (design)" in table and "predicted ms" in table and "| 0.123 |" in table
+
+
+def test_files_are_written_after_each_suite_and_append_merges_runs(tmp_path, monkeypatch):
+    # A run stopped during its second suite (here an exception, on a GPU the step's timeout) keeps the first.
+    broken = types.ModuleType("broken_suite")
+    broken.cases = lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt)
+    monkeypatch.setitem(sys.modules, "broken_suite", broken)
+    monkeypatch.setitem(cli.SUITES, "broken", "broken_suite")
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "loss", "broken"])
+    (path,) = tmp_path.glob("*.json")
+    assert {r["suite"] for r in json.loads(path.read_text())["records"]} == {"loss"}
+    # --append: another process adds its suite to the same files; a suite measured again replaces its records
+    for suites in (["grid_mask"], ["loss"]):
+        assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--append", "--suites", *suites]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{path.stem}{s}" for s in (".json", ".md", ".png"))
+    run = json.loads(path.read_text())
+    count = collections.Counter(
+        tuple(r[k] for k in ("suite", "shape", "dtype", "provider", "mode")) for r in run["records"]
+    )
+    assert {key[0] for key in count} == {"loss", "grid_mask"} and set(count.values()) == {1}

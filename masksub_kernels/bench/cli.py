@@ -3,7 +3,9 @@
 1. Measures the device's copy bandwidth (bytes read + written), the roofline of every memory-bound op.
 2. Runs the op suites (each provider of this library against official-style eager code, timm-style code and
    torch.compile of the eager code; forward, backward and full).
-3. Writes benchmarks/results/<device>-<date>.json, .md and .png, and prints the table.
+3. Writes benchmarks/results/<device>-<date>.json, .md and .png after each suite (a run cut short by a timeout
+   leaves the suites done so far), and prints the table. --append adds to the files of an earlier run on the same
+   device and date: benchmarks/gpu_bench.sh runs each suite in a process of its own, under its own time cap.
 
 The default run is short (minutes); --full sweeps more shapes and dtypes. On a machine without a GPU the suites
 time the PyTorch reference against the baselines on the CPU and say so: GPU figures need a GPU.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import json
 import re
 import sys
 import time
@@ -49,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 5 GPU, 2 CPU)")
     parser.add_argument("--out", type=Path, default=None, help="directory for the result files")
     parser.add_argument("--tiny", action="store_true", help="smallest shapes, 2 repeats: a smoke test of the code")
+    parser.add_argument(
+        "--append", action="store_true", help="add to the result files already in --out for this device and date"
+    )
     return parser.parse_args(argv)
 
 
@@ -66,17 +72,37 @@ def main(argv: list[str] | None = None) -> int:
     if not on_gpu:
         print(
             "No GPU here: these are CPU figures of the PyTorch reference against the eager baselines. "
-            "The Triton/CUDA kernel figures need a GPU (run benchmarks/gpu_suite.sh there)."
+            "The Triton/CUDA kernel figures need a GPU (run benchmarks/gpu_bench.sh there)."
         )
-    copy_gbps = copy_bandwidth_gbps(device, megabytes=64 if args.tiny else 1024)
+    date = datetime.date.today().isoformat()
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{env['device']}-{date}").strip("-")
+    directory = args.out or default_output_directory()
+    previous = _previous_run(directory / f"{stem}.json", args.suites) if args.append else None
+    if previous:  # the same denominator for every record of the table
+        copy_gbps = previous["copy_gbps"]
+    else:
+        copy_gbps = copy_bandwidth_gbps(device, megabytes=64 if args.tiny else 1024)
     print(f"copy bandwidth: {copy_gbps:.1f} GB/s (bytes read + written)")
-    records, skipped = [], {}
-    started = time.perf_counter()
+    records = previous["records"] if previous else []
+    run = {
+        "date": date,
+        "environment": env,
+        "copy_gbps": copy_gbps,
+        "repeats": repeats,
+        "warmup": warmup,
+        "full": args.full,
+        "tiny": args.tiny,
+        "skipped_suites": previous["skipped_suites"] if previous else {},
+        "seconds": previous["seconds"] if previous else 0.0,
+        "records": records,
+    }
+    model_path = report.model_file(default_output_directory(), env["device"]) if on_gpu else None
     for suite in args.suites:
+        started = time.perf_counter()
         try:
             module = importlib.import_module(SUITES[suite])
         except ImportError as exc:
-            skipped[suite] = f"not available: {exc}"
+            run["skipped_suites"][suite] = f"not available: {exc}"
             print(f"[{suite}] skipped: {exc}")
             continue
         suite_cases = module.cases(device, full=args.full, tiny=args.tiny)
@@ -86,28 +112,32 @@ def main(argv: list[str] | None = None) -> int:
                 records.append(record)
                 summary = record.get("error") or f"{record['median_ms']:.3f} ms"
                 print(f"  {case.shape} {case.dtype} {case.provider} {record['mode']}: {summary}", flush=True)
-    run = {
-        "date": datetime.date.today().isoformat(),
-        "environment": env,
-        "copy_gbps": copy_gbps,
-        "repeats": repeats,
-        "warmup": warmup,
-        "full": args.full,
-        "tiny": args.tiny,
-        "skipped_suites": skipped,
-        "seconds": round(time.perf_counter() - started, 1),
-        "records": records,
-    }
-    model_path = report.model_file(default_output_directory(), env["device"]) if on_gpu else None
-    if model_path is not None:
-        print(f"performance model: {report.attach_predictions(run, model_path)} records beside {model_path.name}")
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{env['device']}-{run['date']}").strip("-")
-    paths = report.write(run, args.out or default_output_directory(), stem)
+        run["seconds"] = round(run["seconds"] + time.perf_counter() - started, 1)
+        _attach_predictions(run, model_path)
+        paths = report.write(run, directory, stem)  # after each suite: a timeout keeps what is done
+        print(f"[{suite}] done in {time.perf_counter() - started:.0f} s, written to {paths['json']}", flush=True)
+    paths = report.write(run, directory, stem)
     print()
     print(report.markdown_table(run))
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
     return 0
+
+
+def _attach_predictions(run: dict, model_path: Path | None) -> None:
+    """The performance model's predicted time beside each measured record of its card (tools/perf_model)."""
+    if model_path is not None:
+        print(f"performance model: {report.attach_predictions(run, model_path)} records beside {model_path.name}")
+
+
+def _previous_run(path: Path, suites: list[str]) -> dict | None:
+    """The run stored at ``path`` without the records of ``suites`` (they are measured again), or None."""
+    if not path.is_file():
+        return None
+    run = json.loads(path.read_text())
+    run["records"] = [r for r in run["records"] if r["suite"] not in suites]
+    run["skipped_suites"] = {k: v for k, v in run["skipped_suites"].items() if k not in suites}
+    return run
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from masksub_kernels.training.runlog import COLUMNS
 
 TINY_VIT = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=16",
             "depth=1", "num_heads=2"]  # fmt: skip
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "64", "--no-progress", "--img-size", "16"]
 
 
@@ -135,10 +136,21 @@ def test_parse_kwargs():
     }  # fmt: skip
 
 
-def test_torchrun_two_processes(tmp_path):
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL on one process per GPU: 2 GPUs"),
+        ),
+    ],
+)
+def test_torchrun_two_processes(tmp_path, device):
+    # --device is explicit: by default rank r takes cuda:r, which a one-GPU machine does not have.
     out = str(tmp_path / "ddp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "masksub_kernels.train", *TINY_VIT, *FAST, "--epochs", "1", "--output", out]  # fmt: skip
+           "masksub_kernels.train", *TINY_VIT, *FAST, "--epochs", "1", "--device", device, "--output", out]  # fmt: skip
     result = subprocess.run(
         cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
     )
@@ -149,10 +161,22 @@ def test_torchrun_two_processes(tmp_path):
     assert ckpt["num_updates"] == 1437 // 2 // 64
 
 
+def _console_script(name: str) -> list[str]:
+    """The installed console script, or, where the package is only on PYTHONPATH (the GPU run), what pip's
+    wrapper would run: pyproject.toml's entry point for it, imported and called."""
+    script = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.isfile(script):
+        return [script]
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        module, function = tomllib.load(f)["project"]["scripts"][name].split(":")
+    return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
+
+
 def test_console_script_and_module_entry_points():
     for cmd in (
-        [os.path.join(os.path.dirname(sys.executable), "masksub-train"), "--help"],
+        [*_console_script("masksub-train"), "--help"],
         [sys.executable, "-m", "masksub_kernels.train", "--help"],
     ):
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0 and "--mask-ratio" in result.stdout
+        assert result.returncode == 0 and "--mask-ratio" in result.stdout, result.stderr[-2000:]

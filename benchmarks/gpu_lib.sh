@@ -1,0 +1,135 @@
+# Shared by benchmarks/gpu_check.sh and benchmarks/gpu_bench.sh (sourced, not run): time-capped steps whose
+# results are on disk as soon as each step ends, so that a run cut short by the device's time limit still
+# returns everything finished before it.
+#
+#   step FILE CAP CMD...     run CMD under `timeout CAP` (seconds), appending its output to $OUT/FILE; one line
+#                            per step in $OUT/summary.txt (file, exit code, seconds, cap, command)
+#   step_bg FILE CAP CMD...  the same in the background; wait_steps waits for all of them (their caps overlap,
+#                            so the budget counts the largest)
+#   output FILE              declare a result file that a step writes itself (e.g. the benchmark's .json)
+#   finish                   the budget line; the exit code is that of the first failed step
+#
+# DRY_RUN=1 runs nothing: each function prints what it would do, then `finish` prints the budget (the sum of the
+# caps, 480 s at most) and the result files (8 at most); tests/test_gpu_scripts.py checks both.
+# CAP_SCALE multiplies every cap (default 1 on a GPU, 8 without one: the same flow on the CPU interpreter is slower;
+# the printed budget is always the GPU one).
+
+set -uo pipefail
+SCRIPT="$(realpath "$0")" # the script that sourced this file: `timeout` runs its shell functions through it
+export PYTHONUNBUFFERED=1 # logs on disk line by line: a step killed by its cap keeps its output
+PY="${PYTHON:-python3}"
+BUDGET=0      # seconds of caps, GPU scale
+BG_CAP=0      # the largest cap among the background steps not yet waited for
+BG_PIDS=()
+FAILED=0      # exit code of the first failed step
+FILES=("summary.txt")
+
+_declare() {
+  local file
+  for file in "${FILES[@]}"; do [[ $file == "$1" ]] && return; done
+  FILES+=("$1")
+}
+
+_run() { # FILE CAP CMD...: the step itself (foreground or background)
+  local file=$1 cap=$2 start=$SECONDS rc
+  shift 2
+  echo "== $* (cap ${cap} s x ${CAP_SCALE})" >> "$OUT/$file"
+  local command=("$@")
+  declare -F "$1" > /dev/null && command=(bash "$SCRIPT" __call "$@") # timeout runs programs, not functions
+  timeout -k 10 "$((cap * CAP_SCALE))" "${command[@]}" >> "$OUT/$file" 2>&1
+  rc=$?
+  [[ $rc == 124 || $rc == 137 ]] && echo "== stopped by its cap of $((cap * CAP_SCALE)) s" >> "$OUT/$file"
+  printf '%-14s rc=%-3s %4s s (cap %s s x %s)  %s\n' "$file" "$rc" "$((SECONDS - start))" "$cap" "$CAP_SCALE" "$*" \
+    >> "$OUT/summary.txt"
+  echo "[$file] exit code $rc after $((SECONDS - start)) s"
+  return "$rc"
+}
+
+step() {
+  _declare "$1"
+  BUDGET=$((BUDGET + $2))
+  if [[ -n ${DRY_RUN:-} ]]; then echo "step $(printf "%q " "$@")"; return 0; fi
+  _run "$@" || { local rc=$?; [[ $FAILED == 0 ]] && FAILED=$rc; return "$rc"; }
+}
+
+step_bg() {
+  _declare "$1"
+  ((BG_CAP < $2)) && BG_CAP=$2
+  if [[ -n ${DRY_RUN:-} ]]; then echo "step_bg $(printf "%q " "$@")"; return 0; fi
+  _run "$@" &
+  BG_PIDS+=($!)
+}
+
+wait_steps() {
+  BUDGET=$((BUDGET + BG_CAP))
+  BG_CAP=0
+  [[ -n ${DRY_RUN:-} ]] && { echo "wait_steps"; return 0; }
+  local pid rc
+  for pid in "${BG_PIDS[@]}"; do
+    wait "$pid"
+    rc=$?
+    [[ $rc != 0 && $FAILED == 0 ]] && FAILED=$rc
+  done
+  BG_PIDS=()
+}
+
+output() {
+  _declare "$1"
+  [[ -n ${DRY_RUN:-} ]] && echo "output $1"
+  return 0
+}
+
+note() { # a line in summary.txt that is not a step (e.g. why one was skipped)
+  [[ -n ${DRY_RUN:-} ]] && { echo "note $*"; return 0; }
+  echo "$*" | tee -a "$OUT/summary.txt"
+}
+
+finish() {
+  echo "budget ${BUDGET} s; files (${#FILES[@]}): ${FILES[*]}"
+  [[ -n ${DRY_RUN:-} ]] && return 0
+  echo "budget ${BUDGET} s (GPU caps; x ${CAP_SCALE} here); total $SECONDS s" >> "$OUT/summary.txt"
+  cat "$OUT/summary.txt"
+  return "$FAILED"
+}
+
+write_env() { # card, driver, versions: what the results were measured on
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || echo "nvidia-smi: none"
+  "$PY" - <<'EOF'
+import platform, sys
+import torch
+print("python", platform.python_version(), "| torch", torch.__version__, "| torch's CUDA", torch.version.cuda)
+cpu = platform.processor() or platform.machine()
+print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else f"none (CPU, {cpu})")
+for name in ("triton", "timm", "pytest"):
+    try:
+        print(name, __import__(name).__version__)
+    except ImportError:
+        print(name, "not installed")
+EOF
+  nvcc --version 2>/dev/null | tail -1 || echo "nvcc: not found"
+  compute-sanitizer --version 2>/dev/null | head -2 || echo "compute-sanitizer: not found"
+  nproc
+}
+
+# Common set-up: the output folder, the package from this checkout, the GPU or not. Or, called as
+# `SCRIPT __call FUNCTION ARGS...` (by _run, under timeout), run one of the script's functions and exit.
+setup_run() {
+  cd "$(dirname "$SCRIPT")/.." || exit 2
+  if [[ ${1:-} == __call ]]; then
+    shift
+    "$@"
+    exit
+  fi
+  OUT="${1:-benchmarks/results/gpu-$(date -u +%F)}"
+  OUT="$(mkdir -p "$OUT" && cd "$OUT" && pwd)"
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  unset TRITON_INTERPRET MASKSUB_BACKEND
+  if [[ -z ${DRY_RUN:-} ]] && "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+    HAVE_GPU=1
+  else
+    HAVE_GPU=0
+  fi
+  CAP_SCALE="${CAP_SCALE:-$((HAVE_GPU ? 1 : 8))}"
+  export OUT HAVE_GPU CAP_SCALE
+}

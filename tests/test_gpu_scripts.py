@@ -1,0 +1,101 @@
+"""The prepared GPU run (benchmarks/gpu_check.sh, benchmarks/gpu_bench.sh): each call fits the device's window.
+
+A dry run (DRY_RUN=1) prints every step with its cap and the result files; from it: the caps add up to under 8
+minutes, at most 8 files come back, and every path a step names exists. The step machinery itself
+(benchmarks/gpu_lib.sh) is run for real on a throwaway script: results on disk as each step ends, a cap that
+stops a step, shell functions under a cap.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["benchmarks/gpu_check.sh", "benchmarks/gpu_bench.sh"]
+WINDOW_S = 480  # one call: 8 minutes, inside the device's 10-minute command limit and 15-minute session
+MAX_FILES = 8  # what the device tool brings back per call
+REPO_PATH = re.compile(r"^(tests|benchmarks|masksub_kernels|csrc|docs|tools)/[^*<>]*$|^[\w./-]+\.py$")
+
+
+def dry_run(script: str, tmp_path: Path) -> list[list[str]]:
+    env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable}
+    out = subprocess.run(["bash", script, str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [shlex.split(line) for line in out.stdout.splitlines()]
+
+
+def budget(lines: list[list[str]]) -> int:
+    """Seconds of caps: a foreground step adds its cap, background steps until wait_steps add their largest."""
+    total = background = 0
+    for kind, *rest in lines:
+        if kind == "step":
+            total += int(rest[1])
+        elif kind == "step_bg":
+            background = max(background, int(rest[1]))
+        elif kind == "wait_steps":
+            total, background = total + background, 0
+    assert background == 0, "background steps without wait_steps"
+    return total
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_call_fits_the_window(script, tmp_path):
+    lines = dry_run(script, tmp_path)
+    *_, last = lines
+    assert last[0] == "budget"
+    assert budget(lines) == int(last[1]) < WINDOW_S
+    files = {rest[0] for kind, *rest in lines if kind in ("step", "step_bg", "output")} | {"summary.txt", "env.txt"}
+    assert len(files) <= MAX_FILES and f"({len(files)}):" in last
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_steps_name_existing_paths_and_commands(script, tmp_path):
+    lines = dry_run(script, tmp_path)
+    source = (ROOT / script).read_text() + (ROOT / "benchmarks/gpu_lib.sh").read_text()
+    steps = [rest for kind, *rest in lines if kind in ("step", "step_bg")]
+    assert steps
+    for _file, _cap, command, *args in steps:
+        # a shell function of the script or its library, or the Python given
+        assert command == sys.executable or re.search(rf"^{command}\(\) {{", source, re.M), command
+        for arg in args:
+            path = arg.split("=", 1)[-1] if arg.startswith("--ignore=") else arg
+            if REPO_PATH.match(path):
+                assert (ROOT / path).exists(), f"{script} names {path}, which does not exist"
+
+
+def test_gpu_check_runs_the_cuda_tests_and_both_sanitizers(tmp_path):
+    steps = [rest for kind, *rest in dry_run(SCRIPTS[0], tmp_path) if kind in ("step", "step_bg")]
+    commands = [" ".join(step[2:]) for step in steps]
+    assert any(c.startswith("build_extension") for c in commands)
+    assert any("tests/test_cuda_extension.py" in c and "pytest" in c for c in commands)
+    for tool in ("memcheck", "racecheck"):
+        assert any(c.startswith(f"sanitize {tool} tests/test_cuda_extension.py") for c in commands), tool
+
+
+def test_step_machinery_keeps_results_of_finished_steps(tmp_path):
+    script = tmp_path / "demo.sh"
+    script.write_text(
+        f"source {ROOT}/benchmarks/gpu_lib.sh\n"
+        "greet() { echo hello from a function; }\n"
+        'setup_run "$@"\n'
+        "step a.log 5 greet\n"
+        "step b.log 1 bash -c 'echo partial; sleep 30; echo the end'\n"
+        "step a.log 5 false\n"
+        "finish\n"
+    )
+    out = tmp_path / "out"
+    env = {**os.environ, "CAP_SCALE": "1", "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(script), str(out)], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 124  # the first failure: the step stopped by its cap
+    assert sorted(p.name for p in out.iterdir()) == ["a.log", "b.log", "summary.txt"]
+    assert "hello from a function" in (out / "a.log").read_text()
+    log = (out / "b.log").read_text()
+    assert "partial\n" in log and "the end\n" not in log and "stopped by its cap of 1 s" in log
+    summary = (out / "summary.txt").read_text().splitlines()
+    assert [line.split()[:2] for line in summary[:3]] == [["a.log", "rc=0"], ["b.log", "rc=124"], ["a.log", "rc=1"]]
+    assert summary[3].startswith("budget 11 s")
