@@ -67,8 +67,9 @@ def _row_masks(target: torch.Tensor | None, ignore_index: int, shape, device) ->
 
 
 def _mask_rows(values: torch.Tensor, valid: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
-    """values where the row counts, 0 where it is ignored, NaN where its class id is out of range."""
-    return torch.where(bad, torch.nan, torch.where(valid, values, 0.0))
+    """values where the row counts, 0 where it is ignored, NaN where its class id is out of range (valid and bad
+    [M] or [M, 1]: one select over values, the fill decided per row)."""
+    return torch.where(valid & ~bad, values, torch.where(bad, torch.nan, 0.0).to(values.dtype))
 
 
 def _target_weights(target: torch.Tensor, classes: int, eps: float, threshold: float | None, dtype) -> torch.Tensor:
@@ -88,36 +89,73 @@ def _bce_terms(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return pos - torch.where(w != 0, w * x.clamp(max=0), 0.0) + torch.log1p(torch.exp(-x.abs()))
 
 
-def _soft_ce(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return -torch.where(w != 0, w * torch.log_softmax(x, dim=1), 0.0).sum(1)
+def _soft_ce(logp: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum_c -w_c logp_c per row; a class of zero weight adds nothing (even where its logit is -inf)."""
+    return -torch.where(w != 0, w * logp, 0.0).sum(1)
 
 
-def _shift_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    c = x.amax(1)
-    c = torch.where(torch.isneginf(c), 0.0, c)
-    return c, torch.log(torch.exp(x - c[:, None]).sum(1))
+def _log_softmax_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log_softmax(x), c, log l) with c the row max (0 where it is -inf) and l = sum_c exp(x_c - c).
+
+    One fused log_softmax and two row maxima: the largest log-probability is c - log(l) - c, so log l = -max logp
+    (a row of -inf only has l = 0: log l = -inf)."""
+    logp = torch.log_softmax(x, dim=1)
+    top = x.amax(1)
+    log_l = torch.where(torch.isneginf(top), -torch.inf, -logp.amax(1))
+    return logp, torch.where(torch.isneginf(top), 0.0, top), log_l
+
+
+def _class_id_ce(logp: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
+    """sum_c -w_c logp_c for w = (1 - eps) onehot(y) + eps / C, without the one-hot: the target's log-probability
+    and, with smoothing, the row sum (an id outside [0, C) reads a clamped column; its row is masked later)."""
+    classes = logp.shape[1]
+    loss = logp.new_zeros(logp.shape[0])
+    if eps < 1:
+        loss = loss - (1 - eps) * logp.gather(1, target.long().clamp(0, classes - 1)[:, None])[:, 0]
+    if eps > 0:
+        loss = loss - (eps / classes) * logp.sum(1)
+    return loss
 
 
 def loss_forward_reference(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold):
     """fp32 [9, M]: per-row main loss, per-row sub loss (0 for an absent term or an ignored row, NaN for a class id
-    outside [0, C)), then the stats."""
+    outside [0, C)), then the stats.
+
+    The CPU path of the op as well as the oracle, so it avoids [M, C] work that the maths does not need: class ids
+    never become a one-hot matrix, the teacher softmax(z) is exp of the main term's log-softmax at T = 1."""
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     z = logits.to(acc)
     rows, classes = z.shape
     valid, bad = _row_masks(target, ignore_index, z.shape, z.device)
     out = torch.zeros(NUM_OUT, rows, dtype=torch.float32, device=z.device)
+    log_p_z = None
     if target is not None:
-        w = _target_weights(target, classes, label_smoothing, threshold, acc)
-        out[MAIN] = _mask_rows(_bce_terms(z, w).mean(1) if bce else _soft_ce(z, w), valid, bad)
-        if not bce:
-            out[C_Z], out[LOG_L_Z] = _shift_stats(z)
-            out[S_Z] = w.sum(1)
+        if bce:
+            w = _target_weights(target, classes, label_smoothing, threshold, acc)
+            out[MAIN] = _mask_rows(_bce_terms(z, w).mean(1), valid, bad)
+        else:
+            log_p_z, out[C_Z], out[LOG_L_Z] = _log_softmax_stats(z)
+            if not target.is_floating_point():
+                main = _class_id_ce(log_p_z, target, label_smoothing)
+                out[S_Z] = (1 - label_smoothing) * ((target >= 0) & (target < classes)) + label_smoothing
+            else:
+                w = _target_weights(target, classes, label_smoothing, threshold, acc)
+                main, out[S_Z] = _soft_ce(log_p_z, w), w.sum(1)
+            out[MAIN] = _mask_rows(main, valid, bad)
     if sub_logits is not None:
-        x, zt = sub_logits.to(acc) / temperature, z / temperature
-        values = _bce_terms(x, torch.sigmoid(zt)).mean(1) if bce else _soft_ce(x, torch.softmax(zt, dim=1))
+        x, zt = sub_logits.to(acc), z
+        if temperature != 1:
+            x, zt = x / temperature, z / temperature
+        if bce:
+            values = _bce_terms(x, torch.sigmoid(zt)).mean(1)
+        else:
+            if log_p_z is not None and temperature == 1:  # the teacher's log-softmax is the main term's
+                log_p_t, out[C_T], out[LOG_L_T] = log_p_z, out[C_Z], out[LOG_L_Z]
+            else:
+                log_p_t, out[C_T], out[LOG_L_T] = _log_softmax_stats(zt)
+            log_p_x, out[C_S], out[LOG_L_S] = _log_softmax_stats(x)
+            values = _soft_ce(log_p_x, torch.exp(log_p_t))
         out[SUB] = _mask_rows(values * temperature**2, valid, bad)
-        if not bce:
-            (out[C_S], out[LOG_L_S]), (out[C_T], out[LOG_L_T]) = _shift_stats(x), _shift_stats(zt)
     return out
 
 
@@ -131,11 +169,23 @@ def loss_backward_reference(grad_main, grad_sub, out, logits, sub_logits, target
     per_class = 1.0 / classes if bce else 1.0
     dz = ds = logits.new_empty(0)
     if grad_main is not None:
-        w = _target_weights(target, classes, eps, thr, acc)
-        p = torch.sigmoid(z) if bce else torch.softmax(z, dim=1) * w.sum(1, keepdim=True)
-        dz = _mask_rows(grad_main.to(acc)[:, None] * per_class * (p - w), valid, bad).to(logits.dtype)
+        g = grad_main.to(acc)[:, None] * per_class
+        if not bce and not target.is_floating_point():
+            # p S - w with S = sum_c w_c and w = (1 - eps) onehot(y) + eps / C: the one-hot as one scatter
+            in_range = ((target >= 0) & (target < classes))[:, None]
+            weight_sum = (1 - eps) * in_range + eps
+            grad = g * (torch.softmax(z, dim=1) * weight_sum - eps / classes)
+            target_column = target.long().clamp(0, classes - 1)[:, None]
+            grad.scatter_add_(1, target_column, -(1 - eps) * g * in_range)
+        else:
+            w = _target_weights(target, classes, eps, thr, acc)
+            p = torch.sigmoid(z) if bce else torch.softmax(z, dim=1) * w.sum(1, keepdim=True)
+            grad = g * (p - w)
+        dz = _mask_rows(grad, valid, bad).to(logits.dtype)
     if grad_sub is not None:
-        x, zt = sub_logits.to(acc) / temperature, z / temperature
+        x, zt = sub_logits.to(acc), z
+        if temperature != 1:
+            x, zt = x / temperature, z / temperature
         act = torch.sigmoid if bce else (lambda v: torch.softmax(v, dim=1))
         g = grad_sub.to(acc)[:, None] * (temperature * per_class)
         ds = _mask_rows(g * (act(x) - act(zt)), valid, bad).to(sub_logits.dtype)
