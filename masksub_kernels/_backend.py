@@ -193,20 +193,31 @@ def _serves(name: str, device_type: str) -> bool:
     return device_type in _extensions or (device_type == "cuda" and _compiled_extension_missing() is None)
 
 
-def resolve_backend(device: torch.device | str, op: str | Iterable[str] | None = None) -> str:
+def resolve_backend(
+    device: torch.device | str, op: str | Iterable[str] | None = None, implemented: Iterable[str] = _CONCRETE
+) -> str:
     """The concrete backend an op on tensors of ``device`` runs with under the current setting.
 
     When ``op`` is given (a name or several) the choice is recorded, so that ``last_backend(op)`` can say what ran.
-    Raises RuntimeError when the requested backend cannot take tensors of that device, saying what it needs.
+    ``implemented``: the backends the op has (``auto`` skips the others). Raises RuntimeError when the requested
+    backend cannot take tensors of that device, or the op lacks it, saying what it needs.
     """
     device = check_device(device)
     requested = get_backend()
     if requested == "auto":
         chosen = "torch"
         if device.type == "cuda":
-            chosen = next((b for b in ("triton", "cuda") if _serves(b, "cuda")), "torch")
+            chosen = next((b for b in ("triton", "cuda") if b in implemented and _serves(b, "cuda")), "torch")
+    elif requested not in implemented:
+        name = op if isinstance(op, str) else "/".join(op or ("this op",))
+        raise RuntimeError(
+            f"backend {requested!r} has no implementation of {name}: select one of {', '.join(implemented)} "
+            "(mk.set_backend / MASKSUB_BACKEND)"
+        )
     elif requested == "torch" or _serves(requested, device.type):
         chosen = requested
+    elif device.type == "cuda":  # a CUDA tensor, a backend that cannot run here: say what is missing
+        raise RuntimeError(f"backend {requested!r} cannot run on {device}: {_compiled_reason(requested)}")
     elif requested == "triton":
         raise RuntimeError(
             f"backend 'triton' got tensors on {device}: the Triton kernels need CUDA tensors "
@@ -222,6 +233,12 @@ def resolve_backend(device: torch.device | str, op: str | Iterable[str] | None =
         for name in (op,) if isinstance(op, str) else op:
             _last_used[name] = chosen
     return chosen
+
+
+def _compiled_reason(name: str) -> str:
+    """Why backend ``name`` cannot take CUDA tensors (Triton does not import; masksub_kernels._C does not)."""
+    reason = _triton_missing() if name == "triton" else _compiled_extension_missing()
+    return reason or "no CUDA device is present"
 
 
 def last_backend(op: str | None = None) -> str | dict[str, str] | None:

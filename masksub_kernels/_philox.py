@@ -65,11 +65,16 @@ def resolve_seed(seed: int | torch.Tensor | None, device: torch.device) -> tuple
     if seed.dtype != torch.int64 or seed.numel() != 1:
         raise TypeError(f"a seed tensor must hold one int64, got {seed.dtype} with {seed.numel()} elements")
     device = torch.device(device)
-    if seed.device.type != device.type or (
-        seed.device.index is not None and device.index is not None and seed.device.index != device.index
-    ):
+    if _concrete(seed.device) != _concrete(device):  # 'cuda' is the current CUDA device, as where outputs go
         raise ValueError(f"the seed tensor must be on the op's device ({device}), got {seed.device}")
     return 0, seed.reshape(1)
+
+
+def _concrete(device: torch.device) -> torch.device:
+    """A CUDA device with its index (an index-less 'cuda' is the current device); others unchanged."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def seed_value(seed: int, seed_tensor: torch.Tensor | None) -> int:

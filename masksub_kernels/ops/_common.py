@@ -6,6 +6,7 @@ import functools
 import inspect
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import _backend
 
@@ -71,12 +72,15 @@ class MaskSubOp:
 
     def __init__(self, name: str, schema, device_arg: str, implementations: dict, records: tuple[str, ...]):
         parameters = list(inspect.signature(schema).parameters)
-        if set(implementations) != {"torch", "triton", "cuda"}:
-            raise ValueError(f"op {name}: implementations for torch, triton and cuda are required")
+        if not callable(implementations["torch"]) or not all(
+            f is None or callable(f) for f in implementations.values()
+        ):
+            raise TypeError(f"op {name}: the torch implementation is required, the others are functions or None")
         self.name = name
         self.records = records
         self._device_index = parameters.index(device_arg)
         self._implementations = implementations
+        self._implemented = tuple(backend for backend, f in implementations.items() if f is not None)
         self._fake = None
         self._function = None
         implementation = functools.update_wrapper(lambda *args: self.run(*args), schema)
@@ -88,9 +92,12 @@ class MaskSubOp:
         device = device.device if isinstance(device, torch.Tensor) else device
         if device.type == "meta" and self._fake is not None:
             return self._fake(*args)
-        backend = _backend.resolve_backend(device, self.records)
+        backend = _backend.resolve_backend(device, self.records, implemented=self._implemented)
         if backend == "cuda":
             return self._implementations["cuda"](_backend.extension(device.type), *args)
+        if backend == "triton" and device.type == "cuda" and device.index not in (None, torch.cuda.current_device()):
+            with torch.cuda.device(device):  # Triton launches on the current device and stream, not the tensors'
+                return self._implementations["triton"](*args)
         return self._implementations[backend](*args)
 
     def register_fake(self, fake):
@@ -104,10 +111,12 @@ class MaskSubOp:
 
         class Function(torch.autograd.Function):
             @staticmethod
-            def forward(ctx, *args):
-                output = run(*args)
-                setup_context(ctx, args, output)
-                return output
+            def forward(*args):
+                return run(*args)
+
+            @staticmethod
+            def setup_context(ctx, inputs, output):
+                setup_context(ctx, inputs, output)
 
             @staticmethod
             def backward(ctx, *grads):
@@ -116,7 +125,7 @@ class MaskSubOp:
         self._function = Function
 
     def __call__(self, *args):
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or _tracing(args):
             return self.custom_op(*args)
         if self._function is not None and torch.is_grad_enabled():
             if any(isinstance(arg, torch.Tensor) and arg.requires_grad for arg in args):
@@ -124,9 +133,23 @@ class MaskSubOp:
         return self.run(*args)
 
 
+def _tracing(args) -> bool:
+    """Whether something other than torch.compile traces this call (make_fx / AOTAutograd's dispatch modes, fake or
+    other tensor subclasses): the custom op then runs, so that the tracer sees one opaque node and its registered
+    fake and autograd, never a kernel launched on a tensor without data. torch.func transforms are not supported
+    (custom ops cannot take them, and the kernels cannot read functorch's wrapped tensors)."""
+    if _get_current_dispatch_mode() is not None:
+        return True
+    return any(isinstance(arg, torch.Tensor) and type(arg) not in _PLAIN_TENSORS for arg in args)
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
 def masksub_op(name: str, *, device: str, torch, triton, cuda, records: tuple[str, ...] | None = None):
     """Decorator over a signature (its body unused): ``@masksub_op("gather_tokens", device="x", torch=...,
-    triton=..., cuda=...)`` makes the op ``masksub::gather_tokens`` with those implementations. ``records``: the
-    names under which ``last_backend`` reports it (default: ``name``)."""
+    triton=..., cuda=...)`` makes the op ``masksub::gather_tokens`` with those implementations (None: the backend
+    does not have it; ``auto`` then skips it). ``records``: the names under which ``last_backend`` reports it
+    (default: ``name``; ops that serve several public functions report under all of them)."""
     implementations = {"torch": torch, "triton": triton, "cuda": cuda}
     return lambda schema: MaskSubOp(name, schema, device, implementations, records or (name,))

@@ -332,14 +332,6 @@ def _backward_triton(
     return dh, dhs, dw, db
 
 
-def _no_cuda_extension(extension, *args):
-    raise RuntimeError(
-        "linear_masksub_loss has no CUDA-extension (csrc/) implementation yet: select the 'triton' backend (CUDA "
-        "tensors, or CPU tensors under TRITON_INTERPRET=1) or 'torch' (any device): mk.set_backend(...) or "
-        "MASKSUB_BACKEND"
-    )
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Custom ops (opaque to torch.compile, no host syncs on CUDA tensors) and autograd
 # ----------------------------------------------------------------------------------------------------------------
@@ -350,7 +342,7 @@ def _no_cuda_extension(extension, *args):
     device="hidden",
     torch=linear_loss_forward_reference,
     triton=_forward_triton,
-    cuda=_no_cuda_extension,
+    cuda=None,  # no CUDA-extension (csrc/) implementation yet: auto takes triton or torch
     records=("linear_masksub_loss",),
 )
 def _linear_loss_op(
@@ -378,7 +370,7 @@ def _(hidden, *options):
     device="hidden",
     torch=linear_loss_backward_reference,
     triton=_backward_triton,
-    cuda=_no_cuda_extension,
+    cuda=None,  # no CUDA-extension (csrc/) implementation yet: auto takes triton or torch
 )
 def _linear_loss_backward_op(
     grad_main: torch.Tensor | None,

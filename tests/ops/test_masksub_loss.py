@@ -353,7 +353,9 @@ def test_opcheck_and_torch_compile(backend):
     sub.requires_grad_(True)
     args = (main, sub, target, False, 0.1, -100, 2.0, None)
     torch.library.opcheck(
-        ml._loss_op.custom_op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
+        ml._loss_op.custom_op,
+        args,
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"),
     )
     compiled = torch.compile(lambda a, b, y: mk.masksub_loss(a, b, y).loss, fullgraph=True, backend="aot_eager")
     value = compiled(main, sub, target)

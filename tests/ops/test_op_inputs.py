@@ -247,3 +247,37 @@ def test_invalid_arguments_raise_value_or_type_errors(op, bad, backend_name):
         return
     with mk.use_backend(backend_name), pytest.raises((ValueError, TypeError)):
         call()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tracing other than torch.compile (make_fx / AOTAutograd): the custom op runs, never a kernel on a tensor without
+# data
+# ---------------------------------------------------------------------------------------------------------------
+
+OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+def test_opcheck_of_the_token_and_grid_ops(backend):
+    from masksub_kernels.ops import grid_mask, token_grid_mask, token_select
+
+    x = torch.randn(2, 1 + 8, 4, device=DEVICE, requires_grad=True)
+    ids = torch.tensor([[0, 5, 2], [7, 1, 3]], device=DEVICE)
+    torch.library.opcheck(token_select._gather_op.custom_op, (x, ids, None, 1), test_utils=OPCHECK_UTILS)
+    cells = torch.tensor([[[True, False], [False, True]]], device=DEVICE)
+    images = torch.randn(1, 3, 8, 8, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(grid_mask._mask_image_op.custom_op, (images, cells, 4, 0.5), test_utils=OPCHECK_UTILS)
+    tokens = torch.randn(1, 4, 4, 3, device=DEVICE, requires_grad=True)
+    mask_token = torch.randn(3, device=DEVICE, requires_grad=True)
+    args = (tokens, mask_token, cells, 2)
+    torch.library.opcheck(token_grid_mask._mask_tokens_op.custom_op, args, test_utils=OPCHECK_UTILS)
+
+
+def test_auto_skips_a_backend_that_an_op_lacks(monkeypatch):
+    from masksub_kernels import _backend
+
+    monkeypatch.setattr(_backend, "_requested", "auto")
+    assert _backend.resolve_backend("cpu", implemented=("torch", "triton")) == "torch"
+    monkeypatch.setattr(_backend, "_cuda_device_present", lambda: True)
+    monkeypatch.setattr(_backend, "_serves", lambda name, device_type: name == "cuda")
+    assert _backend.resolve_backend("cuda", implemented=("torch", "triton")) == "torch"
+    assert _backend.resolve_backend("cuda", implemented=("torch", "triton", "cuda")) == "cuda"
