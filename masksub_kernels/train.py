@@ -111,9 +111,30 @@ def _distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
     """(rank, world, device); initialises the process group under torchrun (NCCL on GPUs, gloo on CPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    try:
+        device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device_arg!r} is not a torch device (cpu, cuda, cuda:1, ...): {exc}") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device_arg!r}: this command trains on cpu or cuda")
     if device.type == "cuda":
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus == 0:
+            raise UsageError(f"--device {device_arg!r} asks for a GPU but torch sees none: pass --device cpu")
+        if world > 1:
+            # One process per GPU: process r takes cuda:r. With fewer GPUs than processes some would ask for a GPU
+            # that does not exist (or two would share one); refuse rather than guess.
+            if device.index is not None:
+                raise UsageError("under torchrun each process takes the GPU of its local rank: pass --device cuda")
+            if local_world > gpus:
+                raise UsageError(
+                    f"{local_world} processes on this machine but {gpus} GPU(s): run torchrun with "
+                    f"--nproc_per_node={gpus}, or pass --device cpu (gloo)"
+                )
         device = torch.device("cuda", local_rank if world > 1 else (device.index or 0))
+        if device.index >= gpus:
+            raise UsageError(f"--device {device_arg!r}: torch sees {gpus} GPU(s), cuda:0 to cuda:{gpus - 1}")
         torch.cuda.set_device(device)
     if world > 1:
         import torch.distributed as dist
@@ -180,6 +201,58 @@ def _check_model_size(model: torch.nn.Module, img_size: int) -> None:
         )
 
 
+# (option, lowest, highest, whether the lowest is allowed, whether the highest is allowed); None: no bound.
+_RANGES = (
+    ("epochs", 1, None, True, True),
+    ("batch_size", 1, None, True, True),
+    ("grad_accum_steps", 1, None, True, True),
+    ("log_interval", 1, None, True, True),
+    ("workers", 0, None, True, True),
+    ("lr", 0.0, None, False, True),
+    ("weight_decay", 0.0, None, True, True),
+    ("momentum", 0.0, 1.0, True, False),
+    ("warmup_epochs", 0, None, True, True),
+    ("warmup_lr", 0.0, None, True, True),
+    ("min_lr", 0.0, None, True, True),
+    ("clip_grad", 0.0, None, False, True),  # a negative max norm would flip the gradient's sign
+    ("smoothing", 0.0, 1.0, True, False),  # 1 would train towards the uniform target
+    ("mixup", 0.0, None, True, True),
+    ("cutmix", 0.0, None, True, True),
+    ("mixup_prob", 0.0, 1.0, True, True),
+    ("mixup_switch_prob", 0.0, 1.0, True, True),
+    ("mask_ratio", 0.0, 1.0, True, False),
+    ("bce_target_thresh", 0.0, 1.0, True, False),
+    ("cell_size", 1, None, True, True),
+    ("drop", 0.0, 1.0, True, False),
+    ("drop_path", 0.0, 1.0, True, False),
+)
+
+
+def _check_args(args) -> None:
+    """Every option's range, checked before anything is built: a bad value is a one-line error, never a
+    traceback from deep inside torch or timm, nor (a negative --clip-grad) a silently wrong run. The ranges are
+    checked even where an option is unused (--mask-ratio with --baseline): a typo should not wait for a rerun."""
+    import math
+
+    for name, low, high, low_ok, high_ok in _RANGES:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        inside = math.isfinite(value) and (value > low or (low_ok and value == low))
+        if high is not None:
+            inside = inside and (value < high or (high_ok and value == high))
+        if not inside:
+            lo, hi = "[" if low_ok else "(", "]" if high_ok and high is not None else ")"
+            bound = f"in {lo}{low}, {high if high is not None else 'inf'}{hi}"
+            raise UsageError(f"--{name.replace('_', '-')} must be {bound}, got {value}")
+    if args.bce_target_thresh is not None and args.loss != "bce":
+        raise UsageError("--bce-target-thresh binarises BCE targets: it needs --loss bce")
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        raise UsageError(f"data directory {args.data_dir!r} does not exist")
+    if (args.mixup > 0 or args.cutmix > 0) and args.batch_size % 2:
+        raise UsageError(f"Mixup / CutMix need an even --batch-size, got {args.batch_size}")
+
+
 def _setup(args):
     """Everything before the first epoch; raises UsageError for configuration mistakes."""
     from timm.data import Mixup
@@ -191,14 +264,16 @@ def _setup(args):
     from .training.engine import seed_epoch
 
     args.model_kwargs = parse_kwargs(args.model_kwargs)
-    for name in ("epochs", "batch_size", "grad_accum_steps", "log_interval"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.data_dir is not None and not os.path.isdir(args.data_dir):
-        raise UsageError(f"data directory {args.data_dir!r} does not exist")
+    _check_args(args)
     mixing = args.mixup > 0 or args.cutmix > 0
-    if mixing and args.batch_size % 2:
-        raise UsageError(f"Mixup / CutMix need an even --batch-size, got {args.batch_size}")
+    # Where the label smoothing goes. Without Mixup / CutMix: in the loss. With them: in timm's Mixup, which smooths
+    # the mixed targets -- unless BCE binarises them (--bce-target-thresh): every entry of a smoothed target is
+    # >= eps / C, so a threshold below that would make every class positive (an all-ones target). Then the loss
+    # smooths after binarising, as soft_target_bce does (w = (1 - eps) [y > t] + eps / C). DeiT-III's own recipe
+    # passes --smoothing 0.0 with its BCE loss; the README's DeiT-III line does the same.
+    binarised = args.bce_target_thresh is not None
+    args.loss_smoothing = args.smoothing if (binarised or not mixing) else 0.0
+    args.mixup_smoothing = 0.0 if binarised else args.smoothing
     rank, world, device = _distributed(args.device)
     seed_epoch(args.seed, -1, 0)  # model initialisation: the same on every rank (DDP broadcasts rank 0's anyway)
     img_size = _img_size(args, args.model_kwargs)
@@ -224,12 +299,13 @@ def _setup(args):
                 loss=args.loss,
                 variant=args.variant,
                 target_threshold=args.bce_target_thresh,
-                label_smoothing=0.0 if mixing else args.smoothing,
+                label_smoothing=args.loss_smoothing,
                 cell_size=args.cell_size,
             ).to(device)
             ms.check_input_size(img_size)
         except ValueError as exc:
-            raise UsageError(str(exc)) from exc
+            hint = " (--img-size, --cell-size)" if "cell_size=" in str(exc) or "images of" in str(exc) else ""
+            raise UsageError(f"{exc}{hint}") from exc
     trained = ms if ms is not None else model
     optimizer = create_optimizer_v2(
         trained, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum
@@ -259,7 +335,7 @@ def _setup(args):
             cutmix_alpha=args.cutmix,
             prob=args.mixup_prob,
             switch_prob=args.mixup_switch_prob,
-            label_smoothing=args.smoothing,
+            label_smoothing=args.mixup_smoothing,
             num_classes=data.num_classes,
         )
     amp = args.amp and device.type == "cuda"
@@ -296,6 +372,59 @@ class _Truncated:
             yield batch
 
 
+# The options that shape the learning-rate schedule: a resumed run with other values gets a new schedule.
+_SCHEDULE_OPTIONS = ("epochs", "sched", "lr", "warmup_epochs", "warmup_lr", "min_lr", "batch_size", "grad_accum_steps")
+
+
+def _resume(args, s: dict, load_checkpoint) -> tuple[int, int, list]:
+    """Load --resume into the set-up run; returns (first epoch to train, optimizer updates so far, log rows).
+
+    Same schedule options as the checkpoint's run: the scheduler's state is restored and the run continues exactly.
+    Other ones (e.g. a larger --epochs to extend a run): the new schedule is followed from the current update on, as
+    timm's train.py does, and a note says so -- restoring the old state would silently keep the old schedule (timm
+    schedulers save their length in their state)."""
+    try:
+        ckpt = load_checkpoint(args.resume)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    except Exception as exc:  # a truncated file, or not a torch file at all
+        raise UsageError(f"cannot read checkpoint {args.resume!r}: {exc}") from exc
+    needed = ("module", "optimizer", "scheduler", "epoch", "num_updates", "log")
+    if not isinstance(ckpt, dict) or any(key not in ckpt for key in needed):
+        raise UsageError(f"{args.resume!r} is not a {PROG} checkpoint (it lacks {', '.join(needed)})")
+    try:
+        s["trained"].load_state_dict(ckpt["module"])
+        s["optimizer"].load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        what = "--baseline " if args.baseline else ""
+        raise UsageError(
+            f"checkpoint {args.resume!r} does not fit this {what}model ({args.model} {args.model_kwargs}): resume "
+            f"with the options it was trained with. {str(exc).splitlines()[0]}"
+        ) from exc
+    start_epoch, num_updates = ckpt["epoch"] + 1, ckpt["num_updates"]
+    if start_epoch >= args.epochs:
+        raise UsageError(
+            f"checkpoint {args.resume!r} is after epoch {start_epoch} and --epochs is {args.epochs}: nothing to "
+            "train (pass a larger --epochs to extend the run)"
+        )
+    old = ckpt.get("args", {})
+    changed = [name for name in _SCHEDULE_OPTIONS if name in old and old[name] != getattr(args, name)]
+    if not changed:
+        s["scheduler"].load_state_dict(ckpt["scheduler"])
+    else:
+        s["scheduler"].step_update(num_updates=num_updates)  # the new schedule's value at this update
+        if s["rank"] == 0:
+            diffs = ", ".join(f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed)
+            print(
+                f"{PROG}: note: resuming with {diffs}: the learning rate follows the new schedule from update "
+                f"{num_updates} on (the updates so far followed the old one)",
+                file=sys.stderr,
+            )
+    if s["scaler"] is not None and ckpt.get("scaler"):
+        s["scaler"].load_state_dict(ckpt["scaler"])
+    return start_epoch, num_updates, ckpt["log"]
+
+
 def _run(args) -> None:
     import torch.distributed as dist
 
@@ -322,22 +451,13 @@ def _run(args) -> None:
         criterion = functools.partial(  # the same main criterion as MaskSub's
             supervised_loss,
             mode=args.loss,
-            label_smoothing=0.0 if s["mixing"] else args.smoothing,
+            label_smoothing=args.loss_smoothing,
             target_threshold=args.bce_target_thresh,
         )
         step = PlainStep(model, criterion, ddp)
     start_epoch, num_updates, rows, wall = 0, 0, [], 0.0
     if args.resume:
-        try:
-            ckpt = load_checkpoint(args.resume)
-        except FileNotFoundError as exc:
-            raise UsageError(str(exc)) from exc
-        s["trained"].load_state_dict(ckpt["module"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, num_updates, rows = ckpt["epoch"] + 1, ckpt["num_updates"], ckpt["log"]
+        start_epoch, num_updates, rows = _resume(args, s, load_checkpoint)
         wall = rows[-1]["wall_time_s"] if rows else 0.0
     meta = {
         "command": " ".join([PROG, *sys.argv[1:]]),
