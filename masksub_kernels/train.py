@@ -2,7 +2,7 @@
 
     masksub-train --model vit_tiny_patch16_224 --model-kwargs img_size=32 patch_size=4 --epochs 30
     torchrun --nproc_per_node=8 -m masksub_kernels.train --data-dir /data/imagenet --model deit3_small_patch16_224 \
-        --loss bce --bce-target-thresh 0.0 --mixup 0.8 --cutmix 1.0 --amp
+        --loss bce --bce-target-thresh 0.0 --mixup 0.8 --cutmix 1.0 --smoothing 0.0 --amp
 
 timm provides the model (``create_model`` with any kwargs), the data transforms and ImageFolder reader, Mixup /
 CutMix, the optimizer (``create_optimizer_v2``: weight decay off for 1-D parameters and ``no_weight_decay()``
