@@ -307,9 +307,12 @@ def _setup(args):
             hint = " (--img-size, --cell-size)" if "cell_size=" in str(exc) or "images of" in str(exc) else ""
             raise UsageError(f"{exc}{hint}") from exc
     trained = ms if ms is not None else model
-    optimizer = create_optimizer_v2(
-        trained, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum
-    )
+    try:
+        optimizer = create_optimizer_v2(
+            trained, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum
+        )
+    except ValueError as exc:  # an unknown name: timm says "not found in registry"
+        raise UsageError(f"--opt {args.opt}: {exc} (timm.optim.list_optimizers() lists them)") from exc
     workers = args.workers if args.workers is not None else (0 if args.data_dir is None else 4)
     batches = len(data.train) // world // args.batch_size
     updates_per_epoch = batches // args.grad_accum_steps
@@ -318,16 +321,19 @@ def _setup(args):
             f"{len(data.train)} training images over {world} process(es) give {batches} batches of {args.batch_size}: "
             f"fewer than --grad-accum-steps {args.grad_accum_steps}"
         )
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched=args.sched,
-        num_epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs,
-        warmup_lr=args.warmup_lr,
-        min_lr=args.min_lr,
-        step_on_epochs=False,
-        updates_per_epoch=updates_per_epoch,
-    )
+    try:
+        scheduler, _ = create_scheduler_v2(
+            optimizer,
+            sched=args.sched,
+            num_epochs=args.epochs,
+            warmup_epochs=args.warmup_epochs,
+            warmup_lr=args.warmup_lr,
+            min_lr=args.min_lr,
+            step_on_epochs=False,
+            updates_per_epoch=updates_per_epoch,
+        )
+    except ValueError as exc:  # an unknown name
+        raise UsageError(f"--sched {args.sched}: {exc}") from exc
     mixup = None
     if mixing:
         mixup = Mixup(

@@ -51,6 +51,8 @@ def _error(tmp_path, capsys, *args: str) -> str:
         (["--loss", "bce", "--bce-target-thresh", "1.0"], "--bce-target-thresh must be in [0.0, 1.0)"),
         (["--baseline", "--bce-target-thresh", "0.0"], "needs --loss bce"),
         (["--device", "gpu"], "is not a torch device"),
+        (["--opt", "adamx"], "--opt adamx: Optimizer adamx not found"),
+        (["--sched", "cosinus"], "--sched cosinus: Unknown scheduler"),
         (["--device", "cuda:7"] if torch.cuda.is_available() else ["--device", "cuda"], "GPU"),
     ],
 )
