@@ -110,4 +110,26 @@ def check_input_size(
                 f"image size {grid[0]} x {grid[1]} is not divisible by the mask cell of {cell_size} pixels: use a "
                 f"multiple of {cell_size}, or another cell_size"
             )
-    num_kept_tokens((grid[0] // cell_size) * (grid[1] // cell_size), mask_ratio)
+    _check_cells(family, grid, patch[0] if family == "swin" else 1, cell_size, mask_ratio)
+
+
+def _check_cells(family: str, grid: tuple[int, int], patch: int, cell_size: int, mask_ratio: float) -> None:
+    """A grid of too few cells keeps none: say which image size or cell size would keep one (the bare
+    ``num_kept_tokens`` error talks about tokens, which means nothing to a CNN user)."""
+    import math
+
+    cells = (grid[0] // cell_size) * (grid[1] // cell_size)
+    needed = math.ceil(1.0 / (1.0 - mask_ratio) - 1e-9)  # the fewest cells of which floor(n (1 - r)) keeps one
+    if cells >= needed:
+        return
+    side = math.ceil(math.sqrt(needed))  # cells per side of the smallest square grid that keeps one
+    smaller = [c for c in range(cell_size - 1, 0, -1) if not grid[0] % c and not grid[1] % c]
+    smaller = [c for c in smaller if (grid[0] // c) * (grid[1] // c) >= needed]
+    unit = "tokens" if family == "swin" else "pixels"
+    hint = f"images of {side * cell_size * patch} x {side * cell_size * patch} pixels or more"
+    if smaller:
+        hint += f", or cell_size={smaller[0]}"
+    raise ValueError(
+        f"mask_ratio={mask_ratio} keeps none of the {cells} mask cell(s) of {cell_size} {unit} that fit "
+        f"{grid[0] * patch} x {grid[1] * patch} images (it needs at least {needed} cells): use {hint}"
+    )

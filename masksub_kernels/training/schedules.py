@@ -32,7 +32,7 @@ from .._philox import new_seed
 
 SCHEDULES = ("sequential", "joint")
 
-__all__ = ["SCHEDULES", "optimizer_step", "train_step"]
+__all__ = ["SCHEDULES", "check_optimizer_params", "optimizer_step", "train_step"]
 
 
 def optimizer_step(
@@ -42,6 +42,8 @@ def optimizer_step(
     clip_grad: float | None = None,
 ) -> None:
     """Unscale (when clipping under a scaler), clip the gradient norm of ``params`` to ``clip_grad``, step."""
+    if clip_grad is not None and not clip_grad > 0:  # torch would scale by a negative factor: a flipped gradient
+        raise ValueError(f"clip_grad must be a max norm > 0 (or None: no clipping), got {clip_grad}")
     params = [p for p in params if p.grad is not None]
     if scaler is not None:
         if clip_grad is not None:
@@ -55,11 +57,26 @@ def optimizer_step(
         optimizer.step()
 
 
+def check_optimizer_params(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Raise a ValueError when ``optimizer`` holds none of ``module``'s parameters: one built from another model
+    (or an earlier copy of this one) would step nothing here, and training would run on, silently unchanged."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not any(id(p) in held for p in module.parameters()):
+        raise ValueError(
+            f"the optimizer holds none of this {type(module).__name__}'s parameters (it was built from another model, "
+            "or from a copy): build it from the model being trained, e.g. timm.optim.create_optimizer_v2(ms, ...)"
+        )
+
+
 def _check_optimizer(ms, optimizer: torch.optim.Optimizer) -> None:
-    """The Swin mask token lives on the wrapper: an optimizer built from the bare model would never train it."""
-    if ms.mask_token is None or id(optimizer) in ms._checked_optimizers:
+    """The optimizer must hold the wrapper's parameters, the Swin mask token included (it lives on the wrapper: an
+    optimizer built from the bare model would never train it). Checked once per optimizer."""
+    if id(optimizer) in ms._checked_optimizers:
         return
-    if not any(p is ms.mask_token for group in optimizer.param_groups for p in group["params"]):
+    check_optimizer_params(ms, optimizer)
+    if ms.mask_token is not None and not any(
+        p is ms.mask_token for group in optimizer.param_groups for p in group["params"]
+    ):
         raise ValueError(
             "the optimizer does not hold MaskSub's mask_token: build it from the wrapper (e.g. "
             "timm.optim.create_optimizer_v2(ms, ...) or ms.parameters()), not from the bare model"
@@ -101,6 +118,8 @@ def train_step(
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if isinstance(accum_steps, bool) or not isinstance(accum_steps, int) or accum_steps < 1:
         raise ValueError(f"accum_steps must be an int >= 1, got {accum_steps!r}")
+    if clip_grad is not None and not clip_grad > 0:  # checked here too, so it fails before any work is done
+        raise ValueError(f"clip_grad must be a max norm > 0 (or None: no clipping), got {clip_grad}")
     if not ms.training:
         raise RuntimeError("train_step needs the MaskSub wrapper in train mode (call ms.train())")
     _check_optimizer(ms, optimizer)

@@ -1,0 +1,240 @@
+"""``masksub-train``: train any timm image model with MaskSub (or plainly, ``--baseline``), built on timm's pieces.
+
+    masksub-train --model vit_tiny_patch16_224 --model-kwargs img_size=32 patch_size=4 --epochs 30
+    torchrun --nproc_per_node=8 -m masksub_kernels.train --data-dir /data/imagenet --model deit3_small_patch16_224 \
+        --loss bce --bce-target-thresh 0.0 --mixup 0.8 --cutmix 1.0 --smoothing 0.0 --amp
+
+timm provides the model (``create_model`` with any kwargs), the data transforms and ImageFolder reader, Mixup /
+CutMix, the optimizer (``create_optimizer_v2``: weight decay off for 1-D parameters and ``no_weight_decay()``
+names, the Swin mask token included) and the LR schedule (``create_scheduler_v2``, stepped per update). This file
+wires them to ``MaskSub.train_step`` (schedules.py) and the epoch loop (engine.py); setup.py builds the
+run and checks the options.
+
+Without ``--data-dir`` the embedded digits set is used (training/data.py). Every epoch writes ``log.csv`` /
+``log.json`` and ``last.pth`` in ``--output``; ``--resume PATH`` continues a run exactly (same weights as an
+uninterrupted run, on the same machine and software).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+
+import torch
+
+from .setup import PROG, Setup, UsageError, parse_kwargs, resume, setup
+
+__all__ = ["PROG", "UsageError", "build_parser", "main", "parse_kwargs"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default="vit_tiny_patch16_224", help="any timm model name")
+    g.add_argument("--model-kwargs", nargs="*", default=None, metavar="K=V", help="extra create_model kwargs")
+    g.add_argument("--data-dir", default=None, help="ImageFolder root with train/ and val/ (default: digits)")
+    g.add_argument("--img-size", type=int, default=None, help="input size (default: model img_size, 32 for digits)")
+    g.add_argument("--no-aug", action="store_true", help="no training augmentation")
+    g.add_argument("--workers", type=int, default=None, help="loader processes (default 0 for digits, else 4)")
+    g.add_argument("--drop", type=float, default=0.0, help="model dropout rate")
+    g.add_argument("--drop-path", type=float, default=0.0, help="model drop-path rate")
+    g = p.add_argument_group("MaskSub")
+    g.add_argument("--baseline", action="store_true", help="plain training (no sub-branch), for comparison")
+    g.add_argument("--schedule", choices=("sequential", "joint"), default="sequential")
+    g.add_argument("--variant", choices=("mask", "drop", "path"), default="mask")
+    g.add_argument("--mask-ratio", type=float, default=0.5)
+    g.add_argument("--loss", choices=("ce", "bce"), default="ce")
+    g.add_argument("--bce-target-thresh", type=float, default=None, help="BCE: binarise targets (DeiT-III: 0.0)")
+    g.add_argument("--cell-size", type=int, default=None, help="mask cell (Swin: 8 tokens, CNN: 32 pixels)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--batch-size", type=int, default=64, help="per process, per micro-step")
+    g.add_argument("--grad-accum-steps", type=int, default=1)
+    g.add_argument("--opt", default="adamw", help="timm optimizer name")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--sched", default="cosine", help="timm scheduler name")
+    g.add_argument("--warmup-epochs", type=int, default=5)
+    g.add_argument("--warmup-lr", type=float, default=1e-5)
+    g.add_argument("--min-lr", type=float, default=1e-5)
+    g.add_argument("--clip-grad", type=float, default=None)
+    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    g.add_argument("--mixup", type=float, default=0.0, help="Mixup alpha (0: off)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (0: off)")
+    g.add_argument("--mixup-prob", type=float, default=1.0)
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    g.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
+    g.add_argument("--amp-dtype", choices=("float16", "bfloat16"), default="float16")
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--output", default="output/masksub-train", help="checkpoints and logs")
+    g.add_argument("--resume", default=None, help="checkpoint to continue from")
+    g.add_argument("--keep-epoch-checkpoints", action="store_true", help="also keep epoch-N.pth every epoch")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--log-interval", type=int, default=10, help="progress-bar refresh, in steps")
+    return p
+
+
+class _Truncated:
+    """The first ``n`` batches of a loader (whole accumulation windows per epoch)."""
+
+    def __init__(self, loader, n: int) -> None:
+        self.loader, self.n = loader, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for index, batch in enumerate(self.loader):
+            if index >= self.n:
+                return
+            yield batch
+
+
+def _make_step(args, s: Setup):
+    """The micro-step: ``MaskSub.train_step``, or for --baseline a ``PlainStep`` with the same main criterion;
+    under torchrun both go through DistributedDataParallel."""
+    from .engine import PlainStep
+    from .wrapper import supervised_loss
+
+    ddp = None
+    if s.world > 1:
+        ddp_kwargs = {"device_ids": [s.device.index]} if s.device.type == "cuda" else {}
+        if s.ms is not None:
+            ddp = s.ms.wrap_ddp(**ddp_kwargs)
+        else:
+            ddp = torch.nn.parallel.DistributedDataParallel(s.model, **ddp_kwargs)
+    if s.ms is not None:
+        return functools.partial(s.ms.train_step, schedule=args.schedule)
+    criterion = functools.partial(  # the same main criterion as MaskSub's
+        supervised_loss,
+        mode=args.loss,
+        label_smoothing=args.loss_smoothing,
+        target_threshold=args.bce_target_thresh,
+    )
+    return PlainStep(s.model, criterion, ddp)
+
+
+def _epoch(args, s: Setup, step, epoch: int, num_updates: int, val):
+    """Train epoch ``epoch`` (reseeded from (seed, epoch, rank): what makes --resume exact), then evaluate:
+    (stats, validation metrics, seconds spent in both)."""
+    from .data import train_loader
+    from .engine import evaluate, seed_epoch, train_one_epoch
+
+    seed_epoch(args.seed, epoch, s.rank)
+    s.trained.train()
+    cuda = s.device.type == "cuda"
+    loader = train_loader(s.data.train, args.batch_size, epoch, args.seed, s.rank, s.world, s.workers, cuda)
+    stats = train_one_epoch(
+        step,
+        _Truncated(loader, s.batches),
+        s.optimizer,
+        device=s.device,
+        scheduler=s.scheduler,
+        num_updates=num_updates,
+        mixup=s.mixup,
+        scaler=s.scaler,
+        clip_grad=args.clip_grad,
+        accum_steps=args.grad_accum_steps,
+        autocast=s.autocast,
+        channels_last=args.channels_last,
+        progress=s.rank == 0 and not args.no_progress,
+        log_interval=args.log_interval,
+        description=f"epoch {epoch + 1}/{args.epochs}",
+    )
+    s.scheduler.step(epoch + 1)
+    t0 = time.perf_counter()
+    metrics = evaluate(s.model, val, device=s.device, autocast=s.autocast, channels_last=args.channels_last)
+    return stats, metrics, stats.seconds + time.perf_counter() - t0
+
+
+def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) -> None:
+    """Rank 0, after each epoch: print the row, write last.pth (and epoch-N.pth) and the logs."""
+    from .checkpoint import save_checkpoint
+    from .runlog import write_log
+
+    row = rows[-1]
+    sub = f" loss_sub {row['loss_sub']:.4f}" if row["loss_sub"] is not None else ""
+    print(
+        f"epoch {epoch + 1}/{args.epochs}: loss_main {row['loss_main']:.4f}{sub} val top-1 {row['top1']:.2f}% "
+        f"top-5 {row['top5']:.2f}% {row['images_per_s']:.0f} img/s lr {row['lr']:.2e}",
+        flush=True,
+    )
+    state = {
+        "epoch": epoch,
+        "num_updates": num_updates,
+        "module": s.trained.state_dict(),
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.scheduler.state_dict(),
+        "scaler": s.scaler.state_dict() if s.scaler is not None else None,
+        "log": rows,
+        "args": vars(args),
+    }
+    save_checkpoint(os.path.join(args.output, "last.pth"), state)
+    if args.keep_epoch_checkpoints:
+        save_checkpoint(os.path.join(args.output, f"epoch-{epoch + 1}.pth"), state)
+    write_log(args.output, rows, meta)
+
+
+def _run(args) -> None:
+    import torch.distributed as dist
+
+    from .data import val_loader
+
+    s = setup(args)
+    step = _make_step(args, s)
+    start_epoch, num_updates, rows, wall = 0, 0, [], 0.0
+    if args.resume:
+        start_epoch, num_updates, rows = resume(args, s)
+        wall = rows[-1]["wall_time_s"] if rows else 0.0
+    meta = {
+        "command": " ".join([PROG, *sys.argv[1:]]),
+        "args": dict(vars(args)),
+        "world_size": s.world,
+        "device": str(s.device),
+        "torch": torch.__version__,
+        "family": s.ms.family if s.ms is not None else None,
+        "train_images": len(s.data.train),
+        "val_images": len(s.data.val),
+    }
+    val = val_loader(s.data.val, args.batch_size, s.rank, s.world, s.workers, s.device.type == "cuda")
+    for epoch in range(start_epoch, args.epochs):
+        stats, metrics, seconds = _epoch(args, s, step, epoch, num_updates, val)
+        num_updates = stats.num_updates
+        wall += seconds
+        rows.append(
+            {
+                "epoch": epoch + 1,
+                "lr": s.optimizer.param_groups[0]["lr"],
+                "loss": stats.loss,
+                "loss_main": stats.loss_main,
+                "loss_sub": stats.loss_sub,
+                **metrics,
+                "images_per_s": stats.images_per_s,
+                "epoch_time_s": stats.seconds,
+                "wall_time_s": wall,
+            }
+        )
+        if s.rank == 0:
+            _save(args, s, epoch, num_updates, rows, meta)
+    if s.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``masksub-train`` / ``python -m masksub_kernels.train``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        _run(args)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

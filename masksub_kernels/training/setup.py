@@ -1,0 +1,370 @@
+"""The training command's set-up: options checked, then the process group, data, model, MaskSub wrapper,
+optimizer, schedule and Mixup built (``Setup``), and ``--resume`` loaded. A configuration mistake is a
+``UsageError``, printed by the command as ``masksub-train: error: ...`` with exit status 2."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["PROG", "Setup", "UsageError", "check_args", "parse_kwargs", "resume", "setup"]
+
+PROG = "masksub-train"
+
+
+class UsageError(Exception):
+    """A user-facing configuration error: printed as ``masksub-train: error: ...``, exit status 2."""
+
+
+def parse_kwargs(items: list[str] | None) -> dict:
+    """``['img_size=32', 'patch_size=4', 'global_pool=avg']`` -> {'img_size': 32, 'patch_size': 4, ...}: values
+    are Python literals where they parse as one (numbers, tuples, True / None), strings otherwise."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--model-kwargs expects key=value pairs, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Set-up
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
+    """(rank, world, device); initialises the process group under torchrun (NCCL on GPUs, gloo on CPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    try:
+        device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device_arg!r} is not a torch device (cpu, cuda, cuda:1, ...): {exc}") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device_arg!r}: this command trains on cpu or cuda")
+    if device.type == "cuda":
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus == 0:
+            raise UsageError(f"--device {device_arg!r} asks for a GPU but torch sees none: pass --device cpu")
+        if world > 1:
+            # One process per GPU: process r takes cuda:r. With fewer GPUs than processes some would ask for a GPU
+            # that does not exist (or two would share one); refuse rather than guess.
+            if device.index is not None:
+                raise UsageError("under torchrun each process takes the GPU of its local rank: pass --device cuda")
+            if local_world > gpus:
+                raise UsageError(
+                    f"{local_world} processes on this machine but {gpus} GPU(s): run torchrun with "
+                    f"--nproc_per_node={gpus}, or pass --device cpu (gloo)"
+                )
+        device = torch.device("cuda", local_rank if world > 1 else (device.index or 0))
+        if device.index >= gpus:
+            raise UsageError(f"--device {device_arg!r}: torch sees {gpus} GPU(s), cuda:0 to cuda:{gpus - 1}")
+        torch.cuda.set_device(device)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return dist.get_rank(), world, device
+    return 0, 1, device
+
+
+def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
+    import timm
+
+    if not timm.is_model(args.model):
+        close = timm.list_models(f"*{args.model.split('_')[0]}*")[:8]
+        hint = f"; similar names: {', '.join(close)}" if close else ""
+        raise UsageError(f"unknown timm model {args.model!r}{hint}")
+    kwargs = dict(args.model_kwargs)
+    kwargs.setdefault("num_classes", num_classes)
+    kwargs.setdefault("in_chans", in_chans)
+    if args.drop:
+        kwargs.setdefault("drop_rate", args.drop)
+    if args.drop_path:
+        kwargs.setdefault("drop_path_rate", args.drop_path)
+    try:
+        return timm.create_model(args.model, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise UsageError(f"timm model {args.model!r} does not take these kwargs {kwargs}: {exc}") from exc
+
+
+def _img_size(args, model_kwargs: dict) -> int:
+    """--img-size, else the model's img_size kwarg, else 32 for digits, else the model's default input size."""
+    if args.img_size is not None:
+        return args.img_size
+    size = model_kwargs.get("img_size")
+    if isinstance(size, int):
+        return size
+    if args.data_dir is None:
+        return 32
+    import timm
+
+    cfg = timm.get_pretrained_cfg(args.model)
+    return cfg.input_size[-1] if cfg is not None else 224
+
+
+def _mean_std(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation the model was configured with (its pretrained config), ImageNet's by default."""
+    import timm
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    cfg = timm.get_pretrained_cfg(model_name)
+    if cfg is None or cfg.mean is None:
+        return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
+def _check_model_size(model: torch.nn.Module, img_size: int) -> None:
+    """A ViT / Swin built for another size fails deep in its patch embedding: say so up front."""
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if size is not None and getattr(embed, "strict_img_size", False) and tuple(size) != (img_size, img_size):
+        raise UsageError(
+            f"the model is built for {tuple(size)} images but the data is {img_size} x {img_size}: pass "
+            f"--model-kwargs img_size={img_size} (or --img-size {size[0]})"
+        )
+
+
+# (option, lowest, highest, whether the lowest is allowed, whether the highest is allowed); None: no bound.
+_RANGES = (
+    ("epochs", 1, None, True, True),
+    ("batch_size", 1, None, True, True),
+    ("grad_accum_steps", 1, None, True, True),
+    ("log_interval", 1, None, True, True),
+    ("workers", 0, None, True, True),
+    ("lr", 0.0, None, False, True),
+    ("weight_decay", 0.0, None, True, True),
+    ("momentum", 0.0, 1.0, True, False),
+    ("warmup_epochs", 0, None, True, True),
+    ("warmup_lr", 0.0, None, True, True),
+    ("min_lr", 0.0, None, True, True),
+    ("clip_grad", 0.0, None, False, True),  # a negative max norm would flip the gradient's sign
+    ("smoothing", 0.0, 1.0, True, False),  # 1 would train towards the uniform target
+    ("mixup", 0.0, None, True, True),
+    ("cutmix", 0.0, None, True, True),
+    ("mixup_prob", 0.0, 1.0, True, True),
+    ("mixup_switch_prob", 0.0, 1.0, True, True),
+    ("mask_ratio", 0.0, 1.0, True, False),
+    ("bce_target_thresh", 0.0, 1.0, True, False),
+    ("cell_size", 1, None, True, True),
+    ("drop", 0.0, 1.0, True, False),
+    ("drop_path", 0.0, 1.0, True, False),
+)
+
+
+def check_args(args) -> None:
+    """Every option's range, checked before anything is built: a bad value is a one-line error, never a
+    traceback from deep inside torch or timm, nor (a negative --clip-grad) a silently wrong run. The ranges are
+    checked even where an option is unused (--mask-ratio with --baseline): a typo should not wait for a rerun."""
+    import math
+
+    for name, low, high, low_ok, high_ok in _RANGES:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        inside = math.isfinite(value) and (value > low or (low_ok and value == low))
+        if high is not None:
+            inside = inside and (value < high or (high_ok and value == high))
+        if not inside:
+            lo, hi = "[" if low_ok else "(", "]" if high_ok and high is not None else ")"
+            bound = f"in {lo}{low}, {high if high is not None else 'inf'}{hi}"
+            raise UsageError(f"--{name.replace('_', '-')} must be {bound}, got {value}")
+    if args.bce_target_thresh is not None and args.loss != "bce":
+        raise UsageError("--bce-target-thresh binarises BCE targets: it needs --loss bce")
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        raise UsageError(f"data directory {args.data_dir!r} does not exist")
+    if (args.mixup > 0 or args.cutmix > 0) and args.batch_size % 2:
+        raise UsageError(f"Mixup / CutMix need an even --batch-size, got {args.batch_size}")
+
+
+@dataclass
+class Setup:
+    """Everything ``setup`` builds for the run."""
+
+    rank: int
+    world: int
+    device: torch.device
+    data: Any  # training/data.py's Datasets (train, val, num_classes)
+    model: torch.nn.Module  # the bare model: evaluation runs it
+    ms: Any  # the MaskSub wrapper, None with --baseline
+    trained: torch.nn.Module  # what the optimizer holds and the checkpoint saves: ms, or the model
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    mixup: Any
+    autocast: Any
+    scaler: Any
+    workers: int
+    batches: int  # micro-batches per epoch (whole accumulation windows)
+    mixing: bool
+    img_size: int
+
+
+def setup(args) -> Setup:
+    """Everything before the first epoch; raises UsageError for configuration mistakes."""
+    from timm.data import Mixup
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    from .data import build_datasets
+    from .engine import seed_epoch
+    from .wrapper import MaskSub
+
+    args.model_kwargs = parse_kwargs(args.model_kwargs)
+    check_args(args)
+    mixing = args.mixup > 0 or args.cutmix > 0
+    # Where the label smoothing goes. Without Mixup / CutMix: in the loss. With them: in timm's Mixup, which smooths
+    # the mixed targets -- unless BCE binarises them (--bce-target-thresh): every entry of a smoothed target is
+    # >= eps / C, so a threshold below that would make every class positive (an all-ones target). Then the loss
+    # smooths after binarising, as soft_target_bce does (w = (1 - eps) [y > t] + eps / C). DeiT-III's own recipe
+    # passes --smoothing 0.0 with its BCE loss; the README's DeiT-III line does the same.
+    binarised = args.bce_target_thresh is not None
+    args.loss_smoothing = args.smoothing if (binarised or not mixing) else 0.0
+    args.mixup_smoothing = 0.0 if binarised else args.smoothing
+    rank, world, device = _distributed(args.device)
+    seed_epoch(args.seed, -1, 0)  # model initialisation: the same on every rank (DDP broadcasts rank 0's anyway)
+    img_size = _img_size(args, args.model_kwargs)
+    in_chans = args.model_kwargs.get("in_chans", 1 if args.data_dir is None else 3)
+    mean, std = _mean_std(args.model) if args.data_dir is not None else (None, None)
+    try:
+        data = build_datasets(args.data_dir, img_size, in_chans, mean, std, augment=not args.no_aug)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    model = _create_model(args, data.num_classes, in_chans)
+    _check_model_size(model, img_size)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model = torch.compile(model)
+    ms = None
+    if not args.baseline:
+        try:
+            ms = MaskSub(
+                model,
+                mask_ratio=args.mask_ratio,
+                loss=args.loss,
+                variant=args.variant,
+                target_threshold=args.bce_target_thresh,
+                label_smoothing=args.loss_smoothing,
+                cell_size=args.cell_size,
+            ).to(device)
+            ms.check_input_size(img_size)
+        except ValueError as exc:
+            hint = " (--img-size, --cell-size)" if "cell_size=" in str(exc) or "images of" in str(exc) else ""
+            raise UsageError(f"{exc}{hint}") from exc
+    trained = ms if ms is not None else model
+    try:
+        optimizer = create_optimizer_v2(
+            trained, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum
+        )
+    except ValueError as exc:  # an unknown name: timm says "not found in registry"
+        raise UsageError(f"--opt {args.opt}: {exc} (timm.optim.list_optimizers() lists them)") from exc
+    workers = args.workers if args.workers is not None else (0 if args.data_dir is None else 4)
+    batches = len(data.train) // world // args.batch_size
+    updates_per_epoch = batches // args.grad_accum_steps
+    if updates_per_epoch < 1:
+        raise UsageError(
+            f"{len(data.train)} training images over {world} process(es) give {batches} batches of {args.batch_size}: "
+            f"fewer than --grad-accum-steps {args.grad_accum_steps}"
+        )
+    try:
+        scheduler, _ = create_scheduler_v2(
+            optimizer,
+            sched=args.sched,
+            num_epochs=args.epochs,
+            warmup_epochs=args.warmup_epochs,
+            warmup_lr=args.warmup_lr,
+            min_lr=args.min_lr,
+            step_on_epochs=False,
+            updates_per_epoch=updates_per_epoch,
+        )
+    except ValueError as exc:  # an unknown name
+        raise UsageError(f"--sched {args.sched}: {exc}") from exc
+    mixup = None
+    if mixing:
+        mixup = Mixup(
+            mixup_alpha=args.mixup,
+            cutmix_alpha=args.cutmix,
+            prob=args.mixup_prob,
+            switch_prob=args.mixup_switch_prob,
+            label_smoothing=args.mixup_smoothing,
+            num_classes=data.num_classes,
+        )
+    amp = args.amp and device.type == "cuda"
+    if args.amp and not amp:
+        warnings.warn("--amp runs on CUDA devices only: training in float32", stacklevel=2)
+    amp_dtype = getattr(torch, args.amp_dtype)
+    autocast = functools.partial(torch.autocast, device.type, dtype=amp_dtype) if amp else None
+    scaler = torch.amp.GradScaler(device.type) if amp and amp_dtype == torch.float16 else None
+    return Setup(
+        rank=rank, world=world, device=device, data=data, model=model, ms=ms, trained=trained, optimizer=optimizer,
+        scheduler=scheduler, mixup=mixup, autocast=autocast, scaler=scaler, workers=workers,
+        batches=updates_per_epoch * args.grad_accum_steps, mixing=mixing, img_size=img_size,
+    )  # fmt: skip
+
+
+# The options that shape the learning-rate schedule: a resumed run with other values gets a new schedule.
+_SCHEDULE_OPTIONS = ("epochs", "sched", "lr", "warmup_epochs", "warmup_lr", "min_lr", "batch_size", "grad_accum_steps")
+
+
+def resume(args, s: Setup) -> tuple[int, int, list]:
+    """Load --resume into the set-up run; returns (first epoch to train, optimizer updates so far, log rows).
+
+    Same schedule options as the checkpoint's run: the scheduler's state is restored and the run continues exactly.
+    Other ones (e.g. a larger --epochs to extend a run): the new schedule is followed from the current update on, as
+    timm's train.py does, and a note says so -- restoring the old state would silently keep the old schedule (timm
+    schedulers save their length in their state)."""
+    from .checkpoint import load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(args.resume)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    except Exception as exc:  # a truncated file, or not a torch file at all
+        raise UsageError(f"cannot read checkpoint {args.resume!r}: {exc}") from exc
+    needed = ("module", "optimizer", "scheduler", "epoch", "num_updates", "log")
+    if not isinstance(ckpt, dict) or any(key not in ckpt for key in needed):
+        raise UsageError(f"{args.resume!r} is not a {PROG} checkpoint (it lacks {', '.join(needed)})")
+    try:
+        s.trained.load_state_dict(ckpt["module"])
+        s.optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        what = "--baseline " if args.baseline else ""
+        raise UsageError(
+            f"checkpoint {args.resume!r} does not fit this {what}model ({args.model} {args.model_kwargs}): resume "
+            f"with the options it was trained with. {str(exc).splitlines()[0]}"
+        ) from exc
+    start_epoch, num_updates = ckpt["epoch"] + 1, ckpt["num_updates"]
+    if start_epoch >= args.epochs:
+        raise UsageError(
+            f"checkpoint {args.resume!r} is after epoch {start_epoch} and --epochs is {args.epochs}: nothing to "
+            "train (pass a larger --epochs to extend the run)"
+        )
+    old = ckpt.get("args", {})
+    changed = [name for name in _SCHEDULE_OPTIONS if name in old and old[name] != getattr(args, name)]
+    if not changed:
+        s.scheduler.load_state_dict(ckpt["scheduler"])
+    else:
+        s.scheduler.step_update(num_updates=num_updates)  # the new schedule's value at this update
+        if s.rank == 0:
+            diffs = ", ".join(f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed)
+            print(
+                f"{PROG}: note: resuming with {diffs}: the learning rate follows the new schedule from update "
+                f"{num_updates} on (the updates so far followed the old one)",
+                file=sys.stderr,
+            )
+    if s.scaler is not None and ckpt.get("scaler"):
+        s.scaler.load_state_dict(ckpt["scaler"])
+    return start_epoch, num_updates, ckpt["log"]

@@ -1,0 +1,174 @@
+"""masksub-train as a new user meets it: every mistake is a one-line error (exit status 2) or a clear exception
+from the API, never a traceback or a silently wrong run; --resume with a new schedule; the README's code runs."""
+
+import json
+import os
+import re
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn", reason="the default dataset (digits) comes from scikit-learn")
+
+from _models import tiny_vit
+
+from masksub_kernels.train import main
+
+TINY_VIT = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=16",
+            "depth=1", "num_heads=2", "--img-size", "16"]  # fmt: skip
+TINY_SWIN = ["--model", "swin_tiny_patch4_window7_224", "--model-kwargs", "img_size=32", "patch_size=4",
+             "window_size=4", "embed_dim=16", "depths=(1,1)", "num_heads=(1,2)", "--img-size", "32"]  # fmt: skip
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# 1437 digits / 256 = 5 optimizer updates per epoch: cheap runs
+QUICK = ["--batch-size", "256", "--warmup-epochs", "0", "--no-progress"]
+
+
+def _error(tmp_path, capsys, *args: str) -> str:
+    assert main([*args, "--output", str(tmp_path / "err"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("masksub-train: error:") and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--clip-grad", "-1"], "--clip-grad must be in (0.0, inf), got -1.0"),
+        (["--clip-grad", "0"], "--clip-grad must be in (0.0, inf)"),
+        (["--lr", "-1"], "--lr must be in (0.0, inf)"),
+        (["--lr", "nan"], "--lr must be"),
+        (["--smoothing", "1.5"], "--smoothing must be in [0.0, 1.0)"),
+        (["--cell-size", "0"], "--cell-size must be in [1, inf)"),
+        (["--mask-ratio", "1.0", "--baseline"], "--mask-ratio must be in [0.0, 1.0)"),
+        (["--epochs", "0"], "--epochs must be in [1, inf)"),
+        (["--batch-size", "0"], "--batch-size must be"),
+        (["--grad-accum-steps", "0"], "--grad-accum-steps must be"),
+        (["--workers", "-1"], "--workers must be in [0, inf)"),
+        (["--weight-decay", "-0.05"], "--weight-decay must be in [0.0, inf)"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs must be"),
+        (["--drop-path", "1.0"], "--drop-path must be in [0.0, 1.0)"),
+        (["--mixup-prob", "2"], "--mixup-prob must be in [0.0, 1.0]"),
+        (["--loss", "bce", "--bce-target-thresh", "1.0"], "--bce-target-thresh must be in [0.0, 1.0)"),
+        (["--baseline", "--bce-target-thresh", "0.0"], "needs --loss bce"),
+        (["--device", "gpu"], "is not a torch device"),
+        (["--opt", "adamx"], "--opt adamx: Optimizer adamx not found"),
+        (["--sched", "cosinus"], "--sched cosinus: Unknown scheduler"),
+        (["--device", "cuda:7"] if torch.cuda.is_available() else ["--device", "cuda"], "GPU"),
+    ],
+)
+def test_option_out_of_range(tmp_path, capsys, args, message):
+    assert message in _error(tmp_path, capsys, *TINY_VIT, "--epochs", "1", *args)
+
+
+def test_cnn_and_swin_at_the_digits_default_size_get_a_hint(tmp_path, capsys):
+    # 32 px digits: one 32-pixel cell for a CNN, one 8-token cell for Swin at patch 4; r = 0.5 keeps none of one
+    err = _error(tmp_path, capsys, "--model", "test_resnet", "--epochs", "1")
+    assert "images of 64 x 64 pixels or more, or cell_size=16 (--img-size, --cell-size)" in err
+    err = _error(tmp_path, capsys, *TINY_SWIN, "--epochs", "1")
+    assert "mask cell(s) of 8 tokens" in err and "cell_size=4" in err
+
+
+def test_torchrun_with_more_processes_than_gpus(tmp_path, capsys, monkeypatch):
+    # rank 1 of 2 on a one-GPU machine, no --device: it used to ask for cuda:1 and fail inside torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    err = _error(tmp_path, capsys, *TINY_VIT, "--epochs", "1")
+    assert "2 processes on this machine but 1 GPU(s)" in err and "--nproc_per_node=1" in err
+
+
+def test_bad_checkpoints(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main([*TINY_VIT, *QUICK, "--epochs", "1", "--output", out]) == 0
+    last = os.path.join(out, "last.pth")
+    wider = [*TINY_VIT[:6], "embed_dim=32", *TINY_VIT[7:]]
+    assert "does not fit this model" in _error(tmp_path, capsys, *wider, "--epochs", "2", "--resume", last)
+    assert "does not fit this --baseline model" in _error(
+        tmp_path, capsys, *TINY_VIT, "--baseline", "--epochs", "2", "--resume", last
+    )
+    assert "nothing to train" in _error(tmp_path, capsys, *TINY_VIT, "--epochs", "1", "--resume", last)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    assert "cannot read checkpoint" in _error(tmp_path, capsys, *TINY_VIT, "--resume", str(garbage))
+    torch.save({"weights": 1}, tmp_path / "other.pth")
+    assert "is not a masksub-train checkpoint" in _error(
+        tmp_path, capsys, *TINY_VIT, "--resume", str(tmp_path / "other.pth")
+    )
+
+
+def test_resume_with_more_epochs_follows_the_new_schedule(tmp_path, capsys):
+    from timm.scheduler import create_scheduler_v2
+
+    out = str(tmp_path / "short")
+    assert main([*TINY_VIT, *QUICK, "--epochs", "1", "--output", out]) == 0
+    longer = str(tmp_path / "longer")
+    assert main([*TINY_VIT, *QUICK, "--epochs", "3", "--output", longer, "--resume", f"{out}/last.pth"]) == 0
+    assert "--epochs 1 -> 3: the learning rate follows the new schedule from update 5" in capsys.readouterr().err
+    # the 3-epoch cosine's value after epochs 2 and 3 (the old 1-epoch state would have stayed at --min-lr)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=3, warmup_epochs=0, min_lr=1e-5,
+                                   step_on_epochs=False, updates_per_epoch=5)  # fmt: skip
+    want = []
+    for updates in (10, 15):
+        sched.step_update(num_updates=updates)
+        want.append(optimizer.param_groups[0]["lr"])
+
+    rows = json.load(open(os.path.join(longer, "log.json")))["epochs"]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["lr"] for r in rows[1:]] == pytest.approx(want) and want[0] > 1e-4
+
+
+def test_bce_threshold_with_mixup_smoothing_does_not_binarise_everything(tmp_path, monkeypatch):
+    # timm's Mixup with smoothing 0.1 makes every target entry >= 0.01: thresholded at 0.0 that is all ones
+    import masksub_kernels.training.wrapper as wrapper
+
+    seen = {}
+
+    class Seen(Exception):
+        pass
+
+    def spy(logits, target, **kwargs):
+        seen.update(kwargs, target=target)
+        raise Seen
+
+    monkeypatch.setattr(wrapper, "supervised_loss", spy)
+    with pytest.raises(Seen):
+        main([*TINY_VIT, *QUICK, "--epochs", "1", "--loss", "bce", "--bce-target-thresh", "0.0", "--mixup", "0.8",
+              "--cutmix", "1.0", "--output", str(tmp_path / "bce")])  # fmt: skip
+    positive = (seen["target"] > seen["target_threshold"]).float().sum(dim=1)
+    assert positive.max() <= 2  # a mixed pair's two classes, not all ten
+    assert seen["label_smoothing"] == pytest.approx(0.1)  # applied by the loss after binarising
+
+
+def test_optimizer_of_another_model_and_negative_clip_are_refused():
+    from masksub_kernels.training import MaskSub
+    from masksub_kernels.training.engine import PlainStep
+    from masksub_kernels.training.wrapper import supervised_loss
+
+    torch.manual_seed(0)
+    ms = MaskSub(tiny_vit()).train()
+    images, target = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+    stranger = torch.optim.SGD(tiny_vit().parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="holds none of this MaskSub's parameters"):
+        ms.train_step(images, target, stranger)
+    with pytest.raises(ValueError, match="holds none of this VisionTransformer's parameters"):
+        PlainStep(ms.model, supervised_loss)(images, target, stranger)
+    own = torch.optim.SGD(ms.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="clip_grad must be a max norm > 0"):
+        ms.train_step(images, target, own, clip_grad=-1.0)
+
+
+def test_readme_training_snippet_runs():
+    # the README's Training section code block, executed as written (CPU here: autocast must not disable itself)
+    import warnings
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("\n## Training\n") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "CUDA is not available. Disabling" would be a UserWarning
+        namespace = {}
+        exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["out"]["stepped"] and torch.isfinite(namespace["out"]["loss"])
