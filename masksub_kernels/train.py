@@ -1,5 +1,5 @@
 """``masksub-train`` / ``python -m masksub_kernels.train``: the entry point; the command is training/cli.py (the
-options, the run) and training/setup.py (checks and set-up). Kept here so that the console script
+options, the run) and training/run_setup.py (checks and set-up). Kept here so that the console script
 (``masksub_kernels.train:main``), ``-m masksub_kernels.train`` and imports from this module keep working."""
 
 import sys

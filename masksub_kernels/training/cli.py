@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from .setup import PROG, Setup, UsageError, parse_kwargs, resume, setup
+from .run_setup import PROG, Setup, UsageError, parse_kwargs, resume, setup
 
 __all__ = ["PROG", "UsageError", "build_parser", "main", "parse_kwargs"]
 
