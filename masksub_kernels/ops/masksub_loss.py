@@ -35,6 +35,12 @@ saved fp32 stats (c and log l per softmax, and S: flash-attention's choice) move
 the extra memory O(M). The caller's logits are never written. One program per row loops over C in blocks of at
 most MAX_BLOCK_C (C up to 262144, int64 offsets); a few rows of a huge C leave SMs idle (a 2-D grid would need a
 second pass to combine the partial softmax states). fp64 logits run in fp32 in the kernels (fp64 in the reference).
+
+Forward speed (issue-bound, not memory-bound, when a block reduction ran per iteration): each lane keeps its own
+online-softmax state (max, sum of exp) and the lanes merge once per row; exponents are exp2 with log2(e) / T
+folded into one multiply, one exp2 per element and softmax (one of the two rescalings is exp(0)); whole blocks
+run unmasked, only a partial last block is masked; for class ids only the target column and sum z matter
+(sum w (z - c) = w_o (sum z - C c) + (w_y - w_o)(z_y - c)), so no per-element weight is built.
 """
 
 from __future__ import annotations
@@ -205,6 +211,76 @@ def _row_value(value, valid, bad):
 
 
 @jit
+def _running_exp_sum(v, m, l, k):
+    # One element per lane into the lane's running (max m, l = sum exp(k (v - m))), one exp2 per element: one of
+    # the two rescalings is exp(0) = 1. v > m: l exp(k (m - v)) + 1 (the new max is v); else: l + exp(k (v - m)).
+    # Returns (v > m, e = exp(-k |v - m|), the new l). v = -inf: e = 0 (m is finite), l unchanged.
+    gt = v > m
+    e = tl.exp2((tl.minimum(v, m) - tl.maximum(v, m)) * k)
+    return gt, e, tl.where(gt, l * e + 1.0, l + e)
+
+
+@jit
+def _fwd_block(
+    z_row, s_row, y_row, cols, mask, label, eps, C, threshold, inv_t, k_z, k_t,
+    m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t,
+    HAS_MAIN: tl.constexpr, HAS_SUB: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr,
+    BINARISE: tl.constexpr, MASKED: tl.constexpr,
+):
+    # One block of classes into the per-lane states (each lane its own softmax state, merged once per row: no block
+    # reduction per iteration). Only the last block is MASKED; its masked lanes read z = s = -inf and add nothing.
+    # CE: m_z, l_z (z, scale k_z = log2 e: exp(v) = exp2(v log2 e), the scale folded into one multiply); class ids: a_z = sum z; probabilities: b_z = sum w, a_z = sum w (z - m_z).
+    # Sub CE: m_s, l_s (s, scale k_t = log2(e) / T), l_t = sum exp((z - m_z) / T), d_t = sum that * (s - m_s).
+    # BCE: a_z and d_t are the per-lane sums of the main and sub elements.
+    if MASKED:
+        z = tl.load(z_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+    else:
+        z = tl.load(z_row + cols).to(tl.float32)
+    if HAS_SUB:
+        if MASKED:
+            s = tl.load(s_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        else:
+            s = tl.load(s_row + cols).to(tl.float32)
+    if BCE:
+        if HAS_MAIN:
+            w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
+            a_z += tl.where(mask, _bce_elem(z, w), 0.0)
+        if HAS_SUB:
+            d_t += tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0)
+    else:
+        gt, e, l_new = _running_exp_sum(z, m_z, l_z, k_z)
+        m_new = tl.maximum(z, m_z)
+        if HAS_MAIN:
+            l_z = l_new
+            if DENSE:
+                # a_z = sum w (z - m_z): rescaled by b_z (m_old - m_new) when the max grows; w = 0 terms skipped
+                w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
+                a_z += b_z * (m_z - m_new) + tl.where(w != 0.0, w * (z - m_new), 0.0)
+                b_z += w
+            else:
+                a_z += tl.where(mask, z, 0.0)  # the uniform eps / C term needs only sum z (see the merge)
+        if HAS_SUB:
+            # teacher z / T: the same comparison as z, one more exp2. alpha rescales the old sums, e_t is this term
+            e2 = tl.exp2((tl.minimum(z, m_z) - tl.maximum(z, m_z)) * k_t)
+            alpha, e_t = tl.where(gt, e2, 1.0), tl.where(gt, 1.0, e2)
+            gs, es, l_s = _running_exp_sum(s, m_s, l_s, k_t)
+            ms_new = tl.maximum(s, m_s)
+            d_t = alpha * (d_t + l_t * (m_s - ms_new)) + tl.where(e_t != 0.0, e_t * (s - ms_new), 0.0)
+            l_t = l_t * alpha + e_t
+            m_s = ms_new
+        m_z = m_new
+    return m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t
+
+
+@jit
+def _row_shift(m):
+    # the row's softmax shift from the per-lane maxima: their max, 0 while the row is all -inf (every lane still
+    # at its start, -FLT_MAX: finite, so that v - m is -inf, never NaN, for v = -inf)
+    c = tl.max(m, axis=0)
+    return tl.where(c <= -3.4028234663852886e38, 0.0, c)
+
+
+@jit
 def _loss_fwd_kernel(
     z_ptr,  # main logits [M, C], last stride 1 (also the sub term's teacher)
     s_ptr,  # sub logits [M, C], last stride 1 (HAS_SUB)
@@ -226,71 +302,76 @@ def _loss_fwd_kernel(
     BINARISE: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    in_row = row < M
+    row = tl.program_id(0).to(tl.int64)  # the grid is exactly M programs
     lanes = tl.arange(0, BLOCK_C)
     z_row, s_row, y_row = z_ptr + row * stride_z, s_ptr + row * stride_s, y_ptr + row * stride_y
-    label, valid, bad = _row_label(y_ptr, row, in_row, ignore_index, C, HAS_MAIN and not DENSE)
+    label, valid, bad = _row_label(y_ptr, row, row < M, ignore_index, C, HAS_MAIN and not DENSE)
     inv_t = 1.0 / temperature
-    neg_inf = tl.zeros([], tl.float32) + float("-inf")
-    zero = tl.zeros([], tl.float32)
-    # main CE: running max m_z, l_z = sum exp(z - shift), S = sum w, D = sum w (z - shift); main BCE: acc_m
-    m_z, l_z, s_z, d_z, acc_m = neg_inf, zero, zero, zero, zero
-    # sub CE: s/T (m_s, l_s), z/T (m_t, l_t), D_t = sum exp(z/T - shift_t) (s/T - shift_s); sub BCE: acc_s
-    m_s, l_s, m_t, l_t, d_t, acc_s = neg_inf, zero, neg_inf, zero, zero, zero
-    for start in range(0, C, BLOCK_C):
-        cols = start + lanes
-        mask = (cols < C) & in_row
-        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
-        if HAS_MAIN:
-            w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
-            if BCE:
-                acc_m += tl.sum(tl.where(mask, _bce_elem(z, w), 0.0), axis=0)
-            else:
-                zm = tl.where(mask, z, float("-inf"))
-                m_new = tl.maximum(m_z, tl.max(zm, axis=0))
-                c_old, c_new = _shift(m_z), _shift(m_new)
-                l_z = l_z * tl.exp(m_z - c_new) + tl.sum(tl.exp(zm - c_new), axis=0)
-                d_z += s_z * (c_old - c_new) + tl.sum(tl.where(w != 0.0, w * (zm - c_new), 0.0), axis=0)
-                s_z += tl.sum(w, axis=0)
-                m_z = m_new
-        if HAS_SUB:
-            s = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32)
-            if BCE:
-                acc_s += tl.sum(tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0), axis=0)
-            else:
-                x = tl.where(mask, s * inv_t, float("-inf"))
-                zt = tl.where(mask, z * inv_t, float("-inf"))
-                ms_new = tl.maximum(m_s, tl.max(x, axis=0))
-                mt_new = tl.maximum(m_t, tl.max(zt, axis=0))
-                cs_old, cs_new, ct_new = _shift(m_s), _shift(ms_new), _shift(mt_new)
-                alpha_t = tl.exp(m_t - ct_new)
-                e_t = tl.exp(zt - ct_new)
-                d_t = alpha_t * (d_t + l_t * (cs_old - cs_new))
-                d_t += tl.sum(tl.where(e_t != 0.0, e_t * (x - cs_new), 0.0), axis=0)
-                l_t = l_t * alpha_t + tl.sum(e_t, axis=0)
-                l_s = l_s * tl.exp(m_s - cs_new) + tl.sum(tl.exp(x - cs_new), axis=0)
-                m_s, m_t = ms_new, mt_new
+    k_z = 1.4426950408889634  # log2(e)
+    k_t = k_z * inv_t
+    lowest = tl.zeros([BLOCK_C], tl.float32) - 3.4028234663852886e38  # -FLT_MAX
+    zeros = tl.zeros([BLOCK_C], tl.float32)
+    m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = lowest, zeros, zeros, zeros, lowest, zeros, zeros, zeros
+    full = C - C % BLOCK_C  # whole blocks unmasked, then one masked tail block
+    for start in range(0, full, BLOCK_C):
+        m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
+            z_row, s_row, y_row, start + lanes, lanes < BLOCK_C, label, eps, C, threshold, inv_t, k_z, k_t,
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False,
+        )  # fmt: skip
+    if full < C:
+        cols = full + lanes
+        m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
+            z_row, s_row, y_row, cols, cols < C, label, eps, C, threshold, inv_t, k_z, k_t,
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True,
+        )  # fmt: skip
     out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
+    in_row = row < M
+    if not BCE:
+        # merge the lanes: each lane's sums rescaled from its own max to the row's shift c_z
+        c_z = _row_shift(m_z)
+        beta_z = tl.exp2((m_z - c_z) * k_z)
     if HAS_MAIN:
         if BCE:
-            main = acc_m / C
+            main = tl.sum(a_z, axis=0) / C
         else:
-            main = s_z * tl.log(l_z) - d_z  # sum_c w_c (lse - z_c)
-            tl.store(out_row + 2 * m64, _shift(m_z), mask=in_row)
-            tl.store(out_row + 3 * m64, tl.log(l_z), mask=in_row)
-            tl.store(out_row + 4 * m64, s_z, mask=in_row)
+            l_row = tl.sum(l_z * beta_z, axis=0)
+            if DENSE:
+                s_w = tl.sum(b_z, axis=0)
+                d_w = tl.sum(a_z + b_z * (m_z - c_z), axis=0)  # sum w (z - c_z)
+            else:
+                # one-hot q: w = w_y at the label, w_o elsewhere (q := [q > threshold] first), so
+                # sum w (z - c) = w_o (sum z - C c) + (w_y - w_o) (z_y - c): z_y is loaded once, w = 0 terms skipped
+                q_y, q_o = 1.0, 0.0
+                if BINARISE:
+                    q_y, q_o = tl.where(1.0 > threshold, 1.0, 0.0), tl.where(0.0 > threshold, 1.0, 0.0)
+                w_y, w_o = (1.0 - eps) * q_y + eps / C, (1.0 - eps) * q_o + eps / C
+                has_y = valid & ~bad
+                z_y = tl.load(z_row + tl.where(has_y, label, 0), mask=has_y, other=0.0).to(tl.float32)
+                s_w = w_o * C + tl.where((label >= 0) & (label < C), w_y - w_o, 0.0)  # as the one-hot's sum
+                d_w = tl.where(w_o != 0.0, w_o * (tl.sum(a_z, axis=0) - C * c_z), 0.0)
+                d_w += tl.where(w_y != w_o, (w_y - w_o) * (z_y - c_z), 0.0)
+            main = s_w * tl.log(l_row) - d_w  # sum_c w_c (lse - z_c)
+            tl.store(out_row + 2 * m64, c_z, mask=in_row)
+            tl.store(out_row + 3 * m64, tl.log(l_row), mask=in_row)
+            tl.store(out_row + 4 * m64, s_w, mask=in_row)
         tl.store(out_row, _row_value(main, valid, bad), mask=in_row)
     if HAS_SUB:
         if BCE:
-            sub = acc_s / C
+            sub = tl.sum(d_t, axis=0) / C
         else:
-            sub = tl.log(l_s) - d_t / l_t  # sum_c p_c (lse(s/T) - s_c/T)
-            tl.store(out_row + 5 * m64, _shift(m_s), mask=in_row)
-            tl.store(out_row + 6 * m64, tl.log(l_s), mask=in_row)
-            tl.store(out_row + 7 * m64, _shift(m_t), mask=in_row)
-            tl.store(out_row + 8 * m64, tl.log(l_t), mask=in_row)
+            c_s = _row_shift(m_s)  # in units of s; the stats are in units of s / T (the same values, rounded once)
+            beta_t = tl.exp2((m_z - c_z) * k_t)
+            lt_row = tl.sum(l_t * beta_t, axis=0)
+            ls_row = tl.sum(l_s * tl.exp2((m_s - c_s) * k_t), axis=0)
+            # sum p (s - c_s) / T with p = softmax(z / T); lanes whose teacher mass underflows to 0 are skipped
+            dt_row = tl.sum(tl.where(beta_t != 0.0, beta_t * (d_t + l_t * (m_s - c_s)), 0.0), axis=0)
+            sub = tl.log(ls_row) - inv_t * dt_row / lt_row  # sum_c p_c (lse(s/T) - s_c/T)
+            tl.store(out_row + 5 * m64, c_s * inv_t, mask=in_row)
+            tl.store(out_row + 6 * m64, tl.log(ls_row), mask=in_row)
+            tl.store(out_row + 7 * m64, c_z * inv_t, mask=in_row)
+            tl.store(out_row + 8 * m64, tl.log(lt_row), mask=in_row)
         tl.store(out_row + M, _row_value((temperature * temperature) * sub, valid, bad), mask=in_row)
+
 
 
 @jit
@@ -375,24 +456,25 @@ def _loss_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _launch_config(classes: int) -> tuple[int, int]:
-    """(BLOCK_C, num_warps): up to MAX_BLOCK_C classes per iteration, ~8 per thread at most."""
-    block_c = min(max(16, next_power_of_2(classes)), MAX_BLOCK_C)
+def _launch_config(classes: int, max_block: int) -> tuple[int, int]:
+    """(BLOCK_C, num_warps): up to max_block classes per iteration, ~8 per thread at most. The forward keeps 8
+    per-lane states per class slot in registers: half the backward's block keeps 2 blocks of 8 warps resident."""
+    block_c = min(max(16, next_power_of_2(classes)), max_block)
     return block_c, max(4, min(16, block_c // 256))
 
 
-def _prepare(logits, sub_logits, target, bce, threshold):
+def _prepare(logits, sub_logits, target, bce, threshold, max_block):
     """Kernel operands: tensors with unit last stride (absent ones stand in as logits), row strides, constexprs."""
     z, s, y = (t if t is None or t.stride(-1) == 1 else t.contiguous() for t in (logits, sub_logits, target))
     dense = y is not None and y.is_floating_point()
-    block_c, num_warps = _launch_config(z.shape[1])
+    block_c, num_warps = _launch_config(z.shape[1], max_block)
     strides = (z.stride(0), s.stride(0) if s is not None else 0, y.stride(0) if dense else 1)
     flags = {"BCE": bool(bce), "DENSE": dense, "BINARISE": threshold is not None, "BLOCK_C": block_c}
     return (z, z if s is None else s, z if y is None else y), strides, flags, num_warps
 
 
 def _forward_triton(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold):
-    (z, s, y), strides, flags, warps = _prepare(logits, sub_logits, target, bce, threshold)
+    (z, s, y), strides, flags, warps = _prepare(logits, sub_logits, target, bce, threshold, max(16, MAX_BLOCK_C // 2))
     out = torch.zeros(NUM_OUT, z.shape[0], dtype=torch.float32, device=z.device)
     if z.shape[0]:
         args = (z, s, y, out, *z.shape, *strides, label_smoothing, ignore_index, temperature, threshold or 0.0)
@@ -402,7 +484,7 @@ def _forward_triton(logits, sub_logits, target, bce, label_smoothing, ignore_ind
 
 
 def _backward_triton(grad_main, grad_sub, out, logits, sub_logits, target, bce, eps, ignore, temperature, threshold):
-    (z, s, y), strides, flags, warps = _prepare(logits, sub_logits, target, bce, threshold)
+    (z, s, y), strides, flags, warps = _prepare(logits, sub_logits, target, bce, threshold, MAX_BLOCK_C)
     dz, ds = (z.new_empty(z.shape if g is not None else (0,)) for g in (grad_main, grad_sub))  # contiguous
     gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
     if z.shape[0] and (grad_main is not None or grad_sub is not None):
