@@ -155,9 +155,20 @@ def loss_backward_reference(grad_main, grad_sub, out, logits, sub_logits, target
 
 @jit
 def _log1p(v):
-    # log(1 + v), accurate for small v without libdevice (Goldberg's trick; exact where 1 + v rounds to 1)
-    u = 1.0 + v
-    return tl.where(u == 1.0, v, tl.log(u) * (v / (u - 1.0)))
+    # log(1 + v) for v in [0, 1] (here v = exp(-|x|)) as v P(v): P a degree-9 polynomial fitted to log1p(v) / v
+    # on [0, 1] (truncation error 6e-9 relative; ~2 ulp in fp32 Horner, as the libdevice log and a division it
+    # replaces, at a quarter of the instructions). Relative accuracy holds for tiny v, where 1 + v rounds to 1.
+    p = -0.003163999359346998
+    p = p * v + 0.019487686092971974
+    p = p * v - 0.056269525832053906
+    p = p * v + 0.1053295061396915
+    p = p * v - 0.15263273655130635
+    p = p * v + 0.19661017875789702
+    p = p * v - 0.24951167191526266
+    p = p * v + 0.33329665491782323
+    p = p * v - 0.49999890898558996
+    p = p * v + 0.9999999945431184
+    return p * v
 
 
 @jit
