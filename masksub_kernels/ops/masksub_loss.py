@@ -386,6 +386,48 @@ def _loss_fwd_kernel(
 
 
 @jit
+def _bwd_block(
+    z_row, s_row, y_row, dz_row, ds_row, cols, mask, label, valid, bad, eps, C, threshold, inv_t,
+    g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
+    WRITE_DZ: tl.constexpr, WRITE_DS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr,
+    BINARISE: tl.constexpr, MASKED: tl.constexpr,
+):
+    # One block of classes: both gradients recomputed from the saved stats and written. Only the last block is
+    # MASKED. softmax(v)_c = exp(v_c - c - log l) = exp2((v_c - c) log2 e - b) with b = log2 l (one FFMA per
+    # exponent; v_c - c is rounded once, as before, so logits of 1e4 lose nothing to the shift).
+    if MASKED:
+        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
+    else:
+        z = tl.load(z_row + cols).to(tl.float32)
+    if WRITE_DZ:
+        w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
+        if BCE:
+            p = _sigmoid(z)
+        else:
+            p = s_z * tl.exp2((z - c_z) * 1.4426950408889634 - b_z)
+        dz = _row_value(g_m * (p - w), valid, bad).to(dz_row.dtype.element_ty)  # fp32 throughout, one cast
+        if MASKED:
+            tl.store(dz_row + cols, dz, mask=mask)
+        else:
+            tl.store(dz_row + cols, dz)
+    if WRITE_DS:
+        if MASKED:
+            s = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32)
+        else:
+            s = tl.load(s_row + cols).to(tl.float32)
+        if BCE:
+            diff = _sigmoid(s * inv_t) - _sigmoid(z * inv_t)
+        else:
+            e_s = tl.exp2((s * inv_t - c_s) * 1.4426950408889634 - b_s)
+            diff = e_s - tl.exp2((z * inv_t - c_t) * 1.4426950408889634 - b_t)
+        ds = _row_value(g_s * diff, valid, bad).to(ds_row.dtype.element_ty)
+        if MASKED:
+            tl.store(ds_row + cols, ds, mask=mask)
+        else:
+            tl.store(ds_row + cols, ds)
+
+
+@jit
 def _loss_bwd_kernel(
     z_ptr,  # as in the forward
     s_ptr,
@@ -424,38 +466,33 @@ def _loss_bwd_kernel(
     if BCE:
         per_class = 1.0 / C
     out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
+    zero = tl.zeros([], tl.float32)  # the row terms of an absent gradient
+    g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t = zero, zero, zero, zero, zero, zero, zero, zero, zero
     if WRITE_DZ:
         g_m = tl.load(gm_ptr + row * stride_gm, mask=in_row, other=0.0).to(tl.float32) * per_class
         c_z = tl.load(out_row + 2 * m64, mask=in_row, other=0.0)
-        log_l_z = tl.load(out_row + 3 * m64, mask=in_row, other=0.0)
+        b_z = tl.load(out_row + 3 * m64, mask=in_row, other=0.0) * 1.4426950408889634  # log2(l_z)
         s_z = tl.load(out_row + 4 * m64, mask=in_row, other=0.0)
     if WRITE_DS:
         g_s = tl.load(gs_ptr + row * stride_gs, mask=in_row, other=0.0).to(tl.float32) * (temperature * per_class)
         c_s = tl.load(out_row + 5 * m64, mask=in_row, other=0.0)
-        log_l_s = tl.load(out_row + 6 * m64, mask=in_row, other=0.0)
+        b_s = tl.load(out_row + 6 * m64, mask=in_row, other=0.0) * 1.4426950408889634
         c_t = tl.load(out_row + 7 * m64, mask=in_row, other=0.0)
-        log_l_t = tl.load(out_row + 8 * m64, mask=in_row, other=0.0)
-    for start in range(0, C, BLOCK_C):
-        cols = start + lanes
-        mask = (cols < C) & in_row
-        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
-        if WRITE_DZ:
-            w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
-            if BCE:
-                p = _sigmoid(z)
-            else:
-                p = s_z * tl.exp((z - c_z) - log_l_z)
-            dz = _row_value(g_m * (p - w), valid, bad)  # fp32 throughout, one cast at the store
-            tl.store(dz_ptr + row * C + cols, dz.to(dz_ptr.dtype.element_ty), mask=mask)
-        if WRITE_DS:
-            x = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32) * inv_t
-            zt = z * inv_t
-            if BCE:
-                diff = _sigmoid(x) - _sigmoid(zt)
-            else:
-                diff = tl.exp((x - c_s) - log_l_s) - tl.exp((zt - c_t) - log_l_t)
-            ds = _row_value(g_s * diff, valid, bad)
-            tl.store(ds_ptr + row * C + cols, ds.to(ds_ptr.dtype.element_ty), mask=mask)
+        b_t = tl.load(out_row + 8 * m64, mask=in_row, other=0.0) * 1.4426950408889634
+    full = C - C % BLOCK_C  # whole blocks unmasked, then one masked tail block
+    for start in range(0, full, BLOCK_C):
+        _bwd_block(
+            z_row, s_row, y_row, dz_ptr + row * C, ds_ptr + row * C, start + lanes, lanes < BLOCK_C, label, valid,
+            bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
+            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, False,
+        )  # fmt: skip
+    if full < C:
+        cols = full + lanes
+        _bwd_block(
+            z_row, s_row, y_row, dz_ptr + row * C, ds_ptr + row * C, cols, cols < C, label, valid,
+            bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
+            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, True,
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
