@@ -105,6 +105,8 @@ _LOSS_OPTIONS = {"eps": "fp32", "ignore_index": "i64", "temperature": "fp32", "t
 
 def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_BLOCK_C):
     forward = kernel is masksub_loss._loss_fwd_kernel
+    if forward:
+        block_c = min(block_c, masksub_loss._forward_max_block())  # the launcher's cap for the forward
     logits = {"z_ptr": f"*{dtype}", "s_ptr": f"*{dtype}", "y_ptr": "*fp32" if flags.get("DENSE") else "*i64"}
     if forward:
         signature = {**logits, "out_ptr": "*fp32", **_LOSS_SCALARS, **_LOSS_OPTIONS}
@@ -118,7 +120,7 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
         constexprs = {"LABELS": False, **constexprs}
     set_flags = ",".join(k.lower() if v is True else f"{k}={v}" for k, v in flags.items() if v)
     name = f"{'fwd' if forward else 'bwd'}[{dtype},{set_flags},block={block_c}]"
-    return name, kernel, signature, constexprs, {"num_warps": masksub_loss._launch_config(block_c)[1]}
+    return name, kernel, signature, constexprs, {"num_warps": masksub_loss._launch_config(block_c, block_c)[1]}
 
 
 def masksub_loss_specs() -> list[tuple]:

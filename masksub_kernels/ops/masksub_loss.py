@@ -35,14 +35,21 @@ saved fp32 stats (c and log l per softmax, and S: flash-attention's choice) move
 the extra memory O(M). The caller's logits are never written. One program per row loops over C in blocks of at
 most MAX_BLOCK_C (C up to 262144, int64 offsets); a few rows of a huge C leave SMs idle (a 2-D grid would need a
 second pass to combine the partial softmax states). fp64 logits run in fp32 in the kernels (fp64 in the reference).
+
+Forward speed (issue-bound, not memory-bound, when a block reduction ran per iteration): each lane keeps its own
+online-softmax state (max, sum of exp) and the lanes merge once per row; exponents are exp2 with log2(e) / T
+folded into one multiply, one exp2 per element and softmax (one of the two rescalings is exp(0)); whole blocks
+run unmasked, only a partial last block is masked; for class ids only the target column and sum z matter
+(sum w (z - c) = w_o (sum z - C c) + (w_y - w_o)(z_y - c)), so no per-element weight is built.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._triton import jit, next_power_of_2, tl
+from .._triton import next_power_of_2
 from ._common import masksub_op
+from ._masksub_loss_kernels import _loss_bwd_kernel, _loss_fwd_kernel
 
 MAX_BLOCK_C = 4096  # classes per loop iteration of a program (the tests raise it under the interpreter)
 # Rows of the forward's fp32 [9, M] output: the two per-row losses, then the stats the backward reads (CE only).
@@ -193,230 +200,6 @@ def loss_backward_reference(grad_main, grad_sub, out, logits, sub_logits, target
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Triton kernels: one program per row, a loop over the classes in blocks of BLOCK_C, fp32 arithmetic
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@jit
-def _log1p(v):
-    # log(1 + v), accurate for small v without libdevice (Goldberg's trick; exact where 1 + v rounds to 1)
-    u = 1.0 + v
-    return tl.where(u == 1.0, v, tl.log(u) * (v / (u - 1.0)))
-
-
-@jit
-def _bce_elem(x, w):
-    # softplus(x) - w x = (1 - w) max(x, 0) - w min(x, 0) + log1p(exp(-|x|)); zero coefficients skip +-inf
-    pos = tl.where(w != 1.0, (1.0 - w) * tl.maximum(x, 0.0), 0.0)
-    neg = tl.where(w != 0.0, w * tl.minimum(x, 0.0), 0.0)
-    return pos - neg + _log1p(tl.exp(-tl.abs(x)))
-
-
-@jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@jit
-def _shift(m):
-    # the softmax shift: the running max, 0 while it is -inf (so that exp(x - shift) never sees -inf - -inf)
-    return tl.where(m == float("-inf"), 0.0, m)
-
-
-@jit
-def _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE: tl.constexpr, BINARISE: tl.constexpr):
-    # w = (1 - eps) q + eps / C on the block, 0 on masked lanes
-    if DENSE:
-        q = tl.load(y_row + cols, mask=mask, other=0.0).to(tl.float32)
-    else:
-        q = tl.where(cols == label, 1.0, 0.0)
-    if BINARISE:
-        q = tl.where(q > threshold, 1.0, 0.0)
-    return tl.where(mask, (1.0 - eps) * q + eps / C, 0.0)
-
-
-@jit
-def _row_label(y_ptr, row, in_row, ignore_index, C, LABELS: tl.constexpr):
-    # (class id, whether the row counts, whether it counts with an id outside [0, C)); without ids every row counts
-    label = tl.full([], -1, tl.int64)
-    valid = in_row
-    bad = tl.zeros([], tl.int1)
-    if LABELS:
-        label = tl.load(y_ptr + row, mask=in_row, other=0).to(tl.int64)
-        valid = in_row & (label != ignore_index)
-        bad = valid & ((label < 0) | (label >= C))
-    return label, valid, bad
-
-
-@jit
-def _row_value(value, valid, bad):
-    # the value where the row counts, 0 where it is ignored, NaN where its class id is out of range (no host sync)
-    return tl.where(bad, float("nan"), tl.where(valid, value, 0.0))
-
-
-@jit
-def _loss_fwd_kernel(
-    z_ptr,  # main logits [M, C], last stride 1 (also the sub term's teacher)
-    s_ptr,  # sub logits [M, C], last stride 1 (HAS_SUB)
-    y_ptr,  # int64 class ids [M] or probabilities [M, C], last stride 1 (HAS_MAIN)
-    out_ptr,  # fp32 [9, M] out: main loss, sub loss (T^2 included; 0 ignored, NaN bad-id rows), stats, zero-filled
-    M,
-    C,
-    stride_z,
-    stride_s,
-    stride_y,
-    eps,
-    ignore_index,
-    temperature,
-    threshold,
-    HAS_MAIN: tl.constexpr,
-    HAS_SUB: tl.constexpr,
-    BCE: tl.constexpr,
-    DENSE: tl.constexpr,
-    BINARISE: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    in_row = row < M
-    lanes = tl.arange(0, BLOCK_C)
-    z_row, s_row, y_row = z_ptr + row * stride_z, s_ptr + row * stride_s, y_ptr + row * stride_y
-    label, valid, bad = _row_label(y_ptr, row, in_row, ignore_index, C, HAS_MAIN and not DENSE)
-    inv_t = 1.0 / temperature
-    neg_inf = tl.zeros([], tl.float32) + float("-inf")
-    zero = tl.zeros([], tl.float32)
-    # main CE: running max m_z, l_z = sum exp(z - shift), S = sum w, D = sum w (z - shift); main BCE: acc_m
-    m_z, l_z, s_z, d_z, acc_m = neg_inf, zero, zero, zero, zero
-    # sub CE: s/T (m_s, l_s), z/T (m_t, l_t), D_t = sum exp(z/T - shift_t) (s/T - shift_s); sub BCE: acc_s
-    m_s, l_s, m_t, l_t, d_t, acc_s = neg_inf, zero, neg_inf, zero, zero, zero
-    for start in range(0, C, BLOCK_C):
-        cols = start + lanes
-        mask = (cols < C) & in_row
-        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
-        if HAS_MAIN:
-            w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
-            if BCE:
-                acc_m += tl.sum(tl.where(mask, _bce_elem(z, w), 0.0), axis=0)
-            else:
-                zm = tl.where(mask, z, float("-inf"))
-                m_new = tl.maximum(m_z, tl.max(zm, axis=0))
-                c_old, c_new = _shift(m_z), _shift(m_new)
-                l_z = l_z * tl.exp(m_z - c_new) + tl.sum(tl.exp(zm - c_new), axis=0)
-                d_z += s_z * (c_old - c_new) + tl.sum(tl.where(w != 0.0, w * (zm - c_new), 0.0), axis=0)
-                s_z += tl.sum(w, axis=0)
-                m_z = m_new
-        if HAS_SUB:
-            s = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32)
-            if BCE:
-                acc_s += tl.sum(tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0), axis=0)
-            else:
-                x = tl.where(mask, s * inv_t, float("-inf"))
-                zt = tl.where(mask, z * inv_t, float("-inf"))
-                ms_new = tl.maximum(m_s, tl.max(x, axis=0))
-                mt_new = tl.maximum(m_t, tl.max(zt, axis=0))
-                cs_old, cs_new, ct_new = _shift(m_s), _shift(ms_new), _shift(mt_new)
-                alpha_t = tl.exp(m_t - ct_new)
-                e_t = tl.exp(zt - ct_new)
-                d_t = alpha_t * (d_t + l_t * (cs_old - cs_new))
-                d_t += tl.sum(tl.where(e_t != 0.0, e_t * (x - cs_new), 0.0), axis=0)
-                l_t = l_t * alpha_t + tl.sum(e_t, axis=0)
-                l_s = l_s * tl.exp(m_s - cs_new) + tl.sum(tl.exp(x - cs_new), axis=0)
-                m_s, m_t = ms_new, mt_new
-    out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
-    if HAS_MAIN:
-        if BCE:
-            main = acc_m / C
-        else:
-            main = s_z * tl.log(l_z) - d_z  # sum_c w_c (lse - z_c)
-            tl.store(out_row + 2 * m64, _shift(m_z), mask=in_row)
-            tl.store(out_row + 3 * m64, tl.log(l_z), mask=in_row)
-            tl.store(out_row + 4 * m64, s_z, mask=in_row)
-        tl.store(out_row, _row_value(main, valid, bad), mask=in_row)
-    if HAS_SUB:
-        if BCE:
-            sub = acc_s / C
-        else:
-            sub = tl.log(l_s) - d_t / l_t  # sum_c p_c (lse(s/T) - s_c/T)
-            tl.store(out_row + 5 * m64, _shift(m_s), mask=in_row)
-            tl.store(out_row + 6 * m64, tl.log(l_s), mask=in_row)
-            tl.store(out_row + 7 * m64, _shift(m_t), mask=in_row)
-            tl.store(out_row + 8 * m64, tl.log(l_t), mask=in_row)
-        tl.store(out_row + M, _row_value((temperature * temperature) * sub, valid, bad), mask=in_row)
-
-
-@jit
-def _loss_bwd_kernel(
-    z_ptr,  # as in the forward
-    s_ptr,
-    y_ptr,
-    out_ptr,  # fp32 [9, M], the forward's output (stats rows)
-    gm_ptr,  # grad of the per-row main loss [M], any float dtype and row stride (0 included) (WRITE_DZ)
-    gs_ptr,  # grad of the per-row sub loss [M] (WRITE_DS)
-    dz_ptr,  # [M, C] out, the logits' dtype, contiguous (WRITE_DZ)
-    ds_ptr,  # [M, C] out (WRITE_DS)
-    M,
-    C,
-    stride_z,
-    stride_s,
-    stride_y,
-    stride_gm,
-    stride_gs,
-    eps,
-    ignore_index,
-    temperature,
-    threshold,
-    LABELS: tl.constexpr,
-    WRITE_DZ: tl.constexpr,
-    WRITE_DS: tl.constexpr,
-    BCE: tl.constexpr,
-    DENSE: tl.constexpr,
-    BINARISE: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    in_row = row < M
-    lanes = tl.arange(0, BLOCK_C)
-    z_row, s_row, y_row = z_ptr + row * stride_z, s_ptr + row * stride_s, y_ptr + row * stride_y
-    label, valid, bad = _row_label(y_ptr, row, in_row, ignore_index, C, LABELS)  # zero / NaN rows as forward
-    inv_t = 1.0 / temperature
-    per_class = 1.0
-    if BCE:
-        per_class = 1.0 / C
-    out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
-    if WRITE_DZ:
-        g_m = tl.load(gm_ptr + row * stride_gm, mask=in_row, other=0.0).to(tl.float32) * per_class
-        c_z = tl.load(out_row + 2 * m64, mask=in_row, other=0.0)
-        log_l_z = tl.load(out_row + 3 * m64, mask=in_row, other=0.0)
-        s_z = tl.load(out_row + 4 * m64, mask=in_row, other=0.0)
-    if WRITE_DS:
-        g_s = tl.load(gs_ptr + row * stride_gs, mask=in_row, other=0.0).to(tl.float32) * (temperature * per_class)
-        c_s = tl.load(out_row + 5 * m64, mask=in_row, other=0.0)
-        log_l_s = tl.load(out_row + 6 * m64, mask=in_row, other=0.0)
-        c_t = tl.load(out_row + 7 * m64, mask=in_row, other=0.0)
-        log_l_t = tl.load(out_row + 8 * m64, mask=in_row, other=0.0)
-    for start in range(0, C, BLOCK_C):
-        cols = start + lanes
-        mask = (cols < C) & in_row
-        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
-        if WRITE_DZ:
-            w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
-            if BCE:
-                p = _sigmoid(z)
-            else:
-                p = s_z * tl.exp((z - c_z) - log_l_z)
-            dz = _row_value(g_m * (p - w), valid, bad)  # fp32 throughout, one cast at the store
-            tl.store(dz_ptr + row * C + cols, dz.to(dz_ptr.dtype.element_ty), mask=mask)
-        if WRITE_DS:
-            x = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32) * inv_t
-            zt = z * inv_t
-            if BCE:
-                diff = _sigmoid(x) - _sigmoid(zt)
-            else:
-                diff = tl.exp((x - c_s) - log_l_s) - tl.exp((zt - c_t) - log_l_t)
-            ds = _row_value(g_s * diff, valid, bad)
-            tl.store(ds_ptr + row * C + cols, ds.to(ds_ptr.dtype.element_ty), mask=mask)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Launchers. The CUDA extension masksub_kernels._C takes the same arguments (? = optional):
 #   _C.masksub_loss_forward(logits, sub_logits?, target?, bce, label_smoothing, ignore_index, temperature,
 #                           target_threshold?) -> fp32 [9, M] (rows: main, sub, the 7 stats of NUM_OUT above)
@@ -425,24 +208,30 @@ def _loss_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _launch_config(classes: int) -> tuple[int, int]:
-    """(BLOCK_C, num_warps): up to MAX_BLOCK_C classes per iteration, ~8 per thread at most."""
-    block_c = min(max(16, next_power_of_2(classes)), MAX_BLOCK_C)
+def _launch_config(classes: int, max_block: int) -> tuple[int, int]:
+    """(BLOCK_C, num_warps): up to max_block classes per iteration, ~8 per thread at most."""
+    block_c = min(max(16, next_power_of_2(classes)), max_block)
     return block_c, max(4, min(16, block_c // 256))
 
 
-def _prepare(logits, sub_logits, target, bce, threshold):
+def _forward_max_block() -> int:
+    """The forward keeps 8 per-lane states per class slot in registers: half the backward's block (8 warps of ~100
+    registers) keeps 2 blocks resident per SM; the whole block needs 1 and waits on every load (the perf model)."""
+    return max(16, MAX_BLOCK_C // 2)
+
+
+def _prepare(logits, sub_logits, target, bce, threshold, max_block):
     """Kernel operands: tensors with unit last stride (absent ones stand in as logits), row strides, constexprs."""
     z, s, y = (t if t is None or t.stride(-1) == 1 else t.contiguous() for t in (logits, sub_logits, target))
     dense = y is not None and y.is_floating_point()
-    block_c, num_warps = _launch_config(z.shape[1])
+    block_c, num_warps = _launch_config(z.shape[1], max_block)
     strides = (z.stride(0), s.stride(0) if s is not None else 0, y.stride(0) if dense else 1)
     flags = {"BCE": bool(bce), "DENSE": dense, "BINARISE": threshold is not None, "BLOCK_C": block_c}
     return (z, z if s is None else s, z if y is None else y), strides, flags, num_warps
 
 
 def _forward_triton(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold):
-    (z, s, y), strides, flags, warps = _prepare(logits, sub_logits, target, bce, threshold)
+    (z, s, y), strides, flags, warps = _prepare(logits, sub_logits, target, bce, threshold, _forward_max_block())
     out = torch.zeros(NUM_OUT, z.shape[0], dtype=torch.float32, device=z.device)
     if z.shape[0]:
         args = (z, s, y, out, *z.shape, *strides, label_smoothing, ignore_index, temperature, threshold or 0.0)
@@ -452,7 +241,7 @@ def _forward_triton(logits, sub_logits, target, bce, label_smoothing, ignore_ind
 
 
 def _backward_triton(grad_main, grad_sub, out, logits, sub_logits, target, bce, eps, ignore, temperature, threshold):
-    (z, s, y), strides, flags, warps = _prepare(logits, sub_logits, target, bce, threshold)
+    (z, s, y), strides, flags, warps = _prepare(logits, sub_logits, target, bce, threshold, MAX_BLOCK_C)
     dz, ds = (z.new_empty(z.shape if g is not None else (0,)) for g in (grad_main, grad_sub))  # contiguous
     gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
     if z.shape[0] and (grad_main is not None or grad_sub is not None):

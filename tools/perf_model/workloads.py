@@ -47,16 +47,17 @@ def _copy_rows(a: dict) -> tuple:
 
 
 def _loss(a: dict) -> tuple:
+    # both kernels' steady loops run over the whole blocks only; a partial last block is peeled (outside the loop)
     m, c, e = a["M"], a["C"], a["z_ptr"].element_size()
     forward = "gm_ptr" not in a
     dense = a["DENSE"]
     target = m * c * a["y_ptr"].element_size() if dense else m * 8
     if forward:
         reads = m * c * e * (int(a["HAS_MAIN"] or a["HAS_SUB"]) + int(a["HAS_SUB"])) + target * a["HAS_MAIN"]
-        return [cdiv(c, a["BLOCK_C"])], a["BLOCK_C"], reads, 9 * m * 4
+        return [c // a["BLOCK_C"]], a["BLOCK_C"], reads, 9 * m * 4
     dz, ds = a["WRITE_DZ"], a["WRITE_DS"]
     reads = m * c * e * (1 + int(ds)) + target * dz + 9 * m * 4
-    return [cdiv(c, a["BLOCK_C"])], a["BLOCK_C"], reads, m * c * e * (int(dz) + int(ds))
+    return [c // a["BLOCK_C"]], a["BLOCK_C"], reads, m * c * e * (int(dz) + int(ds))
 
 
 def _cell_mask(a: dict) -> tuple:

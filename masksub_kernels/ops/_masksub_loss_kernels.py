@@ -1,0 +1,403 @@
+"""The MaskSub loss's Triton kernels (maths, design and layout: masksub_loss.py's docstring).
+
+One program per row, a loop over the classes in blocks of BLOCK_C, fp32 arithmetic. The forward keeps a per-lane
+online-softmax state (merged once per row) and the backward recomputes from the forward's saved stats; both run
+whole blocks unmasked and peel a partial last block.
+"""
+
+from __future__ import annotations
+
+from .._triton import jit, tl
+
+# ----------------------------------------------------------------------------------------------------------------
+# Triton kernels: one program per row, a loop over the classes in blocks of BLOCK_C, fp32 arithmetic
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@jit
+def _log1p(v):
+    # log(1 + v) for v in [0, 1] (here v = exp(-|x|)) as v P(v): P a degree-9 polynomial fitted to log1p(v) / v
+    # on [0, 1] (truncation error 6e-9 relative; ~2 ulp in fp32 Horner, as the libdevice log and a division it
+    # replaces, at a quarter of the instructions). Relative accuracy holds for tiny v, where 1 + v rounds to 1.
+    p = -0.003163999359346998
+    p = p * v + 0.019487686092971974
+    p = p * v - 0.056269525832053906
+    p = p * v + 0.1053295061396915
+    p = p * v - 0.15263273655130635
+    p = p * v + 0.19661017875789702
+    p = p * v - 0.24951167191526266
+    p = p * v + 0.33329665491782323
+    p = p * v - 0.49999890898558996
+    p = p * v + 0.9999999945431184
+    return p * v
+
+
+@jit
+def _bce_elem(x, w):
+    # softplus(x) - w x = (1 - w) max(x, 0) - w min(x, 0) + log1p(exp(-|x|)); zero coefficients skip +-inf
+    pos = tl.where(w != 1.0, (1.0 - w) * tl.maximum(x, 0.0), 0.0)
+    neg = tl.where(w != 0.0, w * tl.minimum(x, 0.0), 0.0)
+    return pos - neg + _log1p(tl.exp(-tl.abs(x)))
+
+
+@jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@jit
+def _shift(m):
+    # the softmax shift: the running max, 0 while it is -inf (so that exp(x - shift) never sees -inf - -inf)
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@jit
+def _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE: tl.constexpr, BINARISE: tl.constexpr):
+    # w = (1 - eps) q + eps / C on the block, 0 on masked lanes
+    if DENSE:
+        q = tl.load(y_row + cols, mask=mask, other=0.0).to(tl.float32)
+    else:
+        q = tl.where(cols == label, 1.0, 0.0)
+    if BINARISE:
+        q = tl.where(q > threshold, 1.0, 0.0)
+    return tl.where(mask, (1.0 - eps) * q + eps / C, 0.0)
+
+
+@jit
+def _row_label(y_ptr, row, in_row, ignore_index, C, LABELS: tl.constexpr):
+    # (class id, whether the row counts, whether it counts with an id outside [0, C)); without ids every row counts
+    label = tl.full([], -1, tl.int64)
+    valid = in_row
+    bad = tl.zeros([], tl.int1)
+    if LABELS:
+        label = tl.load(y_ptr + row, mask=in_row, other=0).to(tl.int64)
+        valid = in_row & (label != ignore_index)
+        bad = valid & ((label < 0) | (label >= C))
+    return label, valid, bad
+
+
+@jit
+def _row_value(value, valid, bad):
+    # the value where the row counts, 0 where it is ignored, NaN where its class id is out of range (no host sync)
+    return tl.where(bad, float("nan"), tl.where(valid, value, 0.0))
+
+
+@jit
+def _running_exp_sum(v, m, l, k):
+    # One element per lane into the lane's running (max m, l = sum exp(k (v - m))), one exp2 per element: one of
+    # the two rescalings is exp(0) = 1. v > m: l exp(k (m - v)) + 1 (the new max is v); else: l + exp(k (v - m)).
+    # Returns (v > m, the new l). v = -inf: exp2(-inf) = 0 (m is finite), l unchanged.
+    gt = v > m
+    e = tl.exp2((tl.minimum(v, m) - tl.maximum(v, m)) * k)
+    return gt, tl.where(gt, l * e + 1.0, l + e)
+
+
+@jit
+def _fwd_block(
+    z_row,
+    s_row,
+    y_row,
+    cols,
+    mask,
+    label,
+    eps,
+    C,
+    threshold,
+    inv_t,
+    k_z,
+    k_t,
+    m_z,
+    l_z,
+    a_z,
+    b_z,
+    m_s,
+    l_s,
+    l_t,
+    d_t,
+    HAS_MAIN: tl.constexpr,
+    HAS_SUB: tl.constexpr,
+    BCE: tl.constexpr,
+    DENSE: tl.constexpr,
+    BINARISE: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    # One block of classes into the per-lane states (each lane its own softmax state, merged once per row: no block
+    # reduction per iteration). Only the last block is MASKED; its masked lanes read z = s = -inf and add nothing.
+    # CE: m_z, l_z (z, scale k_z = log2 e: exp(v) = exp2(v log2 e), the scale folded into one multiply);
+    # class ids: a_z = sum z; probabilities: b_z = sum w, a_z = sum w (z - m_z).
+    # Sub CE: m_s, l_s (s, scale k_t = log2(e) / T), l_t = sum exp((z - m_z) / T), d_t = sum that * (s - m_s).
+    # BCE: a_z and d_t are the per-lane sums of the main and sub elements.
+    if MASKED:
+        z = tl.load(z_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+    else:
+        z = tl.load(z_row + cols).to(tl.float32)
+    if HAS_SUB:
+        if MASKED:
+            s = tl.load(s_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        else:
+            s = tl.load(s_row + cols).to(tl.float32)
+    if BCE:
+        if HAS_MAIN:
+            w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
+            a_z += tl.where(mask, _bce_elem(z, w), 0.0)
+        if HAS_SUB:
+            d_t += tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0)
+    else:
+        gt, l_new = _running_exp_sum(z, m_z, l_z, k_z)
+        m_new = tl.maximum(z, m_z)
+        if HAS_MAIN:
+            l_z = l_new
+            if DENSE:
+                # a_z = sum w (z - m_z): rescaled by b_z (m_old - m_new) when the max grows; w = 0 terms skipped
+                w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
+                a_z += b_z * (m_z - m_new) + tl.where(w != 0.0, w * (z - m_new), 0.0)
+                b_z += w
+            else:
+                a_z += tl.where(mask, z, 0.0)  # the uniform eps / C term needs only sum z (see the merge)
+        if HAS_SUB:
+            # teacher z / T: the same comparison as z, one more exp2. alpha rescales the old sums, e_t is this term
+            e2 = tl.exp2((tl.minimum(z, m_z) - tl.maximum(z, m_z)) * k_t)
+            alpha, e_t = tl.where(gt, e2, 1.0), tl.where(gt, 1.0, e2)
+            _, l_s = _running_exp_sum(s, m_s, l_s, k_t)
+            ms_new = tl.maximum(s, m_s)
+            d_t = alpha * (d_t + l_t * (m_s - ms_new)) + tl.where(e_t != 0.0, e_t * (s - ms_new), 0.0)
+            l_t = l_t * alpha + e_t
+            m_s = ms_new
+        m_z = m_new
+    return m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t
+
+
+@jit
+def _row_shift(m):
+    # the row's softmax shift from the per-lane maxima: their max, 0 while the row is all -inf (every lane still
+    # at its start, -FLT_MAX: finite, so that v - m is -inf, never NaN, for v = -inf)
+    c = tl.max(m, axis=0)
+    return tl.where(c <= -3.4028234663852886e38, 0.0, c)
+
+
+@jit
+def _loss_fwd_kernel(
+    z_ptr,  # main logits [M, C], last stride 1 (also the sub term's teacher)
+    s_ptr,  # sub logits [M, C], last stride 1 (HAS_SUB)
+    y_ptr,  # int64 class ids [M] or probabilities [M, C], last stride 1 (HAS_MAIN)
+    out_ptr,  # fp32 [9, M] out: main loss, sub loss (T^2 included; 0 ignored, NaN bad-id rows), stats, zero-filled
+    M,
+    C,
+    stride_z,
+    stride_s,
+    stride_y,
+    eps,
+    ignore_index,
+    temperature,
+    threshold,
+    HAS_MAIN: tl.constexpr,
+    HAS_SUB: tl.constexpr,
+    BCE: tl.constexpr,
+    DENSE: tl.constexpr,
+    BINARISE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # the grid is exactly M programs
+    lanes = tl.arange(0, BLOCK_C)
+    z_row, s_row, y_row = z_ptr + row * stride_z, s_ptr + row * stride_s, y_ptr + row * stride_y
+    label, valid, bad = _row_label(y_ptr, row, row < M, ignore_index, C, HAS_MAIN and not DENSE)
+    inv_t = 1.0 / temperature
+    k_z = 1.4426950408889634  # log2(e)
+    k_t = k_z * inv_t
+    lowest = tl.zeros([BLOCK_C], tl.float32) - 3.4028234663852886e38  # -FLT_MAX
+    zeros = tl.zeros([BLOCK_C], tl.float32)
+    m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = lowest, zeros, zeros, zeros, lowest, zeros, zeros, zeros
+    full = C - C % BLOCK_C  # whole blocks unmasked, then one masked tail block
+    for start in range(0, full, BLOCK_C):
+        m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
+            z_row, s_row, y_row, start + lanes, lanes < BLOCK_C, label, eps, C, threshold, inv_t, k_z, k_t,
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False,
+        )  # fmt: skip
+    if full < C:
+        cols = full + lanes
+        m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
+            z_row, s_row, y_row, cols, cols < C, label, eps, C, threshold, inv_t, k_z, k_t,
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True,
+        )  # fmt: skip
+    out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
+    in_row = row < M
+    if not BCE:
+        # merge the lanes: each lane's sums rescaled from its own max to the row's shift c_z
+        c_z = _row_shift(m_z)
+        beta_z = tl.exp2((m_z - c_z) * k_z)
+    if HAS_MAIN:
+        if BCE:
+            main = tl.sum(a_z, axis=0) / C
+        else:
+            l_row = tl.sum(l_z * beta_z, axis=0)
+            if DENSE:
+                s_w = tl.sum(b_z, axis=0)
+                d_w = tl.sum(a_z + b_z * (m_z - c_z), axis=0)  # sum w (z - c_z)
+            else:
+                # one-hot q: w = w_y at the label, w_o elsewhere (q := [q > threshold] first), so
+                # sum w (z - c) = w_o (sum z - C c) + (w_y - w_o) (z_y - c): z_y is loaded once, w = 0 terms skipped
+                q_y, q_o = 1.0, 0.0
+                if BINARISE:
+                    q_y, q_o = tl.where(1.0 > threshold, 1.0, 0.0), tl.where(0.0 > threshold, 1.0, 0.0)
+                w_y, w_o = (1.0 - eps) * q_y + eps / C, (1.0 - eps) * q_o + eps / C
+                has_y = valid & ~bad
+                z_y = tl.load(z_row + tl.where(has_y, label, 0), mask=has_y, other=0.0).to(tl.float32)
+                s_w = w_o * C + tl.where((label >= 0) & (label < C), w_y - w_o, 0.0)  # as the one-hot's sum
+                d_w = tl.where(w_o != 0.0, w_o * (tl.sum(a_z, axis=0) - C * c_z), 0.0)
+                d_w += tl.where(w_y != w_o, (w_y - w_o) * (z_y - c_z), 0.0)
+            main = s_w * tl.log(l_row) - d_w  # sum_c w_c (lse - z_c)
+            tl.store(out_row + 2 * m64, c_z, mask=in_row)
+            tl.store(out_row + 3 * m64, tl.log(l_row), mask=in_row)
+            tl.store(out_row + 4 * m64, s_w, mask=in_row)
+        tl.store(out_row, _row_value(main, valid, bad), mask=in_row)
+    if HAS_SUB:
+        if BCE:
+            sub = tl.sum(d_t, axis=0) / C
+        else:
+            c_s = _row_shift(m_s)  # in units of s; the stats are in units of s / T (the same values, rounded once)
+            beta_t = tl.exp2((m_z - c_z) * k_t)
+            lt_row = tl.sum(l_t * beta_t, axis=0)
+            ls_row = tl.sum(l_s * tl.exp2((m_s - c_s) * k_t), axis=0)
+            # sum p (s - c_s) / T with p = softmax(z / T); lanes whose teacher mass underflows to 0 are skipped
+            dt_row = tl.sum(tl.where(beta_t != 0.0, beta_t * (d_t + l_t * (m_s - c_s)), 0.0), axis=0)
+            sub = tl.log(ls_row) - inv_t * dt_row / lt_row  # sum_c p_c (lse(s/T) - s_c/T)
+            tl.store(out_row + 5 * m64, c_s * inv_t, mask=in_row)
+            tl.store(out_row + 6 * m64, tl.log(ls_row), mask=in_row)
+            tl.store(out_row + 7 * m64, c_z * inv_t, mask=in_row)
+            tl.store(out_row + 8 * m64, tl.log(lt_row), mask=in_row)
+        tl.store(out_row + M, _row_value((temperature * temperature) * sub, valid, bad), mask=in_row)
+
+
+@jit
+def _bwd_block(
+    z_row,
+    s_row,
+    y_row,
+    dz_row,
+    ds_row,
+    cols,
+    mask,
+    label,
+    valid,
+    bad,
+    eps,
+    C,
+    threshold,
+    inv_t,
+    g_m,
+    c_z,
+    b_z,
+    s_z,
+    g_s,
+    c_s,
+    b_s,
+    c_t,
+    b_t,
+    WRITE_DZ: tl.constexpr,
+    WRITE_DS: tl.constexpr,
+    BCE: tl.constexpr,
+    DENSE: tl.constexpr,
+    BINARISE: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    # One block of classes: both gradients recomputed from the saved stats and written. Only the last block is
+    # MASKED. softmax(v)_c = exp(v_c - c - log l) = exp2((v_c - c) log2 e - b) with b = log2 l (one FFMA per
+    # exponent; v_c - c is rounded once, as before, so logits of 1e4 lose nothing to the shift).
+    if MASKED:
+        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
+    else:
+        z = tl.load(z_row + cols).to(tl.float32)
+    if WRITE_DZ:
+        w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
+        if BCE:
+            p = _sigmoid(z)
+        else:
+            p = s_z * tl.exp2((z - c_z) * 1.4426950408889634 - b_z)
+        dz = _row_value(g_m * (p - w), valid, bad).to(dz_row.dtype.element_ty)  # fp32 throughout, one cast
+        if MASKED:
+            tl.store(dz_row + cols, dz, mask=mask)
+        else:
+            tl.store(dz_row + cols, dz)
+    if WRITE_DS:
+        if MASKED:
+            s = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32)
+        else:
+            s = tl.load(s_row + cols).to(tl.float32)
+        if BCE:
+            diff = _sigmoid(s * inv_t) - _sigmoid(z * inv_t)
+        else:
+            e_s = tl.exp2((s * inv_t - c_s) * 1.4426950408889634 - b_s)
+            diff = e_s - tl.exp2((z * inv_t - c_t) * 1.4426950408889634 - b_t)
+        ds = _row_value(g_s * diff, valid, bad).to(ds_row.dtype.element_ty)
+        if MASKED:
+            tl.store(ds_row + cols, ds, mask=mask)
+        else:
+            tl.store(ds_row + cols, ds)
+
+
+@jit
+def _loss_bwd_kernel(
+    z_ptr,  # as in the forward
+    s_ptr,
+    y_ptr,
+    out_ptr,  # fp32 [9, M], the forward's output (stats rows)
+    gm_ptr,  # grad of the per-row main loss [M], any float dtype and row stride (0 included) (WRITE_DZ)
+    gs_ptr,  # grad of the per-row sub loss [M] (WRITE_DS)
+    dz_ptr,  # [M, C] out, the logits' dtype, contiguous (WRITE_DZ)
+    ds_ptr,  # [M, C] out (WRITE_DS)
+    M,
+    C,
+    stride_z,
+    stride_s,
+    stride_y,
+    stride_gm,
+    stride_gs,
+    eps,
+    ignore_index,
+    temperature,
+    threshold,
+    LABELS: tl.constexpr,
+    WRITE_DZ: tl.constexpr,
+    WRITE_DS: tl.constexpr,
+    BCE: tl.constexpr,
+    DENSE: tl.constexpr,
+    BINARISE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    in_row = row < M
+    lanes = tl.arange(0, BLOCK_C)
+    z_row, s_row, y_row = z_ptr + row * stride_z, s_ptr + row * stride_s, y_ptr + row * stride_y
+    label, valid, bad = _row_label(y_ptr, row, in_row, ignore_index, C, LABELS)  # zero / NaN rows as forward
+    inv_t = 1.0 / temperature
+    per_class = 1.0
+    if BCE:
+        per_class = 1.0 / C
+    out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
+    zero = tl.zeros([], tl.float32)  # the row terms of an absent gradient
+    g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t = zero, zero, zero, zero, zero, zero, zero, zero, zero
+    if WRITE_DZ:
+        g_m = tl.load(gm_ptr + row * stride_gm, mask=in_row, other=0.0).to(tl.float32) * per_class
+        c_z = tl.load(out_row + 2 * m64, mask=in_row, other=0.0)
+        b_z = tl.load(out_row + 3 * m64, mask=in_row, other=0.0) * 1.4426950408889634  # log2(l_z)
+        s_z = tl.load(out_row + 4 * m64, mask=in_row, other=0.0)
+    if WRITE_DS:
+        g_s = tl.load(gs_ptr + row * stride_gs, mask=in_row, other=0.0).to(tl.float32) * (temperature * per_class)
+        c_s = tl.load(out_row + 5 * m64, mask=in_row, other=0.0)
+        b_s = tl.load(out_row + 6 * m64, mask=in_row, other=0.0) * 1.4426950408889634
+        c_t = tl.load(out_row + 7 * m64, mask=in_row, other=0.0)
+        b_t = tl.load(out_row + 8 * m64, mask=in_row, other=0.0) * 1.4426950408889634
+    full = C - C % BLOCK_C  # whole blocks unmasked, then one masked tail block
+    for start in range(0, full, BLOCK_C):
+        _bwd_block(
+            z_row, s_row, y_row, dz_ptr + row * C, ds_ptr + row * C, start + lanes, lanes < BLOCK_C, label, valid,
+            bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
+            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, False,
+        )  # fmt: skip
+    if full < C:
+        cols = full + lanes
+        _bwd_block(
+            z_row, s_row, y_row, dz_ptr + row * C, ds_ptr + row * C, cols, cols < C, label, valid,
+            bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
+            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, True,
+        )  # fmt: skip
