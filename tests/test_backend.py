@@ -129,3 +129,26 @@ def test_module_entry_point_fails_on_a_backend_that_cannot_run(name):
     bad = run_python(ENTRY_POINT, MASKSUB_BACKEND=name, TRITON_INTERPRET="0")
     assert bad.returncode == 2
     assert bad.stderr.startswith("python -m masksub_kernels: error: "), bad.stderr
+
+
+# The compiled extension masksub_kernels._C (built where a CUDA toolkit is present, CI included)
+needs_compiled_extension = pytest.mark.skipif(
+    _backend._compiled_extension_missing() is not None, reason="masksub_kernels._C does not import"
+)
+
+
+@needs_compiled_extension
+def test_cuda_backend_refuses_cpu_tensors_before_the_extension(monkeypatch):
+    monkeypatch.setattr(_backend, "_extensions", {})  # the tests' CUDA emulator takes CPU tensors
+    monkeypatch.setattr(_backend, "_cuda_device_present", lambda: True)  # as on a GPU machine
+    with mk.use_backend("cuda"), pytest.raises(RuntimeError, match="the CUDA extension needs CUDA tensors"):
+        mk.random_keep_indices(2, 10, 5, seed=1, device="cpu")
+
+
+@needs_compiled_extension
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_cuda_backend_is_unavailable_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(_backend, "_extensions", {})
+    assert "cuda" not in mk.available_backends()
+    with pytest.raises(RuntimeError, match="imports, but this machine has no CUDA device"):
+        mk.set_backend("cuda")

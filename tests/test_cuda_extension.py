@@ -225,23 +225,6 @@ def test_masksub_loss_refusals(logits, sub, target, options, message):
         _C.masksub_loss_backward(None, None, out, logits, sub, target, *args.values())
 
 
-@needs_C
-def test_cuda_backend_refuses_cpu_tensors_before_the_extension(monkeypatch):
-    monkeypatch.setattr(_backend, "_extensions", {})  # the tests' CUDA emulator takes CPU tensors
-    monkeypatch.setattr(_backend, "_cuda_device_present", lambda: True)  # as on a GPU machine
-    with mk.use_backend("cuda"), pytest.raises(RuntimeError, match="the CUDA extension needs CUDA tensors"):
-        mk.random_keep_indices(2, 10, 5, seed=1, device="cpu")
-
-
-@needs_C
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
-def test_cuda_backend_is_unavailable_without_a_gpu(monkeypatch):
-    monkeypatch.setattr(_backend, "_extensions", {})
-    assert "cuda" not in mk.available_backends()
-    with pytest.raises(RuntimeError, match="imports, but this machine has no CUDA device"):
-        mk.set_backend("cuda")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Kernels: bit for bit against the reference
 # ---------------------------------------------------------------------------------------------------------------
