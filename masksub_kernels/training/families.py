@@ -6,6 +6,8 @@ Families (``family='auto'`` picks one):
   selection before the blocks (vit.py).
 - ``'swin'``: timm ``SwinTransformer``: stage-1 tokens of removed cells replaced by a mask token (swin.py).
 - ``'pixel'``: ResNets and other CNNs: removed cells of the input images set to 0 (pixel.py).
+- ``'mlm'``: Hugging Face masked-LM encoders of BERT / RoBERTa structure: tokens dropped after the embeddings, the
+  predicted and special ones always kept (mlm.py).
 
 Policy for models outside these families (decided here, documented in the README): the pixel-grid masking works on
 any model that takes [B, C, H, W] images, so such a model gets it, with a one-time ``UserWarning`` per model class
@@ -20,12 +22,13 @@ import warnings
 
 from torch import nn
 
+from .mlm import is_mlm
 from .pixel import is_convolutional
 from .swin import is_swin, swin_token_grid
 from .vit import is_vit, vit_token_grid
 
-FAMILIES = ("vit", "swin", "pixel")
-DEFAULT_CELL_SIZE = {"vit": None, "swin": 8, "pixel": 32}  # Swin: 8 tokens (32 px at patch 4); CNN: 32 px
+FAMILIES = ("vit", "swin", "pixel", "mlm")
+DEFAULT_CELL_SIZE = {"vit": None, "swin": 8, "pixel": 32, "mlm": None}  # Swin: 8 tokens (32 px at patch 4); CNN: 32 px
 _WARNED: set[str] = set()
 
 __all__ = ["DEFAULT_CELL_SIZE", "FAMILIES", "check_input_size", "resolve_family", "unwrap_model"]
@@ -41,7 +44,7 @@ def _has(model: nn.Module, names: tuple[str, ...]) -> bool:
 
 
 def resolve_family(model: nn.Module, family: str = "auto") -> str:
-    """'vit', 'swin' or 'pixel' for ``model`` (see the module docstring for the policy)."""
+    """'vit', 'swin', 'pixel' or 'mlm' for ``model`` (see the module docstring for the policy)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if family == "auto":
@@ -49,6 +52,8 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
             return "vit"
         if is_swin(model):
             return "swin"
+        if is_mlm(model):
+            return "mlm"
         name = type(model).__name__
         if not is_convolutional(model) and name not in _WARNED:
             _WARNED.add(name)
@@ -66,7 +71,13 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
         "vit": ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm", "forward_head"),
         "swin": ("patch_embed", "layers", "norm", "forward_head"),
         "pixel": (),
+        "mlm": (),
     }[family]
+    if family == "mlm" and not is_mlm(model):
+        raise ValueError(
+            f"family='mlm' needs a Hugging Face masked-LM model of BERT structure (bert + cls.predictions) or RoBERTa "
+            f"structure (roberta + lm_head); {type(model).__name__} has neither"
+        )
     if not _has(model, needs):
         missing = [name for name in needs if not hasattr(model, name)]
         raise ValueError(f"family={family!r} needs a model with {needs}; {type(model).__name__} lacks {missing}")
@@ -82,6 +93,8 @@ def check_input_size(
 
     if isinstance(img_size, int):
         img_size = (img_size, img_size)
+    if family == "mlm":
+        return  # sequences: the length is checked on each batch
     if family == "vit":
         grid = vit_token_grid(model)
         if img_size is not None:

@@ -30,13 +30,16 @@ COLUMNS = (
 __all__ = ["COLUMNS", "write_log"]
 
 
-def write_log(output_dir: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    """Write ``log.csv`` (the rows) and ``log.json`` ({'meta': ..., 'epochs': rows}) in ``output_dir``."""
+def write_log(
+    output_dir: str, rows: list[dict[str, Any]], meta: dict[str, Any], columns: tuple[str, ...] = COLUMNS
+) -> None:
+    """Write ``log.csv`` (the rows, ``columns``) and ``log.json`` ({'meta': ..., 'epochs': rows}) in
+    ``output_dir`` (the MLM command logs rounds of steps with its own columns)."""
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "log.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
     with open(os.path.join(output_dir, "log.json"), "w") as f:
         json.dump({"meta": meta, "epochs": rows}, f, indent=1)

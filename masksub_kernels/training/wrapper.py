@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .._philox import new_seed
+from . import mlm
 from .families import DEFAULT_CELL_SIZE, check_input_size, resolve_family, unwrap_model
 from .pixel import pixel_sub_logits
 from .swin import swin_embed_dim, swin_sub_logits
@@ -68,14 +69,19 @@ class MaskSub(nn.Module):
     Args:
         model: a timm VisionTransformer / SwinTransformer, a CNN, or any image classifier (pixel-grid fallback with
             a one-time warning); may be ``torch.compile``-d (the sub-branch is then compiled with the same options).
+            Or a Hugging Face masked-LM model of BERT / RoBERTa structure (family 'mlm', mlm.py): it then takes a
+            batch mapping (input_ids, labels, ...) where image models take images, and its branches return head
+            inputs instead of logits, which the fused-linear loss turns into the loss without [rows, V] logits.
         mask_ratio: r, the fraction of tokens / cells removed (DropSub / PathSub: the dropout / drop-path rate).
         loss: 'ce' (softmax, DeiT / MAE / Swin recipes) or 'bce' (sigmoid, DeiT-III / ResNet RSB recipes).
         variant: 'mask' (MaskSub), 'drop' (DropSub) or 'path' (PathSub); the last two for ViTs only.
         main_weight, sub_weight: weights of the two terms (1/2 each in the paper).
         target_threshold: BCE only: the main target becomes [y > threshold] (DeiT-III: 0.0).
         label_smoothing: eps of the main target, w = (1 - eps) y + eps / C (leave 0 when timm's Mixup smooths).
-        family: 'auto' (detect), 'vit', 'swin' or 'pixel'.
+        family: 'auto' (detect), 'vit', 'swin', 'pixel' or 'mlm'.
         cell_size: mask cell side, in tokens for Swin (8) and pixels for the pixel grid (32).
+        sub_fill: mlm only: 'drop' (the sub-branch drops tokens) or 'mask' (it replaces them by [MASK]).
+        mask_token_id: mlm with sub_fill='mask': the [MASK] id (default: the model config's ``mask_token_id``).
 
     In eval mode ``ms(images)`` just runs the model: {'logits'} (+ 'loss' = 'loss_main' when a target is given).
     Only the Swin family owns a parameter, ``mask_token`` [C] (trunc-normal 0.02, listed by ``no_weight_decay``).
@@ -94,6 +100,8 @@ class MaskSub(nn.Module):
         label_smoothing: float = 0.0,
         family: str = "auto",
         cell_size: int | None = None,
+        sub_fill: str = "drop",
+        mask_token_id: int | None = None,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -121,6 +129,7 @@ class MaskSub(nn.Module):
                 f"variant={variant!r} (DropSub / PathSub) is defined for ViTs; this model is {self.family}"
             )
         self.cell_size = cell_size if cell_size is not None else DEFAULT_CELL_SIZE[self.family]
+        self._mlm = self._check_mlm(inner, sub_fill, mask_token_id, cell_size)
         if self.family == "swin" and variant == "mask":
             reference = next(inner.parameters())
             token = torch.empty(swin_embed_dim(inner), device=reference.device, dtype=reference.dtype)
@@ -133,6 +142,35 @@ class MaskSub(nn.Module):
         self._micro_step = 0  # position inside the gradient-accumulation window (train_step)
         self._checked_optimizers: set[int] = set()
         object.__setattr__(self, "_ddp", None)  # the DistributedDataParallel wrapping self, when wrap_ddp made one
+
+    def _check_mlm(self, inner: nn.Module, sub_fill: str, mask_token_id: int | None, cell_size: int | None):
+        """The mlm family's parts and options (None for the image families, which take neither option)."""
+        if self.family != "mlm":
+            if sub_fill != "drop" or mask_token_id is not None:
+                raise ValueError(
+                    f"sub_fill and mask_token_id are options of the mlm family; this model is {self.family}"
+                )
+            return None
+        if self.loss_mode != "ce" or self.target_threshold is not None:
+            raise ValueError("the mlm family predicts one token per position: it needs loss='ce' (softmax)")
+        if cell_size is not None:
+            raise ValueError("cell_size is an option of the grid masks; the mlm family drops tokens (mask_ratio)")
+        if sub_fill not in mlm.SUB_FILLS:
+            raise ValueError(f"sub_fill must be one of {mlm.SUB_FILLS}, got {sub_fill!r}")
+        if mask_token_id is None and sub_fill == "mask":
+            mask_token_id = getattr(getattr(inner, "config", None), "mask_token_id", None)
+            if mask_token_id is None:
+                raise ValueError("sub_fill='mask' needs mask_token_id (the model's config has none)")
+        if mask_token_id is not None and (
+            isinstance(mask_token_id, bool)
+            or not isinstance(mask_token_id, int)
+            or not 0 <= mask_token_id < inner.config.vocab_size
+        ):
+            raise ValueError(
+                f"mask_token_id must be an int in [0, vocab size {inner.config.vocab_size}), got {mask_token_id!r}"
+            )
+        self.sub_fill, self.mask_token_id = sub_fill, mask_token_id
+        return mlm.mlm_parts(inner)
 
     # ------------------------------------------------------------------------------------------------------------
     # Introspection used by timm's factories and the training command
@@ -170,7 +208,10 @@ class MaskSub(nn.Module):
     # ------------------------------------------------------------------------------------------------------------
 
     def main_criterion(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """crit(z_main, y), fp32 scalar: soft-target CE, or BCE with the threshold; label smoothing applied."""
+        """crit(z_main, y), fp32 scalar: soft-target CE, or BCE with the threshold; label smoothing applied.
+        (mlm: ``logits`` are the main head inputs [B, L, D] and ``target`` the labels [B, L].)"""
+        if self._mlm is not None:
+            return mlm.main_loss(self._mlm, logits, target, self.label_smoothing)
         return supervised_loss(
             logits,
             target,
@@ -180,14 +221,32 @@ class MaskSub(nn.Module):
         )
 
     def sub_criterion(self, sub_logits: torch.Tensor, main_logits: torch.Tensor) -> torch.Tensor:
-        """crit(z_sub, stopgrad(T(z_main))), fp32 scalar; no gradient reaches main_logits."""
+        """crit(z_sub, stopgrad(T(z_main))), fp32 scalar; no gradient reaches main_logits.
+        (mlm: ``sub_logits`` is the sub-branch's ``MLMSub``, ``main_logits`` the main head inputs [B, L, D].)"""
         import masksub_kernels as mk
+
+        if self._mlm is not None:
+            terms = mlm.masksub_terms(
+                self._mlm, main_logits.detach(), sub_logits, main_weight=0.0, sub_weight=1.0, label_smoothing=0.0
+            )
+            return terms.sub
 
         return mk.self_distillation_loss(sub_logits, main_logits.detach(), mode=self.loss_mode)
 
     def loss(self, main_logits: torch.Tensor, sub_logits: torch.Tensor, target: torch.Tensor):
-        """The fused ``masksub_loss`` with this wrapper's settings: (loss, main, sub), fp32 scalars."""
+        """The fused ``masksub_loss`` with this wrapper's settings: (loss, main, sub), fp32 scalars. (mlm: the
+        fused-linear loss on the kept rows; ``target`` is unused, the sub-branch carries the kept rows' labels.)"""
         import masksub_kernels as mk
+
+        if self._mlm is not None:
+            return mlm.masksub_terms(
+                self._mlm,
+                main_logits,
+                sub_logits,
+                main_weight=self.main_weight,
+                sub_weight=self.sub_weight,
+                label_smoothing=self.label_smoothing,
+            )
 
         return mk.masksub_loss(
             main_logits,
@@ -212,6 +271,8 @@ class MaskSub(nn.Module):
         if self.variant == "path":
             with sub_drop_path(model, self.mask_ratio):
                 return model(images)
+        if self.family == "mlm":
+            return mlm.sub_branch(self._mlm, images, self.mask_ratio, seed, self.sub_fill, self.mask_token_id)
         if self.family == "vit":
             return vit_sub_logits(model, images, self.mask_ratio, seed)
         if self.family == "swin":
@@ -247,6 +308,8 @@ class MaskSub(nn.Module):
         """
         if branch not in BRANCHES:
             raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
+        if self._mlm is not None:
+            return self._mlm_forward(images, target, seed, branch)
         if branch == "main":
             return self.model(images)
         if branch == "sub":
@@ -263,6 +326,26 @@ class MaskSub(nn.Module):
         sub_logits = self.sub_logits(images, seed)
         loss, loss_main, loss_sub = self.loss(main_logits, sub_logits, target)
         return {"loss": loss, "loss_main": loss_main, "loss_sub": loss_sub, "logits": main_logits}
+
+    def _mlm_forward(self, batch, target, seed, branch):
+        """forward for the mlm family: the same branches and outputs, with head inputs in place of logits
+        ('logits' holds the main head inputs [B, L, D]); ``target`` defaults to ``batch['labels']``. In eval mode:
+        {'loss', 'loss_main', 'correct', 'count'}: the held-out MLM loss, correct predictions and predicted tokens."""
+        mlm.check_batch(batch, need_labels=self.training and branch != "main")
+        if branch == "main":
+            return mlm.main_hidden(self._mlm, batch)
+        if branch == "sub":
+            return self.sub_logits(batch, seed)
+        if not self.training:
+            if batch.get("labels") is None:
+                return {"logits": mlm.main_hidden(self._mlm, batch)}
+            stats = mlm.evaluate_batch(self._mlm, batch)
+            loss = stats["loss_sum"] / stats["count"].clamp_min(1)
+            return {"loss": loss, "loss_main": loss, "correct": stats["correct"], "count": stats["count"]}
+        hidden = mlm.main_hidden(self._mlm, batch)
+        sub = self.sub_logits(batch, seed)
+        loss, loss_main, loss_sub = self.loss(hidden, sub, target)
+        return {"loss": loss, "loss_main": loss_main, "loss_sub": loss_sub, "logits": hidden}
 
     # ------------------------------------------------------------------------------------------------------------
     # Training step and DDP (schedules.py, distributed.py)

@@ -1,0 +1,314 @@
+"""BERT / RoBERTa masked-language-model sub-branch: token dropping on top of the usual MLM recipe.
+
+docs/semantics.md, §10 (our reading of the paper, which gives no code for BERT). One batch holds ``input_ids``
+[B, L] already corrupted by the main branch's recipe (``mlm_corrupt``: 15% of the non-special tokens chosen; of
+those 80% [MASK], 10% a random token, 10% unchanged) and ``labels`` [B, L] (the original token at the chosen
+positions, -100 elsewhere), optionally ``attention_mask``, ``token_type_ids`` and ``special_tokens_mask``.
+
+    main:  h = T(encoder(input_ids))                     [B, L, D]     T = the MLM head's transform (dense, act, LN)
+    sub:   ids = random_keep_indices(B, L, K, always_keep = labels != -100 or special, drop_first = padding)
+           h_s = T(encoder(input_ids[ids], positions[ids], ...))   [B, K, D],   K = floor(L (1 - r))
+    loss:  linear_masksub_loss(h[ids], h_s, W, b, labels[ids])    W = the (tied) decoder weight [V, D], b [V]
+
+so the sub-branch learns stopgrad(softmax(h W^T + b)) at the predicted positions (every one of which it keeps) and
+no [rows, V] logits exist. Embeddings act per token (word + position + type embeddings, LayerNorm, dropout), so
+embedding the kept tokens at their original positions is exactly dropping tokens after the embeddings, and cheaper.
+With ``sub_fill='mask'`` the sub-branch instead sees the whole sequence with the dropped tokens replaced by [MASK].
+
+Padded batches: padding is dropped first, and row b keeps K_b = max(floor(L_b (1 - r)), its always-kept count) of
+its L_b real tokens; the K - K_b slots left over are masked out of attention and of the loss. The kept slots come
+in ascending sort-key order (always-kept, then random, then padding), so slot j < K_b is a real kept token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100  # Hugging Face's label for positions that are not predicted
+SUB_FILLS = ("drop", "mask")
+
+__all__ = ["IGNORE_INDEX", "SUB_FILLS", "MLMParts", "MLMSub", "is_mlm", "mlm_corrupt", "mlm_parts"]
+
+
+class MLMSub(NamedTuple):
+    """The sub-branch's output: head inputs ``hidden`` [B, K, D] of the kept tokens, their positions ``ids`` int64
+    [B, K] in the full sequence, and their labels ``target`` int64 [B, K] (-100 where nothing is predicted)."""
+
+    hidden: torch.Tensor
+    ids: torch.Tensor
+    target: torch.Tensor
+
+
+@dataclass(frozen=True)
+class MLMParts:
+    """The pieces of a masked-LM model that the branches call: the encoder (embeddings + layers, the public
+    ``forward(input_ids, attention_mask, token_type_ids, position_ids)``), the head's transform and its decoder."""
+
+    encoder: nn.Module
+    transform: Callable[[torch.Tensor], torch.Tensor]
+    decoder: nn.Linear
+    padding_idx: int | None  # RoBERTa-style positions count from padding_idx + 1 and skip padding; None: BERT's 0..L-1
+
+
+def _roberta_transform(head: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda h: head.layer_norm(F.gelu(head.dense(h)))  # RobertaLMHead.forward without its decoder
+
+
+def mlm_parts(model: nn.Module) -> MLMParts | None:
+    """The parts of a Hugging Face ``BertForMaskedLM`` or a RoBERTa-style ``*ForMaskedLM`` (``roberta`` +
+    ``lm_head`` with dense, layer_norm, decoder: RoBERTa, XLM-R, CamemBERT), found by structure; None otherwise."""
+    cls = getattr(model, "cls", None)
+    predictions = getattr(cls, "predictions", None)
+    if hasattr(model, "bert") and hasattr(predictions, "transform") and hasattr(predictions, "decoder"):
+        return MLMParts(model.bert, predictions.transform, predictions.decoder, None)
+    head = getattr(model, "lm_head", None)
+    if hasattr(model, "roberta") and all(hasattr(head, name) for name in ("dense", "layer_norm", "decoder")):
+        padding_idx = getattr(model.roberta.embeddings, "padding_idx", None)
+        return MLMParts(model.roberta, _roberta_transform(head), head.decoder, padding_idx)
+    return None
+
+
+def is_mlm(model: nn.Module) -> bool:
+    """True for a Hugging Face masked-LM model of BERT or RoBERTa structure (see ``mlm_parts``)."""
+    return mlm_parts(model) is not None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The main branch's recipe: which tokens are predicted, and how they are corrupted (Philox: a seed reproduces it)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def mlm_corrupt(
+    input_ids: torch.Tensor,
+    special_tokens_mask: torch.Tensor | None,
+    *,
+    vocab_size: int,
+    mask_token_id: int,
+    seed: int,
+    probability: float = 0.15,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: (corrupted input_ids, labels), both int64 [B, L]; the inputs are not modified.
+
+    Each non-special token (``special_tokens_mask`` bool/int [B, L], True = special; padding must be marked special)
+    is chosen with probability ``probability``; a chosen token becomes [MASK] with probability 0.8, a token drawn
+    uniformly from [0, vocab_size) with probability 0.1, and stays with probability 0.1. labels = the original
+    token where chosen, -100 elsewhere. The three uniforms of token (b, p) are Philox draws at offsets
+    3 (b L + p) + k, k = 0, 1, 2, with ``seed``: the same seed gives the same corruption on every device.
+    """
+    from .._philox import new_seed, philox_uint32
+
+    if (
+        not isinstance(input_ids, torch.Tensor)
+        or input_ids.dim() != 2
+        or input_ids.dtype not in (torch.int64, torch.int32)
+    ):
+        raise ValueError(f"input_ids must be an int64 [batch, length] tensor, got {_describe(input_ids)}")
+    if special_tokens_mask is not None and (
+        not isinstance(special_tokens_mask, torch.Tensor) or special_tokens_mask.shape != input_ids.shape
+    ):
+        raise ValueError(
+            f"special_tokens_mask must be [batch, length] like input_ids, got {_describe(special_tokens_mask)}"
+        )
+    for name, value in (("vocab_size", vocab_size), ("mask_token_id", mask_token_id)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise TypeError(f"{name} must be an int >= 0, got {value!r}")
+    if not 0 <= mask_token_id < vocab_size:
+        raise ValueError(f"mask_token_id must be in [0, vocab_size={vocab_size}), got {mask_token_id}")
+    if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0.0 < probability <= 1.0:
+        raise ValueError(f"probability must be a float in (0, 1], got {probability!r}")
+    seed = new_seed(seed)
+    input_ids = input_ids.long()
+    batch, length = input_ids.shape
+    offsets = torch.arange(batch * length * 3, device=input_ids.device).view(batch, length, 3)
+    draws = philox_uint32(seed, offsets)
+    uniform = draws[..., :2].double() / 2.0**32  # in [0, 1)
+    chosen = uniform[..., 0] < probability
+    if special_tokens_mask is not None:
+        chosen &= ~special_tokens_mask.bool()
+    to_mask = chosen & (uniform[..., 1] < 0.8)
+    to_random = chosen & (uniform[..., 1] >= 0.8) & (uniform[..., 1] < 0.9)
+    corrupted = torch.where(to_mask, mask_token_id, input_ids)
+    corrupted = torch.where(to_random, draws[..., 2] % vocab_size, corrupted)
+    labels = torch.where(chosen, input_ids, IGNORE_INDEX)
+    return corrupted, labels
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"{x.dtype} tensor of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The two branches
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_batch(batch: Any, need_labels: bool) -> None:
+    """A batch is a mapping with ``input_ids`` int [B, L] and (for training) ``labels`` int [B, L]; the optional
+    ``attention_mask``, ``token_type_ids``, ``special_tokens_mask`` are [B, L] on the same device."""
+    if not hasattr(batch, "keys") or "input_ids" not in batch:
+        raise TypeError(
+            "the mlm family takes a batch mapping with 'input_ids' (and 'labels', optionally 'attention_mask', "
+            f"'token_type_ids', 'special_tokens_mask'), got {_describe(batch)}"
+        )
+    input_ids = batch["input_ids"]
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+        raise ValueError(f"input_ids must be an integer [batch, length] tensor, got {_describe(input_ids)}")
+    if need_labels and batch.get("labels") is None:
+        raise ValueError("the MaskSub step needs batch['labels'] (-100 at positions that are not predicted)")
+    for name in ("labels", "attention_mask", "token_type_ids", "special_tokens_mask"):
+        value = batch.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor) or value.shape != input_ids.shape or value.device != input_ids.device:
+            raise ValueError(
+                f"batch[{name!r}] must be a tensor shaped like input_ids {tuple(input_ids.shape)} on "
+                f"{input_ids.device}, got {_describe(value)}"
+                + (f" on {value.device}" if torch.is_tensor(value) else "")
+            )
+
+
+def _positions(parts: MLMParts, input_ids: torch.Tensor) -> torch.Tensor:
+    """The position ids the encoder uses by default: 0..L-1 (BERT), or RoBERTa's count of the non-padding tokens
+    from padding_idx + 1 (padding at padding_idx)."""
+    if parts.padding_idx is None:
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    real = (input_ids != parts.padding_idx).long()
+    return torch.cumsum(real, dim=1) * real + parts.padding_idx
+
+
+def main_hidden(parts: MLMParts, batch) -> torch.Tensor:
+    """The main branch: head inputs [B, L, D] of every position (the model's own forward up to the decoder)."""
+    out = parts.encoder(
+        input_ids=batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        token_type_ids=batch.get("token_type_ids"),
+    )
+    return parts.transform(out.last_hidden_state)
+
+
+def sub_branch(
+    parts: MLMParts, batch, mask_ratio: float, seed: int | torch.Tensor, fill: str, mask_token_id: int | None
+) -> MLMSub:
+    """The sub-branch (module docstring): keep K = floor(L (1 - r)) tokens per row, always the predicted and the
+    special ones, padding dropped first; with ``fill='mask'`` the dropped tokens become [MASK] instead."""
+    import masksub_kernels as mk
+
+    input_ids, labels = batch["input_ids"], batch["labels"]
+    attention_mask, token_types = batch.get("attention_mask"), batch.get("token_type_ids")
+    special = batch.get("special_tokens_mask")
+    batch_size, length = input_ids.shape
+    num_keep = mk.num_kept_tokens(length, mask_ratio)
+    always_keep = labels != IGNORE_INDEX
+    if special is not None:
+        always_keep = always_keep | special.bool()
+    padding = attention_mask == 0 if attention_mask is not None else None
+    ids = mk.random_keep_indices(
+        batch_size, length, num_keep, seed=seed, device=input_ids.device, always_keep=always_keep, drop_first=padding
+    )
+    slot_valid = None
+    if attention_mask is not None:  # row b uses its first K_b slots (module docstring)
+        real = attention_mask.ne(0).sum(dim=1)
+        row_keep = torch.maximum(torch.floor(real.double() * (1.0 - mask_ratio)).long(), always_keep.sum(dim=1))
+        slot_valid = torch.arange(num_keep, device=ids.device) < row_keep[:, None]
+    take = lambda t: t.gather(1, ids)
+    if fill == "drop":
+        out = parts.encoder(
+            input_ids=take(input_ids),
+            attention_mask=slot_valid.long() if slot_valid is not None else None,
+            token_type_ids=take(token_types) if token_types is not None else None,
+            position_ids=take(_positions(parts, input_ids)),
+        )
+        hidden = parts.transform(out.last_hidden_state)
+    else:
+        kept = torch.zeros_like(input_ids, dtype=torch.bool)
+        if slot_valid is not None:
+            kept.scatter_(1, ids, slot_valid)
+        else:
+            kept.scatter_(1, ids, True)
+        if padding is not None:
+            kept |= padding  # padding stays padding (masked out of attention anyway)
+        sub_ids = torch.where(kept, input_ids, mask_token_id)
+        out = parts.encoder(input_ids=sub_ids, attention_mask=attention_mask, token_type_ids=token_types)
+        hidden = parts.transform(mk.gather_tokens(out.last_hidden_state, ids, num_prefix_tokens=0))
+    target = take(labels)
+    if slot_valid is not None:
+        target = torch.where(slot_valid, target, IGNORE_INDEX)
+    return MLMSub(hidden, ids, target)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Criteria through the fused-linear loss: never [rows, V] logits
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _head(parts: MLMParts, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Decoder weight [V, D] and bias [V] in the hidden states' dtype (under autocast the hidden states are
+    bf16/fp16 and the parameters fp32: the cast is what autocast would do for the linear layer)."""
+    weight, bias = parts.decoder.weight, parts.decoder.bias
+    return weight.to(dtype), (bias.to(dtype) if bias is not None else None)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+def main_loss(parts: MLMParts, hidden: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """CE of the decoder's logits at the predicted positions (mean over them), fp32 scalar."""
+    import masksub_kernels as mk
+
+    weight, bias = _head(parts, hidden.dtype)
+    return mk.linear_soft_target_cross_entropy(
+        _rows(hidden), weight, bias, labels.reshape(-1), label_smoothing=label_smoothing, ignore_index=IGNORE_INDEX
+    )
+
+
+def masksub_terms(
+    parts: MLMParts,
+    hidden: torch.Tensor,
+    sub: MLMSub,
+    *,
+    main_weight: float,
+    sub_weight: float,
+    label_smoothing: float,
+):
+    """The fused MaskSub loss on the kept rows: (loss, main, sub) fp32 scalars. Every predicted position is kept,
+    so the main term equals ``main_loss`` over the whole sequence. ``hidden`` detached gives the sub term alone."""
+    import masksub_kernels as mk
+
+    weight, bias = _head(parts, sub.hidden.dtype)
+    main_rows = mk.gather_tokens(hidden, sub.ids, num_prefix_tokens=0)
+    return mk.linear_masksub_loss(
+        _rows(main_rows),
+        _rows(sub.hidden),
+        weight,
+        bias,
+        sub.target.reshape(-1),
+        main_weight=main_weight,
+        sub_weight=sub_weight,
+        label_smoothing=label_smoothing,
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+@torch.no_grad()
+def evaluate_batch(parts: MLMParts, batch) -> dict[str, torch.Tensor]:
+    """Held-out MLM metrics of one batch: {'loss_sum', 'correct', 'count'} (fp32 / int64 device scalars), from the
+    logits of the predicted rows only (a boolean index: evaluation may synchronise)."""
+    hidden = main_hidden(parts, batch)
+    labels = batch["labels"].reshape(-1)
+    rows = labels != IGNORE_INDEX
+    logits = parts.decoder(_rows(hidden)[rows]).float()
+    picked = labels[rows]
+    return {
+        "loss_sum": F.cross_entropy(logits, picked, reduction="sum"),
+        "correct": (logits.argmax(dim=1) == picked).sum(),
+        "count": rows.sum(),
+    }

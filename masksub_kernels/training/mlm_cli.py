@@ -1,0 +1,381 @@
+"""``masksub-train-mlm``: train a BERT masked-language model with MaskSub (or plainly, ``--baseline``).
+
+    masksub-train-mlm --output runs/mlm                         # a 4-layer, width-128 BERT on the stdlib docstrings
+    masksub-train-mlm --data-dir corpus/ --seq-len 128 --layers 12 --width 768 --heads 12 --amp bf16
+    torchrun --nproc_per_node=8 -m masksub_kernels.training.mlm_cli --data-dir corpus/ --device cuda ...
+
+The corpus is the docstrings of this Python's standard library (offline everywhere, the same for the same Python
+version), or the ``*.txt`` files under ``--data-dir``; about 10% of its documents are held out (text_data.py). A
+WordPiece vocabulary is trained on the training documents (``tokenizer.json`` in ``--output``, reused by a resumed
+run), the text packed into fixed-length blocks. Each micro-batch is corrupted by BERT's recipe from a Philox seed
+(mlm.py's ``mlm_corrupt``), then trained by ``MaskSub.train_step`` (sequential or joint schedule, accumulation,
+AMP, clipping, DDP) or, with ``--baseline``, by the same machinery on the main branch alone. AdamW (no weight decay
+on biases and LayerNorm), linear warm-up then linear decay to 0, as BERT.
+
+Every ``--eval-every`` optimizer steps (a round) the held-out blocks are evaluated (the same corruption for every
+run: a fixed seed), ``log.csv`` / ``log.json`` and ``last.pth`` are written; ``--resume PATH`` continues a run
+exactly: data order and every seed come from (--seed, step, rank).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import sys
+import time
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .run_setup import UsageError, _distributed
+
+PROG = "masksub-train-mlm"
+EVAL_SEED = 20230619  # the held-out corruption: one fixed draw shared by every run and round
+LOG_COLUMNS = ("round", "step", "lr", "loss", "loss_main", "loss_sub", "val_loss", "val_acc", "tokens_per_s",
+               "round_time_s", "wall_time_s")  # fmt: skip
+
+__all__ = ["PROG", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", default=None, help="directory of *.txt files (default: the stdlib docstrings)")
+    g.add_argument("--vocab-size", type=int, default=8192, help="WordPiece vocabulary trained on the corpus")
+    g.add_argument("--seq-len", type=int, default=64, help="tokens per block, [CLS] and [SEP] included")
+    g.add_argument("--eval-blocks", type=int, default=512, help="held-out blocks evaluated (0: all)")
+    g = p.add_argument_group("model (BertForMaskedLM from a config: nothing is downloaded)")
+    g.add_argument("--layers", type=int, default=4)
+    g.add_argument("--width", type=int, default=128, help="hidden size")
+    g.add_argument("--heads", type=int, default=2, help="attention heads (must divide --width)")
+    g.add_argument("--intermediate", type=int, default=None, help="feed-forward size (default: 4 x width)")
+    g.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout")
+    g = p.add_argument_group("MaskSub")
+    g.add_argument("--baseline", action="store_true", help="plain MLM training, no sub-branch")
+    g.add_argument("--mask-ratio", type=float, default=0.5, help="fraction of the other tokens the sub-branch drops")
+    g.add_argument("--sub-fill", choices=("drop", "mask"), default="drop", help="drop tokens, or replace by [MASK]")
+    g.add_argument("--mlm-probability", type=float, default=0.15, help="fraction of tokens predicted")
+    g.add_argument("--schedule", choices=("sequential", "joint"), default="sequential")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=2000, help="optimizer steps")
+    g.add_argument("--batch-size", type=int, default=64, help="blocks per micro-batch and process")
+    g.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--warmup-steps", type=int, default=100)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    g.add_argument("--output", default="output/mlm", help="logs, tokenizer and checkpoint")
+    g.add_argument("--eval-every", type=int, default=200, help="optimizer steps per round (evaluation, log, save)")
+    g.add_argument("--resume", default=None, metavar="PATH", help="continue from a last.pth")
+    return p
+
+
+def _check_args(args) -> None:
+    positive = ("vocab_size", "seq_len", "layers", "width", "heads", "steps", "batch_size", "accum_steps",
+                "eval_every")  # fmt: skip
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.seq_len < 3:
+        raise UsageError(f"--seq-len must be >= 3 ([CLS], a token, [SEP]), got {args.seq_len}")
+    if args.vocab_size < 64:
+        raise UsageError(f"--vocab-size must be >= 64 (the special tokens and the characters), got {args.vocab_size}")
+    if args.width % args.heads:
+        raise UsageError(f"--heads ({args.heads}) must divide --width ({args.width})")
+    for name, low, high in (("dropout", 0.0, 1.0), ("mlm_probability", 0.0, 1.0), ("mask_ratio", 0.0, 1.0)):
+        value = getattr(args, name)
+        if not (low <= value < high if name != "mlm_probability" else low < value <= high):
+            raise UsageError(f"--{name.replace('_', '-')} must be in the range of a probability, got {value}")
+    if not args.lr > 0 or args.warmup_steps < 0 or args.weight_decay < 0 or args.clip_grad < 0 or args.eval_blocks < 0:
+        raise UsageError("--lr must be > 0; --warmup-steps, --weight-decay, --clip-grad and --eval-blocks >= 0")
+    if not args.baseline:
+        import masksub_kernels as mk
+
+        try:
+            mk.num_kept_tokens(args.seq_len, args.mask_ratio)
+        except ValueError as exc:
+            raise UsageError(f"--mask-ratio {args.mask_ratio} with --seq-len {args.seq_len}: {exc}") from exc
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        raise UsageError(f"--data-dir {args.data_dir!r} is not a directory")
+    if args.resume is not None and not os.path.isfile(args.resume):
+        raise UsageError(f"--resume {args.resume!r}: no such file")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data: corpus -> tokenizer -> blocks; a batch per (step, micro-step, rank), corrupted from its own seed
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Vocab(NamedTuple):
+    size: int
+    mask_id: int
+
+
+def _corpus(args, rank: int):
+    from tokenizers import Tokenizer
+
+    from . import text_data
+
+    try:
+        documents = text_data.text_dir_documents(args.data_dir) if args.data_dir else text_data.stdlib_docstrings()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    train_docs, held_out = text_data.split_documents(documents)
+    if not held_out or not train_docs:
+        raise UsageError(f"the corpus has {len(documents)} document(s): too few to hold 10% out")
+    path = os.path.join(args.output, "tokenizer.json")
+    if os.path.isfile(path):
+        tokenizer = Tokenizer.from_file(path)
+    else:
+        tokenizer = text_data.train_tokenizer(train_docs, args.vocab_size)
+        if rank == 0:
+            os.makedirs(args.output, exist_ok=True)
+            tokenizer.save(path)
+    try:
+        train = text_data.pack_blocks(tokenizer, train_docs, args.seq_len)
+        val = text_data.pack_blocks(tokenizer, held_out, args.seq_len)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.eval_blocks:
+        val = val[: args.eval_blocks]
+    vocab = Vocab(tokenizer.get_vocab_size(), tokenizer.token_to_id("[MASK]"))
+    sizes = {"documents": len(documents), "held_out_documents": len(held_out), "train_blocks": int(train.shape[0]),
+             "val_blocks": int(val.shape[0]), "vocab_size": vocab.size}  # fmt: skip
+    return (
+        vocab,
+        (train, text_data.special_tokens_mask(train, tokenizer)),
+        (val, text_data.special_tokens_mask(val, tokenizer)),
+        sizes,
+    )
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed from integers (a fixed mixing: the same parts give the same seed on every machine)."""
+    s = 0
+    for part in parts:
+        s = (s * 1_000_003 + part + 0x9E3779B9) % (2**63)
+    return s
+
+
+def _corrupt(args, vocab: Vocab, blocks: torch.Tensor, special: torch.Tensor, seed: int) -> dict:
+    """A batch of the blocks, corrupted by BERT's recipe from ``seed``: {input_ids, labels, special_tokens_mask}."""
+    from .mlm import mlm_corrupt
+
+    input_ids, labels = mlm_corrupt(
+        blocks, special, vocab_size=vocab.size, mask_token_id=vocab.mask_id, seed=seed, probability=args.mlm_probability
+    )
+    return {"input_ids": input_ids, "labels": labels, "special_tokens_mask": special}
+
+
+def _train_batch(args, vocab, data, step: int, micro: int, rank: int, world: int, device) -> dict:
+    """Micro-batch ``micro`` of optimizer step ``step`` on ``rank``: consecutive slices of an epoch-wise permutation
+    drawn from (seed, epoch), corrupted from (seed, step, micro, rank). Blocks that do not fill a step are unused."""
+    blocks, special = data
+    per_step = args.batch_size * args.accum_steps * world
+    per_epoch = blocks.shape[0] // per_step
+    epoch, index = divmod(step, per_epoch)
+    order = torch.randperm(blocks.shape[0], generator=torch.Generator().manual_seed(_seed(args.seed, epoch)))
+    start = index * per_step + (micro * world + rank) * args.batch_size
+    rows = order[start : start + args.batch_size]
+    return _corrupt(args, vocab, blocks[rows].to(device), special[rows].to(device), _seed(args.seed, step, micro, rank))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model, optimizer, schedule, steps
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _model(args, vocab: Vocab) -> nn.Module:
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(
+        vocab_size=vocab.size, hidden_size=args.width, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        intermediate_size=args.intermediate or 4 * args.width, max_position_embeddings=args.seq_len,
+        hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout, pad_token_id=0, type_vocab_size=1,
+    )  # fmt: skip
+    config.mask_token_id = vocab.mask_id
+    return BertForMaskedLM(config)
+
+
+def _optimizer(module: nn.Module, args) -> torch.optim.Optimizer:
+    """AdamW as BERT: weight decay on matrices only (not on biases, LayerNorm weights or other 1-D parameters)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-6)
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total`` (``step`` = updates done)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(total - warmup, 1))
+
+
+class _MainBranch(nn.Module):
+    """The baseline's model: the MaskSub wrapper's main branch alone (head inputs; the loss is the same main
+    criterion, through the fused-linear loss)."""
+
+    def __init__(self, ms: nn.Module) -> None:
+        super().__init__()
+        self.ms = ms
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.ms(batch, branch="main")
+
+
+def _make_step(args, ms, world: int):
+    """step(batch, seed, optimizer, scaler, autocast) -> the train_step dict, for MaskSub or the baseline."""
+    from .engine import PlainStep
+
+    clip = args.clip_grad or None
+    if args.baseline:
+        main = _MainBranch(ms)
+        ddp = nn.parallel.DistributedDataParallel(main) if world > 1 else None
+        plain = PlainStep(main, ms.main_criterion, ddp)
+        return lambda batch, seed, opt, scaler, autocast: plain(
+            batch, batch["labels"], opt, scaler=scaler, clip_grad=clip, accum_steps=args.accum_steps, autocast=autocast
+        )
+    if world > 1:
+        ms.wrap_ddp()
+    return lambda batch, seed, opt, scaler, autocast: ms.train_step(
+        batch, batch["labels"], opt, scaler=scaler, clip_grad=clip, accum_steps=args.accum_steps, seed=seed,
+        schedule=args.schedule, autocast=autocast,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def _evaluate(args, ms, vocab, data, rank: int, world: int, device, autocast) -> dict[str, float]:
+    """Held-out MLM loss and accuracy (%) over this rank's share of the blocks, summed over ranks; the corruption
+    is the same for every run (EVAL_SEED)."""
+    import torch.distributed as dist
+
+    blocks, special = data
+    ms.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    for index, start in enumerate(range(0, blocks.shape[0], args.batch_size)):
+        if index % world != rank:
+            continue
+        rows = slice(start, start + args.batch_size)
+        batch = _corrupt(args, vocab, blocks[rows].to(device), special[rows].to(device), _seed(EVAL_SEED, index))
+        with autocast():
+            out = ms(batch)
+        sums += torch.stack([out["loss"].double() * out["count"], out["correct"].double(), out["count"].double()])
+    ms.train()
+    if world > 1:
+        dist.all_reduce(sums)
+    count = max(float(sums[2]), 1.0)
+    return {"val_loss": float(sums[0]) / count, "val_acc": 100.0 * float(sums[1]) / count}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run: set-up, resume, rounds of training + evaluation + save
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _run(args) -> None:
+    import torch.distributed as dist
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .runlog import write_log
+    from .wrapper import MaskSub
+
+    _check_args(args)
+    rank, world, device = _distributed(args.device)
+    vocab, train, val, sizes = _corpus(args, rank)
+    per_step = args.batch_size * args.accum_steps * world
+    if train[0].shape[0] < per_step:
+        raise UsageError(f"{train[0].shape[0]} training blocks: fewer than one step's {per_step}; lower --batch-size")
+    torch.manual_seed(_seed(args.seed, -1))
+    ms = MaskSub(_model(args, vocab), mask_ratio=args.mask_ratio, sub_fill=args.sub_fill).to(device)
+    optimizer = _optimizer(ms, args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, functools.partial(_lr_factor, warmup=args.warmup_steps, total=args.steps)
+    )
+    use_scaler = args.amp == "fp16" and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    autocast = contextlib.nullcontext
+    if args.amp != "none":
+        dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
+        autocast = functools.partial(torch.autocast, device.type, dtype=dtype)
+    step_fn = _make_step(args, ms, world)
+    start, rows = 0, []
+    if args.resume:
+        state = load_checkpoint(args.resume)
+        try:
+            ms.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise UsageError(f"--resume {args.resume!r} holds another model: {str(exc).splitlines()[0]}") from exc
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start, rows = state["step"], state["rows"]
+    meta = {"command": " ".join([PROG, *sys.argv[1:]]), "args": dict(vars(args)), "world_size": world,
+            "device": str(device), "torch": torch.__version__, "python": sys.version.split()[0], **sizes}  # fmt: skip
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    round_start = time.perf_counter()
+    wall = rows[-1]["wall_time_s"] if rows else 0.0
+    for step in range(start, args.steps):
+        torch.manual_seed(_seed(args.seed, step, rank, 1))  # dropout: a resumed run draws what it would have
+        for micro in range(args.accum_steps):
+            batch = _train_batch(args, vocab, train, step, micro, rank, world, device)
+            out = step_fn(batch, _seed(args.seed, step, micro, rank, 2), optimizer, scaler, autocast)
+            sums += torch.stack([out["loss"], out["loss_main"], out.get("loss_sub", out["loss"]), out["loss"] * 0 + 1])
+        scheduler.step()
+        if (step + 1) % args.eval_every and step + 1 != args.steps:
+            continue
+        if world > 1:
+            dist.all_reduce(sums)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - round_start
+        metrics = _evaluate(args, ms, vocab, val, rank, world, device, autocast)
+        n = max(float(sums[3]), 1.0)
+        wall += time.perf_counter() - round_start
+        rows.append({
+            "round": len(rows) + 1, "step": step + 1, "lr": optimizer.param_groups[0]["lr"],
+            "loss": float(sums[0]) / n, "loss_main": float(sums[1]) / n,
+            "loss_sub": None if args.baseline else float(sums[2]) / n, **metrics,
+            "tokens_per_s": float(sums[3]) * args.batch_size * args.seq_len / max(seconds, 1e-9),
+            "round_time_s": seconds, "wall_time_s": wall,
+        })  # fmt: skip
+        if rank == 0:
+            row = rows[-1]
+            print(f"step {row['step']}: loss {row['loss']:.4f} val_loss {row['val_loss']:.4f} "
+                  f"val_acc {row['val_acc']:.2f}% ({row['tokens_per_s']:.0f} tokens/s)", flush=True)  # fmt: skip
+            write_log(args.output, rows, meta, columns=LOG_COLUMNS)
+            save_checkpoint(os.path.join(args.output, "last.pth"), {
+                "model": ms.model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "step": step + 1, "rows": rows, "args": dict(vars(args)),
+            })  # fmt: skip
+        sums.zero_()
+        round_start = time.perf_counter()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``masksub-train-mlm``; returns the exit status (2 with a message for unusable options)."""
+    args = build_parser().parse_args(argv)
+    try:
+        _run(args)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Text for the MLM command: a corpus every machine has offline, a WordPiece vocabulary, fixed-length blocks.
+
+- ``stdlib_docstrings()``: the docstrings (module, class, function) of the running Python's standard library, its
+  test suites left out, in a fixed order (sorted paths, ``ast.walk`` order). Same Python version, same corpus.
+- ``text_dir_documents(root)``: the paragraphs (blank-line separated) of the ``*.txt`` files under a directory.
+- ``split_documents``: held out = the documents whose CRC-32 is 0 mod 10 (about 10%): the split depends on the
+  text alone, never on order, and duplicates fall on the same side.
+- ``train_tokenizer``: a BERT WordPiece vocabulary (``tokenizers``) trained on the training documents only.
+- ``pack_blocks``: every document tokenised, joined with [SEP], cut into blocks of L - 2 tokens framed by [CLS] and
+  [SEP]: fixed-length sequences, no padding (the tail shorter than a block is dropped).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sysconfig
+import zlib
+from collections.abc import Iterable
+
+import torch
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+
+__all__ = ["SPECIAL_TOKENS", "pack_blocks", "split_documents", "stdlib_docstrings", "text_dir_documents",
+           "train_tokenizer"]  # fmt: skip
+
+
+def stdlib_docstrings(root: str | None = None) -> list[str]:
+    """The docstrings of the standard library's modules, classes and functions (test suites excluded)."""
+    root = root or sysconfig.get_paths()["stdlib"]
+    documents = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d not in _SKIPPED_DIRS)
+        for name in sorted(files):
+            if not name.endswith(".py"):
+                continue
+            try:
+                with open(os.path.join(directory, name), encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+            except (SyntaxError, UnicodeDecodeError, ValueError):  # a few files are deliberately broken
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    doc = ast.get_docstring(node)
+                    if doc and doc.strip():
+                        documents.append(doc.strip())
+    return documents
+
+
+def text_dir_documents(root: str) -> list[str]:
+    """The non-empty paragraphs of every ``*.txt`` file under ``root`` (sorted paths, UTF-8)."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"no such directory: {root}")
+    documents = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs.sort()
+        for name in sorted(files):
+            if name.endswith(".txt"):
+                with open(os.path.join(directory, name), encoding="utf-8", errors="replace") as f:
+                    documents.extend(p.strip() for p in f.read().split("\n\n") if p.strip())
+    if not documents:
+        raise ValueError(f"no text in {root}: the corpus is the *.txt files under it (none found, or all empty)")
+    return documents
+
+
+def split_documents(documents: Iterable[str], held_out_mod: int = 10) -> tuple[list[str], list[str]]:
+    """(train, held_out): a document is held out when CRC-32 of its UTF-8 text is 0 mod ``held_out_mod``."""
+    train, held_out = [], []
+    for doc in documents:
+        (held_out if zlib.crc32(doc.encode("utf-8")) % held_out_mod == 0 else train).append(doc)
+    return train, held_out
+
+
+def train_tokenizer(documents: list[str], vocab_size: int):
+    """A lower-casing BERT WordPiece tokenizer (``tokenizers.BertWordPieceTokenizer``) trained on ``documents``,
+    with SPECIAL_TOKENS at ids 0..4 ([PAD] = 0, [CLS] = 2, [SEP] = 3, [MASK] = 4)."""
+    from tokenizers import BertWordPieceTokenizer
+
+    tokenizer = BertWordPieceTokenizer(lowercase=True)
+    tokenizer.train_from_iterator(
+        documents, vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
+    return tokenizer
+
+
+def pack_blocks(tokenizer, documents: list[str], length: int) -> torch.Tensor:
+    """int64 [num_blocks, length]: [CLS] + L - 2 tokens of the documents joined by [SEP] + [SEP]."""
+    if length < 3:
+        raise ValueError(f"the sequence length must be >= 3 ([CLS], a token, [SEP]), got {length}")
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    stream: list[int] = []
+    for encoding in tokenizer.encode_batch(documents, add_special_tokens=False):
+        stream.extend(encoding.ids)
+        stream.append(sep_id)
+    body = length - 2
+    num_blocks = len(stream) // body
+    if num_blocks == 0:
+        raise ValueError(f"the corpus has {len(stream)} tokens: too few for one block of {length}")
+    tokens = torch.tensor(stream[: num_blocks * body], dtype=torch.int64).view(num_blocks, body)
+    frame = lambda value: torch.full((num_blocks, 1), value, dtype=torch.int64)
+    return torch.cat([frame(cls_id), tokens, frame(sep_id)], dim=1)
+
+
+def special_tokens_mask(blocks: torch.Tensor, tokenizer) -> torch.Tensor:
+    """bool, like ``blocks``: True at [PAD], [CLS] and [SEP] (never predicted, always kept by the sub-branch)."""
+    ids = torch.tensor([tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")])
+    return torch.isin(blocks, ids)
