@@ -210,6 +210,8 @@ def sub_branch(
     if special is not None:
         always_keep = always_keep | special.bool()
     padding = attention_mask == 0 if attention_mask is not None else None
+    if padding is not None:
+        always_keep = always_keep & ~padding  # [PAD] is special (never predicted) but dropped first, not kept
     ids = mk.random_keep_indices(
         batch_size, length, num_keep, seed=seed, device=input_ids.device, always_keep=always_keep, drop_first=padding
     )

@@ -7,10 +7,11 @@
 The corpus is the docstrings of this Python's standard library (offline everywhere, the same for the same Python
 version), or the ``*.txt`` files under ``--data-dir``; about 10% of its documents are held out (text_data.py). A
 WordPiece vocabulary is trained on the training documents (``tokenizer.json`` in ``--output``, reused by a resumed
-run), the text packed into fixed-length blocks. Each micro-batch is corrupted by BERT's recipe from a Philox seed
-(mlm.py's ``mlm_corrupt``), then trained by ``MaskSub.train_step`` (sequential or joint schedule, accumulation,
-AMP, clipping, DDP) or, with ``--baseline``, by the same machinery on the main branch alone. AdamW (no weight decay
-on biases and LayerNorm), linear warm-up then linear decay to 0, as BERT.
+run; ``--tokenizer`` shares one between runs), the text packed into fixed-length blocks. Each micro-batch is
+corrupted by BERT's recipe from a Philox seed (mlm.py's ``mlm_corrupt``), then trained by ``MaskSub.train_step``
+(sequential or joint schedule, accumulation, AMP, clipping, DDP) or, with ``--baseline``, by the same machinery on
+the main branch alone. AdamW (no weight decay on biases and LayerNorm), linear warm-up then linear decay to 0, as
+BERT.
 
 Every ``--eval-every`` optimizer steps (a round) the held-out blocks are evaluated (the same corruption for every
 run: a fixed seed), ``log.csv`` / ``log.json`` and ``last.pth`` are written; ``--resume PATH`` continues a run
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=None, help="directory of *.txt files (default: the stdlib docstrings)")
     g.add_argument("--vocab-size", type=int, default=8192, help="WordPiece vocabulary trained on the corpus")
+    g.add_argument(
+        "--tokenizer", default=None, metavar="PATH",
+        help="tokenizer.json to use, or to write when absent (default: OUTPUT/tokenizer.json); runs to be compared "
+        "share one: training a vocabulary is not deterministic",
+    )  # fmt: skip
     g.add_argument("--seq-len", type=int, default=64, help="tokens per block, [CLS] and [SEP] included")
     g.add_argument("--eval-blocks", type=int, default=512, help="held-out blocks evaluated (0: all)")
     g = p.add_argument_group("model (BertForMaskedLM from a config: nothing is downloaded)")
@@ -118,7 +124,7 @@ class Vocab(NamedTuple):
     mask_id: int
 
 
-def _corpus(args, rank: int):
+def _corpus(args, rank: int, world: int):
     from tokenizers import Tokenizer
 
     from . import text_data
@@ -130,13 +136,25 @@ def _corpus(args, rank: int):
     train_docs, held_out = text_data.split_documents(documents)
     if not held_out or not train_docs:
         raise UsageError(f"the corpus has {len(documents)} document(s): too few to hold 10% out")
-    path = os.path.join(args.output, "tokenizer.json")
+    path = args.tokenizer or os.path.join(args.output, "tokenizer.json")
+    if world > 1 and not os.path.isfile(path):  # one vocabulary for all processes: rank 0 trains it, the rest read it
+        import torch.distributed as dist
+
+        if rank == 0:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            text_data.train_tokenizer(train_docs, args.vocab_size).save(path)
+        dist.barrier()
     if os.path.isfile(path):
-        tokenizer = Tokenizer.from_file(path)
+        try:
+            tokenizer = Tokenizer.from_file(path)
+        except Exception as exc:  # tokenizers raises its own Exception type for a bad file
+            raise UsageError(f"--tokenizer {path!r} is not a tokenizers JSON file: {exc}") from exc
+        if tokenizer.token_to_id("[MASK]") is None or tokenizer.token_to_id("[CLS]") is None:
+            raise UsageError(f"--tokenizer {path!r} lacks BERT's special tokens ([CLS], [SEP], [MASK], [PAD])")
     else:
         tokenizer = text_data.train_tokenizer(train_docs, args.vocab_size)
         if rank == 0:
-            os.makedirs(args.output, exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             tokenizer.save(path)
     try:
         train = text_data.pack_blocks(tokenizer, train_docs, args.seq_len)
@@ -291,7 +309,7 @@ def _run(args) -> None:
 
     _check_args(args)
     rank, world, device = _distributed(args.device)
-    vocab, train, val, sizes = _corpus(args, rank)
+    vocab, train, val, sizes = _corpus(args, rank, world)
     per_step = args.batch_size * args.accum_steps * world
     if train[0].shape[0] < per_step:
         raise UsageError(f"{train[0].shape[0]} training blocks: fewer than one step's {per_step}; lower --batch-size")

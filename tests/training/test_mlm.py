@@ -1,0 +1,267 @@
+"""The mlm family (training/mlm.py, docs/semantics.md §10): detection, BERT's corruption, the sub-branch's kept
+tokens, and the gradients of a hand-written MaskSub step on a tiny BERT / RoBERTa."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import masksub_kernels as mk
+from masksub_kernels.training import MaskSub
+from masksub_kernels.training.mlm import IGNORE_INDEX, mlm_corrupt
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB, LENGTH, MASK_ID, CLS_ID, SEP_ID, PAD_ID = 50, 16, 4, 2, 3, 0
+
+
+def tiny_bert(**kwargs):
+    cfg = dict(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+               max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+               pad_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.BertForMaskedLM(transformers.BertConfig(**{**cfg, **kwargs}))
+
+
+def tiny_roberta():
+    cfg = transformers.RobertaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=40, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0, pad_token_id=1)  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.RobertaForMaskedLM(cfg)
+
+
+def make_batch(batch=3, length=LENGTH, seed=0, padded=False):
+    """Blocks [CLS] tokens [SEP] (row b of a padded batch has length - 2 b real tokens, then [PAD]s), corrupted."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, VOCAB, (batch, length), generator=g)
+    ids[:, 0], ids[:, -1] = CLS_ID, SEP_ID
+    attention = torch.ones_like(ids)
+    if padded:
+        for b in range(batch):
+            real = length - 2 * b
+            ids[b, real - 1], ids[b, real:], attention[b, real:] = SEP_ID, PAD_ID, 0
+    special = torch.isin(ids, torch.tensor([CLS_ID, SEP_ID, PAD_ID]))
+    corrupted, labels = mlm_corrupt(ids, special, vocab_size=VOCAB, mask_token_id=MASK_ID, seed=seed, probability=0.15)
+    out = {"input_ids": corrupted, "labels": labels, "special_tokens_mask": special}
+    if padded:
+        out["attention_mask"] = attention
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Detection and options
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_detects_bert_and_roberta():
+    assert MaskSub(tiny_bert()).family == "mlm"
+    assert MaskSub(tiny_roberta()).family == "mlm"
+    assert MaskSub(tiny_bert(), family="mlm").family == "mlm"
+
+
+def test_refuses_bad_options():
+    from tests.training._models import tiny_vit
+
+    with pytest.raises(ValueError, match="family='mlm' needs"):
+        MaskSub(tiny_vit(), family="mlm")
+    with pytest.raises(ValueError, match="loss='ce'"):
+        MaskSub(tiny_bert(), loss="bce")
+    with pytest.raises(ValueError, match="cell_size"):
+        MaskSub(tiny_bert(), cell_size=4)
+    with pytest.raises(ValueError, match="sub_fill must be one of"):
+        MaskSub(tiny_bert(), sub_fill="zero")
+    with pytest.raises(ValueError, match="needs mask_token_id"):
+        MaskSub(tiny_bert(), sub_fill="mask")
+    with pytest.raises(ValueError, match="mask_token_id must be"):
+        MaskSub(tiny_bert(), sub_fill="mask", mask_token_id=VOCAB)
+    with pytest.raises(ValueError, match="DropSub"):
+        MaskSub(tiny_bert(), variant="drop")
+    with pytest.raises(ValueError, match="options of the mlm family"):
+        MaskSub(tiny_vit(), sub_fill="mask")
+
+
+def test_refuses_bad_batches():
+    ms = MaskSub(tiny_bert())
+    batch = make_batch()
+    with pytest.raises(TypeError, match="batch mapping"):
+        ms(batch["input_ids"], batch["labels"])
+    with pytest.raises(ValueError, match="needs batch\\['labels'\\]"):
+        ms({"input_ids": batch["input_ids"]}, branch="sub")
+    with pytest.raises(ValueError, match="labels"):
+        ms({**batch, "labels": batch["labels"][:, :-1]})
+    with pytest.raises(ValueError, match="integer"):
+        ms({**batch, "input_ids": batch["input_ids"].float()})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The main branch's corruption
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_corruption_reproducible_and_in_proportion():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 1000, (64, 256), generator=g)
+    special = torch.zeros_like(ids, dtype=torch.bool)
+    special[:, 0] = special[:, -1] = True
+    before = ids.clone()
+    a = mlm_corrupt(ids, special, vocab_size=1000, mask_token_id=MASK_ID, seed=7)
+    b = mlm_corrupt(ids, special, vocab_size=1000, mask_token_id=MASK_ID, seed=7)
+    c = mlm_corrupt(ids, special, vocab_size=1000, mask_token_id=MASK_ID, seed=8)
+    assert torch.equal(ids, before)  # the caller's tensor is not written
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], c[1])
+    corrupted, labels = a
+    chosen = labels != IGNORE_INDEX
+    assert not chosen[special].any()
+    assert torch.equal(labels[chosen], ids[chosen]) and torch.equal(corrupted[~chosen], ids[~chosen])
+    n = chosen.sum().item()
+    assert abs(n / (~special).sum().item() - 0.15) < 0.01
+    masked = (corrupted == MASK_ID) & chosen
+    unchanged = (corrupted == ids) & chosen
+    assert abs(masked.sum().item() / n - 0.8) < 0.02
+    assert abs(unchanged.sum().item() / n - 0.1) < 0.02  # a random token equal to the original counts here (1e-3)
+
+
+def test_corruption_bad_input():
+    ids = torch.zeros(2, 4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="input_ids"):
+        mlm_corrupt(ids.float(), None, vocab_size=10, mask_token_id=4, seed=0)
+    with pytest.raises(ValueError, match="special_tokens_mask"):
+        mlm_corrupt(ids, ids[:, :2].bool(), vocab_size=10, mask_token_id=4, seed=0)
+    with pytest.raises(ValueError, match="mask_token_id"):
+        mlm_corrupt(ids, None, vocab_size=10, mask_token_id=10, seed=0)
+    with pytest.raises(ValueError, match="probability"):
+        mlm_corrupt(ids, None, vocab_size=10, mask_token_id=4, seed=0, probability=0.0)
+    with pytest.raises(TypeError, match="seed"):
+        mlm_corrupt(ids, None, vocab_size=10, mask_token_id=4, seed=1.5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The sub-branch's selection
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_sub_branch_keeps_every_predicted_and_special_token(padded, seed):
+    ms = MaskSub(tiny_bert(), mask_ratio=0.5)
+    batch = make_batch(batch=4, seed=seed, padded=padded)
+    sub = ms(batch, branch="sub", seed=seed)
+    keep = mk.num_kept_tokens(LENGTH, 0.5)
+    assert sub.ids.shape == sub.target.shape == (4, keep) and sub.hidden.shape == (4, keep, 16)
+    for b in range(4):
+        kept = set(sub.ids[b].tolist())
+        must = (batch["labels"][b] != IGNORE_INDEX) | batch["special_tokens_mask"][b].bool()
+        if padded:
+            must &= batch["attention_mask"][b].bool()
+        assert set(must.nonzero().flatten().tolist()) <= kept
+        # the targets are the kept positions' labels (-100 past the row's K_b under padding)
+        predicted = sorted(p for p in kept if batch["labels"][b, p] != IGNORE_INDEX)
+        assert sorted(sub.ids[b][sub.target[b] != IGNORE_INDEX].tolist()) == predicted
+    again = ms(batch, branch="sub", seed=seed)
+    assert torch.equal(again.ids, sub.ids)
+
+
+def test_padded_rows_keep_their_share_of_real_tokens():
+    """Row b with L_b real tokens keeps max(floor(L_b / 2), always-kept) real tokens in its first slots; padding
+    is dropped first and the slots past K_b carry no target."""
+    ms = MaskSub(tiny_bert(), mask_ratio=0.5)
+    batch = make_batch(batch=4, seed=3, padded=True)
+    sub = ms(batch, branch="sub", seed=11)
+    for b in range(4):
+        real = int(batch["attention_mask"][b].sum())
+        always = int(((batch["labels"][b] != IGNORE_INDEX) | batch["special_tokens_mask"][b].bool())[:real].sum())
+        row_keep = max(real // 2, always)
+        assert (sub.ids[b, :row_keep] < real).all()  # real tokens first
+        assert (sub.target[b, row_keep:] == IGNORE_INDEX).all()
+
+
+def test_sub_branch_without_dropping_equals_the_main_branch():
+    """r = 0 keeps every token, permuted: BERT is permutation-equivariant given the positions, so the sub-branch's
+    head inputs are the main branch's at the kept positions (checks the positions the sub-branch passes)."""
+    for model in (tiny_bert(), tiny_roberta()):
+        ms = MaskSub(model, mask_ratio=0.0).eval()
+        batch = make_batch(batch=2, seed=4)
+        if model.config.model_type == "roberta":  # RoBERTa counts positions from pad + 1, skipping padding
+            batch = {**batch, "input_ids": batch["input_ids"].where(batch["input_ids"] != PAD_ID, 7)}
+        main = ms(batch, branch="main")
+        sub = ms.sub_logits(batch, seed=5)
+        expected = main.gather(1, sub.ids[:, :, None].expand(-1, -1, main.shape[2]))
+        torch.testing.assert_close(sub.hidden, expected, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Gradients of a hand-written step (the semantics written out, not the wrapper)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def hand_written_loss(model, batch, seed, mask_ratio, fill):
+    """0.5 CE(z, y) over the predicted positions + 0.5 soft CE(s, stopgrad softmax(z)) over the same positions,
+    with full [rows, V] logits and the kept positions drawn by the public op."""
+    ids, labels, special = batch["input_ids"], batch["labels"], batch["special_tokens_mask"]
+    B, L = ids.shape
+    z = model(input_ids=ids).logits  # [B, L, V]
+    keep = mk.num_kept_tokens(L, mask_ratio)
+    kept = mk.random_keep_indices(B, L, keep, seed=seed, always_keep=(labels != IGNORE_INDEX) | special)
+    positions = torch.arange(L).expand(B, L)
+    if fill == "drop":
+        s = model(input_ids=ids.gather(1, kept), position_ids=positions.gather(1, kept)).logits
+    else:
+        keep_mask = torch.zeros(B, L, dtype=torch.bool).scatter(1, kept, True)
+        s = model(input_ids=torch.where(keep_mask, ids, MASK_ID)).logits.gather(
+            1, kept[:, :, None].expand(-1, -1, VOCAB)
+        )
+    rows = labels != IGNORE_INDEX
+    main = F.cross_entropy(z[rows], labels[rows])
+    sub_rows = labels.gather(1, kept) != IGNORE_INDEX
+    teacher = z.gather(1, kept[:, :, None].expand(-1, -1, VOCAB))[sub_rows].detach().softmax(-1)
+    sub = -(teacher * s[sub_rows].log_softmax(-1)).sum(-1).mean()
+    return 0.5 * main + 0.5 * sub
+
+
+def _grads(module):
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("fill", ["drop", "mask"])
+@pytest.mark.parametrize("schedule", ["joint", "sequential"])
+def test_gradients_equal_a_hand_written_step(fill, schedule):
+    model = tiny_bert()
+    ms = MaskSub(model, mask_ratio=0.5, sub_fill=fill, mask_token_id=MASK_ID if fill == "mask" else None)
+    batch = make_batch(batch=3, seed=2)
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.0)
+    out = ms.train_step(batch, batch["labels"], optimizer, seed=9, schedule=schedule)
+    got = _grads(ms.model)
+    model.zero_grad(set_to_none=True)
+    expected_loss = hand_written_loss(model, batch, 9, 0.5, fill)
+    expected_loss.backward()
+    expected = _grads(model)
+    torch.testing.assert_close(out["loss"], expected_loss.detach(), atol=1e-5, rtol=1e-5)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_eval_mode_matches_the_models_own_mlm_loss():
+    model = tiny_bert()
+    ms = MaskSub(model).eval()
+    batch = make_batch(batch=3, seed=5)
+    out = ms(batch)
+    reference = model(input_ids=batch["input_ids"], labels=batch["labels"])
+    torch.testing.assert_close(out["loss"], reference.loss, atol=1e-5, rtol=1e-5)
+    rows = batch["labels"] != IGNORE_INDEX
+    assert out["count"].item() == rows.sum().item()
+    correct = (reference.logits[rows].argmax(-1) == batch["labels"][rows]).sum()
+    assert out["correct"].item() == correct.item()
+
+
+def test_more_predicted_tokens_than_the_sub_branch_keeps_is_refused():
+    """A row whose predicted + special tokens outnumber K cannot keep them all: the selection op refuses it (on
+    CPU tensors by default) rather than dropping predicted positions."""
+    ms = MaskSub(tiny_bert(), mask_ratio=0.75)
+    batch = make_batch(batch=2, seed=4)
+    batch["labels"][0] = batch["input_ids"][0]  # every position predicted
+    with pytest.raises(ValueError, match="always"):
+        ms(batch, branch="sub", seed=1)
