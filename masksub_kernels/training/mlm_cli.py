@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", default="output/mlm", help="logs, tokenizer and checkpoint")
     g.add_argument("--eval-every", type=int, default=200, help="optimizer steps per round (evaluation, log, save)")
     g.add_argument("--resume", default=None, metavar="PATH", help="continue from a last.pth")
+    g.add_argument(
+        "--stop-at", type=int, default=None, metavar="STEP",
+        help="stop after this step (saved; --resume continues), as a time-limited job would; the schedule still "
+        "spans --steps",
+    )  # fmt: skip
     return p
 
 
@@ -110,6 +115,8 @@ def _check_args(args) -> None:
             raise UsageError(f"--mask-ratio {args.mask_ratio} with --seq-len {args.seq_len}: {exc}") from exc
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir!r} is not a directory")
+    if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
+        raise UsageError(f"--stop-at must be in [1, --steps={args.steps}], got {args.stop_at}")
     if args.resume is not None and not os.path.isfile(args.resume):
         raise UsageError(f"--resume {args.resume!r}: no such file")
 
@@ -192,17 +199,17 @@ def _corrupt(args, vocab: Vocab, blocks: torch.Tensor, special: torch.Tensor, se
     return {"input_ids": input_ids, "labels": labels, "special_tokens_mask": special}
 
 
-def _train_batch(args, vocab, data, step: int, micro: int, rank: int, world: int, device) -> dict:
-    """Micro-batch ``micro`` of optimizer step ``step`` on ``rank``: consecutive slices of an epoch-wise permutation
-    drawn from (seed, epoch), corrupted from (seed, step, micro, rank). Blocks that do not fill a step are unused."""
+def _train_batch(args, vocab, data, step: int, part: int, parts: int, device) -> dict:
+    """Part ``part`` (= micro-step * world + rank) of the ``parts`` (= accum-steps * world) of optimizer step
+    ``step``: consecutive slices of an epoch-wise permutation drawn from (seed, epoch), corrupted from (seed, step,
+    part). So a step sees the same data however it is split into processes and micro-batches; blocks that do not
+    fill a step at the end of an epoch are unused."""
     blocks, special = data
-    per_step = args.batch_size * args.accum_steps * world
-    per_epoch = blocks.shape[0] // per_step
-    epoch, index = divmod(step, per_epoch)
+    per_step = args.batch_size * parts
+    epoch, index = divmod(step, blocks.shape[0] // per_step)
     order = torch.randperm(blocks.shape[0], generator=torch.Generator().manual_seed(_seed(args.seed, epoch)))
-    start = index * per_step + (micro * world + rank) * args.batch_size
-    rows = order[start : start + args.batch_size]
-    return _corrupt(args, vocab, blocks[rows].to(device), special[rows].to(device), _seed(args.seed, step, micro, rank))
+    rows = order[index * per_step + part * args.batch_size :][: args.batch_size]
+    return _corrupt(args, vocab, blocks[rows].to(device), special[rows].to(device), _seed(args.seed, step, part))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -343,14 +350,16 @@ def _run(args) -> None:
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     round_start = time.perf_counter()
     wall = rows[-1]["wall_time_s"] if rows else 0.0
-    for step in range(start, args.steps):
+    parts = args.accum_steps * world
+    for step in range(start, args.stop_at or args.steps):
         torch.manual_seed(_seed(args.seed, step, rank, 1))  # dropout: a resumed run draws what it would have
         for micro in range(args.accum_steps):
-            batch = _train_batch(args, vocab, train, step, micro, rank, world, device)
-            out = step_fn(batch, _seed(args.seed, step, micro, rank, 2), optimizer, scaler, autocast)
+            part = micro * world + rank
+            batch = _train_batch(args, vocab, train, step, part, parts, device)
+            out = step_fn(batch, _seed(args.seed, step, part, 2), optimizer, scaler, autocast)
             sums += torch.stack([out["loss"], out["loss_main"], out.get("loss_sub", out["loss"]), out["loss"] * 0 + 1])
         scheduler.step()
-        if (step + 1) % args.eval_every and step + 1 != args.steps:
+        if (step + 1) % args.eval_every and step + 1 not in (args.steps, args.stop_at):
             continue
         if world > 1:
             dist.all_reduce(sums)
