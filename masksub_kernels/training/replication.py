@@ -3,10 +3,11 @@
     python -m masksub_kernels.training.replication RUNS_DIR OUT_DIR
 
 RUNS_DIR holds one output directory per run, named ``baseline-seed<k>`` and ``masksub-seed<k>`` (what
-docs/replication/run.sh writes). OUT_DIR receives ``logs/<run>.csv|json`` (the per-epoch logs, copied),
-``summary.json`` and ``table.md`` (final top-1 mean +- std over seeds, final training loss, wall time) and
-``curves.png`` (main-branch training loss and validation top-1 per epoch, mean over seeds with a +-1 std band).
-The standard deviation is the sample one (n - 1).
+docs/replication/run.sh and docs/replication/mlm/run.sh write). OUT_DIR receives ``logs/<run>.csv|json`` (the logs,
+copied), ``summary.json`` and ``table.md`` (final accuracy mean +- std over seeds, final validation and training
+loss, wall time) and ``curves.png`` (main-branch training loss and validation accuracy, mean over seeds with a +-1
+std band). The standard deviation is the sample one (n - 1). Two kinds of logs: ``masksub-train``'s per-epoch rows
+(top-1 on images) and ``masksub-train-mlm``'s per-round rows (held-out MLM accuracy, against optimizer steps).
 """
 
 from __future__ import annotations
@@ -16,10 +17,33 @@ import os
 import shutil
 import statistics
 import sys
+from dataclasses import dataclass
 
-__all__ = ["load_runs", "plot_curves", "summarise"]
+__all__ = ["IMAGE", "TEXT", "load_runs", "log_kind", "plot_curves", "summarise"]
 
 ARMS = ("baseline", "masksub")
+
+
+@dataclass(frozen=True)
+class LogKind:
+    """Which columns of a log row the summary reads: accuracy, the x axis, throughput."""
+
+    accuracy: str
+    accuracy_label: str
+    x: str
+    throughput: str
+    throughput_label: str
+    ylim: tuple[float, float] | None
+
+
+IMAGE = LogKind("top1", "validation top-1 (%)", "epoch", "images_per_s", "images/s", (50.0, 100.0))
+TEXT = LogKind("val_acc", "held-out MLM accuracy (%)", "step", "tokens_per_s", "tokens/s", None)
+
+
+def log_kind(runs: dict[str, list[dict]]) -> LogKind:
+    """TEXT for masksub-train-mlm logs (rows with 'val_acc'), IMAGE otherwise."""
+    rows = [log["epochs"][0] for logs in runs.values() for log in logs if log["epochs"]]
+    return TEXT if rows and "val_acc" in rows[0] else IMAGE
 
 
 def load_runs(runs_dir: str) -> dict[str, list[dict]]:
@@ -43,30 +67,37 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per arm: seeds, final top-1 (each, mean, std), best top-1 mean, final loss_main mean, wall time mean, and the
-    first epoch at which the mean training loss_main goes below thresholds (a convergence-speed measure)."""
+    """Per arm: seeds, final accuracy (each, mean, std), best accuracy mean, final validation loss (mean, std),
+    final loss_main mean, wall time mean, throughput, the mean loss_main curve. Keys name the accuracy column:
+    ``final_top1*`` for image runs, ``final_val_acc*`` for MLM runs."""
+    kind = log_kind(runs)
+    acc = kind.accuracy
     out = {}
     for arm, logs in runs.items():
         if not logs:
             continue
         final = [log["epochs"][-1] for log in logs]
-        top1 = [row["top1"] for row in final]
-        mean, std = _mean_std(top1)
+        values = [row[acc] for row in final]
+        mean, std = _mean_std(values)
+        val_mean, val_std = _mean_std([row["val_loss"] for row in final])
         curve = [statistics.fmean(log["epochs"][e]["loss_main"] for log in logs) for e in range(len(logs[0]["epochs"]))]
         out[arm] = {
             "seeds": [log["seed"] for log in logs],
             "epochs": len(logs[0]["epochs"]),
-            "final_top1": top1,
-            "final_top1_mean": mean,
-            "final_top1_std": std,
-            "best_top1_mean": statistics.fmean(max(r["top1"] for r in log["epochs"]) for log in logs),
+            "final_" + kind.x: final[0][kind.x],
+            f"final_{acc}": values,
+            f"final_{acc}_mean": mean,
+            f"final_{acc}_std": std,
+            f"best_{acc}_mean": statistics.fmean(max(r[acc] for r in log["epochs"]) for log in logs),
+            "final_val_loss_mean": val_mean,
+            "final_val_loss_std": val_std,
             "final_loss_main_mean": statistics.fmean(row["loss_main"] for row in final),
             "final_loss_sub_mean": (
                 statistics.fmean(row["loss_sub"] for row in final) if final[0].get("loss_sub") is not None else None
             ),
             "wall_time_s_mean": statistics.fmean(row["wall_time_s"] for row in final),
-            "images_per_s_mean": statistics.fmean(
-                statistics.fmean(r["images_per_s"] for r in log["epochs"]) for log in logs
+            f"{kind.throughput}_mean": statistics.fmean(
+                statistics.fmean(r[kind.throughput] for r in log["epochs"]) for log in logs
             ),
             "mean_loss_main_curve": curve,
             "command": logs[0]["meta"]["command"],
@@ -74,42 +105,45 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
     return out
 
 
-def _table(summary: dict[str, dict]) -> str:
+def _table(summary: dict[str, dict], kind: LogKind) -> str:
+    acc = kind.accuracy
     lines = [
-        "| run | seeds | epochs | final top-1 (%) mean ± std | per seed | best top-1 mean | final train loss_main | "
-        "wall time / run (s) | images/s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| run | seeds | {kind.x}s | final {kind.accuracy_label} mean ± std | per seed | best mean | final validation "
+        f"loss mean ± std | final train loss_main | wall time / run (s) | {kind.throughput_label} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm, s in summary.items():
         lines.append(
-            f"| {arm} | {len(s['seeds'])} | {s['epochs']} | {s['final_top1_mean']:.2f} ± {s['final_top1_std']:.2f} | "
-            f"{', '.join(f'{v:.2f}' for v in s['final_top1'])} | {s['best_top1_mean']:.2f} | "
-            f"{s['final_loss_main_mean']:.4f} | {s['wall_time_s_mean']:.0f} | {s['images_per_s_mean']:.0f} |"
+            f"| {arm} | {len(s['seeds'])} | {s['final_' + kind.x]} | {s[f'final_{acc}_mean']:.2f} ± "
+            f"{s[f'final_{acc}_std']:.2f} | {', '.join(f'{v:.2f}' for v in s[f'final_{acc}'])} | "
+            f"{s[f'best_{acc}_mean']:.2f} | {s['final_val_loss_mean']:.4f} ± {s['final_val_loss_std']:.4f} | "
+            f"{s['final_loss_main_mean']:.4f} | {s['wall_time_s_mean']:.0f} | {s[f'{kind.throughput}_mean']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def plot_curves(runs: dict[str, list[dict]], path: str) -> None:
-    """Training loss_main and validation top-1 per epoch, mean over seeds +- 1 std, one line per arm."""
+    """Training loss_main and validation accuracy per epoch (round), mean over seeds +- 1 std, one line per arm."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    kind = log_kind(runs)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for arm, colour in zip(ARMS, ("tab:blue", "tab:red")):
         logs = runs[arm]
         if not logs:
             continue
-        for ax, key in zip(axes, ("loss_main", "top1")):
+        for ax, key in zip(axes, ("loss_main", kind.accuracy)):
             values = np.array([[row[key] for row in log["epochs"]] for log in logs])
-            epochs = np.arange(1, values.shape[1] + 1)
+            epochs = np.array([row[kind.x] for row in logs[0]["epochs"]])
             mean, std = values.mean(0), values.std(0, ddof=1) if len(logs) > 1 else 0 * values.mean(0)
             ax.plot(epochs, mean, color=colour, label=f"{arm} ({len(logs)} seeds)")
             ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2)
-    axes[0].set(xlabel="epoch", ylabel="training loss (main branch)", title="Training loss")
-    axes[1].set(xlabel="epoch", ylabel="validation top-1 (%)", title="Validation top-1", ylim=(50, 100))
+    axes[0].set(xlabel=kind.x, ylabel="training loss (main branch)", title="Training loss")
+    axes[1].set(xlabel=kind.x, ylabel=kind.accuracy_label, title="Validation accuracy", ylim=kind.ylim)
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
@@ -136,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(runs)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    table = _table(summary, log_kind(runs))
     with open(os.path.join(out_dir, "table.md"), "w") as f:
-        f.write(_table(summary))
+        f.write(table)
     plot_curves(runs, os.path.join(out_dir, "curves.png"))
-    print(_table(summary))
+    print(table)
     return 0
 
 

@@ -1,0 +1,39 @@
+"""The replication summary (training/replication.py) on synthetic logs of both commands."""
+
+import json
+
+import pytest
+
+from masksub_kernels.training import replication
+
+
+def _write_runs(root, kind: str) -> None:
+    for arm, offset in (("baseline", 0.0), ("masksub", 1.0)):
+        for seed in range(3):
+            if kind == "image":
+                rows = [{"epoch": e, "loss_main": 2.0 / e, "top1": 80 + e + offset + seed, "val_loss": 1.0 / e,
+                         "images_per_s": 100.0, "wall_time_s": 10.0 * e} for e in (1, 2)]  # fmt: skip
+            else:
+                rows = [{"round": r, "step": 50 * r, "loss_main": 5.0 / r, "loss_sub": None,
+                         "val_acc": 20 + r + offset, "val_loss": 4.0 / r + seed, "tokens_per_s": 1000.0,
+                         "wall_time_s": 5.0 * r} for r in (1, 2)]  # fmt: skip
+            run = root / f"{arm}-seed{seed}"
+            run.mkdir(parents=True)
+            (run / "log.json").write_text(json.dumps({"meta": {"command": f"cmd {arm}"}, "epochs": rows}))
+            (run / "log.csv").write_text("x\n")
+
+
+@pytest.mark.parametrize("kind", ["image", "text"])
+def test_summary_table_and_plot(tmp_path, kind):
+    _write_runs(tmp_path / "runs", kind)
+    assert replication.main([str(tmp_path / "runs"), str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "table.md").read_text()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    acc = "top1" if kind == "image" else "val_acc"
+    assert summary["masksub"][f"final_{acc}_mean"] - summary["baseline"][f"final_{acc}_mean"] == pytest.approx(1.0)
+    assert ("top-1" in table) == (kind == "image") and ("MLM accuracy" in table) == (kind == "text")
+    if kind == "text":
+        assert summary["baseline"]["final_step"] == 100
+        assert summary["baseline"]["final_val_loss_std"] == pytest.approx(1.0)
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 1000
+    assert len(list((tmp_path / "out" / "logs").iterdir())) == 12
