@@ -107,3 +107,26 @@ def special_tokens_mask(blocks: torch.Tensor, tokenizer) -> torch.Tensor:
     """bool, like ``blocks``: True at [PAD], [CLS] and [SEP] (never predicted, always kept by the sub-branch)."""
     ids = torch.tensor([tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")])
     return torch.isin(blocks, ids)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m masksub_kernels.training.text_data PATH [--vocab-size N] [--data-dir DIR]``: train the
+    vocabulary that ``masksub-train-mlm`` would train, once, and save it to PATH for runs to share."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m masksub_kernels.training.text_data", description=main.__doc__)
+    p.add_argument("path", help="tokenizer.json to write")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--data-dir", default=None, help="directory of *.txt files (default: the stdlib docstrings)")
+    args = p.parse_args(argv)
+    documents = text_dir_documents(args.data_dir) if args.data_dir else stdlib_docstrings()
+    train, held_out = split_documents(documents)
+    os.makedirs(os.path.dirname(os.path.abspath(args.path)), exist_ok=True)
+    tokenizer = train_tokenizer(train, args.vocab_size)
+    tokenizer.save(args.path)
+    print(f"{args.path}: {tokenizer.get_vocab_size()} tokens from {len(train)} documents ({len(held_out)} held out)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
