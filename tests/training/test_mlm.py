@@ -265,3 +265,17 @@ def test_more_predicted_tokens_than_the_sub_branch_keeps_is_refused():
     batch["labels"][0] = batch["input_ids"][0]  # every position predicted
     with pytest.raises(ValueError, match="always"):
         ms(batch, branch="sub", seed=1)
+
+
+def test_readme_bert_snippet_runs():
+    """The README's BERT code block, executed as written."""
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "README.md")) as f:
+        readme = f.read()
+    section = readme[readme.index("\n## BERT: masked-language models\n") :]
+    namespace = {}
+    exec(compile(re.search(r"```python\n(.*?)```", section, re.S).group(1), "README.md", "exec"), namespace)
+    assert namespace["out"]["stepped"] and torch.isfinite(namespace["out"]["loss"])

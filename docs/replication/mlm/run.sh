@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The BERT replication of the README ("BERT"): a 4-layer, width-128 BERT trained from scratch on the docstrings of
+# the Python standard library, plainly and with MaskSub, 3 seeds each, everything else identical; then the table,
+# the plot and the logs in docs/replication/mlm. The six runs share one WordPiece vocabulary (tokenizer.json, kept
+# here: training a vocabulary is not deterministic). Each seed's two runs go side by side, one thread each (a
+# 2-core CPU); about 25 minutes in all on the machine of the README's table.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+PY=${PYTHON:-.venv/bin/python}
+RUNS=${RUNS:-/tmp/masksub-mlm-replication}   # checkpoints and logs of each run (checkpoints stay out of the repository)
+TOKENIZER=docs/replication/mlm/tokenizer.json
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+[ -f "$TOKENIZER" ] || $PY -m masksub_kernels.training.text_data "$TOKENIZER" --vocab-size 4096
+COMMON=(--tokenizer "$TOKENIZER" --layers 4 --width 128 --heads 2 --seq-len 64 --batch-size 32 --steps 800
+        --warmup-steps 80 --lr 1e-3 --eval-every 100 --eval-blocks 256 --device cpu)
+for seed in 0 1 2; do
+    $PY -m masksub_kernels.training.mlm_cli "${COMMON[@]}" --seed "$seed" --baseline --output "$RUNS/baseline-seed$seed" &
+    baseline=$!
+    $PY -m masksub_kernels.training.mlm_cli "${COMMON[@]}" --seed "$seed" --output "$RUNS/masksub-seed$seed"
+    wait "$baseline"   # its exit status: a failed baseline fails the script
+done
+$PY -m masksub_kernels.training.replication "$RUNS" docs/replication/mlm
