@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 
 import torch
@@ -75,8 +77,12 @@ def read_state_dict(path: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
+        if not zipfile.is_zipfile(path):
+            raise UsageError(f"cannot read initial checkpoint {path!r}: {exc}") from exc
         try:  # OpenAI's CLIP releases are TorchScript archives
-            obj = torch.jit.load(path, map_location="cpu").state_dict()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+                obj = torch.jit.load(path, map_location="cpu").state_dict()
         except Exception:
             raise UsageError(f"cannot read initial checkpoint {path!r}: {exc}") from exc
     if isinstance(obj, nn.Module):

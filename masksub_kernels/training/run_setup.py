@@ -272,12 +272,6 @@ def setup(args) -> Setup:
         transforms = build_transforms(args, img_size, mean, std, augment=not args.no_aug)
     except (AssertionError, ValueError, KeyError, IndexError) as exc:
         raise UsageError(f"the augmentation options (--aa {args.aa!r}, ...) are not valid for timm: {exc!r}") from exc
-    if args.data_dir is None and rank == 0 and ignored_on_digits(args):
-        print(
-            f"{PROG}: note: {', '.join(ignored_on_digits(args))} shape the ImageFolder transforms (--data-dir): the "
-            "digits set keeps its random shifts",
-            file=sys.stderr,
-        )
     try:
         data = build_datasets(
             args.data_dir, img_size, in_chans, mean, std, augment=not args.no_aug, transforms=transforms
@@ -356,6 +350,12 @@ def setup(args) -> Setup:
     amp_dtype = getattr(torch, args.amp_dtype)
     autocast = functools.partial(torch.autocast, device.type, dtype=amp_dtype) if amp else None
     scaler = torch.amp.GradScaler(device.type) if amp and amp_dtype == torch.float16 else None
+    if args.data_dir is None and rank == 0 and ignored_on_digits(args):
+        print(
+            f"{PROG}: note: {', '.join(ignored_on_digits(args))} shape the ImageFolder transforms (--data-dir): the "
+            "digits set keeps its random shifts",
+            file=sys.stderr,
+        )
     return Setup(
         rank=rank, world=world, device=device, data=data, model=model, ms=ms, trained=trained, optimizer=optimizer,
         scheduler=scheduler, mixup=mixup, autocast=autocast, scaler=scaler, workers=workers,
