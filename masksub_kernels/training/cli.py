@@ -7,8 +7,12 @@
 timm provides the model (``create_model`` with any kwargs), the data transforms and ImageFolder reader, Mixup /
 CutMix, the optimizer (``create_optimizer_v2``: weight decay off for 1-D parameters and ``no_weight_decay()``
 names, the Swin mask token included) and the LR schedule (``create_scheduler_v2``, stepped per update). This file
-wires them to ``MaskSub.train_step`` (schedules.py) and the epoch loop (engine.py); setup.py builds the
+wires them to ``MaskSub.train_step`` (schedules.py) and the epoch loop (engine.py); run_setup.py builds the
 run and checks the options.
+
+``--config FILE`` reads option values from a YAML file (config.py; the paper's recipes are in ``recipes/``), the
+command line overriding it. Fine-tuning: ``--initial-checkpoint`` (pretrained.py), ``--layer-decay`` and
+``--model-ema`` (optim.py); the ImageFolder augmentations: augment.py.
 
 Without ``--data-dir`` the embedded digits set is used (training/data.py). Every epoch writes ``log.csv`` /
 ``log.json`` and ``last.pth`` in ``--output``; ``--resume PATH`` continues a run exactly (same weights as an
