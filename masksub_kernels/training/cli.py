@@ -7,8 +7,12 @@
 timm provides the model (``create_model`` with any kwargs), the data transforms and ImageFolder reader, Mixup /
 CutMix, the optimizer (``create_optimizer_v2``: weight decay off for 1-D parameters and ``no_weight_decay()``
 names, the Swin mask token included) and the LR schedule (``create_scheduler_v2``, stepped per update). This file
-wires them to ``MaskSub.train_step`` (schedules.py) and the epoch loop (engine.py); setup.py builds the
+wires them to ``MaskSub.train_step`` (schedules.py) and the epoch loop (engine.py); run_setup.py builds the
 run and checks the options.
+
+``--config FILE`` reads option values from a YAML file (config.py; the paper's recipes are in ``recipes/``), the
+command line overriding it. Fine-tuning: ``--initial-checkpoint`` (pretrained.py), ``--layer-decay`` and
+``--model-ema`` (optim.py); the ImageFolder augmentations: augment.py.
 
 Without ``--data-dir`` the embedded digits set is used (training/data.py). Every epoch writes ``log.csv`` /
 ``log.json`` and ``last.pth`` in ``--output``; ``--resume PATH`` continues a run exactly (same weights as an
@@ -32,6 +36,8 @@ __all__ = ["PROG", "UsageError", "build_parser", "main", "parse_kwargs"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=None, metavar="FILE", help="YAML file of option values (recipes/*.yaml); "
+                   "options on the command line override it")  # fmt: skip
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default="vit_tiny_patch16_224", help="any timm model name")
     g.add_argument("--model-kwargs", nargs="*", default=None, metavar="K=V", help="extra create_model kwargs")
@@ -41,6 +47,40 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=None, help="loader processes (default 0 for digits, else 4)")
     g.add_argument("--drop", type=float, default=0.0, help="model dropout rate")
     g.add_argument("--drop-path", type=float, default=0.0, help="model drop-path rate")
+    g.add_argument("--global-pool", default=None, help="timm global_pool (ViT: token, avg; CNN: avg, max, ...)")
+    g.add_argument(
+        "--initial-checkpoint",
+        default=None,
+        metavar="FILE",
+        help="start from these weights (timm, MAE, OpenAI / OpenCLIP CLIP or masksub-train file)",
+    )
+    g.add_argument(
+        "--head-init-scale",
+        type=float,
+        default=None,
+        help="scale the classifier left at initialisation by --initial-checkpoint (MAE, FT-CLIP: 0.001)",
+    )
+    g.add_argument("--limit-batches", type=int, default=None, help="at most N training batches per epoch (smoke runs)")
+    g = p.add_argument_group("augmentation (ImageFolder data; timm's create_transform)")
+    g.add_argument("--aa", default=None, help="auto-augment: rand-m9-mstd0.5-inc1 (RandAugment), 3a (3-Augment), ...")
+    g.add_argument("--color-jitter", type=float, default=0.4, help="off under RandAugment / AutoAugment, not 3a")
+    g.add_argument("--reprob", type=float, default=0.0, help="random erasing probability")
+    g.add_argument("--remode", default="pixel", choices=("const", "rand", "pixel"), help="random erasing mode")
+    g.add_argument("--recount", type=int, default=1, help="random erasing count")
+    g.add_argument(
+        "--scale",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="RandomResizedCrop area range (default 0.08 1.0)",
+    )
+    g.add_argument("--train-interpolation", default="bilinear", help="training resize: bilinear, bicubic, random")
+    g.add_argument("--interpolation", default="bilinear", help="validation resize interpolation")
+    g.add_argument("--crop-pct", type=float, default=1.0, help="validation centre crop fraction (1.0: no crop)")
+    g.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation (default: the model's)")
+    g.add_argument("--std", type=float, nargs="+", default=None)
+    g.add_argument("--aug-repeats", type=int, default=0, help="repeated augmentation: each image N times per epoch")
     g = p.add_argument_group("MaskSub")
     g.add_argument("--baseline", action="store_true", help="plain training (no sub-branch), for comparison")
     g.add_argument("--schedule", choices=("sequential", "joint"), default="sequential")
@@ -57,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--weight-decay", type=float, default=0.05)
     g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--opt-eps", type=float, default=None, help="optimizer epsilon (default: the optimizer's)")
+    g.add_argument("--opt-betas", type=float, nargs=2, default=None, metavar=("B1", "B2"))
+    g.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay (MAE: 0.65, FT-CLIP: 0.6)")
     g.add_argument("--sched", default="cosine", help="timm scheduler name")
     g.add_argument("--warmup-epochs", type=int, default=5)
     g.add_argument("--warmup-lr", type=float, default=1e-5)
@@ -67,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (0: off)")
     g.add_argument("--mixup-prob", type=float, default=1.0)
     g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights, evaluate and save it")
+    g.add_argument("--model-ema-decay", type=float, default=0.9998)
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     g.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
@@ -127,11 +172,15 @@ def _epoch(args, s: Setup, step, epoch: int, num_updates: int, val):
     (stats, validation metrics, seconds spent in both)."""
     from .data import train_loader
     from .engine import evaluate, seed_epoch, train_one_epoch
+    from .families import unwrap_model
 
     seed_epoch(args.seed, epoch, s.rank)
     s.trained.train()
     cuda = s.device.type == "cuda"
-    loader = train_loader(s.data.train, args.batch_size, epoch, args.seed, s.rank, s.world, s.workers, cuda)
+    loader = train_loader(
+        s.data.train, args.batch_size, epoch, args.seed, s.rank, s.world, s.workers, cuda, args.aug_repeats
+    )
+    ema_update = functools.partial(s.ema.update, unwrap_model(s.model)) if s.ema is not None else None
     stats = train_one_epoch(
         step,
         _Truncated(loader, s.batches),
@@ -148,11 +197,21 @@ def _epoch(args, s: Setup, step, epoch: int, num_updates: int, val):
         progress=s.rank == 0 and not args.no_progress,
         log_interval=args.log_interval,
         description=f"epoch {epoch + 1}/{args.epochs}",
+        after_step=ema_update,
     )
     s.scheduler.step(epoch + 1)
     t0 = time.perf_counter()
     metrics = evaluate(s.model, val, device=s.device, autocast=s.autocast, channels_last=args.channels_last)
+    if s.ema is not None:
+        ema = evaluate(s.ema.module, val, device=s.device, autocast=s.autocast, channels_last=args.channels_last)
+        metrics.update({f"ema_{k}": v for k, v in ema.items()})
     return stats, metrics, stats.seconds + time.perf_counter() - t0
+
+
+def _base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The schedule's learning rate (with --layer-decay the groups hold it times their lr_scale)."""
+    group = optimizer.param_groups[0]
+    return group["lr"] / group.get("lr_scale", 1.0)
 
 
 def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) -> None:
@@ -162,8 +221,9 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
 
     row = rows[-1]
     sub = f" loss_sub {row['loss_sub']:.4f}" if row["loss_sub"] is not None else ""
+    ema = f" (EMA {row['ema_top1']:.2f}%)" if row.get("ema_top1") is not None else ""
     print(
-        f"epoch {epoch + 1}/{args.epochs}: loss_main {row['loss_main']:.4f}{sub} val top-1 {row['top1']:.2f}% "
+        f"epoch {epoch + 1}/{args.epochs}: loss_main {row['loss_main']:.4f}{sub} val top-1 {row['top1']:.2f}%{ema} "
         f"top-5 {row['top5']:.2f}% {row['images_per_s']:.0f} img/s lr {row['lr']:.2e}",
         flush=True,
     )
@@ -174,6 +234,7 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
         "optimizer": s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict(),
         "scaler": s.scaler.state_dict() if s.scaler is not None else None,
+        "ema": s.ema.module.state_dict() if s.ema is not None else None,
         "log": rows,
         "args": vars(args),
     }
@@ -203,6 +264,7 @@ def _run(args) -> None:
         "family": s.ms.family if s.ms is not None else None,
         "train_images": len(s.data.train),
         "val_images": len(s.data.val),
+        "initial_checkpoint": vars(s.pretrained) if s.pretrained is not None else None,
     }
     val = val_loader(s.data.val, args.batch_size, s.rank, s.world, s.workers, s.device.type == "cuda")
     for epoch in range(start_epoch, args.epochs):
@@ -212,7 +274,7 @@ def _run(args) -> None:
         rows.append(
             {
                 "epoch": epoch + 1,
-                "lr": s.optimizer.param_groups[0]["lr"],
+                "lr": _base_lr(s.optimizer),
                 "loss": stats.loss,
                 "loss_main": stats.loss_main,
                 "loss_sub": stats.loss_sub,
@@ -231,8 +293,10 @@ def _run(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``masksub-train`` / ``python -m masksub_kernels.train``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    from .config import parse_args_with_config
+
     try:
+        args = parse_args_with_config(build_parser(), argv)
         _run(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -28,7 +28,7 @@ DIGITS_CLASSES = 10
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 
-__all__ = ["DataSpec", "DigitsDataset", "build_datasets", "train_loader", "val_loader"]
+__all__ = ["DataSpec", "DigitsDataset", "build_datasets", "train_loader", "train_sampler", "val_loader"]
 
 
 @dataclass
@@ -85,10 +85,15 @@ def _digits(img_size: int, in_chans: int, augment: bool) -> DataSpec:
     return DataSpec(train, val, DIGITS_CLASSES, in_chans, img_size)
 
 
-def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: bool) -> DataSpec:
+def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: bool, transforms) -> DataSpec:
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_dataset, create_transform
 
     mean, std = mean or IMAGENET_DEFAULT_MEAN, std or IMAGENET_DEFAULT_STD
+    if transforms is None:
+        transforms = (
+            create_transform(img_size, is_training=True, no_aug=not augment, mean=mean, std=std),
+            create_transform(img_size, is_training=False, mean=mean, std=std, crop_pct=1.0),
+        )
 
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data directory {root!r} does not exist")
@@ -100,8 +105,7 @@ def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: b
         )
     train = create_dataset("", root=root, split="train", is_training=True)
     val = create_dataset("", root=root, split=val_split, class_map=getattr(train.reader, "class_to_idx", None))
-    train.transform = create_transform(img_size, is_training=True, no_aug=not augment, mean=mean, std=std)
-    val.transform = create_transform(img_size, is_training=False, mean=mean, std=std, crop_pct=1.0)
+    train.transform, val.transform = transforms
     num_classes = len(getattr(train.reader, "class_to_idx", {})) or 1 + max(t for _, t in train.reader.samples)
     return DataSpec(train, val, num_classes, in_chans, img_size)
 
@@ -113,25 +117,49 @@ def build_datasets(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     augment: bool = True,
+    transforms: tuple | None = None,
 ) -> DataSpec:
     """The digits set (``data_dir=None``) or an ImageFolder tree, at ``img_size`` pixels, normalised with
-    ``mean`` / ``std`` (ImageNet's when None; the digits set uses its own statistics)."""
+    ``mean`` / ``std`` (ImageNet's when None; the digits set uses its own statistics). ``transforms``: the
+    ImageFolder's (train, val) transforms (training/augment.py), else timm's defaults."""
     if data_dir is None:
         return _digits(img_size, in_chans, augment)
-    return _image_folder(data_dir, img_size, in_chans, mean, std, augment)
+    return _image_folder(data_dir, img_size, in_chans, mean, std, augment, transforms)
+
+
+def train_sampler(dataset: Dataset, epoch: int, seed: int, rank: int, world: int, aug_repeats: int = 0, generator=None):
+    """The epoch's sampler: ``RepeatAugSampler`` (timm; DeiT-III's RASampler) with ``aug_repeats`` > 0 -- each image
+    ``aug_repeats`` times per epoch, the copies on different processes, ``len(dataset) // 256 * 256 / world``
+    samples per process --, a ``DistributedSampler`` under torchrun, else a shuffle drawn from ``generator`` (the
+    loader's); all seeded by (seed, epoch)."""
+    if aug_repeats > 0:
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        sampler = RepeatAugSampler(dataset, num_replicas=world, rank=rank, shuffle=True, num_repeats=aug_repeats)
+        sampler.set_epoch(seed * 1_000_003 + epoch)
+        return sampler
+    if world > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        return sampler
+    return RandomSampler(dataset, generator=generator or torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 def train_loader(
-    dataset: Dataset, batch_size: int, epoch: int, seed: int, rank: int, world: int, workers: int, pin: bool
+    dataset: Dataset,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    rank: int,
+    world: int,
+    workers: int,
+    pin: bool,
+    aug_repeats: int = 0,
 ) -> DataLoader:
     """The epoch's training loader: shuffled by (seed, epoch), whole batches only (Mixup needs even batches and the
     accumulation windows stay aligned with epochs)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    if world > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        sampler.set_epoch(epoch)
-    else:
-        sampler = RandomSampler(dataset, generator=generator)
+    sampler = train_sampler(dataset, epoch, seed, rank, world, aug_repeats, generator)
     return DataLoader(
         dataset,
         batch_size=batch_size,

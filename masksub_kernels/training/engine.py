@@ -99,9 +99,10 @@ def train_one_epoch(
     progress: bool = False,
     log_interval: int = 10,
     description: str = "",
+    after_step: Callable[[], None] | None = None,
 ) -> EpochStats:
     """One pass over ``loader`` with ``step`` (``MaskSub.train_step`` or a ``PlainStep``); the timm scheduler's
-    ``step_update`` after each optimizer step."""
+    ``step_update`` and ``after_step()`` (the weight EMA's update) after each optimizer step."""
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, loss_main, loss_sub, micro-batches
     images_seen = 0
     has_sub = False
@@ -132,6 +133,8 @@ def train_one_epoch(
             num_updates += 1
             if scheduler is not None:
                 scheduler.step_update(num_updates=num_updates)
+            if after_step is not None:
+                after_step()
         if bar is not None:
             bar.update(1)
             if (index + 1) % log_interval == 0:

@@ -94,6 +94,8 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
         kwargs.setdefault("drop_rate", args.drop)
     if args.drop_path:
         kwargs.setdefault("drop_path_rate", args.drop_path)
+    if args.global_pool is not None:
+        kwargs.setdefault("global_pool", args.global_pool)
     try:
         return timm.create_model(args.model, pretrained=False, **kwargs)
     except TypeError as exc:
@@ -115,12 +117,15 @@ def _img_size(args, model_kwargs: dict) -> int:
     return cfg.input_size[-1] if cfg is not None else 224
 
 
-def _mean_std(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The normalisation the model was configured with (its pretrained config), ImageNet's by default."""
+def _mean_std(args) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """--mean / --std, else the normalisation the model was configured with (its pretrained config), else
+    ImageNet's."""
     import timm
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    cfg = timm.get_pretrained_cfg(model_name)
+    if args.mean is not None and args.std is not None:
+        return tuple(args.mean), tuple(args.std)
+    cfg = timm.get_pretrained_cfg(args.model)
     if cfg is None or cfg.mean is None:
         return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     return tuple(cfg.mean), tuple(cfg.std)
@@ -161,6 +166,16 @@ _RANGES = (
     ("cell_size", 1, None, True, True),
     ("drop", 0.0, 1.0, True, False),
     ("drop_path", 0.0, 1.0, True, False),
+    ("layer_decay", 0.0, 1.0, False, True),
+    ("model_ema_decay", 0.0, 1.0, True, False),
+    ("head_init_scale", 0.0, None, False, True),
+    ("opt_eps", 0.0, None, False, True),
+    ("color_jitter", 0.0, None, True, True),
+    ("reprob", 0.0, 1.0, True, True),
+    ("recount", 1, None, True, True),
+    ("crop_pct", 0.0, 1.0, False, True),
+    ("aug_repeats", 0, None, True, True),
+    ("limit_batches", 1, None, True, True),
 )
 
 
@@ -187,6 +202,18 @@ def check_args(args) -> None:
         raise UsageError(f"data directory {args.data_dir!r} does not exist")
     if (args.mixup > 0 or args.cutmix > 0) and args.batch_size % 2:
         raise UsageError(f"Mixup / CutMix need an even --batch-size, got {args.batch_size}")
+    for name, count in (("mean", None), ("std", None), ("opt_betas", 2), ("scale", 2)):
+        value = getattr(args, name)
+        if value is not None and count is not None and len(value) != count:
+            raise UsageError(f"--{name.replace('_', '-')} takes {count} numbers, got {len(value)}")
+    if (args.mean is None) != (args.std is None):
+        raise UsageError("--mean and --std go together: pass both (one number per input channel)")
+    if args.mean is not None and (len(args.mean) != len(args.std) or any(s <= 0 for s in args.std)):
+        raise UsageError(f"--mean / --std need as many numbers each and std > 0, got {args.mean} / {args.std}")
+    if args.scale is not None and not 0 < args.scale[0] <= args.scale[1] <= 1:
+        raise UsageError(f"--scale is a crop-area range 0 < min <= max <= 1, got {args.scale}")
+    if args.head_init_scale is not None and args.initial_checkpoint is None:
+        raise UsageError("--head-init-scale scales the classifier left at initialisation by --initial-checkpoint")
 
 
 @dataclass
@@ -209,16 +236,20 @@ class Setup:
     batches: int  # micro-batches per epoch (whole accumulation windows)
     mixing: bool
     img_size: int
+    ema: Any = None  # timm ModelEmaV3 of the bare model (--model-ema)
+    pretrained: Any = None  # the --initial-checkpoint LoadReport
 
 
 def setup(args) -> Setup:
     """Everything before the first epoch; raises UsageError for configuration mistakes."""
     from timm.data import Mixup
-    from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
-    from .data import build_datasets
+    from .augment import build_transforms, ignored_on_digits
+    from .data import build_datasets, train_sampler
     from .engine import seed_epoch
+    from .optim import build_ema, build_optimizer
+    from .pretrained import load_initial_checkpoint
     from .wrapper import MaskSub
 
     args.model_kwargs = parse_kwargs(args.model_kwargs)
@@ -236,13 +267,24 @@ def setup(args) -> Setup:
     seed_epoch(args.seed, -1, 0)  # model initialisation: the same on every rank (DDP broadcasts rank 0's anyway)
     img_size = _img_size(args, args.model_kwargs)
     in_chans = args.model_kwargs.get("in_chans", 1 if args.data_dir is None else 3)
-    mean, std = _mean_std(args.model) if args.data_dir is not None else (None, None)
+    mean, std = _mean_std(args)
+    try:  # built for the digits too: a bad --aa is an error before anything runs
+        transforms = build_transforms(args, img_size, mean, std, augment=not args.no_aug)
+    except (AssertionError, ValueError, KeyError, IndexError) as exc:
+        raise UsageError(f"the augmentation options (--aa {args.aa!r}, ...) are not valid for timm: {exc!r}") from exc
     try:
-        data = build_datasets(args.data_dir, img_size, in_chans, mean, std, augment=not args.no_aug)
+        data = build_datasets(
+            args.data_dir, img_size, in_chans, mean, std, augment=not args.no_aug, transforms=transforms
+        )
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
     model = _create_model(args, data.num_classes, in_chans)
     _check_model_size(model, img_size)
+    report = None
+    if args.initial_checkpoint is not None:
+        report = load_initial_checkpoint(model, args.initial_checkpoint, args.head_init_scale)
+        if rank == 0:
+            print(f"{PROG}: {report.summary(args.initial_checkpoint)}", file=sys.stderr)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -265,19 +307,19 @@ def setup(args) -> Setup:
             hint = " (--img-size, --cell-size)" if "cell_size=" in str(exc) or "images of" in str(exc) else ""
             raise UsageError(f"{exc}{hint}") from exc
     trained = ms if ms is not None else model
-    try:
-        optimizer = create_optimizer_v2(
-            trained, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum
-        )
-    except ValueError as exc:  # an unknown name: timm says "not found in registry"
-        raise UsageError(f"--opt {args.opt}: {exc} (timm.optim.list_optimizers() lists them)") from exc
+    optimizer = build_optimizer(args, trained, ms.inner_model if ms is not None else model)
+    ema = build_ema(args, model)
     workers = args.workers if args.workers is not None else (0 if args.data_dir is None else 4)
-    batches = len(data.train) // world // args.batch_size
+    samples = len(train_sampler(data.train, 0, args.seed, rank, world, args.aug_repeats))
+    batches = samples // args.batch_size
+    if args.limit_batches is not None:
+        batches = min(batches, args.limit_batches)
     updates_per_epoch = batches // args.grad_accum_steps
     if updates_per_epoch < 1:
         raise UsageError(
-            f"{len(data.train)} training images over {world} process(es) give {batches} batches of {args.batch_size}: "
-            f"fewer than --grad-accum-steps {args.grad_accum_steps}"
+            f"{len(data.train)} training images over {world} process(es) give {batches} batches of {args.batch_size}"
+            f"{' (--limit-batches)' if args.limit_batches is not None else ''}: fewer than --grad-accum-steps "
+            f"{args.grad_accum_steps}"
         )
     try:
         scheduler, _ = create_scheduler_v2(
@@ -308,10 +350,17 @@ def setup(args) -> Setup:
     amp_dtype = getattr(torch, args.amp_dtype)
     autocast = functools.partial(torch.autocast, device.type, dtype=amp_dtype) if amp else None
     scaler = torch.amp.GradScaler(device.type) if amp and amp_dtype == torch.float16 else None
+    if args.data_dir is None and rank == 0 and ignored_on_digits(args):
+        print(
+            f"{PROG}: note: {', '.join(ignored_on_digits(args))} shape the ImageFolder transforms (--data-dir): the "
+            "digits set keeps its random shifts",
+            file=sys.stderr,
+        )
     return Setup(
         rank=rank, world=world, device=device, data=data, model=model, ms=ms, trained=trained, optimizer=optimizer,
         scheduler=scheduler, mixup=mixup, autocast=autocast, scaler=scaler, workers=workers,
-        batches=updates_per_epoch * args.grad_accum_steps, mixing=mixing, img_size=img_size,
+        batches=updates_per_epoch * args.grad_accum_steps, mixing=mixing, img_size=img_size, ema=ema,
+        pretrained=report,
     )  # fmt: skip
 
 
@@ -367,4 +416,8 @@ def resume(args, s: Setup) -> tuple[int, int, list]:
             )
     if s.scaler is not None and ckpt.get("scaler"):
         s.scaler.load_state_dict(ckpt["scaler"])
+    if s.ema is not None:
+        if ckpt.get("ema") is None:
+            raise UsageError(f"checkpoint {args.resume!r} has no EMA weights: resume it without --model-ema")
+        s.ema.module.load_state_dict(ckpt["ema"])
     return start_epoch, num_updates, ckpt["log"]

@@ -1,7 +1,8 @@
 """Per-epoch log of the training command: the same rows as CSV (``log.csv``) and JSON (``log.json``).
 
 Columns: epoch, lr (at the end of the epoch), loss (weighted total), loss_main, loss_sub (empty for the baseline),
-val_loss, top1, top5 (validation, %), images_per_s (training throughput over all processes), epoch_time_s and
+val_loss, top1, top5 (validation, %), ema_val_loss, ema_top1, ema_top5 (the weight EMA's, with --model-ema;
+empty otherwise), images_per_s (training throughput over all processes), epoch_time_s and
 wall_time_s (cumulative training + evaluation time, excluding set-up). Both files are rewritten whole every epoch,
 so a resumed run continues the same files.
 """
@@ -22,6 +23,9 @@ COLUMNS = (
     "val_loss",
     "top1",
     "top5",
+    "ema_val_loss",
+    "ema_top1",
+    "ema_top5",
     "images_per_s",
     "epoch_time_s",
     "wall_time_s",

@@ -1,0 +1,63 @@
+"""The ImageFolder transforms of the training command, from its options, all through timm's ``create_transform``.
+
+Training: RandomResizedCrop (``--scale``, ``--train-interpolation``) + horizontal flip, then
+``--aa`` (``rand-m9-mstd0.5-inc1``: RandAugment as MAE / Swin / FT-CLIP; ``3a``: DeiT-III's 3-Augment -- one of
+grayscale, solarisation, Gaussian blur per image -- kept with ``--color-jitter``), ``--color-jitter`` (timm turns it
+off under RandAugment / AutoAugment, as the recipes' own code did), normalisation (``--mean`` / ``--std``, else the
+model's), random erasing (``--reprob``, ``--remode``, ``--recount``). ``--no-aug``: resize + centre crop only.
+Validation: resize to ``img_size / --crop-pct`` then centre crop (``--crop-pct 1.0``: the whole image, DeiT-III /
+FT-CLIP; 0.875: MAE / Swin), ``--interpolation``.
+
+The embedded digits set (no ``--data-dir``) is tensors, not images: these options do not apply to it (it keeps its
+random shifts) and the command says so.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AUG_OPTIONS", "build_transforms", "ignored_on_digits"]
+
+# The options that only shape the ImageFolder transforms, with the command's defaults.
+AUG_OPTIONS = {
+    "aa": None,
+    "color_jitter": 0.4,
+    "reprob": 0.0,
+    "remode": "pixel",
+    "recount": 1,
+    "scale": None,
+    "train_interpolation": "bilinear",
+    "interpolation": "bilinear",
+    "crop_pct": 1.0,
+}
+
+
+def build_transforms(args, img_size: int, mean, std, augment: bool = True):
+    """(train transform, val transform) for an ImageFolder run with ``args``' augmentation options."""
+    from timm.data import create_transform
+
+    train = create_transform(
+        img_size,
+        is_training=True,
+        no_aug=not augment,
+        scale=tuple(args.scale) if args.scale else None,
+        color_jitter=args.color_jitter,
+        auto_augment=args.aa,
+        interpolation=args.train_interpolation,
+        mean=mean,
+        std=std,
+        re_prob=args.reprob,
+        re_mode=args.remode,
+        re_count=args.recount,
+    )
+    val = create_transform(
+        img_size, is_training=False, interpolation=args.interpolation, mean=mean, std=std, crop_pct=args.crop_pct
+    )
+    return train, val
+
+
+def ignored_on_digits(args) -> list[str]:
+    """The augmentation options set away from their defaults, which a digits run does not use."""
+    return [
+        "--" + name.replace("_", "-")
+        for name, default in AUG_OPTIONS.items()
+        if getattr(args, name) != default and getattr(args, name) is not None
+    ]

@@ -1,0 +1,124 @@
+"""``--config FILE``: a YAML file of option values for ``masksub-train`` (the recipes in ``recipes/``).
+
+Keys are the long option names, with dashes or underscores (``weight-decay`` or ``weight_decay``); a value in the
+file replaces the option's default and an option given on the command line replaces the file's value. Every key and
+value is checked before anything is built: an unknown key (named, with the closest valid one and the list of valid
+keys), a value of the wrong type (``lr: fast``), a value outside an option's choices, a file that is not a mapping or
+not YAML, and a missing file are all ``UsageError``s, printed as ``masksub-train: error: ...`` (exit status 2).
+
+Value types follow the options: flags (``--amp``) take ``true`` / ``false``; integer options take integers; float
+options integers or floats; ``model-kwargs`` a mapping (``{img_size: 192}``) or a list of ``key=value`` strings;
+list options (``--mean``) a list; ``null`` where the option's default is None.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+
+from .run_setup import UsageError
+
+__all__ = ["load_config", "parse_args_with_config"]
+
+
+def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """{dest: action} of the options a config file may set (not --help, not --config itself)."""
+    return {
+        a.dest: a
+        for a in parser._actions  # argparse keeps no public list of its actions
+        if a.option_strings and a.dest not in ("help", "config")
+    }
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _convert(key: str, value, action: argparse.Action, where: str):
+    """The config value as the parsed option would hold it, or a UsageError naming the key and the expected type."""
+    name = _option(action.dest)
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: {key!r} ({name}) is a flag: true or false, got {value!r}")
+        return value
+    if value is None:
+        if action.default is not None:
+            raise UsageError(f"{where}: {key!r} ({name}) cannot be null (its default is {action.default!r})")
+        return None
+    if action.dest == "model_kwargs":
+        if isinstance(value, dict):
+            return [f"{k}={v!r}" for k, v in value.items()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise UsageError(f"{where}: {key!r} ({name}) takes a mapping {{key: value}} or a list of 'key=value' strings")
+    if action.nargs in ("*", "+") or isinstance(action.nargs, int):
+        if not isinstance(value, list):
+            raise UsageError(f"{where}: {key!r} ({name}) takes a list, got {value!r}")
+        if isinstance(action.nargs, int) and len(value) != action.nargs:
+            raise UsageError(f"{where}: {key!r} ({name}) takes {action.nargs} values, got {len(value)}")
+        return [_scalar(key, v, action, where) for v in value]
+    return _scalar(key, value, action, where)
+
+
+def _scalar(key: str, value, action: argparse.Action, where: str):
+    name = _option(action.dest)
+    kind = action.type
+    if isinstance(value, bool) or isinstance(value, (list, dict)):
+        ok = False
+    elif kind is int:
+        ok = isinstance(value, int)
+    elif kind is float:
+        ok = isinstance(value, (int, float))
+        value = float(value) if ok else value
+    else:  # a string option
+        ok = isinstance(value, str)
+    if not ok:
+        want = {int: "an integer", float: "a number"}.get(kind, "a string")
+        raise UsageError(f"{where}: {key!r} ({name}) must be {want}, got {value!r}")
+    if action.choices is not None and value not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise UsageError(f"{where}: {key!r} ({name}) must be one of {choices}, got {value!r}")
+    return value
+
+
+def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
+    """The file's values as {dest: value}, checked against ``parser``'s options (UsageError otherwise)."""
+    try:
+        import yaml
+    except ImportError as exc:  # timm depends on PyYAML, so this is rare
+        raise UsageError(f"--config needs PyYAML (pip install pyyaml): {exc}") from exc
+    if not os.path.isfile(path):
+        raise UsageError(f"config file {path!r} does not exist")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UsageError(f"config file {path!r} is not valid YAML: {' '.join(str(exc).split())}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path!r} must be a mapping of option: value, got a {type(data).__name__}")
+    actions = _actions(parser)
+    valid = sorted(k.replace("_", "-") for k in actions)
+    out: dict = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest not in actions:
+            close = difflib.get_close_matches(str(key).replace("_", "-"), valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"config file {path!r}: unknown key {key!r}{hint}; valid keys: {', '.join(valid)}")
+        if dest in out:
+            raise UsageError(f"config file {path!r}: {key!r} is given twice (dashes and underscores are the same key)")
+        out[dest] = _convert(str(key), value, actions[dest], f"config file {path!r}")
+    return out
+
+
+def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` with the defaults of ``--config FILE`` (when given) in place of the parser's."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        parser.set_defaults(**load_config(known.config, parser))
+    return parser.parse_args(argv)

@@ -1,0 +1,71 @@
+"""The training command's optimizer (timm's, with layer-wise learning-rate decay) and weight EMA (timm's).
+
+Layer decay (``--layer-decay d``, MAE / BEiT / FT-CLIP fine-tuning): timm's ``param_groups_layer_decay`` on the bare
+model, i.e. with the model's ``group_matcher`` -- for a ViT the stem (cls token, position embedding, patch
+embedding, ``norm_pre``) is layer 0, block i is layer i + 1, the rest (final norm, fc_norm, head) layer depth + 1 --
+and learning rate ``lr * d ** (depth + 1 - layer)``: the same scales as MAE's ``util/lr_decay.py`` and FT-CLIP's
+``optim_factory.py``. Weight decay is off for 1-D parameters and the model's ``no_weight_decay()`` names. The MaskSub
+wrapper's own parameter (Swin's mask token) joins as one more no-decay group at the full learning rate. timm's
+schedulers multiply each group's learning rate by its ``lr_scale``.
+
+EMA (``--model-ema``): ``timm.utils.ModelEmaV3`` of the bare model (what is evaluated), updated after every optimizer
+step with a constant decay (``--model-ema-decay``), evaluated each epoch beside the model and saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .run_setup import UsageError
+
+__all__ = ["build_ema", "build_optimizer", "layer_decay_groups"]
+
+
+def layer_decay_groups(trained: nn.Module, model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """Parameter groups with ``lr_scale`` for ``model`` (timm's layer decay) plus any parameter of ``trained`` (the
+    MaskSub wrapper) outside ``model``, in a no-decay group with ``lr_scale`` 1."""
+    from timm.optim import param_groups_layer_decay
+
+    no_decay = getattr(model, "no_weight_decay", lambda: set())()
+    groups = param_groups_layer_decay(
+        model, weight_decay=weight_decay, no_weight_decay_list=no_decay, layer_decay=layer_decay
+    )
+    inside = {id(p) for p in model.parameters()}
+    extra = [p for p in trained.parameters() if id(p) not in inside and p.requires_grad]
+    if extra:
+        groups.append({"params": extra, "weight_decay": 0.0, "lr_scale": 1.0})
+    return groups
+
+
+def build_optimizer(args, trained: nn.Module, model: nn.Module) -> torch.optim.Optimizer:
+    """timm's ``create_optimizer_v2`` on ``trained`` (the wrapper, or the model for --baseline), with --layer-decay,
+    --opt-eps and --opt-betas where given."""
+    from timm.optim import create_optimizer_v2
+
+    kwargs = {}
+    if args.opt_eps is not None:
+        kwargs["eps"] = args.opt_eps
+    if args.opt_betas is not None:
+        kwargs["betas"] = tuple(args.opt_betas)
+    if args.layer_decay is not None:
+        kwargs["param_group_fn"] = lambda _: layer_decay_groups(trained, model, args.weight_decay, args.layer_decay)
+    try:
+        return create_optimizer_v2(
+            trained, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum, **kwargs
+        )
+    except ValueError as exc:  # an unknown name: timm says "not found in registry"
+        raise UsageError(f"--opt {args.opt}: {exc} (timm.optim.list_optimizers() lists them)") from exc
+    except TypeError as exc:  # e.g. betas for an optimizer without them
+        raise UsageError(f"--opt {args.opt} does not take these settings {sorted(kwargs)}: {exc}") from exc
+
+
+def build_ema(args, model: nn.Module):
+    """``ModelEmaV3`` of ``model`` (the eager module under torch.compile) with --model-ema, else None."""
+    if not args.model_ema:
+        return None
+    from timm.utils import ModelEmaV3
+
+    from .families import unwrap_model
+
+    return ModelEmaV3(unwrap_model(model), decay=args.model_ema_decay)

@@ -1,0 +1,188 @@
+"""``--initial-checkpoint FILE``: start from pretrained weights in a local file (fine-tuning recipes).
+
+Formats, recognised from the file's keys:
+
+- ``masksub``: a ``masksub-train`` checkpoint (``last.pth``; e.g. DeiT-III fine-tuning from its pre-training run):
+  the trained module's state, MaskSub's ``model.`` prefix removed, its ``mask_token`` dropped.
+- ``mae``: an MAE checkpoint (facebookresearch/mae: ``{'model': ...}``): the decoder (``decoder_*``) and the
+  pre-training ``mask_token`` are dropped; the encoder is timm's layout already.
+- ``clip``: OpenAI CLIP (``visual.class_embedding``, ``visual.transformer.resblocks...``; OpenAI's TorchScript ``.pt``
+  archives are read with ``torch.jit.load``) and OpenCLIP (the same layout, or a timm trunk under ``visual.trunk.``):
+  the text tower is dropped and the vision tower renamed by timm's converter.
+- ``timm``: anything else (a timm / torchvision state dict, ``{'state_dict': ...}``, ``{'model': ...}``).
+
+Every format then goes through the model's own timm ``checkpoint_filter_fn`` (where its module has one: ViT, Swin,
+...), which converts OpenAI / OpenCLIP keys, resamples position embeddings and patch embeddings to the model's grid
+(e.g. DeiT-III's 192 px pre-training to 224 px fine-tuning) and the like. ``.safetensors`` files are read by timm.
+
+What may differ between the file and the model, and nothing else (a ``UsageError`` lists the rest):
+
+- the classifier (``head`` / ``fc``, from the model's ``pretrained_cfg['classifier']``): missing from the file or of
+  another shape (another number of classes, CLIP's projection) -> kept at the model's initialisation, scaled by
+  ``head_init_scale`` (MAE: trunc-normal std 2e-5 = timm's 0.02 x 0.001; FT-CLIP: 0.001);
+- ``fc_norm``: missing when fine-tuning with average pooling (MAE, FT-CLIP) -> the model's LayerNorm initialisation;
+- the final ``norm``: in the file but not in a model that pools with ``fc_norm`` -> ignored, as MAE and FT-CLIP do.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .run_setup import UsageError
+
+__all__ = ["LoadReport", "detect_format", "load_initial_checkpoint", "read_state_dict"]
+
+
+@dataclass
+class LoadReport:
+    """What ``load_initial_checkpoint`` did."""
+
+    format: str
+    loaded: int  # tensors copied into the model
+    reinitialised: list[str] = field(default_factory=list)  # classifier / fc_norm kept at initialisation
+    ignored: list[str] = field(default_factory=list)  # file keys not used (decoder, text tower, final norm, ...)
+
+    def summary(self, path: str) -> str:
+        parts = [f"loaded {self.loaded} tensors from {path!r} ({self.format} format)"]
+        if self.reinitialised:
+            parts.append(f"initialised here: {', '.join(self.reinitialised)}")
+        if self.ignored:
+            more = f" and {len(self.ignored) - 6} more" if len(self.ignored) > 6 else ""
+            shown = ", ".join(self.ignored[:6]) + more
+            parts.append(f"not used: {shown}")
+        return "; ".join(parts)
+
+
+def read_state_dict(path: str) -> dict:
+    """The raw object in ``path`` (a dict): torch.load, timm's safetensors reader, or a TorchScript archive's
+    state dict (OpenAI CLIP's .pt files)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"initial checkpoint {path!r} does not exist")
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise UsageError(f"reading {path!r} needs the safetensors package: {exc}") from exc
+        try:
+            return load_file(path, device="cpu")
+        except Exception as exc:
+            raise UsageError(f"cannot read initial checkpoint {path!r}: {exc}") from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        if not zipfile.is_zipfile(path):
+            raise UsageError(f"cannot read initial checkpoint {path!r}: {exc}") from exc
+        try:  # OpenAI's CLIP releases are TorchScript archives
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+                obj = torch.jit.load(path, map_location="cpu").state_dict()
+        except Exception:
+            raise UsageError(f"cannot read initial checkpoint {path!r}: {exc}") from exc
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if not isinstance(obj, dict):
+        raise UsageError(f"initial checkpoint {path!r} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _tensors(obj: dict) -> dict:
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def detect_format(obj: dict) -> tuple[str, dict]:
+    """(format name, the state dict to map) for a loaded checkpoint object."""
+    if "module" in obj and "num_updates" in obj and isinstance(obj["module"], dict):
+        state = obj["module"]
+        if any(k.startswith("model.") for k in state):
+            state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+        state = {k.replace("_orig_mod.", "", 1) if k.startswith("_orig_mod.") else k: v for k, v in state.items()}
+        return "masksub", _tensors(state)
+    for key in ("state_dict", "model", "module"):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    state = _tensors(obj)
+    if any(k.startswith("module.") for k in state) and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    if "visual.class_embedding" in state or any(k.startswith("visual.trunk.") for k in state):
+        return "clip", state
+    if any(k.startswith("decoder_") for k in state) or ("mask_token" in state and "blocks.0.norm1.weight" in state):
+        return "mae", {k: v for k, v in state.items() if not k.startswith("decoder_") and k != "mask_token"}
+    return "timm", state
+
+
+def _filter_fn(model: nn.Module):
+    """The timm ``checkpoint_filter_fn`` of the model's module, if it has one."""
+    return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") or "head"
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return tuple(f"{n}." for n in names)
+
+
+def load_initial_checkpoint(model: nn.Module, path: str, head_init_scale: float | None = None) -> LoadReport:
+    """Copy the weights in ``path`` into ``model`` (see the module docstring); UsageError when they do not fit."""
+    fmt, state = detect_format(read_state_dict(path))
+    ignored: list[str] = []
+    if fmt == "clip" and "visual.class_embedding" in state:
+        ignored = sorted(k for k in state if not k.startswith("visual."))  # the text tower and logit scale
+    filter_fn = _filter_fn(model)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, model)
+        except Exception as exc:
+            raise UsageError(
+                f"initial checkpoint {path!r} ({fmt} format) cannot be mapped onto {type(model).__name__}: {exc}"
+            ) from exc
+    own = model.state_dict()
+    heads = _classifier_prefixes(model)
+    uses_fc_norm = not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity)
+    load, reinit = {}, []
+    mismatched = []
+    for key, value in state.items():
+        if fmt == "clip" and key.startswith(heads):
+            ignored.append(key)  # CLIP's image-text projection, not a classifier
+            continue
+        if key not in own:
+            if uses_fc_norm and key.startswith("norm.") and isinstance(getattr(model, "norm", None), nn.Identity):
+                ignored.append(key)  # MAE / FT-CLIP pool with fc_norm and drop the final norm
+            else:
+                mismatched.append(f"unexpected {key}")
+            continue
+        if tuple(value.shape) != tuple(own[key].shape):
+            if key.startswith(heads):
+                ignored.append(f"{key} {tuple(value.shape)}")
+                continue
+            mismatched.append(f"{key} is {tuple(value.shape)} in the file, {tuple(own[key].shape)} in the model")
+            continue
+        load[key] = value
+    for key in own:
+        if key in load:
+            continue
+        if key.startswith(heads) or key.startswith("fc_norm."):
+            reinit.append(key)
+        elif key not in state:
+            mismatched.append(f"missing {key}")
+    if mismatched:
+        shown = "; ".join(mismatched[:8]) + (f"; and {len(mismatched) - 8} more" if len(mismatched) > 8 else "")
+        raise UsageError(
+            f"initial checkpoint {path!r} ({fmt} format) does not fit the model {type(model).__name__}: {shown}. "
+            "Check --model, --model-kwargs and --global-pool against the checkpoint"
+        )
+    model.load_state_dict(load, strict=False)
+    if head_init_scale is not None:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in reinit and name.startswith(heads):
+                    param.mul_(head_init_scale)
+    return LoadReport(format=fmt, loaded=len(load), reinitialised=reinit, ignored=ignored)

@@ -1,0 +1,85 @@
+"""--config FILE: every recipe loads and every key is an option; the command line overrides the file; every mistake in
+a file is a one-line error (exit status 2). No training here: these are cheap."""
+
+import glob
+import os
+
+import pytest
+
+pytest.importorskip("yaml", reason="--config reads YAML")
+
+from masksub_kernels.train import build_parser, main
+from masksub_kernels.training.config import load_config, parse_args_with_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml")))
+
+
+def test_the_recipes_are_there():
+    names = {os.path.basename(p)[: -len(".yaml")] for p in RECIPES}
+    assert names == {"deit3", "deit3_finetune", "mae_finetune", "clip_finetune", "swin", "resnet_rsb"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_recipe_loads_with_known_keys_and_cites_each_value(path):
+    values = load_config(path, build_parser())
+    assert values["mask_ratio"] == 0.5 and values["variant"] == "mask"
+    args = parse_args_with_config(build_parser(), ["--config", path])
+    for dest, value in values.items():
+        assert getattr(args, dest) == value
+    # every option line carries its source (a comment)
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and not line.startswith("#") and not line.startswith(" ")]
+    uncited = [line for line in lines if "#" not in line and not line.startswith("std:")]
+    assert not uncited, uncited
+
+
+def test_command_line_overrides_the_file(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: 0.5\nweight_decay: 0.01\nmodel-kwargs: {img_size: 16, depths: [1, 1]}\namp: true\n")
+    args = parse_args_with_config(build_parser(), ["--config", str(cfg), "--lr", "0.1"])
+    assert args.lr == 0.1 and args.weight_decay == 0.01 and args.amp is True
+    assert args.model_kwargs == ["img_size=16", "depths=[1, 1]"]
+    args = parse_args_with_config(build_parser(), ["--config", str(cfg), "--model-kwargs", "img_size=8"])
+    assert args.model_kwargs == ["img_size=8"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lrr: 0.1\n", "unknown key 'lrr' (did you mean 'lr'?); valid keys: aa, amp, amp-dtype"),
+        ("lr: fast\n", "'lr' (--lr) must be a number, got 'fast'"),
+        ("epochs: 2.5\n", "'epochs' (--epochs) must be an integer, got 2.5"),
+        ("amp: 1\n", "'amp' (--amp) is a flag: true or false, got 1"),
+        ("loss: mse\n", "'loss' (--loss) must be one of ce, bce, got 'mse'"),
+        ("lr: null\n", "'lr' (--lr) cannot be null"),
+        ("mean: 0.5\n", "'mean' (--mean) takes a list"),
+        ("scale: [0.1]\n", "'scale' (--scale) takes 2 values, got 1"),
+        ("model-kwargs: 3\n", "takes a mapping"),
+        ("lr: 1\nlr_: 2\n", "unknown key 'lr_'"),
+        ("weight-decay: 0.1\nweight_decay: 0.2\n", "'weight_decay' is given twice"),
+        ("- lr\n- 0.1\n", "must be a mapping of option: value, got a list"),
+        ("lr: [0.1\n", "is not valid YAML"),
+        ("clip-grad: -1\n", "--clip-grad must be in (0.0, inf), got -1.0"),  # the ranges apply to file values too
+    ],
+)
+def test_bad_config_files(tmp_path, capsys, text, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    assert main(["--config", str(cfg), "--epochs", "1", "--output", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("masksub-train: error:") and message in err and "Traceback" not in err, err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "none.yaml")]) == 2
+    assert "config file" in capsys.readouterr().err
+
+
+def test_empty_config_file_changes_nothing(tmp_path):
+    cfg = tmp_path / "empty.yaml"
+    cfg.write_text("# nothing\n")
+    assert vars(parse_args_with_config(build_parser(), ["--config", str(cfg)])) == {
+        **vars(build_parser().parse_args([])),
+        "config": str(cfg),
+    }

@@ -1,0 +1,303 @@
+"""The recipes run: each config with its model shrunk by command-line overrides, two steps on the digits, the loss
+finite and the checkpoint loadable; fine-tuning recipes from tiny synthetic MAE / OpenAI-CLIP checkpoints (the key
+mapping checked tensor by tensor); layer decay's scales, the EMA, the recipes' transforms, clear errors."""
+
+import json
+import math
+import os
+import types
+import warnings
+
+import pytest
+import timm
+import torch
+
+pytest.importorskip("sklearn", reason="the default dataset (digits) comes from scikit-learn")
+pytest.importorskip("yaml", reason="--config reads YAML")
+
+from masksub_kernels.train import build_parser, main
+from masksub_kernels.training.augment import build_transforms
+from masksub_kernels.training.config import parse_args_with_config
+from masksub_kernels.training.pretrained import load_initial_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VIT = ["embed_dim=32", "depth=2", "num_heads=2", "patch_size=8"]  # + img_size
+SWIN = ["patch_size=2", "window_size=4", "embed_dim=16", "depths=(1,1)", "num_heads=(1,2)"]
+SHRINK = {
+    "deit3": ["--model-kwargs", "img_size=24", *VIT, "--img-size", "24"],
+    "deit3_finetune": ["--model-kwargs", "img_size=32", *VIT, "--img-size", "32"],
+    # the pretrained weights are RGB: the digits are repeated over 3 channels
+    "mae_finetune": ["--model-kwargs", "img_size=32", "in_chans=3", *VIT, "--img-size", "32"],
+    "clip_finetune": ["--model-kwargs", "img_size=32", "in_chans=3", *VIT, "--img-size", "32"],
+    "swin": ["--model-kwargs", "img_size=32", *SWIN, "--img-size", "32"],
+    "resnet_rsb": ["--model", "test_resnet", "--img-size", "32", "--cell-size", "16"],
+}
+TWO_STEPS = ["--epochs", "1", "--batch-size", "8", "--limit-batches", "2", "--warmup-epochs", "0", "--workers", "0",
+             "--no-progress"]  # fmt: skip
+
+
+def _recipe(name: str) -> str:
+    return os.path.join(ROOT, "recipes", f"{name}.yaml")
+
+
+def _smoke(tmp_path, name: str, *extra: str) -> tuple[list, dict]:
+    out = str(tmp_path / name)
+    assert main(["--config", _recipe(name), *SHRINK[name], *TWO_STEPS, "--output", out, *extra]) == 0
+    with open(os.path.join(out, "log.json")) as f:
+        rows = json.load(f)["epochs"]
+    ckpt = torch.load(os.path.join(out, "last.pth"), weights_only=False)
+    assert ckpt["num_updates"] == 2 and ckpt["args"]["config"] == _recipe(name)
+    row = rows[-1]
+    assert math.isfinite(row["loss"]) and math.isfinite(row["loss_main"]) and math.isfinite(row["loss_sub"])
+    return rows, ckpt
+
+
+def _tiny_vit(name: str, **kwargs) -> torch.nn.Module:
+    return timm.create_model(name, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, **kwargs)
+
+
+def _loads_back(ckpt: dict, args: list[str]) -> None:
+    """The checkpoint's module state loads into the model its options build (the wrapper's 'model.' prefix off)."""
+    ns = parse_args_with_config(build_parser(), args)
+    from masksub_kernels.training.run_setup import parse_kwargs
+
+    kwargs = {"num_classes": 10, "in_chans": 1, "global_pool": ns.global_pool or "token"}
+    kwargs.update(parse_kwargs(ns.model_kwargs))
+    model = timm.create_model(ns.model, **kwargs)
+    state = {k[len("model.") :]: v for k, v in ckpt["module"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+
+
+@pytest.mark.parametrize("name", ["deit3", "swin", "resnet_rsb"])
+def test_recipe_smoke(tmp_path, name):
+    _, ckpt = _smoke(tmp_path, name)
+    if name == "deit3":
+        _loads_back(ckpt, ["--config", _recipe(name), *SHRINK[name]])
+    if name == "swin":
+        assert "mask_token" in ckpt["module"]
+
+
+def test_deit3_finetune_from_the_pretraining_checkpoint(tmp_path, capsys):
+    _, pre = _smoke(tmp_path, "deit3")  # 24 px: a 3 x 3 grid; fine-tuning at 32 px: 4 x 4
+    _, ckpt = _smoke(tmp_path, "deit3_finetune", "--initial-checkpoint", str(tmp_path / "deit3" / "last.pth"))
+    assert "(masksub format)" in capsys.readouterr().err
+    assert pre["module"]["model.pos_embed"].shape[1] == 9 and ckpt["module"]["model.pos_embed"].shape[1] == 16
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Synthetic pretrained checkpoints (no downloads): a tiny timm model's weights in the MAE / OpenAI-CLIP layouts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _mae_checkpoint(path) -> dict:
+    """An MAE pre-training checkpoint: {'model': encoder (timm layout, final norm, no head) + decoder + mask_token}."""
+    encoder = _tiny_vit("vit_base_patch16_224", num_classes=0, global_pool="token").state_dict()
+    state = dict(encoder)
+    state["mask_token"] = torch.randn(1, 1, 32)
+    state["decoder_embed.weight"] = torch.randn(16, 32)
+    state["decoder_blocks.0.norm1.weight"] = torch.randn(16)
+    state["decoder_pred.weight"] = torch.randn(192, 16)
+    torch.save({"model": state, "epoch": 799}, path)
+    return encoder
+
+
+class _Holder(torch.nn.Module):
+    """A module tree that only holds parameters: what OpenAI's TorchScript CLIP archives look like to a reader."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _torchscript_archive(state: dict, path) -> None:
+    root = _Holder()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for part in parents:
+            if not hasattr(module, part):
+                module.add_module(part, _Holder())
+            module = getattr(module, part)
+        module.register_parameter(leaf, torch.nn.Parameter(value, requires_grad=False))
+    torch.jit.script(root).save(str(path))
+
+
+def _openai_clip_checkpoint(path, torchscript: bool = False) -> dict:
+    """A CLIP state dict in OpenAI's layout (visual.* + a text tower), from a tiny timm CLIP ViT; saved with
+    torch.save, or as a TorchScript archive like OpenAI's ViT-B-16.pt."""
+    src = _tiny_vit("vit_base_patch16_clip_quickgelu_224", num_classes=24, global_pool="token").state_dict()
+    swaps = [("norm_pre", "ln_pre"), ("patch_embed.proj", "conv1"), ("blocks.", "transformer.resblocks."),
+             ("norm1", "ln_1"), ("norm2", "ln_2"), ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
+             ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")]  # fmt: skip
+    out = {}
+    for key, value in src.items():
+        if key == "cls_token":
+            out["visual.class_embedding"] = value.reshape(-1)
+        elif key == "pos_embed":
+            out["visual.positional_embedding"] = value[0]
+        elif key == "head.weight":
+            out["visual.proj"] = value.t().contiguous()
+        elif key == "head.bias":
+            continue
+        elif key.startswith("norm."):
+            out["visual.ln_post." + key[len("norm.") :]] = value
+        else:
+            for old, new in swaps:
+                key = key.replace(old, new)
+            out["visual." + key] = value
+    out.update({"logit_scale": torch.tensor(4.6), "token_embedding.weight": torch.randn(50, 24),
+                "transformer.resblocks.0.ln_1.weight": torch.randn(24)})  # fmt: skip
+    if torchscript:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+            _torchscript_archive(out, path)
+    else:
+        torch.save(out, path)
+    return src
+
+
+def test_mae_checkpoint_mapping(tmp_path):
+    encoder = _mae_checkpoint(tmp_path / "mae.pth")
+    model = _tiny_vit("vit_base_patch16_224", num_classes=10, global_pool="avg")
+    report = load_initial_checkpoint(model, str(tmp_path / "mae.pth"), head_init_scale=0.001)
+    assert report.format == "mae"
+    assert sorted(report.reinitialised) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert sorted(report.ignored) == ["norm.bias", "norm.weight"]
+    state = model.state_dict()
+    for key, value in encoder.items():
+        if not key.startswith("norm."):
+            assert torch.equal(state[key], value), key
+    assert model.head.weight.std() < 1e-3  # MAE: trunc-normal std 2e-5
+
+
+@pytest.mark.parametrize("torchscript", [False, True], ids=["state_dict", "torchscript"])
+def test_openai_clip_checkpoint_mapping(tmp_path, torchscript):
+    src = _openai_clip_checkpoint(tmp_path / "clip.pt", torchscript)
+    model = _tiny_vit("vit_base_patch16_clip_quickgelu_224", num_classes=10, global_pool="avg")
+    report = load_initial_checkpoint(model, str(tmp_path / "clip.pt"))
+    assert report.format == "clip"
+    assert "logit_scale" in report.ignored and "head.weight" in report.ignored  # CLIP's projection is no classifier
+    state = model.state_dict()
+    for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "norm_pre.weight", "blocks.1.attn.qkv.weight",
+                "blocks.1.attn.proj.bias", "blocks.0.mlp.fc2.weight", "blocks.0.norm2.bias"):  # fmt: skip
+        assert torch.equal(state[key], src[key]), key
+
+
+def test_mae_finetune_recipe_from_an_mae_checkpoint(tmp_path, capsys):
+    _mae_checkpoint(tmp_path / "mae.pth")
+    _, ckpt = _smoke(tmp_path, "mae_finetune", "--initial-checkpoint", str(tmp_path / "mae.pth"))
+    err = capsys.readouterr().err
+    assert "(mae format)" in err and "initialised here: fc_norm.weight" in err
+    _loads_back(ckpt, ["--config", _recipe("mae_finetune"), *SHRINK["mae_finetune"]])
+
+
+def test_clip_finetune_recipe_with_ema(tmp_path, capsys):
+    _openai_clip_checkpoint(tmp_path / "clip.pt")
+    rows, ckpt = _smoke(tmp_path, "clip_finetune", "--initial-checkpoint", str(tmp_path / "clip.pt"))
+    assert "(clip format)" in capsys.readouterr().err
+    assert 0 <= rows[-1]["ema_top1"] <= 100 and math.isfinite(rows[-1]["ema_val_loss"])
+    ema = ckpt["ema"]
+    assert ema.keys() == {k[len("model.") :] for k in ckpt["module"] if k.startswith("model.")}
+
+
+def test_resume_with_ema_is_exact(tmp_path):
+    tiny = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=16",
+            "depth=1", "num_heads=2", "--img-size", "16", "--batch-size", "64", "--limit-batches", "2",
+            "--warmup-epochs", "0", "--no-progress", "--model-ema", "--model-ema-decay", "0.5"]  # fmt: skip
+    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    assert main([*tiny, "--epochs", "2", "--keep-epoch-checkpoints", "--output", full]) == 0
+    assert main([*tiny, "--epochs", "2", "--resume", f"{full}/epoch-1.pth", "--output", resumed]) == 0
+    want = torch.load(f"{full}/last.pth", weights_only=False)["ema"]
+    got = torch.load(f"{resumed}/last.pth", weights_only=False)["ema"]
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layer decay, transforms, errors
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_layer_decay_scales_match_mae():
+    from masksub_kernels.training import MaskSub
+    from masksub_kernels.training.optim import build_optimizer
+
+    model = _tiny_vit("vit_base_patch16_224", num_classes=10, global_pool="avg")  # depth 2
+    ms = MaskSub(model)
+    args = types.SimpleNamespace(opt="adamw", lr=1e-3, weight_decay=0.05, momentum=0.9, opt_eps=None,
+                                 opt_betas=None, layer_decay=0.5)  # fmt: skip
+    optimizer = build_optimizer(args, ms, model)
+    scale = {id(p): (g["lr_scale"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    # MAE util/lr_decay.py: layer 0 = cls_token / pos_embed / patch_embed, block i = i + 1, the rest depth + 1;
+    # lr x 0.5 ** (depth + 1 - layer); no weight decay on 1-D parameters and no_weight_decay() names
+    want = {"cls_token": (0.125, 0.0), "pos_embed": (0.125, 0.0), "patch_embed.proj.weight": (0.125, 0.05),
+            "blocks.0.attn.qkv.weight": (0.25, 0.05), "blocks.1.norm1.weight": (0.5, 0.0),
+            "fc_norm.weight": (1.0, 0.0), "head.weight": (1.0, 0.05), "head.bias": (1.0, 0.0)}  # fmt: skip
+    params = dict(model.named_parameters())
+    for name, expected in want.items():
+        assert scale[id(params[name])] == pytest.approx(expected), name
+    assert len(scale) == len(params)
+
+
+@pytest.mark.parametrize("name", sorted(SHRINK))
+def test_recipe_transforms_run_on_an_image(name):
+    from PIL import Image
+
+    args = parse_args_with_config(build_parser(), ["--config", _recipe(name)])
+    train, val = build_transforms(args, 32, tuple(args.mean), tuple(args.std))
+    image = Image.fromarray((torch.rand(40, 48, 3) * 255).to(torch.uint8).numpy())
+    assert train(image).shape == val(image).shape == (3, 32, 32)
+
+
+def test_recipe_on_an_image_folder(tmp_path):
+    """DeiT-III's 3-Augment, colour jitter and repeated augmentation on real (tiny) image files."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            os.makedirs(tmp_path / "data" / split / label)
+            for i in range(4):
+                pixels = (torch.rand(30, 30, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / "data" / split / label / f"{i}.png")
+    out = str(tmp_path / "folder")
+    args = ["--config", _recipe("deit3"), *SHRINK["deit3"], *TWO_STEPS, "--batch-size", "4", "--data-dir",
+            str(tmp_path / "data"), "--output", out]  # fmt: skip
+    assert main(args) == 0
+    # 8 images, 3 repeats, one process: RepeatAugSampler keeps 8 per epoch -> 2 batches of 4
+    assert torch.load(os.path.join(out, "last.pth"), weights_only=False)["num_updates"] == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--initial-checkpoint", "/no/such.pth"], "initial checkpoint '/no/such.pth' does not exist"),
+        (["--aa", "bogus"], "the augmentation options (--aa 'bogus'"),
+        (["--head-init-scale", "0.001"], "--head-init-scale scales the classifier"),
+        (["--layer-decay", "0"], "--layer-decay must be in (0.0, 1.0]"),
+        (["--mean", "0.5", "--std", "0.5", "0.5"], "--mean / --std need as many numbers"),
+    ],
+)
+def test_clear_errors(tmp_path, capsys, extra, message):
+    tiny = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=16",
+            "depth=1", "num_heads=2", "--img-size", "16", "--epochs", "1", "--no-progress"]  # fmt: skip
+    assert main([*tiny, *extra, "--output", str(tmp_path / "err")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("masksub-train: error:") and message in err and "Traceback" not in err, err
+
+
+def test_checkpoints_that_do_not_fit(tmp_path, capsys):
+    _mae_checkpoint(tmp_path / "mae.pth")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    wider = ["--model-kwargs", "img_size=32", "in_chans=3", "patch_size=8", "embed_dim=48", "depth=2", "num_heads=2"]
+    deeper = ["--model-kwargs", "img_size=32", "in_chans=3", "patch_size=8", "embed_dim=32", "depth=3", "num_heads=2"]
+    for extra, message in (
+        (wider, "does not fit the model VisionTransformer: "),
+        (deeper, "missing blocks.2."),
+        (["--initial-checkpoint", str(garbage)], "cannot read initial checkpoint"),
+    ):
+        args = ["--config", _recipe("mae_finetune"), *SHRINK["mae_finetune"], "--initial-checkpoint",
+                str(tmp_path / "mae.pth"), *extra, *TWO_STEPS, "--output", str(tmp_path / "err")]  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("masksub-train: error:") and message in err and "Traceback" not in err, err
