@@ -39,6 +39,7 @@ from .. import _backend
 from .._triton import next_power_of_2
 from . import _linear_loss_kernels as kernels
 from ._common import FLOAT_DTYPES, cdiv, masksub_op
+from ._linear_loss_chunks import _grads_wanted, _linear_loss_grads_op
 from .losses import MaskSubLoss, _check_options, _check_target, _number, _reduce, _row_count
 from .masksub_loss import (
     C_S,
@@ -510,9 +511,15 @@ def linear_masksub_loss(
     )  # fmt: skip
     main_weight = _number("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
     sub_weight = _number("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
-    out = _linear_loss_op(main_hidden, sub_hidden, weight, bias, target, *options)
-    count = _row_count(target, options.ignore_index)
-    main, sub = _reduce(out[MAIN], count, reduction), _reduce(out[SUB], count, reduction)
+    wanted = _grads_wanted(main_hidden, sub_hidden, weight, bias, reduction)
+    if wanted is not None:  # the gradients in the forward: 6 matmul units, the backward only scales them
+        main, sub = _linear_loss_grads_op(
+            main_hidden, sub_hidden, weight, bias, target, reduction == "mean", *wanted, *options
+        )[:2]
+    else:
+        out = _linear_loss_op(main_hidden, sub_hidden, weight, bias, target, *options)
+        count = _row_count(target, options.ignore_index)
+        main, sub = _reduce(out[MAIN], count, reduction), _reduce(out[SUB], count, reduction)
     return MaskSubLoss(main_weight * main + sub_weight * sub, main, sub)
 
 
@@ -535,5 +542,8 @@ def linear_soft_target_cross_entropy(
     target, options = _check_all(
         hidden, None, weight, bias, target, "ce", reduction, label_smoothing, ignore_index, 1.0, None
     )
+    wanted = _grads_wanted(hidden, None, weight, bias, reduction)
+    if wanted is not None:
+        return _linear_loss_grads_op(hidden, None, weight, bias, target, reduction == "mean", *wanted, *options)[0]
     out = _linear_loss_op(hidden, None, weight, bias, target, *options)
     return _reduce(out[MAIN], _row_count(target, options.ignore_index), reduction)
