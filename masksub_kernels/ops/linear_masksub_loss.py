@@ -12,6 +12,10 @@ softmax(z) - w), ds = g_sub T (softmax(s/T) - softmax(z/T)), BCE likewise):
 
 The teacher softmax(z/T) is detached: the sub term reaches W and b through s only, never through z.
 
+Two paths. With a scalar reduction and a gradient to compute, the public functions run the grads-in-forward op of
+ops/_linear_loss_chunks.py (6 matmul units, the backward only scales stored gradients). Otherwise (reduction
+'none', whose per-row grads may differ, or no gradient needed) they run the recompute op of this file:
+
 Design. The forward keeps, per row, the online softmax states of z, s/T and z/T across class tiles (Triton: tiles
 of rows x classes from tl.dot, each weight tile read once for both branches; the classes are split across programs
 when there are few row tiles, and the partial states combined by a few torch ops on [M] vectors) and saves 9 fp32
@@ -498,8 +502,9 @@ def linear_masksub_loss(
     [M, C]. The options, the checks and their errors, and the values are masksub_loss's (docs/semantics.md §7):
     returns MaskSubLoss(loss, main, sub), fp32 scalars ([M] with reduction='none'). Gradients reach both hidden
     states, the weight and the bias (fp32 accumulation, one rounding to the inputs' dtype); the sub term's teacher
-    softmax(z / T) is detached. Extra memory: O(M) plus fp32 [M, D] / [C, D] accumulators on the Triton backend;
-    chunks of ``chunk_rows(C)`` rows on the PyTorch one; never [M, C]. No CUDA-extension implementation yet.
+    softmax(z / T) is detached. With a scalar reduction and an input requiring grad, the gradients are computed in
+    the forward in chunks of rows and stored (dH, dHs [M, D]; dW, db per term in fp32); never [M, C]. No
+    CUDA-extension implementation yet.
     """
     if sub_hidden is None:
         raise TypeError(
