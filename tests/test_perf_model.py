@@ -72,3 +72,17 @@ def test_floor_check_fails_below_a_floor():
     # floors ratchet: an update never lowers a floor unless asked
     assert floors.updated(below, committed)[floors.key(record)] == 50.0
     assert floors.updated(below, committed, allow_lower=True)[floors.key(record)] == round(0.9 * 49.9, 1)
+
+
+def test_fused_linear_loss_is_predicted(model_run):
+    # compute-bound: predicted from an assumed matmul efficiency (hardware.py) + the loss kernels' SASS model
+    _, run = model_run
+    linear = run["linear_loss"]
+    assert linear["label"].startswith("PREDICTIONS")
+    times = {p["provider"].split(" ")[0]: p["predicted_us"] for p in linear["providers"]}
+    assert set(times) == {"masksub[triton]", "official", "compile(official)"}
+    assert all(t > 0 for t in times.values())
+    assert linear["ratio_vs_eager"] == round(times["official"] / times["masksub[triton]"], 2)
+    assert all(
+        0 < p["percent_of_bf16_peak"] <= linear["assumptions"]["matmul_efficiency"] * 100 for p in linear["providers"]
+    )

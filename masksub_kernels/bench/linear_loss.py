@@ -9,8 +9,10 @@ Providers (class-id targets, a bias, the paper's defaults):
 - liger(main CE only): Liger-Kernel's fused linear cross-entropy of the main branch alone, a reference point
   (hard labels, CE only: it cannot do the sub term), where liger_kernel imports.
 The op is compute-bound: TFLOP/s count the useful flops of the composite (2 M D C per matmul: 2 forward, 4
-backward), not the fused op's recomputation. Peak memory: the CUDA allocator's on a GPU, torch's profiler's on the
-CPU (extra memory above the inputs). GPU_SHAPES are the issue's BERT-base MLM step; on the CPU a reduced shape runs.
+backward). With inputs that require grad and a scalar reduction (as here) the fused op computes its gradients in
+the forward (ops/_linear_loss_chunks.py: the same 6 matmuls, all in the forward; the backward scales them).
+Peak memory: the CUDA allocator's on a GPU, torch's profiler's on the CPU (extra memory above the inputs).
+GPU_SHAPES are the issue's BERT-base MLM step; on the CPU a reduced shape runs.
 """
 
 from __future__ import annotations
@@ -57,10 +59,18 @@ def liger_provider():
 def modelled_extra_mb(rows: int, depth: int, classes: int, element: int) -> dict[str, float]:
     """Extra memory of one forward + backward beyond the inputs and the returned gradients, by the model (MiB).
 
-    fused (Triton): stats 9 fp32 + row order 12 bytes per row, fp32 accumulators dH for both branches [M, D] and
-    dW [C, D] (one split at these sizes). composite: both logits and both logit gradients in the inputs' dtype
-    (4 [M, C]), the least any materialising implementation holds at its peak."""
-    fused_bytes = rows * (9 * 4 + 12) + 2 * rows * depth * 4 + classes * depth * 4
+    fused (gradients in the forward, the Triton flavour: ops/_linear_loss_chunks.py): one chunk's buffers (2 R C
+    fp32 logits, plus 2 R C gradients in the inputs' dtype for fp16 / bf16), the per-row losses (8 bytes per row)
+    and the stored gradients: dH, dHs [M, D] in the inputs' dtype, dW [C, D] and db [C] per term in fp32.
+    composite: both logits and both logit gradients in the inputs' dtype (4 [M, C]), the least any materialising
+    implementation holds at its peak (the eager official composite holds more: its fp32 copies)."""
+    from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows
+
+    dtype = {2: torch.bfloat16, 4: torch.float32}.get(element, torch.float64)
+    chunk = min(rows, grads_chunk_rows(classes, dtype))
+    chunk_bytes = 2 * chunk * classes * (4 + (element if element < 4 else 0))
+    stored = 2 * rows * depth * element + 2 * (classes * depth + classes) * 4
+    fused_bytes = chunk_bytes + rows * 8 + stored
     composite_bytes = 4 * rows * classes * element
     return {"fused": fused_bytes / 2**20, "composite": composite_bytes / 2**20}
 

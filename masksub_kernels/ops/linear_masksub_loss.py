@@ -12,6 +12,10 @@ softmax(z) - w), ds = g_sub T (softmax(s/T) - softmax(z/T)), BCE likewise):
 
 The teacher softmax(z/T) is detached: the sub term reaches W and b through s only, never through z.
 
+Two paths. With a scalar reduction and a gradient to compute, the public functions run the grads-in-forward op of
+ops/_linear_loss_chunks.py (6 matmul units, the backward only scales stored gradients). Otherwise (reduction
+'none', whose per-row grads may differ, or no gradient needed) they run the recompute op of this file:
+
 Design. The forward keeps, per row, the online softmax states of z, s/T and z/T across class tiles (Triton: tiles
 of rows x classes from tl.dot, each weight tile read once for both branches; the classes are split across programs
 when there are few row tiles, and the partial states combined by a few torch ops on [M] vectors) and saves 9 fp32
@@ -39,6 +43,7 @@ from .. import _backend
 from .._triton import next_power_of_2
 from . import _linear_loss_kernels as kernels
 from ._common import FLOAT_DTYPES, cdiv, masksub_op
+from ._linear_loss_chunks import _grads_wanted, _linear_loss_grads_op
 from .losses import MaskSubLoss, _check_options, _check_target, _number, _reduce, _row_count
 from .masksub_loss import (
     C_S,
@@ -497,8 +502,9 @@ def linear_masksub_loss(
     [M, C]. The options, the checks and their errors, and the values are masksub_loss's (docs/semantics.md §7):
     returns MaskSubLoss(loss, main, sub), fp32 scalars ([M] with reduction='none'). Gradients reach both hidden
     states, the weight and the bias (fp32 accumulation, one rounding to the inputs' dtype); the sub term's teacher
-    softmax(z / T) is detached. Extra memory: O(M) plus fp32 [M, D] / [C, D] accumulators on the Triton backend;
-    chunks of ``chunk_rows(C)`` rows on the PyTorch one; never [M, C]. No CUDA-extension implementation yet.
+    softmax(z / T) is detached. With a scalar reduction and an input requiring grad, the gradients are computed in
+    the forward in chunks of rows and stored (dH, dHs [M, D]; dW, db per term in fp32); never [M, C]. No
+    CUDA-extension implementation yet.
     """
     if sub_hidden is None:
         raise TypeError(
@@ -510,9 +516,15 @@ def linear_masksub_loss(
     )  # fmt: skip
     main_weight = _number("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
     sub_weight = _number("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
-    out = _linear_loss_op(main_hidden, sub_hidden, weight, bias, target, *options)
-    count = _row_count(target, options.ignore_index)
-    main, sub = _reduce(out[MAIN], count, reduction), _reduce(out[SUB], count, reduction)
+    wanted = _grads_wanted(main_hidden, sub_hidden, weight, bias, reduction)
+    if wanted is not None:  # the gradients in the forward: 6 matmul units, the backward only scales them
+        main, sub = _linear_loss_grads_op(
+            main_hidden, sub_hidden, weight, bias, target, reduction == "mean", *wanted, *options
+        )[:2]
+    else:
+        out = _linear_loss_op(main_hidden, sub_hidden, weight, bias, target, *options)
+        count = _row_count(target, options.ignore_index)
+        main, sub = _reduce(out[MAIN], count, reduction), _reduce(out[SUB], count, reduction)
     return MaskSubLoss(main_weight * main + sub_weight * sub, main, sub)
 
 
@@ -535,5 +547,8 @@ def linear_soft_target_cross_entropy(
     target, options = _check_all(
         hidden, None, weight, bias, target, "ce", reduction, label_smoothing, ignore_index, 1.0, None
     )
+    wanted = _grads_wanted(hidden, None, weight, bias, reduction)
+    if wanted is not None:
+        return _linear_loss_grads_op(hidden, None, weight, bias, target, reduction == "mean", *wanted, *options)[0]
     out = _linear_loss_op(hidden, None, weight, bias, target, *options)
     return _reduce(out[MAIN], _row_count(target, options.ignore_index), reduction)

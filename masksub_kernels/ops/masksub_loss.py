@@ -240,9 +240,18 @@ def _forward_triton(logits, sub_logits, target, bce, label_smoothing, ignore_ind
     return out
 
 
-def _backward_triton(grad_main, grad_sub, out, logits, sub_logits, target, bce, eps, ignore, temperature, threshold):
+def _backward_triton(
+    grad_main, grad_sub, out, logits, sub_logits, target, bce, eps, ignore, temperature, threshold, into=None
+):
+    """(dz or [0], ds or [0]). ``into``: (dz buffer, ds buffer) to write, contiguous [M, C] of any float dtype
+    (the kernel casts once); a buffer may be the logits themselves (the fused-linear op's chunks): each program owns
+    its row and each block loads z and s into registers before storing the gradients of the same elements."""
     (z, s, y), strides, flags, warps = _prepare(logits, sub_logits, target, bce, threshold, MAX_BLOCK_C)
-    dz, ds = (z.new_empty(z.shape if g is not None else (0,)) for g in (grad_main, grad_sub))  # contiguous
+    if into is not None:
+        dz, ds = (x if g is not None else z.new_empty(0) for x, g in zip(into, (grad_main, grad_sub)))
+        assert all(not x.numel() or (x.is_contiguous() and x.shape == z.shape) for x in (dz, ds))
+    else:
+        dz, ds = (z.new_empty(z.shape if g is not None else (0,)) for g in (grad_main, grad_sub))  # contiguous
     gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
     if z.shape[0] and (grad_main is not None or grad_sub is not None):
         args = (z, s, y, out, gm, gs, dz if dz.numel() else out, ds if ds.numel() else out, *z.shape, *strides)

@@ -16,6 +16,7 @@ from conftest import DEVICE, kernel_backends
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import masksub_kernels as mk
+from masksub_kernels.ops import _linear_loss_chunks as chunks
 from masksub_kernels.ops import linear_masksub_loss as lm
 
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
@@ -368,3 +369,131 @@ def test_cuda_backend_refuses_clearly():
     message = r"backend 'cuda' has no implementation of linear_masksub_loss: select one of torch, triton"
     with mk.use_backend("cuda"), pytest.raises(RuntimeError, match=message):
         mk.linear_masksub_loss(h, hs, w, b, target)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gradients in the forward (ops/_linear_loss_chunks.py): scalar reductions with a gradient to compute
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def several_chunks(monkeypatch):
+    """Chunks of 6 rows on both flavours (the reference's CHUNK_ELEMENTS, the kernels' GRADS_CHUNK_BYTES)."""
+    monkeypatch.setattr(lm, "CHUNK_ELEMENTS", 6 * 40)
+    monkeypatch.setattr(chunks, "GRADS_CHUNK_BYTES", 6 * 2 * 40 * 4)
+
+
+class Calls:
+    """Counts the calls of the two forward ops that the public functions choose between."""
+
+    def __init__(self, monkeypatch):
+        self.grads = self.recompute = 0
+        grads_op, recompute_op = lm._linear_loss_grads_op, lm._linear_loss_op
+
+        def grads(*args):
+            self.grads += 1
+            return grads_op(*args)
+
+        def recompute(*args):
+            self.recompute += 1
+            return recompute_op(*args)
+
+        monkeypatch.setattr(lm, "_linear_loss_grads_op", grads)
+        monkeypatch.setattr(lm, "_linear_loss_op", recompute)
+
+
+def recompute_path(h, hs, w, b, target, reduction, **options):
+    """The recompute op's values for a scalar reduction: reduction='none' reduced here (the op's fallback)."""
+    out = mk.linear_masksub_loss(h, hs, w, b, target, reduction="none", **options)
+    count = (target != -100).sum().clamp_min(1) if not target.is_floating_point() else target.shape[0]
+    scale = 1 / count if reduction == "mean" else 1.0
+    return mk.MaskSubLoss(*(v.sum() * scale for v in out))
+
+
+SCHEDULES = {
+    "loss": lambda out: (1.3 * out.loss).backward(),
+    "main only": lambda out: (0.7 * out.main).backward(),
+    "sub only": lambda out: (-1.9 * out.sub).backward(),
+    # the sequential MaskSub schedule: .main and .sub backpropagated separately, with different scalars
+    "sequential": lambda out: ((0.7 * out.main).backward(retain_graph=True), (1.9 * out.sub).backward()),
+}
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize(("dtype", "kind", "reduction"), [(F32, "index_ignore", "mean"), (BF16, "dense", "sum")])
+def test_grads_in_forward_equal_recompute_and_composite(
+    op_backend, several_chunks, monkeypatch, schedule, dtype, kind, reduction
+):
+    h, hs, w, b, target = make_inputs(dtype=dtype, kind=kind, seed=17)
+    options = {"label_smoothing": 0.1, "temperature": 2.0, "main_weight": 0.6, "sub_weight": 0.3}
+    calls = Calls(monkeypatch)
+    ours, recomputed = leaves(h, hs, w, b), leaves(h, hs, w, b)
+    out = mk.linear_masksub_loss(*ours, target, reduction=reduction, **options)
+    assert (calls.grads, calls.recompute) == (1, 0)
+    SCHEDULES[schedule](out)
+    SCHEDULES[schedule](recompute_path(*recomputed, target, reduction, **options))
+    expected, ref_leaves = composite(h, hs, w, b, target, reduction=reduction, **options)
+    SCHEDULES[schedule](expected)
+    for name, a, e in zip(("loss", "main", "sub"), out, expected):
+        torch.testing.assert_close(a.double(), e.detach().double(), rtol=1e-5, atol=1e-6, msg=name)
+    for name, a, r, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, recomputed, ref_leaves):
+        if a.grad is None:  # .main alone never reaches sub_hidden (the composite's zeros; we leave it None)
+            assert e.grad is None or not bool(e.grad.any()), name
+        elif e.grad is not None:
+            assert a.grad.dtype == dtype
+            assert_grad_close(a.grad, e.grad, GRAD_RTOL[dtype], name)
+            assert_grad_close(a.grad, r.grad, GRAD_RTOL[dtype], name + " (against the recompute op)")
+
+
+def test_reduction_none_and_no_grad_take_the_recompute_op(monkeypatch):
+    h, hs, w, b, target = make_inputs(kind="index_ignore")
+    calls = Calls(monkeypatch)
+    ours = leaves(h, hs, w, b)
+    mk.linear_masksub_loss(*ours, target, reduction="none").loss.sum().backward()  # per-row grads that differ
+    assert (calls.grads, calls.recompute) == (0, 1)
+    with torch.no_grad():
+        mk.linear_masksub_loss(*ours, target)  # grad mode off: no gradient is computed (nor held)
+    mk.linear_masksub_loss(h, hs, w, b, target)  # nothing requires grad
+    mk.linear_soft_target_cross_entropy(h, w, b, target)
+    assert (calls.grads, calls.recompute) == (0, 4)
+    mk.linear_soft_target_cross_entropy(*leaves(h, w, b), target).backward()
+    assert (calls.grads, calls.recompute) == (1, 4)
+
+
+def test_grads_in_forward_stores_only_what_is_needed(op_backend):
+    h, hs, w, b, target = make_inputs(kind="index_ignore")
+    options = (False, 0.0, -100, 1.0, None)
+    stored = chunks._linear_loss_grads_op(h, hs, w, b, target, True, False, True, False, *options)
+    assert [tuple(t.shape) for t in stored[2:]] == [(0,), tuple(h.shape), (0,), (0,), (0,), (0,)]  # dHs only
+    stored = chunks._linear_loss_grads_op(h, hs, w, None, target, True, False, False, True, *options)
+    shapes = [tuple(t.shape) for t in stored[2:]]
+    assert shapes == [(0,), (0,), tuple(w.shape), tuple(w.shape), (0,), (0,)]  # dW per term, no bias
+    assert stored[4].dtype == stored[5].dtype == torch.float32
+
+
+def test_grads_in_forward_refuses_double_backward(op_backend):
+    h, hs, w, b, target = make_inputs()
+    ours = leaves(h, hs, w, b)
+    loss = mk.linear_masksub_loss(*ours, target).loss
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.grad(loss, ours[0], create_graph=True)
+
+
+def test_grads_in_forward_opcheck_and_torch_compile(op_backend, several_chunks):
+    h, hs, w, b, target = make_inputs(kind="index_ignore")
+    ours = leaves(h, hs, w, b)
+    args = (*ours, target, True, True, True, True, False, 0.1, -100, 2.0, None)
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(chunks._linear_loss_grads_op.custom_op, args, test_utils=checks)
+    compiled = torch.compile(
+        lambda *x: mk.linear_masksub_loss(*x, target, label_smoothing=0.1), fullgraph=True, backend="aot_eager"
+    )
+    out = compiled(*ours)
+    (0.7 * out.main).backward(retain_graph=True)
+    (1.9 * out.sub).backward()
+    expected, ref_leaves = composite(h, hs, w, b, target, label_smoothing=0.1)
+    (0.7 * expected.main).backward(retain_graph=True)
+    (1.9 * expected.sub).backward()
+    torch.testing.assert_close(out.loss.double(), expected.loss.detach().double(), rtol=1e-5, atol=1e-6)
+    for a, e in zip(ours, ref_leaves):
+        assert_grad_close(a.grad, e.grad, GRAD_RTOL[F32], "grad")

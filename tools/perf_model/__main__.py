@@ -16,7 +16,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def run(card_name: str = "H200") -> dict:
     """Every prediction on ``card_name`` and the calibration checks, as the JSON written to the results."""
-    from . import calibration, predict, workloads
+    from . import calibration, linear_loss, predict, workloads
     from .hardware import CARDS
 
     card = CARDS[card_name]
@@ -27,6 +27,7 @@ def run(card_name: str = "H200") -> dict:
         "environment": predict.environment(card),
         "records": records,
         "calibration": [check.as_dict() for check in calibration.checks()],
+        "linear_loss": linear_loss.predict(card),
     }
 
 

@@ -19,6 +19,11 @@ class Card:
     blocks_per_sm: int = 32
     dram_latency_ns: float = 650.0  # a global load's round trip under load (HBM ~500 ns idle, more when busy)
     launch_us: float = 2.5  # GPU time per launch back to back without CUDA graphs (launch gap + ramp + drain)
+    # Dense bf16 tensor-core peak (no sparsity) of the SXM parts: 989 TFLOP/s for H100 and H200 (NVIDIA's data
+    # sheets). ASSUMPTION, to calibrate on a GPU: cuBLAS reaches 70% of it on the compute-bound matmuls of the
+    # fused-linear loss (K = 768 or R = 1024 deep, N = 30522): tools/perf_model/linear_loss.py.
+    bf16_dense_tflops: float = 989.0
+    matmul_efficiency: float = 0.70
 
     @property
     def issue_rate(self) -> float:
@@ -28,6 +33,11 @@ class Card:
     @property
     def copy_bytes_per_s(self) -> float:
         return self.copy_tbps * 1e12
+
+    @property
+    def matmul_flops_per_s(self) -> float:
+        """The assumed sustained bf16 matmul rate: matmul_efficiency x the dense peak."""
+        return self.matmul_efficiency * self.bf16_dense_tflops * 1e12
 
 
 # H200 SXM 141 GB: 132 SMs, 4.8 TB/s on paper, ~4.3 TB/s measured copy on the machines lent to this project

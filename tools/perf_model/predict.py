@@ -159,6 +159,10 @@ def markdown(run: dict) -> str:
         lines += ["", "Calibration (the model against figures measured by others):", ""]
         for check in run["calibration"]:
             lines.append(f"- {check['name']}: {check['summary']}")
+    if run.get("linear_loss"):
+        from .linear_loss import markdown as linear_loss_markdown
+
+        lines += linear_loss_markdown(run["linear_loss"])
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,168 @@
+"""PREDICTIONS for the fused-linear MaskSub loss at issue 13's BERT shape, against the materialised composite.
+
+The op is compute-bound, so the SASS-and-roofline model of the memory-bound kernels (model.py) covers only its
+loss kernels. Each figure here is a prediction, built from:
+
+- matmuls: units of 2 M D C flops at ``card.matmul_flops_per_s`` (an ASSUMED cuBLAS efficiency of the dense bf16
+  peak, hardware.py), each matmul at the slower of that and its bytes at copy bandwidth (a roofline per matmul);
+- the masksub_loss Triton kernels (forward and backward) on each chunk's fp32 logits [R, C]: their launches
+  recorded on meta tensors and predicted by the SASS model (predict.py), times the number of chunks;
+- elementwise passes of the composites over [M, C] at copy bandwidth, counted per op below;
+- ``card.launch_us`` per launch.
+
+Providers (the benchmark's, masksub_kernels/bench/linear_loss.py; bf16, class ids, a bias, main + sub, forward +
+backward):
+- fused: gradients in the forward (ops/_linear_loss_chunks.py): 6 matmul units in chunks of R rows; per chunk two
+  logits matmuls with fp32 output and the bias in the epilogue, the loss kernels, four gradient matmuls (dH, dHs;
+  dW_main, dW_sub accumulated into fp32 with beta = 1);
+- official (eager): F.linear per branch, then the eager ops of the official composite; its [M, C] passes, in units
+  of one bf16 [M, C] (L = M C 2 bytes; an fp32 copy is 2L), read + write:
+    forward: main.float() 3, softmax 4, sub.float() 3, log_softmax 4, neg 4, mul 6, sum 2, main.float() for
+             cross_entropy 3, its log_softmax 4                                                       = 33 L
+    backward: mul 4, log_softmax backward 6, sub.float() backward 3, nll_loss backward (zeros + scatter) 2,
+              log_softmax backward 6, main.float() backward 3                                         = 24 L
+- compile(official): ASSUMED fully fused by inductor into one forward pass reading both bf16 logits (2 L) and one
+  backward pass reading both and writing both bf16 gradients (4 L): 6 L, the fewest any materialising
+  implementation moves (the measured compiled graph may move more).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from masksub_kernels.ops import masksub_loss
+from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows
+
+from .capture import recording
+from .hardware import Card
+from .predict import predict_launch
+from .workloads import kernel_terms
+
+SHAPE = ("BERT-base MLM", 16384, 768, 30522)  # the benchmark's GPU shape (issue 13)
+EAGER_PASSES = 33 + 24  # bf16 [M, C] units of the official eager composite (module docstring)
+COMPILED_PASSES = 2 + 4  # the assumed fused passes of torch.compile(official)
+META = torch.device("meta")
+
+
+def _matmul_us(card: Card, flops: float, nbytes: float) -> float:
+    return max(flops / card.matmul_flops_per_s, nbytes / card.copy_bytes_per_s) * 1e6
+
+
+def _loss_kernels_us(card: Card, rows: int, classes: int) -> tuple[float, int, list[dict]]:
+    """(us, launches, kernel summaries) of the loss kernels on one chunk's fp32 logits, dz and ds in bf16."""
+    z = torch.empty(rows, classes, dtype=torch.float32, device=META)
+    y = torch.empty(rows, dtype=torch.int64, device=META)
+    options = (False, 0.0, -100, 1.0, None)
+    g = torch.empty(rows, device=META)
+    into = tuple(torch.empty(rows, classes, dtype=torch.bfloat16, device=META) for _ in range(2))
+    with recording(masksub_loss) as launches:
+        out = masksub_loss._forward_triton(z, torch.empty_like(z), y, *options)
+        masksub_loss._backward_triton(g, g, out, z, torch.empty_like(z), y, *options, into=into)
+    total, kernels = 0.0, []
+    for launch in launches:
+        trips, elements, read, written = kernel_terms(launch)
+        if "gm_ptr" in launch.bound:  # the backward writes dz and ds in bf16, not in the logits' fp32
+            written = written // 2
+        k = predict_launch(card, launch, (trips, elements, read, written))
+        total += k.t_kernel_us
+        kernels.append({"kernel": k.kernel, "kernel_us": round(k.t_kernel_us, 2), "bytes": read + written})
+    return total, len(launches), kernels
+
+
+def predict(card: Card) -> dict:
+    """The three providers' predicted times, TFLOP/s, ratios and extra memory at SHAPE (all PREDICTIONS)."""
+    name, m, d, c = SHAPE
+    unit = 2 * m * d * c  # flops of one [M, D] x [D, C] matmul
+    useful = 6 * unit
+    big = m * c * 2  # one bf16 [M, C]: L
+    # fused: chunks of R rows
+    r = grads_chunk_rows(c, torch.bfloat16)
+    chunks = -(-m // r)
+    chunk_unit = 2 * r * d * c
+    logits = _matmul_us(card, chunk_unit, r * c * 4 + c * d * 2 + r * d * 2)  # fp32 output, W and h_c read
+    d_hidden = _matmul_us(card, chunk_unit, r * c * 2 + c * d * 2 + r * d * 2)  # dz (bf16) and W read
+    d_weight = _matmul_us(card, chunk_unit, r * c * 2 + r * d * 2 + 2 * c * d * 4)  # fp32 dW read and written
+    loss_us, loss_launches, loss_kernels = _loss_kernels_us(card, r, c)
+    other_launches = 12  # per chunk: 3 index_select, the row grads, the losses' index_put, 2 index_copy, 2 db sums
+    # (those move O(R D) or O(C) bytes: their time is their launches)
+    per_chunk = 2 * (logits + d_hidden + d_weight) + loss_us + card.launch_us * (6 + loss_launches + other_launches)
+    fused_us = chunks * per_chunk + card.launch_us * 10  # + the row ids, buffers, the reductions
+    matmul_us = 6 * unit / card.matmul_flops_per_s * 1e6
+    eager_us = matmul_us + EAGER_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 30
+    compiled_us = matmul_us + COMPILED_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 8
+    # extra memory beyond the inputs and the returned gradients (MiB): the benchmark's model
+    from masksub_kernels.bench.linear_loss import modelled_extra_mb
+
+    memory = modelled_extra_mb(m, d, c, 2)
+    peak = card.bf16_dense_tflops
+
+    def entry(provider: str, us: float) -> dict:
+        tflops = useful / (us * 1e-6) / 1e12
+        return {
+            "provider": provider,
+            "predicted_us": round(us, 1),
+            "tflops": round(tflops, 1),
+            "percent_of_bf16_peak": round(100 * tflops / peak, 1),
+        }
+
+    providers = [entry("masksub[triton] (grads in forward)", fused_us), entry("official (eager)", eager_us)]
+    providers.append(entry("compile(official) (assumed fused)", compiled_us))
+    return {
+        "label": "PREDICTIONS (assumed matmul efficiency + SASS model of the loss kernels), not measurements",
+        "shape": f"{name} M={m} D={d} C={c}",
+        "dtype": "bfloat16",
+        "mode": "full",
+        "assumptions": {
+            "bf16_dense_tflops": peak,
+            "matmul_efficiency": card.matmul_efficiency,
+            "eager_mc_passes": EAGER_PASSES,
+            "compiled_mc_passes": COMPILED_PASSES,
+            "chunk_rows": r,
+            "chunks": chunks,
+        },
+        "providers": providers,
+        "fused_breakdown_us": {
+            "matmuls": round(chunks * 2 * (logits + d_hidden + d_weight), 1),
+            "loss_kernels": round(chunks * loss_us, 1),
+            "launches": round(fused_us - chunks * (2 * (logits + d_hidden + d_weight) + loss_us), 1),
+            "loss_kernels_per_chunk": loss_kernels,
+        },
+        "ratio_vs_eager": round(eager_us / fused_us, 2),
+        "ratio_vs_compiled": round(compiled_us / fused_us, 2),
+        "extra_memory_mib": {
+            "fused": round(memory["fused"], 1),
+            "composite_lower_bound": round(memory["composite"], 1),
+            "percent": round(100 * memory["fused"] / memory["composite"], 1),
+        },
+    }
+
+
+def markdown(result: dict) -> list[str]:
+    """The section of model-sm90*.md."""
+    a = result["assumptions"]
+    lines = [
+        "",
+        f"## Fused-linear MaskSub loss, {result['shape']}, {result['dtype']}, forward + backward: {result['label']}",
+        "",
+        f"Assumed: cuBLAS at {100 * a['matmul_efficiency']:.0f}% of the {a['bf16_dense_tflops']:.0f} TFLOP/s dense "
+        f"bf16 peak (to calibrate on a GPU); eager composite {a['eager_mc_passes']} bf16 [M, C] passes, compiled "
+        f"{a['compiled_mc_passes']} (fully fused); fused op in {a['chunks']} chunks of {a['chunk_rows']} rows. "
+        "TFLOP/s count the composite's 6 useful matmuls.",
+        "",
+        "| provider | predicted us | predicted TFLOP/s | % of bf16 peak |",
+        "|---|---|---|---|",
+    ]
+    for p in result["providers"]:
+        lines.append(
+            f"| {p['provider']} | {p['predicted_us']:.0f} | {p['tflops']:.0f} | {p['percent_of_bf16_peak']:.1f} |"
+        )
+    b, mem = result["fused_breakdown_us"], result["extra_memory_mib"]
+    lines += [
+        "",
+        f"Predicted ratio (composite time / fused time): {result['ratio_vs_eager']:.2f}x vs eager, "
+        f"{result['ratio_vs_compiled']:.2f}x vs compiled. Fused breakdown: matmuls {b['matmuls']:.0f} us, loss "
+        f"kernels {b['loss_kernels']:.0f} us, launches {b['launches']:.0f} us. Extra memory (model): fused "
+        f"{mem['fused']:.0f} MiB = {mem['percent']:.1f}% of the composite's lower bound "
+        f"({mem['composite_lower_bound']:.0f} MiB: 4 bf16 [M, C]).",
+    ]
+    return lines
