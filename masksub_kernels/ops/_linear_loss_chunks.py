@@ -19,9 +19,10 @@ backpropagates .main and .sub separately, with different scalars; the joint one 
 Two flavours, chosen by the op's backend:
 - reference (the 'torch' backend, the CPU path): logits in fp32 (fp64 for fp64 inputs), the loss and its logit
   gradients by ops/masksub_loss.py's reference functions, chunks of chunk_rows(C) rows (CHUNK_ELEMENTS logits);
-- kernels (the 'triton' backend): logits in the inputs' dtype from torch.matmul (cuBLAS on a GPU, fp32
-  accumulation), the loss and dz, ds by the fused masksub_loss Triton kernels, dz and ds written over the chunk's
-  logits in place; dW accumulated in fp32 (cuBLAS with an fp32 output on CUDA, fp32 operands elsewhere).
+- kernels (the 'triton' backend): logits in fp32 from the inputs' dtype (cuBLAS with an fp32 output on a GPU:
+  bf16 / fp16 tensor cores, never rounded to bf16), the loss and dz, ds by the fused masksub_loss Triton kernels,
+  dz and ds written over the fp32 logits (fp32 inputs) or into buffers of the inputs' dtype; dW accumulated in
+  fp32 (cuBLAS with an fp32 output on CUDA, fp32 operands elsewhere).
 
 Extra memory (beyond the inputs and the returned gradients): the chunk's two [R, C] logit buffers (plus the
 reference's few fp32 [R, C] temporaries), the per-row losses [2, M] fp32, and the stored gradients: dH, dHs
@@ -283,8 +284,12 @@ _linear_loss_grads_op.register_autograd(_grads_backward, setup_context=_grads_se
 def _grads_wanted(hidden, sub_hidden, weight, bias, reduction) -> tuple[bool, bool, bool] | None:
     """(need_hidden, need_sub_hidden, need_weight) when the grads-in-forward path applies: a scalar reduction, grad
     mode on and some input requiring grad; else None (reduction='none' keeps the recompute backward, correct for
-    per-row grads that differ, and a no-grad call computes no gradient)."""
-    if reduction == "none" or not torch.is_grad_enabled():
+    per-row grads that differ, and a no-grad call computes no gradient). Under torch.compile and CUDA graph capture
+    the recompute op is used too: this path reads the number of counted rows on the host (one sync), which a
+    captured graph cannot do; the recompute op never synchronises."""
+    if reduction == "none" or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None
+    if hidden.is_cuda and torch.cuda.is_current_stream_capturing():
         return None
     need_h = hidden.requires_grad
     need_hs = sub_hidden is not None and sub_hidden.requires_grad
