@@ -268,3 +268,23 @@ def test_opcheck_of_the_selection_with_masks(backend):
         for ordered, inverse in ((False, True), (True, False)):
             args = (6, None, 3, 10, 5, DEVICE, ordered, inverse, *masks)
             torch.library.opcheck(ts._select_op.custom_op, args, test_utils=checks)
+
+
+def test_the_cuda_binding_checks_the_masks():
+    # behind the public checks, the extension's own (a direct caller of masksub_kernels._C gets them too)
+    if "cuda" not in mk.available_backends():
+        pytest.skip("no cuda backend (GPU or CUDA emulator) in this run")
+    from masksub_kernels import _backend
+
+    extension = _backend.extension(DEVICE.type)
+    good = torch.zeros(2, 8, dtype=torch.bool, device=DEVICE)
+    bad = {
+        "always_keep must be bool, got uint8": {"always_keep": good.to(torch.uint8)},
+        r"drop_first must have shape \[2, 8\], got \[2, 7\]": {"drop_first": good[:, :7]},
+        "always_keep must be on": {"always_keep": torch.zeros(2, 8, dtype=torch.bool, device="meta")},
+    }
+    for message, masks in bad.items():
+        with pytest.raises(RuntimeError, match=message):
+            extension.select_tokens(1, None, 2, 8, 4, False, True, DEVICE, **masks)
+    ids, _ = extension.select_tokens(1, None, 2, 8, 4, False, False, DEVICE, good, good)
+    assert torch.equal(ids.cpu(), ts.select_reference(1, 2, 8, 4, CPU, False))
