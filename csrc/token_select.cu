@@ -72,8 +72,10 @@ __device__ __forceinline__ bool flag_set(const PositionFlags& flags, int64_t row
 // Register budget: at least 1024 / THREADS blocks per SM (half of the 2048 threads an sm_80/sm_90 SM holds) caps
 // every shape at 64 registers per thread. With at most 8 keys per thread (8 draws, 8 positions, the sort's ranks)
 // that fits without spills on sm_80 and sm_90a (python -m tools.check_spills); 16 keys per thread
-// needed ~100 registers and spilled under the same cap.
-template <int THREADS, int ITEMS>
+// needed ~100 registers and spilled under the same cap. FLAGGED (always-keep / drop-first flags given) is a
+// template parameter, not a runtime branch: one kernel holding both the one-pass and the two-pass sort spilled at
+// 1024 x 8 on sm_90a, each alone does not.
+template <int THREADS, int ITEMS, bool FLAGGED>
 __global__ void __launch_bounds__(THREADS, 1024 / THREADS) select_tokens_kernel(
     uint64_t seed_value, const int64_t* __restrict__ seed_ptr, int num_tokens, int num_keep, bool ordered,
     PositionFlags always_keep, PositionFlags drop_first, int64_t* __restrict__ ids, int32_t* __restrict__ inv,
@@ -87,7 +89,6 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS) select_tokens_kernel(
   int64_t* row_ids = ids + row * num_keep;
   // A seed tensor is read here, on the device (never by the host): CUDA-graph replays see its current value.
   const uint64_t seed = seed_ptr != nullptr ? static_cast<uint64_t>(*seed_ptr) : seed_value;
-  const bool flagged = always_keep.data != nullptr || drop_first.data != nullptr;  // uniform over the block
 
   uint32_t draws[ITEMS];
   uint16_t positions[ITEMS];
@@ -95,7 +96,7 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS) select_tokens_kernel(
   for (int i = 0; i < ITEMS; ++i) {
     const int position = tid * ITEMS + i;  // blocked: the block's input is in ascending position order
     int position_class = position < num_tokens ? kOrdinary : kPadding;
-    if (flagged && position < num_tokens) {
+    if (FLAGGED && position < num_tokens) {
       position_class = flag_set(always_keep, row, position)  ? kAlwaysKeep
                        : flag_set(drop_first, row, position) ? kDropFirst
                                                              : kOrdinary;
@@ -104,11 +105,11 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS) select_tokens_kernel(
     draws[i] = position_class == kOrdinary ? philox_draw(seed, static_cast<uint64_t>(row * num_tokens + position))
                : position_class == kAlwaysKeep ? 0u
                                                : 0xFFFFFFFFu;
-    positions[i] = static_cast<uint16_t>(position | (flagged ? position_class << kClassShift : 0));
+    positions[i] = static_cast<uint16_t>(position | (FLAGGED ? position_class << kClassShift : 0));
   }
   // Stable sort by draw: equal draws stay in ascending position order. Output is striped: item i of thread tid
   // has rank i * THREADS + tid, so consecutive threads hold consecutive ranks (coalesced stores below).
-  if (flagged) {
+  if (FLAGGED) {
     // First pass blocked to blocked (the second pass's input arrangement: item i of thread tid has rank
     // tid * ITEMS + i), then a stable pass over the class bits alone.
     typename Shared::Sort(shared.reuse.sort).Sort(draws, positions);
@@ -191,9 +192,16 @@ struct SelectArgs {
 template <int THREADS, int ITEMS>
 cudaError_t launch_select(const SelectArgs& a, cudaStream_t stream) {
   static_assert(THREADS * ITEMS <= (1 << kClassShift), "positions travel in the low 14 bits of the sort's values");
-  select_tokens_kernel<THREADS, ITEMS><<<static_cast<unsigned int>(a.batch_size), THREADS, 0, stream>>>(
-      a.seed, a.seed_ptr, a.num_tokens, a.num_keep, a.ordered, a.always_keep, a.drop_first, a.ids, a.inv,
-      a.removed);
+  const unsigned int blocks = static_cast<unsigned int>(a.batch_size);
+  if (a.always_keep.data != nullptr || a.drop_first.data != nullptr) {
+    select_tokens_kernel<THREADS, ITEMS, true><<<blocks, THREADS, 0, stream>>>(
+        a.seed, a.seed_ptr, a.num_tokens, a.num_keep, a.ordered, a.always_keep, a.drop_first, a.ids, a.inv,
+        a.removed);
+  } else {
+    select_tokens_kernel<THREADS, ITEMS, false><<<blocks, THREADS, 0, stream>>>(
+        a.seed, a.seed_ptr, a.num_tokens, a.num_keep, a.ordered, a.always_keep, a.drop_first, a.ids, a.inv,
+        a.removed);
+  }
   return cudaGetLastError();
 }
 
