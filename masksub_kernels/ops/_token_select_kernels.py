@@ -10,10 +10,6 @@ from __future__ import annotations
 from .._philox import load_seed, philox_sort_keys
 from .._triton import jit, tl
 
-# ----------------------------------------------------------------------------------------------------------------
-# Triton kernels
-# ----------------------------------------------------------------------------------------------------------------
-
 
 @jit
 def _select_kernel(
@@ -42,7 +38,8 @@ def _select_kernel(
     lanes = tl.arange(0, BLOCK_N)
     keys = philox_sort_keys(load_seed(seed, seed_ptr, SEED_FROM_PTR), row, lanes, N)
     if HAS_KEEP or HAS_DROP:
-        # priority_keys: draw-0 keys + N, then drop-first keys (draw 2^32 - 1, + N), then always-keep (draw 0)
+        # token_select.priority_keys: draw-0 keys + N (above every always-keep key, same order among themselves),
+        # then drop-first keys = §2's key at draw 2^32 - 1, + N; then always-keep keys = §2's key at draw 0 (wins)
         positions = lanes.to(tl.int64)
         keys = tl.where((keys >> 32) == -2147483648, keys + N, keys)
         if HAS_DROP:
