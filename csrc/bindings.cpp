@@ -170,6 +170,18 @@ const int64_t* seed_pointer(const std::optional<at::Tensor>& seed_tensor, at::De
 // Token select / gather / scatter (masksub_kernels/ops/token_select.py)
 // ---------------------------------------------------------------------------------------------------------------
 
+// An optional bool [B, N] flag of each position (always_keep, drop_first), read in place with its strides: the
+// kernel reads its bytes (a same-size dtype view, no copy); absent: no flag.
+masksub::PositionFlags position_flags(const std::optional<at::Tensor>& flags, const char* name, int64_t B, int64_t N,
+                                      at::Device device) {
+  if (!flags) return masksub::kNoPositionFlags;
+  check_dtype(*flags, name, {at::kBool});
+  TORCH_CHECK(flags->dim() == 2 && flags->size(0) == B && flags->size(1) == N, name, " must have shape [", B, ", ",
+              N, "], got ", flags->sizes());
+  TORCH_CHECK(flags->device() == device, name, " must be on ", device, ", got ", flags->device());
+  return {reinterpret_cast<const uint8_t*>(flags->const_data_ptr()), flags->stride(0), flags->stride(1)};
+}
+
 std::tuple<at::Tensor, std::optional<at::Tensor>> select_tokens(int64_t seed,
                                                                 const std::optional<at::Tensor>& seed_tensor,
                                                                 int64_t batch_size,
@@ -177,10 +189,14 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> select_tokens(int64_t seed,
                                                                 int64_t num_keep,
                                                                 bool ordered,
                                                                 bool write_inverse,
-                                                                at::Device device) {
+                                                                at::Device device,
+                                                                const std::optional<at::Tensor>& always_keep,
+                                                                const std::optional<at::Tensor>& drop_first) {
   check_selection(batch_size, num_tokens, num_keep, "num_tokens", "num_keep");
   device = resolve_device(device);
   const int64_t* seed_ptr = seed_pointer(seed_tensor, device);
+  const masksub::PositionFlags keep = position_flags(always_keep, "always_keep", batch_size, num_tokens, device);
+  const masksub::PositionFlags drop = position_flags(drop_first, "drop_first", batch_size, num_tokens, device);
   const DeviceGuard guard(device);
   const auto options = at::TensorOptions().device(device);
   at::Tensor ids = at::empty({batch_size, num_keep}, options.dtype(at::kLong));
@@ -188,8 +204,7 @@ std::tuple<at::Tensor, std::optional<at::Tensor>> select_tokens(int64_t seed,
   if (write_inverse) inv = at::empty({batch_size, num_tokens}, options.dtype(at::kInt));
   CHECK_LAUNCH("select_tokens",
                masksub::launch_select_tokens(static_cast<uint64_t>(seed), seed_ptr, batch_size, num_tokens, num_keep,
-                                             ordered,
-                                             ids.mutable_data_ptr<int64_t>(),
+                                             ordered, keep, drop, ids.mutable_data_ptr<int64_t>(),
                                              inv ? inv->mutable_data_ptr<int32_t>() : nullptr, nullptr,
                                              current_stream(device)));
   return {ids, inv};
@@ -269,7 +284,8 @@ at::Tensor grid_cell_mask(int64_t seed, const std::optional<at::Tensor>& seed_te
   at::Tensor mask = at::empty({batch_size, num_cells}, at::TensorOptions().device(device).dtype(at::kBool));
   CHECK_LAUNCH("grid_cell_mask",
                masksub::launch_select_tokens(static_cast<uint64_t>(seed), seed_ptr, batch_size, num_cells, num_keep, false,
-                                             nullptr, nullptr, reinterpret_cast<uint8_t*>(mask.mutable_data_ptr()),
+                                             masksub::kNoPositionFlags, masksub::kNoPositionFlags, nullptr, nullptr,
+                                             reinterpret_cast<uint8_t*>(mask.mutable_data_ptr()),
                                              current_stream(device)));
   return mask;
 }
@@ -517,9 +533,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("MAX_SELECT_TOKENS") = masksub::kMaxSelectTokens;
   m.def("select_tokens", &select_tokens,
         "(ids int64 [B, K], inv int32 [B, N] or None): per sample the K positions with the smallest Philox draws "
-        "(ties by position), ascending-draw order or ascending position when ordered",
+        "(ties by position), ascending-draw order or ascending position when ordered; optional bool [B, N] "
+        "always_keep (kept first, by position) and drop_first (dropped first, by position; always_keep wins)",
         py::arg("seed"), py::arg("seed_tensor"), py::arg("batch_size"), py::arg("num_tokens"), py::arg("num_keep"),
-        py::arg("ordered"), py::arg("write_inverse"), py::arg("device"));
+        py::arg("ordered"), py::arg("write_inverse"), py::arg("device"), py::arg("always_keep") = py::none(),
+        py::arg("drop_first") = py::none());
   m.def("gather_tokens", &gather_tokens,
         "y [B, P+K, D]: y[:, :P] = x[:, :P], y[:, P+j] = x[:, P+ids[:, j]] (x any strides, ids int64 or int32)",
         py::arg("x"), py::arg("ids"), py::arg("num_prefix_tokens"));

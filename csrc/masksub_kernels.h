@@ -27,9 +27,21 @@ namespace masksub {
 // Largest number of tokens one sample's sort handles (one thread block per sample).
 constexpr int64_t kMaxSelectTokens = 8192;
 
+// An optional per-position flag of a selection: bytes (a torch.bool tensor's, nonzero = set), element (b, n) at
+// data[b * stride_b + n * stride_n] (strides in elements, any); data null: no flag set anywhere.
+struct PositionFlags {
+  const uint8_t* data;
+  int64_t stride_b;
+  int64_t stride_n;
+};
+constexpr PositionFlags kNoPositionFlags{nullptr, 0, 0};
+
 // Per sample b < batch_size: draw[b, n] = Philox4x32-10(seed, b * num_tokens + n) for n < num_tokens (the layout
 // of masksub_kernels/_philox.py), sort the draws ascending with ties by position, keep the first num_keep.
-//   ids [batch_size, num_keep] (contiguous): kept positions in ascending-draw order, or ascending position when
+// With always_keep / drop_first (either may be absent), positions sort in three classes, each ascending:
+// always-keep positions by position, then the other positions by (draw, position), then drop-first positions
+// (those not always-keep) by position; a row with more than num_keep always-keep positions keeps the lowest.
+//   ids [batch_size, num_keep] (contiguous): kept positions in ascending-key order, or ascending position when
 //                                            `ordered`;
 //   inv [batch_size, num_tokens] (contiguous): inv[b, ids[b, j]] = j, -1 for dropped positions;
 //   removed [batch_size, num_tokens] (contiguous bytes): 1 for a dropped position, 0 for a kept one (the grid
@@ -43,6 +55,8 @@ cudaError_t launch_select_tokens(uint64_t seed,
                                  int64_t num_tokens,
                                  int64_t num_keep,
                                  bool ordered,
+                                 PositionFlags always_keep,
+                                 PositionFlags drop_first,
                                  int64_t* ids,
                                  int32_t* inv,
                                  uint8_t* removed,
@@ -90,8 +104,9 @@ cudaError_t launch_scatter_tokens(const T* grad_y,
 
 // ---------------------------------------------------------------------------------------------------------------
 // Grid masks (masksub_kernels/ops/grid_mask.py; csrc/grid_mask.cu). The cell mask of a sample comes from
-// launch_select_tokens(seed, seed_ptr, B, G_h * G_w, Kc, ..., removed = cell_mask). cell_mask: bytes [B, G_h, G_w],
-// contiguous, 1 = removed, with G_h = H / S and G_w = W / S (S = cell size; H and W multiples of S).
+// launch_select_tokens(seed, seed_ptr, B, G_h * G_w, Kc, ..., removed = cell_mask), without position flags.
+// cell_mask: bytes [B, G_h, G_w], contiguous, 1 = removed, with G_h = H / S and G_w = W / S (S = cell size; H and W
+// multiples of S).
 // ---------------------------------------------------------------------------------------------------------------
 
 struct ImageStrides {  // element strides of an image batch [B, C, H, W]

@@ -18,6 +18,14 @@
 //   - it is a maintained, tested primitive that ships with the toolkit (no code of our own to get wrong).
 // Padding lanes (n >= N) get the draw 0xFFFFFFFF and, being later in position order, sort after every real key.
 //
+// Always-keep / drop-first flags (optional): the order becomes (class, draw, position), classes 0 = always-keep,
+// 1 = ordinary, 2 = drop-first, 3 = padding, with the draw taken as 0 in class 0 and 0xFFFFFFFF in classes 2-3,
+// so that classes 0 and 2 come out by position. This is the order of the Python backends' int64 keys
+// (token_select.py: -2^63 + p, (draw - 2^31) 2^32 + p (+ N if draw = 0), (2^31 - 1) 2^32 + N + p). It takes two
+// stable passes (least significant first, as any radix sort): sort by draw, then by the 2-bit class, which keeps
+// the draw order within a class. The class rides in the top two bits of the 16-bit values (positions < 2^14) and
+// is the second pass's key; without flags the single pass above runs, unchanged.
+//
 // Gather / scatter: a row copy (row_copy.cuh) in which each output row reads one source row or none (zeros); this
 // file states only the index maps. The scatter writes every element of dX once, without atomics.
 #include <cub/block/block_radix_sort.cuh>
@@ -48,14 +56,30 @@ struct SelectShared {
   typename Scan::TempStorage scan;
 };
 
+// Position classes of the sort (see the top of the file), kept in the top bits of the sort's 16-bit values.
+constexpr int kAlwaysKeep = 0;
+constexpr int kOrdinary = 1;
+constexpr int kDropFirst = 2;
+constexpr int kPadding = 3;
+constexpr int kClassShift = 14;
+constexpr int kClassBits = 2;
+constexpr uint16_t kPositionMask = (1u << kClassShift) - 1u;
+
+__device__ __forceinline__ bool flag_set(const PositionFlags& flags, int64_t row, int position) {
+  return flags.data != nullptr && flags.data[row * flags.stride_b + position * flags.stride_n] != 0;
+}
+
 // Register budget: at least 1024 / THREADS blocks per SM (half of the 2048 threads an sm_80/sm_90 SM holds) caps
 // every shape at 64 registers per thread. With at most 8 keys per thread (8 draws, 8 positions, the sort's ranks)
 // that fits without spills on sm_80 and sm_90a (python -m tools.check_spills); 16 keys per thread
-// needed ~100 registers and spilled under the same cap.
-template <int THREADS, int ITEMS>
+// needed ~100 registers and spilled under the same cap. FLAGGED (always-keep / drop-first flags given) is a
+// template parameter, not a runtime branch: one kernel holding both the one-pass and the two-pass sort spilled at
+// 1024 x 8 on sm_90a, each alone does not.
+template <int THREADS, int ITEMS, bool FLAGGED>
 __global__ void __launch_bounds__(THREADS, 1024 / THREADS) select_tokens_kernel(
     uint64_t seed_value, const int64_t* __restrict__ seed_ptr, int num_tokens, int num_keep, bool ordered,
-    int64_t* __restrict__ ids, int32_t* __restrict__ inv, uint8_t* __restrict__ removed) {
+    PositionFlags always_keep, PositionFlags drop_first, int64_t* __restrict__ ids, int32_t* __restrict__ inv,
+    uint8_t* __restrict__ removed) {
   // Outputs, each optional: ids (kept positions), inv (slot of each position or -1), removed (1 for a dropped
   // position, 0 for a kept one: the grid masks' cell mask). `ordered` only concerns ids.
   using Shared = SelectShared<THREADS, ITEMS>;
@@ -71,14 +95,34 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS) select_tokens_kernel(
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
     const int position = tid * ITEMS + i;  // blocked: the block's input is in ascending position order
-    positions[i] = static_cast<uint16_t>(position);
-    draws[i] = position < num_tokens
-                   ? philox_draw(seed, static_cast<uint64_t>(row * num_tokens + position))
-                   : 0xFFFFFFFFu;  // padding: the largest draw, and later than every real position
+    int position_class = position < num_tokens ? kOrdinary : kPadding;
+    if (FLAGGED && position < num_tokens) {
+      position_class = flag_set(always_keep, row, position)  ? kAlwaysKeep
+                       : flag_set(drop_first, row, position) ? kDropFirst
+                                                             : kOrdinary;
+    }
+    // padding: the largest draw, and later than every real position; the classes 0 and 2: fixed draws
+    draws[i] = position_class == kOrdinary ? philox_draw(seed, static_cast<uint64_t>(row * num_tokens + position))
+               : position_class == kAlwaysKeep ? 0u
+                                               : 0xFFFFFFFFu;
+    positions[i] = static_cast<uint16_t>(position | (FLAGGED ? position_class << kClassShift : 0));
   }
   // Stable sort by draw: equal draws stay in ascending position order. Output is striped: item i of thread tid
   // has rank i * THREADS + tid, so consecutive threads hold consecutive ranks (coalesced stores below).
-  typename Shared::Sort(shared.reuse.sort).SortBlockedToStriped(draws, positions);
+  if (FLAGGED) {
+    // First pass blocked to blocked (the second pass's input arrangement: item i of thread tid has rank
+    // tid * ITEMS + i), then a stable pass over the class bits alone.
+    typename Shared::Sort(shared.reuse.sort).Sort(draws, positions);
+    __syncthreads();  // the storage is reused by the second pass
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      draws[i] = positions[i] >> kClassShift;
+      positions[i] = static_cast<uint16_t>(positions[i] & kPositionMask);
+    }
+    typename Shared::Sort(shared.reuse.sort).SortBlockedToStriped(draws, positions, 0, kClassBits);
+  } else {
+    typename Shared::Sort(shared.reuse.sort).SortBlockedToStriped(draws, positions);
+  }
 
   const bool per_position = inv != nullptr || removed != nullptr;  // outputs indexed by position, via slot_of
   if (!ordered) {
@@ -132,12 +176,32 @@ __global__ void __launch_bounds__(THREADS, 1024 / THREADS) select_tokens_kernel(
   }
 }
 
+// What one selection launch takes besides its block shape.
+struct SelectArgs {
+  uint64_t seed;
+  const int64_t* seed_ptr;
+  int64_t batch_size;
+  int num_tokens, num_keep;
+  bool ordered;
+  PositionFlags always_keep, drop_first;
+  int64_t* ids;
+  int32_t* inv;
+  uint8_t* removed;
+};
+
 template <int THREADS, int ITEMS>
-cudaError_t launch_select(uint64_t seed, const int64_t* seed_ptr, int64_t batch_size, int num_tokens, int num_keep,
-                          bool ordered, int64_t* ids, int32_t* inv, uint8_t* removed, cudaStream_t stream) {
-  static_assert(THREADS * ITEMS <= 65536, "positions travel as uint16 values through the sort");
-  select_tokens_kernel<THREADS, ITEMS><<<static_cast<unsigned int>(batch_size), THREADS, 0, stream>>>(
-      seed, seed_ptr, num_tokens, num_keep, ordered, ids, inv, removed);
+cudaError_t launch_select(const SelectArgs& a, cudaStream_t stream) {
+  static_assert(THREADS * ITEMS <= (1 << kClassShift), "positions travel in the low 14 bits of the sort's values");
+  const unsigned int blocks = static_cast<unsigned int>(a.batch_size);
+  if (a.always_keep.data != nullptr || a.drop_first.data != nullptr) {
+    select_tokens_kernel<THREADS, ITEMS, true><<<blocks, THREADS, 0, stream>>>(
+        a.seed, a.seed_ptr, a.num_tokens, a.num_keep, a.ordered, a.always_keep, a.drop_first, a.ids, a.inv,
+        a.removed);
+  } else {
+    select_tokens_kernel<THREADS, ITEMS, false><<<blocks, THREADS, 0, stream>>>(
+        a.seed, a.seed_ptr, a.num_tokens, a.num_keep, a.ordered, a.always_keep, a.drop_first, a.ids, a.inv,
+        a.removed);
+  }
   return cudaGetLastError();
 }
 
@@ -193,24 +257,24 @@ inline bool valid_token_sizes(int64_t B, int64_t P, int64_t N, int64_t K, int64_
 // ---------------------------------------------------------------------------------------------------------------
 
 cudaError_t launch_select_tokens(uint64_t seed, const int64_t* seed_ptr, int64_t batch_size, int64_t num_tokens,
-                                 int64_t num_keep, bool ordered, int64_t* ids, int32_t* inv, uint8_t* removed,
-                                 cudaStream_t stream) {
+                                 int64_t num_keep, bool ordered, PositionFlags always_keep, PositionFlags drop_first,
+                                 int64_t* ids, int32_t* inv, uint8_t* removed, cudaStream_t stream) {
   if (batch_size < 0 || batch_size > INT_MAX || num_tokens < 1 || num_tokens > kMaxSelectTokens || num_keep < 1 ||
       num_keep > num_tokens) {
     return cudaErrorInvalidValue;
   }
   if (batch_size == 0 || (ids == nullptr && inv == nullptr && removed == nullptr)) return cudaSuccess;
   ordered = ordered && ids != nullptr;  // the order of ids only: without them it would cost a scan for nothing
-  const int n = static_cast<int>(num_tokens);
-  const int k = static_cast<int>(num_keep);
+  const SelectArgs a{seed,    seed_ptr,    batch_size, static_cast<int>(num_tokens), static_cast<int>(num_keep),
+                     ordered, always_keep, drop_first, ids, inv, removed};
   // Block shapes (threads x keys per thread = capacity >= N): the smallest capacity that holds the row, 2-8 keys
   // per thread. Static shared memory ranges from 5 KB (128 x 2) to 41 KB (1024 x 8), under the 48 KB limit.
-  if (n <= 256) return launch_select<128, 2>(seed, seed_ptr, batch_size, n, k, ordered, ids, inv, removed, stream);
-  if (n <= 512) return launch_select<128, 4>(seed, seed_ptr, batch_size, n, k, ordered, ids, inv, removed, stream);
-  if (n <= 1024) return launch_select<256, 4>(seed, seed_ptr, batch_size, n, k, ordered, ids, inv, removed, stream);
-  if (n <= 2048) return launch_select<256, 8>(seed, seed_ptr, batch_size, n, k, ordered, ids, inv, removed, stream);
-  if (n <= 4096) return launch_select<512, 8>(seed, seed_ptr, batch_size, n, k, ordered, ids, inv, removed, stream);
-  return launch_select<1024, 8>(seed, seed_ptr, batch_size, n, k, ordered, ids, inv, removed, stream);
+  if (num_tokens <= 256) return launch_select<128, 2>(a, stream);
+  if (num_tokens <= 512) return launch_select<128, 4>(a, stream);
+  if (num_tokens <= 1024) return launch_select<256, 4>(a, stream);
+  if (num_tokens <= 2048) return launch_select<256, 8>(a, stream);
+  if (num_tokens <= 4096) return launch_select<512, 8>(a, stream);
+  return launch_select<1024, 8>(a, stream);
 }
 
 template <typename T, typename IndexT>

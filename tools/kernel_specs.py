@@ -32,16 +32,35 @@ def token_select_specs() -> list[tuple]:
             "P": "i32", "MAP_LEN": "i32", "SRC_LEN": "i32", "D": "i32", "stride_sb": "i64", "stride_ss": "i64",
         }  # fmt: skip
 
+    select_signature = {
+        "ids_ptr": "*i64", "inv_ptr": "*i32", "seed": "i64", "seed_ptr": "*i64", "keep_ptr": "*u8", "drop_ptr": "*u8",
+        "N": "i32", "K": "i32", "stride_kb": "i64", "stride_kn": "i64", "stride_db": "i64", "stride_dn": "i64",
+    }  # fmt: skip
+    # (ORDERED, SEED_FROM_PTR, HAS_KEEP, HAS_DROP, blocks): the plain selection at both sizes; the always-keep /
+    # drop-first masks, both, and always-keep alone ordered at the small size only (an ordered 4096-key sort with
+    # masks takes ~35 s to compile for sm_80)
+    variants = (
+        (False, False, False, False, (256, 4096)), (True, False, False, False, (256, 4096)),
+        (False, True, False, False, (256, 4096)), (False, False, True, True, (256, 4096)),
+        (True, False, True, False, (256,)),
+    )  # fmt: skip
     select = [
         (
-            f"select[ordered={ordered},seed_ptr={from_ptr},block={block_n}]",
+            f"select[ordered={ordered},seed_ptr={from_ptr},keep={keep},drop={drop},block={block_n}]",
             token_select._select_kernel,
-            {"ids_ptr": "*i64", "inv_ptr": "*i32", "seed": "i64", "seed_ptr": "*i64", "N": "i32", "K": "i32"},
-            {"SEED_FROM_PTR": from_ptr, "ORDERED": ordered, "WRITE_INVERSE": True, "BLOCK_N": block_n},
+            select_signature,
+            {
+                "SEED_FROM_PTR": from_ptr,
+                "HAS_KEEP": keep,
+                "HAS_DROP": drop,
+                "ORDERED": ordered,
+                "WRITE_INVERSE": True,
+                "BLOCK_N": block_n,
+            },
             {"num_warps": sort_warps(block_n)},
         )
-        for ordered, from_ptr in ((False, False), (True, False), (False, True))
-        for block_n in (256, 4096)
+        for ordered, from_ptr, keep, drop, blocks in variants
+        for block_n in blocks
     ]
     copy = [
         (f"copy_rows[{dtype},{direction}]", token_select._copy_rows_kernel, copy_signature(dtype, map_dtype),

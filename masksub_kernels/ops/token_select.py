@@ -8,21 +8,36 @@ Keep K = floor(N * (1 - r)) patch tokens per sample:
     Y[b, :P] = X[b, :P];   Y[b, P + j] = X[b, P + ids[b, j]]                              -> Y[B, P+K, D]
     dX[b, :P] = dY[b, :P]; dX[b, P + ids[b, j]] = dY[b, P + j]; every other row of dX is 0
 
+Priority inputs (§4, "Always-keep and drop-first positions"): bool masks always_keep [B, N] and drop_first [B, N]
+over the patch tokens, each optional, change the sort key of a position (the key of §2 is (draw - 2^31) 2^32 + p):
+
+    key[b, p] = -2^63 + p                                 always_keep[b, p]           (§2's key with draw = 0)
+              = (2^31 - 1) 2^32 + N + p                   drop_first[b, p] and not always_keep[b, p]
+                                                          (§2's key with draw = 2^32 - 1, plus N)
+              = (draw - 2^31) 2^32 + p + (N if draw == 0)  otherwise
+
+The low 32 bits of a key are p or N + p < 2^32 (valid while N < 2^31; N <= 8192 here), so the keys stay unique
+and ordered as (class, draw, position): always-keep positions first, by position (a row with more than K of them
+keeps the K lowest); then the ordinary ones by (draw, position), exactly as without masks (adding N to the draw-0
+keys lifts them above every always-keep key without reordering them, so absent masks give today's ids); then the
+drop-first ones, by position.
+
 The ids of a row are unique, so the backward is a plain scatter: each element of dX is written exactly once
 (kept rows from dY, the rest zeros) without atomics and without a separate zero-fill pass. It reads an inverse
 map inv[b, n] = j if n == ids[b, j] else -1, which the selection kernel writes for free.
 
 Launches on the GPU: forward = select (one program per sample: Philox, sort, ids + inverse) + gather;
 backward = scatter. The gather cannot start before its sample's sort is done, and one program per sample is too
-little parallelism for the copy (B=256 programs for ~40 MB), so the two stay separate launches.
+little parallelism for the copy (B=256 programs for ~40 MB), so the two stay separate launches. The Triton kernels
+live in ops/_token_select_kernels.py, the CUDA ones in csrc/token_select.cu.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._philox import load_seed, philox_sort_keys, resolve_seed, seed_value, sort_keys
-from .._triton import jit, next_power_of_2, tl
+from .._philox import _concrete, resolve_seed, seed_value, sort_keys
+from .._triton import next_power_of_2
 from ._common import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
@@ -33,6 +48,7 @@ from ._common import (
     resolve_device,
     sort_warps,
 )
+from ._token_select_kernels import _copy_rows_kernel, _select_kernel
 
 # ----------------------------------------------------------------------------------------------------------------
 # Host-side validation: messages say what was expected and what came
@@ -93,16 +109,87 @@ def _check_ids(x: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int, valid
             raise ValueError("ids must be unique within each row (the backward writes each token once)")
 
 
+def _check_priority_masks(
+    always_keep: torch.Tensor | None,
+    drop_first: torch.Tensor | None,
+    batch_size: int,
+    num_tokens: int,
+    num_keep: int,
+    device: torch.device,
+    validate_values: bool,
+) -> None:
+    """Kind, dtype, shape and device of the optional masks; with ``validate_values``, at most K always-keep
+    positions per row (this reads values: a host sync on a GPU)."""
+    for name, mask in (("always_keep", always_keep), ("drop_first", drop_first)):
+        if mask is None:
+            continue
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"{name} must be a bool torch.Tensor or None, got {type(mask).__name__}")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"{name} must be a bool tensor, got {mask.dtype}")
+        if tuple(mask.shape) != (batch_size, num_tokens):
+            raise ValueError(
+                f"{name} must be [batch={batch_size}, tokens={num_tokens}] (patch tokens, no prefix), got shape "
+                f"{tuple(mask.shape)}"
+            )
+        if _concrete(mask.device) != _concrete(torch.device(device)):
+            raise ValueError(f"{name} must be on the op's device ({device}), got {mask.device}")
+    if validate_values and always_keep is not None and always_keep.numel() > 0 and not always_keep.is_meta:
+        counts = always_keep.sum(dim=1)
+        most = int(counts.max())
+        if most > num_keep:
+            raise ValueError(
+                f"always_keep marks {most} positions in row {int(counts.argmax())}, more than the {num_keep} tokens "
+                "kept per row (unvalidated, such a row keeps its lowest positions)"
+            )
+
+
+def _validate_default(validate: bool | None, device: torch.device, name: str) -> bool:
+    """A ``validate_*`` flag: None reads values on CPU tensors only, never inside a compiled graph."""
+    if validate is None:
+        return torch.device(device).type == "cpu" and not torch.compiler.is_compiling()
+    return check_bool(name, validate)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Reference (PyTorch): the oracle and the CPU fallback
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# The keys of the priority classes (module docstring): §2's key with the draw 0 or 2^32 - 1.
+ALWAYS_KEEP_KEY = -(2**63)  # + p
+DROP_FIRST_KEY = (2**31 - 1) << 32  # + N + p
+
+
+def priority_keys(
+    keys: torch.Tensor, always_keep: torch.Tensor | None, drop_first: torch.Tensor | None
+) -> torch.Tensor:
+    """int64 [B, N]: §2's sort keys with the always-keep and drop-first classes folded in (module docstring).
+    Without masks the keys are returned unchanged (the +N on draw-0 keys would not change their order)."""
+    if always_keep is None and drop_first is None:
+        return keys
+    num_tokens = keys.shape[1]
+    positions = torch.arange(num_tokens, dtype=torch.int64, device=keys.device)
+    keys = torch.where((keys >> 32) == -(2**31), keys + num_tokens, keys)  # draw 0: above every always-keep key
+    if drop_first is not None:
+        keys = torch.where(drop_first, DROP_FIRST_KEY + num_tokens + positions, keys)
+    if always_keep is not None:  # last: it wins over drop_first
+        keys = torch.where(always_keep, ALWAYS_KEEP_KEY + positions, keys)
+    return keys
+
+
 def select_reference(
-    seed: int, batch_size: int, num_tokens: int, num_keep: int, device: torch.device, ordered: bool
+    seed: int,
+    batch_size: int,
+    num_tokens: int,
+    num_keep: int,
+    device: torch.device,
+    ordered: bool,
+    always_keep: torch.Tensor | None = None,
+    drop_first: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ids int64 [B, K]: the K smallest sort keys of each row (keys are unique, so topk is exact)."""
-    keys = sort_keys(seed, batch_size, num_tokens, device)
+    keys = priority_keys(sort_keys(seed, batch_size, num_tokens, device), always_keep, drop_first)
     ids = torch.topk(keys, num_keep, dim=1, largest=False, sorted=True).indices
     return ids.sort(dim=1).values if ordered else ids
 
@@ -143,79 +230,6 @@ def scatter_reference(grad_y: torch.Tensor, ids: torch.Tensor, num_prefix_tokens
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Triton kernels
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@jit
-def _select_kernel(
-    ids_ptr,  # int64 [B, K] out
-    inv_ptr,  # int32 [B, N] out (only when WRITE_INVERSE)
-    seed,
-    seed_ptr,  # int64 [1]: the seed when SEED_FROM_PTR (a seed tensor), else unused
-    N,
-    K,
-    SEED_FROM_PTR: tl.constexpr,
-    ORDERED: tl.constexpr,
-    WRITE_INVERSE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    # One program per sample: draw N keys, sort them; rank r < K is kept. Keys are (draw, position) packed in
-    # int64, so one sort gives the order and the positions; padding lanes sort last.
-    row = tl.program_id(0).to(tl.int64)
-    lanes = tl.arange(0, BLOCK_N)
-    keys = philox_sort_keys(load_seed(seed, seed_ptr, SEED_FROM_PTR), row, lanes, N)
-    keys = tl.where(lanes < N, keys, 9223372036854775807)
-    keys = tl.sort(keys)
-    by_draw = keys - ((keys >> 32) << 32)  # low 32 bits: the position, in ascending-draw order
-    kept = lanes < K
-    dropped = (lanes >= K) & (lanes < N)
-    if ORDERED:
-        kept_positions = tl.sort(tl.where(kept, by_draw, 9223372036854775807))
-    else:
-        kept_positions = by_draw
-    tl.store(ids_ptr + row * K + lanes, kept_positions, mask=kept)
-    if WRITE_INVERSE:
-        # kept positions get their output slot, dropped ones -1: disjoint addresses, each written once.
-        tl.store(inv_ptr + row * N + kept_positions, lanes.to(tl.int32), mask=kept)
-        tl.store(inv_ptr + row * N + by_draw, tl.full([BLOCK_N], -1, tl.int32), mask=dropped)
-
-
-@jit
-def _copy_rows_kernel(
-    src_ptr,  # [B, P + SRC_LEN, D], last stride 1
-    map_ptr,  # int [B, MAP_LEN]: source patch row of each output patch row, -1 for a row of zeros
-    dst_ptr,  # [B, P + MAP_LEN, D] out, contiguous
-    total_rows,  # B * (P + MAP_LEN)
-    P,
-    MAP_LEN,
-    SRC_LEN,
-    D,
-    stride_sb,
-    stride_ss,
-    BLOCK_R: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
-    # Both directions are one row copy. Output row (b, t): a prefix row (t < P) copies source row t; a patch row
-    # copies source row P + map[b, t - P], or is zero where the map says -1. Gather: map = ids (K entries, source
-    # N patch rows). Scatter (the backward): map = inv (N entries, source K rows of dY), -1 on dropped tokens.
-    out_rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
-    row_ok = out_rows < total_rows
-    col_ok = cols < D
-    b = out_rows // (P + MAP_LEN)
-    t = out_rows - b * (P + MAP_LEN)
-    is_patch = t >= P
-    source = tl.load(map_ptr + b * MAP_LEN + (t - P), mask=row_ok & is_patch, other=0).to(tl.int64)
-    src = tl.where(is_patch, P + source, t)
-    # -1 rows are zeros; an out-of-range id reads nothing either (zeros), never stray memory
-    src_ok = row_ok & (source >= 0) & (src < P + SRC_LEN)
-    offsets = b[:, None] * stride_sb + src[:, None] * stride_ss + cols[None, :]
-    values = tl.load(src_ptr + offsets, mask=src_ok[:, None] & col_ok[None, :], other=0.0)
-    tl.store(dst_ptr + out_rows[:, None] * D + cols[None, :], values, mask=row_ok[:, None] & col_ok[None, :])
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -237,20 +251,31 @@ def _select_triton(
     device: torch.device,
     ordered: bool,
     write_inverse: bool,
+    always_keep: torch.Tensor | None,
+    drop_first: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.empty(batch_size, num_keep, dtype=torch.int64, device=device)
     inv = torch.empty(batch_size, num_tokens, dtype=torch.int32, device=device) if write_inverse else ids
     if batch_size > 0:
         block_n = max(16, next_power_of_2(num_tokens))
         num_warps = sort_warps(block_n)
+        # the masks as bytes, read in place with their strides (a same-size dtype view: no copy, any strides)
+        keep = always_keep.view(torch.uint8) if always_keep is not None else None
+        drop = drop_first.view(torch.uint8) if drop_first is not None else None
         _select_kernel[(batch_size,)](
             ids,
             inv,
             seed,
             seed_tensor if seed_tensor is not None else ids,
+            keep if keep is not None else ids,
+            drop if drop is not None else ids,
             num_tokens,
             num_keep,
+            *(keep.stride() if keep is not None else (0, 0)),
+            *(drop.stride() if drop is not None else (0, 0)),
             SEED_FROM_PTR=seed_tensor is not None,
+            HAS_KEEP=keep is not None,
+            HAS_DROP=drop is not None,
             ORDERED=ordered,
             WRITE_INVERSE=write_inverse,
             BLOCK_N=block_n,
@@ -283,14 +308,29 @@ def _copy_rows_triton(source: torch.Tensor, row_map: torch.Tensor, num_prefix_to
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _select_reference(seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, write_inverse):
-    ids = select_reference(seed_value(seed, seed_tensor), batch_size, num_tokens, num_keep, device, ordered)
+def _select_reference(
+    seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, write_inverse, always_keep, drop_first
+):
+    seed = seed_value(seed, seed_tensor)
+    ids = select_reference(seed, batch_size, num_tokens, num_keep, device, ordered, always_keep, drop_first)
     return ids, inverse_reference(ids, num_tokens) if write_inverse else _no_inverse(num_tokens, device)
 
 
-def _select_cuda(extension, seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, write_inverse):
+def _select_cuda(
+    extension,
+    seed,
+    seed_tensor,
+    batch_size,
+    num_tokens,
+    num_keep,
+    device,
+    ordered,
+    write_inverse,
+    always_keep,
+    drop_first,
+):
     ids, inv = extension.select_tokens(
-        seed, seed_tensor, batch_size, num_tokens, num_keep, ordered, write_inverse, device
+        seed, seed_tensor, batch_size, num_tokens, num_keep, ordered, write_inverse, device, always_keep, drop_first
     )
     return ids, inv if write_inverse else _no_inverse(num_tokens, device)
 
@@ -321,12 +361,15 @@ def _select_op(
     device: torch.device,
     ordered: bool,
     write_inverse: bool,
+    always_keep: torch.Tensor | None,
+    drop_first: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids int64 [B, K], inv int32 [B, N]); inv is an empty [0, N] tensor unless write_inverse."""
+    """(ids int64 [B, K], inv int32 [B, N]); inv is an empty [0, N] tensor unless write_inverse. always_keep and
+    drop_first: None or bool [B, N] on ``device``, any strides (checked by the public functions)."""
 
 
 @_select_op.register_fake
-def _(seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, write_inverse):
+def _(seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, write_inverse, always_keep, drop_first):
     ids = torch.empty(batch_size, num_keep, dtype=torch.int64, device=device)
     inv = torch.empty(batch_size if write_inverse else 0, num_tokens, dtype=torch.int32, device=device)
     return ids, inv
@@ -399,20 +442,37 @@ def random_keep_indices(
     seed: int | torch.Tensor | None = None,
     device: torch.device | str | None = None,
     ordered: bool = False,
+    always_keep: torch.Tensor | None = None,
+    drop_first: torch.Tensor | None = None,
+    validate_masks: bool | None = None,
 ) -> torch.Tensor:
     """Per sample, the positions of the ``num_keep`` smallest Philox draws among ``num_tokens``.
 
-    Returns int64 [batch_size, num_keep] on ``device`` (default: torch's default device), in ascending-draw order
-    (the official code's order) or in ascending position when ``ordered=True``. The same ``seed`` gives the same
-    indices on every backend and device; ``seed=None`` draws one from torch's default generator. ``seed`` may also
-    be an int64 tensor of one element on ``device`` (default: its device), read on the device by the kernels: a
-    captured CUDA graph then draws new indices whenever the tensor changes.
+    Returns int64 [batch_size, num_keep] on ``device`` (default: the seed tensor's device, else the masks', else
+    torch's default device), in ascending-draw order (the official code's order) or in ascending position when
+    ``ordered=True``. The same ``seed`` gives the same indices on every backend and device; ``seed=None`` draws one
+    from torch's default generator. ``seed`` may also be an int64 tensor of one element on ``device`` (default: its
+    device), read on the device by the kernels: a captured CUDA graph then draws new indices whenever the tensor
+    changes.
+
+    ``always_keep`` / ``drop_first``: optional bool [batch_size, num_tokens] on ``device``, any strides (module
+    docstring, docs/semantics.md §4). Always-keep positions are kept and come first (by position); drop-first
+    positions are dropped before any other and come last (by position); where both are set, always_keep wins.
+    A row may mark at most ``num_keep`` always-keep positions: ``validate_masks`` checks this, which reads values
+    (None: on CPU tensors only, so that GPU calls never synchronise); unvalidated, such a row keeps its
+    ``num_keep`` lowest always-keep positions. Without masks the ids are those of the plain selection.
     """
     check_keep_args(batch_size, num_tokens, num_keep)
+    if device is None and not isinstance(seed, torch.Tensor):
+        device = next((m.device for m in (always_keep, drop_first) if isinstance(m, torch.Tensor)), None)
     device = resolve_device(device, seed)
     seed, seed_tensor = resolve_seed(seed, device)
     ordered = check_bool("ordered", ordered)
-    ids, _ = _select_op(seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, False)
+    validate = _validate_default(validate_masks, device, "validate_masks")
+    _check_priority_masks(always_keep, drop_first, batch_size, num_tokens, num_keep, device, validate)
+    ids, _ = _select_op(
+        seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, False, always_keep, drop_first
+    )
     return ids
 
 
@@ -445,12 +505,17 @@ def random_token_select(
     num_prefix_tokens: int = 1,
     seed: int | torch.Tensor | None = None,
     ordered: bool = False,
+    always_keep: torch.Tensor | None = None,
+    drop_first: torch.Tensor | None = None,
+    validate_masks: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MaskSub's ViT sub-branch masking: keep K = floor(N * (1 - mask_ratio)) random patch tokens per sample.
 
     x: [B, P+N, D] float, P = ``num_prefix_tokens`` prefix tokens (always kept) then N patch tokens.
     Returns (y [B, P+K, D] of x's dtype, differentiable in x; ids int64 [B, K]). Contract: for the same seed,
-    ``ids == random_keep_indices(B, N, K, seed=seed, ordered=ordered)`` and ``y == gather_tokens(x, ids)``.
+    ``ids == random_keep_indices(B, N, K, seed=seed, ordered=ordered, always_keep=..., drop_first=...)`` and
+    ``y == gather_tokens(x, ids)``. ``always_keep`` / ``drop_first``: optional bool [B, N] over the patch tokens
+    (not the prefix) on x's device, with ``validate_masks`` as in ``random_keep_indices``.
     """
     _check_tokens(x, num_prefix_tokens)
     batch_size, seq_len, _ = x.shape
@@ -459,5 +524,9 @@ def random_token_select(
     check_keep_args(batch_size, num_tokens, num_keep)
     seed, seed_tensor = resolve_seed(seed, x.device)
     ordered = check_bool("ordered", ordered)
-    ids, inv = _select_op(seed, seed_tensor, batch_size, num_tokens, num_keep, x.device, ordered, True)
+    validate = _validate_default(validate_masks, x.device, "validate_masks")
+    _check_priority_masks(always_keep, drop_first, batch_size, num_tokens, num_keep, x.device, validate)
+    ids, inv = _select_op(
+        seed, seed_tensor, batch_size, num_tokens, num_keep, x.device, ordered, True, always_keep, drop_first
+    )
     return _gather_op(x, ids, inv, num_prefix_tokens), ids

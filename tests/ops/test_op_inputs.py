@@ -98,6 +98,49 @@ def test_flags_must_be_bools(call):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# always_keep / drop_first: kind, dtype, shape and device always checked; the always-keep count when validating
+# ---------------------------------------------------------------------------------------------------------------
+
+MASK_CALLS = {
+    "random_keep_indices": lambda **masks: mk.random_keep_indices(2, 8, 3, seed=1, device=DEVICE, **masks),
+    "random_token_select": lambda **masks: mk.random_token_select(torch.zeros(2, 9, 2, device=DEVICE), 0.6, seed=1,
+                                                                  **masks),
+}  # fmt: skip
+BAD_MASKS = [
+    (torch.zeros(2, 8, dtype=torch.uint8), TypeError, "must be a bool tensor, got torch.uint8"),
+    (torch.zeros(2, 8).tolist(), TypeError, "must be a bool torch.Tensor or None, got list"),
+    (torch.zeros(2, 9, dtype=torch.bool), ValueError, r"must be \[batch=2, tokens=8\] .*got shape \(2, 9\)"),
+    (torch.zeros(16, dtype=torch.bool), ValueError, r"must be .*got shape \(16,\)"),
+    (torch.zeros(2, 8, dtype=torch.bool, device="meta"), ValueError, "must be on the op's device"),
+]
+
+
+@pytest.mark.parametrize("name", ["always_keep", "drop_first"])
+@pytest.mark.parametrize(("mask", "error", "match"), BAD_MASKS)
+@pytest.mark.parametrize("op", MASK_CALLS)
+def test_bad_masks_are_refused_on_every_backend(backend, op, name, mask, error, match):
+    if isinstance(mask, torch.Tensor) and mask.device.type != "meta":
+        mask = mask.to(DEVICE)
+    with pytest.raises(error, match=f"{name} {match}"):
+        MASK_CALLS[op](**{name: mask})
+
+
+@pytest.mark.parametrize("op", MASK_CALLS)
+def test_too_many_always_keep_positions_are_refused_when_validated(backend, op):
+    keep = torch.zeros(2, 8, dtype=torch.bool, device=DEVICE)
+    keep[1, :4] = True  # K = 3
+    with pytest.raises(ValueError, match="always_keep marks 4 positions in row 1, more than the 3 tokens kept"):
+        MASK_CALLS[op](always_keep=keep, validate_masks=True)
+    if DEVICE.type == "cpu":  # validated by default on CPU tensors only (reading values syncs a GPU)
+        with pytest.raises(ValueError, match="always_keep marks 4"):
+            MASK_CALLS[op](always_keep=keep)
+    with pytest.raises(TypeError, match="validate_masks must be a bool"):
+        MASK_CALLS[op](always_keep=keep, validate_masks="no")
+    keep[1, 3] = False  # exactly K: accepted
+    MASK_CALLS[op](always_keep=keep, drop_first=~keep, validate_masks=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Meta tensors: every op gives the shapes (its registered fake) on every backend
 # ---------------------------------------------------------------------------------------------------------------
 

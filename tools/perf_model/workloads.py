@@ -133,7 +133,7 @@ def token_select_cases() -> list[Case]:
         dtype, k, prefix = torch.bfloat16, token_select.num_kept_tokens(n, MASK_RATIO), 1
         x = torch.empty(b, prefix + n, d, dtype=dtype, device=META)
         with recording(token_select) as forward:
-            ids, inv = impl[token_select._select_op](SEED, None, b, n, k, META, False, True)
+            ids, inv = impl[token_select._select_op](SEED, None, b, n, k, META, False, True, None, None)
             y = impl[token_select._gather_op](x, ids, inv, prefix)
         with recording(token_select) as backward:
             scatter(torch.empty_like(y), ids, inv, prefix, n)

@@ -1,0 +1,100 @@
+"""Token selection's Triton kernels (maths, design and layout: token_select.py's docstring).
+
+The selection: one program per sample draws its N sort keys (§2, with the always-keep / drop-first classes folded
+in), sorts them, writes the first K positions and, for the backward, the inverse map. The copy: one kernel for the
+gather and its scatter backward, a row copy through an index map.
+"""
+
+from __future__ import annotations
+
+from .._philox import load_seed, philox_sort_keys
+from .._triton import jit, tl
+
+
+@jit
+def _select_kernel(
+    ids_ptr,  # int64 [B, K] out
+    inv_ptr,  # int32 [B, N] out (only when WRITE_INVERSE)
+    seed,
+    seed_ptr,  # int64 [1]: the seed when SEED_FROM_PTR (a seed tensor), else unused
+    keep_ptr,  # bytes [B, N] (a bool tensor's) with strides: always_keep when HAS_KEEP, else unused
+    drop_ptr,  # bytes [B, N] with strides: drop_first when HAS_DROP, else unused
+    N,
+    K,
+    stride_kb,
+    stride_kn,
+    stride_db,
+    stride_dn,
+    SEED_FROM_PTR: tl.constexpr,
+    HAS_KEEP: tl.constexpr,
+    HAS_DROP: tl.constexpr,
+    ORDERED: tl.constexpr,
+    WRITE_INVERSE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    # One program per sample: draw N keys, sort them; rank r < K is kept. Keys are (draw, position) packed in
+    # int64, so one sort gives the order and the positions; padding lanes sort last.
+    row = tl.program_id(0).to(tl.int64)
+    lanes = tl.arange(0, BLOCK_N)
+    keys = philox_sort_keys(load_seed(seed, seed_ptr, SEED_FROM_PTR), row, lanes, N)
+    if HAS_KEEP or HAS_DROP:
+        # token_select.priority_keys: draw-0 keys + N (above every always-keep key, same order among themselves),
+        # then drop-first keys = §2's key at draw 2^32 - 1, + N; then always-keep keys = §2's key at draw 0 (wins)
+        positions = lanes.to(tl.int64)
+        keys = tl.where((keys >> 32) == -2147483648, keys + N, keys)
+        if HAS_DROP:
+            drop = tl.load(drop_ptr + row * stride_db + positions * stride_dn, mask=lanes < N, other=0)
+            keys = tl.where(drop != 0, positions + N + (2147483647 << 32), keys)
+        if HAS_KEEP:
+            keep = tl.load(keep_ptr + row * stride_kb + positions * stride_kn, mask=lanes < N, other=0)
+            keys = tl.where(keep != 0, positions + (-2147483648 << 32), keys)
+    keys = tl.where(lanes < N, keys, 9223372036854775807)
+    keys = tl.sort(keys)
+    by_draw = keys - ((keys >> 32) << 32)  # low 32 bits: the position (+ N in some classes), in key order
+    if HAS_KEEP or HAS_DROP:
+        by_draw = tl.where(by_draw >= N, by_draw - N, by_draw)
+    kept = lanes < K
+    dropped = (lanes >= K) & (lanes < N)
+    if ORDERED:
+        kept_positions = tl.sort(tl.where(kept, by_draw, 9223372036854775807))
+    else:
+        kept_positions = by_draw
+    tl.store(ids_ptr + row * K + lanes, kept_positions, mask=kept)
+    if WRITE_INVERSE:
+        # kept positions get their output slot, dropped ones -1: disjoint addresses, each written once.
+        tl.store(inv_ptr + row * N + kept_positions, lanes.to(tl.int32), mask=kept)
+        tl.store(inv_ptr + row * N + by_draw, tl.full([BLOCK_N], -1, tl.int32), mask=dropped)
+
+
+@jit
+def _copy_rows_kernel(
+    src_ptr,  # [B, P + SRC_LEN, D], last stride 1
+    map_ptr,  # int [B, MAP_LEN]: source patch row of each output patch row, -1 for a row of zeros
+    dst_ptr,  # [B, P + MAP_LEN, D] out, contiguous
+    total_rows,  # B * (P + MAP_LEN)
+    P,
+    MAP_LEN,
+    SRC_LEN,
+    D,
+    stride_sb,
+    stride_ss,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    # Both directions are one row copy. Output row (b, t): a prefix row (t < P) copies source row t; a patch row
+    # copies source row P + map[b, t - P], or is zero where the map says -1. Gather: map = ids (K entries, source
+    # N patch rows). Scatter (the backward): map = inv (N entries, source K rows of dY), -1 on dropped tokens.
+    out_rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_ok = out_rows < total_rows
+    col_ok = cols < D
+    b = out_rows // (P + MAP_LEN)
+    t = out_rows - b * (P + MAP_LEN)
+    is_patch = t >= P
+    source = tl.load(map_ptr + b * MAP_LEN + (t - P), mask=row_ok & is_patch, other=0).to(tl.int64)
+    src = tl.where(is_patch, P + source, t)
+    # -1 rows are zeros; an out-of-range id reads nothing either (zeros), never stray memory
+    src_ok = row_ok & (source >= 0) & (src < P + SRC_LEN)
+    offsets = b[:, None] * stride_sb + src[:, None] * stride_ss + cols[None, :]
+    values = tl.load(src_ptr + offsets, mask=src_ok[:, None] & col_ok[None, :], other=0.0)
+    tl.store(dst_ptr + out_rows[:, None] * D + cols[None, :], values, mask=row_ok[:, None] & col_ok[None, :])
