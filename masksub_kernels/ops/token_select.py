@@ -19,7 +19,7 @@ over the patch tokens, each optional, change the sort key of a position (the key
 The low 32 bits of a key are p or N + p < 2^32 (valid while N < 2^31; N <= 8192 here), so the keys stay unique
 and ordered as (class, draw, position): always-keep positions first, by position (a row with more than K of them
 keeps the K lowest); then the ordinary ones by (draw, position), exactly as without masks (adding N to the draw-0
-keys lifts them above every always-keep key without reordering them, so absent masks give today's ids); then the
+keys lifts them above every always-keep key without reordering them: absent masks give the plain ids); then the
 drop-first ones, by position.
 
 The ids of a row are unique, so the backward is a plain scatter: each element of dX is written exactly once
