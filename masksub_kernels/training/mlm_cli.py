@@ -131,9 +131,35 @@ class Vocab(NamedTuple):
     mask_id: int
 
 
-def _corpus(args, rank: int, world: int):
+def _tokenizer(args, train_docs: list[str], rank: int, world: int):
+    """The vocabulary at --tokenizer (default OUTPUT/tokenizer.json), trained on the training documents and saved
+    when absent. Under DDP rank 0 alone decides and trains, behind a barrier that every rank passes: training is
+    not deterministic, so the ranks must read one file."""
     from tokenizers import Tokenizer
 
+    from . import text_data
+
+    path = args.tokenizer or os.path.join(args.output, "tokenizer.json")
+    if rank == 0 and not os.path.isfile(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        text_data.train_tokenizer(train_docs, args.vocab_size).save(path)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    try:
+        tokenizer = Tokenizer.from_file(path)
+    except Exception as exc:  # tokenizers raises its own Exception type for a bad file
+        raise UsageError(f"--tokenizer {path!r} is not a tokenizers JSON file: {exc}") from exc
+    missing = [t for t in text_data.SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
+    if missing:
+        raise UsageError(f"--tokenizer {path!r} lacks BERT's special tokens {missing}")
+    return tokenizer
+
+
+def _corpus(args, rank: int, world: int, device):
+    """(vocab, training blocks and their special-token mask on ``device``, the held-out batch, sizes). The held-out
+    blocks are corrupted once, from EVAL_SEED and each block's index: the same masks for every run and round."""
     from . import text_data
 
     try:
@@ -143,26 +169,7 @@ def _corpus(args, rank: int, world: int):
     train_docs, held_out = text_data.split_documents(documents)
     if not held_out or not train_docs:
         raise UsageError(f"the corpus has {len(documents)} document(s): too few to hold 10% out")
-    path = args.tokenizer or os.path.join(args.output, "tokenizer.json")
-    if world > 1 and not os.path.isfile(path):  # one vocabulary for all processes: rank 0 trains it, the rest read it
-        import torch.distributed as dist
-
-        if rank == 0:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            text_data.train_tokenizer(train_docs, args.vocab_size).save(path)
-        dist.barrier()
-    if os.path.isfile(path):
-        try:
-            tokenizer = Tokenizer.from_file(path)
-        except Exception as exc:  # tokenizers raises its own Exception type for a bad file
-            raise UsageError(f"--tokenizer {path!r} is not a tokenizers JSON file: {exc}") from exc
-        if tokenizer.token_to_id("[MASK]") is None or tokenizer.token_to_id("[CLS]") is None:
-            raise UsageError(f"--tokenizer {path!r} lacks BERT's special tokens ([CLS], [SEP], [MASK], [PAD])")
-    else:
-        tokenizer = text_data.train_tokenizer(train_docs, args.vocab_size)
-        if rank == 0:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            tokenizer.save(path)
+    tokenizer = _tokenizer(args, train_docs, rank, world)
     try:
         train = text_data.pack_blocks(tokenizer, train_docs, args.seq_len)
         val = text_data.pack_blocks(tokenizer, held_out, args.seq_len)
@@ -173,12 +180,9 @@ def _corpus(args, rank: int, world: int):
     vocab = Vocab(tokenizer.get_vocab_size(), tokenizer.token_to_id("[MASK]"))
     sizes = {"documents": len(documents), "held_out_documents": len(held_out), "train_blocks": int(train.shape[0]),
              "val_blocks": int(val.shape[0]), "vocab_size": vocab.size}  # fmt: skip
-    return (
-        vocab,
-        (train, text_data.special_tokens_mask(train, tokenizer)),
-        (val, text_data.special_tokens_mask(val, tokenizer)),
-        sizes,
-    )
+    train = (train.to(device), text_data.special_tokens_mask(train, tokenizer).to(device))
+    val = _corrupt(args, vocab, val.to(device), text_data.special_tokens_mask(val, tokenizer).to(device), EVAL_SEED)
+    return vocab, train, val, sizes
 
 
 def _seed(*parts: int) -> int:
@@ -199,17 +203,23 @@ def _corrupt(args, vocab: Vocab, blocks: torch.Tensor, special: torch.Tensor, se
     return {"input_ids": input_ids, "labels": labels, "special_tokens_mask": special}
 
 
-def _train_batch(args, vocab, data, step: int, part: int, parts: int, device) -> dict:
+@functools.lru_cache(maxsize=1)
+def _epoch_order(num_blocks: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of the training blocks for an epoch, drawn from (seed, epoch) on the CPU, once."""
+    return torch.randperm(num_blocks, generator=torch.Generator().manual_seed(_seed(seed, epoch)))
+
+
+def _train_batch(args, vocab, data, step: int, part: int, parts: int) -> dict:
     """Part ``part`` (= micro-step * world + rank) of the ``parts`` (= accum-steps * world) of optimizer step
     ``step``: consecutive slices of an epoch-wise permutation drawn from (seed, epoch), corrupted from (seed, step,
     part). So a step sees the same data however it is split into processes and micro-batches; blocks that do not
     fill a step at the end of an epoch are unused."""
-    blocks, special = data
+    blocks, special = data  # on the training device
     per_step = args.batch_size * parts
     epoch, index = divmod(step, blocks.shape[0] // per_step)
-    order = torch.randperm(blocks.shape[0], generator=torch.Generator().manual_seed(_seed(args.seed, epoch)))
-    rows = order[index * per_step + part * args.batch_size :][: args.batch_size]
-    return _corrupt(args, vocab, blocks[rows].to(device), special[rows].to(device), _seed(args.seed, step, part))
+    rows = _epoch_order(blocks.shape[0], args.seed, epoch)[index * per_step + part * args.batch_size :]
+    rows = rows[: args.batch_size].to(blocks.device, non_blocking=True)
+    return _corrupt(args, vocab, blocks[rows], special[rows], _seed(args.seed, step, part))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,18 +290,16 @@ def _make_step(args, ms, world: int):
 
 @torch.no_grad()
 def _evaluate(args, ms, vocab, data, rank: int, world: int, device, autocast) -> dict[str, float]:
-    """Held-out MLM loss and accuracy (%) over this rank's share of the blocks, summed over ranks; the corruption
-    is the same for every run (EVAL_SEED)."""
+    """Held-out MLM loss and accuracy (%) over this rank's share of the (already corrupted) held-out blocks, summed
+    over ranks."""
     import torch.distributed as dist
 
-    blocks, special = data
     ms.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    for index, start in enumerate(range(0, blocks.shape[0], args.batch_size)):
+    for index, start in enumerate(range(0, data["input_ids"].shape[0], args.batch_size)):
         if index % world != rank:
             continue
-        rows = slice(start, start + args.batch_size)
-        batch = _corrupt(args, vocab, blocks[rows].to(device), special[rows].to(device), _seed(EVAL_SEED, index))
+        batch = {key: value[start : start + args.batch_size] for key, value in data.items()}
         with autocast():
             out = ms(batch)
         sums += torch.stack([out["loss"].double() * out["count"], out["correct"].double(), out["count"].double()])
@@ -316,7 +324,7 @@ def _run(args) -> None:
 
     _check_args(args)
     rank, world, device = _distributed(args.device)
-    vocab, train, val, sizes = _corpus(args, rank, world)
+    vocab, train, val, sizes = _corpus(args, rank, world, device)
     per_step = args.batch_size * args.accum_steps * world
     if train[0].shape[0] < per_step:
         raise UsageError(f"{train[0].shape[0]} training blocks: fewer than one step's {per_step}; lower --batch-size")
@@ -352,10 +360,10 @@ def _run(args) -> None:
     wall = rows[-1]["wall_time_s"] if rows else 0.0
     parts = args.accum_steps * world
     for step in range(start, args.stop_at or args.steps):
-        torch.manual_seed(_seed(args.seed, step, rank, 1))  # dropout: a resumed run draws what it would have
         for micro in range(args.accum_steps):
             part = micro * world + rank
-            batch = _train_batch(args, vocab, train, step, part, parts, device)
+            torch.manual_seed(_seed(args.seed, step, part, 1))  # dropout: per part, as the data and the masks
+            batch = _train_batch(args, vocab, train, step, part, parts)
             out = step_fn(batch, _seed(args.seed, step, part, 2), optimizer, scaler, autocast)
             sums += torch.stack([out["loss"], out["loss_main"], out.get("loss_sub", out["loss"]), out["loss"] * 0 + 1])
         scheduler.step()

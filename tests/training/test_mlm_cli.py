@@ -83,8 +83,9 @@ def test_masksub_run_logs_and_checkpoint(corpus, tokenizer, tmp_path):
     assert os.path.isfile(os.path.join(out, "log.csv"))
 
 
-def test_baseline_and_joint_schedule(corpus, tokenizer, tmp_path):
-    for extra in (["--baseline"], ["--schedule", "joint", "--accum-steps", "2", "--sub-fill", "mask"]):
+def test_baseline_joint_schedule_and_bf16(corpus, tokenizer, tmp_path):
+    for extra in (["--baseline"], ["--schedule", "joint", "--accum-steps", "2", "--sub-fill", "mask"],
+                  ["--amp", "bf16"]):  # fmt: skip
         out = str(tmp_path / extra[0].strip("-"))
         assert main(["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", out, *extra]) == 0
         row = _log(out)["epochs"][-1]
@@ -141,9 +142,9 @@ def test_errors_on_files(corpus, tokenizer, tmp_path, capsys):
 
 
 def test_two_processes_equal_one_with_accumulation(corpus, tokenizer, tmp_path):
-    """torchrun, 2 CPU processes (gloo), no dropout: the weights equal one process with --accum-steps 2 (each step
-    sees the same parts; DDP averages what accumulation averages)."""
-    common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--dropout", "0", "--device", "cpu"]
+    """torchrun, 2 CPU processes (gloo), dropout on: the weights equal one process with --accum-steps 2 (each
+    step sees the same parts, each part seeds its masks and its dropout; DDP averages what accumulation averages)."""
+    common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--device", "cpu"]
     assert main([*common, "--accum-steps", "2", "--output", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
