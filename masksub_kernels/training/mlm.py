@@ -79,6 +79,28 @@ def is_mlm(model: nn.Module) -> bool:
     return mlm_parts(model) is not None
 
 
+def check_mlm_model(model: nn.Module, fill: str) -> None:
+    """Refuse the models of BERT structure that this family would train wrongly: a decoder (causal attention, not
+    a masked LM), a model with heads besides the MLM one (BertForPreTraining's next-sentence head and pooler would
+    get no gradient), and relative position embeddings when tokens are dropped (a dropped token changes the
+    distances between the kept ones; ``sub_fill='mask'`` keeps every position)."""
+    config = getattr(model, "config", None)
+    name = type(model).__name__
+    if getattr(config, "is_decoder", False):
+        raise ValueError(f"{name} is configured as a decoder (causal attention): the mlm family trains masked LMs")
+    if hasattr(getattr(model, "cls", None), "seq_relationship"):
+        raise ValueError(
+            f"{name} has a next-sentence head besides the MLM head: it would get no gradient here; use "
+            "BertForMaskedLM (its weights load from the same checkpoint)"
+        )
+    positions = getattr(config, "position_embedding_type", "absolute")
+    if fill == "drop" and positions not in (None, "absolute"):
+        raise ValueError(
+            f"{name} uses {positions!r} position embeddings: dropping tokens would change the distances between the "
+            "kept ones; use sub_fill='mask'"
+        )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The main branch's recipe: which tokens are predicted, and how they are corrupted (Philox: a seed reproduces it)
 # ----------------------------------------------------------------------------------------------------------------
@@ -103,18 +125,18 @@ def mlm_corrupt(
     """
     from .._philox import new_seed, philox_uint32
 
-    if (
-        not isinstance(input_ids, torch.Tensor)
-        or input_ids.dim() != 2
-        or input_ids.dtype not in (torch.int64, torch.int32)
-    ):
-        raise ValueError(f"input_ids must be an int64 [batch, length] tensor, got {_describe(input_ids)}")
-    if special_tokens_mask is not None and (
-        not isinstance(special_tokens_mask, torch.Tensor) or special_tokens_mask.shape != input_ids.shape
-    ):
-        raise ValueError(
-            f"special_tokens_mask must be [batch, length] like input_ids, got {_describe(special_tokens_mask)}"
-        )
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor, got {_describe(input_ids)}")
+    if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"input_ids must be an int64 or int32 [batch, length] tensor, got {_describe(input_ids)}")
+    if special_tokens_mask is not None:
+        if not isinstance(special_tokens_mask, torch.Tensor):
+            raise TypeError(f"special_tokens_mask must be a torch.Tensor or None, got {_describe(special_tokens_mask)}")
+        if special_tokens_mask.shape != input_ids.shape or special_tokens_mask.device != input_ids.device:
+            raise ValueError(
+                f"special_tokens_mask must be [batch, length] like input_ids on its device ({input_ids.device}), got "
+                f"{_describe(special_tokens_mask)} on {special_tokens_mask.device}"
+            )
     for name, value in (("vocab_size", vocab_size), ("mask_token_id", mask_token_id)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise TypeError(f"{name} must be an int >= 0, got {value!r}")
@@ -159,7 +181,9 @@ def check_batch(batch: Any, need_labels: bool) -> None:
             f"'token_type_ids', 'special_tokens_mask'), got {_describe(batch)}"
         )
     input_ids = batch["input_ids"]
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"batch['input_ids'] must be a torch.Tensor, got {_describe(input_ids)}")
+    if input_ids.dim() != 2 or input_ids.is_floating_point():
         raise ValueError(f"input_ids must be an integer [batch, length] tensor, got {_describe(input_ids)}")
     if need_labels and batch.get("labels") is None:
         raise ValueError("the MaskSub step needs batch['labels'] (-100 at positions that are not predicted)")
@@ -167,7 +191,9 @@ def check_batch(batch: Any, need_labels: bool) -> None:
         value = batch.get(name)
         if value is None:
             continue
-        if not isinstance(value, torch.Tensor) or value.shape != input_ids.shape or value.device != input_ids.device:
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"batch[{name!r}] must be a torch.Tensor or absent, got {_describe(value)}")
+        if value.shape != input_ids.shape or value.device != input_ids.device:
             raise ValueError(
                 f"batch[{name!r}] must be a tensor shaped like input_ids {tuple(input_ids.shape)} on "
                 f"{input_ids.device}, got {_describe(value)}"
@@ -212,6 +238,11 @@ def sub_branch(
     padding = attention_mask == 0 if attention_mask is not None else None
     if padding is not None:
         always_keep = always_keep & ~padding  # [PAD] is special (never predicted) but dropped first, not kept
+    if input_ids.is_cuda:  # CPU tensors: the op checks it; on a GPU a device-side assert, no host sync
+        torch._assert_async(
+            (always_keep.sum(dim=1) <= num_keep).all(),
+            "MaskSub mlm: a row has more predicted + special tokens than the sub-branch keeps (K)",
+        )
     ids = mk.random_keep_indices(
         batch_size, length, num_keep, seed=seed, device=input_ids.device, always_keep=always_keep, drop_first=padding
     )
@@ -251,11 +282,14 @@ def sub_branch(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _head(parts: MLMParts, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Decoder weight [V, D] and bias [V] in the hidden states' dtype (under autocast the hidden states are
-    bf16/fp16 and the parameters fp32: the cast is what autocast would do for the linear layer)."""
+def _head(parts: MLMParts, *hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(hidden states..., decoder weight [V, D], bias [V]) in one dtype: autocast's dtype when autocast is on for
+    their device (what it would give the decoder's linear layer: on a GPU the head's LayerNorm returns fp32 head
+    inputs under autocast, on a CPU bf16), else the hidden states' dtype."""
+    device = hidden[0].device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden[0].dtype
     weight, bias = parts.decoder.weight, parts.decoder.bias
-    return weight.to(dtype), (bias.to(dtype) if bias is not None else None)
+    return (*(h.to(dtype) for h in hidden), weight.to(dtype), bias.to(dtype) if bias is not None else None)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -266,7 +300,7 @@ def main_loss(parts: MLMParts, hidden: torch.Tensor, labels: torch.Tensor, label
     """CE of the decoder's logits at the predicted positions (mean over them), fp32 scalar."""
     import masksub_kernels as mk
 
-    weight, bias = _head(parts, hidden.dtype)
+    hidden, weight, bias = _head(parts, hidden)
     return mk.linear_soft_target_cross_entropy(
         _rows(hidden), weight, bias, labels.reshape(-1), label_smoothing=label_smoothing, ignore_index=IGNORE_INDEX
     )
@@ -285,11 +319,10 @@ def masksub_terms(
     so the main term equals ``main_loss`` over the whole sequence. ``hidden`` detached gives the sub term alone."""
     import masksub_kernels as mk
 
-    weight, bias = _head(parts, sub.hidden.dtype)
-    main_rows = mk.gather_tokens(hidden, sub.ids, num_prefix_tokens=0)
+    main_rows, sub_rows, weight, bias = _head(parts, mk.gather_tokens(hidden, sub.ids, num_prefix_tokens=0), sub.hidden)
     return mk.linear_masksub_loss(
         _rows(main_rows),
-        _rows(sub.hidden),
+        _rows(sub_rows),
         weight,
         bias,
         sub.target.reshape(-1),

@@ -100,25 +100,85 @@ def _check_args(args) -> None:
         raise UsageError(f"--vocab-size must be >= 64 (the special tokens and the characters), got {args.vocab_size}")
     if args.width % args.heads:
         raise UsageError(f"--heads ({args.heads}) must divide --width ({args.width})")
-    for name, low, high in (("dropout", 0.0, 1.0), ("mlm_probability", 0.0, 1.0), ("mask_ratio", 0.0, 1.0)):
-        value = getattr(args, name)
-        if not (low <= value < high if name != "mlm_probability" else low < value <= high):
-            raise UsageError(f"--{name.replace('_', '-')} must be in the range of a probability, got {value}")
-    if not args.lr > 0 or args.warmup_steps < 0 or args.weight_decay < 0 or args.clip_grad < 0 or args.eval_blocks < 0:
-        raise UsageError("--lr must be > 0; --warmup-steps, --weight-decay, --clip-grad and --eval-blocks >= 0")
+    if args.intermediate is not None and args.intermediate < 1:
+        raise UsageError(f"--intermediate must be >= 1 (or left out: 4 x width), got {args.intermediate}")
+    for name, interval, inside in (
+        ("dropout", "[0, 1)", 0.0 <= args.dropout < 1.0),
+        ("mlm_probability", "(0, 1]", 0.0 < args.mlm_probability <= 1.0),
+        ("mask_ratio", "[0, 1)", 0.0 <= args.mask_ratio < 1.0),
+    ):
+        if not inside:
+            raise UsageError(f"--{name.replace('_', '-')} must be in {interval}, got {getattr(args, name)}")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    for name in ("warmup_steps", "weight_decay", "clip_grad", "eval_blocks"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not args.baseline:
-        import masksub_kernels as mk
-
-        try:
-            mk.num_kept_tokens(args.seq_len, args.mask_ratio)
-        except ValueError as exc:
-            raise UsageError(f"--mask-ratio {args.mask_ratio} with --seq-len {args.seq_len}: {exc}") from exc
+        _check_keep(args)
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir!r} is not a directory")
     if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
         raise UsageError(f"--stop-at must be in [1, --steps={args.steps}], got {args.stop_at}")
+    if args.stop_at is not None and args.stop_at % args.eval_every and args.stop_at != args.steps:
+        raise UsageError(
+            f"--stop-at {args.stop_at} must end a round (a multiple of --eval-every {args.eval_every}): a resumed run "
+            "then logs the same rounds as an uninterrupted one"
+        )
     if args.resume is not None and not os.path.isfile(args.resume):
         raise UsageError(f"--resume {args.resume!r}: no such file")
+
+
+def _check_keep(args) -> None:
+    """The sub-branch keeps K = floor(L (1 - r)) tokens, all the predicted and special ones among them. Refuse
+    settings where a block holds more of those than K with a probability above 1e-6: [CLS], [SEP] and the predicted
+    tokens, a binomial X over the L - 2 others, so P(2 + X > K) exactly (the op refuses such a batch on a CPU and
+    a device-side assert stops a GPU run, so a likely one must not start)."""
+    import math
+
+    import masksub_kernels as mk
+
+    try:
+        keep = mk.num_kept_tokens(args.seq_len, args.mask_ratio)
+    except ValueError as exc:
+        raise UsageError(f"--mask-ratio {args.mask_ratio} with --seq-len {args.seq_len}: {exc}") from exc
+    n, p = args.seq_len - 2, args.mlm_probability
+    tail = sum(math.comb(n, x) * p**x * (1 - p) ** (n - x) for x in range(max(keep - 1, 0), n + 1))
+    if tail > 1e-6:
+        raise UsageError(
+            f"--mask-ratio {args.mask_ratio} keeps {keep} of {args.seq_len} tokens, but with --mlm-probability {p} a "
+            f"block holds more predicted + special tokens than that (all of which the sub-branch must keep) with "
+            f"probability {tail:.1e}: lower --mask-ratio or --mlm-probability, or use a longer --seq-len"
+        )
+
+
+def _tokenizer_digest(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+RESUME_MUST_MATCH = ("seed", "batch_size", "accum_steps", "seq_len", "baseline", "mask_ratio", "sub_fill",
+                     "mlm_probability", "schedule", "lr", "warmup_steps", "weight_decay", "layers", "width", "heads",
+                     "intermediate", "dropout", "data_dir", "eval_blocks")  # fmt: skip
+
+
+def _check_resume(args, state: dict, world: int, digest: str) -> None:
+    """Refuse a resume that would silently continue another run: options that fix the data, the seeds, the model
+    or the optimizer must match the checkpoint's (--steps, --eval-every, --stop-at, --output, --device, --amp may
+    change), as must the number of processes and the vocabulary."""
+    saved = state.get("args", {})
+    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MUST_MATCH
+               if saved.get(k) != getattr(args, k)]  # fmt: skip
+    if state.get("world_size", 1) != world:
+        changed.append(f"processes {state.get('world_size', 1)} -> {world}")
+    if state.get("tokenizer_sha256") not in (None, digest):
+        changed.append("the vocabulary (tokenizer.json differs)")
+    if changed:
+        raise UsageError(f"--resume {args.resume!r} continues another run: {'; '.join(changed)}")
+    if state["step"] >= (args.stop_at or args.steps):
+        raise UsageError(f"--resume {args.resume!r} is at step {state['step']}: nothing left to train")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -154,7 +214,7 @@ def _tokenizer(args, train_docs: list[str], rank: int, world: int):
     missing = [t for t in text_data.SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
     if missing:
         raise UsageError(f"--tokenizer {path!r} lacks BERT's special tokens {missing}")
-    return tokenizer
+    return tokenizer, _tokenizer_digest(path)
 
 
 def _corpus(args, rank: int, world: int, device):
@@ -169,7 +229,7 @@ def _corpus(args, rank: int, world: int, device):
     train_docs, held_out = text_data.split_documents(documents)
     if not held_out or not train_docs:
         raise UsageError(f"the corpus has {len(documents)} document(s): too few to hold 10% out")
-    tokenizer = _tokenizer(args, train_docs, rank, world)
+    tokenizer, digest = _tokenizer(args, train_docs, rank, world)
     try:
         train = text_data.pack_blocks(tokenizer, train_docs, args.seq_len)
         val = text_data.pack_blocks(tokenizer, held_out, args.seq_len)
@@ -179,7 +239,7 @@ def _corpus(args, rank: int, world: int, device):
         val = val[: args.eval_blocks]
     vocab = Vocab(tokenizer.get_vocab_size(), tokenizer.token_to_id("[MASK]"))
     sizes = {"documents": len(documents), "held_out_documents": len(held_out), "train_blocks": int(train.shape[0]),
-             "val_blocks": int(val.shape[0]), "vocab_size": vocab.size}  # fmt: skip
+             "val_blocks": int(val.shape[0]), "vocab_size": vocab.size, "tokenizer_sha256": digest}  # fmt: skip
     train = (train.to(device), text_data.special_tokens_mask(train, tokenizer).to(device))
     val = _corrupt(args, vocab, val.to(device), text_data.special_tokens_mask(val, tokenizer).to(device), EVAL_SEED)
     return vocab, train, val, sizes
@@ -344,6 +404,7 @@ def _run(args) -> None:
     start, rows = 0, []
     if args.resume:
         state = load_checkpoint(args.resume)
+        _check_resume(args, state, world, sizes["tokenizer_sha256"])
         try:
             ms.model.load_state_dict(state["model"])
         except RuntimeError as exc:
@@ -366,6 +427,7 @@ def _run(args) -> None:
             batch = _train_batch(args, vocab, train, step, part, parts)
             out = step_fn(batch, _seed(args.seed, step, part, 2), optimizer, scaler, autocast)
             sums += torch.stack([out["loss"], out["loss_main"], out.get("loss_sub", out["loss"]), out["loss"] * 0 + 1])
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used (logged)
         scheduler.step()
         if (step + 1) % args.eval_every and step + 1 not in (args.steps, args.stop_at):
             continue
@@ -378,7 +440,7 @@ def _run(args) -> None:
         n = max(float(sums[3]), 1.0)
         wall += time.perf_counter() - round_start
         rows.append({
-            "round": len(rows) + 1, "step": step + 1, "lr": optimizer.param_groups[0]["lr"],
+            "round": len(rows) + 1, "step": step + 1, "lr": lr,
             "loss": float(sums[0]) / n, "loss_main": float(sums[1]) / n,
             "loss_sub": None if args.baseline else float(sums[2]) / n, **metrics,
             "tokens_per_s": float(sums[3]) * args.batch_size * args.seq_len / max(seconds, 1e-9),
@@ -392,7 +454,8 @@ def _run(args) -> None:
             save_checkpoint(os.path.join(args.output, "last.pth"), {
                 "model": ms.model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "step": step + 1, "rows": rows, "args": dict(vars(args)),
+                "step": step + 1, "rows": rows, "args": dict(vars(args)), "world_size": world,
+                "tokenizer_sha256": sizes["tokenizer_sha256"],
             })  # fmt: skip
         sums.zero_()
         round_start = time.perf_counter()

@@ -23,8 +23,8 @@ import torch
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
-__all__ = ["SPECIAL_TOKENS", "pack_blocks", "split_documents", "stdlib_docstrings", "text_dir_documents",
-           "train_tokenizer"]  # fmt: skip
+__all__ = ["SPECIAL_TOKENS", "pack_blocks", "special_tokens_mask", "split_documents", "stdlib_docstrings",
+           "text_dir_documents", "train_tokenizer"]  # fmt: skip
 
 
 def stdlib_docstrings(root: str | None = None) -> list[str]:
@@ -119,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--data-dir", default=None, help="directory of *.txt files (default: the stdlib docstrings)")
     args = p.parse_args(argv)
-    documents = text_dir_documents(args.data_dir) if args.data_dir else stdlib_docstrings()
+    if args.vocab_size < 64:
+        p.error(f"--vocab-size must be >= 64 (the special tokens and the characters), got {args.vocab_size}")
+    try:
+        documents = text_dir_documents(args.data_dir) if args.data_dir else stdlib_docstrings()
+    except (OSError, ValueError) as exc:
+        p.error(str(exc))
     train, held_out = split_documents(documents)
     os.makedirs(os.path.dirname(os.path.abspath(args.path)), exist_ok=True)
     tokenizer = train_tokenizer(train, args.vocab_size)

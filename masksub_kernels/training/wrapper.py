@@ -157,20 +157,19 @@ class MaskSub(nn.Module):
             raise ValueError("cell_size is an option of the grid masks; the mlm family drops tokens (mask_ratio)")
         if sub_fill not in mlm.SUB_FILLS:
             raise ValueError(f"sub_fill must be one of {mlm.SUB_FILLS}, got {sub_fill!r}")
+        mlm.check_mlm_model(inner, sub_fill)
+        parts = mlm.mlm_parts(inner)
+        vocab_size = parts.decoder.weight.shape[0]
         if mask_token_id is None and sub_fill == "mask":
             mask_token_id = getattr(getattr(inner, "config", None), "mask_token_id", None)
             if mask_token_id is None:
                 raise ValueError("sub_fill='mask' needs mask_token_id (the model's config has none)")
         if mask_token_id is not None and (
-            isinstance(mask_token_id, bool)
-            or not isinstance(mask_token_id, int)
-            or not 0 <= mask_token_id < inner.config.vocab_size
+            isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int) or not 0 <= mask_token_id < vocab_size
         ):
-            raise ValueError(
-                f"mask_token_id must be an int in [0, vocab size {inner.config.vocab_size}), got {mask_token_id!r}"
-            )
+            raise ValueError(f"mask_token_id must be an int in [0, vocab size {vocab_size}), got {mask_token_id!r}")
         self.sub_fill, self.mask_token_id = sub_fill, mask_token_id
-        return mlm.mlm_parts(inner)
+        return parts
 
     # ------------------------------------------------------------------------------------------------------------
     # Introspection used by timm's factories and the training command
@@ -329,9 +328,14 @@ class MaskSub(nn.Module):
 
     def _mlm_forward(self, batch, target, seed, branch):
         """forward for the mlm family: the same branches and outputs, with head inputs in place of logits
-        ('logits' holds the main head inputs [B, L, D]); ``target`` defaults to ``batch['labels']``. In eval mode:
-        {'loss', 'loss_main', 'correct', 'count'}: the held-out MLM loss, correct predictions and predicted tokens."""
+        ('logits' holds the main head inputs [B, L, D]). The labels are ``batch['labels']``: the sub-branch reads
+        them to keep the predicted tokens, so ``target`` must be None or that very tensor. In eval mode: {'loss',
+        'loss_main', 'correct', 'count'}: the held-out MLM loss, correct predictions and predicted tokens."""
         mlm.check_batch(batch, need_labels=self.training and branch != "main")
+        if target is not None and target is not batch.get("labels"):
+            raise ValueError(
+                "the mlm family reads its labels from batch['labels']: pass target=None or target=batch['labels']"
+            )
         if branch == "main":
             return mlm.main_hidden(self._mlm, batch)
         if branch == "sub":

@@ -82,6 +82,17 @@ def test_refuses_bad_options():
         MaskSub(tiny_vit(), sub_fill="mask")
 
 
+def test_refuses_models_it_would_train_wrongly():
+    pretraining = transformers.BertForPreTraining(tiny_bert().config)
+    with pytest.raises(ValueError, match="next-sentence head"):
+        MaskSub(pretraining)
+    with pytest.raises(ValueError, match="decoder"):
+        MaskSub(tiny_bert(is_decoder=True))
+    with pytest.raises(ValueError, match="relative_key"):
+        MaskSub(tiny_bert(position_embedding_type="relative_key"))
+    MaskSub(tiny_bert(position_embedding_type="relative_key"), sub_fill="mask", mask_token_id=MASK_ID)
+
+
 def test_refuses_bad_batches():
     ms = MaskSub(tiny_bert())
     batch = make_batch()
@@ -93,6 +104,10 @@ def test_refuses_bad_batches():
         ms({**batch, "labels": batch["labels"][:, :-1]})
     with pytest.raises(ValueError, match="integer"):
         ms({**batch, "input_ids": batch["input_ids"].float()})
+    with pytest.raises(TypeError, match="attention_mask"):
+        ms({**batch, "attention_mask": [[1] * LENGTH] * 3})
+    with pytest.raises(ValueError, match="target=batch\\['labels'\\]"):
+        ms(batch, batch["labels"].clone())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -178,18 +193,21 @@ def test_padded_rows_keep_their_share_of_real_tokens():
         assert (sub.target[b, row_keep:] == IGNORE_INDEX).all()
 
 
-def test_sub_branch_without_dropping_equals_the_main_branch():
+@pytest.mark.parametrize("padded", [False, True])
+def test_sub_branch_without_dropping_equals_the_main_branch(padded):
     """r = 0 keeps every token, permuted: BERT is permutation-equivariant given the positions, so the sub-branch's
-    head inputs are the main branch's at the kept positions (checks the positions the sub-branch passes)."""
+    head inputs are the main branch's at the kept real positions (checks the positions the sub-branch passes,
+    RoBERTa's which skip padding included, and the attention mask of the kept slots)."""
     for model in (tiny_bert(), tiny_roberta()):
         ms = MaskSub(model, mask_ratio=0.0).eval()
-        batch = make_batch(batch=2, seed=4)
-        if model.config.model_type == "roberta":  # RoBERTa counts positions from pad + 1, skipping padding
-            batch = {**batch, "input_ids": batch["input_ids"].where(batch["input_ids"] != PAD_ID, 7)}
+        batch = make_batch(batch=3, seed=4, padded=padded)
+        if model.config.model_type == "roberta":  # RoBERTa's padding id is 1
+            batch["input_ids"] = batch["input_ids"].where(batch["input_ids"] != PAD_ID, model.config.pad_token_id)
         main = ms(batch, branch="main")
         sub = ms.sub_logits(batch, seed=5)
         expected = main.gather(1, sub.ids[:, :, None].expand(-1, -1, main.shape[2]))
-        torch.testing.assert_close(sub.hidden, expected, atol=1e-5, rtol=1e-5)
+        real = batch["attention_mask"].gather(1, sub.ids).bool() if padded else torch.ones_like(sub.ids, dtype=bool)
+        torch.testing.assert_close(sub.hidden[real], expected[real], atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -205,7 +223,10 @@ def hand_written_loss(model, batch, seed, mask_ratio, fill):
     z = model(input_ids=ids).logits  # [B, L, V]
     keep = mk.num_kept_tokens(L, mask_ratio)
     kept = mk.random_keep_indices(B, L, keep, seed=seed, always_keep=(labels != IGNORE_INDEX) | special)
-    positions = torch.arange(L).expand(B, L)
+    if model.config.model_type == "roberta":  # no padding in these batches: positions pad + 1 .. pad + L
+        positions = torch.arange(L).expand(B, L) + model.config.pad_token_id + 1
+    else:
+        positions = torch.arange(L).expand(B, L)
     if fill == "drop":
         s = model(input_ids=ids.gather(1, kept), position_ids=positions.gather(1, kept)).logits
     else:
@@ -225,10 +246,11 @@ def _grads(module):
     return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
 @pytest.mark.parametrize("fill", ["drop", "mask"])
 @pytest.mark.parametrize("schedule", ["joint", "sequential"])
-def test_gradients_equal_a_hand_written_step(fill, schedule):
-    model = tiny_bert()
+def test_gradients_equal_a_hand_written_step(arch, fill, schedule):
+    model = tiny_bert() if arch == "bert" else tiny_roberta()
     ms = MaskSub(model, mask_ratio=0.5, sub_fill=fill, mask_token_id=MASK_ID if fill == "mask" else None)
     batch = make_batch(batch=3, seed=2)
     optimizer = torch.optim.SGD(ms.parameters(), lr=0.0)
@@ -279,3 +301,17 @@ def test_readme_bert_snippet_runs():
     namespace = {}
     exec(compile(re.search(r"```python\n(.*?)```", section, re.S).group(1), "README.md", "exec"), namespace)
     assert namespace["out"]["stepped"] and torch.isfinite(namespace["out"]["loss"])
+
+
+@pytest.mark.parametrize("fill", ["drop", "mask"])
+def test_joint_and_sequential_agree_on_padded_batches_with_smoothing(fill):
+    """Padded rows (per-row K_b, masked slots) and label smoothing: both schedules give the same gradients."""
+    grads = []
+    for schedule in ("joint", "sequential"):
+        ms = MaskSub(tiny_bert(), label_smoothing=0.1, sub_fill=fill, mask_token_id=MASK_ID if fill == "mask" else None)
+        batch = make_batch(batch=4, seed=6, padded=True)
+        out = ms.train_step(batch, batch["labels"], torch.optim.SGD(ms.parameters(), lr=0.0), seed=3, schedule=schedule)
+        assert torch.isfinite(out["loss"])
+        grads.append(_grads(ms.model))
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=2e-5, rtol=1e-4, msg=name)

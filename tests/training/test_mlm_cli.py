@@ -16,9 +16,30 @@ from masksub_kernels.training.mlm_cli import main
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-TINY = ["--vocab-size", "120", "--seq-len", "16", "--layers", "1", "--width", "16", "--heads", "2",
-        "--batch-size", "4", "--steps", "4", "--eval-every", "2", "--eval-blocks", "8",
-        "--warmup-steps", "1"]  # fmt: skip
+TINY = [
+    "--vocab-size",
+    "120",
+    "--seq-len",
+    "16",
+    "--layers",
+    "1",
+    "--width",
+    "16",
+    "--heads",
+    "2",
+    "--batch-size",
+    "4",
+    "--steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--eval-blocks",
+    "8",
+    "--warmup-steps",
+    "1",
+    "--mask-ratio",
+    "0.25",
+]  # fmt: skip  (16 tokens: r = 0.5 could not keep every target)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +132,10 @@ def test_resume_continues_exactly(corpus, tokenizer, tmp_path):
         (["--heads", "3"], "--heads (3) must divide --width (16)"),
         (["--mask-ratio", "1.0"], "--mask-ratio"),
         (["--mask-ratio", "0.99"], "keeps floor"),
+        (["--mask-ratio", "0.5"], "more predicted + special tokens"),
+        (["--stop-at", "3"], "must end a round"),
+        (["--intermediate", "0"], "--intermediate must be >= 1"),
+        (["--dropout", "1.0"], "--dropout must be in [0, 1), got 1.0"),
         (["--steps", "0"], "--steps must be >= 1"),
         (["--lr", "-1"], "--lr must be > 0"),
         (["--stop-at", "9"], "--stop-at must be in"),
@@ -138,7 +163,12 @@ def test_errors_on_files(corpus, tokenizer, tmp_path, capsys):
                  "--eval-every", "1"]) == 0  # fmt: skip
     wider = [a if a != "16" else "32" for a in TINY]  # width 32 (and seq-len 32): another model
     assert main(["--data-dir", corpus, *wider, "--tokenizer", tokenizer, "--resume", f"{out}/last.pth"]) == 2
-    assert "holds another model" in capsys.readouterr().err
+    assert "continues another run: --seq-len 16 -> 32; --width 16 -> 32" in capsys.readouterr().err
+    resume = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--resume", f"{out}/last.pth"]
+    assert main([*resume, "--seed", "1"]) == 2
+    assert "--seed 0 -> 1" in capsys.readouterr().err
+    assert main([*resume, "--steps", "1", "--eval-every", "1"]) == 2
+    assert "nothing left to train" in capsys.readouterr().err
 
 
 def test_two_processes_equal_one_with_accumulation(corpus, tokenizer, tmp_path):
