@@ -87,13 +87,20 @@ def mask_tokens_reference(
 def mask_tokens_backward_reference(
     grad_out: torch.Tensor, cell_mask: torch.Tensor, cell_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dT [B, H, W, C] contiguous, dm [C]): dm summed in float32 (float64 for float64 input)."""
-    grad = _by_cells(grad_out, cell_size)
-    removed = _removed(cell_mask)
-    zero = grad.new_zeros(())
-    grad_tokens = torch.where(removed, zero, grad).reshape(grad_out.shape)
+    """(dT [B, H, W, C] contiguous, dm [C]): dm summed in float32 (float64 for float64 input).
+
+    dT: a select against the cell mask expanded to every token and channel (a [B, H, W, 1] mask expanded over C;
+    on a CPU several times faster than the same select broadcast over the [B, G_h, S, G_w, S, C] cell view).
+    dm: each cell's gradient summed first ([B, G_h, G_w, C]), then the removed cells' sums (a select: a NaN in a
+    kept cell does not reach dm)."""
+    batch, height, width, _ = grad_out.shape
+    grid_h, grid_w = height // cell_size, width // cell_size
+    removed = cell_mask[:, :, None, :, None].expand(batch, grid_h, cell_size, grid_w, cell_size)
+    removed = removed.reshape(batch, height, width, 1).expand(grad_out.shape)  # copies B H W bools, not B H W C
+    grad_tokens = torch.where(removed, grad_out.new_zeros(()), grad_out).contiguous()
     acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
-    grad_mask = torch.where(removed, grad, zero).sum(dim=(0, 1, 2, 3, 4), dtype=acc).to(grad_out.dtype)
+    cell_sums = _by_cells(grad_out, cell_size).sum(dim=(2, 4), dtype=acc)
+    grad_mask = torch.where(cell_mask[..., None], cell_sums, 0.0).sum(dim=(0, 1, 2)).to(grad_out.dtype)
     return grad_tokens, grad_mask
 
 
