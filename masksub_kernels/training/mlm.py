@@ -130,13 +130,7 @@ def mlm_corrupt(
     if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"input_ids must be an int64 or int32 [batch, length] tensor, got {_describe(input_ids)}")
     if special_tokens_mask is not None:
-        if not isinstance(special_tokens_mask, torch.Tensor):
-            raise TypeError(f"special_tokens_mask must be a torch.Tensor or None, got {_describe(special_tokens_mask)}")
-        if special_tokens_mask.shape != input_ids.shape or special_tokens_mask.device != input_ids.device:
-            raise ValueError(
-                f"special_tokens_mask must be [batch, length] like input_ids on its device ({input_ids.device}), got "
-                f"{_describe(special_tokens_mask)} on {special_tokens_mask.device}"
-            )
+        _check_like_ids("special_tokens_mask", special_tokens_mask, input_ids)
     for name, value in (("vocab_size", vocab_size), ("mask_token_id", mask_token_id)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise TypeError(f"{name} must be an int >= 0, got {value!r}")
@@ -159,6 +153,17 @@ def mlm_corrupt(
     corrupted = torch.where(to_random, draws[..., 2] % vocab_size, corrupted)
     labels = torch.where(chosen, input_ids, IGNORE_INDEX)
     return corrupted, labels
+
+
+def _check_like_ids(name: str, value: Any, input_ids: torch.Tensor) -> None:
+    """A per-token tensor: [batch, length] like input_ids, on its device (TypeError / ValueError otherwise)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (or absent), got {_describe(value)}")
+    if value.shape != input_ids.shape or value.device != input_ids.device:
+        raise ValueError(
+            f"{name} must be shaped like input_ids {tuple(input_ids.shape)} on {input_ids.device}, got "
+            f"{_describe(value)} on {value.device}"
+        )
 
 
 def _describe(x: Any) -> str:
@@ -188,17 +193,8 @@ def check_batch(batch: Any, need_labels: bool) -> None:
     if need_labels and batch.get("labels") is None:
         raise ValueError("the MaskSub step needs batch['labels'] (-100 at positions that are not predicted)")
     for name in ("labels", "attention_mask", "token_type_ids", "special_tokens_mask"):
-        value = batch.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"batch[{name!r}] must be a torch.Tensor or absent, got {_describe(value)}")
-        if value.shape != input_ids.shape or value.device != input_ids.device:
-            raise ValueError(
-                f"batch[{name!r}] must be a tensor shaped like input_ids {tuple(input_ids.shape)} on "
-                f"{input_ids.device}, got {_describe(value)}"
-                + (f" on {value.device}" if torch.is_tensor(value) else "")
-            )
+        if batch.get(name) is not None:
+            _check_like_ids(f"batch[{name!r}]", batch[name], input_ids)
 
 
 def _positions(parts: MLMParts, input_ids: torch.Tensor) -> torch.Tensor:
