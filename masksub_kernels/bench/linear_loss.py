@@ -60,17 +60,18 @@ def modelled_extra_mb(rows: int, depth: int, classes: int, element: int) -> dict
     """Extra memory of one forward + backward beyond the inputs and the returned gradients, by the model (MiB).
 
     fused (gradients in the forward, the Triton flavour: ops/_linear_loss_chunks.py): one chunk's buffers (2 R C
-    fp32 logits, plus 2 R C gradients in the inputs' dtype for fp16 / bf16), the per-row losses (8 bytes per row)
-    and the stored gradients: dH, dHs [M, D] in the inputs' dtype, dW [C, D] and db [C] per term in fp32.
+    fp32 logits, plus 2 R C gradients in the inputs' dtype for fp16 / bf16, and the stacked rows [2R, D]), the
+    per-row stats (9 fp32 per row) and the one fp32 dW [C, D] and db [C] of both terms unless the weight is fp32
+    (then they are the returned gradients, scaled in place, as dH and dHs always are).
     composite: both logits and both logit gradients in the inputs' dtype (4 [M, C]), the least any materialising
     implementation holds at its peak (the eager official composite holds more: its fp32 copies)."""
     from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows
 
     dtype = {2: torch.bfloat16, 4: torch.float32}.get(element, torch.float64)
     chunk = min(rows, grads_chunk_rows(classes, dtype))
-    chunk_bytes = 2 * chunk * classes * (4 + (element if element < 4 else 0))
-    stored = 2 * rows * depth * element + 2 * (classes * depth + classes) * 4
-    fused_bytes = chunk_bytes + rows * 8 + stored
+    chunk_bytes = 2 * chunk * classes * (4 + (element if element < 4 else 0)) + 2 * chunk * depth * element
+    accumulators = 0 if element == 4 else (classes * depth + classes) * 4
+    fused_bytes = chunk_bytes + rows * 9 * 4 + accumulators
     composite_bytes = 4 * rows * classes * element
     return {"fused": fused_bytes / 2**20, "composite": composite_bytes / 2**20}
 
@@ -113,5 +114,9 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
                 setup = None if backend is None else (lambda b=backend: mk.set_backend(b))
                 case = OpCase("linear_loss", label, dtype_name, provider, make, fn, nbytes, setup=setup, notes=notes)
                 case.cpu_memory, case.flops, case.max_repeats = not on_gpu, flops, None if on_gpu else 3
+                if backend is not None:
+                    # gradients in the forward: the backward only scales them, once (a retained graph's second
+                    # backward is refused), so it is timed within 'full', not alone
+                    case.modes = ("forward", "full")
                 result.append(case)
     return result

@@ -1,35 +1,42 @@
 """Gradients in the forward: the fused-linear MaskSub loss in chunks of rows, 6 matmul units instead of 10.
 
 When the loss is reduced to scalars (reduction 'mean' or 'sum') and a gradient will be needed, the gradient that
-the backward receives for each per-row loss is one number per term (g_main / count, or g_main), the same for every
-row. So the forward can compute the gradients of the *reduced* losses itself, chunk by chunk of rows, and the
-backward only scales them (Liger's fused linear cross-entropy and Apple's Cut Cross-Entropy do the same):
+the backward receives for each per-row loss is one number, the same for every row. So the forward computes the
+gradients of the *reduced combined loss* L = a main + b sub (a, b: main_weight, sub_weight) itself, chunk by chunk
+of rows, and the backward of L only scales them (Liger's fused linear cross-entropy and Apple's Cut Cross-Entropy
+do the same for one term):
 
     for each chunk of R counted rows (ignore_index rows are skipped: they cost nothing):
-        z = h_c W^T + b,  s = hs_c W^T + b                                  [R, C] each, this chunk only
-        losses and the stats of z, s/T, z/T; dz, ds for grad 1/count (mean) or 1 (sum) per row
-        dh_c = dz W,  dhs_c = ds W                                           stored rows of dH, dHs [M, D]
-        dW_main += dz^T h_c,  dW_sub += ds^T hs_c,  db_main += sum dz,  db_sub += sum ds     (fp32)
-    backward(g_main, g_sub):  dh = g_main dH,  dhs = g_sub dHs,  dW = g_main dW_main + g_sub dW_sub,  db alike
+        [z; s] = [h_c; hs_c] W^T + b                        [2R, C] fp32, this chunk only, one matmul
+        losses and stats of z, s/T, z/T; dz, ds for the row grads a/count, b/count (mean) or a, b (sum)
+        dh_c = dz W,  dhs_c = ds W                          rows of dH, dHs [M, D]
+        dW += [dz; ds]^T [h_c; hs_c],  db += sum_rows [dz; ds]          one fp32 accumulator, one matmul
+    backward(g_L):  dh = g_L dH,  dhs = g_L dHs,  dW = g_L dW,  db = g_L db   (scaled in place: see below)
 
 That is 2 units of 2 M D C flops for the logits and 4 for the gradients: the composite's 6, against the recompute
-design's 10 (ops/linear_masksub_loss.py). dW and db are kept per term because the sequential MaskSub schedule
-backpropagates .main and .sub separately, with different scalars; the joint one sends both at once.
+design's 10 (ops/linear_masksub_loss.py). One fp32 dW for both terms (not one per term) keeps the extra memory
+within issue 13's 5% of the composite's. The .main and .sub outputs stay differentiable on their own (the
+sequential schedule backpropagates them separately, with other scalars): their gradients, which the stored
+combination cannot give, come from the recompute op's backward on the saved per-row stats (3 more matmul units per
+term; correct for any scalars), so every combination of backwards is exact and L's is the fast one.
+
+The backward of L scales the stored gradients in place and returns them (no second [M, D] or [C, D] copy); a
+second backward through the same graph (retain_graph) is refused with a clear error, as is double backward.
 
 Two flavours, chosen by the op's backend:
 - reference (the 'torch' backend, the CPU path): logits in fp32 (fp64 for fp64 inputs), the loss and its logit
   gradients by ops/masksub_loss.py's reference functions, chunks of chunk_rows(C) rows (CHUNK_ELEMENTS logits);
 - kernels (the 'triton' backend): logits in fp32 from the inputs' dtype (cuBLAS with an fp32 output on a GPU:
   bf16 / fp16 tensor cores, never rounded to bf16), the loss and dz, ds by the fused masksub_loss Triton kernels,
-  dz and ds written over the fp32 logits (fp32 inputs) or into buffers of the inputs' dtype; dW accumulated in
-  fp32 (cuBLAS with an fp32 output on CUDA, fp32 operands elsewhere).
+  dz and ds written over the fp32 logits (fp32 inputs) or into a [2R, C] buffer of the inputs' dtype; dW
+  accumulated in fp32 (cuBLAS with an fp32 output on CUDA, fp32 operands elsewhere).
 
-Extra memory (beyond the inputs and the returned gradients): the chunk's two [R, C] logit buffers (plus the
-reference's few fp32 [R, C] temporaries), the per-row losses [2, M] fp32, and the stored gradients: dH, dHs
-[M, D] in the inputs' dtype, dW_main, dW_sub [C, D] and db_main, db_sub [C] in fp32. Never [M, C].
+Extra memory (beyond the inputs and the returned gradients): the chunk's [2R, C] fp32 logits (plus [2R, C] logit
+gradients for fp16 / bf16 inputs; R from GRADS_CHUNK_BYTES: 256 rows at C = 30522 in bf16, 89 MiB), the stacked
+rows [2R, D], the per-row stats [9, M] fp32 and one fp32 dW [C, D] (+ db [C]) for the two terms. Never [M, C].
 
 Which rows count is read on the host (one sync on CUDA tensors: the number of counted rows), so that the matmuls
-run on the counted rows only.
+run on the counted rows only; when every row counts the chunks are slices, with no gathers.
 """
 
 from __future__ import annotations
@@ -38,11 +45,12 @@ import torch
 
 from . import masksub_loss as loss_ops
 from ._common import _tracing, masksub_op
-from .masksub_loss import MAIN, SUB
+from .masksub_loss import MAIN, NUM_OUT, SUB
 
-GRADS_CHUNK_BYTES = 384 * 2**20  # the kernels' path: the chunk's logits and logit gradients, at most
+GRADS_CHUNK_BYTES = 96 * 2**20  # the kernels' path: the chunk's [2R, C] logits and logit gradients, at most
 
-GradsOut = tuple[torch.Tensor, ...]  # main, sub (fp32 0-d), dH, dHs, dW_main, dW_sub, db_main, db_sub (or [0])
+# loss, main, sub (fp32 0-d); dH, dHs [M, D]; dW [C, D] and db [C] in fp32 (or [0]); the per-row stats [9, M]
+GradsOut = tuple[torch.Tensor, ...]
 
 
 def counted_rows(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -63,13 +71,30 @@ def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))  # the interpreter's CPU tensors: fp32 operands, exact
 
 
+def _rows(x: torch.Tensor, chunk: slice | torch.Tensor) -> torch.Tensor:
+    """The chunk's rows of x: a view for a slice (every row counts), a gather for row ids."""
+    return x[chunk] if isinstance(chunk, slice) else x.index_select(0, chunk)
+
+
+def _store_rows(dx: torch.Tensor, chunk: slice | torch.Tensor, d: torch.Tensor, w: torch.Tensor) -> None:
+    """dx[chunk] = d @ w: [R, D] with fp32 accumulation and one rounding; straight into dx's rows when it can."""
+    if isinstance(chunk, slice) and d.dtype == w.dtype == dx.dtype:
+        torch.mm(d, w, out=dx[chunk])
+    else:
+        dx[chunk] = (d @ w).to(dx.dtype)
+
+
 def _fp32_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """x W^T + b in fp32 [R, C] from operands in their own dtype: fp32 accumulation, never rounded to bf16."""
     if x.dtype == torch.float32 or not x.is_cuda:
         x, w = x.float(), w.float()
         return x @ w.T if b is None else torch.addmm(b.float(), x, w.T)
-    z = torch.mm(x, w.T, out_dtype=torch.float32)  # cuBLAS: bf16 / fp16 tensor cores, fp32 output
-    return z if b is None else z.add_(b)
+    if b is None:
+        return torch.mm(x, w.T, out_dtype=torch.float32)  # cuBLAS: bf16 / fp16 tensor cores, fp32 output
+    # the bias as the matmul's beta = 1 input: z filled with b (one write pass), x W^T added in cuBLAS's epilogue
+    # (cheaper than an add pass over z afterwards, which reads and writes it)
+    z = b.to(torch.float32).expand(x.shape[0], -1).contiguous()
+    return torch.addmm(z, x, w.T, out_dtype=torch.float32, out=z)
 
 
 def grads_in_forward(
@@ -79,6 +104,8 @@ def grads_in_forward(
     bias: torch.Tensor | None,
     target: torch.Tensor,
     mean: bool,
+    main_weight: float,
+    sub_weight: float,
     need_hidden: bool,
     need_sub_hidden: bool,
     need_weight: bool,
@@ -87,77 +114,87 @@ def grads_in_forward(
     rows_per_chunk: int,
     kernels: bool,
 ) -> GradsOut:
-    """The reduced losses and their stored gradients (module docstring).
+    """The reduced losses and the stored gradients of L = main_weight main + sub_weight sub (module docstring).
 
     hidden, sub_hidden [M, D], weight [C, D], bias [C] or None; target [M] ids or [M, C] probabilities. mean:
     reduction 'mean' (else 'sum'). need_*: which gradients to store (the others come back as empty [0] tensors).
     options: (bce, label_smoothing, ignore_index, temperature, target_threshold). kernels: the Triton flavour (else
-    the reference). Returns (main, sub, dH, dHs, dW_main, dW_sub, db_main, db_sub): main, sub fp32 0-d; dH, dHs in
-    hidden's dtype; dW, db in fp32 (fp64 for fp64 inputs on the reference)."""
+    the reference). Returns (loss, main, sub, dH, dHs, dW, db, stats): loss, main, sub fp32 0-d; dH, dHs in
+    hidden's dtype; dW, db in fp32 (fp64 for fp64 inputs on the reference); stats fp32 [9, M], the per-row losses
+    and softmax stats (ops/masksub_loss.py's layout; zero for ignored rows) that the per-term backward needs."""
     (rows, depth), classes = hidden.shape, weight.shape[0]
     device, has_sub = hidden.device, sub_hidden is not None
     acc = torch.float64 if hidden.dtype == torch.float64 and not kernels else torch.float32
     # the matmuls of the gradients: the inputs' dtype on the kernels' path (fp16 / bf16 tensor cores, fp32
     # accumulation; dz and ds rounded once, as the composite's), the accumulation dtype on the reference
     operand = hidden.dtype if kernels and hidden.dtype in (torch.float16, torch.bfloat16) else acc
-    # the main term reaches h, W, b through z; the sub term reaches hs, W, b through s (its teacher is detached)
-    want_main, want_sub = need_hidden or need_weight, has_sub and (need_sub_hidden or need_weight)
+    # L reaches h, W, b through z when main_weight != 0, and hs, W, b through s when sub_weight != 0 (the teacher
+    # softmax(z / T) is detached)
+    want_main = main_weight != 0 and (need_hidden or need_weight)
+    want_sub = has_sub and sub_weight != 0 and (need_sub_hidden or need_weight)
     ids = counted_rows(target, options[2])
-    grad = 1.0 / max(ids.numel(), 1) if mean else 1.0  # d(reduced loss) / d(row loss): 1/count or 1
+    count = ids.numel()
+    grad = 1.0 / max(count, 1) if mean else 1.0  # d(reduced loss) / d(row loss): 1/count or 1
+    every_row = count == rows  # chunks are slices: no gathers, and every row of dH is written
 
     def zeros(shape, dtype, wanted):
-        return torch.zeros(shape, dtype=dtype, device=device) if wanted else hidden.new_empty(0)
+        if not wanted:
+            return hidden.new_empty(0)
+        return (torch.empty if every_row else torch.zeros)(shape, dtype=dtype, device=device)
 
     dh = zeros((rows, depth), hidden.dtype, need_hidden and want_main)
     dhs = zeros((rows, depth), hidden.dtype, need_sub_hidden and want_sub)
-    dw_main = zeros((classes, depth), acc, need_weight and want_main)
-    dw_sub = zeros((classes, depth), acc, need_weight and want_sub)
-    has_db = need_weight and bias is not None
-    db_main, db_sub = zeros(classes, acc, has_db and want_main), zeros(classes, acc, has_db and want_sub)
-    losses = torch.zeros(2, rows, dtype=torch.float32, device=device)  # per row; ignored rows stay 0
+    dw = torch.zeros(classes, depth, dtype=acc, device=device) if need_weight and (want_main or want_sub) else None
+    db = torch.zeros(classes, dtype=acc, device=device) if dw is not None and bias is not None else None
+    stats = torch.zeros(loss_ops.NUM_OUT, rows, dtype=torch.float32, device=device)  # ignored rows stay 0
     w = weight.to(operand)
     w_acc, b_acc = weight.to(acc), None if bias is None else bias.to(acc)
+    # the row grads of the two terms, one number each (expanded per chunk: no launch)
+    g_main = torch.full((1,), grad * main_weight, device=device) if want_main else None
+    g_sub = torch.full((1,), grad * sub_weight, device=device) if want_sub else None
 
-    def reference_logits(x):
-        return x.to(acc) @ w_acc.T if b_acc is None else torch.addmm(b_acc, x.to(acc), w_acc.T)
-
-    for chunk in ids.split(max(1, rows_per_chunk)):
-        h_c = hidden.index_select(0, chunk)
-        hs_c = sub_hidden.index_select(0, chunk) if has_sub else None
-        y = target.index_select(0, chunk)
-        g = torch.full((1,), grad, dtype=torch.float32, device=device).expand(chunk.numel())  # one scalar per row
-        g_main, g_sub = g if want_main else None, g if want_sub else None
+    step = max(1, rows_per_chunk)
+    chunks = [slice(a, min(a + step, rows)) for a in range(0, rows, step)] if every_row else ids.split(step)
+    for chunk in chunks:
+        n = chunk.stop - chunk.start if isinstance(chunk, slice) else chunk.numel()
+        h_c, y = _rows(hidden, chunk), _rows(target, chunk)
+        hs_c = _rows(sub_hidden, chunk) if has_sub else None
+        x = torch.cat((h_c, hs_c)) if has_sub else h_c  # [2R, D]: both branches' logits from one matmul
+        gm, gs = (None if g is None else g.expand(n) for g in (g_main, g_sub))
+        grads = None  # the kernels' [2R, C] buffer of dz over ds
         if kernels:
             # fp32 logits (never rounded to bf16: the values keep fp32 accuracy), the fused loss kernels on them,
-            # dz and ds written by the backward kernel over the logits (fp32) or into buffers of the inputs' dtype
-            z = _fp32_logits(h_c, weight, bias)
-            s = _fp32_logits(hs_c, weight, bias) if has_sub else None
+            # dz and ds written by the backward kernel over the logits (fp32) or into a buffer of the inputs' dtype
+            logits = _fp32_logits(x, weight, bias)
+            z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
             out = loss_ops._forward_triton(z, s, y, *options)  # fp32 [9, R]
-            into = (z, s)
-            if operand != torch.float32:
-                into = tuple(None if x is None else torch.empty_like(x, dtype=operand) for x in (z, s))
-            dz, ds = loss_ops._backward_triton(g_main, g_sub, out, z, s, y, *options, into=into)
-            del into
+            grads = logits if operand == torch.float32 else torch.empty_like(logits, dtype=operand)
+            dz, ds = loss_ops._backward_triton(gm, gs, out, z, s, y, *options, into=(grads[:n], grads[n:]))
         else:
-            z, s = reference_logits(h_c), reference_logits(hs_c) if has_sub else None
+            logits = x.to(acc) @ w_acc.T if b_acc is None else torch.addmm(b_acc, x.to(acc), w_acc.T)
+            z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
             out = loss_ops.loss_forward_reference(z, s, y, *options)
-            dz, ds = loss_ops.loss_backward_reference(g_main, g_sub, out, z, s, y, *options)
-        losses[:, chunk] = out[MAIN : SUB + 1]
-        for d, x, dx, dw, db in ((dz, h_c, dh, dw_main, db_main), (ds, hs_c, dhs, dw_sub, db_sub)):
-            if not d.numel():
-                continue  # this term's gradient is not wanted (or the chunk is empty)
-            if dx.numel():
-                dx.index_copy_(0, chunk, (d @ w).to(dx.dtype))  # [R, D]: fp32 accumulation, one rounding
-            if dw.numel():
-                _add_matmul(dw, d.T, x.to(operand))  # [C, D] += [C, R] @ [R, D]
-            if db.numel():
+            dz, ds = loss_ops.loss_backward_reference(gm, gs, out, z, s, y, *options)
+        stats[:, chunk] = out
+        for d, dx in ((dz, dh), (ds, dhs)):
+            if d.numel() and dx.numel():
+                _store_rows(dx, chunk, d, w)  # [R, D] rows of dH or dHs
+        # dW += [dz; ds]^T [h_c; hs_c]: one matmul over both terms when they are the halves of one buffer
+        both = grads is not None and dz.numel() and ds.numel()
+        terms = [(grads, x)] if both else [(d, xc) for d, xc in ((dz, h_c), (ds, hs_c)) if d.numel()]
+        for d, xc in terms:
+            if dw is not None:
+                _add_matmul(dw, d.T, xc.to(operand))  # [C, D] += [C, R] @ [R, D]
+            if db is not None:
                 db += d.sum(0, dtype=acc)
-        del z, s, dz, ds, out  # the chunk's buffers go before the next chunk's are made
+        del logits, z, s, dz, ds, grads, out, terms  # the chunk's buffers go before the next chunk's are made
 
-    main, sub = losses[MAIN].sum(), losses[SUB].sum()
+    main, sub = stats[MAIN].sum(), stats[SUB].sum()
     if mean:  # the public functions' mean: the sum over counted rows / max(count, 1)
         main, sub = main * grad, sub * grad
-    return main, sub, dh, dhs, dw_main, dw_sub, db_main, db_sub
+    empty = hidden.new_empty(0)
+    dw, db = (empty if t is None else t for t in (dw, db))
+    return main_weight * main + sub_weight * sub, main, sub, dh, dhs, dw, db, stats
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -167,25 +204,25 @@ def grads_in_forward(
 
 def grads_chunk_rows(classes: int, dtype: torch.dtype) -> int:
     """Rows per chunk of the kernels' path: the chunk's buffers, 2 R C fp32 logits and (fp16 / bf16 inputs) 2 R C
-    gradients in the inputs' dtype, within GRADS_CHUNK_BYTES; a power of two from 64 rows up (R = 1024 at
-    C = 30522 in bf16: 358 MiB)."""
+    gradients in the inputs' dtype, within GRADS_CHUNK_BYTES; a power of two from 64 rows up (R = 256 at
+    C = 30522 in bf16: 89 MiB)."""
     per_row = 2 * classes * (4 + (2 if dtype in (torch.float16, torch.bfloat16) else 0))
     rows = max(1, GRADS_CHUNK_BYTES // per_row)
     return 1 << (rows.bit_length() - 1) if rows >= 64 else rows
 
 
-def _grads_reference(hidden, sub_hidden, weight, bias, target, mean, need_h, need_hs, need_w, *options):
+def _grads_reference(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, _, *options):
     from .linear_masksub_loss import chunk_rows  # the recompute reference's chunks (imported late: it imports us)
 
     return grads_in_forward(
-        hidden, sub_hidden, weight, bias, target, mean, need_h, need_hs, need_w, options,
+        hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, options,
         rows_per_chunk=chunk_rows(weight.shape[0]), kernels=False,
     )  # fmt: skip
 
 
-def _grads_triton(hidden, sub_hidden, weight, bias, target, mean, need_h, need_hs, need_w, *options):
+def _grads_triton(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, _, *options):
     return grads_in_forward(
-        hidden, sub_hidden, weight, bias, target, mean, need_h, need_hs, need_w, options,
+        hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, options,
         rows_per_chunk=grads_chunk_rows(weight.shape[0], hidden.dtype), kernels=True,
     )  # fmt: skip
 
@@ -205,9 +242,12 @@ def _linear_loss_grads_op(
     bias: torch.Tensor | None,
     target: torch.Tensor,
     mean: bool,
+    main_weight: float,
+    sub_weight: float,
     need_hidden: bool,
     need_sub_hidden: bool,
     need_weight: bool,
+    private: bool,
     bce: bool,
     label_smoothing: float,
     ignore_index: int,
@@ -216,66 +256,99 @@ def _linear_loss_grads_op(
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]:
-    """(main, sub, dH, dHs, dW_main, dW_sub, db_main, db_sub): the reduced losses (fp32 0-d; mean or sum) and
-    their gradients stored for the backward (ops/_linear_loss_py); an unneeded one is an empty [0]."""
+    """(loss, main, sub, dH, dHs, dW, db, stats): the reduced losses (fp32 0-d; mean or sum; loss = main_weight
+    main + sub_weight sub), the gradients of loss stored for the backward, an unneeded one an empty [0], and the
+    per-row stats [9, M] for the per-term backward (module docstring). private: the caller never reads the stored
+    gradients (the public functions), so the backward of loss may scale them in place and return them."""
 
 
 @_linear_loss_grads_op.register_fake
-def _(hidden, sub_hidden, weight, bias, target, mean, need_h, need_hs, need_w, *options):
+def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, private, *options):
     acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    has_sub, has_b = sub_hidden is not None, bias is not None
-    want_main, want_sub = need_h or need_w, has_sub and (need_hs or need_w)
+    has_sub = sub_hidden is not None
+    want_main, want_sub = a != 0 and (need_h or need_w), has_sub and b != 0 and (need_hs or need_w)
+    want_w = need_w and (want_main or want_sub)
 
     def grad(shape, dtype, wanted):
         return hidden.new_empty(shape if wanted else (0,), dtype=dtype)
 
     (rows, depth), classes = hidden.shape, weight.shape[0]
+    scalar = hidden.new_empty((), dtype=torch.float32)
     return (
-        hidden.new_empty((), dtype=torch.float32),
-        hidden.new_empty((), dtype=torch.float32),
+        scalar,
+        scalar.clone(),
+        scalar.clone(),
         grad((rows, depth), hidden.dtype, need_h and want_main),
         grad((rows, depth), hidden.dtype, need_hs and want_sub),
-        grad((classes, depth), acc, need_w and want_main),
-        grad((classes, depth), acc, need_w and want_sub),
-        grad((classes,), acc, need_w and has_b and want_main),
-        grad((classes,), acc, need_w and has_b and want_sub),
+        grad((classes, depth), acc, want_w),
+        grad((classes,), acc, want_w and bias is not None),
+        hidden.new_empty((NUM_OUT, rows), dtype=torch.float32),
     )
 
 
 def _grads_setup_context(ctx, inputs, output):
-    ctx.mark_non_differentiable(*output[2:])
-    ctx.set_materialize_grads(False)  # .main alone backpropagated: no gradient for sub (no zero-scaled pass)
-    ctx.save_for_backward(*output[2:])
-    ctx.weight_dtype = inputs[2].dtype
+    hidden, sub_hidden, weight, bias, target, mean, *_, private, bce, eps, ignore, temperature, threshold = inputs
+    ctx.mark_non_differentiable(*output[3:])
+    ctx.set_materialize_grads(False)  # .main alone backpropagated: no gradient for the others (no zero pass)
+    # Private stored gradients (eager calls of the public functions) are held by ctx itself, not saved, so that
+    # the backward of loss can scale them in place and let them go (saved, they would fail autograd's version
+    # check in a later .main or .sub backward). Otherwise (a caller that reads them; AOTAutograd, make_fx) every
+    # tensor the backward reads is saved, and the backward scales them out of place.
+    ctx.in_place = private and not _tracing(output)
+    ctx.stored = output[3:7] if ctx.in_place else None
+    saved = () if ctx.in_place else output[3:7]
+    ctx.save_for_backward(hidden, sub_hidden, weight, bias, target, output[7], *saved)
+    ctx.options, ctx.mean = (bce, eps, ignore, temperature, threshold), mean
 
 
-def _grads_backward(ctx, grad_main, grad_sub, *_):
-    """Scale the stored gradients by the scalars of the reduced losses: d = g_main d_main + g_sub d_sub."""
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and not _tracing((grad_main, grad_sub)):
+def _grads_backward(ctx, grad_loss, grad_main, grad_sub, *_):
+    """The gradient of loss: the stored gradients scaled by its scalar (in place: they are not kept); those of
+    .main and .sub on their own: the recompute op's backward on the saved stats (module docstring)."""
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and not _tracing((grad_loss, grad_main, grad_sub)):
         raise RuntimeError(
             "linear_masksub_loss: double backward is not supported (its gradients were computed in the forward)"
         )
-    dh, dhs, dw_main, dw_sub, db_main, db_sub = ctx.saved_tensors
-    need_h, need_hs, need_w, need_b = ctx.needs_input_grad[:4]
+    if grad_loss is not None and ctx.in_place and ctx.stored is None:
+        raise RuntimeError(
+            "linear_masksub_loss: a second backward of the loss through the same graph (retain_graph) is not "
+            "supported: its gradients were computed in the forward and the first backward used them up"
+        )
+    hidden, sub_hidden, weight, bias, target, stats, *saved = ctx.saved_tensors
+    need = ctx.needs_input_grad[:4]  # hidden, sub_hidden, weight, bias
+    grads = [None, None, None, None]
+    if grad_loss is not None:
+        stored, ctx.stored = saved or ctx.stored, None  # used up here (eager: freed when the backward returns)
+        g = grad_loss.to(torch.float32)
+        dtypes = (hidden.dtype, hidden.dtype, weight.dtype, weight.dtype)
+        for i, (d, dtype) in enumerate(zip(stored, dtypes)):
+            absent = d.dim() == 1 and not d.numel()  # not stored ([0]); an empty batch stores [0, D]
+            if need[i] and not absent:  # in place in eager: no second copy (.to is a no-op for fp32 / dH)
+                grads[i] = (d.mul_(g) if ctx.in_place else d * g).to(dtype)
+    if grad_main is not None or grad_sub is not None:
+        from .linear_masksub_loss import _linear_loss_backward_op  # imported late: that module imports this one
 
-    def scaled(d, g):
-        absent = d.dim() == 1 and not d.numel()  # not stored ([0]); an empty batch stores [0, D]
-        return None if g is None or absent else d * g.to(torch.float32)
+        need_weight = need[2] or need[3]
+        rows = hidden.shape[0]
+        if not ctx.mean:
+            count = 1.0
+        elif target.is_floating_point():
+            count = float(max(rows, 1))
+        else:  # counted on the device: no host sync
+            count = (target != ctx.options[2]).sum().clamp_min(1).to(torch.float32)
 
-    def combined(d_main, d_sub, wanted):
-        terms = [t for t in (scaled(d_main, grad_main), scaled(d_sub, grad_sub)) if t is not None]
-        if not wanted or not terms:
-            return None
-        return (terms[0] if len(terms) == 1 else terms[0].add_(terms[1])).to(ctx.weight_dtype)
+        def per_row(g, wanted):  # the grad of each counted row's loss: g / count (mean) or g (sum)
+            return None if g is None or not wanted else (g.to(torch.float32) / count).expand(rows)
 
-    dh_out, dhs_out = scaled(dh, grad_main), scaled(dhs, grad_sub)
-    return (
-        dh_out.to(dh.dtype) if need_h and dh_out is not None else None,
-        dhs_out.to(dhs.dtype) if need_hs and dhs_out is not None else None,
-        combined(dw_main, dw_sub, need_w),
-        combined(db_main, db_sub, need_b),
-        *(None,) * 10,
-    )
+        gm = per_row(grad_main, need[0] or need_weight)
+        gs = per_row(grad_sub, sub_hidden is not None and (need[1] or need_weight))
+        if gm is not None or gs is not None:
+            terms = _linear_loss_backward_op(
+                gm, gs, stats, hidden, sub_hidden, weight, bias, target, need[0] or need[1], need_weight, *ctx.options
+            )
+            for i, t in enumerate(terms):
+                if need[i] and t.numel():
+                    grads[i] = t if grads[i] is None else grads[i].add_(t)
+    return (*grads, *(None,) * 13)
 
 
 _linear_loss_grads_op.register_autograd(_grads_backward, setup_context=_grads_setup_context)

@@ -503,8 +503,9 @@ def linear_masksub_loss(
     returns MaskSubLoss(loss, main, sub), fp32 scalars ([M] with reduction='none'). Gradients reach both hidden
     states, the weight and the bias (fp32 accumulation, one rounding to the inputs' dtype); the sub term's teacher
     softmax(z / T) is detached. With a scalar reduction and an input requiring grad, the gradients are computed in
-    the forward in chunks of rows and stored (dH, dHs [M, D]; dW, db per term in fp32); never [M, C]. No
-    CUDA-extension implementation yet.
+    the forward in chunks of rows and stored (dH, dHs [M, D]; one dW, db in fp32 for the combined loss), so the
+    backward of ``.loss`` is cheap and may run once (no retain_graph second pass); ``.main`` and ``.sub`` on their
+    own backpropagate through a recompute of their logits. Never [M, C]. No CUDA-extension implementation yet.
     """
     if sub_hidden is None:
         raise TypeError(
@@ -517,14 +518,16 @@ def linear_masksub_loss(
     main_weight = _number("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
     sub_weight = _number("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
     wanted = _grads_wanted(main_hidden, sub_hidden, weight, bias, reduction)
-    if wanted is not None:  # the gradients in the forward: 6 matmul units, the backward only scales them
-        main, sub = _linear_loss_grads_op(
-            main_hidden, sub_hidden, weight, bias, target, reduction == "mean", *wanted, *options
-        )[:2]
-    else:
-        out = _linear_loss_op(main_hidden, sub_hidden, weight, bias, target, *options)
-        count = _row_count(target, options.ignore_index)
-        main, sub = _reduce(out[MAIN], count, reduction), _reduce(out[SUB], count, reduction)
+    if wanted is not None:  # the gradients in the forward: 6 matmul units, the backward of .loss only scales them
+        return MaskSubLoss(
+            *_linear_loss_grads_op(
+                main_hidden, sub_hidden, weight, bias, target, reduction == "mean", main_weight, sub_weight,
+                *wanted, True, *options,
+            )[:3]
+        )  # fmt: skip
+    out = _linear_loss_op(main_hidden, sub_hidden, weight, bias, target, *options)
+    count = _row_count(target, options.ignore_index)
+    main, sub = _reduce(out[MAIN], count, reduction), _reduce(out[SUB], count, reduction)
     return MaskSubLoss(main_weight * main + sub_weight * sub, main, sub)
 
 
@@ -549,6 +552,7 @@ def linear_soft_target_cross_entropy(
     )
     wanted = _grads_wanted(hidden, None, weight, bias, reduction)
     if wanted is not None:
-        return _linear_loss_grads_op(hidden, None, weight, bias, target, reduction == "mean", *wanted, *options)[0]
+        mean = reduction == "mean"
+        return _linear_loss_grads_op(hidden, None, weight, bias, target, mean, 1.0, 0.0, *wanted, True, *options)[0]
     out = _linear_loss_op(hidden, None, weight, bias, target, *options)
     return _reduce(out[MAIN], _row_count(target, options.ignore_index), reduction)

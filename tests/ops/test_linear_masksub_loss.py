@@ -463,12 +463,44 @@ def test_reduction_none_and_no_grad_take_the_recompute_op(monkeypatch):
 def test_grads_in_forward_stores_only_what_is_needed(op_backend):
     h, hs, w, b, target = make_inputs(kind="index_ignore")
     options = (False, 0.0, -100, 1.0, None)
-    stored = chunks._linear_loss_grads_op(h, hs, w, b, target, True, False, True, False, *options)
-    assert [tuple(t.shape) for t in stored[2:]] == [(0,), tuple(h.shape), (0,), (0,), (0,), (0,)]  # dHs only
-    stored = chunks._linear_loss_grads_op(h, hs, w, None, target, True, False, False, True, *options)
-    shapes = [tuple(t.shape) for t in stored[2:]]
-    assert shapes == [(0,), (0,), tuple(w.shape), tuple(w.shape), (0,), (0,)]  # dW per term, no bias
-    assert stored[4].dtype == stored[5].dtype == torch.float32
+    stored = chunks._linear_loss_grads_op(h, hs, w, b, target, True, 0.5, 0.5, False, True, False, False, *options)
+    assert [tuple(t.shape) for t in stored[3:7]] == [(0,), tuple(h.shape), (0,), (0,)]  # dHs only
+    stored = chunks._linear_loss_grads_op(h, hs, w, None, target, True, 0.5, 0.5, False, False, True, False, *options)
+    assert [tuple(t.shape) for t in stored[3:7]] == [(0,), (0,), tuple(w.shape), (0,)]  # one dW for both terms
+    assert stored[5].dtype == torch.float32 and tuple(stored[7].shape) == (9, h.shape[0])  # + the per-row stats
+    stored = chunks._linear_loss_grads_op(h, hs, w, b, target, True, 0.0, 0.5, True, True, False, False, *options)
+    assert [tuple(t.shape) for t in stored[3:5]] == [(0,), tuple(h.shape)]  # main_weight 0: no main term in L
+
+
+def test_grads_in_forward_mixed_backwards_and_zero_weights(op_backend, several_chunks):
+    """.loss and .main together (the stored gradients plus a recompute of the main term), and a zero main weight:
+    all equal to the composite's gradients."""
+    h, hs, w, b, target = make_inputs(kind="index_ignore", seed=5)
+    for weights, backward in (
+        ((0.6, 0.3), lambda out: (out.loss + 0.25 * out.main - 0.5 * out.sub).backward()),
+        ((0.0, 1.0), lambda out: out.loss.backward()),
+        ((0.0, 1.0), lambda out: (out.loss + out.main).backward()),
+    ):
+        options = {"main_weight": weights[0], "sub_weight": weights[1], "temperature": 2.0}
+        ours = leaves(h, hs, w, b)
+        backward(mk.linear_masksub_loss(*ours, target, **options))
+        expected, ref_leaves = composite(h, hs, w, b, target, **options)
+        backward(expected)
+        for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
+            if a.grad is None:  # a zero-weighted term leaves its hidden state without a gradient (None, not 0)
+                assert e.grad is None or not bool(e.grad.any()), name
+            else:
+                assert_grad_close(a.grad, e.grad, GRAD_RTOL[F32], f"{name} {weights}")
+
+
+def test_grads_in_forward_refuses_a_second_backward_of_the_loss(op_backend):
+    h, hs, w, b, target = make_inputs()
+    ours = leaves(h, hs, w, b)
+    out = mk.linear_masksub_loss(*ours, target)
+    out.loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward of the loss through the same graph"):
+        out.loss.backward()
+    out.main.backward()  # the terms on their own still work: they recompute
 
 
 def test_grads_in_forward_refuses_double_backward(op_backend):
@@ -482,7 +514,7 @@ def test_grads_in_forward_refuses_double_backward(op_backend):
 def test_grads_in_forward_opcheck_and_torch_compile(op_backend, several_chunks):
     h, hs, w, b, target = make_inputs(kind="index_ignore")
     ours = leaves(h, hs, w, b)
-    args = (*ours, target, True, True, True, True, False, 0.1, -100, 2.0, None)
+    args = (*ours, target, True, 0.5, 0.5, True, True, True, False, False, 0.1, -100, 2.0, None)
     checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     torch.library.opcheck(chunks._linear_loss_grads_op.custom_op, args, test_utils=checks)
     compiled = torch.compile(

@@ -12,9 +12,12 @@ loss kernels. Each figure here is a prediction, built from:
 
 Providers (the benchmark's, masksub_kernels/bench/linear_loss.py; bf16, class ids, a bias, main + sub, forward +
 backward):
-- fused: gradients in the forward (ops/_linear_loss_chunks.py): 6 matmul units in chunks of R rows; per chunk two
-  logits matmuls with fp32 output and the bias in the epilogue, the loss kernels, four gradient matmuls (dH, dHs;
-  dW_main, dW_sub accumulated into fp32 with beta = 1);
+- fused: gradients in the forward (ops/_linear_loss_chunks.py): 6 matmul units in chunks of R rows, every row
+  counted (the benchmark's labels: slices, no gathers); per chunk one logits matmul of both branches' stacked rows
+  [2R, D] with fp32 output into a buffer first filled with the bias (one [2R, C] fp32 write pass, and the matmul
+  reads it in its epilogue: beta = 1), the loss kernels, two
+  gradient matmuls (dH, dHs written in place) and one dW matmul over the stacked [2R, C] gradients accumulated
+  into the one fp32 dW with beta = 1 (its [C, D] fp32 read and written once per chunk: the price of small chunks);
 - official (eager): F.linear per branch, then the eager ops of the official composite; its [M, C] passes, in units
   of one bf16 [M, C] (L = M C 2 bytes; an fp32 copy is 2L), read + write:
     forward: main.float() 3, softmax 4, sub.float() 3, log_softmax 4, neg 4, mul 6, sum 2, main.float() for
@@ -79,14 +82,19 @@ def predict(card: Card) -> dict:
     r = grads_chunk_rows(c, torch.bfloat16)
     chunks = -(-m // r)
     chunk_unit = 2 * r * d * c
-    logits = _matmul_us(card, chunk_unit, r * c * 4 + c * d * 2 + r * d * 2)  # fp32 output, W and h_c read
-    d_hidden = _matmul_us(card, chunk_unit, r * c * 2 + c * d * 2 + r * d * 2)  # dz (bf16) and W read
-    d_weight = _matmul_us(card, chunk_unit, r * c * 2 + r * d * 2 + 2 * c * d * 4)  # fp32 dW read and written
+    logits_bytes = 2 * r * c * 4  # one [2R, C] fp32
+    bias_fill = logits_bytes / card.copy_bytes_per_s * 1e6  # z filled with the bias (written once)
+    logits = _matmul_us(card, 2 * chunk_unit, 2 * logits_bytes + c * d * 2 + 2 * r * d * 2)  # z read + written
+    d_hidden = _matmul_us(card, chunk_unit, r * c * 2 + c * d * 2 + r * d * 2)  # dz (bf16) and W read, per branch
+    d_weight = _matmul_us(card, 2 * chunk_unit, 2 * r * c * 2 + 2 * r * d * 2 + 2 * c * d * 4)  # fp32 dW RMW
     loss_us, loss_launches, loss_kernels = _loss_kernels_us(card, r, c)
-    other_launches = 12  # per chunk: 3 index_select, the row grads, the losses' index_put, 2 index_copy, 2 db sums
-    # (those move O(R D) or O(C) bytes: their time is their launches)
-    per_chunk = 2 * (logits + d_hidden + d_weight) + loss_us + card.launch_us * (6 + loss_launches + other_launches)
-    fused_us = chunks * per_chunk + card.launch_us * 10  # + the row ids, buffers, the reductions
+    matmul_launches = 4  # logits, dH, dHs, dW
+    other_launches = 6  # per chunk: the stacking cat, the bias fill, the loss's zeroed stats, their copy, db sum + add
+    # (besides the bias fill, those move O(R D), O(R) or O(C) bytes: their time is their launches)
+    chunk_matmuls_us = logits + 2 * d_hidden + d_weight
+    per_chunk = chunk_matmuls_us + bias_fill + loss_us
+    per_chunk += card.launch_us * (matmul_launches + loss_launches + other_launches)
+    fused_us = chunks * per_chunk + card.launch_us * 12  # + the row ids, buffers, the reductions
     matmul_us = 6 * unit / card.matmul_flops_per_s * 1e6
     eager_us = matmul_us + EAGER_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 30
     compiled_us = matmul_us + COMPILED_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 8
@@ -122,9 +130,10 @@ def predict(card: Card) -> dict:
         },
         "providers": providers,
         "fused_breakdown_us": {
-            "matmuls": round(chunks * 2 * (logits + d_hidden + d_weight), 1),
+            "matmuls": round(chunks * chunk_matmuls_us, 1),
             "loss_kernels": round(chunks * loss_us, 1),
-            "launches": round(fused_us - chunks * (2 * (logits + d_hidden + d_weight) + loss_us), 1),
+            "bias_fill": round(chunks * bias_fill, 1),
+            "launches": round(fused_us - chunks * (chunk_matmuls_us + bias_fill + loss_us), 1),
             "loss_kernels_per_chunk": loss_kernels,
         },
         "ratio_vs_eager": round(eager_us / fused_us, 2),
@@ -161,7 +170,8 @@ def markdown(result: dict) -> list[str]:
         "",
         f"Predicted ratio (composite time / fused time): {result['ratio_vs_eager']:.2f}x vs eager, "
         f"{result['ratio_vs_compiled']:.2f}x vs compiled. Fused breakdown: matmuls {b['matmuls']:.0f} us, loss "
-        f"kernels {b['loss_kernels']:.0f} us, launches {b['launches']:.0f} us. Extra memory (model): fused "
+        f"kernels {b['loss_kernels']:.0f} us, bias fill {b['bias_fill']:.0f} us, launches {b['launches']:.0f} us. "
+        f"Extra memory (model): fused "
         f"{mem['fused']:.0f} MiB = {mem['percent']:.1f}% of the composite's lower bound "
         f"({mem['composite_lower_bound']:.0f} MiB: 4 bf16 [M, C]).",
     ]
