@@ -68,7 +68,26 @@ def token_select_specs() -> list[tuple]:
         for dtype in ("fp32", "fp16", "bf16")
         for direction, map_dtype in (("gather", "i64"), ("scatter", "i32"))
     ]  # fmt: skip
-    return select + copy
+    # the one-launch selection + gather (N <= token_select.FUSED_MAX_TOKENS): plain, ordered with a seed tensor,
+    # and with both masks, per dtype at ViT-B's tile
+    fused_signature = {
+        **{k: v for k, v in select_signature.items() if k in ("ids_ptr", "inv_ptr", "seed", "seed_ptr")},
+        "keep_ptr": "*u8", "drop_ptr": "*u8", "N": "i32", "K": "i32", "P": "i32", "D": "i32", "stride_xb": "i64",
+        "stride_xs": "i64", **{k: "i64" for k in ("stride_kb", "stride_kn", "stride_db", "stride_dn")},
+    }  # fmt: skip
+    fused_constexprs = {"BLOCK_N": 256, "BLOCK_R": 32, "BLOCK_D": 256}
+    fused = [
+        (
+            f"select_gather[{dtype},ordered={ordered},seed_ptr={from_ptr},masks={masks}]",
+            token_select._select_gather_kernel,
+            {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", **fused_signature},
+            {"SEED_FROM_PTR": from_ptr, "HAS_KEEP": masks, "HAS_DROP": masks, "ORDERED": ordered, **fused_constexprs},
+            {"num_warps": sort_warps(256)},
+        )
+        for dtype in ("fp32", "fp16", "bf16")
+        for ordered, from_ptr, masks in ((False, False, False), (True, True, False), (False, False, True))
+    ]
+    return select + copy + fused
 
 
 def grid_mask_specs() -> list[tuple]:
