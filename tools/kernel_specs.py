@@ -132,7 +132,7 @@ def token_grid_mask_specs() -> list[tuple]:
             ))  # fmt: skip
         specs.append(_spec(
             f"sum_partials[{t}]", token_grid_mask._sum_partials_kernel, {"part_ptr": "*fp32", "out_ptr": f"*{t}"},
-            {"BLOCK_P": 32, "BLOCK_C": 128},
+            {"BLOCK_P": 1024, "BLOCK_C": 8},
         ))  # fmt: skip
     return specs
 
