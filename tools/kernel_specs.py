@@ -103,14 +103,16 @@ def grid_mask_specs() -> list[tuple]:
         for p in (False, True)
     ]
     for t, fill_int in (("fp32", tl.int32), ("fp16", tl.int16), ("bf16", tl.int16)):
-        for last in (False, True):
+        # NCHW; channels_last with contiguous rows (the usual layout) and with strided ones
+        for last, contiguous in ((False, False), (True, True), (True, False)):
             rows, cols = grid_mask._tile(224 * 3 if last else 224, 224)
             unit = {"sxc": 1, "syc": 1} if last else {"sxw": 1, "syw": 1}
+            layout = ("nhwc" if contiguous else "nhwc-strided") if last else "nchw"
             specs.append(_spec(
-                f"mask_image[{t},{'nhwc' if last else 'nchw'}]", grid_mask._mask_image_kernel,
+                f"mask_image[{t},{layout}]", grid_mask._mask_image_kernel,
                 {"x_ptr": f"*{t}", "cell_ptr": "*u8", "y_ptr": f"*{t}"},
-                {**unit, "CELL": 32, "CHANNELS_LAST": last, "FILL_INT": fill_int, "RUN": 32, "BLOCK_H": rows,
-                 "BLOCK_K": cols},
+                {**unit, "CELL": 32, "CHANNELS_LAST": last, "ROW_CONTIGUOUS": contiguous, "FILL_INT": fill_int,
+                 "RUN": 32, "BLOCK_H": rows, "BLOCK_K": cols},
             ))  # fmt: skip
     return specs
 
