@@ -68,7 +68,26 @@ def token_select_specs() -> list[tuple]:
         for dtype in ("fp32", "fp16", "bf16")
         for direction, map_dtype in (("gather", "i64"), ("scatter", "i32"))
     ]  # fmt: skip
-    return select + copy
+    # the one-launch selection + gather (N <= token_select.FUSED_MAX_TOKENS): plain, ordered with a seed tensor,
+    # and with both masks, per dtype at ViT-B's tile
+    fused_signature = {
+        **{k: v for k, v in select_signature.items() if k in ("ids_ptr", "inv_ptr", "seed", "seed_ptr")},
+        "keep_ptr": "*u8", "drop_ptr": "*u8", "N": "i32", "K": "i32", "P": "i32", "D": "i32", "stride_xb": "i64",
+        "stride_xs": "i64", **{k: "i64" for k in ("stride_kb", "stride_kn", "stride_db", "stride_dn")},
+    }  # fmt: skip
+    fused_constexprs = {"BLOCK_N": 256, "BLOCK_R": 32, "BLOCK_D": 256}
+    fused = [
+        (
+            f"select_gather[{dtype},ordered={ordered},seed_ptr={from_ptr},masks={masks}]",
+            token_select._select_gather_kernel,
+            {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", **fused_signature},
+            {"SEED_FROM_PTR": from_ptr, "HAS_KEEP": masks, "HAS_DROP": masks, "ORDERED": ordered, **fused_constexprs},
+            {"num_warps": sort_warps(256)},
+        )
+        for dtype in ("fp32", "fp16", "bf16")
+        for ordered, from_ptr, masks in ((False, False, False), (True, True, False), (False, False, True))
+    ]
+    return select + copy + fused
 
 
 def grid_mask_specs() -> list[tuple]:
@@ -84,14 +103,16 @@ def grid_mask_specs() -> list[tuple]:
         for p in (False, True)
     ]
     for t, fill_int in (("fp32", tl.int32), ("fp16", tl.int16), ("bf16", tl.int16)):
-        for last in (False, True):
+        # NCHW; channels_last with contiguous rows (the usual layout) and with strided ones
+        for last, contiguous in ((False, False), (True, True), (True, False)):
             rows, cols = grid_mask._tile(224 * 3 if last else 224, 224)
             unit = {"sxc": 1, "syc": 1} if last else {"sxw": 1, "syw": 1}
+            layout = ("nhwc" if contiguous else "nhwc-strided") if last else "nchw"
             specs.append(_spec(
-                f"mask_image[{t},{'nhwc' if last else 'nchw'}]", grid_mask._mask_image_kernel,
+                f"mask_image[{t},{layout}]", grid_mask._mask_image_kernel,
                 {"x_ptr": f"*{t}", "cell_ptr": "*u8", "y_ptr": f"*{t}"},
-                {**unit, "CELL": 32, "CHANNELS_LAST": last, "FILL_INT": fill_int, "RUN": 32, "BLOCK_H": rows,
-                 "BLOCK_K": cols},
+                {**unit, "CELL": 32, "CHANNELS_LAST": last, "ROW_CONTIGUOUS": contiguous, "FILL_INT": fill_int,
+                 "RUN": 32, "BLOCK_H": rows, "BLOCK_K": cols},
             ))  # fmt: skip
     return specs
 
@@ -113,7 +134,7 @@ def token_grid_mask_specs() -> list[tuple]:
             ))  # fmt: skip
         specs.append(_spec(
             f"sum_partials[{t}]", token_grid_mask._sum_partials_kernel, {"part_ptr": "*fp32", "out_ptr": f"*{t}"},
-            {"BLOCK_P": 32, "BLOCK_C": 128},
+            {"BLOCK_P": 1024, "BLOCK_C": 8},
         ))  # fmt: skip
     return specs
 

@@ -163,6 +163,7 @@ def _mask_image_kernel(
     syw,
     CELL: tl.constexpr,
     CHANNELS_LAST: tl.constexpr,
+    ROW_CONTIGUOUS: tl.constexpr,  # channels_last with x and y rows of W C contiguous elements (sxw = syw = C)
     FILL_INT: tl.constexpr,  # the int type of the image dtype's width: tl.int16 / int32 / int64
     RUN: tl.constexpr,  # aligned runs of RUN columns lie in one cell (a power of two dividing CELL, <= BLOCK_K)
     BLOCK_H: tl.constexpr,
@@ -175,22 +176,30 @@ def _mask_image_kernel(
     cols = tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K)
     if CHANNELS_LAST:
         b = plane
-        w = cols // C
-        c = cols - w * C
         col_ok = cols < W * C
-        x_col = w.to(tl.int64) * sxw + c * sxc
-        y_col = w.to(tl.int64) * syw + c * syc
         x_base, y_base = b.to(tl.int64) * sxb, b.to(tl.int64) * syb
+        if ROW_CONTIGUOUS:
+            # column (w, c) = w C + c is the offset within the row: contiguous addresses the compiler can prove,
+            # so 16-byte accesses; its cell column is (w C + c) // (C CELL) = w // CELL (c < C)
+            cell_col = cols // (C * CELL)
+            x_col = cols.to(tl.int64)
+            y_col = x_col
+        else:
+            w = cols // C
+            c = cols - w * C
+            cell_col = w // CELL
+            x_col = w.to(tl.int64) * sxw + c * sxc
+            y_col = w.to(tl.int64) * syw + c * syc
     else:
         b = plane // C
         c = plane - b * C
-        w = cols
+        cell_col = cols // CELL
         col_ok = cols < W
-        x_col, y_col = w.to(tl.int64) * sxw, w.to(tl.int64) * syw
+        x_col, y_col = cols.to(tl.int64) * sxw, cols.to(tl.int64) * syw
         x_base = b.to(tl.int64) * sxb + c.to(tl.int64) * sxc
         y_base = b.to(tl.int64) * syb + c.to(tl.int64) * syc
     ok = (h < H)[:, None] & col_ok[None, :]
-    cell = ((b * (H // CELL) + h // CELL) * (W // CELL))[:, None] + (w // CELL)[None, :]
+    cell = ((b * (H // CELL) + h // CELL) * (W // CELL))[:, None] + cell_col[None, :]
     # the loaded cell bytes are constant over runs of RUN columns: saying so lets the masked loads vectorise
     removed = tl.max_constancy(tl.load(cell_ptr + cell, mask=ok, other=0) != 0, [1, RUN])
     x_offsets = x_base + (h.to(tl.int64) * sxh)[:, None] + x_col[None, :]
@@ -245,6 +254,8 @@ def _mask_image_triton(
         block_h, block_k = _tile(n_cols, height)
         grid = (planes, cdiv(height, block_h), cdiv(n_cols, block_k))
         meta = {"CELL": cell_size, "CHANNELS_LAST": channels_last, "FILL_INT": _int_type(images.dtype)}
+        rows = (images.stride(3), out.stride(3))
+        meta["ROW_CONTIGUOUS"] = channels_last and rows == (channels, channels) and out.stride(1) == 1
         meta["RUN"] = min(cell_size & -cell_size, block_k)
         fill_bits = _fill_bits(fill_value, images.dtype)
         sizes = (channels, height, width, *images.stride(), *out.stride())

@@ -16,7 +16,8 @@ ratio (grid_mask.py gives the cell counts at 224 px).
 
 Fixed-order two-pass reduction of dm (no atomics: the same bits on every run): the backward kernel's programs each
 walk a fixed group of lines (b, h) (at most MAX_PARTIALS programs, a count fixed by the shape) and write one fp32
-partial sum per (program, channel); a second kernel adds those partials per channel in a fixed order.
+partial sum per (program, channel); a second kernel adds those partials per channel in a fixed order, all of a
+channel block's partials in one tile (many programs, one memory round trip each: not a loop in one program).
 
 Launches on the GPU and bytes moved (N = elements, e = element size, r' = removed fraction):
 - forward: one pass: reads the cell byte of each token (cached), the tokens only where kept (N * e * (1 - r')),
@@ -205,18 +206,16 @@ def _sum_partials_kernel(
     out_ptr,  # [C] out, the mask token's dtype
     P,
     C,
-    BLOCK_P: tl.constexpr,
+    BLOCK_P: tl.constexpr,  # >= P: every partial of a channel in one tile
     BLOCK_C: tl.constexpr,
 ):
-    # dm[c] = sum_p part[p, c]: one program per channel block, partials added in a fixed order.
+    # dm[c] = sum_p part[p, c]: one program per channel block loads all P partials of its channels at once (one
+    # memory round trip, not one per slice of partials) and adds them with tl.sum, whose tree has a fixed order.
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    col_ok = cols < C
-    acc = tl.zeros([BLOCK_P, BLOCK_C], part_ptr.dtype.element_ty)
-    for start in range(0, P, BLOCK_P):
-        parts = start + tl.arange(0, BLOCK_P)
-        mask = (parts < P)[:, None] & col_ok[None, :]
-        acc += tl.load(part_ptr + parts.to(tl.int64)[:, None] * C + cols[None, :], mask=mask, other=0.0)
-    tl.store(out_ptr + cols, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=col_ok)
+    parts = tl.arange(0, BLOCK_P)
+    mask = (parts < P)[:, None] & (cols < C)[None, :]
+    values = tl.load(part_ptr + parts.to(tl.int64)[:, None] * C + cols[None, :], mask=mask, other=0.0)
+    tl.store(out_ptr + cols, tl.sum(values, axis=0).to(out_ptr.dtype.element_ty), mask=cols < C)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -275,9 +274,11 @@ def _mask_tokens_backward_triton(
         BLOCK_W=block_w, BLOCK_C=block_c,
     )  # fmt: skip
     if need_mask_grad:
-        block_c = min(next_power_of_2(channels), 128)
+        # the second level: channel blocks of <= 32 KB of partials each (12 programs for C = 96 at 1024 partials)
+        block_p = next_power_of_2(programs)
+        block_c = max(1, min(next_power_of_2(channels), (32768 // partials.element_size()) // block_p))
         grid = (cdiv(channels, block_c),)
-        _sum_partials_kernel[grid](partials, grad_mask, programs, channels, BLOCK_P=32, BLOCK_C=block_c)
+        _sum_partials_kernel[grid](partials, grad_mask, programs, channels, BLOCK_P=block_p, BLOCK_C=block_c)
     return grad_tokens, grad_mask
 
 

@@ -26,10 +26,11 @@ The ids of a row are unique, so the backward is a plain scatter: each element of
 (kept rows from dY, the rest zeros) without atomics and without a separate zero-fill pass. It reads an inverse
 map inv[b, n] = j if n == ids[b, j] else -1, which the selection kernel writes for free.
 
-Launches on the GPU: forward = select (one program per sample: Philox, sort, ids + inverse) + gather;
-backward = scatter. The gather cannot start before its sample's sort is done, and one program per sample is too
-little parallelism for the copy (B=256 programs for ~40 MB), so the two stay separate launches. The Triton kernels
-live in ops/_token_select_kernels.py, the CUDA ones in csrc/token_select.cu.
+Launches on the GPU: forward = one select + gather kernel where N <= 256 (each program sorts its sample's keys,
+writes ids + inverse from one channel block, and copies its rows: no launch waits on another); for longer sequences
+select (one program per sample: Philox, sort, ids + inverse) then gather, since the sort, repeated per channel
+block, would no longer hide under the copy. Backward = scatter. The Triton kernels live in
+ops/_token_select_kernels.py, the CUDA ones in csrc/token_select.cu (select, then gather).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from ._common import (
     resolve_device,
     sort_warps,
 )
-from ._token_select_kernels import _copy_rows_kernel, _select_kernel
+from ._token_select_kernels import _copy_rows_kernel, _select_gather_kernel, _select_kernel
 
 # ----------------------------------------------------------------------------------------------------------------
 # Host-side validation: messages say what was expected and what came
@@ -242,46 +243,64 @@ def _copy_tile(dim: int, element_size: int) -> tuple[int, int]:
     return block_r, block_d
 
 
+def _priority_args(always_keep: torch.Tensor | None, drop_first: torch.Tensor | None, fallback: torch.Tensor):
+    """(keep, drop, their 4 strides, HAS_KEEP, HAS_DROP) for the selection kernels: the masks as bytes, read in
+    place with their strides (a same-size dtype view: no copy, any strides); ``fallback`` stands in for a mask
+    that is absent (never read)."""
+    keep = always_keep.view(torch.uint8) if always_keep is not None else None
+    drop = drop_first.view(torch.uint8) if drop_first is not None else None
+    strides = (*(keep.stride() if keep is not None else (0, 0)), *(drop.stride() if drop is not None else (0, 0)))
+    pointers = (keep if keep is not None else fallback, drop if drop is not None else fallback)
+    return pointers, strides, {"HAS_KEEP": keep is not None, "HAS_DROP": drop is not None}
+
+
 def _select_triton(
-    seed: int,
-    seed_tensor: torch.Tensor | None,
-    batch_size: int,
-    num_tokens: int,
-    num_keep: int,
-    device: torch.device,
-    ordered: bool,
-    write_inverse: bool,
-    always_keep: torch.Tensor | None,
-    drop_first: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, write_inverse, always_keep, drop_first
+):
     ids = torch.empty(batch_size, num_keep, dtype=torch.int64, device=device)
     inv = torch.empty(batch_size, num_tokens, dtype=torch.int32, device=device) if write_inverse else ids
     if batch_size > 0:
         block_n = max(16, next_power_of_2(num_tokens))
-        num_warps = sort_warps(block_n)
-        # the masks as bytes, read in place with their strides (a same-size dtype view: no copy, any strides)
-        keep = always_keep.view(torch.uint8) if always_keep is not None else None
-        drop = drop_first.view(torch.uint8) if drop_first is not None else None
+        masks, strides, flags = _priority_args(always_keep, drop_first, ids)
         _select_kernel[(batch_size,)](
-            ids,
-            inv,
-            seed,
-            seed_tensor if seed_tensor is not None else ids,
-            keep if keep is not None else ids,
-            drop if drop is not None else ids,
-            num_tokens,
-            num_keep,
-            *(keep.stride() if keep is not None else (0, 0)),
-            *(drop.stride() if drop is not None else (0, 0)),
-            SEED_FROM_PTR=seed_tensor is not None,
-            HAS_KEEP=keep is not None,
-            HAS_DROP=drop is not None,
-            ORDERED=ordered,
-            WRITE_INVERSE=write_inverse,
-            BLOCK_N=block_n,
-            num_warps=num_warps,
-        )
+            ids, inv, seed, seed_tensor if seed_tensor is not None else ids, *masks, num_tokens, num_keep, *strides,
+            SEED_FROM_PTR=seed_tensor is not None, ORDERED=ordered, WRITE_INVERSE=write_inverse, BLOCK_N=block_n,
+            num_warps=sort_warps(block_n), **flags,
+        )  # fmt: skip
     return ids, inv if write_inverse else _no_inverse(num_tokens, device)
+
+
+# The one-launch selection + gather sorts each sample's keys once per channel block (module docstring): cheap next
+# to the copy up to 256 keys (a few hundred instructions per warp), not at 1024 (thousands, three times over).
+FUSED_MAX_TOKENS = 256
+
+
+def _select_gather_triton(x, seed, seed_tensor, num_keep, num_prefix_tokens, ordered, always_keep, drop_first):
+    """(y, ids, inv): the fused kernel where N <= FUSED_MAX_TOKENS, else select + gather."""
+    batch_size, seq_len, dim = x.shape
+    num_tokens = seq_len - num_prefix_tokens
+    if num_tokens > FUSED_MAX_TOKENS:
+        ids, inv = _select_triton(
+            seed, seed_tensor, batch_size, num_tokens, num_keep, x.device, ordered, True, always_keep, drop_first
+        )
+        return _copy_rows_triton(x, ids, num_prefix_tokens), ids, inv
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    y = torch.empty(batch_size, num_prefix_tokens + num_keep, dim, dtype=x.dtype, device=x.device)
+    ids = torch.empty(batch_size, num_keep, dtype=torch.int64, device=x.device)
+    inv = torch.empty(batch_size, num_tokens, dtype=torch.int32, device=x.device)
+    if batch_size > 0:
+        block_n = max(16, next_power_of_2(num_tokens))
+        block_r, block_d = _copy_tile(dim, x.element_size())
+        masks, strides, flags = _priority_args(always_keep, drop_first, ids)
+        grid = (batch_size, max(1, cdiv(dim, block_d)))  # one channel block at least: the ids are written anyway
+        _select_gather_kernel[grid](
+            x, y, ids, inv, seed, seed_tensor if seed_tensor is not None else ids, *masks, num_tokens, num_keep,
+            num_prefix_tokens, dim, x.stride(0), x.stride(1), *strides, SEED_FROM_PTR=seed_tensor is not None,
+            ORDERED=ordered, BLOCK_N=block_n, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=sort_warps(block_n),
+            **flags,
+        )  # fmt: skip
+    return y, ids, inv
 
 
 def _copy_rows_triton(source: torch.Tensor, row_map: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
@@ -316,23 +335,11 @@ def _select_reference(
     return ids, inverse_reference(ids, num_tokens) if write_inverse else _no_inverse(num_tokens, device)
 
 
-def _select_cuda(
-    extension,
-    seed,
-    seed_tensor,
-    batch_size,
-    num_tokens,
-    num_keep,
-    device,
-    ordered,
-    write_inverse,
-    always_keep,
-    drop_first,
-):
+def _select_cuda(extension, seed, seed_tensor, batch, num_tokens, num_keep, device, ordered, inverse, keep, drop):
     ids, inv = extension.select_tokens(
-        seed, seed_tensor, batch_size, num_tokens, num_keep, ordered, write_inverse, device, always_keep, drop_first
+        seed, seed_tensor, batch, num_tokens, num_keep, ordered, inverse, device, keep, drop
     )
-    return ids, inv if write_inverse else _no_inverse(num_tokens, device)
+    return ids, inv if inverse else _no_inverse(num_tokens, device)
 
 
 def _no_inverse(num_tokens: int, device: torch.device) -> torch.Tensor:
@@ -350,7 +357,7 @@ def _inverse(ids: torch.Tensor, inv: torch.Tensor | None, num_tokens: int) -> to
     torch=_select_reference,
     triton=_select_triton,
     cuda=_select_cuda,
-    records=("random_keep_indices", "random_token_select"),
+    records=("random_keep_indices",),
 )
 def _select_op(
     seed: int,
@@ -427,6 +434,69 @@ def _gather_backward(ctx, grad_y):
 
 
 _gather_op.register_autograd(_gather_backward, setup_context=_gather_setup_context)
+
+
+def _select_gather_reference(x, seed, seed_tensor, num_keep, num_prefix_tokens, ordered, always_keep, drop_first):
+    num_tokens = x.shape[1] - num_prefix_tokens
+    ids, inv = _select_reference(
+        seed, seed_tensor, x.shape[0], num_tokens, num_keep, x.device, ordered, True, always_keep, drop_first
+    )
+    return gather_reference(x, ids, num_prefix_tokens), ids, inv
+
+
+def _select_gather_cuda(extension, x, seed, seed_tensor, num_keep, num_prefix_tokens, ordered, always_keep, drop_first):
+    batch_size, num_tokens = x.shape[0], x.shape[1] - num_prefix_tokens
+    ids, inv = extension.select_tokens(
+        seed, seed_tensor, batch_size, num_tokens, num_keep, ordered, True, x.device, always_keep, drop_first
+    )
+    return extension.gather_tokens(x, ids, num_prefix_tokens), ids, inv
+
+
+@masksub_op(
+    "select_gather_tokens",
+    device="x",
+    torch=_select_gather_reference,
+    triton=_select_gather_triton,
+    cuda=_select_gather_cuda,
+    records=("random_token_select", "gather_tokens"),
+)
+def _select_gather_op(
+    x: torch.Tensor,
+    seed: int,
+    seed_tensor: torch.Tensor | None,
+    num_keep: int,
+    num_prefix_tokens: int,
+    ordered: bool,
+    always_keep: torch.Tensor | None,
+    drop_first: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y [B, P+K, D], ids int64 [B, K], inv int32 [B, N]): the selection and its gather in one op (one launch on
+    the GPU where N <= FUSED_MAX_TOKENS); the backward is the gather's scatter."""
+
+
+@_select_gather_op.register_fake
+def _(x, seed, seed_tensor, num_keep, num_prefix_tokens, ordered, always_keep, drop_first):
+    batch_size, seq_len, dim = x.shape
+    ids = torch.empty(batch_size, num_keep, dtype=torch.int64, device=x.device)
+    inv = torch.empty(batch_size, seq_len - num_prefix_tokens, dtype=torch.int32, device=x.device)
+    return x.new_empty(batch_size, num_prefix_tokens + num_keep, dim), ids, inv
+
+
+def _select_gather_setup_context(ctx, inputs, output):
+    x, num_prefix_tokens = inputs[0], inputs[4]
+    _, ids, inv = output
+    ctx.save_for_backward(ids, inv)
+    ctx.num_prefix_tokens = num_prefix_tokens
+    ctx.num_tokens = x.shape[1] - num_prefix_tokens
+
+
+def _select_gather_backward(ctx, grad_y, grad_ids, grad_inv):
+    ids, inv = ctx.saved_tensors
+    grad_x = _scatter_op(grad_y, ids, inv, ctx.num_prefix_tokens, ctx.num_tokens)
+    return grad_x, None, None, None, None, None, None, None
+
+
+_select_gather_op.register_autograd(_select_gather_backward, setup_context=_select_gather_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -526,7 +596,5 @@ def random_token_select(
     ordered = check_bool("ordered", ordered)
     validate = _validate_default(validate_masks, x.device, "validate_masks")
     _check_priority_masks(always_keep, drop_first, batch_size, num_tokens, num_keep, x.device, validate)
-    ids, inv = _select_op(
-        seed, seed_tensor, batch_size, num_tokens, num_keep, x.device, ordered, True, always_keep, drop_first
-    )
-    return _gather_op(x, ids, inv, num_prefix_tokens), ids
+    y, ids, _ = _select_gather_op(x, seed, seed_tensor, num_keep, num_prefix_tokens, ordered, always_keep, drop_first)
+    return y, ids

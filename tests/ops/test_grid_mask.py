@@ -168,7 +168,9 @@ def test_cell_sizes_not_powers_of_two(backend):
 
 def test_mask_image_strided_views(backend):
     base = randn(4, 5, 64, 64)
-    for view in (base[::2, 1:4], base.permute(0, 1, 3, 2), base[:, :, :, :32]):
+    last = base.contiguous(memory_format=torch.channels_last)  # channel slices: rows (w, c) strided, or not
+    views = (base[::2, 1:4], base.permute(0, 1, 3, 2), base[:, :, :, :32], last[:, 1:4], last[:, :, :, 32:])
+    for view in views:
         view = view.detach().requires_grad_(True)
         masked, mask = mk.mask_image_grid(view, 0.5, seed=2)
         assert torch.equal(bits(masked), bits(gm.mask_image_reference(view.detach().cpu(), mask.cpu(), 32, 0.0)))

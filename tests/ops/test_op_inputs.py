@@ -306,6 +306,10 @@ def test_opcheck_of_the_token_and_grid_ops(backend):
     x = torch.randn(2, 1 + 8, 4, device=DEVICE, requires_grad=True)
     ids = torch.tensor([[0, 5, 2], [7, 1, 3]], device=DEVICE)
     torch.library.opcheck(token_select._gather_op.custom_op, (x, ids, None, 1), test_utils=OPCHECK_UTILS)
+    keep = torch.tensor([[True] + [False] * 7, [False] * 8], device=DEVICE)
+    for ordered, masks in ((False, (None, None)), (True, (keep, ~keep))):
+        args = (x, 5, None, 3, 1, ordered, *masks)
+        torch.library.opcheck(token_select._select_gather_op.custom_op, args, test_utils=OPCHECK_UTILS)
     cells = torch.tensor([[[True, False], [False, True]]], device=DEVICE)
     images = torch.randn(1, 3, 8, 8, device=DEVICE, requires_grad=True)
     torch.library.opcheck(grid_mask._mask_image_op.custom_op, (images, cells, 4, 0.5), test_utils=OPCHECK_UTILS)

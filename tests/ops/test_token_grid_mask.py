@@ -85,8 +85,8 @@ def test_mask_tokens_strided_layouts(backend):
 
 
 def test_mask_token_grad_partial_reduction(kernel_backend):
-    # 48 lines (b, h): one per program (more partials than one block of the second stage), 7 per program with a
-    # ragged last one, or all in one program; then the fixed-order second stage
+    # 48 lines (b, h): one per program (48 partials: a padded 64-row tile in the second stage), 7 per program with
+    # a ragged last one, or all in one program; then the fixed-order second stage
     if kernel_backend != "triton":
         pytest.skip("exercises the Triton launcher")
     mask = mk.random_grid_mask(3, (2, 3), 3, seed=1, device=DEVICE)

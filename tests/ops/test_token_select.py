@@ -237,6 +237,32 @@ def test_token_select_contract(backend, ordered, dtype, num_prefix, num_tokens, 
     assert torch.equal(x.grad.cpu(), expected)
 
 
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize(
+    ("num_prefix", "num_tokens", "dim"),
+    [(1, 196, 600), (2, ts.FUSED_MAX_TOKENS, 24), (1, ts.FUSED_MAX_TOKENS + 1, 24), (0, 20, 0)],
+)
+def test_token_select_one_launch_and_two_launch_paths(backend, ordered, num_prefix, num_tokens, dim):
+    # N <= FUSED_MAX_TOKENS: one kernel (every channel block sorts, the first writes ids and inv; D = 600 spans two
+    # blocks, 99 rows several row trips); above: select then gather. Both equal the reference, with the masks too.
+    x = make_tokens(2, num_prefix + num_tokens, dim, torch.float32).requires_grad_(True)
+    generator = torch.Generator().manual_seed(1)
+    keep = (torch.rand(2, num_tokens, generator=generator) < 0.05).to(DEVICE)
+    drop = (torch.rand(2, num_tokens, generator=generator) < 0.3).to(DEVICE)
+    for masks in ((None, None), (keep, drop)):
+        y, ids = mk.random_token_select(
+            x, 0.5, num_prefix_tokens=num_prefix, seed=21, ordered=ordered, always_keep=masks[0], drop_first=masks[1]
+        )
+        expected = ts.select_reference(21, 2, num_tokens, num_tokens // 2, torch.device("cpu"), ordered,
+                                       *(m.cpu() if m is not None else None for m in masks))  # fmt: skip
+        assert torch.equal(ids.cpu(), expected)
+        assert torch.equal(y.cpu(), ts.gather_reference(x.detach().cpu(), expected, num_prefix))
+        (grad_x,) = torch.autograd.grad(y, x, torch.ones_like(y))
+        assert torch.equal(
+            grad_x.cpu(), ts.scatter_reference(torch.ones_like(y).cpu(), expected, num_prefix, num_tokens)
+        )
+
+
 def test_token_select_identity_at_ratio_zero_when_ordered(backend):
     x = make_tokens(2, 11, 6, torch.float32)
     y, ids = mk.random_token_select(x, 0.0, seed=1, ordered=True)

@@ -46,6 +46,15 @@ def _copy_rows(a: dict) -> tuple:
     return [], a["BLOCK_R"] * a["BLOCK_D"], copied * d * e + batch * map_len * a["map_ptr"].element_size(), rows * d * e
 
 
+def _select_gather(a: dict) -> tuple:
+    # program (b, c): the sort of b's N keys, then its P + K output rows in channel block c, BLOCK_R rows a trip;
+    # the c = 0 programs write the K ids (int64) and the N inverse entries (int32)
+    rows, p, k, n, d = a["ids_ptr"].shape[0], a["P"], a["K"], a["N"], a["D"]
+    e = a["x_ptr"].element_size()
+    copied = rows * (p + k) * d * e
+    return [cdiv(p + k, a["BLOCK_R"])], a["BLOCK_R"] * a["BLOCK_D"], copied, copied + rows * (8 * k + 4 * n)
+
+
 def _loss(a: dict) -> tuple:
     # both kernels' steady loops run over the whole blocks only; a partial last block is peeled (outside the loop)
     m, c, e = a["M"], a["C"], a["z_ptr"].element_size()
@@ -85,12 +94,13 @@ def _mask_tokens_backward(a: dict) -> tuple:
 
 def _sum_partials(a: dict) -> tuple:
     parts = a["part_ptr"]
-    return [cdiv(a["P"], a["BLOCK_P"])], a["BLOCK_P"] * a["BLOCK_C"], _size(parts), _size(a["out_ptr"])
+    return [], a["BLOCK_P"] * a["BLOCK_C"], _size(parts), _size(a["out_ptr"])
 
 
 KERNELS: dict[str, Callable[[dict], tuple]] = {
     "_select_kernel": _select,
     "_copy_rows_kernel": _copy_rows,
+    "_select_gather_kernel": _select_gather,
     "_loss_fwd_kernel": _loss,
     "_loss_bwd_kernel": _loss,
     "_cell_mask_kernel": _cell_mask,
@@ -126,15 +136,14 @@ def token_select_cases() -> list[Case]:
     """ViT token select + gather (forward), scatter (backward): the issue's ViT-B shapes and the benchmark's."""
     shapes = [("ViT-S", 256, 196, 384, False), ("ViT-B", 256, 196, 768, True), ("ViT-L", 256, 196, 1024, False)]
     shapes.append(("ViT-B", 256, 1024, 768, True))
-    impl = {op: op._implementations["triton"] for op in (token_select._select_op, token_select._gather_op)}
+    select_gather = token_select._select_gather_op._implementations["triton"]
     scatter = token_select._scatter_op._implementations["triton"]
     cases = []
     for name, b, n, d, headline in shapes:
         dtype, k, prefix = torch.bfloat16, token_select.num_kept_tokens(n, MASK_RATIO), 1
         x = torch.empty(b, prefix + n, d, dtype=dtype, device=META)
         with recording(token_select) as forward:
-            ids, inv = impl[token_select._select_op](SEED, None, b, n, k, META, False, True, None, None)
-            y = impl[token_select._gather_op](x, ids, inv, prefix)
+            y, ids, inv = select_gather(x, SEED, None, k, prefix, False, None, None)
         with recording(token_select) as backward:
             scatter(torch.empty_like(y), ids, inv, prefix, n)
         rows_out, rows_in = b * (prefix + k), b * (prefix + n)
