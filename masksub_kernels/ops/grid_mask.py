@@ -21,9 +21,13 @@ library zeroes the removed cells, the intent its comment states. The official Sw
 library honours the ratio. At 224 px (S = 32 pixels, or 8 tokens of 56 x 56) and r = 0.5: 24 kept, 25 removed.
 
 Launches on the GPU and bytes moved (N = elements, e = element size, r' = removed fraction):
-- cell mask: one program per sample (Philox keys of its Lc cells, one sort, the mask bytes written by rank);
-- image forward (the backward is the same pass with fill 0): one pass: reads the cell byte of each element
-  (cached), the input only where kept (N * e * (1 - r')), writes the output once (N * e).
+- cell mask alone (random_grid_mask): one program per sample (Philox keys of its Lc cells, one sort, the mask
+  bytes written by rank);
+- mask_image_grid forward: one launch for the cell mask and the masking (a program per plane and cell row ranks its
+  row's cells among the sample's keys, writes those cells' mask bytes once, then masks its CELL rows): reads the
+  input only where kept (N * e * (1 - r')), writes the output once (N * e) and the mask (B * Lc bytes);
+- image backward: the masking pass with the returned mask and fill 0: reads the cell byte of each element (cached),
+  the gradient only where kept, writes d images once.
 """
 
 from __future__ import annotations
@@ -145,35 +149,9 @@ def _cell_mask_kernel(
 
 
 @jit
-def _mask_image_kernel(
-    x_ptr,  # [B, C, H, W], any strides
-    cell_ptr,  # uint8 [B, G_h, G_w]
-    y_ptr,  # [B, C, H, W] out, any strides
-    fill_bits,  # the fill value's bit pattern in the image dtype, as a signed int
-    C,
-    H,
-    W,
-    sxb,
-    sxc,
-    sxh,
-    sxw,
-    syb,
-    syc,
-    syh,
-    syw,
-    CELL: tl.constexpr,
-    CHANNELS_LAST: tl.constexpr,
-    ROW_CONTIGUOUS: tl.constexpr,  # channels_last with x and y rows of W C contiguous elements (sxw = syw = C)
-    FILL_INT: tl.constexpr,  # the int type of the image dtype's width: tl.int16 / int32 / int64
-    RUN: tl.constexpr,  # aligned runs of RUN columns lie in one cell (a power of two dividing CELL, <= BLOCK_K)
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    # Grid (plane, row block, column block). NCHW: plane = (b, c), columns w; channels_last: plane = b, columns
-    # (w, c) flattened, so the inner dimension of the tile is the contiguous one. Removed cells read nothing.
-    plane = tl.program_id(0)
-    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    cols = tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K)
+def _image_columns(plane, cols, C, W, sxb, sxc, sxw, syb, syc, syw, CELL, CHANNELS_LAST, ROW_CONTIGUOUS):
+    """(sample, column ok, x / y plane bases, cell column, x / y column offsets) of a tile's columns. NCHW: plane
+    = (b, c), columns w; channels_last: plane = b, columns (w, c) flattened, the contiguous dimension."""
     if CHANNELS_LAST:
         b = plane
         col_ok = cols < W * C
@@ -198,15 +176,123 @@ def _mask_image_kernel(
         x_col, y_col = cols.to(tl.int64) * sxw, cols.to(tl.int64) * syw
         x_base = b.to(tl.int64) * sxb + c.to(tl.int64) * sxc
         y_base = b.to(tl.int64) * syb + c.to(tl.int64) * syc
-    ok = (h < H)[:, None] & col_ok[None, :]
-    cell = ((b * (H // CELL) + h // CELL) * (W // CELL))[:, None] + cell_col[None, :]
-    # the loaded cell bytes are constant over runs of RUN columns: saying so lets the masked loads vectorise
-    removed = tl.max_constancy(tl.load(cell_ptr + cell, mask=ok, other=0) != 0, [1, RUN])
+    return b, col_ok, x_base, y_base, cell_col, x_col, y_col
+
+
+@jit
+def _mask_rows(x_ptr, y_ptr, h, ok, removed, x_base, y_base, x_col, y_col, sxh, syh, fill_bits, FILL_INT):
+    """y = fill where removed, else x, on a tile of rows h x columns; removed elements read nothing."""
     x_offsets = x_base + (h.to(tl.int64) * sxh)[:, None] + x_col[None, :]
     x = tl.load(x_ptr + x_offsets, mask=ok & ~removed, other=0)
     fill = (fill_bits + tl.zeros([1, 1], tl.int64)).to(FILL_INT).to(x.dtype, bitcast=True)  # exact in any dtype
     y_offsets = y_base + (h.to(tl.int64) * syh)[:, None] + y_col[None, :]
     tl.store(y_ptr + y_offsets, tl.where(removed, fill, x), mask=ok)
+
+
+@jit
+def _mask_image_kernel(
+    x_ptr,  # [B, C, H, W], any strides
+    cell_ptr,  # uint8 [B, G_h, G_w]
+    y_ptr,  # [B, C, H, W] out, any strides
+    fill_bits,  # the fill value's bit pattern in the image dtype, as a signed int
+    C,
+    H,
+    W,
+    sxb,
+    sxc,
+    sxh,
+    sxw,
+    syb,
+    syc,
+    syh,
+    syw,
+    CELL: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+    ROW_CONTIGUOUS: tl.constexpr,  # channels_last with x and y rows of W C contiguous elements (sxw = syw = C)
+    FILL_INT: tl.constexpr,  # the int type of the image dtype's width: tl.int16 / int32 / int64
+    RUN: tl.constexpr,  # aligned runs of RUN columns lie in one cell (a power of two dividing CELL, <= BLOCK_K)
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    # Grid (plane, row block, column block), a given cell mask. Removed cells read nothing.
+    plane = tl.program_id(0)
+    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    cols = tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K)
+    b, col_ok, x_base, y_base, cell_col, x_col, y_col = _image_columns(
+        plane, cols, C, W, sxb, sxc, sxw, syb, syc, syw, CELL, CHANNELS_LAST, ROW_CONTIGUOUS
+    )
+    ok = (h < H)[:, None] & col_ok[None, :]
+    cell = ((b * (H // CELL) + h // CELL) * (W // CELL))[:, None] + cell_col[None, :]
+    # the loaded cell bytes are constant over runs of RUN columns: saying so lets the masked loads vectorise
+    removed = tl.max_constancy(tl.load(cell_ptr + cell, mask=ok, other=0) != 0, [1, RUN])
+    _mask_rows(x_ptr, y_ptr, h, ok, removed, x_base, y_base, x_col, y_col, sxh, syh, fill_bits, FILL_INT)
+
+
+@jit
+def _mask_image_random_kernel(
+    x_ptr,  # [B, C, H, W], any strides
+    y_ptr,  # [B, C, H, W] out, any strides
+    mask_ptr,  # uint8 [B, G_h * G_w] out: the cell mask (1 = removed)
+    seed,
+    seed_ptr,  # int64 [1]: the seed when SEED_FROM_PTR (a seed tensor), else unused
+    num_keep,
+    fill_bits,
+    C,
+    H,
+    W,
+    sxb,
+    sxc,
+    sxh,
+    sxw,
+    syb,
+    syc,
+    syh,
+    syw,
+    CELL: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr,
+    ROW_CONTIGUOUS: tl.constexpr,
+    FILL_INT: tl.constexpr,
+    RUN: tl.constexpr,
+    SEED_FROM_PTR: tl.constexpr,
+    BLOCK_L: tl.constexpr,  # a power of two >= the cells per sample, G_h G_w
+    BLOCK_G: tl.constexpr,  # a power of two >= the cells per row, G_w
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    # Grid (plane, cell row, column block): the cell mask and the masking in one launch. Each program ranks the
+    # cells of its cell row among its sample's Lc Philox keys (the cell mask kernel's draws: a cell is removed when
+    # rank >= K, the same cells as the sort by rank there; keys are distinct, their low bits being the cell), then
+    # masks the CELL rows of its columns. Ranking G_w cells costs BLOCK_G x BLOCK_L comparisons per program,
+    # amortised over CELL x BLOCK_K elements; no second launch, no mask round trip through memory.
+    plane, cell_row = tl.program_id(0), tl.program_id(1)
+    cols = tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K)
+    b, col_ok, x_base, y_base, cell_col, x_col, y_col = _image_columns(
+        plane, cols, C, W, sxb, sxc, sxw, syb, syc, syw, CELL, CHANNELS_LAST, ROW_CONTIGUOUS
+    )
+    grid_w = W // CELL
+    num_cells = (H // CELL) * grid_w
+    key = load_seed(seed, seed_ptr, SEED_FROM_PTR)
+    lanes = tl.arange(0, BLOCK_L)
+    keys = philox_sort_keys(key, b, lanes, num_cells)
+    keys = tl.where(lanes < num_cells, keys, 9223372036854775807)  # padding lanes rank last
+    g = tl.arange(0, BLOCK_G)
+    cells = cell_row * grid_w + g
+    rank = tl.sum((keys[None, :] < philox_sort_keys(key, b, cells, num_cells)[:, None]).to(tl.int32), axis=1)
+    removed_cell = rank >= num_keep  # [BLOCK_G]
+    # one writer per (sample, cell row): channel 0's program (NCHW) of the first column block
+    if CHANNELS_LAST:
+        writer = tl.program_id(2) == 0
+    else:
+        writer = (tl.program_id(2) == 0) & (plane == b * C)
+    tl.store(mask_ptr + b.to(tl.int64) * num_cells + cells, removed_cell.to(tl.uint8), mask=(g < grid_w) & writer)
+    # each column's cell flag, by selecting among the row's G_w flags; constant over runs of RUN columns
+    hit = (cell_col[:, None] == g[None, :]) & removed_cell[None, :]
+    removed = tl.max_constancy(tl.max(hit.to(tl.int32), axis=1) != 0, [RUN])[None, :]
+    for r in range(0, CELL, BLOCK_H):
+        rows = r + tl.arange(0, BLOCK_H)
+        h = cell_row * CELL + rows
+        ok = (rows < CELL)[:, None] & col_ok[None, :]
+        _mask_rows(x_ptr, y_ptr, h, ok, removed, x_base, y_base, x_col, y_col, sxh, syh, fill_bits, FILL_INT)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -243,26 +329,56 @@ def _cell_mask_triton(
     return mask
 
 
+def _image_launch(images: torch.Tensor, out: torch.Tensor, cell_size: int, fill_value: float):
+    """(planes, columns per plane, meta-parameters, scalars) shared by the two image kernels' launches."""
+    batch_size, channels, height, width = images.shape
+    channels_last = images.stride(1) == 1 and channels > 1
+    planes, n_cols = (batch_size, width * channels) if channels_last else (batch_size * channels, width)
+    meta = {"CELL": cell_size, "CHANNELS_LAST": channels_last, "FILL_INT": _int_type(images.dtype)}
+    rows = (images.stride(3), out.stride(3))
+    meta["ROW_CONTIGUOUS"] = channels_last and rows == (channels, channels) and out.stride(1) == 1
+    scalars = (_fill_bits(fill_value, images.dtype), channels, height, width, *images.stride(), *out.stride())
+    return planes, n_cols, meta, scalars
+
+
 def _mask_image_triton(
     images: torch.Tensor, cell_mask: torch.Tensor, cell_size: int, fill_value: float
 ) -> torch.Tensor:
     out = torch.empty_like(images)  # same layout as the input (contiguous or channels_last)
-    batch_size, channels, height, width = images.shape
-    channels_last = images.stride(1) == 1 and channels > 1
-    planes, n_cols = (batch_size, width * channels) if channels_last else (batch_size * channels, width)
     if images.numel():
-        block_h, block_k = _tile(n_cols, height)
-        grid = (planes, cdiv(height, block_h), cdiv(n_cols, block_k))
-        meta = {"CELL": cell_size, "CHANNELS_LAST": channels_last, "FILL_INT": _int_type(images.dtype)}
-        rows = (images.stride(3), out.stride(3))
-        meta["ROW_CONTIGUOUS"] = channels_last and rows == (channels, channels) and out.stride(1) == 1
+        planes, n_cols, meta, scalars = _image_launch(images, out, cell_size, fill_value)
+        block_h, block_k = _tile(n_cols, images.shape[2])
         meta["RUN"] = min(cell_size & -cell_size, block_k)
-        fill_bits = _fill_bits(fill_value, images.dtype)
-        sizes = (channels, height, width, *images.stride(), *out.stride())
+        grid = (planes, cdiv(images.shape[2], block_h), cdiv(n_cols, block_k))
         _mask_image_kernel[grid](
-            images, cell_mask.view(torch.uint8), out, fill_bits, *sizes, BLOCK_H=block_h, BLOCK_K=block_k, **meta
+            images, cell_mask.view(torch.uint8), out, *scalars, BLOCK_H=block_h, BLOCK_K=block_k, **meta
         )
     return out
+
+
+def _mask_image_random_triton(
+    images: torch.Tensor, seed: int, seed_tensor: torch.Tensor | None, cell_size: int, num_keep: int, fill_value: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cell mask and the masked images in one launch (_mask_image_random_kernel)."""
+    batch_size, _, height, width = images.shape
+    grid_h, grid_w = height // cell_size, width // cell_size
+    out = torch.empty_like(images)
+    mask = torch.empty(batch_size, grid_h, grid_w, dtype=torch.bool, device=images.device)
+    if images.numel():
+        planes, n_cols, meta, scalars = _image_launch(images, out, cell_size, fill_value)
+        block_h, block_k = _tile(n_cols, cell_size)
+        meta["RUN"] = min(cell_size & -cell_size, block_k)
+        seed_ptr = seed_tensor if seed_tensor is not None else mask.view(torch.uint8)
+        _mask_image_random_kernel[(planes, grid_h, cdiv(n_cols, block_k))](
+            images, out, mask.view(torch.uint8), seed, seed_ptr, num_keep, *scalars, SEED_FROM_PTR=seed_tensor
+            is not None, BLOCK_L=max(16, next_power_of_2(grid_h * grid_w)), BLOCK_G=max(16, next_power_of_2(grid_w)),
+            BLOCK_H=block_h, BLOCK_K=block_k, **meta,
+        )  # fmt: skip
+    elif mask.numel():  # no pixels (C = 0) but cells: the mask alone
+        mask.copy_(
+            _cell_mask_triton(seed, seed_tensor, batch_size, grid_h * grid_w, num_keep, mask.device).view_as(mask)
+        )
+    return out, mask
 
 
 def _int_type(dtype: torch.dtype):
@@ -309,6 +425,45 @@ def _(images, cell_mask, cell_size, fill_value):
     return torch.empty_like(images)
 
 
+def _mask_image_random_reference(images, seed, seed_tensor, cell_size, num_keep, fill_value):
+    batch_size, _, height, width = images.shape
+    grid = (batch_size, height // cell_size, width // cell_size)
+    mask = cell_mask_reference(seed_value(seed, seed_tensor), batch_size, grid[1] * grid[2], num_keep, images.device)
+    return mask_image_reference(images, mask.view(grid), cell_size, fill_value), mask.view(grid)
+
+
+def _mask_image_random_cuda(extension, images, seed, seed_tensor, cell_size, num_keep, fill_value):
+    batch_size, _, height, width = images.shape
+    grid = (batch_size, height // cell_size, width // cell_size)
+    mask = extension.grid_cell_mask(seed, seed_tensor, batch_size, grid[1] * grid[2], num_keep, images.device)
+    return extension.mask_image_grid(images, mask.view(grid), cell_size, fill_value), mask.view(grid)
+
+
+@masksub_op(
+    "mask_image_grid_random",
+    device="images",
+    torch=_mask_image_random_reference,
+    triton=_mask_image_random_triton,  # one launch: the cell mask and the masking
+    cuda=_mask_image_random_cuda,  # the extension's two ops, in turn
+    records=("mask_image_grid", "random_grid_mask"),
+)
+def _mask_image_random_op(
+    images: torch.Tensor,
+    seed: int,
+    seed_tensor: torch.Tensor | None,
+    cell_size: int,
+    num_keep: int,
+    fill_value: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masked [B, C, H, W] in the images' layout, bool cell mask [B, G_h, G_w], True on the removed cells)."""
+
+
+@_mask_image_random_op.register_fake
+def _(images, seed, seed_tensor, cell_size, num_keep, fill_value):
+    grid = (images.shape[0], images.shape[2] // cell_size, images.shape[3] // cell_size)
+    return torch.empty_like(images), torch.empty(grid, dtype=torch.bool, device=images.device)
+
+
 def _mask_image_setup_context(ctx, inputs, output):
     ctx.save_for_backward(inputs[1])
     ctx.cell_size = inputs[2]
@@ -321,6 +476,21 @@ def _mask_image_backward(ctx, grad_out):
 
 
 _mask_image_op.register_autograd(_mask_image_backward, setup_context=_mask_image_setup_context)
+
+
+def _mask_image_random_setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+    ctx.cell_size = inputs[3]
+
+
+def _mask_image_random_backward(ctx, grad_out, _):
+    (cell_mask,) = ctx.saved_tensors
+    grad = None if grad_out is None else _mask_image_op(grad_out, cell_mask, ctx.cell_size, 0.0)
+    return grad, None, None, None, None, None
+
+
+_mask_image_random_op.register_autograd(_mask_image_random_backward, setup_context=_mask_image_random_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -376,5 +546,6 @@ def mask_image_grid(
     grid_h, grid_w = _cell_grid(images.shape[2], images.shape[3], cell_size, "images")
     _check_fill_value(fill_value, images.dtype)
     num_keep = num_kept_tokens(grid_h * grid_w, mask_ratio)
-    mask = random_grid_mask(images.shape[0], (grid_h, grid_w), num_keep, seed=seed, device=images.device)
-    return _mask_image_op(images, mask, cell_size, float(fill_value)), mask
+    check_keep_args(images.shape[0], grid_h * grid_w, num_keep)
+    seed, seed_tensor = resolve_seed(seed, images.device)
+    return tuple(_mask_image_random_op(images, seed, seed_tensor, cell_size, num_keep, float(fill_value)))

@@ -313,6 +313,8 @@ def test_opcheck_of_the_token_and_grid_ops(backend):
     cells = torch.tensor([[[True, False], [False, True]]], device=DEVICE)
     images = torch.randn(1, 3, 8, 8, device=DEVICE, requires_grad=True)
     torch.library.opcheck(grid_mask._mask_image_op.custom_op, (images, cells, 4, 0.5), test_utils=OPCHECK_UTILS)
+    args = (images, 3, None, 4, 2, 0.5)
+    torch.library.opcheck(grid_mask._mask_image_random_op.custom_op, args, test_utils=OPCHECK_UTILS)
     tokens = torch.randn(1, 4, 4, 3, device=DEVICE, requires_grad=True)
     mask_token = torch.randn(3, device=DEVICE, requires_grad=True)
     args = (tokens, mask_token, cells, 2)
