@@ -35,15 +35,18 @@ def _log1p(v):
 
 @jit
 def _bce_elem(x, w):
-    # softplus(x) - w x = (1 - w) max(x, 0) - w min(x, 0) + log1p(exp(-|x|)); zero coefficients skip +-inf
-    pos = tl.where(w != 1.0, (1.0 - w) * tl.maximum(x, 0.0), 0.0)
-    neg = tl.where(w != 0.0, w * tl.minimum(x, 0.0), 0.0)
-    return pos - neg + _log1p(tl.exp(-tl.abs(x)))
+    # softplus(x) - w x = (1 - w) max(x, 0) - w min(x, 0) + log1p(exp(-|x|)) = t x + log1p(exp(-|x|)) with
+    # t = [x > 0] - w: one product and one select; t = 0 (w = 1 at x = +inf, w = 0 at x = -inf) gives 0, not
+    # 0 * inf = NaN. exp(-|x|) as exp2 of a pre-scaled argument: a bare MUFU.EX2, where tl.exp adds a subnormal
+    # fix-up (3 more instructions); here results below 2^-126 flush to 0, far below a loss's resolution.
+    t = tl.where(x > 0.0, 1.0, 0.0) - w
+    return tl.where(t != 0.0, t * x, 0.0) + _log1p(tl.exp2(tl.abs(x) * -1.4426950408889634))
 
 
 @jit
 def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
+    # 1 / (1 + exp(-x)), exp as a bare exp2 (see _bce_elem); x = -inf or -1e4: 1 / inf = 0
+    return 1.0 / (1.0 + tl.exp2(x * -1.4426950408889634))
 
 
 @jit
@@ -86,11 +89,14 @@ def _row_value(value, valid, bad):
 @jit
 def _running_exp_sum(v, m, l, k):
     # One element per lane into the lane's running (max m, l = sum exp(k (v - m))), one exp2 per element: one of
-    # the two rescalings is exp(0) = 1. v > m: l exp(k (m - v)) + 1 (the new max is v); else: l + exp(k (v - m)).
-    # Returns (v > m, the new l). v = -inf: exp2(-inf) = 0 (m is finite), l unchanged.
-    gt = v > m
-    e = tl.exp2((tl.minimum(v, m) - tl.maximum(v, m)) * k)
-    return gt, tl.where(gt, l * e + 1.0, l + e)
+    # the two rescalings is exp(0) = 1. v > m: l exp(k (m - v)) + 1 (the new max is v); else: l + exp(k (v - m));
+    # both exponents are -k |v - m| (one subtraction, the |.| and sign free operand modifiers, no min / max pair).
+    # Returns (v > m, |v - m|, the new l). v = -inf: |v - m| = inf, exp2(-inf) = 0 (m >= -FLT_MAX), l unchanged.
+    d = v - m
+    gt = d > 0.0
+    dist = tl.abs(d)
+    e = tl.exp2(-dist * k)
+    return gt, dist, tl.where(gt, l * e + 1.0, l + e)
 
 
 @jit
@@ -144,7 +150,7 @@ def _fwd_block(
         if HAS_SUB:
             d_t += tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0)
     else:
-        gt, l_new = _running_exp_sum(z, m_z, l_z, k_z)
+        gt, dist, l_new = _running_exp_sum(z, m_z, l_z, k_z)
         m_new = tl.maximum(z, m_z)
         if HAS_MAIN:
             l_z = l_new
@@ -157,9 +163,9 @@ def _fwd_block(
                 a_z += tl.where(mask, z, 0.0)  # the uniform eps / C term needs only sum z (see the merge)
         if HAS_SUB:
             # teacher z / T: the same comparison as z, one more exp2. alpha rescales the old sums, e_t is this term
-            e2 = tl.exp2((tl.minimum(z, m_z) - tl.maximum(z, m_z)) * k_t)
+            e2 = tl.exp2(-dist * k_t)
             alpha, e_t = tl.where(gt, e2, 1.0), tl.where(gt, 1.0, e2)
-            _, l_s = _running_exp_sum(s, m_s, l_s, k_t)
+            _, _, l_s = _running_exp_sum(s, m_s, l_s, k_t)
             ms_new = tl.maximum(s, m_s)
             d_t = alpha * (d_t + l_t * (m_s - ms_new)) + tl.where(e_t != 0.0, e_t * (s - ms_new), 0.0)
             l_t = l_t * alpha + e_t
