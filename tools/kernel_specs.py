@@ -149,7 +149,7 @@ def token_grid_mask_specs() -> list[tuple]:
     return specs
 
 
-_LOSS_SCALARS = {"M": "i32", "C": "i32", "stride_z": "i64", "stride_s": "i64", "stride_y": "i64"}
+_LOSS_SCALARS = {"M": "i32", "C": "i32", "chunk": "i32", "stride_z": "i64", "stride_s": "i64", "stride_y": "i64"}
 _LOSS_OPTIONS = {"eps": "fp32", "ignore_index": "i64", "temperature": "fp32", "threshold": "fp32"}
 
 
@@ -157,14 +157,19 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
     forward = kernel is masksub_loss._loss_fwd_kernel
     if forward:
         block_c = min(block_c, masksub_loss._forward_max_block())  # the launcher's cap for the forward
+    if flags.get("SPLIT"):
+        block_c = masksub_loss._split_max_block()  # the launcher's block for class splits (both kernels)
     logits = {"z_ptr": f"*{dtype}", "s_ptr": f"*{dtype}", "y_ptr": "*fp32" if flags.get("DENSE") else "*i64"}
     if forward:
-        signature = {**logits, "out_ptr": "*fp32", **_LOSS_SCALARS, **_LOSS_OPTIONS}
+        scratch = {"part_ptr": "*fp32", "ticket_ptr": "*i32"}
+        signature = {**logits, "out_ptr": "*fp32", **scratch, **_LOSS_SCALARS, **_LOSS_OPTIONS}
     else:
         grads = {"gm_ptr": "*fp32", "gs_ptr": "*fp32", "dz_ptr": f"*{dtype}", "ds_ptr": f"*{dtype}"}
         signature = {**logits, "out_ptr": "*fp32", **grads, **_LOSS_SCALARS, "stride_gm": "i64", "stride_gs": "i64"}
         signature.update(_LOSS_OPTIONS)
-    constexprs = {"BCE": False, "DENSE": False, "BINARISE": False, **flags, "BLOCK_C": block_c}
+    constexprs = {"BCE": False, "DENSE": False, "BINARISE": False, "SPLIT": False, **flags, "BLOCK_C": block_c}
+    if forward:
+        constexprs["BLOCK_S"] = 64 if constexprs["SPLIT"] else 1  # splits (SPLIT): up to 2 x 132 SMs / rows
     signature = {name: kind for name, kind in signature.items() if name not in constexprs}
     if not forward:
         constexprs = {"LABELS": False, **constexprs}
@@ -182,6 +187,7 @@ def masksub_loss_specs() -> list[tuple]:
         ({"HAS_MAIN": True, "HAS_SUB": True, "DENSE": True}, {"WRITE_DZ": True, "WRITE_DS": True, "DENSE": True}, 1024),
         ({"HAS_MAIN": True, "HAS_SUB": True, **bce}, {"WRITE_DZ": True, "WRITE_DS": True, **bce}, widest),
     ]
+    split_flags = ({}, {"DENSE": True}, {"BCE": True, "DENSE": True})  # class ids, probabilities, BCE
     return [
         _loss_spec(kernel, dtype, flags, block_c)
         for dtype in ("fp32", "fp16", "bf16")
@@ -192,6 +198,12 @@ def masksub_loss_specs() -> list[tuple]:
         _loss_spec(fwd, "bf16", {"HAS_MAIN": False, "HAS_SUB": True}),
         _loss_spec(bwd, "bf16", {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": False}),
         _loss_spec(bwd, "bf16", {"LABELS": False, "WRITE_DZ": False, "WRITE_DS": True}),
+        # a few rows of many classes: the class-split grid (class_splits), both target kinds, CE and BCE
+        *(_loss_spec(fwd, "bf16", {"HAS_MAIN": True, "HAS_SUB": True, "SPLIT": True, **f}) for f in split_flags),
+        *(
+            _loss_spec(bwd, "bf16", {"LABELS": not f, "WRITE_DZ": True, "WRITE_DS": True, "SPLIT": True, **f})
+            for f in split_flags
+        ),
         # Triton turns integer arguments equal to 1 into constants: one row of one class
         _loss_spec(fwd, "fp32", {"HAS_MAIN": True, "HAS_SUB": True, "M": 1, "C": 1}),
         _loss_spec(bwd, "fp32", {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": True, "M": 1, "C": 1}),

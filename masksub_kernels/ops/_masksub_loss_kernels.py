@@ -1,6 +1,7 @@
 """The MaskSub loss's Triton kernels (maths, design and layout: masksub_loss.py's docstring).
 
-One program per row, a loop over the classes in blocks of BLOCK_C, fp32 arithmetic. The forward keeps a per-lane
+One program per row (or, SPLIT, per row and class split), a loop over the classes in blocks of BLOCK_C, fp32
+arithmetic. The forward keeps a per-lane
 online-softmax state (merged once per row) and the backward recomputes from the forward's saved stats; both run
 whole blocks unmasked and peel a partial last block.
 """
@@ -34,15 +35,18 @@ def _log1p(v):
 
 @jit
 def _bce_elem(x, w):
-    # softplus(x) - w x = (1 - w) max(x, 0) - w min(x, 0) + log1p(exp(-|x|)); zero coefficients skip +-inf
-    pos = tl.where(w != 1.0, (1.0 - w) * tl.maximum(x, 0.0), 0.0)
-    neg = tl.where(w != 0.0, w * tl.minimum(x, 0.0), 0.0)
-    return pos - neg + _log1p(tl.exp(-tl.abs(x)))
+    # softplus(x) - w x = (1 - w) max(x, 0) - w min(x, 0) + log1p(exp(-|x|)) = t x + log1p(exp(-|x|)) with
+    # t = [x > 0] - w: one product and one select; t = 0 (w = 1 at x = +inf, w = 0 at x = -inf) gives 0, not
+    # 0 * inf = NaN. exp(-|x|) as exp2 of a pre-scaled argument: a bare MUFU.EX2, where tl.exp adds a subnormal
+    # fix-up (3 more instructions); here results below 2^-126 flush to 0, far below a loss's resolution.
+    t = tl.where(x > 0.0, 1.0, 0.0) - w
+    return tl.where(t != 0.0, t * x, 0.0) + _log1p(tl.exp2(tl.abs(x) * -1.4426950408889634))
 
 
 @jit
 def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
+    # 1 / (1 + exp(-x)), exp as a bare exp2 (see _bce_elem); x = -inf or -1e4: 1 / inf = 0
+    return 1.0 / (1.0 + tl.exp2(x * -1.4426950408889634))
 
 
 @jit
@@ -85,11 +89,14 @@ def _row_value(value, valid, bad):
 @jit
 def _running_exp_sum(v, m, l, k):
     # One element per lane into the lane's running (max m, l = sum exp(k (v - m))), one exp2 per element: one of
-    # the two rescalings is exp(0) = 1. v > m: l exp(k (m - v)) + 1 (the new max is v); else: l + exp(k (v - m)).
-    # Returns (v > m, the new l). v = -inf: exp2(-inf) = 0 (m is finite), l unchanged.
-    gt = v > m
-    e = tl.exp2((tl.minimum(v, m) - tl.maximum(v, m)) * k)
-    return gt, tl.where(gt, l * e + 1.0, l + e)
+    # the two rescalings is exp(0) = 1. v > m: l exp(k (m - v)) + 1 (the new max is v); else: l + exp(k (v - m));
+    # both exponents are -k |v - m| (one subtraction, the |.| and sign free operand modifiers, no min / max pair).
+    # Returns (v > m, |v - m|, the new l). v = -inf: |v - m| = inf, exp2(-inf) = 0 (m >= -FLT_MAX), l unchanged.
+    d = v - m
+    gt = d > 0.0
+    dist = tl.abs(d)
+    e = tl.exp2(-dist * k)
+    return gt, dist, tl.where(gt, l * e + 1.0, l + e)
 
 
 @jit
@@ -143,7 +150,7 @@ def _fwd_block(
         if HAS_SUB:
             d_t += tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0)
     else:
-        gt, l_new = _running_exp_sum(z, m_z, l_z, k_z)
+        gt, dist, l_new = _running_exp_sum(z, m_z, l_z, k_z)
         m_new = tl.maximum(z, m_z)
         if HAS_MAIN:
             l_z = l_new
@@ -156,9 +163,9 @@ def _fwd_block(
                 a_z += tl.where(mask, z, 0.0)  # the uniform eps / C term needs only sum z (see the merge)
         if HAS_SUB:
             # teacher z / T: the same comparison as z, one more exp2. alpha rescales the old sums, e_t is this term
-            e2 = tl.exp2((tl.minimum(z, m_z) - tl.maximum(z, m_z)) * k_t)
+            e2 = tl.exp2(-dist * k_t)
             alpha, e_t = tl.where(gt, e2, 1.0), tl.where(gt, 1.0, e2)
-            _, l_s = _running_exp_sum(s, m_s, l_s, k_t)
+            _, _, l_s = _running_exp_sum(s, m_s, l_s, k_t)
             ms_new = tl.maximum(s, m_s)
             d_t = alpha * (d_t + l_t * (m_s - ms_new)) + tl.where(e_t != 0.0, e_t * (s - ms_new), 0.0)
             l_t = l_t * alpha + e_t
@@ -176,13 +183,99 @@ def _row_shift(m):
 
 
 @jit
+def _merge_states(
+    m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, k_z, k_t,
+    HAS_MAIN: tl.constexpr, HAS_SUB: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, FINAL: tl.constexpr,
+):  # fmt: skip
+    # A vector of states (one per lane, or one per class split) into one, each sum rescaled from its own max to the
+    # common shift c (the states are those of _fwd_block; an untouched state, m = -FLT_MAX and sums 0, adds 0):
+    #   l = sum l_i 2^((m_i - c) k),  sum w (z - c) = sum a_i + b_i (m_i - c),  sum w = sum b_i,  sum z = sum a_i
+    #   teacher beta_i = 2^((m_z,i - c_z) k_t): l_t = sum beta_i l_t,i,  d_t = sum beta_i (d_t,i + l_t,i (m_s,i - c_s))
+    # FINAL: c is the row's shift (0 for an all -inf row, as the saved stats); else the raw max (-FLT_MAX for an
+    # all -inf split), so that a later merge of the partial states rescales them exactly. BCE: plain sums.
+    zero = tl.zeros([], tl.float32)
+    c_z, c_s, l_z_row, a_row, b_row, ls_row, lt_row, dt_row = zero, zero, zero, zero, zero, zero, zero, zero
+    if BCE:
+        a_row = tl.sum(a_z, axis=0)
+        dt_row = tl.sum(d_t, axis=0)
+    else:
+        if FINAL:
+            c_z = _row_shift(m_z)
+        else:
+            c_z = tl.max(m_z, axis=0)
+        if HAS_MAIN:
+            l_z_row = tl.sum(l_z * tl.exp2((m_z - c_z) * k_z), axis=0)
+            if DENSE:
+                a_row = tl.sum(a_z + b_z * (m_z - c_z), axis=0)
+                b_row = tl.sum(b_z, axis=0)
+            else:
+                a_row = tl.sum(a_z, axis=0)
+        if HAS_SUB:
+            if FINAL:
+                c_s = _row_shift(m_s)  # in units of s; the stats are in units of s / T
+            else:
+                c_s = tl.max(m_s, axis=0)
+            beta_t = tl.exp2((m_z - c_z) * k_t)
+            lt_row = tl.sum(l_t * beta_t, axis=0)
+            ls_row = tl.sum(l_s * tl.exp2((m_s - c_s) * k_t), axis=0)
+            # lanes whose teacher mass underflows to 0 are skipped (their d_t may hold 0 * -inf terms)
+            dt_row = tl.sum(tl.where(beta_t != 0.0, beta_t * (d_t + l_t * (m_s - c_s)), 0.0), axis=0)
+    return c_z, l_z_row, a_row, b_row, c_s, ls_row, lt_row, dt_row
+
+
+@jit
+def _store_row(
+    out_row, m64, in_row, z_row, label, valid, bad, eps, C, threshold, inv_t, temperature,
+    c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t,
+    HAS_MAIN: tl.constexpr, HAS_SUB: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
+):  # fmt: skip
+    # The row's merged state (FINAL shifts) into its losses and saved stats: stats row k of the row at out_row + k M.
+    if HAS_MAIN:
+        if BCE:
+            main = a_z / C
+        else:
+            if DENSE:
+                s_w, d_w = b_z, a_z  # sum w, sum w (z - c_z)
+            else:
+                # one-hot q: w = w_y at the label, w_o elsewhere (q := [q > threshold] first), so
+                # sum w (z - c) = w_o (sum z - C c) + (w_y - w_o) (z_y - c): z_y is loaded once, w = 0 terms skipped
+                q_y, q_o = 1.0, 0.0
+                if BINARISE:
+                    q_y, q_o = tl.where(1.0 > threshold, 1.0, 0.0), tl.where(0.0 > threshold, 1.0, 0.0)
+                w_y, w_o = (1.0 - eps) * q_y + eps / C, (1.0 - eps) * q_o + eps / C
+                has_y = valid & ~bad
+                z_y = tl.load(z_row + tl.where(has_y, label, 0), mask=has_y, other=0.0).to(tl.float32)
+                s_w = w_o * C + tl.where((label >= 0) & (label < C), w_y - w_o, 0.0)  # as the one-hot's sum
+                d_w = tl.where(w_o != 0.0, w_o * (a_z - C * c_z), 0.0)
+                d_w += tl.where(w_y != w_o, (w_y - w_o) * (z_y - c_z), 0.0)
+            main = s_w * tl.log(l_z) - d_w  # sum_c w_c (lse - z_c)
+            tl.store(out_row + 2 * m64, c_z, mask=in_row)
+            tl.store(out_row + 3 * m64, tl.log(l_z), mask=in_row)
+            tl.store(out_row + 4 * m64, s_w, mask=in_row)
+        tl.store(out_row, _row_value(main, valid, bad), mask=in_row)
+    if HAS_SUB:
+        if BCE:
+            sub = d_t / C
+        else:
+            sub = tl.log(l_s) - inv_t * d_t / l_t  # sum_c p_c (lse(s/T) - s_c/T), p = softmax(z / T)
+            tl.store(out_row + 5 * m64, c_s * inv_t, mask=in_row)  # the same values, rounded once
+            tl.store(out_row + 6 * m64, tl.log(l_s), mask=in_row)
+            tl.store(out_row + 7 * m64, c_z * inv_t, mask=in_row)
+            tl.store(out_row + 8 * m64, tl.log(l_t), mask=in_row)
+        tl.store(out_row + m64, _row_value((temperature * temperature) * sub, valid, bad), mask=in_row)
+
+
+@jit
 def _loss_fwd_kernel(
     z_ptr,  # main logits [M, C], last stride 1 (also the sub term's teacher)
     s_ptr,  # sub logits [M, C], last stride 1 (HAS_SUB)
     y_ptr,  # int64 class ids [M] or probabilities [M, C], last stride 1 (HAS_MAIN)
     out_ptr,  # fp32 [9, M] out: main loss, sub loss (T^2 included; 0 ignored, NaN bad-id rows), stats, zero-filled
+    part_ptr,  # fp32 [8, M, splits] scratch: each split's merged state (SPLIT)
+    ticket_ptr,  # int32 [M], zero-filled: splits of the row done so far (SPLIT)
     M,
     C,
+    chunk,  # classes per split, a multiple of BLOCK_C (SPLIT)
     stride_z,
     stride_s,
     stride_y,
@@ -195,9 +288,11 @@ def _loss_fwd_kernel(
     BCE: tl.constexpr,
     DENSE: tl.constexpr,
     BINARISE: tl.constexpr,
+    SPLIT: tl.constexpr,  # grid (M, splits): program (row, j) takes classes [j chunk, (j + 1) chunk)
     BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,  # >= splits (SPLIT)
 ):
-    row = tl.program_id(0).to(tl.int64)  # the grid is exactly M programs
+    row = tl.program_id(0).to(tl.int64)  # the grid is exactly M programs (x splits)
     lanes = tl.arange(0, BLOCK_C)
     z_row, s_row, y_row = z_ptr + row * stride_z, s_ptr + row * stride_s, y_ptr + row * stride_y
     label, valid, bad = _row_label(y_ptr, row, row < M, ignore_index, C, HAS_MAIN and not DENSE)
@@ -207,65 +302,74 @@ def _loss_fwd_kernel(
     lowest = tl.zeros([BLOCK_C], tl.float32) - 3.4028234663852886e38  # -FLT_MAX
     zeros = tl.zeros([BLOCK_C], tl.float32)
     m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = lowest, zeros, zeros, zeros, lowest, zeros, zeros, zeros
-    full = C - C % BLOCK_C  # whole blocks unmasked, then one masked tail block
-    for start in range(0, full, BLOCK_C):
+    lo, hi = 0, C
+    if SPLIT:
+        split = tl.program_id(1)
+        lo = split * chunk
+        hi = tl.minimum(lo + chunk, C)
+    full = hi - (hi - lo) % BLOCK_C  # whole blocks unmasked, then one masked tail block (the row's last)
+    for start in range(lo, full, BLOCK_C):
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
             z_row, s_row, y_row, start + lanes, lanes < BLOCK_C, label, eps, C, threshold, inv_t, k_z, k_t,
             m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False,
         )  # fmt: skip
-    if full < C:
+    if full < hi:
         cols = full + lanes
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
-            z_row, s_row, y_row, cols, cols < C, label, eps, C, threshold, inv_t, k_z, k_t,
+            z_row, s_row, y_row, cols, cols < hi, label, eps, C, threshold, inv_t, k_z, k_t,
             m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True,
         )  # fmt: skip
     out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
     in_row = row < M
-    if not BCE:
-        # merge the lanes: each lane's sums rescaled from its own max to the row's shift c_z
-        c_z = _row_shift(m_z)
-        beta_z = tl.exp2((m_z - c_z) * k_z)
-    if HAS_MAIN:
-        if BCE:
-            main = tl.sum(a_z, axis=0) / C
-        else:
-            l_row = tl.sum(l_z * beta_z, axis=0)
-            if DENSE:
-                s_w = tl.sum(b_z, axis=0)
-                d_w = tl.sum(a_z + b_z * (m_z - c_z), axis=0)  # sum w (z - c_z)
-            else:
-                # one-hot q: w = w_y at the label, w_o elsewhere (q := [q > threshold] first), so
-                # sum w (z - c) = w_o (sum z - C c) + (w_y - w_o) (z_y - c): z_y is loaded once, w = 0 terms skipped
-                q_y, q_o = 1.0, 0.0
-                if BINARISE:
-                    q_y, q_o = tl.where(1.0 > threshold, 1.0, 0.0), tl.where(0.0 > threshold, 1.0, 0.0)
-                w_y, w_o = (1.0 - eps) * q_y + eps / C, (1.0 - eps) * q_o + eps / C
-                has_y = valid & ~bad
-                z_y = tl.load(z_row + tl.where(has_y, label, 0), mask=has_y, other=0.0).to(tl.float32)
-                s_w = w_o * C + tl.where((label >= 0) & (label < C), w_y - w_o, 0.0)  # as the one-hot's sum
-                d_w = tl.where(w_o != 0.0, w_o * (tl.sum(a_z, axis=0) - C * c_z), 0.0)
-                d_w += tl.where(w_y != w_o, (w_y - w_o) * (z_y - c_z), 0.0)
-            main = s_w * tl.log(l_row) - d_w  # sum_c w_c (lse - z_c)
-            tl.store(out_row + 2 * m64, c_z, mask=in_row)
-            tl.store(out_row + 3 * m64, tl.log(l_row), mask=in_row)
-            tl.store(out_row + 4 * m64, s_w, mask=in_row)
-        tl.store(out_row, _row_value(main, valid, bad), mask=in_row)
-    if HAS_SUB:
-        if BCE:
-            sub = tl.sum(d_t, axis=0) / C
-        else:
-            c_s = _row_shift(m_s)  # in units of s; the stats are in units of s / T (the same values, rounded once)
-            beta_t = tl.exp2((m_z - c_z) * k_t)
-            lt_row = tl.sum(l_t * beta_t, axis=0)
-            ls_row = tl.sum(l_s * tl.exp2((m_s - c_s) * k_t), axis=0)
-            # sum p (s - c_s) / T with p = softmax(z / T); lanes whose teacher mass underflows to 0 are skipped
-            dt_row = tl.sum(tl.where(beta_t != 0.0, beta_t * (d_t + l_t * (m_s - c_s)), 0.0), axis=0)
-            sub = tl.log(ls_row) - inv_t * dt_row / lt_row  # sum_c p_c (lse(s/T) - s_c/T)
-            tl.store(out_row + 5 * m64, c_s * inv_t, mask=in_row)
-            tl.store(out_row + 6 * m64, tl.log(ls_row), mask=in_row)
-            tl.store(out_row + 7 * m64, c_z * inv_t, mask=in_row)
-            tl.store(out_row + 8 * m64, tl.log(lt_row), mask=in_row)
-        tl.store(out_row + M, _row_value((temperature * temperature) * sub, valid, bad), mask=in_row)
+    if SPLIT:
+        # This split's lanes into one state, stored; the row's last split to finish (a ticket taken after the
+        # stores: release, then acquire for the reader) merges the row's states in split order, so the result does
+        # not depend on which program finishes last. No program waits on another.
+        splits = tl.num_programs(1)
+        sc_z, sl_z, sa_z, sb_z, sc_s, sl_s, sl_t, sd_t = _merge_states(
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, False
+        )
+        part = part_ptr + row * splits + split  # state k of split j of the row at part_ptr + (k M + row) splits + j
+        ms = m64 * splits
+        tl.store(part, sc_z)
+        tl.store(part + ms, sl_z)
+        tl.store(part + 2 * ms, sa_z)
+        tl.store(part + 3 * ms, sb_z)
+        tl.store(part + 4 * ms, sc_s)
+        tl.store(part + 5 * ms, sl_s)
+        tl.store(part + 6 * ms, sl_t)
+        tl.store(part + 7 * ms, sd_t)
+        tl.debug_barrier()  # every thread's stores before the ticket
+        ticket = tl.atomic_add(ticket_ptr + row, 1, sem="acq_rel", scope="gpu")
+        if ticket == splits - 1:
+            # the row's split states (new names: a branch may not reshape the lane states)
+            j = tl.arange(0, BLOCK_S)
+            has = j < splits
+            part_row = part_ptr + row * splits + j
+            low = -3.4028234663852886e38  # missing splits as untouched states: m = -FLT_MAX, sums 0
+            pm_z = tl.load(part_row, mask=has, other=low, cache_modifier=".cg")
+            pl_z = tl.load(part_row + ms, mask=has, other=0.0, cache_modifier=".cg")
+            pa_z = tl.load(part_row + 2 * ms, mask=has, other=0.0, cache_modifier=".cg")
+            pb_z = tl.load(part_row + 3 * ms, mask=has, other=0.0, cache_modifier=".cg")
+            pm_s = tl.load(part_row + 4 * ms, mask=has, other=low, cache_modifier=".cg")
+            pl_s = tl.load(part_row + 5 * ms, mask=has, other=0.0, cache_modifier=".cg")
+            pl_t = tl.load(part_row + 6 * ms, mask=has, other=0.0, cache_modifier=".cg")
+            pd_t = tl.load(part_row + 7 * ms, mask=has, other=0.0, cache_modifier=".cg")
+            rc_z, rl_z, ra_z, rb_z, rc_s, rl_s, rl_t, rd_t = _merge_states(
+                pm_z, pl_z, pa_z, pb_z, pm_s, pl_s, pl_t, pd_t, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, True
+            )
+            _store_row(
+                out_row, m64, in_row, z_row, label, valid, bad, eps, C, threshold, inv_t, temperature,
+                rc_z, rl_z, ra_z, rb_z, rc_s, rl_s, rl_t, rd_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE,
+            )  # fmt: skip
+    else:
+        c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t = _merge_states(
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, True
+        )
+        _store_row(
+            out_row, m64, in_row, z_row, label, valid, bad, eps, C, threshold, inv_t, temperature,
+            c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE,
+        )  # fmt: skip
 
 
 @jit
@@ -347,6 +451,7 @@ def _loss_bwd_kernel(
     ds_ptr,  # [M, C] out (WRITE_DS)
     M,
     C,
+    chunk,  # classes per split, a multiple of BLOCK_C (SPLIT)
     stride_z,
     stride_s,
     stride_y,
@@ -362,6 +467,7 @@ def _loss_bwd_kernel(
     BCE: tl.constexpr,
     DENSE: tl.constexpr,
     BINARISE: tl.constexpr,
+    SPLIT: tl.constexpr,  # grid (M, splits): program (row, j) takes classes [j chunk, (j + 1) chunk)
     BLOCK_C: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -387,17 +493,21 @@ def _loss_bwd_kernel(
         b_s = tl.load(out_row + 6 * m64, mask=in_row, other=0.0) * 1.4426950408889634
         c_t = tl.load(out_row + 7 * m64, mask=in_row, other=0.0)
         b_t = tl.load(out_row + 8 * m64, mask=in_row, other=0.0) * 1.4426950408889634
-    full = C - C % BLOCK_C  # whole blocks unmasked, then one masked tail block
-    for start in range(0, full, BLOCK_C):
+    lo, hi = 0, C
+    if SPLIT:  # the gradient is elementwise given the row's stats: any split of the classes computes the same
+        lo = tl.program_id(1) * chunk
+        hi = tl.minimum(lo + chunk, C)
+    full = hi - (hi - lo) % BLOCK_C  # whole blocks unmasked, then one masked tail block
+    for start in range(lo, full, BLOCK_C):
         _bwd_block(
             z_row, s_row, y_row, dz_ptr + row * C, ds_ptr + row * C, start + lanes, lanes < BLOCK_C, label, valid,
             bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
             WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, False,
         )  # fmt: skip
-    if full < C:
+    if full < hi:
         cols = full + lanes
         _bwd_block(
-            z_row, s_row, y_row, dz_ptr + row * C, ds_ptr + row * C, cols, cols < C, label, valid,
+            z_row, s_row, y_row, dz_ptr + row * C, ds_ptr + row * C, cols, cols < hi, label, valid,
             bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
             WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, True,
         )  # fmt: skip

@@ -33,8 +33,15 @@ row, unknown to the host without a sync): (8b + f) C, and O(M C) held until the 
 saved fp32 stats (c and log l per softmax, and S: flash-attention's choice) moves fewer bytes for class ids (6b vs
 8b: 25% less) and as many for fp32 probability targets with bf16 logits, is correct for any grad_output, and keeps
 the extra memory O(M). The caller's logits are never written. One program per row loops over C in blocks of at
-most MAX_BLOCK_C (C up to 262144, int64 offsets); a few rows of a huge C leave SMs idle (a 2-D grid would need a
-second pass to combine the partial softmax states). fp64 logits run in fp32 in the kernels (fp64 in the reference).
+most MAX_BLOCK_C (C up to 262144, int64 offsets). fp64 logits run in fp32 in the kernels (fp64 in the reference).
+
+Few rows, many classes (M = 8, C = 128256 would fill 8 of 132 SMs): class_splits cuts each row into splits of a
+whole number of blocks and the kernels run a (row, split) grid. A forward program folds its split into one state
+(the same form as a lane's: max, sum of exp about it, sum w, sum w (z - max), the teacher's pair) and stores it in
+an [8, M, splits] scratch; it then takes a ticket (an int32 per row, atomic, in the zero-filled output buffer), and
+the row's last program merges the row's states in split order (deterministic) into the losses and stats: no
+second launch, no waiting. The backward is elementwise given the stats, so its split programs need nothing more.
+Bytes added: 9 fp32 per split and row (scratch written and read, ticket).
 
 Forward speed (issue-bound, not memory-bound, when a block reduction ran per iteration): each lane keeps its own
 online-softmax state (max, sum of exp) and the lanes merge once per row; exponents are exp2 with log2(e) / T
@@ -44,6 +51,8 @@ run unmasked, only a partial last block is masked; for class ids only the target
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -220,23 +229,76 @@ def _forward_max_block() -> int:
     return max(16, MAX_BLOCK_C // 2)
 
 
+SPLIT_PROGRAMS_PER_SM = 2  # the split's target: two resident programs per SM, so one computes while one loads
+DEFAULT_SMS = 132  # SMs assumed off a GPU (the interpreter; meta tensors for the perf model): H100 / H200
+
+
+def _split_max_block() -> int:
+    """Split programs (both kernels) take blocks of 1024 classes in 4 warps: the same 8 classes per thread as
+    one program per row, but twice the programs for the same work, so that each SM holds more of them (the perf
+    model at M = 8, C = 128256: the forward waits on memory with 2 programs of 8 warps per SM)."""
+    return max(16, MAX_BLOCK_C // 4)
+
+
+def class_splits(rows: int, classes: int, block_c: int, sms: int) -> tuple[int, int]:
+    """(splits, chunk): each row's classes cut into ``splits`` ranges of ``chunk`` classes (the last one shorter).
+
+    The rule: enough programs for SPLIT_PROGRAMS_PER_SM per SM, i.e. ceil(SPLIT_PROGRAMS_PER_SM sms / rows) per
+    row, at most one per block of classes; chunk is a whole number of blocks (only the row's last block is
+    partial) and the splits are recounted from it, so none is empty. Rows >= SPLIT_PROGRAMS_PER_SM sms (or sms = 0)
+    give one split: one program per row, as before. E.g. H200, M = 8, C = 128256, blocks of 1024 (the split path's,
+    _split_max_block): 33 wanted, 4 blocks each, 32 splits of 4096 classes, 256 programs of 4 warps."""
+    blocks = -(-classes // block_c)
+    wanted = -(-SPLIT_PROGRAMS_PER_SM * sms // max(rows, 1))
+    chunk = -(-blocks // max(1, min(wanted, blocks))) * block_c
+    return -(-classes // chunk), chunk
+
+
+@functools.cache
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _device_sms(device: torch.device) -> int:
+    """The SM count of the device the kernels run on (a cached property: no sync), DEFAULT_SMS off a GPU."""
+    if device.type != "cuda":
+        return DEFAULT_SMS
+    return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def _prepare(logits, sub_logits, target, bce, threshold, max_block):
-    """Kernel operands: tensors with unit last stride (absent ones stand in as logits), row strides, constexprs."""
+    """Kernel operands: tensors with unit last stride (absent ones stand in as logits), row strides, constexprs,
+    num_warps and the class split (splits, chunk) of class_splits."""
     z, s, y = (t if t is None or t.stride(-1) == 1 else t.contiguous() for t in (logits, sub_logits, target))
     dense = y is not None and y.is_floating_point()
-    block_c, num_warps = _launch_config(z.shape[1], max_block)
+    split_block, split_warps = _launch_config(z.shape[1], _split_max_block())
+    split = class_splits(*z.shape, split_block, _device_sms(z.device))
+    block_c, num_warps = (split_block, split_warps) if split[0] > 1 else _launch_config(z.shape[1], max_block)
     strides = (z.stride(0), s.stride(0) if s is not None else 0, y.stride(0) if dense else 1)
     flags = {"BCE": bool(bce), "DENSE": dense, "BINARISE": threshold is not None, "BLOCK_C": block_c}
-    return (z, z if s is None else s, z if y is None else y), strides, flags, num_warps
+    flags["SPLIT"] = split[0] > 1
+    return (z, z if s is None else s, z if y is None else y), strides, flags, num_warps, split
 
 
 def _forward_triton(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold):
-    (z, s, y), strides, flags, warps = _prepare(logits, sub_logits, target, bce, threshold, _forward_max_block())
-    out = torch.zeros(NUM_OUT, z.shape[0], dtype=torch.float32, device=z.device)
-    if z.shape[0]:
-        args = (z, s, y, out, *z.shape, *strides, label_smoothing, ignore_index, temperature, threshold or 0.0)
+    operands, strides, flags, warps, (splits, chunk) = _prepare(
+        logits, sub_logits, target, bce, threshold, _forward_max_block()
+    )
+    z = operands[0]
+    rows = z.shape[0]
+    # zero-filled: the stats a variant does not write stay 0; with a split, one more row of int32 tickets
+    buffer = torch.zeros(NUM_OUT + flags["SPLIT"], rows, dtype=torch.float32, device=z.device)
+    out = buffer[:NUM_OUT]
+    part, ticket = out, out
+    if flags["SPLIT"]:
+        part = torch.empty(8, rows, splits, dtype=torch.float32, device=z.device)
+        ticket = buffer[NUM_OUT].view(torch.int32)
+    if rows:
+        args = (*operands, out, part, ticket, *z.shape, chunk, *strides)
+        args += (label_smoothing, ignore_index, temperature, threshold or 0.0)
         has = {"HAS_MAIN": target is not None, "HAS_SUB": sub_logits is not None}
-        _loss_fwd_kernel[(z.shape[0],)](*args, **has, **flags, num_warps=warps)
+        block_s = next_power_of_2(splits)
+        _loss_fwd_kernel[(rows, splits)](*args, **has, **flags, BLOCK_S=block_s, num_warps=warps)
     return out
 
 
@@ -245,8 +307,11 @@ def _backward_triton(
 ):
     """(dz or [0], ds or [0]). ``into``: (dz buffer, ds buffer) to write, contiguous [M, C] of any float dtype
     (the kernel casts once); a buffer may be the logits themselves (the fused-linear op's chunks): each program owns
-    its row and each block loads z and s into registers before storing the gradients of the same elements."""
-    (z, s, y), strides, flags, warps = _prepare(logits, sub_logits, target, bce, threshold, MAX_BLOCK_C)
+    its row (or its class range of the row) and each block loads z and s into registers before storing the
+    gradients of the same elements."""
+    (z, s, y), strides, flags, warps, (splits, chunk) = _prepare(
+        logits, sub_logits, target, bce, threshold, MAX_BLOCK_C
+    )
     if into is not None:
         dz, ds = (x if g is not None else z.new_empty(0) for x, g in zip(into, (grad_main, grad_sub)))
         assert all(not x.numel() or (x.is_contiguous() and x.shape == z.shape) for x in (dz, ds))
@@ -254,10 +319,11 @@ def _backward_triton(
         dz, ds = (z.new_empty(z.shape if g is not None else (0,)) for g in (grad_main, grad_sub))  # contiguous
     gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
     if z.shape[0] and (grad_main is not None or grad_sub is not None):
-        args = (z, s, y, out, gm, gs, dz if dz.numel() else out, ds if ds.numel() else out, *z.shape, *strides)
-        args += (gm.stride(0), gs.stride(0), eps, ignore, temperature, threshold or 0.0)
+        args = (z, s, y, out, gm, gs, dz if dz.numel() else out, ds if ds.numel() else out, *z.shape, chunk)
+        args += (*strides, gm.stride(0), gs.stride(0), eps, ignore, temperature, threshold or 0.0)
         has = {"LABELS": target is not None and not flags["DENSE"], "WRITE_DZ": grad_main is not None}
-        _loss_bwd_kernel[(z.shape[0],)](*args, **has, WRITE_DS=grad_sub is not None, **flags, num_warps=warps)
+        grid = (z.shape[0], splits)
+        _loss_bwd_kernel[grid](*args, **has, WRITE_DS=grad_sub is not None, **flags, num_warps=warps)
     return dz, ds
 
 

@@ -5,7 +5,8 @@ Tolerances: fp32 inputs agree with the oracle to 1e-6 relative (gradients: plus 
 inputs are compared with the oracle evaluated on the same rounded inputs: losses (fp32 accumulation) to 1e-5
 relative, gradients to one rounding of the output dtype (2^-11 fp16, 2^-8 bf16 relative, plus that much of the
 largest gradient). Under the interpreter the tests raise MAX_BLOCK_C so that one block covers a row, except
-test_many_blocks_online_rescaling, which runs 16 blocks per row.
+test_many_blocks_online_rescaling, which runs 16 blocks per row (in one program, and split over the classes: the
+split path's own tests are in test_masksub_loss_split.py).
 """
 
 import pytest
@@ -301,10 +302,13 @@ def test_main_logits_never_written_and_get_no_sub_gradient(backend):
 @pytest.mark.parametrize(
     ("mode", "kind", "eps"), [("ce", "index_ignore", 0.1), ("ce", "dense", 0.0), ("bce", "dense", 0.0)]
 )
-def test_many_blocks_online_rescaling(backend, monkeypatch, mode, kind, eps):
+@pytest.mark.parametrize("sms", [0, ml.DEFAULT_SMS], ids=["one program per row", "class splits"])
+def test_many_blocks_online_rescaling(backend, monkeypatch, mode, kind, eps, sms):
     # 16 blocks of 64 classes: the running max grows block after block (row 0 starts with an all -inf block),
-    # falls (row 1), or jumps at the end (row 2); the stats must rescale every time.
+    # falls (row 1), or jumps at the end (row 2); the stats must rescale every time. Triton: in one program per
+    # row, or split over the classes (a program per block, the partial states merged: class_splits).
     monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    monkeypatch.setattr(ml, "_device_sms", lambda device: sms)
     main, sub, target = make_inputs(5, 1000, F32, kind)
     ramp = torch.linspace(-40.0, 40.0, 1000, device=DEVICE)
     main[0] += ramp

@@ -56,17 +56,23 @@ def _select_gather(a: dict) -> tuple:
 
 
 def _loss(a: dict) -> tuple:
-    # both kernels' steady loops run over the whole blocks only; a partial last block is peeled (outside the loop)
+    # both kernels' steady loops run over the whole blocks only; a partial last block is peeled (outside the loop).
+    # SPLIT: a grid of (row, class split) programs, each looping over chunk classes (the row's last split fewer);
+    # the forward stores 8 fp32 partial states per program, which the row's last program reads back, and takes a
+    # ticket (an int32 read and written per program); each backward program reads its row's stats
     m, c, e = a["M"], a["C"], a["z_ptr"].element_size()
     forward = "gm_ptr" not in a
     dense = a["DENSE"]
+    splits = cdiv(c, a["chunk"]) if a["SPLIT"] else 1
+    trips = [(a["chunk"] if a["SPLIT"] else c) // a["BLOCK_C"]]
     target = m * c * a["y_ptr"].element_size() if dense else m * 8
     if forward:
         reads = m * c * e * (int(a["HAS_MAIN"] or a["HAS_SUB"]) + int(a["HAS_SUB"])) + target * a["HAS_MAIN"]
-        return [c // a["BLOCK_C"]], a["BLOCK_C"], reads, 9 * m * 4
+        partials = (8 + 1) * 4 * m * splits if a["SPLIT"] else 0
+        return trips, a["BLOCK_C"], reads + partials, 9 * m * 4 + partials
     dz, ds = a["WRITE_DZ"], a["WRITE_DS"]
-    reads = m * c * e * (1 + int(ds)) + target * dz + 9 * m * 4
-    return [c // a["BLOCK_C"]], a["BLOCK_C"], reads, m * c * e * (int(dz) + int(ds))
+    reads = m * c * e * (1 + int(ds)) + target * dz + 9 * m * 4 * splits
+    return trips, a["BLOCK_C"], reads, m * c * e * (int(dz) + int(ds))
 
 
 def _cell_mask(a: dict) -> tuple:

@@ -1,0 +1,147 @@
+"""The Triton loss's split-class path (ops/masksub_loss.py: class_splits): a few rows of many classes run as a 2-D
+grid of (row, class split) programs, the row's last program merging the splits' online-softmax / BCE states in split
+order, the backward split the same way.
+
+The rule first, then the path against the reference (the [9, M] output with its stats, both gradients) and the
+float64 oracle (public API) for every option, at two splits of several blocks (the second with a partial last
+block) and at one block per split. Tolerances as in test_masksub_loss.py.
+"""
+
+import pytest
+import torch
+from conftest import DEVICE, kernel_backends
+from test_masksub_loss import BF16, F16, F32, GRAD_RTOL, assert_close, check_masksub, make_inputs, oracle
+
+import masksub_kernels as mk
+from masksub_kernels.ops import masksub_loss as ml
+
+pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
+
+ROWS, CLASSES = 5, 300
+
+
+def test_split_rule():
+    # the model's few-rows case on an H200: 33 programs wanted per row, 2 blocks each, 32 splits, 256 programs
+    assert ml.class_splits(8, 128256, 1024, 132) == (32, 4096)
+    assert ml.class_splits(8, 128256, 2048, 132) == (32, 4096)
+    # enough rows, no SMs (the forced one-program path), or one block per row: one split
+    for rows, classes, block, sms in ((264, 128256, 2048, 132), (8, 128256, 2048, 0), (8, 1000, 1024, 132)):
+        assert ml.class_splits(rows, classes, block, sms)[0] == 1
+    for rows in (1, 7, 100, 263, 5000):
+        for classes in (1, 17, 1000, 30522, 128256, 262144):
+            for block in (16, 2048, 4096):
+                splits, chunk = ml.class_splits(rows, classes, block, 132)
+                assert chunk % block == 0 and (splits - 1) * chunk < classes <= splits * chunk  # none empty
+                assert splits == 1 or rows * splits <= 2 * ml.SPLIT_PROGRAMS_PER_SM * 132  # no more than needed
+
+
+@pytest.fixture
+def triton_backend():
+    if "triton" not in kernel_backends():
+        pytest.skip("needs the Triton backend")
+    with mk.use_backend("triton"):
+        yield
+
+
+@pytest.fixture(params=[4, 132], ids=["2 splits of blocks", "1 block per split"])
+def split(request, monkeypatch):
+    """Split blocks of 16 classes and an SM count that splits 5 rows of 300 (19 blocks) into 2 splits of 10 blocks
+    (the second with a partial last block) or 19 of one block."""
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    monkeypatch.setattr(ml, "_device_sms", lambda device: request.param)
+    assert ml._split_max_block() == 16
+    assert ml.class_splits(ROWS, CLASSES, 16, request.param) == ((2, 160) if request.param == 4 else (19, 16))
+    return request.param
+
+
+def _extreme(main, sub, target, kind):
+    """1e4 and -1e4 logits, -inf ones (none under target or teacher mass), a row whose first split is all -inf, a
+    row far below 0 (a shift of 0 would underflow its sums), the row max in the last split."""
+    main[:, 0], sub[:, 250] = 1e4, -1e4
+    main[0, :160] = sub[0, :160] = float("-inf")  # every class of split 0 (both split sizes)
+    main[1, 200] = main[3, 40] = sub[3, 40] = float("-inf")
+    main[2], sub[2] = main[2] - 1e4, sub[2] - 1e4
+    main[4, -1] = sub[4, -3] = 2e4
+    if kind == "dense":
+        target[0, :160] = target[1, 200] = target[3, 40] = 0.0
+    else:
+        target[:] = torch.tensor([170, 201, 5, 41, 299])
+    return main, sub, target
+
+
+CASES = [
+    # mode, dtype, target kind, label_smoothing, temperature, target_threshold, extreme values
+    ("ce", F32, "index_ignore", 0.1, 1.0, None, False),
+    ("ce", F32, "index", 0.0, 2.0, None, True),
+    ("ce", F32, "dense", 0.0, 0.5, None, True),
+    ("ce", BF16, "index", 0.1, 1.0, None, False),
+    ("ce", F16, "dense", 0.1, 2.0, None, False),
+    ("bce", F32, "index_ignore", 0.1, 2.0, None, False),
+    ("bce", F32, "dense", 0.0, 1.0, 0.0, True),
+    ("bce", BF16, "dense", 0.1, 1.0, None, False),
+    ("bce", F16, "index", 0.0, 0.5, 0.5, True),
+]
+
+
+@pytest.mark.parametrize(("mode", "dtype", "kind", "eps", "temperature", "threshold", "extreme"), CASES)
+def test_split_matches_reference_and_oracle(
+    triton_backend, split, mode, dtype, kind, eps, temperature, threshold, extreme
+):
+    main, sub, target = make_inputs(ROWS, CLASSES, F32, kind, seed=split)
+    if extreme:
+        main, sub, target = _extreme(main, sub, target, kind)
+    main, sub = main.to(dtype), sub.to(dtype)
+    options = (mode == "bce", eps, -100, temperature, threshold)
+    # the op's output (losses and the saved stats) and gradients against the reference on the same inputs
+    out = ml._forward_triton(main, sub, target, *options)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    assert_close(out, expected, 1e-6 if dtype == F32 else 1e-5, name="forward [9, M]")
+    grads = [torch.randn(ROWS, generator=torch.Generator().manual_seed(2)).to(DEVICE) for _ in "ms"]
+    got = ml._backward_triton(*grads, out, main, sub, target, *options)
+    want = ml.loss_backward_reference(*grads, expected, main, sub, target, *options)
+    for name, a, e in zip(("d main", "d sub"), got, want):
+        assert a.dtype == dtype
+        assert_close(a, e, GRAD_RTOL[dtype], name=name)
+    # the public loss against the float64 oracle
+    check_masksub(
+        main, sub, target, mode=mode, label_smoothing=eps, temperature=temperature, target_threshold=threshold,
+        reduction="none", main_weight=0.6, sub_weight=0.3,
+    )  # fmt: skip
+    if extreme:
+        assert bool(torch.isfinite(out[: ml.SUB + 1]).all())
+
+
+@pytest.mark.parametrize("bce", [False, True])
+def test_split_single_terms_bad_and_ignored_rows(triton_backend, split, bce):
+    # one term only (main, or sub with main a constant), int32 ids; an id out of range gives a NaN row, an ignored
+    # row gives 0, in the loss and in every gradient element
+    main, sub, _ = make_inputs(ROWS, CLASSES, F32, "index")
+    target = torch.tensor([3, CLASSES, -100, -1, 299], dtype=torch.int32, device=DEVICE)
+    bad = torch.tensor([False, True, False, True, False], device=DEVICE)
+    for logits, sub_logits, term in ((main, None, ml.MAIN), (main, sub, ml.SUB), (main, sub, ml.MAIN)):
+        options = (bce, 0.1, -100, 2.0, None)
+        out = ml._forward_triton(logits, sub_logits, target, *options)
+        expected = ml.loss_forward_reference(logits, sub_logits, target, *options)
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+        assert torch.equal(out[term].isnan(), bad) and float(out[term][2]) == 0.0
+        g = torch.ones(ROWS, device=DEVICE)
+        grads = (g, None) if term == ml.MAIN else (None, g)
+        got = ml._backward_triton(*grads, out, logits, sub_logits, target, *options)
+        want = ml.loss_backward_reference(*grads, expected, logits, sub_logits, target, *options)
+        grad = got[0] if term == ml.MAIN else got[1]
+        torch.testing.assert_close(grad, want[0] if term == ml.MAIN else want[1], rtol=1e-6, atol=1e-7, equal_nan=True)
+        assert grad.isnan().all(1).equal(bad) and not grad[2].any()
+
+
+def test_split_is_deterministic_and_compiles(triton_backend, split):
+    main, sub, target = make_inputs(ROWS, CLASSES, F32, "index_ignore")
+    args = (main, sub, target, False, 0.1, -100, 2.0, None)
+    first, again = ml._loss_op(*args), ml._loss_op(*args)
+    assert torch.equal(first, again)  # the states merge in split order, whichever program finishes last
+    main.requires_grad_(True)
+    sub.requires_grad_(True)
+    compiled = torch.compile(lambda a, b, y: mk.masksub_loss(a, b, y).loss, fullgraph=True, backend="aot_eager")
+    value = compiled(main, sub, target)
+    value.backward()
+    expected, *_ = oracle(main, sub, target)
+    assert_close(value, expected, 2e-6)
