@@ -153,13 +153,15 @@ _LOSS_SCALARS = {"M": "i32", "C": "i32", "chunk": "i32", "stride_z": "i64", "str
 _LOSS_OPTIONS = {"eps": "fp32", "ignore_index": "i64", "temperature": "fp32", "threshold": "fp32"}
 
 
-def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_BLOCK_C):
+def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_BLOCK_C, bias: str | None = None):
+    """bias: the bias's dtype where HAS_BIAS (the fused-linear op's chunks: fp32 logits, a bias of the inputs')."""
     forward = kernel is masksub_loss._loss_fwd_kernel
     if forward:
         block_c = min(block_c, masksub_loss._forward_max_block())  # the launcher's cap for the forward
     if flags.get("SPLIT"):
         block_c = masksub_loss._split_max_block()  # the launcher's block for class splits (both kernels)
     logits = {"z_ptr": f"*{dtype}", "s_ptr": f"*{dtype}", "y_ptr": "*fp32" if flags.get("DENSE") else "*i64"}
+    logits["bias_ptr"] = f"*{bias or dtype}"
     if forward:
         scratch = {"part_ptr": "*fp32", "ticket_ptr": "*i32"}
         signature = {**logits, "out_ptr": "*fp32", **scratch, **_LOSS_SCALARS, **_LOSS_OPTIONS}
@@ -167,13 +169,15 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
         grads = {"gm_ptr": "*fp32", "gs_ptr": "*fp32", "dz_ptr": f"*{dtype}", "ds_ptr": f"*{dtype}"}
         signature = {**logits, "out_ptr": "*fp32", **grads, **_LOSS_SCALARS, "stride_gm": "i64", "stride_gs": "i64"}
         signature.update(_LOSS_OPTIONS)
-    constexprs = {"BCE": False, "DENSE": False, "BINARISE": False, "SPLIT": False, **flags, "BLOCK_C": block_c}
+    constexprs = {"BCE": False, "DENSE": False, "BINARISE": False, "SPLIT": False, "HAS_BIAS": bias is not None}
+    constexprs.update(flags, BLOCK_C=block_c)
     if forward:
         constexprs["BLOCK_S"] = 64 if constexprs["SPLIT"] else 1  # splits (SPLIT): up to 2 x 132 SMs / rows
     signature = {name: kind for name, kind in signature.items() if name not in constexprs}
     if not forward:
         constexprs = {"LABELS": False, **constexprs}
     set_flags = ",".join(k.lower() if v is True else f"{k}={v}" for k, v in flags.items() if v)
+    set_flags += f",bias={bias}" if bias else ""
     name = f"{'fwd' if forward else 'bwd'}[{dtype},{set_flags},block={block_c}]"
     return name, kernel, signature, constexprs, {"num_warps": masksub_loss._launch_config(block_c, block_c)[1]}
 
@@ -203,6 +207,12 @@ def masksub_loss_specs() -> list[tuple]:
         *(
             _loss_spec(bwd, "bf16", {"LABELS": not f, "WRITE_DZ": True, "WRITE_DS": True, "SPLIT": True, **f})
             for f in split_flags
+        ),
+        # the fused-linear op's chunks (ops/_linear_loss_chunks.py): fp32 logits, the bias of bf16 / fp16 inputs
+        *(
+            _loss_spec(kernel, "fp32", flags, bias=bias)
+            for bias in ("bf16", "fp16")
+            for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
         ),
         # Triton turns integer arguments equal to 1 into constants: one row of one class
         _loss_spec(fwd, "fp32", {"HAS_MAIN": True, "HAS_SUB": True, "M": 1, "C": 1}),

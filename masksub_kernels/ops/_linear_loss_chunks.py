@@ -7,7 +7,7 @@ of rows, and the backward of L only scales them (Liger's fused linear cross-entr
 do the same for one term):
 
     for each chunk of R counted rows (ignore_index rows are skipped: they cost nothing):
-        [z; s] = [h_c; hs_c] W^T + b                        [2R, C] fp32, this chunk only, one matmul
+        [z; s] = [h_c; hs_c] W^T (+ b)                      [2R, C] fp32, this chunk only, one matmul
         losses and stats of z, s/T, z/T; dz, ds for the row grads a/count, b/count (mean) or a, b (sum)
         dh_c = dz W,  dhs_c = ds W                          rows of dH, dHs [M, D]
         dW += [dz; ds]^T [h_c; hs_c],  db += sum_rows [dz; ds]          one fp32 accumulator, one matmul
@@ -27,7 +27,8 @@ Two flavours, chosen by the op's backend:
 - reference (the 'torch' backend, the CPU path): logits in fp32 (fp64 for fp64 inputs), the loss and its logit
   gradients by ops/masksub_loss.py's reference functions, chunks of chunk_rows(C) rows (CHUNK_ELEMENTS logits);
 - kernels (the 'triton' backend): logits in fp32 from the inputs' dtype (cuBLAS with an fp32 output on a GPU:
-  bf16 / fp16 tensor cores, never rounded to bf16), the loss and dz, ds by the fused masksub_loss Triton kernels,
+  bf16 / fp16 tensor cores, never rounded to bf16) without the bias, which the fused masksub_loss Triton kernels
+  add as they read the logits (no pass over them) while computing the loss and dz, ds,
   dz and ds written over the fp32 logits (fp32 inputs) or into a [2R, C] buffer of the inputs' dtype; dW
   accumulated in fp32 (cuBLAS with an fp32 output on CUDA, fp32 operands elsewhere).
 
@@ -84,17 +85,12 @@ def _store_rows(dx: torch.Tensor, chunk: slice | torch.Tensor, d: torch.Tensor, 
         dx[chunk] = (d @ w).to(dx.dtype)
 
 
-def _fp32_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """x W^T + b in fp32 [R, C] from operands in their own dtype: fp32 accumulation, never rounded to bf16."""
+def _fp32_logits(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x W^T in fp32 [R, C] from operands in their own dtype: fp32 accumulation, never rounded to bf16 (the bias is
+    added by the loss kernels as they read the logits: no pass over them)."""
     if x.dtype == torch.float32 or not x.is_cuda:
-        x, w = x.float(), w.float()
-        return x @ w.T if b is None else torch.addmm(b.float(), x, w.T)
-    if b is None:
-        return torch.mm(x, w.T, out_dtype=torch.float32)  # cuBLAS: bf16 / fp16 tensor cores, fp32 output
-    # the bias as the matmul's beta = 1 input: z filled with b (one write pass), x W^T added in cuBLAS's epilogue
-    # (cheaper than an add pass over z afterwards, which reads and writes it)
-    z = b.to(torch.float32).expand(x.shape[0], -1).contiguous()
-    return torch.addmm(z, x, w.T, out_dtype=torch.float32, out=z)
+        return x.float() @ w.float().T
+    return torch.mm(x, w.T, out_dtype=torch.float32)  # cuBLAS: bf16 / fp16 tensor cores, fp32 output
 
 
 def grads_in_forward(
@@ -149,6 +145,7 @@ def grads_in_forward(
     stats = torch.zeros(loss_ops.NUM_OUT, rows, dtype=torch.float32, device=device)  # ignored rows stay 0
     w = weight.to(operand)
     w_acc, b_acc = weight.to(acc), None if bias is None else bias.to(acc)
+    bias_c = None if bias is None else bias.contiguous()  # the kernels' bias: read in its own dtype
     # the row grads of the two terms, one number each (expanded per chunk: no launch)
     g_main = torch.full((1,), grad * main_weight, device=device) if want_main else None
     g_sub = torch.full((1,), grad * sub_weight, device=device) if want_sub else None
@@ -165,11 +162,12 @@ def grads_in_forward(
         if kernels:
             # fp32 logits (never rounded to bf16: the values keep fp32 accuracy), the fused loss kernels on them,
             # dz and ds written by the backward kernel over the logits (fp32) or into a buffer of the inputs' dtype
-            logits = _fp32_logits(x, weight, bias)
+            logits = _fp32_logits(x, weight)  # without the bias: the loss kernels add it as they read
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
-            out = loss_ops._forward_triton(z, s, y, *options)  # fp32 [9, R]
+            out = loss_ops._forward_triton(z, s, y, *options, bias=bias_c)  # fp32 [9, R]
             grads = logits if operand == torch.float32 else torch.empty_like(logits, dtype=operand)
-            dz, ds = loss_ops._backward_triton(gm, gs, out, z, s, y, *options, into=(grads[:n], grads[n:]))
+            into = (grads[:n], grads[n:])
+            dz, ds = loss_ops._backward_triton(gm, gs, out, z, s, y, *options, into=into, bias=bias_c)
         else:
             logits = x.to(acc) @ w_acc.T if b_acc is None else torch.addmm(b_acc, x.to(acc), w_acc.T)
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)

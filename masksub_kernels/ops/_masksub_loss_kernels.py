@@ -100,10 +100,20 @@ def _running_exp_sum(v, m, l, k):
 
 
 @jit
+def _bias_block(bias_ptr, cols, mask, MASKED: tl.constexpr):
+    """The bias of a block of classes in fp32 (HAS_BIAS: the fused-linear loss's chunks, whose logits come without
+    it, so that no pass over them adds it: the kernels add it to z and s as they read them)."""
+    if MASKED:
+        return tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    return tl.load(bias_ptr + cols).to(tl.float32)
+
+
+@jit
 def _fwd_block(
     z_row,
     s_row,
     y_row,
+    bias_ptr,
     cols,
     mask,
     label,
@@ -127,6 +137,7 @@ def _fwd_block(
     DENSE: tl.constexpr,
     BINARISE: tl.constexpr,
     MASKED: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
 ):
     # One block of classes into the per-lane states (each lane its own softmax state, merged once per row: no block
     # reduction per iteration). Only the last block is MASKED; its masked lanes read z = s = -inf and add nothing.
@@ -138,11 +149,16 @@ def _fwd_block(
         z = tl.load(z_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
     else:
         z = tl.load(z_row + cols).to(tl.float32)
+    if HAS_BIAS:
+        bias = _bias_block(bias_ptr, cols, mask, MASKED)
+        z += bias  # -inf + b stays -inf
     if HAS_SUB:
         if MASKED:
             s = tl.load(s_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
         else:
             s = tl.load(s_row + cols).to(tl.float32)
+        if HAS_BIAS:
+            s += bias
     if BCE:
         if HAS_MAIN:
             w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
@@ -225,9 +241,10 @@ def _merge_states(
 
 @jit
 def _store_row(
-    out_row, m64, in_row, z_row, label, valid, bad, eps, C, threshold, inv_t, temperature,
+    out_row, m64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
     c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t,
     HAS_MAIN: tl.constexpr, HAS_SUB: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
 ):  # fmt: skip
     # The row's merged state (FINAL shifts) into its losses and saved stats: stats row k of the row at out_row + k M.
     if HAS_MAIN:
@@ -245,6 +262,8 @@ def _store_row(
                 w_y, w_o = (1.0 - eps) * q_y + eps / C, (1.0 - eps) * q_o + eps / C
                 has_y = valid & ~bad
                 z_y = tl.load(z_row + tl.where(has_y, label, 0), mask=has_y, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    z_y += tl.load(bias_ptr + tl.where(has_y, label, 0), mask=has_y, other=0.0).to(tl.float32)
                 s_w = w_o * C + tl.where((label >= 0) & (label < C), w_y - w_o, 0.0)  # as the one-hot's sum
                 d_w = tl.where(w_o != 0.0, w_o * (a_z - C * c_z), 0.0)
                 d_w += tl.where(w_y != w_o, (w_y - w_o) * (z_y - c_z), 0.0)
@@ -270,6 +289,7 @@ def _loss_fwd_kernel(
     z_ptr,  # main logits [M, C], last stride 1 (also the sub term's teacher)
     s_ptr,  # sub logits [M, C], last stride 1 (HAS_SUB)
     y_ptr,  # int64 class ids [M] or probabilities [M, C], last stride 1 (HAS_MAIN)
+    bias_ptr,  # [C]: added to z and s as they are read (HAS_BIAS: the fused-linear loss's chunks)
     out_ptr,  # fp32 [9, M] out: main loss, sub loss (T^2 included; 0 ignored, NaN bad-id rows), stats, zero-filled
     part_ptr,  # fp32 [8, M, splits] scratch: each split's merged state (SPLIT)
     ticket_ptr,  # int32 [M], zero-filled: splits of the row done so far (SPLIT)
@@ -289,6 +309,7 @@ def _loss_fwd_kernel(
     DENSE: tl.constexpr,
     BINARISE: tl.constexpr,
     SPLIT: tl.constexpr,  # grid (M, splits): program (row, j) takes classes [j chunk, (j + 1) chunk)
+    HAS_BIAS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,  # >= splits (SPLIT)
 ):
@@ -310,14 +331,14 @@ def _loss_fwd_kernel(
     full = hi - (hi - lo) % BLOCK_C  # whole blocks unmasked, then one masked tail block (the row's last)
     for start in range(lo, full, BLOCK_C):
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
-            z_row, s_row, y_row, start + lanes, lanes < BLOCK_C, label, eps, C, threshold, inv_t, k_z, k_t,
-            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False,
+            z_row, s_row, y_row, bias_ptr, start + lanes, lanes < BLOCK_C, label, eps, C, threshold, inv_t, k_z, k_t,
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False, HAS_BIAS,
         )  # fmt: skip
     if full < hi:
         cols = full + lanes
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
-            z_row, s_row, y_row, cols, cols < hi, label, eps, C, threshold, inv_t, k_z, k_t,
-            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True,
+            z_row, s_row, y_row, bias_ptr, cols, cols < hi, label, eps, C, threshold, inv_t, k_z, k_t,
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True, HAS_BIAS,
         )  # fmt: skip
     out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
     in_row = row < M
@@ -359,16 +380,16 @@ def _loss_fwd_kernel(
                 pm_z, pl_z, pa_z, pb_z, pm_s, pl_s, pl_t, pd_t, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, True
             )
             _store_row(
-                out_row, m64, in_row, z_row, label, valid, bad, eps, C, threshold, inv_t, temperature,
-                rc_z, rl_z, ra_z, rb_z, rc_s, rl_s, rl_t, rd_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE,
+                out_row, m64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
+                rc_z, rl_z, ra_z, rb_z, rc_s, rl_s, rl_t, rd_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, HAS_BIAS,
             )  # fmt: skip
     else:
         c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t = _merge_states(
             m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, True
         )
         _store_row(
-            out_row, m64, in_row, z_row, label, valid, bad, eps, C, threshold, inv_t, temperature,
-            c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE,
+            out_row, m64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
+            c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, HAS_BIAS,
         )  # fmt: skip
 
 
@@ -377,6 +398,7 @@ def _bwd_block(
     z_row,
     s_row,
     y_row,
+    bias_ptr,
     dz_row,
     ds_row,
     cols,
@@ -403,6 +425,7 @@ def _bwd_block(
     DENSE: tl.constexpr,
     BINARISE: tl.constexpr,
     MASKED: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
 ):
     # One block of classes: both gradients recomputed from the saved stats and written. Only the last block is
     # MASKED. softmax(v)_c = exp(v_c - c - log l) = exp2((v_c - c) log2 e - b) with b = log2 l (one FFMA per
@@ -411,6 +434,9 @@ def _bwd_block(
         z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
     else:
         z = tl.load(z_row + cols).to(tl.float32)
+    if HAS_BIAS:
+        bias = _bias_block(bias_ptr, cols, mask, MASKED)
+        z += bias
     if WRITE_DZ:
         w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
         if BCE:
@@ -427,6 +453,8 @@ def _bwd_block(
             s = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32)
         else:
             s = tl.load(s_row + cols).to(tl.float32)
+        if HAS_BIAS:
+            s += bias
         if BCE:
             diff = _sigmoid(s * inv_t) - _sigmoid(z * inv_t)
         else:
@@ -444,6 +472,7 @@ def _loss_bwd_kernel(
     z_ptr,  # as in the forward
     s_ptr,
     y_ptr,
+    bias_ptr,
     out_ptr,  # fp32 [9, M], the forward's output (stats rows)
     gm_ptr,  # grad of the per-row main loss [M], any float dtype and row stride (0 included) (WRITE_DZ)
     gs_ptr,  # grad of the per-row sub loss [M] (WRITE_DS)
@@ -468,6 +497,7 @@ def _loss_bwd_kernel(
     DENSE: tl.constexpr,
     BINARISE: tl.constexpr,
     SPLIT: tl.constexpr,  # grid (M, splits): program (row, j) takes classes [j chunk, (j + 1) chunk)
+    HAS_BIAS: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -500,14 +530,14 @@ def _loss_bwd_kernel(
     full = hi - (hi - lo) % BLOCK_C  # whole blocks unmasked, then one masked tail block
     for start in range(lo, full, BLOCK_C):
         _bwd_block(
-            z_row, s_row, y_row, dz_ptr + row * C, ds_ptr + row * C, start + lanes, lanes < BLOCK_C, label, valid,
-            bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
-            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, False,
+            z_row, s_row, y_row, bias_ptr, dz_ptr + row * C, ds_ptr + row * C, start + lanes, lanes < BLOCK_C, label,
+            valid, bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
+            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, False, HAS_BIAS,
         )  # fmt: skip
     if full < hi:
         cols = full + lanes
         _bwd_block(
-            z_row, s_row, y_row, dz_ptr + row * C, ds_ptr + row * C, cols, cols < hi, label, valid,
+            z_row, s_row, y_row, bias_ptr, dz_ptr + row * C, ds_ptr + row * C, cols, cols < hi, label, valid,
             bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
-            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, True,
+            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, True, HAS_BIAS,
         )  # fmt: skip

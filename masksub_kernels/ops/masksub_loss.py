@@ -280,7 +280,9 @@ def _prepare(logits, sub_logits, target, bce, threshold, max_block):
     return (z, z if s is None else s, z if y is None else y), strides, flags, num_warps, split
 
 
-def _forward_triton(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold):
+def _forward_triton(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold, bias=None):
+    """fp32 [9, M]. ``bias``: [C], added to both logits as the kernel reads them (the fused-linear op's chunks,
+    whose logits come without it)."""
     operands, strides, flags, warps, (splits, chunk) = _prepare(
         logits, sub_logits, target, bce, threshold, _forward_max_block()
     )
@@ -294,21 +296,33 @@ def _forward_triton(logits, sub_logits, target, bce, label_smoothing, ignore_ind
         part = torch.empty(8, rows, splits, dtype=torch.float32, device=z.device)
         ticket = buffer[NUM_OUT].view(torch.int32)
     if rows:
-        args = (*operands, out, part, ticket, *z.shape, chunk, *strides)
+        args = (*operands, z if bias is None else bias, out, part, ticket, *z.shape, chunk, *strides)
         args += (label_smoothing, ignore_index, temperature, threshold or 0.0)
-        has = {"HAS_MAIN": target is not None, "HAS_SUB": sub_logits is not None}
+        has = {"HAS_MAIN": target is not None, "HAS_SUB": sub_logits is not None, "HAS_BIAS": bias is not None}
         block_s = next_power_of_2(splits)
         _loss_fwd_kernel[(rows, splits)](*args, **has, **flags, BLOCK_S=block_s, num_warps=warps)
     return out
 
 
 def _backward_triton(
-    grad_main, grad_sub, out, logits, sub_logits, target, bce, eps, ignore, temperature, threshold, into=None
+    grad_main,
+    grad_sub,
+    out,
+    logits,
+    sub_logits,
+    target,
+    bce,
+    eps,
+    ignore,
+    temperature,
+    threshold,
+    into=None,
+    bias=None,
 ):
     """(dz or [0], ds or [0]). ``into``: (dz buffer, ds buffer) to write, contiguous [M, C] of any float dtype
     (the kernel casts once); a buffer may be the logits themselves (the fused-linear op's chunks): each program owns
     its row (or its class range of the row) and each block loads z and s into registers before storing the
-    gradients of the same elements."""
+    gradients of the same elements. ``bias``: as in the forward (the same one)."""
     (z, s, y), strides, flags, warps, (splits, chunk) = _prepare(
         logits, sub_logits, target, bce, threshold, MAX_BLOCK_C
     )
@@ -319,9 +333,11 @@ def _backward_triton(
         dz, ds = (z.new_empty(z.shape if g is not None else (0,)) for g in (grad_main, grad_sub))  # contiguous
     gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
     if z.shape[0] and (grad_main is not None or grad_sub is not None):
-        args = (z, s, y, out, gm, gs, dz if dz.numel() else out, ds if ds.numel() else out, *z.shape, chunk)
+        args = (z, s, y, z if bias is None else bias, out, gm, gs, dz if dz.numel() else out)
+        args += (ds if ds.numel() else out, *z.shape, chunk)
         args += (*strides, gm.stride(0), gs.stride(0), eps, ignore, temperature, threshold or 0.0)
         has = {"LABELS": target is not None and not flags["DENSE"], "WRITE_DZ": grad_main is not None}
+        has["HAS_BIAS"] = bias is not None
         grid = (z.shape[0], splits)
         _loss_bwd_kernel[grid](*args, **has, WRITE_DS=grad_sub is not None, **flags, num_warps=warps)
     return dz, ds
