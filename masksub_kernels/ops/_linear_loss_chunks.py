@@ -61,15 +61,31 @@ def counted_rows(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
     return torch.nonzero(target != ignore_index).squeeze(1)  # a host sync on CUDA tensors: the count
 
 
+_addmm_into_fp32: bool | None = None  # whether this torch's CUDA addmm accumulates bf16 / fp16 products into fp32
+
+
 def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """acc += a @ b with acc fp32 (or fp64) and a, b possibly in a lower precision, accumulated in acc's dtype."""
+    global _addmm_into_fp32
     if a.dtype == acc.dtype:
         acc.addmm_(a, b)
-    elif acc.is_cuda:
-        # cuBLAS: low-precision operands, fp32 accumulation and output, beta = 1 into acc (no [C, D] temporary)
-        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
-    else:
+    elif not acc.is_cuda:
         acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))  # the interpreter's CPU tensors: fp32 operands, exact
+    else:
+        # cuBLAS: low-precision operands, fp32 accumulation and output, beta = 1 into acc (no [C, D] temporary).
+        # Some torch releases' addmm(out_dtype=...) want `self` in the operands' dtype (a host-side check, raised
+        # before any work): then an fp32 product and an add, with an fp32 [C, D] temporary (~2.3% more memory at
+        # BERT's shape). The first call tells which.
+        if _addmm_into_fp32 is not False:
+            try:
+                torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+                _addmm_into_fp32 = True
+                return
+            except RuntimeError as exc:
+                if _addmm_into_fp32 or "dtype" not in str(exc):
+                    raise  # not the dtype check of a first call
+                _addmm_into_fp32 = False
+        acc.add_(torch.mm(a, b, out_dtype=acc.dtype))
 
 
 def _rows(x: torch.Tensor, chunk: slice | torch.Tensor) -> torch.Tensor:
