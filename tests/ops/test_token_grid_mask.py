@@ -137,3 +137,27 @@ def test_mask_tokens_published_cell_counts():
 def test_mask_tokens_bad_input(tokens, mask_token, kwargs, error, match):
     with pytest.raises(error, match=match):
         mk.mask_tokens_grid(tokens, mask_token, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_torch_backend_backward_by_rows_equals_the_reference(dtype):
+    # The torch backend's backward (index_fill / index_select of whole rows on CPU tensors) against the reference:
+    # dT bit for bit (+0.0 on removed tokens, a kept -0.0, NaN and inf kept as they are), dm within its fp32 bound
+    # (a kept token's NaN never reaches it); contiguous and strided gradients; each gradient alone.
+    mask = mk.random_grid_mask(3, (2, 3), 3, seed=4)
+    removed = gm.pixel_mask_reference(mask, 8)
+    kept = (~removed).nonzero()
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(3, 16, 24, 40, generator=gen).to(dtype)
+    for grad in (base[..., :20].contiguous(), base[..., ::2], base.transpose(1, 2).contiguous().transpose(1, 2)):
+        grad = grad.clone() if grad.is_contiguous() else grad
+        for (b, h, w), value in zip(kept[:3].tolist(), (float("nan"), float("inf"), -0.0)):
+            grad[b, h, w, 1] = value
+        expected_tokens, _ = tgm.mask_tokens_backward_reference(grad, mask, 8)
+        grad_tokens, grad_mask = tgm._mask_tokens_backward_torch(grad, mask, 8, True, True)
+        assert grad_tokens.is_contiguous() and torch.equal(bits(grad_tokens), bits(expected_tokens))
+        assert bool(torch.isfinite(grad_mask).all())
+        assert_mask_token_grad_close(grad_mask, torch.where(removed[..., None], grad, 0), mask, 8)
+        alone = tgm._mask_tokens_backward_torch(grad, mask, 8, False, True)
+        assert alone[0].numel() == 0 and torch.equal(bits(alone[1]), bits(grad_mask))
+        assert tgm._mask_tokens_backward_torch(grad, mask, 8, True, False)[1].numel() == 0
