@@ -161,3 +161,21 @@ def test_torch_backend_backward_by_rows_equals_the_reference(dtype):
         alone = tgm._mask_tokens_backward_torch(grad, mask, 8, False, True)
         assert alone[0].numel() == 0 and torch.equal(bits(alone[1]), bits(grad_mask))
         assert tgm._mask_tokens_backward_torch(grad, mask, 8, True, False)[1].numel() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_torch_backend_forward_by_rows_equals_the_reference(dtype):
+    # index_put_ of the mask token over the rows of removed cells, bit for bit the reference's select: a removed
+    # token's NaN never leaks, strided tokens are read in place, the input is never written.
+    mask = mk.random_grid_mask(3, (2, 3), 3, seed=5)
+    removed = gm.pixel_mask_reference(mask, 8)
+    base = torch.randn(3, 16, 24, 40, generator=torch.Generator().manual_seed(2)).to(dtype)
+    base[:, :, :, :20][removed] = float("nan")
+    mask_token = torch.randn(20).to(dtype)
+    transposed = base[..., :20].transpose(1, 2).contiguous().transpose(1, 2)
+    for tokens in (base[..., :20].contiguous(), base[..., ::2], transposed):
+        before = tokens.clone()
+        out = tgm._mask_tokens_forward_torch(tokens, mask_token, mask, 8)
+        assert out.is_contiguous() and not bool(out[removed].isnan().any())
+        assert torch.equal(bits(out), bits(tgm.mask_tokens_reference(tokens, mask_token, mask, 8)))
+        assert torch.equal(bits(tokens), bits(before))
