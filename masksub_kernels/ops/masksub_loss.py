@@ -205,12 +205,14 @@ def loss_backward_reference(grad_main, grad_sub, out, logits, sub_logits, target
 # The reference above is the op's exact output, stats included, for the kernels' layout, and its backward
 # recomputes both softmaxes and masks [M, C] gradients with selects: about twice the [M, C] passes of the eager
 # code it replaces (issue 12: 0.5x at M=256, C=1000 on a CPU). In eager mode the torch backend runs this
-# autograd.Function instead (MaskSubOp's torch_eager): the same per-row losses from the same formulas, and it keeps
-# the softmax(z) its forward computed anyway (the teacher at T = 1) for the backward, so the backward is a few
-# elementwise passes and no [M, C] select. Softmaxes are torch.softmax, as in the reference's backward: the
-# gradient p - onehot cancels where p is near 1, and the same roundings give the same gradients. Its output rows
-# C_Z..LOG_L_T are NaN: those are the kernels' private state for their backward, never read here. The reference
-# functions stay the compiled op's torch implementation and the oracle the tests compare this path against.
+# autograd.Function instead (MaskSubOp's torch_eager): the same per-row losses from the same formulas, and, when a
+# gradient is asked for, the forward also forms that term's bracket of loss_backward_reference (p S - w, q - p,
+# sigmoid - w) from the softmaxes it has at hand (the teacher softmax(z) is the main term's p at T = 1), so the
+# backward is one multiply per gradient (the eager code it replaces keeps as many [M, C] tensors). Softmaxes are
+# torch.softmax, as in the reference's backward: the gradient p - onehot cancels where p is near 1, and the same
+# roundings give the same gradients. Its output rows C_Z..LOG_L_T are NaN: those are the kernels' private state
+# for their backward, never read here. The reference functions stay the compiled op's torch implementation and the
+# oracle the tests compare this path against.
 #
 # Rows: a gradient row is g_i * (its softmax terms), with g_i replaced by 0 for an ignored row and NaN for a class
 # id out of range: the reference's [M, C] selects, folded into an [M] one. 0 * (softmax terms) is exactly 0
@@ -261,31 +263,35 @@ def _weights_lean(target: torch.Tensor, classes: int, eps: float, threshold: flo
 
 
 def _eager_forward(logits, sub_logits, target, bce, eps, ignore, temperature, threshold, keep):
-    """(out [NUM_OUT, M] fp32, saved, rows): the per-row losses as loss_forward_reference gives them, the stats
-    rows NaN; ``keep`` = (main gradient needed, sub gradient needed) says what to save for _EagerLoss.backward."""
+    """(out [NUM_OUT, M] fp32, (d_z, d_s), rows): the per-row losses as loss_forward_reference gives them, the stats
+    rows NaN. ``keep`` = (main gradient needed, sub gradient needed): then d_z / d_s is the term's gradient per
+    unit of its row's grad_output, loss_backward_reference's bracket (p S - w, sigmoid(z) - w, q - p), computed
+    here from the softmaxes the forward has anyway, so that the backward is one multiply per gradient."""
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     z = logits.to(acc)
     classes = z.shape[1]
     rows = _Rows(target, ignore, z.shape, z.device)
     main = sub = torch.zeros(z.shape[0], dtype=torch.float32, device=z.device)  # an absent term
     keep_main, keep_sub = keep
-    saved = dict.fromkeys(("p_z", "w", "z", "p_t", "x"))
-    p_z = None  # softmax(z), when computed
+    d_z = d_s = p_z = None  # p_z: softmax(z), when computed
     if target is not None:
+        ids = not target.is_floating_point()
         if bce:
             w = _target_weights(target, classes, eps, threshold, acc)
             main = _bce_terms(z, w).mean(1)
-            saved["z"], saved["w"] = (z, w) if keep_main else (None, None)
+            d_z = torch.sigmoid(z).sub_(w) if keep_main else None
         else:
-            if not target.is_floating_point():
-                main = _class_id_ce(torch.log_softmax(z, dim=1), target, eps)
-            else:
-                w = _weights_lean(target, classes, eps, threshold, acc)
-                main = _soft_ce_lean(z, w)
-                saved["w"] = w if keep_main else None
+            w = None if ids else _weights_lean(target, classes, eps, threshold, acc)
+            main = _class_id_ce(torch.log_softmax(z, dim=1), target, eps) if ids else _soft_ce_lean(z, w)
             if keep_main or (sub_logits is not None and temperature == 1):
                 p_z = torch.softmax(z, dim=1)  # the reference backward's softmax(z), bit for bit
-            saved["p_z"] = p_z if keep_main else None
+            if keep_main and not ids:  # p S - w, S = sum_c w_c
+                d_z = (p_z * w.sum(1, keepdim=True)).sub_(w)
+            elif keep_main and eps:  # p S - eps / C; the one-hot part is the backward's scatter (see there)
+                in_range = ((target >= 0) & (target < classes))[:, None]  # only rows that count matter (g = 0, NaN)
+                d_z = (p_z * ((1 - eps) * in_range + eps)).sub_(eps / classes)
+            elif keep_main:  # S = 1 in a row that counts: p
+                d_z = p_z
         main = rows.values(main)
     if sub_logits is not None:
         x, zt = sub_logits.to(acc), z
@@ -294,44 +300,36 @@ def _eager_forward(logits, sub_logits, target, bce, eps, ignore, temperature, th
         if bce:
             p_t = torch.sigmoid(zt)
             sub = _bce_terms(x, p_t).mean(1)
-            saved["x"] = x if keep_sub else None
+            d_s = torch.sigmoid(x).sub_(p_t) if keep_sub else None
         else:
             p_t = p_z if p_z is not None and temperature == 1 else torch.softmax(zt, dim=1)
             sub = _soft_ce_lean(x, p_t)
-            saved["x"] = x if keep_sub else None
-        saved["p_t"] = p_t if keep_sub else None
+            d_s = torch.softmax(x, dim=1).sub_(p_t) if keep_sub else None
         sub = rows.values(sub * temperature**2 if temperature != 1 else sub)
     stats = torch.full((NUM_OUT - 2, z.shape[0]), torch.nan, dtype=torch.float32, device=z.device)
-    return torch.cat([main.to(torch.float32)[None], sub.to(torch.float32)[None], stats]), saved, rows
+    return torch.cat([main.to(torch.float32)[None], sub.to(torch.float32)[None], stats]), (d_z, d_s), rows
 
 
 def _eager_backward(grad_main, grad_sub, saved, rows, logits, sub_logits, target, bce, eps, temperature):
-    """(d logits or None, d sub_logits or None) from the saved tensors: loss_backward_reference's formulas (and
-    order of roundings), the row masks applied to the [M] grad_output rows."""
+    """(d logits or None, d sub_logits or None): g * d for the saved brackets d (the reference's order of
+    roundings), g the [M] grad_output row with the row masks applied; for class ids the one-hot part of the main
+    term, -(1 - eps) g, added to the target column after the multiply, as the reference does (where p is near 1,
+    p - 1 cancels: the same roundings give the same gradient)."""
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     classes = logits.shape[1]
+    d_z, d_s = saved
     dz = ds = None
     if grad_main is not None:
         g = grad_main.to(acc)
         g = rows.values(g * (1.0 / classes) if bce else g)[:, None]
-        if bce:
-            dz = torch.sigmoid(saved["z"]).sub_(saved["w"]).mul_(g)
-        elif target.is_floating_point():  # g (p S - w), S = sum_c w_c
-            dz = (saved["p_z"] * saved["w"].sum(1, keepdim=True)).sub_(saved["w"]).mul_(g)
-        else:  # g (p S - w), w = (1 - eps) onehot(y) + eps / C, S = (1 - eps) + eps in a row that counts
-            if eps:  # the reference's order: the one-hot part cancels exactly where p S = 1 (C = 1)
-                in_range = ((target >= 0) & (target < classes))[:, None]  # only rows that count matter (g = 0, NaN)
-                dz = (saved["p_z"] * ((1 - eps) * in_range + eps)).sub_(eps / classes).mul_(g)
-            else:
-                dz = saved["p_z"] * g
+        dz = d_z * g
+        if not bce and not target.is_floating_point():
             dz.scatter_add_(1, target.long().clamp(0, classes - 1)[:, None], g * -(1 - eps))
         dz = rows.grad(dz).to(logits.dtype)
     if grad_sub is not None:
         scale = temperature * (1.0 / classes) if bce else temperature
         g = grad_sub.to(acc)
-        g = rows.values(g * scale if scale != 1 else g)[:, None]
-        student = torch.sigmoid(saved["x"]) if bce else torch.softmax(saved["x"], dim=1)
-        ds = rows.grad(student.sub_(saved["p_t"]).mul_(g)).to(sub_logits.dtype)
+        ds = rows.grad(d_s * rows.values(g * scale if scale != 1 else g)[:, None]).to(sub_logits.dtype)
     return dz, ds
 
 
@@ -343,16 +341,15 @@ class _EagerLoss(torch.autograd.Function):
         keep = (ctx.needs_input_grad[0] and target is not None, ctx.needs_input_grad[1] and sub_logits is not None)
         options = (bce, eps, ignore, temperature, threshold)
         out, saved, ctx.rows = _eager_forward(logits, sub_logits, target, *options, keep=keep)
-        ctx.save_for_backward(logits, sub_logits, target, *saved.values())
-        ctx.names, ctx.options, ctx.keep = tuple(saved), (bce, eps, temperature), keep
+        ctx.save_for_backward(logits, sub_logits, target, *saved)
+        ctx.options, ctx.keep = (bce, eps, temperature), keep
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        logits, sub_logits, target, *tensors = ctx.saved_tensors
+        logits, sub_logits, target, *saved = ctx.saved_tensors
         grad_main = grad_out[MAIN] if ctx.keep[0] else None
         grad_sub = grad_out[SUB] if ctx.keep[1] else None
-        saved = dict(zip(ctx.names, tensors))
         dz, ds = _eager_backward(grad_main, grad_sub, saved, ctx.rows, logits, sub_logits, target, *ctx.options)
         return dz, ds, *(None,) * 6
 
