@@ -328,8 +328,8 @@ def _mask_tokens_backward_torch(grad_out, cell_mask, cell_size, need_tokens_grad
     """The torch backend's backward, only the gradients asked for. On CPU tensors by whole [C] rows of the
     [B * H * W, C] view, found once from the cell mask (nonzero: free of syncs there): dT = a copy with the removed
     rows filled with +0.0 (index_fill: the reference's select, bit for bit, in a third of its time), dm = the sum
-    of the removed rows (index_select, then one fp32 sum: rows of kept cells, NaN or not, are never read; the
-    order of the additions differs from the reference's, fixed all the same). Other devices: the reference."""
+    of the removed rows (_removed_rows_sum: rows of kept cells, NaN or not, are never read; the order of the
+    additions differs from the reference's, fixed all the same). Other devices: the reference."""
     empty = grad_out.new_empty(0)
     if grad_out.device.type != "cpu":
         grad_tokens, grad_mask = mask_tokens_backward_reference(grad_out, cell_mask, cell_size)
@@ -340,9 +340,22 @@ def _mask_tokens_backward_torch(grad_out, cell_mask, cell_size, need_tokens_grad
     if need_tokens_grad:
         grad_tokens = flat.index_fill(0, rows, 0).view(grad_out.shape)
     if need_mask_grad:
-        acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
-        grad_mask = flat.index_select(0, rows).sum(0, dtype=acc).to(grad_out.dtype)
+        grad_mask = _removed_rows_sum(flat, rows).to(grad_out.dtype)
     return grad_tokens, grad_mask
+
+
+ROWS_PER_PARTIAL = 64  # the CPU dm: rows added sequentially into one fp32 partial sum, the partials then by torch
+
+
+def _removed_rows_sum(flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """sum_r flat[rows[r]] in fp32 (fp64 for fp64). fp32 / fp64: embedding_bag adds each group of ROWS_PER_PARTIAL
+    rows in place (no [R, C] copy of the rows), then the partial sums are added (~64 eps of error, not R eps);
+    fp16 / bf16 (whose embedding_bag sums would be rounded to the dtype): the rows copied, then one fp32 sum."""
+    if flat.dtype not in (torch.float32, torch.float64) or not rows.numel():
+        acc = torch.float64 if flat.dtype == torch.float64 else torch.float32
+        return flat.index_select(0, rows).sum(0, dtype=acc)
+    offsets = torch.arange(0, rows.numel(), ROWS_PER_PARTIAL, device=rows.device)
+    return torch.nn.functional.embedding_bag(rows, flat, offsets, mode="sum").sum(0)
 
 
 @masksub_op(
