@@ -302,7 +302,8 @@ def _mask_tokens_forward_torch(tokens, mask_token, cell_mask, cell_size):
         return mask_tokens_reference(tokens, mask_token, cell_mask, cell_size)
     out = torch.empty(tokens.shape, dtype=tokens.dtype)
     out.copy_(tokens)
-    out.view(-1, tokens.shape[3]).index_put_((_removed_rows(cell_mask, cell_size),), mask_token.reshape(-1))
+    rows = out.view(out.shape[:3].numel(), out.shape[3])  # sizes, not -1: C may be 0
+    rows.index_put_((_removed_rows(cell_mask, cell_size),), mask_token.reshape(-1))
     return out
 
 
@@ -335,7 +336,7 @@ def _mask_tokens_backward_torch(grad_out, cell_mask, cell_size, need_tokens_grad
         grad_tokens, grad_mask = mask_tokens_backward_reference(grad_out, cell_mask, cell_size)
         return (grad_tokens if need_tokens_grad else empty), (grad_mask if need_mask_grad else empty)
     rows = _removed_rows(cell_mask, cell_size)
-    flat = grad_out.reshape(-1, grad_out.shape[3])  # a copy only for strides that a view cannot express
+    flat = grad_out.reshape(grad_out.shape[:3].numel(), grad_out.shape[3])  # a view unless strides forbid it
     grad_tokens = grad_mask = empty
     if need_tokens_grad:
         grad_tokens = flat.index_fill(0, rows, 0).view(grad_out.shape)
@@ -351,7 +352,7 @@ def _removed_rows_sum(flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """sum_r flat[rows[r]] in fp32 (fp64 for fp64). fp32 / fp64: embedding_bag adds each group of ROWS_PER_PARTIAL
     rows in place (no [R, C] copy of the rows), then the partial sums are added (~64 eps of error, not R eps);
     fp16 / bf16 (whose embedding_bag sums would be rounded to the dtype): the rows copied, then one fp32 sum."""
-    if flat.dtype not in (torch.float32, torch.float64) or not rows.numel():
+    if flat.dtype not in (torch.float32, torch.float64) or not rows.numel() or not flat.shape[1]:
         acc = torch.float64 if flat.dtype == torch.float64 else torch.float32
         return flat.index_select(0, rows).sum(0, dtype=acc)
     offsets = torch.arange(0, rows.numel(), ROWS_PER_PARTIAL, device=rows.device)

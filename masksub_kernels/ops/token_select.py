@@ -254,7 +254,8 @@ def gather_rows(x: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int) -> t
     rows = _flat_rows(ids, num_prefix_tokens, seq_len)
     if rows is None:
         return gather_reference(x, ids, num_prefix_tokens)
-    return x.reshape(-1, dim).index_select(0, rows).view(batch_size, num_prefix_tokens + ids.shape[1], dim)
+    source = x.reshape(batch_size * seq_len, dim)  # sizes, not -1: D may be 0
+    return source.index_select(0, rows).view(batch_size, num_prefix_tokens + ids.shape[1], dim)
 
 
 def scatter_rows(grad_y: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int, num_tokens: int) -> torch.Tensor:
@@ -266,7 +267,8 @@ def scatter_rows(grad_y: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int
     if rows is None:
         return scatter_reference(grad_y, ids, num_prefix_tokens, num_tokens)
     grad_x = grad_y.new_zeros(batch_size * seq_len, dim)
-    return grad_x.index_copy_(0, rows, grad_y.reshape(-1, dim)).view(batch_size, seq_len, dim)
+    source = grad_y.reshape(batch_size * (num_prefix_tokens + ids.shape[1]), dim)
+    return grad_x.index_copy_(0, rows, source).view(batch_size, seq_len, dim)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -161,6 +161,8 @@ def test_torch_backend_backward_by_rows_equals_the_reference(dtype):
         alone = tgm._mask_tokens_backward_torch(grad, mask, 8, False, True)
         assert alone[0].numel() == 0 and torch.equal(bits(alone[1]), bits(grad_mask))
         assert tgm._mask_tokens_backward_torch(grad, mask, 8, True, False)[1].numel() == 0
+    empty = tgm._mask_tokens_backward_torch(base[..., :0], mask, 8, True, True)  # C = 0
+    assert all(torch.equal(a, e) for a, e in zip(empty, tgm.mask_tokens_backward_reference(base[..., :0], mask, 8)))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -179,3 +181,5 @@ def test_torch_backend_forward_by_rows_equals_the_reference(dtype):
         assert out.is_contiguous() and not bool(out[removed].isnan().any())
         assert torch.equal(bits(out), bits(tgm.mask_tokens_reference(tokens, mask_token, mask, 8)))
         assert torch.equal(bits(tokens), bits(before))
+    empty = tgm._mask_tokens_forward_torch(base[..., :0], mask_token[:0], mask, 8)  # C = 0
+    assert torch.equal(empty, tgm.mask_tokens_reference(base[..., :0], mask_token[:0], mask, 8))

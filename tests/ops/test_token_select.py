@@ -364,7 +364,7 @@ def test_torch_backend_row_copies_equal_the_references(num_prefix):
     ids = torch.stack([torch.randperm(10, generator=gen)[:4] for _ in range(3)])
     bad = ids.clone()
     bad[0, 1], bad[2, 3] = 10, -1
-    for x in (wide[:, :, ::2], wide[:, :, :6].half().contiguous(), wide[:0, :, :6]):
+    for x in (wide[:, :, ::2], wide[:, :, :6].half().contiguous(), wide[:0, :, :6], wide[:, :, :0]):
         for index in (ids[: x.shape[0]], bad[: x.shape[0]]):
             y = ts.gather_rows(x, index, num_prefix)
             assert y.is_contiguous() and torch.equal(y, ts.gather_reference(x, index, num_prefix))
