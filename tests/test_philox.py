@@ -4,7 +4,8 @@ import pytest
 import torch
 from conftest import kernel_backends
 
-from masksub_kernels._philox import new_seed, philox_sort_keys, philox_uint32, sort_keys
+from masksub_kernels import _philox
+from masksub_kernels._philox import new_seed, philox_reference, philox_sort_keys, philox_uint32, sort_keys
 from masksub_kernels._triton import HAS_TRITON, jit, tl
 
 SEEDS = [0, 1, 7, 2**31 - 1, 2**31, 2**32 + 5, 123456789012, 2**63 - 1]
@@ -12,6 +13,24 @@ SEEDS = [0, 1, 7, 2**31 - 1, 2**31, 2**32 + 5, 123456789012, 2**63 - 1]
 
 def test_known_values_seed_zero():
     # Philox4x32-10 of counter (0, 0, 0, 0) and key (0, 0): the Random123 known-answer vector's first word.
+    assert philox_uint32(0, torch.tensor([0])).item() == 0x6627E8D5
+
+
+@pytest.mark.parametrize("seed", [*SEEDS, -1, -(2**63)])
+def test_stacked_rounds_equal_the_reference_rounds(seed):
+    # The CPU path (_philox_stacked: uint64 products, both words per op) against the int64-limb rounds, bit for
+    # bit: offsets with high words, any shape, none.
+    if not _philox._uint64_products():
+        pytest.skip("this torch does not multiply uint64 CPU tensors: philox_uint32 runs the reference rounds")
+    offsets = torch.cat([torch.arange(3000), torch.tensor([2**32 - 1, 2**32, 2**40 + 3, 2**62, 2**63 - 1])])
+    for shaped in (offsets, offsets[:3000].view(30, 100), offsets[:0].view(0, 4)):
+        assert torch.equal(_philox._philox_stacked(seed, shaped), philox_reference(seed, shaped))
+    assert torch.equal(philox_uint32(seed, offsets), philox_reference(seed, offsets))
+
+
+def test_fallback_without_uint64_products(monkeypatch):
+    monkeypatch.setattr(_philox, "_uint64_products", lambda: False)
+    monkeypatch.setattr(_philox, "_philox_stacked", None)  # never reached
     assert philox_uint32(0, torch.tensor([0])).item() == 0x6627E8D5
 
 

@@ -68,9 +68,16 @@ class MaskSubOp:
     ``autograd.Function`` when an input needs a gradient, with the very setup_context / backward registered on the
     custom op. While torch.compile traces (dynamo, and AOTAutograd tracing the backward formulas), the custom op is
     called instead, so compiled graphs keep one opaque node per op and never break.
+
+    ``torch_eager`` (optional): what the ``torch`` backend runs in eager mode instead of the ``torch``
+    implementation and the registered backward: a function of the op's arguments that returns the op's output and
+    does its own autograd (e.g. a lean ``autograd.Function`` that saves what its backward needs instead of
+    recomputing it, the CPU speed path). The traced op (torch.compile) and the other backends are unchanged.
     """
 
-    def __init__(self, name: str, schema, device_arg: str, implementations: dict, records: tuple[str, ...]):
+    def __init__(
+        self, name: str, schema, device_arg: str, implementations: dict, records: tuple[str, ...], torch_eager=None
+    ):
         parameters = list(inspect.signature(schema).parameters)
         if not callable(implementations["torch"]) or not all(
             f is None or callable(f) for f in implementations.values()
@@ -83,13 +90,17 @@ class MaskSubOp:
         self._implemented = tuple(backend for backend, f in implementations.items() if f is not None)
         self._fake = None
         self._function = None
+        self._torch_eager = torch_eager
         implementation = functools.update_wrapper(lambda *args: self.run(*args), schema)
         self.custom_op = torch.library.custom_op(f"masksub::{name}", implementation, mutates_args=())
 
+    def _device(self, args) -> torch.device:
+        device = args[self._device_index]
+        return device.device if isinstance(device, torch.Tensor) else device
+
     def run(self, *args):
         """The op on the backend that resolve_backend chooses for the device of its tensors."""
-        device = args[self._device_index]
-        device = device.device if isinstance(device, torch.Tensor) else device
+        device = self._device(args)
         if device.type == "meta" and self._fake is not None:
             return self._fake(*args)
         backend = _backend.resolve_backend(device, self.records, implemented=self._implemented)
@@ -127,6 +138,10 @@ class MaskSubOp:
     def __call__(self, *args):
         if torch.compiler.is_compiling() or _tracing(args):
             return self.custom_op(*args)
+        if self._torch_eager is not None:
+            device = self._device(args)
+            if device.type != "meta" and _backend.resolve_backend(device, self.records, self._implemented) == "torch":
+                return self._torch_eager(*args)
         if self._function is not None and torch.is_grad_enabled():
             if any(isinstance(arg, torch.Tensor) and arg.requires_grad for arg in args):
                 return self._function.apply(*args)
@@ -146,10 +161,13 @@ def _tracing(args) -> bool:
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
-def masksub_op(name: str, *, device: str, torch, triton, cuda, records: tuple[str, ...] | None = None):
+def masksub_op(
+    name: str, *, device: str, torch, triton, cuda, records: tuple[str, ...] | None = None, torch_eager=None
+):
     """Decorator over a signature (its body unused): ``@masksub_op("gather_tokens", device="x", torch=...,
     triton=..., cuda=...)`` makes the op ``masksub::gather_tokens`` with those implementations (None: the backend
     does not have it; ``auto`` then skips it). ``records``: the names under which ``last_backend`` reports it
-    (default: ``name``; ops that serve several public functions report under all of them)."""
+    (default: ``name``; ops that serve several public functions report under all of them). ``torch_eager``: the
+    torch backend's eager-mode implementation with its own autograd, where it has one (MaskSubOp)."""
     implementations = {"torch": torch, "triton": triton, "cuda": cuda}
-    return lambda schema: MaskSubOp(name, schema, device, implementations, records or (name,))
+    return lambda schema: MaskSubOp(name, schema, device, implementations, records or (name,), torch_eager)

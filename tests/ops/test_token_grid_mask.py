@@ -137,3 +137,49 @@ def test_mask_tokens_published_cell_counts():
 def test_mask_tokens_bad_input(tokens, mask_token, kwargs, error, match):
     with pytest.raises(error, match=match):
         mk.mask_tokens_grid(tokens, mask_token, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_torch_backend_backward_by_rows_equals_the_reference(dtype):
+    # The torch backend's backward (index_fill / index_select of whole rows on CPU tensors) against the reference:
+    # dT bit for bit (+0.0 on removed tokens, a kept -0.0, NaN and inf kept as they are), dm within its fp32 bound
+    # (a kept token's NaN never reaches it); contiguous and strided gradients; each gradient alone.
+    mask = mk.random_grid_mask(3, (2, 3), 3, seed=4)
+    removed = gm.pixel_mask_reference(mask, 8)
+    kept = (~removed).nonzero()
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(3, 16, 24, 40, generator=gen).to(dtype)
+    for grad in (base[..., :20].contiguous(), base[..., ::2], base.transpose(1, 2).contiguous().transpose(1, 2)):
+        grad = grad.clone() if grad.is_contiguous() else grad
+        for (b, h, w), value in zip(kept[:3].tolist(), (float("nan"), float("inf"), -0.0)):
+            grad[b, h, w, 1] = value
+        expected_tokens, _ = tgm.mask_tokens_backward_reference(grad, mask, 8)
+        grad_tokens, grad_mask = tgm._mask_tokens_backward_torch(grad, mask, 8, True, True)
+        assert grad_tokens.is_contiguous() and torch.equal(bits(grad_tokens), bits(expected_tokens))
+        assert bool(torch.isfinite(grad_mask).all())
+        assert_mask_token_grad_close(grad_mask, torch.where(removed[..., None], grad, 0), mask, 8)
+        alone = tgm._mask_tokens_backward_torch(grad, mask, 8, False, True)
+        assert alone[0].numel() == 0 and torch.equal(bits(alone[1]), bits(grad_mask))
+        assert tgm._mask_tokens_backward_torch(grad, mask, 8, True, False)[1].numel() == 0
+    empty = tgm._mask_tokens_backward_torch(base[..., :0], mask, 8, True, True)  # C = 0
+    assert all(torch.equal(a, e) for a, e in zip(empty, tgm.mask_tokens_backward_reference(base[..., :0], mask, 8)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_torch_backend_forward_by_rows_equals_the_reference(dtype):
+    # index_put_ of the mask token over the rows of removed cells, bit for bit the reference's select: a removed
+    # token's NaN never leaks, strided tokens are read in place, the input is never written.
+    mask = mk.random_grid_mask(3, (2, 3), 3, seed=5)
+    removed = gm.pixel_mask_reference(mask, 8)
+    base = torch.randn(3, 16, 24, 40, generator=torch.Generator().manual_seed(2)).to(dtype)
+    base[:, :, :, :20][removed] = float("nan")
+    mask_token = torch.randn(20).to(dtype)
+    transposed = base[..., :20].transpose(1, 2).contiguous().transpose(1, 2)
+    for tokens in (base[..., :20].contiguous(), base[..., ::2], transposed):
+        before = tokens.clone()
+        out = tgm._mask_tokens_forward_torch(tokens, mask_token, mask, 8)
+        assert out.is_contiguous() and not bool(out[removed].isnan().any())
+        assert torch.equal(bits(out), bits(tgm.mask_tokens_reference(tokens, mask_token, mask, 8)))
+        assert torch.equal(bits(tokens), bits(before))
+    empty = tgm._mask_tokens_forward_torch(base[..., :0], mask_token[:0], mask, 8)  # C = 0
+    assert torch.equal(empty, tgm.mask_tokens_reference(base[..., :0], mask_token[:0], mask, 8))

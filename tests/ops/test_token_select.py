@@ -378,3 +378,25 @@ def test_cuda_graph_replay_draws_the_seed_tensors_mask(kernel_backend):
         torch.cuda.synchronize()
         assert torch.equal(ids.cpu(), reference_ids(4, 64, 32, value))
         assert torch.equal(y.cpu(), ts.gather_reference(x.cpu(), ids.cpu(), 1))
+
+
+@pytest.mark.parametrize("num_prefix", [0, 1, 4])
+def test_torch_backend_row_copies_equal_the_references(num_prefix):
+    # gather_rows / scatter_rows (index_select / index_copy_ of whole rows: the torch backend) against the
+    # references, bit for bit: strided input, fp16, an empty batch, and unvalidated out-of-range ids (the references'
+    # spill row: zeros gathered, nothing scattered).
+    gen = torch.Generator().manual_seed(num_prefix)
+    wide = torch.randn(3, num_prefix + 10, 2 * 6, generator=gen)
+    ids = torch.stack([torch.randperm(10, generator=gen)[:4] for _ in range(3)])
+    bad = ids.clone()
+    bad[0, 1], bad[2, 3] = 10, -1
+    for x in (wide[:, :, ::2], wide[:, :, :6].half().contiguous(), wide[:0, :, :6], wide[:, :, :0]):
+        for index in (ids[: x.shape[0]], bad[: x.shape[0]]):
+            y = ts.gather_rows(x, index, num_prefix)
+            assert y.is_contiguous() and torch.equal(y, ts.gather_reference(x, index, num_prefix))
+            grad_y = torch.randn(y.shape, generator=gen).to(x.dtype)
+            expected = ts.scatter_reference(grad_y, index, num_prefix, 10)
+            assert torch.equal(ts.scatter_rows(grad_y, index, num_prefix, 10), expected)
+            assert torch.equal(
+                ts.scatter_rows(grad_y.transpose(1, 2).contiguous().transpose(1, 2), index, num_prefix, 10), expected
+            )

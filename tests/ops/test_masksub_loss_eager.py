@@ -1,0 +1,175 @@
+"""The torch backend's eager path of the fused loss (ops/masksub_loss.py, _EagerLoss) against the reference functions
+loss_forward_reference / loss_backward_reference, its oracle: the per-row losses and both gradients, for every
+option and the edge cases the reference handles (ignored rows, ids out of range, -inf logits, empty batches...).
+
+fp32: values and gradients to 1e-6 relative (plus 1e-6 of the largest gradient): the eager path sums w log p as a
+dot product and takes softmax(z) as exp(log_softmax(z)), so roundings may differ, never more. The test of the
+public losses against the float64 oracle (test_masksub_loss.py) runs this path as its 'torch' backend.
+"""
+
+import pytest
+import torch
+from conftest import DEVICE
+
+import masksub_kernels as mk
+from masksub_kernels.ops import masksub_loss as ml
+
+F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
+RTOL = {F32: 1e-6, F64: 1e-12, F16: 2**-10, BF16: 2**-7}
+
+
+def _inputs(rows, classes, dtype, kind, seed=0, scale=3.0):
+    gen = torch.Generator().manual_seed(seed)
+    main = (torch.randn(rows, classes, generator=gen) * scale).to(dtype)
+    sub = (torch.randn(rows, classes, generator=gen) * scale).to(dtype)
+    if kind == "dense":
+        target = torch.softmax(torch.randn(rows, classes, generator=gen) * 2, 1)
+        target[:, ::3] = 0.0  # classes without target mass
+    else:
+        target = torch.randint(0, classes, (rows,), generator=gen)
+        if kind == "ignore":
+            target[::3] = -100
+        elif kind == "bad":  # out-of-range ids next to an ignored row: NaN rows (the public losses refuse them)
+            target[0], target[1], target[2] = classes, -100, -7
+    return main.to(DEVICE), sub.to(DEVICE), target.to(DEVICE)
+
+
+def _close(actual, expected, dtype, name):
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert torch.equal(actual.isnan(), expected.isnan()), f"{name}: NaN in other places"
+    finite = expected[torch.isfinite(expected)]
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
+    rtol = RTOL[dtype]
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale + 1e-30, equal_nan=True, msg=name)
+
+
+def _check(main, sub, target, options, *, need=(True, True), grad_rows=None):
+    """The eager op (through _loss_op with the torch backend) against the reference: rows MAIN and SUB of the
+    output, and the gradients of sum(g_main * main + g_sub * sub) for per-row weights g."""
+    rows = main.shape[0]
+    gen = torch.Generator().manual_seed(5)
+    g_main, g_sub = grad_rows or (torch.randn(rows, generator=gen).to(DEVICE) for _ in "ms")
+    leaves = [t.detach().clone().requires_grad_(n) if t is not None else None for t, n in zip((main, sub), need)]
+    with mk.use_backend("torch"):
+        out = ml._loss_op(leaves[0], leaves[1], target, *options)
+    assert mk.last_backend("masksub_loss") == "torch"
+    assert out.shape == (ml.NUM_OUT, rows) and out.dtype == torch.float32
+    assert bool(out[ml.SUB + 1 :].isnan().all())  # the kernels' stats: not computed on the eager path
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    _close(out[ml.MAIN], expected[ml.MAIN], F32 if main.dtype != F64 else F64, "main")
+    _close(out[ml.SUB], expected[ml.SUB], F32 if main.dtype != F64 else F64, "sub")
+    wanted = [leaf is not None and leaf.requires_grad for leaf in leaves]
+    wanted[0] = wanted[0] and target is not None
+    if not any(wanted):
+        return out
+    (g_main * out[ml.MAIN] + g_sub * out[ml.SUB]).sum().backward()
+    ref_main = g_main if wanted[0] else None
+    ref_sub = g_sub if wanted[1] else None
+    dz, ds = ml.loss_backward_reference(ref_main, ref_sub, expected, main, sub, target, *options)
+    for name, leaf, want, reference in (("d main", leaves[0], wanted[0], dz), ("d sub", leaves[1], wanted[1], ds)):
+        if want:
+            assert leaf.grad.dtype == leaf.dtype
+            _close(leaf.grad, reference, leaf.dtype, name)
+        elif leaf is not None and leaf.requires_grad:
+            assert leaf.grad is None  # the sub term never reaches the main logits
+    return out
+
+
+# mode, classes, dtype, target kind, label_smoothing, temperature, target_threshold
+CASES = [
+    ("ce", 1, F32, "ids", 0.0, 1.0, None),
+    ("ce", 1, F32, "ids", 0.1, 1.0, None),
+    ("ce", 7, F32, "ignore", 0.1, 1.0, None),
+    ("ce", 1000, F32, "ids", 0.0, 1.0, None),
+    ("ce", 1000, F32, "ignore", 0.0, 2.0, None),
+    ("ce", 50, F32, "dense", 0.0, 1.0, None),
+    ("ce", 50, F32, "dense", 0.2, 0.5, None),
+    ("ce", 33, F32, "bad", 0.1, 1.0, None),
+    ("ce", 33, F64, "ignore", 0.1, 3.0, None),
+    ("ce", 33, F16, "ids", 0.0, 1.0, None),
+    ("ce", 33, BF16, "dense", 0.1, 2.0, None),
+    ("bce", 1, F32, "ids", 0.0, 1.0, None),
+    ("bce", 7, F32, "ignore", 0.1, 2.0, None),
+    ("bce", 50, F32, "dense", 0.0, 1.0, 0.0),
+    ("bce", 50, F32, "dense", 0.1, 1.0, 0.3),
+    ("bce", 33, F32, "bad", 0.0, 1.0, None),
+    ("bce", 33, F64, "dense", 0.1, 0.5, None),
+    ("bce", 33, BF16, "ids", 0.1, 1.0, None),
+]
+
+
+@pytest.mark.parametrize(("mode", "classes", "dtype", "kind", "eps", "temperature", "threshold"), CASES)
+def test_eager_path_matches_the_reference(mode, classes, dtype, kind, eps, temperature, threshold):
+    main, sub, target = _inputs(9, classes, dtype, kind)
+    _check(main, sub, target, (mode == "bce", eps, -100, temperature, threshold))
+
+
+@pytest.mark.parametrize("mode", ["ce", "bce"])
+@pytest.mark.parametrize("need", [(True, False), (False, True), (False, False)])
+def test_one_gradient_or_none(mode, need):
+    main, sub, target = _inputs(6, 20, F32, "ignore")
+    _check(main, sub, target, (mode == "bce", 0.1, -100, 2.0, None), need=need)
+
+
+@pytest.mark.parametrize("mode", ["ce", "bce"])
+def test_one_term(mode):
+    main, sub, target = _inputs(6, 20, F32, "ids")
+    _check(main, None, target, (mode == "bce", 0.1, -100, 1.0, None), need=(True, False))  # the main term alone
+    _check(main, sub, None, (mode == "bce", 0.0, -100, 2.0, None))  # the sub term alone (self-distillation)
+
+
+def test_empty_batch():
+    for mode in ("ce", "bce"):
+        main, sub, target = _inputs(0, 5, F32, "ids")
+        out = _check(main, sub, target, (mode == "bce", 0.1, -100, 1.0, None))
+        assert out.shape == (ml.NUM_OUT, 0)
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("ce", "ids"), ("ce", "dense"), ("bce", "ids"), ("bce", "dense")])
+def test_infinite_logits(mode, kind):
+    # -inf where a class has no weight: 0 * -inf must count as 0 (the dot product falls back to the select); 1e4
+    # logits; an ignored row of -inf (and one of +inf) logits: its gradient is 0, not 0 * NaN (the [M, C] select).
+    main, sub, target = _inputs(6, 7, F32, kind)
+    main[:, 0], sub[:, 1] = 1e4, -1e4
+    main[1, 2] = main[3, 4] = sub[3, 4] = sub[0, 5] = float("-inf")
+    if kind == "dense":
+        target[1, 2] = target[3, 4] = 0.0
+    else:
+        target = torch.tensor([0, 1, 3, 5, -100, -100], device=DEVICE)
+        main[4], sub[4] = float("-inf"), float("-inf")
+        main[5, 3] = sub[5, 2] = float("inf")
+    _check(main, sub, target, (mode == "bce", 0.0, -100, 1.0, None))
+    if kind != "dense":
+        _check(main, sub, target, (mode == "bce", 0.0, -100, 2.0, None))
+
+
+def test_any_grad_output_and_retained_graph():
+    # Non-finite grad_output on ignored rows still gives 0 there; a second backward of the same graph (retain_graph)
+    # gives the same gradients: the backward never writes the tensors it saved.
+    main, sub, target = _inputs(6, 30, F32, "ignore")
+    g_main = torch.tensor([float("nan"), 1.0, 2.0, float("inf"), -1.0, 0.5], device=DEVICE)
+    _check(main, sub, target, (False, 0.1, -100, 1.0, None), grad_rows=(g_main, torch.ones(6, device=DEVICE)))
+    leaves = [t.clone().requires_grad_(True) for t in (main, sub)]
+    with mk.use_backend("torch"):
+        out = ml._loss_op(*leaves, target, False, 0.1, -100, 1.0, None)
+    objective = (out[ml.MAIN] + 2 * out[ml.SUB]).sum()
+    first = torch.autograd.grad(objective, leaves, retain_graph=True)
+    second = torch.autograd.grad(objective, leaves)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_public_loss_runs_the_eager_path_and_compile_the_reference(monkeypatch):
+    # Eager: the public loss reaches _EagerLoss; under torch.compile the custom op (the reference) runs instead.
+    main, sub, target = _inputs(5, 10, F32, "ignore")
+    main.requires_grad_(True)
+    calls = []
+    original = ml._EagerLoss.apply
+    monkeypatch.setattr(ml._EagerLoss, "apply", lambda *args: calls.append(1) or original(*args))
+    with mk.use_backend("torch"):
+        eager = mk.masksub_loss(main, sub, target, label_smoothing=0.1).loss
+        assert calls == [1]
+        compiled = torch.compile(lambda a, b, y: mk.masksub_loss(a, b, y, label_smoothing=0.1).loss, backend="eager")
+        value = compiled(main, sub, target)
+        assert calls == [1]
+    torch.testing.assert_close(value, eager, rtol=1e-6, atol=0)
