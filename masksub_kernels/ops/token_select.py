@@ -49,6 +49,7 @@ from ._common import (
     resolve_device,
     sort_warps,
 )
+from ._token_rows import gather_rows, scatter_rows
 from ._token_select_kernels import _copy_rows_kernel, _select_gather_kernel, _select_kernel
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -228,48 +229,6 @@ def scatter_reference(grad_y: torch.Tensor, ids: torch.Tensor, num_prefix_tokens
     index = _spill_slot(ids, num_tokens)[:, :, None].expand(-1, -1, dim)
     grad_x[:, num_prefix_tokens:].scatter_(1, index, grad_y[:, num_prefix_tokens:])
     return grad_x[:, :-1].contiguous()
-
-
-# The torch backend's gather and scatter: the references' results by whole-row copies. torch.gather / scatter_
-# with an index expanded over D move one element per index entry (2.1 ms for a ViT-S batch of 32 on one CPU core,
-# plus the padded copy of X), index_select / index_copy_ move [D] rows (0.6 ms). The spill row of out-of-range ids
-# (possible only unvalidated) needs the references' padding: the fast path runs when every id is in range, which a
-# CPU tensor tells without a sync; other devices run the references (the torch backend is the CPU one).
-
-
-def _flat_rows(ids: torch.Tensor, num_prefix_tokens: int, seq_len: int) -> torch.Tensor | None:
-    """int64 [B * (P+K)]: the row of X[B * (P+N), D] behind each row of Y (prefix rows, then P + ids), or None
-    when the rows cannot be trusted without the references' spill row (an id out of range, or not a CPU tensor)."""
-    num_tokens = seq_len - num_prefix_tokens
-    if ids.device.type != "cpu" or (ids.numel() and not bool(((ids >= 0) & (ids < num_tokens)).all())):
-        return None
-    batch_size = ids.shape[0]
-    prefix = torch.arange(num_prefix_tokens, device=ids.device).expand(batch_size, num_prefix_tokens)
-    rows = torch.cat([prefix, ids.long() + num_prefix_tokens], dim=1)
-    return (rows + torch.arange(0, batch_size * seq_len, seq_len, device=ids.device)[:, None]).flatten()
-
-
-def gather_rows(x: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
-    """gather_reference(x, ids, num_prefix_tokens), bit for bit, by an index_select of whole rows."""
-    batch_size, seq_len, dim = x.shape
-    rows = _flat_rows(ids, num_prefix_tokens, seq_len)
-    if rows is None:
-        return gather_reference(x, ids, num_prefix_tokens)
-    source = x.reshape(batch_size * seq_len, dim)  # sizes, not -1: D may be 0
-    return source.index_select(0, rows).view(batch_size, num_prefix_tokens + ids.shape[1], dim)
-
-
-def scatter_rows(grad_y: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int, num_tokens: int) -> torch.Tensor:
-    """scatter_reference(grad_y, ids, num_prefix_tokens, num_tokens), bit for bit (ids unique, as the selection
-    gives and validation checks), by an index_copy_ of whole rows into zeros."""
-    batch_size, _, dim = grad_y.shape
-    seq_len = num_prefix_tokens + num_tokens
-    rows = _flat_rows(ids, num_prefix_tokens, seq_len)
-    if rows is None:
-        return scatter_reference(grad_y, ids, num_prefix_tokens, num_tokens)
-    grad_x = grad_y.new_zeros(batch_size * seq_len, dim)
-    source = grad_y.reshape(batch_size * (num_prefix_tokens + ids.shape[1]), dim)
-    return grad_x.index_copy_(0, rows, source).view(batch_size, seq_len, dim)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -483,7 +442,7 @@ def _select_gather_reference(x, seed, seed_tensor, num_keep, num_prefix_tokens, 
     ids, inv = _select_reference(
         seed, seed_tensor, x.shape[0], num_tokens, num_keep, x.device, ordered, True, always_keep, drop_first
     )
-    return gather_reference(x, ids, num_prefix_tokens), ids, inv
+    return gather_rows(x, ids, num_prefix_tokens), ids, inv  # whole rows on the CPU path
 
 
 def _select_gather_cuda(extension, x, seed, seed_tensor, num_keep, num_prefix_tokens, ordered, always_keep, drop_first):

@@ -245,9 +245,15 @@ def test_valid_arguments_match_the_reference(kernel_backend, call):
     got = _values_and_grads(*call)
     with mk.use_backend("torch"):
         expected = _values_and_grads(*call)
-    for a, e in zip(got[0] + got[1], expected[0] + expected[1]):
+    # a gradient such as w (p - 1) cancels where p is near 1: its error is an fp32 rounding of p (~6e-8), times the
+    # loss weight, T and the grad_output weights (up to 2), not a fraction of the small result
+    options = call[4]
+    cancelling = 2 * max(1.0, options.get("main_weight", 1.0), options.get("sub_weight", 1.0))
+    cancelling *= max(1.0, options.get("temperature", 1.0))
+    for i, (a, e) in enumerate(zip(got[0] + got[1], expected[0] + expected[1])):
         scale = float(e.abs().max()) if e.numel() else 0.0
-        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5 * scale + 1e-7)
+        floor = 3e-7 * cancelling if i >= len(got[0]) else 1e-7
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5 * scale + floor)
 
 
 def _is_valid(option: str, value) -> bool:
