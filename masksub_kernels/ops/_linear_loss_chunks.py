@@ -13,6 +13,10 @@ do the same for one term):
         dW += [dz; ds]^T [h_c; hs_c],  db += sum_rows [dz; ds]          one fp32 accumulator, one matmul
     backward(g_L):  dh = g_L dH,  dhs = g_L dHs,  dW = g_L dW,  db = g_L db   (scaled in place: see below)
 
+(For a mean, the row grads are 2^k / count with 2^k the power of two <= count, and the backward multiplies by
+2^-k: each row's dz, ds, dH are then of the size of an unreduced loss's, within fp16's range as the composite's
+are under a GradScaler; powers of two scale exactly.)
+
 That is 2 units of 2 M D C flops for the logits and 4 for the gradients: the composite's 6, against the recompute
 design's 10 (ops/linear_masksub_loss.py). One fp32 dW for both terms (not one per term) keeps the extra memory
 within issue 13's 5% of the composite's. The .main and .sub outputs stay differentiable on their own (the
@@ -20,8 +24,9 @@ sequential schedule backpropagates them separately, with other scalars): their g
 combination cannot give, come from the recompute op's backward on the saved per-row stats (3 more matmul units per
 term; correct for any scalars), so every combination of backwards is exact and L's is the fast one.
 
-The backward of L scales the stored gradients in place and returns them (no second [M, D] or [C, D] copy); a
-second backward through the same graph (retain_graph) is refused with a clear error, as is double backward.
+The backward of L scales the stored gradients in place and returns them (no second [M, D] or [C, D] copy), as
+does the backward of one term whose partner has weight 0 (the sequential schedule's .sub with main_weight 0); a
+second backward through the same graph (retain_graph) recomputes. Double backward is refused.
 
 Two flavours, chosen by the op's backend:
 - reference (the 'torch' backend, the CPU path): logits in fp32 (fp64 for fp64 inputs), the loss and its logit
@@ -81,11 +86,20 @@ def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
                 torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
                 _addmm_into_fp32 = True
                 return
-            except RuntimeError as exc:
+            except (RuntimeError, TypeError) as exc:  # TypeError: a torch without out_dtype (before 2.8)
                 if _addmm_into_fp32 or "dtype" not in str(exc):
                     raise  # not the dtype check of a first call
                 _addmm_into_fp32 = False
-        acc.add_(torch.mm(a, b, out_dtype=acc.dtype))
+        acc.add_(_mm_fp32(a, b))
+
+
+def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b in fp32 from fp16 / bf16 CUDA operands: cuBLAS with an fp32 output (tensor cores, fp32 accumulation,
+    never rounded to the inputs' dtype); fp32 copies of the operands on a torch without out_dtype (before 2.8)."""
+    try:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    except TypeError:
+        return a.float() @ b.float()
 
 
 def _rows(x: torch.Tensor, chunk: slice | torch.Tensor) -> torch.Tensor:
@@ -104,9 +118,9 @@ def _store_rows(dx: torch.Tensor, chunk: slice | torch.Tensor, d: torch.Tensor, 
 def _fp32_logits(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x W^T in fp32 [R, C] from operands in their own dtype: fp32 accumulation, never rounded to bf16 (the bias is
     added by the loss kernels as they read the logits: no pass over them)."""
-    if x.dtype == torch.float32 or not x.is_cuda:
-        return x.float() @ w.float().T
-    return torch.mm(x, w.T, out_dtype=torch.float32)  # cuBLAS: bf16 / fp16 tensor cores, fp32 output
+    if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        return _mm_fp32(x, w.T)
+    return x.float() @ w.float().T  # fp32 inputs, fp64 ones (computed in fp32 on this path), CPU tensors
 
 
 def grads_in_forward(
@@ -146,7 +160,11 @@ def grads_in_forward(
     want_sub = has_sub and sub_weight != 0 and (need_sub_hidden or need_weight)
     ids = counted_rows(target, options[2])
     count = ids.numel()
-    grad = 1.0 / max(count, 1) if mean else 1.0  # d(reduced loss) / d(row loss): 1/count or 1
+    # d(reduced loss) / d(row loss) is 1/count (mean) or 1 (sum). The stored gradients are kept `unit` times larger,
+    # a power of two near count (exact), so that each row's dz, ds, dH are of the size of an unreduced loss's:
+    # 1/count-sized values would underflow in fp16 (GradScaler scales only in the backward); the backward divides.
+    unit = float(1 << (max(count, 1).bit_length() - 1)) if mean else 1.0
+    grad = unit / max(count, 1) if mean else 1.0
     every_row = count == rows  # chunks are slices: no gathers, and every row of dH is written
 
     def zeros(shape, dtype, wanted):
@@ -159,8 +177,8 @@ def grads_in_forward(
     dw = torch.zeros(classes, depth, dtype=acc, device=device) if need_weight and (want_main or want_sub) else None
     db = torch.zeros(classes, dtype=acc, device=device) if dw is not None and bias is not None else None
     stats = torch.zeros(loss_ops.NUM_OUT, rows, dtype=torch.float32, device=device)  # ignored rows stay 0
-    w = weight.to(operand)
-    w_acc, b_acc = weight.to(acc), None if bias is None else bias.to(acc)
+    w = weight.to(operand)  # the reference's (and fp64 inputs') one copy of W; the inputs' own W otherwise
+    b_acc = None if bias is None or kernels else bias.to(acc)
     bias_c = None if bias is None else bias.contiguous()  # the kernels' bias: read in its own dtype
     # the row grads of the two terms, one number each (expanded per chunk: no launch)
     g_main = torch.full((1,), grad * main_weight, device=device) if want_main else None
@@ -185,7 +203,7 @@ def grads_in_forward(
             into = (grads[:n], grads[n:])
             dz, ds = loss_ops._backward_triton(gm, gs, out, z, s, y, *options, into=into, bias=bias_c)
         else:
-            logits = x.to(acc) @ w_acc.T if b_acc is None else torch.addmm(b_acc, x.to(acc), w_acc.T)
+            logits = x.to(acc) @ w.T if b_acc is None else torch.addmm(b_acc, x.to(acc), w.T)
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
             out = loss_ops.loss_forward_reference(z, s, y, *options)
             dz, ds = loss_ops.loss_backward_reference(gm, gs, out, z, s, y, *options)
@@ -205,10 +223,11 @@ def grads_in_forward(
 
     main, sub = stats[MAIN].sum(), stats[SUB].sum()
     if mean:  # the public functions' mean: the sum over counted rows / max(count, 1)
-        main, sub = main * grad, sub * grad
+        main, sub = main / max(count, 1), sub / max(count, 1)
     empty = hidden.new_empty(0)
     dw, db = (empty if t is None else t for t in (dw, db))
-    return main_weight * main + sub_weight * sub, main, sub, dh, dhs, dw, db, stats
+    scale = torch.full((), 1.0 / unit, dtype=torch.float32, device=device)  # stored gradients x scale = the true ones
+    return main_weight * main + sub_weight * sub, main, sub, dh, dhs, dw, db, stats, scale
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -268,12 +287,21 @@ def _linear_loss_grads_op(
     temperature: float,
     target_threshold: float | None,
 ) -> tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
 ]:
-    """(loss, main, sub, dH, dHs, dW, db, stats): the reduced losses (fp32 0-d; mean or sum; loss = main_weight
-    main + sub_weight sub), the gradients of loss stored for the backward, an unneeded one an empty [0], and the
-    per-row stats [9, M] for the per-term backward (module docstring). private: the caller never reads the stored
-    gradients (the public functions), so the backward of loss may scale them in place and return them."""
+    """(loss, main, sub, dH, dHs, dW, db, stats, scale): the reduced losses (fp32 0-d; mean or sum; loss =
+    main_weight main + sub_weight sub), the gradients of loss stored for the backward times 1 / scale (fp32 0-d),
+    an unneeded one an empty [0], and the per-row stats [9, M] for the per-term backward (module docstring).
+    private: the caller never reads the stored gradients (the public functions), so the backward may scale them in
+    place and return them."""
 
 
 @_linear_loss_grads_op.register_fake
@@ -297,72 +325,101 @@ def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, nee
         grad((classes, depth), acc, want_w),
         grad((classes,), acc, want_w and bias is not None),
         hidden.new_empty((NUM_OUT, rows), dtype=torch.float32),
+        scalar.clone(),
     )
 
 
 def _grads_setup_context(ctx, inputs, output):
-    hidden, sub_hidden, weight, bias, target, mean, *_, private, bce, eps, ignore, temperature, threshold = inputs
+    hidden, sub_hidden, weight, bias, target, mean, a, b, *_, private, bce, eps, ignore, temperature, threshold = inputs
     ctx.mark_non_differentiable(*output[3:])
     ctx.set_materialize_grads(False)  # .main alone backpropagated: no gradient for the others (no zero pass)
     # Private stored gradients (eager calls of the public functions) are held by ctx itself, not saved, so that
-    # the backward of loss can scale them in place and let them go (saved, they would fail autograd's version
-    # check in a later .main or .sub backward). Otherwise (a caller that reads them; AOTAutograd, make_fx) every
+    # the backward can scale them in place and let them go (saved, they would fail autograd's version check in a
+    # later backward through the same graph). Otherwise (a caller that reads them; AOTAutograd, make_fx) every
     # tensor the backward reads is saved, and the backward scales them out of place.
     ctx.in_place = private and not _tracing(output)
     ctx.stored = output[3:7] if ctx.in_place else None
     saved = () if ctx.in_place else output[3:7]
-    ctx.save_for_backward(hidden, sub_hidden, weight, bias, target, output[7], *saved)
-    ctx.options, ctx.mean = (bce, eps, ignore, temperature, threshold), mean
+    ctx.save_for_backward(hidden, sub_hidden, weight, bias, target, output[7], output[8], *saved)
+    ctx.options, ctx.mean, ctx.weights = (bce, eps, ignore, temperature, threshold), mean, (a, b)
+
+
+def _stored_factor(ctx, grad_loss, grad_main, grad_sub):
+    """The scalar that turns the stored gradients of L = a main + b sub into those the backward receives, when
+    one does: only L's gradient g (g), or a term's alone while the other term's weight is 0 (the stored gradients
+    are then that term's times its weight: g_main / a, plus L's g). None otherwise (another mix of the terms)."""
+    a, b = ctx.weights
+    if grad_main is None and grad_sub is None:
+        return grad_loss
+    for g_term, weight, other_weight, other_grad in ((grad_main, a, b, grad_sub), (grad_sub, b, a, grad_main)):
+        if g_term is not None and other_grad is None and other_weight == 0 and weight != 0:
+            return g_term / weight if grad_loss is None else grad_loss + g_term / weight
+    return None
 
 
 def _grads_backward(ctx, grad_loss, grad_main, grad_sub, *_):
-    """The gradient of loss: the stored gradients scaled by its scalar (in place: they are not kept); those of
-    .main and .sub on their own: the recompute op's backward on the saved stats (module docstring)."""
+    """Scale the stored gradients when they serve what arrives (_stored_factor; in place, then let go), else
+    recompute per term through the recompute op's backward on the saved stats (any mix of .loss, .main, .sub, and a
+    second backward through a retained graph). Inputs whose terms have no gradient get zeros, as the composite."""
     if torch.is_grad_enabled() and not torch.compiler.is_compiling() and not _tracing((grad_loss, grad_main, grad_sub)):
         raise RuntimeError(
             "linear_masksub_loss: double backward is not supported (its gradients were computed in the forward)"
         )
-    if grad_loss is not None and ctx.in_place and ctx.stored is None:
-        raise RuntimeError(
-            "linear_masksub_loss: a second backward of the loss through the same graph (retain_graph) is not "
-            "supported: its gradients were computed in the forward and the first backward used them up"
-        )
-    hidden, sub_hidden, weight, bias, target, stats, *saved = ctx.saved_tensors
+    hidden, sub_hidden, weight, bias, target, stats, scale, *saved = ctx.saved_tensors
     need = ctx.needs_input_grad[:4]  # hidden, sub_hidden, weight, bias
     grads = [None, None, None, None]
-    if grad_loss is not None:
-        stored, ctx.stored = saved or ctx.stored, None  # used up here (eager: freed when the backward returns)
-        g = grad_loss.to(torch.float32)
+    stored = saved or ctx.stored  # None once an in-place backward used them
+    factor = None if stored is None else _stored_factor(ctx, grad_loss, grad_main, grad_sub)
+    if factor is None and stored is not None and grad_loss is not None:
+        factor, terms = grad_loss, (grad_main, grad_sub)  # L's part from the stored gradients, the rest recomputed
+    elif factor is None:  # recompute all: each term's coefficient, from L's gradient and its own
+        a, b = ctx.weights
+        from_loss = (None, None) if grad_loss is None else tuple(None if w == 0 else grad_loss * w for w in (a, b))
+        terms = tuple(x if y is None else (y if x is None else x + y) for x, y in zip((grad_main, grad_sub), from_loss))
+    else:
+        terms = (None, None)
+    if factor is not None:
+        ctx.stored = None  # used up here (eager: freed when the backward returns)
+        g = factor.to(torch.float32) * scale
         dtypes = (hidden.dtype, hidden.dtype, weight.dtype, weight.dtype)
         for i, (d, dtype) in enumerate(zip(stored, dtypes)):
             absent = d.dim() == 1 and not d.numel()  # not stored ([0]); an empty batch stores [0, D]
             if need[i] and not absent:  # in place in eager: no second copy (.to is a no-op for fp32 / dH)
                 grads[i] = (d.mul_(g) if ctx.in_place else d * g).to(dtype)
-    if grad_main is not None or grad_sub is not None:
-        from .linear_masksub_loss import _linear_loss_backward_op  # imported late: that module imports this one
-
-        need_weight = need[2] or need[3]
-        rows = hidden.shape[0]
-        if not ctx.mean:
-            count = 1.0
-        elif target.is_floating_point():
-            count = float(max(rows, 1))
-        else:  # counted on the device: no host sync
-            count = (target != ctx.options[2]).sum().clamp_min(1).to(torch.float32)
-
-        def per_row(g, wanted):  # the grad of each counted row's loss: g / count (mean) or g (sum)
-            return None if g is None or not wanted else (g.to(torch.float32) / count).expand(rows)
-
-        gm = per_row(grad_main, need[0] or need_weight)
-        gs = per_row(grad_sub, sub_hidden is not None and (need[1] or need_weight))
-        if gm is not None or gs is not None:
-            terms = _linear_loss_backward_op(
-                gm, gs, stats, hidden, sub_hidden, weight, bias, target, need[0] or need[1], need_weight, *ctx.options
-            )
-            for i, t in enumerate(terms):
-                if need[i] and t.numel():
-                    grads[i] = t if grads[i] is None else grads[i].add_(t)
+    if terms[0] is not None or terms[1] is not None:
+        for i, t in enumerate(_recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stats)):
+            if need[i] and t.numel():
+                grads[i] = t if grads[i] is None else grads[i].add_(t)
+    for i, x in enumerate((hidden, sub_hidden, weight, bias)):
+        if need[i] and grads[i] is None:
+            grads[i] = torch.zeros_like(x)  # its terms have weight 0 (the composite's zeros)
     return (*grads, *(None,) * 13)
+
+
+def _recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stats):
+    """(dh, dhs, dW, db) of g_main main + g_sub sub (terms: the two scalars or None) by the recompute op's backward
+    on the saved per-row stats: 3 matmul units per term."""
+    from .linear_masksub_loss import _linear_loss_backward_op  # imported late: that module imports this one
+
+    need_weight = need[2] or need[3]
+    rows = hidden.shape[0]
+    if not ctx.mean:
+        count = 1.0
+    elif target.is_floating_point():
+        count = float(max(rows, 1))
+    else:  # counted on the device: no host sync
+        count = (target != ctx.options[2]).sum().clamp_min(1).to(torch.float32)
+
+    def per_row(g, wanted):  # the grad of each counted row's loss: g / count (mean) or g (sum)
+        return None if g is None or not wanted else (g.to(torch.float32) / count).expand(rows)
+
+    gm = per_row(terms[0], need[0] or need_weight)
+    gs = per_row(terms[1], sub_hidden is not None and (need[1] or need_weight))
+    if gm is None and gs is None:
+        return ()
+    return _linear_loss_backward_op(
+        gm, gs, stats, hidden, sub_hidden, weight, bias, target, need[0] or need[1], need_weight, *ctx.options
+    )
 
 
 _linear_loss_grads_op.register_autograd(_grads_backward, setup_context=_grads_setup_context)
