@@ -115,13 +115,16 @@ def grid_mask_specs() -> list[tuple]:
                  "RUN": 32, "BLOCK_H": rows, "BLOCK_K": cols},
             ))  # fmt: skip
             # the one-launch path (cell mask + masking) at 224 px, 32-pixel cells: 49 cells, 7 per row
-            for from_ptr in (False, True) if (t, last) == ("bf16", False) else (False,):
+            # (and, bf16 NCHW, the largest grid it takes: 16 x 16 cells, FUSED_RANK_ELEMENTS comparisons)
+            largest = (t, last) == ("bf16", False)
+            for from_ptr, block_l in ((False, 64), (True, 64), (False, 256)) if largest else ((False, 64),):
                 rows, cols = grid_mask._tile(224 * 3 if last else 224, 32)
                 specs.append(_spec(
-                    f"mask_image_random[{t},{layout},seed_ptr={from_ptr}]", grid_mask._mask_image_random_kernel,
+                    f"mask_image_random[{t},{layout},seed_ptr={from_ptr},cells={block_l}]",
+                    grid_mask._mask_image_random_kernel,
                     {"x_ptr": f"*{t}", "y_ptr": f"*{t}", "mask_ptr": "*u8", "seed_ptr": "*i64"},
                     {**unit, "CELL": 32, "CHANNELS_LAST": last, "ROW_CONTIGUOUS": contiguous, "FILL_INT": fill_int,
-                     "RUN": 32, "SEED_FROM_PTR": from_ptr, "BLOCK_L": 64, "BLOCK_G": 16, "BLOCK_H": rows,
+                     "RUN": 32, "SEED_FROM_PTR": from_ptr, "BLOCK_L": block_l, "BLOCK_G": 16, "BLOCK_H": rows,
                      "BLOCK_K": cols},
                 ))  # fmt: skip
     return specs

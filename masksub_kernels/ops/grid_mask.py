@@ -356,12 +356,23 @@ def _mask_image_triton(
     return out
 
 
+# The one-launch path ranks a cell row's cells among all the sample's keys: a [BLOCK_G, BLOCK_L] comparison per
+# program. Up to this many elements (16 x 256: a 16 x 16 grid, 512 px images in 32-pixel cells) it stays in
+# registers; larger grids take the two launches (the cell mask kernel sorts, then the masking pass).
+FUSED_RANK_ELEMENTS = 4096
+
+
 def _mask_image_random_triton(
     images: torch.Tensor, seed: int, seed_tensor: torch.Tensor | None, cell_size: int, num_keep: int, fill_value: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cell mask and the masked images in one launch (_mask_image_random_kernel)."""
+    """The cell mask and the masked images: one launch (_mask_image_random_kernel) up to FUSED_RANK_ELEMENTS."""
     batch_size, _, height, width = images.shape
     grid_h, grid_w = height // cell_size, width // cell_size
+    block_l, block_g = max(16, next_power_of_2(grid_h * grid_w)), max(16, next_power_of_2(grid_w))
+    if block_l * block_g > FUSED_RANK_ELEMENTS:
+        cells = _cell_mask_triton(seed, seed_tensor, batch_size, grid_h * grid_w, num_keep, images.device)
+        mask = cells.view(batch_size, grid_h, grid_w)
+        return _mask_image_triton(images, mask, cell_size, fill_value), mask
     out = torch.empty_like(images)
     mask = torch.empty(batch_size, grid_h, grid_w, dtype=torch.bool, device=images.device)
     if images.numel():
@@ -371,8 +382,7 @@ def _mask_image_random_triton(
         seed_ptr = seed_tensor if seed_tensor is not None else mask.view(torch.uint8)
         _mask_image_random_kernel[(planes, grid_h, cdiv(n_cols, block_k))](
             images, out, mask.view(torch.uint8), seed, seed_ptr, num_keep, *scalars, SEED_FROM_PTR=seed_tensor
-            is not None, BLOCK_L=max(16, next_power_of_2(grid_h * grid_w)), BLOCK_G=max(16, next_power_of_2(grid_w)),
-            BLOCK_H=block_h, BLOCK_K=block_k, **meta,
+            is not None, BLOCK_L=block_l, BLOCK_G=block_g, BLOCK_H=block_h, BLOCK_K=block_k, **meta,
         )  # fmt: skip
     elif mask.numel():  # no pixels (C = 0) but cells: the mask alone
         mask.copy_(

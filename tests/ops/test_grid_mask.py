@@ -180,12 +180,14 @@ def test_mask_image_strided_views(backend):
 
 
 def test_mask_image_wide_grids_seed_tensors_and_empty_images(backend):
-    # the one-launch Triton path ranks a cell row's cells among the sample's keys: G_w = 20 > 16 lanes, Lc = 160
-    images = image_layouts(randn(3, 2, 64, 160))["channels_last"]
+    # the one-launch Triton path ranks a cell row's cells among the sample's keys: at its limit (16 x 16 cells:
+    # 16 x 256 comparisons), and beyond it (18 x 20 cells: the two-launch path)
     seed = torch.tensor([123456789], dtype=torch.int64, device=DEVICE)
-    masked, mask = mk.mask_image_grid(images, 0.3, cell_size=8, seed=seed)
-    assert torch.equal(mask, mk.random_grid_mask(3, (8, 20), 112, seed=seed))
-    assert torch.equal(bits(masked), bits(gm.mask_image_reference(images.cpu(), mask.cpu(), 8, 0.0)))
+    for (grid_h, grid_w), keep in (((16, 16), 179), ((18, 20), 251)):
+        images = image_layouts(randn(3, 2, 4 * grid_h, 4 * grid_w))["channels_last"]
+        masked, mask = mk.mask_image_grid(images, 0.3, cell_size=4, seed=seed)
+        assert torch.equal(mask, mk.random_grid_mask(3, (grid_h, grid_w), keep, seed=seed))
+        assert torch.equal(bits(masked), bits(gm.mask_image_reference(images.cpu(), mask.cpu(), 4, 0.0)))
     for shape in ((2, 0, 64, 64), (0, 3, 64, 64)):  # no pixels: the mask alone (and nothing for no samples)
         masked, mask = mk.mask_image_grid(randn(*shape), 0.5, seed=5)
         assert masked.shape == shape and torch.equal(mask, mk.random_grid_mask(shape[0], 2, 2, seed=5, device=DEVICE))
