@@ -173,6 +173,7 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
         signature = {**logits, "out_ptr": "*fp32", **grads, **_LOSS_SCALARS, "stride_gm": "i64", "stride_gs": "i64"}
         signature.update(_LOSS_OPTIONS)
     constexprs = {"BCE": False, "DENSE": False, "BINARISE": False, "SPLIT": False, "HAS_BIAS": bias is not None}
+    constexprs["UNIT_T"] = False
     constexprs.update(flags, BLOCK_C=block_c)
     if forward:
         constexprs["BLOCK_S"] = 64 if constexprs["SPLIT"] else 1  # splits (SPLIT): up to 2 x 132 SMs / rows
@@ -205,6 +206,12 @@ def masksub_loss_specs() -> list[tuple]:
         _loss_spec(fwd, "bf16", {"HAS_MAIN": False, "HAS_SUB": True}),
         _loss_spec(bwd, "bf16", {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": False}),
         _loss_spec(bwd, "bf16", {"LABELS": False, "WRITE_DZ": False, "WRITE_DS": True}),
+        # BCE with class ids, T != 1 and T = 1 (UNIT_T: the teacher's sigmoid shares the main term's exp)
+        *(
+            _loss_spec(kernel, "bf16", {**flags, "BCE": True, "UNIT_T": unit_t})
+            for unit_t in (False, True)
+            for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
+        ),
         # a few rows of many classes: the class-split grid (class_splits), both target kinds, CE and BCE
         *(_loss_spec(fwd, "bf16", {"HAS_MAIN": True, "HAS_SUB": True, "SPLIT": True, **f}) for f in split_flags),
         *(

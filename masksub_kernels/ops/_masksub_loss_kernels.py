@@ -138,13 +138,19 @@ def _fwd_block(
     BINARISE: tl.constexpr,
     MASKED: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    UNIT_T: tl.constexpr,
 ):
     # One block of classes into the per-lane states (each lane its own softmax state, merged once per row: no block
     # reduction per iteration). Only the last block is MASKED; its masked lanes read z = s = -inf and add nothing.
     # CE: m_z, l_z (z, scale k_z = log2 e: exp(v) = exp2(v log2 e), the scale folded into one multiply);
     # class ids: a_z = sum z; probabilities: b_z = sum w, a_z = sum w (z - m_z).
     # Sub CE: m_s, l_s (s, scale k_t = log2(e) / T), l_t = sum exp((z - m_z) / T), d_t = sum that * (s - m_s).
-    # BCE: a_z and d_t are the per-lane sums of the main and sub elements.
+    # BCE: d_t is the per-lane sum of the sub elements; probabilities: a_z the sum of the main elements; class ids
+    # (label: the row's counting id as int32, -1 if none): the main element is softplus(z) - w z =
+    # (1 - w) max(z, 0) - w min(z, 0) + log1p(exp(-|z|)) with one weight w_o off the label, so the lanes keep
+    # a_z = sum max(z', 0), b_z = sum min(z', 0) (z' = z, 0 at the label, whose linear part the row's end adds with
+    # its own weight) and l_z = sum log1p(exp(-|z|)): three sums of non-negative or non-positive terms, combined once
+    # per row (_store_row): no per-element weight, no cancellation, and 0 * inf guarded once, not per element.
     if MASKED:
         z = tl.load(z_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
     else:
@@ -160,11 +166,24 @@ def _fwd_block(
         if HAS_BIAS:
             s += bias
     if BCE:
+        e_z = tl.exp2(tl.abs(z) * -1.4426950408889634)  # exp(-|z|), bare exp2 (see _bce_elem); -inf: 0
         if HAS_MAIN:
-            w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
-            a_z += tl.where(mask, _bce_elem(z, w), 0.0)
+            if DENSE:
+                w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
+                a_z += tl.where(mask, _bce_elem(z, w), 0.0)
+            else:
+                z_off = tl.where(cols == label, 0.0, z)
+                a_z += tl.maximum(z_off, 0.0)  # masked lanes: max(-inf, 0) = 0
+                b_z += tl.where(mask, tl.minimum(z_off, 0.0), 0.0)
+                l_z += _log1p(e_z)  # masked lanes: log1p(0) = 0
         if HAS_SUB:
-            d_t += tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0)
+            if UNIT_T:
+                # T = 1: the teacher sigmoid(z) from the same exp(-|z|): r = 1 / (1 + e) in [1/2, 1] is sigmoid(|z|),
+                # e r = sigmoid(-|z|) (no cancellation for z < 0). z = -inf: e = 0, p = 0; z = +inf: p = 1.
+                r = 1.0 / (1.0 + e_z)
+                d_t += tl.where(mask, _bce_elem(s, tl.where(z > 0.0, r, e_z * r)), 0.0)
+            else:
+                d_t += tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0)
     else:
         gt, dist, l_new = _running_exp_sum(z, m_z, l_z, k_z)
         m_new = tl.maximum(z, m_z)
@@ -213,6 +232,8 @@ def _merge_states(
     c_z, c_s, l_z_row, a_row, b_row, ls_row, lt_row, dt_row = zero, zero, zero, zero, zero, zero, zero, zero
     if BCE:
         a_row = tl.sum(a_z, axis=0)
+        b_row = tl.sum(b_z, axis=0)
+        l_z_row = tl.sum(l_z, axis=0)
         dt_row = tl.sum(d_t, axis=0)
     else:
         if FINAL:
@@ -250,6 +271,21 @@ def _store_row(
     if HAS_MAIN:
         if BCE:
             main = a_z / C
+            if not DENSE:
+                # class ids (see _fwd_block): w_o off the label, w_y at it (q := [q > threshold] first);
+                # (1 - w_o) P - w_o N + L over the classes but the label, plus the label's own element
+                q_y, q_o = 1.0, 0.0
+                if BINARISE:
+                    q_y, q_o = tl.where(1.0 > threshold, 1.0, 0.0), tl.where(0.0 > threshold, 1.0, 0.0)
+                w_y, w_o = (1.0 - eps) * q_y + eps / C, (1.0 - eps) * q_o + eps / C
+                has_y = valid & ~bad
+                z_y = tl.load(z_row + tl.where(has_y, label, 0), mask=has_y, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    z_y += tl.load(bias_ptr + tl.where(has_y, label, 0), mask=has_y, other=0.0).to(tl.float32)
+                lin = tl.where(w_o != 1.0, (1.0 - w_o) * a_z, 0.0) - tl.where(w_o != 0.0, w_o * b_z, 0.0)
+                t_y = tl.where(z_y > 0.0, 1.0, 0.0) - w_y  # the label's linear part, as _bce_elem
+                lin += tl.where(has_y & (t_y != 0.0), t_y * z_y, 0.0)
+                main = (lin + l_z) / C
         else:
             if DENSE:
                 s_w, d_w = b_z, a_z  # sum w, sum w (z - c_z)
@@ -312,11 +348,13 @@ def _loss_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,  # >= splits (SPLIT)
+    UNIT_T: tl.constexpr = False,  # temperature == 1 (BCE: the teacher's sigmoid shares the main term's exp)
 ):
     row = tl.program_id(0).to(tl.int64)  # the grid is exactly M programs (x splits)
     lanes = tl.arange(0, BLOCK_C)
     z_row, s_row, y_row = z_ptr + row * stride_z, s_ptr + row * stride_s, y_ptr + row * stride_y
     label, valid, bad = _row_label(y_ptr, row, row < M, ignore_index, C, HAS_MAIN and not DENSE)
+    label_col = tl.where(valid & ~bad, label, -1).to(tl.int32)  # the blocks compare int32 columns; -1: no column
     inv_t = 1.0 / temperature
     k_z = 1.4426950408889634  # log2(e)
     k_t = k_z * inv_t
@@ -331,14 +369,16 @@ def _loss_fwd_kernel(
     full = hi - (hi - lo) % BLOCK_C  # whole blocks unmasked, then one masked tail block (the row's last)
     for start in range(lo, full, BLOCK_C):
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
-            z_row, s_row, y_row, bias_ptr, start + lanes, lanes < BLOCK_C, label, eps, C, threshold, inv_t, k_z, k_t,
-            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False, HAS_BIAS,
+            z_row, s_row, y_row, bias_ptr, start + lanes, lanes < BLOCK_C, label_col, eps, C, threshold, inv_t, k_z,
+            k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False, HAS_BIAS,
+            UNIT_T,
         )  # fmt: skip
     if full < hi:
         cols = full + lanes
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
-            z_row, s_row, y_row, bias_ptr, cols, cols < hi, label, eps, C, threshold, inv_t, k_z, k_t,
+            z_row, s_row, y_row, bias_ptr, cols, cols < hi, label_col, eps, C, threshold, inv_t, k_z, k_t,
             m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True, HAS_BIAS,
+            UNIT_T,
         )  # fmt: skip
     out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
     in_row = row < M
@@ -426,6 +466,7 @@ def _bwd_block(
     BINARISE: tl.constexpr,
     MASKED: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    UNIT_T: tl.constexpr,
 ):
     # One block of classes: both gradients recomputed from the saved stats and written. Only the last block is
     # MASKED. softmax(v)_c = exp(v_c - c - log l) = exp2((v_c - c) log2 e - b) with b = log2 l (one FFMA per
@@ -456,7 +497,10 @@ def _bwd_block(
         if HAS_BIAS:
             s += bias
         if BCE:
-            diff = _sigmoid(s * inv_t) - _sigmoid(z * inv_t)
+            if UNIT_T:  # T = 1: sigmoid(z) is the main gradient's (computed once when both are written)
+                diff = _sigmoid(s) - _sigmoid(z)
+            else:
+                diff = _sigmoid(s * inv_t) - _sigmoid(z * inv_t)
         else:
             e_s = tl.exp2((s * inv_t - c_s) * 1.4426950408889634 - b_s)
             diff = e_s - tl.exp2((z * inv_t - c_t) * 1.4426950408889634 - b_t)
@@ -499,12 +543,14 @@ def _loss_bwd_kernel(
     SPLIT: tl.constexpr,  # grid (M, splits): program (row, j) takes classes [j chunk, (j + 1) chunk)
     HAS_BIAS: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    UNIT_T: tl.constexpr = False,  # temperature == 1 (BCE: one sigmoid of z for both gradients)
 ):
     row = tl.program_id(0).to(tl.int64)
     in_row = row < M
     lanes = tl.arange(0, BLOCK_C)
     z_row, s_row, y_row = z_ptr + row * stride_z, s_ptr + row * stride_s, y_ptr + row * stride_y
     label, valid, bad = _row_label(y_ptr, row, in_row, ignore_index, C, LABELS)  # zero / NaN rows as forward
+    label = tl.where(valid & ~bad, label, -1).to(tl.int32)  # an int32 column (-1: none) for the blocks' compare
     inv_t = 1.0 / temperature
     per_class = 1.0
     if BCE:
@@ -532,12 +578,12 @@ def _loss_bwd_kernel(
         _bwd_block(
             z_row, s_row, y_row, bias_ptr, dz_ptr + row * C, ds_ptr + row * C, start + lanes, lanes < BLOCK_C, label,
             valid, bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
-            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, False, HAS_BIAS,
+            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, False, HAS_BIAS, UNIT_T,
         )  # fmt: skip
     if full < hi:
         cols = full + lanes
         _bwd_block(
             z_row, s_row, y_row, bias_ptr, dz_ptr + row * C, ds_ptr + row * C, cols, cols < hi, label, valid,
             bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
-            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, True, HAS_BIAS,
+            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, True, HAS_BIAS, UNIT_T,
         )  # fmt: skip

@@ -475,7 +475,8 @@ def _forward_triton(logits, sub_logits, target, bce, label_smoothing, ignore_ind
         args += (label_smoothing, ignore_index, temperature, threshold or 0.0)
         has = {"HAS_MAIN": target is not None, "HAS_SUB": sub_logits is not None, "HAS_BIAS": bias is not None}
         block_s = next_power_of_2(splits)
-        _loss_fwd_kernel[(rows, splits)](*args, **has, **flags, BLOCK_S=block_s, num_warps=warps)
+        unit_t = bool(bce) and float(temperature) == 1.0  # BCE's T = 1 path (one exp / sigmoid of z shared)
+        _loss_fwd_kernel[(rows, splits)](*args, **has, **flags, BLOCK_S=block_s, UNIT_T=unit_t, num_warps=warps)
     return out
 
 
@@ -514,6 +515,7 @@ def _backward_triton(
         has = {"LABELS": target is not None and not flags["DENSE"], "WRITE_DZ": grad_main is not None}
         has["HAS_BIAS"] = bias is not None
         grid = (z.shape[0], splits)
+        has["UNIT_T"] = bool(bce) and float(temperature) == 1.0  # as the forward
         _loss_bwd_kernel[grid](*args, **has, WRITE_DS=grad_sub is not None, **flags, num_warps=warps)
     return dz, ds
 
