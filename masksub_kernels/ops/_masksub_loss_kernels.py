@@ -261,6 +261,21 @@ def _merge_states(
 
 
 @jit
+def _label_terms(z_row, bias_ptr, label, valid, bad, eps, C, threshold, BINARISE: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """(w_y, w_o, has_y, z_y) of a row with a class id: the smoothed one-hot's weight at the label and off it
+    (q := [q > threshold] first when BINARISE), whether the row has a label in range, and its logit (+ bias)."""
+    q_y, q_o = 1.0, 0.0
+    if BINARISE:
+        q_y, q_o = tl.where(1.0 > threshold, 1.0, 0.0), tl.where(0.0 > threshold, 1.0, 0.0)
+    w_y, w_o = (1.0 - eps) * q_y + eps / C, (1.0 - eps) * q_o + eps / C
+    has_y = valid & ~bad
+    z_y = tl.load(z_row + tl.where(has_y, label, 0), mask=has_y, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        z_y += tl.load(bias_ptr + tl.where(has_y, label, 0), mask=has_y, other=0.0).to(tl.float32)
+    return w_y, w_o, has_y, z_y
+
+
+@jit
 def _store_row(
     out_row, m64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
     c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t,
@@ -274,14 +289,9 @@ def _store_row(
             if not DENSE:
                 # class ids (see _fwd_block): w_o off the label, w_y at it (q := [q > threshold] first);
                 # (1 - w_o) P - w_o N + L over the classes but the label, plus the label's own element
-                q_y, q_o = 1.0, 0.0
-                if BINARISE:
-                    q_y, q_o = tl.where(1.0 > threshold, 1.0, 0.0), tl.where(0.0 > threshold, 1.0, 0.0)
-                w_y, w_o = (1.0 - eps) * q_y + eps / C, (1.0 - eps) * q_o + eps / C
-                has_y = valid & ~bad
-                z_y = tl.load(z_row + tl.where(has_y, label, 0), mask=has_y, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    z_y += tl.load(bias_ptr + tl.where(has_y, label, 0), mask=has_y, other=0.0).to(tl.float32)
+                w_y, w_o, has_y, z_y = _label_terms(
+                    z_row, bias_ptr, label, valid, bad, eps, C, threshold, BINARISE, HAS_BIAS
+                )
                 lin = tl.where(w_o != 1.0, (1.0 - w_o) * a_z, 0.0) - tl.where(w_o != 0.0, w_o * b_z, 0.0)
                 t_y = tl.where(z_y > 0.0, 1.0, 0.0) - w_y  # the label's linear part, as _bce_elem
                 lin += tl.where(has_y & (t_y != 0.0), t_y * z_y, 0.0)
@@ -292,14 +302,9 @@ def _store_row(
             else:
                 # one-hot q: w = w_y at the label, w_o elsewhere (q := [q > threshold] first), so
                 # sum w (z - c) = w_o (sum z - C c) + (w_y - w_o) (z_y - c): z_y is loaded once, w = 0 terms skipped
-                q_y, q_o = 1.0, 0.0
-                if BINARISE:
-                    q_y, q_o = tl.where(1.0 > threshold, 1.0, 0.0), tl.where(0.0 > threshold, 1.0, 0.0)
-                w_y, w_o = (1.0 - eps) * q_y + eps / C, (1.0 - eps) * q_o + eps / C
-                has_y = valid & ~bad
-                z_y = tl.load(z_row + tl.where(has_y, label, 0), mask=has_y, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    z_y += tl.load(bias_ptr + tl.where(has_y, label, 0), mask=has_y, other=0.0).to(tl.float32)
+                w_y, w_o, has_y, z_y = _label_terms(
+                    z_row, bias_ptr, label, valid, bad, eps, C, threshold, BINARISE, HAS_BIAS
+                )
                 s_w = w_o * C + tl.where((label >= 0) & (label < C), w_y - w_o, 0.0)  # as the one-hot's sum
                 d_w = tl.where(w_o != 0.0, w_o * (a_z - C * c_z), 0.0)
                 d_w += tl.where(w_y != w_o, (w_y - w_o) * (z_y - c_z), 0.0)
