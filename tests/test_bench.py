@@ -103,3 +103,19 @@ def test_files_are_written_after_each_suite_and_append_merges_runs(tmp_path, mon
         tuple(r[k] for k in ("suite", "shape", "dtype", "provider", "mode")) for r in run["records"]
     )
     assert {key[0] for key in count} == {"loss", "grid_mask"} and set(count.values()) == {1}
+
+
+def test_linear_loss_memory_script_measures_both_providers(tmp_path, capsys):
+    # benchmarks/linear_loss_memory.py (issue 13's measured CPU memory), tiny: the fused op holds no [M, C]
+    from benchmarks import linear_loss_memory
+
+    out = tmp_path / "memory.json"
+    argv = ["--rows", "1024", "--depth", "16", "--classes", "8192", "--composite-rows", "1024", "--out", str(out)]
+    assert linear_loss_memory.main(argv) == 0
+    records = json.loads(out.read_text())["records"]
+    assert [r["provider"] for r in records] == ["fused", "composite", "fused"]
+    fused, composite = records[0], records[1]
+    assert fused["returned_gradients_mib"] == composite["returned_gradients_mib"] > 0
+    assert 0 <= fused["extra_mib"] < composite["extra_mib"]
+    assert composite["extra_mib"] >= composite["composite_lower_bound_mib"]  # 4 [M, C] fp32, at least
+    assert "| fused | 1024 | 16 | 8192 | float32 |" in capsys.readouterr().out
