@@ -27,10 +27,9 @@ The ids of a row are unique, so the backward is a plain scatter: each element of
 map inv[b, n] = j if n == ids[b, j] else -1, which the selection kernel writes for free.
 
 Launches on the GPU: forward = one select + gather kernel where N <= 256 (each program sorts its sample's keys,
-writes ids + inverse from one channel block, and copies its rows: no launch waits on another); for longer sequences
-select (one program per sample: Philox, sort, ids + inverse) then gather, since the sort, repeated per channel
-block, would no longer hide under the copy. Backward = scatter. The Triton kernels live in
-ops/_token_select_kernels.py, the CUDA ones in csrc/token_select.cu (select, then gather).
+writes ids + inverse from one channel block, copies its rows); longer sequences: select, then gather (the sort,
+repeated per channel block, would no longer hide under the copy). Backward = scatter. Kernels:
+ops/_token_select_kernels.py (Triton), csrc/token_select.cu (CUDA: select, then gather).
 """
 
 from __future__ import annotations
