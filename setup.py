@@ -35,6 +35,7 @@ PLATFORM = CSRC / "platform"
 # has -Winfinite-recursion: a stream getter that called itself once shipped in bindings.cpp, where no CPU test could
 # run it. tests/test_setup.py compiles with these very flags.
 WARNING_FLAGS = ["-Wall", "-Wextra", "-Werror"]
+SHARED_CXX_RUNTIME = ["-lstdc++"]
 NVCC_WARNING_FLAGS = [f"-Xcompiler={','.join(WARNING_FLAGS)}", "-Werror=all-warnings"]
 
 
@@ -114,6 +115,11 @@ def extension_modules():
             "cxx": host_compile_flags(find_cuda_home()),
             "nvcc": ["-O3", "-std=c++17", "-lineinfo", *NVCC_WARNING_FLAGS, *gencode],  # .cu files are torch-free
         },
+        # the process's C++ runtime, shared: a compiler set up to link libstdc++ statically (as one GPU machine's
+        # g++ was) puts a second copy in _C whose iostreams torch never initialised; every number in an error
+        # message then printed nothing or crashed (tests/test_cuda_extension.py, test_select_refuses_bad_sizes).
+        # An explicit -lstdc++ comes before the driver's own libraries, so the shared library provides every symbol.
+        extra_link_args=SHARED_CXX_RUNTIME,
         optional=not forced,  # an automatic build that fails leaves a working pure-Python install (CI forces it)
     )
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}

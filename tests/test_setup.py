@@ -136,3 +136,43 @@ def test_the_package_ships_no_developer_tools():
     packages = find_packages(str(ROOT), include=include)
     assert "masksub_kernels" in packages and "masksub_kernels.ops" in packages
     assert all(name.split(".")[0] == "masksub_kernels" for name in packages), packages
+
+
+def needed_libraries(shared_object: Path) -> list[str]:
+    """The DT_NEEDED entries of a shared object (readelf -d)."""
+    out = subprocess.run(["readelf", "-d", str(shared_object)], capture_output=True, text=True, check=True).stdout
+    return [line.split("[", 1)[1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line]
+
+
+@pytest.mark.skipif(subprocess.run(["which", "readelf"], capture_output=True).returncode, reason="no readelf")
+def test_the_link_shares_the_cxx_runtime_even_with_a_static_libstdcxx_compiler(tmp_path):
+    """One GPU machine's g++ linked libstdc++ statically into _C: a second copy whose iostreams torch never set up,
+    so every number in an error message printed nothing (here) or crashed (there). The extension's link flags
+    must make it use the process's shared libstdc++ whatever the compiler's default."""
+    setup = load_setup_module()
+    (tmp_path / "user.cpp").write_text(
+        "#include <sstream>\n#include <string>\n"
+        'std::string describe(long n) { std::ostringstream s; s << "got " << n; return s.str(); }\n'
+    )
+    compiler = os.environ.get("CXX", "c++")
+    base = [compiler, "-shared", "-fPIC", "-static-libstdc++", "user.cpp", "-o"]
+    static = subprocess.run([*base, "static.so"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    shared = subprocess.run(
+        [*base, "shared.so", *setup.SHARED_CXX_RUNTIME], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert static.returncode == 0 and shared.returncode == 0, static.stderr + shared.stderr
+    assert not any(name.startswith("libstdc++") for name in needed_libraries(tmp_path / "static.so"))
+    assert "libstdc++.so.6" in needed_libraries(tmp_path / "shared.so")
+
+
+def test_the_extension_links_the_shared_cxx_runtime(monkeypatch):
+    setup = load_setup_module()
+    monkeypatch.setenv("MASKSUB_BUILD_CUDA", "1")
+    if find_cuda_home() is None:
+        pytest.skip("no CUDA toolkit")
+    monkeypatch.setattr(setup, "cuda_extension_plan", lambda: (True, "test"))
+    [extension], _ = setup.extension_modules()
+    assert extension.extra_link_args == setup.SHARED_CXX_RUNTIME
+    built = sorted((ROOT / "masksub_kernels").glob("_C*.so"))
+    if built and subprocess.run(["which", "readelf"], capture_output=True).returncode == 0:
+        assert "libstdc++.so.6" in needed_libraries(built[0])  # the build in this checkout, if any
