@@ -86,3 +86,21 @@ def test_fused_linear_loss_is_predicted(model_run):
     assert all(
         0 < p["percent_of_bf16_peak"] <= linear["assumptions"]["matmul_efficiency"] * 100 for p in linear["providers"]
     )
+
+
+def test_measured_beside_predicted_calibrates_on_device_bound_cases(tmp_path):
+    from tools.perf_model import measured
+
+    record = {"suite": "loss", "shape": "s", "dtype": "bfloat16", "mode": "forward", "provider": "masksub[triton]"}
+    results = {"records": [
+        {**record, "median_ms": 2.0, "predicted_ms": 1.0},
+        {**record, "shape": "tiny", "median_ms": 0.3, "predicted_ms": 0.01},  # host-bound: not in the calibration
+        {**record, "provider": "official", "median_ms": 5.0, "predicted_ms": None},
+    ]}  # fmt: skip
+    rows = measured.comparisons(results)
+    assert [(r["shape"], r["bound"], r["ratio"]) for r in rows] == [("s", "device", 2.0), ("tiny", "host", 30.0)]
+    assert measured.summary(rows) == {("loss", "forward"): {"cases": 1, "min": 2.0, "median": 2.0, "max": 2.0}}
+    path = tmp_path / "GPU-X-2026-11-30.json"
+    path.write_text(__import__("json").dumps(results))
+    assert measured.main([str(path), "--out", str(tmp_path / "r.md")]) == 0
+    assert "| loss | forward | 1 | 2.00 | 2.00 | 2.00 |" in (tmp_path / "r.md").read_text()

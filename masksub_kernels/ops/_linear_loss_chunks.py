@@ -54,6 +54,7 @@ from ._common import _tracing, masksub_op
 from .masksub_loss import MAIN, NUM_OUT, SUB
 
 GRADS_CHUNK_BYTES = 96 * 2**20  # the kernels' path: the chunk's [2R, C] logits and logit gradients, at most
+ALIGN_CLASSES = 64  # the kernels' chunk buffers' rows, in elements: 128-byte rows in bf16 (aligned_classes)
 
 # loss, main, sub (fp32 0-d); dH, dHs [M, D]; dW [C, D] and db [C] in fp32 (or [0]); the per-row stats [9, M]
 GradsOut = tuple[torch.Tensor, ...]
@@ -115,12 +116,25 @@ def _store_rows(dx: torch.Tensor, chunk: slice | torch.Tensor, d: torch.Tensor, 
         dx[chunk] = (d @ w).to(dx.dtype)
 
 
-def _fp32_logits(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x W^T in fp32 [R, C] from operands in their own dtype: fp32 accumulation, never rounded to bf16 (the bias is
-    added by the loss kernels as they read the logits: no pass over them)."""
-    if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
-        return _mm_fp32(x, w.T)
-    return x.float() @ w.float().T  # fp32 inputs, fp64 ones (computed in fp32 on this path), CPU tensors
+def _fp32_logits(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = x W^T in fp32 [R, C] from operands in their own dtype: fp32 accumulation, never rounded to bf16 (the
+    bias is added by the loss kernels as they read the logits: no pass over them). ``out``: a view with unit last
+    stride and padded rows (aligned_classes), written in place by cuBLAS (mm's out_dtype overload is not a
+    structured kernel: it keeps out's row stride as the output's leading dimension, no proxy copy)."""
+    if x.is_cuda and x.dtype == w.dtype and x.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        try:
+            return torch.mm(x, w.T, out_dtype=torch.float32, out=out)
+        except TypeError:  # a torch without out_dtype (before 2.8)
+            pass
+    return out.copy_(x.float() @ w.float().T)  # fp64 inputs (computed in fp32 on this path), CPU tensors
+
+
+def aligned_classes(classes: int) -> int:
+    """The row length of the kernels' [2R, C] chunk buffers: C rounded up to ALIGN_CLASSES elements, so that every
+    matmul operand or output with C columns has 16-byte-aligned rows. With C = 30522 (BERT) they are not, and
+    cuBLAS falls back to slower kernels: on an H200 (2026-11-30) sm_80 CUTLASS kernels ran the chunks' matmuls at
+    ~190 TFLOP/s. The pad columns are never read or written: every operand is the [:, :C] view."""
+    return -(-classes // ALIGN_CLASSES) * ALIGN_CLASSES
 
 
 def grads_in_forward(
@@ -186,6 +200,10 @@ def grads_in_forward(
 
     step = max(1, rows_per_chunk)
     chunks = [slice(a, min(a + step, rows)) for a in range(0, rows, step)] if every_row else ids.split(step)
+    if kernels:  # the chunks' buffers, made once, rows padded for aligned matmuls; each chunk uses [:2n, :C]
+        buffer_shape = ((2 if has_sub else 1) * min(step, rows), aligned_classes(classes))
+        logits_buffer = torch.empty(buffer_shape, dtype=torch.float32, device=device)
+        grads_buffer = None if operand == torch.float32 else torch.empty(buffer_shape, dtype=operand, device=device)
     for chunk in chunks:
         n = chunk.stop - chunk.start if isinstance(chunk, slice) else chunk.numel()
         h_c, y = _rows(hidden, chunk), _rows(target, chunk)
@@ -196,10 +214,11 @@ def grads_in_forward(
         if kernels:
             # fp32 logits (never rounded to bf16: the values keep fp32 accuracy), the fused loss kernels on them,
             # dz and ds written by the backward kernel over the logits (fp32) or into a buffer of the inputs' dtype
-            logits = _fp32_logits(x, weight)  # without the bias: the loss kernels add it as they read
+            # without the bias: the loss kernels add it as they read
+            logits = _fp32_logits(x, weight, logits_buffer[: x.shape[0], :classes])
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
             out = loss_ops._forward_triton(z, s, y, *options, bias=bias_c)  # fp32 [9, R]
-            grads = logits if operand == torch.float32 else torch.empty_like(logits, dtype=operand)
+            grads = logits if grads_buffer is None else grads_buffer[: x.shape[0], :classes]
             into = (grads[:n], grads[n:])
             dz, ds = loss_ops._backward_triton(gm, gs, out, z, s, y, *options, into=into, bias=bias_c)
         else:
@@ -219,7 +238,7 @@ def grads_in_forward(
                 _add_matmul(dw, d.T, xc.to(operand))  # [C, D] += [C, R] @ [R, D]
             if db is not None:
                 db += d.sum(0, dtype=acc)
-        del logits, z, s, dz, ds, grads, out, terms  # the chunk's buffers go before the next chunk's are made
+        del logits, z, s, dz, ds, grads, out, terms  # the chunk's views and temporaries (the buffers are reused)
 
     main, sub = stats[MAIN].sum(), stats[SUB].sum()
     if mean:  # the public functions' mean: the sum over counted rows / max(count, 1)

@@ -525,8 +525,8 @@ def _loss_bwd_kernel(
     out_ptr,  # fp32 [9, M], the forward's output (stats rows)
     gm_ptr,  # grad of the per-row main loss [M], any float dtype and row stride (0 included) (WRITE_DZ)
     gs_ptr,  # grad of the per-row sub loss [M] (WRITE_DS)
-    dz_ptr,  # [M, C] out, the logits' dtype, contiguous (WRITE_DZ)
-    ds_ptr,  # [M, C] out (WRITE_DS)
+    dz_ptr,  # [M, C] out, any float dtype, rows stride_d apart (WRITE_DZ)
+    ds_ptr,  # [M, C] out, rows stride_d apart (WRITE_DS)
     M,
     C,
     chunk,  # classes per split, a multiple of BLOCK_C (SPLIT)
@@ -535,6 +535,7 @@ def _loss_bwd_kernel(
     stride_y,
     stride_gm,
     stride_gs,
+    stride_d,  # C for contiguous gradients; the fused-linear op's chunks have 16-byte-aligned rows (cuBLAS)
     eps,
     ignore_index,
     temperature,
@@ -579,16 +580,17 @@ def _loss_bwd_kernel(
         lo = tl.program_id(1) * chunk
         hi = tl.minimum(lo + chunk, C)
     full = hi - (hi - lo) % BLOCK_C  # whole blocks unmasked, then one masked tail block
+    dz_row, ds_row = dz_ptr + row * stride_d, ds_ptr + row * stride_d
     for start in range(lo, full, BLOCK_C):
         _bwd_block(
-            z_row, s_row, y_row, bias_ptr, dz_ptr + row * C, ds_ptr + row * C, start + lanes, lanes < BLOCK_C, label,
+            z_row, s_row, y_row, bias_ptr, dz_row, ds_row, start + lanes, lanes < BLOCK_C, label,
             valid, bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
             WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, False, HAS_BIAS, UNIT_T,
         )  # fmt: skip
     if full < hi:
         cols = full + lanes
         _bwd_block(
-            z_row, s_row, y_row, bias_ptr, dz_ptr + row * C, ds_ptr + row * C, cols, cols < hi, label, valid,
+            z_row, s_row, y_row, bias_ptr, dz_row, ds_row, cols, cols < hi, label, valid,
             bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
             WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, True, HAS_BIAS, UNIT_T,
         )  # fmt: skip

@@ -321,23 +321,26 @@ def _backward_triton(
     into=None,
     bias=None,
 ):
-    """(dz or [0], ds or [0]). ``into``: (dz buffer, ds buffer) to write, contiguous [M, C] of any float dtype
-    (the kernel casts once); a buffer may be the logits themselves (the fused-linear op's chunks): each program owns
-    its row (or its class range of the row) and each block loads z and s into registers before storing the
-    gradients of the same elements. ``bias``: as in the forward (the same one)."""
+    """(dz or [0], ds or [0]). ``into``: (dz buffer, ds buffer) to write, [M, C] of any float dtype (the kernel
+    casts once) with unit last stride and one row stride for both; a buffer may be the logits themselves (the
+    fused-linear op's chunks): each program owns its row (or its class range of the row) and each block loads z
+    and s into registers before storing the gradients of the same elements. ``bias``: as in the forward."""
     (z, s, y), strides, flags, warps, (splits, chunk) = _prepare(
         logits, sub_logits, target, bce, threshold, MAX_BLOCK_C
     )
     if into is not None:
         dz, ds = (x if g is not None else z.new_empty(0) for x, g in zip(into, (grad_main, grad_sub)))
-        assert all(not x.numel() or (x.is_contiguous() and x.shape == z.shape) for x in (dz, ds))
+        written = [x for x in (dz, ds) if x.numel()]
+        assert all(x.shape == z.shape and x.stride(-1) == 1 for x in written)
+        assert len({x.stride(0) for x in written}) <= 1
     else:
         dz, ds = (z.new_empty(z.shape if g is not None else (0,)) for g in (grad_main, grad_sub))  # contiguous
     gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
     if z.shape[0] and (grad_main is not None or grad_sub is not None):
         args = (z, s, y, z if bias is None else bias, out, gm, gs, dz if dz.numel() else out)
         args += (ds if ds.numel() else out, *z.shape, chunk)
-        args += (*strides, gm.stride(0), gs.stride(0), eps, ignore, temperature, threshold or 0.0)
+        stride_d = next((x.stride(0) for x in (dz, ds) if x.numel()), z.shape[1])
+        args += (*strides, gm.stride(0), gs.stride(0), stride_d, eps, ignore, temperature, threshold or 0.0)
         has = {"LABELS": target is not None and not flags["DENSE"], "WRITE_DZ": grad_main is not None}
         has["HAS_BIAS"] = bias is not None
         grid = (z.shape[0], splits)

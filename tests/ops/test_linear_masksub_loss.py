@@ -246,6 +246,27 @@ def test_triton_backward_is_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
+def test_triton_chunks_have_aligned_rows(monkeypatch):
+    """The kernels' chunk buffers have rows of aligned_classes(C) elements (16-byte aligned for cuBLAS's fast
+    kernels: C = 30522 is not), read and written by the loss kernels through [:, :C] views: the same values."""
+    if "triton" not in OP_BACKENDS:
+        pytest.skip("no Triton backend here")
+    h, hs, w, b, target = make_inputs(dtype=BF16, kind="index_ignore", seed=5)
+    classes, seen = w.shape[0], []
+    backward = chunks.loss_ops._backward_triton
+
+    def spy(*args, into=None, **kwargs):
+        seen.append([(x.shape, x.stride()) for x in into])
+        return backward(*args, into=into, **kwargs)
+
+    monkeypatch.setattr(chunks.loss_ops, "_backward_triton", spy)
+    with mk.use_backend("triton"):
+        mk.linear_masksub_loss(*leaves(h, hs, w, b), target).loss.backward()
+    padded = chunks.aligned_classes(classes)
+    assert seen and padded % 64 == 0 and 0 <= padded - classes < 64 and padded != classes  # a C that needs padding
+    assert all(stride == (padded, 1) and shape[1] == classes for call in seen for shape, stride in call)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The numerics goal of issue 13: branches nearly agreeing, bf16 inputs, the sub gradient within 1% of float64
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,95 @@
+"""Measured beside predicted: a GPU run of the benchmarks against the model's predictions (its calibration).
+
+    python -m tools.perf_model.measured [RESULTS.json] [--out FILE.md]
+
+RESULTS.json: a GPU run's benchmark file (benchmarks/results/GPU-<card>-<date>.json, written by
+benchmarks/gpu_bench.sh), whose records carry the model's predicted ms beside the measured median; default: the
+newest such file. For each case of this library's providers: measured / predicted. The model predicts device time
+only; a case whose prediction is under HOST_BOUND_MS is marked host-bound: there the call's host work (Python,
+argument checks, the custom op and autograd layers, launches: ~40-300 µs per call on the H200 machine of
+2026-11-30, by torch.profiler) sets the time and the ratio says nothing about the kernels. The device-bound cases'
+ratios are the model's calibration: the factor by which it was optimistic, suite by suite and mode by mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+HOST_BOUND_MS = 0.1  # predictions below this are under a call's host cost (see the module docstring)
+
+
+def newest_gpu_results(folder: Path = RESULTS) -> Path:
+    files = sorted(folder.glob("GPU-*.json"), key=lambda p: p.name.rsplit("-", 3)[-3:])
+    if not files:
+        raise SystemExit(f"no GPU-*.json benchmark results in {folder}: run benchmarks/gpu_bench.sh on a GPU first")
+    return files[-1]
+
+
+def comparisons(results: dict) -> list[dict]:
+    """One row per library case with both figures: suite, shape, dtype, mode, measured, predicted, ratio, bound."""
+    rows = []
+    for record in results["records"]:
+        measured, predicted = record.get("median_ms"), record.get("predicted_ms")
+        if not record["provider"].startswith("masksub[") or not measured or not predicted:
+            continue
+        bound = "host" if predicted < HOST_BOUND_MS else "device"
+        rows.append({**{k: record[k] for k in ("suite", "shape", "dtype", "mode", "provider")}, "measured": measured,
+                     "predicted": predicted, "ratio": measured / predicted, "bound": bound})  # fmt: skip
+    return rows
+
+
+def summary(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    """(suite, mode) -> min / median / max of measured / predicted over the device-bound cases."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        if row["bound"] == "device":
+            groups.setdefault((row["suite"], row["mode"]), []).append(row["ratio"])
+    return {key: {"cases": len(v), "min": min(v), "median": statistics.median(v), "max": max(v)}
+            for key, v in sorted(groups.items())}  # fmt: skip
+
+
+def report(results: dict, source: str) -> str:
+    rows = comparisons(results)
+    env = results.get("environment", {})
+    lines = [
+        f"# Measured beside predicted: {source}",
+        "",
+        f"Device: {env.get('device', '?')}; measured copy {results.get('copy_gbps', 0):.0f} GB/s. Predicted ms are "
+        "PREDICTIONS of the static model (tools/perf_model), measured ms the benchmark's medians. Host-bound: "
+        f"predicted under {HOST_BOUND_MS} ms, where the call's host cost, not modelled, sets the time.",
+        "",
+        "## Calibration: measured / predicted over the device-bound cases",
+        "",
+        "| suite | mode | cases | min | median | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (suite, mode), s in summary(rows).items():
+        lines.append(f"| {suite} | {mode} | {s['cases']} | {s['min']:.2f} | {s['median']:.2f} | {s['max']:.2f} |")
+    lines += ["", "## Every case", "", "| suite | shape | dtype | mode | measured ms | predicted ms | ratio | bound |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['suite']} | {r['shape']} | {r['dtype']} | {r['mode']} | {r['measured']:.3f} | "
+                     f"{r['predicted']:.3f} | {r['ratio']:.2f} | {r['bound']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="?", type=Path, help="a GPU run's benchmark json (default: the newest)")
+    parser.add_argument("--out", type=Path, help="write the report (markdown) here")
+    args = parser.parse_args(argv)
+    path = args.results or newest_gpu_results()
+    text = report(json.loads(path.read_text()), path.name)
+    if args.out:
+        args.out.write_text(text)
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
