@@ -277,10 +277,12 @@ def test_mask_ratio_rounding_matches_official_formula():
 
 
 def test_seed_tensor_gives_the_int_seeds_mask(backend):
+    # the int seed's masks on DEVICE, by the same backend: compiled Triton (and the cuda backend) take CUDA tensors
+    # only, so a device="cpu" call under them is refused on a GPU machine (only the interpreter takes CPU tensors)
     seed = torch.tensor(2**40 + 7, dtype=torch.int64, device=DEVICE)
     mask = mk.random_grid_mask(3, (7, 7), 24, seed=seed)
-    assert torch.equal(mask.cpu(), mk.random_grid_mask(3, (7, 7), 24, seed=2**40 + 7, device="cpu"))
+    assert torch.equal(mask, mk.random_grid_mask(3, (7, 7), 24, seed=2**40 + 7, device=DEVICE))
     images = torch.randn(2, 3, 64, 96, device=DEVICE)
     masked, cells = mk.mask_image_grid(images, 0.5, seed=seed)
-    assert torch.equal(cells.cpu(), mk.random_grid_mask(2, (2, 3), 3, seed=2**40 + 7, device="cpu"))
+    assert torch.equal(cells, mk.random_grid_mask(2, (2, 3), 3, seed=2**40 + 7, device=DEVICE))
     assert torch.equal(masked, mk.mask_image_grid(images, 0.5, seed=2**40 + 7)[0])
