@@ -171,7 +171,8 @@ SEEDS = st.integers(-(2**63), 2**63 - 1)
 
 
 def _on_every_backend(call):
-    """call() under the reference and each kernel backend; the results of the kernels, and the reference's."""
+    """call() under the reference and each kernel backend; the results of the kernels, and the reference's. The
+    calls must put their tensors on DEVICE: off the interpreter (a GPU run), Triton refuses CPU tensors."""
     with mk.use_backend("torch"):
         expected = call()
     results = {}
@@ -193,10 +194,10 @@ def test_masks_agree_with_the_reference(batch, grid, keep_fraction, seed, ordere
     cells = grid[0] * grid[1]
     keep = max(1, round(keep_fraction * cells))
     expected, results = _on_every_backend(
-        lambda: mk.random_keep_indices(batch, cells, keep, seed=seed, ordered=ordered)
+        lambda: mk.random_keep_indices(batch, cells, keep, seed=seed, ordered=ordered, device=DEVICE)
     )
     assert all(torch.equal(result, expected) for result in results.values())
-    expected, results = _on_every_backend(lambda: mk.random_grid_mask(batch, grid, keep, seed=seed))
+    expected, results = _on_every_backend(lambda: mk.random_grid_mask(batch, grid, keep, seed=seed, device=DEVICE))
     assert all(torch.equal(result, expected) for result in results.values())
 
 
@@ -214,13 +215,13 @@ def test_image_and_token_masks_agree_with_the_reference(grid, cell, ratio, dtype
     if int(cells * (1.0 - ratio)) < 1:
         return
     generator = torch.Generator().manual_seed(seed % 2**32)
-    images = torch.randn(2, 3, grid[0] * cell, grid[1] * cell, generator=generator).to(dtype)
+    images = torch.randn(2, 3, grid[0] * cell, grid[1] * cell, generator=generator).to(dtype).to(DEVICE)
     expected, results = _on_every_backend(
         lambda: mk.mask_image_grid(images, ratio, cell_size=cell, seed=seed, fill_value=fill)
     )
     for masked, mask in results.values():
         assert torch.equal(masked, expected[0]) and torch.equal(mask, expected[1])
-    tokens, mask_token = images.permute(0, 2, 3, 1), torch.randn(3, generator=generator).to(dtype)
+    tokens, mask_token = images.permute(0, 2, 3, 1), torch.randn(3, generator=generator).to(dtype).to(DEVICE)
     expected, results = _on_every_backend(
         lambda: mk.mask_tokens_grid(tokens, mask_token, ratio, cell_size=cell, seed=seed)
     )
