@@ -52,7 +52,8 @@ def test_mask_tokens_semantics(backend):
     assert torch.equal(out[~removed], tokens[~removed])
     out.sum().backward()  # an expanded (stride 0) grad_output
     assert mask_token.grad.shape == (1, 1, 12)
-    assert torch.equal(mask_token.grad.view(12), torch.full((12,), float(removed.sum())))
+    # torch.equal refuses tensors on two devices: the expected gradient on DEVICE, as mask_token.grad
+    assert torch.equal(mask_token.grad.view(12), torch.full((12,), float(removed.sum()), device=DEVICE))
 
 
 def test_mask_tokens_identity_at_ratio_zero(backend):
