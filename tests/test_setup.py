@@ -114,13 +114,19 @@ def test_the_real_platform_header_compiles_warning_free(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_the_extension_is_built_with_warnings_as_errors(monkeypatch):
+def planned_extension(monkeypatch):
+    """(setup module, the CUDA extension it would build here with MASKSUB_BUILD_CUDA=1); skips without a toolkit."""
     setup = load_setup_module()
     monkeypatch.setenv("MASKSUB_BUILD_CUDA", "1")
     if find_cuda_home() is None:
         pytest.skip("no CUDA toolkit")
     monkeypatch.setattr(setup, "cuda_extension_plan", lambda: (True, "test"))
     [extension], _ = setup.extension_modules()
+    return setup, extension
+
+
+def test_the_extension_is_built_with_warnings_as_errors(monkeypatch):
+    setup, extension = planned_extension(monkeypatch)
     assert set(setup.WARNING_FLAGS) <= set(extension.extra_compile_args["cxx"])
     assert "-Xcompiler=-Wall,-Wextra,-Werror" in extension.extra_compile_args["nvcc"]
     assert str(setup.PLATFORM) in extension.include_dirs and not extension.optional
@@ -166,12 +172,7 @@ def test_the_link_shares_the_cxx_runtime_even_with_a_static_libstdcxx_compiler(t
 
 
 def test_the_extension_links_the_shared_cxx_runtime(monkeypatch):
-    setup = load_setup_module()
-    monkeypatch.setenv("MASKSUB_BUILD_CUDA", "1")
-    if find_cuda_home() is None:
-        pytest.skip("no CUDA toolkit")
-    monkeypatch.setattr(setup, "cuda_extension_plan", lambda: (True, "test"))
-    [extension], _ = setup.extension_modules()
+    setup, extension = planned_extension(monkeypatch)
     assert extension.extra_link_args == setup.SHARED_CXX_RUNTIME
     built = sorted((ROOT / "masksub_kernels").glob("_C*.so"))
     if built and subprocess.run(["which", "readelf"], capture_output=True).returncode == 0:

@@ -175,6 +175,7 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
         signature.update(_LOSS_OPTIONS)
     constexprs = {"BCE": False, "DENSE": False, "BINARISE": False, "SPLIT": False, "HAS_BIAS": bias is not None}
     constexprs["UNIT_T"] = False
+    constexprs["VEC"] = 1  # the launchers' default: rows already 16-byte aligned (row_alignment)
     constexprs.update(flags, BLOCK_C=block_c)
     if forward:
         constexprs["BLOCK_S"] = 64 if constexprs["SPLIT"] else 1  # splits (SPLIT): up to 2 x 132 SMs / rows
@@ -207,6 +208,11 @@ def masksub_loss_specs() -> list[tuple]:
         _loss_spec(fwd, "bf16", {"HAS_MAIN": False, "HAS_SUB": True}),
         _loss_spec(bwd, "bf16", {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": False}),
         _loss_spec(bwd, "bf16", {"LABELS": False, "WRITE_DZ": False, "WRITE_DS": True}),
+        # rows not 16-byte aligned (C = 30522 in bf16): realigned to the boundary before each row (VEC = 8)
+        *(
+            _loss_spec(kernel, "bf16", {**flags, "VEC": 8})
+            for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
+        ),
         # BCE with class ids, T != 1 and T = 1 (UNIT_T: the teacher's sigmoid shares the main term's exp)
         *(
             _loss_spec(kernel, "bf16", {**flags, "BCE": True, "UNIT_T": unit_t})

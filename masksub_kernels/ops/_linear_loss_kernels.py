@@ -20,7 +20,7 @@ each write keeps the next read of the same program ordered after it.
 from __future__ import annotations
 
 from .._triton import jit, tl
-from ._masksub_loss_kernels import _bce_elem, _shift, _sigmoid
+from ._masksub_loss_blocks import _bce_elem, _shift, _sigmoid
 
 # Rows of the forward's partial states, fp32 [NUM_PART, splits, M]: main CE (running max, sum exp(z - shift),
 # S = sum w, D = sum w (z - shift)); main BCE sum; sub CE (max and sum exp of s/T, of z/T, D_t = sum exp(z/T -

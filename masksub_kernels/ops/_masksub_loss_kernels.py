@@ -1,212 +1,19 @@
 """The MaskSub loss's Triton kernels (maths, design and layout: masksub_loss.py's docstring).
 
-One program per row (or, SPLIT, per row and class split), a loop over the classes in blocks of BLOCK_C, fp32
-arithmetic. The forward keeps a per-lane
-online-softmax state (merged once per row) and the backward recomputes from the forward's saved stats; both run
-whole blocks unmasked and peel a partial last block.
+One program per row (or, SPLIT, per row and class split), a loop over the classes in blocks of BLOCK_C (the
+blocks' work: _masksub_loss_blocks.py), fp32 arithmetic. The forward keeps a per-lane online-softmax state (merged
+once per row) and the backward recomputes from the forward's saved stats; both run whole blocks unmasked and peel
+a partial last block (and, where the rows are not 16-byte aligned, a partial first one: _block_range).
 """
 
 from __future__ import annotations
 
 from .._triton import jit, tl
+from ._masksub_loss_blocks import _block_range, _bwd_block, _fwd_block, _row_label, _row_value
 
 # ----------------------------------------------------------------------------------------------------------------
 # Triton kernels: one program per row, a loop over the classes in blocks of BLOCK_C, fp32 arithmetic
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@jit
-def _log1p(v):
-    # log(1 + v) for v in [0, 1] (here v = exp(-|x|)) as v P(v): P a degree-9 polynomial fitted to log1p(v) / v
-    # on [0, 1] (truncation error 6e-9 relative; ~2 ulp in fp32 Horner, as the libdevice log and a division it
-    # replaces, at a quarter of the instructions). Relative accuracy holds for tiny v, where 1 + v rounds to 1.
-    p = -0.003163999359346998
-    p = p * v + 0.019487686092971974
-    p = p * v - 0.056269525832053906
-    p = p * v + 0.1053295061396915
-    p = p * v - 0.15263273655130635
-    p = p * v + 0.19661017875789702
-    p = p * v - 0.24951167191526266
-    p = p * v + 0.33329665491782323
-    p = p * v - 0.49999890898558996
-    p = p * v + 0.9999999945431184
-    return p * v
-
-
-@jit
-def _bce_elem(x, w):
-    # softplus(x) - w x = (1 - w) max(x, 0) - w min(x, 0) + log1p(exp(-|x|)) = t x + log1p(exp(-|x|)) with
-    # t = [x > 0] - w: one product and one select; t = 0 (w = 1 at x = +inf, w = 0 at x = -inf) gives 0, not
-    # 0 * inf = NaN. exp(-|x|) as exp2 of a pre-scaled argument: a bare MUFU.EX2, where tl.exp adds a subnormal
-    # fix-up (3 more instructions); here results below 2^-126 flush to 0, far below a loss's resolution.
-    t = tl.where(x > 0.0, 1.0, 0.0) - w
-    return tl.where(t != 0.0, t * x, 0.0) + _log1p(tl.exp2(tl.abs(x) * -1.4426950408889634))
-
-
-@jit
-def _sigmoid(x):
-    # 1 / (1 + exp(-x)), exp as a bare exp2 (see _bce_elem); x = -inf or -1e4: 1 / inf = 0
-    return 1.0 / (1.0 + tl.exp2(x * -1.4426950408889634))
-
-
-@jit
-def _shift(m):
-    # the softmax shift: the running max, 0 while it is -inf (so that exp(x - shift) never sees -inf - -inf)
-    return tl.where(m == float("-inf"), 0.0, m)
-
-
-@jit
-def _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE: tl.constexpr, BINARISE: tl.constexpr):
-    # w = (1 - eps) q + eps / C on the block, 0 on masked lanes
-    if DENSE:
-        q = tl.load(y_row + cols, mask=mask, other=0.0).to(tl.float32)
-    else:
-        q = tl.where(cols == label, 1.0, 0.0)
-    if BINARISE:
-        q = tl.where(q > threshold, 1.0, 0.0)
-    return tl.where(mask, (1.0 - eps) * q + eps / C, 0.0)
-
-
-@jit
-def _row_label(y_ptr, row, in_row, ignore_index, C, LABELS: tl.constexpr):
-    # (class id, whether the row counts, whether it counts with an id outside [0, C)); without ids every row counts
-    label = tl.full([], -1, tl.int64)
-    valid = in_row
-    bad = tl.zeros([], tl.int1)
-    if LABELS:
-        label = tl.load(y_ptr + row, mask=in_row, other=0).to(tl.int64)
-        valid = in_row & (label != ignore_index)
-        bad = valid & ((label < 0) | (label >= C))
-    return label, valid, bad
-
-
-@jit
-def _row_value(value, valid, bad):
-    # the value where the row counts, 0 where it is ignored, NaN where its class id is out of range (no host sync)
-    return tl.where(bad, float("nan"), tl.where(valid, value, 0.0))
-
-
-@jit
-def _running_exp_sum(v, m, l, k):
-    # One element per lane into the lane's running (max m, l = sum exp(k (v - m))), one exp2 per element: one of
-    # the two rescalings is exp(0) = 1. v > m: l exp(k (m - v)) + 1 (the new max is v); else: l + exp(k (v - m));
-    # both exponents are -k |v - m| (one subtraction, the |.| and sign free operand modifiers, no min / max pair).
-    # Returns (v > m, |v - m|, the new l). v = -inf: |v - m| = inf, exp2(-inf) = 0 (m >= -FLT_MAX), l unchanged.
-    d = v - m
-    gt = d > 0.0
-    dist = tl.abs(d)
-    e = tl.exp2(-dist * k)
-    return gt, dist, tl.where(gt, l * e + 1.0, l + e)
-
-
-@jit
-def _bias_block(bias_ptr, cols, mask, MASKED: tl.constexpr):
-    """The bias of a block of classes in fp32 (HAS_BIAS: the fused-linear loss's chunks, whose logits come without
-    it, so that no pass over them adds it: the kernels add it to z and s as they read them)."""
-    if MASKED:
-        return tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    return tl.load(bias_ptr + cols).to(tl.float32)
-
-
-@jit
-def _fwd_block(
-    z_row,
-    s_row,
-    y_row,
-    bias_ptr,
-    cols,
-    mask,
-    label,
-    eps,
-    C,
-    threshold,
-    inv_t,
-    k_z,
-    k_t,
-    m_z,
-    l_z,
-    a_z,
-    b_z,
-    m_s,
-    l_s,
-    l_t,
-    d_t,
-    HAS_MAIN: tl.constexpr,
-    HAS_SUB: tl.constexpr,
-    BCE: tl.constexpr,
-    DENSE: tl.constexpr,
-    BINARISE: tl.constexpr,
-    MASKED: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    UNIT_T: tl.constexpr,
-):
-    # One block of classes into the per-lane states (each lane its own softmax state, merged once per row: no block
-    # reduction per iteration). Only the last block is MASKED; its masked lanes read z = s = -inf and add nothing.
-    # CE: m_z, l_z (z, scale k_z = log2 e: exp(v) = exp2(v log2 e), the scale folded into one multiply);
-    # class ids: a_z = sum z; probabilities: b_z = sum w, a_z = sum w (z - m_z).
-    # Sub CE: m_s, l_s (s, scale k_t = log2(e) / T), l_t = sum exp((z - m_z) / T), d_t = sum that * (s - m_s).
-    # BCE: d_t is the per-lane sum of the sub elements; probabilities: a_z the sum of the main elements; class ids
-    # (label: the row's counting id as int32, -1 if none): the main element is softplus(z) - w z =
-    # (1 - w) max(z, 0) - w min(z, 0) + log1p(exp(-|z|)) with one weight w_o off the label, so the lanes keep
-    # a_z = sum max(z', 0), b_z = sum min(z', 0) (z' = z, 0 at the label, whose linear part the row's end adds with
-    # its own weight) and l_z = sum log1p(exp(-|z|)): three sums of non-negative or non-positive terms, combined once
-    # per row (_store_row): no per-element weight, no cancellation, and 0 * inf guarded once, not per element.
-    if MASKED:
-        z = tl.load(z_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-    else:
-        z = tl.load(z_row + cols).to(tl.float32)
-    if HAS_BIAS:
-        bias = _bias_block(bias_ptr, cols, mask, MASKED)
-        z += bias  # -inf + b stays -inf
-    if HAS_SUB:
-        if MASKED:
-            s = tl.load(s_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        else:
-            s = tl.load(s_row + cols).to(tl.float32)
-        if HAS_BIAS:
-            s += bias
-    if BCE:
-        e_z = tl.exp2(tl.abs(z) * -1.4426950408889634)  # exp(-|z|), bare exp2 (see _bce_elem); -inf: 0
-        if HAS_MAIN:
-            if DENSE:
-                w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
-                a_z += tl.where(mask, _bce_elem(z, w), 0.0)
-            else:
-                z_off = tl.where(cols == label, 0.0, z)
-                a_z += tl.maximum(z_off, 0.0)  # masked lanes: max(-inf, 0) = 0
-                b_z += tl.where(mask, tl.minimum(z_off, 0.0), 0.0)
-                l_z += _log1p(e_z)  # masked lanes: log1p(0) = 0
-        if HAS_SUB:
-            if UNIT_T:
-                # T = 1: the teacher sigmoid(z) from the same exp(-|z|): r = 1 / (1 + e) in [1/2, 1] is sigmoid(|z|),
-                # e r = sigmoid(-|z|) (no cancellation for z < 0). z = -inf: e = 0, p = 0; z = +inf: p = 1.
-                r = 1.0 / (1.0 + e_z)
-                d_t += tl.where(mask, _bce_elem(s, tl.where(z > 0.0, r, e_z * r)), 0.0)
-            else:
-                d_t += tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0)
-    else:
-        gt, dist, l_new = _running_exp_sum(z, m_z, l_z, k_z)
-        m_new = tl.maximum(z, m_z)
-        if HAS_MAIN:
-            l_z = l_new
-            if DENSE:
-                # a_z = sum w (z - m_z): rescaled by b_z (m_old - m_new) when the max grows; w = 0 terms skipped
-                w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
-                a_z += b_z * (m_z - m_new) + tl.where(w != 0.0, w * (z - m_new), 0.0)
-                b_z += w
-            else:
-                a_z += tl.where(mask, z, 0.0)  # the uniform eps / C term needs only sum z (see the merge)
-        if HAS_SUB:
-            # teacher z / T: the same comparison as z, one more exp2. alpha rescales the old sums, e_t is this term
-            e2 = tl.exp2(-dist * k_t)
-            alpha, e_t = tl.where(gt, e2, 1.0), tl.where(gt, 1.0, e2)
-            _, _, l_s = _running_exp_sum(s, m_s, l_s, k_t)
-            ms_new = tl.maximum(s, m_s)
-            d_t = alpha * (d_t + l_t * (m_s - ms_new)) + tl.where(e_t != 0.0, e_t * (s - ms_new), 0.0)
-            l_t = l_t * alpha + e_t
-            m_s = ms_new
-        m_z = m_new
-    return m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t
 
 
 @jit
@@ -354,10 +161,11 @@ def _loss_fwd_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,  # >= splits (SPLIT)
     UNIT_T: tl.constexpr = False,  # temperature == 1 (BCE: the teacher's sigmoid shares the main term's exp)
+    VEC: tl.constexpr = 1,  # > 1: realigned rows, VEC elements = 16 bytes (_block_range; row_alignment)
 ):
     row = tl.program_id(0).to(tl.int64)  # the grid is exactly M programs (x splits)
     lanes = tl.arange(0, BLOCK_C)
-    z_row, s_row, y_row = z_ptr + row * stride_z, s_ptr + row * stride_s, y_ptr + row * stride_y
+    z_row, y_row = z_ptr + row * stride_z, y_ptr + row * stride_y  # z_row: the label logit (_label_terms)
     label, valid, bad = _row_label(y_ptr, row, row < M, ignore_index, C, HAS_MAIN and not DENSE)
     label_col = tl.where(valid & ~bad, label, -1).to(tl.int32)  # the blocks compare int32 columns; -1: no column
     inv_t = 1.0 / temperature
@@ -371,17 +179,30 @@ def _loss_fwd_kernel(
         split = tl.program_id(1)
         lo = split * chunk
         hi = tl.minimum(lo + chunk, C)
-    full = hi - (hi - lo) % BLOCK_C  # whole blocks unmasked, then one masked tail block (the row's last)
-    for start in range(lo, full, BLOCK_C):
+    # masked first block (realigned rows), whole blocks unmasked, one masked last block, in the row's frame
+    # (_block_range: physical column p holds class p - shift; every pointer and the label moved by shift)
+    shift, first, full, end = _block_range(row, stride_z, lo, hi, VEC, BLOCK_C)
+    z_base = z_ptr + tl.multiple_of(row * stride_z - shift, VEC)  # 16-byte aligned where the row's start is not
+    s_base = s_ptr + tl.multiple_of(row * stride_s - shift, VEC)  # VEC > 1: stride_s == stride_z (the launcher)
+    y_base, b_base = y_row - shift, bias_ptr - shift
+    label_p = tl.where(label_col >= 0, label_col + shift, -1)
+    if VEC > 1:
+        cols = lo + lanes
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
-            z_row, s_row, y_row, bias_ptr, start + lanes, lanes < BLOCK_C, label_col, eps, C, threshold, inv_t, k_z,
+            z_base, s_base, y_base, b_base, cols, (cols >= lo + shift) & (cols < end), label_p, eps, C, threshold,
+            inv_t, k_z, k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True,
+            HAS_BIAS, UNIT_T,
+        )  # fmt: skip
+    for start in range(first, full, BLOCK_C):
+        m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
+            z_base, s_base, y_base, b_base, start + lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
             k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False, HAS_BIAS,
             UNIT_T,
         )  # fmt: skip
-    if full < hi:
+    if full < end:
         cols = full + lanes
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
-            z_row, s_row, y_row, bias_ptr, cols, cols < hi, label_col, eps, C, threshold, inv_t, k_z, k_t,
+            z_base, s_base, y_base, b_base, cols, cols < end, label_p, eps, C, threshold, inv_t, k_z, k_t,
             m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True, HAS_BIAS,
             UNIT_T,
         )  # fmt: skip
@@ -439,84 +260,6 @@ def _loss_fwd_kernel(
 
 
 @jit
-def _bwd_block(
-    z_row,
-    s_row,
-    y_row,
-    bias_ptr,
-    dz_row,
-    ds_row,
-    cols,
-    mask,
-    label,
-    valid,
-    bad,
-    eps,
-    C,
-    threshold,
-    inv_t,
-    g_m,
-    c_z,
-    b_z,
-    s_z,
-    g_s,
-    c_s,
-    b_s,
-    c_t,
-    b_t,
-    WRITE_DZ: tl.constexpr,
-    WRITE_DS: tl.constexpr,
-    BCE: tl.constexpr,
-    DENSE: tl.constexpr,
-    BINARISE: tl.constexpr,
-    MASKED: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    UNIT_T: tl.constexpr,
-):
-    # One block of classes: both gradients recomputed from the saved stats and written. Only the last block is
-    # MASKED. softmax(v)_c = exp(v_c - c - log l) = exp2((v_c - c) log2 e - b) with b = log2 l (one FFMA per
-    # exponent; v_c - c is rounded once, as before, so logits of 1e4 lose nothing to the shift).
-    if MASKED:
-        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
-    else:
-        z = tl.load(z_row + cols).to(tl.float32)
-    if HAS_BIAS:
-        bias = _bias_block(bias_ptr, cols, mask, MASKED)
-        z += bias
-    if WRITE_DZ:
-        w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
-        if BCE:
-            p = _sigmoid(z)
-        else:
-            p = s_z * tl.exp2((z - c_z) * 1.4426950408889634 - b_z)
-        dz = _row_value(g_m * (p - w), valid, bad).to(dz_row.dtype.element_ty)  # fp32 throughout, one cast
-        if MASKED:
-            tl.store(dz_row + cols, dz, mask=mask)
-        else:
-            tl.store(dz_row + cols, dz)
-    if WRITE_DS:
-        if MASKED:
-            s = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32)
-        else:
-            s = tl.load(s_row + cols).to(tl.float32)
-        if HAS_BIAS:
-            s += bias
-        if BCE:
-            if UNIT_T:  # T = 1: sigmoid(z) is the main gradient's (computed once when both are written)
-                diff = _sigmoid(s) - _sigmoid(z)
-            else:
-                diff = _sigmoid(s * inv_t) - _sigmoid(z * inv_t)
-        else:
-            e_s = tl.exp2((s * inv_t - c_s) * 1.4426950408889634 - b_s)
-            diff = e_s - tl.exp2((z * inv_t - c_t) * 1.4426950408889634 - b_t)
-        ds = _row_value(g_s * diff, valid, bad).to(ds_row.dtype.element_ty)
-        if MASKED:
-            tl.store(ds_row + cols, ds, mask=mask)
-        else:
-            tl.store(ds_row + cols, ds)
-
-
-@jit
 def _loss_bwd_kernel(
     z_ptr,  # as in the forward
     s_ptr,
@@ -550,11 +293,12 @@ def _loss_bwd_kernel(
     HAS_BIAS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     UNIT_T: tl.constexpr = False,  # temperature == 1 (BCE: one sigmoid of z for both gradients)
+    VEC: tl.constexpr = 1,  # as in the forward
 ):
     row = tl.program_id(0).to(tl.int64)
     in_row = row < M
     lanes = tl.arange(0, BLOCK_C)
-    z_row, s_row, y_row = z_ptr + row * stride_z, s_ptr + row * stride_s, y_ptr + row * stride_y
+    y_row = y_ptr + row * stride_y
     label, valid, bad = _row_label(y_ptr, row, in_row, ignore_index, C, LABELS)  # zero / NaN rows as forward
     label = tl.where(valid & ~bad, label, -1).to(tl.int32)  # an int32 column (-1: none) for the blocks' compare
     inv_t = 1.0 / temperature
@@ -579,18 +323,31 @@ def _loss_bwd_kernel(
     if SPLIT:  # the gradient is elementwise given the row's stats: any split of the classes computes the same
         lo = tl.program_id(1) * chunk
         hi = tl.minimum(lo + chunk, C)
-    full = hi - (hi - lo) % BLOCK_C  # whole blocks unmasked, then one masked tail block
-    dz_row, ds_row = dz_ptr + row * stride_d, ds_ptr + row * stride_d
-    for start in range(lo, full, BLOCK_C):
+    # as the forward: the row's frame (_block_range; one stride for z, s, dz and ds where VEC > 1: the launcher)
+    shift, first, full, end = _block_range(row, stride_z, lo, hi, VEC, BLOCK_C)
+    z_base = z_ptr + tl.multiple_of(row * stride_z - shift, VEC)
+    s_base = s_ptr + tl.multiple_of(row * stride_s - shift, VEC)
+    dz_row = dz_ptr + tl.multiple_of(row * stride_d - shift, VEC)
+    ds_row = ds_ptr + tl.multiple_of(row * stride_d - shift, VEC)
+    y_base, b_base = y_row - shift, bias_ptr - shift
+    label_p = tl.where(label >= 0, label + shift, -1)
+    if VEC > 1:
+        cols = lo + lanes
         _bwd_block(
-            z_row, s_row, y_row, bias_ptr, dz_row, ds_row, start + lanes, lanes < BLOCK_C, label,
+            z_base, s_base, y_base, b_base, dz_row, ds_row, cols, (cols >= lo + shift) & (cols < end), label_p,
+            valid, bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
+            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, True, HAS_BIAS, UNIT_T,
+        )  # fmt: skip
+    for start in range(first, full, BLOCK_C):
+        _bwd_block(
+            z_base, s_base, y_base, b_base, dz_row, ds_row, start + lanes, lanes < BLOCK_C, label_p,
             valid, bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
             WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, False, HAS_BIAS, UNIT_T,
         )  # fmt: skip
-    if full < hi:
+    if full < end:
         cols = full + lanes
         _bwd_block(
-            z_row, s_row, y_row, bias_ptr, dz_row, ds_row, cols, cols < hi, label, valid,
+            z_base, s_base, y_base, b_base, dz_row, ds_row, cols, cols < end, label_p, valid,
             bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
             WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, True, HAS_BIAS, UNIT_T,
         )  # fmt: skip

@@ -281,6 +281,16 @@ def _prepare(logits, sub_logits, target, bce, threshold, max_block):
     return (z, z if s is None else s, z if y is None else y), strides, flags, num_warps, split
 
 
+def row_alignment(rows: torch.Tensor, *others: torch.Tensor) -> int:
+    """The kernels' VEC: 16 bytes in elements of ``rows`` when its row stride is not a multiple of that (C = 30522
+    or 21841 in bf16) and the other [M, C] operands given (sub logits, gradients) share the stride, so that the
+    kernels realign each row's blocks to 16-byte boundaries (_block_range); else 1 (aligned rows, or none to gain)."""
+    vec, stride = 16 // rows.element_size(), rows.stride(0)
+    if rows.shape[0] < 2 or stride % vec == 0 or any(t.numel() and t.stride(0) != stride for t in others):
+        return 1
+    return vec
+
+
 def _forward_triton(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold, bias=None):
     """fp32 [9, M]. ``bias``: [C], added to both logits as the kernel reads them (the fused-linear op's chunks,
     whose logits come without it)."""
@@ -302,7 +312,10 @@ def _forward_triton(logits, sub_logits, target, bce, label_smoothing, ignore_ind
         has = {"HAS_MAIN": target is not None, "HAS_SUB": sub_logits is not None, "HAS_BIAS": bias is not None}
         block_s = next_power_of_2(splits)
         unit_t = bool(bce) and float(temperature) == 1.0  # BCE's T = 1 path (one exp / sigmoid of z shared)
-        _loss_fwd_kernel[(rows, splits)](*args, **has, **flags, BLOCK_S=block_s, UNIT_T=unit_t, num_warps=warps)
+        vec = row_alignment(z, *([] if sub_logits is None else [operands[1]]))
+        _loss_fwd_kernel[(rows, splits)](
+            *args, **has, **flags, BLOCK_S=block_s, UNIT_T=unit_t, VEC=vec, num_warps=warps
+        )
     return out
 
 
@@ -345,6 +358,7 @@ def _backward_triton(
         has["HAS_BIAS"] = bias is not None
         grid = (z.shape[0], splits)
         has["UNIT_T"] = bool(bce) and float(temperature) == 1.0  # as the forward
+        has["VEC"] = row_alignment(z, *(x for x in (s, dz, ds) if x is not z))
         _loss_bwd_kernel[grid](*args, **has, WRITE_DS=grad_sub is not None, **flags, num_warps=warps)
     return dz, ds
 

@@ -326,6 +326,30 @@ def test_many_blocks_online_rescaling(backend, monkeypatch, mode, kind, eps, sms
     check_masksub(main, sub, target, mode=mode, temperature=2.0, reduction="none", **options)
 
 
+@pytest.mark.parametrize(
+    ("mode", "kind", "dtype"), [("ce", "index_ignore", BF16), ("ce", "dense", F32), ("bce", "index", BF16)]
+)
+@pytest.mark.parametrize("sms", [0, ml.DEFAULT_SMS], ids=["one program per row", "class splits"])
+def test_unaligned_rows_realigned_to_16_bytes(backend, monkeypatch, mode, kind, dtype, sms):
+    # C = 1003 (bf16) / 1001 (fp32): rows start off 16-byte boundaries, at every shift in turn over 8 rows; the
+    # Triton kernels then begin each row (or class split) with a masked block from the boundary before it
+    # (row_alignment, _block_range), then whole blocks of 64, then a masked last block.
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    monkeypatch.setattr(ml, "_device_sms", lambda device: sms)
+    classes = 1003 if dtype == BF16 else 1001
+    main, sub, target = make_inputs(8, classes, dtype, kind)
+    assert ml.row_alignment(main, sub) == 16 // main.element_size()
+    check_masksub(main, sub, target, mode=mode, label_smoothing=0.1 if mode == "ce" else 0.0, temperature=2.0)
+
+
+def test_row_alignment_only_where_it_pays():
+    z = torch.empty(4, 1003, dtype=BF16)
+    assert ml.row_alignment(z) == 8 and ml.row_alignment(z.float()) == 4 and ml.row_alignment(z.double()) == 2
+    assert ml.row_alignment(torch.empty(4, 1000, dtype=BF16)) == 1  # rows already 16-byte aligned
+    assert ml.row_alignment(z, torch.empty(4, 1004, dtype=BF16)[:, :1003]) == 1  # another stride: no realignment
+    assert ml.row_alignment(z[:1]) == 1 and ml.row_alignment(z, torch.empty(0)) == 8  # one row; absent operands
+
+
 def test_two_half_weight_backwards_equal_one_of_the_sum(backend):
     # The official sequential schedule: backward of crit_main / 2, then of crit_sub / 2, one optimizer step.
     main, sub, target = make_inputs(9, 50, F32, "dense")

@@ -1,0 +1,305 @@
+"""The MaskSub loss's Triton kernels, their per-block parts: what one block of BLOCK_C classes of a row computes
+(forward: the per-lane online-softmax / BCE states; backward: both gradients from the saved stats), the elementwise
+helpers they share with the fused-linear kernels, and how a row is cut into blocks (_block_range). The kernels
+themselves, per row: _masksub_loss_kernels.py.
+"""
+
+from __future__ import annotations
+
+from .._triton import jit, tl
+
+
+@jit
+def _log1p(v):
+    # log(1 + v) for v in [0, 1] (here v = exp(-|x|)) as v P(v): P a degree-9 polynomial fitted to log1p(v) / v
+    # on [0, 1] (truncation error 6e-9 relative; ~2 ulp in fp32 Horner, as the libdevice log and a division it
+    # replaces, at a quarter of the instructions). Relative accuracy holds for tiny v, where 1 + v rounds to 1.
+    p = -0.003163999359346998
+    p = p * v + 0.019487686092971974
+    p = p * v - 0.056269525832053906
+    p = p * v + 0.1053295061396915
+    p = p * v - 0.15263273655130635
+    p = p * v + 0.19661017875789702
+    p = p * v - 0.24951167191526266
+    p = p * v + 0.33329665491782323
+    p = p * v - 0.49999890898558996
+    p = p * v + 0.9999999945431184
+    return p * v
+
+
+@jit
+def _bce_elem(x, w):
+    # softplus(x) - w x = (1 - w) max(x, 0) - w min(x, 0) + log1p(exp(-|x|)) = t x + log1p(exp(-|x|)) with
+    # t = [x > 0] - w: one product and one select; t = 0 (w = 1 at x = +inf, w = 0 at x = -inf) gives 0, not
+    # 0 * inf = NaN. exp(-|x|) as exp2 of a pre-scaled argument: a bare MUFU.EX2, where tl.exp adds a subnormal
+    # fix-up (3 more instructions); here results below 2^-126 flush to 0, far below a loss's resolution.
+    t = tl.where(x > 0.0, 1.0, 0.0) - w
+    return tl.where(t != 0.0, t * x, 0.0) + _log1p(tl.exp2(tl.abs(x) * -1.4426950408889634))
+
+
+@jit
+def _sigmoid(x):
+    # 1 / (1 + exp(-x)), exp as a bare exp2 (see _bce_elem); x = -inf or -1e4: 1 / inf = 0
+    return 1.0 / (1.0 + tl.exp2(x * -1.4426950408889634))
+
+
+@jit
+def _shift(m):
+    # the softmax shift: the running max, 0 while it is -inf (so that exp(x - shift) never sees -inf - -inf)
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@jit
+def _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE: tl.constexpr, BINARISE: tl.constexpr):
+    # w = (1 - eps) q + eps / C on the block, 0 on masked lanes
+    if DENSE:
+        q = tl.load(y_row + cols, mask=mask, other=0.0).to(tl.float32)
+    else:
+        q = tl.where(cols == label, 1.0, 0.0)
+    if BINARISE:
+        q = tl.where(q > threshold, 1.0, 0.0)
+    return tl.where(mask, (1.0 - eps) * q + eps / C, 0.0)
+
+
+@jit
+def _row_label(y_ptr, row, in_row, ignore_index, C, LABELS: tl.constexpr):
+    # (class id, whether the row counts, whether it counts with an id outside [0, C)); without ids every row counts
+    label = tl.full([], -1, tl.int64)
+    valid = in_row
+    bad = tl.zeros([], tl.int1)
+    if LABELS:
+        label = tl.load(y_ptr + row, mask=in_row, other=0).to(tl.int64)
+        valid = in_row & (label != ignore_index)
+        bad = valid & ((label < 0) | (label >= C))
+    return label, valid, bad
+
+
+@jit
+def _row_value(value, valid, bad):
+    # the value where the row counts, 0 where it is ignored, NaN where its class id is out of range (no host sync)
+    return tl.where(bad, float("nan"), tl.where(valid, value, 0.0))
+
+
+@jit
+def _running_exp_sum(v, m, l, k):
+    # One element per lane into the lane's running (max m, l = sum exp(k (v - m))), one exp2 per element: one of
+    # the two rescalings is exp(0) = 1. v > m: l exp(k (m - v)) + 1 (the new max is v); else: l + exp(k (v - m));
+    # both exponents are -k |v - m| (one subtraction, the |.| and sign free operand modifiers, no min / max pair).
+    # Returns (v > m, |v - m|, the new l). v = -inf: |v - m| = inf, exp2(-inf) = 0 (m >= -FLT_MAX), l unchanged.
+    d = v - m
+    gt = d > 0.0
+    dist = tl.abs(d)
+    e = tl.exp2(-dist * k)
+    return gt, dist, tl.where(gt, l * e + 1.0, l + e)
+
+
+@jit
+def _bias_block(bias_ptr, cols, mask, MASKED: tl.constexpr):
+    """The bias of a block of classes in fp32 (HAS_BIAS: the fused-linear loss's chunks, whose logits come without
+    it, so that no pass over them adds it: the kernels add it to z and s as they read them)."""
+    if MASKED:
+        return tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    return tl.load(bias_ptr + cols).to(tl.float32)
+
+
+@jit
+def _block_range(row, stride_z, lo, hi, VEC: tl.constexpr, BLOCK_C: tl.constexpr):
+    # A row's classes [lo, hi) in blocks of BLOCK_C: (shift, first, full, end). VEC = 1: shift = 0, the unmasked
+    # blocks at first = lo, ... up to full, one masked block at full if full < end = hi. VEC > 1 (rows of z, s,
+    # dz, ds of one stride that is not a multiple of VEC elements = 16 bytes, such as C = 30522 or 21841 in bf16):
+    # the kernels address the row from the 16-byte boundary shift = (row stride_z) mod VEC elements before its
+    # class 0 (physical column p holds class p - shift), so that every block starts on a boundary and its loads and
+    # stores are 16-byte words, not 2-byte ones (the H200 run of 2026-11-30: the forward at 35% of copy at
+    # C = 30522, 51% at C = 128256). A masked first block at lo then holds classes [lo - shift, lo + BLOCK_C -
+    # shift) (lanes before lo masked), the unmasked ones start at first = lo + BLOCK_C, and end = hi + shift.
+    if VEC > 1:
+        shift = ((row * stride_z) % VEC).to(tl.int32)  # int32: the blocks' column vectors stay 32-bit
+        first = lo + BLOCK_C
+        end = hi + shift
+        full = first + tl.maximum(end - first, 0) // BLOCK_C * BLOCK_C
+    else:  # as before realignment: compile-time bounds where C is (Triton specialises C = 1)
+        shift = 0
+        first = lo
+        end = hi
+        full = hi - (hi - lo) % BLOCK_C
+    return shift, first, full, end
+
+
+@jit
+def _fwd_block(
+    z_row,
+    s_row,
+    y_row,
+    bias_ptr,
+    cols,
+    mask,
+    label,
+    eps,
+    C,
+    threshold,
+    inv_t,
+    k_z,
+    k_t,
+    m_z,
+    l_z,
+    a_z,
+    b_z,
+    m_s,
+    l_s,
+    l_t,
+    d_t,
+    HAS_MAIN: tl.constexpr,
+    HAS_SUB: tl.constexpr,
+    BCE: tl.constexpr,
+    DENSE: tl.constexpr,
+    BINARISE: tl.constexpr,
+    MASKED: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    UNIT_T: tl.constexpr,
+):
+    # One block of classes into the per-lane states (each lane its own softmax state, merged once per row: no block
+    # reduction per iteration). MASKED blocks (a row's last; its first when realigned: _block_range) read
+    # z = s = -inf in their masked lanes, which add nothing. cols: the block's columns in the row's frame.
+    # CE: m_z, l_z (z, scale k_z = log2 e: exp(v) = exp2(v log2 e), the scale folded into one multiply);
+    # class ids: a_z = sum z; probabilities: b_z = sum w, a_z = sum w (z - m_z).
+    # Sub CE: m_s, l_s (s, scale k_t = log2(e) / T), l_t = sum exp((z - m_z) / T), d_t = sum that * (s - m_s).
+    # BCE: d_t is the per-lane sum of the sub elements; probabilities: a_z the sum of the main elements; class ids
+    # (label: the row's counting id as int32, -1 if none): the main element is softplus(z) - w z =
+    # (1 - w) max(z, 0) - w min(z, 0) + log1p(exp(-|z|)) with one weight w_o off the label, so the lanes keep
+    # a_z = sum max(z', 0), b_z = sum min(z', 0) (z' = z, 0 at the label, whose linear part the row's end adds with
+    # its own weight) and l_z = sum log1p(exp(-|z|)): three sums of non-negative or non-positive terms, combined once
+    # per row (_store_row): no per-element weight, no cancellation, and 0 * inf guarded once, not per element.
+    if MASKED:
+        z = tl.load(z_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+    else:
+        z = tl.load(z_row + cols).to(tl.float32)
+    if HAS_BIAS:
+        bias = _bias_block(bias_ptr, cols, mask, MASKED)
+        z += bias  # -inf + b stays -inf
+    if HAS_SUB:
+        if MASKED:
+            s = tl.load(s_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        else:
+            s = tl.load(s_row + cols).to(tl.float32)
+        if HAS_BIAS:
+            s += bias
+    if BCE:
+        e_z = tl.exp2(tl.abs(z) * -1.4426950408889634)  # exp(-|z|), bare exp2 (see _bce_elem); -inf: 0
+        if HAS_MAIN:
+            if DENSE:
+                w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
+                a_z += tl.where(mask, _bce_elem(z, w), 0.0)
+            else:
+                z_off = tl.where(cols == label, 0.0, z)
+                a_z += tl.maximum(z_off, 0.0)  # masked lanes: max(-inf, 0) = 0
+                b_z += tl.where(mask, tl.minimum(z_off, 0.0), 0.0)
+                l_z += _log1p(e_z)  # masked lanes: log1p(0) = 0
+        if HAS_SUB:
+            if UNIT_T:
+                # T = 1: the teacher sigmoid(z) from the same exp(-|z|): r = 1 / (1 + e) in [1/2, 1] is sigmoid(|z|),
+                # e r = sigmoid(-|z|) (no cancellation for z < 0). z = -inf: e = 0, p = 0; z = +inf: p = 1.
+                r = 1.0 / (1.0 + e_z)
+                d_t += tl.where(mask, _bce_elem(s, tl.where(z > 0.0, r, e_z * r)), 0.0)
+            else:
+                d_t += tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0)
+    else:
+        gt, dist, l_new = _running_exp_sum(z, m_z, l_z, k_z)
+        m_new = tl.maximum(z, m_z)
+        if HAS_MAIN:
+            l_z = l_new
+            if DENSE:
+                # a_z = sum w (z - m_z): rescaled by b_z (m_old - m_new) when the max grows; w = 0 terms skipped
+                w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
+                a_z += b_z * (m_z - m_new) + tl.where(w != 0.0, w * (z - m_new), 0.0)
+                b_z += w
+            else:
+                a_z += tl.where(mask, z, 0.0)  # the uniform eps / C term needs only sum z (see the merge)
+        if HAS_SUB:
+            # teacher z / T: the same comparison as z, one more exp2. alpha rescales the old sums, e_t is this term
+            e2 = tl.exp2(-dist * k_t)
+            alpha, e_t = tl.where(gt, e2, 1.0), tl.where(gt, 1.0, e2)
+            _, _, l_s = _running_exp_sum(s, m_s, l_s, k_t)
+            ms_new = tl.maximum(s, m_s)
+            d_t = alpha * (d_t + l_t * (m_s - ms_new)) + tl.where(e_t != 0.0, e_t * (s - ms_new), 0.0)
+            l_t = l_t * alpha + e_t
+            m_s = ms_new
+        m_z = m_new
+    return m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t
+
+
+@jit
+def _bwd_block(
+    z_row,
+    s_row,
+    y_row,
+    bias_ptr,
+    dz_row,
+    ds_row,
+    cols,
+    mask,
+    label,
+    valid,
+    bad,
+    eps,
+    C,
+    threshold,
+    inv_t,
+    g_m,
+    c_z,
+    b_z,
+    s_z,
+    g_s,
+    c_s,
+    b_s,
+    c_t,
+    b_t,
+    WRITE_DZ: tl.constexpr,
+    WRITE_DS: tl.constexpr,
+    BCE: tl.constexpr,
+    DENSE: tl.constexpr,
+    BINARISE: tl.constexpr,
+    MASKED: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    UNIT_T: tl.constexpr,
+):
+    # One block of classes: both gradients recomputed from the saved stats and written (MASKED: a row's first
+    # or last block). softmax(v)_c = exp(v_c - c - log l) = exp2((v_c - c) log2 e - b) with b = log2 l (one FFMA per
+    # exponent; v_c - c is rounded once, as before, so logits of 1e4 lose nothing to the shift).
+    if MASKED:
+        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
+    else:
+        z = tl.load(z_row + cols).to(tl.float32)
+    if HAS_BIAS:
+        bias = _bias_block(bias_ptr, cols, mask, MASKED)
+        z += bias
+    if WRITE_DZ:
+        w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
+        if BCE:
+            p = _sigmoid(z)
+        else:
+            p = s_z * tl.exp2((z - c_z) * 1.4426950408889634 - b_z)
+        dz = _row_value(g_m * (p - w), valid, bad).to(dz_row.dtype.element_ty)  # fp32 throughout, one cast
+        if MASKED:
+            tl.store(dz_row + cols, dz, mask=mask)
+        else:
+            tl.store(dz_row + cols, dz)
+    if WRITE_DS:
+        if MASKED:
+            s = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32)
+        else:
+            s = tl.load(s_row + cols).to(tl.float32)
+        if HAS_BIAS:
+            s += bias
+        if BCE:
+            if UNIT_T:  # T = 1: sigmoid(z) is the main gradient's (computed once when both are written)
+                diff = _sigmoid(s) - _sigmoid(z)
+            else:
+                diff = _sigmoid(s * inv_t) - _sigmoid(z * inv_t)
+        else:
+            e_s = tl.exp2((s * inv_t - c_s) * 1.4426950408889634 - b_s)
+            diff = e_s - tl.exp2((z * inv_t - c_t) * 1.4426950408889634 - b_t)
+        ds = _row_value(g_s * diff, valid, bad).to(ds_row.dtype.element_ty)
+        if MASKED:
+            tl.store(ds_row + cols, ds, mask=mask)
+        else:
+            tl.store(ds_row + cols, ds)
