@@ -13,13 +13,18 @@
 #   env            15  card, driver, versions
 #   build         150  only when masksub_kernels._C does not import: a fresh machine (~140 s for sm_90). On the
 #                      machine of call 1, still warm, the extension is there and this step takes a second.
-#   token_select   65  3 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, timm and
+#   token_select   60  3 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, timm and
 #                      torch.compile(official), whose Inductor compilation is most of the time
-#   grid_mask      55  images (fp32, bf16) and Swin tokens, same providers
+#   grid_mask      85  images (fp32, bf16) and Swin tokens, same providers: three Inductor compilations (images in
+#                      two dtypes, the Swin token composite with its backward); stopped by a 55 s cap before the Swin
+#                      compile(official) rows on the H200 (2026-11-30), so 25 s from train and 5 from token_select
 #   loss           55  ImageNet, BERT-like and LLM-like rows x classes
 #   linear_loss    50  the fused-linear loss at BERT-base MLM's shape, bf16, against the composite, its
 #                      torch.compile and Liger-Kernel's main-branch CE (where liger_kernel imports: carry it)
-#   train          85  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each)
+#   train          60  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each)
+# H200 (2026-11-30), whole steps: token_select 41 s, loss 41, linear_loss 34, train 30; the backward mode's
+# untimed forward per repeat adds a few seconds to loss and linear_loss. Each suite prints the seconds of every case
+# (`[12.3 s, 40 s in]`), so a capped step's log says where its time went.
 # Without a GPU the same steps time the PyTorch reference on the CPU, as `make bench` does.
 # Timed on the CPU here (2 cores shared with other jobs, CAP_SCALE 8): env 18 s, build 6 s (_C present),
 # token_select 47 s, grid_mask 75 s, loss 86 s, train stopped by its cap (720 s) with the other suites' files
@@ -37,7 +42,7 @@ build_if_missing() {
 }
 
 setup_run "$@"
-declare -A CAP=([token_select]=65 [grid_mask]=55 [loss]=55 [linear_loss]=50 [train]=85)
+declare -A CAP=([token_select]=60 [grid_mask]=85 [loss]=55 [linear_loss]=50 [train]=60)
 
 step env.txt 15 write_env
 step build.log 150 build_if_missing

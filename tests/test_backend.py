@@ -152,3 +152,31 @@ def test_cuda_backend_is_unavailable_without_a_gpu(monkeypatch):
     assert "cuda" not in mk.available_backends()
     with pytest.raises(RuntimeError, match="imports, but this machine has no CUDA device"):
         mk.set_backend("cuda")
+
+
+@pytest.mark.parametrize("name", ["torch", *(["triton"] if "triton" in mk.available_backends() else [])])
+def test_ops_compute_under_autocast_what_they_compute_outside_it(monkeypatch, device, name):
+    """Implementations run with autocast off (ops/_common.py): under bf16 autocast the fused-linear loss's reference
+    matmuls stayed bf16 (its documented fp32 logits were not) and its dW accumulation got bf16 and fp32 operands, a
+    RuntimeError on CUDA (masksub-train-mlm --amp bf16 with the torch backend, H200, 2026-11-30)."""
+    from masksub_kernels.ops import _linear_loss_chunks as chunks
+
+    operands = []
+    real = chunks._add_matmul
+    monkeypatch.setattr(chunks, "_add_matmul", lambda acc, a, b: operands.append((a.dtype, b.dtype)) or real(acc, a, b))
+    gen = torch.Generator().manual_seed(0)
+    h, hs = (torch.randn(12, 16, generator=gen).to(device, torch.bfloat16) for _ in range(2))
+    weight = (torch.randn(40, 16, generator=gen) / 4).to(device, torch.bfloat16)
+    bias = torch.zeros(40, device=device, dtype=torch.bfloat16)
+    target = torch.randint(0, 40, (12,), generator=gen).to(device)
+    target[::3] = -100
+    results = []
+    for enabled in (False, True):
+        leaves = [t.clone().requires_grad_(True) for t in (h, hs, weight, bias)]
+        with mk.use_backend(name), torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
+            out = mk.linear_masksub_loss(*leaves, target, ignore_index=-100)
+        out.loss.backward()
+        results.append([out.loss, *(t.grad for t in leaves)])
+    for outside, inside in zip(*results):
+        assert torch.equal(inside, outside)
+    assert operands and all(a == b for a, b in operands), operands

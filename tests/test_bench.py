@@ -9,9 +9,11 @@ import types
 import pytest
 import torch
 
+import masksub_kernels as mk
 from masksub_kernels.bench import cli, report
 from masksub_kernels.bench.runner import OpCase, run_case
 from masksub_kernels.bench.timing import copy_bandwidth_gbps, measure
+from masksub_kernels.bench.token_select import official_style
 
 REQUIRED = {"suite", "shape", "dtype", "provider", "mode", "bytes", "median_ms", "p20_ms", "p80_ms", "repeats"}
 
@@ -119,3 +121,72 @@ def test_linear_loss_memory_script_measures_both_providers(tmp_path, capsys):
     assert 0 <= fused["extra_mib"] < composite["extra_mib"]
     assert composite["extra_mib"] >= composite["composite_lower_bound_mib"]  # 4 [M, C] fp32, at least
     assert "| fused | 1024 | 16 | 8192 | float32 |" in capsys.readouterr().out
+
+
+class _Once(torch.autograd.Function):
+    """x * 2 whose graph refuses a second backward, as torch.compile's does when it donates its saved buffers."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.walked = False
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.walked:
+            raise RuntimeError("this graph was walked already")
+        ctx.walked = True
+        return grad * 2
+
+
+def test_backward_mode_walks_a_fresh_graph_per_call_and_restores_the_backend():
+    forwards = []
+
+    def once(x):
+        forwards.append(1)
+        return _Once.apply(x)
+
+    previous = mk.get_backend()
+    case = OpCase("demo", "s", "float32", "once", lambda: [torch.ones(3, requires_grad=True)], once, {},
+                  setup=lambda: mk.set_backend("torch"))  # fmt: skip
+    records = run_case(case, torch.device("cpu"), repeats=4, warmup=1, copy_gbps=1.0)
+    assert [r.get("error") for r in records] == [None, None, None]
+    assert mk.get_backend() == previous  # the case's backend does not leak into later callers
+    backward = next(r for r in records if r["mode"] == "backward")
+    assert backward["repeats"] == 4 and backward.get("host_ms") is None  # host time: GPU runs only
+
+
+def test_compiled_backward_with_donated_buffers_is_timed():
+    # The H200 run (2026-11-30): torch.compile's backward after a dynamic-shape recompile donates its buffers and
+    # refuses a retained graph; every compile(official) backward from the second shape on was an error.
+    compiled = torch.compile(official_style)
+    for shape in ((2, 17, 8), (2, 17, 16)):
+        make = lambda shape=shape: [torch.randn(*shape, requires_grad=True)]
+        case = OpCase("token_select", str(shape), "float32", "compile(official)", make, compiled, {},
+                      modes=("backward",))  # fmt: skip
+        (record,) = run_case(case, torch.device("cpu"), repeats=2, warmup=1, copy_gbps=1.0)
+        assert "error" not in record, record["error"]
+
+
+def test_a_provider_differentiates_only_the_inputs_it_uses():
+    make = lambda: [torch.ones(3, requires_grad=True), torch.ones(3, requires_grad=True)]
+    main_only = lambda h, hs: (h * 2).sum()  # as Liger's main-branch CE: hs is not in its graph
+    unused = OpCase("demo", "s", "float32", "main only", make, main_only, {})
+    assert all("not have been used" in r["error"] for r in run_case(unused, torch.device("cpu"), repeats=1, warmup=0,
+                                                                     copy_gbps=1.0)[1:])  # fmt: skip
+    used = OpCase("demo", "s", "float32", "main only", make, main_only, {}, grad_inputs=(0,))
+    assert [r.get("error") for r in run_case(used, torch.device("cpu"), repeats=1, warmup=0, copy_gbps=1.0)] == [
+        None
+    ] * 3
+
+
+def test_host_time_beside_the_gpu_time_marks_host_bound_records():
+    base = {"suite": "loss", "shape": "s", "dtype": "bfloat16", "mode": "forward", "p20_ms": 0.2, "p80_ms": 0.3}
+    records = [
+        {**base, "provider": "official", "median_ms": 0.05, "host_ms": 0.02, "host_bound": False},
+        {**base, "provider": "masksub[triton]", "median_ms": 0.26, "host_ms": 0.34, "host_bound": True},
+    ]
+    run = {"environment": {"device": "GPU: X", "torch": "-"}, "date": "-", "copy_gbps": 1.0, "records": records}
+    table = report.markdown_table(run)
+    assert "| host ms |" in table and "host-bound: host ms >= median ms" in table
+    assert "| 0.020 |" in table and "| 0.340 host-bound |" in table

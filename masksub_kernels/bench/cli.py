@@ -108,10 +108,19 @@ def main(argv: list[str] | None = None) -> int:
         suite_cases = module.cases(device, full=args.full, tiny=args.tiny)
         print(f"[{suite}] {len(suite_cases)} cases", flush=True)
         for case in suite_cases:
-            for record in run_case(case, device, repeats=repeats, warmup=warmup, copy_gbps=copy_gbps):
+            case_started = time.perf_counter()
+            case_records = run_case(case, device, repeats=repeats, warmup=warmup, copy_gbps=copy_gbps)
+            for record in case_records:
                 records.append(record)
                 summary = record.get("error") or f"{record['median_ms']:.3f} ms"
+                if record.get("host_ms") is not None:
+                    summary += f" (host {report.host_cell(record)})"
                 print(f"  {case.shape} {case.dtype} {case.provider} {record['mode']}: {summary}", flush=True)
+            # where a suite's time goes (compilation, JIT, the measurement), e.g. in the log of a capped GPU step
+            print(
+                f"    [{time.perf_counter() - case_started:.1f} s, {time.perf_counter() - started:.0f} s in]",
+                flush=True,
+            )
         run["seconds"] = round(run["seconds"] + time.perf_counter() - started, 1)
         _attach_predictions(run, model_path)
         paths = report.write(run, directory, stem)  # after each suite: a timeout keeps what is done

@@ -7,7 +7,8 @@ Providers (class-id targets, a bias, the paper's defaults):
 - linear+masksub_loss: F.linear per branch + this library's masksub_loss (the logits materialised, the loss fused);
 - compile(official): torch.compile of the official composite (GPU, or --full);
 - liger(main CE only): Liger-Kernel's fused linear cross-entropy of the main branch alone, a reference point
-  (hard labels, CE only: it cannot do the sub term), where liger_kernel imports.
+  (hard labels, CE only: it cannot do the sub term), where liger_kernel imports. It reads h, W and b only (not hs):
+  only those are differentiated, and its bytes and flops are those of its one branch (half the composite's work).
 The op is compute-bound: TFLOP/s count the useful flops of the composite (2 M D C per matmul: 2 forward, 4
 backward). With inputs that require grad and a scalar reduction (as here) the fused op computes its gradients in
 the forward (ops/_linear_loss_chunks.py: the same 6 matmuls, all in the forward; the backward scales them).
@@ -114,9 +115,15 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
                 setup = None if backend is None else (lambda b=backend: mk.set_backend(b))
                 case = OpCase("linear_loss", label, dtype_name, provider, make, fn, nbytes, setup=setup, notes=notes)
                 case.cpu_memory, case.flops, case.max_repeats = not on_gpu, flops, None if on_gpu else 3
-                if backend is not None:
-                    # gradients in the forward: the backward only scales them, once (a retained graph's second
-                    # backward is refused), so it is timed within 'full', not alone
+                if provider.startswith("liger"):
+                    one_branch = inputs_bytes - rows * depth * element  # no hs
+                    case.grad_inputs = (0, 2, 3)  # h, W, b: hs is not in its graph
+                    case.flops = {mode: value // 2 for mode, value in flops.items()}
+                    case.bytes = {"forward": one_branch, "backward": 2 * one_branch, "full": 2 * one_branch}
+                if backend is not None or provider.startswith("liger"):
+                    # gradients in the forward (this library's fused op and Liger's alike): the backward only
+                    # scales them, so a backward alone would time that scaling; their gradient work is timed
+                    # within 'full'
                     case.modes = ("forward", "full")
                 result.append(case)
     return result

@@ -15,6 +15,14 @@ def _fmt(value, digits=3):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def host_cell(record: dict) -> str:
+    """The host time of a GPU record, with 'host-bound' where it is >= the GPU median (bench/timing.py); '-' on
+    the CPU, where the median is the host time."""
+    if record.get("host_ms") is None:
+        return "-"
+    return f"{record['host_ms']:.3f}{' host-bound' if record.get('host_bound') else ''}"
+
+
 def model_file(directory: Path, device_name: str) -> Path | None:
     """The performance model's predictions for this card (tools/perf_model writes them), where there are some:
     benchmarks/results/model-sm90.json for an H200, model-sm90-H100.json for an H100."""
@@ -57,11 +65,18 @@ def markdown_table(run: dict) -> str:
     ]
     if run.get("model"):
         lines.append(f"predicted ms: {run['model']['label']} ({run['model']['file']}).")
+    if any(r.get("host_ms") is not None for r in run["records"]):
+        lines.append(
+            "host ms (GPU runs): the median CPU time for the call to return (Python, launches, any wait on the GPU "
+            "inside it), beside the GPU time (median ms, CUDA events). host-bound: host ms >= median ms: back to back "
+            "such calls run at the host's pace, and the median may be launch overhead rather than kernels (their "
+            "device time is lower: torch.profiler; masksub_kernels/bench/timing.py)."
+        )
     lines += [
         "",
-        "| suite | shape | dtype | mode | provider | median ms (p20-p80) | predicted ms | GB/s | % of copy "
+        "| suite | shape | dtype | mode | provider | median ms (p20-p80) | host ms | predicted ms | GB/s | % of copy "
         "(minimal) | % of copy (design) | vs official | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups = defaultdict(list)
     for record in run["records"]:
@@ -90,13 +105,13 @@ def markdown_table(run: dict) -> str:
         baseline = next((r for r in records if r["provider"] == BASELINE and "median_ms" in r), None)
         for r in records:
             if "error" in r:
-                lines.append(f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | error: {r['error']} |||||||")
+                lines.append(f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | error: {r['error']} ||||||||")
                 continue
             speedup = baseline["median_ms"] / r["median_ms"] if baseline else None
             fraction, design = r.get("fraction_of_copy"), r.get("fraction_of_copy_design")
             lines.append(
                 f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | {_fmt(r['median_ms'])} "
-                f"({_fmt(r['p20_ms'])}-{_fmt(r['p80_ms'])}) | {_fmt(r.get('predicted_ms'))} | "
+                f"({_fmt(r['p20_ms'])}-{_fmt(r['p80_ms'])}) | {host_cell(r)} | {_fmt(r.get('predicted_ms'))} | "
                 f"{_fmt(r.get('gbps'), 1)} | {_fmt(None if fraction is None else 100 * fraction, 1)} | "
                 f"{_fmt(None if design is None else 100 * design, 1)} | "
                 f"{_fmt(speedup, 2)}{'x' if speedup else ''} | {_fmt(r.get('peak_mem_mb'), 1)} |"

@@ -2,9 +2,17 @@
 
 GPU: CUDA events around each repeat, the L2 cache flushed before each one (a 256 MB memset, as
 triton.testing.do_bench does) so that inputs that would fit in L2 are read from HBM; median and 20/80 percentiles.
+Beside it, the host time: the median CPU time for the call to return (Python, checks, kernel launches, and any wait
+on the GPU inside the call). The events time the GPU from when it reaches the start event, about max(kernels, host
+time - the flush's duration): the flush gives the host a head start, and past it the GPU waits for launches. A
+record whose host time is >= its median is marked host-bound: its host time is >= its kernels' time, so calls back
+to back run at the host's pace, and its median may be launch overhead rather than kernels (its device time is at
+most the median: torch.profiler gives it). A call that synchronises inside (reads a count on the host) reads as
+host-bound too. Both figures are reported, neither replaces the other.
 CPU: perf_counter around each repeat. Peak memory: the CUDA caching allocator's peak above what was allocated
 before the call; on the CPU, only when asked (``cpu_memory=True``), the peak of the bytes allocated during one more
-call as torch's profiler records them, else None.
+call as torch's profiler records them, else None. ``prepare``: untimed work before each call (the backward's
+forward), finished before the flush on a GPU so that every mode gets the same head start.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ class Timing:
     p80_ms: float
     repeats: int
     peak_mem_mb: float | None
+    host_ms: float | None = None  # GPU: median CPU time for the call to return (module docstring); CPU: None
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -52,27 +61,47 @@ def cpu_peak_mb(fn: Callable[[], object]) -> float | None:
 
 
 def measure(
-    fn: Callable[[], object], device: torch.device, *, warmup: int = 5, repeats: int = 30, cpu_memory: bool = False
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    warmup: int = 5,
+    repeats: int = 30,
+    cpu_memory: bool = False,
+    prepare: Callable[[], object] | None = None,
 ) -> Timing:
     """Time ``fn()`` on ``device``: ``warmup`` untimed calls, then ``repeats`` timed ones (and one more call that
-    measures the CPU peak memory when ``cpu_memory``)."""
+    measures the CPU peak memory when ``cpu_memory``), each after ``prepare()`` (untimed) when given."""
+
+    def ready() -> None:
+        if prepare is not None:
+            prepare()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
     for _ in range(warmup):
+        ready()
         fn()
     times = []
-    peak = None
+    peak = host = None
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=device)
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        host_times = []
         for start, end in zip(starts, ends):
+            ready()
             flush.zero_()
             start.record()
+            begun = time.perf_counter()
             fn()
+            host_times.append((time.perf_counter() - begun) * 1e3)
             end.record()
         torch.cuda.synchronize(device)
         times = [start.elapsed_time(end) for start, end in zip(starts, ends)]
+        host = statistics.median(host_times)
         del flush
+        ready()
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -81,12 +110,14 @@ def measure(
         peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
     else:
         for _ in range(repeats):
+            ready()
             start = time.perf_counter()
             fn()
             times.append((time.perf_counter() - start) * 1e3)
         if cpu_memory:
+            ready()
             peak = cpu_peak_mb(fn)
-    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), repeats, peak)
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), repeats, peak, host)
 
 
 def copy_bandwidth_gbps(device: torch.device, megabytes: int = 1024, repeats: int = 20) -> float:

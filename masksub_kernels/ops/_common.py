@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 
@@ -73,6 +74,13 @@ class MaskSubOp:
     implementation and the registered backward: a function of the op's arguments that returns the op's output and
     does its own autograd (e.g. a lean ``autograd.Function`` that saves what its backward needs instead of
     recomputing it, the CPU speed path). The traced op (torch.compile) and the other backends are unchanged.
+
+    Implementations run with autocast off for their device (``_autocast_off``): an op computes under autocast what
+    it computes outside it for the same inputs. Otherwise the torch ops inside an implementation would be autocast
+    too (the direct call, and a custom op's implementation, see the caller's autocast state): the fused-linear
+    loss's reference matmuls, documented fp32, ran in bf16 under bf16 autocast, and on CUDA its fp32 dW
+    accumulation then met bf16 and fp32 operands (a RuntimeError; ``masksub-train-mlm --amp bf16`` with the torch
+    backend on a GPU). Callers cast the inputs to the precision they want (mlm.py's head does).
     """
 
     def __init__(
@@ -104,6 +112,10 @@ class MaskSubOp:
         if device.type == "meta" and self._fake is not None:
             return self._fake(*args)
         backend = _backend.resolve_backend(device, self.records, implemented=self._implemented)
+        with _autocast_off(device.type):
+            return self._call(backend, device, args)
+
+    def _call(self, backend: str, device: torch.device, args):
         if backend == "cuda":
             return self._implementations["cuda"](_backend.extension(device.type), *args)
         if backend == "triton" and device.type == "cuda" and device.index not in (None, torch.cuda.current_device()):
@@ -141,11 +153,19 @@ class MaskSubOp:
         if self._torch_eager is not None:
             device = self._device(args)
             if device.type != "meta" and _backend.resolve_backend(device, self.records, self._implemented) == "torch":
-                return self._torch_eager(*args)
+                with _autocast_off(device.type):
+                    return self._torch_eager(*args)
         if self._function is not None and torch.is_grad_enabled():
             if any(isinstance(arg, torch.Tensor) and arg.requires_grad for arg in args):
                 return self._function.apply(*args)
         return self.run(*args)
+
+
+def _autocast_off(device_type: str):
+    """autocast disabled for ``device_type`` where it is on (MaskSubOp), else nothing to enter (no cost per call)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _tracing(args) -> bool:
