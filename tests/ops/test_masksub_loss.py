@@ -331,12 +331,12 @@ def test_many_blocks_online_rescaling(backend, monkeypatch, mode, kind, eps, sms
 )
 @pytest.mark.parametrize("sms", [0, ml.DEFAULT_SMS], ids=["one program per row", "class splits"])
 def test_unaligned_rows_realigned_to_16_bytes(backend, monkeypatch, mode, kind, dtype, sms):
-    # C = 1003 (bf16) / 1001 (fp32): rows start off 16-byte boundaries, at every shift in turn over 8 rows; the
+    # C = 203 (bf16) / 201 (fp32): rows start off 16-byte boundaries, at every shift in turn over 8 rows; the
     # Triton kernels then begin each row (or class split) with a masked block from the boundary before it
     # (row_alignment, _block_range), then whole blocks of 64, then a masked last block.
     monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
     monkeypatch.setattr(ml, "_device_sms", lambda device: sms)
-    classes = 1003 if dtype == BF16 else 1001
+    classes = 203 if dtype == BF16 else 201  # 4 blocks of 64 with the shift: first, whole ones, last
     main, sub, target = make_inputs(8, classes, dtype, kind)
     assert ml.row_alignment(main, sub) == 16 // main.element_size()
     check_masksub(main, sub, target, mode=mode, label_smoothing=0.1 if mode == "ce" else 0.0, temperature=2.0)
