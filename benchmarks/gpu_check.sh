@@ -21,7 +21,7 @@
 #                       and the rest (training: timm and transformers models) were stopped by their caps at ~2/3, so
 #                       those two now run in 3 pytest-xdist workers each (where xdist is installed) under 270 s caps
 #   cuda.log        70  after the build: the cuda backend's tests (tests/test_cuda_extension.py, the cuda
-#                       parametrisations of tests/ops, tests/test_backend.py); 41 s on the H200 under xdist
+#                       parametrisations of tests/ops, tests/test_backend.py); 41 s on the H200 (xdist, 12 workers)
 #                   80  compute-sanitizer --tool memcheck, kernels of csrc/ only (--kernel-name kns=masksub), on
 #                       every kernel test of tests/test_cuda_extension.py except the 2^32-counter one (4.3e9
 #                       draws); PyTorch's caching allocator off, so a read past a tensor is past an allocation

@@ -143,7 +143,11 @@ class MaskSubOp:
 
             @staticmethod
             def backward(ctx, *grads):
-                return backward(ctx, *grads)
+                # as the forward: a backward called inside the caller's autocast (CPU: the calling thread) runs
+                # without it
+                device = next((g.device.type for g in grads if isinstance(g, torch.Tensor)), "cpu")
+                with _autocast_off(device):
+                    return backward(ctx, *grads)
 
         self._function = Function
 

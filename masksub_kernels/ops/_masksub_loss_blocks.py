@@ -112,6 +112,7 @@ def _block_range(row, stride_z, lo, hi, VEC: tl.constexpr, BLOCK_C: tl.constexpr
     # stores are 16-byte words, not 2-byte ones (the H200 run of 2026-11-30: the forward at 35% of copy at
     # C = 30522, 51% at C = 128256). A masked first block at lo then holds classes [lo - shift, lo + BLOCK_C -
     # shift) (lanes before lo masked), the unmasked ones start at first = lo + BLOCK_C, and end = hi + shift.
+    tl.static_assert(BLOCK_C >= VEC, "a block must span the row's shift")
     if VEC > 1:
         shift = ((row * stride_z) % VEC).to(tl.int32)  # int32: the blocks' column vectors stay 32-bit
         first = lo + BLOCK_C

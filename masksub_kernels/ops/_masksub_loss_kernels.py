@@ -182,8 +182,10 @@ def _loss_fwd_kernel(
     # masked first block (realigned rows), whole blocks unmasked, one masked last block, in the row's frame
     # (_block_range: physical column p holds class p - shift; every pointer and the label moved by shift)
     shift, first, full, end = _block_range(row, stride_z, lo, hi, VEC, BLOCK_C)
-    z_base = z_ptr + tl.multiple_of(row * stride_z - shift, VEC)  # 16-byte aligned where the row's start is not
-    s_base = s_ptr + tl.multiple_of(row * stride_s - shift, VEC)  # VEC > 1: stride_s == stride_z (the launcher)
+    z_off, s_off = row * stride_z - shift, row * stride_s - shift  # VEC > 1: stride_s == stride_z (the launcher)
+    if VEC > 1:  # the hint only there: it replaces what Triton infers (16-divisible strides of aligned rows)
+        z_off, s_off = tl.multiple_of(z_off, VEC), tl.multiple_of(s_off, VEC)
+    z_base, s_base = z_ptr + z_off, s_ptr + s_off  # 16-byte aligned rows where the row's start is not
     y_base, b_base = y_row - shift, bias_ptr - shift
     label_p = tl.where(label_col >= 0, label_col + shift, -1)
     if VEC > 1:
@@ -325,10 +327,10 @@ def _loss_bwd_kernel(
         hi = tl.minimum(lo + chunk, C)
     # as the forward: the row's frame (_block_range; one stride for z, s, dz and ds where VEC > 1: the launcher)
     shift, first, full, end = _block_range(row, stride_z, lo, hi, VEC, BLOCK_C)
-    z_base = z_ptr + tl.multiple_of(row * stride_z - shift, VEC)
-    s_base = s_ptr + tl.multiple_of(row * stride_s - shift, VEC)
-    dz_row = dz_ptr + tl.multiple_of(row * stride_d - shift, VEC)
-    ds_row = ds_ptr + tl.multiple_of(row * stride_d - shift, VEC)
+    z_off, s_off, d_off = row * stride_z - shift, row * stride_s - shift, row * stride_d - shift
+    if VEC > 1:  # as the forward
+        z_off, s_off, d_off = tl.multiple_of(z_off, VEC), tl.multiple_of(s_off, VEC), tl.multiple_of(d_off, VEC)
+    z_base, s_base, dz_row, ds_row = z_ptr + z_off, s_ptr + s_off, dz_ptr + d_off, ds_ptr + d_off
     y_base, b_base = y_row - shift, bias_ptr - shift
     label_p = tl.where(label >= 0, label + shift, -1)
     if VEC > 1:

@@ -288,6 +288,10 @@ def row_alignment(rows: torch.Tensor, *others: torch.Tensor) -> int:
     vec, stride = 16 // rows.element_size(), rows.stride(0)
     if rows.shape[0] < 2 or stride % vec == 0 or any(t.numel() and t.stride(0) != stride for t in others):
         return 1
+    # the shift is computed from row * stride alone: each tensor must start on a 16-byte boundary (a view with a
+    # storage offset would stay correct, with no wider access to gain)
+    if any(t.data_ptr() % 16 for t in (rows, *others) if t.numel() and t.device.type != "meta"):
+        return 1
     return vec
 
 

@@ -348,6 +348,8 @@ def test_row_alignment_only_where_it_pays():
     assert ml.row_alignment(torch.empty(4, 1000, dtype=BF16)) == 1  # rows already 16-byte aligned
     assert ml.row_alignment(z, torch.empty(4, 1004, dtype=BF16)[:, :1003]) == 1  # another stride: no realignment
     assert ml.row_alignment(z[:1]) == 1 and ml.row_alignment(z, torch.empty(0)) == 8  # one row; absent operands
+    offset = torch.empty(4 * 1003 + 1, dtype=BF16)[1:].view(4, 1003)  # starts 2 bytes past a 16-byte boundary
+    assert ml.row_alignment(offset) == 1 and ml.row_alignment(z, offset) == 1
 
 
 def test_two_half_weight_backwards_equal_one_of_the_sum(backend):
