@@ -121,7 +121,12 @@ def _fp32_logits(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.T
     bias is added by the loss kernels as they read the logits: no pass over them). ``out``: a view with unit last
     stride and padded rows (aligned_classes), written in place by cuBLAS (mm's out_dtype overload is not a
     structured kernel: it keeps out's row stride as the output's leading dimension, no proxy copy)."""
-    if x.is_cuda and x.dtype == w.dtype and x.dtype in (torch.float16, torch.bfloat16, torch.float32):
+    # meta tensors take the CUDA line too (its registration checks out's shape, dtype and strides): the tests run it
+    if (
+        x.device.type in ("cuda", "meta")
+        and x.dtype == w.dtype
+        and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    ):
         try:
             return torch.mm(x, w.T, out_dtype=torch.float32, out=out)
         except TypeError:  # a torch without out_dtype (before 2.8)

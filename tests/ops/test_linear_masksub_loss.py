@@ -246,6 +246,17 @@ def test_triton_backward_is_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
+@pytest.mark.parametrize("dtype", [BF16, F32])
+def test_fp32_logits_written_into_the_padded_view(dtype):
+    """The GPU line of _fp32_logits, mm(out_dtype=fp32, out=view), on meta tensors: it accepts the padded view and
+    writes it in place with its row stride (cuBLAS's leading dimension), no contiguous copy."""
+    x, w = torch.empty(6, 16, dtype=dtype, device="meta"), torch.empty(30, 16, dtype=dtype, device="meta")
+    view = torch.empty(6, chunks.aligned_classes(30), device="meta")[:, :30]
+    out = chunks._fp32_logits(x, w, view)
+    assert out.dtype == torch.float32 and out.shape == (6, 30) and out.stride() == (64, 1)
+    assert out.data_ptr() == view.data_ptr()
+
+
 def test_triton_chunks_have_aligned_rows(monkeypatch):
     """The kernels' chunk buffers have rows of aligned_classes(C) elements (16-byte aligned for cuBLAS's fast
     kernels: C = 30522 is not), read and written by the loss kernels through [:, :C] views: the same values."""
