@@ -1,8 +1,10 @@
 """The public MaskSub losses: soft-target CE / BCE, self-distillation, and the fused ``masksub_loss``.
 
 Each validates its inputs on the host (messages say what was expected and what came; no value is read from a CUDA
-tensor), calls the fused op of ``ops/masksub_loss.py`` (maths, kernels and autograd live there) with the terms it
-needs, and reduces the per-row values: 'none' returns them, 'sum' adds them, 'mean' divides by the rows that count.
+tensor) and calls a fused op with the terms it needs: for reduction='none' the per-row op of ``ops/masksub_loss.py``
+(maths, kernels and autograd live there), whose per-row values it returns; for 'sum' and 'mean' the op of
+``ops/masksub_loss_reduced.py``, which also reduces them on the device ('sum' adds them, 'mean' divides by the rows
+that count): one launch more instead of a dozen small torch ops and their autograd (the host cost at small shapes).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from ._common import FLOAT_DTYPES, INDEX_DTYPES
 from .masksub_loss import MAIN, SUB, _loss_op
+from .masksub_loss_reduced import _reduced_loss_op
 
 MODES = ("ce", "bce")
 REDUCTIONS = ("none", "sum", "mean")
@@ -100,6 +103,9 @@ def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int)
     # An id outside [0, C) makes its row NaN on every backend (the kernels); on CPU tensors in eager mode it is
     # caught here with a clearer message. Never on a GPU or while compiling: reading the ids would synchronise.
     if target.device.type == "cpu" and rows and not torch.compiler.is_compiling():
+        low, high = torch.stack(torch.aminmax(target)).tolist() if not _tracing_target(target) else (0, 0)
+        if 0 <= low and high < classes:  # the common case in one pass, no [M] temporaries
+            return target
         bad = (target < 0) | (target >= classes)
         if ignore_index != NO_IGNORE:
             bad &= target != ignore_index
@@ -107,6 +113,11 @@ def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int)
             allowed = f"[0, {classes})" + ("" if ignore_index == NO_IGNORE else f" or ignore_index={ignore_index}")
             raise ValueError(f"class ids must be in {allowed}, got {int(target[bad][0])}")
     return target
+
+
+def _tracing_target(target: torch.Tensor) -> bool:
+    """A fake or functional tensor (make_fx, AOTAutograd): its values cannot be read."""
+    return type(target) is not torch.Tensor
 
 
 def _choice(name: str, value, choices: tuple[str, ...]) -> None:
@@ -159,6 +170,18 @@ def _check_options(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _terms(logits, sub_logits, target, options: _Options, main_weight: float, sub_weight: float, reduction: str):
+    """MaskSubLoss of the checked arguments: the per-row op for 'none', the reduced op otherwise."""
+    if reduction == "none":
+        out = _loss_op(logits, sub_logits, target, *options)
+        main, sub = out[MAIN], out[SUB]
+        if sub_logits is None or target is None:  # one term of weight 1 (the single-term losses): it is the loss
+            return MaskSubLoss(main if sub_logits is None else sub, main, sub)
+        return MaskSubLoss(main_weight * main + sub_weight * sub, main, sub)
+    reduced, _ = _reduced_loss_op(logits, sub_logits, target, *options, main_weight, sub_weight, reduction == "mean")
+    return MaskSubLoss(reduced[0], reduced[1], reduced[2])
+
+
 def _reduce(rows: torch.Tensor, count, reduction: str) -> torch.Tensor:
     if reduction == "none":
         return rows
@@ -193,8 +216,7 @@ def soft_target_cross_entropy(
     _check_logits("logits", logits)
     options = _check_options(reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index)
     target = _check_target(logits, target, options.ignore_index)
-    out = _loss_op(logits, None, target, *options)
-    return _reduce(out[MAIN], _row_count(target, options.ignore_index), reduction)
+    return _terms(logits, None, target, options, 1.0, 0.0, reduction).main
 
 
 def soft_target_bce(
@@ -216,8 +238,7 @@ def soft_target_bce(
     _check_logits("logits", logits)
     options = _check_options("bce", reduction, label_smoothing, target_threshold=target_threshold)
     target = _check_target(logits, target, options.ignore_index)
-    out = _loss_op(logits, None, target, *options)
-    return _reduce(out[MAIN], _row_count(target, None), reduction)
+    return _terms(logits, None, target, options, 1.0, 0.0, reduction).main
 
 
 def self_distillation_loss(
@@ -238,8 +259,7 @@ def self_distillation_loss(
     """
     _check_pair(sub_logits, main_logits)
     options = _check_options(mode, reduction, temperature=temperature)
-    out = _loss_op(main_logits.detach(), sub_logits, None, *options)
-    return _reduce(out[SUB], float(max(main_logits.shape[0], 1)), reduction)
+    return _terms(main_logits.detach(), sub_logits, None, options, 0.0, 1.0, reduction).sub
 
 
 def masksub_loss(
@@ -273,7 +293,4 @@ def masksub_loss(
     main_weight = _number("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
     sub_weight = _number("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
     target = _check_target(main_logits, target, options.ignore_index)
-    out = _loss_op(main_logits, sub_logits, target, *options)
-    count = _row_count(target, options.ignore_index)
-    main, sub = _reduce(out[MAIN], count, reduction), _reduce(out[SUB], count, reduction)
-    return MaskSubLoss(main_weight * main + sub_weight * sub, main, sub)
+    return _terms(main_logits, sub_logits, target, options, main_weight, sub_weight, reduction)

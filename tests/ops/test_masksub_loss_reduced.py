@@ -1,0 +1,143 @@
+"""The reduced MaskSub loss op (ops/masksub_loss_reduced.py): every backend against the per-row op reduced with
+torch ops (the semantics the public losses had before the reduction moved into the op), values and gradients.
+
+The per-row op itself is tested against a float64 oracle in test_masksub_loss.py; here the reduction and the
+gradients it feeds back are: the count of the rows that count (ignored rows, all rows ignored, probability targets,
+no target), 'mean' and 'sum', the weights, a gradient on each of the three losses alone and together, more rows than
+one iteration of the reduction kernel, torch.compile and the custom ops' registrations.
+"""
+
+import pytest
+import torch
+from conftest import DEVICE
+
+import masksub_kernels as mk
+from masksub_kernels.ops import masksub_loss as ml
+from masksub_kernels.ops import masksub_loss_reduced as reduced_op
+
+pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
+
+OPTIONS = {  # bce, label_smoothing, ignore_index, temperature, target_threshold
+    "ce": (False, 0.0, -100, 1.0, None),
+    "ce smoothed, T=2": (False, 0.1, -100, 2.0, None),
+    "bce": (True, 0.0, -100, 1.0, None),
+    "bce threshold": (True, 0.1, -100, 1.0, 0.2),
+}
+
+
+def _inputs(rows, classes, target_kind, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    main, sub = (torch.randn(rows, classes, generator=generator).to(DEVICE) for _ in range(2))
+    if target_kind == "ids":
+        target = torch.randint(0, classes, (rows,), generator=generator)
+        target[::3] = -100
+    elif target_kind == "all ignored":
+        target = torch.full((rows,), -100)
+    elif target_kind == "probabilities":
+        target = torch.softmax(torch.randn(rows, classes, generator=generator), 1)
+    else:
+        target = None
+    return main.requires_grad_(True), sub.requires_grad_(True), None if target is None else target.to(DEVICE)
+
+
+def _expected(main, sub, target, options, a, b, mean):
+    """The per-row op (reference backend) reduced with torch ops: (loss, main, sub) scalars."""
+    with mk.use_backend("torch"):
+        out = ml._loss_op(main, sub, target, *options)
+    if not mean:
+        count = 1.0
+    elif target is None or target.is_floating_point():
+        count = float(max(main.shape[0], 1))
+    else:
+        count = (target != options[2]).sum().clamp_min(1).float()
+    terms = out[ml.MAIN].sum() / count, out[ml.SUB].sum() / count
+    return a * terms[0] + b * terms[1], terms[0], terms[1]
+
+
+def _grads(values, weights, leaves):
+    objective = sum(w * v for w, v in zip(weights, values) if w)
+    return torch.autograd.grad(objective, leaves, allow_unused=True, retain_graph=True)
+
+
+def _close(actual, expected, what):
+    if expected is None:
+        assert actual is None or not actual.abs().max(), what
+        return
+    expected = expected.detach()
+    torch.testing.assert_close(actual.detach(), expected, rtol=1e-6, atol=1e-6 * float(expected.abs().max()) + 1e-12)
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+@pytest.mark.parametrize("target_kind", ["ids", "probabilities", "none"])
+@pytest.mark.parametrize("mean", [True, False])
+def test_matches_the_per_row_op_reduced(backend, name, target_kind, mean):
+    main, sub, target = _inputs(13, 37, target_kind)
+    options, a, b = OPTIONS[name], 0.3, 1.7
+    reduced, out = reduced_op._reduced_loss_op(main, sub, target, *options, a, b, mean)
+    expected = _expected(main, sub, target, options, a, b, mean)
+    assert reduced.dtype == torch.float32 and reduced.shape == (4,) and out.shape == (ml.NUM_OUT, 13)
+    for k in range(3):
+        _close(reduced[k], expected[k], f"reduced[{k}]")
+    # a gradient on each loss alone, then on all three
+    for weights in ((1.0, 0.0, 0.0), (0.0, 2.0, 0.0), (0.0, 0.0, -1.5), (1.0, 0.5, 0.25)):
+        if target is None and weights[2] == 0 and weights[0] == 0:
+            continue  # no term with a gradient
+        actual = _grads([reduced[k] for k in range(3)], weights, (main, sub))
+        wanted = _grads(expected, weights, (main, sub))
+        for x, y, what in zip(actual, wanted, ("d main", "d sub")):
+            _close(x, y, f"{what} for weights {weights}")
+
+
+def test_all_rows_ignored_is_zero(backend):
+    main, sub, target = _inputs(6, 11, "all ignored")
+    reduced, _ = reduced_op._reduced_loss_op(main, sub, target, *OPTIONS["ce"], 0.5, 0.5, True)
+    assert reduced.tolist() == [0.0, 0.0, 0.0, 1.0]  # d = max(0 rows, 1)
+    d_main, d_sub = torch.autograd.grad(reduced[0], (main, sub))
+    assert not d_main.abs().max() and not d_sub.abs().max()
+
+
+def test_more_rows_than_one_reduction_block(backend, monkeypatch):
+    monkeypatch.setattr(reduced_op, "REDUCE_BLOCK", 16)  # the interpreter runs a program per row: few rows
+    rows = 2 * reduced_op.REDUCE_BLOCK + 5  # three iterations of the reduction's loop
+    main, sub, target = _inputs(rows, 3, "ids", seed=1)
+    reduced, _ = reduced_op._reduced_loss_op(main, sub, target, *OPTIONS["ce"], 0.5, 0.5, True)
+    expected = _expected(main, sub, target, OPTIONS["ce"], 0.5, 0.5, True)
+    assert reduced[3].item() == (target != -100).sum().item()
+    for k in range(3):
+        _close(reduced[k], expected[k], f"reduced[{k}]")
+
+
+def test_public_losses_reduce_in_the_op(backend):
+    main, sub, target = _inputs(9, 21, "ids")
+    out = mk.masksub_loss(main, sub, target, main_weight=0.25, sub_weight=2.0)
+    per_row = mk.masksub_loss(main, sub, target, main_weight=0.25, sub_weight=2.0, reduction="none")
+    count = (target != -100).sum()
+    for value, rows in zip(out, per_row):
+        _close(value, rows.sum() / count, "public mean")
+    total = mk.soft_target_cross_entropy(main, target, reduction="sum")
+    _close(total, mk.soft_target_cross_entropy(main, target, reduction="none").sum(), "public sum")
+    _close(mk.self_distillation_loss(sub, main), mk.self_distillation_loss(sub, main, reduction="none").mean(), "sd")
+
+
+def test_retain_graph_gives_the_same_gradients_twice(backend):
+    main, sub, target = _inputs(7, 19, "ids")
+    loss = mk.masksub_loss(main, sub, target)
+    first = torch.autograd.grad(loss.loss, (main, sub), retain_graph=True)
+    second = torch.autograd.grad(loss.loss, (main, sub))
+    for x, y in zip(first, second):
+        assert torch.equal(x, y)
+
+
+def test_opcheck_and_torch_compile(backend):
+    main, sub, target = _inputs(5, 7, "ids")
+    args = (main, sub, target, False, 0.1, -100, 2.0, None, 0.5, 0.5, True)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(reduced_op._reduced_loss_op.custom_op, args, test_utils=utils)
+    grad = torch.tensor([1.0, 0.5, -2.0, 0.0], device=DEVICE)
+    reduced = torch.tensor([0.0, 0.0, 0.0, 3.0], device=DEVICE)
+    torch.library.opcheck(reduced_op._row_grads_op.custom_op, (grad, reduced, 0.5, 0.5), test_utils=utils[:3])
+    compiled = torch.compile(lambda a, b, y: mk.masksub_loss(a, b, y).loss, fullgraph=True, backend="aot_eager")
+    value = compiled(main, sub, target)
+    value.backward()
+    expected = _expected(main.detach(), sub.detach(), target, OPTIONS["ce"], 0.5, 0.5, True)[0]
+    _close(value.detach(), expected, "compiled")
