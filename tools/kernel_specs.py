@@ -154,6 +154,7 @@ def token_grid_mask_specs() -> list[tuple]:
 
 _LOSS_SCALARS = {"M": "i32", "C": "i32", "chunk": "i32", "stride_z": "i64", "stride_s": "i64", "stride_y": "i64"}
 _LOSS_OPTIONS = {"eps": "fp32", "ignore_index": "i64", "temperature": "fp32", "threshold": "fp32"}
+_LOSS_OPTIONS |= {"main_weight": "fp32", "sub_weight": "fp32"}  # the reduced loss's weights (REDUCE, REDUCED)
 
 
 def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_BLOCK_C, bias: str | None = None):
@@ -166,16 +167,17 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
     logits = {"z_ptr": f"*{dtype}", "s_ptr": f"*{dtype}", "y_ptr": "*fp32" if flags.get("DENSE") else "*i64"}
     logits["bias_ptr"] = f"*{bias or dtype}"
     if forward:
-        scratch = {"part_ptr": "*fp32", "ticket_ptr": "*i32"}
+        scratch = {"part_ptr": "*fp32", "ticket_ptr": "*i32", "red_ptr": "*fp32"}
         signature = {**logits, "out_ptr": "*fp32", **scratch, **_LOSS_SCALARS, **_LOSS_OPTIONS}
     else:
-        grads = {"gm_ptr": "*fp32", "gs_ptr": "*fp32", "dz_ptr": f"*{dtype}", "ds_ptr": f"*{dtype}"}
+        grads = {"gm_ptr": "*fp32", "gs_ptr": "*fp32", "dz_ptr": f"*{dtype}", "ds_ptr": f"*{dtype}", "red_ptr": "*fp32"}
         signature = {**logits, "out_ptr": "*fp32", **grads, **_LOSS_SCALARS, "stride_gm": "i64", "stride_gs": "i64"}
         signature["stride_d"] = "i64"
         signature.update(_LOSS_OPTIONS)
     constexprs = {"BCE": False, "DENSE": False, "BINARISE": False, "SPLIT": False, "HAS_BIAS": bias is not None}
     constexprs["UNIT_T"] = False
     constexprs["VEC"] = 1  # the launchers' default: rows already 16-byte aligned (row_alignment)
+    constexprs |= {"REDUCE": False, "MEAN": False} if forward else {"REDUCED": False}  # the per-row op's
     constexprs.update(flags, BLOCK_C=block_c)
     if forward:
         constexprs["BLOCK_S"] = 64 if constexprs["SPLIT"] else 1  # splits (SPLIT): up to 2 x 132 SMs / rows
@@ -219,6 +221,14 @@ def masksub_loss_specs() -> list[tuple]:
             for unit_t in (False, True)
             for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
         ),
+        # the reduced loss (ops/masksub_loss_reduced.py): class ids counted for a mean, probabilities, a split
+        *(
+            _loss_spec(fwd, "bf16", {**flags, "REDUCE": True, "MEAN": mean})
+            for flags, mean in ((variants[0][0], True), (variants[1][0], True), (variants[0][0], False))
+        ),
+        _loss_spec(fwd, "bf16", {"HAS_MAIN": True, "HAS_SUB": True, "SPLIT": True, "REDUCE": True, "MEAN": True}),
+        _loss_spec(bwd, "bf16", {**variants[0][1], "REDUCED": True}),
+        _loss_spec(bwd, "bf16", {"LABELS": False, "WRITE_DZ": False, "WRITE_DS": True, "REDUCED": True}),
         # a few rows of many classes: the class-split grid (class_splits), both target kinds, CE and BCE
         *(_loss_spec(fwd, "bf16", {"HAS_MAIN": True, "HAS_SUB": True, "SPLIT": True, **f}) for f in split_flags),
         *(

@@ -17,6 +17,56 @@ from ._masksub_loss_blocks import _block_range, _bwd_block, _fwd_block, _row_lab
 
 
 @jit
+def _reduce_rows(
+    out_ptr, y_ptr, red_ptr, done_ptr, M, ignore_index, main_weight, sub_weight, lanes,
+    LABELS: tl.constexpr, MEAN: tl.constexpr,
+):  # fmt: skip
+    # REDUCE: called by each row's finishing program once its row is stored. It takes a ticket (after the stores:
+    # release; acquire for the reader); the last row to finish sums every row's two losses in a fixed order (the
+    # result does not depend on which row finishes last) and writes (a main + b sub, main, sub, d), with
+    # d = max(rows that count, 1) for a mean (class ids != ignore_index), 1 for a sum. No program waits.
+    tl.debug_barrier()  # every thread's stores before the ticket
+    finished = tl.atomic_add(done_ptr, 1, sem="acq_rel", scope="gpu")
+    if finished == M - 1:
+        main = tl.zeros(lanes.shape, tl.float32)
+        sub = tl.zeros(lanes.shape, tl.float32)
+        count = tl.zeros(lanes.shape, tl.int32)
+        m64 = finished.to(tl.int64) * 0 + M  # the SUB row's offset in int64 (out holds 9 M elements)
+        for start in range(0, M, lanes.shape[0]):
+            rows = start + lanes
+            in_rows = rows < M
+            main += tl.load(out_ptr + rows, mask=in_rows, other=0.0, cache_modifier=".cg")  # row MAIN = 0
+            sub += tl.load(out_ptr + m64 + rows, mask=in_rows, other=0.0, cache_modifier=".cg")  # row SUB = 1
+            if LABELS:
+                label = tl.load(y_ptr + rows, mask=in_rows, other=0).to(tl.int64)
+                count += (in_rows & (label != ignore_index)).to(tl.int32)
+        d = tl.full([], 1.0, tl.float32)
+        if MEAN:
+            if LABELS:
+                d = tl.maximum(tl.sum(count, axis=0), 1).to(tl.float32)
+            else:
+                d = d * M  # the grid has M >= 1 programs
+        main_loss = tl.sum(main, axis=0) / d
+        sub_loss = tl.sum(sub, axis=0) / d
+        tl.store(red_ptr, main_weight * main_loss + sub_weight * sub_loss)
+        tl.store(red_ptr + 1, main_loss)
+        tl.store(red_ptr + 2, sub_loss)
+        tl.store(red_ptr + 3, d)
+
+
+@jit
+def _row_grad(g_ptr, row, stride_g, in_row, red_ptr, weight, TERM: tl.constexpr, REDUCED: tl.constexpr):
+    # The gradient of the row's loss of term TERM (1 main, 2 sub): g[row] for per-row losses; for the reduced
+    # loss's gradient g [4] (ops/masksub_loss_reduced.py): (w g_0 + g_TERM) / d, the same for every row
+    if REDUCED:
+        g0 = tl.load(g_ptr).to(tl.float32)
+        g = (weight * g0 + tl.load(g_ptr + TERM * stride_g).to(tl.float32)) / tl.load(red_ptr + 3)
+    else:
+        g = tl.load(g_ptr + row * stride_g, mask=in_row, other=0.0).to(tl.float32)
+    return g
+
+
+@jit
 def _row_shift(m):
     # the row's softmax shift from the per-lane maxima: their max, 0 while the row is all -inf (every lane still
     # at its start, -FLT_MAX: finite, so that v - m is -inf, never NaN, for v = -inf)
@@ -140,7 +190,8 @@ def _loss_fwd_kernel(
     bias_ptr,  # [C]: added to z and s as they are read (HAS_BIAS: the fused-linear loss's chunks)
     out_ptr,  # fp32 [9, M] out: main loss, sub loss (T^2 included; 0 ignored, NaN bad-id rows), stats, zero-filled
     part_ptr,  # fp32 [8, M, splits] scratch: each split's merged state (SPLIT)
-    ticket_ptr,  # int32 [M], zero-filled: splits of the row done so far (SPLIT)
+    ticket_ptr,  # int32, zero-filled: [M] splits of the row done so far (SPLIT), then 1 rows done (REDUCE)
+    red_ptr,  # fp32 [4] out: a main + b sub, main, sub, d (REDUCE: _reduce_rows)
     M,
     C,
     chunk,  # classes per split, a multiple of BLOCK_C (SPLIT)
@@ -151,6 +202,8 @@ def _loss_fwd_kernel(
     ignore_index,
     temperature,
     threshold,
+    main_weight,  # a, b (REDUCE)
+    sub_weight,
     HAS_MAIN: tl.constexpr,
     HAS_SUB: tl.constexpr,
     BCE: tl.constexpr,
@@ -162,6 +215,8 @@ def _loss_fwd_kernel(
     BLOCK_S: tl.constexpr,  # >= splits (SPLIT)
     UNIT_T: tl.constexpr = False,  # temperature == 1 (BCE: the teacher's sigmoid shares the main term's exp)
     VEC: tl.constexpr = 1,  # > 1: realigned rows, VEC elements = 16 bytes (_block_range; row_alignment)
+    REDUCE: tl.constexpr = False,  # also reduce the per-row losses into red_ptr (_reduce_rows)
+    MEAN: tl.constexpr = False,  # REDUCE: 'mean' (else 'sum')
 ):
     row = tl.program_id(0).to(tl.int64)  # the grid is exactly M programs (x splits)
     lanes = tl.arange(0, BLOCK_C)
@@ -251,6 +306,11 @@ def _loss_fwd_kernel(
                 out_row, m64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
                 rc_z, rl_z, ra_z, rb_z, rc_s, rl_s, rl_t, rd_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, HAS_BIAS,
             )  # fmt: skip
+            if REDUCE:
+                _reduce_rows(
+                    out_ptr, y_ptr, red_ptr, ticket_ptr + M, M, ignore_index, main_weight, sub_weight, lanes,
+                    HAS_MAIN and not DENSE, MEAN,
+                )  # fmt: skip
     else:
         c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t = _merge_states(
             m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, True
@@ -259,6 +319,11 @@ def _loss_fwd_kernel(
             out_row, m64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
             c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, HAS_BIAS,
         )  # fmt: skip
+        if REDUCE:
+            _reduce_rows(
+                out_ptr, y_ptr, red_ptr, ticket_ptr, M, ignore_index, main_weight, sub_weight, lanes,
+                HAS_MAIN and not DENSE, MEAN,
+            )  # fmt: skip
 
 
 @jit
@@ -268,10 +333,11 @@ def _loss_bwd_kernel(
     y_ptr,
     bias_ptr,
     out_ptr,  # fp32 [9, M], the forward's output (stats rows)
-    gm_ptr,  # grad of the per-row main loss [M], any float dtype and row stride (0 included) (WRITE_DZ)
-    gs_ptr,  # grad of the per-row sub loss [M] (WRITE_DS)
+    gm_ptr,  # grad of the per-row main loss [M], any float dtype and row stride (WRITE_DZ); REDUCED: of the [4]
+    gs_ptr,  # grad of the per-row sub loss [M] (WRITE_DS); REDUCED: the same [4] as gm_ptr
     dz_ptr,  # [M, C] out, any float dtype, rows stride_d apart (WRITE_DZ)
     ds_ptr,  # [M, C] out, rows stride_d apart (WRITE_DS)
+    red_ptr,  # fp32 [4], the reduced forward's output: d at index 3 (REDUCED)
     M,
     C,
     chunk,  # classes per split, a multiple of BLOCK_C (SPLIT)
@@ -285,6 +351,8 @@ def _loss_bwd_kernel(
     ignore_index,
     temperature,
     threshold,
+    main_weight,  # a, b (REDUCED)
+    sub_weight,
     LABELS: tl.constexpr,
     WRITE_DZ: tl.constexpr,
     WRITE_DS: tl.constexpr,
@@ -296,6 +364,7 @@ def _loss_bwd_kernel(
     BLOCK_C: tl.constexpr,
     UNIT_T: tl.constexpr = False,  # temperature == 1 (BCE: one sigmoid of z for both gradients)
     VEC: tl.constexpr = 1,  # as in the forward
+    REDUCED: tl.constexpr = False,  # gm_ptr = gs_ptr: the gradient [4] of the reduced loss (_row_grad)
 ):
     row = tl.program_id(0).to(tl.int64)
     in_row = row < M
@@ -311,12 +380,12 @@ def _loss_bwd_kernel(
     zero = tl.zeros([], tl.float32)  # the row terms of an absent gradient
     g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t = zero, zero, zero, zero, zero, zero, zero, zero, zero
     if WRITE_DZ:
-        g_m = tl.load(gm_ptr + row * stride_gm, mask=in_row, other=0.0).to(tl.float32) * per_class
+        g_m = _row_grad(gm_ptr, row, stride_gm, in_row, red_ptr, main_weight, 1, REDUCED) * per_class
         c_z = tl.load(out_row + 2 * m64, mask=in_row, other=0.0)
         b_z = tl.load(out_row + 3 * m64, mask=in_row, other=0.0) * 1.4426950408889634  # log2(l_z)
         s_z = tl.load(out_row + 4 * m64, mask=in_row, other=0.0)
     if WRITE_DS:
-        g_s = tl.load(gs_ptr + row * stride_gs, mask=in_row, other=0.0).to(tl.float32) * (temperature * per_class)
+        g_s = _row_grad(gs_ptr, row, stride_gs, in_row, red_ptr, sub_weight, 2, REDUCED) * (temperature * per_class)
         c_s = tl.load(out_row + 5 * m64, mask=in_row, other=0.0)
         b_s = tl.load(out_row + 6 * m64, mask=in_row, other=0.0) * 1.4426950408889634
         c_t = tl.load(out_row + 7 * m64, mask=in_row, other=0.0)

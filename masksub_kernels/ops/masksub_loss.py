@@ -295,32 +295,42 @@ def row_alignment(rows: torch.Tensor, *others: torch.Tensor) -> int:
     return vec
 
 
-def _forward_triton(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold, bias=None):
+def _forward_triton(
+    logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold, bias=None, reduce=None
+):
     """fp32 [9, M]. ``bias``: [C], added to both logits as the kernel reads them (the fused-linear op's chunks,
-    whose logits come without it)."""
+    whose logits come without it). ``reduce``: (main_weight, sub_weight, mean): also reduce the per-row losses in
+    the same launch (ops/masksub_loss_reduced.py) and return (fp32 [4] reduced, out)."""
     operands, strides, flags, warps, (splits, chunk) = _prepare(
         logits, sub_logits, target, bce, threshold, _forward_max_block()
     )
     z = operands[0]
     rows = z.shape[0]
-    # zero-filled: the stats a variant does not write stay 0; with a split, one more row of int32 tickets
-    buffer = torch.zeros(NUM_OUT + flags["SPLIT"], rows, dtype=torch.float32, device=z.device)
-    out = buffer[:NUM_OUT]
-    part, ticket = out, out
+    # zero-filled: the stats a variant does not write stay 0; then the int32 tickets: one per row with a split,
+    # one for the rows done with a reduction
+    tickets = rows * flags["SPLIT"] + (reduce is not None)
+    buffer = torch.zeros(NUM_OUT * rows + tickets, dtype=torch.float32, device=z.device)
+    out = buffer[: NUM_OUT * rows].view(NUM_OUT, rows)
+    part, ticket, reduced = out, buffer[NUM_OUT * rows :].view(torch.int32) if tickets else out, out
     if flags["SPLIT"]:
         part = torch.empty(8, rows, splits, dtype=torch.float32, device=z.device)
-        ticket = buffer[NUM_OUT].view(torch.int32)
+    main_weight, sub_weight, mean = reduce if reduce is not None else (0.0, 0.0, False)
+    if reduce is not None:  # every entry written by the kernel (none launched for 0 rows: 0 losses, d = 1)
+        reduced = torch.empty(4, dtype=torch.float32, device=z.device)
+        if not rows:
+            reduced.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0]))
     if rows:
-        args = (*operands, z if bias is None else bias, out, part, ticket, *z.shape, chunk, *strides)
-        args += (label_smoothing, ignore_index, temperature, threshold or 0.0)
+        args = (*operands, z if bias is None else bias, out, part, ticket, reduced, *z.shape, chunk, *strides)
+        args += (label_smoothing, ignore_index, temperature, threshold or 0.0, main_weight, sub_weight)
         has = {"HAS_MAIN": target is not None, "HAS_SUB": sub_logits is not None, "HAS_BIAS": bias is not None}
         block_s = next_power_of_2(splits)
         unit_t = bool(bce) and float(temperature) == 1.0  # BCE's T = 1 path (one exp / sigmoid of z shared)
         vec = row_alignment(z, *([] if sub_logits is None else [operands[1]]))
         _loss_fwd_kernel[(rows, splits)](
-            *args, **has, **flags, BLOCK_S=block_s, UNIT_T=unit_t, VEC=vec, num_warps=warps
-        )
-    return out
+            *args, **has, **flags, BLOCK_S=block_s, UNIT_T=unit_t, VEC=vec, REDUCE=reduce is not None, MEAN=mean,
+            num_warps=warps,
+        )  # fmt: skip
+    return out if reduce is None else (reduced, out)
 
 
 def _backward_triton(
@@ -337,11 +347,14 @@ def _backward_triton(
     threshold,
     into=None,
     bias=None,
+    reduced=None,
 ):
     """(dz or [0], ds or [0]). ``into``: (dz buffer, ds buffer) to write, [M, C] of any float dtype (the kernel
     casts once) with unit last stride and one row stride for both; a buffer may be the logits themselves (the
     fused-linear op's chunks): each program owns its row (or its class range of the row) and each block loads z
-    and s into registers before storing the gradients of the same elements. ``bias``: as in the forward."""
+    and s into registers before storing the gradients of the same elements. ``bias``: as in the forward.
+    ``reduced``: (fp32 [4] the reduced forward's output, main_weight, sub_weight): grad_main and grad_sub are
+    then the gradient [4] of that output (or None), from which each program computes its row's gradients."""
     (z, s, y), strides, flags, warps, (splits, chunk) = _prepare(
         logits, sub_logits, target, bce, threshold, MAX_BLOCK_C
     )
@@ -353,16 +366,19 @@ def _backward_triton(
     else:
         dz, ds = (z.new_empty(z.shape if g is not None else (0,)) for g in (grad_main, grad_sub))  # contiguous
     gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
+    red, main_weight, sub_weight = reduced if reduced is not None else (out, 0.0, 0.0)
     if z.shape[0] and (grad_main is not None or grad_sub is not None):
         args = (z, s, y, z if bias is None else bias, out, gm, gs, dz if dz.numel() else out)
-        args += (ds if ds.numel() else out, *z.shape, chunk)
+        args += (ds if ds.numel() else out, red, *z.shape, chunk)
         stride_d = next((x.stride(0) for x in (dz, ds) if x.numel()), z.shape[1])
         args += (*strides, gm.stride(0), gs.stride(0), stride_d, eps, ignore, temperature, threshold or 0.0)
+        args += (main_weight, sub_weight)
         has = {"LABELS": target is not None and not flags["DENSE"], "WRITE_DZ": grad_main is not None}
         has["HAS_BIAS"] = bias is not None
         grid = (z.shape[0], splits)
         has["UNIT_T"] = bool(bce) and float(temperature) == 1.0  # as the forward
         has["VEC"] = row_alignment(z, *(x for x in (s, dz, ds) if x is not z))
+        has["REDUCED"] = reduced is not None
         _loss_bwd_kernel[grid](*args, **has, WRITE_DS=grad_sub is not None, **flags, num_warps=warps)
     return dz, ds
 

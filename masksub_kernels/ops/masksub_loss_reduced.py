@@ -2,37 +2,43 @@
 
 Why: at ImageNet shapes the loss is host-bound. On an H200 (benchmarks/results/GPU-NVIDIA-H200-2026-11-30.md) the
 M = 1024, C = 1000 loss took ~0.26 ms of host time per forward against 0.048 ms of kernels: the reduction after
-the op (select the two loss rows, count the rows that count, two sums, a division each, the weighted sum: ~12
-small torch ops, each a launch) and its autograd (~9 more nodes and launches) cost more than the kernels. Here the
-reduction is one launch in the forward and one in the backward:
+the per-row op (select the two loss rows, count the rows that count, two sums, a division each, the weighted sum:
+~12 small torch ops, each a launch) and its autograd (~9 more nodes and launches) cost more than the kernels. Here
+the reduction happens inside the per-row kernels' launches:
 
-    forward   out = the per-row op (fp32 [9, M]: per-row main and sub losses, the softmax stats)
+    forward   out = the per-row losses and softmax stats (fp32 [9, M], as masksub_loss.py's op)
               reduced = (a main + b sub, main, sub, d)  fp32 [4],  main = sum_i out[MAIN, i] / d (sub alike)
               d = max(rows that count, 1) for 'mean' (class ids != ignore_index; every row otherwise), 1 for 'sum'
-    backward  g [4] (the gradients of the three losses; entry 3, d, gets none)
-              per-row gradients g_main = (a g_0 + g_1) / d, g_sub = (b g_0 + g_2) / d: the same for every row, so
-              the per-row op's backward reads them as [M] vectors of row stride 0 (no [M] tensor is written)
+    backward  g [4] (the gradients of the three losses; d gets none)
+              per-row gradients g_main = (a g_0 + g_1) / d, g_sub = (b g_0 + g_2) / d: the same for every row
 
-a, b: main_weight, sub_weight. The op returns (reduced, out): out is what the per-row backward reads (the op's
-output so that it can be saved; it gets no gradient). The sums run in a fixed order (deterministic). An absent term
-(no target, or no sub logits) has per-row values 0, so its loss is 0.
+a, b: main_weight, sub_weight. The op returns (reduced, out): out is what the backward reads (an output so that it
+can be saved; it gets no gradient). An absent term (no target, or no sub logits) has per-row values 0, so its loss
+is 0. The sum runs in a fixed order: deterministic.
 
-Backends: triton launches the per-row forward kernel and one single-program reduction kernel (the backward: one
-single-program kernel for the two row gradients, then the per-row backward kernel); torch and cuda reduce with
-torch ops around their per-row implementations; the torch backend in eager mode runs
-_masksub_loss_eager.reduced_loss_eager (the CPU path: the reduction folded into its own autograd).
+Backends: triton runs the per-row forward kernel with REDUCE (the last row to finish sums the rows:
+_masksub_loss_kernels._reduce_rows) and the per-row backward kernel with REDUCED (each program computes its row's
+gradient from g and d: _row_grad): one launch each way, as the per-row op. torch and cuda reduce with torch ops
+around their per-row implementations (reduce_reference, row_grads_reference). The torch backend in eager mode runs
+_masksub_loss_eager.reduced_loss_eager instead (the CPU path: the reduction folded into its own autograd).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._triton import jit, next_power_of_2, tl
 from ._common import masksub_op
-from .masksub_loss import MAIN, NUM_OUT, SUB, _forward_triton, _loss_backward_op, loss_forward_reference
+from .masksub_loss import (
+    MAIN,
+    NUM_OUT,
+    SUB,
+    _backward_triton,
+    _forward_triton,
+    loss_backward_reference,
+    loss_forward_reference,
+)
 
 NUM_REDUCED = 4  # loss, main, sub, d
-REDUCE_BLOCK = 1024  # rows per iteration of the reduction's single program
 
 # ----------------------------------------------------------------------------------------------------------------
 # Reference (PyTorch): the reduction and the row gradients, also the cuda backend's (around the extension's op)
@@ -55,14 +61,14 @@ def reduce_reference(out, target, ignore_index, main_weight, sub_weight, mean) -
     return torch.stack((main_weight * terms[0] + sub_weight * terms[1], terms[0], terms[1], d))
 
 
-def row_grads_reference(grad, reduced, main_weight, sub_weight) -> torch.Tensor:
-    """fp32 [2]: the per-row gradients (g_main, g_sub) = ((a g_0 + g_1) / d, (b g_0 + g_2) / d)."""
+def row_grads_reference(grad, reduced, main_weight, sub_weight, rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-row gradients [M] (row stride 0) of the main and sub terms: (a g_0 + g_1) / d, (b g_0 + g_2) / d."""
     g = grad.to(torch.float32)
-    return torch.stack((main_weight * g[0] + g[1], sub_weight * g[0] + g[2])) / reduced[3]
+    both = torch.stack((main_weight * g[0] + g[1], sub_weight * g[0] + g[2])) / reduced[3]
+    return both[0].expand(rows), both[1].expand(rows)
 
 
-def forward_reference(logits, sub_logits, target, bce, eps, ignore, temperature, threshold, a, b, mean):
-    """(reduced fp32 [4], out fp32 [9, M]) by masksub_loss.py's reference and reduce_reference."""
+def _forward_reference(logits, sub_logits, target, bce, eps, ignore, temperature, threshold, a, b, mean):
     out = loss_forward_reference(logits, sub_logits, target, bce, eps, ignore, temperature, threshold)
     return reduce_reference(out, target, ignore, a, b, mean), out
 
@@ -72,77 +78,33 @@ def _forward_cuda(extension, logits, sub_logits, target, bce, eps, ignore, tempe
     return reduce_reference(out, target, ignore, a, b, mean), out
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Triton kernels: one program each (the work is O(M) scalars)
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@jit
-def _reduce_kernel(
-    out_ptr,  # fp32 [9, M], the per-row op's output (rows MAIN and SUB read)
-    y_ptr,  # class ids [M] (LABELS), else unused
-    red_ptr,  # fp32 [4] out: a main + b sub, main, sub, d
-    M,
-    ignore_index,
-    rows_d,  # max(M, 1) as a float: d for a mean without class ids
-    main_weight,
-    sub_weight,
-    LABELS: tl.constexpr,  # count the rows whose id is not ignore_index (else every row counts)
-    MEAN: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    lanes = tl.arange(0, BLOCK)
-    main = tl.zeros([BLOCK], tl.float32)
-    sub = tl.zeros([BLOCK], tl.float32)
-    count = tl.zeros([BLOCK], tl.int32)
-    m64 = tl.program_id(0).to(tl.int64) * 0 + M  # the SUB row's offset, int64 (out has 9 M elements)
-    for start in range(0, M, BLOCK):  # per-lane partial sums in a fixed order, summed once: deterministic
-        rows = start + lanes
-        in_rows = rows < M
-        main += tl.load(out_ptr + MAIN * m64 + rows, mask=in_rows, other=0.0)
-        sub += tl.load(out_ptr + SUB * m64 + rows, mask=in_rows, other=0.0)
-        if LABELS:
-            label = tl.load(y_ptr + rows, mask=in_rows, other=0).to(tl.int64)
-            count += (in_rows & (label != ignore_index)).to(tl.int32)
-    d = 1.0
-    if MEAN:
-        d = rows_d
-        if LABELS:
-            d = tl.maximum(tl.sum(count, axis=0), 1).to(tl.float32)
-    main_loss = tl.sum(main, axis=0) / d
-    sub_loss = tl.sum(sub, axis=0) / d
-    tl.store(red_ptr, main_weight * main_loss + sub_weight * sub_loss)
-    tl.store(red_ptr + 1, main_loss)
-    tl.store(red_ptr + 2, sub_loss)
-    tl.store(red_ptr + 3, d)
-
-
-@jit
-def _row_grads_kernel(grad_ptr, stride_g, red_ptr, rows_ptr, main_weight, sub_weight):
-    # grad [4] (any float dtype and stride: autograd's), reduced [4]: rows [2] = ((a g0 + g1) / d, (b g0 + g2) / d)
-    g0 = tl.load(grad_ptr).to(tl.float32)
-    g1 = tl.load(grad_ptr + stride_g).to(tl.float32)
-    g2 = tl.load(grad_ptr + 2 * stride_g).to(tl.float32)
-    d = tl.load(red_ptr + 3)
-    tl.store(rows_ptr, (main_weight * g0 + g1) / d)
-    tl.store(rows_ptr + 1, (sub_weight * g0 + g2) / d)
-
-
 def _forward_triton_reduced(logits, sub_logits, target, bce, eps, ignore, temperature, threshold, a, b, mean):
-    out = _forward_triton(logits, sub_logits, target, bce, eps, ignore, temperature, threshold)
-    reduced = torch.empty(NUM_REDUCED, dtype=torch.float32, device=out.device)
-    labels = target is not None and not target.is_floating_point()
-    rows = out.shape[1]
-    block = min(REDUCE_BLOCK, max(16, next_power_of_2(rows)))
-    args = (out, target if labels else out, reduced, rows, ignore, float(max(rows, 1)), a, b)
-    _reduce_kernel[(1,)](*args, LABELS=labels, MEAN=mean, BLOCK=block)
-    return reduced, out
+    return _forward_triton(logits, sub_logits, target, bce, eps, ignore, temperature, threshold, reduce=(a, b, mean))
 
 
-def _row_grads_triton(grad, reduced, main_weight, sub_weight):
-    rows = torch.empty(2, dtype=torch.float32, device=grad.device)
-    _row_grads_kernel[(1,)](grad, grad.stride(0), reduced, rows, main_weight, sub_weight, num_warps=1)
-    return rows
+def _per_row_grads(backward, grad, need_main, need_sub, reduced, out, logits, sub_logits, target, options, a, b):
+    """A per-row backward (the reference's or the extension's) on the row gradients of row_grads_reference."""
+    grad_main, grad_sub = row_grads_reference(grad, reduced, a, b, logits.shape[0])
+    grad_main, grad_sub = grad_main if need_main else None, grad_sub if need_sub else None
+    return backward(grad_main, grad_sub, out, logits, sub_logits, target, *options)
+
+
+def _backward_reference(grad, need_main, need_sub, reduced, out, logits, sub_logits, target, *rest):
+    *options, a, b = rest
+    args = (grad, need_main, need_sub, reduced, out, logits, sub_logits, target, options, a, b)
+    return _per_row_grads(loss_backward_reference, *args)
+
+
+def _backward_cuda(extension, grad, need_main, need_sub, reduced, out, logits, sub_logits, target, *rest):
+    *options, a, b = rest
+    args = (grad, need_main, need_sub, reduced, out, logits, sub_logits, target, options, a, b)
+    return tuple(_per_row_grads(extension.masksub_loss_backward, *args))
+
+
+def _backward_triton_reduced(grad, need_main, need_sub, reduced, out, logits, sub_logits, target, *rest):
+    *options, a, b = rest
+    grad_main, grad_sub = grad if need_main else None, grad if need_sub else None
+    return _backward_triton(grad_main, grad_sub, out, logits, sub_logits, target, *options, reduced=(reduced, a, b))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -153,7 +115,7 @@ def _row_grads_triton(grad, reduced, main_weight, sub_weight):
 @masksub_op(
     "masksub_loss_reduced",
     device="logits",
-    torch=forward_reference,
+    torch=_forward_reference,
     triton=_forward_triton_reduced,
     cuda=_forward_cuda,
     records=("masksub_loss",),
@@ -176,26 +138,41 @@ def _reduced_loss_op(
 
 @_reduced_loss_op.register_fake
 def _(logits, *options):
-    return logits.new_empty(NUM_REDUCED, dtype=torch.float32), logits.new_empty(
-        NUM_OUT, logits.shape[0], dtype=torch.float32
-    )
+    reduced = logits.new_empty(NUM_REDUCED, dtype=torch.float32)
+    return reduced, logits.new_empty(NUM_OUT, logits.shape[0], dtype=torch.float32)
 
 
 @masksub_op(
-    "masksub_loss_row_grads",
-    device="grad",
-    torch=row_grads_reference,
-    triton=_row_grads_triton,
-    cuda=lambda extension, *args: row_grads_reference(*args),
+    "masksub_loss_reduced_backward",
+    device="logits",
+    torch=_backward_reference,
+    triton=_backward_triton_reduced,
+    cuda=_backward_cuda,
     records=("masksub_loss",),
 )
-def _row_grads_op(grad: torch.Tensor, reduced: torch.Tensor, main_weight: float, sub_weight: float) -> torch.Tensor:
-    """fp32 [2]: the per-row gradients of the main and sub terms for the gradient ``grad`` [4] of the reduced op."""
+def _reduced_backward_op(
+    grad: torch.Tensor,
+    need_main: bool,
+    need_sub: bool,
+    reduced: torch.Tensor,
+    out: torch.Tensor,
+    logits: torch.Tensor,
+    sub_logits: torch.Tensor | None,
+    target: torch.Tensor | None,
+    bce: bool,
+    label_smoothing: float,
+    ignore_index: int,
+    temperature: float,
+    target_threshold: float | None,
+    main_weight: float,
+    sub_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d logits, d sub_logits) for the gradient ``grad`` [4] of the reduced losses, each [0] when not needed."""
 
 
-@_row_grads_op.register_fake
-def _(grad, *args):
-    return grad.new_empty(2, dtype=torch.float32)
+@_reduced_backward_op.register_fake
+def _(grad, need_main, need_sub, reduced, out, logits, *options):
+    return tuple(logits.new_empty(logits.shape if need else (0,)) for need in (need_main, need_sub))
 
 
 def _setup_context(ctx, inputs, output):
@@ -204,22 +181,19 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(out)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(logits, sub_logits, target, reduced, out)
-    ctx.options = options  # bce, label_smoothing, ignore_index, temperature, target_threshold, a, b, mean
+    ctx.options = options[:-1]  # bce, label_smoothing, ignore_index, temperature, target_threshold, a, b
 
 
 def _backward(ctx, grad_reduced, grad_out):
     logits, sub_logits, target, reduced, out = ctx.saved_tensors
-    *options, main_weight, sub_weight, _ = ctx.options
-    need_dmain = grad_reduced is not None and ctx.needs_input_grad[0] and target is not None
-    need_dsub = grad_reduced is not None and ctx.needs_input_grad[1] and sub_logits is not None
-    if not (need_dmain or need_dsub):
+    # the main term's gradient only reaches the main logits: the sub term's teacher is detached
+    need_main = grad_reduced is not None and ctx.needs_input_grad[0] and target is not None
+    need_sub = grad_reduced is not None and ctx.needs_input_grad[1] and sub_logits is not None
+    if not (need_main or need_sub):
         return (None,) * 11
-    rows = _row_grads_op(grad_reduced, reduced, main_weight, sub_weight)
-    m = logits.shape[0]
-    grad_main = rows[0].expand(m) if need_dmain else None
-    grad_sub = rows[1].expand(m) if need_dsub else None
-    dz, ds = _loss_backward_op(grad_main, grad_sub, out, logits, sub_logits, target, *options)
-    return (dz if need_dmain else None), (ds if need_dsub else None), *(None,) * 9
+    args = (grad_reduced, need_main, need_sub, reduced, out, logits, sub_logits, target, *ctx.options)
+    dz, ds = _reduced_backward_op(*args)
+    return (dz if need_main else None), (ds if need_sub else None), *(None,) * 9
 
 
 _reduced_loss_op.register_autograd(_backward, setup_context=_setup_context)

@@ -96,9 +96,8 @@ def test_all_rows_ignored_is_zero(backend):
     assert not d_main.abs().max() and not d_sub.abs().max()
 
 
-def test_more_rows_than_one_reduction_block(backend, monkeypatch):
-    monkeypatch.setattr(reduced_op, "REDUCE_BLOCK", 16)  # the interpreter runs a program per row: few rows
-    rows = 2 * reduced_op.REDUCE_BLOCK + 5  # three iterations of the reduction's loop
+def test_more_rows_than_one_reduction_block(backend):
+    rows = 2 * 16 + 5  # the reduction's loop takes BLOCK_C = 16 rows a trip at 3 classes: three trips
     main, sub, target = _inputs(rows, 3, "ids", seed=1)
     reduced, _ = reduced_op._reduced_loss_op(main, sub, target, *OPTIONS["ce"], 0.5, 0.5, True)
     expected = _expected(main, sub, target, OPTIONS["ce"], 0.5, 0.5, True)
@@ -133,9 +132,10 @@ def test_opcheck_and_torch_compile(backend):
     args = (main, sub, target, False, 0.1, -100, 2.0, None, 0.5, 0.5, True)
     utils = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     torch.library.opcheck(reduced_op._reduced_loss_op.custom_op, args, test_utils=utils)
+    reduced, out = reduced_op._reduced_loss_op(*args)
     grad = torch.tensor([1.0, 0.5, -2.0, 0.0], device=DEVICE)
-    reduced = torch.tensor([0.0, 0.0, 0.0, 3.0], device=DEVICE)
-    torch.library.opcheck(reduced_op._row_grads_op.custom_op, (grad, reduced, 0.5, 0.5), test_utils=utils[:3])
+    backward_args = (grad, True, True, reduced.detach(), out, main.detach(), sub.detach(), target, *args[3:-1])
+    torch.library.opcheck(reduced_op._reduced_backward_op.custom_op, backward_args, test_utils=utils[:3])
     compiled = torch.compile(lambda a, b, y: mk.masksub_loss(a, b, y).loss, fullgraph=True, backend="aot_eager")
     value = compiled(main, sub, target)
     value.backward()

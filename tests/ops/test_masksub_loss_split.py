@@ -14,6 +14,7 @@ from test_masksub_loss import BF16, F16, F32, GRAD_RTOL, assert_close, check_mas
 
 import masksub_kernels as mk
 from masksub_kernels.ops import masksub_loss as ml
+from masksub_kernels.ops import masksub_loss_reduced as reduced_op
 
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
 
@@ -145,3 +146,20 @@ def test_split_is_deterministic_and_compiles(triton_backend, split):
     value.backward()
     expected, *_ = oracle(main, sub, target)
     assert_close(value, expected, 2e-6)
+
+
+@pytest.mark.parametrize("kind", ["index_ignore", "dense"])
+def test_split_reduced_matches_reference(triton_backend, split, kind):
+    # the reduction folded into the split forward (the row's last split stores the row, the last row reduces) and
+    # the backward's row gradients from the reduced loss's gradient
+    main, sub, target = make_inputs(ROWS, CLASSES, F32, kind)
+    args = (main, sub, target, False, 0.1, -100, 2.0, None, 0.6, 0.3, True)
+    got, out = reduced_op._forward_triton_reduced(*args)
+    want, expected_out = reduced_op._forward_reference(*args)
+    assert_close(got, want, 1e-6, name="reduced")
+    grad = torch.tensor([1.0, 0.5, -2.0, 0.0], device=DEVICE)
+    options = args[3:-1]
+    got_grads = reduced_op._backward_triton_reduced(grad, True, True, got, out, main, sub, target, *options)
+    want_grads = reduced_op._backward_reference(grad, True, True, want, expected_out, main, sub, target, *options)
+    for name, a, e in zip(("d main", "d sub"), got_grads, want_grads):
+        assert_close(a, e, GRAD_RTOL[F32], name=name)

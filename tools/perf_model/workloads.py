@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from masksub_kernels.ops import grid_mask, masksub_loss, token_grid_mask, token_select
+from masksub_kernels.ops import grid_mask, masksub_loss, masksub_loss_reduced, token_grid_mask, token_select
 from masksub_kernels.ops._common import cdiv
 
 from .capture import Launch, recording
@@ -65,11 +65,15 @@ def _loss(a: dict) -> tuple:
     dense = a["DENSE"]
     splits = cdiv(c, a["chunk"]) if a["SPLIT"] else 1
     trips = [(a["chunk"] if a["SPLIT"] else c) // a["BLOCK_C"]]
+    if forward and a["REDUCE"]:  # the reduction's loop after the row's (SASS order) runs in one program of M: ~0
+        trips = [(trips[0], 0)]
     target = m * c * a["y_ptr"].element_size() if dense else m * 8
     if forward:
         reads = m * c * e * (int(a["HAS_MAIN"] or a["HAS_SUB"]) + int(a["HAS_SUB"])) + target * a["HAS_MAIN"]
         partials = (8 + 1) * 4 * m * splits if a["SPLIT"] else 0
-        return trips, a["BLOCK_C"], reads + partials, 9 * m * 4 + partials
+        # REDUCE: a ticket per row; the last row's program reads the two loss rows (and the class ids) back
+        reduction = m * (4 + 8 + 8 * int(a["HAS_MAIN"] and not dense)) if a["REDUCE"] else 0
+        return trips, a["BLOCK_C"], reads + partials + reduction, 9 * m * 4 + partials + 16 * a["REDUCE"]
     dz, ds = a["WRITE_DZ"], a["WRITE_DS"]
     reads = m * c * e * (1 + int(ds)) + target * dz + 9 * m * 4 * splits
     return trips, a["BLOCK_C"], reads, m * c * e * (int(dz) + int(ds))
@@ -189,8 +193,8 @@ LOSS_VARIANTS = [
 def loss_cases() -> list[Case]:
     """The MaskSub loss (main + sub term, one fused forward, one fused backward), CE and BCE, both target kinds.
     Probability targets come in the logits' dtype (as the benchmark builds them)."""
-    forward_impl = masksub_loss._loss_op._implementations["triton"]
-    backward_impl = masksub_loss._loss_backward_op._implementations["triton"]
+    forward_impl = masksub_loss_reduced._reduced_loss_op._implementations["triton"]  # the public loss's ('mean')
+    backward_impl = masksub_loss_reduced._reduced_backward_op._implementations["triton"]
     cases = []
     for name, m, c, dtype, headline in LOSS_SHAPES:
         for variant, bce, dense in LOSS_VARIANTS:
@@ -200,10 +204,10 @@ def loss_cases() -> list[Case]:
             y = torch.empty(m, c, dtype=dtype, device=META) if dense else torch.empty(m, dtype=torch.int64, device=META)
             options = (bce, 0.0, -100, 1.0, None)
             with recording(masksub_loss) as forward:
-                out = forward_impl(z, torch.empty_like(z), y, *options)
-            grad_out = torch.empty(masksub_loss.NUM_OUT, m, device=META)  # autograd's grad of the [9, M] output
-            with recording(masksub_loss) as backward:
-                backward_impl(grad_out[0], grad_out[1], out, z, torch.empty_like(z), y, *options)
+                reduced, out = forward_impl(z, torch.empty_like(z), y, *options, 0.5, 0.5, True)
+            with recording(masksub_loss) as backward:  # autograd's gradient of the [4] reduced losses
+                grad = torch.empty_like(reduced)
+                backward_impl(grad, True, True, reduced, out, z, torch.empty_like(z), y, *options, 0.5, 0.5)
             logits, target = _size(z), _size(y)
             # minimal: the forward reads both logits and the target; the backward writes both gradients (and must
             # read the logits again unless the forward wrote the gradients: the benchmark's 4 passes in all)
