@@ -317,8 +317,8 @@ def _forward_triton(
     main_weight, sub_weight, mean = reduce if reduce is not None else (0.0, 0.0, False)
     if reduce is not None:  # every entry written by the kernel (none launched for 0 rows: 0 losses, d = 1)
         reduced = torch.empty(4, dtype=torch.float32, device=z.device)
-        if not rows:
-            reduced.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0]))
+        if not rows:  # device fills (no host-to-device copy: CUDA graph capture)
+            reduced.zero_()[3] = 1.0
     if rows:
         args = (*operands, z if bias is None else bias, out, part, ticket, reduced, *z.shape, chunk, *strides)
         args += (label_smoothing, ignore_index, temperature, threshold or 0.0, main_weight, sub_weight)
