@@ -79,6 +79,20 @@ class KernelPrediction:
         return self.loop_instructions / self.elements_per_warp_iteration
 
 
+def _per_loop_trips(function: Function, trips: list) -> dict[int, list[float]]:
+    """For each loop (by id): the trip counts of it and its enclosing loops, from predict_kernel's ``trips``."""
+    seen: dict[int, int] = {}  # depth -> loops of that depth met so far, in SASS order
+    result = {}
+    for loop in function.loops:
+        index = seen.get(loop.depth, 0)
+        seen[loop.depth] = index + 1
+        counts = []
+        for entry in trips[: loop.depth + 1]:
+            counts.append(entry[min(index, len(entry) - 1)] if isinstance(entry, tuple) else entry)
+        result[id(loop)] = counts or [1]
+    return result
+
+
 def predict_kernel(
     card: Card,
     function: Function,
@@ -92,14 +106,16 @@ def predict_kernel(
     bytes_written: int,
 ) -> KernelPrediction:
     """``trips[d]``: iterations of the loops at nesting depth d per entry of their enclosing loop (a loop absent
-    from ``trips`` counts once); ``elements_per_iteration``: elements one program handles per iteration of its
-    innermost loop (per program when it has none)."""
+    from ``trips`` counts once), or a tuple of them for the loops of depth d in SASS order (e.g. a loop that one
+    program of many runs: its average per program, ~0); ``elements_per_iteration``: elements one program handles
+    per iteration of its innermost loop (per program when it has none)."""
     programs = math.prod(grid)
     shared = max(shared, function.shared)
     occ = occupancy(card, function, warps, shared, programs)
     executed = len(function.outside_loops())
+    trips = _per_loop_trips(function, trips)
     for loop in function.loops:
-        executed += len(loop.own) * math.prod(trips[: loop.depth + 1] or [1])
+        executed += len(loop.own) * math.prod(trips[id(loop)])
     innermost = max(function.loops, key=lambda loop: (loop.depth, len(loop.own)), default=None)
     loop_instructions = len(innermost.own) if innermost else len(function.instructions)
     loads_in_flight = innermost.load_bytes_per_warp() if innermost else function.load_bytes_per_warp()
@@ -116,7 +132,7 @@ def predict_kernel(
     overlapped = concurrent >= 2  # another resident block computes while one waits on memory
     # only loops that load wait on memory (a store-only loop, e.g. Liger's ignored-row path, does not)
     waiting = [loop for loop in function.loops if loop.load_bytes_per_warp()]
-    iterations = sum(math.prod(trips[: loop.depth + 1] or [1]) for loop in waiting) or 1
+    iterations = sum(math.prod(trips[id(loop)]) for loop in waiting) or 1
     t_chain = t_issue if overlapped else t_issue + per_sm * iterations * card.dram_latency_ns * 1e-9
     t_kernel = max(t_memory, t_chain)
     return KernelPrediction(
@@ -153,10 +169,11 @@ class OpPrediction:
     minimal_bytes: int
     launch_us: float
     note: str = ""
+    extra_launches: int = 0  # launches of no kernel modelled here (a torch fill in a binding): launch cost only
 
     @property
     def predicted_us(self) -> float:
-        return sum(k.t_kernel_us for k in self.kernels) + self.launch_us * len(self.kernels)
+        return sum(k.t_kernel_us for k in self.kernels) + self.launch_us * (len(self.kernels) + self.extra_launches)
 
     def fraction_of_copy(self, card: Card, on: str = "design") -> float:
         nbytes = self.design_bytes if on == "design" else self.minimal_bytes
