@@ -9,8 +9,9 @@ csrc_recorder/driver.cpp calls the launchers with fake device addresses whose al
 build (~6 s, the host compiler) is cached under build/perf_model/ by a hash of every source it compiles.
 
 What is mirrored here instead of run: bindings.cpp's choice of launcher and arguments for each op (the functions
-at the end of this file, one per binding the ops call). They are short and checked by tests/test_perf_model.py
-against the ops' Python wrappers; the launch configuration itself always comes from the C++.
+at the end of this file, one per binding the ops call). They are short and read off bindings.cpp by hand: nothing
+checks them against it automatically (a changed binding needs them changed); the launch configuration itself
+always comes from the C++ (tests/test_perf_model.py checks a few of its branches through the recorder).
 """
 
 from __future__ import annotations
