@@ -42,9 +42,14 @@ DEFAULT_BUILD_DIR = REPO / "build" / MODULE_NAME
 _LAUNCH = re.compile(r"\b([A-Za-z_]\w*(?:\s*<[^<>;()]*>)?)\s*<<<(.*?)>>>", re.DOTALL)
 
 
-def rewrite_launches(source: str) -> str:
-    """``k<<<cfg>>>(args)`` -> ``::masksub_emu::launch(k, cfg)(args)``; anything else unchanged."""
-    return _LAUNCH.sub(lambda m: f"::masksub_emu::launch({m.group(1)}, {m.group(2)})", source)
+EMULATED_LAUNCH = "::masksub_emu::launch({kernel}, {config})"
+
+
+def rewrite_launches(source: str, call: str = EMULATED_LAUNCH) -> str:
+    """``k<<<cfg>>>(args)`` -> ``::masksub_emu::launch(k, cfg)(args)``; anything else unchanged. ``call`` is the
+    replacement's pattern: tools/perf_model's launch recorder passes the kernel as a template argument instead,
+    ``::masksub_record::launch<{kernel}>({config})``, to learn which instantiation each launch runs."""
+    return _LAUNCH.sub(lambda m: call.format(kernel=m.group(1), config=m.group(2)), source)
 
 
 def cuda_include_dir() -> Path | None:
@@ -64,8 +69,9 @@ def missing() -> str | None:
     return None
 
 
-def _stage_sources(build_dir: Path) -> list[Path]:
-    """Copies of csrc/ with the launches rewritten (.cu -> .cpp for the host compiler); the translation units."""
+def stage_sources(build_dir: Path, call: str = EMULATED_LAUNCH) -> list[Path]:
+    """Copies of csrc/ with the launches rewritten (.cu -> .cpp for the host compiler) under build_dir/src; the
+    translation units."""
     staged = build_dir / "src"
     staged.mkdir(parents=True, exist_ok=True)
     units = []
@@ -73,7 +79,7 @@ def _stage_sources(build_dir: Path) -> list[Path]:
         if path.suffix not in (".cu", ".cuh", ".h", ".cpp"):
             continue
         target = staged / (path.stem + ".cpp" if path.suffix == ".cu" else path.name)
-        text = rewrite_launches(path.read_text())
+        text = rewrite_launches(path.read_text(), call)
         if not target.exists() or target.read_text() != text:  # unchanged files keep their timestamps (no rebuild)
             target.write_text(text)
         if target.suffix == ".cpp":
@@ -149,7 +155,7 @@ def build(build_dir: Path | str | None = None, verbose: bool = False, sanitize: 
     os.environ.setdefault("CUDA_HOME", str(find_cuda_home()))
     from torch.utils import cpp_extension
 
-    units = _stage_sources(build_dir)
+    units = stage_sources(build_dir)
     return cpp_extension.load(
         name=name,
         sources=[str(unit) for unit in units],

@@ -16,16 +16,22 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def run(card_name: str = "H200") -> dict:
     """Every prediction on ``card_name`` and the calibration checks, as the JSON written to the results."""
-    from . import calibration, linear_loss, predict, workloads
+    from . import calibration, csrc, linear_loss, predict, workloads
     from .hardware import CARDS
 
     card = CARDS[card_name]
+    cases = workloads.all_cases()
+    reason = csrc.missing()  # the CUDA extension's row beside each Triton row, where nvcc is here
+    cuda = csrc.predict_cases(card, cases) if reason is None else {}
     records = []
-    for case in workloads.all_cases():
+    for index, case in enumerate(cases):
         records.append(predict.record(card, predict.predict_case(card, case), case.headline))
+        if index in cuda:
+            records.append(predict.record(card, cuda[index], case.headline))
     return {
         "environment": predict.environment(card),
         "records": records,
+        "cuda_vs_triton": csrc.comparison(records) if reason is None else f"not predicted: {reason}",
         "calibration": [check.as_dict() for check in calibration.checks()],
         "linear_loss": linear_loss.predict(card),
     }

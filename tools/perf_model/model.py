@@ -116,7 +116,10 @@ def predict_kernel(
     trips = _per_loop_trips(function, trips)
     for loop in function.loops:
         executed += len(loop.own) * math.prod(trips[id(loop)])
-    innermost = max(function.loops, key=lambda loop: (loop.depth, len(loop.own)), default=None)
+    # the steady-state loop: the deepest that loads (a nested loop of index arithmetic alone, e.g. csrc's carry of
+    # a token index into (h, b), is not where the warp waits on memory)
+    loading = [loop for loop in function.loops if loop.load_bytes_per_warp()] or function.loops
+    innermost = max(loading, key=lambda loop: (loop.depth, len(loop.own)), default=None)
     loop_instructions = len(innermost.own) if innermost else len(function.instructions)
     loads_in_flight = innermost.load_bytes_per_warp() if innermost else function.load_bytes_per_warp()
     widths = innermost.access_widths() if innermost else function.access_widths()
@@ -169,10 +172,11 @@ class OpPrediction:
     minimal_bytes: int
     launch_us: float
     note: str = ""
+    extra_launches: int = 0  # launches of no kernel modelled here (a torch fill in a binding): launch cost only
 
     @property
     def predicted_us(self) -> float:
-        return sum(k.t_kernel_us for k in self.kernels) + self.launch_us * len(self.kernels)
+        return sum(k.t_kernel_us for k in self.kernels) + self.launch_us * (len(self.kernels) + self.extra_launches)
 
     def fraction_of_copy(self, card: Card, on: str = "design") -> float:
         nbytes = self.design_bytes if on == "design" else self.minimal_bytes

@@ -78,6 +78,7 @@ def record(card: Card, prediction: OpPrediction, headline: bool = False) -> dict
         "percent_of_copy_minimal": round(100 * prediction.fraction_of_copy(card, "minimal"), 1),
         "bound": prediction.bound,
         "launches": len(prediction.kernels),
+        "extra_launches": prediction.extra_launches,
         "note": prediction.note,
         "kernels": [
             {
@@ -155,6 +156,10 @@ def markdown(run: dict) -> str:
             f"{r['predicted_us']:.1f} | {r['percent_of_copy_design']:.1f} | {r['percent_of_copy_minimal']:.1f} | "
             f"{r['bound']} | {r['launches']} | {kernels} |"
         )
+    if isinstance(run.get("cuda_vs_triton"), list):
+        from .csrc import markdown as csrc_markdown
+
+        lines += csrc_markdown(run["cuda_vs_triton"])
     if run.get("calibration"):
         lines += ["", "Calibration (the model against figures measured by others):", ""]
         for check in run["calibration"]:

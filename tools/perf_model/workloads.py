@@ -8,14 +8,16 @@ could touch: e.g. the image mask reads no pixel of a removed cell). Each case th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from masksub_kernels.ops import grid_mask, masksub_loss, masksub_loss_reduced, token_grid_mask, token_select
 from masksub_kernels.ops._common import cdiv
 
+from . import csrc_launches as csrc
 from .capture import Launch, recording
 
 META = torch.device("meta")
@@ -145,6 +147,7 @@ class Case:
     launches: list[Launch]
     minimal_bytes: int
     headline: bool = False  # in the README's table
+    cuda: list = field(default_factory=list)  # the CUDA extension's launcher calls for the same op (csrc.Call)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -166,11 +169,15 @@ def token_select_cases() -> list[Case]:
         with recording(token_select) as backward:
             scatter(torch.empty_like(y), ids, inv, prefix, n)
         rows_out, rows_in = b * (prefix + k), b * (prefix + n)
+        # the cuda backend: select (ids and inv) then gather forward; the scatter from inv backward
+        cuda = {"forward": [csrc.select_tokens(b, n, k, True), csrc.gather_tokens(x, k, prefix)]}
+        cuda["backward"] = [csrc.scatter_tokens(y, n, prefix)]
+        cuda["full"] = cuda["forward"] + cuda["backward"]
         minimal = {"forward": 2 * rows_out * d * 2, "backward": (rows_out + rows_in) * d * 2}
         label = f"{name} B={b} N={n} D={d}"
         for mode, launches in (("forward", forward), ("backward", backward), ("full", forward + backward)):
             total = minimal.get(mode, minimal["forward"] + minimal["backward"])
-            cases.append(Case("token_select", label, "bfloat16", "", mode, launches, total, headline))
+            cases.append(Case("token_select", label, "bfloat16", "", mode, launches, total, headline, cuda[mode]))
     return cases
 
 
@@ -208,13 +215,20 @@ def loss_cases() -> list[Case]:
             with recording(masksub_loss) as backward:  # autograd's gradient of the [4] reduced losses
                 grad = torch.empty_like(reduced)
                 backward_impl(grad, True, True, reduced, out, z, torch.empty_like(z), y, *options, 0.5, 0.5)
+            # the cuda backend: the extension's per-row kernels (its reduction is torch ops around them, unmodelled)
+            cuda = {
+                "forward": [csrc.masksub_loss_forward(z, z, y, bce)],
+                "backward": [csrc.masksub_loss_backward(z, z, y, bce)],
+            }
+            cuda["full"] = cuda["forward"] + cuda["backward"]
             logits, target = _size(z), _size(y)
             # minimal: the forward reads both logits and the target; the backward writes both gradients (and must
             # read the logits again unless the forward wrote the gradients: the benchmark's 4 passes in all)
             minimal = {"forward": 2 * logits + target, "backward": 4 * logits + target, "full": 4 * logits + target}
             label = f"{name} M={m} C={c}"
             for mode, launches in (("forward", forward), ("backward", backward), ("full", forward + backward)):
-                cases.append(Case("loss", label, _dtype_name(dtype), variant, mode, launches, minimal[mode], headline))
+                case = Case("loss", label, _dtype_name(dtype), variant, mode, launches, minimal[mode], headline)
+                cases.append(dataclasses.replace(case, cuda=cuda[mode]))
     return cases
 
 
@@ -237,7 +251,9 @@ def grid_mask_cases() -> list[Case]:
             headline = dtype == torch.bfloat16
             # minimal: the kept cells' pixels read, every pixel written (the benchmark counts a full read: 2 x size)
             minimal = int((2 - MASK_RATIO) * _size(images))
-            cases.append(Case("grid_mask", label, _dtype_name(dtype), layout, "forward", launches, minimal, headline))
+            cuda = [csrc.grid_cell_mask(b, cells, keep), csrc.mask_image_grid(images, cell)]  # mask_image_grid's
+            case = Case("grid_mask", label, _dtype_name(dtype), layout, "forward", launches, minimal, headline, cuda)
+            cases.append(case)
     # Swin-T stage 1: 56 x 56 tokens of 96 channels, cells of 8 x 8 tokens
     hw, channels, cell = 56, 96, 8
     cells, dtype = (hw // cell) ** 2, torch.bfloat16
@@ -253,8 +269,11 @@ def grid_mask_cases() -> list[Case]:
     # minimal: forward reads the kept tokens and writes all; backward reads dT_out and writes dT (and dm)
     minimal = {"forward": int((2 - MASK_RATIO) * _size(tokens)), "backward": 2 * _size(tokens)}
     minimal["full"] = minimal["forward"] + minimal["backward"]
+    cuda = {"forward": [csrc.grid_cell_mask(b, cells, keep), csrc.mask_tokens_grid_forward(tokens, cell)]}
+    cuda["backward"] = [csrc.mask_tokens_grid_backward(tokens, cell)]
+    cuda["full"] = cuda["forward"] + cuda["backward"]
     for mode, launches in (("forward", forward), ("backward", backward), ("full", forward + backward)):
-        cases.append(Case("grid_mask", label, "bfloat16", "", mode, launches, minimal[mode], True))
+        cases.append(Case("grid_mask", label, "bfloat16", "", mode, launches, minimal[mode], True, cuda[mode]))
     return cases
 
 

@@ -1,0 +1,240 @@
+"""The CUDA extension's kernels (csrc/) in the model: compiled for sm_90a with nvcc as setup.py builds them, their
+SASS read with sass.py, their launches recorded from csrc's own launchers (csrc_launches.py), predicted with the
+same model.py as the Triton kernels, and compared per op with the Triton rows.
+
+Each csrc/*.cu compiles on its own to a cubin (``nvcc -cubin -arch=sm_90a`` with tools/check_spills.py's flags,
+which are setup.py's plus those torch's BuildExtension adds; ~10 s for all, cached under build/perf_model/csrc/ by a
+hash of csrc/ and the flags). A launch finds its function in the cubin by name: the recorder's spelling of the
+instantiation and the demangled symbol, both normalised (csrc_launches.normalise).
+
+Limits, stated where the numbers are used: a loop body's branches are counted as if every path ran (sass.py), which
+for csrc's loss kernels, whose loops hold the CE and BCE paths and every target kind behind launch-uniform branches,
+makes their issue time an upper bound; ``KERNELS`` below gives trip counts per loop as nvcc laid them out (a loop
+the compiler unrolled 4x runs a quarter of the iterations, its remainder is straight code of the enclosing loop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import check_spills, cuda_emulator
+from ..cuda_home import find_cuda_home
+from .csrc_launches import CACHE, ELEMENT_BYTES, CsrcLaunch, normalise, record
+from .hardware import Card
+from .model import KernelPrediction, OpPrediction, predict_kernel
+from .sass import Function, read_cubin
+from .workloads import MASK_RATIO, Case
+
+ARCH = "90a"
+_FUNCTIONS: dict[str, Function] = {}  # normalised kernel name -> its SASS, over every csrc cubin
+
+
+def missing() -> str | None:
+    """Why the csrc rows cannot be predicted here (no nvcc, no host compiler or CUDA headers for the recorder)."""
+    if find_cuda_home() is None:
+        return "no CUDA toolkit (nvcc) found"
+    if shutil.which("c++") is None or cuda_emulator.cuda_include_dir() is None:
+        return "the launch recorder needs a host C++ compiler and the CUDA toolkit's headers"
+    return None
+
+
+def compile_cubins(cache: Path = CACHE) -> list[Path]:
+    """One sm_90a cubin per csrc/*.cu (cached by the sources' and flags' hash)."""
+    home = find_cuda_home()
+    if home is None:
+        raise RuntimeError("no CUDA toolkit (nvcc) found: the csrc kernels cannot be compiled")
+    sources = sorted(check_spills.CSRC.glob("*.cu"))
+    headers = sorted(check_spills.CSRC.glob("*.cuh")) + sorted(check_spills.CSRC.glob("*.h"))
+    flags = [f"-arch=sm_{ARCH}", *check_spills.NVCC_FLAGS, f"-I{check_spills.CSRC}"]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources + headers) + " ".join(flags).encode())
+    cubins = [cache / f"{source.stem}-{digest.hexdigest()[:16]}.cubin" for source in sources]
+    missing = [(source, cubin) for source, cubin in zip(sources, cubins) if not cubin.exists()]
+    cache.mkdir(parents=True, exist_ok=True)
+    running = [
+        subprocess.Popen([str(home / "bin" / "nvcc"), "-cubin", *flags, str(s), "-o", str(c)], stderr=subprocess.PIPE)
+        for s, c in missing
+    ]
+    for process in running:
+        if process.wait() != 0:
+            raise RuntimeError(f"nvcc failed: {process.args}\n{process.stderr.read().decode()[-4000:]}")
+    return cubins
+
+
+def functions() -> dict[str, Function]:
+    """Every csrc kernel's SASS by normalised name (compiled and parsed once per process)."""
+    if not _FUNCTIONS:
+        parsed = [f for cubin in compile_cubins() for f in read_cubin(cubin)]
+        records = [{"symbol": f.name, "name": f.name} for f in parsed]
+        check_spills.demangle(records, find_cuda_home())
+        _FUNCTIONS.update({normalise(r["name"]): f for r, f in zip(records, parsed)})
+    return _FUNCTIONS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Per kernel: (trips per loop depth, elements per program per innermost iteration, bytes read, bytes written),
+# from the launcher's arguments (launch.call.named) and the kernel's own (launch.args, in its parameter order)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _copy_rows(launch: CsrcLaunch) -> tuple:
+    # args: dst, total_rows, words_per_row, lanes_log2, source. A group of `lanes` threads per row, kCopyUnroll = 4
+    # words per lane per iteration of the word loop (the source's unroll: one SASS loop of 4 loads, 4 stores)
+    _, rows, words, lanes_log2, _ = launch.args
+    lanes, per_block = 1 << lanes_log2, 256 >> lanes_log2
+    a, e = launch.call.named, ELEMENT_BYTES[launch.call.dtype]
+    word_elements = {"gather_tokens": a.get("D"), "scatter_tokens": a.get("D")}.get(launch.call.launcher, a.get("C"))
+    word_elements /= words
+    trips = [math.ceil(rows / (launch.grid[0] * per_block)), math.ceil(words / (4 * lanes))]
+    elements = per_block * min(words, 4 * lanes) * word_elements
+    row_bytes = words * word_elements * e
+    if launch.call.launcher == "gather_tokens":  # every output row copied; the ids read
+        return trips, elements, rows * row_bytes + a["B"] * a["K"] * 8, rows * row_bytes
+    if launch.call.launcher == "scatter_tokens":  # the prefix and kept rows read, the dropped written as zeros
+        return trips, elements, a["B"] * (a["P"] + a["K"]) * row_bytes + a["B"] * a["N"] * 4, rows * row_bytes
+    # token masks: the kept tokens read (forward: the mask token for the others, cached), one cell byte per token
+    return trips, elements, int(rows * row_bytes * (1 - MASK_RATIO)) + rows, rows * row_bytes
+
+
+def _mask_image(launch: CsrcLaunch) -> tuple:
+    # args: x, xs, y, ys, cells, lines, C, H, W, S, lanes_log2, fill. A line (NCHW: W columns; channels_last: W*C)
+    # per group of `lanes` threads; nvcc unrolls the column loop 4x (one SASS loop of 4 stores), the remainder
+    # (up to 3 columns per thread) is straight code in the line loop
+    _, _, _, _, _, lines, c, _, w, _, lanes_log2, _ = launch.args
+    lanes, per_block = 1 << lanes_log2, 256 >> lanes_log2
+    columns = w * c if "true" in launch.kernel else w
+    trips = [math.ceil(lines / (launch.grid[0] * per_block)), math.ceil(columns / lanes) // 4]
+    size = lines * columns * ELEMENT_BYTES[launch.call.dtype]
+    return trips, per_block * min(lanes, columns), int(size * (1 - MASK_RATIO)) + lines * columns // 32, size
+
+
+def _select(launch: CsrcLaunch) -> tuple:
+    # one block per sample: 8 radix passes of 4 bits over the 32-bit draws (cub's default), then a strided loop
+    # over the N positions storing inv / removed; the kept ids (int64), inverse (int32), removed bytes written
+    a = launch.call.named
+    threads = launch.block[0]
+    written = a["B"] * ((8 * a["K"] if a["ids"] else 0) + (4 * a["N"] if a["inv"] else 0) + a["N"] * bool(a["removed"]))
+    return [(8, math.ceil(a["N"] / threads)), 1], a["N"], 0, written
+
+
+TARGET_BYTES = {1: 8, 2: 4, 3: 4, 4: 2, 5: 2, 6: 8}  # per TargetKind (csrc_launches.TARGET_KINDS)
+
+
+def _loss(launch: CsrcLaunch) -> tuple:
+    # one block of 256 threads per row; forward: 4 classes per thread per iteration (kLossChunk), then the block's
+    # merge (a short loop of its own, once); backward: one class per thread per iteration
+    a = launch.call.named
+    m, c, e = a["rows"], a["classes"], ELEMENT_BYTES[launch.call.dtype]
+    target = m * TARGET_BYTES[a["target_kind"]] * (1 if a["target_kind"] <= 2 else c)  # class ids: one per row
+    if launch.name == "loss_forward_kernel":
+        return [(math.ceil(c / 1024), 1)], 1024, 2 * m * c * e + target, 9 * m * 4
+    return [math.ceil(c / 256)], 256, 2 * m * c * e + target + 9 * m * 4 + 2 * m * 4, 2 * m * c * e
+
+
+def _partials(launch: CsrcLaunch) -> tuple:
+    # block (32 channels x 8 tokens) per (part, channel block): tokens_per_part / 8 iterations, reading the removed
+    # tokens only; the carry loop into (h, b) runs about once per iteration
+    _, _, _, _, _, _, tokens, per_part, c = launch.args
+    e = ELEMENT_BYTES[launch.call.dtype]
+    parts = launch.grid[0]
+    return [math.ceil(per_part / 8), 1], 256, int(tokens * c * e * MASK_RATIO) + tokens, parts * c * 4
+
+
+def _sum_partials(launch: CsrcLaunch) -> tuple:
+    # one thread per channel adds the parts in order: a 4x-unrolled loop, then the remainder's loop
+    _, parts, c, _ = launch.args
+    return [(parts // 4, parts % 4)], 4 * launch.block[0], parts * c * 4, c * ELEMENT_BYTES[launch.call.dtype]
+
+
+KERNELS: dict[str, Callable[[CsrcLaunch], tuple]] = {
+    "copy_rows_kernel": _copy_rows,
+    "mask_image_kernel": _mask_image,
+    "select_tokens_kernel": _select,
+    "loss_forward_kernel": _loss,
+    "loss_backward_kernel": _loss,
+    "mask_token_partials_kernel": _partials,
+    "sum_partials_kernel": _sum_partials,
+}
+
+
+def predict_launch(card: Card, launch: CsrcLaunch) -> KernelPrediction:
+    """One csrc launch: its kernel's SASS, the recorded grid and block, the model."""
+    function = functions()[normalise(launch.kernel)]
+    trips, elements, bytes_read, bytes_written = KERNELS[launch.name](launch)
+    return predict_kernel(
+        card, function, normalise(launch.kernel), launch.grid, launch.warps, 0, trips, elements,
+        int(bytes_read), int(bytes_written),
+    )  # fmt: skip
+
+
+def predict_cases(card: Card, cases: list[Case]) -> dict[int, OpPrediction]:
+    """The cuda prediction of every case with csrc calls, by the case's index (one recorder run for them all)."""
+    calls = [call for case in cases for call in case.cuda]
+    launches = iter(record(calls))
+    predictions = {}
+    for index, case in enumerate(cases):
+        per_call = [next(launches) for _ in case.cuda]
+        if not case.cuda:
+            continue
+        kernels = [predict_launch(card, launch) for recorded in per_call for launch in recorded]
+        torch_launches = sum(call.torch_launches for call in case.cuda)
+        design = sum(k.bytes_read + k.bytes_written for k in kernels)
+        note = f"+{torch_launches} torch launch(es) in the binding" if torch_launches else ""
+        prediction = OpPrediction(
+            case.op, case.shape, case.dtype, case.variant, case.mode, "cuda", kernels, design, case.minimal_bytes,
+            card.launch_us, note, extra_launches=torch_launches,
+        )  # fmt: skip
+        predictions[index] = prediction
+    return predictions
+
+
+def comparison(records: list[dict]) -> list[dict]:
+    """Per op, shape, dtype, variant and mode: the cuda and Triton predicted times and their ratio (cuda / triton:
+    above 1.10 misses the issue's 'within 10%', below 1 is faster)."""
+    triton, rows = {}, []
+    for r in records:
+        key = (r["suite"], r["shape"], r["dtype"], r["variant"], r["mode"])
+        if r["provider"] == "masksub[triton]":
+            triton[key] = r
+        elif r["provider"] == "masksub[cuda]" and key in triton:
+            t = triton[key]
+            slowest = max(r["kernels"], key=lambda k: k["kernel_us"])
+            rows.append({
+                "suite": key[0], "shape": key[1], "dtype": key[2], "variant": key[3], "mode": key[4],
+                "cuda_us": r["predicted_us"], "triton_us": t["predicted_us"],
+                "ratio": round(r["predicted_us"] / t["predicted_us"], 2),
+                "cuda_bound": r["bound"], "cuda_launches": r["launches"] + r.get("extra_launches", 0),
+                "triton_launches": t["launches"], "cuda_slowest": slowest["kernel"],
+            })  # fmt: skip
+    return rows
+
+
+def markdown(rows: list[dict]) -> list[str]:
+    """The comparison as markdown lines (for predict.markdown)."""
+    if not rows:
+        return []
+    within = sum(r["ratio"] <= 1.10 for r in rows)
+    faster = sum(r["ratio"] < 1.0 for r in rows)
+    lines = [
+        "",
+        "## CUDA extension (csrc) vs Triton, predicted (PREDICTIONS)",
+        "",
+        f"ratio = cuda / triton predicted time: {within} of {len(rows)} cases within 10% (ratio <= 1.10), "
+        f"{faster} faster (< 1). The csrc loss kernels' issue time is an upper bound (every branch of their loops "
+        "counted: CE and BCE, every target kind).",
+        "",
+        "| suite | shape | dtype | variant | mode | cuda us | triton us | ratio | cuda bound | launches cuda/triton "
+        "| slowest cuda kernel |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['suite']} | {r['shape']} | {r['dtype']} | {r['variant'] or '-'} | {r['mode']} | {r['cuda_us']:.1f} "
+            f"| {r['triton_us']:.1f} | {r['ratio']:.2f} | {r['cuda_bound']} | {r['cuda_launches']}/"
+            f"{r['triton_launches']} | {r['cuda_slowest']} |"
+        )
+    return lines
