@@ -109,12 +109,16 @@ def _forward(logits, sub_logits, target, rows, out, bce, eps, temperature, thres
     the terms ``keep`` asks for (None for the others), formed in place in the forward's buffers: call it after
     the fixes (they read those buffers)."""
     acc = _acc(logits.dtype)
-    z = logits.to(acc)
+    z = logits if logits.dtype == acc else logits.to(acc)  # (a no-op .to still costs a dispatch)
     classes = z.shape[1]
     safe = not _readable(z.device)
     keep_main, keep_sub = keep
     fixes = []
     p_z = d_z = None  # p_z: softmax(z), when computed; d_z: a callable giving the main bracket
+    # fp32 with every row counting (the common case): the CE rows' -log p_y and sum_c p_c log q_c are written
+    # into ``out`` by the ops themselves (out=), and both rows negated by one op at the end
+    direct = acc == torch.float32 and rows.keep is None
+    negated = []
 
     if target is None:
         out[ref.MAIN] = 0.0
@@ -131,6 +135,9 @@ def _forward(logits, sub_logits, target, rows, out, bce, eps, temperature, thres
             column = (target if rows.keep is None else target.clamp(0, classes - 1))[:, None]
             if eps:  # sum_c -w_c log p_c = -(1 - eps) log p_y - eps / C sum_c log p_c
                 main = ref._class_id_ce(log_p, target, eps)
+            elif direct:
+                main = torch.gather(log_p, 1, column, out=out[ref.MAIN].unsqueeze(1))
+                negated.append(ref.MAIN)
             else:
                 main = log_p.gather(1, column)[:, 0].neg_()
             if keep_main:
@@ -146,13 +153,14 @@ def _forward(logits, sub_logits, target, rows, out, bce, eps, temperature, thres
                 fixes.append((ref.MAIN, lambda: rows.values(ref._soft_ce(log_p, w))))
             if keep_main:  # p S - w, S = sum_c w_c
                 d_z = lambda: torch.mul(p_z, w.sum(1, keepdim=True)).sub_(w)
-        out[ref.MAIN] = rows.values(main)
+        if not negated:
+            out[ref.MAIN] = rows.values(main)
 
     d_s = None
     if sub_logits is None:
         out[ref.SUB] = 0.0
     else:
-        x, zt = sub_logits.to(acc), z
+        x, zt = sub_logits if sub_logits.dtype == acc else sub_logits.to(acc), z
         if temperature != 1:
             x, zt = x / temperature, z / temperature
         t2 = temperature**2
@@ -164,12 +172,19 @@ def _forward(logits, sub_logits, target, rows, out, bce, eps, temperature, thres
         else:
             p_t = p_z if p_z is not None and temperature == 1 else torch.softmax(zt, dim=1)
             log_q = torch.log_softmax(x, dim=1)
-            values = _dot_ce(log_q, p_t, safe)
+            if direct and not safe and temperature == 1:
+                values = torch.sum(torch.mul(log_q, p_t), 1, out=out[ref.SUB])
+                negated.append(ref.SUB)
+            else:
+                values = _dot_ce(log_q, p_t, safe)
             if not safe:
                 fixes.append((ref.SUB, lambda: rows.values(ref._soft_ce(log_q, p_t) * t2)))
             if keep_sub:  # q - p in log q's buffer
                 d_s = lambda: log_q.exp_().sub_(p_t)
-        out[ref.SUB] = rows.values(values * t2 if temperature != 1 else values)
+        if ref.SUB not in negated:
+            out[ref.SUB] = rows.values(values * t2 if temperature != 1 else values)
+    if negated:
+        (out[: ref.SUB + 1] if len(negated) == 2 else out[negated[0]]).neg_()
 
     def finish():
         # the sub bracket first: the main one may be formed in p_z's buffer, the teacher at T = 1
