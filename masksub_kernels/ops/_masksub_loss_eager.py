@@ -208,7 +208,7 @@ def _grad(bracket: torch.Tensor, g, scale: float, rows: _Rows, dtype: torch.dtyp
     grad = bracket * g  # a new tensor: the saved bracket stays as it is (retain_graph)
     if rows.select:
         grad = ref._mask_rows(grad, rows.keep[:, None], rows.fill.isnan()[:, None])
-    return grad.to(dtype)
+    return grad if grad.dtype == dtype else grad.to(dtype)
 
 
 def _grads(brackets, g_main, g_sub, rows, bce, temperature, logits_dtype, classes):
