@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from ._common import masksub_op
+from ._masksub_loss_eager import reduced_loss_eager
 from .masksub_loss import (
     MAIN,
     NUM_OUT,
@@ -119,6 +120,7 @@ def _backward_triton_reduced(grad, need_main, need_sub, reduced, out, logits, su
     triton=_forward_triton_reduced,
     cuda=_forward_cuda,
     records=("masksub_loss",),
+    torch_eager=reduced_loss_eager,
 )
 def _reduced_loss_op(
     logits: torch.Tensor,

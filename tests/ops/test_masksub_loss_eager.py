@@ -160,17 +160,23 @@ def test_any_grad_output_and_retained_graph():
         assert torch.equal(a, b)
 
 
-def test_public_loss_runs_the_eager_path_and_compile_the_reference(monkeypatch):
-    # Eager: the public loss reaches _EagerLoss; under torch.compile the custom op (the reference) runs instead.
+@pytest.mark.parametrize(("reduction", "function"), [("mean", "_ReducedLoss"), ("none", "_EagerLoss")])
+def test_public_loss_runs_the_eager_path_and_compile_the_reference(monkeypatch, reduction, function):
+    # Eager: the public loss reaches the eager path's autograd.Function (the reduced one for 'mean', the per-row one
+    # for 'none'); under torch.compile the custom op (the reference) runs instead.
     main, sub, target = _inputs(5, 10, F32, "ignore")
     main.requires_grad_(True)
     calls = []
-    original = eager_path._EagerLoss.apply
-    monkeypatch.setattr(eager_path._EagerLoss, "apply", lambda *args: calls.append(1) or original(*args))
+    cls = getattr(eager_path, function)
+    original = cls.apply
+    monkeypatch.setattr(cls, "apply", lambda *args: calls.append(1) or original(*args))
+
+    def loss(a, b, y):
+        return mk.masksub_loss(a, b, y, label_smoothing=0.1, reduction=reduction).loss
+
     with mk.use_backend("torch"):
-        eager = mk.masksub_loss(main, sub, target, label_smoothing=0.1).loss
+        eager = loss(main, sub, target)
         assert calls == [1]
-        compiled = torch.compile(lambda a, b, y: mk.masksub_loss(a, b, y, label_smoothing=0.1).loss, backend="eager")
-        value = compiled(main, sub, target)
+        value = torch.compile(loss, backend="eager")(main, sub, target)
         assert calls == [1]
     torch.testing.assert_close(value, eager, rtol=1e-6, atol=0)
