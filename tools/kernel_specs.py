@@ -167,10 +167,10 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
     logits = {"z_ptr": f"*{dtype}", "s_ptr": f"*{dtype}", "y_ptr": "*fp32" if flags.get("DENSE") else "*i64"}
     logits["bias_ptr"] = f"*{bias or dtype}"
     if forward:
-        scratch = {"part_ptr": "*fp32", "ticket_ptr": "*i32", "red_ptr": "*fp32"}
+        scratch = {"part_ptr": "*fp32", "ticket_ptr": "*i32", "red_ptr": "*fp32", "d_ptr": "*fp32"}
         signature = {**logits, "out_ptr": "*fp32", **scratch, **_LOSS_SCALARS, **_LOSS_OPTIONS}
     else:
-        grads = {"gm_ptr": "*fp32", "gs_ptr": "*fp32", "dz_ptr": f"*{dtype}", "ds_ptr": f"*{dtype}", "red_ptr": "*fp32"}
+        grads = {"gm_ptr": "*fp32", "gs_ptr": "*fp32", "dz_ptr": f"*{dtype}", "ds_ptr": f"*{dtype}", "d_ptr": "*fp32"}
         signature = {**logits, "out_ptr": "*fp32", **grads, **_LOSS_SCALARS, "stride_gm": "i64", "stride_gs": "i64"}
         signature["stride_d"] = "i64"
         signature.update(_LOSS_OPTIONS)

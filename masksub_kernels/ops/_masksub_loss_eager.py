@@ -302,7 +302,7 @@ def _reduced_forward(logits, sub_logits, target, bce, eps, ignore, temperature, 
                 out[row] = fix()
                 sums[row] = float(out[row].sum(dtype=torch.float64))
         main, sub = sums[ref.MAIN] / divisor, sums[ref.SUB] / divisor
-        reduced = torch.tensor([mw * main + sw * sub, main, sub, divisor], dtype=torch.float32)
+        reduced = torch.tensor([mw * main + sw * sub, main, sub, divisor], dtype=torch.float32, device=device)
     else:
         terms = out[: ref.SUB + 1].sum(1) / divisor
         count = divisor.reshape(1) if isinstance(divisor, torch.Tensor) else terms.new_full((1,), divisor)

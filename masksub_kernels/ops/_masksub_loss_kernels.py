@@ -18,13 +18,14 @@ from ._masksub_loss_blocks import _block_range, _bwd_block, _fwd_block, _row_lab
 
 @jit
 def _reduce_rows(
-    out_ptr, y_ptr, red_ptr, done_ptr, M, ignore_index, main_weight, sub_weight, lanes,
+    out_ptr, y_ptr, red_ptr, d_ptr, done_ptr, M, ignore_index, main_weight, sub_weight, lanes,
     LABELS: tl.constexpr, MEAN: tl.constexpr,
 ):  # fmt: skip
     # REDUCE: called by each row's finishing program once its row is stored. It takes a ticket (after the stores:
     # release; acquire for the reader); the last row to finish sums every row's two losses in a fixed order (the
     # result does not depend on which row finishes last) and writes (a main + b sub, main, sub, d), with
-    # d = max(rows that count, 1) for a mean (class ids != ignore_index), 1 for a sum. No program waits.
+    # d = max(rows that count, 1) for a mean (class ids != ignore_index), 1 for a sum, and d again into d_ptr (the
+    # backward's copy: the caller may change the losses in place). No program waits.
     tl.debug_barrier()  # every thread's stores before the ticket
     finished = tl.atomic_add(done_ptr, 1, sem="acq_rel", scope="gpu")
     if finished == M - 1:
@@ -52,15 +53,16 @@ def _reduce_rows(
         tl.store(red_ptr + 1, main_loss)
         tl.store(red_ptr + 2, sub_loss)
         tl.store(red_ptr + 3, d)
+        tl.store(d_ptr, d)
 
 
 @jit
-def _row_grad(g_ptr, row, stride_g, in_row, red_ptr, weight, TERM: tl.constexpr, REDUCED: tl.constexpr):
+def _row_grad(g_ptr, row, stride_g, in_row, d_ptr, weight, TERM: tl.constexpr, REDUCED: tl.constexpr):
     # The gradient of the row's loss of term TERM (1 main, 2 sub): g[row] for per-row losses; for the reduced
     # loss's gradient g [4] (ops/masksub_loss_reduced.py): (w g_0 + g_TERM) / d, the same for every row
     if REDUCED:
         g0 = tl.load(g_ptr).to(tl.float32)
-        g = (weight * g0 + tl.load(g_ptr + TERM * stride_g).to(tl.float32)) / tl.load(red_ptr + 3)
+        g = (weight * g0 + tl.load(g_ptr + TERM * stride_g).to(tl.float32)) / tl.load(d_ptr)
     else:
         g = tl.load(g_ptr + row * stride_g, mask=in_row, other=0.0).to(tl.float32)
     return g
@@ -192,6 +194,7 @@ def _loss_fwd_kernel(
     part_ptr,  # fp32 [8, M, splits] scratch: each split's merged state (SPLIT)
     ticket_ptr,  # int32, zero-filled: [M] splits of the row done so far (SPLIT), then 1 rows done (REDUCE)
     red_ptr,  # fp32 [4] out: a main + b sub, main, sub, d (REDUCE: _reduce_rows)
+    d_ptr,  # fp32 [1] out: d again (REDUCE)
     M,
     C,
     chunk,  # classes per split, a multiple of BLOCK_C (SPLIT)
@@ -308,7 +311,7 @@ def _loss_fwd_kernel(
             )  # fmt: skip
             if REDUCE:
                 _reduce_rows(
-                    out_ptr, y_ptr, red_ptr, ticket_ptr + M, M, ignore_index, main_weight, sub_weight, lanes,
+                    out_ptr, y_ptr, red_ptr, d_ptr, ticket_ptr + M, M, ignore_index, main_weight, sub_weight, lanes,
                     HAS_MAIN and not DENSE, MEAN,
                 )  # fmt: skip
     else:
@@ -321,7 +324,7 @@ def _loss_fwd_kernel(
         )  # fmt: skip
         if REDUCE:
             _reduce_rows(
-                out_ptr, y_ptr, red_ptr, ticket_ptr, M, ignore_index, main_weight, sub_weight, lanes,
+                out_ptr, y_ptr, red_ptr, d_ptr, ticket_ptr, M, ignore_index, main_weight, sub_weight, lanes,
                 HAS_MAIN and not DENSE, MEAN,
             )  # fmt: skip
 
@@ -337,7 +340,7 @@ def _loss_bwd_kernel(
     gs_ptr,  # grad of the per-row sub loss [M] (WRITE_DS); REDUCED: the same [4] as gm_ptr
     dz_ptr,  # [M, C] out, any float dtype, rows stride_d apart (WRITE_DZ)
     ds_ptr,  # [M, C] out, rows stride_d apart (WRITE_DS)
-    red_ptr,  # fp32 [4], the reduced forward's output: d at index 3 (REDUCED)
+    d_ptr,  # fp32 [1], the reduced forward's d (REDUCED)
     M,
     C,
     chunk,  # classes per split, a multiple of BLOCK_C (SPLIT)
@@ -380,12 +383,12 @@ def _loss_bwd_kernel(
     zero = tl.zeros([], tl.float32)  # the row terms of an absent gradient
     g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t = zero, zero, zero, zero, zero, zero, zero, zero, zero
     if WRITE_DZ:
-        g_m = _row_grad(gm_ptr, row, stride_gm, in_row, red_ptr, main_weight, 1, REDUCED) * per_class
+        g_m = _row_grad(gm_ptr, row, stride_gm, in_row, d_ptr, main_weight, 1, REDUCED) * per_class
         c_z = tl.load(out_row + 2 * m64, mask=in_row, other=0.0)
         b_z = tl.load(out_row + 3 * m64, mask=in_row, other=0.0) * 1.4426950408889634  # log2(l_z)
         s_z = tl.load(out_row + 4 * m64, mask=in_row, other=0.0)
     if WRITE_DS:
-        g_s = _row_grad(gs_ptr, row, stride_gs, in_row, red_ptr, sub_weight, 2, REDUCED) * (temperature * per_class)
+        g_s = _row_grad(gs_ptr, row, stride_gs, in_row, d_ptr, sub_weight, 2, REDUCED) * (temperature * per_class)
         c_s = tl.load(out_row + 5 * m64, mask=in_row, other=0.0)
         b_s = tl.load(out_row + 6 * m64, mask=in_row, other=0.0) * 1.4426950408889634
         c_t = tl.load(out_row + 7 * m64, mask=in_row, other=0.0)

@@ -178,7 +178,7 @@ def _terms(logits, sub_logits, target, options: _Options, main_weight: float, su
         if sub_logits is None or target is None:  # one term of weight 1 (the single-term losses): it is the loss
             return MaskSubLoss(main if sub_logits is None else sub, main, sub)
         return MaskSubLoss(main_weight * main + sub_weight * sub, main, sub)
-    reduced, _ = _reduced_loss_op(logits, sub_logits, target, *options, main_weight, sub_weight, reduction == "mean")
+    reduced, _, _ = _reduced_loss_op(logits, sub_logits, target, *options, main_weight, sub_weight, reduction == "mean")
     return MaskSubLoss(reduced[0], reduced[1], reduced[2])
 
 

@@ -300,7 +300,7 @@ def _forward_triton(
 ):
     """fp32 [9, M]. ``bias``: [C], added to both logits as the kernel reads them (the fused-linear op's chunks,
     whose logits come without it). ``reduce``: (main_weight, sub_weight, mean): also reduce the per-row losses in
-    the same launch (ops/masksub_loss_reduced.py) and return (fp32 [4] reduced, out)."""
+    the same launch (ops/masksub_loss_reduced.py) and return (fp32 [4] reduced, out, fp32 [1] d)."""
     operands, strides, flags, warps, (splits, chunk) = _prepare(
         logits, sub_logits, target, bce, threshold, _forward_max_block()
     )
@@ -311,16 +311,17 @@ def _forward_triton(
     tickets = rows * flags["SPLIT"] + (reduce is not None)
     buffer = torch.zeros(NUM_OUT * rows + tickets, dtype=torch.float32, device=z.device)
     out = buffer[: NUM_OUT * rows].view(NUM_OUT, rows)
-    part, ticket, reduced = out, buffer[NUM_OUT * rows :].view(torch.int32) if tickets else out, out
+    part, ticket, reduced, d = out, buffer[NUM_OUT * rows :].view(torch.int32) if tickets else out, out, out
     if flags["SPLIT"]:
         part = torch.empty(8, rows, splits, dtype=torch.float32, device=z.device)
     main_weight, sub_weight, mean = reduce if reduce is not None else (0.0, 0.0, False)
     if reduce is not None:  # every entry written by the kernel (none launched for 0 rows: 0 losses, d = 1)
-        reduced = torch.empty(4, dtype=torch.float32, device=z.device)
+        reduced, d = (torch.empty(n, dtype=torch.float32, device=z.device) for n in (4, 1))
         if not rows:  # device fills (no host-to-device copy: CUDA graph capture)
-            reduced.zero_()[3] = 1.0
+            reduced.zero_()[3:].fill_(1.0)
+            d.fill_(1.0)
     if rows:
-        args = (*operands, z if bias is None else bias, out, part, ticket, reduced, *z.shape, chunk, *strides)
+        args = (*operands, z if bias is None else bias, out, part, ticket, reduced, d, *z.shape, chunk, *strides)
         args += (label_smoothing, ignore_index, temperature, threshold or 0.0, main_weight, sub_weight)
         has = {"HAS_MAIN": target is not None, "HAS_SUB": sub_logits is not None, "HAS_BIAS": bias is not None}
         block_s = next_power_of_2(splits)
@@ -330,7 +331,7 @@ def _forward_triton(
             *args, **has, **flags, BLOCK_S=block_s, UNIT_T=unit_t, VEC=vec, REDUCE=reduce is not None, MEAN=mean,
             num_warps=warps,
         )  # fmt: skip
-    return out if reduce is None else (reduced, out)
+    return out if reduce is None else (reduced, out, d)
 
 
 def _backward_triton(
@@ -353,8 +354,8 @@ def _backward_triton(
     casts once) with unit last stride and one row stride for both; a buffer may be the logits themselves (the
     fused-linear op's chunks): each program owns its row (or its class range of the row) and each block loads z
     and s into registers before storing the gradients of the same elements. ``bias``: as in the forward.
-    ``reduced``: (fp32 [4] the reduced forward's output, main_weight, sub_weight): grad_main and grad_sub are
-    then the gradient [4] of that output (or None), from which each program computes its row's gradients."""
+    ``reduced``: (fp32 [1] the reduced forward's d, main_weight, sub_weight): grad_main and grad_sub are then the
+    gradient [4] of its reduced losses (or None), from which each program computes its row's gradients."""
     (z, s, y), strides, flags, warps, (splits, chunk) = _prepare(
         logits, sub_logits, target, bce, threshold, MAX_BLOCK_C
     )
@@ -366,10 +367,10 @@ def _backward_triton(
     else:
         dz, ds = (z.new_empty(z.shape if g is not None else (0,)) for g in (grad_main, grad_sub))  # contiguous
     gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
-    red, main_weight, sub_weight = reduced if reduced is not None else (out, 0.0, 0.0)
+    d, main_weight, sub_weight = reduced if reduced is not None else (out, 0.0, 0.0)
     if z.shape[0] and (grad_main is not None or grad_sub is not None):
         args = (z, s, y, z if bias is None else bias, out, gm, gs, dz if dz.numel() else out)
-        args += (ds if ds.numel() else out, red, *z.shape, chunk)
+        args += (ds if ds.numel() else out, d, *z.shape, chunk)
         stride_d = next((x.stride(0) for x in (dz, ds) if x.numel()), z.shape[1])
         args += (*strides, gm.stride(0), gs.stride(0), stride_d, eps, ignore, temperature, threshold or 0.0)
         args += (main_weight, sub_weight)

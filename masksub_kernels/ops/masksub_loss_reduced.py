@@ -12,9 +12,10 @@ the reduction happens inside the per-row kernels' launches:
     backward  g [4] (the gradients of the three losses; d gets none)
               per-row gradients g_main = (a g_0 + g_1) / d, g_sub = (b g_0 + g_2) / d: the same for every row
 
-a, b: main_weight, sub_weight. The op returns (reduced, out): out is what the backward reads (an output so that it
-can be saved; it gets no gradient). An absent term (no target, or no sub logits) has per-row values 0, so its loss
-is 0. The sum runs in a fixed order: deterministic.
+a, b: main_weight, sub_weight. The op returns (reduced, out, d): out and d [1] are what the backward reads (outputs
+so that they can be saved; they get no gradient). The backward saves d, not reduced: the public losses are views of
+reduced, which a caller may change in place (``loss /= accumulation_steps``). An absent term (no target, or no sub
+logits) has per-row values 0, so its loss is 0. The sum runs in a fixed order: deterministic.
 
 Backends: triton runs the per-row forward kernel with REDUCE (the last row to finish sums the rows:
 _masksub_loss_kernels._reduce_rows) and the per-row backward kernel with REDUCED (each program computes its row's
@@ -55,57 +56,65 @@ def divisor(target: torch.Tensor | None, ignore_index: int, rows: int, mean: boo
     return (target != ignore_index).sum().clamp_min(1).to(torch.float32)
 
 
-def reduce_reference(out, target, ignore_index, main_weight, sub_weight, mean) -> torch.Tensor:
-    """fp32 [4] (a main + b sub, main, sub, d) from the per-row op's out [9, M]."""
+def reduce_reference(out, target, ignore_index, main_weight, sub_weight, mean) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 [4] (a main + b sub, main, sub, d), fp32 [1] d) from the per-row op's out [9, M]."""
     d = divisor(target, ignore_index, out.shape[1], mean, out.device)
     terms = out[MAIN : SUB + 1].sum(1) / d
-    return torch.stack((main_weight * terms[0] + sub_weight * terms[1], terms[0], terms[1], d))
+    return torch.stack((main_weight * terms[0] + sub_weight * terms[1], terms[0], terms[1], d)), d.reshape(1)
 
 
-def row_grads_reference(grad, reduced, main_weight, sub_weight, rows) -> tuple[torch.Tensor, torch.Tensor]:
+def row_grads_reference(grad, d, main_weight, sub_weight, rows) -> tuple[torch.Tensor, torch.Tensor]:
     """The per-row gradients [M] (row stride 0) of the main and sub terms: (a g_0 + g_1) / d, (b g_0 + g_2) / d."""
     g = grad.to(torch.float32)
-    both = torch.stack((main_weight * g[0] + g[1], sub_weight * g[0] + g[2])) / reduced[3]
+    both = torch.stack((main_weight * g[0] + g[1], sub_weight * g[0] + g[2])) / d[0]
     return both[0].expand(rows), both[1].expand(rows)
 
 
 def _forward_reference(logits, sub_logits, target, bce, eps, ignore, temperature, threshold, a, b, mean):
     out = loss_forward_reference(logits, sub_logits, target, bce, eps, ignore, temperature, threshold)
-    return reduce_reference(out, target, ignore, a, b, mean), out
+    reduced, d = reduce_reference(out, target, ignore, a, b, mean)
+    return reduced, out, d
 
 
 def _forward_cuda(extension, logits, sub_logits, target, bce, eps, ignore, temperature, threshold, a, b, mean):
     out = extension.masksub_loss_forward(logits, sub_logits, target, bce, eps, ignore, temperature, threshold)
-    return reduce_reference(out, target, ignore, a, b, mean), out
+    reduced, d = reduce_reference(out, target, ignore, a, b, mean)
+    return reduced, out, d
 
 
 def _forward_triton_reduced(logits, sub_logits, target, bce, eps, ignore, temperature, threshold, a, b, mean):
     return _forward_triton(logits, sub_logits, target, bce, eps, ignore, temperature, threshold, reduce=(a, b, mean))
 
 
-def _per_row_grads(backward, grad, need_main, need_sub, reduced, out, logits, sub_logits, target, options, a, b):
+def _eager(logits, sub_logits, target, bce, eps, ignore, temperature, threshold, a, b, mean):
+    """The torch backend in eager mode: reduced_loss_eager (its own autograd; it saves neither output), d a view."""
+    reduced, out = reduced_loss_eager(logits, sub_logits, target, bce, eps, ignore, temperature, threshold, a, b, mean)
+    return reduced, out, reduced.detach()[3:]
+
+
+def _per_row_grads(backward, grad, need_main, need_sub, d, out, logits, sub_logits, target, options, a, b):
     """A per-row backward (the reference's or the extension's) on the row gradients of row_grads_reference."""
-    grad_main, grad_sub = row_grads_reference(grad, reduced, a, b, logits.shape[0])
+    grad_main, grad_sub = row_grads_reference(grad, d, a, b, logits.shape[0])
     grad_main, grad_sub = grad_main if need_main else None, grad_sub if need_sub else None
     return backward(grad_main, grad_sub, out, logits, sub_logits, target, *options)
 
 
-def _backward_reference(grad, need_main, need_sub, reduced, out, logits, sub_logits, target, *rest):
+def _backward_reference(grad, need_main, need_sub, d, out, logits, sub_logits, target, *rest):
     *options, a, b = rest
-    args = (grad, need_main, need_sub, reduced, out, logits, sub_logits, target, options, a, b)
+    args = (grad, need_main, need_sub, d, out, logits, sub_logits, target, options, a, b)
     return _per_row_grads(loss_backward_reference, *args)
 
 
-def _backward_cuda(extension, grad, need_main, need_sub, reduced, out, logits, sub_logits, target, *rest):
+def _backward_cuda(extension, grad, need_main, need_sub, d, out, logits, sub_logits, target, *rest):
     *options, a, b = rest
-    args = (grad, need_main, need_sub, reduced, out, logits, sub_logits, target, options, a, b)
+    args = (grad, need_main, need_sub, d, out, logits, sub_logits, target, options, a, b)
     return tuple(_per_row_grads(extension.masksub_loss_backward, *args))
 
 
-def _backward_triton_reduced(grad, need_main, need_sub, reduced, out, logits, sub_logits, target, *rest):
+def _backward_triton_reduced(grad, need_main, need_sub, d, out, logits, sub_logits, target, *rest):
     *options, a, b = rest
     grad_main, grad_sub = grad if need_main else None, grad if need_sub else None
-    return _backward_triton(grad_main, grad_sub, out, logits, sub_logits, target, *options, reduced=(reduced, a, b))
+    return _backward_triton(grad_main, grad_sub, out, logits, sub_logits, target, *options, reduced=(d, a, b))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -120,7 +129,7 @@ def _backward_triton_reduced(grad, need_main, need_sub, reduced, out, logits, su
     triton=_forward_triton_reduced,
     cuda=_forward_cuda,
     records=("masksub_loss",),
-    torch_eager=reduced_loss_eager,
+    torch_eager=_eager,
 )
 def _reduced_loss_op(
     logits: torch.Tensor,
@@ -134,14 +143,14 @@ def _reduced_loss_op(
     main_weight: float,
     sub_weight: float,
     mean: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fp32 [4] (loss, main, sub, d), fp32 [NUM_OUT, M] the per-row op's output)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(fp32 [4] (loss, main, sub, d), fp32 [NUM_OUT, M] the per-row op's output, fp32 [1] d)."""
 
 
 @_reduced_loss_op.register_fake
 def _(logits, *options):
-    reduced = logits.new_empty(NUM_REDUCED, dtype=torch.float32)
-    return reduced, logits.new_empty(NUM_OUT, logits.shape[0], dtype=torch.float32)
+    reduced, d = (logits.new_empty(n, dtype=torch.float32) for n in (NUM_REDUCED, 1))
+    return reduced, logits.new_empty(NUM_OUT, logits.shape[0], dtype=torch.float32), d
 
 
 @masksub_op(
@@ -156,7 +165,7 @@ def _reduced_backward_op(
     grad: torch.Tensor,
     need_main: bool,
     need_sub: bool,
-    reduced: torch.Tensor,
+    d: torch.Tensor,
     out: torch.Tensor,
     logits: torch.Tensor,
     sub_logits: torch.Tensor | None,
@@ -173,27 +182,27 @@ def _reduced_backward_op(
 
 
 @_reduced_backward_op.register_fake
-def _(grad, need_main, need_sub, reduced, out, logits, *options):
+def _(grad, need_main, need_sub, d, out, logits, *options):
     return tuple(logits.new_empty(logits.shape if need else (0,)) for need in (need_main, need_sub))
 
 
 def _setup_context(ctx, inputs, output):
     logits, sub_logits, target, *options = inputs
-    reduced, out = output
-    ctx.mark_non_differentiable(out)
+    _, out, d = output
+    ctx.mark_non_differentiable(out, d)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(logits, sub_logits, target, reduced, out)
+    ctx.save_for_backward(logits, sub_logits, target, d, out)
     ctx.options = options[:-1]  # bce, label_smoothing, ignore_index, temperature, target_threshold, a, b
 
 
-def _backward(ctx, grad_reduced, grad_out):
-    logits, sub_logits, target, reduced, out = ctx.saved_tensors
+def _backward(ctx, grad_reduced, grad_out, grad_d):
+    logits, sub_logits, target, d, out = ctx.saved_tensors
     # the main term's gradient only reaches the main logits: the sub term's teacher is detached
     need_main = grad_reduced is not None and ctx.needs_input_grad[0] and target is not None
     need_sub = grad_reduced is not None and ctx.needs_input_grad[1] and sub_logits is not None
     if not (need_main or need_sub):
         return (None,) * 11
-    args = (grad_reduced, need_main, need_sub, reduced, out, logits, sub_logits, target, *ctx.options)
+    args = (grad_reduced, need_main, need_sub, d, out, logits, sub_logits, target, *ctx.options)
     dz, ds = _reduced_backward_op(*args)
     return (dz if need_main else None), (ds if need_sub else None), *(None,) * 9
 

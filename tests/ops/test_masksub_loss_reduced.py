@@ -75,9 +75,10 @@ def _close(actual, expected, what):
 def test_matches_the_per_row_op_reduced(backend, name, target_kind, mean):
     main, sub, target = _inputs(13, 37, target_kind)
     options, a, b = OPTIONS[name], 0.3, 1.7
-    reduced, out = reduced_op._reduced_loss_op(main, sub, target, *options, a, b, mean)
+    reduced, out, d = reduced_op._reduced_loss_op(main, sub, target, *options, a, b, mean)
     expected = _expected(main, sub, target, options, a, b, mean)
     assert reduced.dtype == torch.float32 and reduced.shape == (4,) and out.shape == (ml.NUM_OUT, 13)
+    assert d.shape == (1,) and float(d) == float(reduced[3])
     for k in range(3):
         _close(reduced[k], expected[k], f"reduced[{k}]")
     # a gradient on each loss alone, then on all three
@@ -92,7 +93,7 @@ def test_matches_the_per_row_op_reduced(backend, name, target_kind, mean):
 
 def test_all_rows_ignored_is_zero(backend):
     main, sub, target = _inputs(6, 11, "all ignored")
-    reduced, _ = reduced_op._reduced_loss_op(main, sub, target, *OPTIONS["ce"], 0.5, 0.5, True)
+    reduced, _, _ = reduced_op._reduced_loss_op(main, sub, target, *OPTIONS["ce"], 0.5, 0.5, True)
     assert reduced.tolist() == [0.0, 0.0, 0.0, 1.0]  # d = max(0 rows, 1)
     d_main, d_sub = torch.autograd.grad(reduced[0], (main, sub))
     assert not d_main.abs().max() and not d_sub.abs().max()
@@ -101,7 +102,7 @@ def test_all_rows_ignored_is_zero(backend):
 def test_more_rows_than_one_reduction_block(backend):
     rows = 2 * 16 + 5  # the reduction's loop takes BLOCK_C = 16 rows a trip at 3 classes: three trips
     main, sub, target = _inputs(rows, 3, "ids", seed=1)
-    reduced, _ = reduced_op._reduced_loss_op(main, sub, target, *OPTIONS["ce"], 0.5, 0.5, True)
+    reduced, _, _ = reduced_op._reduced_loss_op(main, sub, target, *OPTIONS["ce"], 0.5, 0.5, True)
     expected = _expected(main, sub, target, OPTIONS["ce"], 0.5, 0.5, True)
     assert reduced[3].item() == (target != -100).sum().item()
     for k in range(3):
@@ -120,6 +121,16 @@ def test_public_losses_reduce_in_the_op(backend):
     _close(mk.self_distillation_loss(sub, main), mk.self_distillation_loss(sub, main, reduction="none").mean(), "sd")
 
 
+def test_losses_changed_in_place_still_backpropagate(backend):
+    # the public losses are views of the op's reduced output: the backward must not have saved that output
+    main, sub, target = _inputs(7, 19, "ids")
+    expected = torch.autograd.grad(mk.masksub_loss(main, sub, target).loss / 4, (main, sub))
+    loss = mk.masksub_loss(main, sub, target).loss
+    loss /= 4  # gradient accumulation
+    for got, want in zip(torch.autograd.grad(loss, (main, sub)), expected):
+        _close(got, want, "in-place")
+
+
 def test_retain_graph_gives_the_same_gradients_twice(backend):
     main, sub, target = _inputs(7, 19, "ids")
     loss = mk.masksub_loss(main, sub, target)
@@ -134,9 +145,9 @@ def test_opcheck_and_torch_compile(backend):
     args = (main, sub, target, False, 0.1, -100, 2.0, None, 0.5, 0.5, True)
     utils = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     torch.library.opcheck(reduced_op._reduced_loss_op.custom_op, args, test_utils=utils)
-    reduced, out = reduced_op._reduced_loss_op(*args)
+    _, out, d = reduced_op._reduced_loss_op(*args)
     grad = torch.tensor([1.0, 0.5, -2.0, 0.0], device=DEVICE)
-    backward_args = (grad, True, True, reduced.detach(), out, main.detach(), sub.detach(), target, *args[3:-1])
+    backward_args = (grad, True, True, d, out, main.detach(), sub.detach(), target, *args[3:-1])
     torch.library.opcheck(reduced_op._reduced_backward_op.custom_op, backward_args, test_utils=utils[:3])
     compiled = torch.compile(lambda a, b, y: mk.masksub_loss(a, b, y).loss, fullgraph=True, backend="aot_eager")
     value = compiled(main, sub, target)

@@ -154,12 +154,12 @@ def test_split_reduced_matches_reference(triton_backend, split, kind):
     # the backward's row gradients from the reduced loss's gradient
     main, sub, target = make_inputs(ROWS, CLASSES, F32, kind)
     args = (main, sub, target, False, 0.1, -100, 2.0, None, 0.6, 0.3, True)
-    got, out = reduced_op._forward_triton_reduced(*args)
-    want, expected_out = reduced_op._forward_reference(*args)
+    got, out, d = reduced_op._forward_triton_reduced(*args)
+    want, expected_out, expected_d = reduced_op._forward_reference(*args)
     assert_close(got, want, 1e-6, name="reduced")
     grad = torch.tensor([1.0, 0.5, -2.0, 0.0], device=DEVICE)
     options = args[3:-1]
-    got_grads = reduced_op._backward_triton_reduced(grad, True, True, got, out, main, sub, target, *options)
-    want_grads = reduced_op._backward_reference(grad, True, True, want, expected_out, main, sub, target, *options)
+    got_grads = reduced_op._backward_triton_reduced(grad, True, True, d, out, main, sub, target, *options)
+    want_grads = reduced_op._backward_reference(grad, True, True, expected_d, expected_out, main, sub, target, *options)
     for name, a, e in zip(("d main", "d sub"), got_grads, want_grads):
         assert_close(a, e, GRAD_RTOL[F32], name=name)

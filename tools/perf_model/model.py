@@ -80,15 +80,27 @@ class KernelPrediction:
 
 
 def _per_loop_trips(function: Function, trips: list) -> dict[int, list[float]]:
-    """For each loop (by id): the trip counts of it and its enclosing loops, from predict_kernel's ``trips``."""
-    seen: dict[int, int] = {}  # depth -> loops of that depth met so far, in SASS order
+    """For each loop (by id): the trip counts of it and its enclosing loops, from predict_kernel's ``trips`` (a
+    tuple entry of depth k is indexed by the position, among the depth-k loops, of the loop of depth k concerned)."""
+    position: dict[int, int] = {}  # id -> its index among the loops of its depth, in SASS order
+    seen: dict[int, int] = {}
+    for loop in function.loops:
+        position[id(loop)] = seen.get(loop.depth, 0)
+        seen[loop.depth] = position[id(loop)] + 1
     result = {}
     for loop in function.loops:
-        index = seen.get(loop.depth, 0)
-        seen[loop.depth] = index + 1
         counts = []
-        for entry in trips[: loop.depth + 1]:
-            counts.append(entry[min(index, len(entry) - 1)] if isinstance(entry, tuple) else entry)
+        for depth, entry in enumerate(trips[: loop.depth + 1]):
+            if isinstance(entry, tuple):
+                at = (
+                    loop
+                    if depth == loop.depth
+                    else next(
+                        o for o in function.loops if o.depth == depth and o.start <= loop.start and loop.end <= o.end
+                    )
+                )
+                entry = entry[min(position[id(at)], len(entry) - 1)]
+            counts.append(entry)
         result[id(loop)] = counts or [1]
     return result
 

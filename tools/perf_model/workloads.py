@@ -211,10 +211,10 @@ def loss_cases() -> list[Case]:
             y = torch.empty(m, c, dtype=dtype, device=META) if dense else torch.empty(m, dtype=torch.int64, device=META)
             options = (bce, 0.0, -100, 1.0, None)
             with recording(masksub_loss) as forward:
-                reduced, out = forward_impl(z, torch.empty_like(z), y, *options, 0.5, 0.5, True)
+                reduced, out, d = forward_impl(z, torch.empty_like(z), y, *options, 0.5, 0.5, True)
             with recording(masksub_loss) as backward:  # autograd's gradient of the [4] reduced losses
                 grad = torch.empty_like(reduced)
-                backward_impl(grad, True, True, reduced, out, z, torch.empty_like(z), y, *options, 0.5, 0.5)
+                backward_impl(grad, True, True, d, out, z, torch.empty_like(z), y, *options, 0.5, 0.5)
             # the cuda backend: the extension's per-row kernels (its reduction is torch ops around them, unmodelled)
             cuda = {
                 "forward": [csrc.masksub_loss_forward(z, z, y, bce)],
