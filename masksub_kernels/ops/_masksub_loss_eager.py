@@ -335,11 +335,10 @@ class _ReducedLoss(torch.autograd.Function):
             return (None,) * 11
         mw, sw = ctx.weights
         divisor = ctx.divisor
-        if _readable(g.device):  # Python floats (no sync on the CPU); a term whose grad is 0 is skipped
+        if _readable(g.device):  # Python floats (no sync on the CPU); a needed gradient of 0 is still a tensor
             g0, g1, g2 = g.tolist()[:3]
-            g_main = (mw * g0 + g1) / divisor if keep_main else 0.0
-            g_sub = (sw * g0 + g2) / divisor if keep_sub else 0.0
-            g_main, g_sub = (None if value == 0 else value for value in (g_main, g_sub))
+            g_main = (mw * g0 + g1) / divisor if keep_main else None
+            g_sub = (sw * g0 + g2) / divisor if keep_sub else None
         else:  # 0-d tensors, in the accumulation dtype (fp64 for fp64 logits)
             g = g.to(_acc(ctx.options[2]))
             g_main = (mw * g[0] + g[1]) / divisor if keep_main else None
