@@ -229,6 +229,12 @@ def masksub_loss_specs() -> list[tuple]:
         _loss_spec(fwd, "bf16", {"HAS_MAIN": True, "HAS_SUB": True, "SPLIT": True, "REDUCE": True, "MEAN": True}),
         _loss_spec(bwd, "bf16", {**variants[0][1], "REDUCED": True}),
         _loss_spec(bwd, "bf16", {"LABELS": False, "WRITE_DZ": False, "WRITE_DS": True, "REDUCED": True}),
+        # CE at T = 1 (UNIT_T: the teacher shares the main term's exp2): class ids, probabilities, sub term only
+        *(
+            _loss_spec(fwd, dtype, {**flags, "UNIT_T": True})
+            for dtype in ("fp32", "bf16")
+            for flags in (variants[0][0], variants[1][0], {"HAS_MAIN": False, "HAS_SUB": True})
+        ),
         # a few rows of many classes: the class-split grid (class_splits), both target kinds, CE and BCE
         *(_loss_spec(fwd, "bf16", {"HAS_MAIN": True, "HAS_SUB": True, "SPLIT": True, **f}) for f in split_flags),
         *(

@@ -85,12 +85,13 @@ def _running_exp_sum(v, m, l, k):
     # One element per lane into the lane's running (max m, l = sum exp(k (v - m))), one exp2 per element: one of
     # the two rescalings is exp(0) = 1. v > m: l exp(k (m - v)) + 1 (the new max is v); else: l + exp(k (v - m));
     # both exponents are -k |v - m| (one subtraction, the |.| and sign free operand modifiers, no min / max pair).
-    # Returns (v > m, |v - m|, the new l). v = -inf: |v - m| = inf, exp2(-inf) = 0 (m >= -FLT_MAX), l unchanged.
+    # Returns (v > m, |v - m|, the new l, the exponential e). v = -inf: |v - m| = inf, exp2(-inf) = 0
+    # (m >= -FLT_MAX), l unchanged.
     d = v - m
     gt = d > 0.0
     dist = tl.abs(d)
     e = tl.exp2(-dist * k)
-    return gt, dist, tl.where(gt, l * e + 1.0, l + e)
+    return gt, dist, tl.where(gt, l * e + 1.0, l + e), e
 
 
 @jit
@@ -204,9 +205,9 @@ def _fwd_block(
             else:
                 d_t += tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0)
     else:
-        gt, dist, l_new = _running_exp_sum(z, m_z, l_z, k_z)
+        gt, dist, l_new, e_z = _running_exp_sum(z, m_z, l_z, k_z)
         m_new = tl.maximum(z, m_z)
-        if HAS_MAIN:
+        if HAS_MAIN or UNIT_T:  # UNIT_T: the teacher's sum is this one (below)
             l_z = l_new
             if DENSE:
                 # a_z = sum w (z - m_z): rescaled by b_z (m_old - m_new) when the max grows; w = 0 terms skipped
@@ -216,13 +217,20 @@ def _fwd_block(
             else:
                 a_z += tl.where(mask, z, 0.0)  # the uniform eps / C term needs only sum z (see the merge)
         if HAS_SUB:
-            # teacher z / T: the same comparison as z, one more exp2. alpha rescales the old sums, e_t is this term
-            e2 = tl.exp2(-dist * k_t)
+            # teacher z / T: the same comparison as z, one more exp2. alpha rescales the old sums, e_t is this term.
+            # UNIT_T (T = 1, the paper's): k_t = k_z, so the teacher's exponential and running sum are the main
+            # term's, bit for bit (l_t alpha + e_t is l_z's update): one exp2 and one FMA per element fewer
+            e2 = e_z
+            if not UNIT_T:
+                e2 = tl.exp2(-dist * k_t)
             alpha, e_t = tl.where(gt, e2, 1.0), tl.where(gt, 1.0, e2)
-            _, _, l_s = _running_exp_sum(s, m_s, l_s, k_t)
+            _, _, l_s, _ = _running_exp_sum(s, m_s, l_s, k_t)
             ms_new = tl.maximum(s, m_s)
             d_t = alpha * (d_t + l_t * (m_s - ms_new)) + tl.where(e_t != 0.0, e_t * (s - ms_new), 0.0)
-            l_t = l_t * alpha + e_t
+            if UNIT_T:
+                l_t = l_new
+            else:
+                l_t = l_t * alpha + e_t
             m_s = ms_new
         m_z = m_new
     return m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t

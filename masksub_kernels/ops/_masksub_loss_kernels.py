@@ -216,7 +216,7 @@ def _loss_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,  # >= splits (SPLIT)
-    UNIT_T: tl.constexpr = False,  # temperature == 1 (BCE: the teacher's sigmoid shares the main term's exp)
+    UNIT_T: tl.constexpr = False,  # temperature == 1: the teacher shares the main term's exp (CE, BCE)
     VEC: tl.constexpr = 1,  # > 1: realigned rows, VEC elements = 16 bytes (_block_range; row_alignment)
     REDUCE: tl.constexpr = False,  # also reduce the per-row losses into red_ptr (_reduce_rows)
     MEAN: tl.constexpr = False,  # REDUCE: 'mean' (else 'sum')

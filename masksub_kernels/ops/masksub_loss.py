@@ -325,7 +325,7 @@ def _forward_triton(
         args += (label_smoothing, ignore_index, temperature, threshold or 0.0, main_weight, sub_weight)
         has = {"HAS_MAIN": target is not None, "HAS_SUB": sub_logits is not None, "HAS_BIAS": bias is not None}
         block_s = next_power_of_2(splits)
-        unit_t = bool(bce) and float(temperature) == 1.0  # BCE's T = 1 path (one exp / sigmoid of z shared)
+        unit_t = float(temperature) == 1.0  # T = 1: the teacher shares the main term's exp (CE) or exp / sigmoid (BCE)
         vec = row_alignment(z, *([] if sub_logits is None else [operands[1]]))
         _loss_fwd_kernel[(rows, splits)](
             *args, **has, **flags, BLOCK_S=block_s, UNIT_T=unit_t, VEC=vec, REDUCE=reduce is not None, MEAN=mean,
