@@ -85,13 +85,15 @@ def _running_exp_sum(v, m, l, k):
     # One element per lane into the lane's running (max m, l = sum exp(k (v - m))), one exp2 per element: one of
     # the two rescalings is exp(0) = 1. v > m: l exp(k (m - v)) + 1 (the new max is v); else: l + exp(k (v - m));
     # both exponents are -k |v - m| (one subtraction, the |.| and sign free operand modifiers, no min / max pair).
-    # Returns (v > m, |v - m|, the new l, the exponential e). v = -inf: |v - m| = inf, exp2(-inf) = 0
-    # (m >= -FLT_MAX), l unchanged.
+    # As l alpha + e_v with (alpha, e_v) = (e, 1) or (1, e): the same FMA (l 1 + e is exactly l + e), and the
+    # pair serves any other sum kept about the same max (the teacher's, T = 1). Returns (v > m, |v - m|, the new
+    # l, alpha, e_v). v = -inf: |v - m| = inf, exp2(-inf) = 0 (m >= -FLT_MAX), l unchanged.
     d = v - m
     gt = d > 0.0
     dist = tl.abs(d)
     e = tl.exp2(-dist * k)
-    return gt, dist, tl.where(gt, l * e + 1.0, l + e), e
+    alpha, e_v = tl.where(gt, e, 1.0), tl.where(gt, 1.0, e)
+    return gt, dist, l * alpha + e_v, alpha, e_v
 
 
 @jit
@@ -205,10 +207,14 @@ def _fwd_block(
             else:
                 d_t += tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0)
     else:
-        gt, dist, l_new, e_z = _running_exp_sum(z, m_z, l_z, k_z)
+        gt, dist, l_new, alpha, e_t = _running_exp_sum(z, m_z, l_z, k_z)
         m_new = tl.maximum(z, m_z)
-        if HAS_MAIN or UNIT_T:  # UNIT_T: the teacher's sum is this one (below)
+        l_teacher = l_t
+        if UNIT_T:  # T = 1: the teacher's running sum is l_z (l_t is not carried: the kernel takes l_z for it)
+            l_teacher = l_z
+        if HAS_MAIN or UNIT_T:
             l_z = l_new
+        if HAS_MAIN:
             if DENSE:
                 # a_z = sum w (z - m_z): rescaled by b_z (m_old - m_new) when the max grows; w = 0 terms skipped
                 w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
@@ -217,19 +223,16 @@ def _fwd_block(
             else:
                 a_z += tl.where(mask, z, 0.0)  # the uniform eps / C term needs only sum z (see the merge)
         if HAS_SUB:
-            # teacher z / T: the same comparison as z, one more exp2. alpha rescales the old sums, e_t is this term.
-            # UNIT_T (T = 1, the paper's): k_t = k_z, so the teacher's exponential and running sum are the main
-            # term's, bit for bit (l_t alpha + e_t is l_z's update): one exp2 and one FMA per element fewer
-            e2 = e_z
+            # teacher z / T: the same comparison as z. alpha rescales the old sums, e_t is this term. UNIT_T (T = 1,
+            # the paper's): k_t = k_z, so they are the main term's and so is the teacher's running sum, bit for
+            # bit (one exp2, one FMA and one state fewer); otherwise one more exp2
             if not UNIT_T:
                 e2 = tl.exp2(-dist * k_t)
-            alpha, e_t = tl.where(gt, e2, 1.0), tl.where(gt, 1.0, e2)
-            _, _, l_s, _ = _running_exp_sum(s, m_s, l_s, k_t)
+                alpha, e_t = tl.where(gt, e2, 1.0), tl.where(gt, 1.0, e2)
+            _, _, l_s, _, _ = _running_exp_sum(s, m_s, l_s, k_t)
             ms_new = tl.maximum(s, m_s)
-            d_t = alpha * (d_t + l_t * (m_s - ms_new)) + tl.where(e_t != 0.0, e_t * (s - ms_new), 0.0)
-            if UNIT_T:
-                l_t = l_new
-            else:
+            d_t = alpha * (d_t + l_teacher * (m_s - ms_new)) + tl.where(e_t != 0.0, e_t * (s - ms_new), 0.0)
+            if not UNIT_T:
                 l_t = l_t * alpha + e_t
             m_s = ms_new
         m_z = m_new

@@ -266,6 +266,8 @@ def _loss_fwd_kernel(
             m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True, HAS_BIAS,
             UNIT_T,
         )  # fmt: skip
+    if UNIT_T and not BCE:
+        l_t = l_z  # CE at T = 1: the teacher's running sums are the main term's (_fwd_block carries one)
     out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
     in_row = row < M
     if SPLIT:
