@@ -152,6 +152,7 @@ def token_grid_mask_specs() -> list[tuple]:
     return specs
 
 
+_ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 _LOSS_SCALARS = {"M": "i32", "C": "i32", "chunk": "i32", "stride_z": "i64", "stride_s": "i64", "stride_y": "i64"}
 _LOSS_OPTIONS = {"eps": "fp32", "ignore_index": "i64", "temperature": "fp32", "threshold": "fp32"}
 _LOSS_OPTIONS |= {"main_weight": "fp32", "sub_weight": "fp32"}  # the reduced loss's weights (REDUCE, REDUCED)
@@ -177,6 +178,7 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
     constexprs = {"BCE": False, "DENSE": False, "BINARISE": False, "SPLIT": False, "HAS_BIAS": bias is not None}
     constexprs["UNIT_T"] = False
     constexprs["VEC"] = 1  # the launchers' default: rows already 16-byte aligned (row_alignment)
+    constexprs |= {"GROUP": 16 // _ELEMENT_BYTES[dtype], "ALIGNED": False, "EVEN": False}  # _alignment_flags
     constexprs |= {"REDUCE": False, "MEAN": False} if forward else {"REDUCED": False}  # the per-row op's
     constexprs.update(flags, BLOCK_C=block_c)
     if forward:
@@ -213,6 +215,12 @@ def masksub_loss_specs() -> list[tuple]:
         # rows not 16-byte aligned (C = 30522 in bf16): realigned to the boundary before each row (VEC = 8)
         *(
             _loss_spec(kernel, "bf16", {**flags, "VEC": 8})
+            for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
+        ),
+        # rows of 16 bytes but not of 16 elements (C = 1000 in bf16): hinted (ALIGNED), a word-uniform tail (EVEN)
+        *(
+            _loss_spec(kernel, dtype, {**flags, "ALIGNED": True, "EVEN": even})
+            for dtype, even in (("bf16", True), ("fp32", False))
             for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
         ),
         # BCE with class ids, T != 1 and T = 1 (UNIT_T: the teacher's sigmoid shares the main term's exp)

@@ -1,5 +1,5 @@
 """The MaskSub loss's Triton kernels, their per-block parts: what one block of BLOCK_C classes of a row computes
-(forward: the per-lane online-softmax / BCE states; backward: both gradients from the saved stats), the elementwise
+(forward: the per-word online-softmax / BCE states; backward: both gradients from the saved stats), the elementwise
 helpers they share with the fused-linear kernels, and how a row is cut into blocks (_block_range). The kernels
 themselves, per row: _masksub_loss_kernels.py.
 """
@@ -81,22 +81,6 @@ def _row_value(value, valid, bad):
 
 
 @jit
-def _running_exp_sum(v, m, l, k):
-    # One element per lane into the lane's running (max m, l = sum exp(k (v - m))), one exp2 per element: one of
-    # the two rescalings is exp(0) = 1. v > m: l exp(k (m - v)) + 1 (the new max is v); else: l + exp(k (v - m));
-    # both exponents are -k |v - m| (one subtraction, the |.| and sign free operand modifiers, no min / max pair).
-    # As l alpha + e_v with (alpha, e_v) = (e, 1) or (1, e): the same FMA (l 1 + e is exactly l + e), and the
-    # pair serves any other sum kept about the same max (the teacher's, T = 1). Returns (v > m, |v - m|, the new
-    # l, alpha, e_v). v = -inf: |v - m| = inf, exp2(-inf) = 0 (m >= -FLT_MAX), l unchanged.
-    d = v - m
-    gt = d > 0.0
-    dist = tl.abs(d)
-    e = tl.exp2(-dist * k)
-    alpha, e_v = tl.where(gt, e, 1.0), tl.where(gt, 1.0, e)
-    return gt, dist, l * alpha + e_v, alpha, e_v
-
-
-@jit
 def _bias_block(bias_ptr, cols, mask, MASKED: tl.constexpr):
     """The bias of a block of classes in fp32 (HAS_BIAS: the fused-linear loss's chunks, whose logits come without
     it, so that no pass over them adds it: the kernels add it to z and s as they read them)."""
@@ -161,15 +145,20 @@ def _fwd_block(
     HAS_BIAS: tl.constexpr,
     UNIT_T: tl.constexpr,
 ):
-    # One block of classes into the per-lane states (each lane its own softmax state, merged once per row: no block
-    # reduction per iteration). MASKED blocks (a row's last; its first when realigned: _block_range) read
+    # One block of classes into the per-group states. cols, mask: [R, G], R groups of G contiguous classes (a
+    # lane's 16-byte word: the reductions over axis 1 stay in the lane), the states [R]: one online-softmax / BCE
+    # state per group, rescaled once per group and block (its max over the G classes), not per element, and merged
+    # once per row (_merge_states). MASKED blocks (a row's last; its first when realigned: _block_range) read
     # z = s = -inf in their masked lanes, which add nothing. cols: the block's columns in the row's frame.
-    # CE: m_z, l_z (z, scale k_z = log2 e: exp(v) = exp2(v log2 e), the scale folded into one multiply);
-    # class ids: a_z = sum z; probabilities: b_z = sum w, a_z = sum w (z - m_z).
+    # CE: m_z (>= -FLT_MAX, finite: v - m is -inf, never NaN, for v = -inf), l_z = sum 2^((z - m_z) k_z)
+    # (k_z = log2 e: exp(v) = exp2(v log2 e), the difference rounded once, then scaled); class ids: a_z = sum z;
+    # probabilities: b_z = sum w, a_z = sum w (z - m_z).
     # Sub CE: m_s, l_s (s, scale k_t = log2(e) / T), l_t = sum exp((z - m_z) / T), d_t = sum that * (s - m_s).
-    # BCE: d_t is the per-lane sum of the sub elements; probabilities: a_z the sum of the main elements; class ids
+    # With a new max m' of a group: l' = l 2^((m - m') k) + sum 2^((v - m') k) and d_t' = alpha_t (d_t + l_t (m_s -
+    # m_s')) + sum e_t (s - m_s'), alpha_t = 2^((m_z - m_z') k_t) (the merge's algebra, once per group and block).
+    # BCE: d_t is the per-group sum of the sub elements; probabilities: a_z the sum of the main elements; class ids
     # (label: the row's counting id as int32, -1 if none): the main element is softplus(z) - w z =
-    # (1 - w) max(z, 0) - w min(z, 0) + log1p(exp(-|z|)) with one weight w_o off the label, so the lanes keep
+    # (1 - w) max(z, 0) - w min(z, 0) + log1p(exp(-|z|)) with one weight w_o off the label, so the groups keep
     # a_z = sum max(z', 0), b_z = sum min(z', 0) (z' = z, 0 at the label, whose linear part the row's end adds with
     # its own weight) and l_z = sum log1p(exp(-|z|)): three sums of non-negative or non-positive terms, combined once
     # per row (_store_row): no per-element weight, no cancellation, and 0 * inf guarded once, not per element.
@@ -192,48 +181,52 @@ def _fwd_block(
         if HAS_MAIN:
             if DENSE:
                 w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
-                a_z += tl.where(mask, _bce_elem(z, w), 0.0)
+                a_z += tl.sum(tl.where(mask, _bce_elem(z, w), 0.0), axis=1)
             else:
                 z_off = tl.where(cols == label, 0.0, z)
-                a_z += tl.maximum(z_off, 0.0)  # masked lanes: max(-inf, 0) = 0
-                b_z += tl.where(mask, tl.minimum(z_off, 0.0), 0.0)
-                l_z += _log1p(e_z)  # masked lanes: log1p(0) = 0
+                a_z += tl.sum(tl.maximum(z_off, 0.0), axis=1)  # masked lanes: max(-inf, 0) = 0
+                b_z += tl.sum(tl.where(mask, tl.minimum(z_off, 0.0), 0.0), axis=1)
+                l_z += tl.sum(_log1p(e_z), axis=1)  # masked lanes: log1p(0) = 0
         if HAS_SUB:
             if UNIT_T:
                 # T = 1: the teacher sigmoid(z) from the same exp(-|z|): r = 1 / (1 + e) in [1/2, 1] is sigmoid(|z|),
                 # e r = sigmoid(-|z|) (no cancellation for z < 0). z = -inf: e = 0, p = 0; z = +inf: p = 1.
                 r = 1.0 / (1.0 + e_z)
-                d_t += tl.where(mask, _bce_elem(s, tl.where(z > 0.0, r, e_z * r)), 0.0)
+                d_t += tl.sum(tl.where(mask, _bce_elem(s, tl.where(z > 0.0, r, e_z * r)), 0.0), axis=1)
             else:
-                d_t += tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0)
+                d_t += tl.sum(tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0), axis=1)
     else:
-        gt, dist, l_new, alpha, e_t = _running_exp_sum(z, m_z, l_z, k_z)
-        m_new = tl.maximum(z, m_z)
+        m_new = tl.maximum(m_z, tl.max(z, axis=1))  # masked lanes (-inf) leave it; m_z >= -FLT_MAX
+        dz = z - m_new[:, None]  # rounded once (logits of 1e4 lose nothing), then scaled
+        alpha = tl.exp2((m_z - m_new) * k_z)  # the old sums' rescale: 1 while the max holds
+        e = tl.exp2(dz * k_z)  # -inf: 0
         l_teacher = l_t
         if UNIT_T:  # T = 1: the teacher's running sum is l_z (l_t is not carried: the kernel takes l_z for it)
             l_teacher = l_z
         if HAS_MAIN or UNIT_T:
-            l_z = l_new
+            l_z = l_z * alpha + tl.sum(e, axis=1)
         if HAS_MAIN:
             if DENSE:
                 # a_z = sum w (z - m_z): rescaled by b_z (m_old - m_new) when the max grows; w = 0 terms skipped
                 w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
-                a_z += b_z * (m_z - m_new) + tl.where(w != 0.0, w * (z - m_new), 0.0)
-                b_z += w
+                a_z += b_z * (m_z - m_new) + tl.sum(tl.where(w != 0.0, w * dz, 0.0), axis=1)
+                b_z += tl.sum(w, axis=1)
             else:
-                a_z += tl.where(mask, z, 0.0)  # the uniform eps / C term needs only sum z (see the merge)
+                a_z += tl.sum(tl.where(mask, z, 0.0), axis=1)  # the uniform eps / C term needs only sum z
         if HAS_SUB:
-            # teacher z / T: the same comparison as z. alpha rescales the old sums, e_t is this term. UNIT_T (T = 1,
-            # the paper's): k_t = k_z, so they are the main term's and so is the teacher's running sum, bit for
-            # bit (one exp2, one FMA and one state fewer); otherwise one more exp2
+            # teacher z / T: UNIT_T (T = 1, the paper's): k_t = k_z, so its exponentials, rescale and running sum
+            # are the main term's, bit for bit (one exp2 per element and one state fewer); otherwise its own
+            alpha_t, e_t = alpha, e
             if not UNIT_T:
-                e2 = tl.exp2(-dist * k_t)
-                alpha, e_t = tl.where(gt, e2, 1.0), tl.where(gt, 1.0, e2)
-            _, _, l_s, _, _ = _running_exp_sum(s, m_s, l_s, k_t)
-            ms_new = tl.maximum(s, m_s)
-            d_t = alpha * (d_t + l_teacher * (m_s - ms_new)) + tl.where(e_t != 0.0, e_t * (s - ms_new), 0.0)
+                alpha_t = tl.exp2((m_z - m_new) * k_t)
+                e_t = tl.exp2(dz * k_t)
+            ms_new = tl.maximum(m_s, tl.max(s, axis=1))
+            ds = s - ms_new[:, None]
+            l_s = l_s * tl.exp2((m_s - ms_new) * k_t) + tl.sum(tl.exp2(ds * k_t), axis=1)
+            # e_t = 0 terms skipped: their s may be -inf (0 * -inf)
+            d_t = alpha_t * (d_t + l_teacher * (m_s - ms_new)) + tl.sum(tl.where(e_t != 0.0, e_t * ds, 0.0), axis=1)
             if not UNIT_T:
-                l_t = l_t * alpha + e_t
+                l_t = l_t * alpha_t + tl.sum(e_t, axis=1)
             m_s = ms_new
         m_z = m_new
     return m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t

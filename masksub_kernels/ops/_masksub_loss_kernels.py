@@ -1,9 +1,10 @@
 """The MaskSub loss's Triton kernels (maths, design and layout: masksub_loss.py's docstring).
 
 One program per row (or, SPLIT, per row and class split), a loop over the classes in blocks of BLOCK_C (the
-blocks' work: _masksub_loss_blocks.py), fp32 arithmetic. The forward keeps a per-lane online-softmax state (merged
-once per row) and the backward recomputes from the forward's saved stats; both run whole blocks unmasked and peel
-a partial last block (and, where the rows are not 16-byte aligned, a partial first one: _block_range).
+blocks' work: _masksub_loss_blocks.py), fp32 arithmetic. The forward keeps an online-softmax state per 16-byte
+word (merged once per row) and the backward recomputes from the forward's saved stats; both run whole blocks
+unmasked and peel a partial last block (and, where the rows are not 16-byte aligned, a partial first one:
+_block_range).
 """
 
 from __future__ import annotations
@@ -220,17 +221,21 @@ def _loss_fwd_kernel(
     VEC: tl.constexpr = 1,  # > 1: realigned rows, VEC elements = 16 bytes (_block_range; row_alignment)
     REDUCE: tl.constexpr = False,  # also reduce the per-row losses into red_ptr (_reduce_rows)
     MEAN: tl.constexpr = False,  # REDUCE: 'mean' (else 'sum')
+    GROUP: tl.constexpr = 1,  # classes per state: a lane's 16-byte word of the logits (_fwd_block)
+    ALIGNED: tl.constexpr = False,  # VEC = 1 rows that start on 16-byte boundaries (rows_aligned): hinted
+    EVEN: tl.constexpr = False,  # C % GROUP == 0 with ALIGNED: a masked block's groups are wholly in or out
 ):
     row = tl.program_id(0).to(tl.int64)  # the grid is exactly M programs (x splits)
-    lanes = tl.arange(0, BLOCK_C)
+    # the block's columns as [BLOCK_C / GROUP, GROUP]: row i the GROUP contiguous classes of one state
+    lanes = tl.arange(0, BLOCK_C // GROUP)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
     z_row, y_row = z_ptr + row * stride_z, y_ptr + row * stride_y  # z_row: the label logit (_label_terms)
     label, valid, bad = _row_label(y_ptr, row, row < M, ignore_index, C, HAS_MAIN and not DENSE)
     label_col = tl.where(valid & ~bad, label, -1).to(tl.int32)  # the blocks compare int32 columns; -1: no column
     inv_t = 1.0 / temperature
     k_z = 1.4426950408889634  # log2(e)
     k_t = k_z * inv_t
-    lowest = tl.zeros([BLOCK_C], tl.float32) - 3.4028234663852886e38  # -FLT_MAX
-    zeros = tl.zeros([BLOCK_C], tl.float32)
+    lowest = tl.zeros([BLOCK_C // GROUP], tl.float32) - 3.4028234663852886e38  # -FLT_MAX
+    zeros = tl.zeros([BLOCK_C // GROUP], tl.float32)
     m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = lowest, zeros, zeros, zeros, lowest, zeros, zeros, zeros
     lo, hi = 0, C
     if SPLIT:
@@ -243,6 +248,11 @@ def _loss_fwd_kernel(
     z_off, s_off = row * stride_z - shift, row * stride_s - shift  # VEC > 1: stride_s == stride_z (the launcher)
     if VEC > 1:  # the hint only there: it replaces what Triton infers (16-divisible strides of aligned rows)
         z_off, s_off = tl.multiple_of(z_off, VEC), tl.multiple_of(s_off, VEC)
+    elif ALIGNED:  # strides of 8 bf16 (C = 1000) are 16 bytes but not the 16 elements Triton would infer
+        # (shift = 0 here: the hint goes on the product, as "- 0" folds away with a hint on it)
+        z_off, s_off = tl.multiple_of(row * stride_z, GROUP), tl.multiple_of(row * stride_s, GROUP)
+        if EVEN:  # the masked last block's mask is uniform over each group: its loads stay 16-byte words
+            full, end = tl.multiple_of(full, GROUP), tl.multiple_of(end, GROUP)
     z_base, s_base = z_ptr + z_off, s_ptr + s_off  # 16-byte aligned rows where the row's start is not
     y_base, b_base = y_row - shift, bias_ptr - shift
     label_p = tl.where(label_col >= 0, label_col + shift, -1)
@@ -270,6 +280,7 @@ def _loss_fwd_kernel(
         l_t = l_z  # CE at T = 1: the teacher's running sums are the main term's (_fwd_block carries one)
     out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
     in_row = row < M
+    reduce_lanes = tl.arange(0, BLOCK_C)  # REDUCE: the reduction's lanes
     if SPLIT:
         # This split's lanes into one state, stored; the row's last split to finish (a ticket taken after the
         # stores: release, then acquire for the reader) merges the row's states in split order, so the result does
@@ -313,8 +324,8 @@ def _loss_fwd_kernel(
             )  # fmt: skip
             if REDUCE:
                 _reduce_rows(
-                    out_ptr, y_ptr, red_ptr, d_ptr, ticket_ptr + M, M, ignore_index, main_weight, sub_weight, lanes,
-                    HAS_MAIN and not DENSE, MEAN,
+                    out_ptr, y_ptr, red_ptr, d_ptr, ticket_ptr + M, M, ignore_index, main_weight, sub_weight,
+                    reduce_lanes, HAS_MAIN and not DENSE, MEAN,
                 )  # fmt: skip
     else:
         c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t = _merge_states(
@@ -326,7 +337,7 @@ def _loss_fwd_kernel(
         )  # fmt: skip
         if REDUCE:
             _reduce_rows(
-                out_ptr, y_ptr, red_ptr, d_ptr, ticket_ptr, M, ignore_index, main_weight, sub_weight, lanes,
+                out_ptr, y_ptr, red_ptr, d_ptr, ticket_ptr, M, ignore_index, main_weight, sub_weight, reduce_lanes,
                 HAS_MAIN and not DENSE, MEAN,
             )  # fmt: skip
 
@@ -370,6 +381,9 @@ def _loss_bwd_kernel(
     UNIT_T: tl.constexpr = False,  # temperature == 1 (BCE: one sigmoid of z for both gradients)
     VEC: tl.constexpr = 1,  # as in the forward
     REDUCED: tl.constexpr = False,  # gm_ptr = gs_ptr: the gradient [4] of the reduced loss (_row_grad)
+    GROUP: tl.constexpr = 1,  # as in the forward: 16 bytes of the logits, for ALIGNED and EVEN
+    ALIGNED: tl.constexpr = False,
+    EVEN: tl.constexpr = False,
 ):
     row = tl.program_id(0).to(tl.int64)
     in_row = row < M
@@ -404,6 +418,11 @@ def _loss_bwd_kernel(
     z_off, s_off, d_off = row * stride_z - shift, row * stride_s - shift, row * stride_d - shift
     if VEC > 1:  # as the forward
         z_off, s_off, d_off = tl.multiple_of(z_off, VEC), tl.multiple_of(s_off, VEC), tl.multiple_of(d_off, VEC)
+    elif ALIGNED:  # as the forward
+        z_off, s_off = tl.multiple_of(row * stride_z, GROUP), tl.multiple_of(row * stride_s, GROUP)
+        d_off = tl.multiple_of(row * stride_d, GROUP)
+        if EVEN:
+            full, end = tl.multiple_of(full, GROUP), tl.multiple_of(end, GROUP)
     z_base, s_base, dz_row, ds_row = z_ptr + z_off, s_ptr + s_off, dz_ptr + d_off, ds_ptr + d_off
     y_base, b_base = y_row - shift, bias_ptr - shift
     label_p = tl.where(label >= 0, label + shift, -1)

@@ -43,11 +43,15 @@ the row's last program merges the row's states in split order (deterministic) in
 second launch, no waiting. The backward is elementwise given the stats, so its split programs need nothing more.
 Bytes added: 9 fp32 per split and row (scratch written and read, ticket).
 
-Forward speed (issue-bound, not memory-bound, when a block reduction ran per iteration): each lane keeps its own
-online-softmax state (max, sum of exp) and the lanes merge once per row; exponents are exp2 with log2(e) / T
-folded into one multiply, one exp2 per element and softmax (one of the two rescalings is exp(0)); whole blocks
-run unmasked, only a partial last block is masked; for class ids only the target column and sum z matter
-(sum w (z - c) = w_o (sum z - C c) + (w_y - w_o)(z_y - c)), so no per-element weight is built.
+Forward speed (issue-bound, not memory-bound, when a block reduction ran per iteration, and again when each
+element rescaled its own state): a block is [BLOCK_C / GROUP, GROUP], each row of it one lane's 16-byte word, and
+each word keeps one online-softmax state (max, sum of exp), rescaled once per word and block by the word's max
+(one exp2 per word, one per element and softmax), the states merged once per row; exponents are exp2 of the
+difference to the max times log2(e) / T; whole blocks run unmasked, only a partial last block (and a realigned
+row's first) is masked; for class ids only the target column and sum z matter (sum w (z - c) = w_o (sum z - C c)
++ (w_y - w_o)(z_y - c)), so no per-element weight is built. At T = 1 the teacher's exponentials are the main
+term's. Rows of 16 bytes that Triton cannot see as such (a stride of 1000 bf16 is not a multiple of 16 elements)
+are hinted aligned (ALIGNED), and a last block whose mask is uniform over each word (EVEN) keeps 16-byte loads.
 """
 
 from __future__ import annotations
@@ -225,8 +229,8 @@ def _launch_config(classes: int, max_block: int) -> tuple[int, int]:
 
 
 def _forward_max_block() -> int:
-    """The forward keeps 8 per-lane states per class slot in registers: half the backward's block (8 warps of ~100
-    registers) keeps 2 blocks resident per SM; the whole block needs 1 and waits on every load (the perf model)."""
+    """The forward's block: half the backward's (8 warps, one 16-byte word of each operand per lane and block: the
+    perf model has the loads of 2 resident blocks per SM at the copy rate)."""
     return max(16, MAX_BLOCK_C // 2)
 
 
@@ -295,6 +299,23 @@ def row_alignment(rows: torch.Tensor, *others: torch.Tensor) -> int:
     return vec
 
 
+def rows_aligned(group: int, *tensors: torch.Tensor) -> bool:
+    """Whether every [M, C] operand's row stride is a multiple of ``group`` elements (16 bytes of the logits) and
+    its data 16-byte aligned: the kernels then hint it (ALIGNED), as Triton infers it only for strides of 16
+    elements (C = 1000 in bf16: 16-byte rows, 2-byte loads without the hint)."""
+    return all(
+        t.stride(0) % group == 0 and (t.device.type == "meta" or t.data_ptr() % 16 == 0) for t in tensors if t.numel()
+    )
+
+
+def _alignment_flags(vec: int, z: torch.Tensor, *others: torch.Tensor) -> dict:
+    """The kernels' GROUP, ALIGNED and EVEN constexprs (rows_aligned; EVEN: C a multiple of GROUP as well, so that a
+    masked last block's mask is uniform over each 16-byte word) for rows not realigned (vec = 1)."""
+    group = 16 // z.element_size()
+    aligned = vec == 1 and rows_aligned(group, z, *others)
+    return {"GROUP": group, "ALIGNED": aligned, "EVEN": aligned and z.shape[1] % group == 0}
+
+
 def _forward_triton(
     logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold, bias=None, reduce=None
 ):
@@ -327,6 +348,7 @@ def _forward_triton(
         block_s = next_power_of_2(splits)
         unit_t = float(temperature) == 1.0  # T = 1: the teacher shares the main term's exp (CE) or exp / sigmoid (BCE)
         vec = row_alignment(z, *([] if sub_logits is None else [operands[1]]))
+        has |= _alignment_flags(vec, z, *([] if sub_logits is None else [operands[1]]))
         _loss_fwd_kernel[(rows, splits)](
             *args, **has, **flags, BLOCK_S=block_s, UNIT_T=unit_t, VEC=vec, REDUCE=reduce is not None, MEAN=mean,
             num_warps=warps,
@@ -379,6 +401,7 @@ def _backward_triton(
         grid = (z.shape[0], splits)
         has["UNIT_T"] = bool(bce) and float(temperature) == 1.0  # as the forward
         has["VEC"] = row_alignment(z, *(x for x in (s, dz, ds) if x is not z))
+        has |= _alignment_flags(has["VEC"], z, *(x for x in (s, dz, ds) if x is not z))
         has["REDUCED"] = reduced is not None
         _loss_bwd_kernel[grid](*args, **has, WRITE_DS=grad_sub is not None, **flags, num_warps=warps)
     return dz, ds

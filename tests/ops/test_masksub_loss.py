@@ -352,6 +352,30 @@ def test_row_alignment_only_where_it_pays():
     assert ml.row_alignment(offset) == 1 and ml.row_alignment(z, offset) == 1
 
 
+def test_aligned_rows_hinted_only_where_true():
+    # ALIGNED promises the compiler 16-byte rows (row strides of GROUP elements, aligned data); EVEN also a
+    # word-uniform last block (C % GROUP == 0). A wrong promise would be a wrong load on a GPU: never given then.
+    z = torch.empty(4, 1000, dtype=BF16)
+    assert ml._alignment_flags(1, z, z) == {"GROUP": 8, "ALIGNED": True, "EVEN": True}
+    assert ml._alignment_flags(1, z.float()) == {"GROUP": 4, "ALIGNED": True, "EVEN": True}
+    assert ml._alignment_flags(1, z[:, :996]) == {"GROUP": 8, "ALIGNED": True, "EVEN": False}  # C % 8 != 0
+    assert not ml._alignment_flags(8, z)["ALIGNED"]  # realigned rows (VEC > 1) take their own hint
+    assert not ml._alignment_flags(1, torch.empty(4, 1003, dtype=BF16))["ALIGNED"]  # odd stride
+    assert not ml._alignment_flags(1, z, torch.empty(4, 1004, dtype=BF16)[:, :1000])["ALIGNED"]  # 1004 % 8
+    offset = torch.empty(4 * 1000 + 8, dtype=BF16)[1:4001].view(4, 1000)  # starts 2 bytes past a boundary
+    assert not ml._alignment_flags(1, z, offset)["ALIGNED"]
+
+
+@pytest.mark.parametrize("dtype", [BF16, F32])
+def test_aligned_rows_with_a_partial_last_block(backend, monkeypatch, dtype):
+    # C = 200: rows of 16 bytes (ALIGNED, EVEN), 3 whole blocks of 64 and a masked last block of 8 classes
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 128)
+    main, sub, target = make_inputs(6, 200, dtype, "index_ignore")
+    assert ml._alignment_flags(ml.row_alignment(main, sub), main, sub)["EVEN"]
+    check_masksub(main, sub, target, mode="ce", label_smoothing=0.1, temperature=2.0)
+    check_masksub(main, sub, target, mode="ce")
+
+
 def test_two_half_weight_backwards_equal_one_of_the_sum(backend):
     # The official sequential schedule: backward of crit_main / 2, then of crit_sub / 2, one optimizer step.
     main, sub, target = make_inputs(9, 50, F32, "dense")
