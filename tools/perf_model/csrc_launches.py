@@ -194,6 +194,12 @@ def mask_image_grid(images: torch.Tensor, cell: int) -> Call:
                                                     "W": w, "S": cell})  # fmt: skip
 
 
+def mask_image_grid_random(images: torch.Tensor, cell: int, num_keep: int) -> Call:
+    """bindings.cpp mask_image_grid_random: out = empty_like(images), a fresh bool cell mask, an int seed."""
+    call = mask_image_grid(images, cell)
+    return Call("mask_image_grid_random", call.dtype, {**call.named, "num_keep": num_keep})
+
+
 def mask_tokens_grid_forward(tokens: torch.Tensor, cell: int) -> Call:
     """bindings.cpp mask_tokens_grid_forward into a fresh contiguous out."""
     b, h, w, c = tokens.shape
