@@ -341,7 +341,6 @@ __global__ void __launch_bounds__(kMaskThreads)
         token_grad_rows<T>(g, gs.h, out, line_words, slot.group, slot.groups, cell_size, removed, acc);
       }
     }
-    if (partials == nullptr) continue;
 #pragma unroll
     for (int i = 0; i < kPerWord; ++i) sums[threadIdx.x][i] = acc[i];
     __syncthreads();
@@ -486,7 +485,9 @@ cudaError_t launch_mask_tokens_grid_backward(const T* grad_out, int64_t stride_b
                                              cudaStream_t stream) {
   if (!valid_grid(B, H, W, C, S) || B * H > INT32_MAX || W * C > INT32_MAX) return cudaErrorInvalidValue;
   if (grad_mask != nullptr && C > 0) {  // dm (and dT, when wanted) in one pass over dT_out, then the final sum
-    if (mask_token_grad_parts(B, H, S) > 0 && partials == nullptr) return cudaErrorInvalidValue;
+    if ((mask_token_grad_parts(B, H, S) > 0 && partials == nullptr) || C > int64_t{65535} * kMaskThreads) {
+      return cudaErrorInvalidValue;  // channel chunks of up to kMaskThreads words on grid.y (<= 65535)
+    }
     if (B * H * W == 0) {  // no token: dm = 0, the sum of no part
       sum_partials_kernel<T><<<static_cast<unsigned int>(C < detail::kMaxGridBlocks ? C : detail::kMaxGridBlocks),
                                kMaskThreads, 0, stream>>>(nullptr, 0, C, grad_mask);

@@ -170,7 +170,7 @@ def test_launch_recorder_runs_csrc_launch_code():
     # a unit (sample, cell row) per block; args[10:15] = planes, S, row words, cell words, lanes
     assert names[4] == names[5] == ["mask_image_kernel<uint4,false>"] and launches[4][0].grid == (4, 1, 1)
     assert launches[4][0].args[10:15] == [3, 32, 8, 4, 8] and launches[5][0].args[10:15] == [1, 32, 24, 12, 24]
-    assert names[6] == ["mask_image_kernel<uint4,true>"] and launches[6][0].grid == (2 * 16, 1, 1)
+    assert names[6] == ["mask_image_kernel<uint2,true>"] and launches[6][0].grid == (2 * 16, 1, 1)  # 8-byte cells
     assert names[7] == ["select_tokens_kernel<256,4,false>", "mask_image_kernel<unsignedint,false>"]  # 68-byte rows
     assert names[8] == ["loss_forward_kernel<__nv_bfloat16>"] and launches[8][0].grid == (10, 1, 1)
 
