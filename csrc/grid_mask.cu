@@ -21,8 +21,10 @@
 //   element-sized words along the w stride. mask_image_grid_random's launch draws the cells too: each unit ranks
 //   its cell row's cells among its sample's Lc Philox keys (the selection kernel's draws and order, no sort),
 //   writes their bytes of the cell mask and masks its rows, in one launch (Lc <= kMaskThreads).
-// - Token forward and dT alone: the row copy of row_copy.cuh (a token = a row of C channels), each row reading
-//   the token, the mask token, or nothing (zeros).
+// - Token forward with its cells drawn (mask_tokens_grid_random): [B, H, W, C] tokens are a channels_last image
+//   batch, masked by the image kernel in one launch with the mask token as the fill of each channel. A given
+//   cell mask, token rows that are not contiguous, and dT alone: the row copy of row_copy.cuh (a token = a row of
+//   C channels), each row reading the token, the mask token, or nothing (zeros).
 // - dm without atomics, the same bits on every run: the B G_h units split into at most kMaxMaskTokenParts
 //   contiguous parts (fixed by the shape). One launch writes dT (when wanted) and, per part, one fp32 (fp64 for
 //   fp64) partial sum per channel, reading dT_out once; each thread keeps one channel word for the whole part, and
@@ -131,6 +133,14 @@ struct WordStrides {  // strides of an image batch in words: sample, plane (NCHW
   int64_t b, plane, row, word;
 };
 
+template <typename Word>
+struct Fill {  // what a removed word becomes: `word` (images), or word k % period of `row` (the mask token)
+  Word word;
+  const Word* row;
+  int period;
+  __device__ __forceinline__ Word at(int k) const { return row == nullptr ? word : __ldg(row + k % period); }
+};
+
 // y[r] = removed ? fill : x[r] for rows r = first, first + step, ... < count (row strides in words), kMaskUnroll
 // rows per trip with the loads before the stores; a removed column reads nothing.
 template <typename Word>
@@ -157,7 +167,7 @@ __device__ __forceinline__ void mask_rows(const Word* __restrict__ x, int64_t x_
 template <typename Word, bool SELECT>
 __global__ void __launch_bounds__(kMaskThreads)
     mask_image_kernel(const Word* __restrict__ x, WordStrides xs, Word* __restrict__ y, WordStrides ys,
-                      const uint8_t* cells, CellDraw draw, Word fill, int64_t units, int grid_h, int grid_w,
+                      const uint8_t* cells, CellDraw draw, Fill<Word> fill, int64_t units, int grid_h, int grid_w,
                       int planes, int cell_size, int row_words, int cell_words, int lanes) {
   __shared__ uint32_t draws[SELECT ? kMaskThreads : 1];
   const ThreadSlot slot = thread_slot(lanes);
@@ -173,9 +183,10 @@ __global__ void __launch_bounds__(kMaskThreads)
     Word* y_unit = y + unit.b * ys.b + first_row * ys.row;
     for (int k = first_word; k < row_words; k += lanes) {
       const bool removed = unit_cells[k / cell_words] != 0;
+      const Word fill_word = fill.at(k);
       for (int plane = 0; plane < planes; ++plane) {
         mask_rows(x_unit + plane * xs.plane + k * xs.word, xs.row, y_unit + plane * ys.plane + k * ys.word, ys.row,
-                  slot.group, slot.groups, cell_size, removed, fill);
+                  slot.group, slot.groups, cell_size, removed, fill_word);
       }
     }
   }
@@ -193,10 +204,12 @@ Word repeated(T value) {  // a word of copies of `value` (host side)
 // The rows the image kernel walks: channels_last rows ((w, c) contiguous in input and output: W C elements, cells
 // of S C) or NCHW rows (W elements along the w stride, cells of S; C planes per unit). Dense rows (channels_last,
 // or w stride 1 in both) move as the widest word their addresses allow, other rows one element at a time.
+// fill_row (the token masks' mask token [C], or null: `fill`): element c of it fills channel c; the caller passes
+// it for dense channels_last rows only (or C = 1), where the channel of a word is its column modulo C.
 template <typename T, bool SELECT>
 cudaError_t launch_image(const T* x, ImageStrides xs, T* y, ImageStrides ys, const uint8_t* cells,
                          const CellDraw& draw, int64_t B, int64_t C, int64_t H, int64_t W, int64_t S, T fill,
-                         cudaStream_t stream) {
+                         const T* fill_row, cudaStream_t stream) {
   const bool channels_last = C > 1 && xs.c == 1 && ys.c == 1 && xs.w == C && ys.w == C;
   const int64_t planes = channels_last ? 1 : C;
   const int64_t row_elements = channels_last ? W * C : W;
@@ -211,6 +224,7 @@ cudaError_t launch_image(const T* x, ImageStrides xs, T* y, ImageStrides ys, con
       bits |= stride_bits(s.b, B, e) | stride_bits(s.c, planes, e) | stride_bits(s.h, H, e);
     }
   }
+  if (fill_row != nullptr) bits |= detail::address_bits(fill_row) | static_cast<uint64_t>(C * e);  // whole tokens
   return launch_widest_word<T>(bits, [&](auto word) {
     using Word = decltype(word);
     const int64_t per_word = static_cast<int64_t>(sizeof(Word)) / e;  // elements per word (1 for strided rows)
@@ -223,7 +237,7 @@ cudaError_t launch_image(const T* x, ImageStrides xs, T* y, ImageStrides ys, con
     const int64_t blocks = units < detail::kMaxGridBlocks ? units : detail::kMaxGridBlocks;
     mask_image_kernel<Word, SELECT><<<static_cast<unsigned int>(blocks), kMaskThreads, 0, stream>>>(
         reinterpret_cast<const Word*>(x), strides(xs), reinterpret_cast<Word*>(y), strides(ys), cells, draw,
-        repeated<Word>(fill), units, static_cast<int>(H / S), static_cast<int>(W / S), static_cast<int>(planes),
+        Fill<Word>{repeated<Word>(fill), reinterpret_cast<const Word*>(fill_row), static_cast<int>(C / per_word)}, units, static_cast<int>(H / S), static_cast<int>(W / S), static_cast<int>(planes),
         static_cast<int>(S), static_cast<int>(row_words), static_cast<int>(cell_elements / per_word), lanes);
     return cudaGetLastError();
   });
@@ -441,7 +455,7 @@ cudaError_t launch_mask_image_grid(const T* images, ImageStrides image_strides, 
   if (B * C * H * W == 0) return cudaSuccess;
   const CellDraw none{0, nullptr, 0, nullptr};
   return launch_image<T, false>(images, image_strides, out, out_strides, cell_mask, none, B, C, H, W, S, fill,
-                                stream);
+                                nullptr, stream);
 }
 
 template <typename T>
@@ -462,7 +476,7 @@ cudaError_t launch_mask_image_grid_random(const T* images, ImageStrides image_st
   }
   const CellDraw draw{seed, seed_ptr, static_cast<int>(num_keep), cell_mask};
   return launch_image<T, true>(images, image_strides, out, out_strides, cell_mask, draw, B, C, H, W, S, fill,
-                               stream);
+                               nullptr, stream);
 }
 
 template <typename T>
@@ -476,6 +490,32 @@ cudaError_t launch_mask_tokens_grid_forward(const T* tokens, int64_t stride_b, i
   const uint64_t alignment = detail::address_bits(tokens) | detail::address_bits(mask_token) |
                              static_cast<uint64_t>(rows.stride_b | rows.stride_h | rows.stride_w);
   return detail::launch_copy_rows(rows, alignment, out, B * H * W, C * element, stream);
+}
+
+template <typename T>
+cudaError_t launch_mask_tokens_grid_random(const T* tokens, int64_t stride_b, int64_t stride_h, int64_t stride_w,
+                                           const T* mask_token, uint8_t* cell_mask, uint64_t seed,
+                                           const int64_t* seed_ptr, int64_t num_keep, T* out, int64_t B, int64_t H,
+                                           int64_t W, int64_t C, int64_t S, cudaStream_t stream) {
+  if (!valid_grid(B, H, W, C, S) || W * C > INT32_MAX || B * H > INT32_MAX) return cudaErrorInvalidValue;
+  const int64_t num_cells = (H / S) * (W / S);
+  if (num_cells < 1 || num_keep < 1 || num_keep > num_cells) return cudaErrorInvalidValue;
+  if (B == 0) return cudaSuccess;
+  if (num_cells > kMaskThreads || C == 0 || (stride_w != C && W > 1)) {
+    // More cells than a block draws at once, no channels, or token rows (w, c) that are not contiguous: the
+    // selection kernel's sort, then the row copy of launch_mask_tokens_grid_forward.
+    const cudaError_t status = launch_select_tokens(seed, seed_ptr, B, num_cells, num_keep, false, kNoPositionFlags,
+                                                    kNoPositionFlags, nullptr, nullptr, cell_mask, stream);
+    if (status != cudaSuccess) return status;
+    return launch_mask_tokens_grid_forward(tokens, stride_b, stride_h, stride_w, mask_token, cell_mask, out, B, H, W,
+                                           C, S, stream);
+  }
+  // [B, H, W, C] tokens are a channels_last image batch [B, C, H, W]: rows of W x C contiguous elements (w, c),
+  // cells of S x C, removed words filled from the mask token; the output is contiguous.
+  const CellDraw draw{seed, seed_ptr, static_cast<int>(num_keep), cell_mask};
+  return launch_image<T, true>(tokens, ImageStrides{stride_b, 1, stride_h, C}, out,
+                               ImageStrides{H * W * C, 1, W * C, C}, cell_mask, draw, B, C, H, W, S, T{}, mask_token,
+                               stream);
 }
 
 template <typename T>
@@ -514,6 +554,9 @@ cudaError_t launch_mask_tokens_grid_backward(const T* grad_out, int64_t stride_b
   template cudaError_t launch_mask_tokens_grid_forward<T>(const T*, int64_t, int64_t, int64_t, const T*,         \
                                                           const uint8_t*, T*, int64_t, int64_t, int64_t, int64_t, \
                                                           int64_t, cudaStream_t);                                 \
+  template cudaError_t launch_mask_tokens_grid_random<T>(const T*, int64_t, int64_t, int64_t, const T*, uint8_t*, \
+                                                         uint64_t, const int64_t*, int64_t, T*, int64_t, int64_t,  \
+                                                         int64_t, int64_t, int64_t, cudaStream_t);                 \
   template cudaError_t launch_mask_tokens_grid_backward<T>(const T*, int64_t, int64_t, int64_t, const uint8_t*,  \
                                                            T*, T*, void*, int64_t, int64_t, int64_t, int64_t,     \
                                                            int64_t, cudaStream_t);

@@ -165,6 +165,27 @@ cudaError_t launch_mask_tokens_grid_forward(const T* tokens,
                                             int64_t S,
                                             cudaStream_t stream);
 
+// The cell mask and the masked tokens at once: cell_mask [B, G_h, G_w] (out) = launch_select_tokens(seed, seed_ptr,
+// B, G_h * G_w, num_keep, ..., removed = cell_mask)'s bytes, and out as launch_mask_tokens_grid_forward with it.
+// One launch up to 256 cells per sample when each token row (w, c) is contiguous (stride_w = C), else two.
+template <typename T>
+cudaError_t launch_mask_tokens_grid_random(const T* tokens,
+                                           int64_t stride_b,
+                                           int64_t stride_h,
+                                           int64_t stride_w,
+                                           const T* mask_token,
+                                           uint8_t* cell_mask,
+                                           uint64_t seed,
+                                           const int64_t* seed_ptr,
+                                           int64_t num_keep,
+                                           T* out,
+                                           int64_t B,
+                                           int64_t H,
+                                           int64_t W,
+                                           int64_t C,
+                                           int64_t S,
+                                           cudaStream_t stream);
+
 // Partial sums of the mask token's gradient: the B * (H / S) cell rows (S token rows each) split into this many
 // contiguous parts (fixed by the shape).
 constexpr int64_t kMaxMaskTokenParts = 1024;

@@ -50,7 +50,7 @@ def test_extension_is_a_backend():
     assert ("cuda" in mk.available_backends()) == (torch.cuda.is_available() or CUDA_EMULATED)
     assert _C.MAX_SELECT_TOKENS == MAX_TOKENS
     names = ("select_tokens", "gather_tokens", "scatter_tokens", "grid_cell_mask", "mask_image_grid")
-    names += ("mask_image_grid_random",)
+    names += ("mask_image_grid_random", "mask_tokens_grid_random")
     names += ("mask_tokens_grid_forward", "mask_tokens_grid_backward", "masksub_loss_forward", "masksub_loss_backward")
     assert all(hasattr(_C, name) for name in names)
 
@@ -533,6 +533,41 @@ def test_mask_tokens_grid_matches_reference(dtype, height, width, channels, cell
     assert only_mask[0].numel() == 0 and torch.equal(_bits(only_mask[1]), _bits(grad_mask))  # same fixed order
     only_tokens = EXT.mask_tokens_grid_backward(grad, cells, cell_size, True, False)
     assert only_tokens[1].numel() == 0 and torch.equal(_bits(only_tokens[0]), _bits(grad_tokens))
+
+
+@kernels
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(
+    ("grid", "cell_size", "channels", "num_keep"), [((7, 7), 2, 40, 24), ((2, 3), 4, 3, 2), ((17, 16), 1, 1, 100)]
+)
+def test_mask_tokens_grid_random_matches_reference(dtype, grid, cell_size, channels, num_keep):
+    # cells drawn in the masking launch (contiguous token rows, up to 256 cells; 3 channels of 2 bytes: 2-byte
+    # words; one channel) or by the selection kernel first (hw-swapped rows; 17 x 16 cells), with an int seed and a
+    # seed tensor: the reference's cells and tokens
+    height, width = grid[0] * cell_size, grid[1] * cell_size
+    tokens = torch.randn(2, height, width, channels, device=DEV).to(dtype)
+    token = torch.randn(channels, device=DEV).to(dtype)
+    expected_mask = gm.cell_mask_reference(77, 2, grid[0] * grid[1], num_keep, CPU).view(2, *grid)
+    swapped = tokens.transpose(1, 2).contiguous().transpose(1, 2)
+    seed = torch.tensor(77, dtype=torch.int64, device=DEV)
+    for view, (seed_value, seed_tensor) in ((tokens, (77, None)), (swapped, (0, seed)), (tokens, (0, seed))):
+        out, mask = EXT.mask_tokens_grid_random(view, token, seed_value, seed_tensor, cell_size, num_keep)
+        assert mask.dtype == torch.bool and torch.equal(mask.cpu(), expected_mask) and out.is_contiguous()
+        expected = tgm.mask_tokens_reference(view.cpu(), token.cpu(), expected_mask, cell_size)
+        assert torch.equal(_bits(out), _bits(expected))
+
+
+@needs_C
+def test_mask_tokens_grid_random_refusals():
+    tokens, token = torch.zeros(2, 16, 16, 40), torch.zeros(40)
+    with pytest.raises(RuntimeError, match="tokens must be a CUDA tensor, got cpu"):
+        _C.mask_tokens_grid_random(tokens, token, 1, None, 8, 2)
+    with pytest.raises(RuntimeError, match="mask_token must have C=40 elements, got shape"):
+        _C.mask_tokens_grid_random(tokens, torch.zeros(39), 1, None, 8, 2)
+    with pytest.raises(RuntimeError, match="tokens of 16 x 16 is not divisible by cell_size=5"):
+        _C.mask_tokens_grid_random(tokens, token, 1, None, 5, 2)
+    with pytest.raises(RuntimeError, match=r"num_keep must be in \[1, num_cells=4\], got 0"):
+        _C.mask_tokens_grid_random(tokens, token, 1, None, 8, 0)
 
 
 @kernels

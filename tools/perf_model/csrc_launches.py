@@ -213,6 +213,12 @@ def mask_tokens_grid_forward(tokens: torch.Tensor, cell: int) -> Call:
         "out": _address(out), "B": b, "H": h, "W": w, "C": c, "S": cell})  # fmt: skip
 
 
+def mask_tokens_grid_random(tokens: torch.Tensor, cell: int, num_keep: int) -> Call:
+    """bindings.cpp mask_tokens_grid_random: a fresh contiguous out and bool cell mask, an int seed."""
+    call = mask_tokens_grid_forward(tokens, cell)
+    return Call("mask_tokens_grid_random", call.dtype, {**call.named, "num_keep": num_keep})
+
+
 def mask_tokens_grid_backward(grad: torch.Tensor, cell: int) -> Call:
     """bindings.cpp mask_tokens_grid_backward, both gradients wanted (the partials workspace fp32)."""
     b, h, w, c = grad.shape
