@@ -92,7 +92,7 @@ inline uint64_t stride_bits(int64_t stride, int64_t size, int64_t element) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The cells of a unit drawn in the mask launch (mask_image_grid_random)
+// The cells of a unit drawn in the masking launch (mask_image_grid_random, mask_tokens_grid_random)
 // ---------------------------------------------------------------------------------------------------------------
 
 struct CellDraw {
