@@ -326,6 +326,37 @@ at::Tensor mask_image_grid(const at::Tensor& images, const at::Tensor& cell_mask
   return out;
 }
 
+// The cell mask drawn and the images masked with it (mask_image_grid's one launch where the grid allows).
+std::tuple<at::Tensor, at::Tensor> mask_image_grid_random(const at::Tensor& images, int64_t seed,
+                                                          const std::optional<at::Tensor>& seed_tensor,
+                                                          int64_t cell_size, int64_t num_keep, double fill_value) {
+  CHECK_DIM(images, 4, "[batch, channels, height, width]");
+  CHECK_DTYPE(images, FLOAT_DTYPES);
+  const int64_t B = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
+  TORCH_CHECK(cell_size >= 1, "cell_size must be >= 1, got ", cell_size);
+  TORCH_CHECK(H % cell_size == 0 && W % cell_size == 0, "images of ", H, " x ", W,
+              " is not divisible by cell_size=", cell_size);
+  const int64_t grid_h = H / cell_size, grid_w = W / cell_size;
+  check_selection(B, grid_h * grid_w, num_keep, "num_cells", "num_keep");
+  CHECK_DEVICE(images);
+  const int64_t* seed_ptr = seed_pointer(seed_tensor, images.device());
+  const DeviceGuard guard(images.device());
+  at::Tensor out = at::empty_like(images);  // the input's layout (contiguous or channels_last)
+  at::Tensor mask = at::empty({B, grid_h, grid_w}, images.options().dtype(at::kBool));
+  const masksub::ImageStrides in_strides{images.stride(0), images.stride(1), images.stride(2), images.stride(3)};
+  const masksub::ImageStrides out_strides{out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
+  dispatch_float(images.scalar_type(), "images", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    CHECK_LAUNCH("mask_image_grid_random",
+                 masksub::launch_mask_image_grid_random<T>(
+                     data_of<T>(images), in_strides, mutable_data_of<T>(out), out_strides,
+                     reinterpret_cast<uint8_t*>(mask.mutable_data_ptr()), static_cast<uint64_t>(seed), seed_ptr,
+                     num_keep, B, C, H, W, cell_size, scalar_as<T>(fill_value, images.scalar_type()),
+                     current_stream(images.device())));
+  });
+  return {out, mask};
+}
+
 at::Tensor mask_tokens_grid_forward(const at::Tensor& tokens, const at::Tensor& mask_token,
                                     const at::Tensor& cell_mask, int64_t cell_size) {
   CHECK_DIM(tokens, 4, "[batch, height, width, channels]");
@@ -353,6 +384,40 @@ at::Tensor mask_tokens_grid_forward(const at::Tensor& tokens, const at::Tensor& 
   return out;
 }
 
+// The cell mask drawn and the tokens masked with it (mask_tokens_grid_forward's one launch where the grid allows).
+std::tuple<at::Tensor, at::Tensor> mask_tokens_grid_random(const at::Tensor& tokens, const at::Tensor& mask_token,
+                                                           int64_t seed, const std::optional<at::Tensor>& seed_tensor,
+                                                           int64_t cell_size, int64_t num_keep) {
+  CHECK_DIM(tokens, 4, "[batch, height, width, channels]");
+  CHECK_DTYPE(tokens, FLOAT_DTYPES);
+  const int64_t B = tokens.size(0), H = tokens.size(1), W = tokens.size(2), C = tokens.size(3);
+  TORCH_CHECK(mask_token.numel() == C, "mask_token must have C=", C, " elements, got shape ", mask_token.sizes());
+  TORCH_CHECK(mask_token.scalar_type() == tokens.scalar_type(), "mask_token must have the dtype of tokens (",
+              dtype_name(tokens.scalar_type()), "), got ", dtype_name(mask_token.scalar_type()));
+  TORCH_CHECK(cell_size >= 1, "cell_size must be >= 1, got ", cell_size);
+  TORCH_CHECK(H % cell_size == 0 && W % cell_size == 0, "tokens of ", H, " x ", W,
+              " is not divisible by cell_size=", cell_size);
+  const int64_t grid_h = H / cell_size, grid_w = W / cell_size;
+  check_selection(B, grid_h * grid_w, num_keep, "num_cells", "num_keep");
+  CHECK_DEVICE(tokens);
+  CHECK_SAME_DEVICE(mask_token, tokens);
+  const int64_t* seed_ptr = seed_pointer(seed_tensor, tokens.device());
+  const DeviceGuard guard(tokens.device());
+  const at::Tensor source = last_dim_dense(tokens);
+  const at::Tensor token = mask_token.reshape({C}).contiguous();
+  at::Tensor out = at::empty({B, H, W, C}, tokens.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor mask = at::empty({B, grid_h, grid_w}, tokens.options().dtype(at::kBool));
+  dispatch_float(tokens.scalar_type(), "tokens", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    CHECK_LAUNCH("mask_tokens_grid_random",
+                 masksub::launch_mask_tokens_grid_random<T>(
+                     data_of<T>(source), source.stride(0), source.stride(1), source.stride(2), data_of<T>(token),
+                     reinterpret_cast<uint8_t*>(mask.mutable_data_ptr()), static_cast<uint64_t>(seed), seed_ptr,
+                     num_keep, mutable_data_of<T>(out), B, H, W, C, cell_size, current_stream(tokens.device())));
+  });
+  return {out, mask};
+}
+
 std::tuple<at::Tensor, at::Tensor> mask_tokens_grid_backward(const at::Tensor& grad_out, const at::Tensor& cell_mask,
                                                              int64_t cell_size, bool need_tokens_grad,
                                                              bool need_mask_grad) {
@@ -368,9 +433,9 @@ std::tuple<at::Tensor, at::Tensor> mask_tokens_grid_backward(const at::Tensor& g
   at::Tensor grad_mask = at::empty({need_mask_grad ? C : 0}, options);
   if (!need_tokens_grad && !need_mask_grad) return {grad_tokens, grad_mask};
   const at::Tensor source = last_dim_dense(grad_out);
-  const int64_t parts = need_mask_grad ? masksub::mask_token_grad_parts(B * H * W) : 0;
+  const int64_t parts = need_mask_grad ? masksub::mask_token_grad_parts(B, H, cell_size) : 0;
   const auto accumulator = grad_out.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor partials = at::empty({parts, C}, options.dtype(accumulator));  // workspace of the fixed-order sum
+  at::Tensor partials = at::empty({C, parts}, options.dtype(accumulator));  // workspace of the fixed-order sum
   dispatch_float(grad_out.scalar_type(), "grad_out", [&](auto tag) {
     using T = typename decltype(tag)::type;
     CHECK_LAUNCH("mask_tokens_grid_backward",
@@ -552,9 +617,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mask_image_grid", &mask_image_grid,
         "images [B, C, H, W] with the removed cells set to fill_value, in the images' layout",
         py::arg("images"), py::arg("cell_mask"), py::arg("cell_size"), py::arg("fill_value"));
+  m.def("mask_image_grid_random", &mask_image_grid_random,
+        "(images [B, C, H, W] with the removed cells set to fill_value, in the images' layout; bool cell mask "
+        "[B, H / cell_size, W / cell_size], the cells grid_cell_mask removes)",
+        py::arg("images"), py::arg("seed"), py::arg("seed_tensor"), py::arg("cell_size"), py::arg("num_keep"),
+        py::arg("fill_value"));
   m.def("mask_tokens_grid_forward", &mask_tokens_grid_forward,
         "contiguous [B, H, W, C]: the mask token on removed cells, the tokens elsewhere", py::arg("tokens"),
         py::arg("mask_token"), py::arg("cell_mask"), py::arg("cell_size"));
+  m.def("mask_tokens_grid_random", &mask_tokens_grid_random,
+        "(contiguous [B, H, W, C]: the mask token on the removed cells, the tokens elsewhere; bool cell mask "
+        "[B, H / cell_size, W / cell_size], the cells grid_cell_mask removes)",
+        py::arg("tokens"), py::arg("mask_token"), py::arg("seed"), py::arg("seed_tensor"), py::arg("cell_size"),
+        py::arg("num_keep"));
   m.def("mask_tokens_grid_backward", &mask_tokens_grid_backward,
         "(grad_tokens [B, H, W, C] or [0], grad_mask_token [C] or [0]); grad_mask_token summed in a fixed order",
         py::arg("grad_out"), py::arg("cell_mask"), py::arg("cell_size"), py::arg("need_tokens_grad"),

@@ -128,6 +128,26 @@ cudaError_t launch_mask_image_grid(const T* images,
                                    T fill,
                                    cudaStream_t stream);
 
+// The cell mask and the masked images at once: cell_mask [B, G_h, G_w] (out) = launch_select_tokens(seed,
+// seed_ptr, B, G_h * G_w, num_keep, ..., removed = cell_mask)'s bytes, and out as launch_mask_image_grid with it.
+// One launch up to 256 cells per sample (each block draws its cell row's cells), else the selection, then the masking.
+template <typename T>
+cudaError_t launch_mask_image_grid_random(const T* images,
+                                          ImageStrides image_strides,
+                                          T* out,
+                                          ImageStrides out_strides,
+                                          uint8_t* cell_mask,
+                                          uint64_t seed,
+                                          const int64_t* seed_ptr,
+                                          int64_t num_keep,
+                                          int64_t B,
+                                          int64_t C,
+                                          int64_t H,
+                                          int64_t W,
+                                          int64_t S,
+                                          T fill,
+                                          cudaStream_t stream);
+
 // out [B, H, W, C] contiguous = mask_token [C] on removed cells, tokens elsewhere; tokens: element (b, h, w, c) at
 // tokens[b * stride_b + h * stride_h + w * stride_w + c] (channel stride 1).
 template <typename T>
@@ -145,18 +165,41 @@ cudaError_t launch_mask_tokens_grid_forward(const T* tokens,
                                             int64_t S,
                                             cudaStream_t stream);
 
-// Partial sums of the mask token's gradient: the B*H*W tokens split into this many parts (fixed by the shape).
+// The cell mask and the masked tokens at once: cell_mask [B, G_h, G_w] (out) = launch_select_tokens(seed, seed_ptr,
+// B, G_h * G_w, num_keep, ..., removed = cell_mask)'s bytes, and out as launch_mask_tokens_grid_forward with it.
+// One launch up to 256 cells per sample when each token row (w, c) is contiguous (stride_w = C), else two.
+template <typename T>
+cudaError_t launch_mask_tokens_grid_random(const T* tokens,
+                                           int64_t stride_b,
+                                           int64_t stride_h,
+                                           int64_t stride_w,
+                                           const T* mask_token,
+                                           uint8_t* cell_mask,
+                                           uint64_t seed,
+                                           const int64_t* seed_ptr,
+                                           int64_t num_keep,
+                                           T* out,
+                                           int64_t B,
+                                           int64_t H,
+                                           int64_t W,
+                                           int64_t C,
+                                           int64_t S,
+                                           cudaStream_t stream);
+
+// Partial sums of the mask token's gradient: the B * (H / S) cell rows (S token rows each) split into this many
+// contiguous parts (fixed by the shape).
 constexpr int64_t kMaxMaskTokenParts = 1024;
-inline int64_t mask_token_grad_parts(int64_t tokens) {
-  if (tokens <= 0) return 0;
-  const int64_t per_part = (tokens + kMaxMaskTokenParts - 1) / kMaxMaskTokenParts;
-  return (tokens + per_part - 1) / per_part;
+inline int64_t mask_token_grad_parts(int64_t B, int64_t H, int64_t S) {
+  const int64_t cell_rows = S >= 1 ? B * (H / S) : 0;
+  if (cell_rows <= 0) return 0;
+  const int64_t per_part = (cell_rows + kMaxMaskTokenParts - 1) / kMaxMaskTokenParts;
+  return (cell_rows + per_part - 1) / per_part;
 }
 
 // grad_tokens [B, H, W, C] contiguous (null: not wanted) = 0 on removed cells, grad_out elsewhere;
 // grad_mask [C] (null: not wanted) = sum of grad_out over removed tokens, accumulated in fp32 (fp64 for double) in
-// a fixed order: `partials` is a workspace of mask_token_grad_parts(B*H*W) x C accumulators (float, or double for
-// T = double). grad_out: element (b, h, w, c) at grad_out[b * stride_b + h * stride_h + w * stride_w + c].
+// a fixed order: `partials` is a workspace of C x mask_token_grad_parts(B, H, S) accumulators (float, or double
+// for T = double). grad_out: element (b, h, w, c) at grad_out[b * stride_b + h * stride_h + w * stride_w + c].
 template <typename T>
 cudaError_t launch_mask_tokens_grid_backward(const T* grad_out,
                                              int64_t stride_b,

@@ -50,6 +50,7 @@ def test_extension_is_a_backend():
     assert ("cuda" in mk.available_backends()) == (torch.cuda.is_available() or CUDA_EMULATED)
     assert _C.MAX_SELECT_TOKENS == MAX_TOKENS
     names = ("select_tokens", "gather_tokens", "scatter_tokens", "grid_cell_mask", "mask_image_grid")
+    names += ("mask_image_grid_random", "mask_tokens_grid_random")
     names += ("mask_tokens_grid_forward", "mask_tokens_grid_backward", "masksub_loss_forward", "masksub_loss_backward")
     assert all(hasattr(_C, name) for name in names)
 
@@ -458,6 +459,39 @@ def test_mask_image_grid_matches_reference(dtype, channels, height, width, cell_
         assert torch.equal(_bits(out), _bits(expected)), name
 
 
+@kernels
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(
+    ("channels", "grid", "cell_size", "num_keep"),
+    [(3, (7, 7), 4, 24), (2, (16, 16), 2, 179), (1, (17, 16), 1, 100), (4, (2, 3), 8, 1)],
+)
+def test_mask_image_grid_random_matches_reference(dtype, channels, grid, cell_size, num_keep):
+    # the cell mask drawn in the masking launch (up to 256 cells: (16, 16) is the limit) or by the selection kernel
+    # first (17 x 16 cells), in every layout, with an int seed and a seed tensor: the reference's cells and pixels
+    height, width = grid[0] * cell_size, grid[1] * cell_size
+    images = torch.randn(3, channels, height, width, device=DEV).to(dtype)
+    expected_mask = gm.cell_mask_reference(2**40 + 9, 3, grid[0] * grid[1], num_keep, CPU).view(3, *grid)
+    seeds = (2**40 + 9, torch.tensor([2**40 + 9], dtype=torch.int64, device=DEV))
+    for (name, view), seed in zip(_image_layouts(images).items(), seeds + seeds[:1]):
+        seed_value, seed_tensor = (seed, None) if isinstance(seed, int) else (0, seed)
+        out, mask = EXT.mask_image_grid_random(view, seed_value, seed_tensor, cell_size, num_keep, -0.5)
+        assert mask.dtype == torch.bool and torch.equal(mask.cpu(), expected_mask), name
+        assert out.stride() == torch.empty_like(view).stride(), name
+        expected = gm.mask_image_reference(view.cpu(), expected_mask, cell_size, -0.5)
+        assert torch.equal(_bits(out), _bits(expected)), name
+
+
+@needs_C
+def test_mask_image_grid_random_refusals():
+    images = torch.zeros(2, 3, 64, 64)
+    with pytest.raises(RuntimeError, match="images must be a CUDA tensor, got cpu"):
+        _C.mask_image_grid_random(images, 1, None, 32, 2, 0.0)
+    with pytest.raises(RuntimeError, match="images of 64 x 64 is not divisible by cell_size=24"):
+        _C.mask_image_grid_random(images, 1, None, 24, 2, 0.0)
+    with pytest.raises(RuntimeError, match=r"num_keep must be in \[1, num_cells=4\], got 5"):
+        _C.mask_image_grid_random(images, 1, None, 32, 5, 0.0)
+
+
 def _assert_mask_token_grad(grad_mask, grad, cells, cell_size):
     """grad_mask [C] against the fp64 sum of grad [B, H, W, C] over the removed cells' tokens. Summation in fp32
     (fp64 for fp64) over n terms, then one rounding to the dtype: the classic bound |error| <= n u sum|x| + eps |sum|
@@ -502,20 +536,70 @@ def test_mask_tokens_grid_matches_reference(dtype, height, width, channels, cell
 
 
 @kernels
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(
+    ("grid", "cell_size", "channels", "num_keep"), [((7, 7), 2, 40, 24), ((2, 3), 4, 3, 2), ((17, 16), 1, 1, 100)]
+)
+def test_mask_tokens_grid_random_matches_reference(dtype, grid, cell_size, channels, num_keep):
+    # cells drawn in the masking launch (contiguous token rows, up to 256 cells; 3 channels of 2 bytes: 2-byte
+    # words; one channel) or by the selection kernel first (hw-swapped rows; 17 x 16 cells), with an int seed and a
+    # seed tensor: the reference's cells and tokens
+    height, width = grid[0] * cell_size, grid[1] * cell_size
+    tokens = torch.randn(2, height, width, channels, device=DEV).to(dtype)
+    token = torch.randn(channels, device=DEV).to(dtype)
+    expected_mask = gm.cell_mask_reference(77, 2, grid[0] * grid[1], num_keep, CPU).view(2, *grid)
+    swapped = tokens.transpose(1, 2).contiguous().transpose(1, 2)
+    seed = torch.tensor(77, dtype=torch.int64, device=DEV)
+    for view, (seed_value, seed_tensor) in ((tokens, (77, None)), (swapped, (0, seed)), (tokens, (0, seed))):
+        out, mask = EXT.mask_tokens_grid_random(view, token, seed_value, seed_tensor, cell_size, num_keep)
+        assert mask.dtype == torch.bool and torch.equal(mask.cpu(), expected_mask) and out.is_contiguous()
+        expected = tgm.mask_tokens_reference(view.cpu(), token.cpu(), expected_mask, cell_size)
+        assert torch.equal(_bits(out), _bits(expected))
+
+
+@needs_C
+def test_mask_tokens_grid_random_refusals():
+    tokens, token = torch.zeros(2, 16, 16, 40), torch.zeros(40)
+    with pytest.raises(RuntimeError, match="tokens must be a CUDA tensor, got cpu"):
+        _C.mask_tokens_grid_random(tokens, token, 1, None, 8, 2)
+    with pytest.raises(RuntimeError, match="mask_token must have C=40 elements, got shape"):
+        _C.mask_tokens_grid_random(tokens, torch.zeros(39), 1, None, 8, 2)
+    with pytest.raises(RuntimeError, match="tokens of 16 x 16 is not divisible by cell_size=5"):
+        _C.mask_tokens_grid_random(tokens, token, 1, None, 5, 2)
+    with pytest.raises(RuntimeError, match=r"num_keep must be in \[1, num_cells=4\], got 0"):
+        _C.mask_tokens_grid_random(tokens, token, 1, None, 8, 0)
+
+
+@kernels
 def test_mask_token_grad_adds_every_token_of_a_part():
-    # 2048 tokens: two per partial sum, so a block adds its token rows in shared memory (after a barrier); every cell
-    # removed, so every token of every part counts
+    # a part = a cell row of 8 x 32 tokens: each thread adds two tokens of each of 8 rows, then the block adds its
+    # threads' sums in shared memory (after a barrier); every cell removed, so every token of every part counts
     cells = torch.ones(2, 4, 4, dtype=torch.bool, device=DEV)
     grad = torch.randn(2, 32, 32, 40, generator=torch.Generator().manual_seed(0)).to(DEV)
     _assert_mask_token_grad(EXT.mask_tokens_grid_backward(grad, cells, 8, False, True)[1], grad, cells, 8)
 
 
 @kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mask_token_grad_channel_chunks(dtype):
+    # more channel words than a block's threads (1040 fp32 = 260 words of 16 bytes; 2056 bf16 = 257): the channels
+    # split over a second grid dimension, each chunk's threads keeping their own words
+    channels = 1040 if dtype == torch.float32 else 2056
+    generator = torch.Generator().manual_seed(5)
+    cells = torch.tensor([[[True, False], [False, True]]], device=DEV)
+    grad = torch.randn(1, 4, 4, channels, generator=generator).to(dtype).to(DEV)
+    grad_tokens, grad_mask = EXT.mask_tokens_grid_backward(grad, cells, 2, True, True)
+    expected_tokens, _ = tgm.mask_tokens_backward_reference(grad.cpu(), cells.cpu(), 2)
+    assert torch.equal(_bits(grad_tokens), _bits(expected_tokens))
+    _assert_mask_token_grad(grad_mask, grad, cells, 2)
+
+
+@kernels
 @pytest.mark.parametrize("width", [2, 4])
 @pytest.mark.parametrize("layout", ["contiguous", "hw-swapped"])
 def test_mask_token_grad_narrow_rows(width, layout):
-    # Over 8192 tokens (9 per part, more than the 8 token rows of a block) with W < 8: one step of 8 tokens crosses
-    # several rows, so the kernel's carry into h repeats; S = 2 makes the cell a non-linear function of the token.
+    # Over 1024 cell rows (3 per part, in turn) of narrow rows (W < 8: a block's threads take several token rows at
+    # once); S = 2 makes the cell a non-linear function of the token.
     batch, channels, cell = 2, 8, 2
     height = 2 * (9000 // (2 * batch * width) + 1)
     generator = torch.Generator().manual_seed(3)

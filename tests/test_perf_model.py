@@ -129,7 +129,8 @@ def test_cuda_rows_beside_every_triton_row(model_run):
     ]
     assert forward[1]["access_bytes"] == [16]
     image = cuda["grid_mask | images B=256 3x224x224 cell 32 channels_last | bfloat16 [channels_last] | forward"]
-    assert image["kernels"][1]["kernel"] == "mask_image_kernel<__nv_bfloat16,true>"
+    assert [k["kernel"] for k in image["kernels"]] == ["mask_image_kernel<uint4,true>"]  # cells drawn in the launch
+    assert image["kernels"][0]["access_bytes"] == [16]
     loss = cuda["loss | BERT-like M=16384 C=30522 | bfloat16 [CE, class ids] | forward"]
     assert loss["kernels"][0]["grid"] == [16384, 1, 1] and loss["extra_launches"] == 1  # at::zeros in the binding
 
@@ -153,6 +154,8 @@ def test_launch_recorder_runs_csrc_launch_code():
         cl.gather_tokens(odd, 98, 1),
         cl.mask_image_grid(images, 32),
         cl.mask_image_grid(images.to(memory_format=torch.channels_last), 32),
+        cl.mask_image_grid_random(images, 4, 100),  # 256 cells: drawn in the masking launch
+        cl.mask_image_grid_random(images[:, :, :, :34], 2, 100),  # 544 cells: the selection, then the masking
         cl.masksub_loss_forward(*(torch.empty(10, 1000, **meta),) * 2, torch.empty(10, dtype=torch.int64), False),
     ]
     launches = cl.record(calls)
@@ -163,10 +166,13 @@ def test_launch_recorder_runs_csrc_launch_code():
     assert names[2] == ["copy_rows_kernel<uint4,GatherRows<long>>"] and gather.args[1:4] == [4 * 99, 96, 5]
     assert gather.grid == (-(-4 * 99 // 8), 1, 1)
     assert names[3] == ["copy_rows_kernel<unsignedshort,GatherRows<long>>"]
-    assert names[4] == ["mask_image_kernel<__nv_bfloat16,false>"] and names[5] == [
-        "mask_image_kernel<__nv_bfloat16,true>"
-    ]
-    assert names[6] == ["loss_forward_kernel<__nv_bfloat16>"] and launches[6][0].grid == (10, 1, 1)
+    # image rows: NCHW rows of 64 elements in 3 planes, channels_last rows of 64 x 3 (16-byte words: 8 and 24),
+    # a unit (sample, cell row) per block; args[10:15] = planes, S, row words, cell words, lanes
+    assert names[4] == names[5] == ["mask_image_kernel<uint4,false>"] and launches[4][0].grid == (4, 1, 1)
+    assert launches[4][0].args[10:15] == [3, 32, 8, 4, 8] and launches[5][0].args[10:15] == [1, 32, 24, 12, 24]
+    assert names[6] == ["mask_image_kernel<uint2,true>"] and launches[6][0].grid == (2 * 16, 1, 1)  # 8-byte cells
+    assert names[7] == ["select_tokens_kernel<256,4,false>", "mask_image_kernel<unsignedint,false>"]  # 68-byte rows
+    assert names[8] == ["loss_forward_kernel<__nv_bfloat16>"] and launches[8][0].grid == (10, 1, 1)
 
 
 def test_kernel_names_normalise_alike():

@@ -299,6 +299,8 @@ def _mask_image_random_kernel(
 # Launchers. The CUDA extension (masksub_kernels._C, csrc/grid_mask.cu) takes the same arguments:
 #   _C.grid_cell_mask(seed, seed_tensor or None, batch_size, num_cells, num_keep, device) -> bool [B, Lc]
 #   _C.mask_image_grid(images, cell_mask, cell_size, fill_value) -> [B, C, H, W], images' layout (empty_like)
+#   _C.mask_image_grid_random(images, seed, seed_tensor or None, cell_size, num_keep, fill_value) -> (masked, cell
+#       mask [B, G_h, G_w]): the two above in one launch where a block can draw a sample's cells (Lc <= 256)
 # cell_mask: bool [B, G_h, G_w] contiguous. The token ops of csrc/grid_mask.cu are launched in token_grid_mask.py.
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -443,10 +445,7 @@ def _mask_image_random_reference(images, seed, seed_tensor, cell_size, num_keep,
 
 
 def _mask_image_random_cuda(extension, images, seed, seed_tensor, cell_size, num_keep, fill_value):
-    batch_size, _, height, width = images.shape
-    grid = (batch_size, height // cell_size, width // cell_size)
-    mask = extension.grid_cell_mask(seed, seed_tensor, batch_size, grid[1] * grid[2], num_keep, images.device)
-    return extension.mask_image_grid(images, mask.view(grid), cell_size, fill_value), mask.view(grid)
+    return tuple(extension.mask_image_grid_random(images, seed, seed_tensor, cell_size, num_keep, fill_value))
 
 
 @masksub_op(
@@ -454,7 +453,7 @@ def _mask_image_random_cuda(extension, images, seed, seed_tensor, cell_size, num
     device="images",
     torch=_mask_image_random_reference,
     triton=_mask_image_random_triton,  # one launch: the cell mask and the masking
-    cuda=_mask_image_random_cuda,  # the extension's two ops, in turn
+    cuda=_mask_image_random_cuda,  # one launch too, up to 256 cells (csrc/grid_mask.cu)
     records=("mask_image_grid", "random_grid_mask"),
 )
 def _mask_image_random_op(

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import torch
 
+from .._philox import resolve_seed, seed_value
 from .._triton import jit, next_power_of_2, tl
-from ._common import cdiv, masksub_op
-from .grid_mask import _cell_grid, _check_float_tensor, _tile, random_grid_mask
+from ._common import cdiv, check_keep_args, masksub_op, resolve_device
+from .grid_mask import _cell_grid, _cell_mask_triton, _check_float_tensor, _tile, cell_mask_reference
 from .token_select import num_kept_tokens
 
 MAX_PARTIALS = 1024  # programs of the token backward: at most this many partial sums of dm per channel
@@ -394,6 +395,67 @@ def _mask_tokens_backward(ctx, grad_out):
 _mask_tokens_op.register_autograd(_mask_tokens_backward, setup_context=_mask_tokens_setup_context)
 
 
+# The cell mask and the masked tokens in one op (what mask_tokens_grid calls): the CUDA extension draws the cells in
+# the masking launch (csrc/grid_mask.cu, up to 256 cells); Triton and torch run the cell mask, then the masking.
+
+
+def _mask_tokens_random_torch(tokens, mask_token, seed, seed_tensor, cell_size, num_keep):
+    batch, height, width, _ = tokens.shape
+    grid = (batch, height // cell_size, width // cell_size)
+    cells = cell_mask_reference(seed_value(seed, seed_tensor), batch, grid[1] * grid[2], num_keep, tokens.device)
+    return _mask_tokens_forward_torch(tokens, mask_token, cells.view(grid), cell_size), cells.view(grid)
+
+
+def _mask_tokens_random_triton(tokens, mask_token, seed, seed_tensor, cell_size, num_keep):
+    batch, height, width, _ = tokens.shape
+    grid = (batch, height // cell_size, width // cell_size)
+    cells = _cell_mask_triton(seed, seed_tensor, batch, grid[1] * grid[2], num_keep, tokens.device).view(grid)
+    return _mask_tokens_forward_triton(tokens, mask_token, cells, cell_size), cells
+
+
+@masksub_op(
+    "mask_tokens_grid_random",
+    device="tokens",
+    torch=_mask_tokens_random_torch,
+    triton=_mask_tokens_random_triton,
+    cuda=lambda extension, *args: tuple(extension.mask_tokens_grid_random(*args)),
+    records=("mask_tokens_grid", "random_grid_mask"),
+)
+def _mask_tokens_random_op(
+    tokens: torch.Tensor,
+    mask_token: torch.Tensor,
+    seed: int,
+    seed_tensor: torch.Tensor | None,
+    cell_size: int,
+    num_keep: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B, H, W, C] contiguous, bool cell mask [B, G_h, G_w], True on the removed cells)."""
+
+
+@_mask_tokens_random_op.register_fake
+def _(tokens, mask_token, seed, seed_tensor, cell_size, num_keep):
+    grid = (tokens.shape[0], tokens.shape[1] // cell_size, tokens.shape[2] // cell_size)
+    return tokens.new_empty(tokens.shape), torch.empty(grid, dtype=torch.bool, device=tokens.device)
+
+
+def _mask_tokens_random_setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+    ctx.cell_size = inputs[4]
+
+
+def _mask_tokens_random_backward(ctx, grad_out, _):
+    (cell_mask,) = ctx.saved_tensors
+    need_tokens, need_mask = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if grad_out is None:
+        return None, None, None, None, None, None
+    grad_tokens, grad_mask = _mask_tokens_backward_op(grad_out, cell_mask, ctx.cell_size, need_tokens, need_mask)
+    return (grad_tokens if need_tokens else None), (grad_mask if need_mask else None), None, None, None, None
+
+
+_mask_tokens_random_op.register_autograd(_mask_tokens_random_backward, setup_context=_mask_tokens_random_setup_context)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------------------
@@ -421,6 +483,9 @@ def mask_tokens_grid(
     _check_mask_token(tokens, mask_token)
     grid_h, grid_w = _cell_grid(tokens.shape[1], tokens.shape[2], cell_size, "tokens grid")
     num_keep = num_kept_tokens(grid_h * grid_w, mask_ratio)
-    mask = random_grid_mask(tokens.shape[0], (grid_h, grid_w), num_keep, seed=seed, device=tokens.device)
-    out = _mask_tokens_op(tokens, mask_token.reshape(tokens.shape[3]), mask, cell_size)
+    check_keep_args(tokens.shape[0], grid_h * grid_w, num_keep)  # random_grid_mask's checks, in its order
+    seed, seed_tensor = resolve_seed(seed, resolve_device(tokens.device, seed))
+    out, mask = _mask_tokens_random_op(
+        tokens, mask_token.reshape(tokens.shape[3]), seed, seed_tensor, cell_size, num_keep
+    )
     return out, mask

@@ -321,6 +321,8 @@ def test_opcheck_of_the_token_and_grid_ops(backend):
     mask_token = torch.randn(3, device=DEVICE, requires_grad=True)
     args = (tokens, mask_token, cells, 2)
     torch.library.opcheck(token_grid_mask._mask_tokens_op.custom_op, args, test_utils=OPCHECK_UTILS)
+    args = (tokens, mask_token, 3, None, 2, 2)
+    torch.library.opcheck(token_grid_mask._mask_tokens_random_op.custom_op, args, test_utils=OPCHECK_UTILS)
 
 
 def test_auto_skips_a_backend_that_an_op_lacks(monkeypatch):

@@ -101,15 +101,30 @@ def _copy_rows(launch: CsrcLaunch) -> tuple:
 
 
 def _mask_image(launch: CsrcLaunch) -> tuple:
-    # args: x, xs, y, ys, cells, lines, C, H, W, S, lanes_log2, fill. A line (NCHW: W columns; channels_last: W*C)
-    # per group of `lanes` threads; nvcc unrolls the column loop 4x (one SASS loop of 4 stores), the remainder
-    # (up to 3 columns per thread) is straight code in the line loop
-    _, _, _, _, _, lines, c, _, w, _, lanes_log2, _ = launch.args
-    lanes, per_block = 1 << lanes_log2, 256 >> lanes_log2
-    columns = w * c if "true" in launch.kernel else w
-    trips = [math.ceil(lines / (launch.grid[0] * per_block)), math.ceil(columns / lanes) // 4]
-    size = lines * columns * ELEMENT_BYTES[launch.call.dtype]
-    return trips, per_block * min(lanes, columns), int(size * (1 - MASK_RATIO)) + lines * columns // 32, size
+    # args: x, xs, y, ys, cells, draw, fill, units, G_h, G_w, planes, S, row_words, cell_words, lanes. A grid-stride
+    # loop over units (b, cell row); per unit (SELECT, <...,true>) the Lc Philox draws (one per thread), then threads
+    # g < G_w count the keys before their cell (one warp in ceil(G_w / 32) of kWarps runs that loop: its trips are
+    # the average over the block's 8 warps), then each thread's word columns, planes and rows, kMaskUnroll = 4 rows
+    # of `groups` row groups per trip of the innermost loop
+    *_, units, grid_h, grid_w, planes, cell, row_words, _, lanes = launch.args
+    groups, per_word = 256 // lanes, {"uint4": 16, "uint2": 8, "unsignedint": 4, "unsignedshort": 2}
+    e = ELEMENT_BYTES[launch.call.dtype]
+    word = per_word[normalise(launch.kernel).split("<")[1].split(",")[0]] // e  # elements per word
+    unit_trips = math.ceil(units / launch.grid[0])
+    columns = math.ceil(row_words / lanes)
+    rows = math.ceil(cell / (4 * groups))
+    size = units * planes * cell * row_words * word * e
+    if "true" in launch.kernel:
+        cells = grid_h * grid_w
+        # depth 1 in SASS order: the draws, the cell loop for Lc = 0 (never), the cell loop, the word columns;
+        # depth 2: the count over the keys (unrolled 4x), the planes
+        count = math.ceil(grid_w / 32) / 8
+        trips = [unit_trips, (math.ceil(cells / 256), 0, count, columns), (cells / 4, planes), rows]
+        written = size + units // grid_h * cells
+    else:
+        trips, written = [unit_trips, columns, planes, rows], size
+    elements = 4 * groups * min(lanes, row_words) * word
+    return trips, elements, int(size * (1 - MASK_RATIO)) + units * grid_w, written
 
 
 def _select(launch: CsrcLaunch) -> tuple:
@@ -135,19 +150,31 @@ def _loss(launch: CsrcLaunch) -> tuple:
     return [math.ceil(c / 256)], 256, 2 * m * c * e + target + 9 * m * 4 + 2 * m * 4, 2 * m * c * e
 
 
-def _partials(launch: CsrcLaunch) -> tuple:
-    # block (32 channels x 8 tokens) per (part, channel block): tokens_per_part / 8 iterations, reading the removed
-    # tokens only; the carry loop into (h, b) runs about once per iteration
-    _, _, _, _, _, _, tokens, per_part, c = launch.args
-    e = ELEMENT_BYTES[launch.call.dtype]
-    parts = launch.grid[0]
-    return [math.ceil(per_part / 8), 1], 256, int(tokens * c * e * MASK_RATIO) + tokens, parts * c * 4
+def _token_grad(launch: CsrcLaunch) -> tuple:
+    # args: grad, gs, cells, grad_tokens, partials, units, units_per_part, parts, G_h, G_w, S, W, token_words,
+    # chunk_words, lanes. Grid (parts, channel chunks); per part its units (cell rows), per unit each thread's
+    # (token, channel word) columns, 4 rows of `groups` row groups per trip; then the part's sums: threads
+    # t < chunk_words (ceil(chunk_words / 32) of 8 warps) add the groups x lanes / chunk_words sums of their word,
+    # one loop per element of the word (depth 1, after the unit loop)
+    _, _, _, grad_tokens, _, units, per_part, parts, _, _, cell, w, token_words, chunk, lanes = launch.args
+    groups, e, c = 256 // lanes, ELEMENT_BYTES[launch.call.dtype], launch.call.named["C"]
+    reduce = math.ceil(chunk / 32) / 8 * (groups * lanes // chunk - 1)
+    trips = [
+        math.ceil(parts / launch.grid[0]),
+        (per_part, reduce),
+        math.ceil(w * chunk / lanes),
+        math.ceil(cell / 4 / groups),
+    ]
+    elements = 4 * groups * lanes * c // token_words
+    size = units * cell * w * c * e
+    read = size if grad_tokens else int(size * MASK_RATIO)
+    return trips, elements, read + units * w, size * bool(grad_tokens) + parts * c * 4
 
 
 def _sum_partials(launch: CsrcLaunch) -> tuple:
-    # one thread per channel adds the parts in order: a 4x-unrolled loop, then the remainder's loop
+    # a block per channel (grid-stride): every part loaded at once (4 per thread), a butterfly, 8 warp sums in order
     _, parts, c, _ = launch.args
-    return [(parts // 4, parts % 4)], 4 * launch.block[0], parts * c * 4, c * ELEMENT_BYTES[launch.call.dtype]
+    return [math.ceil(c / launch.grid[0])], min(parts, 1024), parts * c * 4, c * ELEMENT_BYTES[launch.call.dtype]
 
 
 KERNELS: dict[str, Callable[[CsrcLaunch], tuple]] = {
@@ -156,7 +183,7 @@ KERNELS: dict[str, Callable[[CsrcLaunch], tuple]] = {
     "select_tokens_kernel": _select,
     "loss_forward_kernel": _loss,
     "loss_backward_kernel": _loss,
-    "mask_token_partials_kernel": _partials,
+    "mask_token_grad_kernel": _token_grad,
     "sum_partials_kernel": _sum_partials,
 }
 

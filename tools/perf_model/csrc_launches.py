@@ -194,6 +194,12 @@ def mask_image_grid(images: torch.Tensor, cell: int) -> Call:
                                                     "W": w, "S": cell})  # fmt: skip
 
 
+def mask_image_grid_random(images: torch.Tensor, cell: int, num_keep: int) -> Call:
+    """bindings.cpp mask_image_grid_random: out = empty_like(images), a fresh bool cell mask, an int seed."""
+    call = mask_image_grid(images, cell)
+    return Call("mask_image_grid_random", call.dtype, {**call.named, "num_keep": num_keep})
+
+
 def mask_tokens_grid_forward(tokens: torch.Tensor, cell: int) -> Call:
     """bindings.cpp mask_tokens_grid_forward into a fresh contiguous out."""
     b, h, w, c = tokens.shape
@@ -205,6 +211,12 @@ def mask_tokens_grid_forward(tokens: torch.Tensor, cell: int) -> Call:
     return Call("mask_tokens_grid_forward", _dtype(tokens), {"tokens": _address(tokens), "sb": tokens.stride(0),
         "sh": tokens.stride(1), "sw": tokens.stride(2), "mask_token": _address(token), "cells": _address(cells),
         "out": _address(out), "B": b, "H": h, "W": w, "C": c, "S": cell})  # fmt: skip
+
+
+def mask_tokens_grid_random(tokens: torch.Tensor, cell: int, num_keep: int) -> Call:
+    """bindings.cpp mask_tokens_grid_random: a fresh contiguous out and bool cell mask, an int seed."""
+    call = mask_tokens_grid_forward(tokens, cell)
+    return Call("mask_tokens_grid_random", call.dtype, {**call.named, "num_keep": num_keep})
 
 
 def mask_tokens_grid_backward(grad: torch.Tensor, cell: int) -> Call:

@@ -234,7 +234,6 @@ def loss_cases() -> list[Case]:
 
 def grid_mask_cases() -> list[Case]:
     """Image masks (NCHW and channels_last, fp32 and bf16) and Swin-T stage-1 token masks (bf16) at B=256."""
-    cell_mask = grid_mask._cell_mask_op._implementations["triton"]
     mask_image = grid_mask._mask_image_random_op._implementations["triton"]  # mask_image_grid's one launch
     cases = []
     b, hw, cell = 256, 224, 32
@@ -251,7 +250,7 @@ def grid_mask_cases() -> list[Case]:
             headline = dtype == torch.bfloat16
             # minimal: the kept cells' pixels read, every pixel written (the benchmark counts a full read: 2 x size)
             minimal = int((2 - MASK_RATIO) * _size(images))
-            cuda = [csrc.grid_cell_mask(b, cells, keep), csrc.mask_image_grid(images, cell)]  # mask_image_grid's
+            cuda = [csrc.mask_image_grid_random(images, cell, keep)]  # mask_image_grid's
             case = Case("grid_mask", label, _dtype_name(dtype), layout, "forward", launches, minimal, headline, cuda)
             cases.append(case)
     # Swin-T stage 1: 56 x 56 tokens of 96 channels, cells of 8 x 8 tokens
@@ -260,16 +259,17 @@ def grid_mask_cases() -> list[Case]:
     keep = token_select.num_kept_tokens(cells, MASK_RATIO)
     tokens = torch.empty(b, hw, hw, channels, dtype=dtype, device=META)
     token = torch.empty(channels, dtype=dtype, device=META)
-    with recording(grid_mask, token_grid_mask) as forward:
-        mask = cell_mask(SEED, None, b, cells, keep, META).view(b, hw // cell, hw // cell)
-        token_grid_mask._mask_tokens_op._implementations["triton"](tokens, token, mask, cell)
+    with recording(grid_mask, token_grid_mask) as forward:  # mask_tokens_grid's op: the cell mask, the masking
+        _, mask = token_grid_mask._mask_tokens_random_op._implementations["triton"](
+            tokens, token, SEED, None, cell, keep
+        )
     with recording(token_grid_mask) as backward:
         token_grid_mask._mask_tokens_backward_op._implementations["triton"](tokens, mask, cell, True, True)
     label = f"Swin-T tokens B={b} {hw}x{hw}x{channels} cell 8"
     # minimal: forward reads the kept tokens and writes all; backward reads dT_out and writes dT (and dm)
     minimal = {"forward": int((2 - MASK_RATIO) * _size(tokens)), "backward": 2 * _size(tokens)}
     minimal["full"] = minimal["forward"] + minimal["backward"]
-    cuda = {"forward": [csrc.grid_cell_mask(b, cells, keep), csrc.mask_tokens_grid_forward(tokens, cell)]}
+    cuda = {"forward": [csrc.mask_tokens_grid_random(tokens, cell, keep)]}  # one launch: cells drawn in it
     cuda["backward"] = [csrc.mask_tokens_grid_backward(tokens, cell)]
     cuda["full"] = cuda["forward"] + cuda["backward"]
     for mode, launches in (("forward", forward), ("backward", backward), ("full", forward + backward)):

@@ -76,10 +76,21 @@ cudaError_t run(const std::string& launcher, const std::string& dtype, const std
                                                 ptr<const uint8_t>(a[10]), a[11], a[12], a[13], a[14], a[15], T{},
                                                 nullptr);
     }
+    if (launcher == "mask_image_grid_random") {  // x (4 strides) y (4 strides) cells B C H W S num_keep
+      return masksub::launch_mask_image_grid_random<T>(ptr<const T>(a[0]), ImageStrides{a[1], a[2], a[3], a[4]},
+                                                       ptr<T>(a[5]), ImageStrides{a[6], a[7], a[8], a[9]},
+                                                       ptr<uint8_t>(a[10]), 0, nullptr, a[16], a[11], a[12], a[13],
+                                                       a[14], a[15], T{}, nullptr);
+    }
     if (launcher == "mask_tokens_grid_forward") {  // tokens sb sh sw mask_token cells out B H W C S
       return masksub::launch_mask_tokens_grid_forward<T>(ptr<const T>(a[0]), a[1], a[2], a[3], ptr<const T>(a[4]),
                                                          ptr<const uint8_t>(a[5]), ptr<T>(a[6]), a[7], a[8], a[9],
                                                          a[10], a[11], nullptr);
+    }
+    if (launcher == "mask_tokens_grid_random") {  // tokens sb sh sw mask_token cells out B H W C S num_keep
+      return masksub::launch_mask_tokens_grid_random<T>(ptr<const T>(a[0]), a[1], a[2], a[3], ptr<const T>(a[4]),
+                                                        ptr<uint8_t>(a[5]), 0, nullptr, a[12], ptr<T>(a[6]), a[7],
+                                                        a[8], a[9], a[10], a[11], nullptr);
     }
     if (launcher == "mask_tokens_grid_backward") {  // grad sb sh sw cells grad_tokens grad_mask partials B H W C S
       return masksub::launch_mask_tokens_grid_backward<T>(ptr<const T>(a[0]), a[1], a[2], a[3],
