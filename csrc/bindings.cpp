@@ -473,7 +473,8 @@ at::Tensor masksub_loss_forward(const at::Tensor& logits, const std::optional<at
   const LossOperands ops = loss_operands(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature,
                                          target_threshold);
   const DeviceGuard guard(logits.device());
-  at::Tensor out = at::zeros({masksub::kLossRows, logits.size(0)}, logits.options().dtype(at::kFloat));
+  // every entry is written by the kernel (0 for absent terms and BCE's stats): no fill launch
+  at::Tensor out = at::empty({masksub::kLossRows, logits.size(0)}, logits.options().dtype(at::kFloat));
   dispatch_float(logits.scalar_type(), "logits", [&](auto tag) {
     using T = typename decltype(tag)::type;
     CHECK_LAUNCH("masksub_loss_forward",

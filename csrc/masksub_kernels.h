@@ -202,8 +202,8 @@ struct LossProblem {
   int64_t ignore_index;        // class-id rows equal to it count in neither term
 };
 
-// out [kLossRows, M] fp32, zero-filled by the caller: per-row losses (0 on ignored rows and for absent terms)
-// and, for CE, the stats. Arithmetic in fp32 (fp64 logits too).
+// out [kLossRows, M] fp32, every entry written: per-row losses (0 on ignored rows and for absent terms) and, for
+// CE, the stats (0 for BCE and absent terms). Arithmetic in fp32 (fp64 logits too).
 template <typename T>
 cudaError_t launch_masksub_loss_forward(const T* logits, const LossProblem& problem, float* out, cudaStream_t stream);
 

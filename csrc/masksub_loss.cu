@@ -10,20 +10,34 @@
 // L_z = sum exp(z - c), S = sum w, D_z = sum w (z - c) over w != 0 (so -inf logits without mass stay finite);
 // the sub term keeps (m_s, L_s) for x = s/T, (m_t, L_t) for z/T and D_t = sum exp(z/T - c_t) (x - c_s), so that
 // sub = log L_s - D_t / L_t. No lse - z cancellation: every term is >= 0.
+// Class ids (one-hot q: w_y at the id, w_o elsewhere): S = C w_o + (w_y - w_o) and
+// D_z = w_o (A - (C - 1) c) + w_y (z_y - c) with A = sum of z over the other classes (a plain sum) and z_y loaded
+// once per row; zero weights skip their term. BCE with class ids: softplus(z) - w z = t z + log1p(exp(-|z|)),
+// t = [z > 0] - w, so the row keeps P = sum max(z, 0), N = sum min(z, 0) over the other classes and
+// G = sum log1p(exp(-|z|)) over all, and adds (1 - w_o) P - w_o N + t_y z_y once (zero coefficients skip +-inf).
 // Rows: a class id equal to ignore_index gives 0 in both terms and both gradients; any other id outside [0, C)
 // gives NaN there (row_value), so that a bad id poisons the reduced loss instead of passing as a zero-loss row.
 //
-// Forward: one block per row. Each thread folds its classes (strided, kLossChunk at a time: one rescale per chunk)
-// into a private state; the states are merged across the block (warp shuffles, then one warp), which is exact
+// Design (what the launch makes uniform is a template parameter, LossVariant: CE or BCE, the target's kind, the
+// sub term, T = 1; the host dispatches once, so each instance's loop holds only its own work). One block per row.
+// A row is read as 16-byte vectors (8 bf16 / 4 fp32) from the first 16-byte boundary of the row (RowSpan): thread
+// t takes vectors t, t + 256, ... (a warp reads 512 contiguous bytes per load), kLossUnroll of them in flight; the
+// classes before that boundary and after the last whole vector (fewer than 2 x 8), or the whole row where z, s
+// (and in the backward dz, ds) do not share their offset within 16 bytes, go through a scalar loop. Forward: each
+// thread folds one vector (a chunk) at a time into a private online state (one rescale per chunk, exp as exp2 of a
+// pre-scaled difference); the states are merged across the block (warp shuffles, then one warp), which is exact
 // algebra: for states a, b with c = shift(max(m_a, m_b)):
 //   L = L_a e^(m_a - c) + L_b e^(m_b - c),   D = D_a + S_a (c_a - c) + D_b + S_b (c_b - c),   S = S_a + S_b
 //   L_t = L_ta e^(m_ta - c_t) + ...,   D_t = e^(m_ta - c_t) (D_ta + L_ta (c_sa - c_s)) + (the same for b)
-// Thread 0 writes the per-row losses and the fp32 stats (c, log L, S; c_s, log L_s, c_t, log L_t).
-// Backward: one block per row, recomputing softmax / sigmoid from the stats; fp32 arithmetic, one rounding at the
-// store. The target's dtype is independent of the logits': it is read through a switch that is uniform over the
-// launch (no divergence), so the kernels are templates over the logits' dtype only.
+// (plain sums add). At T = 1 (UNIT_T) the teacher z/T is z: its max, exponentials and L_t are the main term's.
+// Thread 0 writes every entry of the row's output column: the losses and the fp32 stats (c, log L, S; c_s, log
+// L_s, c_t, log L_t; 0 where a term is absent or BCE), so the caller need not zero-fill it.
+// Backward: one block per row, the same vectors, recomputing softmax / sigmoid from the stats; fp32 arithmetic, one
+// rounding at the store.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "dtype.cuh"
 #include "masksub_kernels.h"
@@ -33,21 +47,66 @@ namespace {
 
 constexpr int kLossThreads = 256;
 constexpr int kLossWarps = kLossThreads / 32;
-constexpr int kLossChunk = 4;  // classes per thread and step: one rescale of the running state per chunk
+constexpr int kLossUnroll = 2;  // vectors of each operand in flight per thread and iteration
+constexpr float kLog2e = 1.4426950408889634f;
+
+// The main term's target (an int, not an enum class, so that the kernels' names read alike in GCC's and in
+// nvcc's demangled spelling: tools/perf_model/csrc_launches.normalise).
+namespace Main {
+constexpr int kNone = 0, kLabels = 1, kDense = 2;
+}
+
+template <bool kBce_, int kMain_, bool kSub_, bool kUnitT_>
+struct LossVariant {
+  static constexpr bool kBce = kBce_;
+  static constexpr bool kSub = kSub_;
+  static constexpr bool kUnitT = kUnitT_ && kSub_;  // T = 1: the teacher z / T is z
+  static constexpr bool kHasMain = kMain_ != Main::kNone;
+  static constexpr bool kLabels = kMain_ == Main::kLabels;
+  static constexpr bool kDense = kMain_ == Main::kDense;
+};
+
+// 16 bytes of logits: kWidth elements, loaded and stored as one word.
+template <typename T>
+struct alignas(16) Pack {
+  static constexpr int kWidth = 16 / static_cast<int>(sizeof(T));
+  T v[kWidth];
+};
 
 __device__ __forceinline__ float shift_of(float m) { return m == -INFINITY ? 0.0f : m; }
 
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+// e^v for v <= 0 as exp2 of a pre-scaled argument (one multiply, MUFU.EX2 and its subnormal fix-up).
+__device__ __forceinline__ float exp_neg(float v) { return exp2f(v * kLog2e); }
 
-// softplus(x) - w x = (1 - w) max(x, 0) - w min(x, 0) + log1p(exp(-|x|)); zero coefficients skip +-inf.
-__device__ __forceinline__ float bce_term(float x, float w) {
-  const float positive = w != 1.0f ? (1.0f - w) * fmaxf(x, 0.0f) : 0.0f;
-  const float negative = w != 0.0f ? w * fminf(x, 0.0f) : 0.0f;
-  return positive - negative + log1pf(expf(-fabsf(x)));
+// 1 / y for y >= 1 (here 1 + exp(-x)): __fdividef's approximate reciprocal (2 ulp) instead of an IEEE division,
+// whose slow path (a call, for operands the hardware reciprocal cannot take) costs registers and branches per
+// element. y = +inf or y > 2^126 gives 0 (a sigmoid below 1e-38).
+__device__ __forceinline__ float reciprocal(float y) { return __fdividef(1.0f, y); }
+
+__device__ __forceinline__ float sigmoid(float x) { return reciprocal(1.0f + exp2f(x * -kLog2e)); }
+
+// log(1 + v) for v in [0, 1] (here v = exp(-|x|)) as v P(v), P a degree-9 polynomial fitted to log1p(v) / v on
+// [0, 1] (the Triton kernels' _log1p: truncation error 6e-9 relative, ~2 ulp in fp32 Horner, a quarter of
+// log1pf's instructions; relative accuracy holds for tiny v, where 1 + v rounds to 1).
+__device__ __forceinline__ float log1p_unit(float v) {
+  float p = -0.003163999359346998f;
+  p = p * v + 0.019487686092971974f;
+  p = p * v - 0.056269525832053906f;
+  p = p * v + 0.1053295061396915f;
+  p = p * v - 0.15263273655130635f;
+  p = p * v + 0.19661017875789702f;
+  p = p * v - 0.24951167191526266f;
+  p = p * v + 0.33329665491782323f;
+  p = p * v - 0.49999890898558996f;
+  p = p * v + 0.9999999945431184f;
+  return p * v;
 }
 
-__device__ __forceinline__ bool is_labels(TargetKind kind) {
-  return kind == TargetKind::kLabelsInt64 || kind == TargetKind::kLabelsInt32;
+// softplus(x) - w x = t x + log1p(exp(-|x|)), t = [x > 0] - w: t = 0 (w = 1 at x = +inf, w = 0 at x = -inf) gives
+// 0, not 0 * inf; e = exp(-|x|) is passed in (BCE at T = 1 shares it with the teacher's sigmoid).
+__device__ __forceinline__ float bce_term(float x, float w, float e) {
+  const float t = (x > 0.0f ? 1.0f : 0.0f) - w;
+  return (t != 0.0f ? t * x : 0.0f) + log1p_unit(e);
 }
 
 // An if chain rather than a switch: ptxas turned the switch (a jump table) into spills in these kernels.
@@ -58,8 +117,7 @@ __device__ __forceinline__ float load_probability(const void* target, int64_t in
   return static_cast<float>(static_cast<const double*>(target)[index]);
 }
 
-// Per-launch constants, divided once on the host (IEEE fp32, as on the device) instead of once per element:
-// per-element divisions cost spills around the division's slow path in these kernels.
+// Per-launch constants, divided once on the host (IEEE fp32, as on the device) instead of once per element.
 struct LossConstants {
   float inv_temperature;  // 1 / T
   float smooth;           // eps / C
@@ -70,15 +128,23 @@ struct RowTarget {
   int64_t label;  // the class id, -1 for probability targets
   bool valid;     // the row counts (its class id is not ignore_index)
   bool bad;       // it counts, but its class id is outside [0, C): the row is NaN
+  float w_hit, w_miss;  // class ids: the weight at the id and elsewhere, (1 - eps) [q > threshold] + eps / C
 };
 
-__device__ __forceinline__ RowTarget row_target(const LossProblem& p, int64_t row) {
-  if (!is_labels(p.target_kind)) return {-1, true, false};
+__device__ __forceinline__ float smoothed(const LossProblem& p, float smooth, float q) {
+  if (p.binarise) q = q > p.threshold ? 1.0f : 0.0f;
+  return (1.0f - p.label_smoothing) * q + smooth;
+}
+
+__device__ __forceinline__ RowTarget row_target(const LossProblem& p, float smooth, int64_t row) {
+  const bool labels = p.target_kind == TargetKind::kLabelsInt64 || p.target_kind == TargetKind::kLabelsInt32;
+  if (!labels) return {-1, true, false, 0.0f, 0.0f};
   const int64_t index = row * p.stride_target;
   const int64_t label = p.target_kind == TargetKind::kLabelsInt64 ? static_cast<const int64_t*>(p.target)[index]
                                                                   : static_cast<const int32_t*>(p.target)[index];
   const bool valid = label != p.ignore_index;
-  return {label, valid, valid && (label < 0 || label >= p.classes)};
+  return {label, valid, valid && (label < 0 || label >= p.classes), smoothed(p, smooth, 1.0f),
+          smoothed(p, smooth, 0.0f)};
 }
 
 // A row's value or gradient: as computed where the row counts, 0 where it is ignored, NaN where its class id is
@@ -87,224 +153,443 @@ __device__ __forceinline__ float row_value(const RowTarget& t, float value) {
   return t.bad ? NAN : (t.valid ? value : 0.0f);
 }
 
-// w_c = (1 - eps) q_c + eps / C, q binarised first when asked.
-__device__ __forceinline__ float main_weight(const LossProblem& p, float smooth, int64_t row, int64_t c,
-                                             int64_t label) {
-  float q = is_labels(p.target_kind) ? (c == label ? 1.0f : 0.0f)
-                                     : load_probability(p.target, row * p.stride_target + c, p.target_kind);
-  if (p.binarise) q = q > p.threshold ? 1.0f : 0.0f;
-  return (1.0f - p.label_smoothing) * q + smooth;
+// Which classes of a row go as vectors: [head, head + vectors * W); the `scalar` others are [0, head) and the
+// tail. offsets: the bitwise OR of the byte differences between the row pointers that share the vectors.
+struct RowSpan {
+  int64_t head, vectors, scalar;
+  __device__ __forceinline__ int64_t scalar_class(int64_t i, int width) const {
+    return i < head ? i : i + vectors * width;
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ RowSpan row_span(const T* row, uint64_t offsets, int64_t C) {
+  constexpr int W = Pack<T>::kWidth;
+  const uint64_t address = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(row));
+  if ((offsets & 15u) != 0) return {C, 0, C};  // the rows sit differently within 16 bytes: scalar only
+  const int64_t to_boundary = static_cast<int64_t>(((16u - (address & 15u)) & 15u) / sizeof(T));
+  const int64_t head = to_boundary < C ? to_boundary : C;
+  const int64_t vectors = (C - head) / W;
+  return {head, vectors, C - vectors * W};
 }
 
+__device__ __forceinline__ uint64_t offset_bits(const void* a, const void* b) {
+  return b == nullptr ? 0 : static_cast<uint64_t>(reinterpret_cast<uintptr_t>(a) ^ reinterpret_cast<uintptr_t>(b));
+}
+
+// N logits from row + c: one 16-byte word (N = the pack width, c at a vector boundary) or one element. bf16 words
+// widen by placing bits (a bf16 is the top half of its fp32): one instruction per element, where the conversion
+// of each element on its own takes two (a byte permute, then a shift).
+template <typename T, int N>
+__device__ __forceinline__ void load_logits(const T* row, int64_t c, float (&v)[N]) {
+  if constexpr (N == 1) {
+    v[0] = detail::to_acc<float>(row[c]);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    const uint4 pack = *reinterpret_cast<const uint4*>(row + c);
+    const uint32_t words[4] = {pack.x, pack.y, pack.z, pack.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t low = words[i] << 16, high = words[i] & 0xFFFF0000u;  // elements 2i and 2i + 1
+      memcpy(&v[2 * i], &low, sizeof(float));
+      memcpy(&v[2 * i + 1], &high, sizeof(float));
+    }
+  } else {
+    const Pack<T> pack = *reinterpret_cast<const Pack<T>*>(row + c);
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = detail::to_acc<float>(pack.v[i]);
+  }
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_logits(T* row, int64_t c, const float (&v)[N]) {
+  if constexpr (N == 1) {
+    row[c] = detail::from_acc<T>(v[0]);
+  } else {
+    Pack<T> pack;
+#pragma unroll
+    for (int i = 0; i < N; ++i) pack.v[i] = detail::from_acc<T>(v[i]);
+    *reinterpret_cast<Pack<T>*>(row + c) = pack;
+  }
+}
+
+// The class id's position among the chunk's classes [c, c + N), -1 if it is not one of them (32-bit compares per
+// element, one 64-bit test per chunk).
+template <int N>
+__device__ __forceinline__ int position_in_chunk(int64_t label, int64_t c) {
+  const uint64_t at = static_cast<uint64_t>(label - c);
+  return at < static_cast<uint64_t>(N) ? static_cast<int>(at) : -1;
+}
+
+// The main term's weights of classes [c, c + N): probabilities (read per element, in their own dtype) or one-hot.
+template <class V, int N>
+__device__ __forceinline__ void main_weights(const LossProblem& p, float smooth, const void* target, int64_t index,
+                                             int64_t c, const RowTarget& t, float (&w)[N]) {
+  if constexpr (V::kDense) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) w[i] = smoothed(p, smooth, load_probability(target, index + i, p.target_kind));
+  } else {
+    const int at = position_in_chunk<N>(t.label, c);
+#pragma unroll
+    for (int i = 0; i < N; ++i) w[i] = at == i ? t.w_hit : t.w_miss;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------------------------------
+
+// CE: the fields as in the maths above (a_z = A); BCE: plain sums, the main term's in a_z (probabilities: the
+// sum of terms; class ids: with p_z = P, n_z = N, g_z = G) and the sub term's in l_s.
 struct LossState {
-  float m_z, l_z, s_z, d_z, acc_m;  // main: max, sum e^(z - c), sum w, sum w (z - c); BCE: sum of terms
-  float m_s, l_s, m_t, l_t, d_t, acc_s;  // sub: (max, sum e^(x - c_s)) of x = s/T and of z/T, D_t; BCE sum
+  float m_z, l_z, s_z, d_z, a_z, p_z, n_z;
+  float m_s, l_s, m_t, l_t, d_t;
 };
 
 __device__ __forceinline__ LossState empty_state() {
-  return {-INFINITY, 0.0f, 0.0f, 0.0f, 0.0f, -INFINITY, 0.0f, -INFINITY, 0.0f, 0.0f, 0.0f};
+  return {-INFINITY, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, -INFINITY, 0.0f, -INFINITY, 0.0f, 0.0f};
 }
 
+// The chunk's N classes [c, c + N) (z, and x = s / T) into the thread's state.
+template <class V, int N>
+__device__ __forceinline__ void fold(LossState& st, const float (&z)[N], const float (&x)[N], const float (&w)[N],
+                                     int label_at, float inv_t) {
+  if constexpr (V::kBce) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const float e = exp_neg(-fabsf(z[i]));  // exp(-|z|); -inf: 0
+      if constexpr (V::kDense) {
+        st.a_z += bce_term(z[i], w[i], e);
+      } else if constexpr (V::kLabels) {
+        const float z_other = label_at == i ? 0.0f : z[i];  // the id's linear part: once per row
+        st.p_z += fmaxf(z_other, 0.0f);
+        st.n_z += fminf(z_other, 0.0f);
+        st.l_z += log1p_unit(e);
+      }
+      if constexpr (V::kSub) {
+        float teacher;
+        if constexpr (V::kUnitT) {
+          // sigmoid(z) from the same exp(-|z|): r = 1 / (1 + e) = sigmoid(|z|), e r = sigmoid(-|z|)
+          const float r = reciprocal(1.0f + e);
+          teacher = z[i] > 0.0f ? r : e * r;
+        } else {
+          teacher = sigmoid(z[i] * inv_t);
+        }
+        st.l_s += bce_term(x[i], teacher, exp_neg(-fabsf(x[i])));
+      }
+    }
+  } else {
+    // main (and, at T = 1, the teacher): one rescale by e^(m_old - c_new) per chunk, one exponential per class
+    constexpr bool kMainState = V::kHasMain || V::kUnitT;
+    float alpha = 1.0f, e_z[N];
+    const float l_before = st.l_z;
+    const float c_z_old = shift_of(st.m_z);
+    if constexpr (kMainState) {
+      float chunk_max = z[0];
+#pragma unroll
+      for (int i = 1; i < N; ++i) chunk_max = fmaxf(chunk_max, z[i]);
+      const float m_new = fmaxf(st.m_z, chunk_max), c_new = shift_of(m_new);
+      alpha = exp_neg(st.m_z - c_new);  // e^(-inf - c) = 0 for an empty state
+      float sum = 0.0f;
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        e_z[i] = exp_neg(z[i] - c_new);
+        sum += e_z[i];
+      }
+      st.l_z = st.l_z * alpha + sum;
+      if constexpr (V::kDense) {
+        st.d_z += st.s_z * (c_z_old - c_new);
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+          if (w[i] != 0.0f) st.d_z += w[i] * (z[i] - c_new);
+          st.s_z += w[i];
+        }
+      } else if constexpr (V::kLabels) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) st.a_z += z[i];  // over every class: the row's end takes the id's out
+      }
+      st.m_z = m_new;
+    }
+    if constexpr (V::kSub) {
+      float x_max = x[0];
+#pragma unroll
+      for (int i = 1; i < N; ++i) x_max = fmaxf(x_max, x[i]);
+      const float ms_new = fmaxf(st.m_s, x_max);
+      const float cs_old = shift_of(st.m_s), cs_new = shift_of(ms_new);
+      float sum = 0.0f;
+#pragma unroll
+      for (int i = 0; i < N; ++i) sum += exp_neg(x[i] - cs_new);
+      st.l_s = st.l_s * exp_neg(st.m_s - cs_new) + sum;
+      st.m_s = ms_new;
+      // teacher z / T: its rescale alpha_t, its exponentials e_t and its running sum before this chunk
+      float alpha_t = alpha, l_t_before = l_before, e_t[N];
+      if constexpr (V::kUnitT) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) e_t[i] = e_z[i];
+      } else {
+        float zt[N], t_max = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+          zt[i] = z[i] * inv_t;
+          t_max = fmaxf(t_max, zt[i]);
+        }
+        const float mt_new = fmaxf(st.m_t, t_max), ct_new = shift_of(mt_new);
+        alpha_t = exp_neg(st.m_t - ct_new);
+        l_t_before = st.l_t;
+        float t_sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+          e_t[i] = exp_neg(zt[i] - ct_new);
+          t_sum += e_t[i];
+        }
+        st.l_t = st.l_t * alpha_t + t_sum;
+        st.m_t = mt_new;
+      }
+      float d = alpha_t * (st.d_t + l_t_before * (cs_old - cs_new));
+#pragma unroll
+      for (int i = 0; i < N; ++i) d += e_t[i] != 0.0f ? e_t[i] * (x[i] - cs_new) : 0.0f;
+      st.d_t = d;
+    }
+  }
+}
+
+template <class V>
 __device__ __forceinline__ LossState merge(const LossState& a, const LossState& b) {
-  LossState r;
-  r.m_z = fmaxf(a.m_z, b.m_z);
-  const float c = shift_of(r.m_z);
-  r.l_z = a.l_z * expf(a.m_z - c) + b.l_z * expf(b.m_z - c);  // e^(-inf - c) = 0 for an empty state
-  r.d_z = a.d_z + a.s_z * (shift_of(a.m_z) - c) + b.d_z + b.s_z * (shift_of(b.m_z) - c);
-  r.s_z = a.s_z + b.s_z;
-  r.acc_m = a.acc_m + b.acc_m;
-  r.m_s = fmaxf(a.m_s, b.m_s);
-  r.m_t = fmaxf(a.m_t, b.m_t);
-  const float c_s = shift_of(r.m_s), c_t = shift_of(r.m_t);
-  r.l_s = a.l_s * expf(a.m_s - c_s) + b.l_s * expf(b.m_s - c_s);
-  const float alpha_a = expf(a.m_t - c_t), alpha_b = expf(b.m_t - c_t);
-  r.d_t = alpha_a * (a.d_t + a.l_t * (shift_of(a.m_s) - c_s)) + alpha_b * (b.d_t + b.l_t * (shift_of(b.m_s) - c_s));
-  r.l_t = a.l_t * alpha_a + b.l_t * alpha_b;
-  r.acc_s = a.acc_s + b.acc_s;
-  return r;
+  LossState r = empty_state();
+  if constexpr (V::kBce) {
+    r.a_z = a.a_z + b.a_z;
+    r.p_z = a.p_z + b.p_z;
+    r.n_z = a.n_z + b.n_z;
+    r.l_z = a.l_z + b.l_z;
+    r.l_s = a.l_s + b.l_s;
+    return r;
+  } else {
+    r.m_z = fmaxf(a.m_z, b.m_z);
+    const float c = shift_of(r.m_z);
+    const float alpha_a = expf(a.m_z - c), alpha_b = expf(b.m_z - c);  // e^(-inf - c) = 0 for an empty state
+    r.l_z = a.l_z * alpha_a + b.l_z * alpha_b;
+    r.d_z = a.d_z + a.s_z * (shift_of(a.m_z) - c) + b.d_z + b.s_z * (shift_of(b.m_z) - c);
+    r.s_z = a.s_z + b.s_z;
+    r.a_z = a.a_z + b.a_z;
+    r.m_s = fmaxf(a.m_s, b.m_s);
+    const float c_s = shift_of(r.m_s);
+    r.l_s = a.l_s * expf(a.m_s - c_s) + b.l_s * expf(b.m_s - c_s);
+    // the teacher: at T = 1 its max and sum are the main term's (l_t, m_t are filled in before the merge)
+    r.m_t = fmaxf(a.m_t, b.m_t);
+    const float c_t = shift_of(r.m_t);
+    const float beta_a = V::kUnitT ? alpha_a : expf(a.m_t - c_t), beta_b = V::kUnitT ? alpha_b : expf(b.m_t - c_t);
+    r.d_t = beta_a * (a.d_t + a.l_t * (shift_of(a.m_s) - c_s)) + beta_b * (b.d_t + b.l_t * (shift_of(b.m_s) - c_s));
+    r.l_t = a.l_t * beta_a + b.l_t * beta_b;
+    return r;
+  }
 }
 
 __device__ __forceinline__ LossState shuffle_xor(const LossState& s, int offset) {
   constexpr unsigned kAll = 0xFFFFFFFFu;
   return {__shfl_xor_sync(kAll, s.m_z, offset), __shfl_xor_sync(kAll, s.l_z, offset),
           __shfl_xor_sync(kAll, s.s_z, offset), __shfl_xor_sync(kAll, s.d_z, offset),
-          __shfl_xor_sync(kAll, s.acc_m, offset), __shfl_xor_sync(kAll, s.m_s, offset),
+          __shfl_xor_sync(kAll, s.a_z, offset), __shfl_xor_sync(kAll, s.p_z, offset),
+          __shfl_xor_sync(kAll, s.n_z, offset), __shfl_xor_sync(kAll, s.m_s, offset),
           __shfl_xor_sync(kAll, s.l_s, offset), __shfl_xor_sync(kAll, s.m_t, offset),
-          __shfl_xor_sync(kAll, s.l_t, offset), __shfl_xor_sync(kAll, s.d_t, offset),
-          __shfl_xor_sync(kAll, s.acc_s, offset)};
+          __shfl_xor_sync(kAll, s.l_t, offset), __shfl_xor_sync(kAll, s.d_t, offset)};
 }
 
-// The block's merged state, valid in thread 0 (a fixed tree: the same bits on every run).
+// The block's merged state, valid in thread 0 (a fixed tree: the same bits on every run). Every warp merges the
+// warp states, not warp 0 alone: shuffles under a branch compile to divergence checks and fallback paths.
+template <class V>
 __device__ __forceinline__ LossState block_merge(LossState state) {
   __shared__ LossState warp_states[kLossWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) state = merge(state, shuffle_xor(state, offset));
+  for (int offset = 16; offset > 0; offset /= 2) state = merge<V>(state, shuffle_xor(state, offset));
   if (lane == 0) warp_states[warp] = state;
   __syncthreads();
-  if (warp == 0) {
-    state = lane < kLossWarps ? warp_states[lane] : empty_state();
+  state = lane < kLossWarps ? warp_states[lane] : empty_state();
 #pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) state = merge(state, shuffle_xor(state, offset));
-  }
+  for (int offset = kLossWarps / 2; offset > 0; offset /= 2) state = merge<V>(state, shuffle_xor(state, offset));
   return state;
 }
 
-template <typename T>
+// Classes [c, c + N) of the row (N: a vector, or 1) into the state.
+template <typename T, class V, int N>
+__device__ __forceinline__ void forward_chunk(LossState& st, const T* z_row, const T* s_row, const LossProblem& p,
+                                              const LossConstants& k, int64_t target_row, const RowTarget& t,
+                                              int64_t c) {
+  float z[N], x[N] = {}, w[N] = {};
+  load_logits<T, N>(z_row, c, z);
+  if constexpr (V::kSub) {
+    load_logits<T, N>(s_row, c, x);
+    if constexpr (!V::kUnitT) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) x[i] *= k.inv_temperature;
+    }
+  }
+  if constexpr (V::kHasMain) main_weights<V, N>(p, k.smooth, p.target, target_row + c, c, t, w);
+  fold<V, N>(st, z, x, w, V::kBce && V::kLabels ? position_in_chunk<N>(t.label, c) : -1, k.inv_temperature);
+}
+
+template <typename T, class V>
 __global__ void __launch_bounds__(kLossThreads)
     loss_forward_kernel(const T* __restrict__ logits, const LossProblem p, const LossConstants k,
                         float* __restrict__ out) {
+  constexpr int W = Pack<T>::kWidth;
   const int64_t row = blockIdx.x, C = p.classes, M = p.rows;
   const T* z_row = logits + row * p.stride_logits;
-  const T* s_row = p.sub_logits != nullptr ? static_cast<const T*>(p.sub_logits) + row * p.stride_sub : nullptr;
-  const bool has_main = p.target_kind != TargetKind::kNone, has_sub = p.sub_logits != nullptr;
-  const RowTarget target = row_target(p, row);
-  const float inv_t = k.inv_temperature;
+  const T* s_row = V::kSub ? static_cast<const T*>(p.sub_logits) + row * p.stride_sub : nullptr;
+  const RowTarget target = row_target(p, k.smooth, row);
+  const int64_t target_row = V::kDense ? row * p.stride_target : 0;
+  const RowSpan span = row_span(z_row, offset_bits(z_row, s_row), C);
   LossState st = empty_state();
-  for (int64_t base = threadIdx.x; base < C; base += int64_t{kLossThreads} * kLossChunk) {
-    float z[kLossChunk];
-    bool ok[kLossChunk];
+  for (int64_t v = threadIdx.x; v < span.vectors; v += int64_t{kLossThreads} * kLossUnroll) {
 #pragma unroll
-    for (int i = 0; i < kLossChunk; ++i) {
-      const int64_t c = base + int64_t{i} * kLossThreads;
-      ok[i] = c < C;
-      z[i] = ok[i] ? detail::to_acc<float>(z_row[c]) : 0.0f;
-    }
-    if (has_main) {
-      float w[kLossChunk];
-#pragma unroll
-      for (int i = 0; i < kLossChunk; ++i) {
-        w[i] = ok[i] ? main_weight(p, k.smooth, row, base + int64_t{i} * kLossThreads, target.label) : 0.0f;
-      }
-      if (p.bce) {
-#pragma unroll
-        for (int i = 0; i < kLossChunk; ++i) st.acc_m += ok[i] ? bce_term(z[i], w[i]) : 0.0f;
-      } else {
-        float chunk_max = -INFINITY;
-#pragma unroll
-        for (int i = 0; i < kLossChunk; ++i) chunk_max = ok[i] ? fmaxf(chunk_max, z[i]) : chunk_max;
-        const float m_new = fmaxf(st.m_z, chunk_max);
-        const float c_old = shift_of(st.m_z), c_new = shift_of(m_new);
-        st.l_z *= expf(st.m_z - c_new);
-        st.d_z += st.s_z * (c_old - c_new);
-#pragma unroll
-        for (int i = 0; i < kLossChunk; ++i) {
-          if (!ok[i]) continue;
-          st.l_z += expf(z[i] - c_new);
-          if (w[i] != 0.0f) st.d_z += w[i] * (z[i] - c_new);
-          st.s_z += w[i];
-        }
-        st.m_z = m_new;
-      }
-    }
-    if (has_sub) {
-      float x[kLossChunk];
-#pragma unroll
-      for (int i = 0; i < kLossChunk; ++i) {
-        x[i] = ok[i] ? detail::to_acc<float>(s_row[base + int64_t{i} * kLossThreads]) * inv_t : 0.0f;
-      }
-      if (p.bce) {
-#pragma unroll
-        for (int i = 0; i < kLossChunk; ++i) st.acc_s += ok[i] ? bce_term(x[i], sigmoid(z[i] * inv_t)) : 0.0f;
-      } else {
-        float x_max = -INFINITY, t_max = -INFINITY;
-#pragma unroll
-        for (int i = 0; i < kLossChunk; ++i) {
-          x_max = ok[i] ? fmaxf(x_max, x[i]) : x_max;
-          t_max = ok[i] ? fmaxf(t_max, z[i] * inv_t) : t_max;
-        }
-        const float ms_new = fmaxf(st.m_s, x_max), mt_new = fmaxf(st.m_t, t_max);
-        const float cs_old = shift_of(st.m_s), cs_new = shift_of(ms_new), ct_new = shift_of(mt_new);
-        const float alpha_t = expf(st.m_t - ct_new);
-        st.d_t = alpha_t * (st.d_t + st.l_t * (cs_old - cs_new));
-        st.l_t *= alpha_t;
-        st.l_s *= expf(st.m_s - cs_new);
-#pragma unroll
-        for (int i = 0; i < kLossChunk; ++i) {
-          if (!ok[i]) continue;
-          const float e_t = expf(z[i] * inv_t - ct_new);
-          if (e_t != 0.0f) st.d_t += e_t * (x[i] - cs_new);
-          st.l_t += e_t;
-          st.l_s += expf(x[i] - cs_new);
-        }
-        st.m_s = ms_new;
-        st.m_t = mt_new;
-      }
+    for (int u = 0; u < kLossUnroll; ++u) {
+      const int64_t vector = v + int64_t{u} * kLossThreads;
+      if (vector < span.vectors) forward_chunk<T, V, W>(st, z_row, s_row, p, k, target_row, target, span.head + vector * W);
     }
   }
-  st = block_merge(st);
+#pragma unroll 1
+  for (int64_t i = threadIdx.x; i < span.scalar; i += kLossThreads) {
+    forward_chunk<T, V, 1>(st, z_row, s_row, p, k, target_row, target, span.scalar_class(i, W));
+  }
+  if constexpr (V::kUnitT && !V::kBce) {  // the teacher's max and sum are the main term's
+    st.m_t = st.m_z;
+    st.l_t = st.l_z;
+  }
+  st = block_merge<V>(st);
   if (threadIdx.x != 0) return;
   float* o = out + row;  // row k of the output for this row: o[k * M]
-  if (has_main) {
-    float main;
-    if (p.bce) {
-      main = st.acc_m / static_cast<float>(C);
+  float main = 0.0f, sub = 0.0f, stats[kLossRows] = {};
+  if constexpr (V::kHasMain) {
+    float z_y = 0.0f;  // class ids: the id's logit, read once
+    const bool has_y = V::kLabels && target.label >= 0 && target.label < C;
+    if (has_y) z_y = detail::to_acc<float>(z_row[target.label]);
+    const float w_y = target.w_hit, w_o = target.w_miss;
+    if constexpr (V::kBce) {
+      float sum = st.a_z;  // probabilities: the sum of the terms
+      if constexpr (V::kLabels) {
+        sum = (w_o != 1.0f ? (1.0f - w_o) * st.p_z : 0.0f) - (w_o != 0.0f ? w_o * st.n_z : 0.0f) + st.l_z;
+        const float t_y = (z_y > 0.0f ? 1.0f : 0.0f) - w_y;  // the id's linear part, as bce_term
+        sum += has_y && t_y != 0.0f ? t_y * z_y : 0.0f;
+      }
+      main = sum * k.inv_classes;
     } else {
-      main = st.s_z * logf(st.l_z) - st.d_z;  // sum_c w_c (lse - z_c)
-      o[kStatShiftZ * M] = shift_of(st.m_z);
-      o[kStatLogSumZ * M] = logf(st.l_z);
-      o[kStatMassZ * M] = st.s_z;
+      const float c = shift_of(st.m_z);
+      float s_w = st.s_z, d_w = st.d_z;
+      if constexpr (V::kLabels) {
+        s_w = w_o * static_cast<float>(C) + (has_y ? w_y - w_o : 0.0f);
+        // A = the sum over every class less z_y (z_y = -inf: the sum is -inf already, and so is D_z)
+        const float a = has_y && z_y != -INFINITY ? st.a_z - z_y : st.a_z;
+        d_w = w_o != 0.0f ? w_o * (a - static_cast<float>(C - (has_y ? 1 : 0)) * c) : 0.0f;
+        d_w += has_y && w_y != 0.0f ? w_y * (z_y - c) : 0.0f;
+      }
+      main = s_w * logf(st.l_z) - d_w;  // sum_c w_c (lse - z_c)
+      stats[kStatShiftZ] = c;
+      stats[kStatLogSumZ] = logf(st.l_z);
+      stats[kStatMassZ] = s_w;
     }
-    o[kLossMain * M] = row_value(target, main);
   }
-  if (has_sub) {
-    float sub;
-    if (p.bce) {
-      sub = st.acc_s / static_cast<float>(C);
+  if constexpr (V::kSub) {
+    if constexpr (V::kBce) {
+      sub = st.l_s * k.inv_classes;
     } else {
       sub = logf(st.l_s) - st.d_t / st.l_t;  // sum_c p_c (lse(s/T) - s_c/T)
-      o[kStatShiftS * M] = shift_of(st.m_s);
-      o[kStatLogSumS * M] = logf(st.l_s);
-      o[kStatShiftT * M] = shift_of(st.m_t);
-      o[kStatLogSumT * M] = logf(st.l_t);
+      stats[kStatShiftS] = shift_of(st.m_s);
+      stats[kStatLogSumS] = logf(st.l_s);
+      stats[kStatShiftT] = shift_of(st.m_t);
+      stats[kStatLogSumT] = logf(st.l_t);
     }
-    o[kLossSub * M] = row_value(target, (p.temperature * p.temperature) * sub);
+  }
+  stats[kLossMain] = V::kHasMain ? row_value(target, main) : 0.0f;
+  stats[kLossSub] = V::kSub ? row_value(target, (p.temperature * p.temperature) * sub) : 0.0f;
+#pragma unroll
+  for (int r = 0; r < kLossRows; ++r) o[r * M] = stats[r];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------------------------------------------
+
+// What the backward reads per row: upstream gradients (NaN for a bad id, 0 for an ignored row: set once here) and
+// the forward's stats, the logs as log2 (softmax(v)_c = exp2((v_c - c) log2 e - log2 L)).
+struct RowGrad {
+  float g_m, c_z, b_z, s_z;
+  float g_s, c_s, b_s, c_t, b_t;
+};
+
+template <typename T, class V, int N>
+__device__ __forceinline__ void backward_chunk(const T* z_row, const T* s_row, T* dz_row, T* ds_row,
+                                               const LossProblem& p, const LossConstants& k, int64_t target_row,
+                                               const RowTarget& t, const RowGrad& g, int64_t c) {
+  float z[N];
+  load_logits<T, N>(z_row, c, z);
+  if (dz_row != nullptr) {
+    float w[N], d[N];
+    main_weights<V, N>(p, k.smooth, p.target, target_row + c, c, t, w);
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const float prob = V::kBce ? sigmoid(z[i]) : g.s_z * exp2f((z[i] - g.c_z) * kLog2e - g.b_z);
+      d[i] = t.valid ? g.g_m * (prob - w[i]) : 0.0f;
+    }
+    store_logits<T, N>(dz_row, c, d);
+  }
+  if (ds_row != nullptr) {
+    float s[N], d[N];
+    load_logits<T, N>(s_row, c, s);
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const float x = s[i] * k.inv_temperature, zt = z[i] * k.inv_temperature;
+      const float diff = V::kBce ? sigmoid(x) - sigmoid(zt)
+                                 : exp2f((x - g.c_s) * kLog2e - g.b_s) - exp2f((zt - g.c_t) * kLog2e - g.b_t);
+      d[i] = t.valid ? g.g_s * diff : 0.0f;
+    }
+    store_logits<T, N>(ds_row, c, d);
   }
 }
 
-template <typename T>
+template <typename T, class V>
 __global__ void __launch_bounds__(kLossThreads)
     loss_backward_kernel(const T* __restrict__ logits, const LossProblem p, const LossConstants k,
                          const float* __restrict__ out,
                          const float* __restrict__ grad_main, int64_t stride_gm, const float* __restrict__ grad_sub,
                          int64_t stride_gs, T* __restrict__ dz, T* __restrict__ ds) {
+  constexpr int W = Pack<T>::kWidth;
   const int64_t row = blockIdx.x, C = p.classes, M = p.rows;
   const T* z_row = logits + row * p.stride_logits;
   const T* s_row = p.sub_logits != nullptr ? static_cast<const T*>(p.sub_logits) + row * p.stride_sub : nullptr;
-  const RowTarget target = row_target(p, row);  // an ignored row: zero in both gradients; a bad id: NaN
-  const float inv_t = k.inv_temperature;
-  const float per_class = p.bce ? k.inv_classes : 1.0f;
+  T* dz_row = dz != nullptr ? dz + row * C : nullptr;
+  T* ds_row = ds != nullptr ? ds + row * C : nullptr;
+  const RowTarget target = row_target(p, k.smooth, row);
+  const int64_t target_row = V::kDense ? row * p.stride_target : 0;
+  const float per_class = V::kBce ? k.inv_classes : 1.0f;
   const float* o = out + row;
-  float g_m = 0.0f, c_z = 0.0f, log_l_z = 0.0f, s_z = 0.0f;
+  RowGrad g{};
   if (dz != nullptr) {
-    g_m = grad_main[row * stride_gm] * per_class;
-    c_z = o[kStatShiftZ * M];
-    log_l_z = o[kStatLogSumZ * M];
-    s_z = o[kStatMassZ * M];
+    g = {grad_main[row * stride_gm] * per_class, o[kStatShiftZ * M], o[kStatLogSumZ * M] * kLog2e,
+         o[kStatMassZ * M]};
   }
-  float g_s = 0.0f, c_s = 0.0f, log_l_s = 0.0f, c_t = 0.0f, log_l_t = 0.0f;
   if (ds != nullptr) {
-    g_s = grad_sub[row * stride_gs] * (p.temperature * per_class);
-    c_s = o[kStatShiftS * M];
-    log_l_s = o[kStatLogSumS * M];
-    c_t = o[kStatShiftT * M];
-    log_l_t = o[kStatLogSumT * M];
+    g.g_s = grad_sub[row * stride_gs] * (p.temperature * per_class);
+    g.c_s = o[kStatShiftS * M];
+    g.b_s = o[kStatLogSumS * M] * kLog2e;
+    g.c_t = o[kStatShiftT * M];
+    g.b_t = o[kStatLogSumT * M] * kLog2e;
   }
-  // A bad class id: NaN upstream gradients make the row NaN (NaN times anything), as row_value does in the forward;
-  // set once here rather than tested per element, which costs registers (spills on sm_90a).
-  if (target.bad) g_m = g_s = NAN;
-  for (int64_t c = threadIdx.x; c < C; c += kLossThreads) {
-    const float z = detail::to_acc<float>(z_row[c]);
-    if (dz != nullptr) {
-      const float w = main_weight(p, k.smooth, row, c, target.label);
-      const float prob = p.bce ? sigmoid(z) : s_z * expf((z - c_z) - log_l_z);
-      dz[row * C + c] = detail::from_acc<T>(target.valid ? g_m * (prob - w) : 0.0f);
+  // a bad class id: NaN upstream gradients make the row NaN (NaN times anything), as row_value does in the
+  // forward; an ignored row: zeros (selected per element, not a zero factor: 0 times an infinite logit's term is NaN)
+  if (target.bad) g.g_m = g.g_s = NAN;
+  const RowSpan span = row_span(z_row, offset_bits(z_row, s_row) | offset_bits(z_row, dz_row) |
+                                           offset_bits(z_row, ds_row), C);
+  for (int64_t v = threadIdx.x; v < span.vectors; v += int64_t{kLossThreads} * kLossUnroll) {
+#pragma unroll
+    for (int u = 0; u < kLossUnroll; ++u) {
+      const int64_t vector = v + int64_t{u} * kLossThreads;
+      if (vector < span.vectors) {
+        backward_chunk<T, V, W>(z_row, s_row, dz_row, ds_row, p, k, target_row, target, g, span.head + vector * W);
+      }
     }
-    if (ds != nullptr) {
-      const float x = detail::to_acc<float>(s_row[c]) * inv_t, zt = z * inv_t;
-      const float diff = p.bce ? sigmoid(x) - sigmoid(zt) : expf((x - c_s) - log_l_s) - expf((zt - c_t) - log_l_t);
-      ds[row * C + c] = detail::from_acc<T>(target.valid ? g_s * diff : 0.0f);
-    }
+  }
+#pragma unroll 1
+  for (int64_t i = threadIdx.x; i < span.scalar; i += kLossThreads) {
+    backward_chunk<T, V, 1>(z_row, s_row, dz_row, ds_row, p, k, target_row, target, g, span.scalar_class(i, W));
   }
 }
 
@@ -319,6 +604,33 @@ inline bool valid_problem(const LossProblem& p) {
          (p.rows == 0 || p.target_kind == TargetKind::kNone || p.target != nullptr);
 }
 
+inline int main_of(TargetKind kind) {
+  if (kind == TargetKind::kNone) return Main::kNone;
+  return kind == TargetKind::kLabelsInt64 || kind == TargetKind::kLabelsInt32 ? Main::kLabels : Main::kDense;
+}
+
+// The launch's variant, chosen once on the host: f(LossVariant<...>{}) for the problem's (bce, main, sub, T = 1).
+template <bool kBce, int kMain, class F>
+void with_sub(const LossProblem& p, F&& f) {
+  if (p.sub_logits == nullptr) return f(LossVariant<kBce, kMain, false, false>{});
+  if (p.temperature == 1.0f) return f(LossVariant<kBce, kMain, true, true>{});
+  f(LossVariant<kBce, kMain, true, false>{});
+}
+
+template <bool kBce, class F>
+void with_main(const LossProblem& p, F&& f) {
+  const int main = main_of(p.target_kind);
+  if (main == Main::kNone) return with_sub<kBce, Main::kNone>(p, f);
+  if (main == Main::kLabels) return with_sub<kBce, Main::kLabels>(p, f);
+  with_sub<kBce, Main::kDense>(p, f);
+}
+
+template <class F>
+void with_variant(const LossProblem& p, F&& f) {
+  if (p.bce) return with_main<true>(p, f);
+  with_main<false>(p, f);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -330,8 +642,11 @@ cudaError_t launch_masksub_loss_forward(const T* logits, const LossProblem& prob
                                         cudaStream_t stream) {
   if (!valid_problem(problem)) return cudaErrorInvalidValue;
   if (problem.rows == 0) return cudaSuccess;
-  loss_forward_kernel<T><<<static_cast<unsigned int>(problem.rows), kLossThreads, 0, stream>>>(
-      logits, problem, constants_of(problem), out);
+  with_variant(problem, [&](auto variant) {
+    using V = decltype(variant);
+    loss_forward_kernel<T, V><<<static_cast<unsigned int>(problem.rows), kLossThreads, 0, stream>>>(
+        logits, problem, constants_of(problem), out);
+  });
   return cudaGetLastError();
 }
 
@@ -346,9 +661,20 @@ cudaError_t launch_masksub_loss_backward(const T* logits, const LossProblem& pro
       (grad_sub_logits != nullptr && (grad_sub == nullptr || problem.sub_logits == nullptr))) {
     return cudaErrorInvalidValue;
   }
-  loss_backward_kernel<T><<<static_cast<unsigned int>(problem.rows), kLossThreads, 0, stream>>>(
-      logits, problem, constants_of(problem), out, grad_main, stride_grad_main, grad_sub, stride_grad_sub,
-      grad_logits, grad_sub_logits);
+  // the backward's loop depends on CE / BCE and dense targets only (class ids and none read no target per class)
+  const auto launch = [&](auto variant) {
+    using V = decltype(variant);
+    loss_backward_kernel<T, V><<<static_cast<unsigned int>(problem.rows), kLossThreads, 0, stream>>>(
+        logits, problem, constants_of(problem), out, grad_main, stride_grad_main, grad_sub, stride_grad_sub,
+        grad_logits, grad_sub_logits);
+  };
+  const bool dense = main_of(problem.target_kind) == Main::kDense;
+  if (problem.bce) {
+    dense ? launch(LossVariant<true, Main::kDense, true, false>{}) : launch(LossVariant<true, Main::kLabels, true, false>{});
+  } else {
+    dense ? launch(LossVariant<false, Main::kDense, true, false>{})
+          : launch(LossVariant<false, Main::kLabels, true, false>{});
+  }
   return cudaGetLastError();
 }
 
