@@ -453,7 +453,13 @@ LossOperands loss_operands(const at::Tensor& logits, const std::optional<at::Ten
   }
   p.target_kind = masksub::TargetKind::kNone;
   if (target_opt) {
-    ops.target = target_opt->is_floating_point() ? last_dim_dense(*target_opt) : *target_opt;
+    ops.target = *target_opt;
+    // probabilities reach the kernels in the logits' dtype or fp32: others become fp32 here (exact from fp16 /
+    // bf16; from fp64 the rounding the kernels' fp32 arithmetic applies anyway)
+    if (ops.target.is_floating_point() && ops.target.scalar_type() != logits.scalar_type()) {
+      ops.target = ops.target.to(at::kFloat);
+    }
+    ops.target = ops.target.is_floating_point() ? last_dim_dense(ops.target) : ops.target;
     p.target = ops.target.const_data_ptr();
     p.stride_target = ops.target.stride(0);
     p.target_kind = target_kind_of(ops.target.scalar_type());

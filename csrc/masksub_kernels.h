@@ -191,7 +191,7 @@ struct LossProblem {
   int64_t stride_logits;       // row stride of the logits (their class stride is 1), in elements
   const void* sub_logits;      // the logits' dtype, class stride 1; null: no sub term
   int64_t stride_sub;
-  const void* target;          // class ids or probabilities (class stride 1), as target_kind says
+  const void* target;          // class ids or probabilities (class stride 1; in T or fp32), as target_kind says
   int64_t stride_target;       // row stride of the probabilities, or the stride of the class ids
   TargetKind target_kind;
   bool bce;                    // binary cross-entropy (per class, sigmoid) instead of softmax cross-entropy

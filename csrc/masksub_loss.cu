@@ -56,8 +56,9 @@ namespace Main {
 constexpr int kNone = 0, kLabels = 1, kDense = 2;
 }
 
-template <bool kBce_, int kMain_, bool kSub_, bool kUnitT_>
+template <bool kBce_, int kMain_, bool kSub_, bool kUnitT_, typename Target_ = float>
 struct LossVariant {
+  using Target = Target_;  // the probabilities' element type (kDense): the logits' or fp32
   static constexpr bool kBce = kBce_;
   static constexpr bool kSub = kSub_;
   static constexpr bool kUnitT = kUnitT_ && kSub_;  // T = 1: the teacher z / T is z
@@ -109,14 +110,6 @@ __device__ __forceinline__ float bce_term(float x, float w, float e) {
   return (t != 0.0f ? t * x : 0.0f) + log1p_unit(e);
 }
 
-// An if chain rather than a switch: ptxas turned the switch (a jump table) into spills in these kernels.
-__device__ __forceinline__ float load_probability(const void* target, int64_t index, TargetKind kind) {
-  if (kind == TargetKind::kFloat32) return static_cast<const float*>(target)[index];
-  if (kind == TargetKind::kFloat16) return __half2float(static_cast<const __half*>(target)[index]);
-  if (kind == TargetKind::kBFloat16) return __bfloat162float(static_cast<const __nv_bfloat16*>(target)[index]);
-  return static_cast<float>(static_cast<const double*>(target)[index]);
-}
-
 // Per-launch constants, divided once on the host (IEEE fp32, as on the device) instead of once per element.
 struct LossConstants {
   float inv_temperature;  // 1 / T
@@ -147,6 +140,11 @@ __device__ __forceinline__ RowTarget row_target(const LossProblem& p, float smoo
           smoothed(p, smooth, 0.0f)};
 }
 
+template <class V>
+__device__ __forceinline__ const typename V::Target* target_row(const LossProblem& p, int64_t row) {
+  return static_cast<const typename V::Target*>(p.target) + row * p.stride_target;
+}
+
 // A row's value or gradient: as computed where the row counts, 0 where it is ignored, NaN where its class id is
 // out of range (the NaN reaches any reduction: the bad id is visible without a host sync or a device trap).
 __device__ __forceinline__ float row_value(const RowTarget& t, float value) {
@@ -162,41 +160,56 @@ struct RowSpan {
   }
 };
 
-template <typename T>
-__device__ __forceinline__ RowSpan row_span(const T* row, uint64_t offsets, int64_t C) {
+__device__ __forceinline__ uint64_t address_of(const void* p) {
+  return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p));
+}
+
+// y_row: the probabilities' row (null for other targets), read as 16-byte words too where a vector's worth of
+// them spans 16 bytes or more, so its vectors must start on a boundary as well.
+template <typename T, typename Q>
+__device__ __forceinline__ RowSpan row_span(const T* row, uint64_t offsets, const Q* y_row, int64_t C) {
   constexpr int W = Pack<T>::kWidth;
-  const uint64_t address = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(row));
-  if ((offsets & 15u) != 0) return {C, 0, C};  // the rows sit differently within 16 bytes: scalar only
-  const int64_t to_boundary = static_cast<int64_t>(((16u - (address & 15u)) & 15u) / sizeof(T));
+  const int64_t to_boundary = static_cast<int64_t>(((16u - (address_of(row) & 15u)) & 15u) / sizeof(T));
   const int64_t head = to_boundary < C ? to_boundary : C;
+  const bool target_fits = y_row == nullptr || W * sizeof(Q) < 16 ||
+                           ((address_of(y_row) + static_cast<uint64_t>(head) * sizeof(Q)) & 15u) == 0;
+  if ((offsets & 15u) != 0 || !target_fits) return {C, 0, C};  // the rows sit differently: scalar only
   const int64_t vectors = (C - head) / W;
   return {head, vectors, C - vectors * W};
 }
 
 __device__ __forceinline__ uint64_t offset_bits(const void* a, const void* b) {
-  return b == nullptr ? 0 : static_cast<uint64_t>(reinterpret_cast<uintptr_t>(a) ^ reinterpret_cast<uintptr_t>(b));
+  return b == nullptr ? 0 : address_of(a) ^ address_of(b);
 }
 
-// N logits from row + c: one 16-byte word (N = the pack width, c at a vector boundary) or one element. bf16 words
-// widen by placing bits (a bf16 is the top half of its fp32): one instruction per element, where the conversion
-// of each element on its own takes two (a byte permute, then a shift).
+// N values from row + c as fp32: 16-byte words where N of them span 16 bytes or more (c at a vector boundary),
+// else one element at a time. bf16 words widen by placing bits (a bf16 is the top half of its fp32): one
+// instruction per element, where the conversion of each element on its own takes two (a byte permute, a shift).
 template <typename T, int N>
-__device__ __forceinline__ void load_logits(const T* row, int64_t c, float (&v)[N]) {
-  if constexpr (N == 1) {
-    v[0] = detail::to_acc<float>(row[c]);
-  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    const uint4 pack = *reinterpret_cast<const uint4*>(row + c);
-    const uint32_t words[4] = {pack.x, pack.y, pack.z, pack.w};
+__device__ __forceinline__ void load_values(const T* row, int64_t c, float (&v)[N]) {
+  constexpr int kWords = N * static_cast<int>(sizeof(T)) / 16, W = Pack<T>::kWidth;
+  if constexpr (kWords == 0) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const uint32_t low = words[i] << 16, high = words[i] & 0xFFFF0000u;  // elements 2i and 2i + 1
-      memcpy(&v[2 * i], &low, sizeof(float));
-      memcpy(&v[2 * i + 1], &high, sizeof(float));
+    for (int i = 0; i < N; ++i) v[i] = detail::to_acc<float>(row[c + i]);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+#pragma unroll
+    for (int j = 0; j < kWords; ++j) {
+      const uint4 pack = reinterpret_cast<const uint4*>(row + c)[j];
+      const uint32_t words[4] = {pack.x, pack.y, pack.z, pack.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t low = words[i] << 16, high = words[i] & 0xFFFF0000u;  // elements 2i and 2i + 1
+        memcpy(&v[j * W + 2 * i], &low, sizeof(float));
+        memcpy(&v[j * W + 2 * i + 1], &high, sizeof(float));
+      }
     }
   } else {
-    const Pack<T> pack = *reinterpret_cast<const Pack<T>*>(row + c);
 #pragma unroll
-    for (int i = 0; i < N; ++i) v[i] = detail::to_acc<float>(pack.v[i]);
+    for (int j = 0; j < kWords; ++j) {
+      const Pack<T> pack = reinterpret_cast<const Pack<T>*>(row + c)[j];
+#pragma unroll
+      for (int i = 0; i < W; ++i) v[j * W + i] = detail::to_acc<float>(pack.v[i]);
+    }
   }
 }
 
@@ -220,13 +233,14 @@ __device__ __forceinline__ int position_in_chunk(int64_t label, int64_t c) {
   return at < static_cast<uint64_t>(N) ? static_cast<int>(at) : -1;
 }
 
-// The main term's weights of classes [c, c + N): probabilities (read per element, in their own dtype) or one-hot.
+// The main term's weights of classes [c, c + N): probabilities (in their own dtype) or one-hot.
 template <class V, int N>
-__device__ __forceinline__ void main_weights(const LossProblem& p, float smooth, const void* target, int64_t index,
+__device__ __forceinline__ void main_weights(const LossProblem& p, float smooth, const typename V::Target* y_row,
                                              int64_t c, const RowTarget& t, float (&w)[N]) {
   if constexpr (V::kDense) {
+    load_values<typename V::Target, N>(y_row, c, w);
 #pragma unroll
-    for (int i = 0; i < N; ++i) w[i] = smoothed(p, smooth, load_probability(target, index + i, p.target_kind));
+    for (int i = 0; i < N; ++i) w[i] = smoothed(p, smooth, w[i]);
   } else {
     const int at = position_in_chunk<N>(t.label, c);
 #pragma unroll
@@ -412,18 +426,18 @@ __device__ __forceinline__ LossState block_merge(LossState state) {
 // Classes [c, c + N) of the row (N: a vector, or 1) into the state.
 template <typename T, class V, int N>
 __device__ __forceinline__ void forward_chunk(LossState& st, const T* z_row, const T* s_row, const LossProblem& p,
-                                              const LossConstants& k, int64_t target_row, const RowTarget& t,
-                                              int64_t c) {
+                                              const LossConstants& k, const typename V::Target* y_row,
+                                              const RowTarget& t, int64_t c) {
   float z[N], x[N] = {}, w[N] = {};
-  load_logits<T, N>(z_row, c, z);
+  load_values<T, N>(z_row, c, z);
   if constexpr (V::kSub) {
-    load_logits<T, N>(s_row, c, x);
+    load_values<T, N>(s_row, c, x);
     if constexpr (!V::kUnitT) {
 #pragma unroll
       for (int i = 0; i < N; ++i) x[i] *= k.inv_temperature;
     }
   }
-  if constexpr (V::kHasMain) main_weights<V, N>(p, k.smooth, p.target, target_row + c, c, t, w);
+  if constexpr (V::kHasMain) main_weights<V, N>(p, k.smooth, y_row, c, t, w);
   fold<V, N>(st, z, x, w, V::kBce && V::kLabels ? position_in_chunk<N>(t.label, c) : -1, k.inv_temperature);
 }
 
@@ -436,19 +450,19 @@ __global__ void __launch_bounds__(kLossThreads)
   const T* z_row = logits + row * p.stride_logits;
   const T* s_row = V::kSub ? static_cast<const T*>(p.sub_logits) + row * p.stride_sub : nullptr;
   const RowTarget target = row_target(p, k.smooth, row);
-  const int64_t target_row = V::kDense ? row * p.stride_target : 0;
-  const RowSpan span = row_span(z_row, offset_bits(z_row, s_row), C);
+  const typename V::Target* y_row = V::kDense ? target_row<V>(p, row) : nullptr;
+  const RowSpan span = row_span(z_row, offset_bits(z_row, s_row), y_row, C);
   LossState st = empty_state();
   for (int64_t v = threadIdx.x; v < span.vectors; v += int64_t{kLossThreads} * kLossUnroll) {
 #pragma unroll
     for (int u = 0; u < kLossUnroll; ++u) {
       const int64_t vector = v + int64_t{u} * kLossThreads;
-      if (vector < span.vectors) forward_chunk<T, V, W>(st, z_row, s_row, p, k, target_row, target, span.head + vector * W);
+      if (vector < span.vectors) forward_chunk<T, V, W>(st, z_row, s_row, p, k, y_row, target, span.head + vector * W);
     }
   }
 #pragma unroll 1
   for (int64_t i = threadIdx.x; i < span.scalar; i += kLossThreads) {
-    forward_chunk<T, V, 1>(st, z_row, s_row, p, k, target_row, target, span.scalar_class(i, W));
+    forward_chunk<T, V, 1>(st, z_row, s_row, p, k, y_row, target, span.scalar_class(i, W));
   }
   if constexpr (V::kUnitT && !V::kBce) {  // the teacher's max and sum are the main term's
     st.m_t = st.m_z;
@@ -517,13 +531,14 @@ struct RowGrad {
 
 template <typename T, class V, int N>
 __device__ __forceinline__ void backward_chunk(const T* z_row, const T* s_row, T* dz_row, T* ds_row,
-                                               const LossProblem& p, const LossConstants& k, int64_t target_row,
-                                               const RowTarget& t, const RowGrad& g, int64_t c) {
+                                               const LossProblem& p, const LossConstants& k,
+                                               const typename V::Target* y_row, const RowTarget& t, const RowGrad& g,
+                                               int64_t c) {
   float z[N];
-  load_logits<T, N>(z_row, c, z);
+  load_values<T, N>(z_row, c, z);
   if (dz_row != nullptr) {
     float w[N], d[N];
-    main_weights<V, N>(p, k.smooth, p.target, target_row + c, c, t, w);
+    main_weights<V, N>(p, k.smooth, y_row, c, t, w);
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       const float prob = V::kBce ? sigmoid(z[i]) : g.s_z * exp2f((z[i] - g.c_z) * kLog2e - g.b_z);
@@ -533,7 +548,7 @@ __device__ __forceinline__ void backward_chunk(const T* z_row, const T* s_row, T
   }
   if (ds_row != nullptr) {
     float s[N], d[N];
-    load_logits<T, N>(s_row, c, s);
+    load_values<T, N>(s_row, c, s);
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       const float x = s[i] * k.inv_temperature, zt = z[i] * k.inv_temperature;
@@ -558,7 +573,7 @@ __global__ void __launch_bounds__(kLossThreads)
   T* dz_row = dz != nullptr ? dz + row * C : nullptr;
   T* ds_row = ds != nullptr ? ds + row * C : nullptr;
   const RowTarget target = row_target(p, k.smooth, row);
-  const int64_t target_row = V::kDense ? row * p.stride_target : 0;
+  const typename V::Target* y_row = V::kDense ? target_row<V>(p, row) : nullptr;
   const float per_class = V::kBce ? k.inv_classes : 1.0f;
   const float* o = out + row;
   RowGrad g{};
@@ -576,20 +591,20 @@ __global__ void __launch_bounds__(kLossThreads)
   // a bad class id: NaN upstream gradients make the row NaN (NaN times anything), as row_value does in the
   // forward; an ignored row: zeros (selected per element, not a zero factor: 0 times an infinite logit's term is NaN)
   if (target.bad) g.g_m = g.g_s = NAN;
-  const RowSpan span = row_span(z_row, offset_bits(z_row, s_row) | offset_bits(z_row, dz_row) |
-                                           offset_bits(z_row, ds_row), C);
+  const RowSpan span = row_span(
+      z_row, offset_bits(z_row, s_row) | offset_bits(z_row, dz_row) | offset_bits(z_row, ds_row), y_row, C);
   for (int64_t v = threadIdx.x; v < span.vectors; v += int64_t{kLossThreads} * kLossUnroll) {
 #pragma unroll
     for (int u = 0; u < kLossUnroll; ++u) {
       const int64_t vector = v + int64_t{u} * kLossThreads;
       if (vector < span.vectors) {
-        backward_chunk<T, V, W>(z_row, s_row, dz_row, ds_row, p, k, target_row, target, g, span.head + vector * W);
+        backward_chunk<T, V, W>(z_row, s_row, dz_row, ds_row, p, k, y_row, target, g, span.head + vector * W);
       }
     }
   }
 #pragma unroll 1
   for (int64_t i = threadIdx.x; i < span.scalar; i += kLossThreads) {
-    backward_chunk<T, V, 1>(z_row, s_row, dz_row, ds_row, p, k, target_row, target, g, span.scalar_class(i, W));
+    backward_chunk<T, V, 1>(z_row, s_row, dz_row, ds_row, p, k, y_row, target, g, span.scalar_class(i, W));
   }
 }
 
@@ -609,26 +624,41 @@ inline int main_of(TargetKind kind) {
   return kind == TargetKind::kLabelsInt64 || kind == TargetKind::kLabelsInt32 ? Main::kLabels : Main::kDense;
 }
 
-// The launch's variant, chosen once on the host: f(LossVariant<...>{}) for the problem's (bce, main, sub, T = 1).
-template <bool kBce, int kMain, class F>
-void with_sub(const LossProblem& p, F&& f) {
-  if (p.sub_logits == nullptr) return f(LossVariant<kBce, kMain, false, false>{});
-  if (p.temperature == 1.0f) return f(LossVariant<kBce, kMain, true, true>{});
-  f(LossVariant<kBce, kMain, true, false>{});
+template <typename T>
+constexpr TargetKind kind_of() {
+  if constexpr (std::is_same_v<T, float>) return TargetKind::kFloat32;
+  if constexpr (std::is_same_v<T, __half>) return TargetKind::kFloat16;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return TargetKind::kBFloat16;
+  return TargetKind::kFloat64;
 }
 
-template <bool kBce, class F>
-void with_main(const LossProblem& p, F&& f) {
+// The launch's variant, chosen once on the host: f(LossVariant<...>{}) for the problem's (bce, target, sub, T = 1)
+// with logits of type T; false (nothing launched) for probabilities in a dtype other than T's or fp32.
+template <bool kBce, int kMain, typename Q, class F>
+bool with_sub(const LossProblem& p, F&& f) {
+  if (p.sub_logits == nullptr) {
+    f(LossVariant<kBce, kMain, false, false, Q>{});
+  } else if (p.temperature == 1.0f) {
+    f(LossVariant<kBce, kMain, true, true, Q>{});
+  } else {
+    f(LossVariant<kBce, kMain, true, false, Q>{});
+  }
+  return true;
+}
+
+template <typename T, bool kBce, class F>
+bool with_main(const LossProblem& p, F&& f) {
   const int main = main_of(p.target_kind);
-  if (main == Main::kNone) return with_sub<kBce, Main::kNone>(p, f);
-  if (main == Main::kLabels) return with_sub<kBce, Main::kLabels>(p, f);
-  with_sub<kBce, Main::kDense>(p, f);
+  if (main == Main::kNone) return with_sub<kBce, Main::kNone, float>(p, f);
+  if (main == Main::kLabels) return with_sub<kBce, Main::kLabels, float>(p, f);
+  if (p.target_kind == kind_of<T>()) return with_sub<kBce, Main::kDense, T>(p, f);
+  if (p.target_kind == TargetKind::kFloat32) return with_sub<kBce, Main::kDense, float>(p, f);
+  return false;
 }
 
-template <class F>
-void with_variant(const LossProblem& p, F&& f) {
-  if (p.bce) return with_main<true>(p, f);
-  with_main<false>(p, f);
+template <typename T, class F>
+bool with_variant(const LossProblem& p, F&& f) {
+  return p.bce ? with_main<T, true>(p, f) : with_main<T, false>(p, f);
 }
 
 }  // namespace
@@ -642,11 +672,12 @@ cudaError_t launch_masksub_loss_forward(const T* logits, const LossProblem& prob
                                         cudaStream_t stream) {
   if (!valid_problem(problem)) return cudaErrorInvalidValue;
   if (problem.rows == 0) return cudaSuccess;
-  with_variant(problem, [&](auto variant) {
+  const bool launched = with_variant<T>(problem, [&](auto variant) {
     using V = decltype(variant);
     loss_forward_kernel<T, V><<<static_cast<unsigned int>(problem.rows), kLossThreads, 0, stream>>>(
         logits, problem, constants_of(problem), out);
   });
+  if (!launched) return cudaErrorInvalidValue;
   return cudaGetLastError();
 }
 
@@ -661,20 +692,17 @@ cudaError_t launch_masksub_loss_backward(const T* logits, const LossProblem& pro
       (grad_sub_logits != nullptr && (grad_sub == nullptr || problem.sub_logits == nullptr))) {
     return cudaErrorInvalidValue;
   }
-  // the backward's loop depends on CE / BCE and dense targets only (class ids and none read no target per class)
-  const auto launch = [&](auto variant) {
-    using V = decltype(variant);
+  // the backward's loop depends on CE / BCE and the target only (its sub term is there when ds is wanted, and T is
+  // a runtime factor): one instance per (bce, target), the sub flags fixed
+  const bool launched = with_variant<T>(problem, [&](auto variant) {
+    using Variant = decltype(variant);
+    using V = LossVariant<Variant::kBce, Variant::kDense ? Main::kDense : Main::kLabels, true, false,
+                          typename Variant::Target>;
     loss_backward_kernel<T, V><<<static_cast<unsigned int>(problem.rows), kLossThreads, 0, stream>>>(
         logits, problem, constants_of(problem), out, grad_main, stride_grad_main, grad_sub, stride_grad_sub,
         grad_logits, grad_sub_logits);
-  };
-  const bool dense = main_of(problem.target_kind) == Main::kDense;
-  if (problem.bce) {
-    dense ? launch(LossVariant<true, Main::kDense, true, false>{}) : launch(LossVariant<true, Main::kLabels, true, false>{});
-  } else {
-    dense ? launch(LossVariant<false, Main::kDense, true, false>{})
-          : launch(LossVariant<false, Main::kLabels, true, false>{});
-  }
+  });
+  if (!launched) return cudaErrorInvalidValue;
   return cudaGetLastError();
 }
 
