@@ -45,7 +45,7 @@
 namespace masksub {
 namespace {
 
-constexpr int kLossThreads = 256;
+constexpr int kLossThreads = 256;  // the most threads per row; fewer for short rows (loss_threads)
 constexpr int kLossWarps = kLossThreads / 32;
 constexpr int kLossUnroll = 2;  // vectors of each operand in flight per thread and iteration
 constexpr float kLog2e = 1.4426950408889634f;
@@ -366,6 +366,8 @@ __device__ __forceinline__ void fold(LossState& st, const float (&z)[N], const f
   }
 }
 
+// Both states' sums about the larger max (exactly the algebra above; plain sums add). Only the variant's fields:
+// the others stay as empty_state() has them. At T = 1 the teacher's max and sum are the main term's (m_z, l_z).
 template <class V>
 __device__ __forceinline__ LossState merge(const LossState& a, const LossState& b) {
   LossState r = empty_state();
@@ -375,51 +377,90 @@ __device__ __forceinline__ LossState merge(const LossState& a, const LossState& 
     r.n_z = a.n_z + b.n_z;
     r.l_z = a.l_z + b.l_z;
     r.l_s = a.l_s + b.l_s;
-    return r;
   } else {
-    r.m_z = fmaxf(a.m_z, b.m_z);
-    const float c = shift_of(r.m_z);
-    const float alpha_a = expf(a.m_z - c), alpha_b = expf(b.m_z - c);  // e^(-inf - c) = 0 for an empty state
-    r.l_z = a.l_z * alpha_a + b.l_z * alpha_b;
-    r.d_z = a.d_z + a.s_z * (shift_of(a.m_z) - c) + b.d_z + b.s_z * (shift_of(b.m_z) - c);
-    r.s_z = a.s_z + b.s_z;
-    r.a_z = a.a_z + b.a_z;
-    r.m_s = fmaxf(a.m_s, b.m_s);
-    const float c_s = shift_of(r.m_s);
-    r.l_s = a.l_s * expf(a.m_s - c_s) + b.l_s * expf(b.m_s - c_s);
-    // the teacher: at T = 1 its max and sum are the main term's (l_t, m_t are filled in before the merge)
-    r.m_t = fmaxf(a.m_t, b.m_t);
-    const float c_t = shift_of(r.m_t);
-    const float beta_a = V::kUnitT ? alpha_a : expf(a.m_t - c_t), beta_b = V::kUnitT ? alpha_b : expf(b.m_t - c_t);
-    r.d_t = beta_a * (a.d_t + a.l_t * (shift_of(a.m_s) - c_s)) + beta_b * (b.d_t + b.l_t * (shift_of(b.m_s) - c_s));
-    r.l_t = a.l_t * beta_a + b.l_t * beta_b;
-    return r;
+    float alpha_a = 1.0f, alpha_b = 1.0f;
+    if constexpr (V::kHasMain || V::kUnitT) {
+      r.m_z = fmaxf(a.m_z, b.m_z);
+      const float c = shift_of(r.m_z);
+      alpha_a = exp_neg(a.m_z - c);  // e^(-inf - c) = 0 for an empty state
+      alpha_b = exp_neg(b.m_z - c);
+      r.l_z = a.l_z * alpha_a + b.l_z * alpha_b;
+      if constexpr (V::kDense) {
+        r.d_z = a.d_z + a.s_z * (shift_of(a.m_z) - c) + b.d_z + b.s_z * (shift_of(b.m_z) - c);
+        r.s_z = a.s_z + b.s_z;
+      }
+      if constexpr (V::kLabels) r.a_z = a.a_z + b.a_z;
+    }
+    if constexpr (V::kSub) {
+      r.m_s = fmaxf(a.m_s, b.m_s);
+      const float c_s = shift_of(r.m_s);
+      r.l_s = a.l_s * exp_neg(a.m_s - c_s) + b.l_s * exp_neg(b.m_s - c_s);
+      float beta_a = alpha_a, beta_b = alpha_b, l_ta = a.l_z, l_tb = b.l_z;
+      if constexpr (!V::kUnitT) {
+        r.m_t = fmaxf(a.m_t, b.m_t);
+        const float c_t = shift_of(r.m_t);
+        beta_a = exp_neg(a.m_t - c_t);
+        beta_b = exp_neg(b.m_t - c_t);
+        l_ta = a.l_t;
+        l_tb = b.l_t;
+        r.l_t = l_ta * beta_a + l_tb * beta_b;
+      }
+      r.d_t = beta_a * (a.d_t + l_ta * (shift_of(a.m_s) - c_s)) + beta_b * (b.d_t + l_tb * (shift_of(b.m_s) - c_s));
+    }
   }
+  return r;
 }
 
+// Another lane's state: the variant's fields only (the others are the same constants in every lane).
+template <class V>
 __device__ __forceinline__ LossState shuffle_xor(const LossState& s, int offset) {
-  constexpr unsigned kAll = 0xFFFFFFFFu;
-  return {__shfl_xor_sync(kAll, s.m_z, offset), __shfl_xor_sync(kAll, s.l_z, offset),
-          __shfl_xor_sync(kAll, s.s_z, offset), __shfl_xor_sync(kAll, s.d_z, offset),
-          __shfl_xor_sync(kAll, s.a_z, offset), __shfl_xor_sync(kAll, s.p_z, offset),
-          __shfl_xor_sync(kAll, s.n_z, offset), __shfl_xor_sync(kAll, s.m_s, offset),
-          __shfl_xor_sync(kAll, s.l_s, offset), __shfl_xor_sync(kAll, s.m_t, offset),
-          __shfl_xor_sync(kAll, s.l_t, offset), __shfl_xor_sync(kAll, s.d_t, offset)};
+  const auto other = [offset](float v) { return __shfl_xor_sync(0xFFFFFFFFu, v, offset); };
+  LossState r = s;
+  if constexpr (V::kBce) {
+    if constexpr (V::kDense) r.a_z = other(s.a_z);
+    if constexpr (V::kLabels) {
+      r.p_z = other(s.p_z);
+      r.n_z = other(s.n_z);
+      r.l_z = other(s.l_z);
+    }
+    if constexpr (V::kSub) r.l_s = other(s.l_s);
+  } else {
+    if constexpr (V::kHasMain || V::kUnitT) {
+      r.m_z = other(s.m_z);
+      r.l_z = other(s.l_z);
+    }
+    if constexpr (V::kDense) {
+      r.s_z = other(s.s_z);
+      r.d_z = other(s.d_z);
+    }
+    if constexpr (V::kLabels) r.a_z = other(s.a_z);
+    if constexpr (V::kSub) {
+      r.m_s = other(s.m_s);
+      r.l_s = other(s.l_s);
+      r.d_t = other(s.d_t);
+      if constexpr (!V::kUnitT) {
+        r.m_t = other(s.m_t);
+        r.l_t = other(s.l_t);
+      }
+    }
+  }
+  return r;
 }
 
 // The block's merged state, valid in thread 0 (a fixed tree: the same bits on every run). Every warp merges the
-// warp states, not warp 0 alone: shuffles under a branch compile to divergence checks and fallback paths.
+// warp states, not warp 0 alone: shuffles under a branch compile to divergence checks and fallback paths. Lanes
+// past the block's warps hold empty states, which merge as the identity (e^0 = 1, shifts unchanged).
 template <class V>
 __device__ __forceinline__ LossState block_merge(LossState state) {
   __shared__ LossState warp_states[kLossWarps];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
 #pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) state = merge<V>(state, shuffle_xor(state, offset));
+  for (int offset = 16; offset > 0; offset /= 2) state = merge<V>(state, shuffle_xor<V>(state, offset));
   if (lane == 0) warp_states[warp] = state;
   __syncthreads();
-  state = lane < kLossWarps ? warp_states[lane] : empty_state();
+  state = lane < warps ? warp_states[lane] : empty_state();
 #pragma unroll
-  for (int offset = kLossWarps / 2; offset > 0; offset /= 2) state = merge<V>(state, shuffle_xor(state, offset));
+  for (int offset = kLossWarps / 2; offset > 0; offset /= 2) state = merge<V>(state, shuffle_xor<V>(state, offset));
   return state;
 }
 
@@ -453,22 +494,23 @@ __global__ void __launch_bounds__(kLossThreads)
   const typename V::Target* y_row = V::kDense ? target_row<V>(p, row) : nullptr;
   const RowSpan span = row_span(z_row, offset_bits(z_row, s_row), y_row, C);
   LossState st = empty_state();
-  for (int64_t v = threadIdx.x; v < span.vectors; v += int64_t{kLossThreads} * kLossUnroll) {
+  const int threads = blockDim.x;
+  for (int64_t v = threadIdx.x; v < span.vectors; v += int64_t{threads} * kLossUnroll) {
 #pragma unroll
     for (int u = 0; u < kLossUnroll; ++u) {
-      const int64_t vector = v + int64_t{u} * kLossThreads;
+      const int64_t vector = v + int64_t{u} * threads;
       if (vector < span.vectors) forward_chunk<T, V, W>(st, z_row, s_row, p, k, y_row, target, span.head + vector * W);
     }
   }
 #pragma unroll 1
-  for (int64_t i = threadIdx.x; i < span.scalar; i += kLossThreads) {
+  for (int64_t i = threadIdx.x; i < span.scalar; i += threads) {
     forward_chunk<T, V, 1>(st, z_row, s_row, p, k, y_row, target, span.scalar_class(i, W));
   }
+  st = block_merge<V>(st);
   if constexpr (V::kUnitT && !V::kBce) {  // the teacher's max and sum are the main term's
     st.m_t = st.m_z;
     st.l_t = st.l_z;
   }
-  st = block_merge<V>(st);
   if (threadIdx.x != 0) return;
   float* o = out + row;  // row k of the output for this row: o[k * M]
   float main = 0.0f, sub = 0.0f, stats[kLossRows] = {};
@@ -593,19 +635,30 @@ __global__ void __launch_bounds__(kLossThreads)
   if (target.bad) g.g_m = g.g_s = NAN;
   const RowSpan span = row_span(
       z_row, offset_bits(z_row, s_row) | offset_bits(z_row, dz_row) | offset_bits(z_row, ds_row), y_row, C);
-  for (int64_t v = threadIdx.x; v < span.vectors; v += int64_t{kLossThreads} * kLossUnroll) {
+  const int threads = blockDim.x;
+  for (int64_t v = threadIdx.x; v < span.vectors; v += int64_t{threads} * kLossUnroll) {
 #pragma unroll
     for (int u = 0; u < kLossUnroll; ++u) {
-      const int64_t vector = v + int64_t{u} * kLossThreads;
+      const int64_t vector = v + int64_t{u} * threads;
       if (vector < span.vectors) {
         backward_chunk<T, V, W>(z_row, s_row, dz_row, ds_row, p, k, y_row, target, g, span.head + vector * W);
       }
     }
   }
 #pragma unroll 1
-  for (int64_t i = threadIdx.x; i < span.scalar; i += kLossThreads) {
+  for (int64_t i = threadIdx.x; i < span.scalar; i += threads) {
     backward_chunk<T, V, 1>(z_row, s_row, dz_row, ds_row, p, k, y_row, target, g, span.scalar_class(i, W));
   }
+}
+
+// Threads per row: enough for kLossUnroll vectors each (at least 2 warps, at most kLossThreads), so that short rows
+// (C = 1000) do not leave most of a block idle and pay a merge across 8 warps.
+template <typename T>
+int loss_threads(int64_t classes) {
+  const int64_t vectors = classes / Pack<T>::kWidth;
+  int threads = 64;
+  while (threads < kLossThreads && threads * int64_t{kLossUnroll} < vectors) threads *= 2;
+  return threads;
 }
 
 inline LossConstants constants_of(const LossProblem& p) {
@@ -674,7 +727,7 @@ cudaError_t launch_masksub_loss_forward(const T* logits, const LossProblem& prob
   if (problem.rows == 0) return cudaSuccess;
   const bool launched = with_variant<T>(problem, [&](auto variant) {
     using V = decltype(variant);
-    loss_forward_kernel<T, V><<<static_cast<unsigned int>(problem.rows), kLossThreads, 0, stream>>>(
+    loss_forward_kernel<T, V><<<static_cast<unsigned int>(problem.rows), loss_threads<T>(problem.classes), 0, stream>>>(
         logits, problem, constants_of(problem), out);
   });
   if (!launched) return cudaErrorInvalidValue;
@@ -698,7 +751,7 @@ cudaError_t launch_masksub_loss_backward(const T* logits, const LossProblem& pro
     using Variant = decltype(variant);
     using V = LossVariant<Variant::kBce, Variant::kDense ? Main::kDense : Main::kLabels, true, false,
                           typename Variant::Target>;
-    loss_backward_kernel<T, V><<<static_cast<unsigned int>(problem.rows), kLossThreads, 0, stream>>>(
+    loss_backward_kernel<T, V><<<static_cast<unsigned int>(problem.rows), loss_threads<T>(problem.classes), 0, stream>>>(
         logits, problem, constants_of(problem), out, grad_main, stride_grad_main, grad_sub, stride_grad_sub,
         grad_logits, grad_sub_logits);
   });

@@ -126,8 +126,8 @@ TARGET_BYTES = {1: 8, 2: 4, 3: 4, 4: 2, 5: 2, 6: 8}  # per TargetKind (csrc_laun
 
 
 def _loss(launch: CsrcLaunch) -> tuple:
-    # one block of 256 threads per row (each kernel an instance of its variant: CE / BCE, target kind, sub, T = 1).
-    # The vector loop first: 2 16-byte vectors of each operand per thread per iteration (kLossUnroll), from the
+    # one block per row (64-256 threads: loss_threads; each kernel an instance of its variant: CE / BCE, target
+    # kind, sub, T = 1). The vector loop first: 2 16-byte vectors of each operand per thread per iteration, from the
     # row's first 16-byte boundary; then the scalar loop over the classes before that boundary and after the last
     # whole vector (one iteration where there are any: fewer than 256), which nvcc may duplicate per case (e.g.
     # with or without a gradient): every such copy is charged that iteration, an upper bound. The forward's block
@@ -136,9 +136,10 @@ def _loss(launch: CsrcLaunch) -> tuple:
     m, c, e = a["rows"], a["classes"], ELEMENT_BYTES[launch.call.dtype]
     width = 16 // e
     aligned = (a["stride_logits"] * e) % 16 == 0 and c % width == 0
-    vector_trips = math.ceil((c // width) / (256 * 2))
+    threads = launch.block[0]
+    vector_trips = math.ceil((c // width) / (threads * 2))
     trips = [(vector_trips, 0 if aligned else 1)]
-    elements = 256 * 2 * width
+    elements = threads * 2 * width
     target = m * TARGET_BYTES[a["target_kind"]] * (1 if a["target_kind"] <= 2 else c)  # class ids: one per row
     if launch.name == "loss_forward_kernel":
         return trips, elements, 2 * m * c * e + target, 9 * m * 4
