@@ -592,6 +592,24 @@ def test_masksub_loss_single_terms_and_ignored_rows():
     torch.testing.assert_close(main_only, expected, rtol=2e-6, atol=1e-6)
 
 
+@kernels
+@pytest.mark.parametrize("bce", [False, True])
+def test_masksub_loss_backward_splits_few_rows(bce):
+    # 2 rows of 9000 fp32 classes: the backward spreads each row over 4 blocks (grid (M, splits)), split 0 also
+    # taking the scalar classes before the row's first 16-byte boundary (row 1 starts 8 bytes past one)
+    rows, classes = 2, 9002
+    main, sub, target = _loss_inputs(rows, classes, torch.float32, "dense")
+    options = (bce, 0.1, -100, 2.0, None)
+    out = EXT.masksub_loss_forward(main, sub, target, *options)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected.abs().max()))
+    grad_main, grad_sub = torch.randn(rows, device=DEV), torch.randn(rows, device=DEV)
+    dz, ds = EXT.masksub_loss_backward(grad_main, grad_sub, out, main, sub, target, *options)
+    ez, es = ml.loss_backward_reference(grad_main, grad_sub, expected, main, sub, target, *options)
+    for got, want in ((dz, ez), (ds, es)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
 def _offset_columns(x, offset):
     """x's values in a wider buffer, starting `offset` columns into each row: the same values, rows that sit
     differently within 16 bytes than a contiguous tensor's (and a row stride that is no multiple of 16 bytes)."""

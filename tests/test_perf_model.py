@@ -131,7 +131,7 @@ def test_cuda_rows_beside_every_triton_row(model_run):
     image = cuda["grid_mask | images B=256 3x224x224 cell 32 channels_last | bfloat16 [channels_last] | forward"]
     assert image["kernels"][1]["kernel"] == "mask_image_kernel<__nv_bfloat16,true>"
     loss = cuda["loss | BERT-like M=16384 C=30522 | bfloat16 [CE, class ids] | forward"]
-    assert loss["kernels"][0]["grid"] == [16384, 1, 1] and loss["extra_launches"] == 1  # at::zeros in the binding
+    assert loss["kernels"][0]["grid"] == [16384, 1, 1] and loss["extra_launches"] == 0  # the kernel fills its output
 
 
 @needs_csrc_tools
@@ -154,6 +154,7 @@ def test_launch_recorder_runs_csrc_launch_code():
         cl.mask_image_grid(images, 32),
         cl.mask_image_grid(images.to(memory_format=torch.channels_last), 32),
         cl.masksub_loss_forward(*(torch.empty(10, 1000, **meta),) * 2, torch.empty(10, dtype=torch.int64), False),
+        cl.masksub_loss_backward(*(torch.empty(10, 30000, **meta),) * 3, True),  # probabilities in the logits' dtype
     ]
     launches = cl.record(calls)
     names = [[cl.normalise(launch.kernel) for launch in recorded] for recorded in launches]
@@ -166,7 +167,11 @@ def test_launch_recorder_runs_csrc_launch_code():
     assert names[4] == ["mask_image_kernel<__nv_bfloat16,false>"] and names[5] == [
         "mask_image_kernel<__nv_bfloat16,true>"
     ]
-    assert names[6] == ["loss_forward_kernel<__nv_bfloat16>"] and launches[6][0].grid == (10, 1, 1)
+    # the loss: one instance per variant (CE, class ids, sub, T = 1 here); threads per row from the row's vectors
+    assert names[6] == ["loss_forward_kernel<__nv_bfloat16,LossVariant<false,1,true,true,float>>"]
+    assert launches[6][0].grid == (10, 1, 1) and launches[6][0].block == (64, 1, 1)  # 125 vectors of 8 classes
+    assert names[7] == ["loss_backward_kernel<__nv_bfloat16,LossVariant<true,2,true,false,__nv_bfloat16>>"]
+    assert launches[7][0].block == (256, 1, 1)
 
 
 def test_kernel_names_normalise_alike():

@@ -129,15 +129,15 @@ def _loss(launch: CsrcLaunch) -> tuple:
     # one block per row (64-256 threads: loss_threads; each kernel an instance of its variant: CE / BCE, target
     # kind, sub, T = 1). The vector loop first: 2 16-byte vectors of each operand per thread per iteration, from the
     # row's first 16-byte boundary; then the scalar loop over the classes before that boundary and after the last
-    # whole vector (one iteration where there are any: fewer than 256), which nvcc may duplicate per case (e.g.
-    # with or without a gradient): every such copy is charged that iteration, an upper bound. The forward's block
-    # merge is straight code (outside the loops).
+    # whole vector (one iteration where there are any, fewer than 256; the backward's split 0 alone), which nvcc
+    # may duplicate per case (e.g. with or without a gradient): every such copy and every split is charged that
+    # iteration, an upper bound. The forward's block merge is straight code (outside the loops).
     a = launch.call.named
     m, c, e = a["rows"], a["classes"], ELEMENT_BYTES[launch.call.dtype]
     width = 16 // e
     aligned = (a["stride_logits"] * e) % 16 == 0 and c % width == 0
-    threads = launch.block[0]
-    vector_trips = math.ceil((c // width) / (threads * 2))
+    threads, splits = launch.block[0], launch.grid[1]  # backward, few rows: each row's vectors over `splits` blocks
+    vector_trips = math.ceil(math.ceil((c // width) / splits) / (threads * 2))
     trips = [(vector_trips, 0 if aligned else 1)]
     elements = threads * 2 * width
     target = m * TARGET_BYTES[a["target_kind"]] * (1 if a["target_kind"] <= 2 else c)  # class ids: one per row
