@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(kLossThreads)
     loss_backward_kernel(const T* __restrict__ logits, const LossProblem p, const LossConstants k,
                          const float* __restrict__ out,
                          const float* __restrict__ grad_main, int64_t stride_gm, const float* __restrict__ grad_sub,
-                         int64_t stride_gs, T* __restrict__ dz, T* __restrict__ ds) {
+                         int64_t stride_gs, T* __restrict__ dz, T* __restrict__ ds, int64_t split_vectors) {
   constexpr int W = Pack<T>::kWidth;
   const int64_t row = blockIdx.x, C = p.classes, M = p.rows;
   const T* z_row = logits + row * p.stride_logits;
@@ -80,12 +80,11 @@ __global__ void __launch_bounds__(kLossThreads)
   if (target.bad) g.g_m = g.g_s = NAN;
   const RowSpan span = row_span(
       z_row, offset_bits(z_row, s_row) | offset_bits(z_row, dz_row) | offset_bits(z_row, ds_row), y_row, C);
-  // split blockIdx.y of gridDim.y takes vectors [begin, end) of the row (few rows: the row's classes spread over
-  // more blocks), split 0 also the scalar classes
+  // split blockIdx.y takes the row's vectors [begin, end), split_vectors of them (few rows: the row's classes
+  // spread over more blocks); split 0 also the scalar classes
   const int threads = blockDim.x;
-  const int64_t per_split = (span.vectors + gridDim.y - 1) / gridDim.y;
-  const int64_t begin = per_split * blockIdx.y;
-  const int64_t end = begin + per_split < span.vectors ? begin + per_split : span.vectors;
+  const int64_t begin = split_vectors * blockIdx.y;
+  const int64_t end = begin + split_vectors < span.vectors ? begin + split_vectors : span.vectors;
   for (int64_t v = begin + threadIdx.x; v < end; v += int64_t{threads} * kLossUnroll) {
 #pragma unroll
     for (int u = 0; u < kLossUnroll; ++u) {
@@ -128,6 +127,10 @@ cudaError_t launch_masksub_loss_backward(const T* logits, const LossProblem& pro
   const int64_t iterations = problem.classes / Pack<T>::kWidth / (int64_t{threads} * kLossUnroll);
   const int64_t wanted = (kLossBlocks + problem.rows - 1) / problem.rows;
   const int64_t splits = wanted < iterations ? wanted : (iterations > 1 ? iterations : 1);
+  // vectors per split: whole iterations, enough for a row's C / W (a row has at most that many from its boundary);
+  // computed here, not per block (a 64-bit division)
+  const int64_t step = int64_t{threads} * kLossUnroll;
+  const int64_t split_vectors = ((problem.classes / Pack<T>::kWidth + splits - 1) / splits + step - 1) / step * step;
   const bool launched = with_variant<T>(problem, [&](auto variant) {
     using Variant = decltype(variant);
     using V = LossVariant<Variant::kBce, Variant::kDense ? Main::kDense : Main::kLabels, true, false,
@@ -135,7 +138,7 @@ cudaError_t launch_masksub_loss_backward(const T* logits, const LossProblem& pro
     const dim3 grid(static_cast<unsigned int>(problem.rows), static_cast<unsigned int>(splits));
     loss_backward_kernel<T, V><<<grid, threads, 0, stream>>>(
         logits, problem, constants_of(problem), out, grad_main, stride_grad_main, grad_sub, stride_grad_sub,
-        grad_logits, grad_sub_logits);
+        grad_logits, grad_sub_logits, split_vectors);
   });
   if (!launched) return cudaErrorInvalidValue;
   return cudaGetLastError();
