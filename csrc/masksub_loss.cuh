@@ -23,13 +23,14 @@
 //
 // Design (what the launch makes uniform is a template parameter, LossVariant: CE or BCE, the target's kind, the
 // sub term, T = 1; the host dispatches once, so each instance's loop holds only its own work). One block per row.
-// A row is read as 16-byte vectors (8 bf16 / 4 fp32) from the first 16-byte boundary of the row (RowSpan): thread
-// t takes vectors t, t + 256, ... (a warp reads 512 contiguous bytes per load), kLossUnroll of them in flight; the
-// classes before that boundary and after the last whole vector (fewer than 2 x 8), or the whole row where z, s
-// (and in the backward dz, ds) do not share their offset within 16 bytes, go through a scalar loop. Forward: each
-// thread folds one vector (a chunk) at a time into a private online state (one rescale per chunk, exp as exp2 of a
-// pre-scaled difference); the states are merged across the block (warp shuffles, then one warp), which is exact
-// algebra: for states a, b with c = shift(max(m_a, m_b)):
+// A row is read as 16-byte vectors (8 bf16 / 4 fp32) from the first 16-byte boundary of the row (RowSpan): of B
+// threads (64-256 per row, loss_threads), thread t takes vectors t, t + B, ... (a warp reads 512 contiguous bytes
+// per load), kLossUnroll of them in flight; probabilities come in their own dtype (the logits' or fp32: one or two
+// words per vector). The classes before that boundary and after the last whole vector (fewer than 2 x 8), or the
+// whole row where z, s (in the backward dz, ds) and the probabilities do not sit alike within 16 bytes, go
+// through a scalar loop. Forward: each thread folds one vector (a chunk) at a time into a private online state
+// (one rescale per chunk, exp as exp2 of a pre-scaled difference); the states are merged across the block (warp
+// shuffles, then across the warps), which is exact algebra: for states a, b with c = shift(max(m_a, m_b)):
 //   L = L_a e^(m_a - c) + L_b e^(m_b - c),   D = D_a + S_a (c_a - c) + D_b + S_b (c_b - c),   S = S_a + S_b
 //   L_t = L_ta e^(m_ta - c_t) + ...,   D_t = e^(m_ta - c_t) (D_ta + L_ta (c_sa - c_s)) + (the same for b)
 // (plain sums add). At T = 1 (UNIT_T) the teacher z/T is z: its max, exponentials and L_t are the main term's.
