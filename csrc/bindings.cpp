@@ -518,7 +518,13 @@ LossOperands loss_operands(const at::Tensor& logits, const std::optional<at::Ten
   }
   p.target_kind = masksub::TargetKind::kNone;
   if (target_opt) {
-    ops.target = target_opt->is_floating_point() ? last_dim_dense(*target_opt) : *target_opt;
+    ops.target = *target_opt;
+    // probabilities reach the kernels in the logits' dtype or fp32: others become fp32 here (exact from fp16 /
+    // bf16; from fp64 the rounding the kernels' fp32 arithmetic applies anyway)
+    if (ops.target.is_floating_point() && ops.target.scalar_type() != logits.scalar_type()) {
+      ops.target = ops.target.to(at::kFloat);
+    }
+    ops.target = ops.target.is_floating_point() ? last_dim_dense(ops.target) : ops.target;
     p.target = ops.target.const_data_ptr();
     p.stride_target = ops.target.stride(0);
     p.target_kind = target_kind_of(ops.target.scalar_type());
@@ -538,7 +544,8 @@ at::Tensor masksub_loss_forward(const at::Tensor& logits, const std::optional<at
   const LossOperands ops = loss_operands(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature,
                                          target_threshold);
   const DeviceGuard guard(logits.device());
-  at::Tensor out = at::zeros({masksub::kLossRows, logits.size(0)}, logits.options().dtype(at::kFloat));
+  // every entry is written by the kernel (0 for absent terms and BCE's stats): no fill launch
+  at::Tensor out = at::empty({masksub::kLossRows, logits.size(0)}, logits.options().dtype(at::kFloat));
   dispatch_float(logits.scalar_type(), "logits", [&](auto tag) {
     using T = typename decltype(tag)::type;
     CHECK_LAUNCH("masksub_loss_forward",

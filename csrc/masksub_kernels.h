@@ -234,7 +234,7 @@ struct LossProblem {
   int64_t stride_logits;       // row stride of the logits (their class stride is 1), in elements
   const void* sub_logits;      // the logits' dtype, class stride 1; null: no sub term
   int64_t stride_sub;
-  const void* target;          // class ids or probabilities (class stride 1), as target_kind says
+  const void* target;          // class ids or probabilities (class stride 1; in T or fp32), as target_kind says
   int64_t stride_target;       // row stride of the probabilities, or the stride of the class ids
   TargetKind target_kind;
   bool bce;                    // binary cross-entropy (per class, sigmoid) instead of softmax cross-entropy
@@ -245,8 +245,8 @@ struct LossProblem {
   int64_t ignore_index;        // class-id rows equal to it count in neither term
 };
 
-// out [kLossRows, M] fp32, zero-filled by the caller: per-row losses (0 on ignored rows and for absent terms)
-// and, for CE, the stats. Arithmetic in fp32 (fp64 logits too).
+// out [kLossRows, M] fp32, every entry written: per-row losses (0 on ignored rows and for absent terms) and, for
+// CE, the stats (0 for BCE and absent terms). Arithmetic in fp32 (fp64 logits too).
 template <typename T>
 cudaError_t launch_masksub_loss_forward(const T* logits, const LossProblem& problem, float* out, cudaStream_t stream);
 

@@ -674,3 +674,68 @@ def test_masksub_loss_single_terms_and_ignored_rows():
     main_only = EXT.masksub_loss_forward(main, None, target.clamp_min(0), True, 0.0, -100, 1.0, None)
     expected = ml.loss_forward_reference(main, None, target.clamp_min(0), True, 0.0, -100, 1.0, None)
     torch.testing.assert_close(main_only, expected, rtol=2e-6, atol=1e-6)
+
+
+@kernels
+@pytest.mark.parametrize("bce", [False, True])
+def test_masksub_loss_backward_splits_few_rows(bce):
+    # 2 rows of 9000 fp32 classes: the backward spreads each row over 4 blocks (grid (M, splits)), split 0 also
+    # taking the scalar classes before the row's first 16-byte boundary (row 1 starts 8 bytes past one)
+    rows, classes = 2, 9002
+    main, sub, target = _loss_inputs(rows, classes, torch.float32, "dense")
+    options = (bce, 0.1, -100, 2.0, None)
+    out = EXT.masksub_loss_forward(main, sub, target, *options)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected.abs().max()))
+    grad_main, grad_sub = torch.randn(rows, device=DEV), torch.randn(rows, device=DEV)
+    dz, ds = EXT.masksub_loss_backward(grad_main, grad_sub, out, main, sub, target, *options)
+    ez, es = ml.loss_backward_reference(grad_main, grad_sub, expected, main, sub, target, *options)
+    for got, want in ((dz, ez), (ds, es)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+def _offset_columns(x, offset):
+    """x's values in a wider buffer, starting `offset` columns into each row: the same values, rows that sit
+    differently within 16 bytes than a contiguous tensor's (and a row stride that is no multiple of 16 bytes)."""
+    wide = torch.zeros(x.shape[0], x.shape[1] + offset + 1, dtype=x.dtype, device=x.device)
+    wide[:, offset : offset + x.shape[1]] = x
+    return wide[:, offset : offset + x.shape[1]]
+
+
+@kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "layout",
+    ["sub offset", "main offset", "target offset", "target fp32", "target other dtype", "target fp32 offset"],
+)
+@pytest.mark.parametrize("bce", [False, True])
+def test_masksub_loss_row_layouts(dtype, layout, bce):
+    # The kernels read a row as 16-byte vectors from its first 16-byte boundary where z, s (dz, ds) and the
+    # probabilities sit alike within 16 bytes, else element by element: every layout gives the reference's values.
+    # "main offset": z's rows differ from the contiguous dz's (the backward's scalar path); probabilities in fp32
+    # with narrower logits are two 16-byte words per vector; in another dtype, the binding makes them fp32.
+    rows, classes = 5, 700
+    main, sub, target = _loss_inputs(rows, classes, dtype, "index" if layout.endswith("offset") and
+                                     not layout.startswith("target") else "dense")  # fmt: skip
+    if layout == "sub offset":
+        sub = _offset_columns(sub, 1)
+    elif layout == "main offset":
+        main = _offset_columns(main, 3)
+    elif layout == "target fp32":
+        target = target.float()
+    elif layout == "target other dtype":
+        target = target.to(torch.float16 if dtype != torch.float16 else torch.float64)
+    elif layout == "target offset":
+        target = _offset_columns(target.to(dtype), 1)
+    elif layout == "target fp32 offset":
+        target = _offset_columns(target.float(), 2)
+    options = (bce, 0.1, -100, 1.0, None)
+    out = EXT.masksub_loss_forward(main, sub, target, *options)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected.abs().max()))
+    grad_main, grad_sub = torch.randn(rows, device=DEV), torch.randn(rows, device=DEV)
+    dz, ds = EXT.masksub_loss_backward(grad_main, grad_sub, out, main, sub, target, *options)
+    ez, es = ml.loss_backward_reference(grad_main, grad_sub, expected, main, sub, target, *options)
+    rtol = {torch.bfloat16: 2**-7}.get(dtype, 1e-5)
+    for got, want in ((dz, ez), (ds, es)):
+        torch.testing.assert_close(got.double(), want.double(), rtol=rtol, atol=rtol * float(want.abs().max()))

@@ -132,7 +132,7 @@ def test_cuda_rows_beside_every_triton_row(model_run):
     assert [k["kernel"] for k in image["kernels"]] == ["mask_image_kernel<uint4,true>"]  # cells drawn in the launch
     assert image["kernels"][0]["access_bytes"] == [16]
     loss = cuda["loss | BERT-like M=16384 C=30522 | bfloat16 [CE, class ids] | forward"]
-    assert loss["kernels"][0]["grid"] == [16384, 1, 1] and loss["extra_launches"] == 1  # at::zeros in the binding
+    assert loss["kernels"][0]["grid"] == [16384, 1, 1] and loss["extra_launches"] == 0  # the kernel fills its output
 
 
 @needs_csrc_tools
@@ -157,6 +157,7 @@ def test_launch_recorder_runs_csrc_launch_code():
         cl.mask_image_grid_random(images, 4, 100),  # 256 cells: drawn in the masking launch
         cl.mask_image_grid_random(images[:, :, :, :34], 2, 100),  # 544 cells: the selection, then the masking
         cl.masksub_loss_forward(*(torch.empty(10, 1000, **meta),) * 2, torch.empty(10, dtype=torch.int64), False),
+        cl.masksub_loss_backward(*(torch.empty(10, 30000, **meta),) * 3, True),  # probabilities in the logits' dtype
     ]
     launches = cl.record(calls)
     names = [[cl.normalise(launch.kernel) for launch in recorded] for recorded in launches]
@@ -172,7 +173,11 @@ def test_launch_recorder_runs_csrc_launch_code():
     assert launches[4][0].args[10:15] == [3, 32, 8, 4, 8] and launches[5][0].args[10:15] == [1, 32, 24, 12, 24]
     assert names[6] == ["mask_image_kernel<uint2,true>"] and launches[6][0].grid == (2 * 16, 1, 1)  # 8-byte cells
     assert names[7] == ["select_tokens_kernel<256,4,false>", "mask_image_kernel<unsignedint,false>"]  # 68-byte rows
-    assert names[8] == ["loss_forward_kernel<__nv_bfloat16>"] and launches[8][0].grid == (10, 1, 1)
+    # the loss: one instance per variant (CE, class ids, sub, T = 1 here); threads per row from the row's vectors
+    assert names[8] == ["loss_forward_kernel<__nv_bfloat16,LossVariant<false,1,true,true,float>>"]
+    assert launches[8][0].grid == (10, 1, 1) and launches[8][0].block == (64, 1, 1)  # 125 vectors of 8 classes
+    assert names[9] == ["loss_backward_kernel<__nv_bfloat16,LossVariant<true,2,true,false,__nv_bfloat16>>"]
+    assert launches[9][0].block == (256, 1, 1)
 
 
 def test_kernel_names_normalise_alike():

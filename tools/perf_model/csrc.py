@@ -8,9 +8,10 @@ hash of csrc/ and the flags). A launch finds its function in the cubin by name: 
 instantiation and the demangled symbol, both normalised (csrc_launches.normalise).
 
 Limits, stated where the numbers are used: a loop body's branches are counted as if every path ran (sass.py), which
-for csrc's loss kernels, whose loops hold the CE and BCE paths and every target kind behind launch-uniform branches,
-makes their issue time an upper bound; ``KERNELS`` below gives trip counts per loop as nvcc laid them out (a loop
-the compiler unrolled 4x runs a quarter of the iterations, its remainder is straight code of the enclosing loop).
+for csrc's loss kernels (one instance per variant: CE / BCE, target kind, sub term, T = 1) leaves the dense targets'
+per-dtype load paths (one runs) and nvcc's duplicated scalar loops counted in full: an upper bound there;
+``KERNELS`` below gives trip counts per loop as nvcc laid them out (a loop the compiler unrolled 4x runs a quarter
+of the iterations, its remainder is straight code of the enclosing loop).
 """
 
 from __future__ import annotations
@@ -140,14 +141,24 @@ TARGET_BYTES = {1: 8, 2: 4, 3: 4, 4: 2, 5: 2, 6: 8}  # per TargetKind (csrc_laun
 
 
 def _loss(launch: CsrcLaunch) -> tuple:
-    # one block of 256 threads per row; forward: 4 classes per thread per iteration (kLossChunk), then the block's
-    # merge (a short loop of its own, once); backward: one class per thread per iteration
+    # one block per row (64-256 threads: loss_threads; each kernel an instance of its variant: CE / BCE, target
+    # kind, sub, T = 1). The vector loop first: 2 16-byte vectors of each operand per thread per iteration, from the
+    # row's first 16-byte boundary; then the scalar loop over the classes before that boundary and after the last
+    # whole vector (one iteration where there are any, fewer than 256; the backward's split 0 alone), which nvcc
+    # may duplicate per case (e.g. with or without a gradient): every such copy and every split is charged that
+    # iteration, an upper bound. The forward's block merge is straight code (outside the loops).
     a = launch.call.named
     m, c, e = a["rows"], a["classes"], ELEMENT_BYTES[launch.call.dtype]
+    width = 16 // e
+    aligned = (a["stride_logits"] * e) % 16 == 0 and c % width == 0
+    threads, splits = launch.block[0], launch.grid[1]  # backward, few rows: each row's vectors over `splits` blocks
+    vector_trips = math.ceil(math.ceil((c // width) / splits) / (threads * 2))
+    trips = [(vector_trips, 0 if aligned else 1)]
+    elements = threads * 2 * width
     target = m * TARGET_BYTES[a["target_kind"]] * (1 if a["target_kind"] <= 2 else c)  # class ids: one per row
     if launch.name == "loss_forward_kernel":
-        return [(math.ceil(c / 1024), 1)], 1024, 2 * m * c * e + target, 9 * m * 4
-    return [math.ceil(c / 256)], 256, 2 * m * c * e + target + 9 * m * 4 + 2 * m * 4, 2 * m * c * e
+        return trips, elements, 2 * m * c * e + target, 9 * m * 4
+    return trips, elements, 2 * m * c * e + target + 9 * m * 4 + 2 * m * 4, 2 * m * c * e
 
 
 def _token_grad(launch: CsrcLaunch) -> tuple:
@@ -251,8 +262,8 @@ def markdown(rows: list[dict]) -> list[str]:
         "## CUDA extension (csrc) vs Triton, predicted (PREDICTIONS)",
         "",
         f"ratio = cuda / triton predicted time: {within} of {len(rows)} cases within 10% (ratio <= 1.10), "
-        f"{faster} faster (< 1). The csrc loss kernels' issue time is an upper bound (every branch of their loops "
-        "counted: CE and BCE, every target kind).",
+        f"{faster} faster (< 1). The csrc loss kernels' issue time with probability targets is an "
+        "upper bound (the load paths of every target dtype counted).",
         "",
         "| suite | shape | dtype | variant | mode | cuda us | triton us | ratio | cuda bound | launches cuda/triton "
         "| slowest cuda kernel |",

@@ -42,7 +42,7 @@ class Call:
     launcher: str
     dtype: str
     named: dict
-    torch_launches: int = 0  # launches the binding makes through torch around it (at::zeros of the loss output)
+    torch_launches: int = 0  # launches the binding makes through torch around it (a fill, a conversion)
 
     def line(self) -> str:
         return " ".join([self.launcher, self.dtype, *(str(int(v)) for v in self.named.values())])
@@ -239,9 +239,10 @@ def _problem(z: torch.Tensor, sub: torch.Tensor, target: torch.Tensor, bce: bool
 
 
 def masksub_loss_forward(z: torch.Tensor, sub: torch.Tensor, target: torch.Tensor, bce: bool) -> Call:
-    """bindings.cpp masksub_loss_forward: at::zeros of the fp32 [9, M] output (a torch launch), then the kernel."""
+    """bindings.cpp masksub_loss_forward: at::empty of the fp32 [9, M] output (the kernel writes all of it), then the
+    kernel."""
     out = _address(_empty(9, z.shape[0]))
-    return Call("masksub_loss_forward", _dtype(z), {**_problem(z, sub, target, bce), "out": out}, torch_launches=1)
+    return Call("masksub_loss_forward", _dtype(z), {**_problem(z, sub, target, bce), "out": out})
 
 
 def masksub_loss_backward(z: torch.Tensor, sub: torch.Tensor, target: torch.Tensor, bce: bool) -> Call:
