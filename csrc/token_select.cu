@@ -413,10 +413,9 @@ cudaError_t launch_select_gather_tokens(uint64_t seed, const int64_t* seed_ptr, 
                                         int64_t stride_xs, T* y, int64_t* ids, int32_t* inv, int64_t B, int64_t P,
                                         int64_t N, int64_t K, int64_t D, bool ordered, PositionFlags always_keep,
                                         PositionFlags drop_first, cudaStream_t stream) {
-  if (!valid_token_sizes(B, P, N, K, D) || B > INT_MAX || N > kMaxSelectTokens || ids == nullptr || inv == nullptr) {
-    return cudaErrorInvalidValue;
-  }
-  if (B == 0) return cudaSuccess;
+  if (!valid_token_sizes(B, P, N, K, D) || B > INT_MAX || N > kMaxSelectTokens) return cudaErrorInvalidValue;
+  if (B == 0) return cudaSuccess;  // (empty outputs: null data pointers)
+  if (ids == nullptr || inv == nullptr) return cudaErrorInvalidValue;
   if (N > kFusedMaxTokens) {  // select, then gather the ids it wrote
     const cudaError_t status =
         launch_select_tokens(seed, seed_ptr, B, N, K, ordered, always_keep, drop_first, ids, inv, nullptr, stream);
