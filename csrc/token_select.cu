@@ -213,23 +213,17 @@ struct SortShape {
   static constexpr int items = ITEMS;
 };
 
-// Calls f(SortShape<THREADS, ITEMS>{}) with the block shape of a selection of num_tokens <= MAX_TOKENS
+// Calls f(SortShape<THREADS, ITEMS>{}) with the block shape of a selection of num_tokens <= kMaxSelectTokens
 // (threads x keys per thread = capacity >= N): the smallest capacity that holds the row, 2-8 keys per thread.
-// Static shared memory ranges from 5 KB (128 x 2) to 41 KB (1024 x 8), under the 48 KB limit. MAX_TOKENS bounds
-// the shapes instantiated (the fused kernel exists for capacities up to 1024 only).
-template <int64_t MAX_TOKENS, typename F>
+// Static shared memory ranges from 5 KB (128 x 2) to 41 KB (1024 x 8), under the 48 KB limit.
+template <typename F>
 cudaError_t with_sort_shape(int64_t num_tokens, F&& f) {
-  static_assert(MAX_TOKENS >= 1024 && MAX_TOKENS <= kMaxSelectTokens, "shapes from 128 x 2 to 1024 x 8");
   if (num_tokens <= 256) return f(SortShape<128, 2>{});
   if (num_tokens <= 512) return f(SortShape<128, 4>{});
-  if constexpr (MAX_TOKENS == 1024) {
-    return f(SortShape<256, 4>{});
-  } else {
-    if (num_tokens <= 1024) return f(SortShape<256, 4>{});
-    if (num_tokens <= 2048) return f(SortShape<256, 8>{});
-    if (num_tokens <= 4096) return f(SortShape<512, 8>{});
-    return f(SortShape<1024, 8>{});
-  }
+  if (num_tokens <= 1024) return f(SortShape<256, 4>{});
+  if (num_tokens <= 2048) return f(SortShape<256, 8>{});
+  if (num_tokens <= 4096) return f(SortShape<512, 8>{});
+  return f(SortShape<1024, 8>{});
 }
 
 template <int THREADS, int ITEMS>
@@ -298,12 +292,23 @@ struct ScatterRows {  // row (b, t) of dX [B, P+N, D]
 // The kept positions never leave the block (no second launch, no ids read back), and block (b, 0) writes ids and
 // inv. With several column splits each block of a sample sorts the same draws again, so that no block waits on
 // another; the launcher takes as few splits as give about kFusedBlocks blocks. The sort runs once per block
-// before its copy (~2.4k warp-instructions per warp at N = 196, ~4.2k at N = 1024 in the sm_90a SASS): above
-// 1024 tokens a block's sort would outgrow its copy, and select + gather (two launches) takes over. No division:
-// the grid says the sample and the split.
+// before its copy (~1.6k warp-instructions per warp at N = 196, ~2.7k at N = 1024 in the sm_90a SASS, against
+// ~1k and ~8.5k for the copy of a ViT-S / ViT-B sample): above 1024 tokens the block shapes reach 1024 threads,
+// one block per SM, whose sort no other block's copy can hide, and select + gather (two launches) takes over.
+// No division: the grid says the sample and the split.
 constexpr int64_t kFusedMaxTokens = 1024;
 constexpr int64_t kFusedBlocks = 256;        // about two blocks per SM of a 132-SM H100 / H200
 constexpr int64_t kFusedMinSplitWords = 32;  // a split copies at least 32 words of each row (512 bytes in uint4)
+
+// The fused kernel's block shape for num_tokens <= kFusedMaxTokens: always 256 threads (8 warps, each lane with
+// kCopyUnroll words in flight: 32 KB of loads per SM at two blocks per SM, what the copy needs to cover the
+// memory latency; 128 threads would halve it), 1, 2 or 4 keys per thread.
+template <typename F>
+cudaError_t with_fused_shape(int64_t num_tokens, F&& f) {
+  if (num_tokens <= 256) return f(SortShape<256, 1>{});
+  if (num_tokens <= 512) return f(SortShape<256, 2>{});
+  return f(SortShape<256, 4>{});
+}
 
 template <int THREADS, int ITEMS, bool FLAGGED, typename Word>
 __global__ void __launch_bounds__(THREADS, 1024 / THREADS)
@@ -379,7 +384,7 @@ cudaError_t launch_select_tokens(uint64_t seed, const int64_t* seed_ptr, int64_t
   ordered = ordered && ids != nullptr;  // the order of ids only: without them it would cost a scan for nothing
   const SelectArgs a{seed,    seed_ptr,    batch_size, static_cast<int>(num_tokens), static_cast<int>(num_keep),
                      ordered, always_keep, drop_first, ids, inv, removed};
-  return with_sort_shape<kMaxSelectTokens>(num_tokens, [&](auto shape) {
+  return with_sort_shape(num_tokens, [&](auto shape) {
     return launch_select<decltype(shape)::threads, decltype(shape)::items>(a, stream);
   });
 }
@@ -430,7 +435,7 @@ cudaError_t launch_select_gather_tokens(uint64_t seed, const int64_t* seed_ptr, 
   const uint64_t alignment = detail::address_bits(x) | detail::address_bits(y) |
                              static_cast<uint64_t>(stride_xb * element | stride_xs * element | row_bytes);
   const char* source = reinterpret_cast<const char*>(x);
-  return with_sort_shape<kFusedMaxTokens>(N, [&](auto shape) {
+  return with_fused_shape(N, [&](auto shape) {
     return detail::with_copy_word(alignment, [&](auto word) {
       return launch_select_gather<decltype(shape)::threads, decltype(shape)::items, decltype(word)>(
           a, source, stride_xb * element, stride_xs * element, y, P, row_bytes, stream);

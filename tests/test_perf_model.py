@@ -123,7 +123,7 @@ def test_cuda_rows_beside_every_triton_row(model_run):
         assert row["ratio"] == round(row["cuda_us"] / row["triton_us"], 2) and row["ratio"] > 0, row
     # the kernels come from csrc's launchers: the fused select + gather (16-byte rows); the channels_last image kernel
     forward = cuda["token_select | ViT-B B=256 N=196 D=768 | bfloat16 | forward"]["kernels"]
-    assert [k["kernel"] for k in forward] == ["select_gather_kernel<128,2,false,uint4>"]
+    assert [k["kernel"] for k in forward] == ["select_gather_kernel<256,1,false,uint4>"]
     assert forward[0]["access_bytes"] == [16] and forward[0]["grid"] == [256, 1, 1]
     image = cuda["grid_mask | images B=256 3x224x224 cell 32 channels_last | bfloat16 [channels_last] | forward"]
     assert image["kernels"][1]["kernel"] == "mask_image_kernel<__nv_bfloat16,true>"
@@ -169,8 +169,8 @@ def test_launch_recorder_runs_csrc_launch_code():
     # select + gather: one launch at N <= 1024, 96 words a row in 3 column splits of 32 (4 samples: 256 / 4 wanted,
     # at least 32 words a split), 8 lanes a row; above 1024 tokens, select then gather
     fused = launches[7][0]
-    assert names[7] == ["select_gather_kernel<128,2,false,uint4>"] and fused.grid == (4, 3, 1)
-    assert fused.block == (128, 1, 1) and fused.args[-4:] == [1, 96, 32, 3]
+    assert names[7] == ["select_gather_kernel<256,1,false,uint4>"] and fused.grid == (4, 3, 1)
+    assert fused.block == (256, 1, 1) and fused.args[-4:] == [1, 96, 32, 3]
     assert names[8] == ["select_tokens_kernel<256,8,false>", "copy_rows_kernel<uint4,GatherRows<long>>"]
 
 
