@@ -27,10 +27,12 @@
 // is the second pass's key; without flags the single pass above runs, unchanged.
 //
 // Gather / scatter: a row copy (row_copy.cuh) in which each output row reads one source row or none (zeros); this
-// file states only the index maps. The scatter writes every element of dX once, without atomics.
+// file states only the index maps. The scatter writes every element of dX once, without atomics. Where N <= 1024
+// the forward is one kernel, select_gather_kernel: each block selects its sample's tokens and copies its rows.
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 
@@ -293,8 +295,9 @@ struct ScatterRows {  // row (b, t) of dX [B, P+N, D]
 // inv. With several column splits each block of a sample sorts the same draws again, so that no block waits on
 // another; the launcher takes as few splits as give about kFusedBlocks blocks. The sort runs once per block
 // before its copy (~1.6k warp-instructions per warp at N = 196, ~2.7k at N = 1024 in the sm_90a SASS, against
-// ~1k and ~8.5k for the copy of a ViT-S / ViT-B sample): above 1024 tokens the block shapes reach 1024 threads,
-// one block per SM, whose sort no other block's copy can hide, and select + gather (two launches) takes over.
+// ~1k for the copy of a ViT-S sample at N = 196, ~8.5k for a ViT-B one at N = 1024). Above 1024 tokens the sort
+// needs 8 keys per thread (63-64 registers alone, the launch bounds' cap) and, from 2049 on, blocks of 512-1024
+// threads (1-2 per SM, whose sorts no other block's copy would hide): select + gather (two launches) takes over.
 // No division: the grid says the sample and the split.
 constexpr int64_t kFusedMaxTokens = 1024;
 constexpr int64_t kFusedBlocks = 256;        // about two blocks per SM of a 132-SM H100 / H200
@@ -345,10 +348,9 @@ cudaError_t launch_select_gather(const SelectArgs& a, const char* x, int64_t str
                                  int64_t prefix, int64_t row_bytes, cudaStream_t stream) {
   const int64_t words_per_row = row_bytes / static_cast<int64_t>(sizeof(Word));
   // As few splits as give kFusedBlocks blocks, each of at least kFusedMinSplitWords words (one for an empty row)
-  const int64_t most_splits = words_per_row / kFusedMinSplitWords > 1 ? words_per_row / kFusedMinSplitWords : 1;
-  const int64_t wanted = (kFusedBlocks + a.batch_size - 1) / a.batch_size;
-  const int64_t split_words = (words_per_row + (wanted < most_splits ? wanted : most_splits) - 1) /
-                              (wanted < most_splits ? wanted : most_splits);
+  const int64_t by_batch = (kFusedBlocks + a.batch_size - 1) / a.batch_size;
+  const int64_t wanted = std::max<int64_t>(1, std::min(by_batch, words_per_row / kFusedMinSplitWords));
+  const int64_t split_words = (words_per_row + wanted - 1) / wanted;
   const int64_t splits = split_words > 0 ? (words_per_row + split_words - 1) / split_words : 1;
   const int lanes_log2 = detail::copy_lanes_log2(split_words);
   const dim3 grid(static_cast<unsigned int>(a.batch_size), static_cast<unsigned int>(splits));
