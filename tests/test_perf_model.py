@@ -151,8 +151,6 @@ def test_launch_recorder_runs_csrc_launch_code():
         cl.mask_image_grid(images, 32),
         cl.mask_image_grid(images.to(memory_format=torch.channels_last), 32),
         cl.masksub_loss_forward(*(torch.empty(10, 1000, **meta),) * 2, torch.empty(10, dtype=torch.int64), False),
-        cl.select_gather_tokens(x, 98, 1),
-        cl.select_gather_tokens(torch.empty(4, 1 + 2048, 768, **meta), 1024, 1),
     ]
     launches = cl.record(calls)
     names = [[cl.normalise(launch.kernel) for launch in recorded] for recorded in launches]
@@ -166,12 +164,6 @@ def test_launch_recorder_runs_csrc_launch_code():
         "mask_image_kernel<__nv_bfloat16,true>"
     ]
     assert names[6] == ["loss_forward_kernel<__nv_bfloat16>"] and launches[6][0].grid == (10, 1, 1)
-    # select + gather: one launch at N <= 1024, 96 words a row in 3 column splits of 32 (4 samples: 256 / 4 wanted,
-    # at least 32 words a split), 8 lanes a row; above 1024 tokens, select then gather
-    fused = launches[7][0]
-    assert names[7] == ["select_gather_kernel<256,1,false,uint4>"] and fused.grid == (4, 3, 1)
-    assert fused.block == (256, 1, 1) and fused.args[-4:] == [1, 96, 32, 3]
-    assert names[8] == ["select_tokens_kernel<256,8,false>", "copy_rows_kernel<uint4,GatherRows<long>>"]
 
 
 def test_kernel_names_normalise_alike():
@@ -183,3 +175,29 @@ def test_kernel_names_normalise_alike():
         "(unsigned short*, long, long, int, masksub::(anonymous namespace)::GatherRows<long>)"
     )
     assert normalise(gcc) == normalise(demangled) == "copy_rows_kernel<unsignedshort,GatherRows<long>>"
+
+
+@needs_csrc_tools
+def test_launch_recorder_select_gather_branches():
+    # csrc's select + gather launcher: one launch up to N = 1024 (256 threads, 1-4 keys each), column splits for few
+    # samples, select then gather above
+    import torch
+
+    from tools.perf_model import csrc_launches as cl
+
+    meta = {"device": "meta", "dtype": torch.bfloat16}
+    calls = [
+        cl.select_gather_tokens(torch.empty(4, 1 + 196, 768, **meta), 98, 1),
+        cl.select_gather_tokens(torch.empty(256, 1 + 1024, 768, **meta), 512, 1),
+        cl.select_gather_tokens(torch.empty(4, 1 + 2048, 768, **meta), 1024, 1),
+    ]
+    launches = cl.record(calls)
+    names = [[cl.normalise(launch.kernel) for launch in recorded] for recorded in launches]
+    # 4 samples: 96 words a row in 3 column splits of 32 (256 / 4 blocks wanted, at least 32 words a split), 8 lanes
+    # a row; args[-4:] = prefix, words per row, words per split, log2(lanes)
+    fused = launches[0][0]
+    assert names[0] == ["select_gather_kernel<256,1,false,uint4>"] and fused.grid == (4, 3, 1)
+    assert fused.block == (256, 1, 1) and fused.args[-4:] == [1, 96, 32, 3]
+    assert names[1] == ["select_gather_kernel<256,4,false,uint4>"] and launches[1][0].grid == (256, 1, 1)
+    assert launches[1][0].args[-4:] == [1, 96, 96, 5]  # 256 samples: one split, whole rows, a warp a row
+    assert names[2] == ["select_tokens_kernel<256,8,false>", "copy_rows_kernel<uint4,GatherRows<long>>"]
