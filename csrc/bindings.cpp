@@ -244,6 +244,44 @@ at::Tensor gather_tokens(const at::Tensor& x, const at::Tensor& ids, int64_t num
   return y;
 }
 
+// (y, ids, inv): the selection of select_tokens (inverse written) and the gather of gather_tokens, one launch where
+// N is small (csrc decides).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> select_gather_tokens(const at::Tensor& x,
+                                                                    int64_t seed,
+                                                                    const std::optional<at::Tensor>& seed_tensor,
+                                                                    int64_t num_keep,
+                                                                    int64_t num_prefix_tokens,
+                                                                    bool ordered,
+                                                                    const std::optional<at::Tensor>& always_keep,
+                                                                    const std::optional<at::Tensor>& drop_first) {
+  CHECK_DIM(x, 3, "[batch, prefix + tokens, dim]");
+  CHECK_DTYPE(x, FLOAT_DTYPES);
+  const int64_t B = x.size(0), S = x.size(1), D = x.size(2), P = num_prefix_tokens;
+  TORCH_CHECK(P >= 0 && P < S, "num_prefix_tokens must be in [0, sequence length ", S,
+              ") so that at least one patch token remains, got ", P);
+  const int64_t N = S - P;
+  check_selection(B, N, num_keep, "num_tokens", "num_keep");
+  CHECK_DEVICE(x);
+  const int64_t* seed_ptr = seed_pointer(seed_tensor, x.device());
+  const masksub::PositionFlags keep = position_flags(always_keep, "always_keep", B, N, x.device());
+  const masksub::PositionFlags drop = position_flags(drop_first, "drop_first", B, N, x.device());
+  const DeviceGuard guard(x.device());
+  const at::Tensor source = last_dim_dense(x);
+  at::Tensor y = at::empty({B, P + num_keep, D}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor ids = at::empty({B, num_keep}, x.options().dtype(at::kLong));
+  at::Tensor inv = at::empty({B, N}, x.options().dtype(at::kInt));
+  const cudaStream_t stream = current_stream(x.device());
+  dispatch_float(x.scalar_type(), "x", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    CHECK_LAUNCH("select_gather_tokens",
+                 masksub::launch_select_gather_tokens<T>(
+                     static_cast<uint64_t>(seed), seed_ptr, data_of<T>(source), source.stride(0), source.stride(1),
+                     mutable_data_of<T>(y), ids.mutable_data_ptr<int64_t>(), inv.mutable_data_ptr<int32_t>(), B, P,
+                     N, num_keep, D, ordered, keep, drop, stream));
+  });
+  return {y, ids, inv};
+}
+
 at::Tensor scatter_tokens(const at::Tensor& grad_y, const at::Tensor& inv, int64_t num_prefix_tokens) {
   CHECK_DIM(grad_y, 3, "[batch, prefix + kept tokens, dim]");
   CHECK_DTYPE(grad_y, FLOAT_DTYPES);
@@ -613,6 +651,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_tokens", &gather_tokens,
         "y [B, P+K, D]: y[:, :P] = x[:, :P], y[:, P+j] = x[:, P+ids[:, j]] (x any strides, ids int64 or int32)",
         py::arg("x"), py::arg("ids"), py::arg("num_prefix_tokens"));
+  m.def("select_gather_tokens", &select_gather_tokens,
+        "(y [B, P+K, D], ids int64 [B, K], inv int32 [B, N]): select_tokens (with inv) then gather_tokens, in one "
+        "launch where N is small",
+        py::arg("x"), py::arg("seed"), py::arg("seed_tensor"), py::arg("num_keep"), py::arg("num_prefix_tokens"),
+        py::arg("ordered"), py::arg("always_keep") = py::none(), py::arg("drop_first") = py::none());
   m.def("scatter_tokens", &scatter_tokens,
         "grad_x [B, P+N, D]: prefix rows and kept rows (via inv) from grad_y, dropped rows zero; each element "
         "written once",

@@ -81,6 +81,29 @@ cudaError_t launch_gather_tokens(const T* x,
                                  int64_t D,
                                  cudaStream_t stream);
 
+// launch_select_tokens (ids and inv, both required) followed by launch_gather_tokens of those ids into y, in one
+// launch where N <= 1024 (each block selects its sample's tokens and copies its rows), two above.
+//   x [B, P+N, D]: element (b, s, d) at x[b * stride_xb + s * stride_xs + d] (last stride 1);
+//   y [B, P+K, D], ids [B, K] int64, inv [B, N] int32, all contiguous.
+template <typename T>
+cudaError_t launch_select_gather_tokens(uint64_t seed,
+                                        const int64_t* seed_ptr,
+                                        const T* x,
+                                        int64_t stride_xb,
+                                        int64_t stride_xs,
+                                        T* y,
+                                        int64_t* ids,
+                                        int32_t* inv,
+                                        int64_t B,
+                                        int64_t P,
+                                        int64_t N,
+                                        int64_t K,
+                                        int64_t D,
+                                        bool ordered,
+                                        PositionFlags always_keep,
+                                        PositionFlags drop_first,
+                                        cudaStream_t stream);
+
 // The gather's backward without atomics, each element of grad_x written once:
 // grad_x[b, t] = grad_y[b, t] for t < P; grad_x[b, P + n] = grad_y[b, P + inv[b, n]] when 0 <= inv[b, n] < K,
 // 0 otherwise.

@@ -114,6 +114,12 @@ def test_gather_refuses_bad_metadata(x, ids, prefix, message):
 
 
 @needs_C
+def test_select_gather_refuses_cpu_tensors():
+    with pytest.raises(RuntimeError, match="x must be a CUDA tensor, got cpu"):
+        _C.select_gather_tokens(torch.randn(2, 5, 4), 1, None, 2, 1, False)
+
+
+@needs_C
 def test_scatter_refuses_cpu_tensors():
     grad_y = torch.randn(2, 3, 4)
     inv = torch.full((2, 4), -1, dtype=torch.int32)
@@ -398,6 +404,68 @@ def test_public_ops_with_cuda_backend_match_torch_backend(dtype):
         results[backend] = (y, ids, grad_x, ordered)
     for expected, got in zip(results["torch"], results["cuda"]):
         assert torch.equal(expected, got)
+
+
+# (B, P, N, K, D) of the fused select + gather: its three block shapes (N <= 256, 512, 1024), column splits (few
+# samples, rows of 64+ words: 3 splits of 32 16-byte words at D = 384 fp32; a shorter last split at D = 130 fp32,
+# 65 8-byte words) and one split (rows of < 64 words), K = N, no prefix; above 1024 tokens, select then gather.
+SELECT_GATHER_SIZES = [
+    (3, 1, 196, 98, 384),
+    (2, 0, 10, 10, 7),
+    (2, 4, 300, 150, 130),
+    (2, 1, 1024, 512, 40),
+    (2, 1, 1025, 100, 24),
+]
+
+
+@kernels
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize(("batch_size", "prefix", "num_tokens", "num_keep", "dim"), SELECT_GATHER_SIZES)
+def test_select_gather_matches_reference(batch_size, prefix, num_tokens, num_keep, dim, ordered, dtype):
+    seed = 0x5EED_1234_ABCD
+    x = torch.randn(batch_size, prefix + num_tokens, dim).to(dtype).to(DEV)
+    expected_ids = ts.select_reference(seed, batch_size, num_tokens, num_keep, CPU, ordered)
+    expected_inv = ts.inverse_reference(expected_ids, num_tokens)
+    expected_y = ts.gather_reference(x.cpu(), expected_ids, prefix)
+    for name, view in _layouts(x).items():  # 16-, 8-, 4- and 2-byte words, strided rows
+        y, ids, inv = EXT.select_gather_tokens(view, seed, None, num_keep, prefix, ordered)
+        assert ids.dtype == torch.int64 and inv.dtype == torch.int32 and y.dtype == dtype, name
+        assert y.is_contiguous() and y.shape == expected_y.shape and y.device.type == DEV.type, name
+        assert torch.equal(ids.cpu(), expected_ids), name
+        assert torch.equal(inv.cpu(), expected_inv), name
+        assert torch.equal(y.cpu(), expected_y), name
+
+
+@kernels
+@pytest.mark.parametrize(("num_tokens", "num_keep"), [(196, 98), (700, 300), (1500, 600)])
+def test_select_gather_with_masks_and_seed_tensor(num_tokens, num_keep):
+    # always-keep / drop-first (the two-pass sort) and a seed read on the device, fused (N <= 1024) and not
+    generator = torch.Generator().manual_seed(num_tokens)
+    keep = torch.rand(3, num_tokens, generator=generator) < 0.1
+    drop = torch.rand(3, num_tokens, generator=generator) < 0.3
+    x = torch.randn(3, 1 + num_tokens, 96, generator=generator).to(DEV)
+    seed = torch.tensor([-77], dtype=torch.int64, device=DEV)
+    for ordered in (False, True):
+        y, ids, inv = EXT.select_gather_tokens(x, 0, seed, num_keep, 1, ordered, keep.to(DEV), drop.to(DEV))
+        expected = ts.select_reference(-77, 3, num_tokens, num_keep, CPU, ordered, keep, drop)
+        assert torch.equal(ids.cpu(), expected), ordered
+        assert torch.equal(inv.cpu(), ts.inverse_reference(expected, num_tokens)), ordered
+        assert torch.equal(y.cpu(), ts.gather_reference(x.cpu(), expected, 1)), ordered
+
+
+@kernels
+def test_select_gather_empty_batch_and_refusals():
+    y, ids, inv = EXT.select_gather_tokens(torch.randn(0, 11, 8, device=DEV), 3, None, 5, 1, False)
+    assert y.shape == (0, 6, 8) and ids.shape == (0, 5) and inv.shape == (0, 10)
+    x = torch.randn(2, 11, 8, device=DEV)
+    for args, message in (
+        ((3, None, 11, 1, False), r"num_keep must be in \[1, num_tokens=10\], got 11"),
+        ((3, None, 5, 11, False), r"num_prefix_tokens must be in \[0, sequence length 11\)"),
+        ((3, None, 5, 1, False, torch.zeros(2, 9, dtype=torch.bool, device=DEV)), "always_keep must have shape"),
+    ):
+        with pytest.raises(RuntimeError, match=message):
+            EXT.select_gather_tokens(x, *args)
 
 
 @gpu

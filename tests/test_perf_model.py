@@ -121,13 +121,10 @@ def test_cuda_rows_beside_every_triton_row(model_run):
     assert len(run["cuda_vs_triton"]) == len(triton)
     for row in run["cuda_vs_triton"]:
         assert row["ratio"] == round(row["cuda_us"] / row["triton_us"], 2) and row["ratio"] > 0, row
-    # the kernels come from csrc's launchers: the select and the 16-byte row copy; the channels_last image kernel
+    # the kernels come from csrc's launchers: the fused select + gather (16-byte rows); the channels_last image kernel
     forward = cuda["token_select | ViT-B B=256 N=196 D=768 | bfloat16 | forward"]["kernels"]
-    assert [k["kernel"] for k in forward] == [
-        "select_tokens_kernel<128,2,false>",
-        "copy_rows_kernel<uint4,GatherRows<long>>",
-    ]
-    assert forward[1]["access_bytes"] == [16]
+    assert [k["kernel"] for k in forward] == ["select_gather_kernel<256,1,false,uint4>"]
+    assert forward[0]["access_bytes"] == [16] and forward[0]["grid"] == [256, 1, 1]
     image = cuda["grid_mask | images B=256 3x224x224 cell 32 channels_last | bfloat16 [channels_last] | forward"]
     assert [k["kernel"] for k in image["kernels"]] == ["mask_image_kernel<uint4,true>"]  # cells drawn in the launch
     assert image["kernels"][0]["access_bytes"] == [16]
@@ -189,3 +186,29 @@ def test_kernel_names_normalise_alike():
         "(unsigned short*, long, long, int, masksub::(anonymous namespace)::GatherRows<long>)"
     )
     assert normalise(gcc) == normalise(demangled) == "copy_rows_kernel<unsignedshort,GatherRows<long>>"
+
+
+@needs_csrc_tools
+def test_launch_recorder_select_gather_branches():
+    # csrc's select + gather launcher: one launch up to N = 1024 (256 threads, 1-4 keys each), column splits for few
+    # samples, select then gather above
+    import torch
+
+    from tools.perf_model import csrc_launches as cl
+
+    meta = {"device": "meta", "dtype": torch.bfloat16}
+    calls = [
+        cl.select_gather_tokens(torch.empty(4, 1 + 196, 768, **meta), 98, 1),
+        cl.select_gather_tokens(torch.empty(256, 1 + 1024, 768, **meta), 512, 1),
+        cl.select_gather_tokens(torch.empty(4, 1 + 2048, 768, **meta), 1024, 1),
+    ]
+    launches = cl.record(calls)
+    names = [[cl.normalise(launch.kernel) for launch in recorded] for recorded in launches]
+    # 4 samples: 96 words a row in 3 column splits of 32 (256 / 4 blocks wanted, at least 32 words a split), 8 lanes
+    # a row; args[-4:] = prefix, words per row, words per split, log2(lanes)
+    fused = launches[0][0]
+    assert names[0] == ["select_gather_kernel<256,1,false,uint4>"] and fused.grid == (4, 3, 1)
+    assert fused.block == (256, 1, 1) and fused.args[-4:] == [1, 96, 32, 3]
+    assert names[1] == ["select_gather_kernel<256,4,false,uint4>"] and launches[1][0].grid == (256, 1, 1)
+    assert launches[1][0].args[-4:] == [1, 96, 96, 5]  # 256 samples: one split, whole rows, a warp a row
+    assert names[2] == ["select_tokens_kernel<256,8,false>", "copy_rows_kernel<uint4,GatherRows<long>>"]

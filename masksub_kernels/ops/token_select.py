@@ -29,7 +29,8 @@ map inv[b, n] = j if n == ids[b, j] else -1, which the selection kernel writes f
 Launches on the GPU: forward = one select + gather kernel where N <= 256 (each program sorts its sample's keys,
 writes ids + inverse from one channel block, copies its rows); longer sequences: select, then gather (the sort,
 repeated per channel block, would no longer hide under the copy). Backward = scatter. Kernels:
-ops/_token_select_kernels.py (Triton), csrc/token_select.cu (CUDA: select, then gather).
+ops/_token_select_kernels.py (Triton), csrc/token_select.cu (CUDA: the same split, one launch where N <= 1024: its
+block sorts cheaply enough with cub's radix sort).
 """
 
 from __future__ import annotations
@@ -445,11 +446,10 @@ def _select_gather_reference(x, seed, seed_tensor, num_keep, num_prefix_tokens, 
 
 
 def _select_gather_cuda(extension, x, seed, seed_tensor, num_keep, num_prefix_tokens, ordered, always_keep, drop_first):
-    batch_size, num_tokens = x.shape[0], x.shape[1] - num_prefix_tokens
-    ids, inv = extension.select_tokens(
-        seed, seed_tensor, batch_size, num_tokens, num_keep, ordered, True, x.device, always_keep, drop_first
+    # one launch where N is small, select + gather above (the extension's launcher decides)
+    return extension.select_gather_tokens(
+        x, seed, seed_tensor, num_keep, num_prefix_tokens, ordered, always_keep, drop_first
     )
-    return extension.gather_tokens(x, ids, num_prefix_tokens), ids, inv
 
 
 @masksub_op(

@@ -88,12 +88,13 @@ def _copy_rows(launch: CsrcLaunch) -> tuple:
     _, rows, words, lanes_log2, _ = launch.args
     lanes, per_block = 1 << lanes_log2, 256 >> lanes_log2
     a, e = launch.call.named, ELEMENT_BYTES[launch.call.dtype]
-    word_elements = {"gather_tokens": a.get("D"), "scatter_tokens": a.get("D")}.get(launch.call.launcher, a.get("C"))
+    token_rows = ("gather_tokens", "scatter_tokens", "select_gather_tokens")
+    word_elements = a.get("D") if launch.call.launcher in token_rows else a.get("C")
     word_elements /= words
     trips = [math.ceil(rows / (launch.grid[0] * per_block)), math.ceil(words / (4 * lanes))]
     elements = per_block * min(words, 4 * lanes) * word_elements
     row_bytes = words * word_elements * e
-    if launch.call.launcher == "gather_tokens":  # every output row copied; the ids read
+    if launch.call.launcher in ("gather_tokens", "select_gather_tokens"):  # every output row copied; the ids read
         return trips, elements, rows * row_bytes + a["B"] * a["K"] * 8, rows * row_bytes
     if launch.call.launcher == "scatter_tokens":  # the prefix and kept rows read, the dropped written as zeros
         return trips, elements, a["B"] * (a["P"] + a["K"]) * row_bytes + a["B"] * a["N"] * 4, rows * row_bytes
@@ -133,8 +134,39 @@ def _select(launch: CsrcLaunch) -> tuple:
     # over the N positions storing inv / removed; the kept ids (int64), inverse (int32), removed bytes written
     a = launch.call.named
     threads = launch.block[0]
-    written = a["B"] * ((8 * a["K"] if a["ids"] else 0) + (4 * a["N"] if a["inv"] else 0) + a["N"] * bool(a["removed"]))
+    per_row = (8 * a["K"] if a["ids"] else 0) + (4 * a["N"] if a["inv"] else 0) + a["N"] * bool(a.get("removed"))
+    written = a["B"] * per_row
     return [(8, math.ceil(a["N"] / threads)), 1], a["N"], 0, written
+
+
+def _select_gather(launch: CsrcLaunch) -> tuple:
+    # block (sample, split): the selection as _select's (8 radix passes; depth-0 loops after the first are the
+    # divergent-warp fallback of cub's warp scan, laid out as a backward branch: once), its per-position stores
+    # (depth-1 loops without a nested loop, ceil(N / threads) at most), then the row loop (the depth-1 loop holding
+    # the word loop): rows P + K by groups of `lanes`, each a kCopyUnroll-word iteration of the word loop.
+    # args: select args, x, stride_b, stride_s, y, prefix, words_per_row, split_words, lanes_log2
+    a, threads = launch.call.named, launch.block[0]
+    *_, words_per_row, split_words, lanes_log2 = launch.args
+    lanes, rows_at_once = 1 << lanes_log2, threads >> lanes_log2
+    rows = a["P"] + a["K"]
+    function = functions()[normalise(launch.kernel)]
+    trips = []
+    for depth in range(max(loop.depth for loop in function.loops) + 1):
+        at_depth = [loop for loop in function.loops if loop.depth == depth]
+        if depth == 0:
+            trips.append(tuple(8 if i == 0 else 1 for i in range(len(at_depth))))
+        elif depth == 1:
+            holds_copy = [any(o.depth == 2 and loop.start <= o.start and o.end <= loop.end for o in function.loops)
+                          for loop in at_depth]  # fmt: skip
+            per_row = math.ceil(rows / rows_at_once)
+            trips.append(tuple(per_row if copy else math.ceil(a["N"] / threads) for copy in holds_copy))
+        else:
+            trips.append(math.ceil(split_words / (4 * lanes)))
+    word_elements = a["D"] / words_per_row if words_per_row else 0
+    elements = rows_at_once * min(split_words, 4 * lanes) * word_elements
+    row_bytes = a["D"] * ELEMENT_BYTES[launch.call.dtype]
+    written = a["B"] * (rows * row_bytes + 8 * a["K"] + 4 * a["N"])
+    return trips, elements, a["B"] * rows * row_bytes, written
 
 
 TARGET_BYTES = {1: 8, 2: 4, 3: 4, 4: 2, 5: 2, 6: 8}  # per TargetKind (csrc_launches.TARGET_KINDS)
@@ -192,6 +224,7 @@ KERNELS: dict[str, Callable[[CsrcLaunch], tuple]] = {
     "copy_rows_kernel": _copy_rows,
     "mask_image_kernel": _mask_image,
     "select_tokens_kernel": _select,
+    "select_gather_kernel": _select_gather,
     "loss_forward_kernel": _loss,
     "loss_backward_kernel": _loss,
     "mask_token_grad_kernel": _token_grad,

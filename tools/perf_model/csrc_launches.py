@@ -175,6 +175,16 @@ def gather_tokens(x: torch.Tensor, num_keep: int, prefix: int) -> Call:
         "N": s - prefix, "K": num_keep, "D": d})  # fmt: skip
 
 
+def select_gather_tokens(x: torch.Tensor, num_keep: int, prefix: int) -> Call:
+    """bindings.cpp select_gather_tokens (unordered, no position flags): fresh contiguous y, ids and inv."""
+    b, s, d = x.shape
+    y, ids = _empty(b, prefix + num_keep, d, dtype=x.dtype), _empty(b, num_keep, dtype=torch.int64)
+    inv = _empty(b, s - prefix, dtype=torch.int32)
+    return Call("select_gather_tokens", _dtype(x), {"x": _address(x), "sxb": x.stride(0), "sxs": x.stride(1),
+        "y": _address(y), "ids": _address(ids), "inv": _address(inv), "B": b, "P": prefix, "N": s - prefix,
+        "K": num_keep, "D": d, "ordered": 0})  # fmt: skip
+
+
 def scatter_tokens(grad_y: torch.Tensor, num_tokens: int, prefix: int) -> Call:
     """bindings.cpp scatter_tokens from the select's inv [B, N] into a fresh contiguous grad_x."""
     b, rows, d = grad_y.shape

@@ -169,8 +169,9 @@ def token_select_cases() -> list[Case]:
         with recording(token_select) as backward:
             scatter(torch.empty_like(y), ids, inv, prefix, n)
         rows_out, rows_in = b * (prefix + k), b * (prefix + n)
-        # the cuda backend: select (ids and inv) then gather forward; the scatter from inv backward
-        cuda = {"forward": [csrc.select_tokens(b, n, k, True), csrc.gather_tokens(x, k, prefix)]}
+        # the cuda backend: select + gather (one launch or two: csrc's launcher decides) forward; the scatter from
+        # inv backward
+        cuda = {"forward": [csrc.select_gather_tokens(x, k, prefix)]}
         cuda["backward"] = [csrc.scatter_tokens(y, n, prefix)]
         cuda["full"] = cuda["forward"] + cuda["backward"]
         minimal = {"forward": 2 * rows_out * d * 2, "backward": (rows_out + rows_in) * d * 2}

@@ -66,6 +66,12 @@ cudaError_t run(const std::string& launcher, const std::string& dtype, const std
       return masksub::launch_gather_tokens<T, int64_t>(ptr<const T>(a[0]), a[1], a[2], ptr<const int64_t>(a[3]), a[4],
                                                        a[5], ptr<T>(a[6]), a[7], a[8], a[9], a[10], a[11], nullptr);
     }
+    if (launcher == "select_gather_tokens") {  // x sxb sxs y ids inv B P N K D ordered (no position flags)
+      return masksub::launch_select_gather_tokens<T>(0, nullptr, ptr<const T>(a[0]), a[1], a[2], ptr<T>(a[3]),
+                                                     ptr<int64_t>(a[4]), ptr<int32_t>(a[5]), a[6], a[7], a[8], a[9],
+                                                     a[10], a[11] != 0, masksub::kNoPositionFlags,
+                                                     masksub::kNoPositionFlags, nullptr);
+    }
     if (launcher == "scatter_tokens") {  // gy sgb sgs inv svb svn gx B P N K D
       return masksub::launch_scatter_tokens<T>(ptr<const T>(a[0]), a[1], a[2], ptr<const int32_t>(a[3]), a[4], a[5],
                                                ptr<T>(a[6]), a[7], a[8], a[9], a[10], a[11], nullptr);
