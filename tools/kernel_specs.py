@@ -178,9 +178,12 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
     constexprs = {"BCE": False, "DENSE": False, "BINARISE": False, "SPLIT": False, "HAS_BIAS": bias is not None}
     constexprs["UNIT_T"] = False
     constexprs["VEC"] = 1  # the launchers' default: rows already 16-byte aligned (row_alignment)
-    constexprs |= {"GROUP": 16 // _ELEMENT_BYTES[dtype], "ALIGNED": False, "EVEN": False}  # _alignment_flags
+    constexprs |= {"ALIGNED": False, "EVEN": False}  # _alignment_flags
     constexprs |= {"REDUCE": False, "MEAN": False} if forward else {"REDUCED": False}  # the per-row op's
     constexprs.update(flags, BLOCK_C=block_c)
+    if "GROUP" not in flags:  # as _alignment_flags: a 16-byte word where the rows' words are aligned, else 1
+        aligned_words = constexprs["VEC"] > 1 or constexprs["ALIGNED"]
+        constexprs["GROUP"] = 16 // _ELEMENT_BYTES[dtype] if aligned_words else 1
     if forward:
         constexprs["BLOCK_S"] = 64 if constexprs["SPLIT"] else 1  # splits (SPLIT): up to 2 x 132 SMs / rows
     signature = {name: kind for name, kind in signature.items() if name not in constexprs}
@@ -253,6 +256,15 @@ def masksub_loss_specs() -> list[tuple]:
         *(
             _loss_spec(kernel, "fp32", flags, bias=bias)
             for bias in ("bf16", "fp16")
+            for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
+        ),
+        # 16-byte rows hinted (ALIGNED, EVEN) in a class split and in the fused-linear op's chunks (fp32 logits)
+        *(
+            _loss_spec(kernel, "bf16", {**flags, "SPLIT": True, "ALIGNED": True, "EVEN": True})
+            for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
+        ),
+        *(
+            _loss_spec(kernel, "fp32", {**flags, "ALIGNED": True, "EVEN": True}, bias="bf16")
             for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
         ),
         # Triton turns integer arguments equal to 1 into constants: one row of one class

@@ -221,7 +221,8 @@ def _loss_fwd_kernel(
     VEC: tl.constexpr = 1,  # > 1: realigned rows, VEC elements = 16 bytes (_block_range; row_alignment)
     REDUCE: tl.constexpr = False,  # also reduce the per-row losses into red_ptr (_reduce_rows)
     MEAN: tl.constexpr = False,  # REDUCE: 'mean' (else 'sum')
-    GROUP: tl.constexpr = 1,  # classes per state: a lane's 16-byte word of the logits (_fwd_block)
+    GROUP: tl.constexpr = 1,  # classes per state: a lane's 16-byte word of the logits (_fwd_block); 1 where the
+    # rows' words are not provably aligned (a word split over lanes would cost shuffles per block)
     ALIGNED: tl.constexpr = False,  # VEC = 1 rows that start on 16-byte boundaries (rows_aligned): hinted
     EVEN: tl.constexpr = False,  # C % GROUP == 0 with ALIGNED: a masked block's groups are wholly in or out
 ):
@@ -251,10 +252,13 @@ def _loss_fwd_kernel(
     elif ALIGNED:  # strides of 8 bf16 (C = 1000) are 16 bytes but not the 16 elements Triton would infer
         # (shift = 0 here: the hint goes on the product, as "- 0" folds away with a hint on it)
         z_off, s_off = tl.multiple_of(row * stride_z, GROUP), tl.multiple_of(row * stride_s, GROUP)
-        if EVEN:  # the masked last block's mask is uniform over each group: its loads stay 16-byte words
-            full, end = tl.multiple_of(full, GROUP), tl.multiple_of(end, GROUP)
+        if EVEN:  # the masked last block's mask is uniform over each group: its loads stay 16-byte words (the
+            # same values, written so that the compiler sees the multiple: a hint on them is lost with the call)
+            full, end = full // GROUP * GROUP, end // GROUP * GROUP
     z_base, s_base = z_ptr + z_off, s_ptr + s_off  # 16-byte aligned rows where the row's start is not
     y_base, b_base = y_row - shift, bias_ptr - shift
+    if ALIGNED and DENSE:  # probability rows are part of the launcher's check
+        y_base = y_ptr + tl.multiple_of(row * stride_y, GROUP)
     label_p = tl.where(label_col >= 0, label_col + shift, -1)
     if VEC > 1:
         cols = lo + lanes
@@ -422,9 +426,11 @@ def _loss_bwd_kernel(
         z_off, s_off = tl.multiple_of(row * stride_z, GROUP), tl.multiple_of(row * stride_s, GROUP)
         d_off = tl.multiple_of(row * stride_d, GROUP)
         if EVEN:
-            full, end = tl.multiple_of(full, GROUP), tl.multiple_of(end, GROUP)
+            full, end = full // GROUP * GROUP, end // GROUP * GROUP
     z_base, s_base, dz_row, ds_row = z_ptr + z_off, s_ptr + s_off, dz_ptr + d_off, ds_ptr + d_off
     y_base, b_base = y_row - shift, bias_ptr - shift
+    if ALIGNED and DENSE:  # as the forward
+        y_base = y_ptr + tl.multiple_of(row * stride_y, GROUP)
     label_p = tl.where(label >= 0, label + shift, -1)
     if VEC > 1:
         cols = lo + lanes

@@ -304,16 +304,21 @@ def rows_aligned(group: int, *tensors: torch.Tensor) -> bool:
     its data 16-byte aligned: the kernels then hint it (ALIGNED), as Triton infers it only for strides of 16
     elements (C = 1000 in bf16: 16-byte rows, 2-byte loads without the hint)."""
     return all(
-        t.stride(0) % group == 0 and (t.device.type == "meta" or t.data_ptr() % 16 == 0) for t in tensors if t.numel()
+        (t.shape[0] == 1 or t.stride(0) % group == 0) and (t.device.type == "meta" or t.data_ptr() % 16 == 0)
+        for t in tensors
+        if t.numel()
     )
 
 
 def _alignment_flags(vec: int, z: torch.Tensor, *others: torch.Tensor) -> dict:
-    """The kernels' GROUP, ALIGNED and EVEN constexprs (rows_aligned; EVEN: C a multiple of GROUP as well, so that a
-    masked last block's mask is uniform over each 16-byte word) for rows not realigned (vec = 1)."""
+    """The kernels' GROUP, ALIGNED and EVEN constexprs for rows not realigned (vec = 1): ALIGNED where rows_aligned
+    (a single row: its data alone), EVEN where C is a multiple of GROUP as well (a masked last block's mask is then
+    uniform over each 16-byte word). GROUP: a 16-byte word of the logits where the rows' words are aligned (realigned
+    or ALIGNED), else 1 (the forward's per-word states would need shuffles across lanes)."""
     group = 16 // z.element_size()
     aligned = vec == 1 and rows_aligned(group, z, *others)
-    return {"GROUP": group, "ALIGNED": aligned, "EVEN": aligned and z.shape[1] % group == 0}
+    even = aligned and z.shape[1] % group == 0
+    return {"GROUP": group if vec > 1 or aligned else 1, "ALIGNED": aligned, "EVEN": even}
 
 
 def _forward_triton(
@@ -348,7 +353,8 @@ def _forward_triton(
         block_s = next_power_of_2(splits)
         unit_t = float(temperature) == 1.0  # T = 1: the teacher shares the main term's exp (CE) or exp / sigmoid (BCE)
         vec = row_alignment(z, *([] if sub_logits is None else [operands[1]]))
-        has |= _alignment_flags(vec, z, *([] if sub_logits is None else [operands[1]]))
+        dense_rows = [operands[2]] if flags["DENSE"] else []  # probabilities: hinted with the logits (ALIGNED)
+        has |= _alignment_flags(vec, z, *([] if sub_logits is None else [operands[1]]), *dense_rows)
         _loss_fwd_kernel[(rows, splits)](
             *args, **has, **flags, BLOCK_S=block_s, UNIT_T=unit_t, VEC=vec, REDUCE=reduce is not None, MEAN=mean,
             num_warps=warps,
@@ -401,7 +407,9 @@ def _backward_triton(
         grid = (z.shape[0], splits)
         has["UNIT_T"] = bool(bce) and float(temperature) == 1.0  # as the forward
         has["VEC"] = row_alignment(z, *(x for x in (s, dz, ds) if x is not z))
-        has |= _alignment_flags(has["VEC"], z, *(x for x in (s, dz, ds) if x is not z))
+        has |= _alignment_flags(
+            has["VEC"], z, *(x for x in (s, dz, ds) if x is not z), *([y] if flags["DENSE"] else [])
+        )
         has["REDUCED"] = reduced is not None
         _loss_bwd_kernel[grid](*args, **has, WRITE_DS=grad_sub is not None, **flags, num_warps=warps)
     return dz, ds

@@ -300,10 +300,17 @@ def test_main_logits_never_written_and_get_no_sub_gradient(backend):
 
 
 @pytest.mark.parametrize(
-    ("mode", "kind", "eps"), [("ce", "index_ignore", 0.1), ("ce", "dense", 0.0), ("bce", "dense", 0.0)]
+    ("mode", "kind", "eps", "temperature"),
+    [
+        ("ce", "index_ignore", 0.1, 2.0),
+        ("ce", "dense", 0.0, 2.0),
+        ("bce", "dense", 0.0, 2.0),
+        ("ce", "index_ignore", 0.0, 1.0),  # T = 1: the teacher's exponentials and rescales are the main term's
+        ("ce", "dense", 0.1, 1.0),
+    ],
 )
 @pytest.mark.parametrize("sms", [0, ml.DEFAULT_SMS], ids=["one program per row", "class splits"])
-def test_many_blocks_online_rescaling(backend, monkeypatch, mode, kind, eps, sms):
+def test_many_blocks_online_rescaling(backend, monkeypatch, mode, kind, eps, temperature, sms):
     # 16 blocks of 64 classes: the running max grows block after block (row 0 starts with an all -inf block),
     # falls (row 1), or jumps at the end (row 2); the stats must rescale every time. Triton: in one program per
     # row, or split over the classes (a program per block, the partial states merged: class_splits).
@@ -323,7 +330,7 @@ def test_many_blocks_online_rescaling(backend, monkeypatch, mode, kind, eps, sms
     else:
         target[0] = 500
     options = {"target_threshold": 0.0} if mode == "bce" else {"label_smoothing": eps}
-    check_masksub(main, sub, target, mode=mode, temperature=2.0, reduction="none", **options)
+    check_masksub(main, sub, target, mode=mode, temperature=temperature, reduction="none", **options)
 
 
 @pytest.mark.parametrize(
@@ -355,15 +362,19 @@ def test_row_alignment_only_where_it_pays():
 def test_aligned_rows_hinted_only_where_true():
     # ALIGNED promises the compiler 16-byte rows (row strides of GROUP elements, aligned data); EVEN also a
     # word-uniform last block (C % GROUP == 0). A wrong promise would be a wrong load on a GPU: never given then.
+    # GROUP (the forward's classes per state) is a 16-byte word only where the words are aligned, else 1.
     z = torch.empty(4, 1000, dtype=BF16)
     assert ml._alignment_flags(1, z, z) == {"GROUP": 8, "ALIGNED": True, "EVEN": True}
     assert ml._alignment_flags(1, z.float()) == {"GROUP": 4, "ALIGNED": True, "EVEN": True}
     assert ml._alignment_flags(1, z[:, :996]) == {"GROUP": 8, "ALIGNED": True, "EVEN": False}  # C % 8 != 0
-    assert not ml._alignment_flags(8, z)["ALIGNED"]  # realigned rows (VEC > 1) take their own hint
-    assert not ml._alignment_flags(1, torch.empty(4, 1003, dtype=BF16))["ALIGNED"]  # odd stride
+    assert ml._alignment_flags(8, z) == {"GROUP": 8, "ALIGNED": False, "EVEN": False}  # realigned (VEC > 1)
+    odd = torch.empty(4, 1003, dtype=BF16)
+    assert ml._alignment_flags(1, odd) == {"GROUP": 1, "ALIGNED": False, "EVEN": False}  # odd stride
+    assert ml._alignment_flags(1, odd[:1])["ALIGNED"]  # one row: only its start counts
     assert not ml._alignment_flags(1, z, torch.empty(4, 1004, dtype=BF16)[:, :1000])["ALIGNED"]  # 1004 % 8
     offset = torch.empty(4 * 1000 + 8, dtype=BF16)[1:4001].view(4, 1000)  # starts 2 bytes past a boundary
-    assert not ml._alignment_flags(1, z, offset)["ALIGNED"]
+    assert ml._alignment_flags(1, z, offset)["GROUP"] == 1
+    assert not ml._alignment_flags(1, z, torch.empty(4, 1001)[:, :1000])["ALIGNED"]  # probabilities' stride
 
 
 @pytest.mark.parametrize("dtype", [BF16, F32])
