@@ -117,7 +117,11 @@ __device__ __forceinline__ void fold(LossState& st, const float (&z)[N], const f
       }
       float d = alpha_t * (st.d_t + l_t_before * (cs_old - cs_new));
 #pragma unroll
-      for (int i = 0; i < N; ++i) d += e_t[i] != 0.0f ? e_t[i] * (x[i] - cs_new) : 0.0f;
+      for (int i = 0; i < N; ++i) {
+        // e_t (x - c_s) over e_t != 0 (0 * -inf: 0): the select on the difference, then one FFMA (a FMUL, a select
+        // and a FADD where the product is selected)
+        d = fmaf(e_t[i], e_t[i] != 0.0f ? x[i] - cs_new : 0.0f, d);
+      }
       st.d_t = d;
     }
   }

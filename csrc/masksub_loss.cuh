@@ -50,6 +50,10 @@
 #include "dtype.cuh"
 #include "masksub_kernels.h"
 
+// NVVM's builtin for PTX ex2.approx.ftz.f32 (2^x, a bare MUFU.EX2; subnormal arguments and results flush to 0),
+// declared for nvcc's host pass; the CUDA emulator defines it (emulator.h).
+extern "C" __device__ float __nvvm_ex2_approx_ftz_f(float);
+
 namespace masksub {
 namespace {
 
@@ -85,8 +89,11 @@ struct alignas(16) Pack {
 
 __device__ __forceinline__ float shift_of(float m) { return m == -INFINITY ? 0.0f : m; }
 
-// e^v for v <= 0 as exp2 of a pre-scaled argument (one multiply, MUFU.EX2 and its subnormal fix-up).
-__device__ __forceinline__ float exp_neg(float v) { return exp2f(v * kLog2e); }
+// e^v for v <= 0 as 2^(v log2 e): one multiply and a bare MUFU.EX2. exp2f would add its subnormal fix-up (a
+// compare and two predicated multiplies, per element: a fifth of the forward's loop); here results below 2^-126
+// (v < -87.3) flush to 0, as in the Triton kernels: far below any sum they join (the max's own term is 1), and
+// -inf still gives 0.
+__device__ __forceinline__ float exp_neg(float v) { return __nvvm_ex2_approx_ftz_f(v * kLog2e); }
 
 // 1 / y for y >= 1 (here 1 + exp(-x)): __fdividef's approximate reciprocal (2 ulp) instead of an IEEE division,
 // whose slow path (a call, for operands the hardware reciprocal cannot take) costs registers and branches per

@@ -745,6 +745,29 @@ def test_masksub_loss_single_terms_and_ignored_rows():
 
 
 @kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kind", ["index", "dense"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_masksub_loss_forward_underflow_and_minus_inf(dtype, kind, temperature):
+    # the forward's exponentials flush results below 2^-126 to 0 (ex2.approx.ftz): logits 80-200 below the row's
+    # max (e^-d subnormal or 0), -inf logits in both branches (the teacher term's 0 * -inf guard), a row of -inf
+    # sub logits except one, and a row whose every logit is -inf but one
+    rows, classes = 6, 1000
+    main, sub, target = _loss_inputs(rows, classes, dtype, kind)
+    main, sub = main.clone(), sub.clone()
+    main[:, 1::3] -= torch.linspace(80, 200, main[:, 1::3].shape[1], device=DEV).to(dtype)
+    sub[:, 2::5] -= torch.linspace(85, 95, sub[:, 2::5].shape[1], device=DEV).to(dtype)
+    main[0, 7::11] = sub[0, 7::11] = -torch.inf
+    main[1, 5::13] = -torch.inf
+    sub[2, 1:] = -torch.inf
+    main[3, 1:] = -torch.inf
+    options = (False, 0.0, -100, temperature, None)
+    out = EXT.masksub_loss_forward(main, sub, target, *options)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected[expected.isfinite()].abs().max()))
+
+
+@kernels
 @pytest.mark.parametrize("bce", [False, True])
 def test_masksub_loss_backward_splits_few_rows(bce):
     # 2 rows of 9000 fp32 classes: the backward spreads each row over 4 blocks (grid (M, splits)), split 0 also

@@ -37,6 +37,7 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -375,3 +376,11 @@ inline unsigned int __umulhi(unsigned int a, unsigned int b) {
 
 // The GPU's is an approximate division (2 ulp; 0 where 2^126 < |b| < 2^128): the host's IEEE one is within that.
 inline float __fdividef(float a, float b) { return a / b; }
+
+// NVVM's builtin for PTX ex2.approx.ftz.f32 (csrc declares it): 2^x with subnormal arguments and results flushed to
+// 0 (the GPU's is within 2 ulp of the host's exact exp2f elsewhere).
+extern "C" inline float __nvvm_ex2_approx_ftz_f(float x) {
+  if (std::fpclassify(x) == FP_SUBNORMAL) x = 0.0f;
+  const float r = std::exp2(x);
+  return std::fpclassify(r) == FP_SUBNORMAL ? 0.0f : r;
+}
