@@ -328,11 +328,22 @@ at::Tensor grid_cell_mask(int64_t seed, const std::optional<at::Tensor>& seed_te
   return mask;
 }
 
+// A B x H x W map cut into S x S cells: S >= 1 and H, W multiples of S.
+void check_cells(int64_t H, int64_t W, int64_t S, const char* map) {
+  TORCH_CHECK(S >= 1, "cell_size must be >= 1, got ", S);
+  TORCH_CHECK(H % S == 0 && W % S == 0, map, " of ", H, " x ", W, " is not divisible by cell_size=", S);
+}
+
+// The cells of a B x H x W map (check_cells) drawn afresh: num_keep of the (H / S)(W / S) cells kept per sample.
+void check_random_cells(int64_t B, int64_t H, int64_t W, int64_t S, int64_t num_keep, const char* map) {
+  check_cells(H, W, S, map);
+  check_selection(B, (H / S) * (W / S), num_keep, "num_cells", "num_keep");
+}
+
 // cell_mask must be bool [B, H / S, W / S] for a B x H x W map (H and W multiples of S); returns it contiguous.
 at::Tensor checked_cell_mask(const at::Tensor& cell_mask, int64_t B, int64_t H, int64_t W, int64_t S,
                              const char* map) {
-  TORCH_CHECK(S >= 1, "cell_size must be >= 1, got ", S);
-  TORCH_CHECK(H % S == 0 && W % S == 0, map, " of ", H, " x ", W, " is not divisible by cell_size=", S);
+  check_cells(H, W, S, map);
   CHECK_DIM(cell_mask, 3, "[batch, grid_h, grid_w]");
   CHECK_DTYPE(cell_mask, at::kBool);
   CHECK_SHAPE(cell_mask, B, H / S, W / S);
@@ -371,11 +382,8 @@ std::tuple<at::Tensor, at::Tensor> mask_image_grid_random(const at::Tensor& imag
   CHECK_DIM(images, 4, "[batch, channels, height, width]");
   CHECK_DTYPE(images, FLOAT_DTYPES);
   const int64_t B = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
-  TORCH_CHECK(cell_size >= 1, "cell_size must be >= 1, got ", cell_size);
-  TORCH_CHECK(H % cell_size == 0 && W % cell_size == 0, "images of ", H, " x ", W,
-              " is not divisible by cell_size=", cell_size);
+  check_random_cells(B, H, W, cell_size, num_keep, "images");
   const int64_t grid_h = H / cell_size, grid_w = W / cell_size;
-  check_selection(B, grid_h * grid_w, num_keep, "num_cells", "num_keep");
   CHECK_DEVICE(images);
   const int64_t* seed_ptr = seed_pointer(seed_tensor, images.device());
   const DeviceGuard guard(images.device());
@@ -432,11 +440,8 @@ std::tuple<at::Tensor, at::Tensor> mask_tokens_grid_random(const at::Tensor& tok
   TORCH_CHECK(mask_token.numel() == C, "mask_token must have C=", C, " elements, got shape ", mask_token.sizes());
   TORCH_CHECK(mask_token.scalar_type() == tokens.scalar_type(), "mask_token must have the dtype of tokens (",
               dtype_name(tokens.scalar_type()), "), got ", dtype_name(mask_token.scalar_type()));
-  TORCH_CHECK(cell_size >= 1, "cell_size must be >= 1, got ", cell_size);
-  TORCH_CHECK(H % cell_size == 0 && W % cell_size == 0, "tokens of ", H, " x ", W,
-              " is not divisible by cell_size=", cell_size);
+  check_random_cells(B, H, W, cell_size, num_keep, "tokens");
   const int64_t grid_h = H / cell_size, grid_w = W / cell_size;
-  check_selection(B, grid_h * grid_w, num_keep, "num_cells", "num_keep");
   CHECK_DEVICE(tokens);
   CHECK_SAME_DEVICE(mask_token, tokens);
   const int64_t* seed_ptr = seed_pointer(seed_tensor, tokens.device());

@@ -772,17 +772,24 @@ def test_masksub_loss_forward_underflow_and_minus_inf(dtype, kind, temperature):
 def test_masksub_loss_backward_splits_few_rows(bce):
     # 2 rows of 9000 fp32 classes: the backward spreads each row over 4 blocks (grid (M, splits)), split 0 also
     # taking the scalar classes before the row's first 16-byte boundary (row 1 starts 8 bytes past one)
-    rows, classes = 2, 9002
-    main, sub, target = _loss_inputs(rows, classes, torch.float32, "dense")
-    options = (bce, 0.1, -100, 2.0, None)
+    main, sub, target = _loss_inputs(2, 9002, torch.float32, "dense")
+    _check_loss_both_ways(main, sub, target, (bce, 0.1, -100, 2.0, None), grad_rtol=1e-5)
+
+
+def _check_loss_both_ways(main, sub, target, options, grad_rtol):
+    """The extension's forward (fp32 tolerance) and backward (grad_rtol, scaled by the largest gradient) against
+    the reference, with random per-row upstream gradients."""
     out = EXT.masksub_loss_forward(main, sub, target, *options)
     expected = ml.loss_forward_reference(main, sub, target, *options)
     torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected.abs().max()))
+    rows = main.shape[0]
     grad_main, grad_sub = torch.randn(rows, device=DEV), torch.randn(rows, device=DEV)
     dz, ds = EXT.masksub_loss_backward(grad_main, grad_sub, out, main, sub, target, *options)
     ez, es = ml.loss_backward_reference(grad_main, grad_sub, expected, main, sub, target, *options)
     for got, want in ((dz, ez), (ds, es)):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+        torch.testing.assert_close(
+            got.double(), want.double(), rtol=grad_rtol, atol=grad_rtol * float(want.abs().max())
+        )
 
 
 def _offset_columns(x, offset):
@@ -821,12 +828,4 @@ def test_masksub_loss_row_layouts(dtype, layout, bce):
     elif layout == "target fp32 offset":
         target = _offset_columns(target.float(), 2)
     options = (bce, 0.1, -100, 1.0, None)
-    out = EXT.masksub_loss_forward(main, sub, target, *options)
-    expected = ml.loss_forward_reference(main, sub, target, *options)
-    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected.abs().max()))
-    grad_main, grad_sub = torch.randn(rows, device=DEV), torch.randn(rows, device=DEV)
-    dz, ds = EXT.masksub_loss_backward(grad_main, grad_sub, out, main, sub, target, *options)
-    ez, es = ml.loss_backward_reference(grad_main, grad_sub, expected, main, sub, target, *options)
-    rtol = {torch.bfloat16: 2**-7}.get(dtype, 1e-5)
-    for got, want in ((dz, ez), (ds, es)):
-        torch.testing.assert_close(got.double(), want.double(), rtol=rtol, atol=rtol * float(want.abs().max()))
+    _check_loss_both_ways(main, sub, target, options, grad_rtol={torch.bfloat16: 2**-7}.get(dtype, 1e-5))
