@@ -403,14 +403,20 @@ std::tuple<at::Tensor, at::Tensor> mask_image_grid_random(const at::Tensor& imag
   return {out, mask};
 }
 
-at::Tensor mask_tokens_grid_forward(const at::Tensor& tokens, const at::Tensor& mask_token,
-                                    const at::Tensor& cell_mask, int64_t cell_size) {
+// tokens [B, H, W, C] of a float dtype and a mask token of C elements in the same dtype.
+void check_tokens_and_mask_token(const at::Tensor& tokens, const at::Tensor& mask_token) {
   CHECK_DIM(tokens, 4, "[batch, height, width, channels]");
   CHECK_DTYPE(tokens, FLOAT_DTYPES);
-  const int64_t B = tokens.size(0), H = tokens.size(1), W = tokens.size(2), C = tokens.size(3);
+  const int64_t C = tokens.size(3);
   TORCH_CHECK(mask_token.numel() == C, "mask_token must have C=", C, " elements, got shape ", mask_token.sizes());
   TORCH_CHECK(mask_token.scalar_type() == tokens.scalar_type(), "mask_token must have the dtype of tokens (",
               dtype_name(tokens.scalar_type()), "), got ", dtype_name(mask_token.scalar_type()));
+}
+
+at::Tensor mask_tokens_grid_forward(const at::Tensor& tokens, const at::Tensor& mask_token,
+                                    const at::Tensor& cell_mask, int64_t cell_size) {
+  check_tokens_and_mask_token(tokens, mask_token);
+  const int64_t B = tokens.size(0), H = tokens.size(1), W = tokens.size(2), C = tokens.size(3);
   const at::Tensor cells = checked_cell_mask(cell_mask, B, H, W, cell_size, "tokens");
   CHECK_DEVICE(tokens);
   CHECK_SAME_DEVICE(mask_token, tokens);
@@ -434,12 +440,8 @@ at::Tensor mask_tokens_grid_forward(const at::Tensor& tokens, const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor> mask_tokens_grid_random(const at::Tensor& tokens, const at::Tensor& mask_token,
                                                            int64_t seed, const std::optional<at::Tensor>& seed_tensor,
                                                            int64_t cell_size, int64_t num_keep) {
-  CHECK_DIM(tokens, 4, "[batch, height, width, channels]");
-  CHECK_DTYPE(tokens, FLOAT_DTYPES);
+  check_tokens_and_mask_token(tokens, mask_token);
   const int64_t B = tokens.size(0), H = tokens.size(1), W = tokens.size(2), C = tokens.size(3);
-  TORCH_CHECK(mask_token.numel() == C, "mask_token must have C=", C, " elements, got shape ", mask_token.sizes());
-  TORCH_CHECK(mask_token.scalar_type() == tokens.scalar_type(), "mask_token must have the dtype of tokens (",
-              dtype_name(tokens.scalar_type()), "), got ", dtype_name(mask_token.scalar_type()));
   check_random_cells(B, H, W, cell_size, num_keep, "tokens");
   const int64_t grid_h = H / cell_size, grid_w = W / cell_size;
   CHECK_DEVICE(tokens);
