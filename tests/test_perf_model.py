@@ -212,3 +212,26 @@ def test_launch_recorder_select_gather_branches():
     assert names[1] == ["select_gather_kernel<256,4,false,uint4>"] and launches[1][0].grid == (256, 1, 1)
     assert launches[1][0].args[-4:] == [1, 96, 96, 5]  # 256 samples: one split, whole rows, a warp a row
     assert names[2] == ["select_tokens_kernel<256,8,false>", "copy_rows_kernel<uint4,GatherRows<long>>"]
+
+
+def test_special_function_pipe_binds_a_kernel_of_exponentials():
+    # A loop of 2 FFMA + 2 MUFU per iteration: 4 issue slots, but the two MUFU hold the quarter-rate pipe for
+    # 2 x 8 = 16 cycles: the MUFU time is 4x the issue time and decides the kernel. Without them, issue decides.
+    from tools.perf_model.hardware import H200
+    from tools.perf_model.model import predict_kernel
+    from tools.perf_model.sass import Function, Instruction, Loop
+
+    def kernel(loop_opcodes):
+        body = [Instruction(16 * (i + 1), op, "") for i, op in enumerate([*loop_opcodes, "LDG.E.128", "BRA"])]
+        loop = Loop(start=body[0].address, end=body[-1].address, instructions=body, own=body)
+        return Function("k", [Instruction(0, "S2R", ""), *body], 32, 0, 0, 0, [loop])
+
+    def predict(function):
+        return predict_kernel(H200, function, "k", (132 * 8, 1, 1), 8, 0, [10_000], 8 * 32 * 8, 1 << 20, 0)
+
+    mufu = predict(kernel(["FFMA", "FFMA", "MUFU.EX2", "MUFU.EX2"]))
+    trips = 10_000  # each issues 6 instructions (+ 1 outside the loop) and holds the MUFU pipe 16 cycles
+    assert mufu.t_mufu_us == pytest.approx(mufu.t_issue_us * 16 * trips / (6 * trips + 1), rel=1e-9)
+    assert mufu.t_kernel_us == pytest.approx(mufu.t_mufu_us, rel=1e-6)
+    plain = predict(kernel(["FFMA", "FFMA", "FFMA", "FFMA"]))
+    assert plain.t_mufu_us == 0 and plain.t_kernel_us == pytest.approx(plain.t_issue_us, rel=1e-6)

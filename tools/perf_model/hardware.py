@@ -17,6 +17,10 @@ class Card:
     shared_per_sm: int = 233472  # 228 KB of shared memory per SM on sm_90 (227 KB usable by one block)
     shared_reserved_per_block: int = 1024  # the driver reserves 1 KB per resident block on sm_80+
     blocks_per_sm: int = 32
+    # MUFU (exp2, log2, reciprocal, rsqrt, sin, cos): 16 results per clock per SM on sm_80 and sm_90 (CUDA C++
+    # Programming Guide, "Arithmetic Instructions" throughput table), a quarter of the issue rate: a warp's MUFU
+    # holds its scheduler's special-function unit for 8 cycles while other instructions keep issuing.
+    mufu_per_sm_per_clock: int = 16
     dram_latency_ns: float = 650.0  # a global load's round trip under load (HBM ~500 ns idle, more when busy)
     launch_us: float = 2.5  # GPU time per launch back to back without CUDA graphs (launch gap + ramp + drain)
     # Dense bf16 tensor-core peak (no sparsity) of the SXM parts: 989 TFLOP/s for H100 and H200 (NVIDIA's data

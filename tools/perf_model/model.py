@@ -6,14 +6,18 @@ each loop's own body times its trip count), R bytes read and B bytes moved in al
     resident   blocks per SM = min(registers, threads, shared memory, 32 blocks) limits
     n_sm       = ceil(P / SMs): programs the busiest SM runs;  concurrent = min(resident, n_sm) blocks at a time
     t_issue    = n_sm * W * I / (schedulers * clock) / min(1, concurrent * W / schedulers)
+    t_mufu     = n_sm * W * U * 32 / (MUFU lanes * clock) / min(1, concurrent * W / schedulers)
+                 U of the I warp-instructions are MUFU (exp2, log2, reciprocal): 16 lanes per SM and clock, a
+                 quarter of the issue rate, so a kernel of many exponentials per element waits on that pipe
+    t_compute  = max(t_issue, t_mufu)
     t_memory   = max(B / copy bandwidth,                       the roofline
                      R / (min(SMs, P) * concurrent * W * L / latency))
                  the second term is Little's law: a warp keeps L bytes of loads in flight (those of one iteration
                  of its innermost loop: none of these loops is software-pipelined), so few resident warps cannot
                  cover the memory latency
-    t_chain    = t_issue + n_sm * iterations * latency      with one block per SM at a time: none of these loops
+    t_chain    = t_compute + n_sm * iterations * latency    with one block per SM at a time: none of these loops
                                            is software-pipelined, so each iteration's loads wait a full round trip
-                                           with no other block to fill it (with two or more blocks: t_issue)
+                                           with no other block to fill it (with two or more blocks: t_compute)
     t_kernel   = max(t_memory, t_chain)
     t_launch   = launch cost (card.launch_us) per launch
 
@@ -71,12 +75,17 @@ class KernelPrediction:
     t_issue_us: float
     overlapped: bool
     t_kernel_us: float
+    t_mufu_us: float = 0.0  # the special-function pipe's time (exp2, log2, reciprocal): model docstring
 
     @property
     def instructions_per_element(self) -> float | None:
         if not self.elements_per_warp_iteration:
             return None
         return self.loop_instructions / self.elements_per_warp_iteration
+
+
+def _mufu(instructions) -> int:
+    return sum(1 for i in instructions if i.kind == "special fn")
 
 
 def _per_loop_trips(function: Function, trips: list) -> dict[int, list[float]]:
@@ -124,10 +133,12 @@ def predict_kernel(
     programs = math.prod(grid)
     shared = max(shared, function.shared)
     occ = occupancy(card, function, warps, shared, programs)
-    executed = len(function.outside_loops())
+    outside = function.outside_loops()
+    executed, executed_mufu = len(outside), _mufu(outside)
     trips = _per_loop_trips(function, trips)
     for loop in function.loops:
         executed += len(loop.own) * math.prod(trips[id(loop)])
+        executed_mufu += _mufu(loop.own) * math.prod(trips[id(loop)])
     # the steady-state loop: the deepest that loads (a nested loop of index arithmetic alone, e.g. csrc's carry of
     # a token index into (h, b), is not where the warp waits on memory)
     loading = [loop for loop in function.loops if loop.load_bytes_per_warp()] or function.loops
@@ -140,6 +151,8 @@ def predict_kernel(
     concurrent = max(1, min(occ.resident_blocks, per_sm))
     busy = min(1.0, concurrent * warps / card.schedulers_per_sm)  # fewer warps than schedulers leave some idle
     t_issue = per_sm * warps * executed / (card.schedulers_per_sm * card.clock_ghz * 1e9) / busy
+    t_mufu = per_sm * warps * executed_mufu * 32 / (card.mufu_per_sm_per_clock * card.clock_ghz * 1e9) / busy
+    t_compute = max(t_issue, t_mufu)
     roofline = (bytes_read + bytes_written) / card.copy_bytes_per_s
     in_flight = min(card.sms, programs) * concurrent * warps * max(loads_in_flight, 1)
     latency_bound = bytes_read * card.dram_latency_ns * 1e-9 / in_flight
@@ -148,7 +161,7 @@ def predict_kernel(
     # only loops that load wait on memory (a store-only loop, e.g. Liger's ignored-row path, does not)
     waiting = [loop for loop in function.loops if loop.load_bytes_per_warp()]
     iterations = sum(math.prod(trips[id(loop)]) for loop in waiting) or 1
-    t_chain = t_issue if overlapped else t_issue + per_sm * iterations * card.dram_latency_ns * 1e-9
+    t_chain = t_compute if overlapped else t_compute + per_sm * iterations * card.dram_latency_ns * 1e-9
     t_kernel = max(t_memory, t_chain)
     return KernelPrediction(
         name,
@@ -168,6 +181,7 @@ def predict_kernel(
         t_issue * 1e6,
         overlapped,
         t_kernel * 1e6,
+        t_mufu * 1e6,
     )
 
 
@@ -202,4 +216,6 @@ class OpPrediction:
         slowest = max(self.kernels, key=lambda k: k.t_kernel_us)
         if slowest.t_kernel_us < self.launch_us:
             return "launch"
-        return "memory" if slowest.t_memory_us >= slowest.t_issue_us else "issue"
+        if slowest.t_memory_us >= max(slowest.t_issue_us, slowest.t_mufu_us):
+            return "memory"
+        return "issue" if slowest.t_issue_us >= slowest.t_mufu_us else "mufu"
