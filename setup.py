@@ -74,7 +74,7 @@ def cuda_extension_plan() -> tuple[bool, str]:
 
 
 def foreign_include_dirs(cuda_home: str) -> list[str]:
-    """The include folders of torch, the CUDA toolkit and Python: the headers bindings.cpp uses but we do not own."""
+    """The include folders of torch, the CUDA toolkit and Python: the headers the bindings use but we do not own."""
     import sysconfig
 
     from torch.utils.cpp_extension import include_paths
@@ -83,9 +83,9 @@ def foreign_include_dirs(cuda_home: str) -> list[str]:
 
 
 def host_compile_flags(cuda_home: str) -> list[str]:
-    """The host compiler's flags for bindings.cpp (tests/test_setup.py compiles with them too). Foreign headers are
-    -isystem: GCC then ignores the -I the build also passes for them, and -Werror judges only this project's code
-    (torch's headers alone trip -Wextra's unused-parameter)."""
+    """The host compiler's flags for the bindings, csrc/bindings*.cpp (tests/test_setup.py compiles with them too).
+    Foreign headers are -isystem: GCC then ignores the -I the build also passes for them, and -Werror judges only this
+    project's code (torch's headers alone trip -Wextra's unused-parameter)."""
     system = [flag for directory in foreign_include_dirs(cuda_home) for flag in ("-isystem", directory)]
     return ["-O3", "-std=c++20", *WARNING_FLAGS, *system]  # torch 2.14 headers require C++20
 
@@ -117,8 +117,8 @@ def extension_modules():
         },
         # the process's C++ runtime, shared: a compiler set up to link libstdc++ statically (as one GPU machine's
         # g++ was) puts a second copy in _C whose iostreams torch never initialised; every number in an error
-        # message then printed nothing or crashed (tests/test_cuda_extension.py, test_select_refuses_bad_sizes).
-        # An explicit -lstdc++ comes before the driver's own libraries, so the shared library provides every symbol.
+        # message then printed nothing or crashed (test_select_refuses_bad_sizes, tests/cuda_extension/). An explicit
+        # -lstdc++ comes before the driver's own libraries, so the shared library provides every symbol.
         extra_link_args=SHARED_CXX_RUNTIME,
         optional=not forced,  # an automatic build that fails leaves a working pure-Python install (CI forces it)
     )

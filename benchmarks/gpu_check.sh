@@ -20,10 +20,10 @@
 #                       (2026-11-30, 200 s caps, one process each): token select 99 s, loss 51 s; the other ops' tests
 #                       and the rest (training: timm and transformers models) were stopped by their caps at ~2/3, so
 #                       those two now run in 3 pytest-xdist workers each (where xdist is installed) under 270 s caps
-#   cuda.log        70  after the build: the cuda backend's tests (tests/test_cuda_extension.py, the cuda
+#   cuda.log        70  after the build: the cuda backend's tests (tests/cuda_extension, the cuda
 #                       parametrisations of tests/ops, tests/test_backend.py); 41 s on the H200 (xdist, 12 workers)
 #                   80  compute-sanitizer --tool memcheck, kernels of csrc/ only (--kernel-name kns=masksub), on
-#                       every kernel test of tests/test_cuda_extension.py except the 2^32-counter one (4.3e9
+#                       every kernel test of tests/cuda_extension except the 2^32-counter one (4.3e9
 #                       draws); PyTorch's caching allocator off, so a read past a tensor is past an allocation
 #                   40  compute-sanitizer --tool racecheck (shared-memory hazards) on the kernels that use shared
 #                       memory (selection, cell masks, mask-token gradient, loss), small and largest blocks (below):
@@ -48,7 +48,7 @@ XDIST=()
 "$PY" -c 'import xdist' 2> /dev/null && XDIST=(-n 3 --dist loadfile)
 DEV_TOOLS=(--ignore-glob='*test_compile_kernels.py' --ignore-glob='*test_cuda_spills.py'
   --ignore-glob='*test_check_spills.py' --ignore-glob='*test_cuda_emulator.py')
-CUDA_TESTS=(tests/test_cuda_extension.py tests/test_backend.py)
+CUDA_TESTS=(tests/cuda_extension tests/test_backend.py)
 # racecheck: a block of each shared-memory kernel at small and at the largest capacities (8192 sort keys)
 RACECHECK_K='(test_select_matches_reference and (4-10-5 or 3-257-100 or 1-8192-4096))
   or test_grid_cell_mask_matches_reference or test_mask_token_grad_adds_every_token
@@ -96,8 +96,8 @@ wait_steps
 # phase 2: the cuda backend, with the extension just built
 if [[ -n ${DRY_RUN:-} ]] || cp build/gpu-lib/masksub_kernels/_C*.so masksub_kernels/ 2> /dev/null; then
   step cuda.log 70 "${PYTEST[@]}" "${CUDA_TESTS[@]}" tests/ops -k 'cuda or test_backend'
-  step cuda.log 80 sanitize memcheck tests/test_cuda_extension.py -k 'not past_two_to_the_32'
-  step cuda.log 40 sanitize racecheck tests/test_cuda_extension.py -k "$RACECHECK_K"
+  step cuda.log 80 sanitize memcheck tests/cuda_extension -k 'not past_two_to_the_32'
+  step cuda.log 40 sanitize racecheck tests/cuda_extension -k "$RACECHECK_K"
 else
   note "no CUDA extension built (see build.log): the cuda backend's tests and the sanitizers did not run"
 fi

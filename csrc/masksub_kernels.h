@@ -1,4 +1,4 @@
-// masksub_kernels: the torch-free launcher API of the CUDA kernels (csrc/*.cu), used by csrc/bindings.cpp.
+// masksub_kernels: the torch-free launcher API of the CUDA kernels (csrc/*.cu), used by the bindings (csrc/bindings*.cpp).
 //
 // Conventions shared by every launcher:
 //   - raw device pointers, sizes and strides in elements as int64 (index arithmetic never overflows 32 bits);
@@ -6,7 +6,7 @@
 //     (cudaGetLastError() after the launch, or cudaErrorInvalidValue for arguments the kernels cannot take);
 //   - an empty problem (a zero size) launches nothing and returns cudaSuccess;
 //   - float kernels are templates over T in MASKSUB_FLOAT_TYPES, explicitly instantiated in their .cu file, so
-//     that the binding's one dispatch helper (dispatch_float in bindings.cpp) reaches every dtype.
+//     that the binding's one dispatch helper (dispatch_float in bindings.h) reaches every dtype.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -34,7 +34,7 @@ def repository_files() -> list[str]:
 
 
 def code_under_test() -> list[Path]:
-    """bindings.cpp, the kernels and their headers, and the real platform header: what the GPU build compiles."""
+    """The bindings, the kernels and their headers, and the real platform header: what the GPU build compiles."""
     return [p for p in sorted(CSRC.iterdir()) if p.suffix in (".cu", ".cuh", ".h", ".cpp")] + [PLATFORM_PAIR[0]]
 
 
@@ -78,5 +78,5 @@ def test_the_real_platform_header_cannot_shadow_the_emulated_one():
     # The emulator stages copies of csrc/*.{cu,cuh,h,cpp} and compiles them where they lie; a quoted include looks
     # there first, so a masksub_platform.h directly in csrc/ would replace the emulated one in the emulator build.
     assert not (CSRC / "masksub_platform.h").exists()
-    bindings = (CSRC / "bindings.cpp").read_text()
+    bindings = (CSRC / "bindings.h").read_text()
     assert '#include "masksub_platform.h"' in bindings

@@ -89,7 +89,7 @@ def test_kernels_under_address_sanitizer():
     env = {**os.environ, **asan, "MASKSUB_CUDA_EMULATOR": "1", "PYTHONUNBUFFERED": "1"}
     tests = Path(__file__).parent
     command = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-x"]
-    command += [str(tests / "test_cuda_extension.py"), str(tests / "ops"), "-k", "not ops or cuda"]
+    command += [str(tests / "cuda_extension"), str(tests / "ops"), "-k", "not ops or cuda"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1500, cwd=tests.parent)
     report = result.stdout[-6000:] + result.stderr[-6000:]
     assert result.returncode == 0, report

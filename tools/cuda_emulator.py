@@ -3,7 +3,8 @@
 The kernels of csrc/ are compiled by the host C++ compiler with csrc/emulator/emulator.h force-included (threads
 as fibers, ``__syncthreads`` as a barrier, warp shuffles, cub's block sort and scan from their contracts; the
 header says what is and is not modelled) and csrc/emulator/ first on the include path (its masksub_platform.h: CPU
-tensors stand for CUDA ones), together with csrc/bindings.cpp, into a torch extension that takes CPU tensors.
+tensors stand for CUDA ones), together with the bindings (csrc/bindings*.cpp), into a torch extension that takes CPU
+tensors.
 :func:`install` makes it the ``cuda`` backend for CPU tensors in this process, so the tests that compare every
 backend with the reference run the CUDA sources' arithmetic, indexing, launch configurations, streams and barriers
 on a machine without a GPU. It is a test instrument, slow by design (one fiber per CUDA

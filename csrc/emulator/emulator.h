@@ -1,5 +1,5 @@
 // A CPU emulator of the CUDA execution model, just wide enough to run csrc/ on CPU tensors (no GPU needed):
-// tools/cuda_emulator.py compiles the very .cu sources and bindings.cpp with the host C++ compiler, this header
+// tools/cuda_emulator.py compiles the very .cu sources and the bindings with the host C++ compiler, this header
 // force-included (-include), this folder first on the include path (its masksub_platform.h and cub/ stand for the
 // real ones), and every `kernel<<<grid, block, smem, stream>>>(args)` rewritten as
 // `::masksub_emu::launch(kernel, grid, block, smem, stream)(args)`.

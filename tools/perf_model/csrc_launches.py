@@ -8,10 +8,10 @@ rewritten into csrc_recorder/record_launches.h's recorder, which prints the laun
 csrc_recorder/driver.cpp calls the launchers with fake device addresses whose alignment is the tensors' own. The
 build (~6 s, the host compiler) is cached under build/perf_model/ by a hash of every source it compiles.
 
-What is mirrored here instead of run: bindings.cpp's choice of launcher and arguments for each op (the functions
-at the end of this file, one per binding the ops call). They are short and read off bindings.cpp by hand: nothing
-checks them against it automatically (a changed binding needs them changed); the launch configuration itself
-always comes from the C++ (tests/test_perf_model.py checks a few of its branches through the recorder).
+What is mirrored here instead of run: the bindings' (csrc/bindings_*.cpp) choice of launcher and arguments for each
+op (the functions at the end of this file, one per binding the ops call). They are short and read off those files by
+hand: nothing checks them against it automatically (a changed binding needs them changed); the launch configuration
+itself always comes from the C++ (tests/test_perf_model.py checks a few of its branches through the recorder).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 @dataclass
 class Call:
-    """One launcher call as a binding of csrc/bindings.cpp makes it: ``named`` in driver.cpp's argument order."""
+    """One launcher call as a binding of csrc/bindings_*.cpp makes it: ``named`` in driver.cpp's argument order."""
 
     launcher: str
     dtype: str
@@ -99,7 +99,8 @@ def build(cache: Path = CACHE) -> Path:
     if cuda_emulator.cuda_include_dir() is None:
         raise RuntimeError("the launch recorder needs the CUDA toolkit's headers (cuda_fp16.h): none found")
     build_dir = cache / "recorder"
-    units = [u for u in cuda_emulator.stage_sources(build_dir, RECORD_CALL) if u.name != "bindings.cpp"]  # torch
+    staged = cuda_emulator.stage_sources(build_dir, RECORD_CALL)
+    units = [u for u in staged if not u.name.startswith("bindings")]  # the bindings need torch
     command = [
         "c++",
         "-std=c++17",
@@ -141,7 +142,7 @@ def record(calls: list[Call]) -> list[list[CsrcLaunch]]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# bindings.cpp's launcher calls, one per binding the ops' cuda implementations call (the same tensors as the
+# the bindings' launcher calls, one per binding the ops' cuda implementations call (the same tensors as the
 # Triton cases: meta tensors give the strides and byte offsets)
 # ------------------------------------------------------------------------------------------------------------
 
@@ -159,21 +160,21 @@ def _empty(*shape, dtype=torch.float32) -> torch.Tensor:
 
 
 def select_tokens(batch: int, num_tokens: int, num_keep: int, write_inverse: bool) -> Call:
-    """bindings.cpp select_tokens: ids int64 [B, K] and (write_inverse) inv int32 [B, N], unordered."""
+    """bindings select_tokens: ids int64 [B, K] and (write_inverse) inv int32 [B, N], unordered."""
     ids, inv = _empty(batch, num_keep, dtype=torch.int64), _empty(batch, num_tokens, dtype=torch.int32)
     named = {"B": batch, "N": num_tokens, "K": num_keep, "ordered": 0, "ids": _address(ids)}
     return Call("select_tokens", "-", {**named, "inv": _address(inv) if write_inverse else 0, "removed": 0})
 
 
 def grid_cell_mask(batch: int, num_cells: int, num_keep: int) -> Call:
-    """bindings.cpp grid_cell_mask: the removed-cell bytes only."""
+    """bindings grid_cell_mask: the removed-cell bytes only."""
     removed = _address(_empty(batch, num_cells, dtype=torch.bool))
     return Call("select_tokens", "-", {"B": batch, "N": num_cells, "K": num_keep, "ordered": 0, "ids": 0, "inv": 0,
                                        "removed": removed})  # fmt: skip
 
 
 def gather_tokens(x: torch.Tensor, num_keep: int, prefix: int) -> Call:
-    """bindings.cpp gather_tokens (int64 ids, as select_tokens returns them) into a fresh contiguous y."""
+    """bindings gather_tokens (int64 ids, as select_tokens returns them) into a fresh contiguous y."""
     b, s, d = x.shape
     ids, y = _empty(b, num_keep, dtype=torch.int64), _empty(b, prefix + num_keep, d, dtype=x.dtype)
     return Call("gather_tokens", _dtype(x), {"x": _address(x), "sxb": x.stride(0), "sxs": x.stride(1),
@@ -182,7 +183,7 @@ def gather_tokens(x: torch.Tensor, num_keep: int, prefix: int) -> Call:
 
 
 def select_gather_tokens(x: torch.Tensor, num_keep: int, prefix: int) -> Call:
-    """bindings.cpp select_gather_tokens (unordered, no position flags): fresh contiguous y, ids and inv."""
+    """bindings select_gather_tokens (unordered, no position flags): fresh contiguous y, ids and inv."""
     b, s, d = x.shape
     y, ids = _empty(b, prefix + num_keep, d, dtype=x.dtype), _empty(b, num_keep, dtype=torch.int64)
     inv = _empty(b, s - prefix, dtype=torch.int32)
@@ -192,7 +193,7 @@ def select_gather_tokens(x: torch.Tensor, num_keep: int, prefix: int) -> Call:
 
 
 def scatter_tokens(grad_y: torch.Tensor, num_tokens: int, prefix: int) -> Call:
-    """bindings.cpp scatter_tokens from the select's inv [B, N] into a fresh contiguous grad_x."""
+    """bindings scatter_tokens from the select's inv [B, N] into a fresh contiguous grad_x."""
     b, rows, d = grad_y.shape
     inv, grad_x = _empty(b, num_tokens, dtype=torch.int32), _empty(b, prefix + num_tokens, d, dtype=grad_y.dtype)
     return Call("scatter_tokens", _dtype(grad_y), {"gy": _address(grad_y), "sgb": grad_y.stride(0),
@@ -201,7 +202,7 @@ def scatter_tokens(grad_y: torch.Tensor, num_tokens: int, prefix: int) -> Call:
 
 
 def mask_image_grid(images: torch.Tensor, cell: int) -> Call:
-    """bindings.cpp mask_image_grid: out = empty_like(images), the input's layout."""
+    """bindings mask_image_grid: out = empty_like(images), the input's layout."""
     out, (b, c, h, w) = torch.empty_like(images), images.shape
     cells = _empty(b, h // cell, w // cell, dtype=torch.bool)
     named = {"x": _address(images), **{f"x{i}": s for i, s in enumerate(images.stride())}, "y": _address(out)}
@@ -211,13 +212,13 @@ def mask_image_grid(images: torch.Tensor, cell: int) -> Call:
 
 
 def mask_image_grid_random(images: torch.Tensor, cell: int, num_keep: int) -> Call:
-    """bindings.cpp mask_image_grid_random: out = empty_like(images), a fresh bool cell mask, an int seed."""
+    """bindings mask_image_grid_random: out = empty_like(images), a fresh bool cell mask, an int seed."""
     call = mask_image_grid(images, cell)
     return Call("mask_image_grid_random", call.dtype, {**call.named, "num_keep": num_keep})
 
 
 def mask_tokens_grid_forward(tokens: torch.Tensor, cell: int) -> Call:
-    """bindings.cpp mask_tokens_grid_forward into a fresh contiguous out."""
+    """bindings mask_tokens_grid_forward into a fresh contiguous out."""
     b, h, w, c = tokens.shape
     token, cells, out = (
         _empty(c, dtype=tokens.dtype),
@@ -230,13 +231,13 @@ def mask_tokens_grid_forward(tokens: torch.Tensor, cell: int) -> Call:
 
 
 def mask_tokens_grid_random(tokens: torch.Tensor, cell: int, num_keep: int) -> Call:
-    """bindings.cpp mask_tokens_grid_random: a fresh contiguous out and bool cell mask, an int seed."""
+    """bindings mask_tokens_grid_random: a fresh contiguous out and bool cell mask, an int seed."""
     call = mask_tokens_grid_forward(tokens, cell)
     return Call("mask_tokens_grid_random", call.dtype, {**call.named, "num_keep": num_keep})
 
 
 def mask_tokens_grid_backward(grad: torch.Tensor, cell: int) -> Call:
-    """bindings.cpp mask_tokens_grid_backward, both gradients wanted (the partials workspace fp32)."""
+    """bindings mask_tokens_grid_backward, both gradients wanted (the partials workspace fp32)."""
     b, h, w, c = grad.shape
     cells, gt, gm = _empty(b, h // cell, w // cell, dtype=torch.bool), torch.empty_like(grad), _empty(c)
     return Call("mask_tokens_grid_backward", _dtype(grad), {"grad": _address(grad), "sb": grad.stride(0),
@@ -255,7 +256,7 @@ def _problem(z: torch.Tensor, sub: torch.Tensor, target: torch.Tensor, bce: bool
 
 
 def masksub_loss_forward(z: torch.Tensor, sub: torch.Tensor, target: torch.Tensor, bce: bool) -> Call:
-    """bindings.cpp masksub_loss_forward: at::empty of the fp32 [9, M] output (the kernel writes all of it), then the
+    """bindings masksub_loss_forward: at::empty of the fp32 [9, M] output (the kernel writes all of it), then the
     kernel; where the launcher splits rows (masksub_loss_forward_splits > 1) also an at::empty workspace and
     at::zeros int32 tickets (one fill launch)."""
     out = _address(_empty(9, z.shape[0]))
@@ -264,7 +265,7 @@ def masksub_loss_forward(z: torch.Tensor, sub: torch.Tensor, target: torch.Tenso
 
 
 def masksub_loss_backward(z: torch.Tensor, sub: torch.Tensor, target: torch.Tensor, bce: bool) -> Call:
-    """bindings.cpp masksub_loss_backward, both gradients wanted (fp32 row gradients: no conversion launch)."""
+    """bindings masksub_loss_backward, both gradients wanted (fp32 row gradients: no conversion launch)."""
     m = z.shape[0]
     grads = _empty(2, m)
     named = {**_problem(z, sub, target, bce), "out": _address(_empty(9, m)), "gm": _address(grads[0]), "sgm": 1}

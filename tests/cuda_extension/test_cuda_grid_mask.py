@@ -1,0 +1,253 @@
+"""The CUDA extension's grid masks (csrc/grid_mask.cu, bindings_grid_mask.cpp): refusals on any machine, then
+the kernels against the reference (bit for bit; the mask token's gradient within fp32 rounding: sums in another
+order) on the kernels' device (extension_under_test.py)."""
+
+import pytest
+import torch
+from extension_under_test import _C, CPU, DEV, EXT, FLOAT_DTYPES, kernels, needs_C
+
+from masksub_kernels.ops import grid_mask as gm
+from masksub_kernels.ops import token_grid_mask as tgm
+
+# ---------------------------------------------------------------------------------------------------------------
+# Refusals (any machine)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@needs_C
+def test_grid_cell_mask_refusals():
+    with pytest.raises(RuntimeError, match="device must be a CUDA device, got cpu"):
+        _C.grid_cell_mask(1, None, 2, 49, 24, CPU)
+    with pytest.raises(RuntimeError, match=r"num_cells must be in \[1, 8192\], got 0"):
+        _C.grid_cell_mask(1, None, 2, 0, 1, CPU)
+    with pytest.raises(RuntimeError, match=r"num_keep must be in \[1, num_cells=49\], got 50"):
+        _C.grid_cell_mask(1, None, 2, 49, 50, CPU)
+
+
+MASK = torch.zeros(2, 2, 2, dtype=torch.bool)
+
+
+@needs_C
+@pytest.mark.parametrize(
+    ("images", "mask", "cell_size", "message"),
+    [
+        (torch.zeros(2, 3, 64, 64), MASK, 32, "images must be a CUDA tensor, got cpu"),
+        (torch.zeros(3, 64, 64), MASK, 32, r"images must be \[batch, channels, height, width\] \(4-D\)"),
+        (torch.zeros(2, 3, 64, 64, dtype=torch.int32), MASK, 32, "images must be float32, float16, bfloat16 or"),
+        (torch.zeros(2, 3, 64, 60), MASK, 32, "images of 64 x 60 is not divisible by cell_size=32"),
+        (torch.zeros(2, 3, 64, 64), MASK, 0, "cell_size must be >= 1, got 0"),
+        (torch.zeros(2, 3, 64, 64), MASK.to(torch.uint8), 32, "cell_mask must be bool, got uint8"),
+        (torch.zeros(2, 3, 64, 96), MASK, 32, r"cell_mask must have shape \[2, 2, 3\], got \[2, 2, 2\]"),
+    ],
+)
+def test_mask_image_grid_refusals(images, mask, cell_size, message):
+    with pytest.raises(RuntimeError, match=message):
+        _C.mask_image_grid(images, mask, cell_size, 0.0)
+
+
+@needs_C
+def test_mask_tokens_grid_refusals():
+    tokens, token = torch.zeros(2, 16, 16, 40), torch.zeros(40)
+    with pytest.raises(RuntimeError, match="tokens must be a CUDA tensor, got cpu"):
+        _C.mask_tokens_grid_forward(tokens, token, MASK, 8)
+    with pytest.raises(RuntimeError, match="mask_token must have C=40 elements, got shape"):
+        _C.mask_tokens_grid_forward(tokens, torch.zeros(39), MASK, 8)
+    with pytest.raises(RuntimeError, match="mask_token must have the dtype of tokens \\(float32\\), got float16"):
+        _C.mask_tokens_grid_forward(tokens, token.half(), MASK, 8)
+    with pytest.raises(RuntimeError, match="grad_out must be a CUDA tensor, got cpu"):
+        _C.mask_tokens_grid_backward(tokens, MASK, 8, True, True)
+    with pytest.raises(RuntimeError, match="grad_out of 16 x 16 is not divisible by cell_size=5"):
+        _C.mask_tokens_grid_backward(tokens, MASK, 5, True, True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _bits(x):
+    return x.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]).cpu()
+
+
+@kernels
+@pytest.mark.parametrize(("batch_size", "num_cells", "num_keep"), [(3, 49, 24), (2, 240, 100), (1, 4096, 1)])
+def test_grid_cell_mask_matches_reference(batch_size, num_cells, num_keep):
+    mask = EXT.grid_cell_mask(21, None, batch_size, num_cells, num_keep, DEV)
+    assert mask.dtype == torch.bool and mask.shape == (batch_size, num_cells)
+    assert torch.equal(mask.cpu(), gm.cell_mask_reference(21, batch_size, num_cells, num_keep, CPU))
+
+
+def _image_layouts(x):
+    wide = torch.zeros(*x.shape[:3], x.shape[3] + 5, dtype=x.dtype, device=x.device)
+    wide[..., 2 : 2 + x.shape[3]] = x
+    return {
+        "contiguous": x,
+        "channels_last": x.contiguous(memory_format=torch.channels_last),
+        "strided": wide[..., 2 : 2 + x.shape[3]],
+    }
+
+
+@kernels
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(("channels", "height", "width", "cell_size"), [(3, 64, 96, 32), (1, 48, 72, 24), (5, 8, 8, 1)])
+def test_mask_image_grid_matches_reference(dtype, channels, height, width, cell_size):
+    images = torch.randn(2, channels, height, width, device=DEV).to(dtype)
+    cells = EXT.grid_cell_mask(3, None, 2, (height // cell_size) * (width // cell_size), 2, DEV)
+    cells = cells.view(2, height // cell_size, width // cell_size)
+    for name, view in _image_layouts(images).items():
+        out = EXT.mask_image_grid(view, cells, cell_size, 0.1)
+        assert out.dtype == dtype and out.shape == images.shape, name
+        assert out.stride() == torch.empty_like(view).stride(), name  # the input's layout where dense
+        expected = gm.mask_image_reference(view.cpu(), cells.cpu(), cell_size, 0.1)
+        assert torch.equal(_bits(out), _bits(expected)), name
+
+
+@kernels
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(
+    ("channels", "grid", "cell_size", "num_keep"),
+    [(3, (7, 7), 4, 24), (2, (16, 16), 2, 179), (1, (17, 16), 1, 100), (4, (2, 3), 8, 1)],
+)
+def test_mask_image_grid_random_matches_reference(dtype, channels, grid, cell_size, num_keep):
+    # the cell mask drawn in the masking launch (up to 256 cells: (16, 16) is the limit) or by the selection kernel
+    # first (17 x 16 cells), in every layout, with an int seed and a seed tensor: the reference's cells and pixels
+    height, width = grid[0] * cell_size, grid[1] * cell_size
+    images = torch.randn(3, channels, height, width, device=DEV).to(dtype)
+    expected_mask = gm.cell_mask_reference(2**40 + 9, 3, grid[0] * grid[1], num_keep, CPU).view(3, *grid)
+    seeds = (2**40 + 9, torch.tensor([2**40 + 9], dtype=torch.int64, device=DEV))
+    for (name, view), seed in zip(_image_layouts(images).items(), seeds + seeds[:1]):
+        seed_value, seed_tensor = (seed, None) if isinstance(seed, int) else (0, seed)
+        out, mask = EXT.mask_image_grid_random(view, seed_value, seed_tensor, cell_size, num_keep, -0.5)
+        assert mask.dtype == torch.bool and torch.equal(mask.cpu(), expected_mask), name
+        assert out.stride() == torch.empty_like(view).stride(), name
+        expected = gm.mask_image_reference(view.cpu(), expected_mask, cell_size, -0.5)
+        assert torch.equal(_bits(out), _bits(expected)), name
+
+
+@needs_C
+def test_mask_image_grid_random_refusals():
+    images = torch.zeros(2, 3, 64, 64)
+    with pytest.raises(RuntimeError, match="images must be a CUDA tensor, got cpu"):
+        _C.mask_image_grid_random(images, 1, None, 32, 2, 0.0)
+    with pytest.raises(RuntimeError, match="images of 64 x 64 is not divisible by cell_size=24"):
+        _C.mask_image_grid_random(images, 1, None, 24, 2, 0.0)
+    with pytest.raises(RuntimeError, match=r"num_keep must be in \[1, num_cells=4\], got 5"):
+        _C.mask_image_grid_random(images, 1, None, 32, 5, 0.0)
+
+
+def _assert_mask_token_grad(grad_mask, grad, cells, cell_size):
+    """grad_mask [C] against the fp64 sum of grad [B, H, W, C] over the removed cells' tokens. Summation in fp32
+    (fp64 for fp64) over n terms, then one rounding to the dtype: the classic bound |error| <= n u sum|x| + eps |sum|
+    (a missed or doubled token is off by |x|, far above it)."""
+    removed = gm.pixel_mask_reference(cells.cpu(), cell_size)[..., None]
+    removed_grad = torch.where(removed, grad.cpu().double(), 0)
+    expected = removed_grad.sum(dim=(0, 1, 2))
+    terms = int(removed[..., 0].sum())
+    unit = 2.0**-53 if grad.dtype == torch.float64 else 2.0**-24
+    bound = terms * unit * removed_grad.abs().sum(dim=(0, 1, 2)) + torch.finfo(grad.dtype).eps * expected.abs()
+    error = (grad_mask.cpu().double() - expected).abs()
+    assert grad_mask.dtype == grad.dtype and grad_mask.shape == expected.shape
+    assert bool((error <= bound + 1e-30).all()), float((error - bound).max())
+
+
+@kernels
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(("height", "width", "channels", "cell_size"), [(16, 24, 40, 8), (56, 56, 96, 8), (8, 8, 3, 4)])
+def test_mask_tokens_grid_matches_reference(dtype, height, width, channels, cell_size):
+    device = DEV
+    grid_h, grid_w = height // cell_size, width // cell_size
+    cells = EXT.grid_cell_mask(4, None, 2, grid_h * grid_w, max(1, grid_h * grid_w // 2), device).view(
+        2, grid_h, grid_w
+    )
+    tokens = torch.randn(2, height, width, channels, device=device).to(dtype)
+    token = torch.randn(channels, device=device).to(dtype)
+    strided = tokens.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)  # h and w strides swapped
+    for view in (tokens, strided, tokens.transpose(1, 2).contiguous().transpose(1, 2)):
+        out = EXT.mask_tokens_grid_forward(view, token, cells, cell_size)
+        assert out.is_contiguous()
+        expected = tgm.mask_tokens_reference(view.cpu(), token.cpu(), cells.cpu(), cell_size)
+        assert torch.equal(_bits(out), _bits(expected))
+    grad = torch.randn(2, height, width, channels, device=device).to(dtype)
+    expected_tokens, _ = tgm.mask_tokens_backward_reference(grad.cpu(), cells.cpu(), cell_size)
+    grad_tokens, grad_mask = EXT.mask_tokens_grid_backward(grad, cells, cell_size, True, True)
+    assert torch.equal(_bits(grad_tokens), _bits(expected_tokens))
+    _assert_mask_token_grad(grad_mask, grad, cells, cell_size)
+    only_mask = EXT.mask_tokens_grid_backward(grad, cells, cell_size, False, True)
+    assert only_mask[0].numel() == 0 and torch.equal(_bits(only_mask[1]), _bits(grad_mask))  # same fixed order
+    only_tokens = EXT.mask_tokens_grid_backward(grad, cells, cell_size, True, False)
+    assert only_tokens[1].numel() == 0 and torch.equal(_bits(only_tokens[0]), _bits(grad_tokens))
+
+
+@kernels
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(
+    ("grid", "cell_size", "channels", "num_keep"), [((7, 7), 2, 40, 24), ((2, 3), 4, 3, 2), ((17, 16), 1, 1, 100)]
+)
+def test_mask_tokens_grid_random_matches_reference(dtype, grid, cell_size, channels, num_keep):
+    # cells drawn in the masking launch (contiguous token rows, up to 256 cells; 3 channels of 2 bytes: 2-byte
+    # words; one channel) or by the selection kernel first (hw-swapped rows; 17 x 16 cells), with an int seed and a
+    # seed tensor: the reference's cells and tokens
+    height, width = grid[0] * cell_size, grid[1] * cell_size
+    tokens = torch.randn(2, height, width, channels, device=DEV).to(dtype)
+    token = torch.randn(channels, device=DEV).to(dtype)
+    expected_mask = gm.cell_mask_reference(77, 2, grid[0] * grid[1], num_keep, CPU).view(2, *grid)
+    swapped = tokens.transpose(1, 2).contiguous().transpose(1, 2)
+    seed = torch.tensor(77, dtype=torch.int64, device=DEV)
+    for view, (seed_value, seed_tensor) in ((tokens, (77, None)), (swapped, (0, seed)), (tokens, (0, seed))):
+        out, mask = EXT.mask_tokens_grid_random(view, token, seed_value, seed_tensor, cell_size, num_keep)
+        assert mask.dtype == torch.bool and torch.equal(mask.cpu(), expected_mask) and out.is_contiguous()
+        expected = tgm.mask_tokens_reference(view.cpu(), token.cpu(), expected_mask, cell_size)
+        assert torch.equal(_bits(out), _bits(expected))
+
+
+@needs_C
+def test_mask_tokens_grid_random_refusals():
+    tokens, token = torch.zeros(2, 16, 16, 40), torch.zeros(40)
+    with pytest.raises(RuntimeError, match="tokens must be a CUDA tensor, got cpu"):
+        _C.mask_tokens_grid_random(tokens, token, 1, None, 8, 2)
+    with pytest.raises(RuntimeError, match="mask_token must have C=40 elements, got shape"):
+        _C.mask_tokens_grid_random(tokens, torch.zeros(39), 1, None, 8, 2)
+    with pytest.raises(RuntimeError, match="tokens of 16 x 16 is not divisible by cell_size=5"):
+        _C.mask_tokens_grid_random(tokens, token, 1, None, 5, 2)
+    with pytest.raises(RuntimeError, match=r"num_keep must be in \[1, num_cells=4\], got 0"):
+        _C.mask_tokens_grid_random(tokens, token, 1, None, 8, 0)
+
+
+@kernels
+def test_mask_token_grad_adds_every_token_of_a_part():
+    # a part = a cell row of 8 x 32 tokens: each thread adds two tokens of each of 8 rows, then the block adds its
+    # threads' sums in shared memory (after a barrier); every cell removed, so every token of every part counts
+    cells = torch.ones(2, 4, 4, dtype=torch.bool, device=DEV)
+    grad = torch.randn(2, 32, 32, 40, generator=torch.Generator().manual_seed(0)).to(DEV)
+    _assert_mask_token_grad(EXT.mask_tokens_grid_backward(grad, cells, 8, False, True)[1], grad, cells, 8)
+
+
+@kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mask_token_grad_channel_chunks(dtype):
+    # more channel words than a block's threads (1040 fp32 = 260 words of 16 bytes; 2056 bf16 = 257): the channels
+    # split over a second grid dimension, each chunk's threads keeping their own words
+    channels = 1040 if dtype == torch.float32 else 2056
+    generator = torch.Generator().manual_seed(5)
+    cells = torch.tensor([[[True, False], [False, True]]], device=DEV)
+    grad = torch.randn(1, 4, 4, channels, generator=generator).to(dtype).to(DEV)
+    grad_tokens, grad_mask = EXT.mask_tokens_grid_backward(grad, cells, 2, True, True)
+    expected_tokens, _ = tgm.mask_tokens_backward_reference(grad.cpu(), cells.cpu(), 2)
+    assert torch.equal(_bits(grad_tokens), _bits(expected_tokens))
+    _assert_mask_token_grad(grad_mask, grad, cells, 2)
+
+
+@kernels
+@pytest.mark.parametrize("width", [2, 4])
+@pytest.mark.parametrize("layout", ["contiguous", "hw-swapped"])
+def test_mask_token_grad_narrow_rows(width, layout):
+    # Over 1024 cell rows (3 per part, in turn) of narrow rows (W < 8: a block's threads take several token rows at
+    # once); S = 2 makes the cell a non-linear function of the token.
+    batch, channels, cell = 2, 8, 2
+    height = 2 * (9000 // (2 * batch * width) + 1)
+    generator = torch.Generator().manual_seed(3)
+    cells = (torch.rand(batch, height // cell, width // cell, generator=generator) < 0.5).to(DEV)
+    grad = torch.randn(batch, height, width, channels, generator=generator).to(DEV)
+    if layout == "hw-swapped":
+        grad = grad.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+    _assert_mask_token_grad(EXT.mask_tokens_grid_backward(grad, cells, cell, False, True)[1], grad, cells, cell)

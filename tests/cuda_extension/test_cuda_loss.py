@@ -1,0 +1,195 @@
+"""The CUDA extension's MaskSub loss (csrc/masksub_loss*.cu, bindings_loss.cpp): refusals on any machine, then
+the kernels against the reference (fp32 arithmetic in another order than the reference: close, not equal) on the
+kernels' device (extension_under_test.py)."""
+
+import pytest
+import torch
+from extension_under_test import _C, DEV, EXT, FLOAT_DTYPES, kernels, needs_C
+
+from masksub_kernels.ops import masksub_loss as ml
+
+# ---------------------------------------------------------------------------------------------------------------
+# Refusals (any machine)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+LOGITS, TARGET = torch.zeros(4, 10), torch.zeros(4, dtype=torch.int64)
+
+
+@needs_C
+@pytest.mark.parametrize(
+    ("logits", "sub", "target", "options", "message"),
+    [
+        (LOGITS, LOGITS, TARGET, {}, "logits must be a CUDA tensor, got cpu"),
+        (torch.zeros(10), None, None, {}, r"logits must be \[rows, classes\] \(2-D\)"),
+        (LOGITS, torch.zeros(4, 9), TARGET, {}, r"sub_logits must have shape \[4, 10\], got \[4, 9\]"),
+        (LOGITS, LOGITS.half(), TARGET, {}, r"sub_logits must have the dtype of logits \(float32\), got float16"),
+        (LOGITS, None, TARGET.bool(), {}, "target must be int64, int32, float32, float16, bfloat16 or float64, got"),
+        (LOGITS, None, torch.zeros(4, 9), {}, r"target must have shape \[4, 10\], got \[4, 9\]"),
+        (LOGITS, None, torch.zeros(5, dtype=torch.int64), {}, r"target must have shape \[4\], got \[5\]"),
+        (LOGITS, None, TARGET, {"temperature": 0.0}, "temperature must be > 0, got 0"),
+        (LOGITS, None, TARGET, {"label_smoothing": 1.5}, r"label_smoothing must be in \[0, 1\], got 1.5"),
+        (LOGITS, None, TARGET, {"target_threshold": 0.5}, "target_threshold binarises BCE targets"),
+    ],
+)
+def test_masksub_loss_refusals(logits, sub, target, options, message):
+    args = {"bce": False, "label_smoothing": 0.0, "ignore_index": -100, "temperature": 1.0, "target_threshold": None}
+    args.update(options)
+    with pytest.raises(RuntimeError, match=message):
+        _C.masksub_loss_forward(logits, sub, target, *args.values())
+    out = torch.zeros(9, logits.shape[0] if logits.dim() == 2 else 1)
+    with pytest.raises(RuntimeError, match=message):
+        _C.masksub_loss_backward(None, None, out, logits, sub, target, *args.values())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _loss_inputs(rows, classes, dtype, kind, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    main = (torch.randn(rows, classes, generator=generator) * 3).to(dtype).to(DEV)
+    sub = (torch.randn(rows, classes, generator=generator) * 3).to(dtype).to(DEV)
+    if kind == "dense":
+        target = torch.softmax(torch.randn(rows, classes, generator=generator) * 2, 1).to(DEV)
+    else:
+        target = torch.randint(0, classes, (rows,), generator=generator)
+        target[::3] = -100
+        target = target.to(DEV)
+    return main, sub, target
+
+
+@kernels
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(
+    ("bce", "kind", "eps", "temperature", "threshold"),
+    [
+        (False, "index", 0.1, 1.0, None),
+        (False, "dense", 0.0, 2.0, None),
+        (True, "dense", 0.0, 1.0, 0.0),
+        (True, "index", 0.1, 0.5, None),
+    ],
+)
+@pytest.mark.parametrize(("rows", "classes"), [(7, 1000), (5, 3), (3, 4500)])
+def test_masksub_loss_matches_reference(dtype, bce, kind, eps, temperature, threshold, rows, classes):
+    main, sub, target = _loss_inputs(rows, classes, dtype, kind)
+    options = (bce, eps, -100, temperature, threshold)
+    out = EXT.masksub_loss_forward(main, sub, target, *options)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    assert out.dtype == torch.float32 and out.shape == (9, rows)
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected.abs().max()))
+    grad_main = torch.randn(rows, device=DEV)
+    grad_sub = torch.tensor(0.7, device=DEV).expand(rows)  # a broadcast scalar: stride 0
+    dz, ds = EXT.masksub_loss_backward(grad_main, grad_sub, out, main, sub, target, *options)
+    ez, es = ml.loss_backward_reference(grad_main, grad_sub, expected, main, sub, target, *options)
+    assert dz.dtype == dtype and ds.dtype == dtype and dz.is_contiguous()
+    rtol = {torch.float16: 2**-10, torch.bfloat16: 2**-7}.get(dtype, 1e-5)
+    for got, want in ((dz, ez), (ds, es)):
+        torch.testing.assert_close(got.double(), want.double(), rtol=rtol, atol=rtol * float(want.abs().max()))
+    only_sub = EXT.masksub_loss_backward(None, grad_sub, out, main, sub, target, *options)
+    assert only_sub[0].numel() == 0 and torch.equal(only_sub[1], ds)
+
+
+@kernels
+def test_masksub_loss_single_terms_and_ignored_rows():
+    main, sub, target = _loss_inputs(6, 50, torch.float32, "index")
+    target[:] = -100  # every row ignored: zero losses, zero gradients
+    out = EXT.masksub_loss_forward(main, sub, target, False, 0.1, -100, 1.0, None)
+    assert torch.equal(out[:2], torch.zeros_like(out[:2]))
+    dz, ds = EXT.masksub_loss_backward(torch.ones(6, device=DEV), torch.ones(6, device=DEV), out, main, sub,
+                                      target, False, 0.1, -100, 1.0, None)  # fmt: skip
+    assert torch.equal(dz, torch.zeros_like(dz)) and torch.equal(ds, torch.zeros_like(ds))
+    sub_only = EXT.masksub_loss_forward(main, sub, None, False, 0.0, -100, 1.0, None)
+    expected = ml.loss_forward_reference(main, sub, None, False, 0.0, -100, 1.0, None)
+    torch.testing.assert_close(sub_only, expected, rtol=2e-6, atol=1e-6)
+    main_only = EXT.masksub_loss_forward(main, None, target.clamp_min(0), True, 0.0, -100, 1.0, None)
+    expected = ml.loss_forward_reference(main, None, target.clamp_min(0), True, 0.0, -100, 1.0, None)
+    torch.testing.assert_close(main_only, expected, rtol=2e-6, atol=1e-6)
+
+
+@kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kind", ["index", "dense"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_masksub_loss_forward_underflow_and_minus_inf(dtype, kind, temperature):
+    # the forward's exponentials flush results below 2^-126 to 0 (ex2.approx.ftz): logits 80-200 below the row's
+    # max (e^-d subnormal or 0), -inf logits in both branches (the teacher term's 0 * -inf guard), a row of -inf
+    # sub logits except one, and a row whose every logit is -inf but one
+    rows, classes = 6, 1000
+    main, sub, target = _loss_inputs(rows, classes, dtype, kind)
+    main, sub = main.clone(), sub.clone()
+    main[:, 1::3] -= torch.linspace(80, 200, main[:, 1::3].shape[1], device=DEV).to(dtype)
+    sub[:, 2::5] -= torch.linspace(85, 95, sub[:, 2::5].shape[1], device=DEV).to(dtype)
+    main[0, 7::11] = sub[0, 7::11] = -torch.inf
+    main[1, 5::13] = -torch.inf
+    sub[2, 1:] = -torch.inf
+    main[3, 1:] = -torch.inf
+    options = (False, 0.0, -100, temperature, None)
+    out = EXT.masksub_loss_forward(main, sub, target, *options)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected[expected.isfinite()].abs().max()))
+
+
+@kernels
+@pytest.mark.parametrize("bce", [False, True])
+def test_masksub_loss_backward_splits_few_rows(bce):
+    # 2 rows of 9000 fp32 classes: the backward spreads each row over 4 blocks (grid (M, splits)), split 0 also
+    # taking the scalar classes before the row's first 16-byte boundary (row 1 starts 8 bytes past one)
+    main, sub, target = _loss_inputs(2, 9002, torch.float32, "dense")
+    _check_loss_both_ways(main, sub, target, (bce, 0.1, -100, 2.0, None), grad_rtol=1e-5)
+
+
+def _check_loss_both_ways(main, sub, target, options, grad_rtol):
+    """The extension's forward (fp32 tolerance) and backward (grad_rtol, scaled by the largest gradient) against
+    the reference, with random per-row upstream gradients."""
+    out = EXT.masksub_loss_forward(main, sub, target, *options)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected.abs().max()))
+    rows = main.shape[0]
+    grad_main, grad_sub = torch.randn(rows, device=DEV), torch.randn(rows, device=DEV)
+    dz, ds = EXT.masksub_loss_backward(grad_main, grad_sub, out, main, sub, target, *options)
+    ez, es = ml.loss_backward_reference(grad_main, grad_sub, expected, main, sub, target, *options)
+    for got, want in ((dz, ez), (ds, es)):
+        torch.testing.assert_close(
+            got.double(), want.double(), rtol=grad_rtol, atol=grad_rtol * float(want.abs().max())
+        )
+
+
+def _offset_columns(x, offset):
+    """x's values in a wider buffer, starting `offset` columns into each row: the same values, rows that sit
+    differently within 16 bytes than a contiguous tensor's (and a row stride that is no multiple of 16 bytes)."""
+    wide = torch.zeros(x.shape[0], x.shape[1] + offset + 1, dtype=x.dtype, device=x.device)
+    wide[:, offset : offset + x.shape[1]] = x
+    return wide[:, offset : offset + x.shape[1]]
+
+
+@kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "layout",
+    ["sub offset", "main offset", "target offset", "target fp32", "target other dtype", "target fp32 offset"],
+)
+@pytest.mark.parametrize("bce", [False, True])
+def test_masksub_loss_row_layouts(dtype, layout, bce):
+    # The kernels read a row as 16-byte vectors from its first 16-byte boundary where z, s (dz, ds) and the
+    # probabilities sit alike within 16 bytes, else element by element: every layout gives the reference's values.
+    # "main offset": z's rows differ from the contiguous dz's (the backward's scalar path); probabilities in fp32
+    # with narrower logits are two 16-byte words per vector; in another dtype, the binding makes them fp32.
+    rows, classes = 5, 700
+    main, sub, target = _loss_inputs(rows, classes, dtype, "index" if layout.endswith("offset") and
+                                     not layout.startswith("target") else "dense")  # fmt: skip
+    if layout == "sub offset":
+        sub = _offset_columns(sub, 1)
+    elif layout == "main offset":
+        main = _offset_columns(main, 3)
+    elif layout == "target fp32":
+        target = target.float()
+    elif layout == "target other dtype":
+        target = target.to(torch.float16 if dtype != torch.float16 else torch.float64)
+    elif layout == "target offset":
+        target = _offset_columns(target.to(dtype), 1)
+    elif layout == "target fp32 offset":
+        target = _offset_columns(target.float(), 2)
+    options = (bce, 0.1, -100, 1.0, None)
+    _check_loss_both_ways(main, sub, target, options, grad_rtol={torch.bfloat16: 2**-7}.get(dtype, 1e-5))

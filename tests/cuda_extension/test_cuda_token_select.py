@@ -1,0 +1,340 @@
+"""The CUDA extension's token select / gather / scatter (csrc/token_select.cu, bindings_token_select.cpp):
+refusals on any machine, then bit for bit against the reference on the kernels' device (extension_under_test.py)."""
+
+import pytest
+import torch
+from extension_under_test import _C, CPU, DEV, EXT, FLOAT_DTYPES, gpu, kernels, needs_C
+
+import masksub_kernels as mk
+from masksub_kernels._philox import philox_uint32
+from masksub_kernels.ops import token_select as ts
+
+# ---------------------------------------------------------------------------------------------------------------
+# Refusals (any machine): messages name the argument, what was expected and what came
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@needs_C
+def test_select_refuses_cpu_device():
+    with pytest.raises(RuntimeError, match="device must be a CUDA device, got cpu"):
+        _C.select_tokens(1, None, 2, 10, 5, False, True, CPU)
+
+
+@needs_C
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((1, -1, 10, 5), r"batch_size must be in \[0, 2\*\*31\), got -1"),
+        ((1, 2, 0, 1), r"num_tokens must be in \[1, 8192\], got 0"),
+        ((1, 2, 8193, 5), r"num_tokens must be in \[1, 8192\], got 8193"),
+        ((1, 2, 10, 0), r"num_keep must be in \[1, num_tokens=10\], got 0"),
+        ((1, 2, 10, 11), r"num_keep must be in \[1, num_tokens=10\], got 11"),
+    ],
+)
+def test_select_refuses_bad_sizes(args, message):
+    with pytest.raises(RuntimeError, match=message):
+        _C.select_tokens(args[0], None, *args[1:], False, True, CPU)
+
+
+@needs_C
+def test_gather_refuses_cpu_tensors():
+    x = torch.randn(2, 5, 4)
+    ids = torch.zeros(2, 2, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="x must be a CUDA tensor, got cpu"):
+        _C.gather_tokens(x, ids, 1)
+
+
+@needs_C
+@pytest.mark.parametrize(
+    ("x", "ids", "prefix", "message"),
+    [
+        (torch.randn(5, 4), torch.zeros(2, 2, dtype=torch.int64), 1, r"x must be \[batch, prefix \+ tokens, dim\] "),
+        (
+            torch.zeros(2, 5, 4, dtype=torch.int32),
+            torch.zeros(2, 2, dtype=torch.int64),
+            1,
+            "x must be float32, float16, bfloat16 or float64, got int32",
+        ),
+        (torch.randn(2, 5, 4), torch.zeros(2, dtype=torch.int64), 1, r"ids must be \[batch, K\] \(2-D\), got shape"),
+        (torch.randn(2, 5, 4), torch.zeros(2, 2), 1, "ids must be int64 or int32, got float32"),
+        (torch.randn(2, 5, 4), torch.zeros(2, 2, dtype=torch.int64), 5, r"num_prefix_tokens must be in \[0, seq"),
+        (torch.randn(2, 5, 4), torch.zeros(2, 5, dtype=torch.int64), 1, r"ids must have 1 <= K <= 4 \(patch"),
+        (torch.randn(2, 5, 4), torch.zeros(3, 2, dtype=torch.int32), 1, r"ids must have shape \[2, 2\], got \[3, 2\]"),
+    ],
+)
+def test_gather_refuses_bad_metadata(x, ids, prefix, message):
+    with pytest.raises(RuntimeError, match=message):
+        _C.gather_tokens(x, ids, prefix)
+
+
+@needs_C
+def test_select_gather_refuses_cpu_tensors():
+    with pytest.raises(RuntimeError, match="x must be a CUDA tensor, got cpu"):
+        _C.select_gather_tokens(torch.randn(2, 5, 4), 1, None, 2, 1, False)
+
+
+@needs_C
+def test_scatter_refuses_cpu_tensors():
+    grad_y = torch.randn(2, 3, 4)
+    inv = torch.full((2, 4), -1, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="grad_y must be a CUDA tensor, got cpu"):
+        _C.scatter_tokens(grad_y, inv, 1)
+
+
+@needs_C
+@pytest.mark.parametrize(
+    ("grad_y", "inv", "prefix", "message"),
+    [
+        (torch.randn(3, 4), torch.zeros(2, 4, dtype=torch.int32), 1, r"grad_y must be \[batch, prefix \+ kept"),
+        (torch.randn(2, 3, 4), torch.zeros(2, 4, dtype=torch.int64), 1, "inv must be int32, got int64"),
+        (
+            torch.randn(2, 3, 4).to(torch.int64),
+            torch.zeros(2, 4, dtype=torch.int32),
+            1,
+            "grad_y must be float32, float16, bfloat16 or float64, got int64",
+        ),
+        (torch.randn(2, 3, 4), torch.zeros(2, 4, dtype=torch.int32), 3, r"num_prefix_tokens must be in \[0, grad_y"),
+        (torch.randn(2, 3, 4), torch.zeros(2, 1, dtype=torch.int32), 1, "inv must have at least K=2"),
+        (torch.randn(2, 3, 4), torch.zeros(1, 4, dtype=torch.int32), 1, r"inv must have shape \[2, 4\], got \[1, 4\]"),
+    ],
+)
+def test_scatter_refuses_bad_metadata(grad_y, inv, prefix, message):
+    with pytest.raises(RuntimeError, match=message):
+        _C.scatter_tokens(grad_y, inv, prefix)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernels: bit for bit against the reference
+# ---------------------------------------------------------------------------------------------------------------
+
+
+# (B, N, K): every block shape of the selection kernel (capacities 256 ... 8192), edges K = 1 and K = N.
+SELECT_SIZES = [
+    (3, 1, 1),
+    (4, 10, 5),
+    (8, 196, 98),
+    (2, 256, 256),
+    (3, 257, 100),
+    (2, 512, 1),
+    (2, 1000, 500),
+    (2, 2048, 1024),
+    (2, 4095, 2047),
+    (1, 8192, 4096),
+]
+
+
+@kernels
+@pytest.mark.parametrize("write_inverse", [True, False])
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize(("batch_size", "num_tokens", "num_keep"), SELECT_SIZES)
+def test_select_matches_reference(batch_size, num_tokens, num_keep, ordered, write_inverse):
+    seed = 0x1234_5678_9ABC
+    ids, inv = EXT.select_tokens(seed, None, batch_size, num_tokens, num_keep, ordered, write_inverse, DEV)
+    expected = ts.select_reference(seed, batch_size, num_tokens, num_keep, CPU, ordered)
+    assert ids.dtype == torch.int64 and ids.is_contiguous() and ids.device.type == DEV.type
+    assert torch.equal(ids.cpu(), expected)
+    if write_inverse:
+        assert inv.dtype == torch.int32 and inv.shape == (batch_size, num_tokens)
+        assert torch.equal(inv.cpu(), ts.inverse_reference(expected, num_tokens))
+    else:
+        assert inv is None
+
+
+@kernels
+def test_select_breaks_draw_ties_by_position():
+    # Equal 32-bit draws within a row of 8192 happen (~0.8% of rows); seed 11 has them in rows 44, 188 and 245.
+    # The full order (K = N) must match the reference's (draw, position) order there: the sort is stable.
+    seed, rows, num_tokens = 11, 256, 8192
+    device = DEV
+    draws = philox_uint32(seed, torch.arange(rows * num_tokens, device=device).view(rows, num_tokens))
+    ordered_draws = draws.sort(dim=1).values
+    tied = (ordered_draws[:, 1:] == ordered_draws[:, :-1]).any(dim=1).nonzero().flatten().tolist()
+    assert tied == [44, 188, 245]
+    ids, _ = EXT.select_tokens(seed, None, rows, num_tokens, num_tokens, False, False, device)
+    expected = ts.select_reference(seed, rows, num_tokens, num_tokens, device, False)
+    assert torch.equal(ids[tied], expected[tied])
+    assert torch.equal(ids, expected)
+
+
+@gpu
+@pytest.mark.gpu
+def test_select_counters_past_two_to_the_32():
+    # Draw offsets b * N + n reach 2^32 here: the counter's high word (offset >> 32) must enter Philox. Too large
+    # for the emulator (4.3e9 draws); 4 MB of ids on a GPU.
+    seed, rows, num_tokens = 5, 524288, 8192
+    ids, _ = EXT.select_tokens(seed, None, rows, num_tokens, 1, False, False, DEV)
+    for row in (0, rows // 2 - 1, rows // 2, rows - 1):  # offsets below and above 2^32 = (rows / 2) * num_tokens
+        offsets = row * num_tokens + torch.arange(num_tokens, device=DEV)
+        draws = philox_uint32(seed, offsets)
+        assert int(ids[row, 0]) == int(torch.argmin(draws)), row  # ties go to the first position, as in the kernel
+
+
+@kernels
+def test_select_empty_batch_and_current_device():
+    ids, inv = EXT.select_tokens(3, None, 0, 16, 8, False, True, DEV)
+    assert ids.shape == (0, 8) and inv.shape == (0, 16)
+    ids, _ = EXT.select_tokens(3, None, 1, 16, 8, False, False, DEV)  # no index: the current device
+    if DEV.type == "cuda":
+        assert ids.device == torch.device("cuda", torch.cuda.current_device())
+
+
+# (P, N, K, D): a ViT-S row (16-byte words), odd widths (2- and 4-byte words), D = 1, K = N, no prefix.
+COPY_SIZES = [(1, 196, 98, 384), (0, 10, 3, 7), (4, 64, 64, 1), (2, 50, 25, 130)]
+
+
+def _random_ids(batch_size, num_tokens, num_keep, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.randperm(num_tokens, generator=generator)[:num_keep] for _ in range(batch_size)]
+    return torch.stack(rows).to(dtype)
+
+
+def _layouts(x):
+    """x itself and views of it with other strides: a sequence stride > row, a batch-major transpose, a channel
+    slice that breaks 16-byte alignment, and channels-strided (last stride != 1, copied by the binding)."""
+    batch_size, seq_len, dim = x.shape
+    padded = torch.zeros(batch_size, seq_len * 2, dim + 3, dtype=x.dtype, device=x.device)
+    padded[:, ::2, 1 : dim + 1] = x
+    transposed = x.transpose(0, 1).contiguous().transpose(0, 1)
+    channels_strided = x.transpose(1, 2).contiguous().transpose(1, 2)
+    return {
+        "contiguous": x,
+        "sequence-strided": padded[:, ::2, 1 : dim + 1],
+        "transposed": transposed,
+        "channels-strided": channels_strided,
+    }
+
+
+@kernels
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize(("prefix", "num_tokens", "num_keep", "dim"), COPY_SIZES)
+def test_gather_matches_reference(dtype, index_dtype, prefix, num_tokens, num_keep, dim):
+    x = torch.randn(3, prefix + num_tokens, dim).to(dtype).to(DEV)
+    ids = _random_ids(3, num_tokens, num_keep, index_dtype).to(DEV)
+    expected = ts.gather_reference(x, ids, prefix)
+    for name, view in _layouts(x).items():
+        y = EXT.gather_tokens(view, ids, prefix)
+        assert y.dtype == dtype and y.is_contiguous() and y.shape == expected.shape, name
+        assert torch.equal(y, expected), name
+    # ids with strides of their own (a column slice): read through their strides
+    wide = torch.cat([ids, ids], dim=1)[:, ::2]
+    assert torch.equal(EXT.gather_tokens(x, wide, prefix), ts.gather_reference(x, wide.contiguous(), prefix))
+
+
+@kernels
+def test_gather_out_of_range_ids_read_zeros():
+    x = torch.randn(2, 6, 8, device=DEV)
+    ids = torch.tensor([[0, 5], [-1, 2]], device=DEV)
+    y = EXT.gather_tokens(x, ids, 1)
+    assert torch.equal(y[0, 2], torch.zeros(8, device=DEV)) and torch.equal(y[1, 1], torch.zeros(8, device=DEV))
+    assert torch.equal(y[1, 2], x[1, 3])
+
+
+@kernels
+def test_scatter_out_of_range_slots_write_zeros():
+    grad_y = torch.randn(2, 3, 8, device=DEV)  # P = 1, K = 2: valid slots are 0 and 1
+    inv = torch.tensor([[0, 2, -1, 1, 7], [1, -1, 2, 0, -5]], dtype=torch.int32, device=DEV)
+    grad_x = EXT.scatter_tokens(grad_y, inv, 1)
+    zero = torch.zeros(8, device=DEV)
+    for b, t in ((0, 2), (0, 3), (0, 5), (1, 2), (1, 3), (1, 5)):  # slots 2, -1, 7, -1, 2, -5
+        assert torch.equal(grad_x[b, t], zero), (b, t)
+    for b, t, slot in ((0, 1, 0), (0, 4, 1), (1, 1, 1), (1, 4, 0)):
+        assert torch.equal(grad_x[b, t], grad_y[b, 1 + slot]), (b, t)
+    assert torch.equal(grad_x[:, 0], grad_y[:, 0])  # the prefix token
+
+
+@kernels
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(("prefix", "num_tokens", "num_keep", "dim"), COPY_SIZES)
+def test_scatter_matches_reference(dtype, prefix, num_tokens, num_keep, dim):
+    ids = _random_ids(3, num_tokens, num_keep, torch.int64).to(DEV)
+    inv = ts.inverse_reference(ids, num_tokens)
+    grad_y = torch.randn(3, prefix + num_keep, dim).to(dtype).to(DEV)
+    expected = ts.scatter_reference(grad_y, ids, prefix, num_tokens)
+    for name, view in _layouts(grad_y).items():
+        grad_x = EXT.scatter_tokens(view, inv, prefix)
+        assert grad_x.dtype == dtype and grad_x.is_contiguous() and grad_x.shape == expected.shape, name
+        assert torch.equal(grad_x, expected), name
+    # every element is written (no zero-fill pass): NaN left in the reused allocation must not survive
+    poison = torch.full_like(expected, float("nan"))
+    del poison
+    assert torch.equal(EXT.scatter_tokens(grad_y, inv, prefix), expected)
+
+
+@kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_public_ops_with_cuda_backend_match_torch_backend(dtype):
+    x = torch.randn(4, 1 + 196, 192, device=DEV).to(dtype).requires_grad_()
+    grad = torch.randn(4, 1 + 98, 192, device=DEV).to(dtype)
+    results = {}
+    for backend in ("torch", "cuda"):
+        with mk.use_backend(backend):
+            y, ids = mk.random_token_select(x, 0.5, seed=99)
+            assert mk.last_backend("gather_tokens") == backend
+            (grad_x,) = torch.autograd.grad(y, x, grad)
+            ordered = mk.random_keep_indices(4, 196, 98, seed=99, device=DEV, ordered=True)
+        results[backend] = (y, ids, grad_x, ordered)
+    for expected, got in zip(results["torch"], results["cuda"]):
+        assert torch.equal(expected, got)
+
+
+# (B, P, N, K, D) of the fused select + gather: its three block shapes (N <= 256, 512, 1024), column splits (few
+# samples, rows of 64+ words: 3 splits of 32 16-byte words at D = 384 fp32; a shorter last split at D = 130 fp32,
+# 65 8-byte words) and one split (rows of < 64 words), K = N, no prefix; above 1024 tokens, select then gather.
+SELECT_GATHER_SIZES = [
+    (3, 1, 196, 98, 384),
+    (2, 0, 10, 10, 7),
+    (2, 4, 300, 150, 130),
+    (2, 1, 1024, 512, 40),
+    (2, 1, 1025, 100, 24),
+]
+
+
+@kernels
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize(("batch_size", "prefix", "num_tokens", "num_keep", "dim"), SELECT_GATHER_SIZES)
+def test_select_gather_matches_reference(batch_size, prefix, num_tokens, num_keep, dim, ordered, dtype):
+    seed = 0x5EED_1234_ABCD
+    x = torch.randn(batch_size, prefix + num_tokens, dim).to(dtype).to(DEV)
+    expected_ids = ts.select_reference(seed, batch_size, num_tokens, num_keep, CPU, ordered)
+    expected_inv = ts.inverse_reference(expected_ids, num_tokens)
+    expected_y = ts.gather_reference(x.cpu(), expected_ids, prefix)
+    for name, view in _layouts(x).items():  # 16-, 8-, 4- and 2-byte words, strided rows
+        y, ids, inv = EXT.select_gather_tokens(view, seed, None, num_keep, prefix, ordered)
+        assert ids.dtype == torch.int64 and inv.dtype == torch.int32 and y.dtype == dtype, name
+        assert y.is_contiguous() and y.shape == expected_y.shape and y.device.type == DEV.type, name
+        assert torch.equal(ids.cpu(), expected_ids), name
+        assert torch.equal(inv.cpu(), expected_inv), name
+        assert torch.equal(y.cpu(), expected_y), name
+
+
+@kernels
+@pytest.mark.parametrize(("num_tokens", "num_keep"), [(196, 98), (700, 300), (1500, 600)])
+def test_select_gather_with_masks_and_seed_tensor(num_tokens, num_keep):
+    # always-keep / drop-first (the two-pass sort) and a seed read on the device, fused (N <= 1024) and not
+    generator = torch.Generator().manual_seed(num_tokens)
+    keep = torch.rand(3, num_tokens, generator=generator) < 0.1
+    drop = torch.rand(3, num_tokens, generator=generator) < 0.3
+    x = torch.randn(3, 1 + num_tokens, 96, generator=generator).to(DEV)
+    seed = torch.tensor([-77], dtype=torch.int64, device=DEV)
+    for ordered in (False, True):
+        y, ids, inv = EXT.select_gather_tokens(x, 0, seed, num_keep, 1, ordered, keep.to(DEV), drop.to(DEV))
+        expected = ts.select_reference(-77, 3, num_tokens, num_keep, CPU, ordered, keep, drop)
+        assert torch.equal(ids.cpu(), expected), ordered
+        assert torch.equal(inv.cpu(), ts.inverse_reference(expected, num_tokens)), ordered
+        assert torch.equal(y.cpu(), ts.gather_reference(x.cpu(), expected, 1)), ordered
+
+
+@kernels
+def test_select_gather_empty_batch_and_refusals():
+    y, ids, inv = EXT.select_gather_tokens(torch.randn(0, 11, 8, device=DEV), 3, None, 5, 1, False)
+    assert y.shape == (0, 6, 8) and ids.shape == (0, 5) and inv.shape == (0, 10)
+    x = torch.randn(2, 11, 8, device=DEV)
+    for args, message in (
+        ((3, None, 11, 1, False), r"num_keep must be in \[1, num_tokens=10\], got 11"),
+        ((3, None, 5, 11, False), r"num_prefix_tokens must be in \[0, sequence length 11\)"),
+        ((3, None, 5, 1, False, torch.zeros(2, 9, dtype=torch.bool, device=DEV)), "always_keep must have shape"),
+    ):
+        with pytest.raises(RuntimeError, match=message):
+            EXT.select_gather_tokens(x, *args)
