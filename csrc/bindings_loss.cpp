@@ -113,10 +113,18 @@ at::Tensor masksub_loss_forward(const at::Tensor& logits, const std::optional<at
   at::Tensor out = at::empty({masksub::kLossRows, logits.size(0)}, logits.options().dtype(at::kFloat));
   dispatch_float(logits.scalar_type(), "logits", [&](auto tag) {
     using T = typename decltype(tag)::type;
+    // few rows split over blocks: their states' workspace (written before it is read) and zeroed tickets (a fill)
+    const int64_t splits = masksub::masksub_loss_forward_splits<T>(ops.problem);
+    at::Tensor workspace, tickets;
+    if (splits > 1) {
+      workspace = at::empty({ops.problem.rows * splits * masksub::kLossStateWords}, out.options());
+      tickets = at::zeros({ops.problem.rows}, out.options().dtype(at::kInt));
+    }
     CHECK_LAUNCH("masksub_loss_forward",
-                 masksub::launch_masksub_loss_forward<T>(data_of<T>(ops.logits), ops.problem,
-                                                         out.mutable_data_ptr<float>(),
-                                                         current_stream(logits.device())));
+                 masksub::launch_masksub_loss_forward<T>(
+                     data_of<T>(ops.logits), ops.problem, out.mutable_data_ptr<float>(),
+                     splits > 1 ? workspace.mutable_data_ptr<float>() : nullptr,
+                     splits > 1 ? tickets.mutable_data_ptr<int32_t>() : nullptr, current_stream(logits.device())));
   });
   return out;
 }

@@ -270,8 +270,14 @@ struct LossProblem {
 
 // out [kLossRows, M] fp32, every entry written: per-row losses (0 on ignored rows and for absent terms) and, for
 // CE, the stats (0 for BCE and absent terms). Arithmetic in fp32 (fp64 logits too).
+// Few rows (M = 8, C = 128256): each row over masksub_loss_forward_splits() blocks, which then need workspace, fp32
+// [rows, splits, kLossStateWords] (any contents), and tickets, int32 [rows] zeroed (null for one split).
+constexpr int kLossStateWords = 12;
 template <typename T>
-cudaError_t launch_masksub_loss_forward(const T* logits, const LossProblem& problem, float* out, cudaStream_t stream);
+int64_t masksub_loss_forward_splits(const LossProblem& problem);
+template <typename T>
+cudaError_t launch_masksub_loss_forward(const T* logits, const LossProblem& problem, float* out, float* workspace,
+                                        int32_t* tickets, cudaStream_t stream);
 
 // grad_logits [M, C] contiguous (null: not wanted) = grad_main[r] * d main_r / d z, grad_sub_logits likewise with
 // grad_sub; grad_main / grad_sub: fp32 [M] with a stride (0 for a broadcast scalar). out: the forward's output.

@@ -225,6 +225,39 @@ __device__ __forceinline__ LossState block_merge(LossState state) {
   return state;
 }
 
+static_assert(sizeof(LossState) == kLossStateWords * sizeof(float), "the workspace's words per state");
+
+// Few rows, a row over gridDim.y blocks (loss_split): each block's merged state goes to the workspace, row_states
+// [splits][kLossStateWords]; thread 0 then takes the row's ticket (an atomic add, after a fence: the state is
+// visible before the ticket counts it), and the block that draws the last ticket merges the row's states: thread
+// t loads split t's (splits <= threads: loss_split), then block_merge, a fixed order: the same bits on every run,
+// whatever order the blocks finished in. The states are read from L2 (__ldcg): other SMs wrote them. Returns
+// whether this block is the row's last (the same in every thread), its merged state in thread 0.
+template <class V>
+__device__ __forceinline__ bool merge_splits(LossState& st, float* row_states, int32_t* ticket) {
+  __shared__ bool last;
+  const unsigned int splits = gridDim.y;
+  float words[kLossStateWords];
+  if (threadIdx.x == 0) {
+    memcpy(words, &st, sizeof(words));
+#pragma unroll
+    for (int i = 0; i < kLossStateWords; ++i) row_states[blockIdx.y * kLossStateWords + i] = words[i];
+    __threadfence();  // release: the state before the ticket
+    last = atomicAdd(ticket, 1) == static_cast<int>(splits) - 1;
+    __threadfence();  // acquire: the other splits' states after their tickets
+  }
+  __syncthreads();  // also ends block_merge's reads of its shared states before the second block_merge
+  if (!last) return false;
+  LossState split_state = empty_state();
+  if (threadIdx.x < splits) {
+#pragma unroll
+    for (int i = 0; i < kLossStateWords; ++i) words[i] = __ldcg(row_states + threadIdx.x * kLossStateWords + i);
+    memcpy(&split_state, words, sizeof(words));
+  }
+  st = block_merge<V>(split_state);
+  return true;
+}
+
 // Classes [c, c + N) of the row (N: a vector, or 1) into the state.
 template <typename T, class V, int N>
 __device__ __forceinline__ void forward_chunk(LossState& st, const T* z_row, const T* s_row, const LossProblem& p,
@@ -243,10 +276,13 @@ __device__ __forceinline__ void forward_chunk(LossState& st, const T* z_row, con
   fold<V, N>(st, z, x, w, V::kBce && V::kLabels ? position_in_chunk<N>(t.label, c) : -1, k.inv_temperature);
 }
 
-template <typename T, class V>
+// kSplit: rows over gridDim.y blocks merged through the workspace (a template parameter, so that the one-block
+// rows' instance carries none of that code).
+template <typename T, class V, bool kSplit>
 __global__ void __launch_bounds__(kLossThreads)
     loss_forward_kernel(const T* __restrict__ logits, const LossProblem p, const LossConstants k,
-                        float* __restrict__ out) {
+                        float* __restrict__ out, float* __restrict__ workspace, int32_t* __restrict__ tickets,
+                        int64_t split_vectors) {
   constexpr int W = Pack<T>::kWidth;
   const int64_t row = blockIdx.x, C = p.classes, M = p.rows;
   const T* z_row = logits + row * p.stride_logits;
@@ -255,19 +291,26 @@ __global__ void __launch_bounds__(kLossThreads)
   const typename V::Target* y_row = V::kDense ? target_row<V>(p, row) : nullptr;
   const RowSpan span = row_span(z_row, offset_bits(z_row, s_row), y_row, C);
   LossState st = empty_state();
+  // split blockIdx.y takes the row's vectors [begin, end), split_vectors of them; split 0 also the scalar classes
   const int threads = blockDim.x;
-  for (int64_t v = threadIdx.x; v < span.vectors; v += int64_t{threads} * kLossUnroll) {
+  const int64_t begin = kSplit ? split_vectors * blockIdx.y : 0;
+  const int64_t end = kSplit && begin + split_vectors < span.vectors ? begin + split_vectors : span.vectors;
+  for (int64_t v = begin + threadIdx.x; v < end; v += int64_t{threads} * kLossUnroll) {
 #pragma unroll
     for (int u = 0; u < kLossUnroll; ++u) {
       const int64_t vector = v + int64_t{u} * threads;
-      if (vector < span.vectors) forward_chunk<T, V, W>(st, z_row, s_row, p, k, y_row, target, span.head + vector * W);
+      if (vector < end) forward_chunk<T, V, W>(st, z_row, s_row, p, k, y_row, target, span.head + vector * W);
     }
   }
+  const int64_t scalar = !kSplit || blockIdx.y == 0 ? span.scalar : 0;
 #pragma unroll 1
-  for (int64_t i = threadIdx.x; i < span.scalar; i += threads) {
+  for (int64_t i = threadIdx.x; i < scalar; i += threads) {
     forward_chunk<T, V, 1>(st, z_row, s_row, p, k, y_row, target, span.scalar_class(i, W));
   }
   st = block_merge<V>(st);
+  if constexpr (kSplit) {
+    if (!merge_splits<V>(st, workspace + row * gridDim.y * kLossStateWords, tickets + row)) return;
+  }
   if constexpr (V::kUnitT && !V::kBce) {  // the teacher's max and sum are the main term's
     st.m_t = st.m_z;
     st.l_t = st.l_z;
@@ -321,6 +364,25 @@ __global__ void __launch_bounds__(kLossThreads)
   for (int r = 0; r < kLossRows; ++r) o[r * M] = stats[r];
 }
 
+// Threads and split of the forward: rows that the backward would split (loss_split at loss_threads) go over blocks
+// of kLossSplitThreads, so that each warp has more of the row (C = 128256 bf16, M = 8: 32 splits of 4096 classes,
+// 2 iterations of 4 warps rather than 1 of 8), as each warp of a block also pays a fixed cost (the block merge,
+// the ticket): half of it per class.
+constexpr int kLossSplitThreads = 128;
+
+struct ForwardLaunch {
+  int threads;
+  LossSplit split;
+};
+
+template <typename T>
+ForwardLaunch forward_launch(const LossProblem& p) {
+  const int threads = loss_threads<T>(p.classes);
+  const LossSplit whole = loss_split<T>(p.rows, p.classes, threads);
+  if (whole.splits == 1) return {threads, whole};
+  return {kLossSplitThreads, loss_split<T>(p.rows, p.classes, kLossSplitThreads)};
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -328,22 +390,39 @@ __global__ void __launch_bounds__(kLossThreads)
 // ---------------------------------------------------------------------------------------------------------------
 
 template <typename T>
-cudaError_t launch_masksub_loss_forward(const T* logits, const LossProblem& problem, float* out,
-                                        cudaStream_t stream) {
+int64_t masksub_loss_forward_splits(const LossProblem& problem) {
+  return valid_problem(problem) && problem.rows > 0 ? forward_launch<T>(problem).split.splits : 1;
+}
+
+template <typename T>
+cudaError_t launch_masksub_loss_forward(const T* logits, const LossProblem& problem, float* out, float* workspace,
+                                        int32_t* tickets, cudaStream_t stream) {
   if (!valid_problem(problem)) return cudaErrorInvalidValue;
   if (problem.rows == 0) return cudaSuccess;
+  // few rows: each row over split.splits blocks, their states merged through the workspace by the row's last block
+  const ForwardLaunch config = forward_launch<T>(problem);
+  const LossSplit split = config.split;
+  if (split.splits > 1 && (workspace == nullptr || tickets == nullptr)) return cudaErrorInvalidValue;
   const bool launched = with_variant<T>(problem, [&](auto variant) {
     using V = decltype(variant);
-    const unsigned int rows = static_cast<unsigned int>(problem.rows);
-    loss_forward_kernel<T, V><<<rows, loss_threads<T>(problem.classes), 0, stream>>>(logits, problem,
-                                                                                    constants_of(problem), out);
+    const dim3 grid(static_cast<unsigned int>(problem.rows), static_cast<unsigned int>(split.splits));
+    const LossConstants k = constants_of(problem);
+    if (split.splits > 1) {
+      loss_forward_kernel<T, V, true><<<grid, config.threads, 0, stream>>>(logits, problem, k, out, workspace,
+                                                                            tickets, split.split_vectors);
+    } else {
+      loss_forward_kernel<T, V, false><<<grid, config.threads, 0, stream>>>(logits, problem, k, out, nullptr,
+                                                                             nullptr, split.split_vectors);
+    }
   });
   if (!launched) return cudaErrorInvalidValue;
   return cudaGetLastError();
 }
 
-#define MASKSUB_INSTANTIATE_LOSS_FORWARD(T) \
-  template cudaError_t launch_masksub_loss_forward<T>(const T*, const LossProblem&, float*, cudaStream_t);
+#define MASKSUB_INSTANTIATE_LOSS_FORWARD(T)                                                                   \
+  template int64_t masksub_loss_forward_splits<T>(const LossProblem&);                                      \
+  template cudaError_t launch_masksub_loss_forward<T>(const T*, const LossProblem&, float*, float*, int32_t*, \
+                                                      cudaStream_t);
 MASKSUB_FLOAT_TYPES(MASKSUB_INSTANTIATE_LOSS_FORWARD)
 #undef MASKSUB_INSTANTIATE_LOSS_FORWARD
 

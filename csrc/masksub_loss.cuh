@@ -22,7 +22,8 @@
 // gives NaN there (row_value), so that a bad id poisons the reduced loss instead of passing as a zero-loss row.
 //
 // Design (what the launch makes uniform is a template parameter, LossVariant: CE or BCE, the target's kind, the
-// sub term, T = 1; the host dispatches once, so each instance's loop holds only its own work). One block per row.
+// sub term, T = 1; the host dispatches once, so each instance's loop holds only its own work). One block per row
+// (few rows: a few blocks per row, below).
 // A row is read as 16-byte vectors (8 bf16 / 4 fp32) from the first 16-byte boundary of the row (RowSpan): of B
 // threads (64-256 per row, loss_threads), thread t takes vectors t, t + B, ... (a warp reads 512 contiguous bytes
 // per load), kLossUnroll of them in flight; probabilities come in their own dtype (the logits' or fp32: one or two
@@ -38,8 +39,8 @@
 // L_s, c_t, log L_t; 0 where a term is absent or BCE), so the caller need not zero-fill it.
 // Backward: one block per row, the same vectors, recomputing softmax / sigmoid from the stats; fp32 arithmetic, one
 // rounding at the store. With few rows (M = 8, C = 128256) each row's vectors are split over blocks, grid (M,
-// splits): the backward needs no combination. (The forward does not split yet: its splits' states would need a
-// workspace and a combining step, a ticket or a second launch.)
+// splits) (loss_split): the backward needs no combination; the forward's splits store their merged states in a
+// workspace and the row's last block (an atomic ticket per row) merges them (masksub_loss.cu).
 #pragma once
 
 #include <cmath>
@@ -60,7 +61,7 @@ namespace {
 constexpr int kLossThreads = 256;  // the most threads per row; fewer for short rows (loss_threads)
 constexpr int kLossWarps = kLossThreads / 32;
 constexpr int kLossUnroll = 2;  // vectors of each operand in flight per thread and iteration
-constexpr int64_t kLossBlocks = 256;  // the backward splits rows over blocks up to about this many (2 per SM)
+constexpr int64_t kLossBlocks = 256;  // few rows: split over blocks, up to about this many (2 per SM)
 constexpr float kLog2e = 1.4426950408889634f;
 
 // The main term's target (an int, not an enum class, so that the kernels' names read alike in GCC's and in
@@ -264,12 +265,35 @@ __device__ __forceinline__ void main_weights(const LossProblem& p, float smooth,
   }
 }
 
+// Threads per row: enough for kLossUnroll vectors each (at least 2 warps, at most kLossThreads), so that short rows
+// (C = 1000) do not leave most of a block idle and pay a merge across 8 warps.
 template <typename T>
 int loss_threads(int64_t classes) {
   const int64_t vectors = classes / Pack<T>::kWidth;
   int threads = 64;
   while (threads < kLossThreads && threads * int64_t{kLossUnroll} < vectors) threads *= 2;
   return threads;
+}
+
+// Few rows: each row's vectors split over blocks of `threads`, grid (M, splits), about kLossBlocks blocks in all
+// and at most `threads` per row (the forward's last block of a row loads a split's state per thread). Every split
+// takes whole iterations of the vector loop (split_vectors, a multiple of threads x kLossUnroll) and the splits are
+// recounted from that, so that none is left without vectors (a row has at most C / W of them from its first
+// boundary). Many rows (M >= kLossBlocks) or short ones: one split, the whole row (split_vectors >= its vectors).
+struct LossSplit {
+  int64_t splits, split_vectors;
+};
+
+template <typename T>
+LossSplit loss_split(int64_t rows, int64_t classes, int threads) {
+  const int64_t step = int64_t{threads} * kLossUnroll;
+  const int64_t iterations = (classes / Pack<T>::kWidth + step - 1) / step;  // of a row in one block
+  int64_t splits = (kLossBlocks + rows - 1) / rows;
+  splits = splits < threads ? splits : threads;
+  splits = splits < iterations ? splits : iterations;
+  if (splits <= 1) return {1, (iterations > 1 ? iterations : 1) * step};
+  const int64_t per_split = (iterations + splits - 1) / splits;  // iterations of each split
+  return {(iterations + per_split - 1) / per_split, per_split * step};
 }
 
 inline LossConstants constants_of(const LossProblem& p) {

@@ -101,8 +101,6 @@ __global__ void __launch_bounds__(kLossThreads)
   }
 }
 
-// Threads per row: enough for kLossUnroll vectors each (at least 2 warps, at most kLossThreads), so that short rows
-// (C = 1000) do not leave most of a block idle and pay a merge across 8 warps.
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -120,25 +118,19 @@ cudaError_t launch_masksub_loss_backward(const T* logits, const LossProblem& pro
       (grad_sub_logits != nullptr && (grad_sub == nullptr || problem.sub_logits == nullptr))) {
     return cudaErrorInvalidValue;
   }
-  // Few rows: each row's classes split over blocks (grid (M, splits)), about kLossBlocks blocks in all, each with
-  // at least one full iteration of its loop. The loop depends on CE / BCE and the target only (its sub term is
-  // there when ds is wanted, and T is a runtime factor): one instance per (bce, target), the sub flags fixed.
+  // Few rows: each row's classes split over blocks (grid (M, splits): loss_split). The loop depends on CE / BCE and
+  // the target only (its sub term is there when ds is wanted, and T is a runtime factor): one instance per
+  // (bce, target), the sub flags fixed.
   const int threads = loss_threads<T>(problem.classes);
-  const int64_t iterations = problem.classes / Pack<T>::kWidth / (int64_t{threads} * kLossUnroll);
-  const int64_t wanted = (kLossBlocks + problem.rows - 1) / problem.rows;
-  const int64_t splits = wanted < iterations ? wanted : (iterations > 1 ? iterations : 1);
-  // vectors per split: whole iterations, enough for a row's C / W (a row has at most that many from its boundary);
-  // computed here, not per block (a 64-bit division)
-  const int64_t step = int64_t{threads} * kLossUnroll;
-  const int64_t split_vectors = ((problem.classes / Pack<T>::kWidth + splits - 1) / splits + step - 1) / step * step;
+  const LossSplit split = loss_split<T>(problem.rows, problem.classes, threads);
   const bool launched = with_variant<T>(problem, [&](auto variant) {
     using Variant = decltype(variant);
     using V = LossVariant<Variant::kBce, Variant::kDense ? Main::kDense : Main::kLabels, true, false,
                           typename Variant::Target>;
-    const dim3 grid(static_cast<unsigned int>(problem.rows), static_cast<unsigned int>(splits));
+    const dim3 grid(static_cast<unsigned int>(problem.rows), static_cast<unsigned int>(split.splits));
     loss_backward_kernel<T, V><<<grid, threads, 0, stream>>>(
         logits, problem, constants_of(problem), out, grad_main, stride_grad_main, grad_sub, stride_grad_sub,
-        grad_logits, grad_sub_logits, split_vectors);
+        grad_logits, grad_sub_logits, split.split_vectors);
   });
   if (!launched) return cudaErrorInvalidValue;
   return cudaGetLastError();

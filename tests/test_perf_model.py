@@ -130,6 +130,8 @@ def test_cuda_rows_beside_every_triton_row(model_run):
     assert image["kernels"][0]["access_bytes"] == [16]
     loss = cuda["loss | BERT-like M=16384 C=30522 | bfloat16 [CE, class ids] | forward"]
     assert loss["kernels"][0]["grid"] == [16384, 1, 1] and loss["extra_launches"] == 0  # the kernel fills its output
+    few = cuda["loss | LLM-like M=8 C=128256 | bfloat16 [CE, class ids] | forward"]
+    assert few["kernels"][0]["grid"] == [8, 32, 1] and few["extra_launches"] == 1  # split rows: the tickets' fill
 
 
 @needs_csrc_tools
@@ -155,6 +157,7 @@ def test_launch_recorder_runs_csrc_launch_code():
         cl.mask_image_grid_random(images[:, :, :, :34], 2, 100),  # 544 cells: the selection, then the masking
         cl.masksub_loss_forward(*(torch.empty(10, 1000, **meta),) * 2, torch.empty(10, dtype=torch.int64), False),
         cl.masksub_loss_backward(*(torch.empty(10, 30000, **meta),) * 3, True),  # probabilities in the logits' dtype
+        cl.masksub_loss_forward(*(torch.empty(8, 128256, **meta),) * 2, torch.empty(8, dtype=torch.int64), False),
     ]
     launches = cl.record(calls)
     names = [[cl.normalise(launch.kernel) for launch in recorded] for recorded in launches]
@@ -171,10 +174,16 @@ def test_launch_recorder_runs_csrc_launch_code():
     assert names[6] == ["mask_image_kernel<uint2,true>"] and launches[6][0].grid == (2 * 16, 1, 1)  # 8-byte cells
     assert names[7] == ["select_tokens_kernel<256,4,false>", "mask_image_kernel<unsignedint,false>"]  # 68-byte rows
     # the loss: one instance per variant (CE, class ids, sub, T = 1 here); threads per row from the row's vectors
-    assert names[8] == ["loss_forward_kernel<__nv_bfloat16,LossVariant<false,1,true,true,float>>"]
+    assert names[8] == ["loss_forward_kernel<__nv_bfloat16,LossVariant<false,1,true,true,float>,false>"]
     assert launches[8][0].grid == (10, 1, 1) and launches[8][0].block == (64, 1, 1)  # 125 vectors of 8 classes
+    assert calls[8].launches_around(launches[8]) == 0  # one block per row: no workspace, no fill
     assert names[9] == ["loss_backward_kernel<__nv_bfloat16,LossVariant<true,2,true,false,__nv_bfloat16>>"]
     assert launches[9][0].block == (256, 1, 1)
+    # few rows: each row split over 32 blocks of 128 threads (2 iterations of 256 vectors each, 16032 vectors), the
+    # split instance; the binding's zeroed tickets are one more launch
+    assert names[10] == ["loss_forward_kernel<__nv_bfloat16,LossVariant<false,1,true,true,float>,true>"]
+    assert launches[10][0].grid == (8, 32, 1) and launches[10][0].block == (128, 1, 1)
+    assert launches[10][0].args[-1] == 512 and calls[10].launches_around(launches[10]) == 1
 
 
 def test_kernel_names_normalise_alike():

@@ -23,7 +23,8 @@
 //   - streams are checked, more strictly than a GPU does: a launch must be on the stream that the emulated
 //     masksub_platform.h handed out for the tensors' device (see hand_out_stream below);
 //   - cub::BlockRadixSort / BlockScan are re-implemented from their documented contracts (emulator/cub/).
-// What it does not model: concurrency between barriers (warp-synchronous code without *_sync, memory ordering),
+// What it does not model: concurrency between barriers (warp-synchronous code without *_sync, memory ordering;
+// atomics and fences are the plain operations of one thread, as blocks never overlap),
 // shared memory size limits, and device maths: expf, logf... are the host's libm (ULP-level differences).
 #pragma once
 
@@ -369,6 +370,23 @@ template <typename T>
 T __ldg(const T* pointer) {
   return *pointer;
 }
+
+// Loads through L2 only (the GPU's L1 is not coherent across SMs): one memory here.
+template <typename T>
+T __ldcg(const T* pointer) {
+  return *pointer;
+}
+
+// Blocks run one after another on one host thread: an atomic read-modify-write is a plain one, and a fence has
+// nothing to order (every write of a finished block is visible to the next). Kernels that pick "the last block"
+// by a ticket thus run their last-block path in the last block the emulator runs, on the states the others left.
+inline int atomicAdd(int* address, int value) {
+  const int old = *address;
+  *address = old + value;
+  return old;
+}
+
+inline void __threadfence() {}
 
 inline unsigned int __umulhi(unsigned int a, unsigned int b) {
   return static_cast<unsigned int>((static_cast<uint64_t>(a) * b) >> 32);

@@ -134,10 +134,48 @@ def test_masksub_loss_forward_underflow_and_minus_inf(dtype, kind, temperature):
 @kernels
 @pytest.mark.parametrize("bce", [False, True])
 def test_masksub_loss_backward_splits_few_rows(bce):
-    # 2 rows of 9000 fp32 classes: the backward spreads each row over 4 blocks (grid (M, splits)), split 0 also
+    # 2 rows of 9000 fp32 classes: the backward spreads each row over 5 blocks (grid (M, splits)), split 0 also
     # taking the scalar classes before the row's first 16-byte boundary (row 1 starts 8 bytes past one)
     main, sub, target = _loss_inputs(2, 9002, torch.float32, "dense")
     _check_loss_both_ways(main, sub, target, (bce, 0.1, -100, 2.0, None), grad_rtol=1e-5)
+
+
+@kernels
+@pytest.mark.parametrize(
+    ("bce", "kind", "temperature", "terms"),
+    [
+        (False, "index", 1.0, "both"),
+        (False, "dense", 2.0, "both"),
+        (True, "index", 1.0, "both"),
+        (True, "dense", 0.5, "both"),
+        (False, "index", 2.0, "main"),
+        (False, "dense", 1.0, "sub"),
+        (True, "dense", 2.0, "sub"),
+        (False, "dense", 2.0, "sub offset"),
+    ],
+)
+def test_masksub_loss_forward_splits_few_rows(bce, kind, temperature, terms):
+    # 3 rows of 9002 fp32 classes: the forward spreads each row over 9 blocks of 128 threads (grid (M, splits)),
+    # each storing its merged state in a workspace; the row's last block (an atomic ticket) merges them. Split 0
+    # also takes the scalar classes before the row's first 16-byte boundary (row 1 starts 8 bytes past one). CE
+    # with class ids: row 2's first 5000 logits -inf (splits whose states are empty; no smoothing, so that the loss
+    # stays finite), row 0 ignored. "sub offset": s sits differently from z within 16 bytes, so split 0 reads the
+    # whole row element by element and the other splits have no classes (empty states).
+    main, sub, target = _loss_inputs(3, 9002, torch.float32, kind)
+    if terms == "sub offset":
+        sub, terms = _offset_columns(sub, 1), "both"
+    eps = 0.1
+    if kind == "index" and not bce:
+        main[2, :5000] = sub[2, :5000] = -torch.inf
+        target[2], eps = 7000, 0.0
+    options = (bce, eps, -100, temperature, None)
+    if terms == "both":
+        _check_loss_both_ways(main, sub, target, options, grad_rtol=1e-5)
+        return
+    sub, target = (None, target) if terms == "main" else (sub, None)
+    out = EXT.masksub_loss_forward(main, sub, target, *options)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected.abs().max()))
 
 
 def _check_loss_both_ways(main, sub, target, options, grad_rtol):

@@ -174,22 +174,26 @@ TARGET_BYTES = {1: 8, 2: 4, 3: 4, 4: 2, 5: 2, 6: 8}  # per TargetKind (csrc_laun
 
 def _loss(launch: CsrcLaunch) -> tuple:
     # one block per row (64-256 threads: loss_threads; each kernel an instance of its variant: CE / BCE, target
-    # kind, sub, T = 1). The vector loop first: 2 16-byte vectors of each operand per thread per iteration, from the
-    # row's first 16-byte boundary; then the scalar loop over the classes before that boundary and after the last
-    # whole vector (one iteration where there are any, fewer than 256; the backward's split 0 alone), which nvcc
+    # kind, sub, T = 1), or for few rows each row's vectors over `splits` blocks (grid (M, splits); the forward's
+    # split instance: 128 threads). The vector loop first: 2 16-byte vectors of each operand per thread per
+    # iteration, from the row's first 16-byte boundary; then the scalar loop over the classes before that boundary
+    # and after the last whole vector (one iteration where there are any, fewer than 256; split 0 alone), which nvcc
     # may duplicate per case (e.g. with or without a gradient): every such copy and every split is charged that
-    # iteration, an upper bound. The forward's block merge is straight code (outside the loops).
+    # iteration, an upper bound. The forward's block merge is straight code (outside the loops), and so is its
+    # split instance's merge of a row's split states, which only the row's last block runs: charged to every block,
+    # an upper bound too.
     a = launch.call.named
     m, c, e = a["rows"], a["classes"], ELEMENT_BYTES[launch.call.dtype]
     width = 16 // e
     aligned = (a["stride_logits"] * e) % 16 == 0 and c % width == 0
-    threads, splits = launch.block[0], launch.grid[1]  # backward, few rows: each row's vectors over `splits` blocks
+    threads, splits = launch.block[0], launch.grid[1]
     vector_trips = math.ceil(math.ceil((c // width) / splits) / (threads * 2))
     trips = [(vector_trips, 0 if aligned else 1)]
     elements = threads * 2 * width
     target = m * TARGET_BYTES[a["target_kind"]] * (1 if a["target_kind"] <= 2 else c)  # class ids: one per row
     if launch.name == "loss_forward_kernel":
-        return trips, elements, 2 * m * c * e + target, 9 * m * 4
+        states = m * splits * 12 * 4 if splits > 1 else 0  # the split states (12 fp32), written and read; a ticket
+        return trips, elements, 2 * m * c * e + target + states, 9 * m * 4 + states + (m * 4 if splits > 1 else 0)
     return trips, elements, 2 * m * c * e + target + 9 * m * 4 + 2 * m * 4, 2 * m * c * e
 
 
@@ -252,7 +256,7 @@ def predict_cases(card: Card, cases: list[Case]) -> dict[int, OpPrediction]:
         if not case.cuda:
             continue
         kernels = [predict_launch(card, launch) for recorded in per_call for launch in recorded]
-        torch_launches = sum(call.torch_launches for call in case.cuda)
+        torch_launches = sum(call.launches_around(recorded) for call, recorded in zip(case.cuda, per_call))
         design = sum(k.bytes_read + k.bytes_written for k in kernels)
         note = f"+{torch_launches} torch launch(es) in the binding" if torch_launches else ""
         prediction = OpPrediction(

@@ -43,6 +43,12 @@ class Call:
     dtype: str
     named: dict
     torch_launches: int = 0  # launches the binding makes through torch around it (a fill, a conversion)
+    split_fills: int = 0  # more of them where the launcher splits rows over blocks (grid.y > 1): a zeroed workspace
+
+    def launches_around(self, launches: list[CsrcLaunch]) -> int:
+        """The torch launches around this call, given the launches the launcher made."""
+        split = any(launch.grid[1] > 1 for launch in launches)
+        return self.torch_launches + (self.split_fills if split else 0)
 
     def line(self) -> str:
         return " ".join([self.launcher, self.dtype, *(str(int(v)) for v in self.named.values())])
@@ -251,9 +257,11 @@ def _problem(z: torch.Tensor, sub: torch.Tensor, target: torch.Tensor, bce: bool
 
 def masksub_loss_forward(z: torch.Tensor, sub: torch.Tensor, target: torch.Tensor, bce: bool) -> Call:
     """bindings masksub_loss_forward: at::empty of the fp32 [9, M] output (the kernel writes all of it), then the
-    kernel."""
+    kernel; where the launcher splits rows (masksub_loss_forward_splits > 1) also an at::empty workspace and
+    at::zeros int32 tickets (one fill launch)."""
     out = _address(_empty(9, z.shape[0]))
-    return Call("masksub_loss_forward", _dtype(z), {**_problem(z, sub, target, bce), "out": out})
+    named = {**_problem(z, sub, target, bce), "out": out, "workspace": FAKE_BASE, "tickets": FAKE_BASE}
+    return Call("masksub_loss_forward", _dtype(z), named, split_fills=1)
 
 
 def masksub_loss_backward(z: torch.Tensor, sub: torch.Tensor, target: torch.Tensor, bce: bool) -> Call:

@@ -103,8 +103,9 @@ cudaError_t run(const std::string& launcher, const std::string& dtype, const std
                                                           ptr<const uint8_t>(a[4]), ptr<T>(a[5]), ptr<T>(a[6]),
                                                           ptr(a[7]), a[8], a[9], a[10], a[11], a[12], nullptr);
     }
-    if (launcher == "masksub_loss_forward") {  // logits (problem: 9) out
-      return masksub::launch_masksub_loss_forward<T>(ptr<const T>(a[0]), problem(a, 1), ptr<float>(a[10]), nullptr);
+    if (launcher == "masksub_loss_forward") {  // logits (problem: 9) out workspace tickets
+      return masksub::launch_masksub_loss_forward<T>(ptr<const T>(a[0]), problem(a, 1), ptr<float>(a[10]),
+                                                     ptr<float>(a[11]), ptr<int32_t>(a[12]), nullptr);
     }
     if (launcher == "masksub_loss_backward") {  // logits (problem: 9) out gm sgm gs sgs dz ds
       return masksub::launch_masksub_loss_backward<T>(ptr<const T>(a[0]), problem(a, 1), ptr<const float>(a[10]),
