@@ -244,3 +244,21 @@ def test_special_function_pipe_binds_a_kernel_of_exponentials():
     assert mufu.t_kernel_us == pytest.approx(mufu.t_mufu_us, rel=1e-6)
     plain = predict(kernel(["FFMA", "FFMA", "FFMA", "FFMA"]))
     assert plain.t_mufu_us == 0 and plain.t_kernel_us == pytest.approx(plain.t_issue_us, rel=1e-6)
+
+
+def test_recording_counts_the_torch_ops_that_launch_a_kernel():
+    # A launcher's zero fill or conversion launches a kernel on a GPU; allocations, views and empty outputs do not.
+    import types
+
+    import torch
+
+    from tools.perf_model.capture import recording
+
+    meta = torch.device("meta")
+    with recording(types.ModuleType("no_kernels")) as log:
+        buffer = torch.zeros(10, device=meta)
+        out = buffer[:8].view(2, 4)
+        torch.empty(3, device=meta).zero_()[1:].fill_(1.0)
+        out.to(torch.float16)
+        torch.zeros(0, device=meta)
+    assert list(log) == [] and log.torch_ops == ["zeros", "zero_", "fill_", "_to_copy"]

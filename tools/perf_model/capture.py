@@ -4,7 +4,9 @@
    ``kernel[grid](*args, **kwargs)`` records (kernel, grid, args, kwargs) and launches nothing. The op's own launcher
    then runs unchanged on meta tensors (no memory, exact strides and storage offsets), so the launch parameters
    (grid, constexprs, num_warps) come from the launcher's code, never from a copy of it. Swapping module globals
-   relies on nothing inside Triton, so it works on every Triton version.
+   relies on nothing inside Triton, so it works on every Triton version. The torch ops the launcher runs around its
+   kernels that launch one too on a GPU (a zero fill, a conversion: every aten op but views, allocations and
+   metadata, on non-empty outputs) are counted by a dispatch mode over the same block: ``LaunchLog.torch_ops``.
 2. ``compile_launch``: the JIT's own specialisation of those arguments (pointers whose address is a multiple of 16
    and integers divisible by 16 get ``tt.divisibility``; integers equal to 1 become constants), by calling the
    JIT's binder (Triton 3.8 internals) or, where those internals differ, the same rules written out here.
@@ -27,7 +29,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
 import triton
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "perf_model"
@@ -79,10 +83,40 @@ class _Recorder:
         return getattr(self.kernel, name)
 
 
+class LaunchLog(list):
+    """The recorded Triton launches (the list), and the names of the torch ops around them that launch a kernel."""
+
+    def __init__(self):
+        super().__init__()
+        self.torch_ops: list[str] = []
+
+
+# aten ops that launch no kernel: allocations and metadata (views are told by their schema: OpOverload.is_view)
+_NO_KERNEL = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "detach", "alias", "lift_fresh"}
+
+
+class _TorchLaunches(TorchDispatchMode):
+    """Counts the aten ops that would launch a device kernel (into ``ops``), passing every op through."""
+
+    def __init__(self, ops: list[str]):
+        super().__init__()
+        self.ops = ops
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        outputs = out if isinstance(out, (tuple, list)) else [out]
+        launches = any(isinstance(o, torch.Tensor) and o.numel() for o in outputs)
+        if launches and not func.is_view and name not in _NO_KERNEL:
+            self.ops.append(name)
+        return out
+
+
 @contextlib.contextmanager
 def recording(*modules: ModuleType):
-    """Within the block, every Triton kernel in the modules' globals records its launches into the yielded list."""
-    log: list[Launch] = []
+    """Within the block, every Triton kernel in the modules' globals records its launches into the yielded
+    LaunchLog, and the torch ops that would launch a kernel are counted in its ``torch_ops``."""
+    log = LaunchLog()
     swapped = []
     for module in modules:
         for name, value in vars(module).items():
@@ -91,7 +125,8 @@ def recording(*modules: ModuleType):
     try:
         for module, name, value in swapped:
             setattr(module, name, _Recorder(value, log))
-        yield log
+        with _TorchLaunches(log.torch_ops):
+            yield log
     finally:
         for module, name, value in swapped:
             setattr(module, name, value)

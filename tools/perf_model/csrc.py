@@ -283,7 +283,7 @@ def comparison(records: list[dict]) -> list[dict]:
                 "cuda_us": r["predicted_us"], "triton_us": t["predicted_us"],
                 "ratio": round(r["predicted_us"] / t["predicted_us"], 2),
                 "cuda_bound": r["bound"], "cuda_launches": r["launches"] + r.get("extra_launches", 0),
-                "triton_launches": t["launches"], "cuda_slowest": slowest["kernel"],
+                "triton_launches": t["launches"] + t.get("extra_launches", 0), "cuda_slowest": slowest["kernel"],
             })  # fmt: skip
     return rows
 

@@ -58,6 +58,8 @@ def predict_case(card: Card, case: Case) -> OpPrediction:
         design,
         case.minimal_bytes,
         card.launch_us,
+        f"+{case.torch_launches} torch launch(es) in the launcher" if case.torch_launches else "",
+        extra_launches=case.torch_launches,
     )
 
 
@@ -144,7 +146,8 @@ def markdown(run: dict) -> str:
         "",
         "% of copy: design = bytes the kernels move / predicted time / copy bandwidth; minimal = each input read "
         "once, each output written once. i/el = warp-instructions per element in the "
-        "steady-state loop (memory-bound needs <= 0.24 x bytes per element on an H200).",
+        "steady-state loop (memory-bound needs <= 0.24 x bytes per element on an H200). launches: the kernels' and "
+        "the torch ops' around them (a zero fill) that launch one too.",
         "",
         "| suite | shape | dtype | variant | mode | predicted us | % copy (design) | % copy (minimal) | bound | "
         "launches | kernels |",
@@ -155,7 +158,7 @@ def markdown(run: dict) -> str:
         lines.append(
             f"| {r['suite']} | {r['shape']} | {r['dtype']} | {r['variant'] or '-'} | {r['mode']} | "
             f"{r['predicted_us']:.1f} | {r['percent_of_copy_design']:.1f} | {r['percent_of_copy_minimal']:.1f} | "
-            f"{r['bound']} | {r['launches']} | {kernels} |"
+            f"{r['bound']} | {r['launches'] + r.get('extra_launches', 0)} | {kernels} |"
         )
     if isinstance(run.get("cuda_vs_triton"), list):
         from .csrc import markdown as csrc_markdown

@@ -18,7 +18,7 @@ from masksub_kernels.ops import grid_mask, masksub_loss, masksub_loss_reduced, t
 from masksub_kernels.ops._common import cdiv
 
 from . import csrc_launches as csrc
-from .capture import Launch, recording
+from .capture import Launch, LaunchLog, recording
 
 META = torch.device("meta")
 MASK_RATIO = 0.5  # the benchmarks' ratio
@@ -148,6 +148,13 @@ class Case:
     minimal_bytes: int
     headline: bool = False  # in the README's table
     cuda: list = field(default_factory=list)  # the CUDA extension's launcher calls for the same op (csrc.Call)
+    torch_launches: int = 0  # torch ops of the Triton launchers that launch a kernel too (LaunchLog.torch_ops)
+
+
+def _modes(forward: LaunchLog, backward: LaunchLog) -> tuple:
+    """(mode, Triton launches, torch launches) of an op's forward, its backward and both."""
+    f, b = len(forward.torch_ops), len(backward.torch_ops)
+    return ("forward", list(forward), f), ("backward", list(backward), b), ("full", forward + backward, f + b)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -176,9 +183,10 @@ def token_select_cases() -> list[Case]:
         cuda["full"] = cuda["forward"] + cuda["backward"]
         minimal = {"forward": 2 * rows_out * d * 2, "backward": (rows_out + rows_in) * d * 2}
         label = f"{name} B={b} N={n} D={d}"
-        for mode, launches in (("forward", forward), ("backward", backward), ("full", forward + backward)):
+        for mode, launches, fills in _modes(forward, backward):
             total = minimal.get(mode, minimal["forward"] + minimal["backward"])
-            cases.append(Case("token_select", label, "bfloat16", "", mode, launches, total, headline, cuda[mode]))
+            case = Case("token_select", label, "bfloat16", "", mode, launches, total, headline, cuda[mode], fills)
+            cases.append(case)
     return cases
 
 
@@ -227,9 +235,9 @@ def loss_cases() -> list[Case]:
             # read the logits again unless the forward wrote the gradients: the benchmark's 4 passes in all)
             minimal = {"forward": 2 * logits + target, "backward": 4 * logits + target, "full": 4 * logits + target}
             label = f"{name} M={m} C={c}"
-            for mode, launches in (("forward", forward), ("backward", backward), ("full", forward + backward)):
+            for mode, launches, fills in _modes(forward, backward):
                 case = Case("loss", label, _dtype_name(dtype), variant, mode, launches, minimal[mode], headline)
-                cases.append(dataclasses.replace(case, cuda=cuda[mode]))
+                cases.append(dataclasses.replace(case, cuda=cuda[mode], torch_launches=fills))
     return cases
 
 
@@ -252,8 +260,9 @@ def grid_mask_cases() -> list[Case]:
             # minimal: the kept cells' pixels read, every pixel written (the benchmark counts a full read: 2 x size)
             minimal = int((2 - MASK_RATIO) * _size(images))
             cuda = [csrc.mask_image_grid_random(images, cell, keep)]  # mask_image_grid's
-            case = Case("grid_mask", label, _dtype_name(dtype), layout, "forward", launches, minimal, headline, cuda)
-            cases.append(case)
+            fills = len(launches.torch_ops)
+            case = Case("grid_mask", label, _dtype_name(dtype), layout, "forward", list(launches), minimal, headline)
+            cases.append(dataclasses.replace(case, cuda=cuda, torch_launches=fills))
     # Swin-T stage 1: 56 x 56 tokens of 96 channels, cells of 8 x 8 tokens
     hw, channels, cell = 56, 96, 8
     cells, dtype = (hw // cell) ** 2, torch.bfloat16
@@ -273,8 +282,8 @@ def grid_mask_cases() -> list[Case]:
     cuda = {"forward": [csrc.mask_tokens_grid_random(tokens, cell, keep)]}  # one launch: cells drawn in it
     cuda["backward"] = [csrc.mask_tokens_grid_backward(tokens, cell)]
     cuda["full"] = cuda["forward"] + cuda["backward"]
-    for mode, launches in (("forward", forward), ("backward", backward), ("full", forward + backward)):
-        cases.append(Case("grid_mask", label, "bfloat16", "", mode, launches, minimal[mode], True, cuda[mode]))
+    for mode, launches, fills in _modes(forward, backward):
+        cases.append(Case("grid_mask", label, "bfloat16", "", mode, launches, minimal[mode], True, cuda[mode], fills))
     return cases
 
 
