@@ -28,6 +28,66 @@ def _log1p(v):
 
 
 @jit
+def _log1p_pair(a, b):
+    # log1p(a) + log1p(b) = log1p(a + b + a b): two terms' log1p as one argument (a, b >= 0: no cancellation, an
+    # FADD and an FFMA, ~1 ulp relative each)
+    return a + b + a * b
+
+
+@jit
+def _log1p_wide(w):
+    # log1p(w) for w >= 0 (a group's a + b + a b product of up to 8 terms: w < 2^8) in ~19 instructions, ~3 ulp:
+    # u = 1 + w = 2^k m with m in [sqrt(1/2), sqrt(2)) from u's bits, log1p(w) = k ln 2 + log1p(f), f = m - 1, by
+    # f P(f) (P: degree 8, fitted to log1p(f) / f on that range, 3e-8 relative). Where k = 0 (u < sqrt(2)), f = w
+    # itself: no rounding of 1 + w, so tiny w keep their relative accuracy (log1p(w) = w P(w)); where k >= 1 the
+    # rounding of u costs at most 1.4 2^-24 of a result >= 0.34 (< 1 ulp). NaN w gives NaN (u >= sqrt(2) is false).
+    u = 1.0 + w
+    ix = u.to(tl.int32, bitcast=True) - 0x3F3504F3  # bits(sqrt(1/2)): ix = k 2^23 + (bits of m) - bits(sqrt(1/2))
+    m = ((ix & 0x7FFFFF) + 0x3F3504F3).to(tl.float32, bitcast=True)
+    f = tl.where(u >= 1.4142135381698608, m - 1.0, w)  # fp32 sqrt(2), bits 0x3FB504F3: exactly where k >= 1
+    p = 0.08721902006079846
+    p = p * f - 0.14366621141645913
+    p = p * f + 0.1495233258268796
+    p = p * f - 0.1656242893530776
+    p = p * f + 0.1995683062519509
+    p = p * f - 0.2500207239370289
+    p = p * f + 0.33334185670657684
+    p = p * f - 0.49999987983833616
+    p = p * f + 0.9999999741881259
+    return f * p + (ix >> 23).to(tl.float32) * 0.6931471805599453
+
+
+@jit
+def _sum_log1p(v):
+    # sum over axis 1 (a lane's group of classes) of log1p(v), v in [0, 1] (here exp(-|x|)): for groups of 4 or 8
+    # the product form log1p(w), w = prod(1 + v) - 1 built by a tree of _log1p_pair (2 instructions per element),
+    # then one _log1p_wide per group: ~4 instructions per element where log1p(v) each costs ~11 (_log1p and its
+    # sum); the accuracy is the same (a few ulp relative per group, tiny terms included). Groups of 1 or 2: _log1p.
+    if v.shape[1] >= 4:
+        return _log1p_wide(tl.reduce(v, 1, _log1p_pair))
+    return tl.sum(_log1p(v), axis=1)
+
+
+@jit
+def _unit_reciprocal(y):
+    # 1 / y for y in [1, 2] (here 1 + exp(-|z|)) as rsqrt(y^2): an FMUL and a bare MUFU.RSQ (~2 ulp). 1.0 / y
+    # compiles to div.full's fix-up of |y| > 2^126 around its MUFU.RCP: a compare, a select and two multiplies more.
+    return tl.math.rsqrt(y * y)
+
+
+@jit
+def _distill_linear(x, z, e_z):
+    # The sub term's element softplus(x) - p x less its log1p(exp(-|x|)), for the teacher p = sigmoid(z) with
+    # e_z = exp(-|z|): with r = 1 / (1 + e_z) = sigmoid(|z|) and e_z r = sigmoid(-|z|) = 1 - r (no cancellation),
+    #   x > 0: (1 - p) |x|,  x <= 0: p |x|   i.e.  q |x|,  q = e_z r where x and z have the same sign, else r.
+    # (x = 0 or z = 0 may take either side: the term is 0, or e_z r = r.) q = 0 (e_z = 0, z = +-inf or |z| > 87)
+    # at x = +-inf is the limit 0 (p = 1 at x = +inf), not 0 * inf = NaN: the guard keeps q = NaN (a NaN teacher).
+    r = _unit_reciprocal(1.0 + e_z)
+    q = tl.where((x > 0.0) == (z > 0.0), e_z * r, r)
+    return tl.where(q != 0.0, q * tl.abs(x), 0.0)
+
+
+@jit
 def _bce_elem(x, w):
     # softplus(x) - w x = (1 - w) max(x, 0) - w min(x, 0) + log1p(exp(-|x|)) = t x + log1p(exp(-|x|)) with
     # t = [x > 0] - w: one product and one select; t = 0 (w = 1 at x = +inf, w = 0 at x = -inf) gives 0, not
@@ -177,24 +237,27 @@ def _fwd_block(
         if HAS_BIAS:
             s += bias
     if BCE:
+        # each element's log1p(exp(-|x|)) summed per group by _sum_log1p; masked lanes (x = -inf): exp(-|x|) = 0
         e_z = tl.exp2(tl.abs(z) * -1.4426950408889634)  # exp(-|z|), bare exp2 (see _bce_elem); -inf: 0
         if HAS_MAIN:
             if DENSE:
+                # softplus(z) - w z = t z + log1p(exp(-|z|)), t = [z > 0] - w (_bce_elem); masked lanes: w = 0, t = 0
                 w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
-                a_z += tl.sum(tl.where(mask, _bce_elem(z, w), 0.0), axis=1)
+                t = tl.where(z > 0.0, 1.0, 0.0) - w
+                a_z += tl.sum(tl.where(t != 0.0, t * z, 0.0), axis=1) + _sum_log1p(e_z)
             else:
                 z_off = tl.where(cols == label, 0.0, z)
                 a_z += tl.sum(tl.maximum(z_off, 0.0), axis=1)  # masked lanes: max(-inf, 0) = 0
                 b_z += tl.sum(tl.where(mask, tl.minimum(z_off, 0.0), 0.0), axis=1)
-                l_z += tl.sum(_log1p(e_z), axis=1)  # masked lanes: log1p(0) = 0
+                l_z += _sum_log1p(e_z)
         if HAS_SUB:
-            if UNIT_T:
-                # T = 1: the teacher sigmoid(z) from the same exp(-|z|): r = 1 / (1 + e) in [1/2, 1] is sigmoid(|z|),
-                # e r = sigmoid(-|z|) (no cancellation for z < 0). z = -inf: e = 0, p = 0; z = +inf: p = 1.
-                r = 1.0 / (1.0 + e_z)
-                d_t += tl.sum(tl.where(mask, _bce_elem(s, tl.where(z > 0.0, r, e_z * r)), 0.0), axis=1)
-            else:
-                d_t += tl.sum(tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0), axis=1)
+            # the teacher sigmoid(z / T) from exp(-|z / T|): at T = 1 (UNIT_T) the main term's e_z; masked lanes
+            # (s = z = -inf): q = 0, a 0 term
+            x, z_t, e_t = s, z, e_z
+            if not UNIT_T:
+                x, z_t = s * inv_t, z * inv_t
+                e_t = tl.exp2(tl.abs(z_t) * -1.4426950408889634)
+            d_t += tl.sum(_distill_linear(x, z_t, e_t), axis=1) + _sum_log1p(tl.exp2(tl.abs(x) * -1.4426950408889634))
     else:
         m_new = tl.maximum(m_z, tl.max(z, axis=1))  # masked lanes (-inf) leave it; m_z >= -FLT_MAX
         dz = z - m_new[:, None]  # rounded once (logits of 1e4 lose nothing), then scaled
