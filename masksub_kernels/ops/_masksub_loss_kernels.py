@@ -152,7 +152,10 @@ def _store_row(
                 w_y, w_o, has_y, z_y = _label_terms(
                     z_row, bias_ptr, label, valid, bad, eps, C, threshold, BINARISE, HAS_BIAS
                 )
-                lin = tl.where(w_o != 1.0, (1.0 - w_o) * a_z, 0.0) - tl.where(w_o != 0.0, w_o * b_z, 0.0)
+                # N = A - P (_fwd_block); P = +inf: the row's term is +inf whatever N (A may be NaN); w_o = 1 only
+                # at C = 1, where no other class exists
+                n_z = tl.where(a_z == float("inf"), 0.0, b_z - a_z)
+                lin = tl.where(w_o != 1.0, (1.0 - w_o) * a_z, 0.0) - tl.where(w_o != 0.0, w_o * n_z, 0.0)
                 t_y = tl.where(z_y > 0.0, 1.0, 0.0) - w_y  # the label's linear part, as _bce_elem
                 lin += tl.where(has_y & (t_y != 0.0), t_y * z_y, 0.0)
                 main = (lin + l_z) / C
@@ -263,20 +266,20 @@ def _loss_fwd_kernel(
     if VEC > 1:
         cols = lo + lanes
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
-            z_base, s_base, y_base, b_base, cols, (cols >= lo + shift) & (cols < end), label_p, eps, C, threshold,
+            z_base, s_base, y_base, b_base, lo, lanes, (cols >= lo + shift) & (cols < end), label_p, eps, C, threshold,
             inv_t, k_z, k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True,
             HAS_BIAS, UNIT_T,
         )  # fmt: skip
     for start in range(first, full, BLOCK_C):
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
-            z_base, s_base, y_base, b_base, start + lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
+            z_base, s_base, y_base, b_base, start, lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
             k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False, HAS_BIAS,
             UNIT_T,
         )  # fmt: skip
     if full < end:
         cols = full + lanes
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
-            z_base, s_base, y_base, b_base, cols, cols < end, label_p, eps, C, threshold, inv_t, k_z, k_t,
+            z_base, s_base, y_base, b_base, full, lanes, cols < end, label_p, eps, C, threshold, inv_t, k_z, k_t,
             m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True, HAS_BIAS,
             UNIT_T,
         )  # fmt: skip
