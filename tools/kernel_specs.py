@@ -162,7 +162,7 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
     """bias: the bias's dtype where HAS_BIAS (the fused-linear op's chunks: fp32 logits, a bias of the inputs')."""
     forward = kernel is masksub_loss._loss_fwd_kernel
     if forward:
-        block_c = min(block_c, masksub_loss._forward_max_block())  # the launcher's cap for the forward
+        block_c = min(block_c, masksub_loss._forward_max_block(flags.get("BCE", False)))  # the launcher's cap
     if flags.get("SPLIT"):
         block_c = masksub_loss._split_max_block()  # the launcher's block for class splits (both kernels)
     logits = {"z_ptr": f"*{dtype}", "s_ptr": f"*{dtype}", "y_ptr": "*fp32" if flags.get("DENSE") else "*i64"}

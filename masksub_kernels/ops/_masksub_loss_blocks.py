@@ -222,6 +222,8 @@ def _fwd_block(
     MASKED: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     UNIT_T: tl.constexpr,
+    LABEL: tl.constexpr = True,  # BCE with class ids: the block may hold the label's column (else no compare)
+    SMOOTHED: tl.constexpr = True,  # class ids: the weight off the label, w_o, may be nonzero (else no sum z)
 ):
     # One block of classes into the per-group states. cols = start + lanes, mask: [R, G], R groups of G contiguous
     # classes (a
@@ -261,9 +263,12 @@ def _fwd_block(
                 t = tl.where(z > 0.0, 1.0, 0.0) - w
                 a_z += tl.sum(tl.where(t != 0.0, t * z, 0.0), axis=1) + _sum_log1p(e_z)
             else:
-                z_off = tl.where(lanes == label - start, 0.0, z)  # 32-bit compares (cols == label: 64-bit ones)
+                z_off = z
+                if LABEL:
+                    z_off = tl.where(lanes == label - start, 0.0, z)  # 32-bit compares (cols == label: 64-bit)
                 a_z += tl.sum(tl.maximum(z_off, 0.0), axis=1)  # masked lanes: max(-inf, 0) = 0
-                b_z += tl.sum(tl.where(mask, z_off, 0.0), axis=1)
+                if SMOOTHED:  # N = A - P enters the loss as w_o N
+                    b_z += tl.sum(tl.where(mask, z_off, 0.0), axis=1)
                 l_z += _sum_log1p(e_z)
         if HAS_SUB:
             # the teacher sigmoid(z / T) from exp(-|z / T|): at T = 1 (UNIT_T) the main term's e_z; masked lanes
@@ -290,7 +295,8 @@ def _fwd_block(
                 a_z += b_z * (m_z - m_new) + tl.sum(tl.where(w != 0.0, w * dz, 0.0), axis=1)
                 b_z += tl.sum(w, axis=1)
             else:
-                a_z += tl.sum(tl.where(mask, z, 0.0), axis=1)  # the uniform eps / C term needs only sum z
+                if SMOOTHED:  # the uniform w_o = eps / C term needs only sum z
+                    a_z += tl.sum(tl.where(mask, z, 0.0), axis=1)
         if HAS_SUB:
             # teacher z / T: UNIT_T (T = 1, the paper's): k_t = k_z, so its exponentials, rescale and running sum
             # are the main term's, bit for bit (one exp2 per element and one state fewer); otherwise its own

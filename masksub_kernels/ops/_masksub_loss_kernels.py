@@ -228,6 +228,8 @@ def _loss_fwd_kernel(
     # rows' words are not provably aligned (a word split over lanes would cost shuffles per block)
     ALIGNED: tl.constexpr = False,  # VEC = 1 rows that start on 16-byte boundaries (rows_aligned): hinted
     EVEN: tl.constexpr = False,  # C % GROUP == 0 with ALIGNED: a masked block's groups are wholly in or out
+    SMOOTHED: tl.constexpr = True,  # class ids: w_o, the weight off the label, may be nonzero (eps > 0): the
+    # blocks sum z for it (w_o = 0, the default eps = 0: _store_row skips the term, so no sum is needed)
 ):
     row = tl.program_id(0).to(tl.int64)  # the grid is exactly M programs (x splits)
     # the block's columns as [BLOCK_C / GROUP, GROUP]: row i the GROUP contiguous classes of one state
@@ -268,20 +270,39 @@ def _loss_fwd_kernel(
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
             z_base, s_base, y_base, b_base, lo, lanes, (cols >= lo + shift) & (cols < end), label_p, eps, C, threshold,
             inv_t, k_z, k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True,
-            HAS_BIAS, UNIT_T,
+            HAS_BIAS, UNIT_T, True, SMOOTHED,
         )  # fmt: skip
-    for start in range(first, full, BLOCK_C):
+    # BCE with class ids (PEEL): the whole block that holds the label's column (at; full if none) runs on its own,
+    # so that the others compare no column with the label (_fwd_block's LABEL): two loops around it
+    PEEL: tl.constexpr = BCE and HAS_MAIN and not DENSE
+    at = full
+    if PEEL:
+        at = tl.where((label_p >= first) & (label_p < full), first + (label_p - first) // BLOCK_C * BLOCK_C, full)
+    for start in range(first, at, BLOCK_C):
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
             z_base, s_base, y_base, b_base, start, lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
             k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False, HAS_BIAS,
-            UNIT_T,
+            UNIT_T, not PEEL, SMOOTHED,
         )  # fmt: skip
+    if PEEL:
+        if at < full:
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
+                z_base, s_base, y_base, b_base, at, lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
+                k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False,
+                HAS_BIAS, UNIT_T, True, SMOOTHED,
+            )  # fmt: skip
+        for start in range(at + BLOCK_C, full, BLOCK_C):
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
+                z_base, s_base, y_base, b_base, start, lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
+                k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False,
+                HAS_BIAS, UNIT_T, False, SMOOTHED,
+            )  # fmt: skip
     if full < end:
         cols = full + lanes
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
             z_base, s_base, y_base, b_base, full, lanes, cols < end, label_p, eps, C, threshold, inv_t, k_z, k_t,
             m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True, HAS_BIAS,
-            UNIT_T,
+            UNIT_T, True, SMOOTHED,
         )  # fmt: skip
     if UNIT_T and not BCE:
         l_t = l_z  # CE at T = 1: the teacher's running sums are the main term's (_fwd_block carries one)
