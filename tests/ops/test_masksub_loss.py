@@ -459,14 +459,16 @@ def test_aligned_rows_with_a_partial_last_block(backend, monkeypatch, dtype):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_misaligned_rows_one_state_per_class(backend, monkeypatch, temperature):
+@pytest.mark.parametrize("mode", ["ce", "bce"])
+def test_misaligned_rows_one_state_per_class(backend, monkeypatch, temperature, mode):
     # rows starting 2 bytes past a 16-byte boundary with sub logits of another stride: neither realigned nor
-    # ALIGNED, so GROUP = 1 (a state per class slot, as before the per-word states), over 5 blocks of 64
+    # ALIGNED, so GROUP = 1 (a state per class slot, as before the per-word states; BCE: log1p per element, not
+    # per word), over 5 blocks of 64 (BCE: 10 of 32)
     monkeypatch.setattr(ml, "MAX_BLOCK_C", 128)
     wide_main, _, target = make_inputs(5, 301, BF16, "index_ignore")
     main, sub = wide_main[:, 1:], make_inputs(5, 300, BF16, "index")[1]
     assert ml._alignment_flags(ml.row_alignment(main, sub), main, sub)["GROUP"] == 1
-    check_masksub(main, sub, target.clamp_max(299), mode="ce", label_smoothing=0.1, temperature=temperature)
+    check_masksub(main, sub, target.clamp_max(299), mode=mode, label_smoothing=0.1, temperature=temperature)
 
 
 def test_two_half_weight_backwards_equal_one_of_the_sum(backend):
