@@ -162,7 +162,7 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
     """bias: the bias's dtype where HAS_BIAS (the fused-linear op's chunks: fp32 logits, a bias of the inputs')."""
     forward = kernel is masksub_loss._loss_fwd_kernel
     if forward:
-        block_c = min(block_c, masksub_loss._forward_max_block())  # the launcher's cap for the forward
+        block_c = min(block_c, masksub_loss._forward_max_block(flags.get("BCE", False)))  # the launcher's cap
     if flags.get("SPLIT"):
         block_c = masksub_loss._split_max_block()  # the launcher's block for class splits (both kernels)
     logits = {"z_ptr": f"*{dtype}", "s_ptr": f"*{dtype}", "y_ptr": "*fp32" if flags.get("DENSE") else "*i64"}
@@ -179,7 +179,7 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
     constexprs["UNIT_T"] = False
     constexprs["VEC"] = 1  # the launchers' default: rows already 16-byte aligned (row_alignment)
     constexprs |= {"ALIGNED": False, "EVEN": False}  # _alignment_flags
-    constexprs |= {"REDUCE": False, "MEAN": False} if forward else {"REDUCED": False}  # the per-row op's
+    constexprs |= {"REDUCE": False, "MEAN": False, "SMOOTHED": True} if forward else {"REDUCED": False}  # per row
     constexprs.update(flags, BLOCK_C=block_c)
     if "GROUP" not in flags:  # as _alignment_flags: a 16-byte word where the rows' words are aligned, else 1
         aligned_words = constexprs["VEC"] > 1 or constexprs["ALIGNED"]
@@ -232,6 +232,8 @@ def masksub_loss_specs() -> list[tuple]:
             for unit_t in (False, True)
             for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
         ),
+        # class ids without label smoothing (SMOOTHED = False: no sum of z for the weight off the id), CE and BCE
+        *(_loss_spec(fwd, "bf16", {**variants[0][0], "BCE": bce, "SMOOTHED": False}) for bce in (False, True)),
         # the reduced loss (ops/masksub_loss_reduced.py): class ids counted for a mean, probabilities, a split
         *(
             _loss_spec(fwd, "bf16", {**flags, "REDUCE": True, "MEAN": mean})

@@ -28,6 +28,66 @@ def _log1p(v):
 
 
 @jit
+def _log1p_pair(a, b):
+    # log1p(a) + log1p(b) = log1p(a + b + a b): two terms' log1p as one argument (a, b >= 0: no cancellation, an
+    # FADD and an FFMA, ~1 ulp relative each)
+    return a + b + a * b
+
+
+@jit
+def _log1p_wide(w):
+    # log1p(w) for w >= 0 (a group's a + b + a b product of up to 8 terms: w < 2^8) in ~19 instructions, ~3 ulp:
+    # u = 1 + w = 2^k m with m in [sqrt(1/2), sqrt(2)) from u's bits, log1p(w) = k ln 2 + log1p(f), f = m - 1, by
+    # f P(f) (P: degree 8, fitted to log1p(f) / f on that range, 3e-8 relative). Where k = 0 (u < sqrt(2)), f = w
+    # itself: no rounding of 1 + w, so tiny w keep their relative accuracy (log1p(w) = w P(w)); where k >= 1 the
+    # rounding of u costs at most 1.4 2^-24 of a result >= 0.34 (< 1 ulp). NaN w gives NaN (u >= sqrt(2) is false).
+    u = 1.0 + w
+    ix = u.to(tl.int32, bitcast=True) - 0x3F3504F3  # bits(sqrt(1/2)): ix = k 2^23 + (bits of m) - bits(sqrt(1/2))
+    m = ((ix & 0x7FFFFF) + 0x3F3504F3).to(tl.float32, bitcast=True)
+    f = tl.where(u >= 1.4142135381698608, m - 1.0, w)  # fp32 sqrt(2), bits 0x3FB504F3: exactly where k >= 1
+    p = 0.08721902006079846
+    p = p * f - 0.14366621141645913
+    p = p * f + 0.1495233258268796
+    p = p * f - 0.1656242893530776
+    p = p * f + 0.1995683062519509
+    p = p * f - 0.2500207239370289
+    p = p * f + 0.33334185670657684
+    p = p * f - 0.49999987983833616
+    p = p * f + 0.9999999741881259
+    return f * p + (ix >> 23).to(tl.float32) * 0.6931471805599453
+
+
+@jit
+def _sum_log1p(v):
+    # sum over axis 1 (a lane's group of classes) of log1p(v), v in [0, 1] (here exp(-|x|)): for groups of 4 or 8
+    # the product form log1p(w), w = prod(1 + v) - 1 built by a tree of _log1p_pair (2 instructions per element),
+    # then one _log1p_wide per group: ~4 instructions per element where log1p(v) each costs ~11 (_log1p and its
+    # sum); the accuracy is the same (a few ulp relative per group, tiny terms included). Groups of 1 or 2: _log1p.
+    if v.shape[1] >= 4:
+        return _log1p_wide(tl.reduce(v, 1, _log1p_pair))
+    return tl.sum(_log1p(v), axis=1)
+
+
+@jit
+def _unit_reciprocal(y):
+    # 1 / y for y in [1, 2] (here 1 + exp(-|z|)) as rsqrt(y^2): an FMUL and a bare MUFU.RSQ (~2 ulp). 1.0 / y
+    # compiles to div.full's fix-up of |y| > 2^126 around its MUFU.RCP: a compare, a select and two multiplies more.
+    return tl.math.rsqrt(y * y)
+
+
+@jit
+def _distill_linear(x, z, e_z):
+    # The sub term's element softplus(x) - p x less its log1p(exp(-|x|)), for the teacher p = sigmoid(z) with
+    # e_z = exp(-|z|): with r = 1 / (1 + e_z) = sigmoid(|z|) and e_z r = sigmoid(-|z|) = 1 - r (no cancellation),
+    #   x > 0: (1 - p) |x|,  x <= 0: p |x|   i.e.  q |x|,  q = e_z r where x and z have the same sign, else r.
+    # (x = 0 or z = 0 may take either side: the term is 0, or e_z r = r.) q = 0 (e_z = 0, z = +-inf or |z| > 87)
+    # at x = +-inf is the limit 0 (p = 1 at x = +inf), not 0 * inf = NaN: the guard keeps q = NaN (a NaN teacher).
+    r = _unit_reciprocal(1.0 + e_z)
+    q = tl.where((x > 0.0) == (z > 0.0), e_z * r, r)
+    return tl.where(q != 0.0, q * tl.abs(x), 0.0)
+
+
+@jit
 def _bce_elem(x, w):
     # softplus(x) - w x = (1 - w) max(x, 0) - w min(x, 0) + log1p(exp(-|x|)) = t x + log1p(exp(-|x|)) with
     # t = [x > 0] - w: one product and one select; t = 0 (w = 1 at x = +inf, w = 0 at x = -inf) gives 0, not
@@ -114,12 +174,30 @@ def _block_range(row, stride_z, lo, hi, VEC: tl.constexpr, BLOCK_C: tl.constexpr
 
 
 @jit
+def _load_block(row, start, lanes, mask, MASKED: tl.constexpr):
+    # The logits row[start + lanes] in fp32 ([R, G], lanes = the groups' contiguous columns i G + j); MASKED: -inf
+    # in the masked lanes. Unmasked bf16 blocks of 16-byte groups (start even, rows 16-byte aligned: G > 1) are
+    # read as int32 words, each widened by placing bits (a bf16 is the top half of its fp32: the low element
+    # w << 16, the high one w & 0xFFFF0000): one instruction per element, where bf16.to(fp32) costs 1.5 (a byte
+    # permute and a shift for every other element).
+    if MASKED:
+        return tl.load(row + start + lanes, mask=mask, other=float("-inf")).to(tl.float32)
+    if row.dtype.element_ty == tl.bfloat16 and lanes.shape[1] % 2 == 0:
+        half: tl.constexpr = lanes.shape[1] // 2
+        words = tl.arange(0, lanes.shape[0])[:, None] * half + tl.arange(0, half)[None, :]
+        w = tl.load(row.to(tl.pointer_type(tl.int32)) + (start >> 1) + words)
+        return tl.interleave((w << 16).to(tl.float32, bitcast=True), (w & -65536).to(tl.float32, bitcast=True))
+    return tl.load(row + start + lanes).to(tl.float32)
+
+
+@jit
 def _fwd_block(
     z_row,
     s_row,
     y_row,
     bias_ptr,
-    cols,
+    start,
+    lanes,
     mask,
     label,
     eps,
@@ -144,8 +222,11 @@ def _fwd_block(
     MASKED: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     UNIT_T: tl.constexpr,
+    LABEL: tl.constexpr = True,  # BCE with class ids: the block may hold the label's column (else no compare)
+    SMOOTHED: tl.constexpr = True,  # class ids: the weight off the label, w_o, may be nonzero (else no sum z)
 ):
-    # One block of classes into the per-group states. cols, mask: [R, G], R groups of G contiguous classes (a
+    # One block of classes into the per-group states. cols = start + lanes, mask: [R, G], R groups of G contiguous
+    # classes (a
     # lane's 16-byte word: the reductions over axis 1 stay in the lane), the states [R]: one online-softmax / BCE
     # state per group, rescaled once per group and block (its max over the G classes), not per element, and merged
     # once per row (_merge_states). MASKED blocks (a row's last; its first when realigned: _block_range) read
@@ -159,42 +240,44 @@ def _fwd_block(
     # BCE: d_t is the per-group sum of the sub elements; probabilities: a_z the sum of the main elements; class ids
     # (label: the row's counting id as int32, -1 if none): the main element is softplus(z) - w z =
     # (1 - w) max(z, 0) - w min(z, 0) + log1p(exp(-|z|)) with one weight w_o off the label, so the groups keep
-    # a_z = sum max(z', 0), b_z = sum min(z', 0) (z' = z, 0 at the label, whose linear part the row's end adds with
-    # its own weight) and l_z = sum log1p(exp(-|z|)): three sums of non-negative or non-positive terms, combined once
-    # per row (_store_row): no per-element weight, no cancellation, and 0 * inf guarded once, not per element.
-    if MASKED:
-        z = tl.load(z_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-    else:
-        z = tl.load(z_row + cols).to(tl.float32)
+    # P = a_z = sum max(z', 0), A = b_z = sum z' (z' = z, 0 at the label, whose linear part the row's end adds with
+    # its own weight) and l_z = sum log1p(exp(-|z|)), combined once per row (_store_row) with N = sum min(z', 0) =
+    # A - P: no per-element weight, and 0 * inf guarded once, not per element. (A - P cancels, but N enters the
+    # loss as w_o N with w_o = eps / C <= 1 / C: its error, that of sums of P + |N|, stays within the sums' own.)
+    cols = start + lanes
+    z = _load_block(z_row, start, lanes, mask, MASKED)
     if HAS_BIAS:
         bias = _bias_block(bias_ptr, cols, mask, MASKED)
         z += bias  # -inf + b stays -inf
     if HAS_SUB:
-        if MASKED:
-            s = tl.load(s_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        else:
-            s = tl.load(s_row + cols).to(tl.float32)
+        s = _load_block(s_row, start, lanes, mask, MASKED)
         if HAS_BIAS:
             s += bias
     if BCE:
+        # each element's log1p(exp(-|x|)) summed per group by _sum_log1p; masked lanes (x = -inf): exp(-|x|) = 0
         e_z = tl.exp2(tl.abs(z) * -1.4426950408889634)  # exp(-|z|), bare exp2 (see _bce_elem); -inf: 0
         if HAS_MAIN:
             if DENSE:
+                # softplus(z) - w z = t z + log1p(exp(-|z|)), t = [z > 0] - w (_bce_elem); masked lanes: w = 0, t = 0
                 w = _main_target(y_row, cols, mask, label, eps, C, threshold, DENSE, BINARISE)
-                a_z += tl.sum(tl.where(mask, _bce_elem(z, w), 0.0), axis=1)
+                t = tl.where(z > 0.0, 1.0, 0.0) - w
+                a_z += tl.sum(tl.where(t != 0.0, t * z, 0.0), axis=1) + _sum_log1p(e_z)
             else:
-                z_off = tl.where(cols == label, 0.0, z)
+                z_off = z
+                if LABEL:
+                    z_off = tl.where(lanes == label - start, 0.0, z)  # 32-bit compares (cols == label: 64-bit)
                 a_z += tl.sum(tl.maximum(z_off, 0.0), axis=1)  # masked lanes: max(-inf, 0) = 0
-                b_z += tl.sum(tl.where(mask, tl.minimum(z_off, 0.0), 0.0), axis=1)
-                l_z += tl.sum(_log1p(e_z), axis=1)  # masked lanes: log1p(0) = 0
+                if SMOOTHED:  # N = A - P enters the loss as w_o N
+                    b_z += tl.sum(tl.where(mask, z_off, 0.0), axis=1)
+                l_z += _sum_log1p(e_z)
         if HAS_SUB:
-            if UNIT_T:
-                # T = 1: the teacher sigmoid(z) from the same exp(-|z|): r = 1 / (1 + e) in [1/2, 1] is sigmoid(|z|),
-                # e r = sigmoid(-|z|) (no cancellation for z < 0). z = -inf: e = 0, p = 0; z = +inf: p = 1.
-                r = 1.0 / (1.0 + e_z)
-                d_t += tl.sum(tl.where(mask, _bce_elem(s, tl.where(z > 0.0, r, e_z * r)), 0.0), axis=1)
-            else:
-                d_t += tl.sum(tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0), axis=1)
+            # the teacher sigmoid(z / T) from exp(-|z / T|): at T = 1 (UNIT_T) the main term's e_z; masked lanes
+            # (s = z = -inf): q = 0, a 0 term
+            x, z_t, e_t = s, z, e_z
+            if not UNIT_T:
+                x, z_t = s * inv_t, z * inv_t
+                e_t = tl.exp2(tl.abs(z_t) * -1.4426950408889634)
+            d_t += tl.sum(_distill_linear(x, z_t, e_t), axis=1) + _sum_log1p(tl.exp2(tl.abs(x) * -1.4426950408889634))
     else:
         m_new = tl.maximum(m_z, tl.max(z, axis=1))  # masked lanes (-inf) leave it; m_z >= -FLT_MAX
         dz = z - m_new[:, None]  # rounded once (logits of 1e4 lose nothing), then scaled
@@ -212,7 +295,8 @@ def _fwd_block(
                 a_z += b_z * (m_z - m_new) + tl.sum(tl.where(w != 0.0, w * dz, 0.0), axis=1)
                 b_z += tl.sum(w, axis=1)
             else:
-                a_z += tl.sum(tl.where(mask, z, 0.0), axis=1)  # the uniform eps / C term needs only sum z
+                if SMOOTHED:  # the uniform w_o = eps / C term needs only sum z
+                    a_z += tl.sum(tl.where(mask, z, 0.0), axis=1)
         if HAS_SUB:
             # teacher z / T: UNIT_T (T = 1, the paper's): k_t = k_z, so its exponentials, rescale and running sum
             # are the main term's, bit for bit (one exp2 per element and one state fewer); otherwise its own

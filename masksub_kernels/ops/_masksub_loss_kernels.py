@@ -152,7 +152,10 @@ def _store_row(
                 w_y, w_o, has_y, z_y = _label_terms(
                     z_row, bias_ptr, label, valid, bad, eps, C, threshold, BINARISE, HAS_BIAS
                 )
-                lin = tl.where(w_o != 1.0, (1.0 - w_o) * a_z, 0.0) - tl.where(w_o != 0.0, w_o * b_z, 0.0)
+                # N = A - P (_fwd_block); P = +inf: the row's term is +inf whatever N (A may be NaN); w_o = 1 only
+                # at C = 1, where no other class exists
+                n_z = tl.where(a_z == float("inf"), 0.0, b_z - a_z)
+                lin = tl.where(w_o != 1.0, (1.0 - w_o) * a_z, 0.0) - tl.where(w_o != 0.0, w_o * n_z, 0.0)
                 t_y = tl.where(z_y > 0.0, 1.0, 0.0) - w_y  # the label's linear part, as _bce_elem
                 lin += tl.where(has_y & (t_y != 0.0), t_y * z_y, 0.0)
                 main = (lin + l_z) / C
@@ -225,6 +228,8 @@ def _loss_fwd_kernel(
     # rows' words are not provably aligned (a word split over lanes would cost shuffles per block)
     ALIGNED: tl.constexpr = False,  # VEC = 1 rows that start on 16-byte boundaries (rows_aligned): hinted
     EVEN: tl.constexpr = False,  # C % GROUP == 0 with ALIGNED: a masked block's groups are wholly in or out
+    SMOOTHED: tl.constexpr = True,  # class ids: w_o, the weight off the label, may be nonzero (eps > 0): the
+    # blocks sum z for it (w_o = 0, the default eps = 0: _store_row skips the term, so no sum is needed)
 ):
     row = tl.program_id(0).to(tl.int64)  # the grid is exactly M programs (x splits)
     # the block's columns as [BLOCK_C / GROUP, GROUP]: row i the GROUP contiguous classes of one state
@@ -263,22 +268,41 @@ def _loss_fwd_kernel(
     if VEC > 1:
         cols = lo + lanes
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
-            z_base, s_base, y_base, b_base, cols, (cols >= lo + shift) & (cols < end), label_p, eps, C, threshold,
+            z_base, s_base, y_base, b_base, lo, lanes, (cols >= lo + shift) & (cols < end), label_p, eps, C, threshold,
             inv_t, k_z, k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True,
-            HAS_BIAS, UNIT_T,
+            HAS_BIAS, UNIT_T, True, SMOOTHED,
         )  # fmt: skip
-    for start in range(first, full, BLOCK_C):
+    # BCE with class ids (PEEL): the whole block that holds the label's column (at; full if none) runs on its own,
+    # so that the others compare no column with the label (_fwd_block's LABEL): two loops around it
+    PEEL: tl.constexpr = BCE and HAS_MAIN and not DENSE
+    at = full
+    if PEEL:
+        at = tl.where((label_p >= first) & (label_p < full), first + (label_p - first) // BLOCK_C * BLOCK_C, full)
+    for start in range(first, at, BLOCK_C):
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
-            z_base, s_base, y_base, b_base, start + lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
+            z_base, s_base, y_base, b_base, start, lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
             k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False, HAS_BIAS,
-            UNIT_T,
+            UNIT_T, not PEEL, SMOOTHED,
         )  # fmt: skip
+    if PEEL:
+        if at < full:
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
+                z_base, s_base, y_base, b_base, at, lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
+                k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False,
+                HAS_BIAS, UNIT_T, True, SMOOTHED,
+            )  # fmt: skip
+        for start in range(at + BLOCK_C, full, BLOCK_C):
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
+                z_base, s_base, y_base, b_base, start, lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
+                k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False,
+                HAS_BIAS, UNIT_T, False, SMOOTHED,
+            )  # fmt: skip
     if full < end:
         cols = full + lanes
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
-            z_base, s_base, y_base, b_base, cols, cols < end, label_p, eps, C, threshold, inv_t, k_z, k_t,
+            z_base, s_base, y_base, b_base, full, lanes, cols < end, label_p, eps, C, threshold, inv_t, k_z, k_t,
             m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True, HAS_BIAS,
-            UNIT_T,
+            UNIT_T, True, SMOOTHED,
         )  # fmt: skip
     if UNIT_T and not BCE:
         l_t = l_z  # CE at T = 1: the teacher's running sums are the main term's (_fwd_block carries one)

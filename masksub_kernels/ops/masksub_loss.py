@@ -52,6 +52,19 @@ row's first) is masked; for class ids only the target column and sum z matter (s
 + (w_y - w_o)(z_y - c)), so no per-element weight is built. At T = 1 the teacher's exponentials are the main
 term's. Rows of 16 bytes that Triton cannot see as such (a stride of 1000 bf16 is not a multiple of 16 elements)
 are hinted aligned (ALIGNED), and a last block whose mask is uniform over each word (EVEN) keeps 16-byte loads.
+Unmasked bf16 blocks are read as int32 words widened by placing bits (one instruction per element, not 1.5).
+
+BCE forward (issue-bound at ~1.6 instructions per element before; 0.87-1.11 now, by the perf model): each
+element's log1p(exp(-|x|)) (a degree-9 polynomial, ~11 instructions) is summed per word as the log1p of the
+word's product, log1p(a) + log1p(b) = log1p(a + b + ab) (a tree: an FADD and an FFMA per element), then one
+range-reduced log1p per word (_log1p_wide, ~19 instructions, tiny terms keep their relative accuracy); the sub
+element softplus(s) - p s is q |s| + log1p(exp(-|s|)) with q = sigmoid(-|z|) where s and z have the same sign, else
+sigmoid(|z|), from the shared exp(-|z|) (no 1 - p: at p = 1 in fp32 it loses exp(-|z|) |s|); 1 / (1 + e) as
+rsqrt((1 + e)^2) (a bare MUFU.RSQ, where the division adds a range fix-up). Class ids: the whole block holding the
+id runs apart, so the others compare no column; without label smoothing (SMOOTHED false) no sum of z is kept for
+the zero weight off the id. Blocks of 1024 classes in 4 warps (the row's fixed part, which every warp runs, weighs
+half). The quarter-rate ops (which the model does not charge) stay 3 per element (2 MUFU.EX2 and the RSQ that
+replaces the RCP) plus an I2F per word and term (0.25 per element at 8 classes per word).
 """
 
 from __future__ import annotations
@@ -228,10 +241,13 @@ def _launch_config(classes: int, max_block: int) -> tuple[int, int]:
     return block_c, max(4, min(16, block_c // 256))
 
 
-def _forward_max_block() -> int:
+def _forward_max_block(bce: bool = False) -> int:
     """The forward's block: half the backward's (8 warps, one 16-byte word of each operand per lane and block: the
-    perf model has the loads of 2 resident blocks per SM at the copy rate)."""
-    return max(16, MAX_BLOCK_C // 2)
+    perf model has the loads of 2 resident blocks per SM at the copy rate). BCE: a quarter (4 warps, the same 8
+    classes per thread): its elements cost ~1.6x CE's, so a row's fixed part, which every warp runs (the masked
+    first and last blocks, the merge of the lanes' states), weighs less in half the warps, and the masked last
+    block wastes half the lanes (the perf model at 4096 x 21841 bf16: 11% fewer warp-instructions per row)."""
+    return max(16, MAX_BLOCK_C // (4 if bce else 2))
 
 
 SPLIT_PROGRAMS_PER_SM = 2  # the split's target: two resident programs per SM, so one computes while one loads
@@ -328,7 +344,7 @@ def _forward_triton(
     whose logits come without it). ``reduce``: (main_weight, sub_weight, mean): also reduce the per-row losses in
     the same launch (ops/masksub_loss_reduced.py) and return (fp32 [4] reduced, out, fp32 [1] d)."""
     operands, strides, flags, warps, (splits, chunk) = _prepare(
-        logits, sub_logits, target, bce, threshold, _forward_max_block()
+        logits, sub_logits, target, bce, threshold, _forward_max_block(bce)
     )
     z = operands[0]
     rows = z.shape[0]
@@ -355,6 +371,9 @@ def _forward_triton(
         vec = row_alignment(z, *([] if sub_logits is None else [operands[1]]))
         dense_rows = [operands[2]] if flags["DENSE"] else []  # probabilities: hinted with the logits (ALIGNED)
         has |= _alignment_flags(vec, z, *([] if sub_logits is None else [operands[1]]), *dense_rows)
+        # the class-id weight off the label, w_o = (1 - eps) [0 > threshold] + eps / C, may be nonzero: eps > 0 (or
+        # a negative threshold, which the public ops refuse); with w_o = 0 the blocks need no sum of z for it
+        has["SMOOTHED"] = label_smoothing != 0 or (threshold is not None and threshold < 0)
         _loss_fwd_kernel[(rows, splits)](
             *args, **has, **flags, BLOCK_S=block_s, UNIT_T=unit_t, VEC=vec, REDUCE=reduce is not None, MEAN=mean,
             num_warps=warps,

@@ -140,9 +140,14 @@ def predict_kernel(
         executed += len(loop.own) * math.prod(trips[id(loop)])
         executed_mufu += _mufu(loop.own) * math.prod(trips[id(loop)])
     # the steady-state loop: the deepest that loads (a nested loop of index arithmetic alone, e.g. csrc's carry of
-    # a token index into (h, b), is not where the warp waits on memory)
+    # a token index into (h, b), is not where the warp waits on memory); of those, the one that issues the most (a
+    # loop that runs ~0 times, e.g. the loss's reduction in one program of M, is not it, however long its body)
     loading = [loop for loop in function.loops if loop.load_bytes_per_warp()] or function.loops
-    innermost = max(loading, key=lambda loop: (loop.depth, len(loop.own)), default=None)
+    innermost = max(
+        loading,
+        key=lambda loop: (loop.depth, len(loop.own) * math.prod(trips[id(loop)]), len(loop.own)),
+        default=None,
+    )
     loop_instructions = len(innermost.own) if innermost else len(function.instructions)
     loads_in_flight = innermost.load_bytes_per_warp() if innermost else function.load_bytes_per_warp()
     widths = innermost.access_widths() if innermost else function.access_widths()

@@ -67,8 +67,13 @@ def _loss(a: dict) -> tuple:
     dense = a["DENSE"]
     splits = cdiv(c, a["chunk"]) if a["SPLIT"] else 1
     trips = [(a["chunk"] if a["SPLIT"] else c) // a["BLOCK_C"]]
+    if forward and a["BCE"] and a["HAS_MAIN"] and not dense:
+        # BCE with class ids: the whole blocks run in two loops around the one that holds the label's column (its
+        # own code, outside the loops: counted once), half of the others in each
+        others = max(trips[0] - 1, 0)
+        trips = [(others // 2, others - others // 2)]
     if forward and a["REDUCE"]:  # the reduction's loop after the row's (SASS order) runs in one program of M: ~0
-        trips = [(trips[0], 0)]
+        trips = [(*(trips[0] if isinstance(trips[0], tuple) else (trips[0],)), 0)]
     target = m * c * a["y_ptr"].element_size() if dense else m * 8
     if forward:
         reads = m * c * e * (int(a["HAS_MAIN"] or a["HAS_SUB"]) + int(a["HAS_SUB"])) + target * a["HAS_MAIN"]
