@@ -10,7 +10,8 @@ namespace {
 // ---------------------------------------------------------------------------------------------------------------
 
 // CE: the fields as in the maths above (a_z = A); BCE: plain sums, the main term's in a_z (probabilities: the
-// sum of terms; class ids: with p_z = P, n_z = N, g_z = G) and the sub term's in l_s.
+// sum of terms; class ids: p_z = P, l_z = G and n_z = A' = sum z over the other classes, N = A' - P at the row's
+// end) and the sub term's in l_s.
 struct LossState {
   float m_z, l_z, s_z, d_z, a_z, p_z, n_z;
   float m_s, l_s, m_t, l_t, d_t;
@@ -20,33 +21,55 @@ __device__ __forceinline__ LossState empty_state() {
   return {-INFINITY, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, -INFINITY, 0.0f, -INFINITY, 0.0f, 0.0f};
 }
 
-// The chunk's N classes [c, c + N) (z, and x = s / T) into the thread's state.
-template <class V, int N>
+// The chunk's N classes [c, c + N) (z, and x = s / T) into the thread's state. kLabel: BCE with class ids, the
+// chunk may hold the id (label_at: its position, -1 if not); the vector loop's chunks do not (the id's vector is
+// peeled), so that they compare no column with it.
+template <class V, int N, bool kLabel = true>
 __device__ __forceinline__ void fold(LossState& st, const float (&z)[N], const float (&x)[N], const float (&w)[N],
                                      int label_at, float inv_t) {
   if constexpr (V::kBce) {
+    // softplus(x) - w x = t x + log1p(exp(-|x|)), t = [x > 0] - w: per element its linear part, per chunk the
+    // sum of log1p(exp(-|x|)) (sum_log1p)
+    float e_z[N];
 #pragma unroll
-    for (int i = 0; i < N; ++i) {
-      const float e = exp_neg(-fabsf(z[i]));  // exp(-|z|); -inf: 0
-      if constexpr (V::kDense) {
-        st.a_z += bce_term(z[i], w[i], e);
-      } else if constexpr (V::kLabels) {
-        const float z_other = label_at == i ? 0.0f : z[i];  // the id's linear part: once per row
+    for (int i = 0; i < N; ++i) e_z[i] = exp_neg(-fabsf(z[i]));  // exp(-|z|); -inf: 0
+    if constexpr (V::kDense) {
+      float linear = 0.0f;
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        const float t = (z[i] > 0.0f ? 1.0f : 0.0f) - w[i];
+        linear += t != 0.0f ? t * z[i] : 0.0f;  // t = 0 (w = 1 at +inf, w = 0 at -inf): 0, not 0 * inf
+      }
+      st.a_z += linear + sum_log1p(e_z);
+    } else if constexpr (V::kLabels) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        const float z_other = kLabel && label_at == i ? 0.0f : z[i];  // the id's linear part: once per row
         st.p_z += fmaxf(z_other, 0.0f);
-        st.n_z += fminf(z_other, 0.0f);
-        st.l_z += log1p_unit(e);
+        if constexpr (V::kSmoothed) st.n_z += z_other;  // A' (N = A' - P enters the loss as w_o N)
       }
-      if constexpr (V::kSub) {
-        float teacher;
-        if constexpr (V::kUnitT) {
-          // sigmoid(z) from the same exp(-|z|): r = 1 / (1 + e) = sigmoid(|z|), e r = sigmoid(-|z|)
-          const float r = reciprocal(1.0f + e);
-          teacher = z[i] > 0.0f ? r : e * r;
-        } else {
-          teacher = sigmoid(z[i] * inv_t);
+      st.l_z += sum_log1p(e_z);
+    }
+    if constexpr (V::kSub) {
+      // the sub element less its log1p: with the teacher p = sigmoid(z'), z' = z / T, e = exp(-|z'|) and
+      // r = 1 / (1 + e) = sigmoid(|z'|), e r = sigmoid(-|z'|) = 1 - r (no cancellation):
+      //   x > 0: (1 - p) |x|,  x <= 0: p |x|,  i.e.  q |x|,  q = e r where x and z' have the same sign, else r
+      // (x = 0 or z' = 0 may take either side: the term is 0, or e r = r). q = 0 (|z'| > 87) at x = +-inf is the
+      // limit 0, not 0 * inf; a NaN teacher keeps q = NaN. At T = 1 e is the main term's.
+      float e_x[N], linear = 0.0f;
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        float zt = z[i], e = e_z[i];
+        if constexpr (!V::kUnitT) {
+          zt = z[i] * inv_t;
+          e = exp_neg(-fabsf(zt));
         }
-        st.l_s += bce_term(x[i], teacher, exp_neg(-fabsf(x[i])));
+        const float r = reciprocal(1.0f + e);
+        const float q = (x[i] > 0.0f) == (zt > 0.0f) ? e * r : r;
+        linear += q != 0.0f ? q * fabsf(x[i]) : 0.0f;
+        e_x[i] = exp_neg(-fabsf(x[i]));
       }
+      st.l_s += linear + sum_log1p(e_x);
     }
   } else {
     // main (and, at T = 1, the teacher): one rescale by e^(m_old - c_new) per chunk, one exponential per class
@@ -74,7 +97,7 @@ __device__ __forceinline__ void fold(LossState& st, const float (&z)[N], const f
           if (w[i] != 0.0f) st.d_z += w[i] * (z[i] - c_new);
           st.s_z += w[i];
         }
-      } else if constexpr (V::kLabels) {
+      } else if constexpr (V::kLabels && V::kSmoothed) {
 #pragma unroll
         for (int i = 0; i < N; ++i) st.a_z += z[i];  // over every class: the row's end takes the id's out
       }
@@ -181,7 +204,7 @@ __device__ __forceinline__ LossState shuffle_xor(const LossState& s, int offset)
     if constexpr (V::kDense) r.a_z = other(s.a_z);
     if constexpr (V::kLabels) {
       r.p_z = other(s.p_z);
-      r.n_z = other(s.n_z);
+      if constexpr (V::kSmoothed) r.n_z = other(s.n_z);
       r.l_z = other(s.l_z);
     }
     if constexpr (V::kSub) r.l_s = other(s.l_s);
@@ -194,7 +217,7 @@ __device__ __forceinline__ LossState shuffle_xor(const LossState& s, int offset)
       r.s_z = other(s.s_z);
       r.d_z = other(s.d_z);
     }
-    if constexpr (V::kLabels) r.a_z = other(s.a_z);
+    if constexpr (V::kLabels && V::kSmoothed) r.a_z = other(s.a_z);
     if constexpr (V::kSub) {
       r.m_s = other(s.m_s);
       r.l_s = other(s.l_s);
@@ -258,8 +281,8 @@ __device__ __forceinline__ bool merge_splits(LossState& st, float* row_states, i
   return true;
 }
 
-// Classes [c, c + N) of the row (N: a vector, or 1) into the state.
-template <typename T, class V, int N>
+// Classes [c, c + N) of the row (N: a vector, or 1) into the state (kLabel: fold's).
+template <typename T, class V, int N, bool kLabel = true>
 __device__ __forceinline__ void forward_chunk(LossState& st, const T* z_row, const T* s_row, const LossProblem& p,
                                               const LossConstants& k, const typename V::Target* y_row,
                                               const RowTarget& t, int64_t c) {
@@ -273,7 +296,8 @@ __device__ __forceinline__ void forward_chunk(LossState& st, const T* z_row, con
     }
   }
   if constexpr (V::kHasMain) main_weights<V, N>(p, k.smooth, y_row, c, t, w);
-  fold<V, N>(st, z, x, w, V::kBce && V::kLabels ? position_in_chunk<N>(t.label, c) : -1, k.inv_temperature);
+  fold<V, N, kLabel>(st, z, x, w, kLabel && V::kBce && V::kLabels ? position_in_chunk<N>(t.label, c) : -1,
+                     k.inv_temperature);
 }
 
 // kSplit: rows over gridDim.y blocks merged through the workspace (a template parameter, so that the one-block
@@ -295,11 +319,23 @@ __global__ void __launch_bounds__(kLossThreads)
   const int threads = blockDim.x;
   const int64_t begin = kSplit ? split_vectors * blockIdx.y : 0;
   const int64_t end = kSplit && begin + split_vectors < span.vectors ? begin + split_vectors : span.vectors;
+  // BCE with class ids: the vector holding the id (peeled, -1 if none) is left out of the loop, whose chunks then
+  // compare no column with the id, and folded after it by thread 0 of its split
+  constexpr bool kPeel = V::kBce && V::kLabels;
+  const int64_t from_head = target.label - span.head;
+  const int64_t peeled = kPeel && from_head >= 0 && from_head < span.vectors * W ? from_head / W : -1;
   for (int64_t v = begin + threadIdx.x; v < end; v += int64_t{threads} * kLossUnroll) {
 #pragma unroll
     for (int u = 0; u < kLossUnroll; ++u) {
       const int64_t vector = v + int64_t{u} * threads;
-      if (vector < end) forward_chunk<T, V, W>(st, z_row, s_row, p, k, y_row, target, span.head + vector * W);
+      if (vector < end && (!kPeel || vector != peeled)) {
+        forward_chunk<T, V, W, !kPeel>(st, z_row, s_row, p, k, y_row, target, span.head + vector * W);
+      }
+    }
+  }
+  if constexpr (kPeel) {
+    if (threadIdx.x == 0 && peeled >= begin && peeled < end) {
+      forward_chunk<T, V, W>(st, z_row, s_row, p, k, y_row, target, span.head + peeled * W);
     }
   }
   const int64_t scalar = !kSplit || blockIdx.y == 0 ? span.scalar : 0;
@@ -326,8 +362,11 @@ __global__ void __launch_bounds__(kLossThreads)
     if constexpr (V::kBce) {
       float sum = st.a_z;  // probabilities: the sum of the terms
       if constexpr (V::kLabels) {
-        sum = (w_o != 1.0f ? (1.0f - w_o) * st.p_z : 0.0f) - (w_o != 0.0f ? w_o * st.n_z : 0.0f) + st.l_z;
-        const float t_y = (z_y > 0.0f ? 1.0f : 0.0f) - w_y;  // the id's linear part, as bce_term
+        // N = A' - P; P = +inf: the row's term is +inf whatever N (A' may be NaN). w_o = 0 skips the term
+        // (!kSmoothed: A' not summed)
+        const float n = st.p_z == INFINITY ? 0.0f : st.n_z - st.p_z;
+        sum = (w_o != 1.0f ? (1.0f - w_o) * st.p_z : 0.0f) - (V::kSmoothed && w_o != 0.0f ? w_o * n : 0.0f) + st.l_z;
+        const float t_y = (z_y > 0.0f ? 1.0f : 0.0f) - w_y;  // the id's linear part, as fold's t x
         sum += has_y && t_y != 0.0f ? t_y * z_y : 0.0f;
       }
       main = sum * k.inv_classes;

@@ -70,10 +70,13 @@ namespace Main {
 constexpr int kNone = 0, kLabels = 1, kDense = 2;
 }
 
-template <bool kBce_, int kMain_, bool kSub_, bool kUnitT_, typename Target_ = float>
+// kSmoothed_: class ids whose weight off the id, w_o, may be nonzero (label smoothing); false (w_o = 0): the
+// forward sums no z for w_o's term (CE: A; BCE: N).
+template <bool kBce_, int kMain_, bool kSub_, bool kUnitT_, typename Target_ = float, bool kSmoothed_ = true>
 struct LossVariant {
   using Target = Target_;  // the probabilities' element type (kDense): the logits' or fp32
   static constexpr bool kBce = kBce_;
+  static constexpr bool kSmoothed = kSmoothed_;
   static constexpr bool kSub = kSub_;
   static constexpr bool kUnitT = kUnitT_ && kSub_;  // T = 1: the teacher z / T is z
   static constexpr bool kHasMain = kMain_ != Main::kNone;
@@ -101,11 +104,18 @@ __device__ __forceinline__ float exp_neg(float v) { return __nvvm_ex2_approx_ftz
 // element. y = +inf or y > 2^126 gives 0 (a sigmoid below 1e-38).
 __device__ __forceinline__ float reciprocal(float y) { return __fdividef(1.0f, y); }
 
-__device__ __forceinline__ float sigmoid(float x) { return reciprocal(1.0f + exp2f(x * -kLog2e)); }
+// sigmoid(x) from e = exp(-|x|) (a bare MUFU.EX2) and r = 1 / (1 + e) = sigmoid(|x|) (the reciprocal of y in
+// [1, 2]): x > 0 gives r, else e r = sigmoid(-|x|) = 1 - r without the cancellation. NaN propagates (e = NaN).
+__device__ __forceinline__ float sigmoid(float x) {
+  const float e = exp_neg(-fabsf(x));
+  const float r = reciprocal(1.0f + e);
+  return x > 0.0f ? r : e * r;
+}
 
 // log(1 + v) for v in [0, 1] (here v = exp(-|x|)) as v P(v), P a degree-9 polynomial fitted to log1p(v) / v on
 // [0, 1] (the Triton kernels' _log1p: truncation error 6e-9 relative, ~2 ulp in fp32 Horner, a quarter of
-// log1pf's instructions; relative accuracy holds for tiny v, where 1 + v rounds to 1).
+// log1pf's instructions; relative accuracy holds for tiny v, where 1 + v rounds to 1). The scalar classes' form;
+// a vector's elements go through sum_log1p.
 __device__ __forceinline__ float log1p_unit(float v) {
   float p = -0.003163999359346998f;
   p = p * v + 0.019487686092971974f;
@@ -120,11 +130,59 @@ __device__ __forceinline__ float log1p_unit(float v) {
   return p * v;
 }
 
-// softplus(x) - w x = t x + log1p(exp(-|x|)), t = [x > 0] - w: t = 0 (w = 1 at x = +inf, w = 0 at x = -inf) gives
-// 0, not 0 * inf; e = exp(-|x|) is passed in (BCE at T = 1 shares it with the teacher's sigmoid).
-__device__ __forceinline__ float bce_term(float x, float w, float e) {
-  const float t = (x > 0.0f ? 1.0f : 0.0f) - w;
-  return (t != 0.0f ? t * x : 0.0f) + log1p_unit(e);
+// log1p(a) + log1p(b) = log1p(a + b + a b): two terms' log1p as one argument (a, b >= 0: no cancellation; an FADD
+// and an FFMA, ~1 ulp relative each).
+__device__ __forceinline__ float log1p_pair(float a, float b) { return fmaf(a, b, a + b); }
+
+// log1p(w) for w >= 0 (a vector's a + b + a b product of up to 8 terms: w < 2^8), ~3 ulp (the Triton kernels'
+// _log1p_wide): u = 1 + w = 2^k m with m in [sqrt(1/2), sqrt(2)) from u's bits, log1p(w) = k ln 2 + log1p(f),
+// f = m - 1, by f P(f) (P: degree 8, fitted to log1p(f) / f on that range, 3e-8 relative). Where k = 0
+// (u < sqrt(2)), f = w itself: no rounding of 1 + w, so tiny w keep their relative accuracy; where k >= 1 the
+// rounding of u costs at most 1.4 2^-24 of a result >= 0.34 (< 1 ulp). NaN w gives NaN (u >= sqrt(2) is false).
+__device__ __forceinline__ float log1p_wide(float w) {
+  constexpr int32_t kSqrtHalf = 0x3F3504F3;  // bits of fp32 sqrt(1/2)
+  const float u = 1.0f + w;
+  int32_t bits;
+  memcpy(&bits, &u, sizeof(bits));
+  const int32_t ix = bits - kSqrtHalf;  // k 2^23 + (bits of m) - bits(sqrt(1/2)), >= 0 for u >= 1
+  const int32_t m_bits = (ix & 0x7FFFFF) + kSqrtHalf;
+  float m;
+  memcpy(&m, &m_bits, sizeof(m));
+  const float f = u >= 1.4142135381698608f ? m - 1.0f : w;  // fp32 sqrt(2), bits 0x3FB504F3: exactly where k >= 1
+  float p = 0.08721902006079846f;
+  p = p * f - 0.14366621141645913f;
+  p = p * f + 0.1495233258268796f;
+  p = p * f - 0.1656242893530776f;
+  p = p * f + 0.1995683062519509f;
+  p = p * f - 0.2500207239370289f;
+  p = p * f + 0.33334185670657684f;
+  p = p * f - 0.49999987983833616f;
+  p = p * f + 0.9999999741881259f;
+  return fmaf(f, p, static_cast<float>(ix >> 23) * 0.6931471805599453f);
+}
+
+// sum_i log1p(v_i), v_i in [0, 1] (here exp(-|x|)): a vector of 4 or 8 as log1p(w), w = prod(1 + v) - 1 from a
+// fixed tree of log1p_pair (2 instructions per element), then one log1p_wide: ~4 instructions per element where
+// log1p_unit and its sum cost ~11, at the same accuracy (a few ulp relative, tiny terms included). N = 1: log1p_unit.
+template <int N>
+__device__ __forceinline__ float sum_log1p(const float (&v)[N]) {
+  if constexpr (N < 4) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < N; ++i) sum += log1p_unit(v[i]);
+    return sum;
+  } else {
+    static_assert(N <= 8 && (N & (N - 1)) == 0, "log1p_wide takes products of up to 8 terms");
+    float w[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) w[i] = v[i];
+#pragma unroll
+    for (int step = 1; step < N; step *= 2) {
+#pragma unroll
+      for (int i = 0; i + step < N; i += 2 * step) w[i] = log1p_pair(w[i], w[i + step]);
+    }
+    return log1p_wide(w[0]);
+  }
 }
 
 // Per-launch constants, divided once on the host (IEEE fp32, as on the device) instead of once per element.
@@ -141,7 +199,7 @@ struct RowTarget {
   float w_hit, w_miss;  // class ids: the weight at the id and elsewhere, (1 - eps) [q > threshold] + eps / C
 };
 
-__device__ __forceinline__ float smoothed(const LossProblem& p, float smooth, float q) {
+__host__ __device__ __forceinline__ float smoothed(const LossProblem& p, float smooth, float q) {
   if (p.binarise) q = q > p.threshold ? 1.0f : 0.0f;
   return (1.0f - p.label_smoothing) * q + smooth;
 }
@@ -322,14 +380,14 @@ constexpr TargetKind kind_of() {
 
 // The launch's variant, chosen once on the host: f(LossVariant<...>{}) for the problem's (bce, target, sub, T = 1)
 // with logits of type T; false (nothing launched) for probabilities in a dtype other than T's or fp32.
-template <bool kBce, int kMain, typename Q, class F>
+template <bool kBce, int kMain, typename Q, bool kSmoothed = true, class F>
 bool with_sub(const LossProblem& p, F&& f) {
   if (p.sub_logits == nullptr) {
-    f(LossVariant<kBce, kMain, false, false, Q>{});
+    f(LossVariant<kBce, kMain, false, false, Q, kSmoothed>{});
   } else if (p.temperature == 1.0f) {
-    f(LossVariant<kBce, kMain, true, true, Q>{});
+    f(LossVariant<kBce, kMain, true, true, Q, kSmoothed>{});
   } else {
-    f(LossVariant<kBce, kMain, true, false, Q>{});
+    f(LossVariant<kBce, kMain, true, false, Q, kSmoothed>{});
   }
   return true;
 }
@@ -338,7 +396,12 @@ template <typename T, bool kBce, class F>
 bool with_main(const LossProblem& p, F&& f) {
   const int main = main_of(p.target_kind);
   if (main == Main::kNone) return with_sub<kBce, Main::kNone, float>(p, f);
-  if (main == Main::kLabels) return with_sub<kBce, Main::kLabels, float>(p, f);
+  if (main == Main::kLabels) {
+    // w_o = 0 (no label smoothing): the instance that sums no z for w_o's term
+    const bool off_weight = smoothed(p, constants_of(p).smooth, 0.0f) != 0.0f;  // w_o, as row_target has it
+    return off_weight ? with_sub<kBce, Main::kLabels, float, true>(p, f)
+                        : with_sub<kBce, Main::kLabels, float, false>(p, f);
+  }
   if (p.target_kind == kind_of<T>()) return with_sub<kBce, Main::kDense, T>(p, f);
   if (p.target_kind == TargetKind::kFloat32) return with_sub<kBce, Main::kDense, float>(p, f);
   return false;
