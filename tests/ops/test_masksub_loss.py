@@ -314,14 +314,12 @@ def test_bce_tiny_terms_keep_their_relative_accuracy(backend):
     assert bool(((out.main > 0) & (out.main < 1e-25) & (out.sub > 0) & (out.sub < 1e-24)).all()), out
 
 
-def test_bce_tiny_terms_with_class_ids(kernel_backend, request):
+def test_bce_tiny_terms_with_class_ids(kernel_backend):
     # As above with class ids on positive logits, whose terms are tiny too: softplus(x) - w x = (1 - w) x +
     # log1p(exp(-x)) at x > 0. The oracle's float64 softplus(61) - 61 (and 1 - sigmoid(61)) cancel to 0, so the
     # expected rows are that sum in float64 with 1 - w exact (1 - sigmoid(z) = sigmoid(-z)); the kernels only (the
-    # torch backend cancels likewise, in fp32)
-    if kernel_backend == "cuda":  # its sub term takes (1 - p) s with p = 1 / (1 + exp(-61)) = 1 in fp32: 0, not
-        # exp(-61) s (the Triton forward's q |s|, _distill_linear): the rows' sub is 2e-3 low
-        request.applymarker(pytest.mark.xfail(strict=True, reason="csrc BCE sub term: 1 - sigmoid(z) cancels"))
+    # torch backend cancels likewise, in fp32). The kernels' sub element is q |s| with q = sigmoid(-|z|) where s and
+    # z agree in sign (Triton's _distill_linear, csrc's fold), not (1 - p) s, which cancels to 0 at p = 1 in fp32.
     main, sub, target = _confident_rows("index")
     z, s = main.double().cpu(), sub.double().cpu()
     w = F.one_hot(target.cpu(), z.shape[1]).double()
