@@ -178,6 +178,25 @@ def test_masksub_loss_forward_splits_few_rows(bce, kind, temperature, terms):
     torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected.abs().max()))
 
 
+@kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize(("rows", "classes"), [(4, 9002), (4, 1000)])
+def test_masksub_loss_bce_class_id_positions(dtype, eps, rows, classes):
+    # BCE with class ids: the forward's vector loop compares no column with the id; the vector holding it is
+    # peeled (folded after the loop by thread 0 of its split), and ids before the row's first 16-byte boundary or
+    # after its last whole vector go with the scalar classes. Rows start one element past a boundary (fp32: a
+    # 3-class head, 9002: a 3-class tail); ids in the head, in a vector of a middle split (4 x 9002: 9 splits),
+    # in the last whole vector and in the tail. eps = 0: the instance that sums no z for the weight off the id.
+    main, sub, target = _loss_inputs(rows, classes, dtype, "index")
+    main, sub = _offset_columns(main, 1), _offset_columns(sub, 1)
+    target = torch.tensor([1, classes // 2, classes - 4, classes - 1], device=DEV)
+    grad_rtol = {torch.bfloat16: 2**-7}.get(dtype, 1e-5)
+    _check_loss_both_ways(main, sub, target, (True, eps, -100, 1.0, None), grad_rtol=grad_rtol)
+    target[1] = -100  # an ignored row
+    _check_loss_both_ways(main, sub, target, (True, eps, -100, 2.0, None), grad_rtol=grad_rtol)
+
+
 def _check_loss_both_ways(main, sub, target, options, grad_rtol):
     """The extension's forward (fp32 tolerance) and backward (grad_rtol, scaled by the largest gradient) against
     the reference, with random per-row upstream gradients."""
