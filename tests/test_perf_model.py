@@ -173,15 +173,16 @@ def test_launch_recorder_runs_csrc_launch_code():
     assert launches[4][0].args[10:15] == [3, 32, 8, 4, 8] and launches[5][0].args[10:15] == [1, 32, 24, 12, 24]
     assert names[6] == ["mask_image_kernel<uint2,true>"] and launches[6][0].grid == (2 * 16, 1, 1)  # 8-byte cells
     assert names[7] == ["select_tokens_kernel<256,4,false>", "mask_image_kernel<unsignedint,false>"]  # 68-byte rows
-    # the loss: one instance per variant (CE, class ids, sub, T = 1 here); threads per row from the row's vectors
-    assert names[8] == ["loss_forward_kernel<__nv_bfloat16,LossVariant<false,1,true,true,float>,false>"]
+    # the loss: one instance per variant (CE, class ids, sub, T = 1, no label smoothing here: kSmoothed false);
+    # threads per row from the row's vectors
+    assert names[8] == ["loss_forward_kernel<__nv_bfloat16,LossVariant<false,1,true,true,float,false>,false>"]
     assert launches[8][0].grid == (10, 1, 1) and launches[8][0].block == (64, 1, 1)  # 125 vectors of 8 classes
     assert calls[8].launches_around(launches[8]) == 0  # one block per row: no workspace, no fill
-    assert names[9] == ["loss_backward_kernel<__nv_bfloat16,LossVariant<true,2,true,false,__nv_bfloat16>>"]
+    assert names[9] == ["loss_backward_kernel<__nv_bfloat16,LossVariant<true,2,true,false,__nv_bfloat16,true>>"]
     assert launches[9][0].block == (256, 1, 1)
     # few rows: each row split over 32 blocks of 128 threads (2 iterations of 256 vectors each, 16032 vectors), the
     # split instance; the binding's zeroed tickets are one more launch
-    assert names[10] == ["loss_forward_kernel<__nv_bfloat16,LossVariant<false,1,true,true,float>,true>"]
+    assert names[10] == ["loss_forward_kernel<__nv_bfloat16,LossVariant<false,1,true,true,float,false>,true>"]
     assert launches[10][0].grid == (8, 32, 1) and launches[10][0].block == (128, 1, 1)
     assert launches[10][0].args[-1] == 512 and calls[10].launches_around(launches[10]) == 1
 
