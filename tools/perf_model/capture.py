@@ -113,6 +113,14 @@ class _TorchLaunches(TorchDispatchMode):
 
 
 @contextlib.contextmanager
+def counting_torch_launches():
+    """Within the block, the names of the torch ops that would launch a kernel are appended to the yielded list."""
+    ops: list[str] = []
+    with _TorchLaunches(ops):
+        yield ops
+
+
+@contextlib.contextmanager
 def recording(*modules: ModuleType):
     """Within the block, every Triton kernel in the modules' globals records its launches into the yielded
     LaunchLog, and the torch ops that would launch a kernel are counted in its ``torch_ops``."""

@@ -18,7 +18,7 @@ from masksub_kernels.ops import grid_mask, masksub_loss, masksub_loss_reduced, t
 from masksub_kernels.ops._common import cdiv
 
 from . import csrc_launches as csrc
-from .capture import Launch, LaunchLog, recording
+from .capture import Launch, LaunchLog, counting_torch_launches, recording
 
 META = torch.device("meta")
 MASK_RATIO = 0.5  # the benchmarks' ratio
@@ -211,6 +211,29 @@ LOSS_VARIANTS = [
 ]
 
 
+class _PerRowBindings:
+    """The extension's per-row loss bindings as meta-tensor stand-ins: what runs around them is counted."""
+
+    @staticmethod
+    def masksub_loss_forward(logits, *args):
+        return torch.empty(9, logits.shape[0], device=META)
+
+    @staticmethod
+    def masksub_loss_backward(grad_main, grad_sub, out, logits, *args):
+        return tuple(torch.empty_like(logits) if g is not None else logits.new_empty(0) for g in (grad_main, grad_sub))
+
+
+def _cuda_reduction_launches(z: torch.Tensor, y: torch.Tensor, options: tuple) -> tuple[int, int]:
+    """(forward, backward) torch launches of the cuda backend's reduced loss around the per-row bindings: its
+    reduction and row gradients are torch ops (ops/masksub_loss_reduced.py), counted on meta tensors."""
+    with counting_torch_launches() as forward:
+        reduced, out, d = masksub_loss_reduced._forward_cuda(_PerRowBindings, z, z, y, *options, 0.5, 0.5, True)
+    with counting_torch_launches() as backward:
+        grad = torch.empty_like(reduced)
+        masksub_loss_reduced._backward_cuda(_PerRowBindings, grad, True, True, d, out, z, z, y, *options, 0.5, 0.5)
+    return len(forward), len(backward)
+
+
 def loss_cases() -> list[Case]:
     """The MaskSub loss (main + sub term, one fused forward, one fused backward), CE and BCE, both target kinds.
     Probability targets come in the logits' dtype (as the benchmark builds them)."""
@@ -229,11 +252,12 @@ def loss_cases() -> list[Case]:
             with recording(masksub_loss) as backward:  # autograd's gradient of the [4] reduced losses
                 grad = torch.empty_like(reduced)
                 backward_impl(grad, True, True, d, out, z, torch.empty_like(z), y, *options, 0.5, 0.5)
-            # the cuda backend: the extension's per-row kernels (its reduction is torch ops around them, unmodelled)
-            cuda = {
-                "forward": [csrc.masksub_loss_forward(z, z, y, bce)],
-                "backward": [csrc.masksub_loss_backward(z, z, y, bce)],
-            }
+            # the cuda backend: the extension's per-row kernels (csrc.Call, their bindings' fills counted there)
+            # and the torch ops of its reduction around them
+            around = _cuda_reduction_launches(z, y, options)
+            calls = (csrc.masksub_loss_forward(z, z, y, bce), csrc.masksub_loss_backward(z, z, y, bce))
+            calls = [dataclasses.replace(c, torch_launches=c.torch_launches + n) for c, n in zip(calls, around)]
+            cuda = {"forward": calls[:1], "backward": calls[1:]}
             cuda["full"] = cuda["forward"] + cuda["backward"]
             logits, target = _size(z), _size(y)
             # minimal: the forward reads both logits and the target; the backward writes both gradients (and must
