@@ -129,9 +129,10 @@ def test_cuda_rows_beside_every_triton_row(model_run):
     assert [k["kernel"] for k in image["kernels"]] == ["mask_image_kernel<uint4,true>"]  # cells drawn in the launch
     assert image["kernels"][0]["access_bytes"] == [16]
     loss = cuda["loss | BERT-like M=16384 C=30522 | bfloat16 [CE, class ids] | forward"]
-    assert loss["kernels"][0]["grid"] == [16384, 1, 1] and loss["extra_launches"] == 0  # the kernel fills its output
+    # the kernel fills its output (no fill in the binding); the cuda backend's reduction around it: 10 torch ops
+    assert loss["kernels"][0]["grid"] == [16384, 1, 1] and loss["extra_launches"] == 10
     few = cuda["loss | LLM-like M=8 C=128256 | bfloat16 [CE, class ids] | forward"]
-    assert few["kernels"][0]["grid"] == [8, 32, 1] and few["extra_launches"] == 1  # split rows: the tickets' fill
+    assert few["kernels"][0]["grid"] == [8, 32, 1] and few["extra_launches"] == 1 + 10  # split rows: the tickets' fill
 
 
 @needs_csrc_tools
