@@ -216,10 +216,10 @@ def loss_cases() -> list[Case]:
             with recording(masksub_loss) as backward:  # autograd's gradient of the [4] reduced losses
                 grad = torch.empty_like(reduced)
                 backward_impl(grad, True, True, d, out, z, torch.empty_like(z), y, *options, 0.5, 0.5)
-            # the cuda backend: the extension's per-row kernels (its reduction is torch ops around them, unmodelled)
+            # the cuda backend: the extension's reduced bindings (the reduction in the kernels' launches, as Triton's)
             cuda = {
-                "forward": [csrc.masksub_loss_forward(z, z, y, bce)],
-                "backward": [csrc.masksub_loss_backward(z, z, y, bce)],
+                "forward": [csrc.masksub_loss_reduced_forward(z, z, y, bce)],
+                "backward": [csrc.masksub_loss_reduced_backward(z, z, y, bce)],
             }
             cuda["full"] = cuda["forward"] + cuda["backward"]
             logits, target = _size(z), _size(y)
