@@ -342,6 +342,8 @@ __device__ __forceinline__ void store_row(LossState st, const T* z_row, const Lo
 }
 
 
+constexpr int kReduceUnroll = 2;  // the reduction's rows in flight per thread
+
 // The reduction's partial sums: a thread's rows, then the block's (plain sums: the tree's order fixes the bits).
 struct RowSums {
   float main, sub;
@@ -361,13 +363,29 @@ __device__ __forceinline__ void reduce_rows(const LossProblem& p, const LossRedu
   }
   __syncthreads();
   if (!last) return;
-  const int64_t M = p.rows;
+  const int64_t M = p.rows, threads = blockDim.x;
   const bool labels = has_labels(p);
   RowSums sums{0.0f, 0.0f, 0};
-  for (int64_t row = threadIdx.x; row < M; row += blockDim.x) {
-    sums.main += __ldcg(out + kLossMain * M + row);
-    sums.sub += __ldcg(out + kLossSub * M + row);
-    if (labels) sums.counted += label_of(p, row) != p.ignore_index ? 1 : 0;
+  // kReduceUnroll rows in flight per thread (their loads issued together: one L2 latency per iteration, not per
+  // row), then added in row order
+  for (int64_t first = threadIdx.x; first < M; first += kReduceUnroll * threads) {
+    RowSums rows[kReduceUnroll] = {};
+#pragma unroll
+    for (int u = 0; u < kReduceUnroll; ++u) {
+      const int64_t row = first + u * threads;
+      if (row < M) {
+        rows[u] = {__ldcg(out + kLossMain * M + row), __ldcg(out + kLossSub * M + row),
+                   labels && label_of(p, row) != p.ignore_index ? 1 : 0};
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kReduceUnroll; ++u) {
+      if (first + u * threads < M) {
+        sums.main += rows[u].main;
+        sums.sub += rows[u].sub;
+        sums.counted += rows[u].counted;
+      }
+    }
   }
   sums = block_tree(
       sums, RowSums{0.0f, 0.0f, 0},
