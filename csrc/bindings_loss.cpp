@@ -107,18 +107,18 @@ void check_launch(const char* op, cudaError_t status) {
 }
 
 // The forward's launch into out [9, M] (every entry written by the kernel: no fill). Few rows split over blocks:
-// their states' workspace (written before it is read) and a ticket per row; `reduce`: one more ticket, the grid's.
+// their states' workspace (written before it is read) and a ticket per row; `reduce`: the grid's two more.
 // The tickets are one zeroed int32 tensor: one fill launch where there are any.
 void forward_into(const LossOperands& ops, at::Tensor& out, masksub::LossReduction* reduce, const char* op) {
   const at::Tensor& logits = ops.logits;
   dispatch_float(logits.scalar_type(), "logits", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const int64_t rows = ops.problem.rows, splits = masksub::masksub_loss_forward_splits<T>(ops.problem);
-    const int64_t row_tickets = splits > 1 ? rows : 0, tickets_wanted = row_tickets + (reduce != nullptr ? 1 : 0);
+    const int64_t row_tickets = splits > 1 ? rows : 0, tickets_wanted = row_tickets + (reduce != nullptr ? 2 : 0);
     at::Tensor workspace, tickets;
     if (splits > 1) workspace = at::empty({rows * splits * masksub::kLossStateWords}, out.options());
     if (rows > 0 && tickets_wanted > 0) tickets = at::zeros({tickets_wanted}, out.options().dtype(at::kInt));
-    if (reduce != nullptr && rows > 0) reduce->ticket = tickets.mutable_data_ptr<int32_t>() + row_tickets;
+    if (reduce != nullptr && rows > 0) reduce->tickets = tickets.mutable_data_ptr<int32_t>() + row_tickets;
     check_launch(op, masksub::launch_masksub_loss_forward<T>(
                          data_of<T>(logits), ops.problem, out.mutable_data_ptr<float>(),
                          splits > 1 ? workspace.mutable_data_ptr<float>() : nullptr,

@@ -273,12 +273,13 @@ struct LossProblem {
 // Few rows (M = 8, C = 128256): each row over masksub_loss_forward_splits() blocks, which then need workspace, fp32
 // [rows, splits, kLossStateWords] (any contents), and tickets, int32 [rows] zeroed (null for one split).
 // reduce (null: per-row losses only): the reduced loss in the same launch (ops/masksub_loss_reduced.py): each
-// row's block takes `ticket` (int32 [1], zeroed) once the row is stored; the last sums the rows in a fixed order.
+// row's block counts its row in `tickets` (int32 [2], zeroed: rows done, rows that count) once the row is stored;
+// the last sums the rows in a fixed order.
 constexpr int kLossStateWords = 12;
 struct LossReduction {
   float* reduced;  // fp32 [4]: (a main + b sub, main, sub, d), main = sum of the rows' main losses / d (sub alike)
   float* divisor;  // fp32 [1]: d = max(rows that count, 1) for a mean (class ids != ignore_index), 1 for a sum
-  int32_t* ticket;
+  int32_t* tickets;
   float main_weight, sub_weight;  // a, b
   bool mean;
 };

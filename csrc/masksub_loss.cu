@@ -347,55 +347,54 @@ constexpr int kReduceUnroll = 2;  // the reduction's rows in flight per thread
 // The reduction's partial sums: a thread's rows, then the block's (plain sums: the tree's order fixes the bits).
 struct RowSums {
   float main, sub;
-  int32_t counted;  // rows whose class id is not ignore_index (rows <= INT32_MAX: valid_problem)
 };
 
-// reduce: after the row's output is stored (by thread 0), the grid's ticket (an atomic add after a fence: the row
-// is visible before the ticket counts it); the block that draws the last sums every row's main and sub loss in a
-// fixed order, whatever order the rows finished in: thread t rows t, t + B, ... (B threads), then block_tree. The
-// losses are read from L2 (__ldcg): other SMs wrote them. Bad class ids (NaN rows) poison both sums.
-__device__ __forceinline__ void reduce_rows(const LossProblem& p, const LossReduction& r, const float* out) {
+// reduce: after the row's output is stored (by thread 0), the row's tickets (atomic adds after a fence: the row is
+// visible before the ticket counts it): tickets[1] counts the rows that count (class ids != ignore_index; integer
+// adds: any order gives the same count), tickets[0] the rows done. The block that draws the last ticket sums every
+// row's main and sub loss in a fixed order, whatever order the rows finished in: thread t rows t, t + B, ... (B
+// threads), then block_tree. Every block runs the sums and the tree, the others over no rows: its shuffles stay
+// outside any branch (nvcc's divergence fallback under one costs registers). The losses and the count are read
+// from L2 (__ldcg): other SMs wrote them. Bad class ids (NaN rows) poison both sums.
+__device__ __forceinline__ void reduce_rows(const LossProblem& p, const LossReduction& r, const RowTarget& target,
+                                            const float* out) {
   __shared__ bool last;
+  const bool labels = has_labels(p);
   if (threadIdx.x == 0) {
-    __threadfence();  // release: the row's output before the ticket
-    last = atomicAdd(r.ticket, 1) == static_cast<int>(p.rows) - 1;
+    if (labels && target.valid) atomicAdd(r.tickets + 1, 1);
+    __threadfence();  // release: the row's output and count before the ticket
+    last = atomicAdd(r.tickets, 1) == static_cast<int>(p.rows) - 1;
     __threadfence();  // acquire: the other rows' outputs after their tickets
   }
   __syncthreads();
-  if (!last) return;
-  const int64_t M = p.rows, threads = blockDim.x;
-  const bool labels = has_labels(p);
-  RowSums sums{0.0f, 0.0f, 0};
+  const int64_t M = p.rows, summed = last ? M : 0, threads = blockDim.x;
+  RowSums sums{0.0f, 0.0f};
   // kReduceUnroll rows in flight per thread (their loads issued together: one L2 latency per iteration, not per
   // row), then added in row order
-  for (int64_t first = threadIdx.x; first < M; first += kReduceUnroll * threads) {
+  for (int64_t first = threadIdx.x; first < summed; first += kReduceUnroll * threads) {
     RowSums rows[kReduceUnroll] = {};
 #pragma unroll
     for (int u = 0; u < kReduceUnroll; ++u) {
       const int64_t row = first + u * threads;
-      if (row < M) {
-        rows[u] = {__ldcg(out + kLossMain * M + row), __ldcg(out + kLossSub * M + row),
-                   labels && label_of(p, row) != p.ignore_index ? 1 : 0};
-      }
+      if (row < summed) rows[u] = {__ldcg(out + kLossMain * M + row), __ldcg(out + kLossSub * M + row)};
     }
 #pragma unroll
     for (int u = 0; u < kReduceUnroll; ++u) {
-      if (first + u * threads < M) {
+      if (first + u * threads < summed) {
         sums.main += rows[u].main;
         sums.sub += rows[u].sub;
-        sums.counted += rows[u].counted;
       }
     }
   }
   sums = block_tree(
-      sums, RowSums{0.0f, 0.0f, 0},
-      [](const RowSums& a, const RowSums& b) { return RowSums{a.main + b.main, a.sub + b.sub, a.counted + b.counted}; },
+      sums, RowSums{0.0f, 0.0f},
+      [](const RowSums& a, const RowSums& b) { return RowSums{a.main + b.main, a.sub + b.sub}; },
       [](const RowSums& s, int offset) {
-        return RowSums{__shfl_xor_sync(0xFFFFFFFFu, s.main, offset), __shfl_xor_sync(0xFFFFFFFFu, s.sub, offset),
-                       __shfl_xor_sync(0xFFFFFFFFu, s.counted, offset)};
+        return RowSums{__shfl_xor_sync(0xFFFFFFFFu, s.main, offset), __shfl_xor_sync(0xFFFFFFFFu, s.sub, offset)};
       });
-  if (threadIdx.x != 0) return;
-  const int32_t counted = labels ? sums.counted : static_cast<int32_t>(M);  // probabilities, none: every row
+  if (!last || threadIdx.x != 0) return;
+  // the rows that count: class ids' count, else (probabilities, no target) every row
+  const int32_t counted = labels ? __ldcg(r.tickets + 1) : static_cast<int32_t>(M);
   const float d = r.mean ? static_cast<float>(counted > 1 ? counted : 1) : 1.0f;
   const float main = sums.main / d, sub = sums.sub / d;
   r.reduced[0] = fmaf(r.main_weight, main, r.sub_weight * sub);
@@ -441,7 +440,7 @@ __global__ void __launch_bounds__(kLossThreads)
     if (!merge_splits<V>(st, workspace + row * gridDim.y * kLossStateWords, tickets + row)) return;
   }
   if (threadIdx.x == 0) store_row<T, V>(st, z_row, p, k, target, out + row);
-  if (reduce.reduced != nullptr) reduce_rows(p, reduce, out);
+  if (reduce.reduced != nullptr) reduce_rows(p, reduce, target, out);
 }
 
 // Threads and split of the forward: rows that the backward would split (loss_split at loss_threads) go over blocks
@@ -478,7 +477,7 @@ template <typename T>
 cudaError_t launch_masksub_loss_forward(const T* logits, const LossProblem& problem, float* out, float* workspace,
                                         int32_t* tickets, const LossReduction* reduce, cudaStream_t stream) {
   if (!valid_problem(problem)) return cudaErrorInvalidValue;
-  if (reduce != nullptr && (reduce->reduced == nullptr || reduce->divisor == nullptr || reduce->ticket == nullptr)) {
+  if (reduce != nullptr && (reduce->reduced == nullptr || reduce->divisor == nullptr || reduce->tickets == nullptr)) {
     return cudaErrorInvalidValue;
   }
   if (problem.rows == 0) return cudaSuccess;  // reduce: the caller's (0 losses, d = 1), no block to write them
