@@ -182,8 +182,8 @@ def _loss(launch: CsrcLaunch) -> tuple:
     # iteration, an upper bound. The forward's block merge is straight code (outside the loops), and so is its
     # split instance's merge of a row's split states, which only the row's last block runs: charged to every block,
     # an upper bound too. The reduced forward's reduction (reduce_rows) runs in the grid's last block alone: its
-    # row loop (the one of __ldcg loads, LDG.E.STRONG) and the loops after it in SASS order (its shuffles'
-    # divergence fallback, laid out as a backward branch) count ~0 per block; its straight code, every block.
+    # row loop (the one of __ldcg loads, LDG.E.STRONG) and the loops after it in SASS order (the last block's tail
+    # that nvcc lays out behind a backward branch) count ~0 per block; its straight code, every block.
     a = launch.call.named
     m, c, e = a["rows"], a["classes"], ELEMENT_BYTES[launch.call.dtype]
     width = 16 // e
