@@ -61,4 +61,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_sub"), py::arg("out"), py::arg("logits"), py::arg("sub_logits"), py::arg("target"),
         py::arg("bce"), py::arg("label_smoothing"), py::arg("ignore_index"), py::arg("temperature"),
         py::arg("target_threshold"));
+  m.def("masksub_loss_reduced_forward", &masksub_loss_reduced_forward,
+        "(fp32 [4] (a main + b sub, main, sub, d), fp32 [9, M] as masksub_loss_forward's, fp32 [1] d): the per-row "
+        "losses reduced ('mean' or 'sum') in the same launch",
+        py::arg("logits"), py::arg("sub_logits"), py::arg("target"), py::arg("bce"), py::arg("label_smoothing"),
+        py::arg("ignore_index"), py::arg("temperature"), py::arg("target_threshold"), py::arg("main_weight"),
+        py::arg("sub_weight"), py::arg("mean"));
+  m.def("masksub_loss_reduced_backward", &masksub_loss_reduced_backward,
+        "(d logits or [0], d sub_logits or [0]) in the logits' dtype, from the gradient [4] of the reduced losses",
+        py::arg("grad"), py::arg("need_main"), py::arg("need_sub"), py::arg("d"), py::arg("out"), py::arg("logits"),
+        py::arg("sub_logits"), py::arg("target"), py::arg("bce"), py::arg("label_smoothing"),
+        py::arg("ignore_index"), py::arg("temperature"), py::arg("target_threshold"), py::arg("main_weight"),
+        py::arg("sub_weight"));
 }

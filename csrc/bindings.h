@@ -223,5 +223,14 @@ std::tuple<at::Tensor, at::Tensor> masksub_loss_backward(
     const at::Tensor& logits, const std::optional<at::Tensor>& sub_logits, const std::optional<at::Tensor>& target,
     bool bce, double label_smoothing, int64_t ignore_index, double temperature,
     std::optional<double> target_threshold);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masksub_loss_reduced_forward(
+    const at::Tensor& logits, const std::optional<at::Tensor>& sub_logits, const std::optional<at::Tensor>& target,
+    bool bce, double label_smoothing, int64_t ignore_index, double temperature,
+    std::optional<double> target_threshold, double main_weight, double sub_weight, bool mean);
+std::tuple<at::Tensor, at::Tensor> masksub_loss_reduced_backward(
+    const at::Tensor& grad, bool need_main, bool need_sub, const at::Tensor& divisor, const at::Tensor& out,
+    const at::Tensor& logits, const std::optional<at::Tensor>& sub_logits, const std::optional<at::Tensor>& target,
+    bool bce, double label_smoothing, int64_t ignore_index, double temperature,
+    std::optional<double> target_threshold, double main_weight, double sub_weight);
 
 }  // namespace masksub::bindings

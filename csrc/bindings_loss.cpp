@@ -101,6 +101,60 @@ at::Tensor checked_row_grad(const at::Tensor& grad, const at::Tensor& logits, co
   return grad.to(at::kFloat);
 }
 
+// CHECK_LAUNCH for an op name known at run time (the helpers below serve two bindings each).
+void check_launch(const char* op, cudaError_t status) {
+  TORCH_CHECK(status == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(status));
+}
+
+// The forward's launch into out [9, M] (every entry written by the kernel: no fill). Few rows split over blocks:
+// their states' workspace (written before it is read) and a ticket per row; `reduce`: the grid's two more.
+// The tickets are one zeroed int32 tensor: one fill launch where there are any.
+void forward_into(const LossOperands& ops, at::Tensor& out, masksub::LossReduction* reduce, const char* op) {
+  const at::Tensor& logits = ops.logits;
+  dispatch_float(logits.scalar_type(), "logits", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int64_t rows = ops.problem.rows, splits = masksub::masksub_loss_forward_splits<T>(ops.problem);
+    const int64_t row_tickets = splits > 1 ? rows : 0, tickets_wanted = row_tickets + (reduce != nullptr ? 2 : 0);
+    at::Tensor workspace, tickets;
+    if (splits > 1) workspace = at::empty({rows * splits * masksub::kLossStateWords}, out.options());
+    if (rows > 0 && tickets_wanted > 0) tickets = at::zeros({tickets_wanted}, out.options().dtype(at::kInt));
+    if (reduce != nullptr && rows > 0) reduce->tickets = tickets.mutable_data_ptr<int32_t>() + row_tickets;
+    check_launch(op, masksub::launch_masksub_loss_forward<T>(
+                         data_of<T>(logits), ops.problem, out.mutable_data_ptr<float>(),
+                         splits > 1 ? workspace.mutable_data_ptr<float>() : nullptr,
+                         row_tickets > 0 ? tickets.mutable_data_ptr<int32_t>() : nullptr,
+                         rows > 0 ? reduce : nullptr, current_stream(logits.device())));
+  });
+}
+
+// The backward's launch: (d logits or [0], d sub_logits or [0]), contiguous in the logits' dtype. gm / gs: the
+// fp32 upstream gradients the kernel reads (undefined: that gradient is not wanted), per row, or with `reduced`
+// both the reduced loss's [4].
+std::tuple<at::Tensor, at::Tensor> backward_of(const LossOperands& ops, const at::Tensor& out, const at::Tensor& gm,
+                                               const at::Tensor& gs, const masksub::LossReducedGrad* reduced,
+                                               const char* op) {
+  const at::Tensor& logits = ops.logits;
+  CHECK_DTYPE(out, at::kFloat);
+  CHECK_SHAPE(out, masksub::kLossRows, logits.size(0));
+  CHECK_CONTIGUOUS(out);
+  CHECK_SAME_DEVICE(out, logits);
+  const DeviceGuard guard(logits.device());
+  const auto options = logits.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor grad_logits = gm.defined() ? at::empty(logits.sizes(), options) : at::empty({0}, options);
+  at::Tensor grad_sub_logits = gs.defined() ? at::empty(logits.sizes(), options) : at::empty({0}, options);
+  dispatch_float(logits.scalar_type(), "logits", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    check_launch(op, masksub::launch_masksub_loss_backward<T>(
+                         data_of<T>(logits), ops.problem, out.const_data_ptr<float>(),
+                         gm.defined() ? gm.const_data_ptr<float>() : nullptr, gm.defined() ? gm.stride(0) : 0,
+                         gs.defined() ? gs.const_data_ptr<float>() : nullptr, gs.defined() ? gs.stride(0) : 0,
+                         gm.defined() ? mutable_data_of<T>(grad_logits) : nullptr,
+                         gs.defined() ? mutable_data_of<T>(grad_sub_logits) : nullptr, reduced,
+                         current_stream(logits.device())));
+  });
+  return {grad_logits, grad_sub_logits};
+}
+
 }  // namespace
 
 at::Tensor masksub_loss_forward(const at::Tensor& logits, const std::optional<at::Tensor>& sub_logits,
@@ -109,24 +163,29 @@ at::Tensor masksub_loss_forward(const at::Tensor& logits, const std::optional<at
   const LossOperands ops = loss_operands(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature,
                                          target_threshold);
   const DeviceGuard guard(logits.device());
-  // every entry is written by the kernel (0 for absent terms and BCE's stats): no fill launch
   at::Tensor out = at::empty({masksub::kLossRows, logits.size(0)}, logits.options().dtype(at::kFloat));
-  dispatch_float(logits.scalar_type(), "logits", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    // few rows split over blocks: their states' workspace (written before it is read) and zeroed tickets (a fill)
-    const int64_t splits = masksub::masksub_loss_forward_splits<T>(ops.problem);
-    at::Tensor workspace, tickets;
-    if (splits > 1) {
-      workspace = at::empty({ops.problem.rows * splits * masksub::kLossStateWords}, out.options());
-      tickets = at::zeros({ops.problem.rows}, out.options().dtype(at::kInt));
-    }
-    CHECK_LAUNCH("masksub_loss_forward",
-                 masksub::launch_masksub_loss_forward<T>(
-                     data_of<T>(ops.logits), ops.problem, out.mutable_data_ptr<float>(),
-                     splits > 1 ? workspace.mutable_data_ptr<float>() : nullptr,
-                     splits > 1 ? tickets.mutable_data_ptr<int32_t>() : nullptr, current_stream(logits.device())));
-  });
+  forward_into(ops, out, nullptr, "masksub_loss_forward");
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> masksub_loss_reduced_forward(
+    const at::Tensor& logits, const std::optional<at::Tensor>& sub_logits, const std::optional<at::Tensor>& target,
+    bool bce, double label_smoothing, int64_t ignore_index, double temperature,
+    std::optional<double> target_threshold, double main_weight, double sub_weight, bool mean) {
+  const LossOperands ops = loss_operands(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature,
+                                         target_threshold);
+  const DeviceGuard guard(logits.device());
+  const auto fp32 = logits.options().dtype(at::kFloat);
+  at::Tensor out = at::empty({masksub::kLossRows, logits.size(0)}, fp32);
+  at::Tensor reduced = at::empty({4}, fp32), divisor = at::empty({1}, fp32);
+  if (logits.size(0) == 0) {  // no block runs: 0 losses, d = 1 (device fills: no host-to-device copy)
+    reduced.zero_()[3].fill_(1.0);
+    divisor.fill_(1.0);
+  }
+  masksub::LossReduction reduce{reduced.mutable_data_ptr<float>(), divisor.mutable_data_ptr<float>(), nullptr,
+                                static_cast<float>(main_weight), static_cast<float>(sub_weight), mean};
+  forward_into(ops, out, &reduce, "masksub_loss_reduced_forward");
+  return {reduced, out, divisor};
 }
 
 std::tuple<at::Tensor, at::Tensor> masksub_loss_backward(
@@ -136,29 +195,33 @@ std::tuple<at::Tensor, at::Tensor> masksub_loss_backward(
     std::optional<double> target_threshold) {
   const LossOperands ops = loss_operands(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature,
                                          target_threshold);
-  CHECK_DTYPE(out, at::kFloat);
-  CHECK_SHAPE(out, masksub::kLossRows, logits.size(0));
-  CHECK_CONTIGUOUS(out);
-  CHECK_SAME_DEVICE(out, logits);
   TORCH_CHECK(!grad_main || target, "grad_main needs a target: without one there is no main term");
   TORCH_CHECK(!grad_sub || sub_logits, "grad_sub needs sub_logits: without them there is no sub term");
   const at::Tensor gm = grad_main ? checked_row_grad(*grad_main, logits, "grad_main") : at::Tensor();
   const at::Tensor gs = grad_sub ? checked_row_grad(*grad_sub, logits, "grad_sub") : at::Tensor();
-  const DeviceGuard guard(logits.device());
-  const auto options = logits.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor grad_logits = grad_main ? at::empty(logits.sizes(), options) : at::empty({0}, options);
-  at::Tensor grad_sub_logits = grad_sub ? at::empty(logits.sizes(), options) : at::empty({0}, options);
-  dispatch_float(logits.scalar_type(), "logits", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    CHECK_LAUNCH("masksub_loss_backward",
-                 masksub::launch_masksub_loss_backward<T>(
-                     data_of<T>(ops.logits), ops.problem, out.const_data_ptr<float>(),
-                     grad_main ? gm.const_data_ptr<float>() : nullptr, grad_main ? gm.stride(0) : 0,
-                     grad_sub ? gs.const_data_ptr<float>() : nullptr, grad_sub ? gs.stride(0) : 0,
-                     grad_main ? mutable_data_of<T>(grad_logits) : nullptr,
-                     grad_sub ? mutable_data_of<T>(grad_sub_logits) : nullptr, current_stream(logits.device())));
-  });
-  return {grad_logits, grad_sub_logits};
+  return backward_of(ops, out, gm, gs, nullptr, "masksub_loss_backward");
+}
+
+std::tuple<at::Tensor, at::Tensor> masksub_loss_reduced_backward(
+    const at::Tensor& grad, bool need_main, bool need_sub, const at::Tensor& divisor, const at::Tensor& out,
+    const at::Tensor& logits, const std::optional<at::Tensor>& sub_logits, const std::optional<at::Tensor>& target,
+    bool bce, double label_smoothing, int64_t ignore_index, double temperature,
+    std::optional<double> target_threshold, double main_weight, double sub_weight) {
+  const LossOperands ops = loss_operands(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature,
+                                         target_threshold);
+  TORCH_CHECK(!need_main || target, "need_main needs a target: without one there is no main term");
+  TORCH_CHECK(!need_sub || sub_logits, "need_sub needs sub_logits: without them there is no sub term");
+  CHECK_SHAPE(grad, 4);
+  CHECK_DTYPE(grad, FLOAT_DTYPES);
+  CHECK_SAME_DEVICE(grad, logits);
+  CHECK_SHAPE(divisor, 1);
+  CHECK_DTYPE(divisor, at::kFloat);
+  CHECK_SAME_DEVICE(divisor, logits);
+  const at::Tensor g = grad.to(at::kFloat);  // the reduced losses are fp32: no conversion
+  const masksub::LossReducedGrad reduced{divisor.const_data_ptr<float>(), static_cast<float>(main_weight),
+                                         static_cast<float>(sub_weight)};
+  return backward_of(ops, out, need_main ? g : at::Tensor(), need_sub ? g : at::Tensor(), &reduced,
+                     "masksub_loss_reduced_backward");
 }
 
 }  // namespace masksub::bindings

@@ -272,15 +272,31 @@ struct LossProblem {
 // CE, the stats (0 for BCE and absent terms). Arithmetic in fp32 (fp64 logits too).
 // Few rows (M = 8, C = 128256): each row over masksub_loss_forward_splits() blocks, which then need workspace, fp32
 // [rows, splits, kLossStateWords] (any contents), and tickets, int32 [rows] zeroed (null for one split).
+// reduce (null: per-row losses only): the reduced loss in the same launch (ops/masksub_loss_reduced.py): each
+// row's block counts its row in `tickets` (int32 [2], zeroed: rows done, rows that count) once the row is stored;
+// the last sums the rows in a fixed order.
 constexpr int kLossStateWords = 12;
+struct LossReduction {
+  float* reduced;  // fp32 [4]: (a main + b sub, main, sub, d), main = sum of the rows' main losses / d (sub alike)
+  float* divisor;  // fp32 [1]: d = max(rows that count, 1) for a mean (class ids != ignore_index), 1 for a sum
+  int32_t* tickets;
+  float main_weight, sub_weight;  // a, b
+  bool mean;
+};
 template <typename T>
 int64_t masksub_loss_forward_splits(const LossProblem& problem);
 template <typename T>
 cudaError_t launch_masksub_loss_forward(const T* logits, const LossProblem& problem, float* out, float* workspace,
-                                        int32_t* tickets, cudaStream_t stream);
+                                        int32_t* tickets, const LossReduction* reduce, cudaStream_t stream);
 
 // grad_logits [M, C] contiguous (null: not wanted) = grad_main[r] * d main_r / d z, grad_sub_logits likewise with
 // grad_sub; grad_main / grad_sub: fp32 [M] with a stride (0 for a broadcast scalar). out: the forward's output.
+// reduced (null: per-row gradients): grad_main and grad_sub are the gradient g [4] (with its stride) of the reduced
+// loss, each row's gradients (a g_0 + g_1) / d and (b g_0 + g_2) / d, d the reduced forward's divisor.
+struct LossReducedGrad {
+  const float* divisor;  // fp32 [1]
+  float main_weight, sub_weight;
+};
 template <typename T>
 cudaError_t launch_masksub_loss_backward(const T* logits,
                                          const LossProblem& problem,
@@ -291,6 +307,7 @@ cudaError_t launch_masksub_loss_backward(const T* logits,
                                          int64_t stride_grad_sub,
                                          T* grad_logits,
                                          T* grad_sub_logits,
+                                         const LossReducedGrad* reduced,
                                          cudaStream_t stream);
 
 }  // namespace masksub

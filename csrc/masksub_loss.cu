@@ -231,21 +231,30 @@ __device__ __forceinline__ LossState shuffle_xor(const LossState& s, int offset)
   return r;
 }
 
-// The block's merged state, valid in thread 0 (a fixed tree: the same bits on every run). Every warp merges the
-// warp states, not warp 0 alone: shuffles under a branch compile to divergence checks and fallback paths. Lanes
-// past the block's warps hold empty states, which merge as the identity (e^0 = 1, shifts unchanged).
-template <class V>
-__device__ __forceinline__ LossState block_merge(LossState state) {
-  __shared__ LossState warp_states[kLossWarps];
+// A block's states merged into one, valid in thread 0 (a fixed tree: the same bits on every run): within each
+// warp by shuffles, then across the warps. Every warp merges the warp states, not warp 0 alone: shuffles under a
+// branch compile to divergence checks and fallback paths. Lanes past the block's warps hold `empty`, which merges
+// as the identity. merge(a, b) and shuffle(s, offset) (another lane's s) are the state's.
+template <class S, class Merge, class Shuffle>
+__device__ __forceinline__ S block_tree(S state, const S& empty, Merge merge, Shuffle shuffle) {
+  __shared__ S warp_states[kLossWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
 #pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) state = merge<V>(state, shuffle_xor<V>(state, offset));
+  for (int offset = 16; offset > 0; offset /= 2) state = merge(state, shuffle(state, offset));
   if (lane == 0) warp_states[warp] = state;
   __syncthreads();
-  state = lane < warps ? warp_states[lane] : empty_state();
+  state = lane < warps ? warp_states[lane] : empty;
 #pragma unroll
-  for (int offset = kLossWarps / 2; offset > 0; offset /= 2) state = merge<V>(state, shuffle_xor<V>(state, offset));
+  for (int offset = kLossWarps / 2; offset > 0; offset /= 2) state = merge(state, shuffle(state, offset));
   return state;
+}
+
+// The block's merged state (empty states merge as the identity: e^0 = 1, shifts unchanged).
+template <class V>
+__device__ __forceinline__ LossState block_merge(LossState state) {
+  return block_tree(
+      state, empty_state(), [](const LossState& a, const LossState& b) { return merge<V>(a, b); },
+      [](const LossState& s, int offset) { return shuffle_xor<V>(s, offset); });
 }
 
 static_assert(sizeof(LossState) == kLossStateWords * sizeof(float), "the workspace's words per state");
@@ -300,59 +309,15 @@ __device__ __forceinline__ void forward_chunk(LossState& st, const T* z_row, con
                      k.inv_temperature);
 }
 
-// kSplit: rows over gridDim.y blocks merged through the workspace (a template parameter, so that the one-block
-// rows' instance carries none of that code).
-template <typename T, class V, bool kSplit>
-__global__ void __launch_bounds__(kLossThreads)
-    loss_forward_kernel(const T* __restrict__ logits, const LossProblem p, const LossConstants k,
-                        float* __restrict__ out, float* __restrict__ workspace, int32_t* __restrict__ tickets,
-                        int64_t split_vectors) {
-  constexpr int W = Pack<T>::kWidth;
-  const int64_t row = blockIdx.x, C = p.classes, M = p.rows;
-  const T* z_row = logits + row * p.stride_logits;
-  const T* s_row = V::kSub ? static_cast<const T*>(p.sub_logits) + row * p.stride_sub : nullptr;
-  const RowTarget target = row_target(p, k.smooth, row);
-  const typename V::Target* y_row = V::kDense ? target_row<V>(p, row) : nullptr;
-  const RowSpan span = row_span(z_row, offset_bits(z_row, s_row), y_row, C);
-  LossState st = empty_state();
-  // split blockIdx.y takes the row's vectors [begin, end), split_vectors of them; split 0 also the scalar classes
-  const int threads = blockDim.x;
-  const int64_t begin = kSplit ? split_vectors * blockIdx.y : 0;
-  const int64_t end = kSplit && begin + split_vectors < span.vectors ? begin + split_vectors : span.vectors;
-  // BCE with class ids: the vector holding the id (peeled, -1 if none) is left out of the loop, whose chunks then
-  // compare no column with the id, and folded after it by thread 0 of its split
-  constexpr bool kPeel = V::kBce && V::kLabels;
-  const int64_t from_head = target.label - span.head;
-  const int64_t peeled = kPeel && from_head >= 0 && from_head < span.vectors * W ? from_head / W : -1;
-  for (int64_t v = begin + threadIdx.x; v < end; v += int64_t{threads} * kLossUnroll) {
-#pragma unroll
-    for (int u = 0; u < kLossUnroll; ++u) {
-      const int64_t vector = v + int64_t{u} * threads;
-      if (vector < end && (!kPeel || vector != peeled)) {
-        forward_chunk<T, V, W, !kPeel>(st, z_row, s_row, p, k, y_row, target, span.head + vector * W);
-      }
-    }
-  }
-  if constexpr (kPeel) {
-    if (threadIdx.x == 0 && peeled >= begin && peeled < end) {
-      forward_chunk<T, V, W>(st, z_row, s_row, p, k, y_row, target, span.head + peeled * W);
-    }
-  }
-  const int64_t scalar = !kSplit || blockIdx.y == 0 ? span.scalar : 0;
-#pragma unroll 1
-  for (int64_t i = threadIdx.x; i < scalar; i += threads) {
-    forward_chunk<T, V, 1>(st, z_row, s_row, p, k, y_row, target, span.scalar_class(i, W));
-  }
-  st = block_merge<V>(st);
-  if constexpr (kSplit) {
-    if (!merge_splits<V>(st, workspace + row * gridDim.y * kLossStateWords, tickets + row)) return;
-  }
+// The row's output column from its merged state (thread 0): the losses and the CE stats.
+template <typename T, class V>
+__device__ __forceinline__ void store_row(LossState st, const T* z_row, const LossProblem& p, const LossConstants& k,
+                                          const RowTarget& target, float* o) {
+  const int64_t C = p.classes, M = p.rows;  // row k of the output for this row: o[k * M]
   if constexpr (V::kUnitT && !V::kBce) {  // the teacher's max and sum are the main term's
     st.m_t = st.m_z;
     st.l_t = st.l_z;
   }
-  if (threadIdx.x != 0) return;
-  float* o = out + row;  // row k of the output for this row: o[k * M]
   float main = 0.0f, sub = 0.0f, stats[kLossRows] = {};
   if constexpr (V::kHasMain) {
     float z_y = 0.0f;  // class ids: the id's logit, read once
@@ -403,6 +368,120 @@ __global__ void __launch_bounds__(kLossThreads)
   for (int r = 0; r < kLossRows; ++r) o[r * M] = stats[r];
 }
 
+constexpr int kReduceUnroll = 2;  // the reduction's rows in flight per thread
+
+// The reduction's partial sums: a thread's rows, then the block's (plain sums: the tree's order fixes the bits).
+struct RowSums {
+  float main, sub;
+};
+
+// reduce: after the row's output is stored (by thread 0), the row's tickets (atomic adds after a fence: the row is
+// visible before the ticket counts it): tickets[1] counts the rows that count (class ids != ignore_index; integer
+// adds: any order gives the same count), tickets[0] the rows done. The block that draws the last ticket sums every
+// row's main and sub loss in a fixed order, whatever order the rows finished in: thread t rows t, t + B, ... (B
+// threads), then block_tree. Every block runs the sums and the tree, the others over no rows: its shuffles stay
+// outside any branch (nvcc's divergence fallback under one costs registers). The losses and the count are read
+// from L2 (__ldcg): other SMs wrote them. Bad class ids (NaN rows) poison both sums.
+template <class V>
+__device__ __forceinline__ void reduce_rows(const LossProblem& p, const LossReduction& r, const RowTarget& target,
+                                            const float* out) {
+  __shared__ bool last;
+  constexpr bool labels = V::kLabels;  // has_labels(p)
+  if (threadIdx.x == 0) {
+    if (labels && target.valid) atomicAdd(r.tickets + 1, 1);
+    __threadfence();  // release: the row's output and count before the ticket
+    last = atomicAdd(r.tickets, 1) == static_cast<int>(p.rows) - 1;
+    __threadfence();  // acquire: the other rows' outputs after their tickets
+  }
+  __syncthreads();
+  const int64_t M = p.rows, summed = last ? M : 0, threads = blockDim.x;
+  RowSums sums{0.0f, 0.0f};
+  // kReduceUnroll rows in flight per thread (their loads issued together: one L2 latency per iteration, not per
+  // row), then added in row order
+  for (int64_t first = threadIdx.x; first < summed; first += kReduceUnroll * threads) {
+    RowSums rows[kReduceUnroll] = {};
+#pragma unroll
+    for (int u = 0; u < kReduceUnroll; ++u) {
+      const int64_t row = first + u * threads;
+      if (row < summed) rows[u] = {__ldcg(out + kLossMain * M + row), __ldcg(out + kLossSub * M + row)};
+    }
+#pragma unroll
+    for (int u = 0; u < kReduceUnroll; ++u) {
+      if (first + u * threads < summed) {
+        sums.main += rows[u].main;
+        sums.sub += rows[u].sub;
+      }
+    }
+  }
+  sums = block_tree(
+      sums, RowSums{0.0f, 0.0f},
+      [](const RowSums& a, const RowSums& b) { return RowSums{a.main + b.main, a.sub + b.sub}; },
+      [](const RowSums& s, int offset) {
+        return RowSums{__shfl_xor_sync(0xFFFFFFFFu, s.main, offset), __shfl_xor_sync(0xFFFFFFFFu, s.sub, offset)};
+      });
+  if (!last || threadIdx.x != 0) return;
+  // the rows that count: class ids' count, else (probabilities, no target) every row
+  const int32_t counted = labels ? __ldcg(r.tickets + 1) : static_cast<int32_t>(M);
+  const float d = r.mean ? static_cast<float>(counted > 1 ? counted : 1) : 1.0f;
+  const float main = sums.main / d, sub = sums.sub / d;
+  r.reduced[0] = fmaf(r.main_weight, main, r.sub_weight * sub);
+  r.reduced[1] = main;
+  r.reduced[2] = sub;
+  r.reduced[3] = d;
+  *r.divisor = d;
+}
+
+// kSplit: rows over gridDim.y blocks merged through the workspace (a template parameter, so that the one-block
+// rows' instance carries none of that code). reduce.reduced null: the per-row losses only (a uniform branch).
+template <typename T, class V, bool kSplit>
+__global__ void __launch_bounds__(kLossThreads)
+    loss_forward_kernel(const T* __restrict__ logits, const LossProblem p, const LossConstants k,
+                        float* __restrict__ out, float* __restrict__ workspace, int32_t* __restrict__ tickets,
+                        int64_t split_vectors, const LossReduction reduce) {
+  constexpr int W = Pack<T>::kWidth;
+  const int64_t row = blockIdx.x, C = p.classes;
+  const T* z_row = logits + row * p.stride_logits;
+  const T* s_row = V::kSub ? static_cast<const T*>(p.sub_logits) + row * p.stride_sub : nullptr;
+  const RowTarget target = row_target<V>(p, k.smooth, row);
+  const typename V::Target* y_row = V::kDense ? target_row<V>(p, row) : nullptr;
+  const RowSpan span = row_span(z_row, offset_bits(z_row, s_row), y_row, C);
+  LossState st = empty_state();
+  // split blockIdx.y takes the row's vectors [begin, end), split_vectors of them; split 0 also the scalar classes
+  const int threads = blockDim.x;
+  const int64_t begin = kSplit ? split_vectors * blockIdx.y : 0;
+  const int64_t end = kSplit && begin + split_vectors < span.vectors ? begin + split_vectors : span.vectors;
+  // BCE with class ids: the vector holding the id (peeled, -1 if none) is left out of the loop, whose chunks then
+  // compare no column with the id, and folded after it by thread 0 of its split
+  constexpr bool kPeel = V::kBce && V::kLabels;
+  const int64_t from_head = target.label - span.head;
+  const int64_t peeled = kPeel && from_head >= 0 && from_head < span.vectors * W ? from_head / W : -1;
+  for (int64_t v = begin + threadIdx.x; v < end; v += int64_t{threads} * kLossUnroll) {
+#pragma unroll
+    for (int u = 0; u < kLossUnroll; ++u) {
+      const int64_t vector = v + int64_t{u} * threads;
+      if (vector < end && (!kPeel || vector != peeled)) {
+        forward_chunk<T, V, W, !kPeel>(st, z_row, s_row, p, k, y_row, target, span.head + vector * W);
+      }
+    }
+  }
+  if constexpr (kPeel) {
+    if (threadIdx.x == 0 && peeled >= begin && peeled < end) {
+      forward_chunk<T, V, W>(st, z_row, s_row, p, k, y_row, target, span.head + peeled * W);
+    }
+  }
+  const int64_t scalar = !kSplit || blockIdx.y == 0 ? span.scalar : 0;
+#pragma unroll 1
+  for (int64_t i = threadIdx.x; i < scalar; i += threads) {
+    forward_chunk<T, V, 1>(st, z_row, s_row, p, k, y_row, target, span.scalar_class(i, W));
+  }
+  st = block_merge<V>(st);
+  if constexpr (kSplit) {
+    if (!merge_splits<V>(st, workspace + row * gridDim.y * kLossStateWords, tickets + row)) return;
+  }
+  if (threadIdx.x == 0) store_row<T, V>(st, z_row, p, k, target, out + row);
+  if (reduce.reduced != nullptr) reduce_rows<V>(p, reduce, target, out);
+}
+
 // Threads and split of the forward: rows that the backward would split (loss_split at loss_threads) go over blocks
 // of kLossSplitThreads, so that each warp has more of the row (C = 128256 bf16, M = 8: 32 splits of 4096 classes,
 // 2 iterations of 4 warps rather than 1 of 8), as each warp of a block also pays a fixed cost (the block merge,
@@ -436,23 +515,27 @@ int64_t masksub_loss_forward_splits(const LossProblem& problem) {
 
 template <typename T>
 cudaError_t launch_masksub_loss_forward(const T* logits, const LossProblem& problem, float* out, float* workspace,
-                                        int32_t* tickets, cudaStream_t stream) {
+                                        int32_t* tickets, const LossReduction* reduce, cudaStream_t stream) {
   if (!valid_problem(problem)) return cudaErrorInvalidValue;
-  if (problem.rows == 0) return cudaSuccess;
+  if (reduce != nullptr && (reduce->reduced == nullptr || reduce->divisor == nullptr || reduce->tickets == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  if (problem.rows == 0) return cudaSuccess;  // reduce: the caller's (0 losses, d = 1), no block to write them
   // few rows: each row over split.splits blocks, their states merged through the workspace by the row's last block
   const ForwardLaunch config = forward_launch<T>(problem);
   const LossSplit split = config.split;
   if (split.splits > 1 && (workspace == nullptr || tickets == nullptr)) return cudaErrorInvalidValue;
+  const LossReduction reduction = reduce != nullptr ? *reduce : LossReduction{};
   const bool launched = with_variant<T>(problem, [&](auto variant) {
     using V = decltype(variant);
     const dim3 grid(static_cast<unsigned int>(problem.rows), static_cast<unsigned int>(split.splits));
     const LossConstants k = constants_of(problem);
     if (split.splits > 1) {
       loss_forward_kernel<T, V, true><<<grid, config.threads, 0, stream>>>(logits, problem, k, out, workspace,
-                                                                            tickets, split.split_vectors);
+                                                                            tickets, split.split_vectors, reduction);
     } else {
       loss_forward_kernel<T, V, false><<<grid, config.threads, 0, stream>>>(logits, problem, k, out, nullptr,
-                                                                             nullptr, split.split_vectors);
+                                                                             nullptr, split.split_vectors, reduction);
     }
   });
   if (!launched) return cudaErrorInvalidValue;
@@ -462,7 +545,7 @@ cudaError_t launch_masksub_loss_forward(const T* logits, const LossProblem& prob
 #define MASKSUB_INSTANTIATE_LOSS_FORWARD(T)                                                                   \
   template int64_t masksub_loss_forward_splits<T>(const LossProblem&);                                      \
   template cudaError_t launch_masksub_loss_forward<T>(const T*, const LossProblem&, float*, float*, int32_t*, \
-                                                      cudaStream_t);
+                                                      const LossReduction*, cudaStream_t);
 MASKSUB_FLOAT_TYPES(MASKSUB_INSTANTIATE_LOSS_FORWARD)
 #undef MASKSUB_INSTANTIATE_LOSS_FORWARD
 

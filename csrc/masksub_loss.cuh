@@ -204,12 +204,23 @@ __host__ __device__ __forceinline__ float smoothed(const LossProblem& p, float s
   return (1.0f - p.label_smoothing) * q + smooth;
 }
 
-__device__ __forceinline__ RowTarget row_target(const LossProblem& p, float smooth, int64_t row) {
-  const bool labels = p.target_kind == TargetKind::kLabelsInt64 || p.target_kind == TargetKind::kLabelsInt32;
-  if (!labels) return {-1, true, false, 0.0f, 0.0f};
+__device__ __forceinline__ bool has_labels(const LossProblem& p) {
+  return p.target_kind == TargetKind::kLabelsInt64 || p.target_kind == TargetKind::kLabelsInt32;
+}
+
+// The row's class id (class-id targets only).
+__device__ __forceinline__ int64_t label_of(const LossProblem& p, int64_t row) {
   const int64_t index = row * p.stride_target;
-  const int64_t label = p.target_kind == TargetKind::kLabelsInt64 ? static_cast<const int64_t*>(p.target)[index]
-                                                                  : static_cast<const int32_t*>(p.target)[index];
+  return p.target_kind == TargetKind::kLabelsInt64 ? static_cast<const int64_t*>(p.target)[index]
+                                                   : static_cast<const int32_t*>(p.target)[index];
+}
+
+// V::kLabels is has_labels(p) (with_variant dispatches on it), known at compile time: the other variants' rows
+// all count, with no class id to read (and no flag to keep live across the row).
+template <class V>
+__device__ __forceinline__ RowTarget row_target(const LossProblem& p, float smooth, int64_t row) {
+  if constexpr (!V::kLabels) return {-1, true, false, 0.0f, 0.0f};
+  const int64_t label = label_of(p, row);
   const bool valid = label != p.ignore_index;
   return {label, valid, valid && (label < 0 || label >= p.classes), smoothed(p, smooth, 1.0f),
           smoothed(p, smooth, 0.0f)};

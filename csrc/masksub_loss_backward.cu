@@ -47,29 +47,39 @@ __device__ __forceinline__ void backward_chunk(const T* z_row, const T* s_row, T
   }
 }
 
+// The upstream gradient of a row's loss of term `term` (1 main, 2 sub): g[row] (stride: 0 for a broadcast
+// scalar); for the reduced loss (divisor not null), g its gradient [4], the same for every row: (w g_0 + g_term) / d.
+__device__ __forceinline__ float row_grad(const float* g, int64_t stride, int64_t row, const float* divisor, float w,
+                                          int term) {
+  if (divisor == nullptr) return g[row * stride];
+  return fmaf(w, g[0], g[term * stride]) / *divisor;
+}
+
 template <typename T, class V>
 __global__ void __launch_bounds__(kLossThreads)
     loss_backward_kernel(const T* __restrict__ logits, const LossProblem p, const LossConstants k,
                          const float* __restrict__ out,
                          const float* __restrict__ grad_main, int64_t stride_gm, const float* __restrict__ grad_sub,
-                         int64_t stride_gs, T* __restrict__ dz, T* __restrict__ ds, int64_t split_vectors) {
+                         int64_t stride_gs, T* __restrict__ dz, T* __restrict__ ds, int64_t split_vectors,
+                         const LossReducedGrad reduced) {
   constexpr int W = Pack<T>::kWidth;
   const int64_t row = blockIdx.x, C = p.classes, M = p.rows;
   const T* z_row = logits + row * p.stride_logits;
   const T* s_row = p.sub_logits != nullptr ? static_cast<const T*>(p.sub_logits) + row * p.stride_sub : nullptr;
   T* dz_row = dz != nullptr ? dz + row * C : nullptr;
   T* ds_row = ds != nullptr ? ds + row * C : nullptr;
-  const RowTarget target = row_target(p, k.smooth, row);
+  const RowTarget target = row_target<V>(p, k.smooth, row);
   const typename V::Target* y_row = V::kDense ? target_row<V>(p, row) : nullptr;
   const float per_class = V::kBce ? k.inv_classes : 1.0f;
   const float* o = out + row;
   RowGrad g{};
   if (dz != nullptr) {
-    g = {grad_main[row * stride_gm] * per_class, o[kStatShiftZ * M], o[kStatLogSumZ * M] * kLog2e,
-         o[kStatMassZ * M]};
+    g = {row_grad(grad_main, stride_gm, row, reduced.divisor, reduced.main_weight, 1) * per_class,
+         o[kStatShiftZ * M], o[kStatLogSumZ * M] * kLog2e, o[kStatMassZ * M]};
   }
   if (ds != nullptr) {
-    g.g_s = grad_sub[row * stride_gs] * (p.temperature * per_class);
+    g.g_s = row_grad(grad_sub, stride_gs, row, reduced.divisor, reduced.sub_weight, 2) *
+            (p.temperature * per_class);
     g.c_s = o[kStatShiftS * M];
     g.b_s = o[kStatLogSumS * M] * kLog2e;
     g.c_t = o[kStatShiftT * M];
@@ -111,13 +121,14 @@ template <typename T>
 cudaError_t launch_masksub_loss_backward(const T* logits, const LossProblem& problem, const float* out,
                                          const float* grad_main, int64_t stride_grad_main, const float* grad_sub,
                                          int64_t stride_grad_sub, T* grad_logits, T* grad_sub_logits,
-                                         cudaStream_t stream) {
+                                         const LossReducedGrad* reduced, cudaStream_t stream) {
   if (!valid_problem(problem)) return cudaErrorInvalidValue;
   if (problem.rows == 0 || (grad_logits == nullptr && grad_sub_logits == nullptr)) return cudaSuccess;
   if ((grad_logits != nullptr && grad_main == nullptr) ||
       (grad_sub_logits != nullptr && (grad_sub == nullptr || problem.sub_logits == nullptr))) {
     return cudaErrorInvalidValue;
   }
+  if (reduced != nullptr && reduced->divisor == nullptr) return cudaErrorInvalidValue;
   // Few rows: each row's classes split over blocks (grid (M, splits): loss_split). The loop depends on CE / BCE and
   // the target only (its sub term is there when ds is wanted, and T is a runtime factor): one instance per
   // (bce, target), the sub flags fixed.
@@ -130,7 +141,7 @@ cudaError_t launch_masksub_loss_backward(const T* logits, const LossProblem& pro
     const dim3 grid(static_cast<unsigned int>(problem.rows), static_cast<unsigned int>(split.splits));
     loss_backward_kernel<T, V><<<grid, threads, 0, stream>>>(
         logits, problem, constants_of(problem), out, grad_main, stride_grad_main, grad_sub, stride_grad_sub,
-        grad_logits, grad_sub_logits, split.split_vectors);
+        grad_logits, grad_sub_logits, split.split_vectors, reduced != nullptr ? *reduced : LossReducedGrad{});
   });
   if (!launched) return cudaErrorInvalidValue;
   return cudaGetLastError();
@@ -138,7 +149,8 @@ cudaError_t launch_masksub_loss_backward(const T* logits, const LossProblem& pro
 
 #define MASKSUB_INSTANTIATE_LOSS_BACKWARD(T)                                                                       \
   template cudaError_t launch_masksub_loss_backward<T>(const T*, const LossProblem&, const float*, const float*, \
-                                                       int64_t, const float*, int64_t, T*, T*, cudaStream_t);
+                                                       int64_t, const float*, int64_t, T*, T*,                 \
+                                                       const LossReducedGrad*, cudaStream_t);
 MASKSUB_FLOAT_TYPES(MASKSUB_INSTANTIATE_LOSS_BACKWARD)
 #undef MASKSUB_INSTANTIATE_LOSS_BACKWARD
 

@@ -19,8 +19,10 @@ logits) has per-row values 0, so its loss is 0. The sum runs in a fixed order: d
 
 Backends: triton runs the per-row forward kernel with REDUCE (the last row to finish sums the rows:
 _masksub_loss_kernels._reduce_rows) and the per-row backward kernel with REDUCED (each program computes its row's
-gradient from g and d: _row_grad): one launch each way, as the per-row op. torch and cuda reduce with torch ops
-around their per-row implementations (reduce_reference, row_grads_reference). The torch backend in eager mode runs
+gradient from g and d: _row_grad): one launch each way, as the per-row op. cuda likewise (the extension's
+masksub_loss_reduced_forward / _backward: csrc/masksub_loss.cu's reduce_rows, masksub_loss_backward.cu's
+row_grad; one launch each way and the forward's zeroed tickets, a fill). torch reduces with torch ops around its
+per-row implementation (reduce_reference, row_grads_reference). The torch backend in eager mode runs
 _masksub_loss_eager.reduced_loss_eager instead (the CPU path: the reduction folded into its own autograd).
 """
 
@@ -43,7 +45,7 @@ from .masksub_loss import (
 NUM_REDUCED = 4  # loss, main, sub, d
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reference (PyTorch): the reduction and the row gradients, also the cuda backend's (around the extension's op)
+# Reference (PyTorch): the reduction and the row gradients
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -77,9 +79,8 @@ def _forward_reference(logits, sub_logits, target, bce, eps, ignore, temperature
 
 
 def _forward_cuda(extension, logits, sub_logits, target, bce, eps, ignore, temperature, threshold, a, b, mean):
-    out = extension.masksub_loss_forward(logits, sub_logits, target, bce, eps, ignore, temperature, threshold)
-    reduced, d = reduce_reference(out, target, ignore, a, b, mean)
-    return reduced, out, d
+    options = (bce, eps, ignore, temperature, threshold)
+    return tuple(extension.masksub_loss_reduced_forward(logits, sub_logits, target, *options, a, b, mean))
 
 
 def _forward_triton_reduced(logits, sub_logits, target, bce, eps, ignore, temperature, threshold, a, b, mean):
@@ -106,9 +107,8 @@ def _backward_reference(grad, need_main, need_sub, d, out, logits, sub_logits, t
 
 
 def _backward_cuda(extension, grad, need_main, need_sub, d, out, logits, sub_logits, target, *rest):
-    *options, a, b = rest
-    args = (grad, need_main, need_sub, d, out, logits, sub_logits, target, options, a, b)
-    return tuple(_per_row_grads(extension.masksub_loss_backward, *args))
+    return tuple(extension.masksub_loss_reduced_backward(grad, need_main, need_sub, d, out, logits, sub_logits, target,
+                                                         *rest))  # fmt: skip
 
 
 def _backward_triton_reduced(grad, need_main, need_sub, d, out, logits, sub_logits, target, *rest):

@@ -2,11 +2,13 @@
 the kernels against the reference (fp32 arithmetic in another order than the reference: close, not equal) on the
 kernels' device (extension_under_test.py)."""
 
+import numpy as np
 import pytest
 import torch
 from extension_under_test import _C, DEV, EXT, FLOAT_DTYPES, kernels, needs_C
 
 from masksub_kernels.ops import masksub_loss as ml
+from masksub_kernels.ops import masksub_loss_reduced as mlr
 
 # ---------------------------------------------------------------------------------------------------------------
 # Refusals (any machine)
@@ -250,3 +252,130 @@ def test_masksub_loss_row_layouts(dtype, layout, bce):
         target = _offset_columns(target.float(), 2)
     options = (bce, 0.1, -100, 1.0, None)
     _check_loss_both_ways(main, sub, target, options, grad_rtol={torch.bfloat16: 2**-7}.get(dtype, 1e-5))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reduced loss (masksub_loss_reduced_forward / _backward: the reduction in the kernels' launches)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _finite_max(x: torch.Tensor) -> float:
+    finite = x[x.isfinite()]
+    return float(finite.abs().max()) if finite.numel() else 0.0
+
+
+def _check_reduced(main, sub, target, options, weights, mean, rtol=1e-5, grad_rtol=1e-5):
+    """The reduced bindings against masksub_loss_reduced's reference: (reduced [4], out, d), then both gradients
+    for a random gradient [4] (the per-row gradients computed in the kernel from it and d). Returns the outputs."""
+    reduced, out, d = EXT.masksub_loss_reduced_forward(main, sub, target, *options, *weights, mean)
+    want_reduced, want_out, want_d = mlr._forward_reference(main, sub, target, *options, *weights, mean)
+    assert reduced.shape == (4,) and d.shape == (1,) and reduced.dtype == d.dtype == torch.float32
+    torch.testing.assert_close(out, want_out, rtol=2e-6, atol=2e-6 * _finite_max(want_out), equal_nan=True)
+    torch.testing.assert_close(reduced, want_reduced, rtol=rtol, atol=rtol * _finite_max(want_reduced), equal_nan=True)
+    assert torch.equal(d, want_d)
+    grad = torch.randn(4, device=DEV)
+    need_main, need_sub = target is not None, sub is not None
+    dz, ds = EXT.masksub_loss_reduced_backward(grad, need_main, need_sub, d, out, main, sub, target, *options,
+                                               *weights)  # fmt: skip
+    ez, es = mlr._backward_reference(grad, need_main, need_sub, want_d, want_out, main, sub, target, *options,
+                                     *weights)  # fmt: skip
+    for got, want, need in ((dz, ez, need_main), (ds, es, need_sub)):
+        if not need:
+            assert got.numel() == 0
+            continue
+        atol = grad_rtol * _finite_max(want)
+        torch.testing.assert_close(got.double(), want.double(), rtol=grad_rtol, atol=atol, equal_nan=True)
+    return reduced, out, d
+
+
+@kernels
+@pytest.mark.parametrize("mean", [True, False])
+@pytest.mark.parametrize(
+    ("bce", "kind", "temperature"),
+    [(False, "index", 1.0), (False, "dense", 2.0), (True, "index", 0.5), (True, "dense", 1.0)],
+)
+@pytest.mark.parametrize(("rows", "classes"), [(7, 1000), (3, 9002)])  # one block per row; rows split over blocks
+def test_masksub_loss_reduced_matches_reference(mean, bce, kind, temperature, rows, classes):
+    # class ids: every third row ignored (d counts the others); (3, 9002): each row over 9 blocks, the row's last
+    # block takes the grid's ticket after the row's
+    main, sub, target = _loss_inputs(rows, classes, torch.float32, kind)
+    _check_reduced(main, sub, target, (bce, 0.1, -100, temperature, None), (0.7, 0.3), mean)
+
+
+@kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_masksub_loss_reduced_dtypes_and_int32_ids(dtype):
+    main, sub, target = _loss_inputs(9, 300, dtype, "index")
+    grad_rtol = {torch.bfloat16: 2**-7}.get(dtype, 1e-5)
+    _check_reduced(main, sub, target.int(), (False, 0.1, -100, 1.0, None), (0.5, 0.5), True, grad_rtol=grad_rtol)
+
+
+@kernels
+@pytest.mark.parametrize("rows", [5, 3])  # 3 rows of 9002 classes: split over blocks
+def test_masksub_loss_reduced_ignored_bad_and_single_terms(rows):
+    classes = 9002 if rows == 3 else 50
+    main, sub, target = _loss_inputs(rows, classes, torch.float32, "index")
+    options = (False, 0.1, -100, 2.0, None)
+    # every row ignored: 0 losses, d = max(0, 1) = 1, zero gradients
+    reduced, _, d = _check_reduced(main, sub, torch.full_like(target, -100), options, (0.5, 0.5), True)
+    assert reduced.tolist() == [0.0, 0.0, 0.0, 1.0] and d.tolist() == [1.0]
+    # a bad class id (out of range, not ignored) poisons both losses; it counts in d
+    bad = target.clone()
+    bad[0], bad[1] = classes, -100
+    reduced, _, d = _check_reduced(main, sub, bad, options, (0.5, 0.5), True)
+    assert reduced[:3].isnan().all() and d.item() == float((bad != -100).sum())
+    # the sub term only (no target: d = every row) and the main term only
+    reduced, _, d = _check_reduced(main, sub, None, options, (0.5, 0.5), True)
+    assert d.item() == rows and reduced[1].item() == 0.0
+    reduced, _, _ = _check_reduced(main, None, target, options, (0.5, 0.5), False)
+    assert reduced[2].item() == 0.0
+
+
+@kernels
+def test_masksub_loss_reduced_no_rows():
+    main, sub, target = _loss_inputs(0, 10, torch.float32, "index")
+    reduced, out, d = EXT.masksub_loss_reduced_forward(main, sub, target, False, 0.0, -100, 1.0, None, 0.5, 0.5, True)
+    assert reduced.tolist() == [0.0, 0.0, 0.0, 1.0] and d.tolist() == [1.0] and out.shape == (9, 0)
+    dz, ds = EXT.masksub_loss_reduced_backward(torch.ones(4, device=DEV), True, True, d, out, main, sub, target,
+                                               False, 0.0, -100, 1.0, None, 0.5, 0.5)  # fmt: skip
+    assert dz.shape == ds.shape == (0, 10)
+
+
+def _block_sum(values: np.ndarray, threads: int) -> np.float32:
+    """The forward's reduction order over fp32 per-row values: thread t sums rows t, t + threads, ... in turn, then
+    each warp's butterfly of shuffles (xor 16, 8, ..., 1), then the warp sums' butterfly (xor 4, 2, 1) in lane 0."""
+    partial = np.zeros(threads, dtype=np.float32)
+    for start in range(0, len(values), threads):
+        chunk = values[start : start + threads]
+        partial[: len(chunk)] += chunk
+    lanes = partial.reshape(-1, 32)
+    for offset in (16, 8, 4, 2, 1):
+        lanes = lanes + lanes[:, np.arange(32) ^ offset]
+    warps = np.zeros(32, dtype=np.float32)
+    warps[: lanes.shape[0]] = lanes[:, 0]
+    for offset in (4, 2, 1):
+        warps = warps + warps[np.arange(32) ^ offset]
+    return warps[0]
+
+
+@kernels
+def test_masksub_loss_reduced_fixed_order():
+    # The reduction's order is fixed (the same bits whichever row finishes last): the sums of the kernel's own
+    # per-row losses in that order, bit for bit. 300 rows of 1000 fp32 classes run in blocks of 128 threads
+    # (loss_threads); per-row losses spread over 8 decades, so that other orders give other bits.
+    rows = 300
+    main, sub, target = _loss_inputs(rows, 1000, torch.float32, "index")
+    main = main * torch.logspace(-4, 4, rows, device=DEV)[:, None]
+    sub = sub * torch.logspace(4, -4, rows, device=DEV)[:, None]
+    options = (False, 0.0, -100, 1.0, None)
+    reduced, out, d = EXT.masksub_loss_reduced_forward(main, sub, target, *options, 0.5, 0.5, True)
+    losses = out[:2].cpu().numpy()
+    assert d.item() == float((target != -100).sum())
+    for term in (0, 1):
+        fixed = _block_sum(losses[term], 128) / np.float32(d.item())
+        assert reduced[1 + term].item() == float(fixed)
+        # the data make the order matter: sequential sums in other orders give other bits
+        orders = [np.random.default_rng(seed).permutation(rows) for seed in range(8)]
+        assert len({float(np.cumsum(losses[term][order], dtype=np.float32)[-1]) for order in orders}) > 1
+    again = EXT.masksub_loss_reduced_forward(main, sub, target, *options, 0.5, 0.5, True)[0]
+    assert torch.equal(again, reduced)

@@ -181,7 +181,9 @@ def _loss(launch: CsrcLaunch) -> tuple:
     # may duplicate per case (e.g. with or without a gradient): every such copy and every split is charged that
     # iteration, an upper bound. The forward's block merge is straight code (outside the loops), and so is its
     # split instance's merge of a row's split states, which only the row's last block runs: charged to every block,
-    # an upper bound too.
+    # an upper bound too. The reduced forward's reduction (reduce_rows) runs in the grid's last block alone: its
+    # row loop (the one of __ldcg loads, LDG.E.STRONG) and the loops after it in SASS order (the last block's tail
+    # that nvcc lays out behind a backward branch) count ~0 per block; its straight code, every block.
     a = launch.call.named
     m, c, e = a["rows"], a["classes"], ELEMENT_BYTES[launch.call.dtype]
     width = 16 // e
@@ -192,8 +194,15 @@ def _loss(launch: CsrcLaunch) -> tuple:
     elements = threads * 2 * width
     target = m * TARGET_BYTES[a["target_kind"]] * (1 if a["target_kind"] <= 2 else c)  # class ids: one per row
     if launch.name == "loss_forward_kernel":
+        loops = functions()[normalise(launch.kernel)].loops
+        reduction = next((i for i, loop in enumerate(loops) if any("STRONG" in x.opcode for x in loop.own)), None)
+        if reduction is not None:
+            trips = [(vector_trips, *(trips[0][1] if i < reduction else 0 for i in range(1, len(loops))))]
         states = m * splits * 12 * 4 if splits > 1 else 0  # the split states (12 fp32), written and read; a ticket
-        return trips, elements, 2 * m * c * e + target + states, 9 * m * 4 + states + (m * 4 if splits > 1 else 0)
+        # reduced: the two loss rows (and the class ids) read back, [4], d and the grid's ticket written
+        reduced = launch.call.launcher == "masksub_loss_reduced_forward"
+        read = 2 * m * c * e + target + states + reduced * (8 * m + (target if a["target_kind"] <= 2 else 0))
+        return trips, elements, read, 9 * m * 4 + states + (m * 4 if splits > 1 else 0) + 24 * reduced
     return trips, elements, 2 * m * c * e + target + 9 * m * 4 + 2 * m * 4, 2 * m * c * e
 
 

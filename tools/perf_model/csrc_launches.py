@@ -271,3 +271,24 @@ def masksub_loss_backward(z: torch.Tensor, sub: torch.Tensor, target: torch.Tens
     named = {**_problem(z, sub, target, bce), "out": _address(_empty(9, m)), "gm": _address(grads[0]), "sgm": 1}
     named.update({"gs": _address(grads[1]), "sgs": 1, "dz": _address(torch.empty_like(z))})
     return Call("masksub_loss_backward", _dtype(z), {**named, "ds": _address(torch.empty_like(z))})
+
+
+def masksub_loss_reduced_forward(z: torch.Tensor, sub: torch.Tensor, target: torch.Tensor, bce: bool) -> Call:
+    """bindings masksub_loss_reduced_forward ('mean'): at::empty of out [9, M], reduced [4] and d [1], then the
+    kernel (the reduction in its launch); at::zeros int32 tickets, one per row where the launcher splits rows and
+    the grid's: one fill launch always."""
+    m = z.shape[0]
+    reduced, d = _empty(4), _empty(1)
+    named = {**_problem(z, sub, target, bce), "out": _address(_empty(9, m)), "workspace": FAKE_BASE}
+    named.update({"tickets": FAKE_BASE, "reduced": _address(reduced), "d": _address(d), "ticket": FAKE_BASE})
+    return Call("masksub_loss_reduced_forward", _dtype(z), named, torch_launches=1)
+
+
+def masksub_loss_reduced_backward(z: torch.Tensor, sub: torch.Tensor, target: torch.Tensor, bce: bool) -> Call:
+    """bindings masksub_loss_reduced_backward, both gradients wanted (an fp32 gradient [4]: no conversion launch);
+    each block computes its row gradients from it and d."""
+    m, grad = z.shape[0], _empty(4)
+    named = {**_problem(z, sub, target, bce), "out": _address(_empty(9, m)), "gm": _address(grad), "sgm": 1}
+    named.update({"gs": _address(grad), "sgs": 1, "dz": _address(torch.empty_like(z))})
+    named.update({"ds": _address(torch.empty_like(z)), "d": _address(_empty(1))})
+    return Call("masksub_loss_reduced_backward", _dtype(z), named)

@@ -211,26 +211,27 @@ LOSS_VARIANTS = [
 ]
 
 
-class _PerRowBindings:
-    """The extension's per-row loss bindings as meta-tensor stand-ins: what runs around them is counted."""
+class _ReducedBindings:
+    """The extension's reduced loss bindings as meta-tensor stand-ins: what the cuda backend runs around them (torch
+    ops that launch a kernel) is counted; the bindings' own fills are csrc.Call's."""
 
     @staticmethod
-    def masksub_loss_forward(logits, *args):
-        return torch.empty(9, logits.shape[0], device=META)
+    def masksub_loss_reduced_forward(logits, *args):
+        return torch.empty(4, device=META), torch.empty(9, logits.shape[0], device=META), torch.empty(1, device=META)
 
     @staticmethod
-    def masksub_loss_backward(grad_main, grad_sub, out, logits, *args):
-        return tuple(torch.empty_like(logits) if g is not None else logits.new_empty(0) for g in (grad_main, grad_sub))
+    def masksub_loss_reduced_backward(grad, need_main, need_sub, d, out, logits, *args):
+        return tuple(torch.empty_like(logits) if need else logits.new_empty(0) for need in (need_main, need_sub))
 
 
-def _cuda_reduction_launches(z: torch.Tensor, y: torch.Tensor, options: tuple) -> tuple[int, int]:
-    """(forward, backward) torch launches of the cuda backend's reduced loss around the per-row bindings: its
-    reduction and row gradients are torch ops (ops/masksub_loss_reduced.py), counted on meta tensors."""
+def _cuda_backend_launches(z: torch.Tensor, y: torch.Tensor, options: tuple) -> tuple[int, int]:
+    """(forward, backward) torch launches of the cuda backend's reduced loss around the extension's bindings
+    (ops/masksub_loss_reduced.py), counted on meta tensors: none today, the reduction is in the kernels."""
     with counting_torch_launches() as forward:
-        reduced, out, d = masksub_loss_reduced._forward_cuda(_PerRowBindings, z, z, y, *options, 0.5, 0.5, True)
+        reduced, out, d = masksub_loss_reduced._forward_cuda(_ReducedBindings, z, z, y, *options, 0.5, 0.5, True)
     with counting_torch_launches() as backward:
         grad = torch.empty_like(reduced)
-        masksub_loss_reduced._backward_cuda(_PerRowBindings, grad, True, True, d, out, z, z, y, *options, 0.5, 0.5)
+        masksub_loss_reduced._backward_cuda(_ReducedBindings, grad, True, True, d, out, z, z, y, *options, 0.5, 0.5)
     return len(forward), len(backward)
 
 
@@ -252,10 +253,10 @@ def loss_cases() -> list[Case]:
             with recording(masksub_loss) as backward:  # autograd's gradient of the [4] reduced losses
                 grad = torch.empty_like(reduced)
                 backward_impl(grad, True, True, d, out, z, torch.empty_like(z), y, *options, 0.5, 0.5)
-            # the cuda backend: the extension's per-row kernels (csrc.Call, their bindings' fills counted there)
-            # and the torch ops of its reduction around them
-            around = _cuda_reduction_launches(z, y, options)
-            calls = (csrc.masksub_loss_forward(z, z, y, bce), csrc.masksub_loss_backward(z, z, y, bce))
+            # the cuda backend: the extension's reduced bindings (the reduction in the kernels' launches, as Triton's)
+            # and whatever torch ops its Python side runs around them
+            around = _cuda_backend_launches(z, y, options)
+            calls = (csrc.masksub_loss_reduced_forward(z, z, y, bce), csrc.masksub_loss_reduced_backward(z, z, y, bce))
             calls = [dataclasses.replace(c, torch_launches=c.torch_launches + n) for c, n in zip(calls, around)]
             cuda = {"forward": calls[:1], "backward": calls[1:]}
             cuda["full"] = cuda["forward"] + cuda["backward"]

@@ -105,12 +105,22 @@ cudaError_t run(const std::string& launcher, const std::string& dtype, const std
     }
     if (launcher == "masksub_loss_forward") {  // logits (problem: 9) out workspace tickets
       return masksub::launch_masksub_loss_forward<T>(ptr<const T>(a[0]), problem(a, 1), ptr<float>(a[10]),
-                                                     ptr<float>(a[11]), ptr<int32_t>(a[12]), nullptr);
+                                                     ptr<float>(a[11]), ptr<int32_t>(a[12]), nullptr, nullptr);
     }
-    if (launcher == "masksub_loss_backward") {  // logits (problem: 9) out gm sgm gs sgs dz ds
+    if (launcher == "masksub_loss_reduced_forward") {  // logits (problem: 9) out workspace tickets reduced d ticket
+      const masksub::LossReduction reduce{ptr<float>(a[13]), ptr<float>(a[14]), ptr<int32_t>(a[15]), 0.5f, 0.5f,
+                                          true};
+      return masksub::launch_masksub_loss_forward<T>(ptr<const T>(a[0]), problem(a, 1), ptr<float>(a[10]),
+                                                     ptr<float>(a[11]), ptr<int32_t>(a[12]), &reduce, nullptr);
+    }
+    if (launcher == "masksub_loss_backward" || launcher == "masksub_loss_reduced_backward") {
+      // logits (problem: 9) out gm sgm gs sgs dz ds, then (reduced) d: gm = gs the gradient [4]
+      const bool reduce = launcher == "masksub_loss_reduced_backward";
+      const masksub::LossReducedGrad reduced{ptr<const float>(reduce ? a[17] : 0), 0.5f, 0.5f};
       return masksub::launch_masksub_loss_backward<T>(ptr<const T>(a[0]), problem(a, 1), ptr<const float>(a[10]),
                                                       ptr<const float>(a[11]), a[12], ptr<const float>(a[13]), a[14],
-                                                      ptr<T>(a[15]), ptr<T>(a[16]), nullptr);
+                                                      ptr<T>(a[15]), ptr<T>(a[16]), reduce ? &reduced : nullptr,
+                                                      nullptr);
     }
     return cudaErrorInvalidValue;
   });
