@@ -386,7 +386,7 @@ template <class V>
 __device__ __forceinline__ void reduce_rows(const LossProblem& p, const LossReduction& r, const RowTarget& target,
                                             const float* out) {
   __shared__ bool last;
-  constexpr bool labels = V::kLabels;  // has_labels(p)
+  const bool labels = V::kLabels && has_labels(p);  // the forward's variants: V::kLabels is has_labels(p)
   if (threadIdx.x == 0) {
     if (labels && target.valid) atomicAdd(r.tickets + 1, 1);
     __threadfence();  // release: the row's output and count before the ticket

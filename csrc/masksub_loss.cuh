@@ -215,11 +215,11 @@ __device__ __forceinline__ int64_t label_of(const LossProblem& p, int64_t row) {
                                                    : static_cast<const int32_t*>(p.target)[index];
 }
 
-// V::kLabels is has_labels(p) (with_variant dispatches on it), known at compile time: the other variants' rows
-// all count, with no class id to read (and no flag to keep live across the row).
+// Variants without class ids know it at compile time (with_variant dispatches on the target: no class id to read,
+// no flag to keep live across the row); the backward's class-id instance also serves rows without a target.
 template <class V>
 __device__ __forceinline__ RowTarget row_target(const LossProblem& p, float smooth, int64_t row) {
-  if constexpr (!V::kLabels) return {-1, true, false, 0.0f, 0.0f};
+  if (!V::kLabels || !has_labels(p)) return {-1, true, false, 0.0f, 0.0f};
   const int64_t label = label_of(p, row);
   const bool valid = label != p.ignore_index;
   return {label, valid, valid && (label < 0 || label >= p.classes), smoothed(p, smooth, 1.0f),
