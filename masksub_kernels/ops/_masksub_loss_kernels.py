@@ -136,13 +136,35 @@ def _label_terms(z_row, bias_ptr, label, valid, bad, eps, C, threshold, BINARISE
 
 
 @jit
+def _store_absent_zeros(
+    out_row, m64, in_row, HAS_MAIN: tl.constexpr, HAS_SUB: tl.constexpr, BCE: tl.constexpr
+):  # fmt: skip
+    # 0 in the stats rows a variant does not write (_store_row's ZERO_ABSENT): its absent terms' loss and stats,
+    # and the CE stats (rows 2-4 of the main term, 5-8 of the sub term) under BCE
+    if not HAS_MAIN:
+        tl.store(out_row, 0.0, mask=in_row)
+    if not HAS_MAIN or BCE:
+        for k in tl.static_range(2, 5):
+            tl.store(out_row + k * m64, 0.0, mask=in_row)
+    if not HAS_SUB:
+        tl.store(out_row + m64, 0.0, mask=in_row)
+    if not HAS_SUB or BCE:
+        for k in tl.static_range(5, 9):
+            tl.store(out_row + k * m64, 0.0, mask=in_row)
+
+
+@jit
 def _store_row(
     out_row, m64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
     c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t,
     HAS_MAIN: tl.constexpr, HAS_SUB: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ZERO_ABSENT: tl.constexpr,
 ):  # fmt: skip
     # The row's merged state (FINAL shifts) into its losses and saved stats: stats row k of the row at out_row + k M.
+    # ZERO_ABSENT: also the zeros of the entries a variant has none for (an absent term; the CE stats under BCE), so
+    # that an output without tickets needs no fill, a launch (with tickets, the buffer's one fill zeroes both).
+    if ZERO_ABSENT:
+        _store_absent_zeros(out_row, m64, in_row, HAS_MAIN, HAS_SUB, BCE)
     if HAS_MAIN:
         if BCE:
             main = a_z / C
@@ -194,7 +216,7 @@ def _loss_fwd_kernel(
     s_ptr,  # sub logits [M, C], last stride 1 (HAS_SUB)
     y_ptr,  # int64 class ids [M] or probabilities [M, C], last stride 1 (HAS_MAIN)
     bias_ptr,  # [C]: added to z and s as they are read (HAS_BIAS: the fused-linear loss's chunks)
-    out_ptr,  # fp32 [9, M] out: main loss, sub loss (T^2 included; 0 ignored, NaN bad-id rows), stats, zero-filled
+    out_ptr,  # fp32 [9, M] out: main loss, sub loss (T^2 included; 0 ignored, NaN bad-id rows), stats
     part_ptr,  # fp32 [8, M, splits] scratch: each split's merged state (SPLIT)
     ticket_ptr,  # int32, zero-filled: [M] splits of the row done so far (SPLIT), then 1 rows done (REDUCE)
     red_ptr,  # fp32 [4] out: a main + b sub, main, sub, d (REDUCE: _reduce_rows)
@@ -230,6 +252,7 @@ def _loss_fwd_kernel(
     EVEN: tl.constexpr = False,  # C % GROUP == 0 with ALIGNED: a masked block's groups are wholly in or out
     SMOOTHED: tl.constexpr = True,  # class ids: w_o, the weight off the label, may be nonzero (eps > 0): the
     # blocks sum z for it (w_o = 0, the default eps = 0: _store_row skips the term, so no sum is needed)
+    ZERO_ABSENT: tl.constexpr = False,  # out not zero-filled: write 0 where the variant has no value (_store_row)
 ):
     row = tl.program_id(0).to(tl.int64)  # the grid is exactly M programs (x splits)
     # the block's columns as [BLOCK_C / GROUP, GROUP]: row i the GROUP contiguous classes of one state
@@ -349,6 +372,7 @@ def _loss_fwd_kernel(
             _store_row(
                 out_row, m64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
                 rc_z, rl_z, ra_z, rb_z, rc_s, rl_s, rl_t, rd_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, HAS_BIAS,
+                ZERO_ABSENT,
             )  # fmt: skip
             if REDUCE:
                 _reduce_rows(
@@ -361,7 +385,7 @@ def _loss_fwd_kernel(
         )
         _store_row(
             out_row, m64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
-            c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, HAS_BIAS,
+            c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, HAS_BIAS, ZERO_ABSENT,
         )  # fmt: skip
         if REDUCE:
             _reduce_rows(

@@ -348,10 +348,11 @@ def _forward_triton(
     )
     z = operands[0]
     rows = z.shape[0]
-    # zero-filled: the stats a variant does not write stay 0; then the int32 tickets: one per row with a split,
-    # one for the rows done with a reduction
+    # the int32 tickets, zeroed: one per row with a split, one for the rows done with a reduction. With tickets, one
+    # fill zeroes them and out (the stats a variant does not write stay 0); without, out is not filled and the
+    # kernel writes those zeros itself (ZERO_ABSENT): no launch but the kernel's
     tickets = rows * flags["SPLIT"] + (reduce is not None)
-    buffer = torch.zeros(NUM_OUT * rows + tickets, dtype=torch.float32, device=z.device)
+    buffer = (torch.zeros if tickets else torch.empty)(NUM_OUT * rows + tickets, dtype=torch.float32, device=z.device)
     out = buffer[: NUM_OUT * rows].view(NUM_OUT, rows)
     part, ticket, reduced, d = out, buffer[NUM_OUT * rows :].view(torch.int32) if tickets else out, out, out
     if flags["SPLIT"]:
@@ -376,7 +377,7 @@ def _forward_triton(
         has["SMOOTHED"] = label_smoothing != 0 or (threshold is not None and threshold < 0)
         _loss_fwd_kernel[(rows, splits)](
             *args, **has, **flags, BLOCK_S=block_s, UNIT_T=unit_t, VEC=vec, REDUCE=reduce is not None, MEAN=mean,
-            num_warps=warps,
+            ZERO_ABSENT=not tickets, num_warps=warps,
         )  # fmt: skip
     return out if reduce is None else (reduced, out, d)
 

@@ -303,6 +303,33 @@ def test_masksub_loss_reduced_matches_reference(mean, bce, kind, temperature, ro
 
 
 @kernels
+@pytest.mark.parametrize("bce", [False, True])
+@pytest.mark.parametrize(("need_main", "need_sub"), [(True, False), (False, True)])
+def test_masksub_loss_reduced_one_gradient_strided_grad_ignore_index_in_range(bce, need_main, need_sub):
+    # 3 rows of 9002 classes (split over blocks), int32 ids, ignore_index a valid class (3: the row holding it is
+    # ignored, and under BCE its vector is the peeled one); one gradient wanted while both terms are present; the
+    # gradient [4] a stride-0 expansion (as reduced.sum().backward() gives it) and a strided view
+    main, sub, target = _loss_inputs(3, 9002, torch.float32, "index", seed=1)
+    target = target.int()
+    target[0], target[1] = 3, 9001
+    options, weights = (bce, 0.1, 3, 1.0, None), (0.6, 0.4)
+    reduced, out, d = EXT.masksub_loss_reduced_forward(main, sub, target, *options, *weights, True)
+    want_reduced, want_out, want_d = mlr._forward_reference(main, sub, target, *options, *weights, True)
+    assert torch.equal(d, want_d) and d.item() == 2.0
+    torch.testing.assert_close(reduced, want_reduced, rtol=1e-5, atol=1e-5 * _finite_max(want_reduced))
+    for grad in (torch.full((1,), 0.5, device=DEV).expand(4), torch.randn(8, device=DEV)[::2]):
+        got = EXT.masksub_loss_reduced_backward(grad, need_main, need_sub, d, out, main, sub, target, *options,
+                                                *weights)  # fmt: skip
+        want = mlr._backward_reference(grad, need_main, need_sub, want_d, want_out, main, sub, target, *options,
+                                       *weights)  # fmt: skip
+        for g, w, need in zip(got, want, (need_main, need_sub)):
+            assert g.numel() == (w.numel() if need else 0)
+            if need:
+                assert not g[0].any()  # the ignored row
+                torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 * _finite_max(w))
+
+
+@kernels
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
 def test_masksub_loss_reduced_dtypes_and_int32_ids(dtype):
     main, sub, target = _loss_inputs(9, 300, dtype, "index")

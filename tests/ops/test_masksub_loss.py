@@ -509,3 +509,36 @@ def test_opcheck_and_torch_compile(backend):
     value.backward()
     expected, *_ = oracle(main, sub, target)
     assert_close(value, expected, 2e-6)
+
+
+@pytest.mark.parametrize("bce", [False, True])
+@pytest.mark.parametrize("kind", ["index", "dense", None])
+@pytest.mark.parametrize("has_sub", [True, False])
+def test_per_row_forward_writes_every_entry(monkeypatch, bce, kind, has_sub):
+    # Without tickets (no split, no reduction) the Triton forward's output is not zero-filled: the kernel must write
+    # every entry, 0 where the variant has none (an absent term; the CE stats under BCE). Fresh tensors come filled
+    # with NaN here, and the output must equal the reference's, zeros included.
+    if kind is None and not has_sub:
+        pytest.skip("no term")
+    generator = torch.Generator().manual_seed(7)
+    main, sub = (torch.randn(6, 40, generator=generator).to(DEVICE) for _ in range(2))
+    target = {
+        "index": torch.randint(0, 40, (6,), generator=generator),
+        "dense": torch.rand(6, 40, generator=generator),
+        None: None,
+    }[kind]
+    target = None if target is None else target.to(DEVICE)
+    options = (bce, 0.1, -100, 2.0, None)
+    args = (main, sub if has_sub else None, target, *options)
+    empty = torch.empty
+
+    def nan_filled(*shape, **kwargs):
+        return empty(*shape, **kwargs).fill_(float("nan")) if kwargs.get("dtype", torch.float32).is_floating_point \
+            else empty(*shape, **kwargs)  # fmt: skip
+
+    monkeypatch.setattr(torch, "empty", nan_filled)
+    out = ml._forward_triton(*args)
+    monkeypatch.undo()
+    expected = ml.loss_forward_reference(*args)
+    assert not out.isnan().any()
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6 * float(expected.abs().max()))

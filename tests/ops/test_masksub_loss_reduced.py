@@ -154,3 +154,45 @@ def test_opcheck_and_torch_compile(backend):
     value.backward()
     expected = _expected(main.detach(), sub.detach(), target, OPTIONS["ce"], 0.5, 0.5, True)[0]
     _close(value.detach(), expected, "compiled")
+
+
+needs_gpu = pytest.mark.skipif(DEVICE.type != "cuda", reason="needs a CUDA device")
+
+
+@needs_gpu
+def test_cuda_graph_replay_rezeroes_the_tickets(kernel_backend):
+    # The forward's tickets (the grid's, and the rows' where rows split) are zeroed in the captured graph: each
+    # replay on new inputs must reduce afresh, equal to an eager call (bit for bit: the same kernels and order).
+    for rows, classes in ((300, 1000), (8, 128256)):  # one block per row; rows split over blocks
+        main, sub, target = (t.detach() for t in _inputs(rows, classes, "ids"))
+        options = OPTIONS["ce smoothed, T=2"]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up: kernels compile outside the capture
+            reduced_op._reduced_loss_op(main, sub, target, *options, 0.5, 0.5, True)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured, _, _ = reduced_op._reduced_loss_op(main, sub, target, *options, 0.5, 0.5, True)
+        for seed in (1, 2, 3):
+            new_main, new_sub, new_target = (t.detach() for t in _inputs(rows, classes, "ids", seed=seed))
+            for old, new in ((main, new_main), (sub, new_sub), (target, new_target)):
+                old.copy_(new)
+            graph.replay()
+            eager, _, _ = reduced_op._reduced_loss_op(main, sub, target, *options, 0.5, 0.5, True)
+            assert torch.equal(captured, eager), (rows, seed)
+
+
+@needs_gpu
+def test_many_concurrent_rows_reduce_deterministically(kernel_backend):
+    # 65536 rows of 64 classes: thousands of blocks finish in any order; the count and the fixed-order sums must
+    # be the same bits on every run, and equal to the rows' own losses summed (within fp32 rounding)
+    main, sub, target = (t.detach() for t in _inputs(65536, 64, "ids", seed=4))
+    options = OPTIONS["ce"]
+    first, out, d = reduced_op._reduced_loss_op(main, sub, target, *options, 0.5, 0.5, True)
+    assert d.item() == (target != -100).sum().item()
+    for _ in range(20):
+        again, _, _ = reduced_op._reduced_loss_op(main, sub, target, *options, 0.5, 0.5, True)
+        assert torch.equal(again, first)
+    expected = out[ml.MAIN].double().sum() / d.double()
+    torch.testing.assert_close(first[1].double(), expected[0], rtol=1e-5, atol=0)

@@ -16,7 +16,8 @@ backward):
   counted (the benchmark's labels: slices, no gathers); per chunk one logits matmul of both branches' stacked rows
   [2R, D] with fp32 output, without the bias (the loss kernels add it as they read the logits), the loss kernels, two
   gradient matmuls (dH, dHs written in place) and one dW matmul over the stacked [2R, C] gradients accumulated
-  into the one fp32 dW with beta = 1 (its [C, D] fp32 read and written once per chunk: the price of small chunks);
+  into the one fp32 dW with beta = 1 (its [C, D] fp32 read and written once per chunk: the price of small chunks),
+  and db's sum over the stacked gradients (a read of [2R, C] bf16 per chunk);
 - official (eager): F.linear per branch, then the eager ops of the official composite; its [M, C] passes, in units
   of one bf16 [M, C] (L = M C 2 bytes; an fp32 copy is 2L), read + write:
     forward: main.float() 3, softmax 4, sub.float() 3, log_softmax 4, neg 4, mul 6, sum 2, main.float() for
@@ -51,7 +52,8 @@ def _matmul_us(card: Card, flops: float, nbytes: float) -> float:
 
 
 def _loss_kernels_us(card: Card, rows: int, classes: int) -> tuple[float, int, list[dict]]:
-    """(us, launches, kernel summaries) of the loss kernels on one chunk's fp32 logits, dz and ds in bf16."""
+    """(us, launches, kernel summaries) of the loss kernels on one chunk's fp32 logits, dz and ds in bf16; the
+    launches include the torch ops of their launchers that launch a kernel (a fill)."""
     z = torch.empty(rows, classes, dtype=torch.float32, device=META)
     y = torch.empty(rows, dtype=torch.int64, device=META)
     bias = torch.empty(classes, dtype=torch.bfloat16, device=META)
@@ -69,7 +71,7 @@ def _loss_kernels_us(card: Card, rows: int, classes: int) -> tuple[float, int, l
         k = predict_launch(card, launch, (trips, elements, read, written))
         total += k.t_kernel_us
         kernels.append({"kernel": k.kernel, "kernel_us": round(k.t_kernel_us, 2), "bytes": read + written})
-    return total, len(launches), kernels
+    return total, len(launches) + len(launches.torch_ops), kernels  # the launchers' torch fills too
 
 
 def predict(card: Card) -> dict:
@@ -87,10 +89,12 @@ def predict(card: Card) -> dict:
     d_weight = _matmul_us(card, 2 * chunk_unit, 2 * r * c * 2 + 2 * r * d * 2 + 2 * c * d * 4)  # fp32 dW RMW
     loss_us, loss_launches, loss_kernels = _loss_kernels_us(card, r, c)
     matmul_launches = 4  # logits, dH, dHs, dW
-    other_launches = 5  # per chunk: the stacking cat, the loss's zeroed stats, their copy, db sum + add
-    # (those move O(R D), O(R) or O(C) bytes: their time is their launches)
+    other_launches = 4  # per chunk: the stacking cat, the stats' copy into [9, M], db's sum and add
+    # db's sum reads both bf16 gradients [2R, C] (a pass at copy bandwidth); the others move O(R D), O(R) or O(C)
+    # bytes: their time is their launches
+    bias_sum = 2 * r * c * 2 / card.copy_bytes_per_s * 1e6
     chunk_matmuls_us = logits + 2 * d_hidden + d_weight
-    per_chunk = chunk_matmuls_us + loss_us
+    per_chunk = chunk_matmuls_us + loss_us + bias_sum
     per_chunk += card.launch_us * (matmul_launches + loss_launches + other_launches)
     fused_us = chunks * per_chunk + card.launch_us * 12  # + the row ids, buffers, the reductions
     matmul_us = 6 * unit / card.matmul_flops_per_s * 1e6
@@ -130,7 +134,8 @@ def predict(card: Card) -> dict:
         "fused_breakdown_us": {
             "matmuls": round(chunks * chunk_matmuls_us, 1),
             "loss_kernels": round(chunks * loss_us, 1),
-            "launches": round(fused_us - chunks * (chunk_matmuls_us + loss_us), 1),
+            "bias_sum": round(chunks * bias_sum, 1),
+            "launches": round(fused_us - chunks * (chunk_matmuls_us + loss_us + bias_sum), 1),
             "loss_kernels_per_chunk": loss_kernels,
         },
         "ratio_vs_eager": round(eager_us / fused_us, 2),
@@ -167,7 +172,8 @@ def markdown(result: dict) -> list[str]:
         "",
         f"Predicted ratio (composite time / fused time): {result['ratio_vs_eager']:.2f}x vs eager, "
         f"{result['ratio_vs_compiled']:.2f}x vs compiled. Fused breakdown: matmuls {b['matmuls']:.0f} us, loss "
-        f"kernels {b['loss_kernels']:.0f} us (the bias added as they read), launches {b['launches']:.0f} us. "
+        f"kernels {b['loss_kernels']:.0f} us (the bias added as they read), db's sum {b['bias_sum']:.0f} us, "
+        f"launches {b['launches']:.0f} us. "
         f"Extra memory (model): fused "
         f"{mem['fused']:.0f} MiB = {mem['percent']:.1f}% of the composite's lower bound "
         f"({mem['composite_lower_bound']:.0f} MiB: 4 bf16 [M, C]).",
