@@ -186,6 +186,8 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
         constexprs["GROUP"] = 16 // _ELEMENT_BYTES[dtype] if aligned_words else 1
     if forward:
         constexprs["BLOCK_S"] = 64 if constexprs["SPLIT"] else 1  # splits (SPLIT): up to 2 x 132 SMs / rows
+        # as the launcher: an output without tickets (no split, no reduction) is not zero-filled
+        constexprs["ZERO_ABSENT"] = not (constexprs["SPLIT"] or constexprs["REDUCE"])
     signature = {name: kind for name, kind in signature.items() if name not in constexprs}
     if not forward:
         constexprs = {"LABELS": False, **constexprs}
