@@ -11,6 +11,7 @@ do the same for one term):
         losses and stats of z, s/T, z/T; dz, ds for the row grads a/count, b/count (mean) or a, b (sum)
         dh_c = dz W,  dhs_c = ds W                          rows of dH, dHs [M, D]
         dW += [dz; ds]^T [h_c; hs_c],  db += sum_rows [dz; ds]          one fp32 accumulator, one matmul
+                                         (db in it: a ones column in [h_c; hs_c], the kernels' fp16 / bf16 path)
     backward(g_L):  dh = g_L dH,  dhs = g_L dHs,  dW = g_L dW,  db = g_L db   (scaled in place: see below)
 
 (For a mean, the row grads are 2^k / count with 2^k the power of two <= count, and the backward multiplies by
@@ -40,6 +41,9 @@ Two flavours, chosen by the op's backend:
 Extra memory (beyond the inputs and the returned gradients): the chunk's [2R, C] fp32 logits (plus [2R, C] logit
 gradients for fp16 / bf16 inputs; R from GRADS_CHUNK_BYTES: 256 rows at C = 30522 in bf16, 89 MiB), the stacked
 rows [2R, D], the per-row stats [9, M] fp32 and one fp32 dW [C, D] (+ db [C]) for the two terms. Never [M, C].
+On the kernels' fp16 / bf16 path with a bias, dW's accumulator is [dW | db | 0...] [C, D + pad] and the stacked
+rows [h_c; hs_c | 1 | 0...] [2R, D + pad] (padded_depth): db comes out of dW's matmul instead of a pass of its own
+over each chunk's gradients; after the loop, the chunk's buffers freed, dW and db are copied out of it.
 
 Which rows count is read on the host (one sync on CUDA tensors: the number of counted rows), so that the matmuls
 run on the counted rows only; when every row counts the chunks are slices, with no gathers.
@@ -134,6 +138,13 @@ def _fp32_logits(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.T
     return out.copy_(x.float() @ w.float().T)  # fp64 inputs (computed in fp32 on this path), CPU tensors
 
 
+def padded_depth(depth: int) -> int:
+    """The row length of the stacked rows with their ones column, [h; hs | 1 | 0...], and of dW's accumulator
+    [dW | db | 0...]: D + 1 rounded up to 16 bytes of fp16 / bf16 (8 elements), so that the matmuls' rows stay
+    16-byte aligned (D = 768: 776)."""
+    return -(-(depth + 1) // 8) * 8
+
+
 def aligned_classes(classes: int) -> int:
     """The row length of the kernels' [2R, C] chunk buffers: C rounded up to ALIGN_CLASSES elements, so that every
     matmul operand or output with C columns has 16-byte-aligned rows. With C = 30522 (BERT) they are not, and
@@ -195,6 +206,12 @@ def grads_in_forward(
     dhs = zeros((rows, depth), hidden.dtype, need_sub_hidden and want_sub)
     dw = torch.zeros(classes, depth, dtype=acc, device=device) if need_weight and (want_main or want_sub) else None
     db = torch.zeros(classes, dtype=acc, device=device) if dw is not None and bias is not None else None
+    # db in dW's matmul (the kernels' path, fp16 / bf16 operands, where dW is an fp32 accumulator of its own): the
+    # stacked rows get a column of ones, [h_c; hs_c | 1 | 0...] (rows of 16-byte multiples), so that column D of
+    # [dz; ds]^T [h_c; hs_c | 1] is db's sum over the chunk's rows: no pass of its own over the [2R, C] gradients
+    ones_column = kernels and db is not None and operand in (torch.float16, torch.bfloat16)
+    if ones_column:
+        dw = torch.zeros(classes, padded_depth(depth), dtype=acc, device=device)  # [dW | db | 0...]
     stats = torch.zeros(loss_ops.NUM_OUT, rows, dtype=torch.float32, device=device)  # ignored rows stay 0
     w = weight.to(operand)  # the reference's (and fp64 inputs') one copy of W; the inputs' own W otherwise
     b_acc = None if bias is None or kernels else bias.to(acc)
@@ -209,11 +226,21 @@ def grads_in_forward(
         buffer_shape = ((2 if has_sub else 1) * min(step, rows), aligned_classes(classes))
         logits_buffer = torch.empty(buffer_shape, dtype=torch.float32, device=device)
         grads_buffer = None if operand == torch.float32 else torch.empty(buffer_shape, dtype=operand, device=device)
+    if ones_column:  # the stacked rows with their ones column, made once; each chunk fills [:2n, :D]
+        stacked = torch.zeros(buffer_shape[0], dw.shape[1], dtype=operand, device=device)
+        stacked[:, depth] = 1
     for chunk in chunks:
         n = chunk.stop - chunk.start if isinstance(chunk, slice) else chunk.numel()
         h_c, y = _rows(hidden, chunk), _rows(target, chunk)
         hs_c = _rows(sub_hidden, chunk) if has_sub else None
-        x = torch.cat((h_c, hs_c)) if has_sub else h_c  # [2R, D]: both branches' logits from one matmul
+        if ones_column:
+            x_wide = stacked[: (2 if has_sub else 1) * n]  # [2R, D + pad]: the rows, their ones column
+            for i, rows_c in enumerate((h_c, hs_c) if has_sub else (h_c,)):
+                x_wide[i * n : (i + 1) * n, :depth].copy_(rows_c)
+            x = x_wide[:, :depth]
+            h_c, hs_c = x_wide[:n], x_wide[n:] if has_sub else None  # dW's operands: db from the ones column
+        else:
+            x = torch.cat((h_c, hs_c)) if has_sub else h_c  # [2R, D]: both branches' logits from one matmul
         gm, gs = (None if g is None else g.expand(n) for g in (g_main, g_sub))
         grads = None  # the kernels' [2R, C] buffer of dz over ds
         if kernels:
@@ -237,13 +264,18 @@ def grads_in_forward(
                 _store_rows(dx, chunk, d, w)  # [R, D] rows of dH or dHs
         # dW += [dz; ds]^T [h_c; hs_c]: one matmul over both terms when they are the halves of one buffer
         both = grads is not None and dz.numel() and ds.numel()
-        terms = [(grads, x)] if both else [(d, xc) for d, xc in ((dz, h_c), (ds, hs_c)) if d.numel()]
+        terms = [(grads, x_wide if ones_column else x)] if both else [(d, xc) for d, xc in ((dz, h_c), (ds, hs_c))]
         for d, xc in terms:
+            if not d.numel():
+                continue
             if dw is not None:
-                _add_matmul(dw, d.T, xc.to(operand))  # [C, D] += [C, R] @ [R, D]
-            if db is not None:
+                _add_matmul(dw, d.T, xc.to(operand))  # [C, D] += [C, R] @ [R, D] ([C, D + pad] with db's column)
+            if db is not None and not ones_column:
                 db += d.sum(0, dtype=acc)
         del logits, z, s, dz, ds, grads, out, terms  # the chunk's views and temporaries (the buffers are reused)
+    if ones_column:  # [dW | db | 0...] into dW and db, the chunks' buffers gone first (the peak is the loop's)
+        del logits_buffer, grads_buffer, stacked
+        dw, db = dw[:, :depth].contiguous(), dw[:, depth].clone()
 
     main, sub = stats[MAIN].sum(), stats[SUB].sum()
     if mean:  # the public functions' mean: the sum over counted rows / max(count, 1)

@@ -16,8 +16,8 @@ backward):
   counted (the benchmark's labels: slices, no gathers); per chunk one logits matmul of both branches' stacked rows
   [2R, D] with fp32 output, without the bias (the loss kernels add it as they read the logits), the loss kernels, two
   gradient matmuls (dH, dHs written in place) and one dW matmul over the stacked [2R, C] gradients accumulated
-  into the one fp32 dW with beta = 1 (its [C, D] fp32 read and written once per chunk: the price of small chunks),
-  and db's sum over the stacked gradients (a read of [2R, C] bf16 per chunk);
+  into the one fp32 accumulator with beta = 1 (its [C, D] fp32 read and written once per chunk: the price of small
+  chunks), db in the same matmul (a ones column in the stacked rows: [C, D + pad]), out of the accumulator once;
 - official (eager): F.linear per branch, then the eager ops of the official composite; its [M, C] passes, in units
   of one bf16 [M, C] (L = M C 2 bytes; an fp32 copy is 2L), read + write:
     forward: main.float() 3, softmax 4, sub.float() 3, log_softmax 4, neg 4, mul 6, sum 2, main.float() for
@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from masksub_kernels.ops import masksub_loss
-from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows
+from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows, padded_depth
 
 from .capture import recording
 from .hardware import Card
@@ -86,17 +86,21 @@ def predict(card: Card) -> dict:
     chunk_unit = 2 * r * d * c
     logits = _matmul_us(card, 2 * chunk_unit, 2 * r * c * 4 + c * d * 2 + 2 * r * d * 2)  # [2R, C] fp32 written
     d_hidden = _matmul_us(card, chunk_unit, r * c * 2 + c * d * 2 + r * d * 2)  # dz (bf16) and W read, per branch
-    d_weight = _matmul_us(card, 2 * chunk_unit, 2 * r * c * 2 + 2 * r * d * 2 + 2 * c * d * 4)  # fp32 dW RMW
+    # dW and db in one matmul: the stacked rows carry a ones column ([2R, D + pad]), the fp32 accumulator is
+    # [dW | db | 0...] [C, D + pad], read and written per chunk (beta = 1)
+    wide = padded_depth(d)
+    d_weight = _matmul_us(card, 2 * chunk_unit * wide / d, 2 * r * c * 2 + 2 * r * wide * 2 + 2 * c * wide * 4)
     loss_us, loss_launches, loss_kernels = _loss_kernels_us(card, r, c)
-    matmul_launches = 4  # logits, dH, dHs, dW
-    other_launches = 4  # per chunk: the stacking cat, the stats' copy into [9, M], db's sum and add
-    # db's sum reads both bf16 gradients [2R, C] (a pass at copy bandwidth); the others move O(R D), O(R) or O(C)
-    # bytes: their time is their launches
-    bias_sum = 2 * r * c * 2 / card.copy_bytes_per_s * 1e6
+    matmul_launches = 4  # logits, dH, dHs, dW (with db)
+    other_launches = 3  # per chunk: the two copies of the rows into the stacked buffer, the stats' copy into [9, M]
+    # (those move O(R D) or O(R) bytes: their time is their launches)
     chunk_matmuls_us = logits + 2 * d_hidden + d_weight
-    per_chunk = chunk_matmuls_us + loss_us + bias_sum
+    per_chunk = chunk_matmuls_us + loss_us
     per_chunk += card.launch_us * (matmul_launches + loss_launches + other_launches)
-    fused_us = chunks * per_chunk + card.launch_us * 12  # + the row ids, buffers, the reductions
+    # once: the row ids, buffers, the reductions (12 launches); the stacked buffer's zeros and ones column, and the
+    # accumulator into dW and db after the loop (4 launches, its [C, D + pad] read and [C, D] written)
+    compaction = (c * wide * 4 + c * d * 4) / card.copy_bytes_per_s * 1e6
+    fused_us = chunks * per_chunk + card.launch_us * (12 + 4) + compaction
     matmul_us = 6 * unit / card.matmul_flops_per_s * 1e6
     eager_us = matmul_us + EAGER_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 30
     compiled_us = matmul_us + COMPILED_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 8
@@ -134,8 +138,8 @@ def predict(card: Card) -> dict:
         "fused_breakdown_us": {
             "matmuls": round(chunks * chunk_matmuls_us, 1),
             "loss_kernels": round(chunks * loss_us, 1),
-            "bias_sum": round(chunks * bias_sum, 1),
-            "launches": round(fused_us - chunks * (chunk_matmuls_us + loss_us + bias_sum), 1),
+            "compaction": round(compaction, 1),
+            "launches": round(fused_us - chunks * (chunk_matmuls_us + loss_us) - compaction, 1),
             "loss_kernels_per_chunk": loss_kernels,
         },
         "ratio_vs_eager": round(eager_us / fused_us, 2),
@@ -172,8 +176,8 @@ def markdown(result: dict) -> list[str]:
         "",
         f"Predicted ratio (composite time / fused time): {result['ratio_vs_eager']:.2f}x vs eager, "
         f"{result['ratio_vs_compiled']:.2f}x vs compiled. Fused breakdown: matmuls {b['matmuls']:.0f} us, loss "
-        f"kernels {b['loss_kernels']:.0f} us (the bias added as they read), db's sum {b['bias_sum']:.0f} us, "
-        f"launches {b['launches']:.0f} us. "
+        f"kernels {b['loss_kernels']:.0f} us (the bias added as they read), dW and db out of their accumulator "
+        f"{b['compaction']:.0f} us, launches {b['launches']:.0f} us. "
         f"Extra memory (model): fused "
         f"{mem['fused']:.0f} MiB = {mem['percent']:.1f}% of the composite's lower bound "
         f"({mem['composite_lower_bound']:.0f} MiB: 4 bf16 [M, C]).",
