@@ -1,0 +1,42 @@
+"""ops/_linear_loss_chunks.py's kernels flavour against its reference flavour, on the stored gradients themselves:
+the fp16 / bf16 path with a bias, whose db comes out of dW's matmul (a ones column in the stacked rows), with
+both terms, one term weighted 0, no sub-branch, and ignored rows (gathered chunks), over several chunks."""
+
+import pytest
+import torch
+from conftest import DEVICE
+from test_linear_masksub_loss import make_inputs
+
+from masksub_kernels.ops import _linear_loss_chunks as chunks
+
+# The interpreter computes the discarded lanes of tl.where too (inf - inf, 0 / 0): numpy warns, the GPU does not.
+pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
+
+OPTIONS = (False, 0.1, -100, 2.0, None)  # bce, label_smoothing, ignore_index, temperature, target_threshold
+
+
+def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    return float((actual - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("main_weight", "sub_weight", "has_sub"), [(0.5, 0.5, True), (0.0, 1.0, True),
+                                                                     (1.0, 0.0, True), (1.0, 0.0, False)])  # fmt: skip
+@pytest.mark.parametrize("kind", ["index", "index_ignore"])
+def test_ones_column_gives_db_and_dw(dtype, main_weight, sub_weight, has_sub, kind):
+    h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=dtype, kind=kind, seed=3)
+    sub = hs if has_sub else None
+    args = (h, sub, w, b, target, True, main_weight, sub_weight, True, has_sub, True, OPTIONS)
+    kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)  # 5 chunks
+    reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
+    dw, db = kernels[5], kernels[6]
+    assert dw.shape == (30, 20) and db.shape == (30,) and dw.is_contiguous() and db.is_contiguous()
+    assert dw.dtype == db.dtype == torch.float32 and dw.device == db.device == DEVICE
+    # the two flavours differ by the dtype of dz, ds in the matmuls (one rounding to fp16 / bf16 on the kernels'
+    # path, as the composite's): norm-wise within a few of its units
+    limit = 4 * torch.finfo(dtype).eps
+    assert _relative(dw, reference[5]) <= limit
+    assert _relative(db, reference[6]) <= limit
+    for got, want in zip(kernels[:3], reference[:3]):  # the losses
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
