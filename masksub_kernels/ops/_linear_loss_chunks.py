@@ -204,14 +204,17 @@ def grads_in_forward(
 
     dh = zeros((rows, depth), hidden.dtype, need_hidden and want_main)
     dhs = zeros((rows, depth), hidden.dtype, need_sub_hidden and want_sub)
-    dw = torch.zeros(classes, depth, dtype=acc, device=device) if need_weight and (want_main or want_sub) else None
-    db = torch.zeros(classes, dtype=acc, device=device) if dw is not None and bias is not None else None
+    want_weight = need_weight and (want_main or want_sub)
     # db in dW's matmul (the kernels' path, fp16 / bf16 operands, where dW is an fp32 accumulator of its own): the
     # stacked rows get a column of ones, [h_c; hs_c | 1 | 0...] (rows of 16-byte multiples), so that column D of
-    # [dz; ds]^T [h_c; hs_c | 1] is db's sum over the chunk's rows: no pass of its own over the [2R, C] gradients
-    ones_column = kernels and db is not None and operand in (torch.float16, torch.bfloat16)
-    if ones_column:
-        dw = torch.zeros(classes, padded_depth(depth), dtype=acc, device=device)  # [dW | db | 0...]
+    # [dz; ds]^T [h_c; hs_c | 1] is db's sum over the chunk's rows: no pass of its own over the [2R, C] gradients.
+    # dW is then that [dW | db | 0...] accumulator until the chunks are done.
+    ones_column = kernels and want_weight and bias is not None and operand in (torch.float16, torch.bfloat16)
+    dw_width = padded_depth(depth) if ones_column else depth
+    dw = torch.zeros(classes, dw_width, dtype=acc, device=device) if want_weight else None
+    db = (
+        torch.zeros(classes, dtype=acc, device=device) if want_weight and bias is not None and not ones_column else None
+    )
     stats = torch.zeros(loss_ops.NUM_OUT, rows, dtype=torch.float32, device=device)  # ignored rows stay 0
     w = weight.to(operand)  # the reference's (and fp64 inputs') one copy of W; the inputs' own W otherwise
     b_acc = None if bias is None or kernels else bias.to(acc)
@@ -270,7 +273,7 @@ def grads_in_forward(
                 continue
             if dw is not None:
                 _add_matmul(dw, d.T, xc.to(operand))  # [C, D] += [C, R] @ [R, D] ([C, D + pad] with db's column)
-            if db is not None and not ones_column:
+            if db is not None:
                 db += d.sum(0, dtype=acc)
         del logits, z, s, dz, ds, grads, out, terms  # the chunk's views and temporaries (the buffers are reused)
     if ones_column:  # [dW | db | 0...] into dW and db, the chunks' buffers gone first (the peak is the loop's)
