@@ -63,9 +63,9 @@ def modelled_extra_mb(rows: int, depth: int, classes: int, element: int) -> dict
     fused (gradients in the forward, the Triton flavour: ops/_linear_loss_chunks.py, with a bias): one chunk's
     buffers (2 R C fp32 logits, plus 2 R C gradients in the inputs' dtype for fp16 / bf16, and the stacked rows
     [2R, D]), the per-row stats (9 fp32 per row) and, for fp16 / bf16 weights, the fp32 accumulator [dW | db | 0...]
-    [C, D + pad] of both terms (the stacked rows carry the ones column, [2R, D + pad]); after the loop, with the
-    chunk's buffers freed, that accumulator beside its dW [C, D] and db [C] (the peak is the larger of the two). For
-    fp32 weights dW and db are the returned gradients (scaled in place, as dH and dHs always are).
+    [C, D + pad] of both terms (the stacked rows carry the ones column, [2R, D + pad]; dW is returned as its view,
+    db as a copy of its column). For fp32 weights dW and db are the returned gradients (scaled in place, as dH and
+    dHs always are).
     composite: both logits and both logit gradients in the inputs' dtype (4 [M, C]), the least any materialising
     implementation holds at its peak (the eager official composite holds more: its fp32 copies)."""
     from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows, padded_depth
@@ -76,8 +76,7 @@ def modelled_extra_mb(rows: int, depth: int, classes: int, element: int) -> dict
     if element < 4:
         width = padded_depth(depth)
         accumulator = classes * width * 4
-        loop = 2 * chunk * classes * (4 + element) + 2 * chunk * width * element + stats + accumulator
-        fused_bytes = max(loop, accumulator + classes * (depth + 1) * 4 + stats)
+        fused_bytes = 2 * chunk * classes * (4 + element) + 2 * chunk * width * element + stats + accumulator
     else:
         fused_bytes = 2 * chunk * classes * 4 + 2 * chunk * depth * element + stats
     composite_bytes = 4 * rows * classes * element

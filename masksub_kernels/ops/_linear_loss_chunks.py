@@ -43,7 +43,8 @@ gradients for fp16 / bf16 inputs; R from GRADS_CHUNK_BYTES: 256 rows at C = 3052
 rows [2R, D], the per-row stats [9, M] fp32 and one fp32 dW [C, D] (+ db [C]) for the two terms. Never [M, C].
 On the kernels' fp16 / bf16 path with a bias, dW's accumulator is [dW | db | 0...] [C, D + pad] and the stacked
 rows [h_c; hs_c | 1 | 0...] [2R, D + pad] (padded_depth): db comes out of dW's matmul instead of a pass of its own
-over each chunk's gradients; after the loop, the chunk's buffers freed, dW and db are copied out of it.
+over each chunk's gradients; dW is returned as the [C, D] view of that accumulator (row stride D + pad: the fake
+says so), db as a copy of its column.
 
 Which rows count is read on the host (one sync on CUDA tensors: the number of counted rows), so that the matmuls
 run on the counted rows only; when every row counts the chunks are slices, with no gathers.
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _backend
 from . import masksub_loss as loss_ops
 from ._common import _tracing, masksub_op
 from .masksub_loss import MAIN, NUM_OUT, SUB
@@ -138,6 +140,13 @@ def _fp32_logits(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.T
     return out.copy_(x.float() @ w.float().T)  # fp64 inputs (computed in fp32 on this path), CPU tensors
 
 
+def ones_column(kernels: bool, want_weight: bool, bias: torch.Tensor | None, dtype: torch.dtype) -> bool:
+    """Whether db comes out of dW's matmul (grads_in_forward): the kernels' path with fp16 / bf16 operands and a
+    bias, where dW is an fp32 accumulator of its own; dW is then returned as the [C, D] view of [dW | db | 0...]
+    (row stride padded_depth(D)), and the fake says so."""
+    return kernels and want_weight and bias is not None and dtype in (torch.float16, torch.bfloat16)
+
+
 def padded_depth(depth: int) -> int:
     """The row length of the stacked rows with their ones column, [h; hs | 1 | 0...], and of dW's accumulator
     [dW | db | 0...]: D + 1 rounded up to 16 bytes of fp16 / bf16 (8 elements), so that the matmuls' rows stay
@@ -209,12 +218,10 @@ def grads_in_forward(
     # stacked rows get a column of ones, [h_c; hs_c | 1 | 0...] (rows of 16-byte multiples), so that column D of
     # [dz; ds]^T [h_c; hs_c | 1] is db's sum over the chunk's rows: no pass of its own over the [2R, C] gradients.
     # dW is then that [dW | db | 0...] accumulator until the chunks are done.
-    ones_column = kernels and want_weight and bias is not None and operand in (torch.float16, torch.bfloat16)
-    dw_width = padded_depth(depth) if ones_column else depth
+    with_ones = ones_column(kernels, want_weight, bias, operand)
+    dw_width = padded_depth(depth) if with_ones else depth
     dw = torch.zeros(classes, dw_width, dtype=acc, device=device) if want_weight else None
-    db = (
-        torch.zeros(classes, dtype=acc, device=device) if want_weight and bias is not None and not ones_column else None
-    )
+    db = torch.zeros(classes, dtype=acc, device=device) if want_weight and bias is not None and not with_ones else None
     stats = torch.zeros(loss_ops.NUM_OUT, rows, dtype=torch.float32, device=device)  # ignored rows stay 0
     w = weight.to(operand)  # the reference's (and fp64 inputs') one copy of W; the inputs' own W otherwise
     b_acc = None if bias is None or kernels else bias.to(acc)
@@ -229,14 +236,14 @@ def grads_in_forward(
         buffer_shape = ((2 if has_sub else 1) * min(step, rows), aligned_classes(classes))
         logits_buffer = torch.empty(buffer_shape, dtype=torch.float32, device=device)
         grads_buffer = None if operand == torch.float32 else torch.empty(buffer_shape, dtype=operand, device=device)
-    if ones_column:  # the stacked rows with their ones column, made once; each chunk fills [:2n, :D]
+    if with_ones:  # the stacked rows with their ones column, made once; each chunk fills [:2n, :D]
         stacked = torch.zeros(buffer_shape[0], dw.shape[1], dtype=operand, device=device)
         stacked[:, depth] = 1
     for chunk in chunks:
         n = chunk.stop - chunk.start if isinstance(chunk, slice) else chunk.numel()
         h_c, y = _rows(hidden, chunk), _rows(target, chunk)
         hs_c = _rows(sub_hidden, chunk) if has_sub else None
-        if ones_column:
+        if with_ones:
             x_wide = stacked[: (2 if has_sub else 1) * n]  # [2R, D + pad]: the rows, their ones column
             for i, rows_c in enumerate((h_c, hs_c) if has_sub else (h_c,)):
                 x_wide[i * n : (i + 1) * n, :depth].copy_(rows_c)
@@ -267,7 +274,7 @@ def grads_in_forward(
                 _store_rows(dx, chunk, d, w)  # [R, D] rows of dH or dHs
         # dW += [dz; ds]^T [h_c; hs_c]: one matmul over both terms when they are the halves of one buffer
         both = grads is not None and dz.numel() and ds.numel()
-        terms = [(grads, x_wide if ones_column else x)] if both else [(d, xc) for d, xc in ((dz, h_c), (ds, hs_c))]
+        terms = [(grads, x_wide if with_ones else x)] if both else [(d, xc) for d, xc in ((dz, h_c), (ds, hs_c))]
         for d, xc in terms:
             if not d.numel():
                 continue
@@ -276,9 +283,8 @@ def grads_in_forward(
             if db is not None:
                 db += d.sum(0, dtype=acc)
         del logits, z, s, dz, ds, grads, out, terms  # the chunk's views and temporaries (the buffers are reused)
-    if ones_column:  # [dW | db | 0...] into dW and db, the chunks' buffers gone first (the peak is the loop's)
-        del logits_buffer, grads_buffer, stacked
-        dw, db = dw[:, :depth].contiguous(), dw[:, depth].clone()
+    if with_ones:  # [dW | db | 0...]: dW its [C, D] view (no copy, no second [C, D]), db a copy of its column
+        dw, db = dw[:, :depth], dw[:, depth].clone()
 
     main, sub = stats[MAIN].sum(), stats[SUB].sum()
     if mean:  # the public functions' mean: the sum over counted rows / max(count, 1)
@@ -375,13 +381,21 @@ def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, nee
 
     (rows, depth), classes = hidden.shape, weight.shape[0]
     scalar = hidden.new_empty((), dtype=torch.float32)
+    # the backend that would run (as the op decides it): Triton's fp16 / bf16 dW is a view of a wider accumulator
+    kernels = (
+        hidden.device.type != "meta" and _backend.resolve_backend(hidden.device, None, ("torch", "triton")) == "triton"
+    )
+    if ones_column(kernels, want_w, bias, hidden.dtype):
+        dw = hidden.new_empty_strided((classes, depth), (padded_depth(depth), 1), dtype=acc)
+    else:
+        dw = grad((classes, depth), acc, want_w)
     return (
         scalar,
         scalar.clone(),
         scalar.clone(),
         grad((rows, depth), hidden.dtype, need_h and want_main),
         grad((rows, depth), hidden.dtype, need_hs and want_sub),
-        grad((classes, depth), acc, want_w),
+        dw,
         grad((classes,), acc, want_w and bias is not None),
         hidden.new_empty((NUM_OUT, rows), dtype=torch.float32),
         scalar.clone(),

@@ -7,6 +7,7 @@ import torch
 from conftest import DEVICE
 from test_linear_masksub_loss import make_inputs
 
+import masksub_kernels as mk
 from masksub_kernels.ops import _linear_loss_chunks as chunks
 
 # The interpreter computes the discarded lanes of tl.where too (inf - inf, 0 / 0): numpy warns, the GPU does not.
@@ -31,7 +32,11 @@ def test_ones_column_gives_db_and_dw(dtype, main_weight, sub_weight, has_sub, ki
     kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)  # 5 chunks
     reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
     dw, db = kernels[5], kernels[6]
-    assert dw.shape == (30, 20) and db.shape == (30,) and dw.is_contiguous() and db.is_contiguous()
+    # dW: the [C, D] view of the [dW | db | 0...] accumulator (no copy); db its own
+    assert dw.shape == (30, 20) and dw.stride() == (chunks.padded_depth(20), 1)
+    assert (
+        db.shape == (30,) and db.is_contiguous() and db.untyped_storage().data_ptr() != dw.untyped_storage().data_ptr()
+    )
     assert dw.dtype == db.dtype == torch.float32 and dw.device == db.device == DEVICE
     # the two flavours differ by the dtype of dz, ds in the matmuls (one rounding to fp16 / bf16 on the kernels'
     # path, as the composite's): norm-wise within a few of its units
@@ -40,3 +45,14 @@ def test_ones_column_gives_db_and_dw(dtype, main_weight, sub_weight, has_sub, ki
     assert _relative(db, reference[6]) <= limit
     for got, want in zip(kernels[:3], reference[:3]):  # the losses
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fake_strides_follow_the_backend(backend, dtype):
+    # the fake registration must give dW the strides the backend's implementation returns (the view of the wider
+    # accumulator on Triton's fp16 / bf16 path, contiguous otherwise): opcheck compares them
+    h, hs, w, b, target = make_inputs(rows=9, depth=20, classes=30, dtype=dtype, kind="index_ignore", seed=5)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, False, *OPTIONS)
+    with mk.use_backend(backend):
+        torch.library.opcheck(chunks._linear_loss_grads_op.custom_op, args, test_utils=("test_faketensor",))
