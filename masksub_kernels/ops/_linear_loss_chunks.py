@@ -371,7 +371,12 @@ def _linear_loss_grads_op(
 
 @_linear_loss_grads_op.register_fake
 def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, private, *options):
-    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    # the backend that would run (as the op decides it): Triton computes fp64 inputs in fp32 (grads_in_forward's
+    # acc), and its fp16 / bf16 dW is a view of a wider accumulator (ones_column)
+    kernels = (
+        hidden.device.type != "meta" and _backend.resolve_backend(hidden.device, None, ("torch", "triton")) == "triton"
+    )
+    acc = torch.float64 if hidden.dtype == torch.float64 and not kernels else torch.float32
     has_sub = sub_hidden is not None
     want_main, want_sub = a != 0 and (need_h or need_w), has_sub and b != 0 and (need_hs or need_w)
     want_w = need_w and (want_main or want_sub)
@@ -381,10 +386,6 @@ def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, nee
 
     (rows, depth), classes = hidden.shape, weight.shape[0]
     scalar = hidden.new_empty((), dtype=torch.float32)
-    # the backend that would run (as the op decides it): Triton's fp16 / bf16 dW is a view of a wider accumulator
-    kernels = (
-        hidden.device.type != "meta" and _backend.resolve_backend(hidden.device, None, ("torch", "triton")) == "triton"
-    )
     if ones_column(kernels, want_w, bias, hidden.dtype):
         dw = hidden.new_empty_strided((classes, depth), (padded_depth(depth), 1), dtype=acc)
     else:

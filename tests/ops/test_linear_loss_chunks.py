@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import DEVICE
 from test_linear_masksub_loss import make_inputs
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import masksub_kernels as mk
 from masksub_kernels.ops import _linear_loss_chunks as chunks
@@ -48,11 +49,17 @@ def test_ones_column_gives_db_and_dw(dtype, main_weight, sub_weight, has_sub, ki
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_fake_strides_follow_the_backend(backend, dtype):
-    # the fake registration must give dW the strides the backend's implementation returns (the view of the wider
-    # accumulator on Triton's fp16 / bf16 path, contiguous otherwise): opcheck compares them
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_fake_outputs_follow_the_backend(backend, dtype):
+    # the fake registration must give each output the shape, dtype and strides the backend's implementation returns
+    # (dW the view of the wider accumulator on Triton's fp16 / bf16 path; fp32 for fp64 inputs on Triton)
     h, hs, w, b, target = make_inputs(rows=9, depth=20, classes=30, dtype=dtype, kind="index_ignore", seed=5)
     args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, False, *OPTIONS)
+    op = chunks._linear_loss_grads_op.custom_op
     with mk.use_backend(backend):
-        torch.library.opcheck(chunks._linear_loss_grads_op.custom_op, args, test_utils=("test_faketensor",))
+        real = op(*args)
+        with FakeTensorMode() as mode:
+            fake = op(*(mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in args))
+        torch.library.opcheck(op, args, test_utils=("test_faketensor",))
+    for i, (r, f) in enumerate(zip(real, fake)):
+        assert (r.shape, r.dtype, r.stride()) == (f.shape, f.dtype, f.stride()), i
