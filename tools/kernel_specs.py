@@ -153,6 +153,7 @@ def token_grid_mask_specs() -> list[tuple]:
 
 
 _ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+_CHUNK_SPLIT = {"SPLIT": True, "ALIGNED": True, "EVEN": True, "ZERO_ABSENT": True}  # the fused-linear op's chunks
 _LOSS_SCALARS = {"M": "i32", "C": "i32", "chunk": "i32", "stride_z": "i64", "stride_s": "i64", "stride_y": "i64"}
 _LOSS_OPTIONS = {"eps": "fp32", "ignore_index": "i64", "temperature": "fp32", "threshold": "fp32"}
 _LOSS_OPTIONS |= {"main_weight": "fp32", "sub_weight": "fp32"}  # the reduced loss's weights (REDUCE, REDUCED)
@@ -169,11 +170,11 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
     logits["bias_ptr"] = f"*{bias or dtype}"
     if forward:
         scratch = {"part_ptr": "*fp32", "ticket_ptr": "*i32", "red_ptr": "*fp32", "d_ptr": "*fp32"}
-        signature = {**logits, "out_ptr": "*fp32", **scratch, **_LOSS_SCALARS, **_LOSS_OPTIONS}
+        signature = {**logits, "out_ptr": "*fp32", **scratch, **_LOSS_SCALARS, "stride_out": "i64", **_LOSS_OPTIONS}
     else:
         grads = {"gm_ptr": "*fp32", "gs_ptr": "*fp32", "dz_ptr": f"*{dtype}", "ds_ptr": f"*{dtype}", "d_ptr": "*fp32"}
         signature = {**logits, "out_ptr": "*fp32", **grads, **_LOSS_SCALARS, "stride_gm": "i64", "stride_gs": "i64"}
-        signature["stride_d"] = "i64"
+        signature |= {"stride_d": "i64", "stride_out": "i64"}
         signature.update(_LOSS_OPTIONS)
     constexprs = {"BCE": False, "DENSE": False, "BINARISE": False, "SPLIT": False, "HAS_BIAS": bias is not None}
     constexprs["UNIT_T"] = False
@@ -187,7 +188,7 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
     if forward:
         constexprs["BLOCK_S"] = 64 if constexprs["SPLIT"] else 1  # splits (SPLIT): up to 2 x 132 SMs / rows
         # as the launcher: an output without tickets (no split, no reduction) is not zero-filled
-        constexprs["ZERO_ABSENT"] = not (constexprs["SPLIT"] or constexprs["REDUCE"])
+        constexprs.setdefault("ZERO_ABSENT", not (constexprs["SPLIT"] or constexprs["REDUCE"]))
     signature = {name: kind for name, kind in signature.items() if name not in constexprs}
     if not forward:
         constexprs = {"LABELS": False, **constexprs}
@@ -271,9 +272,12 @@ def masksub_loss_specs() -> list[tuple]:
             _loss_spec(kernel, "fp32", {**flags, "ALIGNED": True, "EVEN": True}, bias="bf16")
             for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
         ),
+        # the chunks' split forward at BERT's shape: stats into the op's [9, M], its tickets reused (no fill: the
+        # kernel writes the zeros, ZERO_ABSENT, with a split)
+        _loss_spec(fwd, "fp32", {**variants[0][0], **_CHUNK_SPLIT}, bias="bf16"),
         # Triton turns integer arguments equal to 1 into constants: one row of one class
-        _loss_spec(fwd, "fp32", {"HAS_MAIN": True, "HAS_SUB": True, "M": 1, "C": 1}),
-        _loss_spec(bwd, "fp32", {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": True, "M": 1, "C": 1}),
+        _loss_spec(fwd, "fp32", {"HAS_MAIN": True, "HAS_SUB": True, "M": 1, "C": 1, "stride_out": 1}),
+        _loss_spec(bwd, "fp32", {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": True, "M": 1, "C": 1, "stride_out": 1}),
     ]
 
 

@@ -36,7 +36,9 @@ Two flavours, chosen by the op's backend:
   bf16 / fp16 tensor cores, never rounded to bf16) without the bias, which the fused masksub_loss Triton kernels
   add as they read the logits (no pass over them) while computing the loss and dz, ds,
   dz and ds written over the fp32 logits (fp32 inputs) or into a [2R, C] buffer of the inputs' dtype; dW
-  accumulated in fp32 (cuBLAS with an fp32 output on CUDA, fp32 operands elsewhere).
+  accumulated in fp32 (cuBLAS with an fp32 output on CUDA, fp32 operands elsewhere). The loss forward writes a
+  slice chunk's stats straight into their columns of [9, M] and takes its split rows' tickets from one buffer of
+  the op's, zeroed once and left zero by each launch: no fill and no copy per chunk (8 launches per chunk).
 
 Extra memory (beyond the inputs and the returned gradients): the chunk's [2R, C] fp32 logits (plus [2R, C] logit
 gradients for fp16 / bf16 inputs; R from GRADS_CHUNK_BYTES: 256 rows at C = 30522 in bf16, 89 MiB), the stacked
@@ -222,7 +224,7 @@ def grads_in_forward(
     dw_width = padded_depth(depth) if with_ones else depth
     dw = torch.zeros(classes, dw_width, dtype=acc, device=device) if want_weight else None
     db = torch.zeros(classes, dtype=acc, device=device) if want_weight and bias is not None and not with_ones else None
-    stats = torch.zeros(loss_ops.NUM_OUT, rows, dtype=torch.float32, device=device)  # ignored rows stay 0
+    stats = zeros((loss_ops.NUM_OUT, rows), torch.float32, True)  # every chunk writes its columns; ignored rows 0
     w = weight.to(operand)  # the reference's (and fp64 inputs') one copy of W; the inputs' own W otherwise
     b_acc = None if bias is None or kernels else bias.to(acc)
     bias_c = None if bias is None else bias.contiguous()  # the kernels' bias: read in its own dtype
@@ -236,6 +238,8 @@ def grads_in_forward(
         buffer_shape = ((2 if has_sub else 1) * min(step, rows), aligned_classes(classes))
         logits_buffer = torch.empty(buffer_shape, dtype=torch.float32, device=device)
         grads_buffer = None if operand == torch.float32 else torch.empty(buffer_shape, dtype=operand, device=device)
+        # the loss forward's tickets for rows split over programs: zeroed once, left zero by each launch
+        tickets = torch.zeros(min(step, rows), dtype=torch.int32, device=device)
     if with_ones:  # the stacked rows with their ones column, made once; each chunk fills [:2n, :D]
         stacked = torch.zeros(buffer_shape[0], dw.shape[1], dtype=operand, device=device)
         stacked[:, depth] = 1
@@ -259,7 +263,9 @@ def grads_in_forward(
             # without the bias: the loss kernels add it as they read
             logits = _fp32_logits(x, weight, logits_buffer[: x.shape[0], :classes])
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
-            out = loss_ops._forward_triton(z, s, y, *options, bias=bias_c)  # fp32 [9, R]
+            # the stats straight into their columns of [9, M] where the chunk is a slice (else a copy below)
+            into_stats = stats[:, chunk] if isinstance(chunk, slice) else None
+            out = loss_ops._forward_triton(z, s, y, *options, bias=bias_c, out=into_stats, tickets=tickets)
             grads = logits if grads_buffer is None else grads_buffer[: x.shape[0], :classes]
             into = (grads[:n], grads[n:])
             dz, ds = loss_ops._backward_triton(gm, gs, out, z, s, y, *options, into=into, bias=bias_c)
@@ -268,7 +274,8 @@ def grads_in_forward(
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
             out = loss_ops.loss_forward_reference(z, s, y, *options)
             dz, ds = loss_ops.loss_backward_reference(gm, gs, out, z, s, y, *options)
-        stats[:, chunk] = out
+        if not kernels or not isinstance(chunk, slice):
+            stats[:, chunk] = out  # fp32 [9, R]
         for d, dx in ((dz, dh), (ds, dhs)):
             if d.numel() and dx.numel():
                 _store_rows(dx, chunk, d, w)  # [R, D] rows of dH or dHs

@@ -218,7 +218,8 @@ def _loss_fwd_kernel(
     bias_ptr,  # [C]: added to z and s as they are read (HAS_BIAS: the fused-linear loss's chunks)
     out_ptr,  # fp32 [9, M] out: main loss, sub loss (T^2 included; 0 ignored, NaN bad-id rows), stats
     part_ptr,  # fp32 [8, M, splits] scratch: each split's merged state (SPLIT)
-    ticket_ptr,  # int32, zero-filled: [M] splits of the row done so far (SPLIT), then 1 rows done (REDUCE)
+    ticket_ptr,  # int32, zero-filled: [M] splits of the row done so far (SPLIT; left zero: reusable), then 1 rows
+    # done (REDUCE)
     red_ptr,  # fp32 [4] out: a main + b sub, main, sub, d (REDUCE: _reduce_rows)
     d_ptr,  # fp32 [1] out: d again (REDUCE)
     M,
@@ -227,6 +228,7 @@ def _loss_fwd_kernel(
     stride_z,
     stride_s,
     stride_y,
+    stride_out,  # the stats rows' stride: M for a fresh out, more for a view into a wider [9, N] (no REDUCE)
     eps,
     ignore_index,
     temperature,
@@ -329,7 +331,7 @@ def _loss_fwd_kernel(
         )  # fmt: skip
     if UNIT_T and not BCE:
         l_t = l_z  # CE at T = 1: the teacher's running sums are the main term's (_fwd_block carries one)
-    out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
+    out_row, o64 = out_ptr + row, row * 0 + stride_out  # stats row k of this row: out_row + k * stride_out, int64
     in_row = row < M
     reduce_lanes = tl.arange(0, BLOCK_C)  # REDUCE: the reduction's lanes
     if SPLIT:
@@ -341,7 +343,7 @@ def _loss_fwd_kernel(
             m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, False
         )
         part = part_ptr + row * splits + split  # state k of split j of the row at part_ptr + (k M + row) splits + j
-        ms = m64 * splits
+        ms = (row * 0 + M) * splits  # int64
         tl.store(part, sc_z)
         tl.store(part + ms, sl_z)
         tl.store(part + 2 * ms, sa_z)
@@ -353,6 +355,9 @@ def _loss_fwd_kernel(
         tl.debug_barrier()  # every thread's stores before the ticket
         ticket = tl.atomic_add(ticket_ptr + row, 1, sem="acq_rel", scope="gpu")
         if ticket == splits - 1:
+            # every split of the row has taken its ticket: zero it again, so that a caller can keep one buffer of
+            # tickets for many launches (the fused-linear op's chunks: no fill per launch)
+            tl.store(ticket_ptr + row, 0)
             # the row's split states (new names: a branch may not reshape the lane states)
             j = tl.arange(0, BLOCK_S)
             has = j < splits
@@ -370,7 +375,7 @@ def _loss_fwd_kernel(
                 pm_z, pl_z, pa_z, pb_z, pm_s, pl_s, pl_t, pd_t, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, True
             )
             _store_row(
-                out_row, m64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
+                out_row, o64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
                 rc_z, rl_z, ra_z, rb_z, rc_s, rl_s, rl_t, rd_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, HAS_BIAS,
                 ZERO_ABSENT,
             )  # fmt: skip
@@ -384,7 +389,7 @@ def _loss_fwd_kernel(
             m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, True
         )
         _store_row(
-            out_row, m64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
+            out_row, o64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
             c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, HAS_BIAS, ZERO_ABSENT,
         )  # fmt: skip
         if REDUCE:
@@ -415,6 +420,7 @@ def _loss_bwd_kernel(
     stride_gm,
     stride_gs,
     stride_d,  # C for contiguous gradients; the fused-linear op's chunks have 16-byte-aligned rows (cuBLAS)
+    stride_out,  # the stats rows' stride (as the forward's)
     eps,
     ignore_index,
     temperature,
@@ -447,7 +453,7 @@ def _loss_bwd_kernel(
     per_class = 1.0
     if BCE:
         per_class = 1.0 / C
-    out_row, m64 = out_ptr + row, row * 0 + M  # stats row k of this row: out_row + k * M, int64
+    out_row, m64 = out_ptr + row, row * 0 + stride_out  # stats row k of this row: out_row + k * stride_out, int64
     zero = tl.zeros([], tl.float32)  # the row terms of an absent gradient
     g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t = zero, zero, zero, zero, zero, zero, zero, zero, zero
     if WRITE_DZ:

@@ -338,23 +338,47 @@ def _alignment_flags(vec: int, z: torch.Tensor, *others: torch.Tensor) -> dict:
 
 
 def _forward_triton(
-    logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold, bias=None, reduce=None
+    logits,
+    sub_logits,
+    target,
+    bce,
+    label_smoothing,
+    ignore_index,
+    temperature,
+    threshold,
+    bias=None,
+    reduce=None,
+    out=None,
+    tickets=None,
 ):
     """fp32 [9, M]. ``bias``: [C], added to both logits as the kernel reads them (the fused-linear op's chunks,
     whose logits come without it). ``reduce``: (main_weight, sub_weight, mean): also reduce the per-row losses in
-    the same launch (ops/masksub_loss_reduced.py) and return (fp32 [4] reduced, out, fp32 [1] d)."""
+    the same launch (ops/masksub_loss_reduced.py) and return (fp32 [4] reduced, out, fp32 [1] d).
+    ``out`` (not with reduce): an fp32 [9, M] view with unit last stride to write the stats into (any row stride:
+    the fused-linear op's columns of its [9, N] stats), returned. ``tickets``: int32, at least M, zero: the split
+    rows' tickets, left zero by the kernel (a caller keeps one buffer for many calls: no fill per call)."""
     operands, strides, flags, warps, (splits, chunk) = _prepare(
         logits, sub_logits, target, bce, threshold, _forward_max_block(bce)
     )
     z = operands[0]
     rows = z.shape[0]
-    # the int32 tickets, zeroed: one per row with a split, one for the rows done with a reduction. With tickets, one
-    # fill zeroes them and out (the stats a variant does not write stay 0); without, out is not filled and the
-    # kernel writes those zeros itself (ZERO_ABSENT): no launch but the kernel's
-    tickets = rows * flags["SPLIT"] + (reduce is not None)
-    buffer = (torch.zeros if tickets else torch.empty)(NUM_OUT * rows + tickets, dtype=torch.float32, device=z.device)
-    out = buffer[: NUM_OUT * rows].view(NUM_OUT, rows)
-    part, ticket, reduced, d = out, buffer[NUM_OUT * rows :].view(torch.int32) if tickets else out, out, out
+    # the int32 tickets, zeroed: one per row with a split (unless the caller's), one for the rows done with a
+    # reduction. With tickets of its own, one fill zeroes them and out (the stats a variant does not write stay 0);
+    # otherwise out is not filled and the kernel writes those zeros itself (ZERO_ABSENT): no launch but the kernel's
+    assert reduce is None or (out is None and tickets is None)
+    own = rows * (flags["SPLIT"] and tickets is None) + (reduce is not None)
+    filled = out is None and own > 0  # one fill zeroes the tickets and out
+    if out is None:
+        buffer = (torch.zeros if own else torch.empty)(NUM_OUT * rows + own, dtype=torch.float32, device=z.device)
+        out, ticket = buffer[: NUM_OUT * rows].view(NUM_OUT, rows), buffer[NUM_OUT * rows :].view(torch.int32)
+    else:  # the fused-linear op's chunks
+        assert out.shape == (NUM_OUT, rows) and out.dtype == torch.float32 and out.stride(1) == 1
+        ticket = torch.zeros(own, dtype=torch.int32, device=z.device) if own else out
+    if tickets is not None:
+        assert tickets.dtype == torch.int32 and tickets.numel() >= rows and tickets.device == z.device
+        ticket = tickets
+    part, reduced, d = out, out, out
+    ticket = ticket if ticket.numel() else out  # no tickets: a pointer the kernel never uses
     if flags["SPLIT"]:
         part = torch.empty(8, rows, splits, dtype=torch.float32, device=z.device)
     main_weight, sub_weight, mean = reduce if reduce is not None else (0.0, 0.0, False)
@@ -365,7 +389,7 @@ def _forward_triton(
             d.fill_(1.0)
     if rows:
         args = (*operands, z if bias is None else bias, out, part, ticket, reduced, d, *z.shape, chunk, *strides)
-        args += (label_smoothing, ignore_index, temperature, threshold or 0.0, main_weight, sub_weight)
+        args += (out.stride(0), label_smoothing, ignore_index, temperature, threshold or 0.0, main_weight, sub_weight)
         has = {"HAS_MAIN": target is not None, "HAS_SUB": sub_logits is not None, "HAS_BIAS": bias is not None}
         block_s = next_power_of_2(splits)
         unit_t = float(temperature) == 1.0  # T = 1: the teacher shares the main term's exp (CE) or exp / sigmoid (BCE)
@@ -377,7 +401,7 @@ def _forward_triton(
         has["SMOOTHED"] = label_smoothing != 0 or (threshold is not None and threshold < 0)
         _loss_fwd_kernel[(rows, splits)](
             *args, **has, **flags, BLOCK_S=block_s, UNIT_T=unit_t, VEC=vec, REDUCE=reduce is not None, MEAN=mean,
-            ZERO_ABSENT=not tickets, num_warps=warps,
+            ZERO_ABSENT=not filled, num_warps=warps,
         )  # fmt: skip
     return out if reduce is None else (reduced, out, d)
 
@@ -398,10 +422,11 @@ def _backward_triton(
     bias=None,
     reduced=None,
 ):
-    """(dz or [0], ds or [0]). ``into``: (dz buffer, ds buffer) to write, [M, C] of any float dtype (the kernel
-    casts once) with unit last stride and one row stride for both; a buffer may be the logits themselves (the
-    fused-linear op's chunks): each program owns its row (or its class range of the row) and each block loads z
-    and s into registers before storing the gradients of the same elements. ``bias``: as in the forward.
+    """(dz or [0], ds or [0]). ``out``: the forward's fp32 [9, M] stats, unit last stride, any row stride.
+    ``into``: (dz buffer, ds buffer) to write, [M, C] of any float dtype (the kernel casts once) with unit last
+    stride and one row stride for both; a buffer may be the logits themselves (the fused-linear op's chunks): each
+    program owns its row (or its class range of the row) and each block loads z and s into registers before
+    storing the gradients of the same elements. ``bias``: as in the forward.
     ``reduced``: (fp32 [1] the reduced forward's d, main_weight, sub_weight): grad_main and grad_sub are then the
     gradient [4] of its reduced losses (or None), from which each program computes its row's gradients."""
     (z, s, y), strides, flags, warps, (splits, chunk) = _prepare(
@@ -420,7 +445,8 @@ def _backward_triton(
         args = (z, s, y, z if bias is None else bias, out, gm, gs, dz if dz.numel() else out)
         args += (ds if ds.numel() else out, d, *z.shape, chunk)
         stride_d = next((x.stride(0) for x in (dz, ds) if x.numel()), z.shape[1])
-        args += (*strides, gm.stride(0), gs.stride(0), stride_d, eps, ignore, temperature, threshold or 0.0)
+        args += (*strides, gm.stride(0), gs.stride(0), stride_d, out.stride(0), eps, ignore, temperature)
+        args += (threshold or 0.0,)
         args += (main_weight, sub_weight)
         has = {"LABELS": target is not None and not flags["DENSE"], "WRITE_DZ": grad_main is not None}
         has["HAS_BIAS"] = bias is not None

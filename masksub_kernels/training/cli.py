@@ -245,8 +245,6 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
 
 
 def _run(args) -> None:
-    import torch.distributed as dist
-
     from .data import val_loader
 
     s = setup(args)
@@ -287,8 +285,10 @@ def _run(args) -> None:
         if s.rank == 0:
             _save(args, s, epoch, num_updates, rows, meta)
     if s.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+        from .distributed import close_process_group
+
+        del step  # a PlainStep holds its DDP module (MaskSub's is forgotten by close_process_group)
+        close_process_group(s.ms)
 
 
 def main(argv: list[str] | None = None) -> int:

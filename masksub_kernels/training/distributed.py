@@ -18,9 +18,12 @@ is only needed in the sub backward, which is the synchronised one).
 
 from __future__ import annotations
 
+import gc
+
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["unwrap_ddp", "wrap_ddp"]
+__all__ = ["close_process_group", "unwrap_ddp", "wrap_ddp"]
 
 
 def wrap_ddp(ms, **ddp_kwargs) -> DistributedDataParallel:
@@ -34,3 +37,18 @@ def wrap_ddp(ms, **ddp_kwargs) -> DistributedDataParallel:
 def unwrap_ddp(module):
     """The module inside a DistributedDataParallel, else the module itself."""
     return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def close_process_group(ms=None) -> None:
+    """The end of a torchrun job: forget ``ms``'s DistributedDataParallel module (the caller drops its own
+    references to it first), wait for every rank, and destroy the process group.
+
+    A DDP module's reducer holds the process group: alive after ``destroy_process_group``, the group would only be
+    torn down with it during interpreter shutdown, where a gloo rank once aborted after training had finished
+    ("terminate called without an active exception"). Collected here, the group's last reference goes with
+    ``destroy_process_group``, while Python is fully alive."""
+    if ms is not None:
+        object.__setattr__(ms, "_ddp", None)
+    gc.collect()  # the DDP module and its reducer (reference cycles through the module's hooks)
+    dist.barrier()
+    dist.destroy_process_group()

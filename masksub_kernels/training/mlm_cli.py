@@ -460,8 +460,10 @@ def _run(args) -> None:
         sums.zero_()
         round_start = time.perf_counter()
     if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+        from .distributed import close_process_group
+
+        del step_fn  # its closure holds ms, whose DDP module close_process_group forgets
+        close_process_group(ms)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,3 +63,21 @@ def test_fake_outputs_follow_the_backend(backend, dtype):
         torch.library.opcheck(op, args, test_utils=("test_faketensor",))
     for i, (r, f) in enumerate(zip(real, fake)):
         assert (r.shape, r.dtype, r.stride()) == (f.shape, f.dtype, f.stride()), i
+
+
+@pytest.mark.parametrize("kind", ["index", "index_ignore"])
+def test_split_chunks_share_their_tickets(monkeypatch, kind):
+    # chunks whose loss forward splits each row's classes over 2 programs (blocks of 16 classes, C = 30): every chunk
+    # reuses the op's one ticket buffer (left zero by each launch) and, where the chunks are slices, writes its stats
+    # straight into their columns of [9, M]; all of it against the reference flavour, over 5 chunks
+    from masksub_kernels.ops import masksub_loss as ml
+
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    assert ml.class_splits(8, 30, ml._split_max_block(), ml.DEFAULT_SMS)[0] == 2
+    h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=torch.float32, kind=kind, seed=4)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
+    kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)
+    reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
+    torch.testing.assert_close(kernels[7], reference[7], rtol=1e-5, atol=1e-6)  # the per-row stats [9, M]
+    for got, want in zip(kernels[:7], reference[:7]):  # losses, dH, dHs, dW, db
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -163,3 +163,31 @@ def test_split_reduced_matches_reference(triton_backend, split, kind):
     want_grads = reduced_op._backward_reference(grad, True, True, expected_d, expected_out, main, sub, target, *options)
     for name, a, e in zip(("d main", "d sub"), got_grads, want_grads):
         assert_close(a, e, GRAD_RTOL[F32], name=name)
+
+
+@pytest.mark.parametrize("kind", ["index_ignore", "dense"])
+def test_split_into_columns_of_a_wider_output_with_reused_tickets(triton_backend, split, kind):
+    # the fused-linear op's chunks: the stats written straight into columns of a wider [9, N] (row stride N), the
+    # split rows' tickets one buffer for every call (left zero by each launch: no fill). Three calls into three
+    # column ranges of a NaN-poisoned output, one zeroed ticket buffer: each range equals a fresh call's output bit
+    # for bit, the columns outside every range stay NaN, the tickets end zero; the backward reads the strided stats
+    main, sub, target = make_inputs(ROWS, CLASSES, F32, kind)
+    options = (False, 0.1, -100, 2.0, None)
+    fresh = ml._forward_triton(main, sub, target, *options)
+    wide = torch.full((ml.NUM_OUT, 4 * ROWS + 3), float("nan"), device=DEVICE)
+    tickets = torch.zeros(ROWS, dtype=torch.int32, device=DEVICE)
+    starts = (1, ROWS + 2, 3 * ROWS + 3)
+    for start in starts:
+        out = ml._forward_triton(main, sub, target, *options, out=wide[:, start : start + ROWS], tickets=tickets)
+        assert out.data_ptr() == wide[:, start].data_ptr()
+        assert torch.equal(out, fresh)
+        assert not tickets.any()
+    outside = torch.ones(wide.shape[1], dtype=torch.bool)
+    for start in starts:
+        outside[start : start + ROWS] = False
+    assert wide[:, outside.to(DEVICE)].isnan().all()
+    grads = [torch.randn(ROWS, generator=torch.Generator().manual_seed(4)).to(DEVICE) for _ in "ms"]
+    want = ml._backward_triton(*grads, fresh, main, sub, target, *options)
+    got = ml._backward_triton(*grads, wide[:, starts[1] : starts[1] + ROWS], main, sub, target, *options)
+    for a, e in zip(got, want):
+        assert torch.equal(a, e)

@@ -60,8 +60,12 @@ def _loss_kernels_us(card: Card, rows: int, classes: int) -> tuple[float, int, l
     options = (False, 0.0, -100, 1.0, None)
     g = torch.empty(rows, device=META)
     into = tuple(torch.empty(rows, classes, dtype=torch.bfloat16, device=META) for _ in range(2))
+    stats = torch.empty(masksub_loss.NUM_OUT, 4 * rows, device=META)  # the op's [9, M]: a chunk's columns
+    tickets = torch.zeros(rows, dtype=torch.int32, device=META)  # the op's one buffer (zeroed once, not per chunk)
     with recording(masksub_loss) as launches:
-        out = masksub_loss._forward_triton(z, torch.empty_like(z), y, *options, bias=bias)
+        out = masksub_loss._forward_triton(
+            z, torch.empty_like(z), y, *options, bias=bias, out=stats[:, rows : 2 * rows], tickets=tickets
+        )
         masksub_loss._backward_triton(g, g, out, z, torch.empty_like(z), y, *options, into=into, bias=bias)
     total, kernels = 0.0, []
     for launch in launches:
@@ -92,13 +96,13 @@ def predict(card: Card) -> dict:
     d_weight = _matmul_us(card, 2 * chunk_unit * wide / d, 2 * r * c * 2 + 2 * r * wide * 2 + 2 * c * wide * 4)
     loss_us, loss_launches, loss_kernels = _loss_kernels_us(card, r, c)
     matmul_launches = 4  # logits, dH, dHs, dW (with db)
-    other_launches = 3  # per chunk: the two copies of the rows into the stacked buffer, the stats' copy into [9, M]
-    # (those move O(R D) or O(R) bytes: their time is their launches)
+    other_launches = 2  # per chunk: the two copies of the rows into the stacked buffer (O(R D) bytes: their time is
+    # their launches); the loss forward writes its stats into the op's [9, M] and reuses one buffer of tickets
     chunk_matmuls_us = logits + 2 * d_hidden + d_weight
     per_chunk = chunk_matmuls_us + loss_us
     per_chunk += card.launch_us * (matmul_launches + loss_launches + other_launches)
-    # once: the row ids, buffers, the reductions (12 launches); the stacked buffer's zeros and ones column, db's
-    # copy out of the accumulator (3; dW is returned as its view)
+    # once: the row ids, buffers (the tickets' zeros; the stats need none), the reductions (12 launches); the
+    # stacked buffer's zeros and ones column, db's copy out of the accumulator (3; dW is returned as its view)
     fused_us = chunks * per_chunk + card.launch_us * (12 + 3)
     matmul_us = 6 * unit / card.matmul_flops_per_s * 1e6
     eager_us = matmul_us + EAGER_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 30
