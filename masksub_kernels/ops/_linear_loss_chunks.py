@@ -263,8 +263,8 @@ def grads_in_forward(
             # without the bias: the loss kernels add it as they read
             logits = _fp32_logits(x, weight, logits_buffer[: x.shape[0], :classes])
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
-            # the stats straight into their columns of [9, M] where the chunk is a slice (else a copy below)
-            into_stats = stats[:, chunk] if isinstance(chunk, slice) else None
+            # the stats straight into their columns of [9, M] where the chunk is a slice (else copied below)
+            into_stats = stats[:, chunk] if isinstance(chunk, slice) else stats.new_empty(NUM_OUT, n)
             out = loss_ops._forward_triton(z, s, y, *options, bias=bias_c, out=into_stats, tickets=tickets)
             grads = logits if grads_buffer is None else grads_buffer[: x.shape[0], :classes]
             into = (grads[:n], grads[n:])

@@ -218,8 +218,7 @@ def _loss_fwd_kernel(
     bias_ptr,  # [C]: added to z and s as they are read (HAS_BIAS: the fused-linear loss's chunks)
     out_ptr,  # fp32 [9, M] out: main loss, sub loss (T^2 included; 0 ignored, NaN bad-id rows), stats
     part_ptr,  # fp32 [8, M, splits] scratch: each split's merged state (SPLIT)
-    ticket_ptr,  # int32, zero-filled: [M] splits of the row done so far (SPLIT; left zero: reusable), then 1 rows
-    # done (REDUCE)
+    ticket_ptr,  # int32, zero: [M] splits of the row done (SPLIT; left zero), then 1 rows done (REDUCE)
     red_ptr,  # fp32 [4] out: a main + b sub, main, sub, d (REDUCE: _reduce_rows)
     d_ptr,  # fp32 [1] out: d again (REDUCE)
     M,

@@ -365,18 +365,17 @@ def _forward_triton(
     # the int32 tickets, zeroed: one per row with a split (unless the caller's), one for the rows done with a
     # reduction. With tickets of its own, one fill zeroes them and out (the stats a variant does not write stay 0);
     # otherwise out is not filled and the kernel writes those zeros itself (ZERO_ABSENT): no launch but the kernel's
-    assert reduce is None or (out is None and tickets is None)
-    own = rows * (flags["SPLIT"] and tickets is None) + (reduce is not None)
-    filled = out is None and own > 0  # one fill zeroes the tickets and out
+    assert (out is None) == (tickets is None) and (reduce is None or out is None)  # the chunks pass both, no reduce
     if out is None:
+        own = rows * flags["SPLIT"] + (reduce is not None)  # the tickets, zeroed with out by one fill
         buffer = (torch.zeros if own else torch.empty)(NUM_OUT * rows + own, dtype=torch.float32, device=z.device)
         out, ticket = buffer[: NUM_OUT * rows].view(NUM_OUT, rows), buffer[NUM_OUT * rows :].view(torch.int32)
-    else:  # the fused-linear op's chunks
+        filled = own > 0
+    else:  # the fused-linear op's chunks: their columns of its stats, its tickets (zero), no fill
         assert out.shape == (NUM_OUT, rows) and out.dtype == torch.float32 and out.stride(1) == 1
-        ticket = torch.zeros(own, dtype=torch.int32, device=z.device) if own else out
-    if tickets is not None:
-        assert tickets.dtype == torch.int32 and tickets.numel() >= rows and tickets.device == z.device
-        ticket = tickets
+        assert tickets.dtype == torch.int32 and tickets.is_contiguous() and tickets.numel() >= rows
+        assert tickets.device == z.device
+        ticket, filled = tickets, False
     part, reduced, d = out, out, out
     ticket = ticket if ticket.numel() else out  # no tickets: a pointer the kernel never uses
     if flags["SPLIT"]:
@@ -432,6 +431,7 @@ def _backward_triton(
     (z, s, y), strides, flags, warps, (splits, chunk) = _prepare(
         logits, sub_logits, target, bce, threshold, MAX_BLOCK_C
     )
+    assert out.dtype == torch.float32 and out.stride(-1) == 1  # the stats: any row stride (the chunks' columns)
     if into is not None:
         dz, ds = (x if g is not None else z.new_empty(0) for x, g in zip(into, (grad_main, grad_sub)))
         written = [x for x in (dz, ds) if x.numel()]

@@ -49,6 +49,6 @@ def close_process_group(ms=None) -> None:
     ``destroy_process_group``, while Python is fully alive."""
     if ms is not None:
         object.__setattr__(ms, "_ddp", None)
-    gc.collect()  # the DDP module and its reducer (reference cycles through the module's hooks)
+    gc.collect()  # the DDP module and its reducer, should a reference cycle still hold them
     dist.barrier()
     dist.destroy_process_group()

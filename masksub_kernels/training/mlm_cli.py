@@ -462,7 +462,8 @@ def _run(args) -> None:
     if world > 1:
         from .distributed import close_process_group
 
-        del step_fn  # its closure holds ms, whose DDP module close_process_group forgets
+        del step_fn  # its closure holds ms (whose DDP module close_process_group forgets) or, for --baseline, a
+        # PlainStep and its own DDP module
         close_process_group(ms)
 
 

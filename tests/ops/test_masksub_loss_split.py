@@ -166,14 +166,19 @@ def test_split_reduced_matches_reference(triton_backend, split, kind):
 
 
 @pytest.mark.parametrize("kind", ["index_ignore", "dense"])
-def test_split_into_columns_of_a_wider_output_with_reused_tickets(triton_backend, split, kind):
+@pytest.mark.parametrize(("bce", "has_sub"), [(False, True), (True, True), (False, False), (True, False)])
+def test_split_into_columns_of_a_wider_output_with_reused_tickets(triton_backend, split, kind, bce, has_sub):
     # the fused-linear op's chunks: the stats written straight into columns of a wider [9, N] (row stride N), the
-    # split rows' tickets one buffer for every call (left zero by each launch: no fill). Three calls into three
-    # column ranges of a NaN-poisoned output, one zeroed ticket buffer: each range equals a fresh call's output bit
-    # for bit, the columns outside every range stay NaN, the tickets end zero; the backward reads the strided stats
+    # split rows' tickets one buffer for every call (left zero by each launch: no fill, so the kernel writes the
+    # zeros of the entries a variant has none for: BCE's CE stats, an absent sub term). Three calls into three
+    # column ranges of a NaN-poisoned output, one zeroed ticket buffer: each range equals a fresh (zero-filled)
+    # call's output bit for bit, the columns outside every range stay NaN, the tickets end zero; the backward reads
+    # the strided stats
     main, sub, target = make_inputs(ROWS, CLASSES, F32, kind)
-    options = (False, 0.1, -100, 2.0, None)
+    sub = sub if has_sub else None
+    options = (bce, 0.1, -100, 2.0, None)
     fresh = ml._forward_triton(main, sub, target, *options)
+    assert not fresh.isnan().any()
     wide = torch.full((ml.NUM_OUT, 4 * ROWS + 3), float("nan"), device=DEVICE)
     tickets = torch.zeros(ROWS, dtype=torch.int32, device=DEVICE)
     starts = (1, ROWS + 2, 3 * ROWS + 3)
@@ -186,7 +191,9 @@ def test_split_into_columns_of_a_wider_output_with_reused_tickets(triton_backend
     for start in starts:
         outside[start : start + ROWS] = False
     assert wide[:, outside.to(DEVICE)].isnan().all()
-    grads = [torch.randn(ROWS, generator=torch.Generator().manual_seed(4)).to(DEVICE) for _ in "ms"]
+    gen = torch.Generator().manual_seed(4)
+    grads = [torch.randn(ROWS, generator=gen).to(DEVICE), torch.randn(ROWS, generator=gen).to(DEVICE)]
+    grads[1] = grads[1] if has_sub else None
     want = ml._backward_triton(*grads, fresh, main, sub, target, *options)
     got = ml._backward_triton(*grads, wide[:, starts[1] : starts[1] + ROWS], main, sub, target, *options)
     for a, e in zip(got, want):

@@ -66,3 +66,24 @@ def test_ddp_matches_single_process_with_one_allreduce_per_step(ddp_results, nam
         assert got[key].keys() == want[key].keys()
         for n in want[key]:
             torch.testing.assert_close(got[key][n], want[key][n], rtol=1e-9, atol=1e-11, msg=f"{key} {n}")
+
+
+def test_close_process_group_frees_the_ddp_module(tmp_path):
+    # One process (gloo, a file store): the end of a torchrun job forgets MaskSub's DDP module and collects it before
+    # destroying the group, so the group's last reference (the reducer's) does not outlive the call
+    import weakref
+
+    import torch.distributed as dist
+
+    from masksub_kernels.training.distributed import close_process_group
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ms = MaskSub(tiny_vit())
+        ddp = weakref.ref(ms.wrap_ddp())
+        assert ddp() is not None
+        close_process_group(ms)
+        assert ddp() is None and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
