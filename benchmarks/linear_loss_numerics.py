@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=256)
     parser.add_argument("--classes", type=int, default=30522)
     parser.add_argument("--logit-std", type=float, default=4.0, help="the logits' standard deviation")
-    parser.add_argument("--noise", type=float, default=0.12, help="h_s = h + noise * N(0, 1)")
+    parser.add_argument("--noise", type=float, default=0.08, help="h_s = h + noise * N(0, 1)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="the json file (default: benchmarks/results/...)")
     args = parser.parse_args(argv)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.date.today().isoformat()
     out = args.out or RESULTS / f"linear-loss-numerics-CPU-{date}.json"
     meta = {"cpu": platform.processor() or platform.machine(), "date": date, "torch": torch.__version__}
-    meta.update(vars(args) | {"out": str(out), "softmax_similarity": round(sim, 4)})
+    meta.update({k: v for k, v in vars(args).items() if k != "out"}, softmax_similarity=round(sim, 4))
     out.write_text(json.dumps({"meta": meta, "records": records, "table": lines}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

@@ -123,6 +123,24 @@ def test_linear_loss_memory_script_measures_both_providers(tmp_path, capsys):
     assert "| fused | 1024 | 16 | 8192 | float32 |" in capsys.readouterr().out
 
 
+@pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")  # interpreter
+def test_linear_loss_numerics_script_separates_fp32_from_bf16_logits(tmp_path, capsys):
+    # benchmarks/linear_loss_numerics.py (issue 13's numerics, measured), small: where the branches nearly agree, the
+    # sub-branch gradient of the composites (bf16 logits) is far from float64, the fused op's (fp32 logits) is not
+    from benchmarks import linear_loss_numerics
+
+    out = tmp_path / "numerics.json"
+    argv = ["--rows", "16", "--depth", "64", "--classes", "4096", "--no-compile", "--out", str(out)]
+    assert linear_loss_numerics.main(argv) == 0
+    run = json.loads(out.read_text())
+    assert 0.95 < run["meta"]["softmax_similarity"] < 0.99
+    errors = {r["provider"]: r["relative_error"]["d sub_hidden"] for r in run["records"]}
+    assert set(errors) == {"masksub[triton]", "masksub[torch]", "linear+masksub_loss", "official"}
+    assert max(errors["masksub[triton]"], errors["masksub[torch]"]) < 0.01  # the issue's 1%
+    assert min(errors["linear+masksub_loss"], errors["official"]) > 0.03
+    assert "| masksub[torch] |" in capsys.readouterr().out
+
+
 class _Once(torch.autograd.Function):
     """x * 2 whose graph refuses a second backward, as torch.compile's does when it donates its saved buffers."""
 
