@@ -6,7 +6,8 @@
 #   DRY_RUN=1 benchmarks/gpu_bench.sh X   prints the steps, their caps and the result files; runs nothing
 #   SUITES="token_select loss" ...        a narrower rerun (default: every suite, in the order below)
 #
-# Files (7): env.txt, summary.txt, build.log, bench.log and the benchmark's <device>-<date>.json, .md and .png.
+# Files (8): env.txt, summary.txt, build.log, bench.log, the benchmark's <device>-<date>.json, .md and .png, and
+# linear-loss-numerics.json.
 #
 # Budget, GPU caps (s); they add up to 475 s, so this call ends inside 8 minutes even if every step runs to its cap.
 # Expected: ~3.5 minutes on the machine of call 1, ~6 on a fresh one (the build).
@@ -21,7 +22,10 @@
 #   loss           55  ImageNet, BERT-like and LLM-like rows x classes
 #   linear_loss    50  the fused-linear loss at BERT-base MLM's shape, bf16, against the composite, its
 #                      torch.compile and Liger-Kernel's main-branch CE (where liger_kernel imports: carry it)
-#   train          60  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each)
+#   train          45  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each; 30 s on the H200)
+#   numerics       15  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
+#                      where the branches agree, the Triton path compiled (on the CPU: the interpreter's truncating
+#                      bf16), against the bf16-logit composites; M = 128, without torch.compile (seconds)
 # H200 (2026-11-30), whole steps: token_select 41 s, loss 41, linear_loss 34, train 30; the backward mode's
 # untimed forward per repeat adds a few seconds to loss and linear_loss. Each suite prints the seconds of every case
 # (`[12.3 s, 40 s in]`), so a capped step's log says where its time went.
@@ -42,13 +46,15 @@ build_if_missing() {
 }
 
 setup_run "$@"
-declare -A CAP=([token_select]=60 [grid_mask]=85 [loss]=55 [linear_loss]=50 [train]=60)
+declare -A CAP=([token_select]=60 [grid_mask]=85 [loss]=55 [linear_loss]=50 [train]=45)
 
 step env.txt 15 write_env
 step build.log 150 build_if_missing
 for suite in ${SUITES:-token_select grid_mask loss linear_loss train}; do
   step bench.log "${CAP[$suite]}" "$PY" -m masksub_kernels.bench --out "$OUT" --append --suites "$suite"
 done
+step bench.log 15 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"
+output linear-loss-numerics.json
 output "<device>-<date>.json"
 output "<device>-<date>.md"
 output "<device>-<date>.png"

@@ -5,6 +5,9 @@ comparison of speed with them leaves out).
     python benchmarks/linear_loss_numerics.py                 # M=128 D=256 C=30522, softmaxes ~0.98 similar
     python benchmarks/linear_loss_numerics.py --no-compile    # without torch.compile of the official composite
 
+On a machine with a GPU the tensors are CUDA tensors and the Triton path is compiled (benchmarks/gpu_bench.sh runs
+it); without one, the Triton interpreter runs it on the CPU.
+
 The sub-branch gradient is softmax(s) - softmax(z / T): it cancels as the branches agree, so the logits' own
 rounding, not the loss's arithmetic, sets its error. bf16 logits carry a relative error of 2^-9 of the logit
 itself (0.02 at a logit of 10), comparable with the differences between the branches' logits there; the fused op's
@@ -13,32 +16,32 @@ respect to h, h_s, W and b) on the same bf16 inputs; the reference is the compos
 Errors are norm-wise relative: |g - g64| / |g64| per gradient. Providers:
 
 - masksub[triton]: the op's Triton path, which a GPU runs (fp32 chunk logits, dz and ds rounded once to bf16 for the
-  matmuls, as the composite's gradients are); here on the Triton interpreter, whose fp32 -> bf16 conversion
+  matmuls, as the composite's gradients are); on the CPU the Triton interpreter's, whose fp32 -> bf16 conversion
   truncates where a GPU rounds to nearest (twice the rounding error: a pessimistic figure for the GPU);
-- masksub[torch]: the op's CPU path (the reference flavour: fp32 throughout);
+- masksub[torch]: the op's PyTorch path (the reference flavour: fp32 throughout), the CPU path;
 - linear+masksub_loss: F.linear per branch in bf16 (bf16 logits), then this library's masksub_loss;
 - official: the eager composite of MaskSub's code on a linear head (bf16 logits, upcast to fp32 by the loss);
-- compile(official): torch.compile of it (inductor on this CPU: its matmuls are library calls with bf16 outputs,
-  as cuBLAS's are on a GPU; the number is this CPU's, not a GPU's).
+- compile(official): torch.compile of it (Inductor; its matmuls are library calls with bf16 outputs, cuBLAS on a
+  GPU, the CPU's BLAS here).
 
-Writes benchmarks/results/linear-loss-numerics-CPU-<date>.json and prints a markdown table.
+Writes benchmarks/results/linear-loss-numerics-<CPU|GPU>-<date>.json and prints a markdown table.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: the op's Triton path on the CPU
-
 import argparse
 import datetime
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+if not torch.cuda.is_available():  # before triton is imported (torch does not): the Triton path on the CPU
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import masksub_kernels as mk
 from masksub_kernels.bench.linear_loss import fused, linear_then_masksub_loss, official_composite
@@ -47,7 +50,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 NAMES = ("d hidden", "d sub_hidden", "d weight", "d bias")
 
 
-def inputs(rows: int, depth: int, classes: int, logit_std: float, noise: float, seed: int = 0):
+def inputs(rows: int, depth: int, classes: int, logit_std: float, noise: float, device: str, seed: int = 0):
     """bf16 h, h_s = h + noise (the masked branch), W scaled to logits of std ``logit_std``, a small bias, ids."""
     gen = torch.Generator().manual_seed(seed)
     h = torch.randn(rows, depth, generator=gen)
@@ -55,7 +58,7 @@ def inputs(rows: int, depth: int, classes: int, logit_std: float, noise: float, 
     weight = torch.randn(classes, depth, generator=gen) * (logit_std / depth**0.5)
     bias = 0.1 * torch.randn(classes, generator=gen)
     target = torch.randint(0, classes, (rows,), generator=gen)
-    return (*(t.to(torch.bfloat16) for t in (h, hs, weight, bias)), target)
+    return (*(t.to(device, torch.bfloat16) for t in (h, hs, weight, bias)), target.to(device))
 
 
 def similarity(h, hs, weight, bias) -> float:
@@ -79,9 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logit-std", type=float, default=4.0, help="the logits' standard deviation")
     parser.add_argument("--noise", type=float, default=0.08, help="h_s = h + noise * N(0, 1)")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="the json file (default: benchmarks/results/...)")
     args = parser.parse_args(argv)
-    *tensors, target = inputs(args.rows, args.depth, args.classes, args.logit_std, args.noise)
+    on_gpu = args.device.startswith("cuda")
+    machine = torch.cuda.get_device_name(args.device) if on_gpu else platform.processor() or platform.machine()
+    *tensors, target = inputs(args.rows, args.depth, args.classes, args.logit_std, args.noise, args.device)
     sim = similarity(*tensors)
     _, expected = gradients(official_composite, [t.double() for t in tensors], target, "torch")
     providers = [
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         errors = {n: float((g.double() - e).norm() / e.norm()) for n, g, e in zip(NAMES, got, expected)}
         records.append({"provider": name, "relative_error": errors, "seconds": round(time.perf_counter() - start, 1)})
     lines = [
-        f"M={args.rows} D={args.depth} C={args.classes}, bf16 inputs, logits std {args.logit_std}, softmax "
+        f"{machine}: M={args.rows} D={args.depth} C={args.classes}, bf16 inputs, logits std {args.logit_std}, softmax "
         f"similarity {sim:.3f}; |g - g64| / |g64| against the float64 composite",
         "",
         "| provider | " + " | ".join(NAMES) + " |",
@@ -109,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['provider']} | " + " | ".join(f"{100 * r['relative_error'][n]:.2f}%" for n in NAMES) + " |")
     print("\n".join(lines))
     date = datetime.date.today().isoformat()
-    out = args.out or RESULTS / f"linear-loss-numerics-CPU-{date}.json"
-    meta = {"cpu": platform.processor() or platform.machine(), "date": date, "torch": torch.__version__}
+    out = args.out or RESULTS / f"linear-loss-numerics-{'GPU' if on_gpu else 'CPU'}-{date}.json"
+    meta = {"device": machine, "date": date, "torch": torch.__version__}
     meta.update({k: v for k, v in vars(args).items() if k != "out"}, softmax_similarity=round(sim, 4))
     out.write_text(json.dumps({"meta": meta, "records": records, "table": lines}, indent=1) + "\n")
     print(f"wrote {out}")
