@@ -338,19 +338,9 @@ def _alignment_flags(vec: int, z: torch.Tensor, *others: torch.Tensor) -> dict:
 
 
 def _forward_triton(
-    logits,
-    sub_logits,
-    target,
-    bce,
-    label_smoothing,
-    ignore_index,
-    temperature,
-    threshold,
-    bias=None,
-    reduce=None,
-    out=None,
-    tickets=None,
-):
+    logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold, bias=None, reduce=None,
+    out=None, tickets=None,
+):  # fmt: skip
     """fp32 [9, M]. ``bias``: [C], added to both logits as the kernel reads them (the fused-linear op's chunks,
     whose logits come without it). ``reduce``: (main_weight, sub_weight, mean): also reduce the per-row losses in
     the same launch (ops/masksub_loss_reduced.py) and return (fp32 [4] reduced, out, fp32 [1] d).
