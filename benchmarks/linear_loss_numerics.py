@@ -12,8 +12,8 @@ The sub-branch gradient is softmax(s) - softmax(z / T): it cancels as the branch
 rounding, not the loss's arithmetic, sets its error. bf16 logits carry a relative error of 2^-9 of the logit
 itself (0.02 at a logit of 10), comparable with the differences between the branches' logits there; the fused op's
 fp32 chunk logits carry 2^-24. Each provider runs one forward + backward of ``.loss`` (torch.autograd.grad with
-respect to h, h_s, W and b) on the same bf16 inputs; the reference is the composite in float64 on those values.
-Errors are norm-wise relative: |g - g64| / |g64| per gradient. Providers:
+respect to h, h_s, W and b) on the same bf16 inputs; the reference is linear + masksub_loss in float64 on those
+values (the PyTorch backend). Errors are norm-wise relative: |g - g64| / |g64| per gradient. Providers:
 
 - masksub[triton]: the op's Triton path, which a GPU runs (fp32 chunk logits, dz and ds rounded once to bf16 for the
   matmuls, as the composite's gradients are); on the CPU the Triton interpreter's, whose fp32 -> bf16 conversion
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = torch.cuda.get_device_name(args.device) if on_gpu else platform.processor() or platform.machine()
     *tensors, target = inputs(args.rows, args.depth, args.classes, args.logit_std, args.noise, args.device)
     sim = similarity(*tensors)
-    _, expected = gradients(official_composite, [t.double() for t in tensors], target, "torch")
+    # the reference: the composite in float64 throughout (the official one casts its logits to fp32)
+    _, expected = gradients(linear_then_masksub_loss, [t.double() for t in tensors], target, "torch")
     providers = [
         ("masksub[triton]", fused, "triton"),
         ("masksub[torch]", fused, "torch"),
