@@ -66,7 +66,13 @@ def _loss(a: dict) -> tuple:
     forward = "gm_ptr" not in a
     dense = a["DENSE"]
     splits = cdiv(c, a["chunk"]) if a["SPLIT"] else 1
-    trips = [(a["chunk"] if a["SPLIT"] else c) // a["BLOCK_C"]]
+    span, block = (a["chunk"] if a["SPLIT"] else c), a["BLOCK_C"]
+    trips = [span // block]
+    if a.get("VEC", 1) > 1:
+        # realigned rows (_block_range): the masked first block, peeled, holds classes up to BLOCK_C - shift; the
+        # loop's whole blocks follow it, (span + shift) // BLOCK_C - 1 of them (a row's shift is in [0, VEC): its
+        # middle taken); the peeled block is straight code, already in the kernel's once-per-program count
+        trips = [max((span + (a["VEC"] - 1) // 2) // block - 1, 0)]
     if forward and a["BCE"] and a["HAS_MAIN"] and not dense:
         # BCE with class ids: the whole blocks run in two loops around the one that holds the label's column (its
         # own code, outside the loops: counted once), half of the others in each
