@@ -48,8 +48,11 @@ rows [h_c; hs_c | 1 | 0...] [2R, D + pad] (padded_depth): db comes out of dW's m
 over each chunk's gradients; dW is returned as the [C, D] view of that accumulator (row stride D + pad: the fake
 says so), db as a copy of its column.
 
-Which rows count is read on the host (one sync on CUDA tensors: the number of counted rows), so that the matmuls
-run on the counted rows only; when every row counts the chunks are slices, with no gathers.
+In eager mode which rows count is read on the host (one sync on CUDA tensors: the number of counted rows), so that
+the matmuls run on the counted rows only; when every row counts the chunks are slices, with no gathers. Under
+torch.compile and CUDA graph capture (gather=False: no host sync) the chunks are slices of every row, ignored rows
+included (their losses and gradients are zeros: the composite's), and the count, the mean's divisor and the
+stored gradients' unit are device tensors.
 """
 
 from __future__ import annotations
@@ -109,6 +112,20 @@ def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.mm(a, b, out_dtype=torch.float32)
     except TypeError:
         return a.float() @ b.float()
+
+
+def _device_count(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """fp64 0-d on target's device: the rows that count (class id != ignore_index; every row for probabilities)."""
+    if target.is_floating_point():
+        return torch.full((), float(target.shape[0]), dtype=torch.float64, device=target.device)
+    return (target != ignore_index).sum().to(torch.float64)
+
+
+def _row_grad(grad: float | torch.Tensor, term_weight: float, device: torch.device) -> torch.Tensor:
+    """fp32 [1]: a term's gradient of the reduced loss with respect to each of its row losses (expanded per chunk)."""
+    if isinstance(grad, torch.Tensor):
+        return (grad * term_weight).float().reshape(1)
+    return torch.full((1,), grad * term_weight, device=device)
 
 
 def _rows(x: torch.Tensor, chunk: slice | torch.Tensor) -> torch.Tensor:
@@ -180,15 +197,20 @@ def grads_in_forward(
     *,
     rows_per_chunk: int,
     kernels: bool,
+    gather: bool = True,
 ) -> GradsOut:
     """The reduced losses and the stored gradients of L = main_weight main + sub_weight sub (module docstring).
 
     hidden, sub_hidden [M, D], weight [C, D], bias [C] or None; target [M] ids or [M, C] probabilities. mean:
     reduction 'mean' (else 'sum'). need_*: which gradients to store (the others come back as empty [0] tensors).
     options: (bce, label_smoothing, ignore_index, temperature, target_threshold). kernels: the Triton flavour (else
-    the reference). Returns (loss, main, sub, dH, dHs, dW, db, stats): loss, main, sub fp32 0-d; dH, dHs in
-    hidden's dtype; dW, db in fp32 (fp64 for fp64 inputs on the reference); stats fp32 [9, M], the per-row losses
-    and softmax stats (ops/masksub_loss.py's layout; zero for ignored rows) that the per-term backward needs."""
+    the reference). gather: chunks of the counted rows, their number read on the host (one sync on CUDA); else
+    chunks of every row, ignored ones included (their loss and gradients are zeros), and the count, the mean's
+    divisor and the stored gradients' unit kept on the device: no host sync (torch.compile, CUDA graphs).
+    Returns (loss, main, sub, dH, dHs, dW, db, stats, scale): loss, main, sub fp32 0-d; dH, dHs in hidden's dtype;
+    dW, db in fp32 (fp64 for fp64 inputs on the reference); stats fp32 [9, M], the per-row losses and softmax stats
+    (ops/masksub_loss.py's layout; ignored rows: zero losses) that the per-term backward needs; scale fp32 0-d, the
+    stored gradients' factor to the true ones."""
     (rows, depth), classes = hidden.shape, weight.shape[0]
     device, has_sub = hidden.device, sub_hidden is not None
     acc = torch.float64 if hidden.dtype == torch.float64 and not kernels else torch.float32
@@ -199,14 +221,20 @@ def grads_in_forward(
     # softmax(z / T) is detached)
     want_main = main_weight != 0 and (need_hidden or need_weight)
     want_sub = has_sub and sub_weight != 0 and (need_sub_hidden or need_weight)
-    ids = counted_rows(target, options[2])
-    count = ids.numel()
     # d(reduced loss) / d(row loss) is 1/count (mean) or 1 (sum). The stored gradients are kept `unit` times larger,
     # a power of two near count (exact), so that each row's dz, ds, dH are of the size of an unreduced loss's:
     # 1/count-sized values would underflow in fp16 (GradScaler scales only in the backward); the backward divides.
-    unit = float(1 << (max(count, 1).bit_length() - 1)) if mean else 1.0
-    grad = unit / max(count, 1) if mean else 1.0
-    every_row = count == rows  # chunks are slices: no gathers, and every row of dH is written
+    if gather:
+        ids = counted_rows(target, options[2])
+        count = ids.numel()
+        unit = float(1 << (max(count, 1).bit_length() - 1)) if mean else 1.0
+        grad = unit / max(count, 1) if mean else 1.0
+        every_row = count == rows  # chunks are slices: no gathers, and every row of dH is written
+    else:  # the same numbers as device tensors (fp64: exact for counts below 2^53)
+        ids, every_row = None, True  # every row in slices (an ignored row's dz, ds are zeros)
+        count = _device_count(target, options[2])
+        unit = torch.exp2(torch.floor(torch.log2(count.clamp_min(1)))) if mean else torch.ones_like(count)
+        grad = unit / count.clamp_min(1) if mean else torch.ones_like(count)
 
     def zeros(shape, dtype, wanted):
         if not wanted:
@@ -229,8 +257,8 @@ def grads_in_forward(
     b_acc = None if bias is None or kernels else bias.to(acc)
     bias_c = None if bias is None else bias.contiguous()  # the kernels' bias: read in its own dtype
     # the row grads of the two terms, one number each (expanded per chunk: no launch)
-    g_main = torch.full((1,), grad * main_weight, device=device) if want_main else None
-    g_sub = torch.full((1,), grad * sub_weight, device=device) if want_sub else None
+    g_main = _row_grad(grad, main_weight, device) if want_main else None
+    g_sub = _row_grad(grad, sub_weight, device) if want_sub else None
 
     step = max(1, rows_per_chunk)
     chunks = [slice(a, min(a + step, rows)) for a in range(0, rows, step)] if every_row else ids.split(step)
@@ -295,10 +323,12 @@ def grads_in_forward(
 
     main, sub = stats[MAIN].sum(), stats[SUB].sum()
     if mean:  # the public functions' mean: the sum over counted rows / max(count, 1)
-        main, sub = main / max(count, 1), sub / max(count, 1)
+        divisor = max(count, 1) if gather else count.clamp_min(1).float()
+        main, sub = main / divisor, sub / divisor
     empty = hidden.new_empty(0)
     dw, db = (empty if t is None else t for t in (dw, db))
-    scale = torch.full((), 1.0 / unit, dtype=torch.float32, device=device)  # stored gradients x scale = the true ones
+    # stored gradients x scale = the true ones
+    scale = torch.full((), 1.0 / unit, dtype=torch.float32, device=device) if gather else (1.0 / unit).float()
     return main_weight * main + sub_weight * sub, main, sub, dh, dhs, dw, db, stats, scale
 
 
@@ -316,19 +346,19 @@ def grads_chunk_rows(classes: int, dtype: torch.dtype) -> int:
     return 1 << (rows.bit_length() - 1) if rows >= 64 else rows
 
 
-def _grads_reference(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, _, *options):
+def _grads_reference(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _, *opts):
     from .linear_masksub_loss import chunk_rows  # the recompute reference's chunks (imported late: it imports us)
 
     return grads_in_forward(
-        hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, options,
-        rows_per_chunk=chunk_rows(weight.shape[0]), kernels=False,
+        hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, opts,
+        rows_per_chunk=chunk_rows(weight.shape[0]), kernels=False, gather=gather,
     )  # fmt: skip
 
 
-def _grads_triton(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, _, *options):
+def _grads_triton(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _, *options):
     return grads_in_forward(
         hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, options,
-        rows_per_chunk=grads_chunk_rows(weight.shape[0], hidden.dtype), kernels=True,
+        rows_per_chunk=grads_chunk_rows(weight.shape[0], hidden.dtype), kernels=True, gather=gather,
     )  # fmt: skip
 
 
@@ -352,6 +382,7 @@ def _linear_loss_grads_op(
     need_hidden: bool,
     need_sub_hidden: bool,
     need_weight: bool,
+    gather: bool,
     private: bool,
     bce: bool,
     label_smoothing: float,
@@ -372,12 +403,13 @@ def _linear_loss_grads_op(
     """(loss, main, sub, dH, dHs, dW, db, stats, scale): the reduced losses (fp32 0-d; mean or sum; loss =
     main_weight main + sub_weight sub), the gradients of loss stored for the backward times 1 / scale (fp32 0-d),
     an unneeded one an empty [0], and the per-row stats [9, M] for the per-term backward (module docstring).
-    private: the caller never reads the stored gradients (the public functions), so the backward may scale them in
-    place and return them."""
+    gather: read the number of counted rows on the host and run the matmuls on those rows only (else every row, no
+    host sync: torch.compile, CUDA graphs). private: the caller never reads the stored gradients (the public
+    functions), so the backward may scale them in place and return them."""
 
 
 @_linear_loss_grads_op.register_fake
-def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, private, *options):
+def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, private, *options):
     # the backend that would run (as the op decides it): Triton computes fp64 inputs in fp32 (grads_in_forward's
     # acc), and its fp16 / bf16 dW is a view of a wider accumulator (ones_column)
     kernels = (
@@ -474,7 +506,7 @@ def _grads_backward(ctx, grad_loss, grad_main, grad_sub, *_):
     for i, x in enumerate((hidden, sub_hidden, weight, bias)):
         if need[i] and grads[i] is None:
             grads[i] = torch.zeros_like(x)  # its terms have weight 0 (the composite's zeros)
-    return (*grads, *(None,) * 13)
+    return (*grads, *(None,) * 14)  # target, mean, the weights, need_*, gather, private, options
 
 
 def _recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stats):
@@ -506,17 +538,18 @@ def _recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stat
 _linear_loss_grads_op.register_autograd(_grads_backward, setup_context=_grads_setup_context)
 
 
-def _grads_wanted(hidden, sub_hidden, weight, bias, reduction) -> tuple[bool, bool, bool] | None:
-    """(need_hidden, need_sub_hidden, need_weight) when the grads-in-forward path applies: a scalar reduction, grad
-    mode on and some input requiring grad; else None (reduction='none' keeps the recompute backward, correct for
-    per-row grads that differ, and a no-grad call computes no gradient). Under torch.compile and CUDA graph capture
-    the recompute op is used too: this path reads the number of counted rows on the host (one sync), which a
-    captured graph cannot do; the recompute op never synchronises."""
-    if reduction == "none" or not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return None
-    if hidden.is_cuda and torch.cuda.is_current_stream_capturing():
+def _grads_wanted(hidden, sub_hidden, weight, bias, reduction) -> tuple[bool, bool, bool, bool] | None:
+    """(need_hidden, need_sub_hidden, need_weight, gather) when the grads-in-forward path applies: a scalar
+    reduction, grad mode on and some input requiring grad; else None (reduction='none' keeps the recompute backward,
+    correct for per-row grads that differ, and a no-grad call computes no gradient). gather: in eager mode the
+    number of counted rows is read on the host (one sync) and only those rows are computed; under torch.compile and
+    CUDA graph capture, which must not synchronise, every row is (ignored ones give zeros) and the count stays on
+    the device."""
+    if reduction == "none" or not torch.is_grad_enabled():
         return None
     need_h = hidden.requires_grad
     need_hs = sub_hidden is not None and sub_hidden.requires_grad
     need_w = weight.requires_grad or (bias is not None and bias.requires_grad)
-    return (need_h, need_hs, need_w) if need_h or need_hs or need_w else None
+    capturing = hidden.is_cuda and torch.cuda.is_current_stream_capturing()
+    gather = not (torch.compiler.is_compiling() or capturing)
+    return (need_h, need_hs, need_w, gather) if need_h or need_hs or need_w else None

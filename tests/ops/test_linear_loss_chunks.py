@@ -54,7 +54,7 @@ def test_fake_outputs_follow_the_backend(backend, dtype):
     # the fake registration must give each output the shape, dtype and strides the backend's implementation returns
     # (dW the view of the wider accumulator on Triton's fp16 / bf16 path; fp32 for fp64 inputs on Triton)
     h, hs, w, b, target = make_inputs(rows=9, depth=20, classes=30, dtype=dtype, kind="index_ignore", seed=5)
-    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, False, *OPTIONS)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, False, *OPTIONS)
     op = chunks._linear_loss_grads_op.custom_op
     with mk.use_backend(backend):
         real = op(*args)
@@ -81,3 +81,39 @@ def test_split_chunks_share_their_tickets(monkeypatch, kind):
     torch.testing.assert_close(kernels[7], reference[7], rtol=1e-5, atol=1e-6)  # the per-row stats [9, M]
     for got, want in zip(kernels[:7], reference[:7]):  # losses, dH, dHs, dW, db
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "reference"])
+@pytest.mark.parametrize("kind", ["index", "index_ignore", "dense"])
+def test_every_row_without_a_host_sync_matches_the_gathered_rows(monkeypatch, kernels, kind):
+    # gather=False (torch.compile, CUDA graphs): chunks of every row, ignored ones included, the count and the mean's
+    # divisor on the device; never reads the count on the host. Against gather=True (the counted rows only): the same
+    # losses, stored gradients, unit scale; bit for bit where every row counts (the same chunks)
+    h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=torch.bfloat16, kind=kind, seed=6)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
+    gathered = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=kernels)
+
+    def no_sync(*_):
+        raise AssertionError("gather=False read the counted rows on the host")
+
+    monkeypatch.setattr(chunks, "counted_rows", no_sync)
+    every = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=kernels, gather=False)
+    names = ("loss", "main", "sub", "dH", "dHs", "dW", "db")
+    for name, got, want in zip(names, every[:7], gathered[:7]):
+        assert got.shape == want.shape and got.dtype == want.dtype and got.stride() == want.stride(), name
+        if kind == "index_ignore":
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+        else:
+            assert torch.equal(got, want), name
+    assert torch.equal(every[8], gathered[8])  # the unit scale, a power of two
+
+
+def test_mean_over_no_counted_rows_without_a_host_sync():
+    # every row ignored: the losses are 0 (mean over max(count, 1)), every stored gradient 0, the scale 1
+    h, hs, w, b, target = make_inputs(rows=9, depth=20, classes=30, dtype=torch.float32, kind="index", seed=2)
+    target = torch.full_like(target, -100)
+    out = chunks.grads_in_forward(
+        h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS, rows_per_chunk=4, kernels=True, gather=False
+    )
+    assert all(float(x) == 0.0 for x in out[:3]) and float(out[8]) == 1.0
+    assert all(not x.any() for x in out[3:7])

@@ -477,6 +477,51 @@ def test_grads_in_forward_equal_recompute_and_composite(
             assert_grad_close(a.grad, r.grad, GRAD_RTOL[dtype], name + " (against the recompute op)")
 
 
+def test_torch_compile_takes_the_grads_op_without_a_host_sync(monkeypatch, op_backend):
+    # under torch.compile the grads-in-forward op runs too (every row, the count on the device: no host sync to
+    # break the graph or a CUDA graph), not the recompute op; .loss's gradients as the composite's
+    h, hs, w, b, target = make_inputs(kind="index_ignore")
+    calls = Calls(monkeypatch)
+    ours = leaves(h, hs, w, b)
+    compiled = torch.compile(lambda *x: mk.linear_masksub_loss(*x, target).loss, fullgraph=True, backend="aot_eager")
+    compiled(*ours).backward()
+    assert (calls.grads, calls.recompute) == (1, 0)
+    expected, ref_leaves = composite(h, hs, w, b, target)
+    expected.loss.backward()
+    for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
+        assert_grad_close(a.grad, e.grad, GRAD_RTOL[F32], name)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda" or "triton" not in OP_BACKENDS, reason="needs a CUDA device")
+def test_cuda_graph_capture_takes_the_grads_op_without_a_host_sync():
+    # Captured, the public op computes its gradients in the forward over every row with the count on the device (a
+    # host read of the count would fail the capture); each replay on new inputs equals an eager call's values
+    h, hs, w, b, target = (t.detach() for t in make_inputs(rows=64, depth=32, classes=1000, kind="index_ignore"))
+    inputs = [t.requires_grad_(True) for t in (h.clone(), hs.clone(), w.clone(), b.clone())]
+
+    def step():
+        return mk.linear_masksub_loss(*inputs, target, label_smoothing=0.1).loss
+
+    with mk.use_backend("triton"):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up of the path the capture takes: kernels compile outside it
+            options = (False, 0.1, -100, 1.0, None)  # bce, label_smoothing, ignore_index, temperature, threshold
+            chunks._linear_loss_grads_op(*inputs, target, True, 0.5, 0.5, True, True, True, False, True, *options)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = step()
+        for seed in (1, 2):
+            new = make_inputs(rows=64, depth=32, classes=1000, kind="index_ignore", seed=seed)
+            with torch.no_grad():
+                for old, value in zip((*inputs, target), (*new[:4], new[4])):
+                    old.copy_(value)
+            graph.replay()
+            eager = step()
+            torch.testing.assert_close(captured, eager, rtol=1e-6, atol=0)
+
+
 def test_reduction_none_and_no_grad_take_the_recompute_op(monkeypatch):
     h, hs, w, b, target = make_inputs(kind="index_ignore")
     calls = Calls(monkeypatch)
@@ -494,13 +539,13 @@ def test_reduction_none_and_no_grad_take_the_recompute_op(monkeypatch):
 
 def test_grads_in_forward_stores_only_what_is_needed(op_backend):
     h, hs, w, b, target = make_inputs(kind="index_ignore")
-    options = (False, 0.0, -100, 1.0, None)
-    stored = chunks._linear_loss_grads_op(h, hs, w, b, target, True, 0.5, 0.5, False, True, False, False, *options)
+    options = (True, False, False, 0.0, -100, 1.0, None)  # gather, private, then the loss options
+    stored = chunks._linear_loss_grads_op(h, hs, w, b, target, True, 0.5, 0.5, False, True, False, *options)
     assert [tuple(t.shape) for t in stored[3:7]] == [(0,), tuple(h.shape), (0,), (0,)]  # dHs only
-    stored = chunks._linear_loss_grads_op(h, hs, w, None, target, True, 0.5, 0.5, False, False, True, False, *options)
+    stored = chunks._linear_loss_grads_op(h, hs, w, None, target, True, 0.5, 0.5, False, False, True, *options)
     assert [tuple(t.shape) for t in stored[3:7]] == [(0,), (0,), tuple(w.shape), (0,)]  # one dW for both terms
     assert stored[5].dtype == torch.float32 and tuple(stored[7].shape) == (9, h.shape[0])  # + the per-row stats
-    stored = chunks._linear_loss_grads_op(h, hs, w, b, target, True, 0.0, 0.5, True, True, False, False, *options)
+    stored = chunks._linear_loss_grads_op(h, hs, w, b, target, True, 0.0, 0.5, True, True, False, *options)
     assert [tuple(t.shape) for t in stored[3:5]] == [(0,), tuple(h.shape)]  # main_weight 0: no main term in L
 
 
@@ -566,7 +611,7 @@ def test_fp16_gradients_of_a_mean_over_many_rows_do_not_underflow(kernel_backend
 def test_grads_in_forward_opcheck_and_torch_compile(op_backend, several_chunks):
     h, hs, w, b, target = make_inputs(kind="index_ignore")
     ours = leaves(h, hs, w, b)
-    args = (*ours, target, True, 0.5, 0.5, True, True, True, False, False, 0.1, -100, 2.0, None)
+    args = (*ours, target, True, 0.5, 0.5, True, True, True, True, False, False, 0.1, -100, 2.0, None)
     checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     torch.library.opcheck(chunks._linear_loss_grads_op.custom_op, args, test_utils=checks)
     compiled = torch.compile(
