@@ -50,9 +50,9 @@ says so), db as a copy of its column.
 
 In eager mode which rows count is read on the host (one sync on CUDA tensors: the number of counted rows), so that
 the matmuls run on the counted rows only; when every row counts the chunks are slices, with no gathers. Under
-torch.compile and CUDA graph capture (gather=False: no host sync) the chunks are slices of every row, ignored rows
-included (their losses and gradients are zeros: the composite's), and the count, the mean's divisor and the
-stored gradients' unit are device tensors.
+torch.compile and CUDA graph capture probability targets (every row counts) run with gather=False: slices of every
+row, the count, the mean's divisor and the stored gradients' unit as device tensors, no host sync (class ids run
+the recompute op there: _grads_wanted).
 """
 
 from __future__ import annotations
@@ -538,18 +538,23 @@ def _recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stat
 _linear_loss_grads_op.register_autograd(_grads_backward, setup_context=_grads_setup_context)
 
 
-def _grads_wanted(hidden, sub_hidden, weight, bias, reduction) -> tuple[bool, bool, bool, bool] | None:
+def _grads_wanted(hidden, sub_hidden, weight, bias, target, reduction) -> tuple[bool, bool, bool, bool] | None:
     """(need_hidden, need_sub_hidden, need_weight, gather) when the grads-in-forward path applies: a scalar
     reduction, grad mode on and some input requiring grad; else None (reduction='none' keeps the recompute backward,
-    correct for per-row grads that differ, and a no-grad call computes no gradient). gather: in eager mode the
-    number of counted rows is read on the host (one sync) and only those rows are computed; under torch.compile and
-    CUDA graph capture, which must not synchronise, every row is (ignored ones give zeros) and the count stays on
-    the device."""
+    correct for per-row grads that differ, and a no-grad call computes no gradient).
+
+    gather: in eager mode the number of counted rows is read on the host (one sync) and only those rows are
+    computed. Under torch.compile and CUDA graph capture, which must not synchronise, probabilities (every row
+    counts) take this path with gather=False (the count on the device); class ids take the recompute op, which
+    computes the counted rows only without a sync: every row here would cost more where most are ignored (a masked
+    LM's labels: ~85% -100, 6 units on all rows against 10 on the 15%)."""
     if reduction == "none" or not torch.is_grad_enabled():
+        return None
+    # is_compiling first: dynamo cannot trace the capture query (a bool from a torch function)
+    sync_free = torch.compiler.is_compiling() or (hidden.is_cuda and torch.cuda.is_current_stream_capturing())
+    if sync_free and not target.is_floating_point():
         return None
     need_h = hidden.requires_grad
     need_hs = sub_hidden is not None and sub_hidden.requires_grad
     need_w = weight.requires_grad or (bias is not None and bias.requires_grad)
-    capturing = hidden.is_cuda and torch.cuda.is_current_stream_capturing()
-    gather = not (torch.compiler.is_compiling() or capturing)
-    return (need_h, need_hs, need_w, gather) if need_h or need_hs or need_w else None
+    return (need_h, need_hs, need_w, not sync_free) if need_h or need_hs or need_w else None

@@ -517,7 +517,7 @@ def linear_masksub_loss(
     )  # fmt: skip
     main_weight = _number("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
     sub_weight = _number("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
-    wanted = _grads_wanted(main_hidden, sub_hidden, weight, bias, reduction)
+    wanted = _grads_wanted(main_hidden, sub_hidden, weight, bias, target, reduction)
     if wanted is not None:  # the gradients in the forward: 6 matmul units, the backward of .loss only scales them
         return MaskSubLoss(
             *_linear_loss_grads_op(
@@ -550,7 +550,7 @@ def linear_soft_target_cross_entropy(
     target, options = _check_all(
         hidden, None, weight, bias, target, "ce", reduction, label_smoothing, ignore_index, 1.0, None
     )
-    wanted = _grads_wanted(hidden, None, weight, bias, reduction)
+    wanted = _grads_wanted(hidden, None, weight, bias, target, reduction)
     if wanted is not None:
         mean = reduction == "mean"
         return _linear_loss_grads_op(hidden, None, weight, bias, target, mean, 1.0, 0.0, *wanted, True, *options)[0]

@@ -99,10 +99,12 @@ def test_every_row_without_a_host_sync_matches_the_gathered_rows(monkeypatch, ke
     monkeypatch.setattr(chunks, "counted_rows", no_sync)
     every = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=kernels, gather=False)
     names = ("loss", "main", "sub", "dH", "dHs", "dW", "db")
-    for name, got, want in zip(names, every[:7], gathered[:7]):
+    for i, (name, got, want) in enumerate(zip(names, every[:7], gathered[:7])):
         assert got.shape == want.shape and got.dtype == want.dtype and got.stride() == want.stride(), name
         if kind == "index_ignore":
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+        elif i < 3:  # the means: a device divisor against a host one (CUDA multiplies by its reciprocal: 1 ulp)
+            torch.testing.assert_close(got, want, rtol=2.5e-7, atol=0, msg=name)
         else:
             assert torch.equal(got, want), name
     assert torch.equal(every[8], gathered[8])  # the unit scale, a power of two

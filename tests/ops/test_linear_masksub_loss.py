@@ -477,49 +477,69 @@ def test_grads_in_forward_equal_recompute_and_composite(
             assert_grad_close(a.grad, r.grad, GRAD_RTOL[dtype], name + " (against the recompute op)")
 
 
-def test_torch_compile_takes_the_grads_op_without_a_host_sync(monkeypatch, op_backend):
-    # under torch.compile the grads-in-forward op runs too (every row, the count on the device: no host sync to
-    # break the graph or a CUDA graph), not the recompute op; .loss's gradients as the composite's
-    h, hs, w, b, target = make_inputs(kind="index_ignore")
+def test_torch_compile_takes_the_grads_op_for_probabilities(monkeypatch, op_backend):
+    # Compiled, probability targets (every row counts) take the grads-in-forward op without its host sync (the count
+    # on the device; counted_rows, the host read, made to fail here); class ids take the recompute op, which computes
+    # the counted rows only without a sync. .loss's gradients as the composite's in both
+    def host_count(*_):
+        raise AssertionError("the host count under torch.compile")
+
+    monkeypatch.setattr(chunks, "counted_rows", host_count)
     calls = Calls(monkeypatch)
-    ours = leaves(h, hs, w, b)
-    compiled = torch.compile(lambda *x: mk.linear_masksub_loss(*x, target).loss, fullgraph=True, backend="aot_eager")
-    compiled(*ours).backward()
-    assert (calls.grads, calls.recompute) == (1, 0)
-    expected, ref_leaves = composite(h, hs, w, b, target)
-    expected.loss.backward()
-    for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
-        assert_grad_close(a.grad, e.grad, GRAD_RTOL[F32], name)
+    for kind, expected_calls in (("dense", (1, 0)), ("index_ignore", (1, 1))):
+        h, hs, w, b, target = make_inputs(kind=kind)
+        ours = leaves(h, hs, w, b)
+        torch._dynamo.reset()
+        compiled = torch.compile(
+            lambda *x, y=target: mk.linear_masksub_loss(*x, y).loss, fullgraph=True, backend="aot_eager"
+        )
+        compiled(*ours).backward()
+        assert (calls.grads, calls.recompute) == expected_calls, kind
+        expected, ref_leaves = composite(h, hs, w, b, target)
+        expected.loss.backward()
+        for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
+            assert_grad_close(a.grad, e.grad, GRAD_RTOL[F32], f"{name} ({kind})")
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda" or "triton" not in OP_BACKENDS, reason="needs a CUDA device")
-def test_cuda_graph_capture_takes_the_grads_op_without_a_host_sync():
-    # Captured, the public op computes its gradients in the forward over every row with the count on the device (a
-    # host read of the count would fail the capture); each replay on new inputs equals an eager call's values
-    h, hs, w, b, target = (t.detach() for t in make_inputs(rows=64, depth=32, classes=1000, kind="index_ignore"))
+def test_cuda_graph_capture_takes_the_grads_op_for_probabilities(monkeypatch):
+    # Captured, the public op with probability targets computes its gradients in the forward over every row with
+    # the count on the device (a host read would fail the capture), and the grads op itself replays: each replay on
+    # new inputs equals an eager call of the same path, its stored gradients included
+    rows, depth, classes = 64, 32, 1000
+    h, hs, w, b, target = (t.detach() for t in make_inputs(rows, depth, classes, kind="dense"))
     inputs = [t.requires_grad_(True) for t in (h.clone(), hs.clone(), w.clone(), b.clone())]
+    options = (False, 0.1, 0, 1.0, None)  # bce, label_smoothing, ignore_index, temperature, threshold
+    args = (True, 0.5, 0.5, True, True, True, False, False, *options)  # mean, weights, need_*, gather, private
 
-    def step():
-        return mk.linear_masksub_loss(*inputs, target, label_smoothing=0.1).loss
+    def public():
+        return mk.linear_masksub_loss(*inputs, target, label_smoothing=0.1, ignore_index=0).loss
 
+    def grads_op():
+        return chunks._linear_loss_grads_op(*(t.detach() for t in inputs), target, *args)
+
+    calls = Calls(monkeypatch)
     with mk.use_backend("triton"):
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up of the path the capture takes: kernels compile outside it
-            options = (False, 0.1, -100, 1.0, None)  # bce, label_smoothing, ignore_index, temperature, threshold
-            chunks._linear_loss_grads_op(*inputs, target, True, 0.5, 0.5, True, True, True, False, True, *options)
+            grads_op()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            captured = step()
+            captured_loss = public()
+            captured = grads_op()
+        assert (calls.grads, calls.recompute) == (1, 0)
         for seed in (1, 2):
-            new = make_inputs(rows=64, depth=32, classes=1000, kind="index_ignore", seed=seed)
+            new = make_inputs(rows, depth, classes, kind="dense", seed=seed)
             with torch.no_grad():
-                for old, value in zip((*inputs, target), (*new[:4], new[4])):
+                for old, value in zip((*inputs, target), new):
                     old.copy_(value)
             graph.replay()
-            eager = step()
-            torch.testing.assert_close(captured, eager, rtol=1e-6, atol=0)
+            eager = grads_op()
+            for i, (a, e) in enumerate(zip(captured, eager)):
+                torch.testing.assert_close(a, e, rtol=1e-6, atol=0, msg=f"output {i}")
+            torch.testing.assert_close(captured_loss, eager[0], rtol=1e-6, atol=0)
 
 
 def test_reduction_none_and_no_grad_take_the_recompute_op(monkeypatch):
