@@ -166,7 +166,7 @@ def test_split_reduced_matches_reference(triton_backend, split, kind):
 
 
 @pytest.mark.parametrize("kind", ["index_ignore", "dense"])
-@pytest.mark.parametrize(("bce", "has_sub"), [(False, True), (True, True), (False, False), (True, False)])
+@pytest.mark.parametrize(("bce", "has_sub"), [(False, True), (True, False)])  # BCE and no sub: the kernel's zeros
 def test_split_into_columns_of_a_wider_output_with_reused_tickets(triton_backend, split, kind, bce, has_sub):
     # the fused-linear op's chunks: the stats written straight into columns of a wider [9, N] (row stride N), the
     # split rows' tickets one buffer for every call (left zero by each launch: no fill, so the kernel writes the
