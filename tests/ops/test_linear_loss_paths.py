@@ -1,0 +1,90 @@
+"""Which path the fused-linear loss takes where it must not synchronise with the host (torch.compile, CUDA graph
+capture): probability targets the gradients-in-forward op with the count on the device, class ids the recompute op;
+the values and gradients as the composite's."""
+
+import pytest
+import torch
+from conftest import DEVICE
+from test_linear_masksub_loss import (  # noqa: F401 (the fixtures op_backend and _small_tiles, autouse)
+    F32,
+    GRAD_RTOL,
+    OP_BACKENDS,
+    Calls,
+    _small_tiles,
+    assert_grad_close,
+    composite,
+    leaves,
+    make_inputs,
+    op_backend,
+)
+
+import masksub_kernels as mk
+from masksub_kernels.ops import _linear_loss_chunks as chunks
+
+# The interpreter computes the discarded lanes of tl.where too (inf - inf, 0 / 0): numpy warns, the GPU does not.
+pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
+
+
+def test_torch_compile_takes_the_grads_op_for_probabilities(monkeypatch, op_backend):  # noqa: F811
+    # Compiled, probability targets (every row counts) take the grads-in-forward op without its host sync (the count
+    # on the device; counted_rows, the host read, made to fail here); class ids take the recompute op, which computes
+    # the counted rows only without a sync. .loss's gradients as the composite's in both
+    def host_count(*_):
+        raise AssertionError("the host count under torch.compile")
+
+    monkeypatch.setattr(chunks, "counted_rows", host_count)
+    calls = Calls(monkeypatch)
+    for kind, expected_calls in (("dense", (1, 0)), ("index_ignore", (1, 1))):
+        h, hs, w, b, target = make_inputs(kind=kind)
+        ours = leaves(h, hs, w, b)
+        torch._dynamo.reset()
+        compiled = torch.compile(
+            lambda *x, y=target: mk.linear_masksub_loss(*x, y).loss, fullgraph=True, backend="aot_eager"
+        )
+        compiled(*ours).backward()
+        assert (calls.grads, calls.recompute) == expected_calls, kind
+        expected, ref_leaves = composite(h, hs, w, b, target)
+        expected.loss.backward()
+        for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
+            assert_grad_close(a.grad, e.grad, GRAD_RTOL[F32], f"{name} ({kind})")
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda" or "triton" not in OP_BACKENDS, reason="needs a CUDA device")
+def test_cuda_graph_capture_takes_the_grads_op_for_probabilities(monkeypatch):
+    # Captured, the public op with probability targets computes its gradients in the forward over every row with
+    # the count on the device (a host read would fail the capture), and the grads op itself replays: each replay on
+    # new inputs equals an eager call of the same path, its stored gradients included
+    rows, depth, classes = 64, 32, 1000
+    h, hs, w, b, target = (t.detach() for t in make_inputs(rows, depth, classes, kind="dense"))
+    inputs = [t.requires_grad_(True) for t in (h.clone(), hs.clone(), w.clone(), b.clone())]
+    options = (False, 0.1, 0, 1.0, None)  # bce, label_smoothing, ignore_index, temperature, threshold
+    args = (True, 0.5, 0.5, True, True, True, False, False, *options)  # mean, weights, need_*, gather, private
+
+    def public():
+        return mk.linear_masksub_loss(*inputs, target, label_smoothing=0.1, ignore_index=0).loss
+
+    def grads_op():
+        return chunks._linear_loss_grads_op(*(t.detach() for t in inputs), target, *args)
+
+    calls = Calls(monkeypatch)
+    with mk.use_backend("triton"):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up of the path the capture takes: kernels compile outside it
+            grads_op()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured_loss = public()
+            captured = grads_op()
+        assert (calls.grads, calls.recompute) == (1, 0)
+        for seed in (1, 2):
+            new = make_inputs(rows, depth, classes, kind="dense", seed=seed)
+            with torch.no_grad():
+                for old, value in zip((*inputs, target), new):
+                    old.copy_(value)
+            graph.replay()
+            eager = grads_op()
+            for i, (a, e) in enumerate(zip(captured, eager)):
+                torch.testing.assert_close(a, e, rtol=1e-6, atol=0, msg=f"output {i}")
+            torch.testing.assert_close(captured_loss, eager[0], rtol=1e-6, atol=0)
