@@ -16,7 +16,7 @@ from __future__ import annotations
 
 __all__ = ["AUG_OPTIONS", "build_transforms", "ignored_on_digits"]
 
-# The options that only shape the ImageFolder transforms, with the command's defaults.
+# The options that only shape the ImageFolder transforms (and their normalisation), with the command's defaults.
 AUG_OPTIONS = {
     "aa": None,
     "color_jitter": 0.4,
@@ -27,6 +27,8 @@ AUG_OPTIONS = {
     "train_interpolation": "bilinear",
     "interpolation": "bilinear",
     "crop_pct": 1.0,
+    "mean": None,  # the digits set normalises with its own training images' mean and std
+    "std": None,
 }
 
 

@@ -82,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--std", type=float, nargs="+", default=None)
     g.add_argument("--aug-repeats", type=int, default=0, help="repeated augmentation: each image N times per epoch")
     g = p.add_argument_group("MaskSub")
-    g.add_argument("--baseline", action="store_true", help="plain training (no sub-branch), for comparison")
+    g.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="plain training (no sub-branch), for comparison",
+    )
     g.add_argument("--schedule", choices=("sequential", "joint"), default="sequential")
     g.add_argument("--variant", choices=("mask", "drop", "path"), default="mask")
     g.add_argument("--mask-ratio", type=float, default=0.5)
@@ -110,18 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (0: off)")
     g.add_argument("--mixup-prob", type=float, default=1.0)
     g.add_argument("--mixup-switch-prob", type=float, default=0.5)
-    g.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights, evaluate and save it")
+    g.add_argument(
+        "--model-ema",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="keep an EMA of the weights, evaluate and save it",
+    )
     g.add_argument("--model-ema-decay", type=float, default=0.9998)
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    g.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="mixed precision (GPU)")
     g.add_argument("--amp-dtype", choices=("float16", "bfloat16"), default="float16")
-    g.add_argument("--channels-last", action="store_true")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--output", default="output/masksub-train", help="checkpoints and logs")
     g.add_argument("--resume", default=None, help="checkpoint to continue from")
-    g.add_argument("--keep-epoch-checkpoints", action="store_true", help="also keep epoch-N.pth every epoch")
+    g.add_argument(
+        "--keep-epoch-checkpoints",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also keep epoch-N.pth every epoch",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--log-interval", type=int, default=10, help="progress-bar refresh, in steps")
     return p
@@ -230,6 +245,7 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
     state = {
         "epoch": epoch,
         "num_updates": num_updates,
+        "updates_per_epoch": s.batches // args.grad_accum_steps,  # the schedule's unit (resume compares it)
         "module": s.trained.state_dict(),
         "optimizer": s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict(),

@@ -38,7 +38,9 @@ def _option(dest: str) -> str:
 def _convert(key: str, value, action: argparse.Action, where: str):
     """The config value as the parsed option would hold it, or a UsageError naming the key and the expected type."""
     name = _option(action.dest)
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+    # Flags: store_true / store_false, and --x / --no-x pairs (BooleanOptionalAction: the command line can turn
+    # off what the file turns on)
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
         if not isinstance(value, bool):
             raise UsageError(f"{where}: {key!r} ({name}) is a flag: true or false, got {value!r}")
         return value

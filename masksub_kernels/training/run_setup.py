@@ -248,6 +248,7 @@ def setup(args) -> Setup:
     from .augment import build_transforms, ignored_on_digits
     from .data import build_datasets, train_sampler
     from .engine import seed_epoch
+    from .families import unwrap_model
     from .optim import build_ema, build_optimizer
     from .pretrained import load_initial_checkpoint
     from .wrapper import MaskSub
@@ -304,10 +305,13 @@ def setup(args) -> Setup:
             ).to(device)
             ms.check_input_size(img_size)
         except ValueError as exc:
-            hint = " (--img-size, --cell-size)" if "cell_size=" in str(exc) or "images of" in str(exc) else ""
+            hint = " (--img-size, --cell-size)" if "cell_size" in str(exc) or "images of" in str(exc) else ""
             raise UsageError(f"{exc}{hint}") from exc
     trained = ms if ms is not None else model
-    optimizer = build_optimizer(args, trained, ms.inner_model if ms is not None else model)
+    # The baseline's optimizer sees the eager module's parameter names (no torch.compile prefix): timm matches
+    # them for no-weight-decay and --layer-decay, as the wrapper's own names are matched for MaskSub.
+    eager = unwrap_model(model)
+    optimizer = build_optimizer(args, ms if ms is not None else eager, ms.inner_model if ms is not None else eager)
     ema = build_ema(args, model)
     workers = args.workers if args.workers is not None else (0 if args.data_dir is None else 4)
     samples = len(train_sampler(data.train, 0, args.seed, rank, world, args.aug_repeats))
@@ -353,7 +357,7 @@ def setup(args) -> Setup:
     if args.data_dir is None and rank == 0 and ignored_on_digits(args):
         print(
             f"{PROG}: note: {', '.join(ignored_on_digits(args))} shape the ImageFolder transforms (--data-dir): the "
-            "digits set keeps its random shifts",
+            "digits set keeps its random shifts and its own normalisation",
             file=sys.stderr,
         )
     return Setup(
@@ -403,12 +407,21 @@ def resume(args, s: Setup) -> tuple[int, int, list]:
         )
     old = ckpt.get("args", {})
     changed = [name for name in _SCHEDULE_OPTIONS if name in old and old[name] != getattr(args, name)]
-    if not changed:
+    diffs = [f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed]
+    # The schedule is counted in optimizer updates: other updates per epoch (another number of processes,
+    # --limit-batches, --aug-repeats) make another schedule even with the same options.
+    updates_per_epoch = s.batches // args.grad_accum_steps
+    old_updates = ckpt.get("updates_per_epoch")
+    if old_updates is not None and old_updates != updates_per_epoch:
+        diffs.append(
+            f"updates per epoch {old_updates} -> {updates_per_epoch} (processes, --limit-batches, --aug-repeats)"
+        )
+    if not diffs:
         s.scheduler.load_state_dict(ckpt["scheduler"])
     else:
         s.scheduler.step_update(num_updates=num_updates)  # the new schedule's value at this update
         if s.rank == 0:
-            diffs = ", ".join(f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed)
+            diffs = ", ".join(diffs)
             print(
                 f"{PROG}: note: resuming with {diffs}: the learning rate follows the new schedule from update "
                 f"{num_updates} on (the updates so far followed the old one)",

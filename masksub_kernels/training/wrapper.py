@@ -128,6 +128,10 @@ class MaskSub(nn.Module):
             raise ValueError(
                 f"variant={variant!r} (DropSub / PathSub) is defined for ViTs; this model is {self.family}"
             )
+        if cell_size is not None and self.family == "vit":
+            raise ValueError(
+                "cell_size is an option of the grid masks (swin, pixel); the vit family drops tokens (mask_ratio)"
+            )
         self.cell_size = cell_size if cell_size is not None else DEFAULT_CELL_SIZE[self.family]
         self._mlm = self._check_mlm(inner, sub_fill, mask_token_id, cell_size)
         if self.family == "swin" and variant == "mask":

@@ -44,6 +44,16 @@ def test_command_line_overrides_the_file(tmp_path):
     assert args.model_kwargs == ["img_size=8"]
 
 
+def test_command_line_turns_off_the_files_flags(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("amp: true\nmodel-ema: true\ncompile: true\nchannels-last: true\n")
+    args = parse_args_with_config(build_parser(), ["--config", str(cfg)])
+    assert args.amp and args.model_ema and args.compile and args.channels_last
+    args = parse_args_with_config(build_parser(), ["--config", str(cfg), "--no-amp", "--no-model-ema", "--no-compile"])
+    assert not args.amp and not args.model_ema and not args.compile and args.channels_last
+    assert build_parser().parse_args(["--amp"]).amp and not build_parser().parse_args([]).amp
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

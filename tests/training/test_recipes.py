@@ -238,6 +238,29 @@ def test_layer_decay_scales_match_mae():
     assert len(scale) == len(params)
 
 
+def test_optimizer_groups_are_the_same_with_compile_and_for_the_baseline():
+    # timm matches parameter names for no-weight-decay and --layer-decay: torch.compile's `_orig_mod.` prefix must
+    # not change the groups (it did for --baseline), and the baseline's groups are MaskSub's (same model)
+    from masksub_kernels.training.families import unwrap_model
+    from masksub_kernels.training.run_setup import check_args, setup
+
+    groups = {}
+    for extra in ([], ["--compile"], ["--baseline"], ["--baseline", "--compile"]):
+        argv = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", *VIT, "--img-size", "16",
+                "--layer-decay", "0.5", "--weight-decay", "0.05", "--output", "unused", *extra]  # fmt: skip
+        args = parse_args_with_config(build_parser(), argv)
+        check_args(args)
+        s = setup(args)
+        names = {id(p): n for n, p in unwrap_model(s.model).named_parameters()}
+        groups[" ".join(extra)] = {
+            names[id(p)]: (g["lr_scale"], g["weight_decay"]) for g in s.optimizer.param_groups for p in g["params"]
+        }
+    reference = groups[""]
+    assert reference["cls_token"] == (0.125, 0.0) and reference["blocks.1.attn.qkv.weight"] == (0.5, 0.05)
+    for extra, got in groups.items():
+        assert got == reference, extra
+
+
 @pytest.mark.parametrize("name", sorted(SHRINK))
 def test_recipe_transforms_run_on_an_image(name):
     from PIL import Image

@@ -53,6 +53,7 @@ def _error(tmp_path, capsys, *args: str) -> str:
         (["--device", "gpu"], "is not a torch device"),
         (["--opt", "adamx"], "--opt adamx: Optimizer adamx not found"),
         (["--sched", "cosinus"], "--sched cosinus: Unknown scheduler"),
+        (["--cell-size", "4"], "cell_size is an option of the grid masks (swin, pixel); the vit family drops tokens"),
         (["--device", "cuda:7"] if torch.cuda.is_available() else ["--device", "cuda"], "GPU"),
     ],
 )
@@ -117,6 +118,30 @@ def test_resume_with_more_epochs_follows_the_new_schedule(tmp_path, capsys):
     rows = json.load(open(os.path.join(longer, "log.json")))["epochs"]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert [r["lr"] for r in rows[1:]] == pytest.approx(want) and want[0] > 1e-4
+
+
+def test_resume_with_other_updates_per_epoch_follows_the_new_schedule(tmp_path, capsys):
+    # The schedule counts optimizer updates: resuming with another --limit-batches (or number of processes) gives
+    # another schedule under the same options, which the checkpoint's scheduler state would silently keep.
+    from timm.scheduler import create_scheduler_v2
+
+    out = str(tmp_path / "limited")
+    assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--limit-batches", "2", "--keep-epoch-checkpoints",
+                 "--output", out]) == 0  # fmt: skip
+    full = str(tmp_path / "full")
+    assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--output", full, "--resume", f"{out}/epoch-1.pth"]) == 0
+    assert "updates per epoch 2 -> 5 (processes, --limit-batches, --aug-repeats): the learning rate follows the new " \
+           "schedule from update 2" in capsys.readouterr().err  # fmt: skip
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=2, warmup_epochs=0, min_lr=1e-5,
+                                   step_on_epochs=False, updates_per_epoch=5)  # fmt: skip
+    sched.step_update(num_updates=2 + 5)
+    rows = json.load(open(os.path.join(full, "log.json")))["epochs"]
+    assert rows[-1]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])  # the old state: at --min-lr by now
+    # the same updates per epoch: the checkpoint's state, no note
+    assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--limit-batches", "2", "--output", str(tmp_path / "same"),
+                 "--resume", f"{out}/epoch-1.pth"]) == 0  # fmt: skip
+    assert "follows the new schedule" not in capsys.readouterr().err
 
 
 def test_bce_threshold_with_mixup_smoothing_does_not_binarise_everything(tmp_path, monkeypatch):

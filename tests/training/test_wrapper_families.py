@@ -188,6 +188,9 @@ def test_configuration_errors_are_clear():
     for cell_size in (0, -8, 2.0, True):
         with pytest.raises(ValueError, match="cell_size must be an int >= 1"):
             MaskSub(BUILDERS["resnet"](), cell_size=cell_size)
+    for variant in ("mask", "drop", "path"):  # a ViT drops tokens: a cell size would be silently unused
+        with pytest.raises(ValueError, match="cell_size is an option of the grid masks"):
+            MaskSub(tiny_vit(), variant=variant, cell_size=4)
     for weight in (-0.5, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="sub_weight must be in"):
             MaskSub(tiny_vit(), sub_weight=weight)
