@@ -131,7 +131,9 @@ def available_backends() -> list[str]:
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or name.lower() not in BACKEND_NAMES:
+    if not isinstance(name, str):
+        raise TypeError(f"the backend must be a name (str), one of {', '.join(BACKEND_NAMES)}; got {name!r}")
+    if name.lower() not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKEND_NAMES)}")
     name = name.lower()
     if name != "auto":

@@ -25,6 +25,7 @@ int64 sort key that orders as (draw, position):
 from __future__ import annotations
 
 import functools
+import numbers
 
 import torch
 
@@ -47,8 +48,9 @@ def new_seed(seed: int | None = None) -> int:
     """
     if seed is None:
         return int(torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64).item())
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):  # NumPy's integers too, as ignore_index
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    seed = int(seed)
     if not -SEED_LIMIT <= seed < SEED_LIMIT:
         # Any int64 is a key (its 64 bits, two's complement, as for a seed tensor, which may hold any int64 too)
         raise ValueError(f"seed must be an int64 value, in [-2**63, 2**63), got {seed}")

@@ -27,7 +27,7 @@ term; correct for any scalars), so every combination of backwards is exact and L
 
 The backward of L scales the stored gradients in place and returns them (no second [M, D] or [C, D] copy), as
 does the backward of one term whose partner has weight 0 (the sequential schedule's .sub with main_weight 0); a
-second backward through the same graph (retain_graph) recomputes. Double backward is refused.
+second backward through the same graph (retain_graph) recomputes. Double backward is refused (_common.first_order_only).
 
 Two flavours, chosen by the op's backend:
 - reference (the 'torch' backend, the CPU path): logits in fp32 (fp64 for fp64 inputs), the loss and its logit
@@ -474,10 +474,6 @@ def _grads_backward(ctx, grad_loss, grad_main, grad_sub, *_):
     """Scale the stored gradients when they serve what arrives (_stored_factor; in place, then let go), else
     recompute per term through the recompute op's backward on the saved stats (any mix of .loss, .main, .sub, and a
     second backward through a retained graph). Inputs whose terms have no gradient get zeros, as the composite."""
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and not _tracing((grad_loss, grad_main, grad_sub)):
-        raise RuntimeError(
-            "linear_masksub_loss: double backward is not supported (its gradients were computed in the forward)"
-        )
     hidden, sub_hidden, weight, bias, target, stats, scale, *saved = ctx.saved_tensors
     need = ctx.needs_input_grad[:4]  # hidden, sub_hidden, weight, bias
     grads = [None, None, None, None]

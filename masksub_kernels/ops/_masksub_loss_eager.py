@@ -17,6 +17,7 @@ import math
 import torch
 
 from . import masksub_loss as ref  # the reference (read at call time: that module imports this one)
+from ._common import first_order_only
 
 # masksub_loss.py's reference is the op's exact output, stats included, for the kernels' layout, and its backward
 # recomputes both softmaxes and masks [M, C] gradients with selects: about twice the [M, C] passes of the eager
@@ -262,6 +263,10 @@ class _EagerLoss(torch.autograd.Function):
         return dz, ds, *(None,) * 6
 
 
+# first-order only, as the registered backwards (_common.first_order_only): create_graph=True marks the gradients
+_EagerLoss.backward = staticmethod(first_order_only("masksub_loss", _EagerLoss.backward))
+
+
 def loss_forward_eager(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold):
     """The torch backend's op in eager mode: fp32 [NUM_OUT, M], rows MAIN and SUB as loss_forward_reference's (the
     stats rows NaN), differentiable in both logits (a lean autograd.Function when one of them requires grad)."""
@@ -345,6 +350,9 @@ class _ReducedLoss(torch.autograd.Function):
             g_sub = (sw * g[0] + g[2]) / divisor if keep_sub else None
         dz, ds = _grads(ctx.saved_tensors, g_main, g_sub, ctx.rows, *ctx.options)
         return dz, ds, *(None,) * 9
+
+
+_ReducedLoss.backward = staticmethod(first_order_only("masksub_loss", _ReducedLoss.backward))
 
 
 def reduced_loss_eager(

@@ -484,7 +484,7 @@ def _mask_image_backward(ctx, grad_out):
     return _mask_image_op(grad_out, cell_mask, ctx.cell_size, 0.0), None, None, None
 
 
-_mask_image_op.register_autograd(_mask_image_backward, setup_context=_mask_image_setup_context)
+_mask_image_op.register_autograd(_mask_image_backward, setup_context=_mask_image_setup_context, differentiable=True)
 
 
 def _mask_image_random_setup_context(ctx, inputs, output):
@@ -499,7 +499,9 @@ def _mask_image_random_backward(ctx, grad_out, _):
     return grad, None, None, None, None, None
 
 
-_mask_image_random_op.register_autograd(_mask_image_random_backward, setup_context=_mask_image_random_setup_context)
+_mask_image_random_op.register_autograd(
+    _mask_image_random_backward, setup_context=_mask_image_random_setup_context, differentiable=True
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------

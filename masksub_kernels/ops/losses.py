@@ -38,9 +38,14 @@ class MaskSubLoss(NamedTuple):
 # The ignore_index passed by losses without one: an id equal to it is refused on CPU tensors, but would count as
 # ignored elsewhere (no class id is that negative in practice; the fused op has no "none" ignore_index).
 NO_IGNORE = -(2**63)
+_ABSENT = object()  # _check_options' ignore_index for the losses without one
 FP32_MAX = torch.finfo(torch.float32).max
-# The kernels use T, T^2 and 1 / T in fp32: T^2 and 1 / T^2 stay normal fp32 numbers for T in [2^-63, 2^63].
-TEMPERATURE_RANGE = (2.0**-63, 2.0**63)
+# The kernels use T, T^2 and 1 / T in fp32: T^2 and 1 / T^2 stay normal fp32 numbers for T >= 2^-63. Above 2^13
+# the sub-branch gradient T (softmax(s / T) - softmax(z / T)) (sigmoids for BCE) loses its precision to
+# cancellation: both terms tend to 1 / C (1/2), their difference is ~ (s - z) / (T C), and each carries fp32's
+# rounding, a relative error of ~ eps T / |s - z| (1e-3 of an fp64 reference at T = 1e5, 17% at 1e7, all of it at
+# 1e9, where the backends also disagree). Distillation temperatures are 1 to ~20.
+TEMPERATURE_RANGE = (2.0**-63, 2.0**13)
 
 
 class _Options(NamedTuple):
@@ -141,15 +146,19 @@ def _number(name: str, value, low: float, high: float = FP32_MAX, *, open_high=F
 
 
 def _check_options(
-    mode="ce", reduction="mean", label_smoothing=0.0, ignore_index=NO_IGNORE, temperature=1.0, target_threshold=None
+    mode="ce", reduction="mean", label_smoothing=0.0, ignore_index=_ABSENT, temperature=1.0, target_threshold=None
 ) -> _Options:
-    """The fused op's options from the public arguments, each checked (docs/semantics.md §7)."""
+    """The fused op's options from the public arguments, each checked (docs/semantics.md §7). ignore_index not
+    given: a loss without one (NO_IGNORE)."""
     _choice("mode", mode, MODES)
     _choice("reduction", reduction, REDUCTIONS)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+    if ignore_index is _ABSENT:
+        ignore_index = NO_IGNORE
+    elif isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    if not -(2**63) <= int(ignore_index) < 2**63:
-        raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
+    elif not NO_IGNORE < int(ignore_index) < 2**63:
+        # -2^63 is NO_IGNORE, the losses' "no ignored rows" (refused on the CPU, counted as ignored elsewhere)
+        raise ValueError(f"ignore_index must fit in int64 and not be -2**63 (reserved), got {ignore_index}")
     threshold = None
     if target_threshold is not None:
         if mode == "ce":
@@ -160,7 +169,7 @@ def _check_options(
         bce=mode == "bce",
         label_smoothing=_number("label_smoothing", label_smoothing, 0.0, 1.0),
         ignore_index=int(ignore_index),
-        temperature=_number("temperature", temperature, *TEMPERATURE_RANGE, expected="> 0, in [2**-63, 2**63]"),
+        temperature=_number("temperature", temperature, *TEMPERATURE_RANGE, expected="> 0, in [2**-63, 2**13]"),
         target_threshold=threshold,
     )
 
@@ -174,7 +183,7 @@ def _terms(logits, sub_logits, target, options: _Options, main_weight: float, su
     """MaskSubLoss of the checked arguments: the per-row op for 'none', the reduced op otherwise."""
     if reduction == "none":
         out = _loss_op(logits, sub_logits, target, *options)
-        main, sub = out[MAIN], out[SUB]
+        main, sub = _reduce(out[MAIN], 1, "none"), _reduce(out[SUB], 1, "none")
         if sub_logits is None or target is None:  # one term of weight 1 (the single-term losses): it is the loss
             return MaskSubLoss(main if sub_logits is None else sub, main, sub)
         return MaskSubLoss(main_weight * main + sub_weight * sub, main, sub)
@@ -183,8 +192,11 @@ def _terms(logits, sub_logits, target, options: _Options, main_weight: float, su
 
 
 def _reduce(rows: torch.Tensor, count, reduction: str) -> torch.Tensor:
+    """A row of an op's [NUM_OUT, M] output, reduced. 'none': a copy where the op saved that output for its
+    backward (it requires grad), so that the caller may change the per-row losses in place (per_row *= weights),
+    as the composite's; a change to a view of the saved output would fail that backward."""
     if reduction == "none":
-        return rows
+        return rows.clone() if rows.requires_grad else rows
     return rows.sum() if reduction == "sum" else rows.sum() / count
 
 

@@ -380,6 +380,36 @@ def _(grad_out, cell_mask, cell_size, need_tokens_grad, need_mask_grad):
     return grad_tokens, grad_out.new_empty(grad_out.shape[3] if need_mask_grad else 0)
 
 
+def _mask_tokens_backward_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+    ctx.cell_size, ctx.shape = inputs[2], inputs[0].shape
+
+
+def _mask_tokens_backward_backward(ctx, grad_grad_tokens, grad_grad_mask):
+    # The backward is linear in dOut: dT = dOut on the kept cells (0 on the removed ones), dm = the sum of dOut over
+    # the removed cells. Its adjoint is the forward itself: d(dOut) = mask_tokens(ddT, ddm) (ddT on the kept cells,
+    # ddm on every removed one). So the gradients of mask_tokens_grid are differentiable again.
+    (cell_mask,) = ctx.saved_tensors
+    if grad_grad_tokens is None or not grad_grad_tokens.numel():  # dT not asked for (an empty [0]) or not used
+        grad_grad_tokens = None
+    if grad_grad_mask is None or not grad_grad_mask.numel():
+        grad_grad_mask = None
+    if grad_grad_tokens is None and grad_grad_mask is None:
+        return None, None, None, None, None
+    like = grad_grad_tokens if grad_grad_tokens is not None else grad_grad_mask
+    if grad_grad_tokens is None:
+        grad_grad_tokens = like.new_zeros(ctx.shape)
+    if grad_grad_mask is None:
+        grad_grad_mask = like.new_zeros(like.shape[-1])
+    grad = _mask_tokens_op(grad_grad_tokens, grad_grad_mask.to(grad_grad_tokens.dtype), cell_mask, ctx.cell_size)
+    return grad, None, None, None, None
+
+
+_mask_tokens_backward_op.register_autograd(
+    _mask_tokens_backward_backward, setup_context=_mask_tokens_backward_setup_context, differentiable=True
+)
+
+
 def _mask_tokens_setup_context(ctx, inputs, output):
     ctx.save_for_backward(inputs[2])
     ctx.cell_size = inputs[3]
@@ -392,7 +422,7 @@ def _mask_tokens_backward(ctx, grad_out):
     return (grad_tokens if need_tokens else None), (grad_mask if need_mask else None), None, None
 
 
-_mask_tokens_op.register_autograd(_mask_tokens_backward, setup_context=_mask_tokens_setup_context)
+_mask_tokens_op.register_autograd(_mask_tokens_backward, setup_context=_mask_tokens_setup_context, differentiable=True)
 
 
 # The cell mask and the masked tokens in one op (what mask_tokens_grid calls): the CUDA extension draws the cells in
@@ -453,7 +483,9 @@ def _mask_tokens_random_backward(ctx, grad_out, _):
     return (grad_tokens if need_tokens else None), (grad_mask if need_mask else None), None, None, None, None
 
 
-_mask_tokens_random_op.register_autograd(_mask_tokens_random_backward, setup_context=_mask_tokens_random_setup_context)
+_mask_tokens_random_op.register_autograd(
+    _mask_tokens_random_backward, setup_context=_mask_tokens_random_setup_context, differentiable=True
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -421,6 +421,21 @@ def _(grad_y, ids, inv, num_prefix_tokens, num_tokens):
     return grad_y.new_empty(grad_y.shape[0], num_prefix_tokens + num_tokens, grad_y.shape[2])
 
 
+def _scatter_setup_context(ctx, inputs, output):
+    _, ids, inv, num_prefix_tokens, _ = inputs
+    ctx.save_for_backward(ids, inv)
+    ctx.num_prefix_tokens = num_prefix_tokens
+
+
+def _scatter_backward(ctx, grad_x):
+    # the scatter is linear in dY, its adjoint the gather: so the gathers' gradients are differentiable again
+    ids, inv = ctx.saved_tensors
+    return _gather_op(grad_x, ids, inv, ctx.num_prefix_tokens), None, None, None, None
+
+
+_scatter_op.register_autograd(_scatter_backward, setup_context=_scatter_setup_context, differentiable=True)
+
+
 def _gather_setup_context(ctx, inputs, output):
     x, ids, inv, num_prefix_tokens = inputs
     ctx.save_for_backward(ids, inv)
@@ -434,7 +449,7 @@ def _gather_backward(ctx, grad_y):
     return grad_x, None, None, None
 
 
-_gather_op.register_autograd(_gather_backward, setup_context=_gather_setup_context)
+_gather_op.register_autograd(_gather_backward, setup_context=_gather_setup_context, differentiable=True)
 
 
 def _select_gather_reference(x, seed, seed_tensor, num_keep, num_prefix_tokens, ordered, always_keep, drop_first):
@@ -496,7 +511,9 @@ def _select_gather_backward(ctx, grad_y, grad_ids, grad_inv):
     return grad_x, None, None, None, None, None, None, None
 
 
-_select_gather_op.register_autograd(_select_gather_backward, setup_context=_select_gather_setup_context)
+_select_gather_op.register_autograd(
+    _select_gather_backward, setup_context=_select_gather_setup_context, differentiable=True
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,169 @@
+"""autograd beyond one backward, the same on every backend: gradients taken with create_graph=True are right and
+either differentiable again (the token and grid ops: their backwards are differentiable ops) or refused when
+differentiated (the losses: never a silent zero); per-row losses that the caller changes in place."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import DEVICE, kernel_backends
+
+import masksub_kernels as mk
+
+DOUBLE_BACKWARD = "double backward is not supported"
+LINEAR_BACKENDS = ["torch", *(name for name in kernel_backends() if name != "cuda")]  # no CUDA version of it
+pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow) encountered:RuntimeWarning")  # interpreter
+
+
+def _logits(*shape, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=generator) * 2).to(DEVICE).requires_grad_()
+
+
+def _losses():
+    """(name, function of (z, s) -> a tensor) for each loss, class ids with an ignored row."""
+    y = torch.tensor([1, 3, -100, 0], device=DEVICE)
+    probs = torch.softmax(torch.randn(4, 7, generator=torch.Generator().manual_seed(3)), 1).to(DEVICE)
+    return [
+        ("masksub mean", lambda z, s: mk.masksub_loss(z, s, y, temperature=2.0).loss),
+        ("masksub none", lambda z, s: mk.masksub_loss(z, s, probs, mode="bce", reduction="none").loss.sum()),
+        ("soft_target_ce none", lambda z, s: (mk.soft_target_cross_entropy(z, y, reduction="none") ** 2).sum()),
+        ("soft_target_bce", lambda z, s: mk.soft_target_bce(z, probs)),
+        ("self_distillation", lambda z, s: mk.self_distillation_loss(s, z, reduction="sum")),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_loss_gradients_with_create_graph_are_right_and_refuse_a_second_backward(backend, case):
+    name, loss_of = _losses()[case]
+    z, s = _logits(4, 7), _logits(4, 7, seed=1)
+    plain = torch.autograd.grad(loss_of(z, s), (z, s), allow_unused=True)
+    graph = torch.autograd.grad(loss_of(z, s), (z, s), create_graph=True, allow_unused=True)
+    for a, b in zip(plain, graph):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(b.detach(), a, rtol=0, atol=0)
+    used = next(g for g in graph if g is not None)
+    # a gradient penalty through the loss's gradient: an error, not a penalty with no gradient
+    with pytest.raises(RuntimeError, match=DOUBLE_BACKWARD):
+        (used**2).sum().backward()
+
+
+@pytest.mark.parametrize("name", LINEAR_BACKENDS)
+def test_fused_linear_loss_refuses_a_second_backward(name):
+    h, hs = _logits(4, 5), _logits(4, 5, seed=1)
+    w, y = _logits(7, 5, seed=2), torch.tensor([1, 3, -100, 0], device=DEVICE)
+    for reduction in ("mean", "none"):
+        with mk.use_backend(name), pytest.raises(RuntimeError, match=DOUBLE_BACKWARD):
+            loss = mk.linear_masksub_loss(h, hs, w, None, y, reduction=reduction).loss.sum()
+            (dh,) = torch.autograd.grad(loss, h, create_graph=True)
+            (dh**2).sum().backward()
+
+
+def _jvp_by_double_backward(op, x):
+    """(d/dv <(dy/dx)^T v, u>, u) for random v, u: the vector-Jacobian product differentiated in v, which is the
+    Jacobian times u; for an op linear in x, y = A x + c, that is A u."""
+    y = op(x)
+    v = torch.randn_like(y, requires_grad=True)
+    (g,) = torch.autograd.grad(y, x, v, create_graph=True)
+    u = torch.randn_like(g)
+    (jvp,) = torch.autograd.grad(g, v, u)
+    return jvp, u
+
+
+@pytest.mark.parametrize("op", ["gather_tokens", "random_token_select", "mask_tokens_grid", "mask_image_grid"])
+def test_token_and_grid_op_gradients_are_differentiable_again(backend, op):
+    # Each op is linear in x (plus a constant: the mask token), so the double backward's jvp is the op on u with the
+    # constant zeroed: an oracle that does not run the op's backward.
+    ids = torch.tensor([[3, 0, 5], [1, 2, 4]], device=DEVICE)
+    mask_token = torch.randn(6, device=DEVICE, requires_grad=True)
+    ops = {
+        "gather_tokens": ((2, 7, 6), lambda x, token: mk.gather_tokens(x, ids)),
+        "random_token_select": ((2, 9, 6), lambda x, token: mk.random_token_select(x, 0.5, seed=4)[0]),
+        "mask_tokens_grid": ((2, 4, 4, 6), lambda x, token: mk.mask_tokens_grid(x, token, cell_size=2, seed=4)[0]),
+        "mask_image_grid": ((2, 3, 8, 8), lambda x, token: mk.mask_image_grid(x, cell_size=4, seed=4)[0]),
+    }
+    shape, function = ops[op]
+    x = torch.randn(shape, device=DEVICE, requires_grad=True)
+    jvp, u = _jvp_by_double_backward(lambda t: function(t, mask_token), x)
+    with torch.no_grad():
+        expected = function(u, torch.zeros_like(mask_token))
+    torch.testing.assert_close(jvp, expected, rtol=0, atol=0)
+    assert jvp.abs().sum() > 0  # not the silent zero
+
+
+def test_mask_tokens_grid_second_order_reaches_the_mask_token(backend):
+    tokens = torch.randn(1, 4, 4, 3, device=DEVICE, requires_grad=True)
+    mask_token = torch.randn(3, device=DEVICE, requires_grad=True)
+    out, cells = mk.mask_tokens_grid(tokens, mask_token, cell_size=2, seed=3)
+    v = torch.randn_like(out, requires_grad=True)
+    d_tokens, d_mask = torch.autograd.grad(out, (tokens, mask_token), v, create_graph=True)
+    (jvp,) = torch.autograd.grad((d_tokens.sum() + 2 * d_mask.sum()), v)
+    removed = cells.repeat_interleave(2, 1).repeat_interleave(2, 2)[..., None]  # [1, 4, 4, 1]
+    torch.testing.assert_close(jvp, torch.where(removed, 2.0, 1.0).expand_as(out))
+
+
+@pytest.mark.parametrize("loss", ["soft_target_cross_entropy", "soft_target_bce", "self_distillation", "masksub"])
+def test_per_row_losses_can_be_changed_in_place(backend, loss):
+    z, s = _logits(4, 7), _logits(4, 7, seed=1)
+    y = torch.tensor([1, 3, 2, 0], device=DEVICE)
+    weights = torch.tensor([0.5, 2.0, 1.0, 3.0], device=DEVICE)
+    calls = {
+        "soft_target_cross_entropy": lambda: mk.soft_target_cross_entropy(z, y, reduction="none"),
+        "soft_target_bce": lambda: mk.soft_target_bce(z, y, reduction="none"),
+        "self_distillation": lambda: mk.self_distillation_loss(s, z, reduction="none"),
+        "masksub": lambda: mk.masksub_loss(z, s, y, reduction="none").main,
+    }
+    per_row = calls[loss]()
+    expected = torch.autograd.grad((per_row * weights).sum(), (z, s), allow_unused=True)
+    per_row = calls[loss]()
+    per_row *= weights
+    got = torch.autograd.grad(per_row.sum(), (z, s), allow_unused=True)
+    for a, b in zip(got, expected):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", LINEAR_BACKENDS)
+def test_fused_linear_per_row_losses_can_be_changed_in_place(name):
+    h, hs, w = _logits(4, 5), _logits(4, 5, seed=1), _logits(7, 5, seed=2)
+    y, weights = torch.tensor([1, 3, 2, 0], device=DEVICE), torch.tensor([0.5, 2.0, 1.0, 3.0], device=DEVICE)
+    calls = (
+        lambda: mk.linear_masksub_loss(h, hs, w, None, y, reduction="none").sub,
+        lambda: mk.linear_soft_target_cross_entropy(h, w, None, y, reduction="none"),
+    )
+    with mk.use_backend(name):
+        for per_row in calls:
+            expected = torch.autograd.grad((per_row() * weights).sum(), (h, w))
+            rows = per_row()
+            rows *= weights
+            for a, b in zip(torch.autograd.grad(rows.sum(), (h, w)), expected):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The options whose edges were wrong: temperatures whose gradient cancels away, the reserved ignore_index
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_temperatures_above_2_to_13_are_refused():
+    z, s = _logits(2, 5), _logits(2, 5, seed=1)
+    mk.self_distillation_loss(s, z, temperature=2.0**13)
+    for t in (2.0**13 * 1.01, 1e9):
+        with pytest.raises(ValueError, match=r"temperature must be .*in \[2\*\*-63, 2\*\*13\]"):
+            mk.self_distillation_loss(s, z, temperature=t)
+
+
+def test_the_reserved_ignore_index_is_refused():
+    z, s = _logits(2, 5), _logits(2, 5, seed=1)
+    y = torch.tensor([-(2**63), 1], device=DEVICE)
+    with pytest.raises(ValueError, match=r"ignore_index must fit in int64 and not be -2\*\*63 \(reserved\)"):
+        mk.masksub_loss(z, s, y, ignore_index=-(2**63))
+    mk.masksub_loss(z, s, y.clamp(min=-(2**63) + 1), ignore_index=-(2**63) + 1)
+
+
+def test_numpy_integer_seeds_and_backend_names():
+    assert torch.equal(mk.random_keep_indices(2, 9, 4, seed=np.int64(7)), mk.random_keep_indices(2, 9, 4, seed=7))
+    for name in (None, 3):
+        with pytest.raises(TypeError, match="the backend must be a name"):
+            mk.set_backend(name)
