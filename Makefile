@@ -24,8 +24,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix $(SOURCES)
 	$(VENV)/bin/ruff format $(SOURCES)
 
+# The suite runs on pytest-xdist's workers (one per core; modules with an expensive module fixture stay on one worker:
+# their xdist_group mark) and prints its slowest tests, to keep CI's time in view. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
 test: lint
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=30
 
 bench: $(STAMP)
 	$(PYTHON) -m masksub_kernels.bench $(BENCH_ARGS)

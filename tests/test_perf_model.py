@@ -16,6 +16,9 @@ import pytest
 
 from tools.perf_model import floors
 
+# One pytest-xdist worker runs the whole module (the model's run (~1.5 min) is one module fixture).
+pytestmark = pytest.mark.xdist_group("perf_model")
+
 pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[1]

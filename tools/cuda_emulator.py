@@ -21,6 +21,7 @@ Needs the CUDA toolkit's headers (cuda_fp16.h, cuda_bf16.h, cuda_runtime.h for t
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import os
 import re
@@ -156,16 +157,22 @@ def build(build_dir: Path | str | None = None, verbose: bool = False, sanitize: 
     os.environ.setdefault("CUDA_HOME", str(find_cuda_home()))
     from torch.utils import cpp_extension
 
-    units = stage_sources(build_dir)
-    return cpp_extension.load(
-        name=name,
-        sources=[str(unit) for unit in units],
-        extra_cflags=compile_flags(sanitize),
-        extra_ldflags=[f"-fsanitize={sanitize}"] if sanitize else [],
-        build_directory=str(build_dir),
-        with_cuda=False,
-        verbose=verbose,
-    )
+    # Several processes (pytest-xdist's workers) may build at once on a clean checkout: one at a time stages and
+    # compiles (a source rewritten while another process compiles it would be read half-written); the others then
+    # find the build up to date and load it.
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir.with_name(build_dir.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        units = stage_sources(build_dir)
+        return cpp_extension.load(
+            name=name,
+            sources=[str(unit) for unit in units],
+            extra_cflags=compile_flags(sanitize),
+            extra_ldflags=[f"-fsanitize={sanitize}"] if sanitize else [],
+            build_directory=str(build_dir),
+            with_cuda=False,
+            verbose=verbose,
+        )
 
 
 def install(module=None) -> None:
