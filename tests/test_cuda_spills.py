@@ -60,6 +60,7 @@ def _run(*args):
     )
 
 
+@pytest.mark.slow
 @needs_nvcc
 def test_csrc_kernels_do_not_spill(tmp_path):
     report = tmp_path / "spills.json"

@@ -8,8 +8,9 @@ per function at compile time, without a GPU:
         0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
     ptxas info    : Used 40 registers, used 1 barriers, 5312 bytes smem
 
-This tool compiles each csrc/*.cu on its own (torch-free sources: ~2-7 s each), prints one row per function and
-architecture, and exits 1 if any function spills (2 if nvcc is missing or a compilation fails).
+This tool compiles each csrc/*.cu on its own, device code only (torch-free sources: 10-50 s each per arch, as many
+at once as there are cores), prints one row per function and architecture, and exits 1 if any function spills (2
+if nvcc is missing or a compilation fails).
 
     python -m tools.check_spills [--arch 90a,80] [--json out.json] [file.cu ...]
 """
@@ -17,7 +18,9 @@ architecture, and exits 1 if any function spills (2 if nvcc is missing or a comp
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -103,7 +106,7 @@ def demangle(records: list[dict], cuda_home: Path) -> None:
 def compile_source(source: Path, arch: str, nvcc: Path, workdir: Path) -> tuple[list[dict], str | None]:
     command = [
         str(nvcc),
-        "-c",
+        "-cubin",  # the device code only: ptxas reports the same, without the host compilation (~40% of the time)
         f"-arch=sm_{arch}",
         "-Xptxas",
         "-v",
@@ -111,7 +114,7 @@ def compile_source(source: Path, arch: str, nvcc: Path, workdir: Path) -> tuple[
         f"-I{CSRC}",
         str(source),
         "-o",
-        str(workdir / f"{source.stem}.sm_{arch}.o"),
+        str(workdir / f"{source.stem}.sm_{arch}.cubin"),
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -158,10 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     records, failures = [], []
+    nvcc = cuda_home / "bin" / "nvcc"
     with tempfile.TemporaryDirectory(prefix="masksub-spills-") as workdir:
-        for source in sources:
-            for arch in archs:
-                found, error = compile_source(Path(source), arch, cuda_home / "bin" / "nvcc", Path(workdir))
+        # one nvcc per (source, arch), as many at once as there are cores (each is one process, mostly cicc)
+        jobs = [(Path(source), arch) for source in sources for arch in archs]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            results = pool.map(lambda job: compile_source(*job, nvcc, Path(workdir)), jobs)
+            for found, error in results:
                 if error:
                     failures.append(error)
                 records += found
