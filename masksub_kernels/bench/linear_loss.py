@@ -61,14 +61,14 @@ def modelled_extra_mb(rows: int, depth: int, classes: int, element: int) -> dict
     """Extra memory of one forward + backward beyond the inputs and the returned gradients, by the model (MiB).
 
     fused (gradients in the forward, the Triton flavour: ops/_linear_loss_chunks.py, with a bias): one chunk's
-    buffers (2 R C fp32 logits, plus 2 R C gradients in the inputs' dtype for fp16 / bf16, and the stacked rows
-    [2R, D]), the per-row stats (9 fp32 per row) and, for fp16 / bf16 weights, the fp32 accumulator [dW | db | 0...]
-    [C, D + pad] of both terms (the stacked rows carry the ones column, [2R, D + pad]; dW is returned as its view,
-    db as a copy of its column). For fp32 weights dW and db are the returned gradients (scaled in place, as dH and
-    dHs always are).
+    buffers (2 R C fp32 logits, plus the gradients of DW_GROUP chunks, 2 R G C in the inputs' dtype for fp16 / bf16,
+    and their stacked rows [2R G, D]), the per-row stats (9 fp32 per row) and, for fp16 / bf16 weights, the fp32
+    accumulator [dW | db | 0...] [C, D + pad] of both terms (the stacked rows carry the ones column, [2R, D + pad];
+    dW is returned as its view, db as a copy of its column). For fp32 weights dW and db are the returned gradients
+    (scaled in place, as dH and dHs always are).
     composite: both logits and both logit gradients in the inputs' dtype (4 [M, C]), the least any materialising
     implementation holds at its peak (the eager official composite holds more: its fp32 copies)."""
-    from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows, padded_depth
+    from masksub_kernels.ops._linear_loss_chunks import DW_GROUP, grads_chunk_rows, padded_depth
 
     dtype = {2: torch.bfloat16, 4: torch.float32}.get(element, torch.float64)
     chunk = min(rows, grads_chunk_rows(classes, dtype))
@@ -76,7 +76,10 @@ def modelled_extra_mb(rows: int, depth: int, classes: int, element: int) -> dict
     if element < 4:
         width = padded_depth(depth)
         accumulator = classes * width * 4
-        fused_bytes = 2 * chunk * classes * (4 + element) + 2 * chunk * width * element + stats + accumulator
+        group = DW_GROUP if rows > chunk else 1  # one chunk: one group of one
+        fused_bytes = (
+            2 * chunk * classes * (4 + group * element) + 2 * group * chunk * width * element + stats + accumulator
+        )
     else:
         fused_bytes = 2 * chunk * classes * 4 + 2 * chunk * depth * element + stats
     composite_bytes = 4 * rows * classes * element
@@ -114,7 +117,7 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
                 ("linear+masksub_loss", linear_then_masksub_loss, None),
             ]
             if on_gpu or full:
-                providers.append(("compile(official)", torch.compile(official_composite), None))
+                providers.append(("compile(official)", torch.compile(official_composite, dynamic=False), None))
             if liger is not None:
                 providers.append(("liger(main CE only)", liger, None))
             for provider, fn, backend in providers:

@@ -11,7 +11,8 @@ do the same for one term):
         losses and stats of z, s/T, z/T; dz, ds for the row grads a/count, b/count (mean) or a, b (sum)
         dh_c = dz W,  dhs_c = ds W                          rows of dH, dHs [M, D]
         dW += [dz; ds]^T [h_c; hs_c],  db += sum_rows [dz; ds]          one fp32 accumulator, one matmul
-                                         (db in it: a ones column in [h_c; hs_c], the kernels' fp16 / bf16 path)
+                                         (db in it: a ones column in [h_c; hs_c], the kernels' fp16 / bf16 path,
+                                          where it runs once per DW_GROUP chunks, over their stacked gradients)
     backward(g_L):  dh = g_L dH,  dhs = g_L dHs,  dW = g_L dW,  db = g_L db   (scaled in place: see below)
 
 (For a mean, the row grads are 2^k / count with 2^k the power of two <= count, and the backward multiplies by
@@ -38,15 +39,16 @@ Two flavours, chosen by the op's backend:
   dz and ds written over the fp32 logits (fp32 inputs) or into a [2R, C] buffer of the inputs' dtype; dW
   accumulated in fp32 (cuBLAS with an fp32 output on CUDA, fp32 operands elsewhere). The loss forward writes a
   slice chunk's stats straight into their columns of [9, M] and takes its split rows' tickets from one buffer of
-  the op's, zeroed once and left zero by each launch: no fill and no copy per chunk (8 launches per chunk).
+  the op's, zeroed once and left zero by each launch: no fill and no copy per chunk (7 launches per chunk, and dW's
+  matmul once per DW_GROUP chunks).
 
-Extra memory (beyond the inputs and the returned gradients): the chunk's [2R, C] fp32 logits (plus [2R, C] logit
-gradients for fp16 / bf16 inputs; R from GRADS_CHUNK_BYTES: 256 rows at C = 30522 in bf16, 89 MiB), the stacked
-rows [2R, D], the per-row stats [9, M] fp32 and one fp32 dW [C, D] (+ db [C]) for the two terms. Never [M, C].
-On the kernels' fp16 / bf16 path with a bias, dW's accumulator is [dW | db | 0...] [C, D + pad] and the stacked
-rows [h_c; hs_c | 1 | 0...] [2R, D + pad] (padded_depth): db comes out of dW's matmul instead of a pass of its own
-over each chunk's gradients; dW is returned as the [C, D] view of that accumulator (row stride D + pad: the fake
-says so), db as a copy of its column.
+Extra memory (beyond the inputs and the returned gradients): the chunk's [2R, C] fp32 logits (plus the logit
+gradients of DW_GROUP chunks, [2R G, C], for fp16 / bf16 inputs; R from GRADS_CHUNK_BYTES: 192 rows at C = 30522 in
+bf16, 89 MiB), the stacked rows [2R G, D], the per-row stats [9, M] fp32 and one fp32 dW [C, D] (+ db [C]) for the
+two terms. Never [M, C]. On the kernels' fp16 / bf16 path with a bias, dW's accumulator is [dW | db | 0...] [C, D +
+pad] and the stacked rows [h_c; hs_c | 1 | 0...] [2R, D + pad] (padded_depth): db comes out of dW's matmul instead
+of a pass of its own over each chunk's gradients; dW is returned as the [C, D] view of that accumulator (row stride
+D + pad: the fake says so), db as a copy of its column.
 
 In eager mode which rows count is read on the host (one sync on CUDA tensors: the number of counted rows), so that
 the matmuls run on the counted rows only; when every row counts the chunks are slices, with no gathers. Under
@@ -64,7 +66,14 @@ from . import masksub_loss as loss_ops
 from ._common import _tracing, masksub_op
 from .masksub_loss import MAIN, NUM_OUT, SUB
 
-GRADS_CHUNK_BYTES = 96 * 2**20  # the kernels' path: the chunk's [2R, C] logits and logit gradients, at most
+GRADS_CHUNK_BYTES = 96 * 2**20  # the kernels' path: the chunk's [2R, C] logits and DW_GROUP chunks' gradients
+# dW's matmuls on the kernels' fp16 / bf16 path: one per DW_GROUP chunks, over their stacked gradients [2R G, C].
+# Each reads and writes the fp32 accumulator [C, D + pad] (beta = 1; 94 MB at BERT's shape, more bytes than the
+# matmul's own operands): with one per chunk of R = 256 rows the matmul is bound by those bytes, not its flops. Two
+# chunks of R = 192 rows in the same memory (one logits buffer, two chunks' gradients) update it 43 times, not 64
+# (issue 13's perf model, BERT step: 11.38 -> 10.96 ms predicted on the H200; 14.41 -> 14.50 on the H100, whose
+# slower memory pays as much for the weight that more chunks read).
+DW_GROUP = 2
 ALIGN_CLASSES = 64  # the kernels' chunk buffers' rows, in elements: 128-byte rows in bf16 (aligned_classes)
 
 # loss, main, sub (fp32 0-d); dH, dHs [M, D]; dW [C, D] and db [C] in fp32 (or [0]); the per-row stats [9, M]
@@ -262,21 +271,30 @@ def grads_in_forward(
 
     step = max(1, rows_per_chunk)
     chunks = [slice(a, min(a + step, rows)) for a in range(0, rows, step)] if every_row else ids.split(step)
+    # dW's matmul once per `group` chunks, over their gradients and rows stacked in the buffers (DW_GROUP): where
+    # both terms' gradients fill one buffer of the inputs' dtype (the kernels' fp16 / bf16 path)
+    low = kernels and operand != torch.float32
+    group = DW_GROUP if low and has_sub and want_main and want_sub and dw is not None else 1
     if kernels:  # the chunks' buffers, made once, rows padded for aligned matmuls; each chunk uses [:2n, :C]
         buffer_shape = ((2 if has_sub else 1) * min(step, rows), aligned_classes(classes))
         logits_buffer = torch.empty(buffer_shape, dtype=torch.float32, device=device)
-        grads_buffer = None if operand == torch.float32 else torch.empty(buffer_shape, dtype=operand, device=device)
+        grads_shape = (group * buffer_shape[0], buffer_shape[1])  # a group's chunks, one after the other
+        grads_buffer = torch.empty(grads_shape, dtype=operand, device=device) if low else None
         # the loss forward's tickets for rows split over programs: zeroed once, left zero by each launch
         tickets = torch.zeros(min(step, rows), dtype=torch.int32, device=device)
-    if with_ones:  # the stacked rows with their ones column, made once; each chunk fills [:2n, :D]
-        stacked = torch.zeros(buffer_shape[0], dw.shape[1], dtype=operand, device=device)
-        stacked[:, depth] = 1
-    for chunk in chunks:
+    stacked = None
+    if with_ones or group > 1:  # the stacked rows (with their ones column), made once; each chunk fills its [2n, :D]
+        stacked = torch.zeros(group * buffer_shape[0], dw.shape[1], dtype=operand, device=device)
+        if with_ones:
+            stacked[:, depth] = 1
+    offset = 0  # the chunk's first row in the group's buffers (grads_buffer, stacked)
+    for index, chunk in enumerate(chunks):
         n = chunk.stop - chunk.start if isinstance(chunk, slice) else chunk.numel()
+        width = (2 if has_sub else 1) * n
         h_c, y = _rows(hidden, chunk), _rows(target, chunk)
         hs_c = _rows(sub_hidden, chunk) if has_sub else None
-        if with_ones:
-            x_wide = stacked[: (2 if has_sub else 1) * n]  # [2R, D + pad]: the rows, their ones column
+        if stacked is not None:
+            x_wide = stacked[offset : offset + width]  # [2R, D + pad]: the rows, their ones column
             for i, rows_c in enumerate((h_c, hs_c) if has_sub else (h_c,)):
                 x_wide[i * n : (i + 1) * n, :depth].copy_(rows_c)
             x = x_wide[:, :depth]
@@ -294,7 +312,7 @@ def grads_in_forward(
             # the stats straight into their columns of [9, M] where the chunk is a slice (else copied below)
             into_stats = stats[:, chunk] if isinstance(chunk, slice) else stats.new_empty(NUM_OUT, n)
             out = loss_ops._forward_triton(z, s, y, *options, bias=bias_c, out=into_stats, tickets=tickets)
-            grads = logits if grads_buffer is None else grads_buffer[: x.shape[0], :classes]
+            grads = logits if grads_buffer is None else grads_buffer[offset : offset + width, :classes]
             into = (grads[:n], grads[n:])
             dz, ds = loss_ops._backward_triton(gm, gs, out, z, s, y, *options, into=into, bias=bias_c)
         else:
@@ -307,9 +325,15 @@ def grads_in_forward(
         for d, dx in ((dz, dh), (ds, dhs)):
             if d.numel() and dx.numel():
                 _store_rows(dx, chunk, d, w)  # [R, D] rows of dH or dHs
-        # dW += [dz; ds]^T [h_c; hs_c]: one matmul over both terms when they are the halves of one buffer
+        # dW += [dz; ds]^T [h_c; hs_c]: one matmul over both terms when they are the halves of one buffer, and over
+        # the group's chunks at once (the buffers' first `offset` rows: their gradients and rows)
         both = grads is not None and dz.numel() and ds.numel()
         terms = [(grads, x_wide if with_ones else x)] if both else [(d, xc) for d, xc in ((dz, h_c), (ds, hs_c))]
+        if group > 1:
+            offset += width
+            group_done = (index + 1) % group == 0 or index == len(chunks) - 1
+            terms = [(grads_buffer[:offset, :classes], stacked[:offset])] if group_done else []
+            offset = 0 if group_done else offset
         for d, xc in terms:
             if not d.numel():
                 continue
@@ -338,12 +362,13 @@ def grads_in_forward(
 
 
 def grads_chunk_rows(classes: int, dtype: torch.dtype) -> int:
-    """Rows per chunk of the kernels' path: the chunk's buffers, 2 R C fp32 logits and (fp16 / bf16 inputs) 2 R C
-    gradients in the inputs' dtype, within GRADS_CHUNK_BYTES; a power of two from 64 rows up (R = 256 at
-    C = 30522 in bf16: 89 MiB)."""
-    per_row = 2 * classes * (4 + (2 if dtype in (torch.float16, torch.bfloat16) else 0))
+    """Rows per chunk of the kernels' path: the chunk's buffers, 2 R C fp32 logits and (fp16 / bf16 inputs) the
+    gradients of DW_GROUP chunks, 2 R C each in the inputs' dtype, within GRADS_CHUNK_BYTES; a multiple of 64 rows
+    from 64 up (R = 192 at C = 30522 in bf16: 2 x 192 x 30522 x (4 + 2 x 2) bytes, 89 MiB)."""
+    low = dtype in (torch.float16, torch.bfloat16)
+    per_row = 2 * classes * (4 + (2 * DW_GROUP if low else 0))
     rows = max(1, GRADS_CHUNK_BYTES // per_row)
-    return 1 << (rows.bit_length() - 1) if rows >= 64 else rows
+    return rows // 64 * 64 if rows >= 64 else rows
 
 
 def _grads_reference(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _, *opts):

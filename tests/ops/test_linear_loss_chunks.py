@@ -1,6 +1,7 @@
 """ops/_linear_loss_chunks.py's kernels flavour against its reference flavour, on the stored gradients themselves:
 the fp16 / bf16 path with a bias, whose db comes out of dW's matmul (a ones column in the stacked rows), with
-both terms, one term weighted 0, no sub-branch, and ignored rows (gathered chunks), over several chunks."""
+both terms, one term weighted 0, no sub-branch, and ignored rows (gathered chunks), over several chunks; dW over
+groups of chunks."""
 
 import pytest
 import torch
@@ -46,6 +47,28 @@ def test_ones_column_gives_db_and_dw(dtype, main_weight, sub_weight, has_sub, ki
     assert _relative(db, reference[6]) <= limit
     for got, want in zip(kernels[:3], reference[:3]):  # the losses
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dw_over_groups_of_chunks(monkeypatch, bias):
+    # dW's matmul runs once per DW_GROUP chunks over their stacked gradients and rows (the last group may be short):
+    # chunks of 8 counted rows (gathered: the ignored rows are skipped), a matmul per pair of chunks
+    h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=torch.bfloat16, kind="index_ignore", seed=4)
+    b = b if bias else None
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
+    matmuls = []
+    add_matmul = chunks._add_matmul
+    monkeypatch.setattr(chunks, "_add_matmul", lambda acc, a, x: (matmuls.append(a.shape[1]), add_matmul(acc, a, x)))
+    kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)
+    counted = int((target != -100).sum())
+    sizes = [min(8, counted - start) for start in range(0, counted, 8)]  # the chunks' rows
+    assert len(sizes) % 2 == 1 and len(sizes) >= 3  # pairs of chunks and a short last group
+    assert chunks.DW_GROUP == 2 and matmuls == [2 * sum(sizes[i : i + 2]) for i in range(0, len(sizes), 2)]
+    reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
+    for i in (3, 4, 5, 6):  # dH, dHs, dW, db (empty without a bias)
+        assert kernels[i].shape == reference[i].shape
+        if reference[i].numel():
+            assert _relative(kernels[i], reference[i]) <= 4 * torch.finfo(torch.bfloat16).eps, i
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

@@ -15,9 +15,10 @@ backward):
 - fused: gradients in the forward (ops/_linear_loss_chunks.py): 6 matmul units in chunks of R rows, every row
   counted (the benchmark's labels: slices, no gathers); per chunk one logits matmul of both branches' stacked rows
   [2R, D] with fp32 output, without the bias (the loss kernels add it as they read the logits), the loss kernels, two
-  gradient matmuls (dH, dHs written in place) and one dW matmul over the stacked [2R, C] gradients accumulated
-  into the one fp32 accumulator with beta = 1 (its [C, D] fp32 read and written once per chunk: the price of small
-  chunks), db in the same matmul (a ones column in the stacked rows: [C, D + pad], dW returned as its view);
+  gradient matmuls (dH, dHs written in place); per DW_GROUP chunks one dW matmul over their stacked [2R G, C]
+  gradients accumulated into the one fp32 accumulator with beta = 1 (its [C, D] fp32 read and written once per
+  group: the price of small chunks), db in the same matmul (a ones column in the stacked rows: [C, D + pad], dW
+  returned as its view);
 - official (eager): F.linear per branch, then the eager ops of the official composite; its [M, C] passes, in units
   of one bf16 [M, C] (L = M C 2 bytes; an fp32 copy is 2L), read + write:
     forward: main.float() 3, softmax 4, sub.float() 3, log_softmax 4, neg 4, mul 6, sum 2, main.float() for
@@ -34,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from masksub_kernels.ops import masksub_loss
-from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows, padded_depth
+from masksub_kernels.ops._linear_loss_chunks import DW_GROUP, grads_chunk_rows, padded_depth
 
 from .capture import recording
 from .hardware import Card
@@ -90,20 +91,22 @@ def predict(card: Card) -> dict:
     chunk_unit = 2 * r * d * c
     logits = _matmul_us(card, 2 * chunk_unit, 2 * r * c * 4 + c * d * 2 + 2 * r * d * 2)  # [2R, C] fp32 written
     d_hidden = _matmul_us(card, chunk_unit, r * c * 2 + c * d * 2 + r * d * 2)  # dz (bf16) and W read, per branch
-    # dW and db in one matmul: the stacked rows carry a ones column ([2R, D + pad]), the fp32 accumulator is
-    # [dW | db | 0...] [C, D + pad], read and written per chunk (beta = 1)
+    # dW and db in one matmul per DW_GROUP chunks: the stacked rows carry a ones column ([2R G, D + pad]), the fp32
+    # accumulator is [dW | db | 0...] [C, D + pad], read and written per matmul (beta = 1)
     wide = padded_depth(d)
-    d_weight = _matmul_us(card, 2 * chunk_unit * wide / d, 2 * r * c * 2 + 2 * r * wide * 2 + 2 * c * wide * 4)
+    groups = -(-chunks // DW_GROUP)
+    k = 2 * r * DW_GROUP  # the rows of a group's gradients
+    d_weight = _matmul_us(card, 2 * k * wide * c, k * c * 2 + k * wide * 2 + 2 * c * wide * 4)
     loss_us, loss_launches, loss_kernels = _loss_kernels_us(card, r, c)
-    matmul_launches = 4  # logits, dH, dHs, dW (with db)
+    matmul_launches = 3  # per chunk: logits, dH, dHs; dW (with db) per group
     other_launches = 2  # per chunk: the two copies of the rows into the stacked buffer (O(R D) bytes: their time is
     # their launches); the loss forward writes its stats into the op's [9, M] and reuses one buffer of tickets
-    chunk_matmuls_us = logits + 2 * d_hidden + d_weight
+    chunk_matmuls_us = logits + 2 * d_hidden
     per_chunk = chunk_matmuls_us + loss_us
     per_chunk += card.launch_us * (matmul_launches + loss_launches + other_launches)
     # once: the row ids, buffers (the tickets' zeros; the stats need none), the reductions (12 launches); the
     # stacked buffer's zeros and ones column, db's copy out of the accumulator (3; dW is returned as its view)
-    fused_us = chunks * per_chunk + card.launch_us * (12 + 3)
+    fused_us = chunks * per_chunk + groups * (d_weight + card.launch_us) + card.launch_us * (12 + 3)
     matmul_us = 6 * unit / card.matmul_flops_per_s * 1e6
     eager_us = matmul_us + EAGER_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 30
     compiled_us = matmul_us + COMPILED_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 8
@@ -136,12 +139,13 @@ def predict(card: Card) -> dict:
             "compiled_mc_passes": COMPILED_PASSES,
             "chunk_rows": r,
             "chunks": chunks,
+            "dw_matmuls": groups,
         },
         "providers": providers,
         "fused_breakdown_us": {
-            "matmuls": round(chunks * chunk_matmuls_us, 1),
+            "matmuls": round(chunks * chunk_matmuls_us + groups * d_weight, 1),
             "loss_kernels": round(chunks * loss_us, 1),
-            "launches": round(fused_us - chunks * (chunk_matmuls_us + loss_us), 1),
+            "launches": round(fused_us - chunks * (chunk_matmuls_us + loss_us) - groups * d_weight, 1),
             "loss_kernels_per_chunk": loss_kernels,
         },
         "ratio_vs_eager": round(eager_us / fused_us, 2),
@@ -163,7 +167,8 @@ def markdown(result: dict) -> list[str]:
         "",
         f"Assumed: cuBLAS at {100 * a['matmul_efficiency']:.0f}% of the {a['bf16_dense_tflops']:.0f} TFLOP/s dense "
         f"bf16 peak (to calibrate on a GPU); eager composite {a['eager_mc_passes']} bf16 [M, C] passes, compiled "
-        f"{a['compiled_mc_passes']} (fully fused); fused op in {a['chunks']} chunks of {a['chunk_rows']} rows. "
+        f"{a['compiled_mc_passes']} (fully fused); fused op in {a['chunks']} chunks of {a['chunk_rows']} rows, "
+        f"dW's matmul once per {DW_GROUP} ({a['dw_matmuls']}). "
         "TFLOP/s count the composite's 6 useful matmuls.",
         "",
         "| provider | predicted us | predicted TFLOP/s | % of bf16 peak |",
