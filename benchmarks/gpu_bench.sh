@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# GPU call 2 of 2: the benchmarks (python -m masksub_kernels.bench), one suite per process under its own cap; the
+# GPU call 1 of 2: the benchmarks (python -m masksub_kernels.bench), one suite per process under its own cap; the
 # result files are rewritten after each suite, so a suite cut short costs only itself.
 #
-#   benchmarks/gpu_bench.sh OUTDIR        (after benchmarks/gpu_check.sh, call 1 of 2)
+#   benchmarks/gpu_bench.sh OUTDIR        (first; then benchmarks/gpu_check.sh, call 2 of 2: the tests)
 #   DRY_RUN=1 benchmarks/gpu_bench.sh X   prints the steps, their caps and the result files; runs nothing
 #   SUITES="token_select loss" ...        a narrower rerun (default: every suite, in the order below)
 #
@@ -10,10 +10,11 @@
 # linear-loss-numerics.json.
 #
 # Budget, GPU caps (s); they add up to 475 s, so this call ends inside 8 minutes even if every step runs to its cap.
-# Expected: ~3.5 minutes on the machine of call 1, ~6 on a fresh one (the build).
+# Expected: ~6 minutes on a fresh machine (the build). Run it first: the numbers are what only a GPU gives.
+# tools.perf_model.measured then runs on the CPU machine, on the files that came back (no GPU needed).
 #   env            15  card, driver, versions
-#   build         150  only when masksub_kernels._C does not import: a fresh machine (~140 s for sm_90). On the
-#                      machine of call 1, still warm, the extension is there and this step takes a second.
+#   build         130  only when masksub_kernels._C does not import: a fresh machine (50-140 s for sm_90: 50 s on
+#                      the H200 machine's 16 cores, 2026-11-30).
 #   token_select   60  3 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, timm and
 #                      torch.compile(official), whose Inductor compilation is most of the time
 #   grid_mask      85  images (fp32, bf16) and Swin tokens, same providers: three Inductor compilations (images in
@@ -23,9 +24,10 @@
 #   linear_loss    50  the fused-linear loss at BERT-base MLM's shape, bf16, against the composite, its
 #                      torch.compile and Liger-Kernel's main-branch CE (where liger_kernel imports: carry it)
 #   train          45  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each; 30 s on the H200)
-#   numerics       15  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
+#   numerics       35  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
 #                      where the branches agree, the Triton path compiled (on the CPU: the interpreter's truncating
-#                      bf16), against the bf16-logit composites; M = 128, without torch.compile (seconds)
+#                      bf16), against the bf16-logit composites; M = 128, without torch.compile (seconds, plus
+#                      a process start, ~8 s, and Triton compilations the linear_loss suite may not have done)
 # H200 (2026-11-30), whole steps: token_select 41 s, loss 41, linear_loss 34, train 30; the backward mode's
 # untimed forward per repeat adds a few seconds to loss and linear_loss. Each suite prints the seconds of every case
 # (`[12.3 s, 40 s in]`), so a capped step's log says where its time went.
@@ -49,11 +51,11 @@ setup_run "$@"
 declare -A CAP=([token_select]=60 [grid_mask]=85 [loss]=55 [linear_loss]=50 [train]=45)
 
 step env.txt 15 write_env
-step build.log 150 build_if_missing
+step build.log 130 build_if_missing
 for suite in ${SUITES:-token_select grid_mask loss linear_loss train}; do
   step bench.log "${CAP[$suite]}" "$PY" -m masksub_kernels.bench --out "$OUT" --append --suites "$suite"
 done
-step bench.log 15 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"
+step bench.log 35 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"
 output linear-loss-numerics.json
 output "<device>-<date>.json"
 output "<device>-<date>.md"

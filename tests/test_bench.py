@@ -72,16 +72,21 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
     records = run_case(case, torch.device("cpu"), repeats=1, warmup=0, copy_gbps=1.0)
     full = next(r for r in records if r["mode"] == "full")
     assert full["fraction_of_copy_design"] == pytest.approx(1.5 * full["fraction_of_copy"])
+    # one prediction per provider: the cuda record must not take the triton one's (or overwrite it)
     model = {"environment": {"label": "PREDICTIONS"}, "records": [
         {"suite": "loss", "shape": "s", "dtype": "float32", "variant": "CE, class ids", "mode": "full",
-         "predicted_us": 123.0},
+         "provider": "masksub[triton]", "predicted_us": 123.0},
+        {"suite": "loss", "shape": "s", "dtype": "float32", "variant": "CE, class ids", "mode": "full",
+         "provider": "masksub[cuda]", "predicted_us": 456.0},
     ]}  # fmt: skip
+    records += [{**full, "provider": "masksub[cuda]"}, {**full, "provider": "official"}]
     (tmp_path / "model-sm90.json").write_text(json.dumps(model))
     assert report.model_file(tmp_path, "GPU: NVIDIA H100 80GB HBM3") is None  # the H100 has its own file
     path = report.model_file(tmp_path, "GPU: NVIDIA H200")
     run = {"environment": {"device": "GPU: NVIDIA H200", "torch": "-"}, "date": "-", "copy_gbps": 1.0,
            "records": records}  # fmt: skip
-    assert report.attach_predictions(run, path) == 1 and full["predicted_ms"] == pytest.approx(0.123)
+    assert report.attach_predictions(run, path) == 2 and full["predicted_ms"] == pytest.approx(0.123)
+    assert records[-2]["predicted_ms"] == pytest.approx(0.456) and "predicted_ms" not in records[-1]
     table = report.markdown_table(run)
     assert "% of copy (design)" in table and "predicted ms" in table and "| 0.123 |" in table
 

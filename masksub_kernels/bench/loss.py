@@ -68,11 +68,13 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
     shapes = GPU_SHAPES if device.type == "cuda" else CPU_SHAPES
     if tiny:
         shapes = [("tiny", 8, 16, (torch.float32,))]
-    compiled = torch.compile(official_style)
     liger = liger_provider() if device.type == "cuda" else None
     result = []
     for name, rows, classes, dtypes in shapes:
         for dtype in dtypes:
+            # a compiled function per case with static shapes: one over every shape would recompile for dynamic
+            # shapes at the second, timing another kind of graph from then on
+            compiled = torch.compile(official_style, dynamic=False)
             element = torch.tensor([], dtype=dtype).element_size()
             logits_bytes = rows * classes * element
             nbytes = {"forward": 2 * logits_bytes, "backward": 4 * logits_bytes, "full": 4 * logits_bytes}

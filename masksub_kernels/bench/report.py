@@ -33,18 +33,19 @@ def model_file(directory: Path, device_name: str) -> Path | None:
 
 
 def attach_predictions(run: dict, model_path: Path) -> int:
-    """Put the model's predicted time beside each measured masksub[triton] record of the same case (a GPU run
-    calibrates the model: measured / predicted per op). Returns how many records got one."""
+    """Put the model's predicted time beside each measured record of this library's providers (masksub[triton],
+    masksub[cuda]) for the same case and provider (a GPU run calibrates the model: measured / predicted per op and
+    backend). Returns how many records got one."""
     model = json.loads(model_path.read_text())
     predicted = {
-        (r["suite"], r["shape"], r["dtype"], r["mode"]): r["predicted_us"]
+        (r["suite"], r["shape"], r["dtype"], r["mode"], r.get("provider", "masksub[triton]")): r["predicted_us"]
         for r in model["records"]
         if r["variant"] in MODEL_VARIANTS
     }
     count = 0
     for record in run["records"]:
-        value = predicted.get((record["suite"], record["shape"], record["dtype"], record["mode"]))
-        if record["provider"] == "masksub[triton]" and value is not None:
+        value = predicted.get((record["suite"], record["shape"], record["dtype"], record["mode"], record["provider"]))
+        if value is not None:
             record["predicted_ms"] = value / 1000
             count += 1
     run["model"] = {"file": model_path.name, "label": model["environment"]["label"]}

@@ -5,7 +5,8 @@
 RESULTS.json: a GPU run's benchmark file (benchmarks/results/GPU-<card>-<date>.json, written by
 benchmarks/gpu_bench.sh), whose records carry the model's predicted ms beside the measured median; default: the
 newest such file. For each case of this library's providers: measured / predicted. The model predicts device time
-only; a case whose prediction is under HOST_BOUND_MS is marked host-bound: there the call's host work (Python,
+only; a case that the benchmark measured host-bound (its record's host_bound) or whose prediction is under
+HOST_BOUND_MS is marked host-bound: there the call's host work (Python,
 argument checks, the custom op and autograd layers, launches: ~40-300 µs per call on the H200 machine of
 2026-11-30, by torch.profiler) sets the time and the ratio says nothing about the kernels. The device-bound cases'
 ratios are the model's calibration: the factor by which it was optimistic, suite by suite and mode by mode.
@@ -37,7 +38,9 @@ def comparisons(results: dict) -> list[dict]:
         measured, predicted = record.get("median_ms"), record.get("predicted_ms")
         if not record["provider"].startswith("masksub[") or not measured or not predicted:
             continue
-        bound = "host" if predicted < HOST_BOUND_MS else "device"
+        # host-bound: measured so (the call's host time at least its median: the benchmark's host_bound), or
+        # predicted under a call's host cost
+        bound = "host" if record.get("host_bound") or predicted < HOST_BOUND_MS else "device"
         rows.append({**{k: record[k] for k in ("suite", "shape", "dtype", "mode", "provider")}, "measured": measured,
                      "predicted": predicted, "ratio": measured / predicted, "bound": bound})  # fmt: skip
     return rows
