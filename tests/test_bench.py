@@ -48,6 +48,13 @@ def test_cli_tiny_run_of_every_suite_writes_json_markdown_and_plot(tmp_path, cap
     assert by_suite["token_select"] >= {"masksub[torch]", "official", "timm", "compile(official)"}
     assert by_suite["loss"] >= {"masksub[torch]", "official", "eager(int labels)"}
     assert by_suite["grid_mask"] >= {"masksub[torch]", "official", "compile(official)"}
+    # the fused-linear op computes its gradients in the forward: that row counts their flops, and has no speed-up
+    fused_forward = next(r for r in records if r["suite"] == "linear_loss" and r["provider"] == "masksub[torch]")
+    assert fused_forward["mode"] == "forward" and fused_forward["forward_computes_gradients"]
+    full = next(
+        r for r in records if r["suite"] == "linear_loss" and r["provider"] == "official" and r["mode"] == "full"
+    )
+    assert fused_forward["tflops"] == pytest.approx(full["tflops"] * full["median_ms"] / fused_forward["median_ms"])
     assert by_suite["train"] == {
         "plain", "masksub official-style (sequential)", "masksub (sequential)", "masksub (joint)"
     }  # fmt: skip
