@@ -58,8 +58,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _allow_recompiles(limit: int = 64) -> None:
+    """The compile(official) baselines compile one function per shape and dtype (static shapes): dynamo keeps its
+    cache per code object, shared by every torch.compile wrapper of that function, and after its recompile limit (8)
+    it would run the function eagerly, timing eager code under the compile label (`--full` has up to 12 cases)."""
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the name before torch 2.6: cache_size_limit
+        if hasattr(config, name):
+            setattr(config, name, max(limit, getattr(config, name)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _allow_recompiles()
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:

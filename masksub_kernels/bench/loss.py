@@ -72,8 +72,8 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
     result = []
     for name, rows, classes, dtypes in shapes:
         for dtype in dtypes:
-            # a compiled function per case with static shapes: one over every shape would recompile for dynamic
-            # shapes at the second, timing another kind of graph from then on
+            # static shapes (dynamic=False): otherwise dynamo recompiles for dynamic shapes at the second shape,
+            # and the later cases time another kind of graph (the recompile limit: cli._allow_recompiles)
             compiled = torch.compile(official_style, dynamic=False)
             element = torch.tensor([], dtype=dtype).element_size()
             logits_bytes = rows * classes * element

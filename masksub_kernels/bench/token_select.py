@@ -58,8 +58,8 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
     result = []
     for name, batch_size, num_tokens, dim in shapes:
         for dtype in dtypes:
-            # a compiled function per case with static shapes: one over every shape would recompile for dynamic
-            # shapes at the second, timing another kind of graph from then on
+            # static shapes (dynamic=False): otherwise dynamo recompiles for dynamic shapes at the second shape,
+            # and the later cases time another kind of graph (the recompile limit: cli._allow_recompiles)
             compiled = torch.compile(official_style, dynamic=False)
             num_keep = int(num_tokens * (1 - MASK_RATIO))
             element = torch.tensor([], dtype=dtype).element_size()

@@ -130,8 +130,8 @@ class MaskSubOp:
 
     def register_autograd(self, backward, *, setup_context, differentiable: bool = False) -> None:
         """``backward`` and ``setup_context`` as torch.library's. ``differentiable``: the backward is built from
-        differentiable ops (its gradients can be differentiated again); else it is first-order only, and a gradient
-        taken with create_graph=True is marked so that differentiating it raises (first_order_only)."""
+        differentiable ops (its gradients can be differentiated again); else it is first-order only, and a backward
+        with create_graph=True raises (first_order_only)."""
         if not differentiable:
             backward = first_order_only(self.name, backward)
         self.custom_op.register_autograd(backward, setup_context=setup_context)
@@ -170,40 +170,22 @@ class MaskSubOp:
         return self.run(*args)
 
 
-class _Underivable(torch.autograd.Function):
-    """An identity whose backward raises: marks a gradient computed without a graph (first_order_only)."""
-
-    @staticmethod
-    def forward(ctx, message: str, grad: torch.Tensor) -> torch.Tensor:
-        ctx.message = message
-        return grad.view_as(grad)
-
-    @staticmethod
-    def backward(ctx, _):
-        raise RuntimeError(ctx.message)
-
-
 def first_order_only(name: str, backward):
     """``backward`` (ctx, *grads) -> gradients, for a backward that is not itself differentiable (kernels, or torch
     ops on detached values). Under create_graph=True (grad mode on in the backward) its gradients would silently be
-    constants: a gradient penalty, a Hessian-vector product or a jvp through them would be zero. So they are
-    computed without a graph and marked: their values are right, and differentiating them raises a RuntimeError
-    that names the op (as torch's once_differentiable, which only marks them when a grad_output requires grad)."""
+    constants: a gradient penalty, a Hessian-vector product or a jvp through them would be zero. So it refuses:
+    a RuntimeError naming the op. (Marking the gradients instead, as torch's once_differentiable does, is not
+    enough: autograd.grad(..., inputs) and functional.hvp only run the nodes that lead to the inputs asked for, so
+    a marker with no edge to them never runs, and they return None or zeros.)"""
 
     @functools.wraps(backward)
     def wrapped(ctx, *grads):
-        if not torch.is_grad_enabled() or torch.compiler.is_compiling() or _tracing(grads):
-            return backward(ctx, *grads)
-        with torch.no_grad():
-            result = backward(ctx, *grads)
-        message = f"{name}: double backward is not supported (its backward is not differentiable)"
-
-        def mark(g):
-            if isinstance(g, torch.Tensor) and g.is_floating_point():
-                return _Underivable.apply(message, g.detach().requires_grad_())
-            return g
-
-        return tuple(mark(g) for g in result) if isinstance(result, tuple) else mark(result)
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling() and not _tracing(grads):
+            raise RuntimeError(
+                f"{name}: double backward is not supported (create_graph=True: its backward is not differentiable, "
+                "so the gradient's own gradient would be wrong); differentiate the plain PyTorch composite instead"
+            )
+        return backward(ctx, *grads)
 
     return wrapped
 

@@ -274,7 +274,7 @@ def grads_in_forward(
     # dW's matmul once per `group` chunks, over their gradients and rows stacked in the buffers (DW_GROUP): where
     # both terms' gradients fill one buffer of the inputs' dtype (the kernels' fp16 / bf16 path)
     low = kernels and operand != torch.float32
-    group = DW_GROUP if low and has_sub and want_main and want_sub and dw is not None else 1
+    group = max(1, min(DW_GROUP, len(chunks))) if dw_grouped(low, has_sub, want_main, want_sub, dw is not None) else 1
     if kernels:  # the chunks' buffers, made once, rows padded for aligned matmuls; each chunk uses [:2n, :C]
         buffer_shape = ((2 if has_sub else 1) * min(step, rows), aligned_classes(classes))
         logits_buffer = torch.empty(buffer_shape, dtype=torch.float32, device=device)
@@ -361,12 +361,19 @@ def grads_in_forward(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def grads_chunk_rows(classes: int, dtype: torch.dtype) -> int:
+def dw_grouped(low: bool, has_sub: bool, want_main: bool, want_sub: bool, want_weight: bool) -> bool:
+    """Whether dW's matmul runs once per DW_GROUP chunks: on the kernels' fp16 / bf16 path (low), where both terms'
+    gradients fill one buffer of the inputs' dtype and dW is wanted."""
+    return low and has_sub and want_main and want_sub and want_weight
+
+
+def grads_chunk_rows(classes: int, dtype: torch.dtype, grouped: bool = True) -> int:
     """Rows per chunk of the kernels' path: the chunk's buffers, 2 R C fp32 logits and (fp16 / bf16 inputs) the
-    gradients of DW_GROUP chunks, 2 R C each in the inputs' dtype, within GRADS_CHUNK_BYTES; a multiple of 64 rows
-    from 64 up (R = 192 at C = 30522 in bf16: 2 x 192 x 30522 x (4 + 2 x 2) bytes, 89 MiB)."""
+    gradients of DW_GROUP chunks (grouped, dw_grouped) or of one, 2 R C each in the inputs' dtype, within
+    GRADS_CHUNK_BYTES; a multiple of 64 rows from 64 up (R = 192 at C = 30522 in bf16, grouped: 2 x 192 x 30522 x
+    (4 + 2 x 2) bytes, 89 MiB; 256 not grouped; 384 in fp32)."""
     low = dtype in (torch.float16, torch.bfloat16)
-    per_row = 2 * classes * (4 + (2 * DW_GROUP if low else 0))
+    per_row = 2 * classes * (4 + ((2 * DW_GROUP if grouped else 2) if low else 0))
     rows = max(1, GRADS_CHUNK_BYTES // per_row)
     return rows // 64 * 64 if rows >= 64 else rows
 
@@ -381,9 +388,10 @@ def _grads_reference(hidden, sub_hidden, weight, bias, target, mean, a, b, need_
 
 
 def _grads_triton(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _, *options):
+    grouped = dw_grouped(True, sub_hidden is not None, a != 0, b != 0, need_w)  # chunks sized for a group or one
     return grads_in_forward(
         hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, options,
-        rows_per_chunk=grads_chunk_rows(weight.shape[0], hidden.dtype), kernels=True, gather=gather,
+        rows_per_chunk=grads_chunk_rows(weight.shape[0], hidden.dtype, grouped), kernels=True, gather=gather,
     )  # fmt: skip
 
 

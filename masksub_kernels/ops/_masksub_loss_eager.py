@@ -263,7 +263,7 @@ class _EagerLoss(torch.autograd.Function):
         return dz, ds, *(None,) * 6
 
 
-# first-order only, as the registered backwards (_common.first_order_only): create_graph=True marks the gradients
+# first-order only, as the registered backwards (_common.first_order_only): create_graph=True raises
 _EagerLoss.backward = staticmethod(first_order_only("masksub_loss", _EagerLoss.backward))
 
 

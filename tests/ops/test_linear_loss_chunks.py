@@ -64,6 +64,10 @@ def test_dw_over_groups_of_chunks(monkeypatch, bias):
     sizes = [min(8, counted - start) for start in range(0, counted, 8)]  # the chunks' rows
     assert len(sizes) % 2 == 1 and len(sizes) >= 3  # pairs of chunks and a short last group
     assert chunks.DW_GROUP == 2 and matmuls == [2 * sum(sizes[i : i + 2]) for i in range(0, len(sizes), 2)]
+    # chunks sized for the group's buffers where there is one (BERT's C: 192 rows, else 256; fp32 384)
+    rows = [chunks.grads_chunk_rows(30522, dtype, grouped) for dtype, grouped in
+            ((torch.bfloat16, True), (torch.bfloat16, False), (torch.float32, True))]  # fmt: skip
+    assert rows == [192, 256, 384]
     reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
     for i in (3, 4, 5, 6):  # dH, dHs, dW, db (empty without a bias)
         assert kernels[i].shape == reference[i].shape
