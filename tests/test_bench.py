@@ -87,13 +87,31 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
          "provider": "masksub[cuda]", "predicted_us": 456.0},
     ]}  # fmt: skip
     records += [{**full, "provider": "masksub[cuda]"}, {**full, "provider": "official"}]
+    # the fused-linear loss's predictions (their own section of the model file), by provider
+    model["linear_loss"] = {"shape": "BERT", "dtype": "bfloat16", "mode": "full", "providers": [
+        {"provider": "masksub[triton] (grads in forward)", "predicted_us": 11000.0},
+        {"provider": "compile(official) (assumed fused)", "predicted_us": 8000.0}]}  # fmt: skip
+    linear = {
+        "suite": "linear_loss",
+        "shape": "BERT",
+        "dtype": "bfloat16",
+        "mode": "full",
+        "median_ms": 12.0,
+        "p20_ms": 11.9,
+        "p80_ms": 12.1,
+    }
+    records += [{**linear, "provider": "masksub[triton]"}, {**linear, "provider": "compile(official)"},
+                {**linear, "mode": "forward", "provider": "masksub[triton]"}]  # fmt: skip
     (tmp_path / "model-sm90.json").write_text(json.dumps(model))
     assert report.model_file(tmp_path, "GPU: NVIDIA H100 80GB HBM3") is None  # the H100 has its own file
     path = report.model_file(tmp_path, "GPU: NVIDIA H200")
     run = {"environment": {"device": "GPU: NVIDIA H200", "torch": "-"}, "date": "-", "copy_gbps": 1.0,
            "records": records}  # fmt: skip
-    assert report.attach_predictions(run, path) == 2 and full["predicted_ms"] == pytest.approx(0.123)
-    assert records[-2]["predicted_ms"] == pytest.approx(0.456) and "predicted_ms" not in records[-1]
+    assert report.attach_predictions(run, path) == 4 and full["predicted_ms"] == pytest.approx(0.123)
+    cuda, official, fused, compiled, forward = records[-5:]
+    assert cuda["predicted_ms"] == pytest.approx(0.456) and "predicted_ms" not in official
+    assert (fused["predicted_ms"], compiled["predicted_ms"]) == (pytest.approx(11.0), pytest.approx(8.0))
+    assert "predicted_ms" not in forward
     table = report.markdown_table(run)
     assert "% of copy (design)" in table and "predicted ms" in table and "| 0.123 |" in table
 

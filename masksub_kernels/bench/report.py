@@ -35,13 +35,22 @@ def model_file(directory: Path, device_name: str) -> Path | None:
 def attach_predictions(run: dict, model_path: Path) -> int:
     """Put the model's predicted time beside each measured record of this library's providers (masksub[triton],
     masksub[cuda]) for the same case and provider (a GPU run calibrates the model: measured / predicted per op and
-    backend). Returns how many records got one."""
+    backend), and beside the fused-linear loss's full rows (the op, official, compile(official)). Returns how many
+    records got one."""
     model = json.loads(model_path.read_text())
     predicted = {
         (r["suite"], r["shape"], r["dtype"], r["mode"], r.get("provider", "masksub[triton]")): r["predicted_us"]
         for r in model["records"]
         if r["variant"] in MODEL_VARIANTS
     }
+    # the fused-linear loss (compute-bound: model["linear_loss"], its own section): the fused op and the two
+    # composites it is compared with, whose predictions rest on assumed matmul efficiency and passes
+    linear = model.get("linear_loss")
+    if linear is not None:
+        for entry in linear["providers"]:
+            provider = entry["provider"].split(" ")[0]  # 'masksub[triton] (grads in forward)' -> 'masksub[triton]'
+            key = ("linear_loss", linear["shape"], linear["dtype"], linear["mode"], provider)
+            predicted[key] = entry["predicted_us"]
     count = 0
     for record in run["records"]:
         value = predicted.get((record["suite"], record["shape"], record["dtype"], record["mode"], record["provider"]))
