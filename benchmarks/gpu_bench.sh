@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU call 1 of 2: the benchmarks (python -m masksub_kernels.bench), one suite per process under its own cap; the
-# result files are rewritten after each suite, so a suite cut short costs only itself.
+# result files are rewritten after each suite and the JSON after each case, so a suite cut short (a cap, a crash)
+# keeps its finished cases.
 #
 #   benchmarks/gpu_bench.sh OUTDIR        (first; then benchmarks/gpu_check.sh, call 2 of 2: the tests)
 #   DRY_RUN=1 benchmarks/gpu_bench.sh X   prints the steps, their caps and the result files; runs nothing

@@ -116,6 +116,25 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
     assert "% of copy (design)" in table and "predicted ms" in table and "| 0.123 |" in table
 
 
+def test_a_suite_stopped_midway_keeps_its_finished_cases(tmp_path, monkeypatch):
+    # the JSON is written after each case: a crash or a cap within a suite (its first GPU run: a segfault, a sticky
+    # CUDA error) keeps the cases that finished
+    def interrupted(x):
+        raise KeyboardInterrupt
+
+    good = OpCase("half", "s", "float32", "p", lambda: [torch.ones(2, requires_grad=True)], lambda x: x * 2, {})
+    stop = OpCase("half", "s", "float32", "q", lambda: [torch.ones(2)], interrupted, {})
+    half = types.ModuleType("half_suite")
+    half.cases = lambda *args, **kwargs: [good, stop]
+    monkeypatch.setitem(sys.modules, "half_suite", half)
+    monkeypatch.setitem(cli.SUITES, "half", "half_suite")
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "half"])
+    (path,) = tmp_path.glob("*.json")
+    records = json.loads(path.read_text())["records"]
+    assert {(r["suite"], r["provider"]) for r in records} == {("half", "p")} and len(records) == 3  # its 3 modes
+
+
 def test_files_are_written_after_each_suite_and_append_merges_runs(tmp_path, monkeypatch):
     # A run stopped during its second suite (here an exception, on a GPU the step's timeout) keeps the first.
     broken = types.ModuleType("broken_suite")

@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"    [{time.perf_counter() - case_started:.1f} s, {time.perf_counter() - started:.0f} s in]",
                 flush=True,
             )
+            # the JSON after each case: a crash (a segfault, a sticky CUDA error) or a cap keeps the finished cases
+            report.write(run, directory, stem, json_only=True)
         run["seconds"] = round(run["seconds"] + time.perf_counter() - started, 1)
         _attach_predictions(run, model_path)
         paths = report.write(run, directory, stem)  # after each suite: a timeout keeps what is done

@@ -179,10 +179,13 @@ def plot(run: dict, path: Path) -> bool:
     return True
 
 
-def write(run: dict, directory: Path, stem: str) -> dict[str, Path]:
+def write(run: dict, directory: Path, stem: str, json_only: bool = False) -> dict[str, Path]:
+    """The run as <stem>.json, .md and .png in ``directory`` (json_only: the JSON alone, after each case)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"json": directory / f"{stem}.json", "md": directory / f"{stem}.md", "png": directory / f"{stem}.png"}
     paths["json"].write_text(json.dumps(run, indent=1, default=str))
+    if json_only:
+        return {"json": paths["json"]}
     paths["md"].write_text(markdown_table(run))
     if not plot(run, paths["png"]):
         del paths["png"]
