@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ._token_select_reference import gather_reference, scatter_reference
+
 
 def _flat_rows(ids: torch.Tensor, num_prefix_tokens: int, seq_len: int) -> torch.Tensor | None:
     """int64 [B * (P+K)]: the row of X[B * (P+N), D] behind each row of Y (prefix rows, then P + ids), or None
@@ -30,8 +32,6 @@ def gather_rows(x: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int) -> t
     batch_size, seq_len, dim = x.shape
     rows = _flat_rows(ids, num_prefix_tokens, seq_len)
     if rows is None:
-        from .token_select import gather_reference  # imported late: token_select imports this module
-
         return gather_reference(x, ids, num_prefix_tokens)
     source = x.reshape(batch_size * seq_len, dim)  # sizes, not -1: D may be 0
     return source.index_select(0, rows).view(batch_size, num_prefix_tokens + ids.shape[1], dim)
@@ -44,8 +44,6 @@ def scatter_rows(grad_y: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int
     seq_len = num_prefix_tokens + num_tokens
     rows = _flat_rows(ids, num_prefix_tokens, seq_len)
     if rows is None:
-        from .token_select import scatter_reference  # imported late: token_select imports this module
-
         return scatter_reference(grad_y, ids, num_prefix_tokens, num_tokens)
     grad_x = grad_y.new_zeros(batch_size * seq_len, dim)
     source = grad_y.reshape(batch_size * (num_prefix_tokens + ids.shape[1]), dim)

@@ -32,8 +32,9 @@ def _selection(
     padding lanes sort last."""
     keys = philox_sort_keys(seed, row, lanes, N)
     if HAS_KEEP or HAS_DROP:
-        # token_select.priority_keys: draw-0 keys + N (above every always-keep key, same order among themselves),
-        # then drop-first keys = §2's key at draw 2^32 - 1, + N; then always-keep keys = §2's key at draw 0 (wins)
+        # priority_keys (_token_select_reference.py): draw-0 keys + N (above every always-keep key, same order among
+        # themselves), then drop-first keys = §2's key at draw 2^32 - 1, + N; then always-keep keys = §2's key at
+        # draw 0 (wins)
         positions = lanes.to(tl.int64)
         keys = tl.where((keys >> 32) == -2147483648, keys + N, keys)
         if HAS_DROP:

@@ -39,7 +39,8 @@ import torch
 from .._philox import load_seed, philox_sort_keys, resolve_seed, seed_value
 from .._triton import jit, next_power_of_2, tl
 from ._common import FLOAT_DTYPES, cdiv, check_keep_args, masksub_op, resolve_device, sort_warps
-from .token_select import num_kept_tokens, select_reference
+from ._token_select_reference import select_reference
+from .token_select import num_kept_tokens
 
 _BITS_DTYPE = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # element size -> int type of the same width
 TILE_ELEMENTS = 2048  # elements per tile of the pixel/token passes (16 per thread at 4 warps)

@@ -7,7 +7,7 @@ from extension_under_test import _C, CPU, DEV, EXT, FLOAT_DTYPES, gpu, kernels, 
 
 import masksub_kernels as mk
 from masksub_kernels._philox import philox_uint32
-from masksub_kernels.ops import token_select as ts
+from masksub_kernels.ops import _token_select_reference as reference
 
 # ---------------------------------------------------------------------------------------------------------------
 # Refusals (any machine): messages name the argument, what was expected and what came
@@ -130,12 +130,12 @@ SELECT_SIZES = [
 def test_select_matches_reference(batch_size, num_tokens, num_keep, ordered, write_inverse):
     seed = 0x1234_5678_9ABC
     ids, inv = EXT.select_tokens(seed, None, batch_size, num_tokens, num_keep, ordered, write_inverse, DEV)
-    expected = ts.select_reference(seed, batch_size, num_tokens, num_keep, CPU, ordered)
+    expected = reference.select_reference(seed, batch_size, num_tokens, num_keep, CPU, ordered)
     assert ids.dtype == torch.int64 and ids.is_contiguous() and ids.device.type == DEV.type
     assert torch.equal(ids.cpu(), expected)
     if write_inverse:
         assert inv.dtype == torch.int32 and inv.shape == (batch_size, num_tokens)
-        assert torch.equal(inv.cpu(), ts.inverse_reference(expected, num_tokens))
+        assert torch.equal(inv.cpu(), reference.inverse_reference(expected, num_tokens))
     else:
         assert inv is None
 
@@ -151,7 +151,7 @@ def test_select_breaks_draw_ties_by_position():
     tied = (ordered_draws[:, 1:] == ordered_draws[:, :-1]).any(dim=1).nonzero().flatten().tolist()
     assert tied == [44, 188, 245]
     ids, _ = EXT.select_tokens(seed, None, rows, num_tokens, num_tokens, False, False, device)
-    expected = ts.select_reference(seed, rows, num_tokens, num_tokens, device, False)
+    expected = reference.select_reference(seed, rows, num_tokens, num_tokens, device, False)
     assert torch.equal(ids[tied], expected[tied])
     assert torch.equal(ids, expected)
 
@@ -211,14 +211,14 @@ def _layouts(x):
 def test_gather_matches_reference(dtype, index_dtype, prefix, num_tokens, num_keep, dim):
     x = torch.randn(3, prefix + num_tokens, dim).to(dtype).to(DEV)
     ids = _random_ids(3, num_tokens, num_keep, index_dtype).to(DEV)
-    expected = ts.gather_reference(x, ids, prefix)
+    expected = reference.gather_reference(x, ids, prefix)
     for name, view in _layouts(x).items():
         y = EXT.gather_tokens(view, ids, prefix)
         assert y.dtype == dtype and y.is_contiguous() and y.shape == expected.shape, name
         assert torch.equal(y, expected), name
     # ids with strides of their own (a column slice): read through their strides
     wide = torch.cat([ids, ids], dim=1)[:, ::2]
-    assert torch.equal(EXT.gather_tokens(x, wide, prefix), ts.gather_reference(x, wide.contiguous(), prefix))
+    assert torch.equal(EXT.gather_tokens(x, wide, prefix), reference.gather_reference(x, wide.contiguous(), prefix))
 
 
 @kernels
@@ -248,9 +248,9 @@ def test_scatter_out_of_range_slots_write_zeros():
 @pytest.mark.parametrize(("prefix", "num_tokens", "num_keep", "dim"), COPY_SIZES)
 def test_scatter_matches_reference(dtype, prefix, num_tokens, num_keep, dim):
     ids = _random_ids(3, num_tokens, num_keep, torch.int64).to(DEV)
-    inv = ts.inverse_reference(ids, num_tokens)
+    inv = reference.inverse_reference(ids, num_tokens)
     grad_y = torch.randn(3, prefix + num_keep, dim).to(dtype).to(DEV)
-    expected = ts.scatter_reference(grad_y, ids, prefix, num_tokens)
+    expected = reference.scatter_reference(grad_y, ids, prefix, num_tokens)
     for name, view in _layouts(grad_y).items():
         grad_x = EXT.scatter_tokens(view, inv, prefix)
         assert grad_x.dtype == dtype and grad_x.is_contiguous() and grad_x.shape == expected.shape, name
@@ -297,9 +297,9 @@ SELECT_GATHER_SIZES = [
 def test_select_gather_matches_reference(batch_size, prefix, num_tokens, num_keep, dim, ordered, dtype):
     seed = 0x5EED_1234_ABCD
     x = torch.randn(batch_size, prefix + num_tokens, dim).to(dtype).to(DEV)
-    expected_ids = ts.select_reference(seed, batch_size, num_tokens, num_keep, CPU, ordered)
-    expected_inv = ts.inverse_reference(expected_ids, num_tokens)
-    expected_y = ts.gather_reference(x.cpu(), expected_ids, prefix)
+    expected_ids = reference.select_reference(seed, batch_size, num_tokens, num_keep, CPU, ordered)
+    expected_inv = reference.inverse_reference(expected_ids, num_tokens)
+    expected_y = reference.gather_reference(x.cpu(), expected_ids, prefix)
     for name, view in _layouts(x).items():  # 16-, 8-, 4- and 2-byte words, strided rows
         y, ids, inv = EXT.select_gather_tokens(view, seed, None, num_keep, prefix, ordered)
         assert ids.dtype == torch.int64 and inv.dtype == torch.int32 and y.dtype == dtype, name
@@ -320,10 +320,10 @@ def test_select_gather_with_masks_and_seed_tensor(num_tokens, num_keep):
     seed = torch.tensor([-77], dtype=torch.int64, device=DEV)
     for ordered in (False, True):
         y, ids, inv = EXT.select_gather_tokens(x, 0, seed, num_keep, 1, ordered, keep.to(DEV), drop.to(DEV))
-        expected = ts.select_reference(-77, 3, num_tokens, num_keep, CPU, ordered, keep, drop)
+        expected = reference.select_reference(-77, 3, num_tokens, num_keep, CPU, ordered, keep, drop)
         assert torch.equal(ids.cpu(), expected), ordered
-        assert torch.equal(inv.cpu(), ts.inverse_reference(expected, num_tokens)), ordered
-        assert torch.equal(y.cpu(), ts.gather_reference(x.cpu(), expected, 1)), ordered
+        assert torch.equal(inv.cpu(), reference.inverse_reference(expected, num_tokens)), ordered
+        assert torch.equal(y.cpu(), reference.gather_reference(x.cpu(), expected, 1)), ordered
 
 
 @kernels

@@ -7,6 +7,7 @@ import torch
 from conftest import DEVICE
 
 import masksub_kernels as mk
+from masksub_kernels.ops import _token_select_reference as reference
 from masksub_kernels.ops import token_select as ts
 from masksub_kernels.ops._common import MAX_TOKENS
 
@@ -14,7 +15,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def reference_ids(batch_size, num_tokens, num_keep, seed, ordered=False):
-    return ts.select_reference(seed, batch_size, num_tokens, num_keep, torch.device("cpu"), ordered)
+    return reference.select_reference(seed, batch_size, num_tokens, num_keep, torch.device("cpu"), ordered)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -122,7 +123,7 @@ def test_gather_and_backward_bit_exact(backend, dtype, num_prefix, num_tokens, d
     y.backward(grad_y)
 
     x_ref = x.detach().cpu().requires_grad_(True)
-    y_ref = ts.gather_reference(x_ref, ids.cpu(), num_prefix)
+    y_ref = reference.gather_reference(x_ref, ids.cpu(), num_prefix)
     y_ref.backward(grad_y.cpu())
     assert y.dtype == dtype and y.is_contiguous()
     assert torch.equal(y.detach().cpu(), y_ref.detach())
@@ -138,7 +139,7 @@ def test_gather_and_backward_bit_exact(backend, dtype, num_prefix, num_tokens, d
 def test_gather_wide_channels(backend, dim):
     x = make_tokens(1, 1 + 6, dim, torch.bfloat16)
     ids = mk.random_keep_indices(1, 6, 3, seed=2, device=DEVICE)
-    assert torch.equal(mk.gather_tokens(x, ids).cpu(), ts.gather_reference(x.cpu(), ids.cpu(), 1))
+    assert torch.equal(mk.gather_tokens(x, ids).cpu(), reference.gather_reference(x.cpu(), ids.cpu(), 1))
 
 
 def test_gather_strided_layouts(backend):
@@ -154,9 +155,10 @@ def test_gather_strided_layouts(backend):
         x = x.detach().requires_grad_(True)
         y = mk.gather_tokens(x, ids)
         y.backward(torch.ones_like(y).transpose(0, 1).contiguous().transpose(0, 1))  # a strided grad_output
-        expected = ts.gather_reference(x.detach().cpu(), ids.cpu(), 1)
+        expected = reference.gather_reference(x.detach().cpu(), ids.cpu(), 1)
         assert torch.equal(y.detach().cpu(), expected), name
-        assert torch.equal(x.grad.cpu(), ts.scatter_reference(torch.ones_like(expected), ids.cpu(), 1, num_tokens))
+        grad = reference.scatter_reference(torch.ones_like(expected), ids.cpu(), 1, num_tokens)
+        assert torch.equal(x.grad.cpu(), grad)
 
 
 def test_gather_does_not_write_into_input(backend):
@@ -233,7 +235,7 @@ def test_token_select_contract(backend, ordered, dtype, num_prefix, num_tokens, 
     assert torch.equal(y, mk.gather_tokens(x, ids, num_prefix_tokens=num_prefix))
     grad_y = make_tokens(*y.shape, dtype, seed=4)
     y.backward(grad_y)
-    expected = ts.scatter_reference(grad_y.cpu(), ids.cpu(), num_prefix, num_tokens)
+    expected = reference.scatter_reference(grad_y.cpu(), ids.cpu(), num_prefix, num_tokens)
     assert torch.equal(x.grad.cpu(), expected)
 
 
@@ -253,13 +255,13 @@ def test_token_select_one_launch_and_two_launch_paths(backend, ordered, num_pref
         y, ids = mk.random_token_select(
             x, 0.5, num_prefix_tokens=num_prefix, seed=21, ordered=ordered, always_keep=masks[0], drop_first=masks[1]
         )
-        expected = ts.select_reference(21, 2, num_tokens, num_tokens // 2, torch.device("cpu"), ordered,
+        expected = reference.select_reference(21, 2, num_tokens, num_tokens // 2, torch.device("cpu"), ordered,
                                        *(m.cpu() if m is not None else None for m in masks))  # fmt: skip
         assert torch.equal(ids.cpu(), expected)
-        assert torch.equal(y.cpu(), ts.gather_reference(x.detach().cpu(), expected, num_prefix))
+        assert torch.equal(y.cpu(), reference.gather_reference(x.detach().cpu(), expected, num_prefix))
         (grad_x,) = torch.autograd.grad(y, x, torch.ones_like(y))
         assert torch.equal(
-            grad_x.cpu(), ts.scatter_reference(torch.ones_like(y).cpu(), expected, num_prefix, num_tokens)
+            grad_x.cpu(), reference.scatter_reference(torch.ones_like(y).cpu(), expected, num_prefix, num_tokens)
         )
 
 
@@ -377,7 +379,7 @@ def test_cuda_graph_replay_draws_the_seed_tensors_mask(kernel_backend):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(ids.cpu(), reference_ids(4, 64, 32, value))
-        assert torch.equal(y.cpu(), ts.gather_reference(x.cpu(), ids.cpu(), 1))
+        assert torch.equal(y.cpu(), reference.gather_reference(x.cpu(), ids.cpu(), 1))
 
 
 @pytest.mark.parametrize("num_prefix", [0, 1, 4])
@@ -393,9 +395,9 @@ def test_torch_backend_row_copies_equal_the_references(num_prefix):
     for x in (wide[:, :, ::2], wide[:, :, :6].half().contiguous(), wide[:0, :, :6], wide[:, :, :0]):
         for index in (ids[: x.shape[0]], bad[: x.shape[0]]):
             y = ts.gather_rows(x, index, num_prefix)
-            assert y.is_contiguous() and torch.equal(y, ts.gather_reference(x, index, num_prefix))
+            assert y.is_contiguous() and torch.equal(y, reference.gather_reference(x, index, num_prefix))
             grad_y = torch.randn(y.shape, generator=gen).to(x.dtype)
-            expected = ts.scatter_reference(grad_y, index, num_prefix, 10)
+            expected = reference.scatter_reference(grad_y, index, num_prefix, 10)
             assert torch.equal(ts.scatter_rows(grad_y, index, num_prefix, 10), expected)
             assert torch.equal(
                 ts.scatter_rows(grad_y.transpose(1, 2).contiguous().transpose(1, 2), index, num_prefix, 10), expected

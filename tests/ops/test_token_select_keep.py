@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import masksub_kernels as mk
+from masksub_kernels.ops import _token_select_reference as reference
 from masksub_kernels.ops import token_select as ts
 
 CPU = torch.device("cpu")
@@ -55,7 +56,7 @@ def stated_order(seed, batch_size, num_tokens, num_keep, keep, drop, ordered=Fal
 def test_reference_is_the_stated_order(batch_size, num_tokens, num_keep, ordered):
     keep, drop = random_masks(batch_size, num_tokens, num_keep, seed=num_tokens)
     for masks in ((keep, drop), (keep, None), (None, drop)):
-        ids = ts.select_reference(7, batch_size, num_tokens, num_keep, DEVICE, ordered, *masks)
+        ids = reference.select_reference(7, batch_size, num_tokens, num_keep, DEVICE, ordered, *masks)
         assert torch.equal(ids.cpu(), stated_order(7, batch_size, num_tokens, num_keep, *masks, ordered=ordered))
 
 
@@ -68,12 +69,12 @@ def test_priority_keys_on_the_edge_draws():
     keys = ((draws - 2**31) << 32) + positions
     keep = torch.tensor([[False, False, False, False, False, True]])
     drop = torch.tensor([[False, False, False, False, True, True]])
-    order = torch.argsort(ts.priority_keys(keys, keep, drop), dim=1)
+    order = torch.argsort(reference.priority_keys(keys, keep, drop), dim=1)
     assert order.tolist() == [[5, 0, 2, 3, 1, 4]]  # keep 5 | draws 0, 0, 5, max | drop 4
     # without masks the +N on draw-0 keys never reorders: the plain order
     none = torch.zeros(1, num_tokens, dtype=torch.bool)
-    assert torch.equal(torch.argsort(ts.priority_keys(keys, none, none), dim=1), torch.argsort(keys, dim=1))
-    assert ts.priority_keys(keys, None, None) is keys
+    assert torch.equal(torch.argsort(reference.priority_keys(keys, none, none), dim=1), torch.argsort(keys, dim=1))
+    assert reference.priority_keys(keys, None, None) is keys
 
 
 def test_empty_masks_give_the_plain_selection(backend):
@@ -81,7 +82,7 @@ def test_empty_masks_give_the_plain_selection(backend):
     none = torch.zeros(5, 40, dtype=torch.bool, device=DEVICE)
     for masks in ({"always_keep": none}, {"drop_first": none}, {"always_keep": none, "drop_first": none}):
         assert torch.equal(mk.random_keep_indices(5, 40, 13, seed=3, device=DEVICE, **masks), plain)
-    assert torch.equal(plain.cpu(), ts.select_reference(3, 5, 40, 13, CPU, False))
+    assert torch.equal(plain.cpu(), reference.select_reference(3, 5, 40, 13, CPU, False))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -106,10 +107,10 @@ def test_ids_and_inverse_match_reference(backend, batch_size, num_tokens, num_ke
     keep, drop = random_masks(batch_size, num_tokens, num_keep, seed=num_keep)
     for masks in ((keep, drop), (keep, None), (None, drop)):
         on_cpu = [None if m is None else m.cpu() for m in masks]
-        expected = ts.select_reference(5, batch_size, num_tokens, num_keep, CPU, ordered, *on_cpu)
+        expected = reference.select_reference(5, batch_size, num_tokens, num_keep, CPU, ordered, *on_cpu)
         ids, inv = ts._select_op(5, None, batch_size, num_tokens, num_keep, DEVICE, ordered, True, *masks)
         assert torch.equal(ids.cpu(), expected)
-        assert inv.dtype == torch.int32 and torch.equal(inv.cpu(), ts.inverse_reference(expected, num_tokens))
+        assert inv.dtype == torch.int32 and torch.equal(inv.cpu(), reference.inverse_reference(expected, num_tokens))
         public = mk.random_keep_indices(batch_size, num_tokens, num_keep, seed=5, ordered=ordered,
                                         always_keep=masks[0], drop_first=masks[1])  # fmt: skip
         assert torch.equal(public.cpu(), expected) and public.device.type == DEVICE.type  # device: the masks'
@@ -117,7 +118,7 @@ def test_ids_and_inverse_match_reference(backend, batch_size, num_tokens, num_ke
 
 def test_strided_masks_read_in_place(backend):
     keep, drop = random_masks(3, 30, 10, seed=1)
-    expected = ts.select_reference(9, 3, 30, 10, CPU, False, keep.cpu(), drop.cpu())
+    expected = reference.select_reference(9, 3, 30, 10, CPU, False, keep.cpu(), drop.cpu())
     before = (keep.clone(), drop.clone())
     for name, k in strided_variants(keep).items():
         for other, d in strided_variants(drop).items():
@@ -127,7 +128,7 @@ def test_strided_masks_read_in_place(backend):
     # one row's mask for the whole batch (batch stride 0)
     shared = keep[:1].expand(3, 30)
     ids = mk.random_keep_indices(3, 30, 10, seed=9, always_keep=shared)
-    assert torch.equal(ids.cpu(), ts.select_reference(9, 3, 30, 10, CPU, False, shared.cpu()))
+    assert torch.equal(ids.cpu(), reference.select_reference(9, 3, 30, 10, CPU, False, shared.cpu()))
 
 
 @pytest.mark.parametrize(("num_tokens", "num_keep"), [(256, 100), (1000, 500), (2048, 1024), (4095, 2000)])
@@ -140,7 +141,7 @@ def test_every_block_shape(kernel_backend, num_tokens, num_keep):
     for ordered in (False, True):
         ids = mk.random_keep_indices(2, num_tokens, num_keep, seed=4, ordered=ordered, always_keep=keep,
                                      drop_first=drop)  # fmt: skip
-        expected = ts.select_reference(4, 2, num_tokens, num_keep, CPU, ordered, keep.cpu(), drop.cpu())
+        expected = reference.select_reference(4, 2, num_tokens, num_keep, CPU, ordered, keep.cpu(), drop.cpu())
         assert torch.equal(ids.cpu(), expected)
 
 
@@ -150,7 +151,7 @@ def test_largest_row_on_the_cuda_backend():
     keep, drop = random_masks(1, 8192, 4096, seed=8192, keep_rate=0.05)
     with mk.use_backend("cuda"):
         ids = mk.random_keep_indices(1, 8192, 4096, seed=4, device=DEVICE, always_keep=keep, drop_first=drop)
-    assert torch.equal(ids.cpu(), ts.select_reference(4, 1, 8192, 4096, CPU, False, keep.cpu(), drop.cpu()))
+    assert torch.equal(ids.cpu(), reference.select_reference(4, 1, 8192, 4096, CPU, False, keep.cpu(), drop.cpu()))
 
 
 @pytest.mark.parametrize("ordered", [False, True])
@@ -162,12 +163,12 @@ def test_token_select_forward_and_backward_match_reference(backend, num_prefix, 
     x = torch.randn(3, num_prefix + num_tokens, 7, generator=generator).to(DEVICE).requires_grad_(True)
     y, ids = mk.random_token_select(x, ratio, num_prefix_tokens=num_prefix, seed=21, ordered=ordered,
                                     always_keep=keep, drop_first=drop)  # fmt: skip
-    expected = ts.select_reference(21, 3, num_tokens, num_keep, CPU, ordered, keep.cpu(), drop.cpu())
+    expected = reference.select_reference(21, 3, num_tokens, num_keep, CPU, ordered, keep.cpu(), drop.cpu())
     assert torch.equal(ids.cpu(), expected)
-    assert torch.equal(y.detach().cpu(), ts.gather_reference(x.detach().cpu(), expected, num_prefix))
+    assert torch.equal(y.detach().cpu(), reference.gather_reference(x.detach().cpu(), expected, num_prefix))
     grad_y = torch.randn(y.shape, generator=generator).to(DEVICE)
     y.backward(grad_y)
-    assert torch.equal(x.grad.cpu(), ts.scatter_reference(grad_y.cpu(), expected, num_prefix, num_tokens))
+    assert torch.equal(x.grad.cpu(), reference.scatter_reference(grad_y.cpu(), expected, num_prefix, num_tokens))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -187,7 +188,7 @@ def test_token_select_forward_and_backward_match_reference(backend, num_prefix, 
 def test_properties_on_every_backend(batch_size, num_tokens, keep_fraction, rates, seed, ordered):
     num_keep = max(1, round(keep_fraction * num_tokens))
     keep, drop = random_masks(batch_size, num_tokens, num_keep, seed % 2**32, *rates)
-    expected = ts.select_reference(seed, batch_size, num_tokens, num_keep, CPU, ordered, keep.cpu(), drop.cpu())
+    expected = reference.select_reference(seed, batch_size, num_tokens, num_keep, CPU, ordered, keep.cpu(), drop.cpu())
     for name in mk.available_backends():
         with mk.use_backend(name):
             ids = mk.random_keep_indices(batch_size, num_tokens, num_keep, seed=seed, device=DEVICE,
@@ -217,7 +218,7 @@ def test_too_many_always_keep_unvalidated_keeps_the_lowest_positions(backend):
     ids = mk.random_keep_indices(2, 12, 3, seed=2, device=DEVICE, always_keep=keep, validate_masks=False)
     assert ids[0].tolist() == [1, 3, 4]
     assert ids[1, :2].tolist() == [0, 11]
-    assert torch.equal(ids.cpu(), ts.select_reference(2, 2, 12, 3, CPU, False, keep.cpu()))
+    assert torch.equal(ids.cpu(), reference.select_reference(2, 2, 12, 3, CPU, False, keep.cpu()))
 
 
 def test_always_keep_wins_over_drop_first(backend):
@@ -287,4 +288,4 @@ def test_the_cuda_binding_checks_the_masks():
         with pytest.raises(RuntimeError, match=message):
             extension.select_tokens(1, None, 2, 8, 4, False, True, DEVICE, **masks)
     ids, _ = extension.select_tokens(1, None, 2, 8, 4, False, False, DEVICE, good, good)
-    assert torch.equal(ids.cpu(), ts.select_reference(1, 2, 8, 4, CPU, False))
+    assert torch.equal(ids.cpu(), reference.select_reference(1, 2, 8, 4, CPU, False))
