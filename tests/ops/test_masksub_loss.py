@@ -266,6 +266,19 @@ def test_extreme_and_infinite_logits(backend, mode, kind):
     assert all(bool(torch.isfinite(v).all()) for v in out)
 
 
+@pytest.mark.parametrize(("mode", "kind"), [("ce", "index"), ("ce", "dense"), ("bce", "index"), ("bce", "dense")])
+def test_logits_at_the_range_limit(backend, mode, kind):
+    # docs/semantics.md §7: finite logits up to 2^100 in magnitude are supported (beyond, the kernels' scaled states
+    # may overflow: CE's sub term was NaN at 2^107 on Triton): values and gradients match the oracle, on either
+    # branch and either sign
+    main, sub, target = make_inputs(5, 7, F32, kind)
+    main[0, 0], main[1, 2], sub[2, 1], sub[3, 3] = 2.0**100, -(2.0**100), 2.0**100, -(2.0**100)
+    main[4, 5] = sub[4, 5] = 2.0**100
+    check_masksub(main, sub, target, mode=mode)
+    out = mk.masksub_loss(main, sub, target, mode=mode, reduction="none")
+    assert all(bool(torch.isfinite(v).all()) for v in out)
+
+
 def test_bce_infinite_logit_on_full_weight(backend):
     # w = 1 at x = +inf: softplus(x) - x -> 0 (the (1 - w) max(x, 0) term must be skipped, not 0 * inf). Main: a class
     # id on +inf (eps = 0); sub: +inf where the teacher's sigmoid(1e4) is exactly 1.
