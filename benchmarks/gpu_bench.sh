@@ -23,7 +23,9 @@
 #                      compile(official) rows on the H200 (2026-11-30), so 25 s from train and 5 from token_select
 #   loss           55  ImageNet, BERT-like and LLM-like rows x classes
 #   linear_loss    50  the fused-linear loss at BERT-base MLM's shape, bf16, against the composite, its
-#                      torch.compile and Liger-Kernel's main-branch CE (where liger_kernel imports: carry it)
+#                      torch.compile and Liger-Kernel's main-branch CE (where liger_kernel imports: carry it),
+#                      then the op's chunk sweep (3 other chunk sizes, 'full' only, ~1 s each; last, so that a
+#                      cap drops it first)
 #   train          45  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each; 30 s on the H200)
 #   numerics       35  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
 #                      where the branches agree, the Triton path compiled (on the CPU: the interpreter's truncating

@@ -90,7 +90,8 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
     # the fused-linear loss's predictions (their own section of the model file), by provider
     model["linear_loss"] = {"shape": "BERT", "dtype": "bfloat16", "mode": "full", "providers": [
         {"provider": "masksub[triton] (grads in forward)", "predicted_us": 11000.0},
-        {"provider": "compile(official) (assumed fused)", "predicted_us": 8000.0}]}  # fmt: skip
+        {"provider": "compile(official) (assumed fused)", "predicted_us": 8000.0}],
+        "chunk_sweep": [{"provider": "masksub[triton]:R=384,G=2", "predicted_us": 9000.0}]}  # fmt: skip
     linear = {
         "suite": "linear_loss",
         "shape": "BERT",
@@ -101,14 +102,16 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
         "p80_ms": 12.1,
     }
     records += [{**linear, "provider": "masksub[triton]"}, {**linear, "provider": "compile(official)"},
-                {**linear, "mode": "forward", "provider": "masksub[triton]"}]  # fmt: skip
+                {**linear, "mode": "forward", "provider": "masksub[triton]"},
+                {**linear, "provider": "masksub[triton]:R=384,G=2"}]  # fmt: skip
     (tmp_path / "model-sm90.json").write_text(json.dumps(model))
     assert report.model_file(tmp_path, "GPU: NVIDIA H100 80GB HBM3") is None  # the H100 has its own file
     path = report.model_file(tmp_path, "GPU: NVIDIA H200")
     run = {"environment": {"device": "GPU: NVIDIA H200", "torch": "-"}, "date": "-", "copy_gbps": 1.0,
            "records": records}  # fmt: skip
-    assert report.attach_predictions(run, path) == 4 and full["predicted_ms"] == pytest.approx(0.123)
-    cuda, official, fused, compiled, forward = records[-5:]
+    assert report.attach_predictions(run, path) == 5 and full["predicted_ms"] == pytest.approx(0.123)
+    cuda, official, fused, compiled, forward, swept = records[-6:]
+    assert swept["predicted_ms"] == pytest.approx(9.0)  # the chunk sweep's rows, by their provider names
     assert cuda["predicted_ms"] == pytest.approx(0.456) and "predicted_ms" not in official
     assert (fused["predicted_ms"], compiled["predicted_ms"]) == (pytest.approx(11.0), pytest.approx(8.0))
     assert "predicted_ms" not in forward
@@ -257,3 +260,39 @@ def test_host_time_beside_the_gpu_time_marks_host_bound_records():
     table = report.markdown_table(run)
     assert "| host ms |" in table and "host-bound: host ms >= median ms" in table
     assert "| 0.020 |" in table and "| 0.340 host-bound |" in table
+
+
+def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypatch):
+    # the GPU run's sweep of the fused-linear op's chunk budget and dW group (bench/linear_loss.py, CHUNK_SWEEP)
+    from masksub_kernels.bench import linear_loss
+    from masksub_kernels.ops import _linear_loss_chunks as chunks
+
+    default = chunks.grads_chunk_rows(30522, torch.bfloat16), chunks.DW_GROUP
+    with linear_loss.chunking(192, 4):
+        assert (chunks.grads_chunk_rows(30522, torch.bfloat16), chunks.DW_GROUP) == (256, 4)
+    assert (chunks.grads_chunk_rows(30522, torch.bfloat16), chunks.DW_GROUP) == default == (192, 2)
+    names = [linear_loss.sweep_provider(mib, group, 30522, torch.bfloat16) for mib, group in linear_loss.CHUNK_SWEEP]
+    assert names == ["masksub[triton]:R=256,G=1", "masksub[triton]:R=384,G=2", "masksub[triton]:R=768,G=2"]
+    # the cases a GPU run would time (built here without running): the sweep last, 'full' only, its own memory
+    cases = {case.provider: case for case in linear_loss.cases(torch.device("cuda"))}
+    assert list(cases)[-3:] == names and all(cases[name].modes == ("full",) for name in names)
+    memory = {name: case.notes["modelled_extra_mb_fused"] for name, case in cases.items()}
+    assert memory[names[2]] > 2 * memory["masksub[triton]"]
+    # the swept op is the op: same loss and gradients with 2-row chunks in groups of 2 (the interpreter, tiny)
+    generator = torch.Generator().manual_seed(0)
+    h, hs = torch.randn(2, 9, 16, generator=generator, dtype=torch.bfloat16)
+    weight = torch.randn(40, 16, generator=generator, dtype=torch.bfloat16) / 4
+    bias, labels = torch.zeros(40, dtype=torch.bfloat16), torch.randint(0, 40, (9,), generator=generator)
+    results, rows = [], []
+    chunk_rows = chunks.grads_chunk_rows
+    monkeypatch.setattr(chunks, "grads_chunk_rows", lambda *args: rows.append(chunk_rows(*args)) or rows[-1])
+    two_rows = 2 * 2 * 40 * (4 + 2 * 2) / 2**20  # MiB: 2 rows of C = 40 (logits fp32, two chunks' bf16 gradients)
+    for call in (linear_loss.fused, lambda *args: linear_loss.fused_chunked(two_rows, 2, *args)):
+        inputs = [t.clone().requires_grad_(True) for t in (h, hs, weight, bias)]
+        with mk.use_backend("triton"):
+            loss = call(*inputs, labels)
+        loss.backward()
+        results.append([loss.detach(), *(t.grad for t in inputs)])
+    assert rows[-1] == 2 and rows[0] > 9  # the swept call ran 5 chunks, the default one
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=1e-3)

@@ -8,7 +8,10 @@ Providers (class-id targets, a bias, the paper's defaults):
 - compile(official): torch.compile of the official composite (GPU, or --full);
 - liger(main CE only): Liger-Kernel's fused linear cross-entropy of the main branch alone, a reference point
   (hard labels, CE only: it cannot do the sub term), where liger_kernel imports. It reads h, W and b only (not hs):
-  only those are differentiated, and its bytes and flops are those of its one branch (half the composite's work).
+  only those are differentiated, and its bytes and flops are those of its one branch (half the composite's work);
+- masksub[triton]:R=<rows>,G=<group> (GPU): the same op with other chunk sizes (CHUNK_SWEEP: the chunks' memory
+  budget and dW's group), so that one GPU run measures what memory buys in speed and calibrates the model's
+  trade-off (tools/perf_model/linear_loss.py predicts each; the default is the plain masksub[triton] row).
 The op is compute-bound: TFLOP/s count the useful flops of the composite (2 M D C per matmul: 2 forward, 4
 backward). With inputs that require grad and a scalar reduction (as here) the fused op computes its gradients in
 the forward (ops/_linear_loss_chunks.py: the same 6 matmuls, all in the forward; the backward scales them).
@@ -18,6 +21,8 @@ GPU_SHAPES are the issue's BERT-base MLM step; on the CPU a reduced shape runs.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 
 import torch
@@ -31,6 +36,36 @@ from .token_select import library_providers
 GPU_SHAPES = [("BERT-base MLM", 16384, 768, 30522, (torch.bfloat16,))]
 CPU_SHAPES = [("BERT-like reduced (CPU)", 1024, 128, 8192, (torch.float32,))]
 TINY_SHAPES = [("tiny", 8, 16, 32, (torch.float32,))]
+# (chunk buffers' budget in MiB, dW's group) besides the default (96, 2): no grouping at the same memory, then twice
+# and four times the memory (over issue 13's 5% goal at 192: the figures say what that goal costs)
+CHUNK_SWEEP = [(96, 1), (192, 2), (384, 2)]
+
+
+@contextlib.contextmanager
+def chunking(budget_mib: float, group: int):
+    """The fused op's kernels' path with another chunk budget (GRADS_CHUNK_BYTES) and dW group (DW_GROUP) inside the
+    block: the benchmark's sweep and the performance model's (module globals: not thread-safe)."""
+    from masksub_kernels.ops import _linear_loss_chunks as chunks
+
+    saved = chunks.GRADS_CHUNK_BYTES, chunks.DW_GROUP
+    chunks.GRADS_CHUNK_BYTES, chunks.DW_GROUP = int(budget_mib * 2**20), group
+    try:
+        yield
+    finally:
+        chunks.GRADS_CHUNK_BYTES, chunks.DW_GROUP = saved
+
+
+def sweep_provider(budget_mib: int, group: int, classes: int, dtype: torch.dtype) -> str:
+    """The sweep's provider name, with the rows per chunk that budget and group give: masksub[triton]:R=256,G=1."""
+    from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows
+
+    with chunking(budget_mib, group):
+        return f"masksub[triton]:R={grads_chunk_rows(classes, dtype)},G={group}"
+
+
+def fused_chunked(budget_mib, group, h, hs, weight, bias, labels):
+    with chunking(budget_mib, group):  # the gradients are computed in this forward: the backward only scales them
+        return fused(h, hs, weight, bias, labels)
 
 
 def official_composite(h, hs, weight, bias, labels):
@@ -111,18 +146,27 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
                 bias = torch.zeros(c, device=device, dtype=dt, requires_grad=True)
                 return [h, hs, weight, bias, torch.randint(0, c, (m,), device=device, generator=generator)]
 
-            providers = [(f"masksub[{b}]", fused, b) for b in library_providers(device) if b != "cuda"]
+            providers = [(f"masksub[{b}]", fused, b, notes) for b in library_providers(device) if b != "cuda"]
             providers += [
-                ("official", official_composite, None),
-                ("linear+masksub_loss", linear_then_masksub_loss, None),
+                ("official", official_composite, None, notes),
+                ("linear+masksub_loss", linear_then_masksub_loss, None, notes),
             ]
             if on_gpu or full:
-                providers.append(("compile(official)", torch.compile(official_composite, dynamic=False), None))
+                compiled = torch.compile(official_composite, dynamic=False)
+                providers.append(("compile(official)", compiled, None, notes))
             if liger is not None:
-                providers.append(("liger(main CE only)", liger, None))
-            for provider, fn, backend in providers:
+                providers.append(("liger(main CE only)", liger, None, notes))
+            if on_gpu and not tiny and dtype != torch.float32:  # the sweep (last: a capped suite drops it first)
+                for mib, group in CHUNK_SWEEP:
+                    with chunking(mib, group):
+                        swept = modelled_extra_mb(rows, depth, classes, element)["fused"]
+                    provider = sweep_provider(mib, group, classes, dtype)
+                    chunked = functools.partial(fused_chunked, mib, group)
+                    providers.append((provider, chunked, "triton", {**notes, "modelled_extra_mb_fused": swept}))
+            for provider, fn, backend, case_notes in providers:
                 setup = None if backend is None else (lambda b=backend: mk.set_backend(b))
-                case = OpCase("linear_loss", label, dtype_name, provider, make, fn, nbytes, setup=setup, notes=notes)
+                case = OpCase("linear_loss", label, dtype_name, provider, make, fn, nbytes, setup=setup)
+                case.notes = case_notes
                 case.cpu_memory, case.flops, case.max_repeats = not on_gpu, flops, None if on_gpu else 3
                 if provider.startswith("liger"):
                     one_branch = inputs_bytes - rows * depth * element  # no hs
@@ -136,6 +180,8 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
                     # report gives it no speed-up against the official forward (which computes no gradient)
                     case.modes = ("forward", "full")
                     case.flops = {mode: case.flops["full"] for mode in case.modes}
-                    case.notes = {**notes, "forward_computes_gradients": True}
+                    case.notes = {**case_notes, "forward_computes_gradients": True}
+                    if ":" in provider:  # the chunk sweep: 'full' only (its forward is most of it; device time)
+                        case.modes = ("full",)
                 result.append(case)
     return result

@@ -35,8 +35,8 @@ def model_file(directory: Path, device_name: str) -> Path | None:
 def attach_predictions(run: dict, model_path: Path) -> int:
     """Put the model's predicted time beside each measured record of this library's providers (masksub[triton],
     masksub[cuda]) for the same case and provider (a GPU run calibrates the model: measured / predicted per op and
-    backend), and beside the fused-linear loss's full rows (the op, official, compile(official)). Returns how many
-    records got one."""
+    backend), and beside the fused-linear loss's full rows (the op, its chunk sweep, official, compile(official)).
+    Returns how many records got one."""
     model = json.loads(model_path.read_text())
     predicted = {
         (r["suite"], r["shape"], r["dtype"], r["mode"], r.get("provider", "masksub[triton]")): r["predicted_us"]
@@ -47,7 +47,7 @@ def attach_predictions(run: dict, model_path: Path) -> int:
     # composites it is compared with, whose predictions rest on assumed matmul efficiency and passes
     linear = model.get("linear_loss")
     if linear is not None:
-        for entry in linear["providers"]:
+        for entry in linear["providers"] + linear.get("chunk_sweep", []):  # the sweep: masksub[triton]:R=..,G=..
             provider = entry["provider"].split(" ")[0]  # 'masksub[triton] (grads in forward)' -> 'masksub[triton]'
             key = ("linear_loss", linear["shape"], linear["dtype"], linear["mode"], provider)
             predicted[key] = entry["predicted_us"]

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import torch
 
+from masksub_kernels.bench.linear_loss import CHUNK_SWEEP, chunking, modelled_extra_mb, sweep_provider
+from masksub_kernels.ops import _linear_loss_chunks as chunk_loop
 from masksub_kernels.ops import masksub_loss
-from masksub_kernels.ops._linear_loss_chunks import DW_GROUP, grads_chunk_rows, padded_depth
 
 from .capture import recording
 from .hardware import Card
@@ -79,23 +80,21 @@ def _loss_kernels_us(card: Card, rows: int, classes: int) -> tuple[float, int, l
     return total, len(launches) + len(launches.torch_ops), kernels  # the launchers' torch fills too
 
 
-def predict(card: Card) -> dict:
-    """The three providers' predicted times, TFLOP/s, ratios and extra memory at SHAPE (all PREDICTIONS)."""
-    name, m, d, c = SHAPE
-    unit = 2 * m * d * c  # flops of one [M, D] x [D, C] matmul
-    useful = 6 * unit
-    big = m * c * 2  # one bf16 [M, C]: L
-    # fused: chunks of R rows
-    r = grads_chunk_rows(c, torch.bfloat16)
+def _fused(card: Card) -> dict:
+    """The fused op's predicted time (us) and its parts at SHAPE, with the chunk rows and dW group in force
+    (chunk_loop.grads_chunk_rows, chunk_loop.DW_GROUP: the benchmark's `chunking` changes them)."""
+    _, m, d, c = SHAPE
+    r = chunk_loop.grads_chunk_rows(c, torch.bfloat16)
     chunks = -(-m // r)
     chunk_unit = 2 * r * d * c
     logits = _matmul_us(card, 2 * chunk_unit, 2 * r * c * 4 + c * d * 2 + 2 * r * d * 2)  # [2R, C] fp32 written
     d_hidden = _matmul_us(card, chunk_unit, r * c * 2 + c * d * 2 + r * d * 2)  # dz (bf16) and W read, per branch
     # dW and db in one matmul per DW_GROUP chunks: the stacked rows carry a ones column ([2R G, D + pad]), the fp32
     # accumulator is [dW | db | 0...] [C, D + pad], read and written per matmul (beta = 1)
-    wide = padded_depth(d)
-    groups = -(-chunks // DW_GROUP)
-    k = 2 * r * DW_GROUP  # the rows of a group's gradients
+    wide = chunk_loop.padded_depth(d)
+    group = max(1, min(chunk_loop.DW_GROUP, chunks))
+    groups = -(-chunks // group)
+    k = 2 * r * group  # the rows of a group's gradients
     d_weight = _matmul_us(card, 2 * k * wide * c, k * c * 2 + k * wide * 2 + 2 * c * wide * 4)
     loss_us, loss_launches, loss_kernels = _loss_kernels_us(card, r, c)
     matmul_launches = 3  # per chunk: logits, dH, dHs; dW (with db) per group
@@ -107,13 +106,34 @@ def predict(card: Card) -> dict:
     # once: the row ids, buffers (the tickets' zeros; the stats need none), the reductions (12 launches); the
     # stacked buffer's zeros and ones column, db's copy out of the accumulator (3; dW is returned as its view)
     fused_us = chunks * per_chunk + groups * (d_weight + card.launch_us) + card.launch_us * (12 + 3)
+    return {
+        "us": fused_us,
+        "chunk_rows": r,
+        "chunks": chunks,
+        "group": group,
+        "dw_matmuls": groups,
+        "extra_mib": modelled_extra_mb(m, d, c, 2)["fused"],
+        "breakdown": {
+            "matmuls": round(chunks * chunk_matmuls_us + groups * d_weight, 1),
+            "loss_kernels": round(chunks * loss_us, 1),
+            "launches": round(fused_us - chunks * (chunk_matmuls_us + loss_us) - groups * d_weight, 1),
+            "loss_kernels_per_chunk": loss_kernels,
+        },
+    }
+
+
+def predict(card: Card) -> dict:
+    """The three providers' predicted times, TFLOP/s, ratios and extra memory at SHAPE, and the fused op at the
+    benchmark's other chunk sizes (CHUNK_SWEEP; all PREDICTIONS)."""
+    name, m, d, c = SHAPE
+    unit = 2 * m * d * c  # flops of one [M, D] x [D, C] matmul
+    useful = 6 * unit
+    big = m * c * 2  # one bf16 [M, C]: L
+    fused = _fused(card)
     matmul_us = 6 * unit / card.matmul_flops_per_s * 1e6
     eager_us = matmul_us + EAGER_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 30
     compiled_us = matmul_us + COMPILED_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 8
-    # extra memory beyond the inputs and the returned gradients (MiB): the benchmark's model
-    from masksub_kernels.bench.linear_loss import modelled_extra_mb
-
-    memory = modelled_extra_mb(m, d, c, 2)
+    composite_mib = modelled_extra_mb(m, d, c, 2)["composite"]  # extra memory beyond inputs and gradients
     peak = card.bf16_dense_tflops
 
     def entry(provider: str, us: float) -> dict:
@@ -125,8 +145,19 @@ def predict(card: Card) -> dict:
             "percent_of_bf16_peak": round(100 * tflops / peak, 1),
         }
 
-    providers = [entry("masksub[triton] (grads in forward)", fused_us), entry("official (eager)", eager_us)]
+    providers = [entry("masksub[triton] (grads in forward)", fused["us"]), entry("official (eager)", eager_us)]
     providers.append(entry("compile(official) (assumed fused)", compiled_us))
+    sweep = []
+    for mib, group in CHUNK_SWEEP:
+        with chunking(mib, group):
+            swept = _fused(card)
+        sweep.append({
+            **entry(sweep_provider(mib, group, c, torch.bfloat16), swept["us"]),
+            "budget_mib": mib,
+            "extra_mib": round(swept["extra_mib"], 1),
+            "percent_of_composite": round(100 * swept["extra_mib"] / composite_mib, 1),
+            "ratio_vs_compiled": round(compiled_us / swept["us"], 2),
+        })  # fmt: skip
     return {
         "label": "PREDICTIONS (assumed matmul efficiency + SASS model of the loss kernels), not measurements",
         "shape": f"{name} M={m} D={d} C={c}",
@@ -137,23 +168,20 @@ def predict(card: Card) -> dict:
             "matmul_efficiency": card.matmul_efficiency,
             "eager_mc_passes": EAGER_PASSES,
             "compiled_mc_passes": COMPILED_PASSES,
-            "chunk_rows": r,
-            "chunks": chunks,
-            "dw_matmuls": groups,
+            "chunk_rows": fused["chunk_rows"],
+            "chunks": fused["chunks"],
+            "dw_group": fused["group"],
+            "dw_matmuls": fused["dw_matmuls"],
         },
         "providers": providers,
-        "fused_breakdown_us": {
-            "matmuls": round(chunks * chunk_matmuls_us + groups * d_weight, 1),
-            "loss_kernels": round(chunks * loss_us, 1),
-            "launches": round(fused_us - chunks * (chunk_matmuls_us + loss_us) - groups * d_weight, 1),
-            "loss_kernels_per_chunk": loss_kernels,
-        },
-        "ratio_vs_eager": round(eager_us / fused_us, 2),
-        "ratio_vs_compiled": round(compiled_us / fused_us, 2),
+        "chunk_sweep": sweep,
+        "fused_breakdown_us": fused["breakdown"],
+        "ratio_vs_eager": round(eager_us / fused["us"], 2),
+        "ratio_vs_compiled": round(compiled_us / fused["us"], 2),
         "extra_memory_mib": {
-            "fused": round(memory["fused"], 1),
-            "composite_lower_bound": round(memory["composite"], 1),
-            "percent": round(100 * memory["fused"] / memory["composite"], 1),
+            "fused": round(fused["extra_mib"], 1),
+            "composite_lower_bound": round(composite_mib, 1),
+            "percent": round(100 * fused["extra_mib"] / composite_mib, 1),
         },
     }
 
@@ -168,7 +196,7 @@ def markdown(result: dict) -> list[str]:
         f"Assumed: cuBLAS at {100 * a['matmul_efficiency']:.0f}% of the {a['bf16_dense_tflops']:.0f} TFLOP/s dense "
         f"bf16 peak (to calibrate on a GPU); eager composite {a['eager_mc_passes']} bf16 [M, C] passes, compiled "
         f"{a['compiled_mc_passes']} (fully fused); fused op in {a['chunks']} chunks of {a['chunk_rows']} rows, "
-        f"dW's matmul once per {DW_GROUP} ({a['dw_matmuls']}). "
+        f"dW's matmul once per {a['dw_group']} ({a['dw_matmuls']}). "
         "TFLOP/s count the composite's 6 useful matmuls.",
         "",
         "| provider | predicted us | predicted TFLOP/s | % of bf16 peak |",
@@ -189,4 +217,18 @@ def markdown(result: dict) -> list[str]:
         f"{mem['fused']:.0f} MiB = {mem['percent']:.1f}% of the composite's lower bound "
         f"({mem['composite_lower_bound']:.0f} MiB: 4 bf16 [M, C]).",
     ]
+    if result.get("chunk_sweep"):
+        lines += [
+            "",
+            "Other chunk sizes (the benchmark's sweep, `CHUNK_SWEEP` in masksub_kernels/bench/linear_loss.py: a GPU "
+            "run measures each, to calibrate what memory buys):",
+            "",
+            "| provider | chunk budget MiB | predicted us | x compiled | extra MiB (model) | % of composite |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in result["chunk_sweep"]:
+            lines.append(
+                f"| {p['provider']} | {p['budget_mib']} | {p['predicted_us']:.0f} | {p['ratio_vs_compiled']:.2f} | "
+                f"{p['extra_mib']:.0f} | {p['percent_of_composite']:.1f} |"
+            )
     return lines
