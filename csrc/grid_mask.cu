@@ -42,6 +42,9 @@ namespace masksub {
 namespace {
 
 constexpr int kMaskThreads = 256;  // threads of every block of this file
+// The longest line (W C elements) the launchers take: the kernels' int column counters step k += lanes (at most a
+// block's threads) and must not pass INT32_MAX on the way out of their loops.
+constexpr int64_t kMaxLine = INT32_MAX - kMaskThreads;
 constexpr int kMaskUnroll = 4;     // rows a thread loads before storing them (several words in flight)
 constexpr int kWarps = kMaskThreads / 32;
 constexpr int kSumSlots = static_cast<int>(kMaxMaskTokenParts / kMaskThreads);  // parts per thread of the last sum
@@ -451,7 +454,7 @@ template <typename T>
 cudaError_t launch_mask_image_grid(const T* images, ImageStrides image_strides, T* out, ImageStrides out_strides,
                                    const uint8_t* cell_mask, int64_t B, int64_t C, int64_t H, int64_t W, int64_t S,
                                    T fill, cudaStream_t stream) {
-  if (!valid_grid(B, H, W, C, S) || W * C > INT32_MAX || B * H > INT32_MAX) return cudaErrorInvalidValue;
+  if (!valid_grid(B, H, W, C, S) || W * C > kMaxLine || B * H > INT32_MAX) return cudaErrorInvalidValue;
   if (B * C * H * W == 0) return cudaSuccess;
   const CellDraw none{0, nullptr, 0, nullptr};
   return launch_image<T, false>(images, image_strides, out, out_strides, cell_mask, none, B, C, H, W, S, fill,
@@ -463,7 +466,7 @@ cudaError_t launch_mask_image_grid_random(const T* images, ImageStrides image_st
                                           ImageStrides out_strides, uint8_t* cell_mask, uint64_t seed,
                                           const int64_t* seed_ptr, int64_t num_keep, int64_t B, int64_t C, int64_t H,
                                           int64_t W, int64_t S, T fill, cudaStream_t stream) {
-  if (!valid_grid(B, H, W, C, S) || W * C > INT32_MAX || B * H > INT32_MAX) return cudaErrorInvalidValue;
+  if (!valid_grid(B, H, W, C, S) || W * C > kMaxLine || B * H > INT32_MAX) return cudaErrorInvalidValue;
   const int64_t num_cells = (H / S) * (W / S);
   if (num_cells < 1 || num_keep < 1 || num_keep > num_cells) return cudaErrorInvalidValue;
   if (B == 0) return cudaSuccess;
@@ -497,7 +500,7 @@ cudaError_t launch_mask_tokens_grid_random(const T* tokens, int64_t stride_b, in
                                            const T* mask_token, uint8_t* cell_mask, uint64_t seed,
                                            const int64_t* seed_ptr, int64_t num_keep, T* out, int64_t B, int64_t H,
                                            int64_t W, int64_t C, int64_t S, cudaStream_t stream) {
-  if (!valid_grid(B, H, W, C, S) || W * C > INT32_MAX || B * H > INT32_MAX) return cudaErrorInvalidValue;
+  if (!valid_grid(B, H, W, C, S) || W * C > kMaxLine || B * H > INT32_MAX) return cudaErrorInvalidValue;
   const int64_t num_cells = (H / S) * (W / S);
   if (num_cells < 1 || num_keep < 1 || num_keep > num_cells) return cudaErrorInvalidValue;
   if (B == 0) return cudaSuccess;
@@ -523,7 +526,7 @@ cudaError_t launch_mask_tokens_grid_backward(const T* grad_out, int64_t stride_b
                                              const uint8_t* cell_mask, T* grad_tokens, T* grad_mask, void* partials,
                                              int64_t B, int64_t H, int64_t W, int64_t C, int64_t S,
                                              cudaStream_t stream) {
-  if (!valid_grid(B, H, W, C, S) || B * H > INT32_MAX || W * C > INT32_MAX) return cudaErrorInvalidValue;
+  if (!valid_grid(B, H, W, C, S) || B * H > INT32_MAX || W * C > kMaxLine) return cudaErrorInvalidValue;
   if (grad_mask != nullptr && C > 0) {  // dm (and dT, when wanted) in one pass over dT_out, then the final sum
     if ((mask_token_grad_parts(B, H, S) > 0 && partials == nullptr) || C > int64_t{65535} * kMaskThreads) {
       return cudaErrorInvalidValue;  // channel chunks of up to kMaskThreads words on grid.y (<= 65535)

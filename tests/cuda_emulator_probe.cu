@@ -1,5 +1,6 @@
 // Probe kernels for the CUDA emulator (csrc/emulator/emulator.h), built and run by tests/test_cuda_emulator.py:
-// each check prints "<name> ok" or "<name> FAIL <detail>"; `probe deadlock` must abort with a message.
+// each check prints "<name> ok" or "<name> FAIL <detail>"; `probe deadlock` must abort with a message, and so must
+// `probe misaligned` when built with the sanitizers (a 16-byte load off its boundary: a GPU's "misaligned address").
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cuda_runtime.h>
@@ -146,6 +147,12 @@ void check_sort_scan() {
   report("exclusive_sum", ok);
 }
 
+// One thread loads a 16-byte word from `words` + `offset_bytes` (as the kernels' uint4 paths load rows).
+__global__ void vector_load_kernel(const unsigned char* words, int offset_bytes, unsigned* out) {
+  const uint4 word = *reinterpret_cast<const uint4*>(words + offset_bytes);
+  *out = word.x + word.y + word.z + word.w;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -154,6 +161,16 @@ int main(int argc, char** argv) {
     std::vector<float> out(kThreads);
     deadlock_kernel<<<1, kThreads, 0, stream>>>(out.data());
     std::printf("deadlock not detected\n");
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "misaligned") == 0) {
+    alignas(16) unsigned char words[48] = {};
+    unsigned out = 0;
+    vector_load_kernel<<<1, 1, 0, stream>>>(words, 16, &out);  // aligned: fine
+    std::printf("aligned load ok\n");
+    std::fflush(stdout);
+    vector_load_kernel<<<1, 1, 0, stream>>>(words, 4, &out);  // 4 bytes off: must stop the run
+    std::printf("misaligned load not detected\n");
     return 0;
   }
   check_barriers();

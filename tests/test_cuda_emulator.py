@@ -78,6 +78,26 @@ def test_probe_deadlock_aborts_with_a_message(probe):
     assert "not detected" not in result.stdout
 
 
+def test_sanitized_probe_stops_a_misaligned_vector_load(tmp_path):
+    # the sanitized build (the ASan run below) also checks alignment: a uint4 load 4 bytes off its 16-byte boundary,
+    # which x86 executes silently and a GPU refuses ("misaligned address"), stops the run with a report
+    compiler = os.environ.get("CXX", "c++")
+    if cuda_emulator.missing() is not None or shutil.which(compiler) is None:
+        pytest.skip(cuda_emulator.missing() or f"no host C++ compiler ({compiler})")
+    try:
+        cuda_emulator.asan_environment()  # the compiler has the sanitizers' runtimes
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    source, binary = tmp_path / "probe.cpp", tmp_path / "probe"
+    source.write_text(cuda_emulator.rewrite_launches((Path(__file__).parent / "cuda_emulator_probe.cu").read_text()))
+    flags = cuda_emulator.compile_flags("address")
+    subprocess.run([compiler, "-std=c++17", *flags, str(source), "-o", str(binary)], check=True, capture_output=True)
+    env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0"}
+    result = subprocess.run([str(binary), "misaligned"], capture_output=True, text=True, timeout=60, env=env)
+    assert "aligned load ok" in result.stdout and "not detected" not in result.stdout, result.stdout
+    assert result.returncode != 0 and "misaligned address" in result.stderr, result.stderr[-2000:]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not CUDA_EMULATED, reason="the CUDA emulator is not installed in this run")
 def test_kernels_under_address_sanitizer():

@@ -100,16 +100,25 @@ def sanitizer() -> str | None:
     return value
 
 
+def sanitizer_link_flags(sanitize: str | None) -> list[str]:
+    """-fsanitize flags of a sanitized build (address: AddressSanitizer and UBSan's alignment check), or none."""
+    return [f"-fsanitize={sanitize},alignment"] if sanitize else []
+
+
 def compile_flags(sanitize: str | None = None) -> list[str]:
     """Host compiler flags that turn a CUDA source (launches rewritten) into CPU code on the emulator.
 
     ``sanitize="address"`` instruments the kernels with AddressSanitizer: every load and store of a kernel is checked
     against the allocations (torch's CPU tensors get redzones), so an out-of-bounds access, which a GPU reports as an
-    illegal address or silently reads, stops the run with a report. The process must preload the runtime
-    (:func:`asan_environment`)."""
+    illegal address or silently reads, stops the run with a report. With it, UBSan's alignment check stops a load or
+    store off its type's alignment (a uint4 16-byte word off its boundary: a GPU's "misaligned address", which x86
+    executes silently). The process must preload the runtime (:func:`asan_environment`)."""
     emulator_files = sorted(EMULATOR.rglob("*.h")) + sorted(EMULATOR.rglob("*.cuh"))
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in emulator_files)).hexdigest()[:12]
-    sanitizer_flags = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"] if sanitize else []
+    sanitizer_flags = []
+    if sanitize:  # an alignment report stops the run, as a GPU's misaligned address would
+        sanitizer_flags = [*sanitizer_link_flags(sanitize), "-fno-sanitize-recover=alignment"]
+        sanitizer_flags.append("-fno-omit-frame-pointer")
     return [
         "-O1" if sanitize else "-O2",
         *sanitizer_flags,
@@ -168,7 +177,7 @@ def build(build_dir: Path | str | None = None, verbose: bool = False, sanitize: 
             name=name,
             sources=[str(unit) for unit in units],
             extra_cflags=compile_flags(sanitize),
-            extra_ldflags=[f"-fsanitize={sanitize}"] if sanitize else [],
+            extra_ldflags=sanitizer_link_flags(sanitize),
             build_directory=str(build_dir),
             with_cuda=False,
             verbose=verbose,
