@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backend
 from . import masksub_loss as loss_ops
 from ._common import _tracing, masksub_op
 from .masksub_loss import MAIN, NUM_OUT, SUB
@@ -168,11 +167,12 @@ def _fp32_logits(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.T
     return out.copy_(x.float() @ w.float().T)  # fp64 inputs (computed in fp32 on this path), CPU tensors
 
 
-def ones_column(kernels: bool, want_weight: bool, bias: torch.Tensor | None, dtype: torch.dtype) -> bool:
-    """Whether db comes out of dW's matmul (grads_in_forward): the kernels' path with fp16 / bf16 operands and a
-    bias, where dW is an fp32 accumulator of its own; dW is then returned as the [C, D] view of [dW | db | 0...]
-    (row stride padded_depth(D)), and the fake says so."""
-    return kernels and want_weight and bias is not None and dtype in (torch.float16, torch.bfloat16)
+def padded_dw(want_weight: bool, bias: torch.Tensor | None, dtype: torch.dtype) -> bool:
+    """Whether dW is returned as the [C, D] view of a [C, padded_depth(D)] fp32 buffer (grads_in_forward): fp16 /
+    bf16 inputs with a bias, on every backend (the op's outputs must not depend on the backend: a graph compiled
+    under one may run under another, and the fake cannot know which). The kernels' path fills the buffer as
+    [dW | db | 0...], db out of dW's matmul through a ones column; the reference leaves the padding unused."""
+    return want_weight and bias is not None and dtype in (torch.float16, torch.bfloat16)
 
 
 def padded_depth(depth: int) -> int:
@@ -217,7 +217,7 @@ def grads_in_forward(
     chunks of every row, ignored ones included (their loss and gradients are zeros), and the count, the mean's
     divisor and the stored gradients' unit kept on the device: no host sync (torch.compile, CUDA graphs).
     Returns (loss, main, sub, dH, dHs, dW, db, stats, scale): loss, main, sub fp32 0-d; dH, dHs in hidden's dtype;
-    dW, db in fp32 (fp64 for fp64 inputs on the reference); stats fp32 [9, M], the per-row losses and softmax stats
+    dW, db in fp32 (fp64 for fp64 inputs; padded_dw: dW a view); stats fp32 [9, M], the per-row losses and softmax stats
     (ops/masksub_loss.py's layout; ignored rows: zero losses) that the per-term backward needs; scale fp32 0-d, the
     stored gradients' factor to the true ones."""
     (rows, depth), classes = hidden.shape, weight.shape[0]
@@ -257,17 +257,26 @@ def grads_in_forward(
     # stacked rows get a column of ones, [h_c; hs_c | 1 | 0...] (rows of 16-byte multiples), so that column D of
     # [dz; ds]^T [h_c; hs_c | 1] is db's sum over the chunk's rows: no pass of its own over the [2R, C] gradients.
     # dW is then that [dW | db | 0...] accumulator until the chunks are done.
-    with_ones = ones_column(kernels, want_weight, bias, operand)
-    dw_width = padded_depth(depth) if with_ones else depth
+    padded = padded_dw(want_weight, bias, hidden.dtype)
+    with_ones = kernels and padded  # the kernels' operand is then fp16 / bf16
+    dw_width = padded_depth(depth) if padded else depth
     dw = torch.zeros(classes, dw_width, dtype=acc, device=device) if want_weight else None
+    if padded and not with_ones:  # the reference: dW the [C, D] view from the start (the padding unused)
+        dw = dw[:, :depth]
     db = torch.zeros(classes, dtype=acc, device=device) if want_weight and bias is not None and not with_ones else None
     stats = zeros((loss_ops.NUM_OUT, rows), torch.float32, True)  # every chunk writes its columns; ignored rows 0
     w = weight.to(operand)  # the reference's (and fp64 inputs') one copy of W; the inputs' own W otherwise
     b_acc = None if bias is None or kernels else bias.to(acc)
     bias_c = None if bias is None else bias.contiguous()  # the kernels' bias: read in its own dtype
-    # the row grads of the two terms, one number each (expanded per chunk: no launch)
-    g_main = _row_grad(grad, main_weight, device) if want_main else None
-    g_sub = _row_grad(grad, sub_weight, device) if want_sub else None
+    # the row grads of the two terms, one number each (expanded per chunk: no launch). With one term of nonzero
+    # weight w, the stored gradients are that term's unweighted and w goes into `scale` (applied in fp32 by the
+    # backward): w times them in fp16 would overflow or lose precision for w far from 1 (2^20: inf; 1e-5: 1e-2 error)
+    # where the composite's gradient of that term does not depend on w
+    weights = (main_weight, sub_weight if has_sub else 0.0)
+    single = weights[0] if weights[1] == 0 else weights[1] if weights[0] == 0 else 0.0
+    term_scale = single if single != 0 else 1.0
+    g_main = _row_grad(grad, main_weight / term_scale, device) if want_main else None
+    g_sub = _row_grad(grad, sub_weight / term_scale, device) if want_sub else None
 
     step = max(1, rows_per_chunk)
     chunks = [slice(a, min(a + step, rows)) for a in range(0, rows, step)] if every_row else ids.split(step)
@@ -344,15 +353,19 @@ def grads_in_forward(
         del logits, z, s, dz, ds, grads, out, terms  # the chunk's views and temporaries (the buffers are reused)
     if with_ones:  # [dW | db | 0...]: dW its [C, D] view (no copy, no second [C, D]), db a copy of its column
         dw, db = dw[:, :depth], dw[:, depth].clone()
+    if kernels and hidden.dtype == torch.float64 and dw is not None:  # fp64 inputs: fp32 arithmetic, but the
+        dw, db = dw.double(), None if db is None else db.double()  # reference's fp64 outputs (the op's contract)
 
     main, sub = stats[MAIN].sum(), stats[SUB].sum()
     if mean:  # the public functions' mean: the sum over counted rows / max(count, 1)
         divisor = max(count, 1) if gather else count.clamp_min(1).float()
         main, sub = main / divisor, sub / divisor
-    empty = hidden.new_empty(0)
-    dw, db = (empty if t is None else t for t in (dw, db))
+    empty = hidden.new_empty(0, dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+    dw, db = (empty if t is None else t for t in (dw, db))  # unwanted: [0] of the fake's dtype
     # stored gradients x scale = the true ones
-    scale = torch.full((), 1.0 / unit, dtype=torch.float32, device=device) if gather else (1.0 / unit).float()
+    scale = (
+        torch.full((), term_scale / unit, dtype=torch.float32, device=device) if gather else (term_scale / unit).float()
+    )
     return main_weight * main + sub_weight * sub, main, sub, dh, dhs, dw, db, stats, scale
 
 
@@ -443,12 +456,9 @@ def _linear_loss_grads_op(
 
 @_linear_loss_grads_op.register_fake
 def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, private, *options):
-    # the backend that would run (as the op decides it): Triton computes fp64 inputs in fp32 (grads_in_forward's
-    # acc), and its fp16 / bf16 dW is a view of a wider accumulator (ones_column)
-    kernels = (
-        hidden.device.type != "meta" and _backend.resolve_backend(hidden.device, None, ("torch", "triton")) == "triton"
-    )
-    acc = torch.float64 if hidden.dtype == torch.float64 and not kernels else torch.float32
+    # the same on every backend (padded_dw): dW, db in fp64 for fp64 inputs, else fp32; fp16 / bf16 dW with a bias
+    # a view of a wider buffer
+    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     has_sub = sub_hidden is not None
     want_main, want_sub = a != 0 and (need_h or need_w), has_sub and b != 0 and (need_hs or need_w)
     want_w = need_w and (want_main or want_sub)
@@ -458,7 +468,7 @@ def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, nee
 
     (rows, depth), classes = hidden.shape, weight.shape[0]
     scalar = hidden.new_empty((), dtype=torch.float32)
-    if ones_column(kernels, want_w, bias, hidden.dtype):
+    if padded_dw(want_w, bias, hidden.dtype):
         dw = hidden.new_empty_strided((classes, depth), (padded_depth(depth), 1), dtype=acc)
     else:
         dw = grad((classes, depth), acc, want_w)

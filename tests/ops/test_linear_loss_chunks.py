@@ -6,7 +6,15 @@ groups of chunks."""
 import pytest
 import torch
 from conftest import DEVICE
-from test_linear_masksub_loss import make_inputs
+from test_linear_masksub_loss import (  # noqa: F401 (the fixture op_backend)
+    F16,
+    GRAD_RTOL,
+    assert_grad_close,
+    composite,
+    leaves,
+    make_inputs,
+    op_backend,
+)
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import masksub_kernels as mk
@@ -146,3 +154,22 @@ def test_mean_over_no_counted_rows_without_a_host_sync():
     )
     assert all(float(x) == 0.0 for x in out[:3]) and float(out[8]) == 1.0
     assert all(not x.any() for x in out[3:7])
+
+
+@pytest.mark.parametrize(("main_weight", "sub_weight", "term"), [
+    (2.0**20, 0.0, "main"), (1e-5, 0.0, "main"), (0.0, 2.0**20, "sub"), (0.0, 1e-5, "sub")])  # fmt: skip
+def test_one_term_with_an_extreme_weight_in_fp16(op_backend, main_weight, sub_weight, term):  # noqa: F811
+    # One term weighted (the other 0): its gradients are stored unweighted, the weight applied in fp32 by the
+    # backward. Stored times the weight in fp16 they overflowed at 2^20 (inf, NaN) and lost ~1e-2 at 1e-5, where the
+    # composite's gradient of that term does not depend on its weight. .loss's own gradients (weight times those)
+    # are checked where fp16 holds them: at 2^20 (at 1e-5 they are fp16 subnormals, in the composite too)
+    h, hs, w, b, target = make_inputs(dtype=F16, kind="index_ignore")
+    options = {"main_weight": main_weight, "sub_weight": sub_weight}
+    for backward in (term, "loss") if max(main_weight, sub_weight) > 1 else (term,):
+        ours = leaves(h, hs, w, b)
+        getattr(mk.linear_masksub_loss(*ours, target, **options), backward).backward()
+        expected, ref_leaves = composite(h, hs, w, b, target, **options)
+        getattr(expected, backward).backward()
+        for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
+            if e.grad is not None and 0 < e.grad.abs().max() < torch.finfo(F16).max:
+                assert_grad_close(a.grad, e.grad, GRAD_RTOL[F16], f"{name} ({backward})")

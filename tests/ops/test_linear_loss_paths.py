@@ -88,3 +88,27 @@ def test_cuda_graph_capture_takes_the_grads_op_for_probabilities(monkeypatch):
             for i, (a, e) in enumerate(zip(captured, eager)):
                 torch.testing.assert_close(a, e, rtol=1e-6, atol=0, msg=f"output {i}")
             torch.testing.assert_close(captured_loss, eager[0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_grads_ops_outputs_do_not_depend_on_the_backend(dtype, bias):
+    # A graph compiled under one backend may run under another (set_backend between calls; Inductor's on-disk cache
+    # shared by processes): the fake cannot know which, so every backend's outputs must have the fake's dtypes,
+    # sizes and strides (fp64 dW was fp32 on Triton, bf16 dW a padded view on Triton only: compiled under torch,
+    # the Triton run failed Inductor's stride assertion)
+    h, hs, w, b, target = make_inputs(kind="dense", bias=bias)
+    h, hs, w = (t.to(dtype) for t in (h, hs, w))
+    b = None if b is None else b.to(dtype)
+    options = (False, 0.0, -100, 1.0, None)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, False, False, *options)
+
+    def layout(outputs):
+        return [(t.dtype, tuple(t.shape), t.stride()) for t in outputs]
+
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = layout(chunks._linear_loss_grads_op.custom_op(*(mode.from_tensor(a) if torch.is_tensor(a) else a
+                                                              for a in args)))  # fmt: skip
+    for backend in OP_BACKENDS:
+        with mk.use_backend(backend):
+            assert layout(chunks._linear_loss_grads_op.run(*args)) == fake, backend
