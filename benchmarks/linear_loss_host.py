@@ -1,0 +1,162 @@
+"""Host time per chunk of the fused-linear MaskSub loss's Triton path, measured on the CPU: is the op at risk of
+being host-bound on a GPU?
+
+    python benchmarks/linear_loss_host.py                    # 86 chunks of 192 rows (the BERT step's), D=8, C=64
+
+The op's gradients-in-forward loop (ops/_linear_loss_chunks.py) runs a few torch ops and about two Triton launches per
+chunk of R rows from Python. On a GPU its device time per chunk is ~0.13 ms (the performance model's prediction at
+BERT's shape on the H200: fused time / chunks, read from benchmarks/results/model-sm90.json); if the host needs
+longer per chunk, the GPU waits for it. This script times the loop's host side without a GPU: the Triton kernels'
+launches are replaced by no-ops (the interpreter's launch entry point, so the launchers' Python, their argument
+checks and launch configuration, all run), and the torch ops run on tiny CPU tensors (D = 8, C = 64: slices,
+copies, the matmuls' small CPU compute and torch's dispatch). What it leaves out: a GPU's launch cost per kernel
+(cudaLaunchKernel, Triton's binding of arguments to its compiled launcher), which adds to the host side; what it
+adds: the CPU compute of the tiny matmuls. Compare hosts with care: this machine's CPU runs torch ops 2-3x slower
+than a current server's. Writes benchmarks/results/linear-loss-host-CPU-<date>.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported: its interpreter's launch entry point
+
+import argparse
+import contextlib
+import cProfile
+import datetime
+import json
+import platform
+import pstats
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import masksub_kernels as mk
+from masksub_kernels.ops import _linear_loss_chunks as chunk_loop
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@contextlib.contextmanager
+def stubbed_launches(counter: list[int]):
+    """Triton launches (kernel[grid](...)) do nothing but count, under the interpreter."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    def launcher(self, grid):
+        def launch(*args, **kwargs):
+            counter[0] += 1
+
+        return launch
+
+    saved = InterpretedFunction.__getitem__
+    InterpretedFunction.__getitem__ = launcher
+    try:
+        yield
+    finally:
+        InterpretedFunction.__getitem__ = saved
+
+
+@contextlib.contextmanager
+def rows_per_chunk(rows: int):
+    """The kernels' path in chunks of ``rows`` rows (grads_chunk_rows, read at call time)."""
+    saved = chunk_loop.grads_chunk_rows
+    chunk_loop.grads_chunk_rows = lambda *args, **kwargs: rows
+    try:
+        yield
+    finally:
+        chunk_loop.grads_chunk_rows = saved
+
+
+def predicted_device_us_per_chunk() -> float | None:
+    """The model's predicted device time per chunk at BERT's shape (H200), or None without a model file."""
+    path = RESULTS / "model-sm90.json"
+    if not path.exists():
+        return None
+    linear = json.loads(path.read_text()).get("linear_loss")
+    if not linear:
+        return None
+    return linear["providers"][0]["predicted_us"] / linear["assumptions"]["chunks"]
+
+
+def measure(chunks: int, rows: int, depth: int, classes: int, repeats: int) -> dict:
+    """Median host time of one forward + backward of .loss (bf16, class ids, a bias, both branches) in ``chunks``
+    chunks of ``rows`` rows, launches stubbed; per chunk; and the top functions by own time."""
+    generator = torch.Generator().manual_seed(0)
+    m = chunks * rows
+    h = torch.randn(m, depth, generator=generator).bfloat16().requires_grad_(True)
+    hs = torch.randn(m, depth, generator=generator).bfloat16().requires_grad_(True)
+    weight = torch.randn(classes, depth, generator=generator).bfloat16().requires_grad_(True)
+    bias = torch.zeros(classes, dtype=torch.bfloat16, requires_grad=True)
+    target = torch.randint(0, classes, (m,), generator=generator)
+    launches = [0]
+
+    def step():
+        out = mk.linear_masksub_loss(h, hs, weight, bias, target)
+        out.loss.backward()
+
+    times = []
+    with mk.use_backend("triton"), stubbed_launches(launches), rows_per_chunk(rows):
+        step()  # warm-up: imports, caches
+        launches[0] = 0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        profile = cProfile.Profile()
+        profile.enable()
+        step()
+        profile.disable()
+    stats = pstats.Stats(profile)
+    top = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:8]  # by own time
+    median_us = statistics.median(times) * 1e6
+    return {
+        "chunks": chunks,
+        "rows_per_chunk": rows,
+        "depth": depth,
+        "classes": classes,
+        "repeats": repeats,
+        "median_ms": round(median_us / 1e3, 2),
+        "us_per_chunk": round(median_us / chunks, 1),
+        "triton_launches_per_chunk": round(launches[0] / repeats / chunks, 2),
+        "top_own_time_us_per_chunk": {
+            f"{Path(file).name}:{line}({name})": round(entry[2] / chunks * 1e6, 1) for (file, line, name), entry in top
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chunks", type=int, default=86)
+    parser.add_argument("--rows", type=int, default=192, help="rows per chunk (the BERT step's: 192)")
+    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--classes", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None, help="the json file (default: benchmarks/results/...)")
+    args = parser.parse_args(argv)
+    record = measure(args.chunks, args.rows, args.depth, args.classes, args.repeats)
+    device_us = predicted_device_us_per_chunk()
+    lines = [
+        "| chunks x rows | D | C | host ms (median) | host us per chunk | Triton launches per chunk | predicted "
+        "device us per chunk (H200, BERT shape: a PREDICTION) |",
+        "|---|---|---|---|---|---|---|",
+        f"| {record['chunks']} x {record['rows_per_chunk']} | {record['depth']} | {record['classes']} | "
+        f"{record['median_ms']} | {record['us_per_chunk']} | {record['triton_launches_per_chunk']} | "
+        f"{'-' if device_us is None else round(device_us, 1)} |",
+    ]
+    print("\n".join(lines))
+    print("own time per chunk (us, one profiled call):", json.dumps(record["top_own_time_us_per_chunk"], indent=1))
+    date = datetime.date.today().isoformat()
+    out = args.out or RESULTS / f"linear-loss-host-CPU-{date}.json"
+    meta = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "date": date}
+    meta.update(torch=torch.__version__, launches="stubbed (Triton interpreter's entry point)")
+    meta["predicted_device_us_per_chunk"] = None if device_us is None else round(device_us, 1)
+    out.write_text(json.dumps({"meta": meta, "record": record, "table": lines}, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
