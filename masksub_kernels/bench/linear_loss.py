@@ -84,11 +84,20 @@ def fused(h, hs, weight, bias, labels):
 
 
 def liger_provider():
+    """Liger's fused linear CE (dW accumulated in fp32, as this library's), or None where it does not import: a
+    reference point whose failure (e.g. a Liger built for another Triton) must not stop the suite."""
     if importlib.util.find_spec("liger_kernel") is None:
         return None
-    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
-    liger = LigerFusedLinearCrossEntropyLoss()
+        try:
+            liger = LigerFusedLinearCrossEntropyLoss(accum_dtype=torch.float32)
+        except TypeError:  # a Liger before accum_dtype
+            liger = LigerFusedLinearCrossEntropyLoss()
+    except Exception as exc:  # any import-time failure of a third-party reference point
+        print(f"liger(main CE only) left out: {type(exc).__name__}: {exc}")
+        return None
     return lambda h, hs, weight, bias, labels: liger(weight, h, labels, bias)
 
 
@@ -135,13 +144,17 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
             nbytes = {"forward": inputs_bytes, "backward": 2 * inputs_bytes, "full": 2 * inputs_bytes}
             model = modelled_extra_mb(rows, depth, classes, element)
             notes = {"modelled_extra_mb_fused": model["fused"], "modelled_extra_mb_composite": model["composite"]}
+            # the measured peak (the allocator's, above the inputs) holds the returned dH, dHs too: the model's
+            # extra plus this is what it should read
+            notes["returned_hidden_grads_mb"] = 2 * rows * depth * element / 2**20
             label = f"{name} M={rows} D={depth} C={classes}"
             dtype_name = str(dtype).removeprefix("torch.")
 
             def make(m=rows, d=depth, c=classes, dt=dtype):
                 generator = torch.Generator(device=device).manual_seed(0)
                 h = torch.randn(m, d, device=device, dtype=dt, generator=generator).requires_grad_(True)
-                hs = (h.detach() + 0.1 * torch.randn_like(h)).requires_grad_(True)
+                noise = torch.randn(m, d, device=device, generator=generator).to(dt)  # the same hs for every provider
+                hs = (h.detach() + 0.1 * noise).requires_grad_(True)
                 weight = (torch.randn(c, d, device=device, generator=generator) / d**0.5).to(dt).requires_grad_(True)
                 bias = torch.zeros(c, device=device, dtype=dt, requires_grad=True)
                 return [h, hs, weight, bias, torch.randint(0, c, (m,), device=device, generator=generator)]

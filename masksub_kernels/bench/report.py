@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -78,9 +79,10 @@ def markdown_table(run: dict) -> str:
     if any(r.get("host_ms") is not None for r in run["records"]):
         lines.append(
             "host ms (GPU runs): the median CPU time for the call to return (Python, launches, any wait on the GPU "
-            "inside it), beside the GPU time (median ms, CUDA events). host-bound: host ms >= median ms: back to back "
-            "such calls run at the host's pace, and the median may be launch overhead rather than kernels (their "
-            "device time is lower: torch.profiler; masksub_kernels/bench/timing.py)."
+            "inside it), each call on a drained GPU, beside the GPU time (median ms, CUDA events). host-bound: host "
+            "ms >= median ms: back to back such calls run at the host's pace, and the median may be launch "
+            "overhead rather than kernels (their device time is lower: torch.profiler; "
+            "masksub_kernels/bench/timing.py)."
         )
     lines += [
         "",
@@ -183,7 +185,9 @@ def write(run: dict, directory: Path, stem: str, json_only: bool = False) -> dic
     """The run as <stem>.json, .md and .png in ``directory`` (json_only: the JSON alone, after each case)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"json": directory / f"{stem}.json", "md": directory / f"{stem}.md", "png": directory / f"{stem}.png"}
-    paths["json"].write_text(json.dumps(run, indent=1, default=str))
+    partial = paths["json"].with_suffix(".json.partial")  # then renamed: a cap that kills the write mid-file leaves
+    partial.write_text(json.dumps(run, indent=1, default=str))  # the previous JSON whole (the next suite appends)
+    os.replace(partial, paths["json"])
     if json_only:
         return {"json": paths["json"]}
     paths["md"].write_text(markdown_table(run))

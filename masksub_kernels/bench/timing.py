@@ -3,12 +3,14 @@
 GPU: CUDA events around each repeat, the L2 cache flushed before each one (a 256 MB memset, as
 triton.testing.do_bench does) so that inputs that would fit in L2 are read from HBM; median and 20/80 percentiles.
 Beside it, the host time: the median CPU time for the call to return (Python, checks, kernel launches, and any wait
-on the GPU inside the call). The events time the GPU from when it reaches the start event, about max(kernels, host
-time - the flush's duration): the flush gives the host a head start, and past it the GPU waits for launches. A
-record whose host time is >= its median is marked host-bound: its host time is >= its kernels' time, so calls back
-to back run at the host's pace, and its median may be launch overhead rather than kernels (its device time is at
-most the median: torch.profiler gives it). A call that synchronises inside (reads a count on the host) reads as
-host-bound too. Both figures are reported, neither replaces the other.
+on the GPU inside the call), measured in a pass of its own (HOST_REPEATS calls) that lets the GPU drain before each
+call: in the timed calls, back to back, a call that synchronises inside (the fused-linear loss reads a count on the
+host) would wait for the previous call's kernels and read as host-bound whatever its own cost. The events time the
+GPU from when it reaches the start event, about max(kernels, host time - the flush's duration): the flush gives the
+host a head start, and past it the GPU waits for launches. A record whose host time is >= its median is marked
+host-bound: its host work alone takes as long as the timed call, so calls back to back run at the host's pace, and
+its median may be launch overhead rather than kernels (its device time is at most the median: torch.profiler gives
+it). Both figures are reported, neither replaces the other.
 CPU: perf_counter around each repeat. Peak memory: the CUDA caching allocator's peak above what was allocated
 before the call; on the CPU, only when asked (``cpu_memory=True``), the peak of the bytes allocated during one more
 call as torch's profiler records them, else None. ``prepare``: untimed work before each call (the backward's
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+HOST_REPEATS = 5  # calls of the host-time pass (GPU), each after the GPU drained
+
 
 @dataclass
 class Timing:
@@ -33,7 +37,7 @@ class Timing:
     p80_ms: float
     repeats: int
     peak_mem_mb: float | None
-    host_ms: float | None = None  # GPU: median CPU time for the call to return (module docstring); CPU: None
+    host_ms: float | None = None  # GPU: median CPU time for a call to return, the GPU drained (docstring); CPU: None
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -88,19 +92,23 @@ def measure(
         flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=device)
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-        host_times = []
         for start, end in zip(starts, ends):
             ready()
             flush.zero_()
             start.record()
-            begun = time.perf_counter()
             fn()
-            host_times.append((time.perf_counter() - begun) * 1e3)
             end.record()
         torch.cuda.synchronize(device)
         times = [start.elapsed_time(end) for start, end in zip(starts, ends)]
-        host = statistics.median(host_times)
         del flush
+        host_times = []  # the host-time pass: each call on a drained GPU (module docstring)
+        for _ in range(HOST_REPEATS):
+            ready()
+            torch.cuda.synchronize(device)
+            begun = time.perf_counter()
+            fn()
+            host_times.append((time.perf_counter() - begun) * 1e3)
+        host = statistics.median(host_times)
         ready()
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)

@@ -30,7 +30,8 @@ The backward of L scales the stored gradients in place and returns them (no seco
 does the backward of one term whose partner has weight 0 (the sequential schedule's .sub with main_weight 0); a
 second backward through the same graph (retain_graph) recomputes. Double backward is refused (_common.first_order_only).
 
-Two flavours, chosen by the op's backend:
+The loop's custom op, its fake and its autograd (the scaling backward): _linear_loss_grads.py. Two flavours, chosen by
+the op's backend:
 - reference (the 'torch' backend, the CPU path): logits in fp32 (fp64 for fp64 inputs), the loss and its logit
   gradients by ops/masksub_loss.py's reference functions, chunks of chunk_rows(C) rows (CHUNK_ELEMENTS logits);
 - kernels (the 'triton' backend): logits in fp32 from the inputs' dtype (cuBLAS with an fp32 output on a GPU:
@@ -62,7 +63,6 @@ from __future__ import annotations
 import torch
 
 from . import masksub_loss as loss_ops
-from ._common import _tracing, masksub_op
 from .masksub_loss import MAIN, NUM_OUT, SUB
 
 GRADS_CHUNK_BYTES = 96 * 2**20  # the kernels' path: the chunk's [2R, C] logits and DW_GROUP chunks' gradients
@@ -75,7 +75,8 @@ GRADS_CHUNK_BYTES = 96 * 2**20  # the kernels' path: the chunk's [2R, C] logits 
 DW_GROUP = 2
 ALIGN_CLASSES = 64  # the kernels' chunk buffers' rows, in elements: 128-byte rows in bf16 (aligned_classes)
 
-# loss, main, sub (fp32 0-d); dH, dHs [M, D]; dW [C, D] and db [C] in fp32 (or [0]); the per-row stats [9, M]
+# loss, main, sub (fp32 0-d); dH, dHs [M, D]; dW [C, D] and db [C] in fp32, fp64 for fp64 inputs (or [0]); the
+# per-row stats [9, M]
 GradsOut = tuple[torch.Tensor, ...]
 
 
@@ -370,7 +371,7 @@ def grads_in_forward(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Gradients in the forward (ops/_linear_loss_py): 6 matmul units when the losses are reduced to scalars
+# The chunk sizes (the custom op of the loop and its autograd: _linear_loss_grads.py)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -389,211 +390,3 @@ def grads_chunk_rows(classes: int, dtype: torch.dtype, grouped: bool = True) -> 
     per_row = 2 * classes * (4 + ((2 * DW_GROUP if grouped else 2) if low else 0))
     rows = max(1, GRADS_CHUNK_BYTES // per_row)
     return rows // 64 * 64 if rows >= 64 else rows
-
-
-def _grads_reference(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _, *opts):
-    from .linear_masksub_loss import chunk_rows  # the recompute reference's chunks (imported late: it imports us)
-
-    return grads_in_forward(
-        hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, opts,
-        rows_per_chunk=chunk_rows(weight.shape[0]), kernels=False, gather=gather,
-    )  # fmt: skip
-
-
-def _grads_triton(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _, *options):
-    grouped = dw_grouped(True, sub_hidden is not None, a != 0, b != 0, need_w)  # chunks sized for a group or one
-    return grads_in_forward(
-        hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, options,
-        rows_per_chunk=grads_chunk_rows(weight.shape[0], hidden.dtype, grouped), kernels=True, gather=gather,
-    )  # fmt: skip
-
-
-@masksub_op(
-    "linear_masksub_loss_grads",
-    device="hidden",
-    torch=_grads_reference,
-    triton=_grads_triton,  # cuBLAS matmuls + the masksub_loss Triton kernels on each chunk's logits
-    cuda=None,
-    records=("linear_masksub_loss",),
-)
-def _linear_loss_grads_op(
-    hidden: torch.Tensor,
-    sub_hidden: torch.Tensor | None,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    target: torch.Tensor,
-    mean: bool,
-    main_weight: float,
-    sub_weight: float,
-    need_hidden: bool,
-    need_sub_hidden: bool,
-    need_weight: bool,
-    gather: bool,
-    private: bool,
-    bce: bool,
-    label_smoothing: float,
-    ignore_index: int,
-    temperature: float,
-    target_threshold: float | None,
-) -> tuple[
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-]:
-    """(loss, main, sub, dH, dHs, dW, db, stats, scale): the reduced losses (fp32 0-d; mean or sum; loss =
-    main_weight main + sub_weight sub), the gradients of loss stored for the backward times 1 / scale (fp32 0-d),
-    an unneeded one an empty [0], and the per-row stats [9, M] for the per-term backward (module docstring).
-    gather: read the number of counted rows on the host and run the matmuls on those rows only (else every row, no
-    host sync: torch.compile, CUDA graphs). private: the caller never reads the stored gradients (the public
-    functions), so the backward may scale them in place and return them."""
-
-
-@_linear_loss_grads_op.register_fake
-def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, private, *options):
-    # the same on every backend (padded_dw): dW, db in fp64 for fp64 inputs, else fp32; fp16 / bf16 dW with a bias
-    # a view of a wider buffer
-    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    has_sub = sub_hidden is not None
-    want_main, want_sub = a != 0 and (need_h or need_w), has_sub and b != 0 and (need_hs or need_w)
-    want_w = need_w and (want_main or want_sub)
-
-    def grad(shape, dtype, wanted):
-        return hidden.new_empty(shape if wanted else (0,), dtype=dtype)
-
-    (rows, depth), classes = hidden.shape, weight.shape[0]
-    scalar = hidden.new_empty((), dtype=torch.float32)
-    if padded_dw(want_w, bias, hidden.dtype):
-        dw = hidden.new_empty_strided((classes, depth), (padded_depth(depth), 1), dtype=acc)
-    else:
-        dw = grad((classes, depth), acc, want_w)
-    return (
-        scalar,
-        scalar.clone(),
-        scalar.clone(),
-        grad((rows, depth), hidden.dtype, need_h and want_main),
-        grad((rows, depth), hidden.dtype, need_hs and want_sub),
-        dw,
-        grad((classes,), acc, want_w and bias is not None),
-        hidden.new_empty((NUM_OUT, rows), dtype=torch.float32),
-        scalar.clone(),
-    )
-
-
-def _grads_setup_context(ctx, inputs, output):
-    hidden, sub_hidden, weight, bias, target, mean, a, b, *_, private, bce, eps, ignore, temperature, threshold = inputs
-    ctx.mark_non_differentiable(*output[3:])
-    ctx.set_materialize_grads(False)  # .main alone backpropagated: no gradient for the others (no zero pass)
-    # Private stored gradients (eager calls of the public functions) are held by ctx itself, not saved, so that
-    # the backward can scale them in place and let them go (saved, they would fail autograd's version check in a
-    # later backward through the same graph). Otherwise (a caller that reads them; AOTAutograd, make_fx) every
-    # tensor the backward reads is saved, and the backward scales them out of place.
-    ctx.in_place = private and not _tracing(output)
-    ctx.stored = output[3:7] if ctx.in_place else None
-    saved = () if ctx.in_place else output[3:7]
-    ctx.save_for_backward(hidden, sub_hidden, weight, bias, target, output[7], output[8], *saved)
-    ctx.options, ctx.mean, ctx.weights = (bce, eps, ignore, temperature, threshold), mean, (a, b)
-
-
-def _stored_factor(ctx, grad_loss, grad_main, grad_sub):
-    """The scalar that turns the stored gradients of L = a main + b sub into those the backward receives, when
-    one does: only L's gradient g (g), or a term's alone while the other term's weight is 0 (the stored gradients
-    are then that term's times its weight: g_main / a, plus L's g). None otherwise (another mix of the terms)."""
-    a, b = ctx.weights
-    if grad_main is None and grad_sub is None:
-        return grad_loss
-    for g_term, weight, other_weight, other_grad in ((grad_main, a, b, grad_sub), (grad_sub, b, a, grad_main)):
-        if g_term is not None and other_grad is None and other_weight == 0 and weight != 0:
-            return g_term / weight if grad_loss is None else grad_loss + g_term / weight
-    return None
-
-
-def _grads_backward(ctx, grad_loss, grad_main, grad_sub, *_):
-    """Scale the stored gradients when they serve what arrives (_stored_factor; in place, then let go), else
-    recompute per term through the recompute op's backward on the saved stats (any mix of .loss, .main, .sub, and a
-    second backward through a retained graph). Inputs whose terms have no gradient get zeros, as the composite."""
-    hidden, sub_hidden, weight, bias, target, stats, scale, *saved = ctx.saved_tensors
-    need = ctx.needs_input_grad[:4]  # hidden, sub_hidden, weight, bias
-    grads = [None, None, None, None]
-    stored = saved or ctx.stored  # None once an in-place backward used them
-    factor = None if stored is None else _stored_factor(ctx, grad_loss, grad_main, grad_sub)
-    if factor is None and stored is not None and grad_loss is not None:
-        factor, terms = grad_loss, (grad_main, grad_sub)  # L's part from the stored gradients, the rest recomputed
-    elif factor is None:  # recompute all: each term's coefficient, from L's gradient and its own
-        a, b = ctx.weights
-        from_loss = (None, None) if grad_loss is None else tuple(None if w == 0 else grad_loss * w for w in (a, b))
-        terms = tuple(x if y is None else (y if x is None else x + y) for x, y in zip((grad_main, grad_sub), from_loss))
-    else:
-        terms = (None, None)
-    if factor is not None:
-        ctx.stored = None  # used up here (eager: freed when the backward returns)
-        g = factor.to(torch.float32) * scale
-        dtypes = (hidden.dtype, hidden.dtype, weight.dtype, weight.dtype)
-        for i, (d, dtype) in enumerate(zip(stored, dtypes)):
-            absent = d.dim() == 1 and not d.numel()  # not stored ([0]); an empty batch stores [0, D]
-            if need[i] and not absent:  # in place in eager: no second copy (.to is a no-op for fp32 / dH)
-                grads[i] = (d.mul_(g) if ctx.in_place else d * g).to(dtype)
-    if terms[0] is not None or terms[1] is not None:
-        for i, t in enumerate(_recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stats)):
-            if need[i] and t.numel():
-                grads[i] = t if grads[i] is None else grads[i].add_(t)
-    for i, x in enumerate((hidden, sub_hidden, weight, bias)):
-        if need[i] and grads[i] is None:
-            grads[i] = torch.zeros_like(x)  # its terms have weight 0 (the composite's zeros)
-    return (*grads, *(None,) * 14)  # target, mean, the weights, need_*, gather, private, options
-
-
-def _recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stats):
-    """(dh, dhs, dW, db) of g_main main + g_sub sub (terms: the two scalars or None) by the recompute op's backward
-    on the saved per-row stats: 3 matmul units per term."""
-    from .linear_masksub_loss import _linear_loss_backward_op  # imported late: that module imports this one
-
-    need_weight = need[2] or need[3]
-    rows = hidden.shape[0]
-    if not ctx.mean:
-        count = 1.0
-    elif target.is_floating_point():
-        count = float(max(rows, 1))
-    else:  # counted on the device: no host sync
-        count = (target != ctx.options[2]).sum().clamp_min(1).to(torch.float32)
-
-    def per_row(g, wanted):  # the grad of each counted row's loss: g / count (mean) or g (sum)
-        return None if g is None or not wanted else (g.to(torch.float32) / count).expand(rows)
-
-    gm = per_row(terms[0], need[0] or need_weight)
-    gs = per_row(terms[1], sub_hidden is not None and (need[1] or need_weight))
-    if gm is None and gs is None:
-        return ()
-    return _linear_loss_backward_op(
-        gm, gs, stats, hidden, sub_hidden, weight, bias, target, need[0] or need[1], need_weight, *ctx.options
-    )
-
-
-_linear_loss_grads_op.register_autograd(_grads_backward, setup_context=_grads_setup_context)
-
-
-def _grads_wanted(hidden, sub_hidden, weight, bias, target, reduction) -> tuple[bool, bool, bool, bool] | None:
-    """(need_hidden, need_sub_hidden, need_weight, gather) when the grads-in-forward path applies: a scalar
-    reduction, grad mode on and some input requiring grad; else None (reduction='none' keeps the recompute backward,
-    correct for per-row grads that differ, and a no-grad call computes no gradient).
-
-    gather: in eager mode the number of counted rows is read on the host (one sync) and only those rows are
-    computed. Under torch.compile and CUDA graph capture, which must not synchronise, probabilities (every row
-    counts) take this path with gather=False (the count on the device); class ids take the recompute op, which
-    computes the counted rows only without a sync: every row here would cost more where most are ignored (a masked
-    LM's labels: ~85% -100, 6 units on all rows against 10 on the 15%)."""
-    if reduction == "none" or not torch.is_grad_enabled():
-        return None
-    # is_compiling first: dynamo cannot trace the capture query (a bool from a torch function)
-    sync_free = torch.compiler.is_compiling() or (hidden.is_cuda and torch.cuda.is_current_stream_capturing())
-    if sync_free and not target.is_floating_point():
-        return None
-    need_h = hidden.requires_grad
-    need_hs = sub_hidden is not None and sub_hidden.requires_grad
-    need_w = weight.requires_grad or (bias is not None and bias.requires_grad)
-    return (need_h, need_hs, need_w, not sync_free) if need_h or need_hs or need_w else None

@@ -19,6 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import masksub_kernels as mk
 from masksub_kernels.ops import _linear_loss_chunks as chunks
+from masksub_kernels.ops._linear_loss_grads import _linear_loss_grads_op
 
 # The interpreter computes the discarded lanes of tl.where too (inf - inf, 0 / 0): numpy warns, the GPU does not.
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
@@ -90,7 +91,7 @@ def test_fake_outputs_follow_the_backend(backend, dtype):
     # (dW the view of the wider accumulator on Triton's fp16 / bf16 path; fp32 for fp64 inputs on Triton)
     h, hs, w, b, target = make_inputs(rows=9, depth=20, classes=30, dtype=dtype, kind="index_ignore", seed=5)
     args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, False, *OPTIONS)
-    op = chunks._linear_loss_grads_op.custom_op
+    op = _linear_loss_grads_op.custom_op
     with mk.use_backend(backend):
         real = op(*args)
         with FakeTensorMode() as mode:
@@ -173,3 +174,31 @@ def test_one_term_with_an_extreme_weight_in_fp16(op_backend, main_weight, sub_we
         for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
             if e.grad is not None and 0 < e.grad.abs().max() < torch.finfo(F16).max:
                 assert_grad_close(a.grad, e.grad, GRAD_RTOL[F16], f"{name} ({backward})")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("in_place", [True, False])
+def test_stored_gradients_are_scaled_in_fp32(dtype, in_place):
+    # The backward's factor g is a 0-d fp32 tensor on the gradients' device: on a GPU, multiplying an fp16 / bf16
+    # tensor by it casts g to fp16 / bf16 first (only CPU scalars keep fp32), rounding a weight such as 0.3 (a 2^-9
+    # bias in bf16) or overflowing g = w / unit > 65504 in fp16 (inf; NaN in zero rows). The multiply must run on
+    # fp32 operands (recorded here: the CPU would hide the rounding) and round once
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from masksub_kernels.ops._linear_loss_grads import _scaled
+
+    dtypes = []
+
+    class Multiplies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mul, torch.ops.aten.mul_):
+                dtypes.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    stored = torch.tensor([[0.0, 3.0], [1.5, -2.0]], dtype=dtype, device=DEVICE)
+    g = torch.tensor(0.3 * 2.0**20 / 8, device=DEVICE)  # 39321.6: beyond fp16's precision, within its range
+    expected = (stored.double() * g.double()).to(dtype)
+    with Multiplies():
+        scaled = _scaled(stored.clone(), g, in_place)
+    assert dtypes and set(dtypes) == {torch.float32}
+    assert scaled.dtype == dtype and torch.equal(scaled, expected)

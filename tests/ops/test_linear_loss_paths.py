@@ -20,6 +20,7 @@ from test_linear_masksub_loss import (  # noqa: F401 (the fixtures op_backend an
 
 import masksub_kernels as mk
 from masksub_kernels.ops import _linear_loss_chunks as chunks
+from masksub_kernels.ops._linear_loss_grads import _linear_loss_grads_op
 
 # The interpreter computes the discarded lanes of tl.where too (inf - inf, 0 / 0): numpy warns, the GPU does not.
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
@@ -64,7 +65,7 @@ def test_cuda_graph_capture_takes_the_grads_op_for_probabilities(monkeypatch):
         return mk.linear_masksub_loss(*inputs, target, label_smoothing=0.1, ignore_index=0).loss
 
     def grads_op():
-        return chunks._linear_loss_grads_op(*(t.detach() for t in inputs), target, *args)
+        return _linear_loss_grads_op(*(t.detach() for t in inputs), target, *args)
 
     calls = Calls(monkeypatch)
     with mk.use_backend("triton"):
@@ -107,8 +108,8 @@ def test_the_grads_ops_outputs_do_not_depend_on_the_backend(dtype, bias):
         return [(t.dtype, tuple(t.shape), t.stride()) for t in outputs]
 
     with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
-        fake = layout(chunks._linear_loss_grads_op.custom_op(*(mode.from_tensor(a) if torch.is_tensor(a) else a
+        fake = layout(_linear_loss_grads_op.custom_op(*(mode.from_tensor(a) if torch.is_tensor(a) else a
                                                               for a in args)))  # fmt: skip
     for backend in OP_BACKENDS:
         with mk.use_backend(backend):
-            assert layout(chunks._linear_loss_grads_op.run(*args)) == fake, backend
+            assert layout(_linear_loss_grads_op.run(*args)) == fake, backend

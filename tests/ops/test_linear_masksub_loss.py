@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import masksub_kernels as mk
 from masksub_kernels.ops import _linear_loss_chunks as chunks
 from masksub_kernels.ops import linear_masksub_loss as lm
+from masksub_kernels.ops._linear_loss_grads import _linear_loss_grads_op
 
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
 
@@ -495,12 +496,12 @@ def test_reduction_none_and_no_grad_take_the_recompute_op(monkeypatch):
 def test_grads_in_forward_stores_only_what_is_needed(op_backend):
     h, hs, w, b, target = make_inputs(kind="index_ignore")
     options = (True, False, False, 0.0, -100, 1.0, None)  # gather, private, then the loss options
-    stored = chunks._linear_loss_grads_op(h, hs, w, b, target, True, 0.5, 0.5, False, True, False, *options)
+    stored = _linear_loss_grads_op(h, hs, w, b, target, True, 0.5, 0.5, False, True, False, *options)
     assert [tuple(t.shape) for t in stored[3:7]] == [(0,), tuple(h.shape), (0,), (0,)]  # dHs only
-    stored = chunks._linear_loss_grads_op(h, hs, w, None, target, True, 0.5, 0.5, False, False, True, *options)
+    stored = _linear_loss_grads_op(h, hs, w, None, target, True, 0.5, 0.5, False, False, True, *options)
     assert [tuple(t.shape) for t in stored[3:7]] == [(0,), (0,), tuple(w.shape), (0,)]  # one dW for both terms
     assert stored[5].dtype == torch.float32 and tuple(stored[7].shape) == (9, h.shape[0])  # + the per-row stats
-    stored = chunks._linear_loss_grads_op(h, hs, w, b, target, True, 0.0, 0.5, True, True, False, *options)
+    stored = _linear_loss_grads_op(h, hs, w, b, target, True, 0.0, 0.5, True, True, False, *options)
     assert [tuple(t.shape) for t in stored[3:5]] == [(0,), tuple(h.shape)]  # main_weight 0: no main term in L
 
 
@@ -568,7 +569,7 @@ def test_grads_in_forward_opcheck_and_torch_compile(op_backend, several_chunks):
     ours = leaves(h, hs, w, b)
     args = (*ours, target, True, 0.5, 0.5, True, True, True, True, False, False, 0.1, -100, 2.0, None)
     checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
-    torch.library.opcheck(chunks._linear_loss_grads_op.custom_op, args, test_utils=checks)
+    torch.library.opcheck(_linear_loss_grads_op.custom_op, args, test_utils=checks)
     compiled = torch.compile(
         lambda *x: mk.linear_masksub_loss(*x, target, label_smoothing=0.1), fullgraph=True, backend="aot_eager"
     )

@@ -4,8 +4,10 @@
 
 RESULTS.json: a GPU run's benchmark file (benchmarks/results/GPU-<card>-<date>.json, written by
 benchmarks/gpu_bench.sh), whose records carry the model's predicted ms beside the measured median; default: the
-newest such file. For each case of this library's providers: measured / predicted. The model predicts device time
-only; a case that the benchmark measured host-bound (its record's host_bound) or whose prediction is under
+newest such file; records without a prediction get one from the model file beside it (a suite stopped by its cap
+before the benchmark attached them). For each case with a prediction (this library's providers, the fused-linear
+loss's chunk sweep and the composites it is compared with): measured / predicted, per provider. The model predicts
+device time only; a case that the benchmark measured host-bound (its record's host_bound) or whose prediction is under
 HOST_BOUND_MS is marked host-bound: there the call's host work (Python,
 argument checks, the custom op and autograd layers, launches: ~40-300 µs per call on the H200 machine of
 2026-11-30, by torch.profiler) sets the time and the ratio says nothing about the kernels. The device-bound cases'
@@ -31,12 +33,26 @@ def newest_gpu_results(folder: Path = RESULTS) -> Path:
     return files[-1]
 
 
+def attach_missing_predictions(results: dict, folder: Path = RESULTS) -> int:
+    """Predictions for the records that have none (the benchmark attaches them when a suite ends: a suite stopped by
+    its cap has none), from the model file of the run's card; returns how many records got one."""
+    from masksub_kernels.bench import report as bench_report
+
+    if all("predicted_ms" in r for r in results["records"] if r.get("median_ms")):
+        return 0
+    model = bench_report.model_file(folder, results.get("environment", {}).get("device", ""))
+    if model is None:
+        return 0
+    missing = {"records": [r for r in results["records"] if "predicted_ms" not in r]}
+    return bench_report.attach_predictions(missing, model)
+
+
 def comparisons(results: dict) -> list[dict]:
-    """One row per library case with both figures: suite, shape, dtype, mode, measured, predicted, ratio, bound."""
+    """One row per case with both figures: suite, shape, dtype, mode, provider, measured, predicted, ratio, bound."""
     rows = []
     for record in results["records"]:
         measured, predicted = record.get("median_ms"), record.get("predicted_ms")
-        if not record["provider"].startswith("masksub[") or not measured or not predicted:
+        if not measured or not predicted:
             continue
         # host-bound: measured so (the call's host time at least its median: the benchmark's host_bound), or
         # predicted under a call's host cost
@@ -46,12 +62,12 @@ def comparisons(results: dict) -> list[dict]:
     return rows
 
 
-def summary(rows: list[dict]) -> dict[tuple[str, str], dict]:
-    """(suite, mode) -> min / median / max of measured / predicted over the device-bound cases."""
-    groups: dict[tuple[str, str], list[float]] = {}
+def summary(rows: list[dict]) -> dict[tuple[str, str, str], dict]:
+    """(suite, mode, provider) -> min / median / max of measured / predicted over the device-bound cases."""
+    groups: dict[tuple[str, str, str], list[float]] = {}
     for row in rows:
         if row["bound"] == "device":
-            groups.setdefault((row["suite"], row["mode"]), []).append(row["ratio"])
+            groups.setdefault((row["suite"], row["mode"], row["provider"]), []).append(row["ratio"])
     return {key: {"cases": len(v), "min": min(v), "median": statistics.median(v), "max": max(v)}
             for key, v in sorted(groups.items())}  # fmt: skip
 
@@ -68,16 +84,18 @@ def report(results: dict, source: str) -> str:
         "",
         "## Calibration: measured / predicted over the device-bound cases",
         "",
-        "| suite | mode | cases | min | median | max |",
-        "|---|---|---|---|---|---|",
+        "| suite | mode | provider | cases | min | median | max |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for (suite, mode), s in summary(rows).items():
-        lines.append(f"| {suite} | {mode} | {s['cases']} | {s['min']:.2f} | {s['median']:.2f} | {s['max']:.2f} |")
-    lines += ["", "## Every case", "", "| suite | shape | dtype | mode | measured ms | predicted ms | ratio | bound |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (suite, mode, provider), s in summary(rows).items():
+        lines.append(f"| {suite} | {mode} | {provider} | {s['cases']} | {s['min']:.2f} | {s['median']:.2f} | "
+                     f"{s['max']:.2f} |")  # fmt: skip
+    lines += ["", "## Every case", "",
+              "| suite | shape | dtype | mode | provider | measured ms | predicted ms | ratio | bound |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        lines.append(f"| {r['suite']} | {r['shape']} | {r['dtype']} | {r['mode']} | {r['measured']:.3f} | "
-                     f"{r['predicted']:.3f} | {r['ratio']:.2f} | {r['bound']} |")  # fmt: skip
+        lines.append(f"| {r['suite']} | {r['shape']} | {r['dtype']} | {r['mode']} | {r['provider']} | "
+                     f"{r['measured']:.3f} | {r['predicted']:.3f} | {r['ratio']:.2f} | {r['bound']} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -87,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the report (markdown) here")
     args = parser.parse_args(argv)
     path = args.results or newest_gpu_results()
-    text = report(json.loads(path.read_text()), path.name)
+    results = json.loads(path.read_text())
+    attached = attach_missing_predictions(results)
+    if attached:
+        print(f"attached {attached} missing predictions from the model file", file=sys.stderr)
+    text = report(results, path.name)
     if args.out:
         args.out.write_text(text)
     sys.stdout.write(text)
