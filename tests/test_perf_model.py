@@ -89,6 +89,15 @@ def test_fused_linear_loss_is_predicted(model_run):
     assert all(
         0 < p["percent_of_bf16_peak"] <= linear["assumptions"]["matmul_efficiency"] * 100 for p in linear["providers"]
     )
+    assert linear["fused_breakdown_us"]["backward_scaling"] > 0  # the stored gradients scaled in fp32
+    # the benchmark's chunk sweep, each predicted under the provider name the benchmark gives it
+    import torch
+
+    from masksub_kernels.bench.linear_loss import CHUNK_SWEEP, sweep_provider
+
+    names = [sweep_provider(mib, group, 30522, torch.bfloat16) for mib, group in CHUNK_SWEEP]
+    assert [p["provider"] for p in linear["chunk_sweep"]] == names and all(p["predicted_us"] > 0 for p in
+                                                                           linear["chunk_sweep"])  # fmt: skip
 
 
 def test_measured_beside_predicted_calibrates_on_device_bound_cases(tmp_path):

@@ -12,7 +12,8 @@ loss kernels. Each figure here is a prediction, built from:
 
 Providers (the benchmark's, masksub_kernels/bench/linear_loss.py; bf16, class ids, a bias, main + sub, forward +
 backward):
-- fused: gradients in the forward (ops/_linear_loss_chunks.py): 6 matmul units in chunks of R rows, every row
+- fused: gradients in the forward (ops/_linear_loss_chunks.py; the backward scales them in fp32, _linear_loss_grads.py):
+  6 matmul units in chunks of R rows, every row
   counted (the benchmark's labels: slices, no gathers); per chunk one logits matmul of both branches' stacked rows
   [2R, D] with fp32 output, without the bias (the loss kernels add it as they read the logits), the loss kernels, two
   gradient matmuls (dH, dHs written in place); per DW_GROUP chunks one dW matmul over their stacked [2R G, C]
@@ -106,6 +107,11 @@ def _fused(card: Card) -> dict:
     # once: the row ids, buffers (the tickets' zeros; the stats need none), the reductions (12 launches); the
     # stacked buffer's zeros and ones column, db's copy out of the accumulator (3; dW is returned as its view)
     fused_us = chunks * per_chunk + groups * (d_weight + card.launch_us) + card.launch_us * (12 + 3)
+    # the backward scales the stored gradients in fp32 (ops/_linear_loss_grads._scaled): dH and dHs through an fp32
+    # temporary (read 2, write 4, read + write 8, read 4, write 2: 20 bytes per element; 3 launches each), dW's fp32
+    # accumulator scaled in place and cast to bf16 (8 + 6 bytes per element; 2 launches), db likewise (2)
+    scaling_us = (2 * m * d * 20 + c * d * 14) / card.copy_bytes_per_s * 1e6 + card.launch_us * (3 + 3 + 2 + 2)
+    fused_us += scaling_us
     return {
         "us": fused_us,
         "chunk_rows": r,
@@ -116,7 +122,8 @@ def _fused(card: Card) -> dict:
         "breakdown": {
             "matmuls": round(chunks * chunk_matmuls_us + groups * d_weight, 1),
             "loss_kernels": round(chunks * loss_us, 1),
-            "launches": round(fused_us - chunks * (chunk_matmuls_us + loss_us) - groups * d_weight, 1),
+            "launches": round(fused_us - scaling_us - chunks * (chunk_matmuls_us + loss_us) - groups * d_weight, 1),
+            "backward_scaling": round(scaling_us, 1),
             "loss_kernels_per_chunk": loss_kernels,
         },
     }
@@ -212,7 +219,8 @@ def markdown(result: dict) -> list[str]:
         f"Predicted ratio (composite time / fused time): {result['ratio_vs_eager']:.2f}x vs eager, "
         f"{result['ratio_vs_compiled']:.2f}x vs compiled. Fused breakdown: matmuls {b['matmuls']:.0f} us, loss "
         f"kernels {b['loss_kernels']:.0f} us (the bias added as they read; db in dW's matmul), launches "
-        f"{b['launches']:.0f} us. "
+        f"{b['launches']:.0f} us, the backward's scaling of the stored gradients (in fp32) "
+        f"{b['backward_scaling']:.0f} us. "
         f"Extra memory (model): fused "
         f"{mem['fused']:.0f} MiB = {mem['percent']:.1f}% of the composite's lower bound "
         f"({mem['composite_lower_bound']:.0f} MiB: 4 bf16 [M, C]).",
