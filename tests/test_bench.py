@@ -298,6 +298,7 @@ def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypat
         torch.testing.assert_close(got, want, rtol=2e-2, atol=1e-3)
 
 
+@pytest.mark.skipif(not mk.triton_interpreted(), reason="a CPU tool: it stubs the Triton interpreter's launches")
 def test_linear_loss_host_script_times_the_loop_with_stubbed_launches(tmp_path, capsys):
     # benchmarks/linear_loss_host.py: the fused-linear loop's host time per chunk, Triton launches stubbed (counted)
     from benchmarks import linear_loss_host
@@ -307,5 +308,5 @@ def test_linear_loss_host_script_times_the_loop_with_stubbed_launches(tmp_path, 
     assert linear_loss_host.main(argv) == 0
     record = json.loads(out.read_text())["record"]
     assert record["chunks"] == 3 and record["us_per_chunk"] > 0
-    assert record["triton_launches_per_chunk"] >= 2  # the loss forward and backward of every chunk, stubbed
+    assert record["triton_launches_per_chunk"] == 2  # the loss forward and backward of every chunk, stubbed
     assert "| 3 x 4 | 8 | 64 |" in capsys.readouterr().out

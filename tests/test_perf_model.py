@@ -147,6 +147,8 @@ def test_measured_attaches_the_predictions_a_capped_suite_lacks(tmp_path):
     results = {"environment": {"device": "GPU: NVIDIA H200"}, "records": [{**record, "provider": "masksub[triton]"}]}
     assert measured.attach_missing_predictions(results, tmp_path) == 1
     assert results["records"][0]["predicted_ms"] == pytest.approx(11.0)
+    assert results["model_attached"] == {"file": "model-sm90.json", "records": 1}
+    assert "1 predictions attached afterwards from model-sm90.json" in measured.report(results, "run.json")
     assert measured.attach_missing_predictions(results, tmp_path) == 0  # nothing missing any more
 
 

@@ -84,8 +84,9 @@ def fused(h, hs, weight, bias, labels):
 
 
 def liger_provider():
-    """Liger's fused linear CE (dW accumulated in fp32, as this library's), or None where it does not import: a
-    reference point whose failure (e.g. a Liger built for another Triton) must not stop the suite."""
+    """Liger's fused linear CE (dW accumulated in fp32, as this library's), or None where it does not import or
+    construct: a reference point whose failure must not stop the suite (a failure in its call, e.g. a Liger built
+    for another Triton, is recorded by the runner as the case's error)."""
     if importlib.util.find_spec("liger_kernel") is None:
         return None
     try:
@@ -144,9 +145,9 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
             nbytes = {"forward": inputs_bytes, "backward": 2 * inputs_bytes, "full": 2 * inputs_bytes}
             model = modelled_extra_mb(rows, depth, classes, element)
             notes = {"modelled_extra_mb_fused": model["fused"], "modelled_extra_mb_composite": model["composite"]}
-            # the measured peak (the allocator's, above the inputs) holds the returned dH, dHs too: the model's
-            # extra plus this is what it should read
-            notes["returned_hidden_grads_mb"] = 2 * rows * depth * element / 2**20
+            # the measured peak (the allocator's, above the inputs) holds the returned gradients too (dH, dHs, dW,
+            # db in the inputs' dtype): the model's extra plus this is what it should read
+            notes["returned_grads_mb"] = (2 * rows * depth + classes * depth + classes) * element / 2**20
             label = f"{name} M={rows} D={depth} C={classes}"
             dtype_name = str(dtype).removeprefix("torch.")
 

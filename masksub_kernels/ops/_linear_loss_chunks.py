@@ -26,7 +26,8 @@ sequential schedule backpropagates them separately, with other scalars): their g
 combination cannot give, come from the recompute op's backward on the saved per-row stats (3 more matmul units per
 term; correct for any scalars), so every combination of backwards is exact and L's is the fast one.
 
-The backward of L scales the stored gradients in place and returns them (no second [M, D] or [C, D] copy), as
+The backward of L scales the stored gradients in place, in fp32 (blocks of rows through a bounded fp32 temporary:
+_linear_loss_grads._scaled), and returns them (no second [M, D]; dW cast once to the weight's dtype), as
 does the backward of one term whose partner has weight 0 (the sequential schedule's .sub with main_weight 0); a
 second backward through the same graph (retain_graph) recomputes. Double backward is refused (_common.first_order_only).
 

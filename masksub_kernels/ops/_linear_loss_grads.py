@@ -138,14 +138,23 @@ def _stored_factor(ctx, grad_loss, grad_main, grad_sub):
     return None
 
 
+SCALE_BLOCK_ELEMENTS = 1 << 23  # _scaled's fp32 temporary: 8M elements (32 MiB) at most, whatever M D
+
+
 def _scaled(stored: torch.Tensor, g: torch.Tensor, in_place: bool) -> torch.Tensor:
     """stored x g, g (fp32 0-d) applied in fp32: a multiply of an fp16 / bf16 tensor by a 0-d CUDA tensor casts the
     0-d one to fp16 / bf16 first (only CPU scalars keep their precision), which would round g (a weight of 0.3: a
-    2^-9 bias in bf16) or overflow it (g = w / unit > 65504 in fp16: inf, and NaN in the zero rows)."""
-    if stored.dtype in (torch.float16, torch.bfloat16):
-        product = stored.float().mul_(g)  # an fp32 temporary of one [M, D] at a time, below the forward's peak
-        return stored.copy_(product) if in_place else product.to(stored.dtype)
-    return stored.mul_(g) if in_place else stored * g
+    2^-9 bias in bf16) or overflow it (g = w / unit > 65504 in fp16: inf, and NaN in the zero rows). fp16 / bf16:
+    in blocks of rows through an fp32 temporary of at most SCALE_BLOCK_ELEMENTS, rounded once into the result (the
+    stored tensor itself when in place)."""
+    if stored.dtype not in (torch.float16, torch.bfloat16):
+        return stored.mul_(g) if in_place else stored * g
+    out = stored if in_place else torch.empty_like(stored)
+    per_row = stored.numel() // max(1, stored.shape[0]) if stored.dim() else 1
+    rows = max(1, SCALE_BLOCK_ELEMENTS // max(1, per_row))
+    for part, into in zip(stored.split(rows), out.split(rows)):
+        into.copy_(part.float().mul_(g))
+    return out
 
 
 def _grads_backward(ctx, grad_loss, grad_main, grad_sub, *_):
@@ -171,7 +180,7 @@ def _grads_backward(ctx, grad_loss, grad_main, grad_sub, *_):
         dtypes = (hidden.dtype, hidden.dtype, weight.dtype, weight.dtype)
         for i, (d, dtype) in enumerate(zip(stored, dtypes)):
             absent = d.dim() == 1 and not d.numel()  # not stored ([0]); an empty batch stores [0, D]
-            if need[i] and not absent:  # in place in eager: no second copy (.to is a no-op for fp32 / dH)
+            if need[i] and not absent:  # in place in eager: no second [M, D] (.to is a no-op for dH; dW: its cast)
                 grads[i] = _scaled(d, g, ctx.in_place).to(dtype)
     if terms[0] is not None or terms[1] is not None:
         for i, t in enumerate(_recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stats)):

@@ -178,27 +178,31 @@ def test_one_term_with_an_extreme_weight_in_fp16(op_backend, main_weight, sub_we
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("in_place", [True, False])
-def test_stored_gradients_are_scaled_in_fp32(dtype, in_place):
+@pytest.mark.parametrize("block", [1 << 23, 2])  # one block; one row per block (the temporary's bound)
+def test_stored_gradients_are_scaled_in_fp32(monkeypatch, dtype, in_place, block):
     # The backward's factor g is a 0-d fp32 tensor on the gradients' device: on a GPU, multiplying an fp16 / bf16
     # tensor by it casts g to fp16 / bf16 first (only CPU scalars keep fp32), rounding a weight such as 0.3 (a 2^-9
     # bias in bf16) or overflowing g = w / unit > 65504 in fp16 (inf; NaN in zero rows). The multiply must run on
     # fp32 operands (recorded here: the CPU would hide the rounding) and round once
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from masksub_kernels.ops._linear_loss_grads import _scaled
+    from masksub_kernels.ops import _linear_loss_grads
 
-    dtypes = []
+    monkeypatch.setattr(_linear_loss_grads, "SCALE_BLOCK_ELEMENTS", block)
+
+    dtypes, sizes = [], []
 
     class Multiplies(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func.overloadpacket in (torch.ops.aten.mul, torch.ops.aten.mul_):
                 dtypes.append(args[0].dtype)
+                sizes.append(args[0].numel())
             return func(*args, **(kwargs or {}))
 
     stored = torch.tensor([[0.0, 3.0], [1.5, -2.0]], dtype=dtype, device=DEVICE)
     g = torch.tensor(0.3 * 2.0**20 / 8, device=DEVICE)  # 39321.6: beyond fp16's precision, within its range
     expected = (stored.double() * g.double()).to(dtype)
     with Multiplies():
-        scaled = _scaled(stored.clone(), g, in_place)
-    assert dtypes and set(dtypes) == {torch.float32}
+        scaled = _linear_loss_grads._scaled(stored.clone(), g, in_place)
+    assert dtypes and set(dtypes) == {torch.float32} and max(sizes) <= block
     assert scaled.dtype == dtype and torch.equal(scaled, expected)

@@ -38,6 +38,7 @@ import torch
 from masksub_kernels.bench.linear_loss import CHUNK_SWEEP, chunking, modelled_extra_mb, sweep_provider
 from masksub_kernels.ops import _linear_loss_chunks as chunk_loop
 from masksub_kernels.ops import masksub_loss
+from masksub_kernels.ops._linear_loss_grads import SCALE_BLOCK_ELEMENTS
 
 from .capture import recording
 from .hardware import Card
@@ -108,9 +109,12 @@ def _fused(card: Card) -> dict:
     # stacked buffer's zeros and ones column, db's copy out of the accumulator (3; dW is returned as its view)
     fused_us = chunks * per_chunk + groups * (d_weight + card.launch_us) + card.launch_us * (12 + 3)
     # the backward scales the stored gradients in fp32 (ops/_linear_loss_grads._scaled): dH and dHs through an fp32
-    # temporary (read 2, write 4, read + write 8, read 4, write 2: 20 bytes per element; 3 launches each), dW's fp32
-    # accumulator scaled in place and cast to bf16 (8 + 6 bytes per element; 2 launches), db likewise (2)
-    scaling_us = (2 * m * d * 20 + c * d * 14) / card.copy_bytes_per_s * 1e6 + card.launch_us * (3 + 3 + 2 + 2)
+    # temporary in blocks of rows (read 2, write 4, read + write 8, read 4, write 2: 20 bytes per element; 3 launches
+    # per block), dW's fp32 accumulator scaled in place and cast to bf16 (8 + 6 bytes per element; 2 launches), db
+    # likewise (2)
+    blocks = -(-m * d // SCALE_BLOCK_ELEMENTS)
+    scaling_bytes = 2 * m * d * 20 + c * d * 14
+    scaling_us = scaling_bytes / card.copy_bytes_per_s * 1e6 + card.launch_us * (2 * 3 * blocks + 2 + 2)
     fused_us += scaling_us
     return {
         "us": fused_us,

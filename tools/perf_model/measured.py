@@ -4,14 +4,16 @@
 
 RESULTS.json: a GPU run's benchmark file (benchmarks/results/GPU-<card>-<date>.json, written by
 benchmarks/gpu_bench.sh), whose records carry the model's predicted ms beside the measured median; default: the
-newest such file; records without a prediction get one from the model file beside it (a suite stopped by its cap
-before the benchmark attached them). For each case with a prediction (this library's providers, the fused-linear
-loss's chunk sweep and the composites it is compared with): measured / predicted, per provider. The model predicts
-device time only; a case that the benchmark measured host-bound (its record's host_bound) or whose prediction is under
-HOST_BOUND_MS is marked host-bound: there the call's host work (Python,
-argument checks, the custom op and autograd layers, launches: ~40-300 µs per call on the H200 machine of
-2026-11-30, by torch.profiler) sets the time and the ratio says nothing about the kernels. The device-bound cases'
-ratios are the model's calibration: the factor by which it was optimistic, suite by suite and mode by mode.
+newest such file. Records without a prediction get one afterwards (a suite stopped by its cap before the benchmark
+attached them) from the model file the run names, else its card's, in the results file's folder or
+benchmarks/results: the model as it is now, which the report says. For each case with a prediction (this
+library's providers, the fused-linear loss's chunk sweep and the composites it is compared with): measured /
+predicted, per provider. The model predicts device time only; a case that the benchmark measured host-bound (its
+record's host_bound, the host time on a drained GPU at least the median) or whose prediction is under
+HOST_BOUND_MS is marked host-bound: there the call's host work (Python, argument checks, the custom op and
+autograd layers, launches: ~40-300 µs per call on the H200 machine of 2026-11-30, by torch.profiler) sets the time
+and the ratio says nothing about the kernels. The device-bound cases' ratios are the model's calibration: the
+factor by which it was optimistic, suite by suite, mode by mode and provider by provider.
 """
 
 from __future__ import annotations
@@ -33,18 +35,26 @@ def newest_gpu_results(folder: Path = RESULTS) -> Path:
     return files[-1]
 
 
-def attach_missing_predictions(results: dict, folder: Path = RESULTS) -> int:
+def attach_missing_predictions(results: dict, *folders: Path) -> int:
     """Predictions for the records that have none (the benchmark attaches them when a suite ends: a suite stopped by
-    its cap has none), from the model file of the run's card; returns how many records got one."""
+    its cap has none), from the model file the run names (results['model']) or else its card's, found in the first
+    of ``folders`` (default: benchmarks/results) that has it; recorded in results['model_attached'] (the file as it
+    is now, maybe newer than the run). Returns how many records got one."""
     from masksub_kernels.bench import report as bench_report
 
-    if all("predicted_ms" in r for r in results["records"] if r.get("median_ms")):
-        return 0
-    model = bench_report.model_file(folder, results.get("environment", {}).get("device", ""))
-    if model is None:
+    named = results.get("model", {}).get("file")
+    for folder in folders or (RESULTS,):
+        model = folder / named if named and (folder / named).exists() else None
+        model = model or bench_report.model_file(folder, results.get("environment", {}).get("device", ""))
+        if model is not None:
+            break
+    else:
         return 0
     missing = {"records": [r for r in results["records"] if "predicted_ms" not in r]}
-    return bench_report.attach_predictions(missing, model)
+    count = bench_report.attach_predictions(missing, model)
+    if count:
+        results["model_attached"] = {"file": model.name, "records": count}
+    return count
 
 
 def comparisons(results: dict) -> list[dict]:
@@ -81,6 +91,12 @@ def report(results: dict, source: str) -> str:
         f"Device: {env.get('device', '?')}; measured copy {results.get('copy_gbps', 0):.0f} GB/s. Predicted ms are "
         "PREDICTIONS of the static model (tools/perf_model), measured ms the benchmark's medians. Host-bound: "
         f"predicted under {HOST_BOUND_MS} ms, where the call's host cost, not modelled, sets the time.",
+    ]
+    if results.get("model_attached"):
+        attached = results["model_attached"]
+        lines.append(f"{attached['records']} predictions attached afterwards from {attached['file']} as it is now "
+                     "(the run's own suites were stopped before they attached them).")  # fmt: skip
+    lines += [
         "",
         "## Calibration: measured / predicted over the device-bound cases",
         "",
@@ -106,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = args.results or newest_gpu_results()
     results = json.loads(path.read_text())
-    attached = attach_missing_predictions(results)
+    attached = attach_missing_predictions(results, path.parent, RESULTS)
     if attached:
         print(f"attached {attached} missing predictions from the model file", file=sys.stderr)
     text = report(results, path.name)
