@@ -152,6 +152,52 @@ def test_measured_attaches_the_predictions_a_capped_suite_lacks(tmp_path):
     assert measured.attach_missing_predictions(results, tmp_path) == 0  # nothing missing any more
 
 
+def test_fused_linear_prediction_beside_the_cards_measured_run(tmp_path):
+    # the speed goal read against what torch.compile measured: the newest committed run of the card, its composites'
+    # medians, and the fused prediction with the loss kernels calibrated by that run's loss suite
+    import json
+
+    from tools.perf_model import linear_loss
+    from tools.perf_model.hardware import H100, H200
+
+    name, m, d, c = linear_loss.SHAPE
+    shape = f"{name} M={m} D={d} C={c}"
+    loss = {"suite": "loss", "shape": "s", "dtype": "bfloat16", "provider": "masksub[triton]"}
+    full = {"suite": "linear_loss", "shape": shape, "dtype": "bfloat16", "mode": "full"}
+    records = [
+        {**loss, "mode": "forward", "median_ms": 2.0, "predicted_ms": 1.0},
+        {**loss, "mode": "forward", "shape": "t", "median_ms": 3.0, "predicted_ms": 1.0},
+        {**loss, "mode": "backward", "median_ms": 1.5, "predicted_ms": 1.0},
+        {**loss, "mode": "backward", "shape": "tiny", "median_ms": 1.0, "predicted_ms": 0.01},  # host-bound: out
+        {**full, "provider": "compile(official)", "median_ms": 12.0},
+        {**full, "provider": "official", "median_ms": 30.0},
+        {**full, "provider": "official", "shape": "other", "median_ms": 99.0},  # another shape: not this one's
+    ]
+    (tmp_path / "GPU-NVIDIA-H200-2026-01-02.json").write_text(json.dumps({"date": "2026-01-02", "records": records}))
+    (tmp_path / "GPU-NVIDIA-H200-2025-12-31.json").write_text(json.dumps({"records": []}))  # older: not read
+    kernels = [{"kernel": "_loss_fwd_kernel", "kernel_us": 10.0}, {"kernel": "_loss_bwd_kernel", "kernel_us": 20.0}]
+    fused = {"us": 10000.0, "chunks": 50, "breakdown": {"loss_kernels": 1500.0, "loss_kernels_per_chunk": kernels}}
+    ref = linear_loss.measured_reference(H200, fused, tmp_path)
+    assert ref["file"] == "GPU-NVIDIA-H200-2026-01-02.json"
+    assert ref["measured_full_ms"] == {"compile(official)": 12.0, "official": 30.0}
+    assert ref["loss_ratios"] == {"forward": 2.5, "backward": 1.5}  # medians of the device-bound cases
+    calibrated = 10000.0 - 1500.0 + 50 * (10.0 * 2.5 + 20.0 * 1.5)
+    assert ref["calibrated_fused_us"] == calibrated
+    assert ref["calibrated_ratio_vs_compiled_measured"] == round(12000.0 / calibrated, 2)
+    assert ref["predicted_ratio_vs_compiled_measured"] == 1.2
+    assert ref["calibrated_ratio_vs_eager_measured"] == round(30000.0 / calibrated, 2)
+    assert linear_loss.measured_reference(H100, fused, tmp_path) is None  # no run of that card
+    text = "\n".join(linear_loss.markdown({
+        "shape": shape, "dtype": "bfloat16", "label": "PREDICTIONS", "providers": [], "ratio_vs_eager": 1.0,
+        "ratio_vs_compiled": 1.0, "fused_breakdown_us": {"matmuls": 1.0, "loss_kernels": 1500.0, "launches": 1.0,
+        "backward_scaling": 1.0}, "extra_memory_mib": {"fused": 1.0, "percent": 1.0, "composite_lower_bound": 1.0},
+        "assumptions": {"matmul_efficiency": 0.7, "bf16_dense_tflops": 989.0, "eager_mc_passes": 57,
+                        "compiled_mc_passes": 6, "chunks": 50, "chunk_rows": 192, "dw_group": 2, "dw_matmuls": 25},
+        "measured_reference": ref}))  # fmt: skip
+    assert "Against MEASUREMENTS of the GPU run GPU-NVIDIA-H200-2026-01-02.json" in text
+    assert f"**{calibrated / 1e3:.1f} ms, a PREDICTION**" in text
+
+
 needs_csrc_tools = pytest.mark.skipif(
     __import__("tools.perf_model.csrc", fromlist=["missing"]).missing() is not None,
     reason="no nvcc / host compiler / CUDA headers: the csrc rows are not predicted",
