@@ -16,7 +16,9 @@ import pytest
 
 from tools.perf_model import floors
 
-# One pytest-xdist worker runs the whole module (the model's run (~1.5 min) is one module fixture).
+# One pytest-xdist worker runs the whole module; the model's run (~1.5 min) is one fixture of session scope: a
+# module-scoped one was torn down and set up again (~45 s more in CI) when that worker ran another module's tests
+# between this module's.
 pytestmark = [pytest.mark.xdist_group("perf_model"), pytest.mark.slow]
 
 pytest.importorskip("triton")
@@ -24,7 +26,7 @@ pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def model_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path_factory.mktemp("perf_model") / "model.json"
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}

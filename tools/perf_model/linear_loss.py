@@ -71,20 +71,23 @@ def _matmul_us(card: Card, flops: float, nbytes: float) -> float:
 
 def _loss_kernels_us(card: Card, rows: int, classes: int) -> tuple[float, int, list[dict]]:
     """(us, launches, kernel summaries) of the loss kernels on one chunk's fp32 logits, dz and ds in bf16; the
-    launches include the torch ops of their launchers that launch a kernel (a fill)."""
-    z = torch.empty(rows, classes, dtype=torch.float32, device=META)
+    launches include the torch ops of their launchers that launch a kernel (a fill). The operands are the op's:
+    views of its chunk buffers, whose rows are padded to aligned_classes (16-byte aligned rows: the kernels' ALIGNED
+    variant, not the realigning one that unpadded rows of C = 30522 would take)."""
+    padded = chunk_loop.aligned_classes(classes)
+    logits = torch.empty(2 * rows, padded, dtype=torch.float32, device=META)[:, :classes]
+    grads = torch.empty(2 * rows, padded, dtype=torch.bfloat16, device=META)[:, :classes]
+    z, s = logits[:rows], logits[rows:]
     y = torch.empty(rows, dtype=torch.int64, device=META)
     bias = torch.empty(classes, dtype=torch.bfloat16, device=META)
     options = (False, 0.0, -100, 1.0, None)
     g = torch.empty(rows, device=META)
-    into = tuple(torch.empty(rows, classes, dtype=torch.bfloat16, device=META) for _ in range(2))
+    into = (grads[:rows], grads[rows:])
     stats = torch.empty(masksub_loss.NUM_OUT, 4 * rows, device=META)  # the op's [9, M]: a chunk's columns
     tickets = torch.zeros(rows, dtype=torch.int32, device=META)  # the op's one buffer (zeroed once, not per chunk)
     with recording(masksub_loss) as launches:
-        out = masksub_loss._forward_triton(
-            z, torch.empty_like(z), y, *options, bias=bias, out=stats[:, rows : 2 * rows], tickets=tickets
-        )
-        masksub_loss._backward_triton(g, g, out, z, torch.empty_like(z), y, *options, into=into, bias=bias)
+        out = masksub_loss._forward_triton(z, s, y, *options, bias=bias, out=stats[:, rows : 2 * rows], tickets=tickets)
+        masksub_loss._backward_triton(g, g, out, z, s, y, *options, into=into, bias=bias)
     total, kernels = 0.0, []
     for launch in launches:
         trips, elements, read, written = kernel_terms(launch)
