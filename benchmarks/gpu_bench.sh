@@ -13,20 +13,25 @@
 # Budget, GPU caps (s); they add up to 475 s, so this call ends inside 8 minutes even if every step runs to its cap.
 # Expected: ~6 minutes on a fresh machine (the build). Run it first: the numbers are what only a GPU gives.
 # tools.perf_model.measured then runs on the CPU machine, on the files that came back (no GPU needed).
+# The order puts the open question first (issue 13: the fused-linear loss against torch.compile), so that a call cut
+# short still brings it back.
 #   env            15  card, driver, versions
 #   build         130  only when masksub_kernels._C does not import: a fresh machine (50-140 s for sm_90: 50 s on
 #                      the H200 machine's 16 cores, 2026-11-30).
-#   token_select   60  3 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, timm and
-#                      torch.compile(official), whose Inductor compilation is most of the time
-#   grid_mask      85  images (fp32, bf16) and Swin tokens, same providers: three Inductor compilations (images in
-#                      two dtypes, the Swin token composite with its backward); stopped by a 55 s cap before the Swin
-#                      compile(official) rows on the H200 (2026-11-30), so 25 s from train and 5 from token_select
-#   loss           55  ImageNet, BERT-like and LLM-like rows x classes
 #   linear_loss    50  the fused-linear loss at BERT-base MLM's shape, bf16, against the composite, its
 #                      torch.compile and Liger-Kernel's main-branch CE (where liger_kernel imports: carry it),
 #                      then the op's chunk sweep (3 other chunk sizes, 'full' only, ~1 s each; last, so that a
 #                      cap drops it first)
-#   train          45  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each; 30 s on the H200)
+#   profile        15  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
+#                      fused-linear loss (the chunk matmuls' cuBLAS kernels and times: the assumed 70% efficiency
+#                      calibrated; the loss kernels per chunk; wall against device time: host-bound or not)
+#   loss           55  ImageNet, BERT-like and LLM-like rows x classes
+#   token_select   50  3 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, timm and
+#                      torch.compile(official), whose Inductor compilation is most of the time (41 s on the H200)
+#   grid_mask      85  images (fp32, bf16) and Swin tokens, same providers: three Inductor compilations (images in
+#                      two dtypes, the Swin token composite with its backward); stopped by a 55 s cap before the Swin
+#                      compile(official) rows on the H200 (2026-11-30), so 25 s from train and 5 from token_select
+#   train          40  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each; 30 s on the H200)
 #   numerics       35  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
 #                      where the branches agree, the Triton path compiled (on the CPU: the interpreter's truncating
 #                      bf16), against the bf16-logit composites; M = 128, without torch.compile (seconds, plus
@@ -51,12 +56,15 @@ build_if_missing() {
 }
 
 setup_run "$@"
-declare -A CAP=([token_select]=60 [grid_mask]=85 [loss]=55 [linear_loss]=50 [train]=45)
+declare -A CAP=([token_select]=50 [grid_mask]=85 [loss]=55 [linear_loss]=50 [train]=40)
 
 step env.txt 15 write_env
 step build.log 130 build_if_missing
-for suite in ${SUITES:-token_select grid_mask loss linear_loss train}; do
+for suite in ${SUITES:-linear_loss loss token_select grid_mask train}; do
   step bench.log "${CAP[$suite]}" "$PY" -m masksub_kernels.bench --out "$OUT" --append --suites "$suite"
+  if [[ $suite == linear_loss ]]; then
+    step bench.log 15 "$PY" benchmarks/gpu_profile.py --only linear
+  fi
 done
 step bench.log 35 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"
 output linear-loss-numerics.json
