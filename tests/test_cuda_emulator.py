@@ -16,9 +16,6 @@ import masksub_kernels as mk
 from masksub_kernels import _backend
 from tools import cuda_emulator
 
-# One pytest-xdist worker runs the whole module (the probe binary is one module fixture).
-pytestmark = pytest.mark.xdist_group("cuda_emulator")
-
 
 def test_rewrite_launches():
     source = (

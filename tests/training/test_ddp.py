@@ -11,9 +11,6 @@ from ddp_worker import ACCUM, STEPS, shard
 
 from masksub_kernels.training import MaskSub
 
-# One pytest-xdist worker runs the whole module (the two-process run is one module fixture).
-pytestmark = pytest.mark.xdist_group("ddp")
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORLD = 2
 

@@ -13,9 +13,6 @@ import torch
 from masksub_kernels.training import text_data
 from masksub_kernels.training.mlm_cli import main
 
-# One pytest-xdist worker runs the whole module (its corpus and tokenizer are built once per module).
-pytestmark = pytest.mark.xdist_group("mlm_cli")
-
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 

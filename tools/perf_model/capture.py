@@ -24,6 +24,7 @@ import hashlib
 import inspect
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -248,6 +249,12 @@ def _key(launch: Launch, signature, constexprs, attrs, options) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
 def compile_launch(launch: Launch, cache: Path = CACHE) -> Compiled:
     """The cubin of a recorded launch for sm_90 (from the cache when the source and specialisation are unchanged)."""
     signature, constexprs, attrs, options = specialise(launch)
@@ -258,8 +265,10 @@ def compile_launch(launch: Launch, cache: Path = CACHE) -> Compiled:
         source = triton.compiler.ASTSource(launch.kernel, signature, constexprs, attrs)
         compiled = triton.compile(source, target=_target(), options=options)
         cache.mkdir(parents=True, exist_ok=True)
-        cubin.write_bytes(compiled.asm["cubin"])
         info = {"num_warps": compiled.metadata.num_warps, "shared": compiled.metadata.shared}
-        meta.write_text(json.dumps(info))
+        # each file through a temporary and a rename: a process reading the cache (another pytest worker, a
+        # second run) sees a whole file or none; the metadata last, so that it implies its cubin
+        _write_atomic(cubin, compiled.asm["cubin"])
+        _write_atomic(meta, json.dumps(info).encode())
     info = json.loads(meta.read_text())
     return Compiled(launch.name, cubin, info["num_warps"], info["shared"], signature, named_constexprs)
