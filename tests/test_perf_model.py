@@ -96,6 +96,14 @@ def test_fused_linear_loss_is_predicted(model_run):
 
     from masksub_kernels.bench.linear_loss import CHUNK_SWEEP, sweep_provider
 
+    # beside them, the H200 run committed in benchmarks/results, calibrated by each source
+    from tools.perf_model.hardware import H200
+    from tools.perf_model.linear_loss_measured import card_runs
+
+    reference = linear["measured_reference"]
+    assert reference["file"] in {path.name for _, path in card_runs(H200)}
+    assert [c["source"] for c in reference["calibrated"]] == ["run", "today", "profile"]
+    assert all(c["fused_us"] > times["masksub[triton]"] for c in reference["calibrated"])  # the model was optimistic
     names = [sweep_provider(mib, group, 30522, torch.bfloat16) for mib, group in CHUNK_SWEEP]
     assert [p["provider"] for p in linear["chunk_sweep"]] == names and all(p["predicted_us"] > 0 for p in
                                                                            linear["chunk_sweep"])  # fmt: skip
@@ -154,49 +162,80 @@ def test_measured_attaches_the_predictions_a_capped_suite_lacks(tmp_path):
 
 
 def test_fused_linear_prediction_beside_the_cards_measured_run(tmp_path):
-    # the speed goal read against what torch.compile measured: the newest committed run of the card, its composites'
-    # medians, and the fused prediction with the loss kernels calibrated by that run's loss suite
+    # the speed goal read against what torch.compile measured: the newest committed run of exactly this card that
+    # timed the fused-linear suite at the shape, its composites' medians, and the fused prediction with the loss
+    # kernels calibrated per source (the run's own predictions, today's, the profiled chunk kernels)
     import json
 
-    from tools.perf_model import linear_loss
+    from tools.perf_model import linear_loss_measured as lm
     from tools.perf_model.hardware import H100, H200
 
-    name, m, d, c = linear_loss.SHAPE
-    shape = f"{name} M={m} D={d} C={c}"
-    loss = {"suite": "loss", "shape": "s", "dtype": "bfloat16", "provider": "masksub[triton]"}
+    shape = "BERT-base MLM M=16384 D=768 C=30522"
+    loss = {"suite": "loss", "shape": lm.LOSS_CASE, "dtype": "bfloat16", "provider": "masksub[triton]"}
     full = {"suite": "linear_loss", "shape": shape, "dtype": "bfloat16", "mode": "full"}
     records = [
         {**loss, "mode": "forward", "median_ms": 2.0, "predicted_ms": 1.0},
-        {**loss, "mode": "forward", "shape": "t", "median_ms": 3.0, "predicted_ms": 1.0},
         {**loss, "mode": "backward", "median_ms": 1.5, "predicted_ms": 1.0},
-        {**loss, "mode": "backward", "shape": "tiny", "median_ms": 1.0, "predicted_ms": 0.01},  # host-bound: out
+        # not the calibration case: another shape, dtype, provider or mode, each with a prediction
+        {**loss, "mode": "forward", "shape": "ImageNet-21k M=4096 C=21841", "median_ms": 9.0, "predicted_ms": 1.0},
+        {**loss, "mode": "forward", "dtype": "float32", "median_ms": 9.0, "predicted_ms": 1.0},
+        {**loss, "mode": "forward", "provider": "masksub[cuda]", "median_ms": 9.0, "predicted_ms": 1.0},
+        {**loss, "mode": "full", "median_ms": 9.0, "predicted_ms": 1.0},
         {**full, "provider": "compile(official)", "median_ms": 12.0},
         {**full, "provider": "official", "median_ms": 30.0},
-        {**full, "provider": "official", "shape": "other", "median_ms": 99.0},  # another shape: not this one's
+        {**full, "provider": "official", "dtype": "float32", "median_ms": 99.0},  # another dtype: not this one's
+        {**full, "provider": "official", "shape": "other", "median_ms": 99.0},  # another shape
     ]
-    (tmp_path / "GPU-NVIDIA-H200-2026-01-02.json").write_text(json.dumps({"date": "2026-01-02", "records": records}))
-    (tmp_path / "GPU-NVIDIA-H200-2025-12-31.json").write_text(json.dumps({"records": []}))  # older: not read
+    runs = {
+        "GPU-NVIDIA-H200-2026-01-02.json": records,
+        "GPU-NVIDIA-H200-2026-01-03.json": records[:2],  # newer, without the fused-linear suite: passed over
+        "GPU-NVIDIA-H200-2025-12-31.json": [{**r, "median_ms": 2 * r["median_ms"]} for r in records],  # older
+        "GPU-NVIDIA-H200-NVL-2026-02-01.json": [{**r, "median_ms": 3 * r["median_ms"]} for r in records],  # a card
+    }  # fmt: skip
+    for name, rows in runs.items():
+        (tmp_path / name).write_text(json.dumps({"records": rows}))
     kernels = [{"kernel": "_loss_fwd_kernel", "kernel_us": 10.0}, {"kernel": "_loss_bwd_kernel", "kernel_us": 20.0}]
     fused = {"us": 10000.0, "chunks": 50, "breakdown": {"loss_kernels": 1500.0, "loss_kernels_per_chunk": kernels}}
-    ref = linear_loss.measured_reference(H200, fused, tmp_path)
-    assert ref["file"] == "GPU-NVIDIA-H200-2026-01-02.json"
+    today = {"forward": 0.5, "backward": 1.0}  # ms: today's model of the loss case
+    profiled_today = {"_loss_fwd_kernel": lm.PROFILE["kernel_us"]["_loss_fwd_kernel"] / 4, "_loss_bwd_kernel":
+                      lm.PROFILE["kernel_us"]["_loss_bwd_kernel"] / 5}  # fmt: skip
+    ref = lm.measured_reference(H200, fused, shape, today, profiled_today, tmp_path)
+    assert (ref["file"], ref["date"]) == ("GPU-NVIDIA-H200-2026-01-02.json", "2026-01-02")
     assert ref["measured_full_ms"] == {"compile(official)": 12.0, "official": 30.0}
-    assert ref["loss_ratios"] == {"forward": 2.5, "backward": 1.5}  # medians of the device-bound cases
-    calibrated = 10000.0 - 1500.0 + 50 * (10.0 * 2.5 + 20.0 * 1.5)
-    assert ref["calibrated_fused_us"] == calibrated
-    assert ref["calibrated_ratio_vs_compiled_measured"] == round(12000.0 / calibrated, 2)
-    assert ref["predicted_ratio_vs_compiled_measured"] == 1.2
-    assert ref["calibrated_ratio_vs_eager_measured"] == round(30000.0 / calibrated, 2)
-    assert linear_loss.measured_reference(H100, fused, tmp_path) is None  # no run of that card
-    text = "\n".join(linear_loss.markdown({
-        "shape": shape, "dtype": "bfloat16", "label": "PREDICTIONS", "providers": [], "ratio_vs_eager": 1.0,
-        "ratio_vs_compiled": 1.0, "fused_breakdown_us": {"matmuls": 1.0, "loss_kernels": 1500.0, "launches": 1.0,
-        "backward_scaling": 1.0}, "extra_memory_mib": {"fused": 1.0, "percent": 1.0, "composite_lower_bound": 1.0},
-        "assumptions": {"matmul_efficiency": 0.7, "bf16_dense_tflops": 989.0, "eager_mc_passes": 57,
-                        "compiled_mc_passes": 6, "chunks": 50, "chunk_rows": 192, "dw_group": 2, "dw_matmuls": 25},
-        "measured_reference": ref}))  # fmt: skip
-    assert "Against MEASUREMENTS of the GPU run GPU-NVIDIA-H200-2026-01-02.json" in text
-    assert f"**{calibrated / 1e3:.1f} ms, a PREDICTION**" in text
+    factors = {c["source"]: (c["forward"], c["backward"]) for c in ref["calibrated"]}
+    assert factors == {"run": (2.0, 1.5), "today": (4.0, 1.5), "profile": (4.0, 5.0)}
+    for c in ref["calibrated"]:
+        fused_us = 10000.0 - 1500.0 + 50 * (10.0 * c["forward"] + 20.0 * c["backward"])
+        assert c["fused_us"] == fused_us
+        assert (c["compiled_over_fused"], c["eager_over_fused"]) == (
+            round(12e3 / fused_us, 2),
+            round(3e4 / fused_us, 2),
+        )
+    assert ref["compiled_over_fused_uncalibrated"] == 1.2
+    # without today's predictions, only the run's; no profile off its card; no run of the card at all: None
+    assert [c["source"] for c in lm.measured_reference(H200, fused, shape, {}, {}, tmp_path)["calibrated"]] == ["run"]
+    (tmp_path / "GPU-NVIDIA-H100-2026-01-02.json").write_text(json.dumps({"records": records}))
+    h100 = lm.measured_reference(H100, fused, shape, today, profiled_today, tmp_path)
+    assert [c["source"] for c in h100["calibrated"]] == ["run", "today"]
+    assert lm.measured_reference(H100, fused, "no such shape", today, profiled_today, tmp_path) is None
+    text = "\n".join(lm.markdown(ref, 1500.0))
+    assert "MEASURED in the GPU run GPU-NVIDIA-H200-2026-01-02.json" in text
+    assert "| 2.00 | 1.50 | 2500 | 11000 | 1.09 | 2.73 |" in text
+    assert lm.markdown(None, 1500.0) == []
+
+
+def test_profile_constants_match_the_committed_profile():
+    # PROFILE's kernel times are the first fused-linear table's 'CUDA time avg' in the committed profiler log
+    from tools.perf_model import linear_loss_measured as lm
+
+    text = (ROOT / lm.PROFILE["source"]).read_text()
+    table = text[text.index("##### linear_masksub_loss full BERT bf16") :]
+    header = next(line for line in table.splitlines() if line.strip().startswith("Name"))
+    column = [c.strip() for c in header.split("  ") if c.strip()].index("CUDA time avg")
+    for kernel, us in lm.PROFILE["kernel_us"].items():
+        row = next(line for line in table.splitlines() if line.strip().startswith(kernel))
+        cells = [c.strip() for c in row.split("  ") if c.strip()]
+        assert cells[column] == f"{us:.3f}us", (kernel, cells)
 
 
 needs_csrc_tools = pytest.mark.skipif(

@@ -33,7 +33,7 @@ def run(card_name: str = "H200") -> dict:
         "records": records,
         "cuda_vs_triton": csrc.comparison(records) if reason is None else f"not predicted: {reason}",
         "calibration": [check.as_dict() for check in calibration.checks()],
-        "linear_loss": linear_loss.predict(card),
+        "linear_loss": linear_loss.predict(card, records),
     }
 
 

@@ -30,28 +30,24 @@ backward):
   backward pass reading both and writing both bf16 gradients (4 L): 6 L, the fewest any materialising
   implementation moves (the measured compiled graph may move more).
 
-Beside the predictions, MEASUREMENTS where a GPU run of the card is committed (benchmarks/results/GPU-NVIDIA-<card>-
-<date>.json; measured_reference): the composites' measured times at SHAPE, and the fused op's prediction with its
-loss kernels calibrated by that run (its loss suite's measured / predicted medians: the same Triton kernels on bf16
-logits), so that the speed goal is read against what torch.compile did, not only against what it could do.
+Beside the predictions, MEASUREMENTS where a GPU run of the card is committed (measured_reference, built by
+linear_loss_measured.py): the composites' measured times at SHAPE, and the fused op's prediction with its loss
+kernels calibrated by that run, a range over the calibration's sources.
 """
 
 from __future__ import annotations
 
-import json
-import statistics
-from pathlib import Path
-
 import torch
 
 from masksub_kernels.bench.linear_loss import CHUNK_SWEEP, chunking, modelled_extra_mb, sweep_provider
+from masksub_kernels.bench.report import MODEL_VARIANTS
 from masksub_kernels.ops import _linear_loss_chunks as chunk_loop
 from masksub_kernels.ops import masksub_loss
 from masksub_kernels.ops._linear_loss_grads import SCALE_BLOCK_ELEMENTS
 
+from . import linear_loss_measured as measured
 from .capture import recording
 from .hardware import Card
-from .measured import RESULTS, comparisons
 from .predict import predict_launch
 from .workloads import kernel_terms
 
@@ -59,10 +55,6 @@ SHAPE = ("BERT-base MLM", 16384, 768, 30522)  # the benchmark's GPU shape (issue
 EAGER_PASSES = 33 + 24  # bf16 [M, C] units of the official eager composite (module docstring)
 COMPILED_PASSES = 2 + 4  # the assumed fused passes of torch.compile(official)
 META = torch.device("meta")
-# Cross-check of the calibration: torch.profiler on the H200 (2026-11-30, benchmarks/results/gpu-2026-11-30/
-# diag-profile.log, 'linear_masksub_loss full BERT bf16', CUDA time avg) timed the chunk loop's two loss kernels on
-# fp32 chunk logits of 256 rows per branch (that day's kernels: the bias was added by the logits matmul then)
-PROFILED_CHUNK = {"rows": 256, "_loss_fwd_kernel": 29.181, "_loss_bwd_kernel": 36.291}
 
 
 def _matmul_us(card: Card, flops: float, nbytes: float) -> float:
@@ -150,71 +142,11 @@ def _fused(card: Card) -> dict:
     }
 
 
-def newest_card_run(card: Card, folder: Path = RESULTS) -> Path | None:
-    """The newest committed GPU benchmark run on ``card`` (GPU-NVIDIA-<card>-<yyyy-mm-dd>.json), or None."""
-    runs = sorted(folder.glob(f"GPU-NVIDIA-{card.name}-*.json"), key=lambda p: p.stem.rsplit("-", 3)[-3:])
-    return runs[-1] if runs else None
-
-
-def measured_reference(card: Card, fused: dict, folder: Path = RESULTS) -> dict | None:
-    """MEASUREMENTS of the newest GPU run on ``card`` beside the fused op's prediction, or None without one.
-
-    - the medians it measured at SHAPE, forward + backward, per provider (the composites are today's code: the
-      fused op's row timed that day's design);
-    - the fused prediction with its loss kernels calibrated: each kernel's predicted time times the median of
-      measured / predicted over that run's device-bound loss cases of this library's provider, the forward's
-      ratio for the forward kernel, the backward's for the backward kernel (the same kernels, on bf16 [M, C]
-      logits; the chunks' are fp32); the matmuls, launches and scaling stay as predicted (not calibrated: no
-      aligned chunk matmul has run on a GPU)."""
-    path = newest_card_run(card, folder)
-    if path is None:
-        return None
-    run = json.loads(path.read_text())
-    name, m, d, c = SHAPE
-    shape = f"{name} M={m} D={d} C={c}"
-    medians = {
-        r["provider"]: round(r["median_ms"], 3)
-        for r in run["records"]
-        if r["suite"] == "linear_loss" and r["mode"] == "full" and r["shape"] == shape and r.get("median_ms")
-    }
-    ratios = {}
-    for mode in ("forward", "backward"):
-        found = [row["ratio"] for row in comparisons(run) if row["suite"] == "loss" and row["mode"] == mode
-                 and row["provider"] == "masksub[triton]" and row["bound"] == "device"]  # fmt: skip
-        if found:
-            ratios[mode] = round(statistics.median(found), 2)
-    per_chunk = {k["kernel"]: k["kernel_us"] for k in fused["breakdown"]["loss_kernels_per_chunk"]}
-    reference = {"file": path.name, "date": run.get("date"), "measured_full_ms": medians, "loss_ratios": ratios}
-    if set(ratios) == {"forward", "backward"} and set(per_chunk) == {"_loss_fwd_kernel", "_loss_bwd_kernel"}:
-        calibrated_loss = fused["chunks"] * (
-            per_chunk["_loss_fwd_kernel"] * ratios["forward"] + per_chunk["_loss_bwd_kernel"] * ratios["backward"]
-        )
-        calibrated = fused["us"] - fused["breakdown"]["loss_kernels"] + calibrated_loss
-        reference["calibrated_fused_us"] = round(calibrated, 1)
-        reference["calibrated_loss_kernels_us"] = round(calibrated_loss, 1)
-        compiled = medians.get("compile(official)")
-        if compiled:
-            reference["calibrated_ratio_vs_compiled_measured"] = round(compiled * 1e3 / calibrated, 2)
-            reference["predicted_ratio_vs_compiled_measured"] = round(compiled * 1e3 / fused["us"], 2)
-        if medians.get("official"):
-            reference["calibrated_ratio_vs_eager_measured"] = round(medians["official"] * 1e3 / calibrated, 2)
-    return reference
-
-
-def profiled_chunk_check(card: Card) -> dict:
-    """The chunk loop's loss kernels as profiled on the H200 (PROFILED_CHUNK, measured) against the model at their
-    rows: {kernel: {measured_us, predicted_us, ratio}}."""
-    _, _, profiled = _loss_kernels_us(card, PROFILED_CHUNK["rows"], SHAPE[3])
-    return {
-        k["kernel"]: {"measured_us": PROFILED_CHUNK[k["kernel"]], "predicted_us": k["kernel_us"],
-                      "ratio": round(PROFILED_CHUNK[k["kernel"]] / k["kernel_us"], 2)}
-        for k in profiled if k["kernel"] in PROFILED_CHUNK
-    }  # fmt: skip
-
-
-def predict(card: Card) -> dict:
+def predict(card: Card, records: list[dict] | None = None) -> dict:
     """The three providers' predicted times, TFLOP/s, ratios and extra memory at SHAPE, and the fused op at the
-    benchmark's other chunk sizes (CHUNK_SWEEP; all PREDICTIONS)."""
+    benchmark's other chunk sizes (CHUNK_SWEEP): PREDICTIONS; beside them, under measured_reference, what the
+    card's newest committed GPU run MEASURED (linear_loss_measured.py). ``records``: today's predictions of the
+    other ops (__main__.run), whose loss case at the op's C is one of the calibration sources."""
     name, m, d, c = SHAPE
     unit = 2 * m * d * c  # flops of one [M, D] x [D, C] matmul
     useful = 6 * unit
@@ -224,9 +156,16 @@ def predict(card: Card) -> dict:
     eager_us = matmul_us + EAGER_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 30
     compiled_us = matmul_us + COMPILED_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 8
     composite_mib = modelled_extra_mb(m, d, c, 2)["composite"]  # extra memory beyond inputs and gradients
-    reference = measured_reference(card, fused)
-    if reference is not None and card.name == "H200":  # the profile ran on an H200
-        reference["profiled_chunk"] = profiled_chunk_check(card)
+    today = {
+        r["mode"]: r["predicted_us"] / 1e3
+        for r in records or []
+        if (r["suite"], r["shape"], r["dtype"], r["provider"]) == measured.LOSS_KEY
+        and r["variant"] in MODEL_VARIANTS
+    }  # fmt: skip
+    _, _, profiled = _loss_kernels_us(card, measured.PROFILE["rows"], c)
+    profiled_today = {k["kernel"]: k["kernel_us"] for k in profiled}
+    shape = f"{name} M={m} D={d} C={c}"
+    reference = measured.measured_reference(card, fused, shape, today, profiled_today)
     peak = card.bf16_dense_tflops
 
     def entry(provider: str, us: float) -> dict:
@@ -312,48 +251,7 @@ def markdown(result: dict) -> list[str]:
         f"{mem['fused']:.0f} MiB = {mem['percent']:.1f}% of the composite's lower bound "
         f"({mem['composite_lower_bound']:.0f} MiB: 4 bf16 [M, C]).",
     ]
-    ref = result.get("measured_reference")
-    if ref:
-        measured = ref["measured_full_ms"]
-        lines += [
-            "",
-            f"Against MEASUREMENTS of the GPU run {ref['file']} (forward + backward medians at this shape; the "
-            "composites are today's code, the fused row that day's earlier design): "
-            + ", ".join(f"{provider} {ms:.2f} ms" for provider, ms in measured.items())
-            + ".",
-        ]
-        if "calibrated_fused_us" in ref:
-            ratios = ref["loss_ratios"]
-            lines += [
-                "",
-                f"The fused op with its loss kernels calibrated by that run (its loss suite measured "
-                f"{ratios['forward']:.2f}x the model's forward, {ratios['backward']:.2f}x its backward: loss kernels "
-                f"{b['loss_kernels']:.0f} -> {ref['calibrated_loss_kernels_us']:.0f} us; matmuls, launches and "
-                f"scaling as predicted, not calibrated): **{ref['calibrated_fused_us'] / 1e3:.1f} ms, a PREDICTION**"
-                + (
-                    f"; against compile(official) as measured: {ref['calibrated_ratio_vs_compiled_measured']:.2f}x "
-                    f"calibrated, {ref['predicted_ratio_vs_compiled_measured']:.2f}x uncalibrated"
-                    if "calibrated_ratio_vs_compiled_measured" in ref
-                    else ""
-                )
-                + (
-                    f"; against the eager official composite as measured: "
-                    f"{ref['calibrated_ratio_vs_eager_measured']:.2f}x calibrated"
-                    if "calibrated_ratio_vs_eager_measured" in ref
-                    else ""
-                )
-                + ".",
-            ]
-        if ref.get("profiled_chunk"):
-            checks = "; ".join(
-                f"{kernel} {v['measured_us']:.1f} us measured vs {v['predicted_us']:.1f} predicted ({v['ratio']:.2f}x)"
-                for kernel, v in ref["profiled_chunk"].items()
-            )
-            lines += [
-                "",
-                f"Cross-check: the chunk loop's loss kernels as torch.profiler timed them that day, fp32 logits of "
-                f"{PROFILED_CHUNK['rows']} rows per branch, against today's model at those rows: {checks}.",
-            ]
+    lines += measured.markdown(result.get("measured_reference"), b["loss_kernels"])
     if result.get("chunk_sweep"):
         lines += [
             "",

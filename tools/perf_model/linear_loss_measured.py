@@ -1,0 +1,161 @@
+"""MEASUREMENTS beside the fused-linear loss's predictions (linear_loss.py): what a committed GPU run of the card
+measured at the BERT shape, and the prediction with its loss kernels calibrated by that run, so that the speed goal
+(faster than torch.compile of the composite) is read against what torch.compile did, not only what it could do.
+
+Inputs (all committed): the newest benchmark run of the card, benchmarks/results/GPU-NVIDIA-<card>-<yyyy-mm-dd>.json
+(the exact card name: an H200 NVL is another card), that has the fused-linear suite's rows at the shape; and
+PROFILE, the one torch.profiler table of the chunk loop's loss kernels.
+
+The loss kernels' calibration is a range, not one factor: the kernels and the model changed since the only run, so
+each source says something different, and the report gives the calibrated time for each:
+- run: the loss suite's case of the op's class count (LOSS_CASE), measured / the prediction the run carried (the
+  model and kernels of that day); the forward ratio for the forward kernel, the backward's for the backward kernel;
+- today: the same measurements / today's model of today's kernels for that case (the forward kernel was rewritten
+  after the run: realigned rows, per-word softmax states);
+- profile: the chunk kernels as profiled that day / today's model of today's kernels at the profiled rows.
+The matmuls, launches and the backward's scaling stay as predicted (no aligned chunk matmul has run on a GPU), and
+the host side is not modelled: a host-bound op (linear_loss_host.py) would be slower than any of these.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .hardware import Card
+from .measured import RESULTS, comparisons
+
+LOSS_CASE = "BERT-like M=16384 C=30522"  # the loss suite's case with the op's C (device-bound on the H200)
+LOSS_KEY = ("loss", LOSS_CASE, "bfloat16", "masksub[triton]")  # (suite, shape, dtype, provider) of its rows
+# MEASURED: torch.profiler on the H200, 2026-11-30 (benchmarks/results/gpu-2026-11-30/diag-profile.log, the first
+# 'linear_masksub_loss full BERT bf16' table, column 'CUDA time avg'): the chunk loop's two loss kernels on fp32
+# logits of 256 rows per branch, as they were that day: unpadded rows of 30522 (before aligned_classes), the
+# forward's per-element softmax state (before its per-word rewrite); the bias added as they read, as today
+PROFILE = {
+    "card": "H200",
+    "date": "2026-11-30",
+    "source": "benchmarks/results/gpu-2026-11-30/diag-profile.log",
+    "rows": 256,
+    "kernel_us": {"_loss_fwd_kernel": 29.181, "_loss_bwd_kernel": 36.291},
+}
+KERNELS = ("_loss_fwd_kernel", "_loss_bwd_kernel")  # forward, backward
+
+
+def card_runs(card: Card, folder: Path = RESULTS) -> list[tuple[str, Path]]:
+    """(date, path) of the committed GPU runs of exactly this card, oldest first."""
+    pattern = re.compile(rf"GPU-NVIDIA-{re.escape(card.name)}-(\d{{4}}-\d{{2}}-\d{{2}})\.json")
+    runs = [(m.group(1), p) for p in folder.glob("GPU-NVIDIA-*.json") if (m := pattern.fullmatch(p.name))]
+    return sorted(runs)
+
+
+def _composites(run: dict, shape: str) -> dict[str, float]:
+    """provider -> measured median ms of the fused-linear suite at ``shape``, bf16, forward + backward."""
+    return {
+        r["provider"]: round(r["median_ms"], 3)
+        for r in run["records"]
+        if (r["suite"], r["shape"], r["dtype"], r["mode"]) == ("linear_loss", shape, "bfloat16", "full")
+        and r.get("median_ms")
+    }
+
+
+def _loss_case(run: dict) -> dict[str, dict]:
+    """mode -> the loss suite's device-bound LOSS_CASE row of this library's Triton provider, bf16 (comparisons)."""
+    return {
+        row["mode"]: row
+        for row in comparisons(run)
+        if (row["suite"], row["shape"], row["dtype"], row["provider"]) == LOSS_KEY
+        and row["mode"] in ("forward", "backward")
+        and row["bound"] == "device"
+    }  # fmt: skip
+
+
+def calibrations(run: dict, today: dict[str, float], profiled_today: dict[str, float], card: Card) -> list[dict]:
+    """The sources of the loss kernels' factors (module docstring): [{source, forward, backward}]. ``today``: mode
+    -> today's predicted ms of LOSS_CASE; ``profiled_today``: kernel -> today's predicted us at PROFILE's rows."""
+    case, sources = _loss_case(run), []
+    if set(case) == {"forward", "backward"}:
+        sources.append({"source": "run", **{m: round(case[m]["ratio"], 2) for m in case}})
+        if set(today) >= {"forward", "backward"}:
+            sources.append({"source": "today", **{m: round(case[m]["measured"] / today[m], 2) for m in case}})
+    if card.name == PROFILE["card"] and set(profiled_today) >= set(KERNELS):
+        measured = PROFILE["kernel_us"]
+        ratios = [round(measured[k] / profiled_today[k], 2) for k in KERNELS]
+        sources.append({"source": "profile", "forward": ratios[0], "backward": ratios[1]})
+    return sources
+
+
+def measured_reference(
+    card: Card, fused: dict, shape: str, today: dict[str, float], profiled_today: dict[str, float],
+    folder: Path = RESULTS,
+) -> dict | None:  # fmt: skip
+    """The newest run of ``card`` with the fused-linear suite at ``shape`` beside ``fused`` (linear_loss._fused's
+    dict), or None without one: its composites' medians and, per calibration source, the fused op's time with the
+    loss kernels calibrated and its ratio to the measured torch.compile (composite time / fused time)."""
+    found = None
+    for date, path in reversed(card_runs(card, folder)):  # the newest run that timed the suite at the shape
+        run = json.loads(path.read_text())
+        if composites := _composites(run, shape):
+            found = date, path, run, composites
+            break
+    if found is None:
+        return None
+    date, path, run, composites = found
+    per_chunk = {k["kernel"]: k["kernel_us"] for k in fused["breakdown"]["loss_kernels_per_chunk"]}
+    uncalibrated = fused["us"] - fused["breakdown"]["loss_kernels"]
+    compiled, eager = composites.get("compile(official)"), composites.get("official")
+    calibrated = []
+    for factors in calibrations(run, today, profiled_today, card):
+        loss_us = fused["chunks"] * (
+            per_chunk[KERNELS[0]] * factors["forward"] + per_chunk[KERNELS[1]] * factors["backward"]
+        )
+        entry = {**factors, "loss_kernels_us": round(loss_us, 1), "fused_us": round(uncalibrated + loss_us, 1)}
+        if compiled:
+            entry["compiled_over_fused"] = round(compiled * 1e3 / entry["fused_us"], 2)
+        if eager:
+            entry["eager_over_fused"] = round(eager * 1e3 / entry["fused_us"], 2)
+        calibrated.append(entry)
+    reference = {"file": path.name, "date": date, "measured_full_ms": composites, "calibrated": calibrated}
+    if compiled:
+        reference["compiled_over_fused_uncalibrated"] = round(compiled * 1e3 / fused["us"], 2)
+    return reference
+
+
+SOURCE_TEXT = {
+    "run": "the loss suite's {case} over the run's own predictions (that day's kernels and model)",
+    "today": "the same measurements over today's model of today's kernels",
+    "profile": "the chunk kernels as profiled on {date} ({rows} rows) over today's model at those rows",
+}
+
+
+def markdown(reference: dict | None, loss_kernels_us: float) -> list[str]:
+    """The section's lines: measurements, then the calibrated predictions (a range), each labelled."""
+    if not reference:
+        return []
+    measured = ", ".join(f"{provider} {ms:.2f} ms" for provider, ms in reference["measured_full_ms"].items())
+    lines = [
+        "",
+        f"MEASURED in the GPU run {reference['file']} at this shape, bf16, forward + backward medians (the code of "
+        f"that run): {measured}.",
+    ]
+    if reference["calibrated"]:
+        lines += [
+            "",
+            f"The fused op with its loss kernels ({loss_kernels_us:.0f} us predicted) calibrated by that run, one row "
+            "per source of the factors; matmuls, launches and scaling as predicted, host time not modelled. "
+            "PREDICTIONS; x compile = the measured torch.compile time / the fused time:",
+            "",
+            "| calibration source | forward x | backward x | loss kernels us | fused us | x compile (measured) | "
+            "x eager (measured) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in reference["calibrated"]:
+            text = SOURCE_TEXT[c["source"]].format(case=LOSS_CASE, date=PROFILE["date"], rows=PROFILE["rows"])
+            lines.append(
+                f"| {text} | {c['forward']:.2f} | {c['backward']:.2f} | {c['loss_kernels_us']:.0f} | "
+                f"{c['fused_us']:.0f} | {c.get('compiled_over_fused', float('nan')):.2f} | "
+                f"{c.get('eager_over_fused', float('nan')):.2f} |"
+            )
+    if "compiled_over_fused_uncalibrated" in reference:
+        lines += ["", f"Uncalibrated: {reference['compiled_over_fused_uncalibrated']:.2f}x the measured compile."]
+    return lines
