@@ -20,8 +20,8 @@
 #                      the H200 machine's 16 cores, 2026-11-30).
 #   linear_loss    50  the fused-linear loss at BERT-base MLM's shape, bf16, against the composite, its
 #                      torch.compile and Liger-Kernel's main-branch CE (where liger_kernel imports: carry it),
-#                      then the op's chunk sweep (3 other chunk sizes, 'full' only, ~1 s each; last, so that a
-#                      cap drops it first)
+#                      then the op's chunk sweep (3 other chunk sizes and the loss kernels over 4 programs per
+#                      SM, 'full' only, ~1 s each; last, so that a cap drops it first)
 #   profile        15  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
 #                      fused-linear loss (the chunk matmuls' cuBLAS kernels and times: the assumed 70% efficiency
 #                      calibrated; the loss kernels per chunk; wall against device time: host-bound or not)

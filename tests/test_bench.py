@@ -266,18 +266,28 @@ def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypat
     # the GPU run's sweep of the fused-linear op's chunk budget and dW group (bench/linear_loss.py, CHUNK_SWEEP)
     from masksub_kernels.bench import linear_loss
     from masksub_kernels.ops import _linear_loss_chunks as chunks
+    from masksub_kernels.ops import masksub_loss
 
-    default = chunks.grads_chunk_rows(30522, torch.bfloat16), chunks.DW_GROUP
+    def settings():
+        return chunks.grads_chunk_rows(30522, torch.bfloat16), chunks.DW_GROUP, masksub_loss.SPLIT_PROGRAMS_PER_SM
+
+    default = settings()
     with linear_loss.chunking(192, 4):
-        assert (chunks.grads_chunk_rows(30522, torch.bfloat16), chunks.DW_GROUP) == (256, 4)
-    assert (chunks.grads_chunk_rows(30522, torch.bfloat16), chunks.DW_GROUP) == default == (192, 2)
-    names = [linear_loss.sweep_provider(mib, group, 30522, torch.bfloat16) for mib, group in linear_loss.CHUNK_SWEEP]
-    assert names == ["masksub[triton]:R=256,G=1", "masksub[triton]:R=384,G=2", "masksub[triton]:R=768,G=2"]
+        assert settings() == (256, 4, 2)
+        with linear_loss.chunking(96, 2, 4):
+            assert settings() == (192, 2, 4)
+            assert masksub_loss.class_splits(192, 30522, 1024, 132) == (3, 10240)  # 4 programs per SM: 3 splits
+        assert settings() == (256, 4, 2)
+    assert settings() == default == (192, 2, 2)
+    assert masksub_loss.class_splits(192, 30522, 1024, 132) == (2, 15360)
+    names = [linear_loss.sweep_provider(*entry, 30522, torch.bfloat16) for entry in linear_loss.CHUNK_SWEEP]
+    assert names == ["masksub[triton]:R=256,G=1", "masksub[triton]:R=384,G=2", "masksub[triton]:R=768,G=2",
+                     "masksub[triton]:R=192,G=2,P=4"]  # fmt: skip
     # the cases a GPU run would time (built here without running): the sweep last, 'full' only, its own memory
     cases = {case.provider: case for case in linear_loss.cases(torch.device("cuda"))}
-    assert list(cases)[-3:] == names and all(cases[name].modes == ("full",) for name in names)
+    assert list(cases)[-4:] == names and all(cases[name].modes == ("full",) for name in names)
     memory = {name: case.notes["modelled_extra_mb_fused"] for name, case in cases.items()}
-    assert memory[names[2]] > 2 * memory["masksub[triton]"]
+    assert memory[names[2]] > 2 * memory["masksub[triton]"] and memory[names[3]] == memory["masksub[triton]"]
     # the swept op is the op: same loss and gradients with 2-row chunks in groups of 2 (the interpreter, tiny)
     generator = torch.Generator().manual_seed(0)
     h, hs = torch.randn(2, 9, 16, generator=generator, dtype=torch.bfloat16)
@@ -287,7 +297,7 @@ def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypat
     chunk_rows = chunks.grads_chunk_rows
     monkeypatch.setattr(chunks, "grads_chunk_rows", lambda *args: rows.append(chunk_rows(*args)) or rows[-1])
     two_rows = 2 * 2 * 40 * (4 + 2 * 2) / 2**20  # MiB: 2 rows of C = 40 (logits fp32, two chunks' bf16 gradients)
-    for call in (linear_loss.fused, lambda *args: linear_loss.fused_chunked(two_rows, 2, *args)):
+    for call in (linear_loss.fused, lambda *args: linear_loss.fused_chunked(two_rows, 2, 4, *args)):
         inputs = [t.clone().requires_grad_(True) for t in (h, hs, weight, bias)]
         with mk.use_backend("triton"):
             loss = call(*inputs, labels)

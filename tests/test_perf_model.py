@@ -104,7 +104,7 @@ def test_fused_linear_loss_is_predicted(model_run):
     assert reference["file"] in {path.name for _, path in card_runs(H200)}
     assert [c["source"] for c in reference["calibrated"]] == ["run", "today", "profile"]
     assert all(c["fused_us"] > times["masksub[triton]"] for c in reference["calibrated"])  # the model was optimistic
-    names = [sweep_provider(mib, group, 30522, torch.bfloat16) for mib, group in CHUNK_SWEEP]
+    names = [sweep_provider(*entry, 30522, torch.bfloat16) for entry in CHUNK_SWEEP]
     assert [p["provider"] for p in linear["chunk_sweep"]] == names and all(p["predicted_us"] > 0 for p in
                                                                            linear["chunk_sweep"])  # fmt: skip
 

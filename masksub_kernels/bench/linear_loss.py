@@ -9,9 +9,13 @@ Providers (class-id targets, a bias, the paper's defaults):
 - liger(main CE only): Liger-Kernel's fused linear cross-entropy of the main branch alone, a reference point
   (hard labels, CE only: it cannot do the sub term), where liger_kernel imports. It reads h, W and b only (not hs):
   only those are differentiated, and its bytes and flops are those of its one branch (half the composite's work);
-- masksub[triton]:R=<rows>,G=<group> (GPU): the same op with other chunk sizes (CHUNK_SWEEP: the chunks' memory
-  budget and dW's group), so that one GPU run measures what memory buys in speed and calibrates the model's
-  trade-off (tools/perf_model/linear_loss.py predicts each; the default is the plain masksub[triton] row).
+- masksub[triton]:R=<rows>,G=<group>[,P=<programs>] (GPU): the same op with other chunk sizes (CHUNK_SWEEP: the
+  chunks' memory budget and dW's group), so that one GPU run measures what memory buys in speed and calibrates the
+  model's trade-off (tools/perf_model/linear_loss.py predicts each; the default is the plain masksub[triton] row);
+  P: the default chunks with the loss kernels' rows split over more programs per SM (SPLIT_PROGRAMS_PER_SM of
+  ops/masksub_loss.py, 2 by default): more loads in flight per SM, the test of one explanation of the loss kernels'
+  2x gap to the model on the H200 (a memory latency above the model's 650 ns, which 2 programs per SM of 4 warps
+  barely cover even at 650).
 The op is compute-bound: TFLOP/s count the useful flops of the composite (2 M D C per matmul: 2 forward, 4
 backward). With inputs that require grad and a scalar reduction (as here) the fused op computes its gradients in
 the forward (ops/_linear_loss_chunks.py: the same 6 matmuls, all in the forward; the backward scales them).
@@ -36,35 +40,42 @@ from .token_select import library_providers
 GPU_SHAPES = [("BERT-base MLM", 16384, 768, 30522, (torch.bfloat16,))]
 CPU_SHAPES = [("BERT-like reduced (CPU)", 1024, 128, 8192, (torch.float32,))]
 TINY_SHAPES = [("tiny", 8, 16, 32, (torch.float32,))]
-# (chunk buffers' budget in MiB, dW's group) besides the default (96, 2): no grouping at the same memory, then twice
-# and four times the memory (over issue 13's 5% goal at 192: the figures say what that goal costs)
-CHUNK_SWEEP = [(96, 1), (192, 2), (384, 2)]
+# (chunk buffers' budget in MiB, dW's group, the loss kernels' split programs per SM) besides the default (96, 2, 2):
+# no grouping at the same memory, then twice and four times the memory (over issue 13's 5% goal at 192: the figures
+# say what that goal costs), then the default chunks with twice the programs per SM
+CHUNK_SWEEP = [(96, 1, 2), (192, 2, 2), (384, 2, 2), (96, 2, 4)]
 
 
 @contextlib.contextmanager
-def chunking(budget_mib: float, group: int):
-    """The fused op's kernels' path with another chunk budget (GRADS_CHUNK_BYTES) and dW group (DW_GROUP) inside the
-    block: the benchmark's sweep and the performance model's (module globals: not thread-safe)."""
+def chunking(budget_mib: float, group: int, programs: int | None = None):
+    """The fused op's kernels' path with another chunk budget (GRADS_CHUNK_BYTES), dW group (DW_GROUP) and, if given,
+    split programs per SM of the loss kernels (SPLIT_PROGRAMS_PER_SM) inside the block: the benchmark's sweep and
+    the performance model's (module globals: not thread-safe)."""
     from masksub_kernels.ops import _linear_loss_chunks as chunks
+    from masksub_kernels.ops import masksub_loss
 
-    saved = chunks.GRADS_CHUNK_BYTES, chunks.DW_GROUP
+    saved = chunks.GRADS_CHUNK_BYTES, chunks.DW_GROUP, masksub_loss.SPLIT_PROGRAMS_PER_SM
     chunks.GRADS_CHUNK_BYTES, chunks.DW_GROUP = int(budget_mib * 2**20), group
+    masksub_loss.SPLIT_PROGRAMS_PER_SM = programs or saved[2]
     try:
         yield
     finally:
-        chunks.GRADS_CHUNK_BYTES, chunks.DW_GROUP = saved
+        chunks.GRADS_CHUNK_BYTES, chunks.DW_GROUP, masksub_loss.SPLIT_PROGRAMS_PER_SM = saved
 
 
-def sweep_provider(budget_mib: int, group: int, classes: int, dtype: torch.dtype) -> str:
-    """The sweep's provider name, with the rows per chunk that budget and group give: masksub[triton]:R=256,G=1."""
+def sweep_provider(budget_mib: int, group: int, programs: int, classes: int, dtype: torch.dtype) -> str:
+    """The sweep's provider name, with the rows per chunk that budget and group give, and the programs per SM where
+    they are not the default: masksub[triton]:R=256,G=1, masksub[triton]:R=192,G=2,P=4."""
     from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows
+    from masksub_kernels.ops.masksub_loss import SPLIT_PROGRAMS_PER_SM
 
     with chunking(budget_mib, group):
-        return f"masksub[triton]:R={grads_chunk_rows(classes, dtype)},G={group}"
+        name = f"masksub[triton]:R={grads_chunk_rows(classes, dtype)},G={group}"
+    return name if programs == SPLIT_PROGRAMS_PER_SM else f"{name},P={programs}"
 
 
-def fused_chunked(budget_mib, group, h, hs, weight, bias, labels):
-    with chunking(budget_mib, group):  # the gradients are computed in this forward: the backward only scales them
+def fused_chunked(budget_mib, group, programs, h, hs, weight, bias, labels):
+    with chunking(budget_mib, group, programs):  # the gradients are computed in this forward: the backward scales
         return fused(h, hs, weight, bias, labels)
 
 
@@ -171,11 +182,11 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
             if liger is not None:
                 providers.append(("liger(main CE only)", liger, None, notes))
             if on_gpu and not tiny and dtype != torch.float32:  # the sweep (last: a capped suite drops it first)
-                for mib, group in CHUNK_SWEEP:
-                    with chunking(mib, group):
+                for mib, group, programs in CHUNK_SWEEP:
+                    with chunking(mib, group, programs):
                         swept = modelled_extra_mb(rows, depth, classes, element)["fused"]
-                    provider = sweep_provider(mib, group, classes, dtype)
-                    chunked = functools.partial(fused_chunked, mib, group)
+                    provider = sweep_provider(mib, group, programs, classes, dtype)
+                    chunked = functools.partial(fused_chunked, mib, group, programs)
                     providers.append((provider, chunked, "triton", {**notes, "modelled_extra_mb_fused": swept}))
             for provider, fn, backend, case_notes in providers:
                 setup = None if backend is None else (lambda b=backend: mk.set_backend(b))
