@@ -26,11 +26,12 @@ format: $(STAMP)
 
 # The suite runs on pytest-xdist's workers (one per core), a test file per worker at a time (--dist loadfile: a
 # module's expensive module fixture is built once; loadgroup's xdist_group marks do not group under pytest 9.2 with
-# pytest-xdist 3.8, pytest-dev/pytest-xdist#1386), and prints its slowest tests, to keep CI's time in view.
-# TEST_WORKERS=0: one process.
+# pytest-xdist 3.8, pytest-dev/pytest-xdist#1386) in the order of tests/conftest.py, slow files first
+# (--no-loadscope-reorder: loadfile would otherwise send the files with most tests first), and prints its slowest
+# tests, to keep CI's time in view. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= auto
 test: lint
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
 
 bench: $(STAMP)
 	$(PYTHON) -m masksub_kernels.bench $(BENCH_ARGS)

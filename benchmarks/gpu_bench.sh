@@ -16,15 +16,15 @@
 # The order puts the open question first (issue 13: the fused-linear loss against torch.compile), so that a call cut
 # short still brings it back.
 #   env            15  card, driver, versions
-#   build         130  only when masksub_kernels._C does not import: a fresh machine (50-140 s for sm_90: 50 s on
-#                      the H200 machine's 16 cores, 2026-11-30).
 #   linear_loss    50  the fused-linear loss at BERT-base MLM's shape, bf16, against the composite, its
 #                      torch.compile and Liger-Kernel's main-branch CE (where liger_kernel imports: carry it),
-#                      then the op's chunk sweep (3 other chunk sizes and the loss kernels over 4 programs per
-#                      SM, 'full' only, ~1 s each; last, so that a cap drops it first)
-#   profile        15  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
+#                      then the op's chunk sweep (3 other chunk sizes and the loss kernels' rows in twice the
+#                      class splits, 'full' only, ~1 s each; last, so that a cap drops it first)
+#   profile        20  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
 #                      fused-linear loss (the chunk matmuls' cuBLAS kernels and times: the assumed 70% efficiency
 #                      calibrated; the loss kernels per chunk; wall against device time: host-bound or not)
+#   build         130  only when masksub_kernels._C does not import: a fresh machine (50-140 s for sm_90: 50 s on
+#                      the H200 machine's 16 cores, 2026-11-30); after the fused-linear steps, which do not need it
 #   loss           55  ImageNet, BERT-like and LLM-like rows x classes
 #   token_select   50  3 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, timm and
 #                      torch.compile(official), whose Inductor compilation is most of the time (41 s on the H200)
@@ -32,7 +32,7 @@
 #                      two dtypes, the Swin token composite with its backward); stopped by a 55 s cap before the Swin
 #                      compile(official) rows on the H200 (2026-11-30), so 25 s from train and 5 from token_select
 #   train          40  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each; 30 s on the H200)
-#   numerics       35  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
+#   numerics       30  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
 #                      where the branches agree, the Triton path compiled (on the CPU: the interpreter's truncating
 #                      bf16), against the bf16-logit composites; M = 128, without torch.compile (seconds, plus
 #                      a process start, ~8 s, and Triton compilations the linear_loss suite may not have done)
@@ -59,14 +59,18 @@ setup_run "$@"
 declare -A CAP=([token_select]=50 [grid_mask]=85 [loss]=55 [linear_loss]=50 [train]=40)
 
 step env.txt 15 write_env
-step build.log 130 build_if_missing
-for suite in ${SUITES:-linear_loss loss token_select grid_mask train}; do
+suites="${SUITES:-linear_loss loss token_select grid_mask train}"
+# the other suites' masksub[cuda] provider needs _C; the fused-linear suite does not (no cuda provider), so the build
+# waits until its numbers and profile are in
+[[ " $suites " == *" linear_loss "* ]] || step build.log 130 build_if_missing
+for suite in $suites; do
   step bench.log "${CAP[$suite]}" "$PY" -m masksub_kernels.bench --out "$OUT" --append --suites "$suite"
   if [[ $suite == linear_loss ]]; then
-    step bench.log 15 "$PY" benchmarks/gpu_profile.py --only linear
+    step bench.log 20 "$PY" benchmarks/gpu_profile.py --only linear
+    step build.log 130 build_if_missing
   fi
 done
-step bench.log 35 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"
+step bench.log 30 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"
 output linear-loss-numerics.json
 output "<device>-<date>.json"
 output "<device>-<date>.md"

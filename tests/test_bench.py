@@ -274,15 +274,15 @@ def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypat
     default = settings()
     with linear_loss.chunking(192, 4):
         assert settings() == (256, 4, 2)
-        with linear_loss.chunking(96, 2, 4):
-            assert settings() == (192, 2, 4)
-            assert masksub_loss.class_splits(192, 30522, 1024, 132) == (3, 10240)  # 4 programs per SM: 3 splits
+        with linear_loss.chunking(96, 2, 5):
+            assert settings() == (192, 2, 5)
+            assert masksub_loss.class_splits(192, 30522, 1024, 132) == (4, 8192)  # twice the default's splits
         assert settings() == (256, 4, 2)
     assert settings() == default == (192, 2, 2)
     assert masksub_loss.class_splits(192, 30522, 1024, 132) == (2, 15360)
     names = [linear_loss.sweep_provider(*entry, 30522, torch.bfloat16) for entry in linear_loss.CHUNK_SWEEP]
     assert names == ["masksub[triton]:R=256,G=1", "masksub[triton]:R=384,G=2", "masksub[triton]:R=768,G=2",
-                     "masksub[triton]:R=192,G=2,P=4"]  # fmt: skip
+                     "masksub[triton]:R=192,G=2,P=5"]  # fmt: skip
     # the cases a GPU run would time (built here without running): the sweep last, 'full' only, its own memory
     cases = {case.provider: case for case in linear_loss.cases(torch.device("cuda"))}
     assert list(cases)[-4:] == names and all(cases[name].modes == ("full",) for name in names)
@@ -293,17 +293,27 @@ def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypat
     h, hs = torch.randn(2, 9, 16, generator=generator, dtype=torch.bfloat16)
     weight = torch.randn(40, 16, generator=generator, dtype=torch.bfloat16) / 4
     bias, labels = torch.zeros(40, dtype=torch.bfloat16), torch.randint(0, 40, (9,), generator=generator)
-    results, rows = [], []
-    chunk_rows = chunks.grads_chunk_rows
+    results, rows, programs = [], [], []
+    chunk_rows, splits = chunks.grads_chunk_rows, masksub_loss.class_splits
     monkeypatch.setattr(chunks, "grads_chunk_rows", lambda *args: rows.append(chunk_rows(*args)) or rows[-1])
+
+    def spy(*args):  # the loss kernels' programs per SM in force when their launchers split the rows
+        programs.append(masksub_loss.SPLIT_PROGRAMS_PER_SM)
+        return splits(*args)
+
+    monkeypatch.setattr(masksub_loss, "class_splits", spy)
     two_rows = 2 * 2 * 40 * (4 + 2 * 2) / 2**20  # MiB: 2 rows of C = 40 (logits fp32, two chunks' bf16 gradients)
-    for call in (linear_loss.fused, lambda *args: linear_loss.fused_chunked(two_rows, 2, 4, *args)):
+    used = []
+    for call in (linear_loss.fused, lambda *args: linear_loss.fused_chunked(two_rows, 2, 5, *args)):
         inputs = [t.clone().requires_grad_(True) for t in (h, hs, weight, bias)]
         with mk.use_backend("triton"):
             loss = call(*inputs, labels)
         loss.backward()
         results.append([loss.detach(), *(t.grad for t in inputs)])
+        used.append(set(programs))
+        programs.clear()
     assert rows[-1] == 2 and rows[0] > 9  # the swept call ran 5 chunks, the default one
+    assert used == [{2}, {5}]  # the swept call's loss kernels split with its programs per SM
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=1e-3)
 

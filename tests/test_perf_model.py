@@ -98,11 +98,27 @@ def test_fused_linear_loss_is_predicted(model_run):
 
     # beside them, the H200 run committed in benchmarks/results, calibrated by each source
     from tools.perf_model.hardware import H200
-    from tools.perf_model.linear_loss_measured import card_runs
+    from tools.perf_model.linear_loss_measured import LOSS_CASE, card_runs
 
     reference = linear["measured_reference"]
     assert reference["file"] in {path.name for _, path in card_runs(H200)}
     assert [c["source"] for c in reference["calibrated"]] == ["run", "today", "profile"]
+    # 'today': the run's measurements of the loss case over this model run's prediction of the same case, the
+    # benchmark's variant (CE, class ids), not another variant of that shape
+    measured = json.loads((ROOT / "benchmarks" / "results" / reference["file"]).read_text())["records"]
+    case = ("loss", LOSS_CASE, "bfloat16", "masksub[triton]")
+    median = {
+        r["mode"]: r["median_ms"] for r in measured if (r["suite"], r["shape"], r["dtype"], r["provider"]) == case
+    }
+    predicted = {
+        r["mode"]: r["predicted_us"] / 1e3
+        for r in run["records"]
+        if (r["suite"], r["shape"], r["dtype"], r["provider"]) == case and r["variant"] == "CE, class ids"
+    }
+    today = next(c for c in reference["calibrated"] if c["source"] == "today")
+    assert (today["forward"], today["backward"]) == tuple(
+        round(median[m] / predicted[m], 2) for m in ("forward", "backward")
+    )
     assert all(c["fused_us"] > times["masksub[triton]"] for c in reference["calibrated"])  # the model was optimistic
     names = [sweep_provider(*entry, 30522, torch.bfloat16) for entry in CHUNK_SWEEP]
     assert [p["provider"] for p in linear["chunk_sweep"]] == names and all(p["predicted_us"] > 0 for p in
@@ -181,6 +197,7 @@ def test_fused_linear_prediction_beside_the_cards_measured_run(tmp_path):
         {**loss, "mode": "forward", "dtype": "float32", "median_ms": 9.0, "predicted_ms": 1.0},
         {**loss, "mode": "forward", "provider": "masksub[cuda]", "median_ms": 9.0, "predicted_ms": 1.0},
         {**loss, "mode": "full", "median_ms": 9.0, "predicted_ms": 1.0},
+        {**loss, "mode": "backward", "median_ms": 9.0, "predicted_ms": 1.0, "host_bound": True},  # host-bound
         {**full, "provider": "compile(official)", "median_ms": 12.0},
         {**full, "provider": "official", "median_ms": 30.0},
         {**full, "provider": "official", "dtype": "float32", "median_ms": 99.0},  # another dtype: not this one's

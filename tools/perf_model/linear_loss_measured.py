@@ -123,7 +123,8 @@ def measured_reference(
 
 SOURCE_TEXT = {
     "run": "the loss suite's {case} over the run's own predictions (that day's kernels and model)",
-    "today": "the same measurements over today's model of today's kernels",
+    "today": "the same measurements over today's model of today's kernels (as if their rewrite since gained "
+    "nothing on the GPU: the upper bound)",
     "profile": "the chunk kernels as profiled on {date} ({rows} rows) over today's model at those rows",
 }
 
@@ -132,11 +133,14 @@ def markdown(reference: dict | None, loss_kernels_us: float) -> list[str]:
     """The section's lines: measurements, then the calibrated predictions (a range), each labelled."""
     if not reference:
         return []
-    measured = ", ".join(f"{provider} {ms:.2f} ms" for provider, ms in reference["measured_full_ms"].items())
+    measured = ", ".join(
+        f"{provider} {ms:.2f} ms" + (" (this op as it was then)" if provider.startswith("masksub[") else "")
+        for provider, ms in reference["measured_full_ms"].items()
+    )
     lines = [
         "",
         f"MEASURED in the GPU run {reference['file']} at this shape, bf16, forward + backward medians (the code of "
-        f"that run): {measured}.",
+        f"that run's date): {measured}.",
     ]
     if reference["calibrated"]:
         lines += [
