@@ -24,7 +24,8 @@
 #                      fused-linear loss (the chunk matmuls' cuBLAS kernels and times: the assumed 70% efficiency
 #                      calibrated; the loss kernels per chunk; wall against device time: host-bound or not)
 #   build         130  only when masksub_kernels._C does not import: a fresh machine (50-140 s for sm_90: 50 s on
-#                      the H200 machine's 16 cores, 2026-11-30); after the fused-linear steps, which do not need it
+#                      the H200 machine's 16 cores, 2026-11-30); once, before the first suite with a masksub[cuda]
+#                      provider (loss, token_select, grid_mask): after the fused-linear steps, which do not need it
 #   loss           55  ImageNet, BERT-like and LLM-like rows x classes
 #   token_select   50  3 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, timm and
 #                      torch.compile(official), whose Inductor compilation is most of the time (41 s on the H200)
@@ -58,16 +59,21 @@ build_if_missing() {
 setup_run "$@"
 declare -A CAP=([token_select]=50 [grid_mask]=85 [loss]=55 [linear_loss]=50 [train]=40)
 
-step env.txt 15 write_env
 suites="${SUITES:-linear_loss loss token_select grid_mask train}"
-# the other suites' masksub[cuda] provider needs _C; the fused-linear suite does not (no cuda provider), so the build
-# waits until its numbers and profile are in
-[[ " $suites " == *" linear_loss "* ]] || step build.log 130 build_if_missing
 for suite in $suites; do
+  [[ -v CAP[$suite] ]] || { echo "gpu_bench.sh: unknown suite '$suite' (known: ${!CAP[*]})" >&2; exit 2; }
+done
+step env.txt 15 write_env
+built= # the build runs once, just before the first suite with a masksub[cuda] provider (the fused-linear suite,
+# its profile and train have none: a call cut short after them still brings their numbers back)
+for suite in $suites; do
+  if [[ $suite =~ ^(loss|token_select|grid_mask)$ && -z $built ]]; then
+    step build.log 130 build_if_missing
+    built=1
+  fi
   step bench.log "${CAP[$suite]}" "$PY" -m masksub_kernels.bench --out "$OUT" --append --suites "$suite"
   if [[ $suite == linear_loss ]]; then
     step bench.log 20 "$PY" benchmarks/gpu_profile.py --only linear
-    step build.log 130 build_if_missing
   fi
 done
 step bench.log 30 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"

@@ -76,6 +76,29 @@ def test_steps_name_existing_paths_and_commands(script, tmp_path):
                 assert (ROOT / path).exists(), f"{script} names {path}, which does not exist"
 
 
+@pytest.mark.parametrize("suites", [None, "loss train", "linear_loss", "train linear_loss grid_mask loss", "train"])
+def test_gpu_bench_builds_once_before_the_first_suite_that_needs_the_extension(suites, tmp_path, monkeypatch):
+    # the masksub[cuda] provider of the loss, token_select and grid_mask suites needs _C; the fused-linear suite
+    # (first by default) and train do not, so the build waits for the first suite that does, and runs once
+    if suites is not None:
+        monkeypatch.setenv("SUITES", suites)
+    commands = [" ".join(rest[2:]) for kind, *rest in dry_run(SCRIPTS[1], tmp_path) if kind == "step"]
+    builds = [i for i, c in enumerate(commands) if c == "build_if_missing"]
+    needs = [i for i, c in enumerate(commands) if re.search(r"--suites (loss|token_select|grid_mask)$", c)]
+    assert len(builds) == (1 if needs else 0) and all(builds[0] < i for i in needs)
+    if needs:  # just before the first that needs it
+        assert builds[0] == needs[0] - 1
+    linear = [i for i, c in enumerate(commands) if c.endswith("--suites linear_loss")]
+    profile = [i for i, c in enumerate(commands) if "gpu_profile.py --only linear" in c]
+    assert [i + 1 for i in linear] == profile  # the fused-linear suite's profile right after it
+
+
+def test_gpu_bench_refuses_an_unknown_suite(tmp_path):
+    env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, "SUITES": "loss nosuch"}
+    out = subprocess.run(["bash", SCRIPTS[1], str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown suite 'nosuch'" in out.stderr and "step" not in out.stdout
+
+
 def test_gpu_check_runs_the_cuda_tests_and_both_sanitizers(tmp_path):
     steps = [rest for kind, *rest in dry_run(SCRIPTS[0], tmp_path) if kind in ("step", "step_bg")]
     commands = [" ".join(step[2:]) for step in steps]

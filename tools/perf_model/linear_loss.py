@@ -261,7 +261,7 @@ def markdown(result: dict) -> list[str]:
             "split over more programs per SM, which the model, memory-bound at 650 ns of latency, predicts alike: "
             "the GPU says whether more loads in flight close the loss kernels' gap to it):",
             "",
-            "| provider | chunk budget MiB | loss kernels' programs per SM | predicted us | x compiled | extra MiB "
+            "| provider | chunk budget MiB | SPLIT_PROGRAMS_PER_SM (target) | predicted us | x compiled | extra MiB "
             "(model) | % of composite |",
             "|---|---|---|---|---|---|---|",
         ]

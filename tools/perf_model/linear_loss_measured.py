@@ -123,8 +123,8 @@ def measured_reference(
 
 SOURCE_TEXT = {
     "run": "the loss suite's {case} over the run's own predictions (that day's kernels and model)",
-    "today": "the same measurements over today's model of today's kernels (as if their rewrite since gained "
-    "nothing on the GPU: the upper bound)",
+    "today": "the same measurements over today's model of today's kernels (as if today's kernels ran no faster "
+    "than that day's: the range's upper end)",
     "profile": "the chunk kernels as profiled on {date} ({rows} rows) over today's model at those rows",
 }
 
