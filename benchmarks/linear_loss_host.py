@@ -1,7 +1,7 @@
 """Host time per chunk of the fused-linear MaskSub loss's Triton path, measured on the CPU: is the op at risk of
 being host-bound on a GPU?
 
-    python benchmarks/linear_loss_host.py                    # 86 chunks of 192 rows (the BERT step's), D=8, C=64
+    python benchmarks/linear_loss_host.py            # 86 chunks of 192 rows (the BERT step's) and of 8, D=8, C=64
 
 The op's gradients-in-forward loop (ops/_linear_loss_chunks.py) runs a few torch ops and about two Triton launches per
 chunk of R rows from Python. On a GPU its device time per chunk is ~0.13 ms (the performance model's prediction at
@@ -11,8 +11,11 @@ launches are replaced by no-ops (the interpreter's launch entry point, so the la
 checks and launch configuration, all run), and the torch ops run on tiny CPU tensors (D = 8, C = 64: slices,
 copies, the matmuls' small CPU compute and torch's dispatch). What it leaves out: a GPU's launch cost per kernel
 (cudaLaunchKernel, Triton's binding of arguments to its compiled launcher), which adds to the host side; what it
-adds: the CPU compute of the tiny matmuls. Compare hosts with care: this machine's CPU runs torch ops 2-3x slower
-than a current server's. Writes benchmarks/results/linear-loss-host-CPU-<date>.json and prints a table.
+adds: the CPU compute of the tiny matmuls (bf16 matmuls are slow on a CPU: ~27 us for [192, 64] x [64, 8] here), and
+the CPU path's extra torch ops before the logits' and dW's matmuls (fp32 copies of the operands; one op on CUDA).
+So it times 192-row chunks (the BERT step's) and 8-row chunks, where that compute is negligible: the second is the
+closer figure for the host side alone. Times on a shared VM vary by 30-50% from run to run: it reports the median
+and the minimum of the repeats. Writes benchmarks/results/linear-loss-host-CPU-<date>.json and prints a table.
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ def measure(chunks: int, rows: int, depth: int, classes: int, repeats: int) -> d
         profile.disable()
     stats = pstats.Stats(profile)
     top = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:8]  # by own time
-    median_us = statistics.median(times) * 1e6
+    median_us, min_us = statistics.median(times) * 1e6, min(times) * 1e6
     return {
         "chunks": chunks,
         "rows_per_chunk": rows,
@@ -121,7 +124,10 @@ def measure(chunks: int, rows: int, depth: int, classes: int, repeats: int) -> d
         "repeats": repeats,
         "median_ms": round(median_us / 1e3, 2),
         "us_per_chunk": round(median_us / chunks, 1),
+        "min_us_per_chunk": round(min_us / chunks, 1),
         "triton_launches_per_chunk": round(counted / repeats / chunks, 2),
+        # Python and builtin function calls per chunk (the profiled call): a count, steady where the times are not
+        "python_calls_per_chunk": round(sum(entry[0] for entry in stats.stats.values()) / chunks, 1),
         "top_own_time_us_per_chunk": {
             f"{Path(file).name}:{line}({name})": round(entry[2] / chunks * 1e6, 1) for (file, line, name), entry in top
         },
@@ -131,33 +137,40 @@ def measure(chunks: int, rows: int, depth: int, classes: int, repeats: int) -> d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=86)
-    parser.add_argument("--rows", type=int, default=192, help="rows per chunk (the BERT step's: 192)")
+    parser.add_argument("--rows", default="192,8", help="rows per chunk, comma-separated (the BERT step's: 192)")
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--classes", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", type=Path, default=None, help="the json file (default: benchmarks/results/...)")
     args = parser.parse_args(argv)
     if not mk.triton_interpreted():  # a CPU tool: its stubs replace the interpreter's launches
         print("linear_loss_host.py runs on the Triton interpreter (TRITON_INTERPRET=1, set before importing Triton)")
         return 2
-    record = measure(args.chunks, args.rows, args.depth, args.classes, args.repeats)
+    rows = [int(r) for r in args.rows.split(",")]
+    records = [measure(args.chunks, r, args.depth, args.classes, args.repeats) for r in rows]
     device_us = predicted_device_us_per_chunk()
     lines = [
-        "| chunks x rows | D | C | host ms (median) | host us per chunk | Triton launches per chunk | predicted "
-        "device us per chunk (H200, BERT shape: a PREDICTION) |",
-        "|---|---|---|---|---|---|---|",
-        f"| {record['chunks']} x {record['rows_per_chunk']} | {record['depth']} | {record['classes']} | "
-        f"{record['median_ms']} | {record['us_per_chunk']} | {record['triton_launches_per_chunk']} | "
-        f"{'-' if device_us is None else round(device_us, 1)} |",
+        "| chunks x rows | D | C | host ms (median) | host us per chunk (median / min) | Python calls per chunk | "
+        "Triton launches per chunk | predicted device us per chunk (H200, BERT shape: a PREDICTION) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    for record in records:
+        lines.append(
+            f"| {record['chunks']} x {record['rows_per_chunk']} | {record['depth']} | {record['classes']} | "
+            f"{record['median_ms']} | {record['us_per_chunk']} / {record['min_us_per_chunk']} | "
+            f"{record['python_calls_per_chunk']} | {record['triton_launches_per_chunk']} | "
+            f"{'-' if device_us is None else round(device_us, 1)} |"
+        )
     print("\n".join(lines))
-    print("own time per chunk (us, one profiled call):", json.dumps(record["top_own_time_us_per_chunk"], indent=1))
+    for record in records:
+        print(f"own time per chunk at {record['rows_per_chunk']} rows (us, one profiled call):")
+        print(json.dumps(record["top_own_time_us_per_chunk"], indent=1))
     date = datetime.date.today().isoformat()
     out = args.out or RESULTS / f"linear-loss-host-CPU-{date}.json"
     meta = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "date": date}
     meta.update(torch=torch.__version__, launches="stubbed (Triton interpreter's entry point)")
     meta["predicted_device_us_per_chunk"] = None if device_us is None else round(device_us, 1)
-    out.write_text(json.dumps({"meta": meta, "record": record, "table": lines}, indent=1) + "\n")
+    out.write_text(json.dumps({"meta": meta, "records": records, "table": lines}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 

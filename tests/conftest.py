@@ -2,9 +2,10 @@
 the CUDA emulator; with a GPU, the tests run on CUDA tensors (the GPU suite).
 
 TRITON_INTERPRET is read when @triton.jit runs, i.e. when masksub_kernels is imported, so it is set here, before
-any import of the package. MASKSUB_CUDA_EMULATOR chooses whether the ``cuda`` backend runs on the emulator
-(tools/cuda_emulator.py: csrc/ compiled for the CPU) where there is no GPU: ``auto`` (default: when a
-CUDA toolkit's headers are present), ``1`` (required: a build failure fails the run; CI), ``0`` (never).
+any import of the package (as is MASKSUB_CHECK_LAUNCH_CACHE). MASKSUB_CUDA_EMULATOR chooses whether the ``cuda``
+backend runs on the emulator (tools/cuda_emulator.py: csrc/ compiled for the CPU) where there is no GPU: ``auto``
+(default: when a CUDA toolkit's headers are present), ``1`` (required: a build failure fails the run; CI), ``0``
+(never).
 """
 
 import os
@@ -13,6 +14,8 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# every reuse of a cached launch configuration is derived again and compared (ops/masksub_loss.py: _cached_config)
+os.environ.setdefault("MASKSUB_CHECK_LAUNCH_CACHE", "1")
 
 # Under pytest-xdist (`make test`: a worker per core) each worker gets its share of the cores for torch's CPU ops,
 # not torch's default of all of them per worker (oversubscribed, slower).

@@ -324,9 +324,12 @@ def test_linear_loss_host_script_times_the_loop_with_stubbed_launches(tmp_path, 
     from benchmarks import linear_loss_host
 
     out = tmp_path / "host.json"
-    argv = ["--chunks", "3", "--rows", "4", "--repeats", "2", "--out", str(out)]
+    argv = ["--chunks", "3", "--rows", "4,2", "--repeats", "2", "--out", str(out)]
     assert linear_loss_host.main(argv) == 0
-    record = json.loads(out.read_text())["record"]
-    assert record["chunks"] == 3 and record["us_per_chunk"] > 0
-    assert record["triton_launches_per_chunk"] == 2  # the loss forward and backward of every chunk, stubbed
-    assert "| 3 x 4 | 8 | 64 |" in capsys.readouterr().out
+    records = json.loads(out.read_text())["records"]
+    assert [record["rows_per_chunk"] for record in records] == [4, 2]
+    for record in records:
+        assert record["chunks"] == 3 and record["us_per_chunk"] >= record["min_us_per_chunk"] > 0
+        assert record["triton_launches_per_chunk"] == 2  # the loss forward and backward of every chunk, stubbed
+    printed = capsys.readouterr().out
+    assert "| 3 x 4 | 8 | 64 |" in printed and "| 3 x 2 | 8 | 64 |" in printed

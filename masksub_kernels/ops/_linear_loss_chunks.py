@@ -61,6 +61,8 @@ the recompute op there: _grads_wanted).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from . import masksub_loss as loss_ops
@@ -138,15 +140,59 @@ def _row_grad(grad: float | torch.Tensor, term_weight: float, device: torch.devi
     return torch.full((1,), grad * term_weight, device=device)
 
 
-def _rows(x: torch.Tensor, chunk: slice | torch.Tensor) -> torch.Tensor:
-    """The chunk's rows of x: a view for a slice (every row counts), a gather for row ids."""
-    return x[chunk] if isinstance(chunk, slice) else x.index_select(0, chunk)
+def _chunk_rows(chunks: list[slice], step: int):
+    """For chunks that are slices of every row: x -> each chunk's rows of x along dim, views from one split (one
+    host call for all chunks, where a slice per chunk costs ~2 us each); an empty x (a gradient not stored) for
+    every chunk."""
+
+    def rows(x: torch.Tensor, dim: int = 0):
+        return x.split(step, dim) if x.numel() else [x] * len(chunks)
+
+    return rows
 
 
-def _store_rows(dx: torch.Tensor, chunk: slice | torch.Tensor, d: torch.Tensor, w: torch.Tensor) -> None:
-    """dx[chunk] = d @ w: [R, D] with fp32 accumulation and one rounding; straight into dx's rows when it can."""
-    if isinstance(chunk, slice) and d.dtype == w.dtype == dx.dtype:
-        torch.mm(d, w, out=dx[chunk])
+class _ChunkViews(NamedTuple):
+    """The views of the loop's buffers that a chunk of n rows at ``offset`` in the group's buffers uses: the same for
+    every full chunk, so made once (grads_in_forward's host time)."""
+
+    width: int  # the chunk's stacked rows, [h_c; hs_c]: 2n (n without a sub-branch)
+    gm: torch.Tensor | None  # the two terms' row grads [n] (expanded: no memory)
+    gs: torch.Tensor | None
+    x_wide: torch.Tensor | None = None  # the stacked rows [2n, D + pad] (where the loop stacks them), their parts:
+    x_rows: tuple = ()  # where h_c and hs_c go, [n, D] each
+    x: torch.Tensor | None = None  # the logits' operand [2n, D]
+    dw_rows: tuple = (None, None)  # dW's operands when the terms' gradients are not one buffer: [n, D + pad] each
+    logits: torch.Tensor | None = None  # the kernels' fp32 logits [2n, C] (a view with padded rows) and halves
+    z: torch.Tensor | None = None
+    s: torch.Tensor | None = None
+    grads: torch.Tensor | None = None  # the kernels' [2n, C] buffer of dz over ds, and its halves
+    into: tuple = ()
+
+    @classmethod
+    def of(cls, n, offset, has_sub, depth, classes, stacked, logits_buffer, grads_buffer, g_main, g_sub):
+        width = (2 if has_sub else 1) * n
+        gm, gs = (None if g is None else g.expand(n) for g in (g_main, g_sub))
+        parts = {}
+        if stacked is not None:
+            x_wide = stacked[offset : offset + width]
+            x_rows = tuple(x_wide[i * n : (i + 1) * n, :depth] for i in range(width // n))
+            dw_rows = (x_wide[:n], x_wide[n:] if has_sub else None)
+            parts.update(x_wide=x_wide, x_rows=x_rows, x=x_wide[:, :depth], dw_rows=dw_rows)
+        if logits_buffer is not None:
+            logits = logits_buffer[:width, :classes]
+            grads = logits if grads_buffer is None else grads_buffer[offset : offset + width, :classes]
+            z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
+            parts.update(logits=logits, z=z, s=s, grads=grads, into=(grads[:n], grads[n:]))
+        return cls(width, gm, gs, **parts)
+
+
+def _store_rows(
+    dx: torch.Tensor, chunk: slice | torch.Tensor, d: torch.Tensor, w: torch.Tensor, dx_c: torch.Tensor | None
+) -> None:
+    """dx[chunk] = d @ w: [R, D] with fp32 accumulation and one rounding; straight into dx's rows when it can.
+    dx_c: dx[chunk], a view, where the chunk is a slice (None for row ids)."""
+    if dx_c is not None and d.dtype == w.dtype == dx.dtype:
+        torch.mm(d, w, out=dx_c)
     else:
         dx[chunk] = (d @ w).to(dx.dtype)
 
@@ -286,6 +332,7 @@ def grads_in_forward(
     # both terms' gradients fill one buffer of the inputs' dtype (the kernels' fp16 / bf16 path)
     low = kernels and operand != torch.float32
     group = max(1, min(DW_GROUP, len(chunks))) if dw_grouped(low, has_sub, want_main, want_sub, dw is not None) else 1
+    logits_buffer = grads_buffer = tickets = None  # the reference's chunks have none
     if kernels:  # the chunks' buffers, made once, rows padded for aligned matmuls; each chunk uses [:2n, :C]
         buffer_shape = ((2 if has_sub else 1) * min(step, rows), aligned_classes(classes))
         logits_buffer = torch.empty(buffer_shape, dtype=torch.float32, device=device)
@@ -298,50 +345,63 @@ def grads_in_forward(
         stacked = torch.zeros(group * buffer_shape[0], dw.shape[1], dtype=operand, device=device)
         if with_ones:
             stacked[:, depth] = 1
+    # Host time: a BERT step runs ~86 chunks and each chunk's views cost ~1-3 us of Python apiece, as much as the
+    # launches they feed (the op may be host-bound on a GPU: benchmarks/linear_loss_host.py). So the buffers' views
+    # of a chunk of n rows at a given offset in the group's buffers are made once (every full chunk has the same),
+    # and where the chunks are slices each operand's chunk rows come from one split.
+    views: dict[tuple[int, int], _ChunkViews] = {}
+    sliced = _chunk_rows(chunks, step) if every_row else None
+    h_rows, y_rows, stats_cols, dh_rows, dhs_rows = (
+        (None,) * 5 if sliced is None else (sliced(hidden), sliced(target), sliced(stats, 1), sliced(dh), sliced(dhs))
+    )
+    hs_rows = sliced(sub_hidden) if sliced is not None and has_sub else None
     offset = 0  # the chunk's first row in the group's buffers (grads_buffer, stacked)
     for index, chunk in enumerate(chunks):
-        n = chunk.stop - chunk.start if isinstance(chunk, slice) else chunk.numel()
-        width = (2 if has_sub else 1) * n
-        h_c, y = _rows(hidden, chunk), _rows(target, chunk)
-        hs_c = _rows(sub_hidden, chunk) if has_sub else None
-        if stacked is not None:
-            x_wide = stacked[offset : offset + width]  # [2R, D + pad]: the rows, their ones column
-            for i, rows_c in enumerate((h_c, hs_c) if has_sub else (h_c,)):
-                x_wide[i * n : (i + 1) * n, :depth].copy_(rows_c)
-            x = x_wide[:, :depth]
-            h_c, hs_c = x_wide[:n], x_wide[n:] if has_sub else None  # dW's operands: db from the ones column
+        if sliced is not None:
+            h_c, y = h_rows[index], y_rows[index]
+            hs_c = hs_rows[index] if has_sub else None
+        else:
+            h_c, y = hidden.index_select(0, chunk), target.index_select(0, chunk)
+            hs_c = sub_hidden.index_select(0, chunk) if has_sub else None
+        n = h_c.shape[0]
+        v = views.get((n, offset))
+        if v is None:
+            v = views[n, offset] = _ChunkViews.of(n, offset, has_sub, depth, classes, stacked, logits_buffer,
+                                                  grads_buffer, g_main, g_sub)  # fmt: skip
+        if v.x_wide is not None:  # [2R, D + pad]: the rows, their ones column
+            for rows_c, into in zip((h_c, hs_c), v.x_rows):
+                into.copy_(rows_c)
+            x, (h_c, hs_c) = v.x, v.dw_rows  # dW's operands: db from the ones column
         else:
             x = torch.cat((h_c, hs_c)) if has_sub else h_c  # [2R, D]: both branches' logits from one matmul
-        gm, gs = (None if g is None else g.expand(n) for g in (g_main, g_sub))
         grads = None  # the kernels' [2R, C] buffer of dz over ds
         if kernels:
             # fp32 logits (never rounded to bf16: the values keep fp32 accuracy), the fused loss kernels on them,
             # dz and ds written by the backward kernel over the logits (fp32) or into a buffer of the inputs' dtype
             # without the bias: the loss kernels add it as they read
-            logits = _fp32_logits(x, weight, logits_buffer[: x.shape[0], :classes])
-            z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
+            logits = _fp32_logits(x, weight, v.logits)
+            z, s = v.z, v.s
             # the stats straight into their columns of [9, M] where the chunk is a slice (else copied below)
-            into_stats = stats[:, chunk] if isinstance(chunk, slice) else stats.new_empty(NUM_OUT, n)
+            into_stats = stats_cols[index] if sliced is not None else stats.new_empty(NUM_OUT, n)
             out = loss_ops._forward_triton(z, s, y, *options, bias=bias_c, out=into_stats, tickets=tickets)
-            grads = logits if grads_buffer is None else grads_buffer[offset : offset + width, :classes]
-            into = (grads[:n], grads[n:])
-            dz, ds = loss_ops._backward_triton(gm, gs, out, z, s, y, *options, into=into, bias=bias_c)
+            grads = v.grads
+            dz, ds = loss_ops._backward_triton(v.gm, v.gs, out, z, s, y, *options, into=v.into, bias=bias_c)
         else:
             logits = x.to(acc) @ w.T if b_acc is None else torch.addmm(b_acc, x.to(acc), w.T)
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
             out = loss_ops.loss_forward_reference(z, s, y, *options)
-            dz, ds = loss_ops.loss_backward_reference(gm, gs, out, z, s, y, *options)
-        if not kernels or not isinstance(chunk, slice):
+            dz, ds = loss_ops.loss_backward_reference(v.gm, v.gs, out, z, s, y, *options)
+        if not kernels or sliced is None:
             stats[:, chunk] = out  # fp32 [9, R]
-        for d, dx in ((dz, dh), (ds, dhs)):
+        for d, dx, dx_rows in ((dz, dh, dh_rows), (ds, dhs, dhs_rows)):
             if d.numel() and dx.numel():
-                _store_rows(dx, chunk, d, w)  # [R, D] rows of dH or dHs
+                _store_rows(dx, chunk, d, w, None if dx_rows is None else dx_rows[index])  # [R, D] rows of dH or dHs
         # dW += [dz; ds]^T [h_c; hs_c]: one matmul over both terms when they are the halves of one buffer, and over
         # the group's chunks at once (the buffers' first `offset` rows: their gradients and rows)
         both = grads is not None and dz.numel() and ds.numel()
-        terms = [(grads, x_wide if with_ones else x)] if both else [(d, xc) for d, xc in ((dz, h_c), (ds, hs_c))]
+        terms = [(grads, v.x_wide if with_ones else x)] if both else [(d, xc) for d, xc in ((dz, h_c), (ds, hs_c))]
         if group > 1:
-            offset += width
+            offset += v.width
             group_done = (index + 1) % group == 0 or index == len(chunks) - 1
             terms = [(grads_buffer[:offset, :classes], stacked[:offset])] if group_done else []
             offset = 0 if group_done else offset
