@@ -14,8 +14,9 @@ copies, the matmuls' small CPU compute and torch's dispatch). What it leaves out
 adds: the CPU compute of the tiny matmuls (bf16 matmuls are slow on a CPU: ~27 us for [192, 64] x [64, 8] here), and
 the CPU path's extra torch ops before the logits' and dW's matmuls (fp32 copies of the operands; one op on CUDA).
 So it times 192-row chunks (the BERT step's) and 8-row chunks, where that compute is negligible: the second is the
-closer figure for the host side alone. Times on a shared VM vary by 30-50% from run to run: it reports the median
-and the minimum of the repeats. Writes benchmarks/results/linear-loss-host-CPU-<date>.json and prints a table.
+closer figure for the host side alone. It reports the median and the minimum of the repeats, and the Python calls
+per chunk (a count: steady where times on a shared VM are not). Writes
+benchmarks/results/linear-loss-host-CPU-<date>.json and prints a table.
 """
 
 from __future__ import annotations
@@ -63,6 +64,21 @@ def stubbed_launches(counter: list[int]):
 
 
 @contextlib.contextmanager
+def filled_allocations():
+    """torch.empty and the like fill floats with NaN (torch's deterministic mode): the stubbed kernels leave their
+    outputs unwritten, and the torch ops that read them computed on whatever memory held, whose subnormal floats take
+    the CPU's slow path (an fp32 multiply ~30x slower): one run in three took 100x longer. NaN costs nothing extra."""
+    saved = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.utils.deterministic.fill_uninitialized_memory = saved[1]
+
+
+@contextlib.contextmanager
 def rows_per_chunk(rows: int):
     """The kernels' path in chunks of ``rows`` rows (grads_chunk_rows, read at call time)."""
     saved = chunk_loop.grads_chunk_rows
@@ -101,7 +117,7 @@ def measure(chunks: int, rows: int, depth: int, classes: int, repeats: int) -> d
         out.loss.backward()
 
     times = []
-    with mk.use_backend("triton"), stubbed_launches(launches), rows_per_chunk(rows):
+    with mk.use_backend("triton"), stubbed_launches(launches), rows_per_chunk(rows), filled_allocations():
         step()  # warm-up: imports, caches
         launches[0] = 0
         for _ in range(repeats):

@@ -175,7 +175,7 @@ class _ChunkViews(NamedTuple):
         parts = {}
         if stacked is not None:
             x_wide = stacked[offset : offset + width]
-            x_rows = tuple(x_wide[i * n : (i + 1) * n, :depth] for i in range(width // n))
+            x_rows = tuple(x_wide[i * n : (i + 1) * n, :depth] for i in range(2 if has_sub else 1))
             dw_rows = (x_wide[:n], x_wide[n:] if has_sub else None)
             parts.update(x_wide=x_wide, x_rows=x_rows, x=x_wide[:, :depth], dw_rows=dw_rows)
         if logits_buffer is not None:
