@@ -1,6 +1,7 @@
 // Probe kernels for the CUDA emulator (csrc/emulator/emulator.h), built and run by tests/test_cuda_emulator.py:
-// each check prints "<name> ok" or "<name> FAIL <detail>"; `probe deadlock` must abort with a message, and so must
-// `probe misaligned` when built with the sanitizers (a 16-byte load off its boundary: a GPU's "misaligned address").
+// each check prints "<name> ok" or "<name> FAIL <detail>"; `probe deadlock` and `probe launch_bounds` (a block larger
+// than its kernel's __launch_bounds__) must abort with a message, and so must `probe misaligned` when built with the
+// sanitizers (a 16-byte load off its boundary: a GPU's "misaligned address").
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cuda_runtime.h>
@@ -147,6 +148,9 @@ void check_sort_scan() {
   report("exclusive_sum", ok);
 }
 
+// Declares at most kThreads threads per block: a larger block must fail (a GPU refuses the launch).
+__global__ void __launch_bounds__(kThreads) bounded_kernel(int* out) { out[threadIdx.x] = 1; }
+
 // One thread loads a 16-byte word from `words` + `offset_bytes` (as the kernels' uint4 paths load rows).
 __global__ void vector_load_kernel(const unsigned char* words, int offset_bytes, unsigned* out) {
   const uint4 word = *reinterpret_cast<const uint4*>(words + offset_bytes);
@@ -161,6 +165,15 @@ int main(int argc, char** argv) {
     std::vector<float> out(kThreads);
     deadlock_kernel<<<1, kThreads, 0, stream>>>(out.data());
     std::printf("deadlock not detected\n");
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "launch_bounds") == 0) {
+    std::vector<int> out(2 * kThreads);
+    bounded_kernel<<<1, kThreads, 0, stream>>>(out.data());  // within its bounds: fine
+    std::printf("within bounds ok\n");
+    std::fflush(stdout);
+    bounded_kernel<<<1, 2 * kThreads, 0, stream>>>(out.data());  // twice its bounds: must stop the run
+    std::printf("launch bounds not checked\n");
     return 0;
   }
   if (argc > 1 && std::strcmp(argv[1], "misaligned") == 0) {

@@ -44,7 +44,7 @@ def probe(tmp_path_factory) -> Path:
         pytest.skip(cuda_emulator.missing() or f"no host C++ compiler ({compiler})")
     folder = tmp_path_factory.mktemp("probe")
     source = folder / "probe.cpp"
-    source.write_text(cuda_emulator.rewrite_launches((Path(__file__).parent / "cuda_emulator_probe.cu").read_text()))
+    source.write_text(cuda_emulator.emulated_source((Path(__file__).parent / "cuda_emulator_probe.cu").read_text()))
     binary = folder / "probe"
     command = [compiler, "-std=c++17", *cuda_emulator.compile_flags(), str(source), "-o", str(binary)]
     subprocess.run(command, check=True, capture_output=True, text=True)
@@ -68,6 +68,36 @@ def test_probe_kernels(probe):
     assert all(status == "ok" for status in lines.values()), lines
 
 
+def test_rewrite_launch_bounds():
+    source = (
+        "__global__ void __launch_bounds__(kThreads) k(int* a, Row<T> (b)) {\n  body(a);\n}\n"
+        "template <int N>\n__global__ void __launch_bounds__(N, 1024 / N) t(\n    int x)\n{ y(); }\n"
+        "__global__ void __launch_bounds__(64) declared(int a);\n"
+        "__global__ void plain(int a) { z(); }\n"
+    )
+    assert cuda_emulator.rewrite_launch_bounds(source) == (
+        "__global__ void __launch_bounds__(kThreads) k(int* a, Row<T> (b)) {"
+        " ::masksub_emu::check_launch_bounds(kThreads);\n  body(a);\n}\n"
+        "template <int N>\n__global__ void __launch_bounds__(N, 1024 / N) t(\n    int x)\n{"
+        " ::masksub_emu::check_launch_bounds(N, 1024 / N); y(); }\n"
+        "__global__ void __launch_bounds__(64) declared(int a);\n"  # a declaration: no body
+        "__global__ void plain(int a) { z(); }\n"
+    )
+
+
+def test_every_bounded_csrc_kernel_checks_its_bounds():
+    for path in cuda_emulator.CSRC.glob("*.cu*"):
+        text = path.read_text()
+        bounded = text.count("__launch_bounds__(")
+        assert cuda_emulator.emulated_source(text).count("::masksub_emu::check_launch_bounds(") == bounded, path.name
+
+
+def test_probe_launch_beyond_its_bounds_aborts(probe):
+    result = subprocess.run([str(probe), "launch_bounds"], capture_output=True, text=True, timeout=60)
+    assert "within bounds ok" in result.stdout and "not checked" not in result.stdout, result.stdout
+    assert result.returncode != 0 and "__launch_bounds__" in result.stderr, result.stderr[-2000:]
+
+
 def test_probe_deadlock_aborts_with_a_message(probe):
     result = subprocess.run([str(probe), "deadlock"], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
@@ -86,7 +116,7 @@ def test_sanitized_probe_stops_a_misaligned_vector_load(tmp_path):
     except RuntimeError as exc:
         pytest.skip(str(exc))
     source, binary = tmp_path / "probe.cpp", tmp_path / "probe"
-    source.write_text(cuda_emulator.rewrite_launches((Path(__file__).parent / "cuda_emulator_probe.cu").read_text()))
+    source.write_text(cuda_emulator.emulated_source((Path(__file__).parent / "cuda_emulator_probe.cu").read_text()))
     flags = cuda_emulator.compile_flags("address")
     subprocess.run([compiler, "-std=c++17", *flags, str(source), "-o", str(binary)], check=True, capture_output=True)
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0"}

@@ -12,9 +12,10 @@ thread), and never chosen by ``auto``.
 
     python -m tools.cuda_emulator          # from a checkout: build it (about a minute) and run a smoke check
 
-No file of csrc/ has a branch for the emulator (tests/test_csrc_sources.py says so); the only source change is
-syntactic: ``kernel<<<grid, block, smem, stream>>>(args)`` becomes
-``::masksub_emu::launch(kernel, grid, block, smem, stream)(args)`` in copies of the files under the build folder.
+No file of csrc/ has a branch for the emulator (tests/test_csrc_sources.py says so); the only source changes are
+syntactic, in copies of the files under the build folder: ``kernel<<<grid, block, smem, stream>>>(args)`` becomes
+``::masksub_emu::launch(kernel, grid, block, smem, stream)(args)``, and a kernel defined with
+``__launch_bounds__(n)`` checks its block's size against n first (rewrite_launch_bounds).
 Needs the CUDA toolkit's headers (cuda_fp16.h, cuda_bf16.h, cuda_runtime.h for types), not its compiler or runtime.
 """
 
@@ -54,6 +55,46 @@ def rewrite_launches(source: str, call: str = EMULATED_LAUNCH) -> str:
     return _LAUNCH.sub(lambda m: call.format(kernel=m.group(1), config=m.group(2)), source)
 
 
+_LAUNCH_BOUNDS = re.compile(r"__launch_bounds__\s*\(")
+EMULATED_BOUNDS_CHECK = " ::masksub_emu::check_launch_bounds({bounds});"
+
+
+def _closing(source: str, opening: int) -> int:
+    """The index of the parenthesis that closes the one at ``opening``."""
+    depth = 0
+    for index in range(opening, len(source)):
+        depth += {"(": 1, ")": -1}.get(source[index], 0)
+        if depth == 0:
+            return index
+    raise ValueError(f"unbalanced parentheses from offset {opening}")
+
+
+def rewrite_launch_bounds(source: str) -> str:
+    """Each kernel defined with ``__launch_bounds__(max_threads[, min_blocks])`` gets, as the first statement of its
+    body, ``::masksub_emu::check_launch_bounds(max_threads[, min_blocks]);``: a GPU refuses a launch of more threads
+    per block than the bound ("too many resources requested for launch"), and the emulator's header, where the
+    attribute itself expands to nothing, fails such a launch too. Declarations (no body) are left as they are."""
+    pieces, position = [], 0
+    for match in _LAUNCH_BOUNDS.finditer(source):
+        if match.start() < position:  # inside a rewritten kernel's parameter list (none in csrc/)
+            continue
+        bounds_end = _closing(source, match.end() - 1)
+        bounds = source[match.end() : bounds_end]
+        parameters = source.index("(", bounds_end + 1)  # after the kernel's name
+        after = _closing(source, parameters) + 1
+        body = len(source[after:]) - len(source[after:].lstrip()) + after
+        if source.startswith("{", body):
+            pieces += [source[position : body + 1], EMULATED_BOUNDS_CHECK.format(bounds=bounds)]
+            position = body + 1
+    return "".join(pieces) + source[position:]
+
+
+def emulated_source(source: str, call: str = EMULATED_LAUNCH) -> str:
+    """A CUDA source as the emulator compiles it: its launches (rewrite_launches) and its kernels' launch bounds
+    (rewrite_launch_bounds) rewritten; nothing else changes."""
+    return rewrite_launch_bounds(rewrite_launches(source, call))
+
+
 def cuda_include_dir() -> Path | None:
     """The toolkit's include folder with cuda_fp16.h, or None."""
     home = find_cuda_home()
@@ -81,7 +122,7 @@ def stage_sources(build_dir: Path, call: str = EMULATED_LAUNCH) -> list[Path]:
         if path.suffix not in (".cu", ".cuh", ".h", ".cpp"):
             continue
         target = staged / (path.stem + ".cpp" if path.suffix == ".cu" else path.name)
-        text = rewrite_launches(path.read_text(), call)
+        text = emulated_source(path.read_text(), call)
         if not target.exists() or target.read_text() != text:  # unchanged files keep their timestamps (no rebuild)
             target.write_text(text)
         if target.suffix == ".cpp":

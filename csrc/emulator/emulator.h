@@ -1,8 +1,9 @@
 // A CPU emulator of the CUDA execution model, just wide enough to run csrc/ on CPU tensors (no GPU needed):
 // tools/cuda_emulator.py compiles the very .cu sources and the bindings with the host C++ compiler, this header
 // force-included (-include), this folder first on the include path (its masksub_platform.h and cub/ stand for the
-// real ones), and every `kernel<<<grid, block, smem, stream>>>(args)` rewritten as
-// `::masksub_emu::launch(kernel, grid, block, smem, stream)(args)`.
+// real ones), every `kernel<<<grid, block, smem, stream>>>(args)` rewritten as
+// `::masksub_emu::launch(kernel, grid, block, smem, stream)(args)` and a check of __launch_bounds__ put first in
+// the kernels that have one.
 //
 // Model, and why it is faithful where the kernels depend on it:
 //   - a launch runs its blocks one after another; the threads of a block are fibers (ucontext) on the calling
@@ -19,7 +20,9 @@
 //   - __shfl_xor_sync exchanges through a per-warp buffer between two warp barriers; a full-mask shuffle with an
 //     exited lane aborts (undefined behaviour on a GPU);
 //   - launch configurations are checked as the driver checks them (<= 1024 threads per block, grid.y/z <= 65535),
-//     and a bad one is reported by cudaGetLastError() as cudaErrorInvalidConfiguration;
+//     and a bad one is reported by cudaGetLastError() as cudaErrorInvalidConfiguration; a block larger than its
+//     kernel's __launch_bounds__ aborts (check_launch_bounds, the first statement tools/cuda_emulator.py puts in
+//     every such kernel; a GPU refuses the launch: a bug in the launcher either way);
 //   - streams are checked, more strictly than a GPU does: a launch must be on the stream that the emulated
 //     masksub_platform.h handed out for the tensors' device (see hand_out_stream below);
 //   - cub::BlockRadixSort / BlockScan are re-implemented from their documented contracts (emulator/cub/).
@@ -334,6 +337,16 @@ struct Launch {
     }
   }
 };
+
+// The first statement of every kernel defined with __launch_bounds__ (tools/cuda_emulator.py inserts it; the
+// attribute expands to nothing here): a GPU refuses a launch of more threads per block than the bound ("too many
+// resources requested for launch"); the emulator fails it, in every thread, before the kernel's first statement.
+inline void check_launch_bounds(unsigned max_threads, unsigned /* min_blocks_per_sm */ = 0) {
+  const dim3 block = context().block_dim;
+  if (block.x * block.y * block.z > max_threads) {
+    fail("a launch of more threads per block than the kernel's __launch_bounds__ (a GPU refuses it)");
+  }
+}
 
 template <typename... Params>
 Launch<Params...> launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_shared = 0,
