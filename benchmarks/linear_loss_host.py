@@ -68,14 +68,15 @@ def filled_allocations():
     """torch.empty and the like fill floats with NaN (torch's deterministic mode): the stubbed kernels leave their
     outputs unwritten, and the torch ops that read them computed on whatever memory held, whose subnormal floats take
     the CPU's slow path (an fp32 multiply ~30x slower): one run in three took 100x longer. NaN costs nothing extra."""
-    saved = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    saved = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    filled = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = True
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(saved[0])
-        torch.utils.deterministic.fill_uninitialized_memory = saved[1]
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.utils.deterministic.fill_uninitialized_memory = filled
 
 
 @contextlib.contextmanager

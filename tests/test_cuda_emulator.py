@@ -74,6 +74,9 @@ def test_rewrite_launch_bounds():
         "template <int N>\n__global__ void __launch_bounds__(N, 1024 / N) t(\n    int x)\n{ y(); }\n"
         "__global__ void __launch_bounds__(64) declared(int a);\n"
         "__global__ void plain(int a) { z(); }\n"
+        "// __launch_bounds__(kThreads): a comment\nint helper(int a) { return a; }\n"
+        'const char* note = "__launch_bounds__(n) in a string";\n'
+        "__global__ void __launch_bounds__(128, 2, 4) c(int a /* (unbalanced */) __attribute__((noinline)) { w(); }\n"
     )
     assert cuda_emulator.rewrite_launch_bounds(source) == (
         "__global__ void __launch_bounds__(kThreads) k(int* a, Row<T> (b)) {"
@@ -82,11 +85,16 @@ def test_rewrite_launch_bounds():
         " ::masksub_emu::check_launch_bounds(N, 1024 / N); y(); }\n"
         "__global__ void __launch_bounds__(64) declared(int a);\n"  # a declaration: no body
         "__global__ void plain(int a) { z(); }\n"
+        "// __launch_bounds__(kThreads): a comment\nint helper(int a) { return a; }\n"  # comments and strings: code
+        'const char* note = "__launch_bounds__(n) in a string";\n'  # only is searched
+        "__global__ void __launch_bounds__(128, 2, 4) c(int a /* (unbalanced */) __attribute__((noinline)) {"
+        " ::masksub_emu::check_launch_bounds(128, 2, 4); w(); }\n"
     )
 
 
 def test_every_bounded_csrc_kernel_checks_its_bounds():
-    for path in cuda_emulator.CSRC.glob("*.cu*"):
+    # every file stage_sources stages; csrc/ mentions the attribute only where it bounds a kernel
+    for path in (p for p in cuda_emulator.CSRC.iterdir() if p.suffix in (".cu", ".cuh", ".h", ".cpp")):
         text = path.read_text()
         bounded = text.count("__launch_bounds__(")
         assert cuda_emulator.emulated_source(text).count("::masksub_emu::check_launch_bounds(") == bounded, path.name

@@ -59,31 +59,60 @@ _LAUNCH_BOUNDS = re.compile(r"__launch_bounds__\s*\(")
 EMULATED_BOUNDS_CHECK = " ::masksub_emu::check_launch_bounds({bounds});"
 
 
-def _closing(source: str, opening: int) -> int:
+# comments and string / character literals (escapes included): blanked out before rewrite_launch_bounds searches
+_NOT_CODE = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.DOTALL)
+
+
+def _code_only(source: str) -> str:
+    """``source`` with its comments and literals replaced by spaces (newlines kept): the same offsets, no text
+    that a search for code could mistake for code."""
+    return _NOT_CODE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), source)
+
+
+def _closing(code: str, opening: int) -> int:
     """The index of the parenthesis that closes the one at ``opening``."""
     depth = 0
-    for index in range(opening, len(source)):
-        depth += {"(": 1, ")": -1}.get(source[index], 0)
+    for index in range(opening, len(code)):
+        depth += {"(": 1, ")": -1}.get(code[index], 0)
         if depth == 0:
             return index
     raise ValueError(f"unbalanced parentheses from offset {opening}")
 
 
+def _body_start(code: str, after: int) -> int | None:
+    """The offset of the '{' that opens a function's body, from just after its parameter list (skipping qualifiers
+    and attributes such as ``__attribute__((noinline))``), or None for a declaration."""
+    index = after
+    while index < len(code):
+        if code[index].isspace():
+            index += 1
+        elif code[index] == "{":
+            return index
+        elif code[index] == "(":
+            index = _closing(code, index) + 1
+        elif code[index].isalnum() or code[index] == "_":
+            index += 1
+        else:  # ';' (a declaration), '=' ... : no body here
+            return None
+    return None
+
+
 def rewrite_launch_bounds(source: str) -> str:
-    """Each kernel defined with ``__launch_bounds__(max_threads[, min_blocks])`` gets, as the first statement of its
-    body, ``::masksub_emu::check_launch_bounds(max_threads[, min_blocks]);``: a GPU refuses a launch of more threads
-    per block than the bound ("too many resources requested for launch"), and the emulator's header, where the
-    attribute itself expands to nothing, fails such a launch too. Declarations (no body) are left as they are."""
+    """Each kernel defined with ``__launch_bounds__(max_threads[, min_blocks[, max_blocks_per_cluster]])`` gets, as
+    the first statement of its body, ``::masksub_emu::check_launch_bounds(<the same arguments>);``: a GPU refuses a
+    launch of more threads per block than the bound ("too many resources requested for launch"), and the emulator's
+    header, where the attribute itself expands to nothing, aborts such a launch. Declarations (no body) are left as
+    they are; comments and literals are not searched."""
+    code = _code_only(source)
     pieces, position = [], 0
-    for match in _LAUNCH_BOUNDS.finditer(source):
+    for match in _LAUNCH_BOUNDS.finditer(code):
         if match.start() < position:  # inside a rewritten kernel's parameter list (none in csrc/)
             continue
-        bounds_end = _closing(source, match.end() - 1)
+        bounds_end = _closing(code, match.end() - 1)
         bounds = source[match.end() : bounds_end]
-        parameters = source.index("(", bounds_end + 1)  # after the kernel's name
-        after = _closing(source, parameters) + 1
-        body = len(source[after:]) - len(source[after:].lstrip()) + after
-        if source.startswith("{", body):
+        parameters = code.index("(", bounds_end + 1)  # after the kernel's name
+        body = _body_start(code, _closing(code, parameters) + 1)
+        if body is not None:
             pieces += [source[position : body + 1], EMULATED_BOUNDS_CHECK.format(bounds=bounds)]
             position = body + 1
     return "".join(pieces) + source[position:]

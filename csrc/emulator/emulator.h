@@ -340,8 +340,10 @@ struct Launch {
 
 // The first statement of every kernel defined with __launch_bounds__ (tools/cuda_emulator.py inserts it; the
 // attribute expands to nothing here): a GPU refuses a launch of more threads per block than the bound ("too many
-// resources requested for launch"); the emulator fails it, in every thread, before the kernel's first statement.
-inline void check_launch_bounds(unsigned max_threads, unsigned /* min_blocks_per_sm */ = 0) {
+// resources requested for launch": the launcher returns the error); the emulator aborts the run, in the block's
+// first thread, before any statement of the kernel.
+inline void check_launch_bounds(unsigned max_threads, unsigned /* min_blocks_per_sm */ = 0,
+                                unsigned /* max_blocks_per_cluster */ = 0) {
   const dim3 block = context().block_dim;
   if (block.x * block.y * block.z > max_threads) {
     fail("a launch of more threads per block than the kernel's __launch_bounds__ (a GPU refuses it)");

@@ -159,6 +159,11 @@ class MaskSubOp:
     def __call__(self, *args):
         if torch.compiler.is_compiling() or _tracing(args):
             return self.custom_op(*args)
+        if torch._C._are_functorch_transforms_active():  # torch.func.grad, vmap, jvp, jacrev...
+            raise RuntimeError(
+                f"masksub::{self.name} does not support torch.func transforms (grad, vmap, jvp, jacrev, ...): take "
+                "its gradients with torch.autograd (.backward(), torch.autograd.grad)"
+            )
         if self._torch_eager is not None:
             device = self._device(args)
             if device.type != "meta" and _backend.resolve_backend(device, self.records, self._implemented) == "torch":
@@ -200,8 +205,9 @@ def _autocast_off(device_type: str):
 def _tracing(args) -> bool:
     """Whether something other than torch.compile traces this call (make_fx / AOTAutograd's dispatch modes, fake or
     other tensor subclasses): the custom op then runs, so that the tracer sees one opaque node and its registered
-    fake and autograd, never a kernel launched on a tensor without data. torch.func transforms are not supported
-    (custom ops cannot take them, and the kernels cannot read functorch's wrapped tensors)."""
+    fake and autograd, never a kernel launched on a tensor without data. torch.func transforms are refused with an
+    error (MaskSubOp.__call__): the ops have no vmap or jvp rules, and their eager autograd.Function takes ctx in its
+    forward, which functorch does not accept."""
     if _get_current_dispatch_mode() is not None:
         return True
     return any(isinstance(arg, torch.Tensor) and type(arg) not in _PLAIN_TENSORS for arg in args)

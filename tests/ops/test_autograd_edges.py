@@ -167,3 +167,14 @@ def test_numpy_integer_seeds_and_backend_names():
     for name in (None, 3):
         with pytest.raises(TypeError, match="the backend must be a name"):
             mk.set_backend(name)
+
+
+@pytest.mark.parametrize("transform", ["grad", "vmap"])
+def test_torch_func_transforms_are_refused_clearly(transform):
+    z, s = _logits(4, 7), _logits(4, 7, seed=1)
+    y = torch.tensor([1, 3, 0, 2], device=DEVICE)
+    with pytest.raises(RuntimeError, match=r"does not support torch\.func transforms"):
+        if transform == "grad":
+            torch.func.grad(lambda t: mk.masksub_loss(t, s.detach(), y).loss)(z.detach())
+        else:
+            torch.func.vmap(lambda t: mk.soft_target_cross_entropy(t, y))(torch.stack([z.detach()] * 2))

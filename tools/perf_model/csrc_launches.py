@@ -87,6 +87,7 @@ def normalise(name: str) -> str:
 
 def _digest() -> str:
     sources = sorted((ROOT / "csrc").rglob("*")) + sorted(RECORDER.iterdir())
+    sources.append(Path(cuda_emulator.__file__))  # how the sources are staged (their launches rewritten)
     text = b"".join(p.read_bytes() for p in sources if p.is_file()) + RECORD_CALL.encode()
     return hashlib.sha256(text).hexdigest()[:16]
 
