@@ -263,32 +263,33 @@ def test_host_time_beside_the_gpu_time_marks_host_bound_records():
 
 
 def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypatch):
-    # the GPU run's sweep of the fused-linear op's chunk budget and dW group (bench/linear_loss.py, CHUNK_SWEEP)
+    # the GPU run's sweep of the fused-linear op's chunk budget (bench/linear_loss.py, CHUNK_SWEEP)
     from masksub_kernels.bench import linear_loss
     from masksub_kernels.ops import _linear_loss_chunks as chunks
     from masksub_kernels.ops import masksub_loss
 
     def settings():
-        return chunks.grads_chunk_rows(30522, torch.bfloat16), chunks.DW_GROUP, masksub_loss.SPLIT_PROGRAMS_PER_SM
+        return chunks.grads_chunk_rows(30522), masksub_loss.SPLIT_PROGRAMS_PER_SM
 
     default = settings()
-    with linear_loss.chunking(192, 4):
-        assert settings() == (256, 4, 2)
-        with linear_loss.chunking(96, 2, 5):
-            assert settings() == (192, 2, 5)
-            assert masksub_loss.class_splits(192, 30522, 1024, 132) == (4, 8192)  # twice the default's splits
-        assert settings() == (256, 4, 2)
-    assert settings() == default == (192, 2, 2)
-    assert masksub_loss.class_splits(192, 30522, 1024, 132) == (2, 15360)
-    names = [linear_loss.sweep_provider(*entry, 30522, torch.bfloat16) for entry in linear_loss.CHUNK_SWEEP]
-    assert names == ["masksub[triton]:R=256,G=1", "masksub[triton]:R=384,G=2", "masksub[triton]:R=768,G=2",
-                     "masksub[triton]:R=192,G=2,P=5"]  # fmt: skip
+    with linear_loss.chunking(192):
+        assert settings() == (768, 2)
+        with linear_loss.chunking(96, 5):
+            assert settings() == (384, 5)
+            assert masksub_loss.class_splits(384, 30522, 1024, 132) == (2, 15360)  # the forward's rows split in 2
+        assert settings() == (768, 2)
+    assert settings() == default == (384, 2)
+    assert masksub_loss.class_splits(384, 30522, 1024, 132) == (1, 30720)
+    names = [linear_loss.sweep_provider(*entry, 30522) for entry in linear_loss.CHUNK_SWEEP]
+    assert names == ["masksub[triton]:R=192", "masksub[triton]:R=512", "masksub[triton]:R=768",
+                     "masksub[triton]:R=384,P=5"]  # fmt: skip
     # the cases a GPU run would time (built here without running): the sweep last, 'full' only, its own memory
     cases = {case.provider: case for case in linear_loss.cases(torch.device("cuda"))}
     assert list(cases)[-4:] == names and all(cases[name].modes == ("full",) for name in names)
     memory = {name: case.notes["modelled_extra_mb_fused"] for name, case in cases.items()}
-    assert memory[names[2]] > 2 * memory["masksub[triton]"] and memory[names[3]] == memory["masksub[triton]"]
-    # the swept op is the op: same loss and gradients with 2-row chunks in groups of 2 (the interpreter, tiny)
+    assert memory[names[0]] < memory["masksub[triton]"] < memory[names[1]] < memory[names[2]]
+    assert memory[names[3]] == memory["masksub[triton]"]
+    # the swept op is the op: same loss and gradients with 2-row chunks (the interpreter, tiny)
     generator = torch.Generator().manual_seed(0)
     h, hs = torch.randn(2, 9, 16, generator=generator, dtype=torch.bfloat16)
     weight = torch.randn(40, 16, generator=generator, dtype=torch.bfloat16) / 4
@@ -302,9 +303,9 @@ def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypat
         return splits(*args)
 
     monkeypatch.setattr(masksub_loss, "class_splits", spy)
-    two_rows = 2 * 2 * 40 * (4 + 2 * 2) / 2**20  # MiB: 2 rows of C = 40 (logits fp32, two chunks' bf16 gradients)
+    two_rows = 2 * 2 * chunks.aligned_classes(40) * 4 / 2**20  # MiB: 2 rows of C = 40 (fp32 logits, padded rows)
     used = []
-    for call in (linear_loss.fused, lambda *args: linear_loss.fused_chunked(two_rows, 2, 5, *args)):
+    for call in (linear_loss.fused, lambda *args: linear_loss.fused_chunked(two_rows, 5, *args)):
         inputs = [t.clone().requires_grad_(True) for t in (h, hs, weight, bias)]
         with mk.use_backend("triton"):
             loss = call(*inputs, labels)

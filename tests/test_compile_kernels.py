@@ -84,3 +84,72 @@ def test_aligned_rows_load_16_byte_words():
         assert accesses.count(logits_word) >= 4 and len(narrow) <= 1, (name, accesses)  # 1: the label's logit
         if "bwd" in name:
             assert "st.global.v4.b32" in accesses and not narrow, (name, accesses)
+
+
+_OVER_ROWS = """
+import json, re, sys, torch, triton
+from masksub_kernels.ops import _linear_loss_chunks as chunks
+from masksub_kernels.ops import masksub_loss
+from tools.perf_model.capture import recording, specialise, _target
+rows, classes = 384, 30522  # a BERT step's chunk
+buffer = torch.empty(2 * rows, chunks.aligned_classes(classes), device="meta")
+logits, narrow = buffer[:, :classes], buffer.view(torch.bfloat16)[:, :classes]
+y = torch.empty(rows, dtype=torch.int64, device="meta")
+g, bias = torch.empty(rows, device="meta"), torch.empty(classes, dtype=torch.bfloat16, device="meta")
+with recording(masksub_loss) as launches:
+    masksub_loss._backward_triton(g, g, torch.empty(9, rows, device="meta"), logits[:rows], logits[rows:], y, False,
+                                  0.0, -100, 1.0, None, into=(narrow[:rows], narrow[rows:]), bias=bias,
+                                  over_rows=True)
+(launch,) = launches
+signature, constexprs, attrs, options = specialise(launch)
+ptx = triton.compile(triton.compiler.ASTSource(launch.kernel, signature, constexprs, attrs), target=_target(),
+                     options=options).asm["ptx"]
+lines = [line.strip() for line in ptx.splitlines()]
+json.dump({"grid": list(launch.grid), "split": launch.bound["SPLIT"], "lines": lines}, sys.stdout)
+"""
+
+
+def test_gradients_over_the_logits_rows_store_behind_a_barrier():
+    # the fused-linear op's chunks write bf16 dz, ds over their fp32 logits' rows (ops/_masksub_loss_blocks.py,
+    # OVER_ROWS): gradient c lands on logit c / 2, which another warp may have loaded. In the PTX as the JIT
+    # specialises a BERT chunk's launch: one program per row, and every global store of a gradient word comes after
+    # a bar.sync that comes after the last global load of the logits before it (a GPU's order, which the
+    # interpreter, one program at a time with whole blocks, cannot show)
+    import json
+
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", _OVER_ROWS],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    kernel = json.loads(result.stdout)
+    assert kernel["grid"][1] == 1 and not kernel["split"]
+    lines = kernel["lines"]
+    assert any(line.startswith("st.global") for line in lines) and not _stores_before_a_barrier(lines)
+    # the check itself: a store right after the loads, or after a barrier that precedes the last load, is caught
+    load, store, barrier = (
+        "ld.global.v4.b32 {%r1, %r2, %r3, %r4}, [%rd1];",
+        "st.global.v2.b32 [%rd2], {%r5, %r6};",
+        "bar.sync 0;",
+    )
+    assert _stores_before_a_barrier([load, store]) == [1] and _stores_before_a_barrier([barrier, load, store]) == [2]
+    assert _stores_before_a_barrier([load, barrier, store]) == []
+
+
+def _stores_before_a_barrier(lines: list[str]) -> list[int]:
+    """The global stores (their line numbers) with no bar.sync between them and the last 16-byte global load (a
+    word of the fp32 logits) before them."""
+    offending, last_load, barrier = [], None, False
+    for i, line in enumerate(lines):
+        if line.startswith("ld.global.v4.b32"):
+            last_load, barrier = i, False
+        elif line.startswith("bar.sync"):
+            barrier = True
+        elif line.startswith("st.global") and last_load is not None and not barrier:
+            offending.append(i)
+    return offending

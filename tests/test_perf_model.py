@@ -92,7 +92,6 @@ def test_fused_linear_loss_is_predicted(model_run):
     )
     assert linear["fused_breakdown_us"]["backward_scaling"] > 0  # the stored gradients scaled in fp32
     # the benchmark's chunk sweep, each predicted under the provider name the benchmark gives it
-    import torch
 
     from masksub_kernels.bench.linear_loss import CHUNK_SWEEP, sweep_provider
 
@@ -120,7 +119,7 @@ def test_fused_linear_loss_is_predicted(model_run):
         round(median[m] / predicted[m], 2) for m in ("forward", "backward")
     )
     assert all(c["fused_us"] > times["masksub[triton]"] for c in reference["calibrated"])  # the model was optimistic
-    names = [sweep_provider(*entry, 30522, torch.bfloat16) for entry in CHUNK_SWEEP]
+    names = [sweep_provider(*entry, 30522) for entry in CHUNK_SWEEP]
     assert [p["provider"] for p in linear["chunk_sweep"]] == names and all(p["predicted_us"] > 0 for p in
                                                                            linear["chunk_sweep"])  # fmt: skip
 

@@ -159,8 +159,12 @@ _LOSS_OPTIONS = {"eps": "fp32", "ignore_index": "i64", "temperature": "fp32", "t
 _LOSS_OPTIONS |= {"main_weight": "fp32", "sub_weight": "fp32"}  # the reduced loss's weights (REDUCE, REDUCED)
 
 
-def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_BLOCK_C, bias: str | None = None):
-    """bias: the bias's dtype where HAS_BIAS (the fused-linear op's chunks: fp32 logits, a bias of the inputs')."""
+def _loss_spec(
+    kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_BLOCK_C, bias: str | None = None,
+    grads: str | None = None,
+):  # fmt: skip
+    """bias: the bias's dtype where HAS_BIAS (the fused-linear op's chunks: fp32 logits, a bias of the inputs').
+    grads: the backward's gradients' dtype where not the logits' (the chunks' bf16 / fp16 over their fp32 rows)."""
     forward = kernel is masksub_loss._loss_fwd_kernel
     if forward:
         block_c = min(block_c, masksub_loss._forward_max_block(flags.get("BCE", False)))  # the launcher's cap
@@ -172,8 +176,10 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
         scratch = {"part_ptr": "*fp32", "ticket_ptr": "*i32", "red_ptr": "*fp32", "d_ptr": "*fp32"}
         signature = {**logits, "out_ptr": "*fp32", **scratch, **_LOSS_SCALARS, "stride_out": "i64", **_LOSS_OPTIONS}
     else:
-        grads = {"gm_ptr": "*fp32", "gs_ptr": "*fp32", "dz_ptr": f"*{dtype}", "ds_ptr": f"*{dtype}", "d_ptr": "*fp32"}
-        signature = {**logits, "out_ptr": "*fp32", **grads, **_LOSS_SCALARS, "stride_gm": "i64", "stride_gs": "i64"}
+        written = grads or dtype
+        outputs = {"gm_ptr": "*fp32", "gs_ptr": "*fp32", "dz_ptr": f"*{written}", "ds_ptr": f"*{written}"}
+        outputs["d_ptr"] = "*fp32"
+        signature = {**logits, "out_ptr": "*fp32", **outputs, **_LOSS_SCALARS, "stride_gm": "i64", "stride_gs": "i64"}
         signature |= {"stride_d": "i64", "stride_out": "i64"}
         signature.update(_LOSS_OPTIONS)
     constexprs = {"BCE": False, "DENSE": False, "BINARISE": False, "SPLIT": False, "HAS_BIAS": bias is not None}
@@ -181,6 +187,7 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
     constexprs["VEC"] = 1  # the launchers' default: rows already 16-byte aligned (row_alignment)
     constexprs |= {"ALIGNED": False, "EVEN": False}  # _alignment_flags
     constexprs |= {"REDUCE": False, "MEAN": False, "SMOOTHED": True} if forward else {"REDUCED": False}  # per row
+    constexprs |= {} if forward else {"OVER_ROWS": False}  # gradients of their own (the chunks': over the logits)
     constexprs.update(flags, BLOCK_C=block_c)
     if "GROUP" not in flags:  # as _alignment_flags: a 16-byte word where the rows' words are aligned, else 1
         aligned_words = constexprs["VEC"] > 1 or constexprs["ALIGNED"]
@@ -194,6 +201,7 @@ def _loss_spec(kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_
         constexprs = {"LABELS": False, **constexprs}
     set_flags = ",".join(k.lower() if v is True else f"{k}={v}" for k, v in flags.items() if v)
     set_flags += f",bias={bias}" if bias else ""
+    set_flags += f",grads={grads}" if grads else ""
     name = f"{'fwd' if forward else 'bwd'}[{dtype},{set_flags},block={block_c}]"
     return name, kernel, signature, constexprs, {"num_warps": masksub_loss._launch_config(block_c, block_c)[1]}
 
@@ -275,6 +283,11 @@ def masksub_loss_specs() -> list[tuple]:
         # the chunks' split forward at BERT's shape: stats into the op's [9, M], its tickets reused (no fill: the
         # kernel writes the zeros, ZERO_ABSENT, with a split)
         _loss_spec(fwd, "fp32", {**variants[0][0], **_CHUNK_SPLIT}, bias="bf16"),
+        # the chunks' backward of fp16 / bf16 inputs: the gradients over the fp32 logits' rows (a barrier per block)
+        *(
+            _loss_spec(bwd, "fp32", {**variants[0][1], "ALIGNED": True, "OVER_ROWS": True}, bias=low, grads=low)
+            for low in ("bf16", "fp16")
+        ),
         # Triton turns integer arguments equal to 1 into constants: one row of one class
         _loss_spec(fwd, "fp32", {"HAS_MAIN": True, "HAS_SUB": True, "M": 1, "C": 1, "stride_out": 1}),
         _loss_spec(bwd, "fp32", {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": True, "M": 1, "C": 1, "stride_out": 1}),

@@ -9,14 +9,14 @@ Providers (class-id targets, a bias, the paper's defaults):
 - liger(main CE only): Liger-Kernel's fused linear cross-entropy of the main branch alone, a reference point
   (hard labels, CE only: it cannot do the sub term), where liger_kernel imports. It reads h, W and b only (not hs):
   only those are differentiated, and its bytes and flops are those of its one branch (half the composite's work);
-- masksub[triton]:R=<rows>,G=<group>[,P=<programs>] (GPU): the same op with other chunk sizes (CHUNK_SWEEP: the
-  chunks' memory budget and dW's group), so that one GPU run measures what memory buys in speed and calibrates the
-  model's trade-off (tools/perf_model/linear_loss.py predicts each; the default is the plain masksub[triton] row);
-  P: the default chunks with the loss kernels' rows split for more programs per SM (SPLIT_PROGRAMS_PER_SM of
-  ops/masksub_loss.py, 2 by default; P=5 gives a 192-row chunk 4 class splits per row instead of 2: 768 programs of
-  4 warps, 5.8 per SM, not 2.9): twice the loads in flight, the test of one explanation of the loss kernels' 2x gap
-  to the model on the H200 (a memory latency above the model's 650 ns, which ~3 programs per SM barely cover even
-  at 650).
+- masksub[triton]:R=<rows>[,P=<programs>] (GPU): the same op with other chunk sizes (CHUNK_SWEEP: the chunk
+  buffer's memory budget), so that one GPU run measures what memory buys in speed and calibrates the model's
+  trade-off (tools/perf_model/linear_loss.py predicts each; the default is the plain masksub[triton] row);
+  P: the default chunks with the loss forward's rows split for more programs per SM (SPLIT_PROGRAMS_PER_SM of
+  ops/masksub_loss.py, 2 by default; P=5 gives a 384-row chunk 2 class splits per row instead of 1: 768 programs,
+  5.8 per SM, not 2.9; the backward keeps one program per row): twice the loads in flight, the test of one
+  explanation of the loss kernels' 2x gap to the model on the H200 (a memory latency above the model's 650 ns,
+  which ~3 programs per SM barely cover even at 650).
 The op is compute-bound: TFLOP/s count the useful flops of the composite (2 M D C per matmul: 2 forward, 4
 backward). With inputs that require grad and a scalar reduction (as here) the fused op computes its gradients in
 the forward (ops/_linear_loss_chunks.py: the same 6 matmuls, all in the forward; the backward scales them).
@@ -41,43 +41,43 @@ from .token_select import library_providers
 GPU_SHAPES = [("BERT-base MLM", 16384, 768, 30522, (torch.bfloat16,))]
 CPU_SHAPES = [("BERT-like reduced (CPU)", 1024, 128, 8192, (torch.float32,))]
 TINY_SHAPES = [("tiny", 8, 16, 32, (torch.float32,))]
-# (chunk buffers' budget in MiB, dW's group, the loss kernels' split programs per SM) besides the default (96, 2, 2):
-# no grouping at the same memory, then twice and four times the memory (over issue 13's 5% goal at 192: the figures
-# say what that goal costs), then the default chunks with twice the loss kernels' class splits (P=5: 4 splits of a
-# 192-row chunk's rows instead of 2; P=3 or 4 would give 3)
-CHUNK_SWEEP = [(96, 1, 2), (192, 2, 2), (384, 2, 2), (96, 2, 5)]
+# (chunk buffer's budget in MiB, the loss kernels' split programs per SM) besides the default (96, 2): half the
+# memory (192-row chunks), then 4/3 and twice the memory (over issue 13's 5% goal: the figures say what that goal
+# costs), then the default chunks with more class splits in the loss forward (P=5: 2 splits of a 384-row chunk's
+# rows instead of 1; the backward keeps one program per row, as its gradients are written over the logits' rows)
+CHUNK_SWEEP = [(48, 2), (128, 2), (192, 2), (96, 5)]
 
 
 @contextlib.contextmanager
-def chunking(budget_mib: float, group: int, programs: int | None = None):
-    """The fused op's kernels' path with another chunk budget (GRADS_CHUNK_BYTES), dW group (DW_GROUP) and, if given,
-    split programs per SM of the loss kernels (SPLIT_PROGRAMS_PER_SM) inside the block: the benchmark's sweep and
-    the performance model's (module globals: not thread-safe)."""
+def chunking(budget_mib: float, programs: int | None = None):
+    """The fused op's kernels' path with another chunk budget (GRADS_CHUNK_BYTES) and, if given, split programs per
+    SM of the loss kernels (SPLIT_PROGRAMS_PER_SM) inside the block: the benchmark's sweep and the performance
+    model's (module globals: not thread-safe)."""
     from masksub_kernels.ops import _linear_loss_chunks as chunks
     from masksub_kernels.ops import masksub_loss
 
-    saved = chunks.GRADS_CHUNK_BYTES, chunks.DW_GROUP, masksub_loss.SPLIT_PROGRAMS_PER_SM
-    chunks.GRADS_CHUNK_BYTES, chunks.DW_GROUP = int(budget_mib * 2**20), group
-    masksub_loss.SPLIT_PROGRAMS_PER_SM = programs or saved[2]
+    saved = chunks.GRADS_CHUNK_BYTES, masksub_loss.SPLIT_PROGRAMS_PER_SM
+    chunks.GRADS_CHUNK_BYTES = int(budget_mib * 2**20)
+    masksub_loss.SPLIT_PROGRAMS_PER_SM = programs or saved[1]
     try:
         yield
     finally:
-        chunks.GRADS_CHUNK_BYTES, chunks.DW_GROUP, masksub_loss.SPLIT_PROGRAMS_PER_SM = saved
+        chunks.GRADS_CHUNK_BYTES, masksub_loss.SPLIT_PROGRAMS_PER_SM = saved
 
 
-def sweep_provider(budget_mib: int, group: int, programs: int, classes: int, dtype: torch.dtype) -> str:
-    """The sweep's provider name, with the rows per chunk that budget and group give, and the programs per SM where
-    they are not the default: masksub[triton]:R=256,G=1, masksub[triton]:R=192,G=2,P=5."""
+def sweep_provider(budget_mib: int, programs: int, classes: int) -> str:
+    """The sweep's provider name, with the rows per chunk that budget gives, and the programs per SM where they are
+    not the default: masksub[triton]:R=192, masksub[triton]:R=384,P=5."""
     from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows
     from masksub_kernels.ops.masksub_loss import SPLIT_PROGRAMS_PER_SM
 
-    with chunking(budget_mib, group):
-        name = f"masksub[triton]:R={grads_chunk_rows(classes, dtype)},G={group}"
+    with chunking(budget_mib):
+        name = f"masksub[triton]:R={grads_chunk_rows(classes)}"
     return name if programs == SPLIT_PROGRAMS_PER_SM else f"{name},P={programs}"
 
 
-def fused_chunked(budget_mib, group, programs, h, hs, weight, bias, labels):
-    with chunking(budget_mib, group, programs):  # the gradients are computed in this forward: the backward scales
+def fused_chunked(budget_mib, programs, h, hs, weight, bias, labels):
+    with chunking(budget_mib, programs):  # the gradients are computed in this forward: the backward scales
         return fused(h, hs, weight, bias, labels)
 
 
@@ -119,27 +119,23 @@ def modelled_extra_mb(rows: int, depth: int, classes: int, element: int) -> dict
     """Extra memory of one forward + backward beyond the inputs and the returned gradients, by the model (MiB).
 
     fused (gradients in the forward, the Triton flavour: ops/_linear_loss_chunks.py, with a bias): one chunk's
-    buffers (2 R C fp32 logits, plus the gradients of DW_GROUP chunks, 2 R G C in the inputs' dtype for fp16 / bf16,
-    and their stacked rows [2R G, D]), the per-row stats (9 fp32 per row) and, for fp16 / bf16 weights, the fp32
-    accumulator [dW | db | 0...] [C, D + pad] of both terms (the stacked rows carry the ones column, [2R, D + pad];
-    dW is returned as its view, db as a copy of its column). For fp32 weights dW and db are the returned gradients
-    (scaled in place, as dH and dHs always are).
+    buffers (2 R C fp32 logits, rows padded to aligned_classes, the fp16 / bf16 gradients written over them, and the
+    stacked rows [2R, D + pad] with their ones column), the per-row stats (9 fp32 per row) and, for fp16 / bf16
+    weights, the fp32 accumulator [dW | db | 0...] [C, D + pad] of both terms (dW is returned as its view, db as a
+    copy of its column). For fp32 weights dW and db are the returned gradients (scaled in place, as dH and dHs
+    always are), and the logits' operand [2R, D] a cat of the chunk's rows.
     composite: both logits and both logit gradients in the inputs' dtype (4 [M, C]), the least any materialising
     implementation holds at its peak (the eager official composite holds more: its fp32 copies)."""
-    from masksub_kernels.ops._linear_loss_chunks import DW_GROUP, grads_chunk_rows, padded_depth
+    from masksub_kernels.ops._linear_loss_chunks import aligned_classes, grads_chunk_rows, padded_depth
 
-    dtype = {2: torch.bfloat16, 4: torch.float32}.get(element, torch.float64)
-    chunk = min(rows, grads_chunk_rows(classes, dtype))
+    chunk = min(rows, grads_chunk_rows(classes))
+    logits = 2 * chunk * aligned_classes(classes) * 4
     stats = rows * 9 * 4
     if element < 4:
         width = padded_depth(depth)
-        accumulator = classes * width * 4
-        group = DW_GROUP if rows > chunk else 1  # one chunk: one group of one
-        fused_bytes = (
-            2 * chunk * classes * (4 + group * element) + 2 * group * chunk * width * element + stats + accumulator
-        )
+        fused_bytes = logits + 2 * chunk * width * element + stats + classes * width * 4
     else:
-        fused_bytes = 2 * chunk * classes * 4 + 2 * chunk * depth * element + stats
+        fused_bytes = logits + 2 * chunk * depth * element + stats
     composite_bytes = 4 * rows * classes * element
     return {"fused": fused_bytes / 2**20, "composite": composite_bytes / 2**20}
 
@@ -184,11 +180,11 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
             if liger is not None:
                 providers.append(("liger(main CE only)", liger, None, notes))
             if on_gpu and not tiny and dtype != torch.float32:  # the sweep (last: a capped suite drops it first)
-                for mib, group, programs in CHUNK_SWEEP:
-                    with chunking(mib, group, programs):
+                for mib, programs in CHUNK_SWEEP:
+                    with chunking(mib, programs):
                         swept = modelled_extra_mb(rows, depth, classes, element)["fused"]
-                    provider = sweep_provider(mib, group, programs, classes, dtype)
-                    chunked = functools.partial(fused_chunked, mib, group, programs)
+                    provider = sweep_provider(mib, programs, classes)
+                    chunked = functools.partial(fused_chunked, mib, programs)
                     providers.append((provider, chunked, "triton", {**notes, "modelled_extra_mb_fused": swept}))
             for provider, fn, backend, case_notes in providers:
                 setup = None if backend is None else (lambda b=backend: mk.set_backend(b))

@@ -11,8 +11,7 @@ do the same for one term):
         losses and stats of z, s/T, z/T; dz, ds for the row grads a/count, b/count (mean) or a, b (sum)
         dh_c = dz W,  dhs_c = ds W                          rows of dH, dHs [M, D]
         dW += [dz; ds]^T [h_c; hs_c],  db += sum_rows [dz; ds]          one fp32 accumulator, one matmul
-                                         (db in it: a ones column in [h_c; hs_c], the kernels' fp16 / bf16 path,
-                                          where it runs once per DW_GROUP chunks, over their stacked gradients)
+                                         (db in it: a ones column in [h_c; hs_c], the kernels' fp16 / bf16 path)
     backward(g_L):  dh = g_L dH,  dhs = g_L dHs,  dW = g_L dW,  db = g_L db   (scaled in place: see below)
 
 (For a mean, the row grads are 2^k / count with 2^k the power of two <= count, and the backward multiplies by
@@ -38,19 +37,20 @@ the op's backend:
 - kernels (the 'triton' backend): logits in fp32 from the inputs' dtype (cuBLAS with an fp32 output on a GPU:
   bf16 / fp16 tensor cores, never rounded to bf16) without the bias, which the fused masksub_loss Triton kernels
   add as they read the logits (no pass over them) while computing the loss and dz, ds,
-  dz and ds written over the fp32 logits (fp32 inputs) or into a [2R, C] buffer of the inputs' dtype; dW
-  accumulated in fp32 (cuBLAS with an fp32 output on CUDA, fp32 operands elsewhere). The loss forward writes a
-  slice chunk's stats straight into their columns of [9, M] and takes its split rows' tickets from one buffer of
-  the op's, zeroed once and left zero by each launch: no fill and no copy per chunk (7 launches per chunk, and dW's
-  matmul once per DW_GROUP chunks).
+  dz and ds written by the backward kernel over the fp32 logits (fp32 inputs) or, in the inputs' fp16 / bf16, over
+  the first half of each logits row's bytes (its over_rows: one program per row, a barrier between its loads and
+  its stores), so that the gradients need no buffer of their own; dW accumulated in fp32 (cuBLAS with an fp32
+  output on CUDA, fp32 operands elsewhere). The loss forward writes a slice chunk's stats straight into their
+  columns of [9, M] and takes its split rows' tickets from one buffer of the op's, zeroed once and left zero by each
+  launch: no fill and no copy per chunk (8 launches per chunk, dW's matmul among them).
 
-Extra memory (beyond the inputs and the returned gradients): the chunk's [2R, C] fp32 logits (plus the logit
-gradients of DW_GROUP chunks, [2R G, C], for fp16 / bf16 inputs; R from GRADS_CHUNK_BYTES: 192 rows at C = 30522 in
-bf16, 89 MiB), the stacked rows [2R G, D], the per-row stats [9, M] fp32 and one fp32 dW [C, D] (+ db [C]) for the
-two terms. Never [M, C]. On the kernels' fp16 / bf16 path with a bias, dW's accumulator is [dW | db | 0...] [C, D +
-pad] and the stacked rows [h_c; hs_c | 1 | 0...] [2R, D + pad] (padded_depth): db comes out of dW's matmul instead
-of a pass of its own over each chunk's gradients; dW is returned as the [C, D] view of that accumulator (row stride
-D + pad: the fake says so), db as a copy of its column.
+Extra memory (beyond the inputs and the returned gradients): the chunk's [2R, C] fp32 logits (R from
+GRADS_CHUNK_BYTES: 384 rows at C = 30522, 89 MiB; its fp16 / bf16 gradients over them), the stacked rows [2R, D],
+the per-row stats [9, M] fp32 and one fp32 dW [C, D] (+ db [C]) for the two terms. Never [M, C]. On the kernels'
+fp16 / bf16 path with a bias, dW's accumulator is [dW | db | 0...] [C, D + pad] and the stacked rows [h_c; hs_c |
+1 | 0...] [2R, D + pad] (padded_depth): db comes out of dW's matmul instead of a pass of its own over each chunk's
+gradients; dW is returned as the [C, D] view of that accumulator (row stride D + pad: the fake says so), db as a
+copy of its column.
 
 In eager mode which rows count is read on the host (one sync on CUDA tensors: the number of counted rows), so that
 the matmuls run on the counted rows only; when every row counts the chunks are slices, with no gathers. Under
@@ -68,14 +68,13 @@ import torch
 from . import masksub_loss as loss_ops
 from .masksub_loss import MAIN, NUM_OUT, SUB
 
-GRADS_CHUNK_BYTES = 96 * 2**20  # the kernels' path: the chunk's [2R, C] logits and DW_GROUP chunks' gradients
-# dW's matmuls on the kernels' fp16 / bf16 path: one per DW_GROUP chunks, over their stacked gradients [2R G, C].
-# Each reads and writes the fp32 accumulator [C, D + pad] (beta = 1; 94 MB at BERT's shape, more bytes than the
-# matmul's own operands): with one per chunk of R = 256 rows the matmul is bound by those bytes, not its flops. Two
-# chunks of R = 192 rows in the same memory (one logits buffer, two chunks' gradients) update it 43 times, not 64
-# (issue 13's perf model, BERT step: 11.38 -> 10.96 ms predicted on the H200; 14.41 -> 14.50 on the H100, whose
-# slower memory pays as much for the weight that more chunks read).
-DW_GROUP = 2
+# The kernels' path: the chunk's [2R, C] fp32 logits, with fp16 / bf16 gradients written over their rows. dW's
+# matmul runs once per chunk, over the chunk's [2R, C] gradients, and reads and writes the fp32 accumulator [C, D +
+# pad] (beta = 1; 94 MB at BERT's shape, more bytes than the matmul's own operands): so the longer the chunks, the
+# fewer of those passes (and of launches, and of the loop's host time). Gradients over the logits' rows give R = 384
+# at BERT's shape, where a buffer of their own took half the memory (two chunks of 192 rows whose gradients were
+# stacked for one dW matmul: issue 13's perf model, BERT step on the H200, 11.20 -> 10.32 ms predicted).
+GRADS_CHUNK_BYTES = 96 * 2**20
 ALIGN_CLASSES = 64  # the kernels' chunk buffers' rows, in elements: 128-byte rows in bf16 (aligned_classes)
 
 # loss, main, sub (fp32 0-d); dH, dHs [M, D]; dW [C, D] and db [C] in fp32, fp64 for fp64 inputs (or [0]); the
@@ -152,8 +151,8 @@ def _chunk_rows(chunks: list[slice], step: int):
 
 
 class _ChunkViews(NamedTuple):
-    """The views of the loop's buffers that a chunk of n rows at ``offset`` in the group's buffers uses: the same for
-    every full chunk, so made once (grads_in_forward's host time)."""
+    """The views of the loop's buffers that a chunk of n rows uses: the same for every full chunk, so made once
+    (grads_in_forward's host time)."""
 
     width: int  # the chunk's stacked rows, [h_c; hs_c]: 2n (n without a sub-branch)
     gm: torch.Tensor | None  # the two terms' row grads [n] (expanded: no memory)
@@ -161,26 +160,26 @@ class _ChunkViews(NamedTuple):
     x_wide: torch.Tensor | None = None  # the stacked rows [2n, D + pad] (where the loop stacks them), their parts:
     x_rows: tuple = ()  # where h_c and hs_c go, [n, D] each
     x: torch.Tensor | None = None  # the logits' operand [2n, D]
-    dw_rows: tuple = (None, None)  # dW's operands when the terms' gradients are not one buffer: [n, D + pad] each
+    dw_rows: tuple = (None, None)  # dW's operands when the terms' gradients are not one matmul: [n, D + pad] each
     logits: torch.Tensor | None = None  # the kernels' fp32 logits [2n, C] (a view with padded rows) and halves
     z: torch.Tensor | None = None
     s: torch.Tensor | None = None
-    grads: torch.Tensor | None = None  # the kernels' [2n, C] buffer of dz over ds, and its halves
+    grads: torch.Tensor | None = None  # the kernels' [2n, C] gradients, dz over ds (the logits, or over them), halves
     into: tuple = ()
 
     @classmethod
-    def of(cls, n, offset, has_sub, depth, classes, stacked, logits_buffer, grads_buffer, g_main, g_sub):
+    def of(cls, n, has_sub, depth, classes, stacked, logits_buffer, narrow, g_main, g_sub):
         width = (2 if has_sub else 1) * n
         gm, gs = (None if g is None else g.expand(n) for g in (g_main, g_sub))
         parts = {}
         if stacked is not None:
-            x_wide = stacked[offset : offset + width]
+            x_wide = stacked[:width]
             x_rows = tuple(x_wide[i * n : (i + 1) * n, :depth] for i in range(2 if has_sub else 1))
             dw_rows = (x_wide[:n], x_wide[n:] if has_sub else None)
             parts.update(x_wide=x_wide, x_rows=x_rows, x=x_wide[:, :depth], dw_rows=dw_rows)
         if logits_buffer is not None:
             logits = logits_buffer[:width, :classes]
-            grads = logits if grads_buffer is None else grads_buffer[offset : offset + width, :classes]
+            grads = logits if narrow is None else narrow[:width, :classes]  # narrow: [2R, 2 C_pad] over the logits
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
             parts.update(logits=logits, z=z, s=s, grads=grads, into=(grads[:n], grads[n:]))
         return cls(width, gm, gs, **parts)
@@ -328,34 +327,29 @@ def grads_in_forward(
 
     step = max(1, rows_per_chunk)
     chunks = [slice(a, min(a + step, rows)) for a in range(0, rows, step)] if every_row else ids.split(step)
-    # dW's matmul once per `group` chunks, over their gradients and rows stacked in the buffers (DW_GROUP): where
-    # both terms' gradients fill one buffer of the inputs' dtype (the kernels' fp16 / bf16 path)
-    low = kernels and operand != torch.float32
-    group = max(1, min(DW_GROUP, len(chunks))) if dw_grouped(low, has_sub, want_main, want_sub, dw is not None) else 1
-    logits_buffer = grads_buffer = tickets = None  # the reference's chunks have none
-    if kernels:  # the chunks' buffers, made once, rows padded for aligned matmuls; each chunk uses [:2n, :C]
+    logits_buffer = narrow = tickets = None  # the reference's chunks have none
+    if kernels:  # the chunk's buffer, made once, rows padded for aligned matmuls; each chunk uses [:2n, :C]
         buffer_shape = ((2 if has_sub else 1) * min(step, rows), aligned_classes(classes))
         logits_buffer = torch.empty(buffer_shape, dtype=torch.float32, device=device)
-        grads_shape = (group * buffer_shape[0], buffer_shape[1])  # a group's chunks, one after the other
-        grads_buffer = torch.empty(grads_shape, dtype=operand, device=device) if low else None
+        # fp16 / bf16: dz and ds written over their own logits rows, [2R, C] in the inputs' dtype with the fp32
+        # rows' stride (the backward kernel's over_rows): no second buffer, so chunks twice as long in the memory
+        narrow = logits_buffer.view(operand) if operand != torch.float32 else None
         # the loss forward's tickets for rows split over programs: zeroed once, left zero by each launch
         tickets = torch.zeros(min(step, rows), dtype=torch.int32, device=device)
     stacked = None
-    if with_ones or group > 1:  # the stacked rows (with their ones column), made once; each chunk fills its [2n, :D]
-        stacked = torch.zeros(group * buffer_shape[0], dw.shape[1], dtype=operand, device=device)
-        if with_ones:
-            stacked[:, depth] = 1
-    # Host time: a BERT step runs ~86 chunks and each chunk's views cost ~1-3 us of Python apiece, as much as the
+    if with_ones:  # the stacked rows with their ones column, made once; each chunk fills its [2n, :D]
+        stacked = torch.zeros(buffer_shape[0], dw.shape[1], dtype=operand, device=device)
+        stacked[:, depth] = 1
+    # Host time: a BERT step runs ~43 chunks and each chunk's views cost ~1-3 us of Python apiece, as much as the
     # launches they feed (the op may be host-bound on a GPU: benchmarks/linear_loss_host.py). So the buffers' views
-    # of a chunk of n rows at a given offset in the group's buffers are made once (every full chunk has the same),
-    # and where the chunks are slices each operand's chunk rows come from one split.
-    views: dict[tuple[int, int], _ChunkViews] = {}
+    # of a chunk of n rows are made once (every full chunk has the same), and where the chunks are slices each
+    # operand's chunk rows come from one split.
+    views: dict[int, _ChunkViews] = {}
     sliced = _chunk_rows(chunks, step) if every_row else None
     h_rows, y_rows, stats_cols, dh_rows, dhs_rows = (
         (None,) * 5 if sliced is None else (sliced(hidden), sliced(target), sliced(stats, 1), sliced(dh), sliced(dhs))
     )
     hs_rows = sliced(sub_hidden) if sliced is not None and has_sub else None
-    offset = 0  # the chunk's first row in the group's buffers (grads_buffer, stacked)
     for index, chunk in enumerate(chunks):
         if sliced is not None:
             h_c, y = h_rows[index], y_rows[index]
@@ -364,28 +358,29 @@ def grads_in_forward(
             h_c, y = hidden.index_select(0, chunk), target.index_select(0, chunk)
             hs_c = sub_hidden.index_select(0, chunk) if has_sub else None
         n = h_c.shape[0]
-        v = views.get((n, offset))
+        v = views.get(n)
         if v is None:
-            v = views[n, offset] = _ChunkViews.of(n, offset, has_sub, depth, classes, stacked, logits_buffer,
-                                                  grads_buffer, g_main, g_sub)  # fmt: skip
+            v = views[n] = _ChunkViews.of(n, has_sub, depth, classes, stacked, logits_buffer, narrow, g_main, g_sub)
         if v.x_wide is not None:  # [2R, D + pad]: the rows, their ones column
             for rows_c, into in zip((h_c, hs_c), v.x_rows):
                 into.copy_(rows_c)
             x, (h_c, hs_c) = v.x, v.dw_rows  # dW's operands: db from the ones column
         else:
             x = torch.cat((h_c, hs_c)) if has_sub else h_c  # [2R, D]: both branches' logits from one matmul
-        grads = None  # the kernels' [2R, C] buffer of dz over ds
+        grads = None  # the kernels' [2R, C] gradients, dz over ds
         if kernels:
             # fp32 logits (never rounded to bf16: the values keep fp32 accuracy), the fused loss kernels on them,
-            # dz and ds written by the backward kernel over the logits (fp32) or into a buffer of the inputs' dtype
-            # without the bias: the loss kernels add it as they read
+            # dz and ds written by the backward kernel over the logits (fp32), or over their rows in the inputs'
+            # dtype; without the bias: the loss kernels add it as they read
             logits = _fp32_logits(x, weight, v.logits)
             z, s = v.z, v.s
             # the stats straight into their columns of [9, M] where the chunk is a slice (else copied below)
             into_stats = stats_cols[index] if sliced is not None else stats.new_empty(NUM_OUT, n)
             out = loss_ops._forward_triton(z, s, y, *options, bias=bias_c, out=into_stats, tickets=tickets)
             grads = v.grads
-            dz, ds = loss_ops._backward_triton(v.gm, v.gs, out, z, s, y, *options, into=v.into, bias=bias_c)
+            dz, ds = loss_ops._backward_triton(
+                v.gm, v.gs, out, z, s, y, *options, into=v.into, bias=bias_c, over_rows=narrow is not None
+            )
         else:
             logits = x.to(acc) @ w.T if b_acc is None else torch.addmm(b_acc, x.to(acc), w.T)
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
@@ -396,15 +391,10 @@ def grads_in_forward(
         for d, dx, dx_rows in ((dz, dh, dh_rows), (ds, dhs, dhs_rows)):
             if d.numel() and dx.numel():
                 _store_rows(dx, chunk, d, w, None if dx_rows is None else dx_rows[index])  # [R, D] rows of dH or dHs
-        # dW += [dz; ds]^T [h_c; hs_c]: one matmul over both terms when they are the halves of one buffer, and over
-        # the group's chunks at once (the buffers' first `offset` rows: their gradients and rows)
+        # dW += [dz; ds]^T [h_c; hs_c]: one matmul over both terms when they are the halves of one buffer. It runs
+        # before the next chunk's logits overwrite these gradients (one stream).
         both = grads is not None and dz.numel() and ds.numel()
         terms = [(grads, v.x_wide if with_ones else x)] if both else [(d, xc) for d, xc in ((dz, h_c), (ds, hs_c))]
-        if group > 1:
-            offset += v.width
-            group_done = (index + 1) % group == 0 or index == len(chunks) - 1
-            terms = [(grads_buffer[:offset, :classes], stacked[:offset])] if group_done else []
-            offset = 0 if group_done else offset
         for d, xc in terms:
             if not d.numel():
                 continue
@@ -436,18 +426,9 @@ def grads_in_forward(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def dw_grouped(low: bool, has_sub: bool, want_main: bool, want_sub: bool, want_weight: bool) -> bool:
-    """Whether dW's matmul runs once per DW_GROUP chunks: on the kernels' fp16 / bf16 path (low), where both terms'
-    gradients fill one buffer of the inputs' dtype and dW is wanted."""
-    return low and has_sub and want_main and want_sub and want_weight
-
-
-def grads_chunk_rows(classes: int, dtype: torch.dtype, grouped: bool = True) -> int:
-    """Rows per chunk of the kernels' path: the chunk's buffers, 2 R C fp32 logits and (fp16 / bf16 inputs) the
-    gradients of DW_GROUP chunks (grouped, dw_grouped) or of one, 2 R C each in the inputs' dtype, within
-    GRADS_CHUNK_BYTES; a multiple of 64 rows from 64 up (R = 192 at C = 30522 in bf16, grouped: 2 x 192 x 30522 x
-    (4 + 2 x 2) bytes, 89 MiB; 256 not grouped; 384 in fp32)."""
-    low = dtype in (torch.float16, torch.bfloat16)
-    per_row = 2 * classes * (4 + ((2 * DW_GROUP if grouped else 2) if low else 0))
-    rows = max(1, GRADS_CHUNK_BYTES // per_row)
+def grads_chunk_rows(classes: int) -> int:
+    """Rows per chunk of the kernels' path: the chunk's buffer, 2 R C fp32 logits (fp16 / bf16 gradients are written
+    over their rows), within GRADS_CHUNK_BYTES; a multiple of 64 rows from 64 up (R = 384 at C = 30522: 2 x 384 x
+    30528 x 4 bytes, 89 MiB)."""
+    rows = max(1, GRADS_CHUNK_BYTES // (2 * aligned_classes(classes) * 4))
     return rows // 64 * 64 if rows >= 64 else rows

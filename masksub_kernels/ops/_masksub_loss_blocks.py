@@ -350,10 +350,16 @@ def _bwd_block(
     MASKED: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     UNIT_T: tl.constexpr,
+    OVER_ROWS: tl.constexpr = False,
 ):
     # One block of classes: both gradients recomputed from the saved stats and written (MASKED: a row's first
     # or last block). softmax(v)_c = exp(v_c - c - log l) = exp2((v_c - c) log2 e - b) with b = log2 l (one FFMA per
     # exponent; v_c - c is rounded once, as before, so logits of 1e4 lose nothing to the shift).
+    # OVER_ROWS: dz and ds are narrower views over z's and s's own rows (bf16 gradients over fp32 logits: the
+    # fused-linear op's chunks). Gradient c then lands in the bytes of logit c / 2, which another warp of this
+    # program loaded, in this block or an earlier one: every warp's loads must be done before any warp stores. So
+    # both gradients are computed first, then a barrier (bar.sync: the program's loads so far performed, PTX ISA),
+    # then both stores. The blocks go in increasing class order and a row is one program's (the launcher: no split).
     if MASKED:
         z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
     else:
@@ -368,10 +374,8 @@ def _bwd_block(
         else:
             p = s_z * tl.exp2((z - c_z) * 1.4426950408889634 - b_z)
         dz = _row_value(g_m * (p - w), valid, bad).to(dz_row.dtype.element_ty)  # fp32 throughout, one cast
-        if MASKED:
-            tl.store(dz_row + cols, dz, mask=mask)
-        else:
-            tl.store(dz_row + cols, dz)
+        if not OVER_ROWS:
+            _store_block(dz_row, cols, dz, mask, MASKED)
     if WRITE_DS:
         if MASKED:
             s = tl.load(s_row + cols, mask=mask, other=0.0).to(tl.float32)
@@ -388,7 +392,19 @@ def _bwd_block(
             e_s = tl.exp2((s * inv_t - c_s) * 1.4426950408889634 - b_s)
             diff = e_s - tl.exp2((z * inv_t - c_t) * 1.4426950408889634 - b_t)
         ds = _row_value(g_s * diff, valid, bad).to(ds_row.dtype.element_ty)
-        if MASKED:
-            tl.store(ds_row + cols, ds, mask=mask)
-        else:
-            tl.store(ds_row + cols, ds)
+        if not OVER_ROWS:
+            _store_block(ds_row, cols, ds, mask, MASKED)
+    if OVER_ROWS:
+        tl.debug_barrier()
+        if WRITE_DZ:
+            _store_block(dz_row, cols, dz, mask, MASKED)
+        if WRITE_DS:
+            _store_block(ds_row, cols, ds, mask, MASKED)
+
+
+@jit
+def _store_block(row, cols, values, mask, MASKED: tl.constexpr):
+    if MASKED:
+        tl.store(row + cols, values, mask=mask)
+    else:
+        tl.store(row + cols, values)

@@ -441,6 +441,7 @@ def _loss_bwd_kernel(
     GROUP: tl.constexpr = 1,  # as in the forward: 16 bytes of the logits, for ALIGNED and EVEN
     ALIGNED: tl.constexpr = False,
     EVEN: tl.constexpr = False,
+    OVER_ROWS: tl.constexpr = False,  # dz, ds: narrower views over z's and s's rows (_bwd_block; no SPLIT, VEC 1)
 ):
     row = tl.program_id(0).to(tl.int64)
     in_row = row < M
@@ -490,18 +491,18 @@ def _loss_bwd_kernel(
         _bwd_block(
             z_base, s_base, y_base, b_base, dz_row, ds_row, cols, (cols >= lo + shift) & (cols < end), label_p,
             valid, bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
-            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, True, HAS_BIAS, UNIT_T,
+            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, True, HAS_BIAS, UNIT_T, OVER_ROWS,
         )  # fmt: skip
     for start in range(first, full, BLOCK_C):
         _bwd_block(
             z_base, s_base, y_base, b_base, dz_row, ds_row, start + lanes, lanes < BLOCK_C, label_p,
             valid, bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
-            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, False, HAS_BIAS, UNIT_T,
+            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, False, HAS_BIAS, UNIT_T, OVER_ROWS,
         )  # fmt: skip
     if full < end:
         cols = full + lanes
         _bwd_block(
             z_base, s_base, y_base, b_base, dz_row, ds_row, cols, cols < end, label_p, valid,
             bad, eps, C, threshold, inv_t, g_m, c_z, b_z, s_z, g_s, c_s, b_s, c_t, b_t,
-            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, True, HAS_BIAS, UNIT_T,
+            WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, True, HAS_BIAS, UNIT_T, OVER_ROWS,
         )  # fmt: skip

@@ -444,14 +444,15 @@ def _forward_triton(
     return out if reduce is None else (reduced, out, d)
 
 
-def _backward_config(z, s, y, dz, ds, bce, binarise, unit_t, has_bias, write_dz, write_ds, sms):
+def _backward_config(z, s, y, dz, ds, bce, binarise, unit_t, has_bias, write_dz, write_ds, over_rows, sms):
     """The backward's launch configuration: ((splits, chunk), row strides, the gradients' row stride, constexprs
-    with num_warps). dz, ds: the buffers written ([0] where not)."""
-    strides, flags, warps, split = _prepare(z, s, y, bce, binarise, MAX_BLOCK_C, sms)
+    with num_warps). dz, ds: the buffers written ([0] where not). over_rows: dz and ds narrower views over z's and
+    s's rows (_backward_triton): one program per row (a split's stores would land in another's logits), VEC 1."""
+    strides, flags, warps, split = _prepare(z, s, y, bce, binarise, MAX_BLOCK_C, 0 if over_rows else sms)
     others = [x for x in (s, dz, ds) if x is not None]  # the [M, C] operands beside z
     has = {"LABELS": y is not None and not flags["DENSE"], "WRITE_DZ": write_dz, "WRITE_DS": write_ds}
-    has |= {"HAS_BIAS": has_bias, "UNIT_T": bool(bce) and unit_t}  # UNIT_T as the forward
-    has["VEC"] = row_alignment(z, *others)
+    has |= {"HAS_BIAS": has_bias, "UNIT_T": bool(bce) and unit_t, "OVER_ROWS": over_rows}  # UNIT_T as the forward
+    has["VEC"] = 1 if over_rows else row_alignment(z, *others)
     has |= _alignment_flags(has["VEC"], z, *others, *([y] if flags["DENSE"] else []))
     stride_d = next((x.stride(0) for x in (dz, ds) if x.numel()), z.shape[1])
     return split, strides, stride_d, {**has, **flags, "num_warps": warps}
@@ -472,12 +473,16 @@ def _backward_triton(
     into=None,
     bias=None,
     reduced=None,
+    over_rows=False,
 ):
     """(dz or [0], ds or [0]). ``out``: the forward's fp32 [9, M] stats, unit last stride, any row stride.
     ``into``: (dz buffer, ds buffer) to write, [M, C] of any float dtype (the kernel casts once) with unit last
     stride and one row stride for both; a buffer may be the logits themselves (the fused-linear op's chunks): each
     program owns its row (or its class range of the row) and each block loads z and s into registers before
-    storing the gradients of the same elements. ``bias``: as in the forward.
+    storing the gradients of the same elements. ``over_rows``: the buffers are narrower views over the logits' own
+    rows (the fused-linear op's fp16 / bf16 gradients over its fp32 chunk logits: row i of dz starts at row i of
+    z, rows stride_z * 4 bytes apart), written by one program per row behind a barrier (_bwd_block).
+    ``bias``: as in the forward.
     ``reduced``: (fp32 [1] the reduced forward's d, main_weight, sub_weight): grad_main and grad_sub are then the
     gradient [4] of its reduced losses (or None), from which each program computes its row's gradients."""
     z, s, y = _unit_last_stride(logits, sub_logits, target)
@@ -487,13 +492,18 @@ def _backward_triton(
         written = [x for x in (dz, ds) if x.numel()]
         assert all(x.shape == z.shape and x.stride(-1) == 1 for x in written)
         assert len({x.stride(0) for x in written}) <= 1
+        if over_rows:  # each gradient row over its logits row: same start, the same bytes per row, narrower
+            pairs = [(x, v) for x, v in zip((dz, ds), (z, s)) if x.numel()]
+            assert all(x.element_size() < v.element_size() for x, v in pairs)
+            assert all(x.stride(0) * x.element_size() == v.stride(0) * v.element_size() for x, v in pairs)
+            assert all(x.is_meta or x.data_ptr() == v.data_ptr() for x, v in pairs)
     else:
         dz, ds = (z.new_empty(z.shape if g is not None else (0,)) for g in (grad_main, grad_sub))  # contiguous
     gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
     d, main_weight, sub_weight = reduced if reduced is not None else (out, 0.0, 0.0)
     if z.shape[0] and (grad_main is not None or grad_sub is not None):
         options = (bool(bce), threshold is not None, float(temperature) == 1.0, bias is not None)
-        options += (grad_main is not None, grad_sub is not None)
+        options += (grad_main is not None, grad_sub is not None, bool(over_rows))
         config = _cached_config(_backward_config, (z, s, y, dz, ds), options)
         (splits, chunk), strides, stride_d, constexprs = config
         args = (z, z if s is None else s, z if y is None else y, z if bias is None else bias, out, gm, gs)

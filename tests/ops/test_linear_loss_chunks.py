@@ -1,7 +1,7 @@
 """ops/_linear_loss_chunks.py's kernels flavour against its reference flavour, on the stored gradients themselves:
 the fp16 / bf16 path with a bias, whose db comes out of dW's matmul (a ones column in the stacked rows), with
-both terms, one term weighted 0, no sub-branch, and ignored rows (gathered chunks), over several chunks; dW over
-groups of chunks."""
+both terms, one term weighted 0, no sub-branch, and ignored rows (gathered chunks), over several chunks; the fp16 /
+bf16 gradients written over their logits' rows."""
 
 import pytest
 import torch
@@ -59,29 +59,69 @@ def test_ones_column_gives_db_and_dw(dtype, main_weight, sub_weight, has_sub, ki
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_dw_over_groups_of_chunks(monkeypatch, bias):
-    # dW's matmul runs once per DW_GROUP chunks over their stacked gradients and rows (the last group may be short):
-    # chunks of 8 counted rows (gathered: the ignored rows are skipped), a matmul per pair of chunks
-    h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=torch.bfloat16, kind="index_ignore", seed=4)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gradients_over_the_logits_rows(monkeypatch, bias, dtype):
+    # fp16 / bf16: each chunk's dz and ds are written over its own fp32 logits rows (narrower views of the one chunk
+    # buffer, the backward kernel's over_rows: one program per row), and dW's matmul runs once per chunk over them,
+    # before the next chunk's logits overwrite them: chunks of 8 counted rows (gathered: the ignored rows skipped)
+    from masksub_kernels.ops import masksub_loss as ml
+
+    h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=dtype, kind="index_ignore", seed=4)
     b = b if bias else None
     args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
-    matmuls = []
+    matmuls, backwards, backward = [], [], ml._backward_triton
     add_matmul = chunks._add_matmul
-    monkeypatch.setattr(chunks, "_add_matmul", lambda acc, a, x: (matmuls.append(a.shape[1]), add_matmul(acc, a, x)))
+
+    def recorded_matmul(acc, a, x):
+        matmuls.append((a.shape[1], a.dtype, a.stride()))
+        add_matmul(acc, a, x)
+
+    def recorded_backward(*args, into, over_rows, **kwargs):
+        backwards.append(over_rows)
+        logits = args[3]  # z: the chunk's fp32 rows; dz over them, same start, same bytes per row
+        assert over_rows and into[0].data_ptr() == logits.data_ptr() and into[0].dtype == dtype
+        assert into[0].stride(0) * 2 == logits.stride(0) * 4
+        return backward(*args, into=into, over_rows=over_rows, **kwargs)
+
+    monkeypatch.setattr(chunks, "_add_matmul", recorded_matmul)
+    monkeypatch.setattr(ml, "_backward_triton", recorded_backward)
     kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)
     counted = int((target != -100).sum())
-    sizes = [min(8, counted - start) for start in range(0, counted, 8)]  # the chunks' rows
-    assert len(sizes) % 2 == 1 and len(sizes) >= 3  # pairs of chunks and a short last group
-    assert chunks.DW_GROUP == 2 and matmuls == [2 * sum(sizes[i : i + 2]) for i in range(0, len(sizes), 2)]
-    # chunks sized for the group's buffers where there is one (BERT's C: 192 rows, else 256; fp32 384)
-    rows = [chunks.grads_chunk_rows(30522, dtype, grouped) for dtype, grouped in
-            ((torch.bfloat16, True), (torch.bfloat16, False), (torch.float32, True))]  # fmt: skip
-    assert rows == [192, 256, 384]
+    sizes = [min(8, counted - start) for start in range(0, counted, 8)]  # the chunks' rows, the last one short
+    wide = 2 * chunks.aligned_classes(30)  # the gradients' row stride: the fp32 rows' bytes in fp16 / bf16
+    assert matmuls == [(2 * n, dtype, (1, wide)) for n in sizes] and backwards == [True] * len(sizes)
     reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
     for i in (3, 4, 5, 6):  # dH, dHs, dW, db (empty without a bias)
         assert kernels[i].shape == reference[i].shape
         if reference[i].numel():
-            assert _relative(kernels[i], reference[i]) <= 4 * torch.finfo(torch.bfloat16).eps, i
+            assert _relative(kernels[i], reference[i]) <= 4 * torch.finfo(dtype).eps, i
+
+
+def test_chunk_rows_fill_the_budget():
+    # the chunk's fp32 logits [2R, C_pad] within GRADS_CHUNK_BYTES whatever the inputs' dtype (fp16 / bf16 gradients
+    # need no memory of their own): BERT's C gives 384 rows; rows in multiples of 64, fewer only below 64
+    assert chunks.grads_chunk_rows(30522) == 384
+    assert 2 * 384 * chunks.aligned_classes(30522) * 4 <= chunks.GRADS_CHUNK_BYTES
+    assert chunks.grads_chunk_rows(128256) == 64 and chunks.grads_chunk_rows(10**6) == 12
+
+
+def test_the_backward_over_rows_never_splits_a_row():
+    # a split row's programs would store into each other's logits: over_rows keeps one program per row (and VEC 1)
+    # where the same launch with buffers of their own splits the classes (8 rows of 30 classes, blocks of 16)
+    from masksub_kernels.ops import masksub_loss as ml
+
+    buffer = torch.empty(16, chunks.aligned_classes(30), device="meta")
+    z, s = buffer[:8, :30], buffer[8:, :30]
+    narrow = buffer.view(torch.bfloat16)[:, :30]
+    own = torch.empty(16, 30, dtype=torch.bfloat16, device="meta")
+    y = torch.empty(8, dtype=torch.int64, device="meta")
+    options = (False, False, True, True, True, True)  # bce, binarise, unit_t, bias, dz, ds
+    for over_rows, (dz, ds) in ((True, (narrow[:8], narrow[8:])), (False, (own[:8], own[8:]))):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ml, "MAX_BLOCK_C", 16)
+            (splits, _), _, _, constexprs = ml._backward_config(z, s, y, dz, ds, *options, over_rows, ml.DEFAULT_SMS)
+        assert (splits == 1) == over_rows and constexprs["SPLIT"] == (not over_rows)
+        assert constexprs["OVER_ROWS"] == over_rows and constexprs["VEC"] == 1
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

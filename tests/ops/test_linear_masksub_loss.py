@@ -263,8 +263,9 @@ def test_fp32_logits_written_into_the_padded_view(dtype):
 
 
 def test_triton_chunks_have_aligned_rows(monkeypatch):
-    """The kernels' chunk buffers have rows of aligned_classes(C) elements (16-byte aligned for cuBLAS's fast
-    kernels: C = 30522 is not), read and written by the loss kernels through [:, :C] views: the same values."""
+    """The kernels' chunk buffer has rows of aligned_classes(C) fp32 elements (16-byte aligned for cuBLAS's fast
+    kernels: C = 30522 is not), read by the loss kernels through [:, :C] views, and the bf16 gradients written over
+    them (rows of 2 aligned_classes(C) bf16 elements: the fp32 rows' bytes): the same values."""
     if "triton" not in OP_BACKENDS:
         pytest.skip("no Triton backend here")
     h, hs, w, b, target = make_inputs(dtype=BF16, kind="index_ignore", seed=5)
@@ -280,7 +281,7 @@ def test_triton_chunks_have_aligned_rows(monkeypatch):
         mk.linear_masksub_loss(*leaves(h, hs, w, b), target).loss.backward()
     padded = chunks.aligned_classes(classes)
     assert seen and padded % 64 == 0 and 0 <= padded - classes < 64 and padded != classes  # a C that needs padding
-    assert all(stride == (padded, 1) and shape[1] == classes for call in seen for shape, stride in call)
+    assert all(stride == (2 * padded, 1) and shape[1] == classes for call in seen for shape, stride in call)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -417,7 +418,7 @@ def test_cuda_backend_refuses_clearly():
 def several_chunks(monkeypatch):
     """Chunks of 6 rows on both flavours (the reference's CHUNK_ELEMENTS, the kernels' GRADS_CHUNK_BYTES)."""
     monkeypatch.setattr(lm, "CHUNK_ELEMENTS", 6 * 40)
-    monkeypatch.setattr(chunks, "GRADS_CHUNK_BYTES", 6 * 2 * 40 * 4)
+    monkeypatch.setattr(chunks, "GRADS_CHUNK_BYTES", 6 * 2 * chunks.aligned_classes(40) * 4)
 
 
 class Calls:

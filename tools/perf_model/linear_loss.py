@@ -15,11 +15,11 @@ backward):
 - fused: gradients in the forward (ops/_linear_loss_chunks.py; the backward scales them in fp32, _linear_loss_grads.py):
   6 matmul units in chunks of R rows, every row
   counted (the benchmark's labels: slices, no gathers); per chunk one logits matmul of both branches' stacked rows
-  [2R, D] with fp32 output, without the bias (the loss kernels add it as they read the logits), the loss kernels, two
-  gradient matmuls (dH, dHs written in place); per DW_GROUP chunks one dW matmul over their stacked [2R G, C]
-  gradients accumulated into the one fp32 accumulator with beta = 1 (its [C, D] fp32 read and written once per
-  group: the price of small chunks), db in the same matmul (a ones column in the stacked rows: [C, D + pad], dW
-  returned as its view);
+  [2R, D] with fp32 output, without the bias (the loss kernels add it as they read the logits), the loss kernels
+  (the backward writes dz, ds in bf16 over the logits' rows), two gradient matmuls (dH, dHs written in place) and
+  one dW matmul over the chunk's [2R, C] gradients accumulated into the one fp32 accumulator with beta = 1 (its
+  [C, D] fp32 read and written once per chunk: the price of small chunks), db in the same matmul (a ones column in
+  the stacked rows: [C, D + pad], dW returned as its view);
 - official (eager): F.linear per branch, then the eager ops of the official composite; its [M, C] passes, in units
   of one bf16 [M, C] (L = M C 2 bytes; an fp32 copy is 2L), read + write:
     forward: main.float() 3, softmax 4, sub.float() 3, log_softmax 4, neg 4, mul 6, sum 2, main.float() for
@@ -62,13 +62,13 @@ def _matmul_us(card: Card, flops: float, nbytes: float) -> float:
 
 
 def _loss_kernels_us(card: Card, rows: int, classes: int) -> tuple[float, int, list[dict]]:
-    """(us, launches, kernel summaries) of the loss kernels on one chunk's fp32 logits, dz and ds in bf16; the
-    launches include the torch ops of their launchers that launch a kernel (a fill). The operands are the op's:
-    views of its chunk buffers, whose rows are padded to aligned_classes (16-byte aligned rows: the kernels' ALIGNED
-    variant, not the realigning one that unpadded rows of C = 30522 would take)."""
+    """(us, launches, kernel summaries) of the loss kernels on one chunk's fp32 logits, dz and ds in bf16 over their
+    rows; the launches include the torch ops of their launchers that launch a kernel (a fill). The operands are the
+    op's: views of its chunk buffer, whose rows are padded to aligned_classes (16-byte aligned rows: the kernels'
+    ALIGNED variant, not the realigning one that unpadded rows of C = 30522 would take)."""
     padded = chunk_loop.aligned_classes(classes)
-    logits = torch.empty(2 * rows, padded, dtype=torch.float32, device=META)[:, :classes]
-    grads = torch.empty(2 * rows, padded, dtype=torch.bfloat16, device=META)[:, :classes]
+    buffer = torch.empty(2 * rows, padded, dtype=torch.float32, device=META)
+    logits, grads = buffer[:, :classes], buffer.view(torch.bfloat16)[:, :classes]
     z, s = logits[:rows], logits[rows:]
     y = torch.empty(rows, dtype=torch.int64, device=META)
     bias = torch.empty(classes, dtype=torch.bfloat16, device=META)
@@ -79,12 +79,10 @@ def _loss_kernels_us(card: Card, rows: int, classes: int) -> tuple[float, int, l
     tickets = torch.zeros(rows, dtype=torch.int32, device=META)  # the op's one buffer (zeroed once, not per chunk)
     with recording(masksub_loss) as launches:
         out = masksub_loss._forward_triton(z, s, y, *options, bias=bias, out=stats[:, rows : 2 * rows], tickets=tickets)
-        masksub_loss._backward_triton(g, g, out, z, s, y, *options, into=into, bias=bias)
+        masksub_loss._backward_triton(g, g, out, z, s, y, *options, into=into, bias=bias, over_rows=True)
     total, kernels = 0.0, []
     for launch in launches:
         trips, elements, read, written = kernel_terms(launch)
-        if "gm_ptr" in launch.bound:  # the backward writes dz and ds in bf16, not in the logits' fp32
-            written = written // 2
         k = predict_launch(card, launch, (trips, elements, read, written))
         total += k.t_kernel_us
         kernels.append({"kernel": k.kernel, "kernel_us": round(k.t_kernel_us, 2), "bytes": read + written})
@@ -92,31 +90,29 @@ def _loss_kernels_us(card: Card, rows: int, classes: int) -> tuple[float, int, l
 
 
 def _fused(card: Card) -> dict:
-    """The fused op's predicted time (us) and its parts at SHAPE, with the chunk rows and dW group in force
-    (chunk_loop.grads_chunk_rows, chunk_loop.DW_GROUP: the benchmark's `chunking` changes them)."""
+    """The fused op's predicted time (us) and its parts at SHAPE, with the chunk rows in force
+    (chunk_loop.grads_chunk_rows: the benchmark's `chunking` changes them)."""
     _, m, d, c = SHAPE
-    r = chunk_loop.grads_chunk_rows(c, torch.bfloat16)
+    r = chunk_loop.grads_chunk_rows(c)
     chunks = -(-m // r)
     chunk_unit = 2 * r * d * c
     logits = _matmul_us(card, 2 * chunk_unit, 2 * r * c * 4 + c * d * 2 + 2 * r * d * 2)  # [2R, C] fp32 written
     d_hidden = _matmul_us(card, chunk_unit, r * c * 2 + c * d * 2 + r * d * 2)  # dz (bf16) and W read, per branch
-    # dW and db in one matmul per DW_GROUP chunks: the stacked rows carry a ones column ([2R G, D + pad]), the fp32
-    # accumulator is [dW | db | 0...] [C, D + pad], read and written per matmul (beta = 1)
+    # dW and db in one matmul per chunk: the stacked rows carry a ones column ([2R, D + pad]), the fp32 accumulator
+    # is [dW | db | 0...] [C, D + pad], read and written per matmul (beta = 1)
     wide = chunk_loop.padded_depth(d)
-    group = max(1, min(chunk_loop.DW_GROUP, chunks))
-    groups = -(-chunks // group)
-    k = 2 * r * group  # the rows of a group's gradients
+    k = 2 * r  # the rows of a chunk's gradients
     d_weight = _matmul_us(card, 2 * k * wide * c, k * c * 2 + k * wide * 2 + 2 * c * wide * 4)
     loss_us, loss_launches, loss_kernels = _loss_kernels_us(card, r, c)
-    matmul_launches = 3  # per chunk: logits, dH, dHs; dW (with db) per group
+    matmul_launches = 4  # per chunk: logits, dH, dHs, dW (with db)
     other_launches = 2  # per chunk: the two copies of the rows into the stacked buffer (O(R D) bytes: their time is
     # their launches); the loss forward writes its stats into the op's [9, M] and reuses one buffer of tickets
-    chunk_matmuls_us = logits + 2 * d_hidden
+    chunk_matmuls_us = logits + 2 * d_hidden + d_weight
     per_chunk = chunk_matmuls_us + loss_us
     per_chunk += card.launch_us * (matmul_launches + loss_launches + other_launches)
     # once: the row ids, buffers (the tickets' zeros; the stats need none), the reductions (12 launches); the
     # stacked buffer's zeros and ones column, db's copy out of the accumulator (3; dW is returned as its view)
-    fused_us = chunks * per_chunk + groups * (d_weight + card.launch_us) + card.launch_us * (12 + 3)
+    fused_us = chunks * per_chunk + card.launch_us * (12 + 3)
     # the backward scales the stored gradients in fp32 (ops/_linear_loss_grads._scaled): dH and dHs through an fp32
     # temporary in blocks of rows (read 2, write 4, read + write 8, read 4, write 2: 20 bytes per element; 3 launches
     # per block), dW's fp32 accumulator scaled in place and cast to bf16 (8 + 6 bytes per element; 2 launches), db
@@ -129,13 +125,12 @@ def _fused(card: Card) -> dict:
         "us": fused_us,
         "chunk_rows": r,
         "chunks": chunks,
-        "group": group,
-        "dw_matmuls": groups,
+        "dw_matmuls": chunks,
         "extra_mib": modelled_extra_mb(m, d, c, 2)["fused"],
         "breakdown": {
-            "matmuls": round(chunks * chunk_matmuls_us + groups * d_weight, 1),
+            "matmuls": round(chunks * chunk_matmuls_us, 1),
             "loss_kernels": round(chunks * loss_us, 1),
-            "launches": round(fused_us - scaling_us - chunks * (chunk_matmuls_us + loss_us) - groups * d_weight, 1),
+            "launches": round(fused_us - scaling_us - chunks * (chunk_matmuls_us + loss_us), 1),
             "backward_scaling": round(scaling_us, 1),
             "loss_kernels_per_chunk": loss_kernels,
         },
@@ -180,11 +175,11 @@ def predict(card: Card, records: list[dict] | None = None) -> dict:
     providers = [entry("masksub[triton] (grads in forward)", fused["us"]), entry("official (eager)", eager_us)]
     providers.append(entry("compile(official) (assumed fused)", compiled_us))
     sweep = []
-    for mib, group, programs in CHUNK_SWEEP:
-        with chunking(mib, group, programs):
+    for mib, programs in CHUNK_SWEEP:
+        with chunking(mib, programs):
             swept = _fused(card)
         sweep.append({
-            **entry(sweep_provider(mib, group, programs, c, torch.bfloat16), swept["us"]),
+            **entry(sweep_provider(mib, programs, c), swept["us"]),
             "budget_mib": mib,
             "programs_per_sm": programs,
             "extra_mib": round(swept["extra_mib"], 1),
@@ -203,7 +198,6 @@ def predict(card: Card, records: list[dict] | None = None) -> dict:
             "compiled_mc_passes": COMPILED_PASSES,
             "chunk_rows": fused["chunk_rows"],
             "chunks": fused["chunks"],
-            "dw_group": fused["group"],
             "dw_matmuls": fused["dw_matmuls"],
         },
         "providers": providers,
@@ -230,7 +224,7 @@ def markdown(result: dict) -> list[str]:
         f"Assumed: cuBLAS at {100 * a['matmul_efficiency']:.0f}% of the {a['bf16_dense_tflops']:.0f} TFLOP/s dense "
         f"bf16 peak (to calibrate on a GPU); eager composite {a['eager_mc_passes']} bf16 [M, C] passes, compiled "
         f"{a['compiled_mc_passes']} (fully fused); fused op in {a['chunks']} chunks of {a['chunk_rows']} rows, "
-        f"dW's matmul once per {a['dw_group']} ({a['dw_matmuls']}). "
+        f"dW's matmul once per chunk ({a['dw_matmuls']}), the gradients written over the chunk's logits. "
         "TFLOP/s count the composite's 6 useful matmuls.",
         "",
         "| provider | predicted us | predicted TFLOP/s | % of bf16 peak |",
@@ -257,7 +251,7 @@ def markdown(result: dict) -> list[str]:
         lines += [
             "",
             "Other chunk sizes (the benchmark's sweep, `CHUNK_SWEEP` in masksub_kernels/bench/linear_loss.py: a GPU "
-            "run measures each, to calibrate what memory buys; and the default chunks with the loss kernels' rows "
+            "run measures each, to calibrate what memory buys; and the default chunks with the loss forward's rows "
             "split over more programs per SM, which the model, memory-bound at 650 ns of latency, predicts alike: "
             "the GPU says whether more loads in flight close the loss kernels' gap to it):",
             "",

@@ -89,7 +89,8 @@ def _loss(a: dict) -> tuple:
         return trips, a["BLOCK_C"], reads + partials + reduction, 9 * m * 4 + partials + 16 * a["REDUCE"]
     dz, ds = a["WRITE_DZ"], a["WRITE_DS"]
     reads = m * c * e * (1 + int(ds)) + target * dz + 9 * m * 4 * splits
-    return trips, a["BLOCK_C"], reads, m * c * e * (int(dz) + int(ds))
+    written = (a["dz_ptr"] if dz else a["ds_ptr"]).element_size()  # the gradients' dtype (the fused-linear op's: bf16)
+    return trips, a["BLOCK_C"], reads, m * c * written * (int(dz) + int(ds))
 
 
 def _cell_mask(a: dict) -> tuple:
