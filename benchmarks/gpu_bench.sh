@@ -18,7 +18,7 @@
 #   env            15  card, driver, versions
 #   linear_loss    50  the fused-linear loss at BERT-base MLM's shape, bf16, against the composite, its
 #                      torch.compile and Liger-Kernel's main-branch CE (where liger_kernel imports: carry it),
-#                      then the op's chunk sweep (3 other chunk sizes and the loss kernels' rows in twice the
+#                      then the op's chunk sweep (3 other chunk sizes and the loss forward's rows in twice the
 #                      class splits, 'full' only, ~1 s each; last, so that a cap drops it first)
 #   profile        20  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
 #                      fused-linear loss (the chunk matmuls' cuBLAS kernels and times: the assumed 70% efficiency

@@ -1,10 +1,10 @@
 """Host time per chunk of the fused-linear MaskSub loss's Triton path, measured on the CPU: is the op at risk of
 being host-bound on a GPU?
 
-    python benchmarks/linear_loss_host.py            # 86 chunks of 192 rows (the BERT step's) and of 8, D=8, C=64
+    python benchmarks/linear_loss_host.py            # 43 chunks of 384 rows (the BERT step's) and of 8, D=8, C=64
 
 The op's gradients-in-forward loop (ops/_linear_loss_chunks.py) runs a few torch ops and about two Triton launches per
-chunk of R rows from Python. On a GPU its device time per chunk is ~0.13 ms (the performance model's prediction at
+chunk of R rows from Python. On a GPU its device time per chunk is ~0.24 ms (the performance model's prediction at
 BERT's shape on the H200: fused time / chunks, read from benchmarks/results/model-sm90.json); if the host needs
 longer per chunk, the GPU waits for it. This script times the loop's host side without a GPU: the Triton kernels'
 launches are replaced by no-ops (the interpreter's launch entry point, so the launchers' Python, their argument
@@ -13,7 +13,7 @@ copies, the matmuls' small CPU compute and torch's dispatch). What it leaves out
 (cudaLaunchKernel, Triton's binding of arguments to its compiled launcher), which adds to the host side; what it
 adds: the CPU compute of the tiny matmuls (bf16 matmuls are slow on a CPU: ~27 us for [192, 64] x [64, 8] here), and
 the CPU path's extra torch ops before the logits' and dW's matmuls (fp32 copies of the operands; one op on CUDA).
-So it times 192-row chunks (the BERT step's) and 8-row chunks, where that compute is negligible: the second is the
+So it times 384-row chunks (the BERT step's) and 8-row chunks, where that compute is negligible: the second is the
 closer figure for the host side alone. It reports the median and the minimum of the repeats, and the Python calls
 per chunk (a count: steady where times on a shared VM are not). Writes
 benchmarks/results/linear-loss-host-CPU-<date>.json and prints a table.
@@ -80,6 +80,22 @@ def filled_allocations():
 
 
 @contextlib.contextmanager
+def subnormals_flushed():
+    """One torch thread with the CPU's flush-to-zero and denormals-are-zero modes on (both per thread): the stubbed
+    backward leaves its fp16 / bf16 gradients unwritten, and those are views over the chunk's fp32 logits, whose low
+    16 bits read as bf16 are often subnormal; dW's matmul on them took the slow path (~60 ms per 384-row chunk, 100x
+    its time). One thread: the host side of a GPU run launches the ops, it does not compute them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def rows_per_chunk(rows: int):
     """The kernels' path in chunks of ``rows`` rows (grads_chunk_rows, read at call time)."""
     saved = chunk_loop.grads_chunk_rows
@@ -118,7 +134,8 @@ def measure(chunks: int, rows: int, depth: int, classes: int, repeats: int) -> d
         out.loss.backward()
 
     times = []
-    with mk.use_backend("triton"), stubbed_launches(launches), rows_per_chunk(rows), filled_allocations():
+    with mk.use_backend("triton"), stubbed_launches(launches), rows_per_chunk(rows), filled_allocations(), \
+            subnormals_flushed():  # fmt: skip
         step()  # warm-up: imports, caches
         launches[0] = 0
         for _ in range(repeats):
@@ -153,8 +170,8 @@ def measure(chunks: int, rows: int, depth: int, classes: int, repeats: int) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chunks", type=int, default=86)
-    parser.add_argument("--rows", default="192,8", help="rows per chunk, comma-separated (the BERT step's: 192)")
+    parser.add_argument("--chunks", type=int, default=43)
+    parser.add_argument("--rows", default="384,8", help="rows per chunk, comma-separated (the BERT step's: 384)")
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--classes", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=15)

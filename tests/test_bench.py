@@ -91,7 +91,7 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
     model["linear_loss"] = {"shape": "BERT", "dtype": "bfloat16", "mode": "full", "providers": [
         {"provider": "masksub[triton] (grads in forward)", "predicted_us": 11000.0},
         {"provider": "compile(official) (assumed fused)", "predicted_us": 8000.0}],
-        "chunk_sweep": [{"provider": "masksub[triton]:R=384,G=2", "predicted_us": 9000.0}]}  # fmt: skip
+        "chunk_sweep": [{"provider": "masksub[triton]:R=768", "predicted_us": 9000.0}]}  # fmt: skip
     linear = {
         "suite": "linear_loss",
         "shape": "BERT",
@@ -103,7 +103,7 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
     }
     records += [{**linear, "provider": "masksub[triton]"}, {**linear, "provider": "compile(official)"},
                 {**linear, "mode": "forward", "provider": "masksub[triton]"},
-                {**linear, "provider": "masksub[triton]:R=384,G=2"}]  # fmt: skip
+                {**linear, "provider": "masksub[triton]:R=768"}]  # fmt: skip
     (tmp_path / "model-sm90.json").write_text(json.dumps(model))
     assert report.model_file(tmp_path, "GPU: NVIDIA H100 80GB HBM3") is None  # the H100 has its own file
     path = report.model_file(tmp_path, "GPU: NVIDIA H200")

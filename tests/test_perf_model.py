@@ -136,7 +136,7 @@ def test_measured_beside_predicted_calibrates_on_device_bound_cases(tmp_path):
         # the fused-linear loss's composites and chunk sweep have predictions too: compared per provider
         {**record, "suite": "linear_loss", "mode": "full", "provider": "compile(official)", "median_ms": 13.0,
          "predicted_ms": 8.0},
-        {**record, "suite": "linear_loss", "mode": "full", "provider": "masksub[triton]:R=384,G=2", "median_ms": 12.0,
+        {**record, "suite": "linear_loss", "mode": "full", "provider": "masksub[triton]:R=768", "median_ms": 12.0,
          "predicted_ms": 10.0},
     ]}  # fmt: skip
     rows = measured.comparisons(results)
@@ -145,7 +145,7 @@ def test_measured_beside_predicted_calibrates_on_device_bound_cases(tmp_path):
     assert [r["ratio"] for r in rows] == pytest.approx([2.0, 30.0, 1.4 / 0.3, 13.0 / 8.0, 1.2])
     assert measured.summary(rows) == {
         ("linear_loss", "full", "compile(official)"): {"cases": 1, "min": 1.625, "median": 1.625, "max": 1.625},
-        ("linear_loss", "full", "masksub[triton]:R=384,G=2"): {"cases": 1, "min": 1.2, "median": 1.2, "max": 1.2},
+        ("linear_loss", "full", "masksub[triton]:R=768"): {"cases": 1, "min": 1.2, "median": 1.2, "max": 1.2},
         ("loss", "forward", "masksub[triton]"): {"cases": 1, "min": 2.0, "median": 2.0, "max": 2.0},
     }
     path = tmp_path / "GPU-X-2026-11-30.json"

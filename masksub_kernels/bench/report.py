@@ -48,7 +48,7 @@ def attach_predictions(run: dict, model_path: Path) -> int:
     # composites it is compared with, whose predictions rest on assumed matmul efficiency and passes
     linear = model.get("linear_loss")
     if linear is not None:
-        for entry in linear["providers"] + linear.get("chunk_sweep", []):  # the sweep: masksub[triton]:R=..,G=..
+        for entry in linear["providers"] + linear.get("chunk_sweep", []):  # the sweep: masksub[triton]:R=..
             provider = entry["provider"].split(" ")[0]  # 'masksub[triton] (grads in forward)' -> 'masksub[triton]'
             key = ("linear_loss", linear["shape"], linear["dtype"], linear["mode"], provider)
             predicted[key] = entry["predicted_us"]
