@@ -266,27 +266,29 @@ def masksub_loss_specs() -> list[tuple]:
             for f in split_flags
         ),
         # the fused-linear op's chunks (ops/_linear_loss_chunks.py): fp32 logits, the bias of bf16 / fp16 inputs
-        *(
-            _loss_spec(kernel, "fp32", flags, bias=bias)
-            for bias in ("bf16", "fp16")
-            for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
-        ),
+        *(_loss_spec(fwd, "fp32", variants[0][0], bias=bias) for bias in ("bf16", "fp16")),
         # 16-byte rows hinted (ALIGNED, EVEN) in a class split and in the fused-linear op's chunks (fp32 logits)
         *(
             _loss_spec(kernel, "bf16", {**flags, "SPLIT": True, "ALIGNED": True, "EVEN": True})
             for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
         ),
-        *(
-            _loss_spec(kernel, "fp32", {**flags, "ALIGNED": True, "EVEN": True}, bias="bf16")
-            for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
-        ),
+        _loss_spec(fwd, "fp32", {**variants[0][0], "ALIGNED": True, "EVEN": True}, bias="bf16"),
         # the chunks' split forward at BERT's shape: stats into the op's [9, M], its tickets reused (no fill: the
         # kernel writes the zeros, ZERO_ABSENT, with a split)
         _loss_spec(fwd, "fp32", {**variants[0][0], **_CHUNK_SPLIT}, bias="bf16"),
-        # the chunks' backward of fp16 / bf16 inputs: the gradients over the fp32 logits' rows (a barrier per block)
+        # the chunks' backward of fp16 / bf16 inputs: the gradients over the fp32 logits' rows (a barrier per block):
+        # both terms, with and without a bias, BCE with probabilities, the sub term alone
         *(
             _loss_spec(bwd, "fp32", {**variants[0][1], "ALIGNED": True, "OVER_ROWS": True}, bias=low, grads=low)
             for low in ("bf16", "fp16")
+        ),
+        *(
+            _loss_spec(bwd, "fp32", {**flags, "ALIGNED": True, "OVER_ROWS": True}, bias=bias, grads="bf16")
+            for flags, bias in (
+                (variants[0][1], None),
+                (variants[2][1], "bf16"),
+                ({"LABELS": False, "WRITE_DZ": False, "WRITE_DS": True}, "bf16"),
+            )
         ),
         # Triton turns integer arguments equal to 1 into constants: one row of one class
         _loss_spec(fwd, "fp32", {"HAS_MAIN": True, "HAS_SUB": True, "M": 1, "C": 1, "stride_out": 1}),

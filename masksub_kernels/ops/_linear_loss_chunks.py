@@ -61,6 +61,7 @@ the recompute op there: _grads_wanted).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -132,6 +133,11 @@ def _device_count(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
     return (target != ignore_index).sum().to(torch.float64)
 
 
+def _power_of_two(value: float) -> float:
+    """The power of two nearest ``value`` > 0 in log scale (scaling by it is exact)."""
+    return 2.0 ** round(math.log2(value))
+
+
 def _row_grad(grad: float | torch.Tensor, term_weight: float, device: torch.device) -> torch.Tensor:
     """fp32 [1]: a term's gradient of the reduced loss with respect to each of its row losses (expanded per chunk)."""
     if isinstance(grad, torch.Tensor):
@@ -181,7 +187,12 @@ class _ChunkViews(NamedTuple):
             logits = logits_buffer[:width, :classes]
             grads = logits if narrow is None else narrow[:width, :classes]  # narrow: [2R, 2 C_pad] over the logits
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
-            parts.update(logits=logits, z=z, s=s, grads=grads, into=(grads[:n], grads[n:]))
+            into = (grads[:n], grads[n:])
+            if narrow is not None:  # the backward's over_rows: each gradient row starts on its logits row, narrower
+                for x, v in zip(into, (z, s)):
+                    assert v is None or x.stride(0) * x.element_size() == v.stride(0) * v.element_size()
+                    assert v is None or x.is_meta or (x.data_ptr() == v.data_ptr() and x.dtype != v.dtype)
+            parts.update(logits=logits, z=z, s=s, grads=grads, into=into)
         return cls(width, gm, gs, **parts)
 
 
@@ -190,6 +201,10 @@ def _store_rows(
 ) -> None:
     """dx[chunk] = d @ w: [R, D] with fp32 accumulation and one rounding; straight into dx's rows when it can.
     dx_c: dx[chunk], a view, where the chunk is a slice (None for row ids)."""
+    if not d.is_cuda:
+        # the CPU's bf16 mm (torch 2.14, oneDNN) reads past the last column of row-strided rows (the chunk's
+        # gradients, over the logits' padded rows): NaN there came out in the product. A GPU's cuBLAS does not.
+        d = d.contiguous()
     if dx_c is not None and d.dtype == w.dtype == dx.dtype:
         torch.mm(d, w, out=dx_c)
     else:
@@ -318,10 +333,14 @@ def grads_in_forward(
     # the row grads of the two terms, one number each (expanded per chunk: no launch). With one term of nonzero
     # weight w, the stored gradients are that term's unweighted and w goes into `scale` (applied in fp32 by the
     # backward): w times them in fp16 would overflow or lose precision for w far from 1 (2^20: inf; 1e-5: 1e-2 error)
-    # where the composite's gradient of that term does not depend on w
+    # where the composite's gradient of that term does not depend on w. With both, the power of two nearest the
+    # larger weight goes there (exact): the stored gradients carry weights of about 1 at most (1e5 and 1e5 in fp16
+    # overflowed). They share that scale (one dW matmul over both), so in fp16 a term weighted 2^-20 of the other
+    # stores gradients in fp16's subnormals: its hidden gradient loses precision (~8% in a test; the composite's own
+    # fp16 logit gradients, divided by the row count, underflow sooner)
     weights = (main_weight, sub_weight if has_sub else 0.0)
     single = weights[0] if weights[1] == 0 else weights[1] if weights[0] == 0 else 0.0
-    term_scale = single if single != 0 else 1.0
+    term_scale = single if single != 0 else _power_of_two(max(weights)) if max(weights) > 0 else 1.0
     g_main = _row_grad(grad, main_weight / term_scale, device) if want_main else None
     g_sub = _row_grad(grad, sub_weight / term_scale, device) if want_sub else None
 

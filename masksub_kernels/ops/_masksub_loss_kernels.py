@@ -443,6 +443,9 @@ def _loss_bwd_kernel(
     EVEN: tl.constexpr = False,
     OVER_ROWS: tl.constexpr = False,  # dz, ds: narrower views over z's and s's rows (_bwd_block; no SPLIT, VEC 1)
 ):
+    # over the logits' rows, a split's stores would land on another program's logits, realigned rows' shifts on
+    # other elements: the launcher never asks for either (_backward_config)
+    tl.static_assert((OVER_ROWS == False) or ((SPLIT == False) and (VEC == 1)))  # noqa: E712 (constexprs)
     row = tl.program_id(0).to(tl.int64)
     in_row = row < M
     lanes = tl.arange(0, BLOCK_C)

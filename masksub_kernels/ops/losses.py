@@ -87,7 +87,7 @@ def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int)
         if target.shape != logits.shape:
             raise ValueError(
                 f"probability target must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)} "
-                "(class ids must be an int64 tensor [rows])"
+                "(class ids must be an int64 or int32 tensor [rows])"
             )
         if target.requires_grad and torch.is_grad_enabled():  # it would silently get no gradient
             raise ValueError(
@@ -97,7 +97,7 @@ def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int)
         return target
     if target.dtype not in INDEX_DTYPES:
         raise TypeError(
-            f"target must be int64 class ids [rows] or float probabilities [rows, classes], got {target.dtype}"
+            f"target must be int64 or int32 class ids [rows] or float probabilities [rows, classes], got {target.dtype}"
         )
     if tuple(target.shape) != (rows,):
         raise ValueError(

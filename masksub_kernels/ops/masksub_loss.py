@@ -309,7 +309,7 @@ def _prepare(z, s, y, bce, binarise, max_block, sms):
 # The launch configurations (what the launchers derive from the operands: constexprs, num_warps, the class split,
 # row strides; ~12 and 15 us of Python for the forward's and the backward's on the tests' 2-core Xeon, 2026-12-01,
 # where a reuse costs ~3 and 5) by the operands' layouts. A call
-# with the layouts of an earlier one reuses its configuration: the fused-linear op's chunks (86 per BERT step, each
+# with the layouts of an earlier one reuses its configuration: the fused-linear op's chunks (43 per BERT step, each
 # a forward and a backward launch on views of the same buffers) and every training step's loss. The tests run with
 # MASKSUB_CHECK_LAUNCH_CACHE=1: each reuse is derived again and compared, so that a key missing something the
 # derivation reads fails there.
@@ -492,12 +492,8 @@ def _backward_triton(
         written = [x for x in (dz, ds) if x.numel()]
         assert all(x.shape == z.shape and x.stride(-1) == 1 for x in written)
         assert len({x.stride(0) for x in written}) <= 1
-        if over_rows:  # each gradient row over its logits row: same start, the same bytes per row, narrower
-            pairs = [(x, v) for x, v in zip((dz, ds), (z, s)) if x.numel()]
-            assert all(x.element_size() < v.element_size() for x, v in pairs)
-            assert all(x.stride(0) * x.element_size() == v.stride(0) * v.element_size() for x, v in pairs)
-            assert all(x.is_meta or x.data_ptr() == v.data_ptr() for x, v in pairs)
     else:
+        assert not over_rows  # over_rows describes the caller's buffers (their geometry: _ChunkViews.of checks it)
         dz, ds = (z.new_empty(z.shape if g is not None else (0,)) for g in (grad_main, grad_sub))  # contiguous
     gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
     d, main_weight, sub_weight = reduced if reduced is not None else (out, 0.0, 0.0)

@@ -97,6 +97,26 @@ def test_gradients_over_the_logits_rows(monkeypatch, bias, dtype):
             assert _relative(kernels[i], reference[i]) <= 4 * torch.finfo(dtype).eps, i
 
 
+@pytest.mark.parametrize(("bce", "kind"), [(False, "index"), (True, "dense")])
+def test_gradients_over_rows_of_several_blocks(monkeypatch, bce, kind):
+    # the over-rows backward on rows of several whole blocks and a masked tail, where one block's stores land on
+    # logits that earlier blocks loaded (the interpreter: blocks of 64 over 300 classes; a GPU, whose warps run
+    # concurrently: its own blocks over 10000), against the reference flavour
+    from masksub_kernels.ops import masksub_loss as ml
+
+    on_gpu = DEVICE.type == "cuda"
+    if not on_gpu:
+        monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    classes = 10000 if on_gpu else 300
+    h, hs, w, b, target = make_inputs(rows=20, depth=16, classes=classes, dtype=torch.bfloat16, kind=kind, seed=6)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, (bce, 0.1, -100, 2.0, None))
+    kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)
+    reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
+    torch.testing.assert_close(kernels[7], reference[7], rtol=1e-4, atol=1e-5)  # the per-row stats [9, M]
+    for i in (3, 4, 5, 6):  # dH, dHs, dW, db
+        assert _relative(kernels[i], reference[i]) <= 4 * torch.finfo(torch.bfloat16).eps, i
+
+
 def test_chunk_rows_fill_the_budget():
     # the chunk's fp32 logits [2R, C_pad] within GRADS_CHUNK_BYTES whatever the inputs' dtype (fp16 / bf16 gradients
     # need no memory of their own): BERT's C gives 384 rows; rows in multiples of 64, fewer only below 64
@@ -214,6 +234,43 @@ def test_one_term_with_an_extreme_weight_in_fp16(op_backend, main_weight, sub_we
         for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
             if e.grad is not None and 0 < e.grad.abs().max() < torch.finfo(F16).max:
                 assert_grad_close(a.grad, e.grad, GRAD_RTOL[F16], f"{name} ({backward})")
+
+
+@pytest.mark.parametrize(("main_weight", "sub_weight"), [(1e5, 1e5), (3e4, 1e5), (1e-5, 1e-5)])
+def test_both_terms_with_extreme_weights_in_fp16(op_backend, main_weight, sub_weight):  # noqa: F811
+    # Both terms weighted: the power of two nearest the larger weight is applied by the backward in fp32, the stored
+    # gradients carry the weights over it (about 1 at most). Stored with the weights themselves, 1e5 and 1e5
+    # overflowed fp16 (inf in dH, NaN in dW) where the true gradients are within its range. Checked where the
+    # composite's fp16-rounded gradient is a normal fp16 number (at 1e-5 most are subnormals: only finiteness there)
+    h, hs, w, b, target = make_inputs(dtype=F16, kind="index_ignore")
+    options = {"main_weight": main_weight, "sub_weight": sub_weight}
+    ours = leaves(h, hs, w, b)
+    mk.linear_masksub_loss(*ours, target, **options).loss.backward()
+    expected, ref_leaves = composite(h, hs, w, b, target, **options)
+    expected.loss.backward()
+    for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
+        assert a.grad.isfinite().all(), name
+        if e.grad.abs().min() > torch.finfo(F16).tiny and e.grad.abs().max() < torch.finfo(F16).max:
+            assert_grad_close(a.grad, e.grad, GRAD_RTOL[F16], name)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_stored_rows_of_row_strided_gradients_read_their_columns_only(dtype):
+    # the chunk's gradients are row-strided views (over the logits' padded rows); the CPU's bf16 mm (torch 2.14,
+    # oneDNN) read past their last column: NaN there came out in dH. _store_rows multiplies what the view holds
+    rows, classes, padded, depth = 33, 257, 320, 3
+    generator = torch.Generator().manual_seed(0)
+    wide = torch.full((rows, padded), float("nan"), dtype=dtype)
+    wide[:, :classes] = torch.randn(rows, classes, generator=generator).to(dtype)
+    d, w = wide[:, :classes], torch.randn(classes, depth, generator=generator).to(dtype)
+    d, w, wide = d.to(DEVICE), w.to(DEVICE), wide.to(DEVICE)
+    for into_rows in (True, False):  # straight into dx's rows, or through a temporary
+        dx = torch.zeros(rows + 2, depth, dtype=dtype, device=DEVICE)
+        chunk = slice(1, rows + 1)
+        chunks._store_rows(dx, chunk, d, w, dx[chunk] if into_rows else None)
+        expected = (d.double() @ w.double()).to(dtype)
+        assert dx[chunk].isfinite().all() and not dx[0].any() and not dx[-1].any()
+        torch.testing.assert_close(dx[chunk].double(), expected.double(), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
