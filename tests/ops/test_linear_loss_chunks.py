@@ -207,13 +207,14 @@ def test_every_row_without_a_host_sync_matches_the_gathered_rows(monkeypatch, ke
 
 
 def test_mean_over_no_counted_rows_without_a_host_sync():
-    # every row ignored: the losses are 0 (mean over max(count, 1)), every stored gradient 0, the scale 1
+    # every row ignored: the losses are 0 (mean over max(count, 1)), every stored gradient 0, the scale the weights'
+    # power of two over a unit of 1
     h, hs, w, b, target = make_inputs(rows=9, depth=20, classes=30, dtype=torch.float32, kind="index", seed=2)
     target = torch.full_like(target, -100)
     out = chunks.grads_in_forward(
         h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS, rows_per_chunk=4, kernels=True, gather=False
     )
-    assert all(float(x) == 0.0 for x in out[:3]) and float(out[8]) == 1.0
+    assert all(float(x) == 0.0 for x in out[:3]) and float(out[8]) == 0.5
     assert all(not x.any() for x in out[3:7])
 
 
