@@ -36,6 +36,23 @@ def test_every_kernel_compiles_for_sm80_and_sm90(tmp_path):
     assert report.exists() and "FAILED" not in result.stdout
 
 
+def _compiled_json(script: str):
+    """What ``script`` prints as JSON, run by Python in the checkout without the interpreter (the real compiler)."""
+    import json
+
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout)
+
+
 _ACCESS_WIDTHS = """
 import json, re, sys, torch, triton
 from masksub_kernels.ops import masksub_loss
@@ -63,19 +80,7 @@ def test_aligned_rows_load_16_byte_words():
     # launchers' ALIGNED / EVEN hints must make every access of the logits and gradients, the masked last block's
     # included, a 16-byte word (PTX as the JIT specialises the launch: tools/perf_model/capture.py). Only the label's
     # logit (one scalar per row) and the stats stay narrow.
-    import json
-
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    result = subprocess.run(
-        [sys.executable, "-c", _ACCESS_WIDTHS],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=Path(__file__).resolve().parents[1],
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    kernels = json.loads(result.stdout)
+    kernels = _compiled_json(_ACCESS_WIDTHS)
     assert len(kernels) == 4
     for name, info in kernels.items():
         assert info["flags"]["ALIGNED"] and info["flags"]["EVEN"], name
@@ -116,19 +121,7 @@ def test_gradients_over_the_logits_rows_store_behind_a_barrier():
     # specialises a BERT chunk's launch: one program per row, and every global store of a gradient word comes after
     # a bar.sync that comes after the last global load of the logits before it (a GPU's order, which the
     # interpreter, one program at a time with whole blocks, cannot show)
-    import json
-
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    result = subprocess.run(
-        [sys.executable, "-c", _OVER_ROWS],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=Path(__file__).resolve().parents[1],
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    kernel = json.loads(result.stdout)
+    kernel = _compiled_json(_OVER_ROWS)
     assert kernel["grid"][1] == 1 and not kernel["split"]
     lines = kernel["lines"]
     assert any(line.startswith("st.global") for line in lines) and not _stores_before_a_barrier(lines)
