@@ -12,7 +12,8 @@ checks and launch configuration, all run), and the torch ops run on tiny CPU ten
 copies, the matmuls' small CPU compute and torch's dispatch). What it leaves out: a GPU's launch cost per kernel
 (cudaLaunchKernel, Triton's binding of arguments to its compiled launcher), which adds to the host side; what it
 adds: the CPU compute of the tiny matmuls (bf16 matmuls are slow on a CPU: ~27 us for [192, 64] x [64, 8] here), and
-the CPU path's extra torch ops before the logits' and dW's matmuls (fp32 copies of the operands; one op on CUDA).
+the CPU path's extra torch ops before the logits' and dW's matmuls (fp32 copies of the operands; one op on CUDA)
+and before dH's and dHs's (contiguous copies of the gradients: the CPU's bf16 mm misreads their strided rows).
 So it times 384-row chunks (the BERT step's) and 8-row chunks, where that compute is negligible: the second is the
 closer figure for the host side alone. It reports the median and the minimum of the repeats, and the Python calls
 per chunk (a count: steady where times on a shared VM are not). Writes

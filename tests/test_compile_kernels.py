@@ -1,5 +1,6 @@
 """Every Triton kernel compiles for sm_80 and sm_90 without a GPU (what the CPU interpreter cannot check)."""
 
+import functools
 import os
 import re
 import subprocess
@@ -93,7 +94,7 @@ def test_aligned_rows_load_16_byte_words():
 
 
 _OVER_ROWS = """
-import json, re, sys, torch, triton
+import json, sys, torch, triton
 from masksub_kernels.ops import _linear_loss_chunks as chunks
 from masksub_kernels.ops import masksub_loss
 from tools.perf_model.capture import recording, specialise, _target
@@ -102,53 +103,69 @@ buffer = torch.empty(2 * rows, chunks.aligned_classes(classes), device="meta")
 logits, narrow = buffer[:, :classes], buffer.view(torch.bfloat16)[:, :classes]
 y = torch.empty(rows, dtype=torch.int64, device="meta")
 g, bias = torch.empty(rows, device="meta"), torch.empty(classes, dtype=torch.bfloat16, device="meta")
-with recording(masksub_loss) as launches:
-    masksub_loss._backward_triton(g, g, torch.empty(9, rows, device="meta"), logits[:rows], logits[rows:], y, False,
-                                  0.0, -100, 1.0, None, into=(narrow[:rows], narrow[rows:]), bias=bias,
-                                  over_rows=True)
-(launch,) = launches
-signature, constexprs, attrs, options = specialise(launch)
-ptx = triton.compile(triton.compiler.ASTSource(launch.kernel, signature, constexprs, attrs), target=_target(),
-                     options=options).asm["ptx"]
-lines = [line.strip() for line in ptx.splitlines()]
-json.dump({"grid": list(launch.grid), "split": launch.bound["SPLIT"], "lines": lines}, sys.stdout)
+result = {}
+for over_rows in (True, False):  # False: the same buffers without the kernel's barrier (what the test must catch)
+    with recording(masksub_loss) as launches:
+        masksub_loss._backward_triton(g, g, torch.empty(9, rows, device="meta"), logits[:rows], logits[rows:], y,
+                                      False, 0.0, -100, 1.0, None, into=(narrow[:rows], narrow[rows:]), bias=bias,
+                                      over_rows=over_rows)
+    (launch,) = launches
+    signature, constexprs, attrs, options = specialise(launch)
+    asm = triton.compile(triton.compiler.ASTSource(launch.kernel, signature, constexprs, attrs), target=_target(),
+                         options=options).asm
+    result[str(over_rows)] = {"grid": list(launch.grid), "split": launch.bound["SPLIT"],
+                              **{ir: [line.strip() for line in asm[ir].splitlines()] for ir in ("ttgir", "ptx")}}
+json.dump(result, sys.stdout)
 """
+
+PTX = {"load": "ld.global", "store": "st.global", "barrier": "bar.sync"}
+TTGIR = {"load": "tt.load", "store": "tt.store", "barrier": "ttg.barrier"}  # Triton 3.8 (gpu.barrier before)
 
 
 def test_gradients_over_the_logits_rows_store_behind_a_barrier():
     # the fused-linear op's chunks write bf16 dz, ds over their fp32 logits' rows (ops/_masksub_loss_blocks.py,
-    # OVER_ROWS): gradient c lands on logit c / 2, which another warp may have loaded. In the PTX as the JIT
-    # specialises a BERT chunk's launch: one program per row, and every global store of a gradient word comes after
-    # a bar.sync that comes after the last global load of the logits before it (a GPU's order, which the
-    # interpreter, one program at a time with whole blocks, cannot show)
-    kernel = _compiled_json(_OVER_ROWS)
+    # OVER_ROWS): gradient c lands on logit c / 2, which another warp may have loaded. As the JIT specialises a BERT
+    # chunk's launch: one program per row; in the kernel's TTGIR the barrier the kernel asks for sits between its
+    # loads and its stores; in the PTX every global store comes after a bar.sync that comes after the last global
+    # load before it, the masked last block's included (a GPU's order, which the interpreter, one program at a time
+    # with whole blocks, cannot show). Triton's own layout conversion also puts a bar.sync before the stores: the
+    # kernel's barrier is what guarantees the order whatever Triton's layouts, so the TTGIR is checked without it too
+    kernels = _compiled_json(_OVER_ROWS)
+    kernel = kernels["True"]
     assert kernel["grid"][1] == 1 and not kernel["split"]
-    lines = kernel["lines"]
-    assert any(line.startswith("st.global") for line in lines) and not _stores_before_a_barrier(lines)
+    for ir, names in (("ttgir", TTGIR), ("ptx", PTX)):
+        lines = kernel[ir]
+        assert any(_op(line).startswith(names["store"]) for line in lines), ir
+        assert not _stores_before_a_barrier(lines, **names), ir
+    without = kernels["False"]["ttgir"]
+    assert _stores_before_a_barrier(without, **TTGIR), "the TTGIR check passes without the kernel's barrier"
     # the masked last block's predicated stores are among those checked (C = 30522 is no multiple of the block)
-    masked = [line for line in lines if re.match(r"@!?%p\d+\s+st\.global", line)]
-    assert masked, "no predicated store: the masked block was not seen"
+    assert any(re.match(r"@!?%p\d+\s+st\.global", line) for line in kernel["ptx"]), "the masked block was not seen"
     # the check itself: a store right after the loads, or after a barrier that precedes the last load, is caught
     load, store, barrier = (
         "ld.global.v4.b32 {%r1, %r2, %r3, %r4}, [%rd1];",
         "@%p26 st.global.b16 [%rd2], {%rs5};",
         "bar.sync 0;",
     )
-    assert _stores_before_a_barrier([load, store]) == [1] and _stores_before_a_barrier([barrier, load, store]) == [2]
-    assert _stores_before_a_barrier([load, barrier, store]) == []
-    assert _stores_before_a_barrier(["@!%p3 ld.global.b32 %r1, [%rd1];", store]) == [1]
+    check = functools.partial(_stores_before_a_barrier, **PTX)
+    assert check([load, store]) == [1] and check([barrier, load, store]) == [2] and check([load, barrier, store]) == []
+    assert check(["@!%p3 ld.global.b32 %r1, [%rd1];", store]) == [1]
 
 
-def _stores_before_a_barrier(lines: list[str]) -> list[int]:
-    """The global stores (their line numbers) with no bar.sync between them and the last global load before them
-    (predicated ones included: the masked last block's)."""
-    offending, last_load, barrier = [], None, False
-    for i, line in enumerate(lines):
-        line = re.sub(r"^@!?%p\d+\s+", "", line)  # a predicate guard: the same access, masked
-        if line.startswith("ld.global"):
-            last_load, barrier = i, False
-        elif line.startswith("bar.sync"):
-            barrier = True
-        elif line.startswith("st.global") and last_load is not None and not barrier:
+def _op(line: str) -> str:
+    """A PTX or TTGIR line from its operation on: without a predicate guard (@%p1: the same access, masked) or the
+    value it defines (%x = )."""
+    return re.sub(r"^(@!?%p\d+\s+|%[\w.#]+ = )", "", line)
+
+
+def _stores_before_a_barrier(lines: list[str], load: str, store: str, barrier: str) -> list[int]:
+    """The stores (their line numbers) with no barrier between them and the last load before them."""
+    offending, last_load, fenced = [], None, False
+    for i, line in enumerate(map(_op, lines)):
+        if line.startswith(load):
+            last_load, fenced = i, False
+        elif line.startswith(barrier):
+            fenced = True
+        elif line.startswith(store) and last_load is not None and not fenced:
             offending.append(i)
     return offending

@@ -8,7 +8,8 @@ do the same for one term):
 
     for each chunk of R counted rows (ignore_index rows are skipped: they cost nothing):
         [z; s] = [h_c; hs_c] W^T (+ b)                      [2R, C] fp32, this chunk only, one matmul
-        losses and stats of z, s/T, z/T; dz, ds for the row grads a/count, b/count (mean) or a, b (sum)
+        losses and stats of z, s/T, z/T; dz, ds for the row grads a/count, b/count (mean) or a, b (sum),
+                                         stored times a power of two (below)
         dh_c = dz W,  dhs_c = ds W                          rows of dH, dHs [M, D]
         dW += [dz; ds]^T [h_c; hs_c],  db += sum_rows [dz; ds]          one fp32 accumulator, one matmul
                                          (db in it: a ones column in [h_c; hs_c], the kernels' fp16 / bf16 path)
@@ -16,7 +17,8 @@ do the same for one term):
 
 (For a mean, the row grads are 2^k / count with 2^k the power of two <= count, and the backward multiplies by
 2^-k: each row's dz, ds, dH are then of the size of an unreduced loss's, within fp16's range as the composite's
-are under a GradScaler; powers of two scale exactly.)
+are under a GradScaler; powers of two scale exactly. The weights go the same way: one weighted term's stored
+gradients are unweighted, two terms' carry their weights over a common power of two, _common_scale.)
 
 That is 2 units of 2 M D C flops for the logits and 4 for the gradients: the composite's 6, against the recompute
 design's 10 (ops/linear_masksub_loss.py). One fp32 dW for both terms (not one per term) keeps the extra memory
@@ -133,9 +135,20 @@ def _device_count(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
     return (target != ignore_index).sum().to(torch.float64)
 
 
-def _power_of_two(value: float) -> float:
-    """The power of two nearest ``value`` > 0 in log scale (scaling by it is exact)."""
-    return 2.0 ** round(math.log2(value))
+# Two weighted terms share one scale for their stored gradients (one dW matmul over both): the heavier term's weight
+# is kept at most about STORED_WEIGHT_MAX in them, at least about 1 (_common_scale)
+STORED_WEIGHT_MAX = 2.0**8
+
+
+def _common_scale(heavier: float) -> float:
+    """The power of two (exact to scale by) that the stored gradients of two weighted terms are divided by, the
+    heavier weight > 0 given: 1 for weights in [1, STORED_WEIGHT_MAX] (stored as they are), the weight's power of two
+    below 1 (stored weights about 1: 1e-5 and 1e-5 lost precision to fp16's subnormals), and above STORED_WEIGHT_MAX
+    the power of two that brings it to about STORED_WEIGHT_MAX (1e5 and 1e5 overflowed fp16). The lighter term's
+    stored gradients lose fp16 precision only where the weights are more than ~2^10 apart: they share the scale."""
+    exponent = math.frexp(heavier)[1] - 1  # heavier = m 2^exponent, m in [1, 2): no overflow up to fp32's max
+    ceiling = math.frexp(STORED_WEIGHT_MAX)[1] - 1
+    return 2.0 ** (exponent - min(max(exponent, 0), ceiling))
 
 
 def _row_grad(grad: float | torch.Tensor, term_weight: float, device: torch.device) -> torch.Tensor:
@@ -333,14 +346,11 @@ def grads_in_forward(
     # the row grads of the two terms, one number each (expanded per chunk: no launch). With one term of nonzero
     # weight w, the stored gradients are that term's unweighted and w goes into `scale` (applied in fp32 by the
     # backward): w times them in fp16 would overflow or lose precision for w far from 1 (2^20: inf; 1e-5: 1e-2 error)
-    # where the composite's gradient of that term does not depend on w. With both, the power of two nearest the
-    # larger weight goes there (exact): the stored gradients carry weights of about 1 at most (1e5 and 1e5 in fp16
-    # overflowed). They share that scale (one dW matmul over both), so in fp16 a term weighted 2^-20 of the other
-    # stores gradients in fp16's subnormals: its hidden gradient loses precision (~8% in a test; the composite's own
-    # fp16 logit gradients, divided by the row count, underflow sooner)
+    # where the composite's gradient of that term does not depend on w. With both, the weights are kept within fp16's
+    # comfortable range by a power of two that goes there too (_common_scale)
     weights = (main_weight, sub_weight if has_sub else 0.0)
     single = weights[0] if weights[1] == 0 else weights[1] if weights[0] == 0 else 0.0
-    term_scale = single if single != 0 else _power_of_two(max(weights)) if max(weights) > 0 else 1.0
+    term_scale = single if single != 0 else _common_scale(max(weights)) if max(weights) > 0 else 1.0
     g_main = _row_grad(grad, main_weight / term_scale, device) if want_main else None
     g_sub = _row_grad(grad, sub_weight / term_scale, device) if want_sub else None
 
