@@ -3,6 +3,8 @@ the fp16 / bf16 path with a bias, whose db comes out of dW's matmul (a ones colu
 both terms, one term weighted 0, no sub-branch, and ignored rows (gathered chunks), over several chunks; the fp16 /
 bf16 gradients written over their logits' rows."""
 
+import math
+
 import pytest
 import torch
 from conftest import DEVICE
@@ -259,6 +261,21 @@ def test_both_terms_with_extreme_weights_in_fp16(op_backend, main_weight, sub_we
             assert_grad_close(a.grad, e.grad, GRAD_RTOL[F16], name)
             compared.append(name)
     assert len(compared) == (0 if main_weight < 1 else 4)  # every gradient compared, but for the subnormal case
+
+
+def test_common_scale_is_an_exact_power_of_two_for_every_weight():
+    # weights up to fp32's max (the public checks' bound) and down to its subnormals: a power of two that fp32 holds
+    # (rounding to the nearest one gave 2^128 near the max: the scale's fp32 tensor raised), the stored weight in
+    # [1, 2^9) outside [1, 2^8] and the weight itself inside
+    for weight in (torch.finfo(torch.float32).max, 3e38, 1e5, 300.0, 256.0, 3.0, 1.0, 0.5, 1e-5, 1e-44):
+        scale = chunks._common_scale(weight)
+        assert math.frexp(scale)[0] == 0.5 and math.isfinite(float(torch.tensor(scale, dtype=torch.float32)))
+        stored = weight / scale
+        assert (
+            (stored == weight)
+            if 1 <= weight <= chunks.STORED_WEIGHT_MAX
+            else 1 <= stored < 2 * chunks.STORED_WEIGHT_MAX
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
