@@ -119,7 +119,7 @@ json.dump(result, sys.stdout)
 """
 
 PTX = {"load": "ld.global", "store": "st.global", "barrier": "bar.sync"}
-TTGIR = {"load": "tt.load", "store": "tt.store", "barrier": "ttg.barrier"}  # Triton 3.8 (gpu.barrier before)
+TTGIR = {"load": "tt.load", "store": "tt.store", "barrier": ("ttg.barrier", "gpu.barrier")}  # Triton 3.8, earlier
 
 
 def test_gradients_over_the_logits_rows_store_behind_a_barrier():
@@ -139,6 +139,9 @@ def test_gradients_over_the_logits_rows_store_behind_a_barrier():
         assert not _stores_before_a_barrier(lines, **names), ir
     without = kernels["False"]["ttgir"]
     assert _stores_before_a_barrier(without, **TTGIR), "the TTGIR check passes without the kernel's barrier"
+    # the loads it sees before the barrier are the blocks' (tensors of logits), not only the row's scalars
+    first_barrier = next(i for i, line in enumerate(map(_op, kernel["ttgir"])) if line.startswith(TTGIR["barrier"]))
+    assert any(_op(line).startswith("tt.load") and "tensor<" in line for line in kernel["ttgir"][:first_barrier])
     # the masked last block's predicated stores are among those checked (C = 30522 is no multiple of the block)
     assert any(re.match(r"@!?%p\d+\s+st\.global", line) for line in kernel["ptx"]), "the masked block was not seen"
     # the check itself: a store right after the loads, or after a barrier that precedes the last load, is caught
@@ -158,7 +161,7 @@ def _op(line: str) -> str:
     return re.sub(r"^(@!?%p\d+\s+|%[\w.#]+ = )", "", line)
 
 
-def _stores_before_a_barrier(lines: list[str], load: str, store: str, barrier: str) -> list[int]:
+def _stores_before_a_barrier(lines: list[str], load: str, store: str, barrier: str | tuple[str, ...]) -> list[int]:
     """The stores (their line numbers) with no barrier between them and the last load before them."""
     offending, last_load, fenced = [], None, False
     for i, line in enumerate(map(_op, lines)):

@@ -142,10 +142,11 @@ STORED_WEIGHT_MAX = 2.0**8
 
 def _common_scale(heavier: float) -> float:
     """The power of two (exact to scale by) that the stored gradients of two weighted terms are divided by, the
-    heavier weight > 0 given: 1 for weights in [1, STORED_WEIGHT_MAX] (stored as they are), the weight's power of two
-    below 1 (stored weights about 1: 1e-5 and 1e-5 lost precision to fp16's subnormals), and above STORED_WEIGHT_MAX
-    the power of two that brings it to about STORED_WEIGHT_MAX (1e5 and 1e5 overflowed fp16). The lighter term's
-    stored gradients lose fp16 precision only where the weights are more than ~2^10 apart: they share the scale."""
+    heavier weight > 0 given: 1 for weights in [1, 2 STORED_WEIGHT_MAX) (stored as they are), the weight's power of
+    two below 1 (stored weights in [1, 2): 1e-5 and 1e-5 lost precision to fp16's subnormals), and above the power
+    of two that brings it into [STORED_WEIGHT_MAX, 2 STORED_WEIGHT_MAX) (1e5 and 1e5 overflowed fp16). The lighter
+    term's stored gradients lose fp16 precision where its stored weight (its weight over this scale) falls below
+    ~2^-10: they share the scale."""
     exponent = math.frexp(heavier)[1] - 1  # heavier = m 2^exponent, m in [1, 2): no overflow up to fp32's max
     ceiling = math.frexp(STORED_WEIGHT_MAX)[1] - 1
     return 2.0 ** (exponent - min(max(exponent, 0), ceiling))

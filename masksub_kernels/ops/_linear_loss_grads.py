@@ -132,7 +132,9 @@ def _stored_factor(ctx, grad_loss, grad_main, grad_sub):
         return grad_loss
     for g_term, weight, other_weight, other_grad in ((grad_main, a, b, grad_sub), (grad_sub, b, a, grad_main)):
         if g_term is not None and other_grad is None and other_weight == 0 and weight != 0:
-            return g_term / weight if grad_loss is None else grad_loss + g_term / weight
+            # in fp64: g / w overflows fp32 for a weight below 1 / fp32's max (its `scale` brings it back)
+            term = g_term.double() / weight
+            return term if grad_loss is None else grad_loss.double() + term
     return None
 
 
@@ -174,7 +176,7 @@ def _grads_backward(ctx, grad_loss, grad_main, grad_sub, *_):
         terms = (None, None)
     if factor is not None:
         ctx.stored = None  # used up here (eager: freed when the backward returns)
-        g = factor.to(torch.float32) * scale
+        g = (factor.double() * scale.double()).float()  # fp64: see _stored_factor
         dtypes = (hidden.dtype, hidden.dtype, weight.dtype, weight.dtype)
         for i, (d, dtype) in enumerate(zip(stored, dtypes)):
             absent = d.dim() == 1 and not d.numel()  # not stored ([0]); an empty batch stores [0, D]

@@ -245,14 +245,14 @@ def test_both_terms_with_extreme_weights_in_fp16(op_backend, main_weight, sub_we
     # applies in fp32 (_common_scale). Stored with the weights themselves, 1e5 and 1e5 overflowed fp16 (inf in dH,
     # NaN in dW) where the true gradients are within its range; over the heavier weight's own power of two, a
     # lighter weight of 1 beside 3e4 lost its dHs to fp16's subnormals (3% off). Compared where the composite's
-    # gradient is made of normal fp16 numbers (the ignored rows' zeros aside; at 1e-5 most are subnormals: only
-    # finiteness there)
+    # gradient is made of normal fp16 numbers (the ignored rows' zeros aside; at 1e-5 through a loss scale of 2^22)
     h, hs, w, b, target = make_inputs(dtype=F16, kind="index_ignore")
     options = {"main_weight": main_weight, "sub_weight": sub_weight}
     ours = leaves(h, hs, w, b)
-    mk.linear_masksub_loss(*ours, target, **options).loss.backward()
+    scaled = 2.0**22 if main_weight < 1 else 1.0  # a loss scale for tiny weights: normal fp16 numbers
+    mk.linear_masksub_loss(*ours, target, **options).loss.backward(torch.tensor(scaled, device=DEVICE))
     expected, ref_leaves = composite(h, hs, w, b, target, **options)
-    expected.loss.backward()
+    expected.loss.backward(torch.tensor(scaled, dtype=torch.float64, device=DEVICE))
     compared = []
     for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
         assert a.grad.isfinite().all(), name
@@ -260,7 +260,22 @@ def test_both_terms_with_extreme_weights_in_fp16(op_backend, main_weight, sub_we
         if magnitudes.min() > torch.finfo(F16).tiny and magnitudes.max() < torch.finfo(F16).max:
             assert_grad_close(a.grad, e.grad, GRAD_RTOL[F16], name)
             compared.append(name)
-    assert len(compared) == (0 if main_weight < 1 else 4)  # every gradient compared, but for the subnormal case
+    assert len(compared) == 4  # every gradient compared
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_one_term_backward_with_a_subnormal_weight(op_backend, dtype):  # noqa: F811
+    # .sub's backward with main_weight 0: the stored gradients times `scale` (the weight over the unit) divided by
+    # the weight; 1 / 1e-39 overflowed fp32 (inf dHs, NaN elsewhere) where .sub's gradient does not depend on it
+    h, hs, w, b, target = make_inputs(dtype=dtype, kind="index_ignore")
+    options = {"main_weight": 0.0, "sub_weight": 1e-39}
+    ours = leaves(h, hs, w, b)
+    mk.linear_masksub_loss(*ours, target, **options).sub.backward()
+    expected, ref_leaves = composite(h, hs, w, b, target, **options)
+    expected.sub.backward()
+    for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
+        assert a.grad.isfinite().all(), name
+        assert_grad_close(a.grad, e.grad, GRAD_RTOL[dtype], name)
 
 
 def test_common_scale_is_an_exact_power_of_two_for_every_weight():
