@@ -59,6 +59,14 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+@pytest.fixture(autouse=True)
+def _seeded_global_generators():
+    """Each test starts from the same seed of torch's global generators, so that what a test draws without a
+    generator of its own does not depend on which tests pytest-xdist ran before it in that worker (a draw that
+    happened to fail in CI could not be reproduced otherwise)."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def device() -> torch.device:
     return DEVICE
