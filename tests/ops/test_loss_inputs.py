@@ -15,8 +15,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import DEVICE
-from hypothesis import HealthCheck, given, settings
+from conftest import DEVICE, property_settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 import masksub_kernels as mk
@@ -191,7 +191,7 @@ def test_out_of_range_ids_poison_the_loss_under_torch_compile(backend):
 # Property tests
 # ---------------------------------------------------------------------------------------------------------------
 
-PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = property_settings(40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 OPTIONS = {  # the scalar options each loss takes
     "ce": ("label_smoothing", "ignore_index", "reduction"),
     "bce": ("label_smoothing", "target_threshold", "reduction"),

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from conftest import DEVICE, kernel_backends
-from hypothesis import given, settings
+from conftest import DEVICE, kernel_backends, property_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import masksub_kernels as mk
@@ -183,7 +183,7 @@ def _on_every_backend(call):
     return expected, results
 
 
-@settings(max_examples=12, deadline=None)
+@property_settings(12)
 @given(
     batch=st.integers(0, 3),
     grid=st.tuples(st.integers(1, 5), st.integers(1, 5)),
@@ -202,7 +202,7 @@ def test_masks_agree_with_the_reference(batch, grid, keep_fraction, seed, ordere
     assert all(torch.equal(result, expected) for result in results.values())
 
 
-@settings(max_examples=10, deadline=None)
+@property_settings(10)
 @given(
     grid=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     cell=st.integers(1, 3),
@@ -274,7 +274,7 @@ def _bad_call(op: str, argument: str, value):
     return lambda: call({**arguments, argument: value})
 
 
-@settings(max_examples=40, deadline=None)
+@property_settings(40)
 @given(
     op=st.sampled_from(["random_keep_indices", "random_token_select", "mask_image_grid", "mask_tokens_grid"]),
     bad=st.sampled_from([(name, index) for name, values in BAD_ARGUMENTS.items() for index in range(len(values))]),

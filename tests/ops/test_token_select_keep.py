@@ -4,8 +4,8 @@ Bad input to the masks is in tests/ops/test_op_inputs.py."""
 
 import pytest
 import torch
-from conftest import DEVICE
-from hypothesis import given, settings
+from conftest import DEVICE, property_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import masksub_kernels as mk
@@ -176,7 +176,7 @@ def test_token_select_forward_and_backward_match_reference(backend, num_prefix, 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=12, deadline=None)
+@property_settings(12)
 @given(
     batch_size=st.integers(1, 3),
     num_tokens=st.integers(1, 40),
