@@ -43,7 +43,7 @@ from .. import _backend
 from .._triton import next_power_of_2
 from . import _linear_loss_kernels as kernels
 from ._common import FLOAT_DTYPES, cdiv, masksub_op
-from ._linear_loss_grads import _grads_wanted, _linear_loss_grads_op
+from ._linear_loss_grads import LINEAR_LOSS_FUNCTIONS, _grads_wanted, _linear_loss_grads_op
 from .losses import MaskSubLoss, _check_options, _check_target, _number, _reduce, _row_count
 from .masksub_loss import (
     C_S,
@@ -348,7 +348,7 @@ def _backward_triton(
     torch=linear_loss_forward_reference,
     triton=_forward_triton,
     cuda=None,  # no CUDA-extension (csrc/) implementation yet: auto takes triton or torch
-    records=("linear_masksub_loss",),
+    records=LINEAR_LOSS_FUNCTIONS,
 )
 def _linear_loss_op(
     hidden: torch.Tensor,

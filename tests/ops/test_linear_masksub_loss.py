@@ -144,6 +144,7 @@ def test_single_branch_matches_composite(op_backend, kind, dtype, reduction):
     h, _, w, b, target = make_inputs(dtype=dtype, kind=kind, seed=3)
     ours = leaves(h, w, b)
     value = mk.linear_soft_target_cross_entropy(*ours, target, label_smoothing=0.1, reduction=reduction)
+    assert mk.last_backend("linear_soft_target_cross_entropy") == op_backend
     expected, ref_leaves = composite(h, None, w, b, target, single=True, label_smoothing=0.1, reduction=reduction)
     weights = weights_for(reduction, h.shape[0])[:1]
     objective([value], weights).backward()
@@ -404,9 +405,14 @@ def test_cuda_backend_refuses_clearly():
     if "cuda" not in kernel_backends():
         pytest.skip("the cuda backend cannot run here")
     h, hs, w, b, target = make_inputs()
-    message = r"backend 'cuda' has no implementation of linear_masksub_loss: select one of torch, triton"
-    with mk.use_backend("cuda"), pytest.raises(RuntimeError, match=message):
-        mk.linear_masksub_loss(h, hs, w, b, target)
+    names = "linear_masksub_loss/linear_soft_target_cross_entropy"  # the error names the function called
+    message = rf"backend 'cuda' has no implementation of {names}: select one of torch, triton"
+    for requires_grad in (False, True):  # the recompute op and the gradients-in-forward op
+        h.requires_grad_(requires_grad)
+        with mk.use_backend("cuda"), pytest.raises(RuntimeError, match=message):
+            mk.linear_masksub_loss(h, hs, w, b, target)
+        with mk.use_backend("cuda"), pytest.raises(RuntimeError, match=message):
+            mk.linear_soft_target_cross_entropy(h, w, b, target)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -206,6 +206,8 @@ def test_single_branch_ops_match_oracle(backend, function, classes, dtype, kind,
     else:
         teacher = main.detach().clone().requires_grad_(True)
         value = mk.self_distillation_loss(leaf, teacher, temperature=2.0, reduction=reduction)
+    name = {"ce": "soft_target_cross_entropy", "bce": "soft_target_bce", "distill": "self_distillation_loss"}
+    assert mk.last_backend(name[function]) == backend
     objective([value], [weights]).backward()
     _, exp_main, exp_sub, z, s = oracle(
         main,
