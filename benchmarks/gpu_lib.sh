@@ -4,8 +4,9 @@
 #
 #   step FILE CAP CMD...     run CMD under `timeout CAP` (seconds), appending its output to $OUT/FILE; one line
 #                            per step in $OUT/summary.txt (file, exit code, seconds, cap, command)
-#   step_bg FILE CAP CMD...  the same in the background; wait_steps waits for all of them (their caps overlap,
-#                            so the budget counts the largest)
+#   step_bg FILE CAP CMD...  the same in the background; wait_steps waits for all of them (their caps overlap
+#                            each other and the foreground steps run meanwhile: the budget counts the largest,
+#                            less those foreground caps)
 #   output FILE              declare a result file that a step writes itself (e.g. the benchmark's .json)
 #   finish                   the budget line; the exit code is that of the first failed step
 #
@@ -20,6 +21,7 @@ export PYTHONUNBUFFERED=1 # logs on disk line by line: a step killed by its cap 
 PY="${PYTHON:-python3}"
 BUDGET=0      # seconds of caps, GPU scale
 BG_CAP=0      # the largest cap among the background steps not yet waited for
+BG_FROM=0     # BUDGET when the first of them started (foreground caps since then overlap them)
 BG_PIDS=()
 FAILED=0      # exit code of the first failed step
 FILES=("summary.txt")
@@ -54,6 +56,7 @@ step() {
 
 step_bg() {
   _declare "$1"
+  ((${#BG_PIDS[@]} == 0 && BG_CAP == 0)) && BG_FROM=$BUDGET
   ((BG_CAP < $2)) && BG_CAP=$2
   if [[ -n ${DRY_RUN:-} ]]; then echo "step_bg $(printf "%q " "$@")"; return 0; fi
   _run "$@" &
@@ -61,7 +64,8 @@ step_bg() {
 }
 
 wait_steps() {
-  BUDGET=$((BUDGET + BG_CAP))
+  local overlapped=$((BUDGET - BG_FROM))
+  ((BG_CAP > overlapped)) && BUDGET=$((BUDGET + BG_CAP - overlapped))
   BG_CAP=0
   [[ -n ${DRY_RUN:-} ]] && { echo "wait_steps"; return 0; }
   local pid rc
@@ -101,15 +105,55 @@ import torch
 print("python", platform.python_version(), "| torch", torch.__version__, "| torch's CUDA", torch.version.cuda)
 cpu = platform.processor() or platform.machine()
 print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else f"none (CPU, {cpu})")
-for name in ("triton", "timm", "pytest"):
+from importlib import metadata
+for name in ("triton", "timm", "pytest", "pytest-xdist", "hypothesis", "liger-kernel"):
     try:
-        print(name, __import__(name).__version__)
-    except ImportError:
+        print(name, metadata.version(name))
+    except metadata.PackageNotFoundError:
         print(name, "not installed")
 EOF
   nvcc --version 2>/dev/null | tail -1 || echo "nvcc: not found"
   compute-sanitizer --version 2>/dev/null | head -2 || echo "compute-sanitizer: not found"
   nproc
+}
+
+# The CUDA extension for sm_90 into build/gpu-lib (objects in build/gpu-temp: a second build on the same machine, the
+# other call's, recompiles nothing that did not change). MAX_JOBS: nvcc processes (ninja). install_extension then
+# copies it into the package under a temporary name and renames it (a process importing the package meanwhile never
+# sees half a file); false when there is none.
+build_extension() {
+  if ! "$PY" -c 'import sys, torch; sys.exit(torch.version.cuda is None)' || ! command -v nvcc > /dev/null; then
+    echo "skipped: no CUDA build of torch or no nvcc here"
+    return 0
+  fi
+  MASKSUB_BUILD_CUDA=1 MASKSUB_CUDA_ARCHS=90 "$PY" setup.py build_ext --build-lib build/gpu-lib \
+    --build-temp build/gpu-temp
+}
+
+install_extension() {
+  local built name
+  for built in build/gpu-lib/masksub_kernels/_C*.so; do
+    [[ -e $built ]] || return 1
+    name="$(basename "$built")"
+    cp "$built" "masksub_kernels/.$name.tmp" && mv "masksub_kernels/.$name.tmp" "masksub_kernels/$name" || return
+  done
+}
+
+# Wheels carried in .whl/ (git-ignored; the device tool's `carry`: packages the GPU machine lacks, e.g. Liger-Kernel
+# for the benchmarks' reference rows; it has no network) are installed into a folder on PYTHONPATH, never into the
+# machine's Python. Without .whl/ nothing happens.
+install_wheels() {
+  local wheels=(.whl/*.whl)
+  [[ -e ${wheels[0]} ]] || return 0
+  if [[ -n ${DRY_RUN:-} ]]; then echo "note install_wheels ${wheels[*]}"; return 0; fi
+  local site=/tmp/masksub-wheels
+  if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+    "${wheels[@]}"; then
+    export PYTHONPATH="$PYTHONPATH:$site"
+    echo "installed into $site: ${wheels[*]}"
+  else
+    echo "pip could not install ${wheels[*]}: going on without them"
+  fi
 }
 
 # Common set-up: the output folder, the package from this checkout, the GPU or not. Or, called as
@@ -125,6 +169,7 @@ setup_run() {
   OUT="$(mkdir -p "$OUT" && cd "$OUT" && pwd)"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   unset TRITON_INTERPRET MASKSUB_BACKEND
+  install_wheels
   if [[ -z ${DRY_RUN:-} ]] && "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
     HAVE_GPU=1
   else

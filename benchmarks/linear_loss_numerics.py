@@ -74,6 +74,14 @@ def gradients(fn, tensors, target, backend: str):
         return loss.detach(), torch.autograd.grad(loss, leaves)
 
 
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=128)
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     date = datetime.date.today().isoformat()
     out = args.out or RESULTS / f"linear-loss-numerics-{'GPU' if on_gpu else 'CPU'}-{date}.json"
-    meta = {"device": machine, "date": date, "torch": torch.__version__}
+    meta = {"device": machine, "date": date, "torch": torch.__version__, "triton": _triton_version()}
     meta.update({k: v for k, v in vars(args).items() if k != "out"}, softmax_similarity=round(sim, 4))
     out.write_text(json.dumps({"meta": meta, "records": records, "table": lines}, indent=1) + "\n")
     print(f"wrote {out}")

@@ -34,6 +34,7 @@ _CONCRETE = ("triton", "cuda", "torch")
 
 _requested: str | None = None  # None until first use: then MASKSUB_BACKEND or "auto"
 _last_used: dict[str, str] = {}
+_op_names: set[str] = set()  # the names the library's ops report under (register_op_names)
 _extensions: dict[str, Any] = {}  # device type -> extension module registered for it (besides _C for "cuda")
 
 
@@ -243,6 +244,16 @@ def _compiled_reason(name: str) -> str:
     return reason or "no CUDA device is present"
 
 
+def register_op_names(names: Iterable[str]) -> None:
+    """Names that ``last_backend`` knows before their op has run (each op of the library registers its own)."""
+    _op_names.update(names)
+
+
 def last_backend(op: str | None = None) -> str | dict[str, str] | None:
-    """The backend the last call of ``op`` ran with (all ops as a dict when ``op`` is None)."""
-    return dict(_last_used) if op is None else _last_used.get(op)
+    """The backend the last call of ``op`` ran with: None before its first call (all ops as a dict when ``op`` is
+    None). A name that is no op's (a typo) is a ValueError, not None."""
+    if op is None:
+        return dict(_last_used)
+    if op not in _op_names and op not in _last_used:
+        raise ValueError(f"last_backend: no op is named {op!r}; the ops: {', '.join(sorted(_op_names))}")
+    return _last_used.get(op)

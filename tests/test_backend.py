@@ -36,6 +36,20 @@ def test_use_backend_restores_previous():
     assert mk.get_backend() == before
 
 
+def test_last_backend_knows_every_public_op_and_refuses_other_names():
+    public = ["gather_tokens", "linear_masksub_loss", "linear_soft_target_cross_entropy", "mask_image_grid",
+              "mask_tokens_grid", "masksub_loss", "random_grid_mask", "random_keep_indices", "random_token_select",
+              "self_distillation_loss", "soft_target_bce", "soft_target_cross_entropy"]  # fmt: skip
+    assert set(public) <= set(mk.__all__)
+    for name in public:  # None before its first call in this process, else a backend: never an error
+        assert mk.last_backend(name) in (None, *_backend.BACKEND_NAMES)
+    with pytest.raises(ValueError, match=r"no op is named 'masksub_los'; the ops: .*masksub_loss"):
+        mk.last_backend("masksub_los")
+    with mk.use_backend("torch"):  # a name a caller records (resolve_backend is public) is known after that
+        mk.resolve_backend("cpu", "my_own_op")
+    assert mk.last_backend("my_own_op") == "torch"
+
+
 def test_auto_runs_reference_on_cpu_tensors():
     with mk.use_backend("auto"):
         assert mk.resolve_backend("cpu") == "torch"

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 
 import torch
 
@@ -153,6 +155,16 @@ def device_label(device: torch.device) -> str:
     return f"CPU: {processor} ({torch.get_num_threads()} threads)"
 
 
+def _driver_version() -> str | None:
+    """The NVIDIA driver's version (nvidia-smi), or None where it cannot be read."""
+    try:
+        query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+        out = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[0] if out else None
+
+
 def environment(device: torch.device) -> dict:
     """Versions and device facts recorded with every result file."""
     info = {
@@ -168,15 +180,15 @@ def environment(device: torch.device) -> dict:
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
-    try:
-        import timm
-
-        info["timm"] = timm.__version__
-    except ImportError:
-        info["timm"] = None
+    for name in ("timm", "liger-kernel"):  # the reference points' versions (liger_kernel has no __version__)
+        try:
+            info[name.replace("-", "_")] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            info[name.replace("-", "_")] = None
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
         info["gpu_memory_gb"] = round(properties.total_memory / 2**30, 1)
         info["sm_count"] = properties.multi_processor_count
         info["capability"] = f"{properties.major}.{properties.minor}"
+        info["driver"] = _driver_version()
     return info

@@ -93,6 +93,7 @@ class MaskSubOp:
             raise TypeError(f"op {name}: the torch implementation is required, the others are functions or None")
         self.name = name
         self.records = records
+        _backend.register_op_names(records)
         self._device_index = parameters.index(device_arg)
         self._implementations = implementations
         self._implemented = tuple(backend for backend, f in implementations.items() if f is not None)

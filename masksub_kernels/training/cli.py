@@ -29,13 +29,13 @@ import time
 
 import torch
 
-from .run_setup import PROG, Setup, UsageError, parse_kwargs, resume, setup
+from .run_setup import PROG, HelpWithDefaults, Setup, UsageError, parse_kwargs, resume, setup
 
 __all__ = ["PROG", "UsageError", "build_parser", "main", "parse_kwargs"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpWithDefaults)
     p.add_argument("--config", default=None, metavar="FILE", help="YAML file of option values (recipes/*.yaml); "
                    "options on the command line override it")  # fmt: skip
     g = p.add_argument_group("model and data")

@@ -239,9 +239,19 @@ def sub_branch(
             (always_keep.sum(dim=1) <= num_keep).all(),
             "MaskSub mlm: a row has more predicted + special tokens than the sub-branch keeps (K)",
         )
-    ids = mk.random_keep_indices(
-        batch_size, length, num_keep, seed=seed, device=input_ids.device, always_keep=always_keep, drop_first=padding
-    )
+    try:
+        ids = mk.random_keep_indices(
+            batch_size, length, num_keep, seed=seed, device=input_ids.device, always_keep=always_keep,
+            drop_first=padding,
+        )  # fmt: skip
+    except ValueError as exc:  # CPU tensors: the op's check, in the terms of the mlm family's options
+        if "always_keep" not in str(exc):
+            raise
+        raise ValueError(
+            f"MaskSub mlm: mask_ratio={mask_ratio} keeps K={num_keep} of {length} tokens per row, but a row has more "
+            f"predicted + special tokens than that, all of which the sub-branch must keep: lower mask_ratio (or "
+            f"predict fewer tokens). ({exc})"
+        ) from exc
     slot_valid = None
     if attention_mask is not None:  # row b uses its first K_b slots (module docstring)
         real = attention_mask.ne(0).sum(dim=1)

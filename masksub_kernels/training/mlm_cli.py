@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .run_setup import UsageError, _distributed
+from .run_setup import HelpWithDefaults, UsageError, _distributed
 
 PROG = "masksub-train-mlm"
 EVAL_SEED = 20230619  # the held-out corruption: one fixed draw shared by every run and round
@@ -42,7 +42,7 @@ __all__ = ["PROG", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpWithDefaults)
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=None, help="directory of *.txt files (default: the stdlib docstrings)")
     g.add_argument("--vocab-size", type=int, default=8192, help="WordPiece vocabulary trained on the corpus")
@@ -134,8 +134,6 @@ def _check_keep(args) -> None:
     settings where a block holds more of those than K with a probability above 1e-6: [CLS], [SEP] and the predicted
     tokens, a binomial X over the L - 2 others, so P(2 + X > K) exactly (the op refuses such a batch on a CPU and
     a device-side assert stops a GPU run, so a likely one must not start)."""
-    import math
-
     import masksub_kernels as mk
 
     try:
@@ -143,13 +141,24 @@ def _check_keep(args) -> None:
     except ValueError as exc:
         raise UsageError(f"--mask-ratio {args.mask_ratio} with --seq-len {args.seq_len}: {exc}") from exc
     n, p = args.seq_len - 2, args.mlm_probability
-    tail = sum(math.comb(n, x) * p**x * (1 - p) ** (n - x) for x in range(max(keep - 1, 0), n + 1))
+    tail = sum(_binomial_pmf(n, x, p) for x in range(max(keep - 1, 0), n + 1))
     if tail > 1e-6:
         raise UsageError(
             f"--mask-ratio {args.mask_ratio} keeps {keep} of {args.seq_len} tokens, but with --mlm-probability {p} a "
             f"block holds more predicted + special tokens than that (all of which the sub-branch must keep) with "
             f"probability {tail:.1e}: lower --mask-ratio or --mlm-probability, or use a longer --seq-len"
         )
+
+
+def _binomial_pmf(n: int, x: int, p: float) -> float:
+    """P(X = x) for X ~ Binomial(n, p), 0 < p <= 1, in log space: comb(n, x) alone overflows a float past n ~ 1030
+    (--seq-len 2048 raised OverflowError)."""
+    import math
+
+    if p == 1.0:
+        return float(x == n)
+    log_comb = math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1)
+    return math.exp(log_comb + x * math.log(p) + (n - x) * math.log1p(-p))
 
 
 def _tokenizer_digest(path: str) -> str:
@@ -230,11 +239,14 @@ def _corpus(args, rank: int, world: int, device):
     if not held_out or not train_docs:
         raise UsageError(f"the corpus has {len(documents)} document(s): too few to hold 10% out")
     tokenizer, digest = _tokenizer(args, train_docs, rank, world)
-    try:
-        train = text_data.pack_blocks(tokenizer, train_docs, args.seq_len)
-        val = text_data.pack_blocks(tokenizer, held_out, args.seq_len)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    split = {}
+    for name, docs, held in (("training", train_docs, False), ("held-out", held_out, True)):
+        try:
+            split[name] = text_data.pack_blocks(tokenizer, docs, args.seq_len)
+        except ValueError as exc:  # say which part: the held-out one can be small where the corpus is not
+            share = " (the documents whose CRC-32 is 0 mod 10, about 10% of many)" if held else ""
+            raise UsageError(f"the {name} part of the corpus, {len(docs)} document(s){share}: {exc}") from exc
+    train, val = split["training"], split["held-out"]
     if args.eval_blocks:
         val = val[: args.eval_blocks]
     vocab = Vocab(tokenizer.get_vocab_size(), tokenizer.token_to_id("[MASK]"))

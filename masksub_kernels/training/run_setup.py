@@ -4,11 +4,13 @@ optimizer, schedule and Mixup built (``Setup``), and ``--resume`` loaded. A conf
 
 from __future__ import annotations
 
+import argparse
 import ast
+import copy
+import difflib
 import functools
 import os
 import sys
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,27 @@ PROG = "masksub-train"
 
 class UsageError(Exception):
     """A user-facing configuration error: printed as ``masksub-train: error: ...``, exit status 2."""
+
+
+class HelpWithDefaults(argparse.HelpFormatter):
+    """The commands' --help: each option's default after its help, unless the help already says it or there is
+    none to say (None, a flag off)."""
+
+    @staticmethod
+    def _says_default(action: argparse.Action) -> bool:
+        none = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        return bool(action.option_strings) and "default" not in (action.help or "") and not none
+
+    def add_argument(self, action: argparse.Action) -> None:
+        if action.help is None and self._says_default(action):  # argparse prints no help line for help=None
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        super().add_argument(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if not self._says_default(action):
+            return action.help
+        return f"{action.help} (default: %(default)s)".lstrip()
 
 
 def parse_kwargs(items: list[str] | None) -> dict:
@@ -84,8 +107,8 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
     import timm
 
     if not timm.is_model(args.model):
-        close = timm.list_models(f"*{args.model.split('_')[0]}*")[:8]
-        hint = f"; similar names: {', '.join(close)}" if close else ""
+        close = difflib.get_close_matches(args.model.lower().replace("-", "_"), timm.list_models(), n=8, cutoff=0.6)
+        hint = f"; similar names: {', '.join(close)}" if close else " (timm.list_models() lists them)"
         raise UsageError(f"unknown timm model {args.model!r}{hint}")
     kwargs = dict(args.model_kwargs)
     kwargs.setdefault("num_classes", num_classes)
@@ -325,6 +348,12 @@ def setup(args) -> Setup:
             f"{' (--limit-batches)' if args.limit_batches is not None else ''}: fewer than --grad-accum-steps "
             f"{args.grad_accum_steps}"
         )
+    if args.warmup_epochs >= args.epochs and rank == 0:
+        print(
+            f"{PROG}: note: --warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the learning rate is still "
+            f"warming up when the run ends and never reaches --lr {args.lr}",
+            file=sys.stderr,
+        )
     try:
         scheduler, _ = create_scheduler_v2(
             optimizer,
@@ -349,8 +378,8 @@ def setup(args) -> Setup:
             num_classes=data.num_classes,
         )
     amp = args.amp and device.type == "cuda"
-    if args.amp and not amp:
-        warnings.warn("--amp runs on CUDA devices only: training in float32", stacklevel=2)
+    if args.amp and not amp and rank == 0:  # a note as the command's others (recipes turn --amp on)
+        print(f"{PROG}: note: --amp runs on CUDA devices only: training in float32 on {device}", file=sys.stderr)
     amp_dtype = getattr(torch, args.amp_dtype)
     autocast = functools.partial(torch.autocast, device.type, dtype=amp_dtype) if amp else None
     scaler = torch.amp.GradScaler(device.type) if amp and amp_dtype == torch.float16 else None

@@ -101,7 +101,8 @@ def train_step(
 
     Args:
         ms: the ``MaskSub`` wrapper, in train mode (its ``wrap_ddp`` DDP module is used when there is one).
-        images, target: a micro-batch; target class ids [B] or probabilities [B, C].
+        images, target: a micro-batch; target class ids [B] or probabilities [B, C]. The mlm family: images is the
+            batch mapping and target None or ``images['labels']`` itself (the sub-branch reads those labels).
         optimizer: built from the wrapper's parameters (the Swin mask token included).
         scaler: a ``torch.amp.GradScaler`` for fp16 autocast (None for fp32 / bf16).
         clip_grad: max norm of the summed gradient (None: no clipping).
@@ -123,6 +124,12 @@ def train_step(
     if not ms.training:
         raise RuntimeError("train_step needs the MaskSub wrapper in train mode (call ms.train())")
     _check_optimizer(ms, optimizer)
+    if ms.family == "mlm":  # images is the batch mapping; its labels are the target (the sub-branch reads them)
+        from . import mlm
+
+        mlm.check_batch(images, need_labels=True)
+        ms._check_mlm_target(images, target)
+        target = images["labels"]
     autocast = autocast or contextlib.nullcontext
     ddp = ms._ddp
     runner = ddp if ddp is not None else ms

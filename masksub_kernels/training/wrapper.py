@@ -330,16 +330,22 @@ class MaskSub(nn.Module):
         loss, loss_main, loss_sub = self.loss(main_logits, sub_logits, target)
         return {"loss": loss, "loss_main": loss_main, "loss_sub": loss_sub, "logits": main_logits}
 
+    @staticmethod
+    def _check_mlm_target(batch, target) -> None:
+        """The mlm family's sub-branch keeps the positions ``batch['labels']`` predicts: a target other than that
+        very tensor would train the two terms on different labels."""
+        if target is not None and target is not batch.get("labels"):
+            raise ValueError(
+                "the mlm family reads its labels from batch['labels']: pass target=None or target=batch['labels']"
+            )
+
     def _mlm_forward(self, batch, target, seed, branch):
         """forward for the mlm family: the same branches and outputs, with head inputs in place of logits
         ('logits' holds the main head inputs [B, L, D]). The labels are ``batch['labels']``: the sub-branch reads
         them to keep the predicted tokens, so ``target`` must be None or that very tensor. In eval mode: {'loss',
         'loss_main', 'correct', 'count'}: the held-out MLM loss, correct predictions and predicted tokens."""
         mlm.check_batch(batch, need_labels=self.training and branch != "main")
-        if target is not None and target is not batch.get("labels"):
-            raise ValueError(
-                "the mlm family reads its labels from batch['labels']: pass target=None or target=batch['labels']"
-            )
+        self._check_mlm_target(batch, target)
         if branch == "main":
             return mlm.main_hidden(self._mlm, batch)
         if branch == "sub":

@@ -108,6 +108,17 @@ def test_refuses_bad_batches():
         ms({**batch, "attention_mask": [[1] * LENGTH] * 3})
     with pytest.raises(ValueError, match="target=batch\\['labels'\\]"):
         ms(batch, batch["labels"].clone())
+    # train_step too, in both schedules (the sequential one's main loss read the target, its sub-branch the batch's
+    # labels: another target trained the two terms on different labels); None means the batch's labels
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.0)
+    for schedule in ("sequential", "joint"):
+        with pytest.raises(ValueError, match="target=batch\\['labels'\\]"):
+            ms.train_step(batch, batch["labels"].clone(), optimizer, schedule=schedule)
+        with pytest.raises(TypeError, match="batch mapping"):
+            ms.train_step(batch["input_ids"], batch["labels"], optimizer, schedule=schedule)
+    by_none = ms.train_step(batch, None, optimizer, seed=1)
+    by_labels = ms.train_step(batch, batch["labels"], optimizer, seed=1)
+    torch.testing.assert_close(by_none["loss"], by_labels["loss"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -285,7 +296,7 @@ def test_more_predicted_tokens_than_the_sub_branch_keeps_is_refused():
     ms = MaskSub(tiny_bert(), mask_ratio=0.75)
     batch = make_batch(batch=2, seed=4)
     batch["labels"][0] = batch["input_ids"][0]  # every position predicted
-    with pytest.raises(ValueError, match="always"):
+    with pytest.raises(ValueError, match=r"mask_ratio=0.75 keeps K=\d+ of \d+ tokens per row.*lower mask_ratio"):
         ms(batch, branch="sub", seed=1)
 
 

@@ -142,6 +142,7 @@ def test_resume_continues_exactly(corpus, tokenizer, tmp_path):
         (["--data-dir", "/nonexistent"], "is not a directory"),
         (["--resume", "/nonexistent.pth"], "no such file"),
         (["--batch-size", "100000"], "fewer than one step"),
+        (["--seq-len", "3000"], "the held-out part of the corpus, "),  # the training part has blocks of 3000
     ],
 )
 def test_clear_errors(corpus, tokenizer, tmp_path, capsys, args, message):

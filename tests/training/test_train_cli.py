@@ -47,6 +47,14 @@ def test_masksub_run_writes_logs_and_checkpoints(tmp_path):
     assert meta["family"] == "vit" and meta["train_images"] == 1437 and meta["val_images"] == 360
 
 
+def test_notes_a_warmup_that_outlasts_the_run(tmp_path, capsys):
+    _run(tmp_path, "short", "--limit-batches", "1")  # FAST: 1 warm-up epoch of 2
+    assert "warmup" not in capsys.readouterr().err
+    _run(tmp_path, "warm", "--limit-batches", "1", "--warmup-epochs", "2")
+    err = capsys.readouterr().err
+    assert "masksub-train: note: --warmup-epochs 2 >= --epochs 2: the learning rate is still warming up" in err
+
+
 def test_resume_continues_exactly(tmp_path):
     full = _run(tmp_path, "full", "--keep-epoch-checkpoints", "--drop-path", "0.1")
     resumed = _run(tmp_path, "resumed", "--drop-path", "0.1", "--resume", os.path.join(full, "epoch-1.pth"))
@@ -117,6 +125,8 @@ def test_image_folder(tmp_path):
     [
         (["--data-dir", "/no/such/dir"], "data directory '/no/such/dir' does not exist"),
         (["--model", "vit_nonexistent_model"], "unknown timm model 'vit_nonexistent_model'"),
+        (["--model", "vit_small_patch16_244"], "similar names: vit_small_patch16_224, "),  # the closest first
+        (["--model", "resnet-18"], "similar names: resnet18, "),
         (["--model", "resnet10t", "--img-size", "48"], "not divisible by the mask cell of 32 pixels"),
         (["--model", "vit_tiny_patch16_224", "--img-size", "32"], "--model-kwargs img_size=32"),
         ([*TINY_VIT, "--img-size", "16", "--mixup", "0.8", "--batch-size", "7"], "even --batch-size"),
@@ -128,6 +138,24 @@ def test_clear_errors(tmp_path, capsys, args, message):
     assert main([*args, "--output", str(tmp_path / "err"), "--no-progress", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("masksub-train: error:") and message in err
+
+
+def test_help_states_the_defaults():
+    from masksub_kernels.training import cli, mlm_cli
+
+    text = " ".join(cli.build_parser().format_help().split())  # one line: argparse wraps the help text
+    expected = [
+        "--epochs EPOCHS (default: 30)",
+        "--lr LR (default: 0.001)",
+        "(default: output/masksub-train)",
+        "--warmup-epochs WARMUP_EPOCHS (default: 5)",
+        "--drop DROP model dropout rate (default: 0.0)",
+    ]
+    for line in expected:
+        assert line in text, line
+    assert "(default: None)" not in text and "(default: False)" not in text and "default: digits) (default" not in text
+    text = " ".join(mlm_cli.build_parser().format_help().split())
+    assert "--layers LAYERS (default: 4)" in text and "--width WIDTH hidden size (default: 128)" in text
 
 
 def test_parse_kwargs():
