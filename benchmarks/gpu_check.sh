@@ -10,8 +10,9 @@
 # tests-masks.log, tests-rest.log, cuda.log.
 #
 # Budget: GPU caps (s) and what fills them. The device gives 15 minutes with start-up, 10 per command; the caps add
-# up to 425 s, so that after the benchmarks' call (335 s at most) a start-up and the transfers fit; a step stopped
-# by its cap keeps the outcomes of the tests it ran (-v). Run it second: the numbers come first. The order is what
+# up to 410 s, so that after the benchmarks' call (335 s at most) one start-up and the transfers fit: send this call
+# as soon as the benchmarks' returns (a machine idle for 30 s is given back, and a second start-up would cost its
+# phase 3); a step stopped by its cap keeps the outcomes of the tests it ran (-v). Run it second: the numbers come first. The order is what
 # a GPU alone can tell, most wanted first: the kernels most changed since the only GPU run (2026-11-30) and never
 # run on one (the loss's reduced and realigned kernels; the fused-linear op, whose fp16 / bf16 gradients are
 # written over its fp32 chunk logits behind a barrier), then the CUDA extension (its refusals crashed the process
@@ -34,7 +35,7 @@
 #                   30  compute-sanitizer --tool racecheck (shared-memory hazards) on the kernels that use shared
 #                       memory (selection, cell masks, mask-token gradient, loss), small and largest blocks (below):
 #                       20 s on the H200
-#   phase 3        110  in parallel: the other op tests (masks, token grid masks, autograd edges, inputs; 4 workers)
+#   phase 3         95  in parallel: the other op tests (masks, token grid masks, autograd edges, inputs; 4 workers)
 #     tests-masks.log   and the rest of the suite (training on timm and transformers models, benchmarks' harness;
 #     tests-rest.log    4 workers); both were stopped by 200 s caps at ~2/3 on 2026-11-30 in one process each
 # Timed on the CPU here before this order (2 shared cores, no GPU, CAP_SCALE 12): env 8 s; the test processes 272,
@@ -59,7 +60,6 @@ XDIST8=()
 DEV_TOOLS=(--ignore-glob='*test_compile_kernels.py' --ignore-glob='*test_cuda_spills.py'
   --ignore-glob='*test_check_spills.py' --ignore-glob='*test_cuda_emulator.py' --ignore-glob='*test_perf_model.py')
 CUDA_TESTS=(tests/cuda_extension tests/test_backend.py)
-LOSS_TESTS=(tests/ops/test_*loss*.py)
 # memcheck: every kernel test's fp32 (and first index dtype) cases, token selection's file first (pytest runs the
 # files in the order given)
 MEMCHECK_FILES=(tests/cuda_extension/test_cuda_token_select.py tests/cuda_extension/test_cuda_loss.py
@@ -85,12 +85,14 @@ sanitize() { # TOOL PYTEST-ARGS...: compute-sanitizer on csrc/'s kernels; withou
   # without PyTorch's caching allocator every tensor is an allocation of its own: a read past it is caught
   [[ $tool == memcheck ]] && export PYTORCH_NO_CUDA_MEMORY_CACHING=1
   local only_ours=()
-  # the help read whole before grep (a pipe that grep -q closes early could fail the test under pipefail)
+  # grep reads a process substitution, not a pipe: under pipefail a pipe's writer, stopped by SIGPIPE when
+  # grep -q quits early, would make the test fail and drop the filter
   grep -q -- '--kernel-name' <(compute-sanitizer --help 2>&1) && only_ours=(--kernel-name kns=masksub)
   compute-sanitizer --tool "$tool" "${only_ours[@]}" --error-exitcode 99 --print-limit 50 "${PYTEST[@]}" "$@"
 }
 
-setup_run "$@"
+setup_run "$@" # (from here in the repository's root: the globs below are its files)
+LOSS_TESTS=(tests/ops/test_*loss*.py)
 step env.txt 10 write_env
 
 # phase 1: the build beside the tests of the kernels that changed most (a _C left by an earlier run on this machine
@@ -110,10 +112,10 @@ else
   note "no CUDA extension built (see build.log): the cuda backend's tests and the sanitizers did not run"
 fi
 
-# phase 3: the rest of the suite
+# phase 3: the rest of the suite (the other op files' cuda parametrisations ran in phase 2: the complement of its -k)
 OTHER_OPS=(--ignore=tests/ops/test_token_select.py "${LOSS_TESTS[@]/#/--ignore=}")
-step_bg tests-masks.log 110 "${PYTEST[@]}" "${XDIST[@]}" tests/ops "${OTHER_OPS[@]}"
-step_bg tests-rest.log 110 "${PYTEST[@]}" "${XDIST[@]}" tests --ignore=tests/ops "${CUDA_TESTS[@]/#/--ignore=}" \
+step_bg tests-masks.log 95 "${PYTEST[@]}" "${XDIST[@]}" tests/ops "${OTHER_OPS[@]}" -k 'not (cuda or test_backend)'
+step_bg tests-rest.log 95 "${PYTEST[@]}" "${XDIST[@]}" tests --ignore=tests/ops "${CUDA_TESTS[@]/#/--ignore=}" \
   "${DEV_TOOLS[@]}"
 wait_steps
 finish

@@ -10,8 +10,8 @@
 #   output FILE              declare a result file that a step writes itself (e.g. the benchmark's .json)
 #   finish                   the budget line; the exit code is that of the first failed step
 #
-# DRY_RUN=1 runs nothing: each function prints what it would do, then `finish` prints the budget (the sum of the
-# caps, 480 s at most) and the result files (8 at most); tests/test_gpu_scripts.py checks both.
+# DRY_RUN=1 runs nothing: each function prints what it would do, then `finish` prints the budget (the caps of the
+# foreground steps plus what background steps add beyond them, 480 s at most) and the result files (8 at most); tests/test_gpu_scripts.py checks both.
 # CAP_SCALE multiplies every cap (default 1 on a GPU, 8 without one: the same flow on the CPU interpreter is slower;
 # the printed budget is always the GPU one).
 

@@ -50,6 +50,25 @@ def test_last_backend_knows_every_public_op_and_refuses_other_names():
     assert mk.last_backend("my_own_op") == "torch"
 
 
+def test_each_loss_function_reports_its_own_calls(monkeypatch):
+    # the single-branch losses share masksub_loss's ops: a call of one must not report for the others
+    logits, target = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    calls = {
+        "masksub_loss": lambda: mk.masksub_loss(logits, logits.clone(), target),
+        "soft_target_cross_entropy": lambda: mk.soft_target_cross_entropy(logits, target),
+        "soft_target_bce": lambda: mk.soft_target_bce(logits, target),
+        "self_distillation_loss": lambda: mk.self_distillation_loss(logits, logits.clone()),
+    }
+    for name in calls:
+        monkeypatch.setitem(_backend._last_used, name, "not yet")
+    with mk.use_backend("torch"):
+        for called, call in calls.items():
+            call()
+            assert mk.last_backend(called) == "torch"
+            later = list(calls)[list(calls).index(called) + 1 :]
+            assert all(mk.last_backend(name) == "not yet" for name in later), called
+
+
 def test_auto_runs_reference_on_cpu_tensors():
     with mk.use_backend("auto"):
         assert mk.resolve_backend("cpu") == "torch"

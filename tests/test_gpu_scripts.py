@@ -58,10 +58,11 @@ def test_each_call_fits_the_window(script, tmp_path):
 
 
 def test_both_calls_fit_the_session(tmp_path):
-    # the device's 15 minutes, start-up included: both calls at their caps leave two minutes for a start-up and the
-    # transfers (the benchmarks' call runs first, so the numbers come back even when the tests' call is cut short)
+    # the device's 15 minutes, start-up included: both calls at their caps leave 2.5 minutes for one start-up, the
+    # transfers and each call's set-up outside its steps (the benchmarks' call runs first, so the numbers come back
+    # even when the tests' call is cut short, e.g. by a second start-up where the machine was given back between)
     total = sum(budget(dry_run(script, tmp_path)) for script in SCRIPTS)
-    assert total <= SESSION_S - 120, total
+    assert total <= SESSION_S - 150, total
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

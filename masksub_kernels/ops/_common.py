@@ -124,6 +124,15 @@ class MaskSubOp:
                 return self._implementations["triton"](*args)
         return self._implementations[backend](*args)
 
+    def report_as(self, name: str, device: torch.device) -> None:
+        """Resolve (check and record) the backend this op takes on ``device`` under ``name``: a public function
+        that shares the op with others (the single-branch losses), so that ``last_backend(name)`` says what its own
+        last call ran with and a backend the op lacks is refused naming it. ``name`` must be registered
+        (``_backend.register_op_names``). Nothing on meta tensors or while torch.compile traces (compiled code
+        records the op's own names only, when it runs)."""
+        if device.type != "meta" and not torch.compiler.is_compiling():
+            _backend.resolve_backend(device, name, implemented=self._implemented)
+
     def register_fake(self, fake):
         self._fake = fake
         self.custom_op.register_fake(fake)

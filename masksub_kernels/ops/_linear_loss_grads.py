@@ -13,9 +13,6 @@ from . import _linear_loss_chunks as chunk_loop  # module attributes read at cal
 from ._common import _tracing, masksub_op
 from .masksub_loss import NUM_OUT
 
-# The public functions the fused-linear ops serve: last_backend reports under both, and a backend they lack names them
-LINEAR_LOSS_FUNCTIONS = ("linear_masksub_loss", "linear_soft_target_cross_entropy")
-
 
 def _grads_reference(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _, *opts):
     from .linear_masksub_loss import chunk_rows  # the recompute reference's chunks (imported late: it imports us)
@@ -39,7 +36,7 @@ def _grads_triton(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, 
     torch=_grads_reference,
     triton=_grads_triton,  # cuBLAS matmuls + the masksub_loss Triton kernels on each chunk's logits
     cuda=None,
-    records=LINEAR_LOSS_FUNCTIONS,
+    records=("linear_masksub_loss",),
 )
 def _linear_loss_grads_op(
     hidden: torch.Tensor,

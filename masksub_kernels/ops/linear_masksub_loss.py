@@ -43,7 +43,7 @@ from .. import _backend
 from .._triton import next_power_of_2
 from . import _linear_loss_kernels as kernels
 from ._common import FLOAT_DTYPES, cdiv, masksub_op
-from ._linear_loss_grads import LINEAR_LOSS_FUNCTIONS, _grads_wanted, _linear_loss_grads_op
+from ._linear_loss_grads import _grads_wanted, _linear_loss_grads_op
 from .losses import MaskSubLoss, _check_options, _check_target, _number, _reduce, _row_count
 from .masksub_loss import (
     C_S,
@@ -348,7 +348,7 @@ def _backward_triton(
     torch=linear_loss_forward_reference,
     triton=_forward_triton,
     cuda=None,  # no CUDA-extension (csrc/) implementation yet: auto takes triton or torch
-    records=LINEAR_LOSS_FUNCTIONS,
+    records=("linear_masksub_loss",),
 )
 def _linear_loss_op(
     hidden: torch.Tensor,
@@ -478,6 +478,10 @@ def _check_all(hidden, sub_hidden, weight, bias, target, mode, reduction, label_
     return _check_target(logits_like, target, options.ignore_index), options
 
 
+# The single-branch function shares linear_masksub_loss's ops: it reports its own calls (MaskSubOp.report_as)
+_backend.register_op_names(("linear_soft_target_cross_entropy",))
+
+
 def linear_masksub_loss(
     main_hidden: torch.Tensor,
     sub_hidden: torch.Tensor,
@@ -550,6 +554,7 @@ def linear_soft_target_cross_entropy(
     target, options = _check_all(
         hidden, None, weight, bias, target, "ce", reduction, label_smoothing, ignore_index, 1.0, None
     )
+    _linear_loss_op.report_as("linear_soft_target_cross_entropy", hidden.device)  # the ops report linear_masksub_loss
     wanted = _grads_wanted(hidden, None, weight, bias, target, reduction)
     if wanted is not None:
         mean = reduction == "mean"

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import torch
 
+from .. import _backend
 from ._common import FLOAT_DTYPES, INDEX_DTYPES
 from .masksub_loss import MAIN, SUB, _loss_op
 from .masksub_loss_reduced import _reduced_loss_op
@@ -34,6 +35,9 @@ class MaskSubLoss(NamedTuple):
 # ----------------------------------------------------------------------------------------------------------------
 # Host-side validation: messages say what was expected and what came (no value reads on CUDA tensors)
 # ----------------------------------------------------------------------------------------------------------------
+
+# The single-branch losses share masksub_loss's ops: each reports its own calls (MaskSubOp.report_as)
+_backend.register_op_names(("soft_target_cross_entropy", "soft_target_bce", "self_distillation_loss"))
 
 # The ignore_index passed by losses without one: an id equal to it is refused on CPU tensors, but would count as
 # ignored elsewhere (no class id is that negative in practice; the fused op has no "none" ignore_index).
@@ -228,6 +232,7 @@ def soft_target_cross_entropy(
     _check_logits("logits", logits)
     options = _check_options(reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index)
     target = _check_target(logits, target, options.ignore_index)
+    _reduced_loss_op.report_as("soft_target_cross_entropy", logits.device)
     return _terms(logits, None, target, options, 1.0, 0.0, reduction).main
 
 
@@ -250,6 +255,7 @@ def soft_target_bce(
     _check_logits("logits", logits)
     options = _check_options("bce", reduction, label_smoothing, target_threshold=target_threshold)
     target = _check_target(logits, target, options.ignore_index)
+    _reduced_loss_op.report_as("soft_target_bce", logits.device)
     return _terms(logits, None, target, options, 1.0, 0.0, reduction).main
 
 
@@ -271,6 +277,7 @@ def self_distillation_loss(
     """
     _check_pair(sub_logits, main_logits)
     options = _check_options(mode, reduction, temperature=temperature)
+    _reduced_loss_op.report_as("self_distillation_loss", sub_logits.device)
     return _terms(main_logits.detach(), sub_logits, None, options, 0.0, 1.0, reduction).sub
 
 

@@ -83,8 +83,6 @@ MAX_BLOCK_C = 4096  # classes per loop iteration of a program (the tests raise i
 # Rows of the forward's fp32 [9, M] output: the two per-row losses, then the stats the backward reads (CE only).
 MAIN, SUB, C_Z, LOG_L_Z, S_Z, C_S, LOG_L_S, C_T, LOG_L_T = range(9)
 NUM_OUT = 9
-# The public functions the loss ops serve: last_backend reports each op's backend under all of them
-LOSS_FUNCTIONS = ("masksub_loss", "soft_target_cross_entropy", "soft_target_bce", "self_distillation_loss")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -523,7 +521,7 @@ def _backward_triton(
     torch=loss_forward_reference,
     triton=_forward_triton,
     cuda=lambda extension, *args: extension.masksub_loss_forward(*args),
-    records=LOSS_FUNCTIONS,
+    records=("masksub_loss",),
     torch_eager=loss_forward_eager,
 )
 def _loss_op(

@@ -33,7 +33,6 @@ import torch
 from ._common import masksub_op
 from ._masksub_loss_eager import reduced_loss_eager
 from .masksub_loss import (
-    LOSS_FUNCTIONS,
     MAIN,
     NUM_OUT,
     SUB,
@@ -129,7 +128,7 @@ def _backward_triton_reduced(grad, need_main, need_sub, d, out, logits, sub_logi
     torch=_forward_reference,
     triton=_forward_triton_reduced,
     cuda=_forward_cuda,
-    records=LOSS_FUNCTIONS,
+    records=("masksub_loss",),
     torch_eager=_eager,
 )
 def _reduced_loss_op(
@@ -160,7 +159,7 @@ def _(logits, *options):
     torch=_backward_reference,
     triton=_backward_triton_reduced,
     cuda=_backward_cuda,
-    records=LOSS_FUNCTIONS,
+    records=("masksub_loss",),
 )
 def _reduced_backward_op(
     grad: torch.Tensor,

@@ -269,6 +269,12 @@ def _run(args) -> None:
     if args.resume:
         start_epoch, num_updates, rows = resume(args, s)
         wall = rows[-1]["wall_time_s"] if rows else 0.0
+    if args.warmup_epochs >= args.epochs and s.rank == 0:  # after every check: a note, not an error
+        print(
+            f"{PROG}: note: --warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the learning rate is still "
+            f"warming up when the run ends and never reaches --lr {args.lr}",
+            file=sys.stderr,
+        )
     meta = {
         "command": " ".join([PROG, *sys.argv[1:]]),
         "args": dict(vars(args)),

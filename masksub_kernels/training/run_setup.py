@@ -348,12 +348,6 @@ def setup(args) -> Setup:
             f"{' (--limit-batches)' if args.limit_batches is not None else ''}: fewer than --grad-accum-steps "
             f"{args.grad_accum_steps}"
         )
-    if args.warmup_epochs >= args.epochs and rank == 0:
-        print(
-            f"{PROG}: note: --warmup-epochs {args.warmup_epochs} >= --epochs {args.epochs}: the learning rate is still "
-            f"warming up when the run ends and never reaches --lr {args.lr}",
-            file=sys.stderr,
-        )
     try:
         scheduler, _ = create_scheduler_v2(
             optimizer,

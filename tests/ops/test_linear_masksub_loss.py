@@ -405,13 +405,13 @@ def test_cuda_backend_refuses_clearly():
     if "cuda" not in kernel_backends():
         pytest.skip("the cuda backend cannot run here")
     h, hs, w, b, target = make_inputs()
-    names = "linear_masksub_loss/linear_soft_target_cross_entropy"  # the error names the function called
-    message = rf"backend 'cuda' has no implementation of {names}: select one of torch, triton"
+    message = "backend 'cuda' has no implementation of {} select one of torch, triton"  # the function called
     for requires_grad in (False, True):  # the recompute op and the gradients-in-forward op
         h.requires_grad_(requires_grad)
-        with mk.use_backend("cuda"), pytest.raises(RuntimeError, match=message):
+        with mk.use_backend("cuda"), pytest.raises(RuntimeError, match=message.format("linear_masksub_loss:")):
             mk.linear_masksub_loss(h, hs, w, b, target)
-        with mk.use_backend("cuda"), pytest.raises(RuntimeError, match=message):
+        single = message.format("linear_soft_target_cross_entropy:")
+        with mk.use_backend("cuda"), pytest.raises(RuntimeError, match=single):
             mk.linear_soft_target_cross_entropy(h, w, b, target)
 
 
