@@ -50,8 +50,9 @@
 source "$(dirname "$0")/gpu_lib.sh"
 
 # jit_census: under the CPU interpreter, the count of Triton specialisations each step would compile on a GPU
-# -v: a test's outcome is on its own line as it ends (a step stopped by its cap still names its failures)
-PYTEST=("$PY" -m pytest -v -p no:cacheprovider -rfEs --durations=10 -p benchmarks.jit_census)
+# -v: a test's outcome is on its own line as it ends; failures_now: its traceback (a property test's falsifying
+# example) too, so that a step stopped by its cap still says why its tests failed
+PYTEST=("$PY" -m pytest -v -p no:cacheprovider -rfEs --durations=10 -p benchmarks.jit_census -p benchmarks.failures_now)
 # pytest-xdist where installed (the GPU machine has it); one file per worker (--dist loadfile), so that each file's
 # Triton specialisations compile once
 XDIST=()
