@@ -12,9 +12,17 @@ from __future__ import annotations
 
 import sys
 
+_in_worker = [False]
+
+
+def pytest_configure(config) -> None:
+    # pytest-xdist loads -p plugins in its workers too, which share the controller's stderr: only the controller
+    # prints (it gets every worker's reports), else each failure would be printed twice
+    _in_worker[0] = hasattr(config, "workerinput")
+
 
 def pytest_runtest_logreport(report) -> None:
-    if not report.failed:
+    if not report.failed or _in_worker[0]:
         return
     print(f"\n===== FAILED {report.nodeid} ({report.when}), reported as it happened =====", file=sys.stderr)
     print(report.longreprtext, file=sys.stderr)

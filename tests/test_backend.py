@@ -69,6 +69,24 @@ def test_each_loss_function_reports_its_own_calls(monkeypatch):
             assert all(mk.last_backend(name) == "not yet" for name in later), called
 
 
+def test_loss_functions_report_nothing_while_traced_or_refused(monkeypatch):
+    # fake CUDA tensors trace on a machine without a GPU (the ops' fakes run); a torch.func call is refused by the op
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    names = ("soft_target_cross_entropy", "soft_target_bce", "self_distillation_loss")
+    for name in names:
+        monkeypatch.setitem(_backend._last_used, name, "not yet")
+    with FakeTensorMode():
+        logits, target = torch.empty(4, 5, device="cuda"), torch.zeros(4, dtype=torch.int64, device="cuda")
+        outs = (mk.soft_target_cross_entropy(logits, target), mk.soft_target_bce(logits, target),
+                mk.self_distillation_loss(logits, logits.clone()))  # fmt: skip
+    assert all(out.device.type == "cuda" and out.shape == () for out in outs)
+    logits, target = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(RuntimeError, match=r"does not support torch\.func"):
+        torch.func.grad(lambda x: mk.soft_target_cross_entropy(x, target))(logits)
+    assert all(mk.last_backend(name) == "not yet" for name in names)
+
+
 def test_auto_runs_reference_on_cpu_tensors():
     with mk.use_backend("auto"):
         assert mk.resolve_backend("cpu") == "torch"

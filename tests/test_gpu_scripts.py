@@ -6,6 +6,7 @@ minutes, at most 8 files come back, and every path a step names exists. The step
 stops a step, shell functions under a cap.
 """
 
+import importlib.util
 import os
 import re
 import shlex
@@ -173,21 +174,25 @@ def test_carried_wheels_are_installed_for_the_steps(tmp_path):
     assert "42" in (out / "a.log").read_text()
 
 
-def test_failures_are_reported_as_they_happen(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_failures_are_reported_as_they_happen(tmp_path, workers):
     # benchmarks/failures_now.py: a capped step never reaches pytest's summary, so each failure prints at once
     (tmp_path / "test_demo.py").write_text(
         "def test_passes():\n    pass\n\n\ndef test_fails():\n    assert 1 + 1 == 3, 'the reason'\n\n\n"
         "def test_after():\n    pass\n"
     )
+    if workers and importlib.util.find_spec("xdist") is None:
+        pytest.skip("pytest-xdist is not installed")
     command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p", "benchmarks.failures_now", "-p",
-               "no:randomly", str(tmp_path / "test_demo.py")]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+               "no:randomly", str(tmp_path / "test_demo.py"), *(["-n", str(workers)] if workers else [])]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")} | {"PYTHONPATH": str(ROOT)}
     out = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     log = out.stdout + out.stderr
     assert out.returncode == 1
-    assert "FAILED " in out.stderr and "test_demo.py::test_fails (call), reported as it happened" in out.stderr
+    assert out.stderr.count("test_demo.py::test_fails (call), reported as it happened") == 1, log  # once, xdist too
     assert "AssertionError: the reason" in out.stderr and "test_passes" not in out.stderr
     # printed when the test failed: before the next test's outcome (stdout and stderr interleave in the log)
     merged = subprocess.run(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, timeout=120).stdout  # fmt: skip
-    assert merged.index("reported as it happened") < merged.index("test_after PASSED"), log
+    if not workers:  # in order (xdist's workers run the tests of a file in parallel)
+        assert merged.index("reported as it happened") < merged.index("test_after PASSED"), log

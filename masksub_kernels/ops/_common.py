@@ -124,14 +124,17 @@ class MaskSubOp:
                 return self._implementations["triton"](*args)
         return self._implementations[backend](*args)
 
-    def report_as(self, name: str, device: torch.device) -> None:
-        """Resolve (check and record) the backend this op takes on ``device`` under ``name``: a public function
-        that shares the op with others (the single-branch losses), so that ``last_backend(name)`` says what its own
-        last call ran with and a backend the op lacks is refused naming it. ``name`` must be registered
-        (``_backend.register_op_names``). Nothing on meta tensors or while torch.compile traces (compiled code
-        records the op's own names only, when it runs)."""
-        if device.type != "meta" and not torch.compiler.is_compiling():
-            _backend.resolve_backend(device, name, implemented=self._implemented)
+    def report_as(self, name: str, tensor: torch.Tensor) -> None:
+        """Resolve (check and record) the backend this op takes on ``tensor``'s device under ``name``: a public
+        function that shares the op with others (the single-branch losses), so that ``last_backend(name)`` says what
+        its own last call ran with and a backend the op lacks is refused naming it. ``name`` must be registered
+        (``_backend.register_op_names``). Nothing where the op's own call resolves no backend either (__call__): meta
+        tensors, torch.compile and other tracers (fake tensors; compiled code records the op's own names only, when
+        it runs), torch.func transforms (refused by the op)."""
+        if tensor.device.type == "meta" or torch.compiler.is_compiling() or _tracing((tensor,)):
+            return
+        if not torch._C._are_functorch_transforms_active():
+            _backend.resolve_backend(tensor.device, name, implemented=self._implemented)
 
     def register_fake(self, fake):
         self._fake = fake

@@ -554,7 +554,7 @@ def linear_soft_target_cross_entropy(
     target, options = _check_all(
         hidden, None, weight, bias, target, "ce", reduction, label_smoothing, ignore_index, 1.0, None
     )
-    _linear_loss_op.report_as("linear_soft_target_cross_entropy", hidden.device)  # the ops report linear_masksub_loss
+    _linear_loss_op.report_as("linear_soft_target_cross_entropy", hidden)  # the ops report linear_masksub_loss
     wanted = _grads_wanted(hidden, None, weight, bias, target, reduction)
     if wanted is not None:
         mean = reduction == "mean"

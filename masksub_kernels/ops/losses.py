@@ -232,7 +232,7 @@ def soft_target_cross_entropy(
     _check_logits("logits", logits)
     options = _check_options(reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index)
     target = _check_target(logits, target, options.ignore_index)
-    _reduced_loss_op.report_as("soft_target_cross_entropy", logits.device)
+    _reduced_loss_op.report_as("soft_target_cross_entropy", logits)
     return _terms(logits, None, target, options, 1.0, 0.0, reduction).main
 
 
@@ -255,7 +255,7 @@ def soft_target_bce(
     _check_logits("logits", logits)
     options = _check_options("bce", reduction, label_smoothing, target_threshold=target_threshold)
     target = _check_target(logits, target, options.ignore_index)
-    _reduced_loss_op.report_as("soft_target_bce", logits.device)
+    _reduced_loss_op.report_as("soft_target_bce", logits)
     return _terms(logits, None, target, options, 1.0, 0.0, reduction).main
 
 
@@ -277,7 +277,7 @@ def self_distillation_loss(
     """
     _check_pair(sub_logits, main_logits)
     options = _check_options(mode, reduction, temperature=temperature)
-    _reduced_loss_op.report_as("self_distillation_loss", sub_logits.device)
+    _reduced_loss_op.report_as("self_distillation_loss", sub_logits)
     return _terms(main_logits.detach(), sub_logits, None, options, 0.0, 1.0, reduction).sub
 
 
