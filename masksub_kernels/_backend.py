@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -48,13 +49,38 @@ def _cuda_device_present() -> bool:
     return torch.cuda.is_available()
 
 
+# The oldest Triton the kernels pass the tests with (tools/gpu_versions_env.sh runs the suite under other releases).
+# On 2026-12-02 under the interpreter: 3.4, 3.5, 3.6 and 3.8 passed; 3.2 and 3.3 drew other token selections than
+# the reference (a silently wrong mask); 3.1 refused the kernels (tl.arange of a non-constexpr bound).
+MIN_TRITON = (3, 4)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """(3, 6, 0) from '3.6.0' or '3.4.0+git1234': the leading dot-separated integers."""
+    parts = []
+    for part in version.split("+")[0].split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
 @functools.cache
 def _triton_missing() -> str | None:
     """Why the Triton backend cannot run here, or None when it can."""
     try:
-        importlib.import_module("triton")
+        triton = importlib.import_module("triton")
     except ImportError as exc:
         return f"the 'triton' package does not import ({exc})"
+    version = getattr(triton, "__version__", "0")
+    if _version_tuple(version) < MIN_TRITON:
+        oldest = ".".join(map(str, MIN_TRITON))
+        return (
+            f"Triton {version} is older than {oldest}, the oldest release the kernels pass their tests with "
+            f"(Triton 3.2 and 3.3 select other tokens than the reference): install torch >= 2.8, which brings "
+            f"Triton >= {oldest}"
+        )
     if triton_interpreted() or _cuda_device_present():
         return None
     return "Triton needs a CUDA device, or TRITON_INTERPRET=1 to run its kernels on the CPU interpreter"

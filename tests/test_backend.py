@@ -76,10 +76,15 @@ def test_loss_functions_report_nothing_while_traced_or_refused(monkeypatch):
     names = ("soft_target_cross_entropy", "soft_target_bce", "self_distillation_loss")
     for name in names:
         monkeypatch.setitem(_backend._last_used, name, "not yet")
-    with FakeTensorMode():
-        logits, target = torch.empty(4, 5, device="cuda"), torch.zeros(4, dtype=torch.int64, device="cuda")
-        outs = (mk.soft_target_cross_entropy(logits, target), mk.soft_target_bce(logits, target),
-                mk.self_distillation_loss(logits, logits.clone()))  # fmt: skip
+    try:
+        with FakeTensorMode():
+            logits, target = torch.empty(4, 5, device="cuda"), torch.zeros(4, dtype=torch.int64, device="cuda")
+            outs = (mk.soft_target_cross_entropy(logits, target), mk.soft_target_bce(logits, target),
+                    mk.self_distillation_loss(logits, logits.clone()))  # fmt: skip
+    except RuntimeError as exc:  # torch 2.8's dispatcher initialises CUDA for a custom op on fake CUDA tensors
+        if torch.cuda.is_available() or "driver" not in str(exc):
+            raise
+        pytest.skip(f"this torch ({torch.__version__}) runs no custom op on fake CUDA tensors without a driver")
     assert all(out.device.type == "cuda" and out.shape == () for out in outs)
     logits, target = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
     with pytest.raises(RuntimeError, match=r"does not support torch\.func"):
@@ -152,6 +157,27 @@ def test_triton_without_gpu_or_interpreter_is_unavailable():
     result = run_python(code, TRITON_INTERPRET="0")
     assert result.returncode == 0, result.stderr
     assert "triton" not in result.stdout
+
+
+def test_triton_older_than_the_tested_releases_is_unavailable(monkeypatch):
+    # Triton 3.3 drew other token selections than the reference under the interpreter (tools/gpu_versions_env.sh,
+    # 2026-12-02): such a release must not be chosen, by auto or by name, and the reason says what to install
+    triton = pytest.importorskip("triton")
+    monkeypatch.setattr(_backend, "_cuda_device_present", lambda: True)  # as on a GPU machine
+    for version, usable in (("3.3.1", False), ("2.3.0", False), ("3.4.0", True), ("3.10.0+git1a2b", True)):
+        monkeypatch.setattr(triton, "__version__", version)
+        _backend._triton_missing.cache_clear()
+        try:
+            reason = _backend._triton_missing()
+            assert (reason is None) == usable, (version, reason)
+            assert ("triton" in mk.available_backends()) == usable
+            if not usable:
+                assert f"Triton {version} is older than 3.4" in reason and "torch >= 2.8" in reason
+                assert _backend.resolve_backend("cuda") != "triton"  # auto: the extension or the reference
+                with pytest.raises(RuntimeError, match=f"backend 'triton' is not available: Triton {version}"):
+                    mk.set_backend("triton")
+        finally:
+            _backend._triton_missing.cache_clear()
 
 
 ENTRY_POINT = "import runpy; runpy.run_module('masksub_kernels', run_name='__main__')"

@@ -125,8 +125,10 @@ def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int)
 
 
 def _tracing_target(target: torch.Tensor) -> bool:
-    """A fake or functional tensor (make_fx, AOTAutograd): its values cannot be read."""
-    return type(target) is not torch.Tensor
+    """A fake or functional tensor (make_fx, AOTAutograd), or a call inside a torch.func transform (which the op
+    refuses with a clear error; before torch 2.11 reading the ids there raised "Cannot access data pointer of Tensor
+    that doesn't have storage" first): its values are not read."""
+    return type(target) is not torch.Tensor or torch._C._are_functorch_transforms_active()
 
 
 def _choice(name: str, value, choices: tuple[str, ...]) -> None:
