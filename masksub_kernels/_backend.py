@@ -7,8 +7,8 @@ device (the error names what is missing) and records the choice for :func:`last_
 The choice is a process-wide setting (``set_backend`` / the ``MASKSUB_BACKEND`` environment variable, read on
 first use) resolved per call from the device of the op's tensors:
 
-- ``auto`` (default): CUDA tensors run the Triton kernels (the CUDA extension if Triton is missing, the PyTorch
-  reference if neither is); tensors of any other device run the PyTorch reference.
+- ``auto`` (default): CUDA tensors run the Triton kernels (the CUDA extension if Triton is missing or older than
+  3.4, the PyTorch reference if neither is); tensors of any other device run the PyTorch reference.
 - ``triton``: the Triton kernels; CUDA tensors, and CPU tensors only under ``TRITON_INTERPRET=1`` (the tests).
 - ``cuda``: the functions of a compiled extension registered for the tensors' device type. The extension
   ``masksub_kernels._C`` (csrc/) serves CUDA tensors; :func:`register_extension` adds one for another device type
@@ -73,13 +73,13 @@ def _triton_missing() -> str | None:
         triton = importlib.import_module("triton")
     except ImportError as exc:
         return f"the 'triton' package does not import ({exc})"
-    version = getattr(triton, "__version__", "0")
-    if _version_tuple(version) < MIN_TRITON:
+    version = str(getattr(triton, "__version__", "") or "unknown")
+    if _version_tuple(version.lstrip("v")) < MIN_TRITON:
         oldest = ".".join(map(str, MIN_TRITON))
         return (
             f"Triton {version} is older than {oldest}, the oldest release the kernels pass their tests with "
-            f"(Triton 3.2 and 3.3 select other tokens than the reference): install torch >= 2.8, which brings "
-            f"Triton >= {oldest}"
+            f"(3.2 and 3.3 selected other tokens than the reference, 3.1 did not compile the kernels): install "
+            f"Triton >= {oldest} (torch >= 2.8 brings one)"
         )
     if triton_interpreted() or _cuda_device_present():
         return None
@@ -265,7 +265,7 @@ def resolve_backend(
 
 
 def _compiled_reason(name: str) -> str:
-    """Why backend ``name`` cannot take CUDA tensors (Triton does not import; masksub_kernels._C does not)."""
+    """Why backend ``name`` cannot take CUDA tensors (Triton does not import or is too old; _C does not import)."""
     reason = _triton_missing() if name == "triton" else _compiled_extension_missing()
     return reason or "no CUDA device is present"
 

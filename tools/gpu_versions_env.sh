@@ -25,15 +25,17 @@ TORCHVISION="${TORCHVISION:-0.26.0}" # the torchvision release built for that to
 # one-element arrays to Python ints (a range() bound, an index), which NumPy 2.4 refuses ("only 0-dimensional arrays
 # can be converted to Python scalars": 315 tests failed so on 2026-12-02); Triton 3.8's interpreter does not.
 NUMPY="${NUMPY:-2.3.5}"
-PY="${PY:-$(command -v python3.12 || command -v python3)}"
+if [[ -z ${PY:-} ]]; then # the first that starts: a pyenv shim of a version not selected is found but fails
+  for PY in python3.12 python3; do "$PY" -c "" 2> /dev/null && break; done
+fi
 VENV="${VENV:-/tmp/masksub-gpu-versions}"
 
 if [[ ! -x $VENV/bin/python ]]; then
   "$PY" -m venv "$VENV"
-fi
+fi # (an existing venv keeps its Python: another PY needs another VENV)
 requirements="$VENV/requirements.txt"
 {
-  grep -vE '^(torch|torchvision|numpy)([=<> ]|$)|^#' "$ROOT/requirements-dev.txt"
+  grep -viE '^(torch|torchvision|numpy|triton)([^a-z0-9_.-]|$)|^#' "$ROOT/requirements-dev.txt" # set here, or pinned by torch
   echo "torch==$TORCH"
   echo "torchvision==$TORCHVISION"
   echo "numpy==$NUMPY"

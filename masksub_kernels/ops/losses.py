@@ -125,9 +125,8 @@ def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int)
 
 
 def _tracing_target(target: torch.Tensor) -> bool:
-    """A fake or functional tensor (make_fx, AOTAutograd), or a call inside a torch.func transform (which the op
-    refuses with a clear error; before torch 2.11 reading the ids there raised "Cannot access data pointer of Tensor
-    that doesn't have storage" first): its values are not read."""
+    """A fake or functional tensor (make_fx, AOTAutograd), or a call inside a torch.func transform (the op refuses
+    it with a clear error, which torch 2.8's storage error on reading the ids would come before): values not read."""
     return type(target) is not torch.Tensor or torch._C._are_functorch_transforms_active()
 
 
