@@ -66,6 +66,16 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+# The oldest torch the tests pass with (pyproject.toml's floor; README, "Versions"): refused at import, with the
+# reason, rather than left to fail obscurely (torch 2.4: custom_op cannot read the ops' annotations) or partly (2.5).
+MIN_TORCH = (2, 8)
+if _version_tuple(torch.__version__) < MIN_TORCH:
+    raise ImportError(
+        f"masksub_kernels needs torch >= {'.'.join(map(str, MIN_TORCH))}, found {torch.__version__}: older releases "
+        "fail its tests (README, 'Versions'); install a newer torch"
+    )
+
+
 @functools.cache
 def _triton_missing() -> str | None:
     """Why the Triton backend cannot run here, or None when it can."""

@@ -160,6 +160,17 @@ def test_triton_without_gpu_or_interpreter_is_unavailable():
     assert "triton" not in result.stdout
 
 
+def test_torch_older_than_the_tested_releases_is_refused_at_import():
+    for version, refused in (("2.5.1+cu124", True), ("2.7.0", True), ("2.8.0a0+git1234", False), ("2.14.1", False)):
+        code = f"import torch; torch.__version__ = {version!r}; import masksub_kernels; print('imported')"
+        result = run_python(code)
+        if refused:
+            assert result.returncode != 0 and "imported" not in result.stdout, version
+            assert f"masksub_kernels needs torch >= 2.8, found {version}" in result.stderr, result.stderr[-2000:]
+        else:
+            assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]
+
+
 def test_triton_older_than_the_tested_releases_is_unavailable(monkeypatch):
     # Triton 3.3 drew other token selections than the reference under the interpreter (tools/gpu_versions_env.sh,
     # 2026-12-02): such a release must not be chosen, by auto or by name, and the reason says what to install
