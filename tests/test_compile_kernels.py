@@ -37,6 +37,33 @@ def test_every_kernel_compiles_for_sm80_and_sm90(tmp_path):
     assert report.exists() and "FAILED" not in result.stdout
 
 
+_OVER_THE_LIMIT = """
+import json, sys
+from tools import compile_kernels
+from tools.kernel_specs import kernel_specs
+name, kernel, signature, constexprs, options = next(s for s in kernel_specs() if "select[" in s[0])
+within = compile_kernels.compile_one(kernel, signature, constexprs, options, 90)
+compile_kernels.SHARED_LIMIT[90] = within["shared_bytes"] - 1  # as if the card had a byte less
+try:
+    compile_kernels.compile_one(kernel, signature, constexprs, options, 90)
+    error = None
+except ValueError as exc:
+    error = str(exc)
+json.dump({"shared": within["shared_bytes"], "error": error}, sys.stdout)
+"""
+
+
+def test_shared_memory_over_the_cards_limit_fails():
+    # Triton compiles a kernel whatever shared memory it needs and refuses it only at its first launch on a GPU
+    # (OutOfResources): the tool compares each kernel's shared memory with the target's limit itself
+    result = _compiled_json(_OVER_THE_LIMIT)
+    assert result["shared"] > 0
+    assert (
+        result["error"]
+        == f"needs {result['shared']} bytes of shared memory; sm_90 allows a block {result['shared'] - 1}"
+    )
+
+
 def _compiled_json(script: str):
     """What ``script`` prints as JSON, run by Python in the checkout without the interpreter (the real compiler)."""
     import json

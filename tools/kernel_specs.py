@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 
+import torch
+
 from masksub_kernels._triton import tl
 from masksub_kernels.ops import _linear_loss_kernels as kernels
 from masksub_kernels.ops import grid_mask, linear_masksub_loss, masksub_loss, token_grid_mask, token_select
@@ -200,6 +202,7 @@ def _loss_spec(
     if not forward:
         constexprs = {"LABELS": False, **constexprs}
     set_flags = ",".join(k.lower() if v is True else f"{k}={v}" for k, v in flags.items() if v)
+    set_flags += ",no_smoothed" if flags.get("SMOOTHED") is False else ""  # on unless named
     set_flags += f",bias={bias}" if bias else ""
     set_flags += f",grads={grads}" if grads else ""
     name = f"{'fwd' if forward else 'bwd'}[{dtype},{set_flags},block={block_c}]"
@@ -322,7 +325,8 @@ def _linear_loss_spec(kernel, dtype: str, flags: dict):
     else:
         signature = {**inputs, **grads, "dw_ptr": "*fp32", "db_ptr": "*fp32", **_LINEAR_SIZES}
         signature.update(stride_gm="i64", stride_gs="i64", rows_per_split="i32", **_LINEAR_OPTIONS)
-    blocks = dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), linear_masksub_loss._max_blocks()))
+    compute = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    blocks = dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), linear_masksub_loss._max_blocks(compute)))
     constexprs = {"HAS_SUB": True, "HAS_BIAS": True, "BCE": False, "DENSE": False, "BINARISE": False, **flags}
     if kernel is not kernels._fwd_kernel:
         constexprs = {"MAIN_GRAD": True, "SUB_GRAD": True, **constexprs}
@@ -343,8 +347,8 @@ _LINEAR_VARIANTS = [  # class ids with a bias (MLM); mixup probabilities without
 
 def linear_masksub_loss_specs() -> list[tuple]:
     # The target variants change the loss-side code, not the tl.dot lowering: all of them in bf16; fp32 (the ieee
-    # dot, ~7 s a kernel to compile, the slowest of the suite) and fp16 (bf16's tensor-core path) in the base
-    # variant only, which keeps the CI compile time down (the 6 fp32 variants took ~45 s per arch)
+    # dot, ~2.5 s a kernel to compile at its tiles of depth 32, ~7 s at 64) and fp16 (bf16's tensor-core path) in the
+    # base variant only, which keeps the CI compile time down (the 6 fp32 variants took ~45 s per arch at depth 64)
     dtype_variants = [("fp32", _LINEAR_VARIANTS[0])] + [("bf16", flags) for flags in _LINEAR_VARIANTS]
     dtype_variants.append(("fp16", _LINEAR_VARIANTS[0]))
     return [

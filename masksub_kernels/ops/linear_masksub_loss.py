@@ -62,6 +62,10 @@ from .masksub_loss import (
 
 CHUNK_ELEMENTS = 2**20  # logits per chunk of the reference: rows per chunk = max(1, CHUNK_ELEMENTS // C)
 MAX_BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K = 64, 128, 64  # Triton tiles (the tests lower them under the interpreter)
+# fp32 operands take tiles half as deep: the tl.dot pipeline keeps 3 stages of a [BLOCK_M + BLOCK_N, BLOCK_K] tile pair
+# in shared memory, 128 KiB for fp32 at depth 64, over the 99 KiB a block may have on sm_86 / sm_89 (RTX 30x0 / 40x0,
+# A10, L4, L40: OutOfResources at the first launch); at depth 32, 64 KiB (tools/compile_kernels.py checks the limit)
+MAX_BLOCK_K_FP32 = 32
 MAX_DW_SPLITS = 8  # row splits of the dW kernel: each costs an fp32 [C, D] accumulator
 
 
@@ -207,7 +211,8 @@ def _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore_index, bce, 
     y = target if target.stride(-1) == 1 else target.contiguous()
     order, count = _row_order(target, ignore_index)
     (rows, depth), classes = h.shape, w.shape[0]
-    blocks = tuple(min(top, max(16, next_power_of_2(n))) for top, n in zip(_max_blocks(), (rows, classes, depth)))
+    tops = _max_blocks(compute)
+    blocks = tuple(min(top, max(16, next_power_of_2(n))) for top, n in zip(tops, (rows, classes, depth)))
     flags = {
         "HAS_SUB": hs is not None,
         "HAS_BIAS": b is not None,
@@ -225,8 +230,10 @@ def _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore_index, bce, 
     return tensors, strides, flags, blocks
 
 
-def _max_blocks() -> tuple[int, int, int]:
-    return MAX_BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K
+def _max_blocks(compute: torch.dtype) -> tuple[int, int, int]:
+    """The largest (BLOCK_M, BLOCK_N, BLOCK_K) tiles for operands of dtype ``compute``."""
+    depth = min(MAX_BLOCK_K, MAX_BLOCK_K_FP32) if compute == torch.float32 else MAX_BLOCK_K
+    return MAX_BLOCK_M, MAX_BLOCK_N, depth
 
 
 def _num_warps(blocks) -> int:
