@@ -42,14 +42,18 @@ import json, sys
 from tools import compile_kernels
 from tools.kernel_specs import kernel_specs
 name, kernel, signature, constexprs, options = next(s for s in kernel_specs() if "select[" in s[0])
-within = compile_kernels.compile_one(kernel, signature, constexprs, options, 90)
-compile_kernels.SHARED_LIMIT[90] = within["shared_bytes"] - 1  # as if the card had a byte less
-try:
-    compile_kernels.compile_one(kernel, signature, constexprs, options, 90)
-    error = None
-except ValueError as exc:
-    error = str(exc)
-json.dump({"shared": within["shared_bytes"], "error": error}, sys.stdout)
+result = {}
+for arch in (90, 80):
+    shared = compile_kernels.compile_one(kernel, signature, constexprs, options, arch)["shared_bytes"]
+    result[arch] = {"shared": shared, "errors": []}
+    for limit in (shared, shared - 1):  # as if the card had exactly what the kernel needs, then a byte less
+        compile_kernels.SHARED_LIMIT[arch] = limit
+        try:
+            compile_kernels.compile_one(kernel, signature, constexprs, options, arch)
+            result[arch]["errors"].append(None)
+        except ValueError as exc:
+            result[arch]["errors"].append(str(exc))
+json.dump(result, sys.stdout)
 """
 
 
@@ -57,11 +61,11 @@ def test_shared_memory_over_the_cards_limit_fails():
     # Triton compiles a kernel whatever shared memory it needs and refuses it only at its first launch on a GPU
     # (OutOfResources): the tool compares each kernel's shared memory with the target's limit itself
     result = _compiled_json(_OVER_THE_LIMIT)
-    assert result["shared"] > 0
-    assert (
-        result["error"]
-        == f"needs {result['shared']} bytes of shared memory; sm_90 allows a block {result['shared'] - 1}"
-    )
+    for arch, held in (("90", ""), ("80", " (sm_86 / sm_89's limit; sm_80 itself allows 166912)")):
+        shared, errors = result[arch]["shared"], result[arch]["errors"]
+        assert shared > 0
+        message = f"needs {shared} bytes of shared memory; the sm_{arch} compile allows {shared - 1}{held}"
+        assert errors == [None, message]
 
 
 def _compiled_json(script: str):

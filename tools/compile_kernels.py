@@ -39,9 +39,9 @@ def compile_one(kernel, signature: dict, constexprs: dict, options: dict, arch: 
     metadata = compiled.metadata
     shared = int(getattr(metadata, "shared", 0))
     if shared > SHARED_LIMIT[arch]:
+        held = " (sm_86 / sm_89's limit; sm_80 itself allows 166912)" if arch == 80 else ""
         raise ValueError(
-            f"needs {shared} bytes of shared memory; sm_{arch} allows a block {SHARED_LIMIT[arch]}"
-            + (" (sm_80 is held to sm_86 / sm_89's limit)" if arch == 80 else "")
+            f"needs {shared} bytes of shared memory; the sm_{arch} compile allows {SHARED_LIMIT[arch]}{held}"
         )
     return {
         "seconds": round(time.perf_counter() - start, 3),

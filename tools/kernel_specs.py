@@ -14,7 +14,7 @@ import torch
 from masksub_kernels._triton import tl
 from masksub_kernels.ops import _linear_loss_kernels as kernels
 from masksub_kernels.ops import grid_mask, linear_masksub_loss, masksub_loss, token_grid_mask, token_select
-from masksub_kernels.ops._common import sort_warps
+from masksub_kernels.ops._common import MAX_TOKENS, sort_warps
 
 
 def _spec(name: str, kernel, types: dict[str, str], constexprs: dict, num_warps: int = 4):
@@ -38,11 +38,13 @@ def token_select_specs() -> list[tuple]:
         "ids_ptr": "*i64", "inv_ptr": "*i32", "seed": "i64", "seed_ptr": "*i64", "keep_ptr": "*u8", "drop_ptr": "*u8",
         "N": "i32", "K": "i32", "stride_kb": "i64", "stride_kn": "i64", "stride_db": "i64", "stride_dn": "i64",
     }  # fmt: skip
-    # (ORDERED, SEED_FROM_PTR, HAS_KEEP, HAS_DROP, blocks): the plain selection at both sizes; the always-keep /
-    # drop-first masks, both, and always-keep alone ordered at the small size only (an ordered 4096-key sort with
-    # masks takes ~35 s to compile for sm_80)
+    # (ORDERED, SEED_FROM_PTR, HAS_KEEP, HAS_DROP, blocks): the plain selection at the smallest block and at the
+    # largest (MAX_TOKENS, 32 warps: the most shared memory, 16 KiB under Triton 3.8, 64 KiB under 3.6; ~29 s to
+    # compile for both targets), the other flags at 256 and 4096 keys; the always-keep / drop-first masks, both, and
+    # always-keep alone ordered at the small size only (an ordered 4096-key sort with masks takes ~35 s to compile
+    # for sm_80)
     variants = (
-        (False, False, False, False, (256, 4096)), (True, False, False, False, (256, 4096)),
+        (False, False, False, False, (256, MAX_TOKENS)), (True, False, False, False, (256, 4096)),
         (False, True, False, False, (256, 4096)), (False, False, True, True, (256, 4096)),
         (True, False, True, False, (256,)),
     )  # fmt: skip
@@ -101,8 +103,7 @@ def grid_mask_specs() -> list[tuple]:
             {"SEED_FROM_PTR": p, "BLOCK_L": b},
             sort_warps(b),
         )
-        for b in (64, 1024)
-        for p in (False, True)
+        for b, p in ((64, False), (64, True), (1024, True), (MAX_TOKENS, False))  # the largest: 16 KiB of shared memory
     ]
     for t, fill_int in (("fp32", tl.int32), ("fp16", tl.int16), ("bf16", tl.int16)):
         # NCHW; channels_last with contiguous rows (the usual layout) and with strided ones

@@ -62,9 +62,10 @@ from .masksub_loss import (
 
 CHUNK_ELEMENTS = 2**20  # logits per chunk of the reference: rows per chunk = max(1, CHUNK_ELEMENTS // C)
 MAX_BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K = 64, 128, 64  # Triton tiles (the tests lower them under the interpreter)
-# fp32 operands take tiles half as deep: the tl.dot pipeline keeps 3 stages of a [BLOCK_M + BLOCK_N, BLOCK_K] tile pair
-# in shared memory, 128 KiB for fp32 at depth 64, over the 99 KiB a block may have on sm_86 / sm_89 (RTX 30x0 / 40x0,
-# A10, L4, L40: OutOfResources at the first launch); at depth 32, 64 KiB (tools/compile_kernels.py checks the limit)
+# fp32 operands take tiles half as deep: the tl.dot pipeline keeps 2 buffers of the h, h_s and W tiles
+# ([2 BLOCK_M + BLOCK_N, BLOCK_K]) in shared memory, 128 KiB in fp32 at depth 64, over the 99 KiB a block may have on
+# sm_86 / sm_89 (RTX 30x0 / 40x0, A10, L4, L40: OutOfResources at the first launch); at depth 32 the forward takes
+# 64 KiB, dh 80 and dw 88 (tools/compile_kernels.py checks the limit)
 MAX_BLOCK_K_FP32 = 32
 MAX_DW_SPLITS = 8  # row splits of the dW kernel: each costs an fp32 [C, D] accumulator
 
