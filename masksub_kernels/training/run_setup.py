@@ -29,10 +29,21 @@ class HelpWithDefaults(argparse.HelpFormatter):
     """The commands' --help: each option's default after its help, unless the help already says it or there is
     none to say (None, a flag off)."""
 
-    @staticmethod
-    def _says_default(action: argparse.Action) -> bool:
+    # Python 3.10's BooleanOptionalAction appends this to its own help (later versions do not): taken off, so that
+    # a flag off says no default there either
+    _APPENDED = " (default: %(default)s)"
+
+    @classmethod
+    def _own_help(cls, action: argparse.Action) -> str | None:
+        help_text = action.help
+        if isinstance(action, argparse.BooleanOptionalAction) and help_text and help_text.endswith(cls._APPENDED):
+            help_text = help_text[: -len(cls._APPENDED)]
+        return help_text
+
+    @classmethod
+    def _says_default(cls, action: argparse.Action) -> bool:
         none = action.default is None or action.default is False or action.default is argparse.SUPPRESS
-        return bool(action.option_strings) and "default" not in (action.help or "") and not none
+        return bool(action.option_strings) and "default" not in (cls._own_help(action) or "") and not none
 
     def add_argument(self, action: argparse.Action) -> None:
         if action.help is None and self._says_default(action):  # argparse prints no help line for help=None
@@ -42,8 +53,8 @@ class HelpWithDefaults(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if not self._says_default(action):
-            return action.help
-        return f"{action.help} (default: %(default)s)".lstrip()
+            return self._own_help(action)
+        return f"{self._own_help(action) or ''} (default: %(default)s)".lstrip()
 
 
 def parse_kwargs(items: list[str] | None) -> dict:
