@@ -1,6 +1,7 @@
 """Every Triton kernel compiles for sm_80 and sm_90 without a GPU (what the CPU interpreter cannot check)."""
 
 import functools
+import json
 import os
 import re
 import subprocess
@@ -35,6 +36,10 @@ def test_every_kernel_compiles_for_sm80_and_sm90(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert report.exists() and "FAILED" not in result.stdout
+    records = json.loads(report.read_text())
+    assert all(r["registers"] > 0 and r["stack_bytes"] >= 0 for r in records)
+    spilling = sum(1 for r in records if r["stack_bytes"])  # listed, not failed (some kernels spill today)
+    assert (f"{spilling} spill registers to the stack" in result.stdout) == (spilling > 0), result.stdout[-2000:]
 
 
 _OVER_THE_LIMIT = """
@@ -70,8 +75,6 @@ def test_shared_memory_over_the_cards_limit_fails():
 
 def _compiled_json(script: str):
     """What ``script`` prints as JSON, run by Python in the checkout without the interpreter (the real compiler)."""
-    import json
-
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     result = subprocess.run(
         [sys.executable, "-c", script],

@@ -2,7 +2,8 @@
 
 The CPU interpreter proves arithmetic and indexing but not that a kernel lowers to PTX: this check catches what only
 the real compiler sees (types it refuses, PTX that ptxas rejects, shared memory over the card's limit: Triton compiles
-such a kernel and refuses it only at its first launch, as OutOfResources). tools/kernel_specs.py lists the kernels of
+such a kernel and refuses it only at its first launch, as OutOfResources). It also reports each kernel's registers
+and stack frame (spilled registers), and lists the kernels that spill. tools/kernel_specs.py lists the kernels of
 each op as (name, kernel, signature, constexprs, options); this tool compiles each for each target.
 
     python -m tools.compile_kernels [--arch 80 90] [--json out.json]     # from a checkout
@@ -16,7 +17,9 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 # The most shared memory one block may opt into, in bytes, by compute capability (CUDA C Programming Guide,
 # "Technical Specifications per Compute Capability"): what Triton compares a kernel's with before its first launch.
@@ -43,13 +46,32 @@ def compile_one(kernel, signature: dict, constexprs: dict, options: dict, arch: 
         raise ValueError(
             f"needs {shared} bytes of shared memory; the sm_{arch} compile allows {SHARED_LIMIT[arch]}{held}"
         )
+    seconds = time.perf_counter() - start
+    registers, stack = _registers_and_stack(compiled.asm["cubin"])
     return {
-        "seconds": round(time.perf_counter() - start, 3),
+        "seconds": round(seconds, 3),
         "shared_bytes": shared,
+        "registers": registers,
+        "stack_bytes": stack,
         "num_warps": int(getattr(metadata, "num_warps", 0)),
         "ptx_bytes": len(compiled.asm.get("ptx", "")),
         "cubin_bytes": len(compiled.asm.get("cubin", b"")),
     }
+
+
+def _registers_and_stack(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, stack frame bytes per thread) of the cubin's kernel, as cuobjdump reads them (Triton's
+    wheel ships it). A Triton kernel makes no calls: its stack frame is registers spilled to local memory, a speed
+    cost (reported, not failed: tools/check_spills.py fails csrc's spills; some Triton kernels spill today)."""
+    from .perf_model.sass import read_resources
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "kernel.cubin"
+        path.write_bytes(cubin)
+        resources = read_resources(path)
+    (registers, stack, _, _), *more = resources.values()
+    assert not more, f"one kernel per cubin, found {len(more) + 1}"
+    return registers, stack
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,12 +100,18 @@ def main(argv: list[str] | None = None) -> int:
                 info, status = {"error": f"{type(exc).__name__}: {exc}"}, "FAILED"
                 failures += 1
             results.append({"kernel": name, "arch": f"sm_{arch}", "status": status, **info})
-            detail = info.get("error") or f"{info['seconds']:.2f}s shared={info['shared_bytes']}B"
+            detail = info.get("error") or (
+                f"{info['seconds']:.2f}s shared={info['shared_bytes']}B registers={info['registers']}"
+                f" stack={info['stack_bytes']}B"
+            )
             print(f"{status:6} sm_{arch} {name}: {detail}", flush=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=1)
     print(f"compiled {len(results) - failures} of {len(results)} kernel/arch pairs")
+    spilling = [f"{r['arch']} {r['kernel']} ({r['stack_bytes']} B)" for r in results if r.get("stack_bytes")]
+    if spilling:
+        print(f"{len(spilling)} spill registers to the stack (per thread):\n  " + "\n  ".join(spilling))
     return 1 if failures else 0
 
 

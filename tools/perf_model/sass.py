@@ -133,12 +133,18 @@ def _loops(instructions: list[Instruction]) -> list[Loop]:
     return sorted(loops, key=lambda loop: (loop.depth, loop.start))
 
 
-def read_cubin(cubin: Path) -> list[Function]:
-    """Every function of a cubin: its instructions (NOPs dropped: they never issue), resources and loops."""
-    resources = {
+def read_resources(cubin: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Each function of a cubin -> (registers, stack frame bytes, static shared bytes, local bytes) per thread. A
+    Triton kernel makes no calls, so its stack frame is spilled registers."""
+    return {
         m.group(1): tuple(map(int, m.groups()[1:]))
         for m in _RESOURCES.finditer(_tool("cuobjdump", "-res-usage", str(cubin)))
     }
+
+
+def read_cubin(cubin: Path) -> list[Function]:
+    """Every function of a cubin: its instructions (NOPs dropped: they never issue), resources and loops."""
+    resources = read_resources(cubin)
     functions, current, body = [], None, []
 
     def close():
