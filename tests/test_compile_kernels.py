@@ -39,14 +39,15 @@ def test_every_kernel_compiles_for_sm80_and_sm90(tmp_path):
     records = json.loads(report.read_text())
     assert all(r["registers"] > 0 and r["stack_bytes"] >= 0 for r in records)
     spilling = sum(1 for r in records if r["stack_bytes"])  # listed, not failed (some kernels spill today)
-    assert (f"{spilling} spill registers to the stack" in result.stdout) == (spilling > 0), result.stdout[-2000:]
+    assert (f"{spilling} kernel/arch pairs spill registers" in result.stdout) == (spilling > 0), result.stdout[-2000:]
 
 
 _OVER_THE_LIMIT = """
 import json, sys
 from tools import compile_kernels
 from tools.kernel_specs import kernel_specs
-name, kernel, signature, constexprs, options = next(s for s in kernel_specs() if "select[" in s[0])
+spec = "token_select.select[ordered=False,seed_ptr=False,keep=False,drop=False,block=256]"  # 2 KiB of shared memory
+name, kernel, signature, constexprs, options = next(s for s in kernel_specs() if s[0] == spec)
 result = {}
 for arch in (90, 80):
     shared = compile_kernels.compile_one(kernel, signature, constexprs, options, arch)["shared_bytes"]

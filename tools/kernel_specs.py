@@ -38,19 +38,21 @@ def token_select_specs() -> list[tuple]:
         "ids_ptr": "*i64", "inv_ptr": "*i32", "seed": "i64", "seed_ptr": "*i64", "keep_ptr": "*u8", "drop_ptr": "*u8",
         "N": "i32", "K": "i32", "stride_kb": "i64", "stride_kn": "i64", "stride_db": "i64", "stride_dn": "i64",
     }  # fmt: skip
-    # (ORDERED, SEED_FROM_PTR, HAS_KEEP, HAS_DROP, blocks): the plain selection at the smallest block and at the
-    # largest (MAX_TOKENS, 32 warps: the most shared memory, 16 KiB under Triton 3.8, 64 KiB under 3.6; ~20 s to
-    # compile for both targets); ordered and the always-keep / drop-first masks at 256 and 4096 keys; the seed read
-    # from a tensor (one scalar load, whatever the block) at 256 only, as the masks ordered (an ordered 4096-key sort
-    # with masks takes ~35 s to compile for sm_80)
+    # (ORDERED, SEED_FROM_PTR, HAS_KEEP, HAS_DROP, WRITE_INVERSE, blocks): the plain selection at the smallest
+    # block (16 keys, 4 warps), at 256 and at the largest (MAX_TOKENS, 32 warps: the most shared memory, 16 KiB
+    # under Triton 3.8; ~20 s to compile for both targets), and without the inverse (random_keep_indices); ordered
+    # and the always-keep / drop-first masks at 256 and 4096 keys; the seed read from a tensor (one scalar load,
+    # whatever the block) at 256 only, as the masks ordered (an ordered 4096-key sort with masks takes ~35 s to
+    # compile for sm_80)
     variants = (
-        (False, False, False, False, (256, MAX_TOKENS)), (True, False, False, False, (256, 4096)),
-        (False, True, False, False, (256,)), (False, False, True, True, (256, 4096)),
-        (True, False, True, False, (256,)),
+        (False, False, False, False, True, (16, 256, MAX_TOKENS)), (False, False, False, False, False, (256,)),
+        (True, False, False, False, True, (256, 4096)), (False, True, False, False, True, (256,)),
+        (False, False, True, True, True, (256, 4096)), (True, False, True, False, True, (256,)),
     )  # fmt: skip
     select = [
         (
-            f"select[ordered={ordered},seed_ptr={from_ptr},keep={keep},drop={drop},block={block_n}]",
+            f"select[ordered={ordered},seed_ptr={from_ptr},keep={keep},drop={drop},"
+            f"{'' if inverse else 'no_inverse,'}block={block_n}]",
             token_select._select_kernel,
             select_signature,
             {
@@ -58,12 +60,12 @@ def token_select_specs() -> list[tuple]:
                 "HAS_KEEP": keep,
                 "HAS_DROP": drop,
                 "ORDERED": ordered,
-                "WRITE_INVERSE": True,
+                "WRITE_INVERSE": inverse,
                 "BLOCK_N": block_n,
             },
             {"num_warps": sort_warps(block_n)},
         )
-        for ordered, from_ptr, keep, drop, blocks in variants
+        for ordered, from_ptr, keep, drop, inverse, blocks in variants
         for block_n in blocks
     ]
     copy = [

@@ -29,14 +29,15 @@ class HelpWithDefaults(argparse.HelpFormatter):
     """The commands' --help: each option's default after its help, unless the help already says it or there is
     none to say (None, a flag off)."""
 
-    # Python 3.10's BooleanOptionalAction appends this to its own help (later versions do not): taken off, so that
+    # Python 3.10's BooleanOptionalAction appends this to its own help (3.11 and later do not): taken off, so that
     # a flag off says no default there either
     _APPENDED = " (default: %(default)s)"
 
     @classmethod
     def _own_help(cls, action: argparse.Action) -> str | None:
         help_text = action.help
-        if isinstance(action, argparse.BooleanOptionalAction) and help_text and help_text.endswith(cls._APPENDED):
+        appended = sys.version_info < (3, 11) and isinstance(action, argparse.BooleanOptionalAction)
+        if appended and help_text and help_text.endswith(cls._APPENDED):
             help_text = help_text[: -len(cls._APPENDED)]
         return help_text
 

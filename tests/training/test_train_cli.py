@@ -208,3 +208,18 @@ def test_console_script_and_module_entry_points():
     ):
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0 and "--mask-ratio" in result.stdout, result.stderr[-2000:]
+
+
+def test_help_formatter_states_a_flag_on_and_not_a_flag_off():
+    # the same text on every Python: 3.10's BooleanOptionalAction appends "(default: ...)" to its help itself
+    import argparse
+
+    from masksub_kernels.training.run_setup import HelpWithDefaults
+
+    parser = argparse.ArgumentParser(formatter_class=HelpWithDefaults)
+    parser.add_argument("--on", action=argparse.BooleanOptionalAction, default=True, help="on flag")
+    parser.add_argument("--bare", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--off", action=argparse.BooleanOptionalAction, default=False, help="off flag")
+    text = " ".join(parser.format_help().split())
+    assert "--on, --no-on on flag (default: True) --bare, --no-bare (default: True) --off, --no-off off flag" in text
+    assert text.endswith("off flag")

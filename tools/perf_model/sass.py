@@ -134,8 +134,7 @@ def _loops(instructions: list[Instruction]) -> list[Loop]:
 
 
 def read_resources(cubin: Path) -> dict[str, tuple[int, int, int, int]]:
-    """Each function of a cubin -> (registers, stack frame bytes, static shared bytes, local bytes) per thread. A
-    Triton kernel makes no calls, so its stack frame is spilled registers."""
+    """Each function of a cubin -> (registers, stack frame bytes, static shared bytes, local bytes) per thread."""
     return {
         m.group(1): tuple(map(int, m.groups()[1:]))
         for m in _RESOURCES.finditer(_tool("cuobjdump", "-res-usage", str(cubin)))
