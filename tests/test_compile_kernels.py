@@ -207,3 +207,62 @@ def _stores_before_a_barrier(lines: list[str], load: str, store: str, barrier: s
         elif line.startswith(store) and last_load is not None and not fenced:
             offending.append(i)
     return offending
+
+
+def test_spill_ratchet_fails_on_growth_and_new_spillers(tmp_path, monkeypatch):
+    # tools/spill_baseline.json holds each spilling pair's stack frame and its local loads / stores in innermost
+    # loops; the tool fails a pair over either (a pair not listed: over 0), only under the baseline's Triton version
+    triton = pytest.importorskip("triton")
+    from tools import compile_kernels as tool
+
+    def record(kernel, stack, in_loops, arch="sm_90", status="ok"):
+        spills = {"stack_bytes": stack, "spills_in_inner_loops": in_loops}
+        return {"kernel": kernel, "arch": arch, "status": status, **spills}
+
+    baseline = tmp_path / "spill_baseline.json"
+    tool.write_spill_baseline([record("a", 96, 0), record("b", 0, 0), record("c", 40, 3, arch="sm_80")], baseline)
+    written = json.loads(baseline.read_text())
+    assert written["triton"] == triton.__version__ and set(written["pairs"]) == {"sm_90 a", "sm_80 c"}
+    same = [record("a", 96, 0), record("b", 0, 0), record("c", 40, 3, arch="sm_80"), record("d", 0, 0)]
+    assert tool.compare_spills(same, baseline) == []
+    assert tool.compare_spills([record("a", 32, 0), record("c", 8, 1, arch="sm_80")], baseline) == []  # less: passes
+    worse = [record("a", 104, 1), record("b", 8, 0), record("c", 40, 4, arch="sm_80"), record("e", 0, 0, "sm_80")]
+    assert tool.compare_spills(worse, baseline) == [
+        "sm_90 a: stack_bytes 104 > 96 in the baseline",
+        "sm_90 a: spills_in_inner_loops 1 > 0 in the baseline",
+        "sm_90 b: stack_bytes 8 > 0 in the baseline",
+        "sm_80 c: spills_in_inner_loops 4 > 3 in the baseline",
+    ]
+    assert tool.compare_spills([record("b", 8, 0, status="FAILED")], baseline) == []  # its failure is reported
+    # another Triton version's register allocation: reported, not compared
+    baseline.write_text(json.dumps({**written, "triton": "0.0.0"}))
+    assert tool.compare_spills(worse, baseline) == []
+    assert tool.compare_spills(same, tmp_path / "none.json") == [
+        f"no baseline at {tmp_path / 'none.json'}: run with --update-spill-baseline"
+    ]
+    with pytest.raises(SystemExit):  # a partial run must not rewrite the baseline
+        tool.main(["--only", "linear", "--update-spill-baseline"])
+
+
+_LINEAR_SPECS = """
+import json, sys
+from tools.kernel_specs import linear_masksub_loss_specs
+json.dump({name: {"hinted": options["divisible_by_16"], "warps": options["num_warps"],
+                  "blocks": [constexprs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")],
+                  "unit_strides": sorted(k for k, v in constexprs.items() if k.startswith("stride") and v == 1)}
+           for name, kernel, signature, constexprs, options in linear_masksub_loss_specs()}, sys.stdout)
+"""
+
+
+def test_linear_specs_are_the_launchers_launches_as_the_jit_specialises_them():
+    # the fused-linear kernels are compiled as their launchers launch them (recorded on meta tensors) and as the JIT
+    # specialises those launches: at BERT's shape the hidden size and row strides carry the divisibility hints that
+    # widen the loads (without them the kernels spill several times more), at D = 100 they do not
+    specs = _compiled_json(_LINEAR_SPECS)
+    assert len(specs) == 23 and len({name.split("[")[0] for name in specs}) == 3
+    for name, spec in specs.items():
+        aligned = "unaligned" not in name
+        assert ({"D", "stride_h", "stride_w", "h_ptr", "w_ptr"} <= set(spec["hinted"])) == aligned, name
+        assert "stride_gm" in spec["unit_strides"] or name.startswith("fwd"), name
+        assert spec["warps"] == 8, name
+        assert spec["blocks"] == ([64, 64, 16] if "[fp32" in name else [64, 128, 64]), name

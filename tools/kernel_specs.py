@@ -2,6 +2,9 @@
 
 A spec is (name, kernel, signature, constexprs, options). Pointer and scalar types follow what the launchers pass;
 Triton specialises integer arguments equal to 1 into constants at launch, so unit strides are constexprs here too.
+``options`` may name, under ``divisible_by_16``, the arguments the JIT would hint as multiples of 16 (the fused-linear
+specs, which are recorded launches: see there); the other specs carry no such hints (their kernels state their own
+alignment through constexprs such as ALIGNED).
 These tables know the ops' private kernels and tiling helpers on purpose: they check exactly what the ops launch.
 """
 
@@ -120,16 +123,19 @@ def grid_mask_specs() -> list[tuple]:
                  "RUN": 32, "BLOCK_H": rows, "BLOCK_K": cols},
             ))  # fmt: skip
             # the one-launch path (cell mask + masking) at 224 px, 32-pixel cells: 49 cells, 7 per row
-            # (and, bf16 NCHW, the largest grid it takes: 16 x 16 cells, FUSED_RANK_ELEMENTS comparisons)
+            # (and, bf16 NCHW, the largest grids it takes, FUSED_RANK_ELEMENTS comparisons: 16 x 16 cells, and wide
+            # ones whose rows take a block of 32 or 64 cells: 4 x 32 and 1 x 64)
             largest = (t, last) == ("bf16", False)
-            for from_ptr, block_l in ((False, 64), (True, 64), (False, 256)) if largest else ((False, 64),):
+            blocks = ((False, 64, 16), (True, 64, 16), (False, 256, 16), (False, 128, 32), (False, 64, 64))
+            for from_ptr, block_l, block_g in blocks if largest else ((False, 64, 16),):
                 rows, cols = grid_mask._tile(224 * 3 if last else 224, 32)
+                per_row = "" if block_g == 16 else f",per_row={block_g}"
                 specs.append(_spec(
-                    f"mask_image_random[{t},{layout},seed_ptr={from_ptr},cells={block_l}]",
+                    f"mask_image_random[{t},{layout},seed_ptr={from_ptr},cells={block_l}{per_row}]",
                     grid_mask._mask_image_random_kernel,
                     {"x_ptr": f"*{t}", "y_ptr": f"*{t}", "mask_ptr": "*u8", "seed_ptr": "*i64"},
                     {**unit, "CELL": 32, "CHANNELS_LAST": last, "ROW_CONTIGUOUS": contiguous, "FILL_INT": fill_int,
-                     "RUN": 32, "SEED_FROM_PTR": from_ptr, "BLOCK_L": block_l, "BLOCK_G": 16, "BLOCK_H": rows,
+                     "RUN": 32, "SEED_FROM_PTR": from_ptr, "BLOCK_L": block_l, "BLOCK_G": block_g, "BLOCK_H": rows,
                      "BLOCK_K": cols},
                 ))  # fmt: skip
     return specs
@@ -302,43 +308,61 @@ def masksub_loss_specs() -> list[tuple]:
     ]
 
 
-# The fused-linear loss: forward, dH and dW kernels at the GPU tile sizes (class ids with a bias, probabilities
-# without one, thresholded BCE; one branch; the sub term alone).
-_LINEAR_SIZES = {
-    "M": "i32",
-    "C": "i32",
-    "D": "i32",
-    "stride_h": "i64",
-    "stride_hs": "i64",
-    "stride_w": "i64",
-    "stride_y": "i64",
-}
-_LINEAR_OPTIONS = {"eps": "fp32", "temperature": "fp32", "threshold": "fp32"}
+# The fused-linear loss: the launches its own launchers make (forward, dH, dW), recorded on meta tensors at a shape
+# and specialised there as Triton's JIT specialises them (tools/perf_model/capture.py: pointers and sizes divisible
+# by 16 get divisibility hints, unit strides become constants). The hints decide the loads' width and with it the
+# registers the tiles' addresses take, so a spec without them compiled kernels that spill far more than a launch at
+# BERT's shape does (576 against 176 bytes per thread for the bf16 forward on sm_90, 560 / 992 against 0 for dH /
+# dW). BERT-base MLM's shape stands for the aligned launches (hidden sizes are multiples of 16); D = 100 for the
+# unaligned ones (unvectorised loads), in the base variant.
+_LINEAR_ALIGNED = (16384, 768, 30522)
+_LINEAR_UNALIGNED = (4096, 100, 1000)
+_LINEAR_BASE = {"HAS_SUB": True, "HAS_BIAS": True, "BCE": False, "DENSE": False, "BINARISE": False}
+_LINEAR_GRADS = {"MAIN_GRAD": True, "SUB_GRAD": True}
 
 
-def _linear_loss_spec(kernel, dtype: str, flags: dict):
-    inputs = {name: f"*{dtype}" for name in ("h_ptr", "hs_ptr", "w_ptr", "b_ptr")}
-    inputs.update(y_ptr="*fp32" if flags.get("DENSE") else "*i64", order_ptr="*i64", count_ptr="*i32")
-    grads = {"out_ptr": "*fp32", "gm_ptr": "*fp32", "gs_ptr": "*fp32"}
-    if kernel is kernels._fwd_kernel:
-        signature = {**inputs, "part_ptr": "*fp32", **_LINEAR_SIZES, "classes_per_split": "i32", **_LINEAR_OPTIONS}
-    elif kernel is kernels._dh_kernel:
-        signature = {**inputs, **grads, "dh_ptr": "*fp32", "dhs_ptr": "*fp32", **_LINEAR_SIZES}
-        signature.update(stride_gm="i64", stride_gs="i64", classes_per_split="i32", **_LINEAR_OPTIONS)
+def _linear_launches(dtype: torch.dtype, shape: tuple[int, int, int], variant: dict) -> list:
+    """The forward's and backward's launches of linear_masksub_loss (every gradient asked for) at ``shape``.
+    variant: DENSE (probability targets), HAS_BIAS, BCE / BINARISE (DeiT-III's thresholded BCE), HAS_SUB (one branch:
+    linear_soft_target_cross_entropy), MAIN_GRAD (False: a backward of the sub term alone)."""
+    from tools.perf_model.capture import recording
+
+    rows, depth, classes = shape
+    flags = {**_LINEAR_BASE, **_LINEAR_GRADS, **variant}
+    meta = torch.device("meta")
+    hidden = torch.empty(rows, depth, dtype=dtype, device=meta)
+    sub_hidden = torch.empty_like(hidden) if flags["HAS_SUB"] else None
+    weight = torch.empty(classes, depth, dtype=dtype, device=meta)
+    bias = torch.empty(classes, dtype=dtype, device=meta) if flags["HAS_BIAS"] else None
+    if flags["DENSE"]:
+        target = torch.empty(rows, classes, dtype=torch.float32, device=meta)
     else:
-        signature = {**inputs, **grads, "dw_ptr": "*fp32", "db_ptr": "*fp32", **_LINEAR_SIZES}
-        signature.update(stride_gm="i64", stride_gs="i64", rows_per_split="i32", **_LINEAR_OPTIONS)
-    compute = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    blocks = dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), linear_masksub_loss._max_blocks(compute)))
-    constexprs = {"HAS_SUB": True, "HAS_BIAS": True, "BCE": False, "DENSE": False, "BINARISE": False, **flags}
-    if kernel is not kernels._fwd_kernel:
-        constexprs = {"MAIN_GRAD": True, "SUB_GRAD": True, **constexprs}
-    constexprs.update(UPCAST=False, PRECISION="ieee" if dtype == "fp32" else "tf32", **blocks)
-    signature = {name: kind for name, kind in signature.items() if name not in constexprs}
-    words = (k.lower() if v is True else f"no_{k.lower()}" if v is False else f"{k}={v}" for k, v in flags.items())
-    label = ",".join(words)  # the flags that differ from the base variant, False ones too (unique names)
-    name = f"{kernel.fn.__name__.strip('_')}[{dtype}{',' + label if label else ''}]"
-    return name, kernel, signature, constexprs, {"num_warps": linear_masksub_loss._num_warps(tuple(blocks.values()))}
+        target = torch.empty(rows, dtype=torch.int64, device=meta)
+    options = (flags["BCE"], 0.0, -100, 1.0, 0.5 if flags["BINARISE"] else None)
+    grad = torch.empty(rows, device=meta)
+    op = linear_masksub_loss
+    with recording(op, kernels) as launches:
+        out = op._forward_triton(hidden, sub_hidden, weight, bias, target, *options)
+        grad_main = grad if flags["MAIN_GRAD"] else None
+        grad_sub = grad if flags["HAS_SUB"] and flags["SUB_GRAD"] else None
+        op._backward_triton(grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, True, True, *options)
+    return list(launches)
+
+
+def _launch_spec(launch, dtype: str, label: str):
+    """A recorded launch as a spec: the JIT's signature and constants by parameter name, its divisibility hints as
+    the option ``divisible_by_16`` (tools/compile_kernels.py turns them into Triton's attributes)."""
+    from tools.perf_model.capture import specialise
+
+    signature, constexprs, attrs, _ = specialise(launch)
+    names = launch.kernel.arg_names
+    constants = {names[path[0]]: value for path, value in constexprs.items()}
+    types = {name: kind for name, kind in signature.items() if name not in constants}
+    hinted = sorted(names[path[0]] for path, hints in attrs.items() if ["tt.divisibility", 16] in hints)
+    flags = {k: v for k, v in constants.items() if (_LINEAR_BASE | _LINEAR_GRADS).get(k, v) != v}
+    words = [k.lower() if v is True else f"no_{k.lower()}" for k, v in flags.items()]
+    name = f"{launch.name.strip('_')}[{','.join([dtype, *words, *([label] if label else [])])}]"
+    return name, launch.kernel, types, constants, {"num_warps": launch.num_warps, "divisible_by_16": hinted}
 
 
 _LINEAR_VARIANTS = [  # class ids with a bias (MLM); mixup probabilities without one; DeiT-III's thresholded BCE
@@ -350,19 +374,19 @@ _LINEAR_VARIANTS = [  # class ids with a bias (MLM); mixup probabilities without
 
 def linear_masksub_loss_specs() -> list[tuple]:
     # The target variants change the loss-side code, not the tl.dot lowering: all of them in bf16; fp32 (the ieee
-    # dot, ~2.5 s a kernel to compile at its tiles of depth 32, ~7 s at 64) and fp16 (bf16's tensor-core path) in the
-    # base variant only, which keeps the CI compile time down (the 6 fp32 variants took ~45 s per arch at depth 64)
-    dtype_variants = [("fp32", _LINEAR_VARIANTS[0])] + [("bf16", flags) for flags in _LINEAR_VARIANTS]
-    dtype_variants.append(("fp16", _LINEAR_VARIANTS[0]))
-    return [
-        _linear_loss_spec(kernel, dtype, flags)
-        for dtype, flags in dtype_variants
-        for kernel in (kernels._fwd_kernel, kernels._dh_kernel, kernels._dw_kernel)
-    ] + [  # one branch (linear_soft_target_cross_entropy), and a backward of the sub term alone
-        _linear_loss_spec(kernels._fwd_kernel, "bf16", {"HAS_SUB": False}),
-        _linear_loss_spec(kernels._dh_kernel, "bf16", {"HAS_SUB": False, "SUB_GRAD": False}),
-        _linear_loss_spec(kernels._dw_kernel, "bf16", {"MAIN_GRAD": False}),
-    ]
+    # dot on the FMA pipes) and fp16 (bf16's tensor-core path) in the base variant only, which keeps the CI compile
+    # time down; one branch (linear_soft_target_cross_entropy) and a backward of the sub term alone in bf16
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    cases = [("fp32", _LINEAR_ALIGNED, {}, "")]
+    cases += [("bf16", _LINEAR_ALIGNED, variant, "") for variant in _LINEAR_VARIANTS]
+    cases += [("fp16", _LINEAR_ALIGNED, {}, ""), ("bf16", _LINEAR_UNALIGNED, {}, "unaligned")]
+    cases += [("bf16", _LINEAR_ALIGNED, {"HAS_SUB": False}, ""), ("bf16", _LINEAR_ALIGNED, {"MAIN_GRAD": False}, "")]
+    specs = {}  # by name: the sub-term-alone case's forward is the base case's
+    for dtype, shape, variant, label in cases:
+        for launch in _linear_launches(dtypes[dtype], shape, variant):
+            spec = _launch_spec(launch, dtype, label)
+            specs.setdefault(spec[0], spec)
+    return list(specs.values())
 
 
 # op module -> its specs, in the order compile_kernels reports them

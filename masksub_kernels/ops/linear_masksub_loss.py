@@ -62,11 +62,15 @@ from .masksub_loss import (
 
 CHUNK_ELEMENTS = 2**20  # logits per chunk of the reference: rows per chunk = max(1, CHUNK_ELEMENTS // C)
 MAX_BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K = 64, 128, 64  # Triton tiles (the tests lower them under the interpreter)
-# fp32 operands take tiles half as deep: the tl.dot pipeline keeps 2 buffers of the h, h_s and W tiles
-# ([2 BLOCK_M + BLOCK_N, BLOCK_K]) in shared memory, 128 KiB in fp32 at depth 64, over the 99 KiB a block may have on
-# sm_86 / sm_89 (RTX 30x0 / 40x0, A10, L4, L40: OutOfResources at the first launch); at depth 32 the forward takes
-# 64 KiB, dh 80 and dw 88 (tools/compile_kernels.py checks the limit)
-MAX_BLOCK_K_FP32 = 32
+# fp32 operands take tiles of 64 classes and depth 16. Their ieee tl.dot runs on the FMA pipes with both operands in
+# registers: at 64 x 128 x 32 the dH and dW kernels spilled registers inside their matmul loops (85-143 local
+# loads / stores per trip, sm_80 and sm_90, BERT's shape), at 64 x 64 x 16 on 8 warps no kernel spills in a loop
+# (a few bytes in the straight code: tools/compile_kernels.py reports them). Depth 64 was also over the 99 KiB of
+# shared memory a block may have on sm_86 / sm_89 (RTX 30x0 / 40x0, A10, L4, L40: OutOfResources at the first
+# launch); these tiles take 24-36 KiB. bf16 / fp16 (tensor-core dots) keep 64 x 128 x 64: as the JIT specialises a
+# launch at BERT's shape their spills sit outside the matmul loops but for 5 local accesses in one (sm_80, probability
+# targets; tools/spill_baseline.json lists every pair).
+MAX_BLOCK_N_FP32, MAX_BLOCK_K_FP32 = 64, 16
 MAX_DW_SPLITS = 8  # row splits of the dW kernel: each costs an fp32 [C, D] accumulator
 
 
@@ -233,12 +237,14 @@ def _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore_index, bce, 
 
 def _max_blocks(compute: torch.dtype) -> tuple[int, int, int]:
     """The largest (BLOCK_M, BLOCK_N, BLOCK_K) tiles for operands of dtype ``compute``."""
-    depth = min(MAX_BLOCK_K, MAX_BLOCK_K_FP32) if compute == torch.float32 else MAX_BLOCK_K
-    return MAX_BLOCK_M, MAX_BLOCK_N, depth
+    if compute == torch.float32:
+        return MAX_BLOCK_M, min(MAX_BLOCK_N, MAX_BLOCK_N_FP32), min(MAX_BLOCK_K, MAX_BLOCK_K_FP32)
+    return MAX_BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K
 
 
 def _num_warps(blocks) -> int:
-    return 8 if blocks[0] * blocks[1] >= 64 * 128 else 4
+    # 8 warps from 64 x 64 tiles up: on 4 warps a 64 x 64 or 64 x 128 tile's loss code spills (sm_80 and sm_90)
+    return 8 if blocks[0] * blocks[1] >= 64 * 64 else 4
 
 
 def _shift(m: torch.Tensor) -> torch.Tensor:
