@@ -317,14 +317,14 @@ def masksub_loss_specs() -> list[tuple]:
 # unaligned ones (unvectorised loads), in the base variant.
 _LINEAR_ALIGNED = (16384, 768, 30522)
 _LINEAR_UNALIGNED = (4096, 100, 1000)
-_LINEAR_BASE = {"HAS_SUB": True, "HAS_BIAS": True, "BCE": False, "DENSE": False, "BINARISE": False}
+_LINEAR_BASE = {"HAS_SUB": True, "HAS_BIAS": True, "BCE": False, "DENSE": False, "BINARISE": False, "UNIT_T": True}
 _LINEAR_GRADS = {"MAIN_GRAD": True, "SUB_GRAD": True}
 
 
 def _linear_launches(dtype: torch.dtype, shape: tuple[int, int, int], variant: dict) -> list:
     """The forward's and backward's launches of linear_masksub_loss (every gradient asked for) at ``shape``.
     variant: DENSE (probability targets), HAS_BIAS, BCE / BINARISE (DeiT-III's thresholded BCE), HAS_SUB (one branch:
-    linear_soft_target_cross_entropy), MAIN_GRAD (False: a backward of the sub term alone)."""
+    linear_soft_target_cross_entropy), MAIN_GRAD (False: a backward of the sub term alone), UNIT_T (False: T = 2)."""
     from tools.perf_model.capture import recording
 
     rows, depth, classes = shape
@@ -338,7 +338,10 @@ def _linear_launches(dtype: torch.dtype, shape: tuple[int, int, int], variant: d
         target = torch.empty(rows, classes, dtype=torch.float32, device=meta)
     else:
         target = torch.empty(rows, dtype=torch.int64, device=meta)
-    options = (flags["BCE"], 0.0, -100, 1.0, 0.5 if flags["BINARISE"] else None)
+    label_smoothing, ignore_index = 0.0, -100
+    temperature = 1.0 if flags["UNIT_T"] else 2.0
+    threshold = 0.5 if flags["BINARISE"] else None
+    options = (flags["BCE"], label_smoothing, ignore_index, temperature, threshold)
     grad = torch.empty(rows, device=meta)
     op = linear_masksub_loss
     with recording(op, kernels) as launches:
@@ -359,16 +362,20 @@ def _launch_spec(launch, dtype: str, label: str):
     constants = {names[path[0]]: value for path, value in constexprs.items()}
     types = {name: kind for name, kind in signature.items() if name not in constants}
     hinted = sorted(names[path[0]] for path, hints in attrs.items() if ["tt.divisibility", 16] in hints)
-    flags = {k: v for k, v in constants.items() if (_LINEAR_BASE | _LINEAR_GRADS).get(k, v) != v}
-    words = [k.lower() if v is True else f"no_{k.lower()}" for k, v in flags.items()]
+    # the name: the flags whose value differs from the base variant's (False ones as no_<flag>), then the label
+    base = _LINEAR_BASE | _LINEAR_GRADS
+    words = [k.lower() if v is True else f"no_{k.lower()}" for k, v in constants.items() if base.get(k, v) != v]
     name = f"{launch.name.strip('_')}[{','.join([dtype, *words, *([label] if label else [])])}]"
-    return name, launch.kernel, types, constants, {"num_warps": launch.num_warps, "divisible_by_16": hinted}
+    # the launch's compile options (num_warps, ...): its keyword arguments that are not kernel parameters
+    options = {k: v for k, v in launch.kwargs.items() if k not in names}
+    return name, launch.kernel, types, constants, {**options, "divisible_by_16": hinted}
 
 
-_LINEAR_VARIANTS = [  # class ids with a bias (MLM); mixup probabilities without one; DeiT-III's thresholded BCE
+_LINEAR_VARIANTS = [  # class ids with a bias (MLM); mixup probabilities without one; DeiT-III's thresholded BCE (the
+    # last two at a temperature other than 1: the teacher's own softmax / sigmoid)
     {},
-    {"DENSE": True, "HAS_BIAS": False},
-    {"BCE": True, "DENSE": True, "BINARISE": True},
+    {"DENSE": True, "HAS_BIAS": False, "UNIT_T": False},
+    {"BCE": True, "DENSE": True, "BINARISE": True, "UNIT_T": False},
 ]
 
 
@@ -385,7 +392,8 @@ def linear_masksub_loss_specs() -> list[tuple]:
     for dtype, shape, variant, label in cases:
         for launch in _linear_launches(dtypes[dtype], shape, variant):
             spec = _launch_spec(launch, dtype, label)
-            specs.setdefault(spec[0], spec)
+            if specs.setdefault(spec[0], spec) != spec:  # a name must not stand for two compiles
+                raise AssertionError(f"two fused-linear specs named {spec[0]} differ")
     return list(specs.values())
 
 

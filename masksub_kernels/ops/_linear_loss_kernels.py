@@ -111,7 +111,7 @@ def _fwd_kernel(
     M, C, D, stride_h, stride_hs, stride_w, stride_y, classes_per_split, eps, temperature, threshold,
     HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, UNIT_T: tl.constexpr,
 ):  # fmt: skip
     tile, split = tl.program_id(0), tl.program_id(1)
     count = tl.load(count_ptr)
@@ -141,22 +141,31 @@ def _fwd_kernel(
             zm = tl.where(mask, z, float("-inf"))
             m_new = tl.maximum(m_z, tl.max(zm, axis=1))
             c_old, c_new = _shift(m_z), _shift(m_new)
-            l_z = l_z * tl.exp(m_z - c_new) + tl.sum(tl.exp(zm - c_new[:, None]), axis=1)
+            e_z = tl.exp(zm - c_new[:, None])
+            l_z = l_z * tl.exp(m_z - c_new) + tl.sum(e_z, axis=1)
             d_z += s_z * (c_old - c_new) + tl.sum(tl.where(w != 0.0, w * (zm - c_new[:, None]), 0.0), axis=1)
             s_z += tl.sum(w, axis=1)
             m_z = m_new
-        # sub term: online softmax of s/T, and of the teacher z/T with D_t = sum exp(z/T - shift_t) (s/T - shift_s)
+        # sub term: online softmax of s/T, and of the teacher z/T with D_t = sum exp(z/T - shift_t) (s/T - shift_s);
+        # at T = 1 (UNIT_T) the teacher is the main term's softmax: its max and exponentials are those above
         if HAS_SUB:
+            s_t, z_t = s, z
+            if not UNIT_T:
+                s_t, z_t = s * inv_t, z * inv_t
             if BCE:
-                acc_s += tl.sum(tl.where(mask, _bce_elem(s * inv_t, _sigmoid(z * inv_t)), 0.0), axis=1)
+                acc_s += tl.sum(tl.where(mask, _bce_elem(s_t, _sigmoid(z_t)), 0.0), axis=1)
             else:
-                x = tl.where(mask, s * inv_t, float("-inf"))
-                zt = tl.where(mask, z * inv_t, float("-inf"))
+                x = tl.where(mask, s_t, float("-inf"))
                 ms_new = tl.maximum(m_s, tl.max(x, axis=1))
-                mt_new = tl.maximum(m_t, tl.max(zt, axis=1))
-                cs_old, cs_new, ct_new = _shift(m_s), _shift(ms_new), _shift(mt_new)
+                cs_old, cs_new = _shift(m_s), _shift(ms_new)
+                if UNIT_T:
+                    mt_new, ct_new, e_t = m_new, c_new, e_z
+                else:
+                    zt = tl.where(mask, z_t, float("-inf"))
+                    mt_new = tl.maximum(m_t, tl.max(zt, axis=1))
+                    ct_new = _shift(mt_new)
+                    e_t = tl.exp(zt - ct_new[:, None])
                 alpha_t = tl.exp(m_t - ct_new)
-                e_t = tl.exp(zt - ct_new[:, None])
                 d_t = alpha_t * (d_t + l_t * (cs_old - cs_new))
                 d_t += tl.sum(tl.where(e_t != 0.0, e_t * (x - cs_new[:, None]), 0.0), axis=1)
                 l_t = l_t * alpha_t + tl.sum(e_t, axis=1)
@@ -204,8 +213,8 @@ def _dlogit_tiles(
     h_ptr, hs_ptr, w_ptr, b_ptr, y_ptr, rows, in_rows, cols, col_mask, state, D, C, stride_h, stride_hs, stride_w,
     stride_y, eps, temperature, threshold,
     HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
-    MAIN_GRAD: tl.constexpr, SUB_GRAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    MAIN_GRAD: tl.constexpr, SUB_GRAD: tl.constexpr, UNIT_T: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     # (dz, ds) fp32 [BLOCK_M, BLOCK_N] on the tile: 0 on masked lanes, NaN on rows with an out-of-range id
     label, bad, g_m, g_s, stats = state
@@ -217,18 +226,25 @@ def _dlogit_tiles(
     )  # fmt: skip
     dz = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     ds = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    soft_z = z  # softmax(z), where the main term or (at T = 1) the teacher needs it
+    if not BCE and (MAIN_GRAD or (SUB_GRAD and UNIT_T)):
+        soft_z = tl.exp((z - c_z[:, None]) - lse_z[:, None])
     if MAIN_GRAD:
         w = _target_tile(y_ptr, rows, label, cols, mask, stride_y, eps, C, threshold, DENSE, BINARISE)
         if BCE:
             p = _sigmoid(z)
         else:
-            p = s_z[:, None] * tl.exp((z - c_z[:, None]) - lse_z[:, None])
+            p = s_z[:, None] * soft_z
         dz = tl.where(mask, tl.where(bad[:, None], float("nan"), g_m[:, None] * (p - w)), 0.0)
     if SUB_GRAD:
-        inv_t = 1.0 / temperature
-        x, zt = s * inv_t, z * inv_t
+        x, zt = s, z  # s / T, z / T; at T = 1 the teacher is the main term's softmax (its stats equal z's)
+        if not UNIT_T:
+            inv_t = 1.0 / temperature
+            x, zt = s * inv_t, z * inv_t
         if BCE:
             diff = _sigmoid(x) - _sigmoid(zt)
+        elif UNIT_T:
+            diff = tl.exp((x - c_s[:, None]) - lse_s[:, None]) - soft_z
         else:
             diff = tl.exp((x - c_s[:, None]) - lse_s[:, None]) - tl.exp((zt - c_t[:, None]) - lse_t[:, None])
         ds = tl.where(mask, tl.where(bad[:, None], float("nan"), g_s[:, None] * diff), 0.0)
@@ -256,7 +272,7 @@ def _dh_kernel(
     threshold,
     HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
     MAIN_GRAD: tl.constexpr, SUB_GRAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNIT_T: tl.constexpr,
 ):  # fmt: skip
     tile, split = tl.program_id(0), tl.program_id(1)
     count = tl.load(count_ptr)
@@ -274,7 +290,7 @@ def _dh_kernel(
         dz, ds = _dlogit_tiles(
             h_ptr, hs_ptr, w_ptr, b_ptr, y_ptr, rows, in_rows, cols, col_mask, state, D, C, stride_h, stride_hs,
             stride_w, stride_y, eps, temperature, threshold, HAS_SUB, HAS_BIAS, BCE, DENSE, BINARISE, MAIN_GRAD,
-            SUB_GRAD, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+            SUB_GRAD, UNIT_T, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
         dz, ds = _operand(dz, h_ptr, UPCAST), _operand(ds, h_ptr, UPCAST)
         for k in range(0, D, BLOCK_K):  # dH[:, k] += dz W[cols, k], in fp32 memory owned by this program
@@ -302,7 +318,7 @@ def _dw_kernel(
     threshold,
     HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
     MAIN_GRAD: tl.constexpr, SUB_GRAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNIT_T: tl.constexpr,
 ):  # fmt: skip
     class_tile, split = tl.program_id(0), tl.program_id(1)
     count = tl.load(count_ptr)
@@ -320,7 +336,7 @@ def _dw_kernel(
         dz, ds = _dlogit_tiles(
             h_ptr, hs_ptr, w_ptr, b_ptr, y_ptr, rows, in_rows, cols, col_mask, state, D, C, stride_h, stride_hs,
             stride_w, stride_y, eps, temperature, threshold, HAS_SUB, HAS_BIAS, BCE, DENSE, BINARISE, MAIN_GRAD,
-            SUB_GRAD, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+            SUB_GRAD, UNIT_T, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
         db += tl.sum(dz + ds, axis=0)  # fp32, before the rounding of the matmul operands
         dz, ds = tl.trans(_operand(dz, h_ptr, UPCAST)), tl.trans(_operand(ds, h_ptr, UPCAST))

@@ -64,12 +64,12 @@ CHUNK_ELEMENTS = 2**20  # logits per chunk of the reference: rows per chunk = ma
 MAX_BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K = 64, 128, 64  # Triton tiles (the tests lower them under the interpreter)
 # fp32 operands take tiles of 64 classes and depth 16. Their ieee tl.dot runs on the FMA pipes with both operands in
 # registers: at 64 x 128 x 32 the dH and dW kernels spilled registers inside their matmul loops (85-143 local
-# loads / stores per trip, sm_80 and sm_90, BERT's shape), at 64 x 64 x 16 on 8 warps no kernel spills in a loop
-# (a few bytes in the straight code: tools/compile_kernels.py reports them). Depth 64 was also over the 99 KiB of
-# shared memory a block may have on sm_86 / sm_89 (RTX 30x0 / 40x0, A10, L4, L40: OutOfResources at the first
-# launch); these tiles take 24-36 KiB. bf16 / fp16 (tensor-core dots) keep 64 x 128 x 64: as the JIT specialises a
-# launch at BERT's shape their spills sit outside the matmul loops but for 5 local accesses in one (sm_80, probability
-# targets; tools/spill_baseline.json lists every pair).
+# loads / stores per trip, sm_80 and sm_90, BERT's shape); at 64 x 64 x 16 on 8 warps none does (at most 8 bytes, a
+# local access per class tile), for ~1.5x the operand traffic per flop (not timed: no GPU yet). Depth 64 was also
+# over the 99 KiB of shared memory a block may have on sm_86 / sm_89 (RTX 30x0 / 40x0, A10, L4, L40: OutOfResources
+# at the first launch); these tiles take 24-36 KiB. bf16 / fp16 (tensor-core dots) keep 64 x 128 x 64: as the JIT
+# specialises a launch at BERT's shape their spills sit outside the matmul loops but for 5 local accesses in one
+# (sm_80, probability targets; tools/spill_baseline.json lists every pair).
 MAX_BLOCK_N_FP32, MAX_BLOCK_K_FP32 = 64, 16
 MAX_DW_SPLITS = 8  # row splits of the dW kernel: each costs an fp32 [C, D] accumulator
 
@@ -284,6 +284,7 @@ def _combine(part, valid, bad, bce, has_sub, temperature, classes) -> torch.Tens
 
 def _forward_triton(hidden, sub_hidden, weight, bias, target, bce, eps, ignore, temperature, threshold):
     tensors, strides, flags, blocks = _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore, bce, threshold)
+    flags["UNIT_T"] = temperature == 1.0  # the teacher softmax(z / T) is the main term's: shared
     (rows, depth), classes = hidden.shape, weight.shape[0]
     row_tiles, class_tiles = cdiv(rows, blocks[0]), cdiv(classes, blocks[1])
     splits, per_split = _splits(row_tiles, class_tiles, hidden.device)
@@ -316,7 +317,7 @@ def _backward_triton(
 ):
     bce, eps, ignore, temperature, threshold = options
     tensors, strides, flags, blocks = _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore, bce, threshold)
-    flags.update(MAIN_GRAD=grad_main is not None, SUB_GRAD=grad_sub is not None)
+    flags.update(MAIN_GRAD=grad_main is not None, SUB_GRAD=grad_sub is not None, UNIT_T=temperature == 1.0)
     (rows, depth), classes = hidden.shape, weight.shape[0]
     row_tiles, class_tiles = cdiv(rows, blocks[0]), cdiv(classes, blocks[1])
     gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))

@@ -128,6 +128,7 @@ CASES = [
     ("bce", F32, "index_ignore", True, 0.1, 2.0, None, "mean"),
     ("bce", F32, "dense", False, 0.0, 1.0, 0.0, "sum"),
     ("bce", BF16, "dense", True, 0.1, 1.0, 0.0, "mean"),
+    ("bce", F32, "index", True, 0.0, 1.0, None, "none"),
 ]
 
 
@@ -465,12 +466,14 @@ SCHEDULES = {
 
 
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
-@pytest.mark.parametrize(("dtype", "kind", "reduction"), [(F32, "index_ignore", "mean"), (BF16, "dense", "sum")])
+@pytest.mark.parametrize(  # T = 1: the recompute kernels share the main term's softmax with the teacher (UNIT_T)
+    ("dtype", "kind", "reduction", "temperature"), [(F32, "index_ignore", "mean", 2.0), (BF16, "dense", "sum", 1.0)]
+)
 def test_grads_in_forward_equal_recompute_and_composite(
-    op_backend, several_chunks, monkeypatch, schedule, dtype, kind, reduction
+    op_backend, several_chunks, monkeypatch, schedule, dtype, kind, reduction, temperature
 ):
     h, hs, w, b, target = make_inputs(dtype=dtype, kind=kind, seed=17)
-    options = {"label_smoothing": 0.1, "temperature": 2.0, "main_weight": 0.6, "sub_weight": 0.3}
+    options = {"label_smoothing": 0.1, "temperature": temperature, "main_weight": 0.6, "sub_weight": 0.3}
     calls = Calls(monkeypatch)
     ours, recomputed = leaves(h, hs, w, b), leaves(h, hs, w, b)
     out = mk.linear_masksub_loss(*ours, target, reduction=reduction, **options)

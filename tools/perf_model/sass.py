@@ -71,6 +71,11 @@ class Loop:
     depth: int = 0
     own: list[Instruction] = field(default_factory=list)  # the body less any nested loop's body
 
+    @property
+    def innermost(self) -> bool:
+        """No loop nested inside (its own instructions are all of its body)."""
+        return len(self.own) == len(self.instructions)
+
     def mix(self) -> dict[str, int]:
         return dict(Counter(i.kind for i in self.own))
 
@@ -131,6 +136,32 @@ def _loops(instructions: list[Instruction]) -> list[Loop]:
         nested = {i.address for child in children for i in child.instructions}
         loop.own = [i for i in loop.instructions if i.address not in nested]
     return sorted(loops, key=lambda loop: (loop.depth, loop.start))
+
+
+def loop_layout_problems(function: Function) -> list[str]:
+    """Where the loops found by address intervals might not be the real loops: two intervals that overlap without
+    nesting, two back edges to one start (the instructions between them would be missed), a branch from outside a
+    loop into its body past its start (code placed after the loop that jumps back in). Empty for ptxas's usual
+    layouts; a caller counting per-loop instructions fails on any of these rather than miscount."""
+    problems = []
+    for a in function.loops:
+        for b in function.loops:
+            if a is b:
+                continue
+            if a.start == b.start and a.end != b.end:
+                problems.append(f"two back edges to {a.start:#x}")
+            elif a.start < b.start <= a.end < b.end:
+                problems.append(f"loops {a.start:#x}-{a.end:#x} and {b.start:#x}-{b.end:#x} overlap")
+    for branch in function.instructions:
+        target = re.search(r"0x([0-9a-f]+)", branch.operands) if branch.family in ("BRA", "JMP") else None
+        if target is None:
+            continue
+        address = int(target.group(1), 16)
+        for loop in function.loops:
+            outside = not loop.start <= branch.address <= loop.end
+            if outside and loop.start < address <= loop.end:
+                problems.append(f"{branch.address:#x} branches into loop {loop.start:#x}-{loop.end:#x} past its start")
+    return sorted(set(problems))
 
 
 def read_resources(cubin: Path) -> dict[str, tuple[int, int, int, int]]:
