@@ -242,8 +242,9 @@ def test_spill_ratchet_fails_on_growth_and_new_spillers(tmp_path):
         "sm_80 c: spills_in_loops 12 > 9 in the baseline",
     ]  # the failed compile is reported by the tool; sm_86 is no arch of the baseline's:
     assert notes == ["sm_86: not in the spill baseline (arches [80, 90]), not compared"]
-    _, notes = spill_ratchet.compare([record("a", 96, 0, 4)], complete=True, path=path)
+    _, notes = spill_ratchet.compare([record("a", 96, 0, 4), record("x", 0, 0, 0, "sm_80")], complete=True, path=path)
     assert notes == ["in the baseline but not compiled (--update-spill-baseline drops them): sm_80 c"]
+    assert spill_ratchet.compare([record("a", 96, 0, 4)], complete=True, path=path) == ([], [])  # sm_80 not compiled
     # an update may lower figures and drop pairs, not raise them unless allowed
     assert spill_ratchet.update(worse[:3], [80, 90], allow_more=False, path=path) == [
         "sm_90 a: stack_bytes 104 > 96", "sm_90 a: spills_in_inner_loops 1 > 0", "sm_90 b: stack_bytes 8 > 0",
@@ -262,6 +263,8 @@ def test_spill_ratchet_fails_on_growth_and_new_spillers(tmp_path):
     for partial in (["--only", "linear"], ["--arch", "90"]):  # a partial run must not rewrite the baseline
         with pytest.raises(SystemExit):
             compile_kernels.main([*partial, "--update-spill-baseline"])
+    with pytest.raises(SystemExit):
+        compile_kernels.main(["--allow-more-spills"])
 
 
 def test_loops_that_address_intervals_cannot_tell_apart_are_refused():

@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.update_spill_baseline and (args.only or sorted(args.arch) != [80, 90]):
         parser.error("--update-spill-baseline needs every spec compiled for the default arches (no --only, --arch)")
+    if args.allow_more_spills and not args.update_spill_baseline:
+        parser.error("--allow-more-spills goes with --update-spill-baseline")
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print(
             "compile_kernels: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)",

@@ -13,8 +13,8 @@ Triton's wheel ships), the counts static (an instruction counted once however of
 tools/spill_baseline.json holds them for the pairs that spill; `python -m tools.compile_kernels` fails where a pair
 exceeds its entry (a pair not listed: 0), for the Triton version and arches the baseline was made with (another
 version allocates registers differently: reported, not compared). `--update-spill-baseline` rewrites it from a full
-run, refusing to raise any figure unless `--allow-more-spills` is given (as tools/perf_model/floors.py never lowers a
-floor unless asked).
+run, refusing to raise any figure of the same Triton version unless `--allow-more-spills` is given (as
+tools/perf_model/floors.py never lowers a floor unless asked); a baseline for a new Triton version starts afresh.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def measure(cubin: bytes, kernel: str) -> dict[str, int]:
         registers, stack = resources[kernel][:2]
         if not stack:
             return {"registers": registers, **dict.fromkeys(FIELDS, 0)}
-        function = next(f for f in read_cubin(path) if f.name == kernel)
+        function = next((f for f in read_cubin(path) if f.name == kernel), None)
+    if function is None:
+        raise RuntimeError(f"cuobjdump -sass did not list {kernel}")
     problems = loop_layout_problems(function)
     if problems:
         raise RuntimeError(f"{kernel}: its loops cannot be told apart by address: {'; '.join(problems)}")
@@ -92,7 +94,7 @@ def update(results: list[dict], arches: list[int], allow_more: bool, path: Path 
 def compare(results: list[dict], complete: bool, path: Path = BASELINE) -> tuple[list[str], list[str]]:
     """(failures, notes): a failure per figure over the baseline; notes for what is not compared (another Triton
     version, an arch the baseline lacks), for pairs now spilling less (the baseline can be tightened) and, after a
-    full run (``complete``), for baseline pairs no spec compiled any more."""
+    run of every spec (``complete``), for baseline pairs of the arches compiled that no spec compiled any more."""
     import triton
 
     if not path.exists():
@@ -105,16 +107,18 @@ def compare(results: list[dict], complete: bool, path: Path = BASELINE) -> tuple
     failures, better = [], []
     for record in compared:
         allowed = baseline["pairs"].get(pair(record), dict.fromkeys(FIELDS, 0))
-        failures += [
+        over = [
             f"{pair(record)}: {f} {record[f]} > {allowed[f]} in the baseline" for f in FIELDS if record[f] > allowed[f]
         ]
-        if any(record[f] < allowed[f] for f in FIELDS):
+        failures += over
+        if not over and any(record[f] < allowed[f] for f in FIELDS):
             better.append(pair(record))
     notes = [f"{a}: not in the spill baseline (arches {baseline['arches']}), not compared" for a in
              sorted({r["arch"] for r in results} - arches)]  # fmt: skip
     if better:
         notes.append(f"spilling less than the baseline (--update-spill-baseline tightens it): {', '.join(better)}")
-    stale = sorted(set(baseline["pairs"]) - {pair(r) for r in results})
+    compiled = {r["arch"] for r in results}
+    stale = sorted(p for p in set(baseline["pairs"]) - {pair(r) for r in results} if p.split()[0] in compiled)
     if complete and stale:
         notes.append(f"in the baseline but not compiled (--update-spill-baseline drops them): {', '.join(stale)}")
     return failures, notes

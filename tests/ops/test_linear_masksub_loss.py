@@ -195,7 +195,8 @@ def test_partial_and_tied_gradients(op_backend, needs):
 @pytest.mark.parametrize(("mode", "kind"), [("ce", "index"), ("ce", "dense"), ("bce", "index")])
 def test_extreme_and_infinite_logits(op_backend, mode, kind):
     # logits of +-1e4 through the bias, a -inf class (a masked vocabulary entry) without target or teacher mass,
-    # and a bias ramp that moves each row's max from one class tile to the next
+    # and a bias ramp that moves each row's max from one class split to the next (within a program across class
+    # tiles: tests/ops/test_linear_loss_kernels.py)
     h, hs, w, b, target = make_inputs(kind=kind, seed=7)
     b = b + torch.linspace(-40.0, 40.0, b.shape[0], device=DEVICE)
     b[0], b[1], b[2] = 1e4, -1e4, float("-inf")
