@@ -9,6 +9,9 @@ Providers (class-id targets, a bias, the paper's defaults):
 - liger(main CE only): Liger-Kernel's fused linear cross-entropy of the main branch alone, a reference point
   (hard labels, CE only: it cannot do the sub term), where liger_kernel imports. It reads h, W and b only (not hs):
   only those are differentiated, and its bytes and flops are those of its one branch (half the composite's work);
+- masksub[<backend>] recompute: the same op with reduction='none' then the mean over rows: the recompute op
+  (ops/linear_masksub_loss.py: tl.dot tiles, the logits recomputed in the backward, 10 matmul units for the 6
+  useful ones), the path class ids take under torch.compile and CUDA graphs; its forward computes no gradient;
 - masksub[triton]:R=<rows>[,P=<programs>] (GPU): the same op with other chunk sizes (CHUNK_SWEEP: the chunk
   buffer's memory budget), so that one GPU run measures what memory buys in speed and calibrates the model's
   trade-off (tools/perf_model/linear_loss.py predicts each; the default is the plain masksub[triton] row);
@@ -96,6 +99,11 @@ def fused(h, hs, weight, bias, labels):
     return mk.linear_masksub_loss(h, hs, weight, bias, labels).loss
 
 
+def fused_recompute(h, hs, weight, bias, labels):
+    # per-row losses (reduction='none') take the recompute op; their mean is the 'mean' reduction (no ignored rows)
+    return mk.linear_masksub_loss(h, hs, weight, bias, labels, reduction="none").loss.mean()
+
+
 def liger_provider():
     """Liger's fused linear CE (dW accumulated in fp32, as this library's), or None where it does not import or
     construct: a reference point whose failure must not stop the suite (a failure in its call, e.g. a Liger built
@@ -169,7 +177,9 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
                 bias = torch.zeros(c, device=device, dtype=dt, requires_grad=True)
                 return [h, hs, weight, bias, torch.randint(0, c, (m,), device=device, generator=generator)]
 
-            providers = [(f"masksub[{b}]", fused, b, notes) for b in library_providers(device) if b != "cuda"]
+            backends = [b for b in library_providers(device) if b != "cuda"]
+            providers = [(f"masksub[{b}]", fused, b, notes) for b in backends]
+            providers += [(f"masksub[{b}] recompute", fused_recompute, b, notes) for b in backends]
             providers += [
                 ("official", official_composite, None, notes),
                 ("linear+masksub_loss", linear_then_masksub_loss, None, notes),
@@ -196,7 +206,7 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
                     case.grad_inputs = (0, 2, 3)  # h, W, b: hs is not in its graph
                     case.flops = {mode: value // 2 for mode, value in flops.items()}
                     case.bytes = {"forward": one_branch, "backward": 2 * one_branch, "full": 2 * one_branch}
-                if backend is not None or provider.startswith("liger"):
+                if (backend is not None and "recompute" not in provider) or provider.startswith("liger"):
                     # gradients in the forward (this library's fused op and Liger's alike): the backward only
                     # scales them, so a backward alone would time that scaling; their gradient work is timed
                     # within 'full'. Their forward does that work too: its TFLOP/s count the 6 matmuls, and the
