@@ -280,6 +280,9 @@ def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypat
         assert settings() == (768, 2)
     assert settings() == default == (384, 2)
     assert masksub_loss.class_splits(384, 30522, 1024, 132) == (1, 30720)
+    with linear_loss.chunking(48):  # the budget alone decides: 192 rows, under the op's floor of 384
+        assert settings() == (192, 2)
+    assert (chunks.GRADS_CHUNK_BYTES, chunks.GRADS_CHUNK_MIN_ROWS) == (96 * 2**20, 384)
     names = [linear_loss.sweep_provider(*entry, 30522) for entry in linear_loss.CHUNK_SWEEP]
     assert names == ["masksub[triton]:R=192", "masksub[triton]:R=512", "masksub[triton]:R=768",
                      "masksub[triton]:R=384,P=5"]  # fmt: skip

@@ -122,6 +122,11 @@ def test_fused_linear_loss_is_predicted(model_run):
     names = [sweep_provider(*entry, 30522) for entry in CHUNK_SWEEP]
     assert [p["provider"] for p in linear["chunk_sweep"]] == names and all(p["predicted_us"] > 0 for p in
                                                                            linear["chunk_sweep"])  # fmt: skip
+    # other heads: the op's floor of rows per chunk against the budget alone, predicted faster where it applies
+    vocabularies = linear["vocabularies"]
+    assert [(v["rule_rows"], v["budget_rows"]) for v in vocabularies] == [(384, 192), (384, 64)]
+    assert all(v["rule_us"] < v["budget_us"] and v["rule_extra_mib"] > v["budget_extra_mib"] for v in vocabularies)
+    assert linear["assumptions"]["dw_ridge_rows"] == 322  # H200: 2 x 692 TFLOP/s / 4.3 TB/s
 
 
 def test_measured_beside_predicted_calibrates_on_device_bound_cases(tmp_path):

@@ -53,19 +53,20 @@ CHUNK_SWEEP = [(48, 2), (128, 2), (192, 2), (96, 5)]
 
 @contextlib.contextmanager
 def chunking(budget_mib: float, programs: int | None = None):
-    """The fused op's kernels' path with another chunk budget (GRADS_CHUNK_BYTES) and, if given, split programs per
-    SM of the loss kernels (SPLIT_PROGRAMS_PER_SM) inside the block: the benchmark's sweep and the performance
-    model's (module globals: not thread-safe)."""
+    """The fused op's kernels' path with another chunk budget (GRADS_CHUNK_BYTES, which alone decides the rows inside
+    the block: no GRADS_CHUNK_MIN_ROWS) and, if given, split programs per SM of the loss kernels
+    (SPLIT_PROGRAMS_PER_SM) inside the block: the benchmark's sweep and the performance model's (module globals: not
+    thread-safe)."""
     from masksub_kernels.ops import _linear_loss_chunks as chunks
     from masksub_kernels.ops import masksub_loss
 
-    saved = chunks.GRADS_CHUNK_BYTES, masksub_loss.SPLIT_PROGRAMS_PER_SM
-    chunks.GRADS_CHUNK_BYTES = int(budget_mib * 2**20)
-    masksub_loss.SPLIT_PROGRAMS_PER_SM = programs or saved[1]
+    saved = chunks.GRADS_CHUNK_BYTES, chunks.GRADS_CHUNK_MIN_ROWS, masksub_loss.SPLIT_PROGRAMS_PER_SM
+    chunks.GRADS_CHUNK_BYTES, chunks.GRADS_CHUNK_MIN_ROWS = int(budget_mib * 2**20), 0
+    masksub_loss.SPLIT_PROGRAMS_PER_SM = programs or saved[2]
     try:
         yield
     finally:
-        chunks.GRADS_CHUNK_BYTES, masksub_loss.SPLIT_PROGRAMS_PER_SM = saved
+        chunks.GRADS_CHUNK_BYTES, chunks.GRADS_CHUNK_MIN_ROWS, masksub_loss.SPLIT_PROGRAMS_PER_SM = saved
 
 
 def sweep_provider(budget_mib: int, programs: int, classes: int) -> str:

@@ -119,11 +119,18 @@ def test_gradients_over_rows_of_several_blocks(monkeypatch, bce, kind):
         assert _relative(kernels[i], reference[i]) <= 4 * torch.finfo(torch.bfloat16).eps, i
 
 
-def test_chunk_rows_fill_the_budget():
+def test_chunk_rows_fill_the_budget_from_a_floor(monkeypatch):
     # the chunk's fp32 logits [2R, C_pad] within GRADS_CHUNK_BYTES whatever the inputs' dtype (fp16 / bf16 gradients
-    # need no memory of their own): BERT's C gives 384 rows; rows in multiples of 64, fewer only below 64
+    # need no memory of their own): BERT's C gives 384 rows; rows in multiples of 64, never fewer than
+    # GRADS_CHUNK_MIN_ROWS (dW's accumulator passes, one per chunk, would outlast its matmul)
     assert chunks.grads_chunk_rows(30522) == 384
     assert 2 * 384 * chunks.aligned_classes(30522) * 4 <= chunks.GRADS_CHUNK_BYTES
+    assert chunks.grads_chunk_rows(1000) == 12288 and chunks.grads_chunk_rows(8192) == 1536
+    # the floor decides from C = 32769 up (the budget would give 320 rows there), and the buffer outgrows the budget
+    assert chunks.grads_chunk_rows(32768) == 384 and 2 * 384 * 32768 * 4 == chunks.GRADS_CHUNK_BYTES
+    assert chunks.grads_chunk_rows(32769) == chunks.grads_chunk_rows(50265) == chunks.grads_chunk_rows(10**6) == 384
+    monkeypatch.setattr(chunks, "GRADS_CHUNK_MIN_ROWS", 0)  # the budget alone (the benchmark's chunk sweep)
+    assert chunks.grads_chunk_rows(32769) == 320 and chunks.grads_chunk_rows(50265) == 192
     assert chunks.grads_chunk_rows(128256) == 64 and chunks.grads_chunk_rows(10**6) == 12
 
 

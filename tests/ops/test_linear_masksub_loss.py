@@ -424,9 +424,12 @@ def test_cuda_backend_refuses_clearly():
 
 @pytest.fixture
 def several_chunks(monkeypatch):
-    """Chunks of 6 rows on both flavours (the reference's CHUNK_ELEMENTS, the kernels' GRADS_CHUNK_BYTES)."""
+    """Chunks of 6 rows on both flavours (the reference's CHUNK_ELEMENTS, the kernels' GRADS_CHUNK_BYTES without
+    their floor of rows)."""
     monkeypatch.setattr(lm, "CHUNK_ELEMENTS", 6 * 40)
     monkeypatch.setattr(chunks, "GRADS_CHUNK_BYTES", 6 * 2 * chunks.aligned_classes(40) * 4)
+    monkeypatch.setattr(chunks, "GRADS_CHUNK_MIN_ROWS", 0)
+    assert lm.chunk_rows(40) == chunks.grads_chunk_rows(40) == 6
 
 
 class Calls:

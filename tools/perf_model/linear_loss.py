@@ -89,10 +89,10 @@ def _loss_kernels_us(card: Card, rows: int, classes: int) -> tuple[float, int, l
     return total, len(launches) + len(launches.torch_ops), kernels  # the launchers' torch fills too
 
 
-def _fused(card: Card) -> dict:
-    """The fused op's predicted time (us) and its parts at SHAPE, with the chunk rows in force
+def _fused(card: Card, shape: tuple = SHAPE) -> dict:
+    """The fused op's predicted time (us) and its parts at ``shape`` (name, M, D, C), with the chunk rows in force
     (chunk_loop.grads_chunk_rows: the benchmark's `chunking` changes them)."""
-    _, m, d, c = SHAPE
+    _, m, d, c = shape
     r = chunk_loop.grads_chunk_rows(c)
     chunks = -(-m // r)
     chunk_unit = 2 * r * d * c
@@ -137,6 +137,53 @@ def _fused(card: Card) -> dict:
     }
 
 
+# Other heads than BERT's, where the budget alone would give few rows per chunk (GRADS_CHUNK_MIN_ROWS of
+# ops/_linear_loss_chunks.py): RoBERTa's vocabulary (the MLM family's other tokenizer) and a large language model's
+VOCABULARIES = [("RoBERTa-base MLM", 16384, 768, 50265), ("a 128k-vocabulary head", 16384, 4096, 128256)]
+
+
+def _matmul_bound_us(card: Card, shape: tuple) -> float:
+    """The composite's 6 matmul units at the assumed efficiency: what any implementation of the head spends."""
+    _, m, d, c = shape
+    return 6 * 2 * m * d * c / card.matmul_flops_per_s * 1e6
+
+
+def _compiled_us(card: Card, shape: tuple) -> float:
+    """torch.compile of the official composite, ASSUMED fully fused (COMPILED_PASSES bf16 [M, C] passes)."""
+    _, m, _, c = shape
+    passes = COMPILED_PASSES * m * c * 2 / card.copy_bytes_per_s * 1e6
+    return _matmul_bound_us(card, shape) + passes + card.launch_us * 8
+
+
+def vocabularies(card: Card) -> list[dict]:
+    """The fused op at VOCABULARIES' shapes: its chunk rule (the budget, at least GRADS_CHUNK_MIN_ROWS rows) against
+    the budget alone (the rule before 2026-12-02). PREDICTIONS."""
+    result = []
+    for shape in VOCABULARIES:
+        name, m, d, c = shape
+        rule = _fused(card, shape)
+        with chunking(chunk_loop.GRADS_CHUNK_BYTES / 2**20):
+            budget = _fused(card, shape)
+        composite_mib = modelled_extra_mb(m, d, c, 2)["composite"]
+        compiled = _compiled_us(card, shape)
+        result.append({
+            "shape": f"{name} M={m} D={d} C={c}",
+            "compiled_us": round(compiled, 1),
+            **{
+                f"{key}_{field}": value
+                for key, fused in (("rule", rule), ("budget", budget))
+                for field, value in (
+                    ("rows", fused["chunk_rows"]),
+                    ("us", round(fused["us"], 1)),
+                    ("ratio_vs_compiled", round(compiled / fused["us"], 2)),
+                    ("extra_mib", round(fused["extra_mib"], 1)),
+                    ("percent_of_composite", round(100 * fused["extra_mib"] / composite_mib, 1)),
+                )
+            },
+        })  # fmt: skip
+    return result
+
+
 def predict(card: Card, records: list[dict] | None = None) -> dict:
     """The three providers' predicted times, TFLOP/s, ratios and extra memory at SHAPE, and the fused op at the
     benchmark's other chunk sizes (CHUNK_SWEEP): PREDICTIONS; beside them, under measured_reference, what the
@@ -147,9 +194,9 @@ def predict(card: Card, records: list[dict] | None = None) -> dict:
     useful = 6 * unit
     big = m * c * 2  # one bf16 [M, C]: L
     fused = _fused(card)
-    matmul_us = 6 * unit / card.matmul_flops_per_s * 1e6
+    matmul_us = _matmul_bound_us(card, SHAPE)
     eager_us = matmul_us + EAGER_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 30
-    compiled_us = matmul_us + COMPILED_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 8
+    compiled_us = _compiled_us(card, SHAPE)
     composite_mib = modelled_extra_mb(m, d, c, 2)["composite"]  # extra memory beyond inputs and gradients
     today = {
         r["mode"]: r["predicted_us"] / 1e3
@@ -199,9 +246,12 @@ def predict(card: Card, records: list[dict] | None = None) -> dict:
             "chunk_rows": fused["chunk_rows"],
             "chunks": fused["chunks"],
             "dw_matmuls": fused["dw_matmuls"],
+            # rows per chunk from which dW's matmul (8 R D C flops) outlasts its accumulator's pass (C D 8 bytes)
+            "dw_ridge_rows": round(2 * card.matmul_flops_per_s / card.copy_bytes_per_s),
         },
         "providers": providers,
         "chunk_sweep": sweep,
+        "vocabularies": vocabularies(card),
         "fused_breakdown_us": fused["breakdown"],
         "ratio_vs_eager": round(eager_us / fused["us"], 2),
         "ratio_vs_compiled": round(compiled_us / fused["us"], 2),
@@ -263,5 +313,26 @@ def markdown(result: dict) -> list[str]:
             lines.append(
                 f"| {p['provider']} | {p['budget_mib']} | {p['programs_per_sm']} | {p['predicted_us']:.0f} | "
                 f"{p['ratio_vs_compiled']:.2f} | {p['extra_mib']:.0f} | {p['percent_of_composite']:.1f} |"
+            )
+    if result.get("vocabularies"):
+        lines += [
+            "",
+            "Other heads, where the chunk budget alone would give few rows (each chunk's dW matmul reads and writes "
+            f"the fp32 accumulator [C, D]: below ~{result['assumptions']['dw_ridge_rows']} rows those passes outlast "
+            "the matmul on this card): the op's rule, "
+            "the budget with at least `GRADS_CHUNK_MIN_ROWS` rows (ops/_linear_loss_chunks.py), against the budget "
+            "alone (the rule before 2026-12-02). PREDICTIONS, loss kernels uncalibrated; x compiled = the assumed "
+            "fully fused torch.compile's time / the fused time:",
+            "",
+            "| shape | rows (rule / budget) | predicted us (rule / budget) | x compiled (rule / budget) | extra MiB "
+            "(rule / budget) | % of composite (rule / budget) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for v in result["vocabularies"]:
+            lines.append(
+                f"| {v['shape']} | {v['rule_rows']} / {v['budget_rows']} | {v['rule_us']:.0f} / {v['budget_us']:.0f} | "
+                f"{v['rule_ratio_vs_compiled']:.2f} / {v['budget_ratio_vs_compiled']:.2f} | "
+                f"{v['rule_extra_mib']:.0f} / {v['budget_extra_mib']:.0f} | "
+                f"{v['rule_percent_of_composite']:.1f} / {v['budget_percent_of_composite']:.1f} |"
             )
     return lines
