@@ -10,7 +10,7 @@
 # Files (8): env.txt, summary.txt, build.log, bench.log, the benchmark's <device>-<date>.json, .md and .png, and
 # linear-loss-numerics.json.
 #
-# Budget, GPU caps (s); they add up to 335 s (the build runs beside the first steps), so this call ends inside 6
+# Budget, GPU caps (s); they add up to 340 s (the build runs beside the first steps), so this call ends inside 6
 # minutes even if every step runs to its cap, leaving the tests' call (sent at once after this one: a machine idle
 # for 30 s is given back) and a machine's start-up room in the device's 15 minutes. Run it first: the numbers are what only a GPU gives. tools.perf_model.measured then runs on the CPU
 # machine, on the files that came back (no GPU needed). The order puts the open question first (issue 13: the
@@ -30,15 +30,22 @@
 #   profile        20  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
 #                      fused-linear loss (the chunk matmuls' cuBLAS kernels and times: the assumed 70% efficiency
 #                      calibrated; the loss kernels per chunk; wall against device time: host-bound or not)
+#   ncu            30  Nsight Compute on the fused-linear op's kernels (benchmarks/gpu_ncu.py: one 384-row chunk of
+#                      the gradients-in-forward path, the recompute op on 16384 rows; cuBLAS's and the Triton
+#                      kernels only), raw metrics as CSV lines into bench.log (DRAM throughput and bytes, L2 hit
+#                      rate, occupancy, warp stall reasons, instructions executed): why the loss kernels ran ~2x
+#                      the model's time on 2026-11-30. Kernels compiled by the suite before (the Triton cache); ncu
+#                      replays each kernel ~30 times, ~10 kernels. Skipped where ncu is missing
 #   numerics       30  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
 #                      where the branches agree, the Triton path compiled (on the CPU: the interpreter's truncating
 #                      bf16), against the bf16-logit composites; M = 128, without torch.compile
 #   train          30  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each; 30 s on the H200)
 #   loss           55  ImageNet, BERT-like and LLM-like rows x classes (41 s on the H200)
-#   token_select   50  3 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, timm and
+#   token_select   45  3 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, timm and
 #                      torch.compile(official), whose Inductor compilation is most of the time (41 s on the H200)
-#   grid_mask      60  images (fp32, bf16) and Swin tokens, same providers: three Inductor compilations; stopped by
+#   grid_mask      40  images (fp32, bf16) and Swin tokens, same providers: three Inductor compilations; stopped by
 #                      a 55 s cap before the Swin compile(official) rows on the H200 (2026-11-30): the last rows
+#                      (40 s since the ncu step: the compile(official) rows of the images' second dtype go too)
 # The backward mode's untimed forward per repeat adds a few seconds to loss and linear_loss. Each suite prints the
 # seconds of every case (`[12.3 s, 40 s in]`), so a capped step's log says where its time went.
 # Liger-Kernel is not on the GPU machine's image (no network there): `python3 -m pip download --no-deps -d .whl
@@ -60,8 +67,23 @@ build_if_missing() {
   fi
 }
 
+ncu_linear() { # benchmarks/gpu_ncu.py under Nsight Compute: one CSV row of raw metrics per profiled kernel
+  if ! command -v ncu > /dev/null; then
+    echo "ncu: not found: the kernels' metrics are left out"
+    return 0
+  fi
+  local common=(--profile-from-start off --clock-control none --csv --page raw --kernel-name-base demangled
+    --kernel-name 'regex:^_(loss_fwd|loss_bwd|fwd|dh|dw)_kernel|gemm|nvjet|xmma|cutlass|splitK')
+  local sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Chart
+    --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats
+    --section InstructionStats)
+  ncu "${common[@]}" "${sections[@]}" "$PY" benchmarks/gpu_ncu.py && return 0
+  echo "ncu with those sections failed: again with --set detailed"
+  ncu "${common[@]}" --set detailed "$PY" benchmarks/gpu_ncu.py
+}
+
 setup_run "$@"
-declare -A CAP=([linear_loss]=80 [train]=30 [loss]=55 [token_select]=50 [grid_mask]=60)
+declare -A CAP=([linear_loss]=80 [train]=30 [loss]=55 [token_select]=45 [grid_mask]=40)
 
 suites="${SUITES:-linear_loss train loss token_select grid_mask}"
 for suite in $suites; do
@@ -81,6 +103,7 @@ for suite in $suites; do
   step bench.log "${CAP[$suite]}" "$PY" -m masksub_kernels.bench --out "$OUT" --append --suites "$suite"
   if [[ $suite == linear_loss ]]; then
     step bench.log 20 "$PY" benchmarks/gpu_profile.py --only linear
+    step bench.log 30 ncu_linear
     step bench.log 30 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"
     output linear-loss-numerics.json
   fi

@@ -10,7 +10,7 @@
 # tests-masks.log, tests-rest.log, cuda.log.
 #
 # Budget: GPU caps (s) and what fills them. The device gives 15 minutes with start-up, 10 per command; the caps add
-# up to 410 s, so that after the benchmarks' call (335 s at most) one start-up and the transfers fit: send this call
+# up to 410 s, so that after the benchmarks' call (340 s at most) one start-up and the transfers fit: send this call
 # as soon as the benchmarks' returns (a machine idle for 30 s is given back, and a second start-up would cost its
 # phase 3); a step stopped by its cap keeps the outcomes of the tests it ran (-v). Run it second: the numbers come first. The order is what
 # a GPU alone can tell, most wanted first: the kernels most changed since the only GPU run (2026-11-30) and never

@@ -2,6 +2,7 @@
 Speed is never asserted here."""
 
 import collections
+import functools
 import json
 import sys
 import types
@@ -191,6 +192,28 @@ def test_linear_loss_numerics_script_separates_fp32_from_bf16_logits(tmp_path, c
     assert max(errors["masksub[triton]"], errors["masksub[torch]"]) < 0.01  # the issue's 1%
     assert min(errors["linear+masksub_loss"], errors["official"]) > 0.03
     assert "| masksub[torch] |" in capsys.readouterr().out
+
+
+def test_gpu_ncu_script_runs_both_paths_of_the_fused_linear_op(monkeypatch, capsys):
+    # benchmarks/gpu_ncu.py, what gpu_bench.sh profiles with Nsight Compute: on the CPU its calls at a tiny shape,
+    # the gradients-in-forward op first (reduction 'mean'), then the recompute op, each once to warm up, once profiled
+    from benchmarks import gpu_ncu
+    from masksub_kernels.ops import linear_masksub_loss as lm
+    from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows
+
+    used = []
+    for name in ("_linear_loss_grads_op", "_linear_loss_op"):
+        op = getattr(lm, name)
+        spy = functools.partial(lambda op, name, *args: used.append(name) or op(*args), op, name)
+        if hasattr(op, "report_as"):
+            spy.report_as = op.report_as
+        monkeypatch.setattr(lm, name, spy)
+    assert gpu_ncu.main([]) == 0
+    assert used == ["_linear_loss_grads_op", "_linear_loss_op"] * 2
+    out = capsys.readouterr().out
+    assert "backend torch" in out and "profiled: gradients in the forward, one chunk: M=8 D=16 C=40" in out
+    # on a GPU: one chunk of BERT's step (its 43 chunks' kernels and launch configurations), the recompute op on all
+    assert gpu_ncu.SHAPE == (16384, 768, 30522) and grads_chunk_rows(gpu_ncu.SHAPE[2]) == 384
 
 
 class _Once(torch.autograd.Function):

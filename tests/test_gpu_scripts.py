@@ -99,8 +99,30 @@ def test_gpu_bench_builds_beside_the_suites_that_do_not_need_the_extension(suite
         assert waits[0] == needs[0] - 1  # waited for just before the first suite that needs it
     linear = [i for i, (_, c) in enumerate(commands) if c.endswith("--suites linear_loss")]
     profile = [i for i, (_, c) in enumerate(commands) if "gpu_profile.py --only linear" in c]
+    ncu = [i for i, (_, c) in enumerate(commands) if c == "ncu_linear"]
     numerics = [i for i, (_, c) in enumerate(commands) if "linear_loss_numerics.py" in c]
-    assert [i + 1 for i in linear] == profile and [i + 2 for i in linear] == numerics  # right after the suite
+    assert [i + 1 for i in linear] == profile and [i + 2 for i in linear] == ncu  # right after the suite
+    assert [i + 3 for i in linear] == numerics
+
+
+def test_gpu_bench_profiles_the_fused_linear_kernels_by_their_names():
+    # ncu_linear's kernel filter names the Triton kernels of the fused-linear op (a rename would profile none of them)
+    from triton.runtime.jit import KernelInterface  # JITFunction, or the interpreter's InterpretedFunction
+
+    from masksub_kernels.ops import _linear_loss_kernels, _masksub_loss_kernels
+
+    source = (ROOT / SCRIPTS[1]).read_text()
+    names = re.search(r"regex:\^_\(([a-z_|]+)\)_kernel\|", source).group(1).split("|")
+    assert sorted(names) == ["dh", "dw", "fwd", "loss_bwd", "loss_fwd"]
+    for name in names:
+        module = _masksub_loss_kernels if name.startswith("loss") else _linear_loss_kernels
+        kernel = getattr(module, f"_{name}_kernel")
+        assert isinstance(kernel, KernelInterface) and kernel.fn.__name__ == f"_{name}_kernel", name
+    # without ncu (here) the step says so and succeeds: the rest of the call goes on
+    env = {**os.environ, "PATH": "/usr/bin:/bin", "PYTHON": sys.executable}
+    command = ["bash", SCRIPTS[1], "__call", "ncu_linear"]
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "ncu: not found" in out.stdout, out.stderr
 
 
 def test_gpu_bench_refuses_an_unknown_suite(tmp_path):

@@ -1,0 +1,83 @@
+"""The fused-linear op's kernels for Nsight Compute: what benchmarks/gpu_bench.sh profiles with `ncu` (its ncu_linear
+step), so that the GPU run says why the loss kernels ran ~2x slower than the performance model on the H200
+(2026-11-30): DRAM throughput, L2 hits, occupancy, warp stall reasons and instructions executed per kernel, beside
+the model's bytes and SASS counts (tools/perf_model).
+
+    ncu --profile-from-start off ... python benchmarks/gpu_ncu.py     (gpu_bench.sh's ncu_linear: the flags)
+    python benchmarks/gpu_ncu.py                                      (the same calls, unprofiled)
+
+Two calls at BERT-base MLM's shape (D = 768, C = 30522, bf16, class ids, a bias), each run once to compile and warm
+up, then once between cudaProfilerStart and cudaProfilerStop (ncu --profile-from-start off profiles only those):
+- the gradients-in-forward path (reduction 'mean', the default) on one chunk's rows (grads_chunk_rows(C) = 384:
+  the kernels and launch configurations of each of a 16384-row step's 43 chunks): the logits matmul, the loss
+  forward and backward kernels on the chunk's fp32 logits, the dH and dW matmuls;
+- the recompute op (reduction 'none', then the mean) on all 16384 rows: its forward, dH and dW Triton kernels.
+Without a GPU, the calls run on the CPU at a tiny shape (the torch backend), unprofiled: the CPU tests run this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import masksub_kernels as mk
+from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows
+
+SHAPE = (16384, 768, 30522)  # BERT-base MLM (issue 13)
+TINY = (8, 16, 40)  # the CPU's check of the calls
+
+
+def calls(rows: int, depth: int, classes: int, device: torch.device) -> list[tuple[str, object]]:
+    """(name, call) pairs: each call runs one forward + backward of the op (fresh gradients each time)."""
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def leaf(*shape, scale=1.0):
+        x = torch.randn(*shape, generator=generator, device=device) * scale
+        return x.to(torch.bfloat16).requires_grad_(True)
+
+    weight, bias = leaf(classes, depth, scale=depth**-0.5), leaf(classes)
+    chunk = min(rows, grads_chunk_rows(classes))
+
+    def head(n):
+        labels = torch.randint(0, classes, (n,), generator=generator, device=device)
+        return leaf(n, depth), leaf(n, depth), weight, bias, labels
+
+    one_chunk, every_row = head(chunk), head(rows)
+
+    def run(inputs, reduction):
+        for t in inputs[:4]:
+            t.grad = None
+        out = mk.linear_masksub_loss(*inputs, reduction=reduction).loss
+        (out if reduction == "mean" else out.mean()).backward()
+
+    return [
+        (f"gradients in the forward, one chunk: M={chunk} D={depth} C={classes}", lambda: run(one_chunk, "mean")),
+        (f"recompute (reduction='none'): M={rows} D={depth} C={classes}", lambda: run(every_row, "none")),
+    ]
+
+
+def main(argv: list[str]) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if on_gpu else "cpu")
+    work = calls(*(SHAPE if on_gpu else TINY), device)
+    for _name, call in work:  # compile and warm up, outside the profiled range
+        call()
+    print(f"gpu_ncu: {torch.cuda.get_device_name() if on_gpu else 'no CUDA device: the CPU, unprofiled'} | "
+          f"backend {mk.last_backend('linear_masksub_loss')}", flush=True)  # fmt: skip
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.profiler.start()
+    for name, call in work:
+        print(f"gpu_ncu: profiled: {name}", flush=True)
+        call()
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.profiler.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
