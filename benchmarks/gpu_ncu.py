@@ -8,7 +8,7 @@ the model's bytes and SASS counts (tools/perf_model).
 
 Two calls at BERT-base MLM's shape (D = 768, C = 30522, bf16, class ids, a bias), each run once to compile and warm
 up, then once between cudaProfilerStart and cudaProfilerStop (ncu --profile-from-start off profiles only those):
-- the gradients-in-forward path (reduction 'mean', the default) on one chunk's rows (grads_chunk_rows(C) = 384:
+- the gradients-in-forward path (reduction 'mean', the default) on one chunk's rows (grads_chunk_rows = 384:
   the kernels and launch configurations of each of a 16384-row step's 43 chunks): the logits matmul, the loss
   forward and backward kernels on the chunk's fp32 logits, the dH and dW matmuls;
 - the recompute op (reduction 'none', then the mean) on all 16384 rows: its forward, dH and dW Triton kernels.
@@ -38,7 +38,7 @@ def calls(rows: int, depth: int, classes: int, device: torch.device) -> list[tup
         return x.to(torch.bfloat16).requires_grad_(True)
 
     weight, bias = leaf(classes, depth, scale=depth**-0.5), leaf(classes)
-    chunk = min(rows, grads_chunk_rows(classes))
+    chunk = min(rows, grads_chunk_rows(classes, rows))
 
     def head(n):
         labels = torch.randint(0, classes, (n,), generator=generator, device=device)

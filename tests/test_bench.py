@@ -213,7 +213,7 @@ def test_gpu_ncu_script_runs_both_paths_of_the_fused_linear_op(monkeypatch, caps
     out = capsys.readouterr().out
     assert "backend torch" in out and "profiled: gradients in the forward, one chunk: M=8 D=16 C=40" in out
     # on a GPU: one chunk of BERT's step (its 43 chunks' kernels and launch configurations), the recompute op on all
-    assert gpu_ncu.SHAPE == (16384, 768, 30522) and grads_chunk_rows(gpu_ncu.SHAPE[2]) == 384
+    assert gpu_ncu.SHAPE == (16384, 768, 30522) and grads_chunk_rows(*gpu_ncu.SHAPE[2::-2]) == 384
 
 
 class _Once(torch.autograd.Function):
@@ -292,7 +292,7 @@ def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypat
     from masksub_kernels.ops import masksub_loss
 
     def settings():
-        return chunks.grads_chunk_rows(30522), masksub_loss.SPLIT_PROGRAMS_PER_SM
+        return chunks.grads_chunk_rows(30522, 16384), masksub_loss.SPLIT_PROGRAMS_PER_SM
 
     default = settings()
     with linear_loss.chunking(192):

@@ -76,7 +76,7 @@ def sweep_provider(budget_mib: int, programs: int, classes: int) -> str:
     from masksub_kernels.ops.masksub_loss import SPLIT_PROGRAMS_PER_SM
 
     with chunking(budget_mib):
-        name = f"masksub[triton]:R={grads_chunk_rows(classes)}"
+        name = f"masksub[triton]:R={grads_chunk_rows(classes, 0)}"  # the budget alone decides: any M
     return name if programs == SPLIT_PROGRAMS_PER_SM else f"{name},P={programs}"
 
 
@@ -137,7 +137,7 @@ def modelled_extra_mb(rows: int, depth: int, classes: int, element: int) -> dict
     implementation holds at its peak (the eager official composite holds more: its fp32 copies)."""
     from masksub_kernels.ops._linear_loss_chunks import aligned_classes, grads_chunk_rows, padded_depth
 
-    chunk = min(rows, grads_chunk_rows(classes))
+    chunk = min(rows, grads_chunk_rows(classes, rows))
     logits = 2 * chunk * aligned_classes(classes) * 4
     stats = rows * 9 * 4
     if element < 4:

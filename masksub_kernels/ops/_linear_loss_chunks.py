@@ -47,8 +47,8 @@ the op's backend:
   launch: no fill and no copy per chunk (8 launches per chunk, dW's matmul among them).
 
 Extra memory (beyond the inputs and the returned gradients): the chunk's [2R, C] fp32 logits (R from
-GRADS_CHUNK_BYTES, at least GRADS_CHUNK_MIN_ROWS: 384 rows at C = 30522, 89 MiB; its fp16 / bf16 gradients over
-them), the stacked rows [2R, D],
+GRADS_CHUNK_BYTES, at least GRADS_CHUNK_MIN_ROWS where M is large: 384 rows at C = 30522, 89 MiB; its fp16 / bf16
+gradients over them), the stacked rows [2R, D],
 the per-row stats [9, M] fp32 and one fp32 dW [C, D] (+ db [C]) for the two terms. Never [M, C]. On the kernels'
 fp16 / bf16 path with a bias, dW's accumulator is [dW | db | 0...] [C, D + pad] and the stacked rows [h_c; hs_c |
 1 | 0...] [2R, D + pad] (padded_depth): db comes out of dW's matmul instead of a pass of its own over each chunk's
@@ -79,14 +79,18 @@ from .masksub_loss import MAIN, NUM_OUT, SUB
 # at BERT's shape, where a buffer of their own took half the memory (two chunks of 192 rows whose gradients were
 # stacked for one dW matmul: issue 13's perf model, BERT step on the H200, 11.20 -> 10.32 ms predicted).
 GRADS_CHUNK_BYTES = 96 * 2**20
-# ... but never fewer than GRADS_CHUNK_MIN_ROWS rows (fewer only where M is): per chunk, dW's matmul moves the
-# accumulator's C D 8 bytes for its 8 R D C flops, so below R ~ 2 F / BW (F the matmul's flop rate, BW the memory's
-# bandwidth: ~320 rows on an H200 at the perf model's assumed cuBLAS efficiency, ~420 on an H100) those passes
-# outlast the matmul, and the budget alone would give large vocabularies few rows (64 at C = 128256, 192 at RoBERTa's
-# 50265): predicted 2.9x slower at M = 16384, D = 4096, C = 128256, 1.27x at RoBERTa's shape (tools/perf_model,
-# H200). So the chunk buffer is max(96 MiB, 2 x 384 x C_pad x 4 bytes), ~3 KiB per class: in proportion to the
-# composite's [M, C] logits (R / M of them) and to the fp32 accumulator dW [C, D] the op holds anyway (2 R / D).
+# ... but at least GRADS_CHUNK_MIN_ROWS rows where M has 32 times as many (GRADS_CHUNK_MIN_SHARE; a floor of M / 32
+# rows, in multiples of 64, below that). Per chunk, dW's matmul moves the fp32 accumulator's C D 8 bytes for its
+# 4 R D C flops, so below R ~ 2 F / BW (F the matmul's flop rate, BW the memory bandwidth: ~320 rows on an H200 and
+# ~460 on an H100 at the perf model's assumed cuBLAS efficiency and copy rates, more counting the matmul's own
+# operands) those passes outlast the matmul; the budget alone gives large vocabularies few rows (64 at C = 128256,
+# 192 at RoBERTa's 50265): predicted 2.9x slower at M = 16384, D = 4096, C = 128256, 1.26x at RoBERTa's shape
+# (tools/perf_model, H200). 384 is a compromise: the H200's knee, and within issue 13's 5% memory goal at RoBERTa's
+# shape (512 rows, faster on an H100, is 5.5% there). The buffer is then 2 x 384 x C_pad x 4 bytes, ~3 KiB per
+# class (2.9 GiB at C = 10^6), at most 1 / 32 of the composite's least memory (two [M, C] logits and their
+# gradients: R / M of it in bf16) and 2 R / D of the fp32 accumulator dW [C, D] the op holds anyway.
 GRADS_CHUNK_MIN_ROWS = 384
+GRADS_CHUNK_MIN_SHARE = 32
 ALIGN_CLASSES = 64  # the kernels' chunk buffers' rows, in elements: 128-byte rows in bf16 (aligned_classes)
 
 # loss, main, sub (fp32 0-d); dH, dHs [M, D]; dW [C, D] and db [C] in fp32, fp64 for fp64 inputs (or [0]); the
@@ -465,10 +469,12 @@ def grads_in_forward(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def grads_chunk_rows(classes: int) -> int:
-    """Rows per chunk of the kernels' path: the chunk's buffer, 2 R C fp32 logits (fp16 / bf16 gradients are written
-    over their rows), within GRADS_CHUNK_BYTES, a multiple of 64 rows (fewer only below 64), and at least
-    GRADS_CHUNK_MIN_ROWS (R = 384 at C = 30522: 2 x 384 x 30528 x 4 bytes, 89 MiB; from C = 32769 up the minimum
-    decides and the buffer outgrows the budget). The loop's chunks have min(R, M) rows."""
-    rows = max(1, GRADS_CHUNK_BYTES // (2 * aligned_classes(classes) * 4))
-    return max(GRADS_CHUNK_MIN_ROWS, rows // 64 * 64 if rows >= 64 else rows)
+def grads_chunk_rows(classes: int, rows: int) -> int:
+    """Rows per chunk of the kernels' path for M = ``rows`` rows: the chunk's buffer, 2 R C fp32 logits (fp16 / bf16
+    gradients are written over their rows), within GRADS_CHUNK_BYTES, a multiple of 64 rows (fewer only below 64);
+    and at least min(GRADS_CHUNK_MIN_ROWS, M / GRADS_CHUNK_MIN_SHARE rounded down to 64) rows (R = 384 at C = 30522:
+    2 x 384 x 30528 x 4 bytes, 89 MiB; at M >= 12288 from C = 32769 up the floor decides and the buffer outgrows the
+    budget). The loop's chunks have min(R, M) rows."""
+    budget = max(1, GRADS_CHUNK_BYTES // (2 * aligned_classes(classes) * 4))
+    floor = min(GRADS_CHUNK_MIN_ROWS, rows // GRADS_CHUNK_MIN_SHARE // 64 * 64)
+    return max(floor, budget // 64 * 64 if budget >= 64 else budget)

@@ -26,7 +26,7 @@ def _grads_reference(hidden, sub_hidden, weight, bias, target, mean, a, b, need_
 def _grads_triton(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _, *options):
     return chunk_loop.grads_in_forward(
         hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, options,
-        rows_per_chunk=chunk_loop.grads_chunk_rows(weight.shape[0]), kernels=True, gather=gather,
+        rows_per_chunk=chunk_loop.grads_chunk_rows(weight.shape[0], hidden.shape[0]), kernels=True, gather=gather,
     )  # fmt: skip
 
 

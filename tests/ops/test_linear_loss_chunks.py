@@ -122,16 +122,50 @@ def test_gradients_over_rows_of_several_blocks(monkeypatch, bce, kind):
 def test_chunk_rows_fill_the_budget_from_a_floor(monkeypatch):
     # the chunk's fp32 logits [2R, C_pad] within GRADS_CHUNK_BYTES whatever the inputs' dtype (fp16 / bf16 gradients
     # need no memory of their own): BERT's C gives 384 rows; rows in multiples of 64, never fewer than
-    # GRADS_CHUNK_MIN_ROWS (dW's accumulator passes, one per chunk, would outlast its matmul)
-    assert chunks.grads_chunk_rows(30522) == 384
-    assert 2 * 384 * chunks.aligned_classes(30522) * 4 <= chunks.GRADS_CHUNK_BYTES
-    assert chunks.grads_chunk_rows(1000) == 12288 and chunks.grads_chunk_rows(8192) == 1536
+    # GRADS_CHUNK_MIN_ROWS where M has 32 times as many (dW's accumulator passes, one per chunk, would outlast its
+    # matmul), nor than M / 32 below
+    rows = chunks.grads_chunk_rows
+    m = 16384
+    assert rows(30522, m) == 384 and 2 * 384 * chunks.aligned_classes(30522) * 4 <= chunks.GRADS_CHUNK_BYTES
+    assert rows(1000, m) == 12288 and rows(8192, m) == 1536 and rows(1000, 8) == 12288  # the loop takes min(R, M)
     # the floor decides from C = 32769 up (the budget would give 320 rows there), and the buffer outgrows the budget
-    assert chunks.grads_chunk_rows(32768) == 384 and 2 * 384 * 32768 * 4 == chunks.GRADS_CHUNK_BYTES
-    assert chunks.grads_chunk_rows(32769) == chunks.grads_chunk_rows(50265) == chunks.grads_chunk_rows(10**6) == 384
+    assert rows(32768, m) == 384 and 2 * 384 * 32768 * 4 == chunks.GRADS_CHUNK_BYTES
+    assert rows(32769, m) == rows(50265, m) == rows(10**6, m) == 384
+    # where M is smaller the floor is M / 32 in multiples of 64 (the buffer within 1 / 32 of the composite's logits
+    # and gradients): M = 12288 keeps 384 rows, 8192 takes 256, 2048 64, fewer the budget alone
+    assert rows(128256, 12288) == 384 and rows(128256, 12287) == 320 and rows(128256, 8192) == 256
+    assert rows(10**6, 2048) == 64 and rows(10**6, 2047) == rows(10**6, 384) == 12
     monkeypatch.setattr(chunks, "GRADS_CHUNK_MIN_ROWS", 0)  # the budget alone (the benchmark's chunk sweep)
-    assert chunks.grads_chunk_rows(32769) == 320 and chunks.grads_chunk_rows(50265) == 192
-    assert chunks.grads_chunk_rows(128256) == 64 and chunks.grads_chunk_rows(10**6) == 12
+    assert rows(32769, m) == 320 and rows(50265, m) == 192
+    assert rows(128256, m) == 64 and rows(10**6, m) == 12
+
+
+def test_the_loop_runs_chunks_of_the_floor(monkeypatch):
+    # a floor above the budget's rows gives the loop its chunks: M = 128 rows, C = 40, a budget of 2 rows, a floor of
+    # 64 where M has 2 x 64 rows: two chunks of 64 (the op's path to the loop: _grads_triton), on the interpreter,
+    # the same values as the reference in chunks of 5
+    from masksub_kernels.ops import _linear_loss_grads as grads_ops
+
+    monkeypatch.setattr(chunks, "GRADS_CHUNK_BYTES", 2 * 2 * chunks.aligned_classes(40) * 4)
+    monkeypatch.setattr(chunks, "GRADS_CHUNK_MIN_ROWS", 64)
+    monkeypatch.setattr(chunks, "GRADS_CHUNK_MIN_SHARE", 2)
+    assert chunks.grads_chunk_rows(40, 128) == 64 and chunks.grads_chunk_rows(40, 127) == 2
+    h, hs, w, b, target = make_inputs(rows=128, depth=16, classes=40, dtype=torch.bfloat16, kind="ids", seed=3)
+    flags, options = (True, 0.5, 0.5, True, True, True), (False, 0.0, -100, 1.0, None)
+    shapes, empty = [], torch.empty
+
+    def spy(*size, **kwargs):  # the loop's buffers: the chunk's fp32 logits [2R, C_pad] among them
+        out = empty(*size, **kwargs)
+        shapes.append((tuple(out.shape), out.dtype))
+        return out
+
+    monkeypatch.setattr(chunks.torch, "empty", spy)
+    kernels = grads_ops._grads_triton(h, hs, w, b, target, *flags, True, None, *options)
+    monkeypatch.setattr(chunks.torch, "empty", empty)
+    assert ((128, chunks.aligned_classes(40)), torch.float32) in shapes  # 2 x 64 rows of logits
+    reference = chunks.grads_in_forward(h, hs, w, b, target, *flags, options, rows_per_chunk=5, kernels=False)
+    for i in (0, 3, 4, 5, 6):  # the loss, dH, dHs, dW, db
+        assert _relative(kernels[i], reference[i]) <= 4 * torch.finfo(torch.bfloat16).eps, i
 
 
 def test_the_backward_over_rows_never_splits_a_row():

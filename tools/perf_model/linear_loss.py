@@ -93,7 +93,7 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
     """The fused op's predicted time (us) and its parts at ``shape`` (name, M, D, C), with the chunk rows in force
     (chunk_loop.grads_chunk_rows: the benchmark's `chunking` changes them)."""
     _, m, d, c = shape
-    r = chunk_loop.grads_chunk_rows(c)
+    r = chunk_loop.grads_chunk_rows(c, m)
     chunks = -(-m // r)
     chunk_unit = 2 * r * d * c
     logits = _matmul_us(card, 2 * chunk_unit, 2 * r * c * 4 + c * d * 2 + 2 * r * d * 2)  # [2R, C] fp32 written
