@@ -92,7 +92,9 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
     model["linear_loss"] = {"shape": "BERT", "dtype": "bfloat16", "mode": "full", "providers": [
         {"provider": "masksub[triton] (grads in forward)", "predicted_us": 11000.0},
         {"provider": "compile(official) (assumed fused)", "predicted_us": 8000.0}],
-        "chunk_sweep": [{"provider": "masksub[triton]:R=768", "predicted_us": 9000.0}]}  # fmt: skip
+        "chunk_sweep": [{"provider": "masksub[triton]:R=768", "predicted_us": 9000.0}],
+        "vocabularies": [{"shape": "RoBERTa", "rule_us": 16000.0, "budget_rows": 192,
+                          "budget_us": 20000.0}]}  # fmt: skip
     linear = {
         "suite": "linear_loss",
         "shape": "BERT",
@@ -105,12 +107,15 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
     records += [{**linear, "provider": "masksub[triton]"}, {**linear, "provider": "compile(official)"},
                 {**linear, "mode": "forward", "provider": "masksub[triton]"},
                 {**linear, "provider": "masksub[triton]:R=768"}]  # fmt: skip
+    # the chunk floor's pair at RoBERTa's head (FLOOR_SHAPES), beside the model's 'other heads' predictions
+    floor = [{**linear, "shape": "RoBERTa", "provider": p} for p in ("masksub[triton]", "masksub[triton]:R=192")]
     (tmp_path / "model-sm90.json").write_text(json.dumps(model))
     assert report.model_file(tmp_path, "GPU: NVIDIA H100 80GB HBM3") is None  # the H100 has its own file
     path = report.model_file(tmp_path, "GPU: NVIDIA H200")
     run = {"environment": {"device": "GPU: NVIDIA H200", "torch": "-"}, "date": "-", "copy_gbps": 1.0,
-           "records": records}  # fmt: skip
-    assert report.attach_predictions(run, path) == 5 and full["predicted_ms"] == pytest.approx(0.123)
+           "records": records + floor}  # fmt: skip
+    assert report.attach_predictions(run, path) == 7 and full["predicted_ms"] == pytest.approx(0.123)
+    assert [r["predicted_ms"] for r in floor] == [pytest.approx(16.0), pytest.approx(20.0)]
     cuda, official, fused, compiled, forward, swept = records[-6:]
     assert swept["predicted_ms"] == pytest.approx(9.0)  # the chunk sweep's rows, by their provider names
     assert cuda["predicted_ms"] == pytest.approx(0.456) and "predicted_ms" not in official
@@ -310,8 +315,18 @@ def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypat
     assert names == ["masksub[triton]:R=192", "masksub[triton]:R=512", "masksub[triton]:R=768",
                      "masksub[triton]:R=384,P=5"]  # fmt: skip
     # the cases a GPU run would time (built here without running): the sweep last, 'full' only, its own memory
-    cases = {case.provider: case for case in linear_loss.cases(torch.device("cuda"))}
+    every = linear_loss.cases(torch.device("cuda"))
+    cases = {case.provider: case for case in every if case.shape.startswith("BERT")}
     assert list(cases)[-4:] == names and all(cases[name].modes == ("full",) for name in names)
+    # then, last, the chunk floor's pair at RoBERTa's head: the default chunks (the floor, 384 rows) and the 96 MiB
+    # budget alone (192 rows), 'full' only, each with its modelled memory
+    floor = every[-2:]
+    assert [(c.shape, c.provider, c.modes, c.notes["chunk_rows"]) for c in floor] == [
+        ("RoBERTa-base MLM M=16384 D=768 C=50265", "masksub[triton]", ("full",), 384),
+        ("RoBERTa-base MLM M=16384 D=768 C=50265", "masksub[triton]:R=192", ("full",), 192),
+    ]
+    assert floor[0].notes["modelled_extra_mb_fused"] > floor[1].notes["modelled_extra_mb_fused"]
+    assert all(c.shape.startswith("BERT") for c in every[:-2]) and list(floor[0].flops) == ["full"]
     memory = {name: case.notes["modelled_extra_mb_fused"] for name, case in cases.items()}
     assert memory[names[0]] < memory["masksub[triton]"] < memory[names[1]] < memory[names[2]]
     assert memory[names[3]] == memory["masksub[triton]"]

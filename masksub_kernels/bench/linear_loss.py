@@ -24,7 +24,9 @@ The op is compute-bound: TFLOP/s count the useful flops of the composite (2 M D 
 backward). With inputs that require grad and a scalar reduction (as here) the fused op computes its gradients in
 the forward (ops/_linear_loss_chunks.py: the same 6 matmuls, all in the forward; the backward scales them).
 Peak memory: the CUDA allocator's on a GPU, torch's profiler's on the CPU (extra memory above the inputs).
-GPU_SHAPES are the issue's BERT-base MLM step; on the CPU a reduced shape runs.
+GPU_SHAPES are the issue's BERT-base MLM step; on the CPU a reduced shape runs. Last on a GPU, FLOOR_SHAPES: RoBERTa's
+vocabulary with the op's default chunks (the floor of 384 rows) and the 96 MiB budget alone (192 rows), 'full' only,
+the measurement beside the performance model's 'other heads' table.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ TINY_SHAPES = [("tiny", 8, 16, 32, (torch.float32,))]
 # costs), then the default chunks with more class splits in the loss forward (P=5: 2 splits of a 384-row chunk's
 # rows instead of 1; the backward keeps one program per row, as its gradients are written over the logits' rows)
 CHUNK_SWEEP = [(48, 2), (128, 2), (192, 2), (96, 5)]
+# The chunk floor's pair (GPU, bf16, 'full' only, after everything else): RoBERTa's vocabulary, where the 96 MiB
+# budget alone gives 192 rows per chunk and the op's floor 384 (GRADS_CHUNK_MIN_ROWS of ops/_linear_loss_chunks.py:
+# predicted 20.5 -> 16.3 ms on an H200, tools/perf_model); masksub[triton] (the floor) and masksub[triton]:R=192
+FLOOR_SHAPES = [("RoBERTa-base MLM", 16384, 768, 50265, (torch.bfloat16,))]
 
 
 @contextlib.contextmanager
@@ -156,28 +162,8 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
     result = []
     for name, rows, depth, classes, dtypes in shapes:
         for dtype in dtypes:
-            element = torch.tensor([], dtype=dtype).element_size()
-            matmul = 2 * rows * depth * classes
-            flops = {"forward": 2 * matmul, "backward": 4 * matmul, "full": 6 * matmul}
-            inputs_bytes = (2 * rows + classes + 1) * depth * element + rows * 8
-            nbytes = {"forward": inputs_bytes, "backward": 2 * inputs_bytes, "full": 2 * inputs_bytes}
-            model = modelled_extra_mb(rows, depth, classes, element)
-            notes = {"modelled_extra_mb_fused": model["fused"], "modelled_extra_mb_composite": model["composite"]}
-            # the measured peak (the allocator's, above the inputs) holds the returned gradients too (dH, dHs, dW,
-            # db in the inputs' dtype): the model's extra plus this is what it should read
-            notes["returned_grads_mb"] = (2 * rows * depth + classes * depth + classes) * element / 2**20
-            label = f"{name} M={rows} D={depth} C={classes}"
-            dtype_name = str(dtype).removeprefix("torch.")
-
-            def make(m=rows, d=depth, c=classes, dt=dtype):
-                generator = torch.Generator(device=device).manual_seed(0)
-                h = torch.randn(m, d, device=device, dtype=dt, generator=generator).requires_grad_(True)
-                noise = torch.randn(m, d, device=device, generator=generator).to(dt)  # the same hs for every provider
-                hs = (h.detach() + 0.1 * noise).requires_grad_(True)
-                weight = (torch.randn(c, d, device=device, generator=generator) / d**0.5).to(dt).requires_grad_(True)
-                bias = torch.zeros(c, device=device, dtype=dt, requires_grad=True)
-                return [h, hs, weight, bias, torch.randint(0, c, (m,), device=device, generator=generator)]
-
+            shape = _Shape(device, name, rows, depth, classes, dtype)
+            notes = shape.notes
             backends = [b for b in library_providers(device) if b != "cuda"]
             providers = [(f"masksub[{b}]", fused, b, notes) for b in backends]
             providers += [(f"masksub[{b}] recompute", fused_recompute, b, notes) for b in backends]
@@ -191,31 +177,87 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
             if liger is not None:
                 providers.append(("liger(main CE only)", liger, None, notes))
             if on_gpu and not tiny and dtype != torch.float32:  # the sweep (last: a capped suite drops it first)
-                for mib, programs in CHUNK_SWEEP:
-                    with chunking(mib, programs):
-                        swept = modelled_extra_mb(rows, depth, classes, element)["fused"]
-                    provider = sweep_provider(mib, programs, classes)
-                    chunked = functools.partial(fused_chunked, mib, programs)
-                    providers.append((provider, chunked, "triton", {**notes, "modelled_extra_mb_fused": swept}))
-            for provider, fn, backend, case_notes in providers:
-                setup = None if backend is None else (lambda b=backend: mk.set_backend(b))
-                case = OpCase("linear_loss", label, dtype_name, provider, make, fn, nbytes, setup=setup)
-                case.notes = case_notes
-                case.cpu_memory, case.flops, case.max_repeats = not on_gpu, flops, None if on_gpu else 3
-                if provider.startswith("liger"):
-                    one_branch = inputs_bytes - rows * depth * element  # no hs
-                    case.grad_inputs = (0, 2, 3)  # h, W, b: hs is not in its graph
-                    case.flops = {mode: value // 2 for mode, value in flops.items()}
-                    case.bytes = {"forward": one_branch, "backward": 2 * one_branch, "full": 2 * one_branch}
-                if (backend is not None and "recompute" not in provider) or provider.startswith("liger"):
-                    # gradients in the forward (this library's fused op and Liger's alike): the backward only
-                    # scales them, so a backward alone would time that scaling; their gradient work is timed
-                    # within 'full'. Their forward does that work too: its TFLOP/s count the 6 matmuls, and the
-                    # report gives it no speed-up against the official forward (which computes no gradient)
-                    case.modes = ("forward", "full")
-                    case.flops = {mode: case.flops["full"] for mode in case.modes}
-                    case.notes = {**case_notes, "forward_computes_gradients": True}
-                    if ":" in provider:  # the chunk sweep: 'full' only (its forward is most of it; device time)
-                        case.modes = ("full",)
-                result.append(case)
+                providers += _swept(shape, CHUNK_SWEEP)
+            result += [shape.case(*provider) for provider in providers]
+    if on_gpu and not tiny:  # the chunk floor's pair, after everything else (a capped suite drops it first)
+        for name, rows, depth, classes, dtypes in FLOOR_SHAPES:
+            shape = _Shape(device, name, rows, depth, classes, dtypes[0])
+            floor = [("masksub[triton]", fused, "triton", {**shape.notes, "chunk_rows": shape.chunk_rows})]
+            result += [shape.case(*provider, modes=("full",)) for provider in floor + _swept(shape, [(96, None)])]
     return result
+
+
+def _swept(shape: _Shape, sweep: list[tuple[float, int | None]]) -> list[tuple]:
+    """The fused op's providers with other chunk budgets / split programs (chunking), each with its own modelled
+    memory and rows per chunk."""
+    from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows
+    from masksub_kernels.ops.masksub_loss import SPLIT_PROGRAMS_PER_SM
+
+    providers = []
+    for mib, programs in sweep:
+        with chunking(mib, programs):
+            swept = modelled_extra_mb(shape.rows, shape.depth, shape.classes, shape.element)["fused"]
+            rows = grads_chunk_rows(shape.classes, shape.rows)
+        provider = sweep_provider(mib, programs or SPLIT_PROGRAMS_PER_SM, shape.classes)
+        chunked = functools.partial(fused_chunked, mib, programs)
+        notes = {**shape.notes, "modelled_extra_mb_fused": swept, "chunk_rows": rows}
+        providers.append((provider, chunked, "triton", notes))
+    return providers
+
+
+class _Shape:
+    """One shape and dtype of the suite: its inputs' maker, flops, bytes and memory notes, and its cases."""
+
+    def __init__(self, device, name: str, rows: int, depth: int, classes: int, dtype: torch.dtype):
+        from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows
+
+        self.device, self.rows, self.depth, self.classes, self.dtype = device, rows, depth, classes, dtype
+        self.element = element = torch.tensor([], dtype=dtype).element_size()
+        matmul = 2 * rows * depth * classes
+        self.flops = {"forward": 2 * matmul, "backward": 4 * matmul, "full": 6 * matmul}
+        self.inputs_bytes = (2 * rows + classes + 1) * depth * element + rows * 8
+        self.nbytes = {"forward": self.inputs_bytes, "backward": 2 * self.inputs_bytes, "full": 2 * self.inputs_bytes}
+        model = modelled_extra_mb(rows, depth, classes, element)
+        self.notes = {"modelled_extra_mb_fused": model["fused"], "modelled_extra_mb_composite": model["composite"]}
+        # the measured peak (the allocator's, above the inputs) holds the returned gradients too (dH, dHs, dW,
+        # db in the inputs' dtype): the model's extra plus this is what it should read
+        self.notes["returned_grads_mb"] = (2 * rows * depth + classes * depth + classes) * element / 2**20
+        self.chunk_rows = min(rows, grads_chunk_rows(classes, rows))  # the fused op's, by default
+        self.label = f"{name} M={rows} D={depth} C={classes}"
+        self.dtype_name = str(dtype).removeprefix("torch.")
+
+    def make(self) -> list[torch.Tensor]:
+        m, d, c, dt = self.rows, self.depth, self.classes, self.dtype
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        h = torch.randn(m, d, device=self.device, dtype=dt, generator=generator).requires_grad_(True)
+        noise = torch.randn(m, d, device=self.device, generator=generator).to(dt)  # the same hs for every provider
+        hs = (h.detach() + 0.1 * noise).requires_grad_(True)
+        weight = (torch.randn(c, d, device=self.device, generator=generator) / d**0.5).to(dt).requires_grad_(True)
+        bias = torch.zeros(c, device=self.device, dtype=dt, requires_grad=True)
+        return [h, hs, weight, bias, torch.randint(0, c, (m,), device=self.device, generator=generator)]
+
+    def case(self, provider: str, fn, backend: str | None, notes: dict, modes: tuple | None = None) -> OpCase:
+        on_gpu = self.device.type == "cuda"
+        setup = None if backend is None else (lambda b=backend: mk.set_backend(b))
+        case = OpCase("linear_loss", self.label, self.dtype_name, provider, self.make, fn, self.nbytes, setup=setup)
+        case.notes = notes
+        case.cpu_memory, case.flops, case.max_repeats = not on_gpu, self.flops, None if on_gpu else 3
+        if provider.startswith("liger"):
+            one_branch = self.inputs_bytes - self.rows * self.depth * self.element  # no hs
+            case.grad_inputs = (0, 2, 3)  # h, W, b: hs is not in its graph
+            case.flops = {mode: value // 2 for mode, value in self.flops.items()}
+            case.bytes = {"forward": one_branch, "backward": 2 * one_branch, "full": 2 * one_branch}
+        if (backend is not None and "recompute" not in provider) or provider.startswith("liger"):
+            # gradients in the forward (this library's fused op and Liger's alike): the backward only scales them,
+            # so a backward alone would time that scaling; their gradient work is timed within 'full'. Their
+            # forward does that work too: its TFLOP/s count the 6 matmuls, and the report gives it no speed-up
+            # against the official forward (which computes no gradient)
+            case.modes = ("forward", "full")
+            case.flops = {mode: case.flops["full"] for mode in case.modes}
+            case.notes = {**notes, "forward_computes_gradients": True}
+            if ":" in provider:  # the chunk sweep: 'full' only (its forward is most of it; device time)
+                case.modes = ("full",)
+        if modes is not None:
+            case.modes = modes
+            case.flops = {mode: case.flops[mode] for mode in modes}
+        return case

@@ -36,7 +36,8 @@ def model_file(directory: Path, device_name: str) -> Path | None:
 def attach_predictions(run: dict, model_path: Path) -> int:
     """Put the model's predicted time beside each measured record of this library's providers (masksub[triton],
     masksub[cuda]) for the same case and provider (a GPU run calibrates the model: measured / predicted per op and
-    backend), and beside the fused-linear loss's full rows (the op, its chunk sweep, official, compile(official)).
+    backend), and beside the fused-linear loss's full rows (the op, its chunk sweep, official, compile(official);
+    the chunk floor's pair at other heads).
     Returns how many records got one."""
     model = json.loads(model_path.read_text())
     predicted = {
@@ -52,6 +53,10 @@ def attach_predictions(run: dict, model_path: Path) -> int:
             provider = entry["provider"].split(" ")[0]  # 'masksub[triton] (grads in forward)' -> 'masksub[triton]'
             key = ("linear_loss", linear["shape"], linear["dtype"], linear["mode"], provider)
             predicted[key] = entry["predicted_us"]
+        for v in linear.get("vocabularies", []):  # other heads: the chunk floor against the budget alone
+            budget = f"masksub[triton]:R={v['budget_rows']}"  # the benchmark's name (sweep_provider)
+            for provider, us in (("masksub[triton]", v["rule_us"]), (budget, v["budget_us"])):
+                predicted[("linear_loss", v["shape"], linear["dtype"], linear["mode"], provider)] = us
     count = 0
     for record in run["records"]:
         value = predicted.get((record["suite"], record["shape"], record["dtype"], record["mode"], record["provider"]))
