@@ -34,10 +34,12 @@
 #                      calibrated; the loss kernels per chunk; wall against device time: host-bound or not)
 #   ncu            30  Nsight Compute on the fused-linear op's kernels (benchmarks/gpu_ncu.py: one 384-row chunk of
 #                      the gradients-in-forward path, the recompute op on 16384 rows; cuBLAS's and the Triton
-#                      kernels only), raw metrics as CSV lines into bench.log (DRAM throughput and bytes, L2 hit
-#                      rate, occupancy, warp stall reasons, instructions executed): why the loss kernels ran ~2x
-#                      the model's time on 2026-11-30. Kernels compiled by the suite before (the Triton cache); ncu
-#                      replays each kernel ~30 times, ~10 kernels. Skipped where ncu is missing
+#                      kernels only), raw metrics in base units as CSV lines into bench.log between '== ncu_csv'
+#                      markers (DRAM throughput and bytes, L2 hit rate, occupancy, warp stall reasons,
+#                      instructions executed): why the loss kernels ran ~2x the model's time on 2026-11-30.
+#                      Kernels compiled by the suite before (the Triton cache); one ncu run (its tables print at
+#                      the end: a cap kill loses them), ~11 kernels replayed ~30 times each, 12-25 s estimated.
+#                      Skipped where ncu is missing; says so where the performance counters are locked
 #   numerics       30  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
 #                      where the branches agree, the Triton path compiled (on the CPU: the interpreter's truncating
 #                      bf16), against the bf16-logit composites; M = 128, without torch.compile
@@ -74,14 +76,26 @@ ncu_linear() { # benchmarks/gpu_ncu.py under Nsight Compute: one CSV row of raw 
     echo "ncu: not found: the kernels' metrics are left out"
     return 0
   fi
-  local common=(--profile-from-start off --clock-control none --csv --page raw --kernel-name-base demangled
-    --kernel-name 'regex:^_(loss_fwd|loss_bwd|fwd|dh|dw)_kernel|gemm|nvjet|xmma|cutlass|splitK')
-  local sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Chart
-    --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats
-    --section InstructionStats)
-  ncu "${common[@]}" "${sections[@]}" "$PY" benchmarks/gpu_ncu.py && return 0
-  echo "ncu with those sections failed: again with --set detailed"
-  ncu "${common[@]}" --set detailed "$PY" benchmarks/gpu_ncu.py
+  # one ncu run (its tables print when the process ends: a second run would not fit the cap); the sections this
+  # ncu lists, else its 'detailed' set. Base units (no auto-scaled ones), between markers for the parsing later
+  local wanted=(SpeedOfLight MemoryWorkloadAnalysis MemoryWorkloadAnalysis_Chart Occupancy LaunchStats
+    WarpStateStats InstructionStats) listed name sections=() log rc
+  listed="$(ncu --list-sections 2>&1)"
+  for name in "${wanted[@]}"; do grep -qw -- "$name" <<< "$listed" && sections+=(--section "$name"); done
+  if ((${#sections[@]} != 2 * ${#wanted[@]})); then
+    echo "ncu lists not all of ${wanted[*]}: its 'detailed' set instead"
+    sections=(--set detailed)
+  fi
+  log="$(mktemp)"
+  echo "== ncu_csv begin ${sections[*]}"
+  ncu --profile-from-start off --clock-control none --csv --page raw --print-units base \
+    --kernel-name-base demangled --kernel-name 'regex:^_(loss_fwd|loss_bwd|fwd|dh|dw)_kernel|gemm|nvjet|xmma|cutlass|splitK' \
+    "${sections[@]}" "$PY" benchmarks/gpu_ncu.py 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  echo "== ncu_csv end rc=$rc"
+  grep -q ERR_NVGPUCTRPERM "$log" && echo "ncu: no access to the GPU's performance counters (ERR_NVGPUCTRPERM)"
+  rm -f "$log"
+  return "$rc"
 }
 
 setup_run "$@"

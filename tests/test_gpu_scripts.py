@@ -125,6 +125,49 @@ def test_gpu_bench_profiles_the_fused_linear_kernels_by_their_names():
     assert out.returncode == 0 and "ncu: not found" in out.stdout, out.stderr
 
 
+NCU_STUB = """#!/usr/bin/env bash
+# a stand-in for Nsight Compute's CLI: lists sections, or echoes its options and runs the application it is given
+if [[ $1 == --list-sections ]]; then printf '%s\\n' $SECTIONS; exit 0; fi
+printf 'ncu-arg %s\\n' "$@"
+while [[ $# -gt 0 && $1 != "$PYTHON" ]]; do shift; done
+"$@" || exit
+echo '"ID","Kernel Name","gpu__time_duration.sum"'
+[[ -n ${LOCKED:-} ]] && { echo '==ERROR== ERR_NVGPUCTRPERM - no access'; exit 1; }
+exit 0
+"""
+
+
+@pytest.mark.parametrize("case", ["every section", "a section missing", "counters locked"])
+def test_gpu_bench_ncu_step_runs_the_workload_under_ncu(case, tmp_path):
+    # the ncu_linear step's own lines, with a stand-in ncu on PATH: one run of gpu_ncu.py (here on the CPU) with the
+    # sections this ncu lists (else its 'detailed' set), base units, between markers; locked counters said plainly
+    stub = tmp_path / "bin" / "ncu"
+    stub.parent.mkdir()
+    stub.write_text(NCU_STUB)
+    stub.chmod(0o755)
+    sections = "SpeedOfLight MemoryWorkloadAnalysis MemoryWorkloadAnalysis_Chart Occupancy LaunchStats"
+    sections += " WarpStateStats" + ("" if case == "a section missing" else " InstructionStats")
+    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "PYTHON": sys.executable,
+           "SECTIONS": sections, **({"LOCKED": "1"} if case == "counters locked" else {})}  # fmt: skip
+    command = ["bash", SCRIPTS[1], "__call", "ncu_linear"]
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    lines = out.stdout.splitlines()
+    args = [line.removeprefix("ncu-arg ") for line in lines if line.startswith("ncu-arg ")]
+    assert args[:2] == ["--profile-from-start", "off"] and "--print-units" in args and "base" in args
+    begin = next(line for line in lines if line.startswith("== ncu_csv begin"))
+    if case == "a section missing":
+        assert begin == "== ncu_csv begin --set detailed" and args[-4:-2] == ["--set", "detailed"]
+    else:
+        assert begin.count("--section") == 7 and args.count("--section") == 7
+    assert args[-2:] == [sys.executable, "benchmarks/gpu_ncu.py"]
+    assert any(line.startswith("gpu_ncu:") and line.endswith("done") for line in lines)  # the workload ran
+    assert '"ID","Kernel Name","gpu__time_duration.sum"' in lines
+    locked = "ncu: no access to the GPU's performance counters (ERR_NVGPUCTRPERM)" in lines
+    assert (out.returncode, lines.index(f"== ncu_csv end rc={out.returncode}") > 0, locked) == (
+        (1, True, True) if case == "counters locked" else (0, True, False)
+    ), out.stderr
+
+
 def test_gpu_bench_refuses_an_unknown_suite(tmp_path):
     env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, "SUITES": "loss nosuch"}
     out = subprocess.run(["bash", SCRIPTS[1], str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True)
