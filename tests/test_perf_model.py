@@ -418,3 +418,44 @@ def test_recording_counts_the_torch_ops_that_launch_a_kernel():
         out.to(torch.float16)
         torch.zeros(0, device=meta)
     assert list(log) == [] and log.torch_ops == ["zeros", "zero_", "fill_", "_to_copy"]
+
+
+NCU_LOG = """== bench.log: earlier steps' lines
+== ncu_csv begin --section SpeedOfLight
+==PROF== Connected to process 123
+gpu_ncu:    9.0 s: profiled: gradients in the forward, one chunk: M=384 D=768 C=30522
+"ID","Kernel Name","Grid Size","Block Size","gpu__time_duration.sum","dram__bytes_read.sum","dram__bytes_write.sum",\
+"smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio",\
+"smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio"
+"","","","","ns","byte","byte","",""
+"0","_loss_fwd_kernel","(384, 1, 1)","(256, 1, 1)","44,000","93,780,480","0","7.5","0.5"
+"1","void cutlass::Kernel2<cutlass_80_tensorop_s16816gemm_bf16_128x256_32x3_nn_align8>(Params)","(240, 1, 1)",\
+"(256, 1, 1)","50,000","n/a","1000","1.0","2.0"
+==PROF== Disconnected from process 123
+== ncu_csv end rc=0
+"not","a","row"
+"""
+
+
+def test_ncu_rows_are_read_between_their_markers(tmp_path, monkeypatch, capsys):
+    # tools/perf_model/ncu.py: the raw page's CSV in bench.log (base units, thousands separators, a units row, ncu's
+    # and the workload's own lines in between), one row per kernel beside the model's loss kernels
+    from tools.perf_model import ncu
+
+    text = NCU_LOG.replace("\\\n", "")
+    (block,) = ncu.tables(text)
+    assert [row["Kernel Name"][:16] for row in block] == ["_loss_fwd_kernel", "void cutlass::Ke"]
+    fwd, gemm = (ncu.summary(row) for row in block)
+    assert (fwd["duration_us"], fwd["dram_read"], fwd["dram_write"]) == (44.0, 93.78048, 0.0)
+    assert fwd["stalls"] == [("long_scoreboard", 7.5), ("barrier", 0.5)] and fwd["l2_hit"] is None
+    assert gemm["dram_read"] is None and ncu.short(gemm["kernel"]) == "cutlass::Kernel2"
+    table = ncu.markdown([fwd, gemm], {"_loss_fwd_kernel": {"kernel_us": 21.8, "bytes": 93780480}})
+    assert "| _loss_fwd_kernel | (384, 1, 1) | (256, 1, 1) | 44 | 93.78 | 0 | - |" in table[2]
+    assert table[2].endswith("| 2131 | long_scoreboard 7.5, barrier 0.5 | 21.8 | 93.8 |")  # GB/s: 93.78 MB / 44 us
+    assert table[3].endswith("| barrier 2.0, long_scoreboard 1.0 | - | - |")
+    log = tmp_path / "bench.log"
+    log.write_text(text)
+    monkeypatch.setattr(ncu, "predicted_loss_kernels", lambda card: {})
+    assert ncu.main([str(log)]) == 0 and "2 kernels (MEASURED)" in capsys.readouterr().out
+    log.write_text("== ncu_csv begin\n==ERROR== ERR_NVGPUCTRPERM\n== ncu_csv end rc=1\n")
+    assert ncu.main([str(log)]) == 1 and "no ncu CSV rows" in capsys.readouterr().out

@@ -1,0 +1,150 @@
+"""MEASUREMENTS of Nsight Compute beside the model: the fused-linear op's kernels as benchmarks/gpu_bench.sh's ncu step
+profiled them (benchmarks/gpu_ncu.py), one row per kernel, the loss kernels beside the performance model's predicted
+time and bytes per chunk (linear_loss._loss_kernels_us: the same launches, 384 rows, C = 30522, bf16).
+
+    python -m tools.perf_model.ncu OUT/bench.log [--card H200]
+
+The step writes ncu's raw page (--csv --page raw --print-units base) into bench.log between '== ncu_csv begin' and
+'== ncu_csv end rc=N': a header row of metric names, a units row, then a row per profiled kernel; ncu's own lines
+(==PROF==, ==WARNING==) and the workload's (gpu_ncu: ...) in between are not CSV rows and are skipped. Written before
+any real ncu output was seen here: the metric names are those of ncu's sections as documented (SpeedOfLight,
+MemoryWorkloadAnalysis, Occupancy, LaunchStats, WarpStateStats, InstructionStats); a metric this ncu named otherwise
+shows as '-', and --columns lists every column the log has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from pathlib import Path
+
+COLUMNS = {  # what the table shows: (heading, metric)
+    "duration_us": ("us", "gpu__time_duration.sum"),  # base units: ns
+    "dram_read": ("DRAM read MB", "dram__bytes_read.sum"),
+    "dram_write": ("DRAM write MB", "dram__bytes_write.sum"),
+    "dram_pct": ("DRAM % of peak", "dram__throughput.avg.pct_of_peak_sustained_elapsed"),
+    "l2_hit": ("L2 hit %", "lts__t_sector_hit_rate.pct"),
+    "occupancy": ("achieved occupancy %", "sm__warps_active.avg.pct_of_peak_sustained_active"),
+    "registers": ("registers", "launch__registers_per_thread"),
+    "instructions": ("warp instructions", "smsp__inst_executed.sum"),
+}
+STALL = re.compile(r"issue_stalled_([a-z_]+?)_per_issue_active\.ratio$")  # WarpStateStats: cycles per issue
+LOSS_KERNELS = ("_loss_fwd_kernel", "_loss_bwd_kernel")
+
+
+def tables(text: str) -> list[list[dict[str, str]]]:
+    """Each '== ncu_csv begin' .. 'end' block of ``text`` as a list of rows (metric -> value as printed), the units
+    row left out."""
+    blocks, rows, inside = [], None, False
+    for line in text.splitlines():
+        if line.startswith("== ncu_csv begin"):
+            inside, rows = True, []
+        elif line.startswith("== ncu_csv end"):
+            if rows is not None:
+                blocks.append(rows)
+            inside, rows = False, None
+        elif inside and line.startswith('"'):
+            rows.append(line)
+    result = []
+    for lines in blocks:
+        parsed = list(csv.reader(lines))
+        if not parsed:
+            result.append([])
+            continue
+        header, data = parsed[0], parsed[1:]
+        if data and not data[0][0]:  # the units row: its ID column is empty
+            data = data[1:]
+        result.append([dict(zip(header, row)) for row in data if len(row) == len(header)])
+    return result
+
+
+def number(value: str | None) -> float | None:
+    """A raw-page value as a float (thousands separators dropped), None where it is absent or not a number."""
+    if value is None:
+        return None
+    try:
+        return float(value.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def summary(row: dict[str, str]) -> dict:
+    """One kernel's figures: COLUMNS (durations in us, bytes in MB), its name, grid and block, its top 3 stall
+    reasons (cycles per issued instruction)."""
+    out = {"kernel": row.get("Kernel Name", "?"), "grid": row.get("Grid Size", ""), "block": row.get("Block Size", "")}
+    for key, (_, metric) in COLUMNS.items():
+        out[key] = number(row.get(metric))
+    if out["duration_us"] is not None:
+        out["duration_us"] /= 1e3
+    for key in ("dram_read", "dram_write"):
+        if out[key] is not None:
+            out[key] /= 1e6
+    stalls = {m.group(1): number(v) for k, v in row.items() if (m := STALL.search(k)) and number(v) is not None}
+    out["stalls"] = sorted(stalls.items(), key=lambda kv: -kv[1])[:3]
+    return out
+
+
+def short(name: str) -> str:
+    """A kernel's name without its template arguments and parameters (cuBLAS's run to hundreds of characters)."""
+    name = re.sub(r"^void ", "", name)
+    depth, kept = 0, []
+    for ch in name:
+        depth += ch in "<("
+        if depth == 0:
+            kept.append(ch)
+        depth -= ch in ">)"
+    return "".join(kept)[:60]
+
+
+def predicted_loss_kernels(card_name: str) -> dict[str, dict]:
+    """The model's loss kernels of one chunk at BERT's shape: kernel -> {kernel_us, bytes} (PREDICTIONS)."""
+    from .hardware import CARDS
+    from .linear_loss import _loss_kernels_us
+
+    _, _, kernels = _loss_kernels_us(CARDS[card_name], 384, 30522)
+    return {k["kernel"]: k for k in kernels}
+
+
+def markdown(rows: list[dict], predicted: dict[str, dict] | None) -> list[str]:
+    heads = [head for head, _ in COLUMNS.values()]
+    lines = [
+        "| kernel | grid | block | " + " | ".join(heads) + " | DRAM GB/s | top stalls (cycles per issue) | model us "
+        "| model MB |",
+        "|" + "---|" * (len(heads) + 7),
+    ]
+    for r in rows:
+        moved = (r["dram_read"] or 0) + (r["dram_write"] or 0)
+        rate = f"{moved / r['duration_us'] * 1e3:.0f}" if r["duration_us"] and moved else "-"
+        stalls = ", ".join(f"{name} {value:.1f}" for name, value in r["stalls"]) or "-"
+        model = (predicted or {}).get(short(r["kernel"]))
+        cells = [short(r["kernel"]), r["grid"], r["block"]]
+        cells += ["-" if r[key] is None else f"{r[key]:.4g}" for key in COLUMNS]
+        cells += [rate, stalls]
+        cells += [f"{model['kernel_us']:.1f}", f"{model['bytes'] / 1e6:.1f}"] if model else ["-", "-"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("log", type=Path, help="bench.log of benchmarks/gpu_bench.sh")
+    parser.add_argument("--card", default="H200", help="the model's card for the loss kernels' predictions")
+    parser.add_argument("--columns", action="store_true", help="list the metric columns the log has")
+    args = parser.parse_args(argv)
+    blocks = tables(args.log.read_text(errors="replace"))
+    if not blocks or not any(blocks):
+        print(f"{args.log}: no ncu CSV rows between '== ncu_csv' markers")
+        return 1
+    predicted = predicted_loss_kernels(args.card)
+    for index, block in enumerate(blocks):
+        if args.columns and block:
+            print("\n".join(sorted(block[0])))
+        print(f"\n## ncu block {index + 1}: {len(block)} kernels (MEASURED); model: PREDICTIONS per chunk\n")
+        print("\n".join(markdown([summary(row) for row in block], predicted)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
