@@ -246,7 +246,7 @@ def predict(card: Card, records: list[dict] | None = None) -> dict:
             "chunk_rows": fused["chunk_rows"],
             "chunks": fused["chunks"],
             "dw_matmuls": fused["dw_matmuls"],
-            # rows per chunk from which dW's matmul (8 R D C flops) outlasts its accumulator's pass (C D 8 bytes)
+            # rows per chunk from which dW's matmul (4 R D C flops) outlasts its accumulator's pass (C D 8 bytes)
             "dw_ridge_rows": round(2 * card.matmul_flops_per_s / card.copy_bytes_per_s),
         },
         "providers": providers,
