@@ -317,7 +317,10 @@ def masksub_loss_specs() -> list[tuple]:
 # unaligned ones (unvectorised loads), in the base variant.
 _LINEAR_ALIGNED = (16384, 768, 30522)
 _LINEAR_UNALIGNED = (4096, 100, 1000)
-_LINEAR_BASE = {"HAS_SUB": True, "HAS_BIAS": True, "BCE": False, "DENSE": False, "BINARISE": False, "UNIT_T": True}
+_LINEAR_WIDE = (16384, 18432, 256000)  # C D >= 2^31: W's offsets in int64 (the launcher's WIDE_W)
+_LINEAR_BASE = {
+    "HAS_SUB": True, "HAS_BIAS": True, "BCE": False, "DENSE": False, "BINARISE": False, "UNIT_T": True, "WIDE_W": False,
+}  # fmt: skip
 _LINEAR_GRADS = {"MAIN_GRAD": True, "SUB_GRAD": True}
 
 
@@ -382,12 +385,14 @@ _LINEAR_VARIANTS = [  # class ids with a bias (MLM); mixup probabilities without
 def linear_masksub_loss_specs() -> list[tuple]:
     # The target variants change the loss-side code, not the tl.dot lowering: all of them in bf16; fp32 (the ieee
     # dot on the FMA pipes) and fp16 (bf16's tensor-core path) in the base variant only, which keeps the CI compile
-    # time down; one branch (linear_soft_target_cross_entropy) and a backward of the sub term alone in bf16
+    # time down; one branch (linear_soft_target_cross_entropy) and a backward of the sub term alone in bf16; a head
+    # of C D >= 2^31 elements (int64 offsets into W) in bf16
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     cases = [("fp32", _LINEAR_ALIGNED, {}, "")]
     cases += [("bf16", _LINEAR_ALIGNED, variant, "") for variant in _LINEAR_VARIANTS]
     cases += [("fp16", _LINEAR_ALIGNED, {}, ""), ("bf16", _LINEAR_UNALIGNED, {}, "unaligned")]
     cases += [("bf16", _LINEAR_ALIGNED, {"HAS_SUB": False}, ""), ("bf16", _LINEAR_ALIGNED, {"MAIN_GRAD": False}, "")]
+    cases += [("bf16", _LINEAR_WIDE, {}, "")]
     specs = {}  # by name: the sub-term-alone case's forward is the base case's
     for dtype, shape, variant, label in cases:
         for launch in _linear_launches(dtypes[dtype], shape, variant):

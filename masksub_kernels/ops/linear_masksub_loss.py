@@ -72,6 +72,9 @@ MAX_BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K = 64, 128, 64  # Triton tiles (the tests l
 # (sm_80, probability targets; tools/spill_baseline.json lists every pair).
 MAX_BLOCK_N_FP32, MAX_BLOCK_K_FP32 = 64, 16
 MAX_DW_SPLITS = 8  # row splits of the dW kernel: each costs an fp32 [C, D] accumulator
+# Offsets into W from this many elements up are int64 in the kernels (WIDE_W: C D >= 2^31, e.g. a 256000 x 18432
+# head, whose int32 offsets would wrap and read wrong rows); below, int32, as their register budget was tuned for
+WIDE_OFFSETS = 2**31
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -229,6 +232,7 @@ def _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore_index, bce, 
         "BLOCK_M": blocks[0],
         "BLOCK_N": blocks[1],
         "BLOCK_K": blocks[2],
+        "WIDE_W": classes * w.stride(0) >= WIDE_OFFSETS,  # W's offsets in int64 (else int32: fewer registers)
     }
     tensors = (h, h if hs is None else hs, w, w if b is None else b, y, order, count)
     strides = (h.stride(0), 0 if hs is None else hs.stride(0), w.stride(0), y.stride(0) if flags["DENSE"] else 1)

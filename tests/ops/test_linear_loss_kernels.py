@@ -16,6 +16,8 @@ from test_linear_masksub_loss import (  # noqa: F401 (the fixtures op_backend an
     op_backend,
 )
 
+import masksub_kernels as mk
+
 # The interpreter computes the discarded lanes of tl.where too (inf - inf, 0 / 0): numpy warns, the GPU does not.
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
 
@@ -28,3 +30,43 @@ def test_online_states_over_several_tiles_of_one_program(op_backend, monkeypatch
     b = b + torch.linspace(-40.0, 40.0, b.shape[0], device=DEVICE)  # each row's max moves into a later class tile
     options = {"temperature": temperature, "label_smoothing": 0.1, "main_weight": 0.6, "sub_weight": 0.3}
     check_against_composite((h, hs, w, b, target), mode=mode, reduction="none", **options)
+
+
+def test_wide_weight_offsets_give_the_same_values(op_backend, monkeypatch):  # noqa: F811
+    # WIDE_W (W's offsets in int64, for C D >= 2^31) computes the very same values as the int32 offsets: with the
+    # threshold lowered every launch takes it (forward, dH, dW), against the default run, to the last bit
+    h, hs, w, b, target = make_inputs(kind="index_ignore", seed=11)
+    flags, kernel_inputs = [], lm._kernel_inputs
+
+    def spy(*args):  # the launchers' common flags
+        out = kernel_inputs(*args)
+        flags.append(out[2])
+        return out
+
+    monkeypatch.setattr(lm, "_kernel_inputs", spy)
+
+    def run():
+        inputs = [t.detach().clone().requires_grad_(True) for t in (h, hs, w, b)]
+        out = mk.linear_masksub_loss(*inputs, target, reduction="none", temperature=2.0)
+        (out.loss * torch.linspace(0.5, 1.5, target.shape[0], device=DEVICE)).sum().backward()
+        return [out.loss, out.main, out.sub] + [t.grad for t in inputs]
+
+    narrow = run()
+    monkeypatch.setattr(lm, "WIDE_OFFSETS", 1)
+    wide = run()
+    assert {f["WIDE_W"] for f in flags} == ({False, True} if op_backend == "triton" else set())
+    for a, b_ in zip(narrow, wide):
+        assert torch.equal(a, b_)
+
+
+def test_wide_weight_offsets_from_two_to_the_31_elements():
+    # the launcher's flag: C x W's row stride >= 2^31 (a 256000 x 18432 head), not BERT's 30522 x 768 nor a
+    # 128256 x 16384 one (2.10e9)
+    def flag(classes, depth):
+        h = torch.empty(4, depth, dtype=torch.bfloat16, device="meta")
+        w = torch.empty(classes, depth, dtype=torch.bfloat16, device="meta")
+        target = torch.zeros(4, dtype=torch.int64, device="meta")
+        return lm._kernel_inputs(h, h, w, None, target, -100, False, None)[2]["WIDE_W"]
+
+    assert not flag(30522, 768) and not flag(2**31 // 16384 - 1, 16384)
+    assert flag(2**31 // 16384, 16384) and flag(256000, 18432) and not flag(128256, 16384)
