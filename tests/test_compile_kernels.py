@@ -301,7 +301,11 @@ def test_linear_specs_are_the_launchers_launches_as_the_jit_specialises_them():
     # specialises those launches: at BERT's shape the hidden size and row strides carry the divisibility hints that
     # widen the loads (without them the kernels spill several times more), at D = 100 they do not
     specs = _json_from_script(_LINEAR_SPECS)
-    assert len(specs) == 23 and len({name.split("[")[0] for name in specs}) == 3
+    assert len(specs) == 26 and len({name.split("[")[0] for name in specs}) == 3
+    # a head of C D >= 2^31 elements: the int64 offsets into W (WIDE_W), each kernel once
+    assert sorted(name for name in specs if "wide_w" in name) == [
+        "dh_kernel[bf16,wide_w]", "dw_kernel[bf16,wide_w]", "fwd_kernel[bf16,wide_w]",
+    ]  # fmt: skip
     for name, spec in specs.items():
         aligned = "unaligned" not in name
         assert ({"D", "stride_h", "stride_w", "h_ptr", "w_ptr"} <= set(spec["hinted"])) == aligned, name
