@@ -383,3 +383,57 @@ def test_stored_gradients_are_scaled_in_fp32(monkeypatch, dtype, in_place, block
         scaled = _linear_loss_grads._scaled(stored.clone(), g, in_place)
     assert dtypes and set(dtypes) == {torch.float32} and max(sizes) <= block
     assert scaled.dtype == dtype and torch.equal(scaled, expected)
+
+
+class _CudaLike(torch.Tensor):
+    """A meta tensor that says it is on CUDA: the GPU-only branches of the chunk loop's helpers run on it."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+def test_cuda_dw_accumulation_takes_addmm_into_fp32_or_falls_back_once(monkeypatch):
+    # _add_matmul's CUDA branch, which only a GPU runs: torch.addmm into the fp32 accumulator (out_dtype, out=acc,
+    # beta = 1); where a torch refuses an fp32 self (2.8 / 2.9: a dtype error, raised before any work) an fp32
+    # product and an add, decided by the first call; any other error propagates and decides nothing
+    def tensor(*shape, dtype):
+        return torch.empty(*shape, dtype=dtype, device="meta").as_subclass(_CudaLike)
+
+    acc, a, b = (
+        tensor(8, 4, dtype=torch.float32),
+        tensor(8, 16, dtype=torch.bfloat16),
+        tensor(16, 4, dtype=torch.bfloat16),
+    )
+    addmm, mm, calls = torch.addmm, torch.mm, []
+
+    def spy(op, refuse=None):
+        def call(*args, **kwargs):
+            calls.append((op.__name__, kwargs.get("out_dtype"), kwargs.get("out") is args[0]))
+            if refuse is not None:
+                raise refuse
+            # a CUDA torch that accepts writes into out; the meta addmm refuses an fp32 self like torch 2.8 does
+            return args[0] if op is addmm else op(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(torch, "mm", spy(mm))
+    for refusal, expected in [
+        (None, True),  # a torch that accepts: one addmm into acc, remembered
+        (RuntimeError("self and mat2 must have the same dtype, but got Float and BFloat16"), False),  # 2.8 / 2.9
+    ]:
+        monkeypatch.setattr(chunks, "_addmm_into_fp32", None)
+        monkeypatch.setattr(torch, "addmm", spy(addmm, refusal))
+        calls.clear()
+        chunks._add_matmul(acc, a, b)
+        chunks._add_matmul(acc, a, b)
+        assert chunks._addmm_into_fp32 is expected
+        if expected:
+            assert calls == [("addmm", torch.float32, True)] * 2
+        else:  # tried once, then the fp32 product (and an add) every call
+            assert calls == [("addmm", torch.float32, True), ("mm", torch.float32, False), ("mm", torch.float32, False)]
+    monkeypatch.setattr(chunks, "_addmm_into_fp32", None)
+    monkeypatch.setattr(torch, "addmm", spy(addmm, RuntimeError("CUDA out of memory")))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        chunks._add_matmul(acc, a, b)
+    assert chunks._addmm_into_fp32 is None
