@@ -25,7 +25,8 @@
 #   linear_loss    80  the fused-linear loss at BERT-base MLM's shape, bf16, against the composite, its
 #                      torch.compile and Liger-Kernel's main-branch CE (where liger_kernel imports), then the op's
 #                      chunk sweep (3 other chunk sizes and the loss forward's rows in twice the class splits,
-#                      'full' only, ~1 s each), and last RoBERTa's head with the op's floor of 384 rows per chunk
+#                      'full' only, ~1 s each), the recompute op on MLM-like labels (15% of rows counted: how
+#                      much of its grid idles), and last RoBERTa's head with the op's floor of 384 rows per chunk
 #                      against the budget's 192 (~2 s each: the loss kernels' specialisations are BERT's), so
 #                      that a cap drops those first. Cold Triton and Inductor caches
 #                      (34 s on 2026-11-30 as the 4th suite, after the loss suite had compiled the loss kernels)

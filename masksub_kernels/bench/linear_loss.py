@@ -12,6 +12,9 @@ Providers (class-id targets, a bias, the paper's defaults):
 - masksub[<backend>] recompute: the same op with reduction='none' then the mean over rows: the recompute op
   (ops/linear_masksub_loss.py: tl.dot tiles, the logits recomputed in the backward, 10 matmul units for the 6
   useful ones), the path class ids take under torch.compile and CUDA graphs; its forward computes no gradient;
+- masksub[<backend>] recompute mlm15 (GPU): the recompute op on MLM-like labels, 15% of the rows counted (the others
+  ignore_index), 'full' only: its grid is sized for every row, so most of its programs idle (the path of an MLM's
+  class ids under torch.compile);
 - masksub[triton]:R=<rows>[,P=<programs>] (GPU): the same op with other chunk sizes (CHUNK_SWEEP: the chunk
   buffer's memory budget), so that one GPU run measures what memory buys in speed and calibrates the model's
   trade-off (tools/perf_model/linear_loss.py predicts each; the default is the plain masksub[triton] row);
@@ -55,6 +58,7 @@ CHUNK_SWEEP = [(48, 2), (128, 2), (192, 2), (96, 5)]
 # budget alone gives 192 rows per chunk and the op's floor 384 (GRADS_CHUNK_MIN_ROWS of ops/_linear_loss_chunks.py:
 # predicted 20.5 -> 16.3 ms on an H200, tools/perf_model); masksub[triton] (the floor) and masksub[triton]:R=192
 FLOOR_SHAPES = [("RoBERTa-base MLM", 16384, 768, 50265, (torch.bfloat16,))]
+MLM_COUNTED = (3, 20)  # rows i with i % 20 < 3 count: 15%, BERT's share of predicted positions (fused_recompute_mlm)
 
 
 @contextlib.contextmanager
@@ -109,6 +113,16 @@ def fused(h, hs, weight, bias, labels):
 def fused_recompute(h, hs, weight, bias, labels):
     # per-row losses (reduction='none') take the recompute op; their mean is the 'mean' reduction (no ignored rows)
     return mk.linear_masksub_loss(h, hs, weight, bias, labels, reduction="none").loss.mean()
+
+
+def fused_recompute_mlm(h, hs, weight, bias, labels):
+    # the recompute op on MLM-like labels: MLM_COUNTED of the rows count, the others are ignore_index. Its kernels
+    # take the counted rows first (a row tile of ignored rows costs no class tile), but their grid is sized for every
+    # row, so most programs idle at BERT's 15%: the GPU says how much that costs against the row above
+    rows = torch.arange(labels.shape[0], device=labels.device)
+    counted = rows % MLM_COUNTED[1] < MLM_COUNTED[0]
+    out = mk.linear_masksub_loss(h, hs, weight, bias, torch.where(counted, labels, -100), reduction="none")
+    return out.loss.sum() / counted.sum()  # the mean over counted rows, on the device
 
 
 def liger_provider():
@@ -179,6 +193,11 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
             if on_gpu and not tiny and dtype != torch.float32:  # the sweep (last: a capped suite drops it first)
                 providers += _swept(shape, CHUNK_SWEEP)
             result += [shape.case(*provider) for provider in providers]
+            if on_gpu and not tiny:  # the recompute op on MLM-like labels: 'full' only, no TFLOP/s (15% of the work)
+                for b in backends:
+                    mlm = shape.case(f"masksub[{b}] recompute mlm15", fused_recompute_mlm, b, notes, modes=("full",))
+                    mlm.flops, mlm.notes = None, {**notes, "counted_rows": MLM_COUNTED[0] / MLM_COUNTED[1]}
+                    result.append(mlm)
     if on_gpu and not tiny:  # the chunk floor's pair, after everything else (a capped suite drops it first)
         for name, rows, depth, classes, dtypes in FLOOR_SHAPES:
             shape = _Shape(device, name, rows, depth, classes, dtypes[0])
