@@ -4,6 +4,7 @@ Speed is never asserted here."""
 import collections
 import functools
 import json
+import re
 import sys
 import types
 
@@ -68,6 +69,15 @@ def test_cli_tiny_run_of_every_suite_writes_json_markdown_and_plot(tmp_path, cap
     assert "No GPU here" in capsys.readouterr().out
     table = report.markdown_table(run)
     assert "| token_select |" in table and "vs official" in table and "time / plain" in table
+    # a row on other inputs than the baseline's (the recompute op on MLM-like labels) gets no speed-up
+    full_fused = next(r for r in records if r["suite"] == "linear_loss" and r["mode"] == "full"
+                      and r["provider"] == "masksub[torch]")  # fmt: skip
+    line = next(x for x in table.splitlines() if "| masksub[torch] |" in x and "| full |" in x and "linear" in x)
+    full_fused["labels_differ"] = True
+    other = next(x for x in report.markdown_table(run).splitlines() if x.startswith(line.split(" | masksub")[0])
+                 and "| masksub[torch] |" in x and "| full |" in x)  # fmt: skip
+    speedup = re.compile(r"\| \d+\.\d+x \|")  # the 'vs official' cell: e.g. '| 1.39x |'
+    assert speedup.search(line) and not speedup.search(other)
 
 
 def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measured(tmp_path):

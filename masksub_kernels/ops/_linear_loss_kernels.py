@@ -48,8 +48,8 @@ def _load_dot(ptr, offsets, mask, UPCAST: tl.constexpr):
 
 @jit
 def _weight_rows(cols, stride_w, WIDE_W: tl.constexpr):
-    # the offsets of W's rows cols: int64 where C D can reach 2^31 (a 256000 x 18432 head; the launcher's WIDE_W),
-    # else int32 (the kernels as compiled before, register for register)
+    # the offsets of W's rows cols: int64 where C x W's row stride reaches 2^31 (e.g. a 256000 x 18432 head: the
+    # launcher's WIDE_W), else int32 (the kernels as compiled before, register for register)
     if WIDE_W:  # one return: Triton types every return of a function alike, a constexpr branch's too
         offsets = cols.to(tl.int64) * stride_w
     else:
@@ -123,7 +123,7 @@ def _fwd_kernel(
     M, C, D, stride_h, stride_hs, stride_w, stride_y, classes_per_split, eps, temperature, threshold,
     HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, UNIT_T: tl.constexpr, WIDE_W: tl.constexpr = False,
+    BLOCK_K: tl.constexpr, UNIT_T: tl.constexpr, WIDE_W: tl.constexpr,
 ):  # fmt: skip
     tile, split = tl.program_id(0), tl.program_id(1)
     count = tl.load(count_ptr)
@@ -143,7 +143,7 @@ def _fwd_kernel(
         mask = in_rows[:, None] & col_mask[None, :]
         z, s = _logit_tiles(
             h_ptr, hs_ptr, w_ptr, b_ptr, rows, in_rows, cols, col_mask, D, stride_h, stride_hs, stride_w,
-            HAS_SUB, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, WIDE_W,
+            HAS_SUB, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, WIDE_W=WIDE_W,
         )  # fmt: skip
         w = _target_tile(y_ptr, rows, label, cols, mask, stride_y, eps, C, threshold, DENSE, BINARISE)
         # main term (ops/masksub_loss.py's row loop, one row per tile row): shifted online softmax of z
@@ -225,8 +225,8 @@ def _dlogit_tiles(
     h_ptr, hs_ptr, w_ptr, b_ptr, y_ptr, rows, in_rows, cols, col_mask, state, D, C, stride_h, stride_hs, stride_w,
     stride_y, eps, temperature, threshold,
     HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
-    MAIN_GRAD: tl.constexpr, SUB_GRAD: tl.constexpr, UNIT_T: tl.constexpr, UPCAST: tl.constexpr, WIDE_W: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    MAIN_GRAD: tl.constexpr, SUB_GRAD: tl.constexpr, UNIT_T: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WIDE_W: tl.constexpr,
 ):  # fmt: skip
     # (dz, ds) fp32 [BLOCK_M, BLOCK_N] on the tile: 0 on masked lanes, NaN on rows with an out-of-range id
     label, bad, g_m, g_s, stats = state
@@ -234,7 +234,7 @@ def _dlogit_tiles(
     mask = in_rows[:, None] & col_mask[None, :]
     z, s = _logit_tiles(
         h_ptr, hs_ptr, w_ptr, b_ptr, rows, in_rows, cols, col_mask, D, stride_h, stride_hs, stride_w,
-        HAS_SUB, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, WIDE_W,
+        HAS_SUB, HAS_BIAS, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, WIDE_W=WIDE_W,
     )  # fmt: skip
     dz = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     ds = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -285,7 +285,7 @@ def _dh_kernel(
     HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
     MAIN_GRAD: tl.constexpr, SUB_GRAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNIT_T: tl.constexpr,
-    WIDE_W: tl.constexpr = False,
+    WIDE_W: tl.constexpr,
 ):  # fmt: skip
     tile, split = tl.program_id(0), tl.program_id(1)
     count = tl.load(count_ptr)
@@ -303,7 +303,7 @@ def _dh_kernel(
         dz, ds = _dlogit_tiles(
             h_ptr, hs_ptr, w_ptr, b_ptr, y_ptr, rows, in_rows, cols, col_mask, state, D, C, stride_h, stride_hs,
             stride_w, stride_y, eps, temperature, threshold, HAS_SUB, HAS_BIAS, BCE, DENSE, BINARISE, MAIN_GRAD,
-            SUB_GRAD, UNIT_T, UPCAST, WIDE_W, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+            SUB_GRAD, UNIT_T, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, WIDE_W=WIDE_W,
         )  # fmt: skip
         dz, ds = _operand(dz, h_ptr, UPCAST), _operand(ds, h_ptr, UPCAST)
         for k in range(0, D, BLOCK_K):  # dH[:, k] += dz W[cols, k], in fp32 memory owned by this program
@@ -333,7 +333,7 @@ def _dw_kernel(
     HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
     MAIN_GRAD: tl.constexpr, SUB_GRAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNIT_T: tl.constexpr,
-    WIDE_W: tl.constexpr = False,
+    WIDE_W: tl.constexpr,
 ):  # fmt: skip
     class_tile, split = tl.program_id(0), tl.program_id(1)
     count = tl.load(count_ptr)
@@ -351,7 +351,7 @@ def _dw_kernel(
         dz, ds = _dlogit_tiles(
             h_ptr, hs_ptr, w_ptr, b_ptr, y_ptr, rows, in_rows, cols, col_mask, state, D, C, stride_h, stride_hs,
             stride_w, stride_y, eps, temperature, threshold, HAS_SUB, HAS_BIAS, BCE, DENSE, BINARISE, MAIN_GRAD,
-            SUB_GRAD, UNIT_T, UPCAST, WIDE_W, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+            SUB_GRAD, UNIT_T, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, WIDE_W=WIDE_W,
         )  # fmt: skip
         db += tl.sum(dz + ds, axis=0)  # fp32, before the rounding of the matmul operands
         dz, ds = tl.trans(_operand(dz, h_ptr, UPCAST)), tl.trans(_operand(ds, h_ptr, UPCAST))

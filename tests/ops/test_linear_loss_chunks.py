@@ -386,7 +386,7 @@ def test_stored_gradients_are_scaled_in_fp32(monkeypatch, dtype, in_place, block
 
 
 class _CudaLike(torch.Tensor):
-    """A meta tensor that says it is on CUDA: the GPU-only branches of the chunk loop's helpers run on it."""
+    """A CPU tensor that says it is on CUDA: the GPU-only branches of the chunk loop's helpers run on it."""
 
     @property
     def is_cuda(self):
@@ -396,44 +396,50 @@ class _CudaLike(torch.Tensor):
 def test_cuda_dw_accumulation_takes_addmm_into_fp32_or_falls_back_once(monkeypatch):
     # _add_matmul's CUDA branch, which only a GPU runs: torch.addmm into the fp32 accumulator (out_dtype, out=acc,
     # beta = 1); where a torch refuses an fp32 self (2.8 / 2.9: a dtype error, raised before any work) an fp32
-    # product and an add, decided by the first call; any other error propagates and decides nothing
+    # product and an add, decided by the first call; any other error propagates and decides nothing. cuBLAS's ops
+    # are stood in for by fp32 CPU products that honour the arguments given (out, beta, alpha, out_dtype)
+    generator = torch.Generator().manual_seed(0)
+
     def tensor(*shape, dtype):
-        return torch.empty(*shape, dtype=dtype, device="meta").as_subclass(_CudaLike)
+        return torch.randn(*shape, generator=generator).to(dtype).as_subclass(_CudaLike)
 
-    acc, a, b = (
-        tensor(8, 4, dtype=torch.float32),
-        tensor(8, 16, dtype=torch.bfloat16),
-        tensor(16, 4, dtype=torch.bfloat16),
-    )
-    addmm, mm, calls = torch.addmm, torch.mm, []
+    a, b = tensor(8, 16, dtype=torch.bfloat16), tensor(16, 4, dtype=torch.bfloat16)
+    start = tensor(8, 4, dtype=torch.float32)
+    product = a.float() @ b.float()
+    calls = []
 
-    def spy(op, refuse=None):
-        def call(*args, **kwargs):
-            calls.append((op.__name__, kwargs.get("out_dtype"), kwargs.get("out") is args[0]))
+    def addmm(refuse=None):
+        def call(self, mat1, mat2, out_dtype=None, *, beta=1, alpha=1, out=None):
+            calls.append(("addmm", out_dtype, out is self))
             if refuse is not None:
                 raise refuse
-            # a CUDA torch that accepts writes into out; the meta addmm refuses an fp32 self like torch 2.8 does
-            return args[0] if op is addmm else op(*args, **kwargs)
+            return out.copy_(beta * self + alpha * (mat1.to(out_dtype) @ mat2.to(out_dtype)))
 
         return call
 
-    monkeypatch.setattr(torch, "mm", spy(mm))
+    def mm(mat1, mat2, out_dtype=None):
+        calls.append(("mm", out_dtype, False))
+        return mat1.to(out_dtype) @ mat2.to(out_dtype)
+
+    monkeypatch.setattr(torch, "mm", mm)
     for refusal, expected in [
         (None, True),  # a torch that accepts: one addmm into acc, remembered
         (RuntimeError("self and mat2 must have the same dtype, but got Float and BFloat16"), False),  # 2.8 / 2.9
     ]:
         monkeypatch.setattr(chunks, "_addmm_into_fp32", None)
-        monkeypatch.setattr(torch, "addmm", spy(addmm, refusal))
+        monkeypatch.setattr(torch, "addmm", addmm(refusal))
         calls.clear()
+        acc = start.clone()
         chunks._add_matmul(acc, a, b)
         chunks._add_matmul(acc, a, b)
         assert chunks._addmm_into_fp32 is expected
+        torch.testing.assert_close(acc, start + 2 * product)  # accumulated, in fp32, into the caller's tensor
         if expected:
             assert calls == [("addmm", torch.float32, True)] * 2
         else:  # tried once, then the fp32 product (and an add) every call
             assert calls == [("addmm", torch.float32, True), ("mm", torch.float32, False), ("mm", torch.float32, False)]
     monkeypatch.setattr(chunks, "_addmm_into_fp32", None)
-    monkeypatch.setattr(torch, "addmm", spy(addmm, RuntimeError("CUDA out of memory")))
+    monkeypatch.setattr(torch, "addmm", addmm(RuntimeError("CUDA out of memory")))
     with pytest.raises(RuntimeError, match="out of memory"):
-        chunks._add_matmul(acc, a, b)
+        chunks._add_matmul(start.clone(), a, b)
     assert chunks._addmm_into_fp32 is None

@@ -70,3 +70,28 @@ def test_wide_weight_offsets_from_two_to_the_31_elements():
 
     assert not flag(30522, 768) and not flag(2**31 // 16384 - 1, 16384)
     assert flag(2**31 // 16384, 16384) and flag(256000, 18432) and not flag(128256, 16384)
+
+
+def test_weight_rows_past_two_to_the_31_elements_are_read(op_backend):  # noqa: F811
+    # W's rows 2^30 elements apart (untouched pages of a large storage; W's pointer 2^31 elements in, so that a
+    # wrapped int32 offset would read wrong but allocated memory): the launcher sets WIDE_W and the kernels read
+    # the right rows: the same values, to the bit, as a contiguous copy of W (forward, dH, dHs, dW, db)
+    depth, classes, step = 16, 3, 2**30
+    try:
+        storage = torch.empty(2**31 + classes * step, dtype=torch.bfloat16, device=DEVICE)
+    except (RuntimeError, MemoryError):
+        pytest.skip("no 8 GiB of address space for the storage")
+    h, hs, w, b, _ = make_inputs(rows=8, depth=depth, classes=classes, dtype=torch.bfloat16, kind="index", seed=5)
+    target = torch.arange(8, device=DEVICE) % classes
+    far = storage.as_strided((classes, depth), (step, 1), 2**31)
+    far.copy_(w)
+
+    def run(weight):
+        inputs = [t.detach().clone().requires_grad_(True) for t in (h, hs, b)]
+        leaf = weight.detach().requires_grad_(True)
+        out = mk.linear_masksub_loss(inputs[0], inputs[1], leaf, inputs[2], target, reduction="none")
+        (out.loss * torch.linspace(0.5, 1.5, 8, device=DEVICE)).sum().backward()
+        return [out.loss, out.main, out.sub, inputs[0].grad, inputs[1].grad, leaf.grad, inputs[2].grad]
+
+    for got, expected in zip(run(far), run(w.contiguous())):
+        assert torch.equal(got, expected)
