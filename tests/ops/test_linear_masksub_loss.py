@@ -424,8 +424,7 @@ def test_cuda_backend_refuses_clearly():
 
 @pytest.fixture
 def several_chunks(monkeypatch):
-    """Chunks of 6 rows on both flavours (the reference's CHUNK_ELEMENTS, the kernels' GRADS_CHUNK_BYTES without
-    their floor of rows)."""
+    """Chunks of 6 rows on both flavours (CHUNK_ELEMENTS; GRADS_CHUNK_BYTES without its floor of rows)."""
     monkeypatch.setattr(lm, "CHUNK_ELEMENTS", 6 * 40)
     monkeypatch.setattr(chunks, "GRADS_CHUNK_BYTES", 6 * 2 * chunks.aligned_classes(40) * 4)
     monkeypatch.setattr(chunks, "GRADS_CHUNK_MIN_ROWS", 0)
