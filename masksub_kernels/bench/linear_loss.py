@@ -13,8 +13,8 @@ Providers (class-id targets, a bias, the paper's defaults):
   (ops/linear_masksub_loss.py: tl.dot tiles, the logits recomputed in the backward, 10 matmul units for the 6
   useful ones), the path class ids take under torch.compile and CUDA graphs; its forward computes no gradient;
 - masksub[<backend>] recompute mlm15 (GPU): the recompute op on MLM-like labels, 15% of the rows counted (the others
-  ignore_index), 'full' only: its grid is sized for every row, so most of its programs idle (the path of an MLM's
-  class ids under torch.compile);
+  ignore_index), 'full' only (the path of an MLM's class ids under torch.compile): its forward and dH choose their
+  class splits on the device from the count, so the counted rows' tiles still fill the GPU;
 - masksub[triton]:R=<rows>[,P=<programs>] (GPU): the same op with other chunk sizes (CHUNK_SWEEP: the chunk
   buffer's memory budget), so that one GPU run measures what memory buys in speed and calibrates the model's
   trade-off (tools/perf_model/linear_loss.py predicts each; the default is the plain masksub[triton] row);
@@ -117,8 +117,8 @@ def fused_recompute(h, hs, weight, bias, labels):
 
 def fused_recompute_mlm(h, hs, weight, bias, labels):
     # the recompute op on MLM-like labels: MLM_COUNTED of the rows count, the others are ignore_index. Its kernels
-    # take the counted rows first (a row tile of ignored rows costs no class tile), but their grid is sized for every
-    # row, so most programs idle at BERT's 15%: the GPU says how much that costs against the row above
+    # take the counted rows first (a row tile of ignored rows costs no class tile) and split the classes of the
+    # counted tiles over more programs (chosen on the device): the GPU says how close to 15% of the row above
     rows = torch.arange(labels.shape[0], device=labels.device)
     counted = rows % MLM_COUNTED[1] < MLM_COUNTED[0]
     out = mk.linear_masksub_loss(h, hs, weight, bias, torch.where(counted, labels, -100), reduction="none")

@@ -8,9 +8,15 @@ of ignored rows do no work. Logit tiles never leave the program; fp32 throughout
 inputs' dtype for the gradient matmuls, as a bf16 GEMM would).
 
     _fwd_kernel   grid (row tiles, class splits): the online softmax / BCE states of each row over its split's
-                  classes -> part [NUM_PART, splits, M] (combined on the host side by torch ops, no sync)
-    _dh_kernel    grid (row tiles, class splits): recompute z, s; dz, ds; dH += dz W, dH_s += ds W over the classes
+                  classes -> part [NUM_PART, max_splits, M] (combined on the host side by torch ops, no sync)
+    _dh_kernel    grid (row tiles, class splits): recompute z, s; dz, ds; dH += dz W, dH_s += ds W over the
+                  split's classes, into the program's own fp32 slab [BLOCK_M, D]
+    _dh_sum_kernel  grid (row blocks, depth blocks): each counted row's slabs summed in split order, written to its
+                  row of dH in the output dtype (0 for the ignored rows)
     _dw_kernel    grid (class tiles, row splits): recompute z, s; dz, ds; dW += dz^T H + ds^T H_s, db += sum dz + ds
+The forward's and dH's class splits are chosen on the device from the count (_class_splits): as many as fill the
+GPU for the row tiles that hold counted rows (up to the grid's), so that MLM-like labels (15% of the rows count)
+keep the SMs busy without a host sync; the programs of the other tiles and splits return at once.
 Every gradient element is owned by one program and accumulated in a fixed order (split partials are summed in a
 fixed order by the launcher): the results are the same bits on every run, no atomics. The dH / dW accumulators are
 fp32 read-modify-writes in global memory (a [BLOCK_M, D] accumulator does not fit in registers); a barrier after
@@ -19,8 +25,11 @@ each write keeps the next read of the same program ordered after it.
 
 from __future__ import annotations
 
+import torch
+
 from .._triton import jit, tl
 from ._masksub_loss_blocks import _bce_elem, _shift, _sigmoid
+from .masksub_loss import C_S, C_T, C_Z, LOG_L_S, LOG_L_T, LOG_L_Z, MAIN, NUM_OUT, S_Z, SUB
 
 # Rows of the forward's partial states, fp32 [NUM_PART, splits, M]: main CE (running max, sum exp(z - shift),
 # S = sum w, D = sum w (z - shift)); main BCE sum; sub CE (max and sum exp of s/T, of z/T, D_t = sum exp(z/T -
@@ -35,6 +44,31 @@ def _row_tile(order_ptr, start, end, BLOCK_M: tl.constexpr):
     r = start + tl.arange(0, BLOCK_M)
     in_rows = r < end
     return tl.load(order_ptr + r, mask=in_rows, other=0).to(tl.int64), in_rows
+
+
+@jit
+def _class_splits(count, class_tiles, target_programs, max_splits, BLOCK_M: tl.constexpr):
+    # (splits, class tiles per split) of a forward / dH launch for ``count`` counted rows: A = cdiv(count, BLOCK_M)
+    # row tiles hold them, each split into E = min(max_splits, class_tiles, target_programs // A) >= 1 runs of
+    # classes (A E <= max(A, target_programs) programs work), then E trimmed so that no split is empty
+    active = tl.cdiv(count, BLOCK_M)
+    splits = tl.minimum(tl.minimum(max_splits, class_tiles), target_programs // tl.maximum(active, 1))
+    per_split = tl.cdiv(class_tiles, tl.maximum(splits, 1))
+    return tl.cdiv(class_tiles, per_split), per_split
+
+
+@jit
+def _split_program(count_ptr, C, class_tiles, target_programs, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # this program's (count, row tile, split, splits E, first class, end of its classes) on a grid (row tiles,
+    # max_splits): tiles without counted rows get no classes, nor do splits E and beyond (they start at or past C:
+    # E = cdiv(class_tiles, per_split), so E per_split >= class_tiles, and c_end = C then)
+    tile, split = tl.program_id(0), tl.program_id(1)
+    count = tl.load(count_ptr)
+    splits, per_split = _class_splits(count, class_tiles, target_programs, tl.num_programs(1), BLOCK_M)
+    c_begin = split * per_split * BLOCK_N
+    c_end = tl.minimum(c_begin + per_split * BLOCK_N, C)
+    c_end = tl.where(tile * BLOCK_M < count, c_end, c_begin)
+    return count, tile, split, splits, c_begin, c_end
 
 
 @jit
@@ -119,19 +153,16 @@ def _fwd_kernel(
     y_ptr,  # int64 class ids [M] or probabilities [M, C], last stride 1
     order_ptr,  # int64 [M]: counted rows first
     count_ptr,  # int32 [1]: how many rows count
-    part_ptr,  # fp32 [NUM_PART, splits, M] out, zero-filled
-    M, C, D, stride_h, stride_hs, stride_w, stride_y, classes_per_split, eps, temperature, threshold,
+    part_ptr,  # fp32 [NUM_PART, max_splits, M] out, zero-filled
+    M, C, D, stride_h, stride_hs, stride_w, stride_y, class_tiles, target_programs, eps, temperature, threshold,
     HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, UNIT_T: tl.constexpr, WIDE_W: tl.constexpr,
 ):  # fmt: skip
-    tile, split = tl.program_id(0), tl.program_id(1)
-    count = tl.load(count_ptr)
+    count, tile, split, _, c_begin, c_end = _split_program(count_ptr, C, class_tiles, target_programs, BLOCK_M,
+                                                          BLOCK_N)  # fmt: skip
     rows, in_rows = _row_tile(order_ptr, tile * BLOCK_M, count, BLOCK_M)
     label, _ = _row_labels(y_ptr, rows, in_rows, C, DENSE)
-    c_begin = split * classes_per_split
-    c_end = tl.minimum(c_begin + classes_per_split, C)
-    c_end = tl.where(tile * BLOCK_M < count, c_end, c_begin)  # a tile of ignored rows: no iteration at all
     inv_t = 1.0 / temperature
     neg_inf = tl.full([BLOCK_M], float("-inf"), tl.float32)
     zero = tl.zeros([BLOCK_M], tl.float32)
@@ -183,11 +214,50 @@ def _fwd_kernel(
                 l_t = l_t * alpha_t + tl.sum(e_t, axis=1)
                 l_s = l_s * tl.exp(m_s - cs_new) + tl.sum(tl.exp(x - cs_new[:, None]), axis=1)
                 m_s, m_t = ms_new, mt_new
-    # the states in the order P_M_Z .. P_BCE_SUB; state k of this split and row at out + k * splits * M
+    # the states in the order P_M_Z .. P_BCE_SUB; state k of this split and row at out + k * max_splits * M (a split
+    # without classes writes the neutral states: max -inf, sums 0)
     out, step = part_ptr + split * M + rows, tl.num_programs(1) * M
     states = (m_z, l_z, s_z, d_z, acc_m, m_s, l_s, m_t, l_t, d_t, acc_s)
     for k in tl.static_range(11):
         tl.store(out + k * step, states[k], mask=in_rows)
+
+
+# The forward's host side: its splits' partial states merged by torch ops on [splits, M] (no sync)
+
+
+def _host_shift(m: torch.Tensor) -> torch.Tensor:
+    """The softmax shift of a running max: 0 where it is -inf (a row, or a split of it, with only -inf logits)."""
+    return torch.where(torch.isneginf(m), 0.0, m)
+
+
+def _merge_splits(m: torch.Tensor, l: torch.Tensor):
+    """Online-softmax states of the splits [splits, M] -> (shift c, sum_c exp(x - c), each split's rescaling)."""
+    c = _host_shift(m.amax(0))
+    scale = torch.exp(m - c)  # exp(shift_k - c) where split k has a finite max; 0 (as its sum) where it has none
+    return c, (scale * l).sum(0), scale
+
+
+def combine_states(part: torch.Tensor, bce: bool, has_sub: bool, temperature: float, classes: int) -> torch.Tensor:
+    """fp32 [9, M] (ops/masksub_loss.py's layout) from _fwd_kernel's partial states [NUM_PART, splits, M] (torch
+    ops, on the host side of the launch): the per-row losses of the counted rows, to be masked by the caller."""
+    m_z, l_z, s_z, d_z, bce_main, m_s, l_s, m_t, l_t, d_t, bce_sub = part  # the P_* order of the kernels
+    out = part.new_zeros(NUM_OUT, part.shape[2])
+    if bce:
+        out[MAIN] = bce_main.sum(0) / classes
+        out[SUB] = bce_sub.sum(0) * (temperature**2 / classes)
+    else:
+        # main: l = sum_k l_k exp(shift_k - c), D = sum_k D_k + S_k (shift_k - c), loss = S log l - D
+        c_z, sum_z, _ = _merge_splits(m_z, l_z)
+        out[C_Z], out[LOG_L_Z], out[S_Z] = c_z, torch.log(sum_z), s_z.sum(0)
+        out[MAIN] = out[S_Z] * out[LOG_L_Z] - (d_z + s_z * (_host_shift(m_z) - c_z)).sum(0)
+        if has_sub:
+            # sub: D_t = sum_k exp(shift_t,k - c_t) (D_t,k + l_t,k (shift_s,k - c_s)), loss = T^2 (log l_s - D_t / l_t)
+            c_s, sum_s, _ = _merge_splits(m_s, l_s)
+            c_t, sum_t, scale_t = _merge_splits(m_t, l_t)
+            sum_d_t = (scale_t * (d_t + l_t * (_host_shift(m_s) - c_s))).sum(0)
+            out[C_S], out[LOG_L_S], out[C_T], out[LOG_L_T] = c_s, torch.log(sum_s), c_t, torch.log(sum_t)
+            out[SUB] = (out[LOG_L_S] - sum_d_t / sum_t) * temperature**2
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -278,25 +348,25 @@ def _dh_kernel(
     out_ptr,  # fp32 [9, M]: the forward's stats (ops/masksub_loss.py layout)
     gm_ptr,  # grad of the per-row main loss [M], any float dtype and stride (MAIN_GRAD)
     gs_ptr,  # grad of the per-row sub loss [M] (SUB_GRAD)
-    dh_ptr,  # fp32 [splits, M, D] out, zero-filled: d main hidden per class split (MAIN_GRAD)
-    dhs_ptr,  # fp32 [splits, M, D] out, zero-filled: d sub hidden (SUB_GRAD)
-    M, C, D, stride_h, stride_hs, stride_w, stride_y, stride_gm, stride_gs, classes_per_split, eps, temperature,
-    threshold,
+    dh_ptr,  # fp32 [slabs * BLOCK_M, D] out, zero-filled: d main hidden, a slab of BLOCK_M rows per working program
+    dhs_ptr,  # fp32 [slabs * BLOCK_M, D] out, zero-filled: d sub hidden (SUB_GRAD)
+    M, C, D, stride_h, stride_hs, stride_w, stride_y, stride_gm, stride_gs, class_tiles, target_programs, eps,
+    temperature, threshold,
     HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
     MAIN_GRAD: tl.constexpr, SUB_GRAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNIT_T: tl.constexpr,
     WIDE_W: tl.constexpr,
 ):  # fmt: skip
-    tile, split = tl.program_id(0), tl.program_id(1)
-    count = tl.load(count_ptr)
+    count, tile, split, splits, c_begin, c_end = _split_program(count_ptr, C, class_tiles, target_programs,
+                                                                BLOCK_M, BLOCK_N)  # fmt: skip
     rows, in_rows = _row_tile(order_ptr, tile * BLOCK_M, count, BLOCK_M)
     state = _row_state(y_ptr, out_ptr, gm_ptr, gs_ptr, rows, in_rows, M, C, stride_gm, stride_gs, temperature, BCE,
                        DENSE)  # fmt: skip
-    c_begin = split * classes_per_split
-    c_end = tl.minimum(c_begin + classes_per_split, C)
-    c_end = tl.where(tile * BLOCK_M < count, c_end, c_begin)
     ks = tl.arange(0, BLOCK_K)
-    offsets = (split * M + rows)[:, None] * D  # of each row in dh / dhs
+    # this program's slab, the (tile E + split)-th (those that work are the first A E: the launcher's slabs): row i
+    # of the tile at ((tile E + split) BLOCK_M + i) D of dh / dhs (int64: the slabs of a large M)
+    slab = (tile * splits + split).to(tl.int64)
+    offsets = (slab * BLOCK_M + tl.arange(0, BLOCK_M))[:, None] * D
     for start in range(c_begin, c_end, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_mask = cols < c_end
@@ -371,3 +441,31 @@ def _dw_kernel(
             tl.debug_barrier()  # the next row tile reads what this one wrote
     if HAS_BIAS:
         tl.store(db_ptr + split * C + cols, db, mask=col_mask)
+
+
+@jit
+def _dh_sum_kernel(
+    slab_ptr,  # fp32 [slabs * BLOCK_M, D]: _dh_kernel's slabs
+    order_ptr, count_ptr,  # as in _dh_kernel
+    dh_ptr,  # [M, D] out (rows of stride stride_dh, last stride 1), in the hidden states' dtype
+    M, D, stride_dh, class_tiles, target_programs, max_splits,  # those of the _dh_kernel launch (its grid's splits)
+    BLOCK_M: tl.constexpr,  # _dh_kernel's
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    # dH[order[p]] = sum over s < E of row p % BLOCK_M of slab (p // BLOCK_M) E + s: the splits added in a fixed
+    # order in fp32, rounded once; rows past the count (ignored) get 0
+    count = tl.load(count_ptr)
+    splits, _ = _class_splits(count, class_tiles, target_programs, max_splits, BLOCK_M)
+    positions = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    in_positions, counted, col_mask = positions < M, positions < count, cols < D
+    # slab row of split 0: (tile E) BLOCK_M + i, tile = p // BLOCK_M, i = p % BLOCK_M; split s adds s BLOCK_M
+    first = ((positions // BLOCK_M) * splits * BLOCK_M + positions % BLOCK_M).to(tl.int64)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    mask = counted[:, None] & col_mask[None, :]
+    for split in range(0, splits):
+        slab_rows = first + split * BLOCK_M
+        acc += tl.load(slab_ptr + slab_rows[:, None] * D + cols[None, :], mask=mask, other=0.0)
+    rows = tl.load(order_ptr + positions, mask=in_positions, other=0)
+    out = dh_ptr + rows[:, None] * stride_dh + cols[None, :]
+    tl.store(out, acc.to(dh_ptr.dtype.element_ty), mask=in_positions[:, None] & col_mask[None, :])

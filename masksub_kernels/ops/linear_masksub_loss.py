@@ -18,19 +18,26 @@ ops/_linear_loss_chunks.py (6 matmul units, the backward only scales stored grad
 
 Design. The forward keeps, per row, the online softmax states of z, s/T and z/T across class tiles (Triton: tiles
 of rows x classes from tl.dot, each weight tile read once for both branches; the classes are split across programs
-when there are few row tiles, and the partial states combined by a few torch ops on [M] vectors) and saves 9 fp32
-per row (ops/masksub_loss.py's layout). The backward recomputes the logit tiles from the saved stats instead of
+when the row tiles that hold counted rows are too few to fill the GPU, a choice the kernels make on the device
+from the count, and the partial states combined by a few torch ops on [M] vectors) and saves 9 fp32 per row
+(ops/masksub_loss.py's layout). The backward recomputes the logit tiles from the saved stats instead of
 holding gradients from the forward (correct for any grad_output, scalar or per row; flash-attention's choice) at
 the cost of one more pass of matmuls: 2 units of 2 M D C flops forward, 2 + 2 (dH, recomputing z and s) + 2 + 2
 (dW and db, recomputing again) backward, so that every gradient element is owned by one program and summed in a
 fixed order (deterministic, no atomics). Rows whose class id is ``ignore_index`` are moved behind the counted ones
-(a device argsort, no host sync) and no tile of theirs does any work.
+(a device argsort, no host sync) and no tile of theirs does any work; as the host does not know how many count,
+the forward's and dH's grids have room for the splits of any count (up to MAX_COUNT_SPLITS per row tile, or those
+that fill the GPU when every row counts) and their kernels choose them from the count (_linear_loss_kernels.
+_class_splits): a masked LM's labels (~15% of rows count) get ~6 splits per counted tile on an H200, where one
+split left ~70% of its SMs idle.
 
-Extra memory (beyond inputs and the returned gradients): Triton O(M) for the stats and row order, plus fp32
-accumulators: dH [splits, M, D] per branch and dW [splits, C, D] (splits > 1 only when rows, resp. classes, are
-few). The PyTorch reference (the oracle, and the path on CPU tensors) works on chunks of CHUNK_ROWS(C) rows, so
-its extra memory is a few [chunk, C] fp32 buffers (chunk * C <= CHUNK_ELEMENTS, i.e. 4 MiB each) plus fp32 copies
-of W, dW and dH: never [M, C]. The CUDA extension does not have this op yet (the 'cuda' backend refuses it).
+Extra memory (beyond inputs and the returned gradients): Triton O(M) for the stats and row order (the forward's
+partial states: 44 bytes per row and split of the grid), plus fp32 accumulators: dH's slabs [P BLOCK_M, D] per
+branch (P <= max(row tiles, 2 programs per SM), so at most max(M, 128 x SMs) rows; summed into dH in a fixed order
+by _dh_sum_kernel) and dW [splits, C, D] (splits > 1 only when classes are few). The PyTorch reference (the
+oracle, and the path on CPU tensors) works on chunks of CHUNK_ROWS(C) rows, so its extra memory is a few [chunk,
+C] fp32 buffers (chunk * C <= CHUNK_ELEMENTS, i.e. 4 MiB each) plus fp32 copies of W, dW and dH: never [M, C]. The
+CUDA extension does not have this op yet (the 'cuda' backend refuses it).
 """
 
 from __future__ import annotations
@@ -46,15 +53,8 @@ from ._common import FLOAT_DTYPES, cdiv, masksub_op
 from ._linear_loss_grads import _grads_wanted, _linear_loss_grads_op
 from .losses import MaskSubLoss, _check_options, _check_target, _number, _reduce, _row_count
 from .masksub_loss import (
-    C_S,
-    C_T,
-    C_Z,
-    LOG_L_S,
-    LOG_L_T,
-    LOG_L_Z,
     MAIN,
     NUM_OUT,
-    S_Z,
     SUB,
     loss_backward_reference,
     loss_forward_reference,
@@ -72,6 +72,11 @@ MAX_BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K = 64, 128, 64  # Triton tiles (the tests l
 # (sm_80, probability targets; tools/spill_baseline.json lists every pair).
 MAX_BLOCK_N_FP32, MAX_BLOCK_K_FP32 = 64, 16
 MAX_DW_SPLITS = 8  # row splits of the dW kernel: each costs an fp32 [C, D] accumulator
+# Class splits of the forward and dH for labels where few rows count (MLM: the kernels choose on the device, up to
+# this many or those that fill the GPU when every row counts): the forward's partial states take 44 bytes per row
+# and split; programs of the splits not chosen return at once
+MAX_COUNT_SPLITS = 8
+DH_SUM_BLOCKS = (32, 128)  # rows x depth of a _dh_sum_kernel program (4 warps: 32 fp32 sums per thread)
 # Offsets into W from this many elements up are int64 in the kernels (WIDE_W: C D >= 2^31, e.g. a 256000 x 18432
 # head, whose int32 offsets would wrap and read wrong rows); below, int32, as their register budget was tuned for
 WIDE_OFFSETS = 2**31
@@ -189,12 +194,24 @@ def _target_programs(device: torch.device) -> int:
     return 2 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _splits(parallel_tiles: int, split_tiles: int, device: torch.device, cap: int | None = None):
-    """(splits, tiles per split): split ``split_tiles`` over programs while ``parallel_tiles`` cannot fill the GPU."""
-    split_tiles = max(split_tiles, 1)  # an empty batch still gets its (zero) outputs
-    splits = max(1, min(split_tiles, _target_programs(device) // max(parallel_tiles, 1), cap or split_tiles))
-    per_split = cdiv(split_tiles, splits)
-    return cdiv(split_tiles, per_split), per_split
+def _row_splits(class_tiles: int, row_tiles: int, device: torch.device) -> tuple[int, int]:
+    """(splits, row tiles per split) of dW: the row tiles split while the class tiles cannot fill the GPU, into at
+    most MAX_DW_SPLITS (each costs an fp32 [C, D] accumulator)."""
+    row_tiles = max(row_tiles, 1)  # an empty batch still gets its (zero) outputs
+    splits = max(1, min(row_tiles, _target_programs(device) // max(class_tiles, 1), MAX_DW_SPLITS))
+    per_split = cdiv(row_tiles, splits)
+    return cdiv(row_tiles, per_split), per_split
+
+
+def _class_split_grid(row_tiles: int, class_tiles: int, device: torch.device) -> tuple[int, int]:
+    """(max_splits, slabs) of a forward / dH launch on the grid (row tiles, max_splits), whose kernels choose their
+    class splits E <= max_splits on the device from the count (_linear_loss_kernels._class_splits: the A row tiles
+    that hold counted rows get E splits each, A E <= max(A, target) programs). max_splits: those that fill the GPU
+    when every row counts, or up to MAX_COUNT_SPLITS for fewer; slabs: the most programs that work, for any count
+    (dH's fp32 slabs of BLOCK_M rows)."""
+    target = _target_programs(device)
+    max_splits = max(1, min(class_tiles, max(target // max(row_tiles, 1), MAX_COUNT_SPLITS)))
+    return max_splits, max(1, min(row_tiles * max_splits, max(row_tiles, target)))
 
 
 def _row_order(target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,69 +268,41 @@ def _num_warps(blocks) -> int:
     return 8 if blocks[0] * blocks[1] >= 64 * 64 else 4
 
 
-def _shift(m: torch.Tensor) -> torch.Tensor:
-    """The softmax shift of a running max: 0 where it is -inf (a row, or a split of it, with only -inf logits)."""
-    return torch.where(torch.isneginf(m), 0.0, m)
-
-
-def _merge(m: torch.Tensor, l: torch.Tensor):
-    """Online-softmax states of the splits [splits, M] -> (shift c, sum_c exp(x - c), each split's rescaling)."""
-    c = _shift(m.amax(0))
-    scale = torch.exp(m - c)  # exp(shift_k - c) where split k has a finite max; 0 (as its sum) where it has none
-    return c, (scale * l).sum(0), scale
-
-
-def _combine(part, valid, bad, bce, has_sub, temperature, classes) -> torch.Tensor:
-    """fp32 [9, M] (ops/masksub_loss.py's layout) from the splits' partial states [NUM_PART, splits, M]."""
-    m_z, l_z, s_z, d_z, bce_main, m_s, l_s, m_t, l_t, d_t, bce_sub = part  # the P_* order of the kernels
-    out = part.new_zeros(NUM_OUT, part.shape[2])
-    if bce:
-        out[MAIN] = bce_main.sum(0) / classes
-        out[SUB] = bce_sub.sum(0) * (temperature**2 / classes)
-    else:
-        # main: l = sum_k l_k exp(shift_k - c), D = sum_k D_k + S_k (shift_k - c), loss = S log l - D
-        c_z, sum_z, _ = _merge(m_z, l_z)
-        out[C_Z], out[LOG_L_Z], out[S_Z] = c_z, torch.log(sum_z), s_z.sum(0)
-        out[MAIN] = out[S_Z] * out[LOG_L_Z] - (d_z + s_z * (_shift(m_z) - c_z)).sum(0)
-        if has_sub:
-            # sub: D_t = sum_k exp(shift_t,k - c_t) (D_t,k + l_t,k (shift_s,k - c_s)), loss = T^2 (log l_s - D_t / l_t)
-            c_s, sum_s, _ = _merge(m_s, l_s)
-            c_t, sum_t, scale_t = _merge(m_t, l_t)
-            sum_d_t = (scale_t * (d_t + l_t * (_shift(m_s) - c_s))).sum(0)
-            out[C_S], out[LOG_L_S], out[C_T], out[LOG_L_T] = c_s, torch.log(sum_s), c_t, torch.log(sum_t)
-            out[SUB] = (out[LOG_L_S] - sum_d_t / sum_t) * temperature**2
-    out[MAIN], out[SUB] = _mask_rows(out[MAIN], valid, bad), _mask_rows(out[SUB], valid, bad)
-    return out
-
-
 def _forward_triton(hidden, sub_hidden, weight, bias, target, bce, eps, ignore, temperature, threshold):
     tensors, strides, flags, blocks = _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore, bce, threshold)
     flags["UNIT_T"] = temperature == 1.0  # the teacher softmax(z / T) is the main term's: shared
     (rows, depth), classes = hidden.shape, weight.shape[0]
     row_tiles, class_tiles = cdiv(rows, blocks[0]), cdiv(classes, blocks[1])
-    splits, per_split = _splits(row_tiles, class_tiles, hidden.device)
-    part = torch.zeros(kernels.NUM_PART, splits, rows, dtype=torch.float32, device=hidden.device)
+    max_splits, _ = _class_split_grid(row_tiles, class_tiles, hidden.device)
+    part = torch.zeros(kernels.NUM_PART, max_splits, rows, dtype=torch.float32, device=hidden.device)
     if rows:
-        args = (
-            *tensors,
-            part,
-            rows,
-            classes,
-            depth,
-            *strides,
-            per_split * blocks[1],
-            eps,
-            temperature,
-            threshold or 0.0,
-        )
-        kernels._fwd_kernel[(row_tiles, splits)](*args, **flags, num_warps=_num_warps(blocks))
+        splitting = (class_tiles, _target_programs(hidden.device))
+        args = (*tensors, part, rows, classes, depth, *strides, *splitting, eps, temperature, threshold or 0.0)
+        kernels._fwd_kernel[(row_tiles, max_splits)](*args, **flags, num_warps=_num_warps(blocks))
+    out = kernels.combine_states(part, bce, sub_hidden is not None, temperature, classes)
     valid, bad = _row_masks(target, ignore, classes)
-    return _combine(part, valid, bad, bce, sub_hidden is not None, temperature, classes)
+    out[MAIN], out[SUB] = _mask_rows(out[MAIN], valid, bad), _mask_rows(out[SUB], valid, bad)
+    return out
 
 
 def _sum_splits(part: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The splits' fp32 partial sums added in a fixed order, rounded once to ``dtype``."""
     return (part[0] if part.shape[0] == 1 else part.sum(0)).to(dtype)
+
+
+def _sum_slabs(slabs, order, count, hidden, splitting, block_m) -> torch.Tensor:
+    """dH [M, D] in the hidden states' dtype from _dh_kernel's fp32 slabs: each counted row's splits added in a
+    fixed order (_dh_sum_kernel, the same choice of splits on the device), 0 in the ignored rows."""
+    rows, depth = hidden.shape
+    dh = torch.empty(rows, depth, dtype=hidden.dtype, device=hidden.device)
+    if rows and depth:
+        block_r, block_d = DH_SUM_BLOCKS
+        grid = (cdiv(rows, block_r), cdiv(depth, block_d))
+        kernels._dh_sum_kernel[grid](
+            slabs, order, count, dh, rows, depth, dh.stride(0), *splitting, BLOCK_M=block_m, BLOCK_R=block_r,
+            BLOCK_D=block_d, num_warps=4,
+        )  # fmt: skip
+    return dh
 
 
 def _backward_triton(
@@ -336,21 +325,23 @@ def _backward_triton(
     empty = hidden.new_empty(0)
     dh = dhs = dw = db = empty
     if need_hidden:
-        splits, per_split = _splits(row_tiles, class_tiles, hidden.device)
-        dh_part, dhs_part = (fp32_zeros(splits, rows, depth) if g is not None else out for g in (grad_main, grad_sub))
+        max_splits, slabs = _class_split_grid(row_tiles, class_tiles, hidden.device)
+        splitting = (class_tiles, _target_programs(hidden.device))
+        parts = [fp32_zeros(slabs * blocks[0], depth) if g is not None else out for g in (grad_main, grad_sub)]
         if launch:
-            grid = (row_tiles, splits)
-            args = (*inputs, dh_part, dhs_part, *scalars, per_split * blocks[1], *options)
-            kernels._dh_kernel[grid](*args, **flags, num_warps=_num_warps(blocks))
-        dh = _sum_splits(dh_part, hidden.dtype) if grad_main is not None else empty
-        dhs = _sum_splits(dhs_part, hidden.dtype) if grad_sub is not None else empty
+            args = (*inputs, *parts, *scalars, *splitting, *options)
+            kernels._dh_kernel[(row_tiles, max_splits)](*args, **flags, num_warps=_num_warps(blocks))
+        order, count = tensors[5:7]
+        dh, dhs = (
+            _sum_slabs(part, order, count, hidden, (*splitting, max_splits), blocks[0]) if g is not None else empty
+            for part, g in zip(parts, (grad_main, grad_sub))
+        )
     if need_weight:
-        splits, per_split = _splits(class_tiles, row_tiles, hidden.device, MAX_DW_SPLITS)
+        splits, per_split = _row_splits(class_tiles, row_tiles, hidden.device)
         dw_part, db_part = fp32_zeros(splits, classes, depth), fp32_zeros(splits, classes)
         if launch:
-            grid = (class_tiles, splits)
             args = (*inputs, dw_part, db_part, *scalars, per_split * blocks[0], *options)
-            kernels._dw_kernel[grid](*args, **flags, num_warps=_num_warps(blocks))
+            kernels._dw_kernel[(class_tiles, splits)](*args, **flags, num_warps=_num_warps(blocks))
         dw = _sum_splits(dw_part, weight.dtype)
         db = _sum_splits(db_part, weight.dtype) if bias is not None else empty
     return dh, dhs, dw, db

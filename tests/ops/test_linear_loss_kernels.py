@@ -95,3 +95,31 @@ def test_weight_rows_past_two_to_the_31_elements_are_read(op_backend):  # noqa: 
 
     for got, expected in zip(run(far), run(w.contiguous())):
         assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize(("counted", "splits"), [(40, 2), (20, 3), (5, 5), (0, None)])
+def test_class_splits_follow_the_counted_rows(monkeypatch, counted, splits):
+    # The forward and dH choose their class splits on the device from the count (MLM labels: few rows count, the
+    # grid sized for all of them): 40 rows in 3 row tiles of 16, 160 classes in 5 tiles of 32, 6 programs to fill.
+    # Every row counts: 3 tiles x 2 splits; 20 count (2 tiles): 3 splits (5 tiles in runs of 2); 5 (1 tile): 5.
+    # The forward's partial states say which splits ran (a finite max in each split of a counted row, -inf in the
+    # others; the ignored rows' are never written); the values and gradients (dH's slabs summed by the same choice) against
+    # the composite, with the counted rows spread among the ignored ones
+    if not mk.triton_interpreted():
+        pytest.skip("the interpreter's tiles and programs (a GPU has its own)")
+    monkeypatch.setattr(lm, "_target_programs", lambda device: 6)
+    h, hs, w, b, target = make_inputs(rows=40, classes=160, kind="index", seed=3)
+    counted_rows = torch.randperm(40, generator=torch.Generator().manual_seed(counted))[:counted].to(DEVICE)
+    target = torch.full_like(target, -100).index_copy_(0, counted_rows, target[counted_rows])
+    parts, combine = [], lm.kernels.combine_states
+    monkeypatch.setattr(lm.kernels, "combine_states", lambda part, *args: parts.append(part) or combine(part, *args))
+    with mk.use_backend("triton"):
+        check_against_composite((h, hs, w, b, target), reduction="none", temperature=2.0, label_smoothing=0.1)
+    (part,) = parts
+    ran = torch.isfinite(part[lm.kernels.P_M_Z]).cpu()  # [max_splits, M]: 5 slots (at most MAX_FWD_SPLITS)
+    assert ran.shape == (5, 40)
+    is_counted = torch.zeros(40, dtype=torch.bool).index_fill_(0, counted_rows.cpu(), True)
+    assert (part[:, :, ~is_counted.to(DEVICE)] == 0).all()  # not written: the zero fill
+    if counted:
+        assert ran[:, is_counted].sum(0).tolist() == [splits] * counted
+        assert ran[:splits, is_counted].all()
