@@ -368,6 +368,9 @@ def _launch_spec(launch, dtype: str, label: str):
     # the name: the flags whose value differs from the base variant's (False ones as no_<flag>), then the label
     base = _LINEAR_BASE | _LINEAR_GRADS
     words = [k.lower() if v is True else f"no_{k.lower()}" for k, v in constants.items() if base.get(k, v) != v]
+    # and the sizes the JIT made constants (equal to 1: dH's sum with one split, where every row counts), strides
+    # aside (unit last strides: every launch's)
+    words += [f"{k}={v}" for k, v in constants.items() if k[0].islower() and not k.startswith("stride") and v == 1]
     name = f"{launch.name.strip('_')}[{','.join([dtype, *words, *([label] if label else [])])}]"
     # the launch's compile options (num_warps, ...): its keyword arguments that are not kernel parameters
     options = {k: v for k, v in launch.kwargs.items() if k not in names}

@@ -1,5 +1,6 @@
-"""Triton kernels of the fused-linear MaskSub loss; the maths, the reference, the launchers and the autograd are in
-``ops/linear_masksub_loss.py`` (read that first).
+"""Triton kernels of the fused-linear MaskSub loss, and the torch ops that merge its forward's split states
+(combine_states); the maths, the reference, the launchers and the autograd are in ``ops/linear_masksub_loss.py``
+(read that first).
 
 A program works on a tile of BLOCK_M rows x BLOCK_N classes of the logits z = h W^T + b (main) and s = h_s W^T + b
 (sub), made by ``tl.dot`` over the hidden size D in steps of BLOCK_K; each weight tile is loaded once for both
@@ -7,18 +8,19 @@ branches. Rows are visited through ``order`` (the counted rows first, ``count`` 
 of ignored rows do no work. Logit tiles never leave the program; fp32 throughout (one rounding of dz, ds to the
 inputs' dtype for the gradient matmuls, as a bf16 GEMM would).
 
-    _fwd_kernel   grid (row tiles, class splits): the online softmax / BCE states of each row over its split's
-                  classes -> part [NUM_PART, max_splits, M] (combined on the host side by torch ops, no sync)
-    _dh_kernel    grid (row tiles, class splits): recompute z, s; dz, ds; dH += dz W, dH_s += ds W over the
+    _fwd_kernel   grid (row tiles, max_splits): the online softmax / BCE states of each row over its split's
+                  classes -> part [NUM_PART, max_splits, M], merged by torch ops (combine_states, below; no sync)
+    _dh_kernel    grid (row tiles, max_splits): recompute z, s; dz, ds; dH += dz W, dH_s += ds W over the
                   split's classes, into the program's own fp32 slab [BLOCK_M, D]
     _dh_sum_kernel  grid (row blocks, depth blocks): each counted row's slabs summed in split order, written to its
                   row of dH in the output dtype (0 for the ignored rows)
     _dw_kernel    grid (class tiles, row splits): recompute z, s; dz, ds; dW += dz^T H + ds^T H_s, db += sum dz + ds
 The forward's and dH's class splits are chosen on the device from the count (_class_splits): as many as fill the
 GPU for the row tiles that hold counted rows (up to the grid's), so that MLM-like labels (15% of the rows count)
-keep the SMs busy without a host sync; the programs of the other tiles and splits return at once.
-Every gradient element is owned by one program and accumulated in a fixed order (split partials are summed in a
-fixed order by the launcher): the results are the same bits on every run, no atomics. The dH / dW accumulators are
+keep the SMs busy without a host sync; the programs of the other tiles and splits do no class tile (the forward's
+store neutral states). Every gradient element is owned by one program and accumulated in a fixed order (split
+partials are summed in a fixed order: dW's by the launcher, dH's by _dh_sum_kernel): the results are the same bits
+on every run, no atomics. The dH / dW accumulators are
 fp32 read-modify-writes in global memory (a [BLOCK_M, D] accumulator does not fit in registers); a barrier after
 each write keeps the next read of the same program ordered after it.
 """
@@ -31,7 +33,7 @@ from .._triton import jit, tl
 from ._masksub_loss_blocks import _bce_elem, _shift, _sigmoid
 from .masksub_loss import C_S, C_T, C_Z, LOG_L_S, LOG_L_T, LOG_L_Z, MAIN, NUM_OUT, S_Z, SUB
 
-# Rows of the forward's partial states, fp32 [NUM_PART, splits, M]: main CE (running max, sum exp(z - shift),
+# Rows of the forward's partial states, fp32 [NUM_PART, max_splits, M]: main CE (running max, sum exp(z - shift),
 # S = sum w, D = sum w (z - shift)); main BCE sum; sub CE (max and sum exp of s/T, of z/T, D_t = sum exp(z/T -
 # shift_t) (s/T - shift_s)); sub BCE sum.
 P_M_Z, P_L_Z, P_S_Z, P_D_Z, P_BCE_MAIN, P_M_S, P_L_S, P_M_T, P_L_T, P_D_T, P_BCE_SUB = range(11)
@@ -215,8 +217,8 @@ def _fwd_kernel(
                 l_s = l_s * tl.exp(m_s - cs_new) + tl.sum(tl.exp(x - cs_new[:, None]), axis=1)
                 m_s, m_t = ms_new, mt_new
     # the states in the order P_M_Z .. P_BCE_SUB; state k of this split and row at out + k * max_splits * M (a split
-    # without classes writes the neutral states: max -inf, sums 0)
-    out, step = part_ptr + split * M + rows, tl.num_programs(1) * M
+    # without classes writes the neutral states: max -inf, sums 0), in int64 (10 x 8 x M passes 2^31 at M = 27M)
+    out, step = part_ptr + split * M + rows, tl.num_programs(1).to(tl.int64) * M
     states = (m_z, l_z, s_z, d_z, acc_m, m_s, l_s, m_t, l_t, d_t, acc_s)
     for k in tl.static_range(11):
         tl.store(out + k * step, states[k], mask=in_rows)

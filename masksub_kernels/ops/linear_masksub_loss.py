@@ -33,7 +33,7 @@ split left ~70% of its SMs idle.
 
 Extra memory (beyond inputs and the returned gradients): Triton O(M) for the stats and row order (the forward's
 partial states: 44 bytes per row and split of the grid), plus fp32 accumulators: dH's slabs [P BLOCK_M, D] per
-branch (P <= max(row tiles, 2 programs per SM), so at most max(M, 128 x SMs) rows; summed into dH in a fixed order
+branch (P <= max(row tiles, 2 programs per SM): at most max(M, 128 x SMs) rows, M rounded up to 64; summed in order
 by _dh_sum_kernel) and dW [splits, C, D] (splits > 1 only when classes are few). The PyTorch reference (the
 oracle, and the path on CPU tensors) works on chunks of CHUNK_ROWS(C) rows, so its extra memory is a few [chunk,
 C] fp32 buffers (chunk * C <= CHUNK_ELEMENTS, i.e. 4 MiB each) plus fp32 copies of W, dW and dH: never [M, C]. The
@@ -74,7 +74,7 @@ MAX_BLOCK_N_FP32, MAX_BLOCK_K_FP32 = 64, 16
 MAX_DW_SPLITS = 8  # row splits of the dW kernel: each costs an fp32 [C, D] accumulator
 # Class splits of the forward and dH for labels where few rows count (MLM: the kernels choose on the device, up to
 # this many or those that fill the GPU when every row counts): the forward's partial states take 44 bytes per row
-# and split; programs of the splits not chosen return at once
+# and split; programs of the splits not chosen do no class tile
 MAX_COUNT_SPLITS = 8
 DH_SUM_BLOCKS = (32, 128)  # rows x depth of a _dh_sum_kernel program (4 warps: 32 fp32 sums per thread)
 # Offsets into W from this many elements up are int64 in the kernels (WIDE_W: C D >= 2^31, e.g. a 256000 x 18432
@@ -203,15 +203,16 @@ def _row_splits(class_tiles: int, row_tiles: int, device: torch.device) -> tuple
     return cdiv(row_tiles, per_split), per_split
 
 
-def _class_split_grid(row_tiles: int, class_tiles: int, device: torch.device) -> tuple[int, int]:
-    """(max_splits, slabs) of a forward / dH launch on the grid (row tiles, max_splits), whose kernels choose their
-    class splits E <= max_splits on the device from the count (_linear_loss_kernels._class_splits: the A row tiles
-    that hold counted rows get E splits each, A E <= max(A, target) programs). max_splits: those that fill the GPU
-    when every row counts, or up to MAX_COUNT_SPLITS for fewer; slabs: the most programs that work, for any count
-    (dH's fp32 slabs of BLOCK_M rows)."""
+def _class_split_grid(row_tiles: int, class_tiles: int, every_row_counts: bool, device: torch.device):
+    """(grid, slabs) of a forward / dH launch: the grid (row tiles, max_splits), whose kernels choose their class
+    splits E <= max_splits on the device from the count (_linear_loss_kernels._class_splits: the A row tiles that
+    hold counted rows get E splits each, A E <= max(A, target) programs); slabs: the most programs that work, for
+    any count (dH's fp32 slabs of BLOCK_M rows). max_splits: those that fill the GPU when every row counts, and up to
+    MAX_COUNT_SPLITS for fewer unless every row is known to count (probabilities)."""
     target = _target_programs(device)
-    max_splits = max(1, min(class_tiles, max(target // max(row_tiles, 1), MAX_COUNT_SPLITS)))
-    return max_splits, max(1, min(row_tiles * max_splits, max(row_tiles, target)))
+    fill = target // max(row_tiles, 1)
+    max_splits = max(1, min(class_tiles, fill if every_row_counts else max(fill, MAX_COUNT_SPLITS)))
+    return (row_tiles, max_splits), max(1, min(row_tiles * max_splits, max(row_tiles, target)))
 
 
 def _row_order(target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,12 +274,12 @@ def _forward_triton(hidden, sub_hidden, weight, bias, target, bce, eps, ignore, 
     flags["UNIT_T"] = temperature == 1.0  # the teacher softmax(z / T) is the main term's: shared
     (rows, depth), classes = hidden.shape, weight.shape[0]
     row_tiles, class_tiles = cdiv(rows, blocks[0]), cdiv(classes, blocks[1])
-    max_splits, _ = _class_split_grid(row_tiles, class_tiles, hidden.device)
-    part = torch.zeros(kernels.NUM_PART, max_splits, rows, dtype=torch.float32, device=hidden.device)
+    grid, _ = _class_split_grid(row_tiles, class_tiles, flags["DENSE"], hidden.device)
+    part = torch.zeros(kernels.NUM_PART, grid[1], rows, dtype=torch.float32, device=hidden.device)
     if rows:
         splitting = (class_tiles, _target_programs(hidden.device))
         args = (*tensors, part, rows, classes, depth, *strides, *splitting, eps, temperature, threshold or 0.0)
-        kernels._fwd_kernel[(row_tiles, max_splits)](*args, **flags, num_warps=_num_warps(blocks))
+        kernels._fwd_kernel[grid](*args, **flags, num_warps=_num_warps(blocks))
     out = kernels.combine_states(part, bce, sub_hidden is not None, temperature, classes)
     valid, bad = _row_masks(target, ignore, classes)
     out[MAIN], out[SUB] = _mask_rows(out[MAIN], valid, bad), _mask_rows(out[SUB], valid, bad)
@@ -325,15 +326,16 @@ def _backward_triton(
     empty = hidden.new_empty(0)
     dh = dhs = dw = db = empty
     if need_hidden:
-        max_splits, slabs = _class_split_grid(row_tiles, class_tiles, hidden.device)
+        grid, slabs = _class_split_grid(row_tiles, class_tiles, flags["DENSE"], hidden.device)
         splitting = (class_tiles, _target_programs(hidden.device))
+        # each branch's slabs, or a placeholder pointer where its term has no gradient
         parts = [fp32_zeros(slabs * blocks[0], depth) if g is not None else out for g in (grad_main, grad_sub)]
         if launch:
             args = (*inputs, *parts, *scalars, *splitting, *options)
-            kernels._dh_kernel[(row_tiles, max_splits)](*args, **flags, num_warps=_num_warps(blocks))
-        order, count = tensors[5:7]
+            kernels._dh_kernel[grid](*args, **flags, num_warps=_num_warps(blocks))
+        _, _, _, _, _, order, count = tensors
         dh, dhs = (
-            _sum_slabs(part, order, count, hidden, (*splitting, max_splits), blocks[0]) if g is not None else empty
+            _sum_slabs(part, order, count, hidden, (*splitting, grid[1]), blocks[0]) if g is not None else empty
             for part, g in zip(parts, (grad_main, grad_sub))
         )
     if need_weight:

@@ -7,6 +7,8 @@ tile; at T = 1 (the teacher shares the main term's softmax, UNIT_T) and T = 2 (i
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from conftest import DEVICE
 from test_linear_masksub_loss import (  # noqa: F401 (the fixtures op_backend and _small_tiles, autouse)
     _small_tiles,
@@ -97,17 +99,23 @@ def test_weight_rows_past_two_to_the_31_elements_are_read(op_backend):  # noqa: 
         assert torch.equal(got, expected)
 
 
-@pytest.mark.parametrize(("counted", "splits"), [(40, 2), (20, 3), (5, 5), (0, None)])
-def test_class_splits_follow_the_counted_rows(monkeypatch, counted, splits):
+# (rows that count, MAX_COUNT_SPLITS, the splits the kernels choose, the grid's splits)
+SPLIT_CASES = [(40, 8, 2, 5), (20, 8, 3, 5), (5, 8, 5, 5), (0, 8, None, 5), (20, 2, 2, 2), (5, 2, 2, 2)]
+
+
+@pytest.mark.parametrize(("counted", "cap", "splits", "slots"), SPLIT_CASES)
+def test_class_splits_follow_the_counted_rows(monkeypatch, counted, cap, splits, slots):
     # The forward and dH choose their class splits on the device from the count (MLM labels: few rows count, the
     # grid sized for all of them): 40 rows in 3 row tiles of 16, 160 classes in 5 tiles of 32, 6 programs to fill.
-    # Every row counts: 3 tiles x 2 splits; 20 count (2 tiles): 3 splits (5 tiles in runs of 2); 5 (1 tile): 5.
-    # The forward's partial states say which splits ran (a finite max in each split of a counted row, -inf in the
-    # others; the ignored rows' are never written); the values and gradients (dH's slabs summed by the same choice) against
-    # the composite, with the counted rows spread among the ignored ones
+    # Every row counts: 3 tiles x 2 splits; 20 count (2 tiles): 3 splits (5 tiles in runs of 2); 5 (1 tile): 5;
+    # with MAX_COUNT_SPLITS = 2 the grid has 2 (where dH and its sum must agree on the cap). The forward's partial
+    # states say which splits ran (a finite max in each split of a counted row, -inf in the grid's others; the
+    # ignored rows' never written); the values and gradients (dH's slabs summed by the same choice) against the
+    # composite, with the counted rows spread among the ignored ones
     if not mk.triton_interpreted():
         pytest.skip("the interpreter's tiles and programs (a GPU has its own)")
     monkeypatch.setattr(lm, "_target_programs", lambda device: 6)
+    monkeypatch.setattr(lm, "MAX_COUNT_SPLITS", cap)
     h, hs, w, b, target = make_inputs(rows=40, classes=160, kind="index", seed=3)
     counted_rows = torch.randperm(40, generator=torch.Generator().manual_seed(counted))[:counted].to(DEVICE)
     target = torch.full_like(target, -100).index_copy_(0, counted_rows, target[counted_rows])
@@ -116,10 +124,59 @@ def test_class_splits_follow_the_counted_rows(monkeypatch, counted, splits):
     with mk.use_backend("triton"):
         check_against_composite((h, hs, w, b, target), reduction="none", temperature=2.0, label_smoothing=0.1)
     (part,) = parts
-    ran = torch.isfinite(part[lm.kernels.P_M_Z]).cpu()  # [max_splits, M]: 5 slots (at most MAX_FWD_SPLITS)
-    assert ran.shape == (5, 40)
+    ran = torch.isfinite(part[lm.kernels.P_M_Z]).cpu()  # [the grid's splits, M]
+    assert ran.shape == (slots, 40)
     is_counted = torch.zeros(40, dtype=torch.bool).index_fill_(0, counted_rows.cpu(), True)
     assert (part[:, :, ~is_counted.to(DEVICE)] == 0).all()  # not written: the zero fill
     if counted:
         assert ran[:, is_counted].sum(0).tolist() == [splits] * counted
         assert ran[:splits, is_counted].all()
+
+
+def test_probabilities_keep_the_splits_that_fill_the_gpu(monkeypatch):
+    # every row counts with probability targets: the grid has only the splits that fill the GPU then (2 of the 5
+    # class tiles for 3 row tiles and 6 programs), no room for fewer counted rows
+    if not mk.triton_interpreted():
+        pytest.skip("the interpreter's tiles and programs (a GPU has its own)")
+    monkeypatch.setattr(lm, "_target_programs", lambda device: 6)
+    parts, combine = [], lm.kernels.combine_states
+    monkeypatch.setattr(lm.kernels, "combine_states", lambda part, *args: parts.append(part) or combine(part, *args))
+    inputs = make_inputs(rows=40, classes=160, kind="dense", seed=3)
+    with mk.use_backend("triton"):
+        check_against_composite(inputs, reduction="none", temperature=2.0)
+    assert parts[0].shape[1] == 2 and torch.isfinite(parts[0][lm.kernels.P_M_Z]).all()
+
+
+@triton.jit
+def _class_splits_probe(count_ptr, out_ptr, class_tiles, target_programs, max_splits, BLOCK: tl.constexpr,
+                        BLOCK_M: tl.constexpr):  # fmt: skip
+    # the kernels' own choice (_class_splits) for a block of counts: (splits, class tiles per split) of each
+    i = tl.arange(0, BLOCK)
+    count = tl.load(count_ptr + i)
+    splits, per_split = lm.kernels._class_splits(count, class_tiles, target_programs, max_splits, BLOCK_M)
+    tl.store(out_ptr + i, splits)
+    tl.store(out_ptr + BLOCK + i, per_split)
+
+
+@pytest.mark.parametrize("target", [1, 4, 6, 264])
+@pytest.mark.parametrize(
+    ("rows", "classes", "every_row_counts"), [(40, 160, False), (300, 70, False), (200, 500, True), (1, 30, False)]
+)
+def test_class_splits_stay_within_the_grid_and_slabs(monkeypatch, target, rows, classes, every_row_counts):
+    # for every count in [0, M] (M for probabilities), the kernels' splits E fit the launcher's grid and dH's slabs
+    # (A E <= slabs for the A row tiles that hold counted rows), and E runs of per_split tiles cover the class tiles
+    # with none empty (tiles of 16 x 32: the choice depends on the tile counts only)
+    monkeypatch.setattr(lm, "_target_programs", lambda device: target)
+    block_m, block_n = 16, 32
+    row_tiles, class_tiles = lm.cdiv(rows, block_m), lm.cdiv(classes, block_n)
+    (grid_rows, max_splits), slabs = lm._class_split_grid(row_tiles, class_tiles, every_row_counts, DEVICE)
+    assert grid_rows == row_tiles and 1 <= max_splits <= class_tiles
+    counts = [rows] if every_row_counts else list(range(rows + 1))
+    block = triton.next_power_of_2(len(counts))
+    count = torch.tensor(counts + [0] * (block - len(counts)), dtype=torch.int32, device=DEVICE)
+    out = torch.empty(2 * block, dtype=torch.int32, device=DEVICE)
+    _class_splits_probe[(1,)](count, out, class_tiles, target, max_splits, BLOCK=block, BLOCK_M=block_m)
+    for n, splits, per_split in zip(counts, out[:block].tolist(), out[block:].tolist()):
+        active = lm.cdiv(n, block_m)
+        assert 1 <= splits <= max_splits and active * splits <= slabs, (n, splits)
+        assert (splits - 1) * per_split < class_tiles <= splits * per_split, (n, splits, per_split)
