@@ -14,19 +14,22 @@ from ._common import _tracing, masksub_op
 from .masksub_loss import NUM_OUT
 
 
-def _grads_reference(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _, *opts):
+def _grads_reference(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _,
+                     chunk, *opts):  # fmt: skip
     from .linear_masksub_loss import chunk_rows  # the recompute reference's chunks (imported late: it imports us)
 
     return chunk_loop.grads_in_forward(
         hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, opts,
-        rows_per_chunk=chunk_rows(weight.shape[0]), kernels=False, gather=gather,
+        rows_per_chunk=chunk or chunk_rows(weight.shape[0]), kernels=False, gather=gather,
     )  # fmt: skip
 
 
-def _grads_triton(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _, *options):
+def _grads_triton(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _, chunk,
+                  *options):  # fmt: skip
+    rows = chunk or chunk_loop.grads_chunk_rows(weight.shape[0], hidden.shape[0])
     return chunk_loop.grads_in_forward(
         hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, options,
-        rows_per_chunk=chunk_loop.grads_chunk_rows(weight.shape[0], hidden.shape[0]), kernels=True, gather=gather,
+        rows_per_chunk=rows, kernels=True, gather=gather,
     )  # fmt: skip
 
 
@@ -52,6 +55,7 @@ def _linear_loss_grads_op(
     need_weight: bool,
     gather: bool,
     private: bool,
+    chunk_rows: int,
     bce: bool,
     label_smoothing: float,
     ignore_index: int,
@@ -73,11 +77,12 @@ def _linear_loss_grads_op(
     an unneeded one an empty [0], and the per-row stats [9, M] for the per-term backward (module docstring).
     gather: read the number of counted rows on the host and run the matmuls on those rows only (else every row, no
     host sync: torch.compile, CUDA graphs). private: the caller never reads the stored gradients (the public
-    functions), so the backward may scale them in place and return them."""
+    functions), so the backward may scale them in place and return them. chunk_rows: rows per chunk (each branch's
+    [chunk_rows, C] logits held at once); 0: the backend's default (grads_chunk_rows, or the reference's chunk_rows)."""
 
 
 @_linear_loss_grads_op.register_fake
-def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, private, *options):
+def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, private, chunk, *options):
     # the same on every backend (padded_dw): dW, db in fp64 for fp64 inputs, else fp32; fp16 / bf16 dW with a bias
     # a view of a wider buffer
     acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
@@ -108,7 +113,8 @@ def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, nee
 
 
 def _grads_setup_context(ctx, inputs, output):
-    hidden, sub_hidden, weight, bias, target, mean, a, b, *_, private, bce, eps, ignore, temperature, threshold = inputs
+    hidden, sub_hidden, weight, bias, target, mean, a, b, *_, private, _chunk_rows = inputs[:14]
+    bce, eps, ignore, temperature, threshold = inputs[14:]
     ctx.mark_non_differentiable(*output[3:])
     ctx.set_materialize_grads(False)  # .main alone backpropagated: no gradient for the others (no zero pass)
     # Private stored gradients (eager calls of the public functions) are held by ctx itself, not saved, so that
@@ -189,7 +195,7 @@ def _grads_backward(ctx, grad_loss, grad_main, grad_sub, *_):
     for i, x in enumerate((hidden, sub_hidden, weight, bias)):
         if need[i] and grads[i] is None:
             grads[i] = torch.zeros_like(x)  # its terms have weight 0 (the composite's zeros)
-    return (*grads, *(None,) * 14)  # target, mean, the weights, need_*, gather, private, options
+    return (*grads, *(None,) * 15)  # target, mean, the weights, need_*, gather, private, chunk_rows, options
 
 
 def _recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stats):

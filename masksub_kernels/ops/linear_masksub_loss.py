@@ -43,6 +43,7 @@ CUDA extension does not have this op yet (the 'cuda' backend refuses it).
 from __future__ import annotations
 
 import functools
+import numbers
 
 import torch
 
@@ -480,6 +481,17 @@ def _check_linear(hidden, sub_hidden, weight, bias) -> None:
             )
 
 
+def _check_chunk_rows(chunk_rows) -> int:
+    """chunk_rows as the grads op takes it: an int >= 1, or 0 for None (the backend's default)."""
+    if chunk_rows is None:
+        return 0
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral):
+        raise TypeError(f"chunk_rows must be an int >= 1 or None, got {type(chunk_rows).__name__}")
+    if not 1 <= chunk_rows < 2**31:
+        raise ValueError(f"chunk_rows must be an int >= 1 (below 2^31) or None, got {chunk_rows}")
+    return int(chunk_rows)
+
+
 def _check_all(hidden, sub_hidden, weight, bias, target, mode, reduction, label_smoothing, ignore_index,
                temperature, target_threshold):  # fmt: skip
     """(target, options of the op) after every check of masksub_loss, applied to the logits' shape [M, C]."""
@@ -509,6 +521,7 @@ def linear_masksub_loss(
     temperature: float = 1.0,
     target_threshold: float | None = None,
     reduction: str = "mean",
+    chunk_rows: int | None = None,
 ) -> MaskSubLoss:
     """``masksub_loss(main_hidden @ weight.T + bias, sub_hidden @ weight.T + bias, target, ...)`` without the logits.
 
@@ -522,6 +535,14 @@ def linear_masksub_loss(
     the forward in chunks of rows and stored (dH, dHs [M, D]; one dW, db in fp32 for the combined loss), so the
     backward of ``.loss`` is cheap and may run once (no retain_graph second pass); ``.main`` and ``.sub`` on their
     own backpropagate through a recompute of their logits. Never [M, C]. No CUDA-extension implementation yet.
+
+    chunk_rows: the rows per chunk of that path (int >= 1): its extra memory is about 2 chunk_rows C fp32 for the
+    logits of both branches (on a GPU their fp16 / bf16 gradients are written over them) beside one fp32 dW [C, D].
+    None (default): ops/_linear_loss_chunks.grads_chunk_rows on a GPU (a 96 MiB budget, and at least 384 rows where
+    M >= 12288: large vocabularies), 2^20 / C rows on the CPU. Fewer rows hold less memory, at some speed (each chunk
+    reads and writes dW's accumulator once); it does not change the values beyond fp32 rounding. The other path
+    (reduction='none', no gradient, class ids under torch.compile / CUDA graphs) holds no [rows, C] logits on a GPU
+    and does not use it.
     """
     if sub_hidden is None:
         raise TypeError(
@@ -533,12 +554,13 @@ def linear_masksub_loss(
     )  # fmt: skip
     main_weight = _number("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
     sub_weight = _number("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
+    chunk = _check_chunk_rows(chunk_rows)
     wanted = _grads_wanted(main_hidden, sub_hidden, weight, bias, target, reduction)
     if wanted is not None:  # the gradients in the forward: 6 matmul units, the backward of .loss only scales them
         return MaskSubLoss(
             *_linear_loss_grads_op(
                 main_hidden, sub_hidden, weight, bias, target, reduction == "mean", main_weight, sub_weight,
-                *wanted, True, *options,
+                *wanted, True, chunk, *options,
             )[:3]
         )  # fmt: skip
     out = _linear_loss_op(main_hidden, sub_hidden, weight, bias, target, *options)
@@ -556,20 +578,23 @@ def linear_soft_target_cross_entropy(
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
     reduction: str = "mean",
+    chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """``soft_target_cross_entropy(hidden @ weight.T + bias, target, ...)`` without the logits (one branch).
 
     hidden: [M, D] fp32/fp16/bf16/fp64; weight [C, D] and bias [C] or None of the same dtype and device; target:
     class ids [M] or probabilities [M, C], as in soft_target_cross_entropy. Returns fp32 [M] for reduction='none',
-    else a scalar; gradients reach hidden, weight and bias.
+    else a scalar; gradients reach hidden, weight and bias. chunk_rows: as in linear_masksub_loss (one branch's
+    logits: about chunk_rows C fp32).
     """
     target, options = _check_all(
         hidden, None, weight, bias, target, "ce", reduction, label_smoothing, ignore_index, 1.0, None
     )
+    chunk = _check_chunk_rows(chunk_rows)
     _linear_loss_op.report_as("linear_soft_target_cross_entropy", hidden)  # the ops report linear_masksub_loss
     wanted = _grads_wanted(hidden, None, weight, bias, target, reduction)
     if wanted is not None:
-        mean = reduction == "mean"
-        return _linear_loss_grads_op(hidden, None, weight, bias, target, mean, 1.0, 0.0, *wanted, True, *options)[0]
+        args = (hidden, None, weight, bias, target, reduction == "mean", 1.0, 0.0, *wanted, True, chunk, *options)
+        return _linear_loss_grads_op(*args)[0]
     out = _linear_loss_op(hidden, None, weight, bias, target, *options)
     return _reduce(out[MAIN], _row_count(target, options.ignore_index), reduction)

@@ -160,12 +160,48 @@ def test_the_loop_runs_chunks_of_the_floor(monkeypatch):
         return out
 
     monkeypatch.setattr(chunks.torch, "empty", spy)
-    kernels = grads_ops._grads_triton(h, hs, w, b, target, *flags, True, None, *options)
+    kernels = grads_ops._grads_triton(h, hs, w, b, target, *flags, True, None, 0, *options)
     monkeypatch.setattr(chunks.torch, "empty", empty)
     assert ((128, chunks.aligned_classes(40)), torch.float32) in shapes  # 2 x 64 rows of logits
     reference = chunks.grads_in_forward(h, hs, w, b, target, *flags, options, rows_per_chunk=5, kernels=False)
     for i in (0, 3, 4, 5, 6):  # the loss, dH, dHs, dW, db
         assert _relative(kernels[i], reference[i]) <= 4 * torch.finfo(torch.bfloat16).eps, i
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_chunk_rows_sets_the_chunks_of_either_backend(op_backend, monkeypatch, single):  # noqa: F811
+    # the public chunk_rows reaches the loop on both backends (the reference's default: 2^20 / C rows, one chunk
+    # here), the values and gradients those of the default chunks; None: the backend's own rule
+    h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, kind="index_ignore", seed=4)
+    seen, loop = [], chunks.grads_in_forward
+    monkeypatch.setattr(chunks, "grads_in_forward", lambda *a, **k: seen.append(k["rows_per_chunk"]) or loop(*a, **k))
+
+    def run(chunk_rows):
+        inputs = leaves(h, hs, w, b)
+        if single:
+            loss = mk.linear_soft_target_cross_entropy(inputs[0], *inputs[2:], target, chunk_rows=chunk_rows)
+        else:
+            loss = mk.linear_masksub_loss(*inputs, target, chunk_rows=chunk_rows, label_smoothing=0.1).loss
+        loss.backward()
+        return [loss] + [x.grad for x in inputs if x.grad is not None]
+
+    for got, want in zip(run(5), run(None)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    default = chunks.grads_chunk_rows(30, 37) if op_backend == "triton" else 2**20 // 30
+    assert seen == [5, default]
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [(0, ValueError, "got 0"), (2**31, ValueError, "below 2"), (2.0, TypeError, "got float"),
+     (True, TypeError, "got bool"), ("4", TypeError, "got str")],
+)  # fmt: skip
+def test_chunk_rows_refuses_clearly(value, error, match):
+    h, hs, w, b, target = make_inputs(rows=4, depth=5, classes=6)
+    with pytest.raises(error, match=f"chunk_rows must be an int >= 1.*{match}"):
+        mk.linear_masksub_loss(h, hs, w, b, target, chunk_rows=value)
+    with pytest.raises(error, match=f"chunk_rows must be an int >= 1.*{match}"):
+        mk.linear_soft_target_cross_entropy(h, w, b, target, chunk_rows=value)
 
 
 def test_the_backward_over_rows_never_splits_a_row():
@@ -193,7 +229,7 @@ def test_fake_outputs_follow_the_backend(backend, dtype):
     # the fake registration must give each output the shape, dtype and strides the backend's implementation returns
     # (dW the view of the wider accumulator on Triton's fp16 / bf16 path; fp32 for fp64 inputs on Triton)
     h, hs, w, b, target = make_inputs(rows=9, depth=20, classes=30, dtype=dtype, kind="index_ignore", seed=5)
-    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, False, *OPTIONS)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, False, 0, *OPTIONS)
     op = _linear_loss_grads_op.custom_op
     with mk.use_backend(backend):
         real = op(*args)

@@ -59,7 +59,7 @@ def test_cuda_graph_capture_takes_the_grads_op_for_probabilities(monkeypatch):
     h, hs, w, b, target = (t.detach() for t in make_inputs(rows, depth, classes, kind="dense"))
     inputs = [t.requires_grad_(True) for t in (h.clone(), hs.clone(), w.clone(), b.clone())]
     options = (False, 0.1, 0, 1.0, None)  # bce, label_smoothing, ignore_index, temperature, threshold
-    args = (True, 0.5, 0.5, True, True, True, False, False, *options)  # mean, weights, need_*, gather, private
+    args = (True, 0.5, 0.5, True, True, True, False, False, 0, *options)  # mean, weights, need_*, gather, private, 0
 
     def public():
         return mk.linear_masksub_loss(*inputs, target, label_smoothing=0.1, ignore_index=0).loss
@@ -102,7 +102,7 @@ def test_the_grads_ops_outputs_do_not_depend_on_the_backend(dtype, bias):
     h, hs, w = (t.to(dtype) for t in (h, hs, w))
     b = None if b is None else b.to(dtype)
     options = (False, 0.0, -100, 1.0, None)
-    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, False, False, *options)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, False, False, 0, *options)
 
     def layout(outputs):
         return [(t.dtype, tuple(t.shape), t.stride()) for t in outputs]

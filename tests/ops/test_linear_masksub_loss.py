@@ -513,7 +513,7 @@ def test_reduction_none_and_no_grad_take_the_recompute_op(monkeypatch):
 
 def test_grads_in_forward_stores_only_what_is_needed(op_backend):
     h, hs, w, b, target = make_inputs(kind="index_ignore")
-    options = (True, False, False, 0.0, -100, 1.0, None)  # gather, private, then the loss options
+    options = (True, False, 0, False, 0.0, -100, 1.0, None)  # gather, private, chunk_rows, the loss options
     stored = _linear_loss_grads_op(h, hs, w, b, target, True, 0.5, 0.5, False, True, False, *options)
     assert [tuple(t.shape) for t in stored[3:7]] == [(0,), tuple(h.shape), (0,), (0,)]  # dHs only
     stored = _linear_loss_grads_op(h, hs, w, None, target, True, 0.5, 0.5, False, False, True, *options)
@@ -585,7 +585,7 @@ def test_fp16_gradients_of_a_mean_over_many_rows_do_not_underflow(kernel_backend
 def test_grads_in_forward_opcheck_and_torch_compile(op_backend, several_chunks):
     h, hs, w, b, target = make_inputs(kind="index_ignore")
     ours = leaves(h, hs, w, b)
-    args = (*ours, target, True, 0.5, 0.5, True, True, True, True, False, False, 0.1, -100, 2.0, None)
+    args = (*ours, target, True, 0.5, 0.5, True, True, True, True, False, 0, False, 0.1, -100, 2.0, None)
     checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
     torch.library.opcheck(_linear_loss_grads_op.custom_op, args, test_utils=checks)
     compiled = torch.compile(
