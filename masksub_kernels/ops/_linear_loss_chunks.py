@@ -35,7 +35,7 @@ second backward through the same graph (retain_graph) recomputes. Double backwar
 The loop's custom op, its fake and its autograd (the scaling backward): _linear_loss_grads.py. Two flavours, chosen by
 the op's backend:
 - reference (the 'torch' backend, the CPU path): logits in fp32 (fp64 for fp64 inputs), the loss and its logit
-  gradients by ops/masksub_loss.py's reference functions, chunks of chunk_rows(C) rows (CHUNK_ELEMENTS logits);
+  gradients by ops/masksub_loss.py's reference functions, chunks of reference_chunk_rows(C) rows (CHUNK_ELEMENTS);
 - kernels (the 'triton' backend): logits in fp32 from the inputs' dtype (cuBLAS with an fp32 output on a GPU:
   bf16 / fp16 tensor cores, never rounded to bf16) without the bias, which the fused masksub_loss Triton kernels
   add as they read the logits (no pass over them) while computing the loss and dz, ds,

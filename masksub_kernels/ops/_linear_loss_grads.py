@@ -16,11 +16,11 @@ from .masksub_loss import NUM_OUT
 
 def _grads_reference(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _,
                      chunk, *opts):  # fmt: skip
-    from .linear_masksub_loss import chunk_rows  # the recompute reference's chunks (imported late: it imports us)
+    from .linear_masksub_loss import reference_chunk_rows  # the recompute reference's (imported late: it imports us)
 
     return chunk_loop.grads_in_forward(
         hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, opts,
-        rows_per_chunk=chunk or chunk_rows(weight.shape[0]), kernels=False, gather=gather,
+        rows_per_chunk=chunk or reference_chunk_rows(weight.shape[0]), kernels=False, gather=gather,
     )  # fmt: skip
 
 
@@ -78,7 +78,7 @@ def _linear_loss_grads_op(
     gather: read the number of counted rows on the host and run the matmuls on those rows only (else every row, no
     host sync: torch.compile, CUDA graphs). private: the caller never reads the stored gradients (the public
     functions), so the backward may scale them in place and return them. chunk_rows: rows per chunk (each branch's
-    [chunk_rows, C] logits held at once); 0: the backend's default (grads_chunk_rows, or the reference's chunk_rows)."""
+    [chunk_rows, C] logits held at once); 0: the backend's default (grads_chunk_rows, or reference_chunk_rows)."""
 
 
 @_linear_loss_grads_op.register_fake

@@ -35,9 +35,9 @@ Extra memory (beyond inputs and the returned gradients): Triton O(M) for the sta
 partial states: 44 bytes per row and split of the grid), plus fp32 accumulators: dH's slabs [P BLOCK_M, D] per
 branch (P <= max(row tiles, 2 programs per SM): at most max(M, 128 x SMs) rows, M rounded up to 64; summed in order
 by _dh_sum_kernel) and dW [splits, C, D] (splits > 1 only when classes are few). The PyTorch reference (the
-oracle, and the path on CPU tensors) works on chunks of CHUNK_ROWS(C) rows, so its extra memory is a few [chunk,
-C] fp32 buffers (chunk * C <= CHUNK_ELEMENTS, i.e. 4 MiB each) plus fp32 copies of W, dW and dH: never [M, C]. The
-CUDA extension does not have this op yet (the 'cuda' backend refuses it).
+oracle, and the path on CPU tensors) works on chunks of reference_chunk_rows(C) rows, so its extra memory is a few
+[chunk, C] fp32 buffers (chunk * C <= CHUNK_ELEMENTS, i.e. 4 MiB each) plus fp32 copies of W, dW and dH: never
+[M, C]. The CUDA extension does not have this op yet (the 'cuda' backend refuses it).
 """
 
 from __future__ import annotations
@@ -109,18 +109,18 @@ def _mask_rows(values: torch.Tensor, valid: torch.Tensor, bad: torch.Tensor) -> 
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def chunk_rows(classes: int) -> int:
+def reference_chunk_rows(classes: int) -> int:
     """Rows per chunk of the reference: at most CHUNK_ELEMENTS logits per [chunk, C] buffer."""
     return max(1, CHUNK_ELEMENTS // classes)
 
 
 def _counted_row_chunks(target: torch.Tensor, ignore_index: int, classes: int) -> tuple[torch.Tensor, ...]:
-    """Row ids in chunks of chunk_rows(C). Ignored rows are skipped on CPU tensors (they cost nothing); on other
-    devices every row is processed (counting them would synchronise) and the ignored ones are masked."""
+    """Row ids in chunks of reference_chunk_rows(C). Ignored rows are skipped on CPU tensors (they cost nothing);
+    on other devices every row is processed (counting them would synchronise) and the ignored ones are masked."""
     rows = torch.arange(target.shape[0], device=target.device)
     if target.device.type == "cpu" and not target.is_floating_point():
         rows = rows[target != ignore_index]
-    return rows.split(chunk_rows(classes))
+    return rows.split(reference_chunk_rows(classes))
 
 
 def _chunk_logits(hidden: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -534,15 +534,15 @@ def linear_masksub_loss(
     softmax(z / T) is detached. With a scalar reduction and an input requiring grad, the gradients are computed in
     the forward in chunks of rows and stored (dH, dHs [M, D]; one dW, db in fp32 for the combined loss), so the
     backward of ``.loss`` is cheap and may run once (no retain_graph second pass); ``.main`` and ``.sub`` on their
-    own backpropagate through a recompute of their logits. Never [M, C]. No CUDA-extension implementation yet.
+    own backpropagate through a recompute of their logits. Never [M, C] (unless chunk_rows >= M). No CUDA extension.
 
-    chunk_rows: the rows per chunk of that path (int >= 1): its extra memory is about 2 chunk_rows C fp32 for the
-    logits of both branches (on a GPU their fp16 / bf16 gradients are written over them) beside one fp32 dW [C, D].
-    None (default): ops/_linear_loss_chunks.grads_chunk_rows on a GPU (a 96 MiB budget, and at least 384 rows where
-    M >= 12288: large vocabularies), 2^20 / C rows on the CPU. Fewer rows hold less memory, at some speed (each chunk
-    reads and writes dW's accumulator once); it does not change the values beyond fp32 rounding. The other path
-    (reduction='none', no gradient, class ids under torch.compile / CUDA graphs) holds no [rows, C] logits on a GPU
-    and does not use it.
+    chunk_rows (an int in [1, 2^31)): that path's rows per chunk, about 2 min(chunk_rows, M) C fp32 of logits (the
+    triton backend writes their fp16 / bf16 gradients over them) beside one fp32 dW [C, D]. None: the triton
+    backend's rule (ops/_linear_loss_chunks.grads_chunk_rows: 96 MiB, at least 384 rows where M >= 12288), 2^20 / C
+    rows on the torch backend. Fewer rows cost speed (each chunk's dW matmul reads and writes the fp32 accumulator;
+    predicted 1.6x the time at 128 rows for BERT's head, H200): prefer a few hundred, in multiples of 64. Values are
+    the same up to fp32 rounding. The other path (reduction='none', no gradient, class ids under torch.compile /
+    CUDA graphs) does not use it (triton: no [rows, C] logits; torch: chunks of 2^20 / C rows).
     """
     if sub_hidden is None:
         raise TypeError(
@@ -585,7 +585,7 @@ def linear_soft_target_cross_entropy(
     hidden: [M, D] fp32/fp16/bf16/fp64; weight [C, D] and bias [C] or None of the same dtype and device; target:
     class ids [M] or probabilities [M, C], as in soft_target_cross_entropy. Returns fp32 [M] for reduction='none',
     else a scalar; gradients reach hidden, weight and bias. chunk_rows: as in linear_masksub_loss (one branch's
-    logits: about chunk_rows C fp32).
+    logits: about min(chunk_rows, M) C fp32).
     """
     target, options = _check_all(
         hidden, None, weight, bias, target, "ce", reduction, label_smoothing, ignore_index, 1.0, None

@@ -5,10 +5,11 @@ bf16 gradients written over their logits' rows."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import DEVICE
-from test_linear_masksub_loss import (  # noqa: F401 (the fixture op_backend)
+from test_linear_masksub_loss import (  # noqa: F401 (the fixtures op_backend and several_chunks)
     F16,
     GRAD_RTOL,
     assert_grad_close,
@@ -16,6 +17,7 @@ from test_linear_masksub_loss import (  # noqa: F401 (the fixture op_backend)
     leaves,
     make_inputs,
     op_backend,
+    several_chunks,
 )
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -169,10 +171,12 @@ def test_the_loop_runs_chunks_of_the_floor(monkeypatch):
 
 
 @pytest.mark.parametrize("single", [False, True])
-def test_chunk_rows_sets_the_chunks_of_either_backend(op_backend, monkeypatch, single):  # noqa: F811
-    # the public chunk_rows reaches the loop on both backends (the reference's default: 2^20 / C rows, one chunk
-    # here), the values and gradients those of the default chunks; None: the backend's own rule
-    h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, kind="index_ignore", seed=4)
+@pytest.mark.parametrize("kind", ["index_ignore", "dense"])
+def test_chunk_rows_sets_the_chunks_of_either_backend(op_backend, several_chunks, monkeypatch, single, kind):  # noqa: F811
+    # the public chunk_rows reaches the loop on both backends, below and above their default (6 rows here:
+    # several_chunks) and past M (one chunk of every row), a NumPy int too, with the values and gradients of the
+    # default's chunks (gathered rows of class ids; every row for probabilities)
+    h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=40, kind=kind, seed=4)
     seen, loop = [], chunks.grads_in_forward
     monkeypatch.setattr(chunks, "grads_in_forward", lambda *a, **k: seen.append(k["rows_per_chunk"]) or loop(*a, **k))
 
@@ -185,10 +189,11 @@ def test_chunk_rows_sets_the_chunks_of_either_backend(op_backend, monkeypatch, s
         loss.backward()
         return [loss] + [x.grad for x in inputs if x.grad is not None]
 
-    for got, want in zip(run(5), run(None)):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    default = chunks.grads_chunk_rows(30, 37) if op_backend == "triton" else 2**20 // 30
-    assert seen == [5, default]
+    default = run(None)
+    for value in (1, 40, np.int64(5)):
+        for got, want in zip(run(value), default):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert seen == [6, 1, 40, 5] and all(type(rows) is int for rows in seen)
 
 
 @pytest.mark.parametrize(

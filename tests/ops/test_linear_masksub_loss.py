@@ -428,7 +428,7 @@ def several_chunks(monkeypatch):
     monkeypatch.setattr(lm, "CHUNK_ELEMENTS", 6 * 40)
     monkeypatch.setattr(chunks, "GRADS_CHUNK_BYTES", 6 * 2 * chunks.aligned_classes(40) * 4)
     monkeypatch.setattr(chunks, "GRADS_CHUNK_MIN_ROWS", 0)
-    assert lm.chunk_rows(40) == chunks.grads_chunk_rows(40, 10**6) == 6
+    assert lm.reference_chunk_rows(40) == chunks.grads_chunk_rows(40, 10**6) == 6
 
 
 class Calls:
