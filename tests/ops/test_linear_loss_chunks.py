@@ -209,6 +209,18 @@ def test_chunk_rows_refuses_clearly(value, error, match):
         mk.linear_soft_target_cross_entropy(h, w, b, target, chunk_rows=value)
 
 
+def test_grads_in_forward_stores_only_what_is_needed(op_backend):  # noqa: F811
+    h, hs, w, b, target = make_inputs(kind="index_ignore")
+    options = (True, False, 0, False, 0.0, -100, 1.0, None)  # gather, private, chunk_rows, the loss options
+    stored = _linear_loss_grads_op(h, hs, w, b, target, True, 0.5, 0.5, False, True, False, *options)
+    assert [tuple(t.shape) for t in stored[3:7]] == [(0,), tuple(h.shape), (0,), (0,)]  # dHs only
+    stored = _linear_loss_grads_op(h, hs, w, None, target, True, 0.5, 0.5, False, False, True, *options)
+    assert [tuple(t.shape) for t in stored[3:7]] == [(0,), (0,), tuple(w.shape), (0,)]  # one dW for both terms
+    assert stored[5].dtype == torch.float32 and tuple(stored[7].shape) == (9, h.shape[0])  # + the per-row stats
+    stored = _linear_loss_grads_op(h, hs, w, b, target, True, 0.0, 0.5, True, True, False, *options)
+    assert [tuple(t.shape) for t in stored[3:5]] == [(0,), tuple(h.shape)]  # main_weight 0: no main term in L
+
+
 def test_the_backward_over_rows_never_splits_a_row():
     # a split row's programs would store into each other's logits: over_rows keeps one program per row (and VEC 1)
     # where the same launch with buffers of their own splits the classes (8 rows of 30 classes, blocks of 16)

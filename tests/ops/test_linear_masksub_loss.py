@@ -511,18 +511,6 @@ def test_reduction_none_and_no_grad_take_the_recompute_op(monkeypatch):
     assert (calls.grads, calls.recompute) == (1, 4)
 
 
-def test_grads_in_forward_stores_only_what_is_needed(op_backend):
-    h, hs, w, b, target = make_inputs(kind="index_ignore")
-    options = (True, False, 0, False, 0.0, -100, 1.0, None)  # gather, private, chunk_rows, the loss options
-    stored = _linear_loss_grads_op(h, hs, w, b, target, True, 0.5, 0.5, False, True, False, *options)
-    assert [tuple(t.shape) for t in stored[3:7]] == [(0,), tuple(h.shape), (0,), (0,)]  # dHs only
-    stored = _linear_loss_grads_op(h, hs, w, None, target, True, 0.5, 0.5, False, False, True, *options)
-    assert [tuple(t.shape) for t in stored[3:7]] == [(0,), (0,), tuple(w.shape), (0,)]  # one dW for both terms
-    assert stored[5].dtype == torch.float32 and tuple(stored[7].shape) == (9, h.shape[0])  # + the per-row stats
-    stored = _linear_loss_grads_op(h, hs, w, b, target, True, 0.0, 0.5, True, True, False, *options)
-    assert [tuple(t.shape) for t in stored[3:5]] == [(0,), tuple(h.shape)]  # main_weight 0: no main term in L
-
-
 def test_grads_in_forward_mixed_backwards_and_zero_weights(op_backend, several_chunks):
     """.loss and .main together (the stored gradients plus a recompute of the main term), and a zero main weight:
     all equal to the composite's gradients."""
