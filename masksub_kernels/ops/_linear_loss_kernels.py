@@ -15,6 +15,7 @@ inputs' dtype for the gradient matmuls, as a bf16 GEMM would).
     _dh_sum_kernel  grid (row blocks, depth blocks): each counted row's slabs summed in split order, written to its
                   row of dH in the output dtype (0 for the ignored rows)
     _dw_kernel    grid (class tiles, row splits): recompute z, s; dz, ds; dW += dz^T H + ds^T H_s, db += sum dz + ds
+                  over the split's counted row tiles (dealt out in turn), into the split's fp32 [C, D]
 The forward's and dH's class splits are chosen on the device from the count (_class_splits): as many as fill the
 GPU for the row tiles that hold counted rows (up to the grid's), so that MLM-like labels (15% of the rows count)
 keep the SMs busy without a host sync; the programs of the other tiles and splits do no class tile (the forward's
@@ -400,24 +401,27 @@ def _dw_kernel(
     h_ptr, hs_ptr, w_ptr, b_ptr, y_ptr, order_ptr, count_ptr, out_ptr, gm_ptr, gs_ptr,  # as in _dh_kernel
     dw_ptr,  # fp32 [splits, C, D] out, zero-filled: d weight per row split
     db_ptr,  # fp32 [splits, C] out: d bias per row split (HAS_BIAS)
-    M, C, D, stride_h, stride_hs, stride_w, stride_y, stride_gm, stride_gs, rows_per_split, eps, temperature,
-    threshold,
+    M, C, D, stride_h, stride_hs, stride_w, stride_y, stride_gm, stride_gs,
+    row_step,  # splits x BLOCK_M: positions from one of a split's row tiles to its next
+    eps, temperature, threshold,
     HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
     MAIN_GRAD: tl.constexpr, SUB_GRAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNIT_T: tl.constexpr,
     WIDE_W: tl.constexpr,
 ):  # fmt: skip
+    # split j of S takes the counted row tiles j, j + S, j + 2S, ...: the counted rows come first in ``order`` and
+    # the host does not know how many there are, so dealing the tiles out in turn keeps the splits' shares within a
+    # tile of each other for any count (contiguous runs of all the row tiles left the splits past the counted rows
+    # idle: a masked LM's labels, 15% counted, put all the work on the first of 4 splits)
     class_tile, split = tl.program_id(0), tl.program_id(1)
     count = tl.load(count_ptr)
     cols = class_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < C
-    r_begin = split * rows_per_split
-    r_end = tl.minimum(r_begin + rows_per_split, count)
     ks = tl.arange(0, BLOCK_K)
     offsets = (split * C + cols).to(tl.int64)[:, None] * D  # of each class in dw
     db = tl.zeros([BLOCK_N], tl.float32)
-    for r in range(r_begin, r_end, BLOCK_M):
-        rows, in_rows = _row_tile(order_ptr, r, r_end, BLOCK_M)
+    for r in range(split * BLOCK_M, count, row_step):
+        rows, in_rows = _row_tile(order_ptr, r, count, BLOCK_M)
         state = _row_state(y_ptr, out_ptr, gm_ptr, gs_ptr, rows, in_rows, M, C, stride_gm, stride_gs, temperature,
                            BCE, DENSE)  # fmt: skip
         dz, ds = _dlogit_tiles(

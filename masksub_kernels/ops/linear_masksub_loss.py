@@ -195,13 +195,11 @@ def _target_programs(device: torch.device) -> int:
     return 2 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _row_splits(class_tiles: int, row_tiles: int, device: torch.device) -> tuple[int, int]:
-    """(splits, row tiles per split) of dW: the row tiles split while the class tiles cannot fill the GPU, into at
-    most MAX_DW_SPLITS (each costs an fp32 [C, D] accumulator)."""
-    row_tiles = max(row_tiles, 1)  # an empty batch still gets its (zero) outputs
-    splits = max(1, min(row_tiles, _target_programs(device) // max(class_tiles, 1), MAX_DW_SPLITS))
-    per_split = cdiv(row_tiles, splits)
-    return cdiv(row_tiles, per_split), per_split
+def _row_splits(class_tiles: int, row_tiles: int, device: torch.device) -> int:
+    """Row splits of dW: while the class tiles cannot fill the GPU, the row tiles are dealt out to up to
+    MAX_DW_SPLITS splits (each costs an fp32 [C, D] accumulator), in turn, so that the counted ones, whose number
+    the kernel reads on the device, are shared evenly; at least 1 (an empty batch still gets its zero outputs)."""
+    return max(1, min(row_tiles, _target_programs(device) // max(class_tiles, 1), MAX_DW_SPLITS))
 
 
 def _class_split_grid(row_tiles: int, class_tiles: int, every_row_counts: bool, device: torch.device):
@@ -340,10 +338,10 @@ def _backward_triton(
             for part, g in zip(parts, (grad_main, grad_sub))
         )
     if need_weight:
-        splits, per_split = _row_splits(class_tiles, row_tiles, hidden.device)
+        splits = _row_splits(class_tiles, row_tiles, hidden.device)
         dw_part, db_part = fp32_zeros(splits, classes, depth), fp32_zeros(splits, classes)
         if launch:
-            args = (*inputs, dw_part, db_part, *scalars, per_split * blocks[0], *options)
+            args = (*inputs, dw_part, db_part, *scalars, splits * blocks[0], *options)
             kernels._dw_kernel[(class_tiles, splits)](*args, **flags, num_warps=_num_warps(blocks))
         dw = _sum_splits(dw_part, weight.dtype)
         db = _sum_splits(db_part, weight.dtype) if bias is not None else empty

@@ -147,6 +147,29 @@ def test_probabilities_keep_the_splits_that_fill_the_gpu(monkeypatch):
     assert parts[0].shape[1] == 2 and torch.isfinite(parts[0][lm.kernels.P_M_Z]).all()
 
 
+@pytest.mark.parametrize(("counted", "working"), [(0, 0), (5, 1), (20, 2), (40, 2), (64, 2)])
+def test_weight_gradient_splits_share_the_counted_row_tiles(monkeypatch, counted, working):
+    # dW's row splits take the counted row tiles in turn (the counted rows come first in the op's order, their
+    # number read on the device): 64 rows in 4 tiles of 16, 5 class tiles of 32 and 10 programs to fill give 2
+    # splits; with 20 counted rows (2 tiles) each split gets one, where contiguous runs of the 4 tiles gave the
+    # first split both and left the second idle. Each split's fp32 partial dW says whether it worked; the values
+    # and gradients against the composite
+    if not mk.triton_interpreted():
+        pytest.skip("the interpreter's tiles and programs (a GPU has its own)")
+    monkeypatch.setattr(lm, "_target_programs", lambda device: 10)
+    h, hs, w, b, target = make_inputs(rows=64, classes=160, kind="index", seed=4)
+    counted_rows = torch.randperm(64, generator=torch.Generator().manual_seed(counted))[:counted].to(DEVICE)
+    target = torch.full_like(target, -100).index_copy_(0, counted_rows, target[counted_rows])
+    parts, sum_splits = [], lm._sum_splits
+    monkeypatch.setattr(lm, "_sum_splits", lambda part, dtype: parts.append(part) or sum_splits(part, dtype))
+    with mk.use_backend("triton"):
+        check_against_composite((h, hs, w, b, target), reduction="none", temperature=2.0)
+    dw_part = parts[0]  # [splits, C, D] (then db's [splits, C])
+    assert dw_part.shape == (2, 160, 24)
+    worked = [bool(split.abs().sum() > 0) for split in dw_part]
+    assert worked == [True] * working + [False] * (2 - working)
+
+
 @triton.jit
 def _class_splits_probe(count_ptr, out_ptr, class_tiles, target_programs, max_splits, BLOCK: tl.constexpr,
                         BLOCK_M: tl.constexpr):  # fmt: skip
