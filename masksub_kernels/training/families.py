@@ -9,11 +9,12 @@ Families (``family='auto'`` picks one):
 - ``'mlm'``: Hugging Face masked-LM encoders of BERT / RoBERTa structure: tokens dropped after the embeddings, the
   predicted and special ones always kept (mlm.py).
 
-Policy for models outside these families (decided here, documented in the README): the pixel-grid masking works on
-any model that takes [B, C, H, W] images, so such a model gets it, with a one-time ``UserWarning`` per model class
-that says the sub-branch is the pixel-grid fallback rather than the paper's recipe for that architecture; passing
-``family='pixel'`` explicitly silences it. A model whose forward is not image -> logits fails on its first call
-with the model's own error. Asking for ``'vit'`` / ``'swin'`` on a model without that structure is a ValueError.
+Policy for models outside these families (decided here, documented in the README and docs/training.md): the
+pixel-grid masking works on any model that takes [B, C, H, W] images, so such a model gets it, with a one-time
+``UserWarning`` per model class that says the sub-branch is the pixel-grid fallback rather than the paper's recipe
+for that architecture; passing ``family='pixel'`` explicitly silences it. A model whose forward is not image ->
+logits fails on its first call with the model's own error. Asking for ``'vit'`` / ``'swin'`` on a model without that
+structure is a ValueError.
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ class Case:
     mode: str
     launches: list[Launch]
     minimal_bytes: int
-    headline: bool = False  # in the README's table
+    headline: bool = False  # in the prediction table of docs/performance.md (README: a few of them)
     cuda: list = field(default_factory=list)  # the CUDA extension's launcher calls for the same op (csrc.Call)
     torch_launches: int = 0  # torch ops of the Triton launchers that launch a kernel too (LaunchLog.torch_ops)
 
