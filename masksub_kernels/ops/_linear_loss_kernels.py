@@ -1,6 +1,6 @@
-"""Triton kernels of the fused-linear MaskSub loss, and the torch ops that merge its forward's split states
-(combine_states); the maths, the reference, the launchers and the autograd are in ``ops/linear_masksub_loss.py``
-(read that first).
+"""Triton kernels of the fused-linear MaskSub loss, and the torch ops beside them (the row order they visit,
+row_order; the merge of the forward's split states, combine_states); the maths, the reference, the launchers and
+the autograd are in ``ops/linear_masksub_loss.py`` (read that first).
 
 A program works on a tile of BLOCK_M rows x BLOCK_N classes of the logits z = h W^T + b (main) and s = h_s W^T + b
 (sub), made by ``tl.dot`` over the hidden size D in steps of BLOCK_K; each weight tile is loaded once for both
@@ -225,7 +225,18 @@ def _fwd_kernel(
         tl.store(out + k * step, states[k], mask=in_rows)
 
 
-# The forward's host side: its splits' partial states merged by torch ops on [splits, M] (no sync)
+# The host side: the row order the kernels visit, and the forward's splits' partial states merged by torch ops on
+# [splits, M] (no sync)
+
+
+def row_order(target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order int64 [M], count int32 [1]): the counted rows first, in order, and how many; on the device."""
+    rows = target.shape[0]
+    if target.is_floating_point():
+        return torch.arange(rows, device=target.device), torch.full((1,), rows, dtype=torch.int32, device=target.device)
+    ignored = target == ignore_index
+    order = torch.argsort(ignored.to(torch.uint8), stable=True)
+    return order, (~ignored).sum(dtype=torch.int32).reshape(1)
 
 
 def _host_shift(m: torch.Tensor) -> torch.Tensor:

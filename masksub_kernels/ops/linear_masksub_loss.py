@@ -77,6 +77,8 @@ MAX_DW_SPLITS = 8  # row splits of the dW kernel: each costs an fp32 [C, D] accu
 # this many or those that fill the GPU when every row counts): the forward's partial states take 44 bytes per row
 # and split; programs of the splits not chosen do no class tile
 MAX_COUNT_SPLITS = 8
+# The kernels' row positions (order, count, a row tile's start plus a step of up to MAX_DW_SPLITS tiles) are int32
+MAX_ROWS = 2**31 - 2**10
 DH_SUM_BLOCKS = (32, 128)  # rows x depth of a _dh_sum_kernel program (4 warps: 32 fp32 sums per thread)
 # Offsets into W from this many elements up are int64 in the kernels (WIDE_W: C D >= 2^31, e.g. a 256000 x 18432
 # head, whose int32 offsets would wrap and read wrong rows); below, int32, as their register budget was tuned for
@@ -214,16 +216,6 @@ def _class_split_grid(row_tiles: int, class_tiles: int, every_row_counts: bool, 
     return (row_tiles, max_splits), max(1, min(row_tiles * max_splits, max(row_tiles, target)))
 
 
-def _row_order(target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(order int64 [M], count int32 [1]): the counted rows first, in order, and how many; on the device."""
-    rows = target.shape[0]
-    if target.is_floating_point():
-        return torch.arange(rows, device=target.device), torch.full((1,), rows, dtype=torch.int32, device=target.device)
-    ignored = target == ignore_index
-    order = torch.argsort(ignored.to(torch.uint8), stable=True)
-    return order, (~ignored).sum(dtype=torch.int32).reshape(1)
-
-
 def _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore_index, bce, threshold):
     """(tensors, strides, constexprs, blocks): operands with unit last stride (fp64 ones in fp32; absent ones stand
     in as another pointer), the row order and count, and the flags common to the three kernels."""
@@ -234,7 +226,7 @@ def _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore_index, bce, 
 
     h, hs, w, b = (operand(x) for x in (hidden, sub_hidden, weight, bias))
     y = target if target.stride(-1) == 1 else target.contiguous()
-    order, count = _row_order(target, ignore_index)
+    order, count = kernels.row_order(target, ignore_index)
     (rows, depth), classes = h.shape, w.shape[0]
     tops = _max_blocks(compute)
     blocks = tuple(min(top, max(16, next_power_of_2(n))) for top, n in zip(tops, (rows, classes, depth)))
@@ -466,6 +458,8 @@ def _check_linear(hidden, sub_hidden, weight, bias) -> None:
         raise ValueError(f"main_hidden must be [rows, hidden] (2-D, hidden >= 1), got shape {tuple(hidden.shape)}")
     if hidden.dtype not in FLOAT_DTYPES:
         raise TypeError(f"main_hidden must be float32, float16, bfloat16 or float64, got {hidden.dtype}")
+    if hidden.shape[0] > MAX_ROWS:  # every backend refuses what the kernels' int32 row positions cannot reach
+        raise ValueError(f"main_hidden may have at most {MAX_ROWS} rows (2^31 - 2^10), got {hidden.shape[0]}")
     if weight.dim() != 2 or weight.shape[0] < 1 or weight.shape[1] != hidden.shape[1]:
         raise ValueError(
             f"weight must be [classes, hidden={hidden.shape[1]}] (classes >= 1), got shape {tuple(weight.shape)}"

@@ -11,11 +11,16 @@ import triton
 import triton.language as tl
 from conftest import DEVICE
 from test_linear_masksub_loss import (  # noqa: F401 (the fixtures op_backend and _small_tiles, autouse)
+    GRAD_RTOL,
     _small_tiles,
+    assert_grad_close,
     check_against_composite,
+    composite,
     lm,
     make_inputs,
+    objective,
     op_backend,
+    weights_for,
 )
 
 import masksub_kernels as mk
@@ -147,27 +152,36 @@ def test_probabilities_keep_the_splits_that_fill_the_gpu(monkeypatch):
     assert parts[0].shape[1] == 2 and torch.isfinite(parts[0][lm.kernels.P_M_Z]).all()
 
 
-@pytest.mark.parametrize(("counted", "working"), [(0, 0), (5, 1), (20, 2), (40, 2), (64, 2)])
-def test_weight_gradient_splits_share_the_counted_row_tiles(monkeypatch, counted, working):
-    # dW's row splits take the counted row tiles in turn (the counted rows come first in the op's order, their
-    # number read on the device): 64 rows in 4 tiles of 16, 5 class tiles of 32 and 10 programs to fill give 2
-    # splits; with 20 counted rows (2 tiles) each split gets one, where contiguous runs of the 4 tiles gave the
-    # first split both and left the second idle. Each split's fp32 partial dW says whether it worked; the values
-    # and gradients against the composite
+@pytest.mark.parametrize("counted", [0, 5, 17, 20, 32, 40, 64])
+def test_weight_gradient_splits_share_the_counted_row_tiles(monkeypatch, counted):
+    # dW's row splits take the counted row tiles in turn (the counted rows come first in the op's order, ascending,
+    # their number read on the device): 64 rows in 4 tiles of 16, 5 class tiles of 32 and 10 programs to fill give 2
+    # splits, split j taking the counted positions p with (p // 16) % 2 == j. With 17 to 32 counted rows (2 tiles)
+    # each split gets one, where contiguous runs of the 4 tiles gave the first split both and left the second idle.
+    # Each split's fp32 partial dW is checked against the float64 composite's dW of its own rows alone (the other
+    # rows' per-row grads set to 0), and the values and gradients of the call against the composite's
     if not mk.triton_interpreted():
         pytest.skip("the interpreter's tiles and programs (a GPU has its own)")
     monkeypatch.setattr(lm, "_target_programs", lambda device: 10)
     h, hs, w, b, target = make_inputs(rows=64, classes=160, kind="index", seed=4)
-    counted_rows = torch.randperm(64, generator=torch.Generator().manual_seed(counted))[:counted].to(DEVICE)
-    target = torch.full_like(target, -100).index_copy_(0, counted_rows, target[counted_rows])
+    counted_rows = torch.randperm(64, generator=torch.Generator().manual_seed(counted))[:counted].sort().values
+    target = torch.full_like(target, -100).index_copy_(0, counted_rows.to(DEVICE), target[counted_rows.to(DEVICE)])
     parts, sum_splits = [], lm._sum_splits
     monkeypatch.setattr(lm, "_sum_splits", lambda part, dtype: parts.append(part) or sum_splits(part, dtype))
+    options = {"reduction": "none", "temperature": 2.0}
     with mk.use_backend("triton"):
-        check_against_composite((h, hs, w, b, target), reduction="none", temperature=2.0)
+        check_against_composite((h, hs, w, b, target), **options)
     dw_part = parts[0]  # [splits, C, D] (then db's [splits, C])
     assert dw_part.shape == (2, 160, 24)
-    worked = [bool(split.abs().sum() > 0) for split in dw_part]
-    assert worked == [True] * working + [False] * (2 - working)
+    for split in range(2):
+        rows = counted_rows[(torch.arange(counted) // 16) % 2 == split]  # the split's counted rows
+        if not rows.numel():
+            assert (dw_part[split] == 0).all()  # never written: the zero fill
+            continue
+        in_split = torch.zeros(64, dtype=torch.float64).index_fill_(0, rows, 1.0).to(DEVICE)
+        expected, (_, _, w64, _) = composite(h, hs, w, b, target, **options)
+        objective(expected, [g * in_split for g in weights_for("none", 64)]).backward()
+        assert_grad_close(dw_part[split], w64.grad, GRAD_RTOL[torch.float32], f"split {split}")
 
 
 @triton.jit

@@ -385,6 +385,13 @@ def test_opcheck_and_torch_compile(op_backend):
         (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w[:, :3], b, y), ValueError, r"\[classes, hidden=5\]"),
         (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w, b[:2], y), ValueError, r"bias must be \[6\]"),
         (lambda h, s, w, b, y: mk.linear_masksub_loss(h.long(), s, w, b, y), TypeError, "float32, float16"),
+        (
+            lambda h, s, w, b, y: mk.linear_soft_target_cross_entropy(
+                h[:1].expand(2**31, 5), w, b, y[:1].expand(2**31)
+            ),
+            ValueError,
+            r"at most 2147482624 rows \(2\^31 - 2\^10\), got 2147483648",
+        ),
         (lambda h, s, w, b, y: mk.linear_masksub_loss(h, None, w, b, y), TypeError, "linear_soft_target_cross_entropy"),
         (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w.numpy(), b, y), TypeError, "weight must be a torch"),
         (lambda h, s, w, b, y: mk.linear_masksub_loss(h, s, w, b, y[:3]), ValueError, r"\[rows=4\], got shape \(3,\)"),
