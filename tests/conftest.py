@@ -29,6 +29,14 @@ import masksub_kernels as mk
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+# MASKSUB_GPU_MATH=1: the interpreter's fp32 exp, exp2 and division err as a GPU's may (tools/gpu_math.py; `make
+# test` runs the loss kernels' tests so a second time). With a GPU there is nothing to emulate: the tests skip.
+GPU_MATH = os.environ.get("MASKSUB_GPU_MATH") == "1"
+if GPU_MATH and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    from tools import gpu_math
+
+    gpu_math.install()
+
 
 def _install_cuda_emulator() -> bool:
     """Install the CUDA emulator as the ``cuda`` backend for CPU tensors, as MASKSUB_CUDA_EMULATOR says."""
@@ -46,6 +54,13 @@ def _install_cuda_emulator() -> bool:
 CUDA_EMULATED = _install_cuda_emulator()
 
 
+def bf16_rounding(backend: str) -> float:
+    """The relative error of one fp32 -> bf16 rounding by ``backend``: 2^-9 to nearest (a GPU, the torch and CUDA
+    backends on the CPU, the interpreter under MASKSUB_GPU_MATH=1), 2^-8 where the Triton interpreter truncates."""
+    truncates = backend == "triton" and mk.triton_interpreted() and not GPU_MATH
+    return 2.0**-8 if truncates else 2.0**-9
+
+
 def kernel_backends() -> list[str]:
     """The non-reference backends that can run on DEVICE in this process (the CUDA extension may import on a
     machine without a GPU, but runs on CUDA tensors only, or on CPU tensors through the CUDA emulator)."""
@@ -58,6 +73,9 @@ def pytest_collection_modifyitems(config, items):
     pytest-xdist (`make test`) they then start at once on workers of their own while the others share out the rest,
     instead of ending the run on one busy worker while the others idle. A stable sort: the rest keep their order."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if GPU_MATH and DEVICE.type == "cuda":
+        for item in items:
+            item.add_marker(pytest.mark.skip("MASKSUB_GPU_MATH=1 emulates a GPU's arithmetic; this run has a GPU"))
 
 
 # The seed of torch's global generators at the start of every test (MASKSUB_TEST_SEED, default 0): what a test

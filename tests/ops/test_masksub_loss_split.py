@@ -84,6 +84,10 @@ CASES = [
 ]
 
 
+# two roundings to bf16 of nearly equal fp32 gradients (kernel and reference) can land an ulp apart: 2^-8
+BETWEEN_BACKENDS = {**GRAD_RTOL, BF16: 2**-8}
+
+
 @pytest.mark.parametrize(("mode", "dtype", "kind", "eps", "temperature", "threshold", "extreme"), CASES)
 def test_split_matches_reference_and_oracle(
     triton_backend, split, mode, dtype, kind, eps, temperature, threshold, extreme
@@ -102,7 +106,7 @@ def test_split_matches_reference_and_oracle(
     want = ml.loss_backward_reference(*grads, expected, main, sub, target, *options)
     for name, a, e in zip(("d main", "d sub"), got, want):
         assert a.dtype == dtype
-        assert_close(a, e, GRAD_RTOL[dtype], name=name)
+        assert_close(a, e, BETWEEN_BACKENDS[dtype], name=name)
     # the public loss against the float64 oracle
     check_masksub(
         main, sub, target, mode=mode, label_smoothing=eps, temperature=temperature, target_threshold=threshold,

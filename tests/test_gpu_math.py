@@ -1,0 +1,117 @@
+"""tools/gpu_math.py: the GPU's fp32 exp, exp2 and division for the Triton interpreter, within the hardware's bounds
+and off the correctly rounded results (an emulation that changed nothing would let every tolerance pass)."""
+
+import numpy as np
+import pytest
+import torch
+
+from masksub_kernels._backend import triton_interpreted
+from tools import gpu_math
+
+F32 = np.float32
+
+
+def ulps(actual: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """|actual - exact| in units of fp32's last place at ``exact`` (float64 ``exact``)."""
+    spacing = np.spacing(np.abs(exact).astype(F32)).astype(np.float64)
+    return np.abs(actual.astype(np.float64) - exact) / spacing
+
+
+def test_ex2_within_two_ulp_off_the_rounded_result_exact_at_integers():
+    x = np.linspace(-125, 127, 400_001, dtype=F32)
+    exact = np.exp2(x.astype(np.float64))
+    got = gpu_math.ex2_approx(x, ftz=True)
+    error = ulps(got, exact)
+    assert error.max() <= 2.0
+    assert (got != np.exp2(x)).mean() > 0.5  # two in three moved by an ulp (NumPy's exp2 is correctly rounded)
+    integers = np.arange(-125, 128, dtype=F32)  # (NumPy's fp32 exp2 gives 2^127 + 1 ulp: ldexp is exact)
+    assert np.array_equal(gpu_math.ex2_approx(integers, ftz=True), np.ldexp(F32(1), integers.astype(np.int32)))
+
+
+def test_ex2_flushes_subnormals_with_ftz_only():
+    assert gpu_math.ex2_approx(np.array([-130.5, -149.0], dtype=F32), ftz=True).tolist() == [0.0, 0.0]
+    kept = gpu_math.ex2_approx(np.array([-130.5], dtype=F32), ftz=False)
+    assert 0 < kept[0] < np.finfo(F32).tiny
+    assert gpu_math.ex2_approx(np.array([1e-40, -np.inf, np.inf, np.nan], dtype=F32), ftz=True)[:3].tolist() == [
+        1.0, 0.0, np.inf,
+    ]  # fmt: skip
+
+
+def test_exp_rounds_the_scaled_argument_first():
+    # CUDA's __expf bound: 2 + floor(|1.173 x|) ulp, large |x| erring by far more than the ex2 alone (the
+    # emulation's ulp on top of a worst-case rounding of the product can pass the bound by less than an ulp)
+    x = np.linspace(-87, 88, 200_001, dtype=F32)
+    error = ulps(gpu_math.exp_approx(x), np.exp(x.astype(np.float64)))
+    assert (error <= 3 + np.floor(np.abs(1.173 * x.astype(np.float64)))).all()
+    assert error[np.abs(x) > 80].max() > 20
+
+
+def test_division_within_two_ulp_exact_by_powers_of_two():
+    gen = np.random.default_rng(0)
+    a, b = (gen.standard_normal(100_000).astype(F32) for _ in "ab")
+    got = gpu_math.div_full(a, b)
+    exact = a.astype(np.float64) / b.astype(np.float64)
+    assert ulps(got, exact).max() <= 2.0 and (got != a / b).mean() > 0.5
+    powers = np.array([1.0, 0.5, -4.0, 2.0**-20], dtype=F32)
+    assert np.array_equal(gpu_math.div_full(a[:4], powers), a[:4] / powers)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        assert gpu_math.div_full(np.array([1, 0, np.inf], dtype=F32), np.array([0, 0, 3], dtype=F32))[[0, 2]].tolist() \
+            == [np.inf, np.inf]  # fmt: skip
+
+
+def test_offsets_cover_minus_one_to_one_evenly():
+    counts = np.bincount(gpu_math._ulp_offsets(np.arange(30_000, dtype=F32)) + 1, minlength=3)
+    assert counts.min() > 9_000
+
+
+@pytest.mark.skipif(not triton_interpreted(), reason="the emulation patches the Triton interpreter")
+def test_install_gives_the_interpreter_these_results_and_uninstall_restores():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(x_ptr, out_ptr, N: tl.constexpr):
+        offs = tl.arange(0, N)
+        x = tl.load(x_ptr + offs)
+        tl.store(out_ptr + offs, tl.exp2(x))
+        tl.store(out_ptr + N + offs, tl.exp(x))
+        tl.store(out_ptr + 2 * N + offs, x / 3.0)
+        tl.store(out_ptr + 3 * N + offs, x.to(tl.bfloat16).to(tl.float32))
+
+    x = torch.linspace(-20, 20, 64)
+    x_np = x.numpy()
+
+    def run():
+        out = torch.empty(4 * 64)
+        kernel[(1,)](x, out, N=64)
+        return out.view(4, 64).numpy()
+
+    was_installed = bool(gpu_math._installed)
+    gpu_math.uninstall()
+    try:
+        plain = run()
+        gpu_math.install()
+        emulated = run()
+    finally:
+        gpu_math.uninstall()
+        if was_installed:
+            gpu_math.install()
+    assert np.array_equal(emulated[0], gpu_math.ex2_approx(x_np, ftz=True))
+    assert np.array_equal(emulated[1], gpu_math.exp_approx(x_np))
+    assert np.array_equal(emulated[2], gpu_math.div_full(x_np, np.full_like(x_np, 3.0)))
+    assert np.array_equal(emulated[3], x.to(torch.bfloat16).float().numpy())
+    assert all((emulated[i] != plain[i]).any() for i in range(4))
+
+
+def test_bf16_rounds_to_nearest_even_as_torch_does():
+    gen = np.random.default_rng(1)
+    x = np.concatenate([
+        gen.standard_normal(50_000).astype(F32) * 100,
+        np.array([0.0, -0.0, np.inf, -np.inf, 3.3895314e38, 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8], dtype=F32),
+    ])  # fmt: skip
+    expected = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert np.array_equal(gpu_math.bf16_round(x), expected)
+    truncated = (x.view(np.uint32) >> 16).astype(np.uint16)
+    assert (expected != truncated).mean() > 0.4  # the interpreter's own conversion
+    nan = gpu_math.bf16_round(np.array([np.nan], dtype=F32))
+    assert np.isnan(torch.from_numpy(nan.view(np.int16)).view(torch.bfloat16).float().numpy()).all()
