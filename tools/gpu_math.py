@@ -16,12 +16,13 @@ sm_80 / sm_90 (PTX read from Triton 3.8's output; tools/compile_kernels.py compi
 ``install()`` replaces the interpreter's exp / exp2 / fdiv / fp32 -> bf16 cast with these; exp, exp2 and fdiv give the
 correctly rounded result moved by -1, 0 or +1 ulp, drawn from a hash of the operands' bits (up to 1.5 ulp off, inside
 the 2 ulp bounds; the hardware's error tables are not public). Deterministic: the same operands give the same result,
-as on the hardware. Exact where the hardware's approximations are exact at their knots (assumed, not documented): 2^x
-at an integer x, and a / b for b a power of two (the reciprocal's mantissa is 1). Without the first, exp2(0) = 1 + 1
-ulp at every row's max failed tests of tests/ops/test_masksub_loss.py, a file that passed in full on an H200
-(2026-11-30, an earlier version); without the second, sigmoid(1e4) = 1 / 1 = 1 - 1 ulp costs BCE the ulp of 1e4. Not
-emulated: FMA contraction (the GPU fuses a * b + c where the interpreter rounds the product) and reductions' order
-(``tl.sum`` over a tile's threads). fp64 and lower-precision operands are left alone: the kernels compute in fp32.
+as on the hardware. Exact where the hardware's approximations are exact at their knots (undocumented): 2^x at an
+integer x, and a / b for b a power of two (the reciprocal's mantissa is 1, assumed). The first is borne out by the one
+GPU run: with exp2(0) = 1 +- 1 ulp, the test file the H200 passed in full on 2026-11-30 (commit 50de68d's
+tests/ops/test_masksub_loss.py, its kernels) fails 3 one-class tests here (log l = log 1 must be 0). Without the
+second, sigmoid(1e4) = 1 / 1 = 1 - 1 ulp would cost BCE the ulp of 1e4. Not emulated: FMA contraction (the GPU fuses a
+* b + c where the interpreter rounds the product) and reductions' order (``tl.sum`` over a tile's threads). fp64 and
+lower-precision operands are left alone: the kernels compute in fp32.
 
 Tests opt in with MASKSUB_GPU_MATH=1 (tests/conftest.py); `make test` runs the loss kernels' Triton tests so a
 second time (Makefile).
