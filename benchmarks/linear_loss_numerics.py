@@ -4,6 +4,7 @@ comparison of speed with them leaves out).
 
     python benchmarks/linear_loss_numerics.py                 # M=128 D=256 C=30522, softmaxes ~0.98 similar
     python benchmarks/linear_loss_numerics.py --no-compile    # without torch.compile of the official composite
+    python benchmarks/linear_loss_numerics.py --gpu-math      # CPU: the interpreter with a GPU's arithmetic
 
 On a machine with a GPU the tensors are CUDA tensors and the Triton path is compiled (benchmarks/gpu_bench.sh runs
 it); without one, the Triton interpreter runs it on the CPU.
@@ -17,7 +18,9 @@ values (the PyTorch backend). Errors are norm-wise relative: |g - g64| / |g64| p
 
 - masksub[triton]: the op's Triton path, which a GPU runs (fp32 chunk logits, dz and ds rounded once to bf16 for the
   matmuls, as the composite's gradients are); on the CPU the Triton interpreter's, whose fp32 -> bf16 conversion
-  truncates where a GPU rounds to nearest (twice the rounding error: a pessimistic figure for the GPU);
+  truncates where a GPU rounds to nearest (twice the rounding error: a pessimistic figure for the GPU); with
+  ``--gpu-math`` (CPU only) masksub[triton, GPU math]: the interpreter with a GPU's fp32 exp / exp2 / division and
+  bf16 rounding emulated (tools/gpu_math.py), the closest the CPU comes to the GPU's figure;
 - masksub[torch]: the op's PyTorch path (the reference flavour: fp32 throughout), the CPU path;
 - linear+masksub_loss: F.linear per branch in bf16 (bf16 logits), then this library's masksub_loss;
 - official: the eager composite of MaskSub's code on a linear head (bf16 logits, upcast to fp32 by the loss);
@@ -34,6 +37,7 @@ import datetime
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -45,6 +49,9 @@ if not torch.cuda.is_available():  # before triton is imported (torch does not):
 
 import masksub_kernels as mk
 from masksub_kernels.bench.linear_loss import fused, linear_then_masksub_loss, official_composite
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's tools/ (run as a script)
+from tools import gpu_math  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAMES = ("d hidden", "d sub_hidden", "d weight", "d bias")
@@ -90,10 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logit-std", type=float, default=4.0, help="the logits' standard deviation")
     parser.add_argument("--noise", type=float, default=0.08, help="h_s = h + noise * N(0, 1)")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--gpu-math", action="store_true", help="CPU: add the interpreter with a GPU's arithmetic")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="the json file (default: benchmarks/results/...)")
     args = parser.parse_args(argv)
     on_gpu = args.device.startswith("cuda")
+    if args.gpu_math and (on_gpu or not mk.triton_interpreted()):
+        parser.error("--gpu-math emulates a GPU's arithmetic in the Triton interpreter: CPU tensors only")
     machine = torch.cuda.get_device_name(args.device) if on_gpu else platform.processor() or platform.machine()
     *tensors, target = inputs(args.rows, args.depth, args.classes, args.logit_std, args.noise, args.device)
     sim = similarity(*tensors)
@@ -107,10 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not args.no_compile:
         providers.append(("compile(official)", torch.compile(official_composite), "torch"))
+    if args.gpu_math:
+        providers.insert(1, ("masksub[triton, GPU math]", fused, "triton"))
     records = []
     for name, fn, backend in providers:
         start = time.perf_counter()
-        _, got = gradients(fn, tensors, target, backend)
+        if "GPU math" in name:
+            gpu_math.install()
+        try:
+            _, got = gradients(fn, tensors, target, backend)
+        finally:
+            gpu_math.uninstall()
         errors = {n: float((g.double() - e).norm() / e.norm()) for n, g, e in zip(NAMES, got, expected)}
         records.append({"provider": name, "relative_error": errors, "seconds": round(time.perf_counter() - start, 1)})
     lines = [
