@@ -51,7 +51,7 @@ import masksub_kernels as mk
 from masksub_kernels.bench.linear_loss import fused, linear_then_masksub_loss, official_composite
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's tools/ (run as a script)
-from tools import gpu_math  # noqa: E402
+from tools import gpu_math
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAMES = ("d hidden", "d sub_hidden", "d weight", "d bias")
