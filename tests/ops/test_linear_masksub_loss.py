@@ -29,6 +29,8 @@ GRAD_RTOL = {F32: 1e-5, F16: 4e-3, BF16: 1e-2}  # bf16: grad_rtol
 def grad_rtol(dtype: torch.dtype, backend: str) -> float:
     """GRAD_RTOL, bf16's doubled where the interpreter truncates (max 6.7e-3 rounded to nearest, 1.25e-2 truncated)."""
     return GRAD_RTOL[dtype] * (bf16_rounding(backend) / 2**-9 if dtype == BF16 else 1)
+
+
 OP_BACKENDS = ["torch", *(name for name in kernel_backends() if name != "cuda")]  # no CUDA-extension version yet
 
 
