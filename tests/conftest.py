@@ -54,11 +54,12 @@ def _install_cuda_emulator() -> bool:
 CUDA_EMULATED = _install_cuda_emulator()
 
 
-def bf16_rounding(backend: str) -> float:
-    """The relative error of one fp32 -> bf16 rounding by ``backend``: 2^-9 to nearest (a GPU, the torch and CUDA
-    backends on the CPU, the interpreter under MASKSUB_GPU_MATH=1), 2^-8 where the Triton interpreter truncates."""
-    truncates = backend == "triton" and mk.triton_interpreted() and not GPU_MATH
-    return 2.0**-8 if truncates else 2.0**-9
+def grad_tolerance(table: dict, dtype: torch.dtype, backend: str) -> float:
+    """``table[dtype]``, a tolerance of a GPU's (bf16: conversions rounded to nearest, as on a GPU, by the torch and
+    CUDA backends on the CPU, and the interpreter under MASKSUB_GPU_MATH=1), bf16's doubled where the Triton
+    interpreter truncates fp32 to bf16 (twice the error of a rounding to nearest)."""
+    truncates = dtype == torch.bfloat16 and backend == "triton" and mk.triton_interpreted() and not GPU_MATH
+    return table[dtype] * (2 if truncates else 1)
 
 
 def kernel_backends() -> list[str]:

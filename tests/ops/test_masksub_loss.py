@@ -12,7 +12,7 @@ split path's own tests are in test_masksub_loss_split.py).
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICE, bf16_rounding
+from conftest import DEVICE, grad_tolerance
 
 import masksub_kernels as mk
 from masksub_kernels.ops import masksub_loss as ml
@@ -21,11 +21,7 @@ from masksub_kernels.ops import masksub_loss as ml
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
-GRAD_RTOL = {F32: 1e-6, F16: 2**-11}  # one rounding of an fp32 gradient; bf16: bf16_rounding (conftest)
-
-
-def grad_rtol(dtype: torch.dtype, backend: str) -> float:
-    return bf16_rounding(backend) if dtype == BF16 else GRAD_RTOL[dtype]
+GRAD_RTOL = {F32: 1e-6, F16: 2**-11, BF16: 2**-9}  # one rounding of an fp32 gradient (conftest.grad_tolerance)
 
 
 @pytest.fixture(autouse=True)
@@ -133,7 +129,7 @@ def check_masksub(main, sub, target, **options):
     objective(expected, weights).backward()
     for name, a, e in zip(("loss", "main", "sub"), out, expected):
         assert_close(a, e, 1e-6 if main.dtype == F32 else 1e-5, name=name)
-    rtol = grad_rtol(main.dtype, mk.last_backend("masksub_loss"))
+    rtol = grad_tolerance(GRAD_RTOL, main.dtype, mk.last_backend("masksub_loss"))
     assert main_leaf.grad.dtype == main.dtype and sub_leaf.grad.dtype == main.dtype
     assert_close(main_leaf.grad, z.grad, rtol, name="d main")
     assert_close(sub_leaf.grad, s.grad, rtol, name="d sub")
@@ -227,7 +223,7 @@ def test_single_branch_ops_match_oracle(backend, function, classes, dtype, kind,
     objective([expected], [weights]).backward()
     assert value.dtype == torch.float32
     assert_close(value, expected, 1e-6 if dtype == F32 else 1e-5, name="value")
-    assert_close(leaf.grad, leaf_expected.grad, grad_rtol(dtype, backend), name="grad")
+    assert_close(leaf.grad, leaf_expected.grad, grad_tolerance(GRAD_RTOL, dtype, backend), name="grad")
     if function == "distill":
         assert teacher.grad is None  # the teacher is detached
 
