@@ -115,3 +115,36 @@ def test_bf16_rounds_to_nearest_even_as_torch_does():
     assert (expected != truncated).mean() > 0.4  # the interpreter's own conversion
     nan = gpu_math.bf16_round(np.array([np.nan], dtype=F32))
     assert np.isnan(torch.from_numpy(nan.view(np.int16)).view(torch.bfloat16).float().numpy()).all()
+
+
+@pytest.mark.skipif(not triton_interpreted(), reason="the emulation patches the Triton interpreter")
+def test_adds_of_products_contract_to_one_rounding_as_the_gpu_compiles_them():
+    # a * b - c and c - a * b compile to fma.rn.f32 for sm_90 (LLVM contracts even a product used twice); with
+    # a = b = 1 + 2^-12 the product's rounding drops 2^-24, which the fma keeps
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(a_ptr, c_ptr, out_ptr, N: tl.constexpr):
+        offs = tl.arange(0, N)
+        a, c = tl.load(a_ptr + offs), tl.load(c_ptr + offs)
+        p = a * a
+        tl.store(out_ptr + offs, p - c)
+        tl.store(out_ptr + N + offs, c - a * a)
+        tl.store(out_ptr + 2 * N + offs, p + 0.0)
+
+    a = torch.full((4,), 1 + 2**-12)
+    c = torch.ones(4)
+    was_installed = bool(gpu_math._installed)
+    gpu_math.install()
+    try:
+        out = torch.empty(12)
+        kernel[(1,)](a, c, out, N=4)
+    finally:
+        if not was_installed:
+            gpu_math.uninstall()
+    exact = 2**-11 + 2**-24
+    assert out[:4].tolist() == [exact] * 4 and out[4:8].tolist() == [-exact] * 4
+    assert out[8:].tolist() == [1 + 2**-11] * 4  # the product itself, rounded (its add of 0 changes nothing)
+    plain = (a * a - c).tolist()
+    assert plain == [2**-11] * 4  # what the interpreter (and a CPU) computes: two roundings

@@ -1,6 +1,6 @@
-"""The GPU's fp32 transcendentals, division and bf16 rounding in the Triton interpreter: a stand-in's arithmetic.
+"""A GPU's fp32 arithmetic in the Triton interpreter (transcendentals, division, FMA contraction, bf16 rounding).
 
-The interpreter evaluates ``tl.exp``, ``tl.exp2`` and ``/`` with NumPy, correctly rounded (or nearly). Compiled for
+The interpreter evaluates each operation with NumPy, correctly rounded (or nearly), one at a time. Compiled for
 sm_80 / sm_90 (PTX read from Triton 3.8's output; tools/compile_kernels.py compiles the same kernels), fp32 takes:
 
 - ``tl.exp2(x)``: ``ex2.approx.ftz.f32`` (MUFU.EX2): within 2 ulp (CUDA C++ Programming Guide, the fast-math
@@ -11,18 +11,23 @@ sm_80 / sm_90 (PTX read from Triton 3.8's output; tools/compile_kernels.py compi
 - ``a / b``: ``div.full.f32``: within 2 ulp (PTX ISA);
 - ``tl.log`` / ``tl.log2``: libdevice's ``__nv_logf`` / ``__nv_log2f``, within 1 ulp: left as NumPy's;
 - fp32 -> bf16 (``.to(tl.bfloat16)``, a store into bf16): rounded to nearest even (``cvt.rn.bf16.f32``), where the
-  interpreter truncates (twice the error: the tests' bf16 tolerances are the interpreter's, not a GPU's).
+  interpreter truncates (twice the error: the tests' bf16 tolerances are the interpreter's, not a GPU's);
+- ``a * b + c``, ``a * b - c``, ``c - a * b``: one ``fma.rn.f32`` (LLVM contracts them, Triton's default
+  ``enable_fp_fusion``; even a product that is also used elsewhere, its multiply then duplicated): the exact product
+  plus c, rounded once, where the interpreter rounds the product first. Emulated: an fp32 add or subtract reading an
+  array that an fp32 multiply produced (the left one if both) adds that product's exact value (kept in float64 while
+  the array lives) instead. Not emulated: contractions inside ``tl.sum`` (each thread's partial sum of products is
+  an fma chain on the GPU) and products reshaped or broadcast before the add.
 
-``install()`` replaces the interpreter's exp / exp2 / fdiv / fp32 -> bf16 cast with these; exp, exp2 and fdiv give the
-correctly rounded result moved by -1, 0 or +1 ulp, drawn from a hash of the operands' bits (up to 1.5 ulp off, inside
-the 2 ulp bounds; the hardware's error tables are not public). Deterministic: the same operands give the same result,
-as on the hardware. Exact where the hardware's approximations are exact at their knots (undocumented): 2^x at an
-integer x, and a / b for b a power of two (the reciprocal's mantissa is 1, assumed). The first is borne out by the one
-GPU run: with exp2(0) = 1 +- 1 ulp, the test file the H200 passed in full on 2026-11-30 (commit 50de68d's
-tests/ops/test_masksub_loss.py, its kernels) fails 3 one-class tests here (log l = log 1 must be 0). Without the
-second, sigmoid(1e4) = 1 / 1 = 1 - 1 ulp would cost BCE the ulp of 1e4. Not emulated: FMA contraction (the GPU fuses a
-* b + c where the interpreter rounds the product) and reductions' order (``tl.sum`` over a tile's threads). fp64 and
-lower-precision operands are left alone: the kernels compute in fp32.
+``install()`` replaces the interpreter's exp / exp2 / fdiv / fmul / fadd / fsub / fp32 -> bf16 cast with these; exp,
+exp2 and fdiv give the correctly rounded result moved by -1, 0 or +1 ulp, drawn from a hash of the operands' bits (up
+to 1.5 ulp off, inside the 2 ulp bounds; the hardware's error tables are not public). Deterministic: the same operands
+give the same result, as on the hardware. Exact where the hardware's approximations are exact at their knots
+(undocumented): 2^x at an integer x, and a / b for b a power of two (the reciprocal's mantissa is 1, assumed). The
+first is borne out by the one GPU run: with exp2(0) = 1 +- 1 ulp, the test file the H200 passed in full on 2026-11-30
+(commit 50de68d's tests/ops/test_masksub_loss.py, its kernels) fails 3 one-class tests here (log l = log 1 must be 0).
+Without the second, sigmoid(1e4) = 1 / 1 = 1 - 1 ulp would cost BCE the ulp of 1e4. Not emulated: reductions' order
+(``tl.sum`` over a tile's threads). fp64 and lower-precision operands are left alone: the kernels compute in fp32.
 
 Tests opt in with MASKSUB_GPU_MATH=1 (tests/conftest.py); `make test` runs the loss kernels' Triton tests so a
 second time (Makefile).
@@ -30,11 +35,14 @@ second time (Makefile).
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 LOG2E = np.float32(1.4426950408889634)
 _MIN_NORMAL = np.float32(np.finfo(np.float32).tiny)  # 2^-126
-_installed: dict[str, object] = {}
+_installed: dict[str, object] = {}  # the interpreter's own methods, while ours replace them
+_PATCHED = ("create_exp", "create_exp2", "create_fdiv", "create_fmul", "create_fadd", "create_fsub", "cast_impl")
 
 
 def _ulp_offsets(*operands: np.ndarray) -> np.ndarray:
@@ -98,51 +106,101 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
     return np.where(nan, (bits >> np.uint32(16)) | np.uint32(0x40), rounded).astype(np.uint16)
 
 
+class _Products:
+    """The exact (float64) value of each live fp32 product array the interpreter made: what an add reading it
+    contracts with (fp32 x fp32 is exact in float64: 48 significant bits). Keyed by the array's id, forgotten
+    when the array is collected."""
+
+    def __init__(self) -> None:
+        self._exact: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+    def remember(self, rounded: np.ndarray, exact: np.ndarray) -> None:
+        key = id(rounded)
+        self._exact[key] = (weakref.ref(rounded, lambda _, key=key: self._exact.pop(key, None)), exact)
+
+    def exact(self, array: np.ndarray) -> np.ndarray | None:
+        entry = self._exact.get(id(array))
+        return entry[1] if entry is not None and entry[0]() is array else None
+
+
+def fma_add(lhs: np.ndarray, rhs: np.ndarray, products: _Products, subtract: bool = False) -> np.ndarray | None:
+    """lhs + rhs (lhs - rhs) as a GPU computes it when one operand is a product: fma, one rounding of the exact
+    product plus the other operand (the left product if both are); None where neither is."""
+    sign = -1.0 if subtract else 1.0
+    exact = products.exact(lhs)
+    if exact is not None:
+        total = exact + sign * np.asarray(rhs, dtype=np.float64)
+    elif (exact := products.exact(rhs)) is not None:
+        total = np.asarray(lhs, dtype=np.float64) + sign * exact
+    else:
+        return None
+    with np.errstate(over="ignore", invalid="ignore"):
+        return total.astype(np.float32)  # two roundings (53 bits, then 24): a tie's rare ulp off a true fma
+
+
 def install() -> None:
-    """Give the Triton interpreter the GPU's fp32 exp, exp2 and division (idempotent)."""
+    """Give the Triton interpreter a GPU's fp32 exp, exp2, division, FMA contraction and bf16 rounding
+    (idempotent)."""
     import triton.language as tl
     from triton.runtime import interpreter
 
     builder = interpreter.InterpreterBuilder
     if _installed:
         return
-    _installed.update(
-        exp=builder.create_exp, exp2=builder.create_exp2, fdiv=builder.create_fdiv, cast=builder.cast_impl
-    )
+    _installed.update({name: getattr(builder, name) for name in _PATCHED})
+    products = _Products()
 
-    def fp32(handle) -> bool:
-        return handle.data.dtype == np.float32
+    def fp32(*handles) -> bool:
+        return all(handle.data.dtype == np.float32 for handle in handles)
 
     def create_exp(self, arg):
         if not fp32(arg):
-            return _installed["exp"](self, arg)
+            return _installed["create_exp"](self, arg)
         return interpreter.TensorHandle(exp_approx(arg.data), arg.dtype.scalar)
 
     def create_exp2(self, arg):
         if not fp32(arg):
-            return _installed["exp2"](self, arg)
+            return _installed["create_exp2"](self, arg)
         return interpreter.TensorHandle(ex2_approx(arg.data, ftz=True), arg.dtype.scalar)
 
     def create_fdiv(self, lhs, rhs):
-        if not (fp32(lhs) and fp32(rhs)):
-            return _installed["fdiv"](self, lhs, rhs)
+        if not fp32(lhs, rhs):
+            return _installed["create_fdiv"](self, lhs, rhs)
         return interpreter.TensorHandle(div_full(lhs.data, rhs.data), lhs.dtype.scalar)
+
+    def create_fmul(self, lhs, rhs):
+        out = _installed["create_fmul"](self, lhs, rhs)
+        if fp32(lhs, rhs) and out.data.dtype == np.float32:
+            with np.errstate(over="ignore", invalid="ignore"):  # inf * 0: NaN, as the rounded product
+                products.remember(out.data, lhs.data.astype(np.float64) * rhs.data.astype(np.float64))
+        return out
+
+    def contracting(name: str, subtract: bool):
+        def create(self, lhs, rhs):
+            fused = fma_add(lhs.data, rhs.data, products, subtract) if fp32(lhs, rhs) else None
+            if fused is None:
+                return _installed[name](self, lhs, rhs)
+            return interpreter.TensorHandle(fused, lhs.dtype.scalar)
+
+        return create
 
     def cast_impl(self, src, dst_type):  # fp32 -> bf16 (x.to(tl.bfloat16), tl.store into bf16): the interpreter
         if src.dtype.scalar != tl.float32 or dst_type.scalar != tl.bfloat16:  # truncates
-            return _installed["cast"](self, src, dst_type)
+            return _installed["cast_impl"](self, src, dst_type)
         return interpreter.TensorHandle(bf16_round(src.data), dst_type.scalar)
 
-    builder.create_exp, builder.create_exp2, builder.create_fdiv = create_exp, create_exp2, create_fdiv
-    builder.cast_impl = cast_impl
+    replacements = {
+        "create_exp": create_exp, "create_exp2": create_exp2, "create_fdiv": create_fdiv, "create_fmul": create_fmul,
+        "create_fadd": contracting("create_fadd", False), "create_fsub": contracting("create_fsub", True),
+        "cast_impl": cast_impl,
+    }  # fmt: skip
+    for name in _PATCHED:
+        setattr(builder, name, replacements[name])
 
 
 def uninstall() -> None:
-    """The interpreter's own exp, exp2 and division again."""
+    """The interpreter's own arithmetic again."""
     from triton.runtime import interpreter
 
-    if _installed:
-        builder = interpreter.InterpreterBuilder
-        builder.create_exp, builder.create_exp2, builder.create_fdiv, builder.cast_impl = (
-            _installed.pop("exp"), _installed.pop("exp2"), _installed.pop("fdiv"), _installed.pop("cast"),
-        )  # fmt: skip
+    for name in list(_installed):
+        setattr(interpreter.InterpreterBuilder, name, _installed.pop(name))
