@@ -175,6 +175,17 @@ def sanitizer_link_flags(sanitize: str | None) -> list[str]:
     return [f"-fsanitize={sanitize},alignment"] if sanitize else []
 
 
+def contraction_flags() -> list[str]:
+    """nvcc contracts a * b + c into one fma by default (--fmad=true): one rounding where the host compiler's ISO C++
+    rounds twice. Where this CPU has FMA, the emulator is compiled to contract too (-ffp-contract=fast, at -O2: GCC's
+    choice of pairs, not necessarily nvcc's); elsewhere it rounds twice (the build must run on the CPU it targets)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    return ["-mfma", "-ffp-contract=fast"] if " fma " in flags.replace("\n", " ") else []
+
+
 def compile_flags(sanitize: str | None = None) -> list[str]:
     """Host compiler flags that turn a CUDA source (launches rewritten) into CPU code on the emulator.
 
@@ -194,6 +205,7 @@ def compile_flags(sanitize: str | None = None) -> list[str]:
         # time (masksub_loss.cu's ~200 kernel instances: 57 s against 155 s; the sanitized tests ran as fast)
         "-O0" if sanitize else "-O2",
         *sanitizer_flags,
+        *contraction_flags(),
         "-DMASKSUB_MAX_GRID_BLOCKS=3",  # capped grids: the tests run the kernels' grid-stride loops
         f"-DMASKSUB_EMULATOR_DIGEST={digest}",  # a changed emulator header changes the flags: the build reruns
         "-include",
