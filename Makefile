@@ -29,15 +29,15 @@ format: $(STAMP)
 # pytest-xdist 3.8, pytest-dev/pytest-xdist#1386) in the order of tests/conftest.py, slow files first
 # (--no-loadscope-reorder: loadfile would otherwise send the files with most tests first), and prints its slowest
 # tests, to keep CI's time in view. TEST_WORKERS=0: one process.
-# Then the loss kernels' Triton tests again, with a GPU's fp32 exp, exp2 and division in the interpreter
-# (MASKSUB_GPU_MATH=1, tools/gpu_math.py: correctly rounded there, within 2 ulp on a GPU): their tolerances must hold
-# for both (~2 minutes here; skipped on a machine with a GPU, which runs its own arithmetic).
+# Then the loss kernels' Triton tests (-m triton: tests/conftest.py) again, with a GPU's fp32 arithmetic in the Triton
+# interpreter (MASKSUB_GPU_MATH=1, tools/gpu_math.py: approximate exp, exp2, rsqrt and division, fma contraction, bf16
+# rounded to nearest): their tolerances must hold for both (~3 minutes here; skipped on a machine with a GPU).
 TEST_WORKERS ?= auto
 GPU_MATH_TESTS := $(addprefix tests/ops/test_,loss_inputs.py masksub_loss.py masksub_loss_split.py \
 	masksub_loss_reduced.py linear_loss_chunks.py linear_loss_kernels.py linear_loss_paths.py linear_masksub_loss.py)
 test: lint
 	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
-	MASKSUB_GPU_MATH=1 $(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile -q -k triton $(GPU_MATH_TESTS)
+	MASKSUB_GPU_MATH=1 $(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile -q -m triton $(GPU_MATH_TESTS)
 
 bench: $(STAMP)
 	$(PYTHON) -m masksub_kernels.bench $(BENCH_ARGS)

@@ -29,8 +29,9 @@ import masksub_kernels as mk
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-# MASKSUB_GPU_MATH=1: the interpreter's fp32 exp, exp2 and division err as a GPU's may (tools/gpu_math.py; `make
-# test` runs the loss kernels' tests so a second time). With a GPU there is nothing to emulate: the tests skip.
+# MASKSUB_GPU_MATH=1: the interpreter computes in fp32 as a GPU does (tools/gpu_math.py: approximate exp, exp2, rsqrt
+# and division, fma contraction, bf16 rounded to nearest; `make test` runs the loss kernels' Triton tests so a second
+# time). With a GPU there is nothing to emulate: the tests skip.
 GPU_MATH = os.environ.get("MASKSUB_GPU_MATH") == "1"
 if GPU_MATH and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     from tools import gpu_math
@@ -74,6 +75,12 @@ def pytest_collection_modifyitems(config, items):
     pytest-xdist (`make test`) they then start at once on workers of their own while the others share out the rest,
     instead of ending the run on one busy worker while the others idle. A stable sort: the rest keep their order."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    for item in items:  # the triton marker (pyproject.toml): a Triton backend chosen by a parameter, or by name
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        chosen = {params.get(name) for name in ("backend", "kernel_backend", "op_backend", "kernel_backend_name")}
+        named = "triton" in getattr(item, "originalname", item.name).split("_")  # test_triton_..._is_deterministic
+        if "triton" in chosen or named or "triton_backend" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.triton)
     if GPU_MATH and DEVICE.type == "cuda":
         for item in items:
             item.add_marker(pytest.mark.skip("MASKSUB_GPU_MATH=1 emulates a GPU's arithmetic; this run has a GPU"))

@@ -1,17 +1,21 @@
-"""A GPU's fp32 arithmetic in the Triton interpreter (transcendentals, division, FMA contraction, bf16 rounding).
+"""A GPU's fp32 arithmetic in the Triton interpreter (exp, exp2, rsqrt, division, FMA contraction, bf16 rounding).
 
-The interpreter evaluates each operation with NumPy, correctly rounded (or nearly), one at a time. Compiled for
-sm_80 / sm_90 (PTX read from Triton 3.8's output; tools/compile_kernels.py compiles the same kernels), fp32 takes:
+The interpreter evaluates each operation on its own with NumPy's fp32 functions (their own errors, with NumPy 2.4:
+exp up to ~2.4 ulp, exp2 ~1 ulp; division correctly rounded). Compiled for sm_80 / sm_90 (PTX read from Triton 3.8's
+output; tools/compile_kernels.py compiles the same kernels), fp32 takes:
 
 - ``tl.exp2(x)``: ``ex2.approx.ftz.f32`` (MUFU.EX2): within 2 ulp (CUDA C++ Programming Guide, the fast-math
   ``exp2f``), subnormal inputs and results flushed to zero;
 - ``tl.exp(x)``: ``ex2.approx.f32(x * log2(e))``, the product rounded to fp32 first (CUDA's ``__expf``, within
   2 + floor(|1.173 x|) ulp): the product's rounding is an absolute error of up to |x| log2(e) 2^-24 in the
   exponent, a relative error that grows with |x| (x = -80: ~4e-6); subnormal results kept (no ``ftz``);
-- ``a / b``: ``div.full.f32``: within 2 ulp (PTX ISA);
+- ``a / b``: ``div.full.f32``: within 2 ulp (PTX ISA), a times an approximate reciprocal of b: elements that share a
+  divisor share its error (emulated so: one relative error per divisor);
+- ``tl.math.rsqrt``: ``rsqrt.approx.ftz.f32`` (MUFU.RSQ);
 - ``tl.log`` / ``tl.log2``: libdevice's ``__nv_logf`` / ``__nv_log2f``, within 1 ulp: left as NumPy's;
 - fp32 -> bf16 (``.to(tl.bfloat16)``, a store into bf16): rounded to nearest even (``cvt.rn.bf16.f32``), where the
-  interpreter truncates (twice the error: the tests' bf16 tolerances are the interpreter's, not a GPU's);
+  interpreter truncates (twice the error: tests/conftest.py's grad_tolerance doubles bf16's for the plain
+  interpreter);
 - ``a * b + c``, ``a * b - c``, ``c - a * b``: one ``fma.rn.f32`` (LLVM contracts them, Triton's default
   ``enable_fp_fusion``; even a product that is also used elsewhere, its multiply then duplicated): the exact product
   plus c, rounded once, where the interpreter rounds the product first. Emulated: an fp32 add or subtract reading an
@@ -19,15 +23,17 @@ sm_80 / sm_90 (PTX read from Triton 3.8's output; tools/compile_kernels.py compi
   the array lives) instead. Not emulated: contractions inside ``tl.sum`` (each thread's partial sum of products is
   an fma chain on the GPU) and products reshaped or broadcast before the add.
 
-``install()`` replaces the interpreter's exp / exp2 / fdiv / fmul / fadd / fsub / fp32 -> bf16 cast with these; exp,
-exp2 and fdiv give the correctly rounded result moved by -1, 0 or +1 ulp, drawn from a hash of the operands' bits (up
-to 1.5 ulp off, inside the 2 ulp bounds; the hardware's error tables are not public). Deterministic: the same operands
+``install()`` replaces the interpreter's exp / exp2 / fdiv / rsqrt / fmul / fadd / fsub / fp32 -> bf16 cast with
+these; exp, exp2 and rsqrt give the correctly rounded result moved by -1, 0 or +1 ulp, drawn from a hash of the
+operands' bits (up to 1.5 ulp off, inside the 2 ulp bounds; the hardware's error tables are not public), division the
+quotient off by -1, 0 or +1 times 2^-24 (by a hash of the divisor), rounded once. Deterministic: the same operands
 give the same result, as on the hardware. Exact where the hardware's approximations are exact at their knots
-(undocumented): 2^x at an integer x, and a / b for b a power of two (the reciprocal's mantissa is 1, assumed). The
-first is borne out by the one GPU run: with exp2(0) = 1 +- 1 ulp, the test file the H200 passed in full on 2026-11-30
-(commit 50de68d's tests/ops/test_masksub_loss.py, its kernels) fails 3 one-class tests here (log l = log 1 must be 0).
-Without the second, sigmoid(1e4) = 1 / 1 = 1 - 1 ulp would cost BCE the ulp of 1e4. Not emulated: reductions' order
-(``tl.sum`` over a tile's threads). fp64 and lower-precision operands are left alone: the kernels compute in fp32.
+(undocumented): 2^x at an integer x, rsqrt at powers of 4, and a / b for b a power of two (the reciprocal's mantissa
+is 1). Only exp2(0) = 1 is borne out, by the one GPU run; the others are assumed alike: with exp2(0) = 1 +- 1 ulp, the
+test file the H200 passed in full on 2026-11-30 (commit 50de68d's tests/ops/test_masksub_loss.py, its kernels) fails 3
+one-class tests here (log l = log 1 must be 0). Without the division's, sigmoid(1e4) = 1 / 1 = 1 - 1 ulp would cost
+BCE the ulp of 1e4. Not emulated: reductions' order (``tl.sum`` over a tile's threads). fp64 and lower-precision
+operands are left alone: the kernels compute in fp32.
 
 Tests opt in with MASKSUB_GPU_MATH=1 (tests/conftest.py); `make test` runs the loss kernels' Triton tests so a
 second time (Makefile).
@@ -42,17 +48,19 @@ import numpy as np
 LOG2E = np.float32(1.4426950408889634)
 _MIN_NORMAL = np.float32(np.finfo(np.float32).tiny)  # 2^-126
 _installed: dict[str, object] = {}  # the interpreter's own methods, while ours replace them
-_PATCHED = ("create_exp", "create_exp2", "create_fdiv", "create_fmul", "create_fadd", "create_fsub", "cast_impl")
+_PATCHED = ("create_exp", "create_exp2", "create_fdiv", "create_rsqrt", "create_fmul", "create_fadd", "create_fsub",
+            "cast_impl")  # fmt: skip
 
 
 def _ulp_offsets(*operands: np.ndarray) -> np.ndarray:
     """-1, 0 or 1 per element, from a multiplicative hash of the operands' fp32 bits (Knuth's 2654435761)."""
     h = np.zeros(np.broadcast(*operands).shape, dtype=np.uint32)
-    for i, operand in enumerate(operands):
-        bits = np.ascontiguousarray(operand, dtype=np.float32).view(np.uint32)
-        h = h ^ ((bits + np.uint32(0x9E3779B9 * (i + 1) & 0xFFFFFFFF)) * np.uint32(2654435761))
-    h = h ^ (h >> np.uint32(15))
-    h = h * np.uint32(2246822519)
+    with np.errstate(over="ignore"):  # uint32 arithmetic wraps, as meant (0-d operands warn, arrays do not)
+        for i, operand in enumerate(operands):
+            bits = np.array(operand, dtype=np.float32).view(np.uint32)  # a copy: contiguous, 0-d kept 0-d
+            h = h ^ ((bits + np.uint32(0x9E3779B9 * (i + 1) & 0xFFFFFFFF)) * np.uint32(2654435761))
+        h = h ^ (h >> np.uint32(15))
+        h = h * np.uint32(2246822519)
     return (h >> np.uint32(8)).astype(np.int64) % 3 - 1
 
 
@@ -90,17 +98,31 @@ def exp_approx(x: np.ndarray) -> np.ndarray:
 
 
 def div_full(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``div.full.f32``: a / b within 2 ulp, exact where b is a power of two."""
+    """``div.full.f32``: a / b within 2 ulp, as a times an approximate reciprocal of b (range-scaled): the quotient
+    rounded once after a relative error of -1, 0 or +1 times 2^-24 drawn from b alone, so that the elements sharing
+    a divisor (a row's softmax sum, a sigmoid's 1 + e) share its error, as they share the hardware's reciprocal;
+    exact where b is a power of two (the reciprocal's mantissa is 1, the one a table gives exactly)."""
+    a64, b64 = np.asarray(a, dtype=np.float32).astype(np.float64), np.asarray(b, dtype=np.float32).astype(np.float64)
+    mantissa, _ = np.frexp(b64)
+    error = np.where(np.abs(mantissa) == 0.5, 0, _ulp_offsets(b)) * 2.0**-24
     with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
-        exact = np.divide(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32))
-    # b a power of two: exact (the reciprocal's mantissa is 1, the one a table gives exactly; then one rounding)
-    mantissa, _ = np.frexp(np.asarray(b, dtype=np.float32))
-    return np.where(np.abs(mantissa) == 0.5, exact, _off_by_ulps(exact, _ulp_offsets(a, b)))
+        return (a64 / b64 * (1 + error)).astype(np.float32)
+
+
+def rsqrt_approx(x: np.ndarray) -> np.ndarray:
+    """``rsqrt.approx.ftz.f32`` (MUFU.RSQ): 1 / sqrt(x) within 2 ulp (assumed, as the other MUFU functions), exact
+    at powers of 4 (a knot, assumed as 2^x's), subnormal inputs read as 0 (-> inf)."""
+    x = _flush(np.asarray(x, dtype=np.float32))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        exact = (1 / np.sqrt(x.astype(np.float64))).astype(np.float32)
+    mantissa, exponent = np.frexp(x)
+    knot = (np.abs(mantissa) == 0.5) & (exponent % 2 == 1)  # 0.5 x 2^(2k + 1) = 4^k
+    return np.where(knot, exact, _off_by_ulps(exact, _ulp_offsets(x)))
 
 
 def bf16_round(x: np.ndarray) -> np.ndarray:
     """fp32 -> bf16 bits (uint16), rounded to nearest even as a GPU's ``cvt.rn.bf16.f32``; NaN stays a (quiet) NaN."""
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    bits = np.array(x, dtype=np.float32).view(np.uint32)
     rounded = (bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)
     nan = np.isnan(np.asarray(x, dtype=np.float32))
     return np.where(nan, (bits >> np.uint32(16)) | np.uint32(0x40), rounded).astype(np.uint16)
@@ -139,7 +161,7 @@ def fma_add(lhs: np.ndarray, rhs: np.ndarray, products: _Products, subtract: boo
 
 
 def install() -> None:
-    """Give the Triton interpreter a GPU's fp32 exp, exp2, division, FMA contraction and bf16 rounding
+    """Give the Triton interpreter a GPU's fp32 exp, exp2, division, rsqrt, FMA contraction and bf16 rounding
     (idempotent)."""
     import triton.language as tl
     from triton.runtime import interpreter
@@ -168,6 +190,11 @@ def install() -> None:
             return _installed["create_fdiv"](self, lhs, rhs)
         return interpreter.TensorHandle(div_full(lhs.data, rhs.data), lhs.dtype.scalar)
 
+    def create_rsqrt(self, arg):
+        if not fp32(arg):
+            return _installed["create_rsqrt"](self, arg)
+        return interpreter.TensorHandle(rsqrt_approx(arg.data), arg.dtype.scalar)
+
     def create_fmul(self, lhs, rhs):
         out = _installed["create_fmul"](self, lhs, rhs)
         if fp32(lhs, rhs) and out.data.dtype == np.float32:
@@ -190,7 +217,8 @@ def install() -> None:
         return interpreter.TensorHandle(bf16_round(src.data), dst_type.scalar)
 
     replacements = {
-        "create_exp": create_exp, "create_exp2": create_exp2, "create_fdiv": create_fdiv, "create_fmul": create_fmul,
+        "create_exp": create_exp, "create_exp2": create_exp2, "create_fdiv": create_fdiv, "create_rsqrt": create_rsqrt,
+        "create_fmul": create_fmul,
         "create_fadd": contracting("create_fadd", False), "create_fsub": contracting("create_fsub", True),
         "cast_impl": cast_impl,
     }  # fmt: skip

@@ -40,6 +40,7 @@ def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
 @pytest.mark.parametrize(("main_weight", "sub_weight", "has_sub"), [(0.5, 0.5, True), (0.0, 1.0, True),
                                                                      (1.0, 0.0, True), (1.0, 0.0, False)])  # fmt: skip
 @pytest.mark.parametrize("kind", ["index", "index_ignore"])
+@pytest.mark.triton
 def test_ones_column_gives_db_and_dw(dtype, main_weight, sub_weight, has_sub, kind):
     h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=dtype, kind=kind, seed=3)
     sub = hs if has_sub else None
@@ -64,6 +65,7 @@ def test_ones_column_gives_db_and_dw(dtype, main_weight, sub_weight, has_sub, ki
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.triton
 def test_gradients_over_the_logits_rows(monkeypatch, bias, dtype):
     # fp16 / bf16: each chunk's dz and ds are written over its own fp32 logits rows (narrower views of the one chunk
     # buffer, the backward kernel's over_rows: one program per row), and dW's matmul runs once per chunk over them,
@@ -102,6 +104,7 @@ def test_gradients_over_the_logits_rows(monkeypatch, bias, dtype):
 
 
 @pytest.mark.parametrize(("bce", "kind"), [(False, "index"), (True, "dense")])
+@pytest.mark.triton
 def test_gradients_over_rows_of_several_blocks(monkeypatch, bce, kind):
     # the over-rows backward on rows of several whole blocks and a masked tail, where one block's stores land on
     # logits that earlier blocks loaded (the interpreter: blocks of 64 over 300 classes; a GPU, whose warps run
@@ -142,6 +145,7 @@ def test_chunk_rows_fill_the_budget_from_a_floor(monkeypatch):
     assert rows(128256, m) == 64 and rows(10**6, m) == 12
 
 
+@pytest.mark.triton
 def test_the_loop_runs_chunks_of_the_floor(monkeypatch):
     # a floor above the budget's rows gives the loop its chunks: M = 128 rows, C = 40, a budget of 2 rows, a floor of
     # 64 where M has 2 x 64 rows: two chunks of 64 (the op's path to the loop: _grads_triton), on the interpreter,
@@ -258,6 +262,7 @@ def test_fake_outputs_follow_the_backend(backend, dtype):
 
 
 @pytest.mark.parametrize("kind", ["index", "index_ignore"])
+@pytest.mark.triton
 def test_split_chunks_share_their_tickets(monkeypatch, kind):
     # chunks whose loss forward splits each row's classes over 2 programs (blocks of 16 classes, C = 30): every chunk
     # reuses the op's one ticket buffer (left zero by each launch) and, where the chunks are slices, writes its stats
@@ -277,6 +282,7 @@ def test_split_chunks_share_their_tickets(monkeypatch, kind):
 
 @pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "reference"])
 @pytest.mark.parametrize("kind", ["index", "index_ignore", "dense"])
+@pytest.mark.triton
 def test_every_row_without_a_host_sync_matches_the_gathered_rows(monkeypatch, kernels, kind):
     # gather=False (torch.compile, CUDA graphs): chunks of every row, ignored ones included, the count and the mean's
     # divisor on the device; never reads the count on the host. Against gather=True (the counted rows only): the same
@@ -302,6 +308,7 @@ def test_every_row_without_a_host_sync_matches_the_gathered_rows(monkeypatch, ke
     assert torch.equal(every[8], gathered[8])  # the unit scale, a power of two
 
 
+@pytest.mark.triton
 def test_mean_over_no_counted_rows_without_a_host_sync():
     # every row ignored: the losses are 0 (mean over max(count, 1)), every stored gradient 0, the scale the weights'
     # power of two over a unit of 1

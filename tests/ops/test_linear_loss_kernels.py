@@ -109,6 +109,7 @@ SPLIT_CASES = [(40, 8, 2, 5), (20, 8, 3, 5), (5, 8, 5, 5), (0, 8, None, 5), (20,
 
 
 @pytest.mark.parametrize(("counted", "cap", "splits", "slots"), SPLIT_CASES)
+@pytest.mark.triton
 def test_class_splits_follow_the_counted_rows(monkeypatch, counted, cap, splits, slots):
     # The forward and dH choose their class splits on the device from the count (MLM labels: few rows count, the
     # grid sized for all of them): 40 rows in 3 row tiles of 16, 160 classes in 5 tiles of 32, 6 programs to fill.
@@ -138,6 +139,7 @@ def test_class_splits_follow_the_counted_rows(monkeypatch, counted, cap, splits,
         assert ran[:splits, is_counted].all()
 
 
+@pytest.mark.triton
 def test_probabilities_keep_the_splits_that_fill_the_gpu(monkeypatch):
     # every row counts with probability targets: the grid has only the splits that fill the GPU then (2 of the 5
     # class tiles for 3 row tiles and 6 programs), no room for fewer counted rows
@@ -153,6 +155,7 @@ def test_probabilities_keep_the_splits_that_fill_the_gpu(monkeypatch):
 
 
 @pytest.mark.parametrize("counted", [0, 5, 17, 20, 32, 40, 64])
+@pytest.mark.triton
 def test_weight_gradient_splits_share_the_counted_row_tiles(monkeypatch, counted):
     # dW's row splits take the counted row tiles in turn (the counted rows come first in the op's order, ascending,
     # their number read on the device): 64 rows in 4 tiles of 16, 5 class tiles of 32 and 10 programs to fill give 2
@@ -199,6 +202,7 @@ def _class_splits_probe(count_ptr, out_ptr, class_tiles, target_programs, max_sp
 @pytest.mark.parametrize(
     ("rows", "classes", "every_row_counts"), [(40, 160, False), (300, 70, False), (200, 500, True), (1, 30, False)]
 )
+@pytest.mark.triton
 def test_class_splits_stay_within_the_grid_and_slabs(monkeypatch, target, rows, classes, every_row_counts):
     # for every count in [0, M] (M for probabilities), the kernels' splits E fit the launcher's grid and dH's slabs
     # (A E <= slabs for the A row tiles that hold counted rows), and E runs of per_split tiles cover the class tiles

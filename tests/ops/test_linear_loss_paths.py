@@ -93,6 +93,7 @@ def test_cuda_graph_capture_takes_the_grads_op_for_probabilities(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.triton
 def test_the_grads_ops_outputs_do_not_depend_on_the_backend(dtype, bias):
     # A graph compiled under one backend may run under another (set_backend between calls; Inductor's on-disk cache
     # shared by processes): the fake cannot know which, so every backend's outputs must have the fake's dtypes,
