@@ -177,8 +177,9 @@ def sanitizer_link_flags(sanitize: str | None) -> list[str]:
 
 def contraction_flags() -> list[str]:
     """nvcc contracts a * b + c into one fma by default (--fmad=true): one rounding where the host compiler's ISO C++
-    rounds twice. Where this CPU has FMA, the emulator is compiled to contract too (-ffp-contract=fast, at -O2: GCC's
-    choice of pairs, not necessarily nvcc's); elsewhere it rounds twice (the build must run on the CPU it targets)."""
+    rounds twice. Where this (x86) CPU lists fma, the emulator is compiled to contract too (-ffp-contract=fast: GCC's
+    choice of pairs, not necessarily nvcc's, and only from -O2: the -O0 AddressSanitizer build still rounds twice);
+    elsewhere it rounds twice. -mfma enables AVX code too: the build must run on the CPU it targets."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -21,7 +21,11 @@ output; tools/compile_kernels.py compiles the same kernels), fp32 takes:
   plus c, rounded once, where the interpreter rounds the product first. Emulated: an fp32 add or subtract reading an
   array that an fp32 multiply produced (the left one if both) adds that product's exact value (kept in float64 while
   the array lives) instead. Not emulated: contractions inside ``tl.sum`` (each thread's partial sum of products is
-  an fma chain on the GPU) and products reshaped or broadcast before the add.
+  an fma chain on the GPU), products reshaped or broadcast before the add, and negated products (``-(a * b) + c``
+  is an fma on the GPU). Where the emulation fuses and the GPU may not: across basic blocks (a loop-invariant
+  product that LLVM hoists out of a loop is not fused with an add inside it), and in ``a * b + c * d`` when the
+  left product has more uses (LLVM fuses the product with fewer uses; equal uses: the left one, as here). No
+  kernel of the package has these patterns at present (a review checked, 2026-12-03).
 
 ``install()`` replaces the interpreter's exp / exp2 / fdiv / rsqrt / fmul / fadd / fsub / fp32 -> bf16 cast with
 these; exp, exp2 and rsqrt give the correctly rounded result moved by -1, 0 or +1 ulp, drawn from a hash of the
