@@ -37,10 +37,9 @@ def op_backend(request):
 
 @pytest.fixture(autouse=True)
 def _small_tiles(monkeypatch):
-    if mk.triton_interpreted():
-        monkeypatch.setattr(lm, "MAX_BLOCK_M", 16)
-        monkeypatch.setattr(lm, "MAX_BLOCK_N", 32)
-        monkeypatch.setattr(lm, "MAX_BLOCK_K", 16)
+    tiles = {"MAX_BLOCK_M": 16, "MAX_BLOCK_N": 32, "MAX_BLOCK_K": 16} if mk.triton_interpreted() else {}
+    for name, tile in tiles.items():
+        monkeypatch.setattr(lm, name, tile)
 
 
 def make_inputs(rows=20, depth=24, classes=40, dtype=F32, kind="index", bias=True, seed=0, scale=1.0):
