@@ -31,7 +31,7 @@ format: $(STAMP)
 # tests, to keep CI's time in view. TEST_WORKERS=0: one process.
 # Then the loss kernels' Triton tests (-m triton: tests/conftest.py) again, with a GPU's fp32 arithmetic in the Triton
 # interpreter (MASKSUB_GPU_MATH=1, tools/gpu_math.py: approximate exp, exp2, rsqrt and division, fma contraction, bf16
-# rounded to nearest): their tolerances must hold for both (~3 minutes here; skipped on a machine with a GPU).
+# rounded to nearest): their tolerances must hold for both (~4 minutes here; skipped on a machine with a GPU).
 TEST_WORKERS ?= auto
 GPU_MATH_TESTS := $(addprefix tests/ops/test_,loss_inputs.py masksub_loss.py masksub_loss_split.py \
 	masksub_loss_reduced.py linear_loss_chunks.py linear_loss_kernels.py linear_loss_paths.py linear_masksub_loss.py)

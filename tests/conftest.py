@@ -33,7 +33,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # and division, fma contraction, bf16 rounded to nearest; `make test` runs the loss kernels' Triton tests so a second
 # time). With a GPU there is nothing to emulate: the tests skip.
 GPU_MATH = os.environ.get("MASKSUB_GPU_MATH") == "1"
-if GPU_MATH and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+if GPU_MATH and mk.triton_interpreted():
     from tools import gpu_math
 
     gpu_math.install()
