@@ -28,7 +28,9 @@
 //   - cub::BlockRadixSort / BlockScan are re-implemented from their documented contracts (emulator/cub/).
 // What it does not model: concurrency between barriers (warp-synchronous code without *_sync, memory ordering;
 // atomics and fences are the plain operations of one thread, as blocks never overlap),
-// shared memory size limits, and device maths: expf, logf... are the host's libm (ULP-level differences).
+// shared memory size limits, and most device maths: logf, IEEE division... are the host's (ULP-level differences);
+// the fast-math intrinsics the kernels call (__fdividef, ex2.approx) move the host's results within their 2 ulp
+// (the end of this file).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -407,13 +409,52 @@ inline unsigned int __umulhi(unsigned int a, unsigned int b) {
   return static_cast<unsigned int>((static_cast<uint64_t>(a) * b) >> 32);
 }
 
-// The GPU's is an approximate division (2 ulp; 0 where 2^126 < |b| < 2^128): the host's IEEE one is within that.
-inline float __fdividef(float a, float b) { return a / b; }
+// The GPU's fast-math approximations, modelled as tools/gpu_math.py models the Triton kernels' (the same hash, the
+// same knots): the correctly rounded result moved by -1, 0 or +1 ulp, drawn from a multiplicative hash of the
+// operand's bits (Knuth's 2654435761), deterministic as the hardware is, inside its documented 2 ulp. The host's
+// IEEE results alone would be the best case, and a tolerance that only they meet would fail on a GPU.
+namespace masksub_emu {
+
+// -1, 0 or 1 from the bits of x (gpu_math._ulp_offsets of one operand).
+inline int ulp_offset(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  uint32_t h = (bits + 0x9E3779B9u) * 2654435761u;
+  h ^= h >> 15;
+  h *= 2246822519u;
+  return static_cast<int>((h >> 8) % 3u) - 1;
+}
+
+// v moved by `ulps` units in its last place, towards larger magnitudes for ulps > 0; 0, inf and NaN stay.
+inline float off_by_ulps(float v, int ulps) {
+  if (v == 0.0f || !std::isfinite(v)) return v;
+  int32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits += ulps;  // the magnitude sits in the low 31 bits: a finite non-zero float never crosses the sign bit by one
+  float moved;
+  std::memcpy(&moved, &bits, sizeof moved);
+  return std::isfinite(moved) ? moved : v;
+}
+
+}  // namespace masksub_emu
+
+// __fdividef(a, b): a times an approximate reciprocal of b (2 ulp): one relative error of -1, 0 or +1 times 2^-24
+// per divisor (its hash), exact where b is a power of two (the reciprocal's mantissa is 1), and 0 for 2^126 < |b|
+// < 2^128 (NaN if a is infinite: inf x 0), as the CUDA C++ Programming Guide documents.
+inline float __fdividef(float a, float b) {
+  const float magnitude = std::fabs(b);
+  if (std::isfinite(magnitude) && magnitude > 0x1p126f) return std::isinf(a) ? NAN : 0.0f * a * b;
+  int exponent;
+  const bool power_of_two = std::frexp(magnitude, &exponent) == 0.5f;
+  const double error = power_of_two ? 0.0 : ::masksub_emu::ulp_offset(b) * 0x1p-24;
+  return static_cast<float>(static_cast<double>(a) / b * (1.0 + error));
+}
 
 // NVVM's builtin for PTX ex2.approx.ftz.f32 (csrc declares it): 2^x with subnormal arguments and results flushed to
-// 0 (the GPU's is within 2 ulp of the host's exact exp2f elsewhere).
+// 0; the host's exp2 moved by -1, 0 or +1 ulp (the hash of x), exact at integers.
 extern "C" inline float __nvvm_ex2_approx_ftz_f(float x) {
   if (std::fpclassify(x) == FP_SUBNORMAL) x = 0.0f;
-  const float r = std::exp2(x);
+  float r = std::exp2(x);
+  if (x != std::nearbyint(x)) r = ::masksub_emu::off_by_ulps(r, ::masksub_emu::ulp_offset(x));
   return std::fpclassify(r) == FP_SUBNORMAL ? 0.0f : r;
 }
