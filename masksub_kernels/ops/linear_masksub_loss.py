@@ -473,7 +473,7 @@ def _check_linear(hidden, sub_hidden, weight, bias) -> None:
             )
 
 
-def _check_chunk_rows(chunk_rows) -> int:
+def check_chunk_rows(chunk_rows) -> int:
     """chunk_rows as the grads op takes it: an int >= 1, or 0 for None (the backend's default)."""
     if chunk_rows is None:
         return 0
@@ -546,7 +546,7 @@ def linear_masksub_loss(
     )  # fmt: skip
     main_weight = _number("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
     sub_weight = _number("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
-    chunk = _check_chunk_rows(chunk_rows)
+    chunk = check_chunk_rows(chunk_rows)
     wanted = _grads_wanted(main_hidden, sub_hidden, weight, bias, target, reduction)
     if wanted is not None:  # the gradients in the forward: 6 matmul units, the backward of .loss only scales them
         return MaskSubLoss(
@@ -582,7 +582,7 @@ def linear_soft_target_cross_entropy(
     target, options = _check_all(
         hidden, None, weight, bias, target, "ce", reduction, label_smoothing, ignore_index, 1.0, None
     )
-    chunk = _check_chunk_rows(chunk_rows)
+    chunk = check_chunk_rows(chunk_rows)
     _linear_loss_op.report_as("linear_soft_target_cross_entropy", hidden)  # the ops report linear_masksub_loss
     wanted = _grads_wanted(hidden, None, weight, bias, target, reduction)
     if wanted is not None:

@@ -302,13 +302,26 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def main_loss(parts: MLMParts, hidden: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """CE of the decoder's logits at the predicted positions (mean over them), fp32 scalar."""
+def main_loss(
+    parts: MLMParts,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """CE of the decoder's logits at the predicted positions (mean over them), fp32 scalar; chunk_rows: the
+    fused-linear loss's rows per chunk (None: the backend's rule)."""
     import masksub_kernels as mk
 
     hidden, weight, bias = _head(parts, hidden)
     return mk.linear_soft_target_cross_entropy(
-        _rows(hidden), weight, bias, labels.reshape(-1), label_smoothing=label_smoothing, ignore_index=IGNORE_INDEX
+        _rows(hidden),
+        weight,
+        bias,
+        labels.reshape(-1),
+        label_smoothing=label_smoothing,
+        ignore_index=IGNORE_INDEX,
+        chunk_rows=chunk_rows,
     )
 
 
@@ -320,9 +333,11 @@ def masksub_terms(
     main_weight: float,
     sub_weight: float,
     label_smoothing: float,
+    chunk_rows: int | None = None,
 ):
     """The fused MaskSub loss on the kept rows: (loss, main, sub) fp32 scalars. Every predicted position is kept,
-    so the main term equals ``main_loss`` over the whole sequence. ``hidden`` detached gives the sub term alone."""
+    so the main term equals ``main_loss`` over the whole sequence. ``hidden`` detached gives the sub term alone.
+    chunk_rows: the fused-linear loss's rows per chunk (None: the backend's rule)."""
     import masksub_kernels as mk
 
     main_rows, sub_rows, weight, bias = _head(parts, mk.gather_tokens(hidden, sub.ids, num_prefix_tokens=0), sub.hidden)
@@ -336,6 +351,7 @@ def masksub_terms(
         sub_weight=sub_weight,
         label_smoothing=label_smoothing,
         ignore_index=IGNORE_INDEX,
+        chunk_rows=chunk_rows,
     )
 
 

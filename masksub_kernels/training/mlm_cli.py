@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sub-fill", choices=("drop", "mask"), default="drop", help="drop tokens, or replace by [MASK]")
     g.add_argument("--mlm-probability", type=float, default=0.15, help="fraction of tokens predicted")
     g.add_argument("--schedule", choices=("sequential", "joint"), default="sequential")
+    g.add_argument(
+        "--chunk-rows", type=int, default=None, metavar="ROWS",
+        help="rows per chunk of the fused-linear loss, which holds about 2 x ROWS x vocab fp32 logits at once "
+        "(default: the backend's rule, 96 MiB on a GPU; docs/fused_linear.md)",
+    )  # fmt: skip
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     g.add_argument("--batch-size", type=int, default=64, help="blocks per micro-batch and process")
@@ -100,6 +105,8 @@ def _check_args(args) -> None:
         raise UsageError(f"--vocab-size must be >= 64 (the special tokens and the characters), got {args.vocab_size}")
     if args.width % args.heads:
         raise UsageError(f"--heads ({args.heads}) must divide --width ({args.width})")
+    if args.chunk_rows is not None and not 1 <= args.chunk_rows < 2**31:
+        raise UsageError(f"--chunk-rows must be in [1, 2^31) (or left out: the backend's rule), got {args.chunk_rows}")
     if args.intermediate is not None and args.intermediate < 1:
         raise UsageError(f"--intermediate must be >= 1 (or left out: 4 x width), got {args.intermediate}")
     for name, interval, inside in (
@@ -401,7 +408,8 @@ def _run(args) -> None:
     if train[0].shape[0] < per_step:
         raise UsageError(f"{train[0].shape[0]} training blocks: fewer than one step's {per_step}; lower --batch-size")
     torch.manual_seed(_seed(args.seed, -1))
-    ms = MaskSub(_model(args, vocab), mask_ratio=args.mask_ratio, sub_fill=args.sub_fill).to(device)
+    ms = MaskSub(_model(args, vocab), mask_ratio=args.mask_ratio, sub_fill=args.sub_fill, chunk_rows=args.chunk_rows)
+    ms = ms.to(device)
     optimizer = _optimizer(ms, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, functools.partial(_lr_factor, warmup=args.warmup_steps, total=args.steps)

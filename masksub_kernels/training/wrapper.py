@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .._philox import new_seed
+from ..ops.linear_masksub_loss import check_chunk_rows
 from . import mlm
 from .families import DEFAULT_CELL_SIZE, check_input_size, resolve_family, unwrap_model
 from .pixel import pixel_sub_logits
@@ -82,6 +83,8 @@ class MaskSub(nn.Module):
         cell_size: mask cell side, in tokens for Swin (8) and pixels for the pixel grid (32).
         sub_fill: mlm only: 'drop' (the sub-branch drops tokens) or 'mask' (it replaces them by [MASK]).
         mask_token_id: mlm with sub_fill='mask': the [MASK] id (default: the model config's ``mask_token_id``).
+        chunk_rows: mlm only: rows per chunk of the fused-linear loss, which holds about 2 chunk_rows V fp32 logits
+            at once (V the vocabulary; docs/fused_linear.md); None: the backend's rule (96 MiB on a GPU).
 
     In eval mode ``ms(images)`` just runs the model: {'logits'} (+ 'loss' = 'loss_main' when a target is given).
     Only the Swin family owns a parameter, ``mask_token`` [C] (trunc-normal 0.02, listed by ``no_weight_decay``).
@@ -102,6 +105,7 @@ class MaskSub(nn.Module):
         cell_size: int | None = None,
         sub_fill: str = "drop",
         mask_token_id: int | None = None,
+        chunk_rows: int | None = None,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -133,7 +137,8 @@ class MaskSub(nn.Module):
                 "cell_size is an option of the grid masks (swin, pixel); the vit family drops tokens (mask_ratio)"
             )
         self.cell_size = cell_size if cell_size is not None else DEFAULT_CELL_SIZE[self.family]
-        self._mlm = self._check_mlm(inner, sub_fill, mask_token_id, cell_size)
+        self._mlm = self._check_mlm(inner, sub_fill, mask_token_id, cell_size, chunk_rows)
+        self.chunk_rows = chunk_rows  # mlm: the fused-linear loss's rows per chunk (None: the backend's rule)
         if self.family == "swin" and variant == "mask":
             reference = next(inner.parameters())
             token = torch.empty(swin_embed_dim(inner), device=reference.device, dtype=reference.dtype)
@@ -147,14 +152,16 @@ class MaskSub(nn.Module):
         self._checked_optimizers: set[int] = set()
         object.__setattr__(self, "_ddp", None)  # the DistributedDataParallel wrapping self, when wrap_ddp made one
 
-    def _check_mlm(self, inner: nn.Module, sub_fill: str, mask_token_id: int | None, cell_size: int | None):
-        """The mlm family's parts and options (None for the image families, which take neither option)."""
+    def _check_mlm(self, inner: nn.Module, sub_fill: str, mask_token_id: int | None, cell_size: int | None,
+                   chunk_rows: int | None):  # fmt: skip
+        """The mlm family's parts and options (None for the image families, which take none of its options)."""
         if self.family != "mlm":
-            if sub_fill != "drop" or mask_token_id is not None:
+            if sub_fill != "drop" or mask_token_id is not None or chunk_rows is not None:
                 raise ValueError(
-                    f"sub_fill and mask_token_id are options of the mlm family; this model is {self.family}"
+                    f"sub_fill, mask_token_id and chunk_rows are options of the mlm family; this model is {self.family}"
                 )
             return None
+        check_chunk_rows(chunk_rows)  # the fused-linear loss's own check (its message)
         if self.loss_mode != "ce" or self.target_threshold is not None:
             raise ValueError("the mlm family predicts one token per position: it needs loss='ce' (softmax)")
         if cell_size is not None:
@@ -214,7 +221,7 @@ class MaskSub(nn.Module):
         """crit(z_main, y), fp32 scalar: soft-target CE, or BCE with the threshold; label smoothing applied.
         (mlm: ``logits`` are the main head inputs [B, L, D] and ``target`` the labels [B, L].)"""
         if self._mlm is not None:
-            return mlm.main_loss(self._mlm, logits, target, self.label_smoothing)
+            return mlm.main_loss(self._mlm, logits, target, self.label_smoothing, self.chunk_rows)
         return supervised_loss(
             logits,
             target,
@@ -230,7 +237,13 @@ class MaskSub(nn.Module):
 
         if self._mlm is not None:
             terms = mlm.masksub_terms(
-                self._mlm, main_logits.detach(), sub_logits, main_weight=0.0, sub_weight=1.0, label_smoothing=0.0
+                self._mlm,
+                main_logits.detach(),
+                sub_logits,
+                main_weight=0.0,
+                sub_weight=1.0,
+                label_smoothing=0.0,
+                chunk_rows=self.chunk_rows,
             )
             return terms.sub
 
@@ -249,6 +262,7 @@ class MaskSub(nn.Module):
                 main_weight=self.main_weight,
                 sub_weight=self.sub_weight,
                 label_smoothing=self.label_smoothing,
+                chunk_rows=self.chunk_rows,
             )
 
         return mk.masksub_loss(

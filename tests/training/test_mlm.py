@@ -80,6 +80,12 @@ def test_refuses_bad_options():
         MaskSub(tiny_bert(), variant="drop")
     with pytest.raises(ValueError, match="options of the mlm family"):
         MaskSub(tiny_vit(), sub_fill="mask")
+    with pytest.raises(ValueError, match="options of the mlm family"):
+        MaskSub(tiny_vit(), chunk_rows=8)
+    with pytest.raises(ValueError, match="chunk_rows must be an int >= 1"):
+        MaskSub(tiny_bert(), chunk_rows=0)
+    with pytest.raises(TypeError, match="chunk_rows must be an int >= 1 or None, got float"):
+        MaskSub(tiny_bert(), chunk_rows=2.0)
 
 
 def test_refuses_models_it_would_train_wrongly():
@@ -275,6 +281,27 @@ def test_gradients_equal_a_hand_written_step(arch, fill, schedule):
     assert got.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("schedule", ["joint", "sequential"])
+def test_chunk_rows_reaches_the_fused_linear_loss(schedule, monkeypatch):
+    # chunks of 2 rows (a few per step on this batch) give the hand-written step's gradients too
+    chunks = []
+    for name in ("linear_masksub_loss", "linear_soft_target_cross_entropy"):
+        op = getattr(mk, name)
+        monkeypatch.setattr(mk, name, lambda *a, _op=op, **k: chunks.append(k.get("chunk_rows")) or _op(*a, **k))
+    model = tiny_bert()
+    ms = MaskSub(model, mask_ratio=0.5, chunk_rows=2)
+    batch = make_batch(batch=3, seed=2)
+    out = ms.train_step(batch, batch["labels"], torch.optim.SGD(ms.parameters(), lr=0.0), seed=9, schedule=schedule)
+    assert chunks and set(chunks) == {2}
+    got = _grads(ms.model)
+    model.zero_grad(set_to_none=True)
+    expected_loss = hand_written_loss(model, batch, 9, 0.5, "drop")
+    expected_loss.backward()
+    torch.testing.assert_close(out["loss"], expected_loss.detach(), atol=1e-5, rtol=1e-5)
+    for name, expected in _grads(model).items():
+        torch.testing.assert_close(got[name], expected, atol=2e-5, rtol=1e-4, msg=name)
 
 
 def test_eval_mode_matches_the_models_own_mlm_loss():

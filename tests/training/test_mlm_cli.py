@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+import masksub_kernels as mk
 from masksub_kernels.training import text_data
 from masksub_kernels.training.mlm_cli import main
 
@@ -104,13 +105,19 @@ def test_masksub_run_logs_and_checkpoint(corpus, tokenizer, tmp_path):
     assert os.path.isfile(os.path.join(out, "log.csv"))
 
 
-def test_baseline_joint_schedule_and_bf16(corpus, tokenizer, tmp_path):
-    for extra in (["--baseline"], ["--schedule", "joint", "--accum-steps", "2", "--sub-fill", "mask"],
-                  ["--amp", "bf16"]):  # fmt: skip
+def test_baseline_joint_schedule_and_bf16(corpus, tokenizer, tmp_path, monkeypatch):
+    chunks = []  # the chunk_rows each fused-linear loss call got
+    for name in ("linear_masksub_loss", "linear_soft_target_cross_entropy"):
+        op = getattr(mk, name)
+        monkeypatch.setattr(mk, name, lambda *a, _op=op, **k: chunks.append(k.get("chunk_rows")) or _op(*a, **k))
+    for extra in (["--baseline"], ["--schedule", "joint", "--accum-steps", "2", "--sub-fill", "mask", "--chunk-rows",
+                                   "7"], ["--amp", "bf16"]):  # fmt: skip
         out = str(tmp_path / extra[0].strip("-"))
+        chunks.clear()
         assert main(["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", out, *extra]) == 0
         row = _log(out)["epochs"][-1]
         assert (row["loss_sub"] is None) == (extra == ["--baseline"])
+        assert chunks and set(chunks) == ({7} if "--chunk-rows" in extra else {None})
 
 
 def test_resume_continues_exactly(corpus, tokenizer, tmp_path):
@@ -135,6 +142,7 @@ def test_resume_continues_exactly(corpus, tokenizer, tmp_path):
         (["--mask-ratio", "0.5"], "more predicted + special tokens"),
         (["--stop-at", "3"], "must end a round"),
         (["--intermediate", "0"], "--intermediate must be >= 1"),
+        (["--chunk-rows", "0"], "--chunk-rows must be in [1, 2^31)"),
         (["--dropout", "1.0"], "--dropout must be in [0, 1), got 1.0"),
         (["--steps", "0"], "--steps must be >= 1"),
         (["--lr", "-1"], "--lr must be > 0"),
