@@ -165,11 +165,13 @@ def _common_scale(heavier: float) -> float:
     return 2.0 ** (exponent - min(max(exponent, 0), ceiling))
 
 
-def _row_grad(grad: float | torch.Tensor, term_weight: float, device: torch.device) -> torch.Tensor:
-    """fp32 [1]: a term's gradient of the reduced loss with respect to each of its row losses (expanded per chunk)."""
+def _row_grad(grad: float | torch.Tensor, term_weight: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[1] in ``dtype`` (the accumulation's: fp64 for the reference's fp64, a 1 / count in fp32 would cost fp64
+    gradients 1e-8): a term's gradient of the reduced loss with respect to each of its row losses (expanded per
+    chunk)."""
     if isinstance(grad, torch.Tensor):
-        return (grad * term_weight).float().reshape(1)
-    return torch.full((1,), grad * term_weight, device=device)
+        return (grad * term_weight).to(dtype).reshape(1)
+    return torch.full((1,), grad * term_weight, dtype=dtype, device=device)
 
 
 def _chunk_rows(chunks: list[slice], step: int):
@@ -307,8 +309,8 @@ def grads_in_forward(
     divisor and the stored gradients' unit kept on the device: no host sync (torch.compile, CUDA graphs).
     Returns (loss, main, sub, dH, dHs, dW, db, stats, scale): loss, main, sub fp32 0-d; dH, dHs in hidden's dtype;
     dW, db in fp32 (fp64 for fp64 inputs; padded_dw: dW a view); stats fp32 [9, M], the per-row losses and softmax stats
-    (ops/masksub_loss.py's layout; ignored rows: zero losses) that the per-term backward needs; scale fp32 0-d, the
-    stored gradients' factor to the true ones."""
+    (ops/masksub_loss.py's layout; ignored rows: zero losses) that the per-term backward needs; scale 0-d (fp64 for
+    fp64 inputs, else fp32), the stored gradients' factor to the true ones."""
     (rows, depth), classes = hidden.shape, weight.shape[0]
     device, has_sub = hidden.device, sub_hidden is not None
     acc = torch.float64 if hidden.dtype == torch.float64 and not kernels else torch.float32
@@ -365,8 +367,8 @@ def grads_in_forward(
     weights = (main_weight, sub_weight if has_sub else 0.0)
     single = weights[0] if weights[1] == 0 else weights[1] if weights[0] == 0 else 0.0
     term_scale = single if single != 0 else _common_scale(max(weights)) if max(weights) > 0 else 1.0
-    g_main = _row_grad(grad, main_weight / term_scale, device) if want_main else None
-    g_sub = _row_grad(grad, sub_weight / term_scale, device) if want_sub else None
+    g_main = _row_grad(grad, main_weight / term_scale, acc, device) if want_main else None
+    g_sub = _row_grad(grad, sub_weight / term_scale, acc, device) if want_sub else None
 
     step = max(1, rows_per_chunk)
     chunks = [slice(a, min(a + step, rows)) for a in range(0, rows, step)] if every_row else ids.split(step)
@@ -455,12 +457,13 @@ def grads_in_forward(
     if mean:  # the public functions' mean: the sum over counted rows / max(count, 1)
         divisor = max(count, 1) if gather else count.clamp_min(1).float()
         main, sub = main / divisor, sub / divisor
-    empty = hidden.new_empty(0, dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32)
-    dw, db = (empty if t is None else t for t in (dw, db))  # unwanted: [0] of the fake's dtype
+    # the fake's dtype of dW, db and scale: fp64 for fp64 inputs (on every backend), else fp32
+    out_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    # unwanted: a [0], each its own (a custom op's outputs may not alias one another under torch.compile)
+    dw, db = (hidden.new_empty(0, dtype=out_dtype) if t is None else t for t in (dw, db))
     # stored gradients x scale = the true ones
-    scale = (
-        torch.full((), term_scale / unit, dtype=torch.float32, device=device) if gather else (term_scale / unit).float()
-    )
+    scale = torch.full((), term_scale / unit, dtype=out_dtype, device=device) if gather else term_scale / unit
+    scale = scale.to(out_dtype)
     return main_weight * main + sub_weight * sub, main, sub, dh, dhs, dw, db, stats, scale
 
 

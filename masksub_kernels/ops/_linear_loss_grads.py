@@ -73,8 +73,9 @@ def _linear_loss_grads_op(
     torch.Tensor,
 ]:
     """(loss, main, sub, dH, dHs, dW, db, stats, scale): the reduced losses (fp32 0-d; mean or sum; loss =
-    main_weight main + sub_weight sub), the gradients of loss stored for the backward times 1 / scale (fp32 0-d),
-    an unneeded one an empty [0], and the per-row stats [9, M] for the per-term backward (module docstring).
+    main_weight main + sub_weight sub), the gradients of loss stored for the backward times 1 / scale (0-d, fp64
+    for fp64 inputs, else fp32), an unneeded one an empty [0], and the per-row stats [9, M] for the per-term
+    backward (module docstring).
     gather: read the number of counted rows on the host and run the matmuls on those rows only (else every row, no
     host sync: torch.compile, CUDA graphs). private: the caller never reads the stored gradients (the public
     functions), so the backward may scale them in place and return them. chunk_rows: rows per chunk (each branch's
@@ -108,7 +109,7 @@ def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, nee
         dw,
         grad((classes,), acc, want_w and bias is not None),
         hidden.new_empty((NUM_OUT, rows), dtype=torch.float32),
-        scalar.clone(),
+        hidden.new_empty((), dtype=acc),
     )
 
 
@@ -148,11 +149,11 @@ SCALE_BLOCK_ELEMENTS = 1 << 23  # _scaled's fp32 temporary: 8M elements (32 MiB)
 
 
 def _scaled(stored: torch.Tensor, g: torch.Tensor, in_place: bool) -> torch.Tensor:
-    """stored x g, g (fp32 0-d) applied in fp32: a multiply of an fp16 / bf16 tensor by a 0-d CUDA tensor casts the
-    0-d one to fp16 / bf16 first (only CPU scalars keep their precision), which would round g (a weight of 0.3: a
-    2^-9 bias in bf16) or overflow it (g = w / unit > 65504 in fp16: inf, and NaN in the zero rows). fp16 / bf16:
-    in blocks of rows through an fp32 temporary of at most SCALE_BLOCK_ELEMENTS, rounded once into the result (the
-    stored tensor itself when in place)."""
+    """stored x g, g a 0-d fp32 (fp64 for fp64 stored gradients), applied in fp32 to fp16 / bf16: a multiply of an
+    fp16 / bf16 tensor by a 0-d CUDA tensor casts the 0-d one to fp16 / bf16 first (only CPU scalars keep their
+    precision), which would round g (a weight of 0.3: a 2^-9 bias in bf16) or overflow it (g = w / unit > 65504 in
+    fp16: inf, and NaN in the zero rows). fp16 / bf16: in blocks of rows through an fp32 temporary of at most
+    SCALE_BLOCK_ELEMENTS, rounded once into the result (the stored tensor itself when in place)."""
     if stored.dtype not in (torch.float16, torch.bfloat16):
         return stored.mul_(g) if in_place else stored * g
     out = stored if in_place else torch.empty_like(stored)
@@ -182,7 +183,8 @@ def _grads_backward(ctx, grad_loss, grad_main, grad_sub, *_):
         terms = (None, None)
     if factor is not None:
         ctx.stored = None  # used up here (eager: freed when the backward returns)
-        g = (factor.double() * scale.double()).float()  # fp64: see _stored_factor
+        g = factor.double() * scale.double()  # fp64: see _stored_factor
+        g = g if hidden.dtype == torch.float64 else g.float()  # fp64 inputs: fp64 gradients to the last bit
         dtypes = (hidden.dtype, hidden.dtype, weight.dtype, weight.dtype)
         for i, (d, dtype) in enumerate(zip(stored, dtypes)):
             absent = d.dim() == 1 and not d.numel()  # not stored ([0]); an empty batch stores [0, D]

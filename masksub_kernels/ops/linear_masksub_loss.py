@@ -156,7 +156,7 @@ def linear_loss_backward_reference(
     (need_hidden / need_weight) or when its term has no grad (grad_main / grad_sub None). options: (bce,
     label_smoothing, ignore_index, temperature, target_threshold)."""
     acc, w, b = _accumulation(hidden, weight, bias)
-    ignore, empty = options[2], hidden.new_empty(0)
+    ignore = options[2]
     valid, bad = _row_masks(target, ignore, weight.shape[0])
     want_dh, want_dhs = need_hidden and grad_main is not None, need_hidden and grad_sub is not None
     dh = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if want_dh else None
@@ -179,7 +179,8 @@ def linear_loss_backward_reference(
             if db is not None:
                 db += d.sum(0)
     dtypes = (hidden.dtype, hidden.dtype, weight.dtype, weight.dtype)
-    return tuple(empty if g is None else g.to(dtype) for g, dtype in zip((dh, dhs, dw, db), dtypes))
+    # an absent gradient: a [0] of its own (a custom op's outputs may not alias one another under torch.compile)
+    return tuple(hidden.new_empty(0) if g is None else g.to(dtype) for g, dtype in zip((dh, dhs, dw, db), dtypes))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -314,8 +315,10 @@ def _backward_triton(
     def fp32_zeros(*shape):
         return torch.zeros(shape, dtype=torch.float32, device=hidden.device)
 
-    empty = hidden.new_empty(0)
-    dh = dhs = dw = db = empty
+    def absent():  # a gradient not asked for: a [0] of its own (a custom op's outputs may not alias one another)
+        return hidden.new_empty(0)
+
+    dh, dhs, dw, db = absent(), absent(), absent(), absent()
     if need_hidden:
         grid, slabs = _class_split_grid(row_tiles, class_tiles, flags["DENSE"], hidden.device)
         splitting = (class_tiles, _target_programs(hidden.device))
@@ -326,7 +329,7 @@ def _backward_triton(
             kernels._dh_kernel[grid](*args, **flags, num_warps=_num_warps(blocks))
         _, _, _, _, _, order, count = tensors
         dh, dhs = (
-            _sum_slabs(part, order, count, hidden, (*splitting, grid[1]), blocks[0]) if g is not None else empty
+            _sum_slabs(part, order, count, hidden, (*splitting, grid[1]), blocks[0]) if g is not None else absent()
             for part, g in zip(parts, (grad_main, grad_sub))
         )
     if need_weight:
@@ -336,7 +339,7 @@ def _backward_triton(
             args = (*inputs, dw_part, db_part, *scalars, splits * blocks[0], *options)
             kernels._dw_kernel[(class_tiles, splits)](*args, **flags, num_warps=_num_warps(blocks))
         dw = _sum_splits(dw_part, weight.dtype)
-        db = _sum_splits(db_part, weight.dtype) if bias is not None else empty
+        db = _sum_splits(db_part, weight.dtype) if bias is not None else absent()
     return dh, dhs, dw, db
 
 
@@ -449,17 +452,18 @@ _linear_loss_op.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _check_linear(hidden, sub_hidden, weight, bias) -> None:
-    """Shapes, dtypes and devices of hidden [M, D], sub_hidden like hidden, weight [C, D], bias [C] or None."""
-    for name, x in (("main_hidden", hidden), ("sub_hidden", sub_hidden), ("weight", weight), ("bias", bias)):
+def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hidden") -> None:
+    """Shapes, dtypes and devices of hidden [M, D], sub_hidden like hidden, weight [C, D], bias [C] or None; errors
+    name the hidden states as the caller's signature does (hidden_name)."""
+    for name, x in ((hidden_name, hidden), ("sub_hidden", sub_hidden), ("weight", weight), ("bias", bias)):
         if not (x is None and name in ("sub_hidden", "bias")) and not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if hidden.dim() != 2 or hidden.shape[1] < 1:
-        raise ValueError(f"main_hidden must be [rows, hidden] (2-D, hidden >= 1), got shape {tuple(hidden.shape)}")
+        raise ValueError(f"{hidden_name} must be [rows, hidden] (2-D, hidden >= 1), got shape {tuple(hidden.shape)}")
     if hidden.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"main_hidden must be float32, float16, bfloat16 or float64, got {hidden.dtype}")
+        raise TypeError(f"{hidden_name} must be float32, float16, bfloat16 or float64, got {hidden.dtype}")
     if hidden.shape[0] > MAX_ROWS:  # every backend refuses what the kernels' int32 row positions cannot reach
-        raise ValueError(f"main_hidden may have at most {MAX_ROWS} rows (2^31 - 2^10), got {hidden.shape[0]}")
+        raise ValueError(f"{hidden_name} may have at most {MAX_ROWS} rows (2^31 - 2^10), got {hidden.shape[0]}")
     if weight.dim() != 2 or weight.shape[0] < 1 or weight.shape[1] != hidden.shape[1]:
         raise ValueError(
             f"weight must be [classes, hidden={hidden.shape[1]}] (classes >= 1), got shape {tuple(weight.shape)}"
@@ -467,9 +471,12 @@ def _check_linear(hidden, sub_hidden, weight, bias) -> None:
     expected = {"sub_hidden": tuple(hidden.shape), "weight": tuple(weight.shape), "bias": (weight.shape[0],)}
     for name, x in (("sub_hidden", sub_hidden), ("weight", weight), ("bias", bias)):
         if x is not None and (tuple(x.shape) != expected[name] or x.dtype != hidden.dtype or x.device != hidden.device):
+            # autocast gives the hidden states its dtype but leaves the head's parameters as they are
+            cast = x.dtype != hidden.dtype
+            hint = f" (cast it: {name}.to({hidden_name}.dtype), e.g. under torch.autocast)" if cast else ""
             raise ValueError(
-                f"{name} must be {list(expected[name])} with main_hidden's dtype and device ({hidden.dtype}, "
-                f"{hidden.device}), got {list(x.shape)} {x.dtype} {x.device}"
+                f"{name} must be {list(expected[name])} with {hidden_name}'s dtype and device ({hidden.dtype}, "
+                f"{hidden.device}), got {list(x.shape)} {x.dtype} {x.device}{hint}"
             )
 
 
@@ -485,9 +492,9 @@ def check_chunk_rows(chunk_rows) -> int:
 
 
 def _check_all(hidden, sub_hidden, weight, bias, target, mode, reduction, label_smoothing, ignore_index,
-               temperature, target_threshold):  # fmt: skip
+               temperature, target_threshold, hidden_name="main_hidden"):  # fmt: skip
     """(target, options of the op) after every check of masksub_loss, applied to the logits' shape [M, C]."""
-    _check_linear(hidden, sub_hidden, weight, bias)
+    _check_linear(hidden, sub_hidden, weight, bias, hidden_name)
     options = _check_options(mode, reduction, label_smoothing, ignore_index, temperature, target_threshold)
     # masksub_loss's target check needs the logits only for their shape and device: one element, expanded
     logits_like = hidden.new_empty(()).expand(hidden.shape[0], weight.shape[0])
@@ -580,7 +587,7 @@ def linear_soft_target_cross_entropy(
     logits: about min(chunk_rows, M) C fp32).
     """
     target, options = _check_all(
-        hidden, None, weight, bias, target, "ce", reduction, label_smoothing, ignore_index, 1.0, None
+        hidden, None, weight, bias, target, "ce", reduction, label_smoothing, ignore_index, 1.0, None, "hidden"
     )
     chunk = check_chunk_rows(chunk_rows)
     _linear_loss_op.report_as("linear_soft_target_cross_entropy", hidden)  # the ops report linear_masksub_loss

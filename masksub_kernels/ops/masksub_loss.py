@@ -202,7 +202,7 @@ def loss_backward_reference(grad_main, grad_sub, out, logits, sub_logits, target
     classes = z.shape[1]
     valid, bad = (m[:, None] for m in _row_masks(target, ignore, z.shape, z.device))
     per_class = 1.0 / classes if bce else 1.0
-    dz = ds = logits.new_empty(0)
+    dz, ds = logits.new_empty(0), logits.new_empty(0)  # each its own: a custom op's outputs may not alias
     if grad_main is not None:
         g = grad_main.to(acc)[:, None] * per_class
         if not bce and not target.is_floating_point():

@@ -333,13 +333,13 @@ def _mask_tokens_backward_torch(grad_out, cell_mask, cell_size, need_tokens_grad
     rows filled with +0.0 (index_fill: the reference's select, bit for bit, in a third of its time), dm = the sum
     of the removed rows (_removed_rows_sum: rows of kept cells, NaN or not, are never read; the order of the
     additions differs from the reference's, fixed all the same). Other devices: the reference."""
-    empty = grad_out.new_empty(0)
     if grad_out.device.type != "cpu":
-        grad_tokens, grad_mask = mask_tokens_backward_reference(grad_out, cell_mask, cell_size)
-        return (grad_tokens if need_tokens_grad else empty), (grad_mask if need_mask_grad else empty)
+        grads = mask_tokens_backward_reference(grad_out, cell_mask, cell_size)
+        needs = (need_tokens_grad, need_mask_grad)
+        return tuple(g if need else grad_out.new_empty(0) for g, need in zip(grads, needs))
     rows = _removed_rows(cell_mask, cell_size)
     flat = grad_out.reshape(grad_out.shape[:3].numel(), grad_out.shape[3])  # a view unless strides forbid it
-    grad_tokens = grad_mask = empty
+    grad_tokens, grad_mask = grad_out.new_empty(0), grad_out.new_empty(0)  # each its own: outputs may not alias
     if need_tokens_grad:
         grad_tokens = flat.index_fill(0, rows, 0).view(grad_out.shape)
     if need_mask_grad:

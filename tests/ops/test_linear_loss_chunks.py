@@ -503,3 +503,23 @@ def test_cuda_dw_accumulation_takes_addmm_into_fp32_or_falls_back_once(monkeypat
     with pytest.raises(RuntimeError, match="out of memory"):
         chunks._add_matmul(start.clone(), a, b)
     assert chunks._addmm_into_fp32 is None
+
+
+@pytest.mark.parametrize("gather", [True, False])
+@pytest.mark.parametrize(("main_weight", "sub_weight"), [(0.5, 0.5), (0.3, 0.0), (0.7, 0.2)])
+def test_fp64_gradients_to_fp64_precision(gather, main_weight, sub_weight):
+    # fp64 inputs on the reference: the row gradient 1 / count and the stored gradients' scale (a weight of 0.3) in
+    # fp64 too (in fp32 they cost every gradient ~1e-8, where fp64's own error is ~1e-15), with and without the
+    # host's count (torch.compile and CUDA graphs take gather=False)
+    h, hs, w, b, target = (t.double() if t.is_floating_point() else t for t in make_inputs(kind="index_ignore", seed=3))
+    ours = leaves(h, hs, w, b)
+    with mk.use_backend("torch"):
+        out = _linear_loss_grads_op.custom_op(*ours, target, True, main_weight, sub_weight, True, True, True, gather,
+                                              True, 7, *OPTIONS)  # fmt: skip
+    out[0].backward()
+    options = dict(main_weight=main_weight, sub_weight=sub_weight, label_smoothing=0.1, temperature=2.0)
+    expected, ref_leaves = composite(h, hs, w, b, target, **options)
+    expected.loss.backward()
+    for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
+        if a.grad is not None or e.grad.abs().max() > 0:
+            assert_grad_close(a.grad, e.grad, 1e-13, name)

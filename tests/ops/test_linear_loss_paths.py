@@ -114,3 +114,26 @@ def test_the_grads_ops_outputs_do_not_depend_on_the_backend(dtype, bias):
     for backend in OP_BACKENDS:
         with mk.use_backend(backend):
             assert layout(_linear_loss_grads_op.run(*args)) == fake, backend
+
+
+@pytest.mark.parametrize("kind", ["dense", "index_ignore"])
+@pytest.mark.parametrize(("single", "trained"), [(False, "hs"), (False, "w"), (False, "hwb"), (True, "hw")])
+def test_torch_compile_with_some_inputs_frozen(op_backend, kind, single, trained):  # noqa: F811
+    # A frozen head (only the hidden states h, s trained), a trained head on frozen features, an LM head without a
+    # bias: the ops' unused gradient outputs are [0] tensors, each its own (outputs of a custom op may not alias one
+    # another under torch.compile: one shared [0] failed every such call, where eager calls passed)
+    h, hs, w, b, target = make_inputs(kind=kind, bias=not single)
+    ours = [None if t is None else t.requires_grad_(name in trained) for t, name in zip(leaves(h, hs, w, b), "hswb")]
+
+    def call(h, hs, w, b):
+        if single:
+            return mk.linear_soft_target_cross_entropy(h, w, b, target)
+        return mk.linear_masksub_loss(h, hs, w, b, target).loss
+
+    torch._dynamo.reset()
+    torch.compile(call, fullgraph=True, backend="aot_eager")(*ours).backward()
+    expected, ref_leaves = composite(h, hs, w, b, target, single=single)
+    (expected if single else expected.loss).backward()
+    for name, ref in zip("hwb" if single else "hswb", ref_leaves):
+        if name in trained:
+            assert_grad_close(ours["hswb".index(name)].grad, ref.grad, GRAD_RTOL[F32], f"d {name} ({kind})")
