@@ -64,7 +64,7 @@ def test_probe_kernels(probe):
         "stream_checked",
         "radix_sort_stable_striped",
         "exclusive_sum",
-        "ex2_within_2ulp_and_perturbed",
+        "ex2_within_1ulp_of_rounded_and_perturbed",
         "fdividef_within_2ulp_one_error_per_divisor",
         "fast_math_exact_at_knots",
         "fast_math_flushes",

@@ -29,8 +29,8 @@
 // What it does not model: concurrency between barriers (warp-synchronous code without *_sync, memory ordering;
 // atomics and fences are the plain operations of one thread, as blocks never overlap),
 // shared memory size limits, and most device maths: logf, IEEE division... are the host's (ULP-level differences);
-// the fast-math intrinsics the kernels call (__fdividef, ex2.approx) move the host's results within their 2 ulp
-// (the end of this file).
+// the approximate ones the kernels call (__fdividef, ex2.approx, exp2f) move the correctly rounded results within
+// their 2 ulp (the end of this file).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -436,11 +436,19 @@ inline float off_by_ulps(float v, int ulps) {
   return std::isfinite(moved) ? moved : v;
 }
 
+// 2^x as a GPU's MUFU.EX2 gives it (gpu_math.ex2_approx without ftz): the correctly rounded result (an fp64 exp2,
+// then one rounding: the host's exp2f is off by up to ~0.5 ulp more) moved by -1, 0 or +1 ulp, exact at integers.
+inline float ex2_approx(float x) {
+  const float r = static_cast<float>(std::exp2(static_cast<double>(x)));
+  return x == std::nearbyint(x) ? r : off_by_ulps(r, ulp_offset(x));
+}
+
 }  // namespace masksub_emu
 
 // __fdividef(a, b): a times an approximate reciprocal of b (2 ulp): one relative error of -1, 0 or +1 times 2^-24
 // per divisor (its hash), exact where b is a power of two (the reciprocal's mantissa is 1), and 0 for 2^126 < |b|
-// < 2^128 (NaN if a is infinite: inf x 0), as the CUDA C++ Programming Guide documents.
+// < 2^128 (NaN if a is infinite: inf x 0), as the CUDA C++ Programming Guide documents. Not modelled: |b| < 2^-126,
+// where the GPU's reciprocal overflows (the kernels divide by 1 + e^-|x| >= 1 only).
 inline float __fdividef(float a, float b) {
   const float magnitude = std::fabs(b);
   if (std::isfinite(magnitude) && magnitude > 0x1p126f) return std::isinf(a) ? NAN : 0.0f * a * b;
@@ -451,10 +459,19 @@ inline float __fdividef(float a, float b) {
 }
 
 // NVVM's builtin for PTX ex2.approx.ftz.f32 (csrc declares it): 2^x with subnormal arguments and results flushed to
-// 0; the host's exp2 moved by -1, 0 or +1 ulp (the hash of x), exact at integers.
+// 0, ex2_approx otherwise.
 extern "C" inline float __nvvm_ex2_approx_ftz_f(float x) {
   if (std::fpclassify(x) == FP_SUBNORMAL) x = 0.0f;
-  float r = std::exp2(x);
-  if (x != std::nearbyint(x)) r = ::masksub_emu::off_by_ulps(r, ::masksub_emu::ulp_offset(x));
+  const float r = ::masksub_emu::ex2_approx(x);
   return std::fpclassify(r) == FP_SUBNORMAL ? 0.0f : r;
 }
+
+// exp2f in device code (the backward kernel's, without -use_fast_math): on a GPU the same MUFU.EX2 with a fix-up
+// that keeps subnormal results (2 ulp, the CUDA C++ Programming Guide), here ex2_approx. A function-like macro,
+// defined after every system header this file includes: it renames calls `exp2f(...)` in the sources compiled after
+// it (csrc/ and, in the bindings, the torch headers, whose host code computes no exp2f), and a `std::exp2f(...)` or
+// a declaration of exp2f after it would fail to compile rather than go unnoticed.
+namespace masksub_emu {
+inline float device_exp2f(float x) { return ex2_approx(x); }
+}  // namespace masksub_emu
+#define exp2f(x) ::masksub_emu::device_exp2f(x)

@@ -84,7 +84,9 @@ class MaskSub(nn.Module):
         sub_fill: mlm only: 'drop' (the sub-branch drops tokens) or 'mask' (it replaces them by [MASK]).
         mask_token_id: mlm with sub_fill='mask': the [MASK] id (default: the model config's ``mask_token_id``).
         chunk_rows: mlm only: rows per chunk of the fused-linear loss, which holds about 2 chunk_rows V fp32 logits
-            at once (V the vocabulary; docs/fused_linear.md); None: the backend's rule (96 MiB on a GPU).
+            at once (V the vocabulary); None: the backend's rule (on a GPU ~96 MiB of them, but at least min(384,
+            M / 32) rows for a call on M rows; on the CPU 2^20 / V rows; docs/fused_linear.md). Evaluation (eval
+            mode) forms the predicted rows' logits whatever it says.
 
     In eval mode ``ms(images)`` just runs the model: {'logits'} (+ 'loss' = 'loss_main' when a target is given).
     Only the Swin family owns a parameter, ``mask_token`` [C] (trunc-normal 0.02, listed by ``no_weight_decay``).
@@ -138,7 +140,7 @@ class MaskSub(nn.Module):
             )
         self.cell_size = cell_size if cell_size is not None else DEFAULT_CELL_SIZE[self.family]
         self._mlm = self._check_mlm(inner, sub_fill, mask_token_id, cell_size, chunk_rows)
-        self.chunk_rows = chunk_rows  # mlm: the fused-linear loss's rows per chunk (None: the backend's rule)
+        self.chunk_rows = check_chunk_rows(chunk_rows) or None  # mlm: rows per chunk (None: the backend's rule)
         if self.family == "swin" and variant == "mask":
             reference = next(inner.parameters())
             token = torch.empty(swin_embed_dim(inner), device=reference.device, dtype=reference.dtype)
@@ -211,6 +213,7 @@ class MaskSub(nn.Module):
         return (
             f"family={self.family}, variant={self.variant}, mask_ratio={self.mask_ratio}, loss={self.loss_mode}, "
             f"weights=({self.main_weight}, {self.sub_weight}), cell_size={self.cell_size}"
+            + (f", chunk_rows={self.chunk_rows}" if self.chunk_rows is not None else "")
         )
 
     # ------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ tokens, and the gradients of a hand-written MaskSub step on a tiny BERT / RoBERT
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -291,7 +292,8 @@ def test_chunk_rows_reaches_the_fused_linear_loss(schedule, monkeypatch):
         op = getattr(mk, name)
         monkeypatch.setattr(mk, name, lambda *a, _op=op, **k: chunks.append(k.get("chunk_rows")) or _op(*a, **k))
     model = tiny_bert()
-    ms = MaskSub(model, mask_ratio=0.5, chunk_rows=2)
+    ms = MaskSub(model, mask_ratio=0.5, chunk_rows=np.int64(2))  # any integer, kept as an int
+    assert type(ms.chunk_rows) is int and "chunk_rows=2" in repr(ms)
     batch = make_batch(batch=3, seed=2)
     out = ms.train_step(batch, batch["labels"], torch.optim.SGD(ms.parameters(), lr=0.0), seed=9, schedule=schedule)
     assert chunks and set(chunks) == {2}
