@@ -425,7 +425,8 @@ inline int ulp_offset(float x) {
   return static_cast<int>((h >> 8) % 3u) - 1;
 }
 
-// v moved by `ulps` units in its last place, towards larger magnitudes for ulps > 0; 0, inf and NaN stay.
+// v moved by `ulps` units in its last place, towards larger magnitudes for ulps > 0; 0, inf and NaN stay, and so
+// does v where the move would reach 0 or inf.
 inline float off_by_ulps(float v, int ulps) {
   if (v == 0.0f || !std::isfinite(v)) return v;
   int32_t bits;
@@ -433,7 +434,7 @@ inline float off_by_ulps(float v, int ulps) {
   bits += ulps;  // the magnitude sits in the low 31 bits: a finite non-zero float never crosses the sign bit by one
   float moved;
   std::memcpy(&moved, &bits, sizeof moved);
-  return std::isfinite(moved) ? moved : v;
+  return std::isfinite(moved) && moved != 0.0f ? moved : v;  // 2^-149 stays (gpu_math keeps the sign)
 }
 
 // 2^x as a GPU's MUFU.EX2 gives it (gpu_math.ex2_approx without ftz): the correctly rounded result (an fp64 exp2,

@@ -459,7 +459,7 @@ def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hid
         if not (x is None and name in ("sub_hidden", "bias")) and not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if hidden.dim() != 2 or hidden.shape[1] < 1:
-        raise ValueError(f"{hidden_name} must be [rows, hidden] (2-D, hidden >= 1), got shape {tuple(hidden.shape)}")
+        raise ValueError(f"{hidden_name} must be [rows, depth] (2-D, depth >= 1), got shape {tuple(hidden.shape)}")
     if hidden.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{hidden_name} must be float32, float16, bfloat16 or float64, got {hidden.dtype}")
     if hidden.shape[0] > MAX_ROWS:  # every backend refuses what the kernels' int32 row positions cannot reach
@@ -471,9 +471,9 @@ def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hid
     expected = {"sub_hidden": tuple(hidden.shape), "weight": tuple(weight.shape), "bias": (weight.shape[0],)}
     for name, x in (("sub_hidden", sub_hidden), ("weight", weight), ("bias", bias)):
         if x is not None and (tuple(x.shape) != expected[name] or x.dtype != hidden.dtype or x.device != hidden.device):
-            # autocast gives the hidden states its dtype but leaves the head's parameters as they are
-            cast = x.dtype != hidden.dtype
-            hint = f" (cast it: {name}.to({hidden_name}.dtype), e.g. under torch.autocast)" if cast else ""
+            # autocast gives the hidden states its dtype and leaves a head's parameters in theirs
+            cast = tuple(x.shape) == expected[name] and x.device == hidden.device and name != "sub_hidden"
+            hint = f" (under torch.autocast? cast it: {name}.to({hidden_name}.dtype))" if cast else ""
             raise ValueError(
                 f"{name} must be {list(expected[name])} with {hidden_name}'s dtype and device ({hidden.dtype}, "
                 f"{hidden.device}), got {list(x.shape)} {x.dtype} {x.device}{hint}"

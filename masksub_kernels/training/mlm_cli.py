@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--chunk-rows", type=int, default=None, metavar="ROWS",
         help="rows per chunk of the fused-linear loss in training, which holds about 2 x ROWS x vocab fp32 logits "
-        "at once (default: the backend's rule: on a GPU ~96 MiB of them, but at least min(384, M / 32) rows for a "
-        "call on M rows; on the CPU 2^20 / vocab rows; docs/fused_linear.md)",
+        "at once (default: the backend's rule: triton ~96 MiB of them, at least 384 rows for calls on 12288 rows or "
+        "more; torch 2^20 / vocab rows; docs/fused_linear.md)",
     )  # fmt: skip
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=2000, help="optimizer steps")
@@ -184,7 +184,7 @@ RESUME_MUST_MATCH = ("seed", "batch_size", "accum_steps", "seq_len", "baseline",
 def _check_resume(args, state: dict, world: int, digest: str) -> None:
     """Refuse a resume that would silently continue another run: options that fix the data, the seeds, the model
     or the optimizer must match the checkpoint's (--steps, --eval-every, --stop-at, --output, --device, --amp and
-    --chunk-rows may change: the last changes only the fp32 rounding of the loss's sums), as must the number of
+    --chunk-rows may change: the last changes only the order of the gradients' fp32 sums), as must the number of
     processes and the vocabulary."""
     saved = state.get("args", {})
     changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MUST_MATCH

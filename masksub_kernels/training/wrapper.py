@@ -84,9 +84,9 @@ class MaskSub(nn.Module):
         sub_fill: mlm only: 'drop' (the sub-branch drops tokens) or 'mask' (it replaces them by [MASK]).
         mask_token_id: mlm with sub_fill='mask': the [MASK] id (default: the model config's ``mask_token_id``).
         chunk_rows: mlm only: rows per chunk of the fused-linear loss, which holds about 2 chunk_rows V fp32 logits
-            at once (V the vocabulary); None: the backend's rule (on a GPU ~96 MiB of them, but at least min(384,
-            M / 32) rows for a call on M rows; on the CPU 2^20 / V rows; docs/fused_linear.md). Evaluation (eval
-            mode) forms the predicted rows' logits whatever it says.
+            at once (V the vocabulary; one branch's in the sequential schedule's main term); None: the backend's rule
+            (triton ~96 MiB of them, at least 384 rows for calls on 12288 rows or more; torch 2^20 / V rows;
+            docs/fused_linear.md). Evaluation (eval mode) forms the predicted rows' logits whatever it says.
 
     In eval mode ``ms(images)`` just runs the model: {'logits'} (+ 'loss' = 'loss_main' when a target is given).
     Only the Swin family owns a parameter, ``mask_token`` [C] (trunc-normal 0.02, listed by ``no_weight_decay``).
