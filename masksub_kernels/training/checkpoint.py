@@ -13,8 +13,9 @@ import os
 from typing import Any
 
 import torch
+from torch import nn
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["eager_state_dict", "load_checkpoint", "load_eager_state_dict", "save_checkpoint"]
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
@@ -30,3 +31,22 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _eager_name(key: str) -> str:
+    """A state-dict key without torch.compile's ``_orig_mod`` segments (``model._orig_mod.head.weight`` ->
+    ``model.head.weight``)."""
+    return ".".join(part for part in key.split(".") if part != "_orig_mod")
+
+
+def eager_state_dict(module: nn.Module) -> dict[str, Any]:
+    """``module.state_dict()`` under the eager module's names, whether or not it (or a submodule) is compiled: a
+    checkpoint then resumes with or without ``--compile``."""
+    return {_eager_name(key): value for key, value in module.state_dict().items()}
+
+
+def load_eager_state_dict(module: nn.Module, state: dict[str, Any]) -> None:
+    """``module.load_state_dict(state)`` for a state saved with or without torch.compile's prefixes, into a module
+    compiled or not (strict: a missing or unexpected key is still the RuntimeError of ``load_state_dict``)."""
+    names = {_eager_name(key): key for key in module.state_dict()}
+    module.load_state_dict({names.get(_eager_name(key), key): value for key, value in state.items()})

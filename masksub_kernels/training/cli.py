@@ -101,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--opt", default="adamw", help="timm optimizer name")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument(
+        "--momentum", type=float, default=None,
+        help="SGD-style momentum (default 0.9, for optimizers that take it; refused by those that do not)",
+    )  # fmt: skip
     g.add_argument("--opt-eps", type=float, default=None, help="optimizer epsilon (default: the optimizer's)")
     g.add_argument("--opt-betas", type=float, nargs=2, default=None, metavar=("B1", "B2"))
     g.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay (MAE: 0.65, FT-CLIP: 0.6)")
@@ -231,7 +234,7 @@ def _base_lr(optimizer: torch.optim.Optimizer) -> float:
 
 def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) -> None:
     """Rank 0, after each epoch: print the row, write last.pth (and epoch-N.pth) and the logs."""
-    from .checkpoint import save_checkpoint
+    from .checkpoint import eager_state_dict, save_checkpoint
     from .runlog import write_log
 
     row = rows[-1]
@@ -246,7 +249,7 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
         "epoch": epoch,
         "num_updates": num_updates,
         "updates_per_epoch": s.batches // args.grad_accum_steps,  # the schedule's unit (resume compares it)
-        "module": s.trained.state_dict(),
+        "module": eager_state_dict(s.trained),  # the eager names: resumable with or without --compile
         "optimizer": s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict(),
         "scaler": s.scaler.state_dict() if s.scaler is not None else None,

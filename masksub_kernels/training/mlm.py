@@ -114,6 +114,7 @@ def mlm_corrupt(
     mask_token_id: int,
     seed: int,
     probability: float = 0.15,
+    max_kept: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking: (corrupted input_ids, labels), both int64 [B, L]; the inputs are not modified.
 
@@ -122,6 +123,12 @@ def mlm_corrupt(
     uniformly from [0, vocab_size) with probability 0.1, and stays with probability 0.1. labels = the original
     token where chosen, -100 elsewhere. The three uniforms of token (b, p) are Philox draws at offsets
     3 (b L + p) + k, k = 0, 1, 2, with ``seed``: the same seed gives the same corruption on every device.
+
+    ``max_kept`` (MaskSub's K = ``num_kept_tokens(L, mask_ratio)``, or None: no cap): a row's chosen and special
+    tokens, which the sub-branch must all keep, number at most K: a row that draws more keeps its first
+    K - (its special tokens) chosen ones (in position order) and leaves the rest unchosen, so that no batch stops
+    the run (a row over K is refused by the sub-branch). At BERT's 15% such rows are rare (e.g. ~1e-8 of 64-token
+    blocks at r = 0.5); a row with more than K special tokens cannot be helped.
     """
     from .._philox import new_seed, philox_uint32
 
@@ -138,6 +145,8 @@ def mlm_corrupt(
         raise ValueError(f"mask_token_id must be in [0, vocab_size={vocab_size}), got {mask_token_id}")
     if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0.0 < probability <= 1.0:
         raise ValueError(f"probability must be a float in (0, 1], got {probability!r}")
+    if max_kept is not None and (isinstance(max_kept, bool) or not isinstance(max_kept, int) or max_kept < 0):
+        raise ValueError(f"max_kept must be an int >= 0 (or None: no cap), got {max_kept!r}")
     seed = new_seed(seed)
     input_ids = input_ids.long()
     batch, length = input_ids.shape
@@ -147,6 +156,9 @@ def mlm_corrupt(
     chosen = uniform[..., 0] < probability
     if special_tokens_mask is not None:
         chosen &= ~special_tokens_mask.bool()
+    if max_kept is not None:  # the first (K - specials) chosen of each row (no host sync: a cumulative count)
+        specials = 0 if special_tokens_mask is None else special_tokens_mask.bool().sum(1, keepdim=True)
+        chosen &= chosen.cumsum(1) <= max_kept - specials
     to_mask = chosen & (uniform[..., 1] < 0.8)
     to_random = chosen & (uniform[..., 1] >= 0.8) & (uniform[..., 1] < 0.9)
     corrupted = torch.where(to_mask, mask_token_id, input_ids)
@@ -192,6 +204,14 @@ def check_batch(batch: Any, need_labels: bool) -> None:
         raise ValueError(f"input_ids must be an integer [batch, length] tensor, got {_describe(input_ids)}")
     if need_labels and batch.get("labels") is None:
         raise ValueError("the MaskSub step needs batch['labels'] (-100 at positions that are not predicted)")
+    labels = batch.get("labels")
+    if isinstance(labels, torch.Tensor) and (
+        labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool
+    ):
+        raise ValueError(
+            "batch['labels'] must be integer token ids [batch, length] (-100 where not predicted), got "
+            f"{_describe(labels)}"
+        )
     for name in ("labels", "attention_mask", "token_type_ids", "special_tokens_mask"):
         if batch.get(name) is not None:
             _check_like_ids(f"batch[{name!r}]", batch[name], input_ids)

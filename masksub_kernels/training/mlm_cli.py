@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import math
 import os
 import sys
 import time
@@ -117,13 +118,14 @@ def _check_args(args) -> None:
     ):
         if not inside:
             raise UsageError(f"--{name.replace('_', '-')} must be in {interval}, got {getattr(args, name)}")
-    if not args.lr > 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
     for name in ("warmup_steps", "weight_decay", "clip_grad", "eval_blocks"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value >= 0):  # NaN passes `value < 0`: a run of NaN losses
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
     if not args.baseline:
-        _check_keep(args)
+        _check_keep(args)  # before the corpus is read: s = 2 special tokens per block, the fewest
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir!r} is not a directory")
     if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
@@ -137,32 +139,57 @@ def _check_args(args) -> None:
         raise UsageError(f"--resume {args.resume!r}: no such file")
 
 
-def _check_keep(args) -> None:
-    """The sub-branch keeps K = floor(L (1 - r)) tokens, all the predicted and special ones among them. Refuse
-    settings where a block holds more of those than K with a probability above 1e-6: [CLS], [SEP] and the predicted
-    tokens, a binomial X over the L - 2 others, so P(2 + X > K) exactly (the op refuses such a batch on a CPU and
-    a device-side assert stops a GPU run, so a likely one must not start)."""
+# The largest share of the training blocks whose predicted tokens the command may cap (_check_keep): BERT's recipe
+# is then changed in at most 0.1% of the blocks, slightly.
+CAPPED_SHARE_LIMIT = 1e-3
+
+
+def _check_keep(args, specials: torch.Tensor | None = None) -> None:
+    """The sub-branch keeps K = floor(L (1 - r)) tokens of a block, all its predicted and special tokens among them
+    (a block with more is refused by the op: a ValueError on a CPU, a device-side assert on a GPU). The training
+    batches cap them (``mlm_corrupt``'s ``max_kept``: a block's first K - s predicted tokens), so no batch stops the
+    run; refuse settings where the cap would change BERT's recipe in more than CAPPED_SHARE_LIMIT of the blocks, or
+    where a block's special tokens alone exceed K. A block of s special tokens ([CLS], its closing [SEP] and a [SEP]
+    after each document that ends inside it: the corpus is packed) draws s + X, X ~ Binomial(L - s, p), so
+    P(s + X > K) exactly, averaged over the training blocks (``specials``: int [blocks], each block's s), or before
+    the corpus is read for s = 2, the fewest (what the corpus's blocks would refuse anyway)."""
     import masksub_kernels as mk
 
     try:
         keep = mk.num_kept_tokens(args.seq_len, args.mask_ratio)
     except ValueError as exc:
         raise UsageError(f"--mask-ratio {args.mask_ratio} with --seq-len {args.seq_len}: {exc}") from exc
-    n, p = args.seq_len - 2, args.mlm_probability
-    tail = sum(_binomial_pmf(n, x, p) for x in range(max(keep - 1, 0), n + 1))
-    if tail > 1e-6:
+    shares = {2: 1.0} if specials is None else _shares(specials)
+    p, most = args.mlm_probability, max(shares)
+    capped = sum(share * _over_keep(args.seq_len, s, keep, p) for s, share in shares.items())
+    held = "" if specials is None else f"; its training blocks hold up to {most} special tokens ([CLS], a [SEP] "
+    held += "" if specials is None else "ending each document)"
+    if most > keep or capped > CAPPED_SHARE_LIMIT:
         raise UsageError(
-            f"--mask-ratio {args.mask_ratio} keeps {keep} of {args.seq_len} tokens, but with --mlm-probability {p} a "
-            f"block holds more predicted + special tokens than that (all of which the sub-branch must keep) with "
-            f"probability {tail:.1e}: lower --mask-ratio or --mlm-probability, or use a longer --seq-len"
+            f"--mask-ratio {args.mask_ratio} keeps {keep} of {args.seq_len} tokens, but with --mlm-probability {p} "
+            f"{capped:.1e} of the blocks hold more predicted + special tokens than that (the sub-branch must keep all "
+            f"of them: the command caps their predicted tokens, which changes BERT's recipe, refused above "
+            f"{CAPPED_SHARE_LIMIT:g} of the blocks{held}): lower --mask-ratio or --mlm-probability, or use a longer "
+            "--seq-len"
         )
+
+
+def _shares(specials: torch.Tensor) -> dict[int, float]:
+    """{s: the share of the blocks holding s special tokens} from each block's count."""
+    values, counts = torch.unique(specials.cpu(), return_counts=True)
+    return {int(v): float(c) / specials.numel() for v, c in zip(values, counts)}
+
+
+def _over_keep(length: int, specials: int, keep: int, p: float) -> float:
+    """P(specials + X > keep) for X ~ Binomial(length - specials, p): a block of ``length`` tokens, ``specials`` of
+    them special, holds more always-kept tokens than ``keep``."""
+    n = length - specials
+    return sum(_binomial_pmf(n, x, p) for x in range(max(keep - specials + 1, 0), n + 1))
 
 
 def _binomial_pmf(n: int, x: int, p: float) -> float:
     """P(X = x) for X ~ Binomial(n, p), 0 < p <= 1, in log space: comb(n, x) alone overflows a float past n ~ 1030
     (--seq-len 2048 raised OverflowError)."""
-    import math
-
     if p == 1.0:
         return float(x == n)
     log_comb = math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1)
@@ -274,13 +301,15 @@ def _seed(*parts: int) -> int:
     return s
 
 
-def _corrupt(args, vocab: Vocab, blocks: torch.Tensor, special: torch.Tensor, seed: int) -> dict:
-    """A batch of the blocks, corrupted by BERT's recipe from ``seed``: {input_ids, labels, special_tokens_mask}."""
+def _corrupt(args, vocab: Vocab, blocks: torch.Tensor, special: torch.Tensor, seed: int, max_kept=None) -> dict:
+    """A batch of the blocks, corrupted by BERT's recipe from ``seed``: {input_ids, labels, special_tokens_mask};
+    ``max_kept``: the cap of a block's predicted + special tokens (``mlm_corrupt``)."""
     from .mlm import mlm_corrupt
 
     input_ids, labels = mlm_corrupt(
-        blocks, special, vocab_size=vocab.size, mask_token_id=vocab.mask_id, seed=seed, probability=args.mlm_probability
-    )
+        blocks, special, vocab_size=vocab.size, mask_token_id=vocab.mask_id, seed=seed,
+        probability=args.mlm_probability, max_kept=max_kept,
+    )  # fmt: skip
     return {"input_ids": input_ids, "labels": labels, "special_tokens_mask": special}
 
 
@@ -300,7 +329,12 @@ def _train_batch(args, vocab, data, step: int, part: int, parts: int) -> dict:
     epoch, index = divmod(step, blocks.shape[0] // per_step)
     rows = _epoch_order(blocks.shape[0], args.seed, epoch)[index * per_step + part * args.batch_size :]
     rows = rows[: args.batch_size].to(blocks.device, non_blocking=True)
-    return _corrupt(args, vocab, blocks[rows], special[rows], _seed(args.seed, step, part))
+    # MaskSub's sub-branch keeps K tokens, every predicted and special one among them: the rare block that draws
+    # more is capped (_check_keep refuses settings where that is not rare). The baseline trains BERT's recipe as is.
+    import masksub_kernels as mk
+
+    keep = None if args.baseline else mk.num_kept_tokens(args.seq_len, args.mask_ratio)
+    return _corrupt(args, vocab, blocks[rows], special[rows], _seed(args.seed, step, part), max_kept=keep)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -409,6 +443,8 @@ def _run(args) -> None:
     per_step = args.batch_size * args.accum_steps * world
     if train[0].shape[0] < per_step:
         raise UsageError(f"{train[0].shape[0]} training blocks: fewer than one step's {per_step}; lower --batch-size")
+    if not args.baseline:
+        _check_keep(args, specials=train[1].sum(1))  # the blocks' own [SEP]s
     torch.manual_seed(_seed(args.seed, -1))
     ms = MaskSub(_model(args, vocab), mask_ratio=args.mask_ratio, sub_fill=args.sub_fill, chunk_rows=args.chunk_rows)
     ms = ms.to(device)
@@ -417,6 +453,9 @@ def _run(args) -> None:
         optimizer, functools.partial(_lr_factor, warmup=args.warmup_steps, total=args.steps)
     )
     use_scaler = args.amp == "fp16" and device.type == "cuda"
+    if args.amp == "fp16" and not use_scaler and rank == 0:
+        print(f"{PROG}: note: --amp fp16 on {device}: no GradScaler (CUDA's), so small gradients may underflow to "
+              "zero; bf16 needs none", file=sys.stderr)  # fmt: skip
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     autocast = contextlib.nullcontext
     if args.amp != "none":
@@ -425,7 +464,13 @@ def _run(args) -> None:
     step_fn = _make_step(args, ms, world)
     start, rows = 0, []
     if args.resume:
-        state = load_checkpoint(args.resume)
+        try:
+            state = load_checkpoint(args.resume)
+        except Exception as exc:  # a truncated file, or not a torch file at all
+            raise UsageError(f"cannot read checkpoint {args.resume!r}: {exc}") from exc
+        needed = ("model", "optimizer", "scheduler", "step", "rows", "args")
+        if not isinstance(state, dict) or any(key not in state for key in needed):
+            raise UsageError(f"{args.resume!r} is not a {PROG} checkpoint (it lacks {', '.join(needed)})")
         _check_resume(args, state, world, sizes["tokenizer_sha256"])
         try:
             ms.model.load_state_dict(state["model"])
@@ -438,7 +483,8 @@ def _run(args) -> None:
         start, rows = state["step"], state["rows"]
     meta = {"command": " ".join([PROG, *sys.argv[1:]]), "args": dict(vars(args)), "world_size": world,
             "device": str(device), "torch": torch.__version__, "python": sys.version.split()[0], **sizes}  # fmt: skip
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, main, sub, micro-batches: one round's sums
+    one = torch.ones((), device=device)  # a micro-batch counted (never NaN, whatever its loss)
     round_start = time.perf_counter()
     wall = rows[-1]["wall_time_s"] if rows else 0.0
     parts = args.accum_steps * world
@@ -448,7 +494,7 @@ def _run(args) -> None:
             torch.manual_seed(_seed(args.seed, step, part, 1))  # dropout: per part, as the data and the masks
             batch = _train_batch(args, vocab, train, step, part, parts)
             out = step_fn(batch, _seed(args.seed, step, part, 2), optimizer, scaler, autocast)
-            sums += torch.stack([out["loss"], out["loss_main"], out.get("loss_sub", out["loss"]), out["loss"] * 0 + 1])
+            sums += torch.stack([out["loss"], out["loss_main"], out.get("loss_sub", out["loss"]), one])
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used (logged)
         scheduler.step()
         if (step + 1) % args.eval_every and step + 1 not in (args.steps, args.stop_at):

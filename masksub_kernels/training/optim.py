@@ -40,8 +40,9 @@ def layer_decay_groups(trained: nn.Module, model: nn.Module, weight_decay: float
 
 def build_optimizer(args, trained: nn.Module, model: nn.Module) -> torch.optim.Optimizer:
     """timm's ``create_optimizer_v2`` on ``trained`` (the wrapper, or the model for --baseline), with --layer-decay,
-    --opt-eps and --opt-betas where given."""
-    from timm.optim import create_optimizer_v2
+    --opt-eps, --opt-betas and --momentum where given (--momentum: 0.9 where not). A setting the optimizer does not
+    take is refused: timm would drop it silently (SGD has no betas, AdamW no momentum)."""
+    from timm.optim import create_optimizer_v2, get_optimizer_info
 
     kwargs = {}
     if args.opt_eps is not None:
@@ -50,13 +51,24 @@ def build_optimizer(args, trained: nn.Module, model: nn.Module) -> torch.optim.O
         kwargs["betas"] = tuple(args.opt_betas)
     if args.layer_decay is not None:
         kwargs["param_group_fn"] = lambda _: layer_decay_groups(trained, model, args.weight_decay, args.layer_decay)
+    try:  # timm's own reading of a name: "lookahead_adamw" is AdamW inside Lookahead
+        info = get_optimizer_info(args.opt.lower().split("_")[-1])
+    except ValueError:
+        info = None  # an unknown name: create_optimizer_v2 says so below
+    if info is not None:
+        given = (("--opt-betas", args.opt_betas, info.has_betas), ("--opt-eps", args.opt_eps, info.has_eps),
+                 ("--momentum", args.momentum, info.has_momentum))  # fmt: skip
+        unused = [flag for flag, value, taken in given if value is not None and not taken]
+        if unused:
+            raise UsageError(f"--opt {args.opt} takes no {' or '.join(unused)} (timm would ignore it): leave it out")
+    momentum = 0.9 if args.momentum is None else args.momentum
     try:
         return create_optimizer_v2(
-            trained, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum, **kwargs
+            trained, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=momentum, **kwargs
         )
     except ValueError as exc:  # an unknown name: timm says "not found in registry"
         raise UsageError(f"--opt {args.opt}: {exc} (timm.optim.list_optimizers() lists them)") from exc
-    except TypeError as exc:  # e.g. betas for an optimizer without them
+    except TypeError as exc:  # a setting the optimizer's constructor refuses
         raise UsageError(f"--opt {args.opt} does not take these settings {sorted(kwargs)}: {exc}") from exc
 
 

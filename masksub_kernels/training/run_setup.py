@@ -414,7 +414,7 @@ def resume(args, s: Setup) -> tuple[int, int, list]:
     Other ones (e.g. a larger --epochs to extend a run): the new schedule is followed from the current update on, as
     timm's train.py does, and a note says so -- restoring the old state would silently keep the old schedule (timm
     schedulers save their length in their state)."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, load_eager_state_dict
 
     try:
         ckpt = load_checkpoint(args.resume)
@@ -426,7 +426,7 @@ def resume(args, s: Setup) -> tuple[int, int, list]:
     if not isinstance(ckpt, dict) or any(key not in ckpt for key in needed):
         raise UsageError(f"{args.resume!r} is not a {PROG} checkpoint (it lacks {', '.join(needed)})")
     try:
-        s.trained.load_state_dict(ckpt["module"])
+        load_eager_state_dict(s.trained, ckpt["module"])  # saved with or without --compile
         s.optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         what = "--baseline " if args.baseline else ""

@@ -181,6 +181,8 @@ class MaskSub(nn.Module):
             isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int) or not 0 <= mask_token_id < vocab_size
         ):
             raise ValueError(f"mask_token_id must be an int in [0, vocab size {vocab_size}), got {mask_token_id!r}")
+        if mask_token_id is not None and sub_fill == "drop":
+            raise ValueError(f"mask_token_id={mask_token_id} goes with sub_fill='mask'; sub_fill='drop' drops tokens")
         self.sub_fill, self.mask_token_id = sub_fill, mask_token_id
         return parts
 

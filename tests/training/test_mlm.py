@@ -77,6 +77,8 @@ def test_refuses_bad_options():
         MaskSub(tiny_bert(), sub_fill="mask")
     with pytest.raises(ValueError, match="mask_token_id must be"):
         MaskSub(tiny_bert(), sub_fill="mask", mask_token_id=VOCAB)
+    with pytest.raises(ValueError, match="mask_token_id=4 goes with sub_fill='mask'"):  # stored, never used
+        MaskSub(tiny_bert(), mask_token_id=4)
     with pytest.raises(ValueError, match="DropSub"):
         MaskSub(tiny_bert(), variant="drop")
     with pytest.raises(ValueError, match="options of the mlm family"):
@@ -100,6 +102,24 @@ def test_refuses_models_it_would_train_wrongly():
     MaskSub(tiny_bert(position_embedding_type="relative_key"), sub_fill="mask", mask_token_id=MASK_ID)
 
 
+def test_mlm_corrupt_caps_the_kept_tokens_of_a_row():
+    ids = torch.arange(5, 45).view(2, 20)
+    special = torch.zeros_like(ids, dtype=torch.bool)
+    special[:, 0] = special[:, -1] = True
+    special[1, 5] = True  # row 1: three special tokens
+    full, full_labels = mlm_corrupt(ids, special, vocab_size=100, mask_token_id=4, seed=3, probability=0.9)
+    ids_c, labels = mlm_corrupt(ids, special, vocab_size=100, mask_token_id=4, seed=3, probability=0.9, max_kept=8)
+    chosen, full_chosen = labels != -100, full_labels != -100
+    assert chosen.sum(1).tolist() == [6, 5]  # 8 - 2 and 8 - 3 special tokens
+    for row in range(2):  # the first ones in position order, as drawn; the others untouched
+        first = full_chosen[row].nonzero().flatten()[: 8 - int(special[row].sum())]
+        assert chosen[row].nonzero().flatten().tolist() == first.tolist()
+    assert torch.equal(ids_c[chosen], full[chosen]) and torch.equal(ids_c[~chosen], ids[~chosen])
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="max_kept must be an int >= 0"):
+            mlm_corrupt(ids, special, vocab_size=100, mask_token_id=4, seed=3, max_kept=bad)
+
+
 def test_refuses_bad_batches():
     ms = MaskSub(tiny_bert())
     batch = make_batch()
@@ -111,6 +131,9 @@ def test_refuses_bad_batches():
         ms({**batch, "labels": batch["labels"][:, :-1]})
     with pytest.raises(ValueError, match="integer"):
         ms({**batch, "input_ids": batch["input_ids"].float()})
+    for labels in (batch["labels"].float(), batch["labels"] >= 0):  # not a probability target: token ids
+        with pytest.raises(ValueError, match=r"batch\['labels'\] must be integer token ids"):
+            ms({**batch, "labels": labels})
     with pytest.raises(TypeError, match="attention_mask"):
         ms({**batch, "attention_mask": [[1] * LENGTH] * 3})
     with pytest.raises(ValueError, match="target=batch\\['labels'\\]"):

@@ -145,11 +145,15 @@ def test_resume_continues_exactly(corpus, tokenizer, tmp_path):
         (["--chunk-rows", "0"], "--chunk-rows must be in [1, 2^31)"),
         (["--dropout", "1.0"], "--dropout must be in [0, 1), got 1.0"),
         (["--steps", "0"], "--steps must be >= 1"),
-        (["--lr", "-1"], "--lr must be > 0"),
+        (["--lr", "-1"], "--lr must be a finite number > 0"),
+        (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+        (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0, got nan"),  # NaN losses before
+        (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0, got inf"),
+        (["--clip-grad", "nan"], "--clip-grad must be a finite number >= 0, got nan"),  # a traceback at step 1
         (["--stop-at", "9"], "--stop-at must be in"),
         (["--data-dir", "/nonexistent"], "is not a directory"),
         (["--resume", "/nonexistent.pth"], "no such file"),
-        (["--batch-size", "100000"], "fewer than one step"),
+        (["--batch-size", "2000", "--steps", "1", "--eval-every", "1"], "fewer than one step"),
         (["--seq-len", "3000"], "the held-out part of the corpus, "),  # the training part has blocks of 3000
     ],
 )
@@ -178,6 +182,89 @@ def test_errors_on_files(corpus, tokenizer, tmp_path, capsys):
     assert "--seed 0 -> 1" in capsys.readouterr().err
     assert main([*resume, "--steps", "1", "--eval-every", "1"]) == 2
     assert "nothing left to train" in capsys.readouterr().err
+
+
+def test_fp16_without_a_grad_scaler_says_so(corpus, tokenizer, tmp_path, capsys):
+    argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--device", "cpu"]
+    assert main([*argv, "--steps", "1", "--eval-every", "1", "--amp", "fp16"]) == 0
+    assert "note: --amp fp16 on cpu: no GradScaler" in capsys.readouterr().err
+
+
+def test_bad_resume_files(corpus, tokenizer, tmp_path, capsys):
+    torch.save([1, 2], tmp_path / "list.pth")
+    (tmp_path / "text.pth").write_text("garbage\n")
+    torch.save({"module": {}, "epoch": 0}, tmp_path / "image.pth")  # another command's checkpoint
+    for name, message in (
+        ("list", "is not a masksub-train-mlm checkpoint (it lacks model, optimizer"),
+        ("text", "cannot read checkpoint"),
+        ("image", "is not a masksub-train-mlm checkpoint"),
+    ):
+        argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path / "o")]
+        assert main([*argv, "--resume", str(tmp_path / f"{name}.pth")]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("masksub-train-mlm: error:") and message in err, err
+
+
+def test_blocks_of_many_documents_are_checked_for_their_special_tokens(tmp_path, capsys):
+    """Packed blocks end each document with a [SEP] the sub-branch must keep: on a corpus of one-word paragraphs a
+    block holds ~20 special tokens of 64, so at r = 0.5 (K = 32) a few % of the blocks would draw more predicted +
+    special tokens than K (the command's cap would change the recipe there). The check before training counts the
+    blocks' own special tokens (with 2 per block it passed, and the run stopped at the first such block)."""
+    words = [f"w{i % 37}" for i in range(3000)]
+    (tmp_path / "short.txt").write_text("\n\n".join(words), encoding="utf-8")
+    argv = ["--data-dir", str(tmp_path), "--vocab-size", "80", "--seq-len", "64", "--layers", "1", "--width", "16",
+            "--heads", "2", "--batch-size", "4", "--steps", "2", "--eval-every", "1", "--eval-blocks", "4",
+            "--output", str(tmp_path / "o")]  # fmt: skip
+    assert main([*argv, "--mask-ratio", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "of the blocks hold more predicted + special tokens" in err and "training blocks hold up to" in err, err
+    assert main([*argv, "--mask-ratio", "0.1", "--tokenizer", str(tmp_path / "o" / "tokenizer.json")]) == 0
+    # a block whose special tokens alone outnumber K is refused, however rare
+    assert main([*argv, "--mask-ratio", "0.8", "--mlm-probability", "1e-9"]) == 2
+    assert "training blocks hold up to" in capsys.readouterr().err
+
+
+def test_the_keep_check_is_the_binomial_tail_over_the_blocks():
+    from types import SimpleNamespace
+
+    from masksub_kernels.training import mlm_cli
+
+    # L = 8, K = floor(8 x 0.5) = 4: a block of s = 2 special tokens is over with P(X >= 3), X ~ Bin(6, p)
+    p = 0.03
+    tail = sum(mlm_cli._binomial_pmf(6, x, p) for x in range(3, 7))
+    assert mlm_cli._over_keep(8, 2, 4, p) == pytest.approx(tail, rel=1e-12)
+    assert mlm_cli._over_keep(8, 5, 4, p) == pytest.approx(1.0)  # more special tokens than K: always over
+    assert tail < mlm_cli.CAPPED_SHARE_LIMIT < mlm_cli._over_keep(8, 3, 4, p)
+    args = SimpleNamespace(seq_len=8, mask_ratio=0.5, mlm_probability=p)
+    mlm_cli._check_keep(args)  # s = 2
+    mlm_cli._check_keep(args, specials=torch.tensor([2, 2, 2, 2]))
+    # the blocks' own counts, weighted by their share: a quarter with 3 special tokens
+    share = (3 * tail + mlm_cli._over_keep(8, 3, 4, p)) / 4
+    with pytest.raises(mlm_cli.UsageError, match=f"{share:.1e} of the blocks.*up to 3 special tokens"):
+        mlm_cli._check_keep(args, specials=torch.tensor([2, 3, 2, 2]))
+
+
+def test_training_batches_cap_what_the_sub_branch_must_keep(corpus, tokenizer):
+    """At 90% predicted nearly every block draws more than K = 12 of 16: the training batches keep the first
+    K - s predicted tokens of each block (the sub-branch then takes every batch); the baseline's are not capped."""
+    from tokenizers import Tokenizer
+
+    from masksub_kernels.training import mlm_cli
+
+    args = mlm_cli.build_parser().parse_args(["--data-dir", corpus, *TINY, "--mlm-probability", "0.9"])
+    tok = Tokenizer.from_file(tokenizer)
+    blocks = text_data.pack_blocks(tok, text_data.text_dir_documents(corpus), 16)
+    data = (blocks, text_data.special_tokens_mask(blocks, tok))
+    vocab = mlm_cli.Vocab(tok.get_vocab_size(), tok.token_to_id("[MASK]"))
+    keep = mk.num_kept_tokens(16, 0.25)
+    batch = mlm_cli._train_batch(args, vocab, data, step=0, part=0, parts=1)
+    kept = (batch["labels"] != -100).sum(1) + batch["special_tokens_mask"].sum(1)
+    assert int(kept.max()) == keep
+    args.baseline = True
+    plain = mlm_cli._train_batch(args, vocab, data, step=0, part=0, parts=1)
+    assert int(((plain["labels"] != -100).sum(1) + plain["special_tokens_mask"].sum(1)).max()) > keep
+    capped = batch["labels"] != plain["labels"]  # the same draws: only later predicted tokens left out
+    assert bool((batch["labels"][capped] == -100).all()) and bool(capped.any())
 
 
 def test_two_processes_equal_one_with_accumulation(corpus, tokenizer, tmp_path):

@@ -223,7 +223,7 @@ def test_layer_decay_scales_match_mae():
 
     model = _tiny_vit("vit_base_patch16_224", num_classes=10, global_pool="avg")  # depth 2
     ms = MaskSub(model)
-    args = types.SimpleNamespace(opt="adamw", lr=1e-3, weight_decay=0.05, momentum=0.9, opt_eps=None,
+    args = types.SimpleNamespace(opt="adamw", lr=1e-3, weight_decay=0.05, momentum=None, opt_eps=None,
                                  opt_betas=None, layer_decay=0.5)  # fmt: skip
     optimizer = build_optimizer(args, ms, model)
     scale = {id(p): (g["lr_scale"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}

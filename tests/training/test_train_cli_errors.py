@@ -52,6 +52,11 @@ def _error(tmp_path, capsys, *args: str) -> str:
         (["--baseline", "--bce-target-thresh", "0.0"], "needs --loss bce"),
         (["--device", "gpu"], "is not a torch device"),
         (["--opt", "adamx"], "--opt adamx: Optimizer adamx not found"),
+        # settings the optimizer does not take: timm drops them silently
+        (["--opt", "sgd", "--opt-betas", "0.5", "0.6"], "--opt sgd takes no --opt-betas (timm would ignore it)"),
+        (["--opt", "sgd", "--opt-eps", "0.1"], "--opt sgd takes no --opt-eps"),
+        (["--opt", "adamw", "--momentum", "0.5"], "--opt adamw takes no --momentum"),
+        (["--opt", "lookahead_adamw", "--momentum", "0.5"], "--opt lookahead_adamw takes no --momentum"),
         (["--sched", "cosinus"], "--sched cosinus: Unknown scheduler"),
         (["--cell-size", "4"], "cell_size is an option of the grid masks (swin, pixel); the vit family drops tokens"),
         (["--device", "cuda:7"] if torch.cuda.is_available() else ["--device", "cuda"], "GPU"),
@@ -197,3 +202,22 @@ def test_readme_training_snippet_runs():
         namespace = {}
         exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["out"]["stepped"] and torch.isfinite(namespace["out"]["loss"])
+
+
+def test_checkpoints_hold_eager_names_and_load_with_or_without_compile():
+    # --compile wraps the model (torch.compile: keys model._orig_mod.*): a checkpoint saved either way must resume
+    # the other way (the state was loaded with its own keys: "does not fit this model")
+    from masksub_kernels.training import MaskSub
+    from masksub_kernels.training.checkpoint import eager_state_dict, load_eager_state_dict
+
+    eager, compiled = MaskSub(tiny_vit()), MaskSub(torch.compile(tiny_vit()))  # compiled lazily: nothing runs
+    assert any("_orig_mod" in key for key in compiled.state_dict())
+    saved = eager_state_dict(compiled)
+    assert saved.keys() == eager.state_dict().keys()
+    load_eager_state_dict(eager, saved)
+    for source, target in ((eager, compiled), (compiled, eager)):
+        load_eager_state_dict(target, source.state_dict())  # an old checkpoint's own keys load too
+        for (name, value), other in zip(source.state_dict().items(), target.state_dict().values()):
+            assert torch.equal(value, other), name
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # still strict
+        load_eager_state_dict(eager, {**saved, "model.extra": torch.zeros(1)})
