@@ -32,7 +32,21 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # MASKSUB_GPU_MATH=1: the interpreter computes in fp32 as a GPU does (tools/gpu_math.py: approximate exp, exp2, rsqrt
 # and division, fma contraction, bf16 rounded to nearest; `make test` runs the loss kernels' Triton tests so a second
 # time). With a GPU there is nothing to emulate: the tests skip.
-GPU_MATH = os.environ.get("MASKSUB_GPU_MATH") == "1"
+# MASKSUB_GPU_MATH=defer (`make test`'s first pass): the tests marked gpu_math (the Triton tests of GPU_MATH_FILES)
+# are left out where the interpreter would run them, for the second pass to run them once, under a GPU's arithmetic
+# (MASKSUB_GPU_MATH=1 pytest -m gpu_math), not twice. On a GPU machine they run in the first pass and the second
+# skips. Unset (or 0): every test, the interpreter's own arithmetic.
+GPU_MATH_SETTING = os.environ.get("MASKSUB_GPU_MATH", "0")
+if GPU_MATH_SETTING not in ("0", "1", "defer"):
+    raise ValueError(f"MASKSUB_GPU_MATH must be 0, 1 or defer, got {GPU_MATH_SETTING!r}")
+GPU_MATH = GPU_MATH_SETTING == "1"
+# The loss and fused-linear loss kernels' test files: their Triton tests are the ones whose tolerances depend on
+# the arithmetic (exp, exp2, division, fma, bf16 rounding), run under a GPU's (tools/gpu_math.py) by `make test`.
+GPU_MATH_FILES = {
+    f"test_{name}.py"
+    for name in ("loss_inputs", "masksub_loss", "masksub_loss_split", "masksub_loss_reduced", "linear_loss_chunks",
+                 "linear_loss_kernels", "linear_loss_paths", "linear_masksub_loss")
+}  # fmt: skip
 if GPU_MATH and mk.triton_interpreted():
     from tools import gpu_math
 
@@ -81,9 +95,16 @@ def pytest_collection_modifyitems(config, items):
         named = "triton" in getattr(item, "originalname", item.name).split("_")  # test_triton_..._is_deterministic
         if "triton" in chosen or named or "triton_backend" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.triton)
+        if item.get_closest_marker("triton") is not None and item.path.name in GPU_MATH_FILES:
+            item.add_marker(pytest.mark.gpu_math)
     if GPU_MATH and DEVICE.type == "cuda":
         for item in items:
             item.add_marker(pytest.mark.skip("MASKSUB_GPU_MATH=1 emulates a GPU's arithmetic; this run has a GPU"))
+    if GPU_MATH_SETTING == "defer" and mk.triton_interpreted():
+        deferred = [item for item in items if item.get_closest_marker("gpu_math") is not None]
+        if deferred:
+            config.hook.pytest_deselected(items=deferred)
+            items[:] = [item for item in items if item.get_closest_marker("gpu_math") is None]
 
 
 # The seed of torch's global generators at the start of every test (MASKSUB_TEST_SEED, default 0): what a test
