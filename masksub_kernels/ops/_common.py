@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import numbers
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
@@ -16,17 +17,27 @@ INDEX_DTYPES = (torch.int64, torch.int32)
 MAX_TOKENS = 8192  # one sort per sample in one program (8192 int64 keys, 32 warps); a ViT-H at 448 px has 1024
 
 
-def check_keep_args(batch_size: int, num_tokens: int, num_keep: int) -> None:
-    """Sizes of a per-sample selection of ``num_keep`` of ``num_tokens`` positions (tokens or grid cells)."""
-    for name, value in (("batch_size", batch_size), ("num_tokens", num_tokens), ("num_keep", num_keep)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+def check_int(name: str, value) -> int:
+    """An integer argument (a Python or NumPy integer, not a bool), as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return int(value)
+
+
+def check_keep_args(batch_size: int, num_tokens: int, num_keep: int) -> tuple[int, int, int]:
+    """Sizes of a per-sample selection of ``num_keep`` of ``num_tokens`` positions (tokens or grid cells), returned
+    as Python ints."""
+    batch_size, num_tokens, num_keep = (
+        check_int(name, value)
+        for name, value in (("batch_size", batch_size), ("num_tokens", num_tokens), ("num_keep", num_keep))
+    )
     if batch_size < 0:
         raise ValueError(f"batch_size must be >= 0, got {batch_size}")
     if not 1 <= num_tokens <= MAX_TOKENS:
         raise ValueError(f"num_tokens must be in [1, {MAX_TOKENS}], got {num_tokens}")
     if not 1 <= num_keep <= num_tokens:
         raise ValueError(f"num_keep must be in [1, num_tokens={num_tokens}], got {num_keep}")
+    return batch_size, num_tokens, num_keep
 
 
 def check_bool(name: str, value) -> bool:

@@ -34,7 +34,11 @@ def gather_rows(x: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int) -> t
     if rows is None:
         return gather_reference(x, ids, num_prefix_tokens)
     source = x.reshape(batch_size * seq_len, dim)  # sizes, not -1: D may be 0
-    return source.index_select(0, rows).view(batch_size, num_prefix_tokens + ids.shape[1], dim)
+    # into a [B, P+K, D] tensor of its own (a view of index_select's result would be a view output of the autograd
+    # Function, which refuses in-place changes such as y += pos_embed, where the other backends allow them)
+    out = x.new_empty(batch_size, num_prefix_tokens + ids.shape[1], dim)
+    torch.index_select(source, 0, rows, out=out.view(batch_size * (num_prefix_tokens + ids.shape[1]), dim))
+    return out
 
 
 def scatter_rows(grad_y: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int, num_tokens: int) -> torch.Tensor:

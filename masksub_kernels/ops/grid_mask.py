@@ -33,12 +33,13 @@ Launches on the GPU and bytes moved (N = elements, e = element size, r' = remove
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 from .._philox import load_seed, philox_sort_keys, resolve_seed, seed_value
 from .._triton import jit, next_power_of_2, tl
-from ._common import FLOAT_DTYPES, cdiv, check_keep_args, masksub_op, resolve_device, sort_warps
+from ._common import FLOAT_DTYPES, cdiv, check_int, check_keep_args, masksub_op, resolve_device, sort_warps
 from ._token_select_reference import select_reference
 from .token_select import num_kept_tokens
 
@@ -52,36 +53,36 @@ TILE_ELEMENTS = 2048  # elements per tile of the pixel/token passes (16 per thre
 
 
 def _check_int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = check_int(name, value)
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
     return value
 
 
 def _grid_size(grid_size) -> tuple[int, int]:
-    if isinstance(grid_size, int) and not isinstance(grid_size, bool):
+    if isinstance(grid_size, numbers.Integral) and not isinstance(grid_size, bool):
         grid_size = (grid_size, grid_size)
     if not isinstance(grid_size, (tuple, list)) or len(grid_size) != 2:
         raise TypeError(f"grid_size must be an int or a pair (grid_h, grid_w), got {grid_size!r}")
     return _check_int("grid_h", grid_size[0]), _check_int("grid_w", grid_size[1])
 
 
-def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int, int]:
-    """(G_h, G_w) for an H x W map; a map that the cells do not tile exactly is an error (no silent crop)."""
-    _check_int("cell_size", cell_size)
+def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int, int, int]:
+    """(S, G_h, G_w) for an H x W map of cells of S = ``cell_size`` (a Python int); a map that the cells do not tile
+    exactly is an error (no silent crop)."""
+    cell_size = _check_int("cell_size", cell_size)
     if height % cell_size or width % cell_size:
         raise ValueError(
             f"{what} of {height} x {width} is not divisible by cell_size={cell_size}: resize or crop to a multiple "
             "of the cell size (grid masks never crop silently)"
         )
-    return height // cell_size, width // cell_size
+    return cell_size, height // cell_size, width // cell_size
 
 
 def _check_fill_value(fill_value, dtype: torch.dtype) -> None:
     """A finite number that stays finite in the images' dtype (65504 is fp16's largest): every backend then writes
     the same value, the number rounded to the dtype."""
-    if isinstance(fill_value, bool) or not isinstance(fill_value, (int, float)):
+    if isinstance(fill_value, bool) or not isinstance(fill_value, numbers.Real):
         raise TypeError(f"fill_value must be a float, got {type(fill_value).__name__}")
     largest = torch.finfo(dtype).max
     if not math.isfinite(fill_value) or abs(fill_value) > largest:
@@ -528,7 +529,7 @@ def random_grid_mask(
     ``device`` defaults to the seed tensor's device, else torch's default device.
     """
     grid_h, grid_w = _grid_size(grid_size)
-    check_keep_args(batch_size, grid_h * grid_w, num_keep)
+    batch_size, _, num_keep = check_keep_args(batch_size, grid_h * grid_w, num_keep)
     device = resolve_device(device, seed)
     seed, seed_tensor = resolve_seed(seed, device)
     mask = _cell_mask_op(seed, seed_tensor, batch_size, grid_h * grid_w, num_keep, device)
@@ -555,7 +556,7 @@ def mask_image_grid(
     zeroes the *kept* cells instead (see the module docstring).
     """
     _check_float_tensor("images", images, "[B, C, H, W]")
-    grid_h, grid_w = _cell_grid(images.shape[2], images.shape[3], cell_size, "images")
+    cell_size, grid_h, grid_w = _cell_grid(images.shape[2], images.shape[3], cell_size, "images")
     _check_fill_value(fill_value, images.dtype)
     num_keep = num_kept_tokens(grid_h * grid_w, mask_ratio)
     check_keep_args(images.shape[0], grid_h * grid_w, num_keep)

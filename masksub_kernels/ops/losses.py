@@ -272,7 +272,7 @@ def self_distillation_loss(
 
     sub_logits, main_logits: [M, C], same dtype and device. mode 'ce': per row T^2 sum_c -softmax(main/T)_c
     log_softmax(sub/T)_c; 'bce': T^2 mean_c softplus(sub_c/T) - sigmoid(main_c/T) sub_c/T; temperature T finite
-    in [2^-63, 2^63]. The gradient reaches sub_logits only (T (p_sub - p_main), / C for bce): main_logits is the
+    in [2^-63, 2^13]. The gradient reaches sub_logits only (T (p_sub - p_main), / C for bce): main_logits is the
     teacher, detached here by design (MaskSub's stop-gradient), never written. Returns fp32 [M] for
     reduction='none', else a scalar (mean over the M rows).
     """

@@ -35,6 +35,8 @@ block sorts cheaply enough with cub's radix sort).
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .._philox import _concrete, resolve_seed, seed_value
@@ -44,6 +46,7 @@ from ._common import (
     INDEX_DTYPES,
     cdiv,
     check_bool,
+    check_int,
     check_keep_args,
     masksub_op,
     resolve_device,
@@ -60,8 +63,9 @@ from ._token_select_reference import inverse_reference, select_reference  # the 
 
 def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
     """K = floor(num_tokens * (1 - mask_ratio)), as the official code computes it (``int(L * (1 - r))``)."""
-    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)):
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, numbers.Real):
         raise TypeError(f"mask_ratio must be a float in [0, 1), got {type(mask_ratio).__name__}")
+    mask_ratio = float(mask_ratio)  # NumPy's floats too
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
     num_keep = int(num_tokens * (1.0 - mask_ratio))
@@ -73,20 +77,20 @@ def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
     return num_keep
 
 
-def _check_tokens(x: torch.Tensor, num_prefix_tokens: int) -> None:
+def _check_tokens(x: torch.Tensor, num_prefix_tokens: int) -> int:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 3:
         raise ValueError(f"x must be [batch, prefix + tokens, dim] (3-D), got shape {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"x must be float32, float16, bfloat16 or float64, got {x.dtype}")
-    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int):
-        raise TypeError(f"num_prefix_tokens must be an int, got {type(num_prefix_tokens).__name__}")
+    num_prefix_tokens = check_int("num_prefix_tokens", num_prefix_tokens)
     if not 0 <= num_prefix_tokens < x.shape[1]:
         raise ValueError(
             f"num_prefix_tokens must be in [0, sequence length {x.shape[1]}) so that at least one patch token "
             f"remains, got {num_prefix_tokens}"
         )
+    return num_prefix_tokens
 
 
 def _check_ids(x: torch.Tensor, ids: torch.Tensor, num_prefix_tokens: int, validate_values: bool) -> None:
@@ -472,7 +476,7 @@ def random_keep_indices(
     (None: on CPU tensors only, so that GPU calls never synchronise); unvalidated, such a row keeps its
     ``num_keep`` lowest always-keep positions. Without masks the ids are those of the plain selection.
     """
-    check_keep_args(batch_size, num_tokens, num_keep)
+    batch_size, num_tokens, num_keep = check_keep_args(batch_size, num_tokens, num_keep)
     if device is None and not isinstance(seed, torch.Tensor):
         device = next((m.device for m in (always_keep, drop_first) if isinstance(m, torch.Tensor)), None)
     device = resolve_device(device, seed)
@@ -500,10 +504,10 @@ def gather_tokens(
     does so for CPU tensors only, so that CUDA calls never synchronise. Unvalidated, an out-of-range id gives a row
     of zeros (and no gradient) on every backend, never stray memory; repeated ids are the caller's error.
     """
-    _check_tokens(x, num_prefix_tokens)
+    num_prefix_tokens = _check_tokens(x, num_prefix_tokens)
     if validate_ids is None:  # never inside a compiled graph: reading values would break it
-        validate_ids = ids.device.type == "cpu" and not torch.compiler.is_compiling()
-    validate = check_bool("validate_ids", validate_ids) and not ids.is_meta
+        validate_ids = isinstance(ids, torch.Tensor) and ids.device.type == "cpu" and not torch.compiler.is_compiling()
+    validate = check_bool("validate_ids", validate_ids) and not getattr(ids, "is_meta", False)
     _check_ids(x, ids, num_prefix_tokens, validate)
     return _gather_op(x, ids, None, num_prefix_tokens)
 
@@ -527,7 +531,7 @@ def random_token_select(
     ``y == gather_tokens(x, ids)``. ``always_keep`` / ``drop_first``: optional bool [B, N] over the patch tokens
     (not the prefix) on x's device, with ``validate_masks`` as in ``random_keep_indices``.
     """
-    _check_tokens(x, num_prefix_tokens)
+    num_prefix_tokens = _check_tokens(x, num_prefix_tokens)
     batch_size, seq_len, _ = x.shape
     num_tokens = seq_len - num_prefix_tokens
     num_keep = num_kept_tokens(num_tokens, mask_ratio)

@@ -4,6 +4,7 @@ The losses have theirs in tests/ops/test_loss_inputs.py."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import DEVICE, kernel_backends, property_settings
@@ -95,6 +96,13 @@ def test_largest_finite_fill_value_is_written_on_every_backend(backend):
 def test_flags_must_be_bools(call):
     with pytest.raises(TypeError, match="must be a bool, got"):
         call()
+
+
+@pytest.mark.parametrize("validate_ids", [None, True, False])
+def test_ids_that_are_not_a_tensor_are_a_type_error(backend, validate_ids):
+    # the default of validate_ids read ids.device first: an AttributeError
+    with pytest.raises(TypeError, match=r"ids must be a torch\.Tensor, got list"):
+        mk.gather_tokens(torch.zeros(1, 5, 2, device=DEVICE), [[0, 1]], validate_ids=validate_ids)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -292,6 +300,24 @@ def test_invalid_arguments_raise_value_or_type_errors(op, bad, backend_name):
         return
     with mk.use_backend(backend_name), pytest.raises((ValueError, TypeError)):
         call()
+
+
+# NumPy scalars where Python numbers go (sizes, counts, ratios, cells, fill values, seeds), as the losses' options
+NUMPY_ARGUMENTS = {"batch_size": np.int64(2), "num_tokens": np.int32(8), "num_keep": np.int64(4),
+                   "mask_ratio": np.float32(0.5), "cell_size": np.int64(4), "fill_value": np.float32(0.25),
+                   "num_prefix_tokens": np.int64(1), "seed": np.uint32(7)}  # fmt: skip
+
+
+@pytest.mark.parametrize("argument", sorted(NUMPY_ARGUMENTS))
+@pytest.mark.parametrize("op", ["random_keep_indices", "random_token_select", "mask_image_grid", "mask_tokens_grid"])
+def test_numpy_scalars_act_as_python_numbers(backend, op, argument):
+    value = NUMPY_ARGUMENTS[argument]
+    call = _bad_call(op, argument, value)
+    if call is None:
+        return
+    got, want = call(), _bad_call(op, argument, value.item())()
+    for a, b in zip(*(out if isinstance(out, tuple) else (out,) for out in (got, want))):
+        assert a.shape == b.shape and torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -402,3 +402,18 @@ def test_torch_backend_row_copies_equal_the_references(num_prefix):
             assert torch.equal(
                 ts.scatter_rows(grad_y.transpose(1, 2).contiguous().transpose(1, 2), index, num_prefix, 10), expected
             )
+
+
+def test_outputs_can_be_changed_in_place(backend):
+    # y += pos_embed, y.mul_(...), in-place dropout: the torch backend returned a view of a temporary, which its
+    # autograd Function marked as a view and refused to change in place, where the kernels' outputs allowed it
+    x = torch.randn(2, 9, 4, device=DEVICE, requires_grad=True)
+    ids = mk.random_keep_indices(2, 8, 3, seed=5, device=DEVICE)
+    for y in (mk.gather_tokens(x, ids), mk.random_token_select(x, 0.6, seed=5)[0]):
+        assert not y._is_view()
+        y.mul_(2)
+        y.sum().backward()
+    expected = torch.zeros_like(x)
+    expected[:, 0] = 4  # the prefix and the kept tokens: once by each call, times 2
+    expected.scatter_(1, (ids + 1)[..., None].expand(-1, -1, 4), 4.0)
+    torch.testing.assert_close(x.grad, expected)
