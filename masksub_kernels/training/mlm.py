@@ -115,6 +115,7 @@ def mlm_corrupt(
     seed: int,
     probability: float = 0.15,
     max_kept: int | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking: (corrupted input_ids, labels), both int64 [B, L]; the inputs are not modified.
 
@@ -125,10 +126,12 @@ def mlm_corrupt(
     3 (b L + p) + k, k = 0, 1, 2, with ``seed``: the same seed gives the same corruption on every device.
 
     ``max_kept`` (MaskSub's K = ``num_kept_tokens(L, mask_ratio)``, or None: no cap): a row's chosen and special
-    tokens, which the sub-branch must all keep, number at most K: a row that draws more keeps its first
-    K - (its special tokens) chosen ones (in position order) and leaves the rest unchosen, so that no batch stops
+    tokens, which the sub-branch must all keep, number at most K: a row that draws more keeps its first K - s
+    chosen ones (in position order; s its special tokens) and leaves the rest unchosen, so that no batch stops
     the run (a row over K is refused by the sub-branch). At BERT's 15% such rows are rare (e.g. ~1e-8 of 64-token
-    blocks at r = 0.5); a row with more than K special tokens cannot be helped.
+    blocks at r = 0.5); a row with more than K special tokens cannot be helped. Padding is special but not kept by
+    the sub-branch (it is dropped first): pass the batch's ``attention_mask`` (int/bool [B, L], 0 = padding) with
+    padded rows, so that s counts only the special tokens that are not padding.
     """
     from .._philox import new_seed, philox_uint32
 
@@ -138,6 +141,8 @@ def mlm_corrupt(
         raise ValueError(f"input_ids must be an int64 or int32 [batch, length] tensor, got {_describe(input_ids)}")
     if special_tokens_mask is not None:
         _check_like_ids("special_tokens_mask", special_tokens_mask, input_ids)
+    if attention_mask is not None:
+        _check_like_ids("attention_mask", attention_mask, input_ids)
     for name, value in (("vocab_size", vocab_size), ("mask_token_id", mask_token_id)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise TypeError(f"{name} must be an int >= 0, got {value!r}")
@@ -156,9 +161,11 @@ def mlm_corrupt(
     chosen = uniform[..., 0] < probability
     if special_tokens_mask is not None:
         chosen &= ~special_tokens_mask.bool()
-    if max_kept is not None:  # the first (K - specials) chosen of each row (no host sync: a cumulative count)
-        specials = 0 if special_tokens_mask is None else special_tokens_mask.bool().sum(1, keepdim=True)
-        chosen &= chosen.cumsum(1) <= max_kept - specials
+    if max_kept is not None:  # the first (K - kept specials) chosen of each row (no host sync: a cumulative count)
+        kept = torch.zeros_like(chosen) if special_tokens_mask is None else special_tokens_mask.bool()
+        if attention_mask is not None:  # padding: dropped by the sub-branch, it takes no slot of K
+            kept = kept & attention_mask.ne(0)
+        chosen &= chosen.cumsum(1) <= max_kept - kept.sum(1, keepdim=True)
     to_mask = chosen & (uniform[..., 1] < 0.8)
     to_random = chosen & (uniform[..., 1] >= 0.8) & (uniform[..., 1] < 0.9)
     corrupted = torch.where(to_mask, mask_token_id, input_ids)

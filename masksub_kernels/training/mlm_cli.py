@@ -160,17 +160,22 @@ def _check_keep(args, specials: torch.Tensor | None = None) -> None:
     except ValueError as exc:
         raise UsageError(f"--mask-ratio {args.mask_ratio} with --seq-len {args.seq_len}: {exc}") from exc
     shares = {2: 1.0} if specials is None else _shares(specials)
-    p, most = args.mlm_probability, max(shares)
-    capped = sum(share * _over_keep(args.seq_len, s, keep, p) for s, share in shares.items())
-    held = "" if specials is None else f"; its training blocks hold up to {most} special tokens ([CLS], a [SEP] "
-    held += "" if specials is None else "ending each document)"
-    if most > keep or capped > CAPPED_SHARE_LIMIT:
+    if max(shares) > keep:  # the cap cannot help: that block alone would stop the run
         raise UsageError(
-            f"--mask-ratio {args.mask_ratio} keeps {keep} of {args.seq_len} tokens, but with --mlm-probability {p} "
-            f"{capped:.1e} of the blocks hold more predicted + special tokens than that (the sub-branch must keep all "
-            f"of them: the command caps their predicted tokens, which changes BERT's recipe, refused above "
-            f"{CAPPED_SHARE_LIMIT:g} of the blocks{held}): lower --mask-ratio or --mlm-probability, or use a longer "
-            "--seq-len"
+            f"--mask-ratio {args.mask_ratio} keeps {keep} of {args.seq_len} tokens, but a training block holds "
+            f"{max(shares)} special tokens ([CLS] and a [SEP] ending each of its documents), all of which the "
+            "sub-branch must keep: lower --mask-ratio or use a longer --seq-len"
+        )
+    p = args.mlm_probability
+    capped = sum(share * _over_keep(args.seq_len, s, keep, p) for s, share in shares.items())
+    if capped > CAPPED_SHARE_LIMIT:
+        specials_note = "" if specials is None else f", a block holding up to {max(shares)} special tokens"
+        raise UsageError(
+            f"--mask-ratio {args.mask_ratio} keeps {keep} of {args.seq_len} tokens, but a share of {capped:.1e} of the "
+            f"blocks draw more predicted + special tokens than that at --mlm-probability {p}{specials_note} (the "
+            f"sub-branch must keep them all: the command would cap their predicted tokens, which changes BERT's "
+            f"recipe; refused above {CAPPED_SHARE_LIMIT:g} of the blocks): lower --mask-ratio or --mlm-probability, "
+            "or use a longer --seq-len"
         )
 
 
@@ -467,7 +472,10 @@ def _run(args) -> None:
         try:
             state = load_checkpoint(args.resume)
         except Exception as exc:  # a truncated file, or not a torch file at all
-            raise UsageError(f"cannot read checkpoint {args.resume!r}: {exc}") from exc
+            first = (str(exc).splitlines() or [""])[0]
+            raise UsageError(
+                f"cannot read checkpoint {args.resume!r} (expected a torch.save file such as OUTPUT/last.pth): {first}"
+            ) from exc
         needed = ("model", "optimizer", "scheduler", "step", "rows", "args")
         if not isinstance(state, dict) or any(key not in state for key in needed):
             raise UsageError(f"{args.resume!r} is not a {PROG} checkpoint (it lacks {', '.join(needed)})")

@@ -120,6 +120,25 @@ def test_mlm_corrupt_caps_the_kept_tokens_of_a_row():
             mlm_corrupt(ids, special, vocab_size=100, mask_token_id=4, seed=3, max_kept=bad)
 
 
+def test_mlm_corrupt_caps_padded_rows_without_counting_their_padding():
+    # the sub-branch drops padding (it is not kept): a row of 12 real tokens and 52 [PAD] keeps all its predictions
+    # under K = 32 when the attention mask says which tokens are padding
+    ids = torch.arange(5, 5 + 2 * 64).view(2, 64) % 90 + 5
+    attention = torch.ones_like(ids)
+    attention[1, 12:] = 0
+    special = attention == 0
+    special[:, 0] = True
+    kwargs = {"vocab_size": 100, "mask_token_id": 4, "seed": 3, "probability": 0.9}
+    _, free = mlm_corrupt(ids, special, **kwargs)
+    _, capped = mlm_corrupt(ids, special, **kwargs, max_kept=32, attention_mask=attention)
+    assert torch.equal(capped[1], free[1]) and (free[1] != -100).any()
+    assert (capped[0] != -100).sum() == 31 < (free[0] != -100).sum()  # 32 - [CLS]
+    _, without = mlm_corrupt(ids, special, **kwargs, max_kept=32)  # padding counted as kept: nothing predicted
+    assert (without[1] != -100).sum() == 0
+    with pytest.raises(ValueError, match="attention_mask must be shaped like input_ids"):
+        mlm_corrupt(ids, special, **kwargs, max_kept=32, attention_mask=attention[:, :-1])
+
+
 def test_refuses_bad_batches():
     ms = MaskSub(tiny_bert())
     batch = make_batch()

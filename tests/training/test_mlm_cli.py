@@ -184,6 +184,17 @@ def test_errors_on_files(corpus, tokenizer, tmp_path, capsys):
     assert "nothing left to train" in capsys.readouterr().err
 
 
+def test_a_nan_loss_does_not_make_the_rounds_counts_nan(corpus, tokenizer, tmp_path, monkeypatch):
+    from masksub_kernels.training import mlm_cli
+
+    nan = torch.tensor(float("nan"))
+    monkeypatch.setattr(mlm_cli, "_make_step", lambda *a: lambda *b: {"loss": nan, "loss_main": nan, "loss_sub": nan})
+    argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--device", "cpu"]
+    assert main([*argv, "--steps", "2", "--eval-every", "2"]) == 0
+    (row,) = _log(tmp_path)["epochs"]
+    assert row["tokens_per_s"] > 0 and row["loss"] != row["loss"]  # the count stays 2 micro-batches; the loss NaN
+
+
 def test_fp16_without_a_grad_scaler_says_so(corpus, tokenizer, tmp_path, capsys):
     argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--device", "cpu"]
     assert main([*argv, "--steps", "1", "--eval-every", "1", "--amp", "fp16"]) == 0
@@ -210,18 +221,18 @@ def test_blocks_of_many_documents_are_checked_for_their_special_tokens(tmp_path,
     block holds ~20 special tokens of 64, so at r = 0.5 (K = 32) a few % of the blocks would draw more predicted +
     special tokens than K (the command's cap would change the recipe there). The check before training counts the
     blocks' own special tokens (with 2 per block it passed, and the run stopped at the first such block)."""
-    words = [f"w{i % 37}" for i in range(3000)]
+    words = [f"w{i % 37} v{i % 11}" for i in range(3000)]  # two-word paragraphs
     (tmp_path / "short.txt").write_text("\n\n".join(words), encoding="utf-8")
     argv = ["--data-dir", str(tmp_path), "--vocab-size", "80", "--seq-len", "64", "--layers", "1", "--width", "16",
             "--heads", "2", "--batch-size", "4", "--steps", "2", "--eval-every", "1", "--eval-blocks", "4",
             "--output", str(tmp_path / "o")]  # fmt: skip
     assert main([*argv, "--mask-ratio", "0.5"]) == 2
     err = capsys.readouterr().err
-    assert "of the blocks hold more predicted + special tokens" in err and "training blocks hold up to" in err, err
+    assert "of the blocks draw more predicted + special tokens" in err and "a block holding up to" in err, err
     assert main([*argv, "--mask-ratio", "0.1", "--tokenizer", str(tmp_path / "o" / "tokenizer.json")]) == 0
     # a block whose special tokens alone outnumber K is refused, however rare
     assert main([*argv, "--mask-ratio", "0.8", "--mlm-probability", "1e-9"]) == 2
-    assert "training blocks hold up to" in capsys.readouterr().err
+    assert "but a training block holds" in capsys.readouterr().err
 
 
 def test_the_keep_check_is_the_binomial_tail_over_the_blocks():
@@ -240,8 +251,12 @@ def test_the_keep_check_is_the_binomial_tail_over_the_blocks():
     mlm_cli._check_keep(args, specials=torch.tensor([2, 2, 2, 2]))
     # the blocks' own counts, weighted by their share: a quarter with 3 special tokens
     share = (3 * tail + mlm_cli._over_keep(8, 3, 4, p)) / 4
-    with pytest.raises(mlm_cli.UsageError, match=f"{share:.1e} of the blocks.*up to 3 special tokens"):
+    with pytest.raises(mlm_cli.UsageError, match=f"a share of {share:.1e} of the blocks.*holding up to 3 special"):
         mlm_cli._check_keep(args, specials=torch.tensor([2, 3, 2, 2]))
+    # one block of 10000 with more special tokens than K: refused whatever the share
+    args.mlm_probability = 1e-9
+    with pytest.raises(mlm_cli.UsageError, match="keeps 4 of 8 tokens, but a training block holds 5 special tokens"):
+        mlm_cli._check_keep(args, specials=torch.tensor([2] * 9999 + [5]))
 
 
 def test_training_batches_cap_what_the_sub_branch_must_keep(corpus, tokenizer):

@@ -57,6 +57,7 @@ def _error(tmp_path, capsys, *args: str) -> str:
         (["--opt", "sgd", "--opt-eps", "0.1"], "--opt sgd takes no --opt-eps"),
         (["--opt", "adamw", "--momentum", "0.5"], "--opt adamw takes no --momentum"),
         (["--opt", "lookahead_adamw", "--momentum", "0.5"], "--opt lookahead_adamw takes no --momentum"),
+        (["--opt", "SGD", "--opt-betas", "0.5", "0.6"], "--opt SGD takes no --opt-betas"),  # timm's names: any case
         (["--sched", "cosinus"], "--sched cosinus: Unknown scheduler"),
         (["--cell-size", "4"], "cell_size is an option of the grid masks (swin, pixel); the vit family drops tokens"),
         (["--device", "cuda:7"] if torch.cuda.is_available() else ["--device", "cuda"], "GPU"),
@@ -221,3 +222,25 @@ def test_checkpoints_hold_eager_names_and_load_with_or_without_compile():
             assert torch.equal(value, other), name
     with pytest.raises(RuntimeError, match="Unexpected key"):  # still strict
         load_eager_state_dict(eager, {**saved, "model.extra": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_a_compiled_run_saves_eager_names_and_resumes_either_way(tmp_path, baseline):
+    # the command's own save and resume (no forward pass: torch.compile is lazy, nothing is compiled here)
+    from masksub_kernels.training.cli import _save, build_parser
+    from masksub_kernels.training.run_setup import resume, setup
+
+    flags = [*TINY_VIT, *QUICK, "--epochs", "2", "--output", str(tmp_path), *(["--baseline"] if baseline else [])]
+    args = build_parser().parse_args([*flags, "--compile"])
+    compiled = setup(args)
+    assert any("_orig_mod" in key for key in compiled.trained.state_dict())
+    row = {"loss_main": 1.0, "loss_sub": None, "top1": 0.0, "top5": 0.0, "images_per_s": 1.0, "lr": 1e-3}
+    _save(args, compiled, 0, 5, [row], {})
+    saved = torch.load(tmp_path / "last.pth", weights_only=False)["module"]
+    assert not any("_orig_mod" in key for key in saved)
+    for compile_flag in ([], ["--compile"]):  # resumed without --compile, and with it
+        args = build_parser().parse_args([*flags, *compile_flag, "--resume", str(tmp_path / "last.pth")])
+        resumed = setup(args)
+        assert resume(args, resumed)[:2] == (1, 5)
+        for (name, value), name_saved in zip(resumed.trained.state_dict().items(), saved):
+            assert torch.equal(value, saved[name_saved]), name
