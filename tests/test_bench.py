@@ -135,6 +135,36 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
     assert "% of copy (design)" in table and "predicted ms" in table and "| 0.123 |" in table
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--repeats", "0"], "--repeats: must be an int >= 1, got 0"),  # was the default, silently
+        (["--repeats", "-1"], "--repeats: must be an int >= 1"),  # was every record an error, and exit status 0
+        (["--warmup", "-3"], "--warmup: must be an int >= 0"),
+        (["--device", "foo"], "--device: invalid choice: 'foo'"),
+        *([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device is available here")]),
+    ],
+)
+def test_bad_arguments_are_usage_errors(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_tiny_run_is_named_and_labelled_apart_and_a_run_of_errors_fails(tmp_path, monkeypatch):
+    def broken(x):
+        raise RuntimeError("no kernel")
+
+    suite = types.ModuleType("failing_suite")
+    suite.cases = lambda *args, **kwargs: [OpCase("failing", "s", "float32", "p", lambda: [torch.ones(2)], broken, {})]
+    monkeypatch.setitem(sys.modules, "failing_suite", suite)
+    monkeypatch.setitem(cli.SUITES, "failing", "failing_suite")
+    assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "failing"]) == 1
+    (path,) = tmp_path.glob("*.md")
+    assert path.stem.endswith("-tiny")  # never the day's measured files (benchmarks/results/<device>-<date>.*)
+    assert "--tiny: a smoke test of the code, not a measurement" in path.read_text()
+
+
 def test_a_suite_stopped_midway_keeps_its_finished_cases(tmp_path, monkeypatch):
     # the JSON is written after each case: a crash or a cap within a suite (its first GPU run: a segfault, a sticky
     # CUDA error) keeps the cases that finished

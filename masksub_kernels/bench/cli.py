@@ -43,19 +43,46 @@ def default_output_directory() -> Path:
     return (source_tree if source_tree.is_dir() else Path("benchmarks")) / "results"
 
 
+def _count(least: int):
+    """An argparse type: an int >= ``least``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be an int >= {least}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {least}"
+    return parse
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto", help="auto (GPU if present), cuda or cpu")
+    parser = argparse.ArgumentParser(
+        prog="python -m masksub_kernels.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--device", default="auto", choices=("auto", "cuda", "cpu"), help="auto (GPU if present), cuda or cpu"
+    )
     parser.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES), help="what to run")
     parser.add_argument("--full", action="store_true", help="long sweeps: more shapes and dtypes")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 30 GPU, 10 CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 5 GPU, 2 CPU)")
+    parser.add_argument(
+        "--repeats", type=_count(1), default=None, help="timed repeats per case (default 30 GPU, 10 CPU)"
+    )
+    parser.add_argument("--warmup", type=_count(0), default=None, help="untimed calls first (default 5 GPU, 2 CPU)")
     parser.add_argument("--out", type=Path, default=None, help="directory for the result files")
-    parser.add_argument("--tiny", action="store_true", help="smallest shapes, 2 repeats: a smoke test of the code")
+    parser.add_argument(
+        "--tiny", action="store_true",
+        help="smallest shapes, 2 repeats: a smoke test of the code (its files are named ...-tiny: never a run's)",
+    )  # fmt: skip
     parser.add_argument(
         "--append", action="store_true", help="add to the result files already in --out for this device and date"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here (--device cpu, or auto)")
+    return args
 
 
 def _allow_recompiles(limit: int = 64) -> None:
@@ -76,17 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device = torch.device(args.device)
     on_gpu = device.type == "cuda"
-    repeats = args.repeats or (2 if args.tiny else 30 if on_gpu else 10)
+    repeats = args.repeats if args.repeats is not None else (2 if args.tiny else 30 if on_gpu else 10)
     warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 5 if on_gpu else 2)
     env = environment(device)
     print(f"masksub_kernels benchmarks on {env['device']}")
     if not on_gpu:
         print(
-            "No GPU here: these are CPU figures of the PyTorch reference against the eager baselines. "
+            "No GPU here: these are CPU figures of the torch backend (the CPU path) against the eager baselines. "
             "The Triton/CUDA kernel figures need a GPU (run benchmarks/gpu_bench.sh there)."
         )
     date = datetime.date.today().isoformat()
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{env['device']}-{date}").strip("-")
+    # a smoke run's files are named apart: it never replaces the day's measured results
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{env['device']}-{date}").strip("-") + ("-tiny" if args.tiny else "")
     directory = args.out or default_output_directory()
     previous = _previous_run(directory / f"{stem}.json", args.suites) if args.append else None
     if previous:  # the same denominator for every record of the table
@@ -143,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     print(report.markdown_table(run))
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
+    failed = [r for r in records if "error" in r]
+    if records and len(failed) == len(records):
+        print(f"every record failed ({failed[0]['error']}, ...)", file=sys.stderr)
+        return 1
     return 0
 
 

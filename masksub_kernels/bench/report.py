@@ -74,7 +74,10 @@ def markdown_table(run: dict) -> str:
     env = run["environment"]
     lines = [
         f"Device: {env['device']} | torch {env['torch']} | triton {env.get('triton')} | date {run['date']} | "
-        f"copy bandwidth {run['copy_gbps']:.0f} GB/s (read + write)",
+        f"copy bandwidth {run['copy_gbps']:.0f} GB/s (read + write) | {run.get('repeats')} repeats, "
+        f"{run.get('warmup')} warm-up"
+        + (" | --full" if run.get("full") else "")
+        + (" | --tiny: a smoke test of the code, not a measurement" if run.get("tiny") else ""),
         "",
         "% of copy: on the minimal bytes (each input read once, each output written once) and, where this "
         "library's design moves more (the loss: 6 passes over the logits in full, not 4), on the design's bytes.",

@@ -71,6 +71,11 @@ def _scalar(key: str, value, action: argparse.Action, where: str):
     elif kind is int:
         ok = isinstance(value, int)
     elif kind is float:
+        if isinstance(value, str):  # YAML 1.1 (PyYAML) reads 1e-3 as a string: it needs 1.0e-3
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         ok = isinstance(value, (int, float))
         value = float(value) if ok else value
     else:  # a string option
@@ -84,6 +89,25 @@ def _scalar(key: str, value, action: argparse.Action, where: str):
     return value
 
 
+def _unique_key_loader():
+    """PyYAML's SafeLoader refusing a mapping that gives a key twice (it would keep the last silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
     """The file's values as {dest: value}, checked against ``parser``'s options (UsageError otherwise)."""
     try:
@@ -94,7 +118,7 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
         raise UsageError(f"config file {path!r} does not exist")
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_unique_key_loader())  # a SafeLoader
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise UsageError(f"config file {path!r} is not valid YAML: {' '.join(str(exc).split())}") from exc
     if data is None:

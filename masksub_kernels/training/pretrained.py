@@ -64,7 +64,8 @@ def read_state_dict(path: str) -> dict:
     """The raw object in ``path`` (a dict): torch.load, timm's safetensors reader, or a TorchScript archive's
     state dict (OpenAI CLIP's .pt files)."""
     if not os.path.isfile(path):
-        raise UsageError(f"initial checkpoint {path!r} does not exist")
+        what = "is a directory, not a file" if os.path.isdir(path) else "does not exist"
+        raise UsageError(f"initial checkpoint {path!r} {what}")
     if path.endswith(".safetensors"):
         try:
             from safetensors.torch import load_file

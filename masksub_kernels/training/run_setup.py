@@ -135,6 +135,11 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
         return timm.create_model(args.model, pretrained=False, **kwargs)
     except TypeError as exc:
         raise UsageError(f"timm model {args.model!r} does not take these kwargs {kwargs}: {exc}") from exc
+    except (ValueError, AssertionError) as exc:  # timm asserts its arguments (a pooling it lacks, heads not dividing)
+        raise UsageError(
+            f"timm cannot build {args.model!r} with {kwargs} (--model-kwargs, --global-pool, --drop, --drop-path): "
+            f"{exc or type(exc).__name__}"
+        ) from exc
 
 
 def _img_size(args, model_kwargs: dict) -> int:
@@ -248,7 +253,10 @@ def check_args(args) -> None:
     if args.scale is not None and not 0 < args.scale[0] <= args.scale[1] <= 1:
         raise UsageError(f"--scale is a crop-area range 0 < min <= max <= 1, got {args.scale}")
     if args.head_init_scale is not None and args.initial_checkpoint is None:
-        raise UsageError("--head-init-scale scales the classifier left at initialisation by --initial-checkpoint")
+        raise UsageError(
+            "--head-init-scale (given, or set by --config FILE) scales the classifier left at initialisation by "
+            "--initial-checkpoint: pass --initial-checkpoint"
+        )
 
 
 @dataclass

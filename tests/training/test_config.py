@@ -68,6 +68,7 @@ def test_command_line_turns_off_the_files_flags(tmp_path):
         ("model-kwargs: 3\n", "takes a mapping"),
         ("lr: 1\nlr_: 2\n", "unknown key 'lr_'"),
         ("weight-decay: 0.1\nweight_decay: 0.2\n", "'weight_decay' is given twice"),
+        ("lr: 0.1\nlr: 0.2\n", "key 'lr' is given twice"),  # YAML kept the last silently
         ("- lr\n- 0.1\n", "must be a mapping of option: value, got a list"),
         ("lr: [0.1\n", "is not valid YAML"),
         ("clip-grad: -1\n", "--clip-grad must be in (0.0, inf), got -1.0"),  # the ranges apply to file values too
@@ -79,6 +80,14 @@ def test_bad_config_files(tmp_path, capsys, text, message):
     assert main(["--config", str(cfg), "--epochs", "1", "--output", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("masksub-train: error:") and message in err and "Traceback" not in err, err
+
+
+def test_yaml_1_1_strings_of_numbers_are_numbers(tmp_path):
+    # PyYAML reads 1e-3 (no dot) as a string: a float option takes it as the number it spells
+    cfg = tmp_path / "sci.yaml"
+    cfg.write_text("lr: 1e-3\nwarmup-lr: 5E-6\n")
+    args = parse_args_with_config(build_parser(), ["--config", str(cfg)])
+    assert (args.lr, args.warmup_lr) == (1e-3, 5e-6)
 
 
 def test_missing_config_file(tmp_path, capsys):

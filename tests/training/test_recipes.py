@@ -295,7 +295,7 @@ def test_recipe_on_an_image_folder(tmp_path):
     [
         (["--initial-checkpoint", "/no/such.pth"], "initial checkpoint '/no/such.pth' does not exist"),
         (["--aa", "bogus"], "the augmentation options (--aa 'bogus'"),
-        (["--head-init-scale", "0.001"], "--head-init-scale scales the classifier"),
+        (["--head-init-scale", "0.001"], "--head-init-scale (given, or set by --config FILE) scales the classifier"),
         (["--layer-decay", "0"], "--layer-decay must be in (0.0, 1.0]"),
         (["--mean", "0.5", "--std", "0.5", "0.5"], "--mean / --std need as many numbers"),
     ],

@@ -60,6 +60,10 @@ def _error(tmp_path, capsys, *args: str) -> str:
         (["--opt", "SGD", "--opt-betas", "0.5", "0.6"], "--opt SGD takes no --opt-betas"),  # timm's names: any case
         (["--sched", "cosinus"], "--sched cosinus: Unknown scheduler"),
         (["--cell-size", "4"], "cell_size is an option of the grid masks (swin, pixel); the vit family drops tokens"),
+        # what timm asserts when it builds the model: a usage error, not a traceback
+        (["--global-pool", "tokn"], "timm cannot build 'vit_tiny_patch16_224' with"),
+        (["--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=30", "depth=1", "num_heads=4"], "timm cannot"),
+        (["--initial-checkpoint", "."], "initial checkpoint '.' is a directory, not a file"),
         (["--device", "cuda:7"] if torch.cuda.is_available() else ["--device", "cuda"], "GPU"),
     ],
 )
