@@ -48,6 +48,7 @@ class LoadReport:
     loaded: int  # tensors copied into the model
     reinitialised: list[str] = field(default_factory=list)  # classifier / fc_norm kept at initialisation
     ignored: list[str] = field(default_factory=list)  # file keys not used (decoder, text tower, final norm, ...)
+    notes: list[str] = field(default_factory=list)  # what the user asked for that did nothing
 
     def summary(self, path: str) -> str:
         parts = [f"loaded {self.loaded} tensors from {path!r} ({self.format} format)"]
@@ -57,7 +58,7 @@ class LoadReport:
             more = f" and {len(self.ignored) - 6} more" if len(self.ignored) > 6 else ""
             shown = ", ".join(self.ignored[:6]) + more
             parts.append(f"not used: {shown}")
-        return "; ".join(parts)
+        return "; ".join(parts + self.notes)
 
 
 def read_state_dict(path: str) -> dict:
@@ -143,7 +144,8 @@ def load_initial_checkpoint(model: nn.Module, path: str, head_init_scale: float 
             state = filter_fn(state, model)
         except Exception as exc:
             raise UsageError(
-                f"initial checkpoint {path!r} ({fmt} format) cannot be mapped onto {type(model).__name__}: {exc}"
+                f"initial checkpoint {path!r} ({fmt} format) cannot be mapped onto {type(model).__name__}: {exc}. "
+                "Check --model, --model-kwargs and --global-pool against the checkpoint"
             ) from exc
     own = model.state_dict()
     heads = _classifier_prefixes(model)
@@ -181,9 +183,13 @@ def load_initial_checkpoint(model: nn.Module, path: str, head_init_scale: float 
             "Check --model, --model-kwargs and --global-pool against the checkpoint"
         )
     model.load_state_dict(load, strict=False)
+    notes = []
     if head_init_scale is not None:
+        scaled = [name for name, _ in model.named_parameters() if name in reinit and name.startswith(heads)]
         with torch.no_grad():
             for name, param in model.named_parameters():
-                if name in reinit and name.startswith(heads):
+                if name in scaled:
                     param.mul_(head_init_scale)
-    return LoadReport(format=fmt, loaded=len(load), reinitialised=reinit, ignored=ignored)
+        if not scaled:  # the file's classifier fits the model and was loaded: there was nothing to scale
+            notes.append(f"--head-init-scale {head_init_scale} scaled nothing (the file's classifier was loaded)")
+    return LoadReport(format=fmt, loaded=len(load), reinitialised=reinit, ignored=ignored, notes=notes)

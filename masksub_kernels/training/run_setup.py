@@ -315,7 +315,10 @@ def setup(args) -> Setup:
     try:  # built for the digits too: a bad --aa is an error before anything runs
         transforms = build_transforms(args, img_size, mean, std, augment=not args.no_aug)
     except (AssertionError, ValueError, KeyError, IndexError) as exc:
-        raise UsageError(f"the augmentation options (--aa {args.aa!r}, ...) are not valid for timm: {exc!r}") from exc
+        raise UsageError(
+            f"the augmentation options (--aa {args.aa!r}, --train-interpolation {args.train_interpolation!r}, "
+            f"--interpolation {args.interpolation!r}, ...) are not valid for timm: {exc!r}"
+        ) from exc
     try:
         data = build_datasets(
             args.data_dir, img_size, in_chans, mean, std, augment=not args.no_aug, transforms=transforms

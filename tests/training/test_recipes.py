@@ -167,6 +167,13 @@ def test_mae_checkpoint_mapping(tmp_path):
         if not key.startswith("norm."):
             assert torch.equal(state[key], value), key
     assert model.head.weight.std() < 1e-3  # MAE: trunc-normal std 2e-5
+    assert "scaled nothing" not in report.summary("mae.pth")
+    # a file whose classifier fits (here the model's own state): loaded, so --head-init-scale has nothing to scale
+    torch.save(model.state_dict(), tmp_path / "own.pth")
+    head = model.head.weight.clone()
+    report = load_initial_checkpoint(model, str(tmp_path / "own.pth"), head_init_scale=0.001)
+    assert torch.equal(model.head.weight, head) and report.reinitialised == []
+    assert "--head-init-scale 0.001 scaled nothing (the file's classifier was loaded)" in report.summary("own.pth")
 
 
 @pytest.mark.parametrize("torchscript", [False, True], ids=["state_dict", "torchscript"])
