@@ -141,8 +141,9 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
         (["--repeats", "0"], "--repeats: must be an int >= 1, got 0"),  # was the default, silently
         (["--repeats", "-1"], "--repeats: must be an int >= 1"),  # was every record an error, and exit status 0
         (["--warmup", "-3"], "--warmup: must be an int >= 0"),
-        (["--device", "foo"], "--device: invalid choice: 'foo'"),
-        *([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device is available here")]),
+        (["--device", "foo"], "--device must be auto, cpu, cuda or cuda:N, got 'foo'"),
+        (["--device", "meta"], "--device must be auto, cpu, cuda or cuda:N, got 'meta'"),  # every record an error
+        *([] if torch.cuda.is_available() else [(["--device", "cuda:1"], "no CUDA device is available here")]),
     ],
 )
 def test_bad_arguments_are_usage_errors(capsys, args, message):
@@ -160,6 +161,9 @@ def test_a_tiny_run_is_named_and_labelled_apart_and_a_run_of_errors_fails(tmp_pa
     monkeypatch.setitem(sys.modules, "failing_suite", suite)
     monkeypatch.setitem(cli.SUITES, "failing", "failing_suite")
     assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "failing"]) == 1
+    assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "loss"]) == 0
+    # appended to a measured run, a suite that measures nothing still fails (the earlier records are not its own)
+    assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--append", "--suites", "failing"]) == 1
     (path,) = tmp_path.glob("*.md")
     assert path.stem.endswith("-tiny")  # never the day's measured files (benchmarks/results/<device>-<date>.*)
     assert "--tiny: a smoke test of the code, not a measurement" in path.read_text()

@@ -3,12 +3,13 @@
 1. Measures the device's copy bandwidth (bytes read + written), the roofline of every memory-bound op.
 2. Runs the op suites (each provider of this library against official-style eager code, timm-style code and
    torch.compile of the eager code; forward, backward and full).
-3. Writes benchmarks/results/<device>-<date>.json, .md and .png after each suite (a run cut short by a timeout
-   leaves the suites done so far), and prints the table. --append adds to the files of an earlier run on the same
-   device and date: benchmarks/gpu_bench.sh runs each suite in a process of its own, under its own time cap.
+3. Writes benchmarks/results/<device>-<date>.json, .md and .png (--tiny: <device>-<date>-tiny.*) after each suite
+   (a run cut short by a timeout leaves the suites done so far), and prints the table. --append adds to the files
+   of an earlier run on the same device and date: benchmarks/gpu_bench.sh runs each suite in a process of its own,
+   under its own time cap. A run that measures nothing (every record an error) exits with status 1.
 
 The default run is short (minutes); --full sweeps more shapes and dtypes. On a machine without a GPU the suites
-time the PyTorch reference against the baselines on the CPU and say so: GPU figures need a GPU.
+time the torch backend (the CPU path) against the baselines on the CPU and say so: GPU figures need a GPU.
 """
 
 from __future__ import annotations
@@ -58,13 +59,11 @@ def _count(least: int):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m masksub_kernels.bench",
+        prog="masksub-bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--device", default="auto", choices=("auto", "cuda", "cpu"), help="auto (GPU if present), cuda or cpu"
-    )
+    parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda or cuda:N")
     parser.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES), help="what to run")
     parser.add_argument("--full", action="store_true", help="long sweeps: more shapes and dtypes")
     parser.add_argument(
@@ -80,8 +79,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--append", action="store_true", help="add to the result files already in --out for this device and date"
     )
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available here (--device cpu, or auto)")
+    if args.device != "auto":
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            device = None
+        if device is None or device.type not in ("cpu", "cuda"):
+            parser.error(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: no CUDA device is available here (--device cpu, or auto)")
     return args
 
 
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         copy_gbps = copy_bandwidth_gbps(device, megabytes=64 if args.tiny else 1024)
     print(f"copy bandwidth: {copy_gbps:.1f} GB/s (bytes read + written)")
     records = previous["records"] if previous else []
+    earlier = len(records)  # an appended run's records: this invocation's come after them
     run = {
         "date": date,
         "environment": env,
@@ -171,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report.markdown_table(run))
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
-    failed = [r for r in records if "error" in r]
-    if records and len(failed) == len(records):
-        print(f"every record failed ({failed[0]['error']}, ...)", file=sys.stderr)
+    measured = records[earlier:]
+    if not measured or all("error" in r for r in measured):  # nothing measured: a failure, not a result
+        print(f"nothing measured ({measured[0]['error']}, ...)" if measured else "nothing measured", file=sys.stderr)
         return 1
     return 0
 

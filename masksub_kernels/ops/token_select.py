@@ -63,6 +63,9 @@ from ._token_select_reference import inverse_reference, select_reference  # the 
 
 def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
     """K = floor(num_tokens * (1 - mask_ratio)), as the official code computes it (``int(L * (1 - r))``)."""
+    num_tokens = check_int("num_tokens", num_tokens)
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
     if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, numbers.Real):
         raise TypeError(f"mask_ratio must be a float in [0, 1), got {type(mask_ratio).__name__}")
     mask_ratio = float(mask_ratio)  # NumPy's floats too

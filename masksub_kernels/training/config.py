@@ -49,8 +49,8 @@ def _convert(key: str, value, action: argparse.Action, where: str):
             raise UsageError(f"{where}: {key!r} ({name}) cannot be null (its default is {action.default!r})")
         return None
     if action.dest == "model_kwargs":
-        if isinstance(value, dict):
-            return [f"{k}={v!r}" for k, v in value.items()]
+        if isinstance(value, dict):  # a string value as the command line reads it (1e-5, YAML 1.1's string: 1e-5)
+            return [f"{k}={v}" if isinstance(v, str) else f"{k}={v!r}" for k, v in value.items()]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
         raise UsageError(f"{where}: {key!r} ({name}) takes a mapping {{key: value}} or a list of 'key=value' strings")
@@ -97,7 +97,13 @@ def _unique_key_loader():
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: merged keys may be overridden
+                    continue
                 key = self.construct_object(key_node, deep=deep)
+                try:
+                    hash(key)
+                except TypeError:  # SafeLoader's own error follows ("found unhashable key")
+                    continue
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
                         None, None, f"key {key!r} is given twice", key_node.start_mark

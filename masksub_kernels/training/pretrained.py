@@ -144,8 +144,8 @@ def load_initial_checkpoint(model: nn.Module, path: str, head_init_scale: float 
             state = filter_fn(state, model)
         except Exception as exc:
             raise UsageError(
-                f"initial checkpoint {path!r} ({fmt} format) cannot be mapped onto {type(model).__name__}: {exc}. "
-                "Check --model, --model-kwargs and --global-pool against the checkpoint"
+                f"initial checkpoint {path!r} ({fmt} format) cannot be mapped onto {type(model).__name__}: "
+                f"{str(exc).rstrip('.')}. Check --model, --model-kwargs and --global-pool against the checkpoint"
             ) from exc
     own = model.state_dict()
     heads = _classifier_prefixes(model)

@@ -138,7 +138,7 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
     except (ValueError, AssertionError) as exc:  # timm asserts its arguments (a pooling it lacks, heads not dividing)
         raise UsageError(
             f"timm cannot build {args.model!r} with {kwargs} (--model-kwargs, --global-pool, --drop, --drop-path): "
-            f"{exc or type(exc).__name__}"
+            f"{str(exc) or type(exc).__name__}"
         ) from exc
 
 
@@ -246,6 +246,10 @@ def check_args(args) -> None:
         value = getattr(args, name)
         if value is not None and count is not None and len(value) != count:
             raise UsageError(f"--{name.replace('_', '-')} takes {count} numbers, got {len(value)}")
+        if value is not None and not all(math.isfinite(v) for v in value):
+            raise UsageError(f"--{name.replace('_', '-')} takes finite numbers, got {value}")
+    if args.opt_betas is not None and not all(0.0 <= b < 1.0 for b in args.opt_betas):
+        raise UsageError(f"--opt-betas are two numbers in [0, 1), got {args.opt_betas}")
     if (args.mean is None) != (args.std is None):
         raise UsageError("--mean and --std go together: pass both (one number per input channel)")
     if args.mean is not None and (len(args.mean) != len(args.std) or any(s <= 0 for s in args.std)):

@@ -275,6 +275,17 @@ def _bad_call(op: str, argument: str, value):
                                           a["mask_ratio"], cell_size=a["cell_size"], seed=a["seed"]),
             {"mask_ratio": 0.5, "cell_size": 4, "seed": 1},
         ),
+        "random_grid_mask": (
+            lambda a: mk.random_grid_mask(a["batch_size"], a["grid_size"], a["num_keep"], seed=a["seed"],
+                                          device=a["device"]),
+            {"batch_size": 2, "grid_size": (2, 3), "num_keep": 4, "seed": 1, "device": DEVICE},
+        ),
+        "gather_tokens": (
+            lambda a: mk.gather_tokens(torch.arange(2 * 9 * 3.0, device=DEVICE).view(2, 9, 3),
+                                       torch.tensor([[0, 5], [7, 2]], device=DEVICE),
+                                       num_prefix_tokens=a["num_prefix_tokens"]),
+            {"num_prefix_tokens": 1},
+        ),
     }  # fmt: skip
     call, arguments = calls[op]
     if argument not in arguments:
@@ -305,17 +316,32 @@ def test_invalid_arguments_raise_value_or_type_errors(op, bad, backend_name):
 # NumPy scalars where Python numbers go (sizes, counts, ratios, cells, fill values, seeds), as the losses' options
 NUMPY_ARGUMENTS = {"batch_size": np.int64(2), "num_tokens": np.int32(8), "num_keep": np.int64(4),
                    "mask_ratio": np.float32(0.5), "cell_size": np.int64(4), "fill_value": np.float32(0.25),
-                   "num_prefix_tokens": np.int64(1), "seed": np.uint32(7)}  # fmt: skip
+                   "num_prefix_tokens": np.int64(1), "seed": np.uint32(7), "grid_size": np.int64(3),
+                   "grid_pair": (np.int64(2), np.int32(3))}  # fmt: skip
+NUMPY_OPS = ["random_keep_indices", "random_token_select", "mask_image_grid", "mask_tokens_grid", "random_grid_mask",
+             "gather_tokens"]  # fmt: skip
 
 
-@pytest.mark.parametrize("argument", sorted(NUMPY_ARGUMENTS))
-@pytest.mark.parametrize("op", ["random_keep_indices", "random_token_select", "mask_image_grid", "mask_tokens_grid"])
+@pytest.mark.parametrize(
+    ("num_tokens", "error", "match"),
+    [(10.7, TypeError, "num_tokens must be an int, got float"), (True, TypeError, "got bool"),
+     ("8", TypeError, "got str"), (-4, ValueError, "num_tokens must be >= 1, got -4")],
+)  # fmt: skip
+def test_num_kept_tokens_checks_its_count(num_tokens, error, match):
+    with pytest.raises(error, match=match):
+        mk.num_kept_tokens(num_tokens, 0.5)
+    assert mk.num_kept_tokens(np.int64(10), np.float64(0.5)) == 5
+
+
+@pytest.mark.parametrize(
+    ("op", "argument"),
+    [(op, name) for op in NUMPY_OPS for name in NUMPY_ARGUMENTS
+     if _bad_call(op, "grid_size" if name == "grid_pair" else name, None) is not None],
+)  # fmt: skip
 def test_numpy_scalars_act_as_python_numbers(backend, op, argument):
-    value = NUMPY_ARGUMENTS[argument]
-    call = _bad_call(op, argument, value)
-    if call is None:
-        return
-    got, want = call(), _bad_call(op, argument, value.item())()
+    value, name = NUMPY_ARGUMENTS[argument], "grid_size" if argument == "grid_pair" else argument
+    python = tuple(v.item() for v in value) if isinstance(value, tuple) else value.item()
+    got, want = _bad_call(op, name, value)(), _bad_call(op, name, python)()
     for a, b in zip(*(out if isinstance(out, tuple) else (out,) for out in (got, want))):
         assert a.shape == b.shape and torch.equal(a, b)
 

@@ -10,6 +10,7 @@ pytest.importorskip("yaml", reason="--config reads YAML")
 
 from masksub_kernels.train import build_parser, main
 from masksub_kernels.training.config import load_config, parse_args_with_config
+from masksub_kernels.training.run_setup import parse_kwargs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml")))
@@ -88,6 +89,19 @@ def test_yaml_1_1_strings_of_numbers_are_numbers(tmp_path):
     cfg.write_text("lr: 1e-3\nwarmup-lr: 5E-6\n")
     args = parse_args_with_config(build_parser(), ["--config", str(cfg)])
     assert (args.lr, args.warmup_lr) == (1e-3, 5e-6)
+
+
+def test_merge_keys_and_model_kwargs_strings(tmp_path):
+    # `<<: *anchor` merges a mapping (its keys may be overridden: no "given twice"); a model-kwargs value is read
+    # as the command line reads it (1e-5 is a string to YAML 1.1: it reached timm as '1e-5')
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text("model-kwargs: {depth: 1, init_values: 1e-5}\n")
+    args = parse_args_with_config(build_parser(), ["--config", str(cfg)])
+    assert args.model_kwargs == ["depth=1", "init_values=1e-5"]
+    assert parse_kwargs(args.model_kwargs) == {"depth": 1, "init_values": 1e-5}
+    cfg.write_text("model-kwargs:\n  <<: {depth: 1, num_heads: 2}\n  depth: 2\n")
+    args = parse_args_with_config(build_parser(), ["--config", str(cfg)])
+    assert parse_kwargs(args.model_kwargs) == {"depth": 2, "num_heads": 2}
 
 
 def test_missing_config_file(tmp_path, capsys):

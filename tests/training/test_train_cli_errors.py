@@ -64,6 +64,9 @@ def _error(tmp_path, capsys, *args: str) -> str:
         (["--global-pool", "tokn"], "timm cannot build 'vit_tiny_patch16_224' with"),
         (["--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=30", "depth=1", "num_heads=4"], "timm cannot"),
         (["--initial-checkpoint", "."], "initial checkpoint '.' is a directory, not a file"),
+        (["--opt-betas", "nan", "0.9"], "--opt-betas takes finite numbers"),
+        (["--opt-betas", "0.9", "1.5"], "--opt-betas are two numbers in [0, 1), got [0.9, 1.5]"),
+        (["--mean", "nan", "--std", "1"], "--mean takes finite numbers"),
         (["--device", "cuda:7"] if torch.cuda.is_available() else ["--device", "cuda"], "GPU"),
     ],
 )
