@@ -49,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--drop-path", type=float, default=0.0, help="model drop-path rate")
     g.add_argument("--global-pool", default=None, help="timm global_pool (ViT: token, avg; CNN: avg, max, ...)")
     g.add_argument(
+        "--fc-norm",
+        choices=("pooled", "per-token"),
+        default=None,
+        help="ViT: the head's LayerNorm after the pool (pooled: timm's fc_norm, MAE) or on each token before it "
+        "(per-token: FT-CLIP; from --initial-checkpoint it starts fresh); default: the model's",
+    )
+    g.add_argument(
+        "--freeze-patch-embed",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="do not train the patch embedding (FT-CLIP freezes CLIP's conv1)",
+    )
+    g.add_argument(
         "--initial-checkpoint",
         default=None,
         metavar="FILE",

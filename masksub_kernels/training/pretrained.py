@@ -20,8 +20,12 @@ What may differ between the file and the model, and nothing else (a ``UsageError
 - the classifier (``head`` / ``fc``, from the model's ``pretrained_cfg['classifier']``): missing from the file or of
   another shape (another number of classes, CLIP's projection) -> kept at the model's initialisation, scaled by
   ``head_init_scale`` (MAE: trunc-normal std 2e-5 = timm's 0.02 x 0.001; FT-CLIP: 0.001);
-- ``fc_norm``: missing when fine-tuning with average pooling (MAE, FT-CLIP) -> the model's LayerNorm initialisation;
-- the final ``norm``: in the file but not in a model that pools with ``fc_norm`` -> ignored, as MAE and FT-CLIP do.
+- ``fc_norm``: missing when fine-tuning with average pooling (MAE) -> the model's LayerNorm initialisation;
+- the final ``norm``: in the file but not in a model that pools with ``fc_norm`` -> ignored, as MAE does;
+- with ``fresh_norm`` (``--fc-norm per-token``: FT-CLIP's head, a new LayerNorm on each patch token before the mean,
+  which is timm's final ``norm`` slot): the file's final norm (CLIP's ``ln_post``) is not loaded, the model's stays
+  at its LayerNorm initialisation, as FT-CLIP's ``fc_norm`` does -- unless the file is a ``masksub-train``
+  checkpoint of a run with ``--fc-norm per-token``, whose ``norm`` is that head's, trained.
 """
 
 from __future__ import annotations
@@ -132,9 +136,21 @@ def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(f"{n}." for n in names)
 
 
-def load_initial_checkpoint(model: nn.Module, path: str, head_init_scale: float | None = None) -> LoadReport:
-    """Copy the weights in ``path`` into ``model`` (see the module docstring); UsageError when they do not fit."""
-    fmt, state = detect_format(read_state_dict(path))
+def _trained_per_token(obj: dict) -> bool:
+    """Whether ``obj`` is a masksub-train checkpoint of a run whose head normalised each token (--fc-norm
+    per-token): its ``norm`` is then that head's LayerNorm, not a pre-training's final norm."""
+    args = obj.get("args") if "module" in obj and "num_updates" in obj else None
+    return isinstance(args, dict) and args.get("fc_norm") == "per-token"
+
+
+def load_initial_checkpoint(
+    model: nn.Module, path: str, head_init_scale: float | None = None, fresh_norm: bool = False
+) -> LoadReport:
+    """Copy the weights in ``path`` into ``model`` (see the module docstring); UsageError when they do not fit.
+    ``fresh_norm``: the model's final ``norm`` is a new head norm (--fc-norm per-token), not loaded from the file."""
+    obj = read_state_dict(path)
+    fmt, state = detect_format(obj)
+    fresh_norm = fresh_norm and not (fmt == "masksub" and _trained_per_token(obj))
     ignored: list[str] = []
     if fmt == "clip" and "visual.class_embedding" in state:
         ignored = sorted(k for k in state if not k.startswith("visual."))  # the text tower and logit scale
@@ -156,9 +172,12 @@ def load_initial_checkpoint(model: nn.Module, path: str, head_init_scale: float 
         if fmt == "clip" and key.startswith(heads):
             ignored.append(key)  # CLIP's image-text projection, not a classifier
             continue
+        if fresh_norm and key.startswith("norm.") and key in own:
+            ignored.append(key)  # the pre-training's final norm: FT-CLIP's per-token head norm starts fresh
+            continue
         if key not in own:
             if uses_fc_norm and key.startswith("norm.") and isinstance(getattr(model, "norm", None), nn.Identity):
-                ignored.append(key)  # MAE / FT-CLIP pool with fc_norm and drop the final norm
+                ignored.append(key)  # MAE pools with fc_norm and drops the final norm
             else:
                 mismatched.append(f"unexpected {key}")
             continue
@@ -172,7 +191,7 @@ def load_initial_checkpoint(model: nn.Module, path: str, head_init_scale: float 
     for key in own:
         if key in load:
             continue
-        if key.startswith(heads) or key.startswith("fc_norm."):
+        if key.startswith(heads) or key.startswith("fc_norm.") or (fresh_norm and key.startswith("norm.")):
             reinit.append(key)
         elif key not in state:
             mismatched.append(f"missing {key}")

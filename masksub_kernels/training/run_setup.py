@@ -118,6 +118,8 @@ def _distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
 def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
     import timm
 
+    from .vit import is_vit
+
     if not timm.is_model(args.model):
         close = difflib.get_close_matches(args.model.lower().replace("-", "_"), timm.list_models(), n=8, cutoff=0.6)
         hint = f"; similar names: {', '.join(close)}" if close else " (timm.list_models() lists them)"
@@ -131,15 +133,38 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
         kwargs.setdefault("drop_path_rate", args.drop_path)
     if args.global_pool is not None:
         kwargs.setdefault("global_pool", args.global_pool)
+    if args.fc_norm is not None:
+        if "fc_norm" in kwargs:
+            raise UsageError(f"--fc-norm {args.fc_norm} and --model-kwargs fc_norm={kwargs['fc_norm']}: pass one")
+        # timm's ViT: fc_norm=True puts its LayerNorm after the pool, fc_norm=False leaves it as the final norm,
+        # on every token before the pool (FT-CLIP's head when the pool averages the patch tokens)
+        kwargs["fc_norm"] = args.fc_norm == "pooled"
     try:
-        return timm.create_model(args.model, pretrained=False, **kwargs)
+        model = timm.create_model(args.model, pretrained=False, **kwargs)
     except TypeError as exc:
+        if args.fc_norm is not None and "fc_norm" in str(exc):
+            raise UsageError(f"--fc-norm is for timm's VisionTransformer models, not {args.model!r}") from exc
         raise UsageError(f"timm model {args.model!r} does not take these kwargs {kwargs}: {exc}") from exc
     except (ValueError, AssertionError) as exc:  # timm asserts its arguments (a pooling it lacks, heads not dividing)
         raise UsageError(
             f"timm cannot build {args.model!r} with {kwargs} (--model-kwargs, --global-pool, --drop, --drop-path): "
             f"{str(exc) or type(exc).__name__}"
         ) from exc
+    if args.fc_norm is not None and not is_vit(model):  # a model that takes fc_norm for something else (Eva, ...)
+        raise UsageError(f"--fc-norm is for timm's VisionTransformer models, not {type(model).__name__}")
+    return model
+
+
+def _freeze_patch_embed(model: torch.nn.Module) -> int:
+    """--freeze-patch-embed: the patch embedding's parameters get no gradient, so neither the optimizer nor the
+    gradient all-reduce touch them (FT-CLIP freezes CLIP's conv1). Returns how many tensors were frozen."""
+    embed = getattr(model, "patch_embed", None)
+    params = list(embed.parameters()) if isinstance(embed, torch.nn.Module) else []
+    if not params:
+        raise UsageError(f"--freeze-patch-embed: {type(model).__name__} has no patch_embed with parameters (ViT, Swin)")
+    for param in params:
+        param.requires_grad_(False)
+    return len(params)
 
 
 def _img_size(args, model_kwargs: dict) -> int:
@@ -333,9 +358,14 @@ def setup(args) -> Setup:
     _check_model_size(model, img_size)
     report = None
     if args.initial_checkpoint is not None:
-        report = load_initial_checkpoint(model, args.initial_checkpoint, args.head_init_scale)
+        fresh_norm = args.fc_norm == "per-token"
+        report = load_initial_checkpoint(model, args.initial_checkpoint, args.head_init_scale, fresh_norm)
         if rank == 0:
             print(f"{PROG}: {report.summary(args.initial_checkpoint)}", file=sys.stderr)
+    if args.freeze_patch_embed:
+        frozen = _freeze_patch_embed(model)
+        if rank == 0:
+            print(f"{PROG}: --freeze-patch-embed: {frozen} tensor(s) of patch_embed are not trained", file=sys.stderr)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)

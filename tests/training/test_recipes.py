@@ -125,6 +125,9 @@ def _openai_clip_checkpoint(path, torchscript: bool = False) -> dict:
     """A CLIP state dict in OpenAI's layout (visual.* + a text tower), from a tiny timm CLIP ViT; saved with
     torch.save, or as a TorchScript archive like OpenAI's ViT-B-16.pt."""
     src = _tiny_vit("vit_base_patch16_clip_quickgelu_224", num_classes=24, global_pool="token").state_dict()
+    g = torch.Generator().manual_seed(1)
+    for key in ("norm.weight", "norm.bias"):  # ln_post, unlike a LayerNorm's initialisation
+        src[key] = src[key] + torch.randn(src[key].shape, generator=g)
     swaps = [("norm_pre", "ln_pre"), ("patch_embed.proj", "conv1"), ("blocks.", "transformer.resblocks."),
              ("norm1", "ln_1"), ("norm2", "ln_2"), ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
              ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")]  # fmt: skip
@@ -198,12 +201,59 @@ def test_mae_finetune_recipe_from_an_mae_checkpoint(tmp_path, capsys):
 
 
 def test_clip_finetune_recipe_with_ema(tmp_path, capsys):
-    _openai_clip_checkpoint(tmp_path / "clip.pt")
+    src = _openai_clip_checkpoint(tmp_path / "clip.pt")
     rows, ckpt = _smoke(tmp_path, "clip_finetune", "--initial-checkpoint", str(tmp_path / "clip.pt"))
-    assert "(clip format)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "(clip format)" in err and "initialised here: " in err and "norm.weight" in err
+    assert "--freeze-patch-embed: 1 tensor(s) of patch_embed are not trained" in err
     assert 0 <= rows[-1]["ema_top1"] <= 100 and math.isfinite(rows[-1]["ema_val_loss"])
     ema = ckpt["ema"]
     assert ema.keys() == {k[len("model.") :] for k in ckpt["module"] if k.startswith("model.")}
+    state = ckpt["module"]
+    # FT-CLIP's head: the per-token LayerNorm (timm's final norm slot) started fresh and trained; no fc_norm
+    assert "model.fc_norm.weight" not in state and not torch.equal(state["model.norm.weight"], src["norm.weight"])
+    assert (state["model.norm.weight"] - 1).abs().max() < 0.01  # two AdamW steps from ones, far from ln_post
+    # the frozen patch embedding is the file's (conv1); the blocks trained
+    assert torch.equal(state["model.patch_embed.proj.weight"], src["patch_embed.proj.weight"])
+    assert not torch.equal(state["model.blocks.0.attn.qkv.weight"], src["blocks.0.attn.qkv.weight"])
+    # fine-tuning on from this run's checkpoint: its per-token norm is the trained head norm, loaded
+    model = _tiny_vit("vit_base_patch16_clip_quickgelu_224", num_classes=10, global_pool="avg", fc_norm=False)
+    report = load_initial_checkpoint(model, str(tmp_path / "clip_finetune" / "last.pth"), fresh_norm=True)
+    assert report.format == "masksub" and report.reinitialised == []
+    assert torch.equal(model.norm.weight, state["model.norm.weight"])
+
+
+def test_per_token_head_is_ft_clips(tmp_path):
+    """--fc-norm per-token: logits = head(mean over patch tokens of LayerNorm(token)), FT-CLIP's head, the same
+    in the sub-branch's path; the file's ln_post is not loaded (fresh_norm) unless asked."""
+    from masksub_kernels.training.run_setup import check_args, setup
+
+    src = _openai_clip_checkpoint(tmp_path / "clip.pt")
+    argv = ["--config", _recipe("clip_finetune"), *SHRINK["clip_finetune"], "--output", "unused",
+            "--initial-checkpoint", str(tmp_path / "clip.pt"), "--mask-ratio", "0.0"]  # fmt: skip
+    args = parse_args_with_config(build_parser(), argv)
+    check_args(args)
+    s = setup(args)
+    model = s.model.eval()
+    assert isinstance(model.fc_norm, torch.nn.Identity) and model.global_pool == "avg"
+    assert torch.equal(model.norm.weight, torch.ones(32)) and torch.equal(model.norm.bias, torch.zeros(32))
+    assert s.pretrained.ignored.count("norm.weight") == 1 and "norm.weight" in s.pretrained.reinitialised
+    frozen = {id(p) for p in model.patch_embed.parameters()}
+    assert frozen and all(id(p) not in frozen for g in s.optimizer.param_groups for p in g["params"])
+    with torch.no_grad():
+        model.norm.weight.normal_()  # a trained-looking norm: the order of norm and mean matters
+        model.norm.bias.normal_()
+        x = torch.randn(3, 3, 32, 32)
+        tokens = model.blocks(model.norm_pre(model._pos_embed(model.patch_embed(x))))
+        ln = torch.nn.functional.layer_norm(tokens[:, 1:], (32,), model.norm.weight, model.norm.bias, eps=1e-5)
+        want = model.head(ln.mean(1))
+        torch.testing.assert_close(model(x), want)
+        # the sub-branch at mask ratio 0 keeps every patch token (permuted): the same mean, the same logits
+        torch.testing.assert_close(s.ms.sub_logits(x, seed=0), want, rtol=1e-5, atol=1e-5)
+    # without fresh_norm the file's ln_post is loaded into that slot
+    plain = _tiny_vit("vit_base_patch16_clip_quickgelu_224", num_classes=10, global_pool="avg", fc_norm=False)
+    load_initial_checkpoint(plain, str(tmp_path / "clip.pt"))
+    assert torch.equal(plain.norm.weight, src["norm.weight"])
 
 
 def test_resume_with_ema_is_exact(tmp_path):
@@ -311,6 +361,21 @@ def test_clear_errors(tmp_path, capsys, extra, message):
     tiny = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=16",
             "depth=1", "num_heads=2", "--img-size", "16", "--epochs", "1", "--no-progress"]  # fmt: skip
     assert main([*tiny, *extra, "--output", str(tmp_path / "err")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("masksub-train: error:") and message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "test_resnet", "--fc-norm", "per-token"], "--fc-norm is for timm's VisionTransformer models"),
+        (["--model", "test_resnet", "--freeze-patch-embed"], "--freeze-patch-embed: ResNet has no patch_embed"),
+        (["--model-kwargs", "img_size=32", *VIT, "fc_norm=True", "--fc-norm", "pooled"], "--fc-norm pooled and"),
+    ],
+)
+def test_head_option_errors(tmp_path, capsys, extra, message):
+    argv = ["--img-size", "32", *extra, *TWO_STEPS, "--output", str(tmp_path / "err")]
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("masksub-train: error:") and message in err and "Traceback" not in err, err
 
