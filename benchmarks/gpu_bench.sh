@@ -16,7 +16,7 @@
 # machine, on the files that came back (no GPU needed). The order puts the open question first (issue 13: the
 # fused-linear loss against torch.compile), so that a call cut short still brings it back; the suites with a
 # masksub[cuda] provider come after the build.
-#   env            10  card, driver, versions (Liger-Kernel's too: carry its wheel in .whl/, below)
+#   env            15  card, driver, versions (Liger-Kernel's too: carry its wheel in .whl/, below); 7 s on the H200
 #   build         130  in the background from the start (nice, MAX_JOBS=6 nvcc processes of the 16 cores: the
 #                      benchmarks' own process keeps a core), only when masksub_kernels._C does not import: nvcc for
 #                      sm_90, 50 s on the H200 machine's 16 cores (2026-11-30); masksub_loss.cu has grown since (71 s
@@ -44,13 +44,15 @@
 #   numerics       30  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
 #                      where the branches agree, the Triton path compiled (on the CPU: the interpreter's truncating
 #                      bf16), against the bf16-logit composites; M = 128, without torch.compile
-#   train          30  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each; 30 s on the H200)
+#   train          38  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each, no host-time pass;
+#                      30 s on the H200 with the process's start, 2026-11-30)
 #   loss           55  ImageNet, BERT-like and LLM-like rows x classes (41 s on the H200)
 #   token_select   45  3 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, timm and
 #                      torch.compile(official), whose Inductor compilation is most of the time (41 s on the H200)
-#   grid_mask      40  images (fp32, bf16) and Swin tokens, same providers: three Inductor compilations; stopped by
-#                      a 55 s cap before the Swin compile(official) rows on the H200 (2026-11-30): the last rows
-#                      (40 s since the ncu step: the compile(official) rows of the images' second dtype go too)
+#   grid_mask      27  images (fp32, bf16) and Swin tokens, same providers: three Inductor compilations; stopped by
+#                      a 55 s cap before the Swin compile(official) rows on the H200 (2026-11-30): the last rows,
+#                      measured once already, so the first a cap drops (27 s since the env and train steps grew:
+#                      about the fp32 images' rows)
 # The backward mode's untimed forward per repeat adds a few seconds to loss and linear_loss. Each suite prints the
 # seconds of every case (`[12.3 s, 40 s in]`), so a capped step's log says where its time went.
 # Liger-Kernel is not on the GPU machine's image (no network there): `python3 -m pip download --no-deps -d .whl
@@ -90,23 +92,24 @@ ncu_linear() { # benchmarks/gpu_ncu.py under Nsight Compute: one CSV row of raw 
   log="$(mktemp)"
   echo "== ncu_csv begin ${sections[*]}"
   ncu --profile-from-start off --clock-control none --csv --page raw --print-units base \
-    --kernel-name-base demangled --kernel-name 'regex:^_(loss_fwd|loss_bwd|fwd|dh|dw)_kernel|gemm|nvjet|xmma|cutlass|splitK' \
+    --kernel-name-base demangled --kernel-name 'regex:^_(loss_fwd|loss_bwd|fwd|dh|dh_sum|dw)_kernel|gemm|nvjet|xmma|cutlass|splitK' \
     "${sections[@]}" "$PY" benchmarks/gpu_ncu.py 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   echo "== ncu_csv end rc=$rc"
   grep -q ERR_NVGPUCTRPERM "$log" && echo "ncu: no access to the GPU's performance counters (ERR_NVGPUCTRPERM)"
+  grep -q LibraryNotLoaded "$log" && echo "ncu: could not load its library here (LibraryNotLoaded: a sandboxed runtime?)"
   rm -f "$log"
   return "$rc"
 }
 
 setup_run "$@"
-declare -A CAP=([linear_loss]=80 [train]=30 [loss]=55 [token_select]=45 [grid_mask]=40)
+declare -A CAP=([linear_loss]=80 [train]=38 [loss]=55 [token_select]=45 [grid_mask]=27)
 
 suites="${SUITES:-linear_loss train loss token_select grid_mask}"
 for suite in $suites; do
   [[ -v CAP[$suite] ]] || { echo "gpu_bench.sh: unknown suite '$suite' (known: ${!CAP[*]})" >&2; exit 2; }
 done
-step env.txt 10 write_env
+step env.txt 15 write_env
 needs_build=
 for suite in $suites; do [[ $suite =~ ^(loss|token_select|grid_mask)$ ]] && needs_build=1; done
 # the build beside the suites that do not need it (the fused-linear suite, its profile and numerics, train)

@@ -17,7 +17,7 @@
 # run on one (the loss's reduced and realigned kernels; the fused-linear op, whose fp16 / bf16 gradients are
 # written over its fp32 chunk logits behind a barrier), then the CUDA extension (its refusals crashed the process
 # then: the libstdc++ fix is not yet run on a GPU) under the sanitizers, then the rest of the suite.
-#   env             10  card, driver, versions
+#   env             15  card, driver, versions, kernel and ncu's (9 s on the H200 on 2026-11-30)
 #   phase 1        150  in parallel on the 16 cores (Triton compiles on one core per process, nvcc on a few):
 #     build.log         nvcc, sm_90 only (gpu_lib.sh's build_extension): 50 s on the H200 machine (2026-11-30),
 #                       more since masksub_loss.cu grew; seconds when the benchmarks' call built on this machine
@@ -32,7 +32,7 @@
 #                       refusals are in the step before, the 2^32-counter one left out: 4.3e9 draws), token
 #                       selection first (the 8192-key sort); PyTorch's caching allocator off, so a read past a
 #                       tensor is past an allocation
-#                   30  compute-sanitizer --tool racecheck (shared-memory hazards) on the kernels that use shared
+#                   25  compute-sanitizer --tool racecheck (shared-memory hazards) on the kernels that use shared
 #                       memory (selection, cell masks, mask-token gradient, loss), small and largest blocks (below):
 #                       20 s on the H200
 #   phase 3         95  in parallel: the other op tests (masks, token grid masks, autograd edges, inputs; 4 workers)
@@ -94,7 +94,7 @@ sanitize() { # TOOL PYTEST-ARGS...: compute-sanitizer on csrc/'s kernels; withou
 
 setup_run "$@" # (from here in the repository's root: the globs below are its files)
 LOSS_TESTS=(tests/ops/test_*loss*.py)
-step env.txt 10 write_env
+step env.txt 15 write_env
 
 # phase 1: the build beside the tests of the kernels that changed most (a _C left by an earlier run on this machine
 # would give these tests a cuda backend: gone, and rebuilt, incrementally when nothing changed)
@@ -108,7 +108,7 @@ wait_steps
 if [[ -n ${DRY_RUN:-} ]] || install_extension; then
   step cuda.log 50 "${PYTEST[@]}" "${XDIST8[@]}" "${CUDA_TESTS[@]}" tests/ops -k 'cuda or test_backend'
   step cuda.log 75 sanitize memcheck "${MEMCHECK_FILES[@]}" -k "$MEMCHECK_K"
-  step cuda.log 30 sanitize racecheck tests/cuda_extension -k "$RACECHECK_K"
+  step cuda.log 25 sanitize racecheck tests/cuda_extension -k "$RACECHECK_K"
 else
   note "no CUDA extension built (see build.log): the cuda backend's tests and the sanitizers did not run"
 fi

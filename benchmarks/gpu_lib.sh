@@ -8,7 +8,9 @@
 #                            each other and the foreground steps run meanwhile: the budget counts the largest,
 #                            less those foreground caps)
 #   output FILE              declare a result file that a step writes itself (e.g. the benchmark's .json)
-#   finish                   the budget line; the exit code is that of the first failed step
+#   finish                   the budget line; the exit code is that of the first step that failed on its own, else 3
+#                            where a step was stopped by its cap (its results so far are kept; summary.txt says
+#                            which), else 0. Not 124: the device tool reads 124 / 137 as the whole call timed out
 #
 # DRY_RUN=1 runs nothing: each function prints what it would do, then `finish` prints the budget (the caps of the
 # foreground steps plus what background steps add beyond them, 480 s at most) and the result files (8 at most); tests/test_gpu_scripts.py checks both.
@@ -23,7 +25,8 @@ BUDGET=0      # seconds of caps, GPU scale
 BG_CAP=0      # the largest cap among the background steps not yet waited for
 BG_FROM=0     # BUDGET when the first of them started (foreground caps since then overlap them)
 BG_PIDS=()
-FAILED=0      # exit code of the first failed step
+FAILED=0      # exit code of the first step that failed on its own (not stopped by its cap)
+CAPPED=0      # 1 once a step was stopped by its cap
 FILES=("summary.txt")
 
 _declare() {
@@ -51,7 +54,15 @@ step() {
   _declare "$1"
   BUDGET=$((BUDGET + $2))
   if [[ -n ${DRY_RUN:-} ]]; then echo "step $(printf "%q " "$@")"; return 0; fi
-  _run "$@" || { local rc=$?; [[ $FAILED == 0 ]] && FAILED=$rc; return "$rc"; }
+  _run "$@" || { local rc=$?; _failed "$rc"; return "$rc"; }
+}
+
+_failed() { # RC of a step: a cap's 124 / 137 counts as capped, anything else as the step's own failure
+  if [[ $1 == 124 || $1 == 137 ]]; then
+    CAPPED=1
+  elif [[ $FAILED == 0 ]]; then
+    FAILED=$1
+  fi
 }
 
 step_bg() {
@@ -72,7 +83,7 @@ wait_steps() {
   for pid in "${BG_PIDS[@]}"; do
     wait "$pid"
     rc=$?
-    [[ $rc != 0 && $FAILED == 0 ]] && FAILED=$rc
+    [[ $rc != 0 ]] && _failed "$rc"
   done
   BG_PIDS=()
 }
@@ -93,6 +104,7 @@ finish() {
   [[ -n ${DRY_RUN:-} ]] && return 0
   echo "budget ${BUDGET} s (GPU caps; x ${CAP_SCALE} here); total $SECONDS s" >> "$OUT/summary.txt"
   cat "$OUT/summary.txt"
+  ((FAILED == 0 && CAPPED)) && return 3
   return "$FAILED"
 }
 
@@ -114,6 +126,8 @@ for name in ("triton", "timm", "pytest", "pytest-xdist", "hypothesis", "liger-ke
 EOF
   nvcc --version 2>/dev/null | tail -1 || echo "nvcc: not found"
   compute-sanitizer --version 2>/dev/null | head -2 || echo "compute-sanitizer: not found"
+  ncu --version 2>/dev/null | tail -1 || echo "ncu: not found"
+  echo "kernel $(uname -r)" # a sandboxed runtime (gVisor) shows here: ncu and compute-sanitizer fail on one
   nproc
 }
 

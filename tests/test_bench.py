@@ -257,6 +257,7 @@ def test_gpu_ncu_script_runs_both_paths_of_the_fused_linear_op(monkeypatch, caps
         if hasattr(op, "report_as"):
             spy.report_as = op.report_as
         monkeypatch.setattr(lm, name, spy)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU's tiny shape on a GPU machine too
     assert gpu_ncu.main([]) == 0
     assert used == ["_linear_loss_grads_op", "_linear_loss_op"] * 2
     out = capsys.readouterr().out

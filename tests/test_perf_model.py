@@ -448,7 +448,9 @@ def test_ncu_rows_are_read_between_their_markers(tmp_path, monkeypatch, capsys):
     fwd, gemm = (ncu.summary(row) for row in block)
     assert (fwd["duration_us"], fwd["dram_read"], fwd["dram_write"]) == (44.0, 93.78048, 0.0)
     assert fwd["stalls"] == [("long_scoreboard", 7.5), ("barrier", 0.5)] and fwd["l2_hit"] is None
-    assert gemm["dram_read"] is None and ncu.short(gemm["kernel"]) == "cutlass::Kernel2"
+    assert gemm["dram_read"] is None and ncu.short(gemm["kernel"]) == (
+        "cutlass::Kernel2<cutlass_80_tensorop_s16816gemm_bf16_128x256_32x3_nn_align8>"  # which GEMM ran
+    )
     table = ncu.markdown([fwd, gemm], {"_loss_fwd_kernel": {"kernel_us": 21.8, "bytes": 93780480}})
     assert "| _loss_fwd_kernel | (384, 1, 1) | (256, 1, 1) | 44 | 93.78 | 0 | - |" in table[2]
     assert table[2].endswith("| 2131 | long_scoreboard 7.5, barrier 0.5 | 21.8 | 93.8 |")  # GB/s: 93.78 MB / 44 us
@@ -456,6 +458,16 @@ def test_ncu_rows_are_read_between_their_markers(tmp_path, monkeypatch, capsys):
     log = tmp_path / "bench.log"
     log.write_text(text)
     monkeypatch.setattr(ncu, "predicted_loss_kernels", lambda card: {})
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert ncu.main([str(log)]) == 0 and "2 kernels (MEASURED)" in capsys.readouterr().out
+    # under the interpreter the model cannot compile its kernels: the measured table alone, no traceback
+    monkeypatch.setattr(ncu, "predicted_loss_kernels", lambda card: pytest.fail("the model compiles kernels"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert ncu.main([str(log)]) == 0 and "2 kernels (MEASURED)" in capsys.readouterr().out
     log.write_text("== ncu_csv begin\n==ERROR== ERR_NVGPUCTRPERM\n== ncu_csv end rc=1\n")
-    assert ncu.main([str(log)]) == 1 and "no ncu CSV rows" in capsys.readouterr().out
+    assert ncu.main([str(log)]) == 1 and "counters were locked" in capsys.readouterr().out
+    log.write_text("== ncu_csv begin --set detailed\n==PROF== Profiling ...\n== stopped by its cap of 30 s\n")
+    assert ncu.main([str(log)]) == 1 and "stopped before ncu printed its tables" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse's usage error: not a traceback
+        ncu.main([str(tmp_path / "missing.log")])
+    assert "is not a file" in capsys.readouterr().err

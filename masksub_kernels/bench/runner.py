@@ -103,7 +103,10 @@ def run_case(case: OpCase, device: torch.device, *, repeats: int, warmup: int, c
             if case.max_repeats is not None:
                 repeats, warmup = min(repeats, case.max_repeats), min(warmup, 3)
             call, prepare = _timed_callables(case, mode)
-            timing = measure(call, device, warmup=warmup, repeats=repeats, cpu_memory=case.cpu_memory, prepare=prepare)
+            timing = measure(
+                call, device, warmup=warmup, repeats=repeats, cpu_memory=case.cpu_memory, prepare=prepare,
+                host_pass=case.max_repeats is None,  # capped cases (whole training steps): no host-time pass
+            )  # fmt: skip
             record.update(
                 median_ms=timing.median_ms,
                 p20_ms=timing.p20_ms,

@@ -74,9 +74,12 @@ def measure(
     repeats: int = 30,
     cpu_memory: bool = False,
     prepare: Callable[[], object] | None = None,
+    host_pass: bool = True,
 ) -> Timing:
     """Time ``fn()`` on ``device``: ``warmup`` untimed calls, then ``repeats`` timed ones (and one more call that
-    measures the CPU peak memory when ``cpu_memory``), each after ``prepare()`` (untimed) when given."""
+    measures the CPU peak memory when ``cpu_memory``), each after ``prepare()`` (untimed) when given. On a GPU,
+    ``host_pass=False`` leaves out the host-time pass (``host_ms`` None): whole training steps, whose calls take
+    tens of milliseconds each, are not compared with the model's host times."""
 
     def ready() -> None:
         if prepare is not None:
@@ -104,13 +107,13 @@ def measure(
         times = [start.elapsed_time(end) for start, end in zip(starts, ends)]
         del flush
         host_times = []  # the host-time pass: each call on a drained GPU (module docstring)
-        for _ in range(HOST_REPEATS):
+        for _ in range(HOST_REPEATS if host_pass else 0):
             ready()
             torch.cuda.synchronize(device)
             begun = time.perf_counter()
             fn()
             host_times.append((time.perf_counter() - begun) * 1e3)
-        host = statistics.median(host_times)
+        host = statistics.median(host_times) if host_times else None
         ready()
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)

@@ -38,7 +38,7 @@ def run(card_name: str = "H200") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.perf_model", description=__doc__)
     parser.add_argument("--card", default="H200", choices=["H200", "H100"])
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for model-sm90[-<card>].{json,md}")
     parser.add_argument("--no-write", action="store_true", help="print only")

@@ -119,7 +119,7 @@ def report(results: dict, source: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.perf_model.measured", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="?", type=Path, help="a GPU run's benchmark json (default: the newest)")
     parser.add_argument("--out", type=Path, help="write the report (markdown) here")
     args = parser.parse_args(argv)

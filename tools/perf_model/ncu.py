@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import re
 import sys
 from pathlib import Path
@@ -60,6 +61,21 @@ def tables(text: str) -> list[list[dict[str, str]]]:
     return result
 
 
+def why_no_rows(text: str) -> str:
+    """What the log says about an ncu step that left no rows (appended to the message), else ''."""
+    reasons = [
+        ("ERR_NVGPUCTRPERM", "the GPU's performance counters were locked (ERR_NVGPUCTRPERM)"),
+        ("LibraryNotLoaded", "ncu could not load its library on this machine (LibraryNotLoaded: a sandboxed runtime?)"),
+        ("ncu: not found", "ncu was not on the machine"),
+    ]
+    found = [reason for marker, reason in reasons if marker in text]
+    begins = sum(line.startswith("== ncu_csv begin") for line in text.splitlines())
+    ends = sum(line.startswith("== ncu_csv end") for line in text.splitlines())
+    if begins > ends:
+        found.append("the step was stopped before ncu printed its tables (a begin marker without its end: the cap?)")
+    return ": " + "; ".join(found) if found else ""
+
+
 def number(value: str | None) -> float | None:
     """A raw-page value as a float (thousands separators dropped), None where it is absent or not a number."""
     if value is None:
@@ -87,7 +103,9 @@ def summary(row: dict[str, str]) -> dict:
 
 
 def short(name: str) -> str:
-    """A kernel's name without its template arguments and parameters (cuBLAS's run to hundreds of characters)."""
+    """A kernel's name without its parameters and with its first template argument only, shortened (cuBLAS's names
+    run to hundreds of characters; the first argument says which GEMM kernel ran: ``cutlass::Kernel2<cutlass_80_
+    tensorop_bf16_s16816gemm_...>`` is an sm80 kernel). The Triton kernels' names have neither."""
     name = re.sub(r"^void ", "", name)
     depth, kept = 0, []
     for ch in name:
@@ -95,7 +113,9 @@ def short(name: str) -> str:
         if depth == 0:
             kept.append(ch)
         depth -= ch in ">)"
-    return "".join(kept)[:60]
+    base = "".join(kept)[:60]
+    first = re.match(r"[^<(]*<([^,<>()]+)", name)  # the first template argument, where the name has one
+    return f"{base}<{first.group(1).strip()[:80]}>" if first else base
 
 
 def predicted_loss_kernels(card_name: str) -> dict[str, dict]:
@@ -128,16 +148,25 @@ def markdown(rows: list[dict], predicted: dict[str, dict] | None) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.perf_model.ncu", description=__doc__.split("\n\n")[0])
     parser.add_argument("log", type=Path, help="bench.log of benchmarks/gpu_bench.sh")
     parser.add_argument("--card", default="H200", help="the model's card for the loss kernels' predictions")
     parser.add_argument("--columns", action="store_true", help="list the metric columns the log has")
     args = parser.parse_args(argv)
-    blocks = tables(args.log.read_text(errors="replace"))
+    if not args.log.is_file():
+        parser.error(f"{args.log} is not a file (the bench.log of benchmarks/gpu_bench.sh)")
+    text = args.log.read_text(errors="replace")
+    blocks = tables(text)
     if not blocks or not any(blocks):
-        print(f"{args.log}: no ncu CSV rows between '== ncu_csv' markers")
+        print(f"{args.log}: no ncu CSV rows between '== ncu_csv' markers{why_no_rows(text)}")
         return 1
-    predicted = predicted_loss_kernels(args.card)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):  # the model compiles the kernels
+        print(
+            "perf_model.ncu: TRITON_INTERPRET is set: the measured table without the model's columns", file=sys.stderr
+        )
+        predicted = None
+    else:
+        predicted = predicted_loss_kernels(args.card)
     for index, block in enumerate(blocks):
         if args.columns and block:
             print("\n".join(sorted(block[0])))
