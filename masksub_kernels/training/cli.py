@@ -52,14 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--fc-norm",
         choices=("pooled", "per-token"),
         default=None,
-        help="ViT: the head's LayerNorm after the pool (pooled: timm's fc_norm, MAE) or on each token before it "
-        "(per-token: FT-CLIP; from --initial-checkpoint it starts fresh); default: the model's",
+        help="ViT with --global-pool avg: the head's LayerNorm after the pool (pooled: timm's fc_norm, MAE) or on "
+        "each token before it (per-token: FT-CLIP; from --initial-checkpoint it starts fresh); default: the model's",
     )
     g.add_argument(
         "--freeze-patch-embed",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="do not train the patch embedding (FT-CLIP freezes CLIP's conv1)",
+        help="do not train the patch embedding, all of model.patch_embed (ViT: its projection, which FT-CLIP "
+        "freezes as conv1; Swin: its norm too)",
     )
     g.add_argument(
         "--initial-checkpoint",
@@ -232,6 +233,12 @@ def _epoch(args, s: Setup, step, epoch: int, num_updates: int, val):
     )
     s.scheduler.step(epoch + 1)
     t0 = time.perf_counter()
+    if s.world > 1:  # the ranks' BatchNorm statistics averaged: one model validated (and saved) on every shard
+        from .distributed import average_batchnorm_stats
+
+        for module in (unwrap_model(s.model), s.ema.module if s.ema is not None else None):
+            if module is not None:
+                average_batchnorm_stats(module)
     metrics = evaluate(s.model, val, device=s.device, autocast=s.autocast, channels_last=args.channels_last)
     if s.ema is not None:
         ema = evaluate(s.ema.module, val, device=s.device, autocast=s.autocast, channels_last=args.channels_last)

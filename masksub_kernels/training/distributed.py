@@ -23,7 +23,7 @@ import gc
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["close_process_group", "unwrap_ddp", "wrap_ddp"]
+__all__ = ["average_batchnorm_stats", "close_process_group", "unwrap_ddp", "wrap_ddp"]
 
 
 def wrap_ddp(ms, **ddp_kwargs) -> DistributedDataParallel:
@@ -32,6 +32,18 @@ def wrap_ddp(ms, **ddp_kwargs) -> DistributedDataParallel:
     ddp = DistributedDataParallel(ms, **ddp_kwargs)
     object.__setattr__(ms, "_ddp", ddp)  # not a submodule: ms would otherwise contain itself
     return ddp
+
+
+def average_batchnorm_stats(module) -> None:
+    """Average ``module``'s BatchNorm running statistics over the ranks, in place (timm's train.py ``--dist-bn
+    reduce``). DDP synchronises gradients, not buffers: each rank's running mean and variance follow its own
+    batches, so without this every rank would validate its shard with other statistics, and the logged metrics
+    would not be those of the model saved (rank 0's). Every rank calls it (a collective), between epochs."""
+    world = dist.get_world_size()
+    for name, buffer in module.named_buffers():
+        if name.endswith(("running_mean", "running_var")):
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(world)
 
 
 def unwrap_ddp(module):

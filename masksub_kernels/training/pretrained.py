@@ -25,7 +25,9 @@ What may differ between the file and the model, and nothing else (a ``UsageError
 - with ``fresh_norm`` (``--fc-norm per-token``: FT-CLIP's head, a new LayerNorm on each patch token before the mean,
   which is timm's final ``norm`` slot): the file's final norm (CLIP's ``ln_post``) is not loaded, the model's stays
   at its LayerNorm initialisation, as FT-CLIP's ``fc_norm`` does -- unless the file is a ``masksub-train``
-  checkpoint of a run with ``--fc-norm per-token``, whose ``norm`` is that head's, trained.
+  checkpoint of a run with ``--fc-norm per-token`` (or ``--model-kwargs fc_norm=False`` and an averaging pool),
+  whose ``norm`` is that head's, trained. Other files cannot say which their ``norm`` is: to load a trained
+  per-token norm from one (an exported EMA), build the model with ``--model-kwargs fc_norm=False`` instead.
 """
 
 from __future__ import annotations
@@ -136,11 +138,18 @@ def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(f"{n}." for n in names)
 
 
+AVERAGING = ("avg", "avgmax", "max")  # timm ViT pools over the patch tokens, where --fc-norm places the norm
+
+
 def _trained_per_token(obj: dict) -> bool:
     """Whether ``obj`` is a masksub-train checkpoint of a run whose head normalised each token (--fc-norm
     per-token): its ``norm`` is then that head's LayerNorm, not a pre-training's final norm."""
     args = obj.get("args") if "module" in obj and "num_updates" in obj else None
-    return isinstance(args, dict) and args.get("fc_norm") == "per-token"
+    if not isinstance(args, dict):
+        return False
+    kwargs = args.get("model_kwargs")  # the same model built as --model-kwargs fc_norm=False with an averaging pool
+    by_kwargs = isinstance(kwargs, dict) and kwargs.get("fc_norm") is False and args.get("global_pool") in AVERAGING
+    return args.get("fc_norm") == "per-token" or by_kwargs
 
 
 def load_initial_checkpoint(
@@ -161,7 +170,8 @@ def load_initial_checkpoint(
         except Exception as exc:
             raise UsageError(
                 f"initial checkpoint {path!r} ({fmt} format) cannot be mapped onto {type(model).__name__}: "
-                f"{str(exc).rstrip('.')}. Check --model, --model-kwargs and --global-pool against the checkpoint"
+                f"{str(exc).rstrip('.')}. Check --model, --model-kwargs, --global-pool and --fc-norm against the "
+                "checkpoint"
             ) from exc
     own = model.state_dict()
     heads = _classifier_prefixes(model)
@@ -199,7 +209,7 @@ def load_initial_checkpoint(
         shown = "; ".join(mismatched[:8]) + (f"; and {len(mismatched) - 8} more" if len(mismatched) > 8 else "")
         raise UsageError(
             f"initial checkpoint {path!r} ({fmt} format) does not fit the model {type(model).__name__}: {shown}. "
-            "Check --model, --model-kwargs and --global-pool against the checkpoint"
+            "Check --model, --model-kwargs, --global-pool and --fc-norm against the checkpoint"
         )
     model.load_state_dict(load, strict=False)
     notes = []

@@ -118,6 +118,7 @@ def _distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
 def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
     import timm
 
+    from .pretrained import AVERAGING
     from .vit import is_vit
 
     if not timm.is_model(args.model):
@@ -152,6 +153,11 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
         ) from exc
     if args.fc_norm is not None and not is_vit(model):  # a model that takes fc_norm for something else (Eva, ...)
         raise UsageError(f"--fc-norm is for timm's VisionTransformer models, not {type(model).__name__}")
+    if args.fc_norm is not None and model.global_pool not in AVERAGING:  # one token: both places are the same
+        raise UsageError(
+            f"--fc-norm places the head's LayerNorm around a pool over the patch tokens; this model pools "
+            f"{model.global_pool!r}: pass --global-pool avg (FT-CLIP's head: --global-pool avg --fc-norm per-token)"
+        )
     return model
 
 
@@ -400,10 +406,10 @@ def setup(args) -> Setup:
         batches = min(batches, args.limit_batches)
     updates_per_epoch = batches // args.grad_accum_steps
     if updates_per_epoch < 1:
+        limited = args.limit_batches is not None and samples // args.batch_size >= args.grad_accum_steps
         raise UsageError(
             f"{len(data.train)} training images over {world} process(es) give {batches} batches of {args.batch_size}"
-            f"{' (--limit-batches)' if args.limit_batches is not None else ''}: fewer than --grad-accum-steps "
-            f"{args.grad_accum_steps}"
+            f"{' (--limit-batches)' if limited else ''}: fewer than --grad-accum-steps {args.grad_accum_steps}"
         )
     try:
         scheduler, _ = create_scheduler_v2(
@@ -450,6 +456,16 @@ def setup(args) -> Setup:
 
 # The options that shape the learning-rate schedule: a resumed run with other values gets a new schedule.
 _SCHEDULE_OPTIONS = ("epochs", "sched", "lr", "warmup_epochs", "warmup_lr", "min_lr", "batch_size", "grad_accum_steps")
+# The optimizer's settings: optimizer.load_state_dict restores the checkpoint's into the parameter groups, so the
+# command line's are put back after it (the moments stay the checkpoint's) and a note names the changed ones.
+_OPTIMIZER_OPTIONS = ("weight_decay", "opt_eps", "opt_betas", "momentum", "layer_decay")
+
+
+def _first_lines(message: str, count: int = 2, limit: int = 400) -> str:
+    """The first ``count`` non-empty lines of an error message, on one line, at most ``limit`` characters (torch's
+    load_state_dict error: a header, then the missing and unexpected keys)."""
+    text = " ".join([line.strip() for line in message.splitlines() if line.strip()][:count])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def resume(args, s: Setup) -> tuple[int, int, list]:
@@ -470,6 +486,19 @@ def resume(args, s: Setup) -> tuple[int, int, list]:
     needed = ("module", "optimizer", "scheduler", "epoch", "num_updates", "log")
     if not isinstance(ckpt, dict) or any(key not in ckpt for key in needed):
         raise UsageError(f"{args.resume!r} is not a {PROG} checkpoint (it lacks {', '.join(needed)})")
+    old = ckpt.get("args", {})
+    built = [n for n in ("fc_norm", "freeze_patch_embed") if n in old and old[n] != getattr(args, n)]
+    if built:
+        diffs = ", ".join(f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in built)
+        raise UsageError(f"checkpoint {args.resume!r} was trained otherwise: {diffs}; resume it with its options")
+    if "opt" in old and str(old["opt"]).lower() != args.opt.lower():  # its moments are another optimizer's
+        raise UsageError(
+            f"checkpoint {args.resume!r} was trained with --opt {old['opt']}: resume it with the same optimizer "
+            f"(got --opt {args.opt}), or start a new run from its weights with --initial-checkpoint"
+        )
+    # the command line's settings of each parameter group (the learning rate is the scheduler's, below)
+    kept = ("params", "lr", "initial_lr")
+    settings = [{k: v for k, v in g.items() if k not in kept} for g in s.optimizer.param_groups]
     try:
         load_eager_state_dict(s.trained, ckpt["module"])  # saved with or without --compile
         s.optimizer.load_state_dict(ckpt["optimizer"])
@@ -477,15 +506,25 @@ def resume(args, s: Setup) -> tuple[int, int, list]:
         what = "--baseline " if args.baseline else ""
         raise UsageError(
             f"checkpoint {args.resume!r} does not fit this {what}model ({args.model} {args.model_kwargs}): resume "
-            f"with the options it was trained with. {str(exc).splitlines()[0]}"
+            f"with the options it was trained with (--model, --model-kwargs, --freeze-patch-embed, ...). "
+            f"{_first_lines(str(exc))}"
         ) from exc
+    for group, own in zip(s.optimizer.param_groups, settings):
+        group.update(own)
+    changed = [name for name in _OPTIMIZER_OPTIONS if name in old and old[name] != getattr(args, name)]
+    if changed and s.rank == 0:
+        diffs = ", ".join(f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed)
+        print(
+            f"{PROG}: note: resuming with {diffs}: the optimizer takes the new settings from update "
+            f"{ckpt['num_updates']} on (its moments are the checkpoint's)",
+            file=sys.stderr,
+        )
     start_epoch, num_updates = ckpt["epoch"] + 1, ckpt["num_updates"]
     if start_epoch >= args.epochs:
         raise UsageError(
             f"checkpoint {args.resume!r} is after epoch {start_epoch} and --epochs is {args.epochs}: nothing to "
             "train (pass a larger --epochs to extend the run)"
         )
-    old = ckpt.get("args", {})
     changed = [name for name in _SCHEDULE_OPTIONS if name in old and old[name] != getattr(args, name)]
     diffs = [f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed]
     # The schedule is counted in optimizer updates: other updates per epoch (another number of processes,

@@ -63,10 +63,30 @@ def run(out_path: str, name: str, schedule: str) -> None:
     dist.barrier()
 
 
+def batchnorm_stats(out_path: str) -> None:
+    """average_batchnorm_stats on per-rank statistics (rank r: mean r, var 1 + 2 r, 5 + r batches tracked)."""
+    from masksub_kernels.training.distributed import average_batchnorm_stats
+
+    rank = dist.get_rank()
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.BatchNorm2d(3))
+    bn = model[1]
+    bn.running_mean.fill_(rank)
+    bn.running_var.fill_(1 + 2 * rank)
+    bn.num_batches_tracked.fill_(5 + rank)
+    average_batchnorm_stats(model)
+    gathered = [torch.zeros(3) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, bn.running_mean)
+    if rank == 0:
+        torch.save({"mean": bn.running_mean, "var": bn.running_var, "tracked": bn.num_batches_tracked,
+                    "same": all(torch.equal(g, gathered[0]) for g in gathered)}, out_path)  # fmt: skip
+    dist.barrier()
+
+
 if __name__ == "__main__":
     dist.init_process_group("gloo")
     out_dir, configs = sys.argv[1], sys.argv[2:]
     for config in configs:
         name, schedule = config.split(":")
         run(os.path.join(out_dir, f"{name}-{schedule}.pt"), name, schedule)
+    batchnorm_stats(os.path.join(out_dir, "batchnorm.pt"))
     dist.destroy_process_group()

@@ -33,7 +33,20 @@ def ddp_results(tmp_path_factory) -> dict:
     ]  # fmt: skip
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return {(n, s): torch.load(out_dir / f"{n}-{s}.pt", weights_only=False) for n, s in CONFIGS}
+    results = {(n, s): torch.load(out_dir / f"{n}-{s}.pt", weights_only=False) for n, s in CONFIGS}
+    results["batchnorm"] = torch.load(out_dir / "batchnorm.pt", weights_only=False)
+    return results
+
+
+def test_batchnorm_statistics_are_averaged_over_the_ranks(ddp_results):
+    # what masksub-train does before validating under DDP: every rank the mean of the ranks' running statistics
+    got = ddp_results["batchnorm"]
+    assert (
+        got["same"]
+        and torch.equal(got["mean"], torch.full((3,), 0.5))
+        and torch.equal(got["var"], torch.full((3,), 2.0))
+    )
+    assert got["tracked"] == 5  # a count, left as it is
 
 
 def _single_process(name: str, schedule: str) -> dict:

@@ -254,6 +254,17 @@ def test_per_token_head_is_ft_clips(tmp_path):
     plain = _tiny_vit("vit_base_patch16_clip_quickgelu_224", num_classes=10, global_pool="avg", fc_norm=False)
     load_initial_checkpoint(plain, str(tmp_path / "clip.pt"))
     assert torch.equal(plain.norm.weight, src["norm.weight"])
+    # masksub-train checkpoints: a per-token run's norm (--fc-norm, or --model-kwargs fc_norm=False with an
+    # averaging pool) is that head's, loaded; another run's (a token-pool pre-training) is a final norm, not loaded
+    module = {f"model.{k}": v for k, v in plain.state_dict().items()}
+    runs = [({"fc_norm": "per-token"}, True), ({"model_kwargs": {"fc_norm": False}, "global_pool": "avg"}, True),
+            ({"fc_norm": None, "global_pool": "token"}, False)]  # fmt: skip
+    for run_args, loaded in runs:
+        torch.save({"module": module, "num_updates": 3, "args": run_args}, tmp_path / "run.pth")
+        model = _tiny_vit("vit_base_patch16_clip_quickgelu_224", num_classes=10, global_pool="avg", fc_norm=False)
+        report = load_initial_checkpoint(model, str(tmp_path / "run.pth"), fresh_norm=True)
+        assert torch.equal(model.norm.weight, src["norm.weight"] if loaded else torch.ones(32)), run_args
+        assert ("norm.weight" in report.reinitialised) != loaded, run_args
 
 
 def test_resume_with_ema_is_exact(tmp_path):
@@ -371,6 +382,21 @@ def test_clear_errors(tmp_path, capsys, extra, message):
         (["--model", "test_resnet", "--fc-norm", "per-token"], "--fc-norm is for timm's VisionTransformer models"),
         (["--model", "test_resnet", "--freeze-patch-embed"], "--freeze-patch-embed: ResNet has no patch_embed"),
         (["--model-kwargs", "img_size=32", *VIT, "fc_norm=True", "--fc-norm", "pooled"], "--fc-norm pooled and"),
+        (["--model-kwargs", "img_size=32", *VIT, "--fc-norm", "per-token"], "this model pools 'token': pass --global"),
+        (
+            [
+                "--model",
+                "vit_relpos_base_patch16_224",
+                "--model-kwargs",
+                "img_size=32",
+                *VIT,
+                "--global-pool",
+                "avg",
+                "--fc-norm",
+                "per-token",
+            ],
+            "--fc-norm is for timm's VisionTransformer models, not VisionTransformerRelPos",
+        ),
     ],
 )
 def test_head_option_errors(tmp_path, capsys, extra, message):

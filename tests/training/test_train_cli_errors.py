@@ -109,6 +109,34 @@ def test_bad_checkpoints(tmp_path, capsys):
     assert "is not a masksub-train checkpoint" in _error(
         tmp_path, capsys, *TINY_VIT, "--resume", str(tmp_path / "other.pth")
     )
+    # another optimizer's moments, another set of trained parameters: refused by name
+    err = _error(tmp_path, capsys, *TINY_VIT, "--epochs", "2", "--opt", "sgd", "--resume", last)
+    assert "was trained with --opt adamw: resume it with the same optimizer (got --opt sgd)" in err
+    assert main([*TINY_VIT, "--epochs", "2", "--freeze-patch-embed", "--resume", last, "--output", out]) == 2
+    err = capsys.readouterr().err  # after the freeze's own line
+    assert "error: checkpoint" in err and "was trained otherwise: --freeze-patch-embed False -> True" in err
+
+
+def test_resume_takes_the_command_lines_optimizer_settings(tmp_path, capsys):
+    # optimizer.load_state_dict restores the checkpoint's weight decay, betas, ...: the command line's go back on
+    from masksub_kernels.training.cli import build_parser
+    from masksub_kernels.training.run_setup import resume, setup
+
+    out = str(tmp_path / "run")
+    assert main([*TINY_VIT, *QUICK, "--epochs", "1", "--output", out]) == 0
+    argv = [*TINY_VIT, *QUICK, "--epochs", "2", "--output", out, "--resume", f"{out}/last.pth"]
+    args = build_parser().parse_args([*argv, "--weight-decay", "0.3", "--opt-betas", "0.8", "0.95"])
+    s = setup(args)
+    saved = [
+        g["exp_avg"].clone() for g in torch.load(f"{out}/last.pth", weights_only=False)["optimizer"]["state"].values()
+    ]
+    assert resume(args, s)[:2] == (1, 5)
+    assert sorted(g["weight_decay"] for g in s.optimizer.param_groups) == [0.0, 0.3]
+    assert all(g["betas"] == (0.8, 0.95) for g in s.optimizer.param_groups)
+    moments = [state["exp_avg"] for state in s.optimizer.state.values()]
+    assert len(moments) == len(saved) and all(torch.equal(a, b) for a, b in zip(moments, saved))  # kept
+    err = capsys.readouterr().err
+    assert "--weight-decay 0.05 -> 0.3, --opt-betas None -> [0.8, 0.95]: the optimizer takes the new" in err
 
 
 def test_resume_with_more_epochs_follows_the_new_schedule(tmp_path, capsys):
