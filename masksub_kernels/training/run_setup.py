@@ -110,6 +110,12 @@ def _distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
     if world > 1:
         import torch.distributed as dist
 
+        missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+        if missing:  # WORLD_SIZE set by hand: torch's env:// rendezvous would raise a traceback
+            raise UsageError(
+                f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the processes with torchrun "
+                "(torchrun --nproc_per_node N -m masksub_kernels.train ...), or unset WORLD_SIZE"
+            )
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return dist.get_rank(), world, device
     return 0, 1, device

@@ -92,6 +92,15 @@ def test_torchrun_with_more_processes_than_gpus(tmp_path, capsys, monkeypatch):
     assert "2 processes on this machine but 1 GPU(s)" in err and "--nproc_per_node=1" in err
 
 
+def test_world_size_without_torchrun(tmp_path, capsys, monkeypatch):
+    # WORLD_SIZE exported by hand, no rendezvous variables: a usage error, not torch's env:// traceback
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    err = _error(tmp_path, capsys, *TINY_VIT, "--epochs", "1", "--device", "cpu")
+    assert "WORLD_SIZE=2 but RANK, MASTER_ADDR, MASTER_PORT not set: start the processes with torchrun" in err
+
+
 def test_bad_checkpoints(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main([*TINY_VIT, *QUICK, "--epochs", "1", "--output", out]) == 0
