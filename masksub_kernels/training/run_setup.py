@@ -114,7 +114,7 @@ def _distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
         if missing:  # WORLD_SIZE set by hand: torch's env:// rendezvous would raise a traceback
             raise UsageError(
                 f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the processes with torchrun "
-                "(torchrun --nproc_per_node N -m masksub_kernels.train ...), or unset WORLD_SIZE"
+                "(torchrun --nproc_per_node N ...), or unset WORLD_SIZE"
             )
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return dist.get_rank(), world, device
