@@ -8,9 +8,10 @@
 #                            each other and the foreground steps run meanwhile: the budget counts the largest,
 #                            less those foreground caps)
 #   output FILE              declare a result file that a step writes itself (e.g. the benchmark's .json)
-#   finish                   the budget line; the exit code is that of the first step that failed on its own, else 3
-#                            where a step was stopped by its cap (its results so far are kept; summary.txt says
-#                            which), else 0. Not 124: the device tool reads 124 / 137 as the whole call timed out
+#   finish                   the budget line; the exit code is that of the first step that failed on its own (a
+#                            command's own 124 / 137 before its cap: 1 / 9), else 75 where a step was stopped by its
+#                            cap (its results so far are kept; summary.txt says which), else 0. Not 124: the device
+#                            tool reads 124 / 137 as the whole call timed out; not 1-5: pytest's own codes
 #
 # DRY_RUN=1 runs nothing: each function prints what it would do, then `finish` prints the budget (the caps of the
 # foreground steps plus what background steps add beyond them, 480 s at most) and the result files (8 at most); tests/test_gpu_scripts.py checks both.
@@ -43,7 +44,14 @@ _run() { # FILE CAP CMD...: the step itself (foreground or background)
   declare -F "$1" > /dev/null && command=(bash "$SCRIPT" __call "$@") # timeout runs programs, not functions
   timeout -k 10 "$((cap * CAP_SCALE))" "${command[@]}" >> "$OUT/$file" 2>&1
   rc=$?
-  [[ $rc == 124 || $rc == 137 ]] && echo "== stopped by its cap of $((cap * CAP_SCALE)) s" >> "$OUT/$file"
+  if [[ $rc == 124 || $rc == 137 ]]; then
+    if ((SECONDS - start >= cap * CAP_SCALE)); then
+      echo "== stopped by its cap of $((cap * CAP_SCALE)) s" >> "$OUT/$file"
+    else # the command's own 124 / 137 (an OOM kill, say) before the cap: a failure, not a cap
+      echo "== exited with $rc on its own, before its cap" >> "$OUT/$file"
+      rc=$((rc == 124 ? 1 : 9))
+    fi
+  fi
   printf '%-14s rc=%-3s %4s s (cap %s s x %s)  %s\n' "$file" "$rc" "$((SECONDS - start))" "$cap" "$CAP_SCALE" "$*" \
     >> "$OUT/summary.txt"
   echo "[$file] exit code $rc after $((SECONDS - start)) s"
@@ -104,7 +112,7 @@ finish() {
   [[ -n ${DRY_RUN:-} ]] && return 0
   echo "budget ${BUDGET} s (GPU caps; x ${CAP_SCALE} here); total $SECONDS s" >> "$OUT/summary.txt"
   cat "$OUT/summary.txt"
-  ((FAILED == 0 && CAPPED)) && return 3
+  ((FAILED == 0 && CAPPED)) && return 75
   return "$FAILED"
 }
 

@@ -207,10 +207,11 @@ def test_step_machinery_keeps_results_of_finished_steps(tmp_path):
     summary = (out / "summary.txt").read_text().splitlines()
     assert [line.split()[:2] for line in summary[:3]] == [["a.log", "rc=0"], ["b.log", "rc=124"], ["a.log", "rc=1"]]
     assert summary[3].startswith("budget 11 s")
-    # only stopped by a cap, in the foreground or the background: exit status 3 (124 would read as the whole call
-    # timed out), and 0 when every step ran to its end
-    for steps, status in (("step b.log 1 sleep 30\nstep a.log 5 true\n", 3), ("step_bg b.log 1 sleep 30\n", 3),
-                          ("step a.log 5 true\n", 0)):  # fmt: skip
+    # only stopped by a cap, in the foreground or the background: exit status 75 (124 would read as the whole call
+    # timed out), 0 when every step ran to its end; a command's own 124 before its cap is its failure (1)
+    for steps, status in (("step b.log 1 sleep 30\nstep a.log 5 true\n", 75), ("step_bg b.log 1 sleep 30\n", 75),
+                          ("step a.log 5 true\n", 0), ("step a.log 5 bash -c 'exit 124'\n", 1),
+                          ("step_bg a.log 5 bash -c 'exit 124'\n", 1)):  # fmt: skip
         script.write_text(f'source {ROOT}/benchmarks/gpu_lib.sh\nsetup_run "$@"\n{steps}wait_steps\nfinish\n')
         result = subprocess.run(["bash", str(script), str(out)], env=env, capture_output=True, text=True, timeout=60)
         assert result.returncode == status, (steps, result.stdout, result.stderr)

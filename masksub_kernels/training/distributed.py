@@ -36,9 +36,10 @@ def wrap_ddp(ms, **ddp_kwargs) -> DistributedDataParallel:
 
 def average_batchnorm_stats(module) -> None:
     """Average ``module``'s BatchNorm running statistics over the ranks, in place (timm's train.py ``--dist-bn
-    reduce``). DDP synchronises gradients, not buffers: each rank's running mean and variance follow its own
-    batches, so without this every rank would validate its shard with other statistics, and the logged metrics
-    would not be those of the model saved (rank 0's). Every rank calls it (a collective), between epochs."""
+    reduce``). DDP broadcasts rank 0's buffers before its forwards, but each forward then updates every rank's
+    statistics from its own batch: after the last one of an epoch each rank would validate its shard with slightly
+    other statistics, and the logged metrics would not be those of the model saved (rank 0's). Every rank calls it
+    (a collective), between epochs."""
     world = dist.get_world_size()
     for name, buffer in module.named_buffers():
         if name.endswith(("running_mean", "running_var")):

@@ -208,11 +208,27 @@ def _mean_std(args) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(cfg.mean), tuple(cfg.std)
 
 
-def _check_model_size(model: torch.nn.Module, img_size: int) -> None:
-    """A ViT / Swin built for another size fails deep in its patch embedding: say so up front."""
+def _fixed_size(model: torch.nn.Module) -> tuple | None:
+    """The image size a ViT / Swin is built for where it refuses others (strict), else None."""
     embed = getattr(model, "patch_embed", None)
     size = getattr(embed, "img_size", None)
-    if size is not None and getattr(embed, "strict_img_size", False) and tuple(size) != (img_size, img_size):
+    return tuple(size) if size is not None and getattr(embed, "strict_img_size", False) else None
+
+
+def _digits_default_size(args, model: torch.nn.Module, img_size: int) -> bool:
+    """Whether the model should be rebuilt at the digits' size: the digits (no --data-dir) at the default size (no
+    --img-size, no img_size model kwarg), and a model built for another fixed size (the default vit_tiny_patch16_224
+    is built for 224 px: the bare command would otherwise stop at _check_model_size)."""
+    if args.data_dir is not None or args.img_size is not None or "img_size" in args.model_kwargs:
+        return False
+    size = _fixed_size(model)
+    return size is not None and size != (img_size, img_size)
+
+
+def _check_model_size(model: torch.nn.Module, img_size: int) -> None:
+    """A ViT / Swin built for another size fails deep in its patch embedding: say so up front."""
+    size = _fixed_size(model)
+    if size is not None and size != (img_size, img_size):
         raise UsageError(
             f"the model is built for {tuple(size)} images but the data is {img_size} x {img_size}: pass "
             f"--model-kwargs img_size={img_size} (or --img-size {size[0]})"
@@ -367,6 +383,16 @@ def setup(args) -> Setup:
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
     model = _create_model(args, data.num_classes, in_chans)
+    if _digits_default_size(args, model, img_size):  # built at the digits' size, not the model's default
+        args.model_kwargs = {**args.model_kwargs, "img_size": img_size}  # saved with the run: --resume agrees
+        model = _create_model(args, data.num_classes, in_chans)
+        if rank == 0:
+            grid = "x".join(map(str, getattr(model.patch_embed, "grid_size", ())))
+            print(
+                f"{PROG}: note: the digits are {img_size} px: {args.model} built with img_size={img_size} (a "
+                f"{grid} patch grid; --model-kwargs img_size=... patch_size=... choose another)",
+                file=sys.stderr,
+            )
     _check_model_size(model, img_size)
     report = None
     if args.initial_checkpoint is not None:
@@ -463,8 +489,11 @@ def setup(args) -> Setup:
 # The options that shape the learning-rate schedule: a resumed run with other values gets a new schedule.
 _SCHEDULE_OPTIONS = ("epochs", "sched", "lr", "warmup_epochs", "warmup_lr", "min_lr", "batch_size", "grad_accum_steps")
 # The optimizer's settings: optimizer.load_state_dict restores the checkpoint's into the parameter groups, so the
-# command line's are put back after it (the moments stay the checkpoint's) and a note names the changed ones.
+# command line's are put back after it (the moments stay the checkpoint's) and a note names the changed ones. Only
+# the group keys these options set: others are the optimizer's own state (timm's Lookahead counts its steps in
+# its groups' lookahead_step).
 _OPTIMIZER_OPTIONS = ("weight_decay", "opt_eps", "opt_betas", "momentum", "layer_decay")
+_GROUP_SETTINGS = ("weight_decay", "eps", "betas", "momentum", "lr_scale")
 
 
 def _first_lines(message: str, count: int = 2, limit: int = 400) -> str:
@@ -493,7 +522,9 @@ def resume(args, s: Setup) -> tuple[int, int, list]:
     if not isinstance(ckpt, dict) or any(key not in ckpt for key in needed):
         raise UsageError(f"{args.resume!r} is not a {PROG} checkpoint (it lacks {', '.join(needed)})")
     old = ckpt.get("args", {})
-    built = [n for n in ("fc_norm", "freeze_patch_embed") if n in old and old[n] != getattr(args, n)]
+    # fc_norm None is the model's default, the same model as one of the two: the module's load decides then
+    built = [n for n in ("fc_norm", "freeze_patch_embed") if old.get(n) is not None and getattr(args, n) is not None]
+    built = [n for n in built if old[n] != getattr(args, n)]
     if built:
         diffs = ", ".join(f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in built)
         raise UsageError(f"checkpoint {args.resume!r} was trained otherwise: {diffs}; resume it with its options")
@@ -503,20 +534,27 @@ def resume(args, s: Setup) -> tuple[int, int, list]:
             f"(got --opt {args.opt}), or start a new run from its weights with --initial-checkpoint"
         )
     # the command line's settings of each parameter group (the learning rate is the scheduler's, below)
-    kept = ("params", "lr", "initial_lr")
-    settings = [{k: v for k, v in g.items() if k not in kept} for g in s.optimizer.param_groups]
+    settings = [{k: g[k] for k in _GROUP_SETTINGS if k in g} for g in s.optimizer.param_groups]
     try:
         load_eager_state_dict(s.trained, ckpt["module"])  # saved with or without --compile
-        s.optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         what = "--baseline " if args.baseline else ""
         raise UsageError(
             f"checkpoint {args.resume!r} does not fit this {what}model ({args.model} {args.model_kwargs}): resume "
-            f"with the options it was trained with (--model, --model-kwargs, --freeze-patch-embed, ...). "
-            f"{_first_lines(str(exc))}"
+            f"with the options it was trained with (--model, --model-kwargs, --fc-norm, ...). {_first_lines(str(exc))}"
+        ) from exc
+    try:
+        s.optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:  # the groups are made by the options below
+        raise UsageError(
+            f"checkpoint {args.resume!r}: its optimizer's parameter groups are not this run's: resume with its "
+            f"--layer-decay (or none), --weight-decay (0 or not) and --freeze-patch-embed. {_first_lines(str(exc))}"
         ) from exc
     for group, own in zip(s.optimizer.param_groups, settings):
+        old_scale = group.get("lr_scale", 1.0)
         group.update(own)
+        if old_scale:  # another --layer-decay: the restored lr (schedule x the old scale) at the new scale now
+            group["lr"] *= group.get("lr_scale", 1.0) / old_scale
     changed = [name for name in _OPTIMIZER_OPTIONS if name in old and old[name] != getattr(args, name)]
     if changed and s.rank == 0:
         diffs = ", ".join(f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed)

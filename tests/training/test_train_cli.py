@@ -189,6 +189,34 @@ def test_torchrun_two_processes(tmp_path, device):
     assert ckpt["num_updates"] == 1437 // 2 // 64
 
 
+def test_torchrun_validates_the_saved_model_with_batchnorm(tmp_path):
+    # Each rank's BatchNorm statistics follow its own last batches: they are averaged before validation, so the
+    # logged metrics (summed over the ranks' shards) are those of the saved model evaluated in one process
+    from masksub_kernels.training.checkpoint import load_eager_state_dict
+    from masksub_kernels.training.cli import build_parser
+    from masksub_kernels.training.data import val_loader
+    from masksub_kernels.training.engine import evaluate
+    from masksub_kernels.training.run_setup import check_args, setup
+
+    out = str(tmp_path / "bn")
+    flags = ["--model", "resnet10t", "--img-size", "32", "--cell-size", "16", "--epochs", "1", "--warmup-epochs",
+             "0", "--batch-size", "32", "--limit-batches", "3", "--no-progress", "--device", "cpu",
+             "--output", out]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "masksub_kernels.train", *flags]  # fmt: skip
+    result = subprocess.run(
+        cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = json.load(open(os.path.join(out, "log.json")))["epochs"][-1]
+    args = build_parser().parse_args(flags)
+    check_args(args)
+    s = setup(args)
+    load_eager_state_dict(s.trained, torch.load(os.path.join(out, "last.pth"), weights_only=False)["module"])
+    metrics = evaluate(s.model, val_loader(s.data.val, 32, 0, 1, 0, False), device=torch.device("cpu"))
+    assert metrics["val_loss"] == pytest.approx(logged["val_loss"], rel=2e-6)  # the sums' order only
+
+
 def _console_script(name: str) -> list[str]:
     """The installed console script, or, where the package is only on PYTHONPATH (the GPU run), what pip's
     wrapper would run: pyproject.toml's entry point for it, imported and called."""

@@ -92,6 +92,19 @@ def test_torchrun_with_more_processes_than_gpus(tmp_path, capsys, monkeypatch):
     assert "2 processes on this machine but 1 GPU(s)" in err and "--nproc_per_node=1" in err
 
 
+def test_the_bare_command_trains_on_the_digits(tmp_path, capsys):
+    # the default model (vit_tiny_patch16_224, built for 224 px) is built at the digits' 32 px; an explicit size that
+    # the model does not fit stays an error
+    out = str(tmp_path / "bare")
+    assert main(["--epochs", "1", "--limit-batches", "1", "--batch-size", "16", "--no-progress", "--output", out]) == 0
+    assert (
+        "the digits are 32 px: vit_tiny_patch16_224 built with img_size=32 (a 2x2 patch grid" in capsys.readouterr().err
+    )
+    assert torch.load(f"{out}/last.pth", weights_only=False)["args"]["model_kwargs"] == {"img_size": 32}
+    err = _error(tmp_path, capsys, "--epochs", "1", "--img-size", "48")
+    assert "the model is built for (224, 224) images but the data is 48 x 48: pass --model-kwargs img_size=48" in err
+
+
 def test_world_size_without_torchrun(tmp_path, capsys, monkeypatch):
     # WORLD_SIZE exported by hand, no rendezvous variables: a usage error, not torch's env:// traceback
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -146,6 +159,24 @@ def test_resume_takes_the_command_lines_optimizer_settings(tmp_path, capsys):
     assert len(moments) == len(saved) and all(torch.equal(a, b) for a, b in zip(moments, saved))  # kept
     err = capsys.readouterr().err
     assert "--weight-decay 0.05 -> 0.3, --opt-betas None -> [0.8, 0.95]: the optimizer takes the new" in err
+    # another --layer-decay: lr_scale and the restored lr at the new scale; Lookahead's own step count kept
+    layered = str(tmp_path / "layered")
+    flags = [*TINY_VIT, *QUICK, "--opt", "lookahead_adamw", "--layer-decay", "0.75", "--output", layered]
+    assert main([*flags, "--epochs", "2", "--keep-epoch-checkpoints"]) == 0  # resumed with its schedule
+    saved = torch.load(f"{layered}/epoch-1.pth", weights_only=False)["optimizer"]["param_groups"]
+    args = build_parser().parse_args(
+        [*flags, "--epochs", "2", "--resume", f"{layered}/epoch-1.pth", "--layer-decay", "0.5"]
+    )
+    s = setup(args)
+    resume(args, s)
+    assert (
+        [g["lookahead_step"] for g in s.optimizer.param_groups]
+        == [g["lookahead_step"] for g in saved]
+        != [0] * len(saved)
+    )
+    for group, old in zip(s.optimizer.param_groups, saved):
+        assert group["lr"] / group["lr_scale"] == pytest.approx(old["lr"] / old["lr_scale"])  # the same schedule value
+    assert sorted({g["lr_scale"] for g in s.optimizer.param_groups}) == [0.25, 0.5, 1.0]  # depth 1: 3 layer ids
 
 
 def test_resume_with_more_epochs_follows_the_new_schedule(tmp_path, capsys):
