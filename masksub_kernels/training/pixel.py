@@ -15,12 +15,18 @@ __all__ = ["is_convolutional", "pixel_sub_logits"]
 
 
 def is_convolutional(model: nn.Module) -> bool:
-    """True when the model has 2-D convolutions and no attention module (a CNN: pixel masking is its recipe)."""
-    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    has_attention = any(
-        isinstance(m, nn.MultiheadAttention) or "attention" in type(m).__name__.lower() for m in model.modules()
+    """True for a CNN, whose recipe pixel masking is: a 2-D convolution that mixes neighbouring pixels (a kernel
+    wider than 1 at stride 1: a ResNet's 3x3, a ConvNeXt's depthwise 7x7), and no attention or recurrent module.
+    A patchifying convolution alone (kernel = stride: MLP-Mixer, ResMLP, gMLP, CaiT's patch embedding) or pooling
+    as the token mixer (PoolFormer) does not make a CNN, nor does a convolutional stem under attention (BotNet,
+    HaloNet, LambdaNet: modules named *Attn*, *Attention*, *Lambda*)."""
+    mixing = any(isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1 and max(m.stride) == 1 for m in model.modules())
+    names = ("attention", "attn", "lambda")
+    other = any(
+        isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) or any(n in type(m).__name__.lower() for n in names)
+        for m in model.modules()
     )
-    return has_conv and not has_attention
+    return mixing and not other
 
 
 def pixel_sub_logits(

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import torch
+import torch.distributed as dist
 
 from .._philox import new_seed
 
@@ -132,6 +133,12 @@ def train_step(
         target = images["labels"]
     autocast = autocast or contextlib.nullcontext
     ddp = ms._ddp
+    if ddp is None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # DistributedDataParallel(ms) made by hand is not routed through here: no gradient would be all-reduced
+        raise RuntimeError(
+            "train_step under a process group of several ranks needs ms.wrap_ddp(...) (one all-reduce per optimizer "
+            "step); a DistributedDataParallel built around the wrapper by hand is not used by train_step"
+        )
     runner = ddp if ddp is not None else ms
     no_sync = ddp.no_sync if ddp is not None else contextlib.nullcontext
     closing = (ms._micro_step + 1) % accum_steps == 0

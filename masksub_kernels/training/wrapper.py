@@ -130,6 +130,11 @@ class MaskSub(nn.Module):
         self.model = model
         inner = unwrap_model(model)
         self.family = resolve_family(inner, family)
+        if self.family != "mlm" and getattr(inner, "num_classes", None) == 0:  # timm's num_classes=0: no head
+            raise ValueError(
+                f"{type(inner).__name__} has no classifier (timm num_classes=0): its outputs are features, not the "
+                "logits MaskSub's losses need; build it with num_classes=C (or model.reset_classifier(C))"
+            )
         if variant != "mask" and self.family != "vit":
             raise ValueError(
                 f"variant={variant!r} (DropSub / PathSub) is defined for ViTs; this model is {self.family}"

@@ -160,6 +160,46 @@ def test_unsupported_model_gets_pixel_fallback_with_one_warning():
     torch.testing.assert_close(out["loss_sub"], reference_loss(out["logits"], sub, target)[2].float())
 
 
+def test_only_cnns_count_as_convolutional():
+    # the pixel-grid sub-branch is a CNN's recipe; other models get it with the warning (helper-94's probe: a
+    # patchifying conv, an attention block named *Attn, an LSTM made MLP-Mixer, CaiT, HaloNet, Sequencer "CNNs")
+    import timm
+
+    from masksub_kernels.training.pixel import is_convolutional
+
+    class HaloAttn(torch.nn.Identity):
+        pass
+
+    conv3 = torch.nn.Conv2d(3, 8, 3, padding=1)
+    assert is_convolutional(torch.nn.Sequential(conv3, torch.nn.ReLU()))
+    assert not is_convolutional(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.Flatten()))
+    assert not is_convolutional(torch.nn.Sequential(conv3, HaloAttn()))
+    assert not is_convolutional(torch.nn.Sequential(conv3, torch.nn.LSTM(8, 8)))
+    mixer = timm.create_model("mixer_s16_224", img_size=32, num_classes=10)  # 8 blocks of width 512: ~1 s
+    with pytest.warns(UserWarning, match="pixel-grid fallback"):
+        MaskSub(mixer)
+
+
+def test_a_model_without_classifier_is_refused():
+    import timm
+
+    with pytest.raises(ValueError, match=r"has no classifier \(timm num_classes=0\)"):
+        MaskSub(timm.create_model("resnet10t", num_classes=0))
+
+
+def test_train_step_refuses_a_process_group_without_wrap_ddp(monkeypatch):
+    # DistributedDataParallel(ms) built by hand is not what train_step runs: each rank would step alone
+    import torch.distributed as dist
+
+    ms = MaskSub(tiny_vit()).train()
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.1)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    images, target = batch("vit")
+    with pytest.raises(RuntimeError, match=r"needs ms.wrap_ddp\(...\)"):
+        ms.train_step(images, target, optimizer)
+
+
 def test_configuration_errors_are_clear():
     with pytest.raises(ValueError, match="loss must be one of"):
         MaskSub(tiny_vit(), loss="mse")
