@@ -14,19 +14,28 @@ from torch import nn
 __all__ = ["is_convolutional", "pixel_sub_logits"]
 
 
+# timm's channel / spatial gates inside CNNs (ResNeSt's split attention, SKNet, CBAM): not token mixers
+_CNN_GATES = ("splitattn", "selectivekernelattn", "channelattn", "spatialattn", "lightchannelattn", "lightspatialattn")
+
+
+def _mixes_tokens(module: nn.Module) -> bool:
+    """An attention (or recurrent) module that mixes positions: nn.MultiheadAttention, an RNN, a timm class named
+    *Attention*, *Attn* (but a CNN's gates, _CNN_GATES) or *Lambda* (LambdaNet's layer)."""
+    if isinstance(module, (nn.MultiheadAttention, nn.RNNBase)):
+        return True
+    name = type(module).__name__.lower()
+    return "attention" in name or "lambda" in name or (name.endswith("attn") and name not in _CNN_GATES)
+
+
 def is_convolutional(model: nn.Module) -> bool:
     """True for a CNN, whose recipe pixel masking is: a 2-D convolution that mixes neighbouring pixels (a kernel
-    wider than 1 at stride 1: a ResNet's 3x3, a ConvNeXt's depthwise 7x7), and no attention or recurrent module.
-    A patchifying convolution alone (kernel = stride: MLP-Mixer, ResMLP, gMLP, CaiT's patch embedding) or pooling
-    as the token mixer (PoolFormer) does not make a CNN, nor does a convolutional stem under attention (BotNet,
-    HaloNet, LambdaNet: modules named *Attn*, *Attention*, *Lambda*)."""
+    wider than 1 at stride 1: a ResNet's 3x3, a ConvNeXt's depthwise 7x7), and no module that mixes positions by
+    attention or recurrence (_mixes_tokens). A patchifying convolution alone (kernel = stride: MLP-Mixer, ResMLP,
+    gMLP, CaiT's patch embedding) or pooling as the token mixer (PoolFormer) does not make a CNN, nor does a
+    convolutional stem under attention (BotNet, HaloNet, LambdaNet); channel gates (SE, ECA, CBAM, ResNeSt's split
+    attention, SKNet) leave a CNN one."""
     mixing = any(isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1 and max(m.stride) == 1 for m in model.modules())
-    names = ("attention", "attn", "lambda")
-    other = any(
-        isinstance(m, (nn.MultiheadAttention, nn.RNNBase)) or any(n in type(m).__name__.lower() for n in names)
-        for m in model.modules()
-    )
-    return mixing and not other
+    return mixing and not any(_mixes_tokens(m) for m in model.modules())
 
 
 def pixel_sub_logits(

@@ -170,10 +170,14 @@ def test_only_cnns_count_as_convolutional():
     class HaloAttn(torch.nn.Identity):
         pass
 
+    class SplitAttn(torch.nn.Identity):  # ResNeSt's channel gate: a CNN still
+        pass
+
     conv3 = torch.nn.Conv2d(3, 8, 3, padding=1)
     assert is_convolutional(torch.nn.Sequential(conv3, torch.nn.ReLU()))
     assert not is_convolutional(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.Flatten()))
     assert not is_convolutional(torch.nn.Sequential(conv3, HaloAttn()))
+    assert is_convolutional(torch.nn.Sequential(conv3, SplitAttn()))
     assert not is_convolutional(torch.nn.Sequential(conv3, torch.nn.LSTM(8, 8)))
     mixer = timm.create_model("mixer_s16_224", img_size=32, num_classes=10)  # 8 blocks of width 512: ~1 s
     with pytest.warns(UserWarning, match="pixel-grid fallback"):
