@@ -16,15 +16,20 @@ __all__ = ["is_convolutional", "pixel_sub_logits"]
 
 # timm's channel / spatial gates inside CNNs (ResNeSt's split attention, SKNet, CBAM): not token mixers
 _CNN_GATES = ("splitattn", "selectivekernelattn", "channelattn", "spatialattn", "lightchannelattn", "lightspatialattn")
+# timm's token mixers whose names say neither: EfficientViT-MIT's linear attention, SHViT's and iFormer's
+# single-head attention, EfficientViM's state-space mixer
+_OTHER_MIXERS = ("litemla", "shsa", "shma", "hsmssd")
 
 
 def _mixes_tokens(module: nn.Module) -> bool:
-    """An attention (or recurrent) module that mixes positions: nn.MultiheadAttention, an RNN, a timm class named
-    *Attention*, *Attn* (but a CNN's gates, _CNN_GATES) or *Lambda* (LambdaNet's layer)."""
+    """An attention, recurrent or state-space module that mixes positions: nn.MultiheadAttention, an RNN, a timm
+    class named *Attn* / *Attention* (but a CNN's gates, _CNN_GATES), *Lambda* (LambdaNet), *Mamba*, or one of
+    _OTHER_MIXERS."""
     if isinstance(module, (nn.MultiheadAttention, nn.RNNBase)):
         return True
     name = type(module).__name__.lower()
-    return "attention" in name or "lambda" in name or (name.endswith("attn") and name not in _CNN_GATES)
+    named = any(part in name for part in ("attn", "attention", "lambda", "mamba"))
+    return (named and name not in _CNN_GATES) or name in _OTHER_MIXERS
 
 
 def is_convolutional(model: nn.Module) -> bool:

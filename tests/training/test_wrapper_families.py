@@ -179,6 +179,12 @@ def test_only_cnns_count_as_convolutional():
     assert not is_convolutional(torch.nn.Sequential(conv3, HaloAttn()))
     assert is_convolutional(torch.nn.Sequential(conv3, SplitAttn()))
     assert not is_convolutional(torch.nn.Sequential(conv3, torch.nn.LSTM(8, 8)))
+    # real timm models, built on the meta device (no memory): CNNs with channel gates stay CNNs; transformers whose
+    # attention is named otherwise (CoaT's FactorAttn..., EfficientViT's LiteMLA, SHViT's SHSA) are not
+    for name, cnn in (("resnest14d", True), ("skresnet18", True), ("convnext_atto", True), ("coat_lite_tiny", False),
+                      ("efficientvit_b0", False), ("shvit_s1", False), ("botnet26t_256", False)):  # fmt: skip
+        with torch.device("meta"):
+            assert is_convolutional(timm.create_model(name)) == cnn, name
     mixer = timm.create_model("mixer_s16_224", img_size=32, num_classes=10)  # 8 blocks of width 512: ~1 s
     with pytest.warns(UserWarning, match="pixel-grid fallback"):
         MaskSub(mixer)
