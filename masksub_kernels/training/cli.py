@@ -29,7 +29,8 @@ import time
 
 import torch
 
-from .run_setup import PROG, HelpWithDefaults, Setup, UsageError, parse_kwargs, resume, setup
+from .resume import resume
+from .run_setup import PROG, HelpWithDefaults, Setup, UsageError, parse_kwargs, setup
 
 __all__ = ["PROG", "UsageError", "build_parser", "main", "parse_kwargs"]
 

@@ -142,7 +142,8 @@ def test_bad_checkpoints(tmp_path, capsys):
 def test_resume_takes_the_command_lines_optimizer_settings(tmp_path, capsys):
     # optimizer.load_state_dict restores the checkpoint's weight decay, betas, ...: the command line's go back on
     from masksub_kernels.training.cli import build_parser
-    from masksub_kernels.training.run_setup import resume, setup
+    from masksub_kernels.training.resume import resume
+    from masksub_kernels.training.run_setup import setup
 
     out = str(tmp_path / "run")
     assert main([*TINY_VIT, *QUICK, "--epochs", "1", "--output", out]) == 0
@@ -303,7 +304,8 @@ def test_checkpoints_hold_eager_names_and_load_with_or_without_compile():
 def test_a_compiled_run_saves_eager_names_and_resumes_either_way(tmp_path, baseline):
     # the command's own save and resume (no forward pass: torch.compile is lazy, nothing is compiled here)
     from masksub_kernels.training.cli import _save, build_parser
-    from masksub_kernels.training.run_setup import resume, setup
+    from masksub_kernels.training.resume import resume
+    from masksub_kernels.training.run_setup import setup
 
     flags = [*TINY_VIT, *QUICK, "--epochs", "2", "--output", str(tmp_path), *(["--baseline"] if baseline else [])]
     args = build_parser().parse_args([*flags, "--compile"])

@@ -1,0 +1,123 @@
+"""``--resume``: a masksub-train checkpoint loaded into the set-up run (run_setup.Setup), what changed since it was
+saved checked (the schedule, the optimizer's settings, the options that build the model and its parameter groups)."""
+
+from __future__ import annotations
+
+import sys
+
+from .run_setup import PROG, Setup, UsageError
+
+__all__ = ["resume"]
+
+
+# The options that shape the learning-rate schedule: a resumed run with other values gets a new schedule.
+_SCHEDULE_OPTIONS = ("epochs", "sched", "lr", "warmup_epochs", "warmup_lr", "min_lr", "batch_size", "grad_accum_steps")
+# The optimizer's settings: optimizer.load_state_dict restores the checkpoint's into the parameter groups, so the
+# command line's are put back after it (the moments stay the checkpoint's) and a note names the changed ones. Only
+# the group keys these options set: others are the optimizer's own state (timm's Lookahead counts its steps in
+# its groups' lookahead_step).
+_OPTIMIZER_OPTIONS = ("weight_decay", "opt_eps", "opt_betas", "momentum", "layer_decay")
+_GROUP_SETTINGS = ("weight_decay", "eps", "betas", "momentum", "lr_scale")
+
+
+def _first_lines(message: str, count: int = 2, limit: int = 400) -> str:
+    """The first ``count`` non-empty lines of an error message, on one line, at most ``limit`` characters (torch's
+    load_state_dict error: a header, then the missing and unexpected keys)."""
+    text = " ".join([line.strip() for line in message.splitlines() if line.strip()][:count])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def resume(args, s: Setup) -> tuple[int, int, list]:
+    """Load --resume into the set-up run; returns (first epoch to train, optimizer updates so far, log rows).
+
+    Same schedule options as the checkpoint's run: the scheduler's state is restored and the run continues exactly.
+    Other ones (e.g. a larger --epochs to extend a run): the new schedule is followed from the current update on, as
+    timm's train.py does, and a note says so -- restoring the old state would silently keep the old schedule (timm
+    schedulers save their length in their state)."""
+    from .checkpoint import load_checkpoint, load_eager_state_dict
+
+    try:
+        ckpt = load_checkpoint(args.resume)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    except Exception as exc:  # a truncated file, or not a torch file at all
+        raise UsageError(f"cannot read checkpoint {args.resume!r}: {exc}") from exc
+    needed = ("module", "optimizer", "scheduler", "epoch", "num_updates", "log")
+    if not isinstance(ckpt, dict) or any(key not in ckpt for key in needed):
+        raise UsageError(f"{args.resume!r} is not a {PROG} checkpoint (it lacks {', '.join(needed)})")
+    old = ckpt.get("args", {})
+    # fc_norm None is the model's default, the same model as one of the two: the module's load decides then
+    built = [n for n in ("fc_norm", "freeze_patch_embed") if old.get(n) is not None and getattr(args, n) is not None]
+    built = [n for n in built if old[n] != getattr(args, n)]
+    if built:
+        diffs = ", ".join(f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in built)
+        raise UsageError(f"checkpoint {args.resume!r} was trained otherwise: {diffs}; resume it with its options")
+    if "opt" in old and str(old["opt"]).lower() != args.opt.lower():  # its moments are another optimizer's
+        raise UsageError(
+            f"checkpoint {args.resume!r} was trained with --opt {old['opt']}: resume it with the same optimizer "
+            f"(got --opt {args.opt}), or start a new run from its weights with --initial-checkpoint"
+        )
+    # the command line's settings of each parameter group (the learning rate is the scheduler's, below)
+    settings = [{k: g[k] for k in _GROUP_SETTINGS if k in g} for g in s.optimizer.param_groups]
+    try:
+        load_eager_state_dict(s.trained, ckpt["module"])  # saved with or without --compile
+    except (RuntimeError, ValueError, KeyError) as exc:
+        what = "--baseline " if args.baseline else ""
+        raise UsageError(
+            f"checkpoint {args.resume!r} does not fit this {what}model ({args.model} {args.model_kwargs}): resume "
+            f"with the options it was trained with (--model, --model-kwargs, --fc-norm, ...). {_first_lines(str(exc))}"
+        ) from exc
+    try:
+        s.optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:  # the groups are made by the options below
+        raise UsageError(
+            f"checkpoint {args.resume!r}: its optimizer's parameter groups are not this run's: resume with its "
+            f"--layer-decay (or none), --weight-decay (0 or not) and --freeze-patch-embed. {_first_lines(str(exc))}"
+        ) from exc
+    for group, own in zip(s.optimizer.param_groups, settings):
+        old_scale = group.get("lr_scale", 1.0)
+        group.update(own)
+        if old_scale:  # another --layer-decay: the restored lr (schedule x the old scale) at the new scale now
+            group["lr"] *= group.get("lr_scale", 1.0) / old_scale
+    changed = [name for name in _OPTIMIZER_OPTIONS if name in old and old[name] != getattr(args, name)]
+    if changed and s.rank == 0:
+        diffs = ", ".join(f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed)
+        print(
+            f"{PROG}: note: resuming with {diffs}: the optimizer takes the new settings from update "
+            f"{ckpt['num_updates']} on (its moments are the checkpoint's)",
+            file=sys.stderr,
+        )
+    start_epoch, num_updates = ckpt["epoch"] + 1, ckpt["num_updates"]
+    if start_epoch >= args.epochs:
+        raise UsageError(
+            f"checkpoint {args.resume!r} is after epoch {start_epoch} and --epochs is {args.epochs}: nothing to "
+            "train (pass a larger --epochs to extend the run)"
+        )
+    changed = [name for name in _SCHEDULE_OPTIONS if name in old and old[name] != getattr(args, name)]
+    diffs = [f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed]
+    # The schedule is counted in optimizer updates: other updates per epoch (another number of processes,
+    # --limit-batches, --aug-repeats) make another schedule even with the same options.
+    updates_per_epoch = s.batches // args.grad_accum_steps
+    old_updates = ckpt.get("updates_per_epoch")
+    if old_updates is not None and old_updates != updates_per_epoch:
+        diffs.append(
+            f"updates per epoch {old_updates} -> {updates_per_epoch} (processes, --limit-batches, --aug-repeats)"
+        )
+    if not diffs:
+        s.scheduler.load_state_dict(ckpt["scheduler"])
+    else:
+        s.scheduler.step_update(num_updates=num_updates)  # the new schedule's value at this update
+        if s.rank == 0:
+            diffs = ", ".join(diffs)
+            print(
+                f"{PROG}: note: resuming with {diffs}: the learning rate follows the new schedule from update "
+                f"{num_updates} on (the updates so far followed the old one)",
+                file=sys.stderr,
+            )
+    if s.scaler is not None and ckpt.get("scaler"):
+        s.scaler.load_state_dict(ckpt["scaler"])
+    if s.ema is not None:
+        if ckpt.get("ema") is None:
+            raise UsageError(f"checkpoint {args.resume!r} has no EMA weights: resume it without --model-ema")
+        s.ema.module.load_state_dict(ckpt["ema"])
+    return start_epoch, num_updates, ckpt["log"]
