@@ -2,7 +2,7 @@
 PathSub, the sequential and joint training-step schedules, and DistributedDataParallel with one all-reduce per
 step. ``masksub_kernels.train`` is the training command built on it."""
 
-from .distributed import unwrap_ddp, wrap_ddp
+from .distributed import close_process_group, unwrap_ddp, wrap_ddp
 from .families import FAMILIES, check_input_size, resolve_family
 from .schedules import SCHEDULES, optimizer_step, train_step
 from .variants import sub_drop_path, sub_dropout
@@ -15,6 +15,7 @@ __all__ = [
     "VARIANTS",
     "MaskSub",
     "check_input_size",
+    "close_process_group",
     "optimizer_step",
     "resolve_family",
     "sub_drop_path",

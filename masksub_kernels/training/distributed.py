@@ -28,7 +28,13 @@ __all__ = ["average_batchnorm_stats", "close_process_group", "unwrap_ddp", "wrap
 
 def wrap_ddp(ms, **ddp_kwargs) -> DistributedDataParallel:
     """``DistributedDataParallel(ms, **ddp_kwargs)``, remembered by ``ms`` so that ``ms.train_step`` routes its
-    forwards through it. The process group must be initialised and ``ms`` on its device."""
+    forwards through it. The process group must be initialised and ``ms`` on its device. Once per wrapper (until
+    close_process_group): a second DDP module would register its own gradient hooks on the same parameters."""
+    if getattr(ms, "_ddp", None) is not None:
+        raise RuntimeError(
+            "this MaskSub is already wrapped by wrap_ddp (a second DistributedDataParallel would all-reduce every "
+            "gradient twice): keep the module the first call returned"
+        )
     ddp = DistributedDataParallel(ms, **ddp_kwargs)
     object.__setattr__(ms, "_ddp", ddp)  # not a submodule: ms would otherwise contain itself
     return ddp

@@ -196,9 +196,10 @@ def _describe(x: Any) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def check_batch(batch: Any, need_labels: bool) -> None:
+def check_batch(batch: Any, need_labels: bool, parts: MLMParts | None = None) -> None:
     """A batch is a mapping with ``input_ids`` int [B, L] and (for training) ``labels`` int [B, L]; the optional
-    ``attention_mask``, ``token_type_ids``, ``special_tokens_mask`` are [B, L] on the same device."""
+    ``attention_mask``, ``token_type_ids``, ``special_tokens_mask`` are [B, L] on the same device; with ``parts``,
+    L within the model's absolute position embeddings."""
     if not hasattr(batch, "keys") or "input_ids" not in batch:
         raise TypeError(
             "the mlm family takes a batch mapping with 'input_ids' (and 'labels', optionally 'attention_mask', "
@@ -222,6 +223,21 @@ def check_batch(batch: Any, need_labels: bool) -> None:
     for name in ("labels", "attention_mask", "token_type_ids", "special_tokens_mask"):
         if batch.get(name) is not None:
             _check_like_ids(f"batch[{name!r}]", batch[name], input_ids)
+    longest = None if parts is None else max_length(parts)
+    if longest is not None and input_ids.shape[1] > longest:
+        raise ValueError(
+            f"sequences of {input_ids.shape[1]} tokens are longer than the model's {longest} positions "
+            "(max_position_embeddings): cut them (e.g. --seq-len) or use a model with more positions"
+        )
+
+
+def max_length(parts: MLMParts) -> int | None:
+    """The longest sequence the encoder's absolute position embeddings cover (RoBERTa's positions start at
+    padding_idx + 1), or None where it has none (relative or rotary positions)."""
+    table = getattr(getattr(parts.encoder, "embeddings", None), "position_embeddings", None)
+    if not isinstance(table, nn.Embedding):
+        return None
+    return table.num_embeddings - (0 if parts.padding_idx is None else parts.padding_idx + 1)
 
 
 def _positions(parts: MLMParts, input_ids: torch.Tensor) -> torch.Tensor:

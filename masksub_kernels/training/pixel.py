@@ -50,5 +50,9 @@ def pixel_sub_logits(
     (H/S, W/S), Kc, seed=s)``; the masked images keep the input's layout (channels_last stays channels_last)."""
     import masksub_kernels as mk
 
+    from .families import check_input_size
+
+    if images.dim() == 4:  # images too small for the cells get the size advice, not the op's talk of tokens
+        check_input_size("pixel", model, (images.shape[-2], images.shape[-1]), cell_size, mask_ratio)
     masked, _ = mk.mask_image_grid(images.detach(), mask_ratio, cell_size=cell_size, seed=seed)
     return model(masked)

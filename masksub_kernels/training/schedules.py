@@ -71,7 +71,14 @@ def check_optimizer_params(module: torch.nn.Module, optimizer: torch.optim.Optim
 
 def _check_optimizer(ms, optimizer: torch.optim.Optimizer) -> None:
     """The optimizer must hold the wrapper's parameters, the Swin mask token included (it lives on the wrapper: an
-    optimizer built from the bare model would never train it). Checked once per optimizer."""
+    optimizer built from the bare model would never train it). Checked once per optimizer; that it has something
+    to train, on every call (a model may be frozen or unfrozen between steps; any() stops at the first trainable
+    parameter)."""
+    if not any(p.requires_grad for group in optimizer.param_groups for p in group["params"]):
+        raise ValueError(
+            "no parameter of the optimizer requires grad (the model is frozen: requires_grad=False everywhere): "
+            "nothing to train; unfreeze what should learn (e.g. the head) before train_step"
+        )
     if id(optimizer) in ms._checked_optimizers:
         return
     check_optimizer_params(ms, optimizer)
@@ -128,9 +135,11 @@ def train_step(
     if ms.family == "mlm":  # images is the batch mapping; its labels are the target (the sub-branch reads them)
         from . import mlm
 
-        mlm.check_batch(images, need_labels=True)
+        mlm.check_batch(images, need_labels=True, parts=ms._mlm)
         ms._check_mlm_target(images, target)
         target = images["labels"]
+    else:
+        ms._check_images(images)
     autocast = autocast or contextlib.nullcontext
     ddp = ms._ddp
     if ddp is None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

@@ -19,6 +19,8 @@ Two schedules give the same gradients (dropout and drop-path aside, whose random
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -337,6 +339,7 @@ class MaskSub(nn.Module):
             raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
         if self._mlm is not None:
             return self._mlm_forward(images, target, seed, branch)
+        self._check_images(images)
         if branch == "main":
             return self.model(images)
         if branch == "sub":
@@ -354,6 +357,17 @@ class MaskSub(nn.Module):
         loss, loss_main, loss_sub = self.loss(main_logits, sub_logits, target)
         return {"loss": loss, "loss_main": loss_main, "loss_sub": loss_sub, "logits": main_logits}
 
+    def _check_images(self, images) -> None:
+        """The image families take a tensor of images (a mapping is a Hugging Face batch: the mlm family's)."""
+        if not isinstance(images, torch.Tensor):
+            hint = " (a batch mapping is for a Hugging Face masked-LM model: family 'mlm')" * isinstance(
+                images, Mapping
+            )
+            raise TypeError(
+                f"this MaskSub wraps a {self.family} model, which takes images as a tensor [B, C, H, W]; got "
+                f"{type(images).__name__}{hint}"
+            )
+
     @staticmethod
     def _check_mlm_target(batch, target) -> None:
         """The mlm family's sub-branch keeps the positions ``batch['labels']`` predicts: a target other than that
@@ -368,7 +382,7 @@ class MaskSub(nn.Module):
         ('logits' holds the main head inputs [B, L, D]). The labels are ``batch['labels']``: the sub-branch reads
         them to keep the predicted tokens, so ``target`` must be None or that very tensor. In eval mode: {'loss',
         'loss_main', 'correct', 'count'}: the held-out MLM loss, correct predictions and predicted tokens."""
-        mlm.check_batch(batch, need_labels=self.training and branch != "main")
+        mlm.check_batch(batch, need_labels=self.training and branch != "main", parts=self._mlm)
         self._check_mlm_target(batch, target)
         if branch == "main":
             return mlm.main_hidden(self._mlm, batch)

@@ -81,7 +81,7 @@ def test_ddp_matches_single_process_with_one_allreduce_per_step(ddp_results, nam
             torch.testing.assert_close(got[key][n], want[key][n], rtol=1e-9, atol=1e-11, msg=f"{key} {n}")
 
 
-def test_close_process_group_frees_the_ddp_module(tmp_path):
+def test_close_process_group_frees_the_ddp_module_and_wrap_ddp_is_once(tmp_path):
     # One process (gloo, a file store): the end of a torchrun job forgets MaskSub's DDP module and collects it before
     # destroying the group, so the group's last reference (the reducer's) does not outlive the call
     import weakref
@@ -95,6 +95,8 @@ def test_close_process_group_frees_the_ddp_module(tmp_path):
         ms = MaskSub(tiny_vit())
         ddp = weakref.ref(ms.wrap_ddp())
         assert ddp() is not None
+        with pytest.raises(RuntimeError, match="already wrapped by wrap_ddp"):  # two reducers on the same grads
+            ms.wrap_ddp()
         close_process_group(ms)
         assert ddp() is None and not dist.is_initialized()
     finally:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import masksub_kernels as mk
 from masksub_kernels.training import MaskSub
+from masksub_kernels.training import mlm as mk_mlm
 from masksub_kernels.training.mlm import IGNORE_INDEX, mlm_corrupt
 
 transformers = pytest.importorskip("transformers")
@@ -168,6 +169,20 @@ def test_refuses_bad_batches():
     by_none = ms.train_step(batch, None, optimizer, seed=1)
     by_labels = ms.train_step(batch, batch["labels"], optimizer, seed=1)
     torch.testing.assert_close(by_none["loss"], by_labels["loss"])
+
+
+@pytest.mark.parametrize("build, longest", [(tiny_bert, 32), (tiny_roberta, 40 - 2)])
+def test_sequences_longer_than_the_position_embeddings_are_refused(build, longest):
+    # was a raw "expanded size" error from inside the embeddings; RoBERTa's positions start at padding_idx + 1 (1)
+    ms = MaskSub(build()).train()
+    assert mk_mlm.max_length(ms._mlm) == longest
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.0)
+    ms.train_step(make_batch(length=longest), None, optimizer, seed=1)  # the longest fits
+    too_long = make_batch(length=longest + 1)
+    with pytest.raises(ValueError, match=f"sequences of {longest + 1} tokens are longer than the model's {longest}"):
+        ms(too_long)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        ms.train_step(too_long, None, optimizer)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -210,6 +210,35 @@ def test_train_step_refuses_a_process_group_without_wrap_ddp(monkeypatch):
         ms.train_step(images, target, optimizer)
 
 
+def test_input_errors_are_clear():
+    # a CNN's images too small for its cells: the size advice (was num_kept_tokens' talk of tokens, at the forward)
+    ms = _wrapped("resnet")
+    images, target = batch("resnet")
+    small = images[..., :32, :32]
+    with pytest.raises(ValueError, match=r"keeps none of the 1 mask cell\(s\) of 32 pixels that fit 32 x 32 images"):
+        ms(small, target)
+    with pytest.raises(ValueError, match="not divisible by the mask cell of 32 pixels"):
+        ms(images[..., :48, :48], target)
+    # a Hugging Face batch mapping to an image family (was "needs a target" / AttributeError)
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.0)
+    hf_batch = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "labels": torch.zeros(2, 8, dtype=torch.long)}
+    for call in (
+        lambda: ms(hf_batch),
+        lambda: ms(hf_batch, branch="sub"),
+        lambda: ms.train_step(hf_batch, None, optimizer),
+    ):
+        with pytest.raises(TypeError, match=r"takes images as a tensor \[B, C, H, W\]; got dict \(a batch mapping"):
+            call()
+    # a frozen model (was autograd's "element 0 of tensors does not require grad"), checked on every call
+    for p in ms.parameters():
+        p.requires_grad_(False)
+    for schedule in ("sequential", "joint"):
+        with pytest.raises(ValueError, match="no parameter of the optimizer requires grad"):
+            ms.train_step(images, target, optimizer, schedule=schedule)
+    ms.model.fc.weight.requires_grad_(True)  # the head unfrozen: trains
+    assert ms.train_step(images, target, optimizer)["stepped"]
+
+
 def test_configuration_errors_are_clear():
     with pytest.raises(ValueError, match="loss must be one of"):
         MaskSub(tiny_vit(), loss="mse")
