@@ -27,7 +27,8 @@ values (the PyTorch backend). Errors are norm-wise relative: |g - g64| / |g64| p
 - compile(official): torch.compile of it (Inductor; its matmuls are library calls with bf16 outputs, cuBLAS on a
   GPU, the CPU's BLAS here).
 
-Writes benchmarks/results/linear-loss-numerics-<CPU|GPU>-<date>.json and prints a markdown table.
+Writes benchmarks/results/linear-loss-numerics-<CPU|GPU>-<date>.json (after every provider, "complete" false
+until the last: a run stopped by a time cap keeps what it measured) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -119,7 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         providers.append(("compile(official)", torch.compile(official_composite), "torch"))
     if args.gpu_math:
         providers.insert(1, ("masksub[triton, GPU math]", fused, "triton"))
+    date = datetime.date.today().isoformat()
+    out = args.out or RESULTS / f"linear-loss-numerics-{'GPU' if on_gpu else 'CPU'}-{date}.json"
+    meta = {"device": machine, "date": date, "torch": torch.__version__, "triton": _triton_version()}
+    meta.update({k: v for k, v in vars(args).items() if k != "out"}, softmax_similarity=round(sim, 4))
     records = []
+
+    def save(complete: bool, lines: list[str]) -> None:
+        # after every provider: a run stopped by a time cap (the GPU scripts' 30 s) keeps what it measured
+        run = {"meta": meta, "complete": complete, "records": records, "table": lines}
+        out.write_text(json.dumps(run, indent=1) + "\n")
+
     for name, fn, backend in providers:
         start = time.perf_counter()
         if "GPU math" in name:
@@ -130,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             gpu_math.uninstall()
         errors = {n: float((g.double() - e).norm() / e.norm()) for n, g, e in zip(NAMES, got, expected)}
         records.append({"provider": name, "relative_error": errors, "seconds": round(time.perf_counter() - start, 1)})
+        save(False, [])
     lines = [
         f"{machine}: M={args.rows} D={args.depth} C={args.classes}, bf16 inputs, logits std {args.logit_std}, softmax "
         f"similarity {sim:.3f}; |g - g64| / |g64| against the float64 composite",
@@ -140,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in records:
         lines.append(f"| {r['provider']} | " + " | ".join(f"{100 * r['relative_error'][n]:.2f}%" for n in NAMES) + " |")
     print("\n".join(lines))
-    date = datetime.date.today().isoformat()
-    out = args.out or RESULTS / f"linear-loss-numerics-{'GPU' if on_gpu else 'CPU'}-{date}.json"
-    meta = {"device": machine, "date": date, "torch": torch.__version__, "triton": _triton_version()}
-    meta.update({k: v for k, v in vars(args).items() if k != "out"}, softmax_similarity=round(sim, 4))
-    out.write_text(json.dumps({"meta": meta, "records": records, "table": lines}, indent=1) + "\n")
+    save(True, lines)
     print(f"wrote {out}")
     return 0
 

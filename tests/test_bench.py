@@ -241,6 +241,24 @@ def test_linear_loss_numerics_script_separates_fp32_from_bf16_logits(tmp_path, c
     assert max(errors["masksub[triton]"], errors["masksub[torch]"]) < 0.01  # the 1%
     assert min(errors["linear+masksub_loss"], errors["official"]) > 0.03
     assert "| masksub[torch] |" in capsys.readouterr().out
+    assert run["complete"]
+
+
+def test_linear_loss_numerics_script_keeps_what_it_measured_when_stopped(tmp_path, monkeypatch):
+    # the GPU scripts cap the script's time: the file is written after every provider, marked incomplete
+    from benchmarks import linear_loss_numerics
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # what a cap's signal would interrupt
+
+    monkeypatch.setattr(linear_loss_numerics, "official_composite", stopped)
+    out = tmp_path / "numerics.json"
+    argv = ["--rows", "8", "--depth", "32", "--classes", "512", "--no-compile", "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        linear_loss_numerics.main(argv)
+    run = json.loads(out.read_text())
+    assert not run["complete"]
+    assert [r["provider"] for r in run["records"]] == ["masksub[triton]", "masksub[torch]", "linear+masksub_loss"]
 
 
 def test_gpu_ncu_script_runs_both_paths_of_the_fused_linear_op(monkeypatch, capsys):
