@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     def save(complete: bool, lines: list[str]) -> None:
         # after every provider: a run stopped by a time cap (the GPU scripts' 30 s) keeps what it measured
         run = {"meta": meta, "complete": complete, "records": records, "table": lines}
-        out.write_text(json.dumps(run, indent=1) + "\n")
+        partial = out.with_name(out.name + ".partial")
+        partial.write_text(json.dumps(run, indent=1) + "\n")
+        os.replace(partial, out)  # whole files only, should the cap's signal come during a write
 
     for name, fn, backend in providers:
         start = time.perf_counter()

@@ -532,8 +532,9 @@ def linear_masksub_loss(
     states, the weight and the bias (fp32 accumulation, one rounding to the inputs' dtype); the sub term's teacher
     softmax(z / T) is detached. With a scalar reduction and an input requiring grad, the gradients are computed in
     the forward in chunks of rows and stored (dH, dHs [M, D]; one dW, db in fp32 for the combined loss), so the
-    backward of ``.loss`` is cheap and may run once (no retain_graph second pass); ``.main`` and ``.sub`` on their
-    own backpropagate through a recompute of their logits. Never [M, C] (unless chunk_rows >= M). No CUDA extension.
+    first backward of ``.loss`` only scales them (a second one through a retained graph recomputes); ``.main`` and
+    ``.sub`` on their own backpropagate through a recompute of their logits. Never [M, C] (unless chunk_rows >= M).
+    No CUDA extension.
 
     chunk_rows (an int in [1, 2^31)): that path's rows per chunk, about 2 min(chunk_rows, M) C fp32 of logits (the
     triton backend writes their fp16 / bf16 gradients over them) beside one fp32 dW [C, D]. None: the triton

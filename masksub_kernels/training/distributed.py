@@ -33,7 +33,8 @@ def wrap_ddp(ms, **ddp_kwargs) -> DistributedDataParallel:
     if getattr(ms, "_ddp", None) is not None:
         raise RuntimeError(
             "this MaskSub is already wrapped by wrap_ddp (a second DistributedDataParallel would all-reduce every "
-            "gradient twice): keep the module the first call returned"
+            "gradient twice): keep the module the first call returned, or end that job with close_process_group(ms) "
+            "before wrapping again"
         )
     ddp = DistributedDataParallel(ms, **ddp_kwargs)
     object.__setattr__(ms, "_ddp", ddp)  # not a submodule: ms would otherwise contain itself

@@ -169,7 +169,8 @@ def train_step(
             with autocast():
                 logits = runner(images, branch="main")
                 loss_main = ms.main_criterion(logits, target)
-            backward(loss_main * (ms.main_weight / accum_steps))
+            if loss_main.requires_grad:  # not when only the Swin mask token trains: the main branch never uses it
+                backward(loss_main * (ms.main_weight / accum_steps))
         logits = logits.detach()  # the main graph is gone; the logits stay as the sub branch's teacher
         with no_sync() if not closing else contextlib.nullcontext():
             with autocast():

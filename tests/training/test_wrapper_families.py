@@ -239,6 +239,18 @@ def test_input_errors_are_clear():
     assert ms.train_step(images, target, optimizer)["stepped"]
 
 
+@pytest.mark.parametrize("schedule", ["sequential", "joint"])
+def test_swin_with_only_its_mask_token_trainable_steps(schedule):
+    # the main branch never uses the mask token: its loss has no graph, and the sequential step skips its backward
+    ms = _wrapped("swin")
+    for p in ms.model.parameters():
+        p.requires_grad_(False)
+    images, target = batch("swin")
+    before = ms.mask_token.detach().clone()
+    ms.train_step(images, target, torch.optim.SGD(ms.parameters(), lr=1.0), schedule=schedule)
+    assert not torch.equal(ms.mask_token.detach(), before)
+
+
 def test_configuration_errors_are_clear():
     with pytest.raises(ValueError, match="loss must be one of"):
         MaskSub(tiny_vit(), loss="mse")
