@@ -2,8 +2,9 @@
 
 Families (``family='auto'`` picks one):
 
-- ``'vit'``: timm ``VisionTransformer`` and subclasses (vit_*, deit_*, deit3_*, MAE-style global pools): token
-  selection before the blocks (vit.py).
+- ``'vit'``: timm ``VisionTransformer`` and subclasses (vit_*, deit_*, deit3_*, MAE-style global pools) and timm
+  ``Eva`` (EVA-02, rotary ViTs: the kept tokens keep their rotary embeddings): token selection before the blocks
+  (vit.py).
 - ``'swin'``: timm ``SwinTransformer``: stage-1 tokens of removed cells replaced by a mask token (swin.py).
 - ``'pixel'``: ResNets and other CNNs: removed cells of the input images set to 0 (pixel.py).
 - ``'mlm'``: Hugging Face masked-LM encoders of BERT / RoBERTa structure: tokens dropped after the embeddings, the
@@ -26,7 +27,7 @@ from torch import nn
 from .mlm import is_mlm
 from .pixel import is_convolutional
 from .swin import is_swin, swin_token_grid
-from .vit import is_vit, vit_token_grid
+from .vit import is_eva, is_vit, vit_token_grid
 
 FAMILIES = ("vit", "swin", "pixel", "mlm")
 DEFAULT_CELL_SIZE = {"vit": None, "swin": 8, "pixel": 32, "mlm": None}  # Swin: 8 tokens (32 px at patch 4); CNN: 32 px
@@ -51,6 +52,9 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
     if family == "auto":
         if is_vit(model):
             return "vit"
+        if is_eva(model):
+            _check_eva(model)
+            return "vit"
         if is_swin(model):
             return "swin"
         if is_mlm(model):
@@ -59,9 +63,9 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
         if not is_convolutional(model) and name not in _WARNED:
             _WARNED.add(name)
             warnings.warn(
-                f"MaskSub: {name} is not a timm VisionTransformer, SwinTransformer or a CNN; its sub-branch uses the "
-                "pixel-grid fallback (random 32x32-pixel cells of the input set to 0), not a recipe from the paper. "
-                "Pass family='pixel' to silence this warning.",
+                f"MaskSub: {name} is not a timm VisionTransformer, Eva, SwinTransformer or a CNN; its sub-branch uses "
+                "the pixel-grid fallback (random 32x32-pixel cells of the input set to 0), not a recipe from the "
+                "paper. Pass family='pixel' to silence this warning.",
                 UserWarning,
                 stacklevel=3,
             )
@@ -82,7 +86,18 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
     if not _has(model, needs):
         missing = [name for name in needs if not hasattr(model, name)]
         raise ValueError(f"family={family!r} needs a model with {needs}; {type(model).__name__} lacks {missing}")
+    if family == "vit" and is_eva(model):
+        _check_eva(model)
     return family
+
+
+def _check_eva(model: nn.Module) -> None:
+    """An Eva's patch dropout runs inside its _pos_embed, before the sub-branch could select tokens: refused."""
+    if getattr(model, "patch_drop", None) is not None:
+        raise ValueError(
+            "MaskSub's vit sub-branch on a timm Eva needs patch_drop_rate=0 (its patch dropout runs inside _pos_embed, "
+            "where the sub-branch's token selection cannot follow it); build the model without patch dropout"
+        )
 
 
 def check_input_size(
