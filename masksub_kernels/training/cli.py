@@ -147,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--output", default="output/masksub-train", help="checkpoints and logs")
+    g.add_argument(
+        "--output", default=None,
+        help="checkpoints and logs (default: output/masksub-train, or the --resume checkpoint's directory)",
+    )  # fmt: skip
     g.add_argument("--resume", default=None, help="checkpoint to continue from")
     g.add_argument(
         "--keep-epoch-checkpoints",
@@ -277,7 +280,13 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
         "ema": s.ema.module.state_dict() if s.ema is not None else None,
         "log": rows,
         "args": vars(args),
+        "resumes": meta.get("resumes", []),
     }
+    # timm's loaders (load_checkpoint, create_model(..., pretrained_cfg_overlay=dict(file=...))) read the bare
+    # model's weights under these keys: the same tensors as in "module" and "ema", which torch.save stores once
+    state["state_dict"] = eager_state_dict(s.model)
+    if state["ema"] is not None:
+        state["state_dict_ema"] = state["ema"]
     save_checkpoint(os.path.join(args.output, "last.pth"), state)
     if args.keep_epoch_checkpoints:
         save_checkpoint(os.path.join(args.output, f"epoch-{epoch + 1}.pth"), state)
@@ -289,9 +298,9 @@ def _run(args) -> None:
 
     s = setup(args)
     step = _make_step(args, s)
-    start_epoch, num_updates, rows, wall = 0, 0, [], 0.0
+    start_epoch, num_updates, rows, wall, resumes = 0, 0, [], 0.0, []
     if args.resume:
-        start_epoch, num_updates, rows = resume(args, s)
+        start_epoch, num_updates, rows, resumes = resume(args, s)
         wall = rows[-1]["wall_time_s"] if rows else 0.0
     if args.warmup_epochs >= args.epochs and s.rank == 0:  # after every check: a note, not an error
         print(
@@ -309,6 +318,7 @@ def _run(args) -> None:
         "train_images": len(s.data.train),
         "val_images": len(s.data.val),
         "initial_checkpoint": vars(s.pretrained) if s.pretrained is not None else None,
+        "resumes": resumes,  # each resume's epoch, checkpoint and changed options (args above: the latest's)
     }
     val = val_loader(s.data.val, args.batch_size, s.rank, s.world, s.workers, s.device.type == "cuda")
     for epoch in range(start_epoch, args.epochs):

@@ -53,7 +53,6 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
         if is_vit(model):
             return "vit"
         if is_eva(model):
-            _check_eva(model)
             return "vit"
         if is_swin(model):
             return "swin"
@@ -86,14 +85,13 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
     if not _has(model, needs):
         missing = [name for name in needs if not hasattr(model, name)]
         raise ValueError(f"family={family!r} needs a model with {needs}; {type(model).__name__} lacks {missing}")
-    if family == "vit" and is_eva(model):
-        _check_eva(model)
     return family
 
 
-def _check_eva(model: nn.Module) -> None:
-    """An Eva's patch dropout runs inside its _pos_embed, before the sub-branch could select tokens: refused."""
-    if getattr(model, "patch_drop", None) is not None:
+def check_eva(model: nn.Module) -> None:
+    """The masked sub-branch on an Eva: its patch dropout runs inside its _pos_embed, before the sub-branch could
+    select tokens, so an Eva built with it is refused (DropSub / PathSub run the whole model: they take it)."""
+    if is_eva(model) and getattr(model, "patch_drop", None) is not None:
         raise ValueError(
             "MaskSub's vit sub-branch on a timm Eva needs patch_drop_rate=0 (its patch dropout runs inside _pos_embed, "
             "where the sub-branch's token selection cannot follow it); build the model without patch dropout"

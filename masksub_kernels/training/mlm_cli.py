@@ -32,7 +32,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .run_setup import HelpWithDefaults, UsageError, _distributed
+from .run_setup import HelpWithDefaults, UsageError, _distributed, check_output, default_output
 
 PROG = "masksub-train-mlm"
 EVAL_SEED = 20230619  # the held-out corruption: one fixed draw shared by every run and round
@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    g.add_argument("--output", default="output/mlm", help="logs, tokenizer and checkpoint")
+    g.add_argument(
+        "--output", default=None,
+        help="logs, tokenizer and checkpoint (default: output/mlm, or the --resume checkpoint's directory)",
+    )  # fmt: skip
     g.add_argument("--eval-every", type=int, default=200, help="optimizer steps per round (evaluation, log, save)")
     g.add_argument("--resume", default=None, metavar="PATH", help="continue from a last.pth")
     g.add_argument(
@@ -96,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args) -> None:
+    args.output = default_output(args, "output/mlm")
     positive = ("vocab_size", "seq_len", "layers", "width", "heads", "steps", "batch_size", "accum_steps",
                 "eval_every")  # fmt: skip
     for name in positive:
@@ -210,14 +214,14 @@ def _tokenizer_digest(path: str) -> str:
 
 RESUME_MUST_MATCH = ("seed", "batch_size", "accum_steps", "seq_len", "baseline", "mask_ratio", "sub_fill",
                      "mlm_probability", "schedule", "lr", "warmup_steps", "weight_decay", "layers", "width", "heads",
-                     "intermediate", "dropout", "data_dir", "eval_blocks")  # fmt: skip
+                     "intermediate", "dropout", "data_dir", "eval_blocks", "clip_grad")  # fmt: skip
 
 
 def _check_resume(args, state: dict, world: int, digest: str) -> None:
     """Refuse a resume that would silently continue another run: options that fix the data, the seeds, the model
-    or the optimizer must match the checkpoint's (--steps, --eval-every, --stop-at, --output, --device, --amp and
-    --chunk-rows may change: the last changes only the order of the gradients' fp32 sums), as must the number of
-    processes and the vocabulary."""
+    or the optimizer must match the checkpoint's (--steps, with a note, --eval-every, --stop-at, --output, --device,
+    --amp and --chunk-rows may change: the last changes only the order of the gradients' fp32 sums), as must the
+    number of processes and the vocabulary."""
     saved = state.get("args", {})
     changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MUST_MATCH
                if saved.get(k) != getattr(args, k)]  # fmt: skip
@@ -444,6 +448,7 @@ def _run(args) -> None:
 
     _check_args(args)
     rank, world, device = _distributed(args.device)
+    check_output(args.output, bool(args.resume), rank)
     vocab, train, val, sizes = _corpus(args, rank, world, device)
     per_step = args.batch_size * args.accum_steps * world
     if train[0].shape[0] < per_step:
@@ -480,6 +485,13 @@ def _run(args) -> None:
         if not isinstance(state, dict) or any(key not in state for key in needed):
             raise UsageError(f"{args.resume!r} is not a {PROG} checkpoint (it lacks {', '.join(needed)})")
         _check_resume(args, state, world, sizes["tokenizer_sha256"])
+        old_steps = state["args"].get("steps", args.steps)
+        if old_steps != args.steps and rank == 0:  # the schedule's length: warm-up then linear decay to --steps
+            print(
+                f"{PROG}: note: resuming with --steps {old_steps} -> {args.steps}: the learning rate follows the new "
+                f"schedule from step {state['step']} on (the steps so far followed the old one)",
+                file=sys.stderr,
+            )
         try:
             ms.model.load_state_dict(state["model"])
         except RuntimeError as exc:

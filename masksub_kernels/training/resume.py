@@ -18,6 +18,20 @@ _SCHEDULE_OPTIONS = ("epochs", "sched", "lr", "warmup_epochs", "warmup_lr", "min
 # its groups' lookahead_step).
 _OPTIMIZER_OPTIONS = ("weight_decay", "opt_eps", "opt_betas", "momentum", "layer_decay")
 _GROUP_SETTINGS = ("weight_decay", "eps", "betas", "momentum", "lr_scale")
+# Options that say where and how a run executes, not what it trains (or are checked above, or derived from others):
+# any other option that differs from the checkpoint's gets a note, and the log's meta keeps the changes
+_UNCHECKED = (
+    *("config", "workers", "device", "compile", "output", "resume", "keep_epoch_checkpoints", "no_progress"),
+    *("log_interval", "channels_last", "initial_checkpoint", "limit_batches", "fc_norm", "freeze_patch_embed"),
+    *("opt", "model_ema", "loss_smoothing", "mixup_smoothing", *_SCHEDULE_OPTIONS, *_OPTIMIZER_OPTIONS),
+)
+
+
+def other_changes(old: dict, args) -> list[str]:
+    """'--NAME old -> new' for each option of the command line that differs from the checkpoint's and is not
+    handled elsewhere (_UNCHECKED): the seed, the loss, the mask ratio, augmentation, regularisation, ..."""
+    names = [n for n in vars(args) if n in old and n not in _UNCHECKED and old[n] != getattr(args, n)]
+    return [f"--{n.replace('_', '-')} {old[n]!r} -> {getattr(args, n)!r}" for n in names]
 
 
 def _first_lines(message: str, count: int = 2, limit: int = 400) -> str:
@@ -27,8 +41,9 @@ def _first_lines(message: str, count: int = 2, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def resume(args, s: Setup) -> tuple[int, int, list]:
-    """Load --resume into the set-up run; returns (first epoch to train, optimizer updates so far, log rows).
+def resume(args, s: Setup) -> tuple[int, int, list, list]:
+    """Load --resume into the set-up run; returns (first epoch to train, optimizer updates so far, log rows, the
+    run's resumes: {'epoch', 'from', 'changed'} for each, this one last, kept in log.json's meta and the checkpoints).
 
     Same schedule options as the checkpoint's run: the scheduler's state is restored and the run continues exactly.
     Other ones (e.g. a larger --epochs to extend a run): the new schedule is followed from the current update on, as
@@ -80,6 +95,7 @@ def resume(args, s: Setup) -> tuple[int, int, list]:
         if old_scale:  # another --layer-decay: the restored lr (schedule x the old scale) at the new scale now
             group["lr"] *= group.get("lr_scale", 1.0) / old_scale
     changed = [name for name in _OPTIMIZER_OPTIONS if name in old and old[name] != getattr(args, name)]
+    recorded = [f"--{n.replace('_', '-')} {old[n]!r} -> {getattr(args, n)!r}" for n in changed]
     if changed and s.rank == 0:
         diffs = ", ".join(f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed)
         print(
@@ -93,8 +109,8 @@ def resume(args, s: Setup) -> tuple[int, int, list]:
             f"checkpoint {args.resume!r} is after epoch {start_epoch} and --epochs is {args.epochs}: nothing to "
             "train (pass a larger --epochs to extend the run)"
         )
-    changed = [name for name in _SCHEDULE_OPTIONS if name in old and old[name] != getattr(args, name)]
-    diffs = [f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed]
+    changed_schedule = [name for name in _SCHEDULE_OPTIONS if name in old and old[name] != getattr(args, name)]
+    diffs = [f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed_schedule]
     # The schedule is counted in optimizer updates: other updates per epoch (another number of processes,
     # --limit-batches, --aug-repeats) make another schedule even with the same options.
     updates_per_epoch = s.batches // args.grad_accum_steps
@@ -114,10 +130,23 @@ def resume(args, s: Setup) -> tuple[int, int, list]:
                 f"{num_updates} on (the updates so far followed the old one)",
                 file=sys.stderr,
             )
+    others = other_changes(old, args)
+    recorded += [f"--{n.replace('_', '-')} {old[n]!r} -> {getattr(args, n)!r}" for n in changed_schedule] + others
+    if others and s.rank == 0:
+        print(
+            f"{PROG}: note: resuming with other options than the checkpoint's: {', '.join(others)}; from epoch "
+            f"{start_epoch + 1} on the run is not the one it continues (log.json's meta records the changes)",
+            file=sys.stderr,
+        )
     if s.scaler is not None and ckpt.get("scaler"):
         s.scaler.load_state_dict(ckpt["scaler"])
+    if s.ema is None and ckpt.get("ema") is not None:  # its EMA would be dropped from the next checkpoint on
+        raise UsageError(
+            f"checkpoint {args.resume!r} has EMA weights: resume it with --model-ema (and its --model-ema-decay)"
+        )
     if s.ema is not None:
         if ckpt.get("ema") is None:
             raise UsageError(f"checkpoint {args.resume!r} has no EMA weights: resume it without --model-ema")
         s.ema.module.load_state_dict(ckpt["ema"])
-    return start_epoch, num_updates, ckpt["log"]
+    resumes = [*ckpt.get("resumes", []), {"epoch": start_epoch, "from": args.resume, "changed": recorded}]
+    return start_epoch, num_updates, ckpt["log"], resumes

@@ -11,6 +11,7 @@ import difflib
 import functools
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,39 @@ def parse_kwargs(items: list[str] | None) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # Set-up
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def default_output(args, default: str) -> str:
+    """--output, else the --resume checkpoint's directory (a resumed run continues its files), else ``default``."""
+    if args.output is not None:
+        return args.output
+    return os.path.dirname(os.path.abspath(args.resume)) if args.resume else default
+
+
+def check_output(output: str, resuming: bool, rank: int) -> None:
+    """Rank 0, before anything trains: --output is a directory that can be written (or can be made), and a new run
+    does not overwrite another run's last.pth (a whole epoch used to train before a bad --output failed)."""
+    if rank != 0:
+        return  # only rank 0 writes (another node's file system is not this one's)
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UsageError(f"--output {output!r} is a file, not a directory")
+    if not resuming and os.path.isfile(os.path.join(output, "last.pth")):
+        raise UsageError(
+            f"--output {output!r} holds another run (last.pth): continue it with --resume {output}/last.pth, or "
+            "choose another --output (or delete that one)"
+        )
+    if os.path.isdir(output):  # a file made and removed there: what saving will need
+        try:
+            with tempfile.TemporaryFile(dir=output):
+                pass
+        except OSError as exc:
+            raise UsageError(f"--output {output!r} cannot be written: {exc.strerror or exc}") from exc
+        return
+    parent = os.path.dirname(os.path.abspath(output))  # made when the first epoch is saved: its first existing
+    while not os.path.exists(parent):  # ancestor must be a directory that can be written (nothing made here)
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {output!r} cannot be made: {parent!r} is not a writable directory")
 
 
 def _distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
@@ -217,13 +251,13 @@ def _fixed_size(model: torch.nn.Module) -> tuple | None:
 
 def _digits_default_size(args, model: torch.nn.Module, img_size: int) -> bool:
     """Whether the model should be rebuilt at the digits' size: the digits (no --data-dir) at the default size (no
-    --img-size, no img_size model kwarg), and a timm ViT built for another fixed size (the default
+    --img-size, no img_size model kwarg), and a timm ViT or Eva built for another fixed size (the default
     vit_tiny_patch16_224 is built for 224 px: the bare command would otherwise stop at _check_model_size)."""
     if args.data_dir is not None or args.img_size is not None or "img_size" in args.model_kwargs:
         return False
-    from .vit import is_vit
+    from .vit import is_eva, is_vit
 
-    if not is_vit(model):  # a Swin at 32 px would then stop at its mask cells: its own size error says more
+    if not (is_vit(model) or is_eva(model)):  # a Swin at 32 px would stop at its mask cells: its own error says more
         return False
     size = _fixed_size(model)
     return size is not None and size != (img_size, img_size)
@@ -280,6 +314,7 @@ def check_args(args) -> None:
     """Every option's range, checked before anything is built: a bad value is a one-line error, never a
     traceback from deep inside torch or timm, nor (a negative --clip-grad) a silently wrong run. The ranges are
     checked even where an option is unused (--mask-ratio with --baseline): a typo should not wait for a rerun."""
+    args.output = default_output(args, "output/masksub-train")
     import math
 
     for name, low, high, low_ok, high_ok in _RANGES:
@@ -369,6 +404,7 @@ def setup(args) -> Setup:
     args.loss_smoothing = args.smoothing if (binarised or not mixing) else 0.0
     args.mixup_smoothing = 0.0 if binarised else args.smoothing
     rank, world, device = _distributed(args.device)
+    check_output(args.output, bool(args.resume), rank)
     seed_epoch(args.seed, -1, 0)  # model initialisation: the same on every rank (DDP broadcasts rank 0's anyway)
     img_size = _img_size(args, args.model_kwargs)
     in_chans = args.model_kwargs.get("in_chans", 1 if args.data_dir is None else 3)

@@ -17,7 +17,8 @@ applied inside each block's attention to the patch tokens (the prefix excluded):
 beside the tokens, ``[L, dim]`` (or ``[depth, heads, L, dim]`` for mixed RoPE), and the sub-branch keeps each kept
 token's rotary embedding with it, as timm's own patch dropout does (``apply_keep_indices_nlc``), so that a kept
 token keeps its position. Its ``forward_features`` is ``patch_embed -> _pos_embed (patch_drop inside) -> norm_pre
--> blocks(x, rope) -> norm``; an Eva built with patch dropout (``patch_drop_rate > 0``) is refused (resolve_family).
+-> blocks(x, rope) -> norm``; an Eva built with patch dropout (``patch_drop_rate > 0``) is refused
+(families.check_eva).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def vit_sub_logits(model: nn.Module, images: torch.Tensor, mask_ratio: float, se
     x, rope = model.patch_embed(images), None
     eva = is_eva(model)
     if eva:
-        x, rope = model._pos_embed(x)  # no patch dropout inside: refused for the vit family (resolve_family)
+        x, rope = model._pos_embed(x)  # no patch dropout inside: refused (families.check_eva)
     else:
         x = model._pos_embed(x)
         x = model.patch_drop(x)

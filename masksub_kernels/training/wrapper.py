@@ -27,7 +27,7 @@ from torch import nn
 from .._philox import new_seed
 from ..ops.linear_masksub_loss import check_chunk_rows
 from . import mlm
-from .families import DEFAULT_CELL_SIZE, check_input_size, resolve_family, unwrap_model
+from .families import DEFAULT_CELL_SIZE, check_eva, check_input_size, resolve_family, unwrap_model
 from .pixel import pixel_sub_logits
 from .swin import swin_embed_dim, swin_sub_logits
 from .variants import sub_drop_path, sub_dropout
@@ -156,6 +156,7 @@ class MaskSub(nn.Module):
             self.register_parameter("mask_token", None)
         if variant == "mask":
             check_input_size(self.family, inner, None, self.cell_size, self.mask_ratio)
+            check_eva(inner)
         self._compiled_sub = None  # the sub-branch under the model's torch.compile context, built on first use
         self._micro_step = 0  # position inside the gradient-accumulation window (train_step)
         self._checked_optimizers: set[int] = set()

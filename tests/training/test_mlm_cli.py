@@ -182,6 +182,18 @@ def test_errors_on_files(corpus, tokenizer, tmp_path, capsys):
     assert "--seed 0 -> 1" in capsys.readouterr().err
     assert main([*resume, "--steps", "1", "--eval-every", "1"]) == 2
     assert "nothing left to train" in capsys.readouterr().err
+    assert main([*resume, "--steps", "2", "--eval-every", "1", "--clip-grad", "0.5"]) == 2
+    assert "--clip-grad 1.0 -> 0.5" in capsys.readouterr().err
+    # another --steps: taken, with a note; without --output the run continues in the checkpoint's directory
+    assert main([*resume, "--steps", "2", "--eval-every", "1"]) == 0
+    assert "note: resuming with --steps 1 -> 2: the learning rate follows the new schedule" in capsys.readouterr().err
+    assert torch.load(f"{out}/last.pth", weights_only=False)["step"] == 2
+    # --output is checked before anything runs (was: after the tokenizer's training, or a round of training)
+    (tmp_path / "a_file").write_text("")
+    assert main(["--data-dir", corpus, *TINY, "--output", str(tmp_path / "a_file")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert main(["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", out]) == 2  # out: a run
+    assert "holds another run (last.pth)" in capsys.readouterr().err
 
 
 def test_a_nan_loss_does_not_make_the_rounds_counts_nan(corpus, tokenizer, tmp_path, monkeypatch):
@@ -231,7 +243,8 @@ def test_blocks_of_many_documents_are_checked_for_their_special_tokens(tmp_path,
     assert "of the blocks draw more predicted + special tokens" in err and "a block holding up to" in err, err
     assert main([*argv, "--mask-ratio", "0.1", "--tokenizer", str(tmp_path / "o" / "tokenizer.json")]) == 0
     # a block whose special tokens alone outnumber K is refused, however rare
-    assert main([*argv, "--mask-ratio", "0.8", "--mlm-probability", "1e-9"]) == 2
+    other = ["--output", str(tmp_path / "o2"), "--tokenizer", str(tmp_path / "o" / "tokenizer.json")]  # o: a run
+    assert main([*argv, *other, "--mask-ratio", "0.8", "--mlm-probability", "1e-9"]) == 2
     assert "but a training block holds" in capsys.readouterr().err
 
 

@@ -65,6 +65,43 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(got["module"][name], tensor), name
     drop_time = lambda rows: [{k: v for k, v in r.items() if "time" not in k and k != "images_per_s"} for r in rows]
     assert drop_time(_log(resumed)) == drop_time(_log(full))
+    meta = json.load(open(os.path.join(resumed, "log.json")))["meta"]
+    assert meta["resumes"] == [{"epoch": 1, "from": os.path.join(full, "epoch-1.pth"), "changed": []}]
+    # timm's own loader takes the bare model's weights out of last.pth (a digits model has one input channel)
+    import timm
+    from timm.models import load_checkpoint
+
+    model = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2,
+                              in_chans=1, num_classes=10)  # fmt: skip
+    load_checkpoint(model, os.path.join(full, "last.pth"))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, want["module"]["model." + name]), name
+
+
+def test_resume_notes_and_records_other_options_and_keeps_the_ema(tmp_path, capsys):
+    one = ["--limit-batches", "1", "--model-ema"]
+    first = _run(tmp_path, "first", *one, "--epochs", "1")
+    last = os.path.join(first, "last.pth")
+    out = str(tmp_path / "err")
+    assert main([*TINY_VIT, *FAST, *one[:2], "--resume", last, "--output", out]) == 2  # no --model-ema
+    assert "has EMA weights: resume it with --model-ema" in capsys.readouterr().err
+    resumed = _run(tmp_path, "resumed", *one, "--resume", last, "--smoothing", "0.2", "--seed", "5")
+    err = capsys.readouterr().err
+    assert "note: resuming with other options than the checkpoint's: --smoothing 0.1 -> 0.2, --seed 0 -> 5" in err
+    meta = json.load(open(os.path.join(resumed, "log.json")))["meta"]
+    assert meta["resumes"][-1]["changed"] == ["--epochs 1 -> 2", "--smoothing 0.1 -> 0.2", "--seed 0 -> 5"]
+    saved = torch.load(os.path.join(resumed, "last.pth"), weights_only=False)
+    assert saved["resumes"] == meta["resumes"] and saved["state_dict_ema"] is saved["ema"] is not None
+
+
+def test_output_is_checked_before_training(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert main([*TINY_VIT, *FAST, "--output", str(a_file)]) == 2
+    assert f"--output '{a_file}' is a file, not a directory" in capsys.readouterr().err
+    done = _run(tmp_path, "done", "--limit-batches", "1", "--epochs", "1")
+    assert main([*TINY_VIT, *FAST, "--output", done]) == 2  # a new run over another's last.pth
+    assert "holds another run (last.pth): continue it with --resume" in capsys.readouterr().err
 
 
 def test_baseline_with_mixup_and_accumulation(tmp_path):
@@ -147,7 +184,7 @@ def test_help_states_the_defaults():
     expected = [
         "--epochs EPOCHS (default: 30)",
         "--lr LR (default: 0.001)",
-        "(default: output/masksub-train)",
+        "(default: output/masksub-train, or the --resume checkpoint's directory)",
         "--warmup-epochs WARMUP_EPOCHS (default: 5)",
         "--drop DROP model dropout rate (default: 0.0)",
     ]
@@ -210,6 +247,7 @@ def test_torchrun_validates_the_saved_model_with_batchnorm(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     logged = json.load(open(os.path.join(out, "log.json")))["epochs"][-1]
     args = build_parser().parse_args(flags)
+    args.output = str(tmp_path / "rebuilt")  # the run's model built again (its --output holds the run: refused)
     check_args(args)
     s = setup(args)
     load_eager_state_dict(s.trained, torch.load(os.path.join(out, "last.pth"), weights_only=False)["module"])
