@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 RUNS=${RUNS:-/tmp/masksub-replication}   # checkpoints and logs of each run (checkpoints stay out of the repository)
-rm -rf "$RUNS"   # a fresh set: the commands refuse to start a run over another one's last.pth
+rm -rf "$RUNS"/baseline-seed? "$RUNS"/masksub-seed?   # fresh runs: the commands refuse to start over another run
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 COMMON=(--model vit_tiny_patch16_224 --model-kwargs img_size=32 patch_size=8 embed_dim=64 depth=4 num_heads=4
         --epochs 40 --warmup-epochs 3 --lr 2e-3 --batch-size 32 --no-progress)

@@ -448,7 +448,7 @@ def _run(args) -> None:
 
     _check_args(args)
     rank, world, device = _distributed(args.device)
-    check_output(args.output, bool(args.resume), rank)
+    check_output(args.output, args.resume, rank)
     vocab, train, val, sizes = _corpus(args, rank, world, device)
     per_step = args.batch_size * args.accum_steps * world
     if train[0].shape[0] < per_step:
@@ -489,7 +489,7 @@ def _run(args) -> None:
         if old_steps != args.steps and rank == 0:  # the schedule's length: warm-up then linear decay to --steps
             print(
                 f"{PROG}: note: resuming with --steps {old_steps} -> {args.steps}: the learning rate follows the new "
-                f"schedule from step {state['step']} on (the steps so far followed the old one)",
+                f"schedule from step {state['step'] + 1} on (the steps so far followed the old one)",
                 file=sys.stderr,
             )
         try:
@@ -498,6 +498,8 @@ def _run(args) -> None:
             raise UsageError(f"--resume {args.resume!r} holds another model: {str(exc).splitlines()[0]}") from exc
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)  # this --steps' schedule (the state holds the old lr)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start, rows = state["step"], state["rows"]

@@ -3,6 +3,7 @@ saved checked (the schedule, the optimizer's settings, the options that build th
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .run_setup import PROG, Setup, UsageError
@@ -24,13 +25,32 @@ _UNCHECKED = (
     *("config", "workers", "device", "compile", "output", "resume", "keep_epoch_checkpoints", "no_progress"),
     *("log_interval", "channels_last", "initial_checkpoint", "limit_batches", "fc_norm", "freeze_patch_embed"),
     *("opt", "model_ema", "loss_smoothing", "mixup_smoothing", *_SCHEDULE_OPTIONS, *_OPTIMIZER_OPTIONS),
+    # img_size: resolved into model_kwargs (compared there); head_init_scale: only with --initial-checkpoint
+    *("img_size", "head_init_scale"),
 )
+
+
+def _plain(value):
+    """A value as compared across a checkpoint: tuples as lists (YAML gives lists, the command line tuples), a
+    data directory by its real path."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def other_changes(old: dict, args) -> list[str]:
     """'--NAME old -> new' for each option of the command line that differs from the checkpoint's and is not
     handled elsewhere (_UNCHECKED): the seed, the loss, the mask ratio, augmentation, regularisation, ..."""
-    names = [n for n in vars(args) if n in old and n not in _UNCHECKED and old[n] != getattr(args, n)]
+
+    def same(name: str) -> bool:
+        a, b = _plain(old[name]), _plain(getattr(args, name))
+        if name == "data_dir" and a is not None and b is not None:
+            a, b = os.path.realpath(a), os.path.realpath(b)
+        return a == b
+
+    names = [n for n in vars(args) if n in old and n not in _UNCHECKED and not same(n)]
     return [f"--{n.replace('_', '-')} {old[n]!r} -> {getattr(args, n)!r}" for n in names]
 
 
@@ -95,7 +115,7 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
         if old_scale:  # another --layer-decay: the restored lr (schedule x the old scale) at the new scale now
             group["lr"] *= group.get("lr_scale", 1.0) / old_scale
     changed = [name for name in _OPTIMIZER_OPTIONS if name in old and old[name] != getattr(args, name)]
-    recorded = [f"--{n.replace('_', '-')} {old[n]!r} -> {getattr(args, n)!r}" for n in changed]
+    recorded = [f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed]
     if changed and s.rank == 0:
         diffs = ", ".join(f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed)
         print(
@@ -119,6 +139,7 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
         diffs.append(
             f"updates per epoch {old_updates} -> {updates_per_epoch} (processes, --limit-batches, --aug-repeats)"
         )
+    schedule_diffs = list(diffs)  # recorded below (updates per epoch among them)
     if not diffs:
         s.scheduler.load_state_dict(ckpt["scheduler"])
     else:
@@ -131,7 +152,7 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
                 file=sys.stderr,
             )
     others = other_changes(old, args)
-    recorded += [f"--{n.replace('_', '-')} {old[n]!r} -> {getattr(args, n)!r}" for n in changed_schedule] + others
+    recorded += schedule_diffs + others
     if others and s.rank == 0:
         print(
             f"{PROG}: note: resuming with other options than the checkpoint's: {', '.join(others)}; from epoch "
@@ -148,5 +169,6 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
         if ckpt.get("ema") is None:
             raise UsageError(f"checkpoint {args.resume!r} has no EMA weights: resume it without --model-ema")
         s.ema.module.load_state_dict(ckpt["ema"])
-    resumes = [*ckpt.get("resumes", []), {"epoch": start_epoch, "from": args.resume, "changed": recorded}]
+    resume_from = os.path.abspath(args.resume)
+    resumes = [*ckpt.get("resumes", []), {"epoch": start_epoch, "from": resume_from, "changed": recorded}]
     return start_epoch, num_updates, ckpt["log"], resumes

@@ -86,24 +86,33 @@ def default_output(args, default: str) -> str:
     return os.path.dirname(os.path.abspath(args.resume)) if args.resume else default
 
 
-def check_output(output: str, resuming: bool, rank: int) -> None:
-    """Rank 0, before anything trains: --output is a directory that can be written (or can be made), and a new run
-    does not overwrite another run's last.pth (a whole epoch used to train before a bad --output failed)."""
+def check_output(output: str, resume: str | None, rank: int) -> None:
+    """Rank 0, before anything trains: --output is a directory that can be written (or can be made), and a run does
+    not overwrite another run's last.pth (a whole epoch used to train before a bad --output failed)."""
     if rank != 0:
         return  # only rank 0 writes (another node's file system is not this one's)
+    if not output:
+        raise UsageError("--output is empty: give a directory ('.' for this one)")
     if os.path.exists(output) and not os.path.isdir(output):
         raise UsageError(f"--output {output!r} is a file, not a directory")
-    if not resuming and os.path.isfile(os.path.join(output, "last.pth")):
+    own = resume is not None and os.path.realpath(output) == os.path.realpath(os.path.dirname(os.path.abspath(resume)))
+    if not own and os.path.isfile(os.path.join(output, "last.pth")):
+        if resume is None:
+            raise UsageError(
+                f"--output {output!r} holds another run (last.pth): continue it with --resume "
+                f"{os.path.join(output, 'last.pth')}, or choose another --output (or delete that one)"
+            )
         raise UsageError(
-            f"--output {output!r} holds another run (last.pth): continue it with --resume {output}/last.pth, or "
-            "choose another --output (or delete that one)"
+            f"--output {output!r} holds another run (last.pth) than --resume's checkpoint: resume into the "
+            "checkpoint's own directory, or choose another --output"
         )
+    hint = " (the --resume checkpoint's directory: pass --output to write elsewhere)" if own else ""
     if os.path.isdir(output):  # a file made and removed there: what saving will need
         try:
             with tempfile.TemporaryFile(dir=output):
                 pass
         except OSError as exc:
-            raise UsageError(f"--output {output!r} cannot be written: {exc.strerror or exc}") from exc
+            raise UsageError(f"--output {output!r}{hint} cannot be written: {exc.strerror or exc}") from exc
         return
     parent = os.path.dirname(os.path.abspath(output))  # made when the first epoch is saved: its first existing
     while not os.path.exists(parent):  # ancestor must be a directory that can be written (nothing made here)
@@ -404,7 +413,7 @@ def setup(args) -> Setup:
     args.loss_smoothing = args.smoothing if (binarised or not mixing) else 0.0
     args.mixup_smoothing = 0.0 if binarised else args.smoothing
     rank, world, device = _distributed(args.device)
-    check_output(args.output, bool(args.resume), rank)
+    check_output(args.output, args.resume, rank)
     seed_epoch(args.seed, -1, 0)  # model initialisation: the same on every rank (DDP broadcasts rank 0's anyway)
     img_size = _img_size(args, args.model_kwargs)
     in_chans = args.model_kwargs.get("in_chans", 1 if args.data_dir is None else 3)

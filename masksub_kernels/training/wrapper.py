@@ -156,7 +156,8 @@ class MaskSub(nn.Module):
             self.register_parameter("mask_token", None)
         if variant == "mask":
             check_input_size(self.family, inner, None, self.cell_size, self.mask_ratio)
-            check_eva(inner)
+            if self.family == "vit":
+                check_eva(inner)
         self._compiled_sub = None  # the sub-branch under the model's torch.compile context, built on first use
         self._micro_step = 0  # position inside the gradient-accumulation window (train_step)
         self._checked_optimizers: set[int] = set()

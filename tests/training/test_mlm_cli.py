@@ -169,7 +169,10 @@ def test_errors_on_files(corpus, tokenizer, tmp_path, capsys):
     assert main(["--data-dir", str(tmp_path / "empty"), *TINY, "--output", str(tmp_path / "o")]) == 2
     assert "no text in" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{}")
-    assert main(["--data-dir", corpus, *TINY, "--tokenizer", str(tmp_path / "bad.json")]) == 2
+    assert (
+        main(["--data-dir", corpus, *TINY, "--tokenizer", str(tmp_path / "bad.json"), "--output", str(tmp_path / "b")])
+        == 2
+    )
     assert "not a tokenizers JSON file" in capsys.readouterr().err
     out = str(tmp_path / "w16")
     assert main(["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", out, "--steps", "1",
@@ -187,7 +190,12 @@ def test_errors_on_files(corpus, tokenizer, tmp_path, capsys):
     # another --steps: taken, with a note; without --output the run continues in the checkpoint's directory
     assert main([*resume, "--steps", "2", "--eval-every", "1"]) == 0
     assert "note: resuming with --steps 1 -> 2: the learning rate follows the new schedule" in capsys.readouterr().err
-    assert torch.load(f"{out}/last.pth", weights_only=False)["step"] == 2
+    resumed = torch.load(f"{out}/last.pth", weights_only=False)
+    fresh = str(tmp_path / "fresh")
+    assert main(["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", fresh, "--steps", "2",
+                 "--eval-every", "1"]) == 0  # fmt: skip
+    # step 2 at the new schedule's rate (the restored optimizer held the old one's: 0, the end of a 1-step decay)
+    assert resumed["step"] == 2 and resumed["rows"][-1]["lr"] == _log(fresh)["epochs"][-1]["lr"] > 0
     # --output is checked before anything runs (was: after the tokenizer's training, or a round of training)
     (tmp_path / "a_file").write_text("")
     assert main(["--data-dir", corpus, *TINY, "--output", str(tmp_path / "a_file")]) == 2

@@ -89,9 +89,17 @@ def test_resume_notes_and_records_other_options_and_keeps_the_ema(tmp_path, caps
     err = capsys.readouterr().err
     assert "note: resuming with other options than the checkpoint's: --smoothing 0.1 -> 0.2, --seed 0 -> 5" in err
     meta = json.load(open(os.path.join(resumed, "log.json")))["meta"]
-    assert meta["resumes"][-1]["changed"] == ["--epochs 1 -> 2", "--smoothing 0.1 -> 0.2", "--seed 0 -> 5"]
+    changes = ["--epochs 1 -> 2", "--smoothing 0.1 -> 0.2", "--seed 0 -> 5"]
+    assert meta["resumes"][-1]["changed"] == changes
     saved = torch.load(os.path.join(resumed, "last.pth"), weights_only=False)
     assert saved["resumes"] == meta["resumes"] and saved["state_dict_ema"] is saved["ema"] is not None
+    # again, without --output: into the checkpoint's own directory; the resumes chain, a new schedule recorded
+    again = [*TINY_VIT, *FAST, "--model-ema", "--limit-batches", "2", "--epochs", "3", "--seed", "5"]
+    assert main([*again, "--smoothing", "0.2", "--resume", os.path.join(resumed, "last.pth")]) == 0
+    meta = json.load(open(os.path.join(resumed, "log.json")))["meta"]
+    assert [r["epoch"] for r in meta["resumes"]] == [1, 2] and meta["resumes"][0]["changed"][1:] == changes[1:]
+    assert meta["resumes"][1]["changed"] == ["--epochs 2 -> 3", "updates per epoch 1 -> 2 (processes, "
+                                             "--limit-batches, --aug-repeats)"]  # fmt: skip
 
 
 def test_output_is_checked_before_training(tmp_path, capsys):
@@ -99,9 +107,16 @@ def test_output_is_checked_before_training(tmp_path, capsys):
     a_file.write_text("")
     assert main([*TINY_VIT, *FAST, "--output", str(a_file)]) == 2
     assert f"--output '{a_file}' is a file, not a directory" in capsys.readouterr().err
+    assert main([*TINY_VIT, *FAST, "--output", ""]) == 2
+    assert "--output is empty" in capsys.readouterr().err
+    assert main([*TINY_VIT, *FAST, "--output", str(a_file / "run")]) == 2
+    assert f"cannot be made: '{a_file}' is not a writable directory" in capsys.readouterr().err
     done = _run(tmp_path, "done", "--limit-batches", "1", "--epochs", "1")
     assert main([*TINY_VIT, *FAST, "--output", done]) == 2  # a new run over another's last.pth
     assert "holds another run (last.pth): continue it with --resume" in capsys.readouterr().err
+    other = _run(tmp_path, "other", "--limit-batches", "1", "--epochs", "1")
+    assert main([*TINY_VIT, *FAST, "--output", other, "--resume", os.path.join(done, "last.pth")]) == 2
+    assert "holds another run (last.pth) than --resume's checkpoint" in capsys.readouterr().err
 
 
 def test_baseline_with_mixup_and_accumulation(tmp_path):

@@ -79,3 +79,4 @@ def test_a_training_step_and_the_refusals():
         MaskSub(tiny_eva(patch_drop_rate=0.25), family="vit")
     for variant in ("drop", "path"):  # DropSub / PathSub run the whole model, patch dropout and all
         MaskSub(tiny_eva(use_rot_pos_emb=True, patch_drop_rate=0.25), variant=variant).train()(images, target)
+    MaskSub(tiny_eva(patch_drop_rate=0.25), family="pixel", cell_size=8)  # pixel masking: any model

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 PY=${PYTHON:-.venv/bin/python}
 RUNS=${RUNS:-/tmp/masksub-mlm-replication}   # checkpoints and logs of each run (checkpoints stay out of the repository)
-rm -rf "$RUNS"   # a fresh set: the commands refuse to start a run over another one's last.pth
+rm -rf "$RUNS"/baseline-seed? "$RUNS"/masksub-seed?   # fresh runs: the commands refuse to start over another run
 TOKENIZER=docs/replication/mlm/tokenizer.json
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 [ -f "$TOKENIZER" ] || $PY -m masksub_kernels.training.text_data "$TOKENIZER" --vocab-size 4096
