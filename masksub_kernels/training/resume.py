@@ -31,8 +31,7 @@ _UNCHECKED = (
 
 
 def _plain(value):
-    """A value as compared across a checkpoint: tuples as lists (YAML gives lists, the command line tuples), a
-    data directory by its real path."""
+    """A value as compared across a checkpoint: tuples as lists (YAML gives lists, the command line tuples)."""
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
