@@ -2,10 +2,12 @@
 
 Families (``family='auto'`` picks one):
 
-- ``'vit'``: timm ``VisionTransformer`` and subclasses (vit_*, deit_*, deit3_*, MAE-style global pools) and timm
-  ``Eva`` (EVA-02, rotary ViTs: the kept tokens keep their rotary embeddings): token selection before the blocks
-  (vit.py).
-- ``'swin'``: timm ``SwinTransformer``: stage-1 tokens of removed cells replaced by a mask token (swin.py).
+- ``'vit'``: timm ``VisionTransformer`` and subclasses (vit_*, deit_*, deit3_*, MAE-style global pools), timm
+  ``Eva`` (EVA-02, rotary ViTs: the kept tokens keep their rotary embeddings) and the ViTs with relative position
+  biases, timm ``Beit`` (BEiT, BEiT v2) and ``VisionTransformerRelPos`` (each attention's bias cut to the kept
+  tokens): token selection before the blocks (vit.py, vit_relpos.py).
+- ``'swin'``: timm ``SwinTransformer`` and ``SwinTransformerV2``: stage-1 tokens of removed cells replaced by a mask
+  token (swin.py).
 - ``'pixel'``: ResNets and other CNNs: removed cells of the input images set to 0 (pixel.py).
 - ``'mlm'``: Hugging Face masked-LM encoders of BERT / RoBERTa structure: tokens dropped after the embeddings, the
   predicted and special ones always kept (mlm.py).
@@ -28,6 +30,7 @@ from .mlm import is_mlm
 from .pixel import is_convolutional
 from .swin import is_swin, swin_token_grid
 from .vit import is_eva, is_vit, vit_token_grid
+from .vit_relpos import is_relpos_vit
 
 FAMILIES = ("vit", "swin", "pixel", "mlm")
 DEFAULT_CELL_SIZE = {"vit": None, "swin": 8, "pixel": 32, "mlm": None}  # Swin: 8 tokens (32 px at patch 4); CNN: 32 px
@@ -52,7 +55,7 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
     if family == "auto":
         if is_vit(model):
             return "vit"
-        if is_eva(model):
+        if is_eva(model) or is_relpos_vit(model):
             return "vit"
         if is_swin(model):
             return "swin"
@@ -62,7 +65,8 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
         if not is_convolutional(model) and name not in _WARNED:
             _WARNED.add(name)
             warnings.warn(
-                f"MaskSub: {name} is not a timm VisionTransformer, Eva, SwinTransformer or a CNN; its sub-branch uses "
+                f"MaskSub: {name} is not a timm ViT (VisionTransformer, Eva, Beit, VisionTransformerRelPos), "
+                "SwinTransformer (v1, v2) or a CNN; its sub-branch uses "
                 "the pixel-grid fallback (random 32x32-pixel cells of the input set to 0), not a recipe from the "
                 "paper. Pass family='pixel' to silence this warning.",
                 UserWarning,
@@ -82,6 +86,8 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
             f"family='mlm' needs a Hugging Face masked-LM model of BERT structure (bert + cls.predictions) or RoBERTa "
             f"structure (roberta + lm_head); {type(model).__name__} has neither"
         )
+    if family == "vit" and is_relpos_vit(model):  # no _pos_embed / patch_drop / norm_pre: vit_relpos.py's forward
+        needs = ("patch_embed", "blocks", "norm", "forward_head")
     if not _has(model, needs):
         missing = [name for name in needs if not hasattr(model, name)]
         raise ValueError(f"family={family!r} needs a model with {needs}; {type(model).__name__} lacks {missing}")

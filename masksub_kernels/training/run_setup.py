@@ -260,14 +260,16 @@ def _fixed_size(model: torch.nn.Module) -> tuple | None:
 
 def _digits_default_size(args, model: torch.nn.Module, img_size: int) -> bool:
     """Whether the model should be rebuilt at the digits' size: the digits (no --data-dir) at the default size (no
-    --img-size, no img_size model kwarg), and a timm ViT or Eva built for another fixed size (the default
+    --img-size, no img_size model kwarg), and a timm ViT (VisionTransformer, Eva, Beit, VisionTransformerRelPos) built
+    for another fixed size (the default
     vit_tiny_patch16_224 is built for 224 px: the bare command would otherwise stop at _check_model_size)."""
     if args.data_dir is not None or args.img_size is not None or "img_size" in args.model_kwargs:
         return False
     from .vit import is_eva, is_vit
+    from .vit_relpos import is_relpos_vit
 
-    if not (is_vit(model) or is_eva(model)):  # a Swin at 32 px would stop at its mask cells: its own error says more
-        return False
+    if not (is_vit(model) or is_eva(model) or is_relpos_vit(model)):  # a Swin at 32 px stops at its mask cells:
+        return False  # its own error says more
     size = _fixed_size(model)
     return size is not None and size != (img_size, img_size)
 

@@ -1,7 +1,8 @@
 """Swin sub-branch: structured masking of the stage-1 tokens with a learnable mask token.
 
-docs/semantics.md, §6 and §8. timm's ``SwinTransformer.forward_features`` is ``patch_embed (conv + norm, NHWC out)
--> layers -> norm``; the sub-branch replaces, per sample, the tokens of Lc - Kc random cells of S x S tokens
+docs/semantics.md, §6 and §8. timm's ``SwinTransformer.forward_features`` (and ``SwinTransformerV2``'s, the same
+layout: SimMIM, the masking this is, is how SwinV2 was pre-trained) is ``patch_embed (conv + norm, NHWC out) ->
+layers -> norm``; the sub-branch replaces, per sample, the tokens of Lc - Kc random cells of S x S tokens
 (S = 8 tokens = 32 pixels at patch 4) by the mask token m [C]:
 
     T_out = T * (1 - M) + m * M      (M = 1 on removed cells; Kc = floor(Lc * (1 - r)) cells kept)
@@ -19,12 +20,14 @@ __all__ = ["is_swin", "swin_embed_dim", "swin_sub_logits", "swin_token_grid"]
 
 
 def is_swin(model: nn.Module) -> bool:
-    """True for timm's ``SwinTransformer`` (v1) and its subclasses."""
+    """True for timm's ``SwinTransformer`` (v1), ``SwinTransformerV2`` (swinv2_*) and their subclasses. timm's
+    ``SwinTransformerV2Cr`` (swinv2_cr_*: NCHW stages, another layout) is not one."""
     try:
         from timm.models.swin_transformer import SwinTransformer
+        from timm.models.swin_transformer_v2 import SwinTransformerV2
     except ImportError:
         return False
-    return isinstance(model, SwinTransformer)
+    return isinstance(model, (SwinTransformer, SwinTransformerV2))
 
 
 def swin_embed_dim(model: nn.Module) -> int:

@@ -19,12 +19,17 @@ token's rotary embedding with it, as timm's own patch dropout does (``apply_keep
 token keeps its position. Its ``forward_features`` is ``patch_embed -> _pos_embed (patch_drop inside) -> norm_pre
 -> blocks(x, rope) -> norm``; an Eva built with patch dropout (``patch_drop_rate > 0``) is refused
 (families.check_eva).
+
+ViTs with relative position biases (timm ``Beit``, ``VisionTransformerRelPos``) select their tokens at the same
+place and cut each attention's bias to the kept tokens: vit_relpos.py.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .vit_relpos import is_relpos_vit, relpos_sub_logits
 
 __all__ = ["is_eva", "is_vit", "vit_sub_logits", "vit_token_grid"]
 
@@ -92,6 +97,8 @@ def vit_sub_logits(model: nn.Module, images: torch.Tensor, mask_ratio: float, se
     """
     import masksub_kernels as mk  # at call time: the package imports this module
 
+    if is_relpos_vit(model):
+        return relpos_sub_logits(model, images, mask_ratio, seed)
     x, rope = model.patch_embed(images), None
     eva = is_eva(model)
     if eva:

@@ -32,6 +32,8 @@ from .pixel import pixel_sub_logits
 from .swin import swin_embed_dim, swin_sub_logits
 from .variants import sub_drop_path, sub_dropout
 from .vit import vit_sub_logits
+from .vit_relpos import is_relpos_vit
+from .vit_relpos import prepare as prepare_relpos
 
 LOSSES = ("ce", "bce")
 VARIANTS = ("mask", "drop", "path")
@@ -70,8 +72,9 @@ class MaskSub(nn.Module):
     """A model trained with MaskSub: ``ms(images, target)`` (joint schedule) or ``ms.train_step(...)`` (sequential).
 
     Args:
-        model: a timm VisionTransformer / SwinTransformer, a CNN, or any image classifier (pixel-grid fallback with
-            a one-time warning); may be ``torch.compile``-d (the sub-branch is then compiled with the same options).
+        model: a timm ViT (VisionTransformer, Eva, Beit, VisionTransformerRelPos) / Swin (v1, v2), a CNN, or any
+            image classifier (pixel-grid fallback with a one-time warning); may be ``torch.compile``-d (the
+            sub-branch is then compiled with the same options).
             Or a Hugging Face masked-LM model of BERT / RoBERTa structure (family 'mlm', mlm.py): it then takes a
             batch mapping (input_ids, labels, ...) where image models take images, and its branches return head
             inputs instead of logits, which the fused-linear loss turns into the loss without [rows, V] logits.
@@ -158,6 +161,8 @@ class MaskSub(nn.Module):
             check_input_size(self.family, inner, None, self.cell_size, self.mask_ratio)
             if self.family == "vit":
                 check_eva(inner)
+                if is_relpos_vit(inner):
+                    prepare_relpos(inner)  # the stand-ins of its attention bias methods (vit_relpos.py)
         self._compiled_sub = None  # the sub-branch under the model's torch.compile context, built on first use
         self._micro_step = 0  # position inside the gradient-accumulation window (train_step)
         self._checked_optimizers: set[int] = set()

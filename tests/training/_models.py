@@ -11,6 +11,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer
+from timm.models.swin_transformer_v2 import SwinTransformerV2
 from timm.models.vision_transformer import VisionTransformer
 
 import masksub_kernels as mk
@@ -44,13 +45,25 @@ def tiny_swin(**kwargs) -> SwinTransformer:
     return SwinTransformer(**{**cfg, **kwargs})
 
 
+def tiny_swinv2(**kwargs) -> SwinTransformerV2:
+    """SwinV2 (scaled cosine attention, log-spaced continuous position bias, post-norm) at tiny_swin's sizes."""
+    cfg = dict(
+        img_size=64, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2),
+        num_classes=NUM_CLASSES, drop_path_rate=0.0,
+    )  # fmt: skip
+    return SwinTransformerV2(**{**cfg, **kwargs})
+
+
 def tiny_resnet() -> torch.nn.Module:
     """timm resnet10t (run at 64 px: 2 x 2 cells of 32 pixels)."""
     return timm.create_model("resnet10t", num_classes=NUM_CLASSES)
 
 
-IMG_SIZE = {"vit": 32, "deit3": 32, "mae": 32, "swin": 64, "resnet": 64}
-BUILDERS = {"vit": tiny_vit, "deit3": tiny_deit3, "mae": tiny_mae, "swin": tiny_swin, "resnet": tiny_resnet}
+IMG_SIZE = {"vit": 32, "deit3": 32, "mae": 32, "swin": 64, "swinv2": 64, "resnet": 64}
+BUILDERS = {
+    "vit": tiny_vit, "deit3": tiny_deit3, "mae": tiny_mae, "swin": tiny_swin, "swinv2": tiny_swinv2,
+    "resnet": tiny_resnet,
+}  # fmt: skip
 
 
 def batch(name: str, size: int = 4, seed: int = 0, soft: bool = False, dtype=torch.float64):
@@ -94,7 +107,7 @@ def pixel_cells(cells: torch.Tensor, size: int) -> torch.Tensor:
     return cells.repeat_interleave(size, 1).repeat_interleave(size, 2).to(torch.float64)
 
 
-def reference_swin_sub(model: SwinTransformer, images, mask_token, cells: torch.Tensor, cell: int = 8):
+def reference_swin_sub(model: SwinTransformer | SwinTransformerV2, images, mask_token, cells, cell: int = 8):
     """T_out = T * (1 - M) + m * M on the stage-1 tokens, then layers -> norm -> head."""
     x = model.patch_embed(images)  # [B, H, W, C]
     m = pixel_cells(cells, cell).to(x.dtype)[..., None]
@@ -114,7 +127,7 @@ def sub_logits_for_seed(name: str, model, images, seed: int, mask_token=None, ra
         num_tokens = model.patch_embed.num_patches
         ids = mk.random_keep_indices(b, num_tokens, int(num_tokens * (1 - ratio)), seed=seed)
         return reference_vit_sub(model, images, ids)
-    if name == "swin":
+    if name in ("swin", "swinv2"):
         cells = mk.random_grid_mask(b, (2, 2), int(4 * (1 - ratio)), seed=seed)
         return reference_swin_sub(model, images, mask_token, cells)
     cells = mk.random_grid_mask(b, (2, 2), int(4 * (1 - ratio)), seed=seed)

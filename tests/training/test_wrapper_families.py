@@ -16,7 +16,7 @@ from _models import (
 
 from masksub_kernels.training import MaskSub
 
-FAMILY = {"vit": "vit", "deit3": "vit", "mae": "vit", "swin": "swin", "resnet": "pixel"}
+FAMILY = {"vit": "vit", "deit3": "vit", "mae": "vit", "swin": "swin", "swinv2": "swin", "resnet": "pixel"}
 # DeiT-III's recipe is BCE with binarised mixed targets; the others use soft-target CE.
 LOSS = {"deit3": ("bce", 0.0)}
 
