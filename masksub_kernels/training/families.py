@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 
+import torch
 from torch import nn
 
 from .mlm import is_mlm
@@ -36,12 +37,26 @@ FAMILIES = ("vit", "swin", "pixel", "mlm")
 DEFAULT_CELL_SIZE = {"vit": None, "swin": 8, "pixel": 32, "mlm": None}  # Swin: 8 tokens (32 px at patch 4); CNN: 32 px
 _WARNED: set[str] = set()
 
-__all__ = ["DEFAULT_CELL_SIZE", "FAMILIES", "check_input_size", "resolve_family", "unwrap_model"]
+__all__ = ["DEFAULT_CELL_SIZE", "FAMILIES", "check_input_size", "logits_of", "resolve_family", "unwrap_model"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The eager module under ``torch.compile`` (``OptimizedModule._orig_mod``), else the model itself."""
     return getattr(model, "_orig_mod", model)
+
+
+def logits_of(output) -> torch.Tensor:
+    """The logits [B, C] of an image model's output: the tensor itself, or the ``.logits`` of a Hugging Face
+    ``ModelOutput`` (``ViTForImageClassification`` and the other transformers image classifiers return one)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise TypeError(
+        "MaskSub's image families need a model whose forward returns logits [B, C]: a tensor, or an object with a "
+        f".logits tensor (a Hugging Face ModelOutput); this model returned {type(output).__name__}"
+    )
 
 
 def _has(model: nn.Module, names: tuple[str, ...]) -> bool:

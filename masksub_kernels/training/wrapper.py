@@ -27,7 +27,7 @@ from torch import nn
 from .._philox import new_seed
 from ..ops.linear_masksub_loss import check_chunk_rows
 from . import mlm
-from .families import DEFAULT_CELL_SIZE, check_eva, check_input_size, resolve_family, unwrap_model
+from .families import DEFAULT_CELL_SIZE, check_eva, check_input_size, logits_of, resolve_family, unwrap_model
 from .pixel import pixel_sub_logits
 from .swin import swin_embed_dim, swin_sub_logits
 from .variants import sub_drop_path, sub_dropout
@@ -73,7 +73,8 @@ class MaskSub(nn.Module):
 
     Args:
         model: a timm ViT (VisionTransformer, Eva, Beit, VisionTransformerRelPos) / Swin (v1, v2), a CNN, or any
-            image classifier (pixel-grid fallback with a one-time warning); may be ``torch.compile``-d (the
+            image classifier (pixel-grid fallback with a one-time warning; a Hugging Face image classifier's
+            ``.logits`` are read from its output); may be ``torch.compile``-d (the
             sub-branch is then compiled with the same options).
             Or a Hugging Face masked-LM model of BERT / RoBERTa structure (family 'mlm', mlm.py): it then takes a
             batch mapping (input_ids, labels, ...) where image models take images, and its branches return head
@@ -303,17 +304,17 @@ class MaskSub(nn.Module):
         model = self.inner_model
         if self.variant == "drop":
             with sub_dropout(model, self.mask_ratio):
-                return model(images)
+                return logits_of(model(images))
         if self.variant == "path":
             with sub_drop_path(model, self.mask_ratio):
-                return model(images)
+                return logits_of(model(images))
         if self.family == "mlm":
             return mlm.sub_branch(self._mlm, images, self.mask_ratio, seed, self.sub_fill, self.mask_token_id)
         if self.family == "vit":
             return vit_sub_logits(model, images, self.mask_ratio, seed)
         if self.family == "swin":
             return swin_sub_logits(model, images, self.mask_token, self.mask_ratio, self.cell_size, seed)
-        return pixel_sub_logits(model, images, self.mask_ratio, self.cell_size, seed)
+        return logits_of(pixel_sub_logits(model, images, self.mask_ratio, self.cell_size, seed))
 
     def sub_logits(self, images: torch.Tensor, seed: int | torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the sub-branch. The seed is drawn here, eagerly, when None (torch's default generator), so a
@@ -348,18 +349,18 @@ class MaskSub(nn.Module):
             return self._mlm_forward(images, target, seed, branch)
         self._check_images(images)
         if branch == "main":
-            return self.model(images)
+            return logits_of(self.model(images))
         if branch == "sub":
             return self.sub_logits(images, seed)
         if not self.training:
-            logits = self.model(images)
+            logits = logits_of(self.model(images))
             out = {"logits": logits}
             if target is not None:
                 out["loss"] = out["loss_main"] = self.main_criterion(logits, target)
             return out
         if target is None:
             raise ValueError("the joint MaskSub step in train mode needs a target (class ids or probabilities)")
-        main_logits = self.model(images)
+        main_logits = logits_of(self.model(images))
         sub_logits = self.sub_logits(images, seed)
         loss, loss_main, loss_sub = self.loss(main_logits, sub_logits, target)
         return {"loss": loss, "loss_main": loss_main, "loss_sub": loss_sub, "logits": main_logits}

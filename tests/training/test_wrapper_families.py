@@ -1,5 +1,6 @@
 """MaskSub wrapper vs the hand-written step of docs/semantics.md (§8), per family; family detection and its policy."""
 
+import types
 import warnings
 
 import pytest
@@ -158,6 +159,53 @@ def test_unsupported_model_gets_pixel_fallback_with_one_warning():
     out = ms.train()(images, target, seed=3)
     sub = sub_logits_for_seed("resnet", ms.model, images, 3)
     torch.testing.assert_close(out["loss_sub"], reference_loss(out["logits"], sub, target)[2].float())
+
+
+class _HfStyleClassifier(_TinyMlpClassifier):
+    """Returns an object with .logits, as transformers' image classifiers (ImageClassifierOutput) do."""
+
+    def forward(self, x):
+        return types.SimpleNamespace(logits=super().forward(x), loss=None)
+
+
+class _TupleClassifier(_TinyMlpClassifier):
+    def forward(self, x):
+        return (super().forward(x),)
+
+
+def test_models_returning_an_output_object_give_its_logits():
+    ms = MaskSub(_HfStyleClassifier().double(), family="pixel").train()
+    images, target = batch("resnet")
+    out = ms(images, target, seed=3)
+    main = ms.model(images).logits
+    sub = sub_logits_for_seed("resnet", lambda x: ms.model(x).logits, images, 3)
+    loss, crit_main, crit_sub = reference_loss(main, sub, target)
+    torch.testing.assert_close(out["logits"], main)
+    torch.testing.assert_close(out["loss"], loss.float())
+    torch.testing.assert_close(out["loss_main"], crit_main.float())
+    torch.testing.assert_close(out["loss_sub"], crit_sub.float())
+    torch.testing.assert_close(ms(images, branch="main"), main)
+    torch.testing.assert_close(ms.eval()(images)["logits"], main)
+    with pytest.raises(TypeError, match=r"returns logits \[B, C\].*this model returned tuple"):
+        MaskSub(_TupleClassifier().double(), family="pixel").train()(images, target)
+
+
+def test_a_hugging_face_image_classifier_trains_on_the_pixel_fallback():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTConfig(
+        image_size=64, patch_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=10,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(config).double()
+    with pytest.warns(UserWarning, match="pixel-grid fallback"):
+        ms = MaskSub(model).train()
+    images, target = batch("resnet")
+    out = ms(images, target, seed=5)
+    sub = sub_logits_for_seed("resnet", lambda x: model(x).logits, images, 5)
+    torch.testing.assert_close(out["loss_sub"], reference_loss(out["logits"], sub, target)[2].float())
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.1)
+    assert ms.train_step(images, target, optimizer, seed=5)["stepped"]
 
 
 def test_only_cnns_count_as_convolutional():
