@@ -106,12 +106,19 @@ class _CutBias:
     runs that block, the cut one. A lasting object whose ``cut`` is set and reset, rather than a method swapped in and
     out per call: torch.compile traces the attribute's mutation, and its guards see the same object every step."""
 
-    def __init__(self, method):
-        self.method = method  # the bound method (a copy of the model, as timm's EMA makes, rebinds it)
+    def __init__(self, module: nn.Module, name: str):
+        # the module and its class's function, not a bound method: a copy of the model (timm's EMA) or a pickled
+        # one (torch.save(model)) gets a stand-in of its own module that computes that module's own bias
+        self.module = module
+        self.function = getattr(type(module), name)
         self.cut: torch.Tensor | None = None
 
+    def own(self) -> torch.Tensor:
+        """The module's own bias, from its class's method."""
+        return self.function(self.module)
+
     def __call__(self) -> torch.Tensor:
-        return self.method() if self.cut is None else self.cut
+        return self.own() if self.cut is None else self.cut
 
 
 def prepare(model: nn.Module) -> None:
@@ -121,7 +128,7 @@ def prepare(model: nn.Module) -> None:
         target = _own_bias(block)
         if target is not None and not isinstance(vars(target[0]).get(target[1]), _CutBias):
             module, name = target
-            setattr(module, name, _CutBias(getattr(module, name)))
+            setattr(module, name, _CutBias(module, name))
 
 
 def _run_block(block: nn.Module, keyword: str, x: torch.Tensor, own: torch.Tensor | None, shared):
@@ -154,7 +161,7 @@ def relpos_sub_logits(model: nn.Module, images: torch.Tensor, mask_ratio: float,
     checkpointing = getattr(model, "grad_checkpointing", False) and not torch.jit.is_scripting()
     for block in model.blocks:
         target = _own_bias(block)
-        own = _cut(getattr(*target).method(), keep, tokens) if target is not None else None
+        own = _cut(getattr(*target).own(), keep, tokens) if target is not None else None
         run = functools.partial(_run_block, block, keyword)
         if checkpointing:
             from timm.models._manipulate import checkpoint

@@ -7,6 +7,7 @@ cut bias must reproduce. Bias tables are randomised (timm zeroes them, which wou
 """
 
 import copy
+import io
 import warnings
 
 import pytest
@@ -136,6 +137,12 @@ def test_gradient_checkpointing_and_the_model_computes_as_before(name):
                 p.zero_()
     assert not torch.allclose(twin(images), before)
     torch.testing.assert_close(model(images), before, rtol=0, atol=0)
+    saved = io.BytesIO()
+    torch.save(model, saved)  # the whole module pickled, stand-ins included
+    saved.seek(0)
+    loaded = torch.load(saved, weights_only=False)
+    torch.testing.assert_close(loaded(images), before, rtol=0, atol=0)
+    torch.testing.assert_close(MaskSub(loaded).sub_logits(images, seed=3), want, rtol=0, atol=0)
 
 
 def test_family_vit_by_name_and_images_of_another_size():
