@@ -35,7 +35,7 @@ _CONCRETE = ("triton", "cuda", "torch")
 
 _requested: str | None = None  # None until first use: then MASKSUB_BACKEND or "auto"
 _last_used: dict[str, str] = {}
-_op_names: set[str] = set()  # the names the library's ops report under (register_op_names)
+_op_names: dict[str, tuple[str, ...]] = {}  # the names the library's ops report under -> the backends they have
 _extensions: dict[str, Any] = {}  # device type -> extension module registered for it (besides _C for "cuda")
 
 
@@ -233,14 +233,19 @@ def _serves(name: str, device_type: str) -> bool:
 
 
 def resolve_backend(
-    device: torch.device | str, op: str | Iterable[str] | None = None, implemented: Iterable[str] = _CONCRETE
+    device: torch.device | str, op: str | Iterable[str] | None = None, implemented: Iterable[str] | None = None
 ) -> str:
     """The concrete backend an op on tensors of ``device`` runs with under the current setting.
 
-    When ``op`` is given (a name or several) the choice is recorded, so that ``last_backend(op)`` can say what ran.
-    ``implemented``: the backends the op has (``auto`` skips the others). Raises RuntimeError when the requested
-    backend cannot take tensors of that device, or the op lacks it, saying what it needs.
+    When ``op`` is given (a name or several) the choice is recorded, so that ``last_backend(op)`` can say what ran
+    (the ops call it so; a caller's own op may too). ``implemented``: the backends the op has (``auto`` skips the
+    others); by default those of the library's op of that name (a name of no library op: all three). Raises
+    RuntimeError when the requested backend cannot take tensors of that device, or the op lacks it, saying what it
+    needs.
     """
+    if implemented is None:
+        names = () if op is None else (op,) if isinstance(op, str) else tuple(op)
+        implemented = [b for b in _CONCRETE if all(b in _op_names.get(name, _CONCRETE) for name in names)]
     device = check_device(device)
     requested = get_backend()
     if requested == "auto":
@@ -280,9 +285,11 @@ def _compiled_reason(name: str) -> str:
     return reason or "no CUDA device is present"
 
 
-def register_op_names(names: Iterable[str]) -> None:
-    """Names that ``last_backend`` knows before their op has run (each op of the library registers its own)."""
-    _op_names.update(names)
+def register_op_names(names: Iterable[str], implemented: Iterable[str] = _CONCRETE) -> None:
+    """Names that ``last_backend`` knows before their op has run (each op of the library registers its own), with
+    the backends their op has (what ``resolve_backend`` answers for that name)."""
+    for name in names:
+        _op_names[name] = tuple(implemented)
 
 
 def last_backend(op: str | None = None) -> str | dict[str, str] | None:

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -48,6 +49,20 @@ def test_last_backend_knows_every_public_op_and_refuses_other_names():
     with mk.use_backend("torch"):  # a name a caller records (resolve_backend is public) is known after that
         mk.resolve_backend("cpu", "my_own_op")
     assert mk.last_backend("my_own_op") == "torch"
+
+
+def test_resolve_backend_answers_for_the_ops_backends(monkeypatch):
+    # helper-102's probe: with the cuda backend requested and an extension for CPU tensors, resolve_backend said
+    # 'cuda' for the fused-linear ops, which have no CUDA implementation (the op itself refused it)
+    monkeypatch.setitem(_backend._extensions, "cpu", types.SimpleNamespace())
+    monkeypatch.setattr(_backend, "_requested", "cuda")
+    assert mk.resolve_backend("cpu", "masksub_loss") == "cuda"
+    assert mk.resolve_backend("cpu") == "cuda"
+    for name in ("linear_masksub_loss", "linear_soft_target_cross_entropy"):
+        with pytest.raises(RuntimeError, match=f"'cuda' has no implementation of {name}: select one of triton, torch"):
+            mk.resolve_backend("cpu", name)
+    monkeypatch.setattr(_backend, "_requested", "auto")
+    assert mk.resolve_backend("cpu", "linear_masksub_loss") == "torch"
 
 
 def test_each_loss_function_reports_its_own_calls(monkeypatch):

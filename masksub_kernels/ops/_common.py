@@ -104,10 +104,10 @@ class MaskSubOp:
             raise TypeError(f"op {name}: the torch implementation is required, the others are functions or None")
         self.name = name
         self.records = records
-        _backend.register_op_names(records)
         self._device_index = parameters.index(device_arg)
         self._implementations = implementations
         self._implemented = tuple(backend for backend, f in implementations.items() if f is not None)
+        _backend.register_op_names(records, self._implemented)
         self._fake = None
         self._function = None
         self._torch_eager = torch_eager
@@ -134,6 +134,11 @@ class MaskSubOp:
             with torch.cuda.device(device):  # Triton launches on the current device and stream, not the tensors'
                 return self._implementations["triton"](*args)
         return self._implementations[backend](*args)
+
+    @property
+    def implemented(self) -> tuple[str, ...]:
+        """The backends this op has."""
+        return self._implemented
 
     def report_as(self, name: str, tensor: torch.Tensor) -> None:
         """Resolve (check and record) the backend this op takes on ``tensor``'s device under ``name``: a public

@@ -502,7 +502,7 @@ def _check_all(hidden, sub_hidden, weight, bias, target, mode, reduction, label_
 
 
 # The single-branch function shares linear_masksub_loss's ops: it reports its own calls (MaskSubOp.report_as)
-_backend.register_op_names(("linear_soft_target_cross_entropy",))
+_backend.register_op_names(("linear_soft_target_cross_entropy",), _linear_loss_op.implemented)
 
 
 def linear_masksub_loss(

@@ -37,7 +37,9 @@ class MaskSubLoss(NamedTuple):
 # ----------------------------------------------------------------------------------------------------------------
 
 # The single-branch losses share masksub_loss's ops: each reports its own calls (MaskSubOp.report_as)
-_backend.register_op_names(("soft_target_cross_entropy", "soft_target_bce", "self_distillation_loss"))
+_backend.register_op_names(
+    ("soft_target_cross_entropy", "soft_target_bce", "self_distillation_loss"), _loss_op.implemented
+)
 
 # The ignore_index passed by losses without one: an id equal to it is refused on CPU tensors, but would count as
 # ignored elsewhere (no class id is that negative in practice; the fused op has no "none" ignore_index).

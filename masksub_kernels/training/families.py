@@ -45,18 +45,22 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def logits_of(output) -> torch.Tensor:
+def logits_of(output, batch_size: int) -> torch.Tensor:
     """The logits [B, C] of an image model's output: the tensor itself, or the ``.logits`` of a Hugging Face
-    ``ModelOutput`` (``ViTForImageClassification`` and the other transformers image classifiers return one)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    raise TypeError(
-        "MaskSub's image families need a model whose forward returns logits [B, C]: a tensor, or an object with a "
-        f".logits tensor (a Hugging Face ModelOutput); this model returned {type(output).__name__}"
-    )
+    ``ModelOutput`` (``ViTForImageClassification`` and the other transformers image classifiers return one);
+    anything else, or logits of another shape, is an error naming what the model returned (shapes only: no sync)."""
+    logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(
+            "MaskSub's image families need a model whose forward returns logits [B, C]: a tensor, or an object with "
+            f"a .logits tensor (a Hugging Face ModelOutput); this model returned {type(output).__name__}"
+        )
+    if logits.dim() != 2 or logits.shape[0] != batch_size:
+        raise ValueError(
+            f"MaskSub's image families need the model's logits as [B, C] with B = the images' batch size "
+            f"{batch_size}; the model returned shape {tuple(logits.shape)}"
+        )
+    return logits
 
 
 def _has(model: nn.Module, names: tuple[str, ...]) -> bool:

@@ -131,6 +131,16 @@ def train_step(
         raise ValueError(f"clip_grad must be a max norm > 0 (or None: no clipping), got {clip_grad}")
     if not ms.training:
         raise RuntimeError("train_step needs the MaskSub wrapper in train mode (call ms.train())")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer built from the wrapper's parameters, got "
+            f"{type(optimizer).__name__} (e.g. torch.optim.AdamW(ms.parameters()))"
+        )
+    if autocast is not None and not callable(autocast):
+        raise TypeError(
+            f"autocast must be a context-manager factory (e.g. functools.partial(torch.autocast, 'cuda', "
+            f"torch.bfloat16)) or None, got {type(autocast).__name__} {autocast!r}"
+        )
     _check_optimizer(ms, optimizer)
     if ms.family == "mlm":  # images is the batch mapping; its labels are the target (the sub-branch reads them)
         from . import mlm

@@ -28,11 +28,12 @@ def _blocks(model: nn.Module) -> nn.Module:
 
 @contextlib.contextmanager
 def sub_dropout(model: nn.Module, rate: float) -> Iterator[None]:
-    """Set p = rate on every ``nn.Dropout`` in ``model.blocks`` except ``*attn_drop``; restore on exit."""
+    """Set p = rate on every ``nn.Dropout`` in ``model.blocks`` except ``*attn_drop`` and those inside a relative
+    position bias module (``rel_pos``: vit_relpos_*'s bias MLP, whose dropout is not DropSub's); restore on exit."""
     saved: list[tuple[nn.Dropout, float]] = []
     try:
         for name, module in _blocks(model).named_modules():
-            if isinstance(module, nn.Dropout) and not name.endswith("attn_drop"):
+            if isinstance(module, nn.Dropout) and not name.endswith("attn_drop") and "rel_pos" not in name:
                 saved.append((module, module.p))
                 module.p = rate
         yield

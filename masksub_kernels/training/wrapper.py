@@ -304,17 +304,17 @@ class MaskSub(nn.Module):
         model = self.inner_model
         if self.variant == "drop":
             with sub_dropout(model, self.mask_ratio):
-                return logits_of(model(images))
+                return logits_of(model(images), images.shape[0])
         if self.variant == "path":
             with sub_drop_path(model, self.mask_ratio):
-                return logits_of(model(images))
+                return logits_of(model(images), images.shape[0])
         if self.family == "mlm":
             return mlm.sub_branch(self._mlm, images, self.mask_ratio, seed, self.sub_fill, self.mask_token_id)
         if self.family == "vit":
             return vit_sub_logits(model, images, self.mask_ratio, seed)
         if self.family == "swin":
             return swin_sub_logits(model, images, self.mask_token, self.mask_ratio, self.cell_size, seed)
-        return logits_of(pixel_sub_logits(model, images, self.mask_ratio, self.cell_size, seed))
+        return logits_of(pixel_sub_logits(model, images, self.mask_ratio, self.cell_size, seed), images.shape[0])
 
     def sub_logits(self, images: torch.Tensor, seed: int | torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the sub-branch. The seed is drawn here, eagerly, when None (torch's default generator), so a
@@ -349,18 +349,18 @@ class MaskSub(nn.Module):
             return self._mlm_forward(images, target, seed, branch)
         self._check_images(images)
         if branch == "main":
-            return logits_of(self.model(images))
+            return logits_of(self.model(images), images.shape[0])
         if branch == "sub":
             return self.sub_logits(images, seed)
         if not self.training:
-            logits = logits_of(self.model(images))
+            logits = logits_of(self.model(images), images.shape[0])
             out = {"logits": logits}
             if target is not None:
                 out["loss"] = out["loss_main"] = self.main_criterion(logits, target)
             return out
         if target is None:
             raise ValueError("the joint MaskSub step in train mode needs a target (class ids or probabilities)")
-        main_logits = logits_of(self.model(images))
+        main_logits = logits_of(self.model(images), images.shape[0])
         sub_logits = self.sub_logits(images, seed)
         loss, loss_main, loss_sub = self.loss(main_logits, sub_logits, target)
         return {"loss": loss, "loss_main": loss_main, "loss_sub": loss_sub, "logits": main_logits}

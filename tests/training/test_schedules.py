@@ -64,6 +64,10 @@ def test_accumulation_window_restarts_after_each_step():
         ms.train_step(*batch("vit"), optimizer, accum_steps=0)
     with pytest.raises(ValueError, match="schedule"):
         ms.train_step(*batch("vit"), optimizer, schedule="both")
+    with pytest.raises(TypeError, match=r"optimizer must be a torch\.optim\.Optimizer .* got list"):
+        ms.train_step(*batch("vit"), list(ms.parameters()))
+    with pytest.raises(TypeError, match=r"autocast must be a context-manager factory .* got str 'bf16'"):
+        ms.train_step(*batch("vit"), optimizer, autocast="bf16")
     with pytest.raises(RuntimeError, match="train mode"):
         ms.eval().train_step(*batch("vit"), optimizer)
 

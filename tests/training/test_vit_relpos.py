@@ -14,7 +14,7 @@ import pytest
 import torch
 from _models import NUM_CLASSES, assert_grads_close, grads, reference_loss
 from timm.models.beit import Beit
-from timm.models.vision_transformer_relpos import VisionTransformerRelPos
+from timm.models.vision_transformer_relpos import ResPostRelPosBlock, VisionTransformerRelPos
 
 import masksub_kernels as mk
 from masksub_kernels.training import MaskSub
@@ -30,7 +30,20 @@ MODELS = {
         **SMALL, rel_pos_type="bias", class_token=True, global_pool="token"
     ),
     "relpos_shared_cls": lambda: VisionTransformerRelPos(**SMALL, shared_rel_pos=True, class_token=True),
+    "relpos_rpn_cls_avg": lambda: VisionTransformerRelPos(  # res-post-norm blocks, a class token, avg pooling
+        **SMALL, rel_pos_type="mlp", class_token=True, block_fn=ResPostRelPosBlock
+    ),
+    "relpos_mlp_swin": lambda: VisionTransformerRelPos(**SMALL, rel_pos_type="mlp_swin", rel_pos_dim=16),
+    "beit_unfused": lambda: _unfused(Beit(**SMALL, use_rel_pos_bias=True, use_shared_rel_pos_bias=True)),
+    "relpos_unfused": lambda: _unfused(VisionTransformerRelPos(**SMALL, class_token=True)),
 }
+
+
+def _unfused(model):
+    """timm's explicit attention (softmax(q k^T + bias) v) instead of scaled_dot_product_attention."""
+    for block in model.blocks:
+        block.attn.fused_attn = False
+    return model
 
 
 def _model(name: str) -> torch.nn.Module:
@@ -72,12 +85,16 @@ def reference_sub(model, images, ids):
         elif block.attn.rel_pos is None:
             x = block(x, shared_rel_pos=model.shared_rel_pos.get_bias() + mask)
         else:  # timm ignores the shared bias beside the block's own: mask the block's own
-            own = block.attn.rel_pos.get_bias
-            block.attn.rel_pos.get_bias = lambda own=own: own() + mask
+            owner = block.attn.rel_pos
+            installed = vars(owner).get("get_bias")  # MaskSub's stand-in, put back afterwards
+            own = owner.get_bias
+            owner.get_bias = lambda own=own: own() + mask
             try:
                 x = block(x)
             finally:
-                del block.attn.rel_pos.get_bias
+                del owner.get_bias
+                if installed is not None:
+                    owner.get_bias = installed
     x = model.norm(x)[torch.arange(batch)[:, None], keep]
     return model.forward_head(x)
 
@@ -150,3 +167,57 @@ def test_family_vit_by_name_and_images_of_another_size():
     assert MaskSub(model, family="vit").family == "vit"
     with pytest.raises(ValueError, match="not divisible by the ViT patch size"):
         MaskSub(model).check_input_size(36)
+
+
+def test_prepare_installs_one_lasting_stand_in_per_attention():
+    from masksub_kernels.training.vit_relpos import _CutBias
+
+    model = _model("relpos_bias_cls")
+    ms = MaskSub(model)
+    stand_ins = [vars(block.attn.rel_pos)["get_bias"] for block in model.blocks]
+    assert all(isinstance(s, _CutBias) and s.cut is None for s in stand_ins)
+    images, _ = _batch()
+    for seed in (1, 2):  # each sub-branch call prepares again: the same objects (torch.compile's guards see them)
+        ms.sub_logits(images, seed=seed)
+        assert [vars(block.attn.rel_pos)["get_bias"] for block in model.blocks] == stand_ins
+        assert all(s.cut is None for s in stand_ins)
+    from masksub_kernels.training.vit_relpos import relpos_sub_logits
+
+    fresh = _model("relpos_bias_cls")  # never wrapped: the sub-branch function prepares it itself
+    torch.testing.assert_close(relpos_sub_logits(fresh, images, 0.5, 2), ms.sub_logits(images, seed=2))
+
+
+def test_the_sub_branch_checkpoints_each_block_when_the_model_does(monkeypatch):
+    import timm.models._manipulate as manipulate
+
+    calls = []
+    original = manipulate.checkpoint
+
+    def counting(function, *args, **kwargs):
+        calls.append(function)
+        return original(function, *args, **kwargs)
+
+    monkeypatch.setattr(manipulate, "checkpoint", counting)
+    model = _model("beit_both")
+    images, _ = _batch()
+    ms = MaskSub(model)
+    ms.sub_logits(images, seed=1)
+    assert calls == []
+    model.set_grad_checkpointing(True)
+    ms.sub_logits(images, seed=1).sum().backward()
+    assert len(calls) == len(model.blocks)
+
+
+def test_dropsub_leaves_the_bias_mlp_dropout_alone():
+    from masksub_kernels.training.variants import sub_dropout
+
+    model = MODELS["relpos_mlp"]()
+    rates = {name: m.p for name, m in model.blocks.named_modules() if isinstance(m, torch.nn.Dropout)}
+    with sub_dropout(model, 0.4):
+        inside = {name: m.p for name, m in model.blocks.named_modules() if isinstance(m, torch.nn.Dropout)}
+    for name, p in inside.items():
+        if "rel_pos" in name or name.endswith("attn_drop"):
+            assert p == rates[name], name
+        else:
+            assert p == 0.4, name
+    assert any("rel_pos" in name and p > 0 for name, p in inside.items())  # the MLP's own 0.125 kept

@@ -168,6 +168,16 @@ class _HfStyleClassifier(_TinyMlpClassifier):
         return types.SimpleNamespace(logits=super().forward(x), loss=None)
 
 
+class _ShapedClassifier(_TinyMlpClassifier):
+    def __init__(self, shape: str):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x):
+        logits = super().forward(x)
+        return logits.unsqueeze(-1).expand(-1, -1, 2) if self.shape == "[B, C, 2]" else logits.t()
+
+
 class _TupleClassifier(_TinyMlpClassifier):
     def forward(self, x):
         return (super().forward(x),)
@@ -188,6 +198,10 @@ def test_models_returning_an_output_object_give_its_logits():
     torch.testing.assert_close(ms.eval()(images)["logits"], main)
     with pytest.raises(TypeError, match=r"returns logits \[B, C\].*this model returned tuple"):
         MaskSub(_TupleClassifier().double(), family="pixel").train()(images, target)
+    for shape in ("[B, C, 2]", "[C, B]"):  # errors about the model's output, not the loss's arguments
+        model = _ShapedClassifier(shape).double()
+        with pytest.raises(ValueError, match=r"logits as \[B, C\] with B = the images' batch size 4; the model"):
+            MaskSub(model, family="pixel").train()(images, target)
 
 
 def test_a_hugging_face_image_classifier_trains_on_the_pixel_fallback():
