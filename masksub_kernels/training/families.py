@@ -127,13 +127,25 @@ def check_input_size(
     family: str, model: nn.Module, img_size: int | tuple[int, int] | None, cell_size: int | None, mask_ratio: float
 ) -> None:
     """Raise a ValueError when images of ``img_size`` (None: the model's configured size, where it has one) cannot
-    be masked: a grid that the cells do not divide, or a ratio that keeps no token / cell."""
+    be masked (a grid that the cells do not divide, a ratio that keeps no token / cell) or when the model refuses
+    them (a ViT / Swin built for another size with a strict patch embedding, timm's default)."""
     from ..ops.token_select import num_kept_tokens
 
     if isinstance(img_size, int):
         img_size = (img_size, img_size)
     if family == "mlm":
         return  # sequences: the length is checked on each batch
+    embed = getattr(model, "patch_embed", None)
+    built = getattr(embed, "img_size", None)
+    patch = tuple(getattr(embed, "patch_size", (1, 1)))
+    if img_size is not None and getattr(embed, "strict_img_size", False) and built is not None:
+        patched = not img_size[0] % patch[0] and not img_size[1] % patch[1]  # else the patch size's error, below
+        if patched and tuple(img_size) != tuple(built):  # its patch embedding would refuse them at the forward
+            raise ValueError(
+                f"the model is built for {tuple(built)} images and refuses {tuple(img_size)} (a strict image size): "
+                f"build it with img_size={img_size[0] if img_size[0] == img_size[1] else tuple(img_size)}, or "
+                "dynamic_img_size=True where the model has it"
+            )
     if family == "vit":
         grid = vit_token_grid(model)
         if img_size is not None:

@@ -167,6 +167,9 @@ def test_family_vit_by_name_and_images_of_another_size():
     assert MaskSub(model, family="vit").family == "vit"
     with pytest.raises(ValueError, match="not divisible by the ViT patch size"):
         MaskSub(model).check_input_size(36)
+    with pytest.raises(ValueError, match=r"built for \(32, 32\) images and refuses \(48, 48\)"):
+        MaskSub(model).check_input_size(48)
+    MaskSub(model).check_input_size(32)
 
 
 def test_prepare_installs_one_lasting_stand_in_per_attention():

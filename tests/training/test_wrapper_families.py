@@ -222,6 +222,16 @@ def test_a_hugging_face_image_classifier_trains_on_the_pixel_fallback():
     assert ms.train_step(images, target, optimizer, seed=5)["stepped"]
 
 
+def test_check_input_size_refuses_what_a_strict_model_refuses():
+    # helper-101: check_input_size passed sizes that the model's patch embedding then refused at the forward
+    with pytest.raises(ValueError, match=r"built for \(32, 32\) images and refuses \(64, 64\).*img_size=64"):
+        MaskSub(tiny_vit()).check_input_size(64)
+    MaskSub(tiny_vit(dynamic_img_size=True)).check_input_size(64)  # dynamic: any multiple of the patch
+    with pytest.raises(ValueError, match=r"refuses \(128, 128\)"):
+        MaskSub(BUILDERS["swinv2"]()).check_input_size(128)
+    MaskSub(BUILDERS["swinv2"](strict_img_size=False)).check_input_size(128)
+
+
 def test_only_cnns_count_as_convolutional():
     # the pixel-grid sub-branch is a CNN's recipe; other models get it with the warning (helper-94's probe: a
     # patchifying conv, an attention block named *Attn, an LSTM made MLP-Mixer, CaiT, HaloNet, Sequencer "CNNs")
