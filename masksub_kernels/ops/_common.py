@@ -24,9 +24,12 @@ def check_int(name: str, value) -> int:
     return int(value)
 
 
-def check_keep_args(batch_size: int, num_tokens: int, num_keep: int) -> tuple[int, int, int]:
+def check_keep_args(
+    batch_size: int, num_tokens: int, num_keep: int, positions: str = "num_tokens"
+) -> tuple[int, int, int]:
     """Sizes of a per-sample selection of ``num_keep`` of ``num_tokens`` positions (tokens or grid cells), returned
-    as Python ints."""
+    as Python ints. ``positions``: how the message names their count ('num_cells' for the grid masks, as the CUDA
+    extension's own check does)."""
     batch_size, num_tokens, num_keep = (
         check_int(name, value)
         for name, value in (("batch_size", batch_size), ("num_tokens", num_tokens), ("num_keep", num_keep))
@@ -36,7 +39,7 @@ def check_keep_args(batch_size: int, num_tokens: int, num_keep: int) -> tuple[in
     if not 1 <= num_tokens <= MAX_TOKENS:
         raise ValueError(f"num_tokens must be in [1, {MAX_TOKENS}], got {num_tokens}")
     if not 1 <= num_keep <= num_tokens:
-        raise ValueError(f"num_keep must be in [1, num_tokens={num_tokens}], got {num_keep}")
+        raise ValueError(f"num_keep must be in [1, {positions}={num_tokens}], got {num_keep}")
     return batch_size, num_tokens, num_keep
 
 

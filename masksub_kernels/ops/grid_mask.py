@@ -529,7 +529,7 @@ def random_grid_mask(
     ``device`` defaults to the seed tensor's device, else torch's default device.
     """
     grid_h, grid_w = _grid_size(grid_size)
-    batch_size, _, num_keep = check_keep_args(batch_size, grid_h * grid_w, num_keep)
+    batch_size, _, num_keep = check_keep_args(batch_size, grid_h * grid_w, num_keep, "num_cells")
     device = resolve_device(device, seed)
     seed, seed_tensor = resolve_seed(seed, device)
     mask = _cell_mask_op(seed, seed_tensor, batch_size, grid_h * grid_w, num_keep, device)
@@ -558,7 +558,7 @@ def mask_image_grid(
     _check_float_tensor("images", images, "[B, C, H, W]")
     cell_size, grid_h, grid_w = _cell_grid(images.shape[2], images.shape[3], cell_size, "images")
     _check_fill_value(fill_value, images.dtype)
-    num_keep = num_kept_tokens(grid_h * grid_w, mask_ratio)
-    check_keep_args(images.shape[0], grid_h * grid_w, num_keep)
+    num_keep = num_kept_tokens(grid_h * grid_w, mask_ratio, unit="grid cells")
+    check_keep_args(images.shape[0], grid_h * grid_w, num_keep, "num_cells")
     seed, seed_tensor = resolve_seed(seed, images.device)
     return tuple(_mask_image_random_op(images, seed, seed_tensor, cell_size, num_keep, float(fill_value)))

@@ -514,8 +514,8 @@ def mask_tokens_grid(
     _check_float_tensor("tokens", tokens, "[B, H, W, C] (timm Swin layout after patch_embed)")
     _check_mask_token(tokens, mask_token)
     cell_size, grid_h, grid_w = _cell_grid(tokens.shape[1], tokens.shape[2], cell_size, "tokens grid")
-    num_keep = num_kept_tokens(grid_h * grid_w, mask_ratio)
-    check_keep_args(tokens.shape[0], grid_h * grid_w, num_keep)  # random_grid_mask's checks, in its order
+    num_keep = num_kept_tokens(grid_h * grid_w, mask_ratio, unit="grid cells")
+    check_keep_args(tokens.shape[0], grid_h * grid_w, num_keep, "num_cells")  # random_grid_mask's checks, in its order
     seed, seed_tensor = resolve_seed(seed, resolve_device(tokens.device, seed))
     out, mask = _mask_tokens_random_op(
         tokens, mask_token.reshape(tokens.shape[3]), seed, seed_tensor, cell_size, num_keep

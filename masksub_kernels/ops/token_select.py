@@ -61,8 +61,9 @@ from ._token_select_reference import inverse_reference, select_reference  # the 
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
-    """K = floor(num_tokens * (1 - mask_ratio)), as the official code computes it (``int(L * (1 - r))``)."""
+def num_kept_tokens(num_tokens: int, mask_ratio: float, *, unit: str = "tokens") -> int:
+    """K = floor(num_tokens * (1 - mask_ratio)), as the official code computes it (``int(L * (1 - r))``).
+    ``unit``: what the error calls the positions ('grid cells' for the grid masks)."""
     num_tokens = check_int("num_tokens", num_tokens)
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
@@ -74,8 +75,8 @@ def num_kept_tokens(num_tokens: int, mask_ratio: float) -> int:
     num_keep = int(num_tokens * (1.0 - mask_ratio))
     if num_keep < 1:
         raise ValueError(
-            f"mask_ratio={mask_ratio} keeps floor({num_tokens} * (1 - {mask_ratio})) = 0 of {num_tokens} tokens: "
-            "at least one token must be kept"
+            f"mask_ratio={mask_ratio} keeps floor({num_tokens} * (1 - {mask_ratio})) = 0 of {num_tokens} {unit}: "
+            f"at least one must be kept"
         )
     return num_keep
 

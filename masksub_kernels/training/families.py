@@ -14,10 +14,10 @@ Families (``family='auto'`` picks one):
 
 Policy for models outside these families (decided here, documented in the README and docs/training.md): the
 pixel-grid masking works on any model that takes [B, C, H, W] images, so such a model gets it, with a one-time
-``UserWarning`` per model class that says the sub-branch is the pixel-grid fallback rather than the paper's recipe
-for that architecture; passing ``family='pixel'`` explicitly silences it. A model whose forward is not image ->
-logits fails on its first call with the model's own error. Asking for ``'vit'`` / ``'swin'`` on a model without that
-structure is a ValueError.
+``UserWarning`` per architecture (timm's ``pretrained_cfg['architecture']`` within the class) that says the
+sub-branch is the pixel-grid fallback rather than the paper's recipe for that architecture; passing
+``family='pixel'`` explicitly silences it. A model whose forward is not image -> logits fails on its first call
+with the model's own error. Asking for ``'vit'`` / ``'swin'`` on a model without that structure is a ValueError.
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ __all__ = ["DEFAULT_CELL_SIZE", "FAMILIES", "check_input_size", "logits_of", "re
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The eager module under ``torch.compile`` (``OptimizedModule._orig_mod``), else the model itself."""
     return getattr(model, "_orig_mod", model)
+
+
+def _pair(size) -> tuple[int, int]:
+    """An int or a pair as a pair (timm's patch sizes are either: XCiT's and EfficientViT-MSRA's are ints)."""
+    return (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
 
 
 def logits_of(output, batch_size: int) -> torch.Tensor:
@@ -81,10 +86,15 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
         if is_mlm(model):
             return "mlm"
         name = type(model).__name__
-        if not is_convolutional(model) and name not in _WARNED:
-            _WARNED.add(name)
+        # once per architecture: a timm class can hold several (ByobNet: HaloNet and MobileViT; MaxxVit: MaxViT and
+        # CoAtNet), told apart by the model's pretrained_cfg; other models by their class
+        architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        key = f"{name}/{architecture}" if architecture else name
+        if not is_convolutional(model) and key not in _WARNED:
+            _WARNED.add(key)
+            shown = f"{name} ({architecture})" if architecture else name
             warnings.warn(
-                f"MaskSub: {name} is not a timm ViT (VisionTransformer, Eva, Beit, VisionTransformerRelPos), "
+                f"MaskSub: {shown} is not a timm ViT (VisionTransformer, Eva, Beit, VisionTransformerRelPos), "
                 "SwinTransformer (v1, v2) or a CNN; its sub-branch uses "
                 "the pixel-grid fallback (random 32x32-pixel cells of the input set to 0), not a recipe from the "
                 "paper. Pass family='pixel' to silence this warning.",
@@ -137,7 +147,7 @@ def check_input_size(
         return  # sequences: the length is checked on each batch
     embed = getattr(model, "patch_embed", None)
     built = getattr(embed, "img_size", None)
-    patch = tuple(getattr(embed, "patch_size", (1, 1)))
+    patch = _pair(getattr(embed, "patch_size", 1))
     if img_size is not None and getattr(embed, "strict_img_size", False) and built is not None:
         patched = not img_size[0] % patch[0] and not img_size[1] % patch[1]  # else the patch size's error, below
         if patched and tuple(img_size) != tuple(built):  # its patch embedding would refuse them at the forward
@@ -149,7 +159,7 @@ def check_input_size(
     if family == "vit":
         grid = vit_token_grid(model)
         if img_size is not None:
-            patch = tuple(model.patch_embed.patch_size)
+            patch = _pair(model.patch_embed.patch_size)
             if img_size[0] % patch[0] or img_size[1] % patch[1]:
                 raise ValueError(f"image size {img_size} is not divisible by the ViT patch size {patch}")
             grid = (img_size[0] // patch[0], img_size[1] // patch[1])
@@ -157,13 +167,13 @@ def check_input_size(
             num_kept_tokens(grid[0] * grid[1], mask_ratio)
         return
     if family == "swin":
-        patch = tuple(model.patch_embed.patch_size)
+        patch = _pair(model.patch_embed.patch_size)
         grid = swin_token_grid(model) if img_size is None else (img_size[0] // patch[0], img_size[1] // patch[1])
         if grid[0] % cell_size or grid[1] % cell_size:
             raise ValueError(
                 f"the Swin stage-1 token grid {grid[0]} x {grid[1]} is not divisible by the mask cell of {cell_size} "
                 f"tokens: use an image size that is a multiple of {cell_size * patch[0]} pixels (patch {patch[0]} x "
-                f"cell {cell_size}), or another cell_size"
+                f"cell {cell_size}), or {_other_cell(grid, cell_size, mask_ratio)}"
             )
     else:
         if img_size is None:
@@ -172,9 +182,24 @@ def check_input_size(
         if grid[0] % cell_size or grid[1] % cell_size:
             raise ValueError(
                 f"image size {grid[0]} x {grid[1]} is not divisible by the mask cell of {cell_size} pixels: use a "
-                f"multiple of {cell_size}, or another cell_size"
+                f"multiple of {cell_size}, or {_other_cell(grid, cell_size, mask_ratio)}"
             )
     _check_cells(family, grid, patch[0] if family == "swin" else 1, cell_size, mask_ratio)
+
+
+def _other_cell(grid: tuple[int, int], cell_size: int, mask_ratio: float) -> str:
+    """'cell_size=c' for the cell size nearest ``cell_size`` (the larger on a tie) that divides the grid and keeps
+    a cell at ``mask_ratio``, or 'another cell_size' where none does."""
+    import math
+
+    needed = math.ceil(1.0 / (1.0 - mask_ratio) - 1e-9)
+    fits = [
+        c for c in range(2, max(grid) + 1)
+        if not grid[0] % c and not grid[1] % c and (grid[0] // c) * (grid[1] // c) >= needed
+    ]  # fmt: skip
+    if not fits:
+        return "another cell_size"
+    return f"cell_size={min(fits, key=lambda c: (abs(c - cell_size), -c))}"
 
 
 def _check_cells(family: str, grid: tuple[int, int], patch: int, cell_size: int, mask_ratio: float) -> None:

@@ -23,12 +23,12 @@ _OTHER_MIXERS = ("litemla", "shsa", "shma", "hsmssd")
 
 def _mixes_tokens(module: nn.Module) -> bool:
     """An attention, recurrent or state-space module that mixes positions: nn.MultiheadAttention, an RNN, a timm
-    class named *Attn* / *Attention* (but a CNN's gates, _CNN_GATES), *Lambda* (LambdaNet), *Mamba*, or one of
-    _OTHER_MIXERS."""
+    class named *Attn* / *Attention* (but a CNN's gates, _CNN_GATES), *Lambda* (LambdaNet), *Mamba* (but MambaOut's
+    gated convolutions), or one of _OTHER_MIXERS."""
     if isinstance(module, (nn.MultiheadAttention, nn.RNNBase)):
         return True
     name = type(module).__name__.lower()
-    named = any(part in name for part in ("attn", "attention", "lambda", "mamba"))
+    named = any(part in name for part in ("attn", "attention", "lambda", "mamba")) and "mambaout" not in name
     return (named and name not in _CNN_GATES) or name in _OTHER_MIXERS
 
 

@@ -205,7 +205,7 @@ def test_mask_image_published_cell_counts():
     [
         ((2, 3, 64, 64), {"mask_ratio": 1.0}, ValueError, r"\[0, 1\)"),
         ((2, 3, 64, 64), {"mask_ratio": -0.1}, ValueError, r"\[0, 1\)"),
-        ((2, 3, 64, 64), {"mask_ratio": 0.9}, ValueError, "at least one"),
+        ((2, 3, 64, 64), {"mask_ratio": 0.9}, ValueError, "= 0 of 4 grid cells: at least one"),
         ((2, 3, 64, 80), {}, ValueError, "not divisible by cell_size=32"),
         ((2, 3, 64, 64), {"cell_size": 0}, ValueError, "cell_size"),
         ((3, 64, 64), {}, ValueError, "4-D"),
@@ -216,6 +216,14 @@ def test_mask_image_published_cell_counts():
 def test_mask_image_bad_input(shape, kwargs, error, match):
     with pytest.raises(error, match=match):
         mk.mask_image_grid(torch.zeros(shape), **kwargs)
+
+
+def test_random_grid_mask_counts_cells():
+    # the grid masks name their positions cells, as the CUDA extension's check does (they said tokens)
+    with pytest.raises(ValueError, match=r"num_keep must be in \[1, num_cells=4\], got 0"):
+        mk.random_grid_mask(2, (2, 2), 0)
+    with pytest.raises(ValueError, match=r"= 0 of 4 grid cells"):
+        mk.mask_tokens_grid(torch.zeros(2, 16, 16, 3), torch.zeros(3), 0.9)
 
 
 def test_mask_image_bad_dtype():

@@ -300,7 +300,7 @@ def test_token_select_bad_ratio(ratio):
 
 
 def test_token_select_ratio_keeping_nothing():
-    with pytest.raises(ValueError, match="at least one token"):
+    with pytest.raises(ValueError, match="= 0 of 3 tokens: at least one must be kept"):
         mk.random_token_select(torch.zeros(2, 4, 4), 0.9)
 
 

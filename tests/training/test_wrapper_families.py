@@ -253,13 +253,29 @@ def test_only_cnns_count_as_convolutional():
     assert not is_convolutional(torch.nn.Sequential(conv3, torch.nn.LSTM(8, 8)))
     # real timm models, built on the meta device (no memory): CNNs with channel gates stay CNNs; transformers whose
     # attention is named otherwise (CoaT's FactorAttn..., EfficientViT's LiteMLA, SHViT's SHSA) are not
+    # MambaOut's gated convolutions are no Mamba (helper-103's sweep: it was warned)
     for name, cnn in (("resnest14d", True), ("skresnet18", True), ("convnext_atto", True), ("coat_lite_tiny", False),
-                      ("efficientvit_b0", False), ("shvit_s1", False), ("botnet26t_256", False)):  # fmt: skip
+                      ("efficientvit_b0", False), ("shvit_s1", False), ("botnet26t_256", False),
+                      ("mambaout_femto", True)):  # fmt: skip
         with torch.device("meta"):
             assert is_convolutional(timm.create_model(name)) == cnn, name
     mixer = timm.create_model("mixer_s16_224", img_size=32, num_classes=10)  # 8 blocks of width 512: ~1 s
     with pytest.warns(UserWarning, match="pixel-grid fallback"):
         MaskSub(mixer)
+
+
+def test_models_with_an_int_patch_size_and_the_warning_per_architecture():
+    # helper-103's sweep: XCiT and EfficientViT-MSRA (patch_size an int) crashed MaskSub(model) in check_input_size;
+    # MobileViT after HaloNet (both timm ByobNet) got the fallback without its warning
+    import timm
+
+    for name in ("xcit_nano_12_p16_224", "efficientvit_m0", "halonet26t", "mobilevit_xxs"):
+        with torch.device("meta"):
+            model = timm.create_model(name, num_classes=10)
+        with pytest.warns(UserWarning, match="pixel-grid fallback") as caught:
+            assert MaskSub(model).family == "pixel"
+        assert model.pretrained_cfg["architecture"] in str(caught[0].message)
+        MaskSub(model, family="pixel").check_input_size(224)
 
 
 def test_a_model_without_classifier_is_refused():
