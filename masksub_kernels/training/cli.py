@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=None, help="loader processes (default 0 for digits, else 4)")
     g.add_argument("--drop", type=float, default=0.0, help="model dropout rate")
     g.add_argument("--drop-path", type=float, default=0.0, help="model drop-path rate")
-    g.add_argument("--global-pool", default=None, help="timm global_pool (ViT: token, avg; CNN: avg, max, ...)")
+    g.add_argument(
+        "--global-pool",
+        default=None,
+        help="timm global_pool (ViT: token, avg; CNN: avg, max, ...; default: the model's)",
+    )
     g.add_argument(
         "--fc-norm",
         choices=("pooled", "per-token"),
@@ -94,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--interpolation", default="bilinear", help="validation resize interpolation")
     g.add_argument("--crop-pct", type=float, default=1.0, help="validation centre crop fraction (1.0: no crop)")
     g.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation (default: the model's)")
-    g.add_argument("--std", type=float, nargs="+", default=None)
+    g.add_argument("--std", type=float, nargs="+", default=None, help="normalisation (default: the model's)")
     g.add_argument("--aug-repeats", type=int, default=0, help="repeated augmentation: each image N times per epoch")
     g = p.add_argument_group("MaskSub")
     g.add_argument(
@@ -121,8 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="SGD-style momentum (default 0.9, for optimizers that take it; refused by those that do not)",
     )  # fmt: skip
     g.add_argument("--opt-eps", type=float, default=None, help="optimizer epsilon (default: the optimizer's)")
-    g.add_argument("--opt-betas", type=float, nargs=2, default=None, metavar=("B1", "B2"))
-    g.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay (MAE: 0.65, FT-CLIP: 0.6)")
+    g.add_argument(
+        "--opt-betas", type=float, nargs=2, default=None, metavar=("B1", "B2"),
+        help="Adam-family betas (default: the optimizer's, e.g. 0.9 0.999)",
+    )  # fmt: skip
+    g.add_argument(
+        "--layer-decay", type=float, default=None, help="layer-wise lr decay (MAE: 0.65, FT-CLIP: 0.6; default: none)"
+    )
     g.add_argument("--sched", default="cosine", help="timm scheduler name")
     g.add_argument("--warmup-epochs", type=int, default=5)
     g.add_argument("--warmup-lr", type=float, default=1e-5)
