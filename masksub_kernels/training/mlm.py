@@ -112,7 +112,7 @@ def mlm_corrupt(
     *,
     vocab_size: int,
     mask_token_id: int,
-    seed: int,
+    seed: int | None,
     probability: float = 0.15,
     max_kept: int | None = None,
     attention_mask: torch.Tensor | None = None,
@@ -123,7 +123,8 @@ def mlm_corrupt(
     is chosen with probability ``probability``; a chosen token becomes [MASK] with probability 0.8, a token drawn
     uniformly from [0, vocab_size) with probability 0.1, and stays with probability 0.1. labels = the original
     token where chosen, -100 elsewhere. The three uniforms of token (b, p) are Philox draws at offsets
-    3 (b L + p) + k, k = 0, 1, 2, with ``seed``: the same seed gives the same corruption on every device.
+    3 (b L + p) + k, k = 0, 1, 2, with ``seed``: the same seed gives the same corruption on every device (None: a
+    seed drawn from torch's default generator, so ``torch.manual_seed`` reproduces it).
 
     ``max_kept`` (MaskSub's K = ``num_kept_tokens(L, mask_ratio)``, or None: no cap): a row's chosen and special
     tokens, which the sub-branch must all keep, number at most K: a row that draws more keeps its first K - s
