@@ -288,8 +288,9 @@ def _compiled_reason(name: str) -> str:
 def register_op_names(names: Iterable[str], implemented: Iterable[str] = _CONCRETE) -> None:
     """Names that ``last_backend`` knows before their op has run (each op of the library registers its own), with
     the backends their op has (what ``resolve_backend`` answers for that name)."""
+    implemented = tuple(implemented)
     for name in names:
-        _op_names[name] = tuple(implemented)
+        _op_names[name] = implemented
 
 
 def last_backend(op: str | None = None) -> str | dict[str, str] | None:

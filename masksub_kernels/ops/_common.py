@@ -37,7 +37,7 @@ def check_keep_args(
     if batch_size < 0:
         raise ValueError(f"batch_size must be >= 0, got {batch_size}")
     if not 1 <= num_tokens <= MAX_TOKENS:
-        raise ValueError(f"num_tokens must be in [1, {MAX_TOKENS}], got {num_tokens}")
+        raise ValueError(f"{positions} must be in [1, {MAX_TOKENS}], got {num_tokens}")
     if not 1 <= num_keep <= num_tokens:
         raise ValueError(f"num_keep must be in [1, {positions}={num_tokens}], got {num_keep}")
     return batch_size, num_tokens, num_keep

@@ -16,8 +16,10 @@ Policy for models outside these families (decided here, documented in the README
 pixel-grid masking works on any model that takes [B, C, H, W] images, so such a model gets it, with a one-time
 ``UserWarning`` per architecture (timm's ``pretrained_cfg['architecture']`` within the class) that says the
 sub-branch is the pixel-grid fallback rather than the paper's recipe for that architecture; passing
-``family='pixel'`` explicitly silences it. A model whose forward is not image -> logits fails on its first call
-with the model's own error. Asking for ``'vit'`` / ``'swin'`` on a model without that structure is a ValueError.
+``family='pixel'`` explicitly silences it. A model whose forward is not image -> logits fails on its first call:
+with the model's own error, or where it returns something other than logits [B, C] (a tensor, or an object with
+``.logits``: Hugging Face's), with ``logits_of``'s. Asking for ``'vit'`` / ``'swin'`` on a model without that
+structure is a ValueError.
 """
 
 from __future__ import annotations
@@ -149,8 +151,8 @@ def check_input_size(
     built = getattr(embed, "img_size", None)
     patch = _pair(getattr(embed, "patch_size", 1))
     if img_size is not None and getattr(embed, "strict_img_size", False) and built is not None:
-        patched = not img_size[0] % patch[0] and not img_size[1] % patch[1]  # else the patch size's error, below
-        if patched and tuple(img_size) != tuple(built):  # its patch embedding would refuse them at the forward
+        patched = not img_size[0] % patch[0] and not img_size[1] % patch[1]  # a ViT: else its patch error, below
+        if (patched or family != "vit") and tuple(img_size) != tuple(built):  # its patch embedding refuses them
             raise ValueError(
                 f"the model is built for {tuple(built)} images and refuses {tuple(img_size)} (a strict image size): "
                 f"build it with img_size={img_size[0] if img_size[0] == img_size[1] else tuple(img_size)}, or "
@@ -188,17 +190,19 @@ def check_input_size(
 
 
 def _other_cell(grid: tuple[int, int], cell_size: int, mask_ratio: float) -> str:
-    """'cell_size=c' for the cell size nearest ``cell_size`` (the larger on a tie) that divides the grid and keeps
-    a cell at ``mask_ratio``, or 'another cell_size' where none does."""
+    """'cell_size=c' for the cell size nearest ``cell_size`` (the larger on a tie) that divides the grid, keeps a
+    cell at ``mask_ratio`` and gives the grid masks at most MAX_TOKENS cells; else says that no cell size does."""
     import math
+
+    from ..ops._common import MAX_TOKENS
 
     needed = math.ceil(1.0 / (1.0 - mask_ratio) - 1e-9)
     fits = [
         c for c in range(2, max(grid) + 1)
-        if not grid[0] % c and not grid[1] % c and (grid[0] // c) * (grid[1] // c) >= needed
+        if not grid[0] % c and not grid[1] % c and needed <= (grid[0] // c) * (grid[1] // c) <= MAX_TOKENS
     ]  # fmt: skip
     if not fits:
-        return "another cell_size"
+        return f"another size: no cell size divides {grid[0]} x {grid[1]} into {needed} to {MAX_TOKENS} cells"
     return f"cell_size={min(fits, key=lambda c: (abs(c - cell_size), -c))}"
 
 

@@ -131,10 +131,10 @@ def train_step(
         raise ValueError(f"clip_grad must be a max norm > 0 (or None: no clipping), got {clip_grad}")
     if not ms.training:
         raise RuntimeError("train_step needs the MaskSub wrapper in train mode (call ms.train())")
-    if not isinstance(optimizer, torch.optim.Optimizer):
+    if not all(hasattr(optimizer, name) for name in ("param_groups", "step", "zero_grad")):  # duck-typed ones too
         raise TypeError(
-            f"optimizer must be a torch.optim.Optimizer built from the wrapper's parameters, got "
-            f"{type(optimizer).__name__} (e.g. torch.optim.AdamW(ms.parameters()))"
+            f"optimizer must be an optimizer (param_groups, step, zero_grad: a torch.optim.Optimizer) built from the "
+            f"wrapper's parameters, got {type(optimizer).__name__} (e.g. torch.optim.AdamW(ms.parameters()))"
         )
     if autocast is not None and not callable(autocast):
         raise TypeError(

@@ -222,7 +222,8 @@ class MaskSub(nn.Module):
 
     def check_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Raise a ValueError when images of ``img_size`` cannot be masked (cells not dividing the grid, nothing
-        kept). The training command calls it before training."""
+        kept) or the model refuses them (a ViT / Swin built for another size, strict). The training command calls it
+        before training."""
         if self.variant == "mask":
             check_input_size(self.family, self.inner_model, img_size, self.cell_size, self.mask_ratio)
 

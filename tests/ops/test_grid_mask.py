@@ -95,7 +95,7 @@ def test_removed_cells_uniform_over_seeds():
         ((7.0, 7), 1, TypeError, "grid_h"),
         ((7, 7), 0, ValueError, "num_keep"),
         ((7, 7), 50, ValueError, "num_keep"),
-        ((100, 100), 5, ValueError, "num_tokens"),
+        ((100, 100), 5, ValueError, r"num_cells must be in \[1, 8192\], got 10000"),
     ],
 )
 def test_grid_mask_bad_input(grid_size, num_keep, error, match):

@@ -2,6 +2,7 @@
 
 import copy
 import functools
+import types
 
 import pytest
 import torch
@@ -64,8 +65,12 @@ def test_accumulation_window_restarts_after_each_step():
         ms.train_step(*batch("vit"), optimizer, accum_steps=0)
     with pytest.raises(ValueError, match="schedule"):
         ms.train_step(*batch("vit"), optimizer, schedule="both")
-    with pytest.raises(TypeError, match=r"optimizer must be a torch\.optim\.Optimizer .* got list"):
+    with pytest.raises(TypeError, match=r"optimizer must be an optimizer .* got list"):
         ms.train_step(*batch("vit"), list(ms.parameters()))
+    duck = types.SimpleNamespace(
+        param_groups=optimizer.param_groups, step=optimizer.step, zero_grad=optimizer.zero_grad
+    )
+    assert ms.train_step(*batch("vit"), duck)["stepped"]  # a duck-typed optimizer (DeepSpeed's) still trains
     with pytest.raises(TypeError, match=r"autocast must be a context-manager factory .* got str 'bf16'"):
         ms.train_step(*batch("vit"), optimizer, autocast="bf16")
     with pytest.raises(RuntimeError, match="train mode"):

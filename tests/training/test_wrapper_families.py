@@ -15,6 +15,7 @@ from _models import (
     tiny_vit,
 )
 
+import masksub_kernels as mk
 from masksub_kernels.training import MaskSub
 
 FAMILY = {"vit": "vit", "deit3": "vit", "mae": "vit", "swin": "swin", "swinv2": "swin", "resnet": "pixel"}
@@ -230,6 +231,19 @@ def test_check_input_size_refuses_what_a_strict_model_refuses():
     with pytest.raises(ValueError, match=r"refuses \(128, 128\)"):
         MaskSub(BUILDERS["swinv2"]()).check_input_size(128)
     MaskSub(BUILDERS["swinv2"](strict_img_size=False)).check_input_size(128)
+    with pytest.raises(ValueError, match=r"refuses \(66, 66\)"):  # helper-104: a Swin has no patch-size error
+        MaskSub(BUILDERS["swin"]()).check_input_size(66)
+
+
+def test_an_indivisible_image_size_gets_a_cell_size_that_works():
+    from masksub_kernels.training.families import check_input_size
+
+    cnn = torch.nn.Conv2d(3, 3, 3)
+    for size, hint in ((299, "or cell_size=23"), (240, "or cell_size=30"), (202, "or cell_size=101"),
+                       ((224, 299), "no cell size divides 224 x 299 into 2 to 8192 cells")):  # fmt: skip
+        with pytest.raises(ValueError, match=hint):
+            check_input_size("pixel", cnn, size, 32, 0.5)
+    mk.mask_image_grid(torch.zeros(1, 3, 202, 202), 0.5, cell_size=101)  # the suggestion is one the op takes
 
 
 def test_only_cnns_count_as_convolutional():
