@@ -1,11 +1,12 @@
 """`python -m masksub_kernels`: what this installation can run, and which backend each device's tensors get.
 
 Exits with status 2 (and the reason on stderr) when the requested backend (MASKSUB_BACKEND) is unknown or cannot
-run here, as any op would fail then.
+run here, as any op would fail then. It takes no arguments but --help.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
@@ -45,7 +46,18 @@ def describe() -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="python -m masksub_kernels",
+        description="Print what this installation of masksub_kernels can run: each backend (triton, cuda, torch), "
+        "whether it is available and for which devices' tensors, and which backend CPU and CUDA tensors get under "
+        "the requested one (set_backend, or the MASKSUB_BACKEND environment variable; default auto).",
+        epilog="Exit status: 0, or 2 when the requested backend is unknown or cannot run here.",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    _parser().parse_args(sys.argv[1:] if argv is None else argv)  # --help, or an error for stray arguments
     try:
         print(describe())
     except (ValueError, RuntimeError) as exc:

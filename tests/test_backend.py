@@ -237,6 +237,15 @@ def test_module_entry_point_fails_on_a_backend_that_cannot_run(name):
     assert bad.stderr.startswith("python -m masksub_kernels: error: "), bad.stderr
 
 
+def test_module_entry_point_explains_itself_and_refuses_arguments():
+    helped = run_python("import sys; sys.argv = ['masksub_kernels', '--help']; " + ENTRY_POINT)
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith("usage: python -m masksub_kernels") and "MASKSUB_BACKEND" in helped.stdout
+    assert "tensors on cpu run" not in helped.stdout  # the help, not the report
+    stray = run_python("import sys; sys.argv = ['masksub_kernels', '--backend', 'torch']; " + ENTRY_POINT)
+    assert stray.returncode == 2 and "unrecognized arguments: --backend torch" in stray.stderr
+
+
 # The compiled extension masksub_kernels._C (built where a CUDA toolkit is present, CI included)
 needs_compiled_extension = pytest.mark.skipif(
     _backend._compiled_extension_missing() is not None, reason="masksub_kernels._C does not import"
