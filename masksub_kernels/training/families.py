@@ -5,7 +5,8 @@ Families (``family='auto'`` picks one):
 - ``'vit'``: timm ``VisionTransformer`` and subclasses (vit_*, deit_*, deit3_*, MAE-style global pools), timm
   ``Eva`` (EVA-02, rotary ViTs: the kept tokens keep their rotary embeddings) and the ViTs with relative position
   biases, timm ``Beit`` (BEiT, BEiT v2) and ``VisionTransformerRelPos`` (each attention's bias cut to the kept
-  tokens): token selection before the blocks (vit.py, vit_relpos.py).
+  tokens): token selection before the blocks (vit.py, vit_relpos.py); transformers' ViT-like image classifiers
+  (ViT, DeiT, DINOv2, I-JEPA, ViT-MSN, CLIP, SigLIP): the same after their embeddings (hf_vit.py).
 - ``'swin'``: timm ``SwinTransformer`` and ``SwinTransformerV2``: stage-1 tokens of removed cells replaced by a mask
   token (swin.py).
 - ``'pixel'``: ResNets and other CNNs: removed cells of the input images set to 0 (pixel.py).
@@ -29,6 +30,7 @@ import warnings
 import torch
 from torch import nn
 
+from .hf_vit import configured_grid, is_hf_vit
 from .mlm import is_mlm
 from .pixel import is_convolutional
 from .swin import is_swin, swin_token_grid
@@ -81,7 +83,7 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
     if family == "auto":
         if is_vit(model):
             return "vit"
-        if is_eva(model) or is_relpos_vit(model):
+        if is_eva(model) or is_relpos_vit(model) or is_hf_vit(model):
             return "vit"
         if is_swin(model):
             return "swin"
@@ -97,7 +99,8 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
             shown = f"{name} ({architecture})" if architecture else name
             warnings.warn(
                 f"MaskSub: {shown} is not a timm ViT (VisionTransformer, Eva, Beit, VisionTransformerRelPos), "
-                "SwinTransformer (v1, v2) or a CNN; its sub-branch uses "
+                "SwinTransformer (v1, v2), a transformers ViT-like classifier (ViT, DeiT, DINOv2, I-JEPA, ViT-MSN, "
+                "CLIP, SigLIP) or a CNN; its sub-branch uses "
                 "the pixel-grid fallback (random 32x32-pixel cells of the input set to 0), not a recipe from the "
                 "paper. Pass family='pixel' to silence this warning.",
                 UserWarning,
@@ -119,6 +122,8 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
         )
     if family == "vit" and is_relpos_vit(model):  # no _pos_embed / patch_drop / norm_pre: vit_relpos.py's forward
         needs = ("patch_embed", "blocks", "norm", "forward_head")
+    if family == "vit" and is_hf_vit(model):  # transformers: its own forward, cut after the embeddings (hf_vit.py)
+        needs = ()
     if not _has(model, needs):
         missing = [name for name in needs if not hasattr(model, name)]
         raise ValueError(f"family={family!r} needs a model with {needs}; {type(model).__name__} lacks {missing}")
@@ -158,6 +163,15 @@ def check_input_size(
                 f"build it with img_size={img_size[0] if img_size[0] == img_size[1] else tuple(img_size)}, or "
                 "dynamic_img_size=True where the model has it"
             )
+    if family == "vit" and is_hf_vit(model):  # its own forward checks its image size
+        grid = configured_grid(model) if img_size is None else None
+        if img_size is not None:
+            from .hf_vit import hf_vit_embeddings, patch_grid
+
+            grid = patch_grid(hf_vit_embeddings(model), *img_size)
+        if grid is not None:
+            num_kept_tokens(grid[0] * grid[1], mask_ratio)
+        return
     if family == "vit":
         grid = vit_token_grid(model)
         if img_size is not None:

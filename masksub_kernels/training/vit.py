@@ -21,7 +21,8 @@ token keeps its position. Its ``forward_features`` is ``patch_embed -> _pos_embe
 (families.check_eva).
 
 ViTs with relative position biases (timm ``Beit``, ``VisionTransformerRelPos``) select their tokens at the same
-place and cut each attention's bias to the kept tokens: vit_relpos.py.
+place and cut each attention's bias to the kept tokens: vit_relpos.py. transformers' ViT-like classifiers drop
+their tokens after their embeddings, through their own forward: hf_vit.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .hf_vit import hf_vit_sub_logits, is_hf_vit
 from .vit_relpos import is_relpos_vit, relpos_sub_logits
 
 __all__ = ["is_eva", "is_vit", "vit_sub_logits", "vit_token_grid"]
@@ -99,6 +101,8 @@ def vit_sub_logits(model: nn.Module, images: torch.Tensor, mask_ratio: float, se
 
     if is_relpos_vit(model):
         return relpos_sub_logits(model, images, mask_ratio, seed)
+    if is_hf_vit(model):
+        return hf_vit_sub_logits(model, images, mask_ratio, seed)
     x, rope = model.patch_embed(images), None
     eva = is_eva(model)
     if eva:

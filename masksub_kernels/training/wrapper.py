@@ -28,6 +28,8 @@ from .._philox import new_seed
 from ..ops.linear_masksub_loss import check_chunk_rows
 from . import mlm
 from .families import DEFAULT_CELL_SIZE, check_eva, check_input_size, logits_of, resolve_family, unwrap_model
+from .hf_vit import is_hf_vit
+from .hf_vit import prepare as prepare_hf_vit
 from .pixel import pixel_sub_logits
 from .swin import swin_embed_dim, swin_sub_logits
 from .variants import sub_drop_path, sub_dropout
@@ -72,7 +74,8 @@ class MaskSub(nn.Module):
     """A model trained with MaskSub: ``ms(images, target)`` (joint schedule) or ``ms.train_step(...)`` (sequential).
 
     Args:
-        model: a timm ViT (VisionTransformer, Eva, Beit, VisionTransformerRelPos) / Swin (v1, v2), a CNN, or any
+        model: a timm ViT (VisionTransformer, Eva, Beit, VisionTransformerRelPos) / Swin (v1, v2), a transformers
+            ViT-like image classifier (ViT, DeiT, DINOv2, I-JEPA, ViT-MSN, CLIP, SigLIP: hf_vit.py), a CNN, or any
             image classifier (pixel-grid fallback with a one-time warning; a Hugging Face image classifier's
             ``.logits`` are read from its output); may be ``torch.compile``-d (the
             sub-branch is then compiled with the same options).
@@ -81,7 +84,7 @@ class MaskSub(nn.Module):
             inputs instead of logits, which the fused-linear loss turns into the loss without [rows, V] logits.
         mask_ratio: r, the fraction of tokens / cells removed (DropSub / PathSub: the dropout / drop-path rate).
         loss: 'ce' (softmax, DeiT / MAE / Swin recipes) or 'bce' (sigmoid, DeiT-III / ResNet RSB recipes).
-        variant: 'mask' (MaskSub), 'drop' (DropSub) or 'path' (PathSub); the last two for ViTs only.
+        variant: 'mask' (MaskSub), 'drop' (DropSub) or 'path' (PathSub); the last two for timm ViTs only.
         main_weight, sub_weight: weights of the two terms (1/2 each in the paper).
         target_threshold: BCE only: the main target becomes [y > threshold] (DeiT-III: 0.0).
         label_smoothing: eps of the main target, w = (1 - eps) y + eps / C (leave 0 when timm's Mixup smooths).
@@ -145,6 +148,11 @@ class MaskSub(nn.Module):
             raise ValueError(
                 f"variant={variant!r} (DropSub / PathSub) is defined for ViTs; this model is {self.family}"
             )
+        if variant != "mask" and is_hf_vit(inner):
+            raise ValueError(
+                f"variant={variant!r} (DropSub / PathSub) is defined for timm ViTs (their blocks' dropout and "
+                f"drop-path modules); {type(inner).__name__} is a transformers model: use variant='mask'"
+            )
         if cell_size is not None and self.family == "vit":
             raise ValueError(
                 "cell_size is an option of the grid masks (swin, pixel); the vit family drops tokens (mask_ratio)"
@@ -164,6 +172,8 @@ class MaskSub(nn.Module):
                 check_eva(inner)
                 if is_relpos_vit(inner):
                     prepare_relpos(inner)  # the stand-ins of its attention bias methods (vit_relpos.py)
+                if is_hf_vit(inner):
+                    prepare_hf_vit(inner)  # the token-dropping hook on its embeddings (hf_vit.py)
         self._compiled_sub = None  # the sub-branch under the model's torch.compile context, built on first use
         self._micro_step = 0  # position inside the gradient-accumulation window (train_step)
         self._checked_optimizers: set[int] = set()

@@ -207,12 +207,12 @@ def test_models_returning_an_output_object_give_its_logits():
 
 def test_a_hugging_face_image_classifier_trains_on_the_pixel_fallback():
     transformers = pytest.importorskip("transformers")
-    config = transformers.ViTConfig(
+    config = transformers.BeitConfig(  # relative position biases: not hf_vit's (ViT's own test: test_hf_vit.py)
         image_size=64, patch_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, num_labels=10,
+        intermediate_size=32, num_labels=10, use_relative_position_bias=True,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = transformers.ViTForImageClassification(config).double()
+    model = transformers.BeitForImageClassification(config).double()
     with pytest.warns(UserWarning, match="pixel-grid fallback"):
         ms = MaskSub(model).train()
     images, target = batch("resnet")

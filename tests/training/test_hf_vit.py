@@ -1,0 +1,191 @@
+"""transformers' ViT-like image classifiers in the vit family (masksub_kernels/training/hf_vit.py).
+
+The sub-branch is the model's own forward with its embeddings' output cut to the prefix tokens and K random patch
+tokens. The references: a spy on the first encoder layer's input (the embeddings' full output gathered by the
+public ops' ids for the seed, the prefix kept: every class), and for ViT a forward written by hand from the model's
+parts (values and every gradient in fp64).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+from _models import assert_grads_close, grads, reference_loss
+
+import masksub_kernels as mk
+from masksub_kernels.training import MaskSub
+
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+            patch_size=8, num_labels=5, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+# class -> (config changes, prefix tokens: class, distillation and register tokens)
+CLASSES = {
+    "ViTForImageClassification": ({}, 1),
+    "ViTMSNForImageClassification": ({}, 1),
+    "DeiTForImageClassification": ({}, 2),
+    "DeiTForImageClassificationWithTeacher": ({}, 2),
+    "Dinov2ForImageClassification": ({}, 1),
+    "Dinov2WithRegistersForImageClassification": ({"num_register_tokens": 3}, 4),
+    "IJepaForImageClassification": ({}, 0),
+    "CLIPForImageClassification": ({}, 1),
+    "SiglipForImageClassification": ({}, 0),
+}
+
+
+def tiny_hf(name: str, **changes) -> torch.nn.Module:
+    """A tiny fp64 transformers classifier: 32 px, patch 8 (16 patches), 5 classes, dropout off."""
+    cls = getattr(transformers, name)
+    settings = {**TINY, **CLASSES[name][0], **changes}
+    config = cls.config_class(num_labels=settings["num_labels"])
+    for target in (config, getattr(config, "vision_config", None)):
+        for key, value in settings.items():
+            if target is not None and key != "num_labels":
+                setattr(target, key, value)
+    torch.manual_seed(0)
+    return cls(config).double().train()
+
+
+def _images(batch: int = 3, size: int = 32) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def _first_layer(model: torch.nn.Module) -> torch.nn.Module:
+    return next(m for n, m in model.named_modules() if n.endswith(("layers.0", "layer.0")))
+
+
+def _embeddings(model: torch.nn.Module) -> torch.nn.Module:
+    from masksub_kernels.training.hf_vit import hf_vit_embeddings
+
+    return hf_vit_embeddings(model)
+
+
+def _kept(full: torch.Tensor, prefix: int, ratio: float, seed: int) -> torch.Tensor:
+    """The expected sub-branch tokens: the prefix, then the op's kept patch tokens for the seed, in its order."""
+    patches = full.shape[1] - prefix
+    ids = mk.random_keep_indices(full.shape[0], patches, mk.num_kept_tokens(patches, ratio), seed=seed)
+    return mk.gather_tokens(full, ids, num_prefix_tokens=prefix)
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_the_encoder_gets_the_prefix_and_the_kept_patch_tokens(name):
+    model = tiny_hf(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        ms = MaskSub(model, mask_ratio=0.75)
+    assert ms.family == "vit"
+    images, seen = _images(), []
+    hook = _first_layer(model).register_forward_pre_hook(lambda m, args, kw: seen.append(args[0] if args else
+                                                         kw["hidden_states"]), with_kwargs=True)  # fmt: skip
+    full = _embeddings(model)(images)
+    ms.sub_logits(images, seed=7)
+    hook.remove()
+    prefix = CLASSES[name][1]
+    assert full.shape[1] == 16 + prefix and seen[0].shape[1] == prefix + 4  # 16 patches, 4 kept at r = 0.75
+    before_encoder = getattr(getattr(model, "vision_model", None), "pre_layrnorm", torch.nn.Identity())  # CLIP's
+    torch.testing.assert_close(seen[0], before_encoder(_kept(full, prefix, 0.75, 7)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_the_step_trains_what_the_model_trains_and_ratio_zero_is_the_main_branch(name):
+    model = tiny_hf(name)
+    images, target = _images(), torch.tensor([0, 3, 4])
+    torch.testing.assert_close(MaskSub(model, mask_ratio=0.0).sub_logits(images, seed=1), model(images).logits)
+    ms = MaskSub(model)
+    first, again = ms.sub_logits(images, seed=1), ms.sub_logits(images, seed=1)
+    assert torch.equal(first, again) and not torch.equal(first, ms.sub_logits(images, seed=2))
+    model(images).logits.sum().backward()
+    trained_alone = {n for n, p in model.named_parameters() if p.grad is not None}  # not e.g. DINOv2's mask token
+    model.zero_grad(set_to_none=True)
+    ms(images, target)["loss"].backward()
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == trained_alone
+
+
+def _vit_by_hand(model, images: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
+    """ViT's sub-branch from its parts: embeddings, the kept tokens, the layers, the norm, the class token's head."""
+    vit = model.vit
+    x = _kept(vit.embeddings(images), 1, ratio, seed)
+    for layer in getattr(vit, "layers", None) or vit.encoder.layer:  # transformers 5.x / 4.x
+        x = layer(x)
+        x = x[0] if isinstance(x, tuple) else x
+    return model.classifier(vit.layernorm(x)[:, 0])
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_vit_matches_the_sub_branch_written_by_hand(checkpointing):
+    model, twin = tiny_hf("ViTForImageClassification"), tiny_hf("ViTForImageClassification")
+    if checkpointing:  # transformers 5.x's name, else 4.x's
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    images, target = _images(), torch.tensor([1, 0, 4])
+    ms = MaskSub(model)
+    if checkpointing:  # the sub-branch's layers run through the model's checkpointing
+        layer, calls = _first_layer(model), []
+        own = layer._gradient_checkpointing_func
+        layer._gradient_checkpointing_func = lambda *args, **kwargs: calls.append(1) or own(*args, **kwargs)
+        ms.sub_logits(images, seed=5)
+        assert calls == [1]
+    got = ms(images, target, seed=5)
+    got["loss"].backward()
+    sub = _vit_by_hand(twin, images, 0.5, 5)
+    want, *_ = reference_loss(twin(images).logits, sub, target)
+    want.backward()
+    torch.testing.assert_close(got["loss"], want.float(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(ms.sub_logits(images, seed=5), sub, rtol=1e-12, atol=1e-12)
+    assert_grads_close(grads(model), grads(twin), rtol=1e-5, atol=1e-9)  # the fp32 loss's gradient, as the others
+
+
+def test_one_lasting_hook_copies_and_pickles_get_their_own():
+    from masksub_kernels.training.hf_vit import TokenDrop
+
+    model = tiny_hf("ViTForImageClassification")
+    MaskSub(model), MaskSub(model)
+    hooks = [h for h in _embeddings(model)._forward_hooks.values() if isinstance(h, TokenDrop)]
+    assert len(hooks) == 1 and hooks[0].plan is None
+    images = _images()
+    want = MaskSub(model).sub_logits(images, seed=3)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    for other in (copy.deepcopy(model), loaded):
+        (hook,) = [h for h in _embeddings(other)._forward_hooks.values() if isinstance(h, TokenDrop)]
+        assert hook is not hooks[0]
+        torch.testing.assert_close(MaskSub(other).sub_logits(images, seed=3), want, rtol=0, atol=0)
+        torch.testing.assert_close(other(images).logits, model(images).logits, rtol=0, atol=0)  # main: uncut
+
+
+def test_under_torch_compile_the_sub_branch_is_the_eager_one():
+    model = tiny_hf("DeiTForImageClassification")
+    images = _images()
+    want = MaskSub(model).sub_logits(images, seed=4)
+    compiled = MaskSub(torch.compile(model, backend="eager"))
+    torch.testing.assert_close(compiled.sub_logits(images, seed=4), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(compiled(images, branch="main"), model(images).logits, rtol=1e-12, atol=1e-12)
+
+
+def test_options_and_sizes_are_checked():
+    model = tiny_hf("ViTForImageClassification")
+    assert MaskSub(model, family="vit").family == "vit"
+    for variant in ("drop", "path"):
+        with pytest.raises(ValueError, match=r"defined for timm ViTs.*use variant='mask'"):
+            MaskSub(model, variant=variant)
+    with pytest.raises(ValueError, match="cell_size is an option of the grid masks"):
+        MaskSub(model, cell_size=4)
+    with pytest.raises(ValueError, match="0 of 1 tokens: at least one must be kept"):
+        MaskSub(tiny_hf("ViTForImageClassification", image_size=8))  # 1 patch: r = 0.5 keeps none
+    ms = MaskSub(tiny_hf("Dinov2ForImageClassification"), mask_ratio=0.9)
+    ms.check_input_size(64)  # 64 patches keep 6
+    with pytest.raises(ValueError, match="0 of 4 tokens: at least one must be kept"):
+        ms.check_input_size(16)  # 4 patches keep none
+
+
+def test_other_transformers_classifiers_keep_the_warned_pixel_fallback():
+    config = transformers.BeitConfig(**{k: v for k, v in TINY.items() if k != "num_labels"}, num_labels=5,
+                                     use_relative_position_bias=True)  # fmt: skip
+    with pytest.warns(UserWarning, match="pixel-grid fallback"):
+        assert MaskSub(transformers.BeitForImageClassification(config), cell_size=8).family == "pixel"
+    with pytest.raises(ValueError, match="family='vit' needs a model with"):
+        MaskSub(transformers.BeitForImageClassification(config), family="vit")
