@@ -244,8 +244,7 @@ def resolve_backend(
     needs.
     """
     if implemented is None:
-        names = () if op is None else (op,) if isinstance(op, str) else tuple(op)
-        implemented = [b for b in _CONCRETE if all(b in _op_names.get(name, _CONCRETE) for name in names)]
+        implemented = implemented_by(() if op is None else (op,) if isinstance(op, str) else tuple(op))
     device = check_device(device)
     requested = get_backend()
     if requested == "auto":
@@ -283,6 +282,12 @@ def _compiled_reason(name: str) -> str:
     """Why backend ``name`` cannot take CUDA tensors (Triton does not import or is too old; _C does not import)."""
     reason = _triton_missing() if name == "triton" else _compiled_extension_missing()
     return reason or "no CUDA device is present"
+
+
+def implemented_by(names: Iterable[str]) -> list[str]:
+    """The backends that every op of ``names`` has (a name of no library op: all three)."""
+    names = tuple(names)
+    return [b for b in _CONCRETE if all(b in _op_names.get(name, _CONCRETE) for name in names)]
 
 
 def register_op_names(names: Iterable[str], implemented: Iterable[str] = _CONCRETE) -> None:

@@ -322,6 +322,7 @@ def _run(args) -> None:
         "args": dict(vars(args)),
         "world_size": s.world,
         "device": str(s.device),
+        "backend": s.backend,
         "torch": torch.__version__,
         "family": s.ms.family if s.ms is not None else None,
         "train_images": len(s.data.train),

@@ -27,12 +27,12 @@ import math
 import os
 import sys
 import time
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .run_setup import HelpWithDefaults, UsageError, _distributed, check_output, default_output
+from .mlm_tokenizer import Vocab, check_tokenizer_arg, load_tokenizer, tokenizer_path
+from .run_setup import HelpWithDefaults, UsageError, _distributed, check_backend, check_output, default_output
 
 PROG = "masksub-train-mlm"
 EVAL_SEED = 20230619  # the held-out corruption: one fixed draw shared by every run and round
@@ -43,7 +43,8 @@ __all__ = ["PROG", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpWithDefaults)
+    about = __doc__.split("\n\n")[0].replace("``", "")
+    p = argparse.ArgumentParser(prog=PROG, description=about, formatter_class=HelpWithDefaults)
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=None, help="directory of *.txt files (default: the stdlib docstrings)")
     g.add_argument("--vocab-size", type=int, default=8192, help="WordPiece vocabulary trained on the corpus")
@@ -141,6 +142,7 @@ def _check_args(args) -> None:
         )
     if args.resume is not None and not os.path.isfile(args.resume):
         raise UsageError(f"--resume {args.resume!r}: no such file")
+    check_tokenizer_arg(args.tokenizer)
 
 
 # The largest share of the training blocks whose predicted tokens the command may cap (_check_keep): BERT's recipe
@@ -205,16 +207,14 @@ def _binomial_pmf(n: int, x: int, p: float) -> float:
     return math.exp(log_comb + x * math.log(p) + (n - x) * math.log1p(-p))
 
 
-def _tokenizer_digest(path: str) -> str:
-    import hashlib
-
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 RESUME_MUST_MATCH = ("seed", "batch_size", "accum_steps", "seq_len", "baseline", "mask_ratio", "sub_fill",
                      "mlm_probability", "schedule", "lr", "warmup_steps", "weight_decay", "layers", "width", "heads",
                      "intermediate", "dropout", "data_dir", "eval_blocks", "clip_grad")  # fmt: skip
+
+
+def _resume_value(name: str, value):
+    """An option's value as the resume check compares it: --data-dir as the directory it names (corpus/ = corpus)."""
+    return os.path.realpath(value) if name == "data_dir" and value is not None else value
 
 
 def _check_resume(args, state: dict, world: int, digest: str) -> None:
@@ -224,7 +224,7 @@ def _check_resume(args, state: dict, world: int, digest: str) -> None:
     number of processes and the vocabulary."""
     saved = state.get("args", {})
     changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MUST_MATCH
-               if saved.get(k) != getattr(args, k)]  # fmt: skip
+               if _resume_value(k, saved.get(k)) != _resume_value(k, getattr(args, k))]  # fmt: skip
     if state.get("world_size", 1) != world:
         changed.append(f"processes {state.get('world_size', 1)} -> {world}")
     if state.get("tokenizer_sha256") not in (None, digest):
@@ -240,40 +240,10 @@ def _check_resume(args, state: dict, world: int, digest: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class Vocab(NamedTuple):
-    size: int
-    mask_id: int
-
-
-def _tokenizer(args, train_docs: list[str], rank: int, world: int):
-    """The vocabulary at --tokenizer (default OUTPUT/tokenizer.json), trained on the training documents and saved
-    when absent. Under DDP rank 0 alone decides and trains, behind a barrier that every rank passes: training is
-    not deterministic, so the ranks must read one file."""
-    from tokenizers import Tokenizer
-
-    from . import text_data
-
-    path = args.tokenizer or os.path.join(args.output, "tokenizer.json")
-    if rank == 0 and not os.path.isfile(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        text_data.train_tokenizer(train_docs, args.vocab_size).save(path)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-    try:
-        tokenizer = Tokenizer.from_file(path)
-    except Exception as exc:  # tokenizers raises its own Exception type for a bad file
-        raise UsageError(f"--tokenizer {path!r} is not a tokenizers JSON file: {exc}") from exc
-    missing = [t for t in text_data.SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
-    if missing:
-        raise UsageError(f"--tokenizer {path!r} lacks BERT's special tokens {missing}")
-    return tokenizer, _tokenizer_digest(path)
-
-
-def _corpus(args, rank: int, world: int, device):
+def _corpus(args, rank: int, world: int, device, tokenizer_at: str, resuming: bool):
     """(vocab, training blocks and their special-token mask on ``device``, the held-out batch, sizes). The held-out
-    blocks are corrupted once, from EVAL_SEED and each block's index: the same masks for every run and round."""
+    blocks are corrupted once, from EVAL_SEED and each block's index: the same masks for every run and round.
+    ``tokenizer_at``: the vocabulary's file (mlm_tokenizer.py); sizes['tokenizer_trained']: this run wrote it."""
     from . import text_data
 
     try:
@@ -282,8 +252,11 @@ def _corpus(args, rank: int, world: int, device):
         raise UsageError(str(exc)) from exc
     train_docs, held_out = text_data.split_documents(documents)
     if not held_out or not train_docs:
-        raise UsageError(f"the corpus has {len(documents)} document(s): too few to hold 10% out")
-    tokenizer, digest = _tokenizer(args, train_docs, rank, world)
+        raise UsageError(
+            f"the corpus has {len(documents)} document(s) (paragraphs: documents are separated by blank lines): too "
+            "few to hold 10% out"
+        )
+    tokenizer, digest, trained = load_tokenizer(args, tokenizer_at, train_docs, rank, world, resuming, PROG)
     split = {}
     for name, docs, held in (("training", train_docs, False), ("held-out", held_out, True)):
         try:
@@ -294,9 +267,10 @@ def _corpus(args, rank: int, world: int, device):
     train, val = split["training"], split["held-out"]
     if args.eval_blocks:
         val = val[: args.eval_blocks]
-    vocab = Vocab(tokenizer.get_vocab_size(), tokenizer.token_to_id("[MASK]"))
+    vocab = Vocab(tokenizer.get_vocab_size(), tokenizer.token_to_id("[MASK]"), tokenizer.token_to_id("[PAD]"))
     sizes = {"documents": len(documents), "held_out_documents": len(held_out), "train_blocks": int(train.shape[0]),
-             "val_blocks": int(val.shape[0]), "vocab_size": vocab.size, "tokenizer_sha256": digest}  # fmt: skip
+             "val_blocks": int(val.shape[0]), "vocab_size": vocab.size, "tokenizer_sha256": digest,
+             "tokenizer": tokenizer_at, "tokenizer_trained": trained}  # fmt: skip
     train = (train.to(device), text_data.special_tokens_mask(train, tokenizer).to(device))
     val = _corrupt(args, vocab, val.to(device), text_data.special_tokens_mask(val, tokenizer).to(device), EVAL_SEED)
     return vocab, train, val, sizes
@@ -357,7 +331,8 @@ def _model(args, vocab: Vocab) -> nn.Module:
     config = BertConfig(
         vocab_size=vocab.size, hidden_size=args.width, num_hidden_layers=args.layers, num_attention_heads=args.heads,
         intermediate_size=args.intermediate or 4 * args.width, max_position_embeddings=args.seq_len,
-        hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout, pad_token_id=0, type_vocab_size=1,
+        hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout, pad_token_id=vocab.pad_id,
+        type_vocab_size=1,
     )  # fmt: skip
     config.mask_token_id = vocab.mask_id
     return BertForMaskedLM(config)
@@ -439,22 +414,35 @@ def _evaluate(args, ms, vocab, data, rank: int, world: int, device, autocast) ->
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _run(args) -> None:
-    import torch.distributed as dist
+def _read_checkpoint(args) -> dict:
+    """The --resume checkpoint, read before the corpus (it says which vocabulary the run used)."""
+    from .checkpoint import load_checkpoint
 
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .runlog import write_log
+    try:
+        state = load_checkpoint(args.resume)
+    except Exception as exc:  # a truncated file, or not a torch file at all
+        first = (str(exc).splitlines() or [""])[0]
+        raise UsageError(
+            f"cannot read checkpoint {args.resume!r} (expected a torch.save file such as OUTPUT/last.pth): {first}"
+        ) from exc
+    needed = ("model", "optimizer", "scheduler", "step", "rows", "args")
+    if not isinstance(state, dict) or any(key not in state for key in needed):
+        raise UsageError(f"{args.resume!r} is not a {PROG} checkpoint (it lacks {', '.join(needed)})")
+    return state
+
+
+def _build(args, vocab: Vocab, train, state: dict | None, world: int, device, rank: int, sizes: dict):
+    """(ms, optimizer, scheduler, scaler, autocast), with the checkpoint's state when resuming; refuses batches
+    larger than the corpus, blocks whose special tokens the sub-branch cannot keep, and a resume of another run."""
     from .wrapper import MaskSub
 
-    _check_args(args)
-    rank, world, device = _distributed(args.device)
-    check_output(args.output, args.resume, rank)
-    vocab, train, val, sizes = _corpus(args, rank, world, device)
     per_step = args.batch_size * args.accum_steps * world
     if train[0].shape[0] < per_step:
         raise UsageError(f"{train[0].shape[0]} training blocks: fewer than one step's {per_step}; lower --batch-size")
     if not args.baseline:
         _check_keep(args, specials=train[1].sum(1))  # the blocks' own [SEP]s
+    if state is not None:
+        _check_resume(args, state, world, sizes["tokenizer_sha256"])
     torch.manual_seed(_seed(args.seed, -1))
     ms = MaskSub(_model(args, vocab), mask_ratio=args.mask_ratio, sub_fill=args.sub_fill, chunk_rows=args.chunk_rows)
     ms = ms.to(device)
@@ -471,40 +459,57 @@ def _run(args) -> None:
     if args.amp != "none":
         dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
         autocast = functools.partial(torch.autocast, device.type, dtype=dtype)
+    if state is not None:
+        _load_state(args, state, ms, optimizer, scheduler, scaler, rank)
+    return ms, optimizer, scheduler, scaler, autocast
+
+
+def _load_state(args, state: dict, ms, optimizer, scheduler, scaler, rank: int) -> None:
+    old_steps = state["args"].get("steps", args.steps)
+    if old_steps != args.steps and rank == 0:  # the schedule's length: warm-up then linear decay to --steps
+        print(
+            f"{PROG}: note: resuming with --steps {old_steps} -> {args.steps}: the learning rate follows the new "
+            f"schedule from step {state['step'] + 1} on (the steps so far followed the old one)",
+            file=sys.stderr,
+        )
+    try:
+        ms.model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise UsageError(f"--resume {args.resume!r} holds another model: {str(exc).splitlines()[0]}") from exc
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)  # this --steps' schedule (the state holds the old lr)
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+
+
+def _run(args) -> None:
+    import torch.distributed as dist
+
+    from .checkpoint import save_checkpoint
+    from .runlog import write_log
+
+    _check_args(args)
+    rank, world, device = _distributed(args.device)
+    check_output(args.output, args.resume, rank)
+    backend = check_backend(device, ("linear_masksub_loss", "random_keep_indices"))
+    state = _read_checkpoint(args) if args.resume else None
+    tokenizer_at = tokenizer_path(args, state)
+    fresh = rank == 0 and not os.path.isfile(tokenizer_at)
+    try:  # a refusal deletes the vocabulary this run trained (mlm_tokenizer.py)
+        vocab, train, val, sizes = _corpus(args, rank, world, device, tokenizer_at, state is not None)
+        ms, optimizer, scheduler, scaler, autocast = _build(args, vocab, train, state, world, device, rank, sizes)
+    except UsageError:
+        if fresh:
+            with contextlib.suppress(OSError):
+                os.remove(tokenizer_at)
+        raise
     step_fn = _make_step(args, ms, world)
-    start, rows = 0, []
-    if args.resume:
-        try:
-            state = load_checkpoint(args.resume)
-        except Exception as exc:  # a truncated file, or not a torch file at all
-            first = (str(exc).splitlines() or [""])[0]
-            raise UsageError(
-                f"cannot read checkpoint {args.resume!r} (expected a torch.save file such as OUTPUT/last.pth): {first}"
-            ) from exc
-        needed = ("model", "optimizer", "scheduler", "step", "rows", "args")
-        if not isinstance(state, dict) or any(key not in state for key in needed):
-            raise UsageError(f"{args.resume!r} is not a {PROG} checkpoint (it lacks {', '.join(needed)})")
-        _check_resume(args, state, world, sizes["tokenizer_sha256"])
-        old_steps = state["args"].get("steps", args.steps)
-        if old_steps != args.steps and rank == 0:  # the schedule's length: warm-up then linear decay to --steps
-            print(
-                f"{PROG}: note: resuming with --steps {old_steps} -> {args.steps}: the learning rate follows the new "
-                f"schedule from step {state['step'] + 1} on (the steps so far followed the old one)",
-                file=sys.stderr,
-            )
-        try:
-            ms.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise UsageError(f"--resume {args.resume!r} holds another model: {str(exc).splitlines()[0]}") from exc
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base * factor(scheduler.last_epoch)  # this --steps' schedule (the state holds the old lr)
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start, rows = state["step"], state["rows"]
+    start, rows = (state["step"], state["rows"]) if state else (0, [])
     meta = {"command": " ".join([PROG, *sys.argv[1:]]), "args": dict(vars(args)), "world_size": world,
-            "device": str(device), "torch": torch.__version__, "python": sys.version.split()[0], **sizes}  # fmt: skip
+            "device": str(device), "backend": backend, "torch": torch.__version__, "python": sys.version.split()[0],
+            **sizes}  # fmt: skip
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, main, sub, micro-batches: one round's sums
     one = torch.ones((), device=device)  # a micro-batch counted (never NaN, whatever its loss)
     round_start = time.perf_counter()

@@ -164,6 +164,20 @@ def _distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
     return 0, 1, device
 
 
+IMAGE_OPS = ("masksub_loss", "soft_target_cross_entropy", "random_token_select", "mask_image_grid", "mask_tokens_grid")
+
+
+def check_backend(device: torch.device, ops: tuple[str, ...]) -> str:
+    """The backend that the run's ``ops`` get on ``device`` (MASKSUB_BACKEND, default auto), decided before anything
+    trains: an unknown or unusable one is a UsageError (it used to fail at the first loss, with a traceback)."""
+    from .. import _backend
+
+    try:
+        return _backend.resolve_backend(device, implemented=_backend.implemented_by(ops))
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(f"MASKSUB_BACKEND: {exc}") from exc
+
+
 def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
     import timm
 
@@ -388,6 +402,7 @@ class Setup:
     img_size: int
     ema: Any = None  # timm ModelEmaV3 of the bare model (--model-ema)
     pretrained: Any = None  # the --initial-checkpoint LoadReport
+    backend: str = "torch"  # what the library's ops run with on the device (check_backend)
 
 
 def setup(args) -> Setup:
@@ -416,6 +431,7 @@ def setup(args) -> Setup:
     args.mixup_smoothing = 0.0 if binarised else args.smoothing
     rank, world, device = _distributed(args.device)
     check_output(args.output, args.resume, rank)
+    backend = check_backend(device, IMAGE_OPS)
     seed_epoch(args.seed, -1, 0)  # model initialisation: the same on every rank (DDP broadcasts rank 0's anyway)
     img_size = _img_size(args, args.model_kwargs)
     in_chans = args.model_kwargs.get("in_chans", 1 if args.data_dir is None else 3)
@@ -533,5 +549,5 @@ def setup(args) -> Setup:
         rank=rank, world=world, device=device, data=data, model=model, ms=ms, trained=trained, optimizer=optimizer,
         scheduler=scheduler, mixup=mixup, autocast=autocast, scaler=scaler, workers=workers,
         batches=updates_per_epoch * args.grad_accum_steps, mixing=mixing, img_size=img_size, ema=ema,
-        pretrained=report,
+        pretrained=report, backend=backend,
     )  # fmt: skip

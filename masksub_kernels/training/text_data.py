@@ -50,7 +50,8 @@ def stdlib_docstrings(root: str | None = None) -> list[str]:
 
 
 def text_dir_documents(root: str) -> list[str]:
-    """The non-empty paragraphs of every ``*.txt`` file under ``root`` (sorted paths, UTF-8)."""
+    """The non-empty paragraphs (blank-line separated) of every ``*.txt`` file under ``root`` (sorted paths, UTF-8:
+    another encoding is a ValueError naming the file)."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"no such directory: {root}")
     documents = []
@@ -58,8 +59,15 @@ def text_dir_documents(root: str) -> list[str]:
         subdirs.sort()
         for name in sorted(files):
             if name.endswith(".txt"):
-                with open(os.path.join(directory, name), encoding="utf-8", errors="replace") as f:
-                    documents.extend(p.strip() for p in f.read().split("\n\n") if p.strip())
+                path = os.path.join(directory, name)
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        documents.extend(p.strip() for p in f.read().split("\n\n") if p.strip())
+                except UnicodeDecodeError as exc:  # replaced characters would vanish from the vocabulary unseen
+                    raise ValueError(
+                        f"{path} is not UTF-8 (byte {exc.start}: {exc.reason}); the corpus is read as UTF-8: convert "
+                        "it (e.g. iconv -f latin1 -t utf-8)"
+                    ) from exc
     if not documents:
         raise ValueError(f"no text in {root}: the corpus is the *.txt files under it (none found, or all empty)")
     return documents

@@ -382,6 +382,11 @@ class MaskSub(nn.Module):
             hint = " (a batch mapping is for a Hugging Face masked-LM model: family 'mlm')" * isinstance(
                 images, Mapping
             )
+            if isinstance(images, Mapping) and type(self.inner_model).__name__.endswith("ForMaskedLM"):
+                hint = (  # a masked LM of another structure (DistilBERT, ALBERT, ...): the family's own refusal
+                    f" ({type(self.inner_model).__name__} is a masked LM, but family 'mlm' takes BERT structure (bert "
+                    "+ cls.predictions) or RoBERTa structure (roberta + lm_head) only)"
+                )
             raise TypeError(
                 f"this MaskSub wraps a {self.family} model, which takes images as a tensor [B, C, H, W]; got "
                 f"{type(images).__name__}{hint}"

@@ -182,7 +182,10 @@ def test_options_and_sizes_are_checked():
         ms.check_input_size(16)  # 4 patches keep none
 
 
-def test_other_transformers_classifiers_keep_the_warned_pixel_fallback():
+def test_other_transformers_classifiers_keep_the_warned_pixel_fallback(monkeypatch):
+    from masksub_kernels.training import families
+
+    monkeypatch.setattr(families, "_WARNED", set())  # once per architecture: whatever warned before in this process
     config = transformers.BeitConfig(**{k: v for k, v in TINY.items() if k != "num_labels"}, num_labels=5,
                                      use_relative_position_bias=True)  # fmt: skip
     with pytest.warns(UserWarning, match="pixel-grid fallback"):

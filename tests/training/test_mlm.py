@@ -103,6 +103,16 @@ def test_refuses_models_it_would_train_wrongly():
     MaskSub(tiny_bert(position_embedding_type="relative_key"), sub_fill="mask", mask_token_id=MASK_ID)
 
 
+def test_a_masked_lm_of_another_structure_says_which_it_takes():
+    # helper-107: DistilBERT got the image fallback, then "a batch mapping is for a Hugging Face masked-LM model"
+    config = transformers.DistilBertConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
+    with pytest.warns(UserWarning, match="pixel-grid fallback"):
+        ms = MaskSub(transformers.DistilBertForMaskedLM(config))
+    batch = {"input_ids": torch.randint(5, 64, (2, 8))}
+    with pytest.raises(TypeError, match=r"DistilBertForMaskedLM is a masked LM, but family 'mlm' takes BERT"):
+        ms(batch, torch.zeros(2, dtype=torch.long))
+
+
 def test_mlm_corrupt_caps_the_kept_tokens_of_a_row():
     ids = torch.arange(5, 45).view(2, 20)
     special = torch.zeros_like(ids, dtype=torch.bool)

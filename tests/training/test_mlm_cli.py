@@ -317,3 +317,80 @@ def test_two_processes_equal_one_with_accumulation(corpus, tokenizer, tmp_path):
     two = torch.load(tmp_path / "two" / "last.pth", weights_only=False)["model"]
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_the_vocabulary_a_run_uses_and_keeps(corpus, tokenizer, tmp_path, capsys):
+    """helper-107's probe: a refused run left its trained tokenizer.json in --output, which the next run there read
+    silently (its --vocab-size ignored); a resume without --tokenizer trained a new vocabulary beside the checkpoint
+    before refusing it; --tokenizer DIR ended in a traceback after training one."""
+    out = tmp_path / "o"
+    assert main(["--data-dir", corpus, *TINY, "--output", str(out), "--batch-size", "100000"]) == 2
+    assert "fewer than one step" in capsys.readouterr().err and not (out / "tokenizer.json").exists()
+    (out / "tokenizer.json").write_bytes(open(tokenizer, "rb").read())  # as an interrupted run leaves it
+    assert main(["--data-dir", corpus, *TINY, "--output", str(out), "--steps", "1", "--eval-every", "1"]) == 0
+    assert "note: using the vocabulary" in capsys.readouterr().err
+    # a resume without --tokenizer takes the vocabulary of the checkpoint's run (here: --tokenizer's)
+    run = tmp_path / "run"
+    common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer]
+    assert main([*common, "--output", str(run), "--stop-at", "2"]) == 0
+    resumed = ["--data-dir", corpus, *TINY, "--resume", str(run / "last.pth")]
+    assert main(resumed) == 0 and not (run / "tokenizer.json").exists()
+    assert _log(run)["meta"]["tokenizer"] == tokenizer
+    # ... and the one beside the checkpoint, where the run wrote its own; refused when it is gone
+    own = tmp_path / "own"
+    assert main(["--data-dir", corpus, *TINY, "--output", str(own), "--stop-at", "2"]) == 0
+    os.rename(own / "tokenizer.json", tmp_path / "moved.json")
+    assert main(["--data-dir", corpus, *TINY, "--resume", str(own / "last.pth")]) == 2
+    assert "its run's vocabulary" in capsys.readouterr().err and not (own / "tokenizer.json").exists()
+    os.rename(tmp_path / "moved.json", own / "tokenizer.json")
+    assert main(["--data-dir", corpus + "/", *TINY, "--resume", str(own / "last.pth")]) == 0  # corpus/ = corpus
+    # a directory (a save_pretrained one) is refused before anything is trained
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "tokenizer.json").write_text("{}")
+    assert main(["--data-dir", corpus, *TINY, "--tokenizer", str(tmp_path / "hf"), "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and f"use --tokenizer {tmp_path / 'hf' / 'tokenizer.json'}" in err
+
+
+def test_bad_text_and_backends_are_usage_errors_before_training(corpus, tokenizer, tmp_path, capsys, monkeypatch):
+    latin = tmp_path / "latin"
+    latin.mkdir()
+    (latin / "a.txt").write_bytes("café naïve\n\nrésumé".encode("latin-1"))
+    assert main(["--data-dir", str(latin), *TINY, "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{latin / 'a.txt'} is not UTF-8" in err and not (tmp_path / "o" / "tokenizer.json").exists()
+    (latin / "a.txt").write_text("one document a line\n" * 50)
+    assert main(["--data-dir", str(latin), *TINY, "--output", str(tmp_path / "o")]) == 2
+    assert "documents are separated by blank lines" in capsys.readouterr().err
+    from masksub_kernels import _backend
+
+    for name, message in (("bogus", "unknown backend 'bogus'"), ("cuda", "")):  # cuda: no fused-linear loss
+        monkeypatch.setattr(_backend, "_requested", None)  # read MASKSUB_BACKEND again, as a new process does
+        monkeypatch.setenv("MASKSUB_BACKEND", name)
+        assert main(["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path / "b")]) == 2
+        assert f"MASKSUB_BACKEND: {message}" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    monkeypatch.setattr(_backend, "_requested", None)
+    monkeypatch.delenv("MASKSUB_BACKEND")
+    out = tmp_path / "ok"
+    assert main(["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(out), "--steps", "1",
+                 "--eval-every", "1"]) == 0  # fmt: skip
+    assert _log(out)["meta"]["backend"] == "torch"
+
+
+def test_the_model_pads_with_the_tokenizers_pad_id(corpus, tokenizer, tmp_path, monkeypatch):
+    """helper-107: a --tokenizer whose [PAD] is not id 0 got a model with pad_token_id=0 (its id 0 another token)."""
+    from masksub_kernels.training import mlm_cli
+
+    with open(tokenizer) as f:
+        spec = json.load(f)
+    ids = spec["model"]["vocab"]
+    ids["[PAD]"], ids["[UNK]"] = ids["[UNK]"], ids["[PAD]"]  # [PAD] = 1, [UNK] = 0
+    for token in spec["added_tokens"]:
+        token["id"] = ids[token["content"]]
+    (tmp_path / "swapped.json").write_text(json.dumps(spec))
+    models = []
+    monkeypatch.setattr(mlm_cli, "_model", lambda args, vocab, _build=mlm_cli._model: models.append(_build(args, vocab))
+                        or models[-1])  # fmt: skip
+    argv = ["--data-dir", corpus, *TINY, "--tokenizer", str(tmp_path / "swapped.json"), "--output", str(tmp_path / "o")]
+    assert main([*argv, "--steps", "1", "--eval-every", "1"]) == 0
+    assert models[0].config.pad_token_id == 1 and models[0].bert.embeddings.word_embeddings.padding_idx == 1

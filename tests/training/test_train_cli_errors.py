@@ -105,6 +105,21 @@ def test_the_bare_command_trains_on_the_digits(tmp_path, capsys):
     assert "the model is built for (224, 224) images but the data is 48 x 48: pass --model-kwargs img_size=48" in err
 
 
+def test_an_unusable_backend_is_a_usage_error_and_the_log_names_the_one_used(tmp_path, capsys, monkeypatch):
+    from masksub_kernels import _backend
+
+    monkeypatch.setattr(_backend, "_requested", None)  # read MASKSUB_BACKEND again, as a new process does
+    monkeypatch.setenv("MASKSUB_BACKEND", "bogus")
+    assert "MASKSUB_BACKEND: unknown backend 'bogus'" in _error(tmp_path, capsys, *TINY_VIT, "--device", "cpu")
+    monkeypatch.setattr(_backend, "_requested", None)
+    monkeypatch.delenv("MASKSUB_BACKEND")
+    out = str(tmp_path / "ok")
+    argv = [*TINY_VIT, "--epochs", "1", "--limit-batches", "1", "--device", "cpu", *QUICK, "--output", out]
+    assert main(argv) == 0
+    with open(os.path.join(out, "log.json")) as f:
+        assert json.load(f)["meta"]["backend"] == "torch"
+
+
 def test_world_size_without_torchrun(tmp_path, capsys, monkeypatch):
     # WORLD_SIZE exported by hand, no rendezvous variables: a usage error, not torch's env:// traceback
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -16,7 +16,7 @@ from _models import (
 )
 
 import masksub_kernels as mk
-from masksub_kernels.training import MaskSub
+from masksub_kernels.training import MaskSub, families
 
 FAMILY = {"vit": "vit", "deit3": "vit", "mae": "vit", "swin": "swin", "swinv2": "swin", "resnet": "pixel"}
 # DeiT-III's recipe is BCE with binarised mixed targets; the others use soft-target CE.
@@ -205,8 +205,9 @@ def test_models_returning_an_output_object_give_its_logits():
             MaskSub(model, family="pixel").train()(images, target)
 
 
-def test_a_hugging_face_image_classifier_trains_on_the_pixel_fallback():
+def test_a_hugging_face_image_classifier_trains_on_the_pixel_fallback(monkeypatch):
     transformers = pytest.importorskip("transformers")
+    monkeypatch.setattr(families, "_WARNED", set())  # once per architecture: whatever warned before in this process
     config = transformers.BeitConfig(  # relative position biases: not hf_vit's (ViT's own test: test_hf_vit.py)
         image_size=64, patch_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=32, num_labels=10, use_relative_position_bias=True,

@@ -1,0 +1,86 @@
+"""The vocabulary of ``masksub-train-mlm`` (mlm_cli.py): which tokenizer.json a run uses, trains and keeps.
+
+- ``--tokenizer PATH``: that file, trained on the training documents and written there when absent.
+- Without it: ``OUTPUT/tokenizer.json``; a resumed run (``--resume CKPT``) takes the checkpoint's run's own: its
+  ``--tokenizer``, else the ``tokenizer.json`` beside the checkpoint (a new vocabulary would only be refused by the
+  resume's digest check, after being written).
+- A vocabulary trained by a run that is then refused (too few blocks, a resume of another run, ...) is deleted, so
+  the next run into the same ``--output`` trains its own instead of silently reading it; a default-path file that a
+  run reuses without resuming is named in a note (it may come from an earlier run with another ``--vocab-size``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from typing import NamedTuple
+
+from .run_setup import UsageError
+
+__all__ = ["Vocab", "check_tokenizer_arg", "load_tokenizer", "tokenizer_digest", "tokenizer_path"]
+
+
+class Vocab(NamedTuple):
+    size: int
+    mask_id: int
+    pad_id: int = 0  # the model's pad_token_id: the tokenizer's [PAD] (0 for the command's own vocabularies)
+
+
+def check_tokenizer_arg(path: str | None) -> None:
+    """--tokenizer names a file (existing or to write), not a directory such as a save_pretrained one."""
+    if path is None or not os.path.isdir(path):
+        return
+    inside = os.path.join(path, "tokenizer.json")
+    hint = f": use --tokenizer {inside}" if os.path.isfile(inside) else ""
+    raise UsageError(f"--tokenizer {path!r} is a directory; it takes a tokenizers JSON file (tokenizer.json){hint}")
+
+
+def tokenizer_path(args, state: dict | None) -> str:
+    """The tokenizer.json this run uses (module docstring); ``state``: the --resume checkpoint, or None."""
+    if args.tokenizer:
+        return args.tokenizer
+    if state is not None:
+        saved = state.get("args", {}).get("tokenizer")
+        path = saved or os.path.join(os.path.dirname(os.path.abspath(args.resume)), "tokenizer.json")
+        if not os.path.isfile(path):
+            raise UsageError(
+                f"--resume {args.resume!r}: its run's vocabulary {path!r} is missing; pass --tokenizer with the "
+                "tokenizer.json that run used"
+            )
+        return path
+    return os.path.join(args.output, "tokenizer.json")
+
+
+def tokenizer_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int, resuming: bool, prog: str):
+    """(tokenizer, digest, trained): the vocabulary at ``path``, trained on the training documents and saved when
+    absent (``trained``). Under DDP rank 0 alone decides and trains, behind a barrier that every rank passes:
+    training is not deterministic, so the ranks must read one file."""
+    from tokenizers import Tokenizer
+
+    from . import text_data
+
+    trained = rank == 0 and not os.path.isfile(path)
+    if trained:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        text_data.train_tokenizer(train_docs, args.vocab_size).save(path)
+    elif rank == 0 and not args.tokenizer and not resuming:
+        print(f"{prog}: note: using the vocabulary {path!r} that an earlier run wrote there (not trained for this "
+              "run's --vocab-size: delete it, or pass --tokenizer, to train another)", file=sys.stderr)  # fmt: skip
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    try:
+        tokenizer = Tokenizer.from_file(path)
+    except Exception as exc:  # tokenizers raises its own Exception type for a bad file
+        raise UsageError(f"--tokenizer {path!r} is not a tokenizers JSON file: {exc}") from exc
+    missing = [t for t in text_data.SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
+    if missing:
+        raise UsageError(f"--tokenizer {path!r} lacks BERT's special tokens {missing}")
+    return tokenizer, tokenizer_digest(path), trained
