@@ -103,6 +103,7 @@ ncu_linear() { # benchmarks/gpu_ncu.py under Nsight Compute: one CSV row of raw 
 }
 
 setup_run "$@"
+export MASKSUB_BENCH_DATE="${MASKSUB_BENCH_DATE:-$(date -u +%F)}"  # one date in every suite's file names (helper-106)
 declare -A CAP=([linear_loss]=80 [train]=38 [loss]=55 [token_select]=45 [grid_mask]=27)
 
 suites="${SUITES:-linear_loss train loss token_select grid_mask}"
@@ -123,8 +124,8 @@ for suite in $suites; do
   step bench.log "${CAP[$suite]}" "$PY" -m masksub_kernels.bench --out "$OUT" --append --suites "$suite"
   if [[ $suite == linear_loss ]]; then
     step bench.log 20 "$PY" benchmarks/gpu_profile.py --only linear
-    step bench.log 30 ncu_linear
-    step bench.log 30 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"
+    step bench.log 40 ncu_linear  # its tables print only when the workload ends: no partial result to keep
+    step bench.log 20 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"
     output linear-loss-numerics.json
   fi
 done

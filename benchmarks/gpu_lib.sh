@@ -110,6 +110,7 @@ note() { # a line in summary.txt that is not a step (e.g. why one was skipped)
 finish() {
   echo "budget ${BUDGET} s; files (${#FILES[@]}): ${FILES[*]}"
   [[ -n ${DRY_RUN:-} ]] && return 0
+  rm -f "$OUT"/*.partial  # a write cut by a cap (the whole previous file is kept): not one of the call's files
   echo "budget ${BUDGET} s (GPU caps; x ${CAP_SCALE} here); total $SECONDS s" >> "$OUT/summary.txt"
   cat "$OUT/summary.txt"
   ((FAILED == 0 && CAPPED)) && return 75

@@ -12,7 +12,9 @@ up, then once between cudaProfilerStart and cudaProfilerStop (ncu --profile-from
   the kernels and launch configurations of the 42 full chunks of a 16384-row step; its last, of 256 rows, splits
   the loss forward's rows over 2 programs): the logits matmul, the loss forward and backward kernels on the
   chunk's fp32 logits, the dH and dW matmuls;
-- the recompute op (reduction 'none', then the mean) on all 16384 rows: its forward, dH and dW Triton kernels.
+- the recompute op (reduction 'none', then the mean) on 4096 rows (RECOMPUTE_ROWS: ncu replays each kernel once per
+  section group, and the step's cap must hold them all; a quarter of the step's rows, every one counted): its
+  forward, dH and dW Triton kernels.
 ncu flushes the caches before each replay of a kernel (its default): L2 hit rates are a cold cache's (a chunk's 94 MB
 of logits exceed the H200's 50 MB of L2 anyway). Each phase prints its time since the start (the log says where the
 step's cap went). Without a GPU, the calls run on the CPU at a tiny shape (the torch backend), unprofiled: the CPU
@@ -33,6 +35,7 @@ import masksub_kernels as mk  # noqa: E402
 from masksub_kernels.ops._linear_loss_chunks import grads_chunk_rows  # noqa: E402
 
 SHAPE = (16384, 768, 30522)  # BERT-base MLM (issue 13)
+RECOMPUTE_ROWS = 4096  # the recompute op's rows under ncu: its kernels replayed per section must fit the step's cap
 TINY = (8, 16, 40)  # the CPU's check of the calls
 
 
@@ -51,7 +54,7 @@ def calls(rows: int, depth: int, classes: int, device: torch.device) -> list[tup
         labels = torch.randint(0, classes, (n,), generator=generator, device=device)
         return leaf(n, depth), leaf(n, depth), weight, bias, labels
 
-    one_chunk, every_row = head(chunk), head(rows)
+    one_chunk, every_row = head(chunk), head(min(rows, RECOMPUTE_ROWS))
 
     def run(inputs, reduction):
         for t in inputs[:4]:
@@ -61,7 +64,7 @@ def calls(rows: int, depth: int, classes: int, device: torch.device) -> list[tup
 
     return [
         (f"gradients in the forward, one chunk: M={chunk} D={depth} C={classes}", lambda: run(one_chunk, "mean")),
-        (f"recompute (reduction='none'): M={rows} D={depth} C={classes}", lambda: run(every_row, "none")),
+        (f"recompute (reduction='none'): M={len(every_row[0])} D={depth} C={classes}", lambda: run(every_row, "none")),
     ]
 
 

@@ -10,6 +10,7 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -119,6 +120,8 @@ def test_gpu_bench_profiles_the_fused_linear_kernels_by_their_names():
         kernel = getattr(module, f"_{name}_kernel")
         assert isinstance(kernel, KernelInterface) and kernel.fn.__name__ == f"_{name}_kernel", name
     # without ncu (here) the step says so and succeeds: the rest of the call goes on
+    if shutil.which("ncu", path="/usr/bin:/bin"):  # a GPU machine's image may have it there (helper-106)
+        return
     env = {**os.environ, "PATH": "/usr/bin:/bin", "PYTHON": sys.executable}
     command = ["bash", SCRIPTS[1], "__call", "ncu_linear"]
     out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -6,7 +6,7 @@
 # 3.12, torch 2.11.0 and the Triton 3.6.0 that torch pins, while .venv (requirements-dev.txt) has torch 2.14.1 and
 # Triton 3.8. This script
 #   1. makes a venv (default /tmp/masksub-gpu-versions) with torch==$TORCH, its Triton, torchvision==$TORCHVISION,
-#      numpy==$NUMPY and requirements-dev.txt's other pins, from PyPI (~5 GB: torch's CUDA libraries; minutes);
+#      numpy==$NUMPY, timm==$TIMM, transformers==$TRANSFORMERS and requirements-dev.txt's other pins, from PyPI (~5 GB: torch's CUDA libraries; minutes);
 #   2. clones the checkout's HEAD into $VENV/checkout and installs it there with the CUDA extension
 #      (MASKSUB_BUILD_CUDA=1: built against that torch's headers with warnings as errors, as the GPU run builds it);
 #   3. runs the test suite in it as CI does (the Triton kernels on the interpreter and compiled for sm_80 / sm_90 by
@@ -25,6 +25,10 @@ TORCHVISION="${TORCHVISION:-0.26.0}" # the torchvision release built for that to
 # one-element arrays to Python ints (a range() bound, an index), which NumPy 2.4 refuses ("only 0-dimensional arrays
 # can be converted to Python scalars": 315 tests failed so on 2026-12-02); Triton 3.8's interpreter does not.
 NUMPY="${NUMPY:-2.3.5}"
+# timm and transformers as the device's image has them (../.library/device/KINDS.md; helper-106 on 2026-12-03: timm
+# 1.0.29 returned None for an unknown scheduler and selected no repeated-augmentation samples below 256 images)
+TIMM="${TIMM:-1.0.29}"
+TRANSFORMERS="${TRANSFORMERS:-5.17.0}"
 if [[ -z ${PY:-} ]]; then # the first that starts: a pyenv shim of a version not selected is found but fails
   for PY in python3.12 python3; do "$PY" -c "" 2> /dev/null && break; done
 fi
@@ -35,8 +39,10 @@ if [[ ! -x $VENV/bin/python ]]; then
 fi # (an existing venv keeps its Python: another PY needs another VENV)
 requirements="$VENV/requirements.txt"
 {
-  grep -viE '^(torch|torchvision|numpy|triton)([^a-z0-9_.-]|$)|^#' "$ROOT/requirements-dev.txt" # set here, or pinned by torch
+  grep -viE '^(torch|torchvision|numpy|triton|timm|transformers)([^a-z0-9_.-]|$)|^#' "$ROOT/requirements-dev.txt" # set here
   echo "torch==$TORCH"
+  echo "timm==$TIMM"
+  echo "transformers==$TRANSFORMERS"
   echo "torchvision==$TORCHVISION"
   echo "numpy==$NUMPY"
 } > "$requirements"

@@ -18,6 +18,7 @@ import argparse
 import datetime
 import importlib
 import json
+import os
 import re
 import sys
 import time
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             "No GPU here: these are CPU figures of the torch backend (the CPU path) against the eager baselines. "
             "The Triton/CUDA kernel figures need a GPU (run benchmarks/gpu_bench.sh there)."
         )
-    date = datetime.date.today().isoformat()
+    # one date for every suite of a run that crosses midnight (gpu_bench.sh sets it): the files are the run's
+    date = os.environ.get("MASKSUB_BENCH_DATE") or datetime.date.today().isoformat()
     # a smoke run's files are named apart: it never replaces the day's measured results
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{env['device']}-{date}").strip("-") + ("-tiny" if args.tiny else "")
     directory = args.out or default_output_directory()

@@ -130,12 +130,16 @@ def build_datasets(
 def train_sampler(dataset: Dataset, epoch: int, seed: int, rank: int, world: int, aug_repeats: int = 0, generator=None):
     """The epoch's sampler: ``RepeatAugSampler`` (timm; DeiT-III's RASampler) with ``aug_repeats`` > 0 -- each image
     ``aug_repeats`` times per epoch, the copies on different processes, ``len(dataset) // 256 * 256 / world``
-    samples per process --, a ``DistributedSampler`` under torchrun, else a shuffle drawn from ``generator`` (the
-    loader's); all seeded by (seed, epoch)."""
+    samples per process (``ceil(len(dataset) / world)`` below 256 images, as timm >= 1.0.31 does by itself: its
+    earlier releases selected none) --, a ``DistributedSampler`` under torchrun, else a shuffle drawn from
+    ``generator`` (the loader's); all seeded by (seed, epoch)."""
     if aug_repeats > 0:
         from timm.data.distributed_sampler import RepeatAugSampler
 
-        sampler = RepeatAugSampler(dataset, num_replicas=world, rank=rank, shuffle=True, num_repeats=aug_repeats)
+        rounding = 256 if len(dataset) >= 256 else 0  # 0: no rounding down to whole 256s
+        sampler = RepeatAugSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, num_repeats=aug_repeats, selected_round=rounding
+        )
         sampler.set_epoch(seed * 1_000_003 + epoch)
         return sampler
     if world > 1:

@@ -523,6 +523,8 @@ def setup(args) -> Setup:
         )
     except ValueError as exc:  # an unknown name
         raise UsageError(f"--sched {args.sched}: {exc}") from exc
+    if scheduler is None:  # timm before 1.0.31 returned None for an unknown name (the first step then crashed)
+        raise UsageError(f"--sched {args.sched}: Unknown scheduler (timm's names: cosine, tanh, step, multistep, ...)")
     mixup = None
     if mixing:
         mixup = Mixup(

@@ -120,6 +120,14 @@ def test_an_unusable_backend_is_a_usage_error_and_the_log_names_the_one_used(tmp
         assert json.load(f)["meta"]["backend"] == "torch"
 
 
+def test_an_unknown_scheduler_that_timm_returns_as_none_is_refused(tmp_path, capsys, monkeypatch):
+    # timm before 1.0.31 (the GPU machine's 1.0.29) returned None for an unknown name: an AttributeError at step 1
+    import timm.scheduler
+
+    monkeypatch.setattr(timm.scheduler, "create_scheduler_v2", lambda *a, **k: (None, 0))
+    assert "--sched cosinus: Unknown scheduler" in _error(tmp_path, capsys, *TINY_VIT, "--sched", "cosinus")
+
+
 def test_world_size_without_torchrun(tmp_path, capsys, monkeypatch):
     # WORLD_SIZE exported by hand, no rendezvous variables: a usage error, not torch's env:// traceback
     monkeypatch.setenv("WORLD_SIZE", "2")
