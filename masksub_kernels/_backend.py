@@ -40,8 +40,9 @@ _extensions: dict[str, Any] = {}  # device type -> extension module registered f
 
 
 def triton_interpreted() -> bool:
-    """True when Triton kernels run on the CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when Triton kernels run on the CPU interpreter (``TRITON_INTERPRET=1``, or true / on / yes / y in any
+    case: Triton's own reading; ``false``, ``off`` or ``2`` are off for Triton, so here too)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes", "y")
 
 
 @functools.cache
@@ -93,7 +94,10 @@ def _triton_missing() -> str | None:
         )
     if triton_interpreted() or _cuda_device_present():
         return None
-    return "Triton needs a CUDA device, or TRITON_INTERPRET=1 to run its kernels on the CPU interpreter"
+    return (
+        "Triton needs a CUDA device, or TRITON_INTERPRET=1 set before importing masksub_kernels to run its kernels on "
+        "the CPU interpreter"
+    )
 
 
 @functools.cache

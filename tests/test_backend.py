@@ -175,6 +175,26 @@ def test_triton_without_gpu_or_interpreter_is_unavailable():
     assert "triton" not in result.stdout
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU interpreter's switch")
+def test_triton_interpret_is_read_as_triton_reads_it(monkeypatch):
+    # helper-105: 'false' counted as on here (Triton: off), so triton was offered for CPU tensors and then failed
+    # inside Triton ("0 active drivers")
+    for value, interpreted in (
+        ("1", True),
+        ("true", True),
+        ("ON", True),
+        ("false", False),
+        ("off", False),
+        ("2", False),
+    ):
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+        assert mk.triton_interpreted() is interpreted, value
+        import triton
+
+        if hasattr(triton, "knobs"):  # Triton >= 3.4's own reading of the variable
+            assert triton.knobs.runtime.interpret is interpreted, value
+
+
 def test_torch_older_than_the_tested_releases_is_refused_at_import():
     for version, refused in (("2.5.1+cu124", True), ("2.7.0", True), ("2.8.0a0+git1234", False), ("2.14.1", False)):
         code = f"import torch; torch.__version__ = {version!r}; import masksub_kernels; print('imported')"

@@ -189,6 +189,8 @@ class MaskSubOp:
         self._function = Function
 
     def __call__(self, *args):
+        if torch.autograd.forward_ad._current_level >= 0:  # a dual level is open (-1: none; no cost otherwise)
+            _refuse_forward_ad(self.name, args)
         if torch.compiler.is_compiling() or _tracing(args):
             return self.custom_op(*args)
         if torch._C._are_functorch_transforms_active():  # torch.func.grad, vmap, jvp, jacrev...
@@ -205,6 +207,19 @@ class MaskSubOp:
             if any(isinstance(arg, torch.Tensor) and arg.requires_grad for arg in args):
                 return self._function.apply(*args)
         return self.run(*args)
+
+
+def _refuse_forward_ad(name: str, args) -> None:
+    """Forward-mode AD (``torch.autograd.forward_ad`` dual tensors) is refused on every backend: the kernels would
+    drop the tangent (a zero jvp, silently) and the eager autograd.Function has no jvp."""
+    from torch.autograd import forward_ad
+
+    if any(isinstance(arg, torch.Tensor) and forward_ad.unpack_dual(arg).tangent is not None for arg in args):
+        raise RuntimeError(
+            f"masksub::{name} does not support forward-mode AD (torch.autograd.forward_ad dual tensors): the kernels "
+            "have no jvp; take gradients with torch.autograd (.backward(), torch.autograd.grad), or a jvp with "
+            "torch.autograd.functional.jvp (built on double backward: the token and grid ops have it)"
+        )
 
 
 def first_order_only(name: str, backward):

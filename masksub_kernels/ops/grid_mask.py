@@ -85,7 +85,11 @@ def _check_fill_value(fill_value, dtype: torch.dtype) -> None:
     if isinstance(fill_value, bool) or not isinstance(fill_value, numbers.Real):
         raise TypeError(f"fill_value must be a float, got {type(fill_value).__name__}")
     largest = torch.finfo(dtype).max
-    if not math.isfinite(fill_value) or abs(fill_value) > largest:
+    try:
+        value = float(fill_value)
+    except OverflowError:  # an int beyond the float range (math.isfinite raised it unexplained)
+        value = math.inf
+    if not math.isfinite(value) or abs(value) > largest:
         raise ValueError(f"fill_value must be finite and within ±{largest:g} for {dtype} images, got {fill_value}")
 
 

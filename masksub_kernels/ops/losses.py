@@ -146,7 +146,8 @@ def _number(name: str, value, low: float, high: float = FP32_MAX, *, open_high=F
         x = float(value)
     except OverflowError:  # an int beyond the float range
         x = math.inf
-    if not (math.isfinite(x) and low <= x and (x < high if open_high else x <= high)):
+    finite = x - x == 0  # math.isfinite(x), traceable where x is a SymFloat (torch.compile(dynamic=True))
+    if not (finite and low <= x and (x < high if open_high else x <= high)):
         expected = expected or f"in [{low:g}, {high:g}{')' if open_high else ']'}"
         raise ValueError(f"{name} must be a finite number {expected}, got {value!r}")
     return x

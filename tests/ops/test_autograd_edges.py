@@ -178,3 +178,48 @@ def test_torch_func_transforms_are_refused_clearly(transform):
             torch.func.grad(lambda t: mk.masksub_loss(t, s.detach(), y).loss)(z.detach())
         else:
             torch.func.vmap(lambda t: mk.soft_target_cross_entropy(t, y))(torch.stack([z.detach()] * 2))
+
+
+def _forward_ad_calls():
+    """(name, function of a make-dual function) for each public op, a dual tensor in one input."""
+    images, tokens, x = (torch.randn(*shape, device=DEVICE) for shape in ((2, 3, 8, 8), (2, 4, 4, 6), (2, 5, 6)))
+    token = torch.randn(6, device=DEVICE)
+    z, s = torch.randn(4, 7, device=DEVICE), torch.randn(4, 7, device=DEVICE)
+    y = torch.tensor([0, 1, 2, 3], device=DEVICE)
+    return [
+        ("mask_image_grid", lambda d: mk.mask_image_grid(d(images), 0.5, cell_size=4, seed=1)),
+        ("mask_tokens_grid", lambda d: mk.mask_tokens_grid(d(tokens), token, 0.5, cell_size=2, seed=1)),
+        ("mask_tokens_grid token", lambda d: mk.mask_tokens_grid(tokens, d(token), 0.5, cell_size=2, seed=1)),
+        ("random_token_select", lambda d: mk.random_token_select(d(x), 0.5, num_prefix_tokens=1, seed=1)),
+        ("masksub_loss sub", lambda d: mk.masksub_loss(z, d(s), y)),
+        ("soft_target_bce", lambda d: mk.soft_target_bce(d(z), y)),
+        ("self_distillation_loss", lambda d: mk.self_distillation_loss(d(s), z)),
+    ]
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("case", range(7))
+def test_forward_mode_ad_is_refused_on_every_backend(backend, case, requires_grad):
+    # helper-105: the Triton kernels dropped the tangent (a zero jvp, silently); the reference took it for the grid
+    # masks unless the primal required grad, where the autograd.Function (no jvp) raised inside torch
+    from torch.autograd import forward_ad
+
+    _name, call = _forward_ad_calls()[case]
+
+    def dual(t):
+        t = t.clone().requires_grad_(requires_grad)
+        return forward_ad.make_dual(t, torch.ones_like(t))
+
+    with forward_ad.dual_level(), pytest.raises(RuntimeError, match=r"does not support forward-mode AD"):
+        call(dual)
+    call(lambda t: t)  # outside a dual level: unchanged
+
+
+@pytest.mark.parametrize("name", LINEAR_BACKENDS)
+def test_the_fused_linear_loss_refuses_forward_mode_ad(name):
+    from torch.autograd import forward_ad
+
+    h, w, y = torch.randn(4, 6, device=DEVICE), torch.randn(7, 6, device=DEVICE), torch.tensor([0, 1, 2, 3])
+    with mk.use_backend(name), forward_ad.dual_level():
+        with pytest.raises(RuntimeError, match=r"does not support forward-mode AD"):
+            mk.linear_masksub_loss(h, h, forward_ad.make_dual(w, torch.ones_like(w)), None, y.to(DEVICE))

@@ -70,7 +70,13 @@ def test_validated_out_of_range_ids_are_refused():
 
 @pytest.mark.parametrize(
     ("dtype", "fill_value"),
-    [(torch.float16, 1e6), (torch.bfloat16, 1e39), (torch.float32, math.inf), (torch.float32, math.nan)],
+    [
+        (torch.float16, 1e6),
+        (torch.bfloat16, 1e39),
+        (torch.float32, math.inf),
+        (torch.float32, math.nan),
+        (torch.float32, 10**400),
+    ],  # an int beyond the float range: was an OverflowError (helper-105)
 )
 def test_fill_value_must_stay_finite_in_the_images_dtype(backend, dtype, fill_value):
     images = torch.zeros(1, 1, 4, 4, dtype=dtype, device=DEVICE)
