@@ -51,6 +51,15 @@ class KeepTheseTokens(nn.Module):
 @pytest.mark.parametrize("checkpointing", [False, True])
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_sub_branch_equals_timms_patch_dropout_of_the_same_tokens(config, checkpointing):
+    import re
+
+    import timm
+
+    release = tuple(int(part) for part in re.findall(r"\d+", timm.__version__)[:3])
+    if config == "rope-mixed-reg-avg" and release < (1, 0, 31):
+        # timm's own forward fails in fp64 there (pos_embed_sincos: "expected scalar type Double but found Float";
+        # the GPU machine's timm 1.0.29, helper-106): the reference is missing, not the sub-branch
+        pytest.skip("timm < 1.0.31's mixed RoPE does not run in fp64")
     model = tiny_eva(**CONFIGS[config])
     model.set_grad_checkpointing(checkpointing)
     ms = MaskSub(model).train()
