@@ -66,7 +66,8 @@ def num_kept_tokens(num_tokens: int, mask_ratio: float, *, unit: str = "tokens")
     ``unit``: what the error calls the positions ('grid cells' for the grid masks)."""
     num_tokens = check_int("num_tokens", num_tokens)
     if num_tokens < 1:
-        raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+        counted = "num_tokens" if unit == "tokens" else f"the number of {unit} (an empty grid)"
+        raise ValueError(f"{counted} must be >= 1, got {num_tokens}")
     if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, numbers.Real):
         raise TypeError(f"mask_ratio must be a float in [0, 1), got {type(mask_ratio).__name__}")
     mask_ratio = float(mask_ratio)  # NumPy's floats too

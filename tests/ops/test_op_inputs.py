@@ -68,6 +68,14 @@ def test_validated_out_of_range_ids_are_refused():
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def test_an_empty_grid_says_so(backend):
+    # helper-105: "num_tokens must be >= 1, got 0" for images of height 0
+    with pytest.raises(ValueError, match=r"the number of grid cells \(an empty grid\) must be >= 1, got 0"):
+        mk.mask_image_grid(torch.zeros(1, 1, 0, 4, device=DEVICE), 0.5, cell_size=2, seed=1)
+    with pytest.raises(ValueError, match=r"the number of grid cells \(an empty grid\) must be >= 1, got 0"):
+        mk.mask_tokens_grid(torch.zeros(1, 4, 0, 3, device=DEVICE), torch.zeros(3, device=DEVICE), 0.5, cell_size=2)
+
+
 @pytest.mark.parametrize(
     ("dtype", "fill_value"),
     [
