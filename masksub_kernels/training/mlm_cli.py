@@ -510,8 +510,9 @@ def _run(args) -> None:
     meta = {"command": " ".join([PROG, *sys.argv[1:]]), "args": dict(vars(args)), "world_size": world,
             "device": str(device), "backend": backend, "torch": torch.__version__, "python": sys.version.split()[0],
             **sizes}  # fmt: skip
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, main, sub, micro-batches: one round's sums
-    one = torch.ones((), device=device)  # a micro-batch counted (never NaN, whatever its loss)
+    # one round's sums: loss, main, sub (of the micro-batches that predict a token), those micro-batches, all of them
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    one = torch.ones(1, dtype=torch.float64, device=device)  # a micro-batch counted (never NaN, whatever its loss)
     round_start = time.perf_counter()
     wall = rows[-1]["wall_time_s"] if rows else 0.0
     parts = args.accum_steps * world
@@ -521,7 +522,9 @@ def _run(args) -> None:
             torch.manual_seed(_seed(args.seed, step, part, 1))  # dropout: per part, as the data and the masks
             batch = _train_batch(args, vocab, train, step, part, parts)
             out = step_fn(batch, _seed(args.seed, step, part, 2), optimizer, scaler, autocast)
-            sums += torch.stack([out["loss"], out["loss_main"], out.get("loss_sub", out["loss"]), one])
+            losses = torch.stack([out["loss"], out["loss_main"], out.get("loss_sub", out["loss"])]).double()
+            predicts = (batch["labels"] != -100).any()  # none: its loss is 0 by definition, not averaged in (no sync)
+            sums += torch.cat([torch.where(predicts, losses, 0.0), predicts.double()[None], one])
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used (logged)
         scheduler.step()
         if (step + 1) % args.eval_every and step + 1 not in (args.steps, args.stop_at):
@@ -538,7 +541,7 @@ def _run(args) -> None:
             "round": len(rows) + 1, "step": step + 1, "lr": lr,
             "loss": float(sums[0]) / n, "loss_main": float(sums[1]) / n,
             "loss_sub": None if args.baseline else float(sums[2]) / n, **metrics,
-            "tokens_per_s": float(sums[3]) * args.batch_size * args.seq_len / max(seconds, 1e-9),
+            "tokens_per_s": float(sums[4]) * args.batch_size * args.seq_len / max(seconds, 1e-9),
             "round_time_s": seconds, "wall_time_s": wall,
         })  # fmt: skip
         if rank == 0:

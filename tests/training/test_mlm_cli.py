@@ -215,6 +215,31 @@ def test_a_nan_loss_does_not_make_the_rounds_counts_nan(corpus, tokenizer, tmp_p
     assert row["tokens_per_s"] > 0 and row["loss"] != row["loss"]  # the count stays 2 micro-batches; the loss NaN
 
 
+def test_micro_batches_that_predict_nothing_are_not_averaged_into_the_logged_loss(corpus, tokenizer, tmp_path,
+                                                                                   monkeypatch):  # fmt: skip
+    # helper-107: a micro-batch without a predicted token has loss 0, which pulled the round's mean loss down
+    from masksub_kernels.training import mlm_cli
+
+    batches = mlm_cli._train_batch
+
+    def first_predicts_nothing(args, vocab, data, step, part, parts):
+        batch = batches(args, vocab, data, step, part, parts)
+        if part == 0:
+            batch["labels"] = torch.full_like(batch["labels"], -100)
+        return batch
+
+    def step(batch, *_):
+        loss = torch.tensor(0.0 if (batch["labels"] == -100).all() else 2.0)
+        return {"loss": loss, "loss_main": loss, "loss_sub": loss}
+
+    monkeypatch.setattr(mlm_cli, "_train_batch", first_predicts_nothing)
+    monkeypatch.setattr(mlm_cli, "_make_step", lambda *a: step)
+    argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--accum-steps", "2"]
+    assert main([*argv, "--steps", "1", "--eval-every", "1"]) == 0
+    (row,) = _log(tmp_path)["epochs"]
+    assert row["loss"] == row["loss_sub"] == 2.0 and row["tokens_per_s"] > 0
+
+
 def test_fp16_without_a_grad_scaler_says_so(corpus, tokenizer, tmp_path, capsys):
     argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--device", "cpu"]
     assert main([*argv, "--steps", "1", "--eval-every", "1", "--amp", "fp16"]) == 0
