@@ -30,7 +30,7 @@ import warnings
 import torch
 from torch import nn
 
-from .hf_vit import configured_grid, is_hf_vit
+from .hf_vit import check_hf_size, configured_grid, is_hf_vit
 from .mlm import is_mlm
 from .pixel import is_convolutional
 from .swin import is_swin, swin_token_grid
@@ -98,9 +98,9 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
             _WARNED.add(key)
             shown = f"{name} ({architecture})" if architecture else name
             warnings.warn(
-                f"MaskSub: {shown} is not a timm ViT (VisionTransformer, Eva, Beit, VisionTransformerRelPos), "
-                "SwinTransformer (v1, v2), a transformers ViT-like classifier (ViT, DeiT, DINOv2, I-JEPA, ViT-MSN, "
-                "CLIP, SigLIP) or a CNN; its sub-branch uses "
+                f"MaskSub: {shown} is not one of the models cut at their tokens (timm's VisionTransformer, Eva, "
+                "Beit, VisionTransformerRelPos, SwinTransformer v1 / v2; transformers' ViT-like image classifiers: "
+                "ViT, ViT-MSN, DeiT, DINOv2, I-JEPA, CLIP, MetaCLIP 2, SigLIP), nor a CNN; its sub-branch uses "
                 "the pixel-grid fallback (random 32x32-pixel cells of the input set to 0), not a recipe from the "
                 "paper. Pass family='pixel' to silence this warning.",
                 UserWarning,
@@ -163,12 +163,8 @@ def check_input_size(
                 f"build it with img_size={img_size[0] if img_size[0] == img_size[1] else tuple(img_size)}, or "
                 "dynamic_img_size=True where the model has it"
             )
-    if family == "vit" and is_hf_vit(model):  # its own forward checks its image size
-        grid = configured_grid(model) if img_size is None else None
-        if img_size is not None:
-            from .hf_vit import hf_vit_embeddings, patch_grid
-
-            grid = patch_grid(hf_vit_embeddings(model), *img_size)
+    if family == "vit" and is_hf_vit(model):
+        grid = configured_grid(model) if img_size is None else check_hf_size(model, img_size)
         if grid is not None:
             num_kept_tokens(grid[0] * grid[1], mask_ratio)
         return

@@ -10,8 +10,8 @@ and their encoders know nothing of positions: the paper's ViT sub-branch (random
 docs/semantics.md §8) is the model's own forward with the embeddings' output [B, P + N, D] cut to its P prefix
 tokens (class, distillation, register tokens: always kept) and K = floor(N (1 - r)) random patch tokens per sample,
 ``random_token_select`` with the given seed. The pools then read the kept tokens: the class token (ViT, DeiT's two
-heads), the class token with the mean of the kept patch tokens (DINOv2), or the mean of the kept tokens (I-JEPA,
-CLIP, SigLIP).
+heads), the class token with the mean of the kept patch tokens (DINOv2), the mean of the kept patch tokens (CLIP,
+without its class token), or the mean of all kept tokens (I-JEPA, SigLIP).
 
 The cut is a lasting forward hook on the embeddings module (``TokenDrop``, installed once by ``prepare``): it
 returns the embeddings' output unchanged except while ``hf_vit_sub_logits`` runs the model, so each class's own
@@ -26,7 +26,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["HF_VIT_EMBEDDINGS", "TokenDrop", "hf_vit_embeddings", "hf_vit_sub_logits", "is_hf_vit", "prepare"]
+__all__ = [
+    "HF_VIT_EMBEDDINGS", "TokenDrop", "check_hf_size", "hf_vit_embeddings", "hf_vit_sub_logits", "is_hf_vit", "prepare",
+]  # fmt: skip
 
 # The embeddings classes whose output is [B, prefix + patches, D] with absolute positions already added, followed
 # by a position-free encoder (transformers 4.4x and 5.x).
@@ -45,9 +47,18 @@ HF_VIT_EMBEDDINGS = frozenset(
 )
 
 
+def _is_transformers_classifier(model: nn.Module) -> bool:
+    """A transformers image classifier (``*ForImageClassification*``), or a subclass of one in user code; not a
+    bare encoder (``ViTModel``, ``Dinov2Backbone``) or a masked-image-modelling head, whose outputs are no logits."""
+    return any(
+        cls.__module__.startswith("transformers.") and "ForImageClassification" in cls.__name__
+        for cls in type(model).__mro__
+    )
+
+
 def hf_vit_embeddings(model: nn.Module) -> nn.Module | None:
     """The embeddings module of a transformers ViT-like classifier (one of ``HF_VIT_EMBEDDINGS``), else None."""
-    if not type(model).__module__.startswith("transformers."):
+    if not _is_transformers_classifier(model):
         return None
     found = [module for module in model.modules() if type(module).__name__ in HF_VIT_EMBEDDINGS]
     return found[0] if len(found) == 1 else None
@@ -86,6 +97,23 @@ def configured_grid(model: nn.Module) -> tuple[int, int] | None:
         return None
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     return patch_grid(hf_vit_embeddings(model), int(height), int(width))
+
+
+def check_hf_size(model: nn.Module, img_size: tuple[int, int]) -> tuple[int, int]:
+    """The patch grid of ``img_size`` images, or the ValueError the model's embeddings raise for that size (ViT,
+    DeiT and CLIP refuse sizes other than their config's without interpolate_pos_encoding): they are run on an
+    empty batch of such images, the model's own check whatever its version."""
+    embeddings = hf_vit_embeddings(model)
+    conv = _patch_conv(embeddings)
+    images = torch.zeros(0, conv.in_channels, *img_size, dtype=conv.weight.dtype, device=conv.weight.device)
+    try:
+        with torch.no_grad():
+            embeddings(images)
+    except (ValueError, RuntimeError) as exc:
+        raise ValueError(
+            f"{type(model).__name__} refuses {img_size[0]} x {img_size[1]} images: {str(exc).splitlines()[0]}"
+        ) from exc
+    return patch_grid(embeddings, *img_size)
 
 
 class TokenDrop:

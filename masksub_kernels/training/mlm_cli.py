@@ -143,6 +143,8 @@ def _check_args(args) -> None:
     if args.resume is not None and not os.path.isfile(args.resume):
         raise UsageError(f"--resume {args.resume!r}: no such file")
     check_tokenizer_arg(args.tokenizer)
+    if args.tokenizer:
+        args.tokenizer = os.path.abspath(args.tokenizer)  # recorded in the checkpoint: a resume may run elsewhere
 
 
 # The largest share of the training blocks whose predicted tokens the command may cap (_check_keep): BERT's recipe
@@ -553,7 +555,7 @@ def _run(args) -> None:
                 "model": ms.model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "step": step + 1, "rows": rows, "args": dict(vars(args)), "world_size": world,
-                "tokenizer_sha256": sizes["tokenizer_sha256"],
+                "tokenizer_sha256": sizes["tokenizer_sha256"], "tokenizer": os.path.abspath(sizes["tokenizer"]),
             })  # fmt: skip
         sums.zero_()
         round_start = time.perf_counter()

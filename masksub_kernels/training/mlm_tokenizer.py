@@ -1,9 +1,11 @@
 """The vocabulary of ``masksub-train-mlm`` (mlm_cli.py): which tokenizer.json a run uses, trains and keeps.
 
 - ``--tokenizer PATH``: that file, trained on the training documents and written there when absent.
-- Without it: ``OUTPUT/tokenizer.json``; a resumed run (``--resume CKPT``) takes the checkpoint's run's own: its
-  ``--tokenizer``, else the ``tokenizer.json`` beside the checkpoint (a new vocabulary would only be refused by the
-  resume's digest check, after being written).
+- Without it: ``OUTPUT/tokenizer.json``; a resumed run (``--resume CKPT``) takes the checkpoint's run's own: the
+  absolute path its checkpoint records (``tokenizer``; a resume into another ``--output`` records the same file
+  again), else, in checkpoints from before 2026-12-03, that run's ``--tokenizer`` or the ``tokenizer.json`` beside
+  the checkpoint (a new vocabulary would only be refused by the resume's digest check, after being written).
+- ``--tokenizer`` is made absolute before it is recorded, so a resume from another working directory finds it.
 - A vocabulary trained by a run that is then refused (too few blocks, a resume of another run, ...) is deleted, so
   the next run into the same ``--output`` trains its own instead of silently reading it; a default-path file that a
   run reuses without resuming is named in a note (it may come from an earlier run with another ``--vocab-size``).
@@ -41,7 +43,7 @@ def tokenizer_path(args, state: dict | None) -> str:
     if args.tokenizer:
         return args.tokenizer
     if state is not None:
-        saved = state.get("args", {}).get("tokenizer")
+        saved = state.get("tokenizer") or state.get("args", {}).get("tokenizer")
         path = saved or os.path.join(os.path.dirname(os.path.abspath(args.resume)), "tokenizer.json")
         if not os.path.isfile(path):
             raise UsageError(
@@ -68,7 +70,8 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
     trained = rank == 0 and not os.path.isfile(path)
     if trained:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        text_data.train_tokenizer(train_docs, args.vocab_size).save(path)
+        text_data.train_tokenizer(train_docs, args.vocab_size).save(path + ".partial")
+        os.replace(path + ".partial", path)  # whole files only: an interrupted save leaves no half-written vocabulary
     elif rank == 0 and not args.tokenizer and not resuming:
         print(f"{prog}: note: using the vocabulary {path!r} that an earlier run wrote there (not trained for this "
               "run's --vocab-size: delete it, or pass --tokenizer, to train another)", file=sys.stderr)  # fmt: skip

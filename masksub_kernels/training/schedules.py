@@ -129,8 +129,8 @@ def train_step(
         raise ValueError(f"accum_steps must be an int >= 1, got {accum_steps!r}")
     if clip_grad is not None and not clip_grad > 0:  # checked here too, so it fails before any work is done
         raise ValueError(f"clip_grad must be a max norm > 0 (or None: no clipping), got {clip_grad}")
-    if not ms.training:
-        raise RuntimeError("train_step needs the MaskSub wrapper in train mode (call ms.train())")
+    if not ms.in_training:
+        raise RuntimeError("train_step needs the model in train mode (call ms.train())")
     if not all(hasattr(optimizer, name) for name in ("param_groups", "step", "zero_grad")):  # duck-typed ones too
         raise TypeError(
             f"optimizer must be an optimizer (param_groups, step, zero_grad: a torch.optim.Optimizer) built from the "

@@ -61,7 +61,7 @@ def text_dir_documents(root: str) -> list[str]:
             if name.endswith(".txt"):
                 path = os.path.join(directory, name)
                 try:
-                    with open(path, encoding="utf-8") as f:
+                    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no text
                         documents.extend(p.strip() for p in f.read().split("\n\n") if p.strip())
                 except UnicodeDecodeError as exc:  # replaced characters would vanish from the vocabulary unseen
                     raise ValueError(

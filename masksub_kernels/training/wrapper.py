@@ -97,7 +97,8 @@ class MaskSub(nn.Module):
             (triton ~96 MiB of them, at least 384 rows for calls on 12288 rows or more; torch 2^20 / V rows;
             docs/fused_linear.md). Evaluation (eval mode) forms the predicted rows' logits whatever it says.
 
-    In eval mode ``ms(images)`` just runs the model: {'logits'} (+ 'loss' = 'loss_main' when a target is given).
+    In eval mode ``ms(images)`` just runs the model: {'logits'} (+ 'loss' = 'loss_main' when a target is given). The
+    mode is the model's (``in_training``): ``ms.eval()`` and ``model.eval()`` alike.
     Only the Swin family owns a parameter, ``mask_token`` [C] (trunc-normal 0.02, listed by ``no_weight_decay``).
     """
 
@@ -216,6 +217,13 @@ class MaskSub(nn.Module):
     # ------------------------------------------------------------------------------------------------------------
 
     @property
+    def in_training(self) -> bool:
+        """Train or eval mode: the model's own flag. ``ms.train()`` / ``ms.eval()`` set it, and so do
+        ``model.train()`` / ``model.eval()`` on the wrapped model (Hugging Face's Trainer switches the model it was
+        given, never the wrapper: with the wrapper's own flag its evaluation ran the MaskSub loss)."""
+        return self.inner_model.training
+
+    @property
     def inner_model(self) -> nn.Module:
         """The eager model (under ``torch.compile``, the original module)."""
         return unwrap_model(self.model)
@@ -253,6 +261,7 @@ class MaskSub(nn.Module):
         (mlm: ``logits`` are the main head inputs [B, L, D] and ``target`` the labels [B, L].)"""
         if self._mlm is not None:
             return mlm.main_loss(self._mlm, logits, target, self.label_smoothing, self.chunk_rows)
+        self._check_classes(logits)
         return supervised_loss(
             logits,
             target,
@@ -260,6 +269,15 @@ class MaskSub(nn.Module):
             label_smoothing=self.label_smoothing,
             target_threshold=self.target_threshold,
         )
+
+    def _check_classes(self, logits: torch.Tensor) -> None:
+        """Softmax CE over one class is 0 whatever the model: a ValueError rather than a run that learns nothing."""
+        if self.loss_mode == "ce" and logits.shape[-1] < 2:
+            raise ValueError(
+                f"loss='ce' needs logits of at least 2 classes, got {logits.shape[-1]}: softmax cross-entropy over one "
+                "class is 0 whatever the model (a Hugging Face num_labels=1 regression head?); use loss='bce' for one "
+                "binary label"
+            )
 
     def sub_criterion(self, sub_logits: torch.Tensor, main_logits: torch.Tensor) -> torch.Tensor:
         """crit(z_sub, stopgrad(T(z_main))), fp32 scalar; no gradient reaches main_logits.
@@ -296,6 +314,7 @@ class MaskSub(nn.Module):
                 chunk_rows=self.chunk_rows,
             )
 
+        self._check_classes(main_logits)
         return mk.masksub_loss(
             main_logits,
             sub_logits,
@@ -363,7 +382,7 @@ class MaskSub(nn.Module):
             return logits_of(self.model(images), images.shape[0])
         if branch == "sub":
             return self.sub_logits(images, seed)
-        if not self.training:
+        if not self.in_training:
             logits = logits_of(self.model(images), images.shape[0])
             out = {"logits": logits}
             if target is not None:
@@ -406,13 +425,13 @@ class MaskSub(nn.Module):
         ('logits' holds the main head inputs [B, L, D]). The labels are ``batch['labels']``: the sub-branch reads
         them to keep the predicted tokens, so ``target`` must be None or that very tensor. In eval mode: {'loss',
         'loss_main', 'correct', 'count'}: the held-out MLM loss, correct predictions and predicted tokens."""
-        mlm.check_batch(batch, need_labels=self.training and branch != "main", parts=self._mlm)
+        mlm.check_batch(batch, need_labels=self.in_training and branch != "main", parts=self._mlm)
         self._check_mlm_target(batch, target)
         if branch == "main":
             return mlm.main_hidden(self._mlm, batch)
         if branch == "sub":
             return self.sub_logits(batch, seed)
-        if not self.training:
+        if not self.in_training:
             if batch.get("labels") is None:
                 return {"logits": mlm.main_hidden(self._mlm, batch)}
             stats = mlm.evaluate_batch(self._mlm, batch)

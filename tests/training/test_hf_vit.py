@@ -176,10 +176,25 @@ def test_options_and_sizes_are_checked():
         MaskSub(model, cell_size=4)
     with pytest.raises(ValueError, match="0 of 1 tokens: at least one must be kept"):
         MaskSub(tiny_hf("ViTForImageClassification", image_size=8))  # 1 patch: r = 0.5 keeps none
+    for size in (64, 40):  # helper-109: passed, and the forward then refused them (no interpolate_pos_encoding)
+        with pytest.raises(ValueError, match=f"ViTForImageClassification refuses {size} x {size} images: Input image"):
+            MaskSub(model).check_input_size(size)
     ms = MaskSub(tiny_hf("Dinov2ForImageClassification"), mask_ratio=0.9)
-    ms.check_input_size(64)  # 64 patches keep 6
+    ms.check_input_size(64)  # 64 patches keep 6 (DINOv2 interpolates its position embedding)
     with pytest.raises(ValueError, match="0 of 4 tokens: at least one must be kept"):
         ms.check_input_size(16)  # 4 patches keep none
+
+
+def test_cross_entropy_over_one_class_is_refused():
+    # helper-109: num_labels=1 (Hugging Face's regression convention) with loss='ce' trained on a loss of 0
+    ms = MaskSub(tiny_hf("ViTForImageClassification", num_labels=1))
+    images, target = _images(), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match="loss='ce' needs logits of at least 2 classes, got 1"):
+        ms(images, target)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        ms.eval()(images, target)
+    ms = MaskSub(tiny_hf("ViTForImageClassification", num_labels=1), loss="bce")
+    assert ms(images, target.double()[:, None])["loss"] > 0
 
 
 def test_other_transformers_classifiers_keep_the_warned_pixel_fallback(monkeypatch):
@@ -192,3 +207,50 @@ def test_other_transformers_classifiers_keep_the_warned_pixel_fallback(monkeypat
         assert MaskSub(transformers.BeitForImageClassification(config), cell_size=8).family == "pixel"
     with pytest.raises(ValueError, match="family='vit' needs a model with"):
         MaskSub(transformers.BeitForImageClassification(config), family="vit")
+
+
+def test_a_failed_sub_forward_leaves_the_main_branch_uncut():
+    # helper-108's mutant: without the plan cleared in a `finally`, images the model refuses (before its embeddings
+    # run) left the cut armed for the next main forward
+    from masksub_kernels.training.hf_vit import prepare
+
+    model = tiny_hf("ViTForImageClassification")
+    ms = MaskSub(model)
+    with pytest.raises((ValueError, RuntimeError)):
+        ms.sub_logits(torch.zeros(3, 1, 32, 32, dtype=torch.float64), seed=1)  # 1 channel: refused by the model
+    assert prepare(model).plan is None
+    twin = tiny_hf("ViTForImageClassification")
+    torch.testing.assert_close(model(_images()).logits, twin(_images()).logits, rtol=0, atol=0)
+
+
+def test_which_transformers_models_are_cut_and_the_errors_of_odd_embeddings(monkeypatch):
+    from masksub_kernels.training import families
+    from masksub_kernels.training.hf_vit import is_hf_vit
+
+    class MyViT(transformers.ViTForImageClassification):  # a subclass in user code: still cut at its tokens
+        pass
+
+    config = tiny_hf("ViTForImageClassification").config
+    assert is_hf_vit(MyViT(config)) and MaskSub(MyViT(config).double()).family == "vit"
+    monkeypatch.setattr(families, "_WARNED", set())
+    for bare in (transformers.ViTModel(config), transformers.ViTForMaskedImageModeling(config)):  # no logits
+        assert not is_hf_vit(bare)
+        with pytest.warns(UserWarning, match="pixel-grid fallback"):
+            assert MaskSub(bare, cell_size=8).family == "pixel"
+    # the construction-time size check reads a vision config too (CLIP): 8 px, 1 patch, keeps none
+    with pytest.raises(ValueError, match="0 of 1 tokens: at least one must be kept"):
+        MaskSub(tiny_hf("CLIPForImageClassification", image_size=8))
+    # embeddings that return something else than [B, P + N, D], or fewer tokens than patches, or are never called
+    model = tiny_hf("ViTForImageClassification")
+    ms, embeddings, images = MaskSub(model), model.vit.embeddings, _images()
+    own = type(embeddings).forward
+    odd_outputs = ((lambda *a, **k: own(embeddings, *a, **k)[:, :5], "fewer than the patches"),
+                   (lambda *a, **k: own(embeddings, *a, **k)[None], r"to return tokens \[B, L, D\]"))  # fmt: skip
+    for odd, message in odd_outputs:
+        monkeypatch.setattr(embeddings, "forward", odd)
+        with pytest.raises(RuntimeError, match=message):
+            ms.sub_logits(images, seed=1)
+    monkeypatch.undo()
+    monkeypatch.setattr(model, "forward", lambda images: model.classifier(torch.zeros(len(images), 32).double()))
+    with pytest.raises(RuntimeError, match="forward did not call its"):
+        ms.sub_logits(images, seed=1)

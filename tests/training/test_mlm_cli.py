@@ -419,3 +419,21 @@ def test_the_model_pads_with_the_tokenizers_pad_id(corpus, tokenizer, tmp_path, 
     argv = ["--data-dir", corpus, *TINY, "--tokenizer", str(tmp_path / "swapped.json"), "--output", str(tmp_path / "o")]
     assert main([*argv, "--steps", "1", "--eval-every", "1"]) == 0
     assert models[0].config.pad_token_id == 1 and models[0].bert.embeddings.word_embeddings.padding_idx == 1
+
+
+def test_a_resumed_run_finds_its_vocabulary_from_anywhere(corpus, tokenizer, tmp_path, monkeypatch):
+    # helper-108: a run resumed into another --output could not be resumed again without --tokenizer (its checkpoint
+    # recorded no vocabulary), and a relative --tokenizer was recorded as typed (a resume elsewhere missed it)
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("work")
+    with open(tokenizer, "rb") as f:
+        (tmp_path / "work" / "tok.json").write_bytes(f.read())
+    monkeypatch.chdir(tmp_path / "work")
+    argv = ["--data-dir", corpus, *TINY, "--steps", "6"]
+    assert main([*argv, "--output", "out1", "--tokenizer", "tok.json", "--stop-at", "2"]) == 0
+    monkeypatch.chdir(tmp_path)  # another working directory
+    assert main([*argv, "--resume", "work/out1/last.pth", "--output", "out2", "--stop-at", "4"]) == 0
+    assert main([*argv, "--resume", "out2/last.pth"]) == 0
+    state = torch.load(tmp_path / "out2" / "last.pth", weights_only=False)
+    assert state["step"] == 6 and state["tokenizer"] == str(tmp_path / "work" / "tok.json")
+    assert not (tmp_path / "out2" / "tokenizer.json").exists()

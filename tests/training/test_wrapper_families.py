@@ -88,6 +88,20 @@ def test_eval_mode_just_runs_the_model():
     torch.testing.assert_close(with_target["loss"], torch.nn.functional.cross_entropy(out["logits"], target).float())
 
 
+def test_the_mode_is_the_models():
+    # helper-109: Hugging Face's Trainer calls model.eval() / model.train() on the model it was given, never on the
+    # wrapper, whose own flag decided: its evaluation ran the MaskSub loss, and training after ms.eval() had no sub
+    ms = _wrapped("vit")
+    images, target = batch("vit")
+    ms.model.eval()
+    assert not ms.in_training and set(ms(images, target)) == {"logits", "loss", "loss_main"}
+    with pytest.raises(RuntimeError, match="needs the model in train mode"):
+        ms.train_step(images, target, torch.optim.SGD(ms.parameters(), lr=0.1))
+    ms.eval()
+    ms.model.train()
+    assert ms.in_training and "loss_sub" in ms(images, target)
+
+
 def test_branch_outputs_and_train_mode_needs_a_target():
     ms = _wrapped("vit")
     images, target = batch("vit")

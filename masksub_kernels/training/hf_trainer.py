@@ -1,0 +1,76 @@
+"""Hugging Face's ``Trainer`` with the MaskSub loss: ``MaskSubTrainer``.
+
+    from transformers import TrainingArguments
+    from masksub_kernels.training.hf_trainer import MaskSubTrainer
+
+    trainer = MaskSubTrainer(model=vit, args=TrainingArguments("out", ...), train_dataset=train, eval_dataset=val,
+                             masksub={"mask_ratio": 0.5, "label_smoothing": 0.1})
+    trainer.train(); trainer.evaluate(); trainer.save_model()      # save_model: the plain Hugging Face model
+
+It is ``Trainer`` with ``compute_loss`` replaced, and the settings that calling MaskSub from a ``Trainer`` by hand
+gets wrong (a probe's findings, 2026-12-03) made right:
+
+- The model given to the Trainer is the Hugging Face model itself: what it saves (``config.json``,
+  ``model.safetensors``), what ``from_pretrained`` loads back, what ``remove_unused_columns`` reads the batch's
+  column names from. ``MaskSub(model, **masksub)`` is built around it (``trainer.masksub``); the families a
+  transformers model gets (vit for the ViT-like image classifiers, pixel for the others, mlm for BERT / RoBERTa
+  masked LMs) own no parameter, so the Trainer's optimizer holds every parameter that trains.
+- Training: the joint schedule, ``ms(pixel_values, labels)`` (one forward of each branch, one backward; the
+  sequential ``train_step`` steps an optimizer of its own, which a Trainer owns). The loss is a mean over the batch,
+  so the Trainer is told to divide it by its gradient-accumulation steps (``model_accepts_loss_kwargs = False``:
+  the model's ``**kwargs`` would make it assume a sum and not divide).
+- Evaluation: the Trainer puts the model in eval mode, so the wrapper runs the model only; the loss is the main
+  criterion (cross-entropy, or BCE) and the logits go to ``compute_metrics``.
+- Label smoothing is MaskSub's (``masksub={"label_smoothing": ...}``): ``TrainingArguments.label_smoothing_factor``
+  acts only in the Trainer's own loss, so it is refused rather than silently ignored.
+- Batches: images as ``pixel_values`` [B, C, H, W] and ``labels`` (class ids [B], or probabilities [B, C] from a
+  mixup collator); a masked LM takes the batch mapping itself (``input_ids``, ``labels``, ... : the mlm family).
+- One process. Under several (the Trainer's DistributedDataParallel) both branches would run the model past the
+  DDP wrapper, whose gradients would then not be averaged: refused (a RuntimeError). Multi-GPU MaskSub training:
+  ``ms.wrap_ddp`` and ``ms.train_step`` (docs/training.md), or masksub-train.
+"""
+
+from __future__ import annotations
+
+from transformers import Trainer
+
+from .wrapper import MaskSub
+
+__all__ = ["MaskSubTrainer"]
+
+
+class MaskSubTrainer(Trainer):
+    """``transformers.Trainer`` whose loss is MaskSub's (module docstring). ``masksub``: keyword arguments of
+    ``MaskSub`` (mask_ratio, loss, label_smoothing, ...); the rest are the Trainer's own."""
+
+    def __init__(self, *args, masksub: dict | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.args.world_size > 1:
+            raise RuntimeError(
+                f"MaskSubTrainer runs in one process ({self.args.world_size} here): both branches would bypass the "
+                "Trainer's DistributedDataParallel wrapper, whose gradients would then not be averaged; train on "
+                "several GPUs with ms.wrap_ddp and ms.train_step (docs/training.md)"
+            )
+        if self.args.label_smoothing_factor:
+            raise ValueError(
+                "TrainingArguments.label_smoothing_factor acts only in the Trainer's own loss; pass MaskSub's: "
+                f"masksub={{'label_smoothing': {self.args.label_smoothing_factor}}}"
+            )
+        self.masksub = MaskSub(self.model, **(masksub or {}))
+        if any(True for _ in self.masksub.parameters(recurse=False)):  # Swin's mask token: not a transformers family
+            raise ValueError(f"MaskSub's {self.masksub.family} family owns parameters that the Trainer would not train")
+        # MaskSub's loss is a mean over the micro-batch: the Trainer divides it by its accumulation steps when told
+        # that it is not already scaled (transformers >= 5.x reads loss_is_scaled_for_ga first, earlier ones the
+        # model's **kwargs, which a transformers model's forward has)
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        """MaskSub's joint loss in training; the main criterion and the model's logits in evaluation."""
+        if self.masksub.family == "mlm":
+            out = self.masksub(inputs)
+            return (out["loss"], {k: v for k, v in out.items() if k != "loss"}) if return_outputs else out["loss"]
+        if "pixel_values" not in inputs or "labels" not in inputs:
+            raise KeyError(f"MaskSubTrainer needs batches with 'pixel_values' and 'labels'; got {sorted(inputs)}")
+        out = self.masksub(inputs["pixel_values"], inputs["labels"])
+        return (out["loss"], {"logits": out["logits"]}) if return_outputs else out["loss"]
