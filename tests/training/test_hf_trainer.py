@@ -58,8 +58,13 @@ def test_gradient_accumulation_averages_as_one_batch(tmp_path):
     weights = {}
     for size, steps in ((8, 1), (4, 2)):
         model = tiny_hf("ViTForImageClassification").float()
-        args = _args(tmp_path / f"{size}", per_device_train_batch_size=size, gradient_accumulation_steps=steps,
-                     max_steps=1, max_grad_norm=0.0)  # fmt: skip  (no clipping: it would hide a factor of 2)
+        args = _args(
+            tmp_path / f"{size}",
+            per_device_train_batch_size=size,
+            gradient_accumulation_steps=steps,
+            max_steps=1,
+            max_grad_norm=0.0,
+        )  # fmt: skip  (no clipping: it would hide a factor of 2)
         MaskSubTrainer(model=model, args=args, train_dataset=_data(8, 0), masksub={"mask_ratio": 0.0}).train()
         weights[size] = {n: p.detach().clone() for n, p in model.named_parameters()}
     for name, value in weights[8].items():
