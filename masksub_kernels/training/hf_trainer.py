@@ -20,13 +20,17 @@ gets wrong (a probe's findings, 2026-12-03) made right:
   so the Trainer is told to divide it by its gradient-accumulation steps (``model_accepts_loss_kwargs = False``:
   the model's ``**kwargs`` would make it assume a sum and not divide).
 - Evaluation: the Trainer puts the model in eval mode, so the wrapper runs the model only; the loss is the main
-  criterion (cross-entropy, or BCE) and the logits go to ``compute_metrics``.
+  criterion (cross-entropy, or BCE) and the logits go to ``compute_metrics``. A masked LM's evaluation forms no
+  [rows, vocabulary] logits: ``compute_metrics`` gets ``(loss_main, correct, count)`` per batch.
+- ``torch.compile``: give the Trainer ``torch.compile(model)`` (the Trainer keeps the eager model, MaskSub runs the
+  compiled one); ``TrainingArguments.torch_compile`` would compile a model MaskSub never calls, so it is refused.
 - Label smoothing is MaskSub's (``masksub={"label_smoothing": ...}``): ``TrainingArguments.label_smoothing_factor``
   acts only in the Trainer's own loss, so it is refused rather than silently ignored.
 - Batches: images as ``pixel_values`` [B, C, H, W] and ``labels`` (class ids [B], or probabilities [B, C] from a
   mixup collator); a masked LM takes the batch mapping itself (``input_ids``, ``labels``, ... : the mlm family).
-- One process. Under several (the Trainer's DistributedDataParallel) both branches would run the model past the
-  DDP wrapper, whose gradients would then not be averaged: refused (a RuntimeError). Multi-GPU MaskSub training:
+- One process on one device. Under several processes (the Trainer's DistributedDataParallel) both branches would
+  run the model past the DDP wrapper, whose gradients would then not be averaged; with several GPUs in one process
+  (its nn.DataParallel) they would run on one GPU: both refused (a RuntimeError). Multi-GPU MaskSub training:
   ``ms.wrap_ddp`` and ``ms.train_step`` (docs/training.md), or masksub-train.
 """
 
@@ -43,8 +47,21 @@ class MaskSubTrainer(Trainer):
     """``transformers.Trainer`` whose loss is MaskSub's (module docstring). ``masksub``: keyword arguments of
     ``MaskSub`` (mask_ratio, loss, label_smoothing, ...); the rest are the Trainer's own."""
 
-    def __init__(self, *args, masksub: dict | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, model=None, *args, masksub: dict | None = None, **kwargs) -> None:
+        # a torch.compile-d model: the Trainer gets the eager one (its column filter, label names and saving read
+        # the model's class and forward signature), MaskSub the compiled one (whose branches it then runs compiled)
+        compiled = model if hasattr(model, "_orig_mod") else None
+        super().__init__(compiled._orig_mod if compiled is not None else model, *args, **kwargs)
+        if self.args.torch_compile:
+            raise ValueError(
+                "TrainingArguments.torch_compile compiles the model the Trainer calls, not the one MaskSub calls: "
+                "give MaskSubTrainer torch.compile(model) instead"
+            )
+        if self.args.n_gpu > 1:  # the Trainer's nn.DataParallel: MaskSub would run the bare model on one GPU
+            raise RuntimeError(
+                f"MaskSubTrainer runs on one device ({self.args.n_gpu} GPUs visible to one process): set "
+                "CUDA_VISIBLE_DEVICES to one GPU"
+            )
         if self.args.world_size > 1:
             raise RuntimeError(
                 f"MaskSubTrainer runs in one process ({self.args.world_size} here): both branches would bypass the "
@@ -56,7 +73,7 @@ class MaskSubTrainer(Trainer):
                 "TrainingArguments.label_smoothing_factor acts only in the Trainer's own loss; pass MaskSub's: "
                 f"masksub={{'label_smoothing': {self.args.label_smoothing_factor}}}"
             )
-        self.masksub = MaskSub(self.model, **(masksub or {}))
+        self.masksub = MaskSub(compiled if compiled is not None else self.model, **(masksub or {}))
         if any(True for _ in self.masksub.parameters(recurse=False)):  # Swin's mask token: not a transformers family
             raise ValueError(f"MaskSub's {self.masksub.family} family owns parameters that the Trainer would not train")
         # MaskSub's loss is a mean over the micro-batch: the Trainer divides it by its accumulation steps when told

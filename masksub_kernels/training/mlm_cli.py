@@ -537,7 +537,7 @@ def _run(args) -> None:
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - round_start
         metrics = _evaluate(args, ms, vocab, val, rank, world, device, autocast)
-        n = max(float(sums[3]), 1.0)
+        n = float(sums[3]) or float("nan")  # no micro-batch predicted a token: no loss to log
         wall += time.perf_counter() - round_start
         rows.append({
             "round": len(rows) + 1, "step": step + 1, "lr": lr,

@@ -3,8 +3,9 @@
 - ``--tokenizer PATH``: that file, trained on the training documents and written there when absent.
 - Without it: ``OUTPUT/tokenizer.json``; a resumed run (``--resume CKPT``) takes the checkpoint's run's own: the
   absolute path its checkpoint records (``tokenizer``; a resume into another ``--output`` records the same file
-  again), else, in checkpoints from before 2026-12-03, that run's ``--tokenizer`` or the ``tokenizer.json`` beside
-  the checkpoint (a new vocabulary would only be refused by the resume's digest check, after being written).
+  again; in checkpoints from before 2026-12-03, that run's ``--tokenizer``), else, where that file is gone (a run
+  directory moved elsewhere), the ``tokenizer.json`` beside the checkpoint (the digest check refuses another); none
+  is trained for a resume (a new vocabulary would only be refused by that check, after being written).
 - ``--tokenizer`` is made absolute before it is recorded, so a resume from another working directory finds it.
 - A vocabulary trained by a run that is then refused (too few blocks, a resume of another run, ...) is deleted, so
   the next run into the same ``--output`` trains its own instead of silently reading it; a default-path file that a
@@ -43,8 +44,9 @@ def tokenizer_path(args, state: dict | None) -> str:
     if args.tokenizer:
         return args.tokenizer
     if state is not None:
+        beside = os.path.join(os.path.dirname(os.path.abspath(args.resume)), "tokenizer.json")
         saved = state.get("tokenizer") or state.get("args", {}).get("tokenizer")
-        path = saved or os.path.join(os.path.dirname(os.path.abspath(args.resume)), "tokenizer.json")
+        path = saved if saved and os.path.isfile(saved) else beside  # a run directory moved: the file beside it
         if not os.path.isfile(path):
             raise UsageError(
                 f"--resume {args.resume!r}: its run's vocabulary {path!r} is missing; pass --tokenizer with the "

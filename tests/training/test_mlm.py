@@ -103,6 +103,19 @@ def test_refuses_models_it_would_train_wrongly():
     MaskSub(tiny_bert(position_embedding_type="relative_key"), sub_fill="mask", mask_token_id=MASK_ID)
 
 
+def test_the_mode_is_the_masked_lms():
+    # the mode is the wrapped model's (a Trainer switches the model): its evaluation runs the model only
+    ms = MaskSub(tiny_bert(), mask_ratio=0.25)
+    batch = make_batch()
+    ms.model.eval()
+    assert set(ms(batch)) == {"loss", "loss_main", "correct", "count"}
+    ms.model.train()
+    assert "loss_sub" in ms(batch)
+    ms.model.eval()
+    unlabelled = {k: v for k, v in batch.items() if k != "labels"}
+    assert set(ms(unlabelled)) == {"logits"}  # eval needs no labels (the training sub-branch does)
+
+
 def test_a_masked_lm_of_another_structure_says_which_it_takes():
     # helper-107: DistilBERT got the image fallback, then "a batch mapping is for a Hugging Face masked-LM model"
     config = transformers.DistilBertConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, hidden_dim=32)

@@ -237,7 +237,9 @@ def test_micro_batches_that_predict_nothing_are_not_averaged_into_the_logged_los
     argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--accum-steps", "2"]
     assert main([*argv, "--steps", "1", "--eval-every", "1"]) == 0
     (row,) = _log(tmp_path)["epochs"]
-    assert row["loss"] == row["loss_sub"] == 2.0 and row["tokens_per_s"] > 0
+    assert row["loss"] == row["loss_sub"] == 2.0
+    # tokens/s counts both micro-batches of 4 blocks of 16 tokens
+    assert row["tokens_per_s"] * row["round_time_s"] == pytest.approx(2 * 4 * 16, rel=1e-6)
 
 
 def test_fp16_without_a_grad_scaler_says_so(corpus, tokenizer, tmp_path, capsys):
@@ -437,3 +439,11 @@ def test_a_resumed_run_finds_its_vocabulary_from_anywhere(corpus, tokenizer, tmp
     state = torch.load(tmp_path / "out2" / "last.pth", weights_only=False)
     assert state["step"] == 6 and state["tokenizer"] == str(tmp_path / "work" / "tok.json")
     assert not (tmp_path / "out2" / "tokenizer.json").exists()
+    # the default vocabulary (OUTPUT/tokenizer.json, a relative --output), resumed from another directory, and
+    # after its run directory moved (helper-110: the recorded path, gone, won over the file beside the checkpoint)
+    assert main([*argv, "--output", "out3", "--stop-at", "2"]) == 0
+    monkeypatch.chdir(tmp_path / "work")
+    assert main([*argv, "--resume", str(tmp_path / "out3" / "last.pth"), "--stop-at", "4"]) == 0
+    os.rename(tmp_path / "out3", tmp_path / "moved")
+    assert main([*argv, "--resume", str(tmp_path / "moved" / "last.pth")]) == 0
+    assert torch.load(tmp_path / "moved" / "last.pth", weights_only=False)["step"] == 6
