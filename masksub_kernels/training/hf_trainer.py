@@ -88,6 +88,6 @@ class MaskSubTrainer(Trainer):
             out = self.masksub(inputs)
             return (out["loss"], {k: v for k, v in out.items() if k != "loss"}) if return_outputs else out["loss"]
         if "pixel_values" not in inputs or "labels" not in inputs:
-            raise KeyError(f"MaskSubTrainer needs batches with 'pixel_values' and 'labels'; got {sorted(inputs)}")
+            raise ValueError(f"MaskSubTrainer needs batches with 'pixel_values' and 'labels'; got {sorted(inputs)}")
         out = self.masksub(inputs["pixel_values"], inputs["labels"])
         return (out["loss"], {"logits": out["logits"]}) if return_outputs else out["loss"]

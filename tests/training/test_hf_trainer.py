@@ -103,3 +103,7 @@ def test_settings_it_cannot_honour_are_refused(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="MaskSubTrainer runs on one device"):
         MaskSubTrainer(model=model, args=_args(tmp_path), train_dataset=_data(4, 0))
     assert isinstance(MaskSub(model), MaskSub)  # the model is untouched by the refusals
+    monkeypatch.undo()
+    trainer = MaskSubTrainer(model=model, args=_args(tmp_path), train_dataset=_data(4, 0))
+    with pytest.raises(ValueError, match=r"needs batches with 'pixel_values' and 'labels'; got \['image', 'label'\]"):
+        trainer.compute_loss(model, {"image": torch.zeros(1), "label": torch.zeros(1)})
