@@ -8,7 +8,8 @@ Families (``family='auto'`` picks one):
   tokens): token selection before the blocks (vit.py, vit_relpos.py); transformers' ViT-like image classifiers
   (ViT, DeiT, DINOv2, I-JEPA, ViT-MSN, CLIP, SigLIP): the same after their embeddings (hf_vit.py).
 - ``'swin'``: timm ``SwinTransformer`` and ``SwinTransformerV2``: stage-1 tokens of removed cells replaced by a mask
-  token (swin.py).
+  token (swin.py); transformers' Swin and SwinV2 image classifiers: the same after their embeddings' norm
+  (hf_swin.py).
 - ``'pixel'``: ResNets and other CNNs: removed cells of the input images set to 0 (pixel.py).
 - ``'mlm'``: Hugging Face masked-LM encoders of BERT / RoBERTa structure: tokens dropped after the embeddings, the
   predicted and special ones always kept (mlm.py).
@@ -30,6 +31,7 @@ import warnings
 import torch
 from torch import nn
 
+from .hf_swin import hf_swin_grid, is_hf_swin
 from .hf_vit import check_hf_size, configured_grid, is_hf_vit
 from .mlm import is_mlm
 from .pixel import is_convolutional
@@ -85,7 +87,7 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
             return "vit"
         if is_eva(model) or is_relpos_vit(model) or is_hf_vit(model):
             return "vit"
-        if is_swin(model):
+        if is_swin(model) or is_hf_swin(model):
             return "swin"
         if is_mlm(model):
             return "mlm"
@@ -100,7 +102,8 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
             warnings.warn(
                 f"MaskSub: {shown} is not one of the models cut at their tokens (timm's VisionTransformer, Eva, "
                 "Beit, VisionTransformerRelPos, SwinTransformer v1 / v2; transformers' ViT-like image classifiers: "
-                "ViT, ViT-MSN, DeiT, DINOv2, I-JEPA, CLIP, MetaCLIP 2, SigLIP), nor a CNN; its sub-branch uses "
+                "ViT, ViT-MSN, DeiT, DINOv2, I-JEPA, CLIP, MetaCLIP 2, SigLIP; transformers' Swin, SwinV2), nor a "
+                "CNN; its sub-branch uses "
                 "the pixel-grid fallback (random 32x32-pixel cells of the input set to 0), not a recipe from the "
                 "paper. Pass family='pixel' to silence this warning.",
                 UserWarning,
@@ -122,8 +125,8 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
         )
     if family == "vit" and is_relpos_vit(model):  # no _pos_embed / patch_drop / norm_pre: vit_relpos.py's forward
         needs = ("patch_embed", "blocks", "norm", "forward_head")
-    if family == "vit" and is_hf_vit(model):  # transformers: its own forward, cut after the embeddings (hf_vit.py)
-        needs = ()
+    if (family == "vit" and is_hf_vit(model)) or (family == "swin" and is_hf_swin(model)):
+        needs = ()  # transformers: its own forward, changed after the embeddings (hf_vit.py, hf_swin.py)
     if not _has(model, needs):
         missing = [name for name in needs if not hasattr(model, name)]
         raise ValueError(f"family={family!r} needs a model with {needs}; {type(model).__name__} lacks {missing}")
@@ -141,11 +144,17 @@ def check_eva(model: nn.Module) -> None:
 
 
 def check_input_size(
-    family: str, model: nn.Module, img_size: int | tuple[int, int] | None, cell_size: int | None, mask_ratio: float
+    family: str,
+    model: nn.Module,
+    img_size: int | tuple[int, int] | None,
+    cell_size: int | None,
+    mask_ratio: float,
+    model_kwargs: dict | None = None,
 ) -> None:
     """Raise a ValueError when images of ``img_size`` (None: the model's configured size, where it has one) cannot
     be masked (a grid that the cells do not divide, a ratio that keeps no token / cell) or when the model refuses
-    them (a ViT / Swin built for another size with a strict patch embedding, timm's default)."""
+    them (a ViT / Swin built for another size with a strict patch embedding, timm's default; a transformers model's
+    embeddings, run with the ``model_kwargs`` they take, e.g. ``interpolate_pos_encoding``)."""
     from ..ops.token_select import num_kept_tokens
 
     if isinstance(img_size, int):
@@ -164,7 +173,7 @@ def check_input_size(
                 "dynamic_img_size=True where the model has it"
             )
     if family == "vit" and is_hf_vit(model):
-        grid = configured_grid(model) if img_size is None else check_hf_size(model, img_size)
+        grid = configured_grid(model) if img_size is None else check_hf_size(model, img_size, model_kwargs)
         if grid is not None:
             num_kept_tokens(grid[0] * grid[1], mask_ratio)
         return
@@ -179,8 +188,12 @@ def check_input_size(
             num_kept_tokens(grid[0] * grid[1], mask_ratio)
         return
     if family == "swin":
-        patch = _pair(model.patch_embed.patch_size)
-        grid = swin_token_grid(model) if img_size is None else (img_size[0] // patch[0], img_size[1] // patch[1])
+        if is_hf_swin(model):  # transformers pads the images to multiples of the patch
+            grid, side = hf_swin_grid(model, img_size, model_kwargs)
+            patch = (side, side)
+        else:
+            patch = _pair(model.patch_embed.patch_size)
+            grid = swin_token_grid(model) if img_size is None else (img_size[0] // patch[0], img_size[1] // patch[1])
         if grid[0] % cell_size or grid[1] % cell_size:
             raise ValueError(
                 f"the Swin stage-1 token grid {grid[0]} x {grid[1]} is not divisible by the mask cell of {cell_size} "

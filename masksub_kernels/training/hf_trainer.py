@@ -13,8 +13,10 @@ gets wrong (a probe's findings, 2026-12-03) made right:
 - The model given to the Trainer is the Hugging Face model itself: what it saves (``config.json``,
   ``model.safetensors``), what ``from_pretrained`` loads back, what ``remove_unused_columns`` reads the batch's
   column names from. ``MaskSub(model, **masksub)`` is built around it (``trainer.masksub``); the families a
-  transformers model gets (vit for the ViT-like image classifiers, pixel for the others, mlm for BERT / RoBERTa
-  masked LMs) own no parameter, so the Trainer's optimizer holds every parameter that trains.
+  transformers model gets (vit for the ViT-like image classifiers, swin for Swin / SwinV2, pixel for the others,
+  mlm for BERT / RoBERTa masked LMs) own no parameter outside the model (Swin's mask token is the model's own
+  ``embeddings.mask_token``, created by MaskSub: kept out of weight decay, saved in checkpoints and the saved
+  model), so the Trainer's optimizer holds every parameter that trains.
 - Training: the joint schedule, ``ms(pixel_values, labels)`` (one forward of each branch, one backward; the
   sequential ``train_step`` steps an optimizer of its own, which a Trainer owns). The loss is a mean over the batch,
   so the Trainer is told to divide it by its gradient-accumulation steps (``model_accepts_loss_kwargs = False``:
@@ -81,6 +83,12 @@ class MaskSubTrainer(Trainer):
         # model's **kwargs, which a transformers model's forward has)
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """The Trainer's choice, less MaskSub's ``no_weight_decay`` names (a transformers Swin's mask token)."""
+        prefix = "model._orig_mod." if self.masksub.model is not self.masksub.inner_model else "model."
+        kept_out = {name.removeprefix(prefix) for name in self.masksub.no_weight_decay()}
+        return [name for name in super().get_decay_parameter_names(model) if name not in kept_out]
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         """MaskSub's joint loss in training; the main criterion and the model's logits in evaluation."""

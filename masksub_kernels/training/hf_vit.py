@@ -26,8 +26,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .hf_hooks import OneShotHook, embeddings_of, install, run_armed
+
 __all__ = [
-    "HF_VIT_EMBEDDINGS", "TokenDrop", "check_hf_size", "hf_vit_embeddings", "hf_vit_sub_logits", "is_hf_vit", "prepare",
+    "HF_VIT_EMBEDDINGS", "TokenDrop", "check_embeddings_size", "check_hf_size", "embeddings_kwargs",
+    "hf_vit_embeddings", "hf_vit_sub_logits", "is_hf_vit", "prepare",
 ]  # fmt: skip
 
 # The embeddings classes whose output is [B, prefix + patches, D] with absolute positions already added, followed
@@ -47,21 +50,9 @@ HF_VIT_EMBEDDINGS = frozenset(
 )
 
 
-def _is_transformers_classifier(model: nn.Module) -> bool:
-    """A transformers image classifier (``*ForImageClassification*``), or a subclass of one in user code; not a
-    bare encoder (``ViTModel``, ``Dinov2Backbone``) or a masked-image-modelling head, whose outputs are no logits."""
-    return any(
-        cls.__module__.startswith("transformers.") and "ForImageClassification" in cls.__name__
-        for cls in type(model).__mro__
-    )
-
-
 def hf_vit_embeddings(model: nn.Module) -> nn.Module | None:
     """The embeddings module of a transformers ViT-like classifier (one of ``HF_VIT_EMBEDDINGS``), else None."""
-    if not _is_transformers_classifier(model):
-        return None
-    found = [module for module in model.modules() if type(module).__name__ in HF_VIT_EMBEDDINGS]
-    return found[0] if len(found) == 1 else None
+    return embeddings_of(model, HF_VIT_EMBEDDINGS)
 
 
 def is_hf_vit(model: nn.Module) -> bool:
@@ -99,38 +90,45 @@ def configured_grid(model: nn.Module) -> tuple[int, int] | None:
     return patch_grid(hf_vit_embeddings(model), int(height), int(width))
 
 
-def check_hf_size(model: nn.Module, img_size: tuple[int, int]) -> tuple[int, int]:
-    """The patch grid of ``img_size`` images, or the ValueError the model's embeddings raise for that size (ViT,
-    DeiT and CLIP refuse sizes other than their config's without interpolate_pos_encoding): they are run on an
-    empty batch of such images, the model's own check whatever its version."""
-    embeddings = hf_vit_embeddings(model)
+def embeddings_kwargs(embeddings: nn.Module, model_kwargs: dict | None) -> dict:
+    """The model keyword arguments that the embeddings' forward takes by name (``interpolate_pos_encoding``)."""
+    import inspect
+
+    names = inspect.signature(embeddings.forward).parameters
+    return {key: value for key, value in (model_kwargs or {}).items() if key in names}
+
+
+def check_embeddings_size(model: nn.Module, embeddings: nn.Module, img_size: tuple[int, int],
+                          model_kwargs: dict | None = None) -> None:  # fmt: skip
+    """The ValueError the model's embeddings raise for ``img_size`` images (ViT, DeiT and CLIP refuse sizes other
+    than their config's without ``interpolate_pos_encoding``; Swin with absolute position embeddings likewise):
+    they are run on an empty batch of such images, the model's own check whatever its version."""
     conv = _patch_conv(embeddings)
     images = torch.zeros(0, conv.in_channels, *img_size, dtype=conv.weight.dtype, device=conv.weight.device)
     try:
         with torch.no_grad():
-            embeddings(images)
+            embeddings(images, **embeddings_kwargs(embeddings, model_kwargs))
     except (ValueError, RuntimeError) as exc:
         raise ValueError(
             f"{type(model).__name__} refuses {img_size[0]} x {img_size[1]} images: {str(exc).splitlines()[0]}"
         ) from exc
+
+
+def check_hf_size(model: nn.Module, img_size: tuple[int, int], model_kwargs: dict | None = None) -> tuple[int, int]:
+    """The patch grid of ``img_size`` images, or the ValueError the model's embeddings raise for that size."""
+    embeddings = hf_vit_embeddings(model)
+    check_embeddings_size(model, embeddings, img_size, model_kwargs)
     return patch_grid(embeddings, *img_size)
 
 
-class TokenDrop:
+class TokenDrop(OneShotHook):
     """The lasting forward hook on the embeddings: the output unchanged, except once per ``plan`` (mask_ratio,
     seed, image height and width), set by ``hf_vit_sub_logits`` for one forward, when it keeps the prefix tokens
-    and K random patch tokens per sample. A plain object (deep copies and pickles of the model get their own)."""
+    and K random patch tokens per sample."""
 
-    def __init__(self) -> None:
-        self.plan: tuple[float, int | torch.Tensor, int, int] | None = None
-
-    def __call__(self, module: nn.Module, args, output):
-        if self.plan is None:
-            return None
+    def apply(self, module: nn.Module, output, mask_ratio: float, seed, height: int, width: int):
         import masksub_kernels as mk  # at call time: the package imports this module
 
-        mask_ratio, seed, height, width = self.plan
-        self.plan = None  # one cut per sub-branch forward
         if not isinstance(output, torch.Tensor) or output.dim() != 3:
             raise RuntimeError(
                 f"MaskSub's vit sub-branch expected {type(module).__name__} to return tokens [B, L, D]; it returned "
@@ -152,31 +150,22 @@ def prepare(model: nn.Module) -> TokenDrop:
     embeddings = hf_vit_embeddings(model)
     if embeddings is None:
         raise ValueError(f"{type(model).__name__} is not a transformers ViT-like classifier (hf_vit.HF_VIT_EMBEDDINGS)")
-    for hook in embeddings._forward_hooks.values():
-        if isinstance(hook, TokenDrop):
-            return hook
-    hook = TokenDrop()
-    embeddings.register_forward_hook(hook)
-    return hook
+    return install(embeddings, TokenDrop)
 
 
 def hf_vit_sub_logits(
-    model: nn.Module, images: torch.Tensor, mask_ratio: float, seed: int | torch.Tensor | None
+    model: nn.Module,
+    images: torch.Tensor,
+    mask_ratio: float,
+    seed: int | torch.Tensor | None,
+    model_kwargs: dict | None = None,
 ) -> torch.Tensor:
-    """Logits [B, C] of the masked sub-branch: the model's own forward on ``images`` [B, 3, H, W], its embeddings'
-    patch tokens cut to ``random_keep_indices(B, N, K, seed=seed)`` (the prefix tokens kept)."""
+    """Logits [B, C] of the masked sub-branch: the model's own forward on ``images`` [B, 3, H, W] (with
+    ``model_kwargs``), its embeddings' patch tokens cut to ``random_keep_indices(B, N, K, seed=seed)`` (the prefix
+    tokens kept)."""
     from .families import logits_of
 
-    hook = prepare(model)
-    hook.plan = (mask_ratio, seed, int(images.shape[-2]), int(images.shape[-1]))
-    try:
-        output = model(images)
-        if hook.plan is not None:  # the forward never ran the embeddings: its logits would be the main branch's
-            raise RuntimeError(f"{type(model).__name__}'s forward did not call its {HF_VIT_EMBEDDINGS & _names(model)}")
-    finally:
-        hook.plan = None
+    plan = (mask_ratio, seed, int(images.shape[-2]), int(images.shape[-1]))
+    where = type(hf_vit_embeddings(model)).__name__
+    output = run_armed(model, prepare(model), plan, images, model_kwargs or {}, where)
     return logits_of(output, images.shape[0])
-
-
-def _names(model: nn.Module) -> set[str]:
-    return {type(module).__name__ for module in model.modules()}

@@ -44,10 +44,16 @@ def is_convolutional(model: nn.Module) -> bool:
 
 
 def pixel_sub_logits(
-    model: nn.Module, images: torch.Tensor, mask_ratio: float, cell_size: int, seed: int | None
+    model: nn.Module,
+    images: torch.Tensor,
+    mask_ratio: float,
+    cell_size: int,
+    seed: int | None,
+    model_kwargs: dict | None = None,
 ) -> torch.Tensor:
-    """Logits of the model on the masked images. With ``seed=s`` the removed cells are ``random_grid_mask(B,
-    (H/S, W/S), Kc, seed=s)``; the masked images keep the input's layout (channels_last stays channels_last)."""
+    """Logits of the model on the masked images (``model(masked, **model_kwargs)``). With ``seed=s`` the removed
+    cells are ``random_grid_mask(B, (H/S, W/S), Kc, seed=s)``; the masked images keep the input's layout
+    (channels_last stays channels_last)."""
     import masksub_kernels as mk
 
     from .families import check_input_size
@@ -55,4 +61,4 @@ def pixel_sub_logits(
     if images.dim() == 4:  # images too small for the cells get the size advice, not the op's talk of tokens
         check_input_size("pixel", model, (images.shape[-2], images.shape[-1]), cell_size, mask_ratio)
     masked, _ = mk.mask_image_grid(images.detach(), mask_ratio, cell_size=cell_size, seed=seed)
-    return model(masked)
+    return model(masked, **(model_kwargs or {}))

@@ -19,7 +19,10 @@ Two schedules give the same gradients (dropout and drop-path aside, whose random
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +31,9 @@ from .._philox import new_seed
 from ..ops.linear_masksub_loss import check_chunk_rows
 from . import mlm
 from .families import DEFAULT_CELL_SIZE, check_eva, check_input_size, logits_of, resolve_family, unwrap_model
-from .hf_vit import is_hf_vit
+from .hf_swin import hf_swin_sub_logits, is_hf_swin
+from .hf_swin import prepare as prepare_hf_swin
+from .hf_vit import hf_vit_sub_logits, is_hf_vit
 from .hf_vit import prepare as prepare_hf_vit
 from .pixel import pixel_sub_logits
 from .swin import swin_embed_dim, swin_sub_logits
@@ -96,10 +101,15 @@ class MaskSub(nn.Module):
             at once (V the vocabulary; one branch's in the sequential schedule's main term); None: the backend's rule
             (triton ~96 MiB of them, at least 384 rows for calls on 12288 rows or more; torch 2^20 / V rows;
             docs/fused_linear.md). Evaluation (eval mode) forms the predicted rows' logits whatever it says.
+        model_kwargs: keyword arguments passed to every call of the model's forward, both branches, train and eval
+            (e.g. ``{'interpolate_pos_encoding': True}`` for a transformers ViT / Swin on images larger than its
+            config's); for the models whose sub-branch runs their forward (transformers' ViT-like and Swin
+            classifiers, the pixel family; DropSub / PathSub), and only names that forward takes.
 
     In eval mode ``ms(images)`` just runs the model: {'logits'} (+ 'loss' = 'loss_main' when a target is given). The
     mode is the model's (``in_training``): ``ms.eval()`` and ``model.eval()`` alike.
-    Only the Swin family owns a parameter, ``mask_token`` [C] (trunc-normal 0.02, listed by ``no_weight_decay``).
+    Only the Swin family owns a parameter, ``mask_token`` [C] (trunc-normal 0.02, listed by ``no_weight_decay``);
+    for transformers' Swin it lives in the model, in its own ``embeddings.mask_token`` slot [1, 1, C] (hf_swin.py).
     """
 
     def __init__(
@@ -118,6 +128,7 @@ class MaskSub(nn.Module):
         sub_fill: str = "drop",
         mask_token_id: int | None = None,
         chunk_rows: int | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -161,14 +172,18 @@ class MaskSub(nn.Module):
         self.cell_size = cell_size if cell_size is not None else DEFAULT_CELL_SIZE[self.family]
         self._mlm = self._check_mlm(inner, sub_fill, mask_token_id, cell_size, chunk_rows)
         self.chunk_rows = check_chunk_rows(chunk_rows) or None  # mlm: rows per chunk (None: the backend's rule)
-        if self.family == "swin" and variant == "mask":
+        self.model_kwargs = self._check_model_kwargs(inner, model_kwargs)
+        if self.family == "swin" and variant == "mask" and is_hf_swin(inner):
+            prepare_hf_swin(inner)  # the mask token in the model's own slot, the hook on its embeddings' norm
+            self.register_parameter("mask_token", None)
+        elif self.family == "swin" and variant == "mask":
             reference = next(inner.parameters())
             token = torch.empty(swin_embed_dim(inner), device=reference.device, dtype=reference.dtype)
             self.mask_token = nn.Parameter(nn.init.trunc_normal_(token, std=0.02))
         else:
             self.register_parameter("mask_token", None)
         if variant == "mask":
-            check_input_size(self.family, inner, None, self.cell_size, self.mask_ratio)
+            check_input_size(self.family, inner, None, self.cell_size, self.mask_ratio, self.model_kwargs)
             if self.family == "vit":
                 check_eva(inner)
                 if is_relpos_vit(inner):
@@ -179,6 +194,42 @@ class MaskSub(nn.Module):
         self._micro_step = 0  # position inside the gradient-accumulation window (train_step)
         self._checked_optimizers: set[int] = set()
         object.__setattr__(self, "_ddp", None)  # the DistributedDataParallel wrapping self, when wrap_ddp made one
+
+    def _check_model_kwargs(self, inner: nn.Module, model_kwargs) -> dict[str, Any]:
+        """A copy of ``model_kwargs`` after checking that the model's forward runs in both branches and takes
+        these names: a sub-branch that runs the model's parts (timm's ViTs and Swin, the mlm family) would not
+        pass them, and the main branch would differ from it."""
+        if model_kwargs is None:
+            return {}
+        if not isinstance(model_kwargs, Mapping) or not all(isinstance(key, str) for key in model_kwargs):
+            raise TypeError(f"model_kwargs must be a mapping of keyword names to values, got {model_kwargs!r}")
+        if not model_kwargs:
+            return {}
+        forward_runs = self.variant != "mask" or self.family == "pixel" or is_hf_vit(inner) or is_hf_swin(inner)
+        if self.family == "mlm" or not forward_runs:
+            raise ValueError(
+                f"model_kwargs are passed to the model's forward, which the {self.family} sub-branch of "
+                f"{type(inner).__name__} does not run (it runs the model's parts): they would reach the main branch "
+                "only"
+            )
+        parameters = inspect.signature(inner.forward).parameters
+        names = {name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        var = next((p for p in parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD), None)
+        typed = typing.get_args(var.annotation) if var is not None else ()  # transformers: **Unpack[TypedDict]
+        if typed and hasattr(typed[0], "__optional_keys__"):
+            names |= typed[0].__required_keys__ | typed[0].__optional_keys__
+        elif var is not None:
+            names = None  # a plain **kwargs takes any name
+        first = next(iter(parameters), None)  # the images' own parameter: given by MaskSub
+        if first in model_kwargs:
+            raise ValueError(f"model_kwargs must not hold {first!r}: the images, which MaskSub passes")
+        unknown = [key for key in model_kwargs if names is not None and key not in names]
+        if unknown:
+            raise ValueError(
+                f"model_kwargs {unknown} are not keyword arguments of {type(inner).__name__}.forward, which takes "
+                f"{sorted(names - {first})}"
+            )
+        return dict(model_kwargs)
 
     def _check_mlm(self, inner: nn.Module, sub_fill: str, mask_token_id: int | None, cell_size: int | None,
                    chunk_rows: int | None):  # fmt: skip
@@ -236,6 +287,9 @@ class MaskSub(nn.Module):
         names = {prefix + name for name in getattr(self.inner_model, "no_weight_decay", lambda: set())()}
         if self.mask_token is not None:
             names.add("mask_token")
+        if self.family == "swin" and is_hf_swin(self.inner_model):  # its mask token, in the model (hf_swin.py)
+            params = self.inner_model.named_parameters()
+            names.update(prefix + name for name, _ in params if name.endswith("embeddings.mask_token"))
         return names
 
     def check_input_size(self, img_size: int | tuple[int, int]) -> None:
@@ -243,7 +297,8 @@ class MaskSub(nn.Module):
         kept) or the model refuses them (a ViT / Swin built for another size, strict). The training command calls it
         before training."""
         if self.variant == "mask":
-            check_input_size(self.family, self.inner_model, img_size, self.cell_size, self.mask_ratio)
+            inner = self.inner_model
+            check_input_size(self.family, inner, img_size, self.cell_size, self.mask_ratio, self.model_kwargs)
 
     def extra_repr(self) -> str:
         return (
@@ -334,17 +389,22 @@ class MaskSub(nn.Module):
         model = self.inner_model
         if self.variant == "drop":
             with sub_dropout(model, self.mask_ratio):
-                return logits_of(model(images), images.shape[0])
+                return logits_of(model(images, **self.model_kwargs), images.shape[0])
         if self.variant == "path":
             with sub_drop_path(model, self.mask_ratio):
-                return logits_of(model(images), images.shape[0])
+                return logits_of(model(images, **self.model_kwargs), images.shape[0])
         if self.family == "mlm":
             return mlm.sub_branch(self._mlm, images, self.mask_ratio, seed, self.sub_fill, self.mask_token_id)
+        if self.family == "vit" and is_hf_vit(model):
+            return hf_vit_sub_logits(model, images, self.mask_ratio, seed, self.model_kwargs)
         if self.family == "vit":
             return vit_sub_logits(model, images, self.mask_ratio, seed)
+        if self.family == "swin" and is_hf_swin(model):
+            return hf_swin_sub_logits(model, images, self.mask_ratio, self.cell_size, seed, self.model_kwargs)
         if self.family == "swin":
             return swin_sub_logits(model, images, self.mask_token, self.mask_ratio, self.cell_size, seed)
-        return logits_of(pixel_sub_logits(model, images, self.mask_ratio, self.cell_size, seed), images.shape[0])
+        masked = pixel_sub_logits(model, images, self.mask_ratio, self.cell_size, seed, self.model_kwargs)
+        return logits_of(masked, images.shape[0])
 
     def sub_logits(self, images: torch.Tensor, seed: int | torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the sub-branch. The seed is drawn here, eagerly, when None (torch's default generator), so a
@@ -379,18 +439,18 @@ class MaskSub(nn.Module):
             return self._mlm_forward(images, target, seed, branch)
         self._check_images(images)
         if branch == "main":
-            return logits_of(self.model(images), images.shape[0])
+            return logits_of(self.model(images, **self.model_kwargs), images.shape[0])
         if branch == "sub":
             return self.sub_logits(images, seed)
         if not self.in_training:
-            logits = logits_of(self.model(images), images.shape[0])
+            logits = logits_of(self.model(images, **self.model_kwargs), images.shape[0])
             out = {"logits": logits}
             if target is not None:
                 out["loss"] = out["loss_main"] = self.main_criterion(logits, target)
             return out
         if target is None:
             raise ValueError("the joint MaskSub step in train mode needs a target (class ids or probabilities)")
-        main_logits = logits_of(self.model(images), images.shape[0])
+        main_logits = logits_of(self.model(images, **self.model_kwargs), images.shape[0])
         sub_logits = self.sub_logits(images, seed)
         loss, loss_main, loss_sub = self.loss(main_logits, sub_logits, target)
         return {"loss": loss, "loss_main": loss_main, "loss_sub": loss_sub, "logits": main_logits}

@@ -1,0 +1,120 @@
+"""Hugging Face Swin and SwinV2 in the swin family: the sub-branch masks cells of the stage-1 tokens.
+
+transformers' ``SwinForImageClassification`` and ``Swinv2ForImageClassification`` run
+
+    embeddings (patch projection -> norm -> [mask token] -> absolute position embedding, if any -> dropout)
+    -> encoder -> layernorm -> pool -> classifier
+
+and their embeddings already hold SimMIM's masking (``bool_masked_pos``, with which SwinV2 was pre-trained): the
+tokens of masked positions replaced by ``embeddings.mask_token`` [1, 1, C] after the norm, before the position
+embedding. The sub-branch is that masking with MaskSub's cells (docs/semantics.md §8): the tokens of Lc - Kc random
+cells of S x S tokens per sample (Kc = floor(Lc (1 - r)), S = 8 by default) replaced by the mask token,
+
+    T_out = T (1 - M) + m M        (mask_tokens_grid, after the embeddings' norm: a lasting hook on it, hf_hooks.py)
+
+so the model's own forward runs (its shifted windows, padding, attention implementation, checkpointing). timm's
+Swin (swin.py) masks after its absolute position embedding; here, as in transformers' own masking, before it (the
+released Swin and SwinV2 checkpoints have none). The grid is the padded one transformers makes: ceil(H / p) x
+ceil(W / p) tokens.
+
+The mask token lives in the model, in the slot transformers gives it (``swin.embeddings.mask_token``, created by
+``prepare`` where the model was built without one; trunc-normal 0.02 as timm's), so the model's optimizer, a
+``Trainer``, ``save_pretrained`` and ``from_pretrained`` of a model built with ``use_mask_token`` carry it. A plain
+``from_pretrained`` of a saved model reports it as an unused weight.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .hf_hooks import OneShotHook, embeddings_of, install, run_armed
+from .hf_vit import _patch_conv, check_embeddings_size
+
+__all__ = ["HF_SWIN_EMBEDDINGS", "CellMask", "hf_swin_embeddings", "hf_swin_grid", "hf_swin_sub_logits", "is_hf_swin"]
+
+HF_SWIN_EMBEDDINGS = frozenset({"SwinEmbeddings", "Swinv2Embeddings"})
+
+
+def hf_swin_embeddings(model: nn.Module) -> nn.Module | None:
+    """The embeddings module of a transformers Swin / SwinV2 image classifier, else None."""
+    return embeddings_of(model, HF_SWIN_EMBEDDINGS)
+
+
+def is_hf_swin(model: nn.Module) -> bool:
+    """True for transformers' Swin and SwinV2 image classifiers (and user subclasses of them)."""
+    return hf_swin_embeddings(model) is not None
+
+
+def _token_grid(embeddings: nn.Module, height: int, width: int) -> tuple[int, int]:
+    """The stage-1 token grid of height x width images: transformers pads them to multiples of the patch."""
+    conv = _patch_conv(embeddings)
+    return -(-height // conv.stride[0]), -(-width // conv.stride[1])
+
+
+def hf_swin_grid(
+    model: nn.Module, img_size: tuple[int, int] | None, model_kwargs: dict | None = None
+) -> tuple[tuple[int, int], int]:
+    """(token grid, patch side) of ``img_size`` images (None: the config's size), after the model's embeddings have
+    been run on an empty batch of them (with absolute position embeddings, other sizes need
+    ``interpolate_pos_encoding``: their ValueError)."""
+    embeddings = hf_swin_embeddings(model)
+    if img_size is None:
+        size = model.config.image_size  # SwinConfig / Swinv2Config always have one
+        img_size = (size, size) if isinstance(size, int) else tuple(size)
+    else:
+        check_embeddings_size(model, embeddings, img_size, model_kwargs)
+    return _token_grid(embeddings, *img_size), _patch_conv(embeddings).stride[0]
+
+
+class CellMask(OneShotHook):
+    """The lasting forward hook on the embeddings' norm: its output [B, h w, C] unchanged, except once per plan
+    (mask token, mask_ratio, cell size, seed, token grid), when the tokens of removed cells become the mask token."""
+
+    def apply(self, module: nn.Module, output, mask_token, mask_ratio: float, cell_size: int, seed, grid):
+        import masksub_kernels as mk  # at call time: the package imports this module
+
+        if not isinstance(output, torch.Tensor) or output.dim() != 3 or output.shape[1] != grid[0] * grid[1]:
+            raise RuntimeError(
+                f"MaskSub's swin sub-branch expected the embeddings' norm to return tokens [B, {grid[0] * grid[1]}, "
+                f"C] for a {grid[0]} x {grid[1]} token grid; it returned "
+                f"{tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__}"
+            )
+        tokens = output.reshape(output.shape[0], grid[0], grid[1], output.shape[2])
+        masked, _ = mk.mask_tokens_grid(tokens, mask_token.to(tokens.dtype), mask_ratio, cell_size=cell_size, seed=seed)
+        return masked.reshape(output.shape)
+
+
+def prepare(model: nn.Module) -> tuple[CellMask, nn.Parameter]:
+    """The ``CellMask`` hook on the embeddings' norm (installed once) and the mask token [1, 1, C], created in
+    the embeddings' ``mask_token`` slot where the model has none (idempotent)."""
+    embeddings = hf_swin_embeddings(model)
+    if embeddings is None:
+        raise ValueError(f"{type(model).__name__} is not a transformers Swin / SwinV2 image classifier")
+    norm = embeddings.norm
+    token = getattr(embeddings, "mask_token", None)
+    if not isinstance(token, nn.Parameter):
+        weight = norm.weight
+        token = torch.empty(1, 1, weight.shape[0], device=weight.device, dtype=weight.dtype)
+        embeddings.mask_token = nn.Parameter(nn.init.trunc_normal_(token, std=0.02))
+    return install(norm, CellMask), embeddings.mask_token
+
+
+def hf_swin_sub_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    mask_ratio: float,
+    cell_size: int,
+    seed: int | torch.Tensor | None,
+    model_kwargs: dict | None = None,
+) -> torch.Tensor:
+    """Logits [B, C] of the masked sub-branch: the model's own forward on ``images`` [B, 3, H, W] (with
+    ``model_kwargs``), the tokens of the cells that ``random_grid_mask(B, (h / S, w / S), Kc, seed=seed)`` removes
+    replaced by the mask token after the embeddings' norm."""
+    from .families import logits_of
+
+    hook, token = prepare(model)
+    grid = _token_grid(hf_swin_embeddings(model), int(images.shape[-2]), int(images.shape[-1]))
+    plan = (token, mask_ratio, cell_size, seed, grid)
+    output = run_armed(model, hook, plan, images, model_kwargs or {}, "embeddings' norm")
+    return logits_of(output, images.shape[0])
