@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_hf_swin import tiny_swin
 from test_hf_vit import tiny_hf
 
 from masksub_kernels.training import MaskSub
@@ -14,9 +15,9 @@ pytest.importorskip("accelerate")  # the Trainer's
 from masksub_kernels.training.hf_trainer import MaskSubTrainer  # noqa: E402
 
 
-def _data(n: int, seed: int) -> list[dict]:
+def _data(n: int, seed: int, size: int = 32) -> list[dict]:
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(n, 3, 32, 32, generator=generator)
+    images = torch.randn(n, 3, size, size, generator=generator)
     labels = torch.randint(0, 5, (n,), generator=generator)
     return [{"pixel_values": image, "labels": label} for image, label in zip(images, labels)]
 
@@ -107,3 +108,23 @@ def test_settings_it_cannot_honour_are_refused(tmp_path, monkeypatch):
     trainer = MaskSubTrainer(model=model, args=_args(tmp_path), train_dataset=_data(4, 0))
     with pytest.raises(ValueError, match=r"needs batches with 'pixel_values' and 'labels'; got \['image', 'label'\]"):
         trainer.compute_loss(model, {"image": torch.zeros(1), "label": torch.zeros(1)})
+
+
+def test_a_swin_trains_its_mask_token_out_of_weight_decay_and_checkpoints_it(tmp_path):
+    # the swin family's mask token is the model's own (embeddings.mask_token, created by MaskSub): the Trainer's
+    # optimizer trains it, without weight decay (MaskSub's no_weight_decay), and its checkpoints hold it
+    model = tiny_swin("SwinForImageClassification").float()
+    args = _args(tmp_path, weight_decay=0.5, save_strategy="steps", save_steps=2, optim="adamw_torch")
+    trainer = MaskSubTrainer(model=model, args=args, train_dataset=_data(8, 0, size=64))
+    token = model.swin.embeddings.mask_token
+    before = token.detach().clone()
+    decayed = trainer.get_decay_parameter_names(model)
+    assert "swin.embeddings.mask_token" not in decayed and "classifier.weight" in decayed
+    trainer.train()
+    assert not torch.equal(token, before)
+    (group,) = [g for g in trainer.optimizer.param_groups if any(p is token for p in g["params"])]
+    assert group["weight_decay"] == 0.0
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "checkpoint-2" / "model.safetensors"))
+    torch.testing.assert_close(saved["swin.embeddings.mask_token"], token.detach(), rtol=0, atol=0)

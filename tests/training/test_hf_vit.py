@@ -254,3 +254,28 @@ def test_which_transformers_models_are_cut_and_the_errors_of_odd_embeddings(monk
     monkeypatch.setattr(model, "forward", lambda images: model.classifier(torch.zeros(len(images), 32).double()))
     with pytest.raises(RuntimeError, match="forward did not call its"):
         ms.sub_logits(images, seed=1)
+
+
+def test_model_kwargs_reach_every_call_of_the_model():
+    # a ViT fine-tuned on images larger than its config's: interpolate_pos_encoding in both branches, train and eval
+    model = tiny_hf("ViTForImageClassification")
+    ms = MaskSub(model, model_kwargs={"interpolate_pos_encoding": True})
+    ms.check_input_size(64)
+    images, target, seen = _images(size=64), torch.tensor([0, 3, 4]), []
+    hook = _first_layer(model).register_forward_pre_hook(lambda m, args, kw: seen.append(args[0] if args else
+                                                         kw["hidden_states"]), with_kwargs=True)  # fmt: skip
+    full = model.vit.embeddings(images, interpolate_pos_encoding=True)
+    ms.sub_logits(images, seed=7)
+    hook.remove()
+    torch.testing.assert_close(seen[0], _kept(full, 1, 0.5, 7), rtol=0, atol=0)  # 64 patches, 32 kept
+    want = model(images, interpolate_pos_encoding=True).logits
+    torch.testing.assert_close(ms(images, target, seed=7)["logits"], want, rtol=0, atol=0)
+    torch.testing.assert_close(ms(images, branch="main"), want, rtol=0, atol=0)
+    torch.testing.assert_close(ms.eval()(images)["logits"], model(images, interpolate_pos_encoding=True).logits)
+    with pytest.raises(ValueError, match=r"model_kwargs \['interpolate_pos_embedding'\] are not keyword arguments "
+                       r"of ViTForImageClassification.forward, which takes \[.*'interpolate_pos_encoding'"):  # fmt: skip
+        MaskSub(model, model_kwargs={"interpolate_pos_embedding": True})  # a typo: the **kwargs' names are typed
+    with pytest.raises(ValueError, match="must not hold 'pixel_values': the images, which MaskSub passes"):
+        MaskSub(model, model_kwargs={"pixel_values": images})
+    with pytest.raises(TypeError, match="model_kwargs must be a mapping of keyword names to values"):
+        MaskSub(model, model_kwargs=[("interpolate_pos_encoding", True)])

@@ -90,6 +90,8 @@ def test_refuses_bad_options():
         MaskSub(tiny_bert(), chunk_rows=0)
     with pytest.raises(TypeError, match="chunk_rows must be an int >= 1 or None, got float"):
         MaskSub(tiny_bert(), chunk_rows=2.0)
+    with pytest.raises(ValueError, match="the mlm sub-branch of BertForMaskedLM does not run"):
+        MaskSub(tiny_bert(), model_kwargs={"output_attentions": True})  # its branches run the model's parts
 
 
 def test_refuses_models_it_would_train_wrongly():

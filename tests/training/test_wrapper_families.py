@@ -405,3 +405,31 @@ def test_configuration_errors_are_clear():
     for threshold in (float("nan"), float("-inf"), -0.5, 1.0):
         with pytest.raises(ValueError, match="target_threshold must be"):
             MaskSub(tiny_vit(), loss="bce", target_threshold=threshold)
+
+
+def test_model_kwargs_need_a_forward_that_both_branches_run_and_that_takes_them():
+    class ScaledCNN(torch.nn.Module):  # the pixel family runs the forward: its keyword arguments reach both branches
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(4, 10)
+
+        def forward(self, images, *, scale=1.0):
+            return self.head(self.conv(images).mean((2, 3))) * scale
+
+    torch.manual_seed(0)
+    model = ScaledCNN().double()
+    ms = MaskSub(model, model_kwargs={"scale": 3.0})
+    images, target = batch("resnet")
+    out = ms(images, target, seed=5)
+    torch.testing.assert_close(out["logits"], model(images, scale=3.0), rtol=0, atol=0)
+    sub = sub_logits_for_seed("resnet", lambda x: model(x, scale=3.0), images, 5)
+    torch.testing.assert_close(ms.sub_logits(images, seed=5), sub, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"\['shift'\] are not keyword arguments of ScaledCNN.forward, which takes "
+                       r"\['scale'\]"):  # fmt: skip
+        MaskSub(model, model_kwargs={"shift": 1.0})
+    for name in ("vit", "swin"):  # timm's ViT / Swin sub-branches run the model's parts, not its forward
+        with pytest.raises(ValueError, match=f"the {name} sub-branch of .* does not run"):
+            MaskSub(BUILDERS[name](), model_kwargs={"scale": 2.0})
+    with pytest.raises(ValueError, match=r"not keyword arguments of VisionTransformer.forward"):
+        MaskSub(tiny_vit(), variant="drop", model_kwargs={"scale": 2.0})  # DropSub runs it: timm's takes no keyword
+    assert MaskSub(tiny_vit(), model_kwargs={}).model_kwargs == {}

@@ -1,0 +1,176 @@
+"""transformers' Swin and SwinV2 image classifiers in the swin family (masksub_kernels/training/hf_swin.py).
+
+The reference is transformers' own masking: the model's base (``swin`` / ``swinv2``) run with ``bool_masked_pos``
+set to the removed cells of ``random_grid_mask`` for the seed, expanded to tokens, then the classifier. It puts the
+embeddings' ``mask_token`` where MaskSub's sub-branch must put it (after the norm, before any absolute position
+embedding), so the two agree exactly in fp64, values and every gradient.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+from _models import assert_grads_close, grads, reference_loss
+
+import masksub_kernels as mk
+from masksub_kernels.training import MaskSub
+
+transformers = pytest.importorskip("transformers")
+
+CLASSES = ("SwinForImageClassification", "Swinv2ForImageClassification")
+
+
+def tiny_swin(name: str, **changes) -> torch.nn.Module:
+    """A tiny fp64 transformers Swin: 64 px, patch 4 (16 x 16 tokens: 2 x 2 cells of 8), 5 classes, dropout off."""
+    cls = getattr(transformers, name)
+    settings = dict(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4,
+                    num_labels=5, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, drop_path_rate=0.0)  # fmt: skip
+    torch.manual_seed(0)
+    return cls(cls.config_class(**{**settings, **changes})).double().train()
+
+
+def _images(batch: int = 3, size: int = 64) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def _base(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "swin", None) or model.swinv2
+
+
+def _by_transformers(model, images, ratio: float, seed: int, cell: int = 8, **kwargs) -> torch.Tensor:
+    """The sub-branch by transformers' own masking: bool_masked_pos from the op's removed cells for the seed."""
+    grid = (-(-images.shape[-2] // 4), -(-images.shape[-1] // 4))
+    cells = (grid[0] // cell, grid[1] // cell)
+    removed = mk.random_grid_mask(images.shape[0], cells, int(cells[0] * cells[1] * (1 - ratio)), seed=seed)
+    tokens = removed.repeat_interleave(cell, 1).repeat_interleave(cell, 2).reshape(images.shape[0], -1)
+    return model.classifier(_base(model)(images, bool_masked_pos=tokens, **kwargs).pooler_output)
+
+
+@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("ape", [False, True])
+def test_the_sub_branch_is_transformers_own_masking_with_the_op_cells(name, ape):
+    if ape and name.startswith("Swinv2"):
+        pytest.skip("transformers' SwinV2 with absolute position embeddings fails on any input (257 of them)")
+    model, twin = tiny_swin(name, use_absolute_embeddings=ape), tiny_swin(name, use_absolute_embeddings=ape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        ms = MaskSub(model, mask_ratio=0.75)
+    assert ms.family == "swin" and ms.mask_token is None  # the token is the model's own
+    token = _base(model).embeddings.mask_token
+    assert isinstance(token, torch.nn.Parameter) and token.shape == (1, 1, 16) and token.dtype == torch.float64
+    _base(twin).embeddings.mask_token = torch.nn.Parameter(token.detach().clone())
+    images, target = _images(), torch.tensor([0, 3, 4])
+    got = ms(images, target, seed=7)
+    got["loss"].backward()
+    sub = _by_transformers(twin, images, 0.75, 7)
+    want, *_ = reference_loss(twin(images).logits, sub, target)
+    want.backward()
+    torch.testing.assert_close(ms.sub_logits(images, seed=7), sub, rtol=0, atol=0)
+    torch.testing.assert_close(got["loss"], want.float(), rtol=1e-6, atol=0)
+    assert_grads_close(grads(model), grads(twin), rtol=1e-5, atol=1e-9)  # the mask token's included
+    assert token.grad.abs().sum() > 0
+    main = model(images).logits  # the main branch: unmasked
+    torch.testing.assert_close(main, twin(images).logits, rtol=0, atol=0)
+    assert not torch.equal(ms.sub_logits(images, seed=7), ms.sub_logits(images, seed=8))
+    torch.testing.assert_close(MaskSub(model, mask_ratio=0.0).sub_logits(images, seed=1), main, rtol=0, atol=0)
+
+
+def test_padded_images_and_other_cells():
+    # transformers pads 62 px to 64 (16 x 16 tokens); cells of 4 tokens: 4 x 4 of them
+    model = tiny_swin("SwinForImageClassification")
+    ms = MaskSub(model, cell_size=4)
+    images = _images(size=62)
+    ms.check_input_size(62)
+    torch.testing.assert_close(ms.sub_logits(images, seed=2), _by_transformers(model, images, 0.5, 2, cell=4))
+    with pytest.raises(ValueError, match=r"token grid 10 x 10 is not divisible by the mask cell of 8 tokens.*multiple of 32 pixels"):
+        MaskSub(model).check_input_size(40)
+    with pytest.raises(ValueError, match="keeps none of the 1 mask cell"):
+        MaskSub(tiny_swin("SwinForImageClassification", image_size=32))  # 8 x 8 tokens: one cell
+    ape = tiny_swin("SwinForImageClassification", use_absolute_embeddings=True)
+    with pytest.raises(ValueError, match="SwinForImageClassification refuses 128 x 128 images"):
+        MaskSub(ape).check_input_size(128)  # its position embedding is for 64 px
+    ms = MaskSub(ape, model_kwargs={"interpolate_pos_encoding": True})
+    ms.check_input_size(128)
+    images = _images(size=128)
+    want = _by_transformers(ape, images, 0.5, 3, interpolate_pos_encoding=True)
+    torch.testing.assert_close(ms.sub_logits(images, seed=3), want, rtol=0, atol=0)
+    torch.testing.assert_close(ms(images, branch="main"), ape(images, interpolate_pos_encoding=True).logits)
+
+
+def test_one_token_and_one_hook_copies_and_pickles_get_their_own():
+    from masksub_kernels.training.hf_swin import CellMask
+
+    model = tiny_swin("SwinForImageClassification")
+    MaskSub(model)
+    token = model.swin.embeddings.mask_token
+    ms = MaskSub(model)
+    assert model.swin.embeddings.mask_token is token and "swin.embeddings.mask_token" in model.state_dict()
+    assert ms.no_weight_decay() == {"model.swin.embeddings.mask_token"}
+    assert sum(p is token for p in ms.parameters()) == 1
+    hooks = [h for h in model.swin.embeddings.norm._forward_hooks.values() if isinstance(h, CellMask)]
+    assert len(hooks) == 1 and hooks[0].plan is None
+    images = _images()
+    want = ms.sub_logits(images, seed=3)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    for other in (copy.deepcopy(model), loaded):
+        torch.testing.assert_close(MaskSub(other).sub_logits(images, seed=3), want, rtol=0, atol=0)
+        torch.testing.assert_close(other(images).logits, model(images).logits, rtol=0, atol=0)
+    # a token the model already has (built with use_mask_token, or loaded) is the one trained
+    other = tiny_swin("SwinForImageClassification")
+    other.swin.embeddings.mask_token = torch.nn.Parameter(torch.ones(1, 1, 16, dtype=torch.float64))
+    MaskSub(other)
+    assert torch.equal(other.swin.embeddings.mask_token, torch.ones(1, 1, 16, dtype=torch.float64))
+
+
+def test_under_torch_compile_the_sub_branch_is_the_eager_one():
+    model = tiny_swin("Swinv2ForImageClassification")
+    images = _images()
+    want = MaskSub(model).sub_logits(images, seed=4)
+    compiled = MaskSub(torch.compile(model, backend="eager"))
+    assert compiled.no_weight_decay() == {"model._orig_mod.swinv2.embeddings.mask_token"}
+    torch.testing.assert_close(compiled.sub_logits(images, seed=4), want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_failed_sub_forward_leaves_the_main_branch_unmasked_and_odd_norms_are_errors(monkeypatch):
+    from masksub_kernels.training.hf_swin import prepare
+
+    model = tiny_swin("SwinForImageClassification")
+    ms, images = MaskSub(model), _images()
+    with pytest.raises((ValueError, RuntimeError)):
+        ms.sub_logits(torch.zeros(3, 1, 64, 64, dtype=torch.float64), seed=1)  # 1 channel: refused by the model
+    assert prepare(model)[0].plan is None
+    torch.testing.assert_close(model(images).logits, tiny_swin("SwinForImageClassification")(images).logits)
+    norm = model.swin.embeddings.norm
+    own = type(norm).forward
+    monkeypatch.setattr(norm, "forward", lambda x: own(norm, x)[:, :5])
+    with pytest.raises(RuntimeError, match=r"expected the embeddings' norm to return tokens \[B, 256, C\]"):
+        ms.sub_logits(images, seed=1)
+    monkeypatch.undo()
+    monkeypatch.setattr(model, "forward", lambda images: model.classifier(torch.zeros(len(images), 32).double()))
+    with pytest.raises(RuntimeError, match="forward did not call its embeddings' norm"):
+        ms.sub_logits(images, seed=1)
+
+
+def test_bare_encoders_and_masked_image_modelling_heads_are_not_cut(monkeypatch):
+    from masksub_kernels.training import families
+    from masksub_kernels.training.hf_swin import is_hf_swin
+
+    config = tiny_swin("SwinForImageClassification").config
+
+    class MySwin(transformers.SwinForImageClassification):  # a subclass in user code: still masked
+        pass
+
+    assert is_hf_swin(MySwin(config)) and MaskSub(MySwin(config).double()).family == "swin"
+    monkeypatch.setattr(families, "_WARNED", set())
+    for other in (transformers.SwinModel(config), transformers.SwinForMaskedImageModeling(config)):
+        assert not is_hf_swin(other)
+        with pytest.raises(ValueError, match="family='swin' needs a model with"):
+            MaskSub(other, family="swin")
+    with pytest.raises(ValueError, match="DropSub / PathSub.*defined for ViTs"):
+        MaskSub(tiny_swin("SwinForImageClassification"), variant="drop")
