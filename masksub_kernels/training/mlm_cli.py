@@ -31,7 +31,7 @@ import time
 import torch
 from torch import nn
 
-from .mlm_tokenizer import Vocab, check_tokenizer_arg, load_tokenizer, tokenizer_path
+from .mlm_tokenizer import Vocab, check_tokenizer_arg, load_tokenizer, removed_if_refused, tokenizer_path
 from .run_setup import HelpWithDefaults, UsageError, _distributed, check_backend, check_output, default_output
 
 PROG = "masksub-train-mlm"
@@ -498,15 +498,9 @@ def _run(args) -> None:
     backend = check_backend(device, ("linear_masksub_loss", "random_keep_indices"))
     state = _read_checkpoint(args) if args.resume else None
     tokenizer_at = tokenizer_path(args, state)
-    fresh = rank == 0 and not os.path.isfile(tokenizer_at)
-    try:  # a refusal deletes the vocabulary this run trained (mlm_tokenizer.py)
+    with removed_if_refused(tokenizer_at, rank):  # a vocabulary this run trains, then refused (mlm_tokenizer.py)
         vocab, train, val, sizes = _corpus(args, rank, world, device, tokenizer_at, state is not None)
         ms, optimizer, scheduler, scaler, autocast = _build(args, vocab, train, state, world, device, rank, sizes)
-    except UsageError:
-        if fresh:
-            with contextlib.suppress(OSError):
-                os.remove(tokenizer_at)
-        raise
     step_fn = _make_step(args, ms, world)
     start, rows = (state["step"], state["rows"]) if state else (0, [])
     meta = {"command": " ".join([PROG, *sys.argv[1:]]), "args": dict(vars(args)), "world_size": world,

@@ -8,12 +8,14 @@
   is trained for a resume (a new vocabulary would only be refused by that check, after being written).
 - ``--tokenizer`` is made absolute before it is recorded, so a resume from another working directory finds it.
 - A vocabulary trained by a run that is then refused (too few blocks, a resume of another run, ...) is deleted, so
-  the next run into the same ``--output`` trains its own instead of silently reading it; a default-path file that a
+  the next run into the same ``--output`` trains its own instead of silently reading it (with the directories made
+  for it, where they are left empty: ``removed_if_refused``); a default-path file that a
   run reuses without resuming is named in a note (it may come from an earlier run with another ``--vocab-size``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -21,7 +23,7 @@ from typing import NamedTuple
 
 from .run_setup import UsageError
 
-__all__ = ["Vocab", "check_tokenizer_arg", "load_tokenizer", "tokenizer_digest", "tokenizer_path"]
+__all__ = ["Vocab", "check_tokenizer_arg", "load_tokenizer", "removed_if_refused", "tokenizer_digest", "tokenizer_path"]
 
 
 class Vocab(NamedTuple):
@@ -89,3 +91,24 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
     if missing:
         raise UsageError(f"--tokenizer {path!r} lacks BERT's special tokens {missing}")
     return tokenizer, tokenizer_digest(path), trained
+
+
+@contextlib.contextmanager
+def removed_if_refused(path: str, rank: int):
+    """Around a run's set-up: where it ends in a ``UsageError`` and rank 0 had no file at ``path`` before, the
+    vocabulary it trained there is deleted, and so are the directories made for it (innermost first, while empty)."""
+    fresh = rank == 0 and not os.path.isfile(path)
+    made, parent = [], os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent) and parent != os.path.dirname(parent):
+        made.append(parent)
+        parent = os.path.dirname(parent)
+    try:
+        yield
+    except UsageError:
+        if fresh:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            with contextlib.suppress(OSError):
+                for directory in made:  # one that is not empty stops it
+                    os.rmdir(directory)
+        raise

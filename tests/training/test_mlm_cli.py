@@ -351,8 +351,11 @@ def test_the_vocabulary_a_run_uses_and_keeps(corpus, tokenizer, tmp_path, capsys
     silently (its --vocab-size ignored); a resume without --tokenizer trained a new vocabulary beside the checkpoint
     before refusing it; --tokenizer DIR ended in a traceback after training one."""
     out = tmp_path / "o"
+    assert main(["--data-dir", corpus, *TINY, "--output", str(out / "a" / "b"), "--batch-size", "100000"]) == 2
+    assert "fewer than one step" in capsys.readouterr().err and not out.exists()  # nor the directories made for it
+    out.mkdir()
     assert main(["--data-dir", corpus, *TINY, "--output", str(out), "--batch-size", "100000"]) == 2
-    assert "fewer than one step" in capsys.readouterr().err and not (out / "tokenizer.json").exists()
+    assert "fewer than one step" in capsys.readouterr().err and not (out / "tokenizer.json").exists() and out.is_dir()
     (out / "tokenizer.json").write_bytes(open(tokenizer, "rb").read())  # as an interrupted run leaves it
     assert main(["--data-dir", corpus, *TINY, "--output", str(out), "--steps", "1", "--eval-every", "1"]) == 0
     assert "note: using the vocabulary" in capsys.readouterr().err
