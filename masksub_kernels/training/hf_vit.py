@@ -17,8 +17,9 @@ The cut is a lasting forward hook on the embeddings module (``TokenDrop``, insta
 returns the embeddings' output unchanged except while ``hf_vit_sub_logits`` runs the model, so each class's own
 forward (its pooling, its gradient checkpointing, its attention implementation) runs, not a copy of it that a new
 transformers release could leave behind. The classes are named (``HF_VIT_EMBEDDINGS``), not guessed: BEiT and
-Data2Vec-Vision (relative position biases), Swin and the convolutional models need other sub-branches and get the
-pixel-grid fallback. P is counted from the output: its length less the patch grid of the patch convolution.
+Data2Vec-Vision (relative position biases) and the convolutional models need other sub-branches and get the
+pixel-grid fallback (Swin: the swin family, hf_swin.py). P is counted from the output: its length less the patch grid
+of the patch convolution.
 """
 
 from __future__ import annotations
