@@ -19,8 +19,8 @@ ceil(W / p) tokens.
 
 The mask token lives in the model, in the slot transformers gives it (``swin.embeddings.mask_token``, created by
 ``prepare`` where the model was built without one; trunc-normal 0.02 as timm's), so the model's optimizer, a
-``Trainer``, ``save_pretrained`` and ``from_pretrained`` of a model built with ``use_mask_token`` carry it. A plain
-``from_pretrained`` of a saved model reports it as an unused weight.
+``Trainer`` (its checkpoints and resumes) and ``save_pretrained`` carry it. A plain ``from_pretrained`` of a saved
+model lists it as UNEXPECTED and drops it: the classifier has no slot for it until ``prepare`` makes one.
 """
 
 from __future__ import annotations

@@ -128,3 +128,8 @@ def test_a_swin_trains_its_mask_token_out_of_weight_decay_and_checkpoints_it(tmp
 
     saved = load_file(str(tmp_path / "checkpoint-2" / "model.safetensors"))
     torch.testing.assert_close(saved["swin.embeddings.mask_token"], token.detach(), rtol=0, atol=0)
+    # a resumed run gets the trained token back (MaskSub made the slot before the Trainer loads the checkpoint)
+    again = tiny_swin("SwinForImageClassification").float()
+    resumed = MaskSubTrainer(model=again, args=_args(tmp_path, max_steps=2), train_dataset=_data(8, 0, size=64))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    torch.testing.assert_close(again.swin.embeddings.mask_token, token, rtol=0, atol=0)
