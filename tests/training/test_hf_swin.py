@@ -28,7 +28,8 @@ def tiny_swin(name: str, **changes) -> torch.nn.Module:
     """A tiny fp64 transformers Swin: 64 px, patch 4 (16 x 16 tokens: 2 x 2 cells of 8), 5 classes, dropout off."""
     cls = getattr(transformers, name)
     settings = dict(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4,
-                    num_labels=5, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, drop_path_rate=0.0)  # fmt: skip
+                    num_labels=5, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                    drop_path_rate=0.0)  # fmt: skip
     torch.manual_seed(0)
     return cls(cls.config_class(**{**settings, **changes})).double().train()
 
@@ -86,7 +87,8 @@ def test_padded_images_and_other_cells():
     images = _images(size=62)
     ms.check_input_size(62)
     torch.testing.assert_close(ms.sub_logits(images, seed=2), _by_transformers(model, images, 0.5, 2, cell=4))
-    with pytest.raises(ValueError, match=r"token grid 10 x 10 is not divisible by the mask cell of 8 tokens.*multiple of 32 pixels"):
+    not_divisible = r"token grid 10 x 10 is not divisible by the mask cell of 8 tokens.*multiple of 32 pixels"
+    with pytest.raises(ValueError, match=not_divisible):
         MaskSub(model).check_input_size(40)
     with pytest.raises(ValueError, match="keeps none of the 1 mask cell"):
         MaskSub(tiny_swin("SwinForImageClassification", image_size=32))  # 8 x 8 tokens: one cell
@@ -172,5 +174,5 @@ def test_bare_encoders_and_masked_image_modelling_heads_are_not_cut(monkeypatch)
         assert not is_hf_swin(other)
         with pytest.raises(ValueError, match="family='swin' needs a model with"):
             MaskSub(other, family="swin")
-    with pytest.raises(ValueError, match="DropSub / PathSub.*defined for ViTs"):
+    with pytest.raises(ValueError, match=r"DropSub / PathSub.*defined for ViTs"):
         MaskSub(tiny_swin("SwinForImageClassification"), variant="drop")

@@ -272,8 +272,9 @@ def test_model_kwargs_reach_every_call_of_the_model():
     torch.testing.assert_close(ms(images, target, seed=7)["logits"], want, rtol=0, atol=0)
     torch.testing.assert_close(ms(images, branch="main"), want, rtol=0, atol=0)
     torch.testing.assert_close(ms.eval()(images)["logits"], model(images, interpolate_pos_encoding=True).logits)
-    with pytest.raises(ValueError, match=r"model_kwargs \['interpolate_pos_embedding'\] are not keyword arguments "
-                       r"of ViTForImageClassification.forward, which takes \[.*'interpolate_pos_encoding'"):  # fmt: skip
+    typo = (r"model_kwargs \['interpolate_pos_embedding'\] are not keyword arguments "
+            r"of ViTForImageClassification.forward, which takes \[.*'interpolate_pos_encoding'")  # fmt: skip
+    with pytest.raises(ValueError, match=typo):
         MaskSub(model, model_kwargs={"interpolate_pos_embedding": True})  # a typo: the **kwargs' names are typed
     with pytest.raises(ValueError, match="must not hold 'pixel_values': the images, which MaskSub passes"):
         MaskSub(model, model_kwargs={"pixel_values": images})
