@@ -16,14 +16,16 @@ gets wrong (a probe's findings, 2026-12-03) made right:
   transformers model gets (vit for the ViT-like image classifiers, swin for Swin / SwinV2, pixel for the others,
   mlm for BERT / RoBERTa masked LMs) own no parameter outside the model (Swin's mask token is the model's own
   ``embeddings.mask_token``, created by MaskSub: kept out of weight decay, saved in checkpoints and the saved
-  model), so the Trainer's optimizer holds every parameter that trains.
+  model), so the Trainer's optimizer holds every parameter that trains (one given in ``optimizers``, built before
+  MaskSub made that token, is refused).
 - Training: the joint schedule, ``ms(pixel_values, labels)`` (one forward of each branch, one backward; the
   sequential ``train_step`` steps an optimizer of its own, which a Trainer owns). The loss is a mean over the batch,
   so the Trainer is told to divide it by its gradient-accumulation steps (``model_accepts_loss_kwargs = False``:
   the model's ``**kwargs`` would make it assume a sum and not divide).
 - Evaluation: the Trainer puts the model in eval mode, so the wrapper runs the model only; the loss is the main
   criterion (cross-entropy, or BCE) and the logits go to ``compute_metrics``. A masked LM's evaluation forms no
-  [rows, vocabulary] logits: ``compute_metrics`` gets ``(loss_main, correct, count)`` per batch.
+  [rows, vocabulary] logits: ``compute_metrics`` gets ``(loss_main, correct, count)`` per batch. ``predict`` on
+  images without labels: their logits from MaskSub's model call (with its ``model_kwargs``).
 - ``torch.compile``: give the Trainer ``torch.compile(model)`` (the Trainer keeps the eager model, MaskSub runs the
   compiled one); ``TrainingArguments.torch_compile`` would compile a model MaskSub never calls, so it is refused.
 - Label smoothing is MaskSub's (``masksub={"label_smoothing": ...}``): ``TrainingArguments.label_smoothing_factor``
@@ -38,8 +40,10 @@ gets wrong (a probe's findings, 2026-12-03) made right:
 
 from __future__ import annotations
 
+import torch
 from transformers import Trainer
 
+from .schedules import check_holds_mask_token
 from .wrapper import MaskSub
 
 __all__ = ["MaskSubTrainer"]
@@ -78,6 +82,8 @@ class MaskSubTrainer(Trainer):
         self.masksub = MaskSub(compiled if compiled is not None else self.model, **(masksub or {}))
         if any(True for _ in self.masksub.parameters(recurse=False)):  # Swin's mask token: not a transformers family
             raise ValueError(f"MaskSub's {self.masksub.family} family owns parameters that the Trainer would not train")
+        if self.optimizer is not None:  # optimizers=(optimizer, scheduler): one built before MaskSub made Swin's token
+            check_holds_mask_token(self.masksub, self.optimizer)
         # MaskSub's loss is a mean over the micro-batch: the Trainer divides it by its accumulation steps when told
         # that it is not already scaled (transformers >= 5.x reads loss_is_scaled_for_ga first, earlier ones the
         # model's **kwargs, which a transformers model's forward has)
@@ -89,6 +95,20 @@ class MaskSubTrainer(Trainer):
         prefix = "model._orig_mod." if self.masksub.model is not self.masksub.inner_model else "model."
         kept_out = {name.removeprefix(prefix) for name in self.masksub.no_weight_decay()}
         return [name for name in super().get_decay_parameter_names(model) if name not in kept_out]
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        """The Trainer's, except for images without labels (``predict`` on unlabelled data), which the Trainer would
+        give to ``model(**inputs)``: their logits come from MaskSub's model call, with its ``model_kwargs``."""
+        if self.masksub.family == "mlm" or inputs.get("labels") is not None:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if "pixel_values" not in inputs:
+            raise ValueError(f"MaskSubTrainer needs batches with 'pixel_values'; got {sorted(inputs)}")
+        if prediction_loss_only:
+            return None, None, None
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits = self.masksub(inputs["pixel_values"], branch="main")
+        return None, logits.detach(), None
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         """MaskSub's joint loss in training; the main criterion and the model's logits in evaluation."""

@@ -33,7 +33,7 @@ from .._philox import new_seed
 
 SCHEDULES = ("sequential", "joint")
 
-__all__ = ["SCHEDULES", "check_optimizer_params", "optimizer_step", "train_step"]
+__all__ = ["SCHEDULES", "check_holds_mask_token", "check_optimizer_params", "optimizer_step", "train_step"]
 
 
 def optimizer_step(
@@ -70,8 +70,8 @@ def check_optimizer_params(module: torch.nn.Module, optimizer: torch.optim.Optim
 
 
 def _check_optimizer(ms, optimizer: torch.optim.Optimizer) -> None:
-    """The optimizer must hold the wrapper's parameters, the Swin mask token included (it lives on the wrapper: an
-    optimizer built from the bare model would never train it). Checked once per optimizer; that it has something
+    """The optimizer must hold the wrapper's parameters, the Swin mask token included (check_holds_mask_token).
+    Checked once per optimizer; that it has something
     to train, on every call (a model may be frozen or unfrozen between steps; any() stops at the first trainable
     parameter)."""
     if not any(p.requires_grad for group in optimizer.param_groups for p in group["params"]):
@@ -82,14 +82,28 @@ def _check_optimizer(ms, optimizer: torch.optim.Optimizer) -> None:
     if id(optimizer) in ms._checked_optimizers:
         return
     check_optimizer_params(ms, optimizer)
-    if ms.mask_token is not None and not any(
-        p is ms.mask_token for group in optimizer.param_groups for p in group["params"]
-    ):
-        raise ValueError(
-            "the optimizer does not hold MaskSub's mask_token: build it from the wrapper (e.g. "
-            "timm.optim.create_optimizer_v2(ms, ...) or ms.parameters()), not from the bare model"
-        )
+    check_holds_mask_token(ms, optimizer)
     ms._checked_optimizers.add(id(optimizer))
+
+
+def check_holds_mask_token(ms, optimizer: torch.optim.Optimizer) -> None:
+    """Raise a ValueError when the swin family's mask token would never train: ``optimizer`` does not hold it (built
+    from the bare timm model, whose token is the wrapper's; or from a transformers Swin before MaskSub created the
+    token in its ``embeddings.mask_token`` slot)."""
+    token = ms._trained_mask_token()
+    if token is None or any(p is token for group in optimizer.param_groups for p in group["params"]):
+        return
+    if ms.mask_token is not None:
+        where = (
+            "build it from the wrapper (e.g. timm.optim.create_optimizer_v2(ms, ...) or ms.parameters()), not from "
+            "the bare model"
+        )
+    else:
+        where = (
+            "it lives in the model (embeddings.mask_token), created by MaskSub(model): build the optimizer from the "
+            "model's parameters after MaskSub is made"
+        )
+    raise ValueError(f"the optimizer does not hold MaskSub's mask_token: {where}")
 
 
 def train_step(

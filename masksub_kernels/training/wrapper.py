@@ -31,7 +31,7 @@ from .._philox import new_seed
 from ..ops.linear_masksub_loss import check_chunk_rows
 from . import mlm
 from .families import DEFAULT_CELL_SIZE, check_eva, check_input_size, logits_of, resolve_family, unwrap_model
-from .hf_swin import hf_swin_sub_logits, is_hf_swin
+from .hf_swin import hf_swin_embeddings, hf_swin_sub_logits, is_hf_swin
 from .hf_swin import prepare as prepare_hf_swin
 from .hf_vit import hf_vit_sub_logits, is_hf_vit
 from .hf_vit import prepare as prepare_hf_vit
@@ -173,10 +173,7 @@ class MaskSub(nn.Module):
         self._mlm = self._check_mlm(inner, sub_fill, mask_token_id, cell_size, chunk_rows)
         self.chunk_rows = check_chunk_rows(chunk_rows) or None  # mlm: rows per chunk (None: the backend's rule)
         self.model_kwargs = self._check_model_kwargs(inner, model_kwargs)
-        if self.family == "swin" and variant == "mask" and is_hf_swin(inner):
-            prepare_hf_swin(inner)  # the mask token in the model's own slot, the hook on its embeddings' norm
-            self.register_parameter("mask_token", None)
-        elif self.family == "swin" and variant == "mask":
+        if self.family == "swin" and variant == "mask" and not is_hf_swin(inner):
             reference = next(inner.parameters())
             token = torch.empty(swin_embed_dim(inner), device=reference.device, dtype=reference.dtype)
             self.mask_token = nn.Parameter(nn.init.trunc_normal_(token, std=0.02))
@@ -184,6 +181,8 @@ class MaskSub(nn.Module):
             self.register_parameter("mask_token", None)
         if variant == "mask":
             check_input_size(self.family, inner, None, self.cell_size, self.mask_ratio, self.model_kwargs)
+            if self.family == "swin" and is_hf_swin(inner):  # after the checks: a refused MaskSub leaves it as it was
+                prepare_hf_swin(inner)  # the mask token in the model's own slot, the hook on its embeddings' norm
             if self.family == "vit":
                 check_eva(inner)
                 if is_relpos_vit(inner):
@@ -291,6 +290,15 @@ class MaskSub(nn.Module):
             params = self.inner_model.named_parameters()
             names.update(prefix + name for name, _ in params if name.endswith("embeddings.mask_token"))
         return names
+
+    def _trained_mask_token(self) -> nn.Parameter | None:
+        """The swin family's mask token, which the optimizer must hold: the wrapper's own ``mask_token`` (timm's
+        Swin) or a transformers Swin's ``embeddings.mask_token``; None for the other families and variants."""
+        if self.mask_token is not None:
+            return self.mask_token
+        if self.family == "swin" and self.variant == "mask" and is_hf_swin(self.inner_model):
+            return hf_swin_embeddings(self.inner_model).mask_token
+        return None
 
     def check_input_size(self, img_size: int | tuple[int, int]) -> None:
         """Raise a ValueError when images of ``img_size`` cannot be masked (cells not dividing the grid, nothing

@@ -176,3 +176,45 @@ def test_bare_encoders_and_masked_image_modelling_heads_are_not_cut(monkeypatch)
             MaskSub(other, family="swin")
     with pytest.raises(ValueError, match=r"DropSub / PathSub.*defined for ViTs"):
         MaskSub(tiny_swin("SwinForImageClassification"), variant="drop")
+
+
+@pytest.mark.parametrize("size", [(64, 128), (96, 64), (32, 96)])
+def test_non_square_images_mask_the_cells_of_their_own_grid(size):
+    # helper-111: an h / w swap of the token grid survived the square tests. 16 x 32, 24 x 16, 8 x 24 tokens:
+    # 2 x 4, 3 x 2, 1 x 3 cells of 8
+    model = tiny_swin("SwinForImageClassification")
+    ms = MaskSub(model)
+    ms.check_input_size(size)
+    images = torch.randn(2, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    for seed in (5, 6):
+        torch.testing.assert_close(ms.sub_logits(images, seed=seed), _by_transformers(model, images, 0.5, seed),
+                                   rtol=0, atol=0)  # fmt: skip
+
+
+def test_the_token_is_trunc_normal_and_a_refused_masksub_leaves_the_model_as_it_was():
+    from masksub_kernels.training.hf_swin import CellMask
+
+    model = tiny_swin("Swinv2ForImageClassification", embed_dim=64, num_heads=[2, 2])
+    MaskSub(model)
+    token = model.swinv2.embeddings.mask_token.detach()
+    assert 0.01 < float(token.std()) < 0.03 and float(token.abs().max()) < 0.1  # timm's trunc-normal 0.02
+    small = tiny_swin("SwinForImageClassification", image_size=32)  # 8 x 8 tokens: one cell, which r = 0.5 drops
+    with pytest.raises(ValueError, match="keeps none of the 1 mask cell"):
+        MaskSub(small)
+    norm = small.swin.embeddings.norm
+    assert small.swin.embeddings.mask_token is None and "swin.embeddings.mask_token" not in small.state_dict()
+    assert not any(isinstance(hook, CellMask) for hook in norm._forward_hooks.values())
+
+
+def test_an_optimizer_without_the_models_mask_token_is_refused():
+    # MaskSub creates the token in the model: an optimizer built from the model before would never train it
+    model = tiny_swin("SwinForImageClassification")
+    early = torch.optim.SGD(model.parameters(), lr=0.1)
+    ms = MaskSub(model)
+    images, target = _images(), torch.tensor([0, 3, 4])
+    with pytest.raises(ValueError, match=r"does not hold MaskSub's mask_token: it lives in the model.*after MaskSub"):
+        ms.train_step(images, target, early, seed=1)
+    token = model.swin.embeddings.mask_token
+    before = token.detach().clone()
+    ms.train_step(images, target, torch.optim.SGD(model.parameters(), lr=0.1), seed=1)
+    assert not torch.equal(token, before)

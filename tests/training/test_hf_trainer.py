@@ -133,3 +133,37 @@ def test_a_swin_trains_its_mask_token_out_of_weight_decay_and_checkpoints_it(tmp
     resumed = MaskSubTrainer(model=again, args=_args(tmp_path, max_steps=2), train_dataset=_data(8, 0, size=64))
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     torch.testing.assert_close(again.swin.embeddings.mask_token, token, rtol=0, atol=0)
+
+
+def test_predict_without_labels_passes_model_kwargs(tmp_path):
+    # helper-111: the Trainer gives label-less batches to model(**inputs), without MaskSub's model_kwargs: a ViT
+    # fine-tuned on 64 px images (interpolate_pos_encoding) refused them
+    model = tiny_hf("ViTForImageClassification").float()
+    masksub = {"model_kwargs": {"interpolate_pos_encoding": True}}
+    trainer = MaskSubTrainer(model=model, args=_args(tmp_path), masksub=masksub)
+    unlabelled = [{"pixel_values": d["pixel_values"]} for d in _data(6, 2, size=64)]
+    predictions = trainer.predict(unlabelled).predictions
+    model.eval()
+    with torch.no_grad():
+        images = torch.stack([d["pixel_values"] for d in unlabelled])
+        want = model(images, interpolate_pos_encoding=True).logits
+    torch.testing.assert_close(torch.as_tensor(predictions), want, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizers_and_compiled_models_keep_the_swin_token_right(tmp_path):
+    # an optimizer given to the Trainer, built before MaskSub created the token, would never train it
+    model = tiny_swin("SwinForImageClassification").float()
+    early = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="does not hold MaskSub's mask_token"):
+        MaskSubTrainer(model=model, args=_args(tmp_path), train_dataset=_data(8, 0, size=64), optimizers=(early, None))
+    MaskSub(model)  # the token made: an optimizer built now holds it
+    trainer = MaskSubTrainer(model=model, args=_args(tmp_path), train_dataset=_data(8, 0, size=64),
+                             optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None))  # fmt: skip
+    before = model.swin.embeddings.mask_token.detach().clone()
+    trainer.train()
+    assert not torch.equal(model.swin.embeddings.mask_token, before)
+    # a compiled model: MaskSub names the token under model._orig_mod., the Trainer's names are the eager model's
+    compiled = MaskSubTrainer(torch.compile(tiny_swin("SwinForImageClassification").float(), backend="eager"),
+                              _args(tmp_path, weight_decay=0.5), train_dataset=_data(8, 0, size=64))  # fmt: skip
+    decayed = compiled.get_decay_parameter_names(compiled.model)
+    assert "swin.embeddings.mask_token" not in decayed and "classifier.weight" in decayed
