@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .schedules import check_optimizer_params, optimizer_step
+from .schedules import check_optimizer_params, optimizer_step, remember_checked
 
 __all__ = ["EpochStats", "PlainStep", "evaluate", "seed_epoch", "train_one_epoch"]
 
@@ -44,7 +44,7 @@ class PlainStep:
     def __call__(self, images, target, optimizer, *, scaler=None, clip_grad=None, accum_steps=1, autocast=None):
         if id(optimizer) not in self._checked_optimizers:
             check_optimizer_params(self.model, optimizer)
-            self._checked_optimizers.add(id(optimizer))
+            remember_checked(self._checked_optimizers, optimizer)
         autocast = autocast or contextlib.nullcontext
         closing = (self.micro_step + 1) % accum_steps == 0
         if self.micro_step % accum_steps == 0:

@@ -194,12 +194,8 @@ def check_input_size(
         else:
             patch = _pair(model.patch_embed.patch_size)
             grid = swin_token_grid(model) if img_size is None else (img_size[0] // patch[0], img_size[1] // patch[1])
-        if grid[0] % cell_size or grid[1] % cell_size:
-            raise ValueError(
-                f"the Swin stage-1 token grid {grid[0]} x {grid[1]} is not divisible by the mask cell of {cell_size} "
-                f"tokens: use an image size that is a multiple of {cell_size * patch[0]} pixels (patch {patch[0]} x "
-                f"cell {cell_size}), or {_other_cell(grid, cell_size, mask_ratio)}"
-            )
+        check_swin_cells(grid, patch[0], cell_size, mask_ratio)
+        return
     else:
         if img_size is None:
             return  # a CNN takes any size; the forward checks the actual images
@@ -210,6 +206,18 @@ def check_input_size(
                 f"multiple of {cell_size}, or {_other_cell(grid, cell_size, mask_ratio)}"
             )
     _check_cells(family, grid, patch[0] if family == "swin" else 1, cell_size, mask_ratio)
+
+
+def check_swin_cells(grid: tuple[int, int], patch: int, cell_size: int, mask_ratio: float) -> None:
+    """Raise a ValueError when the cells of ``cell_size`` tokens do not divide the Swin stage-1 token ``grid`` (of
+    ``patch``-pixel patches) or ``mask_ratio`` keeps none of them."""
+    if grid[0] % cell_size or grid[1] % cell_size:
+        raise ValueError(
+            f"the Swin stage-1 token grid {grid[0]} x {grid[1]} is not divisible by the mask cell of {cell_size} "
+            f"tokens: use an image size that is a multiple of {cell_size * patch} pixels (patch {patch} x "
+            f"cell {cell_size}), or {_other_cell(grid, cell_size, mask_ratio)}"
+        )
+    _check_cells("swin", grid, patch, cell_size, mask_ratio)
 
 
 def _other_cell(grid: tuple[int, int], cell_size: int, mask_ratio: float) -> str:

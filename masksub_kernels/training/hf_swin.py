@@ -31,7 +31,15 @@ from torch import nn
 from .hf_hooks import OneShotHook, embeddings_of, install, run_armed
 from .hf_vit import _patch_conv, check_embeddings_size
 
-__all__ = ["HF_SWIN_EMBEDDINGS", "CellMask", "hf_swin_embeddings", "hf_swin_grid", "hf_swin_sub_logits", "is_hf_swin"]
+__all__ = [
+    "HF_SWIN_EMBEDDINGS",
+    "CellMask",
+    "check_batch",
+    "hf_swin_embeddings",
+    "hf_swin_grid",
+    "hf_swin_sub_logits",
+    "is_hf_swin",
+]
 
 HF_SWIN_EMBEDDINGS = frozenset({"SwinEmbeddings", "Swinv2Embeddings"})
 
@@ -65,6 +73,17 @@ def hf_swin_grid(
     else:
         check_embeddings_size(model, embeddings, img_size, model_kwargs)
     return _token_grid(embeddings, *img_size), _patch_conv(embeddings).stride[0]
+
+
+def check_batch(model: nn.Module, images: torch.Tensor, cell_size: int, mask_ratio: float) -> None:
+    """Raise check_input_size's ValueError when the cells do not divide the token grid of ``images`` [B, C, H, W]
+    or keep none of them: transformers' Swin takes any size, so each batch is checked, before the main branch (which
+    on images smaller than a window would shrink the model's windows for good: transformers' own behaviour)."""
+    from .families import check_swin_cells
+
+    embeddings = hf_swin_embeddings(model)
+    grid = _token_grid(embeddings, int(images.shape[-2]), int(images.shape[-1]))
+    check_swin_cells(grid, _patch_conv(embeddings).stride[0], cell_size, mask_ratio)
 
 
 class CellMask(OneShotHook):
@@ -113,6 +132,7 @@ def hf_swin_sub_logits(
     replaced by the mask token after the embeddings' norm."""
     from .families import logits_of
 
+    check_batch(model, images, cell_size, mask_ratio)
     hook, token = prepare(model)
     grid = _token_grid(hf_swin_embeddings(model), int(images.shape[-2]), int(images.shape[-1]))
     plan = (token, mask_ratio, cell_size, seed, grid)

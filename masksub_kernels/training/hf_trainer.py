@@ -32,6 +32,8 @@ gets wrong (a probe's findings, 2026-12-03) made right:
   acts only in the Trainer's own loss, so it is refused rather than silently ignored.
 - Batches: images as ``pixel_values`` [B, C, H, W] and ``labels`` (class ids [B], or probabilities [B, C] from a
   mixup collator); a masked LM takes the batch mapping itself (``input_ids``, ``labels``, ... : the mlm family).
+- ``model_init`` (and so ``hyperparameter_search``) is refused: the Trainer would build a new model in ``train()``
+  that the MaskSub built here never calls.
 - One process on one device. Under several processes (the Trainer's DistributedDataParallel) both branches would
   run the model past the DDP wrapper, whose gradients would then not be averaged; with several GPUs in one process
   (its nn.DataParallel) they would run on one GPU: both refused (a RuntimeError). Multi-GPU MaskSub training:
@@ -58,6 +60,12 @@ class MaskSubTrainer(Trainer):
         # the model's class and forward signature), MaskSub the compiled one (whose branches it then runs compiled)
         compiled = model if hasattr(model, "_orig_mod") else None
         super().__init__(compiled._orig_mod if compiled is not None else model, *args, **kwargs)
+        if self.model_init is not None:  # train() would build a new model that MaskSub, built here, never calls
+            raise ValueError(
+                "MaskSubTrainer does not take model_init (nor hyperparameter_search, which needs it): the Trainer "
+                "builds a new model in train() while MaskSub wraps the one built here, so nothing would train; "
+                "build the model and pass it as model="
+            )
         if self.args.torch_compile:
             raise ValueError(
                 "TrainingArguments.torch_compile compiles the model the Trainer calls, not the one MaskSub calls: "
@@ -99,7 +107,8 @@ class MaskSubTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         """The Trainer's, except for images without labels (``predict`` on unlabelled data), which the Trainer would
         give to ``model(**inputs)``: their logits come from MaskSub's model call, with its ``model_kwargs``."""
-        if self.masksub.family == "mlm" or inputs.get("labels") is not None:
+        names = self.label_names  # the Trainer's own rule for a labelled batch
+        if self.masksub.family == "mlm" or (names and all(inputs.get(name) is not None for name in names)):
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         if "pixel_values" not in inputs:
             raise ValueError(f"MaskSubTrainer needs batches with 'pixel_values'; got {sorted(inputs)}")

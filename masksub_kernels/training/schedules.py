@@ -23,6 +23,7 @@ all-reduces after each of its two backwards). Nothing here reads a device value:
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -33,7 +34,14 @@ from .._philox import new_seed
 
 SCHEDULES = ("sequential", "joint")
 
-__all__ = ["SCHEDULES", "check_holds_mask_token", "check_optimizer_params", "optimizer_step", "train_step"]
+__all__ = [
+    "SCHEDULES",
+    "check_holds_mask_token",
+    "check_optimizer_params",
+    "optimizer_step",
+    "remember_checked",
+    "train_step",
+]
 
 
 def optimizer_step(
@@ -70,10 +78,9 @@ def check_optimizer_params(module: torch.nn.Module, optimizer: torch.optim.Optim
 
 
 def _check_optimizer(ms, optimizer: torch.optim.Optimizer) -> None:
-    """The optimizer must hold the wrapper's parameters, the Swin mask token included (check_holds_mask_token).
-    Checked once per optimizer; that it has something
-    to train, on every call (a model may be frozen or unfrozen between steps; any() stops at the first trainable
-    parameter)."""
+    """The optimizer must hold the wrapper's parameters, the Swin mask token included (check_holds_mask_token):
+    checked once per optimizer. That it has something to train: on every call (a model may be frozen or unfrozen
+    between steps; any() stops at the first trainable parameter)."""
     if not any(p.requires_grad for group in optimizer.param_groups for p in group["params"]):
         raise ValueError(
             "no parameter of the optimizer requires grad (the model is frozen: requires_grad=False everywhere): "
@@ -83,7 +90,18 @@ def _check_optimizer(ms, optimizer: torch.optim.Optimizer) -> None:
         return
     check_optimizer_params(ms, optimizer)
     check_holds_mask_token(ms, optimizer)
-    ms._checked_optimizers.add(id(optimizer))
+    remember_checked(ms._checked_optimizers, optimizer)
+
+
+def remember_checked(checked: set[int], optimizer: torch.optim.Optimizer) -> None:
+    """Add ``optimizer``'s id to ``checked`` until it is garbage-collected: a new optimizer at a freed one's address
+    (the same id) would otherwise skip its checks (helper-113's review found one that did). An object that takes
+    no weak reference (a duck-typed optimizer, e.g. a SimpleNamespace) is not remembered: checked on every call."""
+    try:
+        weakref.finalize(optimizer, checked.discard, id(optimizer))
+    except TypeError:
+        return
+    checked.add(id(optimizer))
 
 
 def check_holds_mask_token(ms, optimizer: torch.optim.Optimizer) -> None:
@@ -91,7 +109,9 @@ def check_holds_mask_token(ms, optimizer: torch.optim.Optimizer) -> None:
     from the bare timm model, whose token is the wrapper's; or from a transformers Swin before MaskSub created the
     token in its ``embeddings.mask_token`` slot)."""
     token = ms._trained_mask_token()
-    if token is None or any(p is token for group in optimizer.param_groups for p in group["params"]):
+    if token is None or not token.requires_grad:  # a frozen token is the user's choice
+        return
+    if any(p is token for group in optimizer.param_groups for p in group["params"]):
         return
     if ms.mask_token is not None:
         where = (
@@ -100,8 +120,9 @@ def check_holds_mask_token(ms, optimizer: torch.optim.Optimizer) -> None:
         )
     else:
         where = (
-            "it lives in the model (embeddings.mask_token), created by MaskSub(model): build the optimizer from the "
-            "model's parameters after MaskSub is made"
+            "it lives in the model (embeddings.mask_token), created by MaskSub(model): call MaskSub(model) first, "
+            "then build the optimizer from the model's parameters (a frozen token, requires_grad=False, may be left "
+            "out)"
         )
     raise ValueError(f"the optimizer does not hold MaskSub's mask_token: {where}")
 

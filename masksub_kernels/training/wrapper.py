@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from .._philox import new_seed
 from ..ops.linear_masksub_loss import check_chunk_rows
 from . import mlm
 from .families import DEFAULT_CELL_SIZE, check_eva, check_input_size, logits_of, resolve_family, unwrap_model
+from .hf_swin import check_batch as check_hf_swin_batch
 from .hf_swin import hf_swin_embeddings, hf_swin_sub_logits, is_hf_swin
 from .hf_swin import prepare as prepare_hf_swin
 from .hf_vit import hf_vit_sub_logits, is_hf_vit
@@ -222,6 +224,19 @@ class MaskSub(nn.Module):
         first = next(iter(parameters), None)  # the images' own parameter: given by MaskSub
         if first in model_kwargs:
             raise ValueError(f"model_kwargs must not hold {first!r}: the images, which MaskSub passes")
+        if "labels" in model_kwargs:
+            raise ValueError(
+                "model_kwargs must not hold 'labels': MaskSub computes the loss from the target it is given (the "
+                "model's own loss would be computed, unused, on one fixed batch's labels)"
+            )
+        unchecked = [key for key in model_kwargs if names is None and key not in parameters]
+        if unchecked:
+            warnings.warn(
+                f"model_kwargs {unchecked}: {type(inner).__name__}.forward takes them through a plain **kwargs, so "
+                "MaskSub cannot check their names (a misspelt one would be ignored by the model, silently)",
+                UserWarning,
+                stacklevel=3,
+            )
         unknown = [key for key in model_kwargs if names is not None and key not in names]
         if unknown:
             raise ValueError(
@@ -458,6 +473,8 @@ class MaskSub(nn.Module):
             return out
         if target is None:
             raise ValueError("the joint MaskSub step in train mode needs a target (class ids or probabilities)")
+        if self.family == "swin" and is_hf_swin(self.inner_model):  # its sizes are free: refused before the main
+            check_hf_swin_batch(self.inner_model, images, self.cell_size, self.mask_ratio)
         main_logits = logits_of(self.model(images, **self.model_kwargs), images.shape[0])
         sub_logits = self.sub_logits(images, seed)
         loss, loss_main, loss_sub = self.loss(main_logits, sub_logits, target)
@@ -477,6 +494,11 @@ class MaskSub(nn.Module):
             raise TypeError(
                 f"this MaskSub wraps a {self.family} model, which takes images as a tensor [B, C, H, W]; got "
                 f"{type(images).__name__}{hint}"
+            )
+        if images.dim() != 4:
+            raise ValueError(
+                f"this MaskSub wraps a {self.family} model, which takes a batch of images [B, C, H, W]; got a "
+                f"{images.dim()}-d tensor of shape {tuple(images.shape)}"
             )
 
     @staticmethod

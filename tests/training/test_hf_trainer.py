@@ -135,13 +135,18 @@ def test_a_swin_trains_its_mask_token_out_of_weight_decay_and_checkpoints_it(tmp
     torch.testing.assert_close(again.swin.embeddings.mask_token, token, rtol=0, atol=0)
 
 
-def test_predict_without_labels_passes_model_kwargs(tmp_path):
+@pytest.mark.parametrize("labels", ["absent", "None", "not in label_names"])
+def test_predict_without_labels_passes_model_kwargs(tmp_path, labels):
     # helper-111: the Trainer gives label-less batches to model(**inputs), without MaskSub's model_kwargs: a ViT
-    # fine-tuned on 64 px images (interpolate_pos_encoding) refused them
+    # fine-tuned on 64 px images (interpolate_pos_encoding) refused them. Unlabelled as the Trainer decides it
+    # (helper-113): no labels, labels None, or label_names that the batch does not all have
     model = tiny_hf("ViTForImageClassification").float()
     masksub = {"model_kwargs": {"interpolate_pos_encoding": True}}
-    trainer = MaskSubTrainer(model=model, args=_args(tmp_path), masksub=masksub)
+    names = {"label_names": ["labels", "extra"]} if labels == "not in label_names" else {}
+    trainer = MaskSubTrainer(model=model, args=_args(tmp_path, **names), masksub=masksub)
     unlabelled = [{"pixel_values": d["pixel_values"]} for d in _data(6, 2, size=64)]
+    if labels != "absent":
+        unlabelled = [{**d, "labels": None if labels == "None" else torch.tensor(1)} for d in unlabelled]
     predictions = trainer.predict(unlabelled).predictions
     model.eval()
     with torch.no_grad():
@@ -156,7 +161,8 @@ def test_optimizers_and_compiled_models_keep_the_swin_token_right(tmp_path):
     early = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="does not hold MaskSub's mask_token"):
         MaskSubTrainer(model=model, args=_args(tmp_path), train_dataset=_data(8, 0, size=64), optimizers=(early, None))
-    MaskSub(model)  # the token made: an optimizer built now holds it
+    model = tiny_swin("SwinForImageClassification").float()  # the documented way, on a model of its own:
+    MaskSub(model)  # the token made first, an optimizer built now holds it
     trainer = MaskSubTrainer(model=model, args=_args(tmp_path), train_dataset=_data(8, 0, size=64),
                              optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None))  # fmt: skip
     before = model.swin.embeddings.mask_token.detach().clone()
@@ -167,3 +173,10 @@ def test_optimizers_and_compiled_models_keep_the_swin_token_right(tmp_path):
                               _args(tmp_path, weight_decay=0.5), train_dataset=_data(8, 0, size=64))  # fmt: skip
     decayed = compiled.get_decay_parameter_names(compiled.model)
     assert "swin.embeddings.mask_token" not in decayed and "classifier.weight" in decayed
+
+
+def test_model_init_is_refused(tmp_path):
+    # helper-112: the Trainer built a new model from model_init in train(), MaskSub kept the first: nothing trained
+    with pytest.raises(ValueError, match="does not take model_init"):
+        MaskSubTrainer(model_init=lambda: tiny_hf("ViTForImageClassification").float(), args=_args(tmp_path),
+                       train_dataset=_data(4, 0))  # fmt: skip

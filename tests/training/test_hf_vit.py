@@ -280,3 +280,16 @@ def test_model_kwargs_reach_every_call_of_the_model():
         MaskSub(model, model_kwargs={"pixel_values": images})
     with pytest.raises(TypeError, match="model_kwargs must be a mapping of keyword names to values"):
         MaskSub(model, model_kwargs=[("interpolate_pos_encoding", True)])
+
+
+def test_model_kwargs_labels_unchecked_names_and_unbatched_images():
+    # helper-112: a plain **kwargs forward (transformers' CNNs) took misspelt names silently; labels were accepted
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)
+    resnet = transformers.ResNetForImageClassification(config)
+    with pytest.warns(UserWarning, match=r"model_kwargs \['interpolate_pos_embeding'\]: .*cannot check their names"):
+        MaskSub(resnet, model_kwargs={"interpolate_pos_embeding": True})
+    with pytest.raises(ValueError, match="must not hold 'labels'"):
+        MaskSub(tiny_hf("ViTForImageClassification"), model_kwargs={"labels": torch.tensor([1])})
+    ms = MaskSub(tiny_hf("ViTForImageClassification"))
+    with pytest.raises(ValueError, match=r"a batch of images \[B, C, H, W\]; got a 3-d tensor of shape \(3, 32, 32\)"):
+        ms(_images()[0], torch.tensor([1]))

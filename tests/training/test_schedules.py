@@ -167,3 +167,19 @@ def test_train_step_does_not_synchronise_with_the_gpu(schedule):
             ms.train_step(images, target, optimizer, seed=2 + step, clip_grad=1.0, accum_steps=2, schedule=schedule)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_a_checked_optimizer_is_forgotten_when_collected():
+    # helper-113: the checked optimizers were kept by id, so a new optimizer at a freed one's address skipped its
+    # checks (a transformers Swin's optimizer without the mask token went through)
+    import gc
+
+    from masksub_kernels.training.schedules import remember_checked
+
+    checked: set[int] = set()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    remember_checked(checked, optimizer)
+    assert checked == {id(optimizer)}
+    del optimizer
+    gc.collect()
+    assert checked == set()
