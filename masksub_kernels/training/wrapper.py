@@ -461,6 +461,10 @@ class MaskSub(nn.Module):
         if self._mlm is not None:
             return self._mlm_forward(images, target, seed, branch)
         self._check_images(images)
+        if self.in_training and self.family == "swin" and is_hf_swin(self.inner_model):
+            # a transformers Swin takes any size: a batch the cells cannot mask is refused before the main branch
+            # runs (train_step's sequential schedule runs it alone first); the sub-branch checks its own
+            check_hf_swin_batch(self.inner_model, images, self.cell_size, self.mask_ratio)
         if branch == "main":
             return logits_of(self.model(images, **self.model_kwargs), images.shape[0])
         if branch == "sub":
@@ -473,8 +477,6 @@ class MaskSub(nn.Module):
             return out
         if target is None:
             raise ValueError("the joint MaskSub step in train mode needs a target (class ids or probabilities)")
-        if self.family == "swin" and is_hf_swin(self.inner_model):  # its sizes are free: refused before the main
-            check_hf_swin_batch(self.inner_model, images, self.cell_size, self.mask_ratio)
         main_logits = logits_of(self.model(images, **self.model_kwargs), images.shape[0])
         sub_logits = self.sub_logits(images, seed)
         loss, loss_main, loss_sub = self.loss(main_logits, sub_logits, target)

@@ -235,6 +235,9 @@ def test_each_batch_is_checked_before_the_main_branch():
         ms(_images(size=72), target, seed=1)
     with pytest.raises(ValueError, match=r"token grid 1 x 1 is not divisible"):
         ms(_images(size=4), target, seed=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    with pytest.raises(ValueError, match=r"token grid 1 x 1 is not divisible"):  # the main branch alone, first
+        ms.train_step(_images(size=4), target, optimizer, seed=1, schedule="sequential")
     with pytest.raises(ValueError, match=r"token grid 18 x 18 is not divisible"):
         ms.sub_logits(_images(size=72), seed=1)
     images = _images()
