@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .schedules import check_optimizer_params, optimizer_step, remember_checked
+from .schedules import CheckedOptimizers, check_optimizer_params, optimizer_step
 
 __all__ = ["EpochStats", "PlainStep", "evaluate", "seed_epoch", "train_one_epoch"]
 
@@ -39,12 +39,12 @@ class PlainStep:
     def __init__(self, model: nn.Module, criterion: Callable, ddp: nn.Module | None = None) -> None:
         self.model, self.criterion, self.ddp = model, criterion, ddp
         self.micro_step = 0
-        self._checked_optimizers: set[int] = set()
+        self._checked_optimizers = CheckedOptimizers()
 
     def __call__(self, images, target, optimizer, *, scaler=None, clip_grad=None, accum_steps=1, autocast=None):
-        if id(optimizer) not in self._checked_optimizers:
+        if optimizer not in self._checked_optimizers:
             check_optimizer_params(self.model, optimizer)
-            remember_checked(self._checked_optimizers, optimizer)
+            self._checked_optimizers.add(optimizer)
         autocast = autocast or contextlib.nullcontext
         closing = (self.micro_step + 1) % accum_steps == 0
         if self.micro_step % accum_steps == 0:

@@ -36,10 +36,10 @@ SCHEDULES = ("sequential", "joint")
 
 __all__ = [
     "SCHEDULES",
+    "CheckedOptimizers",
     "check_holds_mask_token",
     "check_optimizer_params",
     "optimizer_step",
-    "remember_checked",
     "train_step",
 ]
 
@@ -86,22 +86,35 @@ def _check_optimizer(ms, optimizer: torch.optim.Optimizer) -> None:
             "no parameter of the optimizer requires grad (the model is frozen: requires_grad=False everywhere): "
             "nothing to train; unfreeze what should learn (e.g. the head) before train_step"
         )
-    if id(optimizer) in ms._checked_optimizers:
+    if optimizer in ms._checked_optimizers:
         return
     check_optimizer_params(ms, optimizer)
     check_holds_mask_token(ms, optimizer)
-    remember_checked(ms._checked_optimizers, optimizer)
+    ms._checked_optimizers.add(optimizer)
 
 
-def remember_checked(checked: set[int], optimizer: torch.optim.Optimizer) -> None:
-    """Add ``optimizer``'s id to ``checked`` until it is garbage-collected: a new optimizer at a freed one's address
-    (the same id) would otherwise skip its checks (helper-113's review found one that did). An object that takes
-    no weak reference (a duck-typed optimizer, e.g. a SimpleNamespace) is not remembered: checked on every call."""
-    try:
-        weakref.finalize(optimizer, checked.discard, id(optimizer))
-    except TypeError:
-        return
-    checked.add(id(optimizer))
+class CheckedOptimizers:
+    """The optimizers whose parameters a step has checked, held weakly: one that is collected is forgotten (kept by
+    id(), a new optimizer at a freed one's address skipped its checks: helper-113's review). An object that takes no
+    weak reference (a duck-typed optimizer, e.g. a SimpleNamespace) is never remembered: checked on every call. A
+    copy (copy.deepcopy, e.g. an EMA of the model; pickling) starts empty: its parameters are new objects, which the
+    optimizers checked for the original do not hold."""
+
+    def __init__(self) -> None:
+        self._optimizers: weakref.WeakSet = weakref.WeakSet()
+
+    def __contains__(self, optimizer: object) -> bool:
+        return optimizer in self._optimizers  # False for an object without weak references
+
+    def add(self, optimizer: object) -> None:
+        with contextlib.suppress(TypeError):
+            self._optimizers.add(optimizer)
+
+    def __len__(self) -> int:
+        return len(self._optimizers)
+
+    def __reduce__(self):
+        return (CheckedOptimizers, ())
 
 
 def check_holds_mask_token(ms, optimizer: torch.optim.Optimizer) -> None:

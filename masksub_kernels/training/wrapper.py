@@ -38,6 +38,7 @@ from .hf_swin import prepare as prepare_hf_swin
 from .hf_vit import hf_vit_sub_logits, is_hf_vit
 from .hf_vit import prepare as prepare_hf_vit
 from .pixel import pixel_sub_logits
+from .schedules import CheckedOptimizers
 from .swin import swin_embed_dim, swin_sub_logits
 from .variants import sub_drop_path, sub_dropout
 from .vit import vit_sub_logits
@@ -193,7 +194,7 @@ class MaskSub(nn.Module):
                     prepare_hf_vit(inner)  # the token-dropping hook on its embeddings (hf_vit.py)
         self._compiled_sub = None  # the sub-branch under the model's torch.compile context, built on first use
         self._micro_step = 0  # position inside the gradient-accumulation window (train_step)
-        self._checked_optimizers: set[int] = set()
+        self._checked_optimizers = CheckedOptimizers()
         object.__setattr__(self, "_ddp", None)  # the DistributedDataParallel wrapping self, when wrap_ddp made one
 
     def _check_model_kwargs(self, inner: nn.Module, model_kwargs) -> dict[str, Any]:

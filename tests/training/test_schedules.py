@@ -174,12 +174,24 @@ def test_a_checked_optimizer_is_forgotten_when_collected():
     # checks (a transformers Swin's optimizer without the mask token went through)
     import gc
 
-    from masksub_kernels.training.schedules import remember_checked
+    from masksub_kernels.training.schedules import CheckedOptimizers
 
-    checked: set[int] = set()
+    checked = CheckedOptimizers()
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    remember_checked(checked, optimizer)
-    assert checked == {id(optimizer)}
+    checked.add(optimizer)
+    assert optimizer in checked and len(checked) == 1
     del optimizer
     gc.collect()
-    assert checked == set()
+    assert len(checked) == 0
+
+
+def test_a_copied_masksub_checks_the_optimizer_again():
+    # a deep copy (e.g. an EMA of the model) kept the original's checked optimizers: the original's optimizer, which
+    # holds none of the copy's parameters, stepped nothing on the copy, silently
+    ms = _vit_masksub()
+    images, target = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.tensor([1, 3])
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.1)
+    ms.train_step(images, target, optimizer, seed=0)
+    copied = copy.deepcopy(ms)
+    with pytest.raises(ValueError, match="optimizer"):
+        copied.train_step(images, target, optimizer, seed=1)
