@@ -45,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=None, help="ImageFolder root with train/ and val/ (default: digits)")
     g.add_argument("--img-size", type=int, default=None, help="input size (default: model img_size, 32 for digits)")
     g.add_argument("--no-aug", action="store_true", help="no training augmentation")
-    g.add_argument("--workers", type=int, default=None, help="loader processes (default 0 for digits, else 4)")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="loader processes (default: 0 for the digits, else 4, or the CPUs this process may use if fewer)",
+    )
     g.add_argument("--drop", type=float, default=0.0, help="model dropout rate")
     g.add_argument("--drop-path", type=float, default=0.0, help="model drop-path rate")
     g.add_argument(

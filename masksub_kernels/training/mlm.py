@@ -112,7 +112,7 @@ def mlm_corrupt(
     *,
     vocab_size: int,
     mask_token_id: int,
-    seed: int | None,
+    seed: int | None = None,
     probability: float = 0.15,
     max_kept: int | None = None,
     attention_mask: torch.Tensor | None = None,

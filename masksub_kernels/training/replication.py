@@ -6,8 +6,9 @@ RUNS_DIR holds one output directory per run, named ``baseline-seed<k>`` and ``ma
 docs/replication/run.sh and docs/replication/mlm/run.sh write). OUT_DIR receives ``logs/<run>.csv|json`` (the logs,
 copied), ``summary.json`` and ``table.md`` (final accuracy mean +- std over seeds, final validation and training
 loss, wall time) and ``curves.png`` (main-branch training loss and validation accuracy, mean over seeds with a +-1
-std band). The standard deviation is the sample one (n - 1). Two kinds of logs: ``masksub-train``'s per-epoch rows
-(top-1 on images) and ``masksub-train-mlm``'s per-round rows (held-out MLM accuracy, against optimizer steps).
+std band). The standard deviation is the sample one (n - 1): none (``null``, "n/a") for an arm of one seed. Two
+kinds of logs: ``masksub-train``'s per-epoch rows (top-1 on images) and ``masksub-train-mlm``'s per-round rows
+(held-out MLM accuracy, against optimizer steps).
 """
 
 from __future__ import annotations
@@ -62,8 +63,13 @@ def load_runs(runs_dir: str) -> dict[str, list[dict]]:
     return runs
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """The mean and the sample standard deviation (n - 1): None for one value, whose spread is unknown, not 0."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _spread(std: float | None, digits: int) -> str:
+    return "n/a (1 seed)" if std is None else f"{std:.{digits}f}"
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -115,8 +121,8 @@ def _table(summary: dict[str, dict], kind: LogKind) -> str:
     for arm, s in summary.items():
         lines.append(
             f"| {arm} | {len(s['seeds'])} | {s['final_' + kind.x]} | {s[f'final_{acc}_mean']:.2f} ± "
-            f"{s[f'final_{acc}_std']:.2f} | {', '.join(f'{v:.2f}' for v in s[f'final_{acc}'])} | "
-            f"{s[f'best_{acc}_mean']:.2f} | {s['final_val_loss_mean']:.4f} ± {s['final_val_loss_std']:.4f} | "
+            f"{_spread(s[f'final_{acc}_std'], 2)} | {', '.join(f'{v:.2f}' for v in s[f'final_{acc}'])} | "
+            f"{s[f'best_{acc}_mean']:.2f} | {s['final_val_loss_mean']:.4f} ± {_spread(s['final_val_loss_std'], 4)} | "
             f"{s['final_loss_main_mean']:.4f} | {s['wall_time_s_mean']:.0f} | {s[f'{kind.throughput}_mean']:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -154,6 +160,9 @@ def plot_curves(runs: dict[str, list[dict]], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2

@@ -242,6 +242,12 @@ def test_corruption_reproducible_and_in_proportion():
     unchanged = (corrupted == ids) & chosen
     assert abs(masked.sum().item() / n - 0.8) < 0.02
     assert abs(unchanged.sum().item() / n - 0.1) < 0.02  # a random token equal to the original counts here (1e-3)
+    drawn = []
+    for manual_seed in (3, 3, None):  # seed left out: drawn from torch's generator, which torch.manual_seed repeats
+        if manual_seed is not None:
+            torch.manual_seed(manual_seed)
+        drawn.append(mlm_corrupt(ids, special, vocab_size=1000, mask_token_id=MASK_ID)[1])
+    assert torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[1], drawn[2])
 
 
 def test_corruption_bad_input():

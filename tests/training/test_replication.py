@@ -7,9 +7,9 @@ import pytest
 from masksub_kernels.training import replication
 
 
-def _write_runs(root, kind: str) -> None:
+def _write_runs(root, kind: str, seeds: int = 3) -> None:
     for arm, offset in (("baseline", 0.0), ("masksub", 1.0)):
-        for seed in range(3):
+        for seed in range(seeds):
             if kind == "image":
                 rows = [{"epoch": e, "loss_main": 2.0 / e, "top1": 80 + e + offset + seed, "val_loss": 1.0 / e,
                          "images_per_s": 100.0, "wall_time_s": 10.0 * e} for e in (1, 2)]  # fmt: skip
@@ -37,3 +37,14 @@ def test_summary_table_and_plot(tmp_path, kind):
         assert summary["baseline"]["final_val_loss_std"] == pytest.approx(1.0)
     assert (tmp_path / "out" / "curves.png").stat().st_size > 1000
     assert len(list((tmp_path / "out" / "logs").iterdir())) == 12
+
+
+def test_one_seed_has_no_spread(tmp_path, capsys):
+    # the sample standard deviation of one value is undefined: the table said "± 0.00"
+    _write_runs(tmp_path / "runs", "image", seeds=1)
+    assert replication.main([str(tmp_path / "runs"), str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["masksub"]["final_top1_std"] is None and summary["masksub"]["final_val_loss_std"] is None
+    assert "± n/a (1 seed)" in (tmp_path / "out" / "table.md").read_text()
+    assert "± 0.0" not in (tmp_path / "out" / "table.md").read_text()
+    assert replication.main(["--help"]) == 0 and "RUNS_DIR OUT_DIR" in capsys.readouterr().out

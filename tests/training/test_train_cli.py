@@ -154,22 +154,42 @@ def test_cnn_and_swin(tmp_path):
     assert "mask_token" in ckpt["module"]
 
 
-def test_image_folder(tmp_path):
+def _image_folder(root) -> str:
+    """DIR/train and DIR/val of 2 classes x 4 random 20 x 20 RGB images."""
     from PIL import Image
 
     g = torch.Generator().manual_seed(0)
     for split in ("train", "val"):
         for label in ("a", "b"):
-            os.makedirs(tmp_path / "data" / split / label)
+            os.makedirs(root / "data" / split / label)
             for i in range(4):
                 pixels = (torch.rand(20, 20, 3, generator=g) * 255).to(torch.uint8).numpy()
-                Image.fromarray(pixels).save(tmp_path / "data" / split / label / f"{i}.png")
+                Image.fromarray(pixels).save(root / "data" / split / label / f"{i}.png")
+    return str(root / "data")
+
+
+def test_image_folder(tmp_path):
+    _image_folder(tmp_path)
     out = str(tmp_path / "folder")
     args = [*TINY_VIT, "--data-dir", str(tmp_path / "data"), "--img-size", "16", "--epochs", "1", "--batch-size",
             "4", "--workers", "0", "--no-progress", "--output", out]  # fmt: skip
     assert main(args) == 0
     meta = json.load(open(os.path.join(out, "log.json")))["meta"]
     assert meta["train_images"] == 8 and meta["val_images"] == 8
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(1, 1), (2, 2), (16, 4)])
+def test_default_loader_workers_fit_the_cpus(tmp_path, monkeypatch, cpus, workers):
+    # 4 loader processes (timm's default) on a 2-CPU machine made torch warn that they might freeze the loader
+    from masksub_kernels.training import run_setup
+    from masksub_kernels.training.cli import build_parser
+
+    monkeypatch.setattr(run_setup, "_usable_cpus", lambda: cpus)
+    flags = [*TINY_VIT, "--data-dir", _image_folder(tmp_path), "--img-size", "16", "--batch-size", "4"]
+    for extra, expected in (([], workers), (["--workers", "3"], 3)):
+        args = build_parser().parse_args([*flags, *extra, "--output", str(tmp_path / f"out{expected}")])
+        run_setup.check_args(args)
+        assert run_setup.setup(args).workers == expected
 
 
 @pytest.mark.parametrize(
