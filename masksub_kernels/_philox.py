@@ -47,7 +47,7 @@ def new_seed(seed: int | None = None) -> int:
     synchronises with a GPU.
     """
     if seed is None:
-        return int(torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64).item())
+        return int(torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64, device="cpu").item())
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):  # NumPy's integers too, as ignore_index
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     seed = int(seed)
@@ -106,7 +106,7 @@ def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _uint64_products() -> bool:
     """Whether this torch multiplies uint64 CPU tensors (exact 64-bit products of two uint32 values)."""
     try:
-        product = torch.tensor([MASK32], dtype=torch.int64).view(torch.uint64) * PHILOX_ROUND_A
+        product = torch.tensor([MASK32], dtype=torch.int64, device="cpu").view(torch.uint64) * PHILOX_ROUND_A
         return int(product.view(torch.int64)) == MASK32 * PHILOX_ROUND_A - 2**64
     except (RuntimeError, TypeError):
         return False
@@ -120,10 +120,11 @@ def _philox_stacked(seed: int, offset: torch.Tensor) -> torch.Tensor:
     t = (c1, c3), k = (k0, k1):  (c0', c2') = hi ^ t ^ k,  (c1', c3') = lo,  and the next round's (c2', c0') is
     the flip of (c0', c2')."""
     shape = (2,) + (1,) * offset.dim()
-    multipliers = torch.tensor([PHILOX_ROUND_B, PHILOX_ROUND_A], dtype=torch.int64).view(shape).view(torch.uint64)
+    multipliers = torch.tensor([PHILOX_ROUND_B, PHILOX_ROUND_A], dtype=torch.int64, device=offset.device)
+    multipliers = multipliers.view(shape).view(torch.uint64)
     k0, k1 = seed & MASK32, (seed >> 32) & MASK32
     keys = [((k0 + r * PHILOX_KEY_A) & MASK32, (k1 + r * PHILOX_KEY_B) & MASK32) for r in range(PHILOX_ROUNDS)]
-    keys = torch.tensor(keys, dtype=torch.int64).view(PHILOX_ROUNDS, *shape)
+    keys = torch.tensor(keys, dtype=torch.int64, device=offset.device).view(PHILOX_ROUNDS, *shape)
     c0 = offset & MASK32
     multiplicands = torch.stack([torch.zeros_like(c0), c0])  # (c2, c0)
     words = torch.stack([(offset >> 32) & MASK32, torch.zeros_like(c0)])  # t = (c1, c3)

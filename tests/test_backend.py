@@ -37,6 +37,39 @@ def test_use_backend_restores_previous():
     assert mk.get_backend() == before
 
 
+def test_use_backend_restores_previous_after_an_error(monkeypatch):
+    monkeypatch.setattr(_backend, "_requested", "auto")
+    with pytest.raises(KeyError, match="inside"), mk.use_backend("torch"):
+        raise KeyError("inside")
+    assert mk.get_backend() == "auto"
+
+
+def test_backend_names_are_read_in_any_case(monkeypatch):
+    monkeypatch.setattr(_backend, "_requested", "auto")  # docs/api.md: 'triton', 'cuda', 'torch' (any case)
+    mk.set_backend("TORCH")
+    assert mk.get_backend() == "torch"
+    with mk.use_backend("Auto"):
+        assert mk.get_backend() == "auto"
+
+
+def test_auto_takes_triton_first_for_cuda_tensors(monkeypatch):
+    # as on a GPU machine with Triton and the extension: auto runs Triton, the extension where an op lacks Triton
+    monkeypatch.setattr(_backend, "_cuda_device_present", lambda: True)
+    monkeypatch.setattr(_backend, "_triton_missing", lambda: None)
+    monkeypatch.setattr(_backend, "_compiled_extension_missing", lambda: None)
+    monkeypatch.setattr(_backend, "_requested", "auto")
+    assert mk.resolve_backend("cuda") == "triton"
+    assert mk.resolve_backend("cuda", implemented=("cuda", "torch")) == "cuda"
+    assert mk.resolve_backend("cpu") == "torch"
+
+
+def test_register_extension_refuses_meta_and_other_non_names():
+    for device_type in ("meta", None, 0):
+        with pytest.raises(ValueError, match="device type name such as 'cpu'"):
+            _backend.register_extension(device_type, types.SimpleNamespace())
+    assert "meta" not in _backend._extensions and None not in _backend._extensions
+
+
 def test_last_backend_knows_every_public_op_and_refuses_other_names():
     public = ["gather_tokens", "linear_masksub_loss", "linear_soft_target_cross_entropy", "mask_image_grid",
               "mask_tokens_grid", "masksub_loss", "random_grid_mask", "random_keep_indices", "random_token_select",
@@ -183,6 +216,8 @@ def test_triton_interpret_is_read_as_triton_reads_it(monkeypatch):
         ("1", True),
         ("true", True),
         ("ON", True),
+        ("yes", True),
+        ("Y", True),
         ("false", False),
         ("off", False),
         ("2", False),

@@ -302,7 +302,7 @@ def _mask_tokens_forward_torch(tokens, mask_token, cell_mask, cell_size):
     the reference."""
     if tokens.device.type != "cpu":
         return mask_tokens_reference(tokens, mask_token, cell_mask, cell_size)
-    out = torch.empty(tokens.shape, dtype=tokens.dtype)
+    out = torch.empty(tokens.shape, dtype=tokens.dtype, device=tokens.device)
     out.copy_(tokens)
     rows = out.view(out.shape[:3].numel(), out.shape[3])  # sizes, not -1: C may be 0
     rows.index_put_((_removed_rows(cell_mask, cell_size),), mask_token.reshape(-1))

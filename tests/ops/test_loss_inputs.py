@@ -187,6 +187,15 @@ def test_out_of_range_ids_poison_the_loss_under_torch_compile(backend):
             losses(main, sub, target)
 
 
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="the eager check reads the ids of CPU tensors only")
+@pytest.mark.parametrize("name", ["ce", "bce", "masksub"])
+def test_a_class_id_equal_to_the_class_count_is_refused_on_cpu(name):
+    # every id in [0, C] and none negative: the one-pass range check, not the slower one after it, must refuse C
+    main, sub = torch.randn(3, 6), torch.randn(3, 6)
+    with pytest.raises(ValueError, match=r"class ids must be in \[0, 6\).* got 6"):
+        _call(name, main, sub, torch.tensor([0, 6, 2]))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Property tests
 # ---------------------------------------------------------------------------------------------------------------

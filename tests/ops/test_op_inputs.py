@@ -184,6 +184,30 @@ def test_meta_tensors_on_every_backend(backend):
     assert loss.loss.is_meta and loss.loss.dtype == torch.float32
 
 
+def test_cpu_ops_under_another_default_device():
+    # helper-114: the CPU draws made their constants with torch.tensor() on the default device, so under
+    # torch.set_default_device / `with torch.device(...)` they failed ("not on the expected device cpu"); the
+    # token grid mask's CPU output was made on that device; seed=None drew from its generator, not the CPU's
+    x, tokens, token = torch.randn(2, 9, 4), torch.randn(2, 4, 4, 3), torch.randn(3)
+    images = torch.randn(2, 3, 8, 8)
+
+    def calls():
+        torch.manual_seed(7)
+        return (
+            mk.random_keep_indices(3, 10, 4, seed=None, device="cpu"),
+            *mk.random_token_select(x, 0.5, seed=1),
+            *mk.mask_image_grid(images, cell_size=4, seed=2),
+            *mk.mask_tokens_grid(tokens, token, cell_size=2, seed=3),
+        )
+
+    with mk.use_backend("torch"):
+        expected = calls()
+        with torch.device("meta"):
+            results = calls()
+    for result, want in zip(results, expected, strict=True):
+        assert result.device.type == "cpu" and torch.equal(result, want)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Property tests: random valid arguments agree with the reference on every backend; random invalid ones raise
 # ValueError or TypeError (nothing else, never a result) on every backend

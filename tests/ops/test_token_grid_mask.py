@@ -126,6 +126,8 @@ def test_mask_tokens_published_cell_counts():
         (torch.zeros(2, 64, 8), torch.zeros(8), {}, ValueError, "4-D"),
         (torch.zeros(2, 16, 16, 8), torch.zeros(7), {}, ValueError, r"\[C=8\]"),
         (torch.zeros(2, 16, 16, 8), torch.zeros(2, 8), {}, ValueError, r"\[C=8\]"),
+        (torch.zeros(2, 16, 16, 8), torch.zeros(2, 4), {}, ValueError, r"\[C=8\]"),  # C elements, not [C]
+        (torch.zeros(2, 16, 16, 1), torch.zeros(()), {}, ValueError, r"\[C=1\]"),
         (torch.zeros(2, 8, 16, 16), torch.zeros(8), {}, ValueError, "B, H, W, C"),  # NCHW by mistake
         (torch.zeros(2, 16, 16, 8), torch.zeros(8, dtype=torch.float16), {}, TypeError, "dtype of tokens"),
         (torch.zeros(2, 16, 16, 8), torch.zeros(8, device="meta"), {}, ValueError, "device"),

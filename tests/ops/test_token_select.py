@@ -344,6 +344,14 @@ def test_seed_tensor_gives_the_int_seeds_ids(backend, ordered):
     assert torch.equal(y, mk.gather_tokens(x, ids_fused))
 
 
+def test_the_device_defaults_to_the_seed_tensors_not_torchs_default():
+    seed = torch.tensor(5, dtype=torch.int64, device="meta")  # torch's default device is the CPU
+    ids = mk.random_keep_indices(2, 10, 5, seed=seed)
+    mask = mk.random_grid_mask(2, 4, 5, seed=seed)
+    assert ids.device.type == "meta" and ids.shape == (2, 5) and ids.dtype == torch.int64
+    assert mask.device.type == "meta" and mask.shape == (2, 4, 4) and mask.dtype == torch.bool
+
+
 def test_seed_tensor_updated_in_place_changes_the_ids(backend):
     seed = torch.zeros((), dtype=torch.int64, device=DEVICE)
     first = mk.random_keep_indices(2, 30, 10, seed=seed)
