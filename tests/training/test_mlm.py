@@ -448,3 +448,20 @@ def test_joint_and_sequential_agree_on_padded_batches_with_smoothing(fill):
         grads.append(_grads(ms.model))
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_a_short_row_with_more_predicted_tokens_than_its_share_keeps_them_all():
+    # helper-115: K_b = max(floor(L_b (1 - r)), the row's always-kept count): 8 real tokens keep 4 at r = 0.5, but
+    # [CLS], [SEP] and 5 predicted ones must all stay, each with its label (the max was unchecked)
+    ms = MaskSub(tiny_bert(), mask_ratio=0.5)
+    ids = torch.randint(5, VOCAB, (1, LENGTH), generator=torch.Generator().manual_seed(0))
+    ids[0, 0], ids[0, 7], ids[0, 8:] = CLS_ID, SEP_ID, PAD_ID
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, 1:6] = ids[0, 1:6]
+    batch = {
+        "input_ids": ids.masked_fill(labels != IGNORE_INDEX, MASK_ID), "labels": labels,
+        "attention_mask": (ids != PAD_ID).long(), "special_tokens_mask": torch.isin(ids, torch.tensor([0, 2, 3])),
+    }  # fmt: skip
+    sub = ms(batch, branch="sub", seed=0)
+    assert sorted(sub.ids[0][sub.target[0] != IGNORE_INDEX].tolist()) == [1, 2, 3, 4, 5]
+    assert torch.equal(sub.target[0][sub.target[0] != IGNORE_INDEX].sort().values, labels[0, 1:6].sort().values)

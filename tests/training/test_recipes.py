@@ -306,6 +306,26 @@ def test_layer_decay_scales_match_mae():
     assert len(scale) == len(params)
 
 
+def test_optimizer_settings_and_the_ema_decay_reach_timm():
+    # helper-115: --opt-eps, --momentum's default of 0.9, the Swin mask token's group under --layer-decay (no weight
+    # decay, the full learning rate) and --model-ema-decay went unread by any test
+    from masksub_kernels.training import MaskSub
+    from masksub_kernels.training.optim import build_ema, build_optimizer
+
+    swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=64, window_size=4, embed_dim=16, depths=(1, 1),
+                             num_heads=(1, 2), num_classes=10)  # fmt: skip
+    ms = MaskSub(swin)
+    args = types.SimpleNamespace(opt="adamw", lr=1e-3, weight_decay=0.05, momentum=None, opt_eps=1e-6,
+                                 opt_betas=None, layer_decay=0.5)  # fmt: skip
+    optimizer = build_optimizer(args, ms, swin)
+    group = next(g for g in optimizer.param_groups if any(p is ms.mask_token for p in g["params"]))
+    assert (group["weight_decay"], group["lr_scale"]) == (0.0, 1.0)
+    assert {g["eps"] for g in optimizer.param_groups} == {1e-6}
+    sgd = build_optimizer(types.SimpleNamespace(**{**vars(args), "opt": "sgd", "opt_eps": None}), ms, swin)
+    assert {g["momentum"] for g in sgd.param_groups} == {0.9}
+    assert build_ema(types.SimpleNamespace(model_ema=True, model_ema_decay=0.5), ms.model).decay == 0.5
+
+
 def test_optimizer_groups_are_the_same_with_compile_and_for_the_baseline():
     # timm matches parameter names for no-weight-decay and --layer-decay: torch.compile's `_orig_mod.` prefix must
     # not change the groups (it did for --baseline), and the baseline's groups are MaskSub's (same model)
@@ -337,6 +357,22 @@ def test_recipe_transforms_run_on_an_image(name):
     train, val = build_transforms(args, 32, tuple(args.mean), tuple(args.std))
     image = Image.fromarray((torch.rand(40, 48, 3) * 255).to(torch.uint8).numpy())
     assert train(image).shape == val(image).shape == (3, 32, 32)
+
+
+def test_transforms_follow_the_options_and_the_digits_defaults_match_the_parsers():
+    # helper-115: --crop-pct, --train-interpolation and --recount reached nothing a test read, and AUG_OPTIONS (what
+    # a digits run calls changed) could drift from the parser's defaults: a note about options nobody set
+    from masksub_kernels.training.augment import AUG_OPTIONS, ignored_on_digits
+
+    parser = build_parser()
+    assert {name: parser.get_default(name) for name in AUG_OPTIONS} == AUG_OPTIONS
+    assert ignored_on_digits(parser.parse_args([])) == []
+    argv = ["--crop-pct", "0.5", "--train-interpolation", "bicubic", "--reprob", "0.25", "--recount", "3"]
+    train, val = build_transforms(parser.parse_args(argv), 32, (0.5,) * 3, (0.5,) * 3)
+    assert val.transforms[0].size == 64 and str(val.transforms[0].interpolation) == "InterpolationMode.BILINEAR"
+    assert str(train.transforms[0].interpolation) == "InterpolationMode.BICUBIC"
+    erasing = train.transforms[-1]
+    assert (erasing.probability, erasing.max_count) == (0.25, 3)
 
 
 def test_recipe_on_an_image_folder(tmp_path):

@@ -195,3 +195,124 @@ def test_a_copied_masksub_checks_the_optimizer_again():
     copied = copy.deepcopy(ms)
     with pytest.raises(ValueError, match="optimizer"):
         copied.train_step(images, target, optimizer, seed=1)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(main_weight=0.3, sub_weight=0.9, label_smoothing=0.1),
+        dict(loss="bce", target_threshold=0.0, main_weight=0.9, sub_weight=0.3, label_smoothing=0.1),
+    ],
+)
+def test_both_schedules_follow_the_weights_and_the_loss_options(options):
+    # helper-115: unequal weights, BCE with its threshold and label smoothing went unchecked in the sequential
+    # schedule (a swapped weight, a CE sub-term or a dropped threshold / smoothing passed at the published 1/2, CE)
+    ms = _vit_masksub(**options)
+    images, target = batch("vit", soft=True)
+    mode, eps = options.get("loss", "ce"), options["label_smoothing"]
+    q = (target > 0).to(target.dtype) if mode == "bce" else target  # DeiT-III binarises, then smooths
+    q = (1 - eps) * q + eps / target.shape[1]
+    main = ms.model(images)
+    sub = reference_vit_sub(ms.model, images, mk.random_keep_indices(4, 16, 8, seed=7))
+    _, crit_main, crit_sub = reference_loss(main, sub, q, mode)
+    (options["main_weight"] * crit_main + options["sub_weight"] * crit_sub).backward()
+    want = grads(ms)
+    for schedule in ("sequential", "joint"):
+        ms.zero_grad(set_to_none=True)
+        out = ms.train_step(images, target, torch.optim.SGD(ms.parameters(), lr=0.0), seed=7, schedule=schedule)
+        assert_grads_close(grads(ms), want, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(out["loss_main"], crit_main.float(), msg=schedule)
+        torch.testing.assert_close(out["loss_sub"], crit_sub.float(), msg=schedule)
+        weighted = options["main_weight"] * crit_main + options["sub_weight"] * crit_sub
+        torch.testing.assert_close(out["loss"], weighted.float(), msg=schedule)
+
+
+def test_clipping_covers_the_swin_mask_token():
+    # helper-115: the clipped norm is the whole summed gradient's, the wrapper's own mask token included
+    torch.manual_seed(0)
+    ms = MaskSub(tiny_swin().double()).train()
+    images, target = batch("swin")
+    ms(images, target, seed=3)["loss"].backward()
+    unclipped = grads(ms)
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in unclipped.values()]))
+    assert norm > 1e-3 and unclipped["mask_token"].abs().sum() > 0
+    ms.train_step(images, target, torch.optim.SGD(ms.parameters(), lr=0.0), seed=3, clip_grad=1e-3)
+    assert_grads_close(grads(ms), {n: g * (1e-3 / (norm + 1e-6)) for n, g in unclipped.items()}, atol=1e-12)
+
+
+def test_a_bad_clip_grad_is_refused_on_every_micro_step():
+    # helper-115: train_step checks clip_grad before any work; the step's own check alone let a window's first
+    # micro-steps run with clip_grad=0 or nan
+    ms = _vit_masksub()
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.1)
+    for clip_grad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="clip_grad must be a max norm > 0"):
+            ms.train_step(*batch("vit"), optimizer, accum_steps=2, clip_grad=clip_grad)
+    assert all(p.grad is None for p in ms.parameters())
+
+
+def test_plain_step_accumulates_the_mean_over_the_window():
+    # helper-115: the baseline's PlainStep (--baseline) divides each micro-batch's loss by A, as train_step does
+    from masksub_kernels.training.engine import PlainStep
+    from masksub_kernels.training.wrapper import supervised_loss
+
+    torch.manual_seed(0)
+    model = tiny_vit().double()
+    reference = copy.deepcopy(model)
+    step = PlainStep(model, supervised_loss)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    (x1, y1), (x2, y2) = batch("vit", seed=1), batch("vit", seed=2)
+    assert step(x1, y1, optimizer, accum_steps=2)["stepped"] is False
+    assert step(x2, y2, optimizer, accum_steps=2)["stepped"] is True
+    supervised_loss(reference(torch.cat([x1, x2])), torch.cat([y1, y2])).backward()
+    assert_grads_close(grads(model), grads(reference), rtol=1e-6, atol=1e-9)
+
+
+def test_seed_epoch_gives_each_seed_epoch_and_rank_its_own_stream():
+    # helper-115: ranks seeded alike would draw the same augmentations, Mixup and masks on every rank
+    import random
+
+    import numpy as np
+
+    from masksub_kernels.training.engine import seed_epoch
+
+    def draws(seed, epoch, rank):
+        seed_epoch(seed, epoch, rank)
+        return torch.rand(4).tolist(), np.random.rand(4).tolist(), [random.random() for _ in range(4)]  # noqa: NPY002
+
+    keys = [(0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0)]
+    got = [draws(*key) for key in keys]
+    assert draws(0, 0, 1) == got[1]  # reproducible
+    for generator in range(3):  # torch, NumPy, Python: a new stream per seed, epoch and rank
+        assert len({tuple(d[generator]) for d in got}) == len(keys)
+
+
+def test_train_one_epoch_updates_once_per_optimizer_step_and_evaluate_restores_the_mode():
+    # helper-115: the scheduler's step_update and after_step (the EMA's update) run after optimizer steps only, not
+    # after every micro-step; evaluate counts top-5 hits apart from top-1 and leaves the model's mode as it was
+    from masksub_kernels.training.engine import PlainStep, evaluate, train_one_epoch
+    from masksub_kernels.training.wrapper import supervised_loss
+
+    torch.manual_seed(0)
+    model = tiny_vit().double()
+    loader = [batch("vit", seed=i) for i in range(4)]
+    updates, after = [], []
+    scheduler = types.SimpleNamespace(step_update=lambda num_updates: updates.append(num_updates))
+    stats = train_one_epoch(
+        PlainStep(model, supervised_loss), loader, torch.optim.SGD(model.parameters(), lr=0.1),
+        device=torch.device("cpu"), scheduler=scheduler, num_updates=5, accum_steps=2,
+        after_step=lambda: after.append(1),
+    )  # fmt: skip
+    assert updates == [6, 7] and len(after) == 2 and stats.num_updates == 7 and stats.loss_sub is None
+
+    class Fixed(torch.nn.Module):  # its images are its logits
+        def forward(self, images):
+            return images
+
+    logits = torch.tensor([[9.0, 8, 7, 6, 5, 4, 0], [0.0, 9, 8, 7, 6, 5, 4], [0.0, 9, 8, 7, 6, 5, 4]])
+    target = torch.tensor([0, 5, 6])  # a top-1 hit, a top-5 hit (5th), a miss (6th)
+    fixed = Fixed().train()
+    metrics = evaluate(fixed, [(logits, target)], device=torch.device("cpu"))
+    assert metrics["top1"] == pytest.approx(100 / 3) and metrics["top5"] == pytest.approx(200 / 3)
+    assert metrics["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, target).item())
+    assert fixed.training

@@ -75,6 +75,7 @@ def test_seed_none_draws_from_torch_default_generator():
     first = ms(images, target)["loss_sub"]
     torch.manual_seed(5)
     assert torch.equal(ms(images, target)["loss_sub"], first)
+    assert not torch.equal(ms(images, target)["loss_sub"], first)  # the generator moved on: another mask (helper-115)
 
 
 def test_eval_mode_just_runs_the_model():
@@ -113,19 +114,40 @@ def test_branch_outputs_and_train_mode_needs_a_target():
         ms(images, target, branch="both")
 
 
-def test_mask_ratio_sets_the_kept_count():
-    ms = _wrapped("vit", mask_ratio=0.75)
-    images, _ = batch("vit")
-    torch.testing.assert_close(
-        ms.sub_logits(images, seed=2), sub_logits_for_seed("vit", ms.model, images, 2, ratio=0.75)
-    )
+@pytest.mark.parametrize("name", ["vit", "swin", "resnet"])
+def test_mask_ratio_sets_the_kept_count(name):
+    # the grid families too (helper-115: a ratio read as 1 - r, the official pixel code's inversion, passed at 0.5)
+    ms = _wrapped(name, mask_ratio=0.75)
+    images, _ = batch(name)
+    want = sub_logits_for_seed(name, ms.model, images, 2, mask_token=ms.mask_token, ratio=0.75)
+    torch.testing.assert_close(ms.sub_logits(images, seed=2), want)
+
+
+def test_vit_sub_branch_keeps_timms_patch_dropout():
+    # docs/semantics.md §4: the selection follows _pos_embed, patch_drop and norm_pre (helper-115: patch_drop skipped)
+    torch.manual_seed(0)
+    ms = MaskSub(tiny_vit(patch_drop_rate=0.5).double()).train()
+    seen = []
+    ms.model.blocks[0].register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[1]))
+    ms.sub_logits(batch("vit")[0], seed=1)
+    assert seen == [1 + 4]  # the class token + r = 0.5 of the 8 patch tokens that patch dropout keeps
+
+
+def test_a_grid_of_just_enough_cells_is_taken():
+    # r = 0.5 keeps floor(2 * 0.5) = 1 of 2 cells: the fewest that keep one (helper-115: the boundary refused)
+    ms = _wrapped("resnet")
+    ms.check_input_size((64, 32))
+    images, target = batch("resnet")
+    assert torch.isfinite(ms(images[..., :32], target, seed=1)["loss"])
+    with pytest.raises(ValueError, match=r"keeps none of the 1 mask cell\(s\)"):
+        ms.check_input_size((32, 32))
 
 
 def test_swin_mask_token_gets_gradient_and_no_weight_decay():
     from timm.optim import create_optimizer_v2
 
     ms = _wrapped("swin")
-    assert ms.mask_token.shape == (16,) and ms.mask_token.std() < 0.1
+    assert ms.mask_token.shape == (16,) and 0.01 < ms.mask_token.std() < 0.035  # trunc-normal 0.02 (seed 0: 0.0204)
     images, target = batch("swin")
     ms(images, target, seed=1)["loss"].backward()
     assert ms.mask_token.grad is not None and ms.mask_token.grad.abs().sum() > 0
@@ -402,6 +424,9 @@ def test_configuration_errors_are_clear():
     for weight in (-0.5, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="sub_weight must be in"):
             MaskSub(tiny_vit(), sub_weight=weight)
+    for eps in (-0.1, 1.5, float("nan")):  # helper-115: refused at construction, not at the first step
+        with pytest.raises(ValueError, match=r"label_smoothing must be in \[0.0, 1.0\]"):
+            MaskSub(tiny_vit(), label_smoothing=eps)
     for threshold in (float("nan"), float("-inf"), -0.5, 1.0):
         with pytest.raises(ValueError, match="target_threshold must be"):
             MaskSub(tiny_vit(), loss="bce", target_threshold=threshold)
@@ -433,3 +458,24 @@ def test_model_kwargs_need_a_forward_that_both_branches_run_and_that_takes_them(
     with pytest.raises(ValueError, match=r"not keyword arguments of VisionTransformer.forward"):
         MaskSub(tiny_vit(), variant="drop", model_kwargs={"scale": 2.0})  # DropSub runs it: timm's takes no keyword
     assert MaskSub(tiny_vit(), model_kwargs={}).model_kwargs == {}
+
+
+def test_swin_absolute_position_embedding_is_added_before_the_masking():
+    # the original Swin's `ape` (timm's SwinTransformer has none now): a subclass's absolute_pos_embed is added to the
+    # stage-1 tokens in the sub-branch too; at mask_ratio 0 nothing is masked: the sub-branch is the model (helper-115)
+    from timm.models.swin_transformer import SwinTransformer
+
+    class ApeSwin(SwinTransformer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.absolute_pos_embed = torch.nn.Parameter(torch.randn(1, 16, 16, 16))
+
+        def forward_features(self, x):
+            return self.norm(self.layers(self.patch_embed(x) + self.absolute_pos_embed))
+
+    torch.manual_seed(0)
+    model = ApeSwin(img_size=64, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2),
+                    num_classes=10, drop_path_rate=0.0)  # fmt: skip
+    ms = MaskSub(model.double(), mask_ratio=0.0).train()
+    images, _ = batch("swin")
+    torch.testing.assert_close(ms.sub_logits(images, seed=1), ms.model(images))
