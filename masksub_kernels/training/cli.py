@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="loader processes (default: 0 for the digits, else 4, or the CPUs this process may use if fewer)",
+        help="loader processes (default 0 for digits, else 4; the count is part of the augmentations' randomness)",
     )
     g.add_argument("--drop", type=float, default=0.0, help="model dropout rate")
     g.add_argument("--drop-path", type=float, default=0.0, help="model drop-path rate")

@@ -178,13 +178,6 @@ def check_backend(device: torch.device, ops: tuple[str, ...]) -> str:
         raise UsageError(f"MASKSUB_BACKEND: {exc}") from exc
 
 
-def _usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the platform has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
 def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
     import timm
 
@@ -505,9 +498,10 @@ def setup(args) -> Setup:
     eager = unwrap_model(model)
     optimizer = build_optimizer(args, ms if ms is not None else eager, ms.inner_model if ms is not None else eager)
     ema = build_ema(args, model)
-    # An ImageFolder's default: 4 loader processes (timm's), fewer where this process may run on fewer CPUs (torch
-    # warns that more "might get DataLoader running slow or even freeze"); the digits are tensors in memory: none.
-    workers = args.workers if args.workers is not None else (0 if args.data_dir is None else min(4, _usable_cpus()))
+    # An ImageFolder's default: 4 loader processes (timm's) on every machine, as the count decides which process
+    # draws each batch's augmentations (a count that followed the CPUs gave another run on another machine, and a
+    # resume there that was not exact: helper-118); the digits are tensors in memory: none.
+    workers = args.workers if args.workers is not None else (0 if args.data_dir is None else 4)
     samples = len(train_sampler(data.train, 0, args.seed, rank, world, args.aug_repeats))
     batches = samples // args.batch_size
     if args.limit_batches is not None:

@@ -94,24 +94,30 @@ def _check_optimizer(ms, optimizer: torch.optim.Optimizer) -> None:
 
 
 class CheckedOptimizers:
-    """The optimizers whose parameters a step has checked, held weakly: one that is collected is forgotten (kept by
-    id(), a new optimizer at a freed one's address skipped its checks: helper-113's review). An object that takes no
-    weak reference (a duck-typed optimizer, e.g. a SimpleNamespace) is never remembered: checked on every call. A
-    copy (copy.deepcopy, e.g. an EMA of the model; pickling) starts empty: its parameters are new objects, which the
-    optimizers checked for the original do not hold."""
+    """The optimizers whose parameters a step has checked, by identity, held weakly: one that is collected is
+    forgotten (kept by id() alone, a new optimizer at a freed one's address skipped its checks: helper-113's review;
+    an optimizer's own ``__eq__`` / ``__hash__`` play no part). An object that takes no weak reference (a duck-typed
+    optimizer, e.g. a SimpleNamespace) is never remembered: checked on every call. A copy (copy.deepcopy, e.g. an
+    EMA of the model; pickling) starts empty: its parameters are new objects, which the optimizers checked for the
+    original do not hold."""
 
     def __init__(self) -> None:
-        self._optimizers: weakref.WeakSet = weakref.WeakSet()
+        self._refs: dict[int, weakref.ref] = {}
 
     def __contains__(self, optimizer: object) -> bool:
-        return optimizer in self._optimizers  # False for an object without weak references
+        ref = self._refs.get(id(optimizer))
+        return ref is not None and ref() is optimizer
 
     def add(self, optimizer: object) -> None:
-        with contextlib.suppress(TypeError):
-            self._optimizers.add(optimizer)
+        try:
+            ref = weakref.ref(optimizer)
+        except TypeError:
+            return
+        self._refs = {key: old for key, old in self._refs.items() if old() is not None}  # the collected forgotten
+        self._refs[id(optimizer)] = ref
 
     def __len__(self) -> int:
-        return len(self._optimizers)
+        return sum(ref() is not None for ref in self._refs.values())
 
     def __reduce__(self):
         return (CheckedOptimizers, ())

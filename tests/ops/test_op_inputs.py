@@ -188,6 +188,8 @@ def test_cpu_ops_under_another_default_device():
     # helper-114: the CPU draws made their constants with torch.tensor() on the default device, so under
     # torch.set_default_device / `with torch.device(...)` they failed ("not on the expected device cpu"); the
     # token grid mask's CPU output was made on that device; seed=None drew from its generator, not the CPU's
+    from masksub_kernels import _philox
+
     x, tokens, token = torch.randn(2, 9, 4), torch.randn(2, 4, 4, 3), torch.randn(3)
     images = torch.randn(2, 3, 8, 8)
 
@@ -202,8 +204,11 @@ def test_cpu_ops_under_another_default_device():
 
     with mk.use_backend("torch"):
         expected = calls()
+        uint64_products = _philox._uint64_products()
+        _philox._uint64_products.cache_clear()  # its first answer is cached for the process: asked under the context
         with torch.device("meta"):
             results = calls()
+    assert _philox._uint64_products() == uint64_products
     for result, want in zip(results, expected, strict=True):
         assert result.device.type == "cpu" and torch.equal(result, want)
 

@@ -185,6 +185,31 @@ def test_a_checked_optimizer_is_forgotten_when_collected():
     assert len(checked) == 0
 
 
+def test_checked_optimizers_are_told_apart_by_identity():
+    # helper-118: a WeakSet compared optimizers with their own __eq__ / __hash__: one equal by value passed as
+    # checked, one with __eq__ and no __hash__ was unhashable
+    from masksub_kernels.training.schedules import CheckedOptimizers
+
+    class AllEqual(torch.optim.SGD):
+        def __eq__(self, other):
+            return True
+
+        def __hash__(self):
+            return 0
+
+    class Unhashable(torch.optim.SGD):
+        def __eq__(self, other):
+            return self is other
+
+    checked = CheckedOptimizers()
+    first, second = (AllEqual([torch.nn.Parameter(torch.zeros(1))], lr=0.1) for _ in range(2))
+    checked.add(first)
+    assert first in checked and second not in checked
+    unhashable = Unhashable([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    checked.add(unhashable)
+    assert unhashable in checked and len(checked) == 2
+
+
 def test_a_copied_masksub_checks_the_optimizer_again():
     # a deep copy (e.g. an EMA of the model) kept the original's checked optimizers: the original's optimizer, which
     # holds none of the copy's parameters, stepped nothing on the copy, silently
