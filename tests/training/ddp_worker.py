@@ -16,6 +16,7 @@ from _models import batch, tiny_swin, tiny_vit
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from masksub_kernels.training import MaskSub, close_process_group
+from masksub_kernels.training.engine import PlainStep
 
 STEPS, ACCUM, B = 2, 2, 2
 
@@ -28,11 +29,16 @@ def shard(step: int, k: int, rank: int, world: int, name: str):
 
 
 def run(out_path: str, name: str, schedule: str) -> None:
+    """schedule "plain": the --baseline step (PlainStep, the main criterion alone) on a DDP module of its own."""
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     model = (tiny_vit if name == "vit" else tiny_swin)().double()
     ms = MaskSub(model).train()
-    ddp = ms.wrap_ddp(bucket_cap_mb=1000)
+    if schedule == "plain":
+        ddp = torch.nn.parallel.DistributedDataParallel(model, bucket_cap_mb=1000)
+        plain = PlainStep(model, ms.main_criterion, ddp)
+    else:
+        ddp = ms.wrap_ddp(bucket_cap_mb=1000)
     counts = [0]
 
     def counting_allreduce(state, bucket):
@@ -46,6 +52,9 @@ def run(out_path: str, name: str, schedule: str) -> None:
         before = counts[0]
         for k in range(ACCUM):
             images, target = shard(step, k, rank, world, name)
+            if schedule == "plain":
+                plain(images, target, optimizer, accum_steps=ACCUM)
+                continue
             ms.train_step(
                 images, target, optimizer, accum_steps=ACCUM, seed=100 * step + 10 * k + rank, schedule=schedule
             )

@@ -15,7 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WORLD = 2
 
 
-CONFIGS = [("vit", "sequential"), ("swin", "sequential"), ("vit", "joint")]
+CONFIGS = [("vit", "sequential"), ("swin", "sequential"), ("vit", "joint"), ("vit", "plain")]
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +51,22 @@ def test_batchnorm_statistics_are_averaged_over_the_ranks(ddp_results):
 
 def _single_process(name: str, schedule: str) -> dict:
     """One process: per optimizer step, the MaskSub loss of the combined batch (the mean of the shard losses, every
-    shard having B rows), with each shard's rows masked as on its rank; one backward; the same SGD step."""
+    shard having B rows), with each shard's rows masked as on its rank; one backward; the same SGD step. "plain":
+    the main criterion alone (the baseline)."""
     torch.manual_seed(0)
     ms = MaskSub((tiny_vit if name == "vit" else tiny_swin)().double()).train()
     optimizer = torch.optim.SGD(ms.parameters(), lr=0.5)
+
+    def shard_loss(step: int, k: int, r: int) -> torch.Tensor:
+        images, target = shard(step, k, r, WORLD, name)
+        if schedule == "plain":
+            return ms.main_criterion(ms.model(images), target)
+        return ms(images, target, seed=100 * step + 10 * k + r)["loss"]
+
     for step in range(STEPS):
         optimizer.zero_grad(set_to_none=True)
         shards = [(k, r) for k in range(ACCUM) for r in range(WORLD)]
-        loss = sum(ms(*shard(step, k, r, WORLD, name), seed=100 * step + 10 * k + r)["loss"] for k, r in shards)
+        loss = sum(shard_loss(step, k, r) for k, r in shards)
         (loss / len(shards)).backward()
         optimizer.step()
     return {
@@ -72,7 +80,8 @@ def test_ddp_matches_single_process_with_one_allreduce_per_step(ddp_results, nam
     got = ddp_results[(name, schedule)]
     assert got["world"] == WORLD
     # One bucket (bucket_cap_mb=1000): one all-reduce per optimizer step, although the sequential schedule runs
-    # 2 backwards per micro-step and each step has 2 micro-steps.
+    # 2 backwards per micro-step and each step has 2 micro-steps (the baseline: no_sync on all micro-steps but the
+    # last).
     assert got["allreduces"] == [1] * STEPS
     want = _single_process(name, schedule)
     for key in ("grads", "params"):
