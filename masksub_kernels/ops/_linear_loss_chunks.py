@@ -92,6 +92,7 @@ GRADS_CHUNK_BYTES = 96 * 2**20
 GRADS_CHUNK_MIN_ROWS = 384
 GRADS_CHUNK_MIN_SHARE = 32
 ALIGN_CLASSES = 64  # the kernels' chunk buffers' rows, in elements: 128-byte rows in bf16 (aligned_classes)
+MATMUL_ALIGN = 8  # the kernels' matmuls' class extent: a multiple of 16 bytes of fp16 / bf16 (matmul_classes)
 
 # loss, main, sub (fp32 0-d); dH, dHs [M, D]; dW [C, D] and db [C] in fp32, fp64 for fp64 inputs (or [0]); the
 # per-row stats [9, M]
@@ -201,6 +202,11 @@ class _ChunkViews(NamedTuple):
     s: torch.Tensor | None = None
     grads: torch.Tensor | None = None  # the kernels' [2n, C] gradients, dz over ds (the logits, or over them), halves
     into: tuple = ()
+    # the matmuls' views, C_mm = matmul_classes(C) columns: the logits' output [2n, C_mm], dH's operands [n, C_mm]
+    # (dz, ds), and the gradients' pad columns [2n, C_mm - C] (zeroed per chunk; None where C_mm = C)
+    logits_mm: torch.Tensor | None = None
+    grads_mm: tuple = ()
+    grads_pad: torch.Tensor | None = None
 
     @classmethod
     def of(cls, n, has_sub, depth, classes, stacked, logits_buffer, narrow, g_main, g_sub):
@@ -221,7 +227,13 @@ class _ChunkViews(NamedTuple):
                 for x, v in zip(into, (z, s)):
                     assert v is None or x.stride(0) * x.element_size() == v.stride(0) * v.element_size()
                     assert v is None or x.is_meta or (x.data_ptr() == v.data_ptr() and x.dtype != v.dtype)
-            parts.update(logits=logits, z=z, s=s, grads=grads, into=into)
+            mm_classes = matmul_classes(classes)
+            logits_mm = logits_buffer[:width, :mm_classes]
+            wide = logits_mm if narrow is None else narrow[:width, :mm_classes]
+            grads_pad = wide[:, classes:] if mm_classes > classes else None
+            grads_mm = (wide[:n], wide[n:])
+            parts.update(logits=logits, z=z, s=s, grads=grads, into=into, logits_mm=logits_mm)
+            parts.update(grads_mm=grads_mm, grads_pad=grads_pad)
         return cls(width, gm, gs, **parts)
 
 
@@ -279,6 +291,28 @@ def aligned_classes(classes: int) -> int:
     cuBLAS falls back to slower kernels: on an H200 (2026-11-30) sm_80 CUTLASS kernels ran the chunks' matmuls at
     ~190 TFLOP/s. The pad columns are never read or written: every operand is the [:, :C] view."""
     return -(-classes // ALIGN_CLASSES) * ALIGN_CLASSES
+
+
+def matmul_classes(classes: int) -> int:
+    """The class extent of the kernels' matmuls: C rounded up to MATMUL_ALIGN elements, with a copy of W whose extra
+    rows are zeros (matmul_weight). An operand or output whose contiguous extent is C = 30522 (BERT) is not 16-byte
+    aligned however its rows are: cuBLAS then runs sm_80 CUTLASS kernels with 2-element loads on an H100 / H200
+    (2026-12-04: the logits' and dH's matmuls at ~200-230 TFLOP/s, 14.5 of the op's 24.4 ms of kernels), whatever the
+    buffers' row padding (aligned_classes)."""
+    return -(-classes // MATMUL_ALIGN) * MATMUL_ALIGN
+
+
+def matmul_weight(w: torch.Tensor, classes: int) -> torch.Tensor:
+    """W for the kernels' matmuls, [matmul_classes(C), D]: W itself when C is aligned, else a copy with zero rows
+    after W's (once per call: C D elements read and written, against the 6 matmuls' 2 M D C flops each). The zero
+    rows give the pad columns of the logits 0 and take no part in dH (the gradients' pad columns are zeroed
+    first: over the bf16 gradients they hold the bytes of the fp32 logits)."""
+    mm_classes = matmul_classes(classes)
+    if mm_classes == classes:
+        return w
+    padded = w.new_zeros(mm_classes, w.shape[1])
+    padded[:classes] = w
+    return padded
 
 
 def grads_in_forward(
@@ -357,6 +391,7 @@ def grads_in_forward(
     db = torch.zeros(classes, dtype=acc, device=device) if want_weight and bias is not None and not with_ones else None
     stats = zeros((loss_ops.NUM_OUT, rows), torch.float32, True)  # every chunk writes its columns; ignored rows 0
     w = weight.to(operand)  # the reference's (and fp64 inputs') one copy of W; the inputs' own W otherwise
+    w_mm = matmul_weight(w, classes) if kernels else None  # the kernels' matmuls' W, aligned rows of zeros after
     b_acc = None if bias is None or kernels else bias.to(acc)
     bias_c = None if bias is None else bias.contiguous()  # the kernels' bias: read in its own dtype
     # the row grads of the two terms, one number each (expanded per chunk: no launch). With one term of nonzero
@@ -417,7 +452,7 @@ def grads_in_forward(
             # fp32 logits (never rounded to bf16: the values keep fp32 accuracy), the fused loss kernels on them,
             # dz and ds written by the backward kernel over the logits (fp32), or over their rows in the inputs'
             # dtype; without the bias: the loss kernels add it as they read
-            logits = _fp32_logits(x, weight, v.logits)
+            logits = _fp32_logits(x, w_mm, v.logits_mm)  # [2n, C_mm]: the pad columns 0
             z, s = v.z, v.s
             # the stats straight into their columns of [9, M] where the chunk is a slice (else copied below)
             into_stats = stats_cols[index] if sliced is not None else stats.new_empty(NUM_OUT, n)
@@ -426,6 +461,8 @@ def grads_in_forward(
             dz, ds = loss_ops._backward_triton(
                 v.gm, v.gs, out, z, s, y, *options, into=v.into, bias=bias_c, over_rows=narrow is not None
             )
+            if v.grads_pad is not None:
+                v.grads_pad.zero_()  # before dH's matmuls read them (W's zero rows: 0 x NaN would be NaN)
         else:
             logits = x.to(acc) @ w.T if b_acc is None else torch.addmm(b_acc, x.to(acc), w.T)
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
@@ -433,9 +470,10 @@ def grads_in_forward(
             dz, ds = loss_ops.loss_backward_reference(v.gm, v.gs, out, z, s, y, *options)
         if not kernels or sliced is None:
             stats[:, chunk] = out  # fp32 [9, R]
-        for d, dx, dx_rows in ((dz, dh, dh_rows), (ds, dhs, dhs_rows)):
-            if d.numel() and dx.numel():
-                _store_rows(dx, chunk, d, w, None if dx_rows is None else dx_rows[index])  # [R, D] rows of dH or dHs
+        store = (dz, ds) if not kernels else (v.grads_mm[0] if dz.numel() else dz, v.grads_mm[1] if ds.numel() else ds)
+        for d, dx, dx_rows in zip(store, (dh, dhs), (dh_rows, dhs_rows)):
+            if d.numel() and dx.numel():  # [R, D] rows of dH or dHs (the kernels': over C_mm columns)
+                _store_rows(dx, chunk, d, w if not kernels else w_mm, None if dx_rows is None else dx_rows[index])
         # dW += [dz; ds]^T [h_c; hs_c]: one matmul over both terms when they are the halves of one buffer. It runs
         # before the next chunk's logits overwrite these gradients (one stream).
         both = grads is not None and dz.numel() and ds.numel()
@@ -447,7 +485,7 @@ def grads_in_forward(
                 _add_matmul(dw, d.T, xc.to(operand))  # [C, D] += [C, R] @ [R, D] ([C, D + pad] with db's column)
             if db is not None:
                 db += d.sum(0, dtype=acc)
-        del logits, z, s, dz, ds, grads, out, terms  # the chunk's views and temporaries (the buffers are reused)
+        del logits, z, s, dz, ds, grads, out, terms, store  # the chunk's views and temporaries (the buffers are reused)
     if with_ones:  # [dW | db | 0...]: dW its [C, D] view (no copy, no second [C, D]), db a copy of its column
         dw, db = dw[:, :depth], dw[:, depth].clone()
     if kernels and hidden.dtype == torch.float64 and dw is not None:  # fp64 inputs: fp32 arithmetic, but the
