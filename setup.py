@@ -35,7 +35,23 @@ PLATFORM = CSRC / "platform"
 # has -Winfinite-recursion: a stream getter that called itself once shipped in bindings.cpp, where no CPU test could
 # run it. tests/test_setup.py compiles with these very flags.
 WARNING_FLAGS = ["-Wall", "-Wextra", "-Werror"]
-SHARED_CXX_RUNTIME = ["-lstdc++"]
+
+
+def shared_cxx_runtime(maps: str = "/proc/self/maps") -> list[str]:
+    """The link argument that makes _C use this process's C++ runtime: the path of the shared libstdc++ it has
+    loaded (torch imported), linked by path. A compiler set up to link libstdc++ statically (one GPU machine's g++,
+    2026-11-30, whose library folder held only libstdc++.a) otherwise puts a second copy in _C whose iostreams torch
+    never initialised: every number in an error message printed nothing or crashed. `-lstdc++` alone did not help
+    there (2026-12-04: the refusals still crashed): it found that libstdc++.a first. Elsewhere (no /proc, or no
+    libstdc++ loaded): -lstdc++."""
+    try:
+        with open(maps) as lines:
+            loaded = [line.split()[-1] for line in lines if "/libstdc++.so" in line]
+    except OSError:
+        loaded = []
+    return [loaded[0]] if loaded and os.path.isfile(loaded[0]) else ["-lstdc++"]
+
+
 NVCC_WARNING_FLAGS = [f"-Xcompiler={','.join(WARNING_FLAGS)}", "-Werror=all-warnings"]
 
 
@@ -115,11 +131,9 @@ def extension_modules():
             "cxx": host_compile_flags(find_cuda_home()),
             "nvcc": ["-O3", "-std=c++17", "-lineinfo", *NVCC_WARNING_FLAGS, *gencode],  # .cu files are torch-free
         },
-        # the process's C++ runtime, shared: a compiler set up to link libstdc++ statically (as one GPU machine's
-        # g++ was) puts a second copy in _C whose iostreams torch never initialised; every number in an error
-        # message then printed nothing or crashed (test_select_refuses_bad_sizes, tests/cuda_extension/). An explicit
-        # -lstdc++ comes before the driver's own libraries, so the shared library provides every symbol.
-        extra_link_args=SHARED_CXX_RUNTIME,
+        # the process's C++ runtime, shared (shared_cxx_runtime): it comes before the driver's own libraries, so the
+        # shared library provides every symbol even where the compiler links libstdc++ statically by default
+        extra_link_args=shared_cxx_runtime(),
         optional=not forced,  # an automatic build that fails leaves a working pure-Python install (CI forces it)
     )
     return [extension], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}

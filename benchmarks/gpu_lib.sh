@@ -150,7 +150,18 @@ build_extension() {
     return 0
   fi
   MASKSUB_BUILD_CUDA=1 MASKSUB_CUDA_ARCHS=90 "$PY" setup.py build_ext --build-lib build/gpu-lib \
-    --build-temp build/gpu-temp
+    --build-temp build/gpu-temp || return
+  # the C++ runtime _C links (setup.py's shared_cxx_runtime): a copy of its own crashed every refusal (2026-11-30,
+  # 2026-12-04); the link line above names the library
+  local built
+  for built in build/gpu-lib/masksub_kernels/_C*.so; do
+    command -v readelf > /dev/null || break
+    if readelf -Ws "$built" | grep -q ' [0-9][0-9]* _ZNSo9_M_insertIlEERSoT_'; then
+      echo "WARNING: $built defines libstdc++'s std::ostream itself (a static C++ runtime: refusals will crash)"
+    else
+      echo "$built: the process's shared libstdc++ ($(readelf -d "$built" | grep -o 'libstdc++[^]]*'))"
+    fi
+  done
 }
 
 install_extension() {

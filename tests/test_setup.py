@@ -150,30 +150,64 @@ def needed_libraries(shared_object: Path) -> list[str]:
     return [line.split("[", 1)[1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line]
 
 
+OSTREAM_LONG = "_ZNSo9_M_insertIlEERSoT_"  # std::ostream::_M_insert<long>, where the crash of 2026-11-30 was
+
+
+def defines_symbol(shared_object: Path, symbol: str) -> bool:
+    """Whether a shared object defines ``symbol`` itself (readelf -Ws: a section index, not UND)."""
+    out = subprocess.run(["readelf", "-Ws", str(shared_object)], capture_output=True, text=True, check=True).stdout
+    return any(f[-1].split("@")[0] == symbol and f[6] != "UND" for f in map(str.split, out.splitlines()) if len(f) >= 8)
+
+
 @pytest.mark.skipif(subprocess.run(["which", "readelf"], capture_output=True).returncode, reason="no readelf")
 def test_the_link_shares_the_cxx_runtime_even_with_a_static_libstdcxx_compiler(tmp_path):
     """One GPU machine's g++ linked libstdc++ statically into _C: a second copy whose iostreams torch never set up,
     so every number in an error message printed nothing (here) or crashed (there). The extension's link flags
-    must make it use the process's shared libstdc++ whatever the compiler's default."""
+    must make it use the process's shared libstdc++ whatever the compiler's default, and also where the library
+    folder the linker searches first holds only libstdc++.a (there `-lstdc++` still linked the static copy)."""
+    import torch  # noqa: F401  (loads the process's libstdc++, as setup.py's build does)
+
     setup = load_setup_module()
     (tmp_path / "user.cpp").write_text(
         "#include <sstream>\n#include <string>\n"
         'std::string describe(long n) { std::ostringstream s; s << "got " << n; return s.str(); }\n'
     )
     compiler = os.environ.get("CXX", "c++")
-    base = [compiler, "-shared", "-fPIC", "-static-libstdc++", "user.cpp", "-o"]
-    static = subprocess.run([*base, "static.so"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    shared = subprocess.run(
-        [*base, "shared.so", *setup.SHARED_CXX_RUNTIME], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    assert static.returncode == 0 and shared.returncode == 0, static.stderr + shared.stderr
-    assert not any(name.startswith("libstdc++") for name in needed_libraries(tmp_path / "static.so"))
+    archive = subprocess.run([compiler, "-print-file-name=libstdc++.a"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(archive):
+        pytest.skip(f"{compiler} has no libstdc++.a")
+    (tmp_path / "static_only").mkdir()
+    (tmp_path / "static_only" / "libstdc++.a").symlink_to(archive)
+    base = [compiler, "-shared", "-fPIC", "-static-libstdc++", f"-L{tmp_path / 'static_only'}", "user.cpp", "-o"]
+    builds = {"static.so": [], "minus_l.so": ["-lstdc++"], "shared.so": setup.shared_cxx_runtime()}
+    for name, flags in builds.items():
+        done = subprocess.run([*base, name, *flags], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    for name in ("static.so", "minus_l.so"):  # the GPU machine's case, reproduced: a copy of its own
+        assert not any(lib.startswith("libstdc++") for lib in needed_libraries(tmp_path / name))
+        assert defines_symbol(tmp_path / name, OSTREAM_LONG)
     assert "libstdc++.so.6" in needed_libraries(tmp_path / "shared.so")
+    assert not defines_symbol(tmp_path / "shared.so", OSTREAM_LONG)
+
+
+def test_shared_cxx_runtime_is_the_loaded_library_by_path(tmp_path):
+    setup = load_setup_module()
+    library = tmp_path / "libstdc++.so.6.0.33"
+    library.write_bytes(b"")
+    maps = tmp_path / "maps"
+    maps.write_text(
+        f"7f00-7f01 r-xp 00000000 08:01 42 /usr/lib/libc.so.6\n7f02-7f03 r-xp 00000000 08:01 43 {library}\n"
+    )
+    assert setup.shared_cxx_runtime(str(maps)) == [str(library)]
+    assert setup.shared_cxx_runtime(str(tmp_path / "absent")) == ["-lstdc++"]  # no /proc: the linker's search
+    maps.write_text("7f00-7f01 r-xp 00000000 08:01 42 /usr/lib/libc.so.6\n")
+    assert setup.shared_cxx_runtime(str(maps)) == ["-lstdc++"]
 
 
 def test_the_extension_links_the_shared_cxx_runtime(monkeypatch):
     setup, extension = planned_extension(monkeypatch)
-    assert extension.extra_link_args == setup.SHARED_CXX_RUNTIME
+    assert extension.extra_link_args == setup.shared_cxx_runtime() and extension.extra_link_args[0] != "-lstdc++"
     built = sorted((ROOT / "masksub_kernels").glob("_C*.so"))
     if built and subprocess.run(["which", "readelf"], capture_output=True).returncode == 0:
         assert "libstdc++.so.6" in needed_libraries(built[0])  # the build in this checkout, if any
+        assert not defines_symbol(built[0], OSTREAM_LONG)

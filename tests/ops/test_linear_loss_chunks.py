@@ -53,7 +53,7 @@ def test_ones_column_gives_db_and_dw(dtype, main_weight, sub_weight, has_sub, ki
     assert (
         db.shape == (30,) and db.is_contiguous() and db.untyped_storage().data_ptr() != dw.untyped_storage().data_ptr()
     )
-    assert dw.dtype == db.dtype == torch.float32 and dw.device == db.device == DEVICE
+    assert dw.dtype == db.dtype == torch.float32 and dw.device.type == db.device.type == DEVICE.type
     # the two flavours differ by the dtype of dz, ds in the matmuls (one rounding to fp16 / bf16 on the kernels'
     # path, as the composite's): norm-wise within a few of its units
     limit = 4 * torch.finfo(dtype).eps
@@ -523,3 +523,44 @@ def test_fp64_gradients_to_fp64_precision(gather, main_weight, sub_weight):
     for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
         if a.grad is not None or e.grad.abs().max() > 0:
             assert_grad_close(a.grad, e.grad, 1e-13, name)
+
+
+@pytest.mark.parametrize("classes", [30, 40])  # 30: padded to 32 for the matmuls; 40: aligned, W itself
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.triton
+def test_kernels_matmuls_take_an_aligned_class_extent_with_zero_pads(monkeypatch, classes, dtype):
+    # cuBLAS runs slow sm_80 kernels on an H200 when a matmul's contiguous extent is C = 30522 (2026-12-04): the
+    # kernels' logits and dH matmuls run over matmul_classes(C) classes, W padded with zero rows and the gradients'
+    # pad columns zeroed before dH reads them (over bf16 gradients they hold the fp32 logits' bytes: NaN possible)
+    h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=classes, dtype=dtype, kind="index", seed=3)
+    padded = chunks.matmul_classes(classes)
+    assert padded % chunks.MATMUL_ALIGN == 0 and 0 <= padded - classes < chunks.MATMUL_ALIGN
+    seen, store, logits = [], chunks._store_rows, chunks._fp32_logits
+
+    def checked_logits(x, weight, out):
+        assert weight.shape[0] == out.shape[1] == padded
+        assert not weight[classes:].any() and torch.equal(weight[:classes], w.to(weight.dtype))
+        return logits(x, weight, out)
+
+    def checked_store(dx, chunk, d, weight, dx_c):
+        assert d.shape[1] == weight.shape[0] == padded and not d[:, classes:].any()  # zeros, not NaN
+        seen.append(d.shape[0])
+        store(dx, chunk, d, weight, dx_c)
+
+    monkeypatch.setattr(chunks, "_fp32_logits", checked_logits)
+    monkeypatch.setattr(chunks, "_store_rows", checked_store)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
+    kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)
+    assert sum(seen) == 2 * 37  # dH and dHs, every row
+    monkeypatch.setattr(chunks, "_store_rows", store)
+    reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
+    for got, want in zip(kernels[3:7], reference[3:7]):
+        assert got.shape == want.shape and _relative(got, want) < 2e-2
+
+
+def test_matmul_weight_pads_with_zero_rows_only_when_unaligned():
+    w = torch.randn(30, 4)
+    padded = chunks.matmul_weight(w, 30)
+    assert padded.shape == (32, 4) and torch.equal(padded[:30], w) and not padded[30:].any()
+    aligned = torch.randn(40, 4)
+    assert chunks.matmul_weight(aligned, 40) is aligned  # no copy
