@@ -243,3 +243,15 @@ def test_each_batch_is_checked_before_the_main_branch():
     images = _images()
     torch.testing.assert_close(ms.sub_logits(images, seed=2), _by_transformers(model, images, 0.5, 2), rtol=0, atol=0)
     assert ms.eval()(_images(size=72))["logits"].shape == (3, 5)  # eval runs the model alone: any size
+
+
+def test_under_autocast_the_fp32_mask_token_fills_bf16_tokens():
+    # helper-119's mutant (the token not cast to the tokens' dtype) passed the fp64 tests; under autocast the
+    # embeddings' norm gives bf16 tokens and the op refused the fp32 token. Its gradient stays fp32
+    model = tiny_swin("SwinForImageClassification").float()
+    ms = MaskSub(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ms(_images().float(), torch.tensor([0, 3, 4]), seed=1)
+    out["loss"].backward()
+    token = model.swin.embeddings.mask_token
+    assert token.dtype == token.grad.dtype == torch.float32 and token.grad.abs().sum() > 0

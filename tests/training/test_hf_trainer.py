@@ -180,3 +180,46 @@ def test_model_init_is_refused(tmp_path):
     with pytest.raises(ValueError, match="does not take model_init"):
         MaskSubTrainer(model_init=lambda: tiny_hf("ViTForImageClassification").float(), args=_args(tmp_path),
                        train_dataset=_data(4, 0))  # fmt: skip
+
+
+def test_unlabelled_prediction_runs_without_grad_and_loss_only_runs_nothing(tmp_path):
+    # helper-119's mutants: the label-less branch of prediction_step without torch.no_grad (a graph built for every
+    # predicted batch) or ignoring prediction_loss_only (logits gathered when only a loss was asked for) passed
+    model = tiny_hf("ViTForImageClassification").float().eval()
+    trainer = MaskSubTrainer(model=model, args=_args(tmp_path))
+    grad_enabled = []
+    model.register_forward_hook(lambda module, args, output: grad_enabled.append(torch.is_grad_enabled()))
+    batch = {"pixel_values": torch.stack([d["pixel_values"] for d in _data(2, 3)])}
+    assert trainer.prediction_step(model, batch, prediction_loss_only=True) == (None, None, None)
+    assert grad_enabled == []
+    loss, logits, labels = trainer.prediction_step(model, batch, prediction_loss_only=False)
+    assert loss is None and labels is None and not logits.requires_grad and grad_enabled == [False]
+    torch.testing.assert_close(logits, model(batch["pixel_values"]).logits, rtol=0, atol=0)
+
+
+def test_a_masked_lm_evaluates_to_its_loss_correct_and_count_per_batch(tmp_path):
+    # helper-119: no test ran a masked LM through the Trainer; compute_metrics gets (loss_main, correct, count)
+    from test_mlm import make_batch, tiny_bert
+
+    model, batch = tiny_bert(), make_batch(batch=6, seed=1)
+    rows = [{key: value[i] for key, value in batch.items()} for i in range(6)]
+    trainer = MaskSubTrainer(model=model, args=_args(tmp_path, per_device_eval_batch_size=3), eval_dataset=rows,
+                             masksub={"mask_ratio": 0.25})  # fmt: skip
+    assert trainer.masksub.family == "mlm"
+    seen = []
+    trainer.compute_metrics = lambda prediction: seen.append(prediction) or {}
+    metrics = trainer.evaluate()
+    model.eval()
+    want = [trainer.masksub({key: value[i : i + 3] for key, value in batch.items()}) for i in (0, 3)]
+    assert len(seen) == 1 and len(seen[0].predictions) == 3
+    for got, key in zip(seen[0].predictions, ("loss_main", "correct", "count")):
+        torch.testing.assert_close(torch.as_tensor(got), torch.stack([w[key] for w in want]), msg=key)
+    assert metrics["eval_loss"] == pytest.approx(float(sum(w["loss"] for w in want)) / 2, rel=1e-5)
+
+
+def test_a_model_whose_masksub_owns_parameters_is_refused(tmp_path):
+    # helper-119: a timm Swin's mask token lives in the MaskSub wrapper, which the Trainer's optimizer never sees
+    from _models import tiny_swin as timm_swin
+
+    with pytest.raises(ValueError, match="swin family owns parameters that the Trainer would not train"):
+        MaskSubTrainer(model=timm_swin(), args=_args(tmp_path), train_dataset=_data(4, 0, size=64))

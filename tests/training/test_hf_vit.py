@@ -293,3 +293,32 @@ def test_model_kwargs_labels_unchecked_names_and_unbatched_images():
     ms = MaskSub(tiny_hf("ViTForImageClassification"))
     with pytest.raises(ValueError, match=r"a batch of images \[B, C, H, W\]; got a 3-d tensor of shape \(3, 32, 32\)"):
         ms(_images()[0], torch.tensor([1]))
+
+
+def test_the_size_check_reads_a_vision_config_and_converts_the_convolutions_error():
+    # helper-119's mutants: tiny_hf sets image_size on a CLIPConfig itself too, so reading the vision config's was
+    # untested; images smaller than a patch (the patch convolution's RuntimeError) went unconverted
+    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=8,
+                  patch_size=8)  # fmt: skip
+    clip = transformers.CLIPForImageClassification(transformers.CLIPConfig(vision_config=vision, num_labels=5))
+    assert getattr(clip.config, "image_size", None) is None
+    with pytest.raises(ValueError, match="0 of 1 tokens: at least one must be kept"):
+        MaskSub(clip)  # 8 px, 1 patch: keeps none
+    with pytest.raises(ValueError, match="ViTForImageClassification refuses 4 x 4 images: Calculated padded input"):
+        MaskSub(tiny_hf("ViTForImageClassification")).check_input_size(4)  # smaller than the 8 px patch
+
+
+def test_a_classifier_holding_two_vit_embeddings_is_not_cut():
+    # helper-119's mutant (the first of several embeddings taken) passed: which one the sub-branch should cut is
+    # unknown, so such a model gets the warned pixel-grid fallback, as any other transformers classifier
+    from masksub_kernels.training.hf_vit import is_hf_vit
+
+    class TwoTowers(transformers.ViTForImageClassification):
+        def __init__(self, config):
+            super().__init__(config)
+            self.other = transformers.ViTModel(config)
+
+    model = TwoTowers(tiny_hf("ViTForImageClassification").config)
+    assert not is_hf_vit(model)
+    with pytest.raises(ValueError, match="family='vit' needs a model with"):
+        MaskSub(model, family="vit")

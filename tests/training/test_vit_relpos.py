@@ -224,3 +224,12 @@ def test_dropsub_leaves_the_bias_mlp_dropout_alone():
         else:
             assert p == 0.4, name
     assert any("rel_pos" in name and p > 0 for name, p in inside.items())  # the MLP's own 0.125 kept
+
+
+def test_the_sub_branch_runs_beits_position_dropout_before_the_selection():
+    # helper-119's mutant (Beit's pos_drop left out of the sub-branch's embedding) passed: the tests run it at p = 0
+    model = _model("beit_abs_token")
+    seen = []
+    model.pos_drop.register_forward_hook(lambda module, args, output: seen.append(tuple(args[0].shape)))
+    MaskSub(model).sub_logits(_batch()[0], seed=1)
+    assert seen == [(3, 17, 32)]  # every token (the class token and 16 patches), then 8 patches kept
