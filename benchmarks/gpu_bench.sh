@@ -33,7 +33,7 @@
 #   profile        20  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
 #                      fused-linear loss (the chunk matmuls' cuBLAS kernels and times: the assumed 70% efficiency
 #                      calibrated; the loss kernels per chunk; wall against device time: host-bound or not)
-#   ncu            30  Nsight Compute on the fused-linear op's kernels (benchmarks/gpu_ncu.py: one 384-row chunk of
+#   ncu            40  Nsight Compute on the fused-linear op's kernels (benchmarks/gpu_ncu.py: one 384-row chunk of
 #                      the gradients-in-forward path, the recompute op on 16384 rows; cuBLAS's and the Triton
 #                      kernels only), raw metrics in base units as CSV lines into bench.log between '== ncu_csv'
 #                      markers (DRAM throughput and bytes, L2 hit rate, occupancy, warp stall reasons,
@@ -41,13 +41,13 @@
 #                      Kernels compiled by the suite before (the Triton cache); one ncu run (its tables print at
 #                      the end: a cap kill loses them), ~11 kernels replayed ~30 times each, 12-25 s estimated.
 #                      Skipped where ncu is missing; says so where the performance counters are locked
-#   numerics       30  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
+#   numerics       20  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
 #                      where the branches agree, the Triton path compiled (on the CPU: the interpreter's truncating
 #                      bf16), against the bf16-logit composites; M = 128, without torch.compile
 #   train          38  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each, no host-time pass;
 #                      30 s on the H200 with the process's start, 2026-11-30)
 #   loss           55  ImageNet, BERT-like and LLM-like rows x classes (41 s on the H200)
-#   token_select   45  3 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, timm and
+#   token_select   45  4 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, timm and
 #                      torch.compile(official), whose Inductor compilation is most of the time (41 s on the H200)
 #   grid_mask      27  images (fp32, bf16) and Swin tokens, same providers: three Inductor compilations; stopped by
 #                      a 55 s cap before the Swin compile(official) rows on the H200 (2026-11-30): the last rows,

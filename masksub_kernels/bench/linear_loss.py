@@ -235,7 +235,7 @@ class _Shape:
         self.element = element = torch.tensor([], dtype=dtype).element_size()
         matmul = 2 * rows * depth * classes
         self.flops = {"forward": 2 * matmul, "backward": 4 * matmul, "full": 6 * matmul}
-        self.inputs_bytes = (2 * rows + classes + 1) * depth * element + rows * 8
+        self.inputs_bytes = (2 * rows + classes) * depth * element + classes * element + rows * 8  # h, hs, W, b, ids
         self.nbytes = {"forward": self.inputs_bytes, "backward": 2 * self.inputs_bytes, "full": 2 * self.inputs_bytes}
         model = modelled_extra_mb(rows, depth, classes, element)
         self.notes = {"modelled_extra_mb_fused": model["fused"], "modelled_extra_mb_composite": model["composite"]}
@@ -277,6 +277,8 @@ class _Shape:
             case.notes = {**notes, "forward_computes_gradients": True}
             if ":" in provider:  # the chunk sweep: 'full' only (its forward is most of it; device time)
                 case.modes = ("full",)
+        if provider.startswith("liger"):  # half the composite's work: no speed-up against it (report.py)
+            case.notes = {**case.notes, "one_branch": True}
         if modes is not None:
             case.modes = modes
             case.flops = {mode: case.flops[mode] for mode in modes}

@@ -130,8 +130,9 @@ def markdown_table(run: dict) -> str:
             speedup = baseline["median_ms"] / r["median_ms"] if baseline else None
             if mode == "forward" and r.get("forward_computes_gradients"):
                 speedup = None  # its forward computes the gradients too: not comparable with a plain forward
-            if r.get("labels_differ"):
-                speedup = None  # other inputs than the baseline's (e.g. the fused-linear suite's MLM-like labels)
+            if r.get("labels_differ") or r.get("one_branch"):
+                speedup = None  # other inputs than the baseline's (the fused-linear suite's MLM-like labels), or
+                # half its work (Liger's main-branch CE against the two-branch composite)
             fraction, design = r.get("fraction_of_copy"), r.get("fraction_of_copy_design")
             lines.append(
                 f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | {_fmt(r['median_ms'])} "

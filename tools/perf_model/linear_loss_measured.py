@@ -43,9 +43,16 @@ KERNELS = ("_loss_fwd_kernel", "_loss_bwd_kernel")  # forward, backward
 
 
 def card_runs(card: Card, folder: Path = RESULTS) -> list[tuple[str, Path]]:
-    """(date, path) of the committed GPU runs of exactly this card, oldest first."""
-    pattern = re.compile(rf"GPU-NVIDIA-{re.escape(card.name)}-(\d{{4}}-\d{{2}}-\d{{2}})\.json")
-    runs = [(m.group(1), p) for p in folder.glob("GPU-NVIDIA-*.json") if (m := pattern.fullmatch(p.name))]
+    """(date, path) of the committed GPU runs of exactly this card, oldest first: files named after the device
+    (masksub_kernels.bench: GPU-NVIDIA-H200-<date>.json, GPU-NVIDIA-H100-80GB-HBM3-<date>.json)."""
+    from .hardware import card_for_device
+
+    pattern = re.compile(r"GPU-NVIDIA-(.+)-(\d{4}-\d{2}-\d{2})\.json")
+    runs = [
+        (m.group(2), p)
+        for p in folder.glob("GPU-NVIDIA-*.json")
+        if (m := pattern.fullmatch(p.name)) and card_for_device(m.group(1).replace("-", " ")) is card
+    ]
     return sorted(runs)
 
 

@@ -1,0 +1,247 @@
+"""More checks of the prepared GPU run's harness and its consumers (helper-122's review).
+
+The GPU run (benchmarks/gpu_bench.sh, benchmarks/gpu_check.sh) gets one try: these tests build, on the CPU, what a
+GPU run would time and write, and hand it to the tools that read it afterwards (tools/perf_model). The tests marked
+xfail(strict=True) demonstrate a finding of the review (its number in the reason); they pass once it is fixed.
+"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from masksub_kernels.bench import grid_mask, linear_loss, loss, report, token_select
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "benchmarks" / "results" / "model-sm90.json"
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture
+def gpu_cases(monkeypatch):
+    """The cases a GPU run would time (closures only: nothing runs), with both kernel backends available."""
+    monkeypatch.setattr(token_select.mk, "available_backends", lambda: ["torch", "triton", "cuda"])
+    monkeypatch.setattr(linear_loss, "liger_provider", lambda: None)  # Liger is not on this machine
+    monkeypatch.setattr(loss, "liger_provider", lambda: None)
+    return {module.__name__.rsplit(".", 1)[-1]: module.cases(CUDA) for module in (linear_loss, loss, token_select,
+                                                                                  grid_mask)}  # fmt: skip
+
+
+def fake_records(cases) -> list[dict]:
+    return [
+        {"suite": c.suite, "shape": c.shape, "dtype": c.dtype, "provider": c.provider, "mode": mode,
+         "median_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0, **c.notes}
+        for c in cases
+        for mode in c.modes
+    ]  # fmt: skip
+
+
+def test_every_modelled_gpu_case_gets_its_committed_prediction(gpu_cases):
+    # the benchmark's shape labels, dtypes and provider names are the keys of the model file's predictions: a label
+    # renamed on either side would leave the GPU run without its model column and tools.perf_model.measured without
+    # its calibration, silently
+    records = fake_records([case for cases in gpu_cases.values() for case in cases])
+    run = {"records": records, "environment": {"device": "GPU: NVIDIA H200"}}
+    report.attach_predictions(run, MODEL)
+    model = json.loads(MODEL.read_text())
+    modelled = {(r["suite"], r["shape"], r["dtype"], r["mode"], r.get("provider", "masksub[triton]"))
+                for r in model["records"] if r["variant"] in report.MODEL_VARIANTS}  # fmt: skip
+    measured = {(r["suite"], r["shape"], r["dtype"], r["mode"], r["provider"]) for r in records}
+    assert modelled <= measured, sorted(modelled - measured)[:5]  # every modelled case is timed by the GPU run
+    with_prediction = {(r["suite"], r["provider"], r["mode"]) for r in records if "predicted_ms" in r}
+    for suite in ("loss", "token_select", "grid_mask"):
+        for provider in ("masksub[triton]", "masksub[cuda]"):
+            assert (suite, provider, "full" if suite != "grid_mask" else "forward") in with_prediction
+    fused = {r["provider"] for r in records if r["suite"] == "linear_loss" and "predicted_ms" in r}
+    assert {"masksub[triton]", "official", "compile(official)", "masksub[triton]:R=192"} <= fused
+    assert all(r["mode"] == "full" for r in records if r["suite"] == "linear_loss" and "predicted_ms" in r)
+
+
+def test_the_consumers_read_a_gpu_runs_file(gpu_cases, tmp_path, capsys):
+    # the JSON the benchmark writes (report.write), as tools.perf_model.measured and linear_loss_measured read it
+    from tools.perf_model import linear_loss_measured, measured
+    from tools.perf_model.hardware import H200
+
+    records = fake_records([case for cases in gpu_cases.values() for case in cases])
+    for r in records:
+        r["host_ms"], r["host_bound"] = 0.01, False
+    run = {"date": "2030-01-02", "environment": {"device": "GPU: NVIDIA H200", "torch": "2.11"}, "copy_gbps": 4224.0,
+           "repeats": 30, "warmup": 5, "records": records}  # fmt: skip
+    stem = "GPU-NVIDIA-H200-2030-01-02"
+    report.write(run, tmp_path, stem, json_only=True)  # the records carry no prediction: a suite cut by its cap
+    path = tmp_path / f"{stem}.json"
+    assert measured.newest_gpu_results(tmp_path) == path
+    assert measured.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "predictions attached afterwards from model-sm90.json" in out
+    assert "| linear_loss | full | compile(official) | 1 |" in out
+    assert linear_loss_measured.card_runs(H200, tmp_path) == [("2030-01-02", path)]
+    composites = linear_loss_measured._composites(json.loads(path.read_text()), "BERT-base MLM M=16384 D=768 C=30522")
+    assert composites["compile(official)"] == 1.0 and composites["official"] == 1.0
+
+
+def test_an_h100_runs_file_is_found_for_the_h100_card(tmp_path):
+    from tools.perf_model.hardware import H100, card_for_device
+    from tools.perf_model.linear_loss_measured import card_runs
+
+    label = "GPU: NVIDIA H100 80GB HBM3"  # torch.cuda.get_device_name on an H100 SXM, as cli names the files
+    assert card_for_device(label) is H100
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{label}-2030-01-02").strip("-")  # cli.main's stem
+    assert stem == "GPU-NVIDIA-H100-80GB-HBM3-2030-01-02"
+    (tmp_path / f"{stem}.json").write_text("{}")
+    assert card_runs(H100, tmp_path) == [("2030-01-02", tmp_path / f"{stem}.json")]
+
+
+def liger_case():
+    shape = linear_loss._Shape(torch.device("cpu"), "BERT", 64, 8, 30, torch.bfloat16)
+    return shape.case("liger(main CE only)", lambda *a: None, None, shape.notes)
+
+
+def test_a_one_branch_reference_gets_no_speed_up_against_the_two_branch_composite():
+    shape = "BERT-base MLM M=16384 D=768 C=30522"
+    common = {"suite": "linear_loss", "shape": shape, "dtype": "bfloat16", "mode": "full", "p20_ms": 1, "p80_ms": 1}
+    run = {"environment": {"device": "GPU: X", "torch": "-"}, "date": "-", "copy_gbps": 1.0, "records": [
+        {**common, "provider": "official", "median_ms": 37.8},
+        {**common, "provider": "liger(main CE only)", "median_ms": 15.0, "forward_computes_gradients": True,
+         **liger_case().notes},
+    ]}  # fmt: skip
+    (row,) = [line for line in report.markdown_table(run).splitlines() if "| liger(main CE only) |" in line]
+    assert "2.52x" not in row  # 37.8 / 15.0: the official composite does both branches, Liger's row one
+
+
+def test_fused_linear_minimal_bytes_count_each_input_once():
+    rows, depth, classes = 16384, 768, 30522
+    shape = linear_loss._Shape(torch.device("cpu"), "BERT", rows, depth, classes, torch.bfloat16)
+    # h, h_s [M, D], W [C, D], b [C] in bf16, class ids [M] in int64
+    assert shape.inputs_bytes == (2 * rows * depth + classes * depth + classes) * 2 + rows * 8
+
+
+def test_hand_counted_bytes_and_flops_of_the_headline_cases():
+    # one shape per suite, counted by hand: the GB/s, % of copy and TFLOP/s of the GPU tables rest on these
+    (select,) = [
+        c for c in token_select.cases(CUDA) if c.shape == "ViT-B B=256 N=1024 D=768" and c.provider == "official"
+    ]
+    kept, every = 256 * (1 + 512), 256 * (1 + 1024)  # the class token and half the patches; every token
+    assert select.bytes == {"forward": 2 * kept * 768 * 2, "backward": (kept + every) * 768 * 2,
+                            "full": (3 * kept + every) * 768 * 2}  # fmt: skip
+    (ce,) = [c for c in loss.cases(CUDA) if c.shape == "BERT-like M=16384 C=30522" and c.provider == "official"]
+    logits = 16384 * 30522 * 2
+    assert ce.bytes == {"forward": 2 * logits, "backward": 4 * logits, "full": 4 * logits}
+    shape = linear_loss._Shape(torch.device("cpu"), "BERT", 16384, 768, 30522, torch.bfloat16)
+    assert shape.flops["full"] == 6 * 2 * 16384 * 768 * 30522 == 4_608_667_680_768
+    # 13.134 ms, torch.compile's full median on the H200 (2026-11-30): 351 TFLOP/s of useful flops
+    assert shape.flops["full"] / 13.134e-3 / 1e12 == pytest.approx(350.9, abs=0.1)
+
+
+@pytest.mark.xfail(strict=True, reason="finding 3: the grid_mask step (27 s) times the baselines before the kernels")
+def test_the_capped_grid_mask_suite_times_this_librarys_kernels_first(gpu_cases):
+    # the suite runs last under a 27 s cap that ends it about the fp32 images' rows (gpu_bench.sh): the official
+    # and compile(official) rows were measured on 2026-11-30, the changed kernels' rows of bf16 images and Swin
+    # tokens were not. A capped suite keeps the cases it finished: the library's come first
+    providers = [case.provider for case in gpu_cases["grid_mask"]]
+    last_kernel = max(i for i, p in enumerate(providers) if p.startswith("masksub["))
+    first_baseline = min(i for i, p in enumerate(providers) if not p.startswith("masksub["))
+    assert last_kernel < first_baseline, providers
+
+
+@pytest.mark.xfail(strict=True, reason="finding 5: the plot of a GPU run is a ~10000-12000 x 495 pixel strip")
+def test_the_plot_of_a_whole_gpu_run_stays_readable(gpu_cases, tmp_path):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    records = fake_records([case for cases in gpu_cases.values() for case in cases])
+    run = {"records": records, "environment": {"device": "GPU: NVIDIA H200"}, "date": "2030-01-02"}
+    assert report.plot(run, tmp_path / "plot.png")
+    width, height = Image.open(tmp_path / "plot.png").size
+    assert width <= 4000 and width / height <= 4, (width, height)
+
+
+def caps(script: str) -> dict[str, int]:
+    """step name -> cap of the script's dry run."""
+    env = {"DRY_RUN": "1", "PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(["bash", script, "/tmp/unused"], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    named = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if parts and parts[0] in ("step", "step_bg"):
+            command = " ".join(parts[3:])
+            name = next((s for s in ("gpu_profile", "ncu_linear", "linear_loss_numerics", "write_env",
+                                     "build_if_missing") if s in command), None)  # fmt: skip
+            suite = re.search(r"--suites (\w+)", command)
+            named[suite.group(1) if suite else name] = int(parts[2])
+    return named
+
+
+def test_gpu_bench_documents_the_caps_it_runs():
+    source = (ROOT / "benchmarks/gpu_bench.sh").read_text()
+    documented = {m.group(1): int(m.group(2)) for m in re.finditer(r"^#   (\w+) +(\d+) ", source, re.M)}
+    actual = caps("benchmarks/gpu_bench.sh")
+    names = {"env": "write_env", "build": "build_if_missing", "profile": "gpu_profile", "ncu": "ncu_linear",
+             "numerics": "linear_loss_numerics"}  # fmt: skip
+    assert {names.get(k, k): v for k, v in documented.items()} == actual
+
+
+def test_the_sanitizers_selections_match_the_tests_they_name():
+    # gpu_check.sh's -k expressions: a renamed test or parameter id would drop out of memcheck / racecheck silently
+    source = (ROOT / "benchmarks/gpu_check.sh").read_text()
+
+    def expression(name: str) -> str:
+        text = re.search(rf"^{name}='(.*?)'", source, re.M | re.S).group(1)
+        return " ".join(text.split())
+
+    def collected(*args: str) -> list[str]:
+        command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", *args]
+        out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        return [line for line in out.stdout.splitlines() if "::" in line]
+
+    files = re.search(r"^MEMCHECK_FILES=\((.*?)\)", source, re.M | re.S).group(1).split()
+    memcheck = collected(*files, "-k", expression("MEMCHECK_K"))
+    assert len(memcheck) > 100 and not any("refus" in t or "past_two_to_the_32" in t for t in memcheck)
+    assert {t.split("::")[0] for t in memcheck} == set(files)  # every kernel file has cases under memcheck
+    racecheck = collected("tests/cuda_extension", "-k", expression("RACECHECK_K"))
+    for term in ("4-10-5", "3-257-100", "1-8192-4096", "test_grid_cell_mask_matches_reference",
+                 "test_mask_token_grad_adds_every_token", "test_mask_token_grad_narrow_rows", "16-24-40-8", "5-3",
+                 "7-1000", "test_masksub_loss_single_terms"):  # fmt: skip
+        assert any(term in t for t in racecheck), term
+
+
+# ncu's raw page as `ncu --csv --page raw --print-units base` prints it: the fixed columns first, a units row whose
+# fixed columns are empty, then a row per kernel (ncu's ==PROF== lines and the workload's own lines around them)
+NCU_RAW = """== ncu_csv begin --section SpeedOfLight --section WarpStateStats
+==PROF== Connected to process 4242 (/usr/bin/python3.12)
+gpu_ncu:   11.0 s: profiled: gradients in the forward, one chunk: M=384 D=768 C=30522
+==PROF== Profiling "_loss_fwd_kernel" - 0: 0%....50%....100% - 9 passes
+==PROF== Disconnected from process 4242
+"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC",\
+"dram__bytes_read.sum","dram__bytes_write.sum","gpu__time_duration.sum","launch__registers_per_thread",\
+"smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio"
+"","","","","","","","","","","","byte","byte","nsecond","register/thread","ratio"
+"0","4242","python3.12","127.0.0.1","_loss_fwd_kernel","1","7","(256, 1, 1)","(768, 1, 1)","0","9.0",\
+"93,780,480","1,024","44,160","40","6.52"
+"1","4242","python3.12","127.0.0.1","nvjet_sm90_tst_256x128_64x4_2x1_v_bz_coopB_NNT","1","7","(384, 1, 1)",\
+"(132, 1, 1)","0","9.0","50,000,000","94,000,000","120,000","168","1.10"
+== ncu_csv end rc=0
+"""
+
+
+def test_ncu_raw_page_round_trip(tmp_path, monkeypatch, capsys):
+    from tools.perf_model import ncu
+
+    (block,) = ncu.tables(NCU_RAW)
+    fwd, gemm = (ncu.summary(row) for row in block)
+    assert (fwd["kernel"], fwd["grid"], fwd["block"], fwd["registers"]) == ("_loss_fwd_kernel", "(768, 1, 1)",
+                                                                           "(256, 1, 1)", 40)  # fmt: skip
+    assert fwd["duration_us"] == pytest.approx(44.16) and fwd["dram_read"] == pytest.approx(93.78048)
+    assert fwd["stalls"] == [("long_scoreboard", 6.52)] and ncu.short(gemm["kernel"]).startswith("nvjet_sm90")
+    log = tmp_path / "bench.log"
+    log.write_text(NCU_RAW)
+    predicted = {"_loss_fwd_kernel": {"kernel_us": 21.8, "bytes": 93780480}}
+    monkeypatch.setattr(ncu, "predicted_loss_kernels", lambda card: predicted)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the model's columns (tests/conftest.py sets it on the CPU)
+    assert ncu.main([str(log)]) == 0
+    table = capsys.readouterr().out
+    assert "| _loss_fwd_kernel | (768, 1, 1) | (256, 1, 1) | 44.16 |" in table and "| 21.8 | 93.8 |" in table
