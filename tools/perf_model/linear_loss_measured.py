@@ -44,15 +44,11 @@ KERNELS = ("_loss_fwd_kernel", "_loss_bwd_kernel")  # forward, backward
 
 def card_runs(card: Card, folder: Path = RESULTS) -> list[tuple[str, Path]]:
     """(date, path) of the committed GPU runs of exactly this card, oldest first: files named after the device
-    (masksub_kernels.bench: GPU-NVIDIA-H200-<date>.json, GPU-NVIDIA-H100-80GB-HBM3-<date>.json)."""
-    from .hardware import card_for_device
-
-    pattern = re.compile(r"GPU-NVIDIA-(.+)-(\d{4}-\d{2}-\d{2})\.json")
-    runs = [
-        (m.group(2), p)
-        for p in folder.glob("GPU-NVIDIA-*.json")
-        if (m := pattern.fullmatch(p.name)) and card_for_device(m.group(1).replace("-", " ")) is card
-    ]
+    (masksub_kernels.bench), the card's name with at most its memory size and type after it (GPU-NVIDIA-H200-<date>,
+    GPU-NVIDIA-H100-80GB-HBM3-<date>; not another product of the name, e.g. GPU-NVIDIA-H200-NVL-<date>)."""
+    name = re.escape(card.name)
+    pattern = re.compile(rf"GPU-NVIDIA-{name}(?:-\d+GB)?(?:-HBM\w+)?-(\d{{4}}-\d{{2}}-\d{{2}})\.json")
+    runs = [(m.group(1), p) for p in folder.glob("GPU-NVIDIA-*.json") if (m := pattern.fullmatch(p.name))]
     return sorted(runs)
 
 
