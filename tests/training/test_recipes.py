@@ -45,7 +45,7 @@ def _smoke(tmp_path, name: str, *extra: str) -> tuple[list, dict]:
     assert main(["--config", _recipe(name), *SHRINK[name], *TWO_STEPS, "--output", out, *extra]) == 0
     with open(os.path.join(out, "log.json")) as f:
         rows = json.load(f)["epochs"]
-    ckpt = torch.load(os.path.join(out, "last.pth"), weights_only=False)
+    ckpt = torch.load(os.path.join(out, "last.pth"), weights_only=False, map_location="cpu")  # trained on a GPU too
     assert ckpt["num_updates"] == 2 and ckpt["args"]["config"] == _recipe(name)
     row = rows[-1]
     assert math.isfinite(row["loss"]) and math.isfinite(row["loss_main"]) and math.isfinite(row["loss_sub"])
@@ -230,7 +230,7 @@ def test_per_token_head_is_ft_clips(tmp_path):
 
     src = _openai_clip_checkpoint(tmp_path / "clip.pt")
     argv = ["--config", _recipe("clip_finetune"), *SHRINK["clip_finetune"], "--output", "unused",
-            "--initial-checkpoint", str(tmp_path / "clip.pt"), "--mask-ratio", "0.0"]  # fmt: skip
+            "--initial-checkpoint", str(tmp_path / "clip.pt"), "--mask-ratio", "0.0", "--device", "cpu"]  # fmt: skip
     args = parse_args_with_config(build_parser(), argv)
     check_args(args)
     s = setup(args)
@@ -268,9 +268,11 @@ def test_per_token_head_is_ft_clips(tmp_path):
 
 
 def test_resume_with_ema_is_exact(tmp_path):
+    # bitwise on the CPU (on an H200 the resumed run differed from the uninterrupted one, 2026-12-04: open)
     tiny = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=16",
             "depth=1", "num_heads=2", "--img-size", "16", "--batch-size", "64", "--limit-batches", "2",
-            "--warmup-epochs", "0", "--no-progress", "--model-ema", "--model-ema-decay", "0.5"]  # fmt: skip
+            "--warmup-epochs", "0", "--no-progress", "--model-ema", "--model-ema-decay", "0.5",
+            "--device", "cpu"]  # fmt: skip
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
     assert main([*tiny, "--epochs", "2", "--keep-epoch-checkpoints", "--output", full]) == 0
     assert main([*tiny, "--epochs", "2", "--resume", f"{full}/epoch-1.pth", "--output", resumed]) == 0
