@@ -35,6 +35,24 @@ def test_recipe_loads_with_known_keys_and_cites_each_value(path):
     assert not uncited, uncited
 
 
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_recipe_values_are_the_numbers_their_sources_give(path):
+    # a value whose comment cites the source's own option (`A: --lr 3e-3`, Swin's `C: TRAIN.EPOCHS 300`) is that
+    # number: an edited value, or a source misread, shows here (helper-120; a derived value such as MAE's lr is not)
+    import re
+
+    values = load_config(path, build_parser())
+    cited = []
+    with open(path) as f:
+        for line in f:
+            option, _, comment = line.partition("#")
+            key = option.partition(":")[0].strip().replace("-", "_")
+            for flag, number in re.findall(r"(?:--|[A-Z]+\.)([a-zA-Z][\w-]*)[ =]([-+]?\d[\d.e+-]*)", comment):
+                if key in values and flag.lower().replace("-", "_") == key:
+                    cited.append((key, values[key], float(number)))
+    assert len(cited) >= 8 and all(float(value) == number for _, value, number in cited), cited
+
+
 def test_command_line_overrides_the_file(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("lr: 0.5\nweight_decay: 0.01\nmodel-kwargs: {img_size: 16, depths: [1, 1]}\namp: true\n")
@@ -61,6 +79,7 @@ def test_command_line_turns_off_the_files_flags(tmp_path):
         ("lrr: 0.1\n", "unknown key 'lrr' (did you mean 'lr'?); valid keys: aa, amp, amp-dtype"),
         ("lr: fast\n", "'lr' (--lr) must be a number, got 'fast'"),
         ("epochs: 2.5\n", "'epochs' (--epochs) must be an integer, got 2.5"),
+        ("epochs: true\n", "'epochs' (--epochs) must be an integer, got True"),  # a bool is no number
         ("amp: 1\n", "'amp' (--amp) is a flag: true or false, got 1"),
         ("loss: mse\n", "'loss' (--loss) must be one of ce, bce, got 'mse'"),
         ("lr: null\n", "'lr' (--lr) cannot be null"),

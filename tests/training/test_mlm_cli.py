@@ -94,7 +94,9 @@ def test_masksub_run_logs_and_checkpoint(corpus, tokenizer, tmp_path):
     for row in rows:
         for key in ("loss", "loss_main", "loss_sub", "val_loss", "val_acc"):
             assert row[key] == row[key] and abs(row[key]) < 1e3, (key, row)
-    assert log["meta"]["vocab_size"] <= 120
+    assert log["meta"]["vocab_size"] <= 120 and log["meta"]["val_blocks"] == 8  # --eval-blocks
+    # the rate each round's last step used: warm-up of 1 step, then linear decay to 0 at step 4 (helper-120)
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-3 / 3])
     state = torch.load(os.path.join(out, "last.pth"), weights_only=False)
     from transformers import BertConfig, BertForMaskedLM
 
@@ -145,6 +147,9 @@ def test_resume_continues_exactly(corpus, tokenizer, tmp_path):
         (["--chunk-rows", "0"], "--chunk-rows must be in [1, 2^31)"),
         (["--dropout", "1.0"], "--dropout must be in [0, 1), got 1.0"),
         (["--steps", "0"], "--steps must be >= 1"),
+        (["--vocab-size", "63"], "--vocab-size must be >= 64"),
+        (["--warmup-steps", "-1"], "--warmup-steps must be a finite number >= 0, got -1"),
+        (["--eval-blocks", "-1"], "--eval-blocks must be a finite number >= 0, got -1"),
         (["--lr", "-1"], "--lr must be a finite number > 0"),
         (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
         (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0, got nan"),  # NaN losses before
@@ -187,6 +192,18 @@ def test_errors_on_files(corpus, tokenizer, tmp_path, capsys):
     assert "nothing left to train" in capsys.readouterr().err
     assert main([*resume, "--steps", "2", "--eval-every", "1", "--clip-grad", "0.5"]) == 2
     assert "--clip-grad 1.0 -> 0.5" in capsys.readouterr().err
+    assert main([*resume, "--mask-ratio", "0.2", "--sub-fill", "mask", "--mlm-probability", "0.1"]) == 2
+    assert (
+        "--mask-ratio 0.25 -> 0.2; --sub-fill 'drop' -> 'mask'; --mlm-probability 0.15 -> 0.1"
+        in capsys.readouterr().err
+    )
+    with open(tokenizer) as f:  # another vocabulary (the same tokens, two ids swapped)
+        spec = json.load(f)
+    ids = spec["model"]["vocab"]
+    ids["[PAD]"], ids["[UNK]"] = ids["[UNK]"], ids["[PAD]"]
+    (tmp_path / "other.json").write_text(json.dumps(spec))
+    assert main([*resume, "--tokenizer", str(tmp_path / "other.json")]) == 2
+    assert "continues another run: the vocabulary (tokenizer.json differs)" in capsys.readouterr().err
     # another --steps: taken, with a note; without --output the run continues in the checkpoint's directory
     assert main([*resume, "--steps", "2", "--eval-every", "1"]) == 0
     assert "note: resuming with --steps 1 -> 2: the learning rate follows the new schedule" in capsys.readouterr().err
@@ -202,6 +219,21 @@ def test_errors_on_files(corpus, tokenizer, tmp_path, capsys):
     assert "is a file, not a directory" in capsys.readouterr().err
     assert main(["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", out]) == 2  # out: a run
     assert "holds another run (last.pth)" in capsys.readouterr().err
+
+
+def test_the_held_out_corruption_is_the_same_for_every_seed(corpus, tokenizer):
+    # runs of other seeds are compared on the same held-out masks (EVAL_SEED), --eval-blocks of them (helper-120)
+    from masksub_kernels.training import mlm_cli
+
+    held_out = []
+    for seed in ("0", "1"):
+        args = mlm_cli.build_parser().parse_args(
+            ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--seed", seed]
+        )
+        held_out.append(mlm_cli._corpus(args, 0, 1, torch.device("cpu"), tokenizer, False)[2])
+    assert held_out[0]["input_ids"].shape[0] == 8
+    for key in ("input_ids", "labels"):
+        assert torch.equal(held_out[0][key], held_out[1][key]), key
 
 
 def test_a_nan_loss_does_not_make_the_rounds_counts_nan(corpus, tokenizer, tmp_path, monkeypatch):
@@ -229,7 +261,7 @@ def test_micro_batches_that_predict_nothing_are_not_averaged_into_the_logged_los
         return batch
 
     def step(batch, *_):
-        loss = torch.tensor(0.0 if (batch["labels"] == -100).all() else 2.0)
+        loss = torch.tensor(0.0 if (batch["labels"] == -100).all() else 2.0, device=batch["labels"].device)
         return {"loss": loss, "loss_main": loss, "loss_sub": loss}
 
     monkeypatch.setattr(mlm_cli, "_train_batch", first_predicts_nothing)
@@ -403,8 +435,8 @@ def test_bad_text_and_backends_are_usage_errors_before_training(corpus, tokenize
     monkeypatch.delenv("MASKSUB_BACKEND")
     out = tmp_path / "ok"
     assert main(["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(out), "--steps", "1",
-                 "--eval-every", "1"]) == 0  # fmt: skip
-    assert _log(out)["meta"]["backend"] == "torch"
+                 "--eval-every", "1", "--device", "cpu"]) == 0  # fmt: skip
+    assert _log(out)["meta"]["backend"] == "torch"  # auto on CPU tensors
 
 
 def test_the_model_pads_with_the_tokenizers_pad_id(corpus, tokenizer, tmp_path, monkeypatch):

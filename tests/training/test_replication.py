@@ -48,3 +48,18 @@ def test_one_seed_has_no_spread(tmp_path, capsys):
     assert "± n/a (1 seed)" in (tmp_path / "out" / "table.md").read_text()
     assert "± 0.0" not in (tmp_path / "out" / "table.md").read_text()
     assert replication.main(["--help"]) == 0 and "RUNS_DIR OUT_DIR" in capsys.readouterr().out
+
+
+def test_summary_numbers_per_seed_in_seed_order(tmp_path, capsys):
+    # helper-120: the best accuracy, final loss, wall time, throughput and curve, and seeds 2 < 10 (not "10" < "2")
+    for seed, top1 in ((10, (70.0, 90.0, 85.0)), (2, (60.0, 80.0, 75.0))):
+        rows = [{"epoch": e + 1, "loss_main": 3.0 - e + seed, "top1": top1[e], "val_loss": 1.0,
+                 "images_per_s": 10.0 * e, "wall_time_s": seed + e} for e in range(3)]  # fmt: skip
+        run = tmp_path / f"baseline-seed{seed}"
+        run.mkdir()
+        (run / "log.json").write_text(json.dumps({"meta": {"command": "c"}, "epochs": rows}))
+    s = replication.summarise(replication.load_runs(str(tmp_path)))["baseline"]
+    assert s["seeds"] == [2, 10] and s["final_top1"] == [75.0, 85.0] and s["final_epoch"] == 3
+    assert s["best_top1_mean"] == 85.0 and s["final_loss_main_mean"] == 7.0 and s["wall_time_s_mean"] == 8.0
+    assert s["images_per_s_mean"] == 10.0 and s["mean_loss_main_curve"] == [9.0, 8.0, 7.0]
+    assert replication.main([str(tmp_path)]) == 2 and "RUNS_DIR OUT_DIR" in capsys.readouterr().err

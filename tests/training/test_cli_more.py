@@ -1,0 +1,373 @@
+"""The training commands' options reach what they configure (helper-120's mutation sweep of the command-line layer):
+per-epoch seeding, the loader, clipping and accumulation, the EMA's metrics, the logged lr and wall time, exact resume
+with accumulation, Mixup and the schedule's options, the options' bounds, the samplers, the log files, the MLM
+command's model, optimizer, schedule, step options and evaluation, and the entry points' exit statuses."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn", reason="the default dataset (digits) comes from scikit-learn")
+
+from masksub_kernels.train import build_parser, main
+from masksub_kernels.training import data as data_mod
+from masksub_kernels.training import engine
+
+TINY_VIT = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=16",
+            "depth=1", "num_heads=2", "--img-size", "16", "--no-progress"]  # fmt: skip
+
+
+def _rows(out) -> list[dict]:
+    with open(os.path.join(out, "log.json")) as f:
+        return json.load(f)["epochs"]
+
+
+def test_the_run_passes_its_options_to_each_epoch_and_resumes_exactly_with_accumulation(tmp_path, monkeypatch, capsys):
+    from timm.scheduler import create_scheduler_v2
+
+    seeds, loaders, epochs = [], [], []
+    real_seed, real_loader, real_epoch = engine.seed_epoch, data_mod.train_loader, engine.train_one_epoch
+    monkeypatch.setattr(engine, "seed_epoch", lambda *a: seeds.append(a) or real_seed(*a))
+    monkeypatch.setattr(data_mod, "train_loader", lambda *a: loaders.append(a[2:4]) or real_loader(*a))
+    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **k: epochs.append(k) or real_epoch(*a, **k))
+    flags = [*TINY_VIT, "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "32", "--limit-batches", "4",
+             "--grad-accum-steps", "2", "--clip-grad", "0.5", "--model-ema", "--layer-decay", "0.5",
+             "--seed", "3"]  # fmt: skip
+    full = str(tmp_path / "full")
+    assert main([*flags, "--keep-epoch-checkpoints", "--output", full]) == 0
+    assert seeds == [(3, -1, 0), (3, 0, 0), (3, 1, 0)]  # the model's initialisation, then each epoch's
+    assert loaders == [(0, 3), (1, 3)]  # each epoch's order from (epoch, seed)
+    assert [(k["clip_grad"], k["accum_steps"]) for k in epochs] == [(0.5, 2), (0.5, 2)]
+    rows = _rows(full)
+    assert all(r["ema_val_loss"] != r["val_loss"] for r in rows)  # the EMA evaluated, not the model again
+    # the logged lr is the schedule's (the first parameter group holds it x its --layer-decay scale)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=2, warmup_epochs=1, warmup_lr=1e-5,
+                                   min_lr=1e-5, step_on_epochs=False, updates_per_epoch=2)  # fmt: skip
+    sched.step_update(num_updates=2)
+    assert rows[0]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])
+    # resumed: the same schedule (2 updates per epoch of 4 batches), no note; the wall time goes on from the checkpoint
+    resumed = str(tmp_path / "resumed")
+    assert main([*flags, "--resume", f"{full}/epoch-1.pth", "--output", resumed]) == 0
+    assert "note: resuming" not in capsys.readouterr().err
+    with open(os.path.join(resumed, "log.json")) as f:
+        assert json.load(f)["meta"]["resumes"][-1]["changed"] == []
+    got, want = _rows(resumed), rows
+    assert got[0] == want[0] and got[1]["wall_time_s"] - got[0]["wall_time_s"] >= got[1]["epoch_time_s"]
+    a = torch.load(f"{full}/last.pth", weights_only=False)
+    b = torch.load(f"{resumed}/last.pth", weights_only=False)
+    for key in ("module", "ema"):
+        for name, value in a[key].items():
+            assert torch.equal(b[key][name], value), (key, name)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--loss", "bce", "--bce-target-thresh", "0.0"],
+            {"mode": "bce", "target_threshold": 0.0, "label_smoothing": 0.1},
+        ),
+        ([], {"mode": "ce", "target_threshold": None, "label_smoothing": 0.0}),  # smoothed by Mixup instead
+    ],
+)
+def test_the_baseline_takes_masksubs_main_criterion(tmp_path, monkeypatch, flags, expected):
+    import masksub_kernels.training.wrapper as wrapper
+
+    seen = {}
+
+    class Seen(Exception):
+        pass
+
+    def spy(logits, target, **kwargs):
+        seen.update(kwargs)
+        raise Seen
+
+    monkeypatch.setattr(wrapper, "supervised_loss", spy)
+    with pytest.raises(Seen):
+        main([*TINY_VIT, "--epochs", "1", "--batch-size", "64", "--baseline", "--mixup", "0.8", "--smoothing", "0.1",
+              *flags, "--output", str(tmp_path)])  # fmt: skip
+    assert seen == expected
+
+
+def test_setup_passes_mixup_schedule_model_and_sampler_options(tmp_path, monkeypatch):
+    from masksub_kernels.training import augment
+    from masksub_kernels.training.run_setup import setup
+
+    normalisations = []
+    real = augment.build_transforms
+    monkeypatch.setattr(augment, "build_transforms", lambda a, size, m, s, **k: normalisations.append((m, s)) or
+                        real(a, size, m, s, **k))  # fmt: skip
+    argv = [*TINY_VIT, "--mixup", "0.6", "--cutmix", "0.9", "--mixup-prob", "0.7", "--mixup-switch-prob", "0.3",
+            "--epochs", "4", "--warmup-epochs", "2", "--warmup-lr", "2e-6", "--min-lr", "3e-6", "--drop", "0.25",
+            "--global-pool", "avg", "--aug-repeats", "3", "--mean", "0.5", "--std", "0.25",
+            "--output", str(tmp_path)]  # fmt: skip
+    s = setup(build_parser().parse_args(argv))
+    mixup = s.mixup
+    assert (mixup.mixup_alpha, mixup.cutmix_alpha, mixup.mix_prob, mixup.switch_prob) == (0.6, 0.9, 0.7, 0.3)
+    # RepeatAugSampler: 1437 digits -> 1280 samples a process, 20 batches of 64 (not 1437 // 64 = 22)
+    assert s.batches == 20
+    sched = s.scheduler
+    assert (sched.t_initial, sched.warmup_t, sched.warmup_lr_init, sched.lr_min) == (80, 40, 2e-6, 3e-6)
+    assert s.model.head_drop.p == 0.25 and s.model.global_pool == "avg"
+    assert normalisations == [((0.5,), (0.25,))]
+
+
+def test_a_different_seed_initialises_another_model(tmp_path):
+    from masksub_kernels.training.run_setup import setup
+
+    weights = []
+    for seed in ("0", "1", "0"):
+        s = setup(build_parser().parse_args([*TINY_VIT, "--seed", seed, "--output", str(tmp_path)]))
+        weights.append(s.model.patch_embed.proj.weight.detach().clone())
+    assert torch.equal(weights[0], weights[2]) and not torch.equal(weights[0], weights[1])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--momentum", "1.0", "--opt", "sgd"], "--momentum must be in [0.0, 1.0), got 1.0"),
+        (["--lr", "inf"], "--lr must be in (0.0, inf), got inf"),
+        (["--model-ema-decay", "1.0"], "--model-ema-decay must be in [0.0, 1.0), got 1.0"),
+        (["--crop-pct", "0"], "--crop-pct must be in (0.0, 1.0], got 0.0"),
+        (["--reprob", "1.5"], "--reprob must be in [0.0, 1.0], got 1.5"),
+        (["--limit-batches", "0"], "--limit-batches must be in [1, inf), got 0"),
+        (["--aug-repeats", "-1"], "--aug-repeats must be in [0, inf), got -1"),
+        (["--opt-eps", "0"], "--opt-eps must be in (0.0, inf), got 0.0"),
+        (["--min-lr", "-0.5"], "--min-lr must be in [0.0, inf), got -0.5"),
+        (["--mean", "0.5"], "--mean and --std go together"),
+        (["--scale", "0.5", "0.2"], "--scale is a crop-area range 0 < min <= max <= 1, got [0.5, 0.2]"),
+        (["--grad-accum-steps", "30"], "give 22 batches of 64: fewer than --grad-accum-steps 30"),
+    ],
+)
+def test_more_options_out_of_range(tmp_path, capsys, args, message):
+    assert main([*TINY_VIT, "--epochs", "1", "--batch-size", "64", *args, "--output", str(tmp_path / "err")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("masksub-train: error:") and message in err, err
+
+
+def test_resume_with_a_new_schedule_sets_its_rate_and_restores_the_loss_scale(tmp_path):
+    from timm.scheduler import create_scheduler_v2
+
+    from masksub_kernels.training.resume import resume
+    from masksub_kernels.training.run_setup import setup
+
+    out = str(tmp_path / "run")
+    quick = [*TINY_VIT, "--batch-size", "256", "--warmup-epochs", "0"]
+    assert main([*quick, "--epochs", "1", "--output", out]) == 0
+    ckpt = torch.load(f"{out}/last.pth", weights_only=False)
+    ckpt["scaler"] = torch.amp.GradScaler("cpu", init_scale=1234.0).state_dict()  # as a CUDA fp16 run saves it
+    torch.save(ckpt, f"{out}/scaled.pth")
+    args = build_parser().parse_args([*quick, "--epochs", "3", "--resume", f"{out}/scaled.pth"])
+    s = setup(args)
+    s.scaler = torch.amp.GradScaler("cpu")
+    assert resume(args, s)[:2] == (1, 5)
+    assert s.scaler.get_scale() == 1234.0
+    # the optimizer's restored rate was the old 1-epoch schedule's last (--min-lr): now the 3-epoch one's at update 5
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=3, warmup_epochs=0, min_lr=1e-5,
+                                   step_on_epochs=False, updates_per_epoch=5)  # fmt: skip
+    sched.step_update(num_updates=5)
+    assert s.optimizer.param_groups[0]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])
+
+
+def test_resume_notes_each_changed_option_that_shapes_the_training():
+    from masksub_kernels.training.resume import other_changes
+
+    args = build_parser().parse_args([])
+    old = dict(vars(args))
+    changed = {"mixup": 0.8, "cutmix": 1.0, "aa": "3a", "reprob": 0.25, "drop_path": 0.1, "mask_ratio": 0.4,
+               "loss": "bce", "schedule": "joint", "variant": "drop", "clip_grad": 1.0, "model_ema_decay": 0.99,
+               "aug_repeats": 3, "baseline": True, "cell_size": 16, "seed": 1, "model": "resnet18"}  # fmt: skip
+    for name, value in changed.items():
+        setattr(args, name, value)
+    notes = other_changes(old, args)
+    assert sorted(note.split()[0] for note in notes) == sorted(f"--{k.replace('_', '-')}" for k in changed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data and logs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_training_orders_follow_seed_epoch_and_rank():
+    dataset = torch.utils.data.TensorDataset(torch.arange(600))
+
+    def order(epoch, seed, rank=0, world=1, repeats=0):
+        if world == 1 and not repeats:
+            return list(data_mod.train_loader(dataset, 8, epoch, seed, 0, 1, 0, False).sampler)
+        return list(data_mod.train_sampler(dataset, epoch, seed, rank, world, repeats))
+
+    for world, repeats in ((1, 0), (2, 0), (1, 3)):
+        base = order(0, 0, 0, world, repeats)
+        assert base == order(0, 0, 0, world, repeats)
+        assert base != order(1, 0, 0, world, repeats) and base != order(0, 1, 0, world, repeats), (world, repeats)
+    ranks = [order(0, 0, rank, 2) for rank in (0, 1)]
+    assert len(ranks[0]) == 300 and not set(ranks[0]) & set(ranks[1])
+    # repeated augmentation: len // 256 * 256 samples per process (timm's selected_round)
+    assert len(order(0, 0, 0, 1, 3)) == 512 and len(order(0, 0, 0, 2, 3)) == 256
+
+
+def test_validation_shards_cover_the_set_once():
+    dataset = torch.utils.data.TensorDataset(torch.arange(11))
+    shards = [[int(x) for (b,) in data_mod.val_loader(dataset, 4, r, 3, 0, False) for x in b] for r in range(3)]
+    assert sorted(x for shard in shards for x in shard) == list(range(11)) and shards[1] == [1, 4, 7, 10]
+
+
+def test_digits_shift_and_normalisation():
+    spec = data_mod.build_datasets(None, 32)
+    assert spec.train.shift == 4 and spec.val.shift == 0  # up to img_size / 8 pixels
+    images = spec.train.images  # normalised with the training split's own mean / std
+    assert abs(float(images.mean())) < 1e-5 and float(images.std()) == pytest.approx(1.0, abs=1e-5)
+    assert len(spec.train) == 1437 and len(spec.val) == 360
+
+
+def test_validation_classes_are_the_training_folders(tmp_path):
+    from PIL import Image
+
+    for split, labels in (("train", ("a", "b")), ("val", ("b",))):  # val lacks class a: b is still class 1
+        for label in labels:
+            os.makedirs(tmp_path / split / label)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / label / "0.png")
+    spec = data_mod.build_datasets(str(tmp_path), 8, 3)
+    assert spec.num_classes == 2 and [t for _, t in spec.val.reader.samples] == [1]
+
+
+def test_log_files_hold_the_documented_columns(tmp_path):
+    from masksub_kernels.training.runlog import COLUMNS, write_log
+
+    assert COLUMNS == ("epoch", "lr", "loss", "loss_main", "loss_sub", "val_loss", "top1", "top5", "ema_val_loss",
+                       "ema_top1", "ema_top5", "images_per_s", "epoch_time_s", "wall_time_s")  # fmt: skip
+    write_log(str(tmp_path), [{"epoch": 1, "loss_sub": None, "top1": 50.0}], {"k": 1})
+    with open(tmp_path / "log.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["epoch"] == "1" and row["loss_sub"] == "" and row["ema_top1"] == "" and row["top1"] == "50.0"
+    with open(tmp_path / "log.json") as f:
+        assert json.load(f) == {"meta": {"k": 1}, "epochs": [{"epoch": 1, "loss_sub": None, "top1": 50.0}]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# masksub-train-mlm
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_mlm_defaults_are_berts():
+    from masksub_kernels.training import mlm_cli
+
+    args = mlm_cli.build_parser().parse_args([])
+    assert (args.mlm_probability, args.mask_ratio, args.sub_fill, args.seq_len, args.vocab_size) == (
+        0.15, 0.5, "drop", 64, 8192)  # fmt: skip
+    assert (args.lr, args.warmup_steps, args.weight_decay, args.clip_grad, args.steps) == (1e-3, 100, 0.01, 1.0, 2000)
+
+
+def test_mlm_model_optimizer_and_schedule():
+    pytest.importorskip("transformers")
+    from masksub_kernels.training import mlm_cli
+
+    argv = ["--layers", "1", "--width", "16", "--heads", "2", "--intermediate", "24", "--dropout", "0.2", "--seq-len",
+            "16", "--weight-decay", "0.3"]  # fmt: skip
+    args = mlm_cli.build_parser().parse_args(argv)
+    model = mlm_cli._model(args, mlm_cli.Vocab(120, 4, 0))
+    config = model.config
+    assert (config.hidden_dropout_prob, config.attention_probs_dropout_prob) == (0.2, 0.2)
+    assert (config.intermediate_size, config.max_position_embeddings, config.mask_token_id) == (24, 16, 4)
+    optimizer = mlm_cli._optimizer(model, args)
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    for name, param in model.named_parameters():  # BERT: no decay on biases and LayerNorm weights
+        assert decay[id(param)] == (0.3 if param.dim() >= 2 else 0.0), name
+    assert all(g["eps"] == 1e-6 and g["betas"] == (0.9, 0.999) for g in optimizer.param_groups)
+    # linear warm-up over 2 steps (the first step already at 1/2), then linear decay to 0 at step 6
+    assert [mlm_cli._lr_factor(s, 2, 6) for s in range(7)] == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0])
+    assert mlm_cli._epoch_order(50, 0, 0).tolist() != mlm_cli._epoch_order(50, 0, 1).tolist()  # reshuffled per epoch
+
+
+def test_mlm_seed_initialises_the_model():
+    pytest.importorskip("transformers")
+    from masksub_kernels.training import mlm_cli
+
+    blocks = torch.randint(5, 64, (8, 16))
+    special = torch.zeros(8, 16, dtype=torch.bool)
+    special[:, [0, -1]] = True
+    weights = []
+    for seed in ("0", "1", "0"):
+        argv = ["--layers", "1", "--width", "16", "--heads", "2", "--seq-len", "16", "--mask-ratio", "0.25",
+                "--batch-size", "4", "--seed", seed]  # fmt: skip
+        args = mlm_cli.build_parser().parse_args(argv)
+        built = mlm_cli._build(args, mlm_cli.Vocab(64, 4, 0), (blocks, special), None, 1, torch.device("cpu"), 0, {})
+        weights.append(built[0].model.bert.embeddings.word_embeddings.weight.detach().clone())
+    assert torch.equal(weights[0], weights[2]) and not torch.equal(weights[0], weights[1])
+
+
+@pytest.mark.parametrize("clip", ["0.5", "0"])
+def test_mlm_step_options_reach_train_step(tmp_path, monkeypatch, clip):
+    pytest.importorskip("transformers")
+    from masksub_kernels.training import MaskSub, text_data
+
+    seen = {}
+
+    class Seen(Exception):
+        pass
+
+    def spy(self, batch, target, optimizer, **kwargs):
+        seen.update(kwargs, sub_fill=self.sub_fill, mask_ratio=self.mask_ratio)
+        raise Seen
+
+    monkeypatch.setattr(MaskSub, "train_step", spy)
+    docs = [d for d in text_data.stdlib_docstrings() if "\n\n" not in d][:200]
+    (tmp_path / "a.txt").write_text("\n\n".join(docs), encoding="utf-8")
+    from masksub_kernels.training.mlm_cli import main as mlm_main
+
+    argv = ["--data-dir", str(tmp_path), "--vocab-size", "120", "--seq-len", "16", "--layers", "1", "--width", "16",
+            "--heads", "2", "--batch-size", "4", "--steps", "2", "--eval-every", "1", "--mask-ratio", "0.2",
+            "--sub-fill", "mask", "--schedule", "joint", "--clip-grad", clip, "--accum-steps", "2",
+            "--output", str(tmp_path / "o")]  # fmt: skip
+    with pytest.raises(Seen):
+        mlm_main(argv)
+    assert (seen["clip_grad"], seen["schedule"], seen["accum_steps"]) == (float(clip) or None, "joint", 2)
+    assert (seen["sub_fill"], seen["mask_ratio"]) == ("mask", 0.2)
+
+
+def test_mlm_evaluation_weights_batches_by_their_tokens():
+    pytest.importorskip("transformers")
+    from masksub_kernels.training import MaskSub, mlm_cli
+
+    torch.manual_seed(0)
+    args = mlm_cli.build_parser().parse_args(["--layers", "1", "--width", "16", "--heads", "2", "--seq-len", "16",
+                                              "--mlm-probability", "0.3"])  # fmt: skip
+    vocab = mlm_cli.Vocab(64, 4, 0)
+    ms = MaskSub(mlm_cli._model(args, vocab))
+    blocks = torch.randint(5, 64, (7, 16))
+    special = torch.zeros(7, 16, dtype=torch.bool)
+    data = mlm_cli._corrupt(args, vocab, blocks, special, seed=1)
+    with torch.no_grad():  # half the targets the model's own predictions: an accuracy of about 50%, not 0
+        predicted = ms.model(input_ids=data["input_ids"]).logits.argmax(-1)
+    data["labels"] = torch.where(torch.rand(7, 16) < 0.5, data["labels"], predicted.where(data["labels"] != -100, -100))
+    whole = ms.eval()(data)
+    assert 0 < whole["correct"] < whole["count"]
+    want = {"val_loss": float(whole["loss"]), "val_acc": 100.0 * float(whole["correct"]) / float(whole["count"])}
+    args.batch_size = 3  # batches of 3, 3 and 1 blocks, each predicting another number of tokens
+    got = mlm_cli._evaluate(args, ms, vocab, data, 0, 1, torch.device("cpu"), contextlib.nullcontext)
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry points: the exit status of a usage error
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_module_entry_points_exit_2_on_a_usage_error(tmp_path):
+    for module, argv in (
+        ("masksub_kernels.train", ["--epochs", "0", "--output", str(tmp_path)]),
+        ("masksub_kernels.training.mlm_cli", ["--steps", "0", "--output", str(tmp_path)]),
+        ("masksub_kernels.training.replication", []),  # RUNS_DIR OUT_DIR missing
+    ):
+        result = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, (module, result.stderr[-2000:])
