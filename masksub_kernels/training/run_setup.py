@@ -513,6 +513,11 @@ def setup(args) -> Setup:
             f"{len(data.train)} training images over {world} process(es) give {batches} batches of {args.batch_size}"
             f"{' (--limit-batches)' if limited else ''}: fewer than --grad-accum-steps {args.grad_accum_steps}"
         )
+    if args.sched == "plateau":  # timm asserts step_on_epochs, and it needs a metric that no step passes
+        raise UsageError(
+            "--sched plateau: timm's plateau scheduler steps per epoch on a validation metric; masksub-train steps "
+            "its schedule per update: use cosine, tanh, step, multistep or poly"
+        )
     try:
         scheduler, _ = create_scheduler_v2(
             optimizer,
