@@ -38,6 +38,7 @@ def main():
     buf = torch.empty(R, 30528, device=dev, dtype=torch.float32)
     g16 = buf.view(bf)  # [R, 2 x 30528]
     dh = torch.empty(R // 2, D, device=dev, dtype=bf)
+    dh2 = torch.empty(R, D, device=dev, dtype=bf)
     dw = torch.zeros(C, D + 8, device=dev, dtype=torch.float32)
     dw8 = torch.zeros(C8, D + 8, device=dev, dtype=torch.float32)
     xw = torch.randn(R, D + 8, device=dev, dtype=bf)
@@ -45,8 +46,9 @@ def main():
         "logits fp32 out, C": (lambda: torch.mm(x, w.T, out_dtype=torch.float32, out=buf[:, :C]), 2 * R * D * C),
         "logits fp32 out, C8": (lambda: torch.mm(x, w8.T, out_dtype=torch.float32, out=buf[:, :C8]), 2 * R * D * C8),
         "logits bf16 out, C8": (lambda: torch.mm(x, w8.T), 2 * R * D * C8),
-        "dH, K=C": (lambda: torch.mm(g16[: R // 2, :C], w, out=dh), R * D * C),
+        "dH, K=C": (lambda: torch.mm(g16[: R // 2, :C], w, out=dh), R * D * C),  # one branch: R / 2 rows
         "dH, K=C8": (lambda: torch.mm(g16[: R // 2, :C8], w8, out=dh), R * D * C8),
+        "dH both branches, K=C8": (lambda: torch.mm(g16[:, :C8], w8, out=dh2), 2 * R * D * C8),  # one matmul, 2R rows
         "dW addmm fp32, M=C": (
             lambda: torch.addmm(dw, g16[:, :C].T, xw, out_dtype=torch.float32, out=dw),
             2 * R * (D + 8) * C,
