@@ -45,11 +45,16 @@ def shared_cxx_runtime(maps: str = "/proc/self/maps") -> list[str]:
     there (2026-12-04: the refusals still crashed): it found that libstdc++.a first. Elsewhere (no /proc, or no
     libstdc++ loaded): -lstdc++."""
     try:
-        with open(maps) as lines:
-            loaded = [line.split()[-1] for line in lines if "/libstdc++.so" in line]
+        with open(maps) as lines:  # address perms offset dev inode path (a path may hold spaces)
+            fields = [line.rstrip("\n").split(maxsplit=5) for line in lines if "/libstdc++.so" in line]
     except OSError:
-        loaded = []
-    return [loaded[0]] if loaded and os.path.isfile(loaded[0]) else ["-lstdc++"]
+        fields = []
+    loaded = [f[5].removesuffix(" (deleted)") for f in fields if len(f) == 6]
+    if loaded and os.path.isfile(loaded[0]):
+        return [loaded[0]]
+    if os.path.exists(maps):  # Linux, yet no loaded libstdc++ found: say so (the link may take a static copy)
+        log("the process's libstdc++ was not found in /proc/self/maps: linking with -lstdc++")
+    return ["-lstdc++"]
 
 
 NVCC_WARNING_FLAGS = [f"-Xcompiler={','.join(WARNING_FLAGS)}", "-Werror=all-warnings"]

@@ -155,6 +155,7 @@ build_extension() {
   # 2026-12-04); the link line above names the library
   local built
   for built in build/gpu-lib/masksub_kernels/_C*.so; do
+    [[ -e $built ]] || continue
     command -v readelf > /dev/null || break
     if readelf -Ws "$built" | grep -q ' [0-9][0-9]* _ZNSo9_M_insertIlEERSoT_'; then
       echo "WARNING: $built defines libstdc++'s std::ostream itself (a static C++ runtime: refusals will crash)"

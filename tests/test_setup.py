@@ -199,6 +199,13 @@ def test_shared_cxx_runtime_is_the_loaded_library_by_path(tmp_path):
         f"7f00-7f01 r-xp 00000000 08:01 42 /usr/lib/libc.so.6\n7f02-7f03 r-xp 00000000 08:01 43 {library}\n"
     )
     assert setup.shared_cxx_runtime(str(maps)) == [str(library)]
+    spaced = tmp_path / "a dir" / "libstdc++.so.6"
+    spaced.parent.mkdir()
+    spaced.write_bytes(b"")
+    maps.write_text(f"7f02-7f03 r-xp 00000000 08:01 43 {spaced}\n")  # a path with a space: the whole path
+    assert setup.shared_cxx_runtime(str(maps)) == [str(spaced)]
+    maps.write_text(f"7f02-7f03 r-xp 00000000 08:01 43 {spaced} (deleted)\n")  # replaced on disk since loaded
+    assert setup.shared_cxx_runtime(str(maps)) == [str(spaced)]
     assert setup.shared_cxx_runtime(str(tmp_path / "absent")) == ["-lstdc++"]  # no /proc: the linker's search
     maps.write_text("7f00-7f01 r-xp 00000000 08:01 42 /usr/lib/libc.so.6\n")
     assert setup.shared_cxx_runtime(str(maps)) == ["-lstdc++"]

@@ -22,7 +22,8 @@ gradients are unweighted, two terms' carry their weights over a common power of 
 
 That is 2 units of 2 M D C flops for the logits and 4 for the gradients: the composite's 6, against the recompute
 design's 10 (ops/linear_masksub_loss.py). One fp32 dW for both terms (not one per term) keeps the extra memory
-within issue 13's 5% of the composite's. The .main and .sub outputs stay differentiable on their own (the
+near issue 13's 5% of the composite's (5.9% modelled at BERT's head with the padded W below, 7.2% measured).
+The .main and .sub outputs stay differentiable on their own (the
 sequential schedule backpropagates them separately, with other scalars): their gradients, which the stored
 combination cannot give, come from the recompute op's backward on the saved per-row stats (3 more matmul units per
 term; correct for any scalars), so every combination of backwards is exact and L's is the fast one.
@@ -44,12 +45,14 @@ the op's backend:
   its stores), so that the gradients need no buffer of their own; dW accumulated in fp32 (cuBLAS with an fp32
   output on CUDA, fp32 operands elsewhere). The loss forward writes a slice chunk's stats straight into their
   columns of [9, M] and takes its split rows' tickets from one buffer of the op's, zeroed once and left zero by each
-  launch: no fill and no copy per chunk (8 launches per chunk, dW's matmul among them).
+  launch: no fill and no copy per chunk (8 launches per chunk, dW's matmul among them; 9 where C is not a
+  multiple of 8: the gradients' pad columns zeroed, matmul_weight).
 
 Extra memory (beyond the inputs and the returned gradients): the chunk's [2R, C] fp32 logits (R from
 GRADS_CHUNK_BYTES, at least GRADS_CHUNK_MIN_ROWS where M is large: 384 rows at C = 30522, 89 MiB; its fp16 / bf16
 gradients over them), the stacked rows [2R, D],
-the per-row stats [9, M] fp32 and one fp32 dW [C, D] (+ db [C]) for the two terms. Never [M, C]. On the kernels'
+the per-row stats [9, M] fp32 and one fp32 dW [C, D] (+ db [C]) for the two terms; where C is not a multiple of
+8, a copy of W with zero rows after it for the kernels' matmuls (matmul_weight). Never [M, C]. On the kernels'
 fp16 / bf16 path with a bias, dW's accumulator is [dW | db | 0...] [C, D + pad] and the stacked rows [h_c; hs_c |
 1 | 0...] [2R, D + pad] (padded_depth): db comes out of dW's matmul instead of a pass of its own over each chunk's
 gradients; dW is returned as the [C, D] view of that accumulator (row stride D + pad: the fake says so), db as a
@@ -248,7 +251,7 @@ def _store_rows(
 
 
 def _fp32_logits(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out = x W^T in fp32 [R, C] from operands in their own dtype: fp32 accumulation, never rounded to bf16 (the
+    """out = x W^T in fp32 [R, C_mm] from operands in their own dtype: fp32 accumulation, never rounded to bf16 (the
     bias is added by the loss kernels as they read the logits: no pass over them). ``out``: a view with unit last
     stride and padded rows (aligned_classes), written in place by cuBLAS (mm's out_dtype overload is not a
     structured kernel: it keeps out's row stride as the output's leading dimension, no proxy copy)."""
@@ -284,7 +287,8 @@ def aligned_classes(classes: int) -> int:
     """The row length of the kernels' [2R, C] chunk buffers: C rounded up to ALIGN_CLASSES elements, so that every
     matmul operand or output with C columns has 16-byte-aligned rows. With C = 30522 (BERT) they are not, and
     cuBLAS falls back to slower kernels: on an H200 (2026-11-30) sm_80 CUTLASS kernels ran the chunks' matmuls at
-    ~190 TFLOP/s. The pad columns are never read or written: every operand is the [:, :C] view."""
+    ~190 TFLOP/s. The matmuls use the first matmul_classes(C) columns of each row (the rest never read or
+    written), the loss kernels the first C."""
     return -(-classes // ALIGN_CLASSES) * ALIGN_CLASSES
 
 
@@ -388,7 +392,8 @@ def grads_in_forward(
     db = torch.zeros(classes, dtype=acc, device=device) if want_weight and bias is not None and not with_ones else None
     stats = zeros((loss_ops.NUM_OUT, rows), torch.float32, True)  # every chunk writes its columns; ignored rows 0
     w = weight.to(operand)  # the reference's (and fp64 inputs') one copy of W; the inputs' own W otherwise
-    w_mm = matmul_weight(w, classes) if kernels else None  # the kernels' matmuls' W, aligned rows of zeros after
+    if kernels:  # the matmuls' W: C_mm rows, zeros after W's (the same W where C is aligned; fp64: one copy kept)
+        w = matmul_weight(w, classes)
     b_acc = None if bias is None or kernels else bias.to(acc)
     bias_c = None if bias is None else bias.contiguous()  # the kernels' bias: read in its own dtype
     # the row grads of the two terms, one number each (expanded per chunk: no launch). With one term of nonzero
@@ -405,7 +410,7 @@ def grads_in_forward(
     step = max(1, rows_per_chunk)
     chunks = [slice(a, min(a + step, rows)) for a in range(0, rows, step)] if every_row else ids.split(step)
     logits_buffer = narrow = tickets = None  # the reference's chunks have none
-    if kernels:  # the chunk's buffer, made once, rows padded for aligned matmuls; each chunk uses [:2n, :C]
+    if kernels:  # the chunk's buffer, made once, rows padded for aligned matmuls; each chunk uses [:2n, :C_mm]
         buffer_shape = ((2 if has_sub else 1) * min(step, rows), aligned_classes(classes))
         logits_buffer = torch.empty(buffer_shape, dtype=torch.float32, device=device)
         # fp16 / bf16: dz and ds written over their own logits rows, [2R, C] in the inputs' dtype with the fp32
@@ -449,7 +454,7 @@ def grads_in_forward(
             # fp32 logits (never rounded to bf16: the values keep fp32 accuracy), the fused loss kernels on them,
             # dz and ds written by the backward kernel over the logits (fp32), or over their rows in the inputs'
             # dtype; without the bias: the loss kernels add it as they read
-            logits = _fp32_logits(x, w_mm, v.logits)  # [2n, C_mm]: the pad columns 0
+            logits = _fp32_logits(x, w, v.logits)  # [2n, C_mm]: the pad columns 0
             z, s = v.z, v.s
             # the stats straight into their columns of [9, M] where the chunk is a slice (else copied below)
             into_stats = stats_cols[index] if sliced is not None else stats.new_empty(NUM_OUT, n)
@@ -470,7 +475,7 @@ def grads_in_forward(
         store = (dz, ds) if not kernels else (v.grads_mm[0] if dz.numel() else dz, v.grads_mm[1] if ds.numel() else ds)
         for d, dx, dx_rows in zip(store, (dh, dhs), (dh_rows, dhs_rows)):
             if d.numel() and dx.numel():  # [R, D] rows of dH or dHs (the kernels': over C_mm columns)
-                _store_rows(dx, chunk, d, w if not kernels else w_mm, None if dx_rows is None else dx_rows[index])
+                _store_rows(dx, chunk, d, w, None if dx_rows is None else dx_rows[index])
         # dW += [dz; ds]^T [h_c; hs_c]: one matmul over both terms when they are the halves of one buffer. It runs
         # before the next chunk's logits overwrite these gradients (one stream).
         both = grads is not None and dz.numel() and ds.numel()
