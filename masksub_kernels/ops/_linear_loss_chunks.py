@@ -89,9 +89,10 @@ GRADS_CHUNK_BYTES = 96 * 2**20
 # operands) those passes outlast the matmul; the budget alone gives large vocabularies few rows (64 at C = 128256,
 # 192 at RoBERTa's 50265): predicted 2.9x slower at M = 16384, D = 4096, C = 128256, 1.26x at RoBERTa's shape
 # (tools/perf_model, H200). 384 is a compromise: the H200's knee, and within issue 13's 5% memory goal at RoBERTa's
-# shape (512 rows, faster on an H100, is 5.5% there). The buffer is then 2 x 384 x C_pad x 4 bytes, ~3 KiB per
-# class (2.9 GiB at C = 10^6), at most 1 / 32 of the composite's least memory (two [M, C] logits and their
-# gradients: R / M of it in bf16) and 2 R / D of the fp32 accumulator dW [C, D] the op holds anyway.
+# shape before the padded W (5.9% with it; 512 rows, faster on an H100, is 5.5% there without it). The buffer is then
+# 2 x 384 x C_pad x 4 bytes, ~3 KiB per class (2.9 GiB at C = 10^6), at most 1 / 32 of the composite's least memory
+# (two [M, C] logits and their gradients: R / M of it in bf16) and 2 R / D of the fp32 accumulator dW [C, D] the op
+# holds anyway.
 GRADS_CHUNK_MIN_ROWS = 384
 GRADS_CHUNK_MIN_SHARE = 32
 ALIGN_CLASSES = 64  # the kernels' chunk buffers' rows, in elements: 128-byte rows in bf16 (aligned_classes)
