@@ -1,9 +1,15 @@
 """The fused-linear loss's chunk matmuls at BERT's shape, alone (GPU): median time, TFLOP/s and cuBLAS's kernel,
-for the class extent unaligned (C = 30522) and padded to 8 (30528), with an fp32 or a bf16 output, and dW's
-fp32-accumulating addmm. What the chunk loop's matmuls could reach (benchmarks/results, issue 13)."""
+for the class extent unaligned (C = 30522) and padded to 8 (30528, W copied with zero rows: the loop's way on
+2026-12-04), with an fp32 or a bf16 output, and dW's fp32-accumulating addmm; and the loop's own helpers as it
+runs them since late on 2026-12-04 ("loop:" rows): each matmul over the aligned head of C (30520, views of W) plus
+a tail matmul of 2 classes, dH of both branches in one matmul into fp32. What the chunk loop's matmuls reach
+(issue 13).
+Run from the repository root: PYTHONPATH=. python3 benchmarks/gemm_probe.py"""
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+from masksub_kernels.ops import _linear_loss_chunks as chunks
 
 R, D, C, C8 = 768, 768, 30522, 30528  # 2 x 384 stacked rows per chunk
 
@@ -27,6 +33,11 @@ def kernel(fn):
         torch.cuda.synchronize()
     names = [e.key for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     return "; ".join(n[:90] for n in names)
+
+
+def dw_parts(g, xw, dw):
+    for part in chunks.class_parts(C):
+        chunks._add_matmul(dw[part], g[:, part].T, xw)
 
 
 def main():
@@ -58,6 +69,10 @@ def main():
             2 * R * (D + 8) * C8,
         ),
         "dW mm bf16 out, M=C8": (lambda: torch.mm(g16[:, :C8].T, xw), 2 * R * (D + 8) * C8),
+        # the loop's helpers (head + tail, views of W)
+        "loop: logits head+tail": (lambda: chunks._fp32_logits(x, w, buf[:, :C]), 2 * R * D * C),
+        "loop: dH both, head+tail": (lambda: chunks._times_weight(g16[:, :C], w), 2 * R * D * C),
+        "loop: dW head+tail": (lambda: dw_parts(g16[:, :C], xw, dw), 2 * R * (D + 8) * C),
     }
     g16[:, :C8].normal_()
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__}")

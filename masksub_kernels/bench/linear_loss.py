@@ -152,11 +152,12 @@ def modelled_extra_mb(rows: int, depth: int, classes: int, element: int) -> dict
     stacked rows [2R, D + pad] with their ones column), the per-row stats (9 fp32 per row) and, for fp16 / bf16
     weights, the fp32 accumulator [dW | db | 0...] [C, D + pad] of both terms (dW is returned as its view, db as a
     copy of its column). For fp32 weights dW and db are the returned gradients (scaled in place, as dH and dHs
-    always are), and the logits' operand [2R, D] a cat of the chunk's rows. Where C is not a multiple of 8, the
-    kernels' matmuls take a copy of W with zero rows after it (matmul_weight: [C_mm, D] in the inputs' dtype).
+    always are), and the logits' operand [2R, D] a cat of the chunk's rows. dH's and dHs's rows of a chunk come
+    from one matmul into an fp32 [2R, D] temporary. (Until late on 2026-12-04, the matmuls took a padded copy of W
+    where C is not a multiple of 8, 45 MiB at BERT's head; they now take views of W: class_parts.)
     composite: both logits and both logit gradients in the inputs' dtype (4 [M, C]), the least any materialising
     implementation holds at its peak (the eager official composite holds more: its fp32 copies)."""
-    from masksub_kernels.ops._linear_loss_chunks import aligned_classes, grads_chunk_rows, matmul_classes, padded_depth
+    from masksub_kernels.ops._linear_loss_chunks import aligned_classes, grads_chunk_rows, padded_depth
 
     chunk = min(rows, grads_chunk_rows(classes, rows))
     logits = 2 * chunk * aligned_classes(classes) * 4
@@ -166,8 +167,7 @@ def modelled_extra_mb(rows: int, depth: int, classes: int, element: int) -> dict
         fused_bytes = logits + 2 * chunk * width * element + stats + classes * width * 4
     else:
         fused_bytes = logits + 2 * chunk * depth * element + stats
-    padded = matmul_classes(classes)
-    fused_bytes += padded * depth * element if padded != classes else 0  # the padded copy of W
+    fused_bytes += 2 * chunk * depth * 4  # dH's fp32 temporary
     composite_bytes = 4 * rows * classes * element
     return {"fused": fused_bytes / 2**20, "composite": composite_bytes / 2**20}
 

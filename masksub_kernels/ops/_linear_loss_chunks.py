@@ -10,7 +10,7 @@ do the same for one term):
         [z; s] = [h_c; hs_c] W^T (+ b)                      [2R, C] fp32, this chunk only, one matmul
         losses and stats of z, s/T, z/T; dz, ds for the row grads a/count, b/count (mean) or a, b (sum),
                                          stored times a power of two (below)
-        dh_c = dz W,  dhs_c = ds W                          rows of dH, dHs [M, D]
+        [dh_c; dhs_c] = [dz; ds] W                          rows of dH, dHs [M, D], one matmul
         dW += [dz; ds]^T [h_c; hs_c],  db += sum_rows [dz; ds]          one fp32 accumulator, one matmul
                                          (db in it: a ones column in [h_c; hs_c], the kernels' fp16 / bf16 path)
     backward(g_L):  dh = g_L dH,  dhs = g_L dHs,  dW = g_L dW,  db = g_L db   (scaled in place: see below)
@@ -22,7 +22,8 @@ gradients are unweighted, two terms' carry their weights over a common power of 
 
 That is 2 units of 2 M D C flops for the logits and 4 for the gradients: the composite's 6, against the recompute
 design's 10 (ops/linear_masksub_loss.py). One fp32 dW for both terms (not one per term) keeps the extra memory
-near issue 13's 5% of the composite's (5.9% modelled at BERT's head with the padded W below, 7.2% measured).
+near issue 13's 5% of the composite's (4.8% modelled at BERT's head; 7.2% measured with the padded copy of W that
+the matmuls took until late on 2026-12-04: class_parts).
 The .main and .sub outputs stay differentiable on their own (the
 sequential schedule backpropagates them separately, with other scalars): their gradients, which the stored
 combination cannot give, come from the recompute op's backward on the saved per-row stats (3 more matmul units per
@@ -45,14 +46,15 @@ the op's backend:
   its stores), so that the gradients need no buffer of their own; dW accumulated in fp32 (cuBLAS with an fp32
   output on CUDA, fp32 operands elsewhere). The loss forward writes a slice chunk's stats straight into their
   columns of [9, M] and takes its split rows' tickets from one buffer of the op's, zeroed once and left zero by each
-  launch: no fill and no copy per chunk (8 launches per chunk, dW's matmul among them; 9 where C is not a
-  multiple of 8: the gradients' pad columns zeroed, matmul_weight).
+  launch: no fill and no copy per chunk. dH and dHs come from one matmul over the chunk's [2R, C] gradients into
+  an fp32 [2R, D] temporary, copied (rounded once) into their rows. Each matmul runs over C's aligned head and its
+  tail of < 8 classes (class_parts: views of W, no copy): 9 launches per chunk, 12 where C is not a multiple of 8.
 
 Extra memory (beyond the inputs and the returned gradients): the chunk's [2R, C] fp32 logits (R from
 GRADS_CHUNK_BYTES, at least GRADS_CHUNK_MIN_ROWS where M is large: 384 rows at C = 30522, 89 MiB; its fp16 / bf16
 gradients over them), the stacked rows [2R, D],
-the per-row stats [9, M] fp32 and one fp32 dW [C, D] (+ db [C]) for the two terms; where C is not a multiple of
-8, a copy of W with zero rows after it for the kernels' matmuls (matmul_weight). Never [M, C]. On the kernels'
+the per-row stats [9, M] fp32, dH's fp32 temporary [2R, D] and one fp32 dW [C, D] (+ db [C]) for the two terms.
+Never [M, C], and no copy of W (fp16 / bf16 / fp32 inputs). On the kernels'
 fp16 / bf16 path with a bias, dW's accumulator is [dW | db | 0...] [C, D + pad] and the stacked rows [h_c; hs_c |
 1 | 0...] [2R, D + pad] (padded_depth): db comes out of dW's matmul instead of a pass of its own over each chunk's
 gradients; dW is returned as the [C, D] view of that accumulator (row stride D + pad: the fake says so), db as a
@@ -89,14 +91,14 @@ GRADS_CHUNK_BYTES = 96 * 2**20
 # operands) those passes outlast the matmul; the budget alone gives large vocabularies few rows (64 at C = 128256,
 # 192 at RoBERTa's 50265): predicted 2.9x slower at M = 16384, D = 4096, C = 128256, 1.26x at RoBERTa's shape
 # (tools/perf_model, H200). 384 is a compromise: the H200's knee, and within issue 13's 5% memory goal at RoBERTa's
-# shape before the padded W (5.9% with it; 512 rows, faster on an H100, is 5.5% there without it). The buffer is then
+# shape (512 rows, faster on an H100, is 5.5% there). The buffer is then
 # 2 x 384 x C_pad x 4 bytes, ~3 KiB per class (2.9 GiB at C = 10^6), at most 1 / 32 of the composite's least memory
 # (two [M, C] logits and their gradients: R / M of it in bf16) and 2 R / D of the fp32 accumulator dW [C, D] the op
 # holds anyway.
 GRADS_CHUNK_MIN_ROWS = 384
 GRADS_CHUNK_MIN_SHARE = 32
 ALIGN_CLASSES = 64  # the kernels' chunk buffers' rows, in elements: 128-byte rows in bf16 (aligned_classes)
-MATMUL_ALIGN = 8  # the kernels' matmuls' class extent: a multiple of 16 bytes of fp16 / bf16 (matmul_classes)
+MATMUL_ALIGN = 8  # the kernels' matmuls' class extents: multiples of 16 bytes of fp16 / bf16 (class_parts)
 
 # loss, main, sub (fp32 0-d); dH, dHs [M, D]; dW [C, D] and db [C] in fp32, fp64 for fp64 inputs (or [0]); the
 # per-row stats [9, M]
@@ -201,14 +203,12 @@ class _ChunkViews(NamedTuple):
     x_rows: tuple = ()  # where h_c and hs_c go, [n, D] each
     x: torch.Tensor | None = None  # the logits' operand [2n, D]
     dw_rows: tuple = (None, None)  # dW's operands when the terms' gradients are not one matmul: [n, D + pad] each
-    # the kernels' buffers, C_mm = matmul_classes(C) columns for the matmuls (rows padded to aligned_classes)
-    logits: torch.Tensor | None = None  # fp32 [2n, C_mm]: the logits' matmul output (its pad columns 0)
+    # the kernels' buffers' views (rows padded to aligned_classes)
+    logits: torch.Tensor | None = None  # fp32 [2n, C]: the logits' matmul output
     z: torch.Tensor | None = None  # its [n, C] halves: the loss kernels' input
     s: torch.Tensor | None = None
-    grads: torch.Tensor | None = None  # [2n, C_mm]: dz over ds (the logits, or over them): dW's operand
+    grads: torch.Tensor | None = None  # [2n, C]: dz over ds (the logits, or over them): dH's and dW's operand
     into: tuple = ()  # its [n, C] halves: what the backward kernel writes
-    grads_mm: tuple = ()  # its [n, C_mm] halves: dH's and dHs's operands
-    grads_pad: torch.Tensor | None = None  # its pad columns [2n, C_mm - C], zeroed per chunk (None where C_mm = C)
 
     @classmethod
     def of(cls, n, has_sub, depth, classes, stacked, logits_buffer, narrow, g_main, g_sub):
@@ -221,52 +221,66 @@ class _ChunkViews(NamedTuple):
             dw_rows = (x_wide[:n], x_wide[n:] if has_sub else None)
             parts.update(x_wide=x_wide, x_rows=x_rows, x=x_wide[:, :depth], dw_rows=dw_rows)
         if logits_buffer is not None:
-            mm_classes = matmul_classes(classes)
-            logits = logits_buffer[:width, :mm_classes]
-            grads = logits if narrow is None else narrow[:width, :mm_classes]  # narrow: [2R, 2 C_pad] over the logits
+            logits = logits_buffer[:width, :classes]
+            grads = logits if narrow is None else narrow[:width, :classes]  # narrow: [2R, 2 C_pad] over the logits
             z, s = (logits[:n, :classes], logits[n:, :classes]) if has_sub else (logits[:, :classes], None)
             into = (grads[:n, :classes], grads[n:, :classes])
             if narrow is not None:  # the backward's over_rows: each gradient row starts on its logits row, narrower
                 for x, v in zip(into, (z, s)):
                     assert v is None or x.stride(0) * x.element_size() == v.stride(0) * v.element_size()
                     assert v is None or x.is_meta or (x.data_ptr() == v.data_ptr() and x.dtype != v.dtype)
-            grads_pad = grads[:, classes:] if mm_classes > classes else None
-            parts.update(logits=logits, z=z, s=s, grads=grads, into=into, grads_mm=(grads[:n], grads[n:]))
-            parts.update(grads_pad=grads_pad)
+            parts.update(logits=logits, z=z, s=s, grads=grads, into=into)
         return cls(width, gm, gs, **parts)
 
 
-def _store_rows(
-    dx: torch.Tensor, chunk: slice | torch.Tensor, d: torch.Tensor, w: torch.Tensor, dx_c: torch.Tensor | None
-) -> None:
-    """dx[chunk] = d @ w: [R, D] with fp32 accumulation and one rounding; straight into dx's rows when it can.
-    dx_c: dx[chunk], a view, where the chunk is a slice (None for row ids)."""
-    if not d.is_cuda:
-        # the CPU's bf16 mm (torch 2.14, oneDNN) reads past the last column of row-strided rows (the chunk's
-        # gradients, over the logits' padded rows): NaN there came out in the product. A GPU's cuBLAS does not.
-        d = d.contiguous()
-    if dx_c is not None and d.dtype == w.dtype == dx.dtype:
-        torch.mm(d, w, out=dx_c)
+def _store_rows(dx: torch.Tensor, chunk: slice | torch.Tensor, rows: torch.Tensor, dx_c: torch.Tensor | None) -> None:
+    """dx[chunk] = rows [R, D] (fp32, or fp64, rounded once to dx's dtype). dx_c: dx[chunk], a view, where the chunk
+    is a slice (None for row ids)."""
+    if dx_c is not None:
+        dx_c.copy_(rows)
     else:
-        dx[chunk] = (d @ w).to(dx.dtype)
+        dx[chunk] = rows.to(dx.dtype)
+
+
+def _times_weight(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """d @ w in fp32 [R, D] for the kernels' path, d [R, C] (a row-strided view of the chunk's gradients, fp16 / bf16
+    / fp32) and w [C, D] in d's dtype: one matmul per class part (class_parts: views of W), accumulated in fp32 (in
+    cuBLAS's epilogue), so that the caller rounds once."""
+    product, on_gpu = None, d.device.type in ("cuda", "meta")  # meta: the GPU lines' registrations (tested)
+    for part in class_parts(w.shape[0]):
+        a, b = d[:, part], w[part]
+        if not on_gpu:
+            # the CPU's bf16 mm (torch 2.14, oneDNN) reads past the last column of row-strided rows (the chunk's
+            # gradients, over the logits' padded rows): NaN there came out in the product. A GPU's cuBLAS does not.
+            a = a.contiguous()
+        if product is not None:
+            _add_matmul(product, a, b)  # the tail's < 8 classes
+        elif a.dtype == torch.float32:
+            product = a @ b
+        else:
+            product = _mm_fp32(a, b) if on_gpu else a.float() @ b.float()
+    return product
 
 
 def _fp32_logits(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out = x W^T in fp32 [R, C_mm] from operands in their own dtype: fp32 accumulation, never rounded to bf16 (the
+    """out = x W^T in fp32 [R, C] from operands in their own dtype: fp32 accumulation, never rounded to bf16 (the
     bias is added by the loss kernels as they read the logits: no pass over them). ``out``: a view with unit last
-    stride and padded rows (aligned_classes), written in place by cuBLAS (mm's out_dtype overload is not a
-    structured kernel: it keeps out's row stride as the output's leading dimension, no proxy copy)."""
+    stride and padded rows (aligned_classes), written in place, one matmul per class part (class_parts) into its
+    columns, by cuBLAS on a GPU (mm's out_dtype overload is not a structured kernel: it keeps out's row stride as the
+    output's leading dimension, no proxy copy). Returns out."""
     # meta tensors take the CUDA line too (its registration checks out's shape, dtype and strides): the tests run it
-    if (
-        x.device.type in ("cuda", "meta")
-        and x.dtype == w.dtype
-        and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
-    ):
+    on_gpu = x.device.type in ("cuda", "meta") and x.dtype == w.dtype
+    on_gpu = on_gpu and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    for part in class_parts(w.shape[0]):
+        into = out[:, part]
         try:
-            return torch.mm(x, w.T, out_dtype=torch.float32, out=out)
+            if on_gpu:
+                torch.mm(x, w[part].T, out_dtype=torch.float32, out=into)
+                continue
         except TypeError:  # a torch without out_dtype (before 2.8)
-            pass
-    return out.copy_(x.float() @ w.float().T)  # fp64 inputs (computed in fp32 on this path), CPU tensors
+            on_gpu = False
+        into.copy_(x.float() @ w[part].float().T)  # fp64 inputs (computed in fp32 on this path), CPU tensors
+    return out
 
 
 def padded_dw(want_weight: bool, bias: torch.Tensor | None, dtype: torch.dtype) -> bool:
@@ -288,31 +302,22 @@ def aligned_classes(classes: int) -> int:
     """The row length of the kernels' [2R, C] chunk buffers: C rounded up to ALIGN_CLASSES elements, so that every
     matmul operand or output with C columns has 16-byte-aligned rows. With C = 30522 (BERT) they are not, and
     cuBLAS falls back to slower kernels: on an H200 (2026-11-30) sm_80 CUTLASS kernels ran the chunks' matmuls at
-    ~190 TFLOP/s. The matmuls use the first matmul_classes(C) columns of each row (the rest never read or
-    written), the loss kernels the first C."""
+    ~190 TFLOP/s. The matmuls and the loss kernels use the first C columns of each row (the rest never read or
+    written), the matmuls in class_parts."""
     return -(-classes // ALIGN_CLASSES) * ALIGN_CLASSES
 
 
-def matmul_classes(classes: int) -> int:
-    """The class extent of the kernels' matmuls: C rounded up to MATMUL_ALIGN elements, with a copy of W whose extra
-    rows are zeros (matmul_weight). An operand or output whose contiguous extent is C = 30522 (BERT) is not 16-byte
-    aligned however its rows are: cuBLAS then runs sm_80 CUTLASS kernels with 2-element loads on an H100 / H200
-    (2026-12-04: the logits' and dH's matmuls at ~200-230 TFLOP/s, 14.5 of the op's 24.4 ms of kernels), whatever the
-    buffers' row padding (aligned_classes)."""
-    return -(-classes // MATMUL_ALIGN) * MATMUL_ALIGN
-
-
-def matmul_weight(w: torch.Tensor, classes: int) -> torch.Tensor:
-    """W for the kernels' matmuls, [matmul_classes(C), D]: W itself when C is aligned, else a copy with zero rows
-    after W's (once per call: C D elements read and written, against the 6 matmuls' 2 M D C flops each). The zero
-    rows give the pad columns of the logits 0 and take no part in dH (the gradients' pad columns are zeroed
-    first: over the bf16 gradients they hold the bytes of the fp32 logits)."""
-    mm_classes = matmul_classes(classes)
-    if mm_classes == classes:
-        return w
-    padded = w.new_zeros(mm_classes, w.shape[1])
-    padded[:classes] = w
-    return padded
+def class_parts(classes: int) -> tuple[slice, ...]:
+    """The class ranges that the kernels' matmuls run over, one matmul each: the head, C rounded down to MATMUL_ALIGN,
+    and the tail of the last < 8 classes (none where C is a multiple of 8; the tail alone where C < 8). An operand or
+    output whose contiguous extent is C = 30522 (BERT) is not 16-byte aligned however its rows are: cuBLAS then runs
+    sm_80 CUTLASS kernels with 2-element loads on an H100 / H200 (2026-12-04: the logits' and dH's matmuls at
+    ~200-230 TFLOP/s, 14.5 of the op's 24.4 ms of kernels, against ~370-500 over an aligned extent), whatever the
+    buffers' row padding (aligned_classes). The head's matmul takes the aligned kernels on views of W and of the
+    chunk's buffers, the tail's a small one of its own (2 of 30522 classes): no padded copy of W (45 MiB at BERT's
+    head, 2026-12-04's way)."""
+    head = classes // MATMUL_ALIGN * MATMUL_ALIGN
+    return tuple(part for part in (slice(0, head), slice(head, classes)) if part.stop > part.start)
 
 
 def grads_in_forward(
@@ -385,16 +390,15 @@ def grads_in_forward(
     padded = padded_dw(want_weight, bias, hidden.dtype)
     with_ones = kernels and padded  # the kernels' operand is then fp16 / bf16
     dw_width = padded_depth(depth) if padded else depth
-    # the kernels' dW over C_mm rows too (its matmul's extent: 108 against 129 us per chunk on an H200, 2026-12-04)
-    dw_rows = matmul_classes(classes) if kernels else classes
-    dw = torch.zeros(dw_rows, dw_width, dtype=acc, device=device) if want_weight else None
+    dw = torch.zeros(classes, dw_width, dtype=acc, device=device) if want_weight else None
     if padded and not with_ones:  # the reference: dW the [C, D] view from the start (the padding unused)
         dw = dw[:, :depth]
     db = torch.zeros(classes, dtype=acc, device=device) if want_weight and bias is not None and not with_ones else None
     stats = zeros((loss_ops.NUM_OUT, rows), torch.float32, True)  # every chunk writes its columns; ignored rows 0
     w = weight.to(operand)  # the reference's (and fp64 inputs') one copy of W; the inputs' own W otherwise
-    if kernels:  # the matmuls' W: C_mm rows, zeros after W's (the same W where C is aligned; fp64: one copy kept)
-        w = matmul_weight(w, classes)
+    # the kernels' matmuls run over these class ranges of W and of the chunk's buffers (views): an aligned head
+    # (dW over it: 108 against 129 us per chunk on an H200, 2026-12-04) and a tail of < 8 classes
+    parts = class_parts(classes) if kernels else (slice(None),)
     b_acc = None if bias is None or kernels else bias.to(acc)
     bias_c = None if bias is None else bias.contiguous()  # the kernels' bias: read in its own dtype
     # the row grads of the two terms, one number each (expanded per chunk: no launch). With one term of nonzero
@@ -411,7 +415,7 @@ def grads_in_forward(
     step = max(1, rows_per_chunk)
     chunks = [slice(a, min(a + step, rows)) for a in range(0, rows, step)] if every_row else ids.split(step)
     logits_buffer = narrow = tickets = None  # the reference's chunks have none
-    if kernels:  # the chunk's buffer, made once, rows padded for aligned matmuls; each chunk uses [:2n, :C_mm]
+    if kernels:  # the chunk's buffer, made once, rows padded for aligned matmuls; each chunk uses [:2n, :C]
         buffer_shape = ((2 if has_sub else 1) * min(step, rows), aligned_classes(classes))
         logits_buffer = torch.empty(buffer_shape, dtype=torch.float32, device=device)
         # fp16 / bf16: dz and ds written over their own logits rows, [2R, C] in the inputs' dtype with the fp32
@@ -455,7 +459,7 @@ def grads_in_forward(
             # fp32 logits (never rounded to bf16: the values keep fp32 accuracy), the fused loss kernels on them,
             # dz and ds written by the backward kernel over the logits (fp32), or over their rows in the inputs'
             # dtype; without the bias: the loss kernels add it as they read
-            logits = _fp32_logits(x, w, v.logits)  # [2n, C_mm]: the pad columns 0
+            logits = _fp32_logits(x, w, v.logits)  # [2n, C]
             z, s = v.z, v.s
             # the stats straight into their columns of [9, M] where the chunk is a slice (else copied below)
             into_stats = stats_cols[index] if sliced is not None else stats.new_empty(NUM_OUT, n)
@@ -464,8 +468,6 @@ def grads_in_forward(
             dz, ds = loss_ops._backward_triton(
                 v.gm, v.gs, out, z, s, y, *options, into=v.into, bias=bias_c, over_rows=narrow is not None
             )
-            if v.grads_pad is not None:
-                v.grads_pad.zero_()  # before dH's matmuls read them (W's zero rows: 0 x NaN would be NaN)
         else:
             logits = x.to(acc) @ w.T if b_acc is None else torch.addmm(b_acc, x.to(acc), w.T)
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
@@ -473,26 +475,34 @@ def grads_in_forward(
             dz, ds = loss_ops.loss_backward_reference(v.gm, v.gs, out, z, s, y, *options)
         if not kernels or sliced is None:
             stats[:, chunk] = out  # fp32 [9, R]
-        store = (dz, ds) if not kernels else (v.grads_mm[0] if dz.numel() else dz, v.grads_mm[1] if ds.numel() else ds)
-        for d, dx, dx_rows in zip(store, (dh, dhs), (dh_rows, dhs_rows)):
-            if d.numel() and dx.numel():  # [R, D] rows of dH or dHs (the kernels': over C_mm columns)
-                _store_rows(dx, chunk, d, w, None if dx_rows is None else dx_rows[index])
+        # [R, D] rows of dH and dHs: the kernels' from one matmul over the rows of both terms' gradients in grads
+        # (dz over ds), into an fp32 temporary; the reference's from a matmul each
+        stored = [
+            (term, dx, None if dx_rows is None else dx_rows[index])
+            for term, (d, dx, dx_rows) in enumerate(zip((dz, ds), (dh, dhs), (dh_rows, dhs_rows)))
+            if d.numel() and dx.numel()
+        ]
+        if stored and kernels:
+            first = stored[0][0] * n
+            product = _times_weight(grads[first : (stored[-1][0] + 1) * n], w)  # [n or 2n, D] fp32
+            for term, dx, dx_c in stored:
+                _store_rows(dx, chunk, product[term * n - first : (term + 1) * n - first], dx_c)
+        for term, dx, dx_c in stored if not kernels else ():
+            _store_rows(dx, chunk, (dz, ds)[term] @ w, dx_c)
         # dW += [dz; ds]^T [h_c; hs_c]: one matmul over both terms when they are the halves of one buffer. It runs
         # before the next chunk's logits overwrite these gradients (one stream).
         both = grads is not None and dz.numel() and ds.numel()
-        terms = [(grads, v.x_wide if with_ones else x)] if both else [(d, xc) for d, xc in zip(store, (h_c, hs_c))]
+        terms = [(grads, v.x_wide if with_ones else x)] if both else [(d, xc) for d, xc in zip((dz, ds), (h_c, hs_c))]
         for d, xc in terms:
             if not d.numel():
                 continue
-            if dw is not None:
-                _add_matmul(dw, d.T, xc.to(operand))  # [C, D] += [C, R] @ [R, D] ([C, D + pad] with db's column)
+            for part in parts if dw is not None else ():  # [C, D] += [C, R] @ [R, D] ([C, D + pad] with db's column)
+                _add_matmul(dw[part], d[:, part].T, xc.to(operand))
             if db is not None:
-                db += d[:, :classes].sum(0, dtype=acc)
-        del logits, z, s, dz, ds, grads, out, terms, store  # the chunk's views and temporaries (the buffers are reused)
+                db += d.sum(0, dtype=acc)
+        del logits, z, s, dz, ds, grads, out, terms, stored  # the chunk's views and temporaries (buffers reused)
     if with_ones:  # [dW | db | 0...]: dW its [C, D] view (no copy, no second [C, D]), db a copy of its column
         dw, db = dw[:classes, :depth], dw[:classes, depth].clone()
-    elif dw is not None:
-        dw = dw[:classes]  # the kernels' C_mm rows: the first C (contiguous)
     if kernels and hidden.dtype == torch.float64 and dw is not None:  # fp64 inputs: fp32 arithmetic, but the
         dw, db = dw.double(), None if db is None else db.double()  # reference's fp64 outputs (the op's contract)
 

@@ -266,6 +266,17 @@ def test_fp32_logits_written_into_the_padded_view(dtype):
     assert out.data_ptr() == view.data_ptr()
 
 
+@pytest.mark.parametrize("dtype", [BF16, F32])
+def test_fp32_product_of_strided_gradient_parts(dtype):
+    """The GPU line of _times_weight (dH of both branches, [2R, C] gradients over the logits' rows times W) on meta
+    tensors: mm(out_dtype=fp32) over the head's columns, then addmm into that fp32 product for the tail's."""
+    buffer = torch.empty(6, chunks.aligned_classes(30), device="meta")
+    grads = buffer.view(dtype)[:, :30] if dtype == BF16 else buffer[:, :30]
+    w = torch.empty(30, 16, dtype=dtype, device="meta")
+    product = chunks._times_weight(grads, w)
+    assert product.dtype == torch.float32 and product.shape == (6, 16)
+
+
 def test_triton_chunks_have_aligned_rows(monkeypatch):
     """The kernels' chunk buffer has rows of aligned_classes(C) fp32 elements (16-byte aligned for cuBLAS's fast
     kernels: C = 30522 is not), read by the loss kernels through [:, :C] views, and the bf16 gradients written over

@@ -16,10 +16,13 @@ backward):
   6 matmul units in chunks of R rows, every row
   counted (the benchmark's labels: slices, no gathers); per chunk one logits matmul of both branches' stacked rows
   [2R, D] with fp32 output, without the bias (the loss kernels add it as they read the logits), the loss kernels
-  (the backward writes dz, ds in bf16 over the logits' rows), two gradient matmuls (dH, dHs written in place) and
-  one dW matmul over the chunk's [2R, C] gradients accumulated into the one fp32 accumulator with beta = 1 (its
+  (the backward writes dz, ds in bf16 over the logits' rows), one gradient matmul of both terms' [2R, C]
+  gradients into an fp32 [2R, D] temporary (copied into dH's and dHs's rows) and one dW matmul over the chunk's
+  [2R, C] gradients accumulated into the one fp32 accumulator with beta = 1 (its
   [C, D] fp32 read and written once per chunk: the price of small chunks), db in the same matmul (a ones column in
-  the stacked rows: [C, D + pad], dW returned as its view);
+  the stacked rows: [C, D + pad], dW returned as its view); where C is not a multiple of 8 each of the three
+  matmuls runs over C's aligned head, and a small matmul over its tail of < 8 classes (class_parts: a launch
+  each, its time not modelled);
 - official (eager): F.linear per branch, then the eager ops of the official composite; its [M, C] passes, in units
   of one bf16 [M, C] (L = M C 2 bytes; an fp32 copy is 2L), read + write:
     forward: main.float() 3, softmax 4, sub.float() 3, log_softmax 4, neg 4, mul 6, sum 2, main.float() for
@@ -97,17 +100,19 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
     chunks = -(-m // r)
     chunk_unit = 2 * r * d * c
     logits = _matmul_us(card, 2 * chunk_unit, 2 * r * c * 4 + c * d * 2 + 2 * r * d * 2)  # [2R, C] fp32 written
-    d_hidden = _matmul_us(card, chunk_unit, r * c * 2 + c * d * 2 + r * d * 2)  # dz (bf16) and W read, per branch
+    # dz and ds (bf16) and W read, one fp32 [2R, D] written
+    d_hidden = _matmul_us(card, 2 * chunk_unit, 2 * r * c * 2 + c * d * 2 + 2 * r * d * 4)
     # dW and db in one matmul per chunk: the stacked rows carry a ones column ([2R, D + pad]), the fp32 accumulator
     # is [dW | db | 0...] [C, D + pad], read and written per matmul (beta = 1)
     wide = chunk_loop.padded_depth(d)
     k = 2 * r  # the rows of a chunk's gradients
     d_weight = _matmul_us(card, 2 * k * wide * c, k * c * 2 + k * wide * 2 + 2 * c * wide * 4)
     loss_us, loss_launches, loss_kernels = _loss_kernels_us(card, r, c)
-    matmul_launches = 4  # per chunk: logits, dH, dHs, dW (with db)
-    other_launches = 2  # per chunk: the two copies of the rows into the stacked buffer (O(R D) bytes: their time is
-    # their launches); the loss forward writes its stats into the op's [9, M] and reuses one buffer of tickets
-    chunk_matmuls_us = logits + 2 * d_hidden + d_weight
+    matmul_launches = 3 * len(chunk_loop.class_parts(c))  # per chunk: logits, dH of both, dW (with db); a tail each
+    other_launches = 4  # per chunk: the two copies of the rows into the stacked buffer, the two of dH's fp32 rows
+    # into dH and dHs (O(R D) bytes: their time is their launches); the loss forward writes its stats into the op's
+    # [9, M] and reuses one buffer of tickets
+    chunk_matmuls_us = logits + d_hidden + d_weight
     per_chunk = chunk_matmuls_us + loss_us
     per_chunk += card.launch_us * (matmul_launches + loss_launches + other_launches)
     # once: the row ids, buffers (the tickets' zeros; the stats need none), the reductions (12 launches); the
