@@ -245,6 +245,62 @@ def test_fused_linear_prediction_beside_the_cards_measured_run(tmp_path):
     assert lm.markdown(None, 1500.0) == []
 
 
+def test_gemm_probe_calibrates_the_fused_matmuls(tmp_path):
+    # the chunk's matmuls as benchmarks/gemm_probe.py measured them (the newest committed log of the card): the
+    # loop's own helpers where the log has them (their tails' launches then not counted apart), else the padded
+    # matmuls (dH per branch: twice); the fused time shifts by chunks x probed - the model's matmuls
+    import json
+
+    from tools.perf_model import linear_loss_measured as lm
+    from tools.perf_model.hardware import H100, H200
+
+    def log(folder, device, rows):
+        (tmp_path / folder).mkdir()
+        lines = [f"{device} | torch 2.11.0+cu130", "warning: Profiler clears events"]
+        lines += [f"{name:24s} {us:8.1f} us   500.0 TFLOP/s  nvjet_sm90_x; Memset (Device)" for name, us in rows]
+        (tmp_path / folder / "after-gemm.log").write_text("\n".join(lines) + "\n")
+
+    padded = [("logits fp32 out, C", 186.0), ("logits fp32 out, C8", 70.0), ("dH, K=C8", 50.0),
+              ("dH both branches, K=C8", 90.0), ("dW addmm fp32, M=C8", 100.0)]  # fmt: skip
+    log("gpu-2026-01-01", "NVIDIA H200", padded)
+    assert lm.gemm_probe(H200, tmp_path) == {
+        "file": "gpu-2026-01-01/after-gemm.log", "date": "2026-01-01", "per_chunk_us": 270.0, "with_tails": False
+    }  # fmt: skip
+    assert lm.gemm_probe(H100, tmp_path) is None  # another card's log
+    log("gpu-2026-01-03", "NVIDIA H100 80GB HBM3", padded)
+    assert lm.gemm_probe(H100, tmp_path)["date"] == "2026-01-03"
+    loop = [("loop: logits head+tail", 60.0), ("loop: dH both, head+tail", 80.0), ("loop: dW head+tail", 90.0)]
+    log("gpu-2026-01-02", "NVIDIA H200", padded + loop)  # newer for the H200: the loop's helpers chosen
+    probe = lm.gemm_probe(H200, tmp_path)
+    assert (probe["per_chunk_us"], probe["with_tails"]) == (230.0, True)
+    log("gpu-2026-01-04", "NVIDIA H200", [("logits fp32 out, C8", 70.0)])  # newest but incomplete: passed over
+    assert lm.gemm_probe(H200, tmp_path)["date"] == "2026-01-02"
+
+    shape = "BERT-base MLM M=16384 D=768 C=30522"
+    loss = {"suite": "loss", "shape": lm.LOSS_CASE, "dtype": "bfloat16", "provider": "masksub[triton]"}
+    full = {"suite": "linear_loss", "shape": shape, "dtype": "bfloat16", "mode": "full"}
+    records = [
+        {**loss, "mode": "forward", "median_ms": 2.0, "predicted_ms": 1.0},
+        {**loss, "mode": "backward", "median_ms": 1.5, "predicted_ms": 1.0},
+        {**full, "provider": "compile(official)", "median_ms": 12.0},
+    ]
+    (tmp_path / "GPU-NVIDIA-H200-2026-01-02.json").write_text(json.dumps({"records": records}))
+    kernels = [{"kernel": "_loss_fwd_kernel", "kernel_us": 10.0}, {"kernel": "_loss_bwd_kernel", "kernel_us": 20.0}]
+    fused = {"us": 10000.0, "chunks": 50, "chunk_rows": lm.GEMM_ROWS, "tail_launches_per_chunk": 3,
+             "breakdown": {"loss_kernels": 1500.0, "matmuls": 6000.0, "loss_kernels_per_chunk": kernels}}  # fmt: skip
+    ref = lm.measured_reference(H200, fused, shape, {}, {}, tmp_path)
+    (run,) = ref["calibrated"]
+    shift = 50 * 230.0 - 6000.0 - 50 * 3 * H200.launch_us
+    assert run["fused_us_probed"] == round(run["fused_us"] + shift, 1)
+    assert run["compiled_over_fused_probed"] == round(12e3 / run["fused_us_probed"], 2)
+    assert ref["gemm_probe"]["file"] == "gpu-2026-01-02/after-gemm.log"
+    text = "\n".join(lm.markdown(ref, 1500.0))
+    assert "fused us, matmuls probed" in text and f"| {run['fused_us_probed']:.0f} |" in text
+    # other chunk rows than the probe's: no probed column
+    other = lm.measured_reference(H200, {**fused, "chunk_rows": 512}, shape, {}, {}, tmp_path)
+    assert "gemm_probe" not in other and "fused_us_probed" not in other["calibrated"][0]
+
+
 def test_profile_constants_match_the_committed_profile():
     # PROFILE's kernel times are the first fused-linear table's 'CUDA time avg' in the committed profiler log
     from tools.perf_model import linear_loss_measured as lm

@@ -131,6 +131,7 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
         "chunk_rows": r,
         "chunks": chunks,
         "dw_matmuls": chunks,
+        "tail_launches_per_chunk": 3 * (len(chunk_loop.class_parts(c)) - 1),
         "extra_mib": modelled_extra_mb(m, d, c, 2)["fused"],
         "breakdown": {
             "matmuls": round(chunks * chunk_matmuls_us, 1),

@@ -13,8 +13,16 @@ each source says something different, and the report gives the calibrated time f
 - today: the same measurements / today's model of today's kernels for that case (the forward kernel was rewritten
   after the run: realigned rows, per-word softmax states);
 - profile: the chunk kernels as profiled that day / today's model of today's kernels at the profiled rows.
-The matmuls, launches and the backward's scaling stay as predicted (no aligned chunk matmul has run on a GPU), and
-the host side is not modelled: a host-bound op (linear_loss_host.py) would be slower than any of these.
+The matmuls, launches and the backward's scaling stay as predicted in those rows, and the host side is not modelled:
+a host-bound op (linear_loss_host.py) would be slower than any of these.
+
+The matmuls' own calibration: where a committed log of benchmarks/gemm_probe.py on the card exists
+(results/gpu-<date>/*gemm*.log, newest first), each calibrated row also gives the fused time with the chunk's
+matmuls as the probe MEASURED them at the default chunk rows (GEMM_ROWS) instead of at the model's assumed cuBLAS
+efficiency: the loop's own helpers ("loop:" rows, each with its class tail's matmul, whose launch the model then no
+longer counts apart) where the log has them, else the aligned matmuls of 2026-12-04 (over W padded to C rounded up
+to 8, no tail). On the H200 the probe measured the aligned chunk matmuls at ~340-500 TFLOP/s, against the 692
+assumed.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import json
 import re
 from pathlib import Path
 
-from .hardware import Card
+from .hardware import Card, card_for_device
 from .measured import RESULTS, comparisons
 
 LOSS_CASE = "BERT-like M=16384 C=30522"  # the loss suite's case with the op's C (device-bound on the H200)
@@ -41,6 +49,16 @@ PROFILE = {
 }
 KERNELS = ("_loss_fwd_kernel", "_loss_bwd_kernel")  # forward, backward
 
+GEMM_ROWS = 384  # benchmarks/gemm_probe.py's rows per branch (its R = 768 stacked rows)
+# the chunk's three matmuls by the probe's row names, each (name, times per chunk): the loop's own helpers where the
+# log has them (with the tails), else the aligned matmuls over a padded W (2026-12-04: dH per branch, twice)
+GEMM_PARTS = {
+    "logits": (("loop: logits head+tail", 1), ("logits fp32 out, C8", 1)),
+    "d_hidden": (("loop: dH both, head+tail", 1), ("dH, K=C8", 2)),
+    "d_weight": (("loop: dW head+tail", 1), ("dW addmm fp32, M=C8", 1)),
+}
+_GEMM_ROW = re.compile(r"^(\S.*?)\s{2,}([\d.]+) us\s+[\d.]+ TFLOP/s", re.MULTILINE)
+
 
 def card_runs(card: Card, folder: Path = RESULTS) -> list[tuple[str, Path]]:
     """(date, path) of the committed GPU runs of exactly this card, oldest first: files named after the device
@@ -50,6 +68,28 @@ def card_runs(card: Card, folder: Path = RESULTS) -> list[tuple[str, Path]]:
     pattern = re.compile(rf"GPU-NVIDIA-{name}(?:-\d+GB)?(?:-HBM\w+)?-(\d{{4}}-\d{{2}}-\d{{2}})\.json")
     runs = [(m.group(1), p) for p in folder.glob("GPU-NVIDIA-*.json") if (m := pattern.fullmatch(p.name))]
     return sorted(runs)
+
+
+def gemm_probe(card: Card, folder: Path = RESULTS) -> dict | None:
+    """The newest committed gemm_probe log of ``card`` (its first line names the device): {file, date, per_chunk_us,
+    with_tails}: the chunk's three matmuls' measured us at GEMM_ROWS rows (GEMM_PARTS), or None without a log that
+    has them all."""
+    for path in sorted(folder.glob("gpu-*/*gemm*.log"), key=lambda p: p.parent.name, reverse=True):
+        text = path.read_text()
+        device = next((line.split(" | ")[0] for line in text.splitlines() if " | torch " in line), "")
+        if card_for_device(device) is not card:
+            continue
+        rows = {m.group(1).strip(): float(m.group(2)) for m in _GEMM_ROW.finditer(text)}
+        chosen = [next(((n, k) for n, k in options if n in rows), None) for options in GEMM_PARTS.values()]
+        if None in chosen:
+            continue
+        return {
+            "file": f"{path.parent.name}/{path.name}",
+            "date": path.parent.name.removeprefix("gpu-"),
+            "per_chunk_us": round(sum(rows[n] * k for n, k in chosen), 1),
+            "with_tails": all(n.startswith("loop:") for n, _ in chosen),
+        }
+    return None
 
 
 def _composites(run: dict, shape: str) -> dict[str, float]:
@@ -107,6 +147,12 @@ def measured_reference(
     per_chunk = {k["kernel"]: k["kernel_us"] for k in fused["breakdown"]["loss_kernels_per_chunk"]}
     uncalibrated = fused["us"] - fused["breakdown"]["loss_kernels"]
     compiled, eager = composites.get("compile(official)"), composites.get("official")
+    probe = gemm_probe(card, folder) if fused.get("chunk_rows") == GEMM_ROWS else None
+    probed_shift = None  # the fused time's change with the chunk matmuls as probed
+    if probe is not None:
+        probed_shift = fused["chunks"] * probe["per_chunk_us"] - fused["breakdown"]["matmuls"]
+        if probe["with_tails"]:  # the probe timed the tails' matmuls: their launches are not counted apart
+            probed_shift -= fused["chunks"] * fused.get("tail_launches_per_chunk", 0) * card.launch_us
     calibrated = []
     for factors in calibrations(run, today, profiled_today, card):
         loss_us = fused["chunks"] * (
@@ -117,8 +163,14 @@ def measured_reference(
             entry["compiled_over_fused"] = round(compiled * 1e3 / entry["fused_us"], 2)
         if eager:
             entry["eager_over_fused"] = round(eager * 1e3 / entry["fused_us"], 2)
+        if probed_shift is not None:
+            entry["fused_us_probed"] = round(entry["fused_us"] + probed_shift, 1)
+            if compiled:
+                entry["compiled_over_fused_probed"] = round(compiled * 1e3 / entry["fused_us_probed"], 2)
         calibrated.append(entry)
     reference = {"file": path.name, "date": date, "measured_full_ms": composites, "calibrated": calibrated}
+    if probe is not None:
+        reference["gemm_probe"] = probe
     if compiled:
         reference["compiled_over_fused_uncalibrated"] = round(compiled * 1e3 / fused["us"], 2)
     return reference
@@ -145,24 +197,36 @@ def markdown(reference: dict | None, loss_kernels_us: float) -> list[str]:
         f"MEASURED in the GPU run {reference['file']} at this shape, bf16, forward + backward medians (the code of "
         f"that run's date): {measured}.",
     ]
+    probe = reference.get("gemm_probe")
     if reference["calibrated"]:
+        probed = ""
+        if probe:
+            kind = "the loop's own helpers, with the class tails" if probe["with_tails"] else "over a padded W"
+            probed = (
+                f" The last two columns take the chunk's matmuls as benchmarks/gemm_probe.py MEASURED them "
+                f"({probe['file']}, {kind}: {probe['per_chunk_us']:.0f} us per chunk) instead of the assumed "
+                "efficiency."
+            )
         lines += [
             "",
             f"The fused op with its loss kernels ({loss_kernels_us:.0f} us predicted) calibrated by that run, one row "
-            "per source of the factors; matmuls, launches and scaling as predicted, host time not modelled. "
-            "PREDICTIONS; x compile = the measured torch.compile time / the fused time:",
+            "per source of the factors; matmuls, launches and scaling as predicted, host time not modelled."
+            f"{probed} PREDICTIONS; x compile = the measured torch.compile time / the fused time:",
             "",
             "| calibration source | forward x | backward x | loss kernels us | fused us | x compile (measured) | "
-            "x eager (measured) |",
-            "|---|---|---|---|---|---|---|",
+            "x eager (measured) |" + (" fused us, matmuls probed | x compile, matmuls probed |" if probe else ""),
+            "|---|---|---|---|---|---|---|" + ("---|---|" if probe else ""),
         ]
         for c in reference["calibrated"]:
             text = SOURCE_TEXT[c["source"]].format(case=LOSS_CASE, date=PROFILE["date"], rows=PROFILE["rows"])
-            lines.append(
+            row = (
                 f"| {text} | {c['forward']:.2f} | {c['backward']:.2f} | {c['loss_kernels_us']:.0f} | "
                 f"{c['fused_us']:.0f} | {c.get('compiled_over_fused', float('nan')):.2f} | "
                 f"{c.get('eager_over_fused', float('nan')):.2f} |"
             )
+            if probe:
+                row += f" {c['fused_us_probed']:.0f} | {c.get('compiled_over_fused_probed', float('nan')):.2f} |"
+            lines.append(row)
     if "compiled_over_fused_uncalibrated" in reference:
         lines += ["", f"Uncalibrated: {reference['compiled_over_fused_uncalibrated']:.2f}x the measured compile."]
     return lines
