@@ -351,7 +351,9 @@ def _linear_launches(dtype: torch.dtype, shape: tuple[int, int, int], variant: d
         out = op._forward_triton(hidden, sub_hidden, weight, bias, target, *options)
         grad_main = grad if flags["MAIN_GRAD"] else None
         grad_sub = grad if flags["HAS_SUB"] and flags["SUB_GRAD"] else None
-        op._backward_triton(grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, True, True, *options)
+        # gather False: the recompute kernels (gather True takes the chunk loop, cuBLAS: no kernel of this op)
+        args = (grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, True, True, False)
+        op._backward_triton(*args, *options)
     return list(launches)
 
 

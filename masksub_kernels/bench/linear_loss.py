@@ -197,11 +197,16 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
                 providers += _swept(shape, CHUNK_SWEEP)
             result += [shape.case(*provider) for provider in providers]
             if on_gpu and not tiny:  # the recompute op on MLM-like labels: 'full' only, no TFLOP/s (15% of the work)
+                # eager: its backward on the chunk loop (counted rows, one host sync); compiled: class ids take its
+                # own kernels there (no sync), the path of an MLM under torch.compile
+                compiled_mlm = torch.compile(fused_recompute_mlm, dynamic=False)
                 for b in backends:
-                    mlm = shape.case(f"masksub[{b}] recompute mlm15", fused_recompute_mlm, b, notes, modes=("full",))
-                    counted = MLM_COUNTED[0] / MLM_COUNTED[1]  # other labels than the baseline's: no speed-up
-                    mlm.flops, mlm.notes = None, {**notes, "counted_rows": counted, "labels_differ": True}
-                    result.append(mlm)
+                    for suffix, fn in (("", fused_recompute_mlm), (" compiled", compiled_mlm)):
+                        name = f"masksub[{b}] recompute mlm15{suffix}"
+                        mlm = shape.case(name, fn, b, notes, modes=("full",))
+                        counted = MLM_COUNTED[0] / MLM_COUNTED[1]  # other labels than the baseline's: no speed-up
+                        mlm.flops, mlm.notes = None, {**notes, "counted_rows": counted, "labels_differ": True}
+                        result.append(mlm)
     if on_gpu and not tiny:  # the chunk floor's pair, after everything else (a capped suite drops it first)
         for name, rows, depth, classes, dtypes in FLOOR_SHAPES:
             shape = _Shape(device, name, rows, depth, classes, dtypes[0])

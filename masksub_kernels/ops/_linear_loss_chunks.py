@@ -91,7 +91,7 @@ GRADS_CHUNK_BYTES = 96 * 2**20
 # operands) those passes outlast the matmul; the budget alone gives large vocabularies few rows (64 at C = 128256,
 # 192 at RoBERTa's 50265): predicted 2.9x slower at M = 16384, D = 4096, C = 128256, 1.26x at RoBERTa's shape
 # (tools/perf_model, H200). 384 is a compromise: the H200's knee, and within issue 13's 5% memory goal at RoBERTa's
-# shape (512 rows, faster on an H100, is 5.5% there). The buffer is then
+# shape (512 rows, faster on an H100, is 5.6% there). The buffer is then
 # 2 x 384 x C_pad x 4 bytes, ~3 KiB per class (2.9 GiB at C = 10^6), at most 1 / 32 of the composite's least memory
 # (two [M, C] logits and their gradients: R / M of it in bf16) and 2 R / D of the fp32 accumulator dW [C, D] the op
 # holds anyway.
@@ -337,6 +337,8 @@ def grads_in_forward(
     rows_per_chunk: int,
     kernels: bool,
     gather: bool = True,
+    row_grads: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+    saved_stats: torch.Tensor | None = None,
 ) -> GradsOut:
     """The reduced losses and the stored gradients of L = main_weight main + sub_weight sub (module docstring).
 
@@ -349,7 +351,12 @@ def grads_in_forward(
     Returns (loss, main, sub, dH, dHs, dW, db, stats, scale): loss, main, sub fp32 0-d; dH, dHs in hidden's dtype;
     dW, db in fp32 (fp64 for fp64 inputs; padded_dw: dW a view); stats fp32 [9, M], the per-row losses and softmax stats
     (ops/masksub_loss.py's layout; ignored rows: zero losses) that the per-term backward needs; scale 0-d (fp64 for
-    fp64 inputs, else fp32), the stored gradients' factor to the true ones."""
+    fp64 inputs, else fp32), the stored gradients' factor to the true ones.
+
+    row_grads, saved_stats: the recompute op's backward (backward_in_chunks): each row's own grads of its main and
+    sub losses ([M] each, or None: that term has none; mean False and weights 1 or 0 then, the scale 1) and the
+    forward's stats [9, M], read instead of running the loss forward (the returned losses are then not this
+    call's)."""
     (rows, depth), classes = hidden.shape, weight.shape[0]
     device, has_sub = hidden.device, sub_hidden is not None
     acc = torch.float64 if hidden.dtype == torch.float64 and not kernels else torch.float32
@@ -394,7 +401,8 @@ def grads_in_forward(
     if padded and not with_ones:  # the reference: dW the [C, D] view from the start (the padding unused)
         dw = dw[:, :depth]
     db = torch.zeros(classes, dtype=acc, device=device) if want_weight and bias is not None and not with_ones else None
-    stats = zeros((loss_ops.NUM_OUT, rows), torch.float32, True)  # every chunk writes its columns; ignored rows 0
+    stats = zeros((loss_ops.NUM_OUT, rows), torch.float32, True) if saved_stats is None else saved_stats
+    # (every chunk writes its columns; ignored rows 0)
     w = weight.to(operand)  # the reference's (and fp64 inputs') one copy of W; the inputs' own W otherwise
     # the kernels' matmuls run over these class ranges of W and of the chunk's buffers (views): an aligned head
     # (dW over it: 108 against 129 us per chunk on an H200, 2026-12-04) and a tail of < 8 classes
@@ -411,6 +419,10 @@ def grads_in_forward(
     term_scale = single if single != 0 else _common_scale(max(weights)) if max(weights) > 0 else 1.0
     g_main = _row_grad(grad, main_weight / term_scale, acc, device) if want_main else None
     g_sub = _row_grad(grad, sub_weight / term_scale, acc, device) if want_sub else None
+    row_g = None
+    if row_grads is not None:  # each row's own grads instead (the recompute op's backward)
+        row_g = tuple(None if g is None or not want else g.to(acc) for g, want in zip(row_grads, (want_main, want_sub)))
+        g_main = g_sub = None
 
     step = max(1, rows_per_chunk)
     chunks = [slice(a, min(a + step, rows)) for a in range(0, rows, step)] if every_row else ids.split(step)
@@ -437,6 +449,7 @@ def grads_in_forward(
         (None,) * 5 if sliced is None else (sliced(hidden), sliced(target), sliced(stats, 1), sliced(dh), sliced(dhs))
     )
     hs_rows = sliced(sub_hidden) if sliced is not None and has_sub else None
+    g_rows = (None, None) if row_g is None or sliced is None else tuple(None if g is None else sliced(g) for g in row_g)
     for index, chunk in enumerate(chunks):
         if sliced is not None:
             h_c, y = h_rows[index], y_rows[index]
@@ -448,6 +461,15 @@ def grads_in_forward(
         v = views.get(n)
         if v is None:
             v = views[n] = _ChunkViews.of(n, has_sub, depth, classes, stacked, logits_buffer, narrow, g_main, g_sub)
+        gm, gs = v.gm, v.gs  # the row grads of the chunk's rows
+        if row_g is not None:
+            gm, gs = (
+                None if g is None else g.index_select(0, chunk) if sliced is None else g_parts[index]
+                for g, g_parts in zip(row_g, g_rows)
+            )
+        saved_out = None  # the forward's stats of the chunk's rows, where given
+        if saved_stats is not None:
+            saved_out = stats_cols[index] if sliced is not None else stats.index_select(1, chunk)
         if v.x_wide is not None:  # [2R, D + pad]: the rows, their ones column
             for rows_c, into in zip((h_c, hs_c), v.x_rows):
                 into.copy_(rows_c)
@@ -462,18 +484,20 @@ def grads_in_forward(
             logits = _fp32_logits(x, w, v.logits)  # [2n, C]
             z, s = v.z, v.s
             # the stats straight into their columns of [9, M] where the chunk is a slice (else copied below)
-            into_stats = stats_cols[index] if sliced is not None else stats.new_empty(NUM_OUT, n)
-            out = loss_ops._forward_triton(z, s, y, *options, bias=bias_c, out=into_stats, tickets=tickets)
+            out = saved_out
+            if out is None:
+                into_stats = stats_cols[index] if sliced is not None else stats.new_empty(NUM_OUT, n)
+                out = loss_ops._forward_triton(z, s, y, *options, bias=bias_c, out=into_stats, tickets=tickets)
             grads = v.grads
             dz, ds = loss_ops._backward_triton(
-                v.gm, v.gs, out, z, s, y, *options, into=v.into, bias=bias_c, over_rows=narrow is not None
+                gm, gs, out, z, s, y, *options, into=v.into, bias=bias_c, over_rows=narrow is not None
             )
         else:
             logits = x.to(acc) @ w.T if b_acc is None else torch.addmm(b_acc, x.to(acc), w.T)
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
-            out = loss_ops.loss_forward_reference(z, s, y, *options)
-            dz, ds = loss_ops.loss_backward_reference(v.gm, v.gs, out, z, s, y, *options)
-        if not kernels or sliced is None:
+            out = loss_ops.loss_forward_reference(z, s, y, *options) if saved_out is None else saved_out
+            dz, ds = loss_ops.loss_backward_reference(gm, gs, out, z, s, y, *options)
+        if (not kernels or sliced is None) and saved_out is None:
             stats[:, chunk] = out  # fp32 [9, R]
         # [R, D] rows of dH and dHs: the kernels' from one matmul over the rows of both terms' gradients in grads
         # (dz over ds), into an fp32 temporary; the reference's from a matmul each
@@ -534,3 +558,33 @@ def grads_chunk_rows(classes: int, rows: int) -> int:
     budget = max(1, GRADS_CHUNK_BYTES // (2 * aligned_classes(classes) * 4))
     floor = min(GRADS_CHUNK_MIN_ROWS, rows // GRADS_CHUNK_MIN_SHARE // 64 * 64)
     return max(floor, budget // 64 * 64 if budget >= 64 else budget)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The recompute op's backward on this loop (ops/linear_masksub_loss.py's Triton flavour)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def sync_free(hidden: torch.Tensor) -> bool:
+    """Whether a call must not synchronise with the device: under torch.compile's tracing or CUDA graph capture
+    (is_compiling first: dynamo cannot trace the capture query, a bool from a torch function)."""
+    return torch.compiler.is_compiling() or (hidden.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def backward_in_chunks(
+    grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, gather, options
+):
+    """The recompute op's (d hidden, d sub_hidden, d weight, d bias) from per-row grads [M] (or None) and its
+    forward's stats ``out`` [9, M], by this loop: per chunk the logits (cuBLAS), the loss backward kernel with
+    each row's grads, dH's and dW's matmuls (cuBLAS): 6 matmul units, where the recompute op's Triton kernels
+    recompute the logits twice (8 units, measured ~4x slower than cuBLAS on an H200: 63.6 ms at BERT's shape,
+    2026-12-04). ``gather``: the counted rows only (one host sync on CUDA class ids); else every row (ignored ones
+    give zeros). Each gradient in its input's dtype, or an empty [0] (the op's fake)."""
+    rows, classes = hidden.shape[0], weight.shape[0]
+    dh, dhs, dw, db = grads_in_forward(
+        hidden, sub_hidden, weight, bias, target, False, float(grad_main is not None), float(grad_sub is not None),
+        need_hidden and grad_main is not None, need_hidden and grad_sub is not None, need_weight, options,
+        rows_per_chunk=grads_chunk_rows(classes, rows), kernels=True, gather=gather, row_grads=(grad_main, grad_sub),
+        saved_stats=out,
+    )[3:7]  # fmt: skip
+    return dh, dhs, dw.to(weight.dtype), db.to(weight.dtype)

@@ -221,8 +221,9 @@ def _recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stat
     gs = per_row(terms[1], sub_hidden is not None and (need[1] or need_weight))
     if gm is None and gs is None:
         return ()
+    gather = not chunk_loop.sync_free(hidden)  # the chunk loop on the counted rows in eager mode (backward_in_chunks)
     return _linear_loss_backward_op(
-        gm, gs, stats, hidden, sub_hidden, weight, bias, target, need[0] or need[1], need_weight, *ctx.options
+        gm, gs, stats, hidden, sub_hidden, weight, bias, target, need[0] or need[1], need_weight, gather, *ctx.options
     )
 
 
@@ -241,11 +242,10 @@ def _grads_wanted(hidden, sub_hidden, weight, bias, target, reduction) -> tuple[
     LM's labels: ~85% -100, 6 units on all rows against 10 on the 15%)."""
     if reduction == "none" or not torch.is_grad_enabled():
         return None
-    # is_compiling first: dynamo cannot trace the capture query (a bool from a torch function)
-    sync_free = torch.compiler.is_compiling() or (hidden.is_cuda and torch.cuda.is_current_stream_capturing())
-    if sync_free and not target.is_floating_point():
+    no_sync = chunk_loop.sync_free(hidden)
+    if no_sync and not target.is_floating_point():
         return None
     need_h = hidden.requires_grad
     need_hs = sub_hidden is not None and sub_hidden.requires_grad
     need_w = weight.requires_grad or (bias is not None and bias.requires_grad)
-    return (need_h, need_hs, need_w, not sync_free) if need_h or need_hs or need_w else None
+    return (need_h, need_hs, need_w, not no_sync) if need_h or need_hs or need_w else None

@@ -29,7 +29,10 @@ fixed order (deterministic, no atomics). Rows whose class id is ``ignore_index``
 the forward's and dH's grids have room for the splits of any count (up to MAX_COUNT_SPLITS per row tile, or those
 that fill the GPU when every row counts) and their kernels choose them from the count (_linear_loss_kernels.
 _class_splits): a masked LM's labels (~15% of rows count) get ~6 splits per counted tile on an H200, where one
-split left ~70% of its SMs idle.
+split left ~70% of its SMs idle. On the Triton backend those backward kernels run only where the op must not
+synchronise (torch.compile, CUDA graphs); in eager mode the backward runs the chunk loop of ops/_linear_loss_chunks.py
+with each row's grads (backward_in_chunks: cuBLAS matmuls, 6 units; the recompute kernels took 63.6 ms at BERT's
+shape on an H200, 2026-12-04, ~4x the chunk loop's matmuls).
 
 Extra memory (beyond inputs and the returned gradients): Triton O(M) for the stats and row order (the forward's
 partial states: 44 bytes per row and split of the grid), plus fp32 accumulators: dH's slabs [P BLOCK_M, D] per
@@ -51,26 +54,18 @@ from .. import _backend
 from .._triton import next_power_of_2
 from . import _linear_loss_kernels as kernels
 from ._common import FLOAT_DTYPES, cdiv, masksub_op
+from ._linear_loss_chunks import backward_in_chunks, sync_free
 from ._linear_loss_grads import _grads_wanted, _linear_loss_grads_op
 from .losses import MaskSubLoss, _check_options, _check_target, _number, _reduce, _row_count
-from .masksub_loss import (
-    MAIN,
-    NUM_OUT,
-    SUB,
-    loss_backward_reference,
-    loss_forward_reference,
-)
+from .masksub_loss import MAIN, NUM_OUT, SUB, loss_backward_reference, loss_forward_reference
 
 CHUNK_ELEMENTS = 2**20  # logits per chunk of the reference: rows per chunk = max(1, CHUNK_ELEMENTS // C)
 MAX_BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K = 64, 128, 64  # Triton tiles (the tests lower them under the interpreter)
-# fp32 operands take tiles of 64 classes and depth 16. Their ieee tl.dot runs on the FMA pipes with both operands in
-# registers: at 64 x 128 x 32 the dH and dW kernels spilled registers inside their matmul loops (85-143 local
-# loads / stores per trip, sm_80 and sm_90, BERT's shape); at 64 x 64 x 16 on 8 warps none does (at most 8 bytes, a
-# local access per class tile), for ~1.5x the operand traffic per flop (not timed: no GPU yet). Depth 64 was also
-# over the 99 KiB of shared memory a block may have on sm_86 / sm_89 (RTX 30x0 / 40x0, A10, L4, L40: OutOfResources
-# at the first launch); these tiles take 24-36 KiB. bf16 / fp16 (tensor-core dots) keep 64 x 128 x 64: as the JIT
-# specialises a launch at BERT's shape their spills sit outside the matmul loops but for 5 local accesses in one
-# (sm_80, probability targets; tools/spill_baseline.json lists every pair).
+# fp32 operands take tiles of 64 classes and depth 16: their ieee tl.dot (FMA pipes, operands in registers) spilled
+# inside the dH / dW matmul loops at 64 x 128 x 32 (85-143 local accesses per trip, sm_80 / sm_90, BERT's shape),
+# none at 64 x 64 x 16 on 8 warps; depth 64 also exceeded sm_86 / sm_89's 99 KiB of shared memory per block
+# (OutOfResources), these take 24-36 KiB. bf16 / fp16 (tensor-core dots) keep 64 x 128 x 64: 5 local accesses in one
+# matmul loop at BERT's shape (sm_80, probability targets; tools/spill_baseline.json lists every pair).
 MAX_BLOCK_N_FP32, MAX_BLOCK_K_FP32 = 64, 16
 MAX_DW_SPLITS = 8  # row splits of the dW kernel: each costs an fp32 [C, D] accumulator
 # Class splits of the forward and dH for labels where few rows count (MLM: the kernels choose on the device, up to
@@ -150,11 +145,12 @@ def linear_loss_forward_reference(hidden, sub_hidden, weight, bias, target, bce,
 
 
 def linear_loss_backward_reference(
-    grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, *options
+    grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, gather, *options
 ):
     """(d hidden, d sub_hidden, d weight, d bias), each in its input's dtype, or an empty [0] when not asked for
-    (need_hidden / need_weight) or when its term has no grad (grad_main / grad_sub None). options: (bce,
-    label_smoothing, ignore_index, temperature, target_threshold)."""
+    (need_hidden / need_weight) or when its term has no grad (grad_main / grad_sub None). gather: whether a host
+    sync may read the count (the Triton flavour's choice; the reference computes counted rows either way).
+    options: (bce, label_smoothing, ignore_index, temperature, target_threshold)."""
     acc, w, b = _accumulation(hidden, weight, bias)
     ignore = options[2]
     valid, bad = _row_masks(target, ignore, weight.shape[0])
@@ -299,8 +295,14 @@ def _sum_slabs(slabs, order, count, hidden, splitting, block_m) -> torch.Tensor:
 
 
 def _backward_triton(
-    grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, *options
+    grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, gather, *options
 ):
+    # the chunk loop's cuBLAS matmuls (6 units) where it may read the count (eager); where it must not sync
+    # (torch.compile, CUDA graphs) the kernels below, which skip ignored rows on the device (a masked LM's ~85%,
+    # where every row would cost more)
+    if gather:
+        args = (grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight)
+        return backward_in_chunks(*args, gather, options)
     bce, eps, ignore, temperature, threshold = options
     tensors, strides, flags, blocks = _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore, bce, threshold)
     flags.update(MAIN_GRAD=grad_main is not None, SUB_GRAD=grad_sub is not None, UNIT_T=temperature == 1.0)
@@ -394,17 +396,19 @@ def _linear_loss_backward_op(
     target: torch.Tensor,
     need_hidden: bool,
     need_weight: bool,
+    gather: bool,
     bce: bool,
     label_smoothing: float,
     ignore_index: int,
     temperature: float,
     target_threshold: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(d hidden, d sub_hidden, d weight, d bias); each an empty [0] when not asked for or its term has no grad."""
+    """(d hidden, d sub_hidden, d weight, d bias); each an empty [0] when not asked for or its term has no grad.
+    gather: a host sync may read the count of counted rows (eager; not under torch.compile or CUDA graphs)."""
 
 
 @_linear_loss_backward_op.register_fake
-def _(grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, *options):
+def _(grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, gather, *options):
     def grad(x, shape, wanted):
         return x.new_empty(shape if wanted else (0,))
 
@@ -432,9 +436,8 @@ def _backward(ctx, grad_out):
     if not (need_main or need_sub):
         return (None,) * 10
     grad_main, grad_sub = grad_out[MAIN] if need_main else None, grad_out[SUB] if need_sub else None
-    dh, dhs, dw, db = _linear_loss_backward_op(
-        grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_h or need_hs, need_weight, *ctx.options
-    )
+    args = (grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_h or need_hs, need_weight)
+    dh, dhs, dw, db = _linear_loss_backward_op(*args, not sync_free(hidden), *ctx.options)
     return (
         dh if need_h else None,
         dhs if need_hs and need_sub else None,

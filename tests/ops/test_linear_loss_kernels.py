@@ -29,6 +29,13 @@ import masksub_kernels as mk
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
 
 
+@pytest.fixture(autouse=True)
+def _recompute_kernels_both_ways(monkeypatch):
+    """The recompute op's own backward kernels, as under torch.compile / CUDA graphs (in eager mode its Triton
+    backward runs the chunk loop instead: backward_in_chunks)."""
+    monkeypatch.setattr(lm, "sync_free", lambda hidden: True)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 @pytest.mark.parametrize(("mode", "kind"), [("ce", "index_ignore"), ("ce", "dense"), ("bce", "index")])
 def test_online_states_over_several_tiles_of_one_program(op_backend, monkeypatch, temperature, mode, kind):  # noqa: F811

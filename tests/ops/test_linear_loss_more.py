@@ -230,7 +230,7 @@ def test_reference_chunks_hold_their_rows_only(monkeypatch):
         _linear_loss_grads_op.run(h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, True, 0, *options)
         out = lm._linear_loss_op.run(h, hs, w, b, target, *options)
         g = torch.ones(rows)
-        lm._linear_loss_backward_op.run(g, g, out, h, hs, w, b, target, True, True, *options)
+        lm._linear_loss_backward_op.run(g, g, out, h, hs, w, b, target, True, True, True, *options)
     assert seen.largest <= bound, (seen.largest, bound)
 
 
@@ -304,7 +304,7 @@ def test_recompute_backward_outputs_match_its_fake(op_backend, dtype):
     h, hs, w, b, target = make_inputs(kind="index_ignore", dtype=dtype, seed=28)
     out = lm._linear_loss_op(h, hs, w, b, target, False, 0.1, -100, 2.0, None)
     g = torch.linspace(0.5, 1.5, h.shape[0], device=DEVICE)
-    args = (g, g, out, h, hs, w, b, target, True, True, False, 0.1, -100, 2.0, None)
+    args = (g, g, out, h, hs, w, b, target, True, True, True, False, 0.1, -100, 2.0, None)
     torch.library.opcheck(lm._linear_loss_backward_op.custom_op, args, test_utils=("test_schema", "test_faketensor"))
     assert [t.dtype for t in lm._linear_loss_backward_op.custom_op(*args)] == [dtype] * 4
 

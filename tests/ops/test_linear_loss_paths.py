@@ -137,3 +137,44 @@ def test_torch_compile_with_some_inputs_frozen(op_backend, kind, single, trained
     for name, ref in zip("hwb" if single else "hswb", ref_leaves):
         if name in trained:
             assert_grad_close(ours["hswb".index(name)].grad, ref.grad, GRAD_RTOL[F32], f"d {name} ({kind})")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("kind", ["index", "index_ignore", "dense", "bad_id"])
+@pytest.mark.parametrize("dtype", [F32, torch.bfloat16])
+@pytest.mark.parametrize("terms", ["both", "main", "sub"])
+@pytest.mark.parametrize("need", [(True, True), (True, False), (False, True)])  # need_hidden, need_weight
+def test_recompute_backward_routes_agree_with_the_reference(monkeypatch, kind, dtype, terms, need):
+    # The recompute op's backward (reduction='none', each term's own backward) on the Triton backend: the chunk
+    # loop's cuBLAS matmuls where it may read the count (gather, eager), else its own kernels (torch.compile / CUDA
+    # graphs); per-row grads that differ, ignored rows, a class id
+    # equal to C (a NaN row), one term without a grad, either gradient not asked for: the reference's, each route
+    from masksub_kernels.ops import linear_masksub_loss as lm
+
+    monkeypatch.setattr(chunks, "GRADS_CHUNK_BYTES", 2 * 8 * chunks.aligned_classes(40) * 4)  # chunks of 8 rows
+    monkeypatch.setattr(chunks, "GRADS_CHUNK_MIN_ROWS", 8)
+    h, hs, w, b, target = make_inputs(rows=37, dtype=dtype, kind="index_ignore" if kind == "bad_id" else kind, seed=11)
+    if kind == "bad_id":
+        target[4] = w.shape[0]  # out of range: its row's gradients NaN, on every backend
+    options = (False, 0.1, -100, 2.0, None)
+    with mk.use_backend("torch"):
+        out = lm._linear_loss_op(h, hs, w, b, target, *options)
+    g = torch.linspace(0.5, 1.5, h.shape[0], device=DEVICE)
+    gm, gs = (g if terms != "sub" else None), (-g.flip(0) if terms != "main" else None)
+    args = (gm, gs, out, h, hs, w, b, target, *need)
+    with mk.use_backend("torch"):
+        expected = lm._linear_loss_backward_op(*args, True, *options)
+    chunked = []
+    real = chunks.backward_in_chunks
+    monkeypatch.setattr(lm, "backward_in_chunks", lambda *a: chunked.append(a[-2]) or real(*a))
+    for gather in (True, False):
+        chunked.clear()
+        with mk.use_backend("triton"):
+            got = lm._linear_loss_backward_op(*args, gather, *options)
+        assert chunked == ([True] if gather else []), gather  # the route taken
+        for name, a, e in zip(("d hidden", "d sub_hidden", "d weight", "d bias"), got, expected):
+            assert a.shape == e.shape and a.dtype == e.dtype, (name, gather)
+            if e.numel():
+                assert torch.equal(a.isnan(), e.isnan()), (name, gather)
+                finite = ~e.isnan()
+                assert_grad_close(a[finite], e[finite], 2e-2 if dtype != F32 else 1e-4, f"{name}, gather {gather}")
