@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
-# GPU call 1 of 2: the benchmarks (python -m masksub_kernels.bench), one suite per process under its own cap; the
-# result files are rewritten after each suite and the JSON after each case, so a suite cut short (a cap, a crash)
-# keeps its finished cases.
+# GPU call 1 of 2: the benchmarks (python -m masksub_kernels.bench), one suite per process under its own cap, then
+# the cuda backend's tests and compute-sanitizer (gpu_lib.sh's cuda_steps) on the extension built meanwhile. The
+# JSON is rewritten after each case and the .md after each suite, so a suite cut short (a cap, a crash) keeps its
+# finished cases; each suite times this library's kernels of every shape before its baselines (runner.library_first),
+# so a cap drops baselines measured before. No .png here (--no-plot: drawing it after each suite took capped GPU
+# time, and a 9th file would not come back): `python -m masksub_kernels.bench --report-only OUT/<device>-<date>.json`
+# draws it afterwards on the CPU machine, and rewrites the .md with the model's predictions on every row.
 #
-#   benchmarks/gpu_bench.sh OUTDIR        (first; then benchmarks/gpu_check.sh, call 2 of 2: the tests)
+#   benchmarks/gpu_bench.sh OUTDIR        (first; then benchmarks/gpu_check.sh, call 2 of 2: the other tests)
 #   DRY_RUN=1 benchmarks/gpu_bench.sh X   prints the steps, their caps and the result files; runs nothing
-#   SUITES="token_select loss" ...        a narrower rerun (default: every suite, in the order below)
+#   SUITES="token_select loss" ...        a narrower rerun (default: every suite, then cuda, in the order below;
+#                                         SUITES=cuda: the build, the cuda backend's tests and the sanitizers alone)
 #
-# Files (8): env.txt, summary.txt, build.log, bench.log, the benchmark's <device>-<date>.json, .md and .png, and
-# linear-loss-numerics.json.
+# Files (8, the device tool's most): env.txt, summary.txt, build.log, bench.log, cuda.log, the benchmark's
+# <device>-<date>.json and .md, linear-loss-numerics.json.
 #
-# Budget, GPU caps (s); they add up to 340 s (the build runs beside the first steps), so this call ends inside 6
-# minutes even if every step runs to its cap, leaving the tests' call (sent at once after this one: a machine idle
-# for 30 s is given back) and a machine's start-up room in the device's 15 minutes. Run it first: the numbers are what only a GPU gives. tools.perf_model.measured then runs on the CPU
-# machine, on the files that came back (no GPU needed). The order puts the open question first (issue 13: the
-# fused-linear loss against torch.compile), so that a call cut short still brings it back; the suites with a
-# masksub[cuda] provider come after the build.
+# Budget, GPU caps (s); they add up to 467 s (the build runs beside the first steps; the test asserts < 480 s a
+# call), so this call ends inside 8 minutes even if every step runs to its cap (send it with timeout_s 540: the
+# set-up outside the steps is ~15 s, 60 s a command at most), leaving the tests' call (260 s, sent at once after
+# this one: a machine idle for 30 s is given back) and a machine's start-up room in the device's 15 minutes. Run it
+# first: it holds what only a GPU gives, so that the call most likely cut (the second) holds the least (helper-122,
+# finding 1). tools.perf_model.measured then runs on the CPU machine, on the files that came back (no GPU needed).
+# The order puts the open question first (issue 13: the fused-linear loss against torch.compile), so that a call
+# cut short still brings it back; the suites with a masksub[cuda] provider and the cuda steps come after the build.
 #   env            15  card, driver, versions (Liger-Kernel's too: carry its wheel in .whl/, below); 7 s on the H200
 #   build         130  in the background from the start (nice, MAX_JOBS=6 nvcc processes of the 16 cores: the
 #                      benchmarks' own process keeps a core), only when masksub_kernels._C does not import: nvcc for
-#                      sm_90, 50 s on the H200 machine's 16 cores (2026-11-30); masksub_loss.cu has grown since (71 s
-#                      alone on the CI machine's 2 cores). Waited for before the first suite with a masksub[cuda]
-#                      provider (loss, token_select, grid_mask)
+#                      sm_90, 50 s on the H200 machine's 16 cores (2026-11-30), 77 s (2026-12-04). Waited for
+#                      before the first suite with a masksub[cuda] provider (loss, token_select, grid_mask) or cuda
 #   linear_loss    80  the fused-linear loss at BERT-base MLM's shape, bf16, against the composite, its
 #                      torch.compile and Liger-Kernel's main-branch CE (where liger_kernel imports), then the op's
 #                      chunk sweep (3 other chunk sizes and the loss forward's rows in twice the class splits,
@@ -44,15 +50,20 @@
 #   numerics       20  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
 #                      where the branches agree, the Triton path compiled (on the CPU: the interpreter's truncating
 #                      bf16), against the bf16-logit composites; M = 128, without torch.compile
-#   train          38  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each, no host-time pass;
-#                      30 s on the H200 with the process's start, 2026-11-30)
-#   loss           55  ImageNet, BERT-like and LLM-like rows x classes (41 s on the H200)
-#   token_select   45  4 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, timm and
-#                      torch.compile(official), whose Inductor compilation is most of the time (41 s on the H200)
-#   grid_mask      27  images (fp32, bf16) and Swin tokens, same providers: three Inductor compilations; stopped by
-#                      a 55 s cap before the Swin compile(official) rows on the H200 (2026-11-30): the last rows,
-#                      measured once already, so the first a cap drops (27 s since the env and train steps grew:
-#                      about the fp32 images' rows)
+#   train          45  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each, no host-time pass):
+#                      this library's two steps of every model, then plain's, then the official code's; stopped by
+#                      its 38 s cap before ResNet-50 on 2026-12-04 (~8 s a model with its build)
+#   loss           55  ImageNet, BERT-like and LLM-like rows x classes (54 s on the H200, 2026-12-04)
+#   token_select   50  4 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, torch.compile(official)
+#                      (its Inductor compilation, 6-9 s a shape, is most of the time) and timm; stopped by its 45 s
+#                      cap before the last compile(official) row on 2026-12-04 (helper-122, finding 2: 20 cases)
+#   grid_mask      27  images (fp32, bf16) and Swin tokens, same providers: the 6 kernel rows first (~2 s each with
+#                      their Triton compilation), official, then three Inductor compilations (>15 s each): on
+#                      2026-12-04 the cap stopped it in the first of them, after 3 rows, the kernels' bf16 and Swin
+#                      rows not reached (finding 3); now a cap drops the compile(official) rows, measured before
+#   cuda           50  the cuda backend's tests, then compute-sanitizer (gpu_lib.sh's cuda_steps, their selections
+#   memcheck       40  and timings): the libstdc++ fix and the kernels under the sanitizers, in this call since
+#   racecheck      25  helper-122's review (finding 1: the second call is the one a late send or start-up cuts)
 # The backward mode's untimed forward per repeat adds a few seconds to loss and linear_loss. Each suite prints the
 # seconds of every case (`[12.3 s, 40 s in]`), so a capped step's log says where its time went.
 # Liger-Kernel is not on the GPU machine's image (no network there): `python3 -m pip download --no-deps -d .whl
@@ -104,24 +115,29 @@ ncu_linear() { # benchmarks/gpu_ncu.py under Nsight Compute: one CSV row of raw 
 
 setup_run "$@"
 export MASKSUB_BENCH_DATE="${MASKSUB_BENCH_DATE:-$(date -u +%F)}"  # one date in every suite's file names (helper-106)
-declare -A CAP=([linear_loss]=80 [train]=38 [loss]=55 [token_select]=45 [grid_mask]=27)
+declare -A CAP=([linear_loss]=80 [train]=45 [loss]=55 [token_select]=50 [grid_mask]=27 [cuda]=115)
 
-suites="${SUITES:-linear_loss train loss token_select grid_mask}"
+suites="${SUITES:-linear_loss train loss token_select grid_mask cuda}"
 for suite in $suites; do
   [[ -v CAP[$suite] ]] || { echo "gpu_bench.sh: unknown suite '$suite' (known: ${!CAP[*]})" >&2; exit 2; }
 done
+NEEDS_BUILD='^(loss|token_select|grid_mask|cuda)$' # a masksub[cuda] provider, or the cuda backend's tests
 step env.txt 15 write_env
 needs_build=
-for suite in $suites; do [[ $suite =~ ^(loss|token_select|grid_mask)$ ]] && needs_build=1; done
+for suite in $suites; do [[ $suite =~ $NEEDS_BUILD ]] && needs_build=1; done
 # the build beside the suites that do not need it (the fused-linear suite, its profile and numerics, train)
 [[ -n $needs_build ]] && step_bg build.log 130 build_if_missing
 waited=
 for suite in $suites; do
-  if [[ $suite =~ ^(loss|token_select|grid_mask)$ && -z $waited ]]; then
+  if [[ $suite =~ $NEEDS_BUILD && -z $waited ]]; then
     wait_steps
     waited=1
   fi
-  step bench.log "${CAP[$suite]}" "$PY" -m masksub_kernels.bench --out "$OUT" --append --suites "$suite"
+  if [[ $suite == cuda ]]; then
+    cuda_steps # 50 + 40 + 25 s (gpu_lib.sh)
+    continue
+  fi
+  step bench.log "${CAP[$suite]}" "$PY" -m masksub_kernels.bench --out "$OUT" --append --no-plot --suites "$suite"
   if [[ $suite == linear_loss ]]; then
     step bench.log 20 "$PY" benchmarks/gpu_profile.py --only linear
     step bench.log 40 ncu_linear  # its tables print only when the workload ends: no partial result to keep
@@ -129,7 +145,8 @@ for suite in $suites; do
     output linear-loss-numerics.json
   fi
 done
-output "<device>-<date>.json"
-output "<device>-<date>.md"
-output "<device>-<date>.png"
+if [[ ${suites//cuda/} =~ [a-z] ]]; then # a benchmark suite ran: its files
+  output "<device>-<date>.json"
+  output "<device>-<date>.md"
+fi
 finish

@@ -16,7 +16,9 @@
 # DRY_RUN=1 runs nothing: each function prints what it would do, then `finish` prints the budget (the caps of the
 # foreground steps plus what background steps add beyond them, 480 s at most) and the result files (8 at most); tests/test_gpu_scripts.py checks both.
 # CAP_SCALE multiplies every cap (default 1 on a GPU, 8 without one: the same flow on the CPU interpreter is slower;
-# the printed budget is always the GPU one).
+# the printed budget is always the GPU one). The set-up outside the steps (the wheels' pip install, the CUDA and
+# plugin probes) runs under `timeout $SETUP_S` each: a hang there (CUDA's initialisation) costs a minute, not the
+# device call's whole limit with no summary.txt.
 
 set -uo pipefail
 SCRIPT="$(realpath "$0")" # the script that sourced this file: `timeout` runs its shell functions through it
@@ -29,6 +31,7 @@ BG_PIDS=()
 FAILED=0      # exit code of the first step that failed on its own (not stopped by its cap)
 CAPPED=0      # 1 once a step was stopped by its cap
 FILES=("summary.txt")
+SETUP_S="${SETUP_S:-60}" # seconds for each set-up command outside the steps
 
 _declare() {
   local file
@@ -127,7 +130,7 @@ print("python", platform.python_version(), "| torch", torch.__version__, "| torc
 cpu = platform.processor() or platform.machine()
 print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else f"none (CPU, {cpu})")
 from importlib import metadata
-for name in ("triton", "timm", "pytest", "pytest-xdist", "hypothesis", "liger-kernel"):
+for name in ("triton", "timm", "pytest", "pytest-xdist", "pytest-timeout", "hypothesis", "liger-kernel"):
     try:
         print(name, metadata.version(name))
     except metadata.PackageNotFoundError:
@@ -182,8 +185,8 @@ install_wheels() {
   [[ -e ${wheels[0]} ]] || return 0
   if [[ -n ${DRY_RUN:-} ]]; then echo "note install_wheels ${wheels[*]}"; return 0; fi
   local site=/tmp/masksub-wheels
-  if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
-    "${wheels[@]}"; then
+  if timeout -k 5 "$SETUP_S" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$site" "${wheels[@]}"; then
     export PYTHONPATH="$PYTHONPATH:$site"
     echo "installed into $site: ${wheels[*]}"
   else
@@ -197,6 +200,7 @@ setup_run() {
   cd "$(dirname "$SCRIPT")/.." || exit 2
   if [[ ${1:-} == __call ]]; then
     shift
+    pytest_command # (a function that runs pytest: sanitize)
     "$@"
     exit
   fi
@@ -205,11 +209,91 @@ setup_run() {
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   unset TRITON_INTERPRET MASKSUB_BACKEND
   install_wheels
-  if [[ -z ${DRY_RUN:-} ]] && "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+  local probe='import sys, torch; sys.exit(not torch.cuda.is_available())'
+  if [[ -z ${DRY_RUN:-} ]] && timeout -k 5 "$SETUP_S" "$PY" -c "$probe" 2> /dev/null; then
     HAVE_GPU=1
   else
     HAVE_GPU=0
   fi
   CAP_SCALE="${CAP_SCALE:-$((HAVE_GPU ? 1 : 8))}"
   export OUT HAVE_GPU CAP_SCALE
+  pytest_setup
+}
+
+# pytest as the test steps run it. jit_census: under the CPU interpreter, the count of Triton specialisations each
+# step would compile on a GPU; -v: a test's outcome is on its own line as it ends; failures_now: its traceback (a
+# property test's falsifying example) too, so that a step stopped by its cap still says why its tests failed.
+# pytest-timeout where installed (the GPU machine has it): a hung test fails after 60 s (x CAP_SCALE; the slowest
+# test on the H200 took 14 s, 2026-12-04) instead of taking the rest of its step's cap. pytest-xdist where
+# installed: one file per worker (--dist loadfile), so that each file's Triton specialisations compile once.
+pytest_setup() { # the probes, once per call (PYTEST_TIMEOUT_S exported: the steps' `SCRIPT __call` shells read it)
+  unset PYTEST_TIMEOUT_S
+  if timeout -k 5 "$SETUP_S" "$PY" -c 'import pytest_timeout' 2> /dev/null; then
+    export PYTEST_TIMEOUT_S=$((60 * CAP_SCALE))
+  fi
+  pytest_command
+  XDIST=()
+  XDIST8=()
+  timeout -k 5 "$SETUP_S" "$PY" -c 'import xdist' 2> /dev/null && XDIST=(-n 4 --dist loadfile) &&
+    XDIST8=(-n 8 --dist loadfile)
+  return 0
+}
+
+pytest_command() {
+  PYTEST=("$PY" -m pytest -v -p no:cacheprovider -rfEs --durations=10 -p benchmarks.jit_census
+    -p benchmarks.failures_now ${PYTEST_TIMEOUT_S:+--timeout "$PYTEST_TIMEOUT_S"})
+}
+
+# The cuda backend's tests and compute-sanitizer (gpu_bench.sh's last steps, after the suites and the build):
+# cuda.log    50  the cuda backend's tests (tests/cuda_extension, the cuda parametrisations of tests/ops,
+#                 tests/test_backend.py; ~750 tests) in 8 xdist workers (41 s on the H200 in 12, 2026-11-30; 33 s
+#                 on 2026-12-04, when the first refusal ended the session: the libstdc++ fix is not yet run on one)
+#             40  compute-sanitizer --tool memcheck, kernels of csrc/ only (--kernel-name kns=masksub), on the fp32
+#                 and one-index-dtype cases of every kernel test of tests/cuda_extension (133 tests: 14 s on the
+#                 H200, 2026-12-04; the refusals are in the step before, the 2^32-counter one left out: 4.3e9
+#                 draws), token selection first (the 8192-key sort); PyTorch's caching allocator off, so a read
+#                 past a tensor is past an allocation
+#             25  compute-sanitizer --tool racecheck (shared-memory hazards) on the kernels that use shared memory
+#                 (selection, cell masks, mask-token gradient, loss), small and largest blocks (below): 16 s on the
+#                 H200, 2026-12-04
+CUDA_TESTS=(tests/cuda_extension tests/test_backend.py)
+# memcheck: every kernel test's fp32 (and first index dtype) cases, token selection's file first (pytest runs the
+# files in the order given)
+MEMCHECK_FILES=(tests/cuda_extension/test_cuda_token_select.py tests/cuda_extension/test_cuda_loss.py
+  tests/cuda_extension/test_cuda_grid_mask.py tests/cuda_extension/test_cuda_module.py)
+MEMCHECK_K='not past_two_to_the_32 and not refus and not dtype1 and not dtype2 and not dtype3 and not index_dtype1
+  and not (select_matches_reference and True-) and not (select_gather_matches_reference and True-)'
+MEMCHECK_K="$(echo $MEMCHECK_K)" # one line
+# racecheck: a block of each shared-memory kernel at small and at the largest capacities (8192 sort keys)
+RACECHECK_K='(test_select_matches_reference and (4-10-5 or 3-257-100 or 1-8192-4096))
+  or test_grid_cell_mask_matches_reference or test_mask_token_grad_adds_every_token
+  or (test_mask_token_grad_narrow_rows and contiguous) or (test_mask_tokens_grid_matches_reference and 16-24-40-8)
+  or (test_masksub_loss_matches_reference and (5-3 or 7-1000) and dtype0) or test_masksub_loss_single_terms'
+RACECHECK_K="$(echo $RACECHECK_K)" # one line
+
+cuda_steps() { # the three steps above, with the extension built and installed (else a note)
+  if [[ -z ${DRY_RUN:-} ]] && ! ls masksub_kernels/_C*.so > /dev/null 2>&1; then
+    note "no CUDA extension built (see build.log): the cuda backend's tests and the sanitizers did not run"
+    return 0
+  fi
+  step cuda.log 50 "${PYTEST[@]}" "${XDIST8[@]}" "${CUDA_TESTS[@]}" tests/ops -k 'cuda or test_backend'
+  step cuda.log 40 sanitize memcheck "${MEMCHECK_FILES[@]}" -k "$MEMCHECK_K"
+  step cuda.log 25 sanitize racecheck tests/cuda_extension -k "$RACECHECK_K"
+}
+
+sanitize() { # TOOL PYTEST-ARGS...: compute-sanitizer on csrc/'s kernels; without a GPU, the same tests uninstrumented
+  local tool=$1
+  shift
+  if ((!HAVE_GPU)); then
+    echo "no GPU: the same tests run without compute-sanitizer (the cuda backend on the CUDA emulator)"
+    "${PYTEST[@]}" "$@"
+    return
+  fi
+  # without PyTorch's caching allocator every tensor is an allocation of its own: a read past it is caught
+  [[ $tool == memcheck ]] && export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+  local only_ours=()
+  # grep reads a process substitution, not a pipe: under pipefail a pipe's writer, stopped by SIGPIPE when
+  # grep -q quits early, would make the test fail and drop the filter
+  grep -q -- '--kernel-name' <(compute-sanitizer --help 2>&1) && only_ours=(--kernel-name kns=masksub)
+  compute-sanitizer --tool "$tool" "${only_ours[@]}" --error-exitcode 99 --print-limit 50 "${PYTEST[@]}" "$@"
 }

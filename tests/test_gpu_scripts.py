@@ -82,17 +82,22 @@ def test_steps_name_existing_paths_and_commands(script, tmp_path):
                 assert (ROOT / path).exists(), f"{script} names {path}, which does not exist"
 
 
-@pytest.mark.parametrize("suites", [None, "loss train", "linear_loss", "train linear_loss grid_mask loss", "train"])
+@pytest.mark.parametrize(
+    "suites", [None, "loss train", "linear_loss", "train linear_loss grid_mask loss", "train", "cuda", "train cuda"]
+)
 def test_gpu_bench_builds_beside_the_suites_that_do_not_need_the_extension(suites, tmp_path, monkeypatch):
-    # the masksub[cuda] provider of the loss, token_select and grid_mask suites needs _C; the fused-linear suite
-    # (first by default), its profile and numerics, and train do not: the build starts first, in the background,
-    # and is waited for just before the first suite that needs it
+    # the masksub[cuda] provider of the loss, token_select and grid_mask suites needs _C, and so do the cuda
+    # backend's tests and the sanitizers (cuda, last by default); the fused-linear suite (first by default), its
+    # profile and numerics, and train do not: the build starts first, in the background, and is waited for just
+    # before the first step that needs it
     if suites is not None:
         monkeypatch.setenv("SUITES", suites)
     lines = dry_run(SCRIPTS[1], tmp_path)
     commands = [(kind, " ".join(rest[2:])) for kind, *rest in lines if kind in ("step", "step_bg", "wait_steps")]
+    files = [rest[0] if rest else None for kind, *rest in lines if kind in ("step", "step_bg", "wait_steps")]
     builds = [i for i, (kind, c) in enumerate(commands) if c == "build_if_missing"]
     needs = [i for i, (_, c) in enumerate(commands) if re.search(r"--suites (loss|token_select|grid_mask)$", c)]
+    needs = sorted(needs + [i for i, file in enumerate(files) if file == "cuda.log"])
     waits = [i for i, (kind, _) in enumerate(commands) if kind == "wait_steps"]
     assert len(builds) == (1 if needs else 0) and len(waits) == (1 if needs else 0)
     if needs:
@@ -179,13 +184,58 @@ def test_gpu_bench_refuses_an_unknown_suite(tmp_path):
     assert out.returncode == 2 and "unknown suite 'nosuch'" in out.stderr and "step" not in out.stdout
 
 
-def test_gpu_check_runs_the_cuda_tests_and_both_sanitizers(tmp_path):
-    steps = [rest for kind, *rest in dry_run(SCRIPTS[0], tmp_path) if kind in ("step", "step_bg")]
+def test_the_first_call_runs_the_cuda_tests_and_both_sanitizers_after_the_suites(tmp_path):
+    # helper-122's finding 1: the second call is the one a late send or a second start-up cuts, so what the libstdc++
+    # fix needs verified on a GPU (the cuda backend's refusals, memcheck, racecheck) runs in the first, after the
+    # benchmark suites, with the extension that call built; the second neither builds nor runs them
+    steps = [rest for kind, *rest in dry_run(SCRIPTS[1], tmp_path) if kind in ("step", "step_bg")]
     commands = [" ".join(step[2:]) for step in steps]
-    assert any(c.startswith("build_extension") for c in commands)
-    assert any("tests/cuda_extension" in c and "pytest" in c for c in commands)
-    for tool in ("memcheck", "racecheck"):
-        assert any(c.startswith(f"sanitize {tool} tests/cuda_extension") for c in commands), tool
+    cuda = [i for i, step in enumerate(steps) if step[0] == "cuda.log"]
+    suites = [i for i, c in enumerate(commands) if "--suites" in c]
+    assert len(cuda) == 3 and cuda == list(range(len(steps) - 3, len(steps))) and max(suites) < min(cuda)
+    assert "tests/cuda_extension" in commands[cuda[0]] and "pytest" in commands[cuda[0]]
+    for tool, i in (("memcheck", cuda[1]), ("racecheck", cuda[2])):
+        assert commands[i].startswith(f"sanitize {tool} tests/cuda_extension"), tool
+    assert all("--no-plot" in commands[i] for i in suites)  # the .png: drawn on the CPU afterwards (--report-only)
+    check = [rest[2:] for kind, *rest in dry_run(SCRIPTS[0], tmp_path) if kind in ("step", "step_bg")]
+    assert not any(c[0] in ("build_extension", "sanitize") or "tests/cuda_extension" in c for c in check), check
+
+
+def test_set_up_commands_outside_the_steps_are_time_capped(tmp_path):
+    # helper-122's finding 10: the wheels' pip install and the CUDA and plugin probes run outside any step; a hang
+    # there (CUDA's initialisation) would last until the device call's limit, with no summary.txt
+    stub = tmp_path / "python"
+    stub.write_text("#!/usr/bin/env bash\nsleep 60\n")  # a Python that hangs at everything
+    stub.chmod(0o755)
+    (tmp_path / ".whl").mkdir()
+    (tmp_path / ".whl" / "demo-1.0-py3-none-any.whl").write_text("")
+    script = tmp_path / "benchmarks" / "demo.sh"  # setup_run works from the script's parent folder
+    script.parent.mkdir()
+    script.write_text(f'source {ROOT}/benchmarks/gpu_lib.sh\nsetup_run "$@"\nstep a.log 5 true\nfinish\n')
+    env = {**os.environ, "PYTHON": str(stub), "SETUP_S": "1", "CAP_SCALE": "1"}
+    result = subprocess.run(["bash", str(script), str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                            timeout=40)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pip could not install" in result.stdout and (tmp_path / "out" / "summary.txt").is_file()
+
+
+def test_pytest_gets_a_per_test_timeout_where_pytest_timeout_is_installed(tmp_path):
+    # finding 10: a hung test fails after 60 s (x CAP_SCALE) instead of taking its step's cap; where the plugin is
+    # missing (this machine), no --timeout, which pytest would refuse. Also in the steps' `SCRIPT __call` shells
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "pytest_timeout.py").write_text("")
+    for path, expected in (("", []), (str(plugin), ["--timeout", "480"])):
+        env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, "PYTHONPATH": path}
+        out = subprocess.run(["bash", SCRIPTS[0], str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+        tests = [shlex.split(line) for line in out.splitlines() if " -m pytest " in line]
+        assert len(tests) == 4 and all((("--timeout" in t) == bool(expected)) for t in tests), out
+        assert all(t[t.index("--timeout") : t.index("--timeout") + 2] == expected for t in tests if expected)
+    env = {**os.environ, "PYTEST_TIMEOUT_S": "7", "PYTHON": sys.executable}
+    out = subprocess.run(["bash", SCRIPTS[1], "__call", "declare", "-p", "PYTEST"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert '"--timeout" [' in out and '="7"' in out, out
 
 
 def test_step_machinery_keeps_results_of_finished_steps(tmp_path):

@@ -6,7 +6,12 @@
 3. Writes benchmarks/results/<device>-<date>.json, .md and .png (--tiny: <device>-<date>-tiny.*) after each suite
    (a run cut short by a timeout leaves the suites done so far), and prints the table. --append adds to the files
    of an earlier run on the same device and date: benchmarks/gpu_bench.sh runs each suite in a process of its own,
-   under its own time cap. A run that measures nothing (every record an error) exits with status 1.
+   under its own time cap (with --no-plot, then --report-only once at the end). A run that measures nothing
+   (every record an error) exits with status 1.
+
+--report-only RUN.json measures nothing: it rewrites RUN.md and RUN.png beside it from the JSON (a GPU run's, here
+on the CPU: e.g. when the last suite was stopped by its cap after its JSON but before its .md and .png), with the
+performance model's predictions attached where the card has a model file (the JSON is rewritten with them).
 
 The default run is short (minutes); --full sweeps more shapes and dtypes. On a machine without a GPU the suites
 time the torch backend (the CPU path) against the baselines on the CPU and say so: GPU figures need a GPU.
@@ -79,7 +84,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--append", action="store_true", help="add to the result files already in --out for this device and date"
     )
+    parser.add_argument(
+        "--no-plot", action="store_true", help="no .png (gpu_bench.sh: one plot at the end, with --report-only)"
+    )
+    parser.add_argument(
+        "--report-only", type=Path, default=None, metavar="RUN.json",
+        help="measure nothing: rewrite the .md and .png of a run's JSON beside it (the predictions attached)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.report_only is not None and not args.report_only.is_file():
+        parser.error(f"--report-only: no such file: {args.report_only}")
     if args.device != "auto":
         try:
             device = torch.device(args.device)
@@ -102,8 +116,26 @@ def _allow_recompiles(limit: int = 64) -> None:
             setattr(config, name, max(limit, getattr(config, name)))
 
 
+def report_only(path: Path) -> int:
+    """The .md and .png of the run stored at ``path``, beside it; the model's predictions attached for its card."""
+    try:
+        run = json.loads(path.read_text())
+        device = run["environment"]["device"]
+        run["records"]
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"--report-only: {path} is not a benchmark run's JSON ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 2
+    _attach_predictions(run, report.model_file(default_output_directory(), device))  # None: a CPU run's
+    paths = report.write(run, path.parent, path.name.removesuffix(".json"))
+    for kind, written in paths.items():
+        print(f"wrote {kind}: {written}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_only is not None:
+        return report_only(args.report_only)
     _allow_recompiles()
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -144,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": previous["seconds"] if previous else 0.0,
         "records": records,
     }
+    if previous and previous.get("model"):  # the model file of the earlier suites' predictions (until the next one)
+        run["model"] = previous["model"]
     model_path = report.model_file(default_output_directory(), env["device"]) if on_gpu else None
     for suite in args.suites:
         started = time.perf_counter()
@@ -173,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             report.write(run, directory, stem, json_only=True)
         run["seconds"] = round(run["seconds"] + time.perf_counter() - started, 1)
         _attach_predictions(run, model_path)
-        paths = report.write(run, directory, stem)  # after each suite: a timeout keeps what is done
+        paths = report.write(run, directory, stem, with_plot=not args.no_plot)  # after each suite: a cap keeps it
         print(f"[{suite}] done in {time.perf_counter() - started:.0f} s, written to {paths['json']}", flush=True)
-    paths = report.write(run, directory, stem)
+    paths = report.write(run, directory, stem, with_plot=not args.no_plot)
     print()
     print(report.markdown_table(run))
     for kind, path in paths.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -72,10 +73,16 @@ def markdown_table(run: dict) -> str:
     bytes, and on the bytes the design moves where they differ), speed-up vs the official style measured in the
     same run; the model's prediction beside where a model file was found."""
     env = run["environment"]
+    # cases with a cap of their own (whole training steps: 10) time fewer repeats than the run's: each record says
+    fewer = defaultdict(set)
+    for r in run["records"]:
+        if r.get("repeats") is not None and r["repeats"] != run.get("repeats"):
+            fewer[r["suite"]].add(r["repeats"])
+    exceptions = "; ".join(f"{suite}: {'/'.join(map(str, sorted(n)))}" for suite, n in fewer.items())
     lines = [
         f"Device: {env['device']} | torch {env['torch']} | triton {env.get('triton')} | date {run['date']} | "
-        f"copy bandwidth {run['copy_gbps']:.0f} GB/s (read + write) | {run.get('repeats')} repeats, "
-        f"{run.get('warmup')} warm-up"
+        f"copy bandwidth {run['copy_gbps']:.0f} GB/s (read + write) | {run.get('repeats')} repeats"
+        f"{f' ({exceptions})' if exceptions else ''}, {run.get('warmup')} warm-up"
         + (" | --full" if run.get("full") else "")
         + (" | --tiny: a smoke test of the code, not a measurement" if run.get("tiny") else ""),
         "",
@@ -95,7 +102,7 @@ def markdown_table(run: dict) -> str:
     lines += [
         "",
         "| suite | shape | dtype | mode | provider | median ms (p20-p80) | host ms | predicted ms | GB/s | % of copy "
-        "(minimal) | % of copy (design) | vs official | peak MB |",
+        "(minimal) | % of copy (design) | vs official | peak MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups = defaultdict(list)
@@ -105,7 +112,7 @@ def markdown_table(run: dict) -> str:
         "",
         "End-to-end training steps (images/s; step-time ratio to plain training, beside the ideal):",
         "",
-        "| model | dtype | provider | median ms (p20-p80) | images/s | time / plain | ideal | peak MB |",
+        "| model | dtype | provider | median ms (p20-p80) | images/s | time / plain | ideal | peak MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for (suite, shape, dtype, mode), records in groups.items():
@@ -146,7 +153,7 @@ def markdown_table(run: dict) -> str:
     compute = [r for r in run["records"] if r.get("tflops")]
     if compute:  # compute-bound suites (linear_loss): the useful flops of the composite per second
         lines += ["", "Compute-bound cases (TFLOP/s of the composite's useful flops):", ""]
-        lines += ["| suite | shape | dtype | mode | provider | TFLOP/s | peak MB |", "|---|---|---|---|---|---|---|"]
+        lines += ["| suite | shape | dtype | mode | provider | TFLOP/s | peak MiB |", "|---|---|---|---|---|---|---|"]
         lines += [
             f"| {r['suite']} | {r['shape']} | {r['dtype']} | {r['mode']} | {r['provider']} | {r['tflops']:.3f} | "
             f"{_fmt(r.get('peak_mem_mb'), 1)} |"
@@ -155,8 +162,13 @@ def markdown_table(run: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+PLOT_MAX_INCHES = 16  # a panel's width at most (x 110 dpi: 1760 px), whatever the number of shapes and providers
+
+
 def plot(run: dict, path: Path) -> bool:
-    """Bar chart of full-step (forward + backward) medians per provider and shape; False without matplotlib."""
+    """Bar chart of full-step (forward + backward) medians: one panel per suite, stacked, each with its shapes'
+    groups of bars (only the providers measured at that shape), one colour per provider across the panels, at most
+    PLOT_MAX_INCHES wide; False without matplotlib or without such a record."""
     try:
         import matplotlib
 
@@ -167,33 +179,41 @@ def plot(run: dict, path: Path) -> bool:
     records = [r for r in run["records"] if r["mode"] == "full" and "median_ms" in r and r["suite"] != "train"]
     if not records:
         return False
-    shapes = list(dict.fromkeys(f"{r['suite']}\n{r['shape']}\n{r['dtype']}" for r in records))
+    suites = defaultdict(lambda: defaultdict(dict))  # suite -> (shape, dtype) -> provider -> median (record order)
+    for r in records:
+        suites[r["suite"]][(r["shape"], r["dtype"])].setdefault(r["provider"], r["median_ms"])
     providers = list(dict.fromkeys(r["provider"] for r in records))
-    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(shapes) * max(1, len(providers)) / 3), 4.5))
-    width = 0.8 / len(providers)
-    for index, provider in enumerate(providers):
-        values = []
-        for shape in shapes:
-            match = [
-                r["median_ms"]
-                for r in records
-                if r["provider"] == provider and f"{r['suite']}\n{r['shape']}\n{r['dtype']}" == shape
-            ]
-            values.append(match[0] if match else 0.0)
-        axis.bar([i + index * width for i in range(len(shapes))], values, width, label=provider)
-    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))], shapes, fontsize=7)
-    axis.set_ylabel("forward + backward, median ms (lower is better)")
-    axis.set_yscale("log")
-    axis.set_title(f"{run['environment']['device']} - {run['date']}", fontsize=9)
-    axis.legend(fontsize=7)
+    colours = {p: plt.get_cmap("tab20")(i % 20) for i, p in enumerate(providers)}
+    # a shape's group: 0.22 inch a bar and a gap, and room for its label (wrapped at 18 characters, ~0.075 inch each)
+    inches = [sum(max(0.22 * (len(by) + 1), 1.4) for by in shapes.values()) for shapes in suites.values()]
+    width = min(PLOT_MAX_INCHES, max(6.0, max(inches) + 2.5))
+    figure, axes = plt.subplots(len(suites), 1, figsize=(width, 3.2 * len(suites)), squeeze=False)
+    for axis, (suite, shapes) in zip(axes[:, 0], suites.items(), strict=True):
+        x, ticks, labels, drawn = 0, [], [], {}
+        for (shape, dtype), by_provider in shapes.items():
+            first = x
+            for provider, median in by_provider.items():
+                drawn[provider] = axis.bar(x, median, 0.9, color=colours[provider])
+                x += 1
+            ticks.append((first + x - 1) / 2)
+            labels.append(f"{textwrap.fill(shape, 18)}\n{dtype}")
+            x += 1  # a gap between shapes
+        axis.set_xticks(ticks, labels, fontsize=7)
+        axis.set_xlim(-1, x - 1)
+        axis.set_yscale("log")
+        axis.set_ylabel("fwd + bwd, median ms", fontsize=8)
+        axis.set_title(suite, fontsize=9, loc="left")
+        axis.legend(drawn.values(), drawn.keys(), fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    figure.suptitle(f"{run['environment']['device']} - {run['date']} (lower is better)", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
 
 
-def write(run: dict, directory: Path, stem: str, json_only: bool = False) -> dict[str, Path]:
-    """The run as <stem>.json, .md and .png in ``directory`` (json_only: the JSON alone, after each case)."""
+def write(run: dict, directory: Path, stem: str, json_only: bool = False, with_plot: bool = True) -> dict[str, Path]:
+    """The run as <stem>.json, .md and .png in ``directory`` (json_only: the JSON alone, after each case;
+    with_plot=False: no .png, an earlier one left as it is)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"json": directory / f"{stem}.json", "md": directory / f"{stem}.md", "png": directory / f"{stem}.png"}
     partial = paths["json"].with_suffix(".json.partial")  # then renamed: a cap that kills the write mid-file leaves
@@ -202,6 +222,6 @@ def write(run: dict, directory: Path, stem: str, json_only: bool = False) -> dic
     if json_only:
         return {"json": paths["json"]}
     paths["md"].write_text(markdown_table(run))
-    if not plot(run, paths["png"]):
+    if not with_plot or not plot(run, paths["png"]):
         del paths["png"]
     return paths

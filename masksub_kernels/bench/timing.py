@@ -38,7 +38,7 @@ class Timing:
     p20_ms: float
     p80_ms: float
     repeats: int
-    peak_mem_mb: float | None
+    peak_mem_mb: float | None  # MiB (2**20 bytes; the name kept: the runs' JSON records use it)
     host_ms: float | None = None  # GPU: median CPU time for a call to return, the GPU drained (docstring); CPU: None
 
 
@@ -190,7 +190,7 @@ def environment(device: torch.device) -> dict:
             info[name.replace("-", "_")] = None
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
-        info["gpu_memory_gb"] = round(properties.total_memory / 2**30, 1)
+        info["gpu_memory_gb"] = round(properties.total_memory / 2**30, 1)  # GiB (the key's name kept for old runs)
         info["sm_count"] = properties.multi_processor_count
         info["capability"] = f"{properties.major}.{properties.minor}"
         info["driver"] = _driver_version()
