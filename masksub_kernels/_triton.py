@@ -28,9 +28,16 @@ except ImportError:  # CPU-only torch builds, macOS, Windows
     tl = _AnnotationOnly()
 
 
-def jit(fn):
-    """``triton.jit`` when Triton is present, else the undecorated function (never launched)."""
-    return triton.jit(fn) if HAS_TRITON else fn
+def jit(fn=None, *, do_not_specialize: tuple[str, ...] = ()):
+    """``triton.jit`` when Triton is present, else the undecorated function (never launched). ``do_not_specialize``:
+    arguments whose values must not specialise the kernel: a per-call seed, since Triton compiles a variant of its
+    own for an int equal to 1 or divisible by 16, so that the first such random seed of a run (one call in 16) would
+    compile the kernel again, ~1 s, at a random training step."""
+    if fn is None:  # @jit(do_not_specialize=...)
+        return lambda f: jit(f, do_not_specialize=do_not_specialize)
+    if not HAS_TRITON:
+        return fn
+    return triton.jit(fn, do_not_specialize=list(do_not_specialize)) if do_not_specialize else triton.jit(fn)
 
 
 def next_power_of_2(n: int) -> int:

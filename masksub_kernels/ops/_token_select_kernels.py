@@ -71,7 +71,7 @@ def _write_selection(ids_ptr, inv_ptr, row, lanes, by_draw, kept_positions, N, K
         tl.store(inv_ptr + row * N + by_draw, tl.full(lanes.shape, -1, tl.int32), mask=dropped)
 
 
-@jit
+@jit(do_not_specialize=("seed",))
 def _select_kernel(
     ids_ptr,  # int64 [B, K] out
     inv_ptr,  # int32 [B, N] out (only when WRITE_INVERSE)
@@ -103,7 +103,7 @@ def _select_kernel(
     _write_selection(ids_ptr, inv_ptr, row, lanes, by_draw, kept_positions, N, K, WRITE_INVERSE)
 
 
-@jit
+@jit(do_not_specialize=("seed",))
 def _select_gather_kernel(
     x_ptr,  # [B, P + N, D], last stride 1
     y_ptr,  # [B, P + K, D] out, contiguous

@@ -134,7 +134,7 @@ def mask_image_reference(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@jit
+@jit(do_not_specialize=("seed",))
 def _cell_mask_kernel(
     mask_ptr,  # uint8 [B, Lc] out (the bool mask's bytes)
     seed,
@@ -234,7 +234,7 @@ def _mask_image_kernel(
     _mask_rows(x_ptr, y_ptr, h, ok, removed, x_base, y_base, x_col, y_col, sxh, syh, fill_bits, FILL_INT)
 
 
-@jit
+@jit(do_not_specialize=("seed",))
 def _mask_image_random_kernel(
     x_ptr,  # [B, C, H, W], any strides
     y_ptr,  # [B, C, H, W] out, any strides
