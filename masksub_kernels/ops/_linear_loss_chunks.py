@@ -338,7 +338,6 @@ def grads_in_forward(
     kernels: bool,
     gather: bool = True,
     row_grads: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
-    saved_stats: torch.Tensor | None = None,
 ) -> GradsOut:
     """The reduced losses and the stored gradients of L = main_weight main + sub_weight sub (module docstring).
 
@@ -353,10 +352,8 @@ def grads_in_forward(
     (ops/masksub_loss.py's layout; ignored rows: zero losses) that the per-term backward needs; scale 0-d (fp64 for
     fp64 inputs, else fp32), the stored gradients' factor to the true ones.
 
-    row_grads, saved_stats: the recompute op's backward (backward_in_chunks): each row's own grads of its main and
-    sub losses ([M] each, or None: that term has none; mean False and weights 1 or 0 then, the scale 1) and the
-    forward's stats [9, M], read instead of running the loss forward (the returned losses are then not this
-    call's)."""
+    row_grads: the recompute op's backward (backward_in_chunks): each row's own grads of its main and sub losses ([M]
+    each, or None: that term has none; mean False and weights 1 or 0 then, the scale 1)."""
     (rows, depth), classes = hidden.shape, weight.shape[0]
     device, has_sub = hidden.device, sub_hidden is not None
     acc = torch.float64 if hidden.dtype == torch.float64 and not kernels else torch.float32
@@ -401,8 +398,7 @@ def grads_in_forward(
     if padded and not with_ones:  # the reference: dW the [C, D] view from the start (the padding unused)
         dw = dw[:, :depth]
     db = torch.zeros(classes, dtype=acc, device=device) if want_weight and bias is not None and not with_ones else None
-    stats = zeros((loss_ops.NUM_OUT, rows), torch.float32, True) if saved_stats is None else saved_stats
-    # (every chunk writes its columns; ignored rows 0)
+    stats = zeros((loss_ops.NUM_OUT, rows), torch.float32, True)  # every chunk writes its columns; ignored rows 0
     w = weight.to(operand)  # the reference's (and fp64 inputs') one copy of W; the inputs' own W otherwise
     # the kernels' matmuls run over these class ranges of W and of the chunk's buffers (views): an aligned head
     # (dW over it: 108 against 129 us per chunk on an H200, 2026-12-04) and a tail of < 8 classes
@@ -467,9 +463,6 @@ def grads_in_forward(
                 None if g is None else g.index_select(0, chunk) if sliced is None else g_parts[index]
                 for g, g_parts in zip(row_g, g_rows)
             )
-        saved_out = None  # the forward's stats of the chunk's rows, where given
-        if saved_stats is not None:
-            saved_out = stats_cols[index] if sliced is not None else stats.index_select(1, chunk)
         if v.x_wide is not None:  # [2R, D + pad]: the rows, their ones column
             for rows_c, into in zip((h_c, hs_c), v.x_rows):
                 into.copy_(rows_c)
@@ -484,10 +477,8 @@ def grads_in_forward(
             logits = _fp32_logits(x, w, v.logits)  # [2n, C]
             z, s = v.z, v.s
             # the stats straight into their columns of [9, M] where the chunk is a slice (else copied below)
-            out = saved_out
-            if out is None:
-                into_stats = stats_cols[index] if sliced is not None else stats.new_empty(NUM_OUT, n)
-                out = loss_ops._forward_triton(z, s, y, *options, bias=bias_c, out=into_stats, tickets=tickets)
+            into_stats = stats_cols[index] if sliced is not None else stats.new_empty(NUM_OUT, n)
+            out = loss_ops._forward_triton(z, s, y, *options, bias=bias_c, out=into_stats, tickets=tickets)
             grads = v.grads
             dz, ds = loss_ops._backward_triton(
                 gm, gs, out, z, s, y, *options, into=v.into, bias=bias_c, over_rows=narrow is not None
@@ -495,9 +486,9 @@ def grads_in_forward(
         else:
             logits = x.to(acc) @ w.T if b_acc is None else torch.addmm(b_acc, x.to(acc), w.T)
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)
-            out = loss_ops.loss_forward_reference(z, s, y, *options) if saved_out is None else saved_out
+            out = loss_ops.loss_forward_reference(z, s, y, *options)
             dz, ds = loss_ops.loss_backward_reference(gm, gs, out, z, s, y, *options)
-        if (not kernels or sliced is None) and saved_out is None:
+        if not kernels or sliced is None:
             stats[:, chunk] = out  # fp32 [9, R]
         # [R, D] rows of dH and dHs: the kernels' from one matmul over the rows of both terms' gradients in grads
         # (dz over ds), into an fp32 temporary; the reference's from a matmul each
@@ -574,9 +565,11 @@ def sync_free(hidden: torch.Tensor) -> bool:
 def backward_in_chunks(
     grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, gather, options
 ):
-    """The recompute op's (d hidden, d sub_hidden, d weight, d bias) from per-row grads [M] (or None) and its
-    forward's stats ``out`` [9, M], by this loop: per chunk the logits (cuBLAS), the loss backward kernel with
-    each row's grads, dH's and dW's matmuls (cuBLAS): 6 matmul units, where the recompute op's Triton kernels
+    """The recompute op's (d hidden, d sub_hidden, d weight, d bias) from per-row grads [M] (or None), by this
+    loop: per chunk the logits (cuBLAS), the loss kernels (the stats recomputed from these logits, not read from
+    the forward's ``out``: consistent where cuBLAS's fp32 logits differ from the Triton forward's, e.g. TF32 where
+    allowed; ~28 us per chunk at BERT's shape), the backward with each row's grads, dH's and dW's matmuls
+    (cuBLAS): 6 matmul units, where the recompute op's Triton kernels
     recompute the logits twice (8 units, measured ~4x slower than cuBLAS on an H200: 63.6 ms at BERT's shape,
     2026-12-04). ``gather``: the counted rows only (one host sync on CUDA class ids); else every row (ignored ones
     give zeros). Each gradient in its input's dtype, or an empty [0] (the op's fake)."""
@@ -585,6 +578,5 @@ def backward_in_chunks(
         hidden, sub_hidden, weight, bias, target, False, float(grad_main is not None), float(grad_sub is not None),
         need_hidden and grad_main is not None, need_hidden and grad_sub is not None, need_weight, options,
         rows_per_chunk=grads_chunk_rows(classes, rows), kernels=True, gather=gather, row_grads=(grad_main, grad_sub),
-        saved_stats=out,
     )[3:7]  # fmt: skip
     return dh, dhs, dw.to(weight.dtype), db.to(weight.dtype)

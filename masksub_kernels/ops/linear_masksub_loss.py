@@ -29,10 +29,9 @@ fixed order (deterministic, no atomics). Rows whose class id is ``ignore_index``
 the forward's and dH's grids have room for the splits of any count (up to MAX_COUNT_SPLITS per row tile, or those
 that fill the GPU when every row counts) and their kernels choose them from the count (_linear_loss_kernels.
 _class_splits): a masked LM's labels (~15% of rows count) get ~6 splits per counted tile on an H200, where one
-split left ~70% of its SMs idle. On the Triton backend those backward kernels run only where the op must not
-synchronise (torch.compile, CUDA graphs); in eager mode the backward runs the chunk loop of ops/_linear_loss_chunks.py
-with each row's grads (backward_in_chunks: cuBLAS matmuls, 6 units; the recompute kernels took 63.6 ms at BERT's
-shape on an H200, 2026-12-04, ~4x the chunk loop's matmuls).
+split left ~70% of its SMs idle. Those backward kernels run only under torch.compile / CUDA graphs: in eager mode
+the backward runs the chunk loop of ops/_linear_loss_chunks.py with each row's grads (backward_in_chunks, cuBLAS:
+these kernels took 63.6 ms at BERT's shape on an H200, 2026-12-04, ~4x the chunk loop's matmuls).
 
 Extra memory (beyond inputs and the returned gradients): Triton O(M) for the stats and row order (the forward's
 partial states: 44 bytes per row and split of the grid), plus fp32 accumulators: dH's slabs [P BLOCK_M, D] per
@@ -40,7 +39,8 @@ branch (P <= max(row tiles, 2 programs per SM): at most max(M, 128 x SMs) rows, 
 by _dh_sum_kernel) and dW [splits, C, D] (splits > 1 only when classes are few). The PyTorch reference (the
 oracle, and the path on CPU tensors) works on chunks of reference_chunk_rows(C) rows, so its extra memory is a few
 [chunk, C] fp32 buffers (chunk * C <= CHUNK_ELEMENTS, i.e. 4 MiB each) plus fp32 copies of W, dW and dH: never
-[M, C]. The CUDA extension does not have this op yet (the 'cuda' backend refuses it).
+[M, C]. The Triton backward in eager mode holds the chunk loop's buffers instead (grads_chunk_rows' [2R, C] fp32
+logits and one fp32 dW [C, D]). The CUDA extension does not have this op yet (the 'cuda' backend refuses it).
 """
 
 from __future__ import annotations
@@ -297,9 +297,8 @@ def _sum_slabs(slabs, order, count, hidden, splitting, block_m) -> torch.Tensor:
 def _backward_triton(
     grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, gather, *options
 ):
-    # the chunk loop's cuBLAS matmuls (6 units) where it may read the count (eager); where it must not sync
-    # (torch.compile, CUDA graphs) the kernels below, which skip ignored rows on the device (a masked LM's ~85%,
-    # where every row would cost more)
+    # the chunk loop's cuBLAS matmuls where it may read the count (eager); else (torch.compile, CUDA graphs) the
+    # kernels below, which skip ignored rows on the device (a masked LM's ~85%, where every row would cost more)
     if gather:
         args = (grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight)
         return backward_in_chunks(*args, gather, options)
@@ -545,7 +544,8 @@ def linear_masksub_loss(
     rows on the torch backend. Fewer rows cost speed (each chunk's dW matmul reads and writes the fp32 accumulator;
     predicted 1.6x the time at 128 rows for BERT's head, H200): prefer a few hundred, in multiples of 64. Values are
     the same up to fp32 rounding. The other path (reduction='none', no gradient, class ids under torch.compile /
-    CUDA graphs) does not use it (triton: no [rows, C] logits; torch: chunks of 2^20 / C rows).
+    CUDA graphs) does not use it (triton: its forward and compiled backward hold no [rows, C] logits, its eager
+    backward the rule's chunks; torch: chunks of 2^20 / C rows).
     """
     if sub_hidden is None:
         raise TypeError(

@@ -178,3 +178,21 @@ def test_recompute_backward_routes_agree_with_the_reference(monkeypatch, kind, d
                 assert torch.equal(a.isnan(), e.isnan()), (name, gather)
                 finite = ~e.isnan()
                 assert_grad_close(a[finite], e[finite], 2e-2 if dtype != F32 else 1e-4, f"{name}, gather {gather}")
+
+
+@pytest.mark.triton
+def test_eager_recompute_backwards_take_the_chunk_loop(monkeypatch):
+    # In eager mode, reduction='none''s backward and a reduced call's own .main backward (the recompute op's backward)
+    # run the chunk loop on the counted rows (gather: a host sync may read the count); under torch.compile the
+    # recompute kernels (the compile test above, with a failing host count)
+    from masksub_kernels.ops import linear_masksub_loss as lm
+
+    seen, real = [], chunks.backward_in_chunks
+    monkeypatch.setattr(lm, "backward_in_chunks", lambda *a: seen.append(a[-2]) or real(*a))
+    h, hs, w, b, target = make_inputs(kind="index_ignore", seed=3)
+    with mk.use_backend("triton"):
+        out = mk.linear_masksub_loss(*leaves(h, hs, w, b), target, reduction="none")
+        (out.loss * torch.linspace(0.5, 1.5, h.shape[0], device=DEVICE)).sum().backward()
+        assert seen == [True]
+        mk.linear_masksub_loss(*leaves(h, hs, w, b), target).main.backward()
+        assert seen == [True, True]
