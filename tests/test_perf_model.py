@@ -181,6 +181,19 @@ def test_measured_attaches_the_predictions_a_capped_suite_lacks(tmp_path):
     assert measured.attach_missing_predictions(results, tmp_path) == 0  # nothing missing any more
 
 
+def _calibration_rows(lm):
+    """(the fused-linear suite's shape, the loss suite's row keys, the fused-linear suite's row keys, the loss
+    case's calibration rows: measured 2x / 1.5x their forward / backward predictions)."""
+    shape = "BERT-base MLM M=16384 D=768 C=30522"
+    loss = {"suite": "loss", "shape": lm.LOSS_CASE, "dtype": "bfloat16", "provider": "masksub[triton]"}
+    full = {"suite": "linear_loss", "shape": shape, "dtype": "bfloat16", "mode": "full"}
+    rows = [
+        {**loss, "mode": "forward", "median_ms": 2.0, "predicted_ms": 1.0},
+        {**loss, "mode": "backward", "median_ms": 1.5, "predicted_ms": 1.0},
+    ]
+    return shape, loss, full, rows
+
+
 def test_fused_linear_prediction_beside_the_cards_measured_run(tmp_path):
     # the speed goal read against what torch.compile measured: the newest committed run of exactly this card that
     # timed the fused-linear suite at the shape, its composites' medians, and the fused prediction with the loss
@@ -190,12 +203,9 @@ def test_fused_linear_prediction_beside_the_cards_measured_run(tmp_path):
     from tools.perf_model import linear_loss_measured as lm
     from tools.perf_model.hardware import H100, H200
 
-    shape = "BERT-base MLM M=16384 D=768 C=30522"
-    loss = {"suite": "loss", "shape": lm.LOSS_CASE, "dtype": "bfloat16", "provider": "masksub[triton]"}
-    full = {"suite": "linear_loss", "shape": shape, "dtype": "bfloat16", "mode": "full"}
+    shape, loss, full, calibration = _calibration_rows(lm)
     records = [
-        {**loss, "mode": "forward", "median_ms": 2.0, "predicted_ms": 1.0},
-        {**loss, "mode": "backward", "median_ms": 1.5, "predicted_ms": 1.0},
+        *calibration,
         # not the calibration case: another shape, dtype, provider or mode, each with a prediction
         {**loss, "mode": "forward", "shape": "ImageNet-21k M=4096 C=21841", "median_ms": 9.0, "predicted_ms": 1.0},
         {**loss, "mode": "forward", "dtype": "float32", "median_ms": 9.0, "predicted_ms": 1.0},
@@ -276,14 +286,8 @@ def test_gemm_probe_calibrates_the_fused_matmuls(tmp_path):
     log("gpu-2026-01-04", "NVIDIA H200", [("logits fp32 out, C8", 70.0)])  # newest but incomplete: passed over
     assert lm.gemm_probe(H200, tmp_path)["date"] == "2026-01-02"
 
-    shape = "BERT-base MLM M=16384 D=768 C=30522"
-    loss = {"suite": "loss", "shape": lm.LOSS_CASE, "dtype": "bfloat16", "provider": "masksub[triton]"}
-    full = {"suite": "linear_loss", "shape": shape, "dtype": "bfloat16", "mode": "full"}
-    records = [
-        {**loss, "mode": "forward", "median_ms": 2.0, "predicted_ms": 1.0},
-        {**loss, "mode": "backward", "median_ms": 1.5, "predicted_ms": 1.0},
-        {**full, "provider": "compile(official)", "median_ms": 12.0},
-    ]
+    shape, _, full, calibration = _calibration_rows(lm)
+    records = [*calibration, {**full, "provider": "compile(official)", "median_ms": 12.0}]
     (tmp_path / "GPU-NVIDIA-H200-2026-01-02.json").write_text(json.dumps({"records": records}))
     kernels = [{"kernel": "_loss_fwd_kernel", "kernel_us": 10.0}, {"kernel": "_loss_bwd_kernel", "kernel_us": 20.0}]
     fused = {"us": 10000.0, "chunks": 50, "chunk_rows": lm.GEMM_ROWS, "tail_launches_per_chunk": 3,
