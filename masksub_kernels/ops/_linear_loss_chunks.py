@@ -112,6 +112,13 @@ def counted_rows(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
     return torch.nonzero(target != ignore_index).squeeze(1)  # a host sync on CUDA tensors: the count
 
 
+def _cublas_lines(t: torch.Tensor) -> bool:
+    """Whether the matmul helpers take their GPU lines (cuBLAS with out_dtype / out= views) for ``t``: CUDA tensors,
+    and meta ones (the tests check those lines' registrations on them, and their values on CPU tensors by standing
+    in for this and for torch.mm / torch.addmm)."""
+    return t.device.type in ("cuda", "meta")
+
+
 _addmm_into_fp32: bool | None = None  # whether this torch's CUDA addmm accumulates bf16 / fp16 products into fp32
 
 
@@ -120,22 +127,22 @@ def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     global _addmm_into_fp32
     if a.dtype == acc.dtype:
         acc.addmm_(a, b)
-    elif not acc.is_cuda:
+    elif not _cublas_lines(acc):
         acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))  # the interpreter's CPU tensors: fp32 operands, exact
     else:
         # cuBLAS: low-precision operands, fp32 accumulation and output, beta = 1 into acc (no [C, D] temporary).
         # Some torch releases' addmm(out_dtype=...) want `self` in the operands' dtype (a host-side check, raised
         # before any work): then an fp32 product and an add, with an fp32 [C, D] temporary (~2.3% more memory at
-        # BERT's shape). The first call tells which.
+        # BERT's shape). The first CUDA call tells which (a meta or stand-in call decides nothing).
         if _addmm_into_fp32 is not False:
             try:
                 torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
-                _addmm_into_fp32 = True
+                _addmm_into_fp32 = True if acc.is_cuda else _addmm_into_fp32
                 return
             except (RuntimeError, TypeError) as exc:  # TypeError: a torch without out_dtype (before 2.8)
                 if _addmm_into_fp32 or "dtype" not in str(exc):
                     raise  # not the dtype check of a first call
-                _addmm_into_fp32 = False
+                _addmm_into_fp32 = False if acc.is_cuda else None
         acc.add_(_mm_fp32(a, b))
 
 
@@ -246,7 +253,7 @@ def _times_weight(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """d @ w in fp32 [R, D] for the kernels' path, d [R, C] (a row-strided view of the chunk's gradients, fp16 / bf16
     / fp32) and w [C, D] in d's dtype: one matmul per class part (class_parts: views of W), accumulated in fp32 (in
     cuBLAS's epilogue), so that the caller rounds once."""
-    product, on_gpu = None, d.device.type in ("cuda", "meta")  # meta: the GPU lines' registrations (tested)
+    product, on_gpu = None, _cublas_lines(d)
     for part in class_parts(w.shape[0]):
         a, b = d[:, part], w[part]
         if not on_gpu:
@@ -269,7 +276,7 @@ def _fp32_logits(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.T
     columns, by cuBLAS on a GPU (mm's out_dtype overload is not a structured kernel: it keeps out's row stride as the
     output's leading dimension, no proxy copy). Returns out."""
     # meta tensors take the CUDA line too (its registration checks out's shape, dtype and strides): the tests run it
-    on_gpu = x.device.type in ("cuda", "meta") and x.dtype == w.dtype
+    on_gpu = _cublas_lines(x) and x.dtype == w.dtype
     on_gpu = on_gpu and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
     for part in class_parts(w.shape[0]):
         into = out[:, part]

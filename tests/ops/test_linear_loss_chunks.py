@@ -454,66 +454,6 @@ def test_stored_gradients_are_scaled_in_fp32(monkeypatch, dtype, in_place, block
     assert scaled.dtype == dtype and torch.equal(scaled, expected)
 
 
-class _CudaLike(torch.Tensor):
-    """A CPU tensor that says it is on CUDA: the GPU-only branches of the chunk loop's helpers run on it."""
-
-    @property
-    def is_cuda(self):
-        return True
-
-
-def test_cuda_dw_accumulation_takes_addmm_into_fp32_or_falls_back_once(monkeypatch):
-    # _add_matmul's CUDA branch, which only a GPU runs: torch.addmm into the fp32 accumulator (out_dtype, out=acc,
-    # beta = 1); where a torch refuses an fp32 self (2.8 / 2.9: a dtype error, raised before any work) an fp32
-    # product and an add, decided by the first call; any other error propagates and decides nothing. cuBLAS's ops
-    # are stood in for by fp32 CPU products that honour the arguments given (out, beta, alpha, out_dtype)
-    generator = torch.Generator().manual_seed(0)
-
-    def tensor(*shape, dtype):
-        return torch.randn(*shape, generator=generator).to(dtype).as_subclass(_CudaLike)
-
-    a, b = tensor(8, 16, dtype=torch.bfloat16), tensor(16, 4, dtype=torch.bfloat16)
-    start = tensor(8, 4, dtype=torch.float32)
-    product = a.float() @ b.float()
-    calls = []
-
-    def addmm(refuse=None):
-        def call(self, mat1, mat2, out_dtype=None, *, beta=1, alpha=1, out=None):
-            calls.append(("addmm", out_dtype, out is self))
-            if refuse is not None:
-                raise refuse
-            return out.copy_(beta * self + alpha * (mat1.to(out_dtype) @ mat2.to(out_dtype)))
-
-        return call
-
-    def mm(mat1, mat2, out_dtype=None):
-        calls.append(("mm", out_dtype, False))
-        return mat1.to(out_dtype) @ mat2.to(out_dtype)
-
-    monkeypatch.setattr(torch, "mm", mm)
-    for refusal, expected in [
-        (None, True),  # a torch that accepts: one addmm into acc, remembered
-        (RuntimeError("self and mat2 must have the same dtype, but got Float and BFloat16"), False),  # 2.8 / 2.9
-    ]:
-        monkeypatch.setattr(chunks, "_addmm_into_fp32", None)
-        monkeypatch.setattr(torch, "addmm", addmm(refusal))
-        calls.clear()
-        acc = start.clone()
-        chunks._add_matmul(acc, a, b)
-        chunks._add_matmul(acc, a, b)
-        assert chunks._addmm_into_fp32 is expected
-        torch.testing.assert_close(acc, start + 2 * product)  # accumulated, in fp32, into the caller's tensor
-        if expected:
-            assert calls == [("addmm", torch.float32, True)] * 2
-        else:  # tried once, then the fp32 product (and an add) every call
-            assert calls == [("addmm", torch.float32, True), ("mm", torch.float32, False), ("mm", torch.float32, False)]
-    monkeypatch.setattr(chunks, "_addmm_into_fp32", None)
-    monkeypatch.setattr(torch, "addmm", addmm(RuntimeError("CUDA out of memory")))
-    with pytest.raises(RuntimeError, match="out of memory"):
-        chunks._add_matmul(start.clone(), a, b)
-    assert chunks._addmm_into_fp32 is None
-
-
 @pytest.mark.parametrize("gather", [True, False])
 @pytest.mark.parametrize(("main_weight", "sub_weight"), [(0.5, 0.5), (0.3, 0.0), (0.7, 0.2)])
 def test_fp64_gradients_to_fp64_precision(gather, main_weight, sub_weight):

@@ -1,0 +1,118 @@
+"""The matmul helpers' GPU lines (cuBLAS with out_dtype into views: _fp32_logits, _times_weight, _add_matmul of
+ops/_linear_loss_chunks.py), which only a GPU runs for real: here on CPU tensors, with the ops they call stood in
+for by fp32 products that check and honour their arguments."""
+
+import pytest
+import torch
+from test_linear_loss_chunks import OPTIONS, _relative
+from test_linear_masksub_loss import make_inputs
+
+from masksub_kernels.ops import _linear_loss_chunks as chunks
+
+# The interpreter computes the discarded lanes of tl.where too (inf - inf, 0 / 0): numpy warns, the GPU does not.
+pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
+
+
+class _CudaLike(torch.Tensor):
+    """A CPU tensor that says it is on CUDA: the GPU-only branches of the chunk loop's helpers run on it."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+def test_cuda_dw_accumulation_takes_addmm_into_fp32_or_falls_back_once(monkeypatch):
+    # _add_matmul's CUDA branch, which only a GPU runs: torch.addmm into the fp32 accumulator (out_dtype, out=acc,
+    # beta = 1); where a torch refuses an fp32 self (2.8 / 2.9: a dtype error, raised before any work) an fp32
+    # product and an add, decided by the first call; any other error propagates and decides nothing. cuBLAS's ops
+    # are stood in for by fp32 CPU products that honour the arguments given (out, beta, alpha, out_dtype)
+    generator = torch.Generator().manual_seed(0)
+
+    def tensor(*shape, dtype):
+        return torch.randn(*shape, generator=generator).to(dtype).as_subclass(_CudaLike)
+
+    a, b = tensor(8, 16, dtype=torch.bfloat16), tensor(16, 4, dtype=torch.bfloat16)
+    start = tensor(8, 4, dtype=torch.float32)
+    product = a.float() @ b.float()
+    calls = []
+
+    def addmm(refuse=None):
+        def call(self, mat1, mat2, out_dtype=None, *, beta=1, alpha=1, out=None):
+            calls.append(("addmm", out_dtype, out is self))
+            if refuse is not None:
+                raise refuse
+            return out.copy_(beta * self + alpha * (mat1.to(out_dtype) @ mat2.to(out_dtype)))
+
+        return call
+
+    def mm(mat1, mat2, out_dtype=None):
+        calls.append(("mm", out_dtype, False))
+        return mat1.to(out_dtype) @ mat2.to(out_dtype)
+
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(chunks, "_cublas_lines", lambda t: True)
+    for refusal, expected in [
+        (None, True),  # a torch that accepts: one addmm into acc, remembered
+        (RuntimeError("self and mat2 must have the same dtype, but got Float and BFloat16"), False),  # 2.8 / 2.9
+    ]:
+        monkeypatch.setattr(chunks, "_addmm_into_fp32", None)
+        monkeypatch.setattr(torch, "addmm", addmm(refusal))
+        calls.clear()
+        acc = start.clone()
+        chunks._add_matmul(acc, a, b)
+        chunks._add_matmul(acc, a, b)
+        assert chunks._addmm_into_fp32 is expected
+        torch.testing.assert_close(acc, start + 2 * product)  # accumulated, in fp32, into the caller's tensor
+        if expected:
+            assert calls == [("addmm", torch.float32, True)] * 2
+        else:  # tried once, then the fp32 product (and an add) every call
+            assert calls == [("addmm", torch.float32, True), ("mm", torch.float32, False), ("mm", torch.float32, False)]
+    monkeypatch.setattr(chunks, "_addmm_into_fp32", None)
+    monkeypatch.setattr(torch, "addmm", addmm(RuntimeError("CUDA out of memory")))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        chunks._add_matmul(start.clone(), a, b)
+    assert chunks._addmm_into_fp32 is None
+
+
+@pytest.mark.parametrize("classes", [30, 40])  # a head and a tail; aligned
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.triton
+def test_the_gpu_lines_of_the_matmul_helpers_give_the_references_values(monkeypatch, classes, dtype):
+    # The cuBLAS lines of _fp32_logits, _times_weight and _add_matmul (mm / addmm with out_dtype into views of the
+    # chunk buffers, of dW's rows and of the fp32 product) run on a GPU only: here they run on CPU tensors, with
+    # torch.mm / torch.addmm's out_dtype overloads stood in for by fp32 products that check what cuBLAS needs of an
+    # out= view (unit last stride, a leading dimension of at least its columns, its own columns only written) and
+    # honour it. The kernels' path's gradients then equal the reference's
+    real_mm, real_addmm, calls = torch.mm, torch.addmm, []
+
+    def checked(out):
+        assert out.stride(-1) == 1 and out.stride(0) >= out.shape[1], out.stride()
+        return out
+
+    def mm(a, b, out_dtype=None, *, out=None):
+        if out_dtype is None:
+            return real_mm(a, b) if out is None else real_mm(a, b, out=out)
+        calls.append("mm")
+        product = a.to(out_dtype) @ b.to(out_dtype)
+        return product if out is None else checked(out).copy_(product)
+
+    def addmm(acc, a, b, out_dtype=None, *, beta=1, alpha=1, out=None):
+        if out_dtype is None:
+            return real_addmm(acc, a, b, beta=beta, alpha=alpha, out=out)
+        calls.append("addmm")
+        return checked(out).copy_(beta * acc + alpha * (a.to(out_dtype) @ b.to(out_dtype)))
+
+    h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=classes, dtype=dtype, kind="index_ignore", seed=6)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
+    reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
+    monkeypatch.setattr(chunks, "_cublas_lines", lambda t: True)
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(torch, "addmm", addmm)
+    for gather in (True, False):
+        calls.clear()
+        kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True, gather=gather)
+        assert "mm" in calls and ("addmm" in calls or dtype == torch.float32)  # the GPU lines ran
+        for i, (got, want) in enumerate(zip(kernels[3:7], reference[3:7])):
+            assert got.shape == want.shape and got.isfinite().all()
+            if want.numel():
+                assert _relative(got, want) <= (4 * torch.finfo(dtype).eps if dtype != torch.float32 else 1e-5), i
