@@ -20,27 +20,25 @@ Design. The forward keeps, per row, the online softmax states of z, s/T and z/T 
 of rows x classes from tl.dot, each weight tile read once for both branches; the classes are split across programs
 when the row tiles that hold counted rows are too few to fill the GPU, a choice the kernels make on the device
 from the count, and the partial states combined by a few torch ops on [M] vectors) and saves 9 fp32 per row
-(ops/masksub_loss.py's layout). The backward recomputes the logit tiles from the saved stats instead of
-holding gradients from the forward (correct for any grad_output, scalar or per row; flash-attention's choice) at
-the cost of one more pass of matmuls: 2 units of 2 M D C flops forward, 2 + 2 (dH, recomputing z and s) + 2 + 2
-(dW and db, recomputing again) backward, so that every gradient element is owned by one program and summed in a
-fixed order (deterministic, no atomics). Rows whose class id is ``ignore_index`` are moved behind the counted ones
-(a device argsort, no host sync) and no tile of theirs does any work; as the host does not know how many count,
-the forward's and dH's grids have room for the splits of any count (up to MAX_COUNT_SPLITS per row tile, or those
-that fill the GPU when every row counts) and their kernels choose them from the count (_linear_loss_kernels.
-_class_splits): a masked LM's labels (~15% of rows count) get ~6 splits per counted tile on an H200, where one
-split left ~70% of its SMs idle. Those backward kernels run only under torch.compile / CUDA graphs: in eager mode
-the backward runs the chunk loop of ops/_linear_loss_chunks.py with each row's grads (backward_in_chunks, cuBLAS:
-these kernels took 63.6 ms at BERT's shape on an H200, 2026-12-04, ~4x the chunk loop's matmuls).
+(ops/masksub_loss.py's layout). The backward recomputes the logit tiles from the saved stats (correct for any
+grad_output, scalar or per row; flash-attention's choice): 2 units of 2 M D C flops forward, 2 + 2 (dH, recomputing z
+and s) + 2 + 2 (dW and db, recomputing again) backward, every gradient element owned by one program and summed in a
+fixed order (deterministic, no atomics). Rows whose class id is ``ignore_index`` are moved behind the counted ones (a
+device argsort, no host sync) and no tile of theirs does any work; as the host does not know how many count, the
+forward's and dH's grids have room for the splits of any count (up to MAX_COUNT_SPLITS per row tile, or those that
+fill the GPU when every row counts) and their kernels choose them from the count (_linear_loss_kernels._class_splits):
+a masked LM's labels (~15% of rows count) get ~6 splits per counted tile on an H200, where one split left ~70% of its
+SMs idle. Those backward kernels (63.6 ms at BERT's shape, H200) run only under torch.compile / CUDA graphs: in eager
+mode the chunk loop with each row's grads does (backward_in_chunks, cuBLAS).
 
 Extra memory (beyond inputs and the returned gradients): Triton O(M) for the stats and row order (the forward's
-partial states: 44 bytes per row and split of the grid), plus fp32 accumulators: dH's slabs [P BLOCK_M, D] per
-branch (P <= max(row tiles, 2 programs per SM): at most max(M, 128 x SMs) rows, M rounded up to 64; summed in order
-by _dh_sum_kernel) and dW [splits, C, D] (splits > 1 only when classes are few). The PyTorch reference (the
-oracle, and the path on CPU tensors) works on chunks of reference_chunk_rows(C) rows, so its extra memory is a few
-[chunk, C] fp32 buffers (chunk * C <= CHUNK_ELEMENTS, i.e. 4 MiB each) plus fp32 copies of W, dW and dH: never
-[M, C]. The Triton backward in eager mode holds the chunk loop's buffers instead (grads_chunk_rows' [2R, C] fp32
-logits and one fp32 dW [C, D]). The CUDA extension does not have this op yet (the 'cuda' backend refuses it).
+partial states: 44 bytes per row and split of the grid), plus fp32 accumulators: dH's slabs [P BLOCK_M, D] per branch
+(P <= max(row tiles, 2 programs per SM): at most max(M, 128 x SMs) rows, M rounded up to 64; summed in order by
+_dh_sum_kernel) and dW [splits, C, D] (splits > 1 only when classes are few). The PyTorch reference (the oracle, and
+the path on CPU tensors) works on chunks of reference_chunk_rows(C) rows, so its extra memory is a few [chunk, C] fp32
+buffers (chunk * C <= CHUNK_ELEMENTS, i.e. 4 MiB each) plus fp32 copies of W, dW and dH: never [M, C]. The eager
+Triton backward holds the chunk loop's ([2R, C] fp32 logits, fp32 dW [C, D]) instead. No CUDA extension implementation
+(the 'cuda' backend refuses the op).
 """
 
 from __future__ import annotations
@@ -64,8 +62,7 @@ MAX_BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K = 64, 128, 64  # Triton tiles (the tests l
 # fp32 operands take tiles of 64 classes and depth 16: their ieee tl.dot (FMA pipes, operands in registers) spilled
 # inside the dH / dW matmul loops at 64 x 128 x 32 (85-143 local accesses per trip, sm_80 / sm_90, BERT's shape),
 # none at 64 x 64 x 16 on 8 warps; depth 64 also exceeded sm_86 / sm_89's 99 KiB of shared memory per block
-# (OutOfResources), these take 24-36 KiB. bf16 / fp16 (tensor-core dots) keep 64 x 128 x 64: 5 local accesses in one
-# matmul loop at BERT's shape (sm_80, probability targets; tools/spill_baseline.json lists every pair).
+# (OutOfResources), these take 24-36 KiB. bf16 / fp16 (tensor-core dots) keep 64 x 128 x 64 (tools/spill_baseline.json).
 MAX_BLOCK_N_FP32, MAX_BLOCK_K_FP32 = 64, 16
 MAX_DW_SPLITS = 8  # row splits of the dW kernel: each costs an fp32 [C, D] accumulator
 # Class splits of the forward and dH for labels where few rows count (MLM: the kernels choose on the device, up to
@@ -300,8 +297,8 @@ def _backward_triton(
     # the chunk loop's cuBLAS matmuls where it may read the count (eager); else (torch.compile, CUDA graphs) the
     # kernels below, which skip ignored rows on the device (a masked LM's ~85%, where every row would cost more)
     if gather:
-        args = (grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight)
-        return backward_in_chunks(*args, gather, options)
+        return backward_in_chunks(grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden,
+                                  need_weight, gather, options)  # fmt: skip
     bce, eps, ignore, temperature, threshold = options
     tensors, strides, flags, blocks = _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore, bce, threshold)
     flags.update(MAIN_GRAD=grad_main is not None, SUB_GRAD=grad_sub is not None, UNIT_T=temperature == 1.0)
@@ -402,8 +399,8 @@ def _linear_loss_backward_op(
     temperature: float,
     target_threshold: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(d hidden, d sub_hidden, d weight, d bias); each an empty [0] when not asked for or its term has no grad.
-    gather: a host sync may read the count of counted rows (eager; not under torch.compile or CUDA graphs)."""
+    """(d hidden, d sub_hidden, d weight, d bias), each [0] when not asked for or its term has no grad. gather: a
+    host sync may read the count of counted rows (eager; not under torch.compile or CUDA graphs)."""
 
 
 @_linear_loss_backward_op.register_fake
