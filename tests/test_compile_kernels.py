@@ -190,6 +190,60 @@ def test_gradients_over_the_logits_rows_store_behind_a_barrier():
     assert check(["@!%p3 ld.global.b32 %r1, [%rd1];", store]) == [1]
 
 
+_FWD_BWD = """
+import json, sys, torch, triton
+from masksub_kernels.ops import _linear_loss_chunks as chunks
+from masksub_kernels.ops import _loss_fwd_bwd as fused
+from tools.perf_model.capture import recording, specialise, _target
+rows, classes = 384, 30522  # a BERT step's chunk
+buffer = torch.empty(2 * rows, chunks.aligned_classes(classes), device="meta")
+logits, narrow = buffer[:, :classes], buffer.view(torch.bfloat16)[:, :classes]
+y = torch.empty(rows, dtype=torch.int64, device="meta")
+g, bias = torch.empty(rows, device="meta"), torch.empty(classes, dtype=torch.bfloat16, device="meta")
+stats, tickets = torch.empty(9, 4 * rows, device="meta"), torch.zeros(rows, dtype=torch.int32, device="meta")
+with recording(fused) as launches:
+    fused.forward_backward_triton(g, g, logits[:rows], logits[rows:], y, False, 0.0, -100, 1.0, None,
+                                  out=stats[:, rows : 2 * rows], tickets=tickets, into=(narrow[:rows], narrow[rows:]),
+                                  bias=bias, over_rows=True)
+(launch,) = launches
+signature, constexprs, attrs, options = specialise(launch)
+asm = triton.compile(triton.compiler.ASTSource(launch.kernel, signature, constexprs, attrs), target=_target(),
+                     options=options).asm
+json.dump({"name": launch.name, "grid": list(launch.grid),
+           **{ir: [line.strip() for line in asm[ir].splitlines()] for ir in ("ttgir", "ptx")}}, sys.stdout)
+"""
+
+
+def test_the_chunks_one_launch_reads_its_stats_behind_a_barrier():
+    # the fused-linear chunks' loss forward and backward in one program per row (ops/_loss_fwd_bwd.py): the
+    # backward reads the row's stats that the forward stored, some by other threads; a barrier must sit between
+    # those stores (the program's first) and the loads after them, in the TTGIR and the PTX, as the JIT specialises
+    # a BERT chunk's launch (which takes the one launch: no class split)
+    kernel = _json_from_script(_FWD_BWD)
+    assert kernel["name"] == "_loss_fwd_bwd_kernel" and kernel["grid"][1:] in ([], [1], [1, 1])
+    for ir, names in (("ttgir", TTGIR), ("ptx", PTX)):
+        assert not _loads_after_the_first_store_unfenced(kernel[ir], **names), ir
+    check = functools.partial(_loads_after_the_first_store_unfenced, **PTX)  # the check catches a missing barrier
+    load, store, barrier = "ld.global.b32 %r1, [%rd1];", "@%p2 st.global.b32 [%rd2], {%r3};", "bar.sync 0;"
+    assert check([load, store, load]) and check([store, store, load]) and not check([load, store, barrier, load])
+    assert not check([load, load])  # no store: nothing to fence (the test's script would fail on the name first)
+
+
+def _loads_after_the_first_store_unfenced(lines, load, store, barrier) -> bool:
+    """Whether the first load after the first store has no barrier before it (after that store); False without
+    a store or a load after it."""
+    ops = list(map(_op, lines))
+    first_store = next((i for i, line in enumerate(ops) if line.startswith(store)), None)
+    if first_store is None:
+        return False
+    for line in ops[first_store + 1 :]:
+        if line.startswith(barrier):
+            return False
+        if line.startswith(load):
+            return True
+    return False
+
+
 def _op(line: str) -> str:
     """A PTX or TTGIR line from its operation on: without a predicate guard (@%p1: the same access, masked) or the
     value it defines (%x = )."""

@@ -409,6 +409,43 @@ def linear_masksub_loss_specs() -> list[tuple]:
     return list(specs.values())
 
 
+def _chunk_step_spec(fwd_flags: dict, bwd_flags: dict, bias: str | None, grads: str, label: str):
+    """The fused-linear chunks' one launch of the loss forward and backward (ops/_loss_fwd_bwd.py) on fp32 logits:
+    the two kernels' specs merged as the launcher merges their configurations (fused_constexprs)."""
+    from masksub_kernels.ops import _loss_fwd_bwd
+
+    flags = {"ALIGNED": True}  # the chunk buffer's padded rows (aligned_classes)
+    fwd = _loss_spec(masksub_loss._loss_fwd_kernel, "fp32", {**flags, **fwd_flags}, bias=bias)
+    bwd = _loss_spec(masksub_loss._loss_bwd_kernel, "fp32", {**flags, **bwd_flags}, bias=bias, grads=grads)
+    (_, _, fwd_signature, fwd_constants, fwd_options), (_, _, bwd_signature, bwd_constants, bwd_options) = fwd, bwd
+    constants = _loss_fwd_bwd.fused_constexprs(
+        {**fwd_constants, **fwd_options}, {**bwd_constants, **bwd_options}
+    )  # fmt: skip
+    num_warps = constants.pop("num_warps")
+    kernel = _loss_fwd_bwd._loss_fwd_bwd_kernel
+    names = inspect.signature(kernel.fn).parameters
+    signature = {name: {**fwd_signature, **bwd_signature}[name] for name in names if name not in constants}
+    return f"fwd_bwd[{label}]", kernel, signature, constants, {"num_warps": num_warps}
+
+
+def chunk_step_specs() -> list[tuple]:
+    """The chunks' one launch of the loss: BERT's (class ids, a bias, T = 1, bf16 / fp16 gradients over the fp32
+    logits' rows), mixup's probabilities (no bias), DeiT-III's thresholded BCE (T = 2), fp32 inputs (the fp32
+    gradients over the logits themselves), the sub term alone."""
+    ids, dense = {"HAS_MAIN": True, "HAS_SUB": True}, {"HAS_MAIN": True, "HAS_SUB": True, "DENSE": True}
+    both = {"WRITE_DZ": True, "WRITE_DS": True}
+    bce = {"BCE": True, "DENSE": True, "BINARISE": True}
+    over, sub_only = {"OVER_ROWS": True}, {"WRITE_DZ": False, "WRITE_DS": True, "OVER_ROWS": True}
+    return [
+        _chunk_step_spec({**ids, "UNIT_T": True}, {"LABELS": True, **both, **over}, "bf16", "bf16", "bf16"),
+        _chunk_step_spec({**ids, "UNIT_T": True}, {"LABELS": True, **both, **over}, "fp16", "fp16", "fp16"),
+        _chunk_step_spec(dense, {**both, "DENSE": True, **over}, None, "bf16", "bf16,dense,no_bias"),
+        _chunk_step_spec({**ids, **bce}, {**both, **bce, **over}, "bf16", "bf16", "bf16,bce,binarise"),
+        _chunk_step_spec({**ids, "UNIT_T": True}, {"LABELS": True, **both}, "fp32", "fp32", "fp32"),
+        _chunk_step_spec({**ids, "UNIT_T": True}, sub_only, "bf16", "bf16", "bf16,sub_only"),
+    ]
+
+
 # op module -> its specs, in the order compile_kernels reports them
 SPECS = {
     "token_select": token_select_specs,
@@ -416,6 +453,7 @@ SPECS = {
     "token_grid_mask": token_grid_mask_specs,
     "masksub_loss": masksub_loss_specs,
     "linear_masksub_loss": linear_masksub_loss_specs,
+    "linear_loss_chunks": chunk_step_specs,
 }
 
 

@@ -75,6 +75,7 @@ from typing import NamedTuple
 import torch
 
 from . import masksub_loss as loss_ops
+from ._loss_fwd_bwd import forward_backward_triton
 from .masksub_loss import MAIN, NUM_OUT, SUB
 
 # The kernels' path: the chunk's [2R, C] fp32 logits, with fp16 / bf16 gradients written over their rows. dW's
@@ -485,11 +486,12 @@ def grads_in_forward(
             z, s = v.z, v.s
             # the stats straight into their columns of [9, M] where the chunk is a slice (else copied below)
             into_stats = stats_cols[index] if sliced is not None else stats.new_empty(NUM_OUT, n)
-            out = loss_ops._forward_triton(z, s, y, *options, bias=bias_c, out=into_stats, tickets=tickets)
             grads = v.grads
-            dz, ds = loss_ops._backward_triton(
-                gm, gs, out, z, s, y, *options, into=v.into, bias=bias_c, over_rows=narrow is not None
-            )
+            # the loss forward and backward in one launch (ops/_loss_fwd_bwd.py: two where the classes split)
+            out, (dz, ds) = forward_backward_triton(
+                gm, gs, z, s, y, *options, out=into_stats, tickets=tickets, into=v.into, bias=bias_c,
+                over_rows=narrow is not None,
+            )  # fmt: skip
         else:
             logits = x.to(acc) @ w.T if b_acc is None else torch.addmm(b_acc, x.to(acc), w.T)
             z, s = (logits[:n], logits[n:]) if has_sub else (logits, None)

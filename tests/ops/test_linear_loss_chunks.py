@@ -71,12 +71,10 @@ def test_gradients_over_the_logits_rows(monkeypatch, bias, dtype):
     # fp16 / bf16: each chunk's dz and ds are written over its own fp32 logits rows (narrower views of the one chunk
     # buffer, the backward kernel's over_rows: one program per row), and dW's matmul runs once per chunk over them,
     # before the next chunk's logits overwrite them: chunks of 8 counted rows (gathered: the ignored rows skipped)
-    from masksub_kernels.ops import masksub_loss as ml
-
     h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=dtype, kind="index_ignore", seed=4)
     b = b if bias else None
     args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
-    matmuls, backwards, backward = [], [], ml._backward_triton
+    matmuls, backwards, backward = [], [], chunks.forward_backward_triton
     add_matmul = chunks._add_matmul
 
     def recorded_matmul(acc, a, x):
@@ -85,13 +83,13 @@ def test_gradients_over_the_logits_rows(monkeypatch, bias, dtype):
 
     def recorded_backward(*args, into, over_rows, **kwargs):
         backwards.append(over_rows)
-        logits = args[3]  # z: the chunk's fp32 rows; dz over them, same start, same bytes per row
+        logits = args[2]  # z: the chunk's fp32 rows; dz over them, same start, same bytes per row
         assert over_rows and into[0].data_ptr() == logits.data_ptr() and into[0].dtype == dtype
         assert into[0].stride(0) * 2 == logits.stride(0) * 4
         return backward(*args, into=into, over_rows=over_rows, **kwargs)
 
     monkeypatch.setattr(chunks, "_add_matmul", recorded_matmul)
-    monkeypatch.setattr(ml, "_backward_triton", recorded_backward)
+    monkeypatch.setattr(chunks, "forward_backward_triton", recorded_backward)  # the loss's one launch per chunk
     kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)
     counted = int((target != -100).sum())
     sizes = [min(8, counted - start) for start in range(0, counted, 8)]  # the chunks' rows, the last one short

@@ -285,13 +285,13 @@ def test_triton_chunks_have_aligned_rows(monkeypatch):
         pytest.skip("no Triton backend here")
     h, hs, w, b, target = make_inputs(dtype=BF16, kind="index_ignore", seed=5)
     classes, seen = w.shape[0], []
-    backward = chunks.loss_ops._backward_triton
+    launch = chunks.forward_backward_triton  # the loss forward and backward of a chunk, one launch
 
     def spy(*args, into=None, **kwargs):
         seen.append([(x.shape, x.stride()) for x in into])
-        return backward(*args, into=into, **kwargs)
+        return launch(*args, into=into, **kwargs)
 
-    monkeypatch.setattr(chunks.loss_ops, "_backward_triton", spy)
+    monkeypatch.setattr(chunks, "forward_backward_triton", spy)
     with mk.use_backend("triton"):
         mk.linear_masksub_loss(*leaves(h, hs, w, b), target).loss.backward()
     padded = chunks.aligned_classes(classes)
