@@ -25,7 +25,10 @@ from torch.profiler import ProfilerActivity, profile
 import masksub_kernels as mk
 
 
-def profiled(name: str, call, leaves, out, iters: int = 10, rows: int = 15) -> None:
+def profiled(name: str, call, leaves, out, iters: int = 10, rows: int = 15, host: bool = False) -> None:
+    """host: also the host side, the ops by their own CPU time and the host time that no op holds (Python and
+    Triton's launches, which record no op), per call: what makes a call host-bound."""
+
     def fn():  # no .grad accumulation from the second call on: every call's backward as the first one's
         for leaf_tensor in leaves:
             leaf_tensor.grad = None
@@ -48,6 +51,14 @@ def profiled(name: str, call, leaves, out, iters: int = 10, rows: int = 15) -> N
     device = sum(e.self_device_time_total for e in kernels) / iters / 1e3
     print(f"\n## {name}: wall {wall:.3f} ms per call, kernels {device:.3f} ms per call", file=out, flush=True)
     print(events.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=80), file=out)
+    if host:
+        cpu_ops = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+        in_ops = sum(e.self_cpu_time_total for e in cpu_ops) / iters / 1e3
+        launches = sum(e.count for e in kernels) / iters
+        print(f"\n### host side: {in_ops:.3f} ms per call in ops (their own CPU time, under the profiler: more "
+              f"than without), {wall - in_ops:.3f} ms of the wall time in none (Python, Triton's launches); "
+              f"{launches:.0f} kernels per call", file=out)  # fmt: skip
+        print(events.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=80), file=out)
 
 
 def leaf(*shape, dtype=torch.bfloat16, scale=1.0):
@@ -67,7 +78,7 @@ def main(argv: list[str]) -> int:
     m, d, c = 16384, 768, 30522  # BERT-base MLM (issue 13)
     head = (leaf(m, d), leaf(m, d), leaf(c, d, scale=d**-0.5), leaf(c), torch.randint(0, c, (m,), device="cuda"))
     profiled("linear_masksub_loss fwd + bwd, M=16384 D=768 C=30522 bf16",
-             lambda a=head: mk.linear_masksub_loss(*a).loss.backward(), head[:4], out)  # fmt: skip
+             lambda a=head: mk.linear_masksub_loss(*a).loss.backward(), head[:4], out, host=True)  # fmt: skip
     del head
     if args.only == "linear":
         return _close(out)

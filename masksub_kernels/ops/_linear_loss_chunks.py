@@ -241,13 +241,15 @@ class _ChunkViews(NamedTuple):
         return cls(width, gm, gs, **parts)
 
 
-def _store_rows(dx: torch.Tensor, chunk: slice | torch.Tensor, rows: torch.Tensor, dx_c: torch.Tensor | None) -> None:
-    """dx[chunk] = rows [R, D] (fp32, or fp64, rounded once to dx's dtype). dx_c: dx[chunk], a view, where the chunk
-    is a slice (None for row ids)."""
-    if dx_c is not None:
-        dx_c.copy_(rows)
-    else:
-        dx[chunk] = rows.to(dx.dtype)
+def _store_rows(chunk: slice | torch.Tensor, into: list, rows: list[torch.Tensor]) -> None:
+    """dx[chunk] = r for each (dx, dx_c) of ``into`` and r of ``rows`` ([R, D], fp32 or fp64, rounded once to dx's
+    dtype). dx_c: dx[chunk], a view, where the chunk is a slice (None for row ids): then one multi-tensor copy for
+    them all (dH's and dHs's rows: one launch on CUDA, where a copy each took two)."""
+    if all(dx_c is not None for _, dx_c in into):
+        torch._foreach_copy_([dx_c for _, dx_c in into], rows)
+        return
+    for (dx, _), r in zip(into, rows):
+        dx[chunk] = r.to(dx.dtype)
 
 
 def _times_weight(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -509,10 +511,10 @@ def grads_in_forward(
         if stored and kernels:
             first = stored[0][0] * n
             product = _times_weight(grads[first : (stored[-1][0] + 1) * n], w)  # [n or 2n, D] fp32
-            for term, dx, dx_c in stored:
-                _store_rows(dx, chunk, product[term * n - first : (term + 1) * n - first], dx_c)
-        for term, dx, dx_c in stored if not kernels else ():
-            _store_rows(dx, chunk, (dz, ds)[term] @ w, dx_c)
+            rows_of = [product[term * n - first : (term + 1) * n - first] for term, _, _ in stored]
+            _store_rows(chunk, [(dx, dx_c) for _, dx, dx_c in stored], rows_of)
+        elif stored:
+            _store_rows(chunk, [(dx, dx_c) for _, dx, dx_c in stored], [(dz, ds)[term] @ w for term, _, _ in stored])
         # dW += [dz; ds]^T [h_c; hs_c]: one matmul over both terms when they are the halves of one buffer. It runs
         # before the next chunk's logits overwrite these gradients (one stream).
         both = grads is not None and dz.numel() and ds.numel()

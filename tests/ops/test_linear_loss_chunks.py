@@ -415,9 +415,24 @@ def test_stored_rows_of_row_strided_gradients_read_their_columns_only(dtype):
     for into_rows in (True, False):  # straight into dx's rows, or by row ids
         dx = torch.zeros(rows + 2, depth, dtype=dtype, device=DEVICE)
         chunk = slice(1, rows + 1) if into_rows else torch.arange(1, rows + 1, device=DEVICE)
-        chunks._store_rows(dx, chunk, product, dx[chunk] if into_rows else None)
+        chunks._store_rows(chunk, [(dx, dx[chunk] if into_rows else None)], [product])
         assert dx[1:-1].isfinite().all() and not dx[0].any() and not dx[-1].any()
         assert torch.equal(dx[1:-1], product.to(dtype))  # one rounding
+
+
+def test_stored_rows_of_both_branches_take_one_copy(monkeypatch):
+    # dH's and dHs's rows of a chunk that is a slice: one multi-tensor copy (one launch on CUDA) rounding each once;
+    # by row ids (gathered chunks): an indexed store each
+    product = torch.randn(10, 3, device=DEVICE)
+    copies, foreach_copy = [], torch._foreach_copy_
+    monkeypatch.setattr(torch, "_foreach_copy_", lambda dst, src: copies.append(len(dst)) or foreach_copy(dst, src))
+    for chunk in (slice(2, 7), torch.arange(2, 7, device=DEVICE)):
+        dh, dhs = (torch.zeros(8, 3, dtype=torch.bfloat16, device=DEVICE) for _ in range(2))
+        views = (dh[chunk], dhs[chunk]) if isinstance(chunk, slice) else (None, None)
+        chunks._store_rows(chunk, [(dh, views[0]), (dhs, views[1])], [product[:5], product[5:]])
+        assert torch.equal(dh[2:7], product[:5].bfloat16()) and torch.equal(dhs[2:7], product[5:].bfloat16())
+        assert not dh[:2].any() and not dh[7:].any() and not dhs[:2].any() and not dhs[7:].any()
+    assert copies == [2]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
