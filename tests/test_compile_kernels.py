@@ -201,16 +201,24 @@ logits, narrow = buffer[:, :classes], buffer.view(torch.bfloat16)[:, :classes]
 y = torch.empty(rows, dtype=torch.int64, device="meta")
 g, bias = torch.empty(rows, device="meta"), torch.empty(classes, dtype=torch.bfloat16, device="meta")
 stats, tickets = torch.empty(9, 4 * rows, device="meta"), torch.zeros(rows, dtype=torch.int32, device="meta")
-with recording(fused) as launches:
-    fused.forward_backward_triton(g, g, logits[:rows], logits[rows:], y, False, 0.0, -100, 1.0, None,
-                                  out=stats[:, rows : 2 * rows], tickets=tickets, into=(narrow[:rows], narrow[rows:]),
-                                  bias=bias, over_rows=True)
-(launch,) = launches
-signature, constexprs, attrs, options = specialise(launch)
-asm = triton.compile(triton.compiler.ASTSource(launch.kernel, signature, constexprs, attrs), target=_target(),
-                     options=options).asm
-json.dump({"name": launch.name, "grid": list(launch.grid),
-           **{ir: [line.strip() for line in asm[ir].splitlines()] for ir in ("ttgir", "ptx")}}, sys.stdout)
+stacked = torch.empty(2 * rows, chunks.padded_depth(768), dtype=torch.bfloat16, device="meta")[:, :768]
+weight = torch.empty(classes, 768, dtype=torch.bfloat16, device="meta")
+head = chunks.class_parts(classes)[0].stop
+products = (torch.empty(rows, 768, device="meta"), torch.empty(rows, 768, device="meta"))
+result = {}
+for with_tail in (True, False):  # the chunk loop's launch (C's tail of 2 classes in it), and without the tail
+    tail = fused.ClassTail(head, weight[head:], stacked[:rows], stacked[rows:], products) if with_tail else None
+    with recording(fused) as launches:
+        fused.forward_backward_triton(g, g, logits[:rows], logits[rows:], y, False, 0.0, -100, 1.0, None,
+                                      out=stats[:, rows : 2 * rows], tickets=tickets,
+                                      into=(narrow[:rows], narrow[rows:]), bias=bias, over_rows=True, tail=tail)
+    (launch,) = launches
+    signature, constexprs, attrs, options = specialise(launch)
+    asm = triton.compile(triton.compiler.ASTSource(launch.kernel, signature, constexprs, attrs), target=_target(),
+                         options=options).asm
+    result[str(with_tail)] = {"name": launch.name, "grid": list(launch.grid), "tail": launch.bound["TAIL"],
+                              **{ir: [line.strip() for line in asm[ir].splitlines()] for ir in ("ttgir", "ptx")}}
+json.dump(result, sys.stdout)
 """
 
 
@@ -219,10 +227,20 @@ def test_the_chunks_one_launch_reads_its_stats_behind_a_barrier():
     # backward reads the row's stats that the forward stored, some by other threads; a barrier must sit between
     # those stores (the program's first) and the loads after them, in the TTGIR and the PTX, as the JIT specialises
     # a BERT chunk's launch (which takes the one launch: no class split)
-    kernel = _json_from_script(_FWD_BWD)
-    assert kernel["name"] == "_loss_fwd_bwd_kernel" and kernel["grid"][1:] in ([], [1], [1, 1])
-    for ir, names in (("ttgir", TTGIR), ("ptx", PTX)):
-        assert not _loads_after_the_first_store_unfenced(kernel[ir], **names), ir
+    # a BERT chunk's launch, as the JIT specialises it (no class split), which also takes C's tail of 2 classes:
+    # their logits stored before the forward reads the row, dH's share read from the gradients after the backward
+    # stored them: a barrier each, 2 more than the same launch without the tail has in its TTGIR
+    kernels = _json_from_script(_FWD_BWD)
+    kernel, without = kernels["True"], kernels["False"]
+    assert kernel["name"] == "_loss_fwd_bwd_kernel" and kernel["grid"][1:] in ([], [1], [1, 1]) and kernel["tail"]
+    for launch in (kernel, without):
+        for ir, names in (("ttgir", TTGIR), ("ptx", PTX)):
+            assert not _loads_after_the_first_store_unfenced(launch[ir], **names), ir
+
+    def barriers(lines):
+        return sum(_op(line).startswith(TTGIR["barrier"]) for line in lines)
+
+    assert barriers(kernel["ttgir"]) == barriers(without["ttgir"]) + 2
     check = functools.partial(_loads_after_the_first_store_unfenced, **PTX)  # the check catches a missing barrier
     load, store, barrier = "ld.global.b32 %r1, [%rd1];", "@%p2 st.global.b32 [%rd2], {%r3};", "bar.sync 0;"
     assert check([load, store, load]) and check([store, store, load]) and not check([load, store, barrier, load])

@@ -409,9 +409,11 @@ def linear_masksub_loss_specs() -> list[tuple]:
     return list(specs.values())
 
 
-def _chunk_step_spec(fwd_flags: dict, bwd_flags: dict, bias: str | None, grads: str, label: str):
+def _chunk_step_spec(fwd_flags: dict, bwd_flags: dict, bias: str | None, grads: str, label: str, tail: bool):
     """The fused-linear chunks' one launch of the loss forward and backward (ops/_loss_fwd_bwd.py) on fp32 logits:
-    the two kernels' specs merged as the launcher merges their configurations (fused_constexprs)."""
+    the two kernels' specs merged as the launcher merges their configurations (fused_constexprs); ``tail``: with C's
+    tail of < 8 classes (ClassTail: the rows and weight in the inputs' dtype, ``grads``; fp32 products for the
+    gradients written), else the launcher's stand-ins (the logits) for those pointers."""
     from masksub_kernels.ops import _loss_fwd_bwd
 
     flags = {"ALIGNED": True}  # the chunk buffer's padded rows (aligned_classes)
@@ -422,27 +424,37 @@ def _chunk_step_spec(fwd_flags: dict, bwd_flags: dict, bias: str | None, grads: 
         {**fwd_constants, **fwd_options}, {**bwd_constants, **bwd_options}
     )  # fmt: skip
     num_warps = constants.pop("num_warps")
+    inputs = grads if tail else "fp32"
+    types = {**fwd_signature, **bwd_signature, "xz_ptr": f"*{inputs}", "xs_ptr": f"*{inputs}", "wt_ptr": f"*{inputs}"}
+    types |= {"pz_ptr": "*fp32", "ps_ptr": "*fp32", "stride_x": "i64", "stride_w": "i64", "stride_p": "i64"}
+    types |= {"D": "i32", "tail_start": "i32"}
+    written = {"TAIL_DZ": tail and constants["WRITE_DZ"], "TAIL_DS": tail and constants["WRITE_DS"]}
+    constants |= {"TAIL": tail, **written, "BLOCK_T": 8, "BLOCK_D": 128}  # the kernel's defaults for the blocks
     kernel = _loss_fwd_bwd._loss_fwd_bwd_kernel
-    names = inspect.signature(kernel.fn).parameters
-    signature = {name: {**fwd_signature, **bwd_signature}[name] for name in names if name not in constants}
-    return f"fwd_bwd[{label}]", kernel, signature, constants, {"num_warps": num_warps}
+    params = inspect.signature(kernel.fn).parameters.items()
+    names = [name for name, p in params if "constexpr" not in str(p.annotation)]
+    signature = {name: types[name] for name in names if name not in constants}
+    return f"fwd_bwd[{label}{',tail' if tail else ''}]", kernel, signature, constants, {"num_warps": num_warps}
 
 
 def chunk_step_specs() -> list[tuple]:
     """The chunks' one launch of the loss: BERT's (class ids, a bias, T = 1, bf16 / fp16 gradients over the fp32
-    logits' rows), mixup's probabilities (no bias), DeiT-III's thresholded BCE (T = 2), fp32 inputs (the fp32
-    gradients over the logits themselves), the sub term alone."""
+    logits' rows, C's tail of 2 classes in it), mixup's probabilities (no bias, 1000 classes: no tail), DeiT-III's
+    thresholded BCE (T = 2), fp32 inputs (the fp32 gradients over the logits themselves), the sub term alone; and
+    BERT's without a tail (C a multiple of 8)."""
     ids, dense = {"HAS_MAIN": True, "HAS_SUB": True}, {"HAS_MAIN": True, "HAS_SUB": True, "DENSE": True}
     both = {"WRITE_DZ": True, "WRITE_DS": True}
     bce = {"BCE": True, "DENSE": True, "BINARISE": True}
     over, sub_only = {"OVER_ROWS": True}, {"WRITE_DZ": False, "WRITE_DS": True, "OVER_ROWS": True}
+    bert = ({**ids, "UNIT_T": True}, {"LABELS": True, **both, **over})
     return [
-        _chunk_step_spec({**ids, "UNIT_T": True}, {"LABELS": True, **both, **over}, "bf16", "bf16", "bf16"),
-        _chunk_step_spec({**ids, "UNIT_T": True}, {"LABELS": True, **both, **over}, "fp16", "fp16", "fp16"),
-        _chunk_step_spec(dense, {**both, "DENSE": True, **over}, None, "bf16", "bf16,dense,no_bias"),
-        _chunk_step_spec({**ids, **bce}, {**both, **bce, **over}, "bf16", "bf16", "bf16,bce,binarise"),
-        _chunk_step_spec({**ids, "UNIT_T": True}, {"LABELS": True, **both}, "fp32", "fp32", "fp32"),
-        _chunk_step_spec({**ids, "UNIT_T": True}, sub_only, "bf16", "bf16", "bf16,sub_only"),
+        _chunk_step_spec(*bert, "bf16", "bf16", "bf16", True),
+        _chunk_step_spec(*bert, "bf16", "bf16", "bf16", False),
+        _chunk_step_spec(*bert, "fp16", "fp16", "fp16", True),
+        _chunk_step_spec(dense, {**both, "DENSE": True, **over}, None, "bf16", "bf16,dense,no_bias", False),
+        _chunk_step_spec({**ids, **bce}, {**both, **bce, **over}, "bf16", "bf16", "bf16,bce,binarise", False),
+        _chunk_step_spec({**ids, "UNIT_T": True}, {"LABELS": True, **both}, "fp32", "fp32", "fp32", True),
+        _chunk_step_spec({**ids, "UNIT_T": True}, sub_only, "bf16", "bf16", "bf16,sub_only", True),
     ]
 
 

@@ -21,13 +21,10 @@ are under a GradScaler; powers of two scale exactly. The weights go the same way
 gradients are unweighted, two terms' carry their weights over a common power of two, _common_scale.)
 
 That is 2 units of 2 M D C flops for the logits and 4 for the gradients: the composite's 6, against the recompute
-design's 10 (ops/linear_masksub_loss.py). One fp32 dW for both terms (not one per term) keeps the extra memory
-near issue 13's 5% of the composite's (4.8% modelled at BERT's head; 7.2% measured with the padded copy of W that
-the matmuls took until late on 2026-12-04: class_parts).
-The .main and .sub outputs stay differentiable on their own (the
-sequential schedule backpropagates them separately, with other scalars): their gradients, which the stored
-combination cannot give, come from the recompute op's backward on the saved per-row stats (3 more matmul units per
-term; correct for any scalars), so every combination of backwards is exact and L's is the fast one.
+design's 10 (ops/linear_masksub_loss.py). One fp32 dW for both terms keeps the extra memory near issue 13's 5% of
+the composite's (4.8% modelled at BERT's head). The .main and .sub outputs stay differentiable on their own (the
+sequential schedule backpropagates them separately): their gradients come from the recompute op's backward on the
+saved per-row stats (3 more matmul units per term; any scalars), so every combination of backwards is exact.
 
 The backward of L scales the stored gradients in place, in fp32 (blocks of rows through a bounded fp32 temporary:
 _linear_loss_grads._scaled), and returns them (no second [M, D]; dW cast once to the weight's dtype), as
@@ -39,22 +36,21 @@ the op's backend:
 - reference (the 'torch' backend, the CPU path): logits in fp32 (fp64 for fp64 inputs), the loss and its logit
   gradients by ops/masksub_loss.py's reference functions, chunks of reference_chunk_rows(C) rows (CHUNK_ELEMENTS);
 - kernels (the 'triton' backend): logits in fp32 from the inputs' dtype (cuBLAS with an fp32 output on a GPU:
-  bf16 / fp16 tensor cores, never rounded to bf16) without the bias, which the fused masksub_loss Triton kernels
-  add as they read the logits (no pass over them) while computing the loss and dz, ds,
-  dz and ds written by the backward kernel over the fp32 logits (fp32 inputs) or, in the inputs' fp16 / bf16, over
-  the first half of each logits row's bytes (its over_rows: one program per row, a barrier between its loads and
-  its stores), so that the gradients need no buffer of their own; dW accumulated in fp32 (cuBLAS with an fp32
-  output on CUDA, fp32 operands elsewhere). The loss forward writes a slice chunk's stats straight into their
-  columns of [9, M] and takes its split rows' tickets from one buffer of the op's, zeroed once and left zero by each
-  launch: no fill and no copy per chunk. dH and dHs come from one matmul over the chunk's [2R, C] gradients into
-  an fp32 [2R, D] temporary, copied (rounded once) into their rows. Each matmul runs over C's aligned head and its
-  tail of < 8 classes (class_parts: views of W, no copy): 9 launches per chunk, 12 where C is not a multiple of 8.
+  bf16 / fp16 tensor cores, never rounded to bf16) without the bias, which masksub_loss's Triton kernels add as
+  they read the logits, the loss forward and backward in one launch (ops/_loss_fwd_bwd.py; two where the classes
+  split), dz and ds written over the fp32 logits (fp32 inputs) or, in the inputs' fp16 / bf16, over the first half
+  of each logits row's bytes (over_rows: one program per row, a barrier between its loads and its stores): no buffer
+  of their own; the stats straight into their columns of [9, M], the split rows' tickets from one buffer of the
+  op's (zeroed once, left zero by each launch). dH and dHs from one matmul over the chunk's [2R, C] gradients into
+  an fp32 [2R, D] temporary, copied (rounded once) into their rows by one launch; dW accumulated in fp32 (cuBLAS
+  with an fp32 output on CUDA, fp32 operands elsewhere). The matmuls run over C's aligned head (class_parts: views
+  of W, no copy); the loss launch takes the tail of < 8 classes for the logits and dH (ClassTail), dW's tail is a
+  small matmul: 7 launches per chunk (8 with a tail; 2 copies of the rows where the stacked buffer has them).
 
 Extra memory (beyond the inputs and the returned gradients): the chunk's [2R, C] fp32 logits (R from
 GRADS_CHUNK_BYTES, at least GRADS_CHUNK_MIN_ROWS where M is large: 384 rows at C = 30522, 89 MiB; its fp16 / bf16
-gradients over them), the stacked rows [2R, D],
-the per-row stats [9, M] fp32, dH's fp32 temporary [2R, D] and one fp32 dW [C, D] (+ db [C]) for the two terms.
-Never [M, C], and no copy of W (fp16 / bf16 / fp32 inputs). On the kernels'
+gradients over them), the stacked rows [2R, D], the per-row stats [9, M] fp32, dH's fp32 temporary [2R, D] and
+one fp32 dW [C, D] (+ db [C]) for the two terms. Never [M, C], and no copy of W. On the kernels'
 fp16 / bf16 path with a bias, dW's accumulator is [dW | db | 0...] [C, D + pad] and the stacked rows [h_c; hs_c |
 1 | 0...] [2R, D + pad] (padded_depth): db comes out of dW's matmul instead of a pass of its own over each chunk's
 gradients; dW is returned as the [C, D] view of that accumulator (row stride D + pad: the fake says so), db as a
@@ -75,27 +71,18 @@ from typing import NamedTuple
 import torch
 
 from . import masksub_loss as loss_ops
-from ._loss_fwd_bwd import forward_backward_triton
+from ._loss_fwd_bwd import ClassTail, forward_backward_triton, one_launch
 from .masksub_loss import MAIN, NUM_OUT, SUB
 
-# The kernels' path: the chunk's [2R, C] fp32 logits, with fp16 / bf16 gradients written over their rows. dW's
-# matmul runs once per chunk, over the chunk's [2R, C] gradients, and reads and writes the fp32 accumulator [C, D +
-# pad] (beta = 1; 94 MB at BERT's shape, more bytes than the matmul's own operands): so the longer the chunks, the
-# fewer of those passes (and of launches, and of the loop's host time). Gradients over the logits' rows give R = 384
-# at BERT's shape, where a buffer of their own took half the memory (two chunks of 192 rows whose gradients were
-# stacked for one dW matmul: issue 13's perf model, BERT step on the H200, 11.20 -> 10.32 ms predicted).
+# The kernels' path: the chunk's [2R, C] fp32 logits (fp16 / bf16 gradients over their rows), 384 rows at BERT's
+# shape; the longer the chunks, the fewer passes of dW's matmul over its fp32 [C, D + pad] (94 MB), launches, host.
 GRADS_CHUNK_BYTES = 96 * 2**20
-# ... but at least GRADS_CHUNK_MIN_ROWS rows where M has 32 times as many (GRADS_CHUNK_MIN_SHARE; a floor of M / 32
-# rows, in multiples of 64, below that). Per chunk, dW's matmul moves the fp32 accumulator's C D 8 bytes for its
-# 4 R D C flops, so below R ~ 2 F / BW (F the matmul's flop rate, BW the memory bandwidth: ~320 rows on an H200 and
-# ~460 on an H100 at the perf model's assumed cuBLAS efficiency and copy rates, more counting the matmul's own
-# operands) those passes outlast the matmul; the budget alone gives large vocabularies few rows (64 at C = 128256,
-# 192 at RoBERTa's 50265): predicted 2.9x slower at M = 16384, D = 4096, C = 128256, 1.26x at RoBERTa's shape
-# (tools/perf_model, H200). 384 is a compromise: the H200's knee, and within issue 13's 5% memory goal at RoBERTa's
-# shape (512 rows, faster on an H100, is 5.6% there). The buffer is then
-# 2 x 384 x C_pad x 4 bytes, ~3 KiB per class (2.9 GiB at C = 10^6), at most 1 / 32 of the composite's least memory
-# (two [M, C] logits and their gradients: R / M of it in bf16) and 2 R / D of the fp32 accumulator dW [C, D] the op
-# holds anyway.
+# ... but at least GRADS_CHUNK_MIN_ROWS rows where M has 32 times as many (GRADS_CHUNK_MIN_SHARE; M / 32 rows, in
+# multiples of 64, below that): per chunk dW's matmul moves C D 8 bytes for its 4 R D C flops, so below R ~ 2 F / BW
+# (~320 rows on an H200, ~460 on an H100 at the perf model's assumed rates) those passes outlast the matmul, and the
+# budget alone gives large vocabularies few rows (64 at C = 128256: predicted 2.9x slower at M = 16384, D = 4096;
+# 1.26x at RoBERTa's 50265). 384: the H200's knee, within issue 13's 5% memory goal at RoBERTa's shape (512 rows:
+# 5.6%); the buffer is then ~3 KiB per class, at most 1 / 32 of the composite's least memory.
 GRADS_CHUNK_MIN_ROWS = 384
 GRADS_CHUNK_MIN_SHARE = 32
 ALIGN_CLASSES = 64  # the kernels' chunk buffers' rows, in elements: 128-byte rows in bf16 (aligned_classes)
@@ -217,9 +204,10 @@ class _ChunkViews(NamedTuple):
     s: torch.Tensor | None = None
     grads: torch.Tensor | None = None  # [2n, C]: dz over ds (the logits, or over them): dH's and dW's operand
     into: tuple = ()  # its [n, C] halves: what the backward kernel writes
+    product: torch.Tensor | None = None  # fp32 [2n, D]: dH's rows of both terms (the loss launch takes C's tail)
 
     @classmethod
-    def of(cls, n, has_sub, depth, classes, stacked, logits_buffer, narrow, g_main, g_sub):
+    def of(cls, n, has_sub, depth, classes, stacked, logits_buffer, narrow, g_main, g_sub, product_buffer):
         width = (2 if has_sub else 1) * n
         gm, gs = (None if g is None else g.expand(n) for g in (g_main, g_sub))
         parts = {}
@@ -238,6 +226,8 @@ class _ChunkViews(NamedTuple):
                     assert v is None or x.stride(0) * x.element_size() == v.stride(0) * v.element_size()
                     assert v is None or x.is_meta or (x.data_ptr() == v.data_ptr() and x.dtype != v.dtype)
             parts.update(logits=logits, z=z, s=s, grads=grads, into=into)
+        if product_buffer is not None:
+            parts["product"] = product_buffer[:width]
         return cls(width, gm, gs, **parts)
 
 
@@ -272,16 +262,17 @@ def _times_weight(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return product
 
 
-def _fp32_logits(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _fp32_logits(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, parts: tuple | None = None) -> torch.Tensor:
     """out = x W^T in fp32 [R, C] from operands in their own dtype: fp32 accumulation, never rounded to bf16 (the
     bias is added by the loss kernels as they read the logits: no pass over them). ``out``: a view with unit last
     stride and padded rows (aligned_classes), written in place, one matmul per class part (class_parts) into its
     columns, by cuBLAS on a GPU (mm's out_dtype overload is not a structured kernel: it keeps out's row stride as the
-    output's leading dimension, no proxy copy). Returns out."""
+    output's leading dimension, no proxy copy); ``parts``: those class ranges only (the head, where the loss's one
+    launch computes the tail's: ClassTail). Returns out."""
     # meta tensors take the CUDA line too (its registration checks out's shape, dtype and strides): the tests run it
     on_gpu = _cublas_lines(x) and x.dtype == w.dtype
     on_gpu = on_gpu and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
-    for part in class_parts(w.shape[0]):
+    for part in class_parts(w.shape[0]) if parts is None else parts:
         into = out[:, part]
         try:
             if on_gpu:
@@ -441,14 +432,17 @@ def grads_in_forward(
         narrow = logits_buffer.view(operand) if operand != torch.float32 else None
         # the loss forward's tickets for rows split over programs: zeroed once, left zero by each launch
         tickets = torch.zeros(min(step, rows), dtype=torch.int32, device=device)
+    # dH's rows of a chunk where the loss launch takes C's tail (ClassTail): one fp32 [2R, D] buffer, made once
+    product_buffer = None
+    if kernels and len(parts) == 2 and (dh.numel() or dhs.numel()):
+        product_buffer = torch.empty(buffer_shape[0], depth, dtype=torch.float32, device=device)
+    loss_options = options[:2] + options[3:]  # the loss launch's: bce, label_smoothing, temperature, threshold
     stacked = None
     if with_ones:  # the stacked rows with their ones column, made once; each chunk fills its [2n, :D]
         stacked = torch.zeros(buffer_shape[0], dw.shape[1], dtype=operand, device=device)
         stacked[:, depth] = 1
-    # Host time: a BERT step runs ~43 chunks and each chunk's views cost ~1-3 us of Python apiece, as much as the
-    # launches they feed (the op may be host-bound on a GPU: benchmarks/linear_loss_host.py). So the buffers' views
-    # of a chunk of n rows are made once (every full chunk has the same), and where the chunks are slices each
-    # operand's chunk rows come from one split.
+    # Host time (43 chunks per BERT step; the op was host-bound on the H200): the buffers' views of a chunk of n rows
+    # are made once, and where the chunks are slices each operand's chunk rows come from one split.
     views: dict[int, _ChunkViews] = {}
     sliced = _chunk_rows(chunks, step) if every_row else None
     h_rows, y_rows, stats_cols, dh_rows, dhs_rows = (
@@ -466,7 +460,9 @@ def grads_in_forward(
         n = h_c.shape[0]
         v = views.get(n)
         if v is None:
-            v = views[n] = _ChunkViews.of(n, has_sub, depth, classes, stacked, logits_buffer, narrow, g_main, g_sub)
+            v = views[n] = _ChunkViews.of(
+                n, has_sub, depth, classes, stacked, logits_buffer, narrow, g_main, g_sub, product_buffer
+            )
         gm, gs = v.gm, v.gs  # the row grads of the chunk's rows
         if row_g is not None:
             gm, gs = (
@@ -479,20 +475,31 @@ def grads_in_forward(
             x, (h_c, hs_c) = v.x, v.dw_rows  # dW's operands: db from the ones column
         else:
             x = torch.cat((h_c, hs_c)) if has_sub else h_c  # [2R, D]: both branches' logits from one matmul
-        grads = None  # the kernels' [2R, C] gradients, dz over ds
+        grads = tail = None  # the kernels' [2R, C] gradients, dz over ds; the class tail handed to the loss launch
+        # the terms whose rows of dH / dHs this chunk stores: (term, dx, dx's chunk rows or None)
+        stored = [
+            (term, dx, None if dx_rows is None else dx_rows[index])
+            for term, (g, dx, dx_rows) in enumerate(zip((gm, gs), (dh, dhs), (dh_rows, dhs_rows)))
+            if g is not None and dx.numel()
+        ]
         if kernels:
-            # fp32 logits (never rounded to bf16: the values keep fp32 accuracy), the fused loss kernels on them,
-            # dz and ds written by the backward kernel over the logits (fp32), or over their rows in the inputs'
-            # dtype; without the bias: the loss kernels add it as they read
-            logits = _fp32_logits(x, w, v.logits)  # [2n, C]
+            # fp32 logits without the bias (never rounded to bf16), the loss forward and backward in one launch
+            # (ops/_loss_fwd_bwd.py; two where the classes split) writing dz, ds over them (or their rows), which also
+            # takes C's tail of < 8 classes: its logits, and dH's share into the fp32 products (ClassTail)
             z, s = v.z, v.s
+            over_rows = narrow is not None
+            launch = one_launch(gm, gs, z, s, y, *loss_options, v.into, bias_c, over_rows)
+            if launch is not None and len(parts) == 2:
+                terms = {term for term, _, _ in stored}
+                products = tuple(v.product[t * n : (t + 1) * n] if t in terms else None for t in (0, 1))
+                tail = ClassTail(parts[1].start, w[parts[1]], x[:n], x[n:] if has_sub else None, products)
+            logits = _fp32_logits(x, w, v.logits, parts[:1] if tail is not None else None)  # [2n, C]
             # the stats straight into their columns of [9, M] where the chunk is a slice (else copied below)
             into_stats = stats_cols[index] if sliced is not None else stats.new_empty(NUM_OUT, n)
             grads = v.grads
-            # the loss forward and backward in one launch (ops/_loss_fwd_bwd.py: two where the classes split)
             out, (dz, ds) = forward_backward_triton(
                 gm, gs, z, s, y, *options, out=into_stats, tickets=tickets, into=v.into, bias=bias_c,
-                over_rows=narrow is not None,
+                over_rows=over_rows, launch=launch, tail=tail,
             )  # fmt: skip
         else:
             logits = x.to(acc) @ w.T if b_acc is None else torch.addmm(b_acc, x.to(acc), w.T)
@@ -502,15 +509,15 @@ def grads_in_forward(
         if not kernels or sliced is None:
             stats[:, chunk] = out  # fp32 [9, R]
         # [R, D] rows of dH and dHs: the kernels' from one matmul over the rows of both terms' gradients in grads
-        # (dz over ds), into an fp32 temporary; the reference's from a matmul each
-        stored = [
-            (term, dx, None if dx_rows is None else dx_rows[index])
-            for term, (d, dx, dx_rows) in enumerate(zip((dz, ds), (dh, dhs), (dh_rows, dhs_rows)))
-            if d.numel() and dx.numel()
-        ]
+        # (dz over ds), into an fp32 temporary (the head's, added to the tail's share that the loss launch wrote);
+        # the reference's from a matmul each
         if stored and kernels:
-            first = stored[0][0] * n
-            product = _times_weight(grads[first : (stored[-1][0] + 1) * n], w)  # [n or 2n, D] fp32
+            first, last = stored[0][0] * n, (stored[-1][0] + 1) * n
+            if tail is not None:
+                product = v.product[first:last]
+                _add_matmul(product, grads[first:last, parts[0]], w[parts[0]])  # [n or 2n, D] fp32
+            else:
+                product = _times_weight(grads[first:last], w)
             rows_of = [product[term * n - first : (term + 1) * n - first] for term, _, _ in stored]
             _store_rows(chunk, [(dx, dx_c) for _, dx, dx_c in stored], rows_of)
         elif stored:

@@ -19,9 +19,19 @@ split forward merges its states through tickets, so another program's stats woul
 as before (forward_backward_triton falls back). The launch configurations are masksub_loss's own
 (_forward_config, _backward_config, cached by layout): the fused launch merges them, their shared constants equal,
 the rest under F_ / B_ names, and takes the larger num_warps.
+
+The class tail (ClassTail). Where C is not a multiple of 8 (BERT's 30522), the chunk's matmuls run over C's aligned
+head only (cuBLAS's fast kernels; _linear_loss_chunks.class_parts) and the one launch takes the last < 8 classes:
+first their logits, each a dot product of the row's hidden state with a weight row (fp32 accumulation of the
+operands' products, as the matmul's), stored into their columns before the forward reads the row (a barrier); last,
+after the backward has stored the row's gradients (a barrier), dH's share of them, sum_t dz[t] W[t, :] in fp32,
+into the chunk's fp32 products, to which the head's dH matmul then adds (one rounding of the sum, as before). Two
+small matmuls per chunk fewer (their launches: ~2 of a chunk's 10); dW's tail keeps its matmul (a sum over rows).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -60,6 +70,16 @@ def _loss_fwd_bwd_kernel(
     ignore_index,
     temperature,
     threshold,
+    xz_ptr,  # TAIL: the rows z comes from, [M, D] (the chunk's stacked hidden rows), rows stride_x apart
+    xs_ptr,  # TAIL: those of s (HAS_SUB)
+    wt_ptr,  # TAIL: the tail classes' weight rows W[tail_start:] [C - tail_start, D], rows stride_w apart
+    pz_ptr,  # TAIL_DZ: fp32 [M, D] out, rows stride_p apart: dz[:, tail_start:] @ W[tail_start:]
+    ps_ptr,  # TAIL_DS: the same of ds
+    stride_x,
+    stride_w,
+    stride_p,
+    D,
+    tail_start,
     HAS_MAIN: tl.constexpr,
     HAS_SUB: tl.constexpr,
     SMOOTHED: tl.constexpr,
@@ -83,7 +103,19 @@ def _loss_fwd_bwd_kernel(
     B_GROUP: tl.constexpr,
     B_ALIGNED: tl.constexpr,
     B_EVEN: tl.constexpr,
+    TAIL: tl.constexpr = False,  # the logits of classes [tail_start, C) computed here (the matmul left them)
+    TAIL_DZ: tl.constexpr = False,  # TAIL: and dz's tail columns times their weight rows into pz (dH's share)
+    TAIL_DS: tl.constexpr = False,
+    BLOCK_T: tl.constexpr = 8,  # >= C - tail_start
+    BLOCK_D: tl.constexpr = 128,
 ):
+    row = tl.program_id(0).to(tl.int64)
+    if TAIL:  # the row's logits of the tail classes, into their columns of z and s, before the forward reads them
+        _tail_logits(
+            xz_ptr, xs_ptr, wt_ptr, z_ptr, s_ptr, row, stride_x, stride_w, stride_z, stride_s, D, C, tail_start,
+            HAS_SUB, BLOCK_T, BLOCK_D,
+        )  # fmt: skip
+        tl.debug_barrier()  # stored by some threads, read by all below
     # the forward, one program per row (no split: its scratch, tickets and reduction pointers are never read), the
     # stats written to out, every one of them (ZERO_ABSENT: out is not zero-filled)
     _loss_fwd_kernel(
@@ -99,6 +131,56 @@ def _loss_fwd_bwd_kernel(
         LABELS, WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, False, HAS_BIAS, B_BLOCK_C, B_UNIT_T, B_VEC, False, B_GROUP,
         B_ALIGNED, B_EVEN, OVER_ROWS,
     )  # fmt: skip
+    if TAIL_DZ or TAIL_DS:
+        tl.debug_barrier()  # the gradients' tail columns, stored by some threads, read by all below
+        _tail_products(
+            dz_ptr, ds_ptr, wt_ptr, pz_ptr, ps_ptr, row, stride_d, stride_w, stride_p, D, C, tail_start, TAIL_DZ,
+            TAIL_DS, BLOCK_T, BLOCK_D,
+        )  # fmt: skip
+
+
+@jit
+def _tail_logits(xz_ptr, xs_ptr, w_ptr, z_ptr, s_ptr, row, stride_x, stride_w, stride_z, stride_s, D, C, start,
+                 HAS_SUB: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    """z[row, start + t] = sum_d x[row, d] W[start + t, d] for the t < C - start tail classes (and s's from its
+    rows), fp32 accumulation of the operands' products (as the matmul's), in blocks of BLOCK_D of the depth (W's
+    rows loaded once for both); stored after every load."""
+    t = tl.arange(0, BLOCK_T)
+    t_ok = t < C - start
+    acc_z, acc_s = tl.zeros([BLOCK_T], tl.float32), tl.zeros([BLOCK_T], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        d_ok = d < D
+        w = tl.load(w_ptr + t[:, None] * stride_w + d[None, :], mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+        w = w.to(tl.float32)
+        x = tl.load(xz_ptr + row * stride_x + d, mask=d_ok, other=0.0)
+        acc_z += tl.sum(w * x.to(tl.float32)[None, :], axis=1)
+        if HAS_SUB:
+            x = tl.load(xs_ptr + row * stride_x + d, mask=d_ok, other=0.0)
+            acc_s += tl.sum(w * x.to(tl.float32)[None, :], axis=1)
+    tl.store(z_ptr + row * stride_z + start + t, acc_z, mask=t_ok)
+    if HAS_SUB:
+        tl.store(s_ptr + row * stride_s + start + t, acc_s, mask=t_ok)
+
+
+@jit
+def _tail_products(dz_ptr, ds_ptr, w_ptr, pz_ptr, ps_ptr, row, stride_g, stride_w, stride_p, D, C, start,
+                   DZ: tl.constexpr, DS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    """pz[row, :] = sum_t dz[row, start + t] W[start + t, :] in fp32 (the gradient's tail columns as stored: dH's
+    share of the tail classes, to which the head's matmul adds), and ps from ds; W's rows loaded once for both."""
+    t = tl.arange(0, BLOCK_T)
+    t_ok = t < C - start
+    g_z = tl.load(dz_ptr + row * stride_g + start + t, mask=t_ok & DZ, other=0.0).to(tl.float32)
+    g_s = tl.load(ds_ptr + row * stride_g + start + t, mask=t_ok & DS, other=0.0).to(tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        d_ok = d < D
+        w = tl.load(w_ptr + t[:, None] * stride_w + d[None, :], mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+        w = w.to(tl.float32)
+        if DZ:
+            tl.store(pz_ptr + row * stride_p + d, tl.sum(w * g_z[:, None], axis=0), mask=d_ok)
+        if DS:
+            tl.store(ps_ptr + row * stride_p + d, tl.sum(w * g_s[:, None], axis=0), mask=d_ok)
 
 
 def fused_constexprs(forward: dict, backward: dict) -> dict | None:
@@ -115,44 +197,96 @@ def fused_constexprs(forward: dict, backward: dict) -> dict | None:
     return merged
 
 
+class ClassTail(NamedTuple):
+    """The classes [start, C) past the chunk matmuls' aligned head (_linear_loss_chunks.class_parts), handed to the
+    one launch: their logits computed there from the rows and weight rows, and dH's share of them (fp32) written
+    into the products, to which the head's matmul then adds. products: (dz's, ds's) [R, D] fp32, or None each where
+    that dH is not wanted."""
+
+    start: int
+    weight: torch.Tensor  # W[start:] [C - start, D]
+    rows: torch.Tensor  # the rows z comes from [R, D]
+    sub_rows: torch.Tensor | None  # those of s
+    products: tuple
+
+
+def one_launch(grad_main, grad_sub, z, s, y, bce, eps, temperature, threshold, into, bias, over_rows):
+    """The one launch's (row strides, the gradients' row stride, constants) for forward_backward_triton's operands,
+    or None where it does not apply (a class split, or nothing to compute): from masksub_loss's two launch
+    configurations, cached by layout."""
+    z, s, y = loss_ops._unit_last_stride(z, s, y)  # as forward_backward_triton's operands
+    if not z.shape[0] or (grad_main is None and grad_sub is None):
+        return None
+    dz, ds = (x if g is not None else z.new_empty(0) for x, g in zip(into, (grad_main, grad_sub)))
+    smoothed = eps != 0 or (threshold is not None and threshold < 0)
+    unit_t = float(temperature) == 1.0
+    forward_options = (bool(bce), threshold is not None, smoothed, unit_t, bias is not None)
+    backward_options = (bool(bce), threshold is not None, unit_t, bias is not None)
+    backward_options += (grad_main is not None, grad_sub is not None, bool(over_rows))
+    _, strides, forward = loss_ops._cached_config(loss_ops._forward_config, (z, s, y), forward_options)
+    _, _, stride_d, backward = loss_ops._cached_config(loss_ops._backward_config, (z, s, y, dz, ds), backward_options)
+    constexprs = fused_constexprs(forward, backward)
+    return None if constexprs is None else (strides, stride_d, constexprs)
+
+
+_UNSET = object()
+
+
 def forward_backward_triton(
     grad_main, grad_sub, logits, sub_logits, target, bce, eps, ignore, temperature, threshold, *, out, tickets, into,
-    bias=None, over_rows=False,
+    bias=None, over_rows=False, launch=_UNSET, tail: ClassTail | None = None,
 ):  # fmt: skip
     """masksub_loss's _forward_triton(..., out=out, tickets=tickets) then _backward_triton(grad_main, grad_sub, out,
     ..., into=into, over_rows=over_rows), in one launch where no class split is configured (module docstring), else
     those two. logits, sub_logits [R, C] (sub None: one term), target [R] ids or [R, C] probabilities; grad_main,
     grad_sub [R] (or None: that gradient not written); out fp32 [9, R] with unit last stride (written); tickets int32
-    [>= R], zero (the split forward's, left zero); into: the (dz, ds) buffers as _backward_triton's. Returns (out,
+    [>= R], zero (the split forward's, left zero); into: the (dz, ds) buffers as _backward_triton's. launch: what
+    one_launch gives for these operands, where the caller has it (else derived here). tail: the classes the logits'
+    matmul left out (ClassTail; the one launch only: a caller passes it where ``launch`` is not None). Returns (out,
     (dz or [0], ds or [0]))."""
     z, s, y = loss_ops._unit_last_stride(logits, sub_logits, target)
     dz, ds = (x if g is not None else z.new_empty(0) for x, g in zip(into, (grad_main, grad_sub)))
-    constexprs, stride_d = None, 0
-    rows, classes = z.shape
-    if rows and (grad_main is not None or grad_sub is not None):
-        smoothed = eps != 0 or (threshold is not None and threshold < 0)
-        unit_t = float(temperature) == 1.0
-        forward_options = (bool(bce), threshold is not None, smoothed, unit_t, bias is not None)
-        backward_options = (bool(bce), threshold is not None, unit_t, bias is not None)
-        backward_options += (grad_main is not None, grad_sub is not None, bool(over_rows))
-        _, strides, forward = loss_ops._cached_config(loss_ops._forward_config, (z, s, y), forward_options)
-        _, _, stride_d, backward = loss_ops._cached_config(
-            loss_ops._backward_config, (z, s, y, dz, ds), backward_options
-        )
-        constexprs = fused_constexprs(forward, backward)
-    if constexprs is None:  # a split (or nothing to compute): the two launches
+    if launch is _UNSET:
+        launch = one_launch(grad_main, grad_sub, z, s, y, bce, eps, temperature, threshold, into, bias, over_rows)
+    if launch is None:  # a split (or nothing to compute): the two launches
+        assert tail is None, "the class tail's logits and products are the one launch's"
         stats = loss_ops._forward_triton(z, s, y, bce, eps, ignore, temperature, threshold, bias=bias, out=out,
                                          tickets=tickets)  # fmt: skip
         grads = loss_ops._backward_triton(grad_main, grad_sub, stats, z, s, y, bce, eps, ignore, temperature,
                                           threshold, into=into, bias=bias, over_rows=over_rows)  # fmt: skip
         return stats, grads
+    strides, stride_d, constexprs = launch
+    rows, classes = z.shape
     assert out.shape == (loss_ops.NUM_OUT, rows) and out.dtype == torch.float32 and out.stride(1) == 1
     written = [x for x in (dz, ds) if x.numel()]
     assert all(x.shape == z.shape and x.stride(-1) == 1 for x in written) and len({x.stride(0) for x in written}) == 1
     gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
+    tail_args, tail_flags = (z, z, z, z, z, 0, 0, 0, 0, 0), {}
+    if tail is not None:
+        tail_args, tail_flags = _tail_arguments(tail, z, s, out, grad_main, grad_sub)
     _loss_fwd_bwd_kernel[(rows,)](
         z, z if s is None else s, z if y is None else y, z if bias is None else bias, out, gm, gs,
         dz if dz.numel() else out, ds if ds.numel() else out, rows, classes, *strides, gm.stride(0), gs.stride(0),
-        stride_d, out.stride(0), eps, ignore, temperature, threshold or 0.0, **constexprs,
+        stride_d, out.stride(0), eps, ignore, temperature, threshold or 0.0, *tail_args, **constexprs, **tail_flags,
     )  # fmt: skip
     return out, (dz, ds)
+
+
+def _tail_arguments(tail: ClassTail, z, s, out, grad_main, grad_sub) -> tuple[tuple, dict]:
+    """The kernel's class-tail arguments and constants, the tail's operands checked (unit last strides, one row
+    stride for both branches' rows and for both products, at most 8 classes, products only for gradients written)."""
+    weight, (pz, ps) = tail.weight, tail.products
+    rows, classes = z.shape
+    operands = [t for t in (tail.rows, tail.sub_rows, weight, pz, ps) if t is not None]
+    assert all(t.stride(-1) == 1 for t in operands) and tail.rows.shape[0] == rows and 0 < classes - tail.start <= 8
+    assert (s is None) == (tail.sub_rows is None)
+    assert tail.sub_rows is None or tail.sub_rows.stride(0) == tail.rows.stride(0)
+    assert all(p is None or (p.dtype == torch.float32 and p.shape == (rows, weight.shape[1])) for p in (pz, ps))
+    assert pz is None or ps is None or pz.stride(0) == ps.stride(0)
+    assert (pz is None or grad_main is not None) and (ps is None or grad_sub is not None)
+    stride_p = next((p.stride(0) for p in (pz, ps) if p is not None), 0)
+    arguments = (
+        tail.rows, tail.sub_rows if tail.sub_rows is not None else tail.rows, weight, pz if pz is not None else out,
+        ps if ps is not None else out, tail.rows.stride(0), weight.stride(0), stride_p, weight.shape[1], tail.start,
+    )  # fmt: skip
+    return arguments, {"TAIL": True, "TAIL_DZ": pz is not None, "TAIL_DS": ps is not None}

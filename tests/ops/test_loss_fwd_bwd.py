@@ -166,8 +166,61 @@ def test_fused_constants():
         name for name, p in inspect.signature(fused._loss_fwd_bwd_kernel.fn).parameters.items()
         if "constexpr" in str(p.annotation)
     ]  # fmt: skip
-    assert sorted(kernel_constants) == sorted(k for k in merged if k != "num_warps")  # every constant, no other
+    tail = ["TAIL", "TAIL_DZ", "TAIL_DS", "BLOCK_T", "BLOCK_D"]  # the class tail's (ClassTail), set by the launcher
+    assert sorted(kernel_constants) == sorted([*tail, *(k for k in merged if k != "num_warps")])  # no other
     assert fused.fused_constexprs({**forward, "SPLIT": True}, backward) is None
     assert fused.fused_constexprs(forward, {**backward, "SPLIT": True}) is None
     with pytest.raises(AssertionError, match="disagree"):
         fused.fused_constexprs(forward, {**backward, "DENSE": False})
+
+
+TAIL_CASES = [  # inputs' dtype, kind, mode, temperature, sub-branch, grads (main, sub)
+    (torch.bfloat16, "index_ignore", "ce", 1.0, True, (True, True)),  # BERT's chunks
+    (torch.float32, "dense", "bce", 2.0, True, (True, True)),
+    (torch.bfloat16, "index", "ce", 2.0, False, (True, False)),  # one branch
+    (torch.float16, "index", "ce", 1.0, True, (False, True)),  # the sub term alone
+]
+
+
+@pytest.mark.parametrize(("dtype", "kind", "mode", "temperature", "sub", "grads"), TAIL_CASES)
+def test_the_class_tail_in_the_one_launch(launches, monkeypatch, dtype, kind, mode, temperature, sub, grads):
+    # C = 203: the matmul writes the logits of the aligned head (200 classes); the one launch computes the last 3
+    # from the rows and W's tail rows, and dH's share of them (dz's tail columns times those rows, fp32) into the
+    # products: the same stats, gradients and products as the tail's logits and products by matmuls (fp32, summed
+    # in another order: to fp32's rounding, the gradients to one rounding of their dtype)
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    monkeypatch.setattr(ml, "_device_sms", lambda device: 1)
+    rows, depth, classes, head = ROWS, 40, 203, 200
+    gen = torch.Generator().manual_seed(7)
+    x = (torch.randn(2 * rows, depth, generator=gen)).to(DEVICE, dtype)
+    w = (torch.randn(classes, depth, generator=gen) / 4).to(DEVICE, dtype)
+    target = make_inputs(rows, classes, torch.float32, kind, seed=8)[2]
+    row_grads = tuple(torch.randn(rows, generator=gen).to(DEVICE) if want else None for want in grads)
+    options = (mode == "bce", 0.1, -100, temperature, None)
+    low = dtype != torch.float32  # the chunks' layout: gradients in the inputs' dtype over the fp32 logits' rows
+    results = []
+    for in_launch in (False, True):
+        buffer = torch.full((2 * rows, 208), float("nan"), device=DEVICE)
+        buffer[:, : head if in_launch else classes] = (x.float() @ w.float().T)[:, : head if in_launch else classes]
+        z, s = buffer[:rows, :classes], buffer[rows:, :classes] if sub else None
+        grads = buffer.view(dtype)[:, :classes] if low else buffer[:, :classes]
+        into = (grads[:rows], grads[rows:])
+        stats = torch.full((ml.NUM_OUT, rows), float("nan"), device=DEVICE)
+        tickets = torch.zeros(rows, dtype=torch.int32, device=DEVICE)
+        products = tuple(torch.full((rows, depth), float("nan"), device=DEVICE) if g is not None else None
+                         for g in row_grads)  # fmt: skip
+        tail = fused.ClassTail(head, w[head:], x[:rows], x[rows:] if sub else None, products) if in_launch else None
+        out, (dz, ds) = fused.forward_backward_triton(
+            *row_grads, z, s, target, *options, out=stats, tickets=tickets, into=into, over_rows=low, tail=tail
+        )
+        if not in_launch:  # the tail's share of dH by a matmul
+            products = tuple(None if d.numel() == 0 else d[:, head:].float() @ w[head:].float() for d in (dz, ds))
+        results.append([out.clone(), dz.float().clone(), ds.float().clone(), *products])
+    assert launches == ["fused", "fused"]
+    for name, got, want in zip(("stats", "dz", "ds", "product", "sub product"), results[1], results[0]):
+        if want is None:
+            assert got is None, name
+        elif name in ("dz", "ds"):
+            torch.testing.assert_close(got, want, rtol=2**-7 if low else 1e-5, atol=1e-6, equal_nan=True)
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)

@@ -24,8 +24,8 @@ backward):
   over the chunk's [2R, C] gradients accumulated into the one fp32 accumulator with beta = 1 (its
   [C, D] fp32 read and written once per chunk: the price of small chunks), db in the same matmul (a ones column in
   the stacked rows: [C, D + pad], dW returned as its view); where C is not a multiple of 8 each of the three
-  matmuls runs over C's aligned head, and a small matmul over its tail of < 8 classes (class_parts: a launch
-  each, its time not modelled);
+  matmuls runs over C's aligned head (class_parts), the loss launch takes the tail's < 8 classes for the logits and
+  dH (ClassTail: bytes of O(R D), not modelled) and dW's tail has a small matmul (a launch, its time not modelled);
 - official (eager): F.linear per branch, then the eager ops of the official composite; its [M, C] passes, in units
   of one bf16 [M, C] (L = M C 2 bytes; an fp32 copy is 2L), read + write:
     forward: main.float() 3, softmax 4, sub.float() 3, log_softmax 4, neg 4, mul 6, sum 2, main.float() for
@@ -116,7 +116,9 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
     k = 2 * r  # the rows of a chunk's gradients
     d_weight = _matmul_us(card, 2 * k * wide * c, k * c * 2 + k * wide * 2 + 2 * c * wide * 4)
     loss_us, loss_launches, loss_kernels = _loss_kernels_us(card, r, c)
-    matmul_launches = 3 * len(chunk_loop.class_parts(c))  # per chunk: logits, dH of both, dW (with db); a tail each
+    # per chunk: logits, dH of both, dW (with db); dW's tail (the logits' and dH's: in the loss launch)
+    tails = len(chunk_loop.class_parts(c)) - 1
+    matmul_launches = 3 + tails
     other_launches = 3  # per chunk: the two copies of the rows into the stacked buffer, one multi-tensor copy of
     # dH's fp32 rows into dH and dHs (O(R D) bytes: their time is their launches); the loss forward writes its stats
     # into the op's [9, M] and reuses one buffer of tickets
@@ -139,7 +141,7 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
         "chunk_rows": r,
         "chunks": chunks,
         "dw_matmuls": chunks,
-        "tail_launches_per_chunk": 3 * (len(chunk_loop.class_parts(c)) - 1),
+        "tail_launches_per_chunk": tails,
         "extra_mib": modelled_extra_mb(m, d, c, 2)["fused"],
         "breakdown": {
             "matmuls": round(chunks * chunk_matmuls_us, 1),
