@@ -3,7 +3,7 @@ being host-bound on a GPU?
 
     python benchmarks/linear_loss_host.py            # 43 chunks of 384 rows (the BERT step's) and of 8, D=8, C=64
 
-The op's gradients-in-forward loop (ops/_linear_loss_chunks.py) runs a few torch ops and about two Triton launches per
+The op's gradients-in-forward loop (ops/_linear_loss_chunks.py) runs a few torch ops and one Triton launch per
 chunk of R rows from Python. On a GPU its device time per chunk is ~0.24 ms (the performance model's prediction at
 BERT's shape on the H200: fused time / chunks, read from benchmarks/results/model-sm90.json); if the host needs
 longer per chunk, the GPU waits for it. This script times the loop's host side without a GPU: the Triton kernels'

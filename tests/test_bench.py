@@ -353,6 +353,32 @@ def test_host_time_beside_the_gpu_time_marks_host_bound_records():
     assert "| 0.020 |" in table and "| 0.340 host-bound |" in table
 
 
+def test_the_two_launches_row_runs_the_chunks_loss_as_before_and_restores_the_one(monkeypatch):
+    # the GPU run's A/B of the chunks' one launch of the loss (ops/_loss_fwd_bwd.py): masksub[triton]:2 launches runs
+    # masksub_loss's two launchers and the class tail by matmuls, with the same loss, and sets ONE_LAUNCH back
+    from masksub_kernels.bench import linear_loss
+    from masksub_kernels.ops import _loss_fwd_bwd
+    from masksub_kernels.ops import masksub_loss as ml
+
+    every = linear_loss.cases(torch.device("cuda"))
+    names = [case.provider for case in every if case.shape.startswith("BERT")]
+    assert names.index("masksub[triton]:2 launches") == names.index("masksub[triton]:R=192") - 1  # before the sweep
+    launched = []
+    for name in ("_forward_triton", "_backward_triton"):
+        launcher = getattr(ml, name)
+        monkeypatch.setattr(ml, name, lambda *a, _f=launcher, _n=name, **k: launched.append(_n) or _f(*a, **k))
+    generator = torch.Generator().manual_seed(2)
+    # C = 30: a class tail of 6; leaves that require grad: the gradients-in-forward path (the chunk loop)
+    h, hs, w = (torch.randn(n, 8, generator=generator).requires_grad_(True) for n in (20, 20, 30))
+    labels = torch.randint(0, 30, (20,), generator=generator)
+    with mk.use_backend("triton"):
+        one = linear_loss.fused(h, hs, w, None, labels)
+        assert not launched
+        two = linear_loss.fused_two_launches(h, hs, w, None, labels)
+    assert launched == ["_forward_triton", "_backward_triton"] and _loss_fwd_bwd.ONE_LAUNCH
+    torch.testing.assert_close(two, one, rtol=1e-6, atol=1e-6)
+
+
 def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypatch):
     # the GPU run's sweep of the fused-linear op's chunk budget (bench/linear_loss.py, CHUNK_SWEEP)
     from masksub_kernels.bench import linear_loss
@@ -448,6 +474,6 @@ def test_linear_loss_host_script_times_the_loop_with_stubbed_launches(tmp_path, 
     assert [record["rows_per_chunk"] for record in records] == [4, 2]
     for record in records:
         assert record["chunks"] == 3 and record["us_per_chunk"] >= record["min_us_per_chunk"] > 0
-        assert record["triton_launches_per_chunk"] == 2  # the loss forward and backward of every chunk, stubbed
+        assert record["triton_launches_per_chunk"] == 1  # the loss forward and backward of every chunk in one, stubbed
     printed = capsys.readouterr().out
     assert "| 3 x 4 | 8 | 64 |" in printed and "| 3 x 2 | 8 | 64 |" in printed

@@ -15,6 +15,8 @@ Providers (class-id targets, a bias, the paper's defaults):
 - masksub[<backend>] recompute mlm15 (GPU): the recompute op on MLM-like labels, 15% of the rows counted (the others
   ignore_index), 'full' only (the path of an MLM's class ids under torch.compile): its forward and dH choose their
   class splits on the device from the count, so the counted rows' tiles still fill the GPU;
+- masksub[triton]:2 launches (GPU): the same op with its chunks' loss in masksub_loss's two launches and the class
+  tail by matmuls (ops/_loss_fwd_bwd.py's ONE_LAUNCH off): the A/B of the one launch.
 - masksub[triton]:R=<rows>[,P=<programs>] (GPU): the same op with other chunk sizes (CHUNK_SWEEP: the chunk
   buffer's memory budget), so that one GPU run measures what memory buys in speed and calibrates the model's
   trade-off (tools/perf_model/linear_loss.py predicts each; the default is the plain masksub[triton] row);
@@ -88,6 +90,18 @@ def sweep_provider(budget_mib: int, programs: int, classes: int) -> str:
     with chunking(budget_mib):
         name = f"masksub[triton]:R={grads_chunk_rows(classes, 0)}"  # the budget alone decides: any M
     return name if programs == SPLIT_PROGRAMS_PER_SM else f"{name},P={programs}"
+
+
+def fused_two_launches(h, hs, weight, bias, labels):
+    """The fused op with its chunks' loss in two launches and the class tail by matmuls (ONE_LAUNCH off): the A/B
+    of the one launch (ops/_loss_fwd_bwd.py), until a GPU has measured both."""
+    from masksub_kernels.ops import _loss_fwd_bwd
+
+    saved, _loss_fwd_bwd.ONE_LAUNCH = _loss_fwd_bwd.ONE_LAUNCH, False
+    try:
+        return fused(h, hs, weight, bias, labels)
+    finally:
+        _loss_fwd_bwd.ONE_LAUNCH = saved
 
 
 def fused_chunked(budget_mib, programs, h, hs, weight, bias, labels):
@@ -194,6 +208,7 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
             if liger is not None:
                 providers.append(("liger(main CE only)", liger, None, notes))
             if on_gpu and not tiny and dtype != torch.float32:  # the sweep (late: a capped suite drops it early)
+                providers.append(("masksub[triton]:2 launches", fused_two_launches, "triton", notes))
                 providers += _swept(shape, CHUNK_SWEEP)
             result += [shape.case(*provider) for provider in providers]
             if on_gpu and not tiny:  # the recompute op on MLM-like labels: 'full' only, no TFLOP/s (15% of the work)

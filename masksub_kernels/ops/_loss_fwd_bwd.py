@@ -44,6 +44,9 @@ SHARED = ("BCE", "DENSE", "BINARISE", "HAS_BIAS")
 PER_KERNEL = ("BLOCK_C", "UNIT_T", "VEC", "GROUP", "ALIGNED", "EVEN")
 FORWARD_ONLY = ("HAS_MAIN", "HAS_SUB", "SMOOTHED")
 BACKWARD_ONLY = ("LABELS", "WRITE_DZ", "WRITE_DS", "OVER_ROWS")
+# False: the chunks' loss in masksub_loss's two launches and the class tail by matmuls, as before (the benchmark's
+# A/B row, `masksub[triton]:2 launches`, until a GPU has measured both; read at call time)
+ONE_LAUNCH = True
 
 
 @jit
@@ -212,10 +215,10 @@ class ClassTail(NamedTuple):
 
 def one_launch(grad_main, grad_sub, z, s, y, bce, eps, temperature, threshold, into, bias, over_rows):
     """The one launch's (row strides, the gradients' row stride, constants) for forward_backward_triton's operands,
-    or None where it does not apply (a class split, or nothing to compute): from masksub_loss's two launch
-    configurations, cached by layout."""
+    or None where it does not apply (a class split, nothing to compute, ONE_LAUNCH off): from masksub_loss's two
+    launch configurations, cached by layout."""
     z, s, y = loss_ops._unit_last_stride(z, s, y)  # as forward_backward_triton's operands
-    if not z.shape[0] or (grad_main is None and grad_sub is None):
+    if not ONE_LAUNCH or not z.shape[0] or (grad_main is None and grad_sub is None):
         return None
     dz, ds = (x if g is not None else z.new_empty(0) for x, g in zip(into, (grad_main, grad_sub)))
     smoothed = eps != 0 or (threshold is not None and threshold < 0)
