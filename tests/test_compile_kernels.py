@@ -205,9 +205,11 @@ stacked = torch.empty(2 * rows, chunks.padded_depth(768), dtype=torch.bfloat16, 
 weight = torch.empty(classes, 768, dtype=torch.bfloat16, device="meta")
 head = chunks.class_parts(classes)[0].stop
 products = (torch.empty(rows, 768, device="meta"), torch.empty(rows, 768, device="meta"))
+kept = tuple(torch.empty(16384, 8, dtype=torch.bfloat16, device="meta") for _ in range(2))  # dW's tail columns
 result = {}
 for with_tail in (True, False):  # the chunk loop's launch (C's tail of 2 classes in it), and without the tail
-    tail = fused.ClassTail(head, weight[head:], stacked[:rows], stacked[rows:], products) if with_tail else None
+    tail = fused.ClassTail(head, weight[head:], stacked[:rows], stacked[rows:], products, kept, rows)
+    tail = tail if with_tail else None
     with recording(fused) as launches:
         fused.forward_backward_triton(g, g, logits[:rows], logits[rows:], y, False, 0.0, -100, 1.0, None,
                                       out=stats[:, rows : 2 * rows], tickets=tickets,
@@ -216,7 +218,7 @@ for with_tail in (True, False):  # the chunk loop's launch (C's tail of 2 classe
     signature, constexprs, attrs, options = specialise(launch)
     asm = triton.compile(triton.compiler.ASTSource(launch.kernel, signature, constexprs, attrs), target=_target(),
                          options=options).asm
-    result[str(with_tail)] = {"name": launch.name, "grid": list(launch.grid), "tail": launch.bound["TAIL"],
+    result[str(with_tail)] = {"name": launch.name, "grid": list(launch.grid), "tail": launch.bound["TAIL_DW"],
                               **{ir: [line.strip() for line in asm[ir].splitlines()] for ir in ("ttgir", "ptx")}}
 json.dump(result, sys.stdout)
 """

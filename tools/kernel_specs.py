@@ -412,8 +412,8 @@ def linear_masksub_loss_specs() -> list[tuple]:
 def _chunk_step_spec(fwd_flags: dict, bwd_flags: dict, bias: str | None, grads: str, label: str, tail: bool):
     """The fused-linear chunks' one launch of the loss forward and backward (ops/_loss_fwd_bwd.py) on fp32 logits:
     the two kernels' specs merged as the launcher merges their configurations (fused_constexprs); ``tail``: with C's
-    tail of < 8 classes (ClassTail: the rows and weight in the inputs' dtype, ``grads``; fp32 products for the
-    gradients written), else the launcher's stand-ins (the logits) for those pointers."""
+    tail of < 8 classes (ClassTail: the rows, weight and kept tail columns in the inputs' dtype, ``grads``; fp32
+    products for the gradients written), else the launcher's stand-ins (the logits) for those pointers."""
     from masksub_kernels.ops import _loss_fwd_bwd
 
     flags = {"ALIGNED": True}  # the chunk buffer's padded rows (aligned_classes)
@@ -427,8 +427,9 @@ def _chunk_step_spec(fwd_flags: dict, bwd_flags: dict, bias: str | None, grads: 
     inputs = grads if tail else "fp32"
     types = {**fwd_signature, **bwd_signature, "xz_ptr": f"*{inputs}", "xs_ptr": f"*{inputs}", "wt_ptr": f"*{inputs}"}
     types |= {"pz_ptr": "*fp32", "ps_ptr": "*fp32", "stride_x": "i64", "stride_w": "i64", "stride_p": "i64"}
-    types |= {"D": "i32", "tail_start": "i32"}
+    types |= {"tz_ptr": f"*{inputs}", "ts_ptr": f"*{inputs}", "D": "i32", "tail_start": "i32", "row_base": "i32"}
     written = {"TAIL_DZ": tail and constants["WRITE_DZ"], "TAIL_DS": tail and constants["WRITE_DS"]}
+    written["TAIL_DW"] = tail  # the gradients' tail columns kept for dW's tail (the chunk loop's, dW wanted)
     constants |= {"TAIL": tail, **written, "BLOCK_T": 8, "BLOCK_D": 128}  # the kernel's defaults for the blocks
     kernel = _loss_fwd_bwd._loss_fwd_bwd_kernel
     params = inspect.signature(kernel.fn).parameters.items()

@@ -16,45 +16,33 @@ do the same for one term):
     backward(g_L):  dh = g_L dH,  dhs = g_L dHs,  dW = g_L dW,  db = g_L db   (scaled in place: see below)
 
 (For a mean, the row grads are 2^k / count with 2^k the power of two <= count, and the backward multiplies by
-2^-k: each row's dz, ds, dH are then of the size of an unreduced loss's, within fp16's range as the composite's
-are under a GradScaler; powers of two scale exactly. The weights go the same way: one weighted term's stored
-gradients are unweighted, two terms' carry their weights over a common power of two, _common_scale.)
+2^-k: each row's dz, ds, dH are of an unreduced loss's size, within fp16's range; powers of two scale exactly. One
+weighted term's stored gradients are unweighted, two terms' carry their weights over a power of two, _common_scale.)
 
 That is 2 units of 2 M D C flops for the logits and 4 for the gradients: the composite's 6, against the recompute
-design's 10 (ops/linear_masksub_loss.py). One fp32 dW for both terms keeps the extra memory near issue 13's 5% of
-the composite's (4.8% modelled at BERT's head). The .main and .sub outputs stay differentiable on their own (the
-sequential schedule backpropagates them separately): their gradients come from the recompute op's backward on the
-saved per-row stats (3 more matmul units per term; any scalars), so every combination of backwards is exact.
+design's 10 (ops/linear_masksub_loss.py). The .main and .sub outputs stay differentiable on their own: their
+gradients come from the recompute op's backward on the saved per-row stats (3 more units per term; any scalars).
+The backward of L scales the stored gradients in place, in fp32 (_linear_loss_grads._scaled), and returns them; a
+second backward through the same graph (retain_graph) recomputes; double backward is refused.
 
-The backward of L scales the stored gradients in place, in fp32 (blocks of rows through a bounded fp32 temporary:
-_linear_loss_grads._scaled), and returns them (no second [M, D]; dW cast once to the weight's dtype), as
-does the backward of one term whose partner has weight 0 (the sequential schedule's .sub with main_weight 0); a
-second backward through the same graph (retain_graph) recomputes. Double backward is refused (_common.first_order_only).
-
-The loop's custom op, its fake and its autograd (the scaling backward): _linear_loss_grads.py. Two flavours, chosen by
-the op's backend:
+The loop's custom op, its fake and its autograd: _linear_loss_grads.py. Two flavours, chosen by the op's backend:
 - reference (the 'torch' backend, the CPU path): logits in fp32 (fp64 for fp64 inputs), the loss and its logit
   gradients by ops/masksub_loss.py's reference functions, chunks of reference_chunk_rows(C) rows (CHUNK_ELEMENTS);
-- kernels (the 'triton' backend): logits in fp32 from the inputs' dtype (cuBLAS with an fp32 output on a GPU:
-  bf16 / fp16 tensor cores, never rounded to bf16) without the bias, which masksub_loss's Triton kernels add as
-  they read the logits, the loss forward and backward in one launch (ops/_loss_fwd_bwd.py; two where the classes
-  split), dz and ds written over the fp32 logits (fp32 inputs) or, in the inputs' fp16 / bf16, over the first half
-  of each logits row's bytes (over_rows: one program per row, a barrier between its loads and its stores): no buffer
-  of their own; the stats straight into their columns of [9, M], the split rows' tickets from one buffer of the
-  op's (zeroed once, left zero by each launch). dH and dHs from one matmul over the chunk's [2R, C] gradients into
-  an fp32 [2R, D] temporary, copied (rounded once) into their rows by one launch; dW accumulated in fp32 (cuBLAS
-  with an fp32 output on CUDA, fp32 operands elsewhere). The matmuls run over C's aligned head (class_parts: views
-  of W, no copy); the loss launch takes the tail of < 8 classes for the logits and dH (ClassTail), dW's tail is a
-  small matmul: 7 launches per chunk (8 with a tail; 2 copies of the rows where the stacked buffer has them).
+- kernels (the 'triton' backend): logits in fp32 from the inputs' dtype (cuBLAS, fp32 output: never rounded to
+  bf16) without the bias, the loss forward and backward in one launch (ops/_loss_fwd_bwd.py: the bias added as
+  the kernels read; two launches where the classes split), dz and ds written over the fp32 logits, or in the
+  inputs' fp16 / bf16 over the first half of each logits row's bytes (over_rows); the stats into their columns of
+  [9, M]; dH and dHs from one matmul into an fp32 [2R, D] temporary, copied (rounded once) into their rows by one
+  launch; dW accumulated in fp32. The matmuls run over C's aligned head (class_parts: views of W, no copy); the loss
+  launch takes the tail of < 8 classes (ClassTail: its logits, dH's share, its gradient columns kept for dW's tail,
+  one matmul per branch after the loop): 7 launches per chunk (2 copies of the rows into the stacked buffer).
 
-Extra memory (beyond the inputs and the returned gradients): the chunk's [2R, C] fp32 logits (R from
-GRADS_CHUNK_BYTES, at least GRADS_CHUNK_MIN_ROWS where M is large: 384 rows at C = 30522, 89 MiB; its fp16 / bf16
-gradients over them), the stacked rows [2R, D], the per-row stats [9, M] fp32, dH's fp32 temporary [2R, D] and
-one fp32 dW [C, D] (+ db [C]) for the two terms. Never [M, C], and no copy of W. On the kernels'
-fp16 / bf16 path with a bias, dW's accumulator is [dW | db | 0...] [C, D + pad] and the stacked rows [h_c; hs_c |
-1 | 0...] [2R, D + pad] (padded_depth): db comes out of dW's matmul instead of a pass of its own over each chunk's
-gradients; dW is returned as the [C, D] view of that accumulator (row stride D + pad: the fake says so), db as a
-copy of its column.
+Extra memory (beyond the inputs and the returned gradients): the chunk's [2R, C] fp32 logits (384 rows at C =
+30522, 89 MiB: GRADS_CHUNK_BYTES, GRADS_CHUNK_MIN_ROWS), the stacked rows [2R, D], the stats [9, M] fp32, dH's fp32
+temporary [2R, D], one fp32 dW [C, D] (+ db [C]) for the two terms, the kept tail columns [2, M, 8]. Never [M, C],
+no copy of W. On the kernels' fp16 / bf16 path with a bias, dW's accumulator is [dW | db | 0...] [C, D + pad] and
+the stacked rows [h_c; hs_c | 1 | 0...] [2R, D + pad] (padded_depth): db comes out of dW's matmul; dW is returned
+as the [C, D] view of that accumulator (row stride D + pad: the fake says so), db as a copy of its column.
 
 In eager mode which rows count is read on the host (one sync on CUDA tensors: the number of counted rows), so that
 the matmuls run on the counted rows only; when every row counts the chunks are slices, with no gathers. Under
@@ -119,9 +107,8 @@ def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))  # the interpreter's CPU tensors: fp32 operands, exact
     else:
         # cuBLAS: low-precision operands, fp32 accumulation and output, beta = 1 into acc (no [C, D] temporary).
-        # Some torch releases' addmm(out_dtype=...) want `self` in the operands' dtype (a host-side check, raised
-        # before any work): then an fp32 product and an add, with an fp32 [C, D] temporary (~2.3% more memory at
-        # BERT's shape). The first CUDA call tells which (a meta or stand-in call decides nothing).
+        # Some torch releases' addmm(out_dtype=...) want `self` in the operands' dtype (a host-side check): then an
+        # fp32 product and an add. The first CUDA call tells which (a meta or stand-in call decides nothing).
         if _addmm_into_fp32 is not False:
             try:
                 torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
@@ -156,21 +143,18 @@ STORED_WEIGHT_MAX = 2.0**8
 
 
 def _common_scale(heavier: float) -> float:
-    """The power of two (exact to scale by) that the stored gradients of two weighted terms are divided by, the
-    heavier weight > 0 given: 1 for weights in [1, 2 STORED_WEIGHT_MAX) (stored as they are), the weight's power of
-    two below 1 (stored weights in [1, 2): 1e-5 and 1e-5 lost precision to fp16's subnormals), and above the power
-    of two that brings it into [STORED_WEIGHT_MAX, 2 STORED_WEIGHT_MAX) (1e5 and 1e5 overflowed fp16). The lighter
-    term's stored gradients lose fp16 precision where its stored weight (its weight over this scale) falls below
-    ~2^-10: they share the scale."""
+    """The power of two that two weighted terms' stored gradients are divided by, the heavier weight > 0 given: 1
+    for weights in [1, 2 STORED_WEIGHT_MAX), the weight's power of two below 1 (1e-5 lost precision to fp16's
+    subnormals), above the power of two that brings it into [STORED_WEIGHT_MAX, 2 STORED_WEIGHT_MAX) (1e5
+    overflowed fp16). The lighter term loses fp16 precision where its stored weight falls below ~2^-10."""
     exponent = math.frexp(heavier)[1] - 1  # heavier = m 2^exponent, m in [1, 2): no overflow up to fp32's max
     ceiling = math.frexp(STORED_WEIGHT_MAX)[1] - 1
     return 2.0 ** (exponent - min(max(exponent, 0), ceiling))
 
 
 def _row_grad(grad: float | torch.Tensor, term_weight: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """[1] in ``dtype`` (the accumulation's: fp64 for the reference's fp64, a 1 / count in fp32 would cost fp64
-    gradients 1e-8): a term's gradient of the reduced loss with respect to each of its row losses (expanded per
-    chunk)."""
+    """[1] in ``dtype`` (the accumulation's: fp64 for the reference's fp64): a term's gradient of the reduced loss
+    with respect to each of its row losses (expanded per chunk)."""
     if isinstance(grad, torch.Tensor):
         return (grad * term_weight).to(dtype).reshape(1)
     return torch.full((1,), grad * term_weight, dtype=dtype, device=device)
@@ -263,12 +247,10 @@ def _times_weight(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def _fp32_logits(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, parts: tuple | None = None) -> torch.Tensor:
-    """out = x W^T in fp32 [R, C] from operands in their own dtype: fp32 accumulation, never rounded to bf16 (the
-    bias is added by the loss kernels as they read the logits: no pass over them). ``out``: a view with unit last
-    stride and padded rows (aligned_classes), written in place, one matmul per class part (class_parts) into its
-    columns, by cuBLAS on a GPU (mm's out_dtype overload is not a structured kernel: it keeps out's row stride as the
-    output's leading dimension, no proxy copy); ``parts``: those class ranges only (the head, where the loss's one
-    launch computes the tail's: ClassTail). Returns out."""
+    """out = x W^T in fp32 [R, C] from operands in their own dtype (fp32 accumulation, never rounded to bf16; the
+    loss kernels add the bias). ``out``: a view with unit last stride and padded rows, written in place, one matmul
+    per class part (class_parts, or ``parts``: the head alone where the loss launch takes the tail) into its
+    columns, by cuBLAS on a GPU (mm's out_dtype overload keeps out's row stride: no proxy copy). Returns out."""
     # meta tensors take the CUDA line too (its registration checks out's shape, dtype and strides): the tests run it
     on_gpu = _cublas_lines(x) and x.dtype == w.dtype
     on_gpu = on_gpu and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
@@ -284,11 +266,24 @@ def _fp32_logits(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, parts: tup
     return out
 
 
+def _add_tail_dw(dw, tail: slice, depth: int, kept, terms, inputs, ids, ones_column: bool, acc) -> None:
+    """dW's tail once per call: dW[tail] += the counted rows' kept tail gradients (kept [2, K, 8], in the order the
+    chunks took the rows) times the rows, one matmul per branch (``terms``: the branches whose were kept; ``ids``:
+    the counted rows, gathered, or None: every row), and with ``ones_column`` (dW's accumulator [dW | db | 0...])
+    db[tail] += their sums (elsewhere the chunks added db)."""
+    width = tail.stop - tail.start
+    for branch, rows in enumerate(inputs):
+        if terms[branch]:
+            rows = rows if ids is None else rows.index_select(0, ids)
+            _add_matmul(dw[tail, :depth], kept[branch, :, :width].T, rows)
+    if ones_column:
+        dw[tail, depth] += kept[:, :, :width].to(acc).sum((0, 1))
+
+
 def padded_dw(want_weight: bool, bias: torch.Tensor | None, dtype: torch.dtype) -> bool:
-    """Whether dW is returned as the [C, D] view of a [C, padded_depth(D)] fp32 buffer (grads_in_forward): fp16 /
-    bf16 inputs with a bias, on every backend (the op's outputs must not depend on the backend: a graph compiled
-    under one may run under another, and the fake cannot know which). The kernels' path fills the buffer as
-    [dW | db | 0...], db out of dW's matmul through a ones column; the reference leaves the padding unused."""
+    """Whether dW is returned as the [C, D] view of a [C, padded_depth(D)] fp32 buffer: fp16 / bf16 inputs with a
+    bias, on every backend (the fake cannot know which ran). The kernels' path fills it as [dW | db | 0...] (db out
+    of dW's matmul through a ones column); the reference leaves the padding unused."""
     return want_weight and bias is not None and dtype in (torch.float16, torch.bfloat16)
 
 
@@ -300,23 +295,17 @@ def padded_depth(depth: int) -> int:
 
 
 def aligned_classes(classes: int) -> int:
-    """The row length of the kernels' [2R, C] chunk buffers: C rounded up to ALIGN_CLASSES elements, so that every
-    matmul operand or output with C columns has 16-byte-aligned rows. With C = 30522 (BERT) they are not, and
-    cuBLAS falls back to slower kernels: on an H200 (2026-11-30) sm_80 CUTLASS kernels ran the chunks' matmuls at
-    ~190 TFLOP/s. The matmuls and the loss kernels use the first C columns of each row (the rest never read or
-    written), the matmuls in class_parts."""
+    """The row length of the kernels' [2R, C] chunk buffers: C rounded up to ALIGN_CLASSES elements (16-byte-aligned
+    rows for cuBLAS; C = 30522 has none). The matmuls and the loss kernels use the first C columns of each row."""
     return -(-classes // ALIGN_CLASSES) * ALIGN_CLASSES
 
 
 def class_parts(classes: int) -> tuple[slice, ...]:
-    """The class ranges that the kernels' matmuls run over, one matmul each: the head, C rounded down to MATMUL_ALIGN,
-    and the tail of the last < 8 classes (none where C is a multiple of 8; the tail alone where C < 8). An operand or
-    output whose contiguous extent is C = 30522 (BERT) is not 16-byte aligned however its rows are: cuBLAS then runs
-    sm_80 CUTLASS kernels with 2-element loads on an H100 / H200 (2026-12-04: the logits' and dH's matmuls at
-    ~200-230 TFLOP/s, 14.5 of the op's 24.4 ms of kernels, against ~370-500 over an aligned extent), whatever the
-    buffers' row padding (aligned_classes). The head's matmul takes the aligned kernels on views of W and of the
-    chunk's buffers, the tail's a small one of its own (2 of 30522 classes): no padded copy of W (45 MiB at BERT's
-    head, 2026-12-04's way)."""
+    """The class ranges of the kernels' matmuls: the head, C rounded down to MATMUL_ALIGN, and the tail of the last
+    < 8 classes (none where C is a multiple of 8; the tail alone where C < 8). A contiguous extent of C = 30522 is
+    not 16-byte aligned however the rows are: cuBLAS then ran sm_80 kernels with 2-element loads on an H200
+    (2026-12-04: ~200-230 against ~370-500 TFLOP/s aligned). The head's matmuls take views of W (no copy); the tail
+    goes to the loss launch (ClassTail) or, where that falls back, to small matmuls of its own."""
     head = classes // MATMUL_ALIGN * MATMUL_ALIGN
     return tuple(part for part in (slice(0, head), slice(head, classes)) if part.stop > part.start)
 
@@ -436,6 +425,11 @@ def grads_in_forward(
     product_buffer = None
     if kernels and len(parts) == 2 and (dh.numel() or dhs.numel()):
         product_buffer = torch.empty(buffer_shape[0], depth, dtype=torch.float32, device=device)
+    # dW's tail once per call where the loss launch takes C's tail: the chunks' tail gradient columns kept in order,
+    # [2, K, 8] in the gradients' dtype (K counted rows), their matmul with the counted rows after the loop
+    tail_grads, kept_terms = None, [False, False]
+    if kernels and len(parts) == 2 and dw is not None and hidden.dtype == operand:  # (the gradients' dtype: operand)
+        tail_grads = torch.zeros(2, rows if every_row else ids.numel(), 8, dtype=operand, device=device)
     loss_options = options[:2] + options[3:]  # the loss launch's: bce, label_smoothing, temperature, threshold
     stacked = None
     if with_ones:  # the stacked rows with their ones column, made once; each chunk fills its [2n, :D]
@@ -492,7 +486,11 @@ def grads_in_forward(
             if launch is not None and len(parts) == 2:
                 terms = {term for term, _, _ in stored}
                 products = tuple(v.product[t * n : (t + 1) * n] if t in terms else None for t in (0, 1))
-                tail = ClassTail(parts[1].start, w[parts[1]], x[:n], x[n:] if has_sub else None, products)
+                kept = (None, None) if tail_grads is None else (tail_grads[0], tail_grads[1])
+                kept = tuple(None if g is None else k for k, g in zip(kept, (gm, gs)))
+                kept_terms = [was or k is not None for was, k in zip(kept_terms, kept)]
+                tail = ClassTail(parts[1].start, w[parts[1]], x[:n], x[n:] if has_sub else None, products, kept,
+                                 index * step)  # fmt: skip
             logits = _fp32_logits(x, w, v.logits, parts[:1] if tail is not None else None)  # [2n, C]
             # the stats straight into their columns of [9, M] where the chunk is a slice (else copied below)
             into_stats = stats_cols[index] if sliced is not None else stats.new_empty(NUM_OUT, n)
@@ -529,11 +527,16 @@ def grads_in_forward(
         for d, xc in terms:
             if not d.numel():
                 continue
-            for part in parts if dw is not None else ():  # [C, D] += [C, R] @ [R, D] ([C, D + pad] with db's column)
+            # [C, D] += [C, R] @ [R, D] ([C, D + pad] with db's column); the tail after the loop where it was kept
+            for part in (parts[:1] if tail is not None and tail_grads is not None else parts) if dw is not None else ():
                 _add_matmul(dw[part], d[:, part].T, xc.to(operand))
             if db is not None:
                 db += d.sum(0, dtype=acc)
         del logits, z, s, dz, ds, grads, out, terms, stored  # the chunk's views and temporaries (buffers reused)
+    if tail_grads is not None and any(kept_terms):  # the chunks' buffers let go first: memory for the counted rows
+        views, v, logits_buffer, narrow, stacked, product_buffer, x, h_c, hs_c = (None,) * 9
+        counted = None if every_row else ids  # the rows the chunks took: every one, or these (gathered)
+        _add_tail_dw(dw, parts[1], depth, tail_grads, kept_terms, (hidden, sub_hidden), counted, with_ones, acc)
     if with_ones:  # [dW | db | 0...]: dW its [C, D] view (no copy, no second [C, D]), db a copy of its column
         dw, db = dw[:classes, :depth], dw[:classes, depth].clone()
     if kernels and hidden.dtype == torch.float64 and dw is not None:  # fp64 inputs: fp32 arithmetic, but the

@@ -78,11 +78,14 @@ def _loss_fwd_bwd_kernel(
     wt_ptr,  # TAIL: the tail classes' weight rows W[tail_start:] [C - tail_start, D], rows stride_w apart
     pz_ptr,  # TAIL_DZ: fp32 [M, D] out, rows stride_p apart: dz[:, tail_start:] @ W[tail_start:]
     ps_ptr,  # TAIL_DS: the same of ds
+    tz_ptr,  # TAIL_DW: dz's tail columns out, rows of BLOCK_T in the gradients' dtype, row i at row_base + i
+    ts_ptr,  # TAIL_DW: ds's
     stride_x,
     stride_w,
     stride_p,
     D,
     tail_start,
+    row_base,
     HAS_MAIN: tl.constexpr,
     HAS_SUB: tl.constexpr,
     SMOOTHED: tl.constexpr,
@@ -109,7 +112,8 @@ def _loss_fwd_bwd_kernel(
     TAIL: tl.constexpr = False,  # the logits of classes [tail_start, C) computed here (the matmul left them)
     TAIL_DZ: tl.constexpr = False,  # TAIL: and dz's tail columns times their weight rows into pz (dH's share)
     TAIL_DS: tl.constexpr = False,
-    BLOCK_T: tl.constexpr = 8,  # >= C - tail_start
+    TAIL_DW: tl.constexpr = False,  # TAIL: and the gradients' tail columns into tz, ts (dW's tail, once per call)
+    BLOCK_T: tl.constexpr = 8,  # >= C - tail_start; tz and ts's row length
     BLOCK_D: tl.constexpr = 128,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -134,11 +138,11 @@ def _loss_fwd_bwd_kernel(
         LABELS, WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, False, HAS_BIAS, B_BLOCK_C, B_UNIT_T, B_VEC, False, B_GROUP,
         B_ALIGNED, B_EVEN, OVER_ROWS,
     )  # fmt: skip
-    if TAIL_DZ or TAIL_DS:
+    if TAIL_DZ or TAIL_DS or TAIL_DW:
         tl.debug_barrier()  # the gradients' tail columns, stored by some threads, read by all below
         _tail_products(
-            dz_ptr, ds_ptr, wt_ptr, pz_ptr, ps_ptr, row, stride_d, stride_w, stride_p, D, C, tail_start, TAIL_DZ,
-            TAIL_DS, BLOCK_T, BLOCK_D,
+            dz_ptr, ds_ptr, wt_ptr, pz_ptr, ps_ptr, tz_ptr, ts_ptr, row, row_base, stride_d, stride_w, stride_p, D, C,
+            tail_start, TAIL_DZ, TAIL_DS, TAIL_DW and WRITE_DZ, TAIL_DW and WRITE_DS, BLOCK_T, BLOCK_D,
         )  # fmt: skip
 
 
@@ -167,23 +171,32 @@ def _tail_logits(xz_ptr, xs_ptr, w_ptr, z_ptr, s_ptr, row, stride_x, stride_w, s
 
 
 @jit
-def _tail_products(dz_ptr, ds_ptr, w_ptr, pz_ptr, ps_ptr, row, stride_g, stride_w, stride_p, D, C, start,
-                   DZ: tl.constexpr, DS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+def _tail_products(dz_ptr, ds_ptr, w_ptr, pz_ptr, ps_ptr, tz_ptr, ts_ptr, row, row_base, stride_g, stride_w, stride_p,
+                   D, C, start, DZ: tl.constexpr, DS: tl.constexpr, TZ: tl.constexpr, TS: tl.constexpr,
+                   BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
     """pz[row, :] = sum_t dz[row, start + t] W[start + t, :] in fp32 (the gradient's tail columns as stored: dH's
-    share of the tail classes, to which the head's matmul adds), and ps from ds; W's rows loaded once for both."""
+    share of the tail classes, to which the head's matmul adds), and ps from ds, W's rows loaded once for both (DZ,
+    DS); the tail columns themselves into tz, ts at row row_base + row (TZ, TS: dW's tail, once per call)."""
     t = tl.arange(0, BLOCK_T)
     t_ok = t < C - start
-    g_z = tl.load(dz_ptr + row * stride_g + start + t, mask=t_ok & DZ, other=0.0).to(tl.float32)
-    g_s = tl.load(ds_ptr + row * stride_g + start + t, mask=t_ok & DS, other=0.0).to(tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        d = d0 + tl.arange(0, BLOCK_D)
-        d_ok = d < D
-        w = tl.load(w_ptr + t[:, None] * stride_w + d[None, :], mask=t_ok[:, None] & d_ok[None, :], other=0.0)
-        w = w.to(tl.float32)
-        if DZ:
-            tl.store(pz_ptr + row * stride_p + d, tl.sum(w * g_z[:, None], axis=0), mask=d_ok)
-        if DS:
-            tl.store(ps_ptr + row * stride_p + d, tl.sum(w * g_s[:, None], axis=0), mask=d_ok)
+    g_z = tl.load(dz_ptr + row * stride_g + start + t, mask=t_ok & (DZ or TZ), other=0.0)
+    g_s = tl.load(ds_ptr + row * stride_g + start + t, mask=t_ok & (DS or TS), other=0.0)
+    at = (row_base + row) * BLOCK_T + t  # int64: row is
+    if TZ:
+        tl.store(tz_ptr + at, g_z, mask=t_ok)
+    if TS:
+        tl.store(ts_ptr + at, g_s, mask=t_ok)
+    if DZ or DS:
+        g_z, g_s = g_z.to(tl.float32), g_s.to(tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D)
+            d_ok = d < D
+            w = tl.load(w_ptr + t[:, None] * stride_w + d[None, :], mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+            w = w.to(tl.float32)
+            if DZ:
+                tl.store(pz_ptr + row * stride_p + d, tl.sum(w * g_z[:, None], axis=0), mask=d_ok)
+            if DS:
+                tl.store(ps_ptr + row * stride_p + d, tl.sum(w * g_s[:, None], axis=0), mask=d_ok)
 
 
 def fused_constexprs(forward: dict, backward: dict) -> dict | None:
@@ -204,13 +217,17 @@ class ClassTail(NamedTuple):
     """The classes [start, C) past the chunk matmuls' aligned head (_linear_loss_chunks.class_parts), handed to the
     one launch: their logits computed there from the rows and weight rows, and dH's share of them (fp32) written
     into the products, to which the head's matmul then adds. products: (dz's, ds's) [R, D] fp32, or None each where
-    that dH is not wanted."""
+    that dH is not wanted; grads: the gradients' tail columns kept for dW's tail (one matmul per call)."""
 
     start: int
     weight: torch.Tensor  # W[start:] [C - start, D]
     rows: torch.Tensor  # the rows z comes from [R, D]
     sub_rows: torch.Tensor | None  # those of s
     products: tuple
+    # dW's tail, once per call: (dz's, ds's) tail columns out, [N, 8] contiguous in the gradients' dtype (or None
+    # each), row i of the chunk written at row_base + i
+    grads: tuple = (None, None)
+    row_base: int = 0
 
 
 def one_launch(grad_main, grad_sub, z, s, y, bce, eps, temperature, threshold, into, bias, over_rows):
@@ -264,9 +281,9 @@ def forward_backward_triton(
     written = [x for x in (dz, ds) if x.numel()]
     assert all(x.shape == z.shape and x.stride(-1) == 1 for x in written) and len({x.stride(0) for x in written}) == 1
     gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
-    tail_args, tail_flags = (z, z, z, z, z, 0, 0, 0, 0, 0), {}
+    tail_args, tail_flags = (z, z, z, z, z, z, z, 0, 0, 0, 0, 0, 0), {}
     if tail is not None:
-        tail_args, tail_flags = _tail_arguments(tail, z, s, out, grad_main, grad_sub)
+        tail_args, tail_flags = _tail_arguments(tail, z, s, out, grad_main, grad_sub, into)
     _loss_fwd_bwd_kernel[(rows,)](
         z, z if s is None else s, z if y is None else y, z if bias is None else bias, out, gm, gs,
         dz if dz.numel() else out, ds if ds.numel() else out, rows, classes, *strides, gm.stride(0), gs.stride(0),
@@ -275,7 +292,7 @@ def forward_backward_triton(
     return out, (dz, ds)
 
 
-def _tail_arguments(tail: ClassTail, z, s, out, grad_main, grad_sub) -> tuple[tuple, dict]:
+def _tail_arguments(tail: ClassTail, z, s, out, grad_main, grad_sub, into) -> tuple[tuple, dict]:
     """The kernel's class-tail arguments and constants, the tail's operands checked (unit last strides, one row
     stride for both branches' rows and for both products, at most 8 classes, products only for gradients written)."""
     weight, (pz, ps) = tail.weight, tail.products
@@ -288,8 +305,15 @@ def _tail_arguments(tail: ClassTail, z, s, out, grad_main, grad_sub) -> tuple[tu
     assert pz is None or ps is None or pz.stride(0) == ps.stride(0)
     assert (pz is None or grad_main is not None) and (ps is None or grad_sub is not None)
     stride_p = next((p.stride(0) for p in (pz, ps) if p is not None), 0)
+    tz, ts = tail.grads
+    dz_dtype = next(d.dtype for d, g in zip(into, (grad_main, grad_sub)) if g is not None)
+    assert all(t is None or (t.is_contiguous() and t.shape[1] == 8 and t.dtype == dz_dtype) for t in (tz, ts))
+    assert (tz is None or grad_main is not None) and (ts is None or grad_sub is not None)
+    assert all(t is None or tail.row_base + rows <= t.shape[0] for t in (tz, ts))
     arguments = (
         tail.rows, tail.sub_rows if tail.sub_rows is not None else tail.rows, weight, pz if pz is not None else out,
-        ps if ps is not None else out, tail.rows.stride(0), weight.stride(0), stride_p, weight.shape[1], tail.start,
+        ps if ps is not None else out, tz if tz is not None else out, ts if ts is not None else out,
+        tail.rows.stride(0), weight.stride(0), stride_p, weight.shape[1], tail.start, tail.row_base,
     )  # fmt: skip
-    return arguments, {"TAIL": True, "TAIL_DZ": pz is not None, "TAIL_DS": ps is not None}
+    flags = {"TAIL": True, "TAIL_DZ": pz is not None, "TAIL_DS": ps is not None}
+    return arguments, flags | {"TAIL_DW": tz is not None or ts is not None}

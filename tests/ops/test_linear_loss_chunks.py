@@ -95,11 +95,11 @@ def test_gradients_over_the_logits_rows(monkeypatch, bias, dtype):
     sizes = [min(8, counted - start) for start in range(0, counted, 8)]  # the chunks' rows, the last one short
     wide = 2 * chunks.aligned_classes(30)  # the gradients' row stride: the fp32 rows' bytes in fp16 / bf16
     # per chunk (C = 30: a head of 24 classes, a tail of 6, whose logits and dH's share the loss launch computes):
-    # dH's head added into the fp32 [2n, D] products, then dW's matmuls over the head's and the tail's rows of the
-    # accumulator, each reading its columns of the chunk's gradients in place (row stride: the fp32 rows' bytes)
-    expected = [
-        [(2 * n, 24, dtype, (wide, 1)), (24, 2 * n, dtype, (1, wide)), (6, 2 * n, dtype, (1, wide))] for n in sizes
-    ]
+    # dH's head added into the fp32 [2n, D] products, then dW's matmul over the head's rows of the accumulator,
+    # reading its columns of the chunk's gradients in place (row stride: the fp32 rows' bytes); after the loop dW's
+    # tail, one matmul per branch over the counted rows' kept tail columns ([K, 8] in the gradients' dtype)
+    expected = [[(2 * n, 24, dtype, (wide, 1)), (24, 2 * n, dtype, (1, wide))] for n in sizes]
+    expected.append([(6, counted, dtype, (1, 8))] * 2)
     assert matmuls == [call for calls in expected for call in calls] and backwards == [True] * len(sizes)
     reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
     for i in (3, 4, 5, 6):  # dH, dHs, dW, db (empty without a bias)
@@ -534,9 +534,9 @@ def test_kernels_matmuls_take_aligned_class_extents_as_views_of_w(classes, dtype
         kernels = chunks.grads_in_forward(*args, rows_per_chunk=7, kernels=True)
     chunk_count = -(-37 // 7)
     assert not any(classes in sizes for sizes in matmuls) or classes == 40
-    if classes == 30:  # per chunk the logits' head, dH's head, dW's head and tail (the loss launch: the others)
-        assert sum(24 in sizes for sizes in matmuls) == 3 * chunk_count
-        assert sum(6 in sizes for sizes in matmuls) == chunk_count
+    if classes == 30:  # per chunk the logits' head, dH's head, dW's head (the loss launch: the tails), dW's tail
+        assert sum(24 in sizes for sizes in matmuls) == 3 * chunk_count  # once per branch after the loop
+        assert sum(6 in sizes for sizes in matmuls) == 2
     else:
         assert sum(40 in sizes for sizes in matmuls) == 3 * chunk_count == len(matmuls)
     assert not copies

@@ -166,7 +166,7 @@ def test_fused_constants():
         name for name, p in inspect.signature(fused._loss_fwd_bwd_kernel.fn).parameters.items()
         if "constexpr" in str(p.annotation)
     ]  # fmt: skip
-    tail = ["TAIL", "TAIL_DZ", "TAIL_DS", "BLOCK_T", "BLOCK_D"]  # the class tail's (ClassTail), set by the launcher
+    tail = ["TAIL", "TAIL_DZ", "TAIL_DS", "TAIL_DW", "BLOCK_T", "BLOCK_D"]  # the class tail's (ClassTail)
     assert sorted(kernel_constants) == sorted([*tail, *(k for k in merged if k != "num_warps")])  # no other
     assert fused.fused_constexprs({**forward, "SPLIT": True}, backward) is None
     assert fused.fused_constexprs(forward, {**backward, "SPLIT": True}) is None
@@ -209,12 +209,22 @@ def test_the_class_tail_in_the_one_launch(launches, monkeypatch, dtype, kind, mo
         tickets = torch.zeros(rows, dtype=torch.int32, device=DEVICE)
         products = tuple(torch.full((rows, depth), float("nan"), device=DEVICE) if g is not None else None
                          for g in row_grads)  # fmt: skip
-        tail = fused.ClassTail(head, w[head:], x[:rows], x[rows:] if sub else None, products) if in_launch else None
+        # the gradients' tail columns kept for dW's tail, at rows 3.. of a longer buffer (the chunk's place)
+        kept = tuple(torch.zeros(rows + 5, 8, dtype=grads.dtype, device=DEVICE) if g is not None else None
+                     for g in row_grads)  # fmt: skip
+        tail = fused.ClassTail(head, w[head:], x[:rows], x[rows:] if sub else None, products, kept, 3)
+        tail = tail if in_launch else None
         out, (dz, ds) = fused.forward_backward_triton(
             *row_grads, z, s, target, *options, out=stats, tickets=tickets, into=into, over_rows=low, tail=tail
         )
         if not in_launch:  # the tail's share of dH by a matmul
             products = tuple(None if d.numel() == 0 else d[:, head:].float() @ w[head:].float() for d in (dz, ds))
+        else:  # the kept tail columns: each row's, as stored, at rows 3 .. 3 + R; zeros elsewhere
+            width = classes - head
+            for k, d in zip(kept, (dz, ds)):
+                if k is not None:
+                    assert torch.equal(k[3 : 3 + rows, :width], d[:, head:]) and not k[:, width:].any()
+                    assert not k[:3].any() and not k[3 + rows :].any()
         results.append([out.clone(), dz.float().clone(), ds.float().clone(), *products])
     assert launches == ["fused", "fused"]
     for name, got, want in zip(("stats", "dz", "ds", "product", "sub product"), results[1], results[0]):

@@ -25,7 +25,8 @@ backward):
   [C, D] fp32 read and written once per chunk: the price of small chunks), db in the same matmul (a ones column in
   the stacked rows: [C, D + pad], dW returned as its view); where C is not a multiple of 8 each of the three
   matmuls runs over C's aligned head (class_parts), the loss launch takes the tail's < 8 classes for the logits and
-  dH (ClassTail: bytes of O(R D), not modelled) and dW's tail has a small matmul (a launch, its time not modelled);
+  dH (ClassTail: bytes of O(R D), not modelled) and keeps the tail's gradient columns for dW's tail, one small
+  matmul per branch once per call (launches, their time not modelled);
 - official (eager): F.linear per branch, then the eager ops of the official composite; its [M, C] passes, in units
   of one bf16 [M, C] (L = M C 2 bytes; an fp32 copy is 2L), read + write:
     forward: main.float() 3, softmax 4, sub.float() 3, log_softmax 4, neg 4, mul 6, sum 2, main.float() for
@@ -116,9 +117,10 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
     k = 2 * r  # the rows of a chunk's gradients
     d_weight = _matmul_us(card, 2 * k * wide * c, k * c * 2 + k * wide * 2 + 2 * c * wide * 4)
     loss_us, loss_launches, loss_kernels = _loss_kernels_us(card, r, c)
-    # per chunk: logits, dH of both, dW (with db); dW's tail (the logits' and dH's: in the loss launch)
+    # per chunk: logits, dH of both, dW (with db) over C's aligned head; the tail's logits and dH in the loss launch,
+    # which keeps the tail's gradient columns for dW's tail: once per call (a matmul per branch, db's sum and add)
     tails = len(chunk_loop.class_parts(c)) - 1
-    matmul_launches = 3 + tails
+    matmul_launches = 3
     other_launches = 3  # per chunk: the two copies of the rows into the stacked buffer, one multi-tensor copy of
     # dH's fp32 rows into dH and dHs (O(R D) bytes: their time is their launches); the loss forward writes its stats
     # into the op's [9, M] and reuses one buffer of tickets
@@ -127,7 +129,7 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
     per_chunk += card.launch_us * (matmul_launches + loss_launches + other_launches)
     # once: the row ids, buffers (the tickets' zeros; the stats need none), the reductions (12 launches); the
     # stacked buffer's zeros and ones column, db's copy out of the accumulator (3; dW is returned as its view)
-    fused_us = chunks * per_chunk + card.launch_us * (12 + 3)
+    fused_us = chunks * per_chunk + card.launch_us * (12 + 3 + 4 * tails)
     # the backward scales the stored gradients in fp32 (ops/_linear_loss_grads._scaled): dH and dHs through an fp32
     # temporary in blocks of rows (read 2, write 4, read + write 8, read 4, write 2: 20 bytes per element; 3 launches
     # per block), dW's fp32 accumulator scaled in place and cast to bf16 (8 + 6 bytes per element; 2 launches), db
@@ -141,7 +143,8 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
         "chunk_rows": r,
         "chunks": chunks,
         "dw_matmuls": chunks,
-        "tail_launches_per_chunk": tails,
+        "tail_launches_per_chunk": 0,  # the tails' logits and dH in the loss launch, dW's once per call
+        "tail_launches_per_call": 4 * tails,
         "extra_mib": modelled_extra_mb(m, d, c, 2)["fused"],
         "breakdown": {
             "matmuls": round(chunks * chunk_matmuls_us, 1),

@@ -151,7 +151,9 @@ def measured_reference(
     probed_shift = None  # the fused time's change with the chunk matmuls as probed
     if probe is not None:
         probed_shift = fused["chunks"] * probe["per_chunk_us"] - fused["breakdown"]["matmuls"]
-        if probe["with_tails"]:  # the probe timed the tails' matmuls: their launches are not counted apart
+        # the probe timed the tails' matmuls: their launches are not counted apart (since the night of 2026-12-04
+        # the chunks run none: the loss launch takes the tails; the probe's per-chunk time then over-counts them)
+        if probe["with_tails"]:
             probed_shift -= fused["chunks"] * fused.get("tail_launches_per_chunk", 0) * card.launch_us
     calibrated = []
     for factors in calibrations(run, today, profiled_today, card):
