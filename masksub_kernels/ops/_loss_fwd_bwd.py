@@ -25,8 +25,10 @@ head only (cuBLAS's fast kernels; _linear_loss_chunks.class_parts) and the one l
 first their logits, each a dot product of the row's hidden state with a weight row (fp32 accumulation of the
 operands' products, as the matmul's), stored into their columns before the forward reads the row (a barrier); last,
 after the backward has stored the row's gradients (a barrier), dH's share of them, sum_t dz[t] W[t, :] in fp32,
-into the chunk's fp32 products, to which the head's dH matmul then adds (one rounding of the sum, as before). Two
-small matmuls per chunk fewer (their launches: ~2 of a chunk's 10); dW's tail keeps its matmul (a sum over rows).
+into the chunk's fp32 products, to which the head's dH matmul then adds (one rounding of the sum, as before); and
+the row's tail gradient columns, as stored, into a buffer of the call's at the row's place, for dW's tail: a sum
+over rows, one matmul per branch after the chunk loop. Three small matmuls per chunk fewer (a chunk's 10 launches
+then: 7 now).
 """
 
 from __future__ import annotations
