@@ -459,6 +459,19 @@ def chunk_step_specs() -> list[tuple]:
     ]
 
 
+def scale_specs() -> list[tuple]:
+    """The backward's scaling of the stored gradients (ops/_linear_loss_grads.py): dH / dHs in place (fp16, bf16,
+    fp32), dW and db from their fp32 accumulator into the weight's fp16 / bf16."""
+    from masksub_kernels.ops import _linear_loss_grads as grads
+
+    pairs = [("fp16", "fp16"), ("bf16", "bf16"), ("fp32", "fp32"), ("fp32", "bf16"), ("fp32", "fp16")]
+    return [
+        _spec(f"scale[{src}->{dst}]", grads._scale_kernel, {"src_ptr": f"*{src}", "dst_ptr": f"*{dst}",
+              "g_ptr": "*fp32", "rows": "i32", "cols": "i32"}, dict(zip(("BLOCK_R", "BLOCK_C"), grads.SCALE_BLOCK)))
+        for src, dst in pairs
+    ]  # fmt: skip
+
+
 # op module -> its specs, in the order compile_kernels reports them
 SPECS = {
     "token_select": token_select_specs,
@@ -467,6 +480,7 @@ SPECS = {
     "masksub_loss": masksub_loss_specs,
     "linear_masksub_loss": linear_masksub_loss_specs,
     "linear_loss_chunks": chunk_step_specs,
+    "linear_loss_grads": scale_specs,
 }
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from .. import _backend
+from .._triton import jit, tl
 from . import _linear_loss_chunks as chunk_loop  # module attributes read at call time (the benchmarks' sweep)
-from ._common import _tracing, masksub_op
+from ._common import _tracing, cdiv, masksub_op
 from .masksub_loss import NUM_OUT
 
 
@@ -146,22 +148,50 @@ def _stored_factor(ctx, grad_loss, grad_main, grad_sub):
 
 
 SCALE_BLOCK_ELEMENTS = 1 << 23  # _scaled's fp32 temporary: 8M elements (32 MiB) at most, whatever M D
+SCALE_BLOCK = (16, 256)  # rows x columns of a _scale_kernel program
 
 
-def _scaled(stored: torch.Tensor, g: torch.Tensor, in_place: bool) -> torch.Tensor:
-    """stored x g, g a 0-d fp32 (fp64 for fp64 stored gradients), applied in fp32 to fp16 / bf16: a multiply of an
-    fp16 / bf16 tensor by a 0-d CUDA tensor casts the 0-d one to fp16 / bf16 first (only CPU scalars keep their
-    precision), which would round g (a weight of 0.3: a 2^-9 bias in bf16) or overflow it (g = w / unit > 65504 in
-    fp16: inf, and NaN in the zero rows). fp16 / bf16: in blocks of rows through an fp32 temporary of at most
-    SCALE_BLOCK_ELEMENTS, rounded once into the result (the stored tensor itself when in place)."""
+@jit
+def _scale_kernel(src_ptr, dst_ptr, g_ptr, rows, cols, stride_src, stride_dst, BLOCK_R: tl.constexpr,
+                  BLOCK_C: tl.constexpr):  # fmt: skip
+    """dst = src g in fp32 (g: an fp32 [1]), rounded once to dst's dtype: [rows, cols], unit last strides, rows
+    stride_src / stride_dst apart (dst may be src: in place)."""
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    mask = (r < rows) & (c < cols)
+    g = tl.load(g_ptr)
+    x = tl.load(src_ptr + r * stride_src + c, mask=mask, other=0.0).to(tl.float32)
+    tl.store(dst_ptr + r * stride_dst + c, (x * g).to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+def _scaled(
+    stored: torch.Tensor, g: torch.Tensor, in_place: bool, dtype: torch.dtype | None = None, kernel: bool = False
+) -> torch.Tensor:
+    """stored x g in ``dtype`` (default: stored's), g a 0-d fp32 (fp64 for fp64 stored gradients), applied in fp32
+    to fp16 / bf16: a multiply of an fp16 / bf16 tensor by a 0-d CUDA tensor casts the 0-d one to fp16 / bf16 first
+    (only CPU scalars keep their precision), which would round g (a weight of 0.3: a 2^-9 bias in bf16) or overflow
+    it (g = w / unit > 65504 in fp16: inf, and NaN in the zero rows). ``kernel`` (the triton backend's eager
+    backward): one launch of _scale_kernel per tensor, fp32 arithmetic, rounded once into the result (stored itself
+    when in place and of ``dtype``). Else torch ops: fp16 / bf16 in blocks of rows through an fp32 temporary of at
+    most SCALE_BLOCK_ELEMENTS, rounded once, then cast to ``dtype``."""
+    dtype = dtype or stored.dtype
+    low = (torch.float16, torch.bfloat16, torch.float32)
+    if kernel and stored.dtype in low and dtype in low and g.dtype == torch.float32 and stored.dim() in (1, 2):
+        out = stored if in_place and dtype == stored.dtype else torch.empty(stored.shape, dtype=dtype, device=g.device)
+        src, dst = (t.view(1, -1) if t.dim() == 1 else t for t in (stored, out))
+        if src.numel():
+            assert src.stride(-1) == 1 and dst.stride(-1) == 1
+            grid = (cdiv(src.shape[0], SCALE_BLOCK[0]), cdiv(src.shape[1], SCALE_BLOCK[1]))
+            _scale_kernel[grid](src, dst, g.reshape(1), *src.shape, src.stride(0), dst.stride(0), *SCALE_BLOCK)
+        return out
     if stored.dtype not in (torch.float16, torch.bfloat16):
-        return stored.mul_(g) if in_place else stored * g
+        return (stored.mul_(g) if in_place else stored * g).to(dtype)
     out = stored if in_place else torch.empty_like(stored)
     per_row = stored.numel() // max(1, stored.shape[0]) if stored.dim() else 1
     rows = max(1, SCALE_BLOCK_ELEMENTS // max(1, per_row))
     for part, into in zip(stored.split(rows), out.split(rows)):
         into.copy_(part.float().mul_(g))
-    return out
+    return out.to(dtype)
 
 
 def _grads_backward(ctx, grad_loss, grad_main, grad_sub, *_):
@@ -186,10 +216,13 @@ def _grads_backward(ctx, grad_loss, grad_main, grad_sub, *_):
         g = factor.double() * scale.double()  # fp64: see _stored_factor
         g = g if hidden.dtype == torch.float64 else g.float()  # fp64 inputs: fp64 gradients to the last bit
         dtypes = (hidden.dtype, hidden.dtype, weight.dtype, weight.dtype)
+        # eager on the triton backend (as the forward's own call would resolve it now; not recorded): one launch per
+        # tensor
+        kernel = ctx.in_place and _backend.resolve_backend(hidden.device, None, ("torch", "triton")) == "triton"
         for i, (d, dtype) in enumerate(zip(stored, dtypes)):
             absent = d.dim() == 1 and not d.numel()  # not stored ([0]); an empty batch stores [0, D]
-            if need[i] and not absent:  # in place in eager: no second [M, D] (.to is a no-op for dH; dW: its cast)
-                grads[i] = _scaled(d, g, ctx.in_place).to(dtype)
+            if need[i] and not absent:  # in place in eager: no second [M, D] (dH; dW: cast once to its dtype)
+                grads[i] = _scaled(d, g, ctx.in_place, dtype, kernel)
     if terms[0] is not None or terms[1] is not None:
         for i, t in enumerate(_recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stats)):
             if need[i] and t.numel():

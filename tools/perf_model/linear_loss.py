@@ -50,7 +50,6 @@ from masksub_kernels.bench.linear_loss import CHUNK_SWEEP, chunking, modelled_ex
 from masksub_kernels.bench.report import MODEL_VARIANTS
 from masksub_kernels.ops import _linear_loss_chunks as chunk_loop
 from masksub_kernels.ops import _loss_fwd_bwd, masksub_loss
-from masksub_kernels.ops._linear_loss_grads import SCALE_BLOCK_ELEMENTS
 
 from . import linear_loss_measured as measured
 from .capture import recording
@@ -130,13 +129,11 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
     # once: the row ids, buffers (the tickets' zeros; the stats need none), the reductions (12 launches); the
     # stacked buffer's zeros and ones column, db's copy out of the accumulator (3; dW is returned as its view)
     fused_us = chunks * per_chunk + card.launch_us * (12 + 3 + 4 * tails)
-    # the backward scales the stored gradients in fp32 (ops/_linear_loss_grads._scaled): dH and dHs through an fp32
-    # temporary in blocks of rows (read 2, write 4, read + write 8, read 4, write 2: 20 bytes per element; 3 launches
-    # per block), dW's fp32 accumulator scaled in place and cast to bf16 (8 + 6 bytes per element; 2 launches), db
-    # likewise (2)
-    blocks = -(-m * d // SCALE_BLOCK_ELEMENTS)
-    scaling_bytes = 2 * m * d * 20 + c * d * 14
-    scaling_us = scaling_bytes / card.copy_bytes_per_s * 1e6 + card.launch_us * (2 * 3 * blocks + 2 + 2)
+    # the backward scales the stored gradients in fp32 (ops/_linear_loss_grads._scaled, the triton backend's eager
+    # backward): one _scale_kernel launch each, dH and dHs in place (read 2, write 2 bytes per element), dW from its
+    # fp32 accumulator into bf16 (read 4, write 2), db likewise; their time at copy bandwidth
+    scaling_bytes = 2 * m * d * 4 + c * d * 6 + c * 6
+    scaling_us = scaling_bytes / card.copy_bytes_per_s * 1e6 + card.launch_us * 4
     fused_us += scaling_us
     return {
         "us": fused_us,
