@@ -24,6 +24,8 @@ from torch.profiler import ProfilerActivity, profile
 
 import masksub_kernels as mk
 
+HOST_WAITS = ("aten::nonzero", "aten::item", "aten::_local_scalar_dense")  # ops whose CPU time may be a GPU wait
+
 
 def profiled(name: str, call, leaves, out, iters: int = 10, rows: int = 15, host: bool = False) -> None:
     """host: also the host side, the ops by their own CPU time and the host time that no op holds (Python and
@@ -54,10 +56,14 @@ def profiled(name: str, call, leaves, out, iters: int = 10, rows: int = 15, host
     if host:
         cpu_ops = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
         in_ops = sum(e.self_cpu_time_total for e in cpu_ops) / iters / 1e3
+        # ops that wait for the GPU (the fused-linear op's count of rows, torch.nonzero): their CPU time holds the
+        # previous call's kernels, back to back here
+        waits = sum(e.self_cpu_time_total for e in cpu_ops if e.key in HOST_WAITS) / iters / 1e3
         launches = sum(e.count for e in kernels) / iters
         print(f"\n### host side: {in_ops:.3f} ms per call in ops (their own CPU time, under the profiler: more "
-              f"than without), {wall - in_ops:.3f} ms of the wall time in none (Python, Triton's launches); "
-              f"{launches:.0f} kernels per call", file=out)  # fmt: skip
+              f"than without; {waits:.3f} ms of it in ops that wait for the GPU: {', '.join(HOST_WAITS)}), "
+              f"{wall - in_ops:.3f} ms of the wall time in none (Python, Triton's launches; the two measured in "
+              f"different runs: an estimate); {launches:.0f} kernels per call", file=out)  # fmt: skip
         print(events.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=80), file=out)
 
 

@@ -243,6 +243,14 @@ def test_the_chunks_one_launch_reads_its_stats_behind_a_barrier():
         return sum(_op(line).startswith(TTGIR["barrier"]) for line in lines)
 
     assert barriers(kernel["ttgir"]) == barriers(without["ttgir"]) + 2
+    # the tail's products and kept columns read the gradients that the backward stored last: after its last store
+    # (the tail launch's stores: the tail logits' 2, the launch without the tail's, then the tail's own), the first
+    # load has a barrier before it (helper-128: a barrier moved before the backward passed the checks above)
+    for ir, names in (("ttgir", TTGIR), ("ptx", PTX)):
+        stores = [i for i, line in enumerate(map(_op, kernel[ir])) if line.startswith(names["store"])]
+        backward_stores = sum(_op(line).startswith(names["store"]) for line in without[ir])
+        last_backward_store = stores[2 + backward_stores - 1]
+        assert not _loads_after_the_first_store_unfenced(kernel[ir][last_backward_store:], **names), ir
     check = functools.partial(_loads_after_the_first_store_unfenced, **PTX)  # the check catches a missing barrier
     load, store, barrier = "ld.global.b32 %r1, [%rd1];", "@%p2 st.global.b32 [%rd2], {%r3};", "bar.sync 0;"
     assert check([load, store, load]) and check([store, store, load]) and not check([load, store, barrier, load])

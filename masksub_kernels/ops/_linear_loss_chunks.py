@@ -483,7 +483,7 @@ def grads_in_forward(
             z, s = v.z, v.s
             over_rows = narrow is not None
             launch = one_launch(gm, gs, z, s, y, *loss_options, v.into, bias_c, over_rows)
-            if launch is not None and len(parts) == 2:
+            if launch is not None and len(parts) == 2 and w.stride(-1) == 1 and x.stride(-1) == 1:
                 terms = {term for term, _, _ in stored}
                 products = tuple(v.product[t * n : (t + 1) * n] if t in terms else None for t in (0, 1))
                 kept = (None, None) if tail_grads is None else (tail_grads[0], tail_grads[1])

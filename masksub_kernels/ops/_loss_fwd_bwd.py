@@ -181,8 +181,12 @@ def _tail_products(dz_ptr, ds_ptr, w_ptr, pz_ptr, ps_ptr, tz_ptr, ts_ptr, row, r
     DS); the tail columns themselves into tz, ts at row row_base + row (TZ, TS: dW's tail, once per call)."""
     t = tl.arange(0, BLOCK_T)
     t_ok = t < C - start
-    g_z = tl.load(dz_ptr + row * stride_g + start + t, mask=t_ok & (DZ or TZ), other=0.0)
-    g_s = tl.load(ds_ptr + row * stride_g + start + t, mask=t_ok & (DS or TS), other=0.0)
+    # a gradient not written has no buffer (its pointer stands in): never read, not even masked
+    g_z, g_s = tl.zeros([BLOCK_T], tl.float32), tl.zeros([BLOCK_T], tl.float32)
+    if DZ or TZ:
+        g_z = tl.load(dz_ptr + row * stride_g + start + t, mask=t_ok, other=0.0)
+    if DS or TS:
+        g_s = tl.load(ds_ptr + row * stride_g + start + t, mask=t_ok, other=0.0)
     at = (row_base + row) * BLOCK_T + t  # int64: row is
     if TZ:
         tl.store(tz_ptr + at, g_z, mask=t_ok)

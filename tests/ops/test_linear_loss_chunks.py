@@ -469,6 +469,25 @@ def test_stored_gradients_are_scaled_in_fp32(monkeypatch, dtype, in_place, block
     assert scaled.dtype == dtype and torch.equal(scaled, expected)
 
 
+@pytest.mark.parametrize("layout", ["weight_t", "hidden_t_one_branch"])
+@pytest.mark.triton
+def test_the_class_tail_takes_operands_of_any_last_stride(layout):
+    # W as the transpose of a [D, C] tensor (a tied / transposed head), or one branch's hidden rows with a non-unit
+    # last stride (no bias: the loop hands the rows to the loss launch as they are): C = 30 (a tail of 6) gives the
+    # reference's result, as C = 32 and the torch backend do (the tail then goes to the matmuls; helper-128's case)
+    h, hs, w, _, target = make_inputs(rows=37, depth=20, classes=30, dtype=torch.bfloat16, kind="index", seed=4)
+    if layout == "weight_t":
+        w = w.t().contiguous().t()
+        args = (h, hs, w, None, target, True, 0.5, 0.5, True, True, True, OPTIONS)
+    else:
+        h = h.t().contiguous().t()
+        args = (h, None, w, None, target, True, 1.0, 0.0, True, False, True, OPTIONS)
+    kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)
+    reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
+    for i in (3, 5):
+        assert _relative(kernels[i], reference[i]) <= 4 * torch.finfo(torch.bfloat16).eps, i
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.triton
 def test_stored_gradients_are_scaled_by_one_launch_each(dtype):

@@ -234,3 +234,37 @@ def test_the_class_tail_in_the_one_launch(launches, monkeypatch, dtype, kind, mo
             torch.testing.assert_close(got, want, rtol=2**-7 if low else 1e-5, atol=1e-6, equal_nan=True)
         else:
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_class_tail_over_several_depth_blocks(monkeypatch, dtype):
+    # D = 300: the tail's loops over the depth (BLOCK_D = 128) take 3 blocks, the last one partial (BERT's 768: 6)
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    monkeypatch.setattr(ml, "_device_sms", lambda device: 1)
+    rows, depth, classes, head = 6, 300, 203, 200
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2 * rows, depth, generator=gen).to(DEVICE, dtype)
+    w = (torch.randn(classes, depth, generator=gen) / 16).to(DEVICE, dtype)
+    target = make_inputs(rows, classes, torch.float32, "index", seed=8)[2]
+    row_grads = tuple(torch.randn(rows, generator=gen).to(DEVICE) for _ in range(2))
+    low = dtype != torch.float32
+    results = []
+    for in_launch in (False, True):
+        buffer = torch.full((2 * rows, 208), float("nan"), device=DEVICE)
+        columns = head if in_launch else classes
+        buffer[:, :columns] = (x.float() @ w.float().T)[:, :columns]
+        z, s = buffer[:rows, :classes], buffer[rows:, :classes]
+        grads = buffer.view(dtype)[:, :classes] if low else buffer[:, :classes]
+        stats = torch.full((ml.NUM_OUT, rows), float("nan"), device=DEVICE)
+        tickets = torch.zeros(rows, dtype=torch.int32, device=DEVICE)
+        products = tuple(torch.full((rows, depth), float("nan"), device=DEVICE) for _ in range(2))
+        tail = fused.ClassTail(head, w[head:], x[:rows], x[rows:], products) if in_launch else None
+        out, (dz, ds) = fused.forward_backward_triton(
+            *row_grads, z, s, target, False, 0.0, -100, 1.0, None, out=stats, tickets=tickets,
+            into=(grads[:rows], grads[rows:]), over_rows=low, tail=tail,
+        )  # fmt: skip
+        if not in_launch:
+            products = tuple(d[:, head:].float() @ w[head:].float() for d in (dz, ds))
+        results.append([out.clone(), *products])
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -128,7 +128,12 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
     per_chunk += card.launch_us * (matmul_launches + loss_launches + other_launches)
     # once: the row ids, buffers (the tickets' zeros; the stats need none), the reductions (12 launches); the
     # stacked buffer's zeros and ones column, db's copy out of the accumulator (3; dW is returned as its view)
-    fused_us = chunks * per_chunk + card.launch_us * (12 + 3 + 4 * tails)
+    # a last chunk of fewer rows whose loss forward splits the classes (class_splits: BERT's 256-row last chunk) runs
+    # the loss's two launches and the tail's three matmuls instead (ops/_loss_fwd_bwd.py falls back)
+    last = m - (chunks - 1) * r
+    split_block = masksub_loss._launch_config(c, masksub_loss._split_max_block())[0]
+    fallback = int(masksub_loss.class_splits(last, c, split_block, masksub_loss.DEFAULT_SMS)[0] > 1)
+    fused_us = chunks * per_chunk + card.launch_us * (12 + 3 + 4 * tails + fallback * (1 + 3 * tails))
     # the backward scales the stored gradients in fp32 (ops/_linear_loss_grads._scaled, the triton backend's eager
     # backward): one _scale_kernel launch each, dH and dHs in place (read 2, write 2 bytes per element), dW from its
     # fp32 accumulator into bf16 (read 4, write 2), db likewise; their time at copy bandwidth
@@ -141,6 +146,7 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
         "chunks": chunks,
         "dw_matmuls": chunks,
         "tail_launches_per_chunk": 0,  # the tails' logits and dH in the loss launch, dW's once per call
+        "chunks_in_two_launches": fallback,
         "tail_launches_per_call": 4 * tails,
         "extra_mib": modelled_extra_mb(m, d, c, 2)["fused"],
         "breakdown": {
