@@ -128,7 +128,9 @@ def test_aligned_rows_load_16_byte_words():
             assert "st.global.v4.b32" in accesses and not narrow, (name, accesses)
 
 
-_OVER_ROWS = """
+# A BERT step's chunk on meta tensors: its fp32 logits' buffer, the bf16 gradients over its rows, the labels, the
+# row grads and the bias (the scripts below record its launches as the JIT specialises them)
+_BERT_CHUNK = """
 import json, sys, torch, triton
 from masksub_kernels.ops import _linear_loss_chunks as chunks
 from masksub_kernels.ops import masksub_loss
@@ -138,6 +140,11 @@ buffer = torch.empty(2 * rows, chunks.aligned_classes(classes), device="meta")
 logits, narrow = buffer[:, :classes], buffer.view(torch.bfloat16)[:, :classes]
 y = torch.empty(rows, dtype=torch.int64, device="meta")
 g, bias = torch.empty(rows, device="meta"), torch.empty(classes, dtype=torch.bfloat16, device="meta")
+"""
+
+_OVER_ROWS = (
+    _BERT_CHUNK
+    + """
 result = {}
 for over_rows in (True, False):  # False: the same buffers without the kernel's barrier (what the test must catch)
     with recording(masksub_loss) as launches:
@@ -152,6 +159,7 @@ for over_rows in (True, False):  # False: the same buffers without the kernel's 
                               **{ir: [line.strip() for line in asm[ir].splitlines()] for ir in ("ttgir", "ptx")}}
 json.dump(result, sys.stdout)
 """
+)
 
 PTX = {"load": "ld.global", "store": "st.global", "barrier": "bar.sync"}
 TTGIR = {"load": "tt.load", "store": "tt.store", "barrier": ("ttg.barrier", "gpu.barrier")}  # Triton 3.8, earlier
@@ -190,16 +198,10 @@ def test_gradients_over_the_logits_rows_store_behind_a_barrier():
     assert check(["@!%p3 ld.global.b32 %r1, [%rd1];", store]) == [1]
 
 
-_FWD_BWD = """
-import json, sys, torch, triton
-from masksub_kernels.ops import _linear_loss_chunks as chunks
+_FWD_BWD = (
+    _BERT_CHUNK
+    + """
 from masksub_kernels.ops import _loss_fwd_bwd as fused
-from tools.perf_model.capture import recording, specialise, _target
-rows, classes = 384, 30522  # a BERT step's chunk
-buffer = torch.empty(2 * rows, chunks.aligned_classes(classes), device="meta")
-logits, narrow = buffer[:, :classes], buffer.view(torch.bfloat16)[:, :classes]
-y = torch.empty(rows, dtype=torch.int64, device="meta")
-g, bias = torch.empty(rows, device="meta"), torch.empty(classes, dtype=torch.bfloat16, device="meta")
 stats, tickets = torch.empty(9, 4 * rows, device="meta"), torch.zeros(rows, dtype=torch.int32, device="meta")
 stacked = torch.empty(2 * rows, chunks.padded_depth(768), dtype=torch.bfloat16, device="meta")[:, :768]
 weight = torch.empty(classes, 768, dtype=torch.bfloat16, device="meta")
@@ -222,6 +224,7 @@ for with_tail in (True, False):  # the chunk loop's launch (C's tail of 2 classe
                               **{ir: [line.strip() for line in asm[ir].splitlines()] for ir in ("ttgir", "ptx")}}
 json.dump(result, sys.stdout)
 """
+)
 
 
 def test_the_chunks_one_launch_reads_its_stats_behind_a_barrier():
