@@ -425,8 +425,7 @@ def grads_in_forward(
     product_buffer = None
     if kernels and len(parts) == 2 and (dh.numel() or dhs.numel()):
         product_buffer = torch.empty(buffer_shape[0], depth, dtype=torch.float32, device=device)
-    # dW's tail once per call where the loss launch takes C's tail: the chunks' tail gradient columns kept in order,
-    # [2, K, 8] in the gradients' dtype (K counted rows), their matmul with the counted rows after the loop
+    # dW's tail once per call: the chunks' tail gradient columns kept in row order, [2, K, 8] (_add_tail_dw)
     tail_grads, kept_terms = None, [False, False]
     if kernels and len(parts) == 2 and dw is not None and hidden.dtype == operand:  # (the gradients' dtype: operand)
         tail_grads = torch.zeros(2, rows if every_row else ids.numel(), 8, dtype=operand, device=device)
@@ -435,8 +434,7 @@ def grads_in_forward(
     if with_ones:  # the stacked rows with their ones column, made once; each chunk fills its [2n, :D]
         stacked = torch.zeros(buffer_shape[0], dw.shape[1], dtype=operand, device=device)
         stacked[:, depth] = 1
-    # Host time (43 chunks per BERT step; the op was host-bound on the H200): the buffers' views of a chunk of n rows
-    # are made once, and where the chunks are slices each operand's chunk rows come from one split.
+    # host time: views of a chunk of n rows made once; slices' chunk rows from one split per operand
     views: dict[int, _ChunkViews] = {}
     sliced = _chunk_rows(chunks, step) if every_row else None
     h_rows, y_rows, stats_cols, dh_rows, dhs_rows = (
