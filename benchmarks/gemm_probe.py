@@ -9,7 +9,7 @@ Run from the repository root: PYTHONPATH=. python3 benchmarks/gemm_probe.py"""
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from masksub_kernels.ops import _linear_loss_chunks as chunks
+from masksub_kernels.ops import _linear_loss_matmuls as matmuls
 
 R, D, C, C8 = 768, 768, 30522, 30528  # 2 x 384 stacked rows per chunk
 
@@ -36,8 +36,8 @@ def kernel(fn):
 
 
 def dw_parts(g, xw, dw):
-    for part in chunks.class_parts(C):
-        chunks._add_matmul(dw[part], g[:, part].T, xw)
+    for part in matmuls.class_parts(C):
+        matmuls.add_matmul(dw[part], g[:, part].T, xw)
 
 
 def main():
@@ -70,8 +70,8 @@ def main():
         ),
         "dW mm bf16 out, M=C8": (lambda: torch.mm(g16[:, :C8].T, xw), 2 * R * (D + 8) * C8),
         # the loop's helpers (head + tail, views of W)
-        "loop: logits head+tail": (lambda: chunks._fp32_logits(x, w, buf[:, :C]), 2 * R * D * C),
-        "loop: dH both, head+tail": (lambda: chunks._times_weight(g16[:, :C], w), 2 * R * D * C),
+        "loop: logits head+tail": (lambda: matmuls.fp32_logits(x, w, buf[:, :C]), 2 * R * D * C),
+        "loop: dH both, head+tail": (lambda: matmuls.times_weight(g16[:, :C], w), 2 * R * D * C),
         "loop: dW head+tail": (lambda: dw_parts(g16[:, :C], xw, dw), 2 * R * (D + 8) * C),
     }
     g16[:, :C8].normal_()

@@ -329,11 +329,11 @@ def test_ops_compute_under_autocast_what_they_compute_outside_it(monkeypatch, de
     """Implementations run with autocast off (ops/_common.py): under bf16 autocast the fused-linear loss's reference
     matmuls stayed bf16 (its documented fp32 logits were not) and its dW accumulation got bf16 and fp32 operands, a
     RuntimeError on CUDA (masksub-train-mlm --amp bf16 with the torch backend, H200, 2026-11-30)."""
-    from masksub_kernels.ops import _linear_loss_chunks as chunks
+    from masksub_kernels.ops import _linear_loss_matmuls as matmuls
 
     operands = []
-    real = chunks._add_matmul
-    monkeypatch.setattr(chunks, "_add_matmul", lambda acc, a, b: operands.append((a.dtype, b.dtype)) or real(acc, a, b))
+    real = matmuls.add_matmul
+    monkeypatch.setattr(matmuls, "add_matmul", lambda acc, a, b: operands.append((a.dtype, b.dtype)) or real(acc, a, b))
     gen = torch.Generator().manual_seed(0)
     h, hs = (torch.randn(12, 16, generator=gen).to(device, torch.bfloat16) for _ in range(2))
     weight = (torch.randn(40, 16, generator=gen) / 4).to(device, torch.bfloat16)

@@ -133,6 +133,7 @@ def test_aligned_rows_load_16_byte_words():
 _BERT_CHUNK = """
 import json, sys, torch, triton
 from masksub_kernels.ops import _linear_loss_chunks as chunks
+from masksub_kernels.ops import _linear_loss_matmuls as matmuls
 from masksub_kernels.ops import masksub_loss
 from tools.perf_model.capture import recording, specialise, _target
 rows, classes = 384, 30522  # a BERT step's chunk
@@ -205,7 +206,7 @@ from masksub_kernels.ops import _loss_fwd_bwd as fused
 stats, tickets = torch.empty(9, 4 * rows, device="meta"), torch.zeros(rows, dtype=torch.int32, device="meta")
 stacked = torch.empty(2 * rows, chunks.padded_depth(768), dtype=torch.bfloat16, device="meta")[:, :768]
 weight = torch.empty(classes, 768, dtype=torch.bfloat16, device="meta")
-head = chunks.class_parts(classes)[0].stop
+head = matmuls.class_parts(classes)[0].stop
 products = (torch.empty(rows, 768, device="meta"), torch.empty(rows, 768, device="meta"))
 kept = tuple(torch.empty(16384, 8, dtype=torch.bfloat16, device="meta") for _ in range(2))  # dW's tail columns
 result = {}

@@ -33,9 +33,10 @@ The loop's custom op, its fake and its autograd: _linear_loss_grads.py. Two flav
   the kernels read; two launches where the classes split), dz and ds written over the fp32 logits, or in the
   inputs' fp16 / bf16 over the first half of each logits row's bytes (over_rows); the stats into their columns of
   [9, M]; dH and dHs from one matmul into an fp32 [2R, D] temporary, copied (rounded once) into their rows by one
-  launch; dW accumulated in fp32. The matmuls run over C's aligned head (class_parts: views of W, no copy); the loss
-  launch takes the tail of < 8 classes (ClassTail: its logits, dH's share, its gradient columns kept for dW's tail,
-  one matmul per branch after the loop): 7 launches per chunk (2 copies of the rows into the stacked buffer).
+  launch; dW accumulated in fp32. The matmuls (_linear_loss_matmuls.py) run over C's aligned head (views of W, no
+  copy); the loss launch takes the tail of < 8 classes (ClassTail: its logits, dH's share, its gradient columns kept
+  for dW's tail, one matmul per branch after the loop): 7 launches per chunk (2 copies of the rows into the stacked
+  buffer).
 
 Extra memory (beyond the inputs and the returned gradients): the chunk's [2R, C] fp32 logits (384 rows at C =
 30522, 89 MiB: GRADS_CHUNK_BYTES, GRADS_CHUNK_MIN_ROWS), the stacked rows [2R, D], the stats [9, M] fp32, dH's fp32
@@ -58,6 +59,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import _linear_loss_matmuls as matmuls
 from . import masksub_loss as loss_ops
 from ._loss_fwd_bwd import ClassTail, forward_backward_triton, one_launch
 from .masksub_loss import MAIN, NUM_OUT, SUB
@@ -74,7 +76,6 @@ GRADS_CHUNK_BYTES = 96 * 2**20
 GRADS_CHUNK_MIN_ROWS = 384
 GRADS_CHUNK_MIN_SHARE = 32
 ALIGN_CLASSES = 64  # the kernels' chunk buffers' rows, in elements: 128-byte rows in bf16 (aligned_classes)
-MATMUL_ALIGN = 8  # the kernels' matmuls' class extents: multiples of 16 bytes of fp16 / bf16 (class_parts)
 
 # loss, main, sub (fp32 0-d); dH, dHs [M, D]; dW [C, D] and db [C] in fp32, fp64 for fp64 inputs (or [0]); the
 # per-row stats [9, M]
@@ -86,48 +87,6 @@ def counted_rows(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
     if target.is_floating_point():
         return torch.arange(target.shape[0], device=target.device)
     return torch.nonzero(target != ignore_index).squeeze(1)  # a host sync on CUDA tensors: the count
-
-
-def _cublas_lines(t: torch.Tensor) -> bool:
-    """Whether the matmul helpers take their GPU lines (cuBLAS with out_dtype / out= views) for ``t``: CUDA tensors,
-    and meta ones (the tests check those lines' registrations on them, and their values on CPU tensors by standing
-    in for this and for torch.mm / torch.addmm)."""
-    return t.device.type in ("cuda", "meta")
-
-
-_addmm_into_fp32: bool | None = None  # whether this torch's CUDA addmm accumulates bf16 / fp16 products into fp32
-
-
-def _add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """acc += a @ b with acc fp32 (or fp64) and a, b possibly in a lower precision, accumulated in acc's dtype."""
-    global _addmm_into_fp32
-    if a.dtype == acc.dtype:
-        acc.addmm_(a, b)
-    elif not _cublas_lines(acc):
-        acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))  # the interpreter's CPU tensors: fp32 operands, exact
-    else:
-        # cuBLAS: low-precision operands, fp32 accumulation and output, beta = 1 into acc (no [C, D] temporary).
-        # Some torch releases' addmm(out_dtype=...) want `self` in the operands' dtype (a host-side check): then an
-        # fp32 product and an add. The first CUDA call tells which (a meta or stand-in call decides nothing).
-        if _addmm_into_fp32 is not False:
-            try:
-                torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
-                _addmm_into_fp32 = True if acc.is_cuda else _addmm_into_fp32
-                return
-            except (RuntimeError, TypeError) as exc:  # TypeError: a torch without out_dtype (before 2.8)
-                if _addmm_into_fp32 or "dtype" not in str(exc):
-                    raise  # not the dtype check of a first call
-                _addmm_into_fp32 = False if acc.is_cuda else None
-        acc.add_(_mm_fp32(a, b))
-
-
-def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b in fp32 from fp16 / bf16 CUDA operands: cuBLAS with an fp32 output (tensor cores, fp32 accumulation,
-    never rounded to the inputs' dtype); fp32 copies of the operands on a torch without out_dtype (before 2.8)."""
-    try:
-        return torch.mm(a, b, out_dtype=torch.float32)
-    except TypeError:
-        return a.float() @ b.float()
 
 
 def _device_count(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -226,60 +185,6 @@ def _store_rows(chunk: slice | torch.Tensor, into: list, rows: list[torch.Tensor
         dx[chunk] = r.to(dx.dtype)
 
 
-def _times_weight(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """d @ w in fp32 [R, D] for the kernels' path, d [R, C] (a row-strided view of the chunk's gradients, fp16 / bf16
-    / fp32) and w [C, D] in d's dtype: one matmul per class part (class_parts: views of W), accumulated in fp32 (in
-    cuBLAS's epilogue), so that the caller rounds once."""
-    product, on_gpu = None, _cublas_lines(d)
-    for part in class_parts(w.shape[0]):
-        a, b = d[:, part], w[part]
-        if not on_gpu:
-            # the CPU's bf16 mm (torch 2.14, oneDNN) reads past the last column of row-strided rows (the chunk's
-            # gradients, over the logits' padded rows): NaN there came out in the product. A GPU's cuBLAS does not.
-            a = a.contiguous()
-        if product is not None:
-            _add_matmul(product, a, b)  # the tail's < 8 classes
-        elif a.dtype == torch.float32:
-            product = a @ b
-        else:
-            product = _mm_fp32(a, b) if on_gpu else a.float() @ b.float()
-    return product
-
-
-def _fp32_logits(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, parts: tuple | None = None) -> torch.Tensor:
-    """out = x W^T in fp32 [R, C] from operands in their own dtype (fp32 accumulation, never rounded to bf16; the
-    loss kernels add the bias). ``out``: a view with unit last stride and padded rows, written in place, one matmul
-    per class part (class_parts, or ``parts``: the head alone where the loss launch takes the tail) into its
-    columns, by cuBLAS on a GPU (mm's out_dtype overload keeps out's row stride: no proxy copy). Returns out."""
-    # meta tensors take the CUDA line too (its registration checks out's shape, dtype and strides): the tests run it
-    on_gpu = _cublas_lines(x) and x.dtype == w.dtype
-    on_gpu = on_gpu and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
-    for part in class_parts(w.shape[0]) if parts is None else parts:
-        into = out[:, part]
-        try:
-            if on_gpu:
-                torch.mm(x, w[part].T, out_dtype=torch.float32, out=into)
-                continue
-        except TypeError:  # a torch without out_dtype (before 2.8)
-            on_gpu = False
-        into.copy_(x.float() @ w[part].float().T)  # fp64 inputs (computed in fp32 on this path), CPU tensors
-    return out
-
-
-def _add_tail_dw(dw, tail: slice, depth: int, kept, terms, inputs, ids, ones_column: bool, acc) -> None:
-    """dW's tail once per call: dW[tail] += the counted rows' kept tail gradients (kept [2, K, 8], in the order the
-    chunks took the rows) times the rows, one matmul per branch (``terms``: the branches whose were kept; ``ids``:
-    the counted rows, gathered, or None: every row), and with ``ones_column`` (dW's accumulator [dW | db | 0...])
-    db[tail] += their sums (elsewhere the chunks added db)."""
-    width = tail.stop - tail.start
-    for branch, rows in enumerate(inputs):
-        if terms[branch]:
-            rows = rows if ids is None else rows.index_select(0, ids)
-            _add_matmul(dw[tail, :depth], kept[branch, :, :width].T, rows)
-    if ones_column:
-        dw[tail, depth] += kept[:, :, :width].to(acc).sum((0, 1))
-
-
 def padded_dw(want_weight: bool, bias: torch.Tensor | None, dtype: torch.dtype) -> bool:
     """Whether dW is returned as the [C, D] view of a [C, padded_depth(D)] fp32 buffer: fp16 / bf16 inputs with a
     bias, on every backend (the fake cannot know which ran). The kernels' path fills it as [dW | db | 0...] (db out
@@ -298,16 +203,6 @@ def aligned_classes(classes: int) -> int:
     """The row length of the kernels' [2R, C] chunk buffers: C rounded up to ALIGN_CLASSES elements (16-byte-aligned
     rows for cuBLAS; C = 30522 has none). The matmuls and the loss kernels use the first C columns of each row."""
     return -(-classes // ALIGN_CLASSES) * ALIGN_CLASSES
-
-
-def class_parts(classes: int) -> tuple[slice, ...]:
-    """The class ranges of the kernels' matmuls: the head, C rounded down to MATMUL_ALIGN, and the tail of the last
-    < 8 classes (none where C is a multiple of 8; the tail alone where C < 8). A contiguous extent of C = 30522 is
-    not 16-byte aligned however the rows are: cuBLAS then ran sm_80 kernels with 2-element loads on an H200
-    (2026-12-04: ~200-230 against ~370-500 TFLOP/s aligned). The head's matmuls take views of W (no copy); the tail
-    goes to the loss launch (ClassTail) or, where that falls back, to small matmuls of its own."""
-    head = classes // MATMUL_ALIGN * MATMUL_ALIGN
-    return tuple(part for part in (slice(0, head), slice(head, classes)) if part.stop > part.start)
 
 
 def grads_in_forward(
@@ -392,7 +287,7 @@ def grads_in_forward(
     w = weight.to(operand)  # the reference's (and fp64 inputs') one copy of W; the inputs' own W otherwise
     # the kernels' matmuls run over these class ranges of W and of the chunk's buffers (views): an aligned head
     # (dW over it: 108 against 129 us per chunk on an H200, 2026-12-04) and a tail of < 8 classes
-    parts = class_parts(classes) if kernels else (slice(None),)
+    parts = matmuls.class_parts(classes) if kernels else (slice(None),)
     b_acc = None if bias is None or kernels else bias.to(acc)
     bias_c = None if bias is None else bias.contiguous()  # the kernels' bias: read in its own dtype
     # the row grads of the two terms, one number each (expanded per chunk: no launch). With one term of nonzero
@@ -489,7 +384,7 @@ def grads_in_forward(
                 kept_terms = [was or k is not None for was, k in zip(kept_terms, kept)]
                 tail = ClassTail(parts[1].start, w[parts[1]], x[:n], x[n:] if has_sub else None, products, kept,
                                  index * step)  # fmt: skip
-            logits = _fp32_logits(x, w, v.logits, parts[:1] if tail is not None else None)  # [2n, C]
+            logits = matmuls.fp32_logits(x, w, v.logits, parts[:1] if tail is not None else None)  # [2n, C]
             # the stats straight into their columns of [9, M] where the chunk is a slice (else copied below)
             into_stats = stats_cols[index] if sliced is not None else stats.new_empty(NUM_OUT, n)
             grads = v.grads
@@ -511,9 +406,9 @@ def grads_in_forward(
             first, last = stored[0][0] * n, (stored[-1][0] + 1) * n
             if tail is not None:
                 product = v.product[first:last]
-                _add_matmul(product, grads[first:last, parts[0]], w[parts[0]])  # [n or 2n, D] fp32
+                matmuls.add_matmul(product, grads[first:last, parts[0]], w[parts[0]])  # [n or 2n, D] fp32
             else:
-                product = _times_weight(grads[first:last], w)
+                product = matmuls.times_weight(grads[first:last], w)
             rows_of = [product[term * n - first : (term + 1) * n - first] for term, _, _ in stored]
             _store_rows(chunk, [(dx, dx_c) for _, dx, dx_c in stored], rows_of)
         elif stored:
@@ -527,14 +422,14 @@ def grads_in_forward(
                 continue
             # [C, D] += [C, R] @ [R, D] ([C, D + pad] with db's column); the tail after the loop where it was kept
             for part in (parts[:1] if tail is not None and tail_grads is not None else parts) if dw is not None else ():
-                _add_matmul(dw[part], d[:, part].T, xc.to(operand))
+                matmuls.add_matmul(dw[part], d[:, part].T, xc.to(operand))
             if db is not None:
                 db += d.sum(0, dtype=acc)
         del logits, z, s, dz, ds, grads, out, terms, stored  # the chunk's views and temporaries (buffers reused)
     if tail_grads is not None and any(kept_terms):  # the chunks' buffers let go first: memory for the counted rows
         views, v, logits_buffer, narrow, stacked, product_buffer, x, h_c, hs_c = (None,) * 9
         counted = None if every_row else ids  # the rows the chunks took: every one, or these (gathered)
-        _add_tail_dw(dw, parts[1], depth, tail_grads, kept_terms, (hidden, sub_hidden), counted, with_ones, acc)
+        matmuls.add_tail_dw(dw, parts[1], depth, tail_grads, kept_terms, (hidden, sub_hidden), counted, with_ones, acc)
     if with_ones:  # [dW | db | 0...]: dW its [C, D] view (no copy, no second [C, D]), db a copy of its column
         dw, db = dw[:classes, :depth], dw[:classes, depth].clone()
     if kernels and hidden.dtype == torch.float64 and dw is not None:  # fp64 inputs: fp32 arithmetic, but the

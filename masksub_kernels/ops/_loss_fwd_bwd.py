@@ -21,7 +21,7 @@ as before (forward_backward_triton falls back). The launch configurations are ma
 the rest under F_ / B_ names, and takes the larger num_warps.
 
 The class tail (ClassTail). Where C is not a multiple of 8 (BERT's 30522), the chunk's matmuls run over C's aligned
-head only (cuBLAS's fast kernels; _linear_loss_chunks.class_parts) and the one launch takes the last < 8 classes:
+head only (cuBLAS's fast kernels; _linear_loss_matmuls.class_parts) and the one launch takes the last < 8 classes:
 first their logits, each a dot product of the row's hidden state with a weight row (fp32 accumulation of the
 operands' products, as the matmul's), stored into their columns before the forward reads the row (a barrier); last,
 after the backward has stored the row's gradients (a barrier), dH's share of them, sum_t dz[t] W[t, :] in fp32,
@@ -220,7 +220,7 @@ def fused_constexprs(forward: dict, backward: dict) -> dict | None:
 
 
 class ClassTail(NamedTuple):
-    """The classes [start, C) past the chunk matmuls' aligned head (_linear_loss_chunks.class_parts), handed to the
+    """The classes [start, C) past the chunk matmuls' aligned head (_linear_loss_matmuls.class_parts), handed to the
     one launch: their logits computed there from the rows and weight rows, and dH's share of them (fp32) written
     into the products, to which the head's matmul then adds. products: (dz's, ds's) [R, D] fp32, or None each where
     that dH is not wanted; grads: the gradients' tail columns kept for dW's tail (one matmul per call)."""

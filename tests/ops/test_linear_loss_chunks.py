@@ -24,6 +24,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import masksub_kernels as mk
 from masksub_kernels.ops import _linear_loss_chunks as chunks
+from masksub_kernels.ops import _linear_loss_matmuls as matmuls
 from masksub_kernels.ops._linear_loss_grads import _linear_loss_grads_op
 
 # The interpreter computes the discarded lanes of tl.where too (inf - inf, 0 / 0): numpy warns, the GPU does not.
@@ -74,11 +75,11 @@ def test_gradients_over_the_logits_rows(monkeypatch, bias, dtype):
     h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=dtype, kind="index_ignore", seed=4)
     b = b if bias else None
     args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
-    matmuls, backwards, backward = [], [], chunks.forward_backward_triton
-    add_matmul = chunks._add_matmul
+    recorded, backwards, backward = [], [], chunks.forward_backward_triton
+    add_matmul = matmuls.add_matmul
 
     def recorded_matmul(acc, a, x):
-        matmuls.append((acc.shape[0], a.shape[1], a.dtype, a.stride()))
+        recorded.append((acc.shape[0], a.shape[1], a.dtype, a.stride()))
         add_matmul(acc, a, x)
 
     def recorded_backward(*args, into, over_rows, **kwargs):
@@ -88,7 +89,7 @@ def test_gradients_over_the_logits_rows(monkeypatch, bias, dtype):
         assert into[0].stride(0) * 2 == logits.stride(0) * 4
         return backward(*args, into=into, over_rows=over_rows, **kwargs)
 
-    monkeypatch.setattr(chunks, "_add_matmul", recorded_matmul)
+    monkeypatch.setattr(matmuls, "add_matmul", recorded_matmul)
     monkeypatch.setattr(chunks, "forward_backward_triton", recorded_backward)  # the loss's one launch per chunk
     kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)
     counted = int((target != -100).sum())
@@ -100,7 +101,7 @@ def test_gradients_over_the_logits_rows(monkeypatch, bias, dtype):
     # tail, one matmul per branch over the counted rows' kept tail columns ([K, 8] in the gradients' dtype)
     expected = [[(2 * n, 24, dtype, (wide, 1)), (24, 2 * n, dtype, (1, wide))] for n in sizes]
     expected.append([(6, counted, dtype, (1, 8))] * 2)
-    assert matmuls == [call for calls in expected for call in calls] and backwards == [True] * len(sizes)
+    assert recorded == [call for calls in expected for call in calls] and backwards == [True] * len(sizes)
     reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
     for i in (3, 4, 5, 6):  # dH, dHs, dW, db (empty without a bias)
         assert kernels[i].shape == reference[i].shape
@@ -410,7 +411,7 @@ def test_stored_rows_of_row_strided_gradients_read_their_columns_only(dtype):
     wide[:, :classes] = torch.randn(rows, classes, generator=generator).to(dtype)
     d, w = wide[:, :classes], torch.randn(classes, depth, generator=generator).to(dtype)
     d, w, wide = d.to(DEVICE), w.to(DEVICE), wide.to(DEVICE)
-    product = chunks._times_weight(d, w)
+    product = matmuls.times_weight(d, w)
     exact = d.double() @ w.double()
     assert product.dtype == torch.float32 and product.shape == (rows, depth)
     torch.testing.assert_close(product.double(), exact, rtol=1e-5, atol=1e-5)  # fp32 accumulation, not rounded
@@ -477,15 +478,15 @@ def test_fp64_gradients_to_fp64_precision(gather, main_weight, sub_weight):
 
 
 def test_class_parts_are_an_aligned_head_and_a_short_tail():
-    assert chunks.class_parts(30522) == (slice(0, 30520), slice(30520, 30522))  # BERT's head
-    assert chunks.class_parts(40) == (slice(0, 40),)  # aligned: one part
-    assert chunks.class_parts(5) == (slice(0, 5),)  # the tail alone
+    assert matmuls.class_parts(30522) == (slice(0, 30520), slice(30520, 30522))  # BERT's head
+    assert matmuls.class_parts(40) == (slice(0, 40),)  # aligned: one part
+    assert matmuls.class_parts(5) == (slice(0, 5),)  # the tail alone
     for classes in range(1, 50):
-        parts = chunks.class_parts(classes)
+        parts = matmuls.class_parts(classes)
         assert parts[0].start == 0 and parts[-1].stop == classes
         assert all(a.stop == b.start for a, b in itertools.pairwise(parts))
-        assert parts[0].stop % chunks.MATMUL_ALIGN == 0 or parts[0].stop < chunks.MATMUL_ALIGN
-        assert len(parts) == 1 or parts[1].stop - parts[1].start < chunks.MATMUL_ALIGN
+        assert parts[0].stop % matmuls.MATMUL_ALIGN == 0 or parts[0].stop < matmuls.MATMUL_ALIGN
+        assert len(parts) == 1 or parts[1].stop - parts[1].start < matmuls.MATMUL_ALIGN
 
 
 @pytest.mark.parametrize("classes", [30, 40])  # 30: a head of 24 classes and a tail of 6; 40: aligned, one part

@@ -8,6 +8,7 @@ from test_linear_loss_chunks import OPTIONS, _relative
 from test_linear_masksub_loss import make_inputs
 
 from masksub_kernels.ops import _linear_loss_chunks as chunks
+from masksub_kernels.ops import _linear_loss_matmuls as matmuls
 
 # The interpreter computes the discarded lanes of tl.where too (inf - inf, 0 / 0): numpy warns, the GPU does not.
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
@@ -50,28 +51,28 @@ def test_cuda_dw_accumulation_takes_addmm_into_fp32_or_falls_back_once(monkeypat
         return mat1.to(out_dtype) @ mat2.to(out_dtype)
 
     monkeypatch.setattr(torch, "mm", mm)
-    monkeypatch.setattr(chunks, "_cublas_lines", lambda t: True)
+    monkeypatch.setattr(matmuls, "cublas_lines", lambda t: True)
     for refusal, expected in [
         (None, True),  # a torch that accepts: one addmm into acc, remembered
         (RuntimeError("self and mat2 must have the same dtype, but got Float and BFloat16"), False),  # 2.8 / 2.9
     ]:
-        monkeypatch.setattr(chunks, "_addmm_into_fp32", None)
+        monkeypatch.setattr(matmuls, "_addmm_into_fp32", None)
         monkeypatch.setattr(torch, "addmm", addmm(refusal))
         calls.clear()
         acc = start.clone()
-        chunks._add_matmul(acc, a, b)
-        chunks._add_matmul(acc, a, b)
-        assert chunks._addmm_into_fp32 is expected
+        matmuls.add_matmul(acc, a, b)
+        matmuls.add_matmul(acc, a, b)
+        assert matmuls._addmm_into_fp32 is expected
         torch.testing.assert_close(acc, start + 2 * product)  # accumulated, in fp32, into the caller's tensor
         if expected:
             assert calls == [("addmm", torch.float32, True)] * 2
         else:  # tried once, then the fp32 product (and an add) every call
             assert calls == [("addmm", torch.float32, True), ("mm", torch.float32, False), ("mm", torch.float32, False)]
-    monkeypatch.setattr(chunks, "_addmm_into_fp32", None)
+    monkeypatch.setattr(matmuls, "_addmm_into_fp32", None)
     monkeypatch.setattr(torch, "addmm", addmm(RuntimeError("CUDA out of memory")))
     with pytest.raises(RuntimeError, match="out of memory"):
-        chunks._add_matmul(start.clone(), a, b)
-    assert chunks._addmm_into_fp32 is None
+        matmuls.add_matmul(start.clone(), a, b)
+    assert matmuls._addmm_into_fp32 is None
 
 
 @pytest.mark.parametrize("classes", [30, 40])  # a head and a tail; aligned
@@ -105,7 +106,7 @@ def test_the_gpu_lines_of_the_matmul_helpers_give_the_references_values(monkeypa
     h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=classes, dtype=dtype, kind="index_ignore", seed=6)
     args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
     reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
-    monkeypatch.setattr(chunks, "_cublas_lines", lambda t: True)
+    monkeypatch.setattr(matmuls, "cublas_lines", lambda t: True)
     monkeypatch.setattr(torch, "mm", mm)
     monkeypatch.setattr(torch, "addmm", addmm)
     for gather in (True, False):

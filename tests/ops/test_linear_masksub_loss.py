@@ -16,6 +16,7 @@ from conftest import DEVICE, grad_tolerance, kernel_backends
 
 import masksub_kernels as mk
 from masksub_kernels.ops import _linear_loss_chunks as chunks
+from masksub_kernels.ops import _linear_loss_matmuls as matmuls
 from masksub_kernels.ops import linear_masksub_loss as lm
 from masksub_kernels.ops._linear_loss_grads import _linear_loss_grads_op
 
@@ -261,7 +262,7 @@ def test_fp32_logits_written_into_the_padded_view(dtype):
     writes it in place with its row stride (cuBLAS's leading dimension), no contiguous copy."""
     x, w = torch.empty(6, 16, dtype=dtype, device="meta"), torch.empty(30, 16, dtype=dtype, device="meta")
     view = torch.empty(6, chunks.aligned_classes(30), device="meta")[:, :30]
-    out = chunks._fp32_logits(x, w, view)
+    out = matmuls.fp32_logits(x, w, view)
     assert out.dtype == torch.float32 and out.shape == (6, 30) and out.stride() == (64, 1)
     assert out.data_ptr() == view.data_ptr()
 
@@ -273,7 +274,7 @@ def test_fp32_product_of_strided_gradient_parts(dtype):
     buffer = torch.empty(6, chunks.aligned_classes(30), device="meta")
     grads = buffer.view(dtype)[:, :30] if dtype == BF16 else buffer[:, :30]
     w = torch.empty(30, 16, dtype=dtype, device="meta")
-    product = chunks._times_weight(grads, w)
+    product = matmuls.times_weight(grads, w)
     assert product.dtype == torch.float32 and product.shape == (6, 16)
 
 

@@ -49,6 +49,7 @@ import torch
 from masksub_kernels.bench.linear_loss import CHUNK_SWEEP, chunking, modelled_extra_mb, sweep_provider
 from masksub_kernels.bench.report import MODEL_VARIANTS
 from masksub_kernels.ops import _linear_loss_chunks as chunk_loop
+from masksub_kernels.ops import _linear_loss_matmuls as matmuls
 from masksub_kernels.ops import _loss_fwd_bwd, masksub_loss
 
 from . import linear_loss_measured as measured
@@ -118,7 +119,7 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
     loss_us, loss_launches, loss_kernels = _loss_kernels_us(card, r, c)
     # per chunk: logits, dH of both, dW (with db) over C's aligned head; the tail's logits and dH in the loss launch,
     # which keeps the tail's gradient columns for dW's tail: once per call (a matmul per branch, db's sum and add)
-    tails = len(chunk_loop.class_parts(c)) - 1
+    tails = len(matmuls.class_parts(c)) - 1
     matmul_launches = 3
     other_launches = 3  # per chunk: the two copies of the rows into the stacked buffer, one multi-tensor copy of
     # dH's fp32 rows into dH and dHs (O(R D) bytes: their time is their launches); the loss forward writes its stats
