@@ -31,8 +31,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide b
 
 @pytest.fixture(autouse=True)
 def _recompute_kernels_both_ways(monkeypatch):
-    """The recompute op's own backward kernels, as under torch.compile / CUDA graphs (in eager mode its Triton
-    backward runs the chunk loop instead: backward_in_chunks)."""
+    """The recompute op's own backward kernels, as for class ids under torch.compile / CUDA graphs (in eager mode,
+    and for probabilities everywhere, its Triton backward runs the chunk loop instead: backward_in_chunks)."""
     monkeypatch.setattr(lm, "sync_free", lambda hidden: True)
 
 

@@ -50,6 +50,38 @@ def test_torch_compile_takes_the_grads_op_for_probabilities(monkeypatch, op_back
             assert_grad_close(a.grad, e.grad, GRAD_RTOL[F32], f"{name} ({kind})")
 
 
+def test_torch_compile_per_row_losses_of_probabilities_take_the_chunk_loop(monkeypatch, op_backend):  # noqa: F811
+    # reduction='none' under torch.compile runs the recompute op; its backward on probabilities (every row counts:
+    # no count to read) takes the chunk loop's cuBLAS matmuls over every row, with no host read, on the Triton
+    # backend (its own kernels, ~4x slower on an H200, stay for class ids there, which they skip on the device).
+    # Per-row grads that differ: the composite's gradients
+    from masksub_kernels.ops import linear_masksub_loss as lm
+
+    def host_count(*_):
+        raise AssertionError("the host count under torch.compile")
+
+    monkeypatch.setattr(chunks, "counted_rows", host_count)
+    seen, real = [], chunks.backward_in_chunks
+    monkeypatch.setattr(lm, "backward_in_chunks", lambda *a: seen.append(a[-2]) or real(*a))
+    for kind, loop in (("dense", [False]), ("index_ignore", [])):
+        seen.clear()
+        h, hs, w, b, target = make_inputs(kind=kind)
+        g = torch.linspace(0.5, 1.5, h.shape[0], device=DEVICE)
+        ours = leaves(h, hs, w, b)
+        torch._dynamo.reset()
+        compiled = torch.compile(
+            lambda *x, y=target, g=g: (mk.linear_masksub_loss(*x, y, reduction="none").loss * g).sum(),
+            fullgraph=True,
+            backend="aot_eager",
+        )
+        compiled(*ours).backward()
+        assert seen == (loop if op_backend == "triton" else []), kind
+        expected, ref_leaves = composite(h, hs, w, b, target, reduction="none")
+        (expected.loss * g.double()).sum().backward()
+        for name, a, e in zip(("d main_hidden", "d sub_hidden", "d weight", "d bias"), ours, ref_leaves):
+            assert_grad_close(a.grad, e.grad, GRAD_RTOL[F32], f"{name} ({kind})")
+
+
 @pytest.mark.skipif(DEVICE.type != "cuda" or "triton" not in OP_BACKENDS, reason="needs a CUDA device")
 def test_cuda_graph_capture_takes_the_grads_op_for_probabilities(monkeypatch):
     # Captured, the public op with probability targets computes its gradients in the forward over every row with
@@ -146,8 +178,8 @@ def test_torch_compile_with_some_inputs_frozen(op_backend, kind, single, trained
 @pytest.mark.parametrize("need", [(True, True), (True, False), (False, True)])  # need_hidden, need_weight
 def test_recompute_backward_routes_agree_with_the_reference(monkeypatch, kind, dtype, terms, need):
     # The recompute op's backward (reduction='none', each term's own backward) on the Triton backend: the chunk
-    # loop's cuBLAS matmuls where it may read the count (gather, eager), else its own kernels (torch.compile / CUDA
-    # graphs); per-row grads that differ, ignored rows, a class id
+    # loop's cuBLAS matmuls where it may read the count (gather, eager) or has none to read (probabilities), else its
+    # own kernels (class ids under torch.compile / CUDA graphs); per-row grads that differ, ignored rows, a class id
     # equal to C (a NaN row), one term without a grad, either gradient not asked for: the reference's, each route
     from masksub_kernels.ops import linear_masksub_loss as lm
 
@@ -171,7 +203,8 @@ def test_recompute_backward_routes_agree_with_the_reference(monkeypatch, kind, d
         chunked.clear()
         with mk.use_backend("triton"):
             got = lm._linear_loss_backward_op(*args, gather, *options)
-        assert chunked == ([True] if gather else []), gather  # the route taken
+        # the route taken: the loop in eager mode, and for probabilities (no count to read) under compile too
+        assert chunked == ([gather] if gather or kind == "dense" else []), gather
         for name, a, e in zip(("d hidden", "d sub_hidden", "d weight", "d bias"), got, expected):
             assert a.shape == e.shape and a.dtype == e.dtype, (name, gather)
             if e.numel():
