@@ -123,6 +123,42 @@ def test_cuda_graph_capture_takes_the_grads_op_for_probabilities(monkeypatch):
             torch.testing.assert_close(captured_loss, eager[0], rtol=1e-6, atol=0)
 
 
+@pytest.mark.skipif(DEVICE.type != "cuda" or "triton" not in OP_BACKENDS, reason="needs a CUDA device")
+def test_cuda_graph_capture_of_the_recompute_backward_on_probabilities():
+    # Captured, the recompute op's backward (reduction='none') on probabilities runs the chunk loop over every row
+    # (gather False: a host read would fail the capture); each replay on new inputs equals an eager call
+    from masksub_kernels.ops import linear_masksub_loss as lm
+
+    rows, depth, classes = 64, 32, 1000
+    h, hs, w, b, target = (t.detach().clone() for t in make_inputs(rows, depth, classes, kind="dense"))
+    options = (False, 0.1, -100, 2.0, None)  # bce, label_smoothing, ignore_index, temperature, threshold
+    g = torch.linspace(0.5, 1.5, rows, device=DEVICE)
+    with mk.use_backend("triton"):
+        out = lm._linear_loss_op(h, hs, w, b, target, *options)
+
+        def backward():
+            return lm._linear_loss_backward_op(g, -g.flip(0), out, h, hs, w, b, target, True, True, False, *options)
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up: kernels compile and the matmul helpers probe outside the capture
+            backward()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = backward()
+        for seed in (1, 2):
+            new = make_inputs(rows, depth, classes, kind="dense", seed=seed)
+            with torch.no_grad():
+                for old, value in zip((h, hs, w, b, target), new):
+                    old.copy_(value)
+                out.copy_(lm._linear_loss_op(h, hs, w, b, target, *options))
+            graph.replay()
+            eager = backward()
+            for i, (a, e) in enumerate(zip(captured, eager)):
+                torch.testing.assert_close(a, e, rtol=1e-6, atol=0, msg=f"gradient {i}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.triton
