@@ -337,3 +337,57 @@ def test_ncu_raw_page_round_trip(tmp_path, monkeypatch, capsys):
     assert ncu.main([str(log)]) == 0
     table = capsys.readouterr().out
     assert "| _loss_fwd_kernel | (768, 1, 1) | (256, 1, 1) | 44.16 |" in table and "| 21.8 | 93.8 |" in table
+
+
+def _trace(*events):
+    """Allocator trace entries from (action, addr, size) triples."""
+    return [{"action": action, "addr": addr, "size": size} for action, addr, size in events]
+
+
+def test_the_peak_beyond_returned_leaves_out_what_the_call_returned():
+    from masksub_kernels.bench.timing import transient_peak_bytes
+
+    # a temporary of 100 freed, a returned 50 never freed: 100, wherever the returned block was allocated
+    assert transient_peak_bytes(_trace(("alloc", 1, 50), ("alloc", 2, 100), ("free_completed", 2, 100))) == 100
+    assert transient_peak_bytes(_trace(("alloc", 2, 100), ("free_completed", 2, 100), ("alloc", 1, 50))) == 100
+    # temporaries overlapping: the most held at once (A + B), not their sum
+    overlapping = [("alloc", 1, 100), ("alloc", 2, 30), ("free_completed", 1, 100), ("alloc", 3, 80)]
+    assert transient_peak_bytes(_trace(*overlapping, ("free_completed", 2, 30), ("free_completed", 3, 80))) == 130
+    # a block freed before the trace began (an input let go) and the allocator's other actions: ignored
+    others = [("segment_alloc", 7, 4096), ("free_completed", 9, 500), ("snapshot", 0, 0)]
+    assert transient_peak_bytes(_trace(*others, ("alloc", 1, 10), ("free_completed", 1, 10))) == 10
+    # a free requested while another stream used the block completes later: held until then; a request the trace
+    # ends before completing still ends it (the tensor is gone, not returned)
+    deferred = [("alloc", 1, 100), ("free_requested", 1, 100), ("alloc", 2, 50), ("free_completed", 1, 100)]
+    assert transient_peak_bytes(_trace(*deferred, ("free_completed", 2, 50))) == 150
+    assert transient_peak_bytes(_trace(("alloc", 1, 100), ("free_requested", 1, 100))) == 100
+    # an address reused: the first block freed (counted), the second returned (not)
+    assert transient_peak_bytes(_trace(("alloc", 1, 100), ("free_completed", 1, 100), ("alloc", 1, 20))) == 100
+    assert transient_peak_bytes([]) == 0
+
+
+def test_the_compute_bound_table_gives_both_peaks():
+    common = {"dtype": "bf16", "mode": "full", "median_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0, "repeats": 30}
+    records = [
+        {**common, "suite": "linear_loss", "shape": "s", "provider": "masksub[triton]", "tflops": 2.0,
+         "peak_mem_mb": 232.0, "transient_mem_mb": 184.0},
+        {**common, "suite": "linear_loss", "shape": "s", "provider": "official", "tflops": 1.0, "peak_mem_mb": 9.0},
+    ]  # fmt: skip
+    run = {"environment": {"device": "GPU: X", "torch": "-"}, "date": "-", "copy_gbps": 1.0, "repeats": 30,
+           "warmup": 5, "records": records}  # fmt: skip
+    table = report.markdown_table(run)
+    assert "| peak MiB | peak beyond returned MiB |" in table
+    assert "| masksub[triton] | 2.000 | 232.0 | 184.0 |" in table and "| official | 1.000 | 9.0 | - |" in table
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_measure_gives_the_peak_beyond_returned():
+    # a call that holds a 64 MiB temporary and returns 16 MiB: 80 MiB of peak, 64 of it beyond what it returned
+    from masksub_kernels.bench.timing import measure
+
+    def call():
+        temporary = torch.ones(16 * 2**20, device="cuda")
+        return temporary[: 4 * 2**20].clone()
+
+    timing = measure(call, CUDA, warmup=1, repeats=2)
+    assert timing.peak_mem_mb == pytest.approx(80, abs=1) and timing.transient_mem_mb == pytest.approx(64, abs=1)

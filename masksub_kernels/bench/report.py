@@ -152,11 +152,18 @@ def markdown_table(run: dict) -> str:
         lines += train_lines
     compute = [r for r in run["records"] if r.get("tflops")]
     if compute:  # compute-bound suites (linear_loss): the useful flops of the composite per second
-        lines += ["", "Compute-bound cases (TFLOP/s of the composite's useful flops):", ""]
-        lines += ["| suite | shape | dtype | mode | provider | TFLOP/s | peak MiB |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Compute-bound cases (TFLOP/s of the composite's useful flops; peak MiB above the inputs, and beyond the "
+            "returned tensors too: the most held at once by what the call freed before returning, GPU runs only, "
+            "masksub_kernels/bench/timing.py):",
+            "",
+            "| suite | shape | dtype | mode | provider | TFLOP/s | peak MiB | peak beyond returned MiB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         lines += [
             f"| {r['suite']} | {r['shape']} | {r['dtype']} | {r['mode']} | {r['provider']} | {r['tflops']:.3f} | "
-            f"{_fmt(r.get('peak_mem_mb'), 1)} |"
+            f"{_fmt(r.get('peak_mem_mb'), 1)} | {_fmt(r.get('transient_mem_mb'), 1)} |"
             for r in compute
         ]
     return "\n".join(lines) + "\n"

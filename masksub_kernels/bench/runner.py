@@ -132,6 +132,8 @@ def run_case(case: OpCase, device: torch.device, *, repeats: int, warmup: int, c
                 repeats=timing.repeats,
                 peak_mem_mb=timing.peak_mem_mb,
             )
+            if timing.transient_mem_mb is not None:  # GPU: the peak beyond what the call returned (timing.py)
+                record["transient_mem_mb"] = timing.transient_mem_mb
             if timing.host_ms is not None:
                 record.update(host_ms=timing.host_ms, host_bound=timing.host_ms >= timing.median_ms)
             if record.get("batch_size"):

@@ -13,7 +13,12 @@ its median may be launch overhead rather than kernels (its device time is at mos
 it). Both figures are reported, neither replaces the other.
 CPU: perf_counter around each repeat. Peak memory: the CUDA caching allocator's peak above what was allocated
 before the call; on the CPU, only when asked (``cpu_memory=True``), the peak of the bytes allocated during one more
-call as torch's profiler records them, else None. ``prepare``: untimed work before each call (the backward's
+call as torch's profiler records them, else None. On a GPU also the peak *beyond what the call returned*
+(``transient_mem_mb``): the most memory held at once by the call's allocations that it freed before returning, from
+the allocator's trace of that same call (transient_peak_bytes). A call that allocates its returned gradients early
+(the fused-linear loss writes dH's rows chunk by chunk) holds them at its peak, one that allocates them after its
+peak does not: the raw peaks of two such calls differ by outputs both return; this figure compares what each needs
+besides them (issue 13's "extra memory of the loss"). ``prepare``: untimed work before each call (the backward's
 forward), finished before the flush on a GPU so that every mode gets the same head start.
 """
 
@@ -40,6 +45,7 @@ class Timing:
     repeats: int
     peak_mem_mb: float | None  # MiB (2**20 bytes; the name kept: the runs' JSON records use it)
     host_ms: float | None = None  # GPU: median CPU time for a call to return, the GPU drained (docstring); CPU: None
+    transient_mem_mb: float | None = None  # GPU: the peak held beyond what the call returned (docstring); CPU: None
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -64,6 +70,67 @@ def cpu_peak_mb(fn: Callable[[], object]) -> float | None:
         live += change
         peak = max(peak, live)
     return peak / 2**20
+
+
+def transient_peak_bytes(entries: list[dict]) -> int:
+    """The most bytes held at once by blocks allocated and freed within ``entries`` (a CUDA caching allocator's
+    trace, torch.cuda.memory._snapshot()'s ``device_traces[i]``: dicts with 'action', 'addr', 'size'). Blocks
+    allocated in it and never freed (what the call returned) are left out, and so are frees of blocks allocated
+    before it. A block counts from its 'alloc' to its 'free_completed' (when the allocator's own statistics let it
+    go: a free requested while another stream still used it completes later), or its 'free_requested' where the
+    trace ends before that completes."""
+    spans, live = {}, {}  # allocation index -> [start, end, size]; address -> its live allocation's index
+    for position, entry in enumerate(entries):
+        action, addr = entry.get("action"), entry.get("addr")
+        if action == "alloc":
+            live[addr] = position
+            spans[position] = [position, None, int(entry["size"])]
+        elif action in ("free_requested", "free_completed") and addr in live:
+            span = spans[live[addr]]
+            span[1] = position  # a completion after the request moves the end to it
+            if action == "free_completed":
+                del live[addr]
+    # an allocation still live at the end was returned, unless its free was requested (then it ends there)
+    changes = sorted(
+        (p, s) for start, end, size in spans.values() if end is not None for p, s in ((start, size), (end, -size))
+    )
+    held = peak = 0
+    for _, change in changes:
+        held += change
+        peak = max(peak, held)
+    return peak
+
+
+def _traced_call(fn: Callable[[], object], device: torch.device) -> tuple[list[dict] | None, float]:
+    """Calls ``fn()`` once with the CUDA caching allocator's history recorded: (the call's trace entries, or None
+    where this torch cannot record them, and the allocator's peak above what was allocated before, MiB). What the
+    call returns stays referenced until the trace is taken (so that it reads as returned)."""
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    memory, start = torch.cuda.memory, None
+    for extra in ({"clear_history": True}, {}):  # clear_history: newer torch releases only
+        try:
+            memory._record_memory_history(
+                "all", context=None, stacks="python", max_entries=2**22, device=index, **extra
+            )
+            start = len(memory._snapshot(index)["device_traces"][index])  # entries of earlier recordings: not ours
+            break
+        except TypeError:
+            continue
+        except (AttributeError, RuntimeError, KeyError, IndexError):  # a torch that cannot: the raw peak only
+            break
+    try:
+        result = fn()
+        torch.cuda.synchronize(device)
+        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        entries = None if start is None else memory._snapshot(index)["device_traces"][index][start:]
+        del result
+    finally:
+        if start is not None:
+            memory._record_memory_history(None, device=index)
+    return entries, peak
 
 
 def measure(
@@ -91,7 +158,7 @@ def measure(
         ready()
         fn()
     times = []
-    peak = host = None
+    peak = host = transient = None
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=device)
@@ -116,11 +183,8 @@ def measure(
         host = statistics.median(host_times) if host_times else None
         ready()
         torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        entries, peak = _traced_call(fn, device)
+        transient = None if entries is None else transient_peak_bytes(entries) / 2**20
     else:
         for _ in range(repeats):
             ready()
@@ -130,7 +194,8 @@ def measure(
         if cpu_memory:
             ready()
             peak = cpu_peak_mb(fn)
-    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), repeats, peak, host)
+    quantiles = (_quantile(times, 0.2), _quantile(times, 0.8))
+    return Timing(statistics.median(times), *quantiles, repeats, peak, host, transient)
 
 
 def copy_bandwidth_gbps(device: torch.device, megabytes: int = 1024, repeats: int = 20) -> float:
