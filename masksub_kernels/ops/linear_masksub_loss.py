@@ -29,8 +29,7 @@ forward's and dH's grids have room for the splits of any count (up to MAX_COUNT_
 fill the GPU when every row counts) and their kernels choose them from the count (_linear_loss_kernels._class_splits):
 a masked LM's labels (~15% of rows count) get ~6 splits per counted tile on an H200, where one split left ~70% of its
 SMs idle. Those backward kernels (63.6 ms at BERT's shape, H200) run only for class ids under torch.compile / CUDA
-graphs: in eager mode, and for probabilities (every row counts: no count to read) under them too, the chunk loop with
-each row's grads does (backward_in_chunks, cuBLAS).
+graphs: elsewhere the chunk loop with each row's grads does (backward_in_chunks, cuBLAS).
 
 Extra memory (beyond inputs and the returned gradients): Triton O(M) for the stats and row order (the forward's
 partial states: 44 bytes per row and split of the grid), plus fp32 accumulators: dH's slabs [P BLOCK_M, D] per branch
@@ -295,9 +294,8 @@ def _sum_slabs(slabs, order, count, hidden, splitting, block_m) -> torch.Tensor:
 def _backward_triton(
     grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, gather, *options
 ):
-    # the chunk loop's cuBLAS matmuls where it may read the count (eager) or has none to read (probabilities: every
-    # row counts, chunks of every row without a sync); else (class ids under torch.compile, CUDA graphs) the
-    # kernels below, which skip ignored rows on the device (a masked LM's ~85%, where every row would cost more)
+    # the chunk loop's cuBLAS matmuls where it may read the count (eager) or needs none (probabilities: every row
+    # counts); else (class ids under torch.compile, CUDA graphs) the kernels below, which skip ignored rows
     if gather or target.is_floating_point():
         return backward_in_chunks(grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden,
                                   need_weight, gather, options)  # fmt: skip
