@@ -52,11 +52,14 @@ from masksub_kernels.ops import _linear_loss_chunks as chunk_loop
 from masksub_kernels.ops import _linear_loss_matmuls as matmuls
 from masksub_kernels.ops import _loss_fwd_bwd, masksub_loss
 
+from . import linear_loss_host
 from . import linear_loss_measured as measured
 from .capture import recording
 from .hardware import Card
 from .predict import predict_launch
 from .workloads import kernel_terms
+
+HOST_ROWS = [192, 384, 512, 768]  # rows per chunk of the host prediction (the benchmark's sweep and its default)
 
 SHAPE = ("BERT-base MLM", 16384, 768, 30522)  # the benchmark's GPU shape (issue 13)
 EAGER_PASSES = 33 + 24  # bf16 [M, C] units of the official eager composite (module docstring)
@@ -147,6 +150,8 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
         "chunks": chunks,
         "dw_matmuls": chunks,
         "tail_launches_per_chunk": 0,  # the tails' logits and dH in the loss launch, dW's once per call
+        # the host's launches per chunk (linear_loss_host.py): the loss's own are Triton's
+        "launches_per_chunk": {"torch": matmul_launches + other_launches, "triton": loss_launches},
         "chunks_in_two_launches": fallback,
         "tail_launches_per_call": 4 * tails,
         "extra_mib": modelled_extra_mb(m, d, c, 2)["fused"],
@@ -252,6 +257,7 @@ def predict(card: Card, records: list[dict] | None = None) -> dict:
             **entry(sweep_provider(mib, programs, c), swept["us"]),
             "budget_mib": mib,
             "programs_per_sm": programs,
+            "chunk_rows": swept["chunk_rows"],
             "extra_mib": round(swept["extra_mib"], 1),
             "percent_of_composite": round(100 * swept["extra_mib"] / composite_mib, 1),
             "ratio_vs_compiled": round(compiled_us / swept["us"], 2),
@@ -284,6 +290,7 @@ def predict(card: Card, records: list[dict] | None = None) -> dict:
             "percent": round(100 * fused["extra_mib"] / composite_mib, 1),
         },
         "measured_reference": reference,
+        "host": linear_loss_host.predict_host(fused["launches_per_chunk"], HOST_ROWS),
     }
 
 
@@ -320,6 +327,11 @@ def markdown(result: dict) -> list[str]:
         f"({mem['composite_lower_bound']:.0f} MiB: 4 bf16 [M, C]).",
     ]
     lines += measured.markdown(result.get("measured_reference"), b["loss_kernels"])
+    device_ms = {p["chunk_rows"]: p["predicted_us"] / 1e3 for p in result.get("chunk_sweep", [])}
+    device_ms[a["chunk_rows"]] = result["providers"][0]["predicted_us"] / 1e3  # the default's (not P=5's)
+    reference = result.get("measured_reference") or {}
+    probed = [c["fused_us_probed"] / 1e3 for c in reference.get("calibrated", []) if "fused_us_probed" in c]
+    lines += linear_loss_host.markdown(result.get("host"), device_ms, (a["chunk_rows"], probed))
     if result.get("chunk_sweep"):
         lines += [
             "",

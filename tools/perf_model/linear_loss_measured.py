@@ -13,8 +13,8 @@ each source says something different, and the report gives the calibrated time f
 - today: the same measurements / today's model of today's kernels for that case (the forward kernel was rewritten
   after the run: realigned rows, per-word softmax states);
 - profile: the chunk kernels as profiled that day / today's model of today's kernels at the profiled rows.
-The matmuls, launches and the backward's scaling stay as predicted in those rows, and the host side is not modelled:
-a host-bound op (linear_loss_host.py) would be slower than any of these.
+The matmuls, launches and the backward's scaling stay as predicted in those rows, and the host side is not in them:
+a host-bound op would be slower than any of these (its host time: linear_loss_host.py, a prediction of its own).
 
 The matmuls' own calibration: where a committed log of benchmarks/gemm_probe.py on the card exists
 (results/gpu-<date>/*gemm*.log, newest first), each calibrated row also gives the fused time with the chunk's
