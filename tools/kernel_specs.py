@@ -325,7 +325,8 @@ _LINEAR_GRADS = {"MAIN_GRAD": True, "SUB_GRAD": True}
 
 
 def _linear_launches(dtype: torch.dtype, shape: tuple[int, int, int], variant: dict) -> list:
-    """The forward's and backward's launches of linear_masksub_loss (every gradient asked for) at ``shape``.
+    """The forward's and backward's launches of linear_masksub_loss (every gradient asked for) at ``shape`` (the
+    forward's alone for probability targets, whose backward is the chunk loop's).
     variant: DENSE (probability targets), HAS_BIAS, BCE / BINARISE (DeiT-III's thresholded BCE), HAS_SUB (one branch:
     linear_soft_target_cross_entropy), MAIN_GRAD (False: a backward of the sub term alone), UNIT_T (False: T = 2)."""
     from tools.perf_model.capture import recording
@@ -351,9 +352,11 @@ def _linear_launches(dtype: torch.dtype, shape: tuple[int, int, int], variant: d
         out = op._forward_triton(hidden, sub_hidden, weight, bias, target, *options)
         grad_main = grad if flags["MAIN_GRAD"] else None
         grad_sub = grad if flags["HAS_SUB"] and flags["SUB_GRAD"] else None
-        # gather False: the recompute kernels (gather True takes the chunk loop, cuBLAS: no kernel of this op)
-        args = (grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, True, True, False)
-        op._backward_triton(*args, *options)
+        # gather False with class ids: the recompute kernels (gather True, and probabilities always, take the chunk
+        # loop: cuBLAS and the chunk's loss launch, whose specs are chunk_step_specs': no kernel of this op)
+        if not flags["DENSE"]:
+            args = (grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, True, True, False)
+            op._backward_triton(*args, *options)
     return list(launches)
 
 
