@@ -61,7 +61,7 @@ import torch
 
 from . import _linear_loss_matmuls as matmuls
 from . import masksub_loss as loss_ops
-from ._loss_fwd_bwd import ClassTail, forward_backward_triton, one_launch
+from ._loss_fwd_bwd import ClassTail, forward_backward_triton, one_launch, prepare_tail
 from .masksub_loss import MAIN, NUM_OUT, SUB
 
 # The kernels' path: the chunk's [2R, C] fp32 logits (fp16 / bf16 gradients over their rows), 384 rows at BERT's
@@ -331,6 +331,7 @@ def grads_in_forward(
         stacked[:, depth] = 1
     # host time: views of a chunk of n rows made once; slices' chunk rows from one split per operand
     views: dict[int, _ChunkViews] = {}
+    plans: dict[int, tuple] = {}  # per chunk size: the loss launch's configuration and its prepared class tail
     sliced = _chunk_rows(chunks, step) if every_row else None
     h_rows, y_rows, stats_cols, dh_rows, dhs_rows = (
         (None,) * 5 if sliced is None else (sliced(hidden), sliced(target), sliced(stats, 1), sliced(dh), sliced(dhs))
@@ -375,15 +376,22 @@ def grads_in_forward(
             # takes C's tail of < 8 classes: its logits, and dH's share into the fp32 products (ClassTail)
             z, s = v.z, v.s
             over_rows = narrow is not None
-            launch = one_launch(gm, gs, z, s, y, *loss_options, v.into, bias_c, over_rows)
-            if launch is not None and len(parts) == 2 and w.stride(-1) == 1 and x.stride(-1) == 1:
-                terms = {term for term, _, _ in stored}
-                products = tuple(v.product[t * n : (t + 1) * n] if t in terms else None for t in (0, 1))
-                kept = (None, None) if tail_grads is None else (tail_grads[0], tail_grads[1])
-                kept = tuple(None if g is None else k for k, g in zip(kept, (gm, gs)))
-                kept_terms = [was or k is not None for was, k in zip(kept_terms, kept)]
-                tail = ClassTail(parts[1].start, w[parts[1]], x[:n], x[n:] if has_sub else None, products, kept,
-                                 index * step)  # fmt: skip
+            # the loss launch's configuration and class tail: the same for every chunk of n rows where the rows are
+            # the stacked buffer's (else a chunk's own cat), so made once (host time), the tail's row_base per chunk
+            plan = plans.get(n) if v.x_wide is not None else None
+            if plan is None:
+                launch, prepared = one_launch(gm, gs, z, s, y, *loss_options, v.into, bias_c, over_rows), None
+                if launch is not None and len(parts) == 2 and w.stride(-1) == 1 and x.stride(-1) == 1:
+                    terms = {term for term, _, _ in stored}
+                    products = tuple(v.product[t * n : (t + 1) * n] if t in terms else None for t in (0, 1))
+                    kept = (None, None) if tail_grads is None else (tail_grads[0], tail_grads[1])
+                    kept = tuple(None if g is None else k for k, g in zip(kept, (gm, gs)))
+                    kept_terms = [was or k is not None for was, k in zip(kept_terms, kept)]
+                    tail = ClassTail(parts[1].start, w[parts[1]], x[:n], x[n:] if has_sub else None, products, kept)
+                    prepared = prepare_tail(tail, z, s, gm, gs, v.into, stats)
+                plan = plans[n] = (launch, prepared)
+            launch, prepared = plan
+            tail = None if prepared is None else prepared._replace(row_base=index * step)
             logits = matmuls.fp32_logits(x, w, v.logits, parts[:1] if tail is not None else None)  # [2n, C]
             # the stats straight into their columns of [9, M] where the chunk is a slice (else copied below)
             into_stats = stats_cols[index] if sliced is not None else stats.new_empty(NUM_OUT, n)
@@ -428,6 +436,7 @@ def grads_in_forward(
         del logits, z, s, dz, ds, grads, out, terms, stored  # the chunk's views and temporaries (buffers reused)
     if tail_grads is not None and any(kept_terms):  # the chunks' buffers let go first: memory for the counted rows
         views, v, logits_buffer, narrow, stacked, product_buffer, x, h_c, hs_c = (None,) * 9
+        plans, plan, prepared, tail = (None,) * 4  # (the prepared tails hold views of those buffers)
         counted = None if every_row else ids  # the rows the chunks took: every one, or these (gathered)
         matmuls.add_tail_dw(dw, parts[1], depth, tail_grads, kept_terms, (hidden, sub_hidden), counted, with_ones, acc)
     if with_ones:  # [dW | db | 0...]: dW its [C, D] view (no copy, no second [C, D]), db a copy of its column

@@ -236,6 +236,16 @@ class ClassTail(NamedTuple):
     row_base: int = 0
 
 
+class PreparedTail(NamedTuple):
+    """A ClassTail's kernel arguments (all but its row_base) and constants, checked once (prepare_tail): the chunk
+    loop makes one per chunk size and passes it with each chunk's row_base (host time)."""
+
+    arguments: tuple
+    flags: dict
+    kept_rows: int | None  # the rows of the kept tail columns' buffers (row_base + R must fit), None without them
+    row_base: int = 0
+
+
 def one_launch(grad_main, grad_sub, z, s, y, bce, eps, temperature, threshold, into, bias, over_rows):
     """The one launch's (row strides, the gradients' row stride, constants) for forward_backward_triton's operands,
     or None where it does not apply (a class split, nothing to compute, ONE_LAUNCH off): from masksub_loss's two
@@ -260,7 +270,7 @@ _UNSET = object()
 
 def forward_backward_triton(
     grad_main, grad_sub, logits, sub_logits, target, bce, eps, ignore, temperature, threshold, *, out, tickets, into,
-    bias=None, over_rows=False, launch=_UNSET, tail: ClassTail | None = None,
+    bias=None, over_rows=False, launch=_UNSET, tail: ClassTail | PreparedTail | None = None,
 ):  # fmt: skip
     """masksub_loss's _forward_triton(..., out=out, tickets=tickets) then _backward_triton(grad_main, grad_sub, out,
     ..., into=into, over_rows=over_rows), in one launch where no class split is configured (module docstring), else
@@ -268,8 +278,8 @@ def forward_backward_triton(
     grad_sub [R] (or None: that gradient not written); out fp32 [9, R] with unit last stride (written); tickets int32
     [>= R], zero (the split forward's, left zero); into: the (dz, ds) buffers as _backward_triton's. launch: what
     one_launch gives for these operands, where the caller has it (else derived here). tail: the classes the logits'
-    matmul left out (ClassTail; the one launch only: a caller passes it where ``launch`` is not None). Returns (out,
-    (dz or [0], ds or [0]))."""
+    matmul left out (ClassTail, or its PreparedTail for these operands; the one launch only: a caller passes it where
+    ``launch`` is not None). Returns (out, (dz or [0], ds or [0]))."""
     z, s, y = loss_ops._unit_last_stride(logits, sub_logits, target)
     dz, ds = (x if g is not None else z.new_empty(0) for x, g in zip(into, (grad_main, grad_sub)))
     if launch is _UNSET:
@@ -289,7 +299,10 @@ def forward_backward_triton(
     gm, gs = (out[0] if g is None else g for g in (grad_main, grad_sub))
     tail_args, tail_flags = (z, z, z, z, z, z, z, 0, 0, 0, 0, 0, 0), {}
     if tail is not None:
-        tail_args, tail_flags = _tail_arguments(tail, z, s, out, grad_main, grad_sub, into)
+        if isinstance(tail, ClassTail):
+            tail = prepare_tail(tail, z, s, grad_main, grad_sub, into, out)
+        assert tail.kept_rows is None or tail.row_base + rows <= tail.kept_rows
+        tail_args, tail_flags = (*tail.arguments, tail.row_base), tail.flags
     _loss_fwd_bwd_kernel[(rows,)](
         z, z if s is None else s, z if y is None else y, z if bias is None else bias, out, gm, gs,
         dz if dz.numel() else out, ds if ds.numel() else out, rows, classes, *strides, gm.stride(0), gs.stride(0),
@@ -298,9 +311,11 @@ def forward_backward_triton(
     return out, (dz, ds)
 
 
-def _tail_arguments(tail: ClassTail, z, s, out, grad_main, grad_sub, into) -> tuple[tuple, dict]:
-    """The kernel's class-tail arguments and constants, the tail's operands checked (unit last strides, one row
-    stride for both branches' rows and for both products, at most 8 classes, products only for gradients written)."""
+def prepare_tail(tail: ClassTail, z, s, grad_main, grad_sub, into, placeholder: torch.Tensor) -> PreparedTail:
+    """The kernel's class-tail arguments and constants for operands laid out as z, s, into (the chunk's [R, C]
+    views), the tail's operands checked (unit last strides, one row stride for both branches' rows and for both
+    products, at most 8 classes, products only for gradients written); ``placeholder`` (fp32) stands in for the
+    pointers of the buffers not written (never read). The row_base is the tail's."""
     weight, (pz, ps) = tail.weight, tail.products
     rows, classes = z.shape
     operands = [t for t in (tail.rows, tail.sub_rows, weight, pz, ps) if t is not None]
@@ -310,16 +325,18 @@ def _tail_arguments(tail: ClassTail, z, s, out, grad_main, grad_sub, into) -> tu
     assert all(p is None or (p.dtype == torch.float32 and p.shape == (rows, weight.shape[1])) for p in (pz, ps))
     assert pz is None or ps is None or pz.stride(0) == ps.stride(0)
     assert (pz is None or grad_main is not None) and (ps is None or grad_sub is not None)
+    assert placeholder.dtype == torch.float32
     stride_p = next((p.stride(0) for p in (pz, ps) if p is not None), 0)
     tz, ts = tail.grads
     dz_dtype = next(d.dtype for d, g in zip(into, (grad_main, grad_sub)) if g is not None)
     assert all(t is None or (t.is_contiguous() and t.shape[1] == 8 and t.dtype == dz_dtype) for t in (tz, ts))
     assert (tz is None or grad_main is not None) and (ts is None or grad_sub is not None)
-    assert all(t is None or tail.row_base + rows <= t.shape[0] for t in (tz, ts))
+    kept_rows = min((t.shape[0] for t in (tz, ts) if t is not None), default=None)
     arguments = (
-        tail.rows, tail.sub_rows if tail.sub_rows is not None else tail.rows, weight, pz if pz is not None else out,
-        ps if ps is not None else out, tz if tz is not None else out, ts if ts is not None else out,
-        tail.rows.stride(0), weight.stride(0), stride_p, weight.shape[1], tail.start, tail.row_base,
+        tail.rows, tail.sub_rows if tail.sub_rows is not None else tail.rows, weight,
+        pz if pz is not None else placeholder, ps if ps is not None else placeholder,
+        tz if tz is not None else placeholder, ts if ts is not None else placeholder,
+        tail.rows.stride(0), weight.stride(0), stride_p, weight.shape[1], tail.start,
     )  # fmt: skip
     flags = {"TAIL": True, "TAIL_DZ": pz is not None, "TAIL_DS": ps is not None}
-    return arguments, flags | {"TAIL_DW": tz is not None or ts is not None}
+    return PreparedTail(arguments, flags | {"TAIL_DW": tz is not None or ts is not None}, kept_rows, tail.row_base)

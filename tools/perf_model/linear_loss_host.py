@@ -34,7 +34,7 @@ from .measured import RESULTS
 RUN = {"file": "GPU-NVIDIA-H200-2026-12-04-matmul-aligned.json", "commit": "50d7bf7", "torch": 7, "triton": 2}
 HARNESS_FILES = {
     "run": "linear-loss-host-CPU-2026-12-05-50d7bf7.json",
-    "today": "linear-loss-host-CPU-2026-12-05-4d691e4.json",
+    "today": "linear-loss-host-CPU-2026-12-05-plans.json",
 }
 SHAPE_PREFIX = "BERT-base MLM M=16384 D=768 C=30522"
 ROWS = 16384
