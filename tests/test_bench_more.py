@@ -391,3 +391,67 @@ def test_a_gpu_measure_gives_the_peak_beyond_returned():
 
     timing = measure(call, CUDA, warmup=1, repeats=2)
     assert timing.peak_mem_mb == pytest.approx(80, abs=1) and timing.transient_mem_mb == pytest.approx(64, abs=1)
+
+
+class _FakeMemory:
+    """torch.cuda.memory's history as the CUDA allocator keeps it, for _traced_call on a machine without one: one
+    trace, cleared where recording stops or clear_history asks, each snapshot recording an entry of its own."""
+
+    def __init__(self, fail_snapshot: Exception | None = None, takes_clear_history: bool = True):
+        self.trace, self.calls, self.recording = [], [], False
+        self.fail_snapshot, self.takes_clear_history = fail_snapshot, takes_clear_history
+
+    def _record_memory_history(self, enabled, **kwargs):
+        if "clear_history" in kwargs and not self.takes_clear_history:
+            raise TypeError("_record_memory_history() got an unexpected keyword argument 'clear_history'")
+        self.calls.append((enabled, kwargs.get("clear_history")))
+        self.recording = enabled is not None
+        if not self.recording or kwargs.get("clear_history"):
+            self.trace = []
+
+    def _snapshot(self, device=None):
+        if self.fail_snapshot is not None:
+            raise self.fail_snapshot
+        traces = [list(self.trace)]
+        self.trace.append({"action": "snapshot"})
+        return {"device_traces": traces}
+
+    def event(self, action: str, addr: int, mib: int) -> None:
+        if self.recording:
+            self.trace.append({"action": action, "addr": addr, "size": mib * 2**20})
+
+
+@pytest.mark.parametrize("failure", [None, "snapshot", "old_torch"])
+def test_the_traced_call_keeps_what_it_returned_and_stops_recording(monkeypatch, failure):
+    # helper-129's RISK-1: the CUDA allocator's glue, faked: a call holding a 64 MiB temporary and returning 16 MiB
+    # (freed when the caller lets it go) reads 64 MiB beyond what it returned; recording stops afterwards, also where
+    # the snapshot fails (then no trace: the raw peak alone), and a torch without clear_history records anyway
+    from masksub_kernels.bench import timing
+
+    memory = _FakeMemory(KeyError("device_traces") if failure == "snapshot" else None, failure != "old_torch")
+    monkeypatch.setattr(torch.cuda, "memory", memory)
+    for name, value in (("memory_allocated", 0), ("max_memory_allocated", 80 * 2**20), ("current_device", 0)):
+        monkeypatch.setattr(torch.cuda, name, lambda *args, value=value: value)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *args: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+
+    class Returned:
+        def __init__(self):
+            memory.event("alloc", 2, 16)
+
+        def __del__(self):
+            memory.event("free_completed", 2, 16)
+
+    def call():
+        memory.event("alloc", 1, 64)
+        returned = Returned()
+        memory.event("free_completed", 1, 64)
+        return returned
+
+    entries, peak = timing._traced_call(call, torch.device("cuda", 0))
+    assert peak == 80 and not memory.recording and memory.calls[-1] == (None, None)
+    if failure == "snapshot":
+        assert entries is None
+    else:
+        assert timing.transient_peak_bytes(entries) == 64 * 2**20
+        assert memory.calls[0] == ("all", True if failure is None else None)

@@ -76,9 +76,10 @@ def transient_peak_bytes(entries: list[dict]) -> int:
     """The most bytes held at once by blocks allocated and freed within ``entries`` (a CUDA caching allocator's
     trace, torch.cuda.memory._snapshot()'s ``device_traces[i]``: dicts with 'action', 'addr', 'size'). Blocks
     allocated in it and never freed (what the call returned) are left out, and so are frees of blocks allocated
-    before it. A block counts from its 'alloc' to its 'free_completed' (when the allocator's own statistics let it
-    go: a free requested while another stream still used it completes later), or its 'free_requested' where the
-    trace ends before that completes."""
+    before it. A block counts from its 'alloc' to its 'free_completed' (a free requested while another stream still
+    used it completes later: the allocator's active bytes, not its allocated ones, which drop at the request), or
+    its 'free_requested' where the trace ends before that completes; by the sizes the trace records (the requested
+    ones: the raw peak counts the allocator's rounded blocks, a few bytes more per tensor)."""
     spans, live = {}, {}  # allocation index -> [start, end, size]; address -> its live allocation's index
     for position, entry in enumerate(entries):
         action, addr = entry.get("action"), entry.get("addr")
@@ -104,31 +105,34 @@ def transient_peak_bytes(entries: list[dict]) -> int:
 def _traced_call(fn: Callable[[], object], device: torch.device) -> tuple[list[dict] | None, float]:
     """Calls ``fn()`` once with the CUDA caching allocator's history recorded: (the call's trace entries, or None
     where this torch cannot record them, and the allocator's peak above what was allocated before, MiB). What the
-    call returns stays referenced until the trace is taken (so that it reads as returned)."""
+    call returns stays referenced until the trace is taken (so that it reads as returned). The recording is the
+    process's (every device's): turned off afterwards, whatever happened, its history cleared (a benchmark's own)."""
     index = torch.device(device).index
     index = torch.cuda.current_device() if index is None else index
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    memory, start = torch.cuda.memory, None
-    for extra in ({"clear_history": True}, {}):  # clear_history: newer torch releases only
-        try:
-            memory._record_memory_history(
-                "all", context=None, stacks="python", max_entries=2**22, device=index, **extra
-            )
-            start = len(memory._snapshot(index)["device_traces"][index])  # entries of earlier recordings: not ours
-            break
-        except TypeError:
-            continue
-        except (AttributeError, RuntimeError, KeyError, IndexError):  # a torch that cannot: the raw peak only
-            break
+    memory, recording, start = torch.cuda.memory, False, None
     try:
+        for extra in ({"clear_history": True}, {}):  # clear_history: newer torch releases only
+            try:
+                memory._record_memory_history(
+                    "all", context=None, stacks="python", max_entries=2**22, device=index, **extra
+                )
+                recording = True
+                start = len(memory._snapshot(index)["device_traces"][index])  # earlier recordings' entries: not ours
+                break
+            except TypeError:
+                continue
+            except (AttributeError, RuntimeError, KeyError, IndexError):  # a torch that cannot: the raw peak only
+                start = None
+                break
         result = fn()
         torch.cuda.synchronize(device)
         peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
         entries = None if start is None else memory._snapshot(index)["device_traces"][index][start:]
         del result
     finally:
-        if start is not None:
+        if recording:
             memory._record_memory_history(None, device=index)
     return entries, peak
 

@@ -320,7 +320,7 @@ def grads_in_forward(
     product_buffer = None
     if kernels and len(parts) == 2 and (dh.numel() or dhs.numel()):
         product_buffer = torch.empty(buffer_shape[0], depth, dtype=torch.float32, device=device)
-    # dW's tail once per call: the chunks' tail gradient columns kept in row order, [2, K, 8] (_add_tail_dw)
+    # dW's tail once per call: the chunks' tail gradient columns kept in row order, [2, K, 8] (matmuls.add_tail_dw)
     tail_grads, kept_terms = None, [False, False]
     if kernels and len(parts) == 2 and dw is not None and hidden.dtype == operand:  # (the gradients' dtype: operand)
         tail_grads = torch.zeros(2, rows if every_row else ids.numel(), 8, dtype=operand, device=device)

@@ -403,7 +403,7 @@ def test_common_scale_is_an_exact_power_of_two_for_every_weight():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_stored_rows_of_row_strided_gradients_read_their_columns_only(dtype):
     # the chunk's gradients are row-strided views (over the logits' padded rows); the CPU's bf16 mm (torch 2.14,
-    # oneDNN) read past their last column: NaN there came out in dH. _times_weight multiplies what the view holds,
+    # oneDNN) read past their last column: NaN there came out in dH. times_weight multiplies what the view holds,
     # over C = 257's head (256 classes) and tail (1), in fp32; _store_rows rounds it once into dx's rows
     rows, classes, padded, depth = 33, 257, 320, 3
     generator = torch.Generator().manual_seed(0)
@@ -500,14 +500,14 @@ def test_kernels_matmuls_take_aligned_class_extents_as_views_of_w(classes, dtype
     from torch.utils._python_dispatch import TorchDispatchMode
 
     h, hs, w, b, target = make_inputs(rows=37, depth=12, classes=classes, dtype=dtype, kind="index", seed=3)
-    matmuls, copies = [], []
+    recorded, copies = [], []
 
     class Recorded(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
             if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
-                matmuls.append({size for t in [*tensors, out] for size in t.shape})
+                recorded.append({size for t in [*tensors, out] for size in t.shape})
             storages = {t.untyped_storage().data_ptr() for t in tensors}
             made = isinstance(out, torch.Tensor) and out.untyped_storage().data_ptr() not in storages
             # a new [>= C, D] made from a tensor: a copy of W, padded or not (dW's accumulator: zeros, from no
@@ -521,12 +521,12 @@ def test_kernels_matmuls_take_aligned_class_extents_as_views_of_w(classes, dtype
     with Recorded():
         kernels = chunks.grads_in_forward(*args, rows_per_chunk=7, kernels=True)
     chunk_count = -(-37 // 7)
-    assert not any(classes in sizes for sizes in matmuls) or classes == 40
+    assert not any(classes in sizes for sizes in recorded) or classes == 40
     if classes == 30:  # per chunk the logits' head, dH's head, dW's head (the loss launch: the tails), dW's tail
-        assert sum(24 in sizes for sizes in matmuls) == 3 * chunk_count  # once per branch after the loop
-        assert sum(6 in sizes for sizes in matmuls) == 2
+        assert sum(24 in sizes for sizes in recorded) == 3 * chunk_count  # once per branch after the loop
+        assert sum(6 in sizes for sizes in recorded) == 2
     else:
-        assert sum(40 in sizes for sizes in matmuls) == 3 * chunk_count == len(matmuls)
+        assert sum(40 in sizes for sizes in recorded) == 3 * chunk_count == len(recorded)
     assert not copies
     reference = chunks.grads_in_forward(*args, rows_per_chunk=7, kernels=False)
     for got, want in zip(kernels[3:7], reference[3:7]):

@@ -1,5 +1,5 @@
-"""The matmul helpers' GPU lines (cuBLAS with out_dtype into views: _fp32_logits, _times_weight, _add_matmul of
-ops/_linear_loss_chunks.py), which only a GPU runs for real: here on CPU tensors, with the ops they call stood in
+"""The matmul helpers' GPU lines (cuBLAS with out_dtype into views: fp32_logits, times_weight, add_matmul of
+ops/_linear_loss_matmuls.py), which only a GPU runs for real: here on CPU tensors, with the ops they call stood in
 for by fp32 products that check and honour their arguments."""
 
 import pytest
@@ -23,7 +23,7 @@ class _CudaLike(torch.Tensor):
 
 
 def test_cuda_dw_accumulation_takes_addmm_into_fp32_or_falls_back_once(monkeypatch):
-    # _add_matmul's CUDA branch, which only a GPU runs: torch.addmm into the fp32 accumulator (out_dtype, out=acc,
+    # add_matmul's CUDA branch, which only a GPU runs: torch.addmm into the fp32 accumulator (out_dtype, out=acc,
     # beta = 1); where a torch refuses an fp32 self (2.8 / 2.9: a dtype error, raised before any work) an fp32
     # product and an add, decided by the first call; any other error propagates and decides nothing. cuBLAS's ops
     # are stood in for by fp32 CPU products that honour the arguments given (out, beta, alpha, out_dtype)
@@ -75,11 +75,39 @@ def test_cuda_dw_accumulation_takes_addmm_into_fp32_or_falls_back_once(monkeypat
     assert matmuls._addmm_into_fp32 is None
 
 
+def test_a_stand_in_call_decides_nothing_about_cuda_addmm(monkeypatch):
+    # helper-129's H5: only a CUDA accumulator's first call tells whether this torch's addmm takes an fp32 self; a
+    # call on other tensors taking the GPU line (meta, or the tests' stand-ins) leaves that undecided, accepted or
+    # refused
+    monkeypatch.setattr(matmuls, "cublas_lines", lambda t: True)
+    a, b, acc = torch.ones(4, 8, dtype=torch.bfloat16), torch.ones(8, 2, dtype=torch.bfloat16), torch.zeros(4, 2)
+    for refusal in (None, RuntimeError("self and mat2 must have the same dtype, but got Float and BFloat16")):
+        monkeypatch.setattr(matmuls, "_addmm_into_fp32", None)
+
+        def addmm(self, mat1, mat2, out_dtype=None, *, out=None, refusal=refusal):
+            if refusal is not None:
+                raise refusal
+            return out.add_(mat1.to(out_dtype) @ mat2.to(out_dtype))
+
+        monkeypatch.setattr(torch, "addmm", addmm)
+        monkeypatch.setattr(torch, "mm", lambda mat1, mat2, out_dtype=None: mat1.to(out_dtype) @ mat2.to(out_dtype))
+        matmuls.add_matmul(acc, a, b)
+        assert matmuls._addmm_into_fp32 is None, refusal
+    assert torch.equal(acc, torch.full((4, 2), 16.0))  # both calls added their product
+    meta = [
+        torch.empty(4, 8, dtype=torch.bfloat16, device="meta"),
+        torch.empty(8, 2, dtype=torch.bfloat16, device="meta"),
+    ]
+    monkeypatch.undo()
+    matmuls.add_matmul(torch.empty(4, 2, device="meta"), *meta)  # the GPU line's registration, on meta tensors
+    assert matmuls._addmm_into_fp32 is None
+
+
 @pytest.mark.parametrize("classes", [30, 40])  # a head and a tail; aligned
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.triton
 def test_the_gpu_lines_of_the_matmul_helpers_give_the_references_values(monkeypatch, classes, dtype):
-    # The cuBLAS lines of _fp32_logits, _times_weight and _add_matmul (mm / addmm with out_dtype into views of the
+    # The cuBLAS lines of fp32_logits, times_weight and add_matmul (mm / addmm with out_dtype into views of the
     # chunk buffers, of dW's rows and of the fp32 product) run on a GPU only: here they run on CPU tensors, with
     # torch.mm / torch.addmm's out_dtype overloads stood in for by fp32 products that check what cuBLAS needs of an
     # out= view (unit last stride, a leading dimension of at least its columns, its own columns only written) and

@@ -124,10 +124,13 @@ def test_cuda_graph_capture_takes_the_grads_op_for_probabilities(monkeypatch):
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda" or "triton" not in OP_BACKENDS, reason="needs a CUDA device")
-def test_cuda_graph_capture_of_the_recompute_backward_on_probabilities():
+def test_cuda_graph_capture_of_the_recompute_backward_on_probabilities(monkeypatch):
     # Captured, the recompute op's backward (reduction='none') on probabilities runs the chunk loop over every row
     # (gather False: a host read would fail the capture); each replay on new inputs equals an eager call
     from masksub_kernels.ops import linear_masksub_loss as lm
+
+    seen, real = [], chunks.backward_in_chunks
+    monkeypatch.setattr(lm, "backward_in_chunks", lambda *a: seen.append(a[-2]) or real(*a))
 
     rows, depth, classes = 64, 32, 1000
     h, hs, w, b, target = (t.detach().clone() for t in make_inputs(rows, depth, classes, kind="dense"))
@@ -147,6 +150,7 @@ def test_cuda_graph_capture_of_the_recompute_backward_on_probabilities():
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             captured = backward()
+        assert seen == [False, False]  # the warm-up's and the capture's: the chunk loop, without its host read
         for seed in (1, 2):
             new = make_inputs(rows, depth, classes, kind="dense", seed=seed)
             with torch.no_grad():

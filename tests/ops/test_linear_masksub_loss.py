@@ -258,7 +258,7 @@ def test_triton_backward_is_deterministic():
 
 @pytest.mark.parametrize("dtype", [BF16, F32])
 def test_fp32_logits_written_into_the_padded_view(dtype):
-    """The GPU line of _fp32_logits, mm(out_dtype=fp32, out=view), on meta tensors: it accepts the padded view and
+    """The GPU line of fp32_logits, mm(out_dtype=fp32, out=view), on meta tensors: it accepts the padded view and
     writes it in place with its row stride (cuBLAS's leading dimension), no contiguous copy."""
     x, w = torch.empty(6, 16, dtype=dtype, device="meta"), torch.empty(30, 16, dtype=dtype, device="meta")
     view = torch.empty(6, chunks.aligned_classes(30), device="meta")[:, :30]
@@ -269,7 +269,7 @@ def test_fp32_logits_written_into_the_padded_view(dtype):
 
 @pytest.mark.parametrize("dtype", [BF16, F32])
 def test_fp32_product_of_strided_gradient_parts(dtype):
-    """The GPU line of _times_weight (dH of both branches, [2R, C] gradients over the logits' rows times W) on meta
+    """The GPU line of times_weight (dH of both branches, [2R, C] gradients over the logits' rows times W) on meta
     tensors: mm(out_dtype=fp32) over the head's columns, then addmm into that fp32 product for the tail's."""
     buffer = torch.empty(6, chunks.aligned_classes(30), device="meta")
     grads = buffer.view(dtype)[:, :30] if dtype == BF16 else buffer[:, :30]
