@@ -65,13 +65,16 @@ def test_ones_column_gives_db_and_dw(dtype, main_weight, sub_weight, has_sub, ki
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("bias", "one_launch"), [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.triton
-def test_gradients_over_the_logits_rows(monkeypatch, bias, dtype):
+def test_gradients_over_the_logits_rows(monkeypatch, bias, one_launch, dtype):
     # fp16 / bf16: each chunk's dz and ds are written over its own fp32 logits rows (narrower views of the one chunk
     # buffer, the backward kernel's over_rows: one program per row), and dW's matmul runs once per chunk over them,
     # before the next chunk's logits overwrite them: chunks of 8 counted rows (gathered: the ignored rows skipped)
+    from masksub_kernels.ops import _loss_fwd_bwd
+
+    monkeypatch.setattr(_loss_fwd_bwd, "ONE_LAUNCH", one_launch)  # False: the loss's two launches, the tail by matmuls
     h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=dtype, kind="index_ignore", seed=4)
     b = b if bias else None
     args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
@@ -101,6 +104,10 @@ def test_gradients_over_the_logits_rows(monkeypatch, bias, dtype):
     # tail, one matmul per branch over the counted rows' kept tail columns ([K, 8] in the gradients' dtype)
     expected = [[(2 * n, 24, dtype, (wide, 1)), (24, 2 * n, dtype, (1, wide))] for n in sizes]
     expected.append([(6, counted, dtype, (1, 8))] * 2)
+    if not one_launch:  # the tail's dH by a matmul added to the head's (a contiguous copy on the CPU), dW's per chunk
+        expected = [
+            [(2 * n, 6, dtype, (6, 1)), (24, 2 * n, dtype, (1, wide)), (6, 2 * n, dtype, (1, wide))] for n in sizes
+        ]
     assert recorded == [call for calls in expected for call in calls] and backwards == [True] * len(sizes)
     reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
     for i in (3, 4, 5, 6):  # dH, dHs, dW, db (empty without a bias)
