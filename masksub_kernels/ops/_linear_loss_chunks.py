@@ -331,7 +331,7 @@ def grads_in_forward(
         stacked[:, depth] = 1
     # host time: views of a chunk of n rows made once; slices' chunk rows from one split per operand
     views: dict[int, _ChunkViews] = {}
-    plans: dict[int, tuple] = {}  # per chunk size: the loss launch's configuration and its prepared class tail
+    plans: dict[tuple, tuple] = {}  # per chunk size (and targets' layout): the loss launch's configuration, its tail
     sliced = _chunk_rows(chunks, step) if every_row else None
     h_rows, y_rows, stats_cols, dh_rows, dhs_rows = (
         (None,) * 5 if sliced is None else (sliced(hidden), sliced(target), sliced(stats, 1), sliced(dh), sliced(dhs))
@@ -377,8 +377,13 @@ def grads_in_forward(
             z, s = v.z, v.s
             over_rows = narrow is not None
             # the loss launch's configuration and class tail: the same for every chunk of n rows where the rows are
-            # the stacked buffer's (else a chunk's own cat), so made once (host time), the tail's row_base per chunk
-            plan = plans.get(n) if v.x_wide is not None else None
+            # the stacked buffer's (else a chunk's own cat) and the targets' slice is laid out alike (probabilities'
+            # rows may start off 16 bytes in some chunks: ALIGNED), so made once (host time), each chunk's row_base
+            key = (n, loss_ops._layout(y))
+            plan = plans.get(key) if v.x_wide is not None else None
+            if plan is not None and loss_ops._CHECK_CONFIGS:  # the tests: a reuse where another launch is derived
+                fresh = one_launch(gm, gs, z, s, y, *loss_options, v.into, bias_c, over_rows)
+                assert fresh == plan[0], f"a stale chunk plan: {plan[0]} reused where {fresh} is derived"
             if plan is None:
                 launch, prepared = one_launch(gm, gs, z, s, y, *loss_options, v.into, bias_c, over_rows), None
                 if launch is not None and len(parts) == 2 and w.stride(-1) == 1 and x.stride(-1) == 1:
@@ -389,7 +394,7 @@ def grads_in_forward(
                     kept_terms = [was or k is not None for was, k in zip(kept_terms, kept)]
                     tail = ClassTail(parts[1].start, w[parts[1]], x[:n], x[n:] if has_sub else None, products, kept)
                     prepared = prepare_tail(tail, z, s, gm, gs, v.into, stats)
-                plan = plans[n] = (launch, prepared)
+                plan = plans[key] = (launch, prepared)
             launch, prepared = plan
             tail = None if prepared is None else prepared._replace(row_base=index * step)
             logits = matmuls.fp32_logits(x, w, v.logits, parts[:1] if tail is not None else None)  # [2n, C]

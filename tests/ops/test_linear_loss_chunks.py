@@ -538,3 +538,18 @@ def test_kernels_matmuls_take_aligned_class_extents_as_views_of_w(classes, dtype
     reference = chunks.grads_in_forward(*args, rows_per_chunk=7, kernels=False)
     for got, want in zip(kernels[3:7], reference[3:7]):
         assert got.shape == want.shape and _relative(got, want) < 2e-2
+
+
+@pytest.mark.triton
+def test_a_chunk_plan_is_reused_only_for_targets_laid_out_alike():
+    # the loop makes the loss launch's configuration once per chunk size and targets' layout: bf16 probabilities of
+    # C = 12 classes in chunks of 3 rows start 24 bytes apart, on and off 16-byte boundaries (the kernels' ALIGNED
+    # hint): a plan per alignment (MASKSUB_CHECK_LAUNCH_CACHE, on in the tests, derives each reuse again and fails
+    # a stale one), the values the reference's
+    h, hs, w, b, target = make_inputs(rows=12, depth=16, classes=12, dtype=torch.bfloat16, kind="dense", seed=5)
+    target = target.to(torch.bfloat16)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
+    kernels = chunks.grads_in_forward(*args, rows_per_chunk=3, kernels=True)
+    reference = chunks.grads_in_forward(*args, rows_per_chunk=3, kernels=False)
+    for i in (3, 4, 5, 6):  # dH, dHs, dW, db
+        assert _relative(kernels[i], reference[i]) <= 4 * torch.finfo(torch.bfloat16).eps, i
