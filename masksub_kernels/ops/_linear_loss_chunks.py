@@ -205,6 +205,26 @@ def aligned_classes(classes: int) -> int:
     return -(-classes // ALIGN_CLASSES) * ALIGN_CLASSES
 
 
+def _chunk_tail(v: _ChunkViews, n: int, terms: set, tail_grads, grads: tuple, tail: slice, w, x, stats) -> tuple:
+    """A chunk plan's class tail (ClassTail, prepared): (the kept tail columns per branch, the PreparedTail) for a
+    chunk of n rows x ([h_c; hs_c], or h_c alone), the terms whose dH rows it stores, the row grads (gm, gs) given
+    and the call's tail gradient buffer [2, K, 8] (or None)."""
+    products = tuple(v.product[t * n : (t + 1) * n] if t in terms else None for t in (0, 1))
+    kept = (None, None) if tail_grads is None else (tail_grads[0], tail_grads[1])
+    kept = tuple(None if g is None else k for k, g in zip(kept, grads))
+    prepared = ClassTail(tail.start, w[tail], x[:n], x[n:] if v.s is not None else None, products, kept)
+    return kept, prepare_tail(prepared, v.z, v.s, *grads, v.into, stats)
+
+
+def _tail_layout(prepared) -> tuple:
+    """What a prepared class tail hands the kernel, tensors by address and layout (the tests' check of a reuse)."""
+    arguments = tuple(
+        (a.data_ptr(), a.dtype, tuple(a.shape), a.stride()) if isinstance(a, torch.Tensor) else a
+        for a in prepared.arguments
+    )
+    return arguments, prepared.flags, prepared.kept_rows
+
+
 def grads_in_forward(
     hidden: torch.Tensor,
     sub_hidden: torch.Tensor | None,
@@ -381,19 +401,17 @@ def grads_in_forward(
             # rows may start off 16 bytes in some chunks: ALIGNED), so made once (host time), each chunk's row_base
             key = (n, loss_ops._layout(y))
             plan = plans.get(key) if v.x_wide is not None else None
-            if plan is not None and loss_ops._CHECK_CONFIGS:  # the tests: a reuse where another launch is derived
+            if plan is None or loss_ops._CHECK_CONFIGS:  # what the class tail's plan is made of
+                tail_args = (v, n, {term for term, _, _ in stored}, tail_grads, (gm, gs), parts[-1], w, x, stats)
+            if plan is not None and loss_ops._CHECK_CONFIGS:  # the tests: a reuse where another plan is derived
                 fresh = one_launch(gm, gs, z, s, y, *loss_options, v.into, bias_c, over_rows)
                 assert fresh == plan[0], f"a stale chunk plan: {plan[0]} reused where {fresh} is derived"
+                assert plan[1] is None or _tail_layout(_chunk_tail(*tail_args)[1]) == _tail_layout(plan[1])
             if plan is None:
                 launch, prepared = one_launch(gm, gs, z, s, y, *loss_options, v.into, bias_c, over_rows), None
                 if launch is not None and len(parts) == 2 and w.stride(-1) == 1 and x.stride(-1) == 1:
-                    terms = {term for term, _, _ in stored}
-                    products = tuple(v.product[t * n : (t + 1) * n] if t in terms else None for t in (0, 1))
-                    kept = (None, None) if tail_grads is None else (tail_grads[0], tail_grads[1])
-                    kept = tuple(None if g is None else k for k, g in zip(kept, (gm, gs)))
+                    kept, prepared = _chunk_tail(*tail_args)
                     kept_terms = [was or k is not None for was, k in zip(kept_terms, kept)]
-                    tail = ClassTail(parts[1].start, w[parts[1]], x[:n], x[n:] if has_sub else None, products, kept)
-                    prepared = prepare_tail(tail, z, s, gm, gs, v.into, stats)
                 plan = plans[key] = (launch, prepared)
             launch, prepared = plan
             tail = None if prepared is None else prepared._replace(row_base=index * step)
@@ -442,6 +460,7 @@ def grads_in_forward(
     if tail_grads is not None and any(kept_terms):  # the chunks' buffers let go first: memory for the counted rows
         views, v, logits_buffer, narrow, stacked, product_buffer, x, h_c, hs_c = (None,) * 9
         plans, plan, prepared, tail = (None,) * 4  # (the prepared tails hold views of those buffers)
+        d = xc = into = product = rows_of = tail_args = None  # (the loop's last views of them)
         counted = None if every_row else ids  # the rows the chunks took: every one, or these (gathered)
         matmuls.add_tail_dw(dw, parts[1], depth, tail_grads, kept_terms, (hidden, sub_hidden), counted, with_ones, acc)
     if with_ones:  # [dW | db | 0...]: dW its [C, D] view (no copy, no second [C, D]), db a copy of its column

@@ -330,7 +330,9 @@ def prepare_tail(tail: ClassTail, z, s, grad_main, grad_sub, into, placeholder: 
     tz, ts = tail.grads
     dz_dtype = next(d.dtype for d, g in zip(into, (grad_main, grad_sub)) if g is not None)
     assert all(t is None or (t.is_contiguous() and t.shape[1] == 8 and t.dtype == dz_dtype) for t in (tz, ts))
-    assert (tz is None or grad_main is not None) and (ts is None or grad_sub is not None)
+    # one flag writes both: each kept buffer exactly where its gradient is written (else the stand-in, read by no
+    # one, would be written)
+    assert (tz is None and ts is None) or ((tz is None) == (grad_main is None) and (ts is None) == (grad_sub is None))
     kept_rows = min((t.shape[0] for t in (tz, ts) if t is not None), default=None)
     arguments = (
         tail.rows, tail.sub_rows if tail.sub_rows is not None else tail.rows, weight,

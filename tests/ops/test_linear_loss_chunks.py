@@ -553,3 +553,32 @@ def test_a_chunk_plan_is_reused_only_for_targets_laid_out_alike():
     reference = chunks.grads_in_forward(*args, rows_per_chunk=3, kernels=False)
     for i in (3, 4, 5, 6):  # dH, dHs, dW, db
         assert _relative(kernels[i], reference[i]) <= 4 * torch.finfo(torch.bfloat16).eps, i
+
+
+@pytest.mark.parametrize("kind", ["index", "index_ignore"])
+@pytest.mark.triton
+def test_the_chunk_buffers_are_let_go_before_dws_tail(monkeypatch, kind):
+    # dW's tail (a matmul per branch over the counted rows, gathered where some are ignored) runs after the loop has
+    # let go of its buffers (the [2R, C] logits, the stacked rows, the products; helper-130): nothing holds them then
+    import gc
+
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    buffers, alive, of, add_tail_dw = {}, [], chunks._ChunkViews.of.__func__, matmuls.add_tail_dw
+
+    def views_of(cls, n, has_sub, depth, classes, stacked, logits, narrow, g_main, g_sub, products):
+        for name, t in (("logits", logits), ("stacked", stacked), ("products", products)):
+            buffers.setdefault(name, StorageWeakRef(t.untyped_storage()))
+        return of(cls, n, has_sub, depth, classes, stacked, logits, narrow, g_main, g_sub, products)
+
+    def tail_dw(*args):
+        gc.collect()  # (the interpreter's launches leave reference cycles)
+        alive.extend(name for name, ref in buffers.items() if not ref.expired())
+        return add_tail_dw(*args)
+
+    monkeypatch.setattr(chunks._ChunkViews, "of", classmethod(views_of))
+    monkeypatch.setattr(matmuls, "add_tail_dw", tail_dw)
+    h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=torch.bfloat16, kind=kind, seed=4)
+    chunks.grads_in_forward(h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS, rows_per_chunk=8,
+                            kernels=True)  # fmt: skip
+    assert len(buffers) == 3 and alive == []

@@ -7,6 +7,7 @@ the fp32 logits' rows (the chunks' bf16), extreme values, several blocks per row
 class split is configured, in masksub_loss's two where one is (few rows: class_splits).
 """
 
+import functools
 import inspect
 
 import pytest
@@ -268,3 +269,32 @@ def test_the_class_tail_over_several_depth_blocks(monkeypatch, dtype):
         results.append([out.clone(), *products])
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.triton
+def test_a_prepared_tail_takes_a_row_base_within_its_kept_rows():
+    # the chunk loop prepares a class tail once per chunk size and hands each chunk its row_base: a row_base whose
+    # rows run past the kept tail columns' buffer is refused (helper-130's surviving mutant), and so is a kept buffer
+    # for a gradient not written (one flag writes both: the stand-in pointer would be written)
+    rows, depth, classes, head = 4, 16, 27, 24
+    x, w = torch.randn(2 * rows, depth), torch.randn(classes, depth)
+    buffer = torch.zeros(2 * rows, 32)
+    z, s = buffer[:rows, :classes], buffer[rows:, :classes]
+    g = (torch.ones(rows), torch.ones(rows))
+    kept = (torch.zeros(rows + 2, 8), torch.zeros(rows + 2, 8))
+    prepared = fused.prepare_tail(fused.ClassTail(head, w[head:], x[:rows], x[rows:], (None, None), kept), z, s, *g,
+                                  (z, s), torch.zeros(1))  # fmt: skip
+    for row_base, fits in ((2, True), (3, False)):
+        call = functools.partial(
+            fused.forward_backward_triton, *g, z, s, torch.zeros(rows, dtype=torch.int64), False, 0.0, -100, 1.0,
+            None, out=torch.zeros(ml.NUM_OUT, rows), tickets=torch.zeros(rows, dtype=torch.int32), into=(z, s),
+            tail=prepared._replace(row_base=row_base),
+        )  # fmt: skip
+        if fits:
+            call()
+        else:
+            with pytest.raises(AssertionError):
+                call()
+    one_kept = fused.ClassTail(head, w[head:], x[:rows], x[rows:], (None, None), (None, kept[1]))
+    with pytest.raises(AssertionError):
+        fused.prepare_tail(one_kept, z, s, *g, (z, s), torch.zeros(1))
