@@ -396,23 +396,27 @@ def grads_in_forward(
             # takes C's tail of < 8 classes: its logits, and dH's share into the fp32 products (ClassTail)
             z, s = v.z, v.s
             over_rows = narrow is not None
-            # the loss launch's configuration and class tail: the same for every chunk of n rows where the rows are
-            # the stacked buffer's (else a chunk's own cat) and the targets' slice is laid out alike (probabilities'
-            # rows may start off 16 bytes in some chunks: ALIGNED), so made once (host time), each chunk's row_base
-            key = (n, loss_ops._layout(y))
-            plan = plans.get(key) if v.x_wide is not None else None
-            if plan is None or loss_ops._CHECK_CONFIGS:  # what the class tail's plan is made of
+            # the loss launch's configuration and class tail, the same for every chunk of n rows whose targets' slice
+            # is laid out alike (probabilities' rows may start off 16 bytes in some chunks: ALIGNED): made once (host
+            # time), each chunk's row_base; the tail's rows are the stacked buffer's, else each chunk's own cat (then
+            # the tail is made per chunk)
+            key, static_rows = (n, loss_ops._layout(y)), v.x_wide is not None
+            plan = plans.get(key)
+            if plan is None or loss_ops._CHECK_CONFIGS or not static_rows:  # what the class tail's plan is made of
                 tail_args = (v, n, {term for term, _, _ in stored}, tail_grads, (gm, gs), parts[-1], w, x, stats)
             if plan is not None and loss_ops._CHECK_CONFIGS:  # the tests: a reuse where another plan is derived
                 fresh = one_launch(gm, gs, z, s, y, *loss_options, v.into, bias_c, over_rows)
                 assert fresh == plan[0], f"a stale chunk plan: {plan[0]} reused where {fresh} is derived"
-                assert plan[1] is None or _tail_layout(_chunk_tail(*tail_args)[1]) == _tail_layout(plan[1])
+                if plan[1] is not None and static_rows:
+                    assert _tail_layout(_chunk_tail(*tail_args)[1]) == _tail_layout(plan[1]), "a stale chunk tail"
             if plan is None:
                 launch, prepared = one_launch(gm, gs, z, s, y, *loss_options, v.into, bias_c, over_rows), None
                 if launch is not None and len(parts) == 2 and w.stride(-1) == 1 and x.stride(-1) == 1:
                     kept, prepared = _chunk_tail(*tail_args)
                     kept_terms = [was or k is not None for was, k in zip(kept_terms, kept)]
                 plan = plans[key] = (launch, prepared)
+            elif plan[1] is not None and not static_rows:
+                plan = (plan[0], _chunk_tail(*tail_args)[1])  # this chunk's own rows
             launch, prepared = plan
             tail = None if prepared is None else prepared._replace(row_base=index * step)
             logits = matmuls.fp32_logits(x, w, v.logits, parts[:1] if tail is not None else None)  # [2n, C]
