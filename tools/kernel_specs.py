@@ -430,7 +430,10 @@ def _chunk_step_spec(fwd_flags: dict, bwd_flags: dict, bias: str | None, grads: 
     inputs = grads if tail else "fp32"
     types = {**fwd_signature, **bwd_signature, "xz_ptr": f"*{inputs}", "xs_ptr": f"*{inputs}", "wt_ptr": f"*{inputs}"}
     types |= {"pz_ptr": "*fp32", "ps_ptr": "*fp32", "stride_x": "i64", "stride_w": "i64", "stride_p": "i64"}
-    types |= {"tz_ptr": f"*{inputs}", "ts_ptr": f"*{inputs}", "D": "i32", "tail_start": "i32", "row_base": "i32"}
+    # the kept tail columns where that gradient is written, else the stand-in (the call's fp32 stats: prepare_tail)
+    kept = {name: f"*{inputs}" if tail and constants[write] else "*fp32" for name, write in
+            (("tz_ptr", "WRITE_DZ"), ("ts_ptr", "WRITE_DS"))}  # fmt: skip
+    types |= {**kept, "D": "i32", "tail_start": "i32", "row_base": "i32"}
     written = {"TAIL_DZ": tail and constants["WRITE_DZ"], "TAIL_DS": tail and constants["WRITE_DS"]}
     written["TAIL_DW"] = tail  # the gradients' tail columns kept for dW's tail (the chunk loop's, dW wanted)
     constants |= {"TAIL": tail, **written, "BLOCK_T": 8, "BLOCK_D": 128}  # the kernel's defaults for the blocks
