@@ -6,8 +6,8 @@
 #   DRY_RUN=1 benchmarks/gpu_check.sh X   prints the steps, their caps and the result files; runs nothing
 #
 # Works from the source tree with the machine's own Python (torch, triton, timm, pytest), no network, no install.
-# Files (6): env.txt, summary.txt (one line per step), tests-select.log, tests-loss.log, tests-masks.log,
-# tests-rest.log.
+# Files (7): env.txt, summary.txt (one line per step), tests-open.log, tests-select.log, tests-loss.log,
+# tests-masks.log, tests-rest.log.
 #
 # Budget: GPU caps (s) and what fills them. The device gives 15 minutes with start-up, 10 per command; the caps add
 # up to 260 s, after the benchmarks' call (477 s at most): one start-up and the transfers fit, but this call is the
@@ -20,6 +20,10 @@
 # rest of the suite.
 #   env             15  card, driver, versions, kernel and ncu's (5 s on the H200 on 2026-12-04)
 #   phase 1        150  in parallel on the 16 cores (Triton compiles on one core per process):
+#     tests-open.log    the tests that answer an open question on a GPU alone, first (the suite's other steps
+#                       were cut by their caps before): --deterministic's two runs and a resumed one bit-identical
+#                       (tests/training/test_determinism.py: exact resume differed on the H200, 2026-12-04), the
+#                       benchmarks' memory pass's peak beyond what a call returns (CUDA allocator history)
 #     tests-select.log  tests/ops/test_token_select.py (122 s in one process on the H200, 2026-12-04)
 #     tests-loss.log    every loss test file of tests/ops (the fused loss, its reduced op, the fused-linear op),
 #                       in 4 pytest-xdist workers (where xdist is installed: the GPU machine has it; 114 s)
@@ -42,7 +46,9 @@ LOSS_TESTS=(tests/ops/test_*loss*.py)
 step env.txt 15 write_env
 [[ -z ${DRY_RUN:-} ]] && rm -f masksub_kernels/_C*.so # (build/gpu-lib, call 1's build, is kept)
 
-# phase 1: the tests of the kernels that changed most
+# phase 1: the open questions, and the tests of the kernels that changed most
+OPEN_TESTS=(tests/training/test_determinism.py tests/test_bench_more.py)
+step_bg tests-open.log 150 "${PYTEST[@]}" "${OPEN_TESTS[@]}"
 step_bg tests-select.log 150 "${PYTEST[@]}" tests/ops/test_token_select.py
 step_bg tests-loss.log 150 "${PYTEST[@]}" "${XDIST[@]}" "${LOSS_TESTS[@]}"
 wait_steps
@@ -51,6 +57,6 @@ wait_steps
 OTHER_OPS=(--ignore=tests/ops/test_token_select.py "${LOSS_TESTS[@]/#/--ignore=}")
 step_bg tests-masks.log 95 "${PYTEST[@]}" "${XDIST[@]}" tests/ops "${OTHER_OPS[@]}" -k 'not (cuda or test_backend)'
 step_bg tests-rest.log 95 "${PYTEST[@]}" "${XDIST[@]}" tests --ignore=tests/ops "${CUDA_TESTS[@]/#/--ignore=}" \
-  "${DEV_TOOLS[@]}"
+  "${OPEN_TESTS[@]/#/--ignore=}" "${DEV_TOOLS[@]}"
 wait_steps
 finish

@@ -230,7 +230,7 @@ def test_pytest_gets_a_per_test_timeout_where_pytest_timeout_is_installed(tmp_pa
         out = subprocess.run(["bash", SCRIPTS[0], str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True,
                              text=True, check=True).stdout  # fmt: skip
         tests = [shlex.split(line) for line in out.splitlines() if " -m pytest " in line]
-        assert len(tests) == 4 and all((("--timeout" in t) == bool(expected)) for t in tests), out
+        assert len(tests) == 5 and all((("--timeout" in t) == bool(expected)) for t in tests), out
         assert all(t[t.index("--timeout") : t.index("--timeout") + 2] == expected for t in tests if expected)
     env = {**os.environ, "PYTEST_TIMEOUT_S": "7", "PYTHON": sys.executable}
     out = subprocess.run(["bash", SCRIPTS[1], "__call", "declare", "-p", "PYTEST"], cwd=ROOT, env=env,

@@ -29,6 +29,7 @@ import time
 
 import torch
 
+from .determinism import DETERMINISTIC_HELP, deterministic_algorithms
 from .resume import resume
 from .run_setup import PROG, HelpWithDefaults, Setup, UsageError, parse_kwargs, setup
 
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False, help=DETERMINISTIC_HELP)
     g.add_argument(
         "--output", default=None,
         help="checkpoints and logs (default: output/masksub-train, or the --resume checkpoint's directory)",
@@ -368,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args = parse_args_with_config(build_parser(), argv)
-        _run(args)
+        with deterministic_algorithms(args.deterministic):
+            _run(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

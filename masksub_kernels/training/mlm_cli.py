@@ -31,6 +31,7 @@ import time
 import torch
 from torch import nn
 
+from .determinism import DETERMINISTIC_HELP, deterministic_algorithms
 from .mlm_tokenizer import Vocab, check_tokenizer_arg, load_tokenizer, removed_if_refused, tokenizer_path
 from .run_setup import HelpWithDefaults, UsageError, _distributed, check_backend, check_output, default_output
 
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False, help=DETERMINISTIC_HELP)
     g.add_argument(
         "--output", default=None,
         help="logs, tokenizer and checkpoint (default: output/mlm, or the --resume checkpoint's directory)",
@@ -565,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``masksub-train-mlm``; returns the exit status (2 with a message for unusable options)."""
     args = build_parser().parse_args(argv)
     try:
-        _run(args)
+        with deterministic_algorithms(args.deterministic):
+            _run(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,65 @@
+"""``--deterministic`` of the training commands: the same bits from the same seed on a GPU too.
+
+On the CPU a run is reproducible as it is (tests/training: a resumed run's weights are the uninterrupted run's bit
+for bit). On a GPU some of torch's kernels sum in an order that changes run to run (atomic adds: attention's
+backward, index_add / scatter_add, some cuBLAS split-K and cuDNN algorithms), so two runs of one command drift
+apart after the first update, and a resumed run cannot match an uninterrupted one bit for bit either (the 2026-12-04
+H200 run: a tiny ViT's resumed weights differed). This library's own Triton and CUDA kernels are deterministic on
+every backend (their sums run in a fixed order: a row's split states merged by its last program in a fixed tree, no
+atomic adds of values); the fused-linear loss's matmuls are cuBLAS's, covered below.
+
+``deterministic_algorithms(True)`` asks torch for the rest, for the duration of the command (restored after it, as
+the tests call the commands in their own process):
+- ``torch.use_deterministic_algorithms(True, warn_only=True)``: deterministic implementations where torch has them;
+  an op without one warns, naming itself, instead of stopping the run (its bits may then still vary);
+- cuDNN's deterministic algorithms, without benchmarking (which picks algorithms by timing: run to run);
+- cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, which torch's deterministic mode requires for its
+  matmuls on CUDA >= 10.2): cuBLAS reads it when the process makes its first handle, so it is set here, before the
+  command's first GPU matmul, unless the environment already sets it.
+Deterministic kernels can be slower (attention's backward most): it is off by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+# the commands' --help for --deterministic
+DETERMINISTIC_HELP = (
+    "deterministic kernels on a GPU (torch.use_deterministic_algorithms, warn_only; cuDNN; CUBLAS_WORKSPACE_CONFIG): "
+    "the same bits from the same seed, and a resumed run bit-identical to an uninterrupted one; can be slower. The "
+    "CPU needs none"
+)
+CUBLAS_WORKSPACE = ":4096:8"  # one of the two settings torch documents for deterministic cuBLAS (16 MiB a stream)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(on: bool) -> Iterator[None]:
+    """While the context is open: torch's, cuDNN's and cuBLAS's deterministic settings when ``on`` (the module
+    docstring); nothing at all otherwise. Every setting is put back as it was when the context closes."""
+    if not on:
+        yield
+        return
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        enabled, warn_only, cudnn_deterministic, cudnn_benchmark, workspace = saved
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn_deterministic, cudnn_benchmark
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
