@@ -168,7 +168,9 @@ def linear_loss_backward_reference(
             if dx is not None:
                 dx[rows] = d @ w
             if dw is not None:
-                dw += d.T @ x[rows].to(acc)
+                # an ignored row's hidden state zeroed where every row is processed (CUDA tensors): a NaN there
+                # reaches no gradient, as where those rows are skipped (CPU tensors, the kernels)
+                dw += d.T @ torch.where(valid[rows, None], x[rows].to(acc), 0.0)
             if db is not None:
                 db += d.sum(0)
     dtypes = (hidden.dtype, hidden.dtype, weight.dtype, weight.dtype)

@@ -10,13 +10,20 @@ atomic adds of values); the fused-linear loss's matmuls are cuBLAS's, covered be
 
 ``deterministic_algorithms(True)`` asks torch for the rest, for the duration of the command (restored after it, as
 the tests call the commands in their own process):
-- ``torch.use_deterministic_algorithms(True, warn_only=True)``: deterministic implementations where torch has them;
-  an op without one warns, naming itself, instead of stopping the run (its bits may then still vary);
+- ``torch.use_deterministic_algorithms(True)``, strict: deterministic implementations where torch has them, and an
+  error naming the op where it has none (``refused_by_determinism`` turns that error into the command's usage
+  error). Not ``warn_only``: with it torch keeps the fast nondeterministic algorithm of some ops and only warns --
+  attention's backward among them (flash and memory-efficient SDPA: "To explicitly enable determinism call
+  torch.use_deterministic_algorithms(True, warn_only=False)"), which is what a ViT's bits depend on;
 - cuDNN's deterministic algorithms, without benchmarking (which picks algorithms by timing: run to run);
 - cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, which torch's deterministic mode requires for its
   matmuls on CUDA >= 10.2): cuBLAS reads it when the process makes its first handle, so it is set here, before the
   command's first GPU matmul, unless the environment already sets it.
-Deterministic kernels can be slower (attention's backward most): it is off by default.
+Torch also fills the memory of ``torch.empty`` with NaN in this mode (its outputs cannot depend on what was there),
+on the CPU too: a kernel that read memory it never wrote would show. Deterministic kernels can be slower
+(attention's backward most), and torch has none for a few ops on a GPU (adaptive average pooling's backward on
+CUDA: a timm CNN's global pool, for which ``--model-kwargs global_pool=fast`` is the same mean by a deterministic
+op): it is off by default.
 """
 
 from __future__ import annotations
@@ -29,9 +36,9 @@ import torch
 
 # the commands' --help for --deterministic
 DETERMINISTIC_HELP = (
-    "deterministic kernels on a GPU (torch.use_deterministic_algorithms, warn_only; cuDNN; CUBLAS_WORKSPACE_CONFIG): "
-    "the same bits from the same seed, and a resumed run bit-identical to an uninterrupted one; can be slower. The "
-    "CPU needs none"
+    "deterministic kernels on a GPU (torch.use_deterministic_algorithms; cuDNN; CUBLAS_WORKSPACE_CONFIG): the same "
+    "bits from the same seed, and a resumed run bit-identical to an uninterrupted one, or an error naming an op that "
+    "has no deterministic kernel; can be slower. The CPU needs none"
 )
 CUBLAS_WORKSPACE = ":4096:8"  # one of the two settings torch documents for deterministic cuBLAS (16 MiB a stream)
 
@@ -51,7 +58,7 @@ def deterministic_algorithms(on: bool) -> Iterator[None]:
         os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
     )
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
         yield
@@ -63,3 +70,23 @@ def deterministic_algorithms(on: bool) -> Iterator[None]:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         else:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
+
+
+# how torch's error for an op without a deterministic implementation reads (torch/csrc: alertNotDeterministic)
+_NOT_DETERMINISTIC = "does not have a deterministic implementation"
+
+
+def refused_by_determinism(exc: BaseException) -> str | None:
+    """The command's message for torch's error that an op has no deterministic implementation (raised under
+    ``--deterministic``), naming the op; None for any other exception."""
+    text = str(exc)
+    if not isinstance(exc, RuntimeError) or _NOT_DETERMINISTIC not in text:
+        return None
+    op = text.split(_NOT_DETERMINISTIC)[0].strip()
+    hint = ""
+    if op.startswith("adaptive_avg_pool2d"):  # timm's CNNs: SelectAdaptivePool2d('avg') is nn.AdaptiveAvgPool2d
+        hint = " (a timm model's global pool: --model-kwargs global_pool=fast is the same mean, deterministic)"
+    return (
+        f"--deterministic: torch has no deterministic implementation of {op} on this device{hint}; or run without "
+        "--deterministic (then runs and resumes may differ in their last bits)"
+    )

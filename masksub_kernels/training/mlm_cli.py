@@ -31,7 +31,7 @@ import time
 import torch
 from torch import nn
 
-from .determinism import DETERMINISTIC_HELP, deterministic_algorithms
+from .determinism import DETERMINISTIC_HELP, deterministic_algorithms, refused_by_determinism
 from .mlm_tokenizer import Vocab, check_tokenizer_arg, load_tokenizer, removed_if_refused, tokenizer_path
 from .run_setup import HelpWithDefaults, UsageError, _distributed, check_backend, check_output, default_output
 
@@ -571,6 +571,12 @@ def main(argv: list[str] | None = None) -> int:
             _run(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # under --deterministic: an op torch has no deterministic kernel for
+        message = refused_by_determinism(exc) if args is not None and args.deterministic else None
+        if message is None:
+            raise
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

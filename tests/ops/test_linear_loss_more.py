@@ -184,6 +184,33 @@ def test_ignored_rows_get_zero_gradients_whatever_memory_holds(op_backend, monke
     _assert_grads(ours, ref_leaves, grad_tolerance(GRAD_RTOL, dtype, op_backend))
 
 
+@pytest.mark.parametrize("every_row", [False, True], ids=["rows skipped", "every row (CUDA's reference)"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_a_nan_hidden_state_in_an_ignored_row_reaches_no_gradient(op_backend, monkeypatch, reduction, every_row):
+    # a padding position's hidden state may be NaN: its row is ignored, so it reaches no gradient on any path (the
+    # composite's dW = dz^T h would be 0 x NaN there); the reference processes every row for CUDA tensors (counting
+    # them would synchronise), taken here on the CPU's too
+    if every_row:
+        if op_backend != "torch":
+            pytest.skip("the reference's branch")
+        every = lambda target, ignore_index, classes: torch.arange(target.shape[0], device=target.device).split(
+            lm.reference_chunk_rows(classes)
+        )
+        monkeypatch.setattr(lm, "_counted_row_chunks", every)
+    h, hs, w, b, target = make_inputs(kind="index_ignore", seed=31)
+    ignored = target == -100
+    ours = leaves(h.masked_fill(ignored[:, None], float("nan")), hs.masked_fill(ignored[:, None], float("inf")), w, b)
+    out = mk.linear_masksub_loss(*ours, target, reduction=reduction)
+    (out.loss.sum() + 0.5 * out.main.sum() - 0.25 * out.sub.sum()).backward()  # the stored gradients and recompute
+    expected, ref_leaves = composite(*(x.masked_fill(ignored[:, None], 0.0) for x in (h, hs)), w, b, target,
+                                     reduction=reduction)  # fmt: skip
+    (expected.loss.sum() + 0.5 * expected.main.sum() - 0.25 * expected.sub.sum()).backward()
+    torch.testing.assert_close(out.loss, expected.loss.float(), rtol=1e-5, atol=1e-6)
+    for name, x in zip(GRAD_NAMES, ours):
+        assert bool(x.grad.isfinite().all()), name
+    _assert_grads(ours, ref_leaves, grad_tolerance(GRAD_RTOL, torch.float32, op_backend))
+
+
 class LargestStorage(TorchDispatchMode):
     """The most bytes held by the storage of any tensor an aten op returns (in bytes: the interpreter copies the
     kernels' operands as bytes). Run around the ops' own Python code: around the public op it would see nothing

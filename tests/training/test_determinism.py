@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from masksub_kernels.training.determinism import CUBLAS_WORKSPACE, deterministic_algorithms
+from masksub_kernels.training.determinism import CUBLAS_WORKSPACE, deterministic_algorithms, refused_by_determinism
 
 
 def _settings():
@@ -31,8 +31,8 @@ def test_the_context_sets_every_setting_and_puts_them_back(monkeypatch, workspac
     before = _settings()
     assert before[:2] == (False, False)
     with deterministic_algorithms(True):
-        # warn_only: an op without a deterministic implementation warns instead of stopping the run
-        assert _settings() == (True, True, True, False, workspace or CUBLAS_WORKSPACE)
+        # strict, not warn_only (which keeps attention's nondeterministic backward on a GPU, with a warning)
+        assert _settings() == (True, False, True, False, workspace or CUBLAS_WORKSPACE)
         assert torch.isnan(torch.empty(3)).all()  # torch's fill of uninitialised memory, on the CPU too
     assert _settings() == before
     with deterministic_algorithms(False):
@@ -49,6 +49,43 @@ def _record_the_setting_inside(monkeypatch, module) -> list[bool]:
         module, "_run", lambda args: (seen.append(torch.are_deterministic_algorithms_enabled()), run(args))
     )
     return seen
+
+
+def _put_without_a_deterministic_kernel(args=None):
+    """torch's put_ (accumulate=False), which has no deterministic implementation, on the CPU too."""
+    torch.zeros(3).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
+
+
+def test_torchs_refusal_becomes_a_message_naming_the_op():
+    with deterministic_algorithms(True), pytest.raises(RuntimeError) as refused:
+        _put_without_a_deterministic_kernel()
+    message = refused_by_determinism(refused.value)
+    assert message.startswith("--deterministic: torch has no deterministic implementation of put_ on this device")
+    assert "run without --deterministic" in message and "global_pool" not in message
+    pool = RuntimeError("adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but ...")
+    assert "--model-kwargs global_pool=fast" in refused_by_determinism(pool)
+    assert refused_by_determinism(RuntimeError("CUDA out of memory")) is None
+    assert refused_by_determinism(ValueError("x does not have a deterministic implementation")) is None
+
+
+@pytest.mark.parametrize("command", ["masksub-train", "masksub-train-mlm"])
+def test_the_commands_stop_with_that_message_and_status_2(command, monkeypatch, capsys):
+    if command == "masksub-train":
+        from masksub_kernels.training import cli as module
+    else:
+        pytest.importorskip("transformers")
+        from masksub_kernels.training import mlm_cli as module
+    monkeypatch.setattr(module, "_run", _put_without_a_deterministic_kernel)
+    assert module.main(["--deterministic"]) == 2
+    assert f"{command}: error: --deterministic: torch has no deterministic implementation of put_" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(RuntimeError, match="does not have a deterministic"):  # torch's own setting: not ours to word
+        with deterministic_algorithms(True):
+            module.main([])  # (deterministic_algorithms(False) inside leaves the caller's on)
+    monkeypatch.setattr(module, "_run", lambda args: torch.zeros(2) @ torch.zeros(3))  # another error: as it is
+    with pytest.raises(RuntimeError, match="inconsistent tensor size"):
+        module.main(["--deterministic"])
 
 
 @pytest.fixture
