@@ -92,6 +92,13 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
         if is_mlm(model):
             return "mlm"
         name = type(model).__name__
+        if getattr(model, "main_input_name", None) == "input_ids":  # a transformers text model: no image fallback
+            what = "a masked LM of another structure" if name.endswith("ForMaskedLM") else "a text model"
+            raise ValueError(
+                f"MaskSub: {name} is {what} (it takes input_ids); the text family 'mlm' takes masked LMs of BERT "
+                "structure (bert + cls.predictions) or RoBERTa structure (roberta + lm_head) only, and the other "
+                "families take images"
+            )
         # once per architecture: a timm class can hold several (ByobNet: HaloNet and MobileViT; MaxxVit: MaxViT and
         # CoAtNet), told apart by the model's pretrained_cfg; other models by their class
         architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")

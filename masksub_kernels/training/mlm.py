@@ -411,6 +411,10 @@ def evaluate_batch(parts: MLMParts, batch) -> dict[str, torch.Tensor]:
     rows = labels != IGNORE_INDEX
     logits = parts.decoder(_rows(hidden)[rows]).float()
     picked = labels[rows]
+    outside = picked[(picked < 0) | (picked >= logits.shape[1])]  # the training loss's check (cross_entropy: an
+    if outside.numel():  # IndexError on the CPU, a device assert on a GPU)
+        raise ValueError(f"class ids must be in [0, {logits.shape[1]}) or ignore_index={IGNORE_INDEX}, got "
+                         f"{int(outside[0])}")  # fmt: skip
     return {
         "loss_sum": F.cross_entropy(logits, picked, reduction="sum"),
         "correct": (logits.argmax(dim=1) == picked).sum(),

@@ -33,7 +33,15 @@ from torch import nn
 
 from .determinism import DETERMINISTIC_HELP, deterministic_algorithms, refused_by_determinism
 from .mlm_tokenizer import Vocab, check_tokenizer_arg, load_tokenizer, removed_if_refused, tokenizer_path
-from .run_setup import HelpWithDefaults, UsageError, _distributed, check_backend, check_output, default_output
+from .run_setup import (
+    HelpWithDefaults,
+    UsageError,
+    _distributed,
+    check_backend,
+    check_output,
+    check_writable_directory,
+    default_output,
+)
 
 PROG = "masksub-train-mlm"
 EVAL_SEED = 20230619  # the held-out corruption: one fixed draw shared by every run and round
@@ -500,9 +508,14 @@ def _run(args) -> None:
     backend = check_backend(device, ("linear_masksub_loss", "random_keep_indices"))
     state = _read_checkpoint(args) if args.resume else None
     tokenizer_at = tokenizer_path(args, state)
+    if rank == 0 and not os.path.isfile(tokenizer_at):  # where the vocabulary will be saved, before it is trained
+        check_writable_directory(os.path.dirname(os.path.abspath(tokenizer_at)), f"--tokenizer {tokenizer_at!r}")
     with removed_if_refused(tokenizer_at, rank):  # a vocabulary this run trains, then refused (mlm_tokenizer.py)
         vocab, train, val, sizes = _corpus(args, rank, world, device, tokenizer_at, state is not None)
         ms, optimizer, scheduler, scaler, autocast = _build(args, vocab, train, state, world, device, rank, sizes)
+    if args.warmup_steps > args.steps and rank == 0:  # after every check: a note, not an error (as masksub-train's)
+        print(f"{PROG}: note: --warmup-steps {args.warmup_steps} > --steps {args.steps}: the learning rate is still "
+              f"warming up when the run ends and never reaches --lr {args.lr}", file=sys.stderr)  # fmt: skip
     step_fn = _make_step(args, ms, world)
     start, rows = (state["step"], state["rows"]) if state else (0, [])
     meta = {"command": " ".join([PROG, *sys.argv[1:]]), "args": dict(vars(args)), "world_size": world,

@@ -73,9 +73,15 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
 
     trained = rank == 0 and not os.path.isfile(path)
     if trained:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        text_data.train_tokenizer(train_docs, args.vocab_size).save(path + ".partial")
-        os.replace(path + ".partial", path)  # whole files only: an interrupted save leaves no half-written vocabulary
+        tokenizer = text_data.train_tokenizer(train_docs, args.vocab_size)
+        try:  # (its directory was checked before: a disk that fills, a permission changed since)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            tokenizer.save(path + ".partial")
+            os.replace(path + ".partial", path)  # whole files only: an interrupted save leaves no half-written one
+        except Exception as exc:  # OSError, or tokenizers' own Exception type for a failed save
+            raise UsageError(
+                f"--tokenizer {path!r}: the vocabulary trained for this run cannot be saved: {exc}"
+            ) from exc
     elif rank == 0 and not args.tokenizer and not resuming:
         print(f"{prog}: note: using the vocabulary {path!r} that an earlier run wrote there (not trained for this "
               "run's --vocab-size: delete it, or pass --tokenizer, to train another)", file=sys.stderr)  # fmt: skip

@@ -107,18 +107,24 @@ def check_output(output: str, resume: str | None, rank: int) -> None:
             "checkpoint's own directory, or choose another --output"
         )
     hint = " (the --resume checkpoint's directory: pass --output to write elsewhere)" if own else ""
-    if os.path.isdir(output):  # a file made and removed there: what saving will need
+    check_writable_directory(output, f"--output {output!r}{hint}")
+
+
+def check_writable_directory(directory: str, what: str) -> None:
+    """``directory`` can be written, or made where it does not exist: a file is made and removed there, or its first
+    existing ancestor must be a directory that can be written (nothing is made here). ``what`` starts the
+    UsageError's message (the option and its value)."""
+    first = os.path.abspath(directory)
+    while not os.path.exists(first):
+        first = os.path.dirname(first)
+    if first == os.path.abspath(directory) and os.path.isdir(first):
         try:
-            with tempfile.TemporaryFile(dir=output):
+            with tempfile.TemporaryFile(dir=first):
                 pass
         except OSError as exc:
-            raise UsageError(f"--output {output!r}{hint} cannot be written: {exc.strerror or exc}") from exc
-        return
-    parent = os.path.dirname(os.path.abspath(output))  # made when the first epoch is saved: its first existing
-    while not os.path.exists(parent):  # ancestor must be a directory that can be written (nothing made here)
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--output {output!r} cannot be made: {parent!r} is not a writable directory")
+            raise UsageError(f"{what} cannot be written: {exc.strerror or exc}") from exc
+    elif not os.path.isdir(first) or not os.access(first, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} cannot be made: {first!r} is not a writable directory")
 
 
 def _distributed(device_arg: str | None) -> tuple[int, int, torch.device]:

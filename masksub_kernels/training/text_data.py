@@ -99,7 +99,16 @@ def pack_blocks(tokenizer, documents: list[str], length: int) -> torch.Tensor:
         raise ValueError(f"the sequence length must be >= 3 ([CLS], a token, [SEP]), got {length}")
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     stream: list[int] = []
-    for encoding in tokenizer.encode_batch(documents, add_special_tokens=False):
+    # the text's own "[MASK]", "[PAD]", ... (a corpus about BERT) are words, not special tokens: encoded as text
+    # (tokenizers matches added tokens in the text even without add_special_tokens; helper-131)
+    inner = getattr(tokenizer, "_tokenizer", tokenizer)  # a BertWordPieceTokenizer wraps its Tokenizer
+    was = inner.encode_special_tokens
+    inner.encode_special_tokens = True
+    try:
+        encodings = tokenizer.encode_batch(documents, add_special_tokens=False)
+    finally:
+        inner.encode_special_tokens = was
+    for encoding in encodings:
         stream.extend(encoding.ids)
         stream.append(sep_id)
     body = length - 2

@@ -118,14 +118,36 @@ def test_the_mode_is_the_masked_lms():
     assert set(ms(unlabelled)) == {"logits"}  # eval needs no labels (the training sub-branch does)
 
 
-def test_a_masked_lm_of_another_structure_says_which_it_takes():
-    # helper-107: DistilBERT got the image fallback, then "a batch mapping is for a Hugging Face masked-LM model"
+def test_a_masked_lm_of_another_structure_or_a_text_classifier_is_refused_at_construction():
+    # helper-107: DistilBERT got the image fallback, then "a batch mapping is for a Hugging Face masked-LM model";
+    # helper-131: through MaskSubTrainer, "needs batches with 'pixel_values'" at the first step: refused when built
     config = transformers.DistilBertConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
-    with pytest.warns(UserWarning, match="pixel-grid fallback"):
-        ms = MaskSub(transformers.DistilBertForMaskedLM(config))
+    with pytest.raises(ValueError, match=r"DistilBertForMaskedLM is a masked LM of another structure \(it takes "
+                                         r"input_ids\); the text family 'mlm' takes masked LMs of BERT"):  # fmt: skip
+        MaskSub(transformers.DistilBertForMaskedLM(config))
+    bert = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=32, num_labels=3)  # fmt: skip
+    with pytest.raises(ValueError, match=r"BertForSequenceClassification is a text model \(it takes input_ids\)"):
+        MaskSub(transformers.BertForSequenceClassification(bert))
+    # family='pixel' asked for by name: built (the caller's choice), and a batch mapping gets the call's hint
+    ms = MaskSub(transformers.DistilBertForMaskedLM(config), family="pixel")
     batch = {"input_ids": torch.randint(5, 64, (2, 8))}
     with pytest.raises(TypeError, match=r"DistilBertForMaskedLM is a masked LM, but family 'mlm' takes BERT"):
         ms(batch, torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("label", [VOCAB, -1])
+def test_an_out_of_range_label_is_the_same_clear_error_in_training_and_in_evaluation(label):
+    # helper-131: evaluation gave cross_entropy's IndexError (a device assert on a GPU)
+    ms = MaskSub(tiny_bert(), mask_ratio=0.25)
+    batch = make_batch()
+    predicted = (batch["labels"] != -100).nonzero()[0]
+    batch["labels"][tuple(predicted)] = label
+    message = rf"class ids must be in \[0, {VOCAB}\) or ignore_index=-100, got {label}"
+    for mode in ("train", "eval"):
+        getattr(ms.model, mode)()
+        with pytest.raises(ValueError, match=message):
+            ms(batch)
 
 
 def test_mlm_corrupt_caps_the_kept_tokens_of_a_row():

@@ -83,6 +83,16 @@ def test_text_pipeline(corpus):
     assert special[:, 0].all() and special[:, -1].all() and not special[:, 1:-1].all()
     with pytest.raises(ValueError, match="too few"):
         text_data.pack_blocks(tok, ["a"], 16)
+    # a text's own "[MASK]", "[PAD]", "[CLS]", "[SEP]" are words there, not special tokens (helper-131), on both the
+    # trained tokenizer (a BertWordPieceTokenizer) and one read from its file (a Tokenizer), left as they were
+    about_bert = ["BERT replaces a token by [MASK], pads with [PAD]; [CLS] starts and [SEP] ends. " * 4]
+    from tokenizers import Tokenizer
+
+    for tokenizer in (tok, Tokenizer.from_str(tok.to_str())):
+        body = text_data.pack_blocks(tokenizer, about_bert, 16)[:, 1:-1]
+        assert not bool(text_data.special_tokens_mask(body, tokenizer).any())
+        assert not bool((body == tokenizer.token_to_id("[MASK]")).any())
+        assert getattr(tokenizer, "_tokenizer", tokenizer).encode_special_tokens is False
 
 
 def test_masksub_run_logs_and_checkpoint(corpus, tokenizer, tmp_path):
@@ -219,6 +229,46 @@ def test_errors_on_files(corpus, tokenizer, tmp_path, capsys):
     assert "is a file, not a directory" in capsys.readouterr().err
     assert main(["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", out]) == 2  # out: a run
     assert "holds another run (last.pth)" in capsys.readouterr().err
+
+
+def test_a_tokenizer_path_that_cannot_be_written_is_refused_before_training(corpus, tmp_path, capsys, monkeypatch):
+    # helper-131: was a traceback, after the corpus was read and a vocabulary trained (~10 s for the stdlib corpus)
+    from masksub_kernels.training import text_data
+
+    (tmp_path / "a_file").write_text("")
+    trained = []
+    real_train = text_data.train_tokenizer
+    monkeypatch.setattr(text_data, "train_tokenizer", lambda *a: trained.append(1) or real_train(*a))
+    for path in (tmp_path / "a_file" / "tok.json", tmp_path / "a_file" / "sub" / "tok.json"):
+        assert main(["--data-dir", corpus, *TINY, "--tokenizer", str(path), "--output", str(tmp_path / "o")]) == 2
+        assert f"--tokenizer '{path}' cannot be made: '{tmp_path / 'a_file'}' is not a writable directory" in (
+            capsys.readouterr().err
+        )
+    assert not trained and not (tmp_path / "o").exists()
+    # a save that fails after the check (a disk that fills): the command's error, not tokenizers' exception
+    monkeypatch.setattr(text_data, "train_tokenizer", lambda *a: _FailingSave())
+    assert main(["--data-dir", corpus, *TINY, "--tokenizer", str(tmp_path / "t.json"), "--output", str(tmp_path / "p")])
+    assert (
+        "the vocabulary trained for this run cannot be saved: [Errno 28] No space left on device"
+        in capsys.readouterr().err
+    )
+
+
+def test_a_warm_up_longer_than_the_run_gets_a_note(corpus, tokenizer, tmp_path, capsys):
+    # helper-131: masksub-train notes it; here --warmup-steps == --steps still reaches --lr at the last step
+    common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--steps", "2", "--eval-every", "2"]
+    assert main([*common, "--output", str(tmp_path / "a"), "--warmup-steps", "2"]) == 0
+    assert "note: --warmup-steps" not in capsys.readouterr().err
+    assert main([*common, "--output", str(tmp_path / "b"), "--warmup-steps", "3"]) == 0
+    assert (
+        "masksub-train-mlm: note: --warmup-steps 3 > --steps 2: the learning rate is still warming up when the run "
+        "ends and never reaches --lr 0.001" in capsys.readouterr().err
+    )
+
+
+class _FailingSave:
+    def save(self, path):
+        raise OSError(28, "No space left on device")
 
 
 def test_the_held_out_corruption_is_the_same_for_every_seed(corpus, tokenizer):
