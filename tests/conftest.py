@@ -134,6 +134,28 @@ def _seeded_global_generators():
     torch.manual_seed(TEST_SEED)
 
 
+# The op tests on the CPU run with torch's fill of uninitialised memory: torch.empty (and empty_like, new_empty, ...)
+# returns NaN (floats) or the largest integer, so an op whose result depends on memory it never wrote -- a masked
+# load's lane, a buffer's padding, a row a kernel should have written -- fails its comparison instead of passing on
+# whatever the allocator held (zeros, often). It comes with torch's deterministic mode (warn_only: an op without a
+# deterministic implementation only warns; a few ops choose deterministic algorithms). Not on a GPU, where the test
+# suite also counts kernels and the fills would be launches of their own.
+NAN_FILLED = ("ops", "cuda_extension")
+
+
+@pytest.fixture(autouse=True)
+def _uninitialised_memory_filled(request):
+    if DEVICE.type != "cpu" or request.node.path.parent.name not in NAN_FILLED:
+        yield
+        return
+    saved = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+
+
 @pytest.fixture
 def device() -> torch.device:
     return DEVICE

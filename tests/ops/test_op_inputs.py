@@ -429,3 +429,11 @@ def test_auto_skips_a_backend_that_an_op_lacks(monkeypatch):
     monkeypatch.setattr(_backend, "_serves", lambda name, device_type: name == "cuda")
     assert _backend.resolve_backend("cuda", implemented=("torch", "triton")) == "torch"
     assert _backend.resolve_backend("cuda", implemented=("torch", "triton", "cuda")) == "cuda"
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="the fill is on for the CPU's op tests only (tests/conftest.py)")
+def test_the_op_tests_run_with_uninitialised_memory_filled():
+    # tests/conftest.py's _uninitialised_memory_filled: what an op reads without having written it is NaN here
+    assert (
+        torch.isnan(torch.empty(4)).all() and torch.empty(2, dtype=torch.int64).eq(torch.iinfo(torch.int64).max).all()
+    )
