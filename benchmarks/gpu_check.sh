@@ -48,7 +48,7 @@ step env.txt 15 write_env
 
 # phase 1: the open questions, and the tests of the kernels that changed most
 OPEN_TESTS=(tests/training/test_determinism.py tests/test_bench_more.py)
-step_bg tests-open.log 150 "${PYTEST[@]}" "${OPEN_TESTS[@]}"
+step_bg tests-open.log 150 "${PYTEST[@]}" "${OPEN_TESTS[@]}" -k 'on_a_gpu or gpu_measure' # (their CPU tests: CI's)
 step_bg tests-select.log 150 "${PYTEST[@]}" tests/ops/test_token_select.py
 step_bg tests-loss.log 150 "${PYTEST[@]}" "${XDIST[@]}" "${LOSS_TESTS[@]}"
 wait_steps

@@ -16,14 +16,16 @@ the tests call the commands in their own process):
   attention's backward among them (flash and memory-efficient SDPA: "To explicitly enable determinism call
   torch.use_deterministic_algorithms(True, warn_only=False)"), which is what a ViT's bits depend on;
 - cuDNN's deterministic algorithms, without benchmarking (which picks algorithms by timing: run to run);
-- cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, which torch's deterministic mode requires for its
-  matmuls on CUDA >= 10.2): cuBLAS reads it when the process makes its first handle, so it is set here, before the
-  command's first GPU matmul, unless the environment already sets it.
+- cuBLAS's fixed workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, NVIDIA's setting for bitwise reproducible cuBLAS
+  across streams, which torch's deterministic mode required before torch 2.10; harmless where not needed): cuBLAS
+  reads it when the process makes its first handle, so it is set here, before the command's first GPU matmul,
+  unless the environment already sets it.
 Torch also fills the memory of ``torch.empty`` with NaN in this mode (its outputs cannot depend on what was there),
 on the CPU too: a kernel that read memory it never wrote would show. Deterministic kernels can be slower
-(attention's backward most), and torch has none for a few ops on a GPU (adaptive average pooling's backward on
-CUDA: a timm CNN's global pool, for which ``--model-kwargs global_pool=fast`` is the same mean by a deterministic
-op): it is off by default.
+(attention's backward most), and torch has none for a few ops on a GPU (by torch's documentation and sources: the
+backward of bilinear / bicubic interpolation, e.g. a timm ViT with ``dynamic_img_size`` resizing its position
+embedding to another image size; adaptive pooling to more than 1 x 1; ``grid_sample``; 4-D ``cross_entropy``; none on
+the library's own paths, helper-134; a CNN's global pool to 1 x 1 is a mean, deterministic): it is off by default.
 """
 
 from __future__ import annotations
@@ -83,10 +85,7 @@ def refused_by_determinism(exc: BaseException) -> str | None:
     if not isinstance(exc, RuntimeError) or _NOT_DETERMINISTIC not in text:
         return None
     op = text.split(_NOT_DETERMINISTIC)[0].strip()
-    hint = ""
-    if op.startswith("adaptive_avg_pool2d"):  # timm's CNNs: SelectAdaptivePool2d('avg') is nn.AdaptiveAvgPool2d
-        hint = " (a timm model's global pool: --model-kwargs global_pool=fast is the same mean, deterministic)"
     return (
-        f"--deterministic: torch has no deterministic implementation of {op} on this device{hint}; or run without "
-        "--deterministic (then runs and resumes may differ in their last bits)"
+        f"--deterministic: torch has no deterministic implementation of {op} on this device (an op of the model or "
+        "its loss); run without --deterministic (then runs and resumes may differ in their last bits)"
     )

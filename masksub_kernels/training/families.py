@@ -93,7 +93,7 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
             return "mlm"
         name = type(model).__name__
         if getattr(model, "main_input_name", None) == "input_ids":  # a transformers text model: no image fallback
-            what = "a masked LM of another structure" if name.endswith("ForMaskedLM") else "a text model"
+            what = "a masked LM of another structure" if name.endswith("ForMaskedLM") else "a model of token ids"
             raise ValueError(
                 f"MaskSub: {name} is {what} (it takes input_ids); the text family 'mlm' takes masked LMs of BERT "
                 "structure (bert + cls.predictions) or RoBERTa structure (roberta + lm_head) only, and the other "

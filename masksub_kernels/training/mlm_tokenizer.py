@@ -79,6 +79,8 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
             tokenizer.save(path + ".partial")
             os.replace(path + ".partial", path)  # whole files only: an interrupted save leaves no half-written one
         except Exception as exc:  # OSError, or tokenizers' own Exception type for a failed save
+            with contextlib.suppress(OSError):  # a part written (removed_if_refused then removes the directories)
+                os.remove(path + ".partial")
             raise UsageError(
                 f"--tokenizer {path!r}: the vocabulary trained for this run cannot be saved: {exc}"
             ) from exc

@@ -115,7 +115,7 @@ def check_writable_directory(directory: str, what: str) -> None:
     existing ancestor must be a directory that can be written (nothing is made here). ``what`` starts the
     UsageError's message (the option and its value)."""
     first = os.path.abspath(directory)
-    while not os.path.exists(first):
+    while not os.path.lexists(first):  # (a dangling symlink stops here: not a directory)
         first = os.path.dirname(first)
     if first == os.path.abspath(directory) and os.path.isdir(first):
         try:

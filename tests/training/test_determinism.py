@@ -61,9 +61,7 @@ def test_torchs_refusal_becomes_a_message_naming_the_op():
         _put_without_a_deterministic_kernel()
     message = refused_by_determinism(refused.value)
     assert message.startswith("--deterministic: torch has no deterministic implementation of put_ on this device")
-    assert "run without --deterministic" in message and "global_pool" not in message
-    pool = RuntimeError("adaptive_avg_pool2d_backward_cuda does not have a deterministic implementation, but ...")
-    assert "--model-kwargs global_pool=fast" in refused_by_determinism(pool)
+    assert message.endswith("run without --deterministic (then runs and resumes may differ in their last bits)")
     assert refused_by_determinism(RuntimeError("CUDA out of memory")) is None
     assert refused_by_determinism(ValueError("x does not have a deterministic implementation")) is None
 

@@ -127,7 +127,9 @@ def test_a_masked_lm_of_another_structure_or_a_text_classifier_is_refused_at_con
         MaskSub(transformers.DistilBertForMaskedLM(config))
     bert = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                    intermediate_size=32, num_labels=3)  # fmt: skip
-    with pytest.raises(ValueError, match=r"BertForSequenceClassification is a text model \(it takes input_ids\)"):
+    with pytest.raises(
+        ValueError, match=r"BertForSequenceClassification is a model of token ids \(it takes input_ids\)"
+    ):
         MaskSub(transformers.BertForSequenceClassification(bert))
     # family='pixel' asked for by name: built (the caller's choice), and a batch mapping gets the call's hint
     ms = MaskSub(transformers.DistilBertForMaskedLM(config), family="pixel")

@@ -239,19 +239,26 @@ def test_a_tokenizer_path_that_cannot_be_written_is_refused_before_training(corp
     trained = []
     real_train = text_data.train_tokenizer
     monkeypatch.setattr(text_data, "train_tokenizer", lambda *a: trained.append(1) or real_train(*a))
-    for path in (tmp_path / "a_file" / "tok.json", tmp_path / "a_file" / "sub" / "tok.json"):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")  # helper-134: passed the check, failed after training
+    for path, blocker in (
+        (tmp_path / "a_file" / "tok.json", "a_file"),
+        (tmp_path / "a_file" / "sub" / "tok.json", "a_file"),
+        (tmp_path / "dangling" / "tok.json", "dangling"),
+    ):
         assert main(["--data-dir", corpus, *TINY, "--tokenizer", str(path), "--output", str(tmp_path / "o")]) == 2
-        assert f"--tokenizer '{path}' cannot be made: '{tmp_path / 'a_file'}' is not a writable directory" in (
+        assert f"--tokenizer '{path}' cannot be made: '{tmp_path / blocker}' is not a writable directory" in (
             capsys.readouterr().err
         )
     assert not trained and not (tmp_path / "o").exists()
     # a save that fails after the check (a disk that fills): the command's error, not tokenizers' exception
     monkeypatch.setattr(text_data, "train_tokenizer", lambda *a: _FailingSave())
-    assert main(["--data-dir", corpus, *TINY, "--tokenizer", str(tmp_path / "t.json"), "--output", str(tmp_path / "p")])
+    made = tmp_path / "made" / "tok.json"  # its directory made for it, removed again with the part written
+    assert main(["--data-dir", corpus, *TINY, "--tokenizer", str(made), "--output", str(tmp_path / "p")]) == 2
     assert (
         "the vocabulary trained for this run cannot be saved: [Errno 28] No space left on device"
         in capsys.readouterr().err
     )
+    assert not (tmp_path / "made").exists()
 
 
 def test_a_warm_up_longer_than_the_run_gets_a_note(corpus, tokenizer, tmp_path, capsys):
@@ -268,6 +275,8 @@ def test_a_warm_up_longer_than_the_run_gets_a_note(corpus, tokenizer, tmp_path, 
 
 class _FailingSave:
     def save(self, path):
+        with open(path, "w") as f:
+            f.write("{")  # a part written, then the disk is full
         raise OSError(28, "No space left on device")
 
 
