@@ -52,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="loader processes (default 0 for digits, else 4; the count is part of the augmentations' randomness)",
     )
-    g.add_argument("--drop", type=float, default=0.0, help="model dropout rate")
-    g.add_argument("--drop-path", type=float, default=0.0, help="model drop-path rate")
+    g.add_argument("--drop", type=float, default=0.0, help="model dropout rate (timm's drop_rate; 0: none)")
+    g.add_argument(
+        "--drop-path", type=float, default=None,
+        help="model drop-path rate (timm's drop_path_rate; default: the model's own, e.g. 0.1 for a Swin)",
+    )  # fmt: skip
     g.add_argument(
         "--global-pool",
         default=None,

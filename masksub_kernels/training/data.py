@@ -86,7 +86,7 @@ def _digits(img_size: int, in_chans: int, augment: bool) -> DataSpec:
 
 
 def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: bool, transforms) -> DataSpec:
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_dataset, create_transform
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 
     mean, std = mean or IMAGENET_DEFAULT_MEAN, std or IMAGENET_DEFAULT_STD
     if transforms is None:
@@ -103,11 +103,36 @@ def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: b
             f"data directory {root!r} must hold ImageFolder trees 'train/' and 'val/' (or 'validation/'), one "
             "sub-folder per class"
         )
-    train = create_dataset("", root=root, split="train", is_training=True)
-    val = create_dataset("", root=root, split=val_split, class_map=getattr(train.reader, "class_to_idx", None))
+    train = _split(root, "train", is_training=True)
+    classes = getattr(train.reader, "class_to_idx", None)
+    folders = sorted(e.name for e in os.scandir(os.path.join(root, val_split)) if e.is_dir())
+    unknown = [name for name in folders if classes is not None and name not in classes]
+    if unknown:  # timm's class_map drops their images without a word: a validation on fewer images than it holds
+        raise FileNotFoundError(
+            f"{os.path.join(root, val_split)!r} has class folders that 'train/' lacks: {unknown[:8]} (the class "
+            "folders of both must match: the model's classes are train's)"
+        )
+    val = _split(root, val_split, class_map=classes)
     train.transform, val.transform = transforms
-    num_classes = len(getattr(train.reader, "class_to_idx", {})) or 1 + max(t for _, t in train.reader.samples)
+    num_classes = len(classes or {}) or 1 + max(t for _, t in train.reader.samples)
+    if num_classes < 2:
+        named = sorted(name for name in classes or {} if name)  # timm's class '': images directly in the split
+        shown = named or "none: its images lie directly in it"
+        raise FileNotFoundError(
+            f"{os.path.join(root, 'train')!r} holds 1 class (class folders: {shown}): a classifier needs at least 2, "
+            "one sub-folder of images per class in 'train/' and 'val/'"
+        )
     return DataSpec(train, val, num_classes, in_chans, img_size)
+
+
+def _split(root: str, split: str, **options):
+    """timm's ImageFolder dataset of ``root/split``; no image in it is a FileNotFoundError naming the split."""
+    from timm.data import create_dataset
+
+    try:
+        return create_dataset("", root=root, split=split, **options)
+    except RuntimeError as exc:  # timm: "Found 0 images in subfolders of ..."
+        raise FileNotFoundError(f"{os.path.join(root, split)!r} holds no images timm reads: {exc}") from exc
 
 
 def build_datasets(

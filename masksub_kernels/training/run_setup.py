@@ -195,12 +195,17 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
         hint = f"; similar names: {', '.join(close)}" if close else " (timm.list_models() lists them)"
         raise UsageError(f"unknown timm model {args.model!r}{hint}")
     kwargs = dict(args.model_kwargs)
-    kwargs.setdefault("num_classes", num_classes)
+    if kwargs.setdefault("num_classes", num_classes) != num_classes:  # the data's
+        raise UsageError(f"--model-kwargs num_classes={kwargs['num_classes']}, but the data has {num_classes} classes")
     kwargs.setdefault("in_chans", in_chans)
-    if args.drop:
-        kwargs.setdefault("drop_rate", args.drop)
-    if args.drop_path:
-        kwargs.setdefault("drop_path_rate", args.drop_path)
+    # timm's train.py: --drop always passed (0 turns a model's own dropout off), --drop-path when given (0 included;
+    # else the model's own: 0.1 for a Swin). Each, or its --model-kwargs name, not both
+    for key, value in (("drop_rate", args.drop), ("drop_path_rate", args.drop_path)):
+        option = "--drop" if key == "drop_rate" else "--drop-path"
+        if key in kwargs and value is not None and (key == "drop_path_rate" or value != 0.0):
+            raise UsageError(f"{option} {value} and --model-kwargs {key}={kwargs[key]}: pass one")
+        if value is not None:
+            kwargs.setdefault(key, value)
     if args.global_pool is not None:
         kwargs.setdefault("global_pool", args.global_pool)
     if args.fc_norm is not None:
@@ -327,6 +332,8 @@ _RANGES = (
     ("bce_target_thresh", 0.0, 1.0, True, False),
     ("cell_size", 1, None, True, True),
     ("drop", 0.0, 1.0, True, False),
+    ("img_size", 1, None, True, True),
+    ("seed", 0, 2**43, True, False),  # seed * 1_000_003 + epoch seeds torch's generators (int64)
     ("drop_path", 0.0, 1.0, True, False),
     ("layer_decay", 0.0, 1.0, False, True),
     ("model_ema_decay", 0.0, 1.0, True, False),
@@ -362,7 +369,8 @@ def check_args(args) -> None:
     if args.bce_target_thresh is not None and args.loss != "bce":
         raise UsageError("--bce-target-thresh binarises BCE targets: it needs --loss bce")
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
-        raise UsageError(f"data directory {args.data_dir!r} does not exist")
+        what = "is not a directory" if os.path.exists(args.data_dir) else "does not exist"
+        raise UsageError(f"data directory {args.data_dir!r} {what}")
     if (args.mixup > 0 or args.cutmix > 0) and args.batch_size % 2:
         raise UsageError(f"Mixup / CutMix need an even --batch-size, got {args.batch_size}")
     for name, count in (("mean", None), ("std", None), ("opt_betas", 2), ("scale", 2)):
@@ -441,6 +449,8 @@ def setup(args) -> Setup:
     seed_epoch(args.seed, -1, 0)  # model initialisation: the same on every rank (DDP broadcasts rank 0's anyway)
     img_size = _img_size(args, args.model_kwargs)
     in_chans = args.model_kwargs.get("in_chans", 1 if args.data_dir is None else 3)
+    if args.data_dir is not None and in_chans != 3:
+        raise UsageError(f"--model-kwargs in_chans={in_chans}, but an image folder's images are read as RGB (3)")
     mean, std = _mean_std(args)
     try:  # built for the digits too: a bad --aa is an error before anything runs
         transforms = build_transforms(args, img_size, mean, std, augment=not args.no_aug)

@@ -102,12 +102,14 @@ def pack_blocks(tokenizer, documents: list[str], length: int) -> torch.Tensor:
     # the text's own "[MASK]", "[PAD]", ... (a corpus about BERT) are words, not special tokens: encoded as text
     # (tokenizers matches added tokens in the text even without add_special_tokens; helper-131)
     inner = getattr(tokenizer, "_tokenizer", tokenizer)  # a BertWordPieceTokenizer wraps its Tokenizer
-    was = inner.encode_special_tokens
-    inner.encode_special_tokens = True
+    was = getattr(inner, "encode_special_tokens", None)  # (None: a stand-in with no such switch)
+    if was is not None:
+        inner.encode_special_tokens = True
     try:
         encodings = tokenizer.encode_batch(documents, add_special_tokens=False)
     finally:
-        inner.encode_special_tokens = was
+        if was is not None:
+            inner.encode_special_tokens = was
     for encoding in encodings:
         stream.extend(encoding.ids)
         stream.append(sep_id)

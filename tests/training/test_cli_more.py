@@ -17,7 +17,7 @@ import torch
 
 pytest.importorskip("sklearn", reason="the default dataset (digits) comes from scikit-learn")
 
-from masksub_kernels.train import build_parser, main
+from masksub_kernels.train import build_parser, main, parse_kwargs
 from masksub_kernels.training import data as data_mod
 from masksub_kernels.training import engine
 
@@ -239,6 +239,45 @@ def test_validation_classes_are_the_training_folders(tmp_path):
             Image.new("RGB", (8, 8)).save(tmp_path / split / label / "0.png")
     spec = data_mod.build_datasets(str(tmp_path), 8, 3)
     assert spec.num_classes == 2 and [t for _, t in spec.val.reader.samples] == [1]
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({"train/a": 2, "val/a": 1}, "holds 1 class (class folders: ['a']): a classifier needs at least 2"),
+        ({"train": 2, "val": 1}, "holds 1 class (class folders: none: its images lie directly in it)"),
+        ({"train/a": 1, "train/b": 1, "val/a": 0, "val/b": 0}, "/val' holds no images timm reads"),
+        ({"train/a": 0, "train/b": 0, "val/a": 1}, "/train' holds no images timm reads"),
+        ({"train/a": 1, "train/b": 1, "val/a": 1, "val/B": 1}, "has class folders that 'train/' lacks: ['B']"),
+    ],
+)
+def test_image_folders_that_cannot_train_a_classifier_are_refused(tmp_path, layout, message):
+    # helper-135: one class trained to loss 0 (--baseline) or failed at its first batch; an empty split was timm's
+    # traceback; a val/ folder that train/ lacks (a typo) lost its images without a word
+    from PIL import Image
+
+    for folder, images in layout.items():
+        os.makedirs(tmp_path / folder, exist_ok=True)
+        for i in range(images):
+            Image.new("RGB", (8, 8)).save(tmp_path / folder / f"{i}.png")
+    with pytest.raises(FileNotFoundError) as refused:
+        data_mod.build_datasets(str(tmp_path), 8, 3)
+    assert message in str(refused.value)
+
+
+def test_drop_and_drop_path_reach_the_model_at_zero_too():
+    # helper-135: 0 was not passed, so a Swin kept its own drop-path 0.1 while the log said 0
+    from masksub_kernels.training.run_setup import _create_model
+
+    swin = ["--model", "swin_tiny_patch4_window7_224", "--model-kwargs", "img_size=32", "window_size=4",
+            "embed_dim=16", "depths=(1,1)", "num_heads=(1,2)"]  # fmt: skip
+    rates = []
+    for extra in ([], ["--drop-path", "0"], ["--drop-path", "0.05"]):
+        args = build_parser().parse_args([*swin, *extra])
+        args.model_kwargs = parse_kwargs(args.model_kwargs)
+        model = _create_model(args, 10, 3)
+        rates.append([round(float(getattr(b.drop_path1, "drop_prob", 0.0)), 3) for s in model.layers for b in s.blocks])
+    assert rates == [[0.0, 0.1], [0.0, 0.0], [0.0, 0.05]]  # the model's own by default; 0 turns it off
 
 
 def test_log_files_hold_the_documented_columns(tmp_path):

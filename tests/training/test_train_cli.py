@@ -171,7 +171,7 @@ def _image_folder(root) -> str:
     return str(root / "data")
 
 
-def test_image_folder(tmp_path):
+def test_image_folder(tmp_path, capsys):
     _image_folder(tmp_path)
     out = str(tmp_path / "folder")
     args = [*TINY_VIT, "--data-dir", str(tmp_path / "data"), "--img-size", "16", "--epochs", "1", "--batch-size",
@@ -179,6 +179,9 @@ def test_image_folder(tmp_path):
     assert main(args) == 0
     meta = json.load(open(os.path.join(out, "log.json")))["meta"]
     assert meta["train_images"] == 8 and meta["val_images"] == 8
+    grey = [*TINY_VIT, "in_chans=1", *args[len(TINY_VIT) : -1], out + "-grey"]  # helper-135: was a traceback
+    assert main(grey) == 2
+    assert "--model-kwargs in_chans=1, but an image folder's images are read as RGB (3)" in capsys.readouterr().err
 
 
 def test_default_loader_workers_do_not_follow_the_machine(tmp_path, monkeypatch):
@@ -227,7 +230,9 @@ def test_help_states_the_defaults():
         "--lr LR (default: 0.001)",
         "(default: output/masksub-train, or the --resume checkpoint's directory)",
         "--warmup-epochs WARMUP_EPOCHS (default: 5)",
-        "--drop DROP model dropout rate (default: 0.0)",
+        "--drop DROP model dropout rate (timm's drop_rate; 0: none) (default: 0.0)",
+        "--drop-path DROP_PATH model drop-path rate (timm's drop_path_rate; default: the model's own, e.g. 0.1 for a "
+        "Swin)",
     ]
     for line in expected:
         assert line in text, line
