@@ -87,6 +87,7 @@ def _digits(img_size: int, in_chans: int, augment: bool) -> DataSpec:
 
 def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: bool, transforms) -> DataSpec:
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+    from timm.data.readers.reader_image_folder import find_images_and_targets
 
     mean, std = mean or IMAGENET_DEFAULT_MEAN, std or IMAGENET_DEFAULT_STD
     if transforms is None:
@@ -105,8 +106,9 @@ def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: b
         )
     train = _split(root, "train", is_training=True)
     classes = getattr(train.reader, "class_to_idx", None)
-    folders = sorted(e.name for e in os.scandir(os.path.join(root, val_split)) if e.is_dir())
-    unknown = [name for name in folders if classes is not None and name not in classes]
+    # val's classes as timm finds them (folders holding images: a '.ipynb_checkpoints' is none), one walk of its tree
+    _, val_classes = find_images_and_targets(os.path.join(root, val_split))
+    unknown = sorted(name for name in val_classes if classes is not None and name not in classes)
     if unknown:  # timm's class_map drops their images without a word: a validation on fewer images than it holds
         raise FileNotFoundError(
             f"{os.path.join(root, val_split)!r} has class folders that 'train/' lacks: {unknown[:8]} (the class "
