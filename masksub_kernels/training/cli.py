@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from .determinism import DETERMINISTIC_HELP, deterministic_algorithms, refused_by_determinism
+from .determinism import DETERMINISTIC_HELP, run_command
 from .resume import resume
 from .run_setup import PROG, HelpWithDefaults, Setup, UsageError, parse_kwargs, setup
 
@@ -371,18 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``masksub-train`` / ``python -m masksub_kernels.train``; returns the exit status."""
     from .config import parse_args_with_config
 
-    args = None
     try:
         args = parse_args_with_config(build_parser(), argv)
-        with deterministic_algorithms(args.deterministic):
-            _run(args)
-    except UsageError as exc:
+    except UsageError as exc:  # a --config file's mistakes
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:  # under --deterministic: an op torch has no deterministic kernel for
-        message = refused_by_determinism(exc) if args is not None and args.deterministic else None
-        if message is None:
-            raise
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(PROG, _run, args)

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -89,3 +90,22 @@ def refused_by_determinism(exc: BaseException) -> str | None:
         f"--deterministic: torch has no deterministic implementation of {op} on this device (an op of the model or "
         "its loss); run without --deterministic (then runs and resumes may differ in their last bits)"
     )
+
+
+def run_command(prog: str, run: Callable[..., None], args) -> int:
+    """A training command's body ``run(args)`` under its ``--deterministic``; the exit status: 0, or 2 with
+    ``prog: error: ...`` on stderr for a UsageError or, under --deterministic, an op without a deterministic kernel."""
+    from .run_setup import UsageError
+
+    try:
+        with deterministic_algorithms(args.deterministic):
+            run(args)
+        return 0
+    except UsageError as exc:
+        message = str(exc)
+    except RuntimeError as exc:
+        message = refused_by_determinism(exc) if args.deterministic else None
+        if message is None:
+            raise
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2

@@ -31,7 +31,7 @@ import time
 import torch
 from torch import nn
 
-from .determinism import DETERMINISTIC_HELP, deterministic_algorithms, refused_by_determinism
+from .determinism import DETERMINISTIC_HELP, run_command
 from .mlm_tokenizer import Vocab, check_tokenizer_arg, load_tokenizer, removed_if_refused, tokenizer_path
 from .run_setup import (
     HelpWithDefaults,
@@ -578,20 +578,7 @@ def _run(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``masksub-train-mlm``; returns the exit status (2 with a message for unusable options)."""
-    args = build_parser().parse_args(argv)
-    try:
-        with deterministic_algorithms(args.deterministic):
-            _run(args)
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # under --deterministic: an op torch has no deterministic kernel for
-        message = refused_by_determinism(exc) if args is not None and args.deterministic else None
-        if message is None:
-            raise
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(PROG, _run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
