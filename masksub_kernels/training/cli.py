@@ -52,11 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="loader processes (default 0 for digits, else 4; the count is part of the augmentations' randomness)",
     )
-    g.add_argument("--drop", type=float, default=0.0, help="model dropout rate (timm's drop_rate; 0: none)")
+    g.add_argument(
+        "--drop", type=float, default=None, help="model dropout rate (timm's drop_rate; default: the model's own)"
+    )
     g.add_argument(
         "--drop-path", type=float, default=None,
         help="model drop-path rate (timm's drop_path_rate; default: the model's own, e.g. 0.1 for a Swin)",
     )  # fmt: skip
+    # a checkpoint's mark that its --drop / --drop-path were passed to timm when given, 0 included (resume.py: before
+    # 2026-12-05 a 0, their default then, was not passed)
+    p.set_defaults(rates_passed_at_zero=True)
     g.add_argument(
         "--global-pool",
         default=None,

@@ -108,7 +108,9 @@ def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: b
     classes = getattr(train.reader, "class_to_idx", None)
     # val's classes as timm finds them (folders holding images: a '.ipynb_checkpoints' is none), one walk of its tree
     _, val_classes = find_images_and_targets(os.path.join(root, val_split))
-    unknown = sorted(name for name in val_classes if classes is not None and name not in classes)
+    unknown = sorted(
+        name or "(images directly in it)" for name in val_classes if classes is not None and name not in classes
+    )
     if unknown:  # timm's class_map drops their images without a word: a validation on fewer images than it holds
         raise FileNotFoundError(
             f"{os.path.join(root, val_split)!r} has class folders that 'train/' lacks: {unknown[:8]} (the class "

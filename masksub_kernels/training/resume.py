@@ -27,6 +27,7 @@ _UNCHECKED = (
     *("opt", "model_ema", "loss_smoothing", "mixup_smoothing", *_SCHEDULE_OPTIONS, *_OPTIMIZER_OPTIONS),
     # img_size: resolved into model_kwargs (compared there); head_init_scale: only with --initial-checkpoint
     *("img_size", "head_init_scale"),
+    *("deterministic", "rates_passed_at_zero"),  # the bits of a GPU run, not its training; a checkpoint's mark
 )
 
 
@@ -45,6 +46,8 @@ def other_changes(old: dict, args) -> list[str]:
 
     def same(name: str) -> bool:
         a, b = _plain(old[name]), _plain(getattr(args, name))
+        if name in ("drop", "drop_path") and a == 0.0 and not old.get("rates_passed_at_zero"):
+            a = None  # an older checkpoint's 0, its default then, was never passed to timm: the model's own rate
         if name == "data_dir" and a is not None and b is not None:
             a, b = os.path.realpath(a), os.path.realpath(b)
         return a == b

@@ -198,14 +198,15 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
     if kwargs.setdefault("num_classes", num_classes) != num_classes:  # the data's
         raise UsageError(f"--model-kwargs num_classes={kwargs['num_classes']}, but the data has {num_classes} classes")
     kwargs.setdefault("in_chans", in_chans)
-    # timm's train.py: --drop always passed (0 turns a model's own dropout off), --drop-path when given (0 included;
-    # else the model's own: 0.1 for a Swin). Each, or its --model-kwargs name, not both
-    for key, value in (("drop_rate", args.drop), ("drop_path_rate", args.drop_path)):
-        option = "--drop" if key == "drop_rate" else "--drop-path"
-        if key in kwargs and value is not None and (key == "drop_path_rate" or value != 0.0):
+    # --drop / --drop-path when given, 0 included (a 0 turns the model's own off: a Swin's drop-path 0.1); else the
+    # model's own rate. Each, or its --model-kwargs name, not both
+    rates = {key: value for key, value in (("drop_rate", args.drop), ("drop_path_rate", args.drop_path))}
+    for key, value in rates.items():
+        if value is not None and key in kwargs:
+            option = "--drop" if key == "drop_rate" else "--drop-path"
             raise UsageError(f"{option} {value} and --model-kwargs {key}={kwargs[key]}: pass one")
         if value is not None:
-            kwargs.setdefault(key, value)
+            kwargs[key] = value
     if args.global_pool is not None:
         kwargs.setdefault("global_pool", args.global_pool)
     if args.fc_norm is not None:
@@ -215,11 +216,22 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
         # on every token before the pool (FT-CLIP's head when the pool averages the patch tokens)
         kwargs["fc_norm"] = args.fc_norm == "pooled"
     try:
-        model = timm.create_model(args.model, pretrained=False, **kwargs)
+        try:
+            model = timm.create_model(args.model, pretrained=False, **kwargs)
+        except TypeError as exc:  # a model without drop-path (VGG, DenseNet, ...) has none for a 0 to turn off
+            unused = [key for key, value in rates.items() if value == 0 and key in str(exc)]
+            if not unused:
+                raise
+            model = timm.create_model(
+                args.model, pretrained=False, **{k: v for k, v in kwargs.items() if k not in unused}
+            )
     except TypeError as exc:
         if args.fc_norm is not None and "fc_norm" in str(exc):
             raise UsageError(f"--fc-norm is for timm's VisionTransformer models, not {args.model!r}") from exc
-        raise UsageError(f"timm model {args.model!r} does not take these kwargs {kwargs}: {exc}") from exc
+        raise UsageError(
+            f"timm model {args.model!r} does not take these kwargs {kwargs} (--model-kwargs, --drop, --drop-path, "
+            f"--global-pool): {exc}"
+        ) from exc
     except (ValueError, AssertionError) as exc:  # timm asserts its arguments (a pooling it lacks, heads not dividing)
         raise UsageError(
             f"timm cannot build {args.model!r} with {kwargs} (--model-kwargs, --global-pool, --drop, --drop-path): "
@@ -333,7 +345,7 @@ _RANGES = (
     ("cell_size", 1, None, True, True),
     ("drop", 0.0, 1.0, True, False),
     ("img_size", 1, None, True, True),
-    ("seed", 0, 2**43, True, False),  # seed * 1_000_003 + epoch seeds torch's generators (int64)
+    ("seed", -(2**43), 2**43, False, False),  # seed * 1_000_003 + epoch seeds torch's generators (int64)
     ("drop_path", 0.0, 1.0, True, False),
     ("layer_decay", 0.0, 1.0, False, True),
     ("model_ema_decay", 0.0, 1.0, True, False),

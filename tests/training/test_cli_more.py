@@ -17,7 +17,7 @@ import torch
 
 pytest.importorskip("sklearn", reason="the default dataset (digits) comes from scikit-learn")
 
-from masksub_kernels.train import build_parser, main, parse_kwargs
+from masksub_kernels.train import UsageError, build_parser, main, parse_kwargs
 from masksub_kernels.training import data as data_mod
 from masksub_kernels.training import engine
 
@@ -191,6 +191,14 @@ def test_resume_notes_each_changed_option_that_shapes_the_training():
         setattr(args, name, value)
     notes = other_changes(old, args)
     assert sorted(note.split()[0] for note in notes) == sorted(f"--{k.replace('_', '-')}" for k in changed)
+    # a checkpoint of before 2026-12-05: its --drop / --drop-path 0.0, the default then, were never passed to timm,
+    # as today's default None is not: no change (helper-136); a 0 given today is one
+    args = build_parser().parse_args([])
+    before = {**vars(args), "drop": 0.0, "drop_path": 0.0, "deterministic": True}
+    del before["rates_passed_at_zero"]
+    assert other_changes(before, args) == []
+    today = {**vars(args), "drop_path": 0.0}
+    assert other_changes(today, args) == ["--drop-path 0.0 -> None"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -250,6 +258,7 @@ def test_validation_classes_are_the_training_folders(tmp_path):
         ({"train/a": 0, "train/b": 0, "val/a": 1}, "/train' holds no images timm reads"),
         ({"train/a": 1, "train/b": 1, "val/a": 1, "val/B": 1}, "has class folders that 'train/' lacks: ['B']"),
         ({"train/a": 1, "train/b": 1, "val/a": 1, "val/.ipynb_checkpoints": 0}, None),  # no images: no class
+        ({"train/a": 1, "train/b": 1, "val": 1}, "'train/' lacks: ['(images directly in it)']"),
     ],
 )
 def test_image_folders_that_cannot_train_a_classifier_are_refused(tmp_path, layout, message):
@@ -270,8 +279,23 @@ def test_image_folders_that_cannot_train_a_classifier_are_refused(tmp_path, layo
 
 
 def test_drop_and_drop_path_reach_the_model_at_zero_too():
-    # helper-135: 0 was not passed, so a Swin kept its own drop-path 0.1 while the log said 0
+    # helper-135: 0 was not passed, so a Swin kept its own drop-path 0.1 while the log said 0; by default each is
+    # the model's own (helper-136: an older run resumes with the same model)
     from masksub_kernels.training.run_setup import _create_model
+
+    def build(*flags):
+        args = build_parser().parse_args(list(flags))
+        args.model_kwargs = parse_kwargs(args.model_kwargs)
+        return _create_model(args, 10, 3)
+
+    rexnet = [build("--model", "rexnet_100", *extra).drop_rate for extra in ([], ["--drop", "0"], ["--drop", "0.1"])]
+    assert rexnet == [0.2, 0.0, 0.1]  # its own dropout 0.2 by default
+    # a model without drop-path (DenseNet) has none for a 0 to turn off: built (resnet_rsb.yaml's drop-path 0.0)
+    assert build("--model", "densenet121", "--drop-path", "0").num_classes == 10
+    with pytest.raises(UsageError, match=r"does not take these kwargs .* \(--model-kwargs, --drop, --drop-path"):
+        build("--model", "densenet121", "--drop-path", "0.1")
+    with pytest.raises(UsageError, match=r"--drop 0.0 and --model-kwargs drop_rate=0.3: pass one"):
+        build("--model", "rexnet_100", "--drop", "0", "--model-kwargs", "drop_rate=0.3")
 
     swin = ["--model", "swin_tiny_patch4_window7_224", "--model-kwargs", "img_size=32", "window_size=4",
             "embed_dim=16", "depths=(1,1)", "num_heads=(1,2)"]  # fmt: skip

@@ -230,7 +230,7 @@ def test_help_states_the_defaults():
         "--lr LR (default: 0.001)",
         "(default: output/masksub-train, or the --resume checkpoint's directory)",
         "--warmup-epochs WARMUP_EPOCHS (default: 5)",
-        "--drop DROP model dropout rate (timm's drop_rate; 0: none) (default: 0.0)",
+        "--drop DROP model dropout rate (timm's drop_rate; default: the model's own)",
         "--drop-path DROP_PATH model drop-path rate (timm's drop_path_rate; default: the model's own, e.g. 0.1 for a "
         "Swin)",
     ]

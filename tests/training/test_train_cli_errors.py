@@ -48,8 +48,8 @@ def _error(tmp_path, capsys, *args: str) -> str:
         (["--warmup-epochs", "-1"], "--warmup-epochs must be"),
         (["--drop-path", "1.0"], "--drop-path must be in [0.0, 1.0)"),
         (["--img-size", "0"], "--img-size must be in [1, inf), got 0"),  # helper-135: tracebacks before
-        (["--seed", "-1"], "--seed must be in [0, 8796093022208), got -1"),
-        (["--seed", "99999999999999"], "--seed must be in [0, 8796093022208)"),
+        (["--seed", "-99999999999999"], "--seed must be in (-8796093022208, 8796093022208), got -99999999999999"),
+        (["--seed", "99999999999999"], "--seed must be in (-8796093022208, 8796093022208)"),
         (["--drop-path", "0.1", *TINY_VIT[2:8], "drop_path_rate=0.2"], "--drop-path 0.1 and --model-kwargs drop_path_"),
         ([*TINY_VIT[2:8], "num_classes=5"], "--model-kwargs num_classes=5, but the data has 10 classes"),
         (["--mixup-prob", "2"], "--mixup-prob must be in [0.0, 1.0]"),
