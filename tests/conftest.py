@@ -51,6 +51,13 @@ if GPU_MATH and mk.triton_interpreted():
     from tools import gpu_math
 
     gpu_math.install()
+# The interpreter without two of its costs that change nothing the kernels compute (tools/interpreter_speed.py): a
+# custom-combine tl.reduce one element at a time (the loss's BCE blocks), the language patched again at every call
+# of a @jit helper.
+if mk.triton_interpreted():
+    from tools import interpreter_speed
+
+    interpreter_speed.install()
 
 
 def _install_cuda_emulator() -> bool:

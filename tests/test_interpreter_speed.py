@@ -1,0 +1,162 @@
+"""tools/interpreter_speed.py: the interpreter with it gives the interpreter's own results bit for bit: the
+custom-combine tl.reduce, vectorised, in the same order of combination on every axis, with keep_dims, for tuple
+combines whose order matters, and for the loss's own _sum_log1p; the language patched once per launch, restored after
+it (a failed one too), and patched again for a helper whose language modules the launch did not patch."""
+
+import importlib
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from masksub_kernels._backend import triton_interpreted
+from tools import interpreter_speed
+
+triton = pytest.importorskip("triton")
+tl = triton.language
+ReduceOps = pytest.importorskip("triton.runtime.interpreter").ReduceOps
+
+from masksub_kernels.ops._masksub_loss_blocks import _log1p_pair, _sum_log1p  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not triton_interpreted(), reason="the patch is the Triton interpreter's")
+
+
+@triton.jit
+def first_wins_max(value, index, other_value, other_index):
+    # argmax with ties to the left operand: not commutative, so the order of combination shows
+    take = other_value > value
+    return tl.where(take, other_value, value), tl.where(take, other_index, index)
+
+
+@triton.jit
+def reductions(x_ptr, out_ptr, R: tl.constexpr, G: tl.constexpr):
+    rows = tl.arange(0, R)[:, None]
+    cols = tl.arange(0, G)[None, :]
+    x = tl.load(x_ptr + rows * G + cols)
+    tl.store(out_ptr + tl.arange(0, R), tl.reduce(x, 1, _log1p_pair))
+    tl.store(out_ptr + R + tl.arange(0, G), tl.reduce(x, 0, _log1p_pair))
+    kept = tl.reduce(x, 1, _log1p_pair, keep_dims=True)  # [R, 1]
+    tl.store(out_ptr + 2 * R + G + rows, kept)
+    whole = tl.reduce(x, None, _log1p_pair, keep_dims=True)  # [1, 1]
+    tl.store(out_ptr + 3 * R + G + rows * 0 + cols * 0, whole, mask=(rows == 0) & (cols == 0))
+    tl.store(out_ptr + 3 * R + G + 1, tl.reduce(x, None, _log1p_pair))
+    best, where = tl.reduce((x, rows + cols * 0), 0, first_wins_max)
+    tl.store(out_ptr + 3 * R + G + 2 + tl.arange(0, G), best)
+    tl.store(out_ptr + 3 * R + 2 * G + 2 + tl.arange(0, G), where.to(tl.float32))
+    tl.store(out_ptr + 3 * R + 3 * G + 2 + tl.arange(0, R), _sum_log1p(x))
+
+
+@pytest.mark.parametrize("groups", [4, 8])
+def test_vectorised_reduction_equals_the_interpreters_own(groups):
+    rows = 16
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(rows, groups, generator=gen) * torch.rand(rows, 1, generator=gen) ** 8  # tiny to ~1
+    x[9] = x[12] = torch.arange(groups) + 2.0  # ties at every column's maximum: argmax's order decides its index
+    x[5, 1] = float("nan")
+    length = 3 * rows + 3 * groups + 2 + rows
+
+    def run():
+        out = torch.full((length,), -1.0)
+        reductions[(1,)](x, out, R=rows, G=groups)
+        return out.numpy()
+
+    was_installed = bool(interpreter_speed._installed)
+    interpreter_speed.uninstall()
+    original = ReduceOps.generic_reduce
+    try:
+        plain = run()
+        interpreter_speed.install()
+        interpreter_speed.install()  # idempotent
+        vectorised = run()
+        assert ReduceOps.generic_reduce is not interpreter_speed._installed["generic_reduce"]
+        interpreter_speed.uninstall()
+        assert ReduceOps.generic_reduce is original
+        restored = run()
+    finally:
+        if was_installed:
+            interpreter_speed.install()
+    assert np.array_equal(vectorised, plain, equal_nan=True)
+    assert np.array_equal(restored, plain, equal_nan=True)
+    # the results are the reductions asked for (not two equal wrong ones): log1p's product form, sequential order
+    expected = np.float32(0)
+    for value in x[0].numpy():
+        expected = np.float32(expected + value + expected * value)
+    assert plain[0] == expected
+    argmax_of_ties = plain[3 * rows + 2 * groups + 2 :][:groups]
+    assert (argmax_of_ties == 9).all()
+    sums = plain[3 * rows + 3 * groups + 2 :]
+    finite = ~torch.isnan(x).any(dim=1)
+    torch.testing.assert_close(torch.from_numpy(sums)[finite], torch.log1p(x).sum(dim=1)[finite], rtol=1e-6, atol=0)
+
+
+@triton.jit
+def _add_one(x):
+    return x + 1
+
+
+@triton.jit
+def helpers_in_a_loop(x_ptr, out_ptr, N: tl.constexpr):
+    x = tl.load(x_ptr + tl.arange(0, N))
+    for _ in range(5):
+        x = _add_one(x)
+    tl.store(out_ptr + tl.program_id(0) * N + tl.arange(0, N), x)
+
+
+@triton.jit
+def fails_in_a_helper(x_ptr, N: tl.constexpr):
+    _add_one(tl.reshape(tl.load(x_ptr + tl.arange(0, N)), (N + 1,)))
+
+
+other_module = None  # set by the test: a module of helpers that holds triton.language.core
+
+
+@triton.jit
+def calls_a_helper_of_another_module(x_ptr, out_ptr, N: tl.constexpr):
+    x = other_module.maximum_with_core(tl.load(x_ptr + tl.arange(0, N)))
+    tl.store(out_ptr + tl.arange(0, N), other_module.maximum_with_core(x - 1.0))  # its modules patched by now
+
+
+_OTHER_MODULE = """
+import triton
+import triton.language.core as core
+
+
+@triton.jit
+def maximum_with_core(x):
+    return core.maximum(x, 0.5)  # triton.language.core's builtin: its module patched, or it refuses the call
+"""
+
+
+def test_a_launch_patches_the_language_once_and_restores_it(monkeypatch, tmp_path):
+    assert interpreter_speed.install()  # this Triton has what the patch replaces
+    calls = []
+    original = interpreter_speed._installed["_patch_lang"]
+    monkeypatch.setitem(
+        interpreter_speed._installed, "_patch_lang", lambda fn: calls.append(fn.__name__) or original(fn)
+    )
+
+    def language():
+        return tl.reduce, getattr(tl.tensor, "__bool__", None), tl.range
+
+    unpatched = language()
+    x = torch.arange(4.0)
+    out = torch.zeros(8)
+    helpers_in_a_loop[(2,)](x, out, N=4)
+    assert torch.equal(out, torch.cat([x + 5, x + 5]))
+    assert calls == ["helpers_in_a_loop"]  # not once more per helper call (10 of them)
+    assert language() == unpatched and not interpreter_speed._launch_languages
+    with pytest.raises(Exception, match="must be a power of 2"):
+        fails_in_a_helper[(1,)](x, N=4)
+    assert language() == unpatched and not interpreter_speed._launch_languages
+    # a helper holding triton.language.core, which the launch's module does not: patched for its first call only
+    (tmp_path / "other_language_module.py").write_text(_OTHER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys.modules[__name__], "other_module", importlib.import_module("other_language_module"))
+    calls.clear()
+    calls_a_helper_of_another_module[(1,)](x, out, N=4)
+    assert torch.equal(out[:4], torch.clamp(torch.clamp(x, min=0.5) - 1, min=0.5)) and calls == [
+        "calls_a_helper_of_another_module",
+        "maximum_with_core",
+    ]
+    sys.modules.pop("other_language_module")

@@ -1,0 +1,132 @@
+"""Two costs of the Triton interpreter (triton/runtime/interpreter.py, Triton 3.8) that the tests need not pay, removed
+without changing what the kernels compute: the kernels' lines run as they did, with the same results bit for bit
+(tests/test_interpreter_speed.py). tests/conftest.py installs both where the interpreter runs the kernels.
+
+- **A custom-combine ``tl.reduce``, one element at a time.** ``ReduceOps.generic_reduce`` calls the combine function
+  once per input element, on scalar tensors. The loss's BCE blocks reduce each lane's group of 4 or 8 classes with
+  one (``_sum_log1p``'s ``_log1p_pair``): a BCE test of 30522 classes spent 60 of its 64 s there. Replaced by the
+  same reduction in the same order -- each output element's accumulator combined with the elements along the axis
+  left to right, as the interpreter does (and a GPU thread with the elements it holds) -- with one combine call per
+  position along the axis, on all output elements at once: the combine function's own lines on blocks instead of
+  scalars (elementwise ops: the same fp32 results; tools/gpu_math.py's emulation applies alike). Sums, min / max
+  and argmin / argmax keep the interpreter's NumPy reductions.
+- **The language patched again at every device-function call.** A launch patches ``triton.language`` for the
+  interpreter (``_patch_lang``: ``inspect.getmembers`` of its modules, ~1 ms) and restores it when the grid is done;
+  every call of a ``@jit`` function inside the kernel patches it again (its own modules: ``tl.sum``'s is
+  ``triton.language.core``, which a kernel's ``tl`` does not name), although nothing has changed since the launch's
+  or the first such call's patch (a call's patches are never restored): half the time of a loss test with many
+  blocks. Here a call within a launch patches only the first time its language modules are not among those already
+  patched in that launch.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+_installed: dict[str, object] = {}  # the interpreter's own functions, while ours replace them
+_launch_languages: list[set[int]] = []  # the language modules (ids) each running launch has patched
+
+
+def _combined_in_order(reduce_op, inputs: tuple, axis: int) -> list[np.ndarray]:
+    """Each input reduced along ``axis`` by the combine function, left to right: arrays of the input's shape less
+    that axis (and of its dtype, as the interpreter stores them)."""
+    import triton.language as tl
+
+    data = [np.moveaxis(arg.handle.data, axis, 0) for arg in inputs]
+    out_shape = data[0].shape[1:]
+    accumulators = [d[0] for d in data]
+    for position in range(1, data[0].shape[0]):
+        left = tuple(reduce_op.to_tensor(a, arg.dtype) for a, arg in zip(accumulators, inputs))
+        right = tuple(reduce_op.to_tensor(d[position], arg.dtype) for d, arg in zip(data, inputs))
+        combined = reduce_op.combine_fn.fn(*left, *right)
+        combined = combined if isinstance(combined, tuple) else (combined,)
+        accumulators = [c.handle.data if isinstance(c, tl.core.tensor) else c for c in combined]
+    return [_shaped(np.asarray(a), out_shape).astype(d.dtype) for a, d in zip(accumulators, data)]
+
+
+def _shaped(result: np.ndarray, shape: tuple) -> np.ndarray:
+    """A combined result in the output's shape: a scalar tensor's data, of shape (1,), as () for a whole-block
+    reduction; a constant the combine function returned, broadcast."""
+    return result.reshape(shape) if result.size == int(np.prod(shape)) else np.broadcast_to(result, shape)
+
+
+def _generic_reduce(self, input):
+    """``ReduceOps.generic_reduce``, vectorised; packed as the interpreter packs its own result."""
+    original_axis = self.axis
+    input, axis = self.unravel(input, self.axis)
+    ret = []
+    for data, arg in zip(_combined_in_order(self, input, axis), input):
+        if self.keep_dims:
+            if original_axis is not None:
+                data = np.expand_dims(data, axis)
+            else:
+                data = data.reshape((1,) * arg.handle.data.ndim)
+        elif original_axis is None:
+            data = data.item()
+        ret.append(self.to_tensor(data, arg.dtype))
+    return ret
+
+
+def _languages(fn) -> set[int]:
+    """The ids of the language modules (triton.language, triton.language.core) that ``fn``'s globals hold: what
+    the interpreter's ``_patch_lang(fn)`` patches."""
+    import triton.language as tl
+
+    return {id(value) for value in fn.__globals__.values() if inspect.ismodule(value) and value in (tl, tl.core)}
+
+
+class _LaunchScope:
+    """A launch's patch scope: restoring it also ends the launch's record of the modules it patched."""
+
+    def __init__(self, scope) -> None:
+        self._scope = scope
+
+    def restore(self) -> None:
+        self._scope.restore()
+        _launch_languages.pop()
+
+
+class _NothingPatched:
+    def restore(self) -> None:
+        pass
+
+
+def _patch_lang(fn):
+    """The interpreter's ``_patch_lang``, skipped for a device function called within a launch that has patched
+    its language modules already."""
+    languages = _languages(fn)
+    if _launch_languages and languages <= _launch_languages[-1]:
+        return _NothingPatched()  # a device function's call (the interpreter discards its scope)
+    scope = _installed["_patch_lang"](fn)
+    if _launch_languages:  # a device function with other modules: patched as the interpreter does (never restored)
+        _launch_languages[-1].update(languages)
+        return scope
+    _launch_languages.append(languages)
+    return _LaunchScope(scope)
+
+
+def install() -> bool:
+    """Replace the interpreter's custom reduction and language patching with these (idempotent). False, and
+    nothing replaced, where the interpreter lacks what they replace (another Triton: the tests run as they are)."""
+    from triton.runtime import interpreter
+
+    if _installed:
+        return True
+    if not (callable(getattr(interpreter, "_patch_lang", None)) and hasattr(interpreter, "ReduceOps")):
+        return False
+    _installed["generic_reduce"] = interpreter.ReduceOps.generic_reduce
+    _installed["_patch_lang"] = interpreter._patch_lang
+    interpreter.ReduceOps.generic_reduce = _generic_reduce
+    interpreter._patch_lang = _patch_lang
+    return True
+
+
+def uninstall() -> None:
+    """Put the interpreter's own functions back."""
+    from triton.runtime import interpreter
+
+    if _installed:
+        interpreter.ReduceOps.generic_reduce = _installed.pop("generic_reduce")
+        interpreter._patch_lang = _installed.pop("_patch_lang")
