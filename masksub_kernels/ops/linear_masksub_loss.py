@@ -12,9 +12,8 @@ softmax(z) - w), ds = g_sub T (softmax(s/T) - softmax(z/T)), BCE likewise):
 
 The teacher softmax(z/T) is detached: the sub term reaches W and b through s only, never through z.
 
-Two paths. With a scalar reduction and a gradient to compute, the public functions run the grads-in-forward op of
-ops/_linear_loss_chunks.py (6 matmul units, the backward only scales stored gradients). Otherwise (reduction
-'none', whose per-row grads may differ, or no gradient needed) they run the recompute op of this file:
+Two paths: with a scalar reduction and a gradient to compute, the grads-in-forward op of ops/_linear_loss_chunks.py
+(6 matmul units; the backward scales stored gradients); otherwise (reduction 'none', or no gradient) this file's:
 
 Design. The forward keeps, per row, the online softmax states of z, s/T and z/T across class tiles (Triton: tiles
 of rows x classes from tl.dot, each weight tile read once for both branches; the classes are split across programs
@@ -26,10 +25,9 @@ and s) + 2 + 2 (dW and db, recomputing again) backward, every gradient element o
 fixed order (deterministic, no atomics). Rows whose class id is ``ignore_index`` are moved behind the counted ones (a
 device argsort, no host sync) and no tile of theirs does any work; as the host does not know how many count, the
 forward's and dH's grids have room for the splits of any count (up to MAX_COUNT_SPLITS per row tile, or those that
-fill the GPU when every row counts) and their kernels choose them from the count (_linear_loss_kernels._class_splits):
-a masked LM's labels (~15% of rows count) get ~6 splits per counted tile on an H200, where one split left ~70% of its
-SMs idle. Those backward kernels (63.6 ms at BERT's shape, H200) run only for class ids under torch.compile / CUDA
-graphs: elsewhere the chunk loop with each row's grads does (backward_in_chunks, cuBLAS).
+fill the GPU when every row counts) and their kernels choose them from the count (_linear_loss_kernels._class_splits).
+Those backward kernels (63.6 ms at BERT's shape, H200) run only for class ids under torch.compile / CUDA graphs:
+elsewhere the chunk loop with each row's grads does (backward_in_chunks, cuBLAS). docs/fused_linear.md has the rest.
 
 Extra memory (beyond inputs and the returned gradients): Triton O(M) for the stats and row order (the forward's
 partial states: 44 bytes per row and split of the grid), plus fp32 accumulators: dH's slabs [P BLOCK_M, D] per branch
