@@ -15,7 +15,8 @@ from tools import interpreter_speed
 
 triton = pytest.importorskip("triton")
 tl = triton.language
-ReduceOps = pytest.importorskip("triton.runtime.interpreter").ReduceOps
+interpreter = pytest.importorskip("triton.runtime.interpreter")
+ReduceOps = interpreter.ReduceOps
 
 from masksub_kernels.ops._masksub_loss_blocks import _log1p_pair, _sum_log1p  # noqa: E402
 
@@ -160,3 +161,9 @@ def test_a_launch_patches_the_language_once_and_restores_it(monkeypatch, tmp_pat
         "maximum_with_core",
     ]
     sys.modules.pop("other_language_module")
+    # outside a launch (a @jit function called from Python) the language is patched as the interpreter does, and
+    # the next launch patches it again
+    calls.clear()
+    interpreter._patch_lang(_add_one.fn).restore()
+    helpers_in_a_loop[(1,)](x, out, N=4)
+    assert calls == ["_add_one", "helpers_in_a_loop"] and language() == unpatched

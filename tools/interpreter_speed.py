@@ -15,8 +15,8 @@ without changing what the kernels compute: the kernels' lines run as they did, w
   every call of a ``@jit`` function inside the kernel patches it again (its own modules: ``tl.sum``'s is
   ``triton.language.core``, which a kernel's ``tl`` does not name), although nothing has changed since the launch's
   or the first such call's patch (a call's patches are never restored): half the time of a loss test with many
-  blocks. Here a call within a launch patches only the first time its language modules are not among those already
-  patched in that launch.
+  blocks. Here a call within a launch patches only where its language modules are not among those already patched
+  in that launch; outside a launch (a ``@jit`` function called from Python) as the interpreter does.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import inspect
 import numpy as np
 
 _installed: dict[str, object] = {}  # the interpreter's own functions, while ours replace them
-_launch_languages: list[set[int]] = []  # the language modules (ids) each running launch has patched
+_launch_languages: list[set[int]] = []  # the language modules (ids) patched in the running launch
 
 
 def _combined_in_order(reduce_op, inputs: tuple, axis: int) -> list[np.ndarray]:
@@ -77,34 +77,31 @@ def _languages(fn) -> set[int]:
     return {id(value) for value in fn.__globals__.values() if inspect.ismodule(value) and value in (tl, tl.core)}
 
 
-class _LaunchScope:
-    """A launch's patch scope: restoring it also ends the launch's record of the modules it patched."""
-
-    def __init__(self, scope) -> None:
-        self._scope = scope
-
-    def restore(self) -> None:
-        self._scope.restore()
-        _launch_languages.pop()
-
-
 class _NothingPatched:
     def restore(self) -> None:
         pass
 
 
+def _launch(self, *args, **kwargs):
+    """``GridExecutor.__call__`` (a kernel's launch: it patches the language, runs the grid, restores), with a
+    record of the language modules patched while it runs."""
+    _launch_languages.append(set())
+    try:
+        return _installed["GridExecutor.__call__"](self, *args, **kwargs)
+    finally:
+        _launch_languages.pop()
+
+
 def _patch_lang(fn):
-    """The interpreter's ``_patch_lang``, skipped for a device function called within a launch that has patched
-    its language modules already."""
+    """The interpreter's ``_patch_lang``, skipped within a launch for a function whose language modules that launch
+    has patched already (by its own patch, or a call's: never restored by the interpreter)."""
     languages = _languages(fn)
     if _launch_languages and languages <= _launch_languages[-1]:
-        return _NothingPatched()  # a device function's call (the interpreter discards its scope)
+        return _NothingPatched()  # a device function's call: the interpreter discards its scope
     scope = _installed["_patch_lang"](fn)
-    if _launch_languages:  # a device function with other modules: patched as the interpreter does (never restored)
+    if _launch_languages:
         _launch_languages[-1].update(languages)
-        return scope
-    _launch_languages.append(languages)
-    return _LaunchScope(scope)
+    return scope
 
 
 def install() -> bool:
@@ -114,12 +111,15 @@ def install() -> bool:
 
     if _installed:
         return True
-    if not (callable(getattr(interpreter, "_patch_lang", None)) and hasattr(interpreter, "ReduceOps")):
+    needed = (getattr(interpreter, name, None) for name in ("_patch_lang", "ReduceOps", "GridExecutor"))
+    if not all(needed):
         return False
     _installed["generic_reduce"] = interpreter.ReduceOps.generic_reduce
     _installed["_patch_lang"] = interpreter._patch_lang
+    _installed["GridExecutor.__call__"] = interpreter.GridExecutor.__call__
     interpreter.ReduceOps.generic_reduce = _generic_reduce
     interpreter._patch_lang = _patch_lang
+    interpreter.GridExecutor.__call__ = _launch
     return True
 
 
@@ -130,3 +130,4 @@ def uninstall() -> None:
     if _installed:
         interpreter.ReduceOps.generic_reduce = _installed.pop("generic_reduce")
         interpreter._patch_lang = _installed.pop("_patch_lang")
+        interpreter.GridExecutor.__call__ = _installed.pop("GridExecutor.__call__")
