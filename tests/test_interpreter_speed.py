@@ -48,6 +48,42 @@ def reductions(x_ptr, out_ptr, R: tl.constexpr, G: tl.constexpr):
     tl.store(out_ptr + 3 * R + 3 * G + 2 + tl.arange(0, R), _sum_log1p(x))
 
 
+def _bits(result) -> bytes | str:
+    """A run's result to compare bit for bit (an error's text as it is)."""
+    return result if isinstance(result, str) else result.tobytes()
+
+
+def _plain_and_patched(run):
+    """``run()`` with the interpreter's own functions, then with the patch; and the names of the combine functions
+    that the patched run reduced with the interpreter's own generic_reduce (its fall-backs)."""
+    was_installed = bool(interpreter_speed._installed)
+    interpreter_speed.uninstall()
+    original = ReduceOps.generic_reduce
+    try:
+        plain = run()
+        assert interpreter_speed.install() and interpreter_speed.install()  # idempotent
+        assert ReduceOps.generic_reduce is not original
+        fallbacks = []
+        own = interpreter_speed._installed["generic_reduce"]
+
+        def counted(reduce_op, input):
+            fallbacks.append(reduce_op.combine_fn.fn.__name__)
+            return own(reduce_op, input)
+
+        interpreter_speed._installed["generic_reduce"] = counted
+        try:
+            patched = run()
+        finally:
+            interpreter_speed._installed["generic_reduce"] = own
+        interpreter_speed.uninstall()
+        assert ReduceOps.generic_reduce is original
+        assert _bits(run()) == _bits(plain)  # uninstalled: as before
+    finally:
+        if was_installed:
+            interpreter_speed.install()
+    return plain, patched, fallbacks
+
+
 @pytest.mark.parametrize("groups", [4, 8])
 def test_vectorised_reduction_equals_the_interpreters_own(groups):
     rows = 16
@@ -62,23 +98,9 @@ def test_vectorised_reduction_equals_the_interpreters_own(groups):
         reductions[(1,)](x, out, R=rows, G=groups)
         return out.numpy()
 
-    was_installed = bool(interpreter_speed._installed)
-    interpreter_speed.uninstall()
-    original = ReduceOps.generic_reduce
-    try:
-        plain = run()
-        interpreter_speed.install()
-        interpreter_speed.install()  # idempotent
-        vectorised = run()
-        assert ReduceOps.generic_reduce is not interpreter_speed._installed["generic_reduce"]
-        interpreter_speed.uninstall()
-        assert ReduceOps.generic_reduce is original
-        restored = run()
-    finally:
-        if was_installed:
-            interpreter_speed.install()
-    assert np.array_equal(vectorised, plain, equal_nan=True)
-    assert np.array_equal(restored, plain, equal_nan=True)
+    plain, vectorised, fallbacks = _plain_and_patched(run)
+    assert _bits(vectorised) == _bits(plain)
+    assert fallbacks == ["_log1p_pair", "_log1p_pair"]  # the whole-block reductions only (their scalar accumulators)
     # the results are the reductions asked for (not two equal wrong ones): log1p's product form, sequential order
     expected = np.float32(0)
     for value in x[0].numpy():
@@ -89,6 +111,69 @@ def test_vectorised_reduction_equals_the_interpreters_own(groups):
     sums = plain[3 * rows + 3 * groups + 2 :]
     finite = ~torch.isnan(x).any(dim=1)
     torch.testing.assert_close(torch.from_numpy(sums)[finite], torch.log1p(x).sum(dim=1)[finite], rtol=1e-6, atol=0)
+
+
+@triton.jit
+def max_by_if(a, b):
+    if a > b:  # control flow on the operands: scalars only (on blocks the interpreter calls any block true)
+        return a
+    else:
+        return b
+
+
+@triton.jit
+def plus_square(a, b):
+    return a + b * b  # an fma on a GPU (tools/gpu_math.py fuses it where the operands are alike)
+
+
+@triton.jit
+def widening_sum(a, b):
+    return a.to(tl.int64) + b  # int32 operands, an int64 result (stored back into int32 by the interpreter)
+
+
+@triton.jit
+def more_reductions(x_ptr, i_ptr, out_ptr, i_out_ptr, R: tl.constexpr, G: tl.constexpr):
+    rows = tl.arange(0, R)[:, None]
+    cols = tl.arange(0, G)[None, :]
+    x = tl.load(x_ptr + rows * G + cols)
+    tl.store(out_ptr + tl.arange(0, R), tl.reduce(x, 1, max_by_if))
+    tl.store(out_ptr + R + tl.arange(0, R), tl.reduce(x, 1, plus_square))
+    tl.store(out_ptr + 2 * R, tl.reduce(tl.load(x_ptr + tl.arange(0, G)), 0, plus_square))  # 1-D: a scalar
+    tl.store(i_out_ptr + tl.arange(0, R), tl.reduce(tl.load(i_ptr + rows * G + cols), 1, widening_sum))
+
+
+@pytest.mark.parametrize("overflow", [False, True])
+def test_what_blocks_would_compute_otherwise_is_left_to_the_interpreter(overflow):
+    # combine functions with control flow, results of another dtype, whole-block reductions (under a GPU's
+    # arithmetic: the scalar accumulator against a block would fuse other products): the interpreter's own path,
+    # the same results and the same errors
+    from tools import gpu_math
+
+    x = torch.tensor([[5.0, 1.0, 2.0, 3.0], [0.0, 9.0, 1.0, 2.0], [7.0, 6.0, 8.0, 0.0], [0.1, 0.3, 0.7, 1.3]])
+    ints = torch.arange(16, dtype=torch.int32).view(4, 4) + (2**31 - 8 if overflow else 0)
+
+    def run():
+        out, i_out = torch.zeros(9), torch.zeros(4, dtype=torch.int32)
+        try:
+            more_reductions[(1,)](x, ints, out, i_out, R=4, G=4)
+        except Exception as exc:  # the interpreter's error: compared as text
+            return repr(exc)
+        return np.concatenate([out.numpy().view(np.int32), i_out.numpy()])
+
+    gpu_math_was_installed = bool(gpu_math._installed)
+    gpu_math.install()
+    try:
+        plain, patched, fallbacks = _plain_and_patched(run)
+    finally:
+        if not gpu_math_was_installed:
+            gpu_math.uninstall()
+    if overflow:
+        assert isinstance(plain, str) and "Overflow" in plain and patched == plain
+        return
+    assert _bits(patched) == _bits(plain)
+    assert np.array_equal(plain[:4].view(np.float32), x.max(dim=1).values.numpy())
+    assert plain[-4:].tolist() == ints.sum(dim=1).tolist()
+    assert fallbacks == ["max_by_if", "plus_square", "widening_sum"]  # the 2-D plus_square alone vectorised
 
 
 @triton.jit
@@ -110,12 +195,20 @@ def fails_in_a_helper(x_ptr, N: tl.constexpr):
 
 
 other_module = None  # set by the test: a module of helpers that holds triton.language.core
+module_without_language = None  # and one that holds no language module
 
 
 @triton.jit
 def calls_a_helper_of_another_module(x_ptr, out_ptr, N: tl.constexpr):
     x = other_module.maximum_with_core(tl.load(x_ptr + tl.arange(0, N)))
     tl.store(out_ptr + tl.arange(0, N), other_module.maximum_with_core(x - 1.0))  # its modules patched by now
+
+
+@triton.jit
+def calls_a_helper_without_language(x_ptr, out_ptr, N: tl.constexpr):
+    tl.store(
+        out_ptr + tl.arange(0, N), module_without_language.maximum_through_triton(tl.load(x_ptr + tl.arange(0, N)))
+    )
 
 
 _OTHER_MODULE = """
@@ -126,6 +219,15 @@ import triton.language.core as core
 @triton.jit
 def maximum_with_core(x):
     return core.maximum(x, 0.5)  # triton.language.core's builtin: its module patched, or it refuses the call
+"""
+
+_MODULE_WITHOUT_LANGUAGE = """
+import triton
+
+
+@triton.jit
+def maximum_through_triton(x):
+    return triton.language.maximum(x, 0.5)  # no language module in its globals: the interpreter refuses it
 """
 
 
@@ -160,7 +262,14 @@ def test_a_launch_patches_the_language_once_and_restores_it(monkeypatch, tmp_pat
         "calls_a_helper_of_another_module",
         "maximum_with_core",
     ]
+    # a helper whose module holds no language module: the interpreter's refusal, not a call that works only here
+    (tmp_path / "module_without_language.py").write_text(_MODULE_WITHOUT_LANGUAGE)
+    module = importlib.import_module("module_without_language")
+    monkeypatch.setattr(sys.modules[__name__], "module_without_language", module)
+    with pytest.raises(Exception, match=r"triton\.language must be visible"):
+        calls_a_helper_without_language[(1,)](x, out, N=4)
     sys.modules.pop("other_language_module")
+    sys.modules.pop("module_without_language")
     # outside a launch (a @jit function called from Python) the language is patched as the interpreter does, and
     # the next launch patches it again
     calls.clear()

@@ -8,8 +8,9 @@ without changing what the kernels compute: the kernels' lines run as they did, w
   same reduction in the same order -- each output element's accumulator combined with the elements along the axis
   left to right, as the interpreter does (and a GPU thread with the elements it holds) -- with one combine call per
   position along the axis, on all output elements at once: the combine function's own lines on blocks instead of
-  scalars (elementwise ops: the same fp32 results; tools/gpu_math.py's emulation applies alike). Sums, min / max
-  and argmin / argmax keep the interpreter's NumPy reductions.
+  scalars (elementwise ops: the same fp32 results; tools/gpu_math.py's emulation applies alike). Only where that is
+  the same computation (``_generic_reduce``); elsewhere the interpreter's own. Sums, min / max and argmin / argmax
+  keep the interpreter's NumPy reductions.
 - **The language patched again at every device-function call.** A launch patches ``triton.language`` for the
   interpreter (``_patch_lang``: ``inspect.getmembers`` of its modules, ~1 ms) and restores it when the grid is done;
   every call of a ``@jit`` function inside the kernel patches it again (its own modules: ``tl.sum``'s is
@@ -29,44 +30,67 @@ _installed: dict[str, object] = {}  # the interpreter's own functions, while our
 _launch_languages: list[set[int]] = []  # the language modules (ids) patched in the running launch
 
 
-def _combined_in_order(reduce_op, inputs: tuple, axis: int) -> list[np.ndarray]:
-    """Each input reduced along ``axis`` by the combine function, left to right: arrays of the input's shape less
-    that axis (and of its dtype, as the interpreter stores them)."""
+class _NotTheSameComputation(Exception):
+    """The vectorised reduction would not compute what the interpreter's computes: use the interpreter's."""
+
+
+def _strict_truth(tensor) -> bool:
+    # a combine function's `if` / `and` / `or` / `not` / `while` on a tensor: the interpreter's __bool__ calls any
+    # block of more than one element true, so on blocks it would take one branch for all of them
+    if tensor.handle.data.size != 1:
+        raise _NotTheSameComputation
+    return bool(tensor.handle.data)
+
+
+def _combined_in_order(reduce_op, inputs: tuple) -> list[np.ndarray]:
+    """Each input reduced along axis ``reduce_op.axis`` (>= 0, of inputs of 2 or more dimensions) by the combine
+    function, left to right: arrays of the input's shape less that axis, of its dtype."""
     import triton.language as tl
 
-    data = [np.moveaxis(arg.handle.data, axis, 0) for arg in inputs]
-    out_shape = data[0].shape[1:]
+    data = [np.moveaxis(arg.handle.data, reduce_op.axis, 0) for arg in inputs]
     accumulators = [d[0] for d in data]
     for position in range(1, data[0].shape[0]):
         left = tuple(reduce_op.to_tensor(a, arg.dtype) for a, arg in zip(accumulators, inputs))
         right = tuple(reduce_op.to_tensor(d[position], arg.dtype) for d, arg in zip(data, inputs))
         combined = reduce_op.combine_fn.fn(*left, *right)
         combined = combined if isinstance(combined, tuple) else (combined,)
-        accumulators = [c.handle.data if isinstance(c, tl.core.tensor) else c for c in combined]
-    return [_shaped(np.asarray(a), out_shape).astype(d.dtype) for a, d in zip(accumulators, data)]
-
-
-def _shaped(result: np.ndarray, shape: tuple) -> np.ndarray:
-    """A combined result in the output's shape: a scalar tensor's data, of shape (1,), as () for a whole-block
-    reduction; a constant the combine function returned, broadcast."""
-    return result.reshape(shape) if result.size == int(np.prod(shape)) else np.broadcast_to(result, shape)
+        if len(combined) != len(data):
+            raise _NotTheSameComputation  # the interpreter's own error
+        accumulators = [np.asarray(c.handle.data if isinstance(c, tl.core.tensor) else c) for c in combined]
+        if any(a.dtype != d.dtype for a, d in zip(accumulators, data)):
+            # the interpreter stores each result into an array of the input's dtype (an int that does not fit
+            # raises there, where a cast would wrap)
+            raise _NotTheSameComputation
+    return [np.broadcast_to(a, d.shape[1:]).astype(d.dtype) for a, d in zip(accumulators, data)]
 
 
 def _generic_reduce(self, input):
-    """``ReduceOps.generic_reduce``, vectorised; packed as the interpreter packs its own result."""
-    original_axis = self.axis
-    input, axis = self.unravel(input, self.axis)
-    ret = []
-    for data, arg in zip(_combined_in_order(self, input, axis), input):
-        if self.keep_dims:
-            if original_axis is not None:
-                data = np.expand_dims(data, axis)
-            else:
-                data = data.reshape((1,) * arg.handle.data.ndim)
-        elif original_axis is None:
-            data = data.item()
-        ret.append(self.to_tensor(data, arg.dtype))
-    return ret
+    """``ReduceOps.generic_reduce``, vectorised where that is the interpreter's computation: along an axis >= 0 of
+    inputs of 2 or more dimensions (each accumulator a block, as each element it meets: tools/gpu_math.py fuses the
+    same products), a combine function without control flow on its operands, results of the inputs' dtypes.
+    Otherwise, and on any error, the interpreter's own (whole-block reductions: its scalar accumulators; a negative
+    axis: its own output shape)."""
+    import triton.language as tl
+
+    tensor = tl.core.tensor
+    if self.axis is None or self.axis < 0 or any(arg.handle.data.ndim < 2 for arg in input):
+        return _installed["generic_reduce"](self, input)
+    own_truth = tensor.__dict__.get("__bool__")
+    tensor.__bool__ = _strict_truth
+    try:
+        reduced = _combined_in_order(self, input)
+    except Exception:  # _NotTheSameComputation, or an error the interpreter's path will raise as its own
+        reduced = None
+    finally:
+        if own_truth is None:
+            del tensor.__bool__
+        else:
+            tensor.__bool__ = own_truth
+    if reduced is None:
+        return _installed["generic_reduce"](self, input)
+    if self.keep_dims:
+        reduced = [np.expand_dims(data, self.axis) for data in reduced]
+    return [self.to_tensor(data, arg.dtype) for data, arg in zip(reduced, input)]
 
 
 def _languages(fn) -> set[int]:
@@ -96,7 +120,7 @@ def _patch_lang(fn):
     """The interpreter's ``_patch_lang``, skipped within a launch for a function whose language modules that launch
     has patched already (by its own patch, or a call's: never restored by the interpreter)."""
     languages = _languages(fn)
-    if _launch_languages and languages <= _launch_languages[-1]:
+    if _launch_languages and languages and languages <= _launch_languages[-1]:  # (none: the interpreter's error)
         return _NothingPatched()  # a device function's call: the interpreter discards its scope
     scope = _installed["_patch_lang"](fn)
     if _launch_languages:
