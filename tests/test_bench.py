@@ -140,7 +140,14 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
     [
         (["--repeats", "0"], "--repeats: must be an int >= 1, got 0"),  # was the default, silently
         (["--repeats", "-1"], "--repeats: must be an int >= 1"),  # was every record an error, and exit status 0
-        (["--warmup", "-3"], "--warmup: must be an int >= 0"),
+        (["--warmup", "-3"], "--warmup: must be an int >= 1"),
+        (["--warmup", "0"], "--warmup: must be an int >= 1"),  # compile(official) timed its compilation
+        (["--suites", "loss", "loss"], "--suites names loss more than once"),  # every row twice in the .md
+        (["--suites", "loss", "--suites", "grid_mask", "loss"], "--suites names loss more than once"),
+        (["--append", "--overwrite"], "--append and --overwrite exclude each other"),
+        (["--device", "cpu:3"], "the CPU takes no index"),
+        (["--out", __file__], "not a directory that can be made"),  # before measuring, not at the first write
+        (["--out", f"{__file__}/below"], "not a directory that can be made"),
         (["--device", "foo"], "--device must be auto, cpu, cuda or cuda:N, got 'foo'"),
         (["--device", "meta"], "--device must be auto, cpu, cuda or cuda:N, got 'meta'"),  # every record an error
         *([] if torch.cuda.is_available() else [(["--device", "cuda:1"], "no CUDA device is available here")]),
@@ -150,6 +157,27 @@ def test_bad_arguments_are_usage_errors(capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_args(args)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_repeated_suites_options_add_up():
+    assert cli.parse_args(["--suites", "loss", "--suites", "grid_mask"]).suites == ["loss", "grid_mask"]
+    assert cli.parse_args([]).suites == list(cli.SUITES)
+
+
+def test_a_measured_run_does_not_replace_the_days_files_unless_told(tmp_path, monkeypatch, capsys):
+    suite = types.ModuleType("tiny_suite")
+    suite.cases = lambda *args, **kwargs: [OpCase("tiny", "s", "float32", "p", lambda: [torch.ones(2)], torch.neg, {})]
+    monkeypatch.setitem(sys.modules, "tiny_suite", suite)
+    monkeypatch.setitem(cli.SUITES, "tiny", "tiny_suite")
+    common = ["--device", "cpu", "--out", str(tmp_path), "--repeats", "1", "--warmup", "1", "--no-plot"]
+    assert cli.main([*common, "--suites", "tiny"]) == 0
+    (path,) = tmp_path.glob("*.json")
+    before = path.read_bytes()
+    assert cli.main([*common, "--suites", "tiny"]) == 2
+    assert "exists (a run of this device and date): --append" in capsys.readouterr().err
+    assert path.read_bytes() == before  # refused before anything was measured or written
+    assert cli.main([*common, "--suites", "tiny", "--overwrite"]) == 0 and path.read_bytes() != before
+    assert cli.main([*common, "--suites", "tiny", "--append"]) == 0
 
 
 def test_a_tiny_run_is_named_and_labelled_apart_and_a_run_of_errors_fails(tmp_path, monkeypatch):

@@ -6,8 +6,9 @@
 3. Writes benchmarks/results/<device>-<date>.json, .md and .png (--tiny: <device>-<date>-tiny.*) after each suite
    (a run cut short by a timeout leaves the suites done so far), and prints the table. --append adds to the files
    of an earlier run on the same device and date: benchmarks/gpu_bench.sh runs each suite in a process of its own,
-   under its own time cap (with --no-plot, then --report-only once at the end). A run that measures nothing
-   (every record an error) exits with status 1.
+   under its own time cap (with --no-plot, then --report-only once at the end); without --append or --overwrite a
+   measured run refuses to replace that day's files (status 2; --tiny files are replaced). A run that measures
+   nothing (every record an error) exits with status 1.
 
 --report-only RUN.json measures nothing: it rewrites RUN.md and RUN.png beside it from the JSON (a GPU run's, here
 on the CPU: e.g. when the last suite was stopped by its cap after its JSON but before its .md and .png), with the
@@ -70,12 +71,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda or cuda:N")
-    parser.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES), help="what to run")
+    parser.add_argument(
+        "--suites", nargs="+", action="extend", default=None, choices=list(SUITES),
+        help="what to run (default: all; repeatable)",
+    )  # fmt: skip
     parser.add_argument("--full", action="store_true", help="long sweeps: more shapes and dtypes")
     parser.add_argument(
         "--repeats", type=_count(1), default=None, help="timed repeats per case (default 30 GPU, 10 CPU)"
     )
-    parser.add_argument("--warmup", type=_count(0), default=None, help="untimed calls first (default 5 GPU, 2 CPU)")
+    parser.add_argument(
+        "--warmup", type=_count(1), default=None,
+        help="untimed calls first, >= 1: the first compiles (default 5 GPU, 2 CPU)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="directory for the result files")
     parser.add_argument(
         "--tiny", action="store_true",
@@ -85,6 +92,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--append", action="store_true", help="add to the result files already in --out for this device and date"
     )
     parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the result files already in --out for this device and date (a measured run refuses otherwise)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-plot", action="store_true", help="no .png (gpu_bench.sh: one plot at the end, with --report-only)"
     )
     parser.add_argument(
@@ -92,8 +103,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measure nothing: rewrite the .md and .png of a run's JSON beside it (the predictions attached)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.suites is None:
+        args.suites = list(SUITES)
+    repeated = sorted({suite for suite in args.suites if args.suites.count(suite) > 1})
+    if repeated:
+        parser.error(f"--suites names {', '.join(repeated)} more than once (each suite runs once)")
+    if args.append and args.overwrite:
+        parser.error("--append and --overwrite exclude each other")
     if args.report_only is not None and not args.report_only.is_file():
         parser.error(f"--report-only: no such file: {args.report_only}")
+    if args.out is not None and args.report_only is None:
+        try:  # before anything is measured: a bad --out would fail only at the first write
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--out {args.out}: not a directory that can be made ({exc.strerror or exc})")
+        if not os.access(args.out, os.W_OK | os.X_OK):
+            parser.error(f"--out {args.out}: the directory is not writable")
     if args.device != "auto":
         try:
             device = torch.device(args.device)
@@ -103,6 +128,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
             parser.error(f"--device {args.device}: no CUDA device is available here (--device cpu, or auto)")
+        if device.type == "cpu" and device.index is not None:
+            parser.error(f"--device {args.device}: the CPU takes no index (--device cpu)")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            parser.error(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return args
 
 
@@ -156,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     # a smoke run's files are named apart: it never replaces the day's measured results
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{env['device']}-{date}").strip("-") + ("-tiny" if args.tiny else "")
     directory = args.out or default_output_directory()
+    if not (args.tiny or args.append or args.overwrite) and (directory / f"{stem}.json").exists():
+        print(
+            f"masksub-bench: {directory / stem}.json exists (a run of this device and date): --append to add "
+            "these suites to it, --overwrite to replace it, or another --out",
+            file=sys.stderr,
+        )
+        return 2
     previous = _previous_run(directory / f"{stem}.json", args.suites) if args.append else None
     if previous:  # the same denominator for every record of the table
         copy_gbps = previous["copy_gbps"]
