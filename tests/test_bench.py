@@ -209,11 +209,14 @@ def test_a_suite_stopped_midway_keeps_its_finished_cases(tmp_path, monkeypatch):
     half.cases = lambda *args, **kwargs: [good, stop]
     monkeypatch.setitem(sys.modules, "half_suite", half)
     monkeypatch.setitem(cli.SUITES, "half", "half_suite")
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "half"])
+    assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "half"]) == 130  # Ctrl-C
     (path,) = tmp_path.glob("*.json")
-    records = json.loads(path.read_text())["records"]
+    run = json.loads(path.read_text())
+    records = run["records"]
     assert {(r["suite"], r["provider"]) for r in records} == {("half", "p")} and len(records) == 3  # its 3 modes
+    # marked as a part of its suite, in the JSON and the .md (helper-138: the .md showed a cut suite as whole)
+    assert run["incomplete_suites"] == {"half": {"cases_done": 1, "cases": 2}}
+    assert "**half: cut short after 1 of 2 cases**" in path.with_suffix(".md").read_text()
 
 
 def test_files_are_written_after_each_suite_and_append_merges_runs(tmp_path, monkeypatch):
@@ -222,8 +225,7 @@ def test_files_are_written_after_each_suite_and_append_merges_runs(tmp_path, mon
     broken.cases = lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt)
     monkeypatch.setitem(sys.modules, "broken_suite", broken)
     monkeypatch.setitem(cli.SUITES, "broken", "broken_suite")
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "loss", "broken"])
+    assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "loss", "broken"]) == 130
     (path,) = tmp_path.glob("*.json")
     assert {r["suite"] for r in json.loads(path.read_text())["records"]} == {"loss"}
     # --append: another process adds its suite to the same files; a suite measured again replaces its records

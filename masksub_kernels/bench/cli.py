@@ -3,16 +3,21 @@
 1. Measures the device's copy bandwidth (bytes read + written), the roofline of every memory-bound op.
 2. Runs the op suites (each provider of this library against official-style eager code, timm-style code and
    torch.compile of the eager code; forward, backward and full).
-3. Writes benchmarks/results/<device>-<date>.json, .md and .png (--tiny: <device>-<date>-tiny.*) after each suite
-   (a run cut short by a timeout leaves the suites done so far), and prints the table. --append adds to the files
-   of an earlier run on the same device and date: benchmarks/gpu_bench.sh runs each suite in a process of its own,
-   under its own time cap (with --no-plot, then --report-only once at the end); without --append or --overwrite a
-   measured run refuses to replace that day's files (status 2; --tiny files are replaced). A run that measures
-   nothing (every record an error) exits with status 1.
+3. Writes benchmarks/results/<device>-<date>.json, .md and .png (--tiny: <device>-<date>-tiny.*): the JSON after
+   each case, all three after each suite; prints the table. A run cut short keeps the cases finished so far, and a
+   suite stopped midway is marked in the files ("cut short after i of n cases": the JSON's incomplete_suites, the
+   .md, the plot); Ctrl-C (status 130) and SIGTERM (a cap's `timeout`: 143) write the .md and .png first.
+   --append adds to the files of an earlier run on the same device and date, measured with the same versions, code
+   and settings (refused otherwise): benchmarks/gpu_bench.sh runs each suite in a process of its own, under its own
+   time cap (with --no-plot, then --report-only once at the end); without --append or --overwrite a measured run
+   refuses to replace that day's files (status 2; --tiny files are replaced). A run that measures nothing (every
+   record an error) exits with status 1.
 
 --report-only RUN.json measures nothing: it rewrites RUN.md and RUN.png beside it from the JSON (a GPU run's, here
-on the CPU: e.g. when the last suite was stopped by its cap after its JSON but before its .md and .png), with the
-performance model's predictions attached where the card has a model file (the JSON is rewritten with them).
+on the CPU: e.g. when the last suite was stopped by its cap after its JSON but before its .md and .png). The run's
+own predictions are kept (a GPU run attaches the model of its code after each suite); a run without any gets the
+performance model's of today where the card has a model file, labelled with the model's card and date, and
+--repredict replaces them with those (the JSON is rewritten with them).
 
 The default run is short (minutes); --full sweeps more shapes and dtypes. On a machine without a GPU the suites
 time the torch backend (the CPU path) against the baselines on the CPU and say so: GPU figures need a GPU.
@@ -26,7 +31,9 @@ import importlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,9 +107,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--report-only", type=Path, default=None, metavar="RUN.json",
-        help="measure nothing: rewrite the .md and .png of a run's JSON beside it (the predictions attached)",
+        help="measure nothing: rewrite the .md and .png of a run's JSON beside it (its predictions kept)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--repredict", action="store_true",
+        help="with --report-only: replace the run's predictions with today's performance model's",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.report_only is not None:  # it measures nothing, and writes beside RUN.json
+        measuring = {
+            "--device": args.device != "auto", "--suites": args.suites is not None, "--full": args.full,
+            "--repeats": args.repeats is not None, "--warmup": args.warmup is not None, "--out": args.out is not None,
+            "--tiny": args.tiny, "--append": args.append, "--overwrite": args.overwrite,
+        }  # fmt: skip
+        given = [flag for flag, used in measuring.items() if used]
+        if given:
+            parser.error(
+                f"{', '.join(given)}: not with --report-only (it measures nothing, and writes beside RUN.json)"
+            )
+        if args.report_only.suffix != ".json":
+            parser.error(f"--report-only takes a run's .json file, got {args.report_only}")
+    elif args.repredict:
+        parser.error("--repredict goes with --report-only (a measured run attaches the model of its own code)")
     if args.suites is None:
         args.suites = list(SUITES)
     repeated = sorted({suite for suite in args.suites if args.suites.count(suite) > 1})
@@ -145,16 +171,41 @@ def _allow_recompiles(limit: int = 64) -> None:
             setattr(config, name, max(limit, getattr(config, name)))
 
 
-def report_only(path: Path) -> int:
-    """The .md and .png of the run stored at ``path``, beside it; the model's predictions attached for its card."""
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (benchmarks/gpu_bench.sh's caps: `timeout`) raised in the main thread as an interruption, so that a
+    capped suite's files are written and marked as Ctrl-C's are (a KeyboardInterrupt: no provider's error)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
+
+
+def load_run(path: Path) -> dict:
+    """A benchmark run's JSON, checked for what the report reads (ValueError naming the file otherwise)."""
     try:
         run = json.loads(path.read_text())
-        device = run["environment"]["device"]
-        run["records"]
-    except (ValueError, KeyError, TypeError) as exc:
-        print(f"--report-only: {path} is not a benchmark run's JSON ({type(exc).__name__}: {exc})", file=sys.stderr)
+        if not isinstance(run.get("environment"), dict) or not isinstance(run.get("records"), list):
+            raise TypeError("no 'environment' object and 'records' list")
+        run["environment"]["device"], float(run["copy_gbps"]), float(run.get("seconds", 0.0))
+        for record in run["records"]:
+            for key in ("suite", "shape", "dtype", "mode", "provider"):
+                record[key]
+        run.setdefault("skipped_suites", {}), run.setdefault("incomplete_suites", {})
+        report.markdown_table(run)  # every key the table reads
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a benchmark run's JSON ({type(exc).__name__}: {exc})") from None
+    return run
+
+
+def report_only(path: Path, repredict: bool = False) -> int:
+    """The .md and .png of the run stored at ``path``, beside it: its own predictions kept (module docstring)."""
+    try:
+        run = load_run(path)
+    except ValueError as exc:
+        print(f"--report-only: {exc}", file=sys.stderr)
         return 2
-    _attach_predictions(run, report.model_file(default_output_directory(), device))  # None: a CPU run's
+    if repredict or not run.get("model"):
+        _attach_predictions(run, report.model_file(default_output_directory(), run["environment"]["device"]))
     paths = report.write(run, path.parent, path.name.removesuffix(".json"))
     for kind, written in paths.items():
         print(f"wrote {kind}: {written}")
@@ -164,7 +215,7 @@ def report_only(path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only is not None:
-        return report_only(args.report_only)
+        return report_only(args.report_only, args.repredict)
     _allow_recompiles()
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -192,59 +243,58 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    previous = _previous_run(directory / f"{stem}.json", args.suites) if args.append else None
+    settings = {"full": args.full, "repeats": repeats, "warmup": warmup}
+    previous = None
+    if args.append:
+        path = directory / f"{stem}.json"
+        try:
+            previous = _previous_run(path, args.suites, env, settings)
+        except ValueError as exc:
+            print(f"masksub-bench: --append: {exc}", file=sys.stderr)
+            return 2
+        if previous is None:
+            print(f"--append: no earlier run at {path}: starting one")
     if previous:  # the same denominator for every record of the table
         copy_gbps = previous["copy_gbps"]
+        print(f"copy bandwidth: {copy_gbps:.1f} GB/s (bytes read + written; the earlier run's, in the table's files)")
     else:
         copy_gbps = copy_bandwidth_gbps(device, megabytes=64 if args.tiny else 1024)
-    print(f"copy bandwidth: {copy_gbps:.1f} GB/s (bytes read + written)")
+        print(f"copy bandwidth: {copy_gbps:.1f} GB/s (bytes read + written)")
     records = previous["records"] if previous else []
     earlier = len(records)  # an appended run's records: this invocation's come after them
     run = {
         "date": date,
         "environment": env,
         "copy_gbps": copy_gbps,
-        "repeats": repeats,
-        "warmup": warmup,
-        "full": args.full,
+        **settings,
         "tiny": args.tiny,
         "skipped_suites": previous["skipped_suites"] if previous else {},
+        # suites stopped midway (a cap, a crash, Ctrl-C): suite -> {"cases_done": i, "cases": n}, until they end
+        "incomplete_suites": previous["incomplete_suites"] if previous else {},
         "seconds": previous["seconds"] if previous else 0.0,
         "records": records,
     }
     if previous and previous.get("model"):  # the model file of the earlier suites' predictions (until the next one)
         run["model"] = previous["model"]
     model_path = report.model_file(default_output_directory(), env["device"]) if on_gpu else None
-    for suite in args.suites:
-        started = time.perf_counter()
-        try:
-            module = importlib.import_module(SUITES[suite])
-        except ImportError as exc:
-            run["skipped_suites"][suite] = f"not available: {exc}"
-            print(f"[{suite}] skipped: {exc}")
-            continue
-        suite_cases = module.cases(device, full=args.full, tiny=args.tiny)
-        print(f"[{suite}] {len(suite_cases)} cases", flush=True)
-        for case in suite_cases:
-            case_started = time.perf_counter()
-            case_records = run_case(case, device, repeats=repeats, warmup=warmup, copy_gbps=copy_gbps)
-            for record in case_records:
-                records.append(record)
-                summary = record.get("error") or f"{record['median_ms']:.3f} ms"
-                if record.get("host_ms") is not None:
-                    summary += f" (host {report.host_cell(record)})"
-                print(f"  {case.shape} {case.dtype} {case.provider} {record['mode']}: {summary}", flush=True)
-            # where a suite's time goes (compilation, JIT, the measurement), e.g. in the log of a capped GPU step
-            print(
-                f"    [{time.perf_counter() - case_started:.1f} s, {time.perf_counter() - started:.0f} s in]",
-                flush=True,
-            )
-            # the JSON after each case: a crash (a segfault, a sticky CUDA error) or a cap keeps the finished cases
-            report.write(run, directory, stem, json_only=True)
-        run["seconds"] = round(run["seconds"] + time.perf_counter() - started, 1)
-        _attach_predictions(run, model_path)
-        paths = report.write(run, directory, stem, with_plot=not args.no_plot)  # after each suite: a cap keeps it
-        print(f"[{suite}] done in {time.perf_counter() - started:.0f} s, written to {paths['json']}", flush=True)
+    stopping = threading.current_thread() is threading.main_thread()  # signal handlers: the main thread's only
+    default_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if stopping else None
+    try:
+        _run_suites(run, args, device, directory, stem, model_path)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (_Terminated): the files with what finished, marked
+        if stopping:
+            signal.signal(signal.SIGTERM, default_sigterm)  # a second SIGTERM ends the process as usual
+        report.write(run, directory, stem, with_plot=not args.no_plot)
+        signal_name = "SIGTERM" if isinstance(stop, _Terminated) else "SIGINT (Ctrl-C)"
+        cut = "; ".join(
+            f"{s} after {m['cases_done']} of {m['cases']} cases" for s, m in run["incomplete_suites"].items()
+        )
+        print(f"masksub-bench: stopped by {signal_name}{f' ({cut})' if cut else ''}: the finished cases are in "
+              f"{directory / stem}.json / .md", file=sys.stderr)  # fmt: skip
+        return 143 if isinstance(stop, _Terminated) else 130
+    finally:
+        if stopping:
+            signal.signal(signal.SIGTERM, default_sigterm)
     paths = report.write(run, directory, stem, with_plot=not args.no_plot)
     print()
     print(report.markdown_table(run))
@@ -257,19 +307,79 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _run_suites(run: dict, args: argparse.Namespace, device: torch.device, directory: Path, stem: str,
+                model_path: Path | None) -> None:  # fmt: skip
+    """Each suite's cases into ``run["records"]``, the files written after each case (JSON) and suite (all); a
+    suite under way is marked in ``run["incomplete_suites"]`` until its last case ends, so that a run stopped
+    within it (a cap's SIGTERM, Ctrl-C, a crash) says so in its files."""
+    records, incomplete = run["records"], run["incomplete_suites"]
+    for suite in args.suites:
+        started = time.perf_counter()
+        try:
+            try:
+                module = importlib.import_module(SUITES[suite])
+            except ImportError as exc:
+                run["skipped_suites"][suite] = f"not available: {exc}"
+                print(f"[{suite}] skipped: {exc}")
+                continue
+            suite_cases = module.cases(device, full=args.full, tiny=args.tiny)
+            print(f"[{suite}] {len(suite_cases)} cases", flush=True)
+            incomplete[suite] = {"cases_done": 0, "cases": len(suite_cases)}
+            for done, case in enumerate(suite_cases, 1):
+                case_started = time.perf_counter()
+                for record in run_case(
+                    case, device, repeats=run["repeats"], warmup=run["warmup"], copy_gbps=run["copy_gbps"]
+                ):
+                    records.append(record)
+                    summary = record.get("error") or f"{record['median_ms']:.3f} ms"
+                    if record.get("host_ms") is not None:
+                        summary += f" (host {report.host_cell(record)})"
+                    print(f"  {case.shape} {case.dtype} {case.provider} {record['mode']}: {summary}", flush=True)
+                # where a suite's time goes (compilation, JIT, the measurement), e.g. in the log of a capped GPU step
+                print(
+                    f"    [{time.perf_counter() - case_started:.1f} s, {time.perf_counter() - started:.0f} s in]",
+                    flush=True,
+                )
+                incomplete[suite]["cases_done"] = done
+                # the JSON after each case: a crash (a segfault, a sticky CUDA error) or a cap keeps the finished
+                # cases, marked as a part of their suite
+                report.write(run, directory, stem, json_only=True)
+            del incomplete[suite]
+        finally:  # a stopped suite's time too
+            run["seconds"] = round(run["seconds"] + time.perf_counter() - started, 1)
+        _attach_predictions(run, model_path)
+        paths = report.write(run, directory, stem, with_plot=not args.no_plot)  # after each suite: a cap keeps it
+        print(f"[{suite}] done in {time.perf_counter() - started:.0f} s, written to {paths['json']}", flush=True)
+
+
 def _attach_predictions(run: dict, model_path: Path | None) -> None:
     """The performance model's predicted time beside each measured record of its card (tools/perf_model)."""
     if model_path is not None:
         print(f"performance model: {report.attach_predictions(run, model_path)} records beside {model_path.name}")
 
 
-def _previous_run(path: Path, suites: list[str]) -> dict | None:
-    """The run stored at ``path`` without the records of ``suites`` (they are measured again), or None."""
+def _previous_run(path: Path, suites: list[str], environment: dict, settings: dict) -> dict | None:
+    """The run stored at ``path`` without the records of ``suites`` (they are measured again), or None where there
+    is none; ValueError where it is not a run's JSON, or where it was measured otherwise than this run would be
+    (another device, versions, code or settings: one table's rows must be alike, and the file keeps one set)."""
     if not path.is_file():
         return None
-    run = json.loads(path.read_text())
+    run = load_run(path)
+    earlier = {**run["environment"], **{key: run.get(key) for key in settings}}
+    now = {**environment, **settings}
+    differences = [
+        f"{key} {earlier.get(key)!r} there, {now.get(key)!r} now"
+        for key in sorted(set(earlier) | set(now))
+        if earlier.get(key) != now.get(key)
+    ]
+    if differences:
+        raise ValueError(
+            f"the run in {path} was measured otherwise ({'; '.join(differences)}): --overwrite to replace it, or "
+            "another --out"
+        )
     run["records"] = [r for r in run["records"] if r["suite"] not in suites]
-    run["skipped_suites"] = {k: v for k, v in run["skipped_suites"].items() if k not in suites}
+    for marks in ("skipped_suites", "incomplete_suites"):
+        run[marks] = {suite: mark for suite, mark in run[marks].items() if suite not in suites}
     return run
 
 

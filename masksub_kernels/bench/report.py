@@ -64,8 +64,32 @@ def attach_predictions(run: dict, model_path: Path) -> int:
         if value is not None:
             record["predicted_ms"] = value / 1000
             count += 1
-    run["model"] = {"file": model_path.name, "label": model["environment"]["label"]}
+    facts = model["environment"]
+    run["model"] = {"file": model_path.name, **{key: facts.get(key) for key in ("label", "card", "date", "triton")}}
     return count
+
+
+def cut_short(run: dict, suite: str) -> str | None:
+    """'cut short after i of n cases' where ``suite`` was stopped midway (its other cases missing), else None."""
+    mark = run.get("incomplete_suites", {}).get(suite)
+    return None if mark is None else f"cut short after {mark['cases_done']} of {mark['cases']} cases"
+
+
+def _header_notes(run: dict) -> list[str]:
+    """What the files must say about themselves beyond the table: a CPU run's meaning, suites cut or skipped."""
+    notes = []
+    if run["environment"]["device"].startswith("CPU"):
+        notes.append(
+            "No GPU: CPU times of this library's torch backend (the CPU path) against the eager baselines on the CPU, "
+            "not its Triton / CUDA kernels (the triton version above is installed, not used)."
+        )
+    for suite in run.get("incomplete_suites", {}):
+        notes.append(
+            f"**{suite}: {cut_short(run, suite)}** (a cap, a crash or a stop): its other rows are missing, and a "
+            "ratio whose baseline was not reached shows '-'."
+        )
+    notes += [f"{suite}: skipped ({reason})." for suite, reason in run.get("skipped_suites", {}).items()]
+    return notes
 
 
 def markdown_table(run: dict) -> str:
@@ -73,6 +97,9 @@ def markdown_table(run: dict) -> str:
     bytes, and on the bytes the design moves where they differ), speed-up vs the official style measured in the
     same run; the model's prediction beside where a model file was found."""
     env = run["environment"]
+    code = f"masksub_kernels {env['masksub_kernels']} | " if env.get("masksub_kernels") else ""  # older runs: none
+    if env.get("commit"):
+        code = code.replace(" | ", f" ({env['commit']}) | ")
     # cases with a cap of their own (whole training steps: 10) time fewer repeats than the run's: each record says
     fewer = defaultdict(set)
     for r in run["records"]:
@@ -80,17 +107,21 @@ def markdown_table(run: dict) -> str:
             fewer[r["suite"]].add(r["repeats"])
     exceptions = "; ".join(f"{suite}: {'/'.join(map(str, sorted(n)))}" for suite, n in fewer.items())
     lines = [
-        f"Device: {env['device']} | torch {env['torch']} | triton {env.get('triton')} | date {run['date']} | "
+        f"Device: {env['device']} | {code}torch {env['torch']} "
+        f"| triton {env.get('triton')} | date {run['date']} | "
         f"copy bandwidth {run['copy_gbps']:.0f} GB/s (read + write) | {run.get('repeats')} repeats"
         f"{f' ({exceptions})' if exceptions else ''}, {run.get('warmup')} warm-up"
         + (" | --full" if run.get("full") else "")
         + (" | --tiny: a smoke test of the code, not a measurement" if run.get("tiny") else ""),
+        *(["", *(f"- {note}" for note in _header_notes(run))] if _header_notes(run) else []),
         "",
         "% of copy: on the minimal bytes (each input read once, each output written once) and, where this "
         "library's design moves more (the loss: 6 passes over the logits in full, not 4), on the design's bytes.",
     ]
     if run.get("model"):
-        lines.append(f"predicted ms: {run['model']['label']} ({run['model']['file']}).")
+        model = run["model"]
+        of = ", ".join(f"{k} {model[k]}" for k in ("card", "date", "triton") if model.get(k))  # older runs: none
+        lines.append(f"predicted ms: {model['label']} ({model['file']}{f': {of}' if of else ''}).")
     if any(r.get("host_ms") is not None for r in run["records"]):
         lines.append(
             "host ms (GPU runs): the median CPU time for the call to return (Python, launches, any wait on the GPU "
@@ -209,26 +240,38 @@ def plot(run: dict, path: Path) -> bool:
         axis.set_xlim(-1, x - 1)
         axis.set_yscale("log")
         axis.set_ylabel("fwd + bwd, median ms", fontsize=8)
-        axis.set_title(suite, fontsize=9, loc="left")
+        cut = cut_short(run, suite)
+        axis.set_title(f"{suite}{f' ({cut})' if cut else ''}", fontsize=9, loc="left")
         axis.legend(drawn.values(), drawn.keys(), fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    figure.suptitle(f"{run['environment']['device']} - {run['date']} (lower is better)", fontsize=9)
+    kind = " | CPU: the torch backend, not the kernels" if run["environment"]["device"].startswith("CPU") else ""
+    kind += " | --tiny: a smoke test, not a measurement" if run.get("tiny") else ""
+    figure.suptitle(f"{run['environment']['device']} - {run['date']}{kind} (lower is better)", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
     return True
 
 
 def write(run: dict, directory: Path, stem: str, json_only: bool = False, with_plot: bool = True) -> dict[str, Path]:
     """The run as <stem>.json, .md and .png in ``directory`` (json_only: the JSON alone, after each case;
-    with_plot=False: no .png, an earlier one left as it is)."""
+    with_plot=False: no .png, an earlier one left as it is). Each file is written under a .partial name, then
+    renamed: a cap that kills a write mid-file leaves the previous file whole."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"json": directory / f"{stem}.json", "md": directory / f"{stem}.md", "png": directory / f"{stem}.png"}
-    partial = paths["json"].with_suffix(".json.partial")  # then renamed: a cap that kills the write mid-file leaves
-    partial.write_text(json.dumps(run, indent=1, default=str))  # the previous JSON whole (the next suite appends)
-    os.replace(partial, paths["json"])
+    _replace(paths["json"], lambda partial: partial.write_text(json.dumps(run, indent=1, default=str)))
     if json_only:
         return {"json": paths["json"]}
-    paths["md"].write_text(markdown_table(run))
-    if not with_plot or not plot(run, paths["png"]):
+    _replace(paths["md"], lambda partial: partial.write_text(markdown_table(run)))
+    if not with_plot or not _replace(paths["png"], lambda partial: plot(run, partial)):
         del paths["png"]
     return paths
+
+
+def _replace(path: Path, write) -> bool:
+    """``write(partial)`` into ``path``.partial, then that renamed to ``path``; ``write``'s False: nothing written."""
+    partial = path.with_name(path.name + ".partial")
+    if write(partial) is False:
+        partial.unlink(missing_ok=True)
+        return False
+    os.replace(partial, path)
+    return True

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 import torch
 
@@ -237,10 +238,28 @@ def _driver_version() -> str | None:
     return out[0] if out else None
 
 
+def source_commit() -> str | None:
+    """`git describe --always --dirty` of the source tree this package runs from (an editable install, the
+    checkout's tests), or None where it is not a git checkout (an installed wheel) or git cannot say."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        command = ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
 def environment(device: torch.device) -> dict:
-    """Versions and device facts recorded with every result file."""
+    """Versions and device facts recorded with every result file, the library's version and commit among them."""
+    from .. import __version__
+
     info = {
         "device": device_label(device),
+        "masksub_kernels": __version__,
+        "commit": source_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

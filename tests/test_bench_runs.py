@@ -1,0 +1,207 @@
+"""A benchmark run's files across invocations (masksub_kernels/bench/cli.py, report.py): a run stopped midway says
+so, --append adds only to a run measured alike, --report-only rewrites a run's report without changing what it
+measured or predicted (helper-138's audit: findings 2, 3, 8-10, 12)."""
+
+import json
+import os
+import signal
+import sys
+import time
+import types
+
+import pytest
+import torch
+
+from masksub_kernels.bench import cli, report
+from masksub_kernels.bench.runner import OpCase
+
+
+def double(x):
+    return x * 2
+
+
+def stop_by_sigterm(x):
+    time.sleep(0.2)  # this suite's time: counted in the run's seconds although it was stopped
+    os.kill(os.getpid(), signal.SIGTERM)  # what a cap's `timeout` sends (benchmarks/gpu_lib.sh)
+    return x * 2
+
+
+@pytest.fixture
+def suites(monkeypatch):
+    """A suite 'two' of two cases whose second runs ``second[0]``, and a suite 'one' of one case."""
+    second = [double]
+
+    def add(name, cases):
+        module = types.ModuleType(f"{name}_suite")
+        module.cases = cases
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        monkeypatch.setitem(cli.SUITES, name, module.__name__)
+
+    def make(suite, provider, fn):
+        return OpCase(suite, "s", "float32", provider, lambda: [torch.ones(2, requires_grad=True)], fn, {"full": 8})
+
+    add("two", lambda *a, **k: [make("two", "official", double), make("two", "p", lambda x: second[0](x))])
+    add("one", lambda *a, **k: [make("one", "official", double)])
+    return second
+
+
+def run_of(tmp_path) -> tuple[dict, str]:
+    (path,) = tmp_path.glob("*.json")
+    return json.loads(path.read_text()), path.with_suffix(".md").read_text()
+
+
+def test_sigterm_writes_the_marked_files_and_restores_the_handler(tmp_path, suites, capsys):
+    suites[0] = stop_by_sigterm
+    before = signal.getsignal(signal.SIGTERM)
+    args = ["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "one", "two"]
+    assert cli.main(args) == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert "stopped by SIGTERM (two after 1 of 2 cases)" in capsys.readouterr().err
+    run, table = run_of(tmp_path)
+    assert run["incomplete_suites"] == {"two": {"cases_done": 1, "cases": 2}}  # 'one' ended: not marked
+    assert {(r["suite"], r["provider"]) for r in run["records"]} == {("one", "official"), ("two", "official")}
+    assert "**two: cut short after 1 of 2 cases**" in table and "one: cut" not in table
+    assert not list(tmp_path.glob("*.partial"))  # every file renamed into place
+    assert run["seconds"] >= 0.2  # the stopped suite's time counted too
+
+
+def test_append_clears_the_mark_of_a_suite_measured_again_and_keeps_the_others(tmp_path, suites, monkeypatch):
+    suites[0] = stop_by_sigterm
+    common = ["--tiny", "--device", "cpu", "--out", str(tmp_path), "--no-plot"]
+    assert cli.main([*common, "--suites", "two"]) == 143
+    assert cli.main([*common, "--append", "--suites", "one"]) == 0
+    run, table = run_of(tmp_path)
+    assert run["incomplete_suites"] == {"two": {"cases_done": 1, "cases": 2}} and "two: cut short" in table
+    suites[0] = double
+    assert cli.main([*common, "--append", "--suites", "two"]) == 0
+    run, table = run_of(tmp_path)
+    assert run["incomplete_suites"] == {} and "cut short" not in table
+    assert sorted((r["suite"], r["provider"], r["mode"]) for r in run["records"] if r["mode"] == "full") == [
+        ("one", "official", "full"), ("two", "official", "full"), ("two", "p", "full")
+    ]  # fmt: skip
+    # a suite named again whose code cannot be imported now: skipped, its earlier records and mark gone
+    suites[0] = stop_by_sigterm
+    assert cli.main([*common, "--append", "--suites", "two"]) == 143
+    monkeypatch.setitem(cli.SUITES, "two", "no_such_module_here")
+    assert cli.main([*common, "--append", "--suites", "two"]) == 1  # nothing measured
+    run, table = run_of(tmp_path)
+    assert run["incomplete_suites"] == {} and "two: skipped (not available: No module named" in table
+    assert {r["suite"] for r in run["records"]} == {"one"}
+
+
+def test_append_refuses_a_run_measured_otherwise_or_not_a_run(tmp_path, suites, capsys):
+    common = ["--tiny", "--device", "cpu", "--out", str(tmp_path), "--no-plot"]
+    assert cli.main([*common, "--append", "--suites", "one"]) == 0
+    assert "--append: no earlier run at" in capsys.readouterr().out  # gpu_bench.sh's first suite: a note
+    (path,) = tmp_path.glob("*.json")
+    before = path.read_text()
+    assert cli.main([*common, "--append", "--suites", "two", "--repeats", "3"]) == 2
+    assert "measured otherwise (repeats 2 there, 3 now)" in capsys.readouterr().err
+    earlier = json.loads(before)
+    earlier["environment"]["torch"] = "2.8.0"
+    path.write_text(json.dumps(earlier))
+    assert cli.main([*common, "--append", "--suites", "two"]) == 2
+    assert f"torch '2.8.0' there, '{torch.__version__}' now" in capsys.readouterr().err
+    for text in ("not json", '{"records": []}', json.dumps({**earlier, "records": [{"suite": "one"}]})):
+        path.write_text(text)
+        assert cli.main([*common, "--append", "--suites", "two"]) == 2  # was a traceback
+        assert "is not a benchmark run's JSON" in capsys.readouterr().err and path.read_text() == text
+    path.write_text(before)
+    assert cli.main([*common, "--append", "--suites", "two"]) == 0
+    assert "the earlier run's" in capsys.readouterr().out  # its copy bandwidth: said where it comes from
+
+
+def test_the_files_say_what_a_cpu_run_is_and_which_code_ran(tmp_path, suites):
+    def mine(signum, frame):  # the caller's handler: given back when the run ends
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "one", "--no-plot"]) == 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    run, table = run_of(tmp_path)
+    env = run["environment"]
+    assert env["masksub_kernels"] and f"masksub_kernels {env['masksub_kernels']}" in table
+    if env["commit"]:  # a git checkout (this one's tests, a clean clone's CI)
+        assert f"({env['commit']})" in table
+    assert "No GPU: CPU times of this library's torch backend" in table
+
+
+def test_report_only_keeps_the_runs_predictions_unless_told(tmp_path, suites, capsys):
+    assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "one", "--no-plot"]) == 0
+    (path,) = tmp_path.glob("*.json")
+    run = json.loads(path.read_text())
+    run["environment"]["device"] = "GPU: NVIDIA H200"  # the committed model file of the card
+    run["records"][0]["predicted_ms"] = 1.25
+    run["model"] = {"file": "model-sm90.json", "label": "PREDICTIONS", "card": "H200", "date": "2020-01-01"}
+    path.write_text(json.dumps(run))
+    assert cli.main(["--report-only", str(path)]) == 0
+    kept = json.loads(path.read_text())
+    assert kept["records"][0]["predicted_ms"] == 1.25 and kept["model"] == run["model"]
+    assert (
+        "predicted ms: PREDICTIONS (model-sm90.json: card H200, date 2020-01-01)."
+        in path.with_suffix(".md").read_text()
+    )
+    assert cli.main(["--report-only", str(path), "--repredict"]) == 0  # today's model: its date in the label
+    model = json.loads((cli.default_output_directory() / "model-sm90.json").read_text())["environment"]
+    assert json.loads(path.read_text())["model"]["date"] == model["date"]
+    assert f"date {model['date']}" in path.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "x"], "--out: not with --report-only (it measures nothing, and writes beside RUN.json)"),
+        (["--suites", "loss", "--repeats", "3"], "--suites, --repeats: not with --report-only"),
+        (["--append"], "--append: not with --report-only"),
+    ],
+)
+def test_report_only_refuses_the_options_of_a_measurement(tmp_path, capsys, args, message):
+    path = tmp_path / "run.json"
+    path.write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(["--report-only", str(path), *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_report_only_checks_the_json_before_writing_anything(tmp_path, capsys):
+    text = tmp_path / "run.txt"
+    text.write_text("{}")
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--report-only", str(text)])
+    assert "takes a run's .json file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--repredict"])
+    assert "--repredict goes with --report-only" in capsys.readouterr().err
+    path = tmp_path / "run.json"
+    for run in (
+        {"environment": {"device": "CPU: x"}, "records": [{"suite": "loss"}]},  # was a KeyError after rewriting it
+        {"environment": {"device": "CPU: x"}, "records": [], "copy_gbps": 1.0},  # no date, no torch
+    ):
+        path.write_text(json.dumps(run))
+        assert cli.main(["--report-only", str(path)]) == 2
+        assert "is not a benchmark run's JSON" in capsys.readouterr().err
+        assert json.loads(path.read_text()) == run and sorted(p.name for p in tmp_path.iterdir()) == [
+            "run.json", "run.txt"
+        ]  # fmt: skip
+
+
+def test_plot_titles_mark_cut_suites_tiny_runs_and_the_cpu(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    titles = []
+    import matplotlib.axes
+    import matplotlib.figure
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, t, **k: titles.append(t))
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle", lambda self, t, **k: titles.append(t))
+    record = {"suite": "two", "shape": "s", "dtype": "float32", "mode": "full", "provider": "p", "median_ms": 1.0}
+    run = {"environment": {"device": "CPU: x"}, "date": "d", "tiny": True, "records": [record],
+           "incomplete_suites": {"two": {"cases_done": 1, "cases": 2}}}  # fmt: skip
+    assert report.plot(run, tmp_path / "p.png")
+    assert titles == [
+        "two (cut short after 1 of 2 cases)",
+        "CPU: x - d | CPU: the torch backend, not the kernels | --tiny: a smoke test, not a measurement "
+        "(lower is better)",
+    ]
