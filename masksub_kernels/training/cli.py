@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-path", type=float, default=None,
         help="model drop-path rate (timm's drop_path_rate; default: the model's own, e.g. 0.1 for a Swin)",
     )  # fmt: skip
+    g.add_argument(
+        "--drop-path-schedule", choices=("linear", "uniform"), default="linear",
+        help="drop-path over the blocks: linear (timm's: 0 at the first block up to --drop-path at the last) or "
+        "uniform (--drop-path in every block: the official DeiT-III models'; ViTs)",
+    )  # fmt: skip
     # a checkpoint's mark that its --drop / --drop-path were passed to timm when given, 0 included (resume.py: before
     # 2026-12-05 a 0, their default then, was not passed)
     p.set_defaults(rates_passed_at_zero=True)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-__all__ = ["sub_drop_path", "sub_dropout"]
+__all__ = ["sub_drop_path", "sub_dropout", "uniform_drop_path"]
 
 
 def _blocks(model: nn.Module) -> nn.Module:
@@ -42,6 +42,32 @@ def sub_dropout(model: nn.Module, rate: float) -> Iterator[None]:
             module.p = p
 
 
+def _drop_path_slots(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, module) of every drop-path slot of ``model.blocks``: a timm DropPath, or the
+    ``nn.Identity`` timm builds where a block's rate is 0 (``drop_path``, ``drop_path1``, ``drop_path2``)."""
+    from timm.layers import DropPath
+
+    for parent in _blocks(model).modules():
+        for name, child in list(parent.named_children()):
+            if name.startswith("drop_path") and isinstance(child, (DropPath, nn.Identity)):
+                yield parent, name, child
+
+
+def uniform_drop_path(model: nn.Module, rate: float) -> int:
+    """Drop-path ``rate`` in every block of a ViT (``model.blocks``), in place: the official DeiT-III models'
+    ``dpr = [drop_path_rate] * depth``, where timm's models ramp it linearly from 0 at the first block to the rate
+    at the last (half the average). Returns how many slots were set; ValueError for a model without ``.blocks``."""
+    from timm.layers import DropPath
+
+    slots = list(_drop_path_slots(model))
+    for parent, name, child in slots:
+        if isinstance(child, DropPath):
+            child.drop_prob = rate
+        else:
+            setattr(parent, name, DropPath(rate))
+    return len(slots)
+
+
 @contextlib.contextmanager
 def sub_drop_path(model: nn.Module, rate: float) -> Iterator[None]:
     """Every drop-path slot of ``model.blocks`` at ``rate`` (Identity slots get a DropPath); restore on exit."""
@@ -50,16 +76,13 @@ def sub_drop_path(model: nn.Module, rate: float) -> Iterator[None]:
     swapped: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, attribute, original module)
     rates: list[tuple[nn.Module, float]] = []
     try:
-        for parent in _blocks(model).modules():
-            for name, child in list(parent.named_children()):
-                if not name.startswith("drop_path"):
-                    continue
-                if isinstance(child, DropPath):
-                    rates.append((child, child.drop_prob))
-                    child.drop_prob = rate
-                elif isinstance(child, nn.Identity):
-                    swapped.append((parent, name, child))
-                    setattr(parent, name, DropPath(rate))
+        for parent, name, child in _drop_path_slots(model):
+            if isinstance(child, DropPath):
+                rates.append((child, child.drop_prob))
+                child.drop_prob = rate
+            else:
+                swapped.append((parent, name, child))
+                setattr(parent, name, DropPath(rate))
         yield
     finally:
         for module, drop_prob in rates:

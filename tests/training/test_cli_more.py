@@ -308,6 +308,30 @@ def test_drop_and_drop_path_reach_the_model_at_zero_too():
     assert rates == [[0.0, 0.1], [0.0, 0.0], [0.0, 0.05]]  # the model's own by default; 0 turns it off
 
 
+def test_uniform_drop_path_schedule_gives_every_block_the_rate():
+    # helper-141: the official DeiT-III models (deit/models_v2.py) use dpr = [drop_path_rate] * depth; timm's ramp
+    # from 0 gave the recipes half the average stochastic depth
+    from masksub_kernels.training.run_setup import _create_model
+
+    def rates(*flags, kwargs=()):
+        tiny = ["img_size=32", "patch_size=8", "embed_dim=32", "depth=3", "num_heads=2", *kwargs]
+        args = build_parser().parse_args(["--model", "deit3_base_patch16_224", "--model-kwargs", *tiny, *flags])
+        args.model_kwargs = parse_kwargs(args.model_kwargs)
+        model = _create_model(args, 10, 3)
+        return [round(float(getattr(getattr(b, n), "drop_prob", 0.0)), 3) for b in model.blocks
+                for n in ("drop_path1", "drop_path2")]  # fmt: skip
+
+    assert rates("--drop-path", "0.2") == [0.0, 0.0, 0.1, 0.1, 0.2, 0.2]  # timm's linear ramp, the default
+    assert rates("--drop-path", "0.2", "--drop-path-schedule", "uniform") == [0.2] * 6
+    assert rates("--drop-path-schedule", "uniform", kwargs=["drop_path_rate=0.1"]) == [0.1] * 6
+    with pytest.raises(UsageError, match="--drop-path-schedule uniform sets every block's drop-path to the rate"):
+        rates("--drop-path-schedule", "uniform")
+    args = build_parser().parse_args(["--model", "resnet10t", "--drop-path", "0.1", "--drop-path-schedule", "uniform"])
+    args.model_kwargs = parse_kwargs(args.model_kwargs)
+    with pytest.raises(UsageError, match=r"--drop-path-schedule uniform is for timm ViTs \(model.blocks\)"):
+        _create_model(args, 10, 3)
+
+
 def test_log_files_hold_the_documented_columns(tmp_path):
     from masksub_kernels.training.runlog import COLUMNS, write_log
 

@@ -77,6 +77,17 @@ def test_recipe_smoke(tmp_path, name):
         assert "mask_token" in ckpt["module"]
 
 
+def test_deit3_recipes_build_the_official_models_blocks():
+    # helper-141: deit/models_v2.py's vit_models: the same drop-path in every block and LayerScale from 1e-4
+    for name, rate in (("deit3", 0.1), ("deit3_finetune", 0.2)):
+        ns = parse_args_with_config(build_parser(), ["--config", _recipe(name)])
+        assert (ns.drop_path, ns.drop_path_schedule) == (rate, "uniform")
+    from masksub_kernels.training.run_setup import parse_kwargs
+
+    kwargs = parse_kwargs(parse_args_with_config(build_parser(), ["--config", _recipe("deit3")]).model_kwargs)
+    assert kwargs == {"img_size": 192, "init_values": 1e-4}
+
+
 def test_deit3_finetune_from_the_pretraining_checkpoint(tmp_path, capsys):
     _, pre = _smoke(tmp_path, "deit3")  # 24 px: a 3 x 3 grid; fine-tuning at 32 px: 4 x 4
     _, ckpt = _smoke(tmp_path, "deit3_finetune", "--initial-checkpoint", str(tmp_path / "deit3" / "last.pth"))
