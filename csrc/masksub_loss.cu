@@ -138,7 +138,9 @@ __device__ __forceinline__ void fold(LossState& st, const float (&z)[N], const f
         st.l_t = st.l_t * alpha_t + t_sum;
         st.m_t = mt_new;
       }
-      float d = alpha_t * (st.d_t + l_t_before * (cs_old - cs_new));
+      // the old sum where its rescale is 0 too: a lane that began at classes far below the row's max saw them at
+      // weight 1, and x = -inf there made it -inf (0 * -inf: NaN; helper-140)
+      float d = alpha_t != 0.0f ? alpha_t * (st.d_t + l_t_before * (cs_old - cs_new)) : 0.0f;
 #pragma unroll
       for (int i = 0; i < N; ++i) {
         // e_t (x - c_s) over e_t != 0 (0 * -inf: 0): the select on the difference, then one FFMA (a FMUL, a select
@@ -189,7 +191,9 @@ __device__ __forceinline__ LossState merge(const LossState& a, const LossState& 
         l_tb = b.l_t;
         r.l_t = l_ta * beta_a + l_tb * beta_b;
       }
-      r.d_t = beta_a * (a.d_t + l_ta * (shift_of(a.m_s) - c_s)) + beta_b * (b.d_t + l_tb * (shift_of(b.m_s) - c_s));
+      // a lane whose teacher mass is 0 about the larger max adds nothing (its d_t may be -inf: 0 * -inf)
+      r.d_t = (beta_a != 0.0f ? beta_a * (a.d_t + l_ta * (shift_of(a.m_s) - c_s)) : 0.0f) +
+              (beta_b != 0.0f ? beta_b * (b.d_t + l_tb * (shift_of(b.m_s) - c_s)) : 0.0f);
     }
   }
   return r;

@@ -45,6 +45,17 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes", "y")
 
 
+# Triton decides when @triton.jit runs, i.e. when this package is imported, whether its kernels are interpreted:
+# TRITON_INTERPRET set later changes what triton_interpreted() reads, not the kernels (helper-140: CPU tensors were
+# then accepted, and failed inside Triton with "0 active drivers")
+_INTERPRETED_AT_IMPORT = triton_interpreted()
+
+
+def _cpu_interpreter() -> bool:
+    """Whether the Triton kernels run on the CPU interpreter: TRITON_INTERPRET on now and when they were made."""
+    return _INTERPRETED_AT_IMPORT and triton_interpreted()
+
+
 @functools.cache
 def _cuda_device_present() -> bool:
     return torch.cuda.is_available()
@@ -92,11 +103,12 @@ def _triton_missing() -> str | None:
             f"(3.2 and 3.3 selected other tokens than the reference, 3.1 did not compile the kernels): install "
             f"Triton >= {oldest} (torch >= 2.8 brings one)"
         )
-    if triton_interpreted() or _cuda_device_present():
+    if _cpu_interpreter() or _cuda_device_present():
         return None
+    late = " (it is set now, after the import: the kernels were made for a GPU then)" if triton_interpreted() else ""
     return (
         "Triton needs a CUDA device, or TRITON_INTERPRET=1 set before importing masksub_kernels to run its kernels on "
-        "the CPU interpreter"
+        f"the CPU interpreter{late}"
     )
 
 
@@ -188,7 +200,8 @@ def get_backend() -> str:
     """The requested backend name: ``auto``, ``triton``, ``cuda`` or ``torch``."""
     global _requested
     if _requested is None:
-        _requested = _check_name(os.environ.get("MASKSUB_BACKEND", "auto"))
+        # set but empty (MASKSUB_BACKEND= in a shell): unset, as for most variables
+        _requested = _check_name(os.environ.get("MASKSUB_BACKEND", "").strip() or "auto")
     return _requested
 
 
@@ -232,7 +245,7 @@ def _serves(name: str, device_type: str) -> bool:
     if _missing(name) is not None:
         return False
     if name == "triton":
-        return device_type == "cuda" or (device_type == "cpu" and triton_interpreted())
+        return device_type == "cuda" or (device_type == "cpu" and _cpu_interpreter())
     return device_type in _extensions or (device_type == "cuda" and _compiled_extension_missing() is None)
 
 
@@ -247,16 +260,20 @@ def resolve_backend(
     RuntimeError when the requested backend cannot take tensors of that device, or the op lacks it, saying what it
     needs.
     """
-    if implemented is None:
-        implemented = implemented_by(() if op is None else (op,) if isinstance(op, str) else tuple(op))
+    ops = _names("op", op, allowed=None)
+    implemented = implemented_by(ops) if implemented is None else _names("implemented", implemented, _CONCRETE)
+    if not implemented:
+        raise ValueError("implemented must name at least one backend (triton, cuda, torch), got none")
     device = check_device(device)
     requested = get_backend()
     if requested == "auto":
-        chosen = "torch"
-        if device.type == "cuda":
-            chosen = next((b for b in ("triton", "cuda") if b in implemented and _serves(b, "cuda")), "torch")
+        preference = ("triton", "cuda", "torch") if device.type == "cuda" else ("torch", "triton", "cuda")
+        chosen = next((b for b in preference if b in implemented and _serves(b, device.type)), None)
+        if chosen is None:
+            why = "; ".join(f"{b}: {_missing(b) or 'not for ' + device.type + ' tensors'}" for b in implemented)
+            raise RuntimeError(f"no backend of {', '.join(implemented)} can take tensors on {device} here ({why})")
     elif requested not in implemented:
-        name = op if isinstance(op, str) else "/".join(op or ("this op",))
+        name = "/".join(ops or ("this op",))
         raise RuntimeError(
             f"backend {requested!r} has no implementation of {name}: select one of {', '.join(implemented)} "
             "(mk.set_backend / MASKSUB_BACKEND)"
@@ -266,9 +283,10 @@ def resolve_backend(
     elif device.type == "cuda":  # a CUDA tensor, a backend that cannot run here: say what is missing
         raise RuntimeError(f"backend {requested!r} cannot run on {device}: {_compiled_reason(requested)}")
     elif requested == "triton":
+        late = " (it was set after the import: the kernels were made for a GPU then)" if triton_interpreted() else ""
         raise RuntimeError(
             f"backend 'triton' got tensors on {device}: the Triton kernels need CUDA tensors "
-            "(or TRITON_INTERPRET=1 set before importing masksub_kernels to run them on the CPU)"
+            f"(or TRITON_INTERPRET=1 set before importing masksub_kernels to run them on the CPU{late})"
         )
     else:
         registered = ", ".join(sorted(_extensions)) or "none"
@@ -276,10 +294,26 @@ def resolve_backend(
             f"backend 'cuda' got tensors on {device}: the CUDA extension needs CUDA tensors "
             f"(extensions registered for other device types: {registered})"
         )
-    if op is not None:
-        for name in (op,) if isinstance(op, str) else op:
-            _last_used[name] = chosen
+    for name in ops:
+        _last_used[name] = chosen
     return chosen
+
+
+def _names(argument: str, value, allowed: tuple[str, ...] | None) -> tuple[str, ...]:
+    """``value`` (None, a name or an iterable of names) as a tuple of names, each in ``allowed`` where given."""
+    if value is None and allowed is None:
+        return ()
+    names = (value,) if isinstance(value, str) and allowed is None else value
+    if isinstance(names, str) or not isinstance(names, Iterable):  # implemented="triton": a name, not its letters
+        expected = "a name or an iterable of names" if allowed is None else "an iterable of backend names"
+        raise TypeError(f"{argument} must be {expected}, got {value!r}")
+    names = tuple(names)
+    for name in names:
+        if not isinstance(name, str) or (allowed is not None and name not in allowed):
+            raise ValueError(
+                f"{argument}: {name!r} is not {'a name' if allowed is None else 'one of ' + ', '.join(allowed)}"
+            )
+    return names
 
 
 def _compiled_reason(name: str) -> str:

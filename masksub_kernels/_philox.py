@@ -139,10 +139,23 @@ def _philox_stacked(seed: int, offset: torch.Tensor) -> torch.Tensor:
 def philox_uint32(seed: int, offset: torch.Tensor) -> torch.Tensor:
     """The uint32 Philox draw for each int64 ``offset`` (any shape), as int64 values in [0, 2^32).
 
+    ``seed``: an int in [-2^63, 2^63) (the ops' seeds); ``offset``: a tensor of an integer dtype, any device.
     Bit for bit ``tl.randint(seed, offset)`` for int64 offsets (and int32 offsets below 2^31). On CPU tensors
     (the torch backend's device) with a torch that multiplies uint64, the same draws in fewer, larger tensor ops
     (_philox_stacked); elsewhere the rounds below, on 16-bit limbs.
     """
+    if seed is None:  # new_seed would draw one: a draw of a random key is not what a caller of this function means
+        raise TypeError("seed must be an int, got None")
+    seed = new_seed(seed)
+    dtype = getattr(offset, "dtype", None)
+    if not isinstance(offset, torch.Tensor) or dtype == torch.bool or dtype.is_floating_point or dtype.is_complex:
+        what = f"a {dtype} tensor" if isinstance(offset, torch.Tensor) else type(offset).__name__
+        raise TypeError(f"offset must be a tensor of an integer dtype (int64 offsets), got {what}")
+    return _draws(seed, offset)
+
+
+def _draws(seed: int, offset: torch.Tensor) -> torch.Tensor:
+    """philox_uint32 on arguments the library has checked (sort_keys: a seed that may be traced by torch.compile)."""
     offset = offset.to(torch.int64)
     if offset.device.type == "cpu" and _uint64_products():
         return _philox_stacked(seed, offset)
@@ -173,7 +186,7 @@ def sort_keys(seed: int, num_rows: int, num_positions: int, device: torch.device
     positions = torch.arange(num_positions, dtype=torch.int64, device=device)
     rows = torch.arange(num_rows, dtype=torch.int64, device=device)
     offsets = rows[:, None] * num_positions + positions[None, :]
-    draws = philox_uint32(seed, offsets)
+    draws = _draws(seed, offsets)
     return ((draws - 2**31) << 32) + positions
 
 

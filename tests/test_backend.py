@@ -208,6 +208,27 @@ def test_triton_without_gpu_or_interpreter_is_unavailable():
     assert "triton" not in result.stdout
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_triton_interpret_set_after_the_import_does_not_offer_the_cpu(monkeypatch):
+    # helper-140: the kernels are made (for a GPU) at the import; a later TRITON_INTERPRET=1 offered triton for CPU
+    # tensors, which then failed inside Triton ("0 active drivers")
+    code = (
+        "import os, masksub_kernels as mk\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "print(mk.available_backends())\n"
+        "mk.set_backend('triton')\n"
+        "mk.random_keep_indices(1, 4, 2, seed=0)\n"
+    )
+    result = run_python(code, TRITON_INTERPRET="0")
+    assert "'triton'" not in result.stdout.splitlines()[0], result.stdout
+    assert "after the import: the kernels were made for a GPU then" in result.stderr, result.stderr
+
+
+def test_an_empty_backend_variable_is_unset():
+    result = run_python("import masksub_kernels as mk; print(mk.get_backend())", MASKSUB_BACKEND="")
+    assert result.returncode == 0 and result.stdout.strip() == "auto", result.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU interpreter's switch")
 def test_triton_interpret_is_read_as_triton_reads_it(monkeypatch):
     # helper-105: 'false' counted as on here (Triton: off), so triton was offered for CPU tensors and then failed
@@ -350,3 +371,29 @@ def test_ops_compute_under_autocast_what_they_compute_outside_it(monkeypatch, de
     for outside, inside in zip(*results):
         assert torch.equal(inside, outside)
     assert operands and all(a == b for a, b in operands), operands
+
+
+def test_resolve_backend_checks_its_arguments(monkeypatch):
+    # helper-140: implemented='triton' was read letter by letter, op=5 a bare TypeError, and auto answered torch for
+    # an op without it
+    monkeypatch.setattr(_backend, "_requested", "torch")
+    with pytest.raises(TypeError, match="implemented must be an iterable of backend names, got 'triton'"):
+        mk.resolve_backend("cpu", "my_op", "triton")
+    with pytest.raises(ValueError, match="implemented: 'tpu' is not one of triton, cuda, torch"):
+        mk.resolve_backend("cpu", "my_op", ["tpu"])
+    with pytest.raises(ValueError, match="implemented must name at least one backend"):
+        mk.resolve_backend("cpu", "my_op", [])
+    with pytest.raises(TypeError, match="op must be a name or an iterable of names, got 5"):
+        mk.resolve_backend("cpu", 5)
+    with pytest.raises(ValueError, match="op: 5 is not a name"):
+        mk.resolve_backend("cpu", ["my_op", 5])
+    with pytest.raises(RuntimeError, match="backend 'torch' has no implementation of my_op: select one of cuda"):
+        mk.resolve_backend("cpu", "my_op", ["cuda"])
+    monkeypatch.setattr(_backend, "_requested", "auto")
+    monkeypatch.setattr(_backend, "_extensions", {})  # the tests' CUDA emulator takes CPU tensors
+    assert mk.resolve_backend("cpu", "my_op", ["torch", "triton"]) == "torch"
+    with pytest.raises(RuntimeError, match="no backend of cuda can take tensors on cpu here"):
+        mk.resolve_backend("cpu", "my_op", ["cuda"])  # was 'torch', which the op lacks
+    if "triton" in mk.available_backends():  # the interpreter: auto takes the op's one backend for CPU tensors
+        assert mk.resolve_backend("cpu", "my_triton_op", ["triton"]) == "triton"
+        assert mk.last_backend("my_triton_op") == "triton"

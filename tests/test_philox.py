@@ -28,6 +28,27 @@ def test_stacked_rounds_equal_the_reference_rounds(seed):
     assert torch.equal(philox_uint32(seed, offsets), philox_reference(seed, offsets))
 
 
+@pytest.mark.parametrize(
+    ("seed", "offset", "error", "message"),
+    [
+        (None, torch.tensor([0]), TypeError, "seed must be an int, got None"),
+        (1.5, torch.tensor([0]), TypeError, "seed must be an int or None, got float"),
+        (True, torch.tensor([0]), TypeError, "seed must be an int or None, got bool"),  # was 1
+        (7 + 2**64, torch.tensor([0]), ValueError, "seed must be an int64 value"),  # was 7's draws
+        (7, torch.tensor([0.7, 1.9]), TypeError, "integer dtype (int64 offsets), got a torch.float32 tensor"),  # 0, 1
+        (7, torch.tensor([True]), TypeError, "got a torch.bool tensor"),
+        (7, [0, 1], TypeError, "integer dtype (int64 offsets), got list"),
+    ],
+)
+def test_public_draws_refuse_what_the_ops_refuse(seed, offset, error, message):
+    # helper-140: the public philox_uint32 took any seed (bools as 1, beyond int64 wrapped) and truncated floats
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        philox_uint32(seed, offset)
+    assert torch.equal(
+        philox_uint32(7, torch.tensor([0, 1], dtype=torch.int32)), philox_uint32(7, torch.tensor([0, 1]))
+    )
+
+
 def test_fallback_without_uint64_products(monkeypatch):
     monkeypatch.setattr(_philox, "_uint64_products", lambda: False)
     monkeypatch.setattr(_philox, "_philox_stacked", None)  # never reached

@@ -212,7 +212,7 @@ def _fwd_kernel(
                     ct_new = _shift(mt_new)
                     e_t = tl.exp(zt - ct_new[:, None])
                 alpha_t = tl.exp(m_t - ct_new)
-                d_t = alpha_t * (d_t + l_t * (cs_old - cs_new))
+                d_t = tl.where(alpha_t != 0.0, alpha_t * (d_t + l_t * (cs_old - cs_new)), 0.0)  # 0 x -inf: 0
                 d_t += tl.sum(tl.where(e_t != 0.0, e_t * (x - cs_new[:, None]), 0.0), axis=1)
                 l_t = l_t * alpha_t + tl.sum(e_t, axis=1)
                 l_s = l_s * tl.exp(m_s - cs_new) + tl.sum(tl.exp(x - cs_new[:, None]), axis=1)
@@ -268,7 +268,8 @@ def combine_states(part: torch.Tensor, bce: bool, has_sub: bool, temperature: fl
             # sub: D_t = sum_k exp(shift_t,k - c_t) (D_t,k + l_t,k (shift_s,k - c_s)), loss = T^2 (log l_s - D_t / l_t)
             c_s, sum_s, _ = _merge_splits(m_s, l_s)
             c_t, sum_t, scale_t = _merge_splits(m_t, l_t)
-            sum_d_t = (scale_t * (d_t + l_t * (_host_shift(m_s) - c_s))).sum(0)
+            # a split whose teacher mass is 0 about c_t adds nothing (its D_t may be -inf: 0 x -inf)
+            sum_d_t = torch.where(scale_t != 0, scale_t * (d_t + l_t * (_host_shift(m_s) - c_s)), 0.0).sum(0)
             out[C_S], out[LOG_L_S], out[C_T], out[LOG_L_T] = c_s, torch.log(sum_s), c_t, torch.log(sum_t)
             out[SUB] = (out[LOG_L_S] - sum_d_t / sum_t) * temperature**2
     return out

@@ -307,8 +307,11 @@ def _fwd_block(
             ms_new = tl.maximum(m_s, tl.max(s, axis=1))
             ds = s - ms_new[:, None]
             l_s = l_s * tl.exp2((m_s - ms_new) * k_t) + tl.sum(tl.exp2(ds * k_t), axis=1)
-            # e_t = 0 terms skipped: their s may be -inf (0 * -inf)
-            d_t = alpha_t * (d_t + l_teacher * (m_s - ms_new)) + tl.sum(tl.where(e_t != 0.0, e_t * ds, 0.0), axis=1)
+            # e_t = 0 terms skipped: their s may be -inf (0 * -inf); so is the old sum where its rescale is 0: a
+            # block that began at classes far below the row's max saw them at weight 1, and s = -inf there made it
+            # -inf (helper-140: NaN losses)
+            d_old = tl.where(alpha_t != 0.0, alpha_t * (d_t + l_teacher * (m_s - ms_new)), 0.0)
+            d_t = d_old + tl.sum(tl.where(e_t != 0.0, e_t * ds, 0.0), axis=1)
             if not UNIT_T:
                 l_t = l_t * alpha_t + tl.sum(e_t, axis=1)
             m_s = ms_new

@@ -228,3 +228,18 @@ def test_class_splits_stay_within_the_grid_and_slabs(monkeypatch, target, rows, 
         active = lm.cdiv(n, block_m)
         assert 1 <= splits <= max_splits and active * splits <= slabs, (n, splits)
         assert (splits - 1) * per_split < class_tiles <= splits * per_split, (n, splits, per_split)
+
+
+def test_combining_splits_skips_one_without_teacher_mass():
+    # helper-140: a class split whose own max saw a -inf sub logit at teacher weight 1 holds D_t = -inf; about the
+    # row's max its teacher mass is 0 (exp(-201) in fp32), and 0 x -inf made the sub loss NaN
+    from masksub_kernels.ops import _linear_loss_kernels as kernels
+    from masksub_kernels.ops.masksub_loss import SUB
+
+    part = torch.zeros(11, 2, 1)
+    for m, l in ((kernels.P_M_Z, kernels.P_L_Z), (kernels.P_M_S, kernels.P_L_S), (kernels.P_M_T, kernels.P_L_T)):
+        part[m, :, 0], part[l, :, 0] = torch.tensor([-200.0, 1.0]), 1.0
+    part[kernels.P_S_Z, 1, 0], part[kernels.P_D_T, 0, 0] = 1.0, float("-inf")
+    both = kernels.combine_states(part, bce=False, has_sub=True, temperature=2.0, classes=4)
+    alone = kernels.combine_states(part[:, 1:], bce=False, has_sub=True, temperature=2.0, classes=4)
+    assert bool(torch.isfinite(both[SUB]).all()) and torch.equal(both[SUB], alone[SUB])
