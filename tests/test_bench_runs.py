@@ -106,7 +106,9 @@ def test_append_refuses_a_run_measured_otherwise_or_not_a_run(tmp_path, suites, 
         path.write_text(text)
         assert cli.main([*common, "--append", "--suites", "two"]) == 2  # was a traceback
         assert "is not a benchmark run's JSON" in capsys.readouterr().err and path.read_text() == text
-    path.write_text(before)
+    earlier = json.loads(before)
+    earlier["environment"]["driver"] = "580.1"  # nvidia-smi read by one suite's process and not the next's
+    path.write_text(json.dumps(earlier))
     assert cli.main([*common, "--append", "--suites", "two"]) == 0
     assert "the earlier run's" in capsys.readouterr().out  # its copy bandwidth: said where it comes from
 
@@ -127,6 +129,11 @@ def test_the_files_say_what_a_cpu_run_is_and_which_code_ran(tmp_path, suites):
     if env["commit"]:  # a git checkout (this one's tests, a clean clone's CI)
         assert f"({env['commit']})" in table
     assert "No GPU: CPU times of this library's torch backend" in table
+    low, high = run["copy_gbps_range"]
+    assert low <= run["copy_gbps"] <= high and f"p20-p80 {report.copy_range((low, high))})" in table
+    # a spread of more than 1.5x says so: every '% of copy' is as uncertain (helper-138: 1-70 GB/s on a loaded CPU)
+    assert "every '% of copy' below is as uncertain" in report.markdown_table({**run, "copy_gbps_range": [1.0, 70.0]})
+    assert "as uncertain" not in report.markdown_table({**run, "copy_gbps_range": [10.0, 12.0]})
 
 
 def test_report_only_keeps_the_runs_predictions_unless_told(tmp_path, suites, capsys):

@@ -258,14 +258,16 @@ def main(argv: list[str] | None = None) -> int:
         copy_gbps = previous["copy_gbps"]
         print(f"copy bandwidth: {copy_gbps:.1f} GB/s (bytes read + written; the earlier run's, in the table's files)")
     else:
-        copy_gbps = copy_bandwidth_gbps(device, megabytes=64 if args.tiny else 1024)
-        print(f"copy bandwidth: {copy_gbps:.1f} GB/s (bytes read + written)")
+        copy_gbps, *copy_range = copy_bandwidth_gbps(device, megabytes=64 if args.tiny else 1024)
+        print(f"copy bandwidth: {copy_gbps:.1f} GB/s (bytes read + written; p20-p80 {report.copy_range(copy_range)})")
     records = previous["records"] if previous else []
     earlier = len(records)  # an appended run's records: this invocation's come after them
     run = {
         "date": date,
         "environment": env,
         "copy_gbps": copy_gbps,
+        # the p80 and p20 copies' GB/s: how far the denominator of every '% of copy' can be trusted
+        "copy_gbps_range": previous.get("copy_gbps_range") if previous else copy_range,
         **settings,
         "tiny": args.tiny,
         "skipped_suites": previous["skipped_suites"] if previous else {},
@@ -358,6 +360,11 @@ def _attach_predictions(run: dict, model_path: Path | None) -> None:
         print(f"performance model: {report.attach_predictions(run, model_path)} records beside {model_path.name}")
 
 
+# facts a run may fail to read without being another run (nvidia-smi's driver version: a 10 s timeout on a busy
+# machine): unread on one side is not a difference
+UNREAD_IS_UNKNOWN = ("driver",)
+
+
 def _previous_run(path: Path, suites: list[str], environment: dict, settings: dict) -> dict | None:
     """The run stored at ``path`` without the records of ``suites`` (they are measured again), or None where there
     is none; ValueError where it is not a run's JSON, or where it was measured otherwise than this run would be
@@ -367,9 +374,10 @@ def _previous_run(path: Path, suites: list[str], environment: dict, settings: di
     run = load_run(path)
     earlier = {**run["environment"], **{key: run.get(key) for key in settings}}
     now = {**environment, **settings}
+    unread = {key for key in UNREAD_IS_UNKNOWN if earlier.get(key) is None or now.get(key) is None}
     differences = [
         f"{key} {earlier.get(key)!r} there, {now.get(key)!r} now"
-        for key in sorted(set(earlier) | set(now))
+        for key in sorted((set(earlier) | set(now)) - unread)
         if earlier.get(key) != now.get(key)
     ]
     if differences:

@@ -69,6 +69,11 @@ def attach_predictions(run: dict, model_path: Path) -> int:
     return count
 
 
+def copy_range(low_high) -> str:
+    """'12-70 GB/s': the copy bandwidth's spread between its p80 and p20 copies."""
+    return f"{low_high[0]:.0f}-{low_high[1]:.0f} GB/s"
+
+
 def cut_short(run: dict, suite: str) -> str | None:
     """'cut short after i of n cases' where ``suite`` was stopped midway (its other cases missing), else None."""
     mark = run.get("incomplete_suites", {}).get(suite)
@@ -82,6 +87,12 @@ def _header_notes(run: dict) -> list[str]:
         notes.append(
             "No GPU: CPU times of this library's torch backend (the CPU path) against the eager baselines on the CPU, "
             "not its Triton / CUDA kernels (the triton version above is installed, not used)."
+        )
+    spread = run.get("copy_gbps_range")
+    if spread and spread[1] > 1.5 * spread[0]:
+        notes.append(
+            f"The copy bandwidth varied {copy_range(spread)} between its copies (p20-p80; a shared or throttled "
+            f"machine): every '% of copy' below is as uncertain."
         )
     for suite in run.get("incomplete_suites", {}):
         notes.append(
@@ -98,6 +109,7 @@ def markdown_table(run: dict) -> str:
     same run; the model's prediction beside where a model file was found."""
     env = run["environment"]
     code = f"masksub_kernels {env['masksub_kernels']} | " if env.get("masksub_kernels") else ""  # older runs: none
+    spread = f"; p20-p80 {copy_range(run['copy_gbps_range'])}" if run.get("copy_gbps_range") else ""
     if env.get("commit"):
         code = code.replace(" | ", f" ({env['commit']}) | ")
     # cases with a cap of their own (whole training steps: 10) time fewer repeats than the run's: each record says
@@ -109,7 +121,7 @@ def markdown_table(run: dict) -> str:
     lines = [
         f"Device: {env['device']} | {code}torch {env['torch']} "
         f"| triton {env.get('triton')} | date {run['date']} | "
-        f"copy bandwidth {run['copy_gbps']:.0f} GB/s (read + write) | {run.get('repeats')} repeats"
+        f"copy bandwidth {run['copy_gbps']:.0f} GB/s (read + write{spread}) | {run.get('repeats')} repeats"
         f"{f' ({exceptions})' if exceptions else ''}, {run.get('warmup')} warm-up"
         + (" | --full" if run.get("full") else "")
         + (" | --tiny: a smoke test of the code, not a measurement" if run.get("tiny") else ""),

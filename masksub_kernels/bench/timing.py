@@ -203,15 +203,18 @@ def measure(
     return Timing(statistics.median(times), *quantiles, repeats, peak, host, transient)
 
 
-def copy_bandwidth_gbps(device: torch.device, megabytes: int = 1024, repeats: int = 20) -> float:
-    """Device-to-device copy bandwidth in GB/s, counting bytes read + written (the roofline of every op here)."""
+def copy_bandwidth_gbps(device: torch.device, megabytes: int = 1024, repeats: int = 20) -> tuple[float, float, float]:
+    """Device-to-device copy bandwidth in GB/s, counting bytes read + written (the roofline of every op here): the
+    median copy's, and the p80 and p20 copies' (the low and high figures: their spread shows a shared or throttled
+    machine, where every '% of copy' is as uncertain)."""
     numel = megabytes * 2**20 // 4
     if device.type == "cpu":
         numel //= 8  # 128 MB on CPU: still far past any cache
     source = torch.randn(numel, device=device)
     target = torch.empty_like(source)
     timing = measure(lambda: target.copy_(source), device, warmup=3, repeats=repeats)
-    return 2 * source.numel() * source.element_size() / (timing.median_ms * 1e-3) / 1e9
+    gigabytes = 2 * source.numel() * source.element_size() / 1e9
+    return tuple(gigabytes / (ms * 1e-3) for ms in (timing.median_ms, timing.p80_ms, timing.p20_ms))
 
 
 def device_label(device: torch.device) -> str:
