@@ -260,15 +260,20 @@ def resolve_backend(
     RuntimeError when the requested backend cannot take tensors of that device, or the op lacks it, saying what it
     needs.
     """
-    ops = _names("op", op, allowed=None)
-    implemented = implemented_by(ops) if implemented is None else _names("implemented", implemented, _CONCRETE)
+    if implemented is None and isinstance(op, str):  # every op call of the library: no checks to run
+        ops = (op,)
+        implemented = implemented_by(ops)
+    else:
+        ops = _names("op", op, allowed=None)
+        implemented = implemented_by(ops) if implemented is None else _names("implemented", implemented, _CONCRETE)
     if not implemented:
         raise ValueError("implemented must name at least one backend (triton, cuda, torch), got none")
     device = check_device(device)
     requested = get_backend()
     if requested == "auto":
-        preference = ("triton", "cuda", "torch") if device.type == "cuda" else ("torch", "triton", "cuda")
-        chosen = next((b for b in preference if b in implemented and _serves(b, device.type)), None)
+        # never the cuda backend for another device type (an extension registered for it: the tests' emulator)
+        preference = ("triton", "cuda", "torch") if device.type == "cuda" else ("torch", "triton")
+        chosen = next((b for b in preference if b in implemented and (b == "torch" or _serves(b, device.type))), None)
         if chosen is None:
             why = "; ".join(f"{b}: {_missing(b) or 'not for ' + device.type + ' tensors'}" for b in implemented)
             raise RuntimeError(f"no backend of {', '.join(implemented)} can take tensors on {device} here ({why})")

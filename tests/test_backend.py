@@ -394,6 +394,9 @@ def test_resolve_backend_checks_its_arguments(monkeypatch):
     assert mk.resolve_backend("cpu", "my_op", ["torch", "triton"]) == "torch"
     with pytest.raises(RuntimeError, match="no backend of cuda can take tensors on cpu here"):
         mk.resolve_backend("cpu", "my_op", ["cuda"])  # was 'torch', which the op lacks
+    monkeypatch.setattr(_backend, "_extensions", {"cpu": object()})  # an extension for CPU tensors (the emulator)
+    with pytest.raises(RuntimeError, match="no backend of cuda can take tensors on cpu here"):
+        mk.resolve_backend("cpu", "my_op", ["cuda"])  # auto never takes it for another device type than CUDA
     if "triton" in mk.available_backends():  # the interpreter: auto takes the op's one backend for CPU tensors
         assert mk.resolve_backend("cpu", "my_triton_op", ["triton"]) == "triton"
         assert mk.last_backend("my_triton_op") == "triton"

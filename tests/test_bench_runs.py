@@ -50,13 +50,16 @@ def run_of(tmp_path) -> tuple[dict, str]:
     return json.loads(path.read_text()), path.with_suffix(".md").read_text()
 
 
-def test_sigterm_writes_the_marked_files_and_restores_the_handler(tmp_path, suites, capsys):
+def test_sigterm_writes_the_marked_files_and_restores_the_handler(tmp_path, suites, capsys, monkeypatch):
     suites[0] = stop_by_sigterm
     before = signal.getsignal(signal.SIGTERM)
+    attached = []  # the model's predictions: after 'one', and for the cut suite's rows before the files (helper-142)
+    monkeypatch.setattr(cli, "_attach_predictions", lambda run, path: attached.append(len(run["records"])))
     args = ["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "one", "two"]
     assert cli.main(args) == 143
+    assert attached == [3, 6]
     assert signal.getsignal(signal.SIGTERM) is before
-    assert "stopped by SIGTERM (two after 1 of 2 cases)" in capsys.readouterr().err
+    assert "stopped by SIGTERM (two cut short after 1 of 2 cases)" in capsys.readouterr().err
     run, table = run_of(tmp_path)
     assert run["incomplete_suites"] == {"two": {"cases_done": 1, "cases": 2}}  # 'one' ended: not marked
     assert {(r["suite"], r["provider"]) for r in run["records"]} == {("one", "official"), ("two", "official")}
@@ -134,6 +137,21 @@ def test_the_files_say_what_a_cpu_run_is_and_which_code_ran(tmp_path, suites):
     # a spread of more than 1.5x says so: every '% of copy' is as uncertain (helper-138: 1-70 GB/s on a loaded CPU)
     assert "every '% of copy' below is as uncertain" in report.markdown_table({**run, "copy_gbps_range": [1.0, 70.0]})
     assert "as uncertain" not in report.markdown_table({**run, "copy_gbps_range": [10.0, 12.0]})
+
+
+def test_a_suite_stopped_before_its_cases_is_marked(tmp_path, suites, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the suite builds its cases (its imports, compiled baselines)
+
+    monkeypatch.setattr(sys.modules["two_suite"], "cases", interrupted)
+    args = ["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "one", "two", "--no-plot"]
+    assert cli.main(args) == 130
+    run, table = run_of(tmp_path)
+    assert run["incomplete_suites"] == {"two": {"cases_done": 0, "cases": None}}
+    assert "**two: cut short before its first case**" in table
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".md"]
+    assert cli.main(["--report-only", str(next(tmp_path.glob("*.json"))), "--no-plot"]) == 0
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".md"]  # --no-plot: no .png (helper-142)
 
 
 def test_report_only_keeps_the_runs_predictions_unless_told(tmp_path, suites, capsys):

@@ -197,7 +197,7 @@ def load_run(path: Path) -> dict:
     return run
 
 
-def report_only(path: Path, repredict: bool = False) -> int:
+def report_only(path: Path, repredict: bool = False, with_plot: bool = True) -> int:
     """The .md and .png of the run stored at ``path``, beside it: its own predictions kept (module docstring)."""
     try:
         run = load_run(path)
@@ -206,7 +206,7 @@ def report_only(path: Path, repredict: bool = False) -> int:
         return 2
     if repredict or not run.get("model"):
         _attach_predictions(run, report.model_file(default_output_directory(), run["environment"]["device"]))
-    paths = report.write(run, path.parent, path.name.removesuffix(".json"))
+    paths = report.write(run, path.parent, path.name.removesuffix(".json"), with_plot=with_plot)
     for kind, written in paths.items():
         print(f"wrote {kind}: {written}")
     return 0
@@ -215,7 +215,7 @@ def report_only(path: Path, repredict: bool = False) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only is not None:
-        return report_only(args.report_only, args.repredict)
+        return report_only(args.report_only, args.repredict, with_plot=not args.no_plot)
     _allow_recompiles()
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -284,13 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _run_suites(run, args, device, directory, stem, model_path)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (_Terminated): the files with what finished, marked
-        if stopping:
-            signal.signal(signal.SIGTERM, default_sigterm)  # a second SIGTERM ends the process as usual
+        if stopping:  # `timeout` signals the process, then its group: a second SIGTERM must not cut this write
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (its -k SIGKILL still ends a write that hangs)
+        _attach_predictions(run, model_path)  # the cut suite's rows too (a capped GPU suite: the usual case)
         report.write(run, directory, stem, with_plot=not args.no_plot)
         signal_name = "SIGTERM" if isinstance(stop, _Terminated) else "SIGINT (Ctrl-C)"
-        cut = "; ".join(
-            f"{s} after {m['cases_done']} of {m['cases']} cases" for s, m in run["incomplete_suites"].items()
-        )
+        cut = "; ".join(f"{s} {report.cut_short(run, s)}" for s in run["incomplete_suites"])
         print(f"masksub-bench: stopped by {signal_name}{f' ({cut})' if cut else ''}: the finished cases are in "
               f"{directory / stem}.json / .md", file=sys.stderr)  # fmt: skip
         return 143 if isinstance(stop, _Terminated) else 130
@@ -318,10 +317,12 @@ def _run_suites(run: dict, args: argparse.Namespace, device: torch.device, direc
     for suite in args.suites:
         started = time.perf_counter()
         try:
+            incomplete[suite] = {"cases_done": 0, "cases": None}  # stopped before its cases are known: said too
             try:
                 module = importlib.import_module(SUITES[suite])
             except ImportError as exc:
                 run["skipped_suites"][suite] = f"not available: {exc}"
+                del incomplete[suite]
                 print(f"[{suite}] skipped: {exc}")
                 continue
             suite_cases = module.cases(device, full=args.full, tiny=args.tiny)

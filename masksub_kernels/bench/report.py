@@ -77,7 +77,11 @@ def copy_range(low_high) -> str:
 def cut_short(run: dict, suite: str) -> str | None:
     """'cut short after i of n cases' where ``suite`` was stopped midway (its other cases missing), else None."""
     mark = run.get("incomplete_suites", {}).get(suite)
-    return None if mark is None else f"cut short after {mark['cases_done']} of {mark['cases']} cases"
+    if mark is None:
+        return None
+    if mark["cases"] is None:  # stopped while importing the suite or building its cases
+        return "cut short before its first case"
+    return f"cut short after {mark['cases_done']} of {mark['cases']} cases"
 
 
 def _header_notes(run: dict) -> list[str]:

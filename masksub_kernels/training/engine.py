@@ -59,7 +59,7 @@ class PlainStep:
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         self.micro_step = 0 if closing else self.micro_step + 1
         if closing:
-            optimizer_step(self.model.parameters(), optimizer, scaler, clip_grad)
+            optimizer_step(optimizer, scaler, clip_grad)
         loss = loss.detach()
         return {"loss": loss, "loss_main": loss, "logits": logits.detach(), "stepped": closing}
 

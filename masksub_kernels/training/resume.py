@@ -31,6 +31,11 @@ _UNCHECKED = (
 )
 
 
+# Options added since checkpoints were first written, with the behaviour a checkpoint without them trained with: a
+# resumed run that sets another value gets a note (helper-142: the DeiT-III recipe's uniform drop-path, silently)
+_ADDED = {"drop_path_schedule": "linear"}
+
+
 def _plain(value):
     """A value as compared across a checkpoint: tuples as lists (YAML gives lists, the command line tuples)."""
     if isinstance(value, (list, tuple)):
@@ -45,15 +50,15 @@ def other_changes(old: dict, args) -> list[str]:
     handled elsewhere (_UNCHECKED): the seed, the loss, the mask ratio, augmentation, regularisation, ..."""
 
     def same(name: str) -> bool:
-        a, b = _plain(old[name]), _plain(getattr(args, name))
+        a, b = _plain(old.get(name, _ADDED.get(name))), _plain(getattr(args, name))
         if name in ("drop", "drop_path") and a == 0.0 and not old.get("rates_passed_at_zero"):
             a = None  # an older checkpoint's 0, its default then, was never passed to timm: the model's own rate
         if name == "data_dir" and a is not None and b is not None:
             a, b = os.path.realpath(a), os.path.realpath(b)
         return a == b
 
-    names = [n for n in vars(args) if n in old and n not in _UNCHECKED and not same(n)]
-    return [f"--{n.replace('_', '-')} {old[n]!r} -> {getattr(args, n)!r}" for n in names]
+    names = [n for n in vars(args) if (n in old or n in _ADDED) and n not in _UNCHECKED and not same(n)]
+    return [f"--{n.replace('_', '-')} {old.get(n, _ADDED.get(n))!r} -> {getattr(args, n)!r}" for n in names]
 
 
 def _first_lines(message: str, count: int = 2, limit: int = 400) -> str:

@@ -260,7 +260,7 @@ def _uniform_drop_path(model: torch.nn.Module, args, kwargs: dict) -> None:
         if not uniform_drop_path(model, rate):
             raise ValueError(f"{type(model).__name__} has no drop-path slots in its blocks")
     except ValueError as exc:
-        raise UsageError(f"--drop-path-schedule uniform is for timm ViTs (model.blocks): {exc}") from exc
+        raise UsageError(f"--drop-path-schedule uniform is for timm models with model.blocks (ViTs): {exc}") from exc
 
 
 def _freeze_patch_embed(model: torch.nn.Module) -> int:

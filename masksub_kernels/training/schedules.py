@@ -23,6 +23,7 @@ all-reduces after each of its two backwards). Nothing here reads a device value:
 from __future__ import annotations
 
 import contextlib
+import numbers
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -45,15 +46,16 @@ __all__ = [
 
 
 def optimizer_step(
-    params,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None = None,
     clip_grad: float | None = None,
 ) -> None:
-    """Unscale (when clipping under a scaler), clip the gradient norm of ``params`` to ``clip_grad``, step."""
-    if clip_grad is not None and not clip_grad > 0:  # torch would scale by a negative factor: a flipped gradient
-        raise ValueError(f"clip_grad must be a max norm > 0 (or None: no clipping), got {clip_grad}")
-    params = [p for p in params if p.grad is not None]
+    """Unscale (when clipping under a scaler), clip the gradient norm of the optimizer's parameters to
+    ``clip_grad``, step. The optimizer's own: those a scaler unscales and the step updates (a head-only optimizer
+    beside a trainable backbone: the backbone's still-scaled gradients made the head's clipped ~2^16 times too small,
+    helper-143)."""
+    _check_clip_grad(clip_grad)
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if scaler is not None:
         if clip_grad is not None:
             scaler.unscale_(optimizer)
@@ -64,6 +66,15 @@ def optimizer_step(
         if clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(params, clip_grad)
         optimizer.step()
+
+
+def _check_clip_grad(clip_grad) -> None:
+    if clip_grad is None:
+        return
+    if isinstance(clip_grad, bool) or not isinstance(clip_grad, numbers.Real):
+        raise TypeError(f"clip_grad must be a number (a max norm > 0) or None, got {type(clip_grad).__name__}")
+    if not clip_grad > 0:  # torch would scale by a negative factor: a flipped gradient
+        raise ValueError(f"clip_grad must be a max norm > 0 (or None: no clipping), got {clip_grad}")
 
 
 def check_optimizer_params(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -167,22 +178,32 @@ def train_step(
             batch mapping and target None or ``images['labels']`` itself (the sub-branch reads those labels).
         optimizer: built from the wrapper's parameters (the Swin mask token included).
         scaler: a ``torch.amp.GradScaler`` for fp16 autocast (None for fp32 / bf16).
-        clip_grad: max norm of the summed gradient (None: no clipping).
-        accum_steps: A, micro-steps per optimizer step; each backward is divided by A.
-        seed: the sub-branch mask's seed (None: drawn from torch's default generator).
+        clip_grad: max norm of the summed gradient of the optimizer's parameters (None: no clipping).
+        accum_steps: A, micro-steps per optimizer step; each backward is divided by A (the same A for every
+            micro-step of a window: another one inside it is a ValueError).
+        seed: the sub-branch mask's seed, an int (None: drawn from torch's default generator after the main
+            branch, as the joint forward ``ms(images, target)`` draws it).
         schedule: 'sequential' (official: main then sub backward) or 'joint' (one fused loss, one backward).
         autocast: a context-manager factory (e.g. ``functools.partial(torch.autocast, 'cuda', torch.bfloat16)``)
             entered around the forwards and losses only; backwards run outside it.
 
     Returns {'loss', 'loss_main', 'loss_sub', 'logits'} detached (the weighted total and the two unweighted
-    criteria of this micro-batch, fp32; the main logits) and 'stepped' (whether the optimizer stepped).
+    criteria of this micro-batch, fp32; the main logits) and 'stepped' (whether this call closed the accumulation
+    window and ran the optimizer step: a GradScaler may still have skipped the update on inf / NaN gradients, which
+    only the scaler's scale tells without a host sync).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if isinstance(accum_steps, bool) or not isinstance(accum_steps, int) or accum_steps < 1:
+    if isinstance(accum_steps, bool) or not isinstance(accum_steps, numbers.Integral) or accum_steps < 1:
         raise ValueError(f"accum_steps must be an int >= 1, got {accum_steps!r}")
-    if clip_grad is not None and not clip_grad > 0:  # checked here too, so it fails before any work is done
-        raise ValueError(f"clip_grad must be a max norm > 0 (or None: no clipping), got {clip_grad}")
+    accum_steps = int(accum_steps)
+    _check_clip_grad(clip_grad)  # here too, so it fails before any work is done
+    seed = None if seed is None else new_seed(seed)  # None: drawn after the main branch (below)
+    if ms._micro_step and accum_steps != ms._window_steps:  # each micro-step of a window is divided by its A
+        raise ValueError(
+            f"accum_steps={accum_steps} inside an accumulation window of {ms._window_steps} micro-steps "
+            f"({ms._micro_step} done): change it when a window has closed ('stepped')"
+        )
     if not ms.in_training:
         raise RuntimeError("train_step needs the model in train mode (call ms.train())")
     if not all(hasattr(optimizer, name) for name in ("param_groups", "step", "zero_grad")):  # duck-typed ones too
@@ -190,7 +211,8 @@ def train_step(
             f"optimizer must be an optimizer (param_groups, step, zero_grad: a torch.optim.Optimizer) built from the "
             f"wrapper's parameters, got {type(optimizer).__name__} (e.g. torch.optim.AdamW(ms.parameters()))"
         )
-    if autocast is not None and not callable(autocast):
+    if autocast is not None and (not callable(autocast) or isinstance(autocast, contextlib.AbstractContextManager)):
+        # torch.autocast(...) itself is callable (a decorator): the factory is what is entered at each forward
         raise TypeError(
             f"autocast must be a context-manager factory (e.g. functools.partial(torch.autocast, 'cuda', "
             f"torch.bfloat16)) or None, got {type(autocast).__name__} {autocast!r}"
@@ -217,14 +239,14 @@ def train_step(
     closing = (ms._micro_step + 1) % accum_steps == 0
     if ms._micro_step % accum_steps == 0:
         optimizer.zero_grad(set_to_none=True)
-    seed = new_seed(seed)
+        ms._window_steps = accum_steps
 
     def backward(loss: torch.Tensor) -> None:
         (scaler.scale(loss) if scaler is not None else loss).backward()
 
     if schedule == "joint":
         with no_sync() if not closing else contextlib.nullcontext():
-            with autocast():
+            with autocast():  # a seed of None is drawn after the main forward, as by ms(images, target)
                 out = runner(images, target, seed=seed)
             backward(out["loss"] / accum_steps)
         logits, loss_main, loss_sub = out["logits"], out["loss_main"], out["loss_sub"]
@@ -236,6 +258,8 @@ def train_step(
             if loss_main.requires_grad:  # not when only the Swin mask token trains: the main branch never uses it
                 backward(loss_main * (ms.main_weight / accum_steps))
         logits = logits.detach()  # the main graph is gone; the logits stay as the sub branch's teacher
+        # a seed of None is drawn by the sub-branch (MaskSub.sub_logits), after the main branch as the joint forward
+        # draws it: the main branch takes the default generator's state as model(images) would (its CPU dropout)
         with no_sync() if not closing else contextlib.nullcontext():
             with autocast():
                 sub_logits = runner(images, branch="sub", seed=seed)
@@ -244,7 +268,7 @@ def train_step(
     ms._micro_step += 1
     if closing:
         ms._micro_step = 0
-        optimizer_step(ms.parameters(), optimizer, scaler, clip_grad)
+        optimizer_step(optimizer, scaler, clip_grad)
     loss_main, loss_sub = loss_main.detach(), loss_sub.detach()
     return {
         "loss": ms.main_weight * loss_main + ms.sub_weight * loss_sub,

@@ -20,6 +20,7 @@ Two schedules give the same gradients (dropout and drop-path aside, whose random
 from __future__ import annotations
 
 import inspect
+import numbers
 import typing
 import warnings
 from collections.abc import Mapping
@@ -53,7 +54,8 @@ __all__ = ["LOSSES", "VARIANTS", "MaskSub", "supervised_loss"]
 
 
 def _check_float(name: str, value, low: float, high: float, high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # Python or NumPy numbers, as the ops take them (docs/semantics.md §1); not bools
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
     if not (low <= value < high if high_open else low <= value <= high):
         raise ValueError(f"{name} must be in [{low}, {high}{')' if high_open else ']'}, got {value}")
@@ -147,10 +149,18 @@ class MaskSub(nn.Module):
         self.target_threshold = None
         if target_threshold is not None:  # a probability threshold: [0, 1), as masksub_loss takes it
             self.target_threshold = _check_float("target_threshold", target_threshold, 0.0, 1.0, high_open=True)
-        if cell_size is not None and (isinstance(cell_size, bool) or not isinstance(cell_size, int) or cell_size < 1):
+        if cell_size is not None and (
+            isinstance(cell_size, bool) or not isinstance(cell_size, numbers.Integral) or cell_size < 1
+        ):
             raise ValueError(f"cell_size must be an int >= 1 (or None for the family's default), got {cell_size!r}")
+        cell_size = None if cell_size is None else int(cell_size)
         self.loss_mode = loss
         self.variant = variant
+        if isinstance(model, (MaskSub, nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            raise ValueError(
+                f"MaskSub wraps the bare model (or its torch.compile), not a {type(model).__name__}: its family and "
+                "sub-branch are read from the model itself; wrap the model, then ms.wrap_ddp(...) for DDP"
+            )
         self.model = model
         inner = unwrap_model(model)
         self.family = resolve_family(inner, family)
@@ -194,8 +204,18 @@ class MaskSub(nn.Module):
                     prepare_hf_vit(inner)  # the token-dropping hook on its embeddings (hf_vit.py)
         self._compiled_sub = None  # the sub-branch under the model's torch.compile context, built on first use
         self._micro_step = 0  # position inside the gradient-accumulation window (train_step)
+        self._window_steps = 1  # that window's accum_steps (each of its micro-steps is divided by it)
         self._checked_optimizers = CheckedOptimizers()
         object.__setattr__(self, "_ddp", None)  # the DistributedDataParallel wrapping self, when wrap_ddp made one
+
+    def __getstate__(self) -> dict:
+        """A copy (copy.deepcopy: an EMA, a best model) or pickle holds neither the compiled sub-branch, a function
+        bound to this wrapper (a copy's would run this one's weights), nor the DDP module wrap_ddp made (it needs the
+        process group to load): a copy compiles its own sub-branch, and is not wrapped."""
+        state = super().__getstate__()
+        state["_compiled_sub"] = None
+        state["_ddp"] = None
+        return state
 
     def _check_model_kwargs(self, inner: nn.Module, model_kwargs) -> dict[str, Any]:
         """A copy of ``model_kwargs`` after checking that the model's forward runs in both branches and takes
@@ -466,6 +486,9 @@ class MaskSub(nn.Module):
             # a transformers Swin takes any size: a batch the cells cannot mask is refused before the main branch
             # runs (train_step's sequential schedule runs it alone first); the sub-branch checks its own
             check_hf_swin_batch(self.inner_model, images, self.cell_size, self.mask_ratio)
+        if self.in_training and self.family == "pixel" and self.variant == "mask" and images.dim() == 4:
+            # likewise an image the pixel cells do not divide (a CNN takes any size): before its main gradient
+            check_input_size("pixel", self.inner_model, tuple(images.shape[-2:]), self.cell_size, self.mask_ratio)
         if branch == "main":
             return logits_of(self.model(images, **self.model_kwargs), images.shape[0])
         if branch == "sub":
@@ -555,7 +578,7 @@ class MaskSub(nn.Module):
         """One micro-step of training; the optimizer steps when the accumulation window closes.
 
         See ``schedules.train_step`` for the details: returns {'loss', 'loss_main', 'loss_sub', 'logits'} detached
-        (no host sync) and 'stepped' (a Python bool: whether the optimizer stepped).
+        (no host sync) and 'stepped' (a Python bool: whether the window closed and the optimizer step ran).
         """
         from .schedules import train_step
 

@@ -199,6 +199,12 @@ def test_resume_notes_each_changed_option_that_shapes_the_training():
     assert other_changes(before, args) == []
     today = {**vars(args), "drop_path": 0.0}
     assert other_changes(today, args) == ["--drop-path 0.0 -> None"]
+    # a checkpoint from before --drop-path-schedule trained timm's linear ramp: resumed under uniform, a note
+    # (helper-142: the DeiT-III recipe's change was silent)
+    del before["drop_path_schedule"]
+    assert other_changes(before, args) == []
+    args.drop_path_schedule = "uniform"
+    assert other_changes(before, args) == ["--drop-path-schedule 'linear' -> 'uniform'"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -328,7 +334,7 @@ def test_uniform_drop_path_schedule_gives_every_block_the_rate():
         rates("--drop-path-schedule", "uniform")
     args = build_parser().parse_args(["--model", "resnet10t", "--drop-path", "0.1", "--drop-path-schedule", "uniform"])
     args.model_kwargs = parse_kwargs(args.model_kwargs)
-    with pytest.raises(UsageError, match=r"--drop-path-schedule uniform is for timm ViTs \(model.blocks\)"):
+    with pytest.raises(UsageError, match=r"--drop-path-schedule uniform is for timm models with model.blocks \(ViTs\)"):
         _create_model(args, 10, 3)
 
 

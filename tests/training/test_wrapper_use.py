@@ -1,0 +1,112 @@
+"""The wrapper in a researcher's own loop (helper-143's audit): copies and pickles of a compiled or DDP-wrapped
+wrapper, clipping with a partial optimizer under a GradScaler, a batch refused before its main gradient, the
+arguments a loop gets wrong (an autocast instance, a wrapped model, accum_steps changed inside a window, NumPy
+numbers), and the main branch's random state."""
+
+import copy
+import functools
+import io
+
+import numpy as np
+import pytest
+import torch
+from _models import batch, tiny_resnet, tiny_vit
+
+from masksub_kernels.training import MaskSub
+
+
+def _vit_batch():
+    images, labels = batch("vit", dtype=torch.float32)
+    return images, labels
+
+
+def test_a_copy_of_a_compiled_wrapper_runs_its_own_weights():
+    # the compiled sub-branch is a function bound to the wrapper that made it: a deep copy ran the original's
+    # weights (and sent its gradients there), a pickle failed
+    ms = MaskSub(torch.compile(tiny_vit(), backend="eager"))
+    images, _ = _vit_batch()
+    before = ms.sub_logits(images, 3).detach()  # builds the compiled sub-branch
+    twin = copy.deepcopy(ms)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.zero_()
+    assert torch.equal(twin.sub_logits(images, 3), torch.zeros_like(before))
+    assert torch.equal(ms.sub_logits(images, 3).detach(), before)
+    buffer = io.BytesIO()
+    torch.save(ms, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded.sub_logits(images, 3).detach(), before)
+
+
+def test_a_copy_holds_no_ddp_module():
+    ms = MaskSub(tiny_vit())
+    object.__setattr__(ms, "_ddp", object())  # what wrap_ddp records (it needs a process group to copy or load)
+    twin = copy.deepcopy(ms)
+    assert twin._ddp is None and ms._ddp is not None
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_clipping_takes_the_optimizers_parameters(scaled):
+    # a head-only optimizer beside a trainable backbone: the backbone's gradients (scaled by 2^16 under a scaler,
+    # which unscales the optimizer's only) made the head's clipped almost to nothing
+    images, labels = _vit_batch()
+    updates = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**16) if scaled else None):
+        torch.manual_seed(0)
+        vit = tiny_vit()
+        ms = MaskSub(vit)
+        head = vit.head.weight.detach().clone()
+        ms.train_step(images, labels, torch.optim.SGD(vit.head.parameters(), lr=1.0), seed=3, clip_grad=1.0,
+                      scaler=scaler)  # fmt: skip
+        updates.append((vit.head.weight.detach() - head).norm())
+    assert updates[1] == pytest.approx(float(updates[0]), rel=1e-4)
+    assert 0.5 < float(updates[0]) <= 1.0 + 1e-5  # the head weight's part of its gradient clipped to norm 1 (lr 1)
+
+
+def test_a_cnn_batch_the_cells_cannot_mask_is_refused_before_its_main_gradient():
+    model = tiny_resnet()
+    ms = MaskSub(model)
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.1)
+    tracked = model.bn1.num_batches_tracked.item()
+    with pytest.raises(ValueError, match="not divisible by the mask cell of 32 pixels"):
+        ms.train_step(torch.randn(2, 3, 48, 48), torch.tensor([0, 1]), optimizer, accum_steps=2)
+    assert all(p.grad is None for p in ms.parameters()) and model.bn1.num_batches_tracked.item() == tracked
+    assert ms._micro_step == 0
+
+
+def test_the_arguments_a_training_loop_gets_wrong():
+    images, labels = _vit_batch()
+    ms = MaskSub(tiny_vit())
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="autocast must be a context-manager factory"):
+        ms.train_step(images, labels, optimizer, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
+    assert ms.train_step(images, labels, optimizer, autocast=functools.partial(torch.autocast, "cpu"))["stepped"]
+    for wrapped in (MaskSub(tiny_vit()), torch.nn.DataParallel(tiny_vit())):
+        with pytest.raises(ValueError, match=f"not a {type(wrapped).__name__}"):
+            MaskSub(wrapped)
+    assert not ms.train_step(images, labels, optimizer, accum_steps=4)["stepped"]
+    with pytest.raises(ValueError, match="accum_steps=2 inside an accumulation window of 4 micro-steps"):
+        ms.train_step(images, labels, optimizer, accum_steps=2)
+    for _ in range(3):
+        out = ms.train_step(images, labels, optimizer, accum_steps=np.int64(4))
+    assert out["stepped"] and ms.train_step(images, labels, optimizer, accum_steps=2, clip_grad=np.float32(1.0))
+    with pytest.raises(TypeError, match="clip_grad must be a number"):
+        ms.train_step(images, labels, optimizer, clip_grad="1")
+    numpy_numbers = MaskSub(tiny_resnet(), mask_ratio=np.float32(0.5), cell_size=np.int64(16))
+    assert (numpy_numbers.mask_ratio, numpy_numbers.cell_size) == (0.5, 16)
+    assert type(numpy_numbers.cell_size) is int
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "joint"])
+def test_the_main_branch_takes_the_random_state_model_x_would(schedule):
+    # a seed of None is drawn after the main branch, as the joint forward draws it: dropout on a CPU then masks the
+    # main branch as model(images) would from the same state, in both schedules
+    images, labels = _vit_batch()
+    vit = tiny_vit(proj_drop_rate=0.5)
+    ms = MaskSub(vit).train()
+    torch.manual_seed(5)
+    expected = vit(images).detach()
+    torch.manual_seed(5)
+    out = ms.train_step(images, labels, torch.optim.SGD(ms.parameters(), lr=0.0), schedule=schedule)
+    assert torch.equal(out["logits"], expected)
