@@ -166,7 +166,7 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     clip_grad: float | None = None,
     accum_steps: int = 1,
-    seed: int | None = None,
+    seed: int | torch.Tensor | None = None,
     schedule: str = "sequential",
     autocast: Callable[[], AbstractContextManager] | None = None,
 ) -> dict[str, torch.Tensor | bool]:
@@ -181,8 +181,9 @@ def train_step(
         clip_grad: max norm of the summed gradient of the optimizer's parameters (None: no clipping).
         accum_steps: A, micro-steps per optimizer step; each backward is divided by A (the same A for every
             micro-step of a window: another one inside it is a ValueError).
-        seed: the sub-branch mask's seed, an int (None: drawn from torch's default generator after the main
-            branch, as the joint forward ``ms(images, target)`` draws it).
+        seed: the sub-branch mask's seed, an int or a one-element int64 tensor on the images' device (read there:
+            no host sync; None: drawn from torch's default generator after the main branch, as the joint forward
+            ``ms(images, target)`` draws it).
         schedule: 'sequential' (official: main then sub backward) or 'joint' (one fused loss, one backward).
         autocast: a context-manager factory (e.g. ``functools.partial(torch.autocast, 'cuda', torch.bfloat16)``)
             entered around the forwards and losses only; backwards run outside it.
@@ -198,7 +199,8 @@ def train_step(
         raise ValueError(f"accum_steps must be an int >= 1, got {accum_steps!r}")
     accum_steps = int(accum_steps)
     _check_clip_grad(clip_grad)  # here too, so it fails before any work is done
-    seed = None if seed is None else new_seed(seed)  # None: drawn after the main branch (below)
+    if seed is not None and not isinstance(seed, torch.Tensor):  # a seed tensor: the ops check it, on its device
+        seed = new_seed(seed)  # None: drawn by the sub-branch, after the main branch (below)
     if ms._micro_step and accum_steps != ms._window_steps:  # each micro-step of a window is divided by its A
         raise ValueError(
             f"accum_steps={accum_steps} inside an accumulation window of {ms._window_steps} micro-steps "

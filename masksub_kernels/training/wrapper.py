@@ -468,7 +468,7 @@ class MaskSub(nn.Module):
         images: torch.Tensor,
         target: torch.Tensor | None = None,
         *,
-        seed: int | None = None,
+        seed: int | torch.Tensor | None = None,
         branch: str = "joint",
     ) -> dict[str, torch.Tensor] | torch.Tensor:
         """Joint schedule in train mode: {'loss', 'loss_main', 'loss_sub', 'logits'} (fp32 losses, main logits).
@@ -571,7 +571,7 @@ class MaskSub(nn.Module):
         scaler: torch.amp.GradScaler | None = None,
         clip_grad: float | None = None,
         accum_steps: int = 1,
-        seed: int | None = None,
+        seed: int | torch.Tensor | None = None,
         schedule: str = "sequential",
         autocast=None,
     ) -> dict[str, torch.Tensor | bool]:

@@ -110,3 +110,18 @@ def test_the_main_branch_takes_the_random_state_model_x_would(schedule):
     torch.manual_seed(5)
     out = ms.train_step(images, labels, torch.optim.SGD(ms.parameters(), lr=0.0), schedule=schedule)
     assert torch.equal(out["logits"], expected)
+
+
+@pytest.mark.parametrize("schedule", ["sequential", "joint"])
+def test_train_step_takes_a_seed_tensor_as_forward_does(schedule):
+    # helper-143: forward and sub_logits took a one-element int64 seed tensor (read on the device); train_step did not
+    images, labels = _vit_batch()
+    logits = []
+    for seed in (7, torch.tensor([7])):
+        torch.manual_seed(0)
+        ms = MaskSub(tiny_vit())
+        out = ms.train_step(images, labels, torch.optim.SGD(ms.parameters(), lr=0.1), seed=seed, schedule=schedule)
+        logits.append((out["loss_sub"], ms.sub_logits(images, 7).detach()))
+    assert torch.equal(logits[0][0], logits[1][0]) and torch.equal(logits[0][1], logits[1][1])
+    with pytest.raises(TypeError, match="a seed tensor must hold one int64"):
+        ms.train_step(images, labels, torch.optim.SGD(ms.parameters(), lr=0.1), seed=torch.tensor([1.5]))
