@@ -237,8 +237,15 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
             f"timm cannot build {args.model!r} with {kwargs} (--model-kwargs, --global-pool, --drop, --drop-path): "
             f"{str(exc) or type(exc).__name__}"
         ) from exc
-    if args.drop_path_schedule == "uniform":
-        _uniform_drop_path(model, args, kwargs)
+    if args.drop_path_schedule == "uniform":  # the rate in every block, as the official DeiT-III models
+        if kwargs.get("drop_path_rate") is None:
+            raise UsageError("--drop-path-schedule uniform sets every block's drop-path to the rate: pass --drop-path")
+        from .variants import uniform_drop_path
+
+        try:
+            uniform_drop_path(model, kwargs["drop_path_rate"])
+        except ValueError as exc:
+            raise UsageError(f"--drop-path-schedule uniform is for models with .blocks (ViTs): {exc}") from exc
     if args.fc_norm is not None and not is_vit(model):  # a model that takes fc_norm for something else (Eva, ...)
         raise UsageError(f"--fc-norm is for timm's VisionTransformer models, not {type(model).__name__}")
     if args.fc_norm is not None and model.global_pool not in AVERAGING:  # one token: both places are the same
@@ -247,20 +254,6 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
             f"{model.global_pool!r}: pass --global-pool avg (FT-CLIP's head: --global-pool avg --fc-norm per-token)"
         )
     return model
-
-
-def _uniform_drop_path(model: torch.nn.Module, args, kwargs: dict) -> None:
-    """--drop-path-schedule uniform: the model's drop-path rate in every block (variants.uniform_drop_path)."""
-    from .variants import uniform_drop_path
-
-    rate = kwargs.get("drop_path_rate")
-    if rate is None:
-        raise UsageError("--drop-path-schedule uniform sets every block's drop-path to the rate: pass --drop-path")
-    try:
-        if not uniform_drop_path(model, rate):
-            raise ValueError(f"{type(model).__name__} has no drop-path slots in its blocks")
-    except ValueError as exc:
-        raise UsageError(f"--drop-path-schedule uniform is for timm models with model.blocks (ViTs): {exc}") from exc
 
 
 def _freeze_patch_embed(model: torch.nn.Module) -> int:

@@ -56,10 +56,12 @@ def _drop_path_slots(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Modu
 def uniform_drop_path(model: nn.Module, rate: float) -> int:
     """Drop-path ``rate`` in every block of a ViT (``model.blocks``), in place: the official DeiT-III models'
     ``dpr = [drop_path_rate] * depth``, where timm's models ramp it linearly from 0 at the first block to the rate
-    at the last (half the average). Returns how many slots were set; ValueError for a model without ``.blocks``."""
+    at the last (half the average). Returns how many slots were set; ValueError for a model without any."""
     from timm.layers import DropPath
 
-    slots = list(_drop_path_slots(model))
+    slots = list(_drop_path_slots(model)) if isinstance(getattr(model, "blocks", None), nn.Module) else []
+    if not slots:
+        raise ValueError(f"{type(model).__name__} has no drop-path slots in model.blocks")
     for parent, name, child in slots:
         if isinstance(child, DropPath):
             child.drop_prob = rate

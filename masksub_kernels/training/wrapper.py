@@ -209,13 +209,9 @@ class MaskSub(nn.Module):
         object.__setattr__(self, "_ddp", None)  # the DistributedDataParallel wrapping self, when wrap_ddp made one
 
     def __getstate__(self) -> dict:
-        """A copy (copy.deepcopy: an EMA, a best model) or pickle holds neither the compiled sub-branch, a function
-        bound to this wrapper (a copy's would run this one's weights), nor the DDP module wrap_ddp made (it needs the
-        process group to load): a copy compiles its own sub-branch, and is not wrapped."""
-        state = super().__getstate__()
-        state["_compiled_sub"] = None
-        state["_ddp"] = None
-        return state
+        """A copy or pickle holds neither the compiled sub-branch (bound to this wrapper: a copy's would run this
+        one's weights) nor wrap_ddp's DDP module (it needs the process group): a copy compiles its own."""
+        return {**super().__getstate__(), "_compiled_sub": None, "_ddp": None}
 
     def _check_model_kwargs(self, inner: nn.Module, model_kwargs) -> dict[str, Any]:
         """A copy of ``model_kwargs`` after checking that the model's forward runs in both branches and takes
@@ -486,8 +482,7 @@ class MaskSub(nn.Module):
             # a transformers Swin takes any size: a batch the cells cannot mask is refused before the main branch
             # runs (train_step's sequential schedule runs it alone first); the sub-branch checks its own
             check_hf_swin_batch(self.inner_model, images, self.cell_size, self.mask_ratio)
-        if self.in_training and self.family == "pixel" and self.variant == "mask" and images.dim() == 4:
-            # likewise an image the pixel cells do not divide (a CNN takes any size): before its main gradient
+        if self.in_training and self.family == "pixel" and self.variant == "mask" and images.dim() == 4:  # likewise
             check_input_size("pixel", self.inner_model, tuple(images.shape[-2:]), self.cell_size, self.mask_ratio)
         if branch == "main":
             return logits_of(self.model(images, **self.model_kwargs), images.shape[0])

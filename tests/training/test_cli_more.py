@@ -334,7 +334,8 @@ def test_uniform_drop_path_schedule_gives_every_block_the_rate():
         rates("--drop-path-schedule", "uniform")
     args = build_parser().parse_args(["--model", "resnet10t", "--drop-path", "0.1", "--drop-path-schedule", "uniform"])
     args.model_kwargs = parse_kwargs(args.model_kwargs)
-    with pytest.raises(UsageError, match=r"--drop-path-schedule uniform is for timm models with model.blocks \(ViTs\)"):
+    refused = r"--drop-path-schedule uniform is for models with .blocks \(ViTs\): ResNet has no drop-path slots"
+    with pytest.raises(UsageError, match=refused):
         _create_model(args, 10, 3)
 
 
