@@ -196,6 +196,26 @@ def test_the_plot_of_a_whole_gpu_run_stays_readable(gpu_cases, tmp_path):
     assert width <= report.PLOT_MAX_INCHES * 110 + 10 and height < 2000, (width, height)
 
 
+def test_the_plot_draws_each_median_as_a_dot_at_its_value(tmp_path, monkeypatch):
+    # helper-138's finding 11: bars on a log axis start where the axis does, so their heights' ratios were not the
+    # medians' (2.7x looked 5x); a dot's height is its value
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *args, **kwargs: figures.append(self))
+    records = [
+        {"suite": "loss", "shape": "s", "dtype": "bf16", "mode": "full", "provider": p, "median_ms": ms}
+        for p, ms in (("official", 1.88), ("masksub[triton]", 5.01))
+    ]
+    run = {"records": records, "environment": {"device": "GPU: NVIDIA H200"}, "date": "2030-01-02"}
+    assert report.plot(run, tmp_path / "plot.png")
+    (axis,) = figures[0].axes
+    assert not axis.patches  # no bars
+    assert sorted(float(y) for line in axis.lines for y in line.get_ydata()) == [1.88, 5.01]
+    assert axis.get_yscale() == "log"
+
+
 def test_the_markdown_header_says_which_rows_had_fewer_repeats_and_memory_is_in_mib():
     # finding 11: the header said "30 repeats" of a table whose training rows had 10; peak memory is 2**20 bytes
     common = {"dtype": "bf16", "mode": "full", "median_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0, "peak_mem_mb": 2.0}

@@ -220,9 +220,11 @@ PLOT_MAX_INCHES = 16  # a panel's width at most (x 110 dpi: 1760 px), whatever t
 
 
 def plot(run: dict, path: Path) -> bool:
-    """Bar chart of full-step (forward + backward) medians: one panel per suite, stacked, each with its shapes'
-    groups of bars (only the providers measured at that shape), one colour per provider across the panels, at most
-    PLOT_MAX_INCHES wide; False without matplotlib or without such a record."""
+    """Dot chart of full-step (forward + backward) medians on a log axis: one panel per suite, stacked, each with its
+    shapes' groups of dots (only the providers measured at that shape), one colour per provider across the panels, at
+    most PLOT_MAX_INCHES wide; False without matplotlib or without such a record. Dots, not bars: a bar's height on a
+    log axis depends on where the axis starts, so bars made ratios look larger than they are (helper-138); a dot's
+    height is its value, and equal ratios are equal distances."""
     try:
         import matplotlib
 
@@ -247,7 +249,7 @@ def plot(run: dict, path: Path) -> bool:
         for (shape, dtype), by_provider in shapes.items():
             first = x
             for provider, median in by_provider.items():
-                drawn[provider] = axis.bar(x, median, 0.9, color=colours[provider])
+                (drawn[provider],) = axis.plot(x, median, "o", markersize=7, color=colours[provider])
                 x += 1
             ticks.append((first + x - 1) / 2)
             labels.append(f"{textwrap.fill(shape, 18)}\n{dtype}")
@@ -255,6 +257,7 @@ def plot(run: dict, path: Path) -> bool:
         axis.set_xticks(ticks, labels, fontsize=7)
         axis.set_xlim(-1, x - 1)
         axis.set_yscale("log")
+        axis.grid(True, which="both", axis="y", linewidth=0.4, alpha=0.5)
         axis.set_ylabel("fwd + bwd, median ms", fontsize=8)
         cut = cut_short(run, suite)
         axis.set_title(f"{suite}{f' ({cut})' if cut else ''}", fontsize=9, loc="left")
