@@ -275,7 +275,7 @@ struct LossProblem {
 // reduce (null: per-row losses only): the reduced loss in the same launch (ops/masksub_loss_reduced.py): each
 // row's block counts its row in `tickets` (int32 [2], zeroed: rows done, rows that count) once the row is stored;
 // the last sums the rows in a fixed order.
-constexpr int kLossStateWords = 12;
+constexpr int kLossStateWords = 13;
 struct LossReduction {
   float* reduced;  // fp32 [4]: (a main + b sub, main, sub, d), main = sum of the rows' main losses / d (sub alike)
   float* divisor;  // fp32 [1]: d = max(rows that count, 1) for a mean (class ids != ignore_index), 1 for a sum

@@ -14,11 +14,11 @@ namespace {
 // end) and the sub term's in l_s.
 struct LossState {
   float m_z, l_z, s_z, d_z, a_z, p_z, n_z;
-  float m_s, l_s, m_t, l_t, d_t;
+  float m_s, l_s, m_t, l_t, d_t, m_ninf;
 };
 
 __device__ __forceinline__ LossState empty_state() {
-  return {-INFINITY, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, -INFINITY, 0.0f, -INFINITY, 0.0f, 0.0f};
+  return {-INFINITY, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, -INFINITY, 0.0f, -INFINITY, 0.0f, 0.0f, -INFINITY};
 }
 
 // The chunk's N classes [c, c + N) (z, and x = s / T) into the thread's state. kLabel: BCE with class ids, the
@@ -138,16 +138,18 @@ __device__ __forceinline__ void fold(LossState& st, const float (&z)[N], const f
         st.l_t = st.l_t * alpha_t + t_sum;
         st.m_t = mt_new;
       }
-      // the old sum where its rescale is 0 too: a lane that began at classes far below the row's max saw them at
-      // weight 1, and x = -inf there made it -inf (0 * -inf: NaN; helper-140)
-      float d = alpha_t != 0.0f ? alpha_t * (st.d_t + l_t_before * (cs_old - cs_new)) : 0.0f;
+      // the old sum adds nothing where its rescale is 0 (l_t (c_s - c_s') may overflow there)
+      float d = alpha_t != 0.0f ? alpha_t * (st.d_t + l_t_before * (cs_old - cs_new)) : 0.0f, ninf = st.m_ninf;
 #pragma unroll
       for (int i = 0; i < N; ++i) {
-        // e_t (x - c_s) over e_t != 0 (0 * -inf: 0): the select on the difference, then one FFMA (a FMUL, a select
-        // and a FADD where the product is selected)
-        d = fmaf(e_t[i], e_t[i] != 0.0f ? x[i] - cs_new : 0.0f, d);
+        // e_t (x - c_s) over x != -inf: the select on the difference, then one FFMA (a FMUL, a select and a FADD
+        // where the product is selected); a -inf x keeps its teacher logit in m_ninf instead (LossState)
+        const bool live = x[i] != -INFINITY;
+        d = fmaf(e_t[i], live ? x[i] - cs_new : 0.0f, d);
+        ninf = fmaxf(ninf, live ? -INFINITY : (V::kUnitT ? z[i] : z[i] * inv_t));
       }
       st.d_t = d;
+      st.m_ninf = ninf;
     }
   }
 }
@@ -191,9 +193,10 @@ __device__ __forceinline__ LossState merge(const LossState& a, const LossState& 
         l_tb = b.l_t;
         r.l_t = l_ta * beta_a + l_tb * beta_b;
       }
-      // a lane whose teacher mass is 0 about the larger max adds nothing (its d_t may be -inf: 0 * -inf)
+      // a lane whose teacher mass is 0 about the larger max adds nothing (l_t (c_s,a - c_s) may overflow there)
       r.d_t = (beta_a != 0.0f ? beta_a * (a.d_t + l_ta * (shift_of(a.m_s) - c_s)) : 0.0f) +
               (beta_b != 0.0f ? beta_b * (b.d_t + l_tb * (shift_of(b.m_s) - c_s)) : 0.0f);
+      r.m_ninf = fmaxf(a.m_ninf, b.m_ninf);
     }
   }
   return r;
@@ -226,6 +229,7 @@ __device__ __forceinline__ LossState shuffle_xor(const LossState& s, int offset)
       r.m_s = other(s.m_s);
       r.l_s = other(s.l_s);
       r.d_t = other(s.d_t);
+      r.m_ninf = other(s.m_ninf);
       if constexpr (!V::kUnitT) {
         r.m_t = other(s.m_t);
         r.l_t = other(s.l_t);
@@ -359,7 +363,12 @@ __device__ __forceinline__ void store_row(LossState st, const T* z_row, const Lo
     if constexpr (V::kBce) {
       sub = st.l_s * k.inv_classes;
     } else {
-      sub = logf(st.l_s) - st.d_t / st.l_t;  // sum_c p_c (lse(s/T) - s_c/T)
+      // a class with x = -inf costs +inf where its teacher probability e^(m_ninf - c_t) / l_t is not 0 in fp32:
+      // where its log2 is >= -150 (expf rounds e^v to the smallest subnormal, 2^-149, from v >= -150 ln 2; a
+      // compare, not ex2.approx.ftz, which flushes results below 2^-126 to 0)
+      const float log2_p = (st.m_ninf - shift_of(st.m_t)) * kLog2e - log2f(st.l_t);
+      const float d_t = log2_p >= -150.0f ? -INFINITY : st.d_t;
+      sub = logf(st.l_s) - d_t / st.l_t;  // sum_c p_c (lse(s/T) - s_c/T)
       stats[kStatShiftS] = shift_of(st.m_s);
       stats[kStatLogSumS] = logf(st.l_s);
       stats[kStatShiftT] = shift_of(st.m_t);

@@ -12,7 +12,10 @@
 // with the CE row kept in shifted form: m = max z, c = shift(m) (m, or 0 while the row is all -inf),
 // L_z = sum exp(z - c), S = sum w, D_z = sum w (z - c) over w != 0 (so -inf logits without mass stay finite);
 // the sub term keeps (m_s, L_s) for x = s/T, (m_t, L_t) for z/T and D_t = sum exp(z/T - c_t) (x - c_s), so that
-// sub = log L_s - D_t / L_t. No lse - z cancellation: every term is >= 0.
+// sub = log L_s - D_t / L_t. No lse - z cancellation: every term is >= 0. Classes with x = -inf stay out of D_t:
+// m_ninf, the largest teacher logit z/T among them, makes D_t -inf at the row's end only where that class's fp32
+// probability e^(m_ninf - c_t) / L_t is not 0 (as the reference's softmax: a -inf term in D_t would stay -inf
+// through any chain of nonzero rescales, even where their product, the class's weight, is 0).
 // Class ids (one-hot q: w_y at the id, w_o elsewhere): S = C w_o + (w_y - w_o) and
 // D_z = w_o (A - (C - 1) c) + w_y (z_y - c) with A = sum of z over the other classes (a plain sum) and z_y loaded
 // once per row; zero weights skip their term. BCE with class ids: softplus(z) - w z = t z + log1p(exp(-|z|)),
@@ -34,6 +37,7 @@
 // shuffles, then across the warps), which is exact algebra: for states a, b with c = shift(max(m_a, m_b)):
 //   L = L_a e^(m_a - c) + L_b e^(m_b - c),   D = D_a + S_a (c_a - c) + D_b + S_b (c_b - c),   S = S_a + S_b
 //   L_t = L_ta e^(m_ta - c_t) + ...,   D_t = e^(m_ta - c_t) (D_ta + L_ta (c_sa - c_s)) + (the same for b)
+//   m_ninf = max(m_ninf_a, m_ninf_b)
 // (plain sums add). At T = 1 (UNIT_T) the teacher z/T is z: its max, exponentials and L_t are the main term's.
 // Thread 0 writes every entry of the row's output column: the losses and the fp32 stats (c, log L, S; c_s, log
 // L_s, c_t, log L_t; 0 where a term is absent or BCE), so the caller need not zero-fill it.

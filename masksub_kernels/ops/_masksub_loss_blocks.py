@@ -214,6 +214,7 @@ def _fwd_block(
     l_s,
     l_t,
     d_t,
+    m_ninf,
     HAS_MAIN: tl.constexpr,
     HAS_SUB: tl.constexpr,
     BCE: tl.constexpr,
@@ -237,6 +238,10 @@ def _fwd_block(
     # Sub CE: m_s, l_s (s, scale k_t = log2(e) / T), l_t = sum exp((z - m_z) / T), d_t = sum that * (s - m_s).
     # With a new max m' of a group: l' = l 2^((m - m') k) + sum 2^((v - m') k) and d_t' = alpha_t (d_t + l_t (m_s -
     # m_s')) + sum e_t (s - m_s'), alpha_t = 2^((m_z - m_z') k_t) (the merge's algebra, once per group and block).
+    # Classes with s = -inf stay out of d_t: m_ninf keeps their largest teacher logit z instead, and the row's end
+    # (_store_row) makes the sub term +inf only where that class's teacher probability, 2^((m_ninf - c_z) k_t) / l_t,
+    # is not 0 in fp32 (a -inf term in d_t stayed -inf through any chain of nonzero rescales, even where their
+    # product, the class's weight about the row's max, was 0: helper-142).
     # BCE: d_t is the per-group sum of the sub elements; probabilities: a_z the sum of the main elements; class ids
     # (label: the row's counting id as int32, -1 if none): the main element is softplus(z) - w z =
     # (1 - w) max(z, 0) - w min(z, 0) + log1p(exp(-|z|)) with one weight w_o off the label, so the groups keep
@@ -307,16 +312,17 @@ def _fwd_block(
             ms_new = tl.maximum(m_s, tl.max(s, axis=1))
             ds = s - ms_new[:, None]
             l_s = l_s * tl.exp2((m_s - ms_new) * k_t) + tl.sum(tl.exp2(ds * k_t), axis=1)
-            # e_t = 0 terms skipped: their s may be -inf (0 * -inf); so is the old sum where its rescale is 0: a
-            # block that began at classes far below the row's max saw them at weight 1, and s = -inf there made it
-            # -inf (helper-140: NaN losses)
+            # s = -inf terms skipped (ds = -inf: m_s' is finite), their z kept in m_ninf instead (above); e_t = 0 terms
+            # add 0. The old sum where its rescale is 0 adds nothing either (l_teacher (m_s - m_s') may overflow)
+            live = ds != float("-inf")
+            m_ninf = tl.maximum(m_ninf, tl.max(tl.where(live, float("-inf"), z), axis=1))
             d_old = tl.where(alpha_t != 0.0, alpha_t * (d_t + l_teacher * (m_s - ms_new)), 0.0)
-            d_t = d_old + tl.sum(tl.where(e_t != 0.0, e_t * ds, 0.0), axis=1)
+            d_t = d_old + tl.sum(tl.where(live, e_t * ds, 0.0), axis=1)
             if not UNIT_T:
                 l_t = l_t * alpha_t + tl.sum(e_t, axis=1)
             m_s = ms_new
         m_z = m_new
-    return m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t
+    return m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf
 
 
 @jit

@@ -79,17 +79,19 @@ def _row_shift(m):
 
 @jit
 def _merge_states(
-    m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, k_z, k_t,
+    m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf, k_z, k_t,
     HAS_MAIN: tl.constexpr, HAS_SUB: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, FINAL: tl.constexpr,
 ):  # fmt: skip
     # A vector of states (one per lane, or one per class split) into one, each sum rescaled from its own max to the
     # common shift c (the states are those of _fwd_block; an untouched state, m = -FLT_MAX and sums 0, adds 0):
     #   l = sum l_i 2^((m_i - c) k),  sum w (z - c) = sum a_i + b_i (m_i - c),  sum w = sum b_i,  sum z = sum a_i
     #   teacher beta_i = 2^((m_z,i - c_z) k_t): l_t = sum beta_i l_t,i,  d_t = sum beta_i (d_t,i + l_t,i (m_s,i - c_s))
+    #   the largest z among classes with s = -inf: m_ninf = max m_ninf,i (in units of z, unscaled)
     # FINAL: c is the row's shift (0 for an all -inf row, as the saved stats); else the raw max (-FLT_MAX for an
     # all -inf split), so that a later merge of the partial states rescales them exactly. BCE: plain sums.
     zero = tl.zeros([], tl.float32)
     c_z, c_s, l_z_row, a_row, b_row, ls_row, lt_row, dt_row = zero, zero, zero, zero, zero, zero, zero, zero
+    mn_row = zero
     if BCE:
         a_row = tl.sum(a_z, axis=0)
         b_row = tl.sum(b_z, axis=0)
@@ -115,9 +117,10 @@ def _merge_states(
             beta_t = tl.exp2((m_z - c_z) * k_t)
             lt_row = tl.sum(l_t * beta_t, axis=0)
             ls_row = tl.sum(l_s * tl.exp2((m_s - c_s) * k_t), axis=0)
-            # lanes whose teacher mass underflows to 0 are skipped (their d_t may hold 0 * -inf terms)
+            # lanes whose teacher mass underflows to 0 add nothing (l_t (m_s - c_s) may overflow there)
             dt_row = tl.sum(tl.where(beta_t != 0.0, beta_t * (d_t + l_t * (m_s - c_s)), 0.0), axis=0)
-    return c_z, l_z_row, a_row, b_row, c_s, ls_row, lt_row, dt_row
+            mn_row = tl.max(m_ninf, axis=0)
+    return c_z, l_z_row, a_row, b_row, c_s, ls_row, lt_row, dt_row, mn_row
 
 
 @jit
@@ -156,7 +159,7 @@ def _store_absent_zeros(
 @jit
 def _store_row(
     out_row, m64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
-    c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t,
+    c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t, m_ninf,
     HAS_MAIN: tl.constexpr, HAS_SUB: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
     HAS_BIAS: tl.constexpr, ZERO_ABSENT: tl.constexpr,
 ):  # fmt: skip
@@ -202,6 +205,11 @@ def _store_row(
         if BCE:
             sub = d_t / C
         else:
+            # a class with s = -inf costs +inf where its teacher probability p = 2^((m_ninf - c_z) k_t) / l_t is not 0
+            # in fp32: where log2 p >= -150 (expf rounds e^x to the smallest subnormal, 2^-149, from x >= -150 ln 2; a
+            # compare, not the GPU's exp2, which flushes results below 2^-126 to 0)
+            log2_p = (m_ninf - c_z) * (inv_t * 1.4426950408889634) - tl.log2(l_t)
+            d_t = tl.where(log2_p >= -150.0, float("-inf"), d_t)
             sub = tl.log(l_s) - inv_t * d_t / l_t  # sum_c p_c (lse(s/T) - s_c/T), p = softmax(z / T)
             tl.store(out_row + 5 * m64, c_s * inv_t, mask=in_row)  # the same values, rounded once
             tl.store(out_row + 6 * m64, tl.log(l_s), mask=in_row)
@@ -217,7 +225,7 @@ def _loss_fwd_kernel(
     y_ptr,  # int64 class ids [M] or probabilities [M, C], last stride 1 (HAS_MAIN)
     bias_ptr,  # [C]: added to z and s as they are read (HAS_BIAS: the fused-linear loss's chunks)
     out_ptr,  # fp32 [9, M] out: main loss, sub loss (T^2 included; 0 ignored, NaN bad-id rows), stats
-    part_ptr,  # fp32 [8, M, splits] scratch: each split's merged state (SPLIT)
+    part_ptr,  # fp32 [9, M, splits] scratch: each split's merged state (SPLIT)
     ticket_ptr,  # int32, zero: [M] splits of the row done (SPLIT; left zero), then 1 rows done (REDUCE)
     red_ptr,  # fp32 [4] out: a main + b sub, main, sub, d (REDUCE: _reduce_rows)
     d_ptr,  # fp32 [1] out: d again (REDUCE)
@@ -267,6 +275,7 @@ def _loss_fwd_kernel(
     lowest = tl.zeros([BLOCK_C // GROUP], tl.float32) - 3.4028234663852886e38  # -FLT_MAX
     zeros = tl.zeros([BLOCK_C // GROUP], tl.float32)
     m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = lowest, zeros, zeros, zeros, lowest, zeros, zeros, zeros
+    m_ninf = zeros + float("-inf")  # the largest z among classes with s = -inf (none: -inf)
     lo, hi = 0, C
     if SPLIT:
         split = tl.program_id(1)
@@ -291,10 +300,10 @@ def _loss_fwd_kernel(
     label_p = tl.where(label_col >= 0, label_col + shift, -1)
     if VEC > 1:
         cols = lo + lanes
-        m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
+        m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf = _fwd_block(
             z_base, s_base, y_base, b_base, lo, lanes, (cols >= lo + shift) & (cols < end), label_p, eps, C, threshold,
-            inv_t, k_z, k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True,
-            HAS_BIAS, UNIT_T, True, SMOOTHED,
+            inv_t, k_z, k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf,
+            HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True, HAS_BIAS, UNIT_T, True, SMOOTHED,
         )  # fmt: skip
     # BCE with class ids (PEEL): the whole block that holds the label's column (at; full if none) runs on its own,
     # so that the others compare no column with the label (_fwd_block's LABEL): two loops around it
@@ -303,29 +312,29 @@ def _loss_fwd_kernel(
     if PEEL:
         at = tl.where((label_p >= first) & (label_p < full), first + (label_p - first) // BLOCK_C * BLOCK_C, full)
     for start in range(first, at, BLOCK_C):
-        m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
+        m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf = _fwd_block(
             z_base, s_base, y_base, b_base, start, lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
-            k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False, HAS_BIAS,
-            UNIT_T, not PEEL, SMOOTHED,
+            k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf,
+            HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False, HAS_BIAS, UNIT_T, not PEEL, SMOOTHED,
         )  # fmt: skip
     if PEEL:
         if at < full:
-            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf = _fwd_block(
                 z_base, s_base, y_base, b_base, at, lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
-                k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False,
+                k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False,
                 HAS_BIAS, UNIT_T, True, SMOOTHED,
             )  # fmt: skip
         for start in range(at + BLOCK_C, full, BLOCK_C):
-            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf = _fwd_block(
                 z_base, s_base, y_base, b_base, start, lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
-                k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False,
+                k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False,
                 HAS_BIAS, UNIT_T, False, SMOOTHED,
             )  # fmt: skip
     if full < end:
         cols = full + lanes
-        m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t = _fwd_block(
+        m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf = _fwd_block(
             z_base, s_base, y_base, b_base, full, lanes, cols < end, label_p, eps, C, threshold, inv_t, k_z, k_t,
-            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True, HAS_BIAS,
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, True, HAS_BIAS,
             UNIT_T, True, SMOOTHED,
         )  # fmt: skip
     if UNIT_T and not BCE:
@@ -338,8 +347,8 @@ def _loss_fwd_kernel(
         # stores: release, then acquire for the reader) merges the row's states in split order, so the result does
         # not depend on which program finishes last. No program waits on another.
         splits = tl.num_programs(1)
-        sc_z, sl_z, sa_z, sb_z, sc_s, sl_s, sl_t, sd_t = _merge_states(
-            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, False
+        sc_z, sl_z, sa_z, sb_z, sc_s, sl_s, sl_t, sd_t, sm_n = _merge_states(
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, False
         )
         part = part_ptr + row * splits + split  # state k of split j of the row at part_ptr + (k M + row) splits + j
         ms = (row * 0 + M) * splits  # int64
@@ -351,6 +360,7 @@ def _loss_fwd_kernel(
         tl.store(part + 5 * ms, sl_s)
         tl.store(part + 6 * ms, sl_t)
         tl.store(part + 7 * ms, sd_t)
+        tl.store(part + 8 * ms, sm_n)
         tl.debug_barrier()  # every thread's stores before the ticket
         ticket = tl.atomic_add(ticket_ptr + row, 1, sem="acq_rel", scope="gpu")
         if ticket == splits - 1:
@@ -370,12 +380,13 @@ def _loss_fwd_kernel(
             pl_s = tl.load(part_row + 5 * ms, mask=has, other=0.0, cache_modifier=".cg")
             pl_t = tl.load(part_row + 6 * ms, mask=has, other=0.0, cache_modifier=".cg")
             pd_t = tl.load(part_row + 7 * ms, mask=has, other=0.0, cache_modifier=".cg")
-            rc_z, rl_z, ra_z, rb_z, rc_s, rl_s, rl_t, rd_t = _merge_states(
-                pm_z, pl_z, pa_z, pb_z, pm_s, pl_s, pl_t, pd_t, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, True
+            pm_n = tl.load(part_row + 8 * ms, mask=has, other=float("-inf"), cache_modifier=".cg")
+            rc_z, rl_z, ra_z, rb_z, rc_s, rl_s, rl_t, rd_t, rm_n = _merge_states(
+                pm_z, pl_z, pa_z, pb_z, pm_s, pl_s, pl_t, pd_t, pm_n, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, True
             )
             _store_row(
                 out_row, o64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
-                rc_z, rl_z, ra_z, rb_z, rc_s, rl_s, rl_t, rd_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, HAS_BIAS,
+                rc_z, rl_z, ra_z, rb_z, rc_s, rl_s, rl_t, rd_t, rm_n, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, HAS_BIAS,
                 ZERO_ABSENT,
             )  # fmt: skip
             if REDUCE:
@@ -384,12 +395,12 @@ def _loss_fwd_kernel(
                     reduce_lanes, HAS_MAIN and not DENSE, MEAN,
                 )  # fmt: skip
     else:
-        c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t = _merge_states(
-            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, True
+        c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t, m_n = _merge_states(
+            m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf, k_z, k_t, HAS_MAIN, HAS_SUB, BCE, DENSE, True
         )
         _store_row(
             out_row, o64, in_row, z_row, bias_ptr, label, valid, bad, eps, C, threshold, inv_t, temperature,
-            c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, HAS_BIAS, ZERO_ABSENT,
+            c_z, l_z, a_z, b_z, c_s, l_s, l_t, d_t, m_n, HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, HAS_BIAS, ZERO_ABSENT,
         )  # fmt: skip
         if REDUCE:
             _reduce_rows(

@@ -38,7 +38,7 @@ most MAX_BLOCK_C (C up to 262144, int64 offsets). fp64 logits run in fp32 in the
 Few rows, many classes (M = 8, C = 128256 would fill 8 of 132 SMs): class_splits cuts each row into splits of a
 whole number of blocks and the kernels run a (row, split) grid. A forward program folds its split into one state
 (the same form as a lane's: max, sum of exp about it, sum w, sum w (z - max), the teacher's pair) and stores it in
-an [8, M, splits] scratch; it then takes a ticket (an int32 per row, atomic, in the zero-filled output buffer), and
+an [9, M, splits] scratch; it then takes a ticket (an int32 per row, atomic, in the zero-filled output buffer), and
 the row's last program merges the row's states in split order (deterministic) into the losses and stats: no
 second launch, no waiting. The backward is elementwise given the stats, so its split programs need nothing more.
 Bytes added: 9 fp32 per split and row (scratch written and read, ticket).
@@ -427,7 +427,7 @@ def _forward_triton(
     part, reduced, d = out, out, out
     ticket = ticket if ticket.numel() else out  # no tickets: a pointer the kernel never uses
     if split:
-        part = torch.empty(8, rows, splits, dtype=torch.float32, device=z.device)
+        part = torch.empty(9, rows, splits, dtype=torch.float32, device=z.device)
     main_weight, sub_weight, mean = reduce if reduce is not None else (0.0, 0.0, False)
     if reduce is not None:  # every entry written by the kernel (none launched for 0 rows: 0 losses, d = 1)
         reduced, d = (torch.empty(n, dtype=torch.float32, device=z.device) for n in (4, 1))

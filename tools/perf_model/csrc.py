@@ -198,7 +198,7 @@ def _loss(launch: CsrcLaunch) -> tuple:
         reduction = next((i for i, loop in enumerate(loops) if any("STRONG" in x.opcode for x in loop.own)), None)
         if reduction is not None:
             trips = [(vector_trips, *(trips[0][1] if i < reduction else 0 for i in range(1, len(loops))))]
-        states = m * splits * 12 * 4 if splits > 1 else 0  # the split states (12 fp32), written and read; a ticket
+        states = m * splits * 13 * 4 if splits > 1 else 0  # the split states (13 fp32), written and read; a ticket
         # reduced: the two loss rows (and the class ids) read back, [4], d and the grid's ticket written
         reduced = launch.call.launcher == "masksub_loss_reduced_forward"
         read = 2 * m * c * e + target + states + reduced * (8 * m + (target if a["target_kind"] <= 2 else 0))

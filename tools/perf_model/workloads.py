@@ -60,7 +60,7 @@ def _select_gather(a: dict) -> tuple:
 def _loss(a: dict) -> tuple:
     # both kernels' steady loops run over the whole blocks only; a partial last block is peeled (outside the loop).
     # SPLIT: a grid of (row, class split) programs, each looping over chunk classes (the row's last split fewer);
-    # the forward stores 8 fp32 partial states per program, which the row's last program reads back, and takes a
+    # the forward stores 9 fp32 partial states per program, which the row's last program reads back, and takes a
     # ticket (an int32 read and written per program); each backward program reads its row's stats
     m, c, e = a["M"], a["C"], a["z_ptr"].element_size()
     forward = "gm_ptr" not in a
@@ -83,7 +83,7 @@ def _loss(a: dict) -> tuple:
     target = m * c * a["y_ptr"].element_size() if dense else m * 8
     if forward:
         reads = m * c * e * (int(a["HAS_MAIN"] or a["HAS_SUB"]) + int(a["HAS_SUB"])) + target * a["HAS_MAIN"]
-        partials = (8 + 1) * 4 * m * splits if a["SPLIT"] else 0
+        partials = (9 + 1) * 4 * m * splits if a["SPLIT"] else 0
         # REDUCE: a ticket per row; the last row's program reads the two loss rows (and the class ids) back
         reduction = m * (4 + 8 + 8 * int(a["HAS_MAIN"] and not dense)) if a["REDUCE"] else 0
         return trips, a["BLOCK_C"], reads + partials + reduction, 9 * m * 4 + partials + 16 * a["REDUCE"]
