@@ -57,24 +57,29 @@ def test_student_minus_inf_where_the_teachers_weight_underflows_over_many_rescal
     # student logit there was carried as a -inf sum through every rescale: +inf where the reference, whose teacher
     # probability there is 0, is finite. Rows: 0, a ramp of 120 nats (probability e^-120 at class 0: 0 in fp32);
     # 1, a ramp of 95 nats (e^-95 / sum: a denormal, nonzero: +inf on every backend); 2, the 120-nat ramp with a
-    # -inf student logit at the top class too (+inf); 3, the 120-nat ramp falling (the lowest classes last).
+    # -inf student logit at the top class too (+inf); 3, the 120-nat ramp falling (the lowest classes last); 4 and 5,
+    # one -inf student class 90 and 100 nats below the others in z / T (z: 90 T and 100 T): log p = -96 (a subnormal:
+    # +inf, which a GPU's flushing exp2 would have lost) and -106 (0: finite).
     monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
     monkeypatch.setattr(ml, "_device_sms", lambda device: sms)
-    classes = 1024
-    main, sub, target = make_inputs(4, classes, F32, "index")
+    classes = 512
+    main, sub, target = make_inputs(6, classes, F32, "index")
     ramp = torch.linspace(0.0, 1.0, classes, device=DEVICE) * temperature
-    main = torch.stack([120 * ramp, 95 * ramp, 120 * ramp, 120 * ramp.flip(0)]) + 0.01 * main
+    flat = torch.zeros_like(ramp)
+    main = torch.stack([120 * ramp, 95 * ramp, 120 * ramp, 120 * ramp.flip(0), flat, flat]) + 0.01 * main
     sub[:3, :3] = float("-inf")  # the three lowest classes of rows 0-2
     sub[2, -1] = float("-inf")
     sub[3, -3:] = float("-inf")
-    target = torch.tensor([5, 1000, 7, 3], device=DEVICE)
+    main[4:, 100] = torch.tensor([-90.0, -100.0], device=DEVICE) * temperature
+    sub[4:, 100] = float("-inf")
+    target = torch.tensor([5, 500, 7, 3, 1, 2], device=DEVICE)
     out = mk.masksub_loss(main, sub, target, temperature=temperature, reduction="none")
     want = _sub_oracle(sub, main, temperature)
-    assert want.isfinite().tolist() == [True, False, False, True]  # the inputs are what the comment says
+    assert want.isfinite().tolist() == [True, False, False, True, False, True]  # the rows the comment says
     assert_close(out.sub.cpu(), want, 1e-6, name="sub")
     # the rest as the reference backend computes it (the oracle of test_masksub_loss takes float64 teachers, whose
     # probability at class 0 is not 0): the other outputs, the reductions of the finite rows, both gradients
-    rows = [0, 3]
+    rows = [0, 3, 5]
     main, sub = main.requires_grad_(), sub.requires_grad_()
     with mk.use_backend("torch"):
         ref = mk.masksub_loss(main, sub, target, temperature=temperature, reduction="none")
