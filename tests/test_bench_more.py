@@ -196,7 +196,7 @@ def test_the_plot_of_a_whole_gpu_run_stays_readable(gpu_cases, tmp_path):
     assert width <= report.PLOT_MAX_INCHES * 110 + 10 and height < 2000, (width, height)
 
 
-def test_the_plot_draws_each_median_as_a_dot_at_its_value(tmp_path, monkeypatch):
+def test_the_plot_draws_each_median_as_a_dot_and_names_cut_suites_it_cannot_draw(tmp_path, monkeypatch):
     # helper-138's finding 11: bars on a log axis start where the axis does, so their heights' ratios were not the
     # medians' (2.7x looked 5x); a dot's height is its value
     pytest.importorskip("matplotlib")
@@ -209,8 +209,10 @@ def test_the_plot_draws_each_median_as_a_dot_at_its_value(tmp_path, monkeypatch)
         for p, ms in (("official", 1.88), ("masksub[triton]", 5.01))
     ]
     run = {"records": records, "environment": {"device": "GPU: NVIDIA H200"}, "date": "2030-01-02"}
+    run["incomplete_suites"] = {"train": {"cases_done": 12, "cases": 16}}  # a cut suite without a panel (helper-146)
     assert report.plot(run, tmp_path / "plot.png")
     (axis,) = figures[0].axes
+    assert "not drawn: train (cut short after 12 of 16 cases)" in figures[0].get_suptitle()
     assert not axis.patches  # no bars
     assert sorted(float(y) for line in axis.lines for y in line.get_ydata()) == [1.88, 5.01]
     assert axis.get_yscale() == "log"

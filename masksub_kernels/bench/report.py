@@ -240,7 +240,7 @@ def plot(run: dict, path: Path) -> bool:
         suites[r["suite"]][(r["shape"], r["dtype"])].setdefault(r["provider"], r["median_ms"])
     providers = list(dict.fromkeys(r["provider"] for r in records))
     colours = {p: plt.get_cmap("tab20")(i % 20) for i, p in enumerate(providers)}
-    # a shape's group: 0.22 inch a bar and a gap, and room for its label (wrapped at 18 characters, ~0.075 inch each)
+    # a shape's group: 0.22 inch a dot and a gap, and room for its label (wrapped at 18 characters, ~0.075 inch each)
     inches = [sum(max(0.22 * (len(by) + 1), 1.4) for by in shapes.values()) for shapes in suites.values()]
     width = min(PLOT_MAX_INCHES, max(6.0, max(inches) + 2.5))
     figure, axes = plt.subplots(len(suites), 1, figsize=(width, 3.2 * len(suites)), squeeze=False)
@@ -264,6 +264,9 @@ def plot(run: dict, path: Path) -> bool:
         axis.legend(drawn.values(), drawn.keys(), fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     kind = " | CPU: the torch backend, not the kernels" if run["environment"]["device"].startswith("CPU") else ""
     kind += " | --tiny: a smoke test, not a measurement" if run.get("tiny") else ""
+    # suites cut short that have no panel here (the train suite, forward-only rows) are marked in the title
+    unplotted = [f"{s} ({cut_short(run, s)})" for s in run.get("incomplete_suites", {}) if s not in suites]
+    kind += f" | not drawn: {', '.join(unplotted)}" if unplotted else ""
     figure.suptitle(f"{run['environment']['device']} - {run['date']}{kind} (lower is better)", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110, format="png")
