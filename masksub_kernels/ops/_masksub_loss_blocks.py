@@ -313,10 +313,15 @@ def _fwd_block(
             ds = s - ms_new[:, None]
             l_s = l_s * tl.exp2((m_s - ms_new) * k_t) + tl.sum(tl.exp2(ds * k_t), axis=1)
             # s = -inf terms skipped (ds = -inf: m_s' is finite), their z kept in m_ninf instead (above); e_t = 0 terms
-            # add 0. The old sum where its rescale is 0 adds nothing either (l_teacher (m_s - m_s') may overflow)
+            # add 0. The old sum where its rescale is 0 adds nothing either (l_teacher (m_s - m_s') may overflow), nor
+            # does a group whose student logits were all -inf so far (m_s still -FLT_MAX, d_t = 0: l_teacher, the
+            # weight of those classes, times -FLT_MAX was -inf; helper-145). l_teacher also holds the skipped
+            # classes' weights: their share of the shift ends as p_c (m_s - c_s), p_c < 2^-150 where the loss is
+            # finite.
             live = ds != float("-inf")
             m_ninf = tl.maximum(m_ninf, tl.max(tl.where(live, float("-inf"), z), axis=1))
-            d_old = tl.where(alpha_t != 0.0, alpha_t * (d_t + l_teacher * (m_s - ms_new)), 0.0)
+            moved = tl.where(m_s > -3.4028234663852886e38, l_teacher * (m_s - ms_new), 0.0)
+            d_old = tl.where(alpha_t != 0.0, alpha_t * (d_t + moved), 0.0)
             d_t = d_old + tl.sum(tl.where(live, e_t * ds, 0.0), axis=1)
             if not UNIT_T:
                 l_t = l_t * alpha_t + tl.sum(e_t, axis=1)

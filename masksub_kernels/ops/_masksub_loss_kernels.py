@@ -117,8 +117,10 @@ def _merge_states(
             beta_t = tl.exp2((m_z - c_z) * k_t)
             lt_row = tl.sum(l_t * beta_t, axis=0)
             ls_row = tl.sum(l_s * tl.exp2((m_s - c_s) * k_t), axis=0)
-            # lanes whose teacher mass underflows to 0 add nothing (l_t (m_s - c_s) may overflow there)
-            dt_row = tl.sum(tl.where(beta_t != 0.0, beta_t * (d_t + l_t * (m_s - c_s)), 0.0), axis=0)
+            # lanes whose teacher mass underflows to 0 add nothing (l_t (m_s - c_s) may overflow there), nor do lanes
+            # that saw only -inf student logits (m_s = -FLT_MAX, d_t = 0: _fwd_block)
+            moved = tl.where(m_s > -3.4028234663852886e38, l_t * (m_s - c_s), 0.0)
+            dt_row = tl.sum(tl.where(beta_t != 0.0, beta_t * (d_t + moved), 0.0), axis=0)
             mn_row = tl.max(m_ninf, axis=0)
     return c_z, l_z_row, a_row, b_row, c_s, ls_row, lt_row, dt_row, mn_row
 

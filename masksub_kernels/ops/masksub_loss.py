@@ -37,11 +37,12 @@ most MAX_BLOCK_C (C up to 262144, int64 offsets). fp64 logits run in fp32 in the
 
 Few rows, many classes (M = 8, C = 128256 would fill 8 of 132 SMs): class_splits cuts each row into splits of a
 whole number of blocks and the kernels run a (row, split) grid. A forward program folds its split into one state
-(the same form as a lane's: max, sum of exp about it, sum w, sum w (z - max), the teacher's pair) and stores it in
-an [9, M, splits] scratch; it then takes a ticket (an int32 per row, atomic, in the zero-filled output buffer), and
-the row's last program merges the row's states in split order (deterministic) into the losses and stats: no
-second launch, no waiting. The backward is elementwise given the stats, so its split programs need nothing more.
-Bytes added: 9 fp32 per split and row (scratch written and read, ticket).
+(the same form as a lane's: max, sum of exp about it, sum w, sum w (z - max), the teacher's pair, the largest
+teacher logit among -inf student classes) and stores it in an [9, M, splits] scratch; it then takes a ticket (an
+int32 per row, atomic, in the zero-filled output buffer), and the row's last program merges the row's states in
+split order (deterministic) into the losses and stats: no second launch, no waiting. The backward is elementwise
+given the stats, so its split programs need nothing more.
+Bytes added: 10 fp32 per split and row (scratch written and read, ticket).
 
 Forward speed (issue-bound, not memory-bound, when a block reduction ran per iteration, and again when each
 element rescaled its own state): a block is [BLOCK_C / GROUP, GROUP], each row of it one lane's 16-byte word, and

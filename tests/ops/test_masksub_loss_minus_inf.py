@@ -42,7 +42,7 @@ def _sub_oracle(student, teacher, temperature):
     """float64 sub term per row: T^2 sum_c p_c (lse(s / T) - s_c / T), p = the fp32 softmax(z / T) (as the
     reference rounds it: a class whose fp32 probability is 0 costs nothing, one whose probability is not costs
     +inf at a -inf student logit)."""
-    p = torch.softmax(teacher.float().cpu() / temperature, 1).double()
+    p = torch.log_softmax(teacher.float().cpu() / temperature, 1).exp().double()
     log_q = torch.log_softmax(student.double().cpu() / temperature, 1)
     return -torch.where(p != 0, p * log_q, 0.0).sum(1) * temperature**2
 
@@ -67,7 +67,7 @@ def test_student_minus_inf_where_the_teachers_weight_underflows_over_many_rescal
     ramp = torch.linspace(0.0, 1.0, classes, device=DEVICE) * temperature
     flat = torch.zeros_like(ramp)
     main = torch.stack([120 * ramp, 95 * ramp, 120 * ramp, 120 * ramp.flip(0), flat, flat]) + 0.01 * main
-    sub[:3, :3] = float("-inf")  # the three lowest classes of rows 0-2
+    sub[:3, :4] = float("-inf")  # the four lowest classes of rows 0-2: a whole 16-byte group (helper-145)
     sub[2, -1] = float("-inf")
     sub[3, -3:] = float("-inf")
     main[4:, 100] = torch.tensor([-90.0, -100.0], device=DEVICE) * temperature
@@ -96,3 +96,51 @@ def test_student_minus_inf_where_the_teachers_weight_underflows_over_many_rescal
     main, sub = main.detach(), sub.detach()
     got = mk.self_distillation_loss(sub, main, temperature=temperature, reduction="none")
     assert_close(got.cpu(), want, 1e-6, name="self_distillation_loss")
+
+
+@pytest.mark.parametrize("sms", [0, ml.DEFAULT_SMS], ids=["one program per row", "class splits"])
+def test_minus_inf_student_logits_at_the_start_of_realigned_rows(backend, monkeypatch, sms):
+    # helper-145: fp32 rows of 1023 classes start off 16-byte boundaries (but row 0 and row 4), so the Triton kernels
+    # begin them with a masked block from the boundary before (_block_range): its first group holds masked lanes and
+    # the row's first classes. Rows 1-3: -inf student logits at classes 0-2, where the teacher's probability is 0
+    # (finite), rescaled again in the next block (classes 31-34 at -50); row 5: one -inf student logit at class 0
+    # where the teacher's probability is not 0 (+inf).
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    monkeypatch.setattr(ml, "_device_sms", lambda device: sms)
+    main, sub, target = make_inputs(6, 1023, F32, "index")
+    assert ml.row_alignment(main, sub) == 4
+    main[1:4, :3], sub[1:4, :3] = -110.0, float("-inf")
+    main[1:4, 31:35] = -50.0
+    sub[5, 0] = float("-inf")
+    want = _sub_oracle(sub, main, 1.0)
+    assert want.isfinite().tolist() == [True, True, True, True, True, False]
+    out = mk.masksub_loss(main, sub, target, reduction="none")
+    assert_close(out.sub.cpu(), want, 1e-6, name="sub")
+    assert_close(mk.self_distillation_loss(sub, main, reduction="none").cpu(), want, 1e-6, name="self_distillation")
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_minus_inf_student_logits_where_the_teachers_probability_is_near_the_smallest_subnormal(backend, temperature):
+    # helper-145: +inf or nothing is decided by the fp32 probability exp(log_softmax(z / T)) being 0 (the
+    # reference; the kernels compare log2 p with -150); torch.softmax, which the torch backend's CPU path took for
+    # T != 1 and without a main term, rounds twice and drew that line elsewhere for log p within ~0.5 of -104. Rows:
+    # random teachers whose class 0 has log p in [-104.5, -103]: the first where the two roundings disagree each way
+    # (where this torch's softmax has such rows), and the first on each side where they agree
+    generator = torch.Generator().manual_seed(1)
+    rows, classes = 4000, 200
+    teacher = torch.randn(rows, classes, generator=generator) * 2
+    teacher[:, 0] = -103.0 - 1.5 * torch.rand(rows, generator=generator) + torch.logsumexp(teacher[:, 1:], 1)
+    exact = torch.log_softmax(teacher, 1).exp()[:, 0] != 0
+    twice = torch.softmax(teacher, 1)[:, 0] != 0
+    kinds = (exact & ~twice, ~exact & twice, exact & twice, ~exact & ~twice)
+    picked = [int(kind.nonzero()[0]) for kind in kinds if kind.any()]
+    teacher = (teacher[picked] * temperature).to(DEVICE)
+    student = torch.randn(len(picked), classes, generator=generator).to(DEVICE) * temperature
+    student[:, 0] = float("-inf")
+    want = _sub_oracle(student, teacher, temperature)
+    assert 0 < int(want.isinf().sum()) < len(picked)  # both sides of the line
+    got = mk.self_distillation_loss(student, teacher, temperature=temperature, reduction="none")
+    assert_close(got.cpu(), want, 1e-6, name="self_distillation_loss")
+    target = torch.ones(len(picked), dtype=torch.int64, device=DEVICE)
+    got = mk.masksub_loss(teacher, student, target, temperature=temperature, reduction="none").sub
+    assert_close(got.cpu(), want, 1e-6, name="masksub_loss.sub")
