@@ -10,6 +10,7 @@ import types
 
 import pytest
 import torch
+from conftest import DEVICE
 
 import masksub_kernels as mk
 from masksub_kernels.bench import cli, report
@@ -400,8 +401,9 @@ def test_the_two_launches_row_runs_the_chunks_loss_as_before_and_restores_the_on
         monkeypatch.setattr(ml, name, lambda *a, _f=launcher, _n=name, **k: launched.append(_n) or _f(*a, **k))
     generator = torch.Generator().manual_seed(2)
     # C = 30: a class tail of 6; leaves that require grad: the gradients-in-forward path (the chunk loop)
-    h, hs, w = (torch.randn(n, 8, generator=generator).requires_grad_(True) for n in (20, 20, 30))
-    labels = torch.randint(0, 30, (20,), generator=generator)
+    # on DEVICE: a GPU machine's Triton takes CUDA tensors only (helper-147)
+    h, hs, w = (torch.randn(n, 8, generator=generator).to(DEVICE).requires_grad_(True) for n in (20, 20, 30))
+    labels = torch.randint(0, 30, (20,), generator=generator).to(DEVICE)
     with mk.use_backend("triton"):
         one = linear_loss.fused(h, hs, w, None, labels)
         assert not launched
@@ -446,9 +448,9 @@ def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypat
     for mlm in (cases[name] for name in mlm_names):
         assert mlm.modes == ("full",) and mlm.flops is None and mlm.notes["counted_rows"] == 0.15
     generator = torch.Generator().manual_seed(1)
-    h, hs, w = (torch.randn(n, 8, generator=generator) for n in (40, 40, 24))
-    labels = torch.randint(0, 24, (40,), generator=generator)
-    kept = torch.where(torch.arange(40) % 20 < 3, labels, -100)
+    h, hs, w = (torch.randn(n, 8, generator=generator).to(DEVICE) for n in (40, 40, 24))
+    labels = torch.randint(0, 24, (40,), generator=generator).to(DEVICE)
+    kept = torch.where(torch.arange(40, device=DEVICE) % 20 < 3, labels, -100)
     expected = mk.linear_masksub_loss(h, hs, w, None, kept).loss
     torch.testing.assert_close(linear_loss.fused_recompute_mlm(h, hs, w, None, labels), expected)
     # then, last, the chunk floor's pair at RoBERTa's head: the default chunks (the floor, 384 rows) and the 96 MiB
@@ -465,9 +467,10 @@ def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypat
     assert memory[names[3]] == memory["masksub[triton]"]
     # the swept op is the op: same loss and gradients with 2-row chunks (the interpreter, tiny)
     generator = torch.Generator().manual_seed(0)
-    h, hs = torch.randn(2, 9, 16, generator=generator, dtype=torch.bfloat16)
-    weight = torch.randn(40, 16, generator=generator, dtype=torch.bfloat16) / 4
-    bias, labels = torch.zeros(40, dtype=torch.bfloat16), torch.randint(0, 40, (9,), generator=generator)
+    h, hs = torch.randn(2, 9, 16, generator=generator, dtype=torch.bfloat16).to(DEVICE)
+    weight = torch.randn(40, 16, generator=generator, dtype=torch.bfloat16).to(DEVICE) / 4
+    bias = torch.zeros(40, dtype=torch.bfloat16, device=DEVICE)
+    labels = torch.randint(0, 40, (9,), generator=generator).to(DEVICE)
     results, rows, programs = [], [], []
     chunk_rows, splits = chunks.grads_chunk_rows, masksub_loss.class_splits
     monkeypatch.setattr(chunks, "grads_chunk_rows", lambda *args: rows.append(chunk_rows(*args)) or rows[-1])

@@ -222,11 +222,15 @@ def test_set_up_commands_outside_the_steps_are_time_capped(tmp_path):
 def test_pytest_gets_a_per_test_timeout_where_pytest_timeout_is_installed(tmp_path):
     # finding 10: a hung test fails after 60 s (x CAP_SCALE) instead of taking its step's cap; where the plugin is
     # missing (this machine), no --timeout, which pytest would refuse. Also in the steps' `SCRIPT __call` shells
-    plugin = tmp_path / "plugin"
-    plugin.mkdir()
-    (plugin / "pytest_timeout.py").write_text("")
-    for path, expected in (("", []), (str(plugin), ["--timeout", "480"])):
-        env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, "PYTHONPATH": path}
+    # (the plugin's presence and absence made by stand-ins first on the path, whatever this machine has: the GPU
+    # machine has pytest-timeout; and the outer run's CAP_SCALE dropped, which gpu_check.sh exports: helper-147)
+    plugin, hidden = tmp_path / "plugin", tmp_path / "hidden"
+    for folder, text in ((plugin, ""), (hidden, "raise ImportError('hidden from this test')\n")):
+        folder.mkdir()
+        (folder / "pytest_timeout.py").write_text(text)
+    outer = {name: value for name, value in os.environ.items() if name != "CAP_SCALE"}
+    for path, expected in ((str(hidden), []), (str(plugin), ["--timeout", "480"])):
+        env = {**outer, "DRY_RUN": "1", "PYTHON": sys.executable, "PYTHONPATH": path}
         out = subprocess.run(["bash", SCRIPTS[0], str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True,
                              text=True, check=True).stdout  # fmt: skip
         tests = [shlex.split(line) for line in out.splitlines() if " -m pytest " in line]

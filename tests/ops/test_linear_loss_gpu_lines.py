@@ -99,6 +99,8 @@ def test_a_stand_in_call_decides_nothing_about_cuda_addmm(monkeypatch):
         torch.empty(8, 2, dtype=torch.bfloat16, device="meta"),
     ]
     monkeypatch.undo()
+    # undecided again (the process's own value, which undo() restored, is set by any earlier CUDA bf16 test: helper-147)
+    monkeypatch.setattr(matmuls, "_addmm_into_fp32", None)
     matmuls.add_matmul(torch.empty(4, 2, device="meta"), *meta)  # the GPU line's registration, on meta tensors
     assert matmuls._addmm_into_fp32 is None
 

@@ -277,17 +277,18 @@ def test_a_prepared_tail_takes_a_row_base_within_its_kept_rows():
     # rows run past the kept tail columns' buffer is refused (helper-130's surviving mutant), and so is a kept buffer
     # for a gradient not written (one flag writes both: the stand-in pointer would be written)
     rows, depth, classes, head = 4, 16, 27, 24
-    x, w = torch.randn(2 * rows, depth), torch.randn(classes, depth)
-    buffer = torch.zeros(2 * rows, 32)
+    x, w = torch.randn(2 * rows, depth, device=DEVICE), torch.randn(classes, depth, device=DEVICE)
+    buffer = torch.zeros(2 * rows, 32, device=DEVICE)  # on the GPU's device there: compiled Triton (helper-147)
     z, s = buffer[:rows, :classes], buffer[rows:, :classes]
-    g = (torch.ones(rows), torch.ones(rows))
-    kept = (torch.zeros(rows + 2, 8), torch.zeros(rows + 2, 8))
+    g = (torch.ones(rows, device=DEVICE), torch.ones(rows, device=DEVICE))
+    kept = (torch.zeros(rows + 2, 8, device=DEVICE), torch.zeros(rows + 2, 8, device=DEVICE))
     prepared = fused.prepare_tail(fused.ClassTail(head, w[head:], x[:rows], x[rows:], (None, None), kept), z, s, *g,
-                                  (z, s), torch.zeros(1))  # fmt: skip
+                                  (z, s), torch.zeros(1, device=DEVICE))  # fmt: skip
     for row_base, fits in ((2, True), (3, False)):
         call = functools.partial(
-            fused.forward_backward_triton, *g, z, s, torch.zeros(rows, dtype=torch.int64), False, 0.0, -100, 1.0,
-            None, out=torch.zeros(ml.NUM_OUT, rows), tickets=torch.zeros(rows, dtype=torch.int32), into=(z, s),
+            fused.forward_backward_triton, *g, z, s, torch.zeros(rows, dtype=torch.int64, device=DEVICE), False, 0.0,
+            -100, 1.0, None, out=torch.zeros(ml.NUM_OUT, rows, device=DEVICE),
+            tickets=torch.zeros(rows, dtype=torch.int32, device=DEVICE), into=(z, s),
             tail=prepared._replace(row_base=row_base),
         )  # fmt: skip
         if fits:
@@ -297,4 +298,4 @@ def test_a_prepared_tail_takes_a_row_base_within_its_kept_rows():
                 call()
     one_kept = fused.ClassTail(head, w[head:], x[:rows], x[rows:], (None, None), (None, kept[1]))
     with pytest.raises(AssertionError):
-        fused.prepare_tail(one_kept, z, s, *g, (z, s), torch.zeros(1))
+        fused.prepare_tail(one_kept, z, s, *g, (z, s), torch.zeros(1, device=DEVICE))
