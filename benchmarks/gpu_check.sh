@@ -26,7 +26,8 @@
 #                       benchmarks' memory pass's peak beyond what a call returns (CUDA allocator history)
 #     tests-select.log  tests/ops/test_token_select.py (122 s in one process on the H200, 2026-12-04)
 #     tests-loss.log    every loss test file of tests/ops (the fused loss, its reduced op, the fused-linear op),
-#                       in 4 pytest-xdist workers (where xdist is installed: the GPU machine has it; 114 s)
+#                       in 8 pytest-xdist workers (where xdist is installed: the GPU machine has it; 114 s in 4 on
+#                       2026-12-04 for 844 tests, ~1000 since: helper-147), 10 processes with the other two
 #   phase 2         95  in parallel: the other op tests (masks, token grid masks, autograd edges, inputs; 4 workers)
 #     tests-masks.log   and the rest of the suite (training on timm and transformers models, benchmarks' harness;
 #     tests-rest.log    4 workers); both stopped by their caps on 2026-11-30 (200 s) and 2026-12-04 (95 s)
@@ -50,7 +51,7 @@ step env.txt 15 write_env
 OPEN_TESTS=(tests/training/test_determinism.py tests/test_bench_more.py)
 step_bg tests-open.log 150 "${PYTEST[@]}" "${OPEN_TESTS[@]}" -k 'on_a_gpu or gpu_measure' # (their CPU tests: CI's)
 step_bg tests-select.log 150 "${PYTEST[@]}" tests/ops/test_token_select.py
-step_bg tests-loss.log 150 "${PYTEST[@]}" "${XDIST[@]}" "${LOSS_TESTS[@]}"
+step_bg tests-loss.log 150 "${PYTEST[@]}" "${XDIST8[@]}" "${LOSS_TESTS[@]}"
 wait_steps
 
 # phase 2: the rest of the suite (the op files' cuda parametrisations ran in call 1: the complement of its -k)
