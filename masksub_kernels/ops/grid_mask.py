@@ -79,6 +79,21 @@ def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int,
     return cell_size, height // cell_size, width // cell_size
 
 
+# The CUDA kernels count a map's B x H rows and a line's W x C elements (a cell's rows too, at most H) in int, and
+# their loops step past the last by up to 4 x 256: every backend takes the same shapes, so this bounds them all
+# (one line of 2**31 fp16 elements is 4 GiB).
+MAX_GRID_EXTENT = 2**31 - 1025
+
+
+def _check_extent(batch: int, height: int, width: int, channels: int, what: str) -> None:
+    rows, line = batch * height, width * channels
+    if rows > MAX_GRID_EXTENT or line > MAX_GRID_EXTENT:
+        raise ValueError(
+            f"{what} must have at most {MAX_GRID_EXTENT} rows (batch x height) and elements per row (width x "
+            f"channels) on every backend (the cuda kernels count them in int), got {rows} rows of {line}"
+        )
+
+
 def _check_fill_value(fill_value, dtype: torch.dtype) -> None:
     """A finite number that stays finite in the images' dtype (65504 is fp16's largest): every backend then writes
     the same value, the number rounded to the dtype."""
@@ -551,7 +566,8 @@ def mask_image_grid(
     """MaskSub's CNN sub-branch masking: set the removed cells of the images to ``fill_value``, in one pass.
 
     images: [B, C, H, W] float (fp32/fp16/bf16/fp64), contiguous or channels_last (any strides work); H and W
-    must be multiples of ``cell_size`` (else ValueError: no silent crop). Of the Lc = (H/S)(W/S) cells,
+    must be multiples of ``cell_size`` (else ValueError: no silent crop); B x H and W x C at most 2**31 - 1025
+    (``MAX_GRID_EXTENT``, every backend). Of the Lc = (H/S)(W/S) cells,
     Kc = floor(Lc * (1 - mask_ratio)) are kept per sample, the rest set to ``fill_value`` (rounded to the dtype;
     0 is the normalised mean colour). Returns (masked [B, C, H, W] of images' dtype and layout, mask bool
     [B, H/S, W/S], True = removed, equal to ``random_grid_mask(B, (H/S, W/S), Kc, seed=seed)``).
@@ -561,6 +577,8 @@ def mask_image_grid(
     """
     _check_float_tensor("images", images, "[B, C, H, W]")
     cell_size, grid_h, grid_w = _cell_grid(images.shape[2], images.shape[3], cell_size, "images")
+    batch, channels, height, width = images.shape
+    _check_extent(batch, height, width, channels, "images")
     _check_fill_value(fill_value, images.dtype)
     num_keep = num_kept_tokens(grid_h * grid_w, mask_ratio, unit="grid cells")
     check_keep_args(images.shape[0], grid_h * grid_w, num_keep, "num_cells")

@@ -33,7 +33,7 @@ import torch
 from .._philox import resolve_seed, seed_value
 from .._triton import jit, next_power_of_2, tl
 from ._common import cdiv, check_keep_args, masksub_op, resolve_device
-from .grid_mask import _cell_grid, _cell_mask_triton, _check_float_tensor, _tile, cell_mask_reference
+from .grid_mask import _cell_grid, _cell_mask_triton, _check_extent, _check_float_tensor, _tile, cell_mask_reference
 from .token_select import num_kept_tokens
 
 MAX_PARTIALS = 1024  # programs of the token backward: at most this many partial sums of dm per channel
@@ -504,7 +504,8 @@ def mask_tokens_grid(
     """MaskSub's Swin sub-branch masking: replace the tokens of removed cells by a learnable mask token.
 
     tokens: [B, H, W, C] float (timm Swin's layout after patch_embed; any strides, read in place); H and W
-    multiples of ``cell_size`` (8 tokens = 32 pixels at patch 4). mask_token: [C] (or [1, ..., 1, C]) with the
+    multiples of ``cell_size`` (8 tokens = 32 pixels at patch 4); B x H and W x C at most 2**31 - 1025 (as
+    ``mask_image_grid``). mask_token: [C] (or [1, ..., 1, C]) with the
     dtype and device of tokens. Returns (out [B, H, W, C] contiguous, out = tokens * (1 - M) + mask_token
     * M; mask bool [B, H/S, W/S], True = removed, equal to ``random_grid_mask(B, (H/S, W/S), Kc, seed=seed)``
     with Kc = floor(Lc * (1 - mask_ratio))). Differentiable in tokens (d tokens = d out * (1 - M)) and in
@@ -514,6 +515,7 @@ def mask_tokens_grid(
     _check_float_tensor("tokens", tokens, "[B, H, W, C] (timm Swin layout after patch_embed)")
     _check_mask_token(tokens, mask_token)
     cell_size, grid_h, grid_w = _cell_grid(tokens.shape[1], tokens.shape[2], cell_size, "tokens grid")
+    _check_extent(*tokens.shape, "tokens")
     num_keep = num_kept_tokens(grid_h * grid_w, mask_ratio, unit="grid cells")
     check_keep_args(tokens.shape[0], grid_h * grid_w, num_keep, "num_cells")  # random_grid_mask's checks, in its order
     seed, seed_tensor = resolve_seed(seed, resolve_device(tokens.device, seed))

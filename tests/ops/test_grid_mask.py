@@ -218,6 +218,24 @@ def test_mask_image_bad_input(shape, kwargs, error, match):
         mk.mask_image_grid(torch.zeros(shape), **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("shape", "got"),
+    [((1, 2**16, 32, 2**15 + 32), f"32 rows of {2**31 + 2**21}"), ((2**26, 1, 32, 32), f"{2**31} rows of 32")],
+)
+def test_mask_image_refuses_rows_past_int_on_every_backend(backend, shape, got):
+    # a zero-stride view: the shape without its memory (the check comes before any allocation or launch)
+    with mk.use_backend(backend), pytest.raises(ValueError, match=f"at most 2147482623 rows .* got {got}"):
+        mk.mask_image_grid(torch.zeros(1, device=DEVICE).expand(shape))
+
+
+def test_grid_extent_bound_is_exact():
+    gm._check_extent(1, 1, gm.MAX_GRID_EXTENT, 1, "images")
+    gm._check_extent(gm.MAX_GRID_EXTENT, 1, 1, 1, "images")
+    for shape in [(1, 1, gm.MAX_GRID_EXTENT + 1, 1), (1, gm.MAX_GRID_EXTENT + 1, 1, 1)]:
+        with pytest.raises(ValueError, match="images must have at most"):
+            gm._check_extent(*shape, "images")
+
+
 def test_random_grid_mask_counts_cells():
     # the grid masks name their positions cells, as the CUDA extension's check does (they said tokens)
     with pytest.raises(ValueError, match=r"num_keep must be in \[1, num_cells=4\], got 0"):

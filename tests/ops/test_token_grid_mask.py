@@ -142,6 +142,13 @@ def test_mask_tokens_bad_input(tokens, mask_token, kwargs, error, match):
         mk.mask_tokens_grid(tokens, mask_token, **kwargs)
 
 
+def test_mask_tokens_refuse_rows_past_int_on_every_backend(backend):
+    # [1, 8, 8, 2**28]: 8 rows of 2**31 elements, as zero-stride views (no memory, refused before any launch)
+    tokens, mask_token = torch.zeros(1, device=DEVICE).expand(1, 8, 8, 2**28), torch.zeros(1, device=DEVICE)
+    with mk.use_backend(backend), pytest.raises(ValueError, match=f"tokens must have at most .* got 8 rows of {2**31}"):
+        mk.mask_tokens_grid(tokens, mask_token.expand(2**28))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_torch_backend_backward_by_rows_equals_the_reference(dtype):
     # The torch backend's backward (index_fill / index_select of whole rows on CPU tensors) against the reference:
