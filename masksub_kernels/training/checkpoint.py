@@ -28,6 +28,10 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str) -> dict[str, Any]:
     """The state saved by ``save_checkpoint`` (on the CPU; load_state_dict moves it)."""
+    if os.path.isdir(path):
+        raise FileNotFoundError(
+            f"checkpoint {path!r} is a directory, not a file (e.g. {os.path.join(path, 'last.pth')!r})"
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     return torch.load(path, map_location="cpu", weights_only=False)

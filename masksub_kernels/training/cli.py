@@ -302,6 +302,8 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
         "epoch": epoch,
         "num_updates": num_updates,
         "updates_per_epoch": s.batches // args.grad_accum_steps,  # the schedule's unit (resume compares it)
+        "world": s.world,  # who drew the batches and their augmentations (resume notes other counts)
+        "workers": s.workers,
         "module": eager_state_dict(s.trained),  # the eager names: resumable with or without --compile
         "optimizer": s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict(),

@@ -150,6 +150,8 @@ def _check_args(args) -> None:
             f"--stop-at {args.stop_at} must end a round (a multiple of --eval-every {args.eval_every}): a resumed run "
             "then logs the same rounds as an uninterrupted one"
         )
+    if args.resume is not None and os.path.isdir(args.resume):
+        raise UsageError(f"--resume {args.resume!r} is a directory, not a file (e.g. its last.pth)")
     if args.resume is not None and not os.path.isfile(args.resume):
         raise UsageError(f"--resume {args.resume!r}: no such file")
     check_tokenizer_arg(args.tokenizer)

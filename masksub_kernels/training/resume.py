@@ -3,7 +3,9 @@ saved checked (the schedule, the optimizer's settings, the options that build th
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 
 from .run_setup import PROG, Setup, UsageError
@@ -68,6 +70,35 @@ def _first_lines(message: str, count: int = 2, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _check_no_later_epochs(output: str, checkpoint: str, start_epoch: int) -> None:
+    """Rank 0: --output holds no epoch of the run after the checkpoint's (log.json's rows, epoch-N.pth), which
+    this run would overwrite (check_output lets a run resume into its checkpoint's own directory only)."""
+    later = [
+        int(m.group(1)) for m in map(_EPOCH_FILE.fullmatch, _listdir(output)) if m and int(m.group(1)) > start_epoch
+    ]
+    try:
+        with open(os.path.join(output, "log.json")) as f:
+            later += [int(row["epoch"]) for row in json.load(f)["epochs"] if int(row["epoch"]) > start_epoch]
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or not this command's log: nothing to lose there
+        pass
+    if later:
+        raise UsageError(
+            f"--output {output!r} holds this run's epochs up to {max(later)} (last.pth, log.json, epoch-N.pth), and "
+            f"{checkpoint!r} is after epoch {start_epoch}: resuming there would overwrite them; pass another --output "
+            "(or delete the later epochs' files)"
+        )
+
+
+_EPOCH_FILE = re.compile(r"epoch-(\d+)\.pth")
+
+
+def _listdir(directory: str) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
+
+
 def resume(args, s: Setup) -> tuple[int, int, list, list]:
     """Load --resume into the set-up run; returns (first epoch to train, optimizer updates so far, log rows, the
     run's resumes: {'epoch', 'from', 'changed'} for each, this one last, kept in log.json's meta and the checkpoints).
@@ -83,7 +114,9 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
     except Exception as exc:  # a truncated file, or not a torch file at all
-        raise UsageError(f"cannot read checkpoint {args.resume!r}: {exc}") from exc
+        raise UsageError(
+            f"cannot read checkpoint {args.resume!r} (a truncated or corrupt file, or not a torch.save file?): {exc}"
+        ) from exc
     needed = ("module", "optimizer", "scheduler", "epoch", "num_updates", "log")
     if not isinstance(ckpt, dict) or any(key not in ckpt for key in needed):
         raise UsageError(f"{args.resume!r} is not a {PROG} checkpoint (it lacks {', '.join(needed)})")
@@ -99,6 +132,12 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
             f"checkpoint {args.resume!r} was trained with --opt {old['opt']}: resume it with the same optimizer "
             f"(got --opt {args.opt}), or start a new run from its weights with --initial-checkpoint"
         )
+    if s.ema is None and ckpt.get("ema") is not None:  # its EMA would be dropped from the next checkpoint on
+        raise UsageError(
+            f"checkpoint {args.resume!r} has EMA weights: resume it with --model-ema (and its --model-ema-decay)"
+        )
+    if s.ema is not None and ckpt.get("ema") is None:
+        raise UsageError(f"checkpoint {args.resume!r} has no EMA weights: resume it without --model-ema")
     # the command line's settings of each parameter group (the learning rate is the scheduler's, below)
     settings = [{k: g[k] for k in _GROUP_SETTINGS if k in g} for g in s.optimizer.param_groups]
     try:
@@ -136,6 +175,8 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
             f"checkpoint {args.resume!r} is after epoch {start_epoch} and --epochs is {args.epochs}: nothing to "
             "train (pass a larger --epochs to extend the run)"
         )
+    if s.rank == 0:
+        _check_no_later_epochs(args.output, args.resume, start_epoch)
     changed_schedule = [name for name in _SCHEDULE_OPTIONS if name in old and old[name] != getattr(args, name)]
     diffs = [f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed_schedule]
     # The schedule is counted in optimizer updates: other updates per epoch (another number of processes,
@@ -159,6 +200,11 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
                 file=sys.stderr,
             )
     others = other_changes(old, args)
+    # Who draws the batches and their augmentations: each process (seeded by rank) and its loader workers
+    drawers = {"processes": (ckpt.get("world"), s.world), "data-loader workers": (ckpt.get("workers"), s.workers)}
+    for what, (saved, now) in drawers.items():
+        if saved is not None and saved != now:
+            others.append(f"{what} {saved} -> {now} (they draw the batches and their augmentations)")
     recorded += schedule_diffs + others
     if others and s.rank == 0:
         print(
@@ -168,14 +214,13 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
         )
     if s.scaler is not None and ckpt.get("scaler"):
         s.scaler.load_state_dict(ckpt["scaler"])
-    if s.ema is None and ckpt.get("ema") is not None:  # its EMA would be dropped from the next checkpoint on
-        raise UsageError(
-            f"checkpoint {args.resume!r} has EMA weights: resume it with --model-ema (and its --model-ema-decay)"
-        )
     if s.ema is not None:
-        if ckpt.get("ema") is None:
-            raise UsageError(f"checkpoint {args.resume!r} has no EMA weights: resume it without --model-ema")
         s.ema.module.load_state_dict(ckpt["ema"])
+    if args.initial_checkpoint is not None and s.rank == 0:  # not loaded (run_setup): the recipes' commands pass it
+        print(
+            f"{PROG}: note: --initial-checkpoint is not loaded on --resume: the weights are the checkpoint's",
+            file=sys.stderr,
+        )
     resume_from = os.path.abspath(args.resume)
     resumes = [*ckpt.get("resumes", []), {"epoch": start_epoch, "from": resume_from, "changed": recorded}]
     return start_epoch, num_updates, ckpt["log"], resumes

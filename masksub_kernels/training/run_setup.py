@@ -499,7 +499,7 @@ def setup(args) -> Setup:
             )
     _check_model_size(model, img_size)
     report = None
-    if args.initial_checkpoint is not None:
+    if args.initial_checkpoint is not None and args.resume is None:  # --resume: the checkpoint's (resume.py's note)
         fresh_norm = args.fc_norm == "per-token"
         report = load_initial_checkpoint(model, args.initial_checkpoint, args.head_init_scale, fresh_norm)
         if rank == 0:

@@ -352,6 +352,9 @@ def test_bad_resume_files(corpus, tokenizer, tmp_path, capsys):
         assert main([*argv, "--resume", str(tmp_path / f"{name}.pth")]) == 2, name
         err = capsys.readouterr().err
         assert err.startswith("masksub-train-mlm: error:") and message in err, err
+    argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path / "o")]
+    assert main([*argv, "--resume", str(tmp_path)]) == 2  # helper-148: a directory was "no such file"
+    assert f"--resume {str(tmp_path)!r} is a directory, not a file (e.g. its last.pth)" in capsys.readouterr().err
 
 
 def test_blocks_of_many_documents_are_checked_for_their_special_tokens(tmp_path, capsys):

@@ -156,6 +156,15 @@ def test_bad_checkpoints(tmp_path, capsys):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     assert "cannot read checkpoint" in _error(tmp_path, capsys, *TINY_VIT, "--resume", str(garbage))
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(open(last, "rb").read()[:4000])
+    err = _error(tmp_path, capsys, *TINY_VIT, "--epochs", "2", "--resume", str(truncated))
+    assert f"cannot read checkpoint {str(truncated)!r} (a truncated or corrupt file, or not a torch.save file?)" in err
+    err = _error(tmp_path, capsys, *TINY_VIT, "--epochs", "2", "--resume", out)  # helper-148: "does not exist"
+    assert f"checkpoint {out!r} is a directory, not a file (e.g. {last!r})" in err
+    # the EMA refusals come before any note (helper-148: a schedule note, then the error)
+    err = _error(tmp_path, capsys, *TINY_VIT, *QUICK, "--epochs", "3", "--model-ema", "--resume", last)
+    assert "has no EMA weights: resume it without --model-ema" in err and "note" not in err
     torch.save({"weights": 1}, tmp_path / "other.pth")
     assert "is not a masksub-train checkpoint" in _error(
         tmp_path, capsys, *TINY_VIT, "--resume", str(tmp_path / "other.pth")
@@ -195,7 +204,17 @@ def test_resume_takes_the_command_lines_optimizer_settings(tmp_path, capsys):
     assert main([*flags, "--epochs", "2", "--keep-epoch-checkpoints"]) == 0  # resumed with its schedule
     saved = torch.load(f"{layered}/epoch-1.pth", weights_only=False)["optimizer"]["param_groups"]
     args = build_parser().parse_args(
-        [*flags, "--epochs", "2", "--resume", f"{layered}/epoch-1.pth", "--layer-decay", "0.5"]
+        [
+            *flags,
+            "--epochs",
+            "2",
+            "--resume",
+            f"{layered}/epoch-1.pth",
+            "--layer-decay",
+            "0.5",
+            "--output",
+            str(tmp_path / "resumed"),
+        ]
     )
     s = setup(args)
     resume(args, s)
@@ -350,3 +369,49 @@ def test_a_compiled_run_saves_eager_names_and_resumes_either_way(tmp_path, basel
         assert resume(args, resumed)[:2] == (1, 5)
         for (name, value), name_saved in zip(resumed.trained.state_dict().items(), saved):
             assert torch.equal(value, saved[name_saved]), name
+
+
+def test_resume_keeps_a_runs_later_epochs_and_notes_who_draws_the_data(tmp_path, capsys):
+    # helper-148: resuming an older epoch-N.pth in its own directory overwrote that run's later epochs silently;
+    # another loader worker count or number of processes draws other batches, and went unnoted
+    out = str(tmp_path / "run")
+    assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--limit-batches", "2", "--keep-epoch-checkpoints",
+                 "--output", out]) == 0  # fmt: skip
+    before = {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out))}
+    assert main([*TINY_VIT, *QUICK, "--epochs", "3", "--limit-batches", "2", "--resume", f"{out}/epoch-1.pth"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --output {out!r} holds this run's epochs up to 2 (last.pth, log.json, epoch-N.pth)" in err
+    assert "is after epoch 1: resuming there would overwrite them; pass another --output" in err
+    assert {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out))} == before
+    os.remove(os.path.join(out, "epoch-2.pth"))  # log.json alone still says epoch 2
+    assert main([*TINY_VIT, *QUICK, "--epochs", "3", "--limit-batches", "2", "--resume", f"{out}/epoch-1.pth"]) == 2
+    assert "holds this run's epochs up to 2" in capsys.readouterr().err
+    # its last epoch: continues in place; elsewhere with another worker count / world size: noted and recorded
+    assert main([*TINY_VIT, *QUICK, "--epochs", "3", "--limit-batches", "2", "--resume", f"{out}/last.pth"]) == 0
+    assert "other options" not in capsys.readouterr().err  # (--epochs 2 -> 3's schedule note only)
+    other = str(tmp_path / "other")
+    checkpoint = torch.load(f"{out}/epoch-1.pth", weights_only=False)
+    assert (checkpoint["world"], checkpoint["workers"]) == (1, 0)
+    checkpoint["world"] = 2
+    torch.save(checkpoint, tmp_path / "two.pth")
+    assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--limit-batches", "2", "--workers", "1",
+                 "--output", other, "--resume", str(tmp_path / "two.pth")]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    changed = ["processes 2 -> 1 (they draw the batches and their augmentations)",
+               "data-loader workers 0 -> 1 (they draw the batches and their augmentations)"]  # fmt: skip
+    assert f"note: resuming with other options than the checkpoint's: {', '.join(changed)}; from epoch 2" in err
+    assert json.load(open(os.path.join(other, "log.json")))["meta"]["resumes"][-1]["changed"] == changed
+
+
+def test_resume_does_not_load_the_initial_checkpoint(tmp_path, capsys):
+    # helper-148: the initial weights were loaded and announced, then overwritten; the file had to exist still
+    out = str(tmp_path / "run")
+    assert main([*TINY_VIT, *QUICK, "--epochs", "1", "--output", out]) == 0
+    missing = str(tmp_path / "gone.pth")
+    assert (
+        main([*TINY_VIT, *QUICK, "--epochs", "2", "--resume", f"{out}/last.pth", "--initial-checkpoint", missing]) == 0
+    )
+    err = capsys.readouterr().err
+    assert "note: --initial-checkpoint is not loaded on --resume: the weights are the checkpoint's" in err
+    assert "loaded" not in err.replace("not loaded", "")
+    assert json.load(open(os.path.join(out, "log.json")))["meta"]["initial_checkpoint"] is None
