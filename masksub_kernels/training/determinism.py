@@ -95,12 +95,15 @@ def refused_by_determinism(exc: BaseException) -> str | None:
 def run_command(prog: str, run: Callable[..., None], args) -> int:
     """A training command's body ``run(args)`` under its ``--deterministic``; the exit status: 0, or 2 with
     ``prog: error: ...`` on stderr for a UsageError or, under --deterministic, an op without a deterministic kernel."""
+    from .rank_zero import ReportedOnRankZero
     from .run_setup import UsageError
 
     try:
         with deterministic_algorithms(args.deterministic):
             run(args)
         return 0
+    except ReportedOnRankZero:  # rank 0 printed it
+        return 2
     except UsageError as exc:
         message = str(exc)
     except RuntimeError as exc:

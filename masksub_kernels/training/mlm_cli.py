@@ -33,6 +33,7 @@ from torch import nn
 
 from .determinism import DETERMINISTIC_HELP, run_command
 from .mlm_tokenizer import Vocab, check_tokenizer_arg, load_tokenizer, removed_if_refused, tokenizer_path
+from .rank_zero import rank_zero_check
 from .run_setup import (
     HelpWithDefaults,
     UsageError,
@@ -506,12 +507,16 @@ def _run(args) -> None:
 
     _check_args(args)
     rank, world, device = _distributed(args.device)
-    check_output(args.output, args.resume, rank)
+    rank_zero_check(lambda: check_output(args.output, args.resume), rank, world)
     backend = check_backend(device, ("linear_masksub_loss", "random_keep_indices"))
     state = _read_checkpoint(args) if args.resume else None
     tokenizer_at = tokenizer_path(args, state)
-    if rank == 0 and not os.path.isfile(tokenizer_at):  # where the vocabulary will be saved, before it is trained
-        check_writable_directory(os.path.dirname(os.path.abspath(tokenizer_at)), f"--tokenizer {tokenizer_at!r}")
+
+    def check_tokenizer_directory():  # where the vocabulary will be saved, before it is trained
+        if not os.path.isfile(tokenizer_at):
+            check_writable_directory(os.path.dirname(os.path.abspath(tokenizer_at)), f"--tokenizer {tokenizer_at!r}")
+
+    rank_zero_check(check_tokenizer_directory, rank, world)  # (on every rank: a collective under torchrun)
     with removed_if_refused(tokenizer_at, rank):  # a vocabulary this run trains, then refused (mlm_tokenizer.py)
         vocab, train, val, sizes = _corpus(args, rank, world, device, tokenizer_at, state is not None)
         ms, optimizer, scheduler, scaler, autocast = _build(args, vocab, train, state, world, device, rank, sizes)

@@ -108,6 +108,7 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
     timm's train.py does, and a note says so -- restoring the old state would silently keep the old schedule (timm
     schedulers save their length in their state)."""
     from .checkpoint import load_checkpoint, load_eager_state_dict
+    from .rank_zero import rank_zero_check
 
     try:
         ckpt = load_checkpoint(args.resume)
@@ -175,8 +176,7 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
             f"checkpoint {args.resume!r} is after epoch {start_epoch} and --epochs is {args.epochs}: nothing to "
             "train (pass a larger --epochs to extend the run)"
         )
-    if s.rank == 0:
-        _check_no_later_epochs(args.output, args.resume, start_epoch)
+    rank_zero_check(lambda: _check_no_later_epochs(args.output, args.resume, start_epoch), s.rank, s.world)
     changed_schedule = [name for name in _SCHEDULE_OPTIONS if name in old and old[name] != getattr(args, name)]
     diffs = [f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed_schedule]
     # The schedule is counted in optimizer updates: other updates per epoch (another number of processes,

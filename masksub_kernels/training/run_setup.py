@@ -86,11 +86,10 @@ def default_output(args, default: str) -> str:
     return os.path.dirname(os.path.abspath(args.resume)) if args.resume else default
 
 
-def check_output(output: str, resume: str | None, rank: int) -> None:
-    """Rank 0, before anything trains: --output is a directory that can be written (or can be made), and a run does
-    not overwrite another run's last.pth (a whole epoch used to train before a bad --output failed)."""
-    if rank != 0:
-        return  # only rank 0 writes (another node's file system is not this one's)
+def check_output(output: str, resume: str | None) -> None:
+    """Before anything trains (rank 0's check: only rank 0 writes, and another node's file system is not this one's):
+    --output is a directory that can be written (or can be made), and a run does not overwrite another run's last.pth
+    (a whole epoch used to train before a bad --output failed)."""
     if not output:
         raise UsageError("--output is empty: give a directory ('.' for this one)")
     if os.path.exists(output) and not os.path.isdir(output):
@@ -451,6 +450,7 @@ def setup(args) -> Setup:
     from .families import unwrap_model
     from .optim import build_ema, build_optimizer
     from .pretrained import load_initial_checkpoint
+    from .rank_zero import rank_zero_check
     from .wrapper import MaskSub
 
     args.model_kwargs = parse_kwargs(args.model_kwargs)
@@ -465,7 +465,7 @@ def setup(args) -> Setup:
     args.loss_smoothing = args.smoothing if (binarised or not mixing) else 0.0
     args.mixup_smoothing = 0.0 if binarised else args.smoothing
     rank, world, device = _distributed(args.device)
-    check_output(args.output, args.resume, rank)
+    rank_zero_check(lambda: check_output(args.output, args.resume), rank, world)
     backend = check_backend(device, IMAGE_OPS)
     seed_epoch(args.seed, -1, 0)  # model initialisation: the same on every rank (DDP broadcasts rank 0's anyway)
     img_size = _img_size(args, args.model_kwargs)

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -270,6 +271,52 @@ def test_torchrun_two_processes(tmp_path, device):
     assert meta["world_size"] == 2
     ckpt = torch.load(os.path.join(out, "last.pth"), weights_only=False)
     assert ckpt["num_updates"] == 1437 // 2 // 64
+
+
+def test_torchrun_ranks_stop_together_on_rank_zeros_refusal(tmp_path):
+    # helper-148: --output is rank 0's check; rank 1 went on into DDP's first collective, and its gloo traceback
+    # ("Connection closed by peer") followed the error. Now every rank stops, rank 0 alone prints.
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "masksub_kernels.train", *TINY_VIT, *FAST, "--device", "cpu", "--output", str(afile)]  # fmt: skip
+    result = subprocess.run(
+        cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    assert result.stderr.count(f"masksub-train: error: --output {str(afile)!r} is a file, not a directory") == 1
+    assert "gloo" not in result.stderr and "[rank1]" not in result.stderr, result.stderr[-3000:]
+
+
+def test_rank_zero_check_shares_its_outcome(monkeypatch, capsys):
+    import torch.distributed as dist
+
+    from masksub_kernels.training.determinism import run_command
+    from masksub_kernels.training.rank_zero import ReportedOnRankZero, rank_zero_check
+    from masksub_kernels.training.run_setup import UsageError
+
+    def refuse():
+        raise UsageError("no")
+
+    shared = []
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda objects, src: shared.append((list(objects), src)))
+    with pytest.raises(UsageError, match="no") as raised:
+        rank_zero_check(refuse, 0, 2)
+    assert type(raised.value) is UsageError and shared == [(["no"], 0)]
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda objects, src: objects.__setitem__(0, "rank 0's"))
+    with pytest.raises(ReportedOnRankZero, match="rank 0's"):
+        rank_zero_check(refuse, 1, 2)  # the check runs on rank 0 only: rank 1 raises what it was sent
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda objects, src: None)
+    rank_zero_check(refuse, 1, 2)  # rank 0 passed: nothing
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda objects, src: pytest.fail("a collective"))
+    with pytest.raises(UsageError, match="no"):
+        rank_zero_check(refuse, 0, 1)  # one process: no collective
+
+    def refused_on_rank_zero(_args):
+        raise ReportedOnRankZero("rank 0's")
+
+    assert run_command("prog", refused_on_rank_zero, types.SimpleNamespace(deterministic=False)) == 2
+    assert capsys.readouterr().err == ""  # rank 0 printed it
 
 
 def test_torchrun_validates_the_saved_model_with_batchnorm(tmp_path):
