@@ -227,14 +227,24 @@ def check_swin_cells(grid: tuple[int, int], patch: int, cell_size: int, mask_rat
     _check_cells("swin", grid, patch, cell_size, mask_ratio)
 
 
+def _fewest_cells(mask_ratio: float) -> int:
+    """The fewest cells of which the grid masks keep one: the smallest n with int(n (1 - r)) >= 1, the ops' own
+    rounding (helper-149: ceil(1 / (1 - r)) said 5 at r = 0.8, where 1 - 0.8 = 0.19999999999999996 keeps 0 of 5)."""
+    import math
+
+    n = max(1, math.ceil(1.0 / (1.0 - mask_ratio)) - 1)
+    while int(n * (1.0 - mask_ratio)) < 1:
+        n += 1
+    return n
+
+
 def _other_cell(grid: tuple[int, int], cell_size: int, mask_ratio: float) -> str:
     """'cell_size=c' for the cell size nearest ``cell_size`` (the larger on a tie) that divides the grid, keeps a
     cell at ``mask_ratio`` and gives the grid masks at most MAX_TOKENS cells; else says that no cell size does."""
-    import math
 
     from ..ops._common import MAX_TOKENS
 
-    needed = math.ceil(1.0 / (1.0 - mask_ratio) - 1e-9)
+    needed = _fewest_cells(mask_ratio)
     fits = [
         c for c in range(2, max(grid) + 1)
         if not grid[0] % c and not grid[1] % c and needed <= (grid[0] // c) * (grid[1] // c) <= MAX_TOKENS
@@ -250,7 +260,7 @@ def _check_cells(family: str, grid: tuple[int, int], patch: int, cell_size: int,
     import math
 
     cells = (grid[0] // cell_size) * (grid[1] // cell_size)
-    needed = math.ceil(1.0 / (1.0 - mask_ratio) - 1e-9)  # the fewest cells of which floor(n (1 - r)) keeps one
+    needed = _fewest_cells(mask_ratio)
     if cells >= needed:
         return
     side = math.ceil(math.sqrt(needed))  # cells per side of the smallest square grid that keeps one

@@ -143,6 +143,20 @@ def test_a_grid_of_just_enough_cells_is_taken():
         ms.check_input_size((32, 32))
 
 
+@pytest.mark.parametrize(("ratio", "refused", "taken"), [(0.8, (32, 160), (64, 96)), (0.9, (64, 160), (32, 352))])
+def test_the_fewest_cells_follow_the_ops_rounding(ratio, refused, taken):
+    # helper-149: 1 - 0.8 = 0.19999999999999996, so int(5 (1 - 0.8)) = 0 cells kept of 5, which ceil(1 / (1 - r))
+    # took as enough (the first step failed); 6 keep one. At 0.9: 10 keep 0, 11 keep one.
+    ms = _wrapped("resnet", mask_ratio=ratio)
+    cells = refused[0] // 32 * (refused[1] // 32)
+    with pytest.raises(ValueError, match=rf"keeps none of the {cells} mask cell\(s\) .* needs at least {cells + 1} "):
+        ms.check_input_size(refused)
+    ms.check_input_size(taken)
+    images, target = batch("resnet")
+    images = torch.nn.functional.interpolate(images, size=taken)
+    assert torch.isfinite(ms(images, target, seed=1)["loss"])
+
+
 def test_swin_mask_token_gets_gradient_and_no_weight_decay():
     from timm.optim import create_optimizer_v2
 
