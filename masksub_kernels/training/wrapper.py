@@ -482,8 +482,9 @@ class MaskSub(nn.Module):
             # a transformers Swin takes any size: a batch the cells cannot mask is refused before the main branch
             # runs (train_step's sequential schedule runs it alone first); the sub-branch checks its own
             check_hf_swin_batch(self.inner_model, images, self.cell_size, self.mask_ratio)
-        if self.in_training and self.family == "pixel" and self.variant == "mask" and images.dim() == 4:  # likewise
-            check_input_size("pixel", self.inner_model, tuple(images.shape[-2:]), self.cell_size, self.mask_ratio)
+        elif self.in_training and self.family in ("pixel", "swin") and images.dim() == 4:
+            # likewise a CNN, and a timm Swin of a non-strict image size (helper-149: its main branch ran first)
+            check_input_size(self.family, self.inner_model, tuple(images.shape[-2:]), self.cell_size, self.mask_ratio)
         if branch == "main":
             return logits_of(self.model(images, **self.model_kwargs), images.shape[0])
         if branch == "sub":

@@ -12,6 +12,7 @@ from _models import (
     grads,
     reference_loss,
     sub_logits_for_seed,
+    tiny_swin,
     tiny_vit,
 )
 
@@ -155,6 +156,21 @@ def test_the_fewest_cells_follow_the_ops_rounding(ratio, refused, taken):
     images, target = batch("resnet")
     images = torch.nn.functional.interpolate(images, size=taken)
     assert torch.isfinite(ms(images, target, seed=1)["loss"])
+
+
+def test_a_timm_swin_batch_the_cells_cannot_mask_is_refused_before_the_main_branch():
+    # helper-149: a timm Swin of a non-strict image size took an 80 x 80 batch (20 x 20 tokens, cells of 8): the main
+    # forward and train_step's main backward ran, then the sub-branch's op refused it, leaving the main gradient
+    torch.manual_seed(0)
+    ms = MaskSub(tiny_swin(strict_img_size=False).double()).train()
+    images, target = batch("swin")
+    images = torch.nn.functional.interpolate(images, size=(80, 80))
+    heads = []
+    ms.model.head.register_forward_hook(lambda *_: heads.append(1))
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="token grid 20 x 20 is not divisible by the mask cell of 8 tokens"):
+        ms.train_step(images, target, optimizer)
+    assert heads == [] and all(p.grad is None for p in ms.parameters())
 
 
 def test_swin_mask_token_gets_gradient_and_no_weight_decay():
