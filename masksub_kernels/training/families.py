@@ -8,8 +8,8 @@ Families (``family='auto'`` picks one):
   tokens): token selection before the blocks (vit.py, vit_relpos.py); transformers' ViT-like image classifiers
   (ViT, DeiT, DINOv2, I-JEPA, ViT-MSN, CLIP, SigLIP): the same after their embeddings (hf_vit.py).
 - ``'swin'``: timm ``SwinTransformer`` and ``SwinTransformerV2``: stage-1 tokens of removed cells replaced by a mask
-  token (swin.py); transformers' Swin and SwinV2 image classifiers: the same after their embeddings' norm
-  (hf_swin.py).
+  token (swin.py); transformers' Swin and SwinV2 image classifiers: the same on their embeddings' output, before
+  its dropout (hf_swin.py).
 - ``'pixel'``: ResNets and other CNNs: removed cells of the input images set to 0 (pixel.py).
 - ``'mlm'``: Hugging Face masked-LM encoders of BERT / RoBERTa structure: tokens dropped after the embeddings, the
   predicted and special ones always kept (mlm.py).

@@ -1,10 +1,11 @@
 """The sub-branch of a transformers image classifier: its own forward, with one module's output changed once.
 
 The ViT-like classifiers (hf_vit.py) drop patch tokens after their embeddings; Swin and SwinV2 (hf_swin.py) replace
-the tokens of removed cells by a mask token after their patch embedding's norm. Both run the model's own forward
-(its pooling, attention implementation, gradient checkpointing: not a copy of them that a new transformers release
-could leave behind) with a lasting forward hook on that module, armed with a plan for one forward by ``run_armed``
-and cleared in a ``finally``: outside the sub-branch the hook returns the output unchanged.
+the tokens of removed cells by a mask token as their embeddings' dropout takes them (after the norm and any absolute
+position embedding). Both run the model's own forward (its pooling, attention implementation, gradient
+checkpointing: not a copy of them that a new transformers release could leave behind) with a lasting hook on that
+module (on its output, or on its input: ``BEFORE``), armed with a plan for one forward by ``run_armed`` and cleared
+in a ``finally``: outside the sub-branch the hook changes nothing.
 """
 
 from __future__ import annotations
@@ -34,29 +35,35 @@ def embeddings_of(model: nn.Module, class_names: frozenset[str]) -> nn.Module | 
 
 class OneShotHook:
     """A lasting forward hook: the output unchanged, except for the first call after ``plan`` is set, which
-    returns ``apply(module, output, *plan)`` and clears the plan. A plain object (deep copies and pickles of the
-    model get their own)."""
+    returns ``apply(module, output, *plan)`` and clears the plan. ``BEFORE``: a forward pre-hook instead, whose
+    ``apply`` changes the module's first input. A plain object (deep copies and pickles of the model get their
+    own)."""
+
+    BEFORE = False
 
     def __init__(self) -> None:
         self.plan: tuple | None = None
 
-    def __call__(self, module: nn.Module, args, output):
+    def __call__(self, module: nn.Module, args, *output):
         if self.plan is None:
             return None
         plan, self.plan = self.plan, None  # one change per sub-branch forward
-        return self.apply(module, output, *plan)
+        if self.BEFORE:
+            return (self.apply(module, args[0], *plan), *args[1:])
+        return self.apply(module, output[0], *plan)
 
-    def apply(self, module: nn.Module, output, *plan):
+    def apply(self, module: nn.Module, tensor, *plan):
         raise NotImplementedError
 
 
 def install(module: nn.Module, hook_class: type[OneShotHook]) -> OneShotHook:
-    """The ``hook_class`` hook on ``module``, registered once (idempotent)."""
-    for hook in module._forward_hooks.values():
+    """The ``hook_class`` hook on ``module`` (a pre-hook where its ``BEFORE``), registered once (idempotent)."""
+    hooks = module._forward_pre_hooks if hook_class.BEFORE else module._forward_hooks
+    for hook in hooks.values():
         if isinstance(hook, hook_class):
             return hook
     hook = hook_class()
-    module.register_forward_hook(hook)
+    (module.register_forward_pre_hook if hook_class.BEFORE else module.register_forward_hook)(hook)
     return hook
 
 

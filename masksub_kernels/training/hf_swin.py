@@ -7,15 +7,17 @@ transformers' ``SwinForImageClassification`` and ``Swinv2ForImageClassification`
 
 and their embeddings already hold SimMIM's masking (``bool_masked_pos``, with which SwinV2 was pre-trained): the
 tokens of masked positions replaced by ``embeddings.mask_token`` [1, 1, C] after the norm, before the position
-embedding. The sub-branch is that masking with MaskSub's cells (docs/semantics.md §8): the tokens of Lc - Kc random
-cells of S x S tokens per sample (Kc = floor(Lc (1 - r)), S = 8 by default) replaced by the mask token,
+embedding. The sub-branch masks with that token and MaskSub's cells (docs/semantics.md §8): the tokens of Lc - Kc
+random cells of S x S tokens per sample (Kc = floor(Lc (1 - r)), S = 8 by default) replaced by the mask token,
 
-    T_out = T (1 - M) + m M        (mask_tokens_grid, after the embeddings' norm: a lasting hook on it, hf_hooks.py)
+    T_out = T (1 - M) + m M        (mask_tokens_grid, on the tokens the embeddings' dropout takes: a lasting
+                                    pre-hook on it, hf_hooks.py)
 
-so the model's own forward runs (its shifted windows, padding, attention implementation, checkpointing). timm's
-Swin (swin.py) masks after its absolute position embedding; here, as in transformers' own masking, before it (the
-released Swin and SwinV2 checkpoints have none). The grid is the padded one transformers makes: ceil(H / p) x
-ceil(W / p) tokens.
+so the model's own forward runs (its shifted windows, padding, attention implementation, checkpointing). As in the
+official code and timm's Swin (swin.py), that is after the absolute position embedding where the model has one
+(helper-149: transformers' own masking, which this followed before 2026-12-05, comes before it, so removed tokens
+kept their position); without one (the released Swin and SwinV2 checkpoints) the two are the same. The grid is the
+padded one transformers makes: ceil(H / p) x ceil(W / p) tokens.
 
 The mask token lives in the model, in the slot transformers gives it (``swin.embeddings.mask_token``, created by
 ``prepare`` where the model was built without one; trunc-normal 0.02 as timm's), so the model's optimizer, a
@@ -87,16 +89,19 @@ def check_batch(model: nn.Module, images: torch.Tensor, cell_size: int, mask_rat
 
 
 class CellMask(OneShotHook):
-    """The lasting forward hook on the embeddings' norm: its output [B, h w, C] unchanged, except once per plan
-    (mask token, mask_ratio, cell size, seed, token grid), when the tokens of removed cells become the mask token."""
+    """The lasting forward pre-hook on the embeddings' dropout: its input [B, h w, C] (the tokens after the norm and
+    any absolute position embedding) unchanged, except once per plan (mask token, mask_ratio, cell size, seed, token
+    grid), when the tokens of removed cells become the mask token."""
+
+    BEFORE = True
 
     def apply(self, module: nn.Module, output, mask_token, mask_ratio: float, cell_size: int, seed, grid):
         import masksub_kernels as mk  # at call time: the package imports this module
 
         if not isinstance(output, torch.Tensor) or output.dim() != 3 or output.shape[1] != grid[0] * grid[1]:
             raise RuntimeError(
-                f"MaskSub's swin sub-branch expected the embeddings' norm to return tokens [B, {grid[0] * grid[1]}, "
-                f"C] for a {grid[0]} x {grid[1]} token grid; it returned "
+                f"MaskSub's swin sub-branch expected the embeddings' dropout to take tokens [B, {grid[0] * grid[1]}, "
+                f"C] for a {grid[0]} x {grid[1]} token grid; it took "
                 f"{tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__}"
             )
         tokens = output.reshape(output.shape[0], grid[0], grid[1], output.shape[2])
@@ -105,8 +110,8 @@ class CellMask(OneShotHook):
 
 
 def prepare(model: nn.Module) -> tuple[CellMask, nn.Parameter]:
-    """The ``CellMask`` hook on the embeddings' norm (installed once) and the mask token [1, 1, C], created in
-    the embeddings' ``mask_token`` slot where the model has none (idempotent)."""
+    """The ``CellMask`` pre-hook on the embeddings' dropout (installed once) and the mask token [1, 1, C], created
+    in the embeddings' ``mask_token`` slot where the model has none (idempotent)."""
     embeddings = hf_swin_embeddings(model)
     if embeddings is None:
         raise ValueError(f"{type(model).__name__} is not a transformers Swin / SwinV2 image classifier")
@@ -116,7 +121,7 @@ def prepare(model: nn.Module) -> tuple[CellMask, nn.Parameter]:
         weight = norm.weight
         token = torch.empty(1, 1, weight.shape[0], device=weight.device, dtype=weight.dtype)
         embeddings.mask_token = nn.Parameter(nn.init.trunc_normal_(token, std=0.02))
-    return install(norm, CellMask), embeddings.mask_token
+    return install(embeddings.dropout, CellMask), embeddings.mask_token
 
 
 def hf_swin_sub_logits(
@@ -129,12 +134,12 @@ def hf_swin_sub_logits(
 ) -> torch.Tensor:
     """Logits [B, C] of the masked sub-branch: the model's own forward on ``images`` [B, 3, H, W] (with
     ``model_kwargs``), the tokens of the cells that ``random_grid_mask(B, (h / S, w / S), Kc, seed=seed)`` removes
-    replaced by the mask token after the embeddings' norm."""
+    replaced by the mask token as the embeddings' dropout takes them (after any absolute position embedding)."""
     from .families import logits_of
 
     check_batch(model, images, cell_size, mask_ratio)
     hook, token = prepare(model)
     grid = _token_grid(hf_swin_embeddings(model), int(images.shape[-2]), int(images.shape[-1]))
     plan = (token, mask_ratio, cell_size, seed, grid)
-    output = run_armed(model, hook, plan, images, model_kwargs or {}, "embeddings' norm")
+    output = run_armed(model, hook, plan, images, model_kwargs or {}, "embeddings' dropout")
     return logits_of(output, images.shape[0])

@@ -195,7 +195,7 @@ class MaskSub(nn.Module):
         if variant == "mask":
             check_input_size(self.family, inner, None, self.cell_size, self.mask_ratio, self.model_kwargs)
             if self.family == "swin" and is_hf_swin(inner):  # after the checks: a refused MaskSub leaves it as it was
-                prepare_hf_swin(inner)  # the mask token in the model's own slot, the hook on its embeddings' norm
+                prepare_hf_swin(inner)  # the mask token in the model's own slot, the hook on its embeddings' dropout
             if self.family == "vit":
                 check_eva(inner)
                 if is_relpos_vit(inner):

@@ -1,9 +1,11 @@
 """transformers' Swin and SwinV2 image classifiers in the swin family (masksub_kernels/training/hf_swin.py).
 
-The reference is transformers' own masking: the model's base (``swin`` / ``swinv2``) run with ``bool_masked_pos``
-set to the removed cells of ``random_grid_mask`` for the seed, expanded to tokens, then the classifier. It puts the
-embeddings' ``mask_token`` where MaskSub's sub-branch must put it (after the norm, before any absolute position
-embedding), so the two agree exactly in fp64, values and every gradient.
+The reference without an absolute position embedding is transformers' own masking: the model's base (``swin`` /
+``swinv2``) run with ``bool_masked_pos`` set to the removed cells of ``random_grid_mask`` for the seed, expanded to
+tokens, then the classifier, which puts the embeddings' ``mask_token`` where MaskSub's sub-branch must put it (after
+the norm). With one, MaskSub masks after it (SEMANTICS.md's Swin), where transformers' masking comes before it: the
+reference then masks the tokens its embeddings' dropout takes (``_masked_after_position``). Both agree exactly in
+fp64, values and every gradient.
 """
 
 from __future__ import annotations
@@ -42,13 +44,41 @@ def _base(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "swin", None) or model.swinv2
 
 
-def _by_transformers(model, images, ratio: float, seed: int, cell: int = 8, **kwargs) -> torch.Tensor:
-    """The sub-branch by transformers' own masking: bool_masked_pos from the op's removed cells for the seed."""
+def _removed_tokens(images, ratio: float, seed: int, cell: int) -> torch.Tensor:
+    """bool [B, h w]: the tokens of the op's removed cells for the seed (patch 4, transformers' padded grid)."""
     grid = (-(-images.shape[-2] // 4), -(-images.shape[-1] // 4))
     cells = (grid[0] // cell, grid[1] // cell)
     removed = mk.random_grid_mask(images.shape[0], cells, int(cells[0] * cells[1] * (1 - ratio)), seed=seed)
-    tokens = removed.repeat_interleave(cell, 1).repeat_interleave(cell, 2).reshape(images.shape[0], -1)
+    return removed.repeat_interleave(cell, 1).repeat_interleave(cell, 2).reshape(images.shape[0], -1)
+
+
+def _by_transformers(model, images, ratio: float, seed: int, cell: int = 8, **kwargs) -> torch.Tensor:
+    """The sub-branch by transformers' own masking: bool_masked_pos from the op's removed cells for the seed."""
+    assert _base(model).embeddings.position_embeddings is None  # else it masks before the position embedding
+    tokens = _removed_tokens(images, ratio, seed, cell)
     return model.classifier(_base(model)(images, bool_masked_pos=tokens, **kwargs).pooler_output)
+
+
+class _MaskedThenDropped(torch.nn.Module):
+    def __init__(self, dropout, removed, token):
+        super().__init__()
+        self.dropout, self.removed, self.token = dropout, removed, token
+
+    def forward(self, tokens):
+        removed = self.removed[..., None].to(tokens.dtype)
+        return self.dropout(tokens * (1 - removed) + self.token * removed)
+
+
+def _masked_after_position(model, images, ratio: float, seed: int, cell: int = 8, **kwargs) -> torch.Tensor:
+    """The sub-branch of SEMANTICS.md's Swin: the tokens after the norm and the absolute position embedding (the
+    embeddings' dropout's input) masked by the formula, the model's forward otherwise."""
+    embeddings = _base(model).embeddings
+    dropout = embeddings.dropout
+    embeddings.dropout = _MaskedThenDropped(dropout, _removed_tokens(images, ratio, seed, cell), embeddings.mask_token)
+    try:
+        return model(images, **kwargs).logits
+    finally:
+        embeddings.dropout = dropout
 
 
 @pytest.mark.parametrize("name", CLASSES)
@@ -67,7 +97,7 @@ def test_the_sub_branch_is_transformers_own_masking_with_the_op_cells(name, ape)
     images, target = _images(), torch.tensor([0, 3, 4])
     got = ms(images, target, seed=7)
     got["loss"].backward()
-    sub = _by_transformers(twin, images, 0.75, 7)
+    sub = (_masked_after_position if ape else _by_transformers)(twin, images, 0.75, 7)
     want, *_ = reference_loss(twin(images).logits, sub, target)
     want.backward()
     torch.testing.assert_close(ms.sub_logits(images, seed=7), sub, rtol=0, atol=0)
@@ -98,7 +128,7 @@ def test_padded_images_and_other_cells():
     ms = MaskSub(ape, model_kwargs={"interpolate_pos_encoding": True})
     ms.check_input_size(128)
     images = _images(size=128)
-    want = _by_transformers(ape, images, 0.5, 3, interpolate_pos_encoding=True)
+    want = _masked_after_position(ape, images, 0.5, 3, interpolate_pos_encoding=True)
     torch.testing.assert_close(ms.sub_logits(images, seed=3), want, rtol=0, atol=0)
     torch.testing.assert_close(ms(images, branch="main"), ape(images, interpolate_pos_encoding=True).logits)
 
@@ -113,7 +143,7 @@ def test_one_token_and_one_hook_copies_and_pickles_get_their_own():
     assert model.swin.embeddings.mask_token is token and "swin.embeddings.mask_token" in model.state_dict()
     assert ms.no_weight_decay() == {"model.swin.embeddings.mask_token"}
     assert sum(p is token for p in ms.parameters()) == 1
-    hooks = [h for h in model.swin.embeddings.norm._forward_hooks.values() if isinstance(h, CellMask)]
+    hooks = [h for h in model.swin.embeddings.dropout._forward_pre_hooks.values() if isinstance(h, CellMask)]
     assert len(hooks) == 1 and hooks[0].plan is None
     images = _images()
     want = ms.sub_logits(images, seed=3)
@@ -151,11 +181,11 @@ def test_a_failed_sub_forward_leaves_the_main_branch_unmasked_and_odd_norms_are_
     norm = model.swin.embeddings.norm
     own = type(norm).forward
     monkeypatch.setattr(norm, "forward", lambda x: own(norm, x)[:, :5])
-    with pytest.raises(RuntimeError, match=r"expected the embeddings' norm to return tokens \[B, 256, C\]"):
+    with pytest.raises(RuntimeError, match=r"expected the embeddings' dropout to take tokens \[B, 256, C\]"):
         ms.sub_logits(images, seed=1)
     monkeypatch.undo()
     monkeypatch.setattr(model, "forward", lambda images: model.classifier(torch.zeros(len(images), 32).double()))
-    with pytest.raises(RuntimeError, match="forward did not call its embeddings' norm"):
+    with pytest.raises(RuntimeError, match="forward did not call its embeddings' dropout"):
         ms.sub_logits(images, seed=1)
 
 
@@ -203,9 +233,9 @@ def test_the_token_is_trunc_normal_and_a_refused_masksub_leaves_the_model_as_it_
     small = tiny_swin("SwinForImageClassification", image_size=32)  # 8 x 8 tokens: one cell, which r = 0.5 drops
     with pytest.raises(ValueError, match="keeps none of the 1 mask cell"):
         MaskSub(small)
-    norm = small.swin.embeddings.norm
+    dropout = small.swin.embeddings.dropout
     assert small.swin.embeddings.mask_token is None and "swin.embeddings.mask_token" not in small.state_dict()
-    assert not any(isinstance(hook, CellMask) for hook in norm._forward_hooks.values())
+    assert not any(isinstance(hook, CellMask) for hook in dropout._forward_pre_hooks.values())
 
 
 def test_an_optimizer_without_the_models_mask_token_is_refused():
