@@ -71,6 +71,8 @@ def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int,
     """(S, G_h, G_w) for an H x W map of cells of S = ``cell_size`` (a Python int); a map that the cells do not tile
     exactly is an error (no silent crop)."""
     cell_size = _check_int("cell_size", cell_size)
+    if 0 < min(height, width) < cell_size:  # (helper-149: "16 x 16 is not divisible by cell_size=32" said less)
+        raise ValueError(f"{what} of {height} x {width} is smaller than one cell of cell_size={cell_size}")
     if height % cell_size or width % cell_size:
         raise ValueError(
             f"{what} of {height} x {width} is not divisible by cell_size={cell_size}: resize or crop to a multiple "
@@ -79,9 +81,8 @@ def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int,
     return cell_size, height // cell_size, width // cell_size
 
 
-# The CUDA kernels count a map's B x H rows and a line's W x C elements (a cell's rows too, at most H) in int, and
-# their loops step past the last by up to 4 x 256: every backend takes the same shapes, so this bounds them all
-# (one line of 2**31 fp16 elements is 4 GiB).
+# The CUDA kernels count a map's B x H rows and a line's W x C elements (a cell's rows too) in int, stepping past
+# the last by up to 4 x 256: every backend takes the same shapes (one line of 2**31 fp16 elements is 4 GiB).
 MAX_GRID_EXTENT = 2**31 - 1025
 
 
@@ -92,6 +93,19 @@ def _check_extent(batch: int, height: int, width: int, channels: int, what: str)
             f"{what} must have at most {MAX_GRID_EXTENT} rows (batch x height) and elements per row (width x "
             f"channels) on every backend (the cuda kernels count them in int), got {rows} rows of {line}"
         )
+
+
+def check_cell_mask(cell_mask: torch.Tensor, like: torch.Tensor, height: int, width: int, cell_size: int) -> None:
+    """The internal ops' cell mask: bool [B, H / S, W / S] on the device of ``like`` ([B, ...]), as the CUDA binding
+    checks (helper-149: Triton read past a smaller mask, torch broadcast it; the public functions draw their own)."""
+    _cell_grid(height, width, cell_size, "the map")
+    want = [like.shape[0], height // cell_size, width // cell_size]
+    if cell_mask.dtype != torch.bool:
+        raise TypeError(f"cell_mask must be bool, got {cell_mask.dtype}")
+    if list(cell_mask.shape) != want:
+        raise ValueError(f"cell_mask must have shape {want}, got {list(cell_mask.shape)}")
+    if cell_mask.device != like.device:
+        raise ValueError(f"cell_mask must be on {like.device}, got {cell_mask.device}")
 
 
 def _check_fill_value(fill_value, dtype: torch.dtype) -> None:
@@ -140,6 +154,7 @@ def mask_image_reference(
     images: torch.Tensor, cell_mask: torch.Tensor, cell_size: int, fill_value: float
 ) -> torch.Tensor:
     """Removed cells of images [B, C, H, W] set to fill_value; the output keeps the input's layout."""
+    check_cell_mask(cell_mask, images, images.shape[2], images.shape[3], cell_size)
     out = images.clone()  # preserve_format: channels_last stays channels_last
     return out.masked_fill_(pixel_mask_reference(cell_mask, cell_size)[:, None], fill_value)
 
@@ -367,6 +382,7 @@ def _image_launch(images: torch.Tensor, out: torch.Tensor, cell_size: int, fill_
 def _mask_image_triton(
     images: torch.Tensor, cell_mask: torch.Tensor, cell_size: int, fill_value: float
 ) -> torch.Tensor:
+    check_cell_mask(cell_mask, images, images.shape[2], images.shape[3], cell_size)
     out = torch.empty_like(images)  # same layout as the input (contiguous or channels_last)
     if images.numel():
         planes, n_cols, meta, scalars = _image_launch(images, out, cell_size, fill_value)

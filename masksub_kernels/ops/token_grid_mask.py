@@ -33,7 +33,15 @@ import torch
 from .._philox import resolve_seed, seed_value
 from .._triton import jit, next_power_of_2, tl
 from ._common import cdiv, check_keep_args, masksub_op, resolve_device
-from .grid_mask import _cell_grid, _cell_mask_triton, _check_extent, _check_float_tensor, _tile, cell_mask_reference
+from .grid_mask import (
+    _cell_grid,
+    _cell_mask_triton,
+    _check_extent,
+    _check_float_tensor,
+    _tile,
+    cell_mask_reference,
+    check_cell_mask,
+)
 from .token_select import num_kept_tokens
 
 MAX_PARTIALS = 1024  # programs of the token backward: at most this many partial sums of dm per channel
@@ -237,6 +245,7 @@ def _tokens_args(x: torch.Tensor) -> tuple[int, ...]:
 def _mask_tokens_forward_triton(
     tokens: torch.Tensor, mask_token: torch.Tensor, cell_mask: torch.Tensor, cell_size: int
 ) -> torch.Tensor:
+    check_cell_mask(cell_mask, tokens, tokens.shape[1], tokens.shape[2], cell_size)
     sizes = _tokens_args(tokens)
     out = torch.empty(tokens.shape, dtype=tokens.dtype, device=tokens.device)
     batch_size, height, width, channels = tokens.shape
@@ -300,6 +309,7 @@ def _mask_tokens_forward_torch(tokens, mask_token, cell_mask, cell_size):
     [B * H * W, C] view overwritten by the mask token (index_put_: the reference's select, bit for bit, a removed
     token's NaN never read, in two thirds of its time; nonzero finds the rows without a sync there). Other devices:
     the reference."""
+    check_cell_mask(cell_mask, tokens, tokens.shape[1], tokens.shape[2], cell_size)
     if tokens.device.type != "cpu":
         return mask_tokens_reference(tokens, mask_token, cell_mask, cell_size)
     out = torch.empty(tokens.shape, dtype=tokens.dtype, device=tokens.device)
