@@ -127,6 +127,10 @@ def test_fused_linear_loss_is_predicted(model_run):
     assert [(v["rule_rows"], v["budget_rows"]) for v in vocabularies] == [(384, 192), (384, 64)]
     assert all(v["rule_us"] < v["budget_us"] and v["rule_extra_mib"] > v["budget_extra_mib"] for v in vocabularies)
     assert linear["assumptions"]["dw_ridge_rows"] == 322  # H200: 2 x 692 TFLOP/s / 4.3 TB/s
+    # the host's launches per chunk size: 192-row chunks split the loss forward (fewer rows than 2 per SM), so each
+    # runs the loss's 2 launches and C's tail's 3 matmuls (helper-152: the default's 6 + 1 were applied to them)
+    launches = {row["chunk_rows"]: row["launches"] for row in linear["host"]["rows"]}
+    assert launches[192] == {"torch": 9, "triton": 2} and launches[384] == launches[768] == {"torch": 6, "triton": 1}
 
 
 def test_measured_beside_predicted_calibrates_on_device_bound_cases(tmp_path):

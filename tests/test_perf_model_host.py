@@ -57,7 +57,17 @@ def test_the_runs_launch_time_is_carried_to_todays_launches(tmp_path):
         pytest.approx(1 + 43 * high / 1e3, abs=0.051),
     ]
     lines = "\n".join(host.markdown(result, {384: 10.1}))
-    assert "| 384 | 43 | 11.7-16.4 | 10.1 |" in lines and "| 768 | 22 | 6.5-8.9 | - |" in lines
+    assert "| 384 | 43 | 6 + 1 | 11.7-16.4 | 10.1 |" in lines and "| 768 | 22 | 6 + 1 | 6.5-8.9 | - |" in lines
+    # a chunk size whose chunks split the loss forward: its own launches (helper-152: the default's were applied)
+    split = {"torch": 9, "triton": 2}
+    result = host.predict_host({"torch": 6, "triton": 1}, [192, 384], tmp_path, launches_by_rows={192: split})
+    low, high = 100 + 300 * 1, 100 + 300 * 9 / 7  # 2/2 (all Triton), 9/7 (all torch); 11/9 (alike) between
+    assert result["rows"][0]["launches"] == split and result["rows"][1]["launches"] == {"torch": 6, "triton": 1}
+    assert result["rows"][0]["host_ms"] == [
+        pytest.approx(1 + 86 * low / 1e3, abs=0.051),
+        pytest.approx(1 + 86 * high / 1e3, abs=0.051),
+    ]
+    assert "| 192 | 86 | 9 + 2 |" in "\n".join(host.markdown(result, {}))
 
 
 def test_one_chunk_count_predicts_nothing(tmp_path):

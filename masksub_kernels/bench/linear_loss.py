@@ -168,7 +168,9 @@ def modelled_extra_mb(rows: int, depth: int, classes: int, element: int) -> dict
     copy of its column). For fp32 weights dW and db are the returned gradients (scaled in place, as dH and dHs
     always are), and the logits' operand [2R, D] a cat of the chunk's rows. dH's and dHs's rows of a chunk come
     from one matmul into an fp32 [2R, D] temporary. (Until late on 2026-12-04, the matmuls took a padded copy of W
-    where C is not a multiple of 8, 45 MiB at BERT's head; they now take views of W: class_parts.)
+    where C is not a multiple of 8, 45 MiB at BERT's head; they now take views of W: class_parts.) Also the ids of
+    the counted rows (int64 [M]) and, where C is not a multiple of 8, the tail's gradient columns kept for dW's tail
+    ([2, M, 8] in the inputs' dtype; helper-152).
     composite: both logits and both logit gradients in the inputs' dtype (4 [M, C]), the least any materialising
     implementation holds at its peak (the eager official composite holds more: its fp32 copies)."""
     from masksub_kernels.ops._linear_loss_chunks import aligned_classes, grads_chunk_rows, padded_depth
@@ -182,6 +184,7 @@ def modelled_extra_mb(rows: int, depth: int, classes: int, element: int) -> dict
     else:
         fused_bytes = logits + 2 * chunk * depth * element + stats
     fused_bytes += 2 * chunk * depth * 4  # dH's fp32 temporary
+    fused_bytes += rows * 8 + (2 * rows * 8 * element if classes % 8 else 0)  # the row ids; the kept tail columns
     composite_bytes = 4 * rows * classes * element
     return {"fused": fused_bytes / 2**20, "composite": composite_bytes / 2**20}
 

@@ -443,7 +443,8 @@ def grads_in_forward(
                 product = v.product[first:last]
                 matmuls.add_matmul(product, grads[first:last, parts[0]], w[parts[0]])  # [n or 2n, D] fp32
             else:
-                product = matmuls.times_weight(grads[first:last], w)
+                product_rows = None if v.product is None else v.product[first:last]  # (a chunk whose forward splits)
+                product = matmuls.times_weight(grads[first:last], w, product_rows)
             rows_of = [product[term * n - first : (term + 1) * n - first] for term, _, _ in stored]
             _store_rows(chunk, [(dx, dx_c) for _, dx, dx_c in stored], rows_of)
         elif stored:
@@ -464,7 +465,7 @@ def grads_in_forward(
     if tail_grads is not None and any(kept_terms):  # the chunks' buffers let go first: memory for the counted rows
         views, v, logits_buffer, narrow, stacked, product_buffer, x, h_c, hs_c = (None,) * 9
         plans, plan, prepared, tail = (None,) * 4  # (the prepared tails hold views of those buffers)
-        d = xc = into = product = rows_of = tail_args = None  # (the loop's last views of them)
+        d = xc = into = product = product_rows = rows_of = tail_args = None  # (the loop's last views of them)
         counted = None if every_row else ids  # the rows the chunks took: every one, or these (gathered)
         matmuls.add_tail_dw(dw, parts[1], depth, tail_grads, kept_terms, (hidden, sub_hidden), counted, with_ones, acc)
     if with_ones:  # [dW | db | 0...]: dW its [C, D] view (no copy, no second [C, D]), db a copy of its column

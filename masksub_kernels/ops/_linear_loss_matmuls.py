@@ -64,10 +64,11 @@ def mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a.float() @ b.float()
 
 
-def times_weight(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def times_weight(d: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """d @ w in fp32 [R, D] for the kernels' path, d [R, C] (a row-strided view of the chunk's gradients, fp16 / bf16
     / fp32) and w [C, D] in d's dtype: one matmul per class part (class_parts: views of W), accumulated in fp32 (in
-    cuBLAS's epilogue), so that the caller rounds once."""
+    cuBLAS's epilogue), so that the caller rounds once. ``out``: a contiguous fp32 [R, D] to write it into (the
+    chunk loop's product buffer: no [R, D] allocated per chunk)."""
     product, on_gpu = None, cublas_lines(d)
     for part in class_parts(w.shape[0]):
         a, b = d[:, part], w[part]
@@ -77,6 +78,14 @@ def times_weight(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
             a = a.contiguous()
         if product is not None:
             add_matmul(product, a, b)  # the tail's < 8 classes
+        elif out is not None:
+            product = out
+            try:
+                if not on_gpu or a.dtype == torch.float32:
+                    raise TypeError  # fp32 operands: a plain mm
+                torch.mm(a, b, out_dtype=torch.float32, out=out)
+            except TypeError:  # (also a torch without out_dtype, as mm_fp32)
+                torch.mm(a.float(), b.float(), out=out)
         elif a.dtype == torch.float32:
             product = a @ b
         else:

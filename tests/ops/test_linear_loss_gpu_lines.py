@@ -9,6 +9,7 @@ from test_linear_masksub_loss import make_inputs
 
 from masksub_kernels.ops import _linear_loss_chunks as chunks
 from masksub_kernels.ops import _linear_loss_matmuls as matmuls
+from masksub_kernels.ops import _loss_fwd_bwd as fwd_bwd
 
 # The interpreter computes the discarded lanes of tl.where too (inf - inf, 0 / 0): numpy warns, the GPU does not.
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
@@ -105,10 +106,11 @@ def test_a_stand_in_call_decides_nothing_about_cuda_addmm(monkeypatch):
     assert matmuls._addmm_into_fp32 is None
 
 
+@pytest.mark.parametrize("one_launch", [True, False])  # False: each chunk as one whose forward splits the classes
 @pytest.mark.parametrize("classes", [30, 40])  # a head and a tail; aligned
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.triton
-def test_the_gpu_lines_of_the_matmul_helpers_give_the_references_values(monkeypatch, classes, dtype):
+def test_the_gpu_lines_of_the_matmul_helpers_give_the_references_values(monkeypatch, classes, dtype, one_launch):
     # The cuBLAS lines of fp32_logits, times_weight and add_matmul (mm / addmm with out_dtype into views of the
     # chunk buffers, of dW's rows and of the fp32 product) run on a GPU only: here they run on CPU tensors, with
     # torch.mm / torch.addmm's out_dtype overloads stood in for by fp32 products that check what cuBLAS needs of an
@@ -137,6 +139,7 @@ def test_the_gpu_lines_of_the_matmul_helpers_give_the_references_values(monkeypa
     args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
     reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
     monkeypatch.setattr(matmuls, "cublas_lines", lambda t: True)
+    monkeypatch.setattr(fwd_bwd, "ONE_LAUNCH", one_launch)  # (off: times_weight into the chunks' product buffer)
     monkeypatch.setattr(torch, "mm", mm)
     monkeypatch.setattr(torch, "addmm", addmm)
     for gather in (True, False):

@@ -121,9 +121,18 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
     d_weight = _matmul_us(card, 2 * k * wide * c, k * c * 2 + k * wide * 2 + 2 * c * wide * 4)
     loss_us, loss_launches, loss_kernels = _loss_kernels_us(card, r, c)
     # per chunk: logits, dH of both, dW (with db) over C's aligned head; the tail's logits and dH in the loss launch,
-    # which keeps the tail's gradient columns for dW's tail: once per call (a matmul per branch, db's sum and add)
+    # which keeps the tail's gradient columns for dW's tail: once per call (a matmul per branch, db's sum and add).
+    # A chunk whose loss forward splits the classes (class_splits: fewer rows than 2 per SM, or more programs per SM)
+    # runs the loss's two launches and the tail's three matmuls itself (ops/_loss_fwd_bwd.py falls back; helper-152:
+    # every chunk at 192 rows, where only the last was counted)
     tails = len(matmuls.class_parts(c)) - 1
-    matmul_launches = 3
+    split_block = masksub_loss._launch_config(c, masksub_loss._split_max_block())[0]
+
+    def splits(rows: int) -> bool:
+        return masksub_loss.class_splits(rows, c, split_block, masksub_loss.DEFAULT_SMS)[0] > 1
+
+    every_chunk_splits = splits(r)
+    matmul_launches = 3 + 3 * tails * every_chunk_splits
     other_launches = 3  # per chunk: the two copies of the rows into the stacked buffer, one multi-tensor copy of
     # dH's fp32 rows into dH and dHs (O(R D) bytes: their time is their launches); the loss forward writes its stats
     # into the op's [9, M] and reuses one buffer of tickets
@@ -131,13 +140,13 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
     per_chunk = chunk_matmuls_us + loss_us
     per_chunk += card.launch_us * (matmul_launches + loss_launches + other_launches)
     # once: the row ids, buffers (the tickets' zeros; the stats need none), the reductions (12 launches); the
-    # stacked buffer's zeros and ones column, db's copy out of the accumulator (3; dW is returned as its view)
-    # a last chunk of fewer rows whose loss forward splits the classes (class_splits: BERT's 256-row last chunk) runs
-    # the loss's two launches and the tail's three matmuls instead (ops/_loss_fwd_bwd.py falls back)
+    # stacked buffer's zeros and ones column, db's copy out of the accumulator (3; dW is returned as its view); dW's
+    # tail where some chunk kept its columns; a last chunk of fewer rows whose loss forward alone splits the classes
+    # (BERT's 256-row last chunk) runs the loss's two launches and the tail's three matmuls
     last = m - (chunks - 1) * r
-    split_block = masksub_loss._launch_config(c, masksub_loss._split_max_block())[0]
-    fallback = int(masksub_loss.class_splits(last, c, split_block, masksub_loss.DEFAULT_SMS)[0] > 1)
-    fused_us = chunks * per_chunk + card.launch_us * (12 + 3 + 4 * tails + fallback * (1 + 3 * tails))
+    fallback = int(not every_chunk_splits and splits(last))
+    per_call_tails = 0 if every_chunk_splits else 4 * tails
+    fused_us = chunks * per_chunk + card.launch_us * (12 + 3 + per_call_tails + fallback * (1 + 3 * tails))
     # the backward scales the stored gradients in fp32 (ops/_linear_loss_grads._scaled, the triton backend's eager
     # backward): one _scale_kernel launch each, dH and dHs in place (read 2, write 2 bytes per element), dW from its
     # fp32 accumulator into bf16 (read 4, write 2), db likewise; their time at copy bandwidth
@@ -149,11 +158,11 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
         "chunk_rows": r,
         "chunks": chunks,
         "dw_matmuls": chunks,
-        "tail_launches_per_chunk": 0,  # the tails' logits and dH in the loss launch, dW's once per call
+        "tail_launches_per_chunk": 3 * tails * every_chunk_splits,  # else in the loss launch, dW's once per call
         # the host's launches per chunk (linear_loss_host.py): the loss's own are Triton's
         "launches_per_chunk": {"torch": matmul_launches + other_launches, "triton": loss_launches},
-        "chunks_in_two_launches": fallback,
-        "tail_launches_per_call": 4 * tails,
+        "chunks_in_two_launches": chunks if every_chunk_splits else fallback,
+        "tail_launches_per_call": per_call_tails,
         "extra_mib": modelled_extra_mb(m, d, c, 2)["fused"],
         "breakdown": {
             "matmuls": round(chunks * chunk_matmuls_us, 1),
@@ -250,9 +259,12 @@ def predict(card: Card, records: list[dict] | None = None) -> dict:
     providers = [entry("masksub[triton] (grads in forward)", fused["us"]), entry("official (eager)", eager_us)]
     providers.append(entry("compile(official) (assumed fused)", compiled_us))
     sweep = []
+    launches_by_rows = {fused["chunk_rows"]: fused["launches_per_chunk"]}  # the host's launches of each chunk size
     for mib, programs in CHUNK_SWEEP:
         with chunking(mib, programs):
             swept = _fused(card)
+        if programs == masksub_loss.SPLIT_PROGRAMS_PER_SM:
+            launches_by_rows.setdefault(swept["chunk_rows"], swept["launches_per_chunk"])
         sweep.append({
             **entry(sweep_provider(mib, programs, c), swept["us"]),
             "budget_mib": mib,
@@ -290,7 +302,9 @@ def predict(card: Card, records: list[dict] | None = None) -> dict:
             "percent": round(100 * fused["extra_mib"] / composite_mib, 1),
         },
         "measured_reference": reference,
-        "host": linear_loss_host.predict_host(fused["launches_per_chunk"], HOST_ROWS),
+        "host": linear_loss_host.predict_host(
+            fused["launches_per_chunk"], HOST_ROWS, launches_by_rows=launches_by_rows
+        ),
     }
 
 

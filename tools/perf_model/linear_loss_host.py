@@ -72,9 +72,17 @@ def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
     return mean_h - slope * mean_c, slope * 1e3
 
 
-def predict_host(today_launches: dict[str, int], chunk_rows: list[int], folder: Path = RESULTS) -> dict | None:
+def predict_host(
+    today_launches: dict[str, int],
+    chunk_rows: list[int],
+    folder: Path = RESULTS,
+    launches_by_rows: dict[int, dict[str, int]] | None = None,
+) -> dict | None:
     """Today's host time per chunk (a range, us) and for each of ``chunk_rows`` rows per chunk (ms), or None where
-    the RUN's file has fewer than two chunk counts."""
+    the RUN's file has fewer than two chunk counts. ``launches_by_rows``: the launches per chunk of the chunk sizes
+    whose own differ from ``today_launches`` (chunks whose loss forward splits: 2 Triton launches and the class
+    tail's matmuls; helper-152); their fallback's own Python is not in the measured Python (its chunks do not
+    split)."""
     points = run_points(folder)
     if len({c for c, _ in points}) < 2:
         return None
@@ -82,20 +90,25 @@ def predict_host(today_launches: dict[str, int], chunk_rows: list[int], folder: 
     python_run, python_today = _python_us("run", folder), _python_us("today", folder)
     share = per_chunk_us - python_run  # the run's launches' host time per chunk
     run_total = RUN["torch"] + RUN["triton"]
-    ratios = [
-        today_launches["triton"] / RUN["triton"],  # all of it in Triton launches
-        today_launches["torch"] / RUN["torch"],  # all of it in torch launches
-        (today_launches["torch"] + today_launches["triton"]) / run_total,  # alike per launch
-    ]
-    low, high = (python_today + share * min(ratios), python_today + share * max(ratios))
+
+    def per_chunk(launches: dict[str, int]) -> tuple[float, float]:
+        ratios = [
+            launches["triton"] / RUN["triton"],  # all of it in Triton launches
+            launches["torch"] / RUN["torch"],  # all of it in torch launches
+            (launches["torch"] + launches["triton"]) / run_total,  # alike per launch
+        ]
+        return python_today + share * min(ratios), python_today + share * max(ratios)
+
+    low, high = per_chunk(today_launches)
     rows = []
     for r in chunk_rows:
-        chunks = -(-ROWS // r)
+        chunks, launches = -(-ROWS // r), (launches_by_rows or {}).get(r, today_launches)
         rows.append(
             {
                 "chunk_rows": r,
                 "chunks": chunks,
-                "host_ms": [round(fixed_ms + chunks * us / 1e3, 1) for us in (low, high)],
+                "launches": launches,
+                "host_ms": [round(fixed_ms + chunks * us / 1e3, 1) for us in per_chunk(launches)],
             }
         )
     return {
@@ -137,13 +150,14 @@ def markdown(
             else ":"
         ),
         "",
-        "| rows per chunk | chunks | predicted host ms | predicted device ms (the model above, uncalibrated) |",
-        "|---|---|---|---|",
+        "| rows per chunk | chunks | launches per chunk (torch + Triton) | predicted host ms | predicted device ms "
+        "(the model above, uncalibrated) |",
+        "|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        device = device_ms.get(r["chunk_rows"])
+        device, launches = device_ms.get(r["chunk_rows"]), r.get("launches", result["launches"]["today"])
         lines.append(
-            f"| {r['chunk_rows']} | {r['chunks']} | {r['host_ms'][0]:.1f}-{r['host_ms'][1]:.1f} | "
-            f"{'-' if device is None else f'{device:.1f}'} |"
+            f"| {r['chunk_rows']} | {r['chunks']} | {launches['torch']} + {launches['triton']} | "
+            f"{r['host_ms'][0]:.1f}-{r['host_ms'][1]:.1f} | {'-' if device is None else f'{device:.1f}'} |"
         )
     return lines
