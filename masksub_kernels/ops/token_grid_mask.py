@@ -265,6 +265,7 @@ def _mask_tokens_backward_triton(
     need_mask_grad: bool,
     max_partials: int = MAX_PARTIALS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    check_cell_mask(cell_mask, grad_out, grad_out.shape[1], grad_out.shape[2], cell_size)
     sizes = _tokens_args(grad_out)
     batch_size, height, width, channels = grad_out.shape
     dtype, device = grad_out.dtype, grad_out.device
@@ -343,6 +344,7 @@ def _mask_tokens_backward_torch(grad_out, cell_mask, cell_size, need_tokens_grad
     rows filled with +0.0 (index_fill: the reference's select, bit for bit, in a third of its time), dm = the sum
     of the removed rows (_removed_rows_sum: rows of kept cells, NaN or not, are never read; the order of the
     additions differs from the reference's, fixed all the same). Other devices: the reference."""
+    check_cell_mask(cell_mask, grad_out, grad_out.shape[1], grad_out.shape[2], cell_size)
     if grad_out.device.type != "cpu":
         grads = mask_tokens_backward_reference(grad_out, cell_mask, cell_size)
         needs = (need_tokens_grad, need_mask_grad)

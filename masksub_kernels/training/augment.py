@@ -66,7 +66,8 @@ def _timm_posterize():
 
 
 def posterize_any_bits(img, bits_to_keep: int, **kwargs):
-    """timm's posterize, with Pillow's answer before Pillow 13 for 0 bits: a black image.
+    """timm's posterize, with Pillow's answer before Pillow 13 for 0 bits: every band 0 (black for the L and RGB
+    images the training command reads; a palette image's entry 0, a transparent RGBA).
 
     RandAugment's increasing posterize (``inc1``, the recipes' ``rand-m9-mstd0.5-inc1``) keeps 4 - int(0.4 m) bits,
     0 where a magnitude drawn about 9 (std 0.5) clips at 10 (~2% of its draws); Pillow 13 refuses 0 bits

@@ -71,8 +71,8 @@ def _first_lines(message: str, count: int = 2, limit: int = 400) -> str:
 
 
 def _check_no_later_epochs(output: str, checkpoint: str, start_epoch: int) -> None:
-    """Rank 0: --output holds no epoch of the run after the checkpoint's (log.json's rows, epoch-N.pth), which
-    this run would overwrite (check_output lets a run resume into its checkpoint's own directory only)."""
+    """Rank 0: --output holds no epoch after the checkpoint's (log.json's rows, epoch-N.pth), which this run would
+    overwrite: the checkpoint's own directory (an older epoch-N.pth resumed there), or another holding such files."""
     later = [
         int(m.group(1)) for m in map(_EPOCH_FILE.fullmatch, _listdir(output)) if m and int(m.group(1)) > start_epoch
     ]
@@ -83,7 +83,7 @@ def _check_no_later_epochs(output: str, checkpoint: str, start_epoch: int) -> No
         pass
     if later:
         raise UsageError(
-            f"--output {output!r} holds this run's epochs up to {max(later)} (last.pth, log.json, epoch-N.pth), and "
+            f"--output {output!r} holds a run's epochs up to {max(later)} (log.json's rows, epoch-N.pth), and "
             f"{checkpoint!r} is after epoch {start_epoch}: resuming there would overwrite them; pass another --output "
             "(or delete the later epochs' files)"
         )

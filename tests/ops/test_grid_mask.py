@@ -248,6 +248,8 @@ def test_the_internal_ops_refuse_a_bad_cell_mask_on_every_backend(backend, cell_
         torch.ops.masksub.mask_image_grid(images, cell_mask, 32, 0.0)
     with pytest.raises(error, match=match):
         torch.ops.masksub.mask_tokens_grid(tokens, torch.zeros(4, device=DEVICE), cell_mask, 8)
+    with pytest.raises(error, match=match):  # helper-150: the backward op too
+        torch.ops.masksub.mask_tokens_grid_backward(tokens, cell_mask, 8, True, True)
 
 
 def test_an_image_smaller_than_a_cell_is_named_so():

@@ -380,12 +380,12 @@ def test_resume_keeps_a_runs_later_epochs_and_notes_who_draws_the_data(tmp_path,
     before = {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out))}
     assert main([*TINY_VIT, *QUICK, "--epochs", "3", "--limit-batches", "2", "--resume", f"{out}/epoch-1.pth"]) == 2
     err = capsys.readouterr().err
-    assert f"error: --output {out!r} holds this run's epochs up to 2 (last.pth, log.json, epoch-N.pth)" in err
+    assert f"error: --output {out!r} holds a run's epochs up to 2 (log.json's rows, epoch-N.pth)" in err
     assert "is after epoch 1: resuming there would overwrite them; pass another --output" in err
     assert {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out))} == before
     os.remove(os.path.join(out, "epoch-2.pth"))  # log.json alone still says epoch 2
     assert main([*TINY_VIT, *QUICK, "--epochs", "3", "--limit-batches", "2", "--resume", f"{out}/epoch-1.pth"]) == 2
-    assert "holds this run's epochs up to 2" in capsys.readouterr().err
+    assert "holds a run's epochs up to 2" in capsys.readouterr().err
     # its last epoch: continues in place; elsewhere with another worker count / world size: noted and recorded
     assert main([*TINY_VIT, *QUICK, "--epochs", "3", "--limit-batches", "2", "--resume", f"{out}/last.pth"]) == 0
     assert "other options" not in capsys.readouterr().err  # (--epochs 2 -> 3's schedule note only)
