@@ -107,16 +107,20 @@ def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: b
     train = _split(root, "train", is_training=True)
     classes = getattr(train.reader, "class_to_idx", None)
     # val's classes as timm finds them (folders holding images: a '.ipynb_checkpoints' is none), one walk of its tree
-    _, val_classes = find_images_and_targets(os.path.join(root, val_split))
+    val_images, val_classes = find_images_and_targets(os.path.join(root, val_split))
+    _check_layout(os.path.join(root, val_split), [path for path, _ in val_images])
     unknown = sorted(
         name or "(images directly in it)" for name in val_classes if classes is not None and name not in classes
     )
     if unknown:  # timm's class_map drops their images without a word: a validation on fewer images than it holds
+        empty = [name for name in unknown if os.path.isdir(os.path.join(root, "train", name))]
         raise FileNotFoundError(
-            f"{os.path.join(root, val_split)!r} has class folders that 'train/' lacks: {unknown[:8]} (the class "
-            "folders of both must match: the model's classes are train's)"
+            f"{os.path.join(root, val_split)!r} has class folders that 'train/' "
+            + (f"holds no images in: {empty[:8]}" if empty else f"lacks: {unknown[:8]}")
+            + " (the class folders of both must match: the model's classes are train's)"
         )
     val = _split(root, val_split, class_map=classes)
+    val._max_retries = 1  # an unreadable image is an error (timm's warning names it), not its neighbour scored twice
     train.transform, val.transform = transforms
     num_classes = len(classes or {}) or 1 + max(t for _, t in train.reader.samples)
     if num_classes < 2:
@@ -126,7 +130,30 @@ def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: b
             f"{os.path.join(root, 'train')!r} holds 1 class (class folders: {shown}): a classifier needs at least 2, "
             "one sub-folder of images per class in 'train/' and 'val/'"
         )
+    _check_layout(os.path.join(root, "train"), [path for path, _ in train.reader.samples])
     return DataSpec(train, val, num_classes, in_chans, img_size)
+
+
+def _check_layout(split_root: str, paths: list[str]) -> None:
+    """Every image at split/CLASS/file, CLASS not hidden: timm labels an image by its innermost folder, so images
+    directly in the split, in a hidden folder ('.ipynb_checkpoints') or in a sub-folder of a class folder made
+    classes of their own (the same sub-folder name in two classes one class of both: helper-151), silently."""
+    prefix = os.path.join(split_root, "")
+    for path in paths:
+        rest = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, split_root)
+        depth = rest.count(os.sep)
+        if depth == 1 and not rest.startswith("."):
+            continue
+        why = (
+            "lies directly in it, not in a class folder"
+            if depth == 0
+            else "is in a hidden folder, which timm would take for a class (delete it or move its images)"
+            if rest.startswith(".")
+            else "is in a sub-folder of a class folder: timm labels an image by its innermost folder (the same "
+            "sub-folder name in two classes would make one class of both); move the images up into their class "
+            "folder"
+        )
+        raise FileNotFoundError(f"{split_root!r}: {rest!r} {why} (one folder of images per class)")
 
 
 def _split(root: str, split: str, **options):

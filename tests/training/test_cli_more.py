@@ -259,12 +259,28 @@ def test_validation_classes_are_the_training_folders(tmp_path):
     ("layout", "message"),
     [
         ({"train/a": 2, "val/a": 1}, "holds 1 class (class folders: ['a']): a classifier needs at least 2"),
-        ({"train": 2, "val": 1}, "holds 1 class (class folders: none: its images lie directly in it)"),
+        ({"train": 2, "val": 1}, "/val': '0.png' lies directly in it, not in a class folder"),
         ({"train/a": 1, "train/b": 1, "val/a": 0, "val/b": 0}, "/val' holds no images timm reads"),
         ({"train/a": 0, "train/b": 0, "val/a": 1}, "/train' holds no images timm reads"),
         ({"train/a": 1, "train/b": 1, "val/a": 1, "val/B": 1}, "has class folders that 'train/' lacks: ['B']"),
         ({"train/a": 1, "train/b": 1, "val/a": 1, "val/.ipynb_checkpoints": 0}, None),  # no images: no class
-        ({"train/a": 1, "train/b": 1, "val": 1}, "'train/' lacks: ['(images directly in it)']"),
+        ({"train/a": 1, "train/b": 1, "val": 1}, "/val': '0.png' lies directly in it, not in a class folder"),
+        # helper-151: timm labels by the innermost folder: each of these made a class of its own, silently
+        ({"train/a": 1, "train/b": 1, "train": 1, "val/a": 1}, "/train': '0.png' lies directly in it, not in a class"),
+        (
+            {"train/a": 1, "train/b": 1, "train/.ipynb_checkpoints": 1, "val/a": 1},
+            "'.ipynb_checkpoints/0.png' is in a hidden folder, which timm would take for a class",
+        ),
+        (
+            {"train/a/2020": 1, "train/b/2020": 1, "train/a": 1, "train/b": 1, "val/a": 1},
+            "/train': 'a/2020/0.png' is in "
+            "a sub-folder of a class folder: timm labels an image by its innermost folder",
+        ),
+        ({"train/a": 1, "train/b": 1, "val/a": 1, "val/b/x": 1}, "/val': 'b/x/0.png' is in a sub-folder of a class"),
+        (
+            {"train/a": 1, "train/b": 1, "train/c": 0, "val/c": 1},
+            "has class folders that 'train/' holds no images in: ['c']",
+        ),
     ],
 )
 def test_image_folders_that_cannot_train_a_classifier_are_refused(tmp_path, layout, message):
@@ -282,6 +298,20 @@ def test_image_folders_that_cannot_train_a_classifier_are_refused(tmp_path, layo
     with pytest.raises(FileNotFoundError) as refused:
         data_mod.build_datasets(str(tmp_path), 8, 3)
     assert message in str(refused.value)
+
+
+def test_an_unreadable_validation_image_is_an_error_not_its_neighbour(tmp_path):
+    # helper-151: timm scored the next image (and its label) in its place, so top-1 counted that one twice
+    from PIL import Image
+
+    for folder in ("train/a", "train/b", "val/a", "val/b"):
+        os.makedirs(tmp_path / folder)
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "0.png")
+    (tmp_path / "val" / "a" / "1.png").write_bytes(b"not a png")
+    spec = data_mod.build_datasets(str(tmp_path), 8, 3)
+    assert spec.val[0][1] == 0 and spec.train[0][1] == 0
+    with pytest.raises(RuntimeError, match="Failed to load 1 consecutive samples"):
+        spec.val[1]
 
 
 def test_drop_and_drop_path_reach_the_model_at_zero_too():
