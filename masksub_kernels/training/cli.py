@@ -288,6 +288,7 @@ def _base_lr(optimizer: torch.optim.Optimizer) -> float:
 def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) -> None:
     """Rank 0, after each epoch: print the row, write last.pth (and epoch-N.pth) and the logs."""
     from .checkpoint import eager_state_dict, save_checkpoint
+    from .data import class_names
     from .runlog import write_log
 
     row = rows[-1]
@@ -302,6 +303,7 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
         "epoch": epoch,
         "num_updates": num_updates,
         "updates_per_epoch": s.batches // args.grad_accum_steps,  # the schedule's unit (resume compares it)
+        "classes": class_names(s.data.train),  # an ImageFolder's, in index order (resume refuses others)
         "world": s.world,  # who drew the batches and their augmentations (resume notes other counts)
         "workers": s.workers,
         "module": eager_state_dict(s.trained),  # the eager names: resumable with or without --compile
@@ -325,7 +327,7 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
 
 
 def _run(args) -> None:
-    from .data import val_loader
+    from .data import class_names, val_loader
 
     s = setup(args)
     step = _make_step(args, s)
@@ -348,6 +350,11 @@ def _run(args) -> None:
         "torch": torch.__version__,
         "family": s.ms.family if s.ms is not None else None,
         "train_images": len(s.data.train),
+        # what an epoch trains: whole batches of each process's sampler (timm's repeated augmentation rounds the
+        # set down to 256s), --limit-batches, whole accumulation windows
+        "batches_per_epoch": s.batches,
+        "images_per_epoch": s.batches * args.batch_size * s.world,
+        "classes": class_names(s.data.train),  # an ImageFolder's class names in index order
         "val_images": len(s.data.val),
         "initial_checkpoint": vars(s.pretrained) if s.pretrained is not None else None,
         "resumes": resumes,  # each resume's epoch, checkpoint and changed options (args above: the latest's)

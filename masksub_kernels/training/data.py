@@ -28,7 +28,7 @@ DIGITS_CLASSES = 10
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 
-__all__ = ["DataSpec", "DigitsDataset", "build_datasets", "train_loader", "train_sampler", "val_loader"]
+__all__ = ["DataSpec", "DigitsDataset", "build_datasets", "class_names", "train_loader", "train_sampler", "val_loader"]
 
 
 @dataclass
@@ -164,6 +164,12 @@ def _split(root: str, split: str, **options):
         return create_dataset("", root=root, split=split, **options)
     except RuntimeError as exc:  # timm: "Found 0 images in subfolders of ..."
         raise FileNotFoundError(f"{os.path.join(root, split)!r} holds no images timm reads: {exc}") from exc
+
+
+def class_names(dataset: Dataset) -> list[str] | None:
+    """An ImageFolder's class names in index order (what the model's outputs mean), None for the digits."""
+    mapping = getattr(getattr(dataset, "reader", None), "class_to_idx", None)
+    return sorted(mapping, key=mapping.get) if mapping else None
 
 
 def build_datasets(

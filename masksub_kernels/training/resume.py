@@ -108,6 +108,7 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
     timm's train.py does, and a note says so -- restoring the old state would silently keep the old schedule (timm
     schedulers save their length in their state)."""
     from .checkpoint import load_checkpoint, load_eager_state_dict
+    from .data import class_names
     from .rank_zero import rank_zero_check
 
     try:
@@ -132,6 +133,17 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
         raise UsageError(
             f"checkpoint {args.resume!r} was trained with --opt {old['opt']}: resume it with the same optimizer "
             f"(got --opt {args.opt}), or start a new run from its weights with --initial-checkpoint"
+        )
+    saved_classes, classes = ckpt.get("classes"), class_names(s.data.train)
+    if saved_classes is not None and classes is not None and saved_classes != classes:  # the head's rows, renamed
+        first = next(
+            (i for i, (a, b) in enumerate(zip(saved_classes, classes)) if a != b),
+            min(map(len, (saved_classes, classes))),
+        )
+        raise UsageError(
+            f"checkpoint {args.resume!r} was trained on other classes than --data-dir's: class {first} was "
+            f"{saved_classes[first] if first < len(saved_classes) else None!r}, is now "
+            f"{classes[first] if first < len(classes) else None!r} ({len(saved_classes)} -> {len(classes)} classes)"
         )
     if s.ema is None and ckpt.get("ema") is not None:  # its EMA would be dropped from the next checkpoint on
         raise UsageError(

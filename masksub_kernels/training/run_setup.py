@@ -547,7 +547,7 @@ def setup(args) -> Setup:
     if updates_per_epoch < 1:
         limited = args.limit_batches is not None and samples // args.batch_size >= args.grad_accum_steps
         raise UsageError(
-            f"{len(data.train)} training images over {world} process(es) give {batches} batches of {args.batch_size}"
+            f"{len(data.train)} training images over {world} process(es) give {batches} batch(es) of {args.batch_size}"
             f"{' (--limit-batches)' if limited else ''}: fewer than --grad-accum-steps {args.grad_accum_steps}"
         )
     if args.sched == "plateau":  # timm asserts step_on_epochs, and it needs a metric that no step passes

@@ -145,7 +145,7 @@ def test_a_different_seed_initialises_another_model(tmp_path):
         (["--min-lr", "-0.5"], "--min-lr must be in [0.0, inf), got -0.5"),
         (["--mean", "0.5"], "--mean and --std go together"),
         (["--scale", "0.5", "0.2"], "--scale is a crop-area range 0 < min <= max <= 1, got [0.5, 0.2]"),
-        (["--grad-accum-steps", "30"], "give 22 batches of 64: fewer than --grad-accum-steps 30"),
+        (["--grad-accum-steps", "30"], "give 22 batch(es) of 64: fewer than --grad-accum-steps 30"),
     ],
 )
 def test_more_options_out_of_range(tmp_path, capsys, args, message):

@@ -179,7 +179,15 @@ def test_image_folder(tmp_path, capsys):
             "4", "--workers", "0", "--no-progress", "--output", out]  # fmt: skip
     assert main(args) == 0
     meta = json.load(open(os.path.join(out, "log.json")))["meta"]
-    assert meta["train_images"] == 8 and meta["val_images"] == 8
+    assert meta["train_images"] == 8 and meta["val_images"] == 8 and meta["classes"] == ["a", "b"]
+    assert (meta["batches_per_epoch"], meta["images_per_epoch"]) == (2, 8)
+    assert torch.load(os.path.join(out, "last.pth"), weights_only=False)["classes"] == ["a", "b"]
+    # helper-151: a resume on renamed class folders swapped the head's classes without a word
+    for split in ("train", "val"):
+        os.rename(tmp_path / "data" / split / "b", tmp_path / "data" / split / "0b")
+    assert main([*args[:-1], out + "-renamed", "--epochs", "2", "--resume", os.path.join(out, "last.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on other classes than --data-dir's: class 0 was 'a', is now '0b' (2 -> 2 classes)" in err
     grey = [*TINY_VIT, "in_chans=1", *args[len(TINY_VIT) : -1], out + "-grey"]  # helper-135: was a traceback
     assert main(grey) == 2
     assert "--model-kwargs in_chans=1, but an image folder's images are read as RGB (3)" in capsys.readouterr().err
