@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import sysconfig
 import zlib
 from collections.abc import Iterable
@@ -49,25 +50,37 @@ def stdlib_docstrings(root: str | None = None) -> list[str]:
     return documents
 
 
+# Paragraphs: separated by a line that is empty or holds only spaces and tabs (editors leave them: helper-151)
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+
+
 def text_dir_documents(root: str) -> list[str]:
-    """The non-empty paragraphs (blank-line separated) of every ``*.txt`` file under ``root`` (sorted paths, UTF-8:
-    another encoding is a ValueError naming the file)."""
+    """The non-empty paragraphs (separated by blank lines, spaces and tabs allowed on them) of every ``*.txt`` file
+    (any case: ``.TXT``) under ``root``, linked folders followed once (sorted paths, UTF-8: another encoding, or a
+    file that cannot be read, is a ValueError naming the file)."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"no such directory: {root}")
-    documents = []
-    for directory, subdirs, files in os.walk(root):
+    documents, seen = [], set()
+    for directory, subdirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in seen:  # a link back up the tree, or two links to one folder: read once
+            subdirs.clear()
+            continue
+        seen.add(real)
         subdirs.sort()
         for name in sorted(files):
-            if name.endswith(".txt"):
+            if name.lower().endswith(".txt"):
                 path = os.path.join(directory, name)
                 try:
                     with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no text
-                        documents.extend(p.strip() for p in f.read().split("\n\n") if p.strip())
+                        documents.extend(p.strip() for p in _PARAGRAPH_BREAK.split(f.read()) if p.strip())
                 except UnicodeDecodeError as exc:  # replaced characters would vanish from the vocabulary unseen
                     raise ValueError(
                         f"{path} is not UTF-8 (byte {exc.start}: {exc.reason}); the corpus is read as UTF-8: convert "
                         "it (e.g. iconv -f latin1 -t utf-8)"
                     ) from exc
+                except OSError as exc:  # a broken link, no permission
+                    raise ValueError(f"{path} cannot be read: {exc.strerror or exc}") from exc
     if not documents:
         raise ValueError(f"no text in {root}: the corpus is the *.txt files under it (none found, or all empty)")
     return documents
@@ -81,14 +94,25 @@ def split_documents(documents: Iterable[str], held_out_mod: int = 10) -> tuple[l
     return train, held_out
 
 
+# A word of BERT's pre-tokenizer (no whitespace, no ASCII punctuation) longer than WordPiece's 100 characters: it
+# encodes as [UNK] whatever the vocabulary, and the trainer's merges inside it take time quadratic in its length
+# (helper-151: a 100k-character run 5.4 s, a 1M one minutes): left out of the vocabulary's training
+_UNUSABLE_WORD = re.compile(r"[^\s!-/:-@\[-`{-~]{101,}")
+
+
 def train_tokenizer(documents: list[str], vocab_size: int):
-    """A lower-casing BERT WordPiece tokenizer (``tokenizers.BertWordPieceTokenizer``) trained on ``documents``,
-    with SPECIAL_TOKENS at ids 0..4 ([PAD] = 0, [CLS] = 2, [SEP] = 3, [MASK] = 4)."""
+    """A lower-casing BERT WordPiece tokenizer (``tokenizers.BertWordPieceTokenizer``) trained on ``documents``
+    (words of more than 100 characters left out: they encode as [UNK]), with SPECIAL_TOKENS at ids 0..4 ([PAD] = 0,
+    [CLS] = 2, [SEP] = 3, [MASK] = 4)."""
     from tokenizers import BertWordPieceTokenizer
 
     tokenizer = BertWordPieceTokenizer(lowercase=True)
     tokenizer.train_from_iterator(
-        documents, vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+        (_UNUSABLE_WORD.sub(" ", doc) for doc in documents),
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        show_progress=False,
     )
     return tokenizer
 

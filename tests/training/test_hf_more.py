@@ -130,6 +130,18 @@ def test_the_corpus_files_and_the_tokenizer(tmp_path, capsys):
     (tmp_path / "a.txt").write_bytes("\ufeffFirst paragraph.\n\n   \n\nSecond one.".encode())  # a byte-order mark
     (tmp_path / "notes.md").write_text("not a text file of the corpus")
     assert text_data.text_dir_documents(str(tmp_path)) == ["First paragraph.", "Second one."]
+    # helper-151: a line of spaces separates paragraphs; .TXT files and linked folders are read (a loop once); an
+    # unreadable file is a ValueError naming it (the command's usage error), not a traceback
+    corpus = tmp_path / "corpus"
+    (corpus / "store").mkdir(parents=True)
+    (corpus / "B.TXT").write_text("one\n  \t\ntwo")
+    (corpus / "store" / "c.txt").write_text("three")
+    (corpus / "linked").symlink_to(corpus / "store")
+    (corpus / "store" / "up").symlink_to(corpus)  # a loop
+    assert text_data.text_dir_documents(str(corpus)) == ["one", "two", "three"]
+    (corpus / "broken.txt").symlink_to(tmp_path / "nowhere.txt")
+    with pytest.raises(ValueError, match=r"broken.txt cannot be read: No such file or directory"):
+        text_data.text_dir_documents(str(corpus))
     library = tmp_path / "lib"
     (library / "tests").mkdir(parents=True)
     (library / "mod.py").write_text('"""The module."""\n\ndef f():\n    """The function."""\n')
@@ -137,6 +149,11 @@ def test_the_corpus_files_and_the_tokenizer(tmp_path, capsys):
     assert text_data.stdlib_docstrings(str(library)) == ["The module.", "The function."]
     tokenizer = text_data.train_tokenizer(["Hello world, hello again."] * 4, 80)
     assert tokenizer.encode("HELLO World").tokens == tokenizer.encode("hello world").tokens  # lower-cased
+    # a word of more than 100 characters encodes as [UNK] and cost the trainer quadratic time: left out (helper-151)
+    long = "q" * 101 + "z" * 100000
+    quick = text_data.train_tokenizer(["Hello world, hello again.", long, "x" * 100 + " y"] * 4, 80)
+    assert "z" not in quick.get_vocab() and "x" in quick.get_vocab()  # (100 characters: a word WordPiece takes)
+    assert quick.encode(long).tokens == ["[UNK]"]
     with pytest.raises(SystemExit):
         text_data.main([str(tmp_path / "tok.json"), "--vocab-size", "10", "--data-dir", str(tmp_path)])
     assert "--vocab-size must be >= 64" in capsys.readouterr().err
