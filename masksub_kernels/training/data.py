@@ -105,6 +105,7 @@ def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: b
             "sub-folder per class"
         )
     train = _split(root, "train", is_training=True)
+    _check_layout(os.path.join(root, "train"), [path for path, _ in train.reader.samples])
     classes = getattr(train.reader, "class_to_idx", None)
     # val's classes as timm finds them (folders holding images: a '.ipynb_checkpoints' is none), one walk of its tree
     val_images, val_classes = find_images_and_targets(os.path.join(root, val_split))
@@ -120,7 +121,7 @@ def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: b
             + " (the class folders of both must match: the model's classes are train's)"
         )
     val = _split(root, val_split, class_map=classes)
-    val._max_retries = 1  # an unreadable image is an error (timm's warning names it), not its neighbour scored twice
+    val._max_retries = 1  # an unreadable image stops the run (timm's error), not its neighbour scored in its place
     train.transform, val.transform = transforms
     num_classes = len(classes or {}) or 1 + max(t for _, t in train.reader.samples)
     if num_classes < 2:
@@ -130,7 +131,6 @@ def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: b
             f"{os.path.join(root, 'train')!r} holds 1 class (class folders: {shown}): a classifier needs at least 2, "
             "one sub-folder of images per class in 'train/' and 'val/'"
         )
-    _check_layout(os.path.join(root, "train"), [path for path, _ in train.reader.samples])
     return DataSpec(train, val, num_classes, in_chans, img_size)
 
 

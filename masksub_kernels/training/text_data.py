@@ -61,7 +61,11 @@ def text_dir_documents(root: str) -> list[str]:
     if not os.path.isdir(root):
         raise FileNotFoundError(f"no such directory: {root}")
     documents, seen = [], set()
-    for directory, subdirs, files in os.walk(root, followlinks=True):
+
+    def unlisted(exc: OSError):  # a folder that cannot be listed: its files would be left out silently
+        raise ValueError(f"{exc.filename} cannot be read: {exc.strerror or exc}") from exc
+
+    for directory, subdirs, files in os.walk(root, followlinks=True, onerror=unlisted):
         real = os.path.realpath(directory)
         if real in seen:  # a link back up the tree, or two links to one folder: read once
             subdirs.clear()
@@ -94,10 +98,11 @@ def split_documents(documents: Iterable[str], held_out_mod: int = 10) -> tuple[l
     return train, held_out
 
 
-# A word of BERT's pre-tokenizer (no whitespace, no ASCII punctuation) longer than WordPiece's 100 characters: it
-# encodes as [UNK] whatever the vocabulary, and the trainer's merges inside it take time quadratic in its length
-# (helper-151: a 100k-character run 5.4 s, a 1M one minutes): left out of the vocabulary's training
-_UNUSABLE_WORD = re.compile(r"[^\s!-/:-@\[-`{-~]{101,}")
+# A run of more than WordPiece's 100 letters and digits (not CJK ideographs, which BERT's pre-tokenizer splits one by
+# one): one word that encodes as [UNK] whatever the vocabulary, where the trainer's merges inside it take time
+# quadratic in its length (helper-151: a 100k-character run 5.4 s, a 1M one minutes): left out of the vocabulary's
+# training. Any other character (punctuation, symbols, marks) ends a run here: a word is never cut short
+_UNUSABLE_WORD = re.compile(r"(?:(?![\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff])[^\W_]){101,}")
 
 
 def train_tokenizer(documents: list[str], vocab_size: int):

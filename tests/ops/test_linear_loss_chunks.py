@@ -422,6 +422,8 @@ def test_stored_rows_of_row_strided_gradients_read_their_columns_only(dtype):
     exact = d.double() @ w.double()
     assert product.dtype == torch.float32 and product.shape == (rows, depth)
     torch.testing.assert_close(product.double(), exact, rtol=1e-5, atol=1e-5)  # fp32 accumulation, not rounded
+    into = torch.full((rows, depth), float("nan"), device=DEVICE)  # the chunk loop's product buffer: written in place
+    assert matmuls.times_weight(d, w, into) is into and torch.equal(into, product)
     for into_rows in (True, False):  # straight into dx's rows, or by row ids
         dx = torch.zeros(rows + 2, depth, dtype=dtype, device=DEVICE)
         chunk = slice(1, rows + 1) if into_rows else torch.arange(1, rows + 1, device=DEVICE)

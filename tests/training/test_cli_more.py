@@ -259,7 +259,7 @@ def test_validation_classes_are_the_training_folders(tmp_path):
     ("layout", "message"),
     [
         ({"train/a": 2, "val/a": 1}, "holds 1 class (class folders: ['a']): a classifier needs at least 2"),
-        ({"train": 2, "val": 1}, "/val': '0.png' lies directly in it, not in a class folder"),
+        ({"train": 2, "val": 1}, "/train': '0.png' lies directly in it, not in a class folder"),
         ({"train/a": 1, "train/b": 1, "val/a": 0, "val/b": 0}, "/val' holds no images timm reads"),
         ({"train/a": 0, "train/b": 0, "val/a": 1}, "/train' holds no images timm reads"),
         ({"train/a": 1, "train/b": 1, "val/a": 1, "val/B": 1}, "has class folders that 'train/' lacks: ['B']"),
@@ -277,6 +277,7 @@ def test_validation_classes_are_the_training_folders(tmp_path):
             "a sub-folder of a class folder: timm labels an image by its innermost folder",
         ),
         ({"train/a": 1, "train/b": 1, "val/a": 1, "val/b/x": 1}, "/val': 'b/x/0.png' is in a sub-folder of a class"),
+        ({"train/a/x": 1, "train/b/x": 1, "val/a": 1, "val/b": 1}, "/train': 'a/x/0.png' is in a sub-folder"),
         (
             {"train/a": 1, "train/b": 1, "train/c": 0, "val/c": 1},
             "has class folders that 'train/' holds no images in: ['c']",

@@ -4,6 +4,9 @@ each test fails on a mutant that the other tests let pass."""
 
 from __future__ import annotations
 
+import os
+from unittest import mock
+
 import pytest
 import torch
 from _models import tiny_resnet, tiny_swin, tiny_vit
@@ -142,6 +145,16 @@ def test_the_corpus_files_and_the_tokenizer(tmp_path, capsys):
     (corpus / "broken.txt").symlink_to(tmp_path / "nowhere.txt")
     with pytest.raises(ValueError, match=r"broken.txt cannot be read: No such file or directory"):
         text_data.text_dir_documents(str(corpus))
+    (corpus / "broken.txt").unlink()
+    real_scandir = os.scandir
+
+    def refused(path):  # (root may read any folder: a listing refused as for another user)
+        if str(path).endswith("store"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    with mock.patch("os.scandir", refused), pytest.raises(ValueError, match=r"store cannot be read: Permission"):
+        text_data.text_dir_documents(str(corpus))
     library = tmp_path / "lib"
     (library / "tests").mkdir(parents=True)
     (library / "mod.py").write_text('"""The module."""\n\ndef f():\n    """The function."""\n')
@@ -154,6 +167,10 @@ def test_the_corpus_files_and_the_tokenizer(tmp_path, capsys):
     quick = text_data.train_tokenizer(["Hello world, hello again.", long, "x" * 100 + " y"] * 4, 80)
     assert "z" not in quick.get_vocab() and "x" in quick.get_vocab()  # (100 characters: a word WordPiece takes)
     assert quick.encode(long).tokens == ["[UNK]"]
+    # CJK ideographs are words of one character, and punctuation ends a word, however long the run (helper-153)
+    cjk, dashed = "".join(chr(0x4E00 + i % 32) for i in range(160)), "—".join(["thing"] * 40)
+    kept = text_data.train_tokenizer([cjk, dashed] * 4, 120).get_vocab()
+    assert all(chr(0x4E00 + i) in kept for i in range(32)) and "thing" in kept
     with pytest.raises(SystemExit):
         text_data.main([str(tmp_path / "tok.json"), "--vocab-size", "10", "--data-dir", str(tmp_path)])
     assert "--vocab-size must be >= 64" in capsys.readouterr().err

@@ -46,6 +46,7 @@ def test_masksub_run_writes_logs_and_checkpoints(tmp_path):
         assert os.path.isfile(os.path.join(out, name))
     meta = json.load(open(os.path.join(out, "log.json")))["meta"]
     assert meta["family"] == "vit" and meta["train_images"] == 1437 and meta["val_images"] == 360
+    assert (meta["batches_per_epoch"], meta["images_per_epoch"]) == (22, 1408)  # whole batches of 64: 29 dropped
 
 
 def test_notes_a_warmup_that_outlasts_the_run(tmp_path, capsys):
