@@ -98,6 +98,30 @@ class MaskSubTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """The Trainer's resume, with the weights read back under the model's own names. transformers 5 saves some
+        under their legacy names (a ViT's ``encoder.layer.0.attention.attention.query`` for its
+        ``layers.0.attention.q_proj``) and the Trainer loads the file non-strictly without renaming them back,
+        leaving those weights at their initialisation with one logged warning (helper-154: 32 of a tiny ViT's 40
+        tensors; the plain Trainer alike). ``from_pretrained`` renames them: its model's tensors are copied in, the
+        Trainer's load having taken the keys it drops (a Swin's mask token, saved under its own name); a tensor
+        that neither gives is an error, not a silently fresh weight."""
+        from transformers import PreTrainedModel
+
+        model = self.model if model is None else model
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = _saved_keys(resume_from_checkpoint)
+        if not isinstance(model, PreTrainedModel) or saved is None:  # (an adapter's or another layout's checkpoint)
+            return
+        dtype = next(model.parameters()).dtype
+        reloaded, info = type(model).from_pretrained(resume_from_checkpoint, dtype=dtype, output_loading_info=True)
+        missing = model.load_state_dict(reloaded.state_dict(), strict=False).missing_keys
+        lost = [key for key in [*info["missing_keys"], *missing] if key not in saved]  # (fresh in from_pretrained)
+        if lost:
+            raise RuntimeError(
+                f"checkpoint {resume_from_checkpoint!r} does not hold {len(lost)} of the model's tensors: {lost[:5]}"
+            )
+
     def get_decay_parameter_names(self, model) -> list[str]:
         """The Trainer's choice, less MaskSub's ``no_weight_decay`` names (a transformers Swin's mask token)."""
         prefix = "model._orig_mod." if self.masksub.model is not self.masksub.inner_model else "model."
@@ -128,3 +152,23 @@ class MaskSubTrainer(Trainer):
             raise ValueError(f"MaskSubTrainer needs batches with 'pixel_values' and 'labels'; got {sorted(inputs)}")
         out = self.masksub(inputs["pixel_values"], inputs["labels"])
         return (out["loss"], {"logits": out["logits"]}) if return_outputs else out["loss"]
+
+
+def _saved_keys(checkpoint: str) -> set[str] | None:
+    """The tensor names a Trainer checkpoint's model file holds (safetensors, or torch's, sharded or not); None
+    where it has none of these."""
+    import json
+    import os
+
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if os.path.isfile(os.path.join(checkpoint, index)):
+            with open(os.path.join(checkpoint, index)) as f:
+                return set(json.load(f)["weight_map"])
+    if os.path.isfile(os.path.join(checkpoint, "model.safetensors")):
+        from safetensors import safe_open
+
+        with safe_open(os.path.join(checkpoint, "model.safetensors"), framework="pt") as f:
+            return set(f.keys())
+    if os.path.isfile(os.path.join(checkpoint, "pytorch_model.bin")):
+        return set(torch.load(os.path.join(checkpoint, "pytorch_model.bin"), map_location="meta", weights_only=True))
+    return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from test_hf_swin import tiny_swin
@@ -133,6 +135,36 @@ def test_a_swin_trains_its_mask_token_out_of_weight_decay_and_checkpoints_it(tmp
     resumed = MaskSubTrainer(model=again, args=_args(tmp_path, max_steps=2), train_dataset=_data(8, 0, size=64))
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     torch.testing.assert_close(again.swin.embeddings.mask_token, token, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_a_resumed_run_is_the_uninterrupted_one(tmp_path, family):
+    # helper-154: transformers 5 saves a ViT's / Swin's attention weights under their legacy names and the Trainer's
+    # resume loaded them non-strictly without renaming them back: most weights stayed at their initialisation
+    make, size = (lambda: tiny_hf("ViTForImageClassification").float(), 32) if family == "vit" else (
+        lambda: tiny_swin("SwinForImageClassification").float(), 64)  # fmt: skip
+    args = dict(max_steps=4, save_strategy="steps", save_steps=2, optim="adamw_torch", lr_scheduler_type="linear",
+                learning_rate=0.05, weight_decay=0.1)  # fmt: skip
+    data, runs = _data(16, 0, size=size), []
+    for name in ("whole", "resumed"):
+        model = make()
+        trainer = MaskSubTrainer(model=model, args=_args(tmp_path / name, **args), train_dataset=data)
+        if name == "resumed":  # a run stopped after its checkpoint at step 2
+            shutil.copytree(tmp_path / "whole" / "checkpoint-2", tmp_path / name / "checkpoint-2")
+        trainer.train(resume_from_checkpoint=name == "resumed")
+        runs.append((model, [h["loss"] for h in trainer.state.log_history if "loss" in h]))
+    (whole, losses), (resumed, again) = runs
+    assert again == losses  # (the resumed log: the checkpoint's first two steps, then its own)
+    for (name, p), q in zip(whole.named_parameters(), resumed.parameters()):
+        assert torch.equal(p, q), name
+    # a tensor the checkpoint does not hold is an error, not a silently fresh weight
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = tmp_path / "whole" / "checkpoint-2" / "model.safetensors"
+    save_file({k: v for k, v in load_file(str(checkpoint)).items() if k != "classifier.bias"}, str(checkpoint))
+    trainer = MaskSubTrainer(model=make(), args=_args(tmp_path / "broken", **args), train_dataset=data)
+    with pytest.raises(RuntimeError, match=r"does not hold 1 of the model's tensors: \['classifier.bias'\]"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-2"))
 
 
 @pytest.mark.parametrize("labels", ["absent", "None", "not in label_names"])
