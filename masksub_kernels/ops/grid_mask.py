@@ -81,9 +81,7 @@ def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int,
     return cell_size, height // cell_size, width // cell_size
 
 
-# The CUDA kernels count a map's B x H rows and a line's W x C elements (a cell's rows too) in int, stepping past
-# the last by up to 4 x 256: every backend takes the same shapes (one line of 2**31 fp16 elements is 4 GiB).
-MAX_GRID_EXTENT = 2**31 - 1025
+MAX_GRID_EXTENT = 2**31 - 1025  # B x H rows, W x C per row: the CUDA kernels' int counters (+ 4 x 256), all backends
 
 
 def _check_extent(batch: int, height: int, width: int, channels: int, what: str) -> None:
