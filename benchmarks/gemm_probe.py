@@ -1,9 +1,9 @@
 """The fused-linear loss's chunk matmuls at BERT's shape, alone (GPU): median time, TFLOP/s and cuBLAS's kernel,
 for the class extent unaligned (C = 30522) and padded to 8 (30528, W copied with zero rows: the loop's way on
-2026-12-04), with an fp32 or a bf16 output, and dW's fp32-accumulating addmm; and the loop's own helpers as it
-runs them since late on 2026-12-04 ("loop:" rows): each matmul over the aligned head of C (30520, views of W) plus
-a tail matmul of 2 classes, dH of both branches in one matmul into fp32. What the chunk loop's matmuls reach
-(issue 13).
+2026-12-04), with an fp32 or a bf16 output, and dW's fp32-accumulating addmm; and the chunk loop's matmuls as it
+runs them per chunk ("loop:" rows, ops/_linear_loss_chunks.py): each over the aligned head of C (30520, views of W;
+the loss launch takes the 2-class tail), dH of both branches in one matmul added (beta = 1) into an fp32 product.
+What the chunk loop's matmuls reach (issue 13); tools/perf_model/linear_loss_measured.py reads the "loop:" rows.
 Run from the repository root: PYTHONPATH=. python3 benchmarks/gemm_probe.py"""
 
 import torch
@@ -35,9 +35,7 @@ def kernel(fn):
     return "; ".join(n[:90] for n in names)
 
 
-def dw_parts(g, xw, dw):
-    for part in matmuls.class_parts(C):
-        matmuls.add_matmul(dw[part], g[:, part].T, xw)
+HEAD = matmuls.class_parts(C)[0]  # the aligned head of C: the chunk loop's matmuls' classes
 
 
 def main():
@@ -53,6 +51,7 @@ def main():
     dw = torch.zeros(C, D + 8, device=dev, dtype=torch.float32)
     dw8 = torch.zeros(C8, D + 8, device=dev, dtype=torch.float32)
     xw = torch.randn(R, D + 8, device=dev, dtype=bf)
+    product = torch.zeros(R, D, device=dev, dtype=torch.float32)  # the loop's dH product (the tail's share in it)
     cases = {
         "logits fp32 out, C": (lambda: torch.mm(x, w.T, out_dtype=torch.float32, out=buf[:, :C]), 2 * R * D * C),
         "logits fp32 out, C8": (lambda: torch.mm(x, w8.T, out_dtype=torch.float32, out=buf[:, :C8]), 2 * R * D * C8),
@@ -69,10 +68,13 @@ def main():
             2 * R * (D + 8) * C8,
         ),
         "dW mm bf16 out, M=C8": (lambda: torch.mm(g16[:, :C8].T, xw), 2 * R * (D + 8) * C8),
-        # the loop's helpers (head + tail, views of W)
-        "loop: logits head+tail": (lambda: matmuls.fp32_logits(x, w, buf[:, :C]), 2 * R * D * C),
-        "loop: dH both, head+tail": (lambda: matmuls.times_weight(g16[:, :C], w), 2 * R * D * C),
-        "loop: dW head+tail": (lambda: dw_parts(g16[:, :C], xw, dw), 2 * R * (D + 8) * C),
+        # the loop's, per chunk (its helpers over C's aligned head, views of W)
+        "loop: logits head": (lambda: matmuls.fp32_logits(x, w, buf[:, :C], (HEAD,)), 2 * R * D * HEAD.stop),
+        "loop: dH both, head, beta 1": (
+            lambda: matmuls.add_matmul(product, g16[:, HEAD], w[HEAD]),
+            2 * R * D * HEAD.stop,
+        ),
+        "loop: dW head": (lambda: matmuls.add_matmul(dw[HEAD], g16[:, HEAD].T, xw), 2 * R * (D + 8) * HEAD.stop),
     }
     g16[:, :C8].normal_()
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__}")

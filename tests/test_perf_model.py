@@ -230,7 +230,8 @@ def test_fused_linear_prediction_beside_the_cards_measured_run(tmp_path):
     for name, rows in runs.items():
         (tmp_path / name).write_text(json.dumps({"records": rows}))
     kernels = [{"kernel": "_loss_fwd_kernel", "kernel_us": 10.0}, {"kernel": "_loss_bwd_kernel", "kernel_us": 20.0}]
-    fused = {"us": 10000.0, "chunks": 50, "breakdown": {"loss_kernels": 1500.0, "loss_kernels_per_chunk": kernels}}
+    by_kernel = {k["kernel"]: 50 * k["kernel_us"] for k in kernels}
+    fused = {"us": 10000.0, "chunks": 50, "breakdown": {"loss_kernels": 1500.0, "loss_kernels_by_kernel": by_kernel}}
     today = {"forward": 0.5, "backward": 1.0}  # ms: today's model of the loss case
     profiled_today = {"_loss_fwd_kernel": lm.PROFILE["kernel_us"]["_loss_fwd_kernel"] / 4, "_loss_bwd_kernel":
                       lm.PROFILE["kernel_us"]["_loss_bwd_kernel"] / 5}  # fmt: skip
@@ -261,8 +262,8 @@ def test_fused_linear_prediction_beside_the_cards_measured_run(tmp_path):
 
 def test_gemm_probe_calibrates_the_fused_matmuls(tmp_path):
     # the chunk's matmuls as benchmarks/gemm_probe.py measured them (the newest committed log of the card): the
-    # loop's own helpers where the log has them (their tails' launches then not counted apart), else the padded
-    # matmuls (dH per branch: twice); the fused time shifts by chunks x probed - the model's matmuls
+    # loop's own where the log has them, else the padded matmuls (dH per branch: twice); the fused time shifts by
+    # the chunks in full chunks' matmul time x probed - the model's matmuls
     import json
 
     from tools.perf_model import linear_loss_measured as lm
@@ -278,15 +279,18 @@ def test_gemm_probe_calibrates_the_fused_matmuls(tmp_path):
               ("dH both branches, K=C8", 90.0), ("dW addmm fp32, M=C8", 100.0)]  # fmt: skip
     log("gpu-2026-01-01", "NVIDIA H200", padded)
     assert lm.gemm_probe(H200, tmp_path) == {
-        "file": "gpu-2026-01-01/after-gemm.log", "date": "2026-01-01", "per_chunk_us": 270.0, "with_tails": False
+        "file": "gpu-2026-01-01/after-gemm.log", "date": "2026-01-01", "per_chunk_us": 270.0, "loop": False
     }  # fmt: skip
     assert lm.gemm_probe(H100, tmp_path) is None  # another card's log
     log("gpu-2026-01-03", "NVIDIA H100 80GB HBM3", padded)
     assert lm.gemm_probe(H100, tmp_path)["date"] == "2026-01-03"
-    loop = [("loop: logits head+tail", 60.0), ("loop: dH both, head+tail", 80.0), ("loop: dW head+tail", 90.0)]
-    log("gpu-2026-01-02", "NVIDIA H200", padded + loop)  # newer for the H200: the loop's helpers chosen
+    loop = [("loop: logits head", 60.0), ("loop: dH both, head, beta 1", 80.0), ("loop: dW head", 90.0)]
+    stale = [("loop: logits head+tail", 1.0), ("loop: dH both, head+tail", 1.0), ("loop: dW head+tail", 1.0)]
+    log("gpu-2026-01-02", "NVIDIA H200", padded + loop + stale)  # newer for the H200: the loop's own chosen
     probe = lm.gemm_probe(H200, tmp_path)
-    assert (probe["per_chunk_us"], probe["with_tails"]) == (230.0, True)
+    assert (probe["per_chunk_us"], probe["loop"]) == (230.0, True)
+    log("gpu-2026-01-05", "NVIDIA H100 80GB HBM3", padded + stale)  # the older loop rows (with tails): not read
+    assert (lm.gemm_probe(H100, tmp_path)["per_chunk_us"], lm.gemm_probe(H100, tmp_path)["loop"]) == (270.0, False)
     log("gpu-2026-01-04", "NVIDIA H200", [("logits fp32 out, C8", 70.0)])  # newest but incomplete: passed over
     assert lm.gemm_probe(H200, tmp_path)["date"] == "2026-01-02"
 
@@ -294,11 +298,12 @@ def test_gemm_probe_calibrates_the_fused_matmuls(tmp_path):
     records = [*calibration, {**full, "provider": "compile(official)", "median_ms": 12.0}]
     (tmp_path / "GPU-NVIDIA-H200-2026-01-02.json").write_text(json.dumps({"records": records}))
     kernels = [{"kernel": "_loss_fwd_kernel", "kernel_us": 10.0}, {"kernel": "_loss_bwd_kernel", "kernel_us": 20.0}]
-    fused = {"us": 10000.0, "chunks": 50, "chunk_rows": lm.GEMM_ROWS, "tail_launches_per_chunk": 3,
-             "breakdown": {"loss_kernels": 1500.0, "matmuls": 6000.0, "loss_kernels_per_chunk": kernels}}  # fmt: skip
+    by_kernel = {k["kernel"]: 50 * k["kernel_us"] for k in kernels}
+    fused = {"us": 10000.0, "chunks": 50, "chunk_rows": lm.GEMM_ROWS, "chunk_equivalents": 49.5,
+             "breakdown": {"loss_kernels": 1500.0, "matmuls": 6000.0, "loss_kernels_by_kernel": by_kernel}}  # fmt: skip
     ref = lm.measured_reference(H200, fused, shape, {}, {}, tmp_path)
     (run,) = ref["calibrated"]
-    shift = 50 * 230.0 - 6000.0 - 50 * 3 * H200.launch_us
+    shift = 49.5 * 230.0 - 6000.0  # the last chunk half a full one's matmuls
     assert run["fused_us_probed"] == round(run["fused_us"] + shift, 1)
     assert run["compiled_over_fused_probed"] == round(12e3 / run["fused_us_probed"], 2)
     assert ref["gemm_probe"]["file"] == "gpu-2026-01-02/after-gemm.log"
@@ -481,7 +486,30 @@ def test_recording_counts_the_torch_ops_that_launch_a_kernel():
         torch.empty(3, device=meta).zero_()[1:].fill_(1.0)
         out.to(torch.float16)
         torch.zeros(0, device=meta)
-    assert list(log) == [] and log.torch_ops == ["zeros", "zero_", "fill_", "_to_copy"]
+        torch._foreach_copy_([buffer[:2], buffer[2:4]], [buffer[4:6], buffer[6:8]])  # in place, returns none
+        torch._foreach_copy_([buffer[:0]], [buffer[:0]])  # nothing to copy
+    assert list(log) == [] and log.torch_ops == ["zeros", "zero_", "fill_", "_to_copy", "_foreach_copy_"]
+
+
+def test_fused_linear_launches_are_recorded_from_the_code():
+    # the model's launch count of the fused op's forward is the code's, recorded on meta tensors (helper-152 found
+    # the hand count short): at BERT's shape, 43 chunks of 384 rows, the last of 256, whose loss forward alone
+    # splits the classes (two Triton launches and C's tail's three matmuls of its own). Compiled kernels are
+    # recorded: a subprocess without the interpreter, as the model runs
+    script = (
+        "import json; from tools.perf_model import linear_loss as ll; name, m, d, c = ll.SHAPE; "
+        "print(json.dumps([ll.recorded_forward(ll.SHAPE, 384), ll.recorded_forward((name, m + 384, d, c), 384), "
+        "ll.recorded_forward(ll.SHAPE, 192)]))"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    forward, one_more, split = json.loads(result.stdout.splitlines()[-1])
+    assert forward["triton"] == 42 + 2
+    # per chunk: the two row copies into the stacked buffer, the three matmuls over C's head, dH's rows stored
+    assert {k: one_more[k] - forward[k] for k in forward} == {"torch": 6, "triton": 1}
+    assert forward["torch"] > 6 * 42 + 6 + 3 + 12  # the fallback chunk's tail matmuls, dW's tail, the buffers
+    assert split["triton"] == 2 * 86  # 192-row chunks all split (fewer rows than 2 per SM)
 
 
 NCU_LOG = """== bench.log: earlier steps' lines

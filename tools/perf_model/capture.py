@@ -6,7 +6,8 @@
    (grid, constexprs, num_warps) come from the launcher's code, never from a copy of it. Swapping module globals
    relies on nothing inside Triton, so it works on every Triton version. The torch ops the launcher runs around its
    kernels that launch one too on a GPU (a zero fill, a conversion: every aten op but views, allocations and
-   metadata, on non-empty outputs) are counted by a dispatch mode over the same block: ``LaunchLog.torch_ops``.
+   metadata, on non-empty outputs, or on non-empty operands for an in-place op that returns none, e.g.
+   _foreach_copy_) are counted by a dispatch mode over the same block: ``LaunchLog.torch_ops``.
 2. ``compile_launch``: the JIT's own specialisation of those arguments (pointers whose address is a multiple of 16
    and integers divisible by 16 get ``tt.divisibility``; integers equal to 1 become constants), by calling the
    JIT's binder (Triton 3.8 internals) or, where those internals differ, the same rules written out here.
@@ -107,6 +108,8 @@ class _TorchLaunches(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
         outputs = out if isinstance(out, (tuple, list)) else [out]
+        if func._schema.is_mutable and not any(isinstance(o, torch.Tensor) for o in outputs):
+            outputs = [t for a in args for t in (a if isinstance(a, (tuple, list)) else [a])]  # _foreach_copy_: ()
         launches = any(isinstance(o, torch.Tensor) and o.numel() for o in outputs)
         if launches and not func.is_view and name not in _NO_KERNEL:
             self.ops.append(name)

@@ -11,7 +11,9 @@ loss kernels. Each figure here is a prediction, built from:
   modelled as theirs (it runs both kernels' loops, with the same elements per warp-instruction: its num_warps is
   the larger of the two, the forward's blocks then spread over twice its warps) and its launches as one;
 - elementwise passes of the composites over [M, C] at copy bandwidth, counted per op below;
-- ``card.launch_us`` per launch.
+- ``card.launch_us`` per device launch: the forward's as its code makes them (recorded on meta tensors:
+  recorded_forward), cuBLAS's own beside its matmul kernels (CUBLAS_EXTRA_PER_CHUNK) and the backward's;
+- every chunk at its own rows (the last one is shorter: BERT's 256 of 384).
 
 Providers (the benchmark's, masksub_kernels/bench/linear_loss.py; bf16, class ids, a bias, main + sub, forward +
 backward):
@@ -44,12 +46,14 @@ kernels calibrated by that run, a range over the calibration's sources.
 
 from __future__ import annotations
 
+from unittest import mock
+
 import torch
 
 from masksub_kernels.bench.linear_loss import CHUNK_SWEEP, chunking, modelled_extra_mb, sweep_provider
 from masksub_kernels.bench.report import MODEL_VARIANTS
 from masksub_kernels.ops import _linear_loss_chunks as chunk_loop
-from masksub_kernels.ops import _linear_loss_matmuls as matmuls
+from masksub_kernels.ops import _linear_loss_grads as linear_grads
 from masksub_kernels.ops import _loss_fwd_bwd, masksub_loss
 
 from . import linear_loss_host
@@ -104,72 +108,113 @@ def _loss_kernels_us(card: Card, rows: int, classes: int) -> tuple[float, int, l
     return total, len(chunk_launches) + len(chunk_launches.torch_ops), kernels  # the launchers' torch fills too
 
 
-def _fused(card: Card, shape: tuple = SHAPE) -> dict:
-    """The fused op's predicted time (us) and its parts at ``shape`` (name, M, D, C), with the chunk rows in force
-    (chunk_loop.grads_chunk_rows: the benchmark's `chunking` changes them)."""
+# cuBLAS's own device operations per chunk beside its matmul kernels, as the 2026-12-04 probe log lists them
+# (gpu-2026-12-04/after-gemm.log): a Memset before each cooperative nvjet kernel (the logits', dW's) and a
+# splitKreduce kernel after dH's split-K matmul. Each is charged a launch's gap (ASSUMED: not timed apart; the probed
+# matmul times include them)
+CUBLAS_EXTRA_PER_CHUNK = 3
+# the backward's launches (ops/_linear_loss_grads._grads_backward): one _scale_kernel per stored gradient (dH, dHs,
+# dW, db) and the scalar ops of their factor (factor and scale to fp64, their product, back to fp32)
+BACKWARD_LAUNCHES = 4 + 4
+
+
+def recorded_forward(shape: tuple, rows_per_chunk: int) -> dict[str, int]:
+    """{"torch": n, "triton": n}: the device launches of the op's forward at ``shape`` (name, M, D, C), bf16, class
+    ids, a bias, both branches, with ``rows_per_chunk``: the benchmark's eager call (ops/_linear_loss_grads's
+    triton implementation; the gradients in the forward, every row counted) run on meta tensors under
+    capture.recording, so that the count is the code's own lines, not a count of them kept by hand (helper-152 found
+    the hand count 6 short). counted_rows' nonzero has no meta kernel (its output's size is the data's): an arange
+    stands in, one launch for its one or more and its host sync (host time, not charged here)."""
     _, m, d, c = shape
-    r = chunk_loop.grads_chunk_rows(c, m)
-    chunks = -(-m // r)
-    chunk_unit = 2 * r * d * c
-    logits = _matmul_us(card, 2 * chunk_unit, 2 * r * c * 4 + c * d * 2 + 2 * r * d * 2)  # [2R, C] fp32 written
-    # dz and ds (bf16) and W read, one fp32 [2R, D] written
-    d_hidden = _matmul_us(card, 2 * chunk_unit, 2 * r * c * 2 + c * d * 2 + 2 * r * d * 4)
+    meta = dict(dtype=torch.bfloat16, device=META)
+    hidden, sub_hidden = torch.empty(m, d, **meta), torch.empty(m, d, **meta)
+    weight, bias = torch.empty(c, d, **meta), torch.empty(c, **meta)
+    target = torch.empty(m, dtype=torch.int64, device=META)
+
+    def counted_rows(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+        _ = target != ignore_index  # the real one's comparison
+        return torch.arange(target.shape[0], device=target.device)
+
+    options = (False, 0.0, -100, 1.0, None)  # CE, no smoothing, ignore_index, T = 1, no threshold
+    with mock.patch.object(chunk_loop, "counted_rows", counted_rows):
+        with recording(chunk_loop, linear_grads, _loss_fwd_bwd, masksub_loss) as launches:
+            linear_grads._grads_triton(
+                hidden, sub_hidden, weight, bias, target, True, 0.5, 0.5, True, True, True, True, True, rows_per_chunk,
+                *options,
+            )  # fmt: skip
+    return {"torch": len(launches.torch_ops), "triton": len(launches)}
+
+
+def _chunk_us(card: Card, rows: int, d: int, c: int, splits: bool) -> tuple[float, float, list[dict]]:
+    """(matmuls us, loss kernels us, the loss kernels' summaries) of one chunk of ``rows`` rows per branch.
+    ``splits``: its loss forward splits the classes (then dH's product is written, not added to)."""
+    chunk_unit = 2 * rows * d * c
+    logits = _matmul_us(card, 2 * chunk_unit, 2 * rows * c * 4 + c * d * 2 + 2 * rows * d * 2)  # [2R, C] fp32 out
+    # dz and ds (bf16) and W read, one fp32 [2R, D] written, and read first where it adds to the tail's share that
+    # the loss launch wrote (beta = 1; a chunk whose forward splits writes it afresh)
+    d_hidden = _matmul_us(card, 2 * chunk_unit, 2 * rows * c * 2 + c * d * 2 + 2 * rows * d * 4 * (2 - splits))
     # dW and db in one matmul per chunk: the stacked rows carry a ones column ([2R, D + pad]), the fp32 accumulator
     # is [dW | db | 0...] [C, D + pad], read and written per matmul (beta = 1)
     wide = chunk_loop.padded_depth(d)
-    k = 2 * r  # the rows of a chunk's gradients
+    k = 2 * rows  # the rows of a chunk's gradients
     d_weight = _matmul_us(card, 2 * k * wide * c, k * c * 2 + k * wide * 2 + 2 * c * wide * 4)
-    loss_us, loss_launches, loss_kernels = _loss_kernels_us(card, r, c)
-    # per chunk: logits, dH of both, dW (with db) over C's aligned head; the tail's logits and dH in the loss launch,
-    # which keeps the tail's gradient columns for dW's tail: once per call (a matmul per branch, db's sum and add).
-    # A chunk whose loss forward splits the classes (class_splits: fewer rows than 2 per SM, or more programs per SM)
-    # runs the loss's two launches and the tail's three matmuls itself (ops/_loss_fwd_bwd.py falls back; helper-152:
-    # every chunk at 192 rows, where only the last was counted)
-    tails = len(matmuls.class_parts(c)) - 1
+    loss_us, _, loss_kernels = _loss_kernels_us(card, rows, c)
+    return logits + d_hidden + d_weight, loss_us, loss_kernels
+
+
+def _fused(card: Card, shape: tuple = SHAPE) -> dict:
+    """The fused op's predicted time (us) and its parts at ``shape`` (name, M, D, C), with the chunk rows in force
+    (chunk_loop.grads_chunk_rows: the benchmark's `chunking` changes them)."""
+    name, m, d, c = shape
+    r = chunk_loop.grads_chunk_rows(c, m)
+    chunks = -(-m // r)
+    last = m - (chunks - 1) * r  # the last chunk's rows (BERT's: 256 of 384), charged at its own rows
     split_block = masksub_loss._launch_config(c, masksub_loss._split_max_block())[0]
 
-    def splits(rows: int) -> bool:
+    def splits(rows: int) -> bool:  # the chunk's loss forward splits the classes (fewer rows than 2 per SM, ...)
         return masksub_loss.class_splits(rows, c, split_block, masksub_loss.DEFAULT_SMS)[0] > 1
 
-    every_chunk_splits = splits(r)
-    matmul_launches = 3 + 3 * tails * every_chunk_splits
-    other_launches = 3  # per chunk: the two copies of the rows into the stacked buffer, one multi-tensor copy of
-    # dH's fp32 rows into dH and dHs (O(R D) bytes: their time is their launches); the loss forward writes its stats
-    # into the op's [9, M] and reuses one buffer of tickets
-    chunk_matmuls_us = logits + d_hidden + d_weight
-    per_chunk = chunk_matmuls_us + loss_us
-    per_chunk += card.launch_us * (matmul_launches + loss_launches + other_launches)
-    # once: the row ids, buffers (the tickets' zeros; the stats need none), the reductions (12 launches); the
-    # stacked buffer's zeros and ones column, db's copy out of the accumulator (3; dW is returned as its view); dW's
-    # tail where some chunk kept its columns; a last chunk of fewer rows whose loss forward alone splits the classes
-    # (BERT's 256-row last chunk) runs the loss's two launches and the tail's three matmuls
-    last = m - (chunks - 1) * r
-    fallback = int(not every_chunk_splits and splits(last))
-    per_call_tails = 0 if every_chunk_splits else 4 * tails
-    fused_us = chunks * per_chunk + card.launch_us * (12 + 3 + per_call_tails + fallback * (1 + 3 * tails))
+    full_matmuls, full_loss, loss_kernels = _chunk_us(card, r, d, c, splits(r))
+    last_matmuls, last_loss, last_kernels = _chunk_us(card, last, d, c, splits(last))
+    matmuls_us = (chunks - 1) * full_matmuls + last_matmuls
+    loss_us = (chunks - 1) * full_loss + last_loss
+    loss_by_kernel = {k["kernel"]: (chunks - 1) * k["kernel_us"] for k in loss_kernels}
+    for k in last_kernels:
+        loss_by_kernel[k["kernel"]] = loss_by_kernel.get(k["kernel"], 0.0) + k["kernel_us"]
+    # the launches, as the forward's code makes them (recorded: per chunk, the two copies of the rows into the
+    # stacked buffer, the three matmuls over C's aligned head, one loss launch that also takes C's tail, one
+    # multi-tensor copy of dH's rows; a chunk whose loss forward splits runs the loss's two launches and the tail's
+    # matmuls itself; once: the buffers, dW's tail, the reductions), cuBLAS's own per chunk, the backward's
+    forward = recorded_forward(shape, r)
+    one_more = recorded_forward((name, m + r, d, c), r)  # a chunk of r rows more: one chunk's launches
+    per_chunk = {kind: one_more[kind] - forward[kind] for kind in forward}
+    device_launches = sum(forward.values()) + chunks * CUBLAS_EXTRA_PER_CHUNK + BACKWARD_LAUNCHES
+    launches_us = card.launch_us * device_launches
     # the backward scales the stored gradients in fp32 (ops/_linear_loss_grads._scaled, the triton backend's eager
     # backward): one _scale_kernel launch each, dH and dHs in place (read 2, write 2 bytes per element), dW from its
-    # fp32 accumulator into bf16 (read 4, write 2), db likewise; their time at copy bandwidth
+    # fp32 accumulator into bf16 (read 4, write 2), db likewise; their time at copy bandwidth (launches above)
     scaling_bytes = 2 * m * d * 4 + c * d * 6 + c * 6
-    scaling_us = scaling_bytes / card.copy_bytes_per_s * 1e6 + card.launch_us * 4
-    fused_us += scaling_us
+    scaling_us = scaling_bytes / card.copy_bytes_per_s * 1e6
+    fused_us = matmuls_us + loss_us + launches_us + scaling_us
     return {
         "us": fused_us,
         "chunk_rows": r,
         "chunks": chunks,
+        "last_chunk_rows": last,
         "dw_matmuls": chunks,
-        "tail_launches_per_chunk": 3 * tails * every_chunk_splits,  # else in the loss launch, dW's once per call
+        # the chunks' matmul time in full chunks (the probe's calibration: a probed full chunk times this)
+        "chunk_equivalents": matmuls_us / full_matmuls,
         # the host's launches per chunk (linear_loss_host.py): the loss's own are Triton's
-        "launches_per_chunk": {"torch": matmul_launches + other_launches, "triton": loss_launches},
-        "chunks_in_two_launches": chunks if every_chunk_splits else fallback,
-        "tail_launches_per_call": per_call_tails,
+        "launches_per_chunk": per_chunk,
+        "device_launches": device_launches,
         "extra_mib": modelled_extra_mb(m, d, c, 2)["fused"],
         "breakdown": {
-            "matmuls": round(chunks * chunk_matmuls_us, 1),
-            "loss_kernels": round(chunks * loss_us, 1),
-            "launches": round(fused_us - scaling_us - chunks * (chunk_matmuls_us + loss_us), 1),
+            "matmuls": round(matmuls_us, 1),
+            "loss_kernels": round(loss_us, 1),
+            "launches": round(launches_us, 1),
             "backward_scaling": round(scaling_us, 1),
-            "loss_kernels_per_chunk": loss_kernels,
+            "loss_kernels_per_chunk": loss_kernels,  # a full chunk's
+            "loss_kernels_by_kernel": {kernel: round(us, 2) for kernel, us in loss_by_kernel.items()},
         },
     }
 

@@ -19,10 +19,11 @@ a host-bound op would be slower than any of these (its host time: linear_loss_ho
 The matmuls' own calibration: where a committed log of benchmarks/gemm_probe.py on the card exists
 (results/gpu-<date>/*gemm*.log, newest first), each calibrated row also gives the fused time with the chunk's
 matmuls as the probe MEASURED them at the default chunk rows (GEMM_ROWS) instead of at the model's assumed cuBLAS
-efficiency: the loop's own helpers ("loop:" rows, each with its class tail's matmul, whose launch the model then no
-longer counts apart) where the log has them, else the aligned matmuls of 2026-12-04 (over W padded to C rounded up
-to 8, no tail). On the H200 the probe measured the aligned chunk matmuls at ~340-500 TFLOP/s, against the 692
-assumed.
+efficiency: the matmuls as the loop runs them per chunk ("loop:" rows: over C's aligned head, views of W, dH added
+into an fp32 product; the loss launch takes the tail) where the log has them, else the aligned matmuls of
+2026-12-04 (over W padded to C rounded up to 8). A probed chunk is a full one: the shift is scaled by the model's
+chunks in full chunks' matmul time (the last chunk is shorter). On the H200 the probe measured the aligned chunk
+matmuls at ~340-500 TFLOP/s, against the 692 assumed.
 """
 
 from __future__ import annotations
@@ -50,12 +51,13 @@ PROFILE = {
 KERNELS = ("_loss_fwd_kernel", "_loss_bwd_kernel")  # forward, backward
 
 GEMM_ROWS = 384  # benchmarks/gemm_probe.py's rows per branch (its R = 768 stacked rows)
-# the chunk's three matmuls by the probe's row names, each (name, times per chunk): the loop's own helpers where the
-# log has them (with the tails), else the aligned matmuls over a padded W (2026-12-04: dH per branch, twice)
+# the chunk's three matmuls by the probe's row names, each (name, times per chunk): the loop's own where the log has
+# them, else the aligned matmuls over a padded W (2026-12-04: dH per branch, twice). Logs before 2026-12-06 named
+# other "loop:" rows (head + tail: each with its tail's matmul, which the loop no longer runs): not read
 GEMM_PARTS = {
-    "logits": (("loop: logits head+tail", 1), ("logits fp32 out, C8", 1)),
-    "d_hidden": (("loop: dH both, head+tail", 1), ("dH, K=C8", 2)),
-    "d_weight": (("loop: dW head+tail", 1), ("dW addmm fp32, M=C8", 1)),
+    "logits": (("loop: logits head", 1), ("logits fp32 out, C8", 1)),
+    "d_hidden": (("loop: dH both, head, beta 1", 1), ("dH, K=C8", 2)),
+    "d_weight": (("loop: dW head", 1), ("dW addmm fp32, M=C8", 1)),
 }
 _GEMM_ROW = re.compile(r"^(\S.*?)\s{2,}([\d.]+) us\s+[\d.]+ TFLOP/s", re.MULTILINE)
 
@@ -72,7 +74,7 @@ def card_runs(card: Card, folder: Path = RESULTS) -> list[tuple[str, Path]]:
 
 def gemm_probe(card: Card, folder: Path = RESULTS) -> dict | None:
     """The newest committed gemm_probe log of ``card`` (its first line names the device): {file, date, per_chunk_us,
-    with_tails}: the chunk's three matmuls' measured us at GEMM_ROWS rows (GEMM_PARTS), or None without a log that
+    loop}: the chunk's three matmuls' measured us at GEMM_ROWS rows (GEMM_PARTS), or None without a log that
     has them all."""
     for path in sorted(folder.glob("gpu-*/*gemm*.log"), key=lambda p: p.parent.name, reverse=True):
         text = path.read_text()
@@ -87,7 +89,7 @@ def gemm_probe(card: Card, folder: Path = RESULTS) -> dict | None:
             "file": f"{path.parent.name}/{path.name}",
             "date": path.parent.name.removeprefix("gpu-"),
             "per_chunk_us": round(sum(rows[n] * k for n, k in chosen), 1),
-            "with_tails": all(n.startswith("loop:") for n, _ in chosen),
+            "loop": all(n.startswith("loop:") for n, _ in chosen),
         }
     return None
 
@@ -144,22 +146,16 @@ def measured_reference(
     if found is None:
         return None
     date, path, run, composites = found
-    per_chunk = {k["kernel"]: k["kernel_us"] for k in fused["breakdown"]["loss_kernels_per_chunk"]}
+    by_kernel = fused["breakdown"]["loss_kernels_by_kernel"]  # us over all chunks (the last at its own rows)
     uncalibrated = fused["us"] - fused["breakdown"]["loss_kernels"]
     compiled, eager = composites.get("compile(official)"), composites.get("official")
     probe = gemm_probe(card, folder) if fused.get("chunk_rows") == GEMM_ROWS else None
     probed_shift = None  # the fused time's change with the chunk matmuls as probed
     if probe is not None:
-        probed_shift = fused["chunks"] * probe["per_chunk_us"] - fused["breakdown"]["matmuls"]
-        # the probe timed the tails' matmuls: their launches are not counted apart (since the night of 2026-12-04
-        # the chunks run none: the loss launch takes the tails; the probe's per-chunk time then over-counts them)
-        if probe["with_tails"]:
-            probed_shift -= fused["chunks"] * fused.get("tail_launches_per_chunk", 0) * card.launch_us
+        probed_shift = fused["chunk_equivalents"] * probe["per_chunk_us"] - fused["breakdown"]["matmuls"]
     calibrated = []
     for factors in calibrations(run, today, profiled_today, card):
-        loss_us = fused["chunks"] * (
-            per_chunk[KERNELS[0]] * factors["forward"] + per_chunk[KERNELS[1]] * factors["backward"]
-        )
+        loss_us = by_kernel[KERNELS[0]] * factors["forward"] + by_kernel[KERNELS[1]] * factors["backward"]
         entry = {**factors, "loss_kernels_us": round(loss_us, 1), "fused_us": round(uncalibrated + loss_us, 1)}
         if compiled:
             entry["compiled_over_fused"] = round(compiled * 1e3 / entry["fused_us"], 2)
@@ -203,7 +199,7 @@ def markdown(reference: dict | None, loss_kernels_us: float) -> list[str]:
     if reference["calibrated"]:
         probed = ""
         if probe:
-            kind = "the loop's own helpers, with the class tails" if probe["with_tails"] else "over a padded W"
+            kind = "the loop's own, over C's aligned head" if probe["loop"] else "over a padded W"
             probed = (
                 f" The last two columns take the chunk's matmuls as benchmarks/gemm_probe.py MEASURED them "
                 f"({probe['file']}, {kind}: {probe['per_chunk_us']:.0f} us per chunk) instead of the assumed "
