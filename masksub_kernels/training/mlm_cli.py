@@ -32,7 +32,15 @@ import torch
 from torch import nn
 
 from .determinism import DETERMINISTIC_HELP, run_command
-from .mlm_tokenizer import Vocab, check_tokenizer_arg, load_tokenizer, removed_if_refused, tokenizer_path
+from .mlm_resume import check_resume, corpus_digest, corpus_record, load_state, read_checkpoint, resumes
+from .mlm_tokenizer import (
+    DEFAULT_VOCAB_SIZE,
+    Vocab,
+    check_tokenizer_arg,
+    load_tokenizer,
+    removed_if_refused,
+    tokenizer_path,
+)
 from .rank_zero import rank_zero_check
 from .run_setup import (
     HelpWithDefaults,
@@ -57,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=about, formatter_class=HelpWithDefaults)
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=None, help="directory of *.txt files (default: the stdlib docstrings)")
-    g.add_argument("--vocab-size", type=int, default=8192, help="WordPiece vocabulary trained on the corpus")
+    g.add_argument(
+        "--vocab-size", type=int, default=None,
+        help=f"WordPiece vocabulary trained on the corpus (default {DEFAULT_VOCAB_SIZE}; not used where the vocabulary "
+        "is read from a file: a note where its size differs)",
+    )  # fmt: skip
     g.add_argument(
         "--tokenizer", default=None, metavar="PATH",
         help="tokenizer.json to use, or to write when absent (default: OUTPUT/tokenizer.json); runs to be compared "
@@ -112,14 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(args) -> None:
     args.output = default_output(args, "output/mlm")
-    positive = ("vocab_size", "seq_len", "layers", "width", "heads", "steps", "batch_size", "accum_steps",
+    positive = ("seq_len", "layers", "width", "heads", "steps", "batch_size", "accum_steps",
                 "eval_every")  # fmt: skip
     for name in positive:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.seq_len < 3:
         raise UsageError(f"--seq-len must be >= 3 ([CLS], a token, [SEP]), got {args.seq_len}")
-    if args.vocab_size < 64:
+    if args.vocab_size is not None and args.vocab_size < 64:
         raise UsageError(f"--vocab-size must be >= 64 (the special tokens and the characters), got {args.vocab_size}")
     if args.width % args.heads:
         raise UsageError(f"--heads ({args.heads}) must divide --width ({args.width})")
@@ -222,34 +234,6 @@ def _binomial_pmf(n: int, x: int, p: float) -> float:
     return math.exp(log_comb + x * math.log(p) + (n - x) * math.log1p(-p))
 
 
-RESUME_MUST_MATCH = ("seed", "batch_size", "accum_steps", "seq_len", "baseline", "mask_ratio", "sub_fill",
-                     "mlm_probability", "schedule", "lr", "warmup_steps", "weight_decay", "layers", "width", "heads",
-                     "intermediate", "dropout", "data_dir", "eval_blocks", "clip_grad")  # fmt: skip
-
-
-def _resume_value(name: str, value):
-    """An option's value as the resume check compares it: --data-dir as the directory it names (corpus/ = corpus)."""
-    return os.path.realpath(value) if name == "data_dir" and value is not None else value
-
-
-def _check_resume(args, state: dict, world: int, digest: str) -> None:
-    """Refuse a resume that would silently continue another run: options that fix the data, the seeds, the model
-    or the optimizer must match the checkpoint's (--steps, with a note, --eval-every, --stop-at, --output, --device,
-    --amp and --chunk-rows may change: the last changes only the order of the gradients' fp32 sums), as must the
-    number of processes and the vocabulary."""
-    saved = state.get("args", {})
-    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MUST_MATCH
-               if _resume_value(k, saved.get(k)) != _resume_value(k, getattr(args, k))]  # fmt: skip
-    if state.get("world_size", 1) != world:
-        changed.append(f"processes {state.get('world_size', 1)} -> {world}")
-    if state.get("tokenizer_sha256") not in (None, digest):
-        changed.append("the vocabulary (tokenizer.json differs)")
-    if changed:
-        raise UsageError(f"--resume {args.resume!r} continues another run: {'; '.join(changed)}")
-    if state["step"] >= (args.stop_at or args.steps):
-        raise UsageError(f"--resume {args.resume!r} is at step {state['step']}: nothing left to train")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Data: corpus -> tokenizer -> blocks; a batch per (step, micro-step, rank), corrupted from its own seed
 # ----------------------------------------------------------------------------------------------------------------
@@ -285,10 +269,21 @@ def _corpus(args, rank: int, world: int, device, tokenizer_at: str, resuming: bo
     vocab = Vocab(tokenizer.get_vocab_size(), tokenizer.token_to_id("[MASK]"), tokenizer.token_to_id("[PAD]"))
     sizes = {"documents": len(documents), "held_out_documents": len(held_out), "train_blocks": int(train.shape[0]),
              "val_blocks": int(val.shape[0]), "vocab_size": vocab.size, "tokenizer_sha256": digest,
-             "tokenizer": tokenizer_at, "tokenizer_trained": trained}  # fmt: skip
+             "tokenizer": tokenizer_at, "tokenizer_trained": trained,
+             "corpus_sha256": corpus_digest(train, val)}  # fmt: skip
     train = (train.to(device), text_data.special_tokens_mask(train, tokenizer).to(device))
     val = _corrupt(args, vocab, val.to(device), text_data.special_tokens_mask(val, tokenizer).to(device), EVAL_SEED)
     return vocab, train, val, sizes
+
+
+def _check_held_out(args, val: dict) -> None:
+    """Refuse a held-out corruption that predicts no token (helper-157: val_loss 0.0 was logged, a perfect-looking
+    loss): one fixed draw, known before a round of training."""
+    if not bool((val["labels"] != -100).any()):
+        raise UsageError(
+            f"the held-out corruption of {val['labels'].shape[0]} block(s) (--eval-blocks) predicts no token at "
+            f"--mlm-probability {args.mlm_probability}: its loss and accuracy would be undefined; raise either"
+        )
 
 
 def _seed(*parts: int) -> int:
@@ -420,30 +415,13 @@ def _evaluate(args, ms, vocab, data, rank: int, world: int, device, autocast) ->
     ms.train()
     if world > 1:
         dist.all_reduce(sums)
-    count = max(float(sums[2]), 1.0)
+    count = float(sums[2]) or float("nan")  # none predicted: refused before training (_check_held_out)
     return {"val_loss": float(sums[0]) / count, "val_acc": 100.0 * float(sums[1]) / count}
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The run: set-up, resume, rounds of training + evaluation + save
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _read_checkpoint(args) -> dict:
-    """The --resume checkpoint, read before the corpus (it says which vocabulary the run used)."""
-    from .checkpoint import load_checkpoint
-
-    try:
-        state = load_checkpoint(args.resume)
-    except Exception as exc:  # a truncated file, or not a torch file at all
-        first = (str(exc).splitlines() or [""])[0]
-        raise UsageError(
-            f"cannot read checkpoint {args.resume!r} (expected a torch.save file such as OUTPUT/last.pth): {first}"
-        ) from exc
-    needed = ("model", "optimizer", "scheduler", "step", "rows", "args")
-    if not isinstance(state, dict) or any(key not in state for key in needed):
-        raise UsageError(f"{args.resume!r} is not a {PROG} checkpoint (it lacks {', '.join(needed)})")
-    return state
 
 
 def _build(args, vocab: Vocab, train, state: dict | None, world: int, device, rank: int, sizes: dict):
@@ -453,11 +431,14 @@ def _build(args, vocab: Vocab, train, state: dict | None, world: int, device, ra
 
     per_step = args.batch_size * args.accum_steps * world
     if train[0].shape[0] < per_step:
-        raise UsageError(f"{train[0].shape[0]} training blocks: fewer than one step's {per_step}; lower --batch-size")
+        raise UsageError(
+            f"{train[0].shape[0]} training blocks: fewer than one step's {per_step} (--batch-size {args.batch_size} x "
+            f"--accum-steps {args.accum_steps} x {world} process(es)); lower them, or give a larger corpus"
+        )
     if not args.baseline:
         _check_keep(args, specials=train[1].sum(1))  # the blocks' own [SEP]s
     if state is not None:
-        _check_resume(args, state, world, sizes["tokenizer_sha256"])
+        check_resume(args, state, world, sizes)
     torch.manual_seed(_seed(args.seed, -1))
     ms = MaskSub(_model(args, vocab), mask_ratio=args.mask_ratio, sub_fill=args.sub_fill, chunk_rows=args.chunk_rows)
     ms = ms.to(device)
@@ -475,28 +456,8 @@ def _build(args, vocab: Vocab, train, state: dict | None, world: int, device, ra
         dtype = torch.bfloat16 if args.amp == "bf16" else torch.float16
         autocast = functools.partial(torch.autocast, device.type, dtype=dtype)
     if state is not None:
-        _load_state(args, state, ms, optimizer, scheduler, scaler, rank)
+        load_state(args, state, ms, optimizer, scheduler, scaler, rank, PROG)
     return ms, optimizer, scheduler, scaler, autocast
-
-
-def _load_state(args, state: dict, ms, optimizer, scheduler, scaler, rank: int) -> None:
-    old_steps = state["args"].get("steps", args.steps)
-    if old_steps != args.steps and rank == 0:  # the schedule's length: warm-up then linear decay to --steps
-        print(
-            f"{PROG}: note: resuming with --steps {old_steps} -> {args.steps}: the learning rate follows the new "
-            f"schedule from step {state['step'] + 1} on (the steps so far followed the old one)",
-            file=sys.stderr,
-        )
-    try:
-        ms.model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise UsageError(f"--resume {args.resume!r} holds another model: {str(exc).splitlines()[0]}") from exc
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * factor(scheduler.last_epoch)  # this --steps' schedule (the state holds the old lr)
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
 
 
 def _run(args) -> None:
@@ -509,7 +470,7 @@ def _run(args) -> None:
     rank, world, device = _distributed(args.device)
     rank_zero_check(lambda: check_output(args.output, args.resume), rank, world)
     backend = check_backend(device, ("linear_masksub_loss", "random_keep_indices"))
-    state = _read_checkpoint(args) if args.resume else None
+    state = read_checkpoint(args, PROG) if args.resume else None
     tokenizer_at = tokenizer_path(args, state)
 
     def check_tokenizer_directory():  # where the vocabulary will be saved, before it is trained
@@ -520,6 +481,7 @@ def _run(args) -> None:
     with removed_if_refused(tokenizer_at, rank):  # a vocabulary this run trains, then refused (mlm_tokenizer.py)
         vocab, train, val, sizes = _corpus(args, rank, world, device, tokenizer_at, state is not None)
         ms, optimizer, scheduler, scaler, autocast = _build(args, vocab, train, state, world, device, rank, sizes)
+        _check_held_out(args, val)
     if args.warmup_steps > args.steps and rank == 0:  # after every check: a note, not an error (as masksub-train's)
         print(f"{PROG}: note: --warmup-steps {args.warmup_steps} > --steps {args.steps}: the learning rate is still "
               f"warming up when the run ends and never reaches --lr {args.lr}", file=sys.stderr)  # fmt: skip
@@ -527,7 +489,7 @@ def _run(args) -> None:
     start, rows = (state["step"], state["rows"]) if state else (0, [])
     meta = {"command": " ".join([PROG, *sys.argv[1:]]), "args": dict(vars(args)), "world_size": world,
             "device": str(device), "backend": backend, "torch": torch.__version__, "python": sys.version.split()[0],
-            **sizes}  # fmt: skip
+            **sizes, "resumes": resumes(args, state)}  # fmt: skip
     # one round's sums: loss, main, sub (of the micro-batches that predict a token), those micro-batches, all of them
     sums = torch.zeros(5, dtype=torch.float64, device=device)
     one = torch.ones(1, dtype=torch.float64, device=device)  # a micro-batch counted (never NaN, whatever its loss)
@@ -572,6 +534,7 @@ def _run(args) -> None:
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "step": step + 1, "rows": rows, "args": dict(vars(args)), "world_size": world,
                 "tokenizer_sha256": sizes["tokenizer_sha256"], "tokenizer": os.path.abspath(sizes["tokenizer"]),
+                "corpus": corpus_record(sizes), "resumes": meta["resumes"],
             })  # fmt: skip
         sums.zero_()
         round_start = time.perf_counter()

@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 from .run_setup import UsageError
 
+DEFAULT_VOCAB_SIZE = 8192  # --vocab-size's: the WordPiece vocabulary trained for a run
+
 __all__ = ["Vocab", "check_tokenizer_arg", "load_tokenizer", "removed_if_refused", "tokenizer_digest", "tokenizer_path"]
 
 
@@ -73,7 +75,7 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
 
     trained = rank == 0 and not os.path.isfile(path)
     if trained:
-        tokenizer = text_data.train_tokenizer(train_docs, args.vocab_size)
+        tokenizer = text_data.train_tokenizer(train_docs, args.vocab_size or DEFAULT_VOCAB_SIZE)
         try:  # (its directory was checked before: a disk that fills, a permission changed since)
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             tokenizer.save(path + ".partial")
@@ -98,6 +100,10 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
     missing = [t for t in text_data.SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
     if missing:
         raise UsageError(f"--tokenizer {path!r} lacks BERT's special tokens {missing}")
+    size = tokenizer.get_vocab_size()
+    if rank == 0 and not trained and args.vocab_size not in (None, size):  # (helper-157: ignored without a word)
+        print(f"{prog}: note: --vocab-size {args.vocab_size} is not used: the vocabulary read from {path!r} has "
+              f"{size} tokens", file=sys.stderr)  # fmt: skip
     return tokenizer, tokenizer_digest(path), trained
 
 

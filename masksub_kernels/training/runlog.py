@@ -4,13 +4,15 @@ Columns: epoch, lr (at the end of the epoch), loss (weighted total), loss_main, 
 val_loss, top1, top5 (validation, %), ema_val_loss, ema_top1, ema_top5 (the weight EMA's, with --model-ema;
 empty otherwise), images_per_s (training throughput over all processes), epoch_time_s and
 wall_time_s (cumulative training + evaluation time, excluding set-up). Both files are rewritten whole every epoch,
-so a resumed run continues the same files.
+so a resumed run continues the same files. log.json holds {'meta': ..., 'epochs': [row, ...]} (the MLM command's
+rows are rounds of steps, under the same key), a NaN or infinite number as null.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from typing import Any
 
@@ -46,4 +48,10 @@ def write_log(
         for row in rows:
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
     with open(os.path.join(output_dir, "log.json"), "w") as f:
-        json.dump({"meta": meta, "epochs": rows}, f, indent=1)
+        json.dump({"meta": meta, "epochs": [_strict(row) for row in rows]}, f, indent=1)
+
+
+def _strict(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with null for a NaN or infinite number (a round with no loss to log, a diverged run): JSON has no
+    NaN, and strict parsers reject Python's bare NaN token (log.csv keeps 'nan')."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 import torch
+from _mlm_runs import TINY, corpus_fixture, tokenizer_fixture  # noqa: F401  (fixtures: corpus, tokenizer)
+from _mlm_runs import log as _log
 
 import masksub_kernels as mk
 from masksub_kernels.training import text_data
@@ -16,56 +18,6 @@ from masksub_kernels.training.mlm_cli import main
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
-
-TINY = [
-    "--vocab-size",
-    "120",
-    "--seq-len",
-    "16",
-    "--layers",
-    "1",
-    "--width",
-    "16",
-    "--heads",
-    "2",
-    "--batch-size",
-    "4",
-    "--steps",
-    "4",
-    "--eval-every",
-    "2",
-    "--eval-blocks",
-    "8",
-    "--warmup-steps",
-    "1",
-    "--mask-ratio",
-    "0.25",
-]  # fmt: skip  (16 tokens: r = 0.5 could not keep every target)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A directory of two text files: 400 stdlib docstrings, one paragraph each."""
-    root = tmp_path_factory.mktemp("corpus")
-    docs = [d for d in text_data.stdlib_docstrings() if "\n\n" not in d][:400]
-    (root / "a.txt").write_text("\n\n".join(docs[:200]), encoding="utf-8")
-    (root / "sub").mkdir()
-    (root / "sub" / "b.txt").write_text("\n\n".join(docs[200:]), encoding="utf-8")
-    return str(root)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(corpus, tmp_path_factory):
-    """One vocabulary for the runs that are compared (training one is not deterministic)."""
-    path = str(tmp_path_factory.mktemp("tok") / "tokenizer.json")
-    assert main(["--data-dir", corpus, *TINY, "--steps", "1", "--eval-every", "1", "--tokenizer", path,
-                 "--output", str(tmp_path_factory.mktemp("first"))]) == 0  # fmt: skip
-    return path
-
-
-def _log(output) -> dict:
-    with open(os.path.join(output, "log.json")) as f:
-        return json.load(f)
 
 
 def test_text_pipeline(corpus):
@@ -132,18 +84,6 @@ def test_baseline_joint_schedule_and_bf16(corpus, tokenizer, tmp_path, monkeypat
         assert chunks and set(chunks) == ({7} if "--chunk-rows" in extra else {None})
 
 
-def test_resume_continues_exactly(corpus, tokenizer, tmp_path):
-    common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer]
-    assert main([*common, "--output", str(tmp_path / "full")]) == 0
-    assert main([*common, "--output", str(tmp_path / "part"), "--stop-at", "2"]) == 0
-    assert main([*common, "--output", str(tmp_path / "part"), "--resume", str(tmp_path / "part" / "last.pth")]) == 0
-    full = torch.load(tmp_path / "full" / "last.pth", weights_only=False)
-    part = torch.load(tmp_path / "part" / "last.pth", weights_only=False)
-    for name, value in full["model"].items():
-        assert torch.equal(value, part["model"][name]), name
-    assert [r["val_loss"] for r in full["rows"]] == [r["val_loss"] for r in part["rows"]]
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -169,6 +109,10 @@ def test_resume_continues_exactly(corpus, tokenizer, tmp_path):
         (["--data-dir", "/nonexistent"], "is not a directory"),
         (["--resume", "/nonexistent.pth"], "no such file"),
         (["--batch-size", "2000", "--steps", "1", "--eval-every", "1"], "fewer than one step"),
+        # helper-157: the message named --batch-size alone
+        (["--accum-steps", "400", "--steps", "2"], "one step's 1600 (--batch-size 4 x --accum-steps 400 x 1 process"),
+        # helper-157: a held-out corruption without a predicted token logged val_loss 0.0, a perfect-looking loss
+        (["--mlm-probability", "0.001", "--eval-blocks", "1"], "of 1 block(s) (--eval-blocks) predicts no token"),
         (["--seq-len", "3000"], "the held-out part of the corpus, "),  # the training part has blocks of 3000
     ],
 )
@@ -303,7 +247,9 @@ def test_a_nan_loss_does_not_make_the_rounds_counts_nan(corpus, tokenizer, tmp_p
     argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--device", "cpu"]
     assert main([*argv, "--steps", "2", "--eval-every", "2"]) == 0
     (row,) = _log(tmp_path)["epochs"]
-    assert row["tokens_per_s"] > 0 and row["loss"] != row["loss"]  # the count stays 2 micro-batches; the loss NaN
+    assert row["tokens_per_s"] > 0 and row["loss"] is None  # the count stays 2 micro-batches; the loss NaN: null
+    with open(tmp_path / "log.csv") as f:
+        assert f.read().splitlines()[1].split(",")[3] == "nan"
 
 
 def test_micro_batches_that_predict_nothing_are_not_averaged_into_the_logged_loss(corpus, tokenizer, tmp_path,
@@ -337,24 +283,6 @@ def test_fp16_without_a_grad_scaler_says_so(corpus, tokenizer, tmp_path, capsys)
     argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--device", "cpu"]
     assert main([*argv, "--steps", "1", "--eval-every", "1", "--amp", "fp16"]) == 0
     assert "note: --amp fp16 on cpu: no GradScaler" in capsys.readouterr().err
-
-
-def test_bad_resume_files(corpus, tokenizer, tmp_path, capsys):
-    torch.save([1, 2], tmp_path / "list.pth")
-    (tmp_path / "text.pth").write_text("garbage\n")
-    torch.save({"module": {}, "epoch": 0}, tmp_path / "image.pth")  # another command's checkpoint
-    for name, message in (
-        ("list", "is not a masksub-train-mlm checkpoint (it lacks model, optimizer"),
-        ("text", "cannot read checkpoint"),
-        ("image", "is not a masksub-train-mlm checkpoint"),
-    ):
-        argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path / "o")]
-        assert main([*argv, "--resume", str(tmp_path / f"{name}.pth")]) == 2, name
-        err = capsys.readouterr().err
-        assert err.startswith("masksub-train-mlm: error:") and message in err, err
-    argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path / "o")]
-    assert main([*argv, "--resume", str(tmp_path)]) == 2  # helper-148: a directory was "no such file"
-    assert f"--resume {str(tmp_path)!r} is a directory, not a file (e.g. its last.pth)" in capsys.readouterr().err
 
 
 def test_blocks_of_many_documents_are_checked_for_their_special_tokens(tmp_path, capsys):

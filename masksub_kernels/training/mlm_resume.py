@@ -1,0 +1,127 @@
+"""``masksub-train-mlm --resume``: read a checkpoint, refuse one of another run, load it, and record the resume.
+
+A resume continues a run exactly (data order and every seed come from --seed, the step and the rank), so the
+options that fix the data, the seeds, the model or the optimizer must match the checkpoint's (RESUME_MUST_MATCH),
+as must the number of processes, the vocabulary (its SHA-256) and the corpus itself (a SHA-256 of its training and
+held-out blocks: the same --data-dir may hold other files by now, and the default corpus is the running Python's
+standard library). --steps (with a note), --eval-every, --stop-at, --output, --device, --amp and --chunk-rows may
+change; each resume and what it changed is recorded (log.json's meta.resumes and every later checkpoint's
+``resumes``), as masksub-train does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+import torch
+
+from .run_setup import UsageError
+
+RESUME_MUST_MATCH = ("seed", "batch_size", "accum_steps", "seq_len", "baseline", "mask_ratio", "sub_fill",
+                     "mlm_probability", "schedule", "lr", "warmup_steps", "weight_decay", "layers", "width", "heads",
+                     "intermediate", "dropout", "data_dir", "eval_blocks", "clip_grad")  # fmt: skip
+# may change on a resume, recorded: the schedule's length, the rounds, the device and precision, the chunking, the
+# output (--stop-at may change too, not recorded: a time-limited job's own)
+RESUME_MAY_CHANGE = ("steps", "eval_every", "output", "device", "amp", "chunk_rows", "vocab_size")
+
+
+def corpus_digest(train: torch.Tensor, val: torch.Tensor) -> str:
+    """SHA-256 of the corpus as the run trains and evaluates on it: its training and held-out token blocks (int64
+    [N, L] each, on the CPU), so a resume on other text (same sizes or not) is told apart."""
+    digest = hashlib.sha256()
+    for blocks in (train, val):
+        digest.update(str(tuple(blocks.shape)).encode())
+        digest.update(blocks.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _resume_value(name: str, value):
+    """An option's value as the resume check compares it: --data-dir as the directory it names (corpus/ = corpus)."""
+    return os.path.realpath(value) if name == "data_dir" and value is not None else value
+
+
+def check_resume(args, state: dict, world: int, sizes: dict) -> None:
+    """Refuse a resume that would silently continue another run (module docstring): a UsageError naming each
+    difference. ``sizes``: this run's corpus and vocabulary (the command's _corpus)."""
+    saved = state.get("args", {})
+    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MUST_MATCH
+               if _resume_value(k, saved.get(k)) != _resume_value(k, getattr(args, k))]  # fmt: skip
+    if state.get("world_size", 1) != world:
+        changed.append(f"processes {state.get('world_size', 1)} -> {world}")
+    if state.get("tokenizer_sha256") not in (None, sizes["tokenizer_sha256"]):
+        changed.append("the vocabulary (tokenizer.json differs)")
+    corpus = state.get("corpus")  # None: a checkpoint from before 2026-12-06
+    if corpus is not None and corpus["sha256"] != sizes["corpus_sha256"] and not changed:
+        where = f"--data-dir {args.data_dir!r}" if args.data_dir else "the standard library's docstrings"
+        python = sys.version.split()[0]
+        if not args.data_dir and corpus.get("python") != python:
+            where += f" of Python {corpus.get('python')} -> {python}"
+        counts = ", ".join(
+            f"{corpus.get(key)} -> {sizes[key]} {what}"
+            for key, what in (("documents", "documents"), ("train_blocks", "training blocks"))
+        )
+        changed.append(f"the corpus ({where}: {counts}; other text)")
+    if changed:
+        raise UsageError(f"--resume {args.resume!r} continues another run: {'; '.join(changed)}")
+    if state["step"] >= (args.stop_at or args.steps):
+        raise UsageError(f"--resume {args.resume!r} is at step {state['step']}: nothing left to train")
+
+
+def corpus_record(sizes: dict) -> dict:
+    """What a checkpoint keeps of the corpus for check_resume."""
+    keys = ("documents", "held_out_documents", "train_blocks", "val_blocks")
+    return {"sha256": sizes["corpus_sha256"], "python": sys.version.split()[0], **{k: sizes[k] for k in keys}}
+
+
+def read_checkpoint(args, prog: str) -> dict:
+    """The --resume checkpoint, read before the corpus (it says which vocabulary the run used)."""
+    from .checkpoint import load_checkpoint
+
+    try:
+        state = load_checkpoint(args.resume)
+    except Exception as exc:  # a truncated file, or not a torch file at all
+        first = (str(exc).splitlines() or [""])[0]
+        raise UsageError(
+            f"cannot read checkpoint {args.resume!r} (expected a torch.save file such as OUTPUT/last.pth): {first}"
+        ) from exc
+    needed = ("model", "optimizer", "scheduler", "step", "rows", "args")
+    if not isinstance(state, dict) or any(key not in state for key in needed):
+        raise UsageError(f"{args.resume!r} is not a {prog} checkpoint (it lacks {', '.join(needed)})")
+    return state
+
+
+def load_state(args, state: dict, ms, optimizer, scheduler, scaler, rank: int, prog: str) -> None:
+    """The checkpoint's model, optimizer, scheduler (the learning rate of this --steps' schedule) and scaler."""
+    old_steps = state["args"].get("steps", args.steps)
+    if old_steps != args.steps and rank == 0:  # the schedule's length: warm-up then linear decay to --steps
+        print(
+            f"{prog}: note: resuming with --steps {old_steps} -> {args.steps}: the learning rate follows the new "
+            f"schedule from step {state['step'] + 1} on (the steps so far followed the old one)",
+            file=sys.stderr,
+        )
+    try:
+        ms.model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise UsageError(f"--resume {args.resume!r} holds another model: {str(exc).splitlines()[0]}") from exc
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)  # this --steps' schedule (the state holds the old lr)
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+
+
+def resumes(args, state: dict | None) -> list[dict]:
+    """The run's resumes, this one last: {'step', 'from', 'changed'} each ('changed': the options of
+    RESUME_MAY_CHANGE that differ from the checkpoint's, as '--name old -> new'); [] for a fresh run."""
+    if state is None:
+        return []
+    saved = state.get("args", {})
+    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MAY_CHANGE
+               if k in saved and saved[k] != getattr(args, k)]  # fmt: skip
+    return [
+        *state.get("resumes", []),
+        {"step": state["step"], "from": os.path.abspath(args.resume), "changed": changed},
+    ]

@@ -1,0 +1,91 @@
+"""``masksub-train-mlm --resume`` (training/mlm_resume.py): exact continuation, refusals, the resumes' record."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from _mlm_runs import TINY, corpus_fixture, tokenizer_fixture  # noqa: F401  (fixtures: corpus, tokenizer)
+from _mlm_runs import log as _log
+
+from masksub_kernels.training.mlm_cli import main
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+
+def test_resume_continues_exactly(corpus, tokenizer, tmp_path):
+    common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer]
+    assert main([*common, "--output", str(tmp_path / "full")]) == 0
+    assert main([*common, "--output", str(tmp_path / "part"), "--stop-at", "2"]) == 0
+    assert main([*common, "--output", str(tmp_path / "part"), "--resume", str(tmp_path / "part" / "last.pth")]) == 0
+    full = torch.load(tmp_path / "full" / "last.pth", weights_only=False)
+    part = torch.load(tmp_path / "part" / "last.pth", weights_only=False)
+    for name, value in full["model"].items():
+        assert torch.equal(value, part["model"][name]), name
+    assert [r["val_loss"] for r in full["rows"]] == [r["val_loss"] for r in part["rows"]]
+
+
+def test_bad_resume_files(corpus, tokenizer, tmp_path, capsys):
+    torch.save([1, 2], tmp_path / "list.pth")
+    (tmp_path / "text.pth").write_text("garbage\n")
+    torch.save({"module": {}, "epoch": 0}, tmp_path / "image.pth")  # another command's checkpoint
+    for name, message in (
+        ("list", "is not a masksub-train-mlm checkpoint (it lacks model, optimizer"),
+        ("text", "cannot read checkpoint"),
+        ("image", "is not a masksub-train-mlm checkpoint"),
+    ):
+        argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path / "o")]
+        assert main([*argv, "--resume", str(tmp_path / f"{name}.pth")]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("masksub-train-mlm: error:") and message in err, err
+    argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path / "o")]
+    assert main([*argv, "--resume", str(tmp_path)]) == 2  # helper-148: a directory was "no such file"
+    assert f"--resume {str(tmp_path)!r} is a directory, not a file (e.g. its last.pth)" in capsys.readouterr().err
+
+
+def test_a_resume_on_another_corpus_is_refused(corpus, tokenizer, tmp_path, capsys):
+    # helper-157: files changed under the same --data-dir (or the stdlib corpus of another Python) were trained on
+    # silently: the checkpoint now keeps a SHA-256 of the training and held-out blocks
+    changed = tmp_path / "corpus"
+    changed.mkdir()
+    for name in ("a.txt", os.path.join("sub", "b.txt")):
+        os.makedirs(changed / os.path.dirname(name), exist_ok=True)
+        (changed / name).write_bytes(open(os.path.join(corpus, name), "rb").read())
+    common = ["--data-dir", str(changed), *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path / "run")]
+    assert main([*common, "--stop-at", "2"]) == 0
+    checkpoint = str(tmp_path / "run" / "last.pth")
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["corpus"]["documents"] == 400
+    del state["corpus"]  # as a checkpoint from before the corpus was recorded
+    (tmp_path / "old").mkdir()
+    torch.save(state, tmp_path / "old" / "last.pth")
+    (changed / "sub" / "b.txt").unlink()  # half the corpus gone
+    assert main([*common, "--resume", checkpoint]) == 2
+    err = capsys.readouterr().err
+    assert "continues another run: the corpus (--data-dir" in err and "400 -> 200 documents" in err, err
+    # the same sizes, other text
+    (changed / "sub" / "b.txt").write_text(open(os.path.join(corpus, "sub", "b.txt")).read().replace("the", "a"))
+    assert main([*common, "--resume", checkpoint]) == 2
+    assert "400 -> 400 documents" in capsys.readouterr().err
+    (changed / "sub" / "b.txt").write_bytes(open(os.path.join(corpus, "sub", "b.txt"), "rb").read())
+    assert main([*common, "--resume", checkpoint]) == 0  # the same text again
+    # a checkpoint from before the corpus was recorded resumes as before, on any corpus
+    (changed / "sub" / "b.txt").unlink()
+    old = [*common[:-1], str(tmp_path / "old"), "--resume", str(tmp_path / "old" / "last.pth")]
+    assert main(old) == 0
+
+
+def test_the_resumes_are_recorded(corpus, tokenizer, tmp_path, capsys):
+    # helper-157: a resume rewrote log.json's meta with its own options (a run of fp32 steps then bf16 ones was
+    # logged as bf16 throughout), without the record masksub-train keeps
+    common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path)]
+    assert main([*common, "--stop-at", "2"]) == 0
+    assert _log(tmp_path)["meta"]["resumes"] == []
+    assert main([*common, "--resume", str(tmp_path / "last.pth"), "--amp", "bf16", "--vocab-size", "200"]) == 0
+    assert "note: --vocab-size 200 is not used: the vocabulary read from" in capsys.readouterr().err
+    (resume,) = _log(tmp_path)["meta"]["resumes"]
+    assert resume["step"] == 2 and resume["from"] == str(tmp_path / "last.pth")
+    assert resume["changed"] == ["--amp 'none' -> 'bf16'", "--vocab-size 120 -> 200"]
+    assert torch.load(tmp_path / "last.pth", weights_only=False)["resumes"] == [resume]
