@@ -52,7 +52,7 @@ def check_resume(args, state: dict, world: int, sizes: dict) -> None:
         changed.append(f"processes {state.get('world_size', 1)} -> {world}")
     if state.get("tokenizer_sha256") not in (None, sizes["tokenizer_sha256"]):
         changed.append("the vocabulary (tokenizer.json differs)")
-    corpus = state.get("corpus")  # None: a checkpoint from before 2026-12-06
+    corpus = state.get("corpus")  # None: a checkpoint from before 2026-12-05
     if corpus is not None and corpus["sha256"] != sizes["corpus_sha256"] and not changed:
         where = f"--data-dir {args.data_dir!r}" if args.data_dir else "the standard library's docstrings"
         python = sys.version.split()[0]

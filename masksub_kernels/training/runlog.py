@@ -5,14 +5,15 @@ val_loss, top1, top5 (validation, %), ema_val_loss, ema_top1, ema_top5 (the weig
 empty otherwise), images_per_s (training throughput over all processes), epoch_time_s and
 wall_time_s (cumulative training + evaluation time, excluding set-up). Both files are rewritten whole every epoch,
 so a resumed run continues the same files. log.json holds {'meta': ..., 'epochs': [row, ...]} (the MLM command's
-rows are rounds of steps, under the same key), a NaN or infinite number as null.
+rows are rounds of steps, under the same key). A value that is undefined (a round in which no batch predicted a
+token, a diverged run) is NaN, as Python's json writes it (a bare NaN, which json.load and pandas read; a strict
+parser needs it allowed), and 'nan' in log.csv; null means not applicable (loss_sub of a baseline).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 from typing import Any
 
@@ -48,10 +49,4 @@ def write_log(
         for row in rows:
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
     with open(os.path.join(output_dir, "log.json"), "w") as f:
-        json.dump({"meta": meta, "epochs": [_strict(row) for row in rows]}, f, indent=1)
-
-
-def _strict(row: dict[str, Any]) -> dict[str, Any]:
-    """The row with null for a NaN or infinite number (a round with no loss to log, a diverged run): JSON has no
-    NaN, and strict parsers reject Python's bare NaN token (log.csv keeps 'nan')."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+        json.dump({"meta": meta, "epochs": rows}, f, indent=1)

@@ -343,3 +343,11 @@ def test_grads_op_fake_with_a_zero_weighted_term(op_backend, weights):
     h, hs, w, b, target = make_inputs(kind="index_ignore", seed=30)
     args = (h, hs, w, b, target, True, *weights, True, True, True, True, False, 0, False, 0.0, -100, 1.0, None)
     torch.library.opcheck(_linear_loss_grads_op.custom_op, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_linear_loss_mean_over_zero_rows_with_probability_target(op_backend):
+    # losses.py:214 `max(target.shape[0], 1)` (_row_count, used by linear_masksub_loss): 0 rows -> mean 0, not NaN
+    w = torch.randn(5, 4, device=DEVICE)
+    h = torch.randn(0, 4, device=DEVICE)
+    out = mk.linear_masksub_loss(h, h.clone(), w, None, torch.zeros(0, 5, device=DEVICE))
+    assert all(float(v.detach()) == 0.0 for v in out)

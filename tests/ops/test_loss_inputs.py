@@ -307,3 +307,12 @@ def test_invalid_scalars_raise_type_or_value_errors(backend, data):
     except (TypeError, ValueError):
         return
     pytest.fail(f"{name}({option}={value!r}) returned a result")
+
+
+def test_logits_without_classes_are_refused(backend):
+    # losses.py:70 `x.shape[1] < 1`: [M, 0] logits are refused up front, whatever the target
+    logits = torch.zeros(3, 0, device=DEVICE)
+    for call in (lambda: mk.masksub_loss(logits, logits.clone(), torch.zeros(3, 0, device=DEVICE)),
+                 lambda: mk.self_distillation_loss(logits, logits.clone())):  # fmt: skip
+        with pytest.raises(ValueError, match="classes >= 1"):
+            call()

@@ -196,3 +196,28 @@ def test_many_concurrent_rows_reduce_deterministically(kernel_backend):
         assert torch.equal(again, first)
     expected = out[ml.MAIN].double().sum() / d.double()
     torch.testing.assert_close(first[1].double(), expected[0], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("target_kind", ["probs", "none", "ids"])
+def test_reference_divisor_of_an_empty_or_all_ignored_batch_is_one(target_kind):
+    # masksub_loss_reduced.py:57 `max(rows, 1)` / :58 `clamp_min(1)`: the torch op's non-eager path (compile, fake)
+    # divides by d = max(rows that count, 1); the eager path has its own copy (_masksub_loss_eager._divisor)
+    from masksub_kernels.ops import masksub_loss_reduced as mr
+
+    target = {"probs": torch.zeros(0, 5), "none": None, "ids": torch.full((3,), -100)}[target_kind]
+    assert mr.divisor(target, -100, 0 if target_kind != "ids" else 3, True, "cpu").item() == 1.0
+
+
+@pytest.mark.parametrize("target_kind", ["probs", "ids"])
+def test_reference_reduction_matches_the_eager_path(target_kind):
+    # masksub_loss_reduced.py:56 (probability targets: d = M, not the count of entries != ignore_index) and :65
+    # (a main + b sub): the torch op's non-eager forward (compile, fake, opcheck) against its eager one, with
+    # probability targets and unequal weights (the compile test uses ids and a = b = 0.5)
+    from masksub_kernels.ops import masksub_loss_reduced as mr
+
+    g = torch.Generator().manual_seed(0)
+    main, sub = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    ids = torch.tensor([0, 1, -100, 3, 4, 2])
+    target = torch.randn(6, 5, generator=g).softmax(1) if target_kind == "probs" else ids
+    args = (main, sub, target, False, 0.0, -100, 1.0, None, 0.3, 0.7, True)
+    torch.testing.assert_close(mr._forward_reference(*args)[0], mr._eager(*args)[0])

@@ -437,3 +437,11 @@ def test_the_op_tests_run_with_uninitialised_memory_filled():
     assert (
         torch.isnan(torch.empty(4)).all() and torch.empty(2, dtype=torch.int64).eq(torch.iinfo(torch.int64).max).all()
     )
+
+
+def test_the_largest_sequence_is_accepted():
+    # _common.py:39 `num_tokens <= MAX_TOKENS`: the bound itself is allowed (meta: shapes only, no kernel)
+    from masksub_kernels.ops._common import MAX_TOKENS
+
+    ids = mk.random_keep_indices(1, MAX_TOKENS, 1, seed=0, device="meta")
+    assert ids.shape == (1, 1)

@@ -193,3 +193,33 @@ def test_torch_backend_forward_by_rows_equals_the_reference(dtype):
         assert torch.equal(bits(tokens), bits(before))
     empty = tgm._mask_tokens_forward_torch(base[..., :0], mask_token[:0], mask, 8)  # C = 0
     assert torch.equal(empty, tgm.mask_tokens_reference(base[..., :0], mask_token[:0], mask, 8))
+
+
+def test_empty_batch_backward(backend):
+    # token_grid_mask.py:275 `grad_out.numel() == 0 or`: B = 0 (0 lines) must not reach cdiv(0, 0)
+    tokens = torch.randn(0, 16, 16, 8, device=DEVICE, requires_grad=True)
+    mask_token = torch.zeros(8, device=DEVICE, requires_grad=True)
+    out, _ = mk.mask_tokens_grid(tokens, mask_token, 0.5, seed=1)
+    out.sum().backward()
+    assert tokens.grad.shape == tokens.shape
+    assert torch.equal(mask_token.grad.cpu(), torch.zeros(8))
+
+
+def test_backward_launches_at_most_max_partials_programs(monkeypatch):
+    # token_grid_mask.py:278 `cdiv(n_lines, max_partials)`: a floor instead would launch more than max_partials
+    # programs (same values: the bound itself is what the docstring promises and nothing else observes)
+    from masksub_kernels.ops import token_grid_mask as tgm
+
+    kernel, grids = tgm._mask_tokens_backward_kernel, []
+
+    class Spy:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(tgm, "_mask_tokens_backward_kernel", Spy())
+    mask = mk.random_grid_mask(3, (2, 3), 3, seed=1, device=DEVICE)
+    grad = torch.randn(3, 16, 24, 8, device=DEVICE)  # 48 lines (b, h)
+    for max_partials in (7, 5):
+        tgm._mask_tokens_backward_triton(grad, mask, 8, False, True, max_partials)
+        assert grids[-1][0] <= max_partials

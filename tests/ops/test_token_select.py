@@ -425,3 +425,27 @@ def test_outputs_can_be_changed_in_place(backend):
     expected[:, 0] = 4  # the prefix and the kept tokens: once by each call, times 2
     expected.scatter_(1, (ids + 1)[..., None].expand(-1, -1, 4), 4.0)
     torch.testing.assert_close(x.grad, expected)
+
+
+def test_meta_masks_with_validation_asked_are_not_read(backend):
+    # token_select.py:149 `and not always_keep.is_meta`: a meta mask has no values to count
+    keep = torch.empty(2, 8, dtype=torch.bool, device="meta")
+    ids = mk.random_keep_indices(2, 8, 3, seed=1, always_keep=keep, validate_masks=True)
+    assert ids.is_meta and ids.shape == (2, 3)
+    x = torch.empty(2, 9, 4, device="meta")
+    y, ids = mk.random_token_select(x, 0.5, seed=1, always_keep=keep, validate_masks=True)
+    assert y.shape == (2, 5, 4) and ids.shape == (2, 4)
+
+
+def test_meta_ids_with_validation_asked_are_not_read(backend):
+    # token_select.py:515 `and not getattr(ids, "is_meta", False)`
+    x = torch.empty(2, 9, 4, device="meta")
+    y = mk.gather_tokens(x, torch.empty(2, 3, dtype=torch.int64, device="meta"), validate_ids=True)
+    assert y.is_meta and y.shape == (2, 4, 4)
+
+
+def test_token_select_refuses_more_than_max_tokens():
+    # token_select.py:543 check_keep_args: N = MAX_TOKENS + 1 patch tokens is refused (meta: no kernel runs)
+    x = torch.empty(1, 1 + MAX_TOKENS + 1, 2, device="meta")
+    with pytest.raises(ValueError, match="num_tokens must be in"):
+        mk.random_token_select(x, 0.5, seed=0)

@@ -77,6 +77,17 @@ def test_a_resume_on_another_corpus_is_refused(corpus, tokenizer, tmp_path, caps
     assert main(old) == 0
 
 
+def test_the_corpus_digest_reads_every_token():
+    from masksub_kernels.training.mlm_resume import corpus_digest
+
+    train, val = torch.arange(12).view(3, 4), torch.arange(8).view(2, 4)
+    other = train.clone()
+    other[2, 3] = 99  # one token: the same shapes
+    assert corpus_digest(train, val) == corpus_digest(train.clone(), val.clone())
+    assert corpus_digest(other, val) != corpus_digest(train, val) != corpus_digest(train, val + 1)
+    assert corpus_digest(train.view(4, 3), val) != corpus_digest(train, val)  # the blocks' length too
+
+
 def test_the_resumes_are_recorded(corpus, tokenizer, tmp_path, capsys):
     # helper-157: a resume rewrote log.json's meta with its own options (a run of fp32 steps then bf16 ones was
     # logged as bf16 throughout), without the record masksub-train keeps

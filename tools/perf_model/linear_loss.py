@@ -207,6 +207,8 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
         # the host's launches per chunk (linear_loss_host.py): the loss's own are Triton's
         "launches_per_chunk": per_chunk,
         "device_launches": device_launches,
+        # cuBLAS's own operations' gaps (in "launches"): a probed matmul time holds them (linear_loss_measured)
+        "cublas_extra_us": card.launch_us * chunks * CUBLAS_EXTRA_PER_CHUNK,
         "extra_mib": modelled_extra_mb(m, d, c, 2)["fused"],
         "breakdown": {
             "matmuls": round(matmuls_us, 1),

@@ -52,7 +52,7 @@ KERNELS = ("_loss_fwd_kernel", "_loss_bwd_kernel")  # forward, backward
 
 GEMM_ROWS = 384  # benchmarks/gemm_probe.py's rows per branch (its R = 768 stacked rows)
 # the chunk's three matmuls by the probe's row names, each (name, times per chunk): the loop's own where the log has
-# them, else the aligned matmuls over a padded W (2026-12-04: dH per branch, twice). Logs before 2026-12-06 named
+# them, else the aligned matmuls over a padded W (2026-12-04: dH per branch, twice). Logs before 2026-12-05 named
 # other "loop:" rows (head + tail: each with its tail's matmul, which the loop no longer runs): not read
 GEMM_PARTS = {
     "logits": (("loop: logits head", 1), ("logits fp32 out, C8", 1)),
@@ -153,6 +153,9 @@ def measured_reference(
     probed_shift = None  # the fused time's change with the chunk matmuls as probed
     if probe is not None:
         probed_shift = fused["chunk_equivalents"] * probe["per_chunk_us"] - fused["breakdown"]["matmuls"]
+        # the probe's event pairs wrap each call: its times hold cuBLAS's memsets and split-K reductions, which the
+        # model charges as launches (helper-158: counted twice)
+        probed_shift -= fused.get("cublas_extra_us", 0.0)
     calibrated = []
     for factors in calibrations(run, today, profiled_today, card):
         loss_us = by_kernel[KERNELS[0]] * factors["forward"] + by_kernel[KERNELS[1]] * factors["backward"]
