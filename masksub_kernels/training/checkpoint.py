@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["eager_state_dict", "load_checkpoint", "load_eager_state_dict", "save_checkpoint"]
+__all__ = ["eager_state_dict", "load_checkpoint", "load_eager_state_dict", "read_run_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
@@ -35,6 +35,26 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def read_run_checkpoint(path: str, needed: tuple[str, ...], prog: str) -> dict[str, Any]:
+    """The checkpoint a command's --resume names, or its usage error (run_setup.UsageError: exit status 2) for a
+    missing file, a directory, a file torch cannot read (truncated, not a torch.save file) or one without the keys
+    ``needed`` (another command's)."""
+    from .run_setup import UsageError
+
+    try:
+        state = load_checkpoint(path)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    except Exception as exc:  # a truncated file, or not a torch file at all
+        first = (str(exc).splitlines() or [""])[0]
+        raise UsageError(
+            f"cannot read checkpoint {path!r} (a truncated or corrupt file, or not a torch.save file?): {first}"
+        ) from exc
+    if not isinstance(state, dict) or any(key not in state for key in needed):
+        raise UsageError(f"{path!r} is not a {prog} checkpoint (it lacks {', '.join(needed)})")
+    return state
 
 
 def _eager_name(key: str) -> str:

@@ -77,19 +77,9 @@ def corpus_record(sizes: dict) -> dict:
 
 def read_checkpoint(args, prog: str) -> dict:
     """The --resume checkpoint, read before the corpus (it says which vocabulary the run used)."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import read_run_checkpoint
 
-    try:
-        state = load_checkpoint(args.resume)
-    except Exception as exc:  # a truncated file, or not a torch file at all
-        first = (str(exc).splitlines() or [""])[0]
-        raise UsageError(
-            f"cannot read checkpoint {args.resume!r} (expected a torch.save file such as OUTPUT/last.pth): {first}"
-        ) from exc
-    needed = ("model", "optimizer", "scheduler", "step", "rows", "args")
-    if not isinstance(state, dict) or any(key not in state for key in needed):
-        raise UsageError(f"{args.resume!r} is not a {prog} checkpoint (it lacks {', '.join(needed)})")
-    return state
+    return read_run_checkpoint(args.resume, ("model", "optimizer", "scheduler", "step", "rows", "args"), prog)
 
 
 def load_state(args, state: dict, ms, optimizer, scheduler, scaler, rank: int, prog: str) -> None:

@@ -107,21 +107,11 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
     Other ones (e.g. a larger --epochs to extend a run): the new schedule is followed from the current update on, as
     timm's train.py does, and a note says so -- restoring the old state would silently keep the old schedule (timm
     schedulers save their length in their state)."""
-    from .checkpoint import load_checkpoint, load_eager_state_dict
+    from .checkpoint import load_eager_state_dict, read_run_checkpoint
     from .data import class_names
     from .rank_zero import rank_zero_check
 
-    try:
-        ckpt = load_checkpoint(args.resume)
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from exc
-    except Exception as exc:  # a truncated file, or not a torch file at all
-        raise UsageError(
-            f"cannot read checkpoint {args.resume!r} (a truncated or corrupt file, or not a torch.save file?): {exc}"
-        ) from exc
-    needed = ("module", "optimizer", "scheduler", "epoch", "num_updates", "log")
-    if not isinstance(ckpt, dict) or any(key not in ckpt for key in needed):
-        raise UsageError(f"{args.resume!r} is not a {PROG} checkpoint (it lacks {', '.join(needed)})")
+    ckpt = read_run_checkpoint(args.resume, ("module", "optimizer", "scheduler", "epoch", "num_updates", "log"), PROG)
     old = ckpt.get("args", {})
     # fc_norm None is the model's default, the same model as one of the two: the module's load decides then
     built = [n for n in ("fc_norm", "freeze_patch_embed") if old.get(n) is not None and getattr(args, n) is not None]
