@@ -246,18 +246,21 @@ def soft_target_bce(
     *,
     target_threshold: float | None = None,
     label_smoothing: float = 0.0,
+    ignore_index: int = -100,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """Binary cross-entropy with logits: the mean over the M*C elements of softplus(z) - w z.
 
-    logits: [M, C] float. target: class ids [M] (one-hot; all in [0, C), else as in soft_target_cross_entropy: a
-    ValueError on CPU tensors in eager mode, a NaN row elsewhere) or probabilities [M, C] of any float dtype that
-    do not require grad. With ``target_threshold`` (in [0, 1)), q becomes [q > threshold] (DeiT-III: 0.0); then
-    w = (1 - label_smoothing) q + label_smoothing / C. Returns fp32: reduction='none' gives [M], each row's mean
-    over the classes (their mean is the 'mean' loss, their sum the 'sum' loss, i.e. 1/C of the element sum).
+    logits: [M, C] float. target: class ids [M] (one-hot; rows equal to ``ignore_index`` give 0 and a zero
+    gradient and are not counted, as in soft_target_cross_entropy and masksub_loss(mode='bce'); other ids outside
+    [0, C): a ValueError on CPU tensors in eager mode, a NaN row elsewhere) or probabilities [M, C] of any float
+    dtype that do not require grad. With ``target_threshold`` (in [0, 1)), q becomes [q > threshold] (DeiT-III:
+    0.0); then w = (1 - label_smoothing) q + label_smoothing / C. Returns fp32: reduction='none' gives [M], each
+    row's mean over the classes (their mean over the rows that count is the 'mean' loss, their sum the 'sum' loss,
+    i.e. 1/C of the element sum).
     """
     _check_logits("logits", logits)
-    options = _check_options("bce", reduction, label_smoothing, target_threshold=target_threshold)
+    options = _check_options("bce", reduction, label_smoothing, ignore_index, target_threshold=target_threshold)
     target = _check_target(logits, target, options.ignore_index)
     _reduced_loss_op.report_as("soft_target_bce", logits)
     return _terms(logits, None, target, options, 1.0, 0.0, reduction).main

@@ -265,7 +265,7 @@ def train_step(
         with no_sync() if not closing else contextlib.nullcontext():
             with autocast():
                 sub_logits = runner(images, branch="sub", seed=seed)
-                loss_sub = ms.sub_criterion(sub_logits, logits)
+                loss_sub = ms.sub_criterion(sub_logits, logits, target)
             backward(loss_sub * (ms.sub_weight / accum_steps))
     ms._micro_step += 1
     if closing:

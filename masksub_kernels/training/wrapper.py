@@ -374,23 +374,20 @@ class MaskSub(nn.Module):
                 "binary label"
             )
 
-    def sub_criterion(self, sub_logits: torch.Tensor, main_logits: torch.Tensor) -> torch.Tensor:
-        """crit(z_sub, stopgrad(T(z_main))), fp32 scalar; no gradient reaches main_logits.
+    def sub_criterion(self, sub_logits: torch.Tensor, main_logits: torch.Tensor, target=None) -> torch.Tensor:
+        """crit(z_sub, stopgrad(T(z_main))), fp32 scalar; no gradient reaches main_logits. ``target``: class ids [B]
+        (rows of -100 left out, as by the joint masksub_loss: its sub term), probabilities or None.
         (mlm: ``sub_logits`` is the sub-branch's ``MLMSub``, ``main_logits`` the main head inputs [B, L, D].)"""
         import masksub_kernels as mk
 
         if self._mlm is not None:
             terms = mlm.masksub_terms(
-                self._mlm,
-                main_logits.detach(),
-                sub_logits,
-                main_weight=0.0,
-                sub_weight=1.0,
-                label_smoothing=0.0,
+                self._mlm, main_logits.detach(), sub_logits, main_weight=0.0, sub_weight=1.0, label_smoothing=0.0,
                 chunk_rows=self.chunk_rows,
-            )
+            )  # fmt: skip
             return terms.sub
-
+        if target is not None and not target.is_floating_point():
+            return mk.masksub_loss(main_logits.detach(), sub_logits, target, mode=self.loss_mode, main_weight=0.0).sub
         return mk.self_distillation_loss(sub_logits, main_logits.detach(), mode=self.loss_mode)
 
     def loss(self, main_logits: torch.Tensor, sub_logits: torch.Tensor, target: torch.Tensor):

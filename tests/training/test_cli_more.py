@@ -392,8 +392,10 @@ def test_mlm_defaults_are_berts():
     from masksub_kernels.training import mlm_cli
 
     args = mlm_cli.build_parser().parse_args([])
-    assert (args.mlm_probability, args.mask_ratio, args.sub_fill, args.seq_len, args.vocab_size) == (
+    assert (args.mlm_probability, args.mask_ratio, args.sub_fill, args.seq_len, mlm_cli.DEFAULT_VOCAB_SIZE) == (
         0.15, 0.5, "drop", 64, 8192)  # fmt: skip
+    assert args.vocab_size is None  # None: not given (a note where a vocabulary file's size differs from one given)
+    assert "default 8192" in " ".join(mlm_cli.build_parser().format_help().split())
     assert (args.lr, args.warmup_steps, args.weight_decay, args.clip_grad, args.steps) == (1e-3, 100, 0.01, 1.0, 2000)
 
 

@@ -252,6 +252,28 @@ def test_both_schedules_follow_the_weights_and_the_loss_options(options):
         torch.testing.assert_close(out["loss"], weighted.float(), msg=schedule)
 
 
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_both_schedules_leave_ignored_rows_out_of_both_terms(loss):
+    # helper-159: a class id of -100 (ignore_index) counted in the sequential schedule's sub term (CE), and its BCE
+    # main term refused it, where the joint schedule's masksub_loss leaves the row out of both terms
+    ms = _vit_masksub(loss=loss)
+    images, target = batch("vit")
+    target[1] = -100
+    kept = torch.tensor([0, 2, 3])
+    main = ms.model(images)
+    sub = reference_vit_sub(ms.model, images, mk.random_keep_indices(4, 16, 8, seed=7))
+    q = torch.nn.functional.one_hot(target[kept], main.shape[1]).to(main.dtype)
+    _, crit_main, crit_sub = reference_loss(main[kept], sub[kept], q, loss)  # the counted rows only
+    (0.5 * crit_main + 0.5 * crit_sub).backward()
+    want = grads(ms)
+    for schedule in ("sequential", "joint"):
+        ms.zero_grad(set_to_none=True)
+        out = ms.train_step(images, target, torch.optim.SGD(ms.parameters(), lr=0.0), seed=7, schedule=schedule)
+        assert_grads_close(grads(ms), want, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(out["loss_main"], crit_main.float(), msg=schedule)
+        torch.testing.assert_close(out["loss_sub"], crit_sub.float(), msg=schedule)
+
+
 def test_clipping_covers_the_swin_mask_token():
     # helper-115: the clipped norm is the whole summed gradient's, the wrapper's own mask token included
     torch.manual_seed(0)
