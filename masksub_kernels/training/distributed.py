@@ -19,14 +19,19 @@ is only needed in the sub backward, which is the synchronised one).
 from __future__ import annotations
 
 import gc
+from typing import TYPE_CHECKING
 
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+if TYPE_CHECKING:
+    from .wrapper import MaskSub
 
 __all__ = ["average_batchnorm_stats", "close_process_group", "unwrap_ddp", "wrap_ddp"]
 
 
-def wrap_ddp(ms, **ddp_kwargs) -> DistributedDataParallel:
+def wrap_ddp(ms: MaskSub, **ddp_kwargs) -> DistributedDataParallel:
     """``DistributedDataParallel(ms, **ddp_kwargs)``, remembered by ``ms`` so that ``ms.train_step`` routes its
     forwards through it. The process group must be initialised and ``ms`` on its device. Once per wrapper (until
     close_process_group): a second DDP module would register its own gradient hooks on the same parameters."""
@@ -54,12 +59,12 @@ def average_batchnorm_stats(module) -> None:
             buffer.div_(world)
 
 
-def unwrap_ddp(module):
+def unwrap_ddp(module: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel, else the module itself."""
     return module.module if isinstance(module, DistributedDataParallel) else module
 
 
-def close_process_group(ms=None) -> None:
+def close_process_group(ms: MaskSub | None = None) -> None:
     """The end of a torchrun job: forget ``ms``'s DistributedDataParallel module (the caller drops its own
     references to it first), wait for every rank, and destroy the process group.
 

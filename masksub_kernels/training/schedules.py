@@ -27,11 +27,15 @@ import numbers
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from .._philox import new_seed
+
+if TYPE_CHECKING:
+    from .wrapper import MaskSub
 
 SCHEDULES = ("sequential", "joint")
 
@@ -158,7 +162,7 @@ def check_holds_mask_token(ms, optimizer: torch.optim.Optimizer) -> None:
 
 
 def train_step(
-    ms,
+    ms: MaskSub,
     images: torch.Tensor,
     target: torch.Tensor,
     optimizer: torch.optim.Optimizer,
