@@ -107,6 +107,9 @@ class MaskSubOp:
             raise TypeError(f"op {name}: the torch implementation is required, the others are functions or None")
         self.name = name
         self.records = records
+        # the refusals' name for the op: the public function it serves first, and its own (helper-160: the user
+        # called masksub_loss, the message named masksub_loss_reduced on one backend and masksub_loss on the other)
+        self.label = f"{records[0]} (op masksub::{name})" if records else f"masksub::{name}"
         self._device_index = parameters.index(device_arg)
         self._implementations = implementations
         self._implemented = tuple(backend for backend, f in implementations.items() if f is not None)
@@ -165,7 +168,7 @@ class MaskSubOp:
         differentiable ops (its gradients can be differentiated again); else it is first-order only, and a backward
         with create_graph=True raises (first_order_only)."""
         if not differentiable:
-            backward = first_order_only(self.name, backward)
+            backward = first_order_only(self.label, backward)
         self.custom_op.register_autograd(backward, setup_context=setup_context)
         run = self.run
 
@@ -190,12 +193,12 @@ class MaskSubOp:
 
     def __call__(self, *args):
         if torch.autograd.forward_ad._current_level >= 0:  # a dual level is open (-1: none; no cost otherwise)
-            _refuse_forward_ad(self.name, args)
+            _refuse_forward_ad(self.label, args)
         if torch.compiler.is_compiling() or _tracing(args):
             return self.custom_op(*args)
         if torch._C._are_functorch_transforms_active():  # torch.func.grad, vmap, jvp, jacrev...
             raise RuntimeError(
-                f"masksub::{self.name} does not support torch.func transforms (grad, vmap, jvp, jacrev, ...): take "
+                f"{self.label} does not support torch.func transforms (grad, vmap, jvp, jacrev, ...): take "
                 "its gradients with torch.autograd (.backward(), torch.autograd.grad)"
             )
         if self._torch_eager is not None:
@@ -216,7 +219,7 @@ def _refuse_forward_ad(name: str, args) -> None:
 
     if any(isinstance(arg, torch.Tensor) and forward_ad.unpack_dual(arg).tangent is not None for arg in args):
         raise RuntimeError(
-            f"masksub::{name} does not support forward-mode AD (torch.autograd.forward_ad dual tensors): the kernels "
+            f"{name} does not support forward-mode AD (torch.autograd.forward_ad dual tensors): the kernels "
             "have no jvp; take gradients with torch.autograd (.backward(), torch.autograd.grad), or a jvp with "
             "torch.autograd.functional.jvp (built on double backward: the token and grid ops have it)"
         )

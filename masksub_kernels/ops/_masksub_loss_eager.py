@@ -267,7 +267,7 @@ class _EagerLoss(torch.autograd.Function):
 
 
 # first-order only, as the registered backwards (_common.first_order_only): create_graph=True raises
-_EagerLoss.backward = staticmethod(first_order_only("masksub_loss", _EagerLoss.backward))
+_EagerLoss.backward = staticmethod(first_order_only("masksub_loss (op masksub::masksub_loss)", _EagerLoss.backward))
 
 
 def loss_forward_eager(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold):
@@ -355,7 +355,9 @@ class _ReducedLoss(torch.autograd.Function):
         return dz, ds, *(None,) * 9
 
 
-_ReducedLoss.backward = staticmethod(first_order_only("masksub_loss", _ReducedLoss.backward))
+_ReducedLoss.backward = staticmethod(
+    first_order_only("masksub_loss (op masksub::masksub_loss_reduced)", _ReducedLoss.backward)
+)
 
 
 def reduced_loss_eager(
