@@ -7,15 +7,22 @@
 # time, and a 9th file would not come back): `python -m masksub_kernels.bench --report-only OUT/<device>-<date>.json`
 # draws it afterwards on the CPU machine, and rewrites the .md with the model's predictions on every row.
 #
-#   benchmarks/gpu_bench.sh OUTDIR        (first; then benchmarks/gpu_check.sh, call 2 of 2: the other tests)
+#   benchmarks/gpu_bench.sh "$OUT"        (first; then benchmarks/gpu_check.sh "$OUT", call 2 of 2: the other tests)
+#                                         (no argument: the device tool's $OUT, else benchmarks/results/gpu-<date>)
+# The device calls, as sent (the .whl folder: Liger-Kernel's wheel, git-ignored, so carried; the H200 is the card of
+# every committed run, so its figures compare: ask for it where one is lent, an H100's ratios are valid too):
+#   run(command='MASKSUB_COMMIT=<git describe --always --dirty here> benchmarks/gpu_bench.sh "$OUT"',
+#       carry=[".whl"], timeout_s=540, kind="nvidia-h200")
+#   run(command='MASKSUB_COMMIT=<the same> benchmarks/gpu_check.sh "$OUT"', timeout_s=min(300, budget_left_s - 30))
+#   then give_back (the copy has no .git: MASKSUB_COMMIT names the code in env.txt and the results' JSON)
 #   DRY_RUN=1 benchmarks/gpu_bench.sh X   prints the steps, their caps and the result files; runs nothing
 #   SUITES="token_select loss" ...        a narrower rerun (default: every suite, then cuda, in the order below;
 #                                         SUITES=cuda: the build, the cuda backend's tests and the sanitizers alone)
 #
-# Files (8, the device tool's most): env.txt, summary.txt, build.log, bench.log, cuda.log, the benchmark's
-# <device>-<date>.json and .md, linear-loss-numerics.json.
+# Files (8, the device tool's most): env.txt, summary.txt, bench.log, gemm.log, cuda.log (the extension's build, then
+# the cuda steps), the benchmark's <device>-<date>.json and .md, linear-loss-numerics.json.
 #
-# Budget, GPU caps (s); they add up to 467 s (the build runs beside the first steps; the test asserts < 480 s a
+# Budget, GPU caps (s); they add up to 479 s (the build runs beside the steps after the fused-linear suite; the test asserts <= 480 s a
 # call), so this call ends inside 8 minutes even if every step runs to its cap (send it with timeout_s 540: the
 # set-up outside the steps is ~15 s, 60 s a command at most), leaving the tests' call (260 s, sent at once after
 # this one: a machine idle for 30 s is given back) and a machine's start-up room in the device's 15 minutes. Run it
@@ -24,22 +31,29 @@
 # The order puts the open question first (issue 13: the fused-linear loss against torch.compile), so that a call
 # cut short still brings it back; the suites with a masksub[cuda] provider and the cuda steps come after the build.
 #   env            15  card, driver, versions (Liger-Kernel's too: carry its wheel in .whl/, below); 7 s on the H200
-#   build         130  in the background from the start (nice, MAX_JOBS=6 nvcc processes of the 16 cores: the
-#                      benchmarks' own process keeps a core), only when masksub_kernels._C does not import: nvcc for
-#                      sm_90, 50 s on the H200 machine's 16 cores (2026-11-30), 77 s (2026-12-04). Waited for
-#                      before the first suite with a masksub[cuda] provider (loss, token_select, grid_mask) or cuda
-#   linear_loss    80  the fused-linear loss at BERT-base MLM's shape, bf16, against the composite, its
+#   linear_loss   100  the fused-linear loss at BERT-base MLM's shape, bf16, against the composite, its
 #                      torch.compile and Liger-Kernel's main-branch CE (where liger_kernel imports), then the op's
 #                      chunk sweep (3 other chunk sizes and the loss forward's rows in twice the class splits,
 #                      'full' only, ~1 s each), the recompute op on MLM-like labels (15% of rows counted: how
 #                      much of its grid idles), and last RoBERTa's head with the op's floor of 384 rows per chunk
 #                      against the budget's 192 (~2 s each: the loss kernels' specialisations are BERT's), so
 #                      that a cap drops those first. Cold Triton and Inductor caches
-#                      (34 s on 2026-11-30 as the 4th suite, after the loss suite had compiled the loss kernels)
-#   profile        20  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
+#                      (34 s on 2026-11-30 as the 4th suite, after the loss suite had compiled the loss kernels;
+#                      80 s, its cap, on 2026-12-04 with 13 cases: 15 now, helper-163)
+#   build         130  in the background from the end of the fused-linear suite (its host times, issue 13's
+#                      question, measured without nvcc beside them: helper-163), into cuda.log (nice, MAX_JOBS=6
+#                      nvcc processes of the 16 cores), only when masksub_kernels._C does not import: nvcc for sm_90,
+#                      50 s on the H200 machine's 16 cores (2026-11-30), 77 s (2026-12-04). The 134 s of caps
+#                      before the first suite with a masksub[cuda] provider (loss, token_select, grid_mask) or cuda
+#                      cover it; waited for there
+#   profile        30  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
 #                      fused-linear loss (the chunk matmuls' cuBLAS kernels and times: the assumed 70% efficiency
-#                      calibrated; the loss kernels per chunk; wall against device time: host-bound or not)
-#   ncu            40  Nsight Compute on the fused-linear op's kernels (benchmarks/gpu_ncu.py: one 384-row chunk of
+#                      calibrated; the loss kernels per chunk; wall against device time: host-bound or not; 18 s
+#                      of 20 on 2026-12-04, its tables printed at the end)
+#   gemm           25  benchmarks/gemm_probe.py into gemm.log: the chunk's matmuls alone as the loop runs them
+#                      ("loop:" rows) and over a padded W, cuBLAS's kernels named (tools/perf_model reads the
+#                      newest gpu-<date>/*gemm*.log: the model's matmuls calibrated; ~20 s)
+#   ncu            32  Nsight Compute on the fused-linear op's kernels (benchmarks/gpu_ncu.py: one 384-row chunk of
 #                      the gradients-in-forward path, the recompute op on 16384 rows; cuBLAS's and the Triton
 #                      kernels only), raw metrics in base units as CSV lines into bench.log between '== ncu_csv'
 #                      markers (DRAM throughput and bytes, L2 hit rate, occupancy, warp stall reasons,
@@ -47,17 +61,17 @@
 #                      Kernels compiled by the suite before (the Triton cache); one ncu run (its tables print at
 #                      the end: a cap kill loses them), ~11 kernels replayed ~30 times each, 12-25 s estimated.
 #                      Skipped where ncu is missing; says so where the performance counters are locked
-#   numerics       20  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
+#   numerics       12  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
 #                      where the branches agree, the Triton path compiled (on the CPU: the interpreter's truncating
-#                      bf16), against the bf16-logit composites; M = 128, without torch.compile
-#   train          45  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each, no host-time pass):
+#                      bf16), against the bf16-logit composites; M = 128, without torch.compile (8 s, 2026-12-04)
+#   train          35  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each, no host-time pass):
 #                      this library's two steps of every model, then plain's, then the official code's; stopped by
 #                      its 38 s cap before ResNet-50 on 2026-12-04 (~8 s a model with its build)
 #   loss           55  ImageNet, BERT-like and LLM-like rows x classes (54 s on the H200, 2026-12-04)
-#   token_select   50  4 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, torch.compile(official)
+#   token_select   40  4 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, torch.compile(official)
 #                      (its Inductor compilation, 6-9 s a shape, is most of the time) and timm; stopped by its 45 s
 #                      cap before the last compile(official) row on 2026-12-04 (helper-122, finding 2: 20 cases)
-#   grid_mask      27  images (fp32, bf16) and Swin tokens, same providers: the 6 kernel rows first (~2 s each with
+#   grid_mask      20  images (fp32, bf16) and Swin tokens, same providers: the 6 kernel rows first (~2 s each with
 #                      their Triton compilation), official, then three Inductor compilations (>15 s each): on
 #                      2026-12-04 the cap stopped it in the first of them, after 3 rows, the kernels' bf16 and Swin
 #                      rows not reached (finding 3); now a cap drops the compile(official) rows, measured before
@@ -78,7 +92,7 @@ build_if_missing() {
   else
     MAX_JOBS=6 nice -n 10 bash "$SCRIPT" __call build_extension || return
     if install_extension; then
-      note "the build ran beside the steps before the loss suite (nice, 6 nvcc jobs): their host times shared the CPU"
+      note "the build ran beside the steps after the fused-linear suite (nice, 6 nvcc jobs): their host times shared the CPU"
     else
       echo "no extension built: the masksub[cuda] provider is left out"
     fi
@@ -103,7 +117,8 @@ ncu_linear() { # benchmarks/gpu_ncu.py under Nsight Compute: one CSV row of raw 
   log="$(mktemp)"
   echo "== ncu_csv begin ${sections[*]}"
   ncu --profile-from-start off --clock-control none --csv --page raw --print-units base \
-    --kernel-name-base demangled --kernel-name 'regex:^_(loss_fwd|loss_bwd|fwd|dh|dh_sum|dw)_kernel|gemm|nvjet|xmma|cutlass|splitK' \
+    --kernel-name-base demangled \
+    --kernel-name 'regex:^_(loss_fwd_bwd|loss_fwd|loss_bwd|scale|fwd|dh|dh_sum|dw)_kernel|gemm|nvjet|xmma|cutlass|splitK' \
     "${sections[@]}" "$PY" benchmarks/gpu_ncu.py 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   echo "== ncu_csv end rc=$rc"
@@ -115,7 +130,7 @@ ncu_linear() { # benchmarks/gpu_ncu.py under Nsight Compute: one CSV row of raw 
 
 setup_run "$@"
 export MASKSUB_BENCH_DATE="${MASKSUB_BENCH_DATE:-$(date -u +%F)}"  # one date in every suite's file names (helper-106)
-declare -A CAP=([linear_loss]=80 [train]=45 [loss]=55 [token_select]=50 [grid_mask]=27 [cuda]=115)
+declare -A CAP=([linear_loss]=100 [train]=35 [loss]=55 [token_select]=40 [grid_mask]=20 [cuda]=115)
 
 suites="${SUITES:-linear_loss train loss token_select grid_mask cuda}"
 for suite in $suites; do
@@ -125,10 +140,14 @@ NEEDS_BUILD='^(loss|token_select|grid_mask|cuda)$' # a masksub[cuda] provider, o
 step env.txt 15 write_env
 needs_build=
 for suite in $suites; do [[ $suite =~ $NEEDS_BUILD ]] && needs_build=1; done
-# the build beside the suites that do not need it (the fused-linear suite, its profile and numerics, train)
-[[ -n $needs_build ]] && step_bg build.log 130 build_if_missing
-waited=
+start_build() { # once: beside the steps that do not need it (the fused-linear suite's profile, probe, ncu and
+  # numerics, train), after the fused-linear suite's host times; into cuda.log, written by the cuda steps after it
+  [[ -n $needs_build && -z $build_started ]] && step_bg cuda.log 130 build_if_missing
+  build_started=1
+}
+waited= build_started=
 for suite in $suites; do
+  [[ $suite != linear_loss ]] && start_build
   if [[ $suite =~ $NEEDS_BUILD && -z $waited ]]; then
     wait_steps
     waited=1
@@ -139,9 +158,11 @@ for suite in $suites; do
   fi
   step bench.log "${CAP[$suite]}" "$PY" -m masksub_kernels.bench --out "$OUT" --append --no-plot --suites "$suite"
   if [[ $suite == linear_loss ]]; then
-    step bench.log 20 "$PY" benchmarks/gpu_profile.py --only linear
-    step bench.log 40 ncu_linear  # its tables print only when the workload ends: no partial result to keep
-    step bench.log 20 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"
+    start_build
+    step bench.log 30 "$PY" benchmarks/gpu_profile.py --only linear
+    step gemm.log 25 "$PY" benchmarks/gemm_probe.py
+    step bench.log 32 ncu_linear  # its tables print only when the workload ends: no partial result to keep
+    step bench.log 12 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"
     output linear-loss-numerics.json
   fi
 done

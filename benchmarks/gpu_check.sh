@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU call 2 of 2: the test suite on CUDA tensors (without the CUDA extension: the cuda backend's tests and the
-# sanitizers are the last steps of call 1, benchmarks/gpu_bench.sh). Results land in OUTDIR as each step ends.
+# sanitizers are the last steps of call 1, benchmarks/gpu_bench.sh). Results land in "$OUT" as each step ends.
 #
-#   benchmarks/gpu_check.sh OUTDIR        (after benchmarks/gpu_bench.sh OUTDIR2: the benchmarks, call 1 of 2)
+#   benchmarks/gpu_check.sh "$OUT"        (after benchmarks/gpu_bench.sh "$OUT": the benchmarks, call 1 of 2; the
+#                                         device calls as sent: gpu_bench.sh's header)
 #   DRY_RUN=1 benchmarks/gpu_check.sh X   prints the steps, their caps and the result files; runs nothing
 #
 # Works from the source tree with the machine's own Python (torch, triton, timm, pytest), no network, no install.
@@ -10,7 +11,7 @@
 # tests-masks.log, tests-rest.log.
 #
 # Budget: GPU caps (s) and what fills them. The device gives 15 minutes with start-up, 10 per command; the caps add
-# up to 260 s, after the benchmarks' call (477 s at most): one start-up and the transfers fit, but this call is the
+# up to 260 s, after the benchmarks' call (479 s at most): one start-up and the transfers fit, but this call is the
 # one that a late send (a machine idle for 30 s is given back: a second start-up) or a slow start cuts, so it holds
 # what is worth least: the Triton paths on CUDA tensors, which CI runs on the CPU interpreter. What the libstdc++ fix
 # needs verified on a GPU (the cuda backend's refusals, memcheck, racecheck) moved to call 1 (helper-122, finding 1).

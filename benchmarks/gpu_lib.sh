@@ -120,8 +120,11 @@ finish() {
   return "$FAILED"
 }
 
-write_env() { # card, driver, versions: what the results were measured on
+write_env() { # card, driver, versions, the code: what the results were measured on
   date -u
+  # the code: git's where the copy has its .git, else MASKSUB_COMMIT, which the device command sets (the tool copies
+  # the working tree without .git: helper-163)
+  echo "commit $(git describe --always --dirty --abbrev=12 2> /dev/null || echo "${MASKSUB_COMMIT:-unknown (no .git, MASKSUB_COMMIT unset)}")"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || echo "nvidia-smi: none"
   "$PY" - <<'EOF'
 import platform, sys
@@ -204,7 +207,9 @@ setup_run() {
     "$@"
     exit
   fi
-  OUT="${1:-benchmarks/results/gpu-$(date -u +%F)}"
+  # the argument, else the device tool's $OUT (what comes back: helper-163, a call without the argument wrote into
+  # the repository's copy, lost), else a folder of the results
+  OUT="${1:-${OUT:-benchmarks/results/gpu-$(date -u +%F)}}"
   OUT="$(mkdir -p "$OUT" && cd "$OUT" && pwd)"
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   unset TRITON_INTERPRET MASKSUB_BACKEND
@@ -273,7 +278,7 @@ RACECHECK_K="$(echo $RACECHECK_K)" # one line
 
 cuda_steps() { # the three steps above, with the extension built and installed (else a note)
   if [[ -z ${DRY_RUN:-} ]] && ! ls masksub_kernels/_C*.so > /dev/null 2>&1; then
-    note "no CUDA extension built (see build.log): the cuda backend's tests and the sanitizers did not run"
+    note "no CUDA extension built (see the build's lines in cuda.log): the cuda backend's tests and the sanitizers did not run"
     return 0
   fi
   step cuda.log 50 "${PYTEST[@]}" "${XDIST8[@]}" "${CUDA_TESTS[@]}" tests/ops -k 'cuda or test_backend'

@@ -477,3 +477,14 @@ def test_the_traced_call_keeps_what_it_returned_and_stops_recording(monkeypatch,
     else:
         assert timing.transient_peak_bytes(entries) == 64 * 2**20
         assert memory.calls[0] == ("all", True if failure is None else None)
+
+
+def test_the_commit_is_named_where_the_copy_has_no_git(tmp_path, monkeypatch):
+    # helper-163: the device tool copies the working tree without .git, so the GPU results named no code; the
+    # device command sets MASKSUB_COMMIT (benchmarks/gpu_bench.sh's header)
+    from masksub_kernels.bench.timing import source_commit
+
+    monkeypatch.delenv("MASKSUB_COMMIT", raising=False)
+    assert source_commit(tmp_path) is None
+    monkeypatch.setenv("MASKSUB_COMMIT", "abc123def456-dirty")
+    assert source_commit(tmp_path) == "abc123def456-dirty"

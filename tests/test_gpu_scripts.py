@@ -88,8 +88,9 @@ def test_steps_name_existing_paths_and_commands(script, tmp_path):
 def test_gpu_bench_builds_beside_the_suites_that_do_not_need_the_extension(suites, tmp_path, monkeypatch):
     # the masksub[cuda] provider of the loss, token_select and grid_mask suites needs _C, and so do the cuda
     # backend's tests and the sanitizers (cuda, last by default); the fused-linear suite (first by default), its
-    # profile and numerics, and train do not: the build starts first, in the background, and is waited for just
-    # before the first step that needs it
+    # profile, probe, ncu and numerics, and train do not: the build starts in the background after the fused-linear
+    # suite (its host times measured without nvcc beside them: helper-163), or first where another suite comes
+    # first, and is waited for just before the first step that needs it
     if suites is not None:
         monkeypatch.setenv("SUITES", suites)
     lines = dry_run(SCRIPTS[1], tmp_path)
@@ -97,33 +98,42 @@ def test_gpu_bench_builds_beside_the_suites_that_do_not_need_the_extension(suite
     files = [rest[0] if rest else None for kind, *rest in lines if kind in ("step", "step_bg", "wait_steps")]
     builds = [i for i, (kind, c) in enumerate(commands) if c == "build_if_missing"]
     needs = [i for i, (_, c) in enumerate(commands) if re.search(r"--suites (loss|token_select|grid_mask)$", c)]
-    needs = sorted(needs + [i for i, file in enumerate(files) if file == "cuda.log"])
+    needs = sorted(needs + [i for i, (kind, _) in enumerate(commands) if kind == "step" and files[i] == "cuda.log"])
     waits = [i for i, (kind, _) in enumerate(commands) if kind == "wait_steps"]
     assert len(builds) == (1 if needs else 0) and len(waits) == (1 if needs else 0)
-    if needs:
-        assert commands[builds[0]][0] == "step_bg" and builds[0] == 1  # right after env
-        assert waits[0] == needs[0] - 1  # waited for just before the first suite that needs it
     linear = [i for i, (_, c) in enumerate(commands) if c.endswith("--suites linear_loss")]
+    first = 1 if not linear or linear[0] > 1 else 2  # right after env, or after the fused-linear suite run first
+    if needs:
+        assert commands[builds[0]][0] == "step_bg" and builds[0] == first and files[builds[0]] == "cuda.log"
+        assert waits[0] == needs[0] - 1  # waited for just before the first suite that needs it
+    after = [i + 1 + (builds == [i + 1]) for i in linear]  # the suite's own steps, right after it
     profile = [i for i, (_, c) in enumerate(commands) if "gpu_profile.py --only linear" in c]
+    gemm = [i for i, (_, c) in enumerate(commands) if "gemm_probe.py" in c]
     ncu = [i for i, (_, c) in enumerate(commands) if c == "ncu_linear"]
     numerics = [i for i, (_, c) in enumerate(commands) if "linear_loss_numerics.py" in c]
-    assert [i + 1 for i in linear] == profile and [i + 2 for i in linear] == ncu  # right after the suite
-    assert [i + 3 for i in linear] == numerics
+    assert after == profile and [i + 1 for i in after] == gemm and [i + 2 for i in after] == ncu
+    assert [i + 3 for i in after] == numerics and all(files[i] == "gemm.log" for i in gemm)
 
 
 def test_gpu_bench_profiles_the_fused_linear_kernels_by_their_names():
     # ncu_linear's kernel filter names the Triton kernels of the fused-linear op (a rename would profile none of them)
     from triton.runtime.jit import KernelInterface  # JITFunction, or the interpreter's InterpretedFunction
 
-    from masksub_kernels.ops import _linear_loss_kernels, _masksub_loss_kernels
+    from masksub_kernels.ops import _linear_loss_grads, _linear_loss_kernels, _loss_fwd_bwd, _masksub_loss_kernels
 
     source = (ROOT / SCRIPTS[1]).read_text()
     names = re.search(r"regex:\^_\(([a-z_|]+)\)_kernel\|", source).group(1).split("|")
-    assert sorted(names) == ["dh", "dh_sum", "dw", "fwd", "loss_bwd", "loss_fwd"]
+    assert sorted(names) == ["dh", "dh_sum", "dw", "fwd", "loss_bwd", "loss_fwd", "loss_fwd_bwd", "scale"]
+    modules = (_masksub_loss_kernels, _loss_fwd_bwd, _linear_loss_kernels, _linear_loss_grads)
     for name in names:
-        module = _masksub_loss_kernels if name.startswith("loss") else _linear_loss_kernels
-        kernel = getattr(module, f"_{name}_kernel")
+        kernel = next(getattr(m, f"_{name}_kernel") for m in modules if hasattr(m, f"_{name}_kernel"))
         assert isinstance(kernel, KernelInterface) and kernel.fn.__name__ == f"_{name}_kernel", name
+    # every kernel the fused-linear op launches is matched (helper-163: the chunk's one-launch loss kernel and the
+    # backward's scaling were not, so ncu profiled none of the loss kernels)
+    pattern = re.compile(re.search(r"'regex:([^']+)'", source).group(1))
+    launched = [v.fn.__name__ for m in modules for v in vars(m).values() if isinstance(v, KernelInterface)]
+    launched = [name for name in launched if name.endswith("_kernel")]  # (the others: @jit helpers, inlined)
+    assert launched and all(pattern.search(name) for name in launched), launched
     # without ncu (here) the step says so and succeeds: the rest of the call goes on
     if shutil.which("ncu", path="/usr/bin:/bin"):  # a GPU machine's image may have it there (helper-106)
         return
@@ -190,7 +200,8 @@ def test_the_first_call_runs_the_cuda_tests_and_both_sanitizers_after_the_suites
     # benchmark suites, with the extension that call built; the second neither builds nor runs them
     steps = [rest for kind, *rest in dry_run(SCRIPTS[1], tmp_path) if kind in ("step", "step_bg")]
     commands = [" ".join(step[2:]) for step in steps]
-    cuda = [i for i, step in enumerate(steps) if step[0] == "cuda.log"]
+    kinds = [kind for kind, *rest in dry_run(SCRIPTS[1], tmp_path) if kind in ("step", "step_bg")]
+    cuda = [i for i, step in enumerate(steps) if step[0] == "cuda.log" and kinds[i] == "step"]  # (the build's too)
     suites = [i for i, c in enumerate(commands) if "--suites" in c]
     assert len(cuda) == 3 and cuda == list(range(len(steps) - 3, len(steps))) and max(suites) < min(cuda)
     assert "tests/cuda_extension" in commands[cuda[0]] and "pytest" in commands[cuda[0]]

@@ -24,6 +24,7 @@ forward), finished before the flush on a GPU so that every mode gets the same he
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import subprocess
@@ -241,12 +242,14 @@ def _driver_version() -> str | None:
     return out[0] if out else None
 
 
-def source_commit() -> str | None:
+def source_commit(root: Path | None = None) -> str | None:
     """`git describe --always --dirty` of the source tree this package runs from (an editable install, the
-    checkout's tests), or None where it is not a git checkout (an installed wheel) or git cannot say."""
-    root = Path(__file__).resolve().parents[2]
+    checkout's tests); where it is not a git checkout, MASKSUB_COMMIT if set (the GPU calls: the device tool copies
+    the working tree without its .git, so the command names the commit: benchmarks/gpu_bench.sh), else None (an
+    installed wheel) or where git cannot say. ``root``: the source tree (default: this package's)."""
+    root = Path(__file__).resolve().parents[2] if root is None else root
     if not (root / ".git").exists():
-        return None
+        return os.environ.get("MASKSUB_COMMIT") or None
     try:
         command = ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"]
         out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
