@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import DEVICE
+from conftest import DEVICE, kernel_backends
 from test_grid_mask import DTYPES, bits, randn
 
 import masksub_kernels as mk
@@ -210,6 +210,8 @@ def test_backward_launches_at_most_max_partials_programs(monkeypatch):
     # programs (same values: the bound itself is what the docstring promises and nothing else observes)
     from masksub_kernels.ops import token_grid_mask as tgm
 
+    if "triton" not in kernel_backends():
+        pytest.skip("the Triton backward's launch: Triton cannot run here")
     kernel, grids = tgm._mask_tokens_backward_kernel, []
 
     class Spy:

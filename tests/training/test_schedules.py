@@ -252,18 +252,21 @@ def test_both_schedules_follow_the_weights_and_the_loss_options(options):
         torch.testing.assert_close(out["loss"], weighted.float(), msg=schedule)
 
 
-@pytest.mark.parametrize("loss", ["ce", "bce"])
-def test_both_schedules_leave_ignored_rows_out_of_both_terms(loss):
+@pytest.mark.parametrize(("loss", "ignored"), [("ce", [1]), ("bce", [1]), ("ce", [0, 1, 2, 3])])
+def test_both_schedules_leave_ignored_rows_out_of_both_terms(loss, ignored):
     # helper-159: a class id of -100 (ignore_index) counted in the sequential schedule's sub term (CE), and its BCE
     # main term refused it, where the joint schedule's masksub_loss leaves the row out of both terms
     ms = _vit_masksub(loss=loss)
     images, target = batch("vit")
-    target[1] = -100
-    kept = torch.tensor([0, 2, 3])
+    target[ignored] = -100
+    kept = torch.tensor([i for i in range(4) if i not in ignored], dtype=torch.long)
     main = ms.model(images)
     sub = reference_vit_sub(ms.model, images, mk.random_keep_indices(4, 16, 8, seed=7))
     q = torch.nn.functional.one_hot(target[kept], main.shape[1]).to(main.dtype)
-    _, crit_main, crit_sub = reference_loss(main[kept], sub[kept], q, loss)  # the counted rows only
+    if kept.numel():
+        _, crit_main, crit_sub = reference_loss(main[kept], sub[kept], q, loss)  # the counted rows only
+    else:  # none counted: 0, zero gradients (the mean's divisor is at least 1)
+        crit_main = crit_sub = 0.0 * (main.sum() + sub.sum())
     (0.5 * crit_main + 0.5 * crit_sub).backward()
     want = grads(ms)
     for schedule in ("sequential", "joint"):
