@@ -52,8 +52,10 @@ def read_run_checkpoint(path: str, needed: tuple[str, ...], prog: str) -> dict[s
         raise UsageError(
             f"cannot read checkpoint {path!r} (a truncated or corrupt file, or not a torch.save file?): {first}"
         ) from exc
-    if not isinstance(state, dict) or any(key not in state for key in needed):
-        raise UsageError(f"{path!r} is not a {prog} checkpoint (it lacks {', '.join(needed)})")
+    missing = list(needed) if not isinstance(state, dict) else [key for key in needed if key not in state]
+    if missing:  # another command's checkpoint, or not one at all
+        what = "" if isinstance(state, dict) else f": a {type(state).__name__}, not a dict"
+        raise UsageError(f"{path!r} is not a {prog} checkpoint (it lacks {', '.join(missing)}{what})")
     return state
 
 

@@ -31,10 +31,16 @@ def test_bad_resume_files(corpus, tokenizer, tmp_path, capsys):
     torch.save([1, 2], tmp_path / "list.pth")
     (tmp_path / "text.pth").write_text("garbage\n")
     torch.save({"module": {}, "epoch": 0}, tmp_path / "image.pth")  # another command's checkpoint
+    torch.save({"model": {}, "optimizer": {}, "scheduler": {}, "step": 1, "args": {}}, tmp_path / "norows.pth")
     for name, message in (
-        ("list", "is not a masksub-train-mlm checkpoint (it lacks model, optimizer"),
+        (
+            "list",
+            "is not a masksub-train-mlm checkpoint (it lacks model, optimizer, scheduler, step, rows, args: a "
+            "list, not a dict)",
+        ),
         ("text", "cannot read checkpoint"),
         ("image", "is not a masksub-train-mlm checkpoint"),
+        ("norows", "is not a masksub-train-mlm checkpoint (it lacks rows)"),  # the keys it lacks (helper-162)
     ):
         argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path / "o")]
         assert main([*argv, "--resume", str(tmp_path / f"{name}.pth")]) == 2, name
