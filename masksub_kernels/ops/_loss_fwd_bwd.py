@@ -7,7 +7,10 @@ forward kernel's code, a barrier, then the backward kernel's on the stats it has
 
     _loss_fwd_bwd_kernel  =  _loss_fwd_kernel (no split)  ;  bar.sync  ;  _loss_bwd_kernel (no split)
 
-Both kernels are called as they are (Triton inlines them), so the values are theirs bit for bit. Why: a chunk's host
+Both kernels are called as they are (Triton inlines them), so the values are theirs: bit for bit where the fused
+launch's num_warps (the larger of the two) is the forward's own, else to fp32 rounding (on a GPU the forward's
+cross-warp sums then add in another order: C > 2048 for CE, > 1024 for BCE, helper-165; the interpreter has one
+order). Why: a chunk's host
 time is its launches (the H200 run of 2026-12-04, 384-row chunks: ~400 us of host time per chunk, the call's host
 time 17.2 ms beside 17.5 ms on the GPU: the op host-bound), and a Triton launch is the dearest of them (binding
 ~25 arguments and ~20 constants in Python): one per chunk fewer, 43 per BERT step. The program's second pass over

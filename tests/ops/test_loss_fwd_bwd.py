@@ -1,6 +1,8 @@
 """The loss's forward and backward of a row in one launch (ops/_loss_fwd_bwd.py), the fused-linear chunks' path.
 
-The fused kernel calls the two kernels' code, so it must give their values bit for bit: every option (CE / BCE,
+The fused kernel calls the two kernels' code, so it must give their values bit for bit where it runs the forward in
+the forward's own num_warps (here: MAX_BLOCK_C = 64, 4 warps each; at C > 2048 a GPU's fused forward runs in the
+backward's 16 warps and its sums differ in the last bits, helper-165): every option (CE / BCE,
 class ids with ignored and out-of-range rows / probabilities, label smoothing, temperatures, a threshold, a bias or
 none, one term or two, either gradient alone), fp32 / fp16 / bf16 logits, gradients of their own or written over
 the fp32 logits' rows (the chunks' bf16), extreme values, several blocks per row. It runs in one launch where no
