@@ -288,10 +288,12 @@ def resolve_backend(
     elif device.type == "cuda":  # a CUDA tensor, a backend that cannot run here: say what is missing
         raise RuntimeError(f"backend {requested!r} cannot run on {device}: {_compiled_reason(requested)}")
     elif requested == "triton":
-        late = " (it was set after the import: the kernels were made for a GPU then)" if triton_interpreted() else ""
-        raise RuntimeError(
-            f"backend 'triton' got tensors on {device}: the Triton kernels need CUDA tensors "
-            f"(or TRITON_INTERPRET=1 set before importing masksub_kernels to run them on the CPU{late})"
+        late = triton_interpreted() and not _INTERPRETED_AT_IMPORT
+        late = " (it was set after the import: the kernels were made for a GPU then)" if late else ""
+        hint = f" (or TRITON_INTERPRET=1 set before importing masksub_kernels to run them on the CPU{late})"
+        raise RuntimeError(  # (the interpreter's hint for CPU tensors only: helper-164, meta ones got it wrong)
+            f"backend 'triton' got tensors on {device}: the Triton kernels need CUDA tensors"
+            + (hint if device.type == "cpu" else "")
         )
     else:
         registered = ", ".join(sorted(_extensions)) or "none"

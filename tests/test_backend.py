@@ -401,3 +401,22 @@ def test_resolve_backend_checks_its_arguments(monkeypatch):
         # Triton takes CUDA tensors only: helper-147)
         assert mk.resolve_backend("cpu", "my_triton_op", ["triton"]) == "triton"
         assert mk.last_backend("my_triton_op") == "triton"
+
+
+def test_fake_tensors_outside_their_mode_run_the_fake_on_every_backend(backend):  # helper-164: C12
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(2, 1 + 8, 4)
+    y, ids = mk.random_token_select(x, 0.5, seed=1)  # no mode active: only the arguments' type says "tracing"
+    assert isinstance(y, FakeTensor) and y.shape == (2, 5, 4) and ids.shape == (2, 4)
+
+
+def test_the_triton_refusal_of_meta_tensors_gives_no_interpreter_hint():
+    # helper-164: with TRITON_INTERPRET=1 set before the import, a meta tensor was told the variable "was set after
+    # the import"; the interpreter's hint is for CPU tensors
+    if "triton" not in mk.available_backends():
+        pytest.skip("Triton cannot run here")
+    with mk.use_backend("triton"), pytest.raises(RuntimeError) as refused:
+        mk.resolve_backend(torch.device("meta"), "masksub_loss")
+    assert "need CUDA tensors" in str(refused.value) and "TRITON_INTERPRET" not in str(refused.value)

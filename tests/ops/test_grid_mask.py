@@ -341,3 +341,25 @@ def test_seed_tensor_gives_the_int_seeds_mask(backend):
     masked, cells = mk.mask_image_grid(images, 0.5, seed=seed)
     assert torch.equal(cells, mk.random_grid_mask(2, (2, 3), 3, seed=2**40 + 7, device=DEVICE))
     assert torch.equal(masked, mk.mask_image_grid(images, 0.5, seed=2**40 + 7)[0])
+
+
+def test_device_defaults_to_the_seed_tensors_not_the_default_device():  # helper-164's mutant C4
+    seed = torch.tensor([3], dtype=torch.int64)  # a CPU seed tensor
+    with torch.device("meta"):  # torch's default device is meta now
+        mask = mk.random_grid_mask(2, 4, 5, seed=seed)
+    assert mask.device == seed.device
+    assert torch.equal(mask, mk.random_grid_mask(2, 4, 5, seed=3, device="cpu"))
+
+
+def test_an_image_of_no_rows_is_an_empty_grid_not_a_too_small_one():  # helper-164: G3
+    with pytest.raises(ValueError, match="an empty grid"):
+        mk.mask_image_grid(torch.zeros(2, 3, 0, 64), 0.5, cell_size=32, seed=0)
+
+
+def test_fill_value_may_be_the_dtypes_largest(backend):  # helper-164: G6, inclusive
+    images = torch.ones(1, 1, 8, 8, dtype=torch.float16)
+    masked, mask = mk.mask_image_grid(images, 0.5, cell_size=4, seed=0, fill_value=-65504.0)
+    assert mask.any() and torch.equal(
+        masked[0, 0][mask[0].repeat_interleave(4, 0).repeat_interleave(4, 1)],
+        torch.full((32,), -65504.0, dtype=torch.float16),
+    )

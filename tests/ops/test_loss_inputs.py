@@ -319,3 +319,13 @@ def test_logits_without_classes_are_refused(backend):
                  lambda: mk.self_distillation_loss(logits, logits.clone())):  # fmt: skip
         with pytest.raises(ValueError, match="classes >= 1"):
             call()
+
+
+def test_single_branch_losses_take_meta_tensors_on_every_backend(backend):  # helper-164: C7
+    logits = torch.empty(3, 5, device="meta")
+    for loss in (
+        mk.soft_target_cross_entropy(logits, logits),
+        mk.soft_target_bce(logits, logits),
+        mk.self_distillation_loss(logits, logits),
+    ):
+        assert loss.is_meta

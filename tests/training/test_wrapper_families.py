@@ -509,3 +509,23 @@ def test_swin_absolute_position_embedding_is_added_before_the_masking():
     ms = MaskSub(model.double(), mask_ratio=0.0).train()
     images, _ = batch("swin")
     torch.testing.assert_close(ms.sub_logits(images, seed=1), ms.model(images))
+
+
+def test_a_vit_image_width_off_the_patch_is_refused():  # helper-164: F3
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=5, dynamic_img_size=True
+    )  # not strict: the ViT branch's own check decides
+    MaskSub(model).check_input_size((32, 40))
+    for size in ((32, 36), (36, 32)):
+        with pytest.raises(ValueError, match="not divisible by the ViT patch size"):
+            MaskSub(model).check_input_size(size)
+
+
+def test_the_suggested_cell_size_takes_the_larger_on_a_tie():  # helper-164: F7
+    from masksub_kernels.training import families
+
+    # 1020 = 30 x 34: cells of 30 and of 34 both divide it, each 2 from cell_size=32: the larger is named
+    with pytest.raises(ValueError, match=r"or cell_size=34$"):
+        families.check_input_size("pixel", torch.nn.Conv2d(3, 3, 1), 1020, 32, 0.5)
