@@ -408,6 +408,32 @@ def test_linear_specs_are_the_launchers_launches_as_the_jit_specialises_them():
         assert spec["blocks"] == ([64, 64, 16] if "[fp32" in name else [64, 128, 64]), name
 
 
+_CHUNK_STEP_SPECS = """
+import json, sys
+from tools.kernel_specs import chunk_step_specs
+json.dump({name: {"hinted": options["divisible_by_16"], "warps": options["num_warps"], "constants": constexprs}
+           for name, kernel, signature, constexprs, options in chunk_step_specs()}, sys.stdout)
+"""
+
+
+def test_chunk_step_specs_are_the_chunk_loops_launches_as_the_jit_specialises_them():
+    # the chunks' one loss launch is compiled as the chunk loop makes it (recorded on meta tensors) and as the JIT
+    # specialises it (helper-165: the merged hand-made constants carried no divisibility hints, so the compile
+    # checks ran a kernel without the 16-byte accesses the launches get): the logits' and gradients' pointers and
+    # row strides hinted, one program per row in the backward's warps (16 at BERT's C, the forward's 8 raised)
+    specs = _json_from_script(_CHUNK_STEP_SPECS)
+    assert sorted(specs) == sorted(
+        ["fwd_bwd[bf16,tail]", "fwd_bwd[bf16]", "fwd_bwd[fp16,tail]", "fwd_bwd[bf16,dense,no_bias]",
+         "fwd_bwd[bf16,bce,binarise,tail]", "fwd_bwd[fp32,tail]", "fwd_bwd[bf16,sub_only,tail]"]
+    )  # fmt: skip
+    for name, spec in specs.items():
+        assert {"z_ptr", "s_ptr", "dz_ptr", "ds_ptr", "stride_z", "stride_s", "stride_d"} <= set(spec["hinted"]), name
+        assert spec["constants"]["TAIL"] == name.endswith(",tail]"), name
+        assert spec["constants"]["OVER_ROWS"] == ("fp32" not in name), name  # fp16 / bf16 over the fp32 rows
+    assert specs["fwd_bwd[bf16,tail]"]["warps"] == 16 and specs["fwd_bwd[bf16,dense,no_bias]"]["warps"] == 4
+    assert not specs["fwd_bwd[bf16,sub_only,tail]"]["constants"]["WRITE_DZ"]
+
+
 _SEEDED_KERNELS = """
 import importlib, json, pkgutil, sys
 import triton

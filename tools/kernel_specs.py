@@ -3,8 +3,10 @@
 A spec is (name, kernel, signature, constexprs, options). Pointer and scalar types follow what the launchers pass;
 Triton specialises integer arguments equal to 1 into constants at launch, so unit strides are constexprs here too.
 ``options`` may name, under ``divisible_by_16``, the arguments the JIT would hint as multiples of 16 (the fused-linear
-specs, which are recorded launches: see there); the other specs carry no such hints (their kernels state their own
-alignment through constexprs such as ALIGNED).
+specs and the chunks' one loss launch, which are recorded launches: see there); the other specs (the loss kernels'
+own launches, the masks) carry no such hints: their kernels state the rows' alignment through constexprs such as
+ALIGNED, but without the pointers' divisibility Triton proves no 16-byte access there (helper-165), so their
+compiles are the launches' unaligned variants: to record too.
 These tables know the ops' private kernels and tiling helpers on purpose: they check exactly what the ops launch.
 """
 
@@ -412,56 +414,60 @@ def linear_masksub_loss_specs() -> list[tuple]:
     return list(specs.values())
 
 
-def _chunk_step_spec(fwd_flags: dict, bwd_flags: dict, bias: str | None, grads: str, label: str, tail: bool):
-    """The fused-linear chunks' one launch of the loss forward and backward (ops/_loss_fwd_bwd.py) on fp32 logits:
-    the two kernels' specs merged as the launcher merges their configurations (fused_constexprs); ``tail``: with C's
-    tail of < 8 classes (ClassTail: the rows, weight and kept tail columns in the inputs' dtype, ``grads``; fp32
-    products for the gradients written), else the launcher's stand-ins (the logits) for those pointers."""
-    from masksub_kernels.ops import _loss_fwd_bwd
+def _chunk_step_spec(dtype: str, classes: int, label: str, target: str = "ids", bias: bool = True, **options):
+    """The fused-linear chunks' one launch of the loss forward and backward (ops/_loss_fwd_bwd.py), recorded as the
+    chunk loop makes it (ops/_linear_loss_grads' triton implementation on meta tensors: one chunk of CHUNK_ROWS rows
+    per branch, D = 768, ``classes`` classes: C's tail of < 8 in the launch where C is not a multiple of 8) and as the
+    JIT specialises it, its divisibility hints included (helper-165: the merged hand-made constants compiled a kernel
+    without them, one the launches never run: no 16-byte loads). ``target``: 'ids' or 'probs'; ``options``:
+    main_weight, sub_weight, bce, threshold, temperature."""
+    from masksub_kernels.ops import _linear_loss_chunks as chunk_loop
+    from masksub_kernels.ops import _linear_loss_grads, _loss_fwd_bwd
+    from tools.perf_model.capture import recording, specialise
 
-    flags = {"ALIGNED": True}  # the chunk buffer's padded rows (aligned_classes)
-    fwd = _loss_spec(masksub_loss._loss_fwd_kernel, "fp32", {**flags, **fwd_flags}, bias=bias)
-    bwd = _loss_spec(masksub_loss._loss_bwd_kernel, "fp32", {**flags, **bwd_flags}, bias=bias, grads=grads)
-    (_, _, fwd_signature, fwd_constants, fwd_options), (_, _, bwd_signature, bwd_constants, bwd_options) = fwd, bwd
-    constants = _loss_fwd_bwd.fused_constexprs(
-        {**fwd_constants, **fwd_options}, {**bwd_constants, **bwd_options}
-    )  # fmt: skip
-    num_warps = constants.pop("num_warps")
-    inputs = grads if tail else "fp32"
-    types = {**fwd_signature, **bwd_signature, "xz_ptr": f"*{inputs}", "xs_ptr": f"*{inputs}", "wt_ptr": f"*{inputs}"}
-    types |= {"pz_ptr": "*fp32", "ps_ptr": "*fp32", "stride_x": "i64", "stride_w": "i64", "stride_p": "i64"}
-    # the kept tail columns where that gradient is written, else the stand-in (the call's fp32 stats: prepare_tail)
-    kept = {name: f"*{inputs}" if tail and constants[write] else "*fp32" for name, write in
-            (("tz_ptr", "WRITE_DZ"), ("ts_ptr", "WRITE_DS"))}  # fmt: skip
-    types |= {**kept, "D": "i32", "tail_start": "i32", "row_base": "i32"}
-    written = {"TAIL_DZ": tail and constants["WRITE_DZ"], "TAIL_DS": tail and constants["WRITE_DS"]}
-    written["TAIL_DW"] = tail  # the gradients' tail columns kept for dW's tail (the chunk loop's, dW wanted)
-    constants |= {"TAIL": tail, **written, "BLOCK_T": 8, "BLOCK_D": 128}  # the kernel's defaults for the blocks
-    kernel = _loss_fwd_bwd._loss_fwd_bwd_kernel
-    params = inspect.signature(kernel.fn).parameters.items()
-    names = [name for name, p in params if "constexpr" not in str(p.annotation)]
-    signature = {name: types[name] for name in names if name not in constants}
-    return f"fwd_bwd[{label}{',tail' if tail else ''}]", kernel, signature, constants, {"num_warps": num_warps}
+    meta, rows, depth = torch.device("meta"), CHUNK_ROWS, 768
+    types = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    hidden = torch.empty(rows, depth, dtype=types[dtype], device=meta)
+    weight = torch.empty(classes, depth, dtype=types[dtype], device=meta)
+    b = torch.empty(classes, dtype=types[dtype], device=meta) if bias else None
+    y = (torch.empty(rows, classes, device=meta) if target == "probs"
+         else torch.empty(rows, dtype=torch.int64, device=meta))  # fmt: skip
+    weights = (options.get("main_weight", 0.5), options.get("sub_weight", 0.5))
+    loss = (options.get("bce", False), 0.0, -100, options.get("temperature", 1.0), options.get("threshold"))
+    with recording(chunk_loop, _loss_fwd_bwd, masksub_loss) as launches:  # gather False: no host read of the ids
+        _linear_loss_grads._grads_triton(
+            hidden, torch.empty_like(hidden), weight, b, y, True, *weights, True, True, True, False, True, rows, *loss
+        )  # fmt: skip
+    (launch,) = [launch for launch in launches if launch.kernel is _loss_fwd_bwd._loss_fwd_bwd_kernel]
+    signature, constexprs, attrs, _ = specialise(launch)
+    names = launch.kernel.arg_names
+    constants = {names[path[0]]: value for path, value in constexprs.items()}
+    types = {name: kind for name, kind in signature.items() if name not in constants}
+    hinted = sorted(names[path[0]] for path, hints in attrs.items() if ["tt.divisibility", 16] in hints)
+    tail = classes % 8 != 0
+    name = f"fwd_bwd[{label}{',tail' if tail else ''}]"
+    compile_options = {k: v for k, v in launch.kwargs.items() if k not in names}  # num_warps, ...
+    return name, launch.kernel, types, constants, {**compile_options, "divisible_by_16": hinted}
+
+
+CHUNK_ROWS = 384  # the chunk step specs' rows per branch: BERT's chunks (one program per row, no class split)
 
 
 def chunk_step_specs() -> list[tuple]:
     """The chunks' one launch of the loss: BERT's (class ids, a bias, T = 1, bf16 / fp16 gradients over the fp32
     logits' rows, C's tail of 2 classes in it), mixup's probabilities (no bias, 1000 classes: no tail), DeiT-III's
-    thresholded BCE (T = 2), fp32 inputs (the fp32 gradients over the logits themselves), the sub term alone; and
-    BERT's without a tail (C a multiple of 8)."""
-    ids, dense = {"HAS_MAIN": True, "HAS_SUB": True}, {"HAS_MAIN": True, "HAS_SUB": True, "DENSE": True}
-    both = {"WRITE_DZ": True, "WRITE_DS": True}
-    bce = {"BCE": True, "DENSE": True, "BINARISE": True}
-    over, sub_only = {"OVER_ROWS": True}, {"WRITE_DZ": False, "WRITE_DS": True, "OVER_ROWS": True}
-    bert = ({**ids, "UNIT_T": True}, {"LABELS": True, **both, **over})
+    thresholded BCE (T = 2) on ImageNet-21k's 21841 classes (the one launch in the backward's 16 warps: helper-165's
+    finding on its forward's layout), fp32 inputs (the fp32 gradients over the logits themselves), the sub term
+    alone; and BERT's without a tail (C a multiple of 8)."""
+    bert, bert_aligned = 30522, 30528
     return [
-        _chunk_step_spec(*bert, "bf16", "bf16", "bf16", True),
-        _chunk_step_spec(*bert, "bf16", "bf16", "bf16", False),
-        _chunk_step_spec(*bert, "fp16", "fp16", "fp16", True),
-        _chunk_step_spec(dense, {**both, "DENSE": True, **over}, None, "bf16", "bf16,dense,no_bias", False),
-        _chunk_step_spec({**ids, **bce}, {**both, **bce, **over}, "bf16", "bf16", "bf16,bce,binarise", False),
-        _chunk_step_spec({**ids, "UNIT_T": True}, {"LABELS": True, **both}, "fp32", "fp32", "fp32", True),
-        _chunk_step_spec({**ids, "UNIT_T": True}, sub_only, "bf16", "bf16", "bf16,sub_only", True),
+        _chunk_step_spec("bf16", bert, "bf16"),
+        _chunk_step_spec("bf16", bert_aligned, "bf16"),
+        _chunk_step_spec("fp16", bert, "fp16"),
+        _chunk_step_spec("bf16", 1000, "bf16,dense,no_bias", target="probs", bias=False),
+        _chunk_step_spec("bf16", 21841, "bf16,bce,binarise", target="probs", bce=True, threshold=0.0, temperature=2.0),
+        _chunk_step_spec("fp32", bert, "fp32"),
+        _chunk_step_spec("bf16", bert, "bf16,sub_only", main_weight=0.0, sub_weight=1.0),
     ]
 
 
