@@ -210,7 +210,11 @@ setup_run() {
   # the argument, else the device tool's $OUT (what comes back: helper-163, a call without the argument wrote into
   # the repository's copy, lost), else a folder of the results
   OUT="${1:-${OUT:-benchmarks/results/gpu-$(date -u +%F)}}"
-  OUT="$(mkdir -p "$OUT" && cd "$OUT" && pwd)"
+  if [[ -n ${DRY_RUN:-} ]]; then # a dry run makes no folder (helper-166: the default one in the checkout)
+    OUT="$(realpath -m "$OUT")"
+  else
+    OUT="$(mkdir -p "$OUT" && cd "$OUT" && pwd)"
+  fi
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   unset TRITON_INTERPRET MASKSUB_BACKEND
   install_wheels

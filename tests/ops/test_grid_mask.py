@@ -357,9 +357,9 @@ def test_an_image_of_no_rows_is_an_empty_grid_not_a_too_small_one():  # helper-1
 
 
 def test_fill_value_may_be_the_dtypes_largest(backend):  # helper-164: G6, inclusive
-    images = torch.ones(1, 1, 8, 8, dtype=torch.float16)
+    images = torch.ones(1, 1, 8, 8, dtype=torch.float16, device=DEVICE)
     masked, mask = mk.mask_image_grid(images, 0.5, cell_size=4, seed=0, fill_value=-65504.0)
     assert mask.any() and torch.equal(
         masked[0, 0][mask[0].repeat_interleave(4, 0).repeat_interleave(4, 1)],
-        torch.full((32,), -65504.0, dtype=torch.float16),
+        torch.full((32,), -65504.0, dtype=torch.float16, device=DEVICE),
     )
