@@ -280,7 +280,7 @@ def caps(script: str) -> dict[str, int]:
         parts = line.split()
         if parts and parts[0] in ("step", "step_bg"):
             command = " ".join(parts[3:])
-            name = next((s for s in ("gpu_profile", "ncu_linear", "linear_loss_numerics", "write_env",
+            name = next((s for s in ("gpu_profile", "gemm_probe", "ncu_linear", "linear_loss_numerics", "write_env",
                                      "build_if_missing", "memcheck", "racecheck") if s in command), None)  # fmt: skip
             suite = re.search(r"--suites (\w+)", command)
             cuda = parts[1] == "cuda.log" and "pytest" in parts[3:6]  # the cuda backend's tests
@@ -295,7 +295,7 @@ def test_gpu_bench_documents_the_caps_it_runs():
     documented = {m.group(1): int(m.group(2)) for m in re.finditer(r"^#   (\w+) +(\d+) ", source, re.M)}
     actual = caps("benchmarks/gpu_bench.sh")
     names = {"env": "write_env", "build": "build_if_missing", "profile": "gpu_profile", "ncu": "ncu_linear",
-             "numerics": "linear_loss_numerics"}  # fmt: skip
+             "numerics": "linear_loss_numerics", "gemm": "gemm_probe"}  # fmt: skip
     assert {names.get(k, k): v for k, v in documented.items()} == actual
 
 
