@@ -188,6 +188,10 @@ def test_gradients_over_the_logits_rows_store_behind_a_barrier():
     assert any(_op(line).startswith("tt.load") and "tensor<" in line for line in kernel["ttgir"][:first_barrier])
     # the masked last block's predicated stores are among those checked (C = 30522 is no multiple of the block)
     assert any(re.match(r"@!?%p\d+\s+st\.global", line) for line in kernel["ptx"]), "the masked block was not seen"
+    # the whole blocks' bf16 gradients go out in 16-byte words: their rows hinted in their own elements (D_GROUP 8),
+    # not in the fp32 logits' GROUP of 4, which promised 8 bytes (st.global.v2: twice the stores, helper-165)
+    stores = [line for line in kernel["ptx"] if "st.global" in line]
+    assert any("st.global.v4.b32" in line for line in stores) and not any("st.global.v2" in line for line in stores)
     # the check itself: a store right after the loads, or after a barrier that precedes the last load, is caught
     load, store, barrier = (
         "ld.global.v4.b32 {%r1, %r2, %r3, %r4}, [%rd1];",
@@ -424,7 +428,8 @@ def test_chunk_step_specs_are_the_chunk_loops_launches_as_the_jit_specialises_th
     specs = _json_from_script(_CHUNK_STEP_SPECS)
     assert sorted(specs) == sorted(
         ["fwd_bwd[bf16,tail]", "fwd_bwd[bf16]", "fwd_bwd[fp16,tail]", "fwd_bwd[bf16,dense,no_bias]",
-         "fwd_bwd[bf16,bce,binarise,tail]", "fwd_bwd[fp32,tail]", "fwd_bwd[bf16,sub_only,tail]"]
+         "fwd_bwd[bf16,bce,binarise,tail]", "fwd_bwd[bf16,bce,tail]", "fwd_bwd[fp32,tail]",
+         "fwd_bwd[bf16,sub_only,tail]"]
     )  # fmt: skip
     for name, spec in specs.items():
         assert {"z_ptr", "s_ptr", "dz_ptr", "ds_ptr", "stride_z", "stride_s", "stride_d"} <= set(spec["hinted"]), name
@@ -432,6 +437,14 @@ def test_chunk_step_specs_are_the_chunk_loops_launches_as_the_jit_specialises_th
         assert spec["constants"]["OVER_ROWS"] == ("fp32" not in name), name  # fp16 / bf16 over the fp32 rows
     assert specs["fwd_bwd[bf16,tail]"]["warps"] == 16 and specs["fwd_bwd[bf16,dense,no_bias]"]["warps"] == 4
     assert not specs["fwd_bwd[bf16,sub_only,tail]"]["constants"]["WRITE_DZ"]
+    # BCE's forward block (1024 classes, 4 warps of its own) widened to a 16-byte word per thread of the 16 warps
+    # where its rows are aligned (class ids), not with unaligned probability rows (words of one element)
+    bce_ids, bce_probs = specs["fwd_bwd[bf16,bce,tail]"], specs["fwd_bwd[bf16,bce,binarise,tail]"]
+    assert bce_ids["warps"] == 16 and bce_ids["constants"]["F_BLOCK_C"] == 2048
+    assert bce_probs["warps"] == 16 and bce_probs["constants"]["F_BLOCK_C"] == 1024
+    # the bf16 gradients' rows hinted in their own elements (D_GROUP: 16 bytes), the fp32 ones' in theirs
+    assert specs["fwd_bwd[bf16,tail]"]["constants"]["D_GROUP"] == 8
+    assert specs["fwd_bwd[fp32,tail]"]["constants"]["D_GROUP"] == 4
 
 
 _SEEDED_KERNELS = """

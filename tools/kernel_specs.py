@@ -205,6 +205,9 @@ def _loss_spec(
     if "GROUP" not in flags:  # as _alignment_flags: a 16-byte word where the rows' words are aligned, else 1
         aligned_words = constexprs["VEC"] > 1 or constexprs["ALIGNED"]
         constexprs["GROUP"] = 16 // _ELEMENT_BYTES[dtype] if aligned_words else 1
+    if not forward:  # as _gradient_group: a 16-byte word of the gradients' elements where ALIGNED, else no hint
+        words = max(constexprs["GROUP"], 16 // _ELEMENT_BYTES[grads or dtype])
+        constexprs.setdefault("D_GROUP", words if constexprs["ALIGNED"] else 1)
     if forward:
         constexprs["BLOCK_S"] = 64 if constexprs["SPLIT"] else 1  # splits (SPLIT): up to 2 x 132 SMs / rows
         # as the launcher: an output without tickets (no split, no reduction) is not zero-filled
@@ -457,7 +460,8 @@ def chunk_step_specs() -> list[tuple]:
     """The chunks' one launch of the loss: BERT's (class ids, a bias, T = 1, bf16 / fp16 gradients over the fp32
     logits' rows, C's tail of 2 classes in it), mixup's probabilities (no bias, 1000 classes: no tail), DeiT-III's
     thresholded BCE (T = 2) on ImageNet-21k's 21841 classes (the one launch in the backward's 16 warps: helper-165's
-    finding on its forward's layout), fp32 inputs (the fp32 gradients over the logits themselves), the sub term
+    finding on its forward's layout) and BCE with class ids there (16-byte rows: the forward's block widened to the
+    16 warps, _loss_fwd_bwd.fused_constexprs), fp32 inputs (the fp32 gradients over the logits themselves), the sub term
     alone; and BERT's without a tail (C a multiple of 8)."""
     bert, bert_aligned = 30522, 30528
     return [
@@ -466,6 +470,7 @@ def chunk_step_specs() -> list[tuple]:
         _chunk_step_spec("fp16", bert, "fp16"),
         _chunk_step_spec("bf16", 1000, "bf16,dense,no_bias", target="probs", bias=False),
         _chunk_step_spec("bf16", 21841, "bf16,bce,binarise", target="probs", bce=True, threshold=0.0, temperature=2.0),
+        _chunk_step_spec("bf16", 21841, "bf16,bce", bce=True),  # class ids: aligned rows, the forward's block widened
         _chunk_step_spec("fp32", bert, "fp32"),
         _chunk_step_spec("bf16", bert, "bf16,sub_only", main_weight=0.0, sub_weight=1.0),
     ]

@@ -8,9 +8,11 @@ forward kernel's code, a barrier, then the backward kernel's on the stats it has
     _loss_fwd_bwd_kernel  =  _loss_fwd_kernel (no split)  ;  bar.sync  ;  _loss_bwd_kernel (no split)
 
 Both kernels are called as they are (Triton inlines them), so the values are theirs: bit for bit where the fused
-launch's num_warps (the larger of the two) is the forward's own, else to fp32 rounding (on a GPU the forward's
-cross-warp sums then add in another order: C > 2048 for CE, > 1024 for BCE, helper-165; the interpreter has one
-order). Why: a chunk's host
+launch's num_warps (the larger of the two) and block are the forward's own, else to fp32 rounding (on a GPU the
+forward's cross-warp sums then add in another order: C > 2048 for CE, > 1024 for BCE, helper-165; the interpreter
+has one order per block). Where the larger warps are the backward's and the forward's block has fewer 16-byte
+words than they have threads (BCE's 1024-class blocks in 16 warps), the fused launch widens that block to a word
+per thread (fused_constexprs: else Triton splits each word over two threads). Why: a chunk's host
 time is its launches (the H200 run of 2026-12-04, 384-row chunks: ~400 us of host time per chunk, the call's host
 time 17.2 ms beside 17.5 ms on the GPU: the op host-bound), and a Triton launch is the dearest of them (binding
 ~25 arguments and ~20 constants in Python): one per chunk fewer, 43 per BERT step. The program's second pass over
@@ -48,7 +50,7 @@ from ._masksub_loss_kernels import _loss_bwd_kernel, _loss_fwd_kernel
 SHARED = ("BCE", "DENSE", "BINARISE", "HAS_BIAS")
 PER_KERNEL = ("BLOCK_C", "UNIT_T", "VEC", "GROUP", "ALIGNED", "EVEN")
 FORWARD_ONLY = ("HAS_MAIN", "HAS_SUB", "SMOOTHED")
-BACKWARD_ONLY = ("LABELS", "WRITE_DZ", "WRITE_DS", "OVER_ROWS")
+BACKWARD_ONLY = ("LABELS", "WRITE_DZ", "WRITE_DS", "OVER_ROWS", "D_GROUP")
 # False: the chunks' loss in masksub_loss's two launches and the class tail by matmuls, as before (the benchmark's
 # A/B row, `masksub[triton]:2 launches`, until a GPU has measured both; read at call time)
 ONE_LAUNCH = True
@@ -98,6 +100,7 @@ def _loss_fwd_bwd_kernel(
     WRITE_DZ: tl.constexpr,
     WRITE_DS: tl.constexpr,
     OVER_ROWS: tl.constexpr,
+    D_GROUP: tl.constexpr,
     BCE: tl.constexpr,
     DENSE: tl.constexpr,
     BINARISE: tl.constexpr,
@@ -141,7 +144,7 @@ def _loss_fwd_bwd_kernel(
         z_ptr, s_ptr, y_ptr, bias_ptr, out_ptr, gm_ptr, gs_ptr, dz_ptr, ds_ptr, out_ptr, M, C, C, stride_z, stride_s,
         stride_y, stride_gm, stride_gs, stride_d, stride_out, eps, ignore_index, temperature, threshold, 0.0, 0.0,
         LABELS, WRITE_DZ, WRITE_DS, BCE, DENSE, BINARISE, False, HAS_BIAS, B_BLOCK_C, B_UNIT_T, B_VEC, False, B_GROUP,
-        B_ALIGNED, B_EVEN, OVER_ROWS,
+        B_ALIGNED, B_EVEN, OVER_ROWS, D_GROUP,
     )  # fmt: skip
     if TAIL_DZ or TAIL_DS or TAIL_DW:
         tl.debug_barrier()  # the gradients' tail columns, stored by some threads, read by all below
@@ -211,7 +214,8 @@ def _tail_products(dz_ptr, ds_ptr, w_ptr, pz_ptr, ps_ptr, tz_ptr, ts_ptr, row, r
 def fused_constexprs(forward: dict, backward: dict) -> dict | None:
     """The fused launch's constants and num_warps from the two kernels' (their launch configurations' constexpr
     dicts), or None where they cannot run as one program per row: a class split in either, a forward that reduces
-    or zero-fills (the chunks' need neither)."""
+    or zero-fills (the chunks' need neither). num_warps: the larger; the forward's block widened to a 16-byte word
+    per thread of them where it had fewer words (below)."""
     if forward["SPLIT"] or backward["SPLIT"]:
         return None
     if any(forward[k] != backward[k] for k in SHARED):
@@ -219,6 +223,13 @@ def fused_constexprs(forward: dict, backward: dict) -> dict | None:
     merged = {k: forward[k] for k in (*SHARED, *FORWARD_ONLY)} | {k: backward[k] for k in BACKWARD_ONLY}
     merged |= {f"F_{k}": forward[k] for k in PER_KERNEL} | {f"B_{k}": backward[k] for k in PER_KERNEL}
     merged["num_warps"] = max(forward["num_warps"], backward["num_warps"])
+    if forward["num_warps"] < merged["num_warps"]:
+        # the forward's block, [BLOCK_C / GROUP, GROUP] states, in more warps than its own: a 16-byte word per
+        # thread of them, or Triton splits each word over threads (BCE's 1024 classes in the backward's 16 warps:
+        # 2 threads a word, no 16-byte loads, shuffles per block; 1.6 against 1.1 warp-instructions per class in
+        # the forward's loops, sm_90 SASS at C = 21841, helper-165), at most the backward's block
+        words = forward["GROUP"] * 32 * merged["num_warps"]
+        merged["F_BLOCK_C"] = max(forward["BLOCK_C"], min(words, backward["BLOCK_C"]))
     return merged
 
 

@@ -455,6 +455,9 @@ def _loss_bwd_kernel(
     ALIGNED: tl.constexpr = False,
     EVEN: tl.constexpr = False,
     OVER_ROWS: tl.constexpr = False,  # dz, ds: narrower views over z's and s's rows (_bwd_block; no SPLIT, VEC 1)
+    D_GROUP: tl.constexpr = 1,  # ALIGNED: the elements of dz / ds that stride_d's rows are a multiple of (a
+    # hint replaces what Triton infers: GROUP counts the logits' elements, so bf16 gradients over fp32 logits'
+    # rows take 16 bytes, 8 elements, where GROUP's 4 would promise 8 bytes and halve the stores' width)
 ):
     # over the logits' rows, a split's stores would land on another program's logits, realigned rows' shifts on
     # other elements: the launcher never asks for either (_backward_config)
@@ -494,7 +497,7 @@ def _loss_bwd_kernel(
         z_off, s_off, d_off = tl.multiple_of(z_off, VEC), tl.multiple_of(s_off, VEC), tl.multiple_of(d_off, VEC)
     elif ALIGNED:  # as the forward
         z_off, s_off = tl.multiple_of(row * stride_z, GROUP), tl.multiple_of(row * stride_s, GROUP)
-        d_off = tl.multiple_of(row * stride_d, GROUP)
+        d_off = tl.multiple_of(row * stride_d, D_GROUP)
         if EVEN:
             full, end = full // GROUP * GROUP, end // GROUP * GROUP
     z_base, s_base, dz_row, ds_row = z_ptr + z_off, s_ptr + s_off, dz_ptr + d_off, ds_ptr + d_off

@@ -161,7 +161,7 @@ def test_fused_constants():
     forward = {**shared, **per_kernel, "HAS_MAIN": True, "HAS_SUB": True, "SMOOTHED": False, "num_warps": 4}
     forward["BLOCK_S"] = 1
     backward = {**shared, **per_kernel, "BLOCK_C": 2048, "UNIT_T": False, "num_warps": 8}
-    backward |= {"LABELS": False, "WRITE_DZ": True, "WRITE_DS": False, "OVER_ROWS": True}
+    backward |= {"LABELS": False, "WRITE_DZ": True, "WRITE_DS": False, "OVER_ROWS": True, "D_GROUP": 8}
     merged = fused.fused_constexprs(forward, backward)
     assert merged["F_BLOCK_C"] == 1024 and merged["B_BLOCK_C"] == 2048 and merged["num_warps"] == 8
     assert merged["F_UNIT_T"] and not merged["B_UNIT_T"] and merged["OVER_ROWS"] and not merged["SMOOTHED"]
@@ -171,10 +171,67 @@ def test_fused_constants():
     ]  # fmt: skip
     tail = ["TAIL", "TAIL_DZ", "TAIL_DS", "TAIL_DW", "BLOCK_T", "BLOCK_D"]  # the class tail's (ClassTail)
     assert sorted(kernel_constants) == sorted([*tail, *(k for k in merged if k != "num_warps")])  # no other
+    # the forward's block in more warps than its own: widened to a 16-byte word per thread (BCE's 1024 classes in
+    # the backward's 16 warps: 2048 of fp32 logits, 4096 of bf16), at most the backward's block; not where the
+    # words are single elements' (GROUP 1: unaligned rows) or the warps the forward's own
+    wide = {**backward, "BLOCK_C": 4096, "num_warps": 16}
+    assert fused.fused_constexprs(forward, wide)["F_BLOCK_C"] == 2048
+    assert fused.fused_constexprs({**forward, "GROUP": 8}, wide)["F_BLOCK_C"] == 4096
+    assert fused.fused_constexprs({**forward, "GROUP": 8}, {**wide, "BLOCK_C": 2048})["F_BLOCK_C"] == 2048
+    assert fused.fused_constexprs({**forward, "GROUP": 1}, wide)["F_BLOCK_C"] == 1024
+    assert fused.fused_constexprs({**forward, "num_warps": 16}, wide)["F_BLOCK_C"] == 1024
+    assert fused.fused_constexprs({**forward, "GROUP": 8, "num_warps": 8}, backward)["F_BLOCK_C"] == 1024
     assert fused.fused_constexprs({**forward, "SPLIT": True}, backward) is None
     assert fused.fused_constexprs(forward, {**backward, "SPLIT": True}) is None
     with pytest.raises(AssertionError, match="disagree"):
         fused.fused_constexprs(forward, {**backward, "DENSE": False})
+
+
+@pytest.mark.parametrize("over_rows", [False, True])
+def test_the_forward_block_widened_to_the_backward_warps(launches, monkeypatch, over_rows):
+    # BCE at C = 3000 (the launchers' real blocks): the forward's 1024 classes in 4 warps, the backward's 4096 in 16;
+    # the one launch runs the forward's block widened to 2048 (a 16-byte word of fp32 logits per thread of its 16
+    # warps): the same values as the two launches to fp32 rounding (its sums' blocks differ), gradients to one
+    # rounding of their dtype
+    monkeypatch.setattr(ml, "_device_sms", lambda device: 1)
+    rows, classes = 4, 3000
+    options = (True, 0.0, -100, 2.0, None)
+    main, sub, target = make_inputs(rows, classes, torch.float32, "index", seed=21)
+    gen = torch.Generator().manual_seed(22)
+    row_grads = tuple(torch.randn(rows, generator=gen).to(DEVICE) for _ in range(2))
+    z, s, y = ml._unit_last_stride(main, sub, target)
+    if over_rows:  # the chunks' layout: bf16 gradients over the fp32 logits' rows
+        buffer = torch.cat([main, sub])
+        z, s = buffer[:rows], buffer[rows:]
+        into = tuple(buffer.view(torch.bfloat16)[:, :classes].split(rows))
+    else:
+        into = tuple(torch.empty_like(main) for _ in range(2))
+    constexprs = fused.one_launch(*row_grads, z, s, y, *options[:1], 0.0, 2.0, None, into, None, over_rows)[2]
+    assert constexprs["F_BLOCK_C"] == 2048 and constexprs["B_BLOCK_C"] == 4096 and constexprs["num_warps"] == 16
+    results = []
+    for one_launch in (True, False):
+        monkeypatch.setattr(fused, "ONE_LAUNCH", one_launch)
+        main_copy, sub_copy = main.clone(), sub.clone()
+        if over_rows:
+            buffer = torch.cat([main_copy, sub_copy])
+            z, s = buffer[:rows], buffer[rows:]
+            into = tuple(buffer.view(torch.bfloat16)[:, :classes].split(rows))
+        else:
+            z, s = main_copy, sub_copy
+            into = tuple(torch.empty_like(main) for _ in range(2))
+        stats = torch.empty(ml.NUM_OUT, rows, device=DEVICE)
+        tickets = torch.zeros(rows, dtype=torch.int32, device=DEVICE)
+        out, grads = fused.forward_backward_triton(
+            *row_grads, z, s, target, *options, out=stats, tickets=tickets, into=into, over_rows=over_rows
+        )
+        results.append([t.float().cpu().clone() for t in (out, *grads)])
+    assert launches == ["fused", "forward", "backward"]
+    (stats, dz, ds), (stats2, dz2, ds2) = results
+    torch.testing.assert_close(stats, stats2, rtol=2e-6, atol=1e-6)
+    bf16 = over_rows  # one rounding of the gradients' dtype apart at most
+    tol = {"rtol": 2**-7, "atol": 1e-6} if bf16 else {"rtol": 2e-6, "atol": 1e-9}
+    torch.testing.assert_close(dz, dz2, **tol)
+    torch.testing.assert_close(ds, ds2, **tol)
 
 
 TAIL_CASES = [  # inputs' dtype, kind, mode, temperature, sub-branch, grads (main, sub)

@@ -462,6 +462,26 @@ def test_aligned_rows_hinted_only_where_true():
     assert not ml._alignment_flags(1, z, torch.empty(4, 1001)[:, :1000])["ALIGNED"]  # probabilities' stride
 
 
+def test_gradient_rows_hinted_in_their_own_elements():
+    # D_GROUP: the gradients' rows as a multiple of their own elements per 16 bytes where that holds (bf16 gradients
+    # over fp32 logits' rows, the fused-linear chunks': 8, where GROUP counts 4 of the logits'), else GROUP, which
+    # ALIGNED already holds them to; 1 without ALIGNED. A wrong promise would be a misaligned store on a GPU.
+    def d_group(z, dz, ds=None):
+        ds = torch.empty(0, dtype=dz.dtype) if ds is None else ds
+        options = (False, False, True, False, True, ds.numel() > 0, False)  # bce, binarise, unit_t, bias, dz, ds, rows
+        y = torch.zeros(z.shape[0], dtype=torch.long)
+        return ml._backward_config(z, None, y, dz, ds, *options, 1)[3]["D_GROUP"]
+
+    buffer = torch.empty(8, 1000)  # fp32 logits, rows of 16 bytes; bf16 gradients over them: rows of 2000
+    narrow = buffer.view(BF16)[:, :1000]
+    assert d_group(buffer[:4], narrow[:4], narrow[4:]) == 8
+    assert d_group(buffer[:4], torch.empty(4, 1000)) == 4  # fp32 gradients: GROUP
+    assert d_group(buffer[:4], torch.empty(4, 1004, dtype=BF16)[:, :1000]) == 4  # 1004 % 8: GROUP's 4 holds
+    assert d_group(torch.empty(4, 1000, dtype=BF16), torch.empty(4, 1000, dtype=BF16)) == 8
+    assert d_group(torch.empty(4, 1000, dtype=BF16), torch.empty(4, 1000)) == 8  # GROUP 8 already: kept
+    assert d_group(torch.empty(4, 1001)[:, :1000], torch.empty(4, 1000)) == 1  # not ALIGNED: no hint
+
+
 @pytest.mark.parametrize("dtype", [BF16, F32])
 def test_aligned_rows_with_a_partial_last_block(backend, monkeypatch, dtype):
     # C = 200: rows of 16 bytes (ALIGNED, EVEN), 3 whole blocks of 64 and a masked last block of 8 classes
