@@ -412,12 +412,42 @@ def test_linear_specs_are_the_launchers_launches_as_the_jit_specialises_them():
         assert spec["blocks"] == ([64, 64, 16] if "[fp32" in name else [64, 128, 64]), name
 
 
-_CHUNK_STEP_SPECS = """
+_RECORDED_SPECS = """
 import json, sys
-from tools.kernel_specs import chunk_step_specs
-json.dump({name: {"hinted": options["divisible_by_16"], "warps": options["num_warps"], "constants": constexprs}
-           for name, kernel, signature, constexprs, options in chunk_step_specs()}, sys.stdout)
+from tools.kernel_specs import {specs}
+specs = list({specs}())
+assert len({{s[0] for s in specs}}) == len(specs), "two specs of one name"
+json.dump({{name: {{"hinted": options["divisible_by_16"], "warps": options["num_warps"], "constants": constexprs}}
+           for name, kernel, signature, constexprs, options in specs}}, sys.stdout)
 """
+_CHUNK_STEP_SPECS = _RECORDED_SPECS.format(specs="chunk_step_specs")
+
+
+def test_loss_specs_are_the_launchers_launches_as_the_jit_specialises_them():
+    # masksub_loss's own launches are compiled as its launchers make them at realistic shapes (recorded on meta
+    # tensors) and as the JIT specialises them: hand-made constants compiled variants without the 16-byte accesses
+    # (helper-165). Each spec's name says its case; the configurations are the launchers' own
+    specs = _json_from_script(_RECORDED_SPECS.format(specs="masksub_loss_specs"))
+    assert len(specs) >= 50 and all(name.startswith(("fwd[", "bwd[")) for name in specs)
+    ids = specs["bwd[bf16,ids]"]
+    assert {"z_ptr", "s_ptr", "dz_ptr", "ds_ptr", "stride_z", "stride_s", "stride_d"} <= set(ids["hinted"])
+    assert ids["warps"] == 16 and ids["constants"]["BLOCK_C"] == 4096 and ids["constants"]["D_GROUP"] == 8
+    assert specs["fwd[bf16,ids]"]["warps"] == 8 and specs["fwd[bf16,bce,ids]"]["constants"]["BLOCK_C"] == 1024
+    assert specs["fwd[bf16,bert]"]["constants"]["VEC"] == 8  # 30522 bf16: realigned rows
+    imagenet = specs["bwd[bf16,imagenet]"]["constants"]  # 1000 bf16: 16-byte rows, hinted by the launcher
+    assert imagenet["ALIGNED"] and imagenet["EVEN"] and "stride_z" not in specs["bwd[bf16,imagenet]"]["hinted"]
+    assert all(specs[f"{k}[bf16,split,ids]"]["constants"]["SPLIT"] for k in ("fwd", "bwd"))
+    chunk = specs["bwd[chunk,bf16]"]["constants"]  # bf16 gradients over the fp32 logits' rows
+    assert chunk["OVER_ROWS"] and chunk["D_GROUP"] == 8 and chunk["GROUP"] == 4 and chunk["HAS_BIAS"]
+    assert (
+        specs["fwd[chunk,bf16,split]"]["constants"]["SPLIT"]
+        and not specs["bwd[chunk,bf16,split]"]["constants"]["SPLIT"]
+    )
+    assert (
+        specs["fwd[bf16,ids,reduced_mean]"]["constants"]["REDUCE"]
+        and specs["bwd[bf16,ids,reduced_mean]"]["constants"]["REDUCED"]
+    )
+    assert specs["fwd[fp32,one_class]"]["constants"]["C"] == 1  # Triton's constant for an argument of 1
 
 
 def test_chunk_step_specs_are_the_chunk_loops_launches_as_the_jit_specialises_them():

@@ -2,11 +2,11 @@
 
 A spec is (name, kernel, signature, constexprs, options). Pointer and scalar types follow what the launchers pass;
 Triton specialises integer arguments equal to 1 into constants at launch, so unit strides are constexprs here too.
-``options`` may name, under ``divisible_by_16``, the arguments the JIT would hint as multiples of 16 (the fused-linear
-specs and the chunks' one loss launch, which are recorded launches: see there); the other specs (the loss kernels'
-own launches, the masks) carry no such hints: their kernels state the rows' alignment through constexprs such as
-ALIGNED, but without the pointers' divisibility Triton proves no 16-byte access there (helper-165), so their
-compiles are the launches' unaligned variants: to record too.
+``options`` may name, under ``divisible_by_16``, the arguments the JIT would hint as multiples of 16: the loss
+kernels' specs (masksub_loss's, the fused-linear op's, the chunks' one loss launch) are launches recorded on meta
+tensors at realistic shapes and specialised as the JIT specialises them (tools/perf_model/capture.py), hints
+included: without them Triton proves no 16-byte access, and a compile checks a variant no launch runs
+(helper-165). The masks' and the scaling's specs are made by hand, without hints.
 These tables know the ops' private kernels and tiling helpers on purpose: they check exactly what the ops launch.
 """
 
@@ -165,152 +165,151 @@ def token_grid_mask_specs() -> list[tuple]:
     return specs
 
 
-_ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-_CHUNK_SPLIT = {"SPLIT": True, "ALIGNED": True, "EVEN": True, "ZERO_ABSENT": True}  # the fused-linear op's chunks
-_LOSS_SCALARS = {"M": "i32", "C": "i32", "chunk": "i32", "stride_z": "i64", "stride_s": "i64", "stride_y": "i64"}
-_LOSS_OPTIONS = {"eps": "fp32", "ignore_index": "i64", "temperature": "fp32", "threshold": "fp32"}
-_LOSS_OPTIONS |= {"main_weight": "fp32", "sub_weight": "fp32"}  # the reduced loss's weights (REDUCE, REDUCED)
+# masksub_loss's own launches (ops/masksub_loss.py's launchers), recorded on meta tensors at the shapes below and
+# specialised as the JIT specialises them (their pointers' and strides' divisibility hints included: helper-165
+# found that hand-made constants compiled the unaligned variants, without the 16-byte accesses, that no launch at
+# these shapes runs). Each case is (label, options of _loss_launches); it gives its forward's and backward's specs,
+# named fwd[label] / bwd[label], one compile for identical ones (the first label).
+_MIXED = {"eps": 0.1, "temperature": 2.0}  # label smoothing and T = 2 (the teacher's own softmax)
+_LOSS_CASES = [
+    # both terms at three heads: class ids over 32000 classes (rows of 16 elements: hinted by the JIT), mixup's
+    # probabilities over 1000, DeiT-III's thresholded BCE over ImageNet-21k's 21841 (rows realigned, VEC)
+    *((f"{dtype},ids", {"dtype": dtype, "classes": 32000, **_MIXED}) for dtype in ("fp32", "fp16", "bf16")),
+    *((f"{dtype},probs", {"dtype": dtype, "classes": 1000, "target": "probs", **_MIXED}) for dtype in ("fp32", "bf16")),
+    *(
+        (f"{dtype},bce,binarise", {"dtype": dtype, "classes": 21841, "target": "probs", "bce": True, "threshold": 0.5})
+        for dtype in ("fp32", "bf16")
+    ),
+    # one term: the main's (no sub-branch), the sub's (no target)
+    ("bf16,main_only", {"classes": 32000, "sub": False, **_MIXED}),
+    ("bf16,sub_only", {"classes": 32000, "target": None, **_MIXED}),
+    # BERT's 30522 classes: bf16 rows realigned to 16-byte words (VEC = 8); ImageNet's 1000: 16-byte rows that are no
+    # multiple of 16 elements (ALIGNED, EVEN: the launchers' hint)
+    ("bf16,bert", {"classes": 30522, **_MIXED}),
+    ("bf16,imagenet", {"classes": 1000, **_MIXED}),
+    # BCE with class ids, T = 2 and T = 1 (UNIT_T: the teacher's sigmoid shares the main term's exp); CE at T = 1
+    ("bf16,bce,ids", {"classes": 32000, "bce": True, **_MIXED}),
+    ("bf16,bce,ids,unit_t", {"classes": 32000, "bce": True, "eps": 0.1}),
+    *((f"{dtype},ids,unit_t", {"dtype": dtype, "classes": 32000, "eps": 0.1}) for dtype in ("fp32", "bf16")),
+    ("bf16,probs,unit_t", {"classes": 1000, "target": "probs", "eps": 0.1}),
+    ("bf16,sub_only,unit_t", {"classes": 32000, "target": None}),
+    # class ids without label smoothing (no sum of z for the weight off the id), CE and BCE: forwards
+    ("bf16,ids,no_smoothing", {"classes": 32000, "eps": 0.0, "temperature": 2.0}),
+    ("bf16,bce,ids,no_smoothing", {"classes": 32000, "bce": True, "eps": 0.0, "temperature": 2.0}),
+    # the reduced loss (ops/masksub_loss_reduced.py): a mean of class ids, of probabilities, a sum; its backwards
+    ("bf16,ids,reduced_mean", {"classes": 32000, "reduce": True, **_MIXED}),
+    ("bf16,probs,reduced_mean", {"classes": 1000, "target": "probs", "reduce": True, **_MIXED}),
+    ("bf16,ids,reduced_sum", {"classes": 32000, "reduce": "sum", **_MIXED}),
+    ("bf16,sub_only,reduced", {"classes": 32000, "reduce": True, "target": None, **_MIXED}),
+    # a few rows of many classes (8 x 128256, an LLM's head): the class-split grid (class_splits), a reduction too
+    *(
+        (f"bf16,split,{label}", {"rows": 8, "classes": 128256, **options})
+        for label, options in (
+            ("ids", _MIXED),
+            ("probs", {"target": "probs", **_MIXED}),
+            ("bce,probs", {"target": "probs", "bce": True}),
+            ("ids,reduced_mean", {"reduce": True, **_MIXED}),
+        )
+    ),
+    # the fused-linear op's chunks (ops/_linear_loss_chunks.py) with ONE_LAUNCH off, its two launches: fp32 logits
+    # in 16-byte rows, a bias of the inputs' dtype, bf16 / fp16 gradients over the logits' rows (a barrier per
+    # block), fp32 ones over the logits themselves; BERT's chunk of 384 rows; its last chunk of 8 rows (a class
+    # split: the op's stats and tickets, no fill); BCE with probabilities; the sub term alone; no bias
+    *((f"chunk,{low}", {"classes": 30522, "rows": 384, "chunk": low, "eps": 0.0}) for low in ("bf16", "fp16", "fp32")),
+    ("chunk,bf16,split", {"classes": 30522, "rows": 8, "chunk": "bf16", "eps": 0.0}),
+    ("chunk,bf16,bce,probs", {"classes": 21841, "rows": 384, "chunk": "bf16", "target": "probs", "bce": True}),
+    ("chunk,bf16,sub_only", {"classes": 30522, "rows": 384, "chunk": "bf16", "eps": 0.0, "grads": (False, True)}),
+    ("chunk,bf16,no_bias", {"classes": 1000, "rows": 384, "chunk": "bf16", "bias": False, "target": "probs"}),
+    # Triton makes integer arguments equal to 1 constants: one row of one class
+    ("fp32,one_class", {"dtype": "fp32", "rows": 1, "classes": 1}),
+]
 
 
-def _loss_spec(
-    kernel, dtype: str, flags: dict, block_c: int = masksub_loss.MAX_BLOCK_C, bias: str | None = None,
-    grads: str | None = None,
-):  # fmt: skip
-    """bias: the bias's dtype where HAS_BIAS (the fused-linear op's chunks: fp32 logits, a bias of the inputs').
-    grads: the backward's gradients' dtype where not the logits' (the chunks' bf16 / fp16 over their fp32 rows)."""
-    forward = kernel is masksub_loss._loss_fwd_kernel
-    if forward:
-        block_c = min(block_c, masksub_loss._forward_max_block(flags.get("BCE", False)))  # the launcher's cap
-    if flags.get("SPLIT"):
-        block_c = masksub_loss._split_max_block()  # the launcher's block for class splits (both kernels)
-    logits = {"z_ptr": f"*{dtype}", "s_ptr": f"*{dtype}", "y_ptr": "*fp32" if flags.get("DENSE") else "*i64"}
-    logits["bias_ptr"] = f"*{bias or dtype}"
-    if forward:
-        scratch = {"part_ptr": "*fp32", "ticket_ptr": "*i32", "red_ptr": "*fp32", "d_ptr": "*fp32"}
-        signature = {**logits, "out_ptr": "*fp32", **scratch, **_LOSS_SCALARS, "stride_out": "i64", **_LOSS_OPTIONS}
+def _loss_launches(
+    dtype: str = "bf16",
+    rows: int = 4096,
+    classes: int = 32000,
+    target: str | None = "ids",
+    sub: bool = True,
+    bce: bool = False,
+    eps: float = 0.0,
+    temperature: float = 1.0,
+    threshold: float | None = None,
+    reduce: bool | str = False,
+    grads: tuple = (True, True),
+    chunk: str | None = None,
+    bias: bool = True,
+) -> list:
+    """The launches of masksub_loss's _forward_triton and _backward_triton (every gradient in ``grads`` asked for)
+    on meta [rows, classes] logits of ``dtype``. target: 'ids', 'probs' or None (the sub term alone); sub: False
+    for the main term alone; reduce: True (a mean) or 'sum': the reduced loss's launches; chunk: the fused-linear
+    op's chunk layout (fp32 logits in a buffer of 16-byte rows, a bias of ``chunk``'s dtype where ``bias``, the
+    gradients in it over the logits' rows, an fp32 chunk's over the logits themselves; the op's stats columns and
+    tickets)."""
+    from masksub_kernels.ops import _linear_loss_chunks as chunk_loop
+    from tools.perf_model.capture import recording
+
+    meta, types = torch.device("meta"), {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    into, over_rows, forward_buffers, b = None, False, {}, None
+    if chunk:
+        buffer = torch.empty(2 * rows, chunk_loop.aligned_classes(classes), device=meta)
+        z, s = buffer[:rows, :classes], buffer[rows:, :classes]
+        b = torch.empty(classes, dtype=types[chunk], device=meta) if bias else None
+        narrow = buffer.view(types[chunk])[:, :classes]  # fp32: the gradients over the logits themselves
+        into, over_rows = (narrow[:rows], narrow[rows:]), chunk != "fp32"
+        stats = torch.empty(masksub_loss.NUM_OUT, 4 * rows, device=meta)
+        forward_buffers = {
+            "out": stats[:, rows : 2 * rows],
+            "tickets": torch.zeros(rows, dtype=torch.int32, device=meta),
+        }
     else:
-        written = grads or dtype
-        outputs = {"gm_ptr": "*fp32", "gs_ptr": "*fp32", "dz_ptr": f"*{written}", "ds_ptr": f"*{written}"}
-        outputs["d_ptr"] = "*fp32"
-        signature = {**logits, "out_ptr": "*fp32", **outputs, **_LOSS_SCALARS, "stride_gm": "i64", "stride_gs": "i64"}
-        signature |= {"stride_d": "i64", "stride_out": "i64"}
-        signature.update(_LOSS_OPTIONS)
-    constexprs = {"BCE": False, "DENSE": False, "BINARISE": False, "SPLIT": False, "HAS_BIAS": bias is not None}
-    constexprs["UNIT_T"] = False
-    constexprs["VEC"] = 1  # the launchers' default: rows already 16-byte aligned (row_alignment)
-    constexprs |= {"ALIGNED": False, "EVEN": False}  # _alignment_flags
-    constexprs |= {"REDUCE": False, "MEAN": False, "SMOOTHED": True} if forward else {"REDUCED": False}  # per row
-    constexprs |= {} if forward else {"OVER_ROWS": False}  # gradients of their own (the chunks': over the logits)
-    constexprs.update(flags, BLOCK_C=block_c)
-    if "GROUP" not in flags:  # as _alignment_flags: a 16-byte word where the rows' words are aligned, else 1
-        aligned_words = constexprs["VEC"] > 1 or constexprs["ALIGNED"]
-        constexprs["GROUP"] = 16 // _ELEMENT_BYTES[dtype] if aligned_words else 1
-    if not forward:  # as _gradient_group: a 16-byte word of the gradients' elements where ALIGNED, else no hint
-        words = max(constexprs["GROUP"], 16 // _ELEMENT_BYTES[grads or dtype])
-        constexprs.setdefault("D_GROUP", words if constexprs["ALIGNED"] else 1)
-    if forward:
-        constexprs["BLOCK_S"] = 64 if constexprs["SPLIT"] else 1  # splits (SPLIT): up to 2 x 132 SMs / rows
-        # as the launcher: an output without tickets (no split, no reduction) is not zero-filled
-        constexprs.setdefault("ZERO_ABSENT", not (constexprs["SPLIT"] or constexprs["REDUCE"]))
-    signature = {name: kind for name, kind in signature.items() if name not in constexprs}
-    if not forward:
-        constexprs = {"LABELS": False, **constexprs}
-    set_flags = ",".join(k.lower() if v is True else f"{k}={v}" for k, v in flags.items() if v)
-    set_flags += ",no_smoothed" if flags.get("SMOOTHED") is False else ""  # on unless named
-    set_flags += f",bias={bias}" if bias else ""
-    set_flags += f",grads={grads}" if grads else ""
-    name = f"{'fwd' if forward else 'bwd'}[{dtype},{set_flags},block={block_c}]"
-    return name, kernel, signature, constexprs, {"num_warps": masksub_loss._launch_config(block_c, block_c)[1]}
+        z = torch.empty(rows, classes, dtype=types[dtype], device=meta)
+        s = torch.empty_like(z)
+    s = s if sub else None
+    y = {"ids": torch.empty(rows, dtype=torch.int64, device=meta), None: None}.get(target)
+    y = torch.empty(rows, classes, device=meta) if target == "probs" else y
+    options = (bce, eps, -100, temperature, threshold)
+    weights = (0.5, 0.5, reduce is True)
+    with recording(masksub_loss) as launches:
+        if reduce:
+            _, out, d = masksub_loss._forward_triton(z, s, y, *options, reduce=weights)
+            grad = torch.empty(4, device=meta)
+            gm, gs = (grad if want else None for want in (y is not None, s is not None))
+            masksub_loss._backward_triton(gm, gs, out, z, s, y, *options, reduced=(d, *weights[:2]))
+        else:
+            out = masksub_loss._forward_triton(z, s, y, *options, bias=b, **forward_buffers)
+            row_grad = torch.empty(rows, device=meta)
+            gm, gs = (row_grad if want and term else None for want, term in zip(grads, (y is not None, s is not None)))
+            masksub_loss._backward_triton(gm, gs, out, z, s, y, *options, into=into, bias=b, over_rows=over_rows)
+    return list(launches)
+
+
+def _recorded_spec(launch, name: str):
+    """A recorded launch as a spec: the JIT's signature and constants by parameter name, its divisibility hints as
+    the option ``divisible_by_16`` (tools/compile_kernels.py turns them into Triton's attributes), its compile
+    options (num_warps, ...): its keyword arguments that are not kernel parameters."""
+    from tools.perf_model.capture import specialise
+
+    signature, constexprs, attrs, _ = specialise(launch)
+    names = launch.kernel.arg_names
+    constants = {names[path[0]]: value for path, value in constexprs.items()}
+    types = {name: kind for name, kind in signature.items() if name not in constants}
+    hinted = sorted(names[path[0]] for path, hints in attrs.items() if ["tt.divisibility", 16] in hints)
+    options = {k: v for k, v in launch.kwargs.items() if k not in names}
+    return name, launch.kernel, types, constants, {**options, "divisible_by_16": hinted}
 
 
 def masksub_loss_specs() -> list[tuple]:
-    fwd, bwd = masksub_loss._loss_fwd_kernel, masksub_loss._loss_bwd_kernel
-    bce, widest = {"BCE": True, "DENSE": True, "BINARISE": True}, masksub_loss.MAX_BLOCK_C
-    # variant: (forward flags, backward flags, BLOCK_C); single-term kernels in bf16 only
-    variants = [
-        ({"HAS_MAIN": True, "HAS_SUB": True}, {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": True}, widest),
-        ({"HAS_MAIN": True, "HAS_SUB": True, "DENSE": True}, {"WRITE_DZ": True, "WRITE_DS": True, "DENSE": True}, 1024),
-        ({"HAS_MAIN": True, "HAS_SUB": True, **bce}, {"WRITE_DZ": True, "WRITE_DS": True, **bce}, widest),
-    ]
-    split_flags = ({}, {"DENSE": True}, {"BCE": True, "DENSE": True})  # class ids, probabilities, BCE
-    return [
-        _loss_spec(kernel, dtype, flags, block_c)
-        for dtype in ("fp32", "fp16", "bf16")
-        for fwd_flags, bwd_flags, block_c in variants
-        for kernel, flags in ((fwd, fwd_flags), (bwd, bwd_flags))
-    ] + [
-        _loss_spec(fwd, "bf16", {"HAS_MAIN": True, "HAS_SUB": False}),
-        _loss_spec(fwd, "bf16", {"HAS_MAIN": False, "HAS_SUB": True}),
-        _loss_spec(bwd, "bf16", {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": False}),
-        _loss_spec(bwd, "bf16", {"LABELS": False, "WRITE_DZ": False, "WRITE_DS": True}),
-        # rows not 16-byte aligned (C = 30522 in bf16): realigned to the boundary before each row (VEC = 8)
-        *(
-            _loss_spec(kernel, "bf16", {**flags, "VEC": 8})
-            for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
-        ),
-        # rows of 16 bytes but not of 16 elements (C = 1000 in bf16): hinted (ALIGNED), a word-uniform tail (EVEN)
-        *(
-            _loss_spec(kernel, dtype, {**flags, "ALIGNED": True, "EVEN": even})
-            for dtype, even in (("bf16", True), ("fp32", False))
-            for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
-        ),
-        # BCE with class ids, T != 1 and T = 1 (UNIT_T: the teacher's sigmoid shares the main term's exp)
-        *(
-            _loss_spec(kernel, "bf16", {**flags, "BCE": True, "UNIT_T": unit_t})
-            for unit_t in (False, True)
-            for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
-        ),
-        # class ids without label smoothing (SMOOTHED = False: no sum of z for the weight off the id), CE and BCE
-        *(_loss_spec(fwd, "bf16", {**variants[0][0], "BCE": bce, "SMOOTHED": False}) for bce in (False, True)),
-        # the reduced loss (ops/masksub_loss_reduced.py): class ids counted for a mean, probabilities, a split
-        *(
-            _loss_spec(fwd, "bf16", {**flags, "REDUCE": True, "MEAN": mean})
-            for flags, mean in ((variants[0][0], True), (variants[1][0], True), (variants[0][0], False))
-        ),
-        _loss_spec(fwd, "bf16", {"HAS_MAIN": True, "HAS_SUB": True, "SPLIT": True, "REDUCE": True, "MEAN": True}),
-        _loss_spec(bwd, "bf16", {**variants[0][1], "REDUCED": True}),
-        _loss_spec(bwd, "bf16", {"LABELS": False, "WRITE_DZ": False, "WRITE_DS": True, "REDUCED": True}),
-        # CE at T = 1 (UNIT_T: the teacher shares the main term's exp2): class ids, probabilities, sub term only
-        *(
-            _loss_spec(fwd, dtype, {**flags, "UNIT_T": True})
-            for dtype in ("fp32", "bf16")
-            for flags in (variants[0][0], variants[1][0], {"HAS_MAIN": False, "HAS_SUB": True})
-        ),
-        # a few rows of many classes: the class-split grid (class_splits), both target kinds, CE and BCE
-        *(_loss_spec(fwd, "bf16", {"HAS_MAIN": True, "HAS_SUB": True, "SPLIT": True, **f}) for f in split_flags),
-        *(
-            _loss_spec(bwd, "bf16", {"LABELS": not f, "WRITE_DZ": True, "WRITE_DS": True, "SPLIT": True, **f})
-            for f in split_flags
-        ),
-        # the fused-linear op's chunks (ops/_linear_loss_chunks.py): fp32 logits, the bias of bf16 / fp16 inputs
-        *(_loss_spec(fwd, "fp32", variants[0][0], bias=bias) for bias in ("bf16", "fp16")),
-        # 16-byte rows hinted (ALIGNED, EVEN) in a class split and in the fused-linear op's chunks (fp32 logits)
-        *(
-            _loss_spec(kernel, "bf16", {**flags, "SPLIT": True, "ALIGNED": True, "EVEN": True})
-            for kernel, flags in ((fwd, variants[0][0]), (bwd, variants[0][1]))
-        ),
-        _loss_spec(fwd, "fp32", {**variants[0][0], "ALIGNED": True, "EVEN": True}, bias="bf16"),
-        # the chunks' split forward at BERT's shape: stats into the op's [9, M], its tickets reused (no fill: the
-        # kernel writes the zeros, ZERO_ABSENT, with a split)
-        _loss_spec(fwd, "fp32", {**variants[0][0], **_CHUNK_SPLIT}, bias="bf16"),
-        # the chunks' backward of fp16 / bf16 inputs: the gradients over the fp32 logits' rows (a barrier per block):
-        # both terms, with and without a bias, BCE with probabilities, the sub term alone
-        *(
-            _loss_spec(bwd, "fp32", {**variants[0][1], "ALIGNED": True, "OVER_ROWS": True}, bias=low, grads=low)
-            for low in ("bf16", "fp16")
-        ),
-        *(
-            _loss_spec(bwd, "fp32", {**flags, "ALIGNED": True, "OVER_ROWS": True}, bias=bias, grads="bf16")
-            for flags, bias in (
-                (variants[0][1], None),
-                (variants[2][1], "bf16"),
-                ({"LABELS": False, "WRITE_DZ": False, "WRITE_DS": True}, "bf16"),
-            )
-        ),
-        # Triton turns integer arguments equal to 1 into constants: one row of one class
-        _loss_spec(fwd, "fp32", {"HAS_MAIN": True, "HAS_SUB": True, "M": 1, "C": 1, "stride_out": 1}),
-        _loss_spec(bwd, "fp32", {"LABELS": True, "WRITE_DZ": True, "WRITE_DS": True, "M": 1, "C": 1, "stride_out": 1}),
-    ]
+    specs, seen = [], set()
+    for label, options in _LOSS_CASES:
+        for launch in _loss_launches(**options):
+            kind = "fwd" if launch.kernel is masksub_loss._loss_fwd_kernel else "bwd"
+            spec = _recorded_spec(launch, f"{kind}[{label}]")
+            key = (kind, repr(spec[2]), repr(sorted(spec[3].items())), repr(spec[4]))
+            if key not in seen:
+                seen.add(key)
+                specs.append(spec)
+    return specs
 
 
 # The fused-linear loss: the launches its own launchers make (forward, dH, dW), recorded on meta tensors at a shape
@@ -366,25 +365,18 @@ def _linear_launches(dtype: torch.dtype, shape: tuple[int, int, int], variant: d
 
 
 def _launch_spec(launch, dtype: str, label: str):
-    """A recorded launch as a spec: the JIT's signature and constants by parameter name, its divisibility hints as
-    the option ``divisible_by_16`` (tools/compile_kernels.py turns them into Triton's attributes)."""
+    """A recorded fused-linear launch as a spec (_recorded_spec), named by the flags whose value differs from the
+    base variant's and ``label``."""
     from tools.perf_model.capture import specialise
 
-    signature, constexprs, attrs, _ = specialise(launch)
-    names = launch.kernel.arg_names
-    constants = {names[path[0]]: value for path, value in constexprs.items()}
-    types = {name: kind for name, kind in signature.items() if name not in constants}
-    hinted = sorted(names[path[0]] for path, hints in attrs.items() if ["tt.divisibility", 16] in hints)
+    constants = {launch.kernel.arg_names[path[0]]: value for path, value in specialise(launch)[1].items()}
     # the name: the flags whose value differs from the base variant's (False ones as no_<flag>), then the label
     base = _LINEAR_BASE | _LINEAR_GRADS
     words = [k.lower() if v is True else f"no_{k.lower()}" for k, v in constants.items() if base.get(k, v) != v]
     # and the sizes the JIT made constants (equal to 1: dH's sum with one split, where every row counts), strides
     # aside (unit last strides: every launch's)
     words += [f"{k}={v}" for k, v in constants.items() if k[0].islower() and not k.startswith("stride") and v == 1]
-    name = f"{launch.name.strip('_')}[{','.join([dtype, *words, *([label] if label else [])])}]"
-    # the launch's compile options (num_warps, ...): its keyword arguments that are not kernel parameters
-    options = {k: v for k, v in launch.kwargs.items() if k not in names}
-    return name, launch.kernel, types, constants, {**options, "divisible_by_16": hinted}
+    return _recorded_spec(launch, f"{launch.name.strip('_')}[{','.join([dtype, *words, *([label] if label else [])])}]")
 
 
 _LINEAR_VARIANTS = [  # class ids with a bias (MLM); mixup probabilities without one; DeiT-III's thresholded BCE (the
@@ -426,7 +418,7 @@ def _chunk_step_spec(dtype: str, classes: int, label: str, target: str = "ids", 
     main_weight, sub_weight, bce, threshold, temperature."""
     from masksub_kernels.ops import _linear_loss_chunks as chunk_loop
     from masksub_kernels.ops import _linear_loss_grads, _loss_fwd_bwd
-    from tools.perf_model.capture import recording, specialise
+    from tools.perf_model.capture import recording
 
     meta, rows, depth = torch.device("meta"), CHUNK_ROWS, 768
     types = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -442,15 +434,7 @@ def _chunk_step_spec(dtype: str, classes: int, label: str, target: str = "ids", 
             hidden, torch.empty_like(hidden), weight, b, y, True, *weights, True, True, True, False, True, rows, *loss
         )  # fmt: skip
     (launch,) = [launch for launch in launches if launch.kernel is _loss_fwd_bwd._loss_fwd_bwd_kernel]
-    signature, constexprs, attrs, _ = specialise(launch)
-    names = launch.kernel.arg_names
-    constants = {names[path[0]]: value for path, value in constexprs.items()}
-    types = {name: kind for name, kind in signature.items() if name not in constants}
-    hinted = sorted(names[path[0]] for path, hints in attrs.items() if ["tt.divisibility", 16] in hints)
-    tail = classes % 8 != 0
-    name = f"fwd_bwd[{label}{',tail' if tail else ''}]"
-    compile_options = {k: v for k, v in launch.kwargs.items() if k not in names}  # num_warps, ...
-    return name, launch.kernel, types, constants, {**compile_options, "divisible_by_16": hinted}
+    return _recorded_spec(launch, f"fwd_bwd[{label}{',tail' if classes % 8 else ''}]")
 
 
 CHUNK_ROWS = 384  # the chunk step specs' rows per branch: BERT's chunks (one program per row, no class split)
