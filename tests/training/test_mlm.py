@@ -489,3 +489,65 @@ def test_a_short_row_with_more_predicted_tokens_than_its_share_keeps_them_all():
     sub = ms(batch, branch="sub", seed=0)
     assert sorted(sub.ids[0][sub.target[0] != IGNORE_INDEX].tolist()) == [1, 2, 3, 4, 5]
     assert torch.equal(sub.target[0][sub.target[0] != IGNORE_INDEX].sort().values, labels[0, 1:6].sort().values)
+
+
+# helper-169's mutation audit: the documented draws, floor of an odd row's share, the head's autocast dtype
+def test_corruption_is_the_documented_philox_draws():
+    """mlm_corrupt's docstring: uniforms of token (b, p) at Philox offsets 3 (b L + p) + k; k = 0 chooses, k = 1
+    picks [MASK] (< 0.8) / random (< 0.9) / unchanged, k = 2 is the random token (draw % vocab_size)."""
+    from masksub_kernels._philox import philox_uint32
+
+    ids = torch.randint(5, 1000, (8, 64), generator=torch.Generator().manual_seed(0))
+    corrupted, labels = mlm_corrupt(ids, None, vocab_size=1000, mask_token_id=MASK_ID, seed=7)
+    draws = philox_uint32(7, torch.arange(8 * 64 * 3).view(8, 64, 3))
+    u = draws[..., :2].double() / 2.0**32
+    chosen = u[..., 0] < 0.15
+    to_mask = chosen & (u[..., 1] < 0.8)
+    to_random = chosen & (u[..., 1] >= 0.8) & (u[..., 1] < 0.9)
+    assert to_random.any() and to_mask.any()
+    assert torch.equal(labels != IGNORE_INDEX, chosen)
+    assert (corrupted[to_mask] == MASK_ID).all()
+    assert torch.equal(corrupted[to_random], draws[..., 2][to_random] % 1000)
+    assert torch.equal(corrupted[~(to_mask | to_random)], ids[~(to_mask | to_random)])
+
+
+def test_an_odd_padded_row_attends_floor_of_its_share():
+    """K_b = floor(L_b (1 - r)): a row of 15 real tokens at r = 0.5 attends 7 kept slots, not 8 (the even rows of
+    make_batch cannot tell floor from ceil)."""
+    ms = MaskSub(tiny_bert(), mask_ratio=0.5)
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(5, VOCAB, (2, LENGTH), generator=g)
+    ids[:, 0], ids[0, -1] = CLS_ID, SEP_ID
+    ids[1, 14], ids[1, 15] = SEP_ID, PAD_ID
+    attention = (torch.arange(LENGTH) < torch.tensor([[16], [15]])).long()
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[:, 3] = ids[:, 3]
+    special = torch.isin(ids, torch.tensor([CLS_ID, SEP_ID, PAD_ID]))
+    batch = {
+        "input_ids": ids.masked_fill(labels != IGNORE_INDEX, MASK_ID),
+        "labels": labels,
+        "attention_mask": attention,
+        "special_tokens_mask": special,
+    }
+    sub = ms(batch, branch="sub", seed=0)
+    parts = mk_mlm.mlm_parts(ms.model)
+    row_keep = torch.tensor([8, 7])  # floor(16 / 2), floor(15 / 2)
+    valid = torch.arange(sub.ids.shape[1]) < row_keep[:, None]
+    with torch.no_grad():
+        out = parts.encoder(
+            input_ids=batch["input_ids"].gather(1, sub.ids), attention_mask=valid.long(), position_ids=sub.ids
+        )
+        want = parts.transform(out.last_hidden_state)
+    torch.testing.assert_close(sub.hidden.detach()[valid], want[valid])
+
+
+def test_the_head_takes_autocasts_dtype_for_fp32_head_inputs():
+    """_head: autocast's dtype when autocast is on for the device, even where the head inputs arrive in fp32 (a GPU's
+    LayerNorm under autocast; on a CPU they are bf16 already, so a training run cannot tell)."""
+    parts = mk_mlm.mlm_parts(tiny_bert())
+    hidden = torch.randn(2, 3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h, w, b = mk_mlm._head(parts, hidden)
+    assert h.dtype == w.dtype == b.dtype == torch.bfloat16
+    h, w, b = mk_mlm._head(parts, hidden)
+    assert h.dtype == w.dtype == b.dtype == torch.float32

@@ -13,7 +13,7 @@ from _mlm_runs import TINY, corpus_fixture, tokenizer_fixture  # noqa: F401  (fi
 from _mlm_runs import log as _log
 
 import masksub_kernels as mk
-from masksub_kernels.training import text_data
+from masksub_kernels.training import mlm_cli, text_data
 from masksub_kernels.training.mlm_cli import main
 
 pytest.importorskip("transformers")
@@ -472,3 +472,22 @@ def test_a_resumed_run_finds_its_vocabulary_from_anywhere(corpus, tokenizer, tmp
     os.rename(tmp_path / "out3", tmp_path / "moved")
     assert main([*argv, "--resume", str(tmp_path / "moved" / "last.pth")]) == 0
     assert torch.load(tmp_path / "moved" / "last.pth", weights_only=False)["step"] == 6
+
+
+def test_chunk_rows_of_2_to_the_31_is_refused(tmp_path, capsys):
+    # the bound is exclusive: [1, 2^31); checked before the corpus is read
+    assert main(["--chunk-rows", str(2**31), "--output", str(tmp_path)]) == 2
+    assert "--chunk-rows must be in [1, 2^31)" in capsys.readouterr().err
+    args = mlm_cli.build_parser().parse_args(["--chunk-rows", str(2**31 - 1), "--output", str(tmp_path)])
+    mlm_cli._check_args(args)  # the largest allowed value passes
+
+
+def test_a_vocab_size_equal_to_the_files_gets_no_note(corpus, tokenizer, tmp_path, capsys):
+    # mlm_tokenizer.load_tokenizer notes an unused --vocab-size only where it differs from the file's size
+    from tokenizers import Tokenizer
+
+    size = Tokenizer.from_file(tokenizer).get_vocab_size()
+    argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--steps", "1",
+            "--eval-every", "1", "--vocab-size", str(size)]  # fmt: skip
+    assert main(argv) == 0
+    assert "is not used" not in capsys.readouterr().err

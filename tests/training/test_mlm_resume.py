@@ -9,6 +9,7 @@ import torch
 from _mlm_runs import TINY, corpus_fixture, tokenizer_fixture  # noqa: F401  (fixtures: corpus, tokenizer)
 from _mlm_runs import log as _log
 
+from masksub_kernels.training import mlm_cli
 from masksub_kernels.training.mlm_cli import main
 
 pytest.importorskip("transformers")
@@ -106,3 +107,24 @@ def test_the_resumes_are_recorded(corpus, tokenizer, tmp_path, capsys):
     assert resume["step"] == 2 and resume["from"] == str(tmp_path / "last.pth")
     assert resume["changed"] == ["--amp 'none' -> 'bf16'", "--vocab-size 120 -> 200"]
     assert torch.load(tmp_path / "last.pth", weights_only=False)["resumes"] == [resume]
+
+
+def test_a_resume_with_other_steps_trains_its_first_step_at_the_new_schedules_rate(corpus, tokenizer, tmp_path):
+    # mlm_resume.load_state: the scheduler's state holds the old schedule's rate for the next step; the new --steps'
+    # rate must be put back into the optimizer (LambdaLR.step recomputes it only from the step after)
+    common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path)]
+    assert main([*common, "--stop-at", "2"]) == 0  # --steps 4, --warmup-steps 1, --lr 1e-3
+    assert main([*common, "--resume", str(tmp_path / "last.pth"), "--steps", "8", "--eval-every", "1",
+                 "--stop-at", "3"]) == 0  # fmt: skip
+    row = _log(tmp_path)["epochs"][-1]
+    assert row["step"] == 3
+    assert row["lr"] == pytest.approx(1e-3 * mlm_cli._lr_factor(2, 1, 8))  # (8 - 2) / 7, not the old (4 - 2) / 3
+
+
+def test_a_resume_without_tokenizer_gets_no_earlier_run_note(corpus, tmp_path, capsys):
+    # mlm_tokenizer.load_tokenizer: the note on a reused OUTPUT/tokenizer.json is for fresh runs, not resumes
+    common = ["--data-dir", corpus, *TINY, "--output", str(tmp_path)]
+    assert main([*common, "--stop-at", "2"]) == 0
+    capsys.readouterr()
+    assert main([*common, "--resume", str(tmp_path / "last.pth")]) == 0
+    assert "that an earlier run wrote there" not in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """masksub-train as a new user meets it: every mistake is a one-line error (exit status 2) or a clear exception
 from the API, never a traceback or a silently wrong run; --resume with a new schedule; the README's code runs."""
 
+import argparse
 import json
 import os
 import re
@@ -13,6 +14,8 @@ pytest.importorskip("sklearn", reason="the default dataset (digits) comes from s
 from _models import tiny_vit
 
 from masksub_kernels.train import main
+from masksub_kernels.training import resume as resume_mod
+from masksub_kernels.training.run_setup import UsageError
 
 TINY_VIT = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=16",
             "depth=1", "num_heads=2", "--img-size", "16"]  # fmt: skip
@@ -415,3 +418,37 @@ def test_resume_does_not_load_the_initial_checkpoint(tmp_path, capsys):
     assert "note: --initial-checkpoint is not loaded on --resume: the weights are the checkpoint's" in err
     assert "loaded" not in err.replace("not loaded", "")
     assert json.load(open(os.path.join(out, "log.json")))["meta"]["initial_checkpoint"] is None
+
+
+def test_the_checkpoints_own_epoch_file_is_not_a_later_epoch(tmp_path):
+    # last.pth after 2 epochs (start_epoch 2) in a --keep-epoch-checkpoints directory: epoch-2.pth is the same epoch
+    for n in (1, 2):
+        (tmp_path / f"epoch-{n}.pth").write_bytes(b"")
+    resume_mod._check_no_later_epochs(str(tmp_path), str(tmp_path / "last.pth"), 2)
+    (tmp_path / "epoch-3.pth").write_bytes(b"")
+    with pytest.raises(UsageError, match="epochs up to 3"):
+        resume_mod._check_no_later_epochs(str(tmp_path), str(tmp_path / "last.pth"), 2)
+
+
+def test_a_data_dir_spelled_otherwise_is_no_change(tmp_path):
+    (tmp_path / "d").mkdir()
+    args = argparse.Namespace(data_dir=str(tmp_path / "d") + "/")
+    assert resume_mod.other_changes({"data_dir": str(tmp_path / "d")}, args) == []
+
+
+def test_resume_accepts_the_optimizers_name_in_any_case_and_an_old_checkpoint_without_world(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main([*TINY_VIT, *QUICK, "--epochs", "1", "--output", out]) == 0  # --opt adamw (the default)
+    last = os.path.join(out, "last.pth")
+    capsys.readouterr()
+    # s122: timm's optimizer names are case-insensitive: the same optimizer
+    assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--opt", "AdamW", "--resume", last,
+                 "--output", str(tmp_path / "a")]) == 0  # fmt: skip
+    # s208: a checkpoint from before "world"/"workers" were saved: nothing to compare, no note
+    state = torch.load(last, weights_only=False)
+    del state["world"], state["workers"]
+    torch.save(state, tmp_path / "old.pth")
+    capsys.readouterr()
+    assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--resume", str(tmp_path / "old.pth"),
+                 "--output", str(tmp_path / "b")]) == 0  # fmt: skip
+    assert "other options" not in capsys.readouterr().err
