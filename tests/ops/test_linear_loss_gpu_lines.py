@@ -150,3 +150,29 @@ def test_the_gpu_lines_of_the_matmul_helpers_give_the_references_values(monkeypa
             assert got.shape == want.shape and got.isfinite().all()
             if want.numel():
                 assert _relative(got, want) <= (4 * torch.finfo(dtype).eps if dtype != torch.float32 else 1e-5), i
+
+
+def test_a_dtype_error_after_addmm_was_accepted_propagates(monkeypatch):
+    # M2 (_linear_loss_matmuls.py:52): once a CUDA addmm into fp32 has worked (_addmm_into_fp32 True), a later dtype
+    # error is a real error (raised), not the first call's refusal (no silent fallback to mm)
+    a = torch.randn(8, 16).bfloat16().as_subclass(_CudaLike)
+    b = torch.randn(16, 4).bfloat16().as_subclass(_CudaLike)
+    acc = torch.zeros(8, 4).as_subclass(_CudaLike)
+
+    def addmm(*args, **kwargs):
+        raise RuntimeError("expected mat1 and mat2 to have the same dtype")
+
+    monkeypatch.setattr(torch, "addmm", addmm)
+    monkeypatch.setattr(torch, "mm", lambda m1, m2, out_dtype=None: m1.to(out_dtype) @ m2.to(out_dtype))
+    monkeypatch.setattr(matmuls, "cublas_lines", lambda t: True)
+    monkeypatch.setattr(matmuls, "_addmm_into_fp32", True)
+    with pytest.raises(RuntimeError, match="dtype"):
+        matmuls.add_matmul(acc, a, b)
+    assert matmuls._addmm_into_fp32 is True
+
+
+def test_meta_tensors_take_the_gpu_lines():
+    # M10 (_linear_loss_matmuls.py:29): meta tensors take the cuBLAS lines (the tests check those registrations on
+    # them); CPU tensors do not
+    assert matmuls.cublas_lines(torch.empty(1, device="meta"))
+    assert not matmuls.cublas_lines(torch.empty(1))

@@ -6,9 +6,17 @@ import pytest
 import torch
 from conftest import DEVICE
 from test_linear_loss_chunks import _relative
-from test_linear_masksub_loss import leaves, make_inputs
+from test_linear_masksub_loss import (  # noqa: F401 (the fixture _small_tiles, autouse)
+    GRAD_RTOL,
+    _small_tiles,
+    assert_grad_close,
+    composite,
+    leaves,
+    make_inputs,
+)
 
 import masksub_kernels as mk
+from masksub_kernels.ops._linear_loss_grads import _linear_loss_grads_op
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -104,3 +112,58 @@ def test_the_eager_backward_scales_with_the_kernel(monkeypatch):
         assert len(launches) == (4 if backend == "triton" else 0)
     for got, want in zip(results["triton"], results["torch"]):
         assert _relative(got, want) <= 4 * torch.finfo(torch.bfloat16).eps
+
+
+# helper-168's mutation audit: the fake with both weights 0, .loss's second backward, every row ignored
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_grads_op_fake_with_both_weights_zero(backend):
+    # G2 (_linear_loss_grads.py:94): both terms weigh 0: no dW is stored ([0]) on the backends; the fake must agree
+    h, hs, w, b, target = make_inputs(kind="index_ignore", seed=30)
+    args = (h, hs, w, b, target, True, 0.0, 0.0, True, True, True, True, False, 0, False, 0.0, -100, 1.0, None)
+    with mk.use_backend(backend):
+        torch.library.opcheck(_linear_loss_grads_op.custom_op, args, test_utils=("test_faketensor",))
+
+
+def test_second_backward_of_loss_through_a_retained_graph():
+    # G8 (_linear_loss_grads.py:210): the second backward of .loss (stored gradients used up by the first, in place)
+    # recomputes each term with coefficient g * weight; both backwards must give the composite's gradients
+    h, hs, w, b, target = make_inputs(kind="index_ignore", seed=24)
+    options = {"main_weight": 0.3, "sub_weight": 1.7, "temperature": 2.0}
+    ours = leaves(h, hs, w, b)
+    out = mk.linear_masksub_loss(*ours, target, **options)
+    out.loss.backward(retain_graph=True)
+    first = [x.grad.clone() for x in ours]
+    for x in ours:
+        x.grad = None
+    out.loss.backward()
+    expected, ref = composite(h, hs, w, b, target, **options)
+    expected.loss.backward()
+    for a, f, e in zip(ours, first, ref):
+        assert_grad_close(f, e.grad, GRAD_RTOL[torch.float32], "first")
+        assert_grad_close(a.grad, e.grad, GRAD_RTOL[torch.float32], "second")
+
+
+def test_term_backward_with_every_row_ignored_gives_zeros():
+    # G9 (_linear_loss_grads.py:248): the per-term recompute of a mean over no counted rows divides by max(count, 1)
+    h, hs, w, b, target = make_inputs(kind="index_ignore", seed=24)
+    target = torch.full_like(target, -100)
+    ours = leaves(h, hs, w, b)
+    out = mk.linear_masksub_loss(*ours, target, main_weight=0.5, sub_weight=0.5)
+    out.main.backward()  # one term while both weigh > 0: recomputed on the saved stats
+    for x in ours:
+        assert x.grad is not None and torch.equal(x.grad, torch.zeros_like(x.grad))
+
+
+def test_term_backward_over_every_row_with_every_row_ignored(monkeypatch):
+    # G9 (_linear_loss_grads.py:248), the backward run where no host sync is allowed (a CUDA graph capture of the
+    # backward after an eager forward, stood in for by sync_free): every row computed, the mean over max(count, 1)
+    from masksub_kernels.ops import _linear_loss_chunks as chunks
+
+    h, hs, w, b, target = make_inputs(kind="index_ignore", seed=24)
+    target = torch.full_like(target, -100)
+    ours = leaves(h, hs, w, b)
+    out = mk.linear_masksub_loss(*ours, target, main_weight=0.5, sub_weight=0.5)
+    monkeypatch.setattr(chunks, "sync_free", lambda hidden: True)
+    out.main.backward()
+    for x in ours:
+        assert x.grad is not None and torch.equal(x.grad, torch.zeros_like(x.grad))

@@ -358,3 +358,105 @@ def test_a_prepared_tail_takes_a_row_base_within_its_kept_rows():
     one_kept = fused.ClassTail(head, w[head:], x[:rows], x[rows:], (None, None), (None, kept[1]))
     with pytest.raises(AssertionError):
         fused.prepare_tail(one_kept, z, s, *g, (z, s), torch.zeros(1, device=DEVICE))
+
+
+# helper-168's mutation audit: unpadded logit rows, a one-column depth block, a negative threshold, the tail's bounds
+def test_class_tail_with_unpadded_logit_rows(monkeypatch):
+    # F1 (_loss_fwd_bwd.py:161): the tail's logits are stored at classes < C only. Logits rows with no padding
+    # (row stride C): a store at column C would land on the next row's class 0 before that row's program reads it.
+    # W is a view of a longer tensor, so that a read of its row C stays in bounds.
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    monkeypatch.setattr(ml, "_device_sms", lambda device: 1)
+    rows, depth, classes, head = 6, 40, 203, 200
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2 * rows, depth, generator=gen).to(DEVICE)
+    w_long = (torch.randn(classes + 1, depth, generator=gen) / 4).to(DEVICE)
+    w = w_long[:classes]
+    target = make_inputs(rows, classes, torch.float32, "index", seed=8)[2]
+    row_grads = tuple(torch.randn(rows, generator=gen).to(DEVICE) for _ in range(2))
+    results = []
+    for in_launch in (False, True):
+        buffer = torch.zeros(2 * rows, classes, device=DEVICE)  # unpadded rows
+        columns = head if in_launch else classes
+        buffer[:, :columns] = (x @ w.T)[:, :columns]
+        z, s = buffer[:rows], buffer[rows:]
+        stats = torch.zeros((ml.NUM_OUT, rows), device=DEVICE)
+        tickets = torch.zeros(rows, dtype=torch.int32, device=DEVICE)
+        tail = fused.ClassTail(head, w[head:], x[:rows], x[rows:], (None, None)) if in_launch else None
+        out, _ = fused.forward_backward_triton(
+            *row_grads, z, s, target, False, 0.0, -100, 1.0, None, out=stats, tickets=tickets,
+            into=(z, s), tail=tail,
+        )  # fmt: skip
+        results.append((out.clone(), buffer.clone()))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-5)
+
+
+def test_class_tail_with_a_last_depth_block_of_one_column(monkeypatch):
+    # F3 (_loss_fwd_bwd.py:163): D = 129 = BLOCK_D + 1: the depth loop's last block holds a single column
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    monkeypatch.setattr(ml, "_device_sms", lambda device: 1)
+    rows, depth, classes, head = 4, 129, 203, 200
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2 * rows, depth, generator=gen).to(DEVICE)
+    w = (torch.randn(classes, depth, generator=gen) / 8).to(DEVICE)
+    target = make_inputs(rows, classes, torch.float32, "index", seed=8)[2]
+    row_grads = tuple(torch.randn(rows, generator=gen).to(DEVICE) for _ in range(2))
+    results = []
+    for in_launch in (False, True):
+        buffer = torch.full((2 * rows, 208), float("nan"), device=DEVICE)
+        columns = head if in_launch else classes
+        buffer[:, :columns] = (x @ w.T)[:, :columns]
+        z, s = buffer[:rows, :classes], buffer[rows:, :classes]
+        stats = torch.full((ml.NUM_OUT, rows), float("nan"), device=DEVICE)
+        tickets = torch.zeros(rows, dtype=torch.int32, device=DEVICE)
+        products = tuple(torch.full((rows, depth), float("nan"), device=DEVICE) for _ in range(2))
+        tail = fused.ClassTail(head, w[head:], x[:rows], x[rows:], products) if in_launch else None
+        out, (dz, ds) = fused.forward_backward_triton(
+            *row_grads, z, s, target, False, 0.0, -100, 1.0, None, out=stats, tickets=tickets,
+            into=(z, s), tail=tail,
+        )  # fmt: skip
+        if not in_launch:
+            products = tuple(d[:, head:] @ w[head:] for d in (dz, ds))
+        results.append([out.clone(), *products])
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["ce", "bce"])
+def test_one_launch_with_a_negative_threshold_and_no_smoothing(monkeypatch, mode):
+    # F9 (_loss_fwd_bwd.py:260): a threshold below 0 binarises every class to 1 (SMOOTHED on, as masksub_loss's
+    # launcher sets it) even where eps = 0: the one launch must equal the two
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    monkeypatch.setattr(ml, "_device_sms", lambda device: 1)
+    options = (mode == "bce", 0.0, -100, 1.0, -0.5)
+    gen = torch.Generator().manual_seed(3)
+    row_grads = tuple(torch.randn(ROWS, generator=gen).to(DEVICE) for _ in range(2))
+    one = _run(True, (torch.float32, True), "index", options, None, row_grads, True, 5, False)
+    two = _run(False, (torch.float32, True), "index", options, None, row_grads, True, 5, False)
+    for name, got, want in zip(("stats", "dz", "ds"), one, two):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, equal_nan=True, msg=name)
+
+
+def _tail_operands(rows=4, depth=16, classes=24):
+    x, w = torch.randn(2 * rows, depth, device=DEVICE), torch.randn(classes, depth, device=DEVICE)
+    buffer = torch.zeros(2 * rows, 32, device=DEVICE)
+    z, s = buffer[:rows, :classes], buffer[rows:, :classes]
+    g = (torch.ones(rows, device=DEVICE), torch.ones(rows, device=DEVICE))
+    return x, w, z, s, g
+
+
+def test_a_tail_of_eight_classes_is_taken():
+    # F12 (_loss_fwd_bwd.py:325): "at most 8 classes": a tail of exactly 8 (BLOCK_T) is accepted
+    x, w, z, s, g = _tail_operands()
+    fused.prepare_tail(fused.ClassTail(16, w[16:], x[:4], x[4:], (None, None)), z, s, *g, (z, s),
+                       torch.zeros(1, device=DEVICE))  # fmt: skip
+
+
+def test_kept_rows_are_the_shorter_buffers():
+    # F13 (_loss_fwd_bwd.py:339): kept tail buffers of different lengths: the row_base must fit the shorter one
+    x, w, z, s, g = _tail_operands(classes=27)
+    kept = (torch.zeros(6, 8, device=DEVICE), torch.zeros(9, 8, device=DEVICE))
+    prepared = fused.prepare_tail(fused.ClassTail(24, w[24:], x[:4], x[4:], (None, None), kept), z, s, *g, (z, s),
+                                  torch.zeros(1, device=DEVICE))  # fmt: skip
+    assert prepared.kept_rows == 6
