@@ -131,3 +131,21 @@ def test_the_dw_kernel_takes_the_row_splits_of_its_shape(monkeypatch):
     with mk.use_backend("triton"):
         lm._linear_loss_backward_op(g, g, out, h, hs, w, b, target, False, True, False, *options)
     assert seen and seen[0] == 2, seen
+
+
+@pytest.mark.parametrize("gather", [False, True])
+def test_out_of_range_ids_give_nan_gradient_rows_in_the_recompute_backward(op_backend, gather):  # noqa: F811
+    # where no check reads the ids (the public ops refuse them eagerly; under torch.compile or CUDA graph capture
+    # they cannot), the recompute backward marks a row NaN whose id is outside [0, C): id C and -1 here (helper-168's
+    # K4: id C went unchecked on the kernels' path, gather False, which class ids take under capture); its hidden
+    # gradients NaN, every other row's finite
+    h, hs, w, b, target = make_inputs(kind="index", seed=31)
+    target[1], target[2] = w.shape[0], -1
+    options = (False, 0.0, -100, 1.0, None)
+    out = lm._linear_loss_op(h, hs, w, b, target, *options)
+    g = torch.ones(h.shape[0], device=DEVICE)
+    dh, dhs, _, _ = lm._linear_loss_backward_op(g, g, out, h, hs, w, b, target, True, True, gather, *options)
+    bad = torch.zeros(h.shape[0], dtype=torch.bool, device=DEVICE)
+    bad[[1, 2]] = True
+    for grad in (dh, dhs):
+        assert grad[bad].isnan().all() and grad[~bad].isfinite().all()
