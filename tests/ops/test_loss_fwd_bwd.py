@@ -361,50 +361,23 @@ def test_a_prepared_tail_takes_a_row_base_within_its_kept_rows():
 
 
 # helper-168's mutation audit: unpadded logit rows, a one-column depth block, a negative threshold, the tail's bounds
-def test_class_tail_with_unpadded_logit_rows(monkeypatch):
-    # F1 (_loss_fwd_bwd.py:161): the tail's logits are stored at classes < C only. Logits rows with no padding
-    # (row stride C): a store at column C would land on the next row's class 0 before that row's program reads it.
-    # W is a view of a longer tensor, so that a read of its row C stays in bounds.
+@pytest.mark.parametrize(("rows", "depth", "width"), [(6, 40, 203), (4, 129, 208)])
+def test_the_class_tail_at_its_edges(monkeypatch, rows, depth, width):
+    # logit rows of C = 203 with no padding (width 203): the tail's logits are stored at classes < C only, a store
+    # at column C would land on the next row's class 0 before that row's program reads it (F1; W a view of a longer
+    # tensor, so that a read of its row C stays in bounds); D = 129 = BLOCK_D + 1: the depth loop's last block
+    # holds a single column (F3). The one launch's stats, logits, gradients and dH's products as the matmuls'
     monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
     monkeypatch.setattr(ml, "_device_sms", lambda device: 1)
-    rows, depth, classes, head = 6, 40, 203, 200
-    gen = torch.Generator().manual_seed(7)
+    classes, head = 203, 200
+    gen = torch.Generator().manual_seed(depth)
     x = torch.randn(2 * rows, depth, generator=gen).to(DEVICE)
-    w_long = (torch.randn(classes + 1, depth, generator=gen) / 4).to(DEVICE)
-    w = w_long[:classes]
+    w = (torch.randn(classes + 1, depth, generator=gen) / 8).to(DEVICE)[:classes]
     target = make_inputs(rows, classes, torch.float32, "index", seed=8)[2]
     row_grads = tuple(torch.randn(rows, generator=gen).to(DEVICE) for _ in range(2))
     results = []
     for in_launch in (False, True):
-        buffer = torch.zeros(2 * rows, classes, device=DEVICE)  # unpadded rows
-        columns = head if in_launch else classes
-        buffer[:, :columns] = (x @ w.T)[:, :columns]
-        z, s = buffer[:rows], buffer[rows:]
-        stats = torch.zeros((ml.NUM_OUT, rows), device=DEVICE)
-        tickets = torch.zeros(rows, dtype=torch.int32, device=DEVICE)
-        tail = fused.ClassTail(head, w[head:], x[:rows], x[rows:], (None, None)) if in_launch else None
-        out, _ = fused.forward_backward_triton(
-            *row_grads, z, s, target, False, 0.0, -100, 1.0, None, out=stats, tickets=tickets,
-            into=(z, s), tail=tail,
-        )  # fmt: skip
-        results.append((out.clone(), buffer.clone()))
-    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-5)
-
-
-def test_class_tail_with_a_last_depth_block_of_one_column(monkeypatch):
-    # F3 (_loss_fwd_bwd.py:163): D = 129 = BLOCK_D + 1: the depth loop's last block holds a single column
-    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
-    monkeypatch.setattr(ml, "_device_sms", lambda device: 1)
-    rows, depth, classes, head = 4, 129, 203, 200
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(2 * rows, depth, generator=gen).to(DEVICE)
-    w = (torch.randn(classes, depth, generator=gen) / 8).to(DEVICE)
-    target = make_inputs(rows, classes, torch.float32, "index", seed=8)[2]
-    row_grads = tuple(torch.randn(rows, generator=gen).to(DEVICE) for _ in range(2))
-    results = []
-    for in_launch in (False, True):
-        buffer = torch.full((2 * rows, 208), float("nan"), device=DEVICE)
+        buffer = torch.full((2 * rows, width), float("nan"), device=DEVICE)
         columns = head if in_launch else classes
         buffer[:, :columns] = (x @ w.T)[:, :columns]
         z, s = buffer[:rows, :classes], buffer[rows:, :classes]
@@ -418,7 +391,7 @@ def test_class_tail_with_a_last_depth_block_of_one_column(monkeypatch):
         )  # fmt: skip
         if not in_launch:
             products = tuple(d[:, head:] @ w[head:] for d in (dz, ds))
-        results.append([out.clone(), *products])
+        results.append([out.clone(), buffer[:, :classes].clone(), *products])
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
