@@ -177,7 +177,10 @@ _LOSS_CASES = [
     *((f"{dtype},ids", {"dtype": dtype, "classes": 32000, **_MIXED}) for dtype in ("fp32", "fp16", "bf16")),
     *((f"{dtype},probs", {"dtype": dtype, "classes": 1000, "target": "probs", **_MIXED}) for dtype in ("fp32", "bf16")),
     *(
-        (f"{dtype},bce,binarise", {"dtype": dtype, "classes": 21841, "target": "probs", "bce": True, "threshold": 0.5})
+        (
+            f"{dtype},bce,binarise",
+            {"dtype": dtype, "classes": 21841, "target": "probs", "bce": True, "threshold": 0.5, "temperature": 2.0},
+        )
         for dtype in ("fp32", "bf16")
     ),
     # one term: the main's (no sub-branch), the sub's (no target)
@@ -187,6 +190,10 @@ _LOSS_CASES = [
     # multiple of 16 elements (ALIGNED, EVEN: the launchers' hint)
     ("bf16,bert", {"classes": 30522, **_MIXED}),
     ("bf16,imagenet", {"classes": 1000, **_MIXED}),
+    # logits whose rows no hint can promise 16 bytes of (the sub-branch's rows of another stride, e.g. the halves of
+    # one [M, 2 C] matmul's output): the unaligned fallback (VEC 1, GROUP 1), CE and BCE
+    ("bf16,ids,unaligned", {"classes": 32000, "sub_stride": 32001, **_MIXED}),
+    ("bf16,bce,ids,unaligned", {"classes": 32000, "sub_stride": 32001, "bce": True, **_MIXED}),
     # BCE with class ids, T = 2 and T = 1 (UNIT_T: the teacher's sigmoid shares the main term's exp); CE at T = 1
     ("bf16,bce,ids", {"classes": 32000, "bce": True, **_MIXED}),
     ("bf16,bce,ids,unit_t", {"classes": 32000, "bce": True, "eps": 0.1}),
@@ -214,35 +221,41 @@ _LOSS_CASES = [
     # the fused-linear op's chunks (ops/_linear_loss_chunks.py) with ONE_LAUNCH off, its two launches: fp32 logits
     # in 16-byte rows, a bias of the inputs' dtype, bf16 / fp16 gradients over the logits' rows (a barrier per
     # block), fp32 ones over the logits themselves; BERT's chunk of 384 rows; its last chunk of 8 rows (a class
-    # split: the op's stats and tickets, no fill); BCE with probabilities; the sub term alone; no bias
+    # split: the op's stats and tickets, no fill; label smoothing; 32000 classes: EVEN), DeiT-III's BCE with
+    # probabilities at T = 2, the sub term alone, no bias (probabilities, class ids)
     *((f"chunk,{low}", {"classes": 30522, "rows": 384, "chunk": low, "eps": 0.0}) for low in ("bf16", "fp16", "fp32")),
-    ("chunk,bf16,split", {"classes": 30522, "rows": 8, "chunk": "bf16", "eps": 0.0}),
-    ("chunk,bf16,bce,probs", {"classes": 21841, "rows": 384, "chunk": "bf16", "target": "probs", "bce": True}),
+    ("chunk,bf16,split", {"classes": 30522, "rows": 8, "chunk": "bf16", "eps": 0.1}),
+    ("chunk,bf16,split,even", {"classes": 32000, "rows": 8, "chunk": "bf16", "eps": 0.0}),
+    (
+        "chunk,bf16,bce,probs",
+        {
+            "classes": 21841,
+            "rows": 384,
+            "chunk": "bf16",
+            "target": "probs",
+            "bce": True,
+            "threshold": 0.0,
+            "temperature": 2.0,
+        },
+    ),
     ("chunk,bf16,sub_only", {"classes": 30522, "rows": 384, "chunk": "bf16", "eps": 0.0, "grads": (False, True)}),
     ("chunk,bf16,no_bias", {"classes": 1000, "rows": 384, "chunk": "bf16", "bias": False, "target": "probs"}),
+    ("chunk,bf16,ids,no_bias", {"classes": 30522, "rows": 8, "chunk": "bf16", "bias": False, "eps": 0.0}),
     # Triton makes integer arguments equal to 1 constants: one row of one class
     ("fp32,one_class", {"dtype": "fp32", "rows": 1, "classes": 1}),
 ]
 
 
 def _loss_launches(
-    dtype: str = "bf16",
-    rows: int = 4096,
-    classes: int = 32000,
-    target: str | None = "ids",
-    sub: bool = True,
-    bce: bool = False,
-    eps: float = 0.0,
-    temperature: float = 1.0,
-    threshold: float | None = None,
-    reduce: bool | str = False,
-    grads: tuple = (True, True),
-    chunk: str | None = None,
-    bias: bool = True,
-) -> list:
+    dtype: str = "bf16", rows: int = 4096, classes: int = 32000, target: str | None = "ids", sub: bool = True,
+    bce: bool = False, eps: float = 0.0, temperature: float = 1.0, threshold: float | None = None,
+    reduce: bool | str = False, grads: tuple = (True, True), chunk: str | None = None, bias: bool = True,
+    sub_stride: int | None = None,
+) -> list:  # fmt: skip
     """The launches of masksub_loss's _forward_triton and _backward_triton (every gradient in ``grads`` asked for)
     on meta [rows, classes] logits of ``dtype``. target: 'ids', 'probs' or None (the sub term alone); sub: False
-    for the main term alone; reduce: True (a mean) or 'sum': the reduced loss's launches; chunk: the fused-linear
+    for the main term alone; sub_stride: the sub logits' row stride where not ``classes`` (a view of wider rows);
+    reduce: True (a mean) or 'sum': the reduced loss's launches; chunk: the fused-linear
     op's chunk layout (fp32 logits in a buffer of 16-byte rows, a bias of ``chunk``'s dtype where ``bias``, the
     gradients in it over the logits' rows, an fp32 chunk's over the logits themselves; the op's stats columns and
     tickets)."""
@@ -264,7 +277,7 @@ def _loss_launches(
         }
     else:
         z = torch.empty(rows, classes, dtype=types[dtype], device=meta)
-        s = torch.empty_like(z)
+        s = torch.empty(rows, sub_stride or classes, dtype=types[dtype], device=meta)[:, :classes]
     s = s if sub else None
     y = {"ids": torch.empty(rows, dtype=torch.int64, device=meta), None: None}.get(target)
     y = torch.empty(rows, classes, device=meta) if target == "probs" else y

@@ -9,7 +9,8 @@ loss kernels. Each figure here is a prediction, built from:
   recorded on meta tensors and predicted by the SASS model (predict.py), times the number of chunks; the chunks run
   them as one launch (ops/_loss_fwd_bwd.py, where no class split is configured: checked here), whose time is
   modelled as theirs (it runs both kernels' loops, with the same elements per warp-instruction: its num_warps is
-  the larger of the two, the forward's blocks then spread over twice its warps) and its launches as one;
+  the larger of the two, CE's forward blocks then spread over twice its warps; BCE's, which the model does not
+  take, are widened to a 16-byte word per thread: fused_constexprs) and its launches as one;
 - elementwise passes of the composites over [M, C] at copy bandwidth, counted per op below;
 - ``card.launch_us`` per device launch: the forward's as its code makes them (recorded on meta tensors:
   recorded_forward), cuBLAS's own beside its matmul kernels (CUBLAS_EXTRA_PER_CHUNK) and the backward's;
