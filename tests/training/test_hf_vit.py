@@ -322,3 +322,47 @@ def test_a_classifier_holding_two_vit_embeddings_is_not_cut():
     assert not is_hf_vit(model)
     with pytest.raises(ValueError, match="family='vit' needs a model with"):
         MaskSub(model, family="vit")
+
+
+# helper-172's mutation audit
+def test_patch_grid_of_a_same_padded_convolution_is_the_image_size():  # helper-172: H1
+    from torch import nn
+
+    from masksub_kernels.training.hf_vit import patch_grid
+
+    assert patch_grid(nn.Sequential(nn.Conv2d(3, 4, 3, padding="same")), 10, 12) == (10, 12)
+
+
+def test_non_square_images_keep_the_prefix_and_k_of_h_times_w_patches():  # helper-172: H6
+    config = transformers.Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=5,
+    )
+    torch.manual_seed(0)
+    model = transformers.Dinov2ForImageClassification(config).double().train()
+    seen = []
+    layer = next(m for n, m in model.named_modules() if n.endswith(("layers.0", "layer.0")))
+    layer.register_forward_pre_hook(lambda m, a, kw: seen.append(a[0] if a else kw["hidden_states"]), with_kwargs=True)
+    images = torch.randn(2, 3, 32, 48, dtype=torch.float64)  # a 4 x 6 patch grid: 24 patches + the class token
+    MaskSub(model, mask_ratio=0.75).sub_logits(images, seed=0)
+    assert seen[0].shape[1] == 1 + 6  # the class token and floor(24 * 0.25) patches
+
+
+def test_the_size_check_passes_the_embeddings_only_the_keywords_it_takes():  # helper-172: H7b
+    config = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=5,
+    )
+    model = transformers.ViTForImageClassification(config)
+    ms = MaskSub(model, model_kwargs={"interpolate_pos_encoding": True, "output_hidden_states": True})
+    ms.check_input_size(48)  # interpolated: accepted; output_hidden_states is the model's, not the embeddings'

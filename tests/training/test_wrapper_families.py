@@ -529,3 +529,30 @@ def test_the_suggested_cell_size_takes_the_larger_on_a_tie():  # helper-164: F7
     # 1020 = 30 x 34: cells of 30 and of 34 both divide it, each 2 from cell_size=32: the larger is named
     with pytest.raises(ValueError, match=r"or cell_size=34$"):
         families.check_input_size("pixel", torch.nn.Conv2d(3, 3, 1), 1020, 32, 0.5)
+
+
+# helper-172's mutation audit
+def test_a_timm_vit_whose_configured_grid_keeps_no_token_is_refused_at_construction():
+    # 16 px, patch 8: 4 patch tokens; r = 0.8 keeps floor(4 * 0.2) = 0 of them
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=1, num_classes=3)
+    with pytest.raises(ValueError, match="at least one must be kept"):
+        MaskSub(vit, mask_ratio=0.8)
+
+
+def test_swin_grid_error_names_height_then_width():  # helper-172: S3, a non-square grid
+    from timm.models.swin_transformer import SwinTransformer
+
+    swin = SwinTransformer(
+        img_size=(64, 48),
+        patch_size=4,
+        window_size=4,
+        embed_dim=16,
+        depths=(1, 1),
+        num_heads=(1, 2),
+        num_classes=3,
+        drop_path_rate=0.0,
+    )
+    with pytest.raises(ValueError, match="token grid 16 x 12 is not divisible"):
+        MaskSub(swin)
