@@ -148,3 +148,15 @@ def test_on_a_gpu_two_deterministic_runs_and_a_resumed_one_are_bit_identical(ima
     _assert_same(run("second", *flags), first)
     resumed = run("resumed", *flags, "--resume", str(tmp_path / "first" / "epoch-1.pth"))
     _assert_same(resumed, first)
+
+
+def test_a_warn_only_mode_set_before_is_put_back():  # determinism.py:70 warn_only=warn_only
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with deterministic_algorithms(True):
+            assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])

@@ -19,6 +19,7 @@ from _models import (
 
 import masksub_kernels as mk
 from masksub_kernels.training import MaskSub
+from masksub_kernels.training.schedules import check_optimizer_params, optimizer_step
 
 
 def _vit_masksub(dtype=torch.float64, **kwargs) -> MaskSub:
@@ -365,3 +366,93 @@ def test_train_one_epoch_updates_once_per_optimizer_step_and_evaluate_restores_t
     assert metrics["top1"] == pytest.approx(100 / 3) and metrics["top5"] == pytest.approx(200 / 3)
     assert metrics["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, target).item())
     assert fixed.training
+
+
+# helper-171's mutation audit: clip_grad's type, partial optimizers, collected optimizers, one rank, autocast
+def test_a_bool_clip_grad_is_refused():  # schedules.py:78 isinstance(clip_grad, bool)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    with pytest.raises(TypeError, match="clip_grad must be a number"):
+        optimizer_step(optimizer, None, True)
+
+
+def test_an_optimizer_holding_part_of_the_model_is_accepted():  # schedules.py:88 any(...), not all(...)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    check_optimizer_params(model, torch.optim.SGD(model[1].parameters(), lr=0.1))  # a head-only optimizer
+
+
+def test_a_partly_frozen_model_trains():  # schedules.py:99 any(p.requires_grad ...), not all(...)
+    torch.manual_seed(0)
+    ms = MaskSub(tiny_vit().double()).train()
+    for p in ms.model.parameters():
+        p.requires_grad_(False)
+    for p in ms.model.get_classifier().parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.1)  # holds frozen parameters too
+    out = ms.train_step(*batch("vit"), optimizer)
+    assert out["stepped"]
+
+
+def test_a_new_optimizer_at_a_collected_ones_address_is_not_checked(monkeypatch):  # schedules.py:124 ref() is opt
+    import gc
+
+    from masksub_kernels.training import schedules
+
+    monkeypatch.setattr(schedules, "id", lambda obj: 1, raising=False)  # every object at one address: reuse forced
+    checked = schedules.CheckedOptimizers()
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    checked.add(optimizer)
+    del optimizer
+    gc.collect()
+    assert torch.optim.SGD([param], lr=0.1) not in checked
+
+
+def test_collected_optimizers_do_not_pile_up():  # schedules.py:131 the collected forgotten on add
+    import gc
+
+    from masksub_kernels.training.schedules import CheckedOptimizers
+
+    checked = CheckedOptimizers()
+    param = torch.nn.Parameter(torch.zeros(1))
+    batch_ = [torch.optim.SGD([param], lr=0.1) for _ in range(20)]
+    for optimizer in batch_:
+        checked.add(optimizer)
+    del batch_, optimizer
+    gc.collect()
+    checked.add(torch.optim.SGD([param], lr=0.1))
+    assert len(checked._refs) == 1
+
+
+def test_a_one_rank_process_group_needs_no_wrap_ddp(monkeypatch):  # schedules.py:237 world_size > 1
+    import torch.distributed as dist
+
+    torch.manual_seed(0)
+    ms = MaskSub(tiny_vit().double()).train()
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.1)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 1)
+    assert ms.train_step(*batch("vit"), optimizer)["stepped"]
+
+
+def test_only_the_swin_mask_token_trains():  # schedules.py:264 if loss_main.requires_grad
+    from _models import tiny_swin
+
+    torch.manual_seed(0)
+    ms = MaskSub(tiny_swin().double()).train()
+    for p in ms.model.parameters():
+        p.requires_grad_(False)
+    optimizer = torch.optim.SGD([ms.mask_token], lr=0.1)
+    before = ms.mask_token.detach().clone()
+    assert ms.train_step(*batch("swin"), optimizer, seed=1)["stepped"]
+    assert not torch.equal(ms.mask_token, before)
+
+
+def test_an_autocast_instance_is_refused_before_any_work():  # schedules.py:220 AbstractContextManager
+    torch.manual_seed(0)
+    ms = MaskSub(tiny_vit().double()).train()
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="autocast must be a context-manager factory"):
+        ms.train_step(*batch("vit"), optimizer, autocast=torch.autocast("cpu"))
+    assert all(p.grad is None for p in ms.parameters())
