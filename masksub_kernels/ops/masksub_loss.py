@@ -445,17 +445,6 @@ def _forward_triton(
     return out if reduce is None else (reduced, out, d)
 
 
-def _gradient_group(flags: dict, dz: torch.Tensor, ds: torch.Tensor) -> int:
-    """The backward's D_GROUP: the gradients' elements per 16 bytes where their rows are 16-byte aligned (ALIGNED
-    rows of fp32 logits with bf16 / fp16 gradients over them: 8, where GROUP counts 4 of the logits'), else GROUP
-    (what ALIGNED's check, in the logits' elements, already holds them to); 1 where not ALIGNED (no hint)."""
-    if not flags["ALIGNED"]:
-        return 1
-    written = [x for x in (dz, ds) if x.numel()]
-    group = 16 // written[0].element_size() if written else 1
-    return max(group, flags["GROUP"]) if rows_aligned(group, *written) else flags["GROUP"]
-
-
 def _backward_config(z, s, y, dz, ds, bce, binarise, unit_t, has_bias, write_dz, write_ds, over_rows, sms):
     """The backward's launch configuration: ((splits, chunk), row strides, the gradients' row stride, constexprs
     with num_warps). dz, ds: the buffers written ([0] where not). over_rows: dz and ds narrower views over z's and
@@ -466,7 +455,12 @@ def _backward_config(z, s, y, dz, ds, bce, binarise, unit_t, has_bias, write_dz,
     has |= {"HAS_BIAS": has_bias, "UNIT_T": bool(bce) and unit_t, "OVER_ROWS": over_rows}  # UNIT_T as the forward
     has["VEC"] = 1 if over_rows else row_alignment(z, *others)
     has |= _alignment_flags(has["VEC"], z, *others, *([y] if flags["DENSE"] else []))
-    has["D_GROUP"] = _gradient_group(has, dz, ds)
+    # D_GROUP: the gradients' elements per 16 bytes where their rows are 16-byte aligned (bf16 over the fp32 logits'
+    # rows: 8, where GROUP counts 4), else GROUP (ALIGNED holds them to it); 1 without ALIGNED (no hint)
+    written = [x for x in (dz, ds) if x.numel()]
+    group = 16 // written[0].element_size() if written else 1
+    words = max(group, has["GROUP"]) if rows_aligned(group, *written) else has["GROUP"]
+    has["D_GROUP"] = words if has["ALIGNED"] else 1
     stride_d = next((x.stride(0) for x in (dz, ds) if x.numel()), z.shape[1])
     return split, strides, stride_d, {**has, **flags, "num_warps": warps}
 
