@@ -103,3 +103,18 @@ def test_matches_triton_randint_bit_for_bit(seed, device):
     draw_kernel[(rows,)](draws, keys, seed, n, BLOCK=64)
     assert torch.equal(draws.cpu(), philox_uint32(seed, torch.arange(rows * n)))
     assert torch.equal(keys.view(rows, n).cpu(), sort_keys(seed, rows, n))
+
+
+# helper-174's mutation audit
+def test_empty_seed_tensor_is_refused_as_a_type_error():
+    with pytest.raises(TypeError, match="one int64"):
+        _philox.resolve_seed(torch.empty(0, dtype=torch.int64), "cpu")
+
+
+def test_uint64_products_detected_when_torch_has_them():
+    try:
+        product = torch.tensor([_philox.MASK32], dtype=torch.int64).view(torch.uint64) * _philox.PHILOX_ROUND_A
+        exact = int(product.view(torch.int64)) % 2**64 == _philox.MASK32 * _philox.PHILOX_ROUND_A
+    except (RuntimeError, TypeError):
+        exact = False
+    assert _philox._uint64_products() == exact

@@ -82,6 +82,10 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
     for arm, logs in runs.items():
         if not logs:
             continue
+        lengths = {log["seed"]: len(log["epochs"]) for log in logs}
+        if len(set(lengths.values())) > 1:  # a mean over other epochs, a curve past a shorter run's end: refused
+            raise ValueError(f"the {arm} runs logged different numbers of epochs per seed ({lengths}): finish or "
+                             "remove the shorter runs")  # fmt: skip
         final = [log["epochs"][-1] for log in logs]
         values = [row[acc] for row in final]
         mean, std = _mean_std(values)
@@ -168,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runs_dir, out_dir = argv
     runs = load_runs(runs_dir)
+    try:
+        summary = summarise(runs)
+    except ValueError as error:  # runs that cannot be summarised: what to do, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     os.makedirs(os.path.join(out_dir, "logs"), exist_ok=True)
     for logs in runs.values():
         for log in logs:
@@ -176,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
                     os.path.join(runs_dir, log["name"], f"log.{ext}"),
                     os.path.join(out_dir, "logs", f"{log['name']}.{ext}"),
                 )
-    summary = summarise(runs)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     table = _table(summary, log_kind(runs))

@@ -63,3 +63,69 @@ def test_summary_numbers_per_seed_in_seed_order(tmp_path, capsys):
     assert s["best_top1_mean"] == 85.0 and s["final_loss_main_mean"] == 7.0 and s["wall_time_s_mean"] == 8.0
     assert s["images_per_s_mean"] == 10.0 and s["mean_loss_main_curve"] == [9.0, 8.0, 7.0]
     assert replication.main([str(tmp_path)]) == 2 and "RUNS_DIR OUT_DIR" in capsys.readouterr().err
+
+
+# helper-174's mutation audit
+def _write_log(run, rows):
+    run.mkdir()
+    (run / "log.json").write_text(json.dumps({"meta": {"command": "c"}, "epochs": rows}))
+    (run / "log.csv").write_text("x\n")
+
+
+def _rows(top1, seed=0):
+    return [
+        {
+            "epoch": 1,
+            "loss_main": 1.0 + seed,
+            "top1": top1,
+            "val_loss": 1.0 + seed,
+            "images_per_s": 1.0,
+            "wall_time_s": 1.0,
+        }
+    ]
+
+
+def test_load_runs_ignores_names_whose_seed_is_not_a_number(tmp_path):
+    _write_log(tmp_path / "baseline-seed1", _rows(80.0))
+    _write_log(tmp_path / "baseline-seed1-old", _rows(10.0))
+    assert [log["seed"] for log in replication.load_runs(str(tmp_path))["baseline"]] == [1]
+
+
+def test_two_seeds_have_a_sample_std(tmp_path):
+    _write_log(tmp_path / "baseline-seed0", _rows(80.0, 0))
+    _write_log(tmp_path / "baseline-seed1", _rows(82.0, 1))
+    s = replication.summarise(replication.load_runs(str(tmp_path)))["baseline"]
+    assert s["final_top1_std"] == pytest.approx(2**0.5) and s["final_val_loss_std"] == pytest.approx(0.5**0.5)
+
+
+def test_plot_band_of_two_seeds_is_their_std(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    _write_log(tmp_path / "baseline-seed0", _rows(80.0, 0))
+    _write_log(tmp_path / "baseline-seed1", _rows(82.0, 1))
+    widths = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", lambda self, x, lo, hi, **kw: widths.append(hi - lo))
+    replication.plot_curves(replication.load_runs(str(tmp_path)), str(tmp_path / "c.png"))
+    assert [float(w[0]) for w in widths] == pytest.approx([2 * 0.5**0.5, 2 * 2**0.5])
+
+
+def test_main_refuses_three_arguments(tmp_path, capsys):
+    assert replication.main([str(tmp_path), str(tmp_path / "o"), "extra"]) == 2
+    assert "RUNS_DIR OUT_DIR" in capsys.readouterr().err
+
+
+def test_log_kind_skips_a_log_without_rows():
+    runs = {"baseline": [{"epochs": []}, {"epochs": [{"val_acc": 1.0}]}], "masksub": []}
+    assert replication.log_kind(runs) is replication.TEXT
+    assert replication.log_kind({"baseline": [{"epochs": []}], "masksub": []}) is replication.IMAGE
+
+
+def test_seeds_of_different_lengths_are_refused(tmp_path, capsys):
+    # a mean over other epochs, or a curve past a shorter run's end (helper-174: silently wrong, or an IndexError)
+    _write_log(tmp_path / "baseline-seed0", _rows(80.0, 0))
+    _write_log(tmp_path / "baseline-seed1", [*_rows(82.0, 1), {**_rows(84.0, 1)[0], "epoch": 2}])
+    with pytest.raises(ValueError, match=r"different numbers of epochs per seed \(\{0: 1, 1: 2\}\)"):
+        replication.summarise(replication.load_runs(str(tmp_path)))
+    assert replication.main([str(tmp_path), str(tmp_path / "out")]) == 2
+    assert "error: the baseline runs logged different numbers" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before any file is written
