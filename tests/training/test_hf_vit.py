@@ -334,17 +334,7 @@ def test_patch_grid_of_a_same_padded_convolution_is_the_image_size():  # helper-
 
 
 def test_non_square_images_keep_the_prefix_and_k_of_h_times_w_patches():  # helper-172: H6
-    config = transformers.Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        num_labels=5,
-    )
-    torch.manual_seed(0)
-    model = transformers.Dinov2ForImageClassification(config).double().train()
+    model = tiny_hf("Dinov2ForImageClassification", num_hidden_layers=1)
     seen = []
     layer = next(m for n, m in model.named_modules() if n.endswith(("layers.0", "layer.0")))
     layer.register_forward_pre_hook(lambda m, a, kw: seen.append(a[0] if a else kw["hidden_states"]), with_kwargs=True)
@@ -354,15 +344,6 @@ def test_non_square_images_keep_the_prefix_and_k_of_h_times_w_patches():  # help
 
 
 def test_the_size_check_passes_the_embeddings_only_the_keywords_it_takes():  # helper-172: H7b
-    config = transformers.ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-        num_labels=5,
-    )
-    model = transformers.ViTForImageClassification(config)
+    model = tiny_hf("ViTForImageClassification", num_hidden_layers=1)
     ms = MaskSub(model, model_kwargs={"interpolate_pos_encoding": True, "output_hidden_states": True})
     ms.check_input_size(48)  # interpolated: accepted; output_hidden_states is the model's, not the embeddings'

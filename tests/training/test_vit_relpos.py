@@ -237,16 +237,7 @@ def test_the_sub_branch_runs_beits_position_dropout_before_the_selection():
 
 def test_relpos_bias_of_another_size_is_refused_in_the_sub_branch():  # helper-172: R3
     torch.manual_seed(0)
-    beit = Beit(
-        img_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        num_classes=3,
-        use_abs_pos_emb=False,
-        use_rel_pos_bias=True,
-    )
+    beit = Beit(**{**SMALL, "depth": 1, "num_classes": 3}, use_abs_pos_emb=False, use_rel_pos_bias=True)
     beit.patch_embed.strict_img_size = False  # the model no longer refuses 16 px images itself
     ms = MaskSub(beit, mask_ratio=0.5)
     with pytest.raises(ValueError, match="relative position bias covers 17 tokens but the images give 5"):
