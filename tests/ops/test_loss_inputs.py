@@ -329,3 +329,33 @@ def test_single_branch_losses_take_meta_tensors_on_every_backend(backend):  # he
         mk.self_distillation_loss(logits, logits),
     ):
         assert loss.is_meta
+
+
+# helper-176's mutation audit of the loss kernels: the binarising threshold is strict ([q > threshold]) on both
+# target kinds
+
+
+def _triton_loss_rows(z, s, target, options):
+    with mk.use_backend("triton"):
+        out = ml._loss_op(z, s, target, *options)
+    assert mk.last_backend("masksub_loss") == "triton"
+    return out
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_kernel_binarise_threshold_is_strict(dense):
+    # kills _masksub_loss_kernels.py's `1.0 > threshold` -> `1.0 >= threshold` (class ids; no other test saw it) and
+    # _masksub_loss_blocks.py's `q > threshold` -> `q >= threshold` (probabilities): a target equal to the
+    # threshold binarises to 0 ([q > threshold], SEMANTICS), so with threshold 1.0 (ids) / 0.5 (probabilities)
+    # every weight is 0
+    gen = torch.Generator().manual_seed(3)
+    z, s = (torch.randn(3, 6, generator=gen).to(DEVICE) for _ in range(2))
+    if dense:
+        target, threshold = torch.full((3, 6), 0.5, device=DEVICE), 0.5
+    else:
+        target, threshold = torch.tensor([0, 3, 5], device=DEVICE), 1.0
+    options = (True, 0.0, -100, 1.0, threshold)  # BCE (the threshold's mode)
+    out = _triton_loss_rows(z, s, target, options)
+    expected = ml.loss_forward_reference(z, s, target, *options)
+    for row in (ml.MAIN, ml.SUB):
+        torch.testing.assert_close(out[row], expected[row], rtol=1e-6, atol=1e-6, equal_nan=True)

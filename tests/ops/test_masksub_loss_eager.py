@@ -180,3 +180,55 @@ def test_public_loss_runs_the_eager_path_and_compile_the_reference(monkeypatch, 
         value = torch.compile(loss, backend="eager")(main, sub, target)
         assert calls == [1]
     torch.testing.assert_close(value, eager, rtol=1e-6, atol=0)
+
+
+# helper-176's mutation audit of _masksub_loss_eager.py: the fast path's conditions (no masks where every id is in
+# range and ignore_index outside the ids' range)
+
+
+def _rows_close(out, expected):
+    for row in (ml.MAIN, ml.SUB):
+        torch.testing.assert_close(out[row], expected[row], rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# _masksub_loss_eager.py
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_eager_id_equal_to_classes_alone_is_a_nan_row():
+    # kills _masksub_loss_eager.py:76 `high < classes` -> `high <= classes`: the only out-of-range id is exactly C
+    # (every other id in range, no ignored row), so the CPU fast path (no masks) must not be taken: row 1 is NaN
+    # (the mutant gathers column C: an index error)
+    gen = torch.Generator().manual_seed(0)
+    z, s = torch.randn(4, 5, generator=gen), torch.randn(4, 5, generator=gen)
+    target = torch.tensor([0, 5, 2, 4])
+    options = (False, 0.0, -100, 1.0, None)  # bce, label_smoothing, ignore_index, temperature, threshold
+    out = eager_path.loss_forward_eager(z, s, target, *options)
+    expected = ml.loss_forward_reference(z, s, target, *options)
+    _rows_close(out, expected)
+    assert bool(out[ml.MAIN, 1].isnan()) and bool(out[ml.SUB, 1].isnan())
+
+
+@pytest.mark.parametrize("reduced", [False, True])
+def test_eager_ignore_index_inside_the_class_range(reduced):
+    # kills _masksub_loss_eager.py:76 `not low <= ignore_index <= high` dropped: ignore_index = 2 is a valid class
+    # id, so the ids' range [0, 4] holds it and row 1 (id 2) must be ignored (loss 0, no gradient); the mutant takes
+    # the fast path and counts it
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(3, 5, generator=gen).requires_grad_()
+    s = torch.randn(3, 5, generator=gen).requires_grad_()
+    target = torch.tensor([0, 2, 4])
+    options = (False, 0.0, 2, 1.0, None)
+    expected = ml.loss_forward_reference(z.detach(), s.detach(), target, *options)
+    assert float(expected[ml.MAIN, 1]) == 0.0 and float(expected[ml.SUB, 1]) == 0.0
+    if reduced:
+        red, out = eager_path.reduced_loss_eager(z, s, target, *options, 0.5, 0.5, True)
+        assert float(red[3].detach()) == 2.0  # rows that count
+        red[0].backward()
+        assert bool((z.grad[1] == 0).all()) and bool((s.grad[1] == 0).all())
+    else:
+        out = eager_path.loss_forward_eager(z, s, target, *options)
+        out[: ml.SUB + 1].sum().backward()
+        assert bool((z.grad[1] == 0).all()) and bool((s.grad[1] == 0).all())
+    _rows_close(out.detach(), expected)
