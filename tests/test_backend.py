@@ -420,3 +420,28 @@ def test_the_triton_refusal_of_meta_tensors_gives_no_interpreter_hint():
     with mk.use_backend("triton"), pytest.raises(RuntimeError) as refused:
         mk.resolve_backend(torch.device("meta"), "masksub_loss")
     assert "need CUDA tensors" in str(refused.value) and "TRITON_INTERPRET" not in str(refused.value)
+
+
+# helper-177's mutation audit of _backend.py
+
+
+def test_backend_variable_is_read_without_surrounding_spaces(monkeypatch):
+    # kills _backend.py:204 `.strip() or "auto"` -> `or "auto"` (MASKSUB_BACKEND=' torch ' from a shell script, and
+    # a blank value, which is unset as the empty one is)
+    for value, expected in ((" torch ", "torch"), ("  ", "auto")):
+        monkeypatch.setattr(_backend, "_requested", None)
+        monkeypatch.setenv("MASKSUB_BACKEND", value)
+        assert _backend.get_backend() == expected, value
+
+
+def test_backend_triton_at_exactly_the_oldest_tested_release_is_usable(monkeypatch):
+    # kills _backend.py:99 `_version_tuple(...) < MIN_TRITON` -> `<=`: only a two-part version ("3.4", as a
+    # source build may report) tells them apart, since (3, 4, 0) > (3, 4); the floor itself must stay usable
+    triton = pytest.importorskip("triton")
+    monkeypatch.setattr(_backend, "_cuda_device_present", lambda: True)
+    monkeypatch.setattr(triton, "__version__", "3.4")
+    _backend._triton_missing.cache_clear()
+    try:
+        assert _backend._triton_missing() is None
+    finally:
+        _backend._triton_missing.cache_clear()

@@ -363,3 +363,43 @@ def test_fill_value_may_be_the_dtypes_largest(backend):  # helper-164: G6, inclu
         masked[0, 0][mask[0].repeat_interleave(4, 0).repeat_interleave(4, 1)],
         torch.full((32,), -65504.0, dtype=torch.float16, device=DEVICE),
     )
+
+
+# helper-175's mutation audit of grid_mask.py: grid_size=True refused by name, the cell mask's device, the image
+# kernel's row bound
+
+
+def test_grid_mask_grid_size_true_is_refused_as_a_grid_size():
+    # kills grid_mask.py:63 `... and not isinstance(grid_size, bool)` dropped: True became (True, True) and the
+    # error named grid_h ("grid_h must be an int, got bool") instead of the grid_size argument the caller passed
+    with pytest.raises(TypeError, match=r"grid_size must be an int or a pair \(grid_h, grid_w\), got True"):
+        mk.random_grid_mask(2, True, 1, seed=0)
+
+
+def test_grid_mask_check_cell_mask_refuses_a_mask_on_another_device():
+    # kills grid_mask.py:105 `cell_mask.device != like.device` -> False (the device check dropped: a CUDA kernel
+    # would read a host pointer, the torch backend fail later with torch's own message)
+    images = torch.zeros(2, 3, 64, 64, device=DEVICE)
+    cell_mask = torch.zeros(2, 2, 2, dtype=torch.bool, device="meta")
+    with pytest.raises(ValueError, match=r"cell_mask must be on .*, got meta"):
+        gm.check_cell_mask(cell_mask, images, 64, 64, 32)
+
+
+@pytest.mark.skipif("triton" not in mk.available_backends(), reason="no Triton backend")
+def test_grid_mask_image_kernel_writes_no_row_past_the_image(monkeypatch):
+    # kills grid_mask.py:258 `ok = (h < H)` -> `(h <= H)`: the tail row block (H = 24, BLOCK_H = 32) wrote row H,
+    # one past the output (the next plane's first row, or past the tensor for the last plane); the interpreter does
+    # not bound-check, so the output is a view of a larger buffer whose extra row must stay untouched
+    images_buffer = torch.full((2, 1, 25, 16), 5.0, device=DEVICE)
+    out_buffer = torch.full((2, 1, 25, 16), -3.0, device=DEVICE)
+    images, out = images_buffer[:, :, :24], out_buffer[:, :, :24]
+    assert 24 % gm._tile(16, 24)[0]  # a tail row block, so a lane with h = H exists
+    cell_mask = torch.zeros(2, 3, 2, dtype=torch.bool, device=DEVICE)
+    cell_mask[:, 1, 0] = True
+    monkeypatch.setattr(gm.torch, "empty_like", lambda like, **kwargs: out)
+    result = gm._mask_image_triton(images, cell_mask, 8, 0.0)
+    assert result is out
+    expected = torch.full((2, 1, 24, 16), 5.0, device=DEVICE)
+    expected[:, :, 8:16, :8] = 0.0
+    assert torch.equal(out, expected)
+    assert torch.equal(out_buffer[:, :, 24], torch.full((2, 1, 16), -3.0, device=DEVICE))

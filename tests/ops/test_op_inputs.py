@@ -445,3 +445,18 @@ def test_the_largest_sequence_is_accepted():
 
     ids = mk.random_keep_indices(1, MAX_TOKENS, 1, seed=0, device="meta")
     assert ids.shape == (1, 1)
+
+
+# helper-175's mutation audit of _token_rows.py: the fast path's id range
+
+
+def test_token_rows_negative_unvalidated_id_alone_reads_zeros():
+    # kills _token_rows.py:22 `(ids >= 0) & (ids < num_tokens)` -> `(ids < num_tokens)`: test_op_inputs' case mixes
+    # the id -1 with the id 6, and the 6 alone sends the whole batch to the reference; a -1 alone took the
+    # index_select fast path and read the sample's prefix row (or the previous sample's last row) instead of zeros
+    x = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3) + 1  # no zero anywhere
+    with mk.use_backend("torch"):
+        y = mk.gather_tokens(x, torch.tensor([[0, 1], [-1, 2]]), validate_ids=False)
+    expected = torch.stack([x[0, [0, 1, 2]], x[1, [0, 1, 3]]])
+    expected[1, 1] = 0  # the id -1
+    assert torch.equal(y, expected)

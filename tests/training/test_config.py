@@ -10,7 +10,7 @@ pytest.importorskip("yaml", reason="--config reads YAML")
 
 from masksub_kernels.train import build_parser, main
 from masksub_kernels.training.config import load_config, parse_args_with_config
-from masksub_kernels.training.run_setup import parse_kwargs
+from masksub_kernels.training.run_setup import UsageError, parse_kwargs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml")))
@@ -135,3 +135,12 @@ def test_empty_config_file_changes_nothing(tmp_path):
         **vars(build_parser().parse_args([])),
         "config": str(cfg),
     }
+
+
+def test_config_a_list_of_too_many_values_is_refused(tmp_path):
+    # kills config.py:60 `len(value) != action.nargs` -> `len(value) < action.nargs` (a third value went to argparse)
+    pytest.importorskip("yaml")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("scale: [0.1, 0.5, 1.0]\n")
+    with pytest.raises(UsageError, match=r"'scale' \(--scale\) takes 2 values, got 3"):
+        load_config(str(cfg), build_parser())

@@ -1,0 +1,131 @@
+"""masksub_kernels.training.run_setup: check_args' ranges and checks, the torchrun device rule, setup()'s
+fallbacks (helper-177's mutation audit: 42 mutants, 17 gaps in run_setup, config, _backend and pretrained; each test
+names the mutant it kills). Most call check_args on parsed options (no model is built); a few run setup() on the
+digits with a tiny ViT (~1 s)."""
+
+import pytest
+
+pytest.importorskip("sklearn", reason="the default dataset (digits) comes from scikit-learn")
+
+from masksub_kernels.training.cli import build_parser
+from masksub_kernels.training.run_setup import UsageError, check_args
+
+TINY_VIT = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=16",
+            "depth=1", "num_heads=2", "--img-size", "16"]  # fmt: skip
+
+
+def _check(*argv: str) -> None:
+    check_args(build_parser().parse_args([*argv, "--output", "unused"]))
+
+
+def test_run_setup_layer_decay_zero_is_refused():
+    # kills run_setup.py:358 ("layer_decay", 0.0, 1.0, False -> True, True): a 0 would freeze every layer but the head
+    with pytest.raises(UsageError, match=r"--layer-decay must be in \(0\.0, 1\.0\], got 0\.0"):
+        _check("--layer-decay", "0")
+    _check("--layer-decay", "1.0")  # the upper bound is allowed
+
+
+def test_run_setup_head_init_scale_zero_is_refused():
+    # kills run_setup.py:360 ("head_init_scale", 0.0, None, False -> True, True)
+    with pytest.raises(UsageError, match=r"--head-init-scale must be in \(0\.0, inf\), got 0\.0"):
+        _check("--head-init-scale", "0", "--initial-checkpoint", "some.pth")
+
+
+def test_run_setup_recount_zero_is_refused():
+    # kills run_setup.py:364 ("recount", 1 -> 0, ...)
+    with pytest.raises(UsageError, match=r"--recount must be in \[1, inf\), got 0"):
+        _check("--recount", "0")
+
+
+def test_run_setup_cutmix_alone_needs_an_even_batch():
+    # kills run_setup.py:394 `args.mixup > 0 or args.cutmix > 0` -> `args.mixup > 0` (timm's Mixup flips the batch)
+    with pytest.raises(UsageError, match="Mixup / CutMix need an even --batch-size, got 7"):
+        _check("--cutmix", "1.0", "--batch-size", "7")
+
+
+def test_run_setup_opt_betas_may_be_zero():
+    # kills run_setup.py:402 `0.0 <= b < 1.0` -> `0.0 < b < 1.0` (beta1 = 0: Adam without momentum, a valid choice)
+    _check("--opt-betas", "0.0", "0.999")
+    with pytest.raises(UsageError, match=r"--opt-betas are two numbers in \[0, 1\)"):
+        _check("--opt-betas", "-0.1", "0.999")
+
+
+def test_run_setup_std_zero_is_refused():
+    # kills run_setup.py:406 `any(s <= 0 ...)` -> `any(s < 0 ...)` (a 0 std divides by zero in Normalize)
+    with pytest.raises(UsageError, match="std > 0"):
+        _check("--mean", "0.5", "--std", "0")
+
+
+def test_run_setup_mean_and_std_lengths_must_agree():
+    # kills run_setup.py:406 dropping `len(args.mean) != len(args.std) or`
+    with pytest.raises(UsageError, match="need as many numbers each"):
+        _check("--mean", "0.5", "0.5", "0.5", "--std", "0.25")
+
+
+def test_run_setup_scale_min_zero_is_refused():
+    # kills run_setup.py:408 `not 0 < args.scale[0]` -> `not 0 <= args.scale[0]` (a zero-area crop)
+    with pytest.raises(UsageError, match="--scale is a crop-area range 0 < min <= max <= 1"):
+        _check("--scale", "0", "0.5")
+    _check("--scale", "0.08", "1.0")
+
+
+def test_run_setup_grad_accum_hint_names_limit_batches_at_equality(tmp_path, capsys):
+    # kills run_setup.py:548 `samples // args.batch_size >= args.grad_accum_steps` -> `>`: 1437 digits / 64 = 22
+    # whole batches, exactly --grad-accum-steps 22, so only --limit-batches 21 leaves too few: the hint must say so
+    from masksub_kernels.train import main
+
+    argv = [*TINY_VIT, "--epochs", "1", "--batch-size", "64", "--grad-accum-steps", "22", "--limit-batches", "21"]
+    assert main([*argv, "--output", str(tmp_path / "err")]) == 2
+    err = capsys.readouterr().err
+    assert "give 21 batch(es) of 64 (--limit-batches): fewer than --grad-accum-steps 22" in err, err
+
+
+def test_run_setup_head_init_scale_needs_an_initial_checkpoint():
+    # kills run_setup.py:410 `args.initial_checkpoint is None` -> `is False` (the check never fires)
+    with pytest.raises(UsageError, match=r"--head-init-scale .* pass --initial-checkpoint"):
+        _check("--head-init-scale", "0.001")
+    _check("--head-init-scale", "0.001", "--initial-checkpoint", "some.pth")
+
+
+def test_run_setup_torchrun_with_as_many_processes_as_gpus_is_accepted(monkeypatch):
+    # kills run_setup.py:149 `local_world > gpus` -> `>=` (2 processes on a 2-GPU machine refused); no GPU needed:
+    # torch.cuda and the process group are stubbed
+    import torch
+    import torch.distributed as dist
+
+    from masksub_kernels.training import run_setup
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: None)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "29500"}  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert run_setup._distributed(None) == (1, 2, torch.device("cuda", 1))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # more processes than GPUs: still refused
+    with pytest.raises(UsageError, match="3 processes on this machine but 2 GPU"):
+        run_setup._distributed(None)
+
+
+def test_run_setup_amp_on_cpu_trains_in_float32_with_a_note(tmp_path, capsys):
+    # kills run_setup.py:583 `amp = args.amp and device.type == "cuda"` -> `amp = args.amp` (the recipes turn --amp
+    # on: on a CPU it would autocast to float16 with a GradScaler, and no note)
+    from masksub_kernels.training.run_setup import setup
+
+    s = setup(build_parser().parse_args([*TINY_VIT, "--amp", "--device", "cpu", "--output", str(tmp_path)]))
+    assert s.autocast is None and s.scaler is None
+    assert "--amp runs on CUDA devices only: training in float32 on cpu" in capsys.readouterr().err
+
+
+def test_run_setup_a_non_square_img_size_kwarg_is_not_replaced_on_the_digits(tmp_path):
+    # kills run_setup.py:311 dropping `or "img_size" in args.model_kwargs`: a model built for (16, 32) at the
+    # digits' default 32 px was rebuilt silently at img_size=32, overriding the user's kwarg; it must be refused
+    from masksub_kernels.training.run_setup import setup
+
+    argv = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=(16,32)", "patch_size=4", "embed_dim=16",
+            "depth=1", "num_heads=2", "--output", str(tmp_path)]  # fmt: skip
+    with pytest.raises(UsageError, match=r"the model is built for \(16, 32\) images but the data is 32 x 32"):
+        setup(build_parser().parse_args(argv))
