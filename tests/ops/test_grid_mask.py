@@ -403,3 +403,50 @@ def test_grid_mask_image_kernel_writes_no_row_past_the_image(monkeypatch):
     expected[:, :, 8:16, :8] = 0.0
     assert torch.equal(out, expected)
     assert torch.equal(out_buffer[:, :, 24], torch.full((2, 1, 16), -3.0, device=DEVICE))
+
+
+# helper-180's mutation audit: out-of-bounds stores checked with sentinels (an output handed to the launcher as a
+# view of a larger buffer whose guard elements must stay untouched)
+
+
+def hand_out(monkeypatch, module, name, views):
+    """Make module.torch.<name> (torch.empty / torch.empty_like) return the given views, by shape and dtype, and
+    allocate as usual otherwise (the launchers' own outputs become views of sentinel-filled buffers)."""
+    original = getattr(torch, name)
+
+    def allocate(*args, **kwargs):
+        if name == "empty_like":
+            shape, dtype = tuple(args[0].shape), kwargs.get("dtype", args[0].dtype)
+        else:
+            shape = args[0] if len(args) == 1 else args
+            shape = (shape,) if isinstance(shape, int) else tuple(shape)
+            dtype = kwargs.get("dtype", torch.get_default_dtype())
+        for view in views:
+            if tuple(view.shape) == shape and view.dtype == dtype:
+                return view
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module.torch, name, allocate)
+
+
+@pytest.mark.skipif("triton" not in mk.available_backends(), reason="no Triton backend")
+def test_grid_mask_fused_kernel_writes_no_row_and_no_cell_past_its_outputs(monkeypatch):
+    # kills grid_mask.py:328 `(rows < CELL)` -> `(rows <= CELL)` (12-row cells, BLOCK_H = 16: each plane's last
+    # cell row writes row H, one past the image) and :321 `mask=(g < grid_w) & writer` -> `(g <= grid_w) & writer`
+    # (the last cell row's writer stores one cell byte past the cell mask)
+    B, C, H, W, cell, num_keep = 2, 2, 24, 24, 12, 2
+    assert gm._tile(W, cell)[0] > cell  # rows r >= CELL exist in the row loop
+    images = randn(B, C, H + 1, W)[:, :, :H]
+    out_buffer = torch.full((B, C, H + 1, W), -3.0, device=DEVICE)
+    out = out_buffer[:, :, :H]
+    raw = torch.full((B * 2 * 2 + 16,), 7, dtype=torch.uint8, device=DEVICE)
+    mask = raw[: B * 2 * 2].view(torch.bool).view(B, 2, 2)
+    hand_out(monkeypatch, gm, "empty_like", [out])
+    hand_out(monkeypatch, gm, "empty", [mask])
+    result, cells = gm._mask_image_random_triton(images, 11, None, cell, num_keep, 0.5)
+    assert result is out and cells is mask
+    expected_cells = gm.cell_mask_reference(11, B, 4, num_keep, torch.device("cpu")).view(B, 2, 2)
+    assert torch.equal(cells.cpu(), expected_cells)
+    assert torch.equal(out.cpu(), gm.mask_image_reference(images.cpu(), expected_cells, cell, 0.5))
+    assert torch.equal(out_buffer[:, :, H].cpu(), torch.full((B, C, W), -3.0))
+    assert torch.equal(raw[B * 2 * 2 :].cpu(), torch.full((16,), 7, dtype=torch.uint8))

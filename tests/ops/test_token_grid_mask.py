@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import DEVICE, kernel_backends
-from test_grid_mask import DTYPES, bits, randn
+from test_grid_mask import DTYPES, bits, hand_out, randn
 
 import masksub_kernels as mk
 from masksub_kernels.ops import grid_mask as gm
@@ -225,3 +225,59 @@ def test_backward_launches_at_most_max_partials_programs(monkeypatch):
     for max_partials in (7, 5):
         tgm._mask_tokens_backward_triton(grad, mask, 8, False, True, max_partials)
         assert grids[-1][0] <= max_partials
+
+
+# helper-180's mutation audit: the Triton kernels write (and read) nothing past their buffers
+
+
+@pytest.mark.skipif("triton" not in mk.available_backends(), reason="no Triton backend")
+def test_token_grid_mask_forward_kernel_writes_nothing_past_the_output(monkeypatch):
+    # kills token_grid_mask.py:152 `w_ok = w < W` -> `w <= W` and :153 `col_ok = cols < C` -> `cols <= C`: the
+    # last line's lane w = W (or its last token's lane c = C) stores one token (one element) past the output
+    B, H, W, C = 2, 8, 24, 40
+    assert gm._tile(C, W)[0] > W and gm._tile(C, W)[1] > C  # lanes w = W and c = C exist
+    tokens = randn(B + 1, H, W, C)[:B]  # reads past the tokens (mutants only) stay inside the buffer
+    cells = torch.zeros(B + 1, 1, 3, dtype=torch.bool, device=DEVICE)
+    cells[0, 0, 1] = cells[1, 0, 2] = True
+    cell_mask = cells[:B]
+    mask_token = randn(C, seed=1)
+    out_buffer = torch.full((B * H * W * C + 64,), -7.0, device=DEVICE)
+    out = out_buffer[: B * H * W * C].view(B, H, W, C)
+    hand_out(monkeypatch, tgm, "empty", [out])
+    result = tgm._mask_tokens_forward_triton(tokens, mask_token, cell_mask, 8)
+    assert result is out
+    assert torch.equal(out.cpu(), tgm.mask_tokens_reference(tokens.cpu(), mask_token.cpu(), cell_mask.cpu(), 8))
+    assert torch.equal(out_buffer[B * H * W * C :].cpu(), torch.full((64,), -7.0))
+
+
+@pytest.mark.skipif("triton" not in mk.available_backends(), reason="no Triton backend")
+def test_token_grid_mask_backward_kernels_write_and_read_nothing_past_their_buffers(monkeypatch):
+    # kills (token_grid_mask.py) :196 `(w < W) & (line < n_lines)` -> `(w < W)` (the ragged last program's extra
+    # line writes dT past the output and adds a sample past the batch to dm), :209 partial store `mask=col_ok` ->
+    # `cols <= C` (one partial past the buffer), :225 `parts < P` -> `parts <= P` (the row past the partials is
+    # added to dm) and :227 `mask=cols < C` -> `cols <= C` (dm[C] written past d mask_token)
+    B, H, W, C = 3, 8, 24, 40
+    max_partials = 5  # 24 lines, 5 per program: 5 programs, the last with one line past the batch
+    programs = 5
+    grad = randn(B + 1, H, W, C, seed=3)
+    grad[B] = 1000.0  # a sample past the batch: must never be read
+    grad = grad[:B]
+    cells = torch.zeros(B + 1, 1, 3, dtype=torch.bool, device=DEVICE)
+    cells[0, 0, 0] = cells[1, 0, 2] = cells[2, 0, 1] = True
+    cells[B] = True
+    cell_mask = cells[:B]
+    grad_tokens_buffer = torch.full((B + 1, H, W, C), -7.0, device=DEVICE)
+    partials_buffer = torch.full((programs + 1, C), 1.0e6, device=DEVICE)
+    grad_mask_buffer = torch.full((C + 1,), -7.0, device=DEVICE)
+    views = [grad_tokens_buffer[:B], partials_buffer[:programs], grad_mask_buffer[:C]]
+    hand_out(monkeypatch, tgm, "empty", views)
+    grad_tokens, grad_mask = tgm._mask_tokens_backward_triton(grad, cell_mask, 8, True, True, max_partials)
+    assert grad_tokens is views[0] and grad_mask is views[2]
+    expected_tokens, _ = tgm.mask_tokens_backward_reference(grad.cpu(), cell_mask.cpu(), 8)
+    assert torch.equal(grad_tokens.cpu(), expected_tokens)
+    removed = gm.pixel_mask_reference(cell_mask.cpu(), 8)[..., None]
+    expected_mask = torch.where(removed, grad.cpu().double(), 0).sum(dim=(0, 1, 2))
+    torch.testing.assert_close(grad_mask.cpu().double(), expected_mask, rtol=1e-5, atol=1e-4)
+    assert torch.equal(grad_tokens_buffer[B].cpu(), torch.full((H, W, C), -7.0))
+    assert torch.equal(partials_buffer[programs].cpu(), torch.full((C,), 1.0e6))
+    assert float(grad_mask_buffer[C]) == -7.0

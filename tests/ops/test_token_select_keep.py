@@ -289,3 +289,16 @@ def test_the_cuda_binding_checks_the_masks():
             extension.select_tokens(1, None, 2, 8, 4, False, True, DEVICE, **masks)
     ids, _ = extension.select_tokens(1, None, 2, 8, 4, False, False, DEVICE, good, good)
     assert torch.equal(ids.cpu(), reference.select_reference(1, 2, 8, 4, CPU, False))
+
+
+# helper-180's mutation audit of _token_select_reference.py
+
+
+def test_token_select_reference_drop_first_ranks_after_a_max_draw_at_a_later_position():
+    # kills _token_select_reference.py:29 `DROP_FIRST_KEY + num_tokens + positions` -> `DROP_FIRST_KEY + positions`
+    # (a drop-first token p would then rank before an ordinary token q > p whose draw is 2^32 - 1)
+    draws = torch.tensor([[5, 2**32 - 1, 7]], dtype=torch.int64)
+    keys = ((draws - 2**31) << 32) + torch.arange(3)
+    drop = torch.tensor([[True, False, False]])
+    order = torch.argsort(reference.priority_keys(keys, None, drop), dim=1)
+    assert order.tolist() == [[2, 1, 0]]  # draw 7 | draw 2^32 - 1 | drop-first
