@@ -7,6 +7,8 @@ float64 oracle (public API) for every option, at two splits of several blocks (t
 block) and at one block per split. Tolerances as in test_masksub_loss.py.
 """
 
+import math
+
 import pytest
 import torch
 from conftest import DEVICE, kernel_backends
@@ -202,3 +204,140 @@ def test_split_into_columns_of_a_wider_output_with_reused_tickets(triton_backend
     got = ml._backward_triton(*grads, wide[:, starts[1] : starts[1] + ROWS], main, sub, target, *options)
     for a, e in zip(got, want):
         assert torch.equal(a, e)
+
+
+# helper-179's mutation audit of the split path (25 mutants, 4 gaps). Three splits (16, 16, 8: a partial last
+# block) of 3 rows x 40 classes with blocks of 16 (MAX_BLOCK_C = 64) on 4 SMs: BLOCK_S = 4, so the merge's fourth
+# lane is a missing split whose `other=` values are read (the fixtures above, with 2 splits, have BLOCK_S = 2); and
+# the merges' guards against 0 * inf where a student's logits span the fp32 range.
+
+ROWS3, CLASSES3 = 3, 40  # the three-split tests' shape (the tests above: ROWS, CLASSES)
+
+
+@pytest.fixture
+def three_splits(monkeypatch):
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    monkeypatch.setattr(ml, "_device_sms", lambda device: 4)
+    assert ml._split_max_block() == 16
+    assert ml.class_splits(ROWS3, CLASSES3, 16, 4) == (3, 16)
+    with mk.use_backend("triton"):
+        yield
+
+
+def _inputs(kind, seed=0):
+    """Row 0 plain; row 1 every logit near -1e4 (a row shift far below 0: a missing split taken as m = 0 would
+    underflow the row's sums); row 2: the student -inf on the first split, where the teacher's z is -1e4 (its mass
+    there underflows: a finite loss)."""
+    gen = torch.Generator().manual_seed(seed)
+    z, s = torch.randn(ROWS3, CLASSES3, generator=gen), torch.randn(ROWS3, CLASSES3, generator=gen)
+    z[1], s[1] = z[1] - 1e4, s[1] - 1e4
+    s[2, :16] = float("-inf")
+    z[2, :16] = -1e4
+    if kind == "dense":
+        y = torch.rand(ROWS3, CLASSES3, generator=gen)
+        y = y / y.sum(1, keepdim=True)
+        y[2, :16] = 0.0
+    else:
+        y = torch.tensor([3, 37, 20])
+    return z.to(DEVICE), s.to(DEVICE), y.to(DEVICE)
+
+
+def _check(z, s, y, options, rtol=1e-4):
+    # rtol 1e-4: row 1's logits near -1e4 carry an fp32 ulp of ~1e-3 (a mutant is off by 1 or more, or inf)
+    out = ml._forward_triton(z, s, y, *options)
+    expected = ml.loss_forward_reference(z, s, y, *options)
+    torch.testing.assert_close(out, expected, rtol=rtol, atol=1e-4, equal_nan=True)
+    assert bool(torch.isfinite(out[: ml.SUB + 1]).all())
+    gen = torch.Generator().manual_seed(5)
+    grads = [torch.randn(ROWS3, generator=gen).to(DEVICE) for _ in "ms"]
+    got = ml._backward_triton(*grads, out, z, s, y, *options)
+    want = ml.loss_backward_reference(*grads, expected, z, s, y, *options)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6, equal_nan=True)
+    return out
+
+
+@pytest.mark.parametrize("bce", [False, True], ids=["ce", "bce"])
+@pytest.mark.parametrize("kind", ["index", "dense"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_three_splits_with_a_missing_merge_lane(three_splits, bce, kind, temperature):
+    # kills the split merge's `other=` values (kernels.py: pm_z / pm_s other=low -> 0.0, pm_n other=-inf -> 0.0,
+    # pa_z / pb_z / pd_t other=0.0 -> 1.0), the merge's `has = j < splits` -> `j <= splits`, the backward's split
+    # bound `hi = min(lo + chunk, C)`, and the blocks' masks on the partial last block of the last split
+    _check(*_inputs(kind), (bce, 0.1, -100, temperature, None))
+
+
+def test_three_splits_reduced_and_reused_tickets(three_splits):
+    # kills the ticket's `ticket == splits - 1` (merge by a program that is not the row's last) and the tickets'
+    # reset (`tl.store(ticket_ptr + row, 0)` dropped): three calls on one zeroed ticket buffer equal a fresh call
+    z, s, y = _inputs("index")
+    options = (False, 0.1, -100, 2.0, None)
+    fresh = ml._forward_triton(z, s, y, *options)
+    tickets = torch.zeros(ROWS3, dtype=torch.int32, device=DEVICE)
+    for _ in range(3):
+        out = torch.full((ml.NUM_OUT, ROWS3), float("nan"), device=DEVICE)
+        ml._forward_triton(z, s, y, *options, out=out, tickets=tickets)
+        assert torch.equal(out, fresh)
+        assert not tickets.any()
+    args = (z, s, y, *options, 0.6, 0.3, True)
+    got, _, _ = reduced_op._forward_triton_reduced(*args)
+    want, _, _ = reduced_op._forward_reference(*args)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_teacher_rescale_of_zero_skips_an_infinite_old_sum(monkeypatch, temperature):
+    # kills _masksub_loss_blocks.py:324 `tl.where(alpha_t != 0.0, alpha_t * (d_t + moved), 0.0)` ->
+    # `alpha_t * (d_t + moved)`: one program, two blocks of 16 (sms = 0: no split). The teacher's max grows from
+    # -1e4 to 1e4 (alpha_t = 0) while the student's grows from -2e38 to 2e38 (moved = l_t (m_s - m_s') = -inf):
+    # 0 * -inf is NaN, where the first block's classes carry no teacher mass and the loss is finite
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 32)
+    monkeypatch.setattr(ml, "_device_sms", lambda device: 0)
+    z = torch.cat([torch.full((1, 16), -1e4), torch.full((1, 16), 1e4)], 1) + torch.linspace(0, 1, 32)
+    s = torch.cat([torch.full((1, 16), -2e38), torch.full((1, 16), 2e38)], 1)
+    z, s = z.to(DEVICE), s.to(DEVICE)
+    options = (False, 0.0, -100, temperature, None)
+    with mk.use_backend("triton"):
+        out = ml._forward_triton(z, s, torch.tensor([20], device=DEVICE), *options)
+    expected = ml.loss_forward_reference(z, s, torch.tensor([20], device=DEVICE), *options)
+    assert bool(torch.isfinite(out[ml.SUB]).all())
+    torch.testing.assert_close(out[: ml.SUB + 1], expected[: ml.SUB + 1], rtol=1e-6, atol=1e-6)
+
+
+def test_split_merge_skips_a_split_without_teacher_mass(monkeypatch):
+    # kills _masksub_loss_kernels.py:123 `tl.where(beta_t != 0.0, beta_t * (d_t + moved), 0.0)` ->
+    # `beta_t * (d_t + moved)` (the split merge's guard; the same merge folds a program's lanes): 2 splits of one
+    # block of 16 (blocks of 16, 132 SMs). Split 0 holds the teacher's -1e4 logits (beta_t = 0 after the merge's
+    # shift to 1e4) and the student's -2e38 ones (moved = l_t (m_s - c_s) = -inf): 0 * -inf is NaN
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    monkeypatch.setattr(ml, "_device_sms", lambda device: 132)
+    assert ml.class_splits(1, 32, 16, 132) == (2, 16)
+    z = torch.cat([torch.full((1, 16), -1e4), torch.full((1, 16), 1e4)], 1) + torch.linspace(0, 1, 32)
+    s = torch.cat([torch.full((1, 16), -2e38), torch.full((1, 16), 2e38)], 1)
+    z, s = z.to(DEVICE), s.to(DEVICE)
+    for temperature in (1.0, 2.0):
+        options = (False, 0.0, -100, temperature, None)
+        with mk.use_backend("triton"):
+            out = ml._forward_triton(z, s, torch.tensor([20], device=DEVICE), *options)
+        expected = ml.loss_forward_reference(z, s, torch.tensor([20], device=DEVICE), *options)
+        assert bool(torch.isfinite(out[ml.SUB]).all())
+        torch.testing.assert_close(out[: ml.SUB + 1], expected[: ml.SUB + 1], rtol=1e-6, atol=1e-6)
+
+
+def test_split_merge_moved_skips_a_split_of_only_minus_inf_students(monkeypatch):
+    # kills _masksub_loss_kernels.py:122 `m_s > -FLT_MAX` -> `m_s >= -FLT_MAX` (the merge's `moved` guard): split 0's
+    # student logits are all -inf (its m_s stays -FLT_MAX) and its teacher mass is below fp32's 2^-149 in the row
+    # (log2 p = -148 - log2 16: a finite loss) while its beta_t = 2^-148 is not 0; the mutant's moved =
+    # l_t (-FLT_MAX - c_s) overflows to -inf (c_s = 1e38) and the loss becomes inf
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
+    monkeypatch.setattr(ml, "_device_sms", lambda device: 132)
+    z = torch.cat([torch.full((1, 16), -148 * math.log(2)), torch.zeros(1, 16)], 1)
+    s = torch.cat([torch.full((1, 16), float("-inf")), torch.full((1, 16), 1e38)], 1)
+    s[0, 16:] += torch.linspace(0, 1e37, 16)
+    z, s = z.to(DEVICE), s.to(DEVICE)
+    options = (False, 0.0, -100, 1.0, None)
+    with mk.use_backend("triton"):
+        out = ml._forward_triton(z, s, torch.tensor([20], device=DEVICE), *options)
+    expected = ml.loss_forward_reference(z, s, torch.tensor([20], device=DEVICE), *options)
+    assert bool(torch.isfinite(expected[ml.SUB]).all())
+    torch.testing.assert_close(out[: ml.SUB + 1], expected[: ml.SUB + 1], rtol=1e-6, atol=1e-6)
