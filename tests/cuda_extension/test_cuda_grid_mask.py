@@ -6,6 +6,7 @@ import pytest
 import torch
 from extension_under_test import _C, CPU, DEV, EXT, FLOAT_DTYPES, kernels, needs_C
 
+from masksub_kernels._philox import philox_uint32
 from masksub_kernels.ops import grid_mask as gm
 from masksub_kernels.ops import token_grid_mask as tgm
 
@@ -251,3 +252,48 @@ def test_mask_token_grad_narrow_rows(width, layout):
     if layout == "hw-swapped":
         grad = grad.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
     _assert_mask_token_grad(EXT.mask_tokens_grid_backward(grad, cells, cell, False, True)[1], grad, cells, cell)
+
+
+# helper-181's mutation audit of csrc/grid_mask.cu: the one-launch draw's tie rule, a size-2 dimension's odd stride
+
+
+@kernels
+def test_grid_random_cells_break_draw_ties_by_position():
+    # Kills csrc/grid_mask.cu draw_cell_row `(draws[j] == key && j < cell)` -> `j > cell` (or dropping the tie term):
+    # the one-launch draw (<= 256 cells) must rank equal 32-bit draws by cell position, as the selection kernel's
+    # stable sort and the reference do. Seed 14395 has two equal draws in sample 12 of a 16 x 16 grid (found by
+    # search: ~1 row in 130000); num_keep puts the K boundary between the two tied cells, so the order decides
+    # which of them is kept.
+    seed, batch, grid, cell = 14395, 13, 16, 2
+    draws = philox_uint32(seed, torch.arange(batch * grid * grid).view(batch, grid * grid))[12]
+    values, counts = draws.unique(return_counts=True)
+    tied_value = int(values[counts > 1][0])
+    tied = (draws == tied_value).nonzero().flatten().tolist()
+    assert len(tied) == 2
+    num_keep = int((draws < tied_value).sum()) + 1  # keeps the lower-position cell of the pair, not the other
+    expected_mask = gm.cell_mask_reference(seed, batch, grid * grid, num_keep, CPU).view(batch, grid, grid)
+    assert not expected_mask[12].flatten()[tied[0]] and expected_mask[12].flatten()[tied[1]]
+    images = torch.randn(batch, 1, grid * cell, grid * cell, generator=torch.Generator().manual_seed(0)).to(DEV)
+    out, mask = EXT.mask_image_grid_random(images, seed, None, cell, num_keep, 0.0)
+    assert torch.equal(mask.cpu(), expected_mask)
+    assert torch.equal(out.cpu(), gm.mask_image_reference(images.cpu(), expected_mask, cell, 0.0))
+    tokens, token = images.permute(0, 2, 3, 1).contiguous(), torch.ones(1, device=DEV)
+    out, mask = EXT.mask_tokens_grid_random(tokens, token, seed, None, cell, num_keep)
+    assert torch.equal(mask.cpu(), expected_mask)
+    assert torch.equal(out.cpu(), tgm.mask_tokens_reference(tokens.cpu(), token.cpu(), expected_mask, cell))
+
+
+@kernels
+def test_mask_image_grid_odd_stride_of_a_size_two_dimension():
+    # Kills csrc/grid_mask.cu stride_bits `size > 1 ? stride * element : 0` -> `size > 2 ? ...`: the stride of a
+    # dimension of size 2 (here the batch) must bound the word size too. Samples 193 elements apart (odd: element
+    # words) in rows of 8 fp32 (16-byte words otherwise): with the batch stride left out, sample 1 is read at
+    # 193 // 4 words, one element early.
+    # (csrc/grid_mask.cu:94)
+    generator = torch.Generator().manual_seed(1)
+    buffer = torch.randn(2, 3 * 8 * 8 + 1, generator=generator)
+    images = buffer.to(DEV)[:, : 3 * 8 * 8].view(2, 3, 8, 8)  # the allocation's start: aligned to 16 bytes
+    assert images.stride(0) == 193
+    cells = torch.rand(2, 2, 2, generator=generator) < 0.5
+    expected = gm.mask_image_reference(images.cpu(), cells, 4, -1.0)
+    assert torch.equal(EXT.mask_image_grid(images, cells.to(DEV), 4, -1.0).cpu(), expected)

@@ -8,6 +8,7 @@ from extension_under_test import _C, CPU, DEV, EXT, FLOAT_DTYPES, gpu, kernels, 
 import masksub_kernels as mk
 from masksub_kernels._philox import philox_uint32
 from masksub_kernels.ops import _token_select_reference as reference
+from masksub_kernels.ops import token_grid_mask as tgm
 
 # ---------------------------------------------------------------------------------------------------------------
 # Refusals (any machine): messages name the argument, what was expected and what came
@@ -338,3 +339,25 @@ def test_select_gather_empty_batch_and_refusals():
     ):
         with pytest.raises(RuntimeError, match=message):
             EXT.select_gather_tokens(x, *args)
+
+
+# helper-181's mutation audit of csrc/row_copy.cuh: the copy's word bounded by the row size
+
+
+@kernels
+def test_row_copy_word_bounded_by_the_row_size():
+    # Kills csrc/row_copy.cuh launch_copy_rows `alignment_bits | address_bits(dst) | row_bytes` -> row_bytes left
+    # out (csrc/row_copy.cuh:105): rows of 7 fp32 (28 bytes) whose addresses and strides are all multiples of 16
+    # bytes (a slice of [.., 8] rows) must still move as 4-byte words; with 16-byte words each row would copy 16 of
+    # its 28 bytes, to the wrong place. (tests/ops/test_token_select.py::test_gather_strided_layouts[cuda] kills the
+    # mutant through the gather too; this test puts it in tests/cuda_extension/ and adds the token-mask row copy.)
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 11, 8, generator=generator).to(DEV)[..., :7]
+    assert x.stride() == (88, 8, 1)
+    ids = torch.tensor([[0, 9, 4], [7, 1, 2]])
+    y = EXT.gather_tokens(x, ids.to(DEV), 1)
+    assert torch.equal(y.cpu(), reference.gather_reference(x.cpu(), ids, 1))
+    tokens, token = torch.randn(2, 4, 4, 8, generator=generator).to(DEV)[..., :7], torch.randn(7).to(DEV)
+    cells = torch.tensor([[[True, False], [False, True]], [[False, False], [True, True]]])
+    out = EXT.mask_tokens_grid_forward(tokens, token, cells.to(DEV), 2)
+    assert torch.equal(out.cpu(), tgm.mask_tokens_reference(tokens.cpu(), token.cpu(), cells, 2))

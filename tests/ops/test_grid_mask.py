@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import DEVICE
+from conftest import DEVICE, kernel_backends
 
 import masksub_kernels as mk
 from masksub_kernels.ops import grid_mask as gm
@@ -450,3 +450,27 @@ def test_grid_mask_fused_kernel_writes_no_row_and_no_cell_past_its_outputs(monke
     assert torch.equal(out.cpu(), gm.mask_image_reference(images.cpu(), expected_cells, cell, 0.5))
     assert torch.equal(out_buffer[:, :, H].cpu(), torch.full((B, C, W), -3.0))
     assert torch.equal(raw[B * 2 * 2 :].cpu(), torch.full((16,), 7, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("backend", kernel_backends())
+def test_random_cells_break_equal_draws_by_position(backend):
+    # Equal 32-bit draws rank by cell position on every backend (the reference's stable order): seed 14395 has two
+    # equal draws in sample 12 of a 16 x 16 grid (helper-181 searched them out: ~1 row in 130000), and the kept
+    # count puts the cut between them, so the rule decides which of the two is removed
+    from masksub_kernels._philox import philox_uint32
+
+    seed, batch, grid, cell = 14395, 13, 16, 2
+    draws = philox_uint32(seed, torch.arange(batch * grid * grid).view(batch, grid * grid))[12]
+    values, counts = draws.unique(return_counts=True)
+    tied = int(values[counts > 1][0])
+    num_keep = int((draws < tied).sum()) + 1
+    ratio = 1 - num_keep / grid**2
+    assert mk.num_kept_tokens(grid**2, ratio, unit="grid cells") == num_keep
+    images = randn(batch, 1, grid * cell, grid * cell)
+    with mk.use_backend("torch"):
+        expected_out, expected_mask = mk.mask_image_grid(images.cpu(), ratio, cell_size=cell, seed=seed)
+    first, second = (draws == tied).nonzero().flatten().tolist()
+    assert not expected_mask[12].flatten()[first] and expected_mask[12].flatten()[second]
+    with mk.use_backend(backend):
+        out, mask = mk.mask_image_grid(images, ratio, cell_size=cell, seed=seed)
+    assert torch.equal(mask.cpu(), expected_mask) and torch.equal(out.cpu(), expected_out)
