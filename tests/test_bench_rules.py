@@ -3,14 +3,17 @@ units and statistics, which prediction a row shows, the report's baselines and l
 helper-178's mutation audit (45 mutants, 23 gaps); each test names the mutant it kills. CPU only, each a second or
 two."""
 
+import contextlib
 import json
 import sys
 import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from masksub_kernels.bench import report, runner
+import masksub_kernels as mk
+from masksub_kernels.bench import grid_mask, linear_loss, loss, report, runner, token_select
 from masksub_kernels.bench.runner import OpCase, run_case
 from masksub_kernels.bench.timing import Timing
 
@@ -331,3 +334,176 @@ def test_train_step_ideal_ratios_and_repeat_cap():
     ideal = {c.notes["model"]: c.notes["ideal_ratio"] for c in cases}
     assert ideal == {"vit_tiny_patch16_224": 1.5, "swin_tiny_patch4_window7_224": 2.0, "resnet18": 2.0}
     assert {c.max_repeats for c in cases} == {10}
+
+
+# The suites' cases (helper-182's mutation audit: 39 mutants, 18 gaps): the baselines compute what the op computes,
+# the modelled memory the docs quote, which rows a run includes
+
+
+# --- bench/grid_mask.py ------------------------------------------------------------------------------------------
+
+
+def test_grid_mask_official_images_zero_whole_cells_half_of_them():
+    # kills grid_mask.py:41 (unpatchify `permute(0, 5, 1, 3, 2, 4)` -> `(0, 5, 1, 4, 2, 3)`: each kept 32x32 cell
+    # transposed) and grid_mask.py:30 (`mask[:, :num_keep] = 0` -> `:num_keep + 1`: 7 of 16 cells removed, not 8)
+    x = torch.randn(2, 3, 128, 128) + 10.0  # no zero pixel
+    out = grid_mask.official_images(x, cell=32)
+    cells = lambda t: t.reshape(2, 3, 4, 32, 4, 32).permute(0, 2, 4, 1, 3, 5).reshape(2, 16, -1)
+    got, want = cells(out), cells(x)
+    removed = (got == 0).all(-1)
+    assert torch.equal(got[~removed], want[~removed])  # a kept cell is the input's, pixel for pixel
+    assert removed.sum(1).tolist() == [8, 8]  # MASK_RATIO of the cells, per image
+
+
+# --- bench/token_select.py ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", [token_select.official_style, token_select.timm_style])
+def test_token_select_baselines_keep_distinct_patches_of_their_own_sample(style):
+    # kills token_select.py:29 (`argsort(noise, dim=1)` -> `dim=0`: the 'kept' indices are batch positions, so
+    # every sample keeps patches 0 and 1 only, repeated): a baseline that gathers other rows than the official code
+    x = torch.arange(2 * 17, dtype=torch.float32).reshape(2, 17, 1).expand(2, 17, 4).contiguous()
+    out = style(x)
+    assert out.shape == (2, 9, 4)
+    for b in range(2):
+        kept = out[b, 1:, 0].tolist()
+        assert len(set(kept)) == 8 and set(kept) <= set(x[b, 1:, 0].tolist())
+
+
+def test_token_select_full_times_every_half_and_single_dtype():
+    # kills token_select.py:55 (--full's dtypes (bf16, fp16, fp32) -> (bf16, fp32): fp16 silently not timed)
+    dtypes = {c.dtype for c in token_select.cases(CPU, full=True)}
+    assert dtypes == {"bfloat16", "float16", "float32"}
+    assert {c.dtype for c in token_select.cases(CPU)} == {"float32"}
+
+
+# --- bench/loss.py -----------------------------------------------------------------------------------------------
+
+
+def test_loss_baselines_compute_the_masksub_loss():
+    # kills loss.py:41 (official_style's `0.5 * loss_main` -> `loss_main`) and loss.py:46 (eager_int_labels'
+    # teacher softmax over dim 0, the rows): the baselines the speed-ups are taken against must compute the op's
+    # loss, ½·CE(main, y) + ½·CE(sub, softmax(main))
+    generator = torch.Generator().manual_seed(0)
+    main, sub = torch.randn(6, 10, generator=generator), torch.randn(6, 10, generator=generator)
+    labels = torch.randint(0, 10, (6,), generator=generator)
+    with mk.use_backend("torch"):
+        expected = mk.masksub_loss(main, sub, labels).loss
+    torch.testing.assert_close(loss.official_style(main, sub, F.one_hot(labels, 10).float()), expected)
+    torch.testing.assert_close(loss.eager_int_labels(main, sub, labels), expected)
+
+
+def test_loss_design_bytes_of_every_mode():
+    # kills loss.py:88 (design forward `2 * logits_bytes` -> `3 *`): the design moves the minimal bytes in the
+    # forward and backward (read both logits; read them again and write both gradients) and 6 passes in full
+    (kernel,) = [c for c in loss.cases(CPU) if c.provider == "masksub[torch]"]
+    logits = 256 * 1000 * 4
+    assert kernel.bytes == {"forward": 2 * logits, "backward": 4 * logits, "full": 4 * logits}
+    assert kernel.design_bytes == {"forward": 2 * logits, "backward": 4 * logits, "full": 6 * logits}
+
+
+# --- bench/linear_loss.py ----------------------------------------------------------------------------------------
+
+
+def _linear_inputs(rows=12, depth=8, classes=20):
+    generator = torch.Generator().manual_seed(0)
+    h, hs = torch.randn(rows, depth, generator=generator), torch.randn(rows, depth, generator=generator)
+    weight, bias = torch.randn(classes, depth, generator=generator) / 3, torch.randn(classes, generator=generator)
+    return h, hs, weight, bias, torch.randint(0, classes, (rows,), generator=generator)
+
+
+def test_linear_loss_providers_compute_the_same_loss():
+    # kills linear_loss.py:129 (fused_recompute's `.loss.mean()` -> `.loss.sum()`): every provider of the suite is
+    # the same ½·CE + ½·soft-CE on a linear head (the recompute row's per-row losses, then their mean)
+    inputs = _linear_inputs()
+    expected = linear_loss.official_composite(*inputs)
+    with mk.use_backend("torch"):
+        for provider in (linear_loss.fused, linear_loss.fused_recompute, linear_loss.linear_then_masksub_loss):
+            torch.testing.assert_close(provider(*inputs), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_loss_modelled_memory_of_the_docs_headline_and_the_cpu_shape():
+    # kills linear_loss.py:186 (dH's fp32 temporary `2 * chunk * depth * 4` -> `chunk * depth * 4`),
+    # linear_loss.py:181 (`element < 4` -> `<= 4`: fp32 weights given an fp32 accumulator they do not have) and
+    # linear_loss.py:270 (returned_grads_mb with one [M, D] gradient, not dH and dHs)
+    bert = linear_loss.modelled_extra_mb(16384, 768, 30522, 2)
+    # docs/fused_linear.md: 184 MiB modelled, 4.8% of the composite's 3815 MiB
+    assert bert["fused"] == pytest.approx(184.363, abs=1e-3) and bert["composite"] == pytest.approx(3815.25)
+    # fp32, M=1024 D=128 C=8192 (the CPU shape): one 1024-row chunk (the budget gives 1536), C aligned already:
+    # 2 R C fp32 logits + the [2R, D] cat of the rows + 9 fp32 stats per row + dH's [2R, D] fp32 + the int64 ids
+    chunk = 1024
+    by_hand = 2 * chunk * 8192 * 4 + 2 * chunk * 128 * 4 + 1024 * 9 * 4 + 2 * chunk * 128 * 4 + 1024 * 8
+    assert linear_loss.modelled_extra_mb(1024, 128, 8192, 4)["fused"] == pytest.approx(by_hand / 2**20)
+    shape = linear_loss._Shape(CPU, "BERT", 16384, 768, 30522, torch.bfloat16)
+    dh_dhs = 2 * 16384 * 768 * 2 / 2**20
+    assert dh_dhs == 48  # the docs' "48 MiB are the returned dH and dHs"
+    assert shape.notes["returned_grads_mb"] == pytest.approx(dh_dhs + (30522 * 768 + 30522) * 2 / 2**20)
+
+
+def test_linear_loss_compiled_composite_only_on_a_gpu_or_with_full():
+    # kills linear_loss.py:208 (`if on_gpu or full` -> `if on_gpu`: --full on a CPU silently without
+    # compile(official))
+    assert "compile(official)" in {c.provider for c in linear_loss.cases(CPU, full=True)}
+    assert "compile(official)" not in {c.provider for c in linear_loss.cases(CPU)}
+
+
+# --- bench/train_step.py -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_vit_masksub():
+    timm = pytest.importorskip("timm")
+    from masksub_kernels.training import MaskSub
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8, depth=1)
+    return MaskSub(model, mask_ratio=0.5)
+
+
+def test_train_step_official_step_halves_each_branchs_loss(tiny_vit_masksub, monkeypatch):
+    # kills train_step.py:82 (the official-style step's `(loss_main / 2).backward()` -> `loss_main.backward()`: a
+    # baseline whose main branch costs the same but whose gradients are not MaskSub's ½·CE). The sub-branch is
+    # replaced by a leaf unconnected to the model, so the model's gradients are the main term's alone: half the
+    # plain step's
+    from masksub_kernels.bench import train_step
+
+    ms = tiny_vit_masksub
+    params = [p for p in ms.model.parameters() if p.requires_grad]
+    seen = []
+
+    class Recorder:  # the optimizer: records the gradients, changes nothing
+        def zero_grad(self, set_to_none=True):
+            for p in params:
+                p.grad = None
+
+        def step(self):
+            seen.append([p.grad.clone() for p in params])
+
+    monkeypatch.setattr(train_step, "official_sub_logits", lambda ms, images: torch.zeros(2, 10, requires_grad=True))
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
+    steps = train_step._step_functions(ms, Recorder(), images, F.one_hot(labels, 10).float(), labels,
+                                       contextlib.nullcontext)  # fmt: skip
+    steps["plain"]()
+    steps["masksub official-style (sequential)"]()
+    for plain, official in zip(*seen, strict=True):
+        torch.testing.assert_close(official, plain / 2)
+
+
+def test_train_step_cpu_models_have_ten_classes(monkeypatch):
+    # kills train_step.py:125 (`num_classes=1000 if on_gpu else 10` -> 1000: a CPU run's heads 100x wider)
+    timm = pytest.importorskip("timm")
+    from masksub_kernels.bench import train_step
+
+    created, create = [], timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: created.append(k["num_classes"]) or create(*a, **k))
+    train_step.cases(CPU, tiny=True)[0].make_inputs()  # builds the model (lazily, at its first case)
+    assert created == [10]
+
+
+def test_linear_loss_times_no_cuda_backend_row(monkeypatch):
+    # kills linear_loss.py:201 (the `b != "cuda"` filter dropped: 'masksub[cuda]' and 'masksub[cuda] recompute' rows,
+    # which the 'cuda' backend refuses (ops/linear_masksub_loss.py), spend a GPU run's time on error rows)
+    monkeypatch.setattr(token_select.mk, "available_backends", lambda: ["torch", "triton", "cuda"])
+    monkeypatch.setattr(linear_loss, "liger_provider", lambda: None)
+    providers = {c.provider for c in linear_loss.cases(torch.device("cuda"))}
+    assert "masksub[triton]" in providers and not any("cuda" in p for p in providers)
