@@ -385,6 +385,7 @@ def test_grid_mask_check_cell_mask_refuses_a_mask_on_another_device():
         gm.check_cell_mask(cell_mask, images, 64, 64, 32)
 
 
+@pytest.mark.triton
 @pytest.mark.skipif("triton" not in mk.available_backends(), reason="no Triton backend")
 def test_grid_mask_image_kernel_writes_no_row_past_the_image(monkeypatch):
     # kills grid_mask.py:258 `ok = (h < H)` -> `(h <= H)`: the tail row block (H = 24, BLOCK_H = 32) wrote row H,
@@ -429,6 +430,7 @@ def hand_out(monkeypatch, module, name, views):
     monkeypatch.setattr(module.torch, name, allocate)
 
 
+@pytest.mark.triton
 @pytest.mark.skipif("triton" not in mk.available_backends(), reason="no Triton backend")
 def test_grid_mask_fused_kernel_writes_no_row_and_no_cell_past_its_outputs(monkeypatch):
     # kills grid_mask.py:328 `(rows < CELL)` -> `(rows <= CELL)` (12-row cells, BLOCK_H = 16: each plane's last

@@ -342,6 +342,7 @@ def _triton_loss_rows(z, s, target, options):
     return out
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("dense", [False, True])
 def test_kernel_binarise_threshold_is_strict(dense):
     # kills _masksub_loss_kernels.py's `1.0 > threshold` -> `1.0 >= threshold` (class ids; no other test saw it) and

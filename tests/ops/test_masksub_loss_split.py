@@ -257,6 +257,7 @@ def _check(z, s, y, options, rtol=1e-4):
     return out
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("bce", [False, True], ids=["ce", "bce"])
 @pytest.mark.parametrize("kind", ["index", "dense"])
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
@@ -267,6 +268,7 @@ def test_three_splits_with_a_missing_merge_lane(three_splits, bce, kind, tempera
     _check(*_inputs(kind), (bce, 0.1, -100, temperature, None))
 
 
+@pytest.mark.triton
 def test_three_splits_reduced_and_reused_tickets(three_splits):
     # kills the ticket's `ticket == splits - 1` (merge by a program that is not the row's last) and the tickets'
     # reset (`tl.store(ticket_ptr + row, 0)` dropped): three calls on one zeroed ticket buffer equal a fresh call
@@ -285,6 +287,7 @@ def test_three_splits_reduced_and_reused_tickets(three_splits):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_teacher_rescale_of_zero_skips_an_infinite_old_sum(monkeypatch, temperature):
     # kills _masksub_loss_blocks.py:324 `tl.where(alpha_t != 0.0, alpha_t * (d_t + moved), 0.0)` ->
@@ -304,6 +307,7 @@ def test_teacher_rescale_of_zero_skips_an_infinite_old_sum(monkeypatch, temperat
     torch.testing.assert_close(out[: ml.SUB + 1], expected[: ml.SUB + 1], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.triton
 def test_split_merge_skips_a_split_without_teacher_mass(monkeypatch):
     # kills _masksub_loss_kernels.py:123 `tl.where(beta_t != 0.0, beta_t * (d_t + moved), 0.0)` ->
     # `beta_t * (d_t + moved)` (the split merge's guard; the same merge folds a program's lanes): 2 splits of one
@@ -324,7 +328,13 @@ def test_split_merge_skips_a_split_without_teacher_mass(monkeypatch):
         torch.testing.assert_close(out[: ml.SUB + 1], expected[: ml.SUB + 1], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.skipif(
+    DEVICE.type == "cuda",
+    reason="a subnormal teacher mass (2^-148): a GPU's exp2 flushes it to 0, the guard unobservable",
+)
 def test_split_merge_moved_skips_a_split_of_only_minus_inf_students(monkeypatch):
+    # (not marked triton: under a GPU's arithmetic, MASKSUB_GPU_MATH=1, exp2 flushes the subnormal and the mutant
+    # passes; the interpreter's own arithmetic keeps it, helper-185)
     # kills _masksub_loss_kernels.py:122 `m_s > -FLT_MAX` -> `m_s >= -FLT_MAX` (the merge's `moved` guard): split 0's
     # student logits are all -inf (its m_s stays -FLT_MAX) and its teacher mass is below fp32's 2^-149 in the row
     # (log2 p = -148 - log2 16: a finite loss) while its beta_t = 2^-148 is not 0; the mutant's moved =

@@ -230,6 +230,7 @@ def test_backward_launches_at_most_max_partials_programs(monkeypatch):
 # helper-180's mutation audit: the Triton kernels write (and read) nothing past their buffers
 
 
+@pytest.mark.triton
 @pytest.mark.skipif("triton" not in mk.available_backends(), reason="no Triton backend")
 def test_token_grid_mask_forward_kernel_writes_nothing_past_the_output(monkeypatch):
     # kills token_grid_mask.py:152 `w_ok = w < W` -> `w <= W` and :153 `col_ok = cols < C` -> `cols <= C`: the
@@ -250,6 +251,7 @@ def test_token_grid_mask_forward_kernel_writes_nothing_past_the_output(monkeypat
     assert torch.equal(out_buffer[B * H * W * C :].cpu(), torch.full((64,), -7.0))
 
 
+@pytest.mark.triton
 @pytest.mark.skipif("triton" not in mk.available_backends(), reason="no Triton backend")
 def test_token_grid_mask_backward_kernels_write_and_read_nothing_past_their_buffers(monkeypatch):
     # kills (token_grid_mask.py) :196 `(w < W) & (line < n_lines)` -> `(w < W)` (the ragged last program's extra
