@@ -287,45 +287,32 @@ def test_three_splits_reduced_and_reused_tickets(three_splits):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.triton
-@pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_teacher_rescale_of_zero_skips_an_infinite_old_sum(monkeypatch, temperature):
-    # kills _masksub_loss_blocks.py:324 `tl.where(alpha_t != 0.0, alpha_t * (d_t + moved), 0.0)` ->
-    # `alpha_t * (d_t + moved)`: one program, two blocks of 16 (sms = 0: no split). The teacher's max grows from
-    # -1e4 to 1e4 (alpha_t = 0) while the student's grows from -2e38 to 2e38 (moved = l_t (m_s - m_s') = -inf):
-    # 0 * -inf is NaN, where the first block's classes carry no teacher mass and the loss is finite
-    monkeypatch.setattr(ml, "MAX_BLOCK_C", 32)
-    monkeypatch.setattr(ml, "_device_sms", lambda device: 0)
-    z = torch.cat([torch.full((1, 16), -1e4), torch.full((1, 16), 1e4)], 1) + torch.linspace(0, 1, 32)
-    s = torch.cat([torch.full((1, 16), -2e38), torch.full((1, 16), 2e38)], 1)
-    z, s = z.to(DEVICE), s.to(DEVICE)
-    options = (False, 0.0, -100, temperature, None)
+def _check_one_row_forward(z, s, options):
+    """The Triton forward of one row (label 20) against the reference: a finite sub loss, as the reference's."""
+    z, s, label = z.to(DEVICE), s.to(DEVICE), torch.tensor([20], device=DEVICE)
     with mk.use_backend("triton"):
-        out = ml._forward_triton(z, s, torch.tensor([20], device=DEVICE), *options)
-    expected = ml.loss_forward_reference(z, s, torch.tensor([20], device=DEVICE), *options)
-    assert bool(torch.isfinite(out[ml.SUB]).all())
+        out = ml._forward_triton(z, s, label, *options)
+    expected = ml.loss_forward_reference(z, s, label, *options)
+    assert bool(torch.isfinite(expected[ml.SUB]).all()) and bool(torch.isfinite(out[ml.SUB]).all())
     torch.testing.assert_close(out[: ml.SUB + 1], expected[: ml.SUB + 1], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.triton
-def test_split_merge_skips_a_split_without_teacher_mass(monkeypatch):
-    # kills _masksub_loss_kernels.py:123 `tl.where(beta_t != 0.0, beta_t * (d_t + moved), 0.0)` ->
-    # `beta_t * (d_t + moved)` (the split merge's guard; the same merge folds a program's lanes): 2 splits of one
-    # block of 16 (blocks of 16, 132 SMs). Split 0 holds the teacher's -1e4 logits (beta_t = 0 after the merge's
-    # shift to 1e4) and the student's -2e38 ones (moved = l_t (m_s - c_s) = -inf): 0 * -inf is NaN
-    monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
-    monkeypatch.setattr(ml, "_device_sms", lambda device: 132)
-    assert ml.class_splits(1, 32, 16, 132) == (2, 16)
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("sms", [0, 132], ids=["two blocks of one program", "two splits"])
+def test_a_teacher_rescale_of_zero_skips_an_infinite_old_sum(monkeypatch, sms, temperature):
+    # Blocks of 16 classes. The teacher's logits go from -1e4 (classes 0-15) to 1e4 (16-31) and the student's from
+    # -2e38 to 2e38: where the teacher's max moves to 1e4, the first block's rescale is 0 (its mass underflows) and
+    # its moved sum l_t (m_s - m_s') is -inf; 0 * -inf would be NaN where the loss is finite. sms = 0: one program,
+    # the rescale between its blocks (kills _masksub_loss_blocks.py's `tl.where(alpha_t != 0.0, alpha_t * (d_t +
+    # moved), 0.0)` -> `alpha_t * (d_t + moved)`); 132 SMs: 2 splits of one block each, the split merge's rescale
+    # (kills _masksub_loss_kernels.py's `tl.where(beta_t != 0.0, beta_t * (d_t + moved), 0.0)` -> `beta_t * (...)`)
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 32 if sms == 0 else 64)
+    monkeypatch.setattr(ml, "_device_sms", lambda device: sms)
+    assert ml.class_splits(1, 32, ml._split_max_block(), sms)[0] == (1 if sms == 0 else 2)
     z = torch.cat([torch.full((1, 16), -1e4), torch.full((1, 16), 1e4)], 1) + torch.linspace(0, 1, 32)
     s = torch.cat([torch.full((1, 16), -2e38), torch.full((1, 16), 2e38)], 1)
-    z, s = z.to(DEVICE), s.to(DEVICE)
-    for temperature in (1.0, 2.0):
-        options = (False, 0.0, -100, temperature, None)
-        with mk.use_backend("triton"):
-            out = ml._forward_triton(z, s, torch.tensor([20], device=DEVICE), *options)
-        expected = ml.loss_forward_reference(z, s, torch.tensor([20], device=DEVICE), *options)
-        assert bool(torch.isfinite(out[ml.SUB]).all())
-        torch.testing.assert_close(out[: ml.SUB + 1], expected[: ml.SUB + 1], rtol=1e-6, atol=1e-6)
+    _check_one_row_forward(z, s, (False, 0.0, -100, temperature, None))
 
 
 @pytest.mark.skipif(
@@ -344,10 +331,4 @@ def test_split_merge_moved_skips_a_split_of_only_minus_inf_students(monkeypatch)
     z = torch.cat([torch.full((1, 16), -148 * math.log(2)), torch.zeros(1, 16)], 1)
     s = torch.cat([torch.full((1, 16), float("-inf")), torch.full((1, 16), 1e38)], 1)
     s[0, 16:] += torch.linspace(0, 1e37, 16)
-    z, s = z.to(DEVICE), s.to(DEVICE)
-    options = (False, 0.0, -100, 1.0, None)
-    with mk.use_backend("triton"):
-        out = ml._forward_triton(z, s, torch.tensor([20], device=DEVICE), *options)
-    expected = ml.loss_forward_reference(z, s, torch.tensor([20], device=DEVICE), *options)
-    assert bool(torch.isfinite(expected[ml.SUB]).all())
-    torch.testing.assert_close(out[: ml.SUB + 1], expected[: ml.SUB + 1], rtol=1e-6, atol=1e-6)
+    _check_one_row_forward(z, s, (False, 0.0, -100, 1.0, None))
