@@ -1,0 +1,184 @@
+"""The MaskSub wrapper's argument checks and modes, and the family rules (training/wrapper.py, families.py): float
+options, model_kwargs' keys, eval at any size, MLM batches without predicted tokens, patch sizes, the fallback
+warning, strict image sizes, the grid-size hints. From helper-183's mutation audit (59 mutants, 13 gaps); each test
+names the mutant it kills."""
+
+import pytest
+import torch
+from _models import tiny_vit
+
+from masksub_kernels.training import MaskSub
+
+
+class _TinyCNN(torch.nn.Module):
+    """A conv + head CNN (the pixel family) that takes any image size, with a keyword-only option."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(4, 10)
+
+    def forward(self, images, *, scale=1.0):
+        return self.head(self.conv(images).mean((2, 3))) * scale
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# wrapper.py
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_a_bool_float_option_is_refused():
+    # kills wrapper.py:58 `isinstance(value, bool) or not isinstance(...)` -> `not isinstance(...)` (True taken as 1.0)
+    for name in ("mask_ratio", "main_weight", "sub_weight", "label_smoothing"):
+        with pytest.raises(TypeError, match=f"{name} must be a float, got bool"):
+            MaskSub(tiny_vit(), **{name: True if name != "mask_ratio" else False})
+
+
+def test_label_smoothing_of_one_is_taken():
+    # kills wrapper.py:60 closed range `low <= value <= high` -> `low <= value < high` (label_smoothing=1.0 refused;
+    # the ops take eps in [0, 1], docs/semantics.md)
+    assert MaskSub(tiny_vit(), label_smoothing=1.0).label_smoothing == 1.0
+
+
+def test_model_kwargs_with_a_non_string_key_are_a_type_error():
+    # kills wrapper.py:222 dropping `or not all(isinstance(key, str) for key in model_kwargs)` (the key then reached
+    # the name check: a ValueError, or under a plain **kwargs a TypeError only at the first forward)
+    with pytest.raises(TypeError, match="model_kwargs must be a mapping of keyword names to values"):
+        MaskSub(_TinyCNN(), model_kwargs={1: 2.0})
+
+
+def test_eval_mode_takes_images_the_cells_cannot_mask():
+    # kills wrapper.py:485 `elif self.in_training and self.family in (...)` -> `elif self.family in (...)`: only a
+    # training step masks, so evaluation takes any size the model takes (here 48 px, not a multiple of the 32 px cell)
+    torch.manual_seed(0)
+    model = _TinyCNN()
+    ms = MaskSub(model, family="pixel").eval()
+    images = torch.randn(2, 3, 48, 48)
+    torch.testing.assert_close(ms(images)["logits"], model(images))
+    with pytest.raises(ValueError, match="not divisible by the mask cell of 32 pixels"):
+        ms.train()(images, torch.tensor([0, 1]))
+
+
+def _tiny_bert():
+    import transformers
+
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0, pad_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.BertForMaskedLM(cfg)
+
+
+def _text_batch():
+    ids = torch.randint(5, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    ids[:, 0], ids[:, -1] = 2, 3  # [CLS] ... [SEP]
+    return {"input_ids": ids, "special_tokens_mask": torch.isin(ids, torch.tensor([2, 3]))}
+
+
+def test_mlm_eval_of_a_batch_with_no_predicted_token_is_zero_not_nan():
+    # kills wrapper.py:550 `stats["count"].clamp_min(1)` -> `.clamp_min(0)` (0 / 0 = nan when every label is -100)
+    ms = MaskSub(_tiny_bert()).eval()
+    batch = _text_batch()
+    out = ms({**batch, "labels": torch.full_like(batch["input_ids"], -100)})
+    assert out["count"].item() == 0
+    assert out["loss"].item() == 0.0 and out["loss_main"].item() == 0.0
+
+
+def test_mlm_main_branch_in_train_mode_needs_no_labels():
+    # kills wrapper.py:540 `need_labels=self.in_training and branch != "main"` -> `need_labels=self.in_training`
+    # (the main branch reads no labels: only the sub-branch keeps the predicted positions)
+    ms = MaskSub(_tiny_bert()).train()
+    hidden = ms(_text_batch(), branch="main")
+    assert hidden.shape == (2, 8, 16)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# families.py
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_a_float_patch_size_is_taken_as_a_pair():
+    # kills families.py:56 `isinstance(size, (int, float))` -> `isinstance(size, int)` (4.0 then indexed: TypeError)
+    from masksub_kernels.training import families
+
+    assert families._pair(4.0) == (4, 4)
+    assert families._pair(4) == (4, 4) and families._pair((4, 2)) == (4, 2)
+
+
+def test_a_cnn_gets_the_pixel_family_without_the_fallback_warning(monkeypatch):
+    # kills families.py:106 dropping `not is_convolutional(model) and` (every CNN then warned as a fallback)
+    import warnings
+
+    from masksub_kernels.training import families
+
+    monkeypatch.setattr(families, "_WARNED", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert MaskSub(_TinyCNN()).family == "pixel"
+
+
+def test_a_patch_embedding_without_strict_img_size_is_not_taken_as_strict():
+    # kills families.py:174 `getattr(embed, "strict_img_size", False)` -> default True (a model whose patch embedding
+    # records its img_size but has no strict flag, e.g. XCiT's ConvPatchEmbed on the pixel fallback, was refused
+    # every size but the built one)
+    from masksub_kernels.training import families
+
+    model = torch.nn.Module()
+    model.patch_embed = torch.nn.Module()
+    model.patch_embed.img_size, model.patch_embed.patch_size = (64, 64), 16
+    families.check_input_size("pixel", model, 128, 32, 0.5)  # no refusal: nothing says the size is strict
+    model.patch_embed.strict_img_size = True
+    with pytest.raises(ValueError, match=r"built for \(64, 64\) images and refuses \(128, 128\)"):
+        families.check_input_size("pixel", model, 128, 32, 0.5)
+
+
+def test_a_swin_size_check_names_the_grid_height_then_width():
+    # kills families.py:203 `(img_size[0] // patch[0], img_size[1] // patch[1])` with its two terms swapped (the
+    # explicit-size path of check_input_size; the configured-size path is helper-172's S3 test)
+    from _models import tiny_swin
+
+    ms = MaskSub(tiny_swin(strict_img_size=False))
+    with pytest.raises(ValueError, match="token grid 16 x 12 is not divisible by the mask cell of 8 tokens"):
+        ms.check_input_size((64, 48))
+
+
+def test_no_suggested_cell_size_of_one_pixel():
+    # kills families.py:249 `range(2, max(grid) + 1)` -> `range(1, ...)`: 31 x 31 px images have no cell size of 2
+    # px or more that divides them, and a 1-pixel "cell" is not suggested
+    from masksub_kernels.training import families
+
+    with pytest.raises(ValueError, match="another size: no cell size divides 31 x 31 into 2 to 8192 cells"):
+        families.check_input_size("pixel", torch.nn.Conv2d(3, 3, 3), 31, 32, 0.5)
+
+
+def test_a_suggested_cell_size_may_give_exactly_max_tokens_cells():
+    # kills families.py:250 `<= MAX_TOKENS` -> `< MAX_TOKENS`: 24576 x 3 px in cells of 3 is 8192 x 1 = MAX_TOKENS
+    # cells, which the grid masks take (the only cell size >= 2 dividing both sides)
+    from masksub_kernels.ops._common import MAX_TOKENS
+    from masksub_kernels.training import families
+
+    assert MAX_TOKENS == 8192
+    with pytest.raises(ValueError, match=r"or cell_size=3$"):
+        families.check_input_size("pixel", torch.nn.Conv2d(3, 3, 3), (24576, 3), 2, 0.5)
+
+
+def test_a_grid_of_too_few_cells_gets_a_size_and_a_cell_size_that_keep_one():
+    # (test_train_cli_errors.py::test_cnn_and_swin_at_the_digits_default_size_get_a_hint kills these too, by a CLI run)
+    # kills families.py:266 `math.ceil(math.sqrt(needed))` -> `int(math.sqrt(needed))` (r = 0.5 needs 2 cells: the
+    # hint said 32 x 32 px, the very size refused) and families.py:267 `range(cell_size - 1, 0, -1)` ->
+    # `range(1, cell_size)` (the suggested cell size became 1 px instead of the largest that works, 16)
+    from masksub_kernels.training import families
+
+    with pytest.raises(ValueError, match=r"use images of 64 x 64 pixels or more, or cell_size=16$"):
+        families.check_input_size("pixel", torch.nn.Conv2d(3, 3, 3), 32, 32, 0.5)
+    families.check_input_size("pixel", torch.nn.Conv2d(3, 3, 3), 64, 32, 0.5)  # the size it names is taken
+    families.check_input_size("pixel", torch.nn.Conv2d(3, 3, 3), 32, 16, 0.5)  # and so is the cell size
+
+
+def test_a_swin_grid_of_too_few_cells_names_an_image_size_in_pixels():
+    # kills families.py:270 `{side * cell_size * patch} x` -> `{side * cell_size} x` (the pixel family's patch is 1,
+    # so only a Swin sees it): an 8 x 8 token grid of 4-px patches, one cell of 8 tokens, needs 2 x 2 cells = 64 px
+    from masksub_kernels.training import families
+
+    with pytest.raises(ValueError, match=r"keeps none of the 1 mask cell\(s\) of 8 tokens that fit 32 x 32 images "
+                       r".* use images of 64 x 64 pixels or more, or cell_size=4$"):  # fmt: skip
+        families.check_swin_cells((8, 8), 4, 8, 0.5)
