@@ -212,7 +212,7 @@ def check_input_size(
                 f"image size {grid[0]} x {grid[1]} is not divisible by the mask cell of {cell_size} pixels: use a "
                 f"multiple of {cell_size}, or {_other_cell(grid, cell_size, mask_ratio)}"
             )
-    _check_cells(family, grid, patch[0] if family == "swin" else 1, cell_size, mask_ratio)
+    _check_cells(family, grid, 1, cell_size, mask_ratio)  # the pixel family: cells of pixels (swin returned above)
 
 
 def check_swin_cells(grid: tuple[int, int], patch: int, cell_size: int, mask_ratio: float) -> None:
