@@ -423,3 +423,147 @@ def test_masksub_loss_reduced_fixed_order():
         assert len({float(np.cumsum(losses[term][order], dtype=np.float32)[-1]) for order in orders}) > 1
     again = EXT.masksub_loss_reduced_forward(main, sub, target, *options, 0.5, 0.5, True)[0]
     assert torch.equal(again, reduced)
+
+
+# helper-184's mutation audit of csrc/masksub_loss.cu, masksub_loss_backward.cu and bindings_loss.cpp (17 mutants, 8
+# gaps)
+
+CE_OPTIONS = (False, 0.0, -100, 1.0, None)  # bce, label_smoothing, ignore_index, temperature, target_threshold
+
+
+def _inputs(rows, classes, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    main = (torch.randn(rows, classes, generator=generator) * 3).to(DEV)
+    sub = (torch.randn(rows, classes, generator=generator) * 3).to(DEV)
+    target = torch.randint(0, classes, (rows,), generator=generator).to(DEV)
+    return main, sub, target
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The bindings' own refusals, on the emulator's bindings too (test_cuda_loss.py's refusal tests run on the prebuilt
+# _C only, so a mutant of bindings_loss.cpp reaches no test on a machine without a GPU)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@kernels
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        # kills K1 (bindings_loss.cpp:41 `!target_threshold || bce` -> `true`): a threshold with CE
+        (lambda z, y, out: EXT.masksub_loss_forward(z, z, y, False, 0.0, -100, 1.0, 0.5), "target_threshold binarises"),
+        # kills K4 (bindings_loss.cpp:37 `C >= 1` -> `C >= 0`): no classes
+        (
+            lambda z, y, out: EXT.masksub_loss_forward(z[:, :0], None, y, False, 0.0, -100, 1.0, None),
+            "logits must have at least one class",
+        ),
+        # kills K2 (bindings_loss.cpp:96, the row gradient's length not checked): the kernel would read grad_main
+        # past its end
+        (
+            lambda z, y, out: EXT.masksub_loss_backward(torch.ones(3, device=DEV), None, out, z, z, y, *CE_OPTIONS),
+            r"grad_main must have shape \[4\]",
+        ),
+        # kills K3 (bindings_loss.cpp:214 CHECK_SHAPE(grad, 4) removed): the kernel would read grad[1], grad[2]
+        # past a [1] tensor
+        (
+            lambda z, y, out: EXT.masksub_loss_reduced_backward(
+                torch.ones(1, device=DEV), True, True, torch.ones(1, device=DEV), out, z, z, y, *CE_OPTIONS, 0.5, 0.5
+            ),
+            r"grad must have shape \[4\]",
+        ),
+    ],
+    ids=["threshold with ce", "no classes", "short grad_main", "short reduced grad"],
+)
+def test_masksub_loss_bindings_refuse_what_the_ops_refuse(call, message):
+    z, y = torch.randn(4, 9, device=DEV), torch.tensor([0, 8, 2, 3], device=DEV)
+    out = EXT.masksub_loss_forward(z, z, y, *CE_OPTIONS)
+    with pytest.raises(RuntimeError, match=message):
+        call(z, y, out)
+
+
+@kernels
+def test_masksub_loss_label_smoothing_one_is_accepted():
+    # kills K5 (bindings_loss.cpp:38 `label_smoothing <= 1.0` -> `< 1.0`): the ops accept eps = 1 (losses.py
+    # _check_options: [0, 1]), so the binding must too; every weight is then 1 / C
+    main, sub, target = _inputs(3, 40)
+    options = (False, 1.0, -100, 1.0, None)
+    out = EXT.masksub_loss_forward(main, sub, target, *options)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected.abs().max()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@kernels
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_masksub_loss_student_minus_inf_where_the_teacher_probability_is_subnormal(temperature):
+    # kills F4 (masksub_loss.cu:370 `log2_p >= -150.0f` -> `>= -100.0f`): a -inf student logit costs +inf where its
+    # teacher probability is a nonzero fp32 subnormal (log2 p in [-150, -126)), nothing where it rounds to 0. The
+    # tests elsewhere put their -inf student logits where the teacher's are -inf too, or where p is large.
+    main, sub, target = _inputs(2, 300)
+    main, sub = main.clone(), sub.clone()
+    top = main.max(1).values
+    main[0, 5] = top[0] - 95.0 * temperature  # p ~ e^-95 = 2^-137: a subnormal, not 0 -> the row's sub loss is +inf
+    main[1, 5] = top[1] - 110.0 * temperature  # p ~ e^-110 = 2^-159: 0 in fp32 -> finite
+    sub[:, 5] = -torch.inf
+    options = (False, 0.0, -100, temperature, None)
+    out = EXT.masksub_loss_forward(main, sub, target, *options)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    assert expected[1, 0].item() == float("inf") and torch.isfinite(expected[1, 1])
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected[expected.isfinite()].abs().max()))
+
+
+@kernels
+def test_masksub_loss_ce_probability_targets_that_do_not_sum_to_one():
+    # kills B1 (masksub_loss_backward.cu:31 `g.s_z * exp2f(...)` -> `exp2f(...)`): the CE gradient is S p - w with
+    # S = sum_c w_c; every other test's targets sum to 1 (softmax, one-hot with smoothing), where S = 1
+    main, sub, target = _inputs(5, 700)
+    target = torch.rand(5, 700, generator=torch.Generator().manual_seed(3)).to(DEV) * 0.01  # sums ~3.5
+    options = (False, 0.1, -100, 2.0, None)
+    out = EXT.masksub_loss_forward(main, sub, target, *options)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected.abs().max()))
+    grad_main, grad_sub = torch.randn(5, device=DEV), torch.randn(5, device=DEV)
+    dz, ds = EXT.masksub_loss_backward(grad_main, grad_sub, out, main, sub, target, *options)
+    ez, es = ml.loss_backward_reference(grad_main, grad_sub, expected, main, sub, target, *options)
+    for got, want in ((dz, ez), (ds, es)):
+        torch.testing.assert_close(got.double(), want.double(), rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+@kernels
+@pytest.mark.parametrize("classes", [700, 5])  # vectors and scalar classes; scalar classes only
+def test_masksub_loss_bce_infinite_logits_at_targets_of_zero_and_one(classes):
+    # kills F1 (masksub_loss.cu:41 `linear += t != 0.0f ? t * z[i] : 0.0f` -> `linear += t * z[i]`): BCE with
+    # probability targets, softplus(z) - w z is finite at z = -inf where w = 0 and at z = +inf where w = 1
+    # (t = [z > 0] - w = 0 there: 0, not 0 * inf = NaN); no other test puts an infinite logit under BCE
+    main, _, _ = _inputs(3, classes)
+    main = main.clone()
+    target = (torch.rand(3, classes, generator=torch.Generator().manual_seed(4)) > 0.5).float().to(DEV)
+    target[0, 3], main[0, 3] = 0.0, -torch.inf
+    target[1, 4], main[1, 4] = 1.0, torch.inf
+    target[2, 1], main[2, 1] = 0.0, -torch.inf
+    target[2, 2], main[2, 2] = 1.0, torch.inf
+    options = (True, 0.0, -100, 1.0, None)
+    out = EXT.masksub_loss_forward(main, None, target, *options)
+    expected = ml.loss_forward_reference(main, None, target, *options)
+    assert expected[0].isfinite().all()
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected.abs().max()))
+
+
+@kernels
+def test_masksub_loss_bce_class_ids_positive_infinite_logit_off_the_id():
+    # kills F12 (masksub_loss.cu:340 `n = st.p_z == INFINITY ? 0.0f : st.n_z - st.p_z` -> `n = st.n_z - st.p_z`):
+    # BCE with class ids and label smoothing, a +inf logit off the id: P = +inf, and the row's term is +inf
+    # (N = A' - P would be inf - inf = NaN); no other test puts an infinite logit under BCE
+    main, _, target = _inputs(3, 700)
+    main = main.clone()
+    target[:] = torch.tensor([10, 20, 30])
+    main[0, 11] = torch.inf  # a vector of the row
+    main[1, 699] = torch.inf  # the row's last class
+    options = (True, 0.1, -100, 1.0, None)
+    out = EXT.masksub_loss_forward(main, None, target, *options)
+    expected = ml.loss_forward_reference(main, None, target, *options)
+    assert expected[0, :2].tolist() == [float("inf")] * 2 and expected[0, 2].isfinite()
+    torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected[expected.isfinite()].abs().max()))
