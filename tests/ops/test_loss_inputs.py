@@ -360,3 +360,48 @@ def test_kernel_binarise_threshold_is_strict(dense):
     expected = ml.loss_forward_reference(z, s, target, *options)
     for row in (ml.MAIN, ml.SUB):
         torch.testing.assert_close(out[row], expected[row], rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+# helper-184's CUDA cases on the Triton kernels too: BCE at infinite logits (0 * inf avoided where a target is 0 or
+# 1), CE probability targets that do not sum to 1 (the gradient S p - w, S = sum of the weights)
+@pytest.mark.triton
+@pytest.mark.parametrize("classes", [700, 5])
+def test_triton_bce_infinite_logits_at_targets_of_zero_and_one(classes):
+    generator = torch.Generator().manual_seed(4)
+    main = torch.randn(3, classes, generator=generator) * 3
+    target = (torch.rand(3, classes, generator=generator) > 0.5).float()
+    target[0, 3], main[0, 3] = 0.0, -torch.inf
+    target[1, 4], main[1, 4] = 1.0, torch.inf
+    target[2, 1], main[2, 1] = 0.0, -torch.inf
+    target[2, 2], main[2, 2] = 1.0, torch.inf
+    main, target = main.to(DEVICE), target.to(DEVICE)
+    options = (True, 0.0, -100, 1.0, None)
+    expected = ml.loss_forward_reference(main, None, target, *options)
+    assert bool(expected[0].isfinite().all())
+    out = _triton_loss_rows(main, None, target, options)
+    torch.testing.assert_close(out[0], expected[0], rtol=2e-6, atol=2e-6)
+    ids = torch.tensor([10, 20, 30], device=DEVICE) % classes
+    main = torch.randn(3, classes, generator=generator).to(DEVICE)
+    main[0, (int(ids[0]) + 1) % classes] = torch.inf  # +inf off the id, with smoothing: the row's term is +inf
+    options = (True, 0.1, -100, 1.0, None)
+    expected = ml.loss_forward_reference(main, None, ids, *options)
+    assert expected[0, 0].item() == float("inf")
+    out = _triton_loss_rows(main, None, ids, options)
+    torch.testing.assert_close(out[0], expected[0], rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.triton
+def test_triton_ce_probability_targets_that_do_not_sum_to_one():
+    generator = torch.Generator().manual_seed(3)
+    main, sub = (torch.randn(5, 700, generator=generator).to(DEVICE) * 3 for _ in range(2))
+    target = torch.rand(5, 700, generator=generator).to(DEVICE) * 0.01  # sums ~3.5
+    options = (False, 0.1, -100, 2.0, None)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    out = _triton_loss_rows(main, sub, target, options)
+    torch.testing.assert_close(out[: ml.SUB + 1], expected[: ml.SUB + 1], rtol=1e-5, atol=1e-5)
+    grads = torch.randn(5, generator=generator).to(DEVICE), torch.randn(5, generator=generator).to(DEVICE)
+    with mk.use_backend("triton"):
+        got = ml._backward_triton(*grads, out, main, sub, target, *options)
+    want = ml.loss_backward_reference(*grads, expected, main, sub, target, *options)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
