@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _guards import guard
 from conftest import DEVICE, kernel_backends
 
 import masksub_kernels as mk
@@ -397,37 +398,13 @@ def test_grid_mask_image_kernel_writes_no_row_past_the_image(monkeypatch):
     assert 24 % gm._tile(16, 24)[0]  # a tail row block, so a lane with h = H exists
     cell_mask = torch.zeros(2, 3, 2, dtype=torch.bool, device=DEVICE)
     cell_mask[:, 1, 0] = True
-    monkeypatch.setattr(gm.torch, "empty_like", lambda like, **kwargs: out)
+    guard(monkeypatch, gm, [out])
     result = gm._mask_image_triton(images, cell_mask, 8, 0.0)
     assert result is out
     expected = torch.full((2, 1, 24, 16), 5.0, device=DEVICE)
     expected[:, :, 8:16, :8] = 0.0
     assert torch.equal(out, expected)
     assert torch.equal(out_buffer[:, :, 24], torch.full((2, 1, 16), -3.0, device=DEVICE))
-
-
-# helper-180's mutation audit: out-of-bounds stores checked with sentinels (an output handed to the launcher as a
-# view of a larger buffer whose guard elements must stay untouched)
-
-
-def hand_out(monkeypatch, module, name, views):
-    """Make module.torch.<name> (torch.empty / torch.empty_like) return the given views, by shape and dtype, and
-    allocate as usual otherwise (the launchers' own outputs become views of sentinel-filled buffers)."""
-    original = getattr(torch, name)
-
-    def allocate(*args, **kwargs):
-        if name == "empty_like":
-            shape, dtype = tuple(args[0].shape), kwargs.get("dtype", args[0].dtype)
-        else:
-            shape = args[0] if len(args) == 1 else args
-            shape = (shape,) if isinstance(shape, int) else tuple(shape)
-            dtype = kwargs.get("dtype", torch.get_default_dtype())
-        for view in views:
-            if tuple(view.shape) == shape and view.dtype == dtype:
-                return view
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(module.torch, name, allocate)
 
 
 @pytest.mark.triton
@@ -443,8 +420,7 @@ def test_grid_mask_fused_kernel_writes_no_row_and_no_cell_past_its_outputs(monke
     out = out_buffer[:, :, :H]
     raw = torch.full((B * 2 * 2 + 16,), 7, dtype=torch.uint8, device=DEVICE)
     mask = raw[: B * 2 * 2].view(torch.bool).view(B, 2, 2)
-    hand_out(monkeypatch, gm, "empty_like", [out])
-    hand_out(monkeypatch, gm, "empty", [mask])
+    guard(monkeypatch, gm, [out, mask])  # helper-180: the launcher's outputs, views of sentinel-filled buffers
     result, cells = gm._mask_image_random_triton(images, 11, None, cell, num_keep, 0.5)
     assert result is out and cells is mask
     expected_cells = gm.cell_mask_reference(11, B, 4, num_keep, torch.device("cpu")).view(B, 2, 2)

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from _guards import guard
 from conftest import DEVICE, kernel_backends
-from test_grid_mask import DTYPES, bits, hand_out, randn
+from test_grid_mask import DTYPES, bits, randn
 
 import masksub_kernels as mk
 from masksub_kernels.ops import grid_mask as gm
@@ -244,7 +245,7 @@ def test_token_grid_mask_forward_kernel_writes_nothing_past_the_output(monkeypat
     mask_token = randn(C, seed=1)
     out_buffer = torch.full((B * H * W * C + 64,), -7.0, device=DEVICE)
     out = out_buffer[: B * H * W * C].view(B, H, W, C)
-    hand_out(monkeypatch, tgm, "empty", [out])
+    guard(monkeypatch, tgm, [out])
     result = tgm._mask_tokens_forward_triton(tokens, mask_token, cell_mask, 8)
     assert result is out
     assert torch.equal(out.cpu(), tgm.mask_tokens_reference(tokens.cpu(), mask_token.cpu(), cell_mask.cpu(), 8))
@@ -272,7 +273,7 @@ def test_token_grid_mask_backward_kernels_write_and_read_nothing_past_their_buff
     partials_buffer = torch.full((programs + 1, C), 1.0e6, device=DEVICE)
     grad_mask_buffer = torch.full((C + 1,), -7.0, device=DEVICE)
     views = [grad_tokens_buffer[:B], partials_buffer[:programs], grad_mask_buffer[:C]]
-    hand_out(monkeypatch, tgm, "empty", views)
+    guard(monkeypatch, tgm, views)
     grad_tokens, grad_mask = tgm._mask_tokens_backward_triton(grad, cell_mask, 8, True, True, max_partials)
     assert grad_tokens is views[0] and grad_mask is views[2]
     expected_tokens, _ = tgm.mask_tokens_backward_reference(grad.cpu(), cell_mask.cpu(), 8)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from _guards import guard
 from conftest import DEVICE
 
 import masksub_kernels as mk
@@ -451,35 +452,13 @@ def test_token_select_refuses_more_than_max_tokens():
         mk.random_token_select(x, 0.5, seed=0)
 
 
-class _GuardedEmpty:
-    """token_select's torch, whose empty(B, ...) is the first B rows of a buffer with one more row filled with a
-    sentinel: a kernel's store one row past its output lands there (the interpreter does not bound-check; a GPU
-    would corrupt a neighbour's memory)."""
-
-    def __init__(self):
-        self.guards = []
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    def empty(self, *size, dtype=None, device=None):
-        buffer = torch.empty(size[0] + 1, *size[1:], dtype=dtype, device=device)
-        buffer.fill_(-7 if not dtype.is_floating_point else 1234.5)
-        self.guards.append(buffer[size[0] :])
-        return buffer[: size[0]]
-
-    def untouched(self):
-        return all(bool((g == (1234.5 if g.is_floating_point() else -7)).all()) for g in self.guards)
-
-
 @pytest.mark.skipif("triton" not in mk.available_backends(), reason="no Triton backend")
 @pytest.mark.parametrize("num_tokens", [16, 300])  # the one-launch selection + gather; selection, then row copies
 def test_triton_kernels_store_nothing_past_their_outputs(monkeypatch, num_tokens):
     # helper-175's T08 (`kept = lanes < K` -> `<=`: ids[row, K]), T14 (`out_rows < total_rows` -> `<=`) and T19
     # (`row_ok = t < P + K` -> `< P + K + 1`) were killed only by the interpreter's crash, where memory happened to
     # end: here the last row of every output is followed by a guard row that must stay as it was
-    guarded = _GuardedEmpty()
-    monkeypatch.setattr(ts, "torch", guarded)
+    guarded = guard(monkeypatch, ts, guard_rows=True)
     batch, prefix, dim = 3, 1, 40
     num_keep = mk.num_kept_tokens(num_tokens, 0.5)  # P + K and B (P + K): not multiples of the copy tiles' rows
     x = torch.randn(batch, prefix + num_tokens, dim, device=DEVICE, requires_grad=True)
