@@ -29,8 +29,11 @@ NUMPY="${NUMPY:-2.3.5}"
 # 1.0.29 returned None for an unknown scheduler and selected no repeated-augmentation samples below 256 images)
 TIMM="${TIMM:-1.0.29}"
 TRANSFORMERS="${TRANSFORMERS:-5.17.0}"
-if [[ -z ${PY:-} ]]; then # the first that starts: a pyenv shim of a version not selected is found but fails
-  for PY in python3.12 python3; do "$PY" -c "" 2> /dev/null && break; done
+if [[ -z ${PY:-} ]]; then # the first that starts: a pyenv shim of a version not selected is found but fails,
+  # so pyenv's own 3.12 installs are tried next (this machine's shim did not start on 2026-12-05)
+  for PY in python3.12 "$(pyenv root 2> /dev/null || echo ~/.pyenv)"/versions/3.12*/bin/python3.12 python3; do
+    "$PY" -c "" 2> /dev/null && break
+  done
 fi
 VENV="${VENV:-/tmp/masksub-gpu-versions}"
 
