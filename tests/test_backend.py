@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import masksub_kernels as mk
+from masksub_kernels import __main__ as entry
 from masksub_kernels import _backend
 
 
@@ -445,3 +446,50 @@ def test_backend_triton_at_exactly_the_oldest_tested_release_is_usable(monkeypat
         assert _backend._triton_missing() is None
     finally:
         _backend._triton_missing.cache_clear()
+
+
+# helper-187's mutation audit of `python -m masksub_kernels` and the parts of _backend it reads
+
+
+def _report(monkeypatch, requested="auto"):
+    monkeypatch.setattr(_backend, "_requested", requested)
+    monkeypatch.setattr(_backend, "_extensions", {})  # the tests' CUDA emulator (MASKSUB_CUDA_EMULATOR) serves cpu
+    return entry.describe().splitlines()
+
+
+def test_entry_point_lists_the_reference_for_every_device(monkeypatch):
+    # M08 (the backends listed without "torch"), B01 (_serves("torch", ...) not always True: the torch line empty
+    # once no extension is registered), M02 (the interpreter's note on every backend's cpu, not triton's only)
+    lines = _report(monkeypatch)
+    devices = ", ".join(["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    assert f"  torch   available for tensors on: {devices}" in lines, lines
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only report")
+def test_entry_point_says_when_there_is_no_cuda_device(monkeypatch):
+    # M04 (`if not torch.cuda.is_available()` inverted: the note missing here, printed on GPU machines)
+    lines = _report(monkeypatch)
+    assert lines[-1] == "no CUDA device here: under `auto` every op runs its PyTorch reference", lines
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine: no such note
+    assert not any(line.startswith("no CUDA device here") for line in entry.describe().splitlines())
+
+
+def test_entry_point_reports_a_device_the_requested_backend_cannot_take_as_a_line(monkeypatch):
+    # M03 (`except RuntimeError` -> `except ValueError` around resolve_backend: the report aborts instead)
+    lines = _report(monkeypatch, requested="cuda")  # set before the extension went away: CPU tensors refused
+    assert any(line.startswith("tensors on cpu: error: ") for line in lines), lines
+    assert entry.main([]) == 0
+
+
+def test_triton_interpret_unset_is_off(monkeypatch):
+    # B05 (TRITON_INTERPRET's default "0" -> "1": an unset variable would count as the interpreter)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert mk.triton_interpreted() is False
+
+
+def test_cuda_backend_says_the_extension_is_not_built_before_the_missing_gpu(monkeypatch):
+    # B08 (drop `reason is None and`: the "imports, but ... no CUDA device" reason replaced the import error)
+    monkeypatch.setattr(_backend, "_extensions", {})
+    monkeypatch.setattr(_backend, "_compiled_extension_missing", lambda: "the extension is not built")
+    monkeypatch.setattr(_backend, "_cuda_device_present", lambda: False)
+    assert _backend._cuda_missing() == "the extension is not built"

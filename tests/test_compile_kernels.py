@@ -499,3 +499,43 @@ def test_a_per_call_seed_never_specialises_a_kernel():
     # launched kernel with a seed argument declares it do_not_specialize (helper-126's finding, 2026-12-04)
     found = _json_from_script(_SEEDED_KERNELS)
     assert len(found) >= 4 and all(found.values()), found
+
+
+# helper-187: the ratchet's messages
+
+
+def _record(kernel, stack, inner, loops, arch="sm_90", status="ok"):
+    spills = {"stack_bytes": stack, "spills_in_inner_loops": inner, "spills_in_loops": loops}
+    return {"kernel": kernel, "arch": arch, "status": status, **spills}
+
+
+def test_spill_ratchet_a_pair_over_one_figure_and_under_another_is_no_better(tmp_path):
+    # S12 (drop `not over and`: a failing pair also listed as "spilling less than the baseline")
+    from tools import spill_ratchet
+
+    path = tmp_path / "spill_baseline.json"
+    assert spill_ratchet.update([_record("a", 96, 2, 4)], [90], allow_more=False, path=path) == []
+    failures, notes = spill_ratchet.compare([_record("a", 104, 0, 4)], complete=True, path=path)
+    assert failures == ["sm_90 a: stack_bytes 104 > 96 in the baseline"]
+    assert notes == []
+
+
+def test_spill_ratchet_a_partial_run_reports_no_stale_pairs(tmp_path):
+    # S15 (`complete and stale` -> `stale`: a --only run would call every pair it skipped stale)
+    from tools import spill_ratchet
+
+    path = tmp_path / "spill_baseline.json"
+    assert spill_ratchet.update([_record("a", 96, 0, 4)], [90], allow_more=False, path=path) == []
+    assert spill_ratchet.compare([_record("b", 0, 0, 0)], complete=False, path=path) == ([], [])
+    _, notes = spill_ratchet.compare([_record("b", 0, 0, 0)], complete=True, path=path)
+    assert notes == ["in the baseline but not compiled (--update-spill-baseline drops them): sm_90 a"]
+
+
+@pytest.mark.parametrize(("value", "status"), [("false", 0), ("1", 2)])
+def test_compile_kernels_reads_triton_interpret_as_triton_does(value, status):
+    # helper-187: "false" (off for Triton) was refused as interpreted; "1" is refused (nothing compiles there)
+    env = {**os.environ, "TRITON_INTERPRET": value}
+    command = [sys.executable, "-m", "tools.compile_kernels", "--only", "no kernel has this name", "--arch", "90"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == status, result.stderr[-2000:]
+    assert ("unset TRITON_INTERPRET" in result.stderr) == (status == 2)

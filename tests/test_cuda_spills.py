@@ -81,3 +81,61 @@ def test_a_spilling_kernel_fails_the_check(tmp_path):
     result = _run(str(source))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "spilling_kernel spills" in result.stderr
+
+
+# helper-187's mutation audit: the parser and main without nvcc (compile_source and find_cuda_home stubbed)
+
+
+def test_parse_ptxas_ignores_figures_before_any_function():
+    # C01 (drop `current is not None`: a stray figures line before the first function raised TypeError)
+    text = "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\nptxas info    : Used 3 registers\n"
+    assert check_spills.parse_ptxas(text, "x.cu") == []
+
+
+def test_parse_ptxas_marks_non_inlined_device_functions():
+    # C03 (a device function's record of kind "kernel")
+    text = (
+        "ptxas info    : Function properties for _Z3devf\n"
+        "    16 bytes stack frame, 8 bytes spill stores, 8 bytes spill loads\n"
+        "ptxas info    : Compiling entry function '_Z1kPf' for 'sm_80'\n"
+        "ptxas info    : Function properties for _Z1kPf\n"
+        "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+        "ptxas info    : Used 20 registers\n"
+    )
+    records = {r["symbol"]: r for r in check_spills.parse_ptxas(text, "x.cu")}
+    assert (records["_Z3devf"]["kind"], records["_Z3devf"]["spill_stores"]) == ("function", 8)
+    assert (records["_Z1kPf"]["kind"], records["_Z1kPf"]["registers"]) == ("kernel", 20)
+
+
+def _main_with(monkeypatch, tmp_path, outcome, *argv):
+    """check_spills.main on one (empty) source with nvcc stubbed: ``outcome(arch)`` -> compile_source's answer."""
+    source = tmp_path / "k.cu"
+    source.write_text("")
+    monkeypatch.setattr(check_spills, "find_cuda_home", lambda: tmp_path)  # no cu++filt there
+    monkeypatch.setattr(check_spills.shutil, "which", lambda name: None)  # nor c++filt: names stay as they are
+    archs = []
+
+    def compile_source(source, arch, nvcc, workdir):
+        archs.append(arch)
+        return outcome(arch)
+
+    monkeypatch.setattr(check_spills, "compile_source", compile_source)
+    return check_spills.main([*argv, str(source)]), archs
+
+
+def test_check_spills_a_failed_compilation_exits_2(monkeypatch, tmp_path, capsys):
+    # C06 (drop `if failures: return 2`: a source that does not compile passed as "no spills", exit 0)
+    status, _ = _main_with(monkeypatch, tmp_path, lambda arch: ([], "nvcc: error"))
+    assert status == 2
+    assert "check_spills: compilation failed:\nnvcc: error" in capsys.readouterr().err
+
+
+def test_check_spills_spill_loads_alone_fail_and_empty_arches_are_dropped(monkeypatch, tmp_path):
+    # C09 (only spill stores counted as spilling); C08 (drop `if arch.strip()`: "--arch 90a," compiled for "sm_")
+    def loads_only(arch):
+        record = check_spills._record("k.cu", "_Z1kv", f"sm_{arch}", "kernel")
+        return [{**record, "registers": 32, "stack": 8, "spill_loads": 4}], None
+
+    status, archs = _main_with(monkeypatch, tmp_path, loads_only, "--arch", "90a, ,80,")
+    assert status == 1
+    assert archs == ["90a", "80"]

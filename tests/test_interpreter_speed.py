@@ -276,3 +276,57 @@ def test_a_launch_patches_the_language_once_and_restores_it(monkeypatch, tmp_pat
     interpreter._patch_lang(_add_one.fn).restore()
     helpers_in_a_loop[(1,)](x, out, N=4)
     assert calls == ["_add_one", "helpers_in_a_loop"] and language() == unpatched
+
+
+# helper-187's mutation audit
+
+
+def test_interpreter_speed_installs_nothing_into_an_interpreter_lacking_a_part(monkeypatch):
+    # I08 (`all(needed)` -> `any(needed)`: another Triton's interpreter patched in part, a KeyError at its launch)
+    was_installed = bool(interpreter_speed._installed)
+    interpreter_speed.uninstall()
+    try:
+        own = interpreter.ReduceOps.generic_reduce, interpreter._patch_lang
+        monkeypatch.delattr(interpreter, "GridExecutor")
+        assert interpreter_speed.install() is False
+        assert interpreter_speed._installed == {}
+        assert (interpreter.ReduceOps.generic_reduce, interpreter._patch_lang) == own
+    finally:
+        monkeypatch.undo()
+        interpreter_speed.uninstall()
+        if was_installed:
+            interpreter_speed.install()
+
+
+both_languages = None  # set by the test: a module of helpers that holds triton.language and triton.language.core
+
+_BOTH_LANGUAGES = """
+import triton
+import triton.language as tl
+import triton.language.core as core
+
+
+@triton.jit
+def maximum_with_both(x):
+    return core.maximum(x, 0.5) + tl.zeros_like(x)  # core's builtin: refused unless core is patched
+"""
+
+
+@triton.jit
+def calls_a_helper_of_both_languages(x_ptr, out_ptr, N: tl.constexpr):
+    tl.store(out_ptr + tl.arange(0, N), both_languages.maximum_with_both(tl.load(x_ptr + tl.arange(0, N))))
+
+
+def test_interpreter_speed_patches_a_helper_whose_languages_the_launch_patched_only_in_part(monkeypatch, tmp_path):
+    # I05 (`languages <= patched` -> `languages & patched`: a helper holding triton.language (patched by the launch)
+    # and triton.language.core (not) skipped its patch, and core.maximum refused the call)
+    assert interpreter_speed.install()
+    (tmp_path / "h187_both_languages.py").write_text(_BOTH_LANGUAGES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        monkeypatch.setattr(sys.modules[__name__], "both_languages", importlib.import_module("h187_both_languages"))
+        x, out = torch.arange(4.0), torch.zeros(4)
+        calls_a_helper_of_both_languages[(1,)](x, out, N=4)
+        assert torch.equal(out, torch.clamp(x, min=0.5))
+    finally:
+        sys.modules.pop("h187_both_languages", None)

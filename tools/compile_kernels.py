@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -82,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--update-spill-baseline needs every spec compiled for the default arches (no --only, --arch)")
     if args.allow_more_spills and not args.update_spill_baseline:
         parser.error("--allow-more-spills goes with --update-spill-baseline")
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    from masksub_kernels._backend import triton_interpreted  # (the package imported: its kernels compile below)
+
+    if triton_interpreted():  # Triton's own reading of it (false / off / 2: off)
         print(
             "compile_kernels: unset TRITON_INTERPRET (interpreted kernels cannot be compiled)",
             file=sys.stderr,
