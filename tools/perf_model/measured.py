@@ -32,7 +32,7 @@ HOST_BOUND_MS = 0.1  # predictions below this are under a call's host cost (see 
 def newest_gpu_results(folder: Path = RESULTS) -> Path:
     # <card>-<date>.json only: a --tiny smoke run (<card>-<date>-tiny.json) is no measurement
     dated = [p for p in folder.glob("GPU-*.json") if re.fullmatch(r"GPU-.+-\d{4}-\d{2}-\d{2}\.json", p.name)]
-    files = sorted(dated, key=lambda p: p.name.rsplit("-", 3)[-3:])
+    files = sorted(dated, key=lambda p: (p.name.rsplit("-", 3)[-3:], p.name))  # by date, then name (two cards)
     if not files:
         raise SystemExit(f"no GPU-*.json benchmark results in {folder}: run benchmarks/gpu_bench.sh on a GPU first")
     return files[-1]
