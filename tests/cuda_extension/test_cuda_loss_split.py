@@ -1,0 +1,55 @@
+"""The CUDA loss kernels' class-split path (csrc/masksub_loss.cu: a row's classes over programs when rows are few, the
+last program merging their states), on a GPU or the CUDA emulator: cases the split tests of test_cuda_loss.py do not
+reach (helper-186's mutation audit). The split is forced by shape: <= 3 rows of 9002 fp32 classes run 9 splits of the
+forward, 1 row of 4096 runs 4."""
+
+import pytest
+import torch
+from extension_under_test import DEV, EXT, kernels
+from test_cuda_loss import _offset_columns
+
+from masksub_kernels.ops import masksub_loss as ml
+
+
+@kernels
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_masksub_loss_bce_class_id_in_the_first_vector_of_a_split(eps):
+    # kills S9 (masksub_loss.cu:481 `peeled < end` -> `peeled <= end`: the split before also folds the id's vector)
+    # and S10 (`peeled >= begin` -> `peeled > begin`: no split folds it). 2 rows of 9002 fp32 classes, one element
+    # past a 16-byte boundary (a 3-class head): the forward's 9 splits of 256 vectors (blocks of 128 threads). BCE
+    # with class ids: the id's vector is peeled and folded by thread 0 of the split holding it; here it is the
+    # split's first vector: row 0's id in vector 0 (split 0), row 1's in vector 1024 (split 4's first). The
+    # suite's ids sit in the head, mid-split and in the last whole vector.
+    rows, classes = 2, 9002
+    generator = torch.Generator().manual_seed(0)
+    main = _offset_columns((torch.randn(rows, classes, generator=generator) * 3).to(DEV), 1)
+    sub = _offset_columns((torch.randn(rows, classes, generator=generator) * 3).to(DEV), 1)
+    target = torch.tensor([3 + 1, 3 + 1024 * 4 + 2], device=DEV)
+    assert EXT is not None
+    for temperature in (1.0, 2.0):
+        options = (True, eps, -100, temperature, None)
+        out = EXT.masksub_loss_forward(main, sub, target, *options)
+        expected = ml.loss_forward_reference(main, sub, target, *options)
+        torch.testing.assert_close(out, expected, rtol=2e-6, atol=2e-6 * float(expected.abs().max()))
+
+
+@kernels
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_masksub_loss_split_merge_skips_a_teacher_rescale_of_zero(temperature):
+    # kills S14 (masksub_loss.cu:198 `beta_b != 0.0f ? beta_b * (b.d_t + l_tb (c_s,b - c_s)) : 0.0f` -> unguarded):
+    # 1 row of 4096 fp32 classes runs as 4 splits of 1024 (blocks of 128 threads); the row's last block merges
+    # split t's state in lane t, lane 0 taking lane 2's at the xor-2 step. Classes 0-2047 (splits 0, 1): teacher
+    # ~1e4, student 2e38; 2048-4095 (splits 2, 3): teacher -1e4, student -2e38. Splits 2 and 3's teacher mass is 0
+    # about the row's max (beta = 0) and their moved sum l_t (c_s,b - c_s) is -inf: 0 * -inf would make the finite
+    # sub loss NaN (as the Triton split test test_a_teacher_rescale_of_zero_skips_an_infinite_old_sum).
+    half = 2048
+    z = (torch.cat([torch.full((1, half), 1e4), torch.full((1, half), -1e4)], 1) + torch.linspace(0, 1, 2 * half)).to(
+        DEV
+    )
+    s = torch.cat([torch.full((1, half), 2e38), torch.full((1, half), -2e38)], 1).to(DEV)
+    label = torch.tensor([20], device=DEV)
+    options = (False, 0.0, -100, temperature, None)
+    out = EXT.masksub_loss_forward(z, s, label, *options)
+    expected = ml.loss_forward_reference(z, s, label, *options)
+    assert torch.isfinite(expected[: ml.SUB + 1]).all()
+    torch.testing.assert_close(out[: ml.SUB + 1], expected[: ml.SUB + 1], rtol=1e-6, atol=1e-6)
