@@ -35,19 +35,22 @@ def test_masksub_loss_bce_class_id_in_the_first_vector_of_a_split(eps):
 
 @kernels
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_masksub_loss_split_merge_skips_a_teacher_rescale_of_zero(temperature):
-    # kills S14 (masksub_loss.cu:198 `beta_b != 0.0f ? beta_b * (b.d_t + l_tb (c_s,b - c_s)) : 0.0f` -> unguarded):
-    # 1 row of 4096 fp32 classes runs as 4 splits of 1024 (blocks of 128 threads); the row's last block merges
-    # split t's state in lane t, lane 0 taking lane 2's at the xor-2 step. Classes 0-2047 (splits 0, 1): teacher
-    # ~1e4, student 2e38; 2048-4095 (splits 2, 3): teacher -1e4, student -2e38. Splits 2 and 3's teacher mass is 0
-    # about the row's max (beta = 0) and their moved sum l_t (c_s,b - c_s) is -inf: 0 * -inf would make the finite
-    # sub loss NaN (as the Triton split test test_a_teacher_rescale_of_zero_skips_an_infinite_old_sum).
+@pytest.mark.parametrize("heavy_first", [True, False])
+def test_masksub_loss_split_merge_skips_a_teacher_rescale_of_zero(temperature, heavy_first):
+    # kills S14 (masksub_loss.cu:198 `beta_b != 0.0f ? beta_b * (b.d_t + l_tb (c_s,b - c_s)) : 0.0f` -> unguarded)
+    # and, with the halves swapped, the same guard on state a (:197): 1 row of 4096 fp32 classes runs as 4 splits
+    # of 1024 (blocks of 128 threads); the row's last block merges split t's state in lane t, lane 0 taking lane
+    # 2's at the xor-2 step. One half's splits: teacher ~1e4, student 2e38; the other's: teacher -1e4, student
+    # -2e38. The second half's teacher mass is 0 about the row's max (beta = 0) and its moved sum l_t (c_s,b - c_s)
+    # is -inf: 0 * -inf would make the finite sub loss NaN (as the Triton split test
+    # test_a_teacher_rescale_of_zero_skips_an_infinite_old_sum). Outside the documented range of logits (|x| <
+    # 2^100, docs/semantics.md), where the kernels still agree with the reference here.
     half = 2048
-    z = (torch.cat([torch.full((1, half), 1e4), torch.full((1, half), -1e4)], 1) + torch.linspace(0, 1, 2 * half)).to(
-        DEV
-    )
-    s = torch.cat([torch.full((1, half), 2e38), torch.full((1, half), -2e38)], 1).to(DEV)
-    label = torch.tensor([20], device=DEV)
+    heavy, light = (torch.full((1, half), v) for v in (1e4, -1e4))
+    teacher = torch.cat([heavy, light] if heavy_first else [light, heavy], 1) + torch.linspace(0, 1, 2 * half)
+    student = torch.cat([torch.full((1, half), 2e38), torch.full((1, half), -2e38)], 1)
+    z, s = teacher.to(DEV), (student if heavy_first else student.flip(1)).to(DEV)
+    label = torch.tensor([20 if heavy_first else 2 * half - 20], device=DEV)
     options = (False, 0.0, -100, temperature, None)
     out = EXT.masksub_loss_forward(z, s, label, *options)
     expected = ml.loss_forward_reference(z, s, label, *options)
