@@ -330,3 +330,26 @@ def test_interpreter_speed_patches_a_helper_whose_languages_the_launch_patched_o
         assert torch.equal(out, torch.clamp(x, min=0.5))
     finally:
         sys.modules.pop("h187_both_languages", None)
+
+
+@triton.jit
+def reduce_last_axis(x_ptr, out_ptr, R: tl.constexpr, G: tl.constexpr):
+    x = tl.load(x_ptr + tl.arange(0, R)[:, None] * G + tl.arange(0, G)[None, :])
+    tl.store(out_ptr + tl.arange(0, R), tl.reduce(x, -1, _log1p_pair))
+
+
+def test_a_negative_axis_is_left_to_the_interpreter():
+    # helper-187's I01 (interpreter_speed.py: drop `self.axis < 0`): the interpreter's own reduction along axis -1 is
+    # what the patched run must give (result or error, bit for bit), not the vectorised one's
+    x = torch.rand(4, 8, generator=torch.Generator().manual_seed(5))
+
+    def run():
+        out = torch.full((4,), -1.0)
+        try:
+            reduce_last_axis[(1,)](x, out, R=4, G=8)
+        except Exception as exc:  # the interpreter's answer may be an error: the patched run must give the same
+            return f"{type(exc).__name__}: {exc}"
+        return out.numpy()
+
+    plain, patched, fallbacks = _plain_and_patched(run)
+    assert _bits(patched) == _bits(plain) and fallbacks == ["_log1p_pair"]
