@@ -49,6 +49,10 @@ __global__ void index_kernel(int* out) {  // 2-D blocks in a 2-D grid: every (bl
   out[block * blockDim.x * blockDim.y + thread] = block * 1000 + thread;
 }
 
+__global__ void block_order_kernel(int* order, int* arrivals) {  // the place each block ran in (thread 0's ticket)
+  if (threadIdx.x == 0) order[blockIdx.y * gridDim.x + blockIdx.x] = atomicAdd(arrivals, 1);
+}
+
 template <int ITEMS>
 __global__ void sort_scan_kernel(const uint32_t* keys_in, uint32_t* keys_out, uint16_t* values_out, int* scan_out) {
   using Sort = cub::BlockRadixSort<uint32_t, kThreads, ITEMS, uint16_t>;
@@ -134,6 +138,11 @@ void check_indices() {
     for (int t = 0; t < 32; ++t) ok = ok && out[b * 32 + t] == b * 1000 + t;
   }
   report("indices", ok);
+  // blocks run the last first, then from the first up: neither the largest nor the smallest index runs last
+  std::vector<int> order(6, -1);
+  int arrivals = 0;
+  block_order_kernel<<<dim3(3, 2), 32, 0, stream>>>(order.data(), &arrivals);
+  report("block_order", order == std::vector<int>{1, 2, 3, 4, 5, 0} && arrivals == 6);
   index_kernel<<<1, 2048, 0, stream>>>(out.data());  // more than 1024 threads: refused, as the driver refuses it
   const cudaError_t error = cudaGetLastError();
   report("invalid_configuration", error == cudaErrorInvalidConfiguration, cudaGetErrorString(error));

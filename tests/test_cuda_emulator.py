@@ -59,6 +59,7 @@ def test_probe_kernels(probe):
         "missing_barrier_visible",
         "warp_sum",
         "indices",
+        "block_order",
         "invalid_configuration",
         "error_cleared",
         "stream_checked",

@@ -6,10 +6,13 @@
 // the kernels that have one.
 //
 // Model, and why it is faithful where the kernels depend on it:
-//   - a launch runs its blocks one after another; the threads of a block are fibers (ucontext) on the calling
-//     thread, each running until it reaches a barrier or exits, in thread order. Deterministic, and the harshest
-//     schedule for a missing barrier: every thread runs as far ahead of the others as it can, so a read of shared
-//     memory that another thread has not yet written, or a write over data others still read, shows in the
+//   - a launch runs its blocks one after another, the last block first, then the others from the first up (a
+//     GPU's order is unspecified: a kernel that takes the block with the largest or the smallest index to run last,
+//     or first, instead of counting arrivals with a ticket, fails here; in index order the largest ran last, so a
+//     merge by the last split's index passed: helper-186's S1); the threads of a block are fibers (ucontext) on the
+//     calling thread, each running until it reaches a barrier or exits, in thread order. Deterministic, and the
+//     harshest schedule for a missing barrier: every thread runs as far ahead of the others as it can, so a read of
+//     shared memory that another thread has not yet written, or a write over data others still read, shows in the
 //     results instead of depending on timing;
 //   - __shared__ is a function-local static: one object per kernel instantiation, shared by the threads of the
 //     block that runs (blocks never overlap). It starts at zero and then holds the previous block's leftovers;
@@ -332,10 +335,12 @@ struct Launch {
     const std::tuple<std::decay_t<Params>...> params(static_cast<Params>(std::forward<Args>(args))...);
     auto kernel_of_launch = kernel;
     const std::function<void()> body = [&] { std::apply(kernel_of_launch, params); };
-    for (unsigned z = 0; z < grid.z; ++z) {
-      for (unsigned y = 0; y < grid.y; ++y) {
-        for (unsigned x = 0; x < grid.x; ++x) run_block(grid, block, {x, y, z}, body);
-      }
+    // blocks by linear index x + X (y + Y z): the last, then 0, 1, ... (the model above)
+    const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+    for (uint64_t step = 0; step < blocks; ++step) {
+      const uint64_t linear = step == 0 ? blocks - 1 : step - 1;
+      const auto x = static_cast<unsigned>(linear % grid.x), y = static_cast<unsigned>(linear / grid.x % grid.y);
+      run_block(grid, block, {x, y, static_cast<unsigned>(linear / grid.x / grid.y)}, body);
     }
   }
 };
