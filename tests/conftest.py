@@ -55,10 +55,13 @@ if GPU_MATH and mk.triton_interpreted():
 # The interpreter without two of its costs that change nothing the kernels compute (tools/interpreter_speed.py): a
 # custom-combine tl.reduce one element at a time (the loss's BCE blocks), the language patched again at every call
 # of a @jit helper.
+# And its programs run out of index order (tools/interpreter_order.py: the last first, then from the first up), as
+# a GPU's may: a kernel that takes the largest index to run last, where it must count arrivals, fails.
 if mk.triton_interpreted():
-    from tools import interpreter_speed
+    from tools import interpreter_order, interpreter_speed
 
     interpreter_speed.install()
+    interpreter_order.install()
 
 
 def _install_cuda_emulator() -> bool:
