@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -261,6 +262,126 @@ __global__ void vector_load_kernel(const unsigned char* words, int offset_bytes,
   *out = word.x + word.y + word.z + word.w;
 }
 
+
+// Warp 0 reaches the barrier a round later than warp 1 (it shuffles first): the barrier must hold warp 1 until warp 0
+// has written its half (out[t] = the value of thread t + 32 mod 64).
+__global__ void late_warp_kernel(int tag, int* out) {
+  __shared__ int values[kThreads];
+  const int t = threadIdx.x;
+  int value = tag + t;
+  if (t < 32) value = __shfl_xor_sync(0xFFFFFFFFu, __shfl_xor_sync(0xFFFFFFFFu, value, 1), 1);
+  values[t] = value;
+  __syncthreads();
+  out[t] = values[(t + 32) % kThreads];
+}
+
+// Threads from `live` on exit before the barrier (after the others arrived, in thread order): the barrier must stop
+// waiting for them.
+__global__ void early_exit_kernel(int live, int tag, int* out) {
+  __shared__ int values[kThreads];
+  const int t = threadIdx.x;
+  if (t >= live) return;
+  values[t] = tag + t;
+  __syncthreads();
+  out[t] = values[(t + 1) % live];
+}
+
+// Every thread of a 2-D block (blockDim.x < 32: the lane is the linear index % 32) gets its partner's linear index.
+__global__ void partner_kernel(int lane_mask, int* out) {
+  const int t = threadIdx.y * blockDim.x + threadIdx.x;
+  out[t] = __shfl_xor_sync(0xFFFFFFFFu, t, lane_mask);
+}
+
+__global__ void index3_kernel(int* out) {  // 3-D blocks in a 3-D grid
+  const int block = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  const int size = blockDim.x * blockDim.y * blockDim.z;
+  const int thread = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+  out[block * size + thread] = (block * 1000 + thread) * static_cast<int>(gridDim.x * gridDim.y * gridDim.z);
+}
+
+__global__ void count_kernel(int* ran) { atomicAdd(ran, 1); }  // also: atomicAdd hands back the old value
+
+__global__ void ticket_kernel(int* counter, int* out) { out[threadIdx.x] = atomicAdd(counter, 2); }
+
+// A refused shuffle (argv[2] names it): a lane mask, a width, an exited lane, a partial warp.
+__global__ void bad_shuffle_kernel(int which, int* out) {
+  const int t = threadIdx.x;
+  if (which == 0) out[t] = __shfl_xor_sync(0x0000FFFFu, t, 1);
+  if (which == 1) out[t] = __shfl_xor_sync(0xFFFFFFFFu, t, 1, 16);
+  if (which == 2 && t % 32 < 16) return;   // the exited lanes come first in thread order
+  if (which == 5 && t % 32 >= 16) return;  // they exit after the others entered the shuffle
+  if (which >= 2 && which != 4) out[t] = __shfl_xor_sync(0xFFFFFFFFu, t, 1);
+}
+
+// 128 KiB of a thread's stack (a GPU gives a thread up to 512 KiB of local memory).
+__global__ void deep_stack_kernel(int* out) {
+  volatile char frame[128 << 10];
+  for (int i = 0; i < static_cast<int>(sizeof frame); i += 4096) frame[i] = static_cast<char>(i >> 12);
+  int sum = 0;
+  for (int i = 0; i < static_cast<int>(sizeof frame); i += 4096) sum += frame[i];
+  out[threadIdx.x] = sum;
+}
+
+void check_model_more() {
+  std::vector<int> out(kThreads, -1);
+  bool ok = true;
+  for (int tag : {1000, 2000}) {
+    late_warp_kernel<<<1, kThreads, 0, stream>>>(tag, out.data());
+    for (int t = 0; t < kThreads; ++t) ok = ok && out[t] == tag + (t + 32) % kThreads;
+  }
+  report("barrier_holds_early_warp", ok);
+  ok = true;
+  for (int tag : {300, 400}) {
+    early_exit_kernel<<<1, kThreads, 0, stream>>>(40, tag, out.data());
+    for (int t = 0; t < 40; ++t) ok = ok && out[t] == tag + (t + 1) % 40;
+  }
+  report("exited_threads_leave_barrier", ok);
+  ok = true;
+  for (int lane_mask : {1, 2, 5, 8, 16, 31}) {
+    partner_kernel<<<1, dim3(8, 8), 0, stream>>>(lane_mask, out.data());
+    for (int t = 0; t < kThreads; ++t) ok = ok && out[t] == (t ^ lane_mask);
+  }
+  report("shuffle_partner_lanes", ok);
+  const dim3 grid(2, 3, 2), block(4, 2, 4);
+  std::vector<int> slots(12 * 32, -1);
+  index3_kernel<<<grid, block, 0, stream>>>(slots.data());
+  ok = cudaGetLastError() == cudaSuccess;
+  for (int b = 0; b < 12; ++b) {
+    for (int t = 0; t < 32; ++t) ok = ok && slots[b * 32 + t] == (b * 1000 + t) * 12;
+  }
+  report("indices_3d", ok);
+  // refused as the driver refuses them, without running; the limits themselves run
+  const dim3 refused[][2] = {{dim3(1), dim3(1025)}, {dim3(1), dim3(1, 1, 65)}, {dim3(1), dim3(0)},
+                             {dim3(0), dim3(1)},    {dim3(1, 65536), dim3(1)}, {dim3(1, 1, 65536), dim3(1)}};
+  ok = true;
+  for (const auto& config : refused) {
+    int ran = 0;
+    count_kernel<<<config[0], config[1], 0, stream>>>(&ran);
+    ok = ok && cudaGetLastError() == cudaErrorInvalidConfiguration && ran == 0;
+  }
+  const dim3 limits[][2] = {{dim3(1), dim3(1024)}, {dim3(1), dim3(2, 1, 64)}};
+  for (const auto& config : limits) {
+    int ran = 0;
+    count_kernel<<<config[0], config[1], 0, stream>>>(&ran);
+    ok = ok && cudaGetLastError() == cudaSuccess && ran == static_cast<int>(config[1].x * config[1].y * config[1].z);
+  }
+  report("launch_limits", ok);
+  int counter = 5;
+  ticket_kernel<<<1, kThreads, 0, stream>>>(&counter, out.data());
+  ok = counter == 5 + 2 * kThreads;
+  for (int t = 0; t < kThreads; ++t) ok = ok && out[t] == 5 + 2 * t;  // the old value, in thread order
+  report("atomic_add_returns_old", ok);
+  deep_stack_kernel<<<1, 2, 0, stream>>>(out.data());
+  report("deep_stack", out[0] == 496 && out[1] == 496);
+  // a thread that never handed out a stream: a launch on the default one is refused there too
+  bool refused_fresh = false;
+  std::thread([&] {
+    int ran = 0;
+    count_kernel<<<1, 1>>>(&ran);
+    refused_fresh = cudaGetLastError() == cudaErrorInvalidResourceHandle && ran == 0;
+  }).join();
+  report("default_stream_refused_on_a_fresh_thread", refused_fresh);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -290,11 +411,26 @@ int main(int argc, char** argv) {
     std::printf("misaligned load not detected\n");
     return 0;
   }
+  if (argc > 2 && std::strcmp(argv[1], "refuse") == 0) {  // must abort with a message
+    const char* names[] = {"shuffle_mask", "shuffle_width", "shuffle_exited_lane", "shuffle_partial_warp",
+                           "dynamic_shared", "shuffle_lane_exits_later"};
+    int which = -1;
+    for (int i = 0; i < 6; ++i) which = std::strcmp(argv[2], names[i]) == 0 ? i : which;
+    std::vector<int> out(kThreads);
+    if (which == 4) {
+      count_kernel<<<1, 1, 16, stream>>>(out.data());
+    } else if (which >= 0) {
+      bad_shuffle_kernel<<<1, which == 3 ? 48 : kThreads, 0, stream>>>(which, out.data());
+    }
+    std::printf("%s not refused\n", argv[2]);
+    return 0;
+  }
   check_barriers();
   check_warp_sum();
   check_indices();
   check_streams();
   check_sort_scan();
   check_fast_math();
+  check_model_more();
   return 0;
 }

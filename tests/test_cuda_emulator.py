@@ -51,6 +51,32 @@ def probe(tmp_path_factory) -> Path:
     return binary
 
 
+# helper-191's mutation audit of the emulator: the probe's further checks and the emulator mutants each kills
+# (emulator.h unless named)
+MORE_CHECKS = {
+    # Barrier::arrive_and_wait: `while (generation_ == generation) yield();` -> `yield();` (waits one round only)
+    "barrier_holds_early_warp",
+    # Barrier::drop: `--expected_` removed (exited threads still awaited: a deadlock), and the release in drop()
+    # removed (the last thread to exit leaves the others waiting: a deadlock)
+    "exited_threads_leave_barrier",
+    # shfl_xor_sync: partner `lane ^ lane_mask` -> `lane + lane_mask` (a rotation: the butterfly sum of warp_sum is
+    # the same) or -> `lane_mask`; the lane from threadIdx.x instead of the linear index (2-D blocks); every warp on
+    # warps[0] (warp_sum's warps hold the same values)
+    "shuffle_partner_lanes",
+    # run_block: threadIdx.y without `% blockDim.y`, threadIdx.z = 0; Launch: blockIdx.z = 0; gridDim.z = 1
+    "indices_3d",
+    # valid_configuration: block.z <= 64, grid.y <= 65535, grid.z <= 65535, threads >= 1, grid.x >= 1 dropped, the
+    # 1024 limit moved either way; Launch: an invalid configuration reported but run anyway (`return` dropped)
+    "launch_limits",
+    # atomicAdd returning the new value (the kernels' "last block" tickets compare the old one)
+    "atomic_add_returns_old",
+    # kFiberStack cut to 16 KiB (a kernel's 128 KiB of locals overflows the fiber's stack)
+    "deep_stack",
+    # Launch: `stream == nullptr ||` dropped (a launch on the default stream runs on a thread that never handed one out)
+    "default_stream_refused_on_a_fresh_thread",
+}
+
+
 def test_probe_kernels(probe):
     result = subprocess.run([str(probe)], capture_output=True, text=True, timeout=60, check=True)
     lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
@@ -69,8 +95,34 @@ def test_probe_kernels(probe):
         "fdividef_within_2ulp_one_error_per_divisor",
         "fast_math_exact_at_knots",
         "fast_math_flushes",
+        *MORE_CHECKS,
     }
     assert all(status == "ok" for status in lines.values()), lines
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        # shfl_xor_sync: the `mask != 0xFFFFFFFFu` refusal dropped
+        ("shuffle_mask", "only full-warp shuffles"),
+        # shfl_xor_sync: the `width != kWarpSize` refusal dropped
+        ("shuffle_width", "only full-warp shuffles"),
+        # shfl_xor_sync: the exited-lanes check dropped (the shuffle reads an exited lane's stale slot); fiber_main:
+        # the warp barrier's drop() removed (the check no longer sees exits: a deadlock instead of this message)
+        ("shuffle_exited_lane", "exited lanes"),
+        # Block: a partial last warp sized as a full one (live() == 32: a deadlock instead of this message)
+        ("shuffle_partial_warp", "exited lanes"),
+        # launch: the dynamic shared memory refusal dropped
+        ("dynamic_shared", "dynamic shared memory"),
+        # a bug helper-191 found: lanes that exit after the others entered the shuffle (Barrier::drop released the
+        # waiting lanes, which read the exited lanes' stale slots); fiber_main now refuses an exit while lanes wait
+        ("shuffle_lane_exits_later", "exited lanes"),
+    ],
+)
+def test_probe_refuses_what_a_gpu_would_not_do(probe, case, message):
+    result = subprocess.run([str(probe), "refuse", case], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "not refused" not in result.stdout, result.stdout
+    assert "masksub CUDA emulator: " in result.stderr and message in result.stderr, result.stderr[-2000:]
 
 
 def test_rewrite_launch_bounds():

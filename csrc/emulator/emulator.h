@@ -145,6 +145,7 @@ class Barrier {
   }
 
   int live() const { return expected_; }
+  int waiting() const { return arrived_; }
 
  private:
   void release() {
@@ -265,7 +266,11 @@ inline void fiber_main() {
   ThreadContext& thread = *s.thread;
   (*s.body)();
   Block& block = *thread.block;
-  block.warps[thread.linear / kWarpSize]->barrier.drop();  // an exited thread: barriers stop waiting for it
+  Barrier& warp = block.warps[thread.linear / kWarpSize]->barrier;
+  // lanes of its warp inside a full-mask shuffle (the only user of the warp barrier) that this lane never joins:
+  // undefined on a GPU, as in shfl_xor_sync's check (which sees only lanes that exited before the shuffle began)
+  if (warp.waiting() > 0) fail("__shfl_xor_sync: a full-mask shuffle in a warp with exited lanes");
+  warp.drop();  // an exited thread: barriers stop waiting for it
   block.barrier.drop();
   thread.block = nullptr;
   switch_start(nullptr, s.home_bottom, s.home_size);  // returning switches to uc_link, the scheduler, for good
