@@ -41,8 +41,9 @@ _extensions: dict[str, Any] = {}  # device type -> extension module registered f
 
 def triton_interpreted() -> bool:
     """True when Triton kernels run on the CPU interpreter (``TRITON_INTERPRET=1``, or true / on / yes / y in any
-    case: Triton's own reading; ``false``, ``off`` or ``2`` are off for Triton, so here too)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes", "y")
+    case: Triton's own reading; ``false``, ``off``, ``2`` or `` 1`` (spaces are not stripped) are off for Triton, so
+    here too)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes", "y")
 
 
 # Triton decides when @triton.jit runs, i.e. when this package is imported, whether its kernels are interpreted:

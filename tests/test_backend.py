@@ -243,6 +243,8 @@ def test_triton_interpret_is_read_as_triton_reads_it(monkeypatch):
         ("false", False),
         ("off", False),
         ("2", False),
+        (" 1", False),  # helper-192: Triton strips no spaces (the library's reading did)
+        ("1 ", False),
     ):
         monkeypatch.setenv("TRITON_INTERPRET", value)
         assert mk.triton_interpreted() is interpreted, value

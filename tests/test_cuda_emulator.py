@@ -114,12 +114,13 @@ def test_probe_kernels(probe):
         ("shuffle_partial_warp", "exited lanes"),
         # launch: the dynamic shared memory refusal dropped
         ("dynamic_shared", "dynamic shared memory"),
-        # a bug helper-191 found: lanes that exit after the others entered the shuffle (Barrier::drop released the
-        # waiting lanes, which read the exited lanes' stale slots); fiber_main now refuses an exit while lanes wait
+        # lanes that exit after the others entered the shuffle were accepted (helper-191: Barrier::drop released the
+        # waiting lanes), where lanes exited before it are refused; fiber_main now refuses an exit while lanes wait
+        # (the emulator's rule, stricter than a GPU's: csrc/emulator/emulator.h's model)
         ("shuffle_lane_exits_later", "exited lanes"),
     ],
 )
-def test_probe_refuses_what_a_gpu_would_not_do(probe, case, message):
+def test_probe_refuses_what_the_emulator_does_not_run(probe, case, message):
     result = subprocess.run([str(probe), "refuse", case], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "not refused" not in result.stdout, result.stdout
     assert "masksub CUDA emulator: " in result.stderr and message in result.stderr, result.stderr[-2000:]

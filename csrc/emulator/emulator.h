@@ -7,8 +7,8 @@
 //
 // Model, and why it is faithful where the kernels depend on it:
 //   - a launch runs its blocks one after another, the last block first, then the others from the first up (a
-//     GPU's order is unspecified: a kernel that takes the block with the largest or the smallest index to run last,
-//     or first, instead of counting arrivals with a ticket, fails here; in index order the largest ran last, so a
+//     GPU's order is unspecified: a kernel that takes the block of the largest index to run last, or the smallest to
+//     run first, instead of counting arrivals with a ticket, fails here; in index order the largest ran last, so a
 //     merge by the last split's index passed: helper-186's S1); the threads of a block are fibers (ucontext) on the
 //     calling thread, each running until it reaches a barrier or exits, in thread order. Deterministic, and the
 //     harshest schedule for a missing barrier: every thread runs as far ahead of the others as it can, so a read of
@@ -20,8 +20,10 @@
 //     templates), so a read of shared memory that no thread of the block wrote is not detected;
 //   - __syncthreads() waits for every thread of the block that has not exited (as on sm_70 and later); when no
 //     thread can move (a barrier some live thread never reaches) the emulator aborts with a message;
-//   - __shfl_xor_sync exchanges through a per-warp buffer between two warp barriers; a full-mask shuffle with an
-//     exited lane aborts (undefined behaviour on a GPU);
+//   - __shfl_xor_sync exchanges through a per-warp buffer between two warp barriers; a full-mask shuffle in a warp
+//     with an exited lane aborts, whether the lane exited before the others entered it or while they wait in it.
+//     Stricter than a GPU, where the live lanes may shuffle and only a read from an exited lane is undefined: csrc's
+//     shuffles are butterflies over the whole warp, whose every lane reads every other across the rounds;
 //   - launch configurations are checked as the driver checks them (<= 1024 threads per block, grid.y/z <= 65535),
 //     and a bad one is reported by cudaGetLastError() as cudaErrorInvalidConfiguration; a block larger than its
 //     kernel's __launch_bounds__ aborts (check_launch_bounds, the first statement tools/cuda_emulator.py puts in
@@ -267,8 +269,8 @@ inline void fiber_main() {
   (*s.body)();
   Block& block = *thread.block;
   Barrier& warp = block.warps[thread.linear / kWarpSize]->barrier;
-  // lanes of its warp inside a full-mask shuffle (the only user of the warp barrier) that this lane never joins:
-  // undefined on a GPU, as in shfl_xor_sync's check (which sees only lanes that exited before the shuffle began)
+  // lanes of its warp waiting in a full-mask shuffle (the only user of the warp barrier) that this lane never joins:
+  // refused as shfl_xor_sync refuses a lane exited before the shuffle began (the model above: stricter than a GPU)
   if (warp.waiting() > 0) fail("__shfl_xor_sync: a full-mask shuffle in a warp with exited lanes");
   warp.drop();  // an exited thread: barriers stop waiting for it
   block.barrier.drop();

@@ -27,12 +27,16 @@ class GuardedTorch:
     def __init__(self, views=(), guard_rows: bool = False):
         self.views, self.guard_rows = list(views), guard_rows
         self.guards = []  # (guard row, its sentinel-filled copy)
+        self.handed = []  # the given views handed out (a view never handed out guards nothing: unused())
 
     def __getattr__(self, name):
         return getattr(torch, name)
 
     def _given(self, shape: tuple, dtype: torch.dtype):
-        return next((v for v in self.views if tuple(v.shape) == shape and v.dtype == dtype), None)
+        view = next((v for v in self.views if tuple(v.shape) == shape and v.dtype == dtype), None)
+        if view is not None:
+            self.handed.append(view)
+        return view
 
     def empty(self, *size, **kwargs):
         shape = size[0] if len(size) == 1 and not isinstance(size[0], int) else size
@@ -50,6 +54,11 @@ class GuardedTorch:
     def empty_like(self, like, **kwargs):
         view = self._given(tuple(like.shape), kwargs.get("dtype") or like.dtype)
         return view if view is not None else torch.empty_like(like, **kwargs)
+
+    def unused(self) -> list:
+        """The given views no allocation received (a test whose launcher allocates another shape, or elsewhere,
+        would check nothing past them)."""
+        return [v for v in self.views if not any(v is h for h in self.handed)]
 
     def untouched(self) -> bool:
         """Whether every guard row still holds its sentinel."""

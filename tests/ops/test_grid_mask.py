@@ -398,13 +398,14 @@ def test_grid_mask_image_kernel_writes_no_row_past_the_image(monkeypatch):
     assert 24 % gm._tile(16, 24)[0]  # a tail row block, so a lane with h = H exists
     cell_mask = torch.zeros(2, 3, 2, dtype=torch.bool, device=DEVICE)
     cell_mask[:, 1, 0] = True
-    guard(monkeypatch, gm, [out])
+    guarded = guard(monkeypatch, gm, [out])
     result = gm._mask_image_triton(images, cell_mask, 8, 0.0)
     assert result is out
     expected = torch.full((2, 1, 24, 16), 5.0, device=DEVICE)
     expected[:, :, 8:16, :8] = 0.0
     assert torch.equal(out, expected)
     assert torch.equal(out_buffer[:, :, 24], torch.full((2, 1, 16), -3.0, device=DEVICE))
+    assert not guarded.unused()  # every guarded view was the launcher's
 
 
 @pytest.mark.triton
@@ -420,7 +421,7 @@ def test_grid_mask_fused_kernel_writes_no_row_and_no_cell_past_its_outputs(monke
     out = out_buffer[:, :, :H]
     raw = torch.full((B * 2 * 2 + 16,), 7, dtype=torch.uint8, device=DEVICE)
     mask = raw[: B * 2 * 2].view(torch.bool).view(B, 2, 2)
-    guard(monkeypatch, gm, [out, mask])  # helper-180: the launcher's outputs, views of sentinel-filled buffers
+    guarded = guard(monkeypatch, gm, [out, mask])  # helper-180: the outputs, views of sentinel-filled buffers
     result, cells = gm._mask_image_random_triton(images, 11, None, cell, num_keep, 0.5)
     assert result is out and cells is mask
     expected_cells = gm.cell_mask_reference(11, B, 4, num_keep, torch.device("cpu")).view(B, 2, 2)
@@ -428,6 +429,7 @@ def test_grid_mask_fused_kernel_writes_no_row_and_no_cell_past_its_outputs(monke
     assert torch.equal(out.cpu(), gm.mask_image_reference(images.cpu(), expected_cells, cell, 0.5))
     assert torch.equal(out_buffer[:, :, H].cpu(), torch.full((B, C, W), -3.0))
     assert torch.equal(raw[B * 2 * 2 :].cpu(), torch.full((16,), 7, dtype=torch.uint8))
+    assert not guarded.unused()  # every guarded view was the launcher's
 
 
 @pytest.mark.parametrize("backend", kernel_backends())

@@ -245,11 +245,12 @@ def test_token_grid_mask_forward_kernel_writes_nothing_past_the_output(monkeypat
     mask_token = randn(C, seed=1)
     out_buffer = torch.full((B * H * W * C + 64,), -7.0, device=DEVICE)
     out = out_buffer[: B * H * W * C].view(B, H, W, C)
-    guard(monkeypatch, tgm, [out])
+    guarded = guard(monkeypatch, tgm, [out])
     result = tgm._mask_tokens_forward_triton(tokens, mask_token, cell_mask, 8)
     assert result is out
     assert torch.equal(out.cpu(), tgm.mask_tokens_reference(tokens.cpu(), mask_token.cpu(), cell_mask.cpu(), 8))
     assert torch.equal(out_buffer[B * H * W * C :].cpu(), torch.full((64,), -7.0))
+    assert not guarded.unused()  # every guarded view was the launcher's
 
 
 @pytest.mark.triton
@@ -273,7 +274,7 @@ def test_token_grid_mask_backward_kernels_write_and_read_nothing_past_their_buff
     partials_buffer = torch.full((programs + 1, C), 1.0e6, device=DEVICE)
     grad_mask_buffer = torch.full((C + 1,), -7.0, device=DEVICE)
     views = [grad_tokens_buffer[:B], partials_buffer[:programs], grad_mask_buffer[:C]]
-    guard(monkeypatch, tgm, views)
+    guarded = guard(monkeypatch, tgm, views)
     grad_tokens, grad_mask = tgm._mask_tokens_backward_triton(grad, cell_mask, 8, True, True, max_partials)
     assert grad_tokens is views[0] and grad_mask is views[2]
     expected_tokens, _ = tgm.mask_tokens_backward_reference(grad.cpu(), cell_mask.cpu(), 8)
@@ -284,3 +285,4 @@ def test_token_grid_mask_backward_kernels_write_and_read_nothing_past_their_buff
     assert torch.equal(grad_tokens_buffer[B].cpu(), torch.full((H, W, C), -7.0))
     assert torch.equal(partials_buffer[programs].cpu(), torch.full((C,), 1.0e6))
     assert float(grad_mask_buffer[C]) == -7.0
+    assert not guarded.unused()  # every guarded view was the launcher's
