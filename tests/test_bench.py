@@ -394,7 +394,8 @@ def test_the_two_launches_row_runs_the_chunks_loss_as_before_and_restores_the_on
 
     every = linear_loss.cases(torch.device("cuda"))
     names = [case.provider for case in every if case.shape.startswith("BERT")]
-    assert names.index("masksub[triton]:2 launches") == names.index("masksub[triton]:R=192") - 1  # before the sweep
+    assert names.index("masksub[triton]:2 launches") == names.index("masksub[triton]:R=192") - 2  # before the sweep
+    assert names.index("masksub[triton]:ascending") == names.index("masksub[triton]:R=192") - 1
     launched = []
     for name in ("_forward_triton", "_backward_triton"):
         launcher = getattr(ml, name)
@@ -410,6 +411,38 @@ def test_the_two_launches_row_runs_the_chunks_loss_as_before_and_restores_the_on
         two = linear_loss.fused_two_launches(h, hs, w, None, labels)
     assert launched == ["_forward_triton", "_backward_triton"] and _loss_fwd_bwd.ONE_LAUNCH
     torch.testing.assert_close(two, one, rtol=1e-6, atol=1e-6)
+
+
+def test_the_ascending_row_runs_the_forward_from_the_first_class_up_and_restores_the_order(monkeypatch):
+    # the GPU run's A/B of the loss forward's descending blocks (ops/_loss_fwd_bwd.py's FORWARD_DESCENDING): the
+    # ascending row's one launch gets DESCENDING False, the default's True, the same loss; the default comes back
+    from masksub_kernels.bench import linear_loss
+    from masksub_kernels.ops import _loss_fwd_bwd
+    from masksub_kernels.ops import masksub_loss as ml
+
+    class Recorded:  # the one launch, its DESCENDING recorded
+        def __getitem__(self, grid):
+            def launch(*args, **constants):
+                orders.append(constants["DESCENDING"])
+                return kernel[grid](*args, **constants)
+
+            return launch
+
+    orders, kernel = [], _loss_fwd_bwd._loss_fwd_bwd_kernel
+    monkeypatch.setattr(_loss_fwd_bwd, "_loss_fwd_bwd_kernel", Recorded())
+    generator = torch.Generator().manual_seed(3)
+    # the forward's blocks of 16 classes (its least), C = 70: 4 whole blocks, so the orders differ; no class split
+    monkeypatch.setattr(ml, "MAX_BLOCK_C", 32)
+    monkeypatch.setattr(ml, "SPLIT_PROGRAMS_PER_SM", 0)
+    h, hs, w = (torch.randn(n, 8, generator=generator).to(DEVICE).requires_grad_(True) for n in (20, 20, 70))
+    labels = torch.randint(0, 70, (20,), generator=generator).to(DEVICE)
+    with mk.use_backend("triton"):
+        descending = linear_loss.fused(h, hs, w, None, labels)
+        ascending = linear_loss.fused_ascending(h, hs, w, None, labels)
+        again = linear_loss.fused(h, hs, w, None, labels)
+    assert orders == [True, False, True] and _loss_fwd_bwd.FORWARD_DESCENDING
+    torch.testing.assert_close(ascending, descending, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(again, descending, rtol=0, atol=0)
 
 
 def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypatch):

@@ -17,6 +17,9 @@ Providers (class-id targets, a bias, the paper's defaults):
   class splits on the device from the count, so the counted rows' tiles still fill the GPU;
 - masksub[triton]:2 launches (GPU): the same op with its chunks' loss in masksub_loss's two launches and the class
   tail by matmuls (ops/_loss_fwd_bwd.py's ONE_LAUNCH off): the A/B of the one launch.
+- masksub[triton]:ascending (GPU): the same op with the loss forward reading each row's blocks from the first class
+  up (ops/_loss_fwd_bwd.py's FORWARD_DESCENDING off): the A/B of the descending order, by which the one launch's
+  backward, reading the row again from its first class, should find those bytes in L2.
 - masksub[triton]:R=<rows>[,P=<programs>] (GPU): the same op with other chunk sizes (CHUNK_SWEEP: the chunk
   buffer's memory budget), so that one GPU run measures what memory buys in speed and calibrates the model's
   trade-off (tools/perf_model/linear_loss.py predicts each; the default is the plain masksub[triton] row);
@@ -92,16 +95,30 @@ def sweep_provider(budget_mib: int, programs: int, classes: int) -> str:
     return name if programs == SPLIT_PROGRAMS_PER_SM else f"{name},P={programs}"
 
 
+def _fused_with(module, setting: str, value, h, hs, weight, bias, labels):
+    """The fused op with ``module.setting`` (a tunable read at call time) set to ``value`` for the call: an A/B arm."""
+    saved = getattr(module, setting)
+    setattr(module, setting, value)
+    try:
+        return fused(h, hs, weight, bias, labels)
+    finally:
+        setattr(module, setting, saved)
+
+
 def fused_two_launches(h, hs, weight, bias, labels):
     """The fused op with its chunks' loss in two launches and the class tail by matmuls (ONE_LAUNCH off): the A/B
     of the one launch (ops/_loss_fwd_bwd.py), until a GPU has measured both."""
     from masksub_kernels.ops import _loss_fwd_bwd
 
-    saved, _loss_fwd_bwd.ONE_LAUNCH = _loss_fwd_bwd.ONE_LAUNCH, False
-    try:
-        return fused(h, hs, weight, bias, labels)
-    finally:
-        _loss_fwd_bwd.ONE_LAUNCH = saved
+    return _fused_with(_loss_fwd_bwd, "ONE_LAUNCH", False, h, hs, weight, bias, labels)
+
+
+def fused_ascending(h, hs, weight, bias, labels):
+    """The fused op with the loss forward's blocks read from each row's first class up (FORWARD_DESCENDING off): the
+    A/B of the descending order, whose point is that the one launch's backward finds the row's first blocks in L2."""
+    from masksub_kernels.ops import _loss_fwd_bwd
+
+    return _fused_with(_loss_fwd_bwd, "FORWARD_DESCENDING", False, h, hs, weight, bias, labels)
 
 
 def fused_chunked(budget_mib, programs, h, hs, weight, bias, labels):
@@ -212,6 +229,7 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
                 providers.append(("liger(main CE only)", liger, None, notes))
             if on_gpu and not tiny and dtype != torch.float32:  # the sweep (late: a capped suite drops it early)
                 providers.append(("masksub[triton]:2 launches", fused_two_launches, "triton", notes))
+                providers.append(("masksub[triton]:ascending", fused_ascending, "triton", notes))
                 providers += _swept(shape, CHUNK_SWEEP)
             result += [shape.case(*provider) for provider in providers]
             if on_gpu and not tiny:  # the recompute op on MLM-like labels: 'full' only, no TFLOP/s (15% of the work)

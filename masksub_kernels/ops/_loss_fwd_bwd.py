@@ -8,16 +8,22 @@ forward kernel's code, a barrier, then the backward kernel's on the stats it has
     _loss_fwd_bwd_kernel  =  _loss_fwd_kernel (no split)  ;  bar.sync  ;  _loss_bwd_kernel (no split)
 
 Both kernels are called as they are (Triton inlines them), so the values are theirs: bit for bit where the fused
-launch's num_warps (the larger of the two) and block are the forward's own, else to fp32 rounding (on a GPU the
-forward's cross-warp sums then add in another order: C > 2048 for CE, > 1024 for BCE, helper-165; the interpreter
-has one order per block). Where the larger warps are the backward's and the forward's block has fewer 16-byte
-words than they have threads (BCE's 1024-class blocks in 16 warps), the fused launch widens that block to a word
-per thread (fused_constexprs: else Triton splits each word over two threads). Why: a chunk's host
-time is its launches (the H200 run of 2026-12-04, 384-row chunks: ~400 us of host time per chunk, the call's host
-time 17.2 ms beside 17.5 ms on the GPU: the op host-bound), and a Triton launch is the dearest of them (binding
-~25 arguments and ~20 constants in Python): one per chunk fewer, 43 per BERT step. The program's second pass over
-its row may also find it in L2. The stats go through memory as between the two launches: the barrier makes the
-program's stores visible to all its threads (the CUDA memory model, block scope).
+launch's num_warps (the larger of the two) and block are the forward's own and its blocks ascend (below), else to
+fp32 rounding (on a GPU the forward's cross-warp sums then add in another order: C > 2048 for CE, > 1024 for BCE,
+helper-165; the interpreter has one order per block; the descending blocks add the states in another order). Where
+the larger warps are the backward's and the forward's block has fewer 16-byte words than they have threads (BCE's
+1024-class blocks in 16 warps), the fused launch widens that block to a word per thread (fused_constexprs: else
+Triton splits each word over two threads). Why: a chunk's host time is its launches (the H200 run of 2026-12-04,
+384-row chunks: ~400 us of host time per chunk, the call's host time 17.2 ms beside 17.5 ms on the GPU: the op
+host-bound), and a Triton launch is the dearest of them (binding ~25 arguments and ~20 constants in Python): one per
+chunk fewer, 43 per BERT step. The program's second pass over its row may also find it in L2: its forward reads the
+row's whole blocks from the last down (FORWARD_DESCENDING), so the backward's first blocks, from the row's first
+class up, are the bytes read last (BERT's chunks: a row of both branches' fp32 logits is 244 KB, 2 programs of 16
+warps per SM (64 registers), ~64 MB in flight against an H200's 50 MB of L2; not yet measured: the benchmark's
+`masksub[triton]:ascending` row is the A/B). masksub_loss's own forward keeps the ascending order (the descending
+one costs its standalone kernels registers: 40 -> 48 at BERT's shape, sm_90, for nothing there). The stats go
+through memory as between the two launches: the barrier makes the program's stores visible to all its threads (the
+CUDA memory model, block scope).
 
 Where either kernel's launch configuration splits the rows' classes over programs (few rows: class_splits; the
 split forward merges its states through tickets, so another program's stats would be read), the two launches run
@@ -54,6 +60,11 @@ BACKWARD_ONLY = ("LABELS", "WRITE_DZ", "WRITE_DS", "OVER_ROWS", "D_GROUP")
 # False: the chunks' loss in masksub_loss's two launches and the class tail by matmuls, as before (the benchmark's
 # A/B row, `masksub[triton]:2 launches`, until a GPU has measured both; read at call time)
 ONE_LAUNCH = True
+# True: the one launch's forward reads each row's whole blocks from the last down (_loss_fwd_kernel's DESCENDING),
+# so that its backward, reading the row again from the first class up, starts on the bytes read last (L2: module
+# docstring); False: from the first up, as masksub_loss's own forward (the benchmark's `masksub[triton]:ascending`
+# row, the A/B until a GPU has measured both; read at call time)
+FORWARD_DESCENDING = True
 
 
 @jit
@@ -96,6 +107,7 @@ def _loss_fwd_bwd_kernel(
     HAS_MAIN: tl.constexpr,
     HAS_SUB: tl.constexpr,
     SMOOTHED: tl.constexpr,
+    DESCENDING: tl.constexpr,  # the forward's blocks from the row's last: the backward's first reads find them in L2
     LABELS: tl.constexpr,
     WRITE_DZ: tl.constexpr,
     WRITE_DS: tl.constexpr,
@@ -137,7 +149,7 @@ def _loss_fwd_bwd_kernel(
         z_ptr, s_ptr, y_ptr, bias_ptr, out_ptr, out_ptr, out_ptr, out_ptr, out_ptr, M, C, C, stride_z, stride_s,
         stride_y, stride_out, eps, ignore_index, temperature, threshold, 0.0, 0.0, HAS_MAIN, HAS_SUB, BCE, DENSE,
         BINARISE, False, HAS_BIAS, F_BLOCK_C, 1, F_UNIT_T, F_VEC, False, False, F_GROUP, F_ALIGNED, F_EVEN, SMOOTHED,
-        True,
+        True, DESCENDING,
     )  # fmt: skip
     tl.debug_barrier()  # the row's stats, stored above by some threads, visible to all below
     _loss_bwd_kernel(
@@ -276,7 +288,7 @@ def one_launch(grad_main, grad_sub, z, s, y, bce, eps, temperature, threshold, i
     _, strides, forward = loss_ops._cached_config(loss_ops._forward_config, (z, s, y), forward_options)
     _, _, stride_d, backward = loss_ops._cached_config(loss_ops._backward_config, (z, s, y, dz, ds), backward_options)
     constexprs = fused_constexprs(forward, backward)
-    return None if constexprs is None else (strides, stride_d, constexprs)
+    return None if constexprs is None else (strides, stride_d, {**constexprs, "DESCENDING": FORWARD_DESCENDING})
 
 
 _UNSET = object()

@@ -264,6 +264,7 @@ def _loss_fwd_kernel(
     SMOOTHED: tl.constexpr = True,  # class ids: w_o, the weight off the label, may be nonzero (eps > 0): the
     # blocks sum z for it (w_o = 0, the default eps = 0: _store_row skips the term, so no sum is needed)
     ZERO_ABSENT: tl.constexpr = False,  # out not zero-filled: write 0 where the variant has no value (_store_row)
+    DESCENDING: tl.constexpr = False,  # the whole blocks (before BCE's label block) from the last to the first
 ):
     row = tl.program_id(0).to(tl.int64)  # the grid is exactly M programs (x splits)
     # the block's columns as [BLOCK_C / GROUP, GROUP]: row i the GROUP contiguous classes of one state
@@ -313,9 +314,16 @@ def _loss_fwd_kernel(
     at = full
     if PEEL:
         at = tl.where((label_p >= first) & (label_p < full), first + (label_p - first) // BLOCK_C * BLOCK_C, full)
+    # DESCENDING: the blocks [first, at) from the last down, block first + last - (start - first) (written so
+    # that the compiler sees each start a multiple of BLOCK_C past first, as the ascending one's). Why: the one
+    # launch's backward (ops/_loss_fwd_bwd.py) reads the row again from its first class, which a descending forward
+    # read last: the most recently read bytes, those L2 still holds, are the ones read first (the online softmax's
+    # states are order-free: the same values to fp32 rounding)
+    last = (at - first - BLOCK_C) // BLOCK_C * BLOCK_C
     for start in range(first, at, BLOCK_C):
+        block = first + last - (start - first) if DESCENDING else start
         m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf = _fwd_block(
-            z_base, s_base, y_base, b_base, start, lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
+            z_base, s_base, y_base, b_base, block, lanes, lanes < BLOCK_C, label_p, eps, C, threshold, inv_t, k_z,
             k_t, m_z, l_z, a_z, b_z, m_s, l_s, l_t, d_t, m_ninf,
             HAS_MAIN, HAS_SUB, BCE, DENSE, BINARISE, False, HAS_BIAS, UNIT_T, not PEEL, SMOOTHED,
         )  # fmt: skip

@@ -119,6 +119,7 @@ def test_one_launch_equals_the_two(launches, dtype, kind, mode, eps, temperature
                                    over_rows, extreme, monkeypatch):  # fmt: skip
     monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)  # several blocks per row and a partial last one (200 classes)
     monkeypatch.setattr(ml, "_device_sms", lambda device: 1)  # no class split of the 6 rows: one program each
+    monkeypatch.setattr(fused, "FORWARD_DESCENDING", False)  # the two launches' order: bit for bit (descending below)
     options = (mode == "bce", eps, -100, temperature, threshold)
     gen = torch.Generator().manual_seed(3)
     row_grads = tuple(torch.randn(ROWS, generator=gen).to(DEVICE) if want else None for want in grads)
@@ -135,6 +136,16 @@ def test_one_launch_equals_the_two(launches, dtype, kind, mode, eps, temperature
     assert one[0].isnan().any(dim=0).tolist()[1] == (kind != "dense")  # the out-of-range id's row
     if eps == 0:  # every other row finite, extreme values included (smoothing puts mass on the -inf logit)
         assert one[0][:, [0, 2, 3, 4, 5]].isfinite().all()
+    # the default order, the row's whole blocks from the last down (FORWARD_DESCENDING): the states added in another
+    # order, the same values to fp32 rounding (a gradient of 16 bits: to its own rounding)
+    monkeypatch.setattr(fused, "FORWARD_DESCENDING", True)
+    launches.clear()
+    descending = _run(True, args, kind, options, b, row_grads, over_rows, seed, extreme)
+    assert launches == ["fused"]
+    low = over_rows or dtype != torch.float32
+    for name, got, want in zip(("stats", "dz", "ds"), descending, two):
+        rtol = 2**-7 if low and name != "stats" else 1e-5
+        torch.testing.assert_close(got, want, rtol=rtol, atol=1e-6, equal_nan=True, msg=name)
 
 
 @pytest.mark.parametrize("over_rows", [False, True])
@@ -170,7 +181,8 @@ def test_fused_constants():
         if "constexpr" in str(p.annotation)
     ]  # fmt: skip
     tail = ["TAIL", "TAIL_DZ", "TAIL_DS", "TAIL_DW", "BLOCK_T", "BLOCK_D"]  # the class tail's (ClassTail)
-    assert sorted(kernel_constants) == sorted([*tail, *(k for k in merged if k != "num_warps")])  # no other
+    own = [*tail, "DESCENDING"]  # and the forward's order, the one launch's own (one_launch: FORWARD_DESCENDING)
+    assert sorted(kernel_constants) == sorted([*own, *(k for k in merged if k != "num_warps")])  # no other
     # the forward's block in more warps than its own: widened to a 16-byte word per thread (BCE's 1024 classes in
     # the backward's 16 warps: 2048 of fp32 logits, 4096 of bf16), at most the backward's block; not where the
     # words are single elements' (GROUP 1: unaligned rows) or the warps the forward's own
