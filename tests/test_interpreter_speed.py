@@ -353,3 +353,33 @@ def test_a_negative_axis_is_left_to_the_interpreter():
 
     plain, patched, fallbacks = _plain_and_patched(run)
     assert _bits(patched) == _bits(plain) and fallbacks == ["_log1p_pair"]
+
+
+@triton.jit
+def first_of_pair(a, i, b, j):
+    return a + b  # two inputs, one result: the interpreter refuses it
+
+
+@triton.jit
+def reduces_a_pair_to_one(x_ptr, out_ptr, R: tl.constexpr, G: tl.constexpr):
+    x = tl.load(x_ptr + tl.arange(0, R)[:, None] * G + tl.arange(0, G)[None, :])
+    total, count = tl.reduce((x, x), 1, first_of_pair)
+    tl.store(out_ptr + tl.arange(0, R), total + count)
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_a_combine_returning_fewer_values_than_it_reduces_fails_as_the_interpreters(groups):
+    # the vectorised path meets the short result at its first combine (an axis of 2: one call) and leaves the
+    # reduction to the interpreter, whose error is the one raised
+    x = torch.arange(4 * groups, dtype=torch.float32).view(4, groups)
+
+    def run():
+        try:
+            reduces_a_pair_to_one[(1,)](x, torch.zeros(4), R=4, G=groups)
+        except Exception as exc:
+            return repr(exc)
+        return "no error"
+
+    plain, patched, fallbacks = _plain_and_patched(run)
+    assert plain != "no error" and patched == plain
+    assert fallbacks == ["first_of_pair"]

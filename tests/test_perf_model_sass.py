@@ -155,6 +155,8 @@ def test_the_busiest_sm_and_its_resident_blocks_by_hand(function):
     assert k.t_issue_us == pytest.approx(3 * 2 * 74 / 4e9 * 1e6)  # 0.111 us
     # in flight 4 SMs x 3 blocks x 2 warps x 512 B = 12288 B: 1,228,800 B x 1e-6 s / 12288 = 100 us
     assert k.t_memory_us == pytest.approx(100.0) and k.t_kernel_us == pytest.approx(100.0)
+    # the roofline 1,228,800 B / 1 TB/s = 1.2 us: the latency sets t_memory, 100 us of it
+    assert k.t_latency_us == pytest.approx(100.0)
 
 
 def test_the_roofline_counts_bytes_read_and_written():
@@ -164,7 +166,7 @@ def test_the_roofline_counts_bytes_read_and_written():
             enumerate(["S2R", "LDG.E.128", "FFMA", "BRA", "EXIT"])]  # fmt: skip
     k = predict_kernel(card, sass.Function("k", code, 32, 0, 0, 0, sass._loops(code)), "k", (10, 1, 1), 2, 0,
                        [10], 256, 3_000_000, 1_000_000)  # fmt: skip
-    assert k.t_memory_us == pytest.approx(4.0) and k.t_kernel_us == pytest.approx(4.0)
+    assert k.t_memory_us == pytest.approx(4.0) and k.t_kernel_us == pytest.approx(4.0) and k.t_latency_us == 0
 
 
 def _two_loops() -> sass.Function:
@@ -187,11 +189,13 @@ def test_one_block_an_sm_waits_a_round_trip_per_iteration_by_hand():
     assert k.t_memory_us == pytest.approx(50.0)
     # not overlapped: 0.552 us + 1 program x (100 + 50) iterations x 1 us = 150.552 us
     assert not k.overlapped and k.t_kernel_us == pytest.approx(150.552)
+    assert k.t_latency_us == pytest.approx(150.0)  # the chain's waits, not the 50 us of t_memory
 
 
-def _kernel(t_kernel: float, t_memory: float, t_issue: float, t_mufu: float, read: int, written: int):
+def _kernel(t_kernel: float, t_memory: float, t_issue: float, t_mufu: float, read: int, written: int,
+            t_latency: float = 0.0):  # fmt: skip
     return KernelPrediction("k", (1, 1, 1), 4, 32, 0, Occupancy(1, "blocks", 1.0), 1, 1, 1.0, {}, [4], read,
-                            written, t_memory, t_issue, True, t_kernel, t_mufu)  # fmt: skip
+                            written, t_memory, t_issue, True, t_kernel, t_mufu, t_latency)  # fmt: skip
 
 
 def test_an_ops_time_and_bound_by_hand():
@@ -204,6 +208,14 @@ def test_an_ops_time_and_bound_by_hand():
     assert OpPrediction("loss", "s", "bfloat16", "CE", "full", "triton", kernels, 0, 0, 2.5).bound == "issue"
     kernels[0] = _kernel(10.0, 10.0, 10.0, 3.0, 0, 0)
     assert OpPrediction("loss", "s", "bfloat16", "CE", "full", "triton", kernels, 0, 0, 2.5).bound == "memory"
+    # latency: t_memory's own (loads in flight too few: 10 us of latency over 3 us of issue) or a chain's waits
+    # (8 of 10 us) over its issue (2); not where the issue outweighs it (6 of 10 us issue, 4 of waits)
+    kernels[0] = _kernel(10.0, 10.0, 3.0, 0.0, 0, 0, t_latency=10.0)
+    assert OpPrediction("loss", "s", "bfloat16", "CE", "full", "triton", kernels, 0, 0, 2.5).bound == "latency"
+    kernels[0] = _kernel(10.0, 1.0, 2.0, 0.0, 0, 0, t_latency=8.0)
+    assert OpPrediction("loss", "s", "bfloat16", "CE", "full", "triton", kernels, 0, 0, 2.5).bound == "latency"
+    kernels[0] = _kernel(10.0, 1.0, 6.0, 0.0, 0, 0, t_latency=4.0)
+    assert OpPrediction("loss", "s", "bfloat16", "CE", "full", "triton", kernels, 0, 0, 2.5).bound == "issue"
 
 
 # ---------------------------------------------------------------------------------------------------------------

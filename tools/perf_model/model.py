@@ -76,6 +76,9 @@ class KernelPrediction:
     overlapped: bool
     t_kernel_us: float
     t_mufu_us: float = 0.0  # the special-function pipe's time (exp2, log2, reciprocal): model docstring
+    # the memory latency's share: t_memory's where the loads in flight cannot cover it (else 0), or the one-block
+    # chain's waits (no second resident block), whichever set t_kernel
+    t_latency_us: float = 0.0
 
     @property
     def instructions_per_element(self) -> float | None:
@@ -166,8 +169,10 @@ def predict_kernel(
     # only loops that load wait on memory (a store-only loop, e.g. Liger's ignored-row path, does not)
     waiting = [loop for loop in function.loops if loop.load_bytes_per_warp()]
     iterations = sum(math.prod(trips[id(loop)]) for loop in waiting) or 1
-    t_chain = t_compute if overlapped else t_compute + per_sm * iterations * card.dram_latency_ns * 1e-9
+    t_waits = 0.0 if overlapped else per_sm * iterations * card.dram_latency_ns * 1e-9
+    t_chain = t_compute + t_waits
     t_kernel = max(t_memory, t_chain)
+    t_latency = (latency_bound if latency_bound > roofline else 0.0) if t_memory >= t_chain else t_waits
     return KernelPrediction(
         name,
         grid,
@@ -187,6 +192,7 @@ def predict_kernel(
         overlapped,
         t_kernel * 1e6,
         t_mufu * 1e6,
+        t_latency * 1e6,
     )
 
 
@@ -215,12 +221,16 @@ class OpPrediction:
 
     @property
     def bound(self) -> str:
-        """What the slowest launch is limited by."""
+        """What the slowest launch is limited by: its launch, memory latency (loads in flight too few to cover it,
+        or one resident block waiting on each load), memory bandwidth, or its instruction issue / MUFU pipe."""
         if not self.kernels:
             return "-"
         slowest = max(self.kernels, key=lambda k: k.t_kernel_us)
+        compute = max(slowest.t_issue_us, slowest.t_mufu_us)
         if slowest.t_kernel_us < self.launch_us:
             return "launch"
-        if slowest.t_memory_us >= max(slowest.t_issue_us, slowest.t_mufu_us):
+        if slowest.t_latency_us > max(compute, slowest.t_kernel_us - slowest.t_latency_us):
+            return "latency"
+        if slowest.t_memory_us >= compute:
             return "memory"
         return "issue" if slowest.t_issue_us >= slowest.t_mufu_us else "mufu"
