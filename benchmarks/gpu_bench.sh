@@ -39,7 +39,8 @@
 #                      against the budget's 192 (~2 s each: the loss kernels' specialisations are BERT's), so
 #                      that a cap drops those first. Cold Triton and Inductor caches
 #                      (34 s on 2026-11-30 as the 4th suite, after the loss suite had compiled the loss kernels;
-#                      80 s, its cap, on 2026-12-04 with 13 cases: 15 now, helper-163)
+#                      80 s, its cap, on 2026-12-04 with 13 cases: 16 now, helper-163; the two A/B rows,
+#                      one launch and descending blocks, 'full' only, before the sweep)
 #   build         130  in the background from the end of the fused-linear suite (its host times, issue 13's
 #                      question, measured without nvcc beside them: helper-163), into cuda.log (nice, MAX_JOBS=6
 #                      nvcc processes of the 16 cores), only when masksub_kernels._C does not import: nvcc for sm_90,
