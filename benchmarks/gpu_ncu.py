@@ -14,9 +14,14 @@ up, then once between cudaProfilerStart and cudaProfilerStop (ncu --profile-from
   chunk's fp32 logits, the dH and dW matmuls;
 - the recompute op (reduction 'none', then the mean) on 4096 rows (RECOMPUTE_ROWS: ncu replays each kernel once per
   section group, and the step's cap must hold them all; a quarter of the step's rows, every one counted): its
-  forward, dH and dW Triton kernels.
+  forward, dH and dW Triton kernels;
+- last, the chunk's loss launch alone (ops/_loss_fwd_bwd.py: fp32 logits in rows padded to 64 classes, a bias, the
+  bf16 gradients written over their rows; all C classes from the logits, no class tail), its forward's blocks
+  descending (FORWARD_DESCENDING, the default), then ascending: the A/B of that order in one kernel's DRAM bytes
+  and L2 hit rate, which the host's pace does not blur as it may the suite's `masksub[triton]:ascending` row.
 ncu flushes the caches before each replay of a kernel (its default): L2 hit rates are a cold cache's (a chunk's 94 MB
-of logits exceed the H200's 50 MB of L2 anyway). Each phase prints its time since the start (the log says where the
+of logits exceed the H200's 50 MB of L2 anyway), within a kernel they are its own (the loss launch's backward
+re-reading what its forward read). Each phase prints its time since the start (the log says where the
 step's cap went). Without a GPU, the calls run on the CPU at a tiny shape (the torch backend), unprofiled: the CPU
 tests run this file.
 """
@@ -68,11 +73,50 @@ def calls(rows: int, depth: int, classes: int, device: torch.device) -> list[tup
     ]
 
 
+def loss_launch_orders(rows: int, classes: int, device: torch.device) -> list[tuple[str, object]]:
+    """(name, call) pairs: the chunk's loss launch alone on ``rows`` rows per branch, its forward's blocks descending,
+    then ascending (the A/B of ops/_loss_fwd_bwd.py's FORWARD_DESCENDING); each call first copies the logits back
+    (the gradients overwrite them; a torch copy, outside ncu's kernel filter)."""
+    from masksub_kernels.ops import _loss_fwd_bwd
+
+    generator = torch.Generator(device=device).manual_seed(1)
+    padded = -(-classes // 64) * 64  # the chunk loop's rows (_linear_loss_chunks)
+    source = torch.randn(2 * rows, padded, generator=generator, device=device) * 3
+    logits = torch.empty_like(source)
+    narrow = logits.view(torch.bfloat16)
+    labels = torch.randint(0, classes, (rows,), generator=generator, device=device)
+    bias = (torch.randn(classes, generator=generator, device=device) * 0.1).bfloat16()
+    row_grads = torch.full((rows,), 1.0 / rows, device=device)
+    stats = torch.empty(9, rows, device=device)
+    tickets = torch.zeros(rows, dtype=torch.int32, device=device)
+
+    def run(descending: bool):
+        logits.copy_(source)
+        saved, _loss_fwd_bwd.FORWARD_DESCENDING = _loss_fwd_bwd.FORWARD_DESCENDING, descending
+        try:
+            _loss_fwd_bwd.forward_backward_triton(
+                row_grads, row_grads, logits[:rows, :classes], logits[rows:, :classes], labels, False, 0.0, -100,
+                1.0, None, out=stats, tickets=tickets, into=(narrow[:rows, :classes], narrow[rows:, :classes]),
+                bias=bias, over_rows=True,
+            )  # fmt: skip
+        finally:
+            _loss_fwd_bwd.FORWARD_DESCENDING = saved
+
+    shape = f"M={rows} C={classes}"
+    return [
+        (f"the chunk's loss launch alone, blocks descending: {shape}", lambda: run(True)),
+        (f"the chunk's loss launch alone, blocks ascending: {shape}", lambda: run(False)),
+    ]
+
+
 def main(argv: list[str]) -> int:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda" if on_gpu else "cpu")
     work = calls(*(SHAPE if on_gpu else TINY), device)
+    if on_gpu or mk.triton_interpreted():  # the Triton kernel itself: a GPU's, or the interpreter's (the tests)
+        rows, _, classes = SHAPE if on_gpu else TINY
+        work += loss_launch_orders(min(rows, grads_chunk_rows(classes, rows)), classes, device)
     _say("imports and inputs ready")
     for _name, call in work:  # compile and warm up, outside the profiled range
         call()

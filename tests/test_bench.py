@@ -308,10 +308,26 @@ def test_gpu_ncu_script_runs_both_paths_of_the_fused_linear_op(monkeypatch, caps
             spy.report_as = op.report_as
         monkeypatch.setattr(lm, name, spy)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU's tiny shape on a GPU machine too
+    # then the chunk's loss launch alone, descending and ascending (the interpreter's, where it runs: one launch, as
+    # on a GPU, with no class split of its 8 rows)
+    from masksub_kernels.ops import _loss_fwd_bwd
+    from masksub_kernels.ops import masksub_loss as ml
+
+    orders, kernel = [], _loss_fwd_bwd._loss_fwd_bwd_kernel
+
+    class Recorded:
+        def __getitem__(self, grid):
+            return lambda *args, **constants: orders.append(constants["DESCENDING"]) or kernel[grid](*args, **constants)
+
+    monkeypatch.setattr(_loss_fwd_bwd, "_loss_fwd_bwd_kernel", Recorded())
+    monkeypatch.setattr(ml, "SPLIT_PROGRAMS_PER_SM", 0)
     assert gpu_ncu.main([]) == 0
     assert used == ["_linear_loss_grads_op", "_linear_loss_op"] * 2
     out = capsys.readouterr().out
     assert "backend torch" in out and "profiled: gradients in the forward, one chunk: M=8 D=16 C=40" in out
+    interpreted = mk.triton_interpreted()
+    assert orders == ([True, False] * 2 if interpreted else []) and _loss_fwd_bwd.FORWARD_DESCENDING
+    assert ("profiled: the chunk's loss launch alone, blocks ascending: M=8 C=40" in out) == interpreted
     # on a GPU: one chunk of BERT's step (its 43 chunks' kernels and launch configurations), the recompute op on all
     assert gpu_ncu.SHAPE == (16384, 768, 30522) and grads_chunk_rows(*gpu_ncu.SHAPE[2::-2]) == 384
 
@@ -443,6 +459,22 @@ def test_the_ascending_row_runs_the_forward_from_the_first_class_up_and_restores
     assert orders == [True, False, True] and _loss_fwd_bwd.FORWARD_DESCENDING
     torch.testing.assert_close(ascending, descending, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(again, descending, rtol=0, atol=0)
+
+
+def test_the_ab_rows_time_their_own_arms():
+    # each A/B row of the GPU suite (BERT's shape) runs its arm, not the default op under another name (helper-195:
+    # a row timing the default op under the A/B's name passed every other test, and the GPU run's A/B would read 0)
+    from masksub_kernels.bench import linear_loss
+
+    arms = {
+        "masksub[triton]": linear_loss.fused,
+        "masksub[triton]:2 launches": linear_loss.fused_two_launches,
+        "masksub[triton]:ascending": linear_loss.fused_ascending,
+    }
+    every = [case for case in linear_loss.cases(torch.device("cuda")) if case.shape.startswith("BERT")]
+    for provider, arm in arms.items():
+        (case,) = [case for case in every if case.provider == provider]
+        assert case.fn is arm, provider
 
 
 def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypatch):

@@ -265,6 +265,41 @@ def test_the_chunks_one_launch_reads_its_stats_behind_a_barrier():
     assert not check([load, load])  # no store: nothing to fence (the test's script would fail on the name first)
 
 
+_ORDERS = """
+import json, re, sys, triton
+from tools import kernel_specs
+from tools.perf_model.capture import _target
+result = {}
+for name, kernel, types, constants, options in kernel_specs.chunk_step_specs():
+    if name not in ("fwd_bwd[bf16,tail]", "fwd_bwd[bf16,bce,tail]", "fwd_bwd[fp32,tail]"):
+        continue
+    options = dict(options)
+    index = {n: i for i, n in enumerate(kernel.arg_names)}
+    attrs = {(index[n],): [["tt.divisibility", 16]] for n in options.pop("divisible_by_16", ())}
+    for descending in (False, True):
+        signature = {**types, **{n: "constexpr" for n in constants}}
+        source = triton.compiler.ASTSource(kernel, signature, {**constants, "DESCENDING": descending}, attrs)
+        ptx = triton.compile(source, target=_target(), options=options).asm["ptx"]
+        result[f"{name} {descending}"] = re.findall(r"(?:ld|st)[.]global[.a-z0-9]*", ptx)
+json.dump(result, sys.stdout)
+"""
+
+
+def test_the_one_launch_descending_forward_keeps_its_16_byte_words():
+    # the one launch's forward reads a row's whole blocks from the last down (ops/_loss_fwd_bwd.py's
+    # FORWARD_DESCENDING): each block's start must still be provably a multiple of BLOCK_C past the row's first (its
+    # 16-byte words), else the compiler splits the loads and only the PTX shows it (helper-195: the same values from
+    # `at - BLOCK_C - (start - first)`, whose `at` has C's divisibility, 1 at C = 30522, took 6 of the 8 chunk
+    # launches off ld.global.v4): as the chunk loop launches it (BERT's class ids with C's tail, BCE's around the
+    # label block, fp32 gradients), the descending launch has exactly the ascending one's global accesses
+    accesses = _json_from_script(_ORDERS)
+    assert len(accesses) == 6
+    for name in {key.rsplit(" ", 1)[0] for key in accesses}:
+        ascending, descending = accesses[f"{name} False"], accesses[f"{name} True"]
+        assert "ld.global.v4.b32" in ascending, name
+        assert sorted(descending) == sorted(ascending), name
+
+
 def _loads_after_the_first_store_unfenced(lines, load, store, barrier) -> bool:
     """Whether the first load after the first store has no barrier before it (after that store); False without
     a store or a load after it."""

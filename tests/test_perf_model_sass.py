@@ -169,6 +169,21 @@ def test_the_roofline_counts_bytes_read_and_written():
     assert k.t_memory_us == pytest.approx(4.0) and k.t_kernel_us == pytest.approx(4.0) and k.t_latency_us == 0
 
 
+def test_a_roofline_bound_kernel_has_no_latency_share():
+    # the roofline test's kernel on a card with a 10 ns latency: 3 programs an SM, 2 warps, a 16-byte load a lane
+    # (512 B a warp): in flight 4 SMs x 3 x 2 x 512 = 12288 B, 3e6 B x 10 ns / 12288 B = 2.44 us under the roofline's
+    # 4 us: the bandwidth sets t_memory, so no latency share, and the op's bound is 'memory' (helper-195: with the
+    # latency bound's 2.44 us counted as t_latency it read 'latency': 2.44 > 4 - 2.44)
+    card = Card("T0", sms=4, clock_ghz=1.0, copy_tbps=1.0, dram_latency_ns=10.0, launch_us=1.0)
+    code = [sass.Instruction(0x10 * i, op, "0x10" if op == "BRA" else "") for i, op in
+            enumerate(["S2R", "LDG.E.128", "FFMA", "BRA", "EXIT"])]  # fmt: skip
+    k = predict_kernel(card, sass.Function("k", code, 32, 0, 0, 0, sass._loops(code)), "k", (10, 1, 1), 2, 0,
+                       [10], 256, 3_000_000, 1_000_000)  # fmt: skip
+    assert k.overlapped and k.t_memory_us == pytest.approx(4.0) and k.t_kernel_us == pytest.approx(4.0)
+    assert k.t_latency_us == 0
+    assert OpPrediction("loss", "s", "bfloat16", "CE", "full", "triton", [k], 0, 0, 0.0).bound == "memory"
+
+
 def _two_loops() -> sass.Function:
     # S2R; loop 0x10-0x40: LDG.E.128, FFMA, IADD3, BRA; loop 0x50-0x70: LDG.E.U16, FFMA, BRA; EXIT (32 registers)
     ops = ["S2R", "LDG.E.128", "FFMA", "IADD3", "BRA 0x10", "LDG.E.U16", "FFMA", "BRA 0x50", "EXIT"]
@@ -215,6 +230,10 @@ def test_an_ops_time_and_bound_by_hand():
     kernels[0] = _kernel(10.0, 1.0, 2.0, 0.0, 0, 0, t_latency=8.0)
     assert OpPrediction("loss", "s", "bfloat16", "CE", "full", "triton", kernels, 0, 0, 2.5).bound == "latency"
     kernels[0] = _kernel(10.0, 1.0, 6.0, 0.0, 0, 0, t_latency=4.0)
+    assert OpPrediction("loss", "s", "bfloat16", "CE", "full", "triton", kernels, 0, 0, 2.5).bound == "issue"
+    # nor 'memory' where t_memory (7 us) is under the chain that sets the time (6 us of issue + 4 of waits:
+    # helper-195, the rule compared t_memory with the issue alone)
+    kernels[0] = _kernel(10.0, 7.0, 6.0, 0.0, 0, 0, t_latency=4.0)
     assert OpPrediction("loss", "s", "bfloat16", "CE", "full", "triton", kernels, 0, 0, 2.5).bound == "issue"
 
 

@@ -19,11 +19,12 @@ host-bound), and a Triton launch is the dearest of them (binding ~25 arguments a
 chunk fewer, 43 per BERT step. The program's second pass over its row may also find it in L2: its forward reads the
 row's whole blocks from the last down (FORWARD_DESCENDING), so the backward's first blocks, from the row's first
 class up, are the bytes read last (BERT's chunks: a row of both branches' fp32 logits is 244 KB, 2 programs of 16
-warps per SM (64 registers), ~64 MB in flight against an H200's 50 MB of L2; not yet measured: the benchmark's
-`masksub[triton]:ascending` row is the A/B). masksub_loss's own forward keeps the ascending order (the descending
-one costs its standalone kernels registers: 40 -> 48 at BERT's shape, sm_90, for nothing there). The stats go
-through memory as between the two launches: the barrier makes the program's stores visible to all its threads (the
-CUDA memory model, block scope).
+warps per SM (64 registers), ~64 MB in flight against an H200's 50 MB of L2: ~0.2-0.5 ms a BERT step by an LRU
+simulation's prediction, docs/fused_linear.md; whole blocks only, and with BCE's class ids those before the label's;
+not yet measured: the benchmark's `masksub[triton]:ascending` row and benchmarks/gpu_ncu.py's last two launches are
+the A/B). masksub_loss's own forward keeps the ascending order (the descending one costs its standalone kernels
+registers: 40 -> 48 at BERT's shape, sm_90, for nothing there). The stats go through memory as between the two
+launches: the barrier makes the program's stores visible to all its threads (the CUDA memory model, block scope).
 
 Where either kernel's launch configuration splits the rows' classes over programs (few rows: class_splits; the
 split forward merges its states through tickets, so another program's stats would be read), the two launches run

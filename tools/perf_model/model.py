@@ -231,6 +231,6 @@ class OpPrediction:
             return "launch"
         if slowest.t_latency_us > max(compute, slowest.t_kernel_us - slowest.t_latency_us):
             return "latency"
-        if slowest.t_memory_us >= compute:
+        if slowest.t_memory_us >= slowest.t_kernel_us:  # (not where a one-block chain of issue and waits outlasts it)
             return "memory"
         return "issue" if slowest.t_issue_us >= slowest.t_mufu_us else "mufu"

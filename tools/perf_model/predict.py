@@ -103,6 +103,7 @@ def record(card: Card, prediction: OpPrediction, headline: bool = False) -> dict
                 "memory_us": round(k.t_memory_us, 2),
                 "issue_us": round(k.t_issue_us, 2),
                 "mufu_us": round(k.t_mufu_us, 2),
+                "latency_us": round(k.t_latency_us, 2),
                 "overlapped": k.overlapped,
                 "kernel_us": round(k.t_kernel_us, 2),
             }
