@@ -30,7 +30,7 @@
 # finding 1). tools.perf_model.measured then runs on the CPU machine, on the files that came back (no GPU needed).
 # The order puts the open question first (issue 13: the fused-linear loss against torch.compile), so that a call
 # cut short still brings it back; the suites with a masksub[cuda] provider and the cuda steps come after the build.
-#   env            15  card, driver, versions (Liger-Kernel's too: carry its wheel in .whl/, below); 7 s on the H200
+#   env            12  card, driver, versions (Liger-Kernel's too: carry its wheel in .whl/, below); 7 s on the H200
 #   linear_loss   100  the fused-linear loss at BERT-base MLM's shape, bf16, against the composite, its
 #                      torch.compile and Liger-Kernel's main-branch CE (where liger_kernel imports), then the op's
 #                      chunk sweep (3 other chunk sizes and the loss forward's rows in twice the class splits,
@@ -44,25 +44,29 @@
 #   build         130  in the background from the end of the fused-linear suite (its host times, issue 13's
 #                      question, measured without nvcc beside them: helper-163), into cuda.log (nice, MAX_JOBS=6
 #                      nvcc processes of the 16 cores), only when masksub_kernels._C does not import: nvcc for sm_90,
-#                      50 s on the H200 machine's 16 cores (2026-11-30), 77 s (2026-12-04). The 134 s of caps
+#                      50 s on the H200 machine's 16 cores (2026-11-30), 77 s (2026-12-04). The 137 s of caps
 #                      before the first suite with a masksub[cuda] provider (loss, token_select, grid_mask) or cuda
 #                      cover it; waited for there
-#   profile        30  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
+#   profile        28  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
 #                      fused-linear loss (the chunk matmuls' cuBLAS kernels and times: the assumed 70% efficiency
 #                      calibrated; the loss kernels per chunk; wall against device time: host-bound or not; 18 s
 #                      of 20 on 2026-12-04, its tables printed at the end)
-#   gemm           25  benchmarks/gemm_probe.py into gemm.log: the chunk's matmuls alone as the loop runs them
+#   gemm           23  benchmarks/gemm_probe.py into gemm.log: the chunk's matmuls alone as the loop runs them
 #                      ("loop:" rows) and over a padded W, cuBLAS's kernels named (tools/perf_model reads the
 #                      newest gpu-<date>/*gemm*.log: the model's matmuls calibrated; ~20 s)
-#   ncu            32  Nsight Compute on the fused-linear op's kernels (benchmarks/gpu_ncu.py: one 384-row chunk of
+#   ncu            41  Nsight Compute on the fused-linear op's kernels (benchmarks/gpu_ncu.py: one 384-row chunk of
 #                      the gradients-in-forward path, the recompute op on 16384 rows; cuBLAS's and the Triton
 #                      kernels only), raw metrics in base units as CSV lines into bench.log between '== ncu_csv'
 #                      markers (DRAM throughput and bytes, L2 hit rate, occupancy, warp stall reasons,
 #                      instructions executed): why the loss kernels ran ~2x the model's time on 2026-11-30.
 #                      Kernels compiled by the suite before (the Triton cache); one ncu run (its tables print at
-#                      the end: a cap kill loses them), ~11 kernels replayed ~30 times each, 12-25 s estimated.
+#                      the end: a cap kill loses them), ~11 kernels replayed ~30 times each, 23.4 s on
+#                      2026-12-04 (9.5 s of it the chunk's kernels, 7 s the imports); since 2026-12-06 the chunk's
+#                      loss launch alone in both orders last (the A/B of FORWARD_DESCENDING: two kernels, their
+#                      no-tail variants compiled in the warm-up, ~3 s each): ~30-35 s estimated, the cap raised
+#                      from 32 s by the 9 s the steps around it had to spare (env, profile, gemm, numerics)
 #                      Skipped where ncu is missing; says so where the performance counters are locked
-#   numerics       12  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
+#   numerics       10  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
 #                      where the branches agree, the Triton path compiled (on the CPU: the interpreter's truncating
 #                      bf16), against the bf16-logit composites; M = 128, without torch.compile (8 s, 2026-12-04)
 #   train          35  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each, no host-time pass):
@@ -138,7 +142,7 @@ for suite in $suites; do
   [[ -v CAP[$suite] ]] || { echo "gpu_bench.sh: unknown suite '$suite' (known: ${!CAP[*]})" >&2; exit 2; }
 done
 NEEDS_BUILD='^(loss|token_select|grid_mask|cuda)$' # a masksub[cuda] provider, or the cuda backend's tests
-step env.txt 15 write_env
+step env.txt 12 write_env
 needs_build=
 for suite in $suites; do [[ $suite =~ $NEEDS_BUILD ]] && needs_build=1; done
 start_build() { # once: beside the steps that do not need it (the fused-linear suite's profile, probe, ncu and
@@ -160,10 +164,10 @@ for suite in $suites; do
   step bench.log "${CAP[$suite]}" "$PY" -m masksub_kernels.bench --out "$OUT" --append --no-plot --suites "$suite"
   if [[ $suite == linear_loss ]]; then
     start_build
-    step bench.log 30 "$PY" benchmarks/gpu_profile.py --only linear
-    step gemm.log 25 "$PY" benchmarks/gemm_probe.py
-    step bench.log 32 ncu_linear  # its tables print only when the workload ends: no partial result to keep
-    step bench.log 12 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"
+    step bench.log 28 "$PY" benchmarks/gpu_profile.py --only linear
+    step gemm.log 23 "$PY" benchmarks/gemm_probe.py
+    step bench.log 41 ncu_linear  # its tables print only when the workload ends: no partial result to keep
+    step bench.log 10 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"
     output linear-loss-numerics.json
   fi
 done
