@@ -410,7 +410,7 @@ def evaluate_batch(parts: MLMParts, batch) -> dict[str, torch.Tensor]:
     labels = batch["labels"].reshape(-1)
     rows = labels != IGNORE_INDEX
     logits = parts.decoder(_rows(hidden)[rows]).float()
-    picked = labels[rows]
+    picked = labels[rows].long()  # (int32 labels train as int64 ones: cross_entropy takes int64 only, helper-193)
     outside = picked[(picked < 0) | (picked >= logits.shape[1])]  # the training loss's check (cross_entropy: an
     if outside.numel():  # IndexError on the CPU, a device assert on a GPU)
         raise ValueError(f"class ids must be in [0, {logits.shape[1]}) or ignore_index={IGNORE_INDEX}, got "

@@ -67,14 +67,19 @@ def tokenizer_digest(path: str) -> str:
 
 def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int, resuming: bool, prog: str):
     """(tokenizer, digest, trained): the vocabulary at ``path``, trained on the training documents and saved when
-    absent (``trained``). Under DDP rank 0 alone decides and trains, behind a barrier that every rank passes:
-    training is not deterministic, so the ranks must read one file."""
+    absent (``trained``). Under DDP rank 0 alone decides and trains, and every rank waits for its outcome (the
+    broadcast of rank_zero_check): training is not deterministic, so the ranks must read one file, and a save that
+    fails on rank 0 ends every rank with its message (none is left waiting in a collective, helper-193)."""
     from tokenizers import Tokenizer
 
     from . import text_data
+    from .rank_zero import rank_zero_check
 
     trained = rank == 0 and not os.path.isfile(path)
-    if trained:
+
+    def train_and_save() -> None:
+        if not trained:
+            return
         tokenizer = text_data.train_tokenizer(train_docs, args.vocab_size or DEFAULT_VOCAB_SIZE)
         try:  # (its directory was checked before: a disk that fills, a permission changed since)
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -86,13 +91,11 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
             raise UsageError(
                 f"--tokenizer {path!r}: the vocabulary trained for this run cannot be saved: {exc}"
             ) from exc
-    elif rank == 0 and not args.tokenizer and not resuming:
+
+    rank_zero_check(train_and_save, rank, world)  # every rank: under DDP the others wait here for the file
+    if rank == 0 and not trained and not args.tokenizer and not resuming:
         print(f"{prog}: note: using the vocabulary {path!r} that an earlier run wrote there (not trained for this "
               "run's --vocab-size: delete it, or pass --tokenizer, to train another)", file=sys.stderr)  # fmt: skip
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
     try:
         tokenizer = Tokenizer.from_file(path)
     except Exception as exc:  # tokenizers raises its own Exception type for a bad file

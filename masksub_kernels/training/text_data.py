@@ -134,11 +134,20 @@ def pack_blocks(tokenizer, documents: list[str], length: int) -> torch.Tensor:
     was = getattr(inner, "encode_special_tokens", None)  # (None: a stand-in with no such switch)
     if was is not None:
         inner.encode_special_tokens = True
+    truncation, padding = getattr(inner, "truncation", None), getattr(inner, "padding", None)
+    if truncation:
+        inner.no_truncation()
+    if padding:
+        inner.no_padding()
     try:
         encodings = tokenizer.encode_batch(documents, add_special_tokens=False)
     finally:
         if was is not None:
             inner.encode_special_tokens = was
+        if truncation:
+            inner.enable_truncation(**truncation)
+        if padding:
+            inner.enable_padding(**padding)
     for encoding in encodings:
         stream.extend(encoding.ids)
         stream.append(sep_id)

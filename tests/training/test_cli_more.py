@@ -502,3 +502,25 @@ def test_module_entry_points_exit_2_on_a_usage_error(tmp_path):
     ):
         result = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300)
         assert result.returncode == 2, (module, result.stderr[-2000:])
+
+
+def test_mlm_batches_walk_each_epochs_permutation_in_whole_steps():
+    # (helper-193: no run reached a second epoch with accumulation, where steps counted in micro-batches left the
+    # last parts of a step without blocks)
+    from masksub_kernels.training import mlm_cli
+
+    args = mlm_cli.build_parser().parse_args(
+        ["--batch-size", "2", "--accum-steps", "2", "--seq-len", "6", "--seed", "3"]
+    )
+    blocks = torch.arange(10 * 6).view(10, 6)  # block i holds 6 i .. 6 i + 5
+    special = torch.ones_like(blocks, dtype=torch.bool)  # nothing corrupted: the batch shows which blocks it took
+    vocab = mlm_cli.Vocab(64, 4, 0)
+    taken = {}
+    for step in range(4):  # 10 blocks, 4 a step: 2 steps an epoch, the last 2 blocks of each permutation unused
+        for part in range(2):
+            batch = mlm_cli._train_batch(args, vocab, (blocks, special), step, part, parts=2)
+            taken[step, part] = (batch["input_ids"][:, 0] // 6).tolist()
+    for epoch in range(2):
+        order = mlm_cli._epoch_order(10, 3, epoch).tolist()
+        got = [b for step in (2 * epoch, 2 * epoch + 1) for part in range(2) for b in taken[step, part]]
+        assert got == order[:8], (epoch, taken)

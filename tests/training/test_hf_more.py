@@ -209,3 +209,49 @@ def test_which_vocabulary_a_run_reads_trains_and_keeps(tmp_path):
         UsageError, match=r"lacks BERT's special tokens \['\[PAD\]', '\[CLS\]', '\[SEP\]', '\[MASK\]'\]"
     ):
         load_tokenizer(args, str(tmp_path / "plain.json"), [], 0, 1, False, "prog")
+
+
+def test_only_rank_0_trains_a_missing_vocabulary(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    pytest.importorskip("tokenizers")
+    from masksub_kernels.training.mlm_tokenizer import load_tokenizer
+
+    path = tmp_path / "tokenizer.json"
+    args = SimpleNamespace(tokenizer=None, vocab_size=80)
+    docs = ["some words to learn, some words."] * 4
+    # rank 1 (world 1: no barrier here) reads what rank 0 wrote; with nothing written, a clear error, no training
+    with pytest.raises(UsageError, match="is not a tokenizers JSON file"):
+        load_tokenizer(args, str(path), docs, 1, 1, False, "prog")
+    assert not path.exists()
+    tokenizer, _, trained = load_tokenizer(args, str(path), docs, 0, 1, False, "prog")
+    assert trained and path.exists() and tokenizer.token_to_id("[MASK]") == 4
+    assert tokenizer.get_vocab_size() < 80  # all this text has: --vocab-size was used, no note says otherwise
+    assert "is not used" not in capsys.readouterr().err
+
+
+def test_a_vocabulary_rank_0_cannot_save_ends_every_rank(tmp_path, monkeypatch):
+    # under DDP rank 0 trains and saves; where the save fails, its message reaches the other ranks through
+    # rank_zero_check's broadcast (before: rank 0 raised before the barrier, the others waited there: a hang or
+    # gloo / NCCL tracebacks, helper-193), and they read no file
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    pytest.importorskip("tokenizers")
+    from masksub_kernels.training.mlm_tokenizer import load_tokenizer
+    from masksub_kernels.training.rank_zero import ReportedOnRankZero
+
+    (tmp_path / "a_file").write_text("")
+    path = str(tmp_path / "a_file" / "tokenizer.json")  # its directory is a file: the save fails
+    args = SimpleNamespace(tokenizer=None, vocab_size=80)
+    docs = ["some words to learn, some words."] * 4
+    sent = []
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda objects, src: sent.append(list(objects)))
+    monkeypatch.setattr(dist, "barrier", lambda: pytest.fail("a barrier rank 0 may never reach"), raising=False)
+    with pytest.raises(UsageError, match="cannot be saved"):
+        load_tokenizer(args, path, docs, 0, 2, False, "prog")
+    assert len(sent) == 1 and "cannot be saved" in sent[0][0]
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda objects, src: objects.__setitem__(0, sent[0][0]))
+    with pytest.raises(ReportedOnRankZero, match="cannot be saved"):
+        load_tokenizer(args, path, docs, 1, 2, False, "prog")

@@ -551,3 +551,34 @@ def test_the_head_takes_autocasts_dtype_for_fp32_head_inputs():
     assert h.dtype == w.dtype == b.dtype == torch.bfloat16
     h, w, b = mk_mlm._head(parts, hidden)
     assert h.dtype == w.dtype == b.dtype == torch.float32
+
+
+@pytest.mark.parametrize("schedule", ["joint", "sequential"])
+def test_unequal_branch_weights_weight_their_own_terms(schedule):
+    # (helper-193: every MLM test used the published 1/2 and 1/2, which cannot tell the weights apart)
+    # main_weight=1, sub_weight=0: the gradients are the model's own MLM loss's (the main term alone); and the
+    # reported loss is main_weight * loss_main + sub_weight * loss_sub, loss_main being that MLM loss
+    batch = make_batch(batch=3, seed=2)
+    reference = tiny_bert()
+    own = reference(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+    own.backward()
+    for weights in ((1.0, 0.0), (0.2, 0.8)):
+        ms = MaskSub(tiny_bert(), mask_ratio=0.5, main_weight=weights[0], sub_weight=weights[1])
+        out = ms.train_step(batch, None, torch.optim.SGD(ms.parameters(), lr=0.0), seed=9, schedule=schedule)
+        torch.testing.assert_close(out["loss_main"], own.detach(), atol=1e-5, rtol=1e-5)
+        weighted = weights[0] * out["loss_main"] + weights[1] * out["loss_sub"]
+        torch.testing.assert_close(out["loss"], weighted, atol=1e-5, rtol=1e-5)
+        if weights == (1.0, 0.0):
+            for name, expected in _grads(reference).items():
+                torch.testing.assert_close(_grads(ms.model)[name], expected, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_int32_batches_evaluate_as_int64_ones():
+    # check_batch accepts int32 labels and training takes them; evaluation gave cross_entropy's raw dtype error
+    # (helper-193)
+    ms = MaskSub(tiny_bert(), mask_ratio=0.5).eval()
+    batch = make_batch(batch=3, seed=2)
+    narrow = {key: value.int() if value.dtype == torch.int64 else value for key, value in batch.items()}
+    want, got = ms(batch), ms(narrow)
+    for key in ("loss", "correct", "count"):
+        torch.testing.assert_close(got[key], want[key], msg=key)

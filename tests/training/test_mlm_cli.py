@@ -491,3 +491,53 @@ def test_a_vocab_size_equal_to_the_files_gets_no_note(corpus, tokenizer, tmp_pat
             "--eval-every", "1", "--vocab-size", str(size)]  # fmt: skip
     assert main(argv) == 0
     assert "is not used" not in capsys.readouterr().err
+
+
+def test_each_micro_batch_of_a_step_draws_its_own_masks_and_dropout(corpus, tokenizer, tmp_path, monkeypatch):
+    # the micro-batches of one optimizer step are different blocks: the same keep pattern (sub-branch seed) or the
+    # same dropout masks for each of them would correlate the parts that accumulation averages
+    from masksub_kernels.training import MaskSub
+
+    seen = []
+
+    def spy(self, batch, target, optimizer, **kwargs):
+        seen.append((kwargs["seed"], torch.initial_seed()))  # the train_step's masks, the dropout's seed
+        zero = torch.zeros((), requires_grad=False)
+        return {"loss": zero, "loss_main": zero, "loss_sub": zero}
+
+    monkeypatch.setattr(MaskSub, "train_step", spy)
+    argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--accum-steps", "2",
+            "--steps", "2", "--eval-every", "2"]  # fmt: skip
+    assert main(argv) == 0
+    assert len(seen) == 4  # 2 steps x 2 micro-batches
+    sub_seeds, dropout_seeds = zip(*seen)
+    assert len(set(sub_seeds)) == 4, sub_seeds
+    assert len(set(dropout_seeds)) == 4, dropout_seeds
+
+
+def test_stop_at_the_last_step_need_not_be_a_multiple_of_eval_every():
+    # a time-limited job's last slice ends at --steps, which always ends a round (helper-193)
+    parse = mlm_cli.build_parser().parse_args
+    mlm_cli._check_args(parse(["--steps", "5", "--eval-every", "2", "--stop-at", "5", "--seq-len", "16",
+                               "--mask-ratio", "0.25"]))  # fmt: skip
+    with pytest.raises(mlm_cli.UsageError, match="must end a round"):
+        mlm_cli._check_args(parse(["--steps", "5", "--eval-every", "2", "--stop-at", "3", "--seq-len", "16",
+                                   "--mask-ratio", "0.25"]))  # fmt: skip
+
+
+def test_pack_blocks_ignores_a_tokenizer_files_truncation_and_padding(tmp_path):
+    # a --tokenizer file saved with truncation cut every document silently, one with padding put [PAD] ids into
+    # the packed stream as input tokens (helper-193): pack_blocks turns both off around its encode_batch
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer
+
+    docs = ["the quick brown fox jumps over the lazy dog and keeps running far away"] * 3 + ["a b"]
+    plain = text_data.train_tokenizer(docs * 4, 80)
+    plain.save(str(tmp_path / "plain.json"))
+    configured = Tokenizer.from_file(str(tmp_path / "plain.json"))
+    configured.enable_truncation(max_length=4)
+    configured.enable_padding(pad_id=0, pad_token="[PAD]")
+    configured.save(str(tmp_path / "configured.json"))
+    want = text_data.pack_blocks(Tokenizer.from_file(str(tmp_path / "plain.json")), docs, 8)
+    got = text_data.pack_blocks(Tokenizer.from_file(str(tmp_path / "configured.json")), docs, 8)
+    assert torch.equal(got, want)  # was 3 blocks of documents cut to 4 tokens (13 expected), a [PAD] among them

@@ -128,3 +128,19 @@ def test_a_resume_without_tokenizer_gets_no_earlier_run_note(corpus, tmp_path, c
     capsys.readouterr()
     assert main([*common, "--resume", str(tmp_path / "last.pth")]) == 0
     assert "that an earlier run wrote there" not in capsys.readouterr().err
+
+
+def test_a_resume_with_another_number_of_processes_is_refused():
+    # the parts of a step are accum-steps x processes: another count would silently change every step's data and
+    # seeds (helper-193)
+    from masksub_kernels.training import mlm_cli
+    from masksub_kernels.training.mlm_resume import check_resume
+
+    args = mlm_cli.build_parser().parse_args(["--resume", "run/last.pth"])
+    sizes = {"tokenizer_sha256": "same", "corpus_sha256": "same"}
+    state = {"args": dict(vars(args)), "step": 2, "world_size": 2, "tokenizer_sha256": "same"}
+    with pytest.raises(mlm_cli.UsageError, match="continues another run: processes 2 -> 1"):
+        check_resume(args, state, 1, sizes)
+    check_resume(args, state, 2, sizes)  # the same processes: resumes
+    del state["world_size"]  # (a checkpoint without it: one process)
+    check_resume(args, state, 1, sizes)
