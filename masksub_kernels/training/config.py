@@ -59,6 +59,8 @@ def _convert(key: str, value, action: argparse.Action, where: str):
             raise UsageError(f"{where}: {key!r} ({name}) takes a list, got {value!r}")
         if isinstance(action.nargs, int) and len(value) != action.nargs:
             raise UsageError(f"{where}: {key!r} ({name}) takes {action.nargs} values, got {len(value)}")
+        if action.nargs == "+" and not value:  # as the command line refuses (helper-194: a traceback in the loader)
+            raise UsageError(f"{where}: {key!r} ({name}) takes at least one value")
         return [_scalar(key, v, action, where) for v in value]
     return _scalar(key, value, action, where)
 

@@ -27,11 +27,9 @@ class UsageError(Exception):
 
 
 class HelpWithDefaults(argparse.HelpFormatter):
-    """The commands' --help: each option's default after its help, unless the help already says it or there is
-    none to say (None, a flag off)."""
+    """The commands' --help: each option's default after its help, unless said there or none (None, a flag off)."""
 
-    # Python 3.10's BooleanOptionalAction appends this to its own help (3.11 and later do not): taken off, so that
-    # a flag off says no default there either
+    # Python 3.10's BooleanOptionalAction appends this to its own help (3.11 and later do not): taken off (a flag off)
     _APPENDED = " (default: %(default)s)"
 
     @classmethod
@@ -282,12 +280,14 @@ def _img_size(args, model_kwargs: dict) -> int:
     return cfg.input_size[-1] if cfg is not None else 224
 
 
-def _mean_std(args) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """--mean / --std, else the normalisation the model was configured with (its pretrained config), else
-    ImageNet's."""
+def _mean_std(args, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """--mean / --std (one number, or one per input channel: else a UsageError, helper-194: a traceback in the loader),
+    else the normalisation the model was configured with (its pretrained config), else ImageNet's."""
     import timm
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+    if args.mean is not None and len(args.mean) not in (1, in_chans):
+        raise UsageError(f"--mean / --std take 1 number or {in_chans} (the input channels), got {len(args.mean)}")
     if args.mean is not None and args.std is not None:
         return tuple(args.mean), tuple(args.std)
     cfg = timm.get_pretrained_cfg(args.model)
@@ -472,7 +472,7 @@ def setup(args) -> Setup:
     in_chans = args.model_kwargs.get("in_chans", 1 if args.data_dir is None else 3)
     if args.data_dir is not None and in_chans != 3:
         raise UsageError(f"--model-kwargs in_chans={in_chans}, but an image folder's images are read as RGB (3)")
-    mean, std = _mean_std(args)
+    mean, std = _mean_std(args, in_chans)
     try:  # built for the digits too: a bad --aa is an error before anything runs
         transforms = build_transforms(args, img_size, mean, std, augment=not args.no_aug)
     except (AssertionError, ValueError, KeyError, IndexError) as exc:

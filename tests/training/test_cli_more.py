@@ -524,3 +524,48 @@ def test_mlm_batches_walk_each_epochs_permutation_in_whole_steps():
         order = mlm_cli._epoch_order(10, 3, epoch).tolist()
         got = [b for step in (2 * epoch, 2 * epoch + 1) for part in range(2) for b in taken[step, part]]
         assert got == order[:8], (epoch, taken)
+
+
+# kills resume.py:43 `isinstance(value, (list, tuple))` -> `isinstance(value, list)`: a --config file gives
+# model-kwargs lists (depths: [1, 1]), the command line tuples (depths=(1,1)); the same model is no change
+def test_resume_takes_a_model_kwargs_list_and_tuple_for_the_same_value():
+    from masksub_kernels.training.cli import build_parser
+    from masksub_kernels.training.resume import other_changes
+
+    args = build_parser().parse_args([])
+    old = {**vars(args), "model_kwargs": {"depths": [1, 1], "img_size": 32}, "scale": [0.08, 1.0]}
+    args.model_kwargs, args.scale = {"depths": (1, 1), "img_size": 32}, (0.08, 1.0)
+    assert other_changes(old, args) == []
+    args.model_kwargs = {"depths": (1, 2), "img_size": 32}
+    assert other_changes(old, args) == ["--model-kwargs {'depths': [1, 1], 'img_size': 32} -> {'depths': (1, 2), "
+                                        "'img_size': 32}"]  # fmt: skip
+
+
+# kills cli.py:312 `s.scaler.state_dict() if s.scaler is not None else None` -> `None`: on the CPU no run has a
+# GradScaler, so no test saw a checkpoint's loss scale (resume's restore is tested on a hand-made checkpoint); a CUDA
+# float16 run resumed at the default scale, its first steps' gradients skipped as overflows
+def test_a_runs_checkpoint_holds_its_loss_scale(tmp_path, monkeypatch):
+    from masksub_kernels.training import cli
+
+    real_setup = cli.setup
+
+    def with_a_scaler(args):
+        s = real_setup(args)
+        s.scaler = torch.amp.GradScaler("cpu", init_scale=1234.0)  # as a CUDA --amp float16 run has one
+        return s
+
+    monkeypatch.setattr(cli, "setup", with_a_scaler)
+    out = str(tmp_path / "run")
+    quick = ["--batch-size", "256", "--warmup-epochs", "0", "--no-progress"]
+    assert main([*TINY_VIT, *quick, "--epochs", "1", "--limit-batches", "1", "--output", out]) == 0
+    saved = torch.load(os.path.join(out, "last.pth"), weights_only=False)["scaler"]
+    assert saved is not None and saved["scale"] == 1234.0
+
+
+# kills cli.py:202 `_Truncated.__len__` -> `len(self.loader)`: with --limit-batches the progress bar's total (the
+# only reader of the length) was the whole loader's
+def test_a_truncated_loader_has_the_length_it_yields():
+    from masksub_kernels.training.cli import _Truncated
+
+    batches = _Truncated(list(range(10)), 3)
+    assert len(batches) == 3 and list(batches) == [0, 1, 2]

@@ -3,6 +3,7 @@ a file is a one-line error (exit status 2). No training here: these are cheap.""
 
 import glob
 import os
+import re
 
 import pytest
 
@@ -143,4 +144,31 @@ def test_config_a_list_of_too_many_values_is_refused(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("scale: [0.1, 0.5, 1.0]\n")
     with pytest.raises(UsageError, match=r"'scale' \(--scale\) takes 2 values, got 3"):
+        load_config(str(cfg), build_parser())
+
+
+# kills config.py:30 `a.dest not in ("help", "config")` -> `("help",)` (a file's own `config:` key was taken and
+# silently did nothing: config files do not chain)
+# kills config.py:54 `isinstance(value, list) and all(isinstance(v, str) ...)` -> `isinstance(value, list)` (a list
+# of numbers reached parse_kwargs, a traceback instead of the usage error)
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("config: other.yaml\n", "unknown key 'config'"),
+        ("model-kwargs: [1, 2]\n", "'model-kwargs' (--model-kwargs) takes a mapping {key: value} or a list of"),
+    ],
+)
+def test_config_refuses_its_own_key_and_model_kwargs_that_are_not_strings(tmp_path, text, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        load_config(str(cfg), build_parser())
+
+
+# a list option of one or more values (--mean, --std) given [] in a file: refused as the command line refuses it
+# (was, helper-194: taken, then a traceback from the loader, "The size of tensor a (3) must match ... (0)")
+def test_config_an_empty_list_for_an_option_of_one_or_more_values_is_refused(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("mean: []\nstd: []\n")
+    with pytest.raises(UsageError, match=re.escape("'mean' (--mean) takes at least one value")):
         load_config(str(cfg), build_parser())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -255,3 +256,23 @@ def test_a_model_whose_masksub_owns_parameters_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="swin family owns parameters that the Trainer would not train"):
         MaskSubTrainer(model=timm_swin(), args=_args(tmp_path), train_dataset=_data(4, 0, size=64))
+
+
+# kills hf_trainer.py:166 the index's `set(json.load(f)["weight_map"])` -> `None`, and hf_trainer.py:173 the
+# pytorch_model.bin branch -> `None`: the resume tests save one small model.safetensors, so a sharded checkpoint (a
+# large model's) or a torch one skipped the check that every tensor came back, silently (helper-154's bug again)
+def test_saved_keys_reads_sharded_and_torch_checkpoints(tmp_path):
+    from safetensors.torch import load_file
+
+    from masksub_kernels.training.hf_trainer import _saved_keys
+
+    model = tiny_hf("ViTForImageClassification").float()
+    model.save_pretrained(str(tmp_path / "sharded"), max_shard_size="20KB")
+    shards = [name for name in os.listdir(tmp_path / "sharded") if name.endswith(".safetensors")]
+    assert len(shards) > 1 and (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    want = set().union(*(load_file(str(tmp_path / "sharded" / name)) for name in shards))
+    assert _saved_keys(str(tmp_path / "sharded")) == want  # (under the legacy names transformers 5 saves)
+    (tmp_path / "torch").mkdir()
+    torch.save(model.state_dict(), tmp_path / "torch" / "pytorch_model.bin")
+    assert _saved_keys(str(tmp_path / "torch")) == set(model.state_dict())
+    assert _saved_keys(str(tmp_path)) is None  # no model file: nothing to check against

@@ -278,6 +278,8 @@ def test_torchrun_two_processes(tmp_path, device):
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.load(open(os.path.join(out, "log.json")))["meta"]
     assert meta["world_size"] == 2
+    # 11 batches of 64 on each rank: the meta's images per epoch count both ranks' (helper-194)
+    assert (meta["batches_per_epoch"], meta["images_per_epoch"]) == (11, 1408)
     ckpt = torch.load(os.path.join(out, "last.pth"), weights_only=False)
     assert ckpt["num_updates"] == 1437 // 2 // 64
 
@@ -391,3 +393,47 @@ def test_help_formatter_states_a_flag_on_and_not_a_flag_off():
     text = " ".join(parser.format_help().split())
     assert "--on, --no-on on flag (default: True) --bare, --no-bare (default: True) --off, --no-off off flag" in text
     assert text.endswith("off flag")
+
+
+# kills resume.py:131 `min(map(len, (saved_classes, classes)))` -> `0` (a class folder added at the end: the message
+# named class 0, the same on both sides, instead of the first class that differs)
+def test_a_resume_on_an_added_class_folder_names_the_new_class(tmp_path, capsys):
+    import shutil
+
+    data = _image_folder(tmp_path)
+    out = str(tmp_path / "run")
+    base = [*TINY_VIT, "--img-size", "16", "--data-dir", data, "--batch-size", "4", "--workers", "0", "--no-progress"]
+    assert main([*base, "--epochs", "1", "--output", out]) == 0
+    for split in ("train", "val"):
+        shutil.copytree(os.path.join(data, split, "b"), os.path.join(data, split, "c"))
+    assert main([*base, "--epochs", "2", "--output", out + "-more", "--resume", os.path.join(out, "last.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "other classes than --data-dir's: class 2 was None, is now 'c' (2 -> 3 classes)" in err, err
+
+
+# kills cli.py:131 `--mask-ratio` default 0.5 -> 0.25: the help test checks that defaults are shown, the recipes
+# set their own ratio, so no test pinned the command's MaskSub defaults (the paper's: half the patches, the
+# sequential schedule, the masking variant)
+def test_the_commands_masksub_defaults_are_the_papers():
+    from masksub_kernels.training.cli import build_parser
+
+    args = build_parser().parse_args([])
+    assert (args.mask_ratio, args.variant, args.schedule, args.loss, args.baseline) == (
+        0.5,
+        "mask",
+        "sequential",
+        "ce",
+        False,
+    )
+
+
+# --mean / --std of a length that is neither 1 nor the images' channels (3 for an image folder): a usage error (was,
+# helper-194: accepted, then a traceback from the loader's Normalize, "The size of tensor a (3) must match ... (2)")
+def test_mean_and_std_of_another_channel_count_are_refused(tmp_path, capsys):
+    data = _image_folder(tmp_path)
+    two = ["--mean", "0.5", "0.5", "--std", "0.5", "0.5"]  # two channels' numbers for RGB images
+    argv = [*TINY_VIT, "--img-size", "16", "--data-dir", data, "--batch-size", "4", "--workers", "0", "--epochs", "1"]
+    argv += ["--no-progress", *two, "--output", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "masksub-train: error:" in err and "--mean" in err and "3" in err, err

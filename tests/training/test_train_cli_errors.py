@@ -452,3 +452,15 @@ def test_resume_accepts_the_optimizers_name_in_any_case_and_an_old_checkpoint_wi
     assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--resume", str(tmp_path / "old.pth"),
                  "--output", str(tmp_path / "b")]) == 0  # fmt: skip
     assert "other options" not in capsys.readouterr().err
+
+
+# kills resume.py:226 `os.path.abspath(args.resume)` -> `args.resume` (a relative --resume was recorded relative
+# to a working directory that log.json does not keep)
+def test_a_relative_resume_path_is_recorded_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*TINY_VIT, *QUICK, "--epochs", "1", "--limit-batches", "1", "--output", "run"]) == 0
+    again = ["--epochs", "2", "--limit-batches", "1", "--output", "again", "--resume", os.path.join("run", "last.pth")]
+    assert main([*TINY_VIT, *QUICK, *again]) == 0
+    with open(tmp_path / "again" / "log.json") as f:
+        resumes = json.load(f)["meta"]["resumes"]
+    assert [r["from"] for r in resumes] == [str(tmp_path / "run" / "last.pth")]
