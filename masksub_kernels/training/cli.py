@@ -263,8 +263,7 @@ def _epoch(args, s: Setup, step, epoch: int, num_updates: int, val):
         log_interval=args.log_interval,
         description=f"epoch {epoch + 1}/{args.epochs}",
         after_step=ema_update,
-    )
-    s.scheduler.step(epoch + 1)
+    )  # (no scheduler.step per epoch: the schedules are per update, step_on_epochs=False: step_update sets them)
     t0 = time.perf_counter()
     if s.world > 1:  # the ranks' BatchNorm statistics averaged: one model validated (and saved) on every shard
         from .distributed import average_batchnorm_stats
