@@ -281,13 +281,13 @@ def _img_size(args, model_kwargs: dict) -> int:
 
 
 def _mean_std(args, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """--mean / --std (one number, or one per input channel: else a UsageError, helper-194: a traceback in the loader),
-    else the normalisation the model was configured with (its pretrained config), else ImageNet's."""
+    """An image folder's --mean / --std (one number, or one per channel: else a UsageError, helper-194: a traceback in
+    the loader; the digits use their own), else the model's pretrained config's normalisation, else ImageNet's."""
     import timm
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    if args.mean is not None and len(args.mean) not in (1, in_chans):
-        raise UsageError(f"--mean / --std take 1 number or {in_chans} (the input channels), got {len(args.mean)}")
+    if args.data_dir is not None and args.mean is not None and len(args.mean) not in (1, in_chans):  # (digits: own)
+        raise UsageError(f"--mean / --std take 1 number or {in_chans} (the images' channels), got {len(args.mean)}")
     if args.mean is not None and args.std is not None:
         return tuple(args.mean), tuple(args.std)
     cfg = timm.get_pretrained_cfg(args.model)
