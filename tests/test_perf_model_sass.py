@@ -159,13 +159,18 @@ def test_the_busiest_sm_and_its_resident_blocks_by_hand(function):
     assert k.t_latency_us == pytest.approx(100.0)
 
 
-def test_the_roofline_counts_bytes_read_and_written():
-    # kills M13 (the roofline on the bytes read alone): no latency, 3e6 B read + 1e6 B written at 1 TB/s = 4 us
-    card = Card("T0", sms=4, clock_ghz=1.0, copy_tbps=1.0, dram_latency_ns=0.0, launch_us=1.0)
+def _streaming_kernel(latency_ns: float):
+    # a loop of one 16-byte load a lane on a 1 TB/s card of 4 SMs: 10 programs of 2 warps, 3e6 B read, 1e6 B written
+    card = Card("T0", sms=4, clock_ghz=1.0, copy_tbps=1.0, dram_latency_ns=latency_ns, launch_us=1.0)
     code = [sass.Instruction(0x10 * i, op, "0x10" if op == "BRA" else "") for i, op in
             enumerate(["S2R", "LDG.E.128", "FFMA", "BRA", "EXIT"])]  # fmt: skip
-    k = predict_kernel(card, sass.Function("k", code, 32, 0, 0, 0, sass._loops(code)), "k", (10, 1, 1), 2, 0,
-                       [10], 256, 3_000_000, 1_000_000)  # fmt: skip
+    return predict_kernel(card, sass.Function("k", code, 32, 0, 0, 0, sass._loops(code)), "k", (10, 1, 1), 2, 0,
+                          [10], 256, 3_000_000, 1_000_000)  # fmt: skip
+
+
+def test_the_roofline_counts_bytes_read_and_written():
+    # kills M13 (the roofline on the bytes read alone): no latency, 3e6 B read + 1e6 B written at 1 TB/s = 4 us
+    k = _streaming_kernel(0.0)
     assert k.t_memory_us == pytest.approx(4.0) and k.t_kernel_us == pytest.approx(4.0) and k.t_latency_us == 0
 
 
@@ -174,11 +179,7 @@ def test_a_roofline_bound_kernel_has_no_latency_share():
     # (512 B a warp): in flight 4 SMs x 3 x 2 x 512 = 12288 B, 3e6 B x 10 ns / 12288 B = 2.44 us under the roofline's
     # 4 us: the bandwidth sets t_memory, so no latency share, and the op's bound is 'memory' (helper-195: with the
     # latency bound's 2.44 us counted as t_latency it read 'latency': 2.44 > 4 - 2.44)
-    card = Card("T0", sms=4, clock_ghz=1.0, copy_tbps=1.0, dram_latency_ns=10.0, launch_us=1.0)
-    code = [sass.Instruction(0x10 * i, op, "0x10" if op == "BRA" else "") for i, op in
-            enumerate(["S2R", "LDG.E.128", "FFMA", "BRA", "EXIT"])]  # fmt: skip
-    k = predict_kernel(card, sass.Function("k", code, 32, 0, 0, 0, sass._loops(code)), "k", (10, 1, 1), 2, 0,
-                       [10], 256, 3_000_000, 1_000_000)  # fmt: skip
+    k = _streaming_kernel(10.0)
     assert k.overlapped and k.t_memory_us == pytest.approx(4.0) and k.t_kernel_us == pytest.approx(4.0)
     assert k.t_latency_us == 0
     assert OpPrediction("loss", "s", "bfloat16", "CE", "full", "triton", [k], 0, 0, 0.0).bound == "memory"

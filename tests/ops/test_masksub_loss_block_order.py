@@ -64,15 +64,25 @@ def test_the_one_launch_descends_by_default_and_masksub_loss_ascends():
     assert "DESCENDING" not in constexprs  # the kernel's default: ascending
 
 
+# CE, the forward's blocks of 16 classes (MAX_BLOCK_C 32), two rows: fp32 rows of 72 (16-byte multiples: not
+# realigned), whole blocks at 0, 16, 32, 48, a masked one at 64; bf16 rows of 70 (140 bytes: VEC = 8, each block
+# starting on a 16-byte boundary in the row's frame), a masked first block at 0, whole ones at 16, 32, 48, a masked
+# last at 64: only the whole blocks change order
+LAYOUTS = {
+    "aligned": (torch.float32, 72, [48, 32, 16, 0, 64]),
+    "realigned": (torch.bfloat16, 70, [0, 48, 32, 16, 64]),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("descending", [True, False])
-def test_class_ids_whole_blocks_then_the_masked_last(blocks, monkeypatch, descending):
-    # CE, fp32 rows of 72 (16-byte multiples: not realigned), the forward's blocks of 16 classes (MAX_BLOCK_C 32):
-    # whole blocks at 0, 16, 32, 48, a masked one at 64
+def test_class_ids_whole_blocks_descend_the_masked_ones_in_place(blocks, monkeypatch, descending, layout):
+    dtype, classes, descending_order = LAYOUTS[layout]
     monkeypatch.setattr(ml, "MAX_BLOCK_C", 32)
     monkeypatch.setattr(fused, "FORWARD_DESCENDING", descending)
-    z, s = (torch.randn(2, 72, device=DEVICE) for _ in range(2))
-    assert _one_launch(z, s, torch.tensor([3, 71], device=DEVICE)) is descending
-    order = [48, 32, 16, 0, 64] if descending else [0, 16, 32, 48, 64]
+    z, s = (torch.randn(2, classes, device=DEVICE).to(dtype) for _ in range(2))
+    assert _one_launch(z, s, torch.tensor([3, classes - 1], device=DEVICE)) is descending
+    order = descending_order if descending else [0, 16, 32, 48, 64]
     assert blocks == {0: order, 1: order}
 
 
@@ -86,18 +96,6 @@ def test_bce_class_ids_descend_before_the_label_block_only(blocks, monkeypatch, 
     _one_launch(z, s, torch.tensor([40], device=DEVICE), bce=True)
     before = [16, 0] if descending else [0, 16]
     assert blocks == {0: [*before, 32, 48, 64, 80, 96]}
-
-
-@pytest.mark.parametrize("descending", [True, False])
-def test_realigned_rows_keep_the_masked_first_block_first(blocks, monkeypatch, descending):
-    # bf16 rows of 70 classes (140 bytes: not 16-byte multiples, VEC = 8): each block starts on a 16-byte boundary,
-    # a masked first block at 0, the whole ones from 16 (16, 32, 48), a masked last at 64, in the row's frame
-    monkeypatch.setattr(ml, "MAX_BLOCK_C", 32)
-    monkeypatch.setattr(fused, "FORWARD_DESCENDING", descending)
-    z, s = (torch.randn(2, 70, device=DEVICE).bfloat16() for _ in range(2))
-    _one_launch(z, s, torch.tensor([3, 69], device=DEVICE))
-    order = [0, 48, 32, 16, 64] if descending else [0, 16, 32, 48, 64]
-    assert blocks == {0: order, 1: order}
 
 
 @pytest.mark.parametrize("descending", [True, False])
