@@ -332,17 +332,19 @@ def test_rank_zero_check_shares_its_outcome(monkeypatch, capsys):
 
 def test_torchrun_validates_the_saved_model_with_batchnorm(tmp_path):
     # Each rank's BatchNorm statistics follow its own last batches: they are averaged before validation, so the
-    # logged metrics (summed over the ranks' shards) are those of the saved model evaluated in one process
+    # logged metrics (summed over the ranks' shards) are those of the saved model evaluated in one process. The
+    # weight EMA's too: its statistics follow each rank's model (decay 0.5: far from the first weights)
     from masksub_kernels.training.checkpoint import load_eager_state_dict
     from masksub_kernels.training.cli import build_parser
     from masksub_kernels.training.data import val_loader
     from masksub_kernels.training.engine import evaluate
+    from masksub_kernels.training.families import unwrap_model
     from masksub_kernels.training.run_setup import check_args, setup
 
     out = str(tmp_path / "bn")
     flags = ["--model", "resnet10t", "--img-size", "32", "--cell-size", "16", "--epochs", "1", "--warmup-epochs",
              "0", "--batch-size", "32", "--limit-batches", "3", "--no-progress", "--device", "cpu",
-             "--output", out]  # fmt: skip
+             "--model-ema", "--model-ema-decay", "0.5", "--output", out]  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "masksub_kernels.train", *flags]  # fmt: skip
     result = subprocess.run(
@@ -350,13 +352,19 @@ def test_torchrun_validates_the_saved_model_with_batchnorm(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     logged = json.load(open(os.path.join(out, "log.json")))["epochs"][-1]
+    saved = torch.load(os.path.join(out, "last.pth"), weights_only=False)
     args = build_parser().parse_args(flags)
     args.output = str(tmp_path / "rebuilt")  # the run's model built again (its --output holds the run: refused)
     check_args(args)
     s = setup(args)
-    load_eager_state_dict(s.trained, torch.load(os.path.join(out, "last.pth"), weights_only=False)["module"])
-    metrics = evaluate(s.model, val_loader(s.data.val, 32, 0, 1, 0, False), device=torch.device("cpu"))
-    assert metrics["val_loss"] == pytest.approx(logged["val_loss"], rel=2e-6)  # the sums' order only
+    # the checkpoint's "module" is the MaskSub wrapper's state, "ema" the network's (the one that is evaluated)
+    for into, weights, logged_loss in (
+        (s.trained, saved["module"], logged["val_loss"]),
+        (unwrap_model(s.model), saved["ema"], logged["ema_val_loss"]),
+    ):
+        load_eager_state_dict(into, weights)
+        metrics = evaluate(s.model, val_loader(s.data.val, 32, 0, 1, 0, False), device=torch.device("cpu"))
+        assert metrics["val_loss"] == pytest.approx(logged_loss, rel=2e-6)  # the sums' order only
 
 
 def _console_script(name: str) -> list[str]:
