@@ -9,39 +9,14 @@ public losses against the float64 oracle (test_masksub_loss.py) runs this path a
 
 import pytest
 import torch
+from _eager_cases import BF16, F16, F32, F64
+from _eager_cases import assert_close_to_oracle as _close
+from _eager_cases import loss_inputs as _inputs
 from conftest import DEVICE
 
 import masksub_kernels as mk
 from masksub_kernels.ops import _masksub_loss_eager as eager_path
 from masksub_kernels.ops import masksub_loss as ml
-
-F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
-RTOL = {F32: 1e-6, F64: 1e-12, F16: 2**-10, BF16: 2**-7}
-
-
-def _inputs(rows, classes, dtype, kind, seed=0, scale=3.0):
-    gen = torch.Generator().manual_seed(seed)
-    main = (torch.randn(rows, classes, generator=gen) * scale).to(dtype)
-    sub = (torch.randn(rows, classes, generator=gen) * scale).to(dtype)
-    if kind == "dense":
-        target = torch.softmax(torch.randn(rows, classes, generator=gen) * 2, 1)
-        target[:, ::3] = 0.0  # classes without target mass
-    else:
-        target = torch.randint(0, classes, (rows,), generator=gen)
-        if kind == "ignore":
-            target[::3] = -100
-        elif kind == "bad":  # out-of-range ids next to an ignored row: NaN rows (the public losses refuse them)
-            target[0], target[1], target[2] = classes, -100, -7
-    return main.to(DEVICE), sub.to(DEVICE), target.to(DEVICE)
-
-
-def _close(actual, expected, dtype, name):
-    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
-    assert torch.equal(actual.isnan(), expected.isnan()), f"{name}: NaN in other places"
-    finite = expected[torch.isfinite(expected)]
-    scale = float(finite.abs().max()) if finite.numel() else 0.0
-    rtol = RTOL[dtype]
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale + 1e-30, equal_nan=True, msg=name)
 
 
 def _check(main, sub, target, options, *, need=(True, True), grad_rows=None):

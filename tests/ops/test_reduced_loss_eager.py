@@ -8,34 +8,14 @@ SUB the per-row losses. fp32: values and gradients to 1e-6 relative (plus 1e-6 o
 
 import pytest
 import torch
+from _eager_cases import BF16, F16, F32, F64
+from _eager_cases import assert_close_to_oracle as _close
+from _eager_cases import loss_inputs as _inputs
 from conftest import DEVICE
 
 from masksub_kernels.ops import _masksub_loss_eager as eager_path
 from masksub_kernels.ops import masksub_loss as ml
 from masksub_kernels.ops._masksub_loss_eager import reduced_loss_eager
-
-F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
-RTOL = {F32: 1e-6, F64: 1e-12, F16: 2**-10, BF16: 2**-7}
-
-
-def _inputs(rows, classes, dtype, kind, seed=0, scale=3.0):
-    gen = torch.Generator().manual_seed(seed)
-    main = (torch.randn(rows, classes, generator=gen) * scale).to(dtype)
-    sub = (torch.randn(rows, classes, generator=gen) * scale).to(dtype)
-    if kind == "dense":
-        target = torch.softmax(torch.randn(rows, classes, generator=gen) * 2, 1)
-        target[:, ::3] = 0.0
-    elif kind == "none":
-        target = None
-    else:
-        target = torch.randint(0, classes, (rows,), generator=gen)
-        if kind == "ignore":
-            target[::3] = -100
-        elif kind == "all_ignored":
-            target[:] = -100
-        elif kind == "bad":  # NaN rows (the public losses refuse such ids on the CPU)
-            target[0], target[1] = classes, -100
-    return main.to(DEVICE), sub.to(DEVICE), None if target is None else target.to(DEVICE)
 
 
 def _oracle(main, sub, target, options, weights, mean):
@@ -49,15 +29,6 @@ def _oracle(main, sub, target, options, weights, mean):
     terms = out[: ml.SUB + 1].double().sum(1) / divisor
     loss = weights[0] * terms[0] + weights[1] * terms[1]
     return torch.stack([loss, terms[0], terms[1], torch.tensor(divisor, dtype=F64, device=out.device)]), out
-
-
-def _close(actual, expected, dtype, name):
-    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
-    assert torch.equal(actual.isnan(), expected.isnan()), f"{name}: NaN in other places"
-    finite = expected[torch.isfinite(expected)]
-    scale = float(finite.abs().max()) if finite.numel() else 0.0
-    rtol = RTOL[dtype]
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale + 1e-30, equal_nan=True, msg=name)
 
 
 def _check(main, sub, target, options, *, weights=(0.5, 0.5), mean=True, need=(True, True), g=None, sub_term=True):
