@@ -19,7 +19,7 @@ is only needed in the sub backward, which is the synchronised one).
 from __future__ import annotations
 
 import gc
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 from torch import nn
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["average_batchnorm_stats", "close_process_group", "unwrap_ddp", "wrap_ddp"]
 
 
-def wrap_ddp(ms: MaskSub, **ddp_kwargs) -> DistributedDataParallel:
+def wrap_ddp(ms: MaskSub, **ddp_kwargs: Any) -> DistributedDataParallel:
     """``DistributedDataParallel(ms, **ddp_kwargs)``, remembered by ``ms`` so that ``ms.train_step`` routes its
     forwards through it. The process group must be initialised and ``ms`` on its device. Once per wrapper (until
     close_process_group): a second DDP module would register its own gradient hooks on the same parameters."""
