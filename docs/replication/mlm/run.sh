@@ -3,7 +3,7 @@
 # the Python standard library, plainly and with MaskSub, 3 seeds each, everything else identical; then the table,
 # the plot and the logs in docs/replication/mlm. The six runs share one WordPiece vocabulary (tokenizer.json, kept
 # here: training a vocabulary is not deterministic). Each seed's two runs go side by side, one thread each (a
-# 2-core CPU); about 25 minutes in all on the machine of the README's table.
+# 2-core CPU); about 27 minutes in all on the machine of the README's table.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 PY=${PYTHON:-.venv/bin/python}
