@@ -7,6 +7,7 @@ import types
 
 import pytest
 import torch
+from conftest import DEVICE
 
 import masksub_kernels as mk
 from masksub_kernels import __main__ as entry
@@ -495,3 +496,68 @@ def test_cuda_backend_says_the_extension_is_not_built_before_the_missing_gpu(mon
     monkeypatch.setattr(_backend, "_compiled_extension_missing", lambda: "the extension is not built")
     monkeypatch.setattr(_backend, "_cuda_device_present", lambda: False)
     assert _backend._cuda_missing() == "the extension is not built"
+
+
+# kills _backend.py:154 `_extensions.pop(device_type, None)` -> `pass` (register_extension(..., None) ignored)
+def test_register_extension_of_none_takes_the_extension_away(monkeypatch):
+    # the docstring's "None removes it" (the tests' emulator is taken away so): kept, the cuda backend went on
+    # taking CPU tensors after the extension that served them was removed
+    monkeypatch.setattr(_backend, "_extensions", {})
+    monkeypatch.setattr(_backend, "_requested", "cuda")
+    _backend.register_extension("cpu", types.SimpleNamespace())
+    assert mk.resolve_backend("cpu") == "cuda"
+    _backend.register_extension("cpu", None)
+    assert "cpu" not in _backend._extensions
+    with pytest.raises(
+        RuntimeError,
+        match=r"needs CUDA tensors \(extensions registered for other device types: none",
+    ):
+        mk.resolve_backend("cpu")
+    _backend.register_extension("cpu", None)  # removing what is not there: nothing to do, no error
+
+
+# kills _backend.py:305 `for name in ops:` -> `for name in ops[:1]:` (only an op's first name recorded)
+def test_an_op_with_several_names_records_its_backend_under_each(monkeypatch):
+    # random_token_select's one op reports under 'random_token_select' and 'gather_tokens' (its gather), and a
+    # caller's resolve_backend may name several ops: recorded under the first name only, last_backend('gather_tokens')
+    # went on naming an older call's backend
+    monkeypatch.setattr(
+        _backend,
+        "_last_used",
+        {"gather_tokens": "not yet", "random_token_select": "not yet"},
+    )
+    with mk.use_backend("torch"):
+        mk.random_token_select(torch.randn(2, 9, 4, device=DEVICE), 0.5, seed=0)
+        mk.resolve_backend("cpu", ["my_first_op", "my_second_op"])
+    assert mk.last_backend("random_token_select") == mk.last_backend("gather_tokens") == "torch"
+    assert mk.last_backend("my_first_op") == mk.last_backend("my_second_op") == "torch"
+
+
+# kills _backend.py:100 `_version_tuple(version.lstrip("v"))` -> `_version_tuple(version)` (a 'v' prefix)
+def test_backend_triton_version_with_a_leading_v_is_read_as_its_number(monkeypatch):
+    # 'v3.6.0' (a tag-style version string) parsed as () without the strip, older than every release: a usable
+    # Triton refused, and auto fell back to the extension or the reference on a GPU
+    triton = pytest.importorskip("triton")
+    monkeypatch.setattr(_backend, "_cuda_device_present", lambda: True)  # as on a GPU machine
+    _backend._triton_missing.cache_clear()
+    try:
+        for version, usable in (("v3.6.0", True), ("v3.3.1", False)):
+            monkeypatch.setattr(triton, "__version__", version)
+            _backend._triton_missing.cache_clear()
+            assert (_backend._triton_missing() is None) == usable, version
+    finally:
+        _backend._triton_missing.cache_clear()
+
+
+# kills _backend.py:352 `return dict(_last_used)` -> `return _last_used` (the process's record handed out)
+def test_last_backend_of_all_ops_is_a_copy(monkeypatch):
+    # a caller's changes to the returned dict (e.g. clearing it between two measurements) must not rewrite what
+    # last_backend(op) answers afterwards
+    monkeypatch.setattr(_backend, "_last_used", {})
+    with mk.use_backend("torch"):
+        mk.gather_tokens(torch.randn(1, 5, 2, device=DEVICE), torch.tensor([[0, 2]], device=DEVICE))
+    every = mk.last_backend()
+    assert every == {"gather_tokens": "torch"}
+    every.clear()
+    every["masksub_loss"] = "cuda"
+    assert mk.last_backend("gather_tokens") == "torch" and mk.last_backend("masksub_loss") is None

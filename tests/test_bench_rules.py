@@ -507,3 +507,50 @@ def test_linear_loss_times_no_cuda_backend_row(monkeypatch):
     monkeypatch.setattr(linear_loss, "liger_provider", lambda: None)
     providers = {c.provider for c in linear_loss.cases(torch.device("cuda"))}
     assert "masksub[triton]" in providers and not any("cuda" in p for p in providers)
+
+
+# kills report.py:172 (the training table's ratio inverted: `plain["median_ms"] / r["median_ms"]`)
+def test_report_training_step_ratio_is_time_over_plain_time():
+    # the column is 'time / plain' beside the ideal ratio (>= 1: MaskSub runs a second branch); inverted, a step
+    # 1.5x as slow as plain training read 0.67, i.e. faster than plain training
+    train = {**_ROW, "suite": "train", "shape": "vit", "repeats": 10}
+    records = [{**train, "provider": "plain", "median_ms": 10.0},
+               {**train, "provider": "masksub (joint)", "median_ms": 15.0, "ideal_ratio": 1.5}]  # fmt: skip
+    table = report.markdown_table(_run(records))
+    rows = {line.split("|")[3].strip(): line.split("|") for line in table.splitlines() if line.startswith("| vit |")}
+    assert rows["masksub (joint)"][6].strip() == "1.50" and rows["plain"][6].strip() == "1.00"
+    assert rows["masksub (joint)"][7].strip() == "1.5"  # the ideal beside it
+
+
+# kills report.py:194 (the minimal '% of copy' printed as the fraction: `_fmt(fraction, 1)`, a unit off by 100)
+def test_report_percent_of_copy_columns_are_percentages():
+    # the records hold fractions of the copy bandwidth (0.5 = half of it); the table says '% of copy'
+    record = {**_ROW, "provider": "masksub[triton]", "median_ms": 1.0, "gbps": 10.0,
+              "fraction_of_copy": 0.5, "fraction_of_copy_design": 0.75}  # fmt: skip
+    (row,) = [line for line in report.markdown_table(_run([record])).splitlines() if "| masksub[triton] |" in line]
+    cells = [cell.strip() for cell in row.split("|")]
+    assert cells[9:12] == [
+        "10.0",
+        "50.0",
+        "75.0",
+    ]  # GB/s, % of copy (minimal), % of copy (design)
+
+
+# kills report.py:193 (the 'host ms' and 'predicted ms' cells swapped: `| {_fmt(predicted)} | {host_cell(r)} |`)
+def test_report_host_and_predicted_times_sit_under_their_own_headers():
+    # a model's prediction read as a measured host time (or the reverse) misleads the calibration and the
+    # host-bound reading alike: each cell under its header, by name rather than by position
+    record = {**_ROW, "provider": "masksub[triton]", "median_ms": 1.0, "host_ms": 2.0, "host_bound": True,
+              "predicted_ms": 0.5}  # fmt: skip
+    lines = report.markdown_table(_run([record])).splitlines()
+    header = next(line for line in lines if line.startswith("| suite |"))
+    (row,) = [line for line in lines if "| masksub[triton] |" in line]
+    cells = dict(
+        zip(
+            (c.strip() for c in header.split("|")),
+            (c.strip() for c in row.split("|")),
+            strict=True,
+        )
+    )
+    assert cells["host ms"] == "2.000 host-bound" and cells["predicted ms"] == "0.500"
+    assert cells["median ms (p20-p80)"] == "1.000 (1.000-1.000)"

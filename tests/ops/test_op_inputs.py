@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import masksub_kernels as mk
+from masksub_kernels.ops import _token_select_reference as reference
 
 # ---------------------------------------------------------------------------------------------------------------
 # Seeds: any int64, an int and a seed tensor holding it draw the same mask
@@ -460,3 +461,21 @@ def test_token_rows_negative_unvalidated_id_alone_reads_zeros():
     expected = torch.stack([x[0, [0, 1, 2]], x[1, [0, 1, 3]]])
     expected[1, 1] = 0  # the id -1
     assert torch.equal(y, expected)
+
+
+# kills _token_rows.py:22 `(ids < num_tokens)` -> `(ids <= num_tokens)` (the fast path's upper bound off by one)
+def test_token_rows_unvalidated_id_equal_to_the_token_count_alone_reads_zeros():
+    # the id N is the first one out of range: test_torch_backend_row_copies_equal_the_references puts it beside a
+    # -1, which alone sends the batch to the reference. Let through, the index_select fast path read the next
+    # sample's prefix row (row N + P of sample 0 is row 0 of sample 1) instead of zeros, and the backward wrote
+    # sample 0's gradient into that row
+    x = (torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3) + 1).requires_grad_()  # no zero anywhere
+    ids = torch.tensor([[4, 1], [0, 2]])  # N = 4 patch tokens: the id 4 is out of range
+    with mk.use_backend("torch"):
+        y = mk.gather_tokens(x, ids, validate_ids=False)
+    expected = torch.stack([x[0, [0, 0, 2]], x[1, [0, 1, 3]]]).detach()
+    expected[0, 1] = 0  # the id 4
+    assert torch.equal(y, expected)
+    grad_y = torch.arange(2 * 3 * 3, dtype=torch.float32).view(2, 3, 3) + 100
+    (grad_x,) = torch.autograd.grad(y, x, grad_y)
+    assert torch.equal(grad_x, reference.scatter_reference(grad_y, ids, 1, 4))  # nothing scattered for the id 4

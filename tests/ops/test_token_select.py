@@ -474,3 +474,17 @@ def test_triton_kernels_store_nothing_past_their_outputs(monkeypatch, num_tokens
     assert len(guarded.guards) == 6 and guarded.untouched()
     with mk.use_backend("torch"):
         torch.testing.assert_close(y, mk.random_token_select(x.detach(), 0.5, num_prefix_tokens=prefix, seed=11)[0])
+
+
+# kills token_select.py:220 (`if x.stride(2) != 1: x = x.contiguous()` dropped from _select_gather_triton)
+def test_token_select_of_a_strided_channel_axis_equals_the_reference(backend):
+    # the one-launch kernel (N <= FUSED_MAX_TOKENS) takes x's batch and token strides only, its channels
+    # contiguous; test_gather_strided_layouts covers gather_tokens' copy, not this launch: a view with every
+    # other channel (a sliced head, x[..., ::2]) was read as if contiguous
+    wide = torch.randn(2, 9, 8, device=DEVICE)
+    x = wide[:, :, ::2].requires_grad_()
+    y, ids = mk.random_token_select(x, 0.5, seed=3)
+    assert torch.equal(y.cpu(), reference.gather_reference(x.detach().cpu(), ids.cpu(), 1))
+    grad_y = torch.randn(y.shape, device=DEVICE)
+    (grad_x,) = torch.autograd.grad(y, x, grad_y)
+    assert torch.equal(grad_x.cpu(), reference.scatter_reference(grad_y.cpu(), ids.cpu(), 1, 8))
