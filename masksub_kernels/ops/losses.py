@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _backend
-from ._common import FLOAT_DTYPES, INDEX_DTYPES
+from ._common import FLOAT_DTYPES, INDEX_DTYPES, _tracing
 from .masksub_loss import MAIN, SUB, _loss_op
 from .masksub_loss_reduced import _reduced_loss_op
 
@@ -129,7 +129,7 @@ def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int)
 def _tracing_target(target: torch.Tensor) -> bool:
     """A fake or functional tensor (make_fx, AOTAutograd), or a call inside a torch.func transform (the op refuses
     it with a clear error, which torch 2.8's storage error on reading the ids would come before): values not read."""
-    return type(target) is not torch.Tensor or torch._C._are_functorch_transforms_active()
+    return _tracing((target,)) or torch._C._are_functorch_transforms_active()
 
 
 def _choice(name: str, value, choices: tuple[str, ...]) -> None:

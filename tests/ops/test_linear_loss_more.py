@@ -113,8 +113,6 @@ def test_single_branch_reductions_with_an_ignore_index(op_backend, several_chunk
 # ---------------------------------------------------------------------------------------------------------------
 # Which gradients: a bias trained under a frozen head, one term's backward beside .loss
 # ---------------------------------------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("single", [False, True])
 def test_bias_trained_under_a_frozen_weight(op_backend, single):
     # BitFit-style: the head's weight frozen, its bias and the features trained. The bias's gradient was zeros where
@@ -157,8 +155,6 @@ def test_loss_and_the_weighted_terms_own_backward(op_backend, weights, term):
 # ---------------------------------------------------------------------------------------------------------------
 # The chunk loop's memory: the ignored rows' gradients, chunk_rows beyond the batch
 # ---------------------------------------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_ignored_rows_get_zero_gradients_whatever_memory_holds(op_backend, monkeypatch, dtype):
     # gathered chunks (some rows ignored) write the counted rows of dH, dHs only: the others must be zeros, not
@@ -264,8 +260,6 @@ def test_reference_chunks_hold_their_rows_only(monkeypatch):
 # ---------------------------------------------------------------------------------------------------------------
 # The recompute op: a class id equal to C, fp64 on the reference
 # ---------------------------------------------------------------------------------------------------------------
-
-
 def test_class_id_equal_to_classes_gives_a_nan_row(op_backend):
     # the first id out of range (C itself; the public functions refuse it on CPU tensors, a GPU gets the op's NaN row)
     h, hs, w, b, target = make_inputs(kind="index_ignore", seed=27)
@@ -299,8 +293,6 @@ def test_fp64_recompute_reference_keeps_fp64_precision():
 # ---------------------------------------------------------------------------------------------------------------
 # Argument checks
 # ---------------------------------------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     ("change", "match"),
     [
@@ -351,3 +343,24 @@ def test_linear_loss_mean_over_zero_rows_with_probability_target(op_backend):
     h = torch.randn(0, 4, device=DEVICE)
     out = mk.linear_masksub_loss(h, h.clone(), w, None, torch.zeros(0, 5, device=DEVICE))
     assert all(float(v.detach()) == 0.0 for v in out)
+
+
+# kills losses.py:213 `target.is_floating_point() or ignore_index is None` -> `ignore_index is None` (_row_count:
+# probability targets [M, C] counted their entries != ignore_index, M C, so the mean was 1/C of the right one) and
+# losses.py:215 dropping `.clamp_min(1)` (every row ignored: 0 / 0 = NaN instead of 0). Both only on the path that
+# reduces on the host: the fused-linear losses without gradients (no_grad, evaluation), where the grads-in-forward
+# op does not apply; the "no grad" schedule of test_an_ignore_index_other_than_the_default uses class ids, some kept
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_no_grad_reductions_of_probability_targets_and_all_ignored_rows(op_backend, reduction):
+    h, hs, w, b, probs = make_inputs(rows=6, classes=8, kind="dense", seed=5)
+    with torch.no_grad():
+        rows = mk.linear_masksub_loss(h, hs, w, b, probs, reduction="none")
+        reduced = mk.linear_masksub_loss(h, hs, w, b, probs, reduction=reduction)
+        single = mk.linear_soft_target_cross_entropy(h, w, b, probs, reduction=reduction)
+        divisor = 6 if reduction == "mean" else 1  # every row of a probability target counts
+        for value, per_row in zip((*reduced, single), (*rows, rows.main)):
+            torch.testing.assert_close(value, per_row.sum() / divisor, rtol=1e-6, atol=1e-6)
+        ignored = torch.full((6,), -100, device=DEVICE)
+        for value in (*mk.linear_masksub_loss(h, hs, w, b, ignored, reduction=reduction),
+                      mk.linear_soft_target_cross_entropy(h, w, b, ignored, reduction=reduction)):  # fmt: skip
+            assert float(value) == 0.0  # mean over no rows: 0 (d = max(0, 1)), not NaN

@@ -333,8 +333,6 @@ def test_single_branch_losses_take_meta_tensors_on_every_backend(backend):  # he
 
 # helper-176's mutation audit of the loss kernels: the binarising threshold is strict ([q > threshold]) on both
 # target kinds
-
-
 def _triton_loss_rows(z, s, target, options):
     with mk.use_backend("triton"):
         out = ml._loss_op(z, s, target, *options)
@@ -405,3 +403,120 @@ def test_triton_ce_probability_targets_that_do_not_sum_to_one():
     want = ml.loss_backward_reference(*grads, expected, main, sub, target, *options)
     for a, e in zip(got, want):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
+
+
+# kills losses.py:93 `target.shape != logits.shape` -> `target.dim() != 2` (a probability target of the logits' rows
+# but another class count was taken: the torch backend failed with a broadcasting RuntimeError, the Triton kernel
+# read the target with the logits' class count and returned a finite, wrong loss: 7.63 for [4, 5] probabilities)
+@pytest.mark.parametrize("classes", [5, 7])
+def test_probability_target_of_another_class_count_is_refused(backend, classes):
+    main, sub, _ = _inputs()
+    target = torch.rand(4, classes, device=DEVICE).softmax(1)
+    calls = (
+        lambda: mk.soft_target_cross_entropy(main, target),
+        lambda: mk.soft_target_bce(main, target, reduction="none"),
+        lambda: mk.masksub_loss(main, sub, target, mode="bce"),
+    )
+    for call in calls:
+        with pytest.raises(
+            ValueError,
+            match=rf"probability target must have the logits' shape \(4, 6\), got \(4, {classes}\)",
+        ):
+            call()
+
+
+# kills losses.py:70 `x.dim() != 2` -> `x.dim() < 2` (3-D logits reached `rows, classes = logits.shape` or the op:
+# a ValueError still, but "too many values to unpack" instead of the shape the losses take; the REFUSALS only try
+# 1-D logits)
+def test_logits_of_three_dims_are_refused_with_the_expected_shape(backend):
+    logits = torch.randn(2, 4, 6, device=DEVICE)
+    ids = torch.zeros(2, 4, dtype=torch.int64, device=DEVICE)
+    calls = (
+        lambda: mk.soft_target_cross_entropy(logits, ids),
+        lambda: mk.soft_target_bce(logits, torch.rand_like(logits)),
+        lambda: mk.self_distillation_loss(logits, logits.clone()),
+        lambda: mk.masksub_loss(logits, logits.clone(), ids),
+    )
+    for call in calls:
+        with pytest.raises(
+            ValueError,
+            match=r"must be \[rows, classes\] \(2-D, classes >= 1\), got shape \(2, 4, 6\)",
+        ):
+            call()
+
+
+# kills losses.py:79 dropping `or sub.device != main.device` (the REFUSALS try a shape and a dtype mismatch, never a
+# device one: without the check the torch backend raised "Tensor on device cpu is not on the expected device meta!",
+# Triton "Cannot copy out of meta tensor"; on a GPU, logits on cuda:0 and cuda:1 would meet in one kernel)
+def test_sub_logits_on_another_device_are_refused(backend):
+    main, sub, target = _inputs()
+    for call in (lambda: mk.masksub_loss(main, sub.to("meta"), target),
+                 lambda: mk.self_distillation_loss(sub.to("meta"), main)):  # fmt: skip
+        with pytest.raises(
+            ValueError,
+            match=rf"match main_logits in shape, dtype and device: .*{DEVICE.type}.*meta",
+        ):
+            call()
+
+
+# kills losses.py:104 `target.dtype not in INDEX_DTYPES` widened to int16 / uint8 / int8 (accepted and cast: the
+# docs say int64 or int32; uint8 ids cannot hold ignore_index -100, int8 wraps ids >= 128; the REFUSALS try bool only)
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int8, torch.uint8])
+def test_class_ids_of_other_integer_dtypes_are_refused(backend, dtype):
+    main, sub, target = _inputs()
+    ids = target.clamp(min=0).to(dtype)
+    for call in (
+        lambda: mk.soft_target_cross_entropy(main, ids),
+        lambda: mk.masksub_loss(main, sub, ids),
+    ):
+        with pytest.raises(TypeError, match=rf"int64 or int32 class ids .*got {dtype}"):
+            call()
+
+
+# kills losses.py:148 `x = math.inf` -> `x = 0.0` (an int beyond float's range, whose float() overflows, became a
+# weight of 0 or no smoothing instead of a refusal; the property test's integers stay within 2**70)
+@pytest.mark.parametrize("option", ["main_weight", "sub_weight", "label_smoothing", "temperature"])
+def test_integers_beyond_the_float_range_are_refused(option):
+    main, sub, target = _inputs()
+    huge = 10**400
+    with pytest.raises(OverflowError):
+        float(huge)  # what the check catches
+    with pytest.raises(ValueError, match=rf"{option} must be a finite number .*got 1000"):
+        mk.masksub_loss(main, sub, target, **{option: huge})
+    assert math.isfinite(float(mk.masksub_loss(main, sub, target, **{option: 1}).loss))
+
+
+# kills _common.py:261 dropping the `_get_current_dispatch_mode() is not None` test of _tracing: make_fx's default
+# (real) mode passes plain tensors under a dispatch mode, so without it the op ran its eager implementation inside
+# the trace (here: the torch backend's eager autograd on real data, which raised on reading a tracing tensor) instead
+# of one opaque custom-op node (class ids in [0, C) here; an ignored row: the test below)
+def test_make_fx_traces_the_loss_as_one_custom_op(backend):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gen = torch.Generator().manual_seed(1)
+    main, sub, main2, sub2 = (torch.randn(4, 6, generator=gen).to(DEVICE) for _ in range(4))
+    target = torch.tensor([0, 5, 1, 2], device=DEVICE)
+
+    def loss(a, b, y):
+        return mk.masksub_loss(a, b, y, reduction="none").loss
+
+    graph = make_fx(loss)(main, sub, target)
+    called = {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+    assert "masksub.masksub_loss_forward.default" in called, called
+    torch.testing.assert_close(graph(main2, sub2, target), loss(main2, sub2, target))  # traced, not constants
+
+
+# helper-196's bug, fixed: _tracing_target saw only fake / functional tensors, and make_fx's real mode passes plain
+# ones under a dispatch mode, so the eager check of the class ids ran inside the trace: with an id outside [0, C) (an
+# ignored row) its slow path read a tracing tensor ("RuntimeError: It appears that you're trying to get value out of
+# a tracing tensor"). Now _tracing_target asks _common._tracing, as the op itself does
+def test_make_fx_traces_ignored_rows(backend):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    main, sub, target = _inputs()  # row 2 ignored (-100)
+
+    def loss(a, b, y):
+        return mk.masksub_loss(a, b, y, reduction="none").loss
+
+    graph = make_fx(loss)(main, sub, target)
+    torch.testing.assert_close(graph(main * 2, sub, target), loss(main * 2, sub, target))

@@ -221,3 +221,38 @@ def test_reference_reduction_matches_the_eager_path(target_kind):
     target = torch.randn(6, 5, generator=g).softmax(1) if target_kind == "probs" else ids
     args = (main, sub, target, False, 0.0, -100, 1.0, None, 0.3, 0.7, True)
     torch.testing.assert_close(mr._forward_reference(*args)[0], mr._eager(*args)[0])
+
+
+# The torch backend's non-eager path (torch.compile, make_fx, opcheck: _forward_reference, _backward_reference)
+# is only compared with values and the gradient of .loss alone with ignore_index -100 (test_opcheck_and_torch_compile);
+# its backward's per-term gradients and an ignore_index inside [0, C) were never checked against the eager path. Kills
+#   masksub_loss_reduced.py:58 `target != ignore_index` -> `target >= 0` (an ignore_index that is a class id, a
+#     padding token's, was counted in the mean's divisor under torch.compile only),
+#   :71 `main_weight * g[0] + g[1], sub_weight * g[0] + g[2]` with g[1] / g[2] swapped, or sub_weight -> main_weight,
+#     or without `/ d[0]` (the gradients of .main / .sub, and of a mean),
+#   :99 need_main / need_sub swapped (sub logits that need no gradient)
+def test_compiled_reference_gradients_of_each_term_match_the_eager_path():
+    gen = torch.Generator().manual_seed(0)
+    main, sub = (torch.randn(6, 5, generator=gen).to(DEVICE) for _ in range(2))
+    target = torch.tensor([0, 1, 3, 0, 4, 2], device=DEVICE)  # ignore_index=0: two rows ignored, a class id
+
+    def objective(a, b, y):
+        out = mk.masksub_loss(a, b, y, ignore_index=0, main_weight=0.3, sub_weight=1.7, label_smoothing=0.1)
+        return 1.3 * out.loss + 0.4 * out.main - 0.7 * out.sub
+
+    compiled = torch.compile(objective, fullgraph=True, backend="aot_eager")
+    with mk.use_backend("torch"):
+        for sub_needs_grad in (True, False):
+            results = []
+            for function in (objective, compiled):
+                a, b = main.clone().requires_grad_(True), sub.clone().requires_grad_(sub_needs_grad)
+                value = function(a, b, target)
+                value.backward()
+                results.append((value.detach(), a.grad, b.grad))
+            (value, d_main, d_sub), (value_c, d_main_c, d_sub_c) = results
+            torch.testing.assert_close(value_c, value, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(d_main_c, d_main, rtol=1e-5, atol=1e-7)
+            if sub_needs_grad:
+                torch.testing.assert_close(d_sub_c, d_sub, rtol=1e-5, atol=1e-7)
+            else:
+                assert d_sub is None and d_sub_c is None
