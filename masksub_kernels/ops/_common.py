@@ -266,6 +266,16 @@ def _tracing(args) -> bool:
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
+def values_readable(tensors) -> bool:
+    """Whether an eager check may read these CPU tensors' values on the host (the ops' default validations): not
+    while torch.compile, make_fx or AOTAutograd traces the call (a dispatch mode, fake or functional tensors: the
+    values are to come, and the op is traced as one node), nor inside a torch.func transform (the op refuses it with
+    its own clear error, which reading the values would come before)."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    return not _tracing(tensors)
+
+
 def masksub_op(
     name: str, *, device: str, torch, triton, cuda, records: tuple[str, ...] | None = None, torch_eager=None
 ):

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _backend
-from ._common import FLOAT_DTYPES, INDEX_DTYPES, _tracing
+from ._common import FLOAT_DTYPES, INDEX_DTYPES, values_readable
 from .masksub_loss import MAIN, SUB, _loss_op
 from .masksub_loss_reduced import _reduced_loss_op
 
@@ -112,9 +112,10 @@ def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int)
         )
     target = target.long().contiguous()
     # An id outside [0, C) makes its row NaN on every backend (the kernels); on CPU tensors in eager mode it is
-    # caught here with a clearer message. Never on a GPU or while compiling: reading the ids would synchronise.
-    if target.device.type == "cpu" and rows and not torch.compiler.is_compiling():
-        low, high = torch.stack(torch.aminmax(target)).tolist() if not _tracing_target(target) else (0, 0)
+    # caught here with a clearer message. Never on a GPU (reading the ids would synchronise) nor while a tracer runs
+    # (values_readable: torch.compile, make_fx, AOTAutograd, torch.func).
+    if target.device.type == "cpu" and rows and values_readable((target,)):
+        low, high = torch.stack(torch.aminmax(target)).tolist()
         if 0 <= low and high < classes:  # the common case in one pass, no [M] temporaries
             return target
         bad = (target < 0) | (target >= classes)
@@ -124,12 +125,6 @@ def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int)
             allowed = f"[0, {classes})" + ("" if ignore_index == NO_IGNORE else f" or ignore_index={ignore_index}")
             raise ValueError(f"class ids must be in {allowed}, got {int(target[bad][0])}")
     return target
-
-
-def _tracing_target(target: torch.Tensor) -> bool:
-    """A fake or functional tensor (make_fx, AOTAutograd), or a call inside a torch.func transform (the op refuses
-    it with a clear error, which torch 2.8's storage error on reading the ids would come before): values not read."""
-    return _tracing((target,)) or torch._C._are_functorch_transforms_active()
 
 
 def _choice(name: str, value, choices: tuple[str, ...]) -> None:

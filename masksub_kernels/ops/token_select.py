@@ -51,6 +51,7 @@ from ._common import (
     masksub_op,
     resolve_device,
     sort_warps,
+    values_readable,
 )
 from ._token_rows import gather_rows, scatter_rows
 from ._token_select_kernels import _copy_rows_kernel, _select_gather_kernel, _select_kernel
@@ -156,10 +157,11 @@ def _check_priority_masks(
             )
 
 
-def _validate_default(validate: bool | None, device: torch.device, name: str) -> bool:
-    """A ``validate_*`` flag: None reads values on CPU tensors only, never inside a compiled graph."""
+def _validate_default(validate: bool | None, device: torch.device, name: str, tensors: tuple) -> bool:
+    """A ``validate_*`` flag: None reads the values of ``tensors`` on CPU only, never while a tracer runs
+    (values_readable: torch.compile, make_fx, AOTAutograd)."""
     if validate is None:
-        return torch.device(device).type == "cpu" and not torch.compiler.is_compiling()
+        return torch.device(device).type == "cpu" and values_readable(tensors)
     return check_bool(name, validate)
 
 
@@ -487,7 +489,7 @@ def random_keep_indices(
     device = resolve_device(device, seed)
     seed, seed_tensor = resolve_seed(seed, device)
     ordered = check_bool("ordered", ordered)
-    validate = _validate_default(validate_masks, device, "validate_masks")
+    validate = _validate_default(validate_masks, device, "validate_masks", (always_keep, drop_first))
     _check_priority_masks(always_keep, drop_first, batch_size, num_tokens, num_keep, device, validate)
     ids, _ = _select_op(
         seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, False, always_keep, drop_first
@@ -510,8 +512,8 @@ def gather_tokens(
     of zeros (and no gradient) on every backend, never stray memory; repeated ids are the caller's error.
     """
     num_prefix_tokens = _check_tokens(x, num_prefix_tokens)
-    if validate_ids is None:  # never inside a compiled graph: reading values would break it
-        validate_ids = isinstance(ids, torch.Tensor) and ids.device.type == "cpu" and not torch.compiler.is_compiling()
+    if validate_ids is None:  # never while a tracer runs: reading values would break it
+        validate_ids = isinstance(ids, torch.Tensor) and ids.device.type == "cpu" and values_readable((x, ids))
     validate = check_bool("validate_ids", validate_ids) and not getattr(ids, "is_meta", False)
     _check_ids(x, ids, num_prefix_tokens, validate)
     return _gather_op(x, ids, None, num_prefix_tokens)
@@ -543,7 +545,7 @@ def random_token_select(
     check_keep_args(batch_size, num_tokens, num_keep)
     seed, seed_tensor = resolve_seed(seed, x.device)
     ordered = check_bool("ordered", ordered)
-    validate = _validate_default(validate_masks, x.device, "validate_masks")
+    validate = _validate_default(validate_masks, x.device, "validate_masks", (x, always_keep, drop_first))
     _check_priority_masks(always_keep, drop_first, batch_size, num_tokens, num_keep, x.device, validate)
     y, ids, _ = _select_gather_op(x, seed, seed_tensor, num_keep, num_prefix_tokens, ordered, always_keep, drop_first)
     return y, ids

@@ -506,10 +506,10 @@ def test_make_fx_traces_the_loss_as_one_custom_op(backend):
     torch.testing.assert_close(graph(main2, sub2, target), loss(main2, sub2, target))  # traced, not constants
 
 
-# helper-196's bug, fixed: _tracing_target saw only fake / functional tensors, and make_fx's real mode passes plain
-# ones under a dispatch mode, so the eager check of the class ids ran inside the trace: with an id outside [0, C) (an
-# ignored row) its slow path read a tracing tensor ("RuntimeError: It appears that you're trying to get value out of
-# a tracing tensor"). Now _tracing_target asks _common._tracing, as the op itself does
+# helper-196's bug, fixed: the class-id check's test for tracers saw only fake / functional tensors, and make_fx's
+# real mode passes plain ones under a dispatch mode, so the eager check ran inside the trace: with an id outside
+# [0, C) (an ignored row) its slow path read a tracing tensor ("RuntimeError: It appears that you're trying to get
+# value out of a tracing tensor"). Now it asks _common.values_readable, which asks _tracing as the op itself does
 def test_make_fx_traces_ignored_rows(backend):
     from torch.fx.experimental.proxy_tensor import make_fx
 
