@@ -38,8 +38,9 @@ def corpus_digest(train: torch.Tensor, val: torch.Tensor) -> str:
 
 
 def _resume_value(name: str, value):
-    """An option's value as the resume check compares it: --data-dir as the directory it names (corpus/ = corpus)."""
-    return os.path.realpath(value) if name == "data_dir" and value is not None else value
+    """An option's value as a resume compares it: --data-dir and --output as the directories they name (corpus/ =
+    corpus; a relative --output = the absolute one that a plain resume takes from the checkpoint's place)."""
+    return os.path.realpath(value) if name in ("data_dir", "output") and value is not None else value
 
 
 def check_resume(args, state: dict, world: int, sizes: dict) -> None:
@@ -110,7 +111,7 @@ def resumes(args, state: dict | None) -> list[dict]:
         return []
     saved = state.get("args", {})
     changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MAY_CHANGE
-               if k in saved and saved[k] != getattr(args, k)]  # fmt: skip
+               if k in saved and _resume_value(k, saved[k]) != _resume_value(k, getattr(args, k))]  # fmt: skip
     return [
         *state.get("resumes", []),
         {"step": state["step"], "from": os.path.abspath(args.resume), "changed": changed},

@@ -5,7 +5,8 @@
   absolute path its checkpoint records (``tokenizer``; a resume into another ``--output`` records the same file
   again; in checkpoints from before 2026-12-03, that run's ``--tokenizer``), else, where that file is gone (a run
   directory moved elsewhere), the ``tokenizer.json`` beside the checkpoint (the digest check refuses another); none
-  is trained for a resume (a new vocabulary would only be refused by that check, after being written).
+  is trained for a resume (a new vocabulary would only be refused by that check, after being written): a resume's
+  ``--tokenizer`` must name an existing file.
 - ``--tokenizer`` is made absolute before it is recorded, so a resume from another working directory finds it.
 - A vocabulary trained by a run that is then refused (too few blocks, a resume of another run, ...) is deleted, so
   the next run into the same ``--output`` trains its own instead of silently reading it (with the directories made
@@ -46,6 +47,12 @@ def check_tokenizer_arg(path: str | None) -> None:
 def tokenizer_path(args, state: dict | None) -> str:
     """The tokenizer.json this run uses (module docstring); ``state``: the --resume checkpoint, or None."""
     if args.tokenizer:
+        if state is not None and not os.path.isfile(args.tokenizer):  # (trained, it would only be refused)
+            raise UsageError(
+                f"--tokenizer {args.tokenizer!r}: no such file; a resumed run (--resume) continues with the "
+                "vocabulary it was trained with: pass that tokenizer.json, or leave --tokenizer out to take the "
+                "checkpoint's"
+            )
         return args.tokenizer
     if state is not None:
         beside = os.path.join(os.path.dirname(os.path.abspath(args.resume)), "tokenizer.json")

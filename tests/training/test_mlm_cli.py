@@ -352,9 +352,13 @@ def test_training_batches_cap_what_the_sub_branch_must_keep(corpus, tokenizer):
     assert bool((batch["labels"][capped] == -100).all()) and bool(capped.any())
 
 
+# kills mlm_cli.py:417 `dist.all_reduce(sums)` left out of _evaluate (under torchrun rank 0 logged the held-out loss
+# and accuracy of its own share of the blocks only) and mlm_cli.py:513 the round's all_reduce left out (the logged
+# training loss rank 0's micro-batches only): the weights matched, so no test saw the logged numbers differ
 def test_two_processes_equal_one_with_accumulation(corpus, tokenizer, tmp_path):
     """torchrun, 2 CPU processes (gloo), dropout on: the weights equal one process with --accum-steps 2 (each
-    step sees the same parts, each part seeds its masks and its dropout; DDP averages what accumulation averages)."""
+    step sees the same parts, each part seeds its masks and its dropout; DDP averages what accumulation averages),
+    and so do the logged losses (summed over the ranks)."""
     common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--device", "cpu"]
     assert main([*common, "--accum-steps", "2", "--output", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -366,6 +370,9 @@ def test_two_processes_equal_one_with_accumulation(corpus, tokenizer, tmp_path):
     two = torch.load(tmp_path / "two" / "last.pth", weights_only=False)["model"]
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+    for key in ("loss", "loss_main", "loss_sub", "val_loss", "val_acc"):
+        got, want = ([row[key] for row in _log(tmp_path / run)["epochs"]] for run in ("two", "one"))
+        assert got == pytest.approx(want, rel=1e-4), key
 
 
 def test_the_vocabulary_a_run_uses_and_keeps(corpus, tokenizer, tmp_path, capsys):
@@ -394,6 +401,11 @@ def test_the_vocabulary_a_run_uses_and_keeps(corpus, tokenizer, tmp_path, capsys
     os.rename(own / "tokenizer.json", tmp_path / "moved.json")
     assert main(["--data-dir", corpus, *TINY, "--resume", str(own / "last.pth")]) == 2
     assert "its run's vocabulary" in capsys.readouterr().err and not (own / "tokenizer.json").exists()
+    # a resume's --tokenizer that names no file: refused before a vocabulary is trained (helper-199: one was
+    # trained and written, ~10 s on the stdlib corpus, then refused by the digest check and deleted)
+    absent = tmp_path / "absent.json"
+    assert main(["--data-dir", corpus, *TINY, "--resume", str(own / "last.pth"), "--tokenizer", str(absent)]) == 2
+    assert "no such file; a resumed run" in capsys.readouterr().err and not absent.exists()
     os.rename(tmp_path / "moved.json", own / "tokenizer.json")
     assert main(["--data-dir", corpus + "/", *TINY, "--resume", str(own / "last.pth")]) == 0  # corpus/ = corpus
     # a directory (a save_pretrained one) is refused before anything is trained

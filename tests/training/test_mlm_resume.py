@@ -144,3 +144,96 @@ def test_a_resume_with_another_number_of_processes_is_refused():
     check_resume(args, state, 2, sizes)  # the same processes: resumes
     del state["world_size"]  # (a checkpoint without it: one process)
     check_resume(args, state, 1, sizes)
+
+
+# kills mlm_cli.py:497 `wall = rows[-1]["wall_time_s"] if rows else 0.0` -> `0.0` (a resumed run's wall clock
+# restarted at 0: the log said the run took the last slice's time) and mlm_cli.py:521 `"round": len(rows) + 1` ->
+# `len(rows)` (the rounds numbered from 0, and the resumed run's first round repeated the last one's number)
+def test_a_resumed_run_continues_the_rounds_and_the_wall_clock(corpus, tokenizer, tmp_path):
+    common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--eval-every", "1"]
+    assert main([*common, "--stop-at", "2"]) == 0
+    assert main([*common, "--resume", str(tmp_path / "last.pth")]) == 0
+    rows = _log(tmp_path)["epochs"]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4] and [r["step"] for r in rows] == [1, 2, 3, 4]
+    walls = [r["wall_time_s"] for r in rows]  # each round adds at least its training time (and its evaluation's)
+    assert all(walls[i + 1] - walls[i] >= rows[i + 1]["round_time_s"] for i in range(3)), rows
+
+
+# kills mlm_cli.py:534 `"scaler": scaler.state_dict() if scaler else None` -> `None` and mlm_resume.py:102 the
+# scaler's load left out: on the CPU no run has a GradScaler (CUDA float16 only), so no test saw the loss scale
+# saved or restored; a CUDA --amp fp16 run resumed at the default scale (its first steps skipped as overflows)
+def test_a_runs_loss_scale_is_saved_and_restored(corpus, tokenizer, tmp_path, monkeypatch):
+    real_build = mlm_cli._build
+
+    def with_a_scaler(*args, **kwargs):  # as a CUDA --amp fp16 run has one
+        ms, optimizer, scheduler, _, autocast = real_build(*args, **kwargs)
+        return ms, optimizer, scheduler, torch.amp.GradScaler("cpu", init_scale=1234.0), autocast
+
+    monkeypatch.setattr(mlm_cli, "_build", with_a_scaler)
+    argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--stop-at", "2"]
+    assert main(argv) == 0
+    state = torch.load(tmp_path / "last.pth", weights_only=False)
+    assert state["scaler"] is not None and state["scaler"]["scale"] == 1234.0
+    # load_state, as _build calls it with the resumed run's new scaler (at its default scale)
+    from masksub_kernels.training.mlm_resume import load_state
+
+    args = mlm_cli.build_parser().parse_args([*argv, "--resume", str(tmp_path / "last.pth")])
+    vocab = mlm_cli.Vocab(_log(tmp_path)["meta"]["vocab_size"], 4, 0)
+    blocks = torch.randint(5, 64, (8, 16))
+    ms, optimizer, scheduler, _, _ = real_build(args, vocab, (blocks, blocks < 0), None, 1, torch.device("cpu"), 0, {})
+    scaler = torch.amp.GradScaler("cpu")
+    load_state(args, state, ms, optimizer, scheduler, scaler, 0, "prog")
+    assert scaler.get_scale() == 1234.0
+
+
+# kills mlm_resume.py:22 RESUME_MUST_MATCH without "lr", without "warmup_steps", without "accum_steps" (each: a
+# resume that silently changed the learning rate or every step's data and seeds), and each other option's removal
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--lr", "2e-3"), ("--warmup-steps", "50"), ("--accum-steps", "2"), ("--batch-size", "32"),
+     ("--weight-decay", "0.1"), ("--dropout", "0.2"), ("--layers", "2"), ("--heads", "4"), ("--intermediate", "64"),
+     ("--eval-blocks", "16"), ("--schedule", "joint"), ("--baseline", None)],
+)  # fmt: skip
+def test_a_resume_with_another_value_of_an_option_that_fixes_the_run_is_refused(flag, value):
+    from masksub_kernels.training.mlm_resume import check_resume
+
+    parse = mlm_cli.build_parser().parse_args
+    saved = parse(["--resume", "run/last.pth"])
+    args = parse(["--resume", "run/last.pth", flag, *([value] if value else [])])
+    sizes = {"tokenizer_sha256": "same", "corpus_sha256": "same"}
+    state = {"args": dict(vars(saved)), "step": 2, "world_size": 1, "tokenizer_sha256": "same"}
+    with pytest.raises(mlm_cli.UsageError, match=f"continues another run: {flag} "):
+        check_resume(args, state, 1, sizes)
+
+
+# kills mlm_resume.py:68 `(args.stop_at or args.steps)` -> `args.steps`: a time-limited job started again with the
+# --stop-at its checkpoint already reached trained nothing, wrote nothing, and exited 0
+def test_a_resume_already_at_its_stop_at_is_refused():
+    from masksub_kernels.training.mlm_resume import check_resume
+
+    parse = mlm_cli.build_parser().parse_args
+    args = parse(["--resume", "run/last.pth", "--steps", "400", "--stop-at", "200"])
+    sizes = {"tokenizer_sha256": "same", "corpus_sha256": "same"}
+    state = {"args": dict(vars(args)), "step": 200, "world_size": 1, "tokenizer_sha256": "same"}
+    with pytest.raises(mlm_cli.UsageError, match="is at step 200: nothing left to train"):
+        check_resume(args, state, 1, sizes)
+    args.stop_at = 400
+    check_resume(args, state, 1, sizes)
+
+
+def test_a_plain_resume_of_a_relative_output_records_no_change(tmp_path, monkeypatch):
+    # helper-199's bug: a run with a relative --output (the default output/mlm too), resumed by --resume alone, takes
+    # the absolute directory of the checkpoint (default_output): the two strings differed, and every such resume
+    # recorded "--output 'runs/mlm' -> '/cwd/runs/mlm'" in log.json's meta.resumes. Now compared as directories
+    from masksub_kernels.training.mlm_resume import resumes
+
+    monkeypatch.chdir(tmp_path)
+    first = mlm_cli.build_parser().parse_args(["--output", "runs/mlm"])
+    mlm_cli._check_args(first)
+    state = {"args": dict(vars(first)), "step": 200}
+    again = mlm_cli.build_parser().parse_args(["--resume", "runs/mlm/last.pth"])
+    again.output = mlm_cli.default_output(again, "output/mlm")  # as _check_args sets it (the file need not exist)
+    assert again.output == str(tmp_path / "runs" / "mlm")
+    assert resumes(again, state)[-1]["changed"] == []
+    elsewhere = mlm_cli.build_parser().parse_args(["--resume", "runs/mlm/last.pth", "--output", "runs/other"])
+    assert resumes(elsewhere, state)[-1]["changed"] == ["--output 'runs/mlm' -> 'runs/other'"]

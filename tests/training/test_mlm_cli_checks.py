@@ -1,0 +1,178 @@
+"""masksub-train-mlm's options, rounds, logs, held-out blocks and vocabulary (training/mlm_cli.py), from helper-199's
+second mutation audit of the command: each test names the mutants it kills. The runs and exact continuation:
+test_mlm_cli.py; resume: test_mlm_resume.py."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from _mlm_runs import TINY, corpus_fixture, tokenizer_fixture  # noqa: F401  (fixtures: corpus, tokenizer)
+from _mlm_runs import log as _log
+
+from masksub_kernels.training import mlm_cli, text_data
+from masksub_kernels.training.mlm_cli import main
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+
+# kills mlm_cli.py:159 `not 1 <= args.stop_at` -> `not 0 <= args.stop_at` (--stop-at 0 ran the whole schedule, as
+# `args.stop_at or args.steps` reads 0 as absent), mlm_cli.py:128 "eval_every" left out of the positive options
+# (--eval-every 0: a ZeroDivisionError traceback after the corpus, the vocabulary and a step),
+# mlm_cli.py:134 `< 64` -> `<= 64`, :143 `0.0 <= args.dropout` -> `0.0 < ...`, :145 `0.0 <= args.mask_ratio` ->
+# `0.0 < ...` (the documented bounds, each way)
+def test_the_option_bounds_are_the_documented_ones():
+    parse = lambda *extra: mlm_cli.build_parser().parse_args(["--seq-len", "16", "--mask-ratio", "0.25", *extra])
+    for extra, message in (
+        (["--stop-at", "0"], r"--stop-at must be in \[1, --steps=2000\], got 0"),
+        (["--eval-every", "0"], "--eval-every must be >= 1, got 0"),
+        (["--vocab-size", "63"], "--vocab-size must be >= 64"),
+    ):
+        with pytest.raises(mlm_cli.UsageError, match=message):
+            mlm_cli._check_args(parse(*extra))
+    # the inclusive ends are taken: 64 tokens, no dropout, a sub-branch that keeps every token
+    for extra in (["--vocab-size", "64"], ["--dropout", "0"], ["--mask-ratio", "0"]):
+        mlm_cli._check_args(parse(*extra))
+
+
+# kills mlm_cli.py:510 `step + 1 not in (args.steps, args.stop_at)` -> `step + 1 != args.stop_at`: with --steps not
+# a multiple of --eval-every the last steps were trained but never evaluated, logged or saved (last.pth stayed at
+# the last whole round)
+def test_the_last_step_ends_a_round_when_steps_is_not_a_multiple_of_eval_every(corpus, tokenizer, tmp_path):
+    out = str(tmp_path)
+    assert main(["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", out, "--steps", "3"]) == 0
+    assert [r["step"] for r in _log(out)["epochs"]] == [2, 3]
+    assert torch.load(tmp_path / "last.pth", weights_only=False)["step"] == 3
+
+
+# kills mlm_cli.py:522 `"loss_main": float(sums[1]) / n` -> `float(sums[2]) / n`: the log's loss_main column showed
+# the sub-branch's term (no test told the three loss columns apart: on a run they are all plausible losses)
+def test_a_log_row_holds_each_loss_in_its_own_column(corpus, tokenizer, tmp_path, monkeypatch):
+    values = {"loss": torch.tensor(1.0), "loss_main": torch.tensor(2.0), "loss_sub": torch.tensor(3.0)}
+    monkeypatch.setattr(mlm_cli, "_make_step", lambda *a: lambda *b: values)
+    argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--steps", "2",
+            "--eval-every", "2"]  # fmt: skip
+    assert main(argv) == 0
+    (row,) = _log(tmp_path)["epochs"]
+    assert (row["loss"], row["loss_main"], row["loss_sub"]) == (1.0, 2.0, 3.0)
+
+
+# kills mlm_cli.py:268 `val[: args.eval_blocks]` -> `val[-args.eval_blocks :]` (other blocks than the first ones, so
+# runs of two versions were scored on other text) and mlm_cli.py:267 `if args.eval_blocks:` -> `... is not None:`
+# (--eval-blocks 0, "all", evaluated none: refused as a held-out set that predicts no token)
+def test_eval_blocks_takes_the_first_held_out_blocks_and_0_takes_them_all(corpus, tokenizer):
+    held_out = {}
+    for blocks in ("8", "0"):
+        args = mlm_cli.build_parser().parse_args(["--data-dir", corpus, *TINY, "--eval-blocks", blocks])
+        _, _, val, sizes = mlm_cli._corpus(args, 0, 1, torch.device("cpu"), tokenizer, False)
+        held_out[blocks] = val, sizes
+    (first, sizes_8), (every, sizes_all) = held_out["8"], held_out["0"]
+    from tokenizers import Tokenizer
+
+    docs = text_data.split_documents(text_data.text_dir_documents(corpus))[1]
+    packed = text_data.pack_blocks(Tokenizer.from_file(tokenizer), docs, 16)
+    assert sizes_8["val_blocks"] == 8 and sizes_all["val_blocks"] == packed.shape[0] > 8
+    for key in ("input_ids", "labels"):  # each block's corruption is drawn from its index: the same first 8
+        assert torch.equal(first[key], every[key][:8]), key
+    assert torch.equal(torch.where(every["labels"] == -100, every["input_ids"], every["labels"]), packed)
+
+
+# kills mlm_cli.py:258 `load_tokenizer(args, tokenizer_at, train_docs, ...)` -> `documents` (the vocabulary trained
+# on the held-out text too: its words then never [UNK] or split as an unseen word is, a flattering val_loss) and
+# mlm_cli.py:273 `corpus_digest(train, val)` -> a digest without the held-out blocks (a resume on changed held-out
+# text was taken)
+def test_the_vocabulary_is_trained_on_the_training_documents_and_the_digest_covers_both_parts(
+    corpus, tmp_path, monkeypatch
+):
+    seen = []
+    real = text_data.train_tokenizer
+    monkeypatch.setattr(text_data, "train_tokenizer", lambda docs, size: seen.append(list(docs)) or real(docs, size))
+    args = mlm_cli.build_parser().parse_args(["--data-dir", corpus, *TINY])
+    path = str(tmp_path / "tokenizer.json")
+    _, (train, _), _, sizes = mlm_cli._corpus(args, 0, 1, torch.device("cpu"), path, False)
+    train_docs, held_out = text_data.split_documents(text_data.text_dir_documents(corpus))
+    assert seen == [train_docs] and held_out
+    from tokenizers import Tokenizer
+
+    from masksub_kernels.training.mlm_resume import corpus_digest
+
+    blocks = text_data.pack_blocks(Tokenizer.from_file(path), held_out, 16)[:8]  # --eval-blocks 8
+    assert sizes["corpus_sha256"] == corpus_digest(train, blocks)
+
+
+# kills mlm_cli.py:390 the baseline's `accum_steps=args.accum_steps` -> `accum_steps=1`: --baseline --accum-steps 2
+# stepped the optimizer after every micro-batch (the MaskSub path was tested, the baseline's PlainStep not)
+def test_mlm_baseline_accumulates_as_masksub_does(corpus, tokenizer, tmp_path, monkeypatch):
+    from masksub_kernels.training import engine
+
+    seen = []
+    real = engine.PlainStep.__call__
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs["accum_steps"], kwargs["clip_grad"]))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.PlainStep, "__call__", spy)
+    argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--baseline",
+            "--accum-steps", "2", "--clip-grad", "0.5", "--steps", "1", "--eval-every", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert seen == [(2, 0.5), (2, 0.5)]
+
+
+# kills mlm_cli.py:79 `--eval-blocks` default 512 -> 256 and mlm_cli.py:85 `--dropout` default 0.1 -> 0.0 (BERT's
+# dropout; runs compared against earlier ones must score the same held-out blocks), and the other defaults no test read
+def test_mlm_defaults_the_tests_did_not_read():
+    args = mlm_cli.build_parser().parse_args([])
+    assert (args.layers, args.width, args.heads, args.intermediate, args.dropout) == (4, 128, 2, None, 0.1)
+    assert (args.batch_size, args.accum_steps, args.eval_every, args.eval_blocks) == (64, 1, 200, 512)
+    assert (args.schedule, args.amp, args.seed, args.baseline) == ("sequential", "none", 0, False)
+
+
+# kills mlm_cli.py:330 `_seed(args.seed, step, part)` -> `_seed(args.seed, step, 0)`: every micro-batch (and every
+# rank) of a step corrupted the same positions, a correlation accumulation averages over; the dropout and sub-branch
+# seeds were tested per part (helper-193), the corruption's not
+def test_mlm_each_part_of_a_step_corrupts_its_own_positions():
+    args = mlm_cli.build_parser().parse_args(["--batch-size", "2", "--accum-steps", "2", "--seq-len", "16"])
+    blocks = torch.randint(5, 64, (8, 16), generator=torch.Generator().manual_seed(0))
+    special = torch.zeros_like(blocks, dtype=torch.bool)
+    vocab = mlm_cli.Vocab(64, 4, 0)
+    chosen = [mlm_cli._train_batch(args, vocab, (blocks, special), 0, part, 2)["labels"] != -100 for part in (0, 1)]
+    assert chosen[0].any() and not torch.equal(chosen[0], chosen[1])
+    again = mlm_cli._train_batch(args, vocab, (blocks, special), 0, 1, 2)["labels"] != -100
+    assert torch.equal(again, chosen[1])  # (a seed per part, not a random draw)
+
+
+# kills mlm_cli.py:433 `< per_step` -> `<= per_step` (a corpus of exactly one step's blocks refused) and
+# mlm_cli.py:456 the bf16 / fp16 swap (--amp bf16 ran float16 autocast: on a CPU no error, no scaler, another run)
+def test_mlm_build_takes_a_corpus_of_one_step_and_the_named_autocast_dtype():
+    blocks = torch.randint(5, 64, (8, 16))
+    special = torch.zeros(8, 16, dtype=torch.bool)
+    special[:, [0, -1]] = True
+    for amp, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        argv = ["--layers", "1", "--width", "16", "--heads", "2", "--seq-len", "16", "--mask-ratio", "0.25",
+                "--batch-size", "4", "--accum-steps", "2", "--amp", amp]  # fmt: skip
+        args = mlm_cli.build_parser().parse_args(argv)
+        built = mlm_cli._build(args, mlm_cli.Vocab(64, 4, 0), (blocks, special), None, 1, torch.device("cpu"), 0, {})
+        autocast = built[4]
+        assert isinstance(autocast, functools.partial) and autocast.keywords["dtype"] == dtype, amp
+
+
+# kills text_data.py:187 `train_tokenizer(train, ...)` -> `train_tokenizer(documents, ...)` (the shared vocabulary
+# trained on the held-out text too) and text_data.py:176 its --vocab-size default 8192 -> 8000 (a shared file
+# other than the one the command trains by default)
+def test_the_vocabulary_tool_trains_what_the_command_would(tmp_path, monkeypatch, capsys):
+    from masksub_kernels.training.mlm_tokenizer import DEFAULT_VOCAB_SIZE
+
+    seen = []
+    real = text_data.train_tokenizer
+    monkeypatch.setattr(
+        text_data, "train_tokenizer", lambda docs, size: seen.append((list(docs), size)) or real(docs, 80)
+    )
+    documents = [f"document number {i} of the corpus" for i in range(40)]
+    (tmp_path / "a.txt").write_text("\n\n".join(documents))
+    assert text_data.main([str(tmp_path / "out" / "tok.json"), "--data-dir", str(tmp_path)]) == 0
+    train, held_out = text_data.split_documents(documents)
+    assert held_out and seen == [(train, DEFAULT_VOCAB_SIZE)]
+    assert f"from {len(train)} documents ({len(held_out)} held out)" in capsys.readouterr().out
