@@ -8,6 +8,7 @@ import inspect
 import numbers
 
 import torch
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .. import _backend
@@ -258,7 +259,7 @@ def _tracing(args) -> bool:
     fake and autograd, never a kernel launched on a tensor without data. torch.func transforms are refused with an
     error (MaskSubOp.__call__): the ops have no vmap or jvp rules, and their eager autograd.Function takes ctx in its
     forward, which functorch does not accept."""
-    if _get_current_dispatch_mode() is not None:
+    if _get_current_dispatch_mode() is not None or get_proxy_mode() is not None:
         return True
     return any(isinstance(arg, torch.Tensor) and type(arg) not in _PLAIN_TENSORS for arg in args)
 
@@ -268,12 +269,31 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 def values_readable(tensors) -> bool:
     """Whether an eager check may read these CPU tensors' values on the host (the ops' default validations): not
-    while torch.compile, make_fx or AOTAutograd traces the call (a dispatch mode, fake or functional tensors: the
-    values are to come, and the op is traced as one node), nor inside a torch.func transform (the op refuses it with
-    its own clear error, which reading the values would come before)."""
+    while torch.compile, make_fx, AOTAutograd or torch.export traces the call (their proxy, fake and functional
+    dispatch modes, pre-dispatch's proxy mode, tensors with a Python dispatch key: the values are to come, and the op
+    is traced as one node), nor inside a torch.func transform (the op refuses it with its own clear error, which
+    reading the values would come before). A user's own dispatch mode (FlopCounterMode, selective checkpointing) and
+    a plain Tensor subclass run on real values: read (helper-201; _tracing, which picks the op's route, counts every
+    dispatch mode)."""
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return False
-    return not _tracing(tensors)
+    if get_proxy_mode() is not None or any(torch._C._get_dispatch_mode(key) is not None for key in _TRACER_MODES):
+        return False
+    # a tensor whose ops go to a Python __torch_dispatch__ (fake, functional, DTensor, a wrapper subclass); a plain
+    # Python subclass (no __torch_dispatch__) or an nn.Parameter holds its values
+    return not any(isinstance(t, torch.Tensor) and torch._C._dispatch_keys(t).has(_PYTHON_KEY) for t in tensors)
+
+
+_PYTHON_KEY = torch._C.DispatchKey.Python
+
+
+# the dispatch modes of make_fx / AOTAutograd / torch.export (infra modes); a user's mode (FlopCounterMode, DebugMode,
+# selective checkpointing's caching modes) runs on real tensors whose values can be read
+_TRACER_MODES = (
+    torch._C._TorchDispatchModeKey.PROXY,
+    torch._C._TorchDispatchModeKey.FAKE,
+    torch._C._TorchDispatchModeKey.FUNCTIONAL,
+)
 
 
 def masksub_op(

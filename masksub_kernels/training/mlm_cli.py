@@ -168,8 +168,13 @@ def _check_args(args) -> None:
     if args.resume is not None and not os.path.isfile(args.resume):
         raise UsageError(f"--resume {args.resume!r}: no such file")
     check_tokenizer_arg(args.tokenizer)
+    # recorded in the checkpoint as absolute paths: a resume may run from another working directory (and compares
+    # --data-dir and --output as the directories they name: mlm_resume._resume_value)
+    args.output = os.path.abspath(args.output)
+    if args.data_dir is not None:
+        args.data_dir = os.path.abspath(args.data_dir)
     if args.tokenizer:
-        args.tokenizer = os.path.abspath(args.tokenizer)  # recorded in the checkpoint: a resume may run elsewhere
+        args.tokenizer = os.path.abspath(args.tokenizer)
 
 
 # The largest share of the training blocks whose predicted tokens the command may cap (_check_keep): BERT's recipe

@@ -39,7 +39,9 @@ def corpus_digest(train: torch.Tensor, val: torch.Tensor) -> str:
 
 def _resume_value(name: str, value):
     """An option's value as a resume compares it: --data-dir and --output as the directories they name (corpus/ =
-    corpus; a relative --output = the absolute one that a plain resume takes from the checkpoint's place)."""
+    corpus; a plain resume's --output, the checkpoint's directory, = the run's). The command records both absolute
+    (since 2026-12-06); an older checkpoint's relative paths are read from the resuming process's working directory:
+    resume those from the directory their run started in."""
     return os.path.realpath(value) if name in ("data_dir", "output") and value is not None else value
 
 

@@ -421,28 +421,6 @@ def test_opcheck_of_the_token_and_grid_ops(backend):
     torch.library.opcheck(token_grid_mask._mask_tokens_random_op.custom_op, args, test_utils=OPCHECK_UTILS)
 
 
-def test_make_fx_traces_the_token_ops_whose_default_validation_reads_values(backend):
-    # gather_tokens' ids and the priority masks are validated by default on CPU tensors, which reads their values:
-    # make_fx's real mode hands the call plain tensors under its dispatch mode, and the check read a tracing tensor
-    # ("It appears that you're trying to get value out of a tracing tensor"). Now skipped while a tracer runs
-    # (_common.values_readable), as under torch.compile: the op is one node, its values checked by nobody
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    x = torch.randn(2, 1 + 8, 4, device=DEVICE)
-    ids = torch.tensor([[0, 5, 2], [7, 1, 3]], device=DEVICE)
-    keep = torch.tensor([[True] + [False] * 7, [False] * 8], device=DEVICE)
-    calls = (
-        (lambda x, ids: mk.gather_tokens(x, ids), (x, ids), "gather_tokens"),
-        (lambda keep: mk.random_keep_indices(2, 8, 3, seed=4, always_keep=keep), (keep,), "select_tokens"),
-        (lambda x, keep: mk.random_token_select(x, 0.5, seed=4, drop_first=keep)[0], (x, keep), "select_gather"),
-    )
-    for call, args, op in calls:
-        graph = make_fx(call)(*args)
-        called = {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
-        assert f"masksub.{op}.default" in called or f"masksub.{op}_tokens.default" in called, called
-        assert torch.equal(graph(*args), call(*args))
-
-
 def test_auto_skips_a_backend_that_an_op_lacks(monkeypatch):
     from masksub_kernels import _backend
 

@@ -221,19 +221,28 @@ def test_a_resume_already_at_its_stop_at_is_refused():
     check_resume(args, state, 1, sizes)
 
 
-def test_a_plain_resume_of_a_relative_output_records_no_change(tmp_path, monkeypatch):
-    # helper-199's bug: a run with a relative --output (the default output/mlm too), resumed by --resume alone, takes
-    # the absolute directory of the checkpoint (default_output): the two strings differed, and every such resume
-    # recorded "--output 'runs/mlm' -> '/cwd/runs/mlm'" in log.json's meta.resumes. Now compared as directories
+# helper-199's bug: a run with a relative --output (the default output/mlm too), resumed by --resume alone, takes the
+# absolute directory of the checkpoint (default_output): the two strings differed, and every such resume recorded
+# "--output 'runs/mlm' -> '/cwd/runs/mlm'" in log.json's meta.resumes. Now the command records --output and --data-dir
+# absolute (helper-201: a resume from another working directory read a relative one against its own), and compares
+# them as directories (an older checkpoint's relative ones: from the directory its run started in)
+def test_a_plain_resume_records_no_change_of_output_from_any_working_directory(tmp_path, monkeypatch):
     from masksub_kernels.training.mlm_resume import resumes
 
+    (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path)
-    first = mlm_cli.build_parser().parse_args(["--output", "runs/mlm"])
+    first = mlm_cli.build_parser().parse_args(["--output", "runs/mlm", "--data-dir", "."])
     mlm_cli._check_args(first)
+    assert (first.output, first.data_dir) == (str(tmp_path / "runs" / "mlm"), str(tmp_path))
     state = {"args": dict(vars(first)), "step": 200}
+    older = {"args": {**vars(first), "output": "runs/mlm"}, "step": 200}  # a checkpoint from before: relative
     again = mlm_cli.build_parser().parse_args(["--resume", "runs/mlm/last.pth"])
     again.output = mlm_cli.default_output(again, "output/mlm")  # as _check_args sets it (the file need not exist)
-    assert again.output == str(tmp_path / "runs" / "mlm")
-    assert resumes(again, state)[-1]["changed"] == []
-    elsewhere = mlm_cli.build_parser().parse_args(["--resume", "runs/mlm/last.pth", "--output", "runs/other"])
-    assert resumes(elsewhere, state)[-1]["changed"] == ["--output 'runs/mlm' -> 'runs/other'"]
+    assert resumes(again, state)[-1]["changed"] == resumes(again, older)[-1]["changed"] == []
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    moved = mlm_cli.build_parser().parse_args(["--resume", "../runs/mlm/last.pth"])
+    moved.output = mlm_cli.default_output(moved, "output/mlm")
+    assert resumes(moved, state)[-1]["changed"] == []
+    into = mlm_cli.build_parser().parse_args(["--resume", "../runs/mlm/last.pth", "--output", "runs/mlm"])
+    into.output = os.path.abspath(into.output)  # elsewhere/runs/mlm: another directory of the same name
+    assert resumes(into, state)[-1]["changed"] == [f"--output {first.output!r} -> {into.output!r}"]
