@@ -20,6 +20,11 @@ MAX_TOKENS = 8192  # one sort per sample in one program (8192 int64 keys, 32 war
 
 def check_int(name: str, value) -> int:
     """An integer argument (a Python or NumPy integer, not a bool), as a Python int."""
+    if isinstance(value, torch.SymInt) and not torch.compiler.is_compiling():  # (torch.compile specialises it)
+        raise TypeError(
+            f"{name} is a symbolic size ({value}): the ops take static sizes; trace them with static shapes (make_fx "
+            "with tracing_mode 'real' or 'fake', torch.export without dynamic_shapes for this size)"
+        )
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     return int(value)
@@ -33,7 +38,7 @@ def check_keep_args(
     extension's own check does)."""
     batch_size, num_tokens, num_keep = (
         check_int(name, value)
-        for name, value in (("batch_size", batch_size), ("num_tokens", num_tokens), ("num_keep", num_keep))
+        for name, value in (("batch_size", batch_size), (positions, num_tokens), ("num_keep", num_keep))
     )
     if batch_size < 0:
         raise ValueError(f"batch_size must be >= 0, got {batch_size}")

@@ -145,3 +145,19 @@ def test_default_validations_read_a_plain_tensor_subclass():
         mk.gather_tokens(x, torch.tensor([[0, 7], [1, 2]]).as_subclass(_Tagged))
     with pytest.raises(ValueError, match="always"):
         mk.random_token_select(x.as_subclass(_Tagged), 0.5, seed=0, always_keep=torch.ones(2, 4, dtype=torch.bool))
+
+
+# helper-201: a symbolic trace (make_fx's 'symbolic' mode, torch.export's dynamic_shapes) hands the ops SymInt sizes,
+# refused as "batch_size must be an int, got SymInt", which read as the caller's mistake; the grid masks named the
+# cell count num_tokens. The message now says what happened and what to do (torch.compile specialises them itself)
+def test_a_symbolic_trace_is_told_the_ops_take_static_sizes():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    calls = (
+        (lambda x: mk.random_token_select(x, 0.5, seed=3)[0], torch.randn(2, 1 + 4, 3)),
+        (lambda x: mk.mask_image_grid(x, 0.5, cell_size=4, seed=3)[0], torch.randn(2, 3, 8, 8)),
+    )
+    for call, x in calls:
+        with pytest.raises(TypeError, match=r"is a symbolic size \(.+\): the ops take static sizes"):
+            make_fx(call, tracing_mode="symbolic")(x)
+        assert torch.equal(make_fx(call, tracing_mode="fake")(x)(x), call(x))  # static shapes trace
