@@ -1,6 +1,8 @@
 """tools/gpu_math.py: the GPU's fp32 exp, exp2 and division for the Triton interpreter, within the hardware's bounds
 and off the correctly rounded results (an emulation that changed nothing would let every tolerance pass)."""
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -169,3 +171,86 @@ def test_adds_of_products_contract_to_one_rounding_as_the_gpu_compiles_them():
     assert out[8:].tolist() == [1 + 2**-11] * 4  # the product itself, rounded (its add of 0 changes nothing)
     plain = (a * a - c).tolist()
     assert plain == [2**-11] * 4  # what the interpreter (and a CPU) computes: two roundings
+
+
+# kills G07 (`np.abs(value) < _MIN_NORMAL` -> `<=` in _flush: the least normal number flushed as a subnormal)
+def test_ftz_flushes_subnormals_not_the_least_normal_number():
+    # 2^-126 is fp32's least normal number: ex2.approx.ftz's result at -126 and rsqrt.approx.ftz's input there are
+    # kept (both exact: an integer exponent, a power of 4)
+    tiny = np.finfo(F32).tiny
+    assert gpu_math.ex2_approx(np.array([-126.0], dtype=F32), ftz=True).tolist() == [tiny]
+    assert gpu_math.rsqrt_approx(np.array([tiny], dtype=F32)).tolist() == [2.0**63]
+
+
+# kills G22 (the NaN's `| 0x40` dropped) and G23 (no NaN case: NaNs rounded as numbers)
+def test_bf16_keeps_a_nan_whose_payload_is_in_the_low_bits_a_nan():
+    # rounding (or truncating) such a NaN's bits leaves exponent 0xFF and a zero mantissa: inf
+    bits = np.array([0x7F800001, 0xFF800001, 0x7F807FFF, 0x7FC00000], dtype=np.uint32)
+    rounded = gpu_math.bf16_round(bits.view(F32))
+    assert torch.isnan(torch.from_numpy(rounded.view(np.int16)).view(torch.bfloat16).float()).all()
+
+
+# kills G24 (the weakref's callback dropped: every product's float64 copy kept for the whole run)
+def test_products_are_forgotten_with_their_arrays():
+    # the interpreter makes an array per fp32 multiply; the exact products must go with them, or `make test`'s
+    # gpu_math pass holds a float64 copy of every product it ever made
+    products = gpu_math._Products()
+    product = np.full(4, 1.5, dtype=F32)
+    products.remember(product, product.astype(np.float64))
+    assert products.exact(product) is not None and products.exact(product.copy()) is None  # by identity
+    del product
+    gc.collect()
+    assert products._exact == {}
+
+
+# kills G36 (install not idempotent: a second install takes the emulation for the interpreter's own methods, and
+# uninstall then leaves it in place)
+@pytest.mark.skipif(not triton_interpreted(), reason="the emulation patches the Triton interpreter")
+def test_install_twice_then_uninstall_restores_the_interpreters_methods():
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    was_installed = bool(gpu_math._installed)
+    gpu_math.uninstall()
+    own = {name: getattr(builder, name) for name in gpu_math._PATCHED}
+    try:
+        gpu_math.install()
+        gpu_math.install()
+        assert all(getattr(builder, name) is not own[name] for name in gpu_math._PATCHED)
+        gpu_math.uninstall()
+        assert all(getattr(builder, name) is own[name] for name in gpu_math._PATCHED)
+    finally:
+        if was_installed:
+            gpu_math.install()
+
+
+# kills G32 (fp32 -> fp16 casts taken for bf16 ones: bf16 bits stored as fp16)
+@pytest.mark.skipif(not triton_interpreted(), reason="the emulation patches the Triton interpreter")
+def test_install_leaves_casts_to_fp16_to_the_interpreter():
+    # cvt.rn.f16.f32 rounds to nearest even, as NumPy's astype does: only fp32 -> bf16 (truncated by the
+    # interpreter) is replaced
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(x_ptr, out_ptr, N: tl.constexpr):
+        offs = tl.arange(0, N)
+        tl.store(out_ptr + offs, tl.load(x_ptr + offs).to(tl.float16).to(tl.float32))
+
+    x = torch.linspace(-300, 300, 64) + 1 / 3
+    out = torch.empty(64)
+    was_installed = bool(gpu_math._installed)
+    gpu_math.install()
+    try:
+        kernel[(1,)](x, out, N=64)
+    finally:
+        if not was_installed:
+            gpu_math.uninstall()
+    assert torch.equal(out, x.half().float())
+
+
+def test_rsqrt_of_a_negative_zero_or_subnormal_is_minus_infinity():
+    # helper-200: _flush made every subnormal +0, so rsqrt(-0) and rsqrt(-1e-40) gave +inf; the PTX ISA's rsqrt
+    # gives -inf at -0, and .ftz flushes to a zero of the input's sign
+    out = gpu_math.rsqrt_approx(np.array([-0.0, -1e-40, 0.0, 1e-40], dtype=F32))
+    assert out.tolist() == [-np.inf, -np.inf, np.inf, np.inf]

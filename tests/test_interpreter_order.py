@@ -40,3 +40,24 @@ def test_uninstalled_the_programs_run_in_index_order():
         assert _order((2, 3, 1)) == [0, 1, 2, 3, 4, 5]
     finally:
         assert interpreter_order.install()
+
+
+# kills O06 (uninstall leaves the saved method in _installed: install() then returns True and replaces nothing)
+def test_installed_again_after_uninstall_the_last_program_runs_first_again():
+    interpreter_order.uninstall()
+    assert interpreter_order.install()
+    assert _order((2, 3, 1)) == [1, 2, 3, 4, 5, 0]
+
+
+# kills O10 (the hasattr check dropped: install raises AttributeError on a Triton without set_grid_idx)
+def test_install_replaces_nothing_where_the_interpreter_has_no_set_grid_idx(monkeypatch):
+    # conftest installs it under any Triton: another interpreter keeps its own order (False), it does not fail
+    from triton.runtime import interpreter
+
+    interpreter_order.uninstall()
+    try:
+        monkeypatch.setattr(interpreter, "InterpreterBuilder", type("OtherBuilder", (), {}))
+        assert interpreter_order.install() is False and not interpreter_order._installed
+    finally:
+        monkeypatch.undo()
+        assert interpreter_order.install()
