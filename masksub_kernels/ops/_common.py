@@ -158,11 +158,12 @@ class MaskSubOp:
         its own last call ran with and a backend the op lacks is refused naming it. ``name`` must be registered
         (``_backend.register_op_names``). Nothing where the op's own call resolves no backend either (__call__): meta
         tensors, torch.compile and other tracers (fake tensors; compiled code records the op's own names only, when
-        it runs), torch.func transforms (refused by the op)."""
+        it runs). torch.func transforms are refused here, naming the function called (the op would name itself)."""
         if tensor.device.type == "meta" or torch.compiler.is_compiling() or _tracing((tensor,)):
             return
-        if not torch._C._are_functorch_transforms_active():
-            _backend.resolve_backend(tensor.device, name, implemented=self._implemented)
+        if torch._C._are_functorch_transforms_active():
+            _refuse_func_transforms(name)
+        _backend.resolve_backend(tensor.device, name, implemented=self._implemented)
 
     def register_fake(self, fake):
         self._fake = fake
@@ -203,10 +204,7 @@ class MaskSubOp:
         if torch.compiler.is_compiling() or _tracing(args):
             return self.custom_op(*args)
         if torch._C._are_functorch_transforms_active():  # torch.func.grad, vmap, jvp, jacrev...
-            raise RuntimeError(
-                f"{self.label} does not support torch.func transforms (grad, vmap, jvp, jacrev, ...): take "
-                "its gradients with torch.autograd (.backward(), torch.autograd.grad)"
-            )
+            _refuse_func_transforms(self.label)
         if self._torch_eager is not None:
             device = self._device(args)
             if device.type != "meta" and _backend.resolve_backend(device, self.records, self._implemented) == "torch":
@@ -256,6 +254,13 @@ def _autocast_off(device_type: str):
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
+
+
+def _refuse_func_transforms(label: str):
+    raise RuntimeError(
+        f"{label} does not support torch.func transforms (grad, vmap, jvp, jacrev, ...): take its gradients with "
+        "torch.autograd (.backward(), torch.autograd.grad)"
+    )
 
 
 def _tracing(args) -> bool:
