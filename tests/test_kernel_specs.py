@@ -114,64 +114,62 @@ def test_every_kernel_of_the_ops_is_compiled_by_a_spec():
     assert len(found) >= 15 and all(found.values()), sorted(name for name, ok in found.items() if not ok)
 
 
-_SELECTION_LAUNCHES = """
-import json, sys, torch
-from masksub_kernels.ops import token_select
-from tools.kernel_specs import token_select_specs
-from tools.perf_model.capture import recording, specialise
-meta = torch.device("meta")
-result = {}
-for name, kernel, types, constants, options in token_select_specs():
-    if name.startswith("select["):  # a launch at N = BLOCK_N keys, of the spec's flags
-        n = constants["BLOCK_N"]
-        def mask(on):
-            return torch.zeros(2, n, dtype=torch.bool, device=meta) if on else None
-        seed_tensor = torch.zeros(1, dtype=torch.int64, device=meta) if constants["SEED_FROM_PTR"] else None
-        with recording(token_select) as launches:
-            token_select._select_triton(2**40 + 1, seed_tensor, 2, n, n // 4, meta, constants["ORDERED"],
-                                        constants["WRITE_INVERSE"], mask(constants["HAS_KEEP"]),
-                                        mask(constants["HAS_DROP"]))
-        unread = {"keep_ptr": not constants["HAS_KEEP"], "drop_ptr": not constants["HAS_DROP"],
-                  "inv_ptr": not constants["WRITE_INVERSE"]}
-    elif name.startswith("copy_rows["):  # the gather of a ViT-B's kept tokens (int64 ids), the scatter (int32 inv)
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[types["src_ptr"][1:]]
-        row_map = torch.empty(2, 49, dtype=torch.int64 if "gather" in name else torch.int32, device=meta)
-        with recording(token_select) as launches:
-            token_select._copy_rows_triton(torch.empty(2, 197, 768, dtype=dtype, device=meta), row_map, 1)
-        unread, constants = {}, {}  # (its tile: BLOCK_R follows the dtype, the spec's does not)
-    else:
-        continue
-    (launch,) = launches
-    signature = specialise(launch)[0]
-    def pointers(sig):
-        return {k: v for k, v in sig.items() if k.endswith("_ptr") and not unread.get(k)}
-    result[name] = {
-        "spec": [options["num_warps"], pointers(types), constants],
-        "launch": [launch.kwargs["num_warps"], pointers(signature), {k: launch.bound[k] for k in constants}],
-    }
-json.dump(result, sys.stdout)
+_EVERY_SPEC = """
+import json, sys
+from tools.kernel_specs import kernel_specs
+json.dump({name: {"types": signature, "constants": {k: str(v) for k, v in constexprs.items()}, "options": options}
+           for name, kernel, signature, constexprs, options in kernel_specs()}, sys.stdout)
 """
 
 
-# kills K05 (the selection specs at 4 warps whatever their block) and K14 (the scatter's int32 map compiled as int64)
-def test_token_select_specs_take_the_launchers_warps_flags_and_pointer_types():
-    # the token selection's specs are made by hand: each must compile what its launcher launches for the same flags
-    # and block (sort_warps' warps: 32 at MAX_TOKENS keys) with the pointers it passes (masks absent: not read)
-    specs = _json_from_script(_SELECTION_LAUNCHES)
-    assert len(specs) == 16  # 10 selections, 6 copies
-    for name, pair in specs.items():
-        assert pair["spec"] == pair["launch"], name
+# helper-200's finding 1: the masks' and selections' hand-made specs compiled i64 sizes (the JIT passes i32), a runtime
+# P (a constant 1 with a class token) and fp32's copy tile for every dtype: variants no launch runs
+@pytest.fixture(scope="module")
+def every_spec():
+    """Every spec by its full name, recorded in a process without the interpreter (whose kernels record nothing)."""
+    return _json_from_script(_EVERY_SPEC)
+
+
+def test_every_spec_is_a_recorded_launch_as_the_jit_specialises_it(every_spec):
+    specs = every_spec
+    assert len(specs) >= 150 and len(specs) == len(set(specs))
+    # every spec carries the JIT's hints (recorded; a hand-made spec has none) and its launch's warps
+    assert all(isinstance(spec["options"].get("divisible_by_16"), list) for spec in specs.values())
+    assert all(spec["options"]["num_warps"] in (4, 8, 16, 32) for spec in specs.values())
+    # sizes below 2^31 are i32 for the JIT, whatever the launcher's int; seeds drawn at random are i64
+    for name, spec in specs.items():
+        for arg, kind in spec["types"].items():
+            assert kind != "i64" or arg == "seed", (name, arg)
+    copies = {name.split(".", 1)[1]: spec for name, spec in specs.items() if ".copy_rows[" in name}
+    gather, scatter = copies["copy_rows[bf16,gather]"], copies["copy_rows[bf16,scatter]"]
+    assert gather["constants"]["P"] == "1" and "P" not in gather["types"]  # the class token: a constant 1
+    assert copies["copy_rows[bf16,gather,no_prefix]"]["types"]["P"] == "i32"  # no prefix: 0, a runtime size
+    assert {gather["types"]["map_ptr"], scatter["types"]["map_ptr"]} == {"*i64", "*i32"}  # ids, inv
+    # the copy's tile follows the element size (~16 KB per program): 16 rows of fp32, 32 of bf16 / fp16
+    assert [copies[f"copy_rows[{t},gather]"]["constants"]["BLOCK_R"] for t in ("fp32", "fp16", "bf16")] == [
+        "16", "32", "32"
+    ]  # fmt: skip
+    # the selections' warps follow their block (sort_warps: 32 at MAX_TOKENS keys)
+    select = {name: spec for name, spec in specs.items() if ".select[" in name}
+    assert len(select) == 10
+    for name, spec in select.items():
+        block = int(spec["constants"]["BLOCK_N"])
+        assert spec["options"]["num_warps"] == max(4, min(32, block // 256)), name
+        assert name.endswith(f"block={block}]"), name
+    # the bias gradient's scaling: one row, a constant the JIT makes of it (a compile of its own)
+    bias = specs["linear_loss_grads.scale[fp32->bf16,bias]"]
+    assert bias["constants"]["rows"] == "1" and "rows" in specs["linear_loss_grads.scale[fp32->bf16]"]["types"]
 
 
 # kills K03 (the selection's MAX_TOKENS block dropped) and K04 (the cell mask's): the variants with the most shared
 # memory, the ones a card's limit would refuse first
-def test_the_sorting_kernels_are_compiled_at_their_largest_block():
+def test_the_sorting_kernels_are_compiled_at_their_largest_block(every_spec):
     from masksub_kernels.ops._common import MAX_TOKENS
-    from tools.kernel_specs import grid_mask_specs, token_select_specs
 
     blocks = {}
-    for name, _, _, constexprs, _ in [*token_select_specs(), *grid_mask_specs()]:
+    for name, spec in every_spec.items():
+        kind = name.split(".", 1)[1].split("[")[0]
         for block in ("BLOCK_N", "BLOCK_L"):
-            if name.startswith(("select[", "cell_mask[")) and block in constexprs:
-                blocks[name.split("[")[0]] = max(blocks.get(name.split("[")[0], 0), constexprs[block])
+            if kind in ("select", "cell_mask") and block in spec["constants"]:
+                blocks[kind] = max(blocks.get(kind, 0), int(spec["constants"][block]))
     assert blocks == {"select": MAX_TOKENS, "cell_mask": MAX_TOKENS}

@@ -1,50 +1,62 @@
 """What tools/compile_kernels.py compiles: each Triton kernel of the ops, in the specialisations the launchers use.
 
-A spec is (name, kernel, signature, constexprs, options). Pointer and scalar types follow what the launchers pass;
-Triton specialises integer arguments equal to 1 into constants at launch, so unit strides are constexprs here too.
-``options`` may name, under ``divisible_by_16``, the arguments the JIT would hint as multiples of 16: the loss
-kernels' specs (masksub_loss's, the fused-linear op's, the chunks' one loss launch) are launches recorded on meta
-tensors at realistic shapes and specialised as the JIT specialises them (tools/perf_model/capture.py), hints
-included: without them Triton proves no 16-byte access, and a compile checks a variant no launch runs
-(helper-165). The masks' and the scaling's specs are made by hand, without hints.
-These tables know the ops' private kernels and tiling helpers on purpose: they check exactly what the ops launch.
+A spec is (name, kernel, signature, constexprs, options). Every spec is a launch its op's own launcher makes,
+recorded on meta tensors at a realistic shape (tools/perf_model/capture.py) and specialised as the JIT specialises
+it: pointer and scalar types as passed (an int is i32 below 2^31), integer arguments equal to 1 as constants, and the
+arguments divisible by 16 named in ``options['divisible_by_16']`` (the JIT's hints; Triton's attributes in
+tools/compile_kernels.py). Hand-made specs compiled variants no launch runs: without the hints Triton proves no
+16-byte access (helper-165), and the masks' and selections' had i64 sizes, a runtime P and one copy tile for every
+dtype (helper-200). These tables know the ops' private launchers on purpose: they check exactly what the ops launch.
 """
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
-from masksub_kernels._triton import tl
+from masksub_kernels._triton import next_power_of_2
 from masksub_kernels.ops import _linear_loss_kernels as kernels
 from masksub_kernels.ops import grid_mask, linear_masksub_loss, masksub_loss, token_grid_mask, token_select
-from masksub_kernels.ops._common import MAX_TOKENS, sort_warps
+from masksub_kernels.ops._common import MAX_TOKENS
+
+_META = torch.device("meta")
+_TYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_SEED = 2**40 + 3  # a drawn seed (an int64; do_not_specialize: its value hints nothing)
 
 
-def _spec(name: str, kernel, types: dict[str, str], constexprs: dict, num_warps: int = 4):
-    """A spec from the kernel's own parameters: those not typed in ``types`` are i64 strides (named s...) or i32
-    sizes; constexprs stay constexprs."""
-    params = inspect.signature(getattr(kernel, "fn", kernel)).parameters.values()
-    names = [p.name for p in params if "constexpr" not in str(p.annotation)]
-    default = {n: "constexpr" if n in constexprs else "i64" if n.startswith("s") else "i32" for n in names}
-    signature = {n: types.get(n, default[n]) for n in names}
-    return name, kernel, signature, constexprs, {"num_warps": num_warps}
+def _recorded_specs(names: str | list[str], module, launcher, *args) -> list[tuple]:
+    """The launches ``launcher(*args)`` makes with ``module``'s kernels recorded (on meta tensors: no memory, the
+    launcher's own grid, tiles and flags), as specs named ``names`` in launch order."""
+    from tools.perf_model.capture import recording
+
+    names = [names] if isinstance(names, str) else names
+    with recording(module) as launches:
+        launcher(*args)
+    if len(launches) != len(names):
+        raise AssertionError(f"{len(launches)} launches recorded for the specs {names}")
+    return [_recorded_spec(launch, name) for launch, name in zip(launches, names)]
+
+
+def _empty(*shape: int, dtype: str | torch.dtype = "fp32") -> torch.Tensor:
+    return torch.empty(shape, dtype=_TYPES.get(dtype, dtype), device=_META)
+
+
+def _mask(batch: int, keys: int, on: bool) -> torch.Tensor | None:
+    return torch.zeros(batch, keys, dtype=torch.bool, device=_META) if on else None
+
+
+# The masks' and selections' launches, recorded at ViT-B/16's 224 px (196 tokens + the class token, 768 channels),
+# batch 64: what the JIT specialises there (P = 1 a constant, the copy's tile per dtype, sizes' and strides'
+# divisibility), not constants made by hand (helper-200: those compiled i64 sizes, a runtime P and fp32's copy tile
+# for every dtype, variants no launch runs).
+_BATCH, _VIT_TOKENS, _VIT_DIM = 64, 196, 768
+# keys per sample for each selection block: 16 (a 4 x 4 grid), 196 (ViT-B), 2304 (48 x 48 at 768 px), MAX_TOKENS
+_SELECT_KEYS = {16: 16, 256: _VIT_TOKENS, 4096: 2304, MAX_TOKENS: MAX_TOKENS}
 
 
 def token_select_specs() -> list[tuple]:
-    def copy_signature(dtype: str, map_dtype: str) -> dict[str, str]:
-        return {
-            "src_ptr": f"*{dtype}", "map_ptr": f"*{map_dtype}", "dst_ptr": f"*{dtype}", "total_rows": "i64",
-            "P": "i32", "MAP_LEN": "i32", "SRC_LEN": "i32", "D": "i32", "stride_sb": "i64", "stride_ss": "i64",
-        }  # fmt: skip
-
-    select_signature = {
-        "ids_ptr": "*i64", "inv_ptr": "*i32", "seed": "i64", "seed_ptr": "*i64", "keep_ptr": "*u8", "drop_ptr": "*u8",
-        "N": "i32", "K": "i32", "stride_kb": "i64", "stride_kn": "i64", "stride_db": "i64", "stride_dn": "i64",
-    }  # fmt: skip
+    seed_tensor = _empty(1, dtype=torch.int64)
     # (ORDERED, SEED_FROM_PTR, HAS_KEEP, HAS_DROP, WRITE_INVERSE, blocks): the plain selection at the smallest
-    # block (16 keys, 4 warps), at 256 and at the largest (MAX_TOKENS, 32 warps: the most shared memory, 16 KiB
+    # block (16 keys, 4 warps), at 256 and at the largest (MAX_TOKENS, 32 warps: the most shared memory, 32 KiB
     # under Triton 3.8; ~20 s to compile for both targets), and without the inverse (random_keep_indices); ordered
     # and the always-keep / drop-first masks at 256 and 4096 keys; the seed read from a tensor (one scalar load,
     # whatever the block) at 256 only, as the masks ordered (an ordered 4096-key sort with masks takes ~35 s to
@@ -54,115 +66,99 @@ def token_select_specs() -> list[tuple]:
         (True, False, False, False, True, (256, 4096)), (False, True, False, False, True, (256,)),
         (False, False, True, True, True, (256, 4096)), (True, False, True, False, True, (256,)),
     )  # fmt: skip
-    select = [
-        (
-            f"select[ordered={ordered},seed_ptr={from_ptr},keep={keep},drop={drop},"
-            f"{'' if inverse else 'no_inverse,'}block={block_n}]",
-            token_select._select_kernel,
-            select_signature,
-            {
-                "SEED_FROM_PTR": from_ptr,
-                "HAS_KEEP": keep,
-                "HAS_DROP": drop,
-                "ORDERED": ordered,
-                "WRITE_INVERSE": inverse,
-                "BLOCK_N": block_n,
-            },
-            {"num_warps": sort_warps(block_n)},
-        )
-        for ordered, from_ptr, keep, drop, inverse, blocks in variants
-        for block_n in blocks
-    ]
-    copy = [
-        (f"copy_rows[{dtype},{direction}]", token_select._copy_rows_kernel, copy_signature(dtype, map_dtype),
-         {"BLOCK_R": 16, "BLOCK_D": 256}, {"num_warps": 4})
-        for dtype in ("fp32", "fp16", "bf16")
-        for direction, map_dtype in (("gather", "i64"), ("scatter", "i32"))
-    ]  # fmt: skip
-    # the one-launch selection + gather (N <= token_select.FUSED_MAX_TOKENS): plain, ordered with a seed tensor,
-    # and with both masks, per dtype at ViT-B's tile
-    fused_signature = {
-        **{k: v for k, v in select_signature.items() if k in ("ids_ptr", "inv_ptr", "seed", "seed_ptr")},
-        "keep_ptr": "*u8", "drop_ptr": "*u8", "N": "i32", "K": "i32", "P": "i32", "D": "i32", "stride_xb": "i64",
-        "stride_xs": "i64", **{k: "i64" for k in ("stride_kb", "stride_kn", "stride_db", "stride_dn")},
-    }  # fmt: skip
-    fused_constexprs = {"BLOCK_N": 256, "BLOCK_R": 32, "BLOCK_D": 256}
-    fused = [
-        (
-            f"select_gather[{dtype},ordered={ordered},seed_ptr={from_ptr},masks={masks}]",
-            token_select._select_gather_kernel,
-            {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", **fused_signature},
-            {"SEED_FROM_PTR": from_ptr, "HAS_KEEP": masks, "HAS_DROP": masks, "ORDERED": ordered, **fused_constexprs},
-            {"num_warps": sort_warps(256)},
-        )
-        for dtype in ("fp32", "fp16", "bf16")
-        for ordered, from_ptr, masks in ((False, False, False), (True, True, False), (False, False, True))
-    ]
-    return select + copy + fused
+    specs = []
+    for ordered, from_ptr, keep, drop, inverse, blocks in variants:
+        for block in blocks:
+            n = _SELECT_KEYS[block]
+            name = (f"select[ordered={ordered},seed_ptr={from_ptr},keep={keep},drop={drop},"
+                    f"{'' if inverse else 'no_inverse,'}block={block}]")  # fmt: skip
+            args = (_SEED, seed_tensor if from_ptr else None, _BATCH, n, n // 2, _META, ordered, inverse)
+            specs += _recorded_specs(
+                name, token_select, token_select._select_triton, *args, _mask(_BATCH, n, keep), _mask(_BATCH, n, drop)
+            )  # fmt: skip
+    kept, copy = _VIT_TOKENS // 2, token_select._copy_rows_triton
+    ids, inv = _empty(_BATCH, kept, dtype=torch.int64), _empty(_BATCH, _VIT_TOKENS, dtype=torch.int32)
+    for dtype in ("fp32", "fp16", "bf16"):
+        tokens = _empty(_BATCH, 1 + _VIT_TOKENS, _VIT_DIM, dtype=dtype)
+        specs += _recorded_specs(f"copy_rows[{dtype},gather]", token_select, copy, tokens, ids, 1)
+        kept_grad = _empty(_BATCH, 1 + kept, _VIT_DIM, dtype=dtype)  # the gather's backward: a scatter by inv
+        specs += _recorded_specs(f"copy_rows[{dtype},scatter]", token_select, copy, kept_grad, inv, 1)
+        # the one-launch selection + gather (N <= token_select.FUSED_MAX_TOKENS): plain, ordered with a seed
+        # tensor, and with both masks
+        for ordered, from_ptr, masks in ((False, False, False), (True, True, False), (False, False, True)):
+            specs += _recorded_specs(
+                f"select_gather[{dtype},ordered={ordered},seed_ptr={from_ptr},masks={masks}]", token_select,
+                token_select._select_gather_triton, tokens, _SEED, seed_tensor if from_ptr else None, kept, 1,
+                ordered, _mask(_BATCH, _VIT_TOKENS, masks), _mask(_BATCH, _VIT_TOKENS, masks),
+            )  # fmt: skip
+    # no class token (a ViT pooled by its tokens' mean): P = 0, a runtime size
+    tokens = _empty(_BATCH, _VIT_TOKENS, _VIT_DIM, dtype="bf16")
+    return specs + _recorded_specs("copy_rows[bf16,gather,no_prefix]", token_select, copy, tokens, ids, 0)
+
+
+def _images(dtype: str, layout: str, rows: int = 7, cols: int = 7) -> torch.Tensor:
+    """Meta images [128, 3, 32 rows, 32 cols] (grids of 32-pixel cells; 224 px by default): NCHW, channels_last
+    ('nhwc'), or channels_last with pixels of 4 channels of which 3 are read ('nhwc-strided': a view of RGBA)."""
+    if layout == "nchw":
+        return _empty(128, 3, 32 * rows, 32 * cols, dtype=dtype)
+    pixels = _empty(128, 32 * rows, 32 * cols, 3 if layout == "nhwc" else 4, dtype=dtype)
+    return pixels[..., :3].permute(0, 3, 1, 2)
 
 
 def grid_mask_specs() -> list[tuple]:
-    specs = [
-        _spec(
-            f"cell_mask[block={b},seed_ptr={p}]",
-            grid_mask._cell_mask_kernel,
-            {"mask_ptr": "*u8", "seed_ptr": "*i64"},
-            {"SEED_FROM_PTR": p, "BLOCK_L": b},
-            sort_warps(b),
-        )
-        for b, p in ((64, False), (64, True), (1024, True), (MAX_TOKENS, False))  # the largest: 16 KiB of shared memory
-    ]
-    for t, fill_int in (("fp32", tl.int32), ("fp16", tl.int16), ("bf16", tl.int16)):
+    seed_tensor = _empty(1, dtype=torch.int64)
+    specs = []
+    # the cell masks alone: 7 x 7 cells (224 px in 32-pixel cells, block 64) with either seed, 28 x 28 (block
+    # 1024), 64 x 128 (MAX_TOKENS: the most shared memory, 16 KiB)
+    for block, cells, from_ptr in ((64, 49, False), (64, 49, True), (1024, 784, True), (MAX_TOKENS, MAX_TOKENS, False)):
+        specs += _recorded_specs(
+            f"cell_mask[block={block},seed_ptr={from_ptr}]", grid_mask, grid_mask._cell_mask_triton, _SEED,
+            seed_tensor if from_ptr else None, 128, cells, cells // 2, _META,
+        )  # fmt: skip
+    cell_mask = torch.zeros(128, 7, 7, dtype=torch.bool, device=_META)
+    for dtype in ("fp32", "fp16", "bf16"):
         # NCHW; channels_last with contiguous rows (the usual layout) and with strided ones
-        for last, contiguous in ((False, False), (True, True), (True, False)):
-            rows, cols = grid_mask._tile(224 * 3 if last else 224, 224)
-            unit = {"sxc": 1, "syc": 1} if last else {"sxw": 1, "syw": 1}
-            layout = ("nhwc" if contiguous else "nhwc-strided") if last else "nchw"
-            specs.append(_spec(
-                f"mask_image[{t},{layout}]", grid_mask._mask_image_kernel,
-                {"x_ptr": f"*{t}", "cell_ptr": "*u8", "y_ptr": f"*{t}"},
-                {**unit, "CELL": 32, "CHANNELS_LAST": last, "ROW_CONTIGUOUS": contiguous, "FILL_INT": fill_int,
-                 "RUN": 32, "BLOCK_H": rows, "BLOCK_K": cols},
-            ))  # fmt: skip
-            # the one-launch path (cell mask + masking) at 224 px, 32-pixel cells: 49 cells, 7 per row
-            # (and, bf16 NCHW, the largest grids it takes, FUSED_RANK_ELEMENTS comparisons: 16 x 16 cells, and wide
-            # ones whose rows take a block of 32 or 64 cells: 4 x 32 and 1 x 64)
-            largest = (t, last) == ("bf16", False)
-            blocks = ((False, 64, 16), (True, 64, 16), (False, 256, 16), (False, 128, 32), (False, 64, 64))
-            for from_ptr, block_l, block_g in blocks if largest else ((False, 64, 16),):
-                rows, cols = grid_mask._tile(224 * 3 if last else 224, 32)
-                per_row = "" if block_g == 16 else f",per_row={block_g}"
-                specs.append(_spec(
-                    f"mask_image_random[{t},{layout},seed_ptr={from_ptr},cells={block_l}{per_row}]",
-                    grid_mask._mask_image_random_kernel,
-                    {"x_ptr": f"*{t}", "y_ptr": f"*{t}", "mask_ptr": "*u8", "seed_ptr": "*i64"},
-                    {**unit, "CELL": 32, "CHANNELS_LAST": last, "ROW_CONTIGUOUS": contiguous, "FILL_INT": fill_int,
-                     "RUN": 32, "SEED_FROM_PTR": from_ptr, "BLOCK_L": block_l, "BLOCK_G": block_g, "BLOCK_H": rows,
-                     "BLOCK_K": cols},
-                ))  # fmt: skip
+        for layout in ("nchw", "nhwc", "nhwc-strided"):
+            images = _images(dtype, layout)
+            specs += _recorded_specs(
+                f"mask_image[{dtype},{layout}]", grid_mask, grid_mask._mask_image_triton, images, cell_mask, 32, 0.0
+            )  # fmt: skip
+            # the one-launch path (cell mask + masking) at 224 px, 32-pixel cells: 49 cells, 7 per row (and, bf16
+            # NCHW, the largest grids it takes, FUSED_RANK_ELEMENTS comparisons: 16 x 16 cells, and wide ones whose
+            # rows take a block of 32 or 64 cells: 4 x 32 and 1 x 64)
+            grids = [(False, 7, 7)]
+            if (dtype, layout) == ("bf16", "nchw"):
+                grids += [(True, 7, 7), (False, 16, 16), (False, 4, 32), (False, 1, 64)]
+            for from_ptr, rows, cols in grids:
+                block_l, per_row = max(16, next_power_of_2(rows * cols)), max(16, next_power_of_2(cols))
+                specs += _recorded_specs(
+                    f"mask_image_random[{dtype},{layout},seed_ptr={from_ptr},cells={block_l}"
+                    f"{'' if per_row == 16 else f',per_row={per_row}'}]",
+                    grid_mask, grid_mask._mask_image_random_triton, _images(dtype, layout, rows, cols), _SEED,
+                    seed_tensor if from_ptr else None, 32, rows * cols // 2, 0.0,
+                )  # fmt: skip
     return specs
 
 
 def token_grid_mask_specs() -> list[tuple]:
-    specs = []
-    for t in ("fp32", "fp16", "bf16"):
-        w, c = grid_mask._tile(96, 56)  # Swin-T stage 1: 56 x 56 tokens of 96 channels
-        specs.append(_spec(
-            f"mask_tokens[{t}]", token_grid_mask._mask_tokens_kernel,
-            {"x_ptr": f"*{t}", "m_ptr": f"*{t}", "cell_ptr": "*u8", "y_ptr": f"*{t}"},
-            {"sxc": 1, "CELL": 8, "BLOCK_W": w, "BLOCK_C": c},
-        ))  # fmt: skip
+    """Swin-T's stage 1 (56 x 56 tokens of 96 channels, batch 128) in 8-token cells: the masking, its backward for
+    each pair of gradients, and the second level of the mask token's gradient (once per dtype)."""
+    module, backward = token_grid_mask, token_grid_mask._mask_tokens_backward_triton
+    cell_mask = torch.zeros(128, 7, 7, dtype=torch.bool, device=_META)
+    specs = {}
+    for dtype in ("fp32", "fp16", "bf16"):
+        tokens, mask_token = _empty(128, 56, 56, 96, dtype=dtype), _empty(96, dtype=dtype)
+        recorded = _recorded_specs(
+            f"mask_tokens[{dtype}]", module, token_grid_mask._mask_tokens_forward_triton, tokens, mask_token,
+            cell_mask, 8,
+        )  # fmt: skip
         for dx, dm in ((True, True), (True, False), (False, True)):
-            specs.append(_spec(
-                f"mask_tokens_backward[{t},dT={dx},dm={dm}]", token_grid_mask._mask_tokens_backward_kernel,
-                {"g_ptr": f"*{t}", "cell_ptr": "*u8", "gx_ptr": f"*{t}", "part_ptr": "*fp32"},
-                {"sgc": 1, "CELL": 8, "WRITE_GRAD_X": dx, "WRITE_PARTIALS": dm, "BLOCK_W": w, "BLOCK_C": c},
-            ))  # fmt: skip
-        specs.append(_spec(
-            f"sum_partials[{t}]", token_grid_mask._sum_partials_kernel, {"part_ptr": "*fp32", "out_ptr": f"*{t}"},
-            {"BLOCK_P": 1024, "BLOCK_C": 8},
-        ))  # fmt: skip
-    return specs
+            names = [f"mask_tokens_backward[{dtype},dT={dx},dm={dm}]"] + ([f"sum_partials[{dtype}]"] if dm else [])
+            recorded += _recorded_specs(names, module, backward, tokens, cell_mask, 8, dx, dm)
+        for spec in recorded:
+            if specs.setdefault(spec[0], spec) != spec:  # a name must not stand for two compiles
+                raise AssertionError(f"two token grid mask specs named {spec[0]} differ")
+    return list(specs.values())
 
 
 # masksub_loss's own launches (ops/masksub_loss.py's launchers), recorded on meta tensors at the shapes below and
@@ -308,7 +304,7 @@ def _recorded_spec(launch, name: str):
     constants = {names[path[0]]: value for path, value in constexprs.items()}
     types = {name: kind for name, kind in signature.items() if name not in constants}
     hinted = sorted(names[path[0]] for path, hints in attrs.items() if ["tt.divisibility", 16] in hints)
-    options = {k: v for k, v in launch.kwargs.items() if k not in names}
+    options = {"num_warps": 4, **{k: v for k, v in launch.kwargs.items() if k not in names}}  # the JIT's default 4
     return name, launch.kernel, types, constants, {**options, "divisible_by_16": hinted}
 
 
@@ -474,16 +470,21 @@ def chunk_step_specs() -> list[tuple]:
 
 
 def scale_specs() -> list[tuple]:
-    """The backward's scaling of the stored gradients (ops/_linear_loss_grads.py): dH / dHs in place (fp16, bf16,
-    fp32), dW and db from their fp32 accumulator into the weight's fp16 / bf16."""
+    """The backward's scaling of the stored gradients (ops/_linear_loss_grads.py) at BERT's shapes: dH in place
+    (fp16, bf16, fp32; 16384 x 768), dW from its fp32 accumulator into the weight's fp16 / bf16 (30522 x 768), db
+    from its fp32 one into each dtype (a row of 30522: rows = 1, which the JIT makes a constant)."""
     from masksub_kernels.ops import _linear_loss_grads as grads
 
-    pairs = [("fp16", "fp16"), ("bf16", "bf16"), ("fp32", "fp32"), ("fp32", "bf16"), ("fp32", "fp16")]
-    return [
-        _spec(f"scale[{src}->{dst}]", grads._scale_kernel, {"src_ptr": f"*{src}", "dst_ptr": f"*{dst}",
-              "g_ptr": "*fp32", "rows": "i32", "cols": "i32"}, dict(zip(("BLOCK_R", "BLOCK_C"), grads.SCALE_BLOCK)))
-        for src, dst in pairs
-    ]  # fmt: skip
+    g, weight, bias = _empty(), _empty(30522, 768), _empty(30522)
+    specs = []
+    for dtype in ("fp16", "bf16", "fp32"):
+        hidden = _empty(16384, 768, dtype=dtype)
+        specs += _recorded_specs(f"scale[{dtype}->{dtype}]", grads, grads._scaled, hidden, g, True, None, True)
+    for dtype in ("fp16", "bf16"):
+        specs += _recorded_specs(f"scale[fp32->{dtype}]", grads, grads._scaled, weight, g, True, _TYPES[dtype], True)
+    for dtype in ("fp16", "bf16", "fp32"):
+        specs += _recorded_specs(f"scale[fp32->{dtype},bias]", grads, grads._scaled, bias, g, True, _TYPES[dtype], True)
+    return specs
 
 
 # op module -> its specs, in the order compile_kernels reports them
