@@ -230,3 +230,44 @@ def test_the_fused_linear_loss_refuses_forward_mode_ad(name):
     with mk.use_backend(name), forward_ad.dual_level():
         with pytest.raises(RuntimeError, match=r"does not support forward-mode AD"):
             mk.linear_masksub_loss(h, h, forward_ad.make_dual(w, torch.ones_like(w)), None, y.to(DEVICE))
+
+
+# A probe of MaskSubOp's own machinery (ops/_common.py): an op whose backward is a matmul, which autocast would run in
+# bf16. The library's ops' backwards call other ops (each run with autocast off) or kernels, so none of them shows
+# whether the autograd.Function's backward itself runs without the caller's autocast (helper-196's survivor).
+def _probe_backward(ctx, grad):
+    x, w = ctx.saved_tensors
+    return grad @ w.T, x.T @ grad
+
+
+@pytest.fixture(scope="module")
+def matmul_probe():
+    from masksub_kernels.ops._common import masksub_op
+
+    def reference(x, w):
+        return x @ w
+
+    @masksub_op("test_matmul_probe", device="x", torch=reference, triton=reference, cuda=None)
+    def probe(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x [M, K] @ w [K, N]"""
+
+    probe.register_fake(lambda x, w: x.new_empty(x.shape[0], w.shape[1]))
+    probe.register_autograd(_probe_backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs))
+    return probe
+
+
+def test_an_ops_backward_runs_without_the_callers_autocast(matmul_probe):
+    # a backward called inside the caller's autocast (CPU autograd runs on the calling thread) computes what it
+    # computes outside it: fp32 gradients of fp32 inputs, not bf16 matmuls rounded back
+    gen = torch.Generator().manual_seed(0)
+    x, w = (torch.randn(8, 16, generator=gen).to(DEVICE), torch.randn(16, 4, generator=gen).to(DEVICE))
+    grads = []
+    for enabled in (False, True):
+        leaves = [t.clone().requires_grad_(True) for t in (x, w)]
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=enabled):
+            out = matmul_probe(*leaves)
+            assert out.dtype == torch.float32  # the forward, too
+            out.sum().backward()
+        grads.append([t.grad for t in leaves])
+    for outside, inside in zip(*grads):
+        assert inside.dtype == torch.float32 and torch.equal(inside, outside)
