@@ -117,8 +117,10 @@ def test_every_kernel_of_the_ops_is_compiled_by_a_spec():
 _EVERY_SPEC = """
 import json, sys
 from tools.kernel_specs import kernel_specs
+specs = list(kernel_specs())
+assert len({spec[0] for spec in specs}) == len(specs), "two specs of one name"
 json.dump({name: {"types": signature, "constants": {k: str(v) for k, v in constexprs.items()}, "options": options}
-           for name, kernel, signature, constexprs, options in kernel_specs()}, sys.stdout)
+           for name, kernel, signature, constexprs, options in specs}, sys.stdout)
 """
 
 
@@ -132,7 +134,7 @@ def every_spec():
 
 def test_every_spec_is_a_recorded_launch_as_the_jit_specialises_it(every_spec):
     specs = every_spec
-    assert len(specs) >= 150 and len(specs) == len(set(specs))
+    assert len(specs) >= 150  # (names unique: the script asserts it)
     # every spec carries the JIT's hints (recorded; a hand-made spec has none) and its launch's warps
     assert all(isinstance(spec["options"].get("divisible_by_16"), list) for spec in specs.values())
     assert all(spec["options"]["num_warps"] in (4, 8, 16, 32) for spec in specs.values())
@@ -159,6 +161,71 @@ def test_every_spec_is_a_recorded_launch_as_the_jit_specialises_it(every_spec):
     # the bias gradient's scaling: one row, a constant the JIT makes of it (a compile of its own)
     bias = specs["linear_loss_grads.scale[fp32->bf16,bias]"]
     assert bias["constants"]["rows"] == "1" and "rows" in specs["linear_loss_grads.scale[fp32->bf16]"]["types"]
+
+
+# helper-204: kills a spec made by hand again with i32 sizes and no hints (e.g. token_grid_mask_specs written
+# out), `hinted = []` in _recorded_spec (only the loss tests in test_compile_kernels.py noticed), and _recorded_specs
+# dropping the hints of the masks' / selections' specs
+def test_every_spec_hints_its_pointers_as_a_launch_on_fresh_tensors_does(every_spec):
+    # the specs' tensors are fresh meta allocations or views at 16-byte offsets, as a launch's are (CUDA's caching
+    # allocator aligns to 512 B): the JIT hints every pointer, and a spec whose pointer lacks the hint compiles the
+    # unvectorised variant no launch runs. A hand-made spec carries no hints at all
+    for name, spec in every_spec.items():
+        pointers = {arg for arg, kind in spec["types"].items() if kind.startswith("*")}
+        assert pointers and pointers <= set(spec["options"]["divisible_by_16"]), name
+
+
+# helper-204: kills the JIT's default warps in _recorded_spec changed from 4 (e.g. `{"num_warps": 8, **...}`: the
+# test above allows any of 4, 8, 16, 32)
+def test_kernels_launched_without_num_warps_compile_at_the_jits_default_4(every_spec):
+    # the masks', the copies' and the scaling's launchers pass no num_warps (or 4): Triton's default for CUDA is 4
+    kinds = ("copy_rows[", "mask_image[", "mask_tokens[", "mask_tokens_backward[", "sum_partials[", "scale[")
+    named = {name: spec for name, spec in every_spec.items() if name.split(".", 1)[1].startswith(kinds)}
+    assert len(named) >= 35
+    for name, spec in named.items():
+        assert spec["options"]["num_warps"] == 4, name
+
+
+# helper-204: kills _SEED below 2^31 (e.g. 12345: the drawn-seed specs compile an i32 seed, which a seed drawn from
+# [0, 2^63) practically never is)
+def test_drawn_seeds_are_compiled_as_int64(every_spec):
+    seeded = {name: spec for name, spec in every_spec.items() if "seed" in spec["types"]}
+    drawn = {
+        name: spec
+        for name, spec in seeded.items()
+        if spec["constants"]["SEED_FROM_PTR"] == "False" and not name.endswith(",seed=i32]")  # a caller's seed=42
+    }
+    assert len(drawn) >= 20
+    for name, spec in drawn.items():
+        assert spec["types"]["seed"] == "i64", name
+
+
+# helper-204's F1: kills the seed-tensor specs recorded with a drawn seed again
+def test_seed_tensor_specs_take_the_zero_seed_the_ops_pass(every_spec):
+    # with a seed tensor, resolve_seed passes the integer seed 0, which the JIT types i32 (do_not_specialize keeps
+    # it a runtime argument): the compile of a seed-tensor launch has an i32 seed, not the drawn seeds' i64
+    from_ptr = {name: spec for name, spec in every_spec.items() if spec["constants"].get("SEED_FROM_PTR") == "True"}
+    assert len(from_ptr) >= 7
+    for name, spec in from_ptr.items():
+        assert spec["types"]["seed"] == "i32", name
+
+
+# helper-204's F2: kills a selection spec
+# with the inverse at a block the fused select + gather takes (a variant no launch runs)
+def test_selection_specs_write_the_inverse_only_above_the_fused_limit(every_spec):
+    # on the triton backend the selection writes the inverse only for random_token_select above FUSED_MAX_TOKENS
+    # keys (below, the one-launch select + gather does); random_keep_indices never writes it, at any block
+    from masksub_kernels.ops.token_select import FUSED_MAX_TOKENS
+
+    select = {name: spec for name, spec in every_spec.items() if ".select[" in name}
+    for name, spec in select.items():
+        if spec["constants"]["WRITE_INVERSE"] == "True":
+            assert int(spec["constants"]["BLOCK_N"]) > FUSED_MAX_TOKENS, name
+    # random_keep_indices' always-keep / drop-first masks (the mlm family's selection) are compiled without it
+    assert any(
+        spec["constants"]["WRITE_INVERSE"] == "False" and spec["constants"]["HAS_KEEP"] == "True"
+        for spec in select.values()
+    )
 
 
 # kills K03 (the selection's MAX_TOKENS block dropped) and K04 (the cell mask's): the variants with the most shared

@@ -40,6 +40,11 @@ def _empty(*shape: int, dtype: str | torch.dtype = "fp32") -> torch.Tensor:
     return torch.empty(shape, dtype=_TYPES.get(dtype, dtype), device=_META)
 
 
+def _seeds(from_ptr: bool) -> tuple[int, torch.Tensor | None]:
+    """(seed, seed_tensor) as resolve_seed passes them: a drawn int64, or 0 (an i32 for the JIT) and a seed tensor."""
+    return (0, _empty(1, dtype=torch.int64)) if from_ptr else (_SEED, None)
+
+
 def _mask(batch: int, keys: int, on: bool) -> torch.Tensor | None:
     return torch.zeros(batch, keys, dtype=torch.bool, device=_META) if on else None
 
@@ -49,12 +54,12 @@ def _mask(batch: int, keys: int, on: bool) -> torch.Tensor | None:
 # divisibility), not constants made by hand (helper-200: those compiled i64 sizes, a runtime P and fp32's copy tile
 # for every dtype, variants no launch runs).
 _BATCH, _VIT_TOKENS, _VIT_DIM = 64, 196, 768
-# keys per sample for each selection block: 16 (a 4 x 4 grid), 196 (ViT-B), 2304 (48 x 48 at 768 px), MAX_TOKENS
-_SELECT_KEYS = {16: 16, 256: _VIT_TOKENS, 4096: 2304, MAX_TOKENS: MAX_TOKENS}
+# keys per sample for each selection block: 16 (a 4 x 4 grid), 196 (ViT-B), 512 (BERT's sequence), 2304 (48 x 48
+# at 768 px), MAX_TOKENS
+_SELECT_KEYS = {16: 16, 256: _VIT_TOKENS, 512: 512, 4096: 2304, MAX_TOKENS: MAX_TOKENS}
 
 
 def token_select_specs() -> list[tuple]:
-    seed_tensor = _empty(1, dtype=torch.int64)
     # (ORDERED, SEED_FROM_PTR, HAS_KEEP, HAS_DROP, WRITE_INVERSE, blocks): the plain selection at the smallest
     # block (16 keys, 4 warps), at 256 and at the largest (MAX_TOKENS, 32 warps: the most shared memory, 32 KiB
     # under Triton 3.8; ~20 s to compile for both targets), and without the inverse (random_keep_indices); ordered
@@ -62,9 +67,10 @@ def token_select_specs() -> list[tuple]:
     # whatever the block) at 256 only, as the masks ordered (an ordered 4096-key sort with masks takes ~35 s to
     # compile for sm_80)
     variants = (
-        (False, False, False, False, True, (16, 256, MAX_TOKENS)), (False, False, False, False, False, (256,)),
-        (True, False, False, False, True, (256, 4096)), (False, True, False, False, True, (256,)),
-        (False, False, True, True, True, (256, 4096)), (True, False, True, False, True, (256,)),
+        (False, False, False, False, False, (16, 256)), (False, False, False, False, True, (512, MAX_TOKENS)),
+        (True, False, False, False, False, (256,)), (True, False, False, False, True, (4096,)),
+        (False, True, False, False, False, (256,)), (False, False, True, True, False, (512,)),
+        (False, False, True, True, True, (4096,)), (True, False, True, False, False, (256,)),
     )  # fmt: skip
     specs = []
     for ordered, from_ptr, keep, drop, inverse, blocks in variants:
@@ -72,7 +78,7 @@ def token_select_specs() -> list[tuple]:
             n = _SELECT_KEYS[block]
             name = (f"select[ordered={ordered},seed_ptr={from_ptr},keep={keep},drop={drop},"
                     f"{'' if inverse else 'no_inverse,'}block={block}]")  # fmt: skip
-            args = (_SEED, seed_tensor if from_ptr else None, _BATCH, n, n // 2, _META, ordered, inverse)
+            args = (*_seeds(from_ptr), _BATCH, n, n // 2, _META, ordered, inverse)
             specs += _recorded_specs(
                 name, token_select, token_select._select_triton, *args, _mask(_BATCH, n, keep), _mask(_BATCH, n, drop)
             )  # fmt: skip
@@ -88,16 +94,24 @@ def token_select_specs() -> list[tuple]:
         for ordered, from_ptr, masks in ((False, False, False), (True, True, False), (False, False, True)):
             specs += _recorded_specs(
                 f"select_gather[{dtype},ordered={ordered},seed_ptr={from_ptr},masks={masks}]", token_select,
-                token_select._select_gather_triton, tokens, _SEED, seed_tensor if from_ptr else None, kept, 1,
+                token_select._select_gather_triton, tokens, *_seeds(from_ptr), kept, 1,
                 ordered, _mask(_BATCH, _VIT_TOKENS, masks), _mask(_BATCH, _VIT_TOKENS, masks),
             )  # fmt: skip
-    # no class token (a ViT pooled by its tokens' mean): P = 0, a runtime size
+    # a seed the caller gives below 2^31 (seed=42): an i32 for the JIT (drawn seeds are i64)
+    specs += _recorded_specs(
+        "select_gather[bf16,ordered=False,seed_ptr=False,masks=False,seed=i32]", token_select,
+        token_select._select_gather_triton, tokens, 42, None, kept, 1, False, None, None,
+    )  # fmt: skip
+    # no prefix (the mlm family's gather_tokens(hidden, ids, 0)): P = 0, a runtime size; its backward scatters by
+    # the int32 inverse built from the ids
     tokens = _empty(_BATCH, _VIT_TOKENS, _VIT_DIM, dtype="bf16")
-    return specs + _recorded_specs("copy_rows[bf16,gather,no_prefix]", token_select, copy, tokens, ids, 0)
+    specs += _recorded_specs("copy_rows[bf16,gather,no_prefix]", token_select, copy, tokens, ids, 0)
+    kept_grad = _empty(_BATCH, kept, _VIT_DIM, dtype="bf16")
+    return specs + _recorded_specs("copy_rows[bf16,scatter,no_prefix]", token_select, copy, kept_grad, inv, 0)
 
 
 def _images(dtype: str, layout: str, rows: int = 7, cols: int = 7) -> torch.Tensor:
-    """Meta images [128, 3, 32 rows, 32 cols] (grids of 32-pixel cells; 224 px by default): NCHW, channels_last
+    """Meta images [128, 3, 32 x rows, 32 x cols] (grids of 32-pixel cells; 224 px by default): NCHW, channels_last
     ('nhwc'), or channels_last with pixels of 4 channels of which 3 are read ('nhwc-strided': a view of RGBA)."""
     if layout == "nchw":
         return _empty(128, 3, 32 * rows, 32 * cols, dtype=dtype)
@@ -106,14 +120,13 @@ def _images(dtype: str, layout: str, rows: int = 7, cols: int = 7) -> torch.Tens
 
 
 def grid_mask_specs() -> list[tuple]:
-    seed_tensor = _empty(1, dtype=torch.int64)
     specs = []
     # the cell masks alone: 7 x 7 cells (224 px in 32-pixel cells, block 64) with either seed, 28 x 28 (block
     # 1024), 64 x 128 (MAX_TOKENS: the most shared memory, 16 KiB)
     for block, cells, from_ptr in ((64, 49, False), (64, 49, True), (1024, 784, True), (MAX_TOKENS, MAX_TOKENS, False)):
         specs += _recorded_specs(
-            f"cell_mask[block={block},seed_ptr={from_ptr}]", grid_mask, grid_mask._cell_mask_triton, _SEED,
-            seed_tensor if from_ptr else None, 128, cells, cells // 2, _META,
+            f"cell_mask[block={block},seed_ptr={from_ptr}]", grid_mask, grid_mask._cell_mask_triton,
+            *_seeds(from_ptr), 128, cells, cells // 2, _META,
         )  # fmt: skip
     cell_mask = torch.zeros(128, 7, 7, dtype=torch.bool, device=_META)
     for dtype in ("fp32", "fp16", "bf16"):
@@ -134,15 +147,16 @@ def grid_mask_specs() -> list[tuple]:
                 specs += _recorded_specs(
                     f"mask_image_random[{dtype},{layout},seed_ptr={from_ptr},cells={block_l}"
                     f"{'' if per_row == 16 else f',per_row={per_row}'}]",
-                    grid_mask, grid_mask._mask_image_random_triton, _images(dtype, layout, rows, cols), _SEED,
-                    seed_tensor if from_ptr else None, 32, rows * cols // 2, 0.0,
+                    grid_mask, grid_mask._mask_image_random_triton, _images(dtype, layout, rows, cols),
+                    *_seeds(from_ptr), 32, rows * cols // 2, 0.0,
                 )  # fmt: skip
     return specs
 
 
 def token_grid_mask_specs() -> list[tuple]:
     """Swin-T's stage 1 (56 x 56 tokens of 96 channels, batch 128) in 8-token cells: the masking, its backward for
-    each pair of gradients, and the second level of the mask token's gradient (once per dtype)."""
+    each pair of gradients, and the second level of the mask token's gradient (once per dtype); the backward at a
+    batch of 16 (one line per program)."""
     module, backward = token_grid_mask, token_grid_mask._mask_tokens_backward_triton
     cell_mask = torch.zeros(128, 7, 7, dtype=torch.bool, device=_META)
     specs = {}
@@ -158,7 +172,14 @@ def token_grid_mask_specs() -> list[tuple]:
         for spec in recorded:
             if specs.setdefault(spec[0], spec) != spec:  # a name must not stand for two compiles
                 raise AssertionError(f"two token grid mask specs named {spec[0]} differ")
-    return list(specs.values())
+    # a small batch per GPU (16 x 56 lines <= MAX_PARTIALS): one line per program, a constant 1 for the JIT (its
+    # second level is sum_partials[bf16]'s compile: 896 partials, hinted as 1024 are)
+    tokens, cell_mask = _empty(16, 56, 56, 96, dtype="bf16"), cell_mask[:16]
+    names = ["mask_tokens_backward[bf16,dT=True,dm=True,one_line_per_program]", "sum_partials[bf16]"]
+    one_line, second_level = _recorded_specs(names, module, backward, tokens, cell_mask, 8, True, True)
+    if second_level[1:] != specs["sum_partials[bf16]"][1:]:
+        raise AssertionError("the small batch's second level is not sum_partials[bf16]'s compile")
+    return [*specs.values(), one_line]
 
 
 # masksub_loss's own launches (ops/masksub_loss.py's launchers), recorded on meta tensors at the shapes below and
@@ -473,6 +494,7 @@ def scale_specs() -> list[tuple]:
     """The backward's scaling of the stored gradients (ops/_linear_loss_grads.py) at BERT's shapes: dH in place
     (fp16, bf16, fp32; 16384 x 768), dW from its fp32 accumulator into the weight's fp16 / bf16 (30522 x 768), db
     from its fp32 one into each dtype (a row of 30522: rows = 1, which the JIT makes a constant)."""
+    from masksub_kernels.ops import _linear_loss_chunks as chunk_loop
     from masksub_kernels.ops import _linear_loss_grads as grads
 
     g, weight, bias = _empty(), _empty(30522, 768), _empty(30522)
@@ -480,8 +502,13 @@ def scale_specs() -> list[tuple]:
     for dtype in ("fp16", "bf16", "fp32"):
         hidden = _empty(16384, 768, dtype=dtype)
         specs += _recorded_specs(f"scale[{dtype}->{dtype}]", grads, grads._scaled, hidden, g, True, None, True)
+    # with a bias (BERT's decoder) dW is the [C, D] view of the [dW | db | 0...] accumulator: rows of D + pad
+    padded = _empty(30522, chunk_loop.padded_depth(768))[:, :768]
     for dtype in ("fp16", "bf16"):
         specs += _recorded_specs(f"scale[fp32->{dtype}]", grads, grads._scaled, weight, g, True, _TYPES[dtype], True)
+        specs += _recorded_specs(
+            f"scale[fp32->{dtype},padded]", grads, grads._scaled, padded, g, True, _TYPES[dtype], True
+        )  # fmt: skip
     for dtype in ("fp16", "bf16", "fp32"):
         specs += _recorded_specs(f"scale[fp32->{dtype},bias]", grads, grads._scaled, bias, g, True, _TYPES[dtype], True)
     return specs
