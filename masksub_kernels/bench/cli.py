@@ -325,9 +325,18 @@ def _run_suites(run: dict, args: argparse.Namespace, device: torch.device, direc
                 del incomplete[suite]
                 print(f"[{suite}] skipped: {exc}")
                 continue
-            suite_cases = module.cases(device, full=args.full, tiny=args.tiny)
+            try:
+                suite_cases = module.cases(device, full=args.full, tiny=args.tiny)
+            except Exception as exc:  # a suite that cannot list its cases: said in the files; the next suite runs
+                run["skipped_suites"][suite] = f"its cases failed: {type(exc).__name__}: {exc}"
+                del incomplete[suite]
+                print(f"[{suite}] skipped: its cases failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                continue
             print(f"[{suite}] {len(suite_cases)} cases", flush=True)
             incomplete[suite] = {"cases_done": 0, "cases": len(suite_cases)}
+            # the JSON now, before the first case ends: a process killed in it (a segfault, a sticky CUDA error,
+            # `timeout -k`'s SIGKILL) leaves its suite marked (helper-203: it left no trace)
+            report.write(run, directory, stem, json_only=True)
             for done, case in enumerate(suite_cases, 1):
                 case_started = time.perf_counter()
                 for record in run_case(
