@@ -428,3 +428,38 @@ def test_a_suite_whose_cases_fail_is_skipped_and_said(tmp_path, monkeypatch, cap
     assert run["incomplete_suites"] == {} and {r["suite"] for r in run["records"]} == {"fine"}
     assert "broken: skipped (its cases failed: RuntimeError: no such model)." in path.with_suffix(".md").read_text()
     assert "[broken] skipped: its cases failed: RuntimeError: no such model" in capsys.readouterr().err
+
+
+# helper-203's open gaps T18 / T22 (triton's or python's version dropped from the facts), T20 (a GPU's facts: the
+# driver, memory, SMs, capability) and T14 (the copy bandwidth timed without a warm-up: the first copy's allocation)
+def test_every_result_file_names_its_versions_and_its_gpus_facts(monkeypatch):
+    import platform
+
+    triton = pytest.importorskip("triton")
+    cpu = timing.environment(CPU)
+    assert cpu["python"] == platform.python_version() and cpu["torch"] == torch.__version__
+    assert cpu["triton"] == triton.__version__ and cpu["masksub_kernels"] == mk.__version__
+    assert {"device", "commit", "cuda", "platform", "timm", "liger_kernel"} <= set(cpu)
+    assert not {"driver", "gpu_memory_gb", "sm_count", "capability"} & set(cpu)
+    props = types.SimpleNamespace(
+        name="Fake H100", total_memory=80 * 2**30, multi_processor_count=132, major=9, minor=0
+    )
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(timing, "device_label", lambda device: "GPU: Fake H100")
+    monkeypatch.setattr(timing, "_driver_version", lambda: "580.65")
+    gpu = timing.environment(torch.device("cuda"))
+    assert (gpu["gpu_memory_gb"], gpu["sm_count"], gpu["capability"], gpu["driver"]) == (80.0, 132, "9.0", "580.65")
+
+
+def test_the_copy_bandwidth_is_timed_after_a_warm_up_and_counts_read_and_write(monkeypatch):
+    asked = []
+
+    def fake_measure(fn, device, *, warmup, repeats, **kwargs):
+        asked.append((warmup, repeats))
+        return types.SimpleNamespace(median_ms=1.0, p80_ms=2.0, p20_ms=0.5)
+
+    monkeypatch.setattr(timing, "measure", fake_measure)
+    median, low, high = timing.copy_bandwidth_gbps(CPU, megabytes=8, repeats=5)
+    assert asked == [(3, 5)] and asked[0][0] >= 1
+    gigabytes = 2 * (8 * 2**20 // 4 // 8) * 4 / 1e9  # a CPU copy: an eighth, read and written
+    assert (median, low, high) == pytest.approx((gigabytes / 1e-3, gigabytes / 2e-3, gigabytes / 0.5e-3))
