@@ -239,7 +239,9 @@ def first_order_only(name: str, backward):
 
     @functools.wraps(backward)
     def wrapped(ctx, *grads):
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling() and not _tracing(grads):
+        # under make_fx / AOTAutograd too (their backward runs with grad mode off unless create_graph=True): the
+        # trace would hold a constant gradient, and a second grad through it met torch's "no autograd formula"
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
             raise RuntimeError(
                 f"{name}: double backward is not supported (create_graph=True: its backward is not differentiable, "
                 "so the gradient's own gradient would be wrong); differentiate the plain PyTorch composite instead"

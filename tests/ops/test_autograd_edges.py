@@ -271,3 +271,21 @@ def test_an_ops_backward_runs_without_the_callers_autocast(matmul_probe):
         grads.append([t.grad for t in leaves])
     for outside, inside in zip(*grads):
         assert inside.dtype == torch.float32 and torch.equal(inside, outside)
+
+
+def test_loss_backward_with_create_graph_is_refused_while_traced(backend):
+    # helper-196's survivor: the refusal was skipped under make_fx, whose trace then went on to torch's own "no
+    # autograd formula was registered" at the second grad (or a silent zero with materialize_grads); it is refused
+    # there as in eager
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    _, loss_of = _losses()[0]
+
+    def hvp(z, s, v):
+        z = z.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss_of(z, s), z, create_graph=True)
+        return torch.autograd.grad((g * v).sum(), z, allow_unused=True, materialize_grads=True)[0]
+
+    z, s, v = _logits(4, 7), _logits(4, 7, seed=1), torch.randn(4, 7, device=DEVICE)
+    with pytest.raises(RuntimeError, match=DOUBLE_BACKWARD):  # (the loss's target: a real tensor, so real mode)
+        make_fx(hvp)(z, s, v)
