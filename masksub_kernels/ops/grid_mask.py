@@ -10,10 +10,9 @@ Kc = floor(Lc * (1 - r)) cells; the other Lc - Kc are *removed*:
 
     images  I[B, C, H, W]:  I_out = I where M_px = 0, fill_value where M_px = 1;   dI = dI_out * (1 - M_px)
 
-The same cells and mask M serve the Swin token masks with a learnable mask token (token_grid_mask.py).
-
-Every backend computes the output as a select (``where``), which equals the arithmetic form for finite values (up
-to the sign of a zero); the gradient is a select too (``masked_fill`` semantics), so both are bit-exact.
+The same cells and mask M serve the Swin token masks with a learnable mask token (token_grid_mask.py). Every backend
+computes the output as a select (``where``), which equals the arithmetic form for finite values (up to the sign of a
+zero); the gradient is a select too (``masked_fill`` semantics), so both are bit-exact.
 
 Difference from the official code (ResNet): it multiplies the images by the *remove* mask, i.e. zeroes the kept
 cells; at r = 0.5 on 49 cells that zeroes 24 cells instead of 25, and at other ratios it inverts the ratio. This
@@ -26,8 +25,8 @@ Launches on the GPU and bytes moved (N = elements, e = element size, r' = remove
 - mask_image_grid forward: one launch for the cell mask and the masking (a program per plane and cell row ranks its
   row's cells among the sample's keys, writes those cells' mask bytes once, then masks its CELL rows): reads the
   input only where kept (N * e * (1 - r')), writes the output once (N * e) and the mask (B * Lc bytes);
-- image backward: the masking pass with the returned mask and fill 0: reads the cell byte of each element (cached),
-  the gradient only where kept, writes d images once.
+- image backward: the masking pass with the returned mask and fill 0: reads the cell byte of each element (cached), the
+  gradient only where kept, writes d images once.
 """
 
 from __future__ import annotations
@@ -68,8 +67,7 @@ def _grid_size(grid_size) -> tuple[int, int]:
 
 
 def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int, int, int]:
-    """(S, G_h, G_w) for an H x W map of cells of S = ``cell_size`` (a Python int); a map that the cells do not tile
-    exactly is an error (no silent crop)."""
+    """(S, G_h, G_w) for an H x W map of cells of S = ``cell_size``; cells that do not tile it: an error (no crop)."""
     cell_size = _check_int("cell_size", cell_size)
     if 0 < min(height, width) < cell_size:  # (helper-149: "16 x 16 is not divisible by cell_size=32" said less)
         raise ValueError(f"{what} of {height} x {width} is smaller than one cell of cell_size={cell_size}")
@@ -81,15 +79,18 @@ def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int,
     return cell_size, height // cell_size, width // cell_size
 
 
-MAX_GRID_EXTENT = 2**31 - 1025  # B x H rows, W x C per row: the CUDA kernels' int counters (+ 4 x 256), all backends
+# B x H rows: the CUDA kernels' int counters (+ 4 x 256); H and W x C: a GPU grid's 65535 blocks on y / z, of rows and
+# of <= 256 elements of a row in the Triton launches (helper-205: the token backward failed past 65535 x 256 channels)
+MAX_GRID_EXTENT, MAX_GRID_HEIGHT, MAX_GRID_LINE = 2**31 - 1025, 65535, 65535 * 256
 
 
 def _check_extent(batch: int, height: int, width: int, channels: int, what: str) -> None:
     rows, line = batch * height, width * channels
-    if rows > MAX_GRID_EXTENT or line > MAX_GRID_EXTENT:
+    if rows > MAX_GRID_EXTENT or height > MAX_GRID_HEIGHT or line > MAX_GRID_LINE:
         raise ValueError(
-            f"{what} must have at most {MAX_GRID_EXTENT} rows (batch x height) and elements per row (width x "
-            f"channels) on every backend (the cuda kernels count them in int), got {rows} rows of {line}"
+            f"{what} must have at most {MAX_GRID_EXTENT} rows (batch x height), a height of at most {MAX_GRID_HEIGHT} "
+            f"and at most {MAX_GRID_LINE} elements per row (width x channels) on every backend (int counters, a GPU "
+            f"grid's 65535 blocks): got {rows} rows of {line}, a height of {height}"
         )
 
 
@@ -107,8 +108,7 @@ def check_cell_mask(cell_mask: torch.Tensor, like: torch.Tensor, height: int, wi
 
 
 def _check_fill_value(fill_value, dtype: torch.dtype) -> None:
-    """A finite number that stays finite in the images' dtype (65504 is fp16's largest): every backend then writes
-    the same value, the number rounded to the dtype."""
+    """A finite number, finite in the images' dtype (fp16's largest: 65504): every backend writes it rounded to it."""
     if isinstance(fill_value, bool) or not isinstance(fill_value, numbers.Real):
         raise TypeError(f"fill_value must be a float, got {type(fill_value).__name__}")
     largest = torch.finfo(dtype).max
@@ -393,9 +393,9 @@ def _mask_image_triton(
     return out
 
 
-# The one-launch path ranks a cell row's cells among all the sample's keys: a [BLOCK_G, BLOCK_L] comparison per
-# program. Up to this many elements (16 x 256: a 16 x 16 grid, 512 px images in 32-pixel cells) it stays in
-# registers; larger grids take the two launches (the cell mask kernel sorts, then the masking pass).
+# The one-launch path ranks a cell row's cells among all the sample's keys: a [BLOCK_G, BLOCK_L] comparison per program.
+# Up to this many elements (16 x 256: a 16 x 16 grid, 512 px images in 32-pixel cells) it stays in registers; larger
+# grids take the two launches (the cell mask kernel sorts, then the masking pass).
 FUSED_RANK_ELEMENTS = 4096
 
 
@@ -580,8 +580,8 @@ def mask_image_grid(
     """MaskSub's CNN sub-branch masking: set the removed cells of the images to ``fill_value``, in one pass.
 
     images: [B, C, H, W] float (fp32/fp16/bf16/fp64), contiguous or channels_last (any strides work); H and W
-    must be multiples of ``cell_size`` (else ValueError: no silent crop); B x H and W x C at most 2**31 - 1025
-    (``MAX_GRID_EXTENT``, every backend). Of the Lc = (H/S)(W/S) cells,
+    must be multiples of ``cell_size`` (else ValueError: no silent crop); B x H at most 2**31 - 1025, H at most
+    65535 and W x C at most 65535 x 256 (``MAX_GRID_*``, every backend). Of the Lc = (H/S)(W/S) cells,
     Kc = floor(Lc * (1 - mask_ratio)) are kept per sample, the rest set to ``fill_value`` (rounded to the dtype;
     0 is the normalised mean colour). Returns (masked [B, C, H, W] of images' dtype and layout, mask bool
     [B, H/S, W/S], True = removed, equal to ``random_grid_mask(B, (H/S, W/S), Kc, seed=seed)``).

@@ -516,8 +516,8 @@ def mask_tokens_grid(
     """MaskSub's Swin sub-branch masking: replace the tokens of removed cells by a learnable mask token.
 
     tokens: [B, H, W, C] float (timm Swin's layout after patch_embed; any strides, read in place); H and W
-    multiples of ``cell_size`` (8 tokens = 32 pixels at patch 4); B x H and W x C at most 2**31 - 1025 (as
-    ``mask_image_grid``). mask_token: [C] (or [1, ..., 1, C]) with the
+    multiples of ``cell_size`` (8 tokens = 32 pixels at patch 4); B x H at most 2**31 - 1025, H at most 65535, W x C
+    at most 65535 x 256 (as ``mask_image_grid``). mask_token: [C] (or [1, ..., 1, C]) with the
     dtype and device of tokens. Returns (out [B, H, W, C] contiguous, out = tokens * (1 - M) + mask_token
     * M; mask bool [B, H/S, W/S], True = removed, equal to ``random_grid_mask(B, (H/S, W/S), Kc, seed=seed)``
     with Kc = floor(Lc * (1 - mask_ratio))). Differentiable in tokens (d tokens = d out * (1 - M)) and in

@@ -221,7 +221,12 @@ def test_mask_image_bad_input(shape, kwargs, error, match):
 
 @pytest.mark.parametrize(
     ("shape", "got"),
-    [((1, 2**16, 32, 2**15 + 32), f"32 rows of {2**31 + 2**21}"), ((2**26, 1, 32, 32), f"{2**31} rows of 32")],
+    [
+        ((1, 2**16, 32, 2**15 + 32), f"32 rows of {2**31 + 2**21}, a height of 32"),
+        ((2**26, 1, 32, 32), f"{2**31} rows of 32, a height of 32"),
+        ((1, 1, 65536 + 32, 32), "65568 rows of 32, a height of 65568"),  # a GPU grid's 65535 blocks of rows
+        ((1, 2**16, 32, 256), f"32 rows of {2**24}, a height of 32"),  # and of 256 elements of a row
+    ],
 )
 def test_mask_image_refuses_rows_past_int_on_every_backend(backend, shape, got):
     # a zero-stride view: the shape without its memory (the check comes before any allocation or launch)
@@ -259,9 +264,14 @@ def test_an_image_smaller_than_a_cell_is_named_so():
 
 
 def test_grid_extent_bound_is_exact():
-    gm._check_extent(1, 1, gm.MAX_GRID_EXTENT, 1, "images")
+    assert (gm.MAX_GRID_HEIGHT, gm.MAX_GRID_LINE) == (65535, 65535 * 256)  # a CUDA grid's y / z axes: 65535 blocks
+    gm._check_extent(1, 1, gm.MAX_GRID_LINE, 1, "images")
+    gm._check_extent(1, 1, 1, gm.MAX_GRID_LINE, "images")
     gm._check_extent(gm.MAX_GRID_EXTENT, 1, 1, 1, "images")
-    for shape in [(1, 1, gm.MAX_GRID_EXTENT + 1, 1), (1, gm.MAX_GRID_EXTENT + 1, 1, 1)]:
+    gm._check_extent(1, gm.MAX_GRID_HEIGHT, 1, 1, "images")
+    gm._check_extent(gm.MAX_GRID_EXTENT // gm.MAX_GRID_HEIGHT, gm.MAX_GRID_HEIGHT, 1, 1, "images")
+    too_many = [(1, 1, gm.MAX_GRID_LINE + 1, 1), (1, 1, 1, gm.MAX_GRID_LINE + 1), (gm.MAX_GRID_EXTENT + 1, 1, 1, 1)]
+    for shape in [*too_many, (1, gm.MAX_GRID_HEIGHT + 1, 1, 1)]:
         with pytest.raises(ValueError, match="images must have at most"):
             gm._check_extent(*shape, "images")
 

@@ -143,11 +143,17 @@ def test_mask_tokens_bad_input(tokens, mask_token, kwargs, error, match):
         mk.mask_tokens_grid(tokens, mask_token, **kwargs)
 
 
-def test_mask_tokens_refuse_rows_past_int_on_every_backend(backend):
-    # [1, 8, 8, 2**28]: 8 rows of 2**31 elements, as zero-stride views (no memory, refused before any launch)
-    tokens, mask_token = torch.zeros(1, device=DEVICE).expand(1, 8, 8, 2**28), torch.zeros(1, device=DEVICE)
-    with mk.use_backend(backend), pytest.raises(ValueError, match=f"tokens must have at most .* got 8 rows of {2**31}"):
-        mk.mask_tokens_grid(tokens, mask_token.expand(2**28))
+@pytest.mark.parametrize(("width", "channels"), [(8, 2**28), (1, 65535 * 256 + 1)])
+def test_mask_tokens_refuse_rows_past_int_on_every_backend(backend, width, channels):
+    # [1, 8, 8, 2**28]: 8 rows of 2**31 elements; [1, 1, 1, 65535 x 256 + 1]: one row past a GPU grid's 65535 blocks of
+    # 256 channels (helper-205: the cuda backward's launch failed, "invalid argument", where torch ran); as zero-stride
+    # views (no memory, refused before any launch)
+    height = 8 if width == 8 else 1
+    tokens = torch.zeros(1, device=DEVICE).expand(1, height, width, channels)
+    mask_token = torch.zeros(1, device=DEVICE).expand(channels)
+    rows = f"got {height} rows of {width * channels}, a height of {height}"
+    with mk.use_backend(backend), pytest.raises(ValueError, match=f"tokens must have at most .* {rows}"):
+        mk.mask_tokens_grid(tokens, mask_token, cell_size=1 if width == 1 else 8)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
