@@ -35,21 +35,23 @@ using masksub::platform::kKernelDevice;
 using masksub::platform::kKernelTensor;
 
 // ---------------------------------------------------------------------------------------------------------------
-// Argument checks
+// Argument checks: of the kinds the Python backends raise for the same input (TORCH_CHECK_TYPE: TypeError, a wrong
+// dtype; TORCH_CHECK_VALUE: ValueError, a wrong shape, size, range or device; helper-205), RuntimeError for what only
+// this backend needs (CUDA tensors, contiguity) and failed launches
 // ---------------------------------------------------------------------------------------------------------------
 
 #define CHECK_DEVICE(x) \
   TORCH_CHECK((x).device().type() == kKernelDevice, #x " must be a ", kKernelTensor, ", got ", (x).device())
 #define CHECK_SAME_DEVICE(x, ref) \
-  TORCH_CHECK((x).device() == (ref).device(), #x " must be on the device of " #ref " (", (ref).device(), "), got ", \
-              (x).device())
+  TORCH_CHECK_VALUE((x).device() == (ref).device(), #x " must be on the device of " #ref " (", (ref).device(),    \
+                    "), got ", (x).device())
 #define CHECK_CONTIGUOUS(x) \
   TORCH_CHECK((x).is_contiguous(), #x " must be contiguous, got shape ", (x).sizes(), " strides ", (x).strides())
 #define CHECK_DIM(x, n, layout) \
-  TORCH_CHECK((x).dim() == (n), #x " must be " layout " (" #n "-D), got shape ", (x).sizes())
+  TORCH_CHECK_VALUE((x).dim() == (n), #x " must be " layout " (" #n "-D), got shape ", (x).sizes())
 #define CHECK_SHAPE(x, ...)                                                                                       \
-  TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape ", at::IntArrayRef({__VA_ARGS__}), \
-              ", got ", (x).sizes())
+  TORCH_CHECK_VALUE((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape ",                       \
+                    at::IntArrayRef({__VA_ARGS__}), ", got ", (x).sizes())
 #define CHECK_DTYPE(x, ...) check_dtype((x), #x, {__VA_ARGS__})
 #define CHECK_LAUNCH(op, ...)                                                                            \
   do {                                                                                                   \
@@ -76,8 +78,8 @@ inline std::string dtype_name(at::ScalarType dtype) {
       return "bool";
     case at::kByte:
       return "uint8";
-    default:
-      return c10::toString(dtype);
+    default:  // torch's own spelling: int16, float8_e4m3fn, ...
+      return std::string(c10::getDtypeNames(dtype).first);
   }
 }
 
@@ -92,7 +94,7 @@ inline void check_dtype(const at::Tensor& tensor, const char* name, std::initial
     expected += (index == 0 ? "" : (index + 1 == allowed.size() ? " or " : ", ")) + dtype_name(dtype);
     ++index;
   }
-  TORCH_CHECK(false, name, " must be ", expected, ", got ", dtype_name(tensor.scalar_type()));
+  TORCH_CHECK_TYPE(false, name, " must be ", expected, ", got ", dtype_name(tensor.scalar_type()));
 }
 
 #define FLOAT_DTYPES at::kFloat, at::kHalf, at::kBFloat16, at::kDouble
@@ -116,7 +118,7 @@ decltype(auto) dispatch_float(at::ScalarType dtype, const char* name, F&& f) {
     case at::kDouble:
       return f(TypeTag<double>{});
     default:
-      TORCH_CHECK(false, name, " must be float32, float16, bfloat16 or float64, got ", dtype_name(dtype));
+      TORCH_CHECK_TYPE(false, name, " must be float32, float16, bfloat16 or float64, got ", dtype_name(dtype));
   }
 }
 
@@ -155,19 +157,20 @@ inline at::Device resolve_device(at::Device device) {
 // Any int64 is a seed (its 64 bits are the Philox key, as for a seed tensor, which may hold any int64): none checked.
 inline void check_selection(int64_t batch_size, int64_t count, int64_t keep, const char* count_name,
                             const char* keep_name) {
-  TORCH_CHECK(batch_size >= 0 && batch_size <= INT_MAX, "batch_size must be in [0, 2**31), got ", batch_size);
-  TORCH_CHECK(count >= 1 && count <= masksub::kMaxSelectTokens, count_name, " must be in [1, ",
-              masksub::kMaxSelectTokens, "], got ", count);
-  TORCH_CHECK(keep >= 1 && keep <= count, keep_name, " must be in [1, ", count_name, "=", count, "], got ", keep);
+  TORCH_CHECK_VALUE(batch_size >= 0 && batch_size <= INT_MAX, "batch_size must be in [0, 2**31), got ", batch_size);
+  TORCH_CHECK_VALUE(count >= 1 && count <= masksub::kMaxSelectTokens, count_name, " must be in [1, ",
+                    masksub::kMaxSelectTokens, "], got ", count);
+  TORCH_CHECK_VALUE(keep >= 1 && keep <= count, keep_name, " must be in [1, ", count_name, "=", count, "], got ", keep);
 }
 
 // A seed tensor (one int64 on the output's device, read there by the kernel), or null for the int seed.
 inline const int64_t* seed_pointer(const std::optional<at::Tensor>& seed_tensor, at::Device device) {
   if (!seed_tensor) return nullptr;
-  TORCH_CHECK(seed_tensor->scalar_type() == at::kLong && seed_tensor->numel() == 1,
-              "seed tensor must hold one int64, got ", seed_tensor->scalar_type(), " with ", seed_tensor->numel(),
-              " elements");
-  TORCH_CHECK(seed_tensor->device() == device, "seed tensor must be on ", device, ", got ", seed_tensor->device());
+  TORCH_CHECK_TYPE(seed_tensor->scalar_type() == at::kLong && seed_tensor->numel() == 1,
+                   "seed tensor must hold one int64, got ", dtype_name(seed_tensor->scalar_type()), " with ",
+                   seed_tensor->numel(), " elements");
+  TORCH_CHECK_VALUE(seed_tensor->device() == device, "seed tensor must be on ", device, ", got ",
+                    seed_tensor->device());
   return seed_tensor->const_data_ptr<int64_t>();
 }
 

@@ -7,8 +7,8 @@ namespace {
 
 // A B x H x W map cut into S x S cells: S >= 1 and H, W multiples of S.
 void check_cells(int64_t H, int64_t W, int64_t S, const char* map) {
-  TORCH_CHECK(S >= 1, "cell_size must be >= 1, got ", S);
-  TORCH_CHECK(H % S == 0 && W % S == 0, map, " of ", H, " x ", W, " is not divisible by cell_size=", S);
+  TORCH_CHECK_VALUE(S >= 1, "cell_size must be >= 1, got ", S);
+  TORCH_CHECK_VALUE(H % S == 0 && W % S == 0, map, " of ", H, " x ", W, " is not divisible by cell_size=", S);
 }
 
 // The cells of a B x H x W map (check_cells) drawn afresh: num_keep of the (H / S)(W / S) cells kept per sample.
@@ -34,9 +34,9 @@ void check_tokens_and_mask_token(const at::Tensor& tokens, const at::Tensor& mas
   CHECK_DIM(tokens, 4, "[batch, height, width, channels]");
   CHECK_DTYPE(tokens, FLOAT_DTYPES);
   const int64_t C = tokens.size(3);
-  TORCH_CHECK(mask_token.numel() == C, "mask_token must have C=", C, " elements, got shape ", mask_token.sizes());
-  TORCH_CHECK(mask_token.scalar_type() == tokens.scalar_type(), "mask_token must have the dtype of tokens (",
-              dtype_name(tokens.scalar_type()), "), got ", dtype_name(mask_token.scalar_type()));
+  TORCH_CHECK_VALUE(mask_token.numel() == C, "mask_token must have C=", C, " elements, got shape ", mask_token.sizes());
+  TORCH_CHECK_TYPE(mask_token.scalar_type() == tokens.scalar_type(), "mask_token must have the dtype of tokens (",
+                   dtype_name(tokens.scalar_type()), "), got ", dtype_name(mask_token.scalar_type()));
 }
 
 }  // namespace

@@ -34,17 +34,22 @@ LossOperands loss_operands(const at::Tensor& logits, const std::optional<at::Ten
   CHECK_DIM(logits, 2, "[rows, classes]");
   CHECK_DTYPE(logits, FLOAT_DTYPES);
   const int64_t M = logits.size(0), C = logits.size(1);
-  TORCH_CHECK(C >= 1, "logits must have at least one class, got shape ", logits.sizes());
-  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0, "label_smoothing must be in [0, 1], got ",
-              label_smoothing);
-  TORCH_CHECK(temperature > 0.0, "temperature must be > 0, got ", temperature);
-  TORCH_CHECK(!target_threshold || bce, "target_threshold binarises BCE targets: it needs bce=True");
+  TORCH_CHECK_VALUE(C >= 1, "logits must have at least one class, got shape ", logits.sizes());
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, "label_smoothing must be in [0, 1], got ",
+                    label_smoothing);
+  // the ranges the Python backends take (ops/losses.py: TEMPERATURE_RANGE; a threshold in [0, 1)), so that the
+  // kernels' fp32 never meets a temperature that rounds to 0 or inf (helper-205: a failed launch, inf losses)
+  TORCH_CHECK_VALUE(temperature >= 0x1p-63 && temperature <= 0x1p13,
+                    "temperature must be a finite number > 0, in [2**-63, 2**13], got ", temperature);
+  TORCH_CHECK_VALUE(!target_threshold || bce, "target_threshold binarises BCE targets: it needs bce=True");
+  TORCH_CHECK_VALUE(!target_threshold || (*target_threshold >= 0.0 && *target_threshold < 1.0),
+                    "target_threshold must be a finite number in [0, 1), got ", target_threshold.value_or(0.0));
   LossOperands ops;
   if (sub_logits_opt) {
     const at::Tensor& sub_logits = *sub_logits_opt;
     CHECK_SHAPE(sub_logits, M, C);
-    TORCH_CHECK(sub_logits.scalar_type() == logits.scalar_type(), "sub_logits must have the dtype of logits (",
-                dtype_name(logits.scalar_type()), "), got ", dtype_name(sub_logits.scalar_type()));
+    TORCH_CHECK_TYPE(sub_logits.scalar_type() == logits.scalar_type(), "sub_logits must have the dtype of logits (",
+                     dtype_name(logits.scalar_type()), "), got ", dtype_name(sub_logits.scalar_type()));
     CHECK_SAME_DEVICE(sub_logits, logits);
   }
   if (target_opt) {
@@ -93,11 +98,11 @@ LossOperands loss_operands(const at::Tensor& logits, const std::optional<at::Ten
 
 // The gradient of a per-row loss, as fp32 [M] with its stride (0 for a broadcast scalar): the kernels' operand.
 at::Tensor checked_row_grad(const at::Tensor& grad, const at::Tensor& logits, const char* name) {
-  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == logits.size(0), name, " must have shape [", logits.size(0),
-              "], got ", grad.sizes());
+  TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == logits.size(0), name, " must have shape [", logits.size(0),
+                    "], got ", grad.sizes());
   check_dtype(grad, name, {FLOAT_DTYPES});
-  TORCH_CHECK(grad.device() == logits.device(), name, " must be on the device of logits (", logits.device(),
-              "), got ", grad.device());
+  TORCH_CHECK_VALUE(grad.device() == logits.device(), name, " must be on the device of logits (", logits.device(),
+                    "), got ", grad.device());
   return grad.to(at::kFloat);
 }
 
@@ -195,8 +200,8 @@ std::tuple<at::Tensor, at::Tensor> masksub_loss_backward(
     std::optional<double> target_threshold) {
   const LossOperands ops = loss_operands(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature,
                                          target_threshold);
-  TORCH_CHECK(!grad_main || target, "grad_main needs a target: without one there is no main term");
-  TORCH_CHECK(!grad_sub || sub_logits, "grad_sub needs sub_logits: without them there is no sub term");
+  TORCH_CHECK_VALUE(!grad_main || target, "grad_main needs a target: without one there is no main term");
+  TORCH_CHECK_VALUE(!grad_sub || sub_logits, "grad_sub needs sub_logits: without them there is no sub term");
   const at::Tensor gm = grad_main ? checked_row_grad(*grad_main, logits, "grad_main") : at::Tensor();
   const at::Tensor gs = grad_sub ? checked_row_grad(*grad_sub, logits, "grad_sub") : at::Tensor();
   return backward_of(ops, out, gm, gs, nullptr, "masksub_loss_backward");
@@ -209,8 +214,8 @@ std::tuple<at::Tensor, at::Tensor> masksub_loss_reduced_backward(
     std::optional<double> target_threshold, double main_weight, double sub_weight) {
   const LossOperands ops = loss_operands(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature,
                                          target_threshold);
-  TORCH_CHECK(!need_main || target, "need_main needs a target: without one there is no main term");
-  TORCH_CHECK(!need_sub || sub_logits, "need_sub needs sub_logits: without them there is no sub term");
+  TORCH_CHECK_VALUE(!need_main || target, "need_main needs a target: without one there is no main term");
+  TORCH_CHECK_VALUE(!need_sub || sub_logits, "need_sub needs sub_logits: without them there is no sub term");
   CHECK_SHAPE(grad, 4);
   CHECK_DTYPE(grad, FLOAT_DTYPES);
   CHECK_SAME_DEVICE(grad, logits);

@@ -11,9 +11,9 @@ masksub::PositionFlags position_flags(const std::optional<at::Tensor>& flags, co
                                       at::Device device) {
   if (!flags) return masksub::kNoPositionFlags;
   check_dtype(*flags, name, {at::kBool});
-  TORCH_CHECK(flags->dim() == 2 && flags->size(0) == B && flags->size(1) == N, name, " must have shape [", B, ", ",
-              N, "], got ", flags->sizes());
-  TORCH_CHECK(flags->device() == device, name, " must be on ", device, ", got ", flags->device());
+  TORCH_CHECK_VALUE(flags->dim() == 2 && flags->size(0) == B && flags->size(1) == N, name, " must have shape [", B,
+                    ", ", N, "], got ", flags->sizes());
+  TORCH_CHECK_VALUE(flags->device() == device, name, " must be on ", device, ", got ", flags->device());
   return {reinterpret_cast<const uint8_t*>(flags->const_data_ptr()), flags->stride(0), flags->stride(1)};
 }
 
@@ -53,10 +53,11 @@ at::Tensor gather_tokens(const at::Tensor& x, const at::Tensor& ids, int64_t num
   CHECK_DIM(ids, 2, "[batch, K]");
   CHECK_DTYPE(ids, at::kLong, at::kInt);
   const int64_t B = x.size(0), S = x.size(1), D = x.size(2), P = num_prefix_tokens;
-  TORCH_CHECK(P >= 0 && P < S, "num_prefix_tokens must be in [0, sequence length ", S,
-              ") so that at least one patch token remains, got ", P);
+  TORCH_CHECK_VALUE(P >= 0 && P < S, "num_prefix_tokens must be in [0, sequence length ", S,
+                    ") so that at least one patch token remains, got ", P);
   const int64_t N = S - P, K = ids.size(1);
-  TORCH_CHECK(K >= 1 && K <= N, "ids must have 1 <= K <= ", N, " (patch tokens) columns, got shape ", ids.sizes());
+  TORCH_CHECK_VALUE(K >= 1 && K <= N, "ids must have 1 <= K <= ", N, " (patch tokens) columns, got shape ",
+                    ids.sizes());
   CHECK_SHAPE(ids, B, K);
   CHECK_DEVICE(x);
   CHECK_SAME_DEVICE(ids, x);
@@ -94,8 +95,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> select_gather_tokens(const at::Te
   CHECK_DIM(x, 3, "[batch, prefix + tokens, dim]");
   CHECK_DTYPE(x, FLOAT_DTYPES);
   const int64_t B = x.size(0), S = x.size(1), D = x.size(2), P = num_prefix_tokens;
-  TORCH_CHECK(P >= 0 && P < S, "num_prefix_tokens must be in [0, sequence length ", S,
-              ") so that at least one patch token remains, got ", P);
+  TORCH_CHECK_VALUE(P >= 0 && P < S, "num_prefix_tokens must be in [0, sequence length ", S,
+                    ") so that at least one patch token remains, got ", P);
   const int64_t N = S - P;
   check_selection(B, N, num_keep, "num_tokens", "num_keep");
   CHECK_DEVICE(x);
@@ -125,10 +126,10 @@ at::Tensor scatter_tokens(const at::Tensor& grad_y, const at::Tensor& inv, int64
   CHECK_DIM(inv, 2, "[batch, tokens]");
   CHECK_DTYPE(inv, at::kInt);
   const int64_t B = grad_y.size(0), D = grad_y.size(2), P = num_prefix_tokens;
-  TORCH_CHECK(P >= 0 && P < grad_y.size(1), "num_prefix_tokens must be in [0, grad_y.size(1)=", grad_y.size(1),
-              ") so that at least one kept token remains, got ", P);
+  TORCH_CHECK_VALUE(P >= 0 && P < grad_y.size(1), "num_prefix_tokens must be in [0, grad_y.size(1)=", grad_y.size(1),
+                    ") so that at least one kept token remains, got ", P);
   const int64_t K = grad_y.size(1) - P, N = inv.size(1);
-  TORCH_CHECK(N >= K, "inv must have at least K=", K, " (kept tokens) columns, got shape ", inv.sizes());
+  TORCH_CHECK_VALUE(N >= K, "inv must have at least K=", K, " (kept tokens) columns, got shape ", inv.sizes());
   CHECK_SHAPE(inv, B, N);
   CHECK_DEVICE(grad_y);
   CHECK_SAME_DEVICE(inv, grad_y);

@@ -40,8 +40,8 @@ def check_keep_args(
         check_int(name, value)
         for name, value in (("batch_size", batch_size), (positions, num_tokens), ("num_keep", num_keep))
     )
-    if batch_size < 0:
-        raise ValueError(f"batch_size must be >= 0, got {batch_size}")
+    if not 0 <= batch_size < 2**31:  # one program per sample: a GPU grid's x axis (the cuda binding's bound too)
+        raise ValueError(f"batch_size must be in [0, 2**31), got {batch_size}")
     if not 1 <= num_tokens <= MAX_TOKENS:
         raise ValueError(f"{positions} must be in [1, {MAX_TOKENS}], got {num_tokens}")
     if not 1 <= num_keep <= num_tokens:

@@ -28,3 +28,16 @@ else:
     EXT = DEV = None
 kernels = pytest.mark.skipif(EXT is None, reason="needs a CUDA device, or the CUDA emulator (MASKSUB_CUDA_EMULATOR)")
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def refused(message: str):
+    """pytest.raises for a binding's refusal matching ``message``, of the kind the Python backends raise for the same
+    input (csrc/bindings.h): TypeError for a dtype, RuntimeError for what only the extension needs (CUDA tensors and
+    devices, contiguity) and failed launches, ValueError for the rest (shapes, sizes, ranges, devices of operands)."""
+    import re
+
+    if re.search(r"must be (float|int|bool|uint)|dtype of|must hold one int64", message):
+        return pytest.raises(TypeError, match=message)
+    if re.search(r"CUDA (tensor|device)|contiguous|kernel launch failed", message):
+        return pytest.raises(RuntimeError, match=message)
+    return pytest.raises(ValueError, match=message)

@@ -4,7 +4,7 @@ order) on the kernels' device (extension_under_test.py)."""
 
 import pytest
 import torch
-from extension_under_test import _C, CPU, DEV, EXT, FLOAT_DTYPES, kernels, needs_C
+from extension_under_test import _C, CPU, DEV, EXT, FLOAT_DTYPES, kernels, needs_C, refused
 
 from masksub_kernels._philox import philox_uint32
 from masksub_kernels.ops import grid_mask as gm
@@ -17,11 +17,11 @@ from masksub_kernels.ops import token_grid_mask as tgm
 
 @needs_C
 def test_grid_cell_mask_refusals():
-    with pytest.raises(RuntimeError, match="device must be a CUDA device, got cpu"):
+    with refused("device must be a CUDA device, got cpu"):
         _C.grid_cell_mask(1, None, 2, 49, 24, CPU)
-    with pytest.raises(RuntimeError, match=r"num_cells must be in \[1, 8192\], got 0"):
+    with refused(r"num_cells must be in \[1, 8192\], got 0"):
         _C.grid_cell_mask(1, None, 2, 0, 1, CPU)
-    with pytest.raises(RuntimeError, match=r"num_keep must be in \[1, num_cells=49\], got 50"):
+    with refused(r"num_keep must be in \[1, num_cells=49\], got 50"):
         _C.grid_cell_mask(1, None, 2, 49, 50, CPU)
 
 
@@ -42,22 +42,22 @@ MASK = torch.zeros(2, 2, 2, dtype=torch.bool)
     ],
 )
 def test_mask_image_grid_refusals(images, mask, cell_size, message):
-    with pytest.raises(RuntimeError, match=message):
+    with refused(message):
         _C.mask_image_grid(images, mask, cell_size, 0.0)
 
 
 @needs_C
 def test_mask_tokens_grid_refusals():
     tokens, token = torch.zeros(2, 16, 16, 40), torch.zeros(40)
-    with pytest.raises(RuntimeError, match="tokens must be a CUDA tensor, got cpu"):
+    with refused("tokens must be a CUDA tensor, got cpu"):
         _C.mask_tokens_grid_forward(tokens, token, MASK, 8)
-    with pytest.raises(RuntimeError, match="mask_token must have C=40 elements, got shape"):
+    with refused("mask_token must have C=40 elements, got shape"):
         _C.mask_tokens_grid_forward(tokens, torch.zeros(39), MASK, 8)
-    with pytest.raises(RuntimeError, match="mask_token must have the dtype of tokens \\(float32\\), got float16"):
+    with refused("mask_token must have the dtype of tokens \\(float32\\), got float16"):
         _C.mask_tokens_grid_forward(tokens, token.half(), MASK, 8)
-    with pytest.raises(RuntimeError, match="grad_out must be a CUDA tensor, got cpu"):
+    with refused("grad_out must be a CUDA tensor, got cpu"):
         _C.mask_tokens_grid_backward(tokens, MASK, 8, True, True)
-    with pytest.raises(RuntimeError, match="grad_out of 16 x 16 is not divisible by cell_size=5"):
+    with refused("grad_out of 16 x 16 is not divisible by cell_size=5"):
         _C.mask_tokens_grid_backward(tokens, MASK, 5, True, True)
 
 
@@ -128,11 +128,11 @@ def test_mask_image_grid_random_matches_reference(dtype, channels, grid, cell_si
 @needs_C
 def test_mask_image_grid_random_refusals():
     images = torch.zeros(2, 3, 64, 64)
-    with pytest.raises(RuntimeError, match="images must be a CUDA tensor, got cpu"):
+    with refused("images must be a CUDA tensor, got cpu"):
         _C.mask_image_grid_random(images, 1, None, 32, 2, 0.0)
-    with pytest.raises(RuntimeError, match="images of 64 x 64 is not divisible by cell_size=24"):
+    with refused("images of 64 x 64 is not divisible by cell_size=24"):
         _C.mask_image_grid_random(images, 1, None, 24, 2, 0.0)
-    with pytest.raises(RuntimeError, match=r"num_keep must be in \[1, num_cells=4\], got 5"):
+    with refused(r"num_keep must be in \[1, num_cells=4\], got 5"):
         _C.mask_image_grid_random(images, 1, None, 32, 5, 0.0)
 
 
@@ -204,13 +204,13 @@ def test_mask_tokens_grid_random_matches_reference(dtype, grid, cell_size, chann
 @needs_C
 def test_mask_tokens_grid_random_refusals():
     tokens, token = torch.zeros(2, 16, 16, 40), torch.zeros(40)
-    with pytest.raises(RuntimeError, match="tokens must be a CUDA tensor, got cpu"):
+    with refused("tokens must be a CUDA tensor, got cpu"):
         _C.mask_tokens_grid_random(tokens, token, 1, None, 8, 2)
-    with pytest.raises(RuntimeError, match="mask_token must have C=40 elements, got shape"):
+    with refused("mask_token must have C=40 elements, got shape"):
         _C.mask_tokens_grid_random(tokens, torch.zeros(39), 1, None, 8, 2)
-    with pytest.raises(RuntimeError, match="tokens of 16 x 16 is not divisible by cell_size=5"):
+    with refused("tokens of 16 x 16 is not divisible by cell_size=5"):
         _C.mask_tokens_grid_random(tokens, token, 1, None, 5, 2)
-    with pytest.raises(RuntimeError, match=r"num_keep must be in \[1, num_cells=4\], got 0"):
+    with refused(r"num_keep must be in \[1, num_cells=4\], got 0"):
         _C.mask_tokens_grid_random(tokens, token, 1, None, 8, 0)
 
 

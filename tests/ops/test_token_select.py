@@ -94,7 +94,8 @@ def test_ratio_within_tolerance_over_seeds():
         ((2, 0, 0), ValueError, "num_tokens"),
         ((2, 10, 0), ValueError, "num_keep"),
         ((2, 10, 11), ValueError, "num_keep"),
-        ((-1, 10, 5), ValueError, "batch_size"),
+        ((-1, 10, 5), ValueError, r"batch_size must be in \[0, 2\*\*31\), got -1"),
+        ((2**31, 10, 5), ValueError, r"batch_size must be in \[0, 2\*\*31\)"),  # as the cuda binding (helper-205)
         ((2.0, 10, 5), TypeError, "batch_size"),
         ((2, MAX_TOKENS + 1, 5), ValueError, "num_tokens"),
     ],
