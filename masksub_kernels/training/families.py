@@ -196,12 +196,11 @@ def check_input_size(
         return
     if family == "swin":
         if is_hf_swin(model):  # transformers pads the images to multiples of the patch
-            grid, side = hf_swin_grid(model, img_size, model_kwargs)
-            patch = (side, side)
+            grid, patch = hf_swin_grid(model, img_size, model_kwargs)
         else:
             patch = _pair(model.patch_embed.patch_size)
             grid = swin_token_grid(model) if img_size is None else (img_size[0] // patch[0], img_size[1] // patch[1])
-        check_swin_cells(grid, patch[0], cell_size, mask_ratio)
+        check_swin_cells(grid, patch, cell_size, mask_ratio)
         return
     else:
         if img_size is None:
@@ -212,17 +211,20 @@ def check_input_size(
                 f"image size {grid[0]} x {grid[1]} is not divisible by the mask cell of {cell_size} pixels: use a "
                 f"multiple of {cell_size}, or {_other_cell(grid, cell_size, mask_ratio)}"
             )
-    _check_cells(family, grid, 1, cell_size, mask_ratio)  # the pixel family: cells of pixels (swin returned above)
+    _check_cells(family, grid, (1, 1), cell_size, mask_ratio)  # the pixel family: cells of pixels (swin returned above)
 
 
-def check_swin_cells(grid: tuple[int, int], patch: int, cell_size: int, mask_ratio: float) -> None:
+def check_swin_cells(grid: tuple[int, int], patch: tuple[int, int], cell_size: int, mask_ratio: float) -> None:
     """Raise a ValueError when the cells of ``cell_size`` tokens do not divide the Swin stage-1 token ``grid`` (of
-    ``patch``-pixel patches) or ``mask_ratio`` keeps none of them."""
+    ``patch`` = (height, width)-pixel patches) or ``mask_ratio`` keeps none of them."""
     if grid[0] % cell_size or grid[1] % cell_size:
+        height, width = cell_size * patch[0], cell_size * patch[1]  # a non-square patch: per side (helper-202)
+        size = f"{height} pixels" if height == width else f"{height} x {width} pixels (height x width)"
+        unit = f"patch {patch[0]} x cell" if patch[0] == patch[1] else f"patch {patch[0]} x {patch[1]}, cell"
         raise ValueError(
             f"the Swin stage-1 token grid {grid[0]} x {grid[1]} is not divisible by the mask cell of {cell_size} "
-            f"tokens: use an image size that is a multiple of {cell_size * patch} pixels (patch {patch} x "
-            f"cell {cell_size}), or {_other_cell(grid, cell_size, mask_ratio)}"
+            f"tokens: use an image size that is a multiple of {size} ({unit} {cell_size}), or "
+            f"{_other_cell(grid, cell_size, mask_ratio)}"
         )
     _check_cells("swin", grid, patch, cell_size, mask_ratio)
 
@@ -254,7 +256,7 @@ def _other_cell(grid: tuple[int, int], cell_size: int, mask_ratio: float) -> str
     return f"cell_size={min(fits, key=lambda c: (abs(c - cell_size), -c))}"
 
 
-def _check_cells(family: str, grid: tuple[int, int], patch: int, cell_size: int, mask_ratio: float) -> None:
+def _check_cells(family: str, grid: tuple[int, int], patch: tuple[int, int], cell_size: int, mask_ratio: float) -> None:
     """A grid of too few cells keeps none: say which image size or cell size would keep one (the bare
     ``num_kept_tokens`` error talks about tokens, which means nothing to a CNN user)."""
     import math
@@ -267,10 +269,10 @@ def _check_cells(family: str, grid: tuple[int, int], patch: int, cell_size: int,
     smaller = [c for c in range(cell_size - 1, 0, -1) if not grid[0] % c and not grid[1] % c]
     smaller = [c for c in smaller if (grid[0] // c) * (grid[1] // c) >= needed]
     unit = "tokens" if family == "swin" else "pixels"
-    hint = f"images of {side * cell_size * patch} x {side * cell_size * patch} pixels or more"
+    hint = f"images of {side * cell_size * patch[0]} x {side * cell_size * patch[1]} pixels or more"
     if smaller:
         hint += f", or cell_size={smaller[0]}"
     raise ValueError(
         f"mask_ratio={mask_ratio} keeps none of the {cells} mask cell(s) of {cell_size} {unit} that fit "
-        f"{grid[0] * patch} x {grid[1] * patch} images (it needs at least {needed} cells): use {hint}"
+        f"{grid[0] * patch[0]} x {grid[1] * patch[1]} images (it needs at least {needed} cells): use {hint}"
     )

@@ -64,9 +64,9 @@ def _token_grid(embeddings: nn.Module, height: int, width: int) -> tuple[int, in
 
 def hf_swin_grid(
     model: nn.Module, img_size: tuple[int, int] | None, model_kwargs: dict | None = None
-) -> tuple[tuple[int, int], int]:
-    """(token grid, patch side) of ``img_size`` images (None: the config's size), after the model's embeddings have
-    been run on an empty batch of them (with absolute position embeddings, other sizes need
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(token grid, patch (height, width) in pixels) of ``img_size`` images (None: the config's size), after the
+    model's embeddings have been run on an empty batch of them (with absolute position embeddings, other sizes need
     ``interpolate_pos_encoding``: their ValueError)."""
     embeddings = hf_swin_embeddings(model)
     if img_size is None:
@@ -74,7 +74,7 @@ def hf_swin_grid(
         img_size = (size, size) if isinstance(size, int) else tuple(size)
     else:
         check_embeddings_size(model, embeddings, img_size, model_kwargs)
-    return _token_grid(embeddings, *img_size), _patch_conv(embeddings).stride[0]
+    return _token_grid(embeddings, *img_size), tuple(_patch_conv(embeddings).stride)
 
 
 def check_batch(model: nn.Module, images: torch.Tensor, cell_size: int, mask_ratio: float) -> None:
@@ -85,7 +85,7 @@ def check_batch(model: nn.Module, images: torch.Tensor, cell_size: int, mask_rat
 
     embeddings = hf_swin_embeddings(model)
     grid = _token_grid(embeddings, int(images.shape[-2]), int(images.shape[-1]))
-    check_swin_cells(grid, _patch_conv(embeddings).stride[0], cell_size, mask_ratio)
+    check_swin_cells(grid, tuple(_patch_conv(embeddings).stride), cell_size, mask_ratio)
 
 
 class CellMask(OneShotHook):

@@ -10,6 +10,7 @@ import torch
 from test_hf_swin import tiny_swin
 from test_hf_vit import tiny_hf
 
+import masksub_kernels as mk
 from masksub_kernels.training import MaskSub
 
 transformers = pytest.importorskip("transformers")
@@ -276,3 +277,69 @@ def test_saved_keys_reads_sharded_and_torch_checkpoints(tmp_path):
     torch.save(model.state_dict(), tmp_path / "torch" / "pytorch_model.bin")
     assert _saved_keys(str(tmp_path / "torch")) == set(model.state_dict())
     assert _saved_keys(str(tmp_path)) is None  # no model file: nothing to check against
+
+
+# kills hf_trainer.py:151 `or` -> `and` and the removal of hf_trainer.py:137's check: only a batch missing both keys
+# was tested, so one with images and no labels (or no images in predict) got a bare KeyError naming neither rule
+def test_a_batch_missing_its_images_or_labels_is_refused_by_name(tmp_path):  # helper-202: T16, T18
+    model = tiny_hf("ViTForImageClassification").float()
+    trainer = MaskSubTrainer(model=model, args=_args(tmp_path))
+    images = torch.zeros(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"'pixel_values' and 'labels'; got \['pixel_values'\]"):
+        trainer.compute_loss(model, {"pixel_values": images})
+    with pytest.raises(ValueError, match=r"'pixel_values' and 'labels'; got \['labels'\]"):
+        trainer.compute_loss(model, {"labels": torch.zeros(2, dtype=torch.long)})
+    with pytest.raises(ValueError, match=r"needs batches with 'pixel_values'; got \['image'\]"):
+        trainer.prediction_step(model, {"image": images}, prediction_loss_only=False)
+
+
+# kills hf_trainer.py:153 a fixed seed (`seed=0`) given to the joint step: the Trainer tests check that weights
+# change and that a resume repeats the run, which a sub-branch masking the same patches at every step passes too
+def test_each_training_step_masks_other_patches(tmp_path, monkeypatch):  # helper-202: T19
+    own, kept = mk.random_token_select, []
+
+    def spy(*args, **kwargs):
+        out = own(*args, **kwargs)
+        kept.append(out[1].clone())
+        return out
+
+    monkeypatch.setattr(mk, "random_token_select", spy)  # (hf_vit's TokenDrop reads it from the package per call)
+    model = tiny_hf("ViTForImageClassification").float()
+    MaskSubTrainer(model=model, args=_args(tmp_path, per_device_train_batch_size=8, max_steps=2),
+                   train_dataset=_data(16, 0)).train()  # fmt: skip
+    assert len(kept) == 2 and kept[0].shape == (8, 8)  # 8 of 16 patches per image, per step
+    assert not torch.equal(kept[0], kept[1])
+
+
+# kills hf_trainer.py:135 the `self.masksub.family == "mlm" or` dropped: a masked LM's unlabelled batch (predict on
+# text without labels) is the Trainer's own business, its model's vocabulary logits; without the family's exception
+# it went down the images' path and was refused for lacking 'pixel_values'
+def test_a_masked_lm_predicts_unlabelled_text_through_the_trainer(tmp_path):  # helper-202: T14
+    from test_mlm import make_batch, tiny_bert
+
+    model, batch = tiny_bert(), make_batch(batch=4, seed=2)
+    rows = [{"input_ids": batch["input_ids"][i]} for i in range(4)]
+    trainer = MaskSubTrainer(model=model, args=_args(tmp_path, per_device_eval_batch_size=4))
+    assert trainer.masksub.family == "mlm"
+    predictions = trainer.predict(rows).predictions
+    model.eval()
+    with torch.no_grad():
+        want = model(input_ids=batch["input_ids"]).logits
+    torch.testing.assert_close(torch.as_tensor(predictions), want, rtol=1e-5, atol=1e-6)
+
+
+# kills hf_trainer.py:116 the reload's dtype fixed (`dtype = torch.float32`): the resume tests train fp32 models, so
+# a checkpoint of an fp64 model read back through from_pretrained at another precision went unseen: its weights,
+# which the Trainer's own load had put back exactly, were overwritten rounded
+def test_the_resume_reads_the_weights_back_at_the_models_own_precision(tmp_path):  # helper-202: T22
+    model = tiny_hf("ViTForImageClassification")  # fp64, initialised in fp32: its weights made fp64's own
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-9)
+    model.save_pretrained(str(tmp_path / "checkpoint"))
+    saved = {name: p.detach().clone() for name, p in model.named_parameters()}
+    again = tiny_hf("ViTForImageClassification")
+    trainer = MaskSubTrainer(model=again, args=_args(tmp_path / "out"))
+    trainer._load_from_checkpoint(str(tmp_path / "checkpoint"))
+    for name, p in again.named_parameters():
+        assert p.dtype == torch.float64 and torch.equal(p, saved[name]), name

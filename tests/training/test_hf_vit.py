@@ -347,3 +347,23 @@ def test_the_size_check_passes_the_embeddings_only_the_keywords_it_takes():  # h
     model = tiny_hf("ViTForImageClassification", num_hidden_layers=1)
     ms = MaskSub(model, model_kwargs={"interpolate_pos_encoding": True, "output_hidden_states": True})
     ms.check_input_size(48)  # interpolated: accepted; output_hidden_states is the model's, not the embeddings'
+
+
+# kills hf_vit.py:90 `else tuple(size)` -> `else (size[0], size[0])`: every tiny model has a square int image_size,
+# so a non-square config (ViTConfig takes (height, width)) was counted as a square of its height
+def test_a_non_square_configured_image_size_counts_its_own_patch_grid():  # helper-202: V5
+    model = tiny_hf("ViTForImageClassification", image_size=(8, 32), num_hidden_layers=1)
+    ms = MaskSub(model)  # 1 x 4 patches keep 2 at r = 0.5 (a square of 8 px: 1 patch, which keeps none)
+    assert ms.sub_logits(_images(size=32)[..., :8, :], seed=0).shape == (3, 5)
+    with pytest.raises(ValueError, match="0 of 1 tokens: at least one must be kept"):
+        MaskSub(tiny_hf("ViTForImageClassification", image_size=(8, 8), num_hidden_layers=1))
+
+
+# kills hf_vit.py:78 `// conv.stride[i]` -> `// conv.kernel_size[i]`: every transformers patch convolution has its
+# stride equal to its kernel, so the formula's stride went unchecked (an overlapping patch embedding's grid)
+def test_patch_grid_steps_by_the_stride_not_the_kernel():  # helper-202: V2
+    from torch import nn
+
+    from masksub_kernels.training.hf_vit import patch_grid
+
+    assert patch_grid(nn.Sequential(nn.Conv2d(3, 4, 16, stride=8, padding=4)), 64, 32) == (8, 4)

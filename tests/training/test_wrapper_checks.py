@@ -181,4 +181,4 @@ def test_a_swin_grid_of_too_few_cells_names_an_image_size_in_pixels():
 
     with pytest.raises(ValueError, match=r"keeps none of the 1 mask cell\(s\) of 8 tokens that fit 32 x 32 images "
                        r".* use images of 64 x 64 pixels or more, or cell_size=4$"):  # fmt: skip
-        families.check_swin_cells((8, 8), 4, 8, 0.5)
+        families.check_swin_cells((8, 8), (4, 4), 8, 0.5)
