@@ -101,10 +101,21 @@ class MaskSubOp:
     loss's reference matmuls, documented fp32, ran in bf16 under bf16 autocast, and on CUDA its fp32 dW
     accumulation then met bf16 and fp32 operands (a RuntimeError; ``masksub-train-mlm --amp bf16`` with the torch
     backend on a GPU). Callers cast the inputs to the precision they want (mlm.py's head does).
+
+    ``check`` (optional): a function of the op's arguments run before any backend (metadata only, no value read):
+    the sizes its kernels rely on, for a direct ``torch.ops.masksub`` call whose arguments no public function
+    checked (helper-205: Triton wrote past ids where the cuda binding refused); every backend then refuses alike.
     """
 
     def __init__(
-        self, name: str, schema, device_arg: str, implementations: dict, records: tuple[str, ...], torch_eager=None
+        self,
+        name: str,
+        schema,
+        device_arg: str,
+        implementations: dict,
+        records: tuple[str, ...],
+        torch_eager=None,
+        check=None,
     ):
         parameters = list(inspect.signature(schema).parameters)
         if not callable(implementations["torch"]) or not all(
@@ -123,6 +134,7 @@ class MaskSubOp:
         self._fake = None
         self._function = None
         self._torch_eager = torch_eager
+        self._check = check
         implementation = functools.update_wrapper(lambda *args: self.run(*args), schema)
         self.custom_op = torch.library.custom_op(f"masksub::{name}", implementation, mutates_args=())
 
@@ -131,7 +143,9 @@ class MaskSubOp:
         return device.device if isinstance(device, torch.Tensor) else device
 
     def run(self, *args):
-        """The op on the backend that resolve_backend chooses for the device of its tensors."""
+        """The op on the backend that resolve_backend chooses for the device of its tensors, after its ``check``."""
+        if self._check is not None:
+            self._check(*args)
         device = self._device(args)
         if device.type == "meta" and self._fake is not None:
             return self._fake(*args)
@@ -309,12 +323,13 @@ _TRACER_MODES = (
 
 
 def masksub_op(
-    name: str, *, device: str, torch, triton, cuda, records: tuple[str, ...] | None = None, torch_eager=None
+    name: str, *, device: str, torch, triton, cuda, records: tuple[str, ...] | None = None, torch_eager=None, check=None
 ):
     """Decorator over a signature (its body unused): ``@masksub_op("gather_tokens", device="x", torch=...,
     triton=..., cuda=...)`` makes the op ``masksub::gather_tokens`` with those implementations (None: the backend
     does not have it; ``auto`` then skips it). ``records``: the names under which ``last_backend`` reports it
     (default: ``name``; ops that serve several public functions report under all of them). ``torch_eager``: the
-    torch backend's eager-mode implementation with its own autograd, where it has one (MaskSubOp)."""
+    torch backend's eager-mode implementation with its own autograd, where it has one; ``check``: the op's own
+    metadata checks, run before any backend (MaskSubOp)."""
     implementations = {"torch": torch, "triton": triton, "cuda": cuda}
-    return lambda schema: MaskSubOp(name, schema, device, implementations, records or (name,), torch_eager)
+    return lambda schema: MaskSubOp(name, schema, device, implementations, records or (name,), torch_eager, check)

@@ -31,102 +31,29 @@ Launches on the GPU and bytes moved (N = elements, e = element size, r' = remove
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
 from .._philox import load_seed, philox_sort_keys, resolve_seed, seed_value
 from .._triton import jit, next_power_of_2, tl
-from ._common import FLOAT_DTYPES, cdiv, check_int, check_keep_args, masksub_op, resolve_device, sort_warps
+from ._common import cdiv, check_keep_args, masksub_op, resolve_device, sort_warps
+from ._grid_checks import (  # noqa: F401 (MAX_GRID_*: the ops' public bounds, read from here)
+    MAX_GRID_EXTENT,
+    MAX_GRID_HEIGHT,
+    MAX_GRID_LINE,
+    _cell_grid,
+    _check_extent,
+    _check_fill_value,
+    _check_float_tensor,
+    _check_int,
+    _grid_size,
+    _random_cell_sizes,
+    check_cell_mask,
+)
 from ._token_select_reference import select_reference
 from .token_select import num_kept_tokens
 
 _BITS_DTYPE = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # element size -> int type of the same width
 TILE_ELEMENTS = 2048  # elements per tile of the pixel/token passes (16 per thread at 4 warps)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Host-side validation
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, value, low: int = 1) -> int:
-    value = check_int(name, value)
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
-
-
-def _grid_size(grid_size) -> tuple[int, int]:
-    if isinstance(grid_size, numbers.Integral) and not isinstance(grid_size, bool):
-        grid_size = (grid_size, grid_size)
-    if not isinstance(grid_size, (tuple, list)) or len(grid_size) != 2:
-        raise TypeError(f"grid_size must be an int or a pair (grid_h, grid_w), got {grid_size!r}")
-    return _check_int("grid_h", grid_size[0]), _check_int("grid_w", grid_size[1])
-
-
-def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int, int, int]:
-    """(S, G_h, G_w) for an H x W map of cells of S = ``cell_size``; cells that do not tile it: an error (no crop)."""
-    cell_size = _check_int("cell_size", cell_size)
-    if 0 < min(height, width) < cell_size:  # (helper-149: "16 x 16 is not divisible by cell_size=32" said less)
-        raise ValueError(f"{what} of {height} x {width} is smaller than one cell of cell_size={cell_size}")
-    if height % cell_size or width % cell_size:
-        raise ValueError(
-            f"{what} of {height} x {width} is not divisible by cell_size={cell_size}: resize or crop to a multiple "
-            "of the cell size (grid masks never crop silently)"
-        )
-    return cell_size, height // cell_size, width // cell_size
-
-
-# B x H rows: the CUDA kernels' int counters (+ 4 x 256); H and W x C: a GPU grid's 65535 blocks on y / z, of rows and
-# of <= 256 elements of a row in the Triton launches (helper-205: the token backward failed past 65535 x 256 channels)
-MAX_GRID_EXTENT, MAX_GRID_HEIGHT, MAX_GRID_LINE = 2**31 - 1025, 65535, 65535 * 256
-
-
-def _check_extent(batch: int, height: int, width: int, channels: int, what: str) -> None:
-    rows, line = batch * height, width * channels
-    if rows > MAX_GRID_EXTENT or height > MAX_GRID_HEIGHT or line > MAX_GRID_LINE:
-        raise ValueError(
-            f"{what} must have at most {MAX_GRID_EXTENT} rows (batch x height), a height of at most {MAX_GRID_HEIGHT} "
-            f"and at most {MAX_GRID_LINE} elements per row (width x channels) on every backend (int counters, a GPU "
-            f"grid's 65535 blocks): got {rows} rows of {line}, a height of {height}"
-        )
-
-
-def check_cell_mask(cell_mask: torch.Tensor, like: torch.Tensor, height: int, width: int, cell_size: int) -> None:
-    """The internal ops' cell mask: bool [B, H / S, W / S] on the device of ``like`` ([B, ...]), as the CUDA binding
-    checks (helper-149: Triton read past a smaller mask, torch broadcast it; the public functions draw their own)."""
-    _cell_grid(height, width, cell_size, "the map")
-    want = [like.shape[0], height // cell_size, width // cell_size]
-    if cell_mask.dtype != torch.bool:
-        raise TypeError(f"cell_mask must be bool, got {cell_mask.dtype}")
-    if list(cell_mask.shape) != want:
-        raise ValueError(f"cell_mask must have shape {want}, got {list(cell_mask.shape)}")
-    if cell_mask.device != like.device:
-        raise ValueError(f"cell_mask must be on {like.device}, got {cell_mask.device}")
-
-
-def _check_fill_value(fill_value, dtype: torch.dtype) -> None:
-    """A finite number, finite in the images' dtype (fp16's largest: 65504): every backend writes it rounded to it."""
-    if isinstance(fill_value, bool) or not isinstance(fill_value, numbers.Real):
-        raise TypeError(f"fill_value must be a float, got {type(fill_value).__name__}")
-    largest = torch.finfo(dtype).max
-    try:
-        value = float(fill_value)
-    except OverflowError:  # an int beyond the float range (math.isfinite raised it unexplained)
-        value = math.inf
-    if not math.isfinite(value) or abs(value) > largest:
-        raise ValueError(f"fill_value must be finite and within ±{largest:g} for {dtype} images, got {fill_value}")
-
-
-def _check_float_tensor(name: str, x, layout: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be {layout} (4-D), got shape {tuple(x.shape)}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -440,6 +367,7 @@ def _int_type(dtype: torch.dtype):
 @masksub_op(
     "grid_cell_mask",
     device="device",
+    check=lambda seed, seed_tensor, *sizes: check_keep_args(*sizes[:3], "num_cells"),  # as the cuda binding
     torch=lambda seed, seed_tensor, *sizes: cell_mask_reference(seed_value(seed, seed_tensor), *sizes),
     triton=_cell_mask_triton,
     cuda=lambda extension, *args: extension.grid_cell_mask(*args),
@@ -486,6 +414,7 @@ def _mask_image_random_cuda(extension, images, seed, seed_tensor, cell_size, num
 @masksub_op(
     "mask_image_grid_random",
     device="images",
+    check=lambda images, seed, seed_tensor, cell_size, num_keep, fill: _random_cell_sizes(images, cell_size, num_keep),
     torch=_mask_image_random_reference,
     triton=_mask_image_random_triton,  # one launch: the cell mask and the masking
     cuda=_mask_image_random_cuda,  # one launch too, up to 256 cells (csrc/grid_mask.cu)

@@ -33,15 +33,8 @@ import torch
 from .._philox import resolve_seed, seed_value
 from .._triton import jit, next_power_of_2, tl
 from ._common import cdiv, check_keep_args, masksub_op, resolve_device
-from .grid_mask import (
-    _cell_grid,
-    _cell_mask_triton,
-    _check_extent,
-    _check_float_tensor,
-    _tile,
-    cell_mask_reference,
-    check_cell_mask,
-)
+from ._grid_checks import _cell_grid, _check_extent, _check_float_tensor, _random_cell_sizes, check_cell_mask
+from .grid_mask import _cell_mask_triton, _tile, cell_mask_reference
 from .token_select import num_kept_tokens
 
 MAX_PARTIALS = 1024  # programs of the token backward: at most this many partial sums of dm per channel
@@ -323,6 +316,7 @@ def _mask_tokens_forward_torch(tokens, mask_token, cell_mask, cell_size):
 @masksub_op(
     "mask_tokens_grid",
     device="tokens",
+    check=lambda tokens, mask_token, cell_mask, cell_size: _check_mask_token(tokens, mask_token),  # (helper-205)
     torch=_mask_tokens_forward_torch,
     triton=_mask_tokens_forward_triton,
     cuda=lambda extension, *args: extension.mask_tokens_grid_forward(*args),
@@ -458,6 +452,10 @@ def _mask_tokens_random_triton(tokens, mask_token, seed, seed_tensor, cell_size,
 @masksub_op(
     "mask_tokens_grid_random",
     device="tokens",
+    check=lambda tokens, mask_token, seed, seed_tensor, cell_size, num_keep: (
+        _check_mask_token(tokens, mask_token),
+        _random_cell_sizes(tokens.movedim(3, 1), cell_size, num_keep),
+    ),
     torch=_mask_tokens_random_torch,
     triton=_mask_tokens_random_triton,
     cuda=lambda extension, *args: tuple(extension.mask_tokens_grid_random(*args)),

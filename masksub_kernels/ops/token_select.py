@@ -262,6 +262,23 @@ def _copy_rows_triton(source: torch.Tensor, row_map: torch.Tensor, num_prefix_to
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _select_sizes(seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, write_inverse, keep, drop):
+    """select_tokens' own check (MaskSubOp's ``check``): its sizes and masks, as the cuda binding checks them."""
+    check_keep_args(batch_size, num_tokens, num_keep)
+    _check_priority_masks(keep, drop, batch_size, num_tokens, num_keep, device, False)
+
+
+def _select_gather_sizes(x, seed, seed_tensor, num_keep, num_prefix_tokens, ordered, keep, drop):
+    """select_gather_tokens' own check: the tokens, the prefix and the sizes and masks of the selection."""
+    num_tokens = x.shape[1] - _check_tokens(x, num_prefix_tokens)
+    _select_sizes(seed, seed_tensor, x.shape[0], num_tokens, num_keep, x.device, ordered, True, keep, drop)
+
+
+def _gather_sizes(x, ids, inv, num_prefix_tokens):
+    """gather_tokens' own check: the ids' shape, dtype and device against x (their values are not read)."""
+    _check_ids(x, ids, _check_tokens(x, num_prefix_tokens), False)
+
+
 def _select_reference(
     seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, write_inverse, always_keep, drop_first
 ):
@@ -289,6 +306,7 @@ def _inverse(ids: torch.Tensor, inv: torch.Tensor | None, num_tokens: int) -> to
 @masksub_op(
     "select_tokens",
     device="device",
+    check=_select_sizes,
     torch=_select_reference,
     triton=_select_triton,
     cuda=_select_cuda,
@@ -320,6 +338,7 @@ def _(seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, writ
 @masksub_op(
     "gather_tokens",
     device="x",
+    check=_gather_sizes,
     torch=lambda x, ids, inv, num_prefix_tokens: gather_rows(x, ids, num_prefix_tokens),
     triton=lambda x, ids, inv, num_prefix_tokens: _copy_rows_triton(x, ids, num_prefix_tokens),
     cuda=lambda extension, x, ids, inv, num_prefix_tokens: extension.gather_tokens(x, ids, num_prefix_tokens),
@@ -404,6 +423,7 @@ def _select_gather_cuda(extension, x, seed, seed_tensor, num_keep, num_prefix_to
 @masksub_op(
     "select_gather_tokens",
     device="x",
+    check=_select_gather_sizes,
     torch=_select_gather_reference,
     triton=_select_gather_triton,
     cuda=_select_gather_cuda,

@@ -479,3 +479,39 @@ def test_token_rows_unvalidated_id_equal_to_the_token_count_alone_reads_zeros():
     grad_y = torch.arange(2 * 3 * 3, dtype=torch.float32).view(2, 3, 3) + 100
     (grad_x,) = torch.autograd.grad(y, x, grad_y)
     assert torch.equal(grad_x, reference.scatter_reference(grad_y, ids, 1, 4))  # nothing scattered for the id 4
+
+
+# helper-205's F6: the internal ops called directly (torch.ops.masksub.*: the public functions check these first)
+# took sizes that Triton's kernels wrote or read past (a segfault, a silent wrong result) where the cuda binding
+# refused them; now every backend refuses them, with a ValueError
+def _direct_calls():
+    ops, seed = torch.ops.masksub, 2**40 + 3
+    x, images = torch.zeros(2, 11, 4, device=DEVICE), torch.zeros(2, 3, 64, 64, device=DEVICE)
+    tokens, cells = torch.zeros(2, 16, 16, 6, device=DEVICE), torch.zeros(2, 2, 2, dtype=torch.bool, device=DEVICE)
+    short = torch.zeros(2, 9, dtype=torch.bool, device=DEVICE)
+    return {
+        "select num_keep": (lambda: ops.select_tokens(seed, None, 2, 10, 11, DEVICE, False, True, None, None),
+                            "num_keep"),
+        "select always_keep": (lambda: ops.select_tokens(seed, None, 2, 10, 5, DEVICE, False, True, short, None),
+                               "always_keep must be"),
+        "select_gather num_keep": (lambda: ops.select_gather_tokens(x, seed, None, 11, 1, False, None, None),
+                                   "num_keep"),
+        "select_gather prefix": (lambda: ops.select_gather_tokens(x, seed, None, 2, 11, False, None, None),
+                                 "num_prefix_tokens must be in"),
+        "gather ids": (lambda: ops.gather_tokens(x, torch.zeros(2, 11, dtype=torch.long, device=DEVICE), None, 1),
+                       "ids must be"),
+        "cell mask": (lambda: ops.grid_cell_mask(seed, None, 2, 4, 5, DEVICE), "num_keep"),
+        "image random": (lambda: ops.mask_image_grid_random(images, seed, None, 32, 5, 0.0), "num_keep"),
+        "image random cells": (lambda: ops.mask_image_grid_random(images, seed, None, 24, 1, 0.0), "not divisible"),
+        "tokens mask_token": (lambda: ops.mask_tokens_grid(tokens, torch.zeros(5, device=DEVICE), cells, 8),
+                              "mask_token must have"),
+        "tokens random": (lambda: ops.mask_tokens_grid_random(tokens, torch.zeros(6, device=DEVICE), seed, None, 8, 5),
+                          "num_keep"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("call", sorted(_direct_calls()))
+def test_the_internal_ops_refuse_sizes_their_kernels_would_overrun_on_every_backend(backend, call):
+    op, match = _direct_calls()[call]
+    with mk.use_backend(backend), pytest.raises(ValueError, match=match):
+        op()
