@@ -279,6 +279,17 @@ def _gather_sizes(x, ids, inv, num_prefix_tokens):
     _check_ids(x, ids, _check_tokens(x, num_prefix_tokens), False)
 
 
+def _scatter_sizes(grad_y, ids, inv, num_prefix_tokens, num_tokens):
+    """scatter_tokens' own check: ids [B, K] of grad_y's K kept tokens, K <= num_tokens, and inv [B, num_tokens] or
+    None (helper-205: the cuda and triton backends took N from inv, the torch backend from num_tokens)."""
+    batch, kept = grad_y.shape[0], grad_y.shape[1] - _check_tokens(grad_y, num_prefix_tokens)
+    if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != (batch, kept) or kept > num_tokens:
+        got = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"ids must be [batch={batch}, K={kept}] with K <= num_tokens={num_tokens}, got {got}")
+    if inv is not None and tuple(inv.shape) != (batch, num_tokens):
+        raise ValueError(f"inv must be [batch={batch}, num_tokens={num_tokens}] or None, got {tuple(inv.shape)}")
+
+
 def _select_reference(
     seed, seed_tensor, batch_size, num_tokens, num_keep, device, ordered, write_inverse, always_keep, drop_first
 ):
@@ -355,6 +366,7 @@ def _(x, ids, inv, num_prefix_tokens):
 @masksub_op(
     "scatter_tokens",
     device="grad_y",
+    check=_scatter_sizes,
     torch=lambda grad_y, ids, inv, prefix, num_tokens: scatter_rows(grad_y, ids, prefix, num_tokens),
     triton=lambda grad_y, ids, inv, prefix, n: _copy_rows_triton(grad_y, _inverse(ids, inv, n), prefix),
     cuda=lambda extension, grad_y, ids, inv, prefix, n: extension.scatter_tokens(grad_y, _inverse(ids, inv, n), prefix),

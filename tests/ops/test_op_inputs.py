@@ -500,6 +500,9 @@ def _direct_calls():
                                  "num_prefix_tokens must be in"),
         "gather ids": (lambda: ops.gather_tokens(x, torch.zeros(2, 11, dtype=torch.long, device=DEVICE), None, 1),
                        "ids must be"),
+        "scatter inv": (lambda: ops.scatter_tokens(x[:, :6], x[:, :5, 0].long(), x[:, :, 0].int(), 1, 10),
+                        r"inv must be \[batch=2, num_tokens=10\]"),  # (the cuda and triton backends took N from inv)
+        "scatter ids": (lambda: ops.scatter_tokens(x[:, :6], x[:, :4, 0].long(), None, 1, 10), "ids must be"),
         "cell mask": (lambda: ops.grid_cell_mask(seed, None, 2, 4, 5, DEVICE), "num_keep"),
         "image random": (lambda: ops.mask_image_grid_random(images, seed, None, 32, 5, 0.0), "num_keep"),
         "image random cells": (lambda: ops.mask_image_grid_random(images, seed, None, 24, 1, 0.0), "not divisible"),
