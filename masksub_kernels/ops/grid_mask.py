@@ -387,6 +387,7 @@ def _(seed, seed_tensor, batch_size, num_cells, num_keep, device):
 @masksub_op(
     "mask_image_grid",
     device="images",
+    check=lambda images, cell_mask, cell_size, fill_value: _check_fill_value(fill_value, images.dtype),  # (helper-205)
     torch=mask_image_reference,
     triton=_mask_image_triton,
     cuda=lambda extension, *args: extension.mask_image_grid(*args),
@@ -414,7 +415,10 @@ def _mask_image_random_cuda(extension, images, seed, seed_tensor, cell_size, num
 @masksub_op(
     "mask_image_grid_random",
     device="images",
-    check=lambda images, seed, seed_tensor, cell_size, num_keep, fill: _random_cell_sizes(images, cell_size, num_keep),
+    check=lambda images, seed, seed_tensor, cell_size, num_keep, fill: (
+        _random_cell_sizes(images, cell_size, num_keep),
+        _check_fill_value(fill, images.dtype),
+    ),
     torch=_mask_image_random_reference,
     triton=_mask_image_random_triton,  # one launch: the cell mask and the masking
     cuda=_mask_image_random_cuda,  # one launch too, up to 256 cells (csrc/grid_mask.cu)

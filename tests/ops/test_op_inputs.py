@@ -506,6 +506,10 @@ def _direct_calls():
         "cell mask": (lambda: ops.grid_cell_mask(seed, None, 2, 4, 5, DEVICE), "num_keep"),
         "image random": (lambda: ops.mask_image_grid_random(images, seed, None, 32, 5, 0.0), "num_keep"),
         "image random cells": (lambda: ops.mask_image_grid_random(images, seed, None, 24, 1, 0.0), "not divisible"),
+        # a fill beyond fp16's largest: inf on the cuda backend, refused by the others (helper-205's F5)
+        "image fill": (lambda: ops.mask_image_grid(images.half(), cells, 32, 1e6), "fill_value must be finite"),
+        "image random fill": (lambda: ops.mask_image_grid_random(images.half(), seed, None, 32, 1, 1e6),
+                              "fill_value must be finite"),
         "tokens mask_token": (lambda: ops.mask_tokens_grid(tokens, torch.zeros(5, device=DEVICE), cells, 8),
                               "mask_token must have"),
         "tokens random": (lambda: ops.mask_tokens_grid_random(tokens, torch.zeros(6, device=DEVICE), seed, None, 8, 5),
