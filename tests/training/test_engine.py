@@ -1,11 +1,17 @@
 """training/engine.py: evaluate and train_one_epoch on their edges (helper-171's mutation audit): a model in
 eval mode left so, fewer than five classes, empty loaders, the progress bar's interval."""
 
+import functools
+
 import pytest
 import torch
+from _models import batch, tiny_vit
 
+from masksub_kernels.training import MaskSub, engine
 from masksub_kernels.training.engine import PlainStep, evaluate, train_one_epoch
 from masksub_kernels.training.wrapper import supervised_loss
+
+CPU = torch.device("cpu")
 
 
 class Fixed(torch.nn.Module):  # its images are its logits
@@ -59,3 +65,90 @@ def test_progress_bar_shows_the_loss_every_log_interval_steps(monkeypatch):  # e
     train_one_epoch(PlainStep(model, supervised_loss), loader, torch.optim.SGD(model.parameters(), lr=0.1),
                     device=torch.device("cpu"), progress=True, log_interval=3)  # fmt: skip
     assert len(postfixes) == 1  # after the 3rd step only
+
+
+# helper-206's second-pass mutation audit of wrapper.py, engine.py and schedules.py' train step
+class _ModeRecorder(torch.nn.Module):  # its images are its logits; it records the mode of each forward
+    def __init__(self):
+        super().__init__()
+        self.modes = []
+
+    def forward(self, images):
+        self.modes.append(self.training)
+        return images
+
+
+# kills engine.py:168 `model.eval()` dropped: a model left in train mode was validated in train mode (dropout,
+# BatchNorm batch statistics; a MaskSub wrapper in train mode runs its joint step, which needs a target)
+def test_evaluate_runs_the_model_in_eval_mode_and_restores_train_mode():
+    model = _ModeRecorder().train()
+    evaluate(model, [(torch.randn(2, 7), torch.tensor([0, 1]))], device=CPU)
+    assert model.modes == [False] and model.training
+
+
+# kills engine.py:130 `sums[3] += 1` -> `sums[3] += images.shape[0]` (the means over micro-batches divided by the
+# number of images) and engine.py:125 `sums[0] += out['loss']` -> `out['loss_main']`, :127-128 `has_sub` never set
+# (the MaskSub epoch logged no loss_sub): the epoch's three means are those of its steps' outputs
+def test_train_one_epoch_logs_the_mean_of_each_loss_over_its_micro_batches():
+    torch.manual_seed(0)
+    ms = MaskSub(tiny_vit(), sub_weight=0.25).train()
+    loader = [batch("vit", seed=i, dtype=torch.float32) for i in range(3)]
+    outs = []
+
+    def step(images, target, optimizer, **kwargs):
+        out = ms.train_step(images, target, optimizer, seed=len(outs), **kwargs)
+        outs.append(out)
+        return out
+
+    stats = train_one_epoch(step, loader, torch.optim.SGD(ms.parameters(), lr=0.0), device=CPU)
+    for key in ("loss", "loss_main", "loss_sub"):
+        want = sum(float(out[key]) for out in outs) / len(outs)
+        assert abs(getattr(stats, key) - want) < 1e-6, key
+    assert stats.loss != stats.loss_main  # the weighted total (1/2, 1/4), not the main term
+
+
+# kills engine.py:120-121 dropped (`mixup` never called): the step gets the mixed images and targets
+def test_train_one_epoch_hands_the_mixed_batch_to_the_step():
+    seen = []
+
+    def mixup(images, target):
+        return images.flip(0), torch.nn.functional.one_hot(target, 3).float() * 0.5 + 0.5 / 3
+
+    def step(images, target, optimizer, **kwargs):
+        seen.append((images, target))
+        return {"loss": torch.zeros(()), "loss_main": torch.zeros(()), "stepped": True}
+
+    images, labels = torch.randn(2, 3), torch.tensor([0, 2])
+    model = torch.nn.Linear(3, 3)
+    train_one_epoch(step, [(images, labels)], torch.optim.SGD(model.parameters(), lr=0.1), device=CPU, mixup=mixup)
+    assert torch.equal(seen[0][0], images.flip(0)) and seen[0][1].shape == (2, 3)
+
+
+# kills engine.py:155 `/ world` dropped: each rank's seconds are summed by the all-reduce, so the wall time is their
+# mean and the throughput is the ranks' images over it (2 identical ranks: twice one rank's), not over their sum
+def test_throughput_under_ddp_divides_the_summed_seconds_by_the_world_size(monkeypatch):
+    monkeypatch.setattr(engine, "_all_reduce", lambda values: values * 2)  # two ranks that did the same
+    monkeypatch.setattr(engine.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(engine.dist, "get_world_size", lambda: 2)
+    model = torch.nn.Linear(3, 2)
+    loader = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
+    stats = train_one_epoch(PlainStep(model, supervised_loss), loader, torch.optim.SGD(model.parameters(), lr=0.1),
+                            device=CPU)  # fmt: skip
+    assert abs(stats.images_per_s * stats.seconds / 8 - 1) < 1e-9  # 8 images over one rank's seconds
+
+
+# kills engine.py:175 `with autocast():` dropped in evaluate: the command's --amp validation ran in fp32
+def test_evaluate_runs_the_forward_under_the_autocast_it_is_given():
+    class AutocastRecorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.autocast = []
+
+        def forward(self, images):
+            self.autocast.append(torch.is_autocast_enabled("cpu"))
+            return images
+
+    model = AutocastRecorder()
+    bf16 = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+    evaluate(model, [(torch.randn(2, 7), torch.tensor([0, 1]))], device=CPU, autocast=bf16)
+    assert model.autocast == [True]

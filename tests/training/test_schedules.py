@@ -456,3 +456,19 @@ def test_an_autocast_instance_is_refused_before_any_work():  # schedules.py:220 
     with pytest.raises(TypeError, match="autocast must be a context-manager factory"):
         ms.train_step(*batch("vit"), optimizer, autocast=torch.autocast("cpu"))
     assert all(p.grad is None for p in ms.parameters())
+
+
+# helper-206's second-pass mutation audit of wrapper.py, engine.py and schedules.py' train step
+# kills schedules.py:257 `backward(out['loss'] / accum_steps)` -> `backward(out['loss'])`: the joint schedule's
+# accumulated gradient must be the window's mean, as the sequential one's (test_accumulating_two_steps_... runs only
+# the sequential schedule)
+def test_joint_accumulation_gives_the_mean_of_the_micro_steps_gradients():
+    torch.manual_seed(0)
+    ms = MaskSub(tiny_vit().double()).train()
+    (x1, y1), (x2, y2) = batch("vit", seed=1), batch("vit", seed=2)
+    (ms(x1, y1, seed=11)["loss"] + ms(x2, y2, seed=12)["loss"]).div(2).backward()
+    want = grads(ms)
+    optimizer = torch.optim.SGD(ms.parameters(), lr=0.0)
+    assert not ms.train_step(x1, y1, optimizer, accum_steps=2, seed=11, schedule="joint")["stepped"]
+    assert ms.train_step(x2, y2, optimizer, accum_steps=2, seed=12, schedule="joint")["stepped"]
+    assert_grads_close(grads(ms), want, rtol=1e-7, atol=1e-10)

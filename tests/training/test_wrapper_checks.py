@@ -5,9 +5,10 @@ names the mutant it kills."""
 
 import pytest
 import torch
-from _models import tiny_vit
+from _models import batch, tiny_vit
 
 from masksub_kernels.training import MaskSub
+from masksub_kernels.training.wrapper import supervised_loss
 
 
 class _TinyCNN(torch.nn.Module):
@@ -182,3 +183,17 @@ def test_a_swin_grid_of_too_few_cells_names_an_image_size_in_pixels():
     with pytest.raises(ValueError, match=r"keeps none of the 1 mask cell\(s\) of 8 tokens that fit 32 x 32 images "
                        r".* use images of 64 x 64 pixels or more, or cell_size=4$"):  # fmt: skip
         families.check_swin_cells((8, 8), (4, 4), 8, 0.5)
+
+
+# helper-206's second-pass mutation audit of wrapper.py, engine.py and schedules.py' train step
+# kills wrapper.py:496 `self.main_criterion(logits, target)` -> `supervised_loss(logits, target)` in eval mode:
+# the evaluation loss is the main criterion of this wrapper (its BCE, threshold and label smoothing), as in training;
+# test_eval_mode_just_runs_the_model checks only the default CE without smoothing
+def test_eval_loss_is_the_wrappers_main_criterion():
+    torch.manual_seed(0)
+    ms = MaskSub(tiny_vit(), loss="bce", target_threshold=0.0, label_smoothing=0.1).eval()
+    images, labels = batch("vit", dtype=torch.float32)
+    out = ms(images, labels)
+    want = supervised_loss(out["logits"], labels, mode="bce", label_smoothing=0.1, target_threshold=0.0)
+    torch.testing.assert_close(out["loss"], want, rtol=0, atol=0)
+    torch.testing.assert_close(out["loss_main"], want, rtol=0, atol=0)

@@ -125,3 +125,30 @@ def test_train_step_takes_a_seed_tensor_as_forward_does(schedule):
     assert torch.equal(logits[0][0], logits[1][0]) and torch.equal(logits[0][1], logits[1][1])
     with pytest.raises(TypeError, match="a seed tensor must hold one int64"):
         ms.train_step(images, labels, torch.optim.SGD(ms.parameters(), lr=0.1), seed=torch.tensor([1.5]))
+
+
+# helper-206's second-pass mutation audit of wrapper.py, engine.py and schedules.py' train step
+# kills wrapper.py:459 `self.model.dynamo_ctx(self._sub_eager)` -> `torch.compile(self._sub_eager)`: the sub-branch
+# of `MaskSub(torch.compile(model, backend=...))` must run under the user's backend and options, not the default
+# inductor (same values, so the existing compile tests passed; test_torch_compiled_model_... only checks that a
+# compiled sub-branch exists); a later step with another seed compiles nothing new (a seed baked into the graph
+# would). Also fails for wrapper.py:455 `if self.model is self.inner_model:` -> `if True:` (eager sub-branch).
+def test_the_sub_branch_is_compiled_once_with_the_models_own_backend():
+    compiled = []
+
+    def backend(graph_module, example_inputs):
+        compiled.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    ms = MaskSub(torch.compile(tiny_vit(), backend=backend)).train()
+    images, _ = batch("vit", dtype=torch.float32)
+    first = ms.sub_logits(images, seed=3)
+    assert compiled, "the sub-branch did not run under the model's torch.compile backend"
+    count = len(compiled)
+    for seed in (4, None):  # a new seed (a Python int: dynamic or not, no new graph per value after the 2nd)
+        ms.sub_logits(images, seed=seed)
+    again = len(compiled)
+    ms.sub_logits(images, seed=5)
+    assert len(compiled) == again  # no recompilation per step
+    assert torch.isfinite(first).all() and count >= 1
