@@ -18,6 +18,18 @@ from masksub_kernels.bench.runner import OpCase, run_case
 CPU = torch.device("cpu")
 
 
+def _suite(monkeypatch, name: str, cases=None) -> None:
+    """A benchmark suite ``name`` for cli.main: ``cases`` (a function of cli's arguments), by default one forward
+    case of torch.neg on two elements."""
+    module = types.ModuleType(f"{name}_suite")
+    one = OpCase(
+        name, "s", "float32", "official", lambda: [torch.ones(2)], torch.neg, {"forward": 16}, modes=("forward",)
+    )
+    module.cases = cases or (lambda *a, **k: [one])
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(cli.SUITES, name, module.__name__)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Kills T3 (timing.py:160, no synchronize after prepare()),
 # T4 (timing.py:175-176, the L2 flush after start.record(): timed), T5 (timing.py:179, no synchronize before
@@ -205,10 +217,7 @@ def test_a_failed_case_has_no_time_leaks_no_backend_and_does_not_fail_the_run(tm
         mk.set_backend(previous)
     assert all("error" in r and "median_ms" not in r and "gbps" not in r for r in records)
     good = OpCase("mixed", "s", "float32", "official", make, lambda x: x * 2, {"full": 16})
-    module = types.ModuleType("mixed_suite")
-    module.cases = lambda *a, **k: [good, failing]
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(cli.SUITES, "mixed", module.__name__)
+    _suite(monkeypatch, "mixed", lambda *a, **k: [good, failing])
     assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "mixed", "--no-plot"]) == 0
     (path,) = tmp_path.glob("*.json")
     run = json.loads(path.read_text())
@@ -222,11 +231,7 @@ def test_a_failed_case_has_no_time_leaks_no_backend_and_does_not_fail_the_run(tm
 
 
 def test_cli_default_repeats_and_warmup_of_a_gpu_run(tmp_path, monkeypatch):
-    module = types.ModuleType("gpu_demo_suite")
-    module.cases = lambda *a, **k: [OpCase("demo", "s", "float32", "official", lambda: [torch.ones(2)], torch.neg,
-                                           {"forward": 16}, modes=("forward",))]  # fmt: skip
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(cli.SUITES, "demo", module.__name__)
+    _suite(monkeypatch, "demo")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # auto picks the (faked) GPU
     monkeypatch.setattr(cli, "environment", lambda device: {"device": f"GPU: Fake ({device.type})", "torch": "-"})
     monkeypatch.setattr(cli, "copy_bandwidth_gbps", lambda device, megabytes: (1.0, 1.0, 1.0))
@@ -303,11 +308,7 @@ def test_report_only_measures_nothing_and_keeps_the_measured_values(tmp_path, mo
 
 
 def test_the_runs_date_comes_from_the_environment_and_appended_seconds_add_up(tmp_path, monkeypatch):
-    module = types.ModuleType("dated_suite")
-    module.cases = lambda *a, **k: [OpCase("dated", "s", "float32", "official", lambda: [torch.ones(2)], torch.neg,
-                                           {"forward": 16}, modes=("forward",))]  # fmt: skip
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(cli.SUITES, "dated", module.__name__)
+    _suite(monkeypatch, "dated")
     monkeypatch.setenv("MASKSUB_BENCH_DATE", "2031-02-03")
     common = ["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "dated", "--no-plot"]
     assert cli.main(common) == 0
@@ -340,11 +341,7 @@ def test_a_cuda_index_past_the_last_device_is_a_usage_error(monkeypatch, capsys)
 
 
 def test_append_refuses_a_run_whose_code_is_not_named(tmp_path, monkeypatch, capsys):
-    module = types.ModuleType("code_suite")
-    module.cases = lambda *a, **k: [OpCase("code", "s", "float32", "official", lambda: [torch.ones(2)], torch.neg,
-                                           {"forward": 16}, modes=("forward",))]  # fmt: skip
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    monkeypatch.setitem(cli.SUITES, "code", module.__name__)
+    _suite(monkeypatch, "code")
     monkeypatch.setattr(cli, "environment", lambda device: {**timing.environment(device), "commit": "abc123"})
     common = ["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "code", "--no-plot"]
     assert cli.main(common) == 0
@@ -411,14 +408,8 @@ def test_a_suite_whose_cases_fail_is_skipped_and_said(tmp_path, monkeypatch, cap
     def cases(*args, **kwargs):
         raise RuntimeError("no such model")
 
-    broken, fine = types.ModuleType("broken_suite"), types.ModuleType("fine_suite")
-    broken.cases = cases
-    fine.cases = lambda *a, **k: [
-        OpCase("fine", "s", "float32", "p", lambda: [torch.ones(2)], torch.neg, {}, modes=("forward",))
-    ]
-    for name, module in (("broken", broken), ("fine", fine)):
-        monkeypatch.setitem(sys.modules, module.__name__, module)
-        monkeypatch.setitem(cli.SUITES, name, module.__name__)
+    _suite(monkeypatch, "broken", cases)
+    _suite(monkeypatch, "fine")
     assert (
         cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "broken", "fine", "--no-plot"]) == 0
     )
