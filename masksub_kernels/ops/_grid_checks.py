@@ -95,3 +95,15 @@ def _random_cell_sizes(images: torch.Tensor, cell_size: int, num_keep: int) -> N
     """The cells' and kept cells' sizes of mask_image_grid_random's own check (MaskSubOp's ``check``)."""
     _, grid_h, grid_w = _cell_grid(images.shape[-2], images.shape[-1], cell_size, "images")
     check_keep_args(images.shape[0], grid_h * grid_w, num_keep, "num_cells")
+
+
+def _image_op_sizes(images, cell_size: int, fill_value, num_keep: int | None = None) -> None:
+    """The image ops' own check (MaskSubOp's ``check``, for a direct torch.ops.masksub call): 4-D float images within
+    the grid bounds (else the launch failed: helper-205), a fill value finite in their dtype, and for the random op
+    the cells and kept cells."""
+    _check_float_tensor("images", images, "[B, C, H, W]")
+    batch, channels, height, width = images.shape
+    _check_extent(batch, height, width, channels, "images")
+    _check_fill_value(fill_value, images.dtype)
+    if num_keep is not None:
+        _random_cell_sizes(images, cell_size, num_keep)

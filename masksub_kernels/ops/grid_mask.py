@@ -46,7 +46,7 @@ from ._grid_checks import (  # noqa: F401 (MAX_GRID_*: the ops' public bounds, r
     _check_float_tensor,
     _check_int,
     _grid_size,
-    _random_cell_sizes,
+    _image_op_sizes,
     check_cell_mask,
 )
 from ._token_select_reference import select_reference
@@ -387,7 +387,7 @@ def _(seed, seed_tensor, batch_size, num_cells, num_keep, device):
 @masksub_op(
     "mask_image_grid",
     device="images",
-    check=lambda images, cell_mask, cell_size, fill_value: _check_fill_value(fill_value, images.dtype),  # (helper-205)
+    check=lambda images, cell_mask, cell_size, fill_value: _image_op_sizes(images, cell_size, fill_value),
     torch=mask_image_reference,
     triton=_mask_image_triton,
     cuda=lambda extension, *args: extension.mask_image_grid(*args),
@@ -415,9 +415,8 @@ def _mask_image_random_cuda(extension, images, seed, seed_tensor, cell_size, num
 @masksub_op(
     "mask_image_grid_random",
     device="images",
-    check=lambda images, seed, seed_tensor, cell_size, num_keep, fill: (
-        _random_cell_sizes(images, cell_size, num_keep),
-        _check_fill_value(fill, images.dtype),
+    check=lambda images, seed, seed_tensor, cell_size, num_keep, fill: _image_op_sizes(
+        images, cell_size, fill, num_keep
     ),
     torch=_mask_image_random_reference,
     triton=_mask_image_random_triton,  # one launch: the cell mask and the masking

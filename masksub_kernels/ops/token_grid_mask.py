@@ -63,6 +63,18 @@ def _check_mask_token(tokens: torch.Tensor, mask_token) -> None:
         raise ValueError(f"mask_token must be on the device of tokens ({tokens.device}), got {mask_token.device}")
 
 
+def _token_op_sizes(tokens, mask_token=None, cell_size=None, num_keep=None, name="tokens") -> None:
+    """The token ops' own check (MaskSubOp's ``check``, for a direct torch.ops.masksub call): 4-D float tokens
+    within the grid bounds (else the launch failed: helper-205), their mask token, and for the random op the cells
+    and kept cells."""
+    _check_float_tensor(name, tokens, "[B, H, W, C]")
+    _check_extent(*tokens.shape, name)
+    if mask_token is not None:
+        _check_mask_token(tokens, mask_token)
+    if num_keep is not None:
+        _random_cell_sizes(tokens.movedim(3, 1), cell_size, num_keep)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Reference (PyTorch): the oracle and the CPU fallback
 # ----------------------------------------------------------------------------------------------------------------
@@ -316,7 +328,7 @@ def _mask_tokens_forward_torch(tokens, mask_token, cell_mask, cell_size):
 @masksub_op(
     "mask_tokens_grid",
     device="tokens",
-    check=lambda tokens, mask_token, cell_mask, cell_size: _check_mask_token(tokens, mask_token),  # (helper-205)
+    check=lambda tokens, mask_token, cell_mask, cell_size: _token_op_sizes(tokens, mask_token),
     torch=_mask_tokens_forward_torch,
     triton=_mask_tokens_forward_triton,
     cuda=lambda extension, *args: extension.mask_tokens_grid_forward(*args),
@@ -370,6 +382,7 @@ def _removed_rows_sum(flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 @masksub_op(
     "mask_tokens_grid_backward",
     device="grad_out",
+    check=lambda grad_out, *_: _token_op_sizes(grad_out, name="grad_out"),
     torch=_mask_tokens_backward_torch,
     triton=_mask_tokens_backward_triton,
     cuda=lambda extension, *args: extension.mask_tokens_grid_backward(*args),
@@ -452,9 +465,8 @@ def _mask_tokens_random_triton(tokens, mask_token, seed, seed_tensor, cell_size,
 @masksub_op(
     "mask_tokens_grid_random",
     device="tokens",
-    check=lambda tokens, mask_token, seed, seed_tensor, cell_size, num_keep: (
-        _check_mask_token(tokens, mask_token),
-        _random_cell_sizes(tokens.movedim(3, 1), cell_size, num_keep),
+    check=lambda tokens, mask_token, seed, seed_tensor, cell_size, num_keep: _token_op_sizes(
+        tokens, mask_token, cell_size, num_keep
     ),
     torch=_mask_tokens_random_torch,
     triton=_mask_tokens_random_triton,

@@ -488,7 +488,8 @@ def _direct_calls():
     ops, seed = torch.ops.masksub, 2**40 + 3
     x, images = torch.zeros(2, 11, 4, device=DEVICE), torch.zeros(2, 3, 64, 64, device=DEVICE)
     tokens, cells = torch.zeros(2, 16, 16, 6, device=DEVICE), torch.zeros(2, 2, 2, dtype=torch.bool, device=DEVICE)
-    short = torch.zeros(2, 9, dtype=torch.bool, device=DEVICE)
+    short, zero = torch.zeros(2, 9, dtype=torch.bool, device=DEVICE), torch.zeros(1, device=DEVICE)
+    tall = torch.zeros(1, 2049, 1, dtype=torch.bool, device=DEVICE)  # the cells of a [1, 1, 65568, 32] image
     return {
         "select num_keep": (lambda: ops.select_tokens(seed, None, 2, 10, 11, DEVICE, False, True, None, None),
                             "num_keep"),
@@ -510,6 +511,12 @@ def _direct_calls():
         "image fill": (lambda: ops.mask_image_grid(images.half(), cells, 32, 1e6), "fill_value must be finite"),
         "image random fill": (lambda: ops.mask_image_grid_random(images.half(), seed, None, 32, 1, 1e6),
                               "fill_value must be finite"),
+        # past a GPU grid's 65535 blocks: the cuda launches failed ("invalid argument") where torch ran
+        "image extent": (lambda: ops.mask_image_grid(zero.expand(1, 1, 65568, 32), tall, 32, 0.0),
+                         "images must have at most"),
+        "tokens backward extent": (lambda: ops.mask_tokens_grid_backward(zero.expand(1, 1, 1, 65535 * 256 + 1),
+                                                                         cells[:1, :1, :1], 1, True, True),
+                                   "grad_out must have at most"),
         "tokens mask_token": (lambda: ops.mask_tokens_grid(tokens, torch.zeros(5, device=DEVICE), cells, 8),
                               "mask_token must have"),
         "tokens random": (lambda: ops.mask_tokens_grid_random(tokens, torch.zeros(6, device=DEVICE), seed, None, 8, 5),
