@@ -10,6 +10,7 @@ import numbers
 
 import torch
 
+from .._philox import resolve_seed
 from ._common import FLOAT_DTYPES, check_int, check_keep_args
 
 
@@ -91,13 +92,16 @@ def _check_float_tensor(name: str, x, layout: str) -> None:
         raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
 
 
-def _random_cell_sizes(images: torch.Tensor, cell_size: int, num_keep: int) -> None:
-    """The cells' and kept cells' sizes of mask_image_grid_random's own check (MaskSubOp's ``check``)."""
-    _, grid_h, grid_w = _cell_grid(images.shape[-2], images.shape[-1], cell_size, "images")
-    check_keep_args(images.shape[0], grid_h * grid_w, num_keep, "num_cells")
+def _random_cell_sizes(batch: int, height: int, width: int, cell_size: int, num_keep: int, seed_tensor, device) -> None:
+    """The random grid ops' own check (MaskSubOp's ``check``): cells that tile the map, at most all of them kept,
+    the seed tensor one int64 on the op's device (resolve_seed's rules; its value is not read)."""
+    _, grid_h, grid_w = _cell_grid(height, width, cell_size, "the map")
+    check_keep_args(batch, grid_h * grid_w, num_keep, "num_cells")
+    if seed_tensor is not None:
+        resolve_seed(seed_tensor, device)
 
 
-def _image_op_sizes(images, cell_size: int, fill_value, num_keep: int | None = None) -> None:
+def _image_op_sizes(images, cell_size: int, fill_value, num_keep: int | None = None, seed_tensor=None) -> None:
     """The image ops' own check (MaskSubOp's ``check``, for a direct torch.ops.masksub call): 4-D float images within
     the grid bounds (else the launch failed: helper-205), a fill value finite in their dtype, and for the random op
     the cells and kept cells."""
@@ -106,4 +110,4 @@ def _image_op_sizes(images, cell_size: int, fill_value, num_keep: int | None = N
     _check_extent(batch, height, width, channels, "images")
     _check_fill_value(fill_value, images.dtype)
     if num_keep is not None:
-        _random_cell_sizes(images, cell_size, num_keep)
+        _random_cell_sizes(batch, height, width, cell_size, num_keep, seed_tensor, images.device)

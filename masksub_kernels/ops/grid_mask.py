@@ -47,6 +47,7 @@ from ._grid_checks import (  # noqa: F401 (MAX_GRID_*: the ops' public bounds, r
     _check_int,
     _grid_size,
     _image_op_sizes,
+    _random_cell_sizes,
     check_cell_mask,
 )
 from ._token_select_reference import select_reference
@@ -367,7 +368,9 @@ def _int_type(dtype: torch.dtype):
 @masksub_op(
     "grid_cell_mask",
     device="device",
-    check=lambda seed, seed_tensor, *sizes: check_keep_args(*sizes[:3], "num_cells"),  # as the cuda binding
+    check=lambda seed, seed_tensor, batch, cells, keep, device: _random_cell_sizes(
+        batch, 1, cells, 1, keep, seed_tensor, device
+    ),  # a 1 x cells map of cells of 1
     torch=lambda seed, seed_tensor, *sizes: cell_mask_reference(seed_value(seed, seed_tensor), *sizes),
     triton=_cell_mask_triton,
     cuda=lambda extension, *args: extension.grid_cell_mask(*args),
@@ -416,7 +419,7 @@ def _mask_image_random_cuda(extension, images, seed, seed_tensor, cell_size, num
     "mask_image_grid_random",
     device="images",
     check=lambda images, seed, seed_tensor, cell_size, num_keep, fill: _image_op_sizes(
-        images, cell_size, fill, num_keep
+        images, cell_size, fill, num_keep, seed_tensor
     ),
     torch=_mask_image_random_reference,
     triton=_mask_image_random_triton,  # one launch: the cell mask and the masking

@@ -63,7 +63,7 @@ def _check_mask_token(tokens: torch.Tensor, mask_token) -> None:
         raise ValueError(f"mask_token must be on the device of tokens ({tokens.device}), got {mask_token.device}")
 
 
-def _token_op_sizes(tokens, mask_token=None, cell_size=None, num_keep=None, name="tokens") -> None:
+def _token_op_sizes(tokens, mask_token=None, cell_size=None, num_keep=None, seed_tensor=None, name="tokens") -> None:
     """The token ops' own check (MaskSubOp's ``check``, for a direct torch.ops.masksub call): 4-D float tokens
     within the grid bounds (else the launch failed: helper-205), their mask token, and for the random op the cells
     and kept cells."""
@@ -72,7 +72,7 @@ def _token_op_sizes(tokens, mask_token=None, cell_size=None, num_keep=None, name
     if mask_token is not None:
         _check_mask_token(tokens, mask_token)
     if num_keep is not None:
-        _random_cell_sizes(tokens.movedim(3, 1), cell_size, num_keep)
+        _random_cell_sizes(*tokens.shape[:3], cell_size, num_keep, seed_tensor, tokens.device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -466,7 +466,7 @@ def _mask_tokens_random_triton(tokens, mask_token, seed, seed_tensor, cell_size,
     "mask_tokens_grid_random",
     device="tokens",
     check=lambda tokens, mask_token, seed, seed_tensor, cell_size, num_keep: _token_op_sizes(
-        tokens, mask_token, cell_size, num_keep
+        tokens, mask_token, cell_size, num_keep, seed_tensor
     ),
     torch=_mask_tokens_random_torch,
     triton=_mask_tokens_random_triton,

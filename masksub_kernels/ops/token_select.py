@@ -266,6 +266,8 @@ def _select_sizes(seed, seed_tensor, batch_size, num_tokens, num_keep, device, o
     """select_tokens' own check (MaskSubOp's ``check``): its sizes and masks, as the cuda binding checks them."""
     check_keep_args(batch_size, num_tokens, num_keep)
     _check_priority_masks(keep, drop, batch_size, num_tokens, num_keep, device, False)
+    if seed_tensor is not None:  # one int64 on the op's device (resolve_seed's rules; its value is not read)
+        resolve_seed(seed_tensor, device)
 
 
 def _select_gather_sizes(x, seed, seed_tensor, num_keep, num_prefix_tokens, ordered, keep, drop):
@@ -274,20 +276,34 @@ def _select_gather_sizes(x, seed, seed_tensor, num_keep, num_prefix_tokens, orde
     _select_sizes(seed, seed_tensor, x.shape[0], num_tokens, num_keep, x.device, ordered, True, keep, drop)
 
 
+def _check_inverse(inv, like: torch.Tensor, num_tokens: int) -> None:
+    """inv: None or int32 [B, num_tokens] on the device of ``like`` (the backward's scatter map; helper-205: the cuda
+    and triton backends took N from it, the torch backend from num_tokens)."""
+    if inv is not None and (tuple(inv.shape) != (like.shape[0], num_tokens) or inv.device != like.device):
+        raise ValueError(f"inv must be None or [batch={like.shape[0]}, num_tokens={num_tokens}] on {like.device}, got "
+                         f"{tuple(inv.shape)} on {inv.device}")  # fmt: skip
+    if inv is not None and inv.dtype != torch.int32:
+        raise TypeError(f"inv must be int32, got {inv.dtype}")
+
+
 def _gather_sizes(x, ids, inv, num_prefix_tokens):
-    """gather_tokens' own check: the ids' shape, dtype and device against x (their values are not read)."""
-    _check_ids(x, ids, _check_tokens(x, num_prefix_tokens), False)
+    """gather_tokens' own check: the ids' shape, dtype and device against x (their values are not read), inv's."""
+    num_prefix_tokens = _check_tokens(x, num_prefix_tokens)
+    _check_ids(x, ids, num_prefix_tokens, False)
+    _check_inverse(inv, x, x.shape[1] - num_prefix_tokens)
 
 
 def _scatter_sizes(grad_y, ids, inv, num_prefix_tokens, num_tokens):
-    """scatter_tokens' own check: ids [B, K] of grad_y's K kept tokens, K <= num_tokens, and inv [B, num_tokens] or
-    None (helper-205: the cuda and triton backends took N from inv, the torch backend from num_tokens)."""
+    """scatter_tokens' own check: ids [B, K] of grad_y's K kept tokens, K <= num_tokens, and inv."""
     batch, kept = grad_y.shape[0], grad_y.shape[1] - _check_tokens(grad_y, num_prefix_tokens)
     if not isinstance(ids, torch.Tensor) or tuple(ids.shape) != (batch, kept) or kept > num_tokens:
         got = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise ValueError(f"ids must be [batch={batch}, K={kept}] with K <= num_tokens={num_tokens}, got {got}")
-    if inv is not None and tuple(inv.shape) != (batch, num_tokens):
-        raise ValueError(f"inv must be [batch={batch}, num_tokens={num_tokens}] or None, got {tuple(inv.shape)}")
+    if ids.dtype not in INDEX_DTYPES:
+        raise TypeError(f"ids must be int64 (or int32), got {ids.dtype}")
+    if ids.device != grad_y.device:
+        raise ValueError(f"ids must be on the device of grad_y ({grad_y.device}), got {ids.device}")
+    _check_inverse(inv, grad_y, num_tokens)
 
 
 def _select_reference(

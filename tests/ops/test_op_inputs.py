@@ -502,7 +502,7 @@ def _direct_calls():
         "gather ids": (lambda: ops.gather_tokens(x, torch.zeros(2, 11, dtype=torch.long, device=DEVICE), None, 1),
                        "ids must be"),
         "scatter inv": (lambda: ops.scatter_tokens(x[:, :6], x[:, :5, 0].long(), x[:, :, 0].int(), 1, 10),
-                        r"inv must be \[batch=2, num_tokens=10\]"),  # (the cuda and triton backends took N from inv)
+                        r"inv must be None or \[batch=2, num_tokens=10\]"),  # (cuda, triton: N from inv)
         "scatter ids": (lambda: ops.scatter_tokens(x[:, :6], x[:, :4, 0].long(), None, 1, 10), "ids must be"),
         "cell mask": (lambda: ops.grid_cell_mask(seed, None, 2, 4, 5, DEVICE), "num_keep"),
         "image random": (lambda: ops.mask_image_grid_random(images, seed, None, 32, 5, 0.0), "num_keep"),
@@ -529,3 +529,30 @@ def test_the_internal_ops_refuse_sizes_their_kernels_would_overrun_on_every_back
     op, match = _direct_calls()[call]
     with mk.use_backend(backend), pytest.raises(ValueError, match=match):
         op()
+
+
+def _direct_type_errors():
+    ops, x = torch.ops.masksub, torch.zeros(2, 11, 4, device=DEVICE)
+    seed32 = torch.zeros(1, dtype=torch.int32, device=DEVICE)  # helper-207: cuda refused it, torch and triton ran
+    ids, inv64 = torch.zeros(2, 5, dtype=torch.long, device=DEVICE), torch.zeros(2, 10, dtype=torch.long, device=DEVICE)
+    return {
+        "select seed tensor": lambda: ops.select_tokens(0, seed32, 2, 10, 5, DEVICE, False, True, None, None),
+        "select_gather seed tensor": lambda: ops.select_gather_tokens(x, 0, seed32, 5, 1, False, None, None),
+        "cell mask seed tensor": lambda: ops.grid_cell_mask(0, seed32, 2, 4, 2, DEVICE),
+        "scatter int64 inv": lambda: ops.scatter_tokens(x[:, :6], ids, inv64, 1, 10),
+        "gather int64 inv": lambda: ops.gather_tokens(x, ids, inv64, 1),
+    }
+
+
+@pytest.mark.parametrize("call", sorted(_direct_type_errors()))
+def test_the_internal_ops_refuse_operands_of_another_dtype_on_every_backend(backend, call):
+    with mk.use_backend(backend), pytest.raises(TypeError, match=r"must (hold one int64|be int32)"):
+        _direct_type_errors()[call]()
+
+
+def test_gather_refuses_the_empty_no_inverse_map_at_the_call(backend):
+    # helper-207: select_tokens' [0, N] "no inverse" passed to gather_tokens was refused only in the backward
+    x, ids = torch.zeros(2, 7, 4, device=DEVICE), torch.zeros(2, 3, dtype=torch.long, device=DEVICE)
+    empty = torch.zeros(0, 6, dtype=torch.int32, device=DEVICE)
+    with mk.use_backend(backend), pytest.raises(ValueError, match=r"inv must be None or \[batch=2, num_tokens=6\]"):
+        torch.ops.masksub.gather_tokens(x, ids, empty, 1)
