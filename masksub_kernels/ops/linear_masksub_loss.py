@@ -52,7 +52,7 @@ from . import _linear_loss_kernels as kernels
 from ._common import FLOAT_DTYPES, cdiv, masksub_op
 from ._linear_loss_chunks import backward_in_chunks, sync_free
 from ._linear_loss_grads import _grads_wanted, _linear_loss_grads_op
-from .losses import MaskSubLoss, _check_options, _check_target, _number, _reduce, _row_count
+from .losses import MaskSubLoss, _check_options, _check_target, _number, _reduce, _row_count, fp64_threshold_applied
 from .masksub_loss import MAIN, NUM_OUT, SUB, loss_backward_reference, loss_forward_reference
 
 CHUNK_ELEMENTS = 2**20  # logits per chunk of the reference: rows per chunk = max(1, CHUNK_ELEMENTS // C)
@@ -497,7 +497,7 @@ def _check_all(hidden, sub_hidden, weight, bias, target, mode, reduction, label_
     options = _check_options(mode, reduction, label_smoothing, ignore_index, temperature, target_threshold)
     # masksub_loss's target check needs the logits only for their shape and device: one element, expanded
     logits_like = hidden.new_empty(()).expand(hidden.shape[0], weight.shape[0])
-    return _check_target(logits_like, target, options.ignore_index), options
+    return fp64_threshold_applied(_check_target(logits_like, target, options.ignore_index), hidden.dtype, options)
 
 
 # The single-branch function shares linear_masksub_loss's ops: it reports its own calls (MaskSubOp.report_as)

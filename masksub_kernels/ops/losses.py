@@ -182,8 +182,19 @@ def _check_options(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def fp64_threshold_applied(target: torch.Tensor | None, dtype: torch.dtype, options: _Options):
+    """(target, options): with fp64 logits, a threshold and probabilities, q := [q > threshold] compared here in
+    fp64, as the reference compares, and the op given the 0 / 1 target without a threshold. The kernels compute fp64
+    inputs in fp32, where q = 0.3 (an fp32 0.3 is 0.30000001) is not above 0.3: a whole class's target flipped."""
+    if options.target_threshold is None or dtype != torch.float64 or target is None or not target.is_floating_point():
+        return target, options
+    binarised = (target.to(torch.float64) > options.target_threshold).to(target.dtype)
+    return binarised, options._replace(target_threshold=None)
+
+
 def _terms(logits, sub_logits, target, options: _Options, main_weight: float, sub_weight: float, reduction: str):
     """MaskSubLoss of the checked arguments: the per-row op for 'none', the reduced op otherwise."""
+    target, options = fp64_threshold_applied(target, logits.dtype, options)
     if reduction == "none":
         out = _loss_op(logits, sub_logits, target, *options)
         main, sub = _reduce(out[MAIN], 1, "none"), _reduce(out[SUB], 1, "none")

@@ -23,7 +23,8 @@ from masksub_kernels.ops._linear_loss_grads import _linear_loss_grads_op
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
-GRAD_RTOL = {F32: 1e-5, F16: 4e-3, BF16: 1e-2}  # bf16 measured: 6.7e-3 rounded to nearest, 1.25e-2 truncated
+# bf16 measured: 6.7e-3 rounded to nearest, 1.25e-2 truncated; fp64 computed in fp32 by the kernels
+GRAD_RTOL = {F32: 1e-5, F16: 4e-3, BF16: 1e-2, torch.float64: 1e-5}
 
 
 OP_BACKENDS = ["torch", *(name for name in kernel_backends() if name != "cuda")]  # no CUDA-extension version yet
@@ -576,3 +577,14 @@ def test_grads_in_forward_opcheck_and_torch_compile(op_backend, several_chunks):
     torch.testing.assert_close(out.loss.double(), expected.loss.detach().double(), rtol=1e-5, atol=1e-6)
     for a, e in zip(ours, ref_leaves):
         assert_grad_close(a.grad, e.grad, GRAD_RTOL[F32], "grad")
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_fp64_target_threshold_compares_in_fp64(op_backend, reduction):
+    # As masksub_loss's: the kernels compute fp64 inputs in fp32, the threshold is compared in fp64 as the composite
+    # compares it (the fp32 0.3 and the fp64 0.3 + 1e-10 are above 0.3 in fp64, not in fp32: a class's target flipped)
+    h, hs, w, b, _ = make_inputs(rows=2, classes=4, dtype=torch.float64)
+    target = torch.tensor([[0.3, 1.0, 0.0, 0.3], [0.3 + 1e-10, 0.0, 1.0, 0.2]], dtype=torch.float64, device=DEVICE)
+    for tgt in (target.float(), target):
+        check_against_composite((h, hs, w, b, tgt), mode="bce", target_threshold=0.3, reduction=reduction)
+        assert mk.last_backend("linear_masksub_loss") == op_backend
