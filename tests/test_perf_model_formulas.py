@@ -105,7 +105,57 @@ def test_the_fused_ops_chunks_by_hand():
     # the backward's scaling: dH, dHs bf16 in place 2 x M D x 4 = 100,663,296; dW fp32 -> bf16 C D x 6 =
     # 140,645,376; db C x 6 = 183,132: 241,491,804 bytes at 1e12/s = 241.491804 us
     assert b["backward_scaling"] == 241.5
-    assert f["us"] == pytest.approx(16384 + 163.84 + 459 + 241.491804)
+    # the forward's copies: dW's fp32 accumulator [30522, 776] zeroed 94,740,288; the rows stacked 8 M D =
+    # 100,663,296; dH's rows from the fp32 product 12 M D = 150,994,944: 346,398,528 bytes = 346.398528 us
+    assert b["forward_copies"] == 346.4
+    assert f["us"] == pytest.approx(16384 + 163.84 + 459 + 241.491804 + 346.398528)
+
+
+def _fused_calls(budget_mib: float | None = None) -> tuple[dict, list]:
+    """_fused at BERT's shape (under the benchmark's chunking(budget_mib) where given) with every chunk's matmuls
+    1 us per row and no loss kernels; also the (rows, splits) of each _chunk_us call."""
+    from masksub_kernels.bench.linear_loss import chunking
+
+    calls = []
+
+    def chunk_us(card, rows, d, c, splits):
+        calls.append((rows, splits))
+        return 1.0 * rows, 0.0, []
+
+    def forward(shape, rows):
+        return {"torch": 6 * -(-shape[1] // rows) + 20, "triton": -(-shape[1] // rows) + 1}
+
+    with mock.patch.object(ll, "_chunk_us", chunk_us), mock.patch.object(ll, "recorded_forward", forward):
+        with chunking(budget_mib) if budget_mib is not None else contextlib.nullcontext():
+            return ll._fused(ROUND), calls
+
+
+def test_chunk_rows_that_divide_m_leave_no_empty_last_chunk():
+    # (helper-210) kills chunks = M // R + 1: right at BERT's 16384 / 384, one chunk too many, of 0 rows, where R
+    # divides M. The benchmark's 128 MiB budget: 2^27 // (2 x 30528 x 4) = 549 -> 512 rows; 16384 / 512 = 32 chunks,
+    # the last a full 512 (the mutant: 33 chunks, the last of 0 rows, a 0-row chunk's launches charged)
+    f, _ = _fused_calls(budget_mib=128)
+    assert (f["chunk_rows"], f["chunks"], f["last_chunk_rows"]) == (512, 32, 512)
+    assert f["breakdown"]["matmuls"] == 16384.0 and f["chunk_equivalents"] == 32.0
+    assert f["device_launches"] == (6 * 32 + 20) + (32 + 1) + 3 * 32 + 8
+
+
+def test_each_chunk_is_charged_the_class_split_of_its_own_rows():
+    # (helper-210) kills the full chunks charged the last chunk's split: at BERT's shape the 384-row chunks keep
+    # one program per row (384 >= 2 programs x 132 SMs) and the 256-row last one splits its classes (256 < 264),
+    # which decides whether dH's fp32 product is read before it is added to (_chunk_us's 2 - splits)
+    _, calls = _fused_calls()
+    assert calls == [(384, False), (256, True)]
+
+
+def test_the_fused_ops_extra_memory_at_berts_shape_by_hand():
+    # (helper-210) kills the inputs' element size 4, not bf16's 2. modelled_extra_mb(16384, 768, 30522, 2): the
+    # chunk's logits 2 x 384 x 30528 x 4 = 93,782,016; the stacked rows 2 x 384 x 776 x 2 = 1,191,936; the stats
+    # 16384 x 9 x 4 = 589,824; dW's fp32 accumulator 30522 x 776 x 4 = 94,740,288; dH's fp32 temporary
+    # 2 x 384 x 768 x 4 = 2,359,296; the row ids 16384 x 8 = 131,072; the tail's kept columns 2 x 16384 x 8 x 2 =
+    # 524,288: 193,318,720 bytes = 184.363 MiB (the mutant: 95.6 MiB, no accumulator)
+    f, _ = _fused_calls()
+    assert f["extra_mib"] == pytest.approx(193_318_720 / 2**20)
 
 
 def _predict_stubbed(card: Card = ROUND) -> tuple[dict, dict]:
@@ -133,21 +183,21 @@ def _predict_stubbed(card: Card = ROUND) -> tuple[dict, dict]:
 
 def test_the_composites_and_ratios_by_hand():
     # kills L15 (the composite's 6 matmul units), L16 (compile's passes in bf16 bytes), L17 (the eager composite's
-    # 30 launches dropped), L18 (TFLOP/s off by 10), L19 and L20 (ratio = composite / fused, not fused / composite),
-    # L22 (the eager composite's 57 [M, C] passes)
+    # 34 launches dropped), L18 (TFLOP/s off by 10), L19 and L20 (ratio = composite / fused, not fused / composite),
+    # L22 (the eager composite's 59 [M, C] passes)
     result, _ = _predict_stubbed()
     # one unit 2 M D C = 2 x 16384 x 768 x 30522 = 768,111,280,128 flops; 6 units at 1e15/s = 4608.668 us
     # L = one bf16 [M, C] = 16384 x 30522 x 2 = 1,000,144,896 bytes = 1000.145 us at 1e12/s
-    # eager: 4608.668 + 57 L 57008.259 + 30 launches 30 = 61646.927 us
+    # eager: 4608.668 + 59 L 59008.549 + 34 launches 34 = 63651.217 us
     # compiled: 4608.668 + 6 L 6000.869 + 8 launches 8 = 10617.537 us
     times = {p["provider"]: p for p in result["providers"]}
-    assert times["official (eager)"]["predicted_us"] == 61646.9
+    assert times["official (eager)"]["predicted_us"] == 63651.2
     assert times["compile(official) (assumed fused)"]["predicted_us"] == 10617.5
     # the fused op's TFLOP/s: 6 units / 100,000 us = 4.608668e18 / 1e5 / 1e-6 / 1e12 = 46.09 TFLOP/s, 4.6% of 1000
     fused = times["masksub[triton] (grads in forward)"]
     assert (fused["tflops"], fused["percent_of_bf16_peak"]) == (46.1, 4.6)
-    # composite time / fused time: 61646.9 / 100000 = 0.62, 10617.5 / 100000 = 0.11
-    assert (result["ratio_vs_eager"], result["ratio_vs_compiled"]) == (0.62, 0.11)
+    # composite time / fused time: 63651.2 / 100000 = 0.64, 10617.5 / 100000 = 0.11
+    assert (result["ratio_vs_eager"], result["ratio_vs_compiled"]) == (0.64, 0.11)
     assert all(p["ratio_vs_compiled"] == 0.11 for p in result["chunk_sweep"])
     # dW's ridge: 4 R D C flops / 1e15 = C D 8 bytes / 1e12 at R = 2 x 1e15 / 1e12 = 2000 rows
     assert result["assumptions"]["dw_ridge_rows"] == 2000
@@ -298,3 +348,15 @@ def test_the_liger_check_by_hand():
     # kernel 0 us: 584.288 us = 0.5843 ms, -26.7%: outside the 20% band (below it)
     check = _liger_check(0.0)
     assert (check.predicted, check.passed) == (0.5843, False)
+
+
+def test_the_liger_check_reads_the_logits_and_the_targets():
+    # (helper-210) kills the int64 targets left out of the kernel's bytes read: Liger's kernel reads the logits
+    # 8192 x 32000 x 2 = 524,288,000 bytes and the 8192 targets x 8 = 65,536, writes the gradient over the logits
+    pytest.importorskip("liger_kernel")
+    launch = SimpleNamespace(name="liger_cross_entropy_kernel", bound={"BLOCK_SIZE": 32768})
+    with _calibration_stubbed(213.712, launch) as calibration:
+        with mock.patch("liger_kernel.ops.cross_entropy.cross_entropy_forward"):
+            calibration.liger_check(H100)
+            predict = calibration.predict_launch
+    assert predict.call_args.args[2] == ([1], 32768, 524_288_000 + 65_536, 524_288_000)

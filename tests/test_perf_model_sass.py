@@ -334,3 +334,38 @@ def test_a_step_with_its_end_marker_was_not_stopped():
     assert ncu.why_no_rows(text) == ": the GPU's performance counters were locked (ERR_NVGPUCTRPERM)"
     assert ncu.why_no_rows("== ncu_csv begin\n== ncu_csv end rc=0\n") == ""
     assert "stopped before" in ncu.why_no_rows("== ncu_csv begin\n==PROF== Profiling\n")
+
+
+def test_one_block_an_sm_waits_the_round_trips_of_every_program_it_runs():
+    # kills M9 (t_waits = iterations x latency: the busiest SM's programs each wait their own round trips; the
+    # existing test runs one program an SM). 10 programs on 4 SMs: 3 on the busiest; 200,000 bytes of shared
+    # memory + 1 KB reserved leave one block resident (233472 // 201024 = 1), so nothing overlaps
+    card = T
+    ops = ["S2R", "LDG.E.128", "FFMA", "IADD3", "BRA 0x10", "LDG.E.U16", "FFMA", "BRA 0x50", "EXIT"]
+    code = [sass.Instruction(0x10 * i, op.split()[0], op.split()[1] if " " in op else "") for i, op in enumerate(ops)]
+    function = sass.Function("k", code, 32, 0, 0, 0, sass._loops(code))
+    k = predict_kernel(card, function, "k", (10, 1, 1), 1, 200_000, [(100, 50)], 32, 51_200, 0)
+    assert k.occupancy.resident_blocks == 1 and not k.overlapped
+    # issue 3 programs x 1 warp x 552 / 4e9 / busy 0.25 = 1.656 us; waits 3 x (100 + 50) x 1 us = 450 us
+    assert k.t_issue_us == pytest.approx(1.656)
+    assert k.t_kernel_us == pytest.approx(451.656) and k.t_latency_us == pytest.approx(450.0)
+
+
+def test_the_latency_bound_counts_the_loads_alone():
+    # kills M13 (the Little's-law bound on the bytes read + written: stores do not wait for a round trip). The
+    # roofline test's kernel (3 programs an SM, 2 warps, 512 B a warp in flight: 12288 B over 4 SMs) on a card of
+    # 15 ns: 3e6 B read x 15 ns / 12288 B = 3.66 us, under the roofline's 4 us (the mutant: 4e6 B: 4.88 us)
+    card = Card("T0", sms=4, clock_ghz=1.0, copy_tbps=1.0, dram_latency_ns=15.0, launch_us=1.0)
+    code = [sass.Instruction(0x10 * i, op, "0x10" if op == "BRA" else "") for i, op in
+            enumerate(["S2R", "LDG.E.128", "FFMA", "BRA", "EXIT"])]  # fmt: skip
+    k = predict_kernel(card, sass.Function("k", code, 32, 0, 0, 0, sass._loops(code)), "k", (10, 1, 1), 2, 0,
+                       [10], 256, 3_000_000, 1_000_000)  # fmt: skip
+    assert k.t_memory_us == pytest.approx(4.0) and k.t_latency_us == 0
+
+
+def test_occupancy_of_a_small_block_is_the_cards_block_limit():
+    # kills M14 (33 blocks an SM): 1 warp of 16 registers (512 a warp: 128 blocks by registers), 2048 // 32 = 64 by
+    # threads: the 32 resident blocks of sm_90 decide
+    card = Card("T", sms=4, clock_ghz=1.0, copy_tbps=1.0)
+    occ = occupancy(card, sass.Function("k", [], 16, 0, 0, 0, []), 1, 0, 80)
+    assert (occ.resident_blocks, occ.limiter) == (32, "blocks")

@@ -61,7 +61,7 @@ TINY_SHAPES = [("tiny", 8, 16, 32, (torch.float32,))]
 CHUNK_SWEEP = [(48, 2), (128, 2), (192, 2), (96, 5)]
 # The chunk floor's pair (GPU, bf16, 'full' only, after everything else): RoBERTa's vocabulary, where the 96 MiB
 # budget alone gives 192 rows per chunk and the op's floor 384 (GRADS_CHUNK_MIN_ROWS of ops/_linear_loss_chunks.py:
-# predicted 20.7 -> 16.0 ms on an H200, tools/perf_model); masksub[triton] (the floor) and masksub[triton]:R=192
+# predicted 21.4 -> 16.4 ms on an H200, tools/perf_model); masksub[triton] (the floor) and masksub[triton]:R=192
 FLOOR_SHAPES = [("RoBERTa-base MLM", 16384, 768, 50265, (torch.bfloat16,))]
 MLM_COUNTED = (3, 20)  # rows i with i % 20 < 3 count: 15%, BERT's share of predicted positions (fused_recompute_mlm)
 

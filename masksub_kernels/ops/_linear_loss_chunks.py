@@ -71,7 +71,7 @@ GRADS_CHUNK_BYTES = 96 * 2**20
 # multiples of 64, below that): per chunk dW's matmul moves C D 8 bytes for its 4 R D C flops, so below R ~ 2 F / BW
 # (~320 rows on an H200, ~460 on an H100 at the perf model's assumed rates) those passes outlast the matmul, and the
 # budget alone gives large vocabularies few rows (64 at C = 128256: predicted 2.5x slower at M = 16384, D = 4096;
-# 1.29x at RoBERTa's 50265). 384: the H200's knee, within issue 13's 5% memory goal at RoBERTa's shape (512 rows:
+# 1.31x at RoBERTa's 50265). 384: the H200's knee, within issue 13's 5% memory goal at RoBERTa's shape (512 rows:
 # 5.6%); the buffer is then ~3 KiB per class, at most 1 / 32 of the composite's least memory.
 GRADS_CHUNK_MIN_ROWS = 384
 GRADS_CHUNK_MIN_SHARE = 32

@@ -55,9 +55,18 @@ H100 = Card("H100", sms=132, clock_ghz=1.98, copy_tbps=3.0)
 CARDS = {card.name: card for card in (H200, H100)}
 
 
+# Other forms of the same chips, with other figures: an H100 PCIe has 114 SMs and ~2 TB/s, the NVL cards other
+# clocks and bandwidths; none is modelled
+OTHER_FORMS = ("PCIE", "NVL")
+
+
 def card_for_device(device_name: str) -> Card | None:
-    """The card of a torch.cuda device name ('NVIDIA H200', 'NVIDIA H100 80GB HBM3'), or None."""
+    """The card of a torch.cuda device name ('NVIDIA H200', 'NVIDIA H100 80GB HBM3'), or None (an unknown card, or
+    a PCIe / NVL form of a known chip: its SXM figures would be wrong there)."""
+    upper = device_name.upper()
+    if any(form in upper for form in OTHER_FORMS):
+        return None
     for name, card in CARDS.items():
-        if name in device_name.upper():
+        if name in upper:
             return card
     return None

@@ -35,10 +35,12 @@ backward):
     forward: main.float() 3, softmax 4, sub.float() 3, log_softmax 4, neg 4, mul 6, sum 2, main.float() for
              cross_entropy 3, its log_softmax 4                                                       = 33 L
     backward: mul 4, log_softmax backward 6, sub.float() backward 3, nll_loss backward (zeros + scatter) 2,
-              log_softmax backward 6, main.float() backward 3                                         = 24 L
+              log_softmax backward 6, main.float() backward 3, F.linear's bias gradients (a column sum of
+              each branch's bf16 gradient) 2                                                          = 26 L
 - compile(official): ASSUMED fully fused by inductor into one forward pass reading both bf16 logits (2 L) and one
-  backward pass reading both and writing both bf16 gradients (4 L): 6 L, the fewest any materialising
-  implementation moves (the measured compiled graph may move more).
+  backward pass reading both and writing both bf16 gradients (4 L), the bias gradients' column sums fused into it:
+  6 L, the fewest any materialising implementation moves (the measured compiled graph may move more; the sums in
+  passes of their own would be 8 L).
 
 Beside the predictions, MEASUREMENTS where a GPU run of the card is committed (measured_reference, built by
 linear_loss_measured.py): the composites' measured times at SHAPE, and the fused op's prediction with its loss
@@ -67,7 +69,8 @@ from .workloads import kernel_terms
 HOST_ROWS = [192, 384, 512, 768]  # rows per chunk of the host prediction (the benchmark's sweep and its default)
 
 SHAPE = ("BERT-base MLM", 16384, 768, 30522)  # the benchmark's GPU shape (issue 13)
-EAGER_PASSES = 33 + 24  # bf16 [M, C] units of the official eager composite (module docstring)
+EAGER_PASSES = 33 + 26  # bf16 [M, C] units of the official eager composite (module docstring)
+EAGER_LAUNCHES = 34
 COMPILED_PASSES = 2 + 4  # the assumed fused passes of torch.compile(official)
 META = torch.device("meta")
 
@@ -196,7 +199,13 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
     # fp32 accumulator into bf16 (read 4, write 2), db likewise; their time at copy bandwidth (launches above)
     scaling_bytes = 2 * m * d * 4 + c * d * 6 + c * 6
     scaling_us = scaling_bytes / card.copy_bytes_per_s * 1e6
-    fused_us = matmuls_us + loss_us + launches_us + scaling_us
+    # the forward's copies beside the matmuls (their launches above), at copy bandwidth: dW's fp32 accumulator
+    # [C, D + pad] zeroed once (written), each chunk's hidden rows copied into the stacked buffer (read and written,
+    # 2 bytes each, both branches: 8 M D over the chunks) and dH's rows from the fp32 product (read 4, written 2,
+    # both branches: 12 M D) (helper-210: launched, and until 2026-12-06 not charged)
+    copies_bytes = c * chunk_loop.padded_depth(d) * 4 + 20 * m * d
+    copies_us = copies_bytes / card.copy_bytes_per_s * 1e6
+    fused_us = matmuls_us + loss_us + launches_us + scaling_us + copies_us
     return {
         "us": fused_us,
         "chunk_rows": r,
@@ -216,6 +225,7 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
             "loss_kernels": round(loss_us, 1),
             "launches": round(launches_us, 1),
             "backward_scaling": round(scaling_us, 1),
+            "forward_copies": round(copies_us, 1),
             "loss_kernels_per_chunk": loss_kernels,  # a full chunk's
             "loss_kernels_by_kernel": {kernel: round(us, 2) for kernel, us in loss_by_kernel.items()},
         },
@@ -280,7 +290,9 @@ def predict(card: Card, records: list[dict] | None = None) -> dict:
     big = m * c * 2  # one bf16 [M, C]: L
     fused = _fused(card)
     matmul_us = _matmul_bound_us(card, SHAPE)
-    eager_us = matmul_us + EAGER_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * 30
+    # its launches: the device ops the official composite's forward and backward make at this shape (34, counted
+    # by helper-210 under a dispatch mode on the CPU; 30 before 2026-12-06)
+    eager_us = matmul_us + EAGER_PASSES * big / card.copy_bytes_per_s * 1e6 + card.launch_us * EAGER_LAUNCHES
     compiled_us = _compiled_us(card, SHAPE)
     composite_mib = modelled_extra_mb(m, d, c, 2)["composite"]  # extra memory beyond inputs and gradients
     today = {
@@ -383,7 +395,8 @@ def markdown(result: dict) -> list[str]:
         f"{result['ratio_vs_compiled']:.2f}x vs compiled. Fused breakdown: matmuls {b['matmuls']:.0f} us, loss "
         f"kernels {b['loss_kernels']:.0f} us (the bias added as they read; db in dW's matmul), launches "
         f"{b['launches']:.0f} us, the backward's scaling of the stored gradients (in fp32) "
-        f"{b['backward_scaling']:.0f} us. "
+        f"{b['backward_scaling']:.0f} us, the forward's copies (dW's accumulator zeroed, the rows stacked, dH's rows "
+        f"from the fp32 product) {b['forward_copies']:.0f} us. "
         f"Extra memory (model): fused "
         f"{mem['fused']:.0f} MiB = {mem['percent']:.1f}% of the composite's lower bound "
         f"({mem['composite_lower_bound']:.0f} MiB: 4 bf16 [M, C]).",
