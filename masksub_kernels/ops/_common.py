@@ -181,7 +181,18 @@ class MaskSubOp:
 
     def register_fake(self, fake):
         self._fake = fake
-        self.custom_op.register_fake(fake)
+        check = self._check
+
+        @functools.wraps(fake)
+        def checked_fake(*args):
+            # a direct torch.ops.masksub call with an operand on the meta device reaches the fake, not run(): the
+            # same check first (helper-209). Not for a tracer's fake tensors (sizes that may be symbolic): the
+            # compiled code's call runs the check when it runs
+            if check is not None and not _tracing(args):
+                check(*args)
+            return fake(*args)
+
+        self.custom_op.register_fake(checked_fake)
         return fake
 
     def register_autograd(self, backward, *, setup_context, differentiable: bool = False) -> None:

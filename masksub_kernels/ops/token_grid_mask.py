@@ -71,6 +71,8 @@ def _token_op_sizes(tokens, mask_token=None, cell_size=None, num_keep=None, seed
     _check_extent(*tokens.shape, name)
     if mask_token is not None:
         _check_mask_token(tokens, mask_token)
+        if mask_token.dim() != 1:  # the public functions reshape [1, ..., 1, C]; the ops' backward returns [C]
+            raise ValueError(f"the op's mask_token must be [C={tokens.shape[3]}], got {tuple(mask_token.shape)}")
     if num_keep is not None:
         _random_cell_sizes(*tokens.shape[:3], cell_size, num_keep, seed_tensor, tokens.device)
 

@@ -465,3 +465,50 @@ def test_random_cells_break_equal_draws_by_position(backend):
     with mk.use_backend(backend):
         out, mask = mk.mask_image_grid(images, ratio, cell_size=cell, seed=seed)
     assert torch.equal(mask.cpu(), expected_mask) and torch.equal(out.cpu(), expected_out)
+
+
+@pytest.mark.parametrize("height", [80, 64 + 8])
+def test_a_height_off_the_cells_is_refused_on_every_backend(backend, height):
+    # helper-209: every not-divisible case had its width off the cells (64 x 80, tokens 16 x 12); a height off them
+    # alone was let through by a check of the width only, and the backends then masked a floored grid (the torch
+    # reference failed with a shape mismatch, Triton left the last rows unmasked)
+    images = torch.zeros(2, 3, height, 64, device=DEVICE)
+    with pytest.raises(ValueError, match="not divisible by cell_size=32"):
+        mk.mask_image_grid(images)
+    with pytest.raises(ValueError, match="not divisible by cell_size=32"):  # the op's own check too
+        torch.ops.masksub.mask_image_grid_random(images, 3, None, 32, 1, 0.0)
+    cells = torch.zeros(2, height // 32, 2, dtype=torch.bool, device=DEVICE)  # the floored grid's mask
+    with pytest.raises(ValueError, match="not divisible by cell_size=32"):  # the cell mask's check (check_cell_mask)
+        torch.ops.masksub.mask_image_grid(images, cells, 32, 0.0)
+    tokens = torch.zeros(2, height // 4, 16, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="not divisible by cell_size=8"):
+        mk.mask_tokens_grid(tokens, torch.zeros(8, device=DEVICE))
+
+
+def test_the_internal_ops_refuse_a_cell_mask_of_another_batch_on_every_backend(backend):
+    # a [1, G_h, G_w] mask for 2 images: the torch backend broadcast it over the batch, Triton read past it for image 1
+    images, tokens = (
+        torch.randn(2, 3, 64, 64, device=DEVICE),
+        torch.randn(2, 16, 16, 4, device=DEVICE),
+    )
+    one = torch.zeros(1, 2, 2, dtype=torch.bool, device=DEVICE)
+    with pytest.raises(ValueError, match=r"cell_mask must have shape \[2, 2, 2\], got \[1, 2, 2\]"):
+        torch.ops.masksub.mask_image_grid(images, one, 32, 0.0)
+    with pytest.raises(ValueError, match=r"cell_mask must have shape \[2, 2, 2\], got \[1, 2, 2\]"):
+        torch.ops.masksub.mask_tokens_grid(tokens, torch.zeros(4, device=DEVICE), one, 8)
+    with pytest.raises(ValueError, match=r"cell_mask must have shape \[2, 2, 2\], got \[1, 2, 2\]"):
+        torch.ops.masksub.mask_tokens_grid_backward(tokens, one, 8, True, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_images_and_tokens_are_refused_as_a_type_error(dtype):
+    # floating point, but none of the four dtypes the kernels take: a TypeError naming them, not a failure inside a
+    # backend (the fill value's bit pattern has no 8-bit integer type)
+    images, tokens = (
+        torch.zeros(2, 3, 64, 64, dtype=dtype),
+        torch.zeros(2, 16, 16, 4, dtype=dtype),
+    )
+    with pytest.raises(TypeError, match="images must be float32, float16, bfloat16 or float64"):
+        mk.mask_image_grid(images.to(DEVICE))
+    with pytest.raises(TypeError, match="tokens must be float32, float16, bfloat16 or float64"):
+        mk.mask_tokens_grid(tokens.to(DEVICE), torch.zeros(4, dtype=dtype, device=DEVICE))
