@@ -153,3 +153,16 @@ def test_the_token_ops_take_a_mask_token_of_c_elements_only(backend):
         torch.ops.masksub.mask_tokens_grid(tokens, token, cells, 2)
     with pytest.raises(ValueError, match=r"the op's mask_token must be \[C=3\], got \(1, 1, 3\)"):
         torch.ops.masksub.mask_tokens_grid_random(tokens, token, 1, None, 2, 2)
+
+
+def test_the_token_ops_refuse_integer_tokens_on_every_backend(backend):
+    # the token ops' own check takes the tokens' dtype too (helper-209's TG6, dropping it: int32 tokens reached the
+    # backends, which failed each in its own way or masked them)
+    tokens, token = torch.zeros(1, 4, 4, 3, dtype=torch.int32, device=DEVICE), torch.zeros(3, dtype=torch.int32)
+    cells = torch.tensor([[[True, False], [False, True]]], device=DEVICE)
+    with pytest.raises(TypeError, match="tokens must be float32, float16, bfloat16 or float64"):
+        torch.ops.masksub.mask_tokens_grid(tokens, token.to(DEVICE), cells, 2)
+    with pytest.raises(TypeError, match="tokens must be float32, float16, bfloat16 or float64"):
+        torch.ops.masksub.mask_tokens_grid_random(tokens, token.to(DEVICE), 1, None, 2, 2)
+    with pytest.raises(TypeError, match="grad_out must be float32, float16, bfloat16 or float64"):
+        torch.ops.masksub.mask_tokens_grid_backward(tokens, cells, 2, True, True)
