@@ -46,6 +46,9 @@ _backend.register_op_names(
 NO_IGNORE = -(2**63)
 _ABSENT = object()  # _check_options' ignore_index for the losses without one
 FP32_MAX = torch.finfo(torch.float32).max
+# Rows of the loss kernels: one program (or a row of class splits) per row, a GPU grid's x axis (the cuda binding's
+# bound too: a launch past it failed with "invalid argument", helper-208)
+MAX_ROWS = 2**31 - 1
 # The kernels use T, T^2 and 1 / T in fp32: T^2 and 1 / T^2 stay normal fp32 numbers for T >= 2^-63. Above 2^13
 # the sub-branch gradient T (softmax(s / T) - softmax(z / T)) (sigmoids for BCE) loses its precision to
 # cancellation: both terms tend to 1 / C (1/2), their difference is ~ (s - z) / (T C), and each carries fp32's
@@ -71,6 +74,8 @@ def _check_logits(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} must be [rows, classes] (2-D, classes >= 1), got shape {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
+    if x.shape[0] > MAX_ROWS:  # every backend refuses what the kernels' one program per row cannot launch
+        raise ValueError(f"{name} may have at most {MAX_ROWS} rows (2^31 - 1), got {x.shape[0]}")
 
 
 def _check_pair(sub: torch.Tensor, main: torch.Tensor) -> None:

@@ -321,6 +321,22 @@ def test_logits_without_classes_are_refused(backend):
             call()
 
 
+def _losses_of_rows(rows: int) -> tuple:
+    logits, target = torch.empty(rows, 1, device="meta"), torch.empty(rows, dtype=torch.long, device="meta")
+    return (lambda: mk.masksub_loss(logits, logits, target, mode="bce"),
+            lambda: mk.self_distillation_loss(logits, logits))  # fmt: skip
+
+
+def test_logits_of_more_rows_than_a_grid_holds_are_refused(backend):
+    # one program per row: past 2^31 - 1 rows the cuda launch failed with "invalid argument" and Triton's grid
+    # overflowed (helper-208); every backend refuses up front (meta tensors: sizes only). 2^31 - 1 rows pass
+    for call in _losses_of_rows(2**31):
+        with pytest.raises(ValueError, match=r"at most 2147483647 rows \(2\^31 - 1\), got 2147483648"):
+            call()
+    for call in _losses_of_rows(2**31 - 1):
+        call()
+
+
 def test_single_branch_losses_take_meta_tensors_on_every_backend(backend):  # helper-164: C7
     logits = torch.empty(3, 5, device="meta")
     for loss in (
