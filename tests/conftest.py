@@ -45,6 +45,7 @@ GPU_MATH = GPU_MATH_SETTING == "1"
 GPU_MATH_FILES = {
     f"test_{name}.py"
     for name in ("loss_inputs", "masksub_loss", "masksub_loss_split", "masksub_loss_reduced", "masksub_loss_minus_inf",
+                 "masksub_loss_threshold",
                  "linear_loss_chunks", "loss_fwd_bwd",
                  "linear_loss_kernels", "linear_loss_paths", "linear_masksub_loss", "linear_loss_grads")
 }  # fmt: skip

@@ -80,7 +80,6 @@ def mask_image_reference(
     images: torch.Tensor, cell_mask: torch.Tensor, cell_size: int, fill_value: float
 ) -> torch.Tensor:
     """Removed cells of images [B, C, H, W] set to fill_value; the output keeps the input's layout."""
-    check_cell_mask(cell_mask, images, images.shape[2], images.shape[3], cell_size)
     out = images.clone()  # preserve_format: channels_last stays channels_last
     return out.masked_fill_(pixel_mask_reference(cell_mask, cell_size)[:, None], fill_value)
 
@@ -308,7 +307,6 @@ def _image_launch(images: torch.Tensor, out: torch.Tensor, cell_size: int, fill_
 def _mask_image_triton(
     images: torch.Tensor, cell_mask: torch.Tensor, cell_size: int, fill_value: float
 ) -> torch.Tensor:
-    check_cell_mask(cell_mask, images, images.shape[2], images.shape[3], cell_size)
     out = torch.empty_like(images)  # same layout as the input (contiguous or channels_last)
     if images.numel():
         planes, n_cols, meta, scalars = _image_launch(images, out, cell_size, fill_value)
@@ -387,10 +385,17 @@ def _(seed, seed_tensor, batch_size, num_cells, num_keep, device):
     return torch.empty(batch_size, num_cells, dtype=torch.bool, device=device)
 
 
+def _mask_image_sizes(images, cell_mask, cell_size, fill_value) -> None:
+    """mask_image_grid's own check: the images and the fill value, then the given cell mask against them (before
+    any backend and in the meta device's fake: helper-211)."""
+    _image_op_sizes(images, cell_size, fill_value)
+    check_cell_mask(cell_mask, images, images.shape[2], images.shape[3], cell_size)
+
+
 @masksub_op(
     "mask_image_grid",
     device="images",
-    check=lambda images, cell_mask, cell_size, fill_value: _image_op_sizes(images, cell_size, fill_value),
+    check=_mask_image_sizes,
     torch=mask_image_reference,
     triton=_mask_image_triton,
     cuda=lambda extension, *args: extension.mask_image_grid(*args),

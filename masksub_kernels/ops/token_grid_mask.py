@@ -252,7 +252,6 @@ def _tokens_args(x: torch.Tensor) -> tuple[int, ...]:
 def _mask_tokens_forward_triton(
     tokens: torch.Tensor, mask_token: torch.Tensor, cell_mask: torch.Tensor, cell_size: int
 ) -> torch.Tensor:
-    check_cell_mask(cell_mask, tokens, tokens.shape[1], tokens.shape[2], cell_size)
     sizes = _tokens_args(tokens)
     out = torch.empty(tokens.shape, dtype=tokens.dtype, device=tokens.device)
     batch_size, height, width, channels = tokens.shape
@@ -272,7 +271,6 @@ def _mask_tokens_backward_triton(
     need_mask_grad: bool,
     max_partials: int = MAX_PARTIALS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    check_cell_mask(cell_mask, grad_out, grad_out.shape[1], grad_out.shape[2], cell_size)
     sizes = _tokens_args(grad_out)
     batch_size, height, width, channels = grad_out.shape
     dtype, device = grad_out.dtype, grad_out.device
@@ -317,7 +315,6 @@ def _mask_tokens_forward_torch(tokens, mask_token, cell_mask, cell_size):
     [B * H * W, C] view overwritten by the mask token (index_put_: the reference's select, bit for bit, a removed
     token's NaN never read, in two thirds of its time; nonzero finds the rows without a sync there). Other devices:
     the reference."""
-    check_cell_mask(cell_mask, tokens, tokens.shape[1], tokens.shape[2], cell_size)
     if tokens.device.type != "cpu":
         return mask_tokens_reference(tokens, mask_token, cell_mask, cell_size)
     out = torch.empty(tokens.shape, dtype=tokens.dtype, device=tokens.device)
@@ -327,10 +324,23 @@ def _mask_tokens_forward_torch(tokens, mask_token, cell_mask, cell_size):
     return out
 
 
+def _mask_tokens_sizes(tokens, mask_token, cell_mask, cell_size) -> None:
+    """mask_tokens_grid's own check: the tokens and the mask token, then the given cell mask against them (before
+    any backend and in the meta device's fake: helper-211)."""
+    _token_op_sizes(tokens, mask_token)
+    check_cell_mask(cell_mask, tokens, tokens.shape[1], tokens.shape[2], cell_size)
+
+
+def _mask_tokens_backward_sizes(grad_out, cell_mask, cell_size, *_) -> None:
+    """The token backward's own check: the incoming gradient, then the cell mask against it."""
+    _token_op_sizes(grad_out, name="grad_out")
+    check_cell_mask(cell_mask, grad_out, grad_out.shape[1], grad_out.shape[2], cell_size)
+
+
 @masksub_op(
     "mask_tokens_grid",
     device="tokens",
-    check=lambda tokens, mask_token, cell_mask, cell_size: _token_op_sizes(tokens, mask_token),
+    check=_mask_tokens_sizes,
     torch=_mask_tokens_forward_torch,
     triton=_mask_tokens_forward_triton,
     cuda=lambda extension, *args: extension.mask_tokens_grid_forward(*args),
@@ -352,7 +362,6 @@ def _mask_tokens_backward_torch(grad_out, cell_mask, cell_size, need_tokens_grad
     rows filled with +0.0 (index_fill: the reference's select, bit for bit, in a third of its time), dm = the sum
     of the removed rows (_removed_rows_sum: rows of kept cells, NaN or not, are never read; the order of the
     additions differs from the reference's, fixed all the same). Other devices: the reference."""
-    check_cell_mask(cell_mask, grad_out, grad_out.shape[1], grad_out.shape[2], cell_size)
     if grad_out.device.type != "cpu":
         grads = mask_tokens_backward_reference(grad_out, cell_mask, cell_size)
         needs = (need_tokens_grad, need_mask_grad)
@@ -384,7 +393,7 @@ def _removed_rows_sum(flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 @masksub_op(
     "mask_tokens_grid_backward",
     device="grad_out",
-    check=lambda grad_out, *_: _token_op_sizes(grad_out, name="grad_out"),
+    check=_mask_tokens_backward_sizes,
     torch=_mask_tokens_backward_torch,
     triton=_mask_tokens_backward_triton,
     cuda=lambda extension, *args: extension.mask_tokens_grid_backward(*args),

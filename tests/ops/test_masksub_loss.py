@@ -587,16 +587,3 @@ def test_per_row_forward_writes_every_entry(monkeypatch, bce, kind, has_sub):
     expected = ml.loss_forward_reference(*args)
     assert not out.isnan().any()
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
-
-
-@pytest.mark.parametrize("reduction", ["none", "mean"])
-def test_fp64_target_threshold_compares_in_fp64(backend, reduction):
-    # The kernels compute fp64 logits in fp32, but q > threshold is the reference's fp64 comparison: the fp32 0.3
-    # (0.30000001) is above 0.3 in fp64 and not in fp32, and so is the fp64 0.3 + 1e-10; compared in fp32, a whole
-    # class's target flipped (a BCE loss off by 1.0: helper-208). The op is handed the binarised target.
-    main = torch.full((2, 4), 2.0, dtype=torch.float64, device=DEVICE)
-    sub = main - torch.linspace(0, 1, 8, dtype=torch.float64, device=DEVICE).view(2, 4)
-    target = torch.tensor([[0.3, 1.0, 0.0, 0.3], [0.3 + 1e-10, 0.0, 1.0, 0.2]], dtype=torch.float64, device=DEVICE)
-    for tgt in (target.float(), target):
-        check_masksub(main, sub, tgt, mode="bce", target_threshold=0.3, reduction=reduction)
-        assert mk.last_backend("masksub_loss") == backend

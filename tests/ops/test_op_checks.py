@@ -166,3 +166,19 @@ def test_the_token_ops_refuse_integer_tokens_on_every_backend(backend):
         torch.ops.masksub.mask_tokens_grid_random(tokens, token.to(DEVICE), 1, None, 2, 2)
     with pytest.raises(TypeError, match="grad_out must be float32, float16, bfloat16 or float64"):
         torch.ops.masksub.mask_tokens_grid_backward(tokens, cells, 2, True, True)
+
+
+def test_a_direct_call_of_a_given_mask_op_with_meta_operands_checks_its_cell_mask():
+    # the given-mask ops check their cell mask in their own check (helper-211: it was in each backend, so the meta
+    # device's fake answered a mask of another batch or a height off the cells with shapes)
+    ops, meta = torch.ops.masksub, torch.device("meta")
+    images, tokens = torch.empty(2, 3, 64, 64, device=meta), torch.empty(2, 16, 16, 4, device=meta)
+    one = torch.zeros(1, 2, 2, dtype=torch.bool, device=meta)  # a mask of another batch
+    with pytest.raises(ValueError, match=r"cell_mask must have shape \[2, 2, 2\], got \[1, 2, 2\]"):
+        ops.mask_image_grid(images, one, 32, 0.0)
+    with pytest.raises(ValueError, match=r"cell_mask must have shape \[2, 2, 2\], got \[1, 2, 2\]"):
+        ops.mask_tokens_grid(tokens, torch.zeros(4, device=meta), one, 8)
+    with pytest.raises(ValueError, match=r"cell_mask must have shape \[2, 2, 2\], got \[1, 2, 2\]"):
+        ops.mask_tokens_grid_backward(tokens, one, 8, True, True)
+    with pytest.raises(ValueError, match="not divisible by cell_size=32"):  # a height off the cells
+        ops.mask_image_grid(torch.empty(2, 3, 80, 64, device=meta), one.expand(2, 2, 2), 32, 0.0)
