@@ -79,7 +79,8 @@ def _check_fill_value(fill_value, dtype: torch.dtype) -> None:
         value = float(fill_value)
     except OverflowError:  # an int beyond the float range (math.isfinite raised it unexplained)
         value = math.inf
-    if not math.isfinite(value) or abs(value) > largest:
+    finite = value - value == 0  # math.isfinite(value), traceable where value is a SymFloat (compile, dynamic=True)
+    if not finite or abs(value) > largest:
         raise ValueError(f"fill_value must be finite and within ±{largest:g} for {dtype} images, got {fill_value}")
 
 

@@ -320,20 +320,24 @@ def test_backend_is_reported():
     assert mk.last_backend("random_grid_mask") == "torch"
 
 
-def test_torch_compile_fullgraph():
-    # the ops are opaque custom ops: no graph break, same values and gradients as eager
-    def step(images, tokens, mask_token):
-        masked, _ = mk.mask_image_grid(images, 0.5, seed=3)
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph(dynamic):
+    # the ops are opaque custom ops: no graph break, same values and gradients as eager; with dynamic=True the fill
+    # value is a SymFloat, which the fill check tests without math.isfinite (helper-211: that was a graph break)
+    def step(images, tokens, mask_token, fill):
+        masked, _ = mk.mask_image_grid(images, 0.5, seed=3, fill_value=fill)
         out, _ = mk.mask_tokens_grid(tokens, mask_token, 0.5, seed=3)
         return (masked * 2).sum() + (out * out).sum()
 
-    inputs = [torch.randn(2, 3, 64, 64), torch.randn(2, 16, 16, 4), torch.randn(4)]
-    eager = [x.clone().requires_grad_(True) for x in inputs]
-    compiled_inputs = [x.clone().requires_grad_(True) for x in inputs]
-    step(*eager).backward()
-    torch.compile(step, fullgraph=True, backend="aot_eager")(*compiled_inputs).backward()
-    for a, b in zip(eager, compiled_inputs):
-        assert torch.equal(a.grad, b.grad)
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager", dynamic=dynamic)
+    for batch, fill in ((2, 0.5), (3, -1.0)):
+        inputs = [torch.randn(batch, 3, 64, 64), torch.randn(batch, 16, 16, 4), torch.randn(4)]
+        eager = [x.clone().requires_grad_(True) for x in inputs]
+        compiled_inputs = [x.clone().requires_grad_(True) for x in inputs]
+        step(*eager, fill).backward()
+        compiled(*compiled_inputs, fill).backward()
+        for a, b in zip(eager, compiled_inputs):
+            assert torch.equal(a.grad, b.grad)
 
 
 def test_mask_ratio_rounding_matches_official_formula():
