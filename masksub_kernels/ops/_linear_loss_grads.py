@@ -217,8 +217,9 @@ def _grads_backward(ctx, grad_loss, grad_main, grad_sub, *_):
         g = g if hidden.dtype == torch.float64 else g.float()  # fp64 inputs: fp64 gradients to the last bit
         dtypes = (hidden.dtype, hidden.dtype, weight.dtype, weight.dtype)
         # eager on the triton backend (as the forward's own call would resolve it now; not recorded): one launch per
-        # tensor
-        kernel = ctx.in_place and _backend.resolve_backend(hidden.device, None, ("torch", "triton")) == "triton"
+        # tensor. Meta tensors (the forward answered by its fake on any backend): torch's ops give the shapes
+        kernel = ctx.in_place and hidden.device.type != "meta"
+        kernel = kernel and _backend.resolve_backend(hidden.device, None, ("torch", "triton")) == "triton"
         for i, (d, dtype) in enumerate(zip(stored, dtypes)):
             absent = d.dim() == 1 and not d.numel()  # not stored ([0]); an empty batch stores [0, D]
             if need[i] and not absent:  # in place in eager: no second [M, D] (dH; dW: cast once to its dtype)

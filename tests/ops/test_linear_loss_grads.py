@@ -167,3 +167,16 @@ def test_term_backward_over_every_row_with_every_row_ignored(monkeypatch):
     out.main.backward()
     for x in ours:
         assert x.grad is not None and torch.equal(x.grad, torch.zeros_like(x.grad))
+
+
+@pytest.mark.parametrize("backend", ["torch", *(b for b in mk.available_backends() if b == "triton")])
+def test_meta_tensors_get_the_stored_gradients_shapes_on_every_backend(backend):
+    # the forward on meta tensors is answered by its fake on any backend; the backward's scaling resolved the triton
+    # backend for the meta device and refused it ("got tensors on meta": helper-211): torch's ops give the shapes
+    meta = torch.device("meta")
+    h, hs, w = (torch.empty(*shape, device=meta, requires_grad=True) for shape in ((8, 4), (8, 4), (10, 4)))
+    b = torch.empty(10, device=meta, requires_grad=True)
+    with mk.use_backend(backend):
+        mk.linear_masksub_loss(h, hs, w, b, torch.zeros(8, dtype=torch.long, device=meta)).loss.backward()
+    assert [x.grad.shape for x in (h, hs, w, b)] == [(8, 4), (8, 4), (10, 4), (10,)]
+    assert all(x.grad.device == meta for x in (h, hs, w, b))
