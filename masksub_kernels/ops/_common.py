@@ -20,10 +20,13 @@ MAX_TOKENS = 8192  # one sort per sample in one program (8192 int64 keys, 32 war
 
 def check_int(name: str, value) -> int:
     """An integer argument (a Python or NumPy integer, not a bool), as a Python int."""
-    if isinstance(value, torch.SymInt) and not torch.compiler.is_compiling():  # (torch.compile specialises it)
+    # torch.compile's dynamo specialises a SymInt (and strict torch.export guards it); a non-strict export's tracing
+    # counts as compiling but has no dynamo: it gets this message too (helper-211)
+    if isinstance(value, torch.SymInt) and not torch.compiler.is_dynamo_compiling():
         raise TypeError(
             f"{name} is a symbolic size ({value}): the ops take static sizes; trace them with static shapes (make_fx "
-            "with tracing_mode 'real' or 'fake', torch.export without dynamic_shapes for this size)"
+            "with tracing_mode 'real' or 'fake', torch.export without dynamic_shapes for this size), or with "
+            "torch.export(..., strict=True), whose dynamo specialises what the ops need"
         )
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")

@@ -161,3 +161,18 @@ def test_a_symbolic_trace_is_told_the_ops_take_static_sizes():
         with pytest.raises(TypeError, match=r"is a symbolic size \(.+\): the ops take static sizes"):
             make_fx(call, tracing_mode="symbolic")(x)
         assert torch.equal(make_fx(call, tracing_mode="fake")(x)(x), call(x))  # static shapes trace
+
+
+def test_a_non_strict_export_with_a_dynamic_batch_is_told_so_and_a_strict_one_traces():
+    # non-strict torch.export counts as compiling without dynamo: the SymInt batch got "must be an int, got SymInt"
+    # (helper-211); it gets the symbolic-size message now. Strict export's dynamo handles the batch (at most 2^31 - 1)
+    class Select(torch.nn.Module):
+        def forward(self, x):
+            return mk.random_token_select(x, 0.5, seed=3)[0]
+
+    x, batch = torch.randn(4, 1 + 8, 3), torch.export.Dim("batch", min=2, max=1024)
+    with pytest.raises(TypeError, match=r"batch_size is a symbolic size \(.+\): the ops take static sizes"):
+        torch.export.export(Select(), (x,), dynamic_shapes={"x": {0: batch}}, strict=False)
+    exported = torch.export.export(Select(), (x,), dynamic_shapes={"x": {0: batch}}, strict=True).module()
+    other = torch.randn(6, 1 + 8, 3)
+    assert torch.equal(exported(other), Select()(other))
