@@ -176,3 +176,74 @@ def test_the_vocabulary_tool_trains_what_the_command_would(tmp_path, monkeypatch
     train, held_out = text_data.split_documents(documents)
     assert held_out and seen == [(train, DEFAULT_VOCAB_SIZE)]
     assert f"from {len(train)} documents ({len(held_out)} held out)" in capsys.readouterr().out
+
+
+# kills mlm_cli.py:317 `_epoch_order`'s `_seed(seed, epoch)` -> `_seed(0, epoch)` (every --seed walked the blocks in
+# one order: test_mlm_batches_walk_... compares _train_batch with _epoch_order itself, so it cannot see it) and
+# mlm_cli.py:335 the corruption's `_seed(args.seed, step, part)` -> `_seed(0, step, part)` (every --seed predicted the
+# same positions): runs of other seeds, meant as independent repeats, shared their data order or their masks
+def test_the_seed_sets_the_data_order_and_the_masks():
+    def batch(seed, blocks, special):
+        args = mlm_cli.build_parser().parse_args(["--batch-size", "4", "--seq-len", "16", "--seed", str(seed)])
+        return mlm_cli._train_batch(args, mlm_cli.Vocab(64, 4, 0), (blocks, special), 0, 0, 1)
+
+    numbered = torch.arange(40 * 16).view(40, 16)  # block i holds 16 i .. 16 i + 15; all special: none corrupted
+    taken = [(batch(seed, numbered, torch.ones_like(numbered, dtype=torch.bool))["input_ids"][:, 0] // 16).tolist()
+             for seed in (0, 1)]  # fmt: skip
+    assert taken[0] != taken[1]
+    same = torch.randint(5, 64, (1, 16), generator=torch.Generator().manual_seed(0)).expand(40, 16)  # one block
+    special = torch.zeros_like(same, dtype=torch.bool)
+    chosen = [batch(seed, same, special)["labels"] != -100 for seed in (0, 1)]
+    assert chosen[0].any() and not torch.equal(chosen[0], chosen[1])
+
+
+# kills mlm_cli.py:507 the dropout seed `_seed(args.seed, step, part, 1)` -> `_seed(0, step, part, 1)` and
+# mlm_cli.py:509 the sub-branch's `_seed(args.seed, step, part, 2)` -> `_seed(0, step, part, 2)`: other --seed runs
+# dropped the same tokens and units (the per-part seeds were tested, their --seed not)
+def test_the_seed_sets_the_dropout_and_the_sub_branchs_tokens(corpus, tokenizer, tmp_path, monkeypatch):
+    from masksub_kernels.training import MaskSub
+
+    class Seen(Exception):
+        pass
+
+    seen = []
+
+    def spy(self, batch, target, optimizer, **kwargs):
+        seen.append((kwargs["seed"], torch.initial_seed()))  # torch's: the dropout's, seeded just before
+        raise Seen
+
+    monkeypatch.setattr(MaskSub, "train_step", spy)
+    for seed in ("0", "1"):
+        with pytest.raises(Seen):
+            mlm_cli.main(["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--seed", seed,
+                          "--output", str(tmp_path / seed)])  # fmt: skip
+    assert seen[0][0] != seen[1][0] and seen[0][1] != seen[1][1]
+
+
+# kills mlm_cli.py:274 the Vocab's `token_to_id("[MASK]")` -> `token_to_id("[UNK]")`: the corruption's 80% then wrote
+# [UNK] for [MASK] (a run trained and logged plausible losses; the tests built their own Vocab or read only pad_id)
+def test_the_corpus_corrupts_with_the_vocabularys_mask_token(corpus, tokenizer):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(tokenizer)
+    args = mlm_cli.build_parser().parse_args(["--data-dir", corpus, *TINY])
+    vocab, _, val, _ = mlm_cli._corpus(args, 0, 1, torch.device("cpu"), tokenizer, False)
+    assert vocab == (tok.get_vocab_size(), tok.token_to_id("[MASK]"), tok.token_to_id("[PAD]"))
+    predicted = val["labels"] != -100
+    masked = (val["input_ids"] == tok.token_to_id("[MASK]")) & predicted
+    assert masked.sum() > 0.6 * predicted.sum()  # BERT's 80% (of some 100 predicted tokens)
+
+
+# kills mlm_tokenizer.py:111 the special-token check left out (`if missing:` -> `if False:`): a --tokenizer file
+# without [CLS] / [SEP] / [MASK] (another model's, a word-level one) reached the corpus packing with None ids
+def test_a_tokenizer_without_berts_special_tokens_is_refused(corpus, tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate("the a of to and in is for".split())}}
+    tokenizer = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    path = str(tmp_path / "words.json")
+    tokenizer.save(path)
+    argv = ["--data-dir", corpus, *TINY, "--tokenizer", path, "--output", str(tmp_path / "run")]
+    assert mlm_cli.main(argv) == 2
+    assert "lacks BERT's special tokens ['[CLS]', '[SEP]', '[MASK]']" in capsys.readouterr().err

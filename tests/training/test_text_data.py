@@ -35,3 +35,15 @@ def test_special_tokens_mask_marks_padding_too():
 def test_blank_paragraphs_are_not_documents(tmp_path):
     (tmp_path / "a.txt").write_text("one\n\n  \n\ntwo\n\n", encoding="utf-8")
     assert text_data.text_dir_documents(str(tmp_path)) == ["one", "two"]
+
+
+# kills text_data.py:114 `BertWordPieceTokenizer(lowercase=True)` -> `lowercase=False` (the docstring's lower-casing
+# tokenizer: "The" and "the" then two words, each rarer) and text_data.py:118 `min_frequency=2` -> 1 (a word seen
+# once took a vocabulary entry)
+def test_the_vocabulary_is_lower_cased_and_skips_words_seen_once():
+    pytest.importorskip("tokenizers")
+    docs = ["The cat sat on the mat. the cat sat on The mat."] * 3 + ["zqxjkvbw"]
+    tok = text_data.train_tokenizer(docs, 200)
+    assert tok.encode("The CAT").ids == tok.encode("the cat").ids
+    assert "the" in tok.get_vocab() and "The" not in tok.get_vocab()
+    assert "zqxjkvbw" not in tok.get_vocab()
