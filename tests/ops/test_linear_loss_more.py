@@ -7,6 +7,7 @@ reference, the fakes (a zero-weighted term, the recompute backward's dtypes), an
 import pytest
 import torch
 from conftest import DEVICE, grad_tolerance
+from test_linear_loss_chunks import _relative
 from test_linear_masksub_loss import (  # noqa: F401 (the fixtures _small_tiles, autouse, and several_chunks)
     GRAD_RTOL,
     OP_BACKENDS,
@@ -21,6 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import masksub_kernels as mk
 from masksub_kernels.ops import _linear_loss_chunks as chunks
+from masksub_kernels.ops import _linear_loss_matmuls as matmuls
 from masksub_kernels.ops import linear_masksub_loss as lm
 from masksub_kernels.ops._linear_loss_grads import _linear_loss_grads_op
 
@@ -364,3 +366,26 @@ def test_no_grad_reductions_of_probability_targets_and_all_ignored_rows(op_backe
         for value in (*mk.linear_masksub_loss(h, hs, w, b, ignored, reduction=reduction),
                       mk.linear_soft_target_cross_entropy(h, w, b, ignored, reduction=reduction)):  # fmt: skip
             assert float(value) == 0.0  # mean over no rows: 0 (d = max(0, 1)), not NaN
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.triton
+def test_fp64_inputs_on_the_kernels_path_add_dws_class_tail(bias):
+    # (helper-212: dropping the tail's condition on its gradient buffer left dW's last classes out, unnoticed)
+    # fp64 inputs on the kernels' path compute in fp32 with fp64 outputs. C = 30: a head of 24 classes and a tail of
+    # 6 that the loss launch takes (ClassTail); with fp64 inputs no tail gradient buffer is kept (it holds the
+    # gradients in the inputs' dtype), so each chunk's dW matmul must run over the tail classes too
+    h, hs, w, b, target = (
+        t.double() if t.is_floating_point() else t
+        for t in make_inputs(rows=37, depth=20, classes=30, kind="index_ignore", seed=3)
+    )
+    args = (h, hs, w, b if bias else None, target, True, 0.5, 0.5, True, True, True, (False, 0.1, -100, 2.0, None))
+    kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)  # 4 chunks of the counted rows
+    reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
+    assert matmuls.class_parts(30)[1] == slice(24, 30)
+
+    for i in (3, 4, 5, 6):  # dH, dHs, dW, db: fp64, within fp32's rounding of the reference's fp64
+        assert kernels[i].dtype == torch.float64 and kernels[i].shape == reference[i].shape
+        if reference[i].numel():
+            assert _relative(kernels[i], reference[i]) <= 1e-5, i
+    assert _relative(kernels[5][24:], reference[5][24:]) <= 1e-5  # dW's rows of the tail classes above all
