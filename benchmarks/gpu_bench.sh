@@ -30,7 +30,8 @@
 # finding 1). tools.perf_model.measured then runs on the CPU machine, on the files that came back (no GPU needed).
 # The order puts the open question first (issue 13: the fused-linear loss against torch.compile), so that a call
 # cut short still brings it back; the suites with a masksub[cuda] provider and the cuda steps come after the build.
-#   env            12  card, driver, versions (Liger-Kernel's too: carry its wheel in .whl/, below); 7 s on the H200
+#   env             9  card, driver, versions (Liger-Kernel's too: carry its wheel in .whl/, below); 7 s on the H200
+#                      (5 s on 2026-12-04)
 #   linear_loss   100  the fused-linear loss at BERT-base MLM's shape, bf16, against the composite, its
 #                      torch.compile and Liger-Kernel's main-branch CE (where liger_kernel imports), then the op's
 #                      chunk sweep (3 other chunk sizes and the loss forward's rows in twice the class splits,
@@ -47,7 +48,7 @@
 #                      50 s on the H200 machine's 16 cores (2026-11-30), 77 s (2026-12-04). The 137 s of caps
 #                      before the first suite with a masksub[cuda] provider (loss, token_select, grid_mask) or cuda
 #                      cover it; waited for there
-#   profile        28  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
+#   profile        22  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
 #                      fused-linear loss (the chunk matmuls' cuBLAS kernels and times: the assumed 70% efficiency
 #                      calibrated; the loss kernels per chunk; wall against device time: host-bound or not; 18 s
 #                      of 20 on 2026-12-04, its tables printed at the end)
@@ -69,10 +70,12 @@
 #   numerics       10  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
 #                      where the branches agree, the Triton path compiled (on the CPU: the interpreter's truncating
 #                      bf16), against the bf16-logit composites; M = 128, without torch.compile (8 s, 2026-12-04)
-#   train          35  whole training steps of ViT-S, ViT-B, Swin-T, ResNet-50 (10 repeats each, no host-time pass):
-#                      this library's two steps of every model, then plain's, then the official code's; stopped by
-#                      its 38 s cap before ResNet-50 on 2026-12-04 (~8 s a model with its build)
-#   loss           55  ImageNet, BERT-like and LLM-like rows x classes (54 s on the H200, 2026-12-04)
+#   train          41  whole training steps of Swin-T, ResNet-50, ViT-B, ViT-S (10 repeats each, no host-time pass),
+#                      model after model, plain first (a cut keeps whole models: each ratio's plain row; they were
+#                      library-first, helper-214); stopped by its 38 s cap before ResNet-50 on 2026-12-04 (~8 s a
+#                      model with its build); 6 s from profile's cap (18 s of 20 measured on 2026-12-04)
+#   loss           58  ImageNet, BERT-like and LLM-like rows x classes (54 s on the H200, 2026-12-04: 3 s from env's
+#                      cap for an H100's lower bandwidth, helper-214)
 #   token_select   40  4 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, torch.compile(official)
 #                      (its Inductor compilation, 6-9 s a shape, is most of the time) and timm; stopped by its 45 s
 #                      cap before the last compile(official) row on 2026-12-04 (helper-122, finding 2: 20 cases)
@@ -80,9 +83,9 @@
 #                      their Triton compilation), official, then three Inductor compilations (>15 s each): on
 #                      2026-12-04 the cap stopped it in the first of them, after 3 rows, the kernels' bf16 and Swin
 #                      rows not reached (finding 3); now a cap drops the compile(official) rows, measured before
-#   cuda           50  the cuda backend's tests, then compute-sanitizer (gpu_lib.sh's cuda_steps, their selections
-#   memcheck       40  and timings): the libstdc++ fix and the kernels under the sanitizers, in this call since
-#   racecheck      25  helper-122's review (finding 1: the second call is the one a late send or start-up cuts)
+#   cuda           70  the cuda backend's tests, then compute-sanitizer (gpu_lib.sh's cuda_steps, their selections
+#   memcheck       25  and timings): the libstdc++ fix and the kernels under the sanitizers, in this call since
+#   racecheck      20  helper-122's review (finding 1: the second call is the one a late send or start-up cuts)
 # The backward mode's untimed forward per repeat adds a few seconds to loss and linear_loss. Each suite prints the
 # seconds of every case (`[12.3 s, 40 s in]`), so a capped step's log says where its time went.
 # Liger-Kernel is not on the GPU machine's image (no network there): `python3 -m pip download --no-deps -d .whl
@@ -135,14 +138,14 @@ ncu_linear() { # benchmarks/gpu_ncu.py under Nsight Compute: one CSV row of raw 
 
 setup_run "$@"
 export MASKSUB_BENCH_DATE="${MASKSUB_BENCH_DATE:-$(date -u +%F)}"  # one date in every suite's file names (helper-106)
-declare -A CAP=([linear_loss]=100 [train]=35 [loss]=55 [token_select]=40 [grid_mask]=20 [cuda]=115)
+declare -A CAP=([linear_loss]=100 [train]=41 [loss]=58 [token_select]=40 [grid_mask]=20 [cuda]=115)
 
 suites="${SUITES:-linear_loss train loss token_select grid_mask cuda}"
 for suite in $suites; do
   [[ -v CAP[$suite] ]] || { echo "gpu_bench.sh: unknown suite '$suite' (known: ${!CAP[*]})" >&2; exit 2; }
 done
 NEEDS_BUILD='^(loss|token_select|grid_mask|cuda)$' # a masksub[cuda] provider, or the cuda backend's tests
-step env.txt 12 write_env
+step env.txt 9 write_env
 needs_build=
 for suite in $suites; do [[ $suite =~ $NEEDS_BUILD ]] && needs_build=1; done
 start_build() { # once: beside the steps that do not need it (the fused-linear suite's profile, probe, ncu and
@@ -158,13 +161,13 @@ for suite in $suites; do
     waited=1
   fi
   if [[ $suite == cuda ]]; then
-    cuda_steps # 50 + 40 + 25 s (gpu_lib.sh)
+    cuda_steps # 70 + 25 + 20 s (gpu_lib.sh)
     continue
   fi
   step bench.log "${CAP[$suite]}" "$PY" -m masksub_kernels.bench --out "$OUT" --append --no-plot --suites "$suite"
   if [[ $suite == linear_loss ]]; then
     start_build
-    step bench.log 28 "$PY" benchmarks/gpu_profile.py --only linear
+    step bench.log 22 "$PY" benchmarks/gpu_profile.py --only linear
     step gemm.log 23 "$PY" benchmarks/gemm_probe.py
     step bench.log 41 ncu_linear  # its tables print only when the workload ends: no partial result to keep
     step bench.log 10 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"

@@ -28,10 +28,12 @@
 #                       tests/ops/test_gpu_scale.py at full size (the chunks' one launch in other warps than the
 #                       forward's, the over-rows barrier at a BERT chunk over 20 seeds, the image grid mask at
 #                       cell 24 against the reference 20 times: helper-164's G9, helper-165)
-#     tests-select.log  tests/ops/test_token_select.py (122 s in one process on the H200, 2026-12-04)
+#     tests-select.log  tests/ops/test_token_select.py (122 s in one process on the H200, 2026-12-04, 168 tests;
+#                       178 now): its tests over 3 xdist workers (--dist load, where xdist is installed; one file,
+#                       so loadfile would give one worker: helper-214), each compiling the kernels its tests use
 #     tests-loss.log    every loss test file of tests/ops (the fused loss, its reduced op, the fused-linear op),
 #                       in 8 pytest-xdist workers (where xdist is installed: the GPU machine has it; 114 s in 4 on
-#                       2026-12-04 for 844 tests, ~1000 since: helper-147), 10 processes with the other two
+#                       2026-12-04 for 844 tests, ~1000 since: helper-147), 12 processes with the other two
 #   phase 2         95  in parallel: the other op tests (masks, token grid masks, autograd edges, inputs; 4 workers)
 #     tests-masks.log   and the rest of the suite (training on timm and transformers models, benchmarks' harness;
 #     tests-rest.log    4 workers); both stopped by their caps on 2026-11-30 (200 s) and 2026-12-04 (95 s)
@@ -54,7 +56,9 @@ step env.txt 15 write_env
 # phase 1: the open questions, and the tests of the kernels that changed most
 OPEN_TESTS=(tests/training/test_determinism.py tests/test_bench_more.py tests/ops/test_gpu_scale.py)
 step_bg tests-open.log 150 "${PYTEST[@]}" "${OPEN_TESTS[@]}" -k 'on_a_gpu or gpu_measure or gpu_scale' # (CPU: CI's)
-step_bg tests-select.log 150 "${PYTEST[@]}" tests/ops/test_token_select.py
+SELECT_XDIST=()
+((${#XDIST[@]})) && SELECT_XDIST=(-n 3 --dist load) # the tests of one file over 3 workers (no order between them)
+step_bg tests-select.log 150 "${PYTEST[@]}" "${SELECT_XDIST[@]}" tests/ops/test_token_select.py
 step_bg tests-loss.log 150 "${PYTEST[@]}" "${XDIST8[@]}" "${LOSS_TESTS[@]}"
 wait_steps
 

@@ -254,15 +254,17 @@ pytest_command() {
 }
 
 # The cuda backend's tests and compute-sanitizer (gpu_bench.sh's last steps, after the suites and the build):
-# cuda.log    50  the cuda backend's tests (tests/cuda_extension, the cuda parametrisations of tests/ops,
-#                 tests/test_backend.py; ~750 tests) in 8 xdist workers (41 s on the H200 in 12, 2026-11-30; 33 s
-#                 on 2026-12-04, when the first refusal ended the session: the libstdc++ fix is not yet run on one)
-#             40  compute-sanitizer --tool memcheck, kernels of csrc/ only (--kernel-name kns=masksub), on the fp32
+# cuda.log    70  the cuda backend's tests (tests/cuda_extension, the cuda parametrisations of tests/ops,
+#                 tests/test_backend.py; 967 tests on 2026-12-06, 808 on 2026-12-04) in 8 xdist workers (41 s on
+#                 the H200 in 12, 2026-11-30; on 2026-12-04 330 of 808 in 26 s, when the first refusal ended the
+#                 session: the libstdc++ fix is not yet run on one; ~60-75 s extrapolated, helper-214: 20 s from the
+#                 sanitizers' caps, which used 14 of 40 and 16 of 25 s)
+#             25  compute-sanitizer --tool memcheck, kernels of csrc/ only (--kernel-name kns=masksub), on the fp32
 #                 and one-index-dtype cases of every kernel test of tests/cuda_extension (133 tests: 14 s on the
 #                 H200, 2026-12-04; the refusals are in the step before, the 2^32-counter one left out: 4.3e9
 #                 draws), token selection first (the 8192-key sort); PyTorch's caching allocator off, so a read
 #                 past a tensor is past an allocation
-#             25  compute-sanitizer --tool racecheck (shared-memory hazards) on the kernels that use shared memory
+#             20  compute-sanitizer --tool racecheck (shared-memory hazards) on the kernels that use shared memory
 #                 (selection, cell masks, mask-token gradient, loss), small and largest blocks (below): 16 s on the
 #                 H200, 2026-12-04
 CUDA_TESTS=(tests/cuda_extension tests/test_backend.py)
@@ -285,9 +287,9 @@ cuda_steps() { # the three steps above, with the extension built and installed (
     note "no CUDA extension built (see the build's lines in cuda.log): the cuda backend's tests and the sanitizers did not run"
     return 0
   fi
-  step cuda.log 50 "${PYTEST[@]}" "${XDIST8[@]}" "${CUDA_TESTS[@]}" tests/ops -k 'cuda or test_backend'
-  step cuda.log 40 sanitize memcheck "${MEMCHECK_FILES[@]}" -k "$MEMCHECK_K"
-  step cuda.log 25 sanitize racecheck tests/cuda_extension -k "$RACECHECK_K"
+  step cuda.log 70 "${PYTEST[@]}" "${XDIST8[@]}" "${CUDA_TESTS[@]}" tests/ops -k 'cuda or test_backend'
+  step cuda.log 25 sanitize memcheck "${MEMCHECK_FILES[@]}" -k "$MEMCHECK_K"
+  step cuda.log 20 sanitize racecheck tests/cuda_extension -k "$RACECHECK_K"
 }
 
 sanitize() { # TOOL PYTEST-ARGS...: compute-sanitizer on csrc/'s kernels; without a GPU, the same tests uninstrumented

@@ -518,15 +518,17 @@ def test_the_chunk_sweep_runs_the_op_with_its_chunks_and_restores_them(monkeypat
     kept = torch.where(torch.arange(40, device=DEVICE) % 20 < 3, labels, -100)
     expected = mk.linear_masksub_loss(h, hs, w, None, kept).loss
     torch.testing.assert_close(linear_loss.fused_recompute_mlm(h, hs, w, None, labels), expected)
-    # then, last, the chunk floor's pair at RoBERTa's head: the default chunks (the floor, 384 rows) and the 96 MiB
-    # budget alone (192 rows), 'full' only, each with its modelled memory
-    floor = every[-2:]
+    # then the chunk floor's pair at RoBERTa's head: the default chunks (the floor, 384 rows) and the 96 MiB budget
+    # alone (192 rows), 'full' only, each with its modelled memory; last of all the compiled MLM row (an Inductor
+    # compile that a capped suite may not finish: helper-214)
+    assert every[-1].provider == mlm_names[1] and every[-1].shape.startswith("BERT")
+    floor = every[-3:-1]
     assert [(c.shape, c.provider, c.modes, c.notes["chunk_rows"]) for c in floor] == [
         ("RoBERTa-base MLM M=16384 D=768 C=50265", "masksub[triton]", ("full",), 384),
         ("RoBERTa-base MLM M=16384 D=768 C=50265", "masksub[triton]:R=192", ("full",), 192),
     ]
     assert floor[0].notes["modelled_extra_mb_fused"] > floor[1].notes["modelled_extra_mb_fused"]
-    assert all(c.shape.startswith("BERT") for c in every[:-2]) and list(floor[0].flops) == ["full"]
+    assert all(c.shape.startswith("BERT") for c in every[:-3]) and list(floor[0].flops) == ["full"]
     memory = {name: case.notes["modelled_extra_mb_fused"] for name, case in cases.items()}
     assert memory[names[0]] < memory["masksub[triton]"] < memory[names[1]] < memory[names[2]]
     assert memory[names[3]] == memory["masksub[triton]"]

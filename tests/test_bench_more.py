@@ -140,21 +140,16 @@ def test_hand_counted_bytes_and_flops_of_the_headline_cases():
     assert shape.flops["full"] / 13.134e-3 / 1e12 == pytest.approx(350.9, abs=0.1)
 
 
-@pytest.mark.parametrize("suite", ["grid_mask", "token_select", "loss", "train"])
+@pytest.mark.parametrize("suite", ["grid_mask", "token_select", "loss"])
 def test_the_capped_suites_time_this_librarys_kernels_first(gpu_cases, suite, monkeypatch):
     # finding 3: each suite runs under a cap (gpu_bench.sh) that ended grid_mask about its fp32 images' rows, so
     # that it timed baselines measured on 2026-11-30 again and never the changed kernels' bf16 and Swin rows. A
     # capped suite keeps the cases it finished: the library's of every shape come first, then official, then
     # compile(official), then the other references; each group in the suite's shape order
-    if suite == "train":
-        pytest.importorskip("timm")
-        cases = train_step.cases(CUDA)  # the models are built lazily, by the first case of each: nothing runs here
-        library, baselines = train_step.LIBRARY, train_step.BASELINES
-    else:
-        monkeypatch.setattr(loss, "liger_provider", lambda: lambda *a: None)  # a third-party row: after the rest
-        cases = {"grid_mask": grid_mask, "token_select": token_select, "loss": loss}[suite].cases(CUDA)
-        library = [c.provider for c in cases if c.provider.startswith("masksub[")]
-        baselines = ("official", "compile(official)")
+    monkeypatch.setattr(loss, "liger_provider", lambda: lambda *a: None)  # a third-party row: after the rest
+    cases = {"grid_mask": grid_mask, "token_select": token_select, "loss": loss}[suite].cases(CUDA)
+    library = [c.provider for c in cases if c.provider.startswith("masksub[")]
+    baselines = ("official", "compile(official)")
     providers = [case.provider for case in cases]
     rank = [0 if p in library else 1 + baselines.index(p) if p in baselines else 9 for p in providers]
     assert rank == sorted(rank) and rank[0] == 0 and 1 in rank, providers
@@ -162,8 +157,22 @@ def test_the_capped_suites_time_this_librarys_kernels_first(gpu_cases, suite, mo
     for group in set(rank):  # each group keeps the shape order (the first shape's rows first)
         order = [shapes.index(c.shape) for c, r in zip(cases, rank, strict=True) if r == group]
         assert order == sorted(order), (group, order)
-    assert {"masksub[triton]", "masksub[cuda]"} <= set(providers) or suite == "train"
+    assert {"masksub[triton]", "masksub[cuda]"} <= set(providers)
     assert len(set(rank)) >= 3 or suite == "grid_mask"  # compile(official) or the third-party references too
+
+
+def test_the_capped_train_suite_times_whole_models_plain_step_first():
+    # helper-214: the train suite ran every model's library steps before the first plain step, and its 35 s cap
+    # (2026-12-04: 12 of 16 cases in 38 s) would have left every row without the plain step its ratio divides by.
+    # Model after model instead, plain first; Swin-T (its step gap is open) and ResNet-50 (never timed) lead
+    pytest.importorskip("timm")
+    cases = train_step.cases(CUDA)  # the models are built lazily, by the first case of each: nothing runs here
+    models = list(dict.fromkeys(case.notes["model"] for case in cases))
+    assert models[:2] == ["swin_tiny_patch4_window7_224", "resnet50"] and len(models) == 4
+    expected = [(m, p) for m in models for p in train_step.PROVIDER_ORDER]
+    assert [(case.notes["model"], case.provider) for case in cases] == expected
+    assert train_step.PROVIDER_ORDER[0] == "plain"
+    assert set(train_step.PROVIDER_ORDER) == set(train_step.LIBRARY + train_step.BASELINES)
 
 
 def test_the_markdown_table_groups_rows_by_shape_whatever_the_case_order(gpu_cases):
@@ -330,6 +339,7 @@ def test_the_sanitizers_selections_match_the_tests_they_name():
 # fixed columns are empty, then a row per kernel (ncu's ==PROF== lines and the workload's own lines around them)
 NCU_RAW = """== ncu_csv begin --section SpeedOfLight --section WarpStateStats
 ==PROF== Connected to process 4242 (/usr/bin/python3.12)
+gpu_ncu:    9.0 s: warmed up on NVIDIA H200, backend triton
 gpu_ncu:   11.0 s: profiled: gradients in the forward, one chunk: M=384 D=768 C=30522
 ==PROF== Profiling "_loss_fwd_kernel" - 0: 0%....50%....100% - 9 passes
 ==PROF== Disconnected from process 4242
@@ -357,11 +367,13 @@ def test_ncu_raw_page_round_trip(tmp_path, monkeypatch, capsys):
     log = tmp_path / "bench.log"
     log.write_text(NCU_RAW)
     predicted = {"_loss_fwd_kernel": {"kernel_us": 21.8, "bytes": 93780480}}
-    monkeypatch.setattr(ncu, "predicted_loss_kernels", lambda card: predicted)
+    cards = []  # the model's card: the one the log's gpu_ncu line names
+    monkeypatch.setattr(ncu, "predicted_loss_kernels", lambda card: cards.append(card) or predicted)
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the model's columns (tests/conftest.py sets it on the CPU)
     assert ncu.main([str(log)]) == 0
     table = capsys.readouterr().out
     assert "| _loss_fwd_kernel | (768, 1, 1) | (256, 1, 1) | 44.16 |" in table and "| 21.8 | 93.8 |" in table
+    assert cards == ["H200"]
 
 
 def _trace(*events):

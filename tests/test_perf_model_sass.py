@@ -328,6 +328,29 @@ def test_every_ncu_column_is_read_in_its_unit_and_a_cut_row_is_dropped():
     assert "| 4300 | long_scoreboard 3.5, math_pipe_throttle 2.5, wait 1.5 |" in ncu.markdown([s], None)[2]
 
 
+def test_the_dram_throughput_column_reads_ncu_2025s_name_and_the_older_one():
+    # helper-214: ncu 2025.3's raw page (the 2026-12-04 H200 run's bench.log) names the DRAM throughput
+    # gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed; the table read only dram__throughput's, so its
+    # 'DRAM % of peak' column was '-' on every row of a real run
+    old_name = "dram__throughput.avg.pct_of_peak_sustained_elapsed"
+    (block,) = ncu.tables(NCU_ALL.replace(old_name, "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed"))
+    assert ncu.summary(block[0])["dram_pct"] == 90.5
+    (block,) = ncu.tables(NCU_ALL)
+    assert ncu.summary(block[0])["dram_pct"] == 90.5
+    (block,) = ncu.tables(NCU_ALL.replace(old_name, "some_other_metric"))
+    assert ncu.summary(block[0])["dram_pct"] is None
+
+
+def test_the_model_columns_take_the_card_the_log_names():
+    # helper-214: --card defaulted to H200 whatever card ran, so an H100 run's table had the H200's predictions
+    line = "gpu_ncu:    9.0 s: warmed up on {}, backend triton\n"
+    assert ncu.logged_card("x\n" + line.format("NVIDIA H100 80GB HBM3")) == "H100"
+    assert ncu.logged_card(line.format("NVIDIA H200")) == "H200"
+    assert ncu.logged_card(line.format("NVIDIA H100 PCIe")) is None  # other figures: no model columns
+    assert ncu.logged_card(line.format("the CPU (no CUDA device), unprofiled")) is None
+    assert ncu.logged_card("no such line") is None
+
+
 def test_a_step_with_its_end_marker_was_not_stopped():
     # kills N06 (one begin and one end: the step ended, whatever its rc; only a begin without its end was cut)
     text = "== ncu_csv begin\n==ERROR== ERR_NVGPUCTRPERM\n== ncu_csv end rc=1\n"

@@ -21,11 +21,19 @@ import re
 import sys
 from pathlib import Path
 
-COLUMNS = {  # what the table shows: (heading, metric)
+COLUMNS = {  # what the table shows: (heading, metric, or the metric's names, first found wins)
     "duration_us": ("us", "gpu__time_duration.sum"),  # base units: ns
     "dram_read": ("DRAM read MB", "dram__bytes_read.sum"),
     "dram_write": ("DRAM write MB", "dram__bytes_write.sum"),
-    "dram_pct": ("DRAM % of peak", "dram__throughput.avg.pct_of_peak_sustained_elapsed"),
+    # ncu 2025's raw page (the 2026-12-04 H200 run) spells it gpu__dram_throughput; older ones dram__throughput
+    # (helper-214: the column was always '-')
+    "dram_pct": (
+        "DRAM % of peak",
+        (
+            "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed",
+            "dram__throughput.avg.pct_of_peak_sustained_elapsed",
+        ),
+    ),
     "l2_hit": ("L2 hit %", "lts__t_sector_hit_rate.pct"),
     "occupancy": ("achieved occupancy %", "sm__warps_active.avg.pct_of_peak_sustained_active"),
     "registers": ("registers", "launch__registers_per_thread"),
@@ -91,8 +99,9 @@ def summary(row: dict[str, str]) -> dict:
     """One kernel's figures: COLUMNS (durations in us, bytes in MB), its name, grid and block, its top 3 stall
     reasons (cycles per issued instruction)."""
     out = {"kernel": row.get("Kernel Name", "?"), "grid": row.get("Grid Size", ""), "block": row.get("Block Size", "")}
-    for key, (_, metric) in COLUMNS.items():
-        out[key] = number(row.get(metric))
+    for key, (_, metrics) in COLUMNS.items():
+        names = (metrics,) if isinstance(metrics, str) else metrics
+        out[key] = next((value for name in names if (value := number(row.get(name))) is not None), None)
     if out["duration_us"] is not None:
         out["duration_us"] /= 1e3
     for key in ("dram_read", "dram_write"):
@@ -117,6 +126,17 @@ def short(name: str) -> str:
     base = "".join(kept)[:60]
     first = re.match(r"[^<(]*<([^,<>()]+)", name)  # the first template argument, where the name has one
     return f"{base}<{first.group(1).strip()[:80]}>" if first else base
+
+
+def logged_card(text: str) -> str | None:
+    """The model's name of the card benchmarks/gpu_ncu.py ran on ('gpu_ncu: ... warmed up on NVIDIA H100 80GB
+    HBM3, ...'), or None (no such line, or a card the model does not know: a PCIe / NVL form among them). Until
+    2026-12-06 the default was H200's whatever card ran (helper-214)."""
+    from .hardware import card_for_device
+
+    found = re.search(r"^gpu_ncu:.*warmed up on ([^,\n]+)", text, re.M)
+    card = card_for_device(found.group(1)) if found else None
+    return card.name if card else None
 
 
 def predicted_loss_kernels(card_name: str) -> dict[str, dict]:
@@ -154,7 +174,11 @@ def markdown(rows: list[dict], predicted: dict[str, dict] | None) -> list[str]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.perf_model.ncu", description=__doc__.split("\n\n")[0])
     parser.add_argument("log", type=Path, help="bench.log of benchmarks/gpu_bench.sh")
-    parser.add_argument("--card", default="H200", help="the model's card for the loss kernels' predictions")
+    parser.add_argument(
+        "--card",
+        default=None,
+        help="the model's card for the loss kernels' predictions (default: the card the log's gpu_ncu line names)",
+    )
     parser.add_argument("--columns", action="store_true", help="list the metric columns the log has")
     args = parser.parse_args(argv)
     if not args.log.is_file():
@@ -170,7 +194,11 @@ def main(argv: list[str]) -> int:
         )
         predicted = None
     else:
-        predicted = predicted_loss_kernels(args.card)
+        card = args.card or logged_card(text)
+        if card is None:
+            print("perf_model.ncu: the log names no card the model knows (--card H100 / H200): no model columns",
+                  file=sys.stderr)  # fmt: skip
+        predicted = predicted_loss_kernels(card) if card else None
     for index, block in enumerate(blocks):
         if args.columns and block:
             print("\n".join(sorted(block[0])))
