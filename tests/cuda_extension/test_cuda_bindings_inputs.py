@@ -127,3 +127,33 @@ def test_cell_masks_with_strides_of_their_own():
     grad_tokens, grad_mask = EXT.mask_tokens_grid_backward(tokens, cells, 4, True, True)
     assert torch.equal(grad_tokens.cpu(), expected_tokens)
     torch.testing.assert_close(grad_mask.cpu(), expected_mask, rtol=1e-5, atol=1e-5)
+
+
+# helper-215's second-pass mutation audit of csrc/ on the emulator (42 mutants, 14 gaps): the tests below
+
+
+@kernels
+@pytest.mark.parametrize("rows", [1, 3])
+def test_flags_of_another_batch_size_are_refused(rows):
+    # Kills csrc/bindings_token_select.cpp position_flags `flags->size(0) == B` left out of the shape check: the
+    # kernel reads flags[b, n] for every b < B through the flags' strides, so a [1, N] mask reads past its end (an
+    # illegal address on a GPU) and a [3, N] one passes unnoticed for B = 2; the Python ops refuse both
+    # (_check_priority_masks). The test of the binding's own checks had only a wrong token count.
+    flags = torch.zeros(rows, 10, dtype=torch.bool, device=DEV)
+    x = torch.randn(2, 11, 4, device=DEV)
+    for name, masks in (("always_keep", (flags, None)), ("drop_first", (None, flags))):
+        with refused(rf"{name} must have shape \[2, 10\], got \[{rows}, 10\]"):
+            EXT.select_tokens(0, None, 2, 10, 3, False, True, DEV, *masks)
+        with refused(rf"{name} must have shape \[2, 10\], got \[{rows}, 10\]"):
+            EXT.select_gather_tokens(x, 0, None, 3, 1, False, *masks)
+
+
+@kernels
+def test_batch_sizes_from_two_to_the_31_are_refused():
+    # Kills csrc/bindings.h check_selection `batch_size >= 0 && batch_size <= INT_MAX` -> `batch_size >= 0`: one
+    # block per sample on a grid's x axis, so 2^31 samples are a ValueError naming batch_size, as the Python ops
+    # raise (check_keep_args), before anything is allocated; without the bound the binding allocated the outputs
+    # and the launcher's own check failed the launch (a RuntimeError). The tests had only -1. (One cell per sample:
+    # the mutant's allocation is 2 GiB of untouched memory.)
+    with refused(r"batch_size must be in \[0, 2\*\*31\), got 2147483648"):
+        EXT.grid_cell_mask(0, None, 2**31, 1, 1, DEV)

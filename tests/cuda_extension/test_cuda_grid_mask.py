@@ -297,3 +297,92 @@ def test_mask_image_grid_odd_stride_of_a_size_two_dimension():
     cells = torch.rand(2, 2, 2, generator=generator) < 0.5
     expected = gm.mask_image_reference(images.cpu(), cells, 4, -1.0)
     assert torch.equal(EXT.mask_image_grid(images, cells.to(DEV), 4, -1.0).cpu(), expected)
+
+
+# helper-215's second-pass mutation audit of csrc/ on the emulator (42 mutants, 14 gaps): the tests below
+
+
+@kernels
+def test_mask_image_grid_odd_plane_stride():
+    # Kills csrc/grid_mask.cu launch_image `stride_bits(s.c, planes, e)` left out of the word's bits: the NCHW
+    # channel (plane) stride must bound the word size. Planes 8 x 8 + 1 elements apart (odd: 4-byte words) in 4
+    # channels, so the batch stride (4 x 65 fp32 = 1040 bytes), the rows (32 bytes), the cells (16) and the address
+    # are all multiples of 16 bytes: with the plane stride left out, plane c is read at c x 65 // 4 words, c
+    # elements early. (helper-181's test_mask_image_grid_odd_stride_of_a_size_two_dimension does the batch stride.)
+    generator = torch.Generator().manual_seed(8)
+    buffer = torch.randn(2, 4, 8 * 8 + 1, generator=generator)
+    images = buffer.to(DEV)[..., : 8 * 8].view(2, 4, 8, 8)
+    assert images.stride()[:2] == (260, 65) and images.data_ptr() % 16 == 0
+    cells = torch.rand(2, 2, 2, generator=generator) < 0.5
+    expected = gm.mask_image_reference(images.cpu(), cells, 4, -1.0)
+    assert torch.equal(EXT.mask_image_grid(images, cells.to(DEV), 4, -1.0).cpu(), expected)
+    out, mask = EXT.mask_image_grid_random(images, 3, None, 4, 2, -1.0)  # the one-launch draw, same word
+    assert torch.equal(out.cpu(), gm.mask_image_reference(images.cpu(), mask.cpu(), 4, -1.0))
+
+
+@kernels
+def test_random_grid_masks_one_cell_past_the_one_launch_draw():
+    # Kills csrc/grid_mask.cu launch_mask_image_grid_random `num_cells > kMaskThreads` -> `num_cells > kMaskThreads
+    # + 1` (and the token op's alike): the one-launch draw holds a sample's draws in a block's shared array of 256,
+    # one per thread; 257 cells (a 1 x 257 grid) must go to the selection kernel first. The tests had 256 cells
+    # (16 x 16) and 272 (17 x 16), nothing between. The mutant writes one draw past the shared array, which the
+    # plain emulator does not notice (the cells come out right); the sanitized run (test_cuda_emulator.py's
+    # test_kernels_under_address_sanitizer) stops at it: a global-buffer-overflow of `draws` in mask_image_kernel.
+    generator = torch.Generator().manual_seed(9)
+    seed, num_cells, num_keep = 31, 257, 100
+    expected_mask = gm.cell_mask_reference(seed, 3, num_cells, num_keep, CPU).view(3, 1, num_cells)
+    images = torch.randn(3, 2, 2, 2 * num_cells, generator=generator).to(DEV)
+    out, mask = EXT.mask_image_grid_random(images, seed, None, 2, num_keep, 0.5)
+    assert torch.equal(mask.cpu(), expected_mask)
+    assert torch.equal(out.cpu(), gm.mask_image_reference(images.cpu(), expected_mask, 2, 0.5))
+    tokens, token = images.permute(0, 2, 3, 1).contiguous(), torch.randn(2, generator=generator).to(DEV)
+    out, mask = EXT.mask_tokens_grid_random(tokens, token, seed, None, 2, num_keep)
+    assert torch.equal(mask.cpu(), expected_mask)
+    assert torch.equal(out.cpu(), tgm.mask_tokens_reference(tokens.cpu(), token.cpu(), expected_mask, 2))
+
+
+@kernels
+def test_mask_tokens_grid_random_two_columns_with_their_own_stride():
+    # Kills csrc/grid_mask.cu launch_mask_tokens_grid_random `(stride_w != C && W > 1)` -> `W > 2`: token rows
+    # whose w stride is not C (an hw-swapped batch) go to the row copy, which reads each token at its strides, for
+    # any width above one token; the one-launch image kernel would read the second token of a row C elements after
+    # the first. The tests' swapped tokens were 14 wide; here 2.
+    generator = torch.Generator().manual_seed(10)
+    tokens = torch.randn(2, 4, 2, 3, generator=generator).transpose(1, 2).contiguous().transpose(1, 2).to(DEV)
+    assert tokens.stride() == (24, 3, 12, 1)
+    token = torch.randn(3, generator=generator).to(DEV)
+    expected_mask = gm.cell_mask_reference(5, 2, 8, 3, CPU).view(2, 4, 2)
+    out, mask = EXT.mask_tokens_grid_random(tokens, token, 5, None, 1, 3)
+    assert torch.equal(mask.cpu(), expected_mask)
+    assert torch.equal(out.cpu(), tgm.mask_tokens_reference(tokens.cpu(), token.cpu(), expected_mask, 1))
+
+
+@kernels
+def test_mask_token_with_strides_of_its_own():
+    # Kills csrc/bindings_grid_mask.cpp mask_tokens_grid_forward `mask_token.reshape({C}).contiguous()` -> without
+    # `.contiguous()` (and mask_tokens_grid_random's alike): the kernels read the mask token as C contiguous
+    # elements, so a strided one (a slice of every other element, or [C, 1] viewed from a transpose) must be made
+    # contiguous by the binding; read in place, its channel c would be element 2c of the storage. Both the row copy
+    # (a given cell mask) and the one-launch image kernel (cells drawn) read it.
+    generator = torch.Generator().manual_seed(11)
+    tokens = torch.randn(2, 4, 4, 6, generator=generator).to(DEV)
+    storage = torch.randn(12, generator=generator).to(DEV)
+    token = storage[::2]
+    assert token.stride() == (2,)
+    cells = torch.tensor([[[True, False], [False, True]], [[False, True], [True, True]]])
+    expected = tgm.mask_tokens_reference(tokens.cpu(), token.cpu(), cells, 2)
+    assert torch.equal(EXT.mask_tokens_grid_forward(tokens, token, cells.to(DEV), 2).cpu(), expected)
+    out, mask = EXT.mask_tokens_grid_random(tokens, token, 7, None, 2, 2)
+    assert torch.equal(out.cpu(), tgm.mask_tokens_reference(tokens.cpu(), token.cpu(), mask.cpu(), 2))
+
+
+@kernels
+@pytest.mark.parametrize("shape", [(0, 3, 8, 8), (2, 3, 0, 8), (2, 3, 8, 0), (2, 0, 8, 8)])
+def test_mask_image_grid_empty_images(shape):
+    # Kills csrc/grid_mask.cu launch_mask_image_grid `if (B * C * H * W == 0) return cudaSuccess;` removed: an empty
+    # batch or map launches no kernel (a grid of 0 blocks is an invalid configuration on a GPU, and a row of 0
+    # words gives the kernel 0 lanes to divide by). The random op's empty images were tested, the given-mask op's not.
+    images = torch.randn(shape).to(DEV)
+    cells = torch.zeros(shape[0], shape[2] // 4, shape[3] // 4, dtype=torch.bool, device=DEV)
+    out = EXT.mask_image_grid(images, cells, 4, 1.0)
+    assert out.shape == images.shape and out.dtype == images.dtype

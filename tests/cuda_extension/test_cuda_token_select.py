@@ -361,3 +361,119 @@ def test_row_copy_word_bounded_by_the_row_size():
     cells = torch.tensor([[[True, False], [False, True]], [[False, False], [True, True]]])
     out = EXT.mask_tokens_grid_forward(tokens, token, cells.to(DEV), 2)
     assert torch.equal(out.cpu(), tgm.mask_tokens_reference(tokens.cpu(), token.cpu(), cells, 2))
+
+
+# helper-215's second-pass mutation audit of csrc/ on the emulator (42 mutants, 14 gaps): the tests below
+
+
+@kernels
+def test_select_class_order_at_draws_of_zero_and_all_ones():
+    # Kills csrc/token_select.cu select_row `SortBlockedToStriped(draws, positions, 0, kClassBits)` -> `(draws,
+    # positions, 1, kClassBits)` (the class pass over its high bit only, which also passes every test with random
+    # draws): an always-keep position takes the draw 0, so an ordinary position whose Philox draw is 0 ties with it
+    # in the first (draw) pass, and only the class pass puts the always-keep one first, as the reference's keys do
+    # (-2^63 + p before (0 - 2^31) 2^32 + N + p). Seed 65551043 draws 0 at position 27 of row 0 (found by an
+    # exhaustive search in C, ~1 draw in 2^32); position 40, later, is always kept. The same at the other end: seed
+    # 74293844 draws 0xFFFFFFFF at position 20, the draw a drop-first position takes, and the ordinary position
+    # must come before the drop-first position 10 (class 1 before class 2). Both kernels: select_tokens' and the
+    # fused select + gather.
+    num_tokens, num_keep = 64, 64  # K = N: the whole order is compared
+    keep = torch.zeros(1, num_tokens, dtype=torch.bool)
+    keep[0, 40] = True
+    drop = torch.zeros(1, num_tokens, dtype=torch.bool)
+    drop[0, 10] = True
+    x = torch.randn(1, 1 + num_tokens, 8, generator=torch.Generator().manual_seed(0)).to(DEV)
+    for seed, position, draw, flags, first in (
+        (65551043, 27, 0, (keep, None), [40, 27]),
+        (74293844, 20, 0xFFFFFFFF, (None, drop), [20, 10]),
+    ):
+        assert int(philox_uint32(seed, torch.arange(num_tokens))[position]) == draw
+        expected = reference.select_reference(seed, 1, num_tokens, num_keep, CPU, False, *flags)
+        where = [expected[0].tolist().index(p) for p in first]
+        assert where[0] < where[1] and (draw != 0 or where == [0, 1])
+        on_device = [None if f is None else f.to(DEV) for f in flags]
+        ids, _ = EXT.select_tokens(seed, None, 1, num_tokens, num_keep, False, False, DEV, *on_device)
+        assert torch.equal(ids.cpu(), expected), seed
+        y, ids, _ = EXT.select_gather_tokens(x, seed, None, num_keep, 1, False, *on_device)
+        assert torch.equal(ids.cpu(), expected), seed
+        assert torch.equal(y.cpu(), reference.gather_reference(x.cpu(), expected, 1)), seed
+
+
+@kernels
+@pytest.mark.parametrize("num_tokens", [257, 513, 1025, 2049, 4097])
+def test_select_one_past_each_block_capacity(num_tokens):
+    # Kills csrc/token_select.cu with_sort_shape `num_tokens <= 512` -> `num_tokens <= 520` (and the same slip at
+    # 1024, 2048 and 4096; with_fused_shape's at 256 and 512): a row one position longer than a block shape's
+    # capacity (threads x keys per thread) must take the next shape. SELECT_SIZES has each capacity itself but one
+    # past it only at 256; a shape one short never draws the row's last position, and with K = N every position
+    # must come out, in the reference's order. select_gather_tokens takes the fused kernel's shapes up to 1024.
+    seed = 0xC0FFEE
+    ids, inv = EXT.select_tokens(seed, None, 2, num_tokens, num_tokens, False, True, DEV)
+    expected = reference.select_reference(seed, 2, num_tokens, num_tokens, CPU, False)
+    assert torch.equal(ids.cpu(), expected)
+    assert torch.equal(inv.cpu(), reference.inverse_reference(expected, num_tokens))
+    x = torch.randn(2, 1 + num_tokens, 4, generator=torch.Generator().manual_seed(num_tokens)).to(DEV)
+    y, ids, inv = EXT.select_gather_tokens(x, seed, None, num_tokens, 1, False)
+    assert torch.equal(ids.cpu(), expected)
+    assert torch.equal(inv.cpu(), reference.inverse_reference(expected, num_tokens))
+    assert torch.equal(y.cpu(), reference.gather_reference(x.cpu(), expected, 1))
+
+
+@kernels
+def test_scatter_reads_inv_through_its_strides():
+    # Kills csrc/token_select.cu ScatterRows `inv[b * stride_vb + (t - P) * stride_vn]` -> `(t - P)` for the token
+    # stride, or -> `b * N` for the batch stride: the binding passes inv with its own strides (as the gather passes
+    # ids'), and every test gave it contiguous: a column slice (token stride 2) and a batch-major copy (batch
+    # stride 1) must be read as their values.
+    generator = torch.Generator().manual_seed(4)
+    batch, prefix, num_tokens, num_keep, dim = 3, 1, 20, 8, 12
+    ids = torch.stack([torch.randperm(num_tokens, generator=generator)[:num_keep] for _ in range(batch)])
+    inv = reference.inverse_reference(ids, num_tokens)
+    grad_y = torch.randn(batch, prefix + num_keep, dim, generator=generator).to(DEV)
+    expected = reference.scatter_reference(grad_y.cpu(), ids, prefix, num_tokens)
+    column_slice = torch.stack([inv, torch.full_like(inv, 5)], dim=2).flatten(1)[:, ::2]
+    batch_major = inv.t().contiguous().t()
+    for name, view in (("column slice", column_slice), ("batch-major", batch_major)):
+        assert torch.equal(view, inv) and not view.is_contiguous(), name
+        assert torch.equal(EXT.scatter_tokens(grad_y, view.to(DEV), prefix).cpu(), expected), name
+
+
+@kernels
+def test_select_gather_word_bounded_by_an_odd_batch_stride():
+    # Kills csrc/token_select.cu launch_select_gather_tokens' alignment `stride_xb * element | stride_xs * element |
+    # row_bytes` -> the batch stride left out: samples 1 + 64 * 96 + 1 elements apart (odd) in rows of 96 fp32 (16-byte
+    # words otherwise), from a 16-byte aligned allocation, so that the batch stride alone bounds the word. With
+    # 16-byte words sample 1's rows start 4 bytes off a word's boundary: a GPU's misaligned address (the emulator
+    # crashes on the aligned vector load, UBSan's alignment check of the sanitized build names it). The gather's
+    # own launch (ids given) takes the same input.
+    generator = torch.Generator().manual_seed(6)
+    batch, prefix, num_tokens, num_keep, dim = 2, 1, 64, 16, 96
+    buffer = torch.randn(batch, (prefix + num_tokens) * dim + 1, generator=generator).to(DEV)
+    x = buffer[:, : (prefix + num_tokens) * dim].view(batch, prefix + num_tokens, dim)
+    assert x.stride(0) % 2 == 1 and x.data_ptr() % 16 == 0
+    seed = 12345
+    expected_ids = reference.select_reference(seed, batch, num_tokens, num_keep, CPU, False)
+    y, ids, _ = EXT.select_gather_tokens(x, seed, None, num_keep, prefix, False)
+    assert torch.equal(ids.cpu(), expected_ids)
+    assert torch.equal(y.cpu(), reference.gather_reference(x.cpu(), expected_ids, prefix))
+    assert torch.equal(
+        EXT.gather_tokens(x, ids, prefix).cpu(), reference.gather_reference(x.cpu(), expected_ids, prefix)
+    )
+
+
+@kernels
+def test_negative_prefix_counts_are_refused():
+    # Kills csrc/bindings_token_select.cpp gather_tokens `P >= 0 && P < S` -> `P < S` (and the same in
+    # select_gather_tokens and scatter_tokens): a negative num_prefix_tokens is a ValueError naming the argument,
+    # as the Python ops raise (_check_tokens), not a failed launch (the launcher's own check, a RuntimeError). The
+    # refusal tests had only P = S. On the kernels' device (EXT): the emulator builds this checkout's bindings.
+    x = torch.randn(2, 5, 4, device=DEV)
+    ids = torch.zeros(2, 2, dtype=torch.int64, device=DEV)
+    inv = torch.zeros(2, 6, dtype=torch.int32, device=DEV)
+    remains = r"so that at least one (patch|kept) token remains, got -1"
+    with refused(rf"num_prefix_tokens must be in \[0, sequence length 5\) {remains}"):
+        EXT.gather_tokens(x, ids, -1)
+    with refused(rf"num_prefix_tokens must be in \[0, sequence length 5\) {remains}"):
+        EXT.select_gather_tokens(x, 1, None, 2, -1, False)
+    with refused(rf"num_prefix_tokens must be in \[0, grad_y.size\(1\)=5\) {remains}"):
+        EXT.scatter_tokens(x, inv, -1)
