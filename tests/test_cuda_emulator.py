@@ -15,6 +15,9 @@ from conftest import CUDA_EMULATED
 import masksub_kernels as mk
 from masksub_kernels import _backend
 from tools import cuda_emulator
+from tools.cuda_home import find_cuda_home
+
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
 
 
 def test_rewrite_launches():
@@ -233,3 +236,71 @@ class TestAsBackend:
             module.select_tokens(0, None, 1, 4, 2, False, False, torch.device("meta"))
         with pytest.raises(RuntimeError, match=r"x must be a CPU tensor \(this is the CUDA emulator\), got meta"):
             module.gather_tokens(torch.empty(1, 4, 2, device="meta"), torch.zeros(1, 2, dtype=torch.long), 0)
+
+
+# helper-217's mutation audit of the emulator's build tool and the real build's configuration (44 mutants)
+
+
+def _captured_build(monkeypatch, tmp_path, sanitize=None) -> dict:
+    """cuda_emulator.build's call of torch's cpp_extension.load, captured instead of compiled."""
+    if cuda_emulator.missing() is not None:
+        pytest.skip(cuda_emulator.missing())
+    from torch.utils import cpp_extension
+
+    calls = []
+    monkeypatch.setenv("CUDA_HOME", str(find_cuda_home()))  # build() sets it when unset: restored afterwards
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: calls.append(kwargs))
+    cuda_emulator.build(tmp_path / "build", sanitize=sanitize)
+    return calls[0]
+
+
+# -> tests/test_cuda_emulator.py. Kills E09 (stage_sources copies the sources with their launches rewritten but not
+# their __launch_bounds__: test_every_bounded_csrc_kernel_checks_its_bounds checks emulated_source, not what is
+# staged, and no kernel test launches beyond a bound), E10 (the bindings_*.cpp not compiled) and E02
+# (-DMASKSUB_MAX_GRID_BLOCKS=3 dropped: the kernels' grid-stride loops then never run a second round in the tests).
+def test_the_emulator_compiles_every_source_as_emulated_source_rewrites_it(monkeypatch, tmp_path):
+    call = _captured_build(monkeypatch, tmp_path)
+    units = {Path(source).stem: Path(source) for source in call["sources"]}
+    originals = {p.stem: p for p in CSRC.iterdir() if p.suffix in (".cu", ".cpp")}
+    assert sorted(units) == sorted(originals)
+    for stem, unit in units.items():
+        assert unit.read_text() == cuda_emulator.emulated_source(originals[stem].read_text()), unit.name
+    assert call["extra_cflags"] == cuda_emulator.compile_flags(None) and not call["with_cuda"]
+    assert "-DMASKSUB_MAX_GRID_BLOCKS=3" in call["extra_cflags"]
+    # torch's nvcc macros (no __half / __nv_bfloat16 operators or conversions): the API subset the real build has
+    # (helper-217: the emulator accepted __half arithmetic that nvcc rejects)
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    macros = [flag for flag in COMMON_NVCC_FLAGS if flag.startswith("-D")]
+    assert len(macros) >= 4 and set(macros) <= set(call["extra_cflags"])
+    assert "-include" in call["extra_cflags"] and f"-I{cuda_emulator.EMULATOR}" in call["extra_cflags"]
+
+
+# -> tests/test_cuda_emulator.py. Kills E05 (MASKSUB_CUDA_EMULATOR_SANITIZE ignored) and E06 (asan_environment
+# without it): either way test_kernels_under_address_sanitizer preloads ASan but loads the unsanitized build, finds
+# no report, and passes having checked nothing.
+def test_the_address_sanitizer_environment_selects_the_sanitized_build(monkeypatch, tmp_path):
+    try:
+        environment = cuda_emulator.asan_environment()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    monkeypatch.setenv("MASKSUB_CUDA_EMULATOR_SANITIZE", environment["MASKSUB_CUDA_EMULATOR_SANITIZE"])
+    call = _captured_build(monkeypatch, tmp_path)  # sanitize from the environment, as the ASan run's pytest does
+    assert call["name"] == cuda_emulator.MODULE_NAME + "_address"
+    assert "-fsanitize=address,alignment" in call["extra_cflags"] and "-O0" in call["extra_cflags"]
+    assert call["extra_ldflags"] == ["-fsanitize=address,alignment"]
+    monkeypatch.setenv("MASKSUB_CUDA_EMULATOR_SANITIZE", "thread")
+    with pytest.raises(ValueError, match="MASKSUB_CUDA_EMULATOR_SANITIZE must be one of"):
+        cuda_emulator.sanitizer()
+
+
+# -> tests/test_cuda_emulator.py. Kills E07 (contraction_flags always empty: the emulator rounds a * b + c twice where
+# nvcc's default --fmad=true rounds once, on a CPU that could contract).
+def test_the_emulator_contracts_as_nvcc_where_the_cpu_has_fma():
+    try:
+        cpu_flags = Path("/proc/cpuinfo").read_text().replace("\n", " ")
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    if " fma " not in cpu_flags:
+        pytest.skip("this CPU has no fma")
+    assert "-ffp-contract=fast" in cuda_emulator.compile_flags() and "-mfma" in cuda_emulator.compile_flags()

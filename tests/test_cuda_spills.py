@@ -6,10 +6,13 @@ The parser is also checked on canned ptxas output, which needs no toolkit.
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tools import check_spills
+
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
 
 PTXAS_OUTPUT = """\
 ptxas info    : 0 bytes gmem
@@ -139,3 +142,20 @@ def test_check_spills_spill_loads_alone_fail_and_empty_arches_are_dropped(monkey
     status, archs = _main_with(monkeypatch, tmp_path, loads_only, "--arch", "90a, ,80,")
     assert status == 1
     assert archs == ["90a", "80"]
+
+
+# helper-217's mutation audit of the emulator's build tool and the real build's configuration (44 mutants)
+
+
+# -> tests/test_cuda_spills.py. Kills C02 (the default source list cut short: the slow test checks two kernels of
+# token_select.cu only, so grid_mask.cu and masksub_loss.cu could leave the check unnoticed) and C06 (the default
+# arch sm_90, not the sm_90a the extension is built for).
+def test_check_spills_by_default_compiles_every_csrc_source_for_sm_90a(monkeypatch, tmp_path):
+    compiled = []
+    monkeypatch.setattr(check_spills, "find_cuda_home", lambda: tmp_path)
+    monkeypatch.setattr(check_spills.shutil, "which", lambda name: None)
+    monkeypatch.setattr(
+        check_spills, "compile_source", lambda s, arch, nvcc, w: (compiled.append((s, arch)), ([], None))[1]
+    )
+    assert check_spills.main([]) == 0
+    assert compiled == [(path, "90a") for path in sorted(CSRC.glob("*.cu"))]

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tools import check_spills, cuda_emulator
 from tools.cuda_home import find_cuda_home
 
 ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
 
 
 def load_setup_module():
@@ -218,3 +220,132 @@ def test_the_extension_links_the_shared_cxx_runtime(monkeypatch):
     if built and subprocess.run(["which", "readelf"], capture_output=True).returncode == 0:
         assert "libstdc++.so.6" in needed_libraries(built[0])  # the build in this checkout, if any
         assert not defines_symbol(built[0], OSTREAM_LONG)
+
+
+# helper-217's mutation audit of the emulator's build tool and the real build's configuration (44 mutants)
+
+
+# -> tests/test_setup.py. Kills S04 (sm_90 instead of sm_90a: no Hopper-only instructions), S05 (the default without
+# sm_80), S10 (MASKSUB_CUDA_ARCHS="80,90" read as one arch "80,90"), S11 (no -gencode at all: torch then picks the
+# archs itself, from TORCH_CUDA_ARCH_LIST or the visible GPU).
+@pytest.mark.parametrize("archs", [None, "80;90", "80,90", " 80 ; 90 ;"])
+def test_the_extension_targets_sm_80_and_sm_90a(monkeypatch, archs):
+    if archs is None:
+        monkeypatch.delenv("MASKSUB_CUDA_ARCHS", raising=False)  # the default
+    else:
+        monkeypatch.setenv("MASKSUB_CUDA_ARCHS", archs)
+    _, extension = planned_extension(monkeypatch)
+    gencode = [flag for flag in extension.extra_compile_args["nvcc"] if flag.startswith("-gencode")]
+    assert gencode == ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a"]
+
+
+# -> tests/test_setup.py. Kills S03 (NVCC_WARNING_FLAGS without "-Werror=all-warnings": nvcc's own warnings, of the
+# device code, no longer fail the build; the existing test checks only the host pass's -Xcompiler flags).
+def test_the_nvcc_pass_turns_its_own_warnings_into_errors(monkeypatch):
+    _, extension = planned_extension(monkeypatch)
+    assert "-Werror=all-warnings" in extension.extra_compile_args["nvcc"]
+
+
+# -> tests/test_setup.py. Kills S06 (the bindings, csrc/*.cpp, left out of the real build), S07 (csrc/*.cu* also
+# takes the .cuh headers as translation units), and E10 (the emulator's stage_sources leaves the bindings_*.cpp out
+# of its translation units), E13 (stage_sources walks csrc/ recursively: csrc/platform/masksub_platform.h staged beside
+# the copies). The emulator is only a stand-in if it compiles the file list the real build compiles.
+def test_the_emulator_compiles_the_files_the_real_build_compiles(monkeypatch, tmp_path):
+    _, extension = planned_extension(monkeypatch)
+    expected = sorted(CSRC.glob("*.cu")) + sorted(CSRC.glob("*.cpp"))
+    assert extension.sources == [str(path.relative_to(ROOT)) for path in expected]
+    assert sorted(unit.stem for unit in cuda_emulator.stage_sources(tmp_path)) == sorted(p.stem for p in expected)
+    # and beside them only copies of csrc/'s own files: no masksub_platform.h (the real one, staged from csrc/platform/,
+    # would shadow the emulated one for every quoted include: E13, csrc/ searched recursively)
+    staged = sorted(path.name for path in (tmp_path / "src").iterdir())
+    own = [p for p in CSRC.iterdir() if p.suffix in (".cu", ".cuh", ".h", ".cpp")]
+    assert staged == sorted(p.stem + ".cpp" if p.suffix == ".cu" else p.name for p in own)
+
+
+# -> tests/test_setup.py. Kills S08 (csrc/emulator/ also on the real build's include path, before csrc/platform/: the
+# real build would take the emulator's masksub_platform.h) and S09 (PLATFORM = csrc/emulator: the existing test's
+# `str(setup.PLATFORM) in include_dirs` then holds for the wrong folder).
+def test_the_real_build_includes_the_real_platform_header_only(monkeypatch):
+    setup, extension = planned_extension(monkeypatch)
+    assert setup.PLATFORM == CSRC / "platform"
+    assert extension.include_dirs[:2] == [str(CSRC), str(CSRC / "platform")]  # then torch's own (CUDAExtension)
+    assert not any(Path(folder).is_relative_to(CSRC / "emulator") for folder in extension.include_dirs)
+
+
+# -> tests/test_setup.py. Kills S17 (the extension built under another name: the package imports masksub_kernels._C,
+# finds none, and the GPU suite's extension tests skip rather than fail: extension_under_test's needs_C).
+def test_the_extension_is_the_module_the_package_imports(monkeypatch):
+    _, extension = planned_extension(monkeypatch)
+    assert extension.name == "masksub_kernels._C"
+    assert '"masksub_kernels._C"' in (ROOT / "masksub_kernels" / "_backend.py").read_text()
+
+
+# -> tests/test_setup.py. Kills S14 (the plan no longer exports the toolkit it found as CUDA_HOME: torch's
+# cpp_extension then guesses it from the nvcc on PATH, a wrapper script's folder, and the link fails on -lcudart).
+def test_the_plan_exports_the_real_toolkit_as_cuda_home(monkeypatch, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda is None:
+        pytest.skip("a CPU-only torch: the plan stops before the toolkit")
+    setup = load_setup_module()
+    monkeypatch.delenv("MASKSUB_BUILD_CUDA", raising=False)
+    monkeypatch.setenv("CUDA_HOME", "/guessed/by/torch")  # restored after the test
+    monkeypatch.setattr(setup, "find_cuda_home", lambda: str(tmp_path / "cuda-13.0"))
+    build, _ = setup.cuda_extension_plan()
+    assert build and os.environ["CUDA_HOME"] == str(tmp_path / "cuda-13.0")
+
+
+# -> tests/test_setup.py. Kills S16 (the extension's nvcc at -std=c++20), C01 (check_spills without one of torch's
+# -D__CUDA_NO_HALF*__ macros: a kernel using __half's operators would pass the only nvcc compilation a machine without
+# a GPU runs, test_csrc_kernels_do_not_spill, and fail the real build) and C04 (check_spills without -O3).
+# check_spills (and tools/perf_model/csrc.py, which takes its flags) must compile as the extension is built.
+def test_check_spills_compiles_as_the_extension_is_built(monkeypatch):
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    setup, extension = planned_extension(monkeypatch)
+    ours = [flag for flag in extension.extra_compile_args["nvcc"] if not flag.startswith("-gencode")]
+    ours = [flag for flag in ours if flag not in setup.NVCC_WARNING_FLAGS]
+    assert sorted(check_spills.NVCC_FLAGS) == sorted([*ours, *COMMON_NVCC_FLAGS])
+
+
+# -> tests/test_setup.py. Kills R01 (the real header's kernel device CPU: every binding would refuse CUDA tensors)
+# and R03 (its DeviceGuard a no-op struct: launches and allocations on the current device instead of the tensors').
+# Neither shows without a GPU, and R03 not even on a one-GPU machine; the compiler can tell.
+REAL_PLATFORM_CHECKS = """#include "masksub_platform.h"
+#include <type_traits>
+static_assert(masksub::platform::kKernelDevice == c10::DeviceType::CUDA);
+static_assert(std::is_same_v<masksub::platform::DeviceGuard, c10::cuda::CUDAGuard>);
+"""
+
+
+def test_the_real_platform_header_is_the_cuda_one(tmp_path):
+    setup = load_setup_module()
+    cuda_home = find_cuda_home()
+    torch_include = Path(setup.foreign_include_dirs(str(cuda_home))[0]) if cuda_home else None
+    if cuda_home is None or not (torch_include / "c10" / "cuda" / "CUDAGuard.h").exists():
+        pytest.skip("needs the CUDA toolkit's headers and a CUDA build of torch")
+    (tmp_path / "checks.cpp").write_text(REAL_PLATFORM_CHECKS)
+    flags = [*setup.host_compile_flags(str(cuda_home)), f"-I{CSRC / 'platform'}"]
+    command = [os.environ.get("CXX", "c++"), *flags, "-fsyntax-only", "checks.cpp"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+# -> tests/test_setup.py (tools/cuda_home.py). Kills H01 (CUDA_PATH ignored), H02 (a CUDA_HOME without bin/nvcc, as a
+# conda environment's may be, taken anyway), H03 (a wrapper's exec target taken although no nvcc is there), H05 (the
+# nvcc on PATH not resolved: a /usr/bin/nvcc symlink to the toolkit's gave /usr).
+def test_find_cuda_home_checks_each_candidate_for_nvcc(tmp_path, monkeypatch):
+    toolkit = fake_toolkit(tmp_path)
+    (toolkit / "bin" / "nvcc").write_bytes(b"\x7fELF binary")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setenv("CUDA_PATH", str(toolkit))
+    assert find_cuda_home(str(tmp_path / "missing-nvcc"), fallback="") == toolkit  # CUDA_PATH counts
+    monkeypatch.delenv("CUDA_PATH")
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "no-nvcc-here"))
+    symlink = tmp_path / "usr" / "bin" / "nvcc"
+    symlink.parent.mkdir(parents=True)
+    symlink.symlink_to(toolkit / "bin" / "nvcc")
+    assert find_cuda_home(str(symlink), fallback="") == toolkit  # past the CUDA_HOME without nvcc; resolved
+    wrapper = tmp_path / "wrapper" / "nvcc"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {tmp_path}/gone/bin/nvcc "$@"\n')
+    assert find_cuda_home(str(wrapper), fallback=str(toolkit)) == toolkit.resolve()  # a dead target: the fallback
