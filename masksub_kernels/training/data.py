@@ -204,8 +204,11 @@ def train_sampler(dataset: Dataset, epoch: int, seed: int, rank: int, world: int
         )
         sampler.set_epoch(seed * 1_000_003 + epoch)
         return sampler
-    if world > 1:
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    if world > 1:  # torch seeds its shuffle with seed + epoch: seed * 1_000_003, else seed s's epoch e + 1 was seed
+        # s + 1's epoch e (runs of consecutive seeds replayed each other's orders an epoch apart: helper-218)
+        sampler = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed * 1_000_003, drop_last=True
+        )
         sampler.set_epoch(epoch)
         return sampler
     return RandomSampler(dataset, generator=generator or torch.Generator().manual_seed(seed * 1_000_003 + epoch))
@@ -223,9 +226,13 @@ def train_loader(
     aug_repeats: int = 0,
 ) -> DataLoader:
     """The epoch's training loader: shuffled by (seed, epoch), whole batches only (Mixup needs even batches and the
-    accumulation windows stay aligned with epochs)."""
+    accumulation windows stay aligned with epochs); its workers seeded by (seed, epoch, rank)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     sampler = train_sampler(dataset, epoch, seed, rank, world, aug_repeats, generator)
+    if world > 1:  # the samplers above have generators of their own; this one seeds the loader's workers, which draw
+        # the augmentations: one per rank, else worker w of every rank drew the same crops, flips and erasing, and
+        # --aug-repeats' copies of an image (on other ranks) came out identical (helper-218)
+        generator = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + rank) % 2**63)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -53,3 +53,90 @@ def test_poolformer_is_not_a_cnn():  # pixel.py:42 kernel > 1 (its 1x1 convoluti
 
     with torch.device("meta"):
         assert not is_convolutional(timm.create_model("poolformer_s12"))
+
+
+# helper-218's third mutation audit of the image command's data and augmentation pipeline (53 mutants)
+
+
+# BUG (helper-218, B1): fails on 9cf0e0d, passes with /tmp/h218/worker_seed_fix.diff. Under torchrun the loader's
+# generator was seeded by (seed, epoch) alone, and the DataLoader draws its workers' seeds from it: worker w of every
+# rank had the same seed, so the ranks drew the same augmentations; with --aug-repeats the copies of an image (on
+# other ranks, at the same place in their batches) came out identical, bit for bit (world 2, 2 repeats: both ranks
+# trained the same batch).
+class _RandomDraws(torch.utils.data.Dataset):
+    """Each item: one draw from the worker's torch generator (what RandomResizedCrop, the flip, erasing draw)."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, index):
+        return torch.rand(()), index
+
+
+def test_loader_workers_draw_other_augmentations_on_each_rank():
+    from masksub_kernels.training.data import train_loader
+
+    for repeats in (0, 2):
+        draws = [
+            next(iter(train_loader(_RandomDraws(), 4, 0, 0, rank, 2, workers=1, pin=False, aug_repeats=repeats)))[0]
+            for rank in (0, 1)
+        ]
+        assert not torch.equal(draws[0], draws[1]), repeats
+
+
+# Kills data.py train_loader `drop_last=True` -> False (the command's _Truncated cuts the tail too, so only the
+# function's own promise catches it): a partial last batch is an odd one for Mixup and shifts accumulation windows.
+def test_train_loader_yields_whole_batches_only():
+    from masksub_kernels.training.data import train_loader
+
+    dataset = torch.utils.data.TensorDataset(torch.arange(10))
+    sizes = [len(batch[0]) for batch in train_loader(dataset, 4, 0, 0, 0, 1, 0, False)]
+    assert sizes == [4, 4]
+
+
+# Kills data.py:201 `len(dataset) >= 256` -> `> 256` (the boundary of timm's rounding to whole 256s): a set of exactly
+# 256 images is rounded as timm does, 256 // 256 * 256 / 3 -> 85 per process (not ceil(256 / 3) = 86), and
+# --aug-repeats 1 is timm's RepeatAugSampler too (timm's loader takes it for any count > 0; kills `aug_repeats > 1`).
+def test_repeated_augmentation_rounds_from_256_images_and_from_one_repeat():
+    from masksub_kernels.training.data import train_sampler
+
+    exactly = torch.utils.data.TensorDataset(torch.arange(256))
+    assert len(list(train_sampler(exactly, 0, 0, 0, 3, aug_repeats=3))) == 85
+    more = torch.utils.data.TensorDataset(torch.arange(600))
+    assert len(list(train_sampler(more, 0, 0, 0, 1, aug_repeats=1))) == 512
+
+
+# Kills data.py:50 `self.background = float(images.amin())` -> 0.0: the shifted-in border is the digits' empty
+# paper (the normalised value of a 0 pixel, the set's minimum, about -0.8), not 0 (a grey border after
+# normalisation, a frame the model could learn the shift from).
+def test_digit_shifts_pad_with_the_background():
+    from masksub_kernels.training.data import DigitsDataset
+
+    images = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)  # background (its min) 1
+    dataset = DigitsDataset(images, torch.zeros(1, dtype=torch.int64), shift=1)
+    torch.manual_seed(0)
+    values = {float(v) for _ in range(50) for v in dataset[0][0].flatten()}
+    assert values <= {float(v) for v in range(1, 10)}
+
+
+# Kills data.py:82 `... if augment else 0` -> `else 1`: --no-aug (augment=False) trains the digits unshifted, as
+# the validation split is.
+def test_digits_without_augmentation_do_not_shift():
+    from masksub_kernels.training.data import build_datasets
+
+    assert build_datasets(None, 16, augment=False).train.shift == 0
+
+
+def test_ddp_data_orders_of_consecutive_seeds_are_not_shifted_epochs():
+    # helper-218: torch's DistributedSampler shuffles with seed + epoch, and it was given the run's seed: under
+    # torchrun seed 0's epoch 1 was seed 1's epoch 0 (a set of seeds replayed each other's orders an epoch apart,
+    # their spread no longer independent). The single-process and repeated-augmentation samplers never did.
+    from masksub_kernels.training.data import train_sampler
+
+    dataset = torch.utils.data.TensorDataset(torch.arange(64))
+    for rank in (0, 1):
+        orders = {
+            (seed, epoch): list(train_sampler(dataset, epoch, seed, rank, 2)) for seed in (0, 1) for epoch in (0, 1)
+        }
+        assert orders[(0, 1)] != orders[(1, 0)] and orders[(0, 0)] != orders[(0, 1)]
+        assert sorted(orders[(0, 0)] + list(train_sampler(dataset, 0, 0, 1 - rank, 2))) == list(range(64))

@@ -152,3 +152,22 @@ def test_evaluate_runs_the_forward_under_the_autocast_it_is_given():
     bf16 = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
     evaluate(model, [(torch.randn(2, 7), torch.tensor([0, 1]))], device=CPU, autocast=bf16)
     assert model.autocast == [True]
+
+
+# helper-218's third mutation audit of the image command's data and augmentation pipeline (53 mutants)
+
+
+# Kills engine.py evaluate's denominators and ranks: the count from the loader's batch_size (the last partial
+# batch counted whole: 5 images read as 8), top-5 cut to top-4, and the loss's reduction="sum" -> "mean" (a mean
+# of batch means divided by the image count). Five images of six classes, batches of 4 + 1, from a DataLoader.
+def test_evaluate_counts_the_last_partial_batch_and_ranks_five():
+    import torch.nn.functional as F
+
+    from masksub_kernels.training.engine import evaluate
+
+    logits = torch.tensor([[6.0, 5, 4, 3, 2, 1]]).repeat(5, 1)
+    target = torch.tensor([0, 4, 5, 0, 1])  # ranks 1, 5, 6, 1, 2: top-1 2 of 5, top-5 4 of 5
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(logits, target), batch_size=4)
+    metrics = evaluate(Fixed(), loader, device=torch.device("cpu"))
+    assert metrics["top1"] == pytest.approx(40.0) and metrics["top5"] == pytest.approx(80.0)
+    assert metrics["val_loss"] == pytest.approx(float(F.cross_entropy(logits, target)))

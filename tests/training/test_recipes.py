@@ -498,3 +498,37 @@ def test_checkpoints_that_do_not_fit(tmp_path, capsys):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert err.startswith("masksub-train: error:") and message in err and "Traceback" not in err, err
+
+
+# helper-218's third mutation audit of the image command's data and augmentation pipeline (53 mutants)
+
+
+# Kills augment.py build_transforms: `color_jitter=args.color_jitter` dropped (timm's 0.4 instead of DeiT-III's 0.3),
+# `re_mode=args.remode` -> 'const', val's `interpolation=args.interpolation` dropped (bilinear where every recipe
+# evaluates bicubic), val's and train's `mean=mean, std=std` dropped (ImageNet's statistics where FT-CLIP's recipe
+# normalises with CLIP's: a shift of every input the pretrained weights never saw).
+def test_the_transforms_take_jitter_erasing_mode_eval_interpolation_and_the_normalisation():
+    from torchvision import transforms as T
+
+    argv = ["--aa", "3a", "--color-jitter", "0.3", "--reprob", "0.25", "--remode", "rand", "--interpolation", "bicubic"]
+    mean, std = (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)
+    train, val = build_transforms(build_parser().parse_args(argv), 32, mean, std)
+    jitter = [t for t in train.transforms if isinstance(t, T.ColorJitter)]
+    assert len(jitter) == 1 and jitter[0].brightness == pytest.approx((0.7, 1.3))  # 3-Augment keeps the jitter
+    assert train.transforms[-1].mode == "rand"
+    assert str(val.transforms[0].interpolation) == "InterpolationMode.BICUBIC"
+    for transform in (train, val):
+        (normalize,) = [t for t in transform.transforms if isinstance(t, T.Normalize)]
+        assert torch.as_tensor(normalize.mean).tolist() == pytest.approx(mean)
+        assert torch.as_tensor(normalize.std).tolist() == pytest.approx(std)
+
+
+# Kills augment.py `no_aug=not augment` -> False: --no-aug's training transform is a resize and a centre crop, no
+# random crop, flip or erasing.
+def test_no_aug_trains_on_the_resized_centre_crop():
+    from torchvision import transforms as T
+
+    args = build_parser().parse_args(["--no-aug", "--reprob", "0.25"])
+    train, _ = build_transforms(args, 32, (0.5,) * 3, (0.5,) * 3, augment=False)
+    assert [type(t) for t in train.transforms[:2]] == [T.Resize, T.CenterCrop]
+    assert not any("Random" in type(t).__name__ for t in train.transforms)

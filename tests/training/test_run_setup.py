@@ -129,3 +129,17 @@ def test_run_setup_a_non_square_img_size_kwarg_is_not_replaced_on_the_digits(tmp
             "depth=1", "num_heads=2", "--output", str(tmp_path)]  # fmt: skip
     with pytest.raises(UsageError, match=r"the model is built for \(16, 32\) images but the data is 32 x 32"):
         setup(build_parser().parse_args(argv))
+
+
+# helper-218's third mutation audit of the image command's data and augmentation pipeline (53 mutants)
+
+
+# Kills run_setup.py _mean_std's model config dropped (ImageNet's statistics always): without --mean / --std an
+# image folder is normalised as the model's pretrained weights expect (OpenAI CLIP's for a CLIP ViT).
+def test_run_setup_normalises_with_the_models_own_statistics(tmp_path):
+    from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    from masksub_kernels.training.run_setup import _mean_std
+
+    args = build_parser().parse_args(["--model", "vit_base_patch16_clip_224", "--data-dir", str(tmp_path)])
+    assert _mean_std(args, 3) == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
