@@ -2,8 +2,9 @@
 # GPU call 1 of 2: the benchmarks (python -m masksub_kernels.bench), one suite per process under its own cap, then
 # the cuda backend's tests and compute-sanitizer (gpu_lib.sh's cuda_steps) on the extension built meanwhile. The
 # JSON is rewritten after each case and the .md after each suite, so a suite cut short (a cap, a crash) keeps its
-# finished cases; each suite times this library's kernels of every shape before its baselines (runner.library_first),
-# so a cap drops baselines measured before. No .png here (--no-plot: drawing it after each suite took capped GPU
+# finished cases; each kernel suite times this library's kernels of every shape before its baselines
+# (runner.library_first), so a cap drops baselines measured before; the train suite times model after model, each
+# with its plain step, so a cap drops whole models (their ratios need the plain step of the same run). No .png here (--no-plot: drawing it after each suite took capped GPU
 # time, and a 9th file would not come back): `python -m masksub_kernels.bench --report-only OUT/<device>-<date>.json`
 # draws it afterwards on the CPU machine, and rewrites the .md with the model's predictions on every row.
 #
@@ -22,7 +23,7 @@
 # Files (8, the device tool's most): env.txt, summary.txt, bench.log, gemm.log, cuda.log (the extension's build, then
 # the cuda steps), the benchmark's <device>-<date>.json and .md, linear-loss-numerics.json.
 #
-# Budget, GPU caps (s); they add up to 479 s (the build runs beside the steps after the fused-linear suite; the test asserts <= 480 s a
+# Budget, GPU caps (s); they add up to 479 s (the build runs beside the steps after the fused-linear suite; the test asserts < 480 s a
 # call), so this call ends inside 8 minutes even if every step runs to its cap (send it with timeout_s 540: the
 # set-up outside the steps is ~15 s, 60 s a command at most), leaving the tests' call (260 s, sent at once after
 # this one: a machine idle for 30 s is given back) and a machine's start-up room in the device's 15 minutes. Run it
@@ -37,7 +38,8 @@
 #                      chunk sweep (3 other chunk sizes and the loss forward's rows in twice the class splits,
 #                      'full' only, ~1 s each), the recompute op on MLM-like labels (15% of rows counted: how
 #                      much of its grid idles), and last RoBERTa's head with the op's floor of 384 rows per chunk
-#                      against the budget's 192 (~2 s each: the loss kernels' specialisations are BERT's), so
+#                      against the budget's 192 (~2 s each: the loss kernels' specialisations are BERT's), and
+#                      after them the recompute op's compiled MLM row (an Inductor compile never run on a GPU), so
 #                      that a cap drops those first. Cold Triton and Inductor caches
 #                      (34 s on 2026-11-30 as the 4th suite, after the loss suite had compiled the loss kernels;
 #                      80 s, its cap, on 2026-12-04 with 13 cases: 16 now, helper-163; the two A/B rows,
@@ -48,10 +50,11 @@
 #                      50 s on the H200 machine's 16 cores (2026-11-30), 77 s (2026-12-04). The 137 s of caps
 #                      before the first suite with a masksub[cuda] provider (loss, token_select, grid_mask) or cuda
 #                      cover it; waited for there
-#   profile        22  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
+#   profile        25  benchmarks/gpu_profile.py --only linear, into bench.log: torch.profiler's table of the
 #                      fused-linear loss (the chunk matmuls' cuBLAS kernels and times: the assumed 70% efficiency
 #                      calibrated; the loss kernels per chunk; wall against device time: host-bound or not; 18 s
-#                      of 20 on 2026-12-04, its tables printed at the end)
+#                      of 20 on 2026-12-04 without the build beside it, which now starts before it: 3 s more;
+#                      its tables print at the end, so a cap kill loses them)
 #   gemm           23  benchmarks/gemm_probe.py into gemm.log: the chunk's matmuls alone as the loop runs them
 #                      ("loop:" rows) and over a padded W, cuBLAS's kernels named (tools/perf_model reads the
 #                      newest gpu-<date>/*gemm*.log: the model's matmuls calibrated; ~20 s)
@@ -70,10 +73,10 @@
 #   numerics       10  benchmarks/linear_loss_numerics.py: the fused-linear loss's gradient error against float64
 #                      where the branches agree, the Triton path compiled (on the CPU: the interpreter's truncating
 #                      bf16), against the bf16-logit composites; M = 128, without torch.compile (8 s, 2026-12-04)
-#   train          41  whole training steps of Swin-T, ResNet-50, ViT-B, ViT-S (10 repeats each, no host-time pass),
+#   train          38  whole training steps of Swin-T, ResNet-50, ViT-B, ViT-S (10 repeats each, no host-time pass),
 #                      model after model, plain first (a cut keeps whole models: each ratio's plain row; they were
-#                      library-first, helper-214); stopped by its 38 s cap before ResNet-50 on 2026-12-04 (~8 s a
-#                      model with its build); 6 s from profile's cap (18 s of 20 measured on 2026-12-04)
+#                      library-first, helper-214); 12 of 16 cases in its 38 s cap on 2026-12-04 (~8 s a model with
+#                      its build): ViT-S, measured then, is last and the likeliest cut; 3 s from profile's cap
 #   loss           58  ImageNet, BERT-like and LLM-like rows x classes (54 s on the H200, 2026-12-04: 3 s from env's
 #                      cap for an H100's lower bandwidth, helper-214)
 #   token_select   40  4 ViT shapes, bf16; providers masksub[triton], masksub[cuda], official, torch.compile(official)
@@ -138,7 +141,7 @@ ncu_linear() { # benchmarks/gpu_ncu.py under Nsight Compute: one CSV row of raw 
 
 setup_run "$@"
 export MASKSUB_BENCH_DATE="${MASKSUB_BENCH_DATE:-$(date -u +%F)}"  # one date in every suite's file names (helper-106)
-declare -A CAP=([linear_loss]=100 [train]=41 [loss]=58 [token_select]=40 [grid_mask]=20 [cuda]=115)
+declare -A CAP=([linear_loss]=100 [train]=38 [loss]=58 [token_select]=40 [grid_mask]=20 [cuda]=115)
 
 suites="${SUITES:-linear_loss train loss token_select grid_mask cuda}"
 for suite in $suites; do
@@ -167,7 +170,7 @@ for suite in $suites; do
   step bench.log "${CAP[$suite]}" "$PY" -m masksub_kernels.bench --out "$OUT" --append --no-plot --suites "$suite"
   if [[ $suite == linear_loss ]]; then
     start_build
-    step bench.log 22 "$PY" benchmarks/gpu_profile.py --only linear
+    step bench.log 25 "$PY" benchmarks/gpu_profile.py --only linear
     step gemm.log 23 "$PY" benchmarks/gemm_probe.py
     step bench.log 41 ncu_linear  # its tables print only when the workload ends: no partial result to keep
     step bench.log 10 "$PY" benchmarks/linear_loss_numerics.py --no-compile --out "$OUT/linear-loss-numerics.json"

@@ -255,13 +255,14 @@ pytest_command() {
 
 # The cuda backend's tests and compute-sanitizer (gpu_bench.sh's last steps, after the suites and the build):
 # cuda.log    70  the cuda backend's tests (tests/cuda_extension, the cuda parametrisations of tests/ops,
-#                 tests/test_backend.py; 967 tests on 2026-12-06, 808 on 2026-12-04) in 8 xdist workers (41 s on
+#                 tests/test_backend.py; 987 tests on 2026-12-06, 808 on 2026-12-04) in 8 xdist workers (41 s on
 #                 the H200 in 12, 2026-11-30; on 2026-12-04 330 of 808 in 26 s, when the first refusal ended the
 #                 session: the libstdc++ fix is not yet run on one; ~60-75 s extrapolated, helper-214: 20 s from the
-#                 sanitizers' caps, which used 14 of 40 and 16 of 25 s)
+#                 sanitizers' caps, which used 14 of 40 and 16 of 25 s; a cut loses the last files'
+#                 outcomes only: -v has printed the rest, and the sanitizers run after it)
 #             25  compute-sanitizer --tool memcheck, kernels of csrc/ only (--kernel-name kns=masksub), on the fp32
 #                 and one-index-dtype cases of every kernel test of tests/cuda_extension (133 tests: 14 s on the
-#                 H200, 2026-12-04; the refusals are in the step before, the 2^32-counter one left out: 4.3e9
+#                 H200, 2026-12-04; 159 on 2026-12-06, ~17 s; the refusals are in the step before, the 2^32-counter one left out: 4.3e9
 #                 draws), token selection first (the 8192-key sort); PyTorch's caching allocator off, so a read
 #                 past a tensor is past an allocation
 #             20  compute-sanitizer --tool racecheck (shared-memory hazards) on the kernels that use shared memory

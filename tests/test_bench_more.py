@@ -376,6 +376,25 @@ def test_ncu_raw_page_round_trip(tmp_path, monkeypatch, capsys):
     assert cards == ["H200"]
 
 
+# -> tests/test_bench_more.py (after test_ncu_raw_page_round_trip; uses its NCU_RAW). Kills `card = args.card or
+# logged_card(text)` -> `args.card or "H200"` in tools/perf_model/ncu.py main() (survives today: the round trip's log
+# names the H200, the default before 2026-12-06, and test_the_model_columns_take_the_card_the_log_names checks
+# logged_card alone), and `predicted = ... if card else None` -> a model card whatever the log names.
+def test_ncu_main_takes_the_model_card_from_the_log_and_none_for_an_unknown_card(tmp_path, monkeypatch, capsys):
+    from tools.perf_model import ncu
+
+    cards = []
+    monkeypatch.setattr(ncu, "predicted_loss_kernels", lambda card: cards.append(card) or {})
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the model's columns (tests/conftest.py sets it on the CPU)
+    log = tmp_path / "bench.log"
+    log.write_text(NCU_RAW.replace("on NVIDIA H200,", "on NVIDIA H100 80GB HBM3,"))
+    assert ncu.main([str(log)]) == 0 and cards == ["H100"]  # an H100 run: the H100's predictions
+    assert ncu.main([str(log), "--card", "H200"]) == 0 and cards == ["H100", "H200"]  # --card still wins
+    log.write_text(NCU_RAW.replace("on NVIDIA H200,", "on NVIDIA H100 PCIe,"))
+    assert ncu.main([str(log)]) == 0 and cards == ["H100", "H200"]  # a form the model lacks: no model columns
+    assert "names no card the model knows" in capsys.readouterr().err
+
+
 def _trace(*events):
     """Allocator trace entries from (action, addr, size) triples."""
     return [{"action": action, "addr": addr, "size": size} for action, addr, size in events]

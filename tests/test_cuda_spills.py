@@ -158,4 +158,4 @@ def test_check_spills_by_default_compiles_every_csrc_source_for_sm_90a(monkeypat
         check_spills, "compile_source", lambda s, arch, nvcc, w: (compiled.append((s, arch)), ([], None))[1]
     )
     assert check_spills.main([]) == 0
-    assert compiled == [(path, "90a") for path in sorted(CSRC.glob("*.cu"))]
+    assert sorted(compiled) == [(path, "90a") for path in sorted(CSRC.glob("*.cu"))]  # (a thread pool's order)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from . import check_spills
 from .cuda_home import find_cuda_home
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,13 +188,6 @@ def contraction_flags() -> list[str]:
     return ["-mfma", "-ffp-contract=fast"] if " fma " in flags.replace("\n", " ") else []
 
 
-def cpp_extension_nvcc_flags() -> list[str]:
-    """The flags torch's cpp_extension gives every nvcc compilation of an extension (COMMON_NVCC_FLAGS)."""
-    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
-
-    return list(COMMON_NVCC_FLAGS)
-
-
 def compile_flags(sanitize: str | None = None) -> list[str]:
     """Host compiler flags that turn a CUDA source (launches rewritten) into CPU code on the emulator.
 
@@ -214,9 +208,11 @@ def compile_flags(sanitize: str | None = None) -> list[str]:
         "-O0" if sanitize else "-O2",
         *sanitizer_flags,
         *contraction_flags(),
-        # the macros torch's nvcc build defines (cpp_extension.COMMON_NVCC_FLAGS: no __half / __nv_bfloat16
-        # operators or implicit conversions), so that the emulator compiles the API subset nvcc does (helper-217)
-        *(flag for flag in cpp_extension_nvcc_flags() if flag.startswith("-D")),
+        # the macros torch's nvcc build defines (no __half / __nv_bfloat16 operators or implicit conversions), so
+        # that the emulator compiles the API subset nvcc does (helper-217); check_spills' flags, which
+        # tests/test_setup.py holds to the extension's and torch's cpp_extension.COMMON_NVCC_FLAGS (importing
+        # cpp_extension here would guess CUDA_HOME before build() sets it: helper-219)
+        *(flag for flag in check_spills.NVCC_FLAGS if flag.startswith("-D")),
         "-DMASKSUB_MAX_GRID_BLOCKS=3",  # capped grids: the tests run the kernels' grid-stride loops
         f"-DMASKSUB_EMULATOR_DIGEST={digest}",  # a changed emulator header changes the flags: the build reruns
         "-include",

@@ -243,7 +243,7 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
                         counted = MLM_COUNTED[0] / MLM_COUNTED[1]  # other labels than the baseline's: no speed-up
                         mlm.flops, mlm.notes = None, {**notes, "counted_rows": counted, "labels_differ": True}
                         (compiled_last if suffix else result).append(mlm)
-    if on_gpu and not tiny:  # the chunk floor's pair, after everything else (a capped suite drops it first)
+    if on_gpu and not tiny:  # the chunk floor's pair, after the rest but the compiled MLM rows (a cap drops them first)
         for name, rows, depth, classes, dtypes in FLOOR_SHAPES:
             shape = _Shape(device, name, rows, depth, classes, dtypes[0])
             floor = [("masksub[triton]", fused, "triton", {**shape.notes, "chunk_rows": shape.chunk_rows})]

@@ -40,8 +40,8 @@ CPU_MODELS = [
     ("ResNet-18 64px", "resnet18", {}, 16),
 ]  # fmt: skip
 TINY_MODELS = [("ViT tiny 32px", "vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 1}, 2)]
-LIBRARY = ("masksub (sequential)", "masksub (joint)")  # this library's steps
-BASELINES = ("plain", "masksub official-style (sequential)")  # the steps they are compared with
+LIBRARY = ("masksub (sequential)", "masksub (joint)")  # this library's steps (the tests' names for them)
+BASELINES = ("plain", "masksub official-style (sequential)")  # the steps they are compared with (likewise)
 # each model's steps in this order: plain first, the denominator of every ratio of the model's rows
 PROVIDER_ORDER = ("plain", "masksub (sequential)", "masksub (joint)", "masksub official-style (sequential)")
 

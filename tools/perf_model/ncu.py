@@ -2,14 +2,15 @@
 profiled them (benchmarks/gpu_ncu.py), one row per kernel, the loss kernels beside the performance model's predicted
 time and bytes per chunk (linear_loss._loss_kernels_us: the same launches, 384 rows, C = 30522, bf16).
 
-    python -m tools.perf_model.ncu OUT/bench.log [--card H200]
+    python -m tools.perf_model.ncu OUT/bench.log [--card H200]   (default: the card the log's gpu_ncu line names)
 
 The step writes ncu's raw page (--csv --page raw --print-units base) into bench.log between '== ncu_csv begin' and
 '== ncu_csv end rc=N': a header row of metric names, a units row, then a row per profiled kernel; ncu's own lines
-(==PROF==, ==WARNING==) and the workload's (gpu_ncu: ...) in between are not CSV rows and are skipped. Written before
-any real ncu output was seen here: the metric names are those of ncu's sections as documented (SpeedOfLight,
-MemoryWorkloadAnalysis, Occupancy, LaunchStats, WarpStateStats, InstructionStats); a metric this ncu named otherwise
-shows as '-', and --columns lists every column the log has.
+(==PROF==, ==WARNING==) and the workload's (gpu_ncu: ...) in between are not CSV rows and are skipped. The metric
+names are those of ncu's sections (SpeedOfLight, MemoryWorkloadAnalysis, Occupancy, LaunchStats, WarpStateStats,
+InstructionStats) as ncu 2025.3 printed them on the 2026-12-04 H200 run (DRAM throughput: gpu__dram_throughput there,
+dram__throughput in older releases, both read); a metric this ncu names otherwise shows as '-', and --columns lists
+every column the log has.
 """
 
 from __future__ import annotations
