@@ -9,8 +9,10 @@
   ``create_dataset`` and transformed by timm's ``create_transform`` (RandomResizedCrop + flip for training, resize
   + centre crop for validation; the model's mean / std).
 
-Loaders: the training order comes from a generator (single process) or a ``DistributedSampler`` (DDP), both
-seeded by (seed, epoch): together with the per-epoch reseeding in engine.py, an epoch is the same whether or not
+Loaders: the training order comes from a generator (single process), a ``DistributedSampler`` (DDP) or timm's
+``RepeatAugSampler`` (--aug-repeats), all seeded by (seed, epoch); the loader's workers, which draw the
+augmentations, from (seed, epoch) in one process and (seed, epoch, rank) under DDP: together with the per-epoch
+reseeding in engine.py (of the main process, which draws them without workers), an epoch is the same whether or not
 the run was resumed before it. Validation shards the set exactly (rank r takes items r, r + world, ...), so summed
 counts are exact.
 """

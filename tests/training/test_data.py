@@ -2,6 +2,7 @@
 training/pixel.py's CNN test."""
 
 import torch
+from torch.utils.data import Dataset, TensorDataset, get_worker_info
 
 
 def test_loader_orders_of_seed_0_epoch_1_and_seed_1_epoch_0_differ():  # data.py:227 seed * 1_000_003 + epoch
@@ -140,3 +141,62 @@ def test_ddp_data_orders_of_consecutive_seeds_are_not_shifted_epochs():
         }
         assert orders[(0, 1)] != orders[(1, 0)] and orders[(0, 0)] != orders[(0, 1)]
         assert sorted(orders[(0, 0)] + list(train_sampler(dataset, 0, 0, 1 - rank, 2))) == list(range(64))
+
+
+# helper-220's review of the per-rank worker seeds (6f9f81d): the mutants its tests left
+
+
+class _WorkerSeeds(Dataset):
+    """Each item: its index and the seed of the worker that loaded it (torch's base seed + worker id)."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, index):
+        return index, get_worker_info().seed
+
+
+# Kills data.py train_loader `if world > 1:` -> `if world >= 1:` (survived the whole training suite): a single
+# process's loader must keep the one generator its shuffle draws from, the worker seeds first, then the order (as
+# before 6f9f81d: "single-process runs unchanged"); a generator of its own would reshuffle every single-process run
+# and move every worker seed, so a resume across the change, or a rerun of a published seed, would differ.
+def test_a_single_process_loader_draws_its_worker_seeds_and_order_from_one_generator():
+    from masksub_kernels.training.data import train_loader
+
+    seed, epoch = 7, 3
+    loader = train_loader(_WorkerSeeds(), 4, epoch, seed, 0, 1, workers=2, pin=False)
+    assert loader.generator is loader.sampler.generator
+    expected = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    base = int(torch.empty((), dtype=torch.int64).random_(generator=expected))
+    order = torch.randperm(16, generator=expected).tolist()
+    items = [(int(i), int(s)) for indices, seeds in loader for i, s in zip(indices, seeds)]
+    assert [i for i, _ in items] == order
+    assert {s for _, s in items} == {base, base + 1}
+
+
+# Kills data.py train_loader's worker generator `((seed * 1_000_003 + epoch) * 1_000_003 + rank)` -> `seed *
+# 1_000_003 + rank` (every epoch's workers the same draws), -> `seed * 1_000_003 + epoch + rank` (rank 1's epoch e
+# was rank 0's epoch e + 1) and -> `epoch * 1_000_003 + rank` (every seed the same augmentations): under torchrun
+# each (seed, epoch, rank) gets workers of its own.
+def test_ddp_loader_workers_are_seeded_by_seed_epoch_and_rank():
+    from masksub_kernels.training.data import train_loader
+
+    seeds = {}
+    for seed in (0, 1):
+        for epoch in (0, 1):
+            for rank in (0, 1):
+                loader = train_loader(_WorkerSeeds(), 4, epoch, seed, rank, 2, workers=1, pin=False)
+                seeds[(seed, epoch, rank)] = int(next(iter(loader))[1][0])
+    assert len(set(seeds.values())) == len(seeds), seeds
+
+
+# Kills data.py train_loader's `% 2**63` dropped: --seed takes up to +-(2**43 - 1) (run_setup's _RANGES: seed *
+# 1_000_003 + epoch fits an int64), but (seed * 1_000_003 + epoch) * 1_000_003 + rank does not: torch's manual_seed
+# raised "Overflow when unpacking long" on every rank of such a torchrun.
+def test_ddp_loader_takes_the_largest_seeds():
+    from masksub_kernels.training.data import train_loader
+
+    for seed in (2**43 - 1, -(2**43) + 1):
+        for rank in (0, 1):
+            batch = next(iter(train_loader(TensorDataset(torch.arange(16)), 4, 5, seed, rank, 2, 0, False)))
+            assert len(batch[0]) == 4
