@@ -161,7 +161,7 @@ def load_initial_checkpoint(
     fmt, state = detect_format(obj)
     fresh_norm = fresh_norm and not (fmt == "masksub" and _trained_per_token(obj))
     ignored: list[str] = []
-    if fmt == "clip" and "visual.class_embedding" in state:
+    if fmt == "clip":  # OpenAI's layout or OpenCLIP's timm trunk (visual.trunk.*; helper-221: its text tower unlisted)
         ignored = sorted(k for k in state if not k.startswith("visual."))  # the text tower and logit scale
     filter_fn = _filter_fn(model)
     if filter_fn is not None:

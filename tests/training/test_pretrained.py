@@ -72,6 +72,8 @@ def test_an_openclip_timm_trunk_checkpoint_loads_the_trunk_and_not_the_projectio
     assert report.format == "clip"
     assert sorted(report.reinitialised) == ["head.bias", "head.weight"]
     assert "head.weight" in report.ignored and "head.bias" in report.ignored
+    assert {"logit_scale", "text.token_embedding.weight"} <= set(report.ignored)  # the text tower, listed unused
+    assert len(report.ignored) == len(set(report.ignored))
     torch.testing.assert_close(model.head.weight, head * 0.5, rtol=0, atol=0)
     for key, value in model.state_dict().items():
         if not key.startswith("head."):
