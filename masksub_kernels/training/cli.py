@@ -29,6 +29,7 @@ import time
 
 import torch
 
+from .data import LOADER_SEEDING
 from .determinism import DETERMINISTIC_HELP, run_command
 from .resume import resume
 from .run_setup import PROG, HelpWithDefaults, Setup, UsageError, parse_kwargs, setup
@@ -305,6 +306,7 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
         "classes": class_names(s.data.train),  # an ImageFolder's, in index order (resume refuses others)
         "world": s.world,  # who drew the batches and their augmentations (resume notes other counts)
         "workers": s.workers,
+        "loader_seeding": LOADER_SEEDING,  # how torchrun's loaders were seeded (data.py)
         "module": eager_state_dict(s.trained),  # the eager names: resumable with or without --compile
         "optimizer": s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict(),

@@ -30,7 +30,20 @@ DIGITS_CLASSES = 10
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 
-__all__ = ["DataSpec", "DigitsDataset", "build_datasets", "class_names", "train_loader", "train_sampler", "val_loader"]
+# How torchrun's training loaders are seeded, recorded in checkpoints (resume notes another): 2 since 2026-12-06, the
+# workers by (seed, epoch, rank) and DistributedSampler by seed * 1_000_003 (1 before: by (seed, epoch), and seed)
+LOADER_SEEDING = 2
+
+__all__ = [
+    "LOADER_SEEDING",
+    "DataSpec",
+    "DigitsDataset",
+    "build_datasets",
+    "class_names",
+    "train_loader",
+    "train_sampler",
+    "val_loader",
+]
 
 
 @dataclass

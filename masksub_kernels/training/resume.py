@@ -8,6 +8,7 @@ import os
 import re
 import sys
 
+from .data import LOADER_SEEDING
 from .run_setup import PROG, Setup, UsageError
 
 __all__ = ["resume"]
@@ -204,6 +205,9 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
     others = other_changes(old, args)
     # Who draws the batches and their augmentations: each process (seeded by rank) and its loader workers
     drawers = {"processes": (ckpt.get("world"), s.world), "data-loader workers": (ckpt.get("workers"), s.workers)}
+    if max(ckpt.get("world") or 1, s.world) > 1:  # a torchrun checkpoint of before 2026-12-06 (no record: 1) drew
+        # its augmentations (with workers) and orders (seed != 0) otherwise (helper-218, helper-220's F5)
+        drawers["torchrun loaders' seeding"] = (ckpt.get("loader_seeding", 1), LOADER_SEEDING)
     for what, (saved, now) in drawers.items():
         if saved is not None and saved != now:
             others.append(f"{what} {saved} -> {now} (they draw the batches and their augmentations)")

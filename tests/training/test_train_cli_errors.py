@@ -404,6 +404,13 @@ def test_resume_keeps_a_runs_later_epochs_and_notes_who_draws_the_data(tmp_path,
                "data-loader workers 0 -> 1 (they draw the batches and their augmentations)"]  # fmt: skip
     assert f"note: resuming with other options than the checkpoint's: {', '.join(changed)}; from epoch 2" in err
     assert json.load(open(os.path.join(other, "log.json")))["meta"]["resumes"][-1]["changed"] == changed
+    # a torchrun checkpoint of before 2026-12-06 (no loader_seeding: its ranks' workers drew alike, helper-218)
+    assert checkpoint["loader_seeding"] == 2
+    del checkpoint["loader_seeding"]
+    torch.save(checkpoint, tmp_path / "before.pth")
+    assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--limit-batches", "2", "--output", str(tmp_path / "before"),
+                 "--resume", str(tmp_path / "before.pth")]) == 0  # fmt: skip
+    assert "torchrun loaders' seeding 1 -> 2 (they draw the batches" in capsys.readouterr().err
 
 
 def test_resume_does_not_load_the_initial_checkpoint(tmp_path, capsys):
