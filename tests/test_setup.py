@@ -90,15 +90,16 @@ cudaStream_t stream_of(c10::Device device) { return masksub::platform::current_s
 REAL_STREAM = "return c10::cuda::getCurrentCUDAStream(device.index()).stream();"
 
 
-def compile_platform_header(folder: Path, header_text: str) -> subprocess.CompletedProcess:
-    """Compile a use of masksub_platform.h (given as text) with setup.py's host compiler flags."""
+def compile_platform_header(folder: Path, header_text: str, user: str | None = None) -> subprocess.CompletedProcess:
+    """Compile a use of masksub_platform.h (given as text; ``user``: the source that includes it, default the stream
+    helper's caller) with setup.py's host compiler flags."""
     setup = load_setup_module()
     cuda_home = find_cuda_home()
     torch_include = Path(setup.foreign_include_dirs(str(cuda_home))[0]) if cuda_home else None
     if cuda_home is None or not (torch_include / "c10" / "cuda" / "CUDAStream.h").exists():
         pytest.skip("needs the CUDA toolkit's headers and a CUDA build of torch")
     (folder / "masksub_platform.h").write_text(header_text)
-    (folder / "user.cpp").write_text(STREAM_USER)
+    (folder / "user.cpp").write_text(STREAM_USER if user is None else user)
     compiler = os.environ.get("CXX", "c++")
     command = [compiler, *setup.host_compile_flags(str(cuda_home)), f"-I{folder}", "-c", "user.cpp", "-o", "user.o"]
     return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=120)
@@ -318,15 +319,8 @@ static_assert(std::is_same_v<masksub::platform::DeviceGuard, c10::cuda::CUDAGuar
 
 
 def test_the_real_platform_header_is_the_cuda_one(tmp_path):
-    setup = load_setup_module()
-    cuda_home = find_cuda_home()
-    torch_include = Path(setup.foreign_include_dirs(str(cuda_home))[0]) if cuda_home else None
-    if cuda_home is None or not (torch_include / "c10" / "cuda" / "CUDAGuard.h").exists():
-        pytest.skip("needs the CUDA toolkit's headers and a CUDA build of torch")
-    (tmp_path / "checks.cpp").write_text(REAL_PLATFORM_CHECKS)
-    flags = [*setup.host_compile_flags(str(cuda_home)), f"-I{CSRC / 'platform'}"]
-    command = [os.environ.get("CXX", "c++"), *flags, "-fsyntax-only", "checks.cpp"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    header = (CSRC / "platform" / "masksub_platform.h").read_text()
+    result = compile_platform_header(tmp_path, header, user=REAL_PLATFORM_CHECKS)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
