@@ -1,9 +1,42 @@
 // masksub_kernels._C: the bindings of the grid masks (masksub_kernels/ops/grid_mask.py, token_grid_mask.py).
 // The checks they share and the module: bindings.h, bindings.cpp.
+#include <cmath>
+#include <limits>
+
 #include "bindings.h"
 
 namespace masksub::bindings {
 namespace {
+
+// The Python ops' bounds on every backend (MAX_GRID_* in masksub_kernels/ops/_grid_checks.py; a test holds them
+// equal): B x H rows the kernels count in int (+ 4 x 256), a height and W x C (rows of <= 256 elements) within a GPU
+// grid's 65535 blocks on y / z. The launchers' own limits are looser; these make a direct call refused as the
+// Python ops refuse it, before anything is allocated (helper-215).
+constexpr int64_t kMaxGridRows = (int64_t{1} << 31) - 1025;
+constexpr int64_t kMaxGridHeight = 65535;
+constexpr int64_t kMaxGridLine = int64_t{65535} * 256;
+
+// A [B, ..., H, W, ...] map of B x H rows of W x C elements within the bounds above.
+void check_extent(int64_t B, int64_t H, int64_t W, int64_t C, const char* map) {
+  // by division: B x H may pass 2^63 where another dimension is 0 (an empty tensor of any sizes)
+  const bool rows_fit = H == 0 || B <= kMaxGridRows / H, line_fits = C == 0 || W <= kMaxGridLine / C;
+  TORCH_CHECK_VALUE(rows_fit && H <= kMaxGridHeight && line_fits, map, " must have at most ", kMaxGridRows,
+                    " rows (batch x height), a height of at most ", kMaxGridHeight, " and at most ", kMaxGridLine,
+                    " elements per row (width x channels) on every backend (int counters, a GPU grid's 65535 ",
+                    "blocks): got ", B, " x ", H, " rows of ", W, " x ", C);
+}
+
+// A fill value finite in the images' dtype, the largest of which is torch.finfo(dtype).max (fp16: 65504): every
+// backend writes it rounded to the dtype, and the Python ops refuse what would round to an infinity.
+void check_fill_value(double fill_value, at::ScalarType dtype) {
+  double largest = std::numeric_limits<double>::max();
+  if (dtype == at::kFloat) largest = std::numeric_limits<float>::max();
+  if (dtype == at::kHalf) largest = static_cast<float>(std::numeric_limits<c10::Half>::max());
+  if (dtype == at::kBFloat16) largest = static_cast<float>(std::numeric_limits<c10::BFloat16>::max());
+  TORCH_CHECK_VALUE(std::isfinite(fill_value) && std::abs(fill_value) <= largest,
+                    "fill_value must be finite and within ±", largest, " for ", dtype_name(dtype), " images, got ",
+                    fill_value);
+}
 
 // A B x H x W map cut into S x S cells: S >= 1 and H, W multiples of S.
 void check_cells(int64_t H, int64_t W, int64_t S, const char* map) {
@@ -29,12 +62,15 @@ at::Tensor checked_cell_mask(const at::Tensor& cell_mask, int64_t B, int64_t H, 
 
 const uint8_t* cell_bytes(const at::Tensor& cells) { return reinterpret_cast<const uint8_t*>(cells.const_data_ptr()); }
 
-// tokens [B, H, W, C] of a float dtype and a mask token of C elements in the same dtype.
+// tokens [B, H, W, C] of a float dtype within the bounds, and a mask token [C] in the same dtype (the ops' shape:
+// the public functions reshape [1, ..., 1, C]).
 void check_tokens_and_mask_token(const at::Tensor& tokens, const at::Tensor& mask_token) {
   CHECK_DIM(tokens, 4, "[batch, height, width, channels]");
   CHECK_DTYPE(tokens, FLOAT_DTYPES);
   const int64_t C = tokens.size(3);
-  TORCH_CHECK_VALUE(mask_token.numel() == C, "mask_token must have C=", C, " elements, got shape ", mask_token.sizes());
+  check_extent(tokens.size(0), tokens.size(1), tokens.size(2), C, "tokens");
+  TORCH_CHECK_VALUE(mask_token.dim() == 1 && mask_token.size(0) == C, "mask_token must have shape [C=", C,
+                    "], got shape ", mask_token.sizes());
   TORCH_CHECK_TYPE(mask_token.scalar_type() == tokens.scalar_type(), "mask_token must have the dtype of tokens (",
                    dtype_name(tokens.scalar_type()), "), got ", dtype_name(mask_token.scalar_type()));
 }
@@ -62,6 +98,8 @@ at::Tensor mask_image_grid(const at::Tensor& images, const at::Tensor& cell_mask
   CHECK_DIM(images, 4, "[batch, channels, height, width]");
   CHECK_DTYPE(images, FLOAT_DTYPES);
   const int64_t B = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
+  check_extent(B, H, W, C, "images");
+  check_fill_value(fill_value, images.scalar_type());
   const at::Tensor cells = checked_cell_mask(cell_mask, B, H, W, cell_size, "images");
   CHECK_DEVICE(images);
   CHECK_SAME_DEVICE(cell_mask, images);
@@ -87,6 +125,8 @@ std::tuple<at::Tensor, at::Tensor> mask_image_grid_random(const at::Tensor& imag
   CHECK_DIM(images, 4, "[batch, channels, height, width]");
   CHECK_DTYPE(images, FLOAT_DTYPES);
   const int64_t B = images.size(0), C = images.size(1), H = images.size(2), W = images.size(3);
+  check_extent(B, H, W, C, "images");
+  check_fill_value(fill_value, images.scalar_type());
   check_random_cells(B, H, W, cell_size, num_keep, "images");
   const int64_t grid_h = H / cell_size, grid_w = W / cell_size;
   CHECK_DEVICE(images);
@@ -164,6 +204,7 @@ std::tuple<at::Tensor, at::Tensor> mask_tokens_grid_backward(const at::Tensor& g
   CHECK_DIM(grad_out, 4, "[batch, height, width, channels]");
   CHECK_DTYPE(grad_out, FLOAT_DTYPES);
   const int64_t B = grad_out.size(0), H = grad_out.size(1), W = grad_out.size(2), C = grad_out.size(3);
+  check_extent(B, H, W, C, "grad_out");
   const at::Tensor cells = checked_cell_mask(cell_mask, B, H, W, cell_size, "grad_out");
   CHECK_DEVICE(grad_out);
   CHECK_SAME_DEVICE(cell_mask, grad_out);

@@ -51,7 +51,7 @@ def test_mask_tokens_grid_refusals():
     tokens, token = torch.zeros(2, 16, 16, 40), torch.zeros(40)
     with refused("tokens must be a CUDA tensor, got cpu"):
         _C.mask_tokens_grid_forward(tokens, token, MASK, 8)
-    with refused("mask_token must have C=40 elements, got shape"):
+    with refused(r"mask_token must have shape \[C=40\], got shape \[39\]"):
         _C.mask_tokens_grid_forward(tokens, torch.zeros(39), MASK, 8)
     with refused("mask_token must have the dtype of tokens \\(float32\\), got float16"):
         _C.mask_tokens_grid_forward(tokens, token.half(), MASK, 8)
@@ -59,6 +59,92 @@ def test_mask_tokens_grid_refusals():
         _C.mask_tokens_grid_backward(tokens, MASK, 8, True, True)
     with refused("grad_out of 16 x 16 is not divisible by cell_size=5"):
         _C.mask_tokens_grid_backward(tokens, MASK, 5, True, True)
+
+
+# The bounds, fill values and mask token shapes the Python ops refuse, the bindings refuse alike (a ValueError before
+# anything is allocated; helper-215: past the bounds a direct call allocated its outputs and the launch failed, a
+# RuntimeError; an infinite fill value and a [1, C] mask token were taken). Sizes past the bounds come from expanded
+# views (no memory); at a bound the call gets past the check to the cell mask's shape (the next one), so the bounds
+# are the Python ops' MAX_GRID_*, to the element.
+BEYOND = rf"must have at most {gm.MAX_GRID_EXTENT} rows \(batch x height\), a height of at most {gm.MAX_GRID_HEIGHT} "
+BEYOND += rf"and at most {gm.MAX_GRID_LINE} elements per row"
+ROWS_AT_HEIGHT = gm.MAX_GRID_EXTENT // gm.MAX_GRID_HEIGHT  # samples of the largest height within the row bound
+AT_AND_BEYOND = {  # [B, H, W, C] at a bound, and one past it
+    "rows": ((gm.MAX_GRID_EXTENT, 1, 1, 1), (gm.MAX_GRID_EXTENT + 1, 1, 1, 1)),
+    "rows of the largest height": (
+        (ROWS_AT_HEIGHT, gm.MAX_GRID_HEIGHT, 1, 1),
+        (ROWS_AT_HEIGHT + 1, gm.MAX_GRID_HEIGHT, 1, 1),
+    ),
+    "height": ((1, gm.MAX_GRID_HEIGHT, 1, 1), (1, gm.MAX_GRID_HEIGHT + 1, 1, 1)),
+    "width": ((1, 1, gm.MAX_GRID_LINE, 1), (1, 1, gm.MAX_GRID_LINE + 1, 1)),
+    "channels": ((1, 1, 1, gm.MAX_GRID_LINE), (1, 1, 1, gm.MAX_GRID_LINE + 1)),
+}
+
+
+def _grid_calls(B, H, W, C):
+    """Each binding called on a [B, ..., H, W, ...] view of one element (cell size 1, a 1 x 1 cell mask)."""
+    images, tokens = torch.zeros(1).expand(B, C, H, W), torch.zeros(1).expand(B, H, W, C)
+    cells, token = torch.zeros(1, 1, 1, dtype=torch.bool), torch.zeros(1).expand(C)
+    return [
+        lambda: _C.mask_image_grid(images, cells, 1, 0.0),
+        lambda: _C.mask_image_grid_random(images, 1, None, 1, 1, 0.0),
+        lambda: _C.mask_tokens_grid_forward(tokens, token, cells, 1),
+        lambda: _C.mask_tokens_grid_random(tokens, token, 1, None, 1, 1),
+        lambda: _C.mask_tokens_grid_backward(tokens, cells, 1, True, True),
+    ]
+
+
+@needs_C
+@pytest.mark.parametrize("bound", list(AT_AND_BEYOND))
+def test_grid_bounds_are_the_python_ops(bound):
+    at_bound, beyond = AT_AND_BEYOND[bound]
+    with pytest.raises(ValueError, match="must have at most"):
+        gm._check_extent(*beyond, "images")
+    gm._check_extent(*at_bound, "images")
+    for call in _grid_calls(*beyond):
+        with pytest.raises(ValueError, match=BEYOND):
+            call()
+    for call in _grid_calls(*at_bound):  # past the bounds' check: refused next (cells, or a CPU tensor) or taken
+        with pytest.raises((ValueError, RuntimeError), match=r"cell_mask must have|num_cells must|a CUDA tensor, got"):
+            call()
+
+
+@needs_C
+@pytest.mark.parametrize(
+    ("dtype", "fill_value"),
+    [(torch.float32, float("nan")), (torch.float32, float("inf")), (torch.float64, -float("inf")),
+     (torch.float16, 65520.0), (torch.bfloat16, 3.4e38), (torch.float32, 3.5e38)],
+)  # fmt: skip
+def test_fill_values_the_python_ops_refuse_are_refused(dtype, fill_value):
+    images = torch.zeros(2, 3, 8, 8, dtype=dtype)
+    with pytest.raises(ValueError, match=r"fill_value must be finite and within ±"):
+        gm._check_fill_value(fill_value, dtype)
+    with refused(rf"fill_value must be finite and within ±.* for {str(dtype)[6:]} images, got"):
+        _C.mask_image_grid(images, MASK, 4, fill_value)
+    with refused(rf"fill_value must be finite and within ±.* for {str(dtype)[6:]} images, got"):
+        _C.mask_image_grid_random(images, 1, None, 4, 1, fill_value)
+
+
+@needs_C
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_the_largest_finite_fill_value_is_taken(dtype):
+    # torch.finfo(dtype).max (fp16's 65504) is finite in the dtype: past the check, to the device's (a CPU tensor)
+    largest = torch.finfo(dtype).max
+    for fill_value in (largest, -largest):
+        with refused("images must be a CUDA tensor, got cpu"):
+            _C.mask_image_grid(torch.zeros(2, 3, 8, 8, dtype=dtype), MASK, 4, fill_value)
+
+
+@needs_C
+def test_a_mask_token_of_the_public_shape_is_refused_by_the_op():
+    # the public functions reshape [1, ..., 1, C] to the ops' [C]; a direct call with [1, C] is refused as the op is
+    tokens = torch.zeros(2, 16, 16, 40)
+    for call in (
+        lambda token: _C.mask_tokens_grid_forward(tokens, token, MASK, 8),
+        lambda token: _C.mask_tokens_grid_random(tokens, token, 1, None, 8, 2),
+    ):
+        with refused(r"mask_token must have shape \[C=40\], got shape \[1, 40\]"):
+            call(torch.zeros(1, 40))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,7 +292,7 @@ def test_mask_tokens_grid_random_refusals():
     tokens, token = torch.zeros(2, 16, 16, 40), torch.zeros(40)
     with refused("tokens must be a CUDA tensor, got cpu"):
         _C.mask_tokens_grid_random(tokens, token, 1, None, 8, 2)
-    with refused("mask_token must have C=40 elements, got shape"):
+    with refused(r"mask_token must have shape \[C=40\], got shape \[39\]"):
         _C.mask_tokens_grid_random(tokens, torch.zeros(39), 1, None, 8, 2)
     with refused("tokens of 16 x 16 is not divisible by cell_size=5"):
         _C.mask_tokens_grid_random(tokens, token, 1, None, 5, 2)
