@@ -335,3 +335,33 @@ def test_a_non_square_patch_is_named_per_side_in_the_refusals():
     with pytest.raises(ValueError, match=r"mask cell\(s\) of 8 tokens that fit 32 x 64 images .* use images of 64 x "
                        r"128 pixels or more"):  # fmt: skip
         MaskSub(model).check_input_size((32, 64))
+
+
+# helper-222 (the Swin family's second-pass mutation audit): the configured size's order and the run's ratio
+
+
+# kills hf_swin.py:73 the config's (height, width) image size read as (width, height) (`tuple(size)[::-1]`): the
+# configured grid is checked at construction, and every non-square config kept both orders divisible by the cells.
+# 32 x 128 px at patch 4 x 8 is 8 x 16 tokens (1 x 2 cells of 8, one kept); read as 128 x 32 it is 32 x 4 tokens,
+# which cells of 8 do not divide: a valid model was refused
+def test_a_non_square_configured_size_is_checked_height_then_width():
+    model = tiny_swin("SwinForImageClassification", image_size=(32, 128), patch_size=(4, 8))
+    ms = MaskSub(model)
+    images = torch.randn(2, 3, 32, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    removed = mk.random_grid_mask(2, (1, 2), 1, seed=5).repeat_interleave(8, 1).repeat_interleave(8, 2)
+    want = model.classifier(model.swin(images, bool_masked_pos=removed.reshape(2, -1)).pooler_output)
+    torch.testing.assert_close(ms.sub_logits(images, seed=5), want, rtol=0, atol=0)
+
+
+# kills hf_swin.py:88 check_batch's `mask_ratio` -> 0.5: every batch check ran at r = 0.5, so a run at r = 0.8 took a
+# 64 px batch (4 cells, of which 0.8 keeps none) through the main branch before the sub-branch's op refused it (the
+# ordering helper-112 fixed for the cell size); the refusal must come first, in families.py's words
+def test_each_batch_is_checked_with_the_runs_mask_ratio_before_the_main_branch():
+    model = tiny_swin("SwinForImageClassification", image_size=128)  # 32 x 32 tokens: 16 cells, 0.8 keeps 3
+    ms = MaskSub(model, mask_ratio=0.8)
+    heads = []
+    model.classifier.register_forward_hook(lambda *_: heads.append(1))
+    images = torch.randn(3, 3, 64, 64, dtype=torch.float64)  # 16 x 16 tokens: 4 cells
+    with pytest.raises(ValueError, match=r"mask_ratio=0.8 keeps none of the 4 mask cell\(s\)"):
+        ms(images, torch.tensor([0, 3, 4]), seed=1)
+    assert heads == []
