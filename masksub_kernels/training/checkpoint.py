@@ -19,10 +19,15 @@ __all__ = ["eager_state_dict", "load_checkpoint", "load_eager_state_dict", "read
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
-    """torch.save to ``path`` through a temporary file and a rename: a crash never leaves half a checkpoint."""
+    """torch.save to ``path`` through a temporary file, flushed to the disk, and a rename: a crash or a full disk
+    never leaves half a checkpoint, and a power loss after the rename not an empty one (helper-223: without the
+    fsync a filesystem may commit the rename before the data)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
-    torch.save(state, tmp)
+    with open(tmp, "wb") as file:
+        torch.save(state, file)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(tmp, path)
 
 

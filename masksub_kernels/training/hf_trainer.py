@@ -87,6 +87,12 @@ class MaskSubTrainer(Trainer):
                 "TrainingArguments.label_smoothing_factor acts only in the Trainer's own loss; pass MaskSub's: "
                 f"masksub={{'label_smoothing': {self.args.label_smoothing_factor}}}"
             )
+        if getattr(self, "compute_loss_func", None) is not None:  # (helper-224: taken and never called)
+            raise ValueError(
+                "compute_loss_func is the Trainer's own loss, which MaskSubTrainer replaces by MaskSub's: pass its "
+                "options as masksub={...} (main_weight, sub_weight, label_smoothing, ...), or subclass and override "
+                "compute_loss"
+            )
         self.masksub = MaskSub(compiled if compiled is not None else self.model, **(masksub or {}))
         if any(True for _ in self.masksub.parameters(recurse=False)):  # Swin's mask token: not a transformers family
             raise ValueError(f"MaskSub's {self.masksub.family} family owns parameters that the Trainer would not train")

@@ -367,3 +367,19 @@ def test_patch_grid_steps_by_the_stride_not_the_kernel():  # helper-202: V2
     from masksub_kernels.training.hf_vit import patch_grid
 
     assert patch_grid(nn.Sequential(nn.Conv2d(3, 4, 16, stride=8, padding=4)), 64, 32) == (8, 4)
+
+
+# kills hf_vit.py:171 the sub-branch run with the model in eval mode (`model.eval()` around run_armed, restored
+# after): every tiny model has its dropout off, where train and eval mode give the same logits, so a sub-branch that
+# silently skipped the model's dropout / drop-path (a fine-tuning recipe's regularisation, the paper's sub-branch
+# runs it) passed. The sub-branch runs in the model's train mode: its dropout draws from torch's generator
+def test_the_sub_branch_runs_in_the_models_train_mode_with_its_dropout():
+    model = tiny_hf("ViTForImageClassification", hidden_dropout_prob=0.5)
+    ms, images, modes = MaskSub(model), _images(), []
+    _first_layer(model).register_forward_pre_hook(lambda m, args: modes.append(m.training))
+    torch.manual_seed(0)
+    first = ms.sub_logits(images, seed=1)
+    torch.manual_seed(0)
+    assert torch.equal(ms.sub_logits(images, seed=1), first)  # the same tokens kept, the same dropout drawn
+    assert not torch.equal(ms.sub_logits(images, seed=1), first)  # the same tokens, other dropout: it is on
+    assert modes == [True, True, True] and model.training
