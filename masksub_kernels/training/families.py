@@ -187,10 +187,18 @@ def check_input_size(
     if family == "vit":
         grid = vit_token_grid(model)
         if img_size is not None:
-            patch = _pair(model.patch_embed.patch_size)
-            if img_size[0] % patch[0] or img_size[1] % patch[1]:
+            embed = model.patch_embed
+            patch = _pair(embed.patch_size)
+            # timm's patch embedding refuses a size its patches do not tile, unless it pads (dynamic_img_pad); a
+            # hybrid's CNN backbone takes any size, its patches cut the features (helper-227: both were refused,
+            # or a hybrid's grid counted in pixels)
+            tiled = getattr(embed, "dynamic_img_pad", False) or hasattr(embed, "backbone")
+            if not tiled and (img_size[0] % patch[0] or img_size[1] % patch[1]):
                 raise ValueError(f"image size {img_size} is not divisible by the ViT patch size {patch}")
-            grid = (img_size[0] // patch[0], img_size[1] // patch[1])
+            feat_size = getattr(embed, "dynamic_feat_size", None)  # timm's grid for a size: padding, backbone
+            grid = (
+                tuple(feat_size(tuple(img_size))) if feat_size else (img_size[0] // patch[0], img_size[1] // patch[1])
+            )
         if grid is not None:
             num_kept_tokens(grid[0] * grid[1], mask_ratio)
         return
