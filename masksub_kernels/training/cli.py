@@ -31,6 +31,7 @@ import torch
 
 from .data import LOADER_SEEDING
 from .determinism import DETERMINISTIC_HELP, run_command
+from .optim import LAYER_DECAY_GROUPING
 from .resume import resume
 from .run_setup import PROG, HelpWithDefaults, Setup, UsageError, parse_kwargs, setup
 
@@ -307,6 +308,7 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
         "world": s.world,  # who drew the batches and their augmentations (resume notes other counts)
         "workers": s.workers,
         "loader_seeding": LOADER_SEEDING,  # how torchrun's loaders were seeded (data.py)
+        "layer_decay_grouping": LAYER_DECAY_GROUPING,  # where --layer-decay puts the final norm (optim.py)
         "module": eager_state_dict(s.trained),  # the eager names: resumable with or without --compile
         "optimizer": s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict(),

@@ -4,9 +4,11 @@ Layer decay (``--layer-decay d``, MAE / BEiT / FT-CLIP fine-tuning): timm's ``pa
 model, i.e. with the model's ``group_matcher`` -- for a ViT the stem (cls token, position embedding, patch
 embedding, ``norm_pre``) is layer 0, block i is layer i + 1, the rest (final norm, fc_norm, head) layer depth + 1 --
 and learning rate ``lr * d ** (depth + 1 - layer)``: the same scales as MAE's ``util/lr_decay.py`` and FT-CLIP's
-``optim_factory.py``. Weight decay is off for 1-D parameters and the model's ``no_weight_decay()`` names. The MaskSub
-wrapper's own parameter (Swin's mask token) joins as one more no-decay group at the full learning rate. timm's
-schedulers multiply each group's learning rate by its ``lr_scale``.
+``optim_factory.py``. timm's matchers put the final ``norm`` with the last block (``MATCH_PREV_GROUP``: lr * d); the
+references, and so this module, with the head (lr * 1): FT-CLIP's fresh per-token norm sits there (helper-225).
+Weight decay is off for 1-D parameters and the model's ``no_weight_decay()`` names. The MaskSub wrapper's own
+parameter (Swin's mask token) joins as one more no-decay group at the full learning rate. timm's schedulers multiply
+each group's learning rate by its ``lr_scale``.
 
 EMA (``--model-ema``): ``timm.utils.ModelEmaV3`` of the bare model (what is evaluated), updated after every optimizer
 step with a constant decay (``--model-ema-decay``), evaluated each epoch beside the model and saved in checkpoints.
@@ -19,7 +21,34 @@ from torch import nn
 
 from .run_setup import UsageError
 
-__all__ = ["build_ema", "build_optimizer", "layer_decay_groups"]
+__all__ = ["LAYER_DECAY_GROUPING", "build_ema", "build_optimizer", "layer_decay_groups"]
+
+# How --layer-decay groups the parameters, recorded in checkpoints (a resume names the change where the groups differ):
+# 2 since 2026-12-06, the final norm with the head (1 before: with the last block, timm's matcher)
+LAYER_DECAY_GROUPING = 2
+
+
+class _FinalNormAtHead:
+    """``model`` as timm's param_groups_layer_decay reads it, with the final ``norm`` at the head's layer (MAE's
+    lr_decay.py, FT-CLIP's optim_factory.py) where timm's group_matcher merges it into the last block's."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+        if hasattr(model, "group_matcher"):
+            self.group_matcher = self._group_matcher
+
+    def named_parameters(self, *args, **kwargs):
+        return self._model.named_parameters(*args, **kwargs)
+
+    def _group_matcher(self, coarse: bool = False):
+        from timm.models._manipulate import MATCH_PREV_GROUP
+
+        matcher = dict(self._model.group_matcher(coarse=coarse))
+        blocks = matcher.get("blocks")
+        if isinstance(blocks, (list, tuple)):
+            # unmatched, the final norm joins the trailing group of the rest (fc_norm, head): layer depth + 1
+            matcher["blocks"] = [b for b in blocks if not (b[0] == r"^norm" and tuple(b[1] or ()) == MATCH_PREV_GROUP)]
+        return matcher
 
 
 def layer_decay_groups(trained: nn.Module, model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
@@ -29,7 +58,7 @@ def layer_decay_groups(trained: nn.Module, model: nn.Module, weight_decay: float
 
     no_decay = getattr(model, "no_weight_decay", lambda: set())()
     groups = param_groups_layer_decay(
-        model, weight_decay=weight_decay, no_weight_decay_list=no_decay, layer_decay=layer_decay
+        _FinalNormAtHead(model), weight_decay=weight_decay, no_weight_decay_list=no_decay, layer_decay=layer_decay
     )
     inside = {id(p) for p in model.parameters()}
     extra = [p for p in trained.parameters() if id(p) not in inside and p.requires_grad]

@@ -9,6 +9,7 @@ import re
 import sys
 
 from .data import LOADER_SEEDING
+from .optim import LAYER_DECAY_GROUPING
 from .run_setup import PROG, Setup, UsageError
 
 __all__ = ["resume"]
@@ -155,6 +156,12 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
     try:
         s.optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:  # the groups are made by the options below
+        if args.layer_decay is not None and ckpt.get("layer_decay_grouping", 1) != LAYER_DECAY_GROUPING:
+            raise UsageError(
+                f"checkpoint {args.resume!r} was written before --layer-decay put the final norm with the head "
+                "(2026-12-06; timm's matcher had it with the last block): its optimizer's parameter groups are not "
+                f"this version's. Resume it with the version that wrote it. {_first_lines(str(exc))}"
+            ) from exc
         raise UsageError(
             f"checkpoint {args.resume!r}: its optimizer's parameter groups are not this run's: resume with its "
             f"--layer-decay (or none), --weight-decay (0 or not) and --freeze-patch-embed. {_first_lines(str(exc))}"

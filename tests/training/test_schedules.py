@@ -472,3 +472,37 @@ def test_joint_accumulation_gives_the_mean_of_the_micro_steps_gradients():
     assert not ms.train_step(x1, y1, optimizer, accum_steps=2, seed=11, schedule="joint")["stepped"]
     assert ms.train_step(x2, y2, optimizer, accum_steps=2, seed=12, schedule="joint")["stepped"]
     assert_grads_close(grads(ms), want, rtol=1e-7, atol=1e-10)
+
+
+# helper-225 (the optimisation recipe's mutation audit): clipping over every group, each optimizer checked
+
+
+# kills schedules.py:62 `params = [... for group in optimizer.param_groups ...]` -> the first group's only: with
+# --layer-decay (or timm's decay / no-decay split) the optimizer has many groups, and --clip-grad must bound the norm
+# of the whole gradient, as torch's clip_grad_norm_(model.parameters()) in timm's / MAE's train loops does; the
+# existing clipping tests build single-group optimizers
+def test_clipping_bounds_the_gradient_of_every_parameter_group():
+    from masksub_kernels.training.schedules import optimizer_step
+
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))
+    a.grad, b.grad = torch.full((3,), 3.0), torch.full((4,), 4.0)  # norm sqrt(27 + 64)
+    optimizer = torch.optim.SGD([{"params": [a]}, {"params": [b], "lr_scale": 0.5}], lr=1.0)
+    optimizer_step(optimizer, clip_grad=1.0)
+    total = torch.cat([a.grad, b.grad]).norm()
+    assert total == pytest.approx(1.0, rel=1e-5)  # the joint norm clipped to 1, not group 0's alone
+    assert torch.allclose(a.grad / b.grad[:3], torch.tensor(0.75))  # one factor for both groups
+
+
+# kills schedules.py:105 `if optimizer in ms._checked_optimizers: return` -> `if len(ms._checked_optimizers):`: the
+# checks are per optimizer; a second optimizer (built from another model) on a wrapper that has stepped once must be
+# refused, not skipped because some earlier one was checked
+def test_a_second_optimizer_of_another_model_is_checked_too():
+    from masksub_kernels.training.schedules import train_step
+
+    ms = MaskSub(tiny_vit().double()).train()
+    images, target = batch("vit", size=2)
+    first = torch.optim.SGD(ms.parameters(), lr=0.1)  # kept alive: the checked set holds it weakly
+    train_step(ms, images, target, first, seed=1)
+    other = torch.optim.SGD(tiny_vit().double().parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="holds none of this MaskSub's parameters"):
+        train_step(ms, images, target, other, seed=1)
