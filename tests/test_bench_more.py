@@ -522,3 +522,20 @@ def test_the_commit_is_named_where_the_copy_has_no_git(tmp_path, monkeypatch):
     assert source_commit(tmp_path) is None
     monkeypatch.setenv("MASKSUB_COMMIT", "abc123def456-dirty")
     assert source_commit(tmp_path) == "abc123def456-dirty"
+
+
+# kills timing.py's source_commit without `--dirty` (a run of uncommitted code recorded under the clean commit)
+def test_the_commit_of_a_checkout_with_uncommitted_changes_says_dirty(tmp_path, monkeypatch):
+    # the .json / .md name the code they measured: edits not yet committed must not pass as that commit's figures
+    from masksub_kernels.bench.timing import source_commit
+
+    monkeypatch.delenv("MASKSUB_COMMIT", raising=False)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "a"], check=True)
+    clean = source_commit(tmp_path)
+    assert clean is not None and not clean.endswith("-dirty")
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert source_commit(tmp_path) == f"{clean}-dirty"

@@ -554,3 +554,36 @@ def test_report_host_and_predicted_times_sit_under_their_own_headers():
     )
     assert cells["host ms"] == "2.000 host-bound" and cells["predicted ms"] == "0.500"
     assert cells["median ms (p20-p80)"] == "1.000 (1.000-1.000)"
+
+
+# helper-226 (the benchmark harness's mutation audit: 41 mutants, 2 gaps and a bug)
+
+
+# kills runner.py:138 `timing.host_ms >= timing.median_ms` -> `<=` (the comparison inverted: the existing test's
+# equal times are host-bound either way)
+def test_runner_a_host_time_below_the_median_is_not_host_bound(monkeypatch):
+    # host-bound means the host alone takes as long as the timed call (timing.py's docstring): a call whose host
+    # work is shorter than its GPU time is kernel-bound, and the report must not mark it (report.host_cell)
+    _fixed_timing(monkeypatch, median_ms=2.0, host_ms=0.5)
+    (fast_host,) = run_case(_case(), CPU, repeats=4, warmup=1, copy_gbps=1.0)
+    _fixed_timing(monkeypatch, median_ms=2.0, host_ms=3.0)
+    (slow_host,) = run_case(_case(), CPU, repeats=4, warmup=1, copy_gbps=1.0)
+    assert fast_host["host_bound"] is False and slow_host["host_bound"] is True
+
+
+# a real bug (helper-226): attach_predictions only sets predicted_ms, never clears it, so --report-only --repredict
+# (and a run re-labelled after each suite) kept an older model's prediction on rows the new model has none for,
+# under the new model's label; it drops predicted_ms where the model has none now.
+def test_report_new_predictions_leave_no_older_models_figure_behind(tmp_path):
+    # a prediction is shown as the labelled model's: a row that model does not predict shows '-', not an older one
+    key = {"suite": "loss", "shape": "s", "dtype": "bf16", "mode": "full", "provider": "masksub[triton]"}
+    model = {"environment": {"label": "TODAY"}, "records": [{**key, "variant": "", "predicted_us": 100.0}]}
+    (tmp_path / "model-sm90.json").write_text(json.dumps(model))
+    predicted = {**_ROW, **key, "median_ms": 1.0, "predicted_ms": 9.0}
+    dropped = {**predicted, "shape": "gone from the model", "predicted_ms": 7.0}
+    run = _run([predicted, dropped], model={"file": "model-sm90.json", "label": "OLDER"})
+    assert report.attach_predictions(run, tmp_path / "model-sm90.json") == 1
+    assert run["model"]["label"] == "TODAY" and run["records"][0]["predicted_ms"] == pytest.approx(0.1)
+    assert "predicted_ms" not in run["records"][1]
+    (row,) = [line for line in report.markdown_table(run).splitlines() if "| gone from the model |" in line]
+    assert row.split("|")[8].strip() == "-"

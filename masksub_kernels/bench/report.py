@@ -64,6 +64,8 @@ def attach_predictions(run: dict, model_path: Path) -> int:
         if value is not None:
             record["predicted_ms"] = value / 1000
             count += 1
+        else:  # not this model's: an older model's figure must not pass under its label
+            record.pop("predicted_ms", None)
     facts = model["environment"]
     run["model"] = {"file": model_path.name, **{key: facts.get(key) for key in ("label", "card", "date", "triton")}}
     return count
