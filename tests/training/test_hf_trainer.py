@@ -352,6 +352,18 @@ def test_the_resume_reads_the_weights_back_at_the_models_own_precision(tmp_path)
 # classifier's and a masked LM's), and a resumed Swin checkpoint without the mask token is refused
 
 
+def _assert_the_step_of(loss: torch.Tensor, trainer, model, twin) -> None:
+    """The Trainer logged ``loss`` (computed on ``twin``, ``model``'s copy before the step) and took one SGD step of
+    its gradient (lr 0.1: _args' learning rate)."""
+    loss.backward()
+    (logged,) = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert logged == pytest.approx(float(loss.detach()), rel=1e-5)
+    with torch.no_grad():
+        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+            want_p = q - 0.1 * q.grad if q.grad is not None else q
+            torch.testing.assert_close(p, want_p, rtol=1e-4, atol=1e-6, msg=name)
+
+
 # kills hf_trainer.py:154 the loss returned to the Trainer as `out["loss_main"]` (the sub-branch's term dropped: a
 # ViT still trains every weight, and the sub-branch still runs), as `2 * out["loss"]` or as
 # `out["loss_main"] + out["loss_sub"]` (the halves unweighted): the Trainer tests compared runs with runs (accumulated
@@ -366,13 +378,8 @@ def test_the_trainers_step_is_the_step_of_masksubs_joint_loss(tmp_path):
     trainer.train()
     images, labels = torch.stack([d["pixel_values"] for d in data]), torch.stack([d["labels"] for d in data])
     want = MaskSub(twin, **options)(images, labels)
-    want["loss"].backward()  # 0.7 CE(z, y_0.1) + 0.3 CE(z, softmax(z)): not the main term alone, nor their sum
-    (logged,) = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    assert logged == pytest.approx(float(want["loss"].detach()), rel=1e-5)
-    with torch.no_grad():
-        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
-            want_p = q - 0.1 * q.grad if q.grad is not None else q
-            torch.testing.assert_close(p, want_p, rtol=1e-4, atol=1e-6, msg=name)
+    # 0.7 CE(z, y_0.1) + 0.3 CE(z, softmax(z)): not the main term alone, nor their sum
+    _assert_the_step_of(want["loss"], trainer, model, twin)
 
 
 # kills hf_trainer.py:150 the masked LM's loss returned as `out["loss_main"]` or as `2 * out["loss"]`: a masked LM
@@ -388,13 +395,7 @@ def test_a_masked_lm_trains_through_the_trainer_on_masksubs_joint_loss(tmp_path)
     assert trainer.masksub.family == "mlm"
     trainer.train()
     want = MaskSub(twin, mask_ratio=0.0)(batch)  # (a mean over the predicted tokens: the batch's order is immaterial)
-    want["loss"].backward()
-    (logged,) = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    assert logged == pytest.approx(float(want["loss"].detach()), rel=1e-5)
-    with torch.no_grad():
-        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
-            want_p = q - 0.1 * q.grad if q.grad is not None else q
-            torch.testing.assert_close(p, want_p, rtol=1e-4, atol=1e-6, msg=name)
+    _assert_the_step_of(want["loss"], trainer, model, twin)
 
 
 # kills hf_trainer.py:118 the `missing` keys of the copy-in dropped (`missing = []`): a Swin's mask token is made by

@@ -13,11 +13,9 @@ from masksub_kernels.training import MaskSub
 timm = pytest.importorskip("timm")
 
 
-# kills swin.py:55-57 the absolute position embedding added after mask_tokens_grid instead of before it: the only
-# test of the `ape` path runs at mask_ratio 0, where nothing is masked and the two orders agree. SEMANTICS.md's Swin:
-# the tokens after patch_embed and the absolute position embedding are masked, so a removed cell carries the mask
-# token alone, not the mask token plus its position
-def test_swin_absolute_position_embedding_is_masked_away_with_the_tokens():
+def _ape_swin() -> torch.nn.Module:
+    """A tiny fp64 timm Swin with the original Swin's absolute position embedding (`ape`, which timm's
+    SwinTransformer has no more): a subclass's absolute_pos_embed added to the stage-1 tokens."""
     from timm.models.swin_transformer import SwinTransformer
 
     class ApeSwin(SwinTransformer):
@@ -30,7 +28,23 @@ def test_swin_absolute_position_embedding_is_masked_away_with_the_tokens():
 
     torch.manual_seed(0)
     model = ApeSwin(img_size=64, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2),
-                    num_classes=10, drop_path_rate=0.0).double()  # fmt: skip
+                    num_classes=10, drop_path_rate=0.0)  # fmt: skip
+    return model.double()
+
+
+def test_swin_absolute_position_embedding_is_added_before_the_masking():
+    # at mask_ratio 0 nothing is masked: the sub-branch is the model, position embedding included (helper-115)
+    ms = MaskSub(_ape_swin(), mask_ratio=0.0).train()
+    images, _ = batch("swin")
+    torch.testing.assert_close(ms.sub_logits(images, seed=1), ms.model(images))
+
+
+# kills swin.py:55-57 the absolute position embedding added after mask_tokens_grid instead of before it: the test
+# above runs at mask_ratio 0, where nothing is masked and the two orders agree. SEMANTICS.md's Swin: the tokens
+# after patch_embed and the absolute position embedding are masked, so a removed cell carries the mask token alone,
+# not the mask token plus its position
+def test_swin_absolute_position_embedding_is_masked_away_with_the_tokens():
+    model = _ape_swin()
     ms = MaskSub(model, mask_ratio=0.5).train()
     images, _ = batch("swin")
     removed = pixel_cells(mk.random_grid_mask(4, (2, 2), 2, seed=1), 8)[..., None]

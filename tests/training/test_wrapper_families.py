@@ -490,27 +490,6 @@ def test_model_kwargs_need_a_forward_that_both_branches_run_and_that_takes_them(
     assert MaskSub(tiny_vit(), model_kwargs={}).model_kwargs == {}
 
 
-def test_swin_absolute_position_embedding_is_added_before_the_masking():
-    # the original Swin's `ape` (timm's SwinTransformer has none now): a subclass's absolute_pos_embed is added to the
-    # stage-1 tokens in the sub-branch too; at mask_ratio 0 nothing is masked: the sub-branch is the model (helper-115)
-    from timm.models.swin_transformer import SwinTransformer
-
-    class ApeSwin(SwinTransformer):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.absolute_pos_embed = torch.nn.Parameter(torch.randn(1, 16, 16, 16))
-
-        def forward_features(self, x):
-            return self.norm(self.layers(self.patch_embed(x) + self.absolute_pos_embed))
-
-    torch.manual_seed(0)
-    model = ApeSwin(img_size=64, patch_size=4, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2),
-                    num_classes=10, drop_path_rate=0.0)  # fmt: skip
-    ms = MaskSub(model.double(), mask_ratio=0.0).train()
-    images, _ = batch("swin")
-    torch.testing.assert_close(ms.sub_logits(images, seed=1), ms.model(images))
-
-
 def test_a_vit_image_width_off_the_patch_is_refused():  # helper-164: F3
     from timm.models.vision_transformer import VisionTransformer
 
