@@ -9,6 +9,7 @@ the epoch e + 1 of an uninterrupted one.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -27,7 +28,11 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     with open(tmp, "wb") as file:
         torch.save(state, file)
         file.flush()
-        os.fsync(file.fileno())
+        try:
+            os.fsync(file.fileno())
+        except OSError as exc:  # a filesystem without fsync (some FUSE mounts): the rename still protects a crash
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+                raise
     os.replace(tmp, path)
 
 

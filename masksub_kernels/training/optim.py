@@ -1,11 +1,12 @@
 """The training command's optimizer (timm's, with layer-wise learning-rate decay) and weight EMA (timm's).
 
 Layer decay (``--layer-decay d``, MAE / BEiT / FT-CLIP fine-tuning): timm's ``param_groups_layer_decay`` on the bare
-model, i.e. with the model's ``group_matcher`` -- for a ViT the stem (cls token, position embedding, patch
-embedding, ``norm_pre``) is layer 0, block i is layer i + 1, the rest (final norm, fc_norm, head) layer depth + 1 --
-and learning rate ``lr * d ** (depth + 1 - layer)``: the same scales as MAE's ``util/lr_decay.py`` and FT-CLIP's
-``optim_factory.py``. timm's matchers put the final ``norm`` with the last block (``MATCH_PREV_GROUP``: lr * d); the
-references, and so this module, with the head (lr * 1): FT-CLIP's fresh per-token norm sits there (helper-225).
+model (through _FinalNormAtHead), i.e. with the model's ``group_matcher`` -- for a ViT the stem (cls token,
+position embedding, patch embedding, ``norm_pre``) is layer 0, block i is layer i + 1, the rest (final norm,
+fc_norm, head) layer depth + 1 -- and learning rate ``lr * d ** (depth + 1 - layer)``: the same scales as MAE's
+``util/lr_decay.py`` and FT-CLIP's ``optim_factory.py``. timm's matchers put the final ``norm`` with the last block
+(``MATCH_PREV_GROUP``: lr * d); the references, and so this module, with the head (lr * 1): FT-CLIP's fresh
+per-token norm sits there (helper-225).
 Weight decay is off for 1-D parameters and the model's ``no_weight_decay()`` names. The MaskSub wrapper's own
 parameter (Swin's mask token) joins as one more no-decay group at the full learning rate. timm's schedulers multiply
 each group's learning rate by its ``lr_scale``.
@@ -30,21 +31,25 @@ LAYER_DECAY_GROUPING = 2
 
 class _FinalNormAtHead:
     """``model`` as timm's param_groups_layer_decay reads it, with the final ``norm`` at the head's layer (MAE's
-    lr_decay.py, FT-CLIP's optim_factory.py) where timm's group_matcher merges it into the last block's."""
+    lr_decay.py, FT-CLIP's optim_factory.py) where timm's group_matcher merges it into the last block's. Everything
+    else is the model's (its parameters, its ``pretrained_cfg`` for timm's grouping of a model without a matcher), and
+    a matcher that is a function (CaiT, Inception) is timm's as it is (helper-228: both had been lost)."""
 
     def __init__(self, model: nn.Module) -> None:
         self._model = model
-        if hasattr(model, "group_matcher"):
+        if hasattr(model, "group_matcher"):  # timm asks hasattr: only a model with a matcher has one here
             self.group_matcher = self._group_matcher
 
-    def named_parameters(self, *args, **kwargs):
-        return self._model.named_parameters(*args, **kwargs)
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
 
     def _group_matcher(self, coarse: bool = False):
         from timm.models._manipulate import MATCH_PREV_GROUP
 
-        matcher = dict(self._model.group_matcher(coarse=coarse))
-        blocks = matcher.get("blocks")
+        matcher = self._model.group_matcher(coarse=coarse)
+        if not isinstance(matcher, dict):
+            return matcher
+        matcher, blocks = dict(matcher), matcher.get("blocks")
         if isinstance(blocks, (list, tuple)):
             # unmatched, the final norm joins the trailing group of the rest (fc_norm, head): layer depth + 1
             matcher["blocks"] = [b for b in blocks if not (b[0] == r"^norm" and tuple(b[1] or ()) == MATCH_PREV_GROUP)]

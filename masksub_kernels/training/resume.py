@@ -160,7 +160,8 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
             raise UsageError(
                 f"checkpoint {args.resume!r} was written before --layer-decay put the final norm with the head "
                 "(2026-12-06; timm's matcher had it with the last block): its optimizer's parameter groups are not "
-                f"this version's. Resume it with the version that wrote it. {_first_lines(str(exc))}"
+                f"this version's. Resume it with the version that wrote it (or, where the run's options differ, with "
+                f"its --weight-decay (0 or not) and --freeze-patch-embed). {_first_lines(str(exc))}"
             ) from exc
         raise UsageError(
             f"checkpoint {args.resume!r}: its optimizer's parameter groups are not this run's: resume with its "

@@ -89,3 +89,16 @@ def test_the_final_norm_gets_the_heads_scale_as_in_ft_clip_and_mae():
     for name, expected in want.items():
         assert scale[id(params[name])] == pytest.approx(expected), name
     assert not any(id(p) in scale for p in model.patch_embed.parameters())  # frozen: in no group
+
+
+# helper-228: a regression of 10694d6 (_FinalNormAtHead), fixed: a group_matcher that returns a function (CaiT,
+# InceptionV3, InceptionResNetV2) made --layer-decay fail with "--opt adamw does not take these settings
+# ['param_group_fn']"; a model without group_matcher (PoolFormer / MetaFormer, PiT) lost its
+# pretrained_cfg["classifier"], so timm grouped every parameter as the head: layer decay silently off (1 lr scale
+# instead of 12 / 15)
+@pytest.mark.parametrize("name", ["cait_xxs24_224", "poolformer_s12"])
+def test_layer_decay_keeps_timms_grouping_for_matcher_functions_and_models_without_a_matcher(name):
+    kw = dict(img_size=32, depth=2, embed_dim=16, num_heads=1) if name.startswith("cait") else {}
+    model = timm.create_model(name, num_classes=3, **kw)
+    optimizer = build_optimizer(_args(layer_decay=0.5), model, model)
+    assert len({g["lr_scale"] for g in optimizer.param_groups}) > 2

@@ -165,3 +165,25 @@ def test_a_layer_decay_checkpoint_of_the_old_grouping_is_refused_naming_why(tmp_
     assert (
         main([*quick, "--epochs", "2", "--resume", f"{out}/last.pth"]) == 2
     )  # with the record: the refusal of other options
+
+
+def test_a_checkpoint_is_synced_to_the_disk_before_its_rename(tmp_path, monkeypatch):
+    # helper-228: without the fsync a filesystem may commit the rename before the data (a power loss then leaves an
+    # empty last.pth); a filesystem that has no fsync (EINVAL) still gets its checkpoint
+    import errno
+
+    from masksub_kernels.training import checkpoint
+
+    calls, real_replace = [], os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))))
+    monkeypatch.setattr(os, "replace", lambda a, b: calls.append(("replace", a)) or real_replace(a, b))
+    path = str(tmp_path / "last.pth")
+    checkpoint.save_checkpoint(path, {"epoch": 1})
+    assert calls == [("fsync", f"{path}.tmp"), ("replace", f"{path}.tmp")]
+
+    def no_fsync(fd):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "fsync", no_fsync)
+    checkpoint.save_checkpoint(path, {"epoch": 2})
+    assert checkpoint.load_checkpoint(path) == {"epoch": 2}
