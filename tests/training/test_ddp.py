@@ -111,3 +111,34 @@ def test_close_process_group_frees_the_ddp_module_and_wrap_ddp_is_once(tmp_path)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+# helper-229: Kills distributed.py:265 `gc.collect()` dropped: a DDP module held only by a
+# reference cycle (a user's closure, a traceback) outlived destroy_process_group and took the group's last reference
+# into interpreter shutdown (the gloo abort of the docstring). With the automatic collector off, close_process_group
+# collects it itself.
+def test_close_process_group_collects_a_ddp_module_held_by_a_reference_cycle(tmp_path):
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+
+    from masksub_kernels.training.distributed import close_process_group
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        ms = MaskSub(tiny_vit())
+        cycle = [ms.wrap_ddp()]
+        cycle.append(cycle)
+        ddp = weakref.ref(cycle[0])
+        del cycle
+        assert ddp() is not None  # only the cycle holds it now
+        close_process_group(ms)
+        assert ddp() is None and not dist.is_initialized()
+    finally:
+        if enabled:
+            gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
