@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=64, help="blocks per micro-batch and process")
     g.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--warmup-steps", type=int, default=100)
-    g.add_argument("--weight-decay", type=float, default=0.01)
+    warmup = "updates of linear warm-up (the first at lr / N), then linear decay to 0 at --steps"
+    g.add_argument("--warmup-steps", type=int, default=100, help=warmup)
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's, on matrices only (no bias / LayerNorm)")
     g.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm (0: no clipping)")
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
     g = p.add_argument_group("run")

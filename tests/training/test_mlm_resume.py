@@ -246,3 +246,24 @@ def test_a_plain_resume_records_no_change_of_output_from_any_working_directory(t
     into = mlm_cli.build_parser().parse_args(["--resume", "../runs/mlm/last.pth", "--output", "runs/mlm"])
     into.output = os.path.abspath(into.output)  # elsewhere/runs/mlm: another directory of the same name
     assert resumes(into, state)[-1]["changed"] == [f"--output {first.output!r} -> {into.output!r}"]
+
+
+# helper-230
+# kills mlm_resume.py load_state's `zip(optimizer.param_groups, ...)` -> `zip(optimizer.param_groups[:1], ...)`:
+# the new --steps' rate put back into the decayed group only, so the biases and LayerNorm weights (the second group)
+# trained the resumed run's first step at the old schedule's rate; the log reads the first group's rate alone
+def test_a_resume_with_other_steps_sets_every_groups_rate(corpus, tokenizer, tmp_path):
+    from masksub_kernels.training.mlm_resume import load_state
+
+    argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path), "--stop-at", "2"]
+    assert main(argv) == 0  # --steps 4, --warmup-steps 1, --lr 1e-3: the next step's old rate 1e-3 * 2 / 3
+    state = torch.load(tmp_path / "last.pth", weights_only=False)
+    args = mlm_cli.build_parser().parse_args([*argv, "--resume", str(tmp_path / "last.pth"), "--steps", "8"])
+    vocab = mlm_cli.Vocab(_log(tmp_path)["meta"]["vocab_size"], 4, 0)
+    blocks = torch.randint(5, 64, (8, 16))
+    ms, optimizer, scheduler, _, _ = mlm_cli._build(args, vocab, (blocks, blocks < 0), None, 1, torch.device("cpu"),
+                                                    0, {})  # fmt: skip
+    load_state(args, state, ms, optimizer, scheduler, None, 0, "prog")
+    assert len(optimizer.param_groups) == 2
+    for group in optimizer.param_groups:  # (8 - 2) / 7 of --lr, in the decayed group and in the other
+        assert group["lr"] == pytest.approx(1e-3 * mlm_cli._lr_factor(2, 1, 8)), group["weight_decay"]
