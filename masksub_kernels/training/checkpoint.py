@@ -20,20 +20,34 @@ __all__ = ["eager_state_dict", "load_checkpoint", "load_eager_state_dict", "read
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
-    """torch.save to ``path`` through a temporary file, flushed to the disk, and a rename: a crash or a full disk
-    never leaves half a checkpoint, and a power loss after the rename not an empty one (helper-223: without the
-    fsync a filesystem may commit the rename before the data)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """torch.save to ``path`` through a temporary file, flushed to the disk, and a rename, itself flushed: a crash or
+    a full disk never leaves half a checkpoint, and a power loss after the rename not an empty one (helper-223:
+    without the file's fsync a filesystem may commit the rename before the data) nor the previous one (helper-228:
+    without the directory's fsync the rename itself may be lost)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as file:
         torch.save(state, file)
         file.flush()
-        try:
-            os.fsync(file.fileno())
-        except OSError as exc:  # a filesystem without fsync (some FUSE mounts): the rename still protects a crash
-            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-                raise
+        _fsync(file.fileno())
     os.replace(tmp, path)
+    if os.name == "posix":  # a directory opens read-only there (not on Windows, whose rename is its own)
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            _fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _fsync(descriptor: int) -> None:
+    """os.fsync, where the filesystem has it (some FUSE mounts: EINVAL / ENOTSUP; the rename still protects a
+    crash)."""
+    try:
+        os.fsync(descriptor)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:

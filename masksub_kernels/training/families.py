@@ -173,9 +173,16 @@ def check_input_size(
     patch = _pair(getattr(embed, "patch_size", 1))
     if img_size is not None and getattr(embed, "strict_img_size", False) and built is not None:
         patched = not img_size[0] % patch[0] and not img_size[1] % patch[1]  # a ViT: else its patch error, below
-        if (patched or family != "vit") and tuple(img_size) != tuple(built):  # its patch embedding refuses them
+        refused = (patched or family != "vit") and tuple(img_size) != tuple(built)  # its patch embedding refuses them
+        why = "a strict image size"
+        if hasattr(embed, "backbone") and hasattr(embed, "dynamic_feat_size"):
+            # a hybrid's patch embedding (a CNN backbone) takes any size and asserts none: its fixed position
+            # embedding wants the built token grid, which other sizes may give too (helper-228: 72 px at 64's)
+            grid, built_grid = (tuple(embed.dynamic_feat_size(tuple(size))) for size in (img_size, built))
+            refused, why = grid != built_grid, f"a token grid {grid} where the position embedding has {built_grid}"
+        if refused:
             raise ValueError(
-                f"the model is built for {tuple(built)} images and refuses {tuple(img_size)} (a strict image size): "
+                f"the model is built for {tuple(built)} images and refuses {tuple(img_size)} ({why}): "
                 f"build it with img_size={img_size[0] if img_size[0] == img_size[1] else tuple(img_size)}, or "
                 "dynamic_img_size=True where the model has it"
             )

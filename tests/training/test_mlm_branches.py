@@ -62,3 +62,22 @@ def test_every_branch_embeds_each_tokens_own_segment(fill):
     sub = ms.sub_logits(batch, seed=5)  # r = 0 keeps every token: the sub-branch's head inputs are the main's
     expected = main.gather(1, sub.ids[:, :, None].expand(-1, -1, main.shape[2]))
     torch.testing.assert_close(sub.hidden, expected, atol=1e-5, rtol=1e-5)
+
+
+# helper-222: sub_criterion's masked-LM line had no direct test: the sub term alone (main_weight 0) over the kept
+# predicted rows, against the main branch's detached head at the same positions; no gradient reaches the main hidden
+def test_the_mlm_sub_criterion_trains_the_sub_branch_alone_against_the_detached_main():
+    model = tiny_bert().double()
+    ms = MaskSub(model, mask_ratio=0.5).eval()
+    batch = make_batch(batch=3, seed=2)
+    main = ms(batch, branch="main")
+    sub = ms(batch, branch="sub", seed=7)
+    loss = ms.sub_criterion(sub, main)
+    decoder = model.cls.predictions.decoder
+    teacher = decoder(main.gather(1, sub.ids[:, :, None].expand(-1, -1, main.shape[2]))).detach()
+    rows = sub.target != IGNORE_INDEX
+    want = -(torch.softmax(teacher[rows], 1) * torch.log_softmax(decoder(sub.hidden)[rows], 1)).sum(1).mean()
+    torch.testing.assert_close(loss, want.float(), rtol=1e-6, atol=1e-6)
+    grad_main, grad_sub = torch.autograd.grad(loss, [main, sub.hidden], allow_unused=True)
+    assert grad_main is None  # the teacher is detached
+    torch.testing.assert_close(grad_sub, torch.autograd.grad(want, sub.hidden)[0], rtol=1e-5, atol=1e-8)

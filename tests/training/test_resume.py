@@ -167,7 +167,7 @@ def test_a_layer_decay_checkpoint_of_the_old_grouping_is_refused_naming_why(tmp_
     )  # with the record: the refusal of other options
 
 
-def test_a_checkpoint_is_synced_to_the_disk_before_its_rename(tmp_path, monkeypatch):
+def test_a_checkpoint_is_synced_to_the_disk_before_its_rename_and_the_rename_after(tmp_path, monkeypatch):
     # helper-228: without the fsync a filesystem may commit the rename before the data (a power loss then leaves an
     # empty last.pth); a filesystem that has no fsync (EINVAL) still gets its checkpoint
     import errno
@@ -179,7 +179,8 @@ def test_a_checkpoint_is_synced_to_the_disk_before_its_rename(tmp_path, monkeypa
     monkeypatch.setattr(os, "replace", lambda a, b: calls.append(("replace", a)) or real_replace(a, b))
     path = str(tmp_path / "last.pth")
     checkpoint.save_checkpoint(path, {"epoch": 1})
-    assert calls == [("fsync", f"{path}.tmp"), ("replace", f"{path}.tmp")]
+    # the directory's too, after the rename (helper-228: else a power loss may lose the rename)
+    assert calls == [("fsync", f"{path}.tmp"), ("replace", f"{path}.tmp"), ("fsync", str(tmp_path))]
 
     def no_fsync(fd):
         raise OSError(errno.EINVAL, "Invalid argument")

@@ -118,3 +118,19 @@ def test_image_sizes_a_padding_or_hybrid_patch_embedding_takes():
     ms.check_input_size(64)
     with pytest.raises(ValueError, match=r"keeps floor\(1 \* \(1 - 0.75\)\) = 0 of 1 tokens"):
         ms.check_input_size(32)  # one token: none kept (the check counted 4 x 4 tokens of 8 pixels)
+
+
+def test_a_strict_hybrid_takes_the_sizes_that_give_its_token_grid():
+    # helper-228: a hybrid ViT (CNN backbone) built at 64 px without dynamic_img_size was refused 72 px "(a strict
+    # image size)", though its patch embedding asserts no size and 72 px gives the built 2 x 2 token grid (the model
+    # runs); 96 px gives 3 x 3, which its fixed position embedding refuses: the check now says so before a step.
+    timm = pytest.importorskip("timm")
+    hybrid = timm.create_model("vit_tiny_r_s16_p8_224", img_size=64, num_classes=5)
+    ms = MaskSub(hybrid, mask_ratio=0.5).train()
+    for size in (64, 72):
+        ms.check_input_size(size)
+        assert ms(torch.randn(2, 3, size, size), torch.tensor([1, 2]), seed=1)["loss"].isfinite()
+    with pytest.raises(ValueError, match=r"refuses \(96, 96\) \(a token grid \(3, 3\) where the position embedding"):
+        ms.check_input_size(96)
+    with pytest.raises(RuntimeError):
+        hybrid(torch.randn(1, 3, 96, 96))  # what the check saves the user from, mid-step

@@ -152,3 +152,29 @@ def test_the_sub_branch_is_compiled_once_with_the_models_own_backend():
     ms.sub_logits(images, seed=5)
     assert len(compiled) == again  # no recompilation per step
     assert torch.isfinite(first).all() and count >= 1
+
+
+@pytest.mark.parametrize("targets", ["none", "probabilities", "ids"])
+def test_the_sub_criterion_trains_the_sub_logits_alone_against_the_detached_main(targets):
+    # helper-222: sub_criterion (the sequential schedule's sub term) had no direct test: its value, its mean over the
+    # counted rows only (class ids of -100 left out, as the joint loss's sub term) and MaskSub's stop-gradient (no
+    # gradient reaches the main logits, whatever the target)
+    g = torch.Generator().manual_seed(0)
+    main = torch.randn(6, 5, dtype=torch.float64, generator=g).requires_grad_()
+    sub = torch.randn(6, 5, dtype=torch.float64, generator=g).requires_grad_()
+    target = {
+        "none": None,
+        "probabilities": torch.softmax(torch.randn(6, 5, dtype=torch.float64, generator=g), 1),
+        "ids": torch.tensor([1, -100, 3, 0, -100, 4]),
+    }[targets]
+    counted = torch.ones(6, dtype=torch.bool) if targets != "ids" else target != -100
+    ms = MaskSub(tiny_vit())
+    loss = ms.sub_criterion(sub, main, target)
+    rows = -(torch.softmax(main.detach(), 1) * torch.log_softmax(sub, 1)).sum(1)
+    want = rows[counted].mean()
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, want.float(), rtol=1e-6, atol=1e-6)
+    grad_main, grad_sub = torch.autograd.grad(loss, [main, sub], allow_unused=True)
+    assert grad_main is None  # the teacher is detached
+    torch.testing.assert_close(grad_sub, torch.autograd.grad(want, sub)[0], rtol=1e-5, atol=1e-7)
+    assert (grad_sub[~counted] == 0).all()
