@@ -89,6 +89,13 @@ def test_deit3_recipes_build_the_official_models_blocks():
     assert kwargs == {"img_size": 192, "init_values": 1e-4}
 
 
+def test_resnet_rsb_recipe_has_the_authors_corrected_command():
+    # helper-232: naver-ai/augsub 8c4dd19 ("README typo fix") corrected the RSB command's --drop-path 0.0 and --mixup
+    # 0.0 to 0.05 and 0.1 (RSB's A2); the recipe had kept the first commit's typo
+    ns = parse_args_with_config(build_parser(), ["--config", _recipe("resnet_rsb")])
+    assert (ns.drop_path, ns.mixup, ns.cutmix, ns.smoothing) == (0.05, 0.1, 1.0, 0.0)
+
+
 def test_deit3_finetune_from_the_pretraining_checkpoint(tmp_path, capsys):
     _, pre = _smoke(tmp_path, "deit3")  # 24 px: a 3 x 3 grid; fine-tuning at 32 px: 4 x 4
     _, ckpt = _smoke(tmp_path, "deit3_finetune", "--initial-checkpoint", str(tmp_path / "deit3" / "last.pth"))
