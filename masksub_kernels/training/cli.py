@@ -155,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--sched", default="cosine", help="timm scheduler name")
     g.add_argument("--warmup-epochs", type=int, default=5)
+    g.add_argument(
+        "--warmup-prefix",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="run the warm-up before the schedule, which then decays over the --epochs - --warmup-epochs after it "
+        "(MAE's and FT-CLIP's cosine); default: the warm-up inside the schedule's --epochs (timm's, as DeiT-III, "
+        "Swin and RSB ran)",
+    )
     g.add_argument("--warmup-lr", type=float, default=1e-5)
     g.add_argument("--min-lr", type=float, default=1e-5)
     g.add_argument("--clip-grad", type=float, default=None)

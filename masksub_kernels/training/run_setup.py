@@ -559,13 +559,10 @@ def setup(args) -> Setup:
         scheduler, _ = create_scheduler_v2(
             optimizer,
             sched=args.sched,
-            num_epochs=args.epochs,
-            warmup_epochs=args.warmup_epochs,
-            warmup_lr=args.warmup_lr,
-            min_lr=args.min_lr,
-            step_on_epochs=False,
-            updates_per_epoch=updates_per_epoch,
-        )
+            num_epochs=max(args.epochs - args.warmup_epochs, 1) if args.warmup_prefix else args.epochs,  # >= 1
+            warmup_epochs=args.warmup_epochs, warmup_prefix=args.warmup_prefix, warmup_lr=args.warmup_lr,
+            min_lr=args.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch,
+        )  # fmt: skip
     except ValueError as exc:  # an unknown name
         raise UsageError(f"--sched {args.sched}: {exc}") from exc
     if scheduler is None:  # timm before 1.0.31 returned None for an unknown name (the first step then crashed)

@@ -27,7 +27,8 @@ def test_mixups_label_smoothing_is_off_where_bce_binarises(tmp_path, flags, in_m
 
 
 # Kills run_setup.py setup's `mixing = args.mixup > 0 or args.cutmix > 0` -> `args.mixup > 0`: CutMix alone (the
-# ResNet RSB recipe before 2026-12-06: --mixup 0.0 --cutmix 1.0) is a Mixup object too, and takes the smoothing off the loss.
+# ResNet RSB recipe before 2026-12-06: --mixup 0.0 --cutmix 1.0) is a Mixup object too, and takes the smoothing off
+# the loss.
 def test_cutmix_alone_builds_timms_mixup(tmp_path):
     from masksub_kernels.training.run_setup import setup
 

@@ -84,9 +84,10 @@ def test_only_rank_zero_writes_checkpoints_and_logs(tmp_path, monkeypatch):
 # create_scheduler_v2 takes must make a new schedule.
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--min-lr", "1e-4"), ("--warmup-lr", "1e-4"), ("--lr", "2e-3")],
+    [("--min-lr", ["1e-4"]), ("--warmup-lr", ["1e-4"]), ("--lr", ["2e-3"]), ("--warmup-prefix", [])],
 )
 def test_resume_with_another_schedule_option_builds_the_new_schedule(tmp_path, capsys, option, value):
+    # --warmup-prefix: resumed from a checkpoint of before the option (no record: the warm-up inside the schedule)
     from masksub_kernels.training.resume import resume
     from masksub_kernels.training.run_setup import setup
 
@@ -95,16 +96,18 @@ def test_resume_with_another_schedule_option_builds_the_new_schedule(tmp_path, c
     assert main([*quick, "--epochs", "1", "--output", out]) == 0  # --epochs 1: ends at update 5 of 15
     ckpt = torch.load(f"{out}/last.pth", weights_only=False)
     ckpt["args"]["epochs"] = 3  # as if the run had been started for 3 epochs: only ``option`` differs
+    if option == "--warmup-prefix":
+        del ckpt["args"]["warmup_prefix"]
     ckpt["scheduler"] = None  # built below for 3 epochs with the old options
     args = build_parser().parse_args([*quick, "--resume", f"{out}/last.pth"])
     old = setup(args)
     ckpt["scheduler"] = old.scheduler.state_dict()
     torch.save(ckpt, f"{out}/three.pth")
     capsys.readouterr()
-    args = build_parser().parse_args([*quick, option, value, "--resume", f"{out}/three.pth"])
+    args = build_parser().parse_args([*quick, option, *value, "--resume", f"{out}/three.pth"])
     s = setup(args)
     resume(args, s)
-    fresh = setup(build_parser().parse_args([*quick, option, value]))  # the new options' schedule
+    fresh = setup(build_parser().parse_args([*quick, option, *value]))  # the new options' schedule
     assert s.scheduler.state_dict() == fresh.scheduler.state_dict()
     fresh.scheduler.step_update(num_updates=5)
     assert s.optimizer.param_groups[0]["lr"] == pytest.approx(fresh.optimizer.param_groups[0]["lr"])

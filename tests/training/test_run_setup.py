@@ -143,3 +143,37 @@ def test_run_setup_normalises_with_the_models_own_statistics(tmp_path):
 
     args = build_parser().parse_args(["--model", "vit_base_patch16_clip_224", "--data-dir", str(tmp_path)])
     assert _mean_std(args, 3) == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+
+
+@pytest.mark.parametrize("prefix", [False, True])
+def test_warmup_prefix_decays_over_the_epochs_after_the_warm_up(tmp_path, prefix):
+    # helper-232: MAE's lr_sched.py and FT-CLIP's cosine_scheduler start the cosine after the warm-up, over
+    # epochs - warmup; timm's default (warmup_prefix=False) runs it over all the epochs, the warm-up's included, so
+    # the recipes' rates fell below their sources' (CLIP's warm-up ended at 0.905 x --lr). --warmup-prefix is theirs.
+    import math
+
+    from masksub_kernels.training.run_setup import setup
+
+    argv = [*TINY_VIT, "--epochs", "6", "--warmup-epochs", "2", "--warmup-lr", "0", "--lr", "1e-3", "--min-lr", "1e-6"]
+    argv += ["--limit-batches", "4", "--output", str(tmp_path), *(["--warmup-prefix"] if prefix else [])]
+    s = setup(build_parser().parse_args(argv))
+    per_epoch, warmup, total = 4, 8, 24
+    for update in range(total):
+        s.scheduler.step_update(num_updates=update)
+        epoch = update / per_epoch
+        if update < warmup:  # both: linear from 0 (MAE: lr * epoch / warmup_epochs)
+            want = 1e-3 * update / warmup
+        elif prefix:  # MAE: min_lr + (lr - min_lr) / 2 (1 + cos(pi (epoch - warmup) / (epochs - warmup)))
+            want = 1e-6 + (1e-3 - 1e-6) * 0.5 * (1 + math.cos(math.pi * (epoch - 2) / (6 - 2)))
+        else:  # timm's: the cosine over every update, the warm-up's included
+            want = 1e-6 + (1e-3 - 1e-6) * 0.5 * (1 + math.cos(math.pi * update / total))
+        assert s.optimizer.param_groups[0]["lr"] == pytest.approx(want, rel=1e-9), update
+
+
+def test_the_mae_and_clip_recipes_warm_up_before_their_cosine():
+    from test_recipes import _recipe
+
+    from masksub_kernels.training.config import parse_args_with_config
+
+    for name, prefix in (("mae_finetune", True), ("clip_finetune", True), ("deit3", False), ("swin", False)):
+        assert parse_args_with_config(build_parser(), ["--config", _recipe(name)]).warmup_prefix is prefix, name
