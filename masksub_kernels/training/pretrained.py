@@ -32,6 +32,7 @@ What may differ between the file and the model, and nothing else (a ``UsageError
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import warnings
@@ -165,8 +166,12 @@ def load_initial_checkpoint(
         ignored = sorted(k for k in state if not k.startswith("visual."))  # the text tower and logit scale
     filter_fn = _filter_fn(model)
     if filter_fn is not None:
+        # the sources resample a position embedding by F.interpolate(bicubic, align_corners=False) without
+        # antialiasing (DeiT's main.py, MAE's util/pos_embed.py); timm's filters antialias by default, another cubic
+        # (a = -0.5, not -0.75): 8% apart on a 12 -> 14 grid (helper-232)
+        plain = "antialias" in inspect.signature(filter_fn).parameters
         try:
-            state = filter_fn(state, model)
+            state = filter_fn(state, model, antialias=False) if plain else filter_fn(state, model)
         except Exception as exc:
             raise UsageError(
                 f"initial checkpoint {path!r} ({fmt} format) cannot be mapped onto {type(model).__name__}: "

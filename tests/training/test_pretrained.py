@@ -149,7 +149,9 @@ def test_the_finetune_recipes_build_their_papers_head_and_activation(tmp_path):
 # code reaches it): with timm's resample given a wrong old grid ((1, 9), monkeypatched) it fails; one losing the
 # class token's row is a loud reshape error here, not a silent one.
 def test_a_finer_grid_resamples_the_position_embedding_behind_its_prefix(tmp_path):
-    from timm.layers import resample_abs_pos_embed
+    # as DeiT's main.py and MAE's util/pos_embed.py: bicubic, align_corners=False, no antialiasing (helper-232:
+    # timm's filter antialiased by default, another cubic kernel)
+    import torch.nn.functional as F
 
     tiny = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
     for name, prefix in (("deit3_base_patch16_224", 0), ("vit_base_patch16_224", 1)):
@@ -161,8 +163,9 @@ def test_a_finer_grid_resamples_the_position_embedding_behind_its_prefix(tmp_pat
         report = load_initial_checkpoint(model, str(tmp_path / "pre.pth"))
         assert report.reinitialised == [] and model.pos_embed.shape == (1, prefix + 16, 32), name
         assert torch.equal(model.pos_embed[:, :prefix], pre.pos_embed[:, :prefix]), name
-        grid = resample_abs_pos_embed(pre.pos_embed[:, prefix:], new_size=(4, 4), old_size=(3, 3), num_prefix_tokens=0)
-        torch.testing.assert_close(model.pos_embed[:, prefix:], grid, msg=name)
+        old = pre.pos_embed[:, prefix:].reshape(1, 3, 3, 32).permute(0, 3, 1, 2)
+        grid = F.interpolate(old, size=(4, 4), mode="bicubic", align_corners=False)
+        torch.testing.assert_close(model.pos_embed[:, prefix:], grid.permute(0, 2, 3, 1).reshape(1, 16, 32), msg=name)
 
 
 # Target: tests/training/test_hf_more.py (uses _models.tiny_vit; here its own tiny ViT). Kills pretrained.py:204
