@@ -355,7 +355,8 @@ def _model(args, vocab: Vocab) -> nn.Module:
 
 
 def _optimizer(module: nn.Module, args) -> torch.optim.Optimizer:
-    """AdamW as BERT: weight decay on matrices only (not on biases, LayerNorm weights or other 1-D parameters)."""
+    """AdamW with BERT's settings (torch's corrects the moments' bias, BERT's optimization.py does not): weight decay
+    on matrices only (not on biases, LayerNorm weights or other 1-D parameters), betas 0.9 / 0.999, eps 1e-6."""
     params = [p for p in module.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
