@@ -100,6 +100,9 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
             ) from exc
 
     rank_zero_check(train_and_save, rank, world)  # every rank: under DDP the others wait here for the file
+    if trained and args.tokenizer:  # (helper-231: a mistyped path to share a vocabulary trained another, silently)
+        print(f"{prog}: note: --tokenizer {path!r} did not exist: a new vocabulary was trained on this run's "
+              "documents and written there (runs compared share one existing file)", file=sys.stderr)  # fmt: skip
     if rank == 0 and not trained and not args.tokenizer and not resuming:
         print(f"{prog}: note: using the vocabulary {path!r} that an earlier run wrote there (not trained for this "
               "run's --vocab-size: delete it, or pass --tokenizer, to train another)", file=sys.stderr)  # fmt: skip

@@ -205,6 +205,17 @@ def test_a_tokenizer_path_that_cannot_be_written_is_refused_before_training(corp
     assert not (tmp_path / "made").exists()
 
 
+def test_a_tokenizer_path_that_does_not_exist_gets_a_note_that_one_was_trained(corpus, tokenizer, tmp_path, capsys):
+    # helper-231: a mistyped --tokenizer (the README's way to share one vocabulary between compared runs) trained a
+    # new vocabulary there without a word, and the runs were no longer comparable
+    fresh = str(tmp_path / "typo" / "tokenizer.json")
+    common = ["--data-dir", corpus, *TINY, "--steps", "1", "--eval-every", "1"]
+    assert main([*common, "--tokenizer", fresh, "--output", str(tmp_path / "a")]) == 0
+    assert f"note: --tokenizer '{fresh}' did not exist: a new vocabulary was trained" in capsys.readouterr().err
+    assert main([*common, "--tokenizer", tokenizer, "--output", str(tmp_path / "b")]) == 0
+    assert "did not exist" not in capsys.readouterr().err
+
+
 def test_a_warm_up_longer_than_the_run_gets_a_note(corpus, tokenizer, tmp_path, capsys):
     # helper-131: masksub-train notes it; here --warmup-steps == --steps still reaches --lr at the last step
     common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--steps", "2", "--eval-every", "2"]
