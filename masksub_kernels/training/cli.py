@@ -339,7 +339,11 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
 
 def _run(args) -> None:
     from .data import class_names, val_loader
+    from .extras import require
 
+    require("the image training command", ("timm", "torchvision"), "train")
+    if args.data_dir is None:
+        require("the digits data set (no --data-dir)", ("sklearn",), "train")
     s = setup(args)
     step = _make_step(args, s)
     start_epoch, num_updates, rows, wall, resumes = 0, 0, [], 0.0, []

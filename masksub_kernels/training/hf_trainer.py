@@ -43,10 +43,18 @@ gets wrong (a probe's findings, 2026-12-03) made right:
 from __future__ import annotations
 
 import torch
-from transformers import Trainer
 
+from .extras import missing_message
 from .schedules import check_holds_mask_token
 from .wrapper import MaskSub
+
+try:
+    from transformers import Trainer
+except (ImportError, RuntimeError) as exc:  # transformers' Trainer needs accelerate: its error did not say so
+    _MISSING = missing_message("MaskSubTrainer", ("transformers", "accelerate"), "text")
+    if _MISSING is None:
+        raise
+    raise ImportError(_MISSING) from exc
 
 __all__ = ["MaskSubTrainer"]
 

@@ -471,9 +471,11 @@ def _run(args) -> None:
     import torch.distributed as dist
 
     from .checkpoint import save_checkpoint
+    from .extras import require
     from .runlog import write_log
 
     _check_args(args)
+    require("the masked-LM command", ("transformers", "tokenizers"), "text")
     rank, world, device = _distributed(args.device)
     rank_zero_check(lambda: check_output(args.output, args.resume), rank, world)
     backend = check_backend(device, ("linear_masksub_loss", "random_keep_indices"))

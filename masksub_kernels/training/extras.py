@@ -1,0 +1,36 @@
+"""The optional packages each part of the training layer needs, checked before any work: a missing one is a
+one-line error naming the pip extra that brings it (helper-231: they were tracebacks, ModuleNotFoundError, or
+transformers' "Could not import module 'Trainer'" without a word of accelerate)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from .run_setup import UsageError
+
+__all__ = ["missing_message", "require"]
+
+
+def missing_message(what: str, modules: tuple[str, ...], extra: str) -> str | None:
+    """'<what> needs <the missing modules> (pip install "masksub_kernels[<extra>]")', or None when every one of
+    ``modules`` (import names) is installed."""
+    missing = [name for name in modules if not _installed(name)]
+    if not missing:
+        return None
+    names = {"sklearn": "scikit-learn"}  # pip's name where it is not the import's
+    listed = ", ".join(names.get(name, name) for name in missing)
+    return f"{what} needs {listed}, not installed: pip install 'masksub_kernels[{extra}]' (or pip install {listed})"
+
+
+def require(what: str, modules: tuple[str, ...], extra: str) -> None:
+    """Raise a UsageError (the commands' error line, exit status 2) when one of ``modules`` is missing."""
+    message = missing_message(what, modules, extra)
+    if message is not None:
+        raise UsageError(message)
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # an import hook that refuses it; a module entry of None (sys.modules)
+        return False
