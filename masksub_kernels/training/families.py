@@ -43,7 +43,10 @@ FAMILIES = ("vit", "swin", "pixel", "mlm")
 DEFAULT_CELL_SIZE = {"vit": None, "swin": 8, "pixel": 32, "mlm": None}  # Swin: 8 tokens (32 px at patch 4); CNN: 32 px
 _WARNED: set[str] = set()
 
-__all__ = ["DEFAULT_CELL_SIZE", "FAMILIES", "check_input_size", "logits_of", "resolve_family", "unwrap_model"]
+__all__ = [
+    *("DEFAULT_CELL_SIZE", "FAMILIES", "check_input_size", "check_vit_patches", "logits_of", "resolve_family"),
+    "unwrap_model",
+]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -194,18 +197,7 @@ def check_input_size(
     if family == "vit":
         grid = vit_token_grid(model)
         if img_size is not None:
-            embed = model.patch_embed
-            patch = _pair(embed.patch_size)
-            # timm's patch embedding refuses a size its patches do not tile, unless it pads (dynamic_img_pad); a
-            # hybrid's CNN backbone takes any size, its patches cut the features (helper-227: both were refused,
-            # or a hybrid's grid counted in pixels)
-            tiled = getattr(embed, "dynamic_img_pad", False) or hasattr(embed, "backbone")
-            if not tiled and (img_size[0] % patch[0] or img_size[1] % patch[1]):
-                raise ValueError(f"image size {img_size} is not divisible by the ViT patch size {patch}")
-            feat_size = getattr(embed, "dynamic_feat_size", None)  # timm's grid for a size: padding, backbone
-            grid = (
-                tuple(feat_size(tuple(img_size))) if feat_size else (img_size[0] // patch[0], img_size[1] // patch[1])
-            )
+            grid = check_vit_patches(model, img_size)
         if grid is not None:
             num_kept_tokens(grid[0] * grid[1], mask_ratio)
         return
@@ -227,6 +219,20 @@ def check_input_size(
                 f"multiple of {cell_size}, or {_other_cell(grid, cell_size, mask_ratio)}"
             )
     _check_cells(family, grid, (1, 1), cell_size, mask_ratio)  # the pixel family: cells of pixels (swin returned above)
+
+
+def check_vit_patches(model: nn.Module, img_size: tuple[int, int]) -> tuple[int, int]:
+    """A timm ViT's token grid for ``img_size`` images; a ValueError for a size its patches do not tile. timm's patch
+    embedding refuses such a size unless it pads (dynamic_img_pad), or, not strict, crops it silently (the
+    training command's --baseline checks it too: helper-231); a hybrid's CNN backbone takes any size, its patches
+    cut the features (helper-227: both were refused, or a hybrid's grid counted in pixels)."""
+    embed = model.patch_embed
+    patch = _pair(embed.patch_size)
+    tiled = getattr(embed, "dynamic_img_pad", False) or hasattr(embed, "backbone")
+    if not tiled and (img_size[0] % patch[0] or img_size[1] % patch[1]):
+        raise ValueError(f"image size {tuple(img_size)} is not divisible by the ViT patch size {patch}")
+    feat_size = getattr(embed, "dynamic_feat_size", None)  # timm's grid for a size: padding, backbone
+    return tuple(feat_size(tuple(img_size))) if feat_size else (img_size[0] // patch[0], img_size[1] // patch[1])
 
 
 def check_swin_cells(grid: tuple[int, int], patch: tuple[int, int], cell_size: int, mask_ratio: float) -> None:

@@ -447,10 +447,11 @@ def setup(args) -> Setup:
     from .augment import build_transforms, ignored_on_digits
     from .data import build_datasets, train_sampler
     from .engine import seed_epoch
-    from .families import unwrap_model
+    from .families import check_vit_patches, unwrap_model
     from .optim import build_ema, build_optimizer
     from .pretrained import load_initial_checkpoint
     from .rank_zero import rank_zero_check
+    from .vit import is_vit
     from .wrapper import MaskSub
 
     args.model_kwargs = parse_kwargs(args.model_kwargs)
@@ -514,8 +515,8 @@ def setup(args) -> Setup:
     if args.compile:
         model = torch.compile(model)
     ms = None
-    if not args.baseline:
-        try:
+    try:
+        if not args.baseline:
             ms = MaskSub(
                 model,
                 mask_ratio=args.mask_ratio,
@@ -526,9 +527,11 @@ def setup(args) -> Setup:
                 cell_size=args.cell_size,
             ).to(device)
             ms.check_input_size(img_size)
-        except ValueError as exc:
-            hint = " (--img-size, --cell-size)" if "cell_size" in str(exc) or "images of" in str(exc) else ""
-            raise UsageError(f"{exc}{hint}") from exc
+        elif is_vit(unwrap_model(model)):  # a size the MaskSub arm refuses, which timm may crop (helper-231)
+            check_vit_patches(unwrap_model(model), (img_size, img_size))
+    except ValueError as exc:
+        hint = " (--img-size, --cell-size)" if "cell_size" in str(exc) or "images of" in str(exc) else ""
+        raise UsageError(f"{exc}{hint}") from exc
     trained = ms if ms is not None else model
     # The baseline's optimizer sees the eager module's parameter names (no torch.compile prefix): timm matches
     # them for no-weight-decay and --layer-decay, as the wrapper's own names are matched for MaskSub.

@@ -177,3 +177,16 @@ def test_the_mae_and_clip_recipes_warm_up_before_their_cosine():
 
     for name, prefix in (("mae_finetune", True), ("clip_finetune", True), ("deit3", False), ("swin", False)):
         assert parse_args_with_config(build_parser(), ["--config", _recipe(name)]).warmup_prefix is prefix, name
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_both_arms_refuse_a_size_the_vits_patches_do_not_tile(tmp_path, baseline):
+    # helper-231: the MaskSub arm refused 30 px at patch 8; --baseline (a non-strict, dynamic-size ViT, or one built
+    # at that size) trained on the 3 x 3 patches timm's convolution keeps, a 6-pixel border silently dropped
+    from masksub_kernels.training.run_setup import setup
+
+    for extra in (["img_size=30"], ["img_size=32", "dynamic_img_size=True"]):
+        argv = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "patch_size=8", "embed_dim=16", "depth=1",
+                "num_heads=2", *extra, "--img-size", "30", "--output", str(tmp_path)]  # fmt: skip
+        with pytest.raises(UsageError, match=r"image size \(30, 30\) is not divisible by the ViT patch size \(8, 8\)"):
+            setup(build_parser().parse_args([*argv, *(["--baseline"] if baseline else [])]))
