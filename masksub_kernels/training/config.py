@@ -149,10 +149,20 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
 
 
 def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """``parser.parse_args(argv)`` with the defaults of ``--config FILE`` (when given) in place of the parser's."""
+    """``parser.parse_args(argv)`` with the defaults of ``--config FILE`` (when given) in place of the parser's;
+    ``--model-kwargs`` given in both: the file's mapping updated by the command line's keys."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
-    if known.config is not None:
-        parser.set_defaults(**load_config(known.config, parser))
-    return parser.parse_args(argv)
+    if known.config is None:
+        return parser.parse_args(argv)
+    defaults = load_config(known.config, parser)
+    parser.set_defaults(**defaults)
+    args = parser.parse_args(argv)
+    in_file = defaults.get("model_kwargs")
+    if in_file and args.model_kwargs is not in_file:  # given on the command line too: its keys replace the file's
+        # same keys, the others stay (helper-231: --model-kwargs img_size=32 with the DeiT-III recipe dropped its
+        # init_values, LayerScale then at timm's 1e-6, silently); a key set to None passes timm's default
+        given = {item.split("=", 1)[0].strip() for item in args.model_kwargs}
+        args.model_kwargs = [item for item in in_file if item.split("=", 1)[0].strip() not in given] + args.model_kwargs
+    return args

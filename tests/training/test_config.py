@@ -61,7 +61,11 @@ def test_command_line_overrides_the_file(tmp_path):
     assert args.lr == 0.1 and args.weight_decay == 0.01 and args.amp is True
     assert args.model_kwargs == ["img_size=16", "depths=[1, 1]"]
     args = parse_args_with_config(build_parser(), ["--config", str(cfg), "--model-kwargs", "img_size=8"])
-    assert args.model_kwargs == ["img_size=8"]
+    # helper-231: the command line's keys replace the file's same keys, the others stay (the whole mapping was
+    # replaced: --model-kwargs img_size=... with the DeiT-III recipe dropped its init_values silently)
+    assert args.model_kwargs == ["depths=[1, 1]", "img_size=8"]
+    args = parse_args_with_config(build_parser(), ["--config", str(cfg), "--model-kwargs", "depths=None", "x=1"])
+    assert args.model_kwargs == ["img_size=16", "depths=None", "x=1"]
 
 
 def test_command_line_turns_off_the_files_flags(tmp_path):
