@@ -535,8 +535,13 @@ def _run(args) -> None:
         })  # fmt: skip
         if rank == 0:
             row = rows[-1]
-            print(f"step {row['step']}: loss {row['loss']:.4f} val_loss {row['val_loss']:.4f} "
-                  f"val_acc {row['val_acc']:.2f}% ({row['tokens_per_s']:.0f} tokens/s)", flush=True)  # fmt: skip
+            # each term, as masksub-train prints them (helper-231: 'loss', the weighted sum, meant another per arm)
+            sub = "" if row["loss_sub"] is None else f" loss_sub {row['loss_sub']:.4f}"
+            print(
+                f"step {row['step']}: loss_main {row['loss_main']:.4f}{sub} val_loss {row['val_loss']:.4f} "
+                f"val_acc {row['val_acc']:.2f}% ({row['tokens_per_s']:.0f} tokens/s)",
+                flush=True,
+            )
             write_log(args.output, rows, meta, columns=LOG_COLUMNS)
             save_checkpoint(os.path.join(args.output, "last.pth"), {
                 "model": ms.model.state_dict(), "optimizer": optimizer.state_dict(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -211,9 +212,15 @@ def test_a_tokenizer_path_that_does_not_exist_gets_a_note_that_one_was_trained(c
     fresh = str(tmp_path / "typo" / "tokenizer.json")
     common = ["--data-dir", corpus, *TINY, "--steps", "1", "--eval-every", "1"]
     assert main([*common, "--tokenizer", fresh, "--output", str(tmp_path / "a")]) == 0
-    assert f"note: --tokenizer '{fresh}' did not exist: a new vocabulary was trained" in capsys.readouterr().err
-    assert main([*common, "--tokenizer", tokenizer, "--output", str(tmp_path / "b")]) == 0
-    assert "did not exist" not in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert f"note: --tokenizer '{fresh}' did not exist: a new vocabulary was trained" in err
+    # (and the console line prints each term, as masksub-train: 'loss' was the weighted sum, the main loss for the
+    # baseline, helper-231)
+    assert re.search(r"^step 1: loss_main \d+\.\d{4} loss_sub \d+\.\d{4} val_loss", out, re.M), out
+    assert main([*common, "--tokenizer", tokenizer, "--output", str(tmp_path / "b"), "--baseline"]) == 0
+    out, err = capsys.readouterr()
+    assert "did not exist" not in err
+    assert re.search(r"^step 1: loss_main \d+\.\d{4} val_loss", out, re.M), out
 
 
 def test_a_warm_up_longer_than_the_run_gets_a_note(corpus, tokenizer, tmp_path, capsys):
