@@ -55,6 +55,8 @@ def _convert(key: str, value, action: argparse.Action, where: str):
             return value
         raise UsageError(f"{where}: {key!r} ({name}) takes a mapping {{key: value}} or a list of 'key=value' strings")
     if action.nargs in ("*", "+") or isinstance(action.nargs, int):
+        if action.nargs == "+" and not isinstance(value, (list, dict)):
+            value = [value]  # one value, as the command line takes `--mean 0.5` (helper-231: the file refused it)
         if not isinstance(value, list):
             raise UsageError(f"{where}: {key!r} ({name}) takes a list, got {value!r}")
         if isinstance(action.nargs, int) and len(value) != action.nargs:

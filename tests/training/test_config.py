@@ -88,7 +88,7 @@ def test_command_line_turns_off_the_files_flags(tmp_path):
         ("amp: 1\n", "'amp' (--amp) is a flag: true or false, got 1"),
         ("loss: mse\n", "'loss' (--loss) must be one of ce, bce, got 'mse'"),
         ("lr: null\n", "'lr' (--lr) cannot be null"),
-        ("mean: 0.5\n", "'mean' (--mean) takes a list"),
+        ("mean: {r: 0.5}\n", "'mean' (--mean) takes a list"),
         ("scale: [0.1]\n", "'scale' (--scale) takes 2 values, got 1"),
         ("model-kwargs: 3\n", "takes a mapping"),
         ("lr: 1\nlr_: 2\n", "unknown key 'lr_'"),
@@ -105,6 +105,14 @@ def test_bad_config_files(tmp_path, capsys, text, message):
     assert main(["--config", str(cfg), "--epochs", "1", "--output", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("masksub-train: error:") and message in err and "Traceback" not in err, err
+
+
+def test_a_list_option_takes_one_value_as_the_command_line_does(tmp_path):
+    # helper-231: `mean: 0.5` was refused ("takes a list") where `--mean 0.5` is taken
+    cfg = tmp_path / "one.yaml"
+    cfg.write_text("mean: 0.5\nstd: [0.25]\n")
+    args = parse_args_with_config(build_parser(), ["--config", str(cfg)])
+    assert (args.mean, args.std) == ([0.5], [0.25])
 
 
 def test_yaml_1_1_strings_of_numbers_are_numbers(tmp_path):
