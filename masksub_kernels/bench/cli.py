@@ -90,7 +90,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--warmup", type=_count(1), default=None,
         help="untimed calls first, >= 1: the first compiles (default 5 GPU, 2 CPU)",
     )  # fmt: skip
-    parser.add_argument("--out", type=Path, default=None, help="directory for the result files")
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="directory for the result files (default: benchmarks/results of the source tree when run from it, else "
+        "./benchmarks/results)",
+    )  # fmt: skip
     parser.add_argument(
         "--tiny", action="store_true",
         help="smallest shapes, 2 repeats: a smoke test of the code (its files are named ...-tiny: never a run's)",

@@ -566,10 +566,10 @@ def setup(args) -> Setup:
             warmup_epochs=args.warmup_epochs, warmup_prefix=args.warmup_prefix, warmup_lr=args.warmup_lr,
             min_lr=args.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch,
         )  # fmt: skip
-    except ValueError as exc:  # an unknown name
-        raise UsageError(f"--sched {args.sched}: {exc}") from exc
-    if scheduler is None:  # timm before 1.0.31 returned None for an unknown name (the first step then crashed)
-        raise UsageError(f"--sched {args.sched}: Unknown scheduler (timm's names: cosine, tanh, step, multistep, ...)")
+    except ValueError:  # an unknown name (timm before 1.0.31 returned None: the first step then crashed)
+        scheduler = None
+    if scheduler is None:
+        raise UsageError(f"--sched {args.sched}: Unknown scheduler (timm's: cosine, tanh, step, multistep, poly, ...)")
     mixup = None
     if mixing:
         mixup = Mixup(

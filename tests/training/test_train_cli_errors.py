@@ -66,7 +66,7 @@ def _error(tmp_path, capsys, *args: str) -> str:
         (["--opt", "adamw", "--momentum", "0.5"], "--opt adamw takes no --momentum"),
         (["--opt", "lookahead_adamw", "--momentum", "0.5"], "--opt lookahead_adamw takes no --momentum"),
         (["--opt", "SGD", "--opt-betas", "0.5", "0.6"], "--opt SGD takes no --opt-betas"),  # timm's names: any case
-        (["--sched", "cosinus"], "--sched cosinus: Unknown scheduler"),
+        (["--sched", "cosinus"], "--sched cosinus: Unknown scheduler (timm's: cosine, tanh, step"),
         (["--sched", "plateau"], "--sched plateau: timm's plateau scheduler steps per epoch"),
         (["--cell-size", "4"], "cell_size is an option of the grid masks (swin, pixel); the vit family drops tokens"),
         # what timm asserts when it builds the model: a usage error, not a traceback
