@@ -226,8 +226,8 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
         if args.fc_norm is not None and "fc_norm" in str(exc):
             raise UsageError(f"--fc-norm is for timm's VisionTransformer models, not {args.model!r}") from exc
         raise UsageError(
-            f"timm model {args.model!r} does not take these kwargs {kwargs} (--model-kwargs, --drop, --drop-path, "
-            f"--global-pool): {exc}"
+            f"timm model {args.model!r} refuses one of its kwargs {kwargs} (--model-kwargs, --drop, --drop-path, "
+            f"--global-pool; num_classes and in_chans: the data's): {exc}"
         ) from exc
     except (ValueError, AssertionError) as exc:  # timm asserts its arguments (a pooling it lacks, heads not dividing)
         raise UsageError(

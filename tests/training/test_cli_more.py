@@ -329,7 +329,7 @@ def test_drop_and_drop_path_reach_the_model_at_zero_too():
     assert rexnet == [0.2, 0.0, 0.1]  # its own dropout 0.2 by default
     # a model without drop-path (DenseNet) has none for a 0 to turn off: built (--drop-path 0 on any CNN)
     assert build("--model", "densenet121", "--drop-path", "0").num_classes == 10
-    with pytest.raises(UsageError, match=r"does not take these kwargs .* \(--model-kwargs, --drop, --drop-path"):
+    with pytest.raises(UsageError, match=r"refuses one of its kwargs .* \(--model-kwargs, --drop, --drop-path"):
         build("--model", "densenet121", "--drop-path", "0.1")
     with pytest.raises(UsageError, match=r"--drop 0.0 and --model-kwargs drop_rate=0.3: pass one"):
         build("--model", "rexnet_100", "--drop", "0", "--model-kwargs", "drop_rate=0.3")
