@@ -113,7 +113,17 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
     missing = [t for t in text_data.SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
     if missing:
         raise UsageError(f"--tokenizer {path!r} lacks BERT's special tokens {missing}")
+    special = {token.content for token in tokenizer.get_added_tokens_decoder().values() if token.special}
+    plain = [t for t in text_data.SPECIAL_TOKENS if t not in special]
+    if plain:  # (helper-233: pack_blocks encodes only special added tokens as text, so a corpus's "[MASK]" was masks)
+        raise UsageError(f"--tokenizer {path!r}: BERT's tokens {plain} are not special tokens there (its "
+                         "added_tokens' \"special\": false): the corpus's own text would encode as them; mark them "
+                         "special")  # fmt: skip
     size = tokenizer.get_vocab_size()
+    top = max(tokenizer.get_vocab(with_added_tokens=True).values())
+    if top != size - 1:  # (helper-233: an id past the embedding's rows, an IndexError at the first step)
+        raise UsageError(f"--tokenizer {path!r}: its ids run to {top} but it has {size} tokens (the model embeds ids "
+                         f"0 to {size - 1}): number the vocabulary without gaps")  # fmt: skip
     if rank == 0 and not trained and args.vocab_size not in (None, size):  # (helper-157: ignored without a word)
         print(f"{prog}: note: --vocab-size {args.vocab_size} is not used: the vocabulary read from {path!r} has "
               f"{size} tokens", file=sys.stderr)  # fmt: skip

@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--data-dir", default=None, help="directory of *.txt files (default: the stdlib docstrings)")
     args = p.parse_args(argv)
+    if os.path.isdir(args.path):  # (helper-233: tokenizers' "Is a directory" traceback after the training)
+        p.error(f"{args.path!r} is a directory; PATH is the tokenizers JSON file to write (e.g. DIR/tokenizer.json)")
     if args.vocab_size < 64:
         p.error(f"--vocab-size must be >= 64 (the special tokens and the characters), got {args.vocab_size}")
     try:
@@ -183,9 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         p.error(str(exc))
     train, held_out = split_documents(documents)
+    if not train:  # as masksub-train-mlm refuses it (helper-233: a vocabulary of the special tokens alone)
+        p.error(f"no training documents: the corpus's {len(held_out)} document(s) are all held out")
     os.makedirs(os.path.dirname(os.path.abspath(args.path)), exist_ok=True)
     tokenizer = train_tokenizer(train, args.vocab_size)
-    tokenizer.save(args.path)
+    tokenizer.save(args.path + ".partial")
+    os.replace(args.path + ".partial", args.path)  # whole files only, as the command saves its vocabulary
     print(f"{args.path}: {tokenizer.get_vocab_size()} tokens from {len(train)} documents ({len(held_out)} held out)")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from _mlm_runs import log as _log
 
 from masksub_kernels.training import mlm_cli
 from masksub_kernels.training.mlm_cli import main
+from masksub_kernels.training.run_setup import UsageError
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
@@ -267,3 +269,79 @@ def test_a_resume_with_other_steps_sets_every_groups_rate(corpus, tokenizer, tmp
     assert len(optimizer.param_groups) == 2
     for group in optimizer.param_groups:  # (8 - 2) / 7 of --lr, in the decayed group and in the other
         assert group["lr"] == pytest.approx(1e-3 * mlm_cli._lr_factor(2, 1, 8)), group["weight_decay"]
+
+
+# helper-233's mutation audit of mlm_resume.py
+
+
+def _state(args, **extra):
+    return {"args": dict(vars(args)), "step": 2, "world_size": 1, **extra}
+
+
+# kills mlm_resume.py:56 `not in (None, digest)` -> `!= digest` (a checkpoint from before the vocabulary's digest was
+# recorded refused as "another vocabulary") and the digest check left out
+def test_a_resume_compares_the_vocabulary_only_where_the_checkpoint_recorded_it():
+    from masksub_kernels.training import mlm_cli
+    from masksub_kernels.training.mlm_resume import check_resume
+
+    args = mlm_cli.build_parser().parse_args(["--resume", "run/last.pth"])
+    sizes = {"tokenizer_sha256": "this", "corpus_sha256": "same"}
+    check_resume(args, _state(args), 1, sizes)  # an older checkpoint: no digest to compare
+    check_resume(args, _state(args, tokenizer_sha256="this"), 1, sizes)
+    with pytest.raises(UsageError, match=r"continues another run: the vocabulary \(tokenizer.json differs\)$"):
+        check_resume(args, _state(args, tokenizer_sha256="that"), 1, sizes)
+
+
+# kills mlm_resume.py:45 --data-dir compared as strings (and "data_dir" left out of RESUME_MUST_MATCH: a checkpoint
+# without a corpus record then resumed on any folder): a checkpoint from before 2026-12-06 recorded the relative
+# --data-dir its run was given; resumed from the same working directory (the absolute directory now), the same corpus
+def test_an_older_checkpoints_relative_data_dir_is_the_same_directory(tmp_path, monkeypatch):
+    from masksub_kernels.training import mlm_cli
+    from masksub_kernels.training.mlm_resume import check_resume
+
+    (tmp_path / "corpus").mkdir()
+    monkeypatch.chdir(tmp_path)
+    args = mlm_cli.build_parser().parse_args(["--resume", "run/last.pth", "--data-dir", str(tmp_path / "corpus")])
+    sizes = {"tokenizer_sha256": "same", "corpus_sha256": "same"}
+    check_resume(args, {**_state(args), "args": {**vars(args), "data_dir": "corpus"}}, 1, sizes)
+    with pytest.raises(UsageError, match="continues another run: --data-dir 'other' -> "):
+        check_resume(args, {**_state(args), "args": {**vars(args), "data_dir": "other"}}, 1, sizes)
+
+
+# kills mlm_resume.py:27 "steps" left out of RESUME_MAY_CHANGE (a resume's new --steps unrecorded), mlm_resume.py:119
+# `"from": os.path.abspath(args.resume)` -> `args.resume` and :118 the earlier resumes left out of
+# the list: each resume is recorded with the checkpoint's absolute path (a relative one is meaningless in log.json
+# read from elsewhere), after the resumes the checkpoint already recorded
+def test_the_resumes_record_keeps_earlier_ones_and_absolute_paths(tmp_path, monkeypatch):
+    from masksub_kernels.training import mlm_cli
+    from masksub_kernels.training.mlm_resume import resumes
+
+    monkeypatch.chdir(tmp_path)
+    args = mlm_cli.build_parser().parse_args(["--resume", "run/last.pth", "--steps", "300"])
+    earlier = {"step": 100, "from": "/elsewhere/last.pth", "changed": []}
+    state = {"args": {**vars(args), "steps": 200}, "step": 150, "resumes": [earlier]}
+    assert resumes(args, state) == [
+        earlier,
+        {"step": 150, "from": str(tmp_path / "run" / "last.pth"), "changed": ["--steps 200 -> 300"]},
+    ]
+    assert resumes(args, None) == []
+
+
+# kills mlm_resume.py:78 corpus_record's "python" not the running one: a resume of the default corpus on another
+# Python names both versions (its docstrings differ: the likely reason for another corpus)
+def test_a_default_corpus_of_another_python_is_named_in_the_refusal():
+    from masksub_kernels.training import mlm_cli
+    from masksub_kernels.training.mlm_resume import check_resume, corpus_record
+
+    sizes = {"tokenizer_sha256": "same", "corpus_sha256": "new", "documents": 9, "held_out_documents": 1,
+             "train_blocks": 5, "val_blocks": 1}  # fmt: skip
+    record = corpus_record(sizes)
+    python = sys.version.split()[0]
+    assert record == {"sha256": "new", "python": python, "documents": 9, "held_out_documents": 1, "train_blocks": 5,
+                      "val_blocks": 1}  # fmt: skip
+    args = mlm_cli.build_parser().parse_args(["--resume", "run/last.pth"])
+    old = {**record, "sha256": "old", "python": "3.0.1", "documents": 8, "train_blocks": 4}
+    with pytest.raises(UsageError, match=rf"the standard library's docstrings of Python 3.0.1 -> {python}: 8 -> 9 "
+                                         r"documents, 4 -> 5 training blocks; other text\)"):  # fmt: skip
+        check_resume(args, _state(args, corpus=old), 1, sizes)
+    check_resume(args, _state(args, corpus={**old, "sha256": "new"}), 1, sizes)  # the same text: resumes
