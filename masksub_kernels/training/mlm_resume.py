@@ -23,8 +23,8 @@ RESUME_MUST_MATCH = ("seed", "batch_size", "accum_steps", "seq_len", "baseline",
                      "mlm_probability", "schedule", "lr", "warmup_steps", "weight_decay", "layers", "width", "heads",
                      "intermediate", "dropout", "data_dir", "eval_blocks", "clip_grad")  # fmt: skip
 # may change on a resume, recorded: the schedule's length, the rounds, the device and precision, the chunking, the
-# output (--stop-at may change too, not recorded: a time-limited job's own)
-RESUME_MAY_CHANGE = ("steps", "eval_every", "output", "device", "amp", "chunk_rows", "vocab_size")
+# output, GPU determinism (--stop-at may change too, not recorded: a time-limited job's own)
+RESUME_MAY_CHANGE = ("steps", "eval_every", "output", "device", "amp", "chunk_rows", "vocab_size", "deterministic")
 
 
 def corpus_digest(train: torch.Tensor, val: torch.Tensor) -> str:

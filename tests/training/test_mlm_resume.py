@@ -325,6 +325,10 @@ def test_the_resumes_record_keeps_earlier_ones_and_absolute_paths(tmp_path, monk
         {"step": 150, "from": str(tmp_path / "run" / "last.pth"), "changed": ["--steps 200 -> 300"]},
     ]
     assert resumes(args, None) == []
+    # (helper-233: --deterministic, the bits of a GPU run, changed on a resume without a record)
+    args = mlm_cli.build_parser().parse_args(["--resume", "run/last.pth", "--deterministic"])
+    state = {"args": {**vars(args), "deterministic": False}, "step": 150}
+    assert resumes(args, state)[-1]["changed"] == ["--deterministic False -> True"]
 
 
 # kills mlm_resume.py:78 corpus_record's "python" not the running one: a resume of the default corpus on another
