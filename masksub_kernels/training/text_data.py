@@ -56,8 +56,8 @@ _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 
 def text_dir_documents(root: str) -> list[str]:
     """The non-empty paragraphs (separated by blank lines, spaces and tabs allowed on them) of every ``*.txt`` file
-    (any case: ``.TXT``) under ``root``, linked folders followed once (sorted paths, UTF-8: another encoding, or a
-    file that cannot be read, is a ValueError naming the file)."""
+    (any case: ``.TXT``) under ``root``, linked folders and files read once, pipes and devices left out (sorted
+    paths, UTF-8: another encoding, or a file that cannot be read, is a ValueError naming the file)."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"no such directory: {root}")
     documents, seen = [], set()
@@ -73,8 +73,8 @@ def text_dir_documents(root: str) -> list[str]:
         seen.add(real)
         subdirs.sort()
         for name in sorted(files):
-            if name.lower().endswith(".txt"):
-                path = os.path.join(directory, name)
+            path = os.path.join(directory, name)
+            if name.lower().endswith(".txt") and _first_read(path, seen):
                 try:
                     with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no text
                         documents.extend(p.strip() for p in _PARAGRAPH_BREAK.split(f.read()) if p.strip())
@@ -88,6 +88,17 @@ def text_dir_documents(root: str) -> list[str]:
     if not documents:
         raise ValueError(f"no text in {root}: the corpus is the *.txt files under it (none found, or all empty)")
     return documents
+
+
+def _first_read(path: str, seen: set[str]) -> bool:
+    """Whether text_dir_documents reads ``path``: a file not read before under another name (a link to a file is
+    read once, helper-233: twice before), and not a pipe or a device (a FIFO named *.txt hung the read). A broken
+    link is read: its error names it."""
+    real = os.path.realpath(path)
+    if real in seen or (os.path.exists(real) and not os.path.isfile(real)):
+        return False
+    seen.add(real)
+    return True
 
 
 def split_documents(documents: Iterable[str], held_out_mod: int = 10) -> tuple[list[str], list[str]]:

@@ -184,3 +184,14 @@ def test_the_vocabulary_tool_refuses_a_directory_and_a_corpus_with_nothing_to_tr
         text_data.main([str(tmp_path / "tok.json"), "--data-dir", str(tmp_path / "corpus")])
     assert "no training documents: the corpus's 1 document(s) are all held out" in capsys.readouterr().err
     assert not (tmp_path / "tok.json").exists()
+
+
+# helper-233: a link to a *.txt file was read twice (its documents counted twice), a FIFO named *.txt hung the read
+def test_a_linked_file_is_read_once_and_a_pipe_is_left_out(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n\ntwo")
+    (tmp_path / "b.txt").symlink_to(tmp_path / "a.txt")
+    os.mkfifo(tmp_path / "c.txt")
+    assert text_data.text_dir_documents(str(tmp_path)) == ["one", "two"]
+    (tmp_path / "d.txt").symlink_to(tmp_path / "nowhere.txt")  # a broken link is still an error that names it
+    with pytest.raises(ValueError, match=r"d.txt cannot be read"):
+        text_data.text_dir_documents(str(tmp_path))
