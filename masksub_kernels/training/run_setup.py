@@ -447,11 +447,10 @@ def setup(args) -> Setup:
     from .augment import build_transforms, ignored_on_digits
     from .data import build_datasets, train_sampler
     from .engine import seed_epoch
-    from .families import check_vit_patches, unwrap_model
+    from .families import check_vit_patches, resolve_family, unwrap_model
     from .optim import build_ema, build_optimizer
     from .pretrained import load_initial_checkpoint
     from .rank_zero import rank_zero_check
-    from .vit import is_vit
     from .wrapper import MaskSub
 
     args.model_kwargs = parse_kwargs(args.model_kwargs)
@@ -527,7 +526,7 @@ def setup(args) -> Setup:
                 cell_size=args.cell_size,
             ).to(device)
             ms.check_input_size(img_size)
-        elif is_vit(unwrap_model(model)):  # a size the MaskSub arm refuses, which timm may crop (helper-231)
+        elif resolve_family(unwrap_model(model)) == "vit":  # a size the MaskSub arm refuses, which timm may crop
             check_vit_patches(unwrap_model(model), (img_size, img_size))
     except ValueError as exc:
         hint = " (--img-size, --cell-size)" if "cell_size" in str(exc) or "images of" in str(exc) else ""
@@ -566,9 +565,10 @@ def setup(args) -> Setup:
             warmup_epochs=args.warmup_epochs, warmup_prefix=args.warmup_prefix, warmup_lr=args.warmup_lr,
             min_lr=args.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch,
         )  # fmt: skip
-    except ValueError:  # an unknown name (timm before 1.0.31 returned None: the first step then crashed)
-        scheduler = None
-    if scheduler is None:
+    except ValueError as exc:  # an unknown name, or a schedule timm refuses for these options (wsd, rsqrt)
+        names = " (timm's: cosine, tanh, step, multistep, poly, ...)" if "nknown" in str(exc) else ""
+        raise UsageError(f"--sched {args.sched}: {exc}{names}") from exc
+    if scheduler is None:  # timm before 1.0.31 for an unknown name (its first step crashed); 'none' for no schedule
         raise UsageError(f"--sched {args.sched}: Unknown scheduler (timm's: cosine, tanh, step, multistep, poly, ...)")
     mixup = None
     if mixing:

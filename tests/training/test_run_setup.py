@@ -185,8 +185,12 @@ def test_both_arms_refuse_a_size_the_vits_patches_do_not_tile(tmp_path, baseline
     # at that size) trained on the 3 x 3 patches timm's convolution keeps, a 6-pixel border silently dropped
     from masksub_kernels.training.run_setup import setup
 
-    for extra in (["img_size=30"], ["img_size=32", "dynamic_img_size=True"]):
-        argv = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "patch_size=8", "embed_dim=16", "depth=1",
+    # (helper-234: the first fix checked timm's VisionTransformer alone: an Eva, a BEiT, a relpos ViT still cropped)
+    models = [("vit_tiny_patch16_224", extra) for extra in (["img_size=30"], ["img_size=32", "dynamic_img_size=True"])]
+    models += [(name, ["img_size=30"]) for name in ("eva02_tiny_patch14_224", "beit_base_patch16_224")]
+    models += [("vit_relpos_small_patch16_224", ["img_size=30"])]
+    for name, extra in models:
+        argv = ["--model", name, "--model-kwargs", "patch_size=8", "embed_dim=16", "depth=1",
                 "num_heads=2", *extra, "--img-size", "30", "--output", str(tmp_path)]  # fmt: skip
         with pytest.raises(UsageError, match=r"image size \(30, 30\) is not divisible by the ViT patch size \(8, 8\)"):
             setup(build_parser().parse_args([*argv, *(["--baseline"] if baseline else [])]))
