@@ -32,8 +32,11 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
         file.flush()
         _fsync(file.fileno())
     os.replace(tmp, path)
-    if os.name == "posix":  # a directory opens read-only there (not on Windows, whose rename is its own)
-        descriptor = os.open(folder, os.O_RDONLY)
+    try:  # a directory opens read-only on POSIX (not on Windows, whose rename is its own), unless unreadable
+        descriptor = os.open(folder, os.O_RDONLY) if os.name == "posix" else None
+    except OSError:  # (helper-234: a writable, unreadable folder: the checkpoint is saved, its rename not synced)
+        descriptor = None
+    if descriptor is not None:
         try:
             _fsync(descriptor)
         finally:

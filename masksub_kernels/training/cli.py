@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="run the warm-up before the schedule, which then decays over the --epochs - --warmup-epochs after it "
-        "(MAE's and FT-CLIP's cosine); default: the warm-up inside the schedule's --epochs (timm's, as DeiT-III, "
-        "Swin and RSB ran)",
+        "(MAE's and FT-CLIP's cosine; step / multistep: decay epochs counted from the warm-up's end); default: the "
+        "warm-up inside the schedule's --epochs (timm's, as DeiT-III, Swin and RSB ran)",
     )
     g.add_argument("--warmup-lr", type=float, default=1e-5)
     g.add_argument("--min-lr", type=float, default=1e-5)

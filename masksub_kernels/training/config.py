@@ -165,6 +165,6 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | No
     if in_file and args.model_kwargs is not in_file:  # given on the command line too: its keys replace the file's
         # same keys, the others stay (helper-231: --model-kwargs img_size=32 with the DeiT-III recipe dropped its
         # init_values, LayerScale then at timm's 1e-6, silently); a key set to None passes timm's default
-        given = {item.split("=", 1)[0].strip() for item in args.model_kwargs}
-        args.model_kwargs = [item for item in in_file if item.split("=", 1)[0].strip() not in given] + args.model_kwargs
+        given = {item.split("=", 1)[0] for item in args.model_kwargs}  # keys as parse_kwargs reads them
+        args.model_kwargs = [item for item in in_file if item.split("=", 1)[0] not in given] + args.model_kwargs
     return args

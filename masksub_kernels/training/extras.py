@@ -5,6 +5,7 @@ transformers' "Could not import module 'Trainer'" without a word of accelerate).
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 from .run_setup import UsageError
 
@@ -30,7 +31,9 @@ def require(what: str, modules: tuple[str, ...], extra: str) -> None:
 
 
 def _installed(name: str) -> bool:
+    if sys.modules.get(name) is not None:  # imported already (a stand-in without __spec__ too: find_spec raises)
+        return True
     try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # an import hook that refuses it; a module entry of None (sys.modules)
+        return importlib.util.find_spec(name) is not None  # (an entry of None in sys.modules: None)
+    except (ImportError, ValueError):  # an import hook that refuses it
         return False

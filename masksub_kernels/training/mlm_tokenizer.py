@@ -116,8 +116,8 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
     special = {token.content for token in tokenizer.get_added_tokens_decoder().values() if token.special}
     plain = [t for t in text_data.SPECIAL_TOKENS if t not in special]
     if plain:  # (helper-233: pack_blocks encodes only special added tokens as text, so a corpus's "[MASK]" was masks)
-        raise UsageError(f"--tokenizer {path!r}: BERT's tokens {plain} are not special tokens there (its "
-                         "added_tokens' \"special\": false): the corpus's own text would encode as them; mark them "
+        raise UsageError(f"--tokenizer {path!r}: BERT's tokens {plain} are not special added tokens there "
+                         "(added_tokens with \"special\": true): the corpus's own text would encode as them; mark them "
                          "special")  # fmt: skip
     size = tokenizer.get_vocab_size()
     top = max(tokenizer.get_vocab(with_added_tokens=True).values())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import stat
 import sysconfig
 import zlib
 from collections.abc import Iterable
@@ -90,14 +91,18 @@ def text_dir_documents(root: str) -> list[str]:
     return documents
 
 
-def _first_read(path: str, seen: set[str]) -> bool:
-    """Whether text_dir_documents reads ``path``: a file not read before under another name (a link to a file is
-    read once, helper-233: twice before), and not a pipe or a device (a FIFO named *.txt hung the read). A broken
-    link is read: its error names it."""
-    real = os.path.realpath(path)
-    if real in seen or (os.path.exists(real) and not os.path.isfile(real)):
+def _first_read(path: str, seen: set) -> bool:
+    """Whether text_dir_documents reads ``path``: a file not read before under another name (a symbolic or hard
+    link to a file is read once, helper-233 / helper-234: twice before), and not a pipe or a device (a FIFO named
+    *.txt hung the read). A broken link is read: its error names it. ``seen``: the folders' real paths and the
+    files' (device, inode) pairs read so far."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return True
+    if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) in seen:
         return False
-    seen.add(real)
+    seen.add((info.st_dev, info.st_ino))
     return True
 
 

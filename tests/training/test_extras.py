@@ -5,6 +5,7 @@ import module 'Trainer'")."""
 
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -18,6 +19,9 @@ def test_the_message_names_what_is_missing_and_its_extra(monkeypatch):
     assert "pip install 'masksub_kernels[train]' (or pip install no_such_module_masksub)" in message
     monkeypatch.setitem(sys.modules, "sklearn", None)  # an entry of None: importing it fails
     assert "needs scikit-learn," in extras.missing_message("y", ("sklearn",), "train")  # pip's name, not the import's
+    # an imported stand-in without __spec__ (find_spec raises ValueError) is installed (helper-234: called missing)
+    monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
+    assert extras.missing_message("y", ("sklearn",), "train") is None
 
 
 @pytest.mark.parametrize(

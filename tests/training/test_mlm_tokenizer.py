@@ -119,6 +119,6 @@ def test_a_vocabulary_with_an_id_gap_or_plain_bert_tokens_is_refused(tmp_path):
     args = SimpleNamespace(tokenizer="given", vocab_size=None)
     with pytest.raises(UsageError, match=r"its ids run to 1000 but it has \d+ tokens .* without gaps"):
         load_tokenizer(args, _edited(tmp_path, gap), [], 0, 1, False, "prog")
-    with pytest.raises(UsageError, match=r"BERT's tokens \['\[MASK\]'\] are not special tokens there"):
+    with pytest.raises(UsageError, match=r"BERT's tokens \['\[MASK\]'\] are not special added tokens there"):
         load_tokenizer(args, _edited(tmp_path, plain), [], 0, 1, False, "prog")
     load_tokenizer(args, _edited(tmp_path, lambda spec: None), [], 0, 1, False, "prog")  # as trained: taken

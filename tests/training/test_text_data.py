@@ -186,12 +186,26 @@ def test_the_vocabulary_tool_refuses_a_directory_and_a_corpus_with_nothing_to_tr
     assert not (tmp_path / "tok.json").exists()
 
 
-# helper-233: a link to a *.txt file was read twice (its documents counted twice), a FIFO named *.txt hung the read
+# helper-233 / helper-234: a symbolic or hard link to a *.txt file was read twice (its documents counted twice), a
+# FIFO named *.txt hung the read (an alarm fails the test instead of hanging CI)
 def test_a_linked_file_is_read_once_and_a_pipe_is_left_out(tmp_path):
+    import signal
+
     (tmp_path / "a.txt").write_text("one\n\ntwo")
     (tmp_path / "b.txt").symlink_to(tmp_path / "a.txt")
+    os.link(tmp_path / "a.txt", tmp_path / "h.txt")
     os.mkfifo(tmp_path / "c.txt")
-    assert text_data.text_dir_documents(str(tmp_path)) == ["one", "two"]
+
+    def hung(signum, frame):
+        raise TimeoutError("text_dir_documents opened the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        assert text_data.text_dir_documents(str(tmp_path)) == ["one", "two"]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     (tmp_path / "d.txt").symlink_to(tmp_path / "nowhere.txt")  # a broken link is still an error that names it
     with pytest.raises(ValueError, match=r"d.txt cannot be read"):
         text_data.text_dir_documents(str(tmp_path))
