@@ -2,8 +2,13 @@
 
 The 2026-12-04 H200 run timed this library's Swin-T step (sequential 113.7 ms, joint 100.9 ms) slower than the
 official code's (81.9 ms), where a CPU profile finds the same heavy ops in both (tests/training/test_swin_step_work.py:
-no extra work). This probe splits each step's time into what tells the causes apart, in both orders of the
-providers (a gap that flips with the order is a timing artefact):
+no extra work). helper-235's reading: the steps are host-bound (their GPU work is ~20-40 ms; a CPU runs the same
+Python in ~40 / ~80 ms), and that run's host drifted between the suite's one-provider-at-a-time blocks (every train
+row slowed by 1.13-1.68x against 2026-11-30, the official step at both ends). This probe tells the causes apart:
+- interleaved: every provider's step in turn, round after round (CUDA events): a drifting host favours none; two
+  swaps isolate the masking op (this library's step with the official blend, the official step with
+  mask_tokens_grid);
+then, one provider at a time, in both orders (a gap that flips with the order is a timing artefact):
 - events: the suite's measure, CUDA events around back-to-back steps;
 - wall: one step on a drained GPU, synchronised; host: the same step's enqueue time (host-bound when ~ wall);
 - syncs: host synchronisations inside one step (torch.cuda.set_sync_debug_mode);
@@ -27,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+import masksub_kernels as mk
+from masksub_kernels.bench import train_step
 from masksub_kernels.bench.train_step import _step_functions
 from masksub_kernels.training import MaskSub
 
@@ -45,6 +52,69 @@ def one_step_kernels(fn, sync) -> tuple[collections.Counter, int]:
             kernels[event.name[:90]] += event.device_time / 1e3
             count += 1
     return kernels, count
+
+
+@contextlib.contextmanager
+def _patched(module, name, value):
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+def with_swaps(steps: dict) -> dict:
+    """``steps`` and two swaps of the masking op: this library's sequential step with the official blend in place of
+    mask_tokens_grid (training/swin.py calls mk.mask_tokens_grid), the official step with mask_tokens_grid (it calls
+    train_step.official_tokens)."""
+    ours, official = steps["masksub (sequential)"], steps[OFFICIAL]
+    official_blend = lambda tokens, token, ratio, *, cell_size, seed=None: (
+        train_step.official_tokens(tokens, token, cell=cell_size),
+        None,
+    )
+    our_mask = lambda tokens, token, cell: mk.mask_tokens_grid(tokens, token, 0.5, cell_size=cell)[0]
+
+    def ours_with_official_mask():
+        with _patched(mk, "mask_tokens_grid", official_blend):
+            ours()
+
+    def official_with_our_mask():
+        with _patched(train_step, "official_tokens", our_mask):
+            official()
+
+    return {**steps, "ours+official-mask": ours_with_official_mask, "official+our-mask": official_with_our_mask}
+
+
+def interleaved(steps: dict, on_gpu: bool, rounds: int) -> None:
+    """Each provider's step in turn, ``rounds`` times: the median CUDA-event and host (enqueue) ms per provider."""
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    for fn in steps.values():  # warm-up: compiles, optimizer state, the allocator
+        for _ in range(3):
+            fn()
+    sync()
+    events, host = collections.defaultdict(list), collections.defaultdict(list)
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            start, end = (
+                (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if on_gpu else (0, 0)
+            )
+            if on_gpu:
+                start.record()
+            begun = time.perf_counter()
+            fn()
+            host[name].append((time.perf_counter() - begun) * 1e3)
+            if on_gpu:
+                end.record()
+                events[name].append((start, end))
+    sync()
+    print(f"== interleaved, {rounds} rounds\n{'provider':38s} events_ms (p20-p80)   host_ms")
+    for name in steps:
+        times = [start.elapsed_time(end) for start, end in events[name]] or [float("nan")] * 2
+        q = statistics.quantiles(times, n=5) if len(times) > 1 else [float("nan")] * 4
+        print(
+            f"{name:38s} {statistics.median(times):9.1f} ({q[0]:.1f}-{q[3]:.1f}) {statistics.median(host[name]):9.1f}"
+        )
 
 
 def measure(fn, on_gpu: bool, repeats: int) -> dict:
@@ -90,6 +160,7 @@ def main() -> None:
     parser.add_argument("--model", default="swin_tiny_patch4_window7_224")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20, help="rounds of the interleaved pass")
     args = parser.parse_args()
     on_gpu = not args.cpu
     device = torch.device("cuda" if on_gpu else "cpu")
@@ -102,8 +173,9 @@ def main() -> None:
     images = torch.randn(batch, 3, side, side, device=device)
     labels = torch.randint(0, 1000, (batch,), device=device)
     autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext
-    steps = _step_functions(ms, optimizer, images, F.one_hot(labels, 1000).float(), labels, autocast)
+    steps = with_swaps(_step_functions(ms, optimizer, images, F.one_hot(labels, 1000).float(), labels, autocast))
     print(f"{torch.cuda.get_device_name() if on_gpu else 'CPU'} | torch {torch.__version__} | {args.model} B={batch}")
+    interleaved(steps, on_gpu, args.rounds)
     kernels = {}
     for order in (list(steps), list(steps)[::-1]):
         print(f"{'provider':38s} events_ms wall_ms host_ms syncs kernels kernel_ms")
