@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "options on the command line override it")  # fmt: skip
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default="vit_tiny_patch16_224", help="any timm model name")
-    g.add_argument("--model-kwargs", nargs="*", default=None, metavar="K=V", help="extra create_model kwargs")
+    g.add_argument(
+        "--model-kwargs", nargs="*", action="extend", default=None, metavar="K=V",
+        help="extra create_model kwargs (several flags add up; a key given again, or a --config file's, takes the "
+        "last value)",
+    )  # fmt: skip
     g.add_argument("--data-dir", default=None, help="ImageFolder root with train/ and val/ (default: digits)")
     g.add_argument("--img-size", type=int, default=None, help="input size (default: model img_size, 32 for digits)")
     g.add_argument("--no-aug", action="store_true", help="no training augmentation")

@@ -152,19 +152,13 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
 
 def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """``parser.parse_args(argv)`` with the defaults of ``--config FILE`` (when given) in place of the parser's;
-    ``--model-kwargs`` given in both: the file's mapping updated by the command line's keys."""
+    ``--model-kwargs`` given in both: the file's K=V, then the command line's (a key's last value counts)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
-    if known.config is None:
-        return parser.parse_args(argv)
-    defaults = load_config(known.config, parser)
-    parser.set_defaults(**defaults)
-    args = parser.parse_args(argv)
-    in_file = defaults.get("model_kwargs")
-    if in_file and args.model_kwargs is not in_file:  # given on the command line too: its keys replace the file's
-        # same keys, the others stay (helper-231: --model-kwargs img_size=32 with the DeiT-III recipe dropped its
-        # init_values, LayerScale then at timm's 1e-6, silently); a key set to None passes timm's default
-        given = {item.split("=", 1)[0] for item in args.model_kwargs}  # keys as parse_kwargs reads them
-        args.model_kwargs = [item for item in in_file if item.split("=", 1)[0] not in given] + args.model_kwargs
-    return args
+    if known.config is not None:
+        # (--model-kwargs extends: the command line's K=V follow the file's, and parse_kwargs keeps a key's last
+        # value; helper-231: they replaced the whole mapping, so --model-kwargs img_size=32 with the DeiT-III recipe
+        # dropped its init_values, LayerScale then at timm's 1e-6, silently)
+        parser.set_defaults(**load_config(known.config, parser))
+    return parser.parse_args(argv)

@@ -60,12 +60,20 @@ def test_command_line_overrides_the_file(tmp_path):
     args = parse_args_with_config(build_parser(), ["--config", str(cfg), "--lr", "0.1"])
     assert args.lr == 0.1 and args.weight_decay == 0.01 and args.amp is True
     assert args.model_kwargs == ["img_size=16", "depths=[1, 1]"]
-    args = parse_args_with_config(build_parser(), ["--config", str(cfg), "--model-kwargs", "img_size=8"])
     # helper-231: the command line's keys replace the file's same keys, the others stay (the whole mapping was
-    # replaced: --model-kwargs img_size=... with the DeiT-III recipe dropped its init_values silently)
-    assert args.model_kwargs == ["depths=[1, 1]", "img_size=8"]
-    args = parse_args_with_config(build_parser(), ["--config", str(cfg), "--model-kwargs", "depths=None", "x=1"])
-    assert args.model_kwargs == ["img_size=16", "depths=None", "x=1"]
+    # replaced: --model-kwargs img_size=... with the DeiT-III recipe dropped its init_values silently); several
+    # flags add up (helper-234: argparse kept the last flag alone, the file's img_size back); a bare one changes nothing
+    kwargs = lambda *cli: parse_kwargs(
+        parse_args_with_config(build_parser(), ["--config", str(cfg), *cli]).model_kwargs
+    )
+    assert kwargs("--model-kwargs", "img_size=8") == {"img_size": 8, "depths": [1, 1]}
+    assert kwargs("--model-kwargs", "depths=None", "x=1") == {"img_size": 16, "depths": None, "x": 1}
+    assert kwargs("--model-kwargs", "img_size=8", "--model-kwargs", "x=1") == {"img_size": 8, "depths": [1, 1], "x": 1}
+    assert kwargs("--model-kwargs") == {"img_size": 16, "depths": [1, 1]}
+    assert parse_kwargs(build_parser().parse_args(["--model-kwargs", "a=1", "--model-kwargs", "b=2"]).model_kwargs) == {
+        "a": 1,
+        "b": 2,
+    }  # without a file too
 
 
 def test_command_line_turns_off_the_files_flags(tmp_path):
