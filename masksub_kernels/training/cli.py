@@ -31,9 +31,10 @@ import torch
 
 from .data import LOADER_SEEDING
 from .determinism import DETERMINISTIC_HELP, run_command
+from .help_format import HelpWithDefaults
 from .optim import LAYER_DECAY_GROUPING
 from .resume import resume
-from .run_setup import PROG, HelpWithDefaults, Setup, UsageError, parse_kwargs, setup
+from .run_setup import PROG, Setup, UsageError, parse_kwargs, setup
 
 __all__ = ["PROG", "UsageError", "build_parser", "main", "parse_kwargs"]
 

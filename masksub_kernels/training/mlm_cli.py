@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .determinism import DETERMINISTIC_HELP, run_command
+from .help_format import HelpWithDefaults
 from .mlm_resume import check_resume, corpus_digest, corpus_record, load_state, read_checkpoint, resumes
 from .mlm_tokenizer import (
     DEFAULT_VOCAB_SIZE,
@@ -43,7 +44,6 @@ from .mlm_tokenizer import (
 )
 from .rank_zero import rank_zero_check
 from .run_setup import (
-    HelpWithDefaults,
     UsageError,
     _distributed,
     check_backend,

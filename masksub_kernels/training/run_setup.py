@@ -4,9 +4,7 @@ optimizer, schedule and Mixup built (``Setup``); ``--resume`` is resume.py's. A 
 
 from __future__ import annotations
 
-import argparse
 import ast
-import copy
 import difflib
 import functools
 import os
@@ -24,37 +22,6 @@ PROG = "masksub-train"
 
 class UsageError(Exception):
     """A user-facing configuration error: printed as ``masksub-train: error: ...``, exit status 2."""
-
-
-class HelpWithDefaults(argparse.HelpFormatter):
-    """The commands' --help: each option's default after its help, unless said there or none (None, a flag off)."""
-
-    # Python 3.10's BooleanOptionalAction appends this to its own help (3.11 and later do not): taken off (a flag off)
-    _APPENDED = " (default: %(default)s)"
-
-    @classmethod
-    def _own_help(cls, action: argparse.Action) -> str | None:
-        help_text = action.help
-        appended = sys.version_info < (3, 11) and isinstance(action, argparse.BooleanOptionalAction)
-        if appended and help_text and help_text.endswith(cls._APPENDED):
-            help_text = help_text[: -len(cls._APPENDED)]
-        return help_text
-
-    @classmethod
-    def _says_default(cls, action: argparse.Action) -> bool:
-        none = action.default is None or action.default is False or action.default is argparse.SUPPRESS
-        return bool(action.option_strings) and "default" not in (cls._own_help(action) or "") and not none
-
-    def add_argument(self, action: argparse.Action) -> None:
-        if action.help is None and self._says_default(action):  # argparse prints no help line for help=None
-            action = copy.copy(action)
-            action.help = "(default: %(default)s)"
-        super().add_argument(action)
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if not self._says_default(action):
-            return self._own_help(action)
-        return f"{self._own_help(action) or ''} (default: %(default)s)".lstrip()
 
 
 def parse_kwargs(items: list[str] | None) -> dict:
@@ -320,12 +287,21 @@ def _digits_default_size(args, model: torch.nn.Module, img_size: int) -> bool:
 
 
 def _check_model_size(model: torch.nn.Module, img_size: int) -> None:
-    """A ViT / Swin built for another size fails deep in its patch embedding: say so up front."""
+    """A ViT / Swin built for another size fails deep in its patch embedding: say so up front, with a size that its
+    patches tile (helper-231: --img-size 30 advised img_size=30, which 16-pixel patches then refused)."""
     size = _fixed_size(model)
     if size is not None and size != (img_size, img_size):
+        patch = getattr(model.patch_embed, "patch_size", 1)
+        patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+        if img_size % patch == 0:
+            advice = f"pass --model-kwargs img_size={img_size} (or --img-size {size[0]})"
+        else:  # the sizes its patches tile, beside this one
+            fits = [n for n in (img_size // patch * patch, (img_size // patch + 1) * patch) if n > 0]
+            sizes = " or ".join(map(str, fits))
+            advice = f"--img-size {sizes} (its {patch}-pixel patches tile it) with that --model-kwargs img_size"
+            advice += f", or --img-size {size[0]}"
         raise UsageError(
-            f"the model is built for {tuple(size)} images but the data is {img_size} x {img_size}: pass "
-            f"--model-kwargs img_size={img_size} (or --img-size {size[0]})"
+            f"the model is built for {tuple(size)} images but the data is {img_size} x {img_size}: {advice}"
         )
 
 

@@ -392,7 +392,7 @@ def test_help_formatter_states_a_flag_on_and_not_a_flag_off():
     # the same text on every Python: 3.10's BooleanOptionalAction appends "(default: ...)" to its help itself
     import argparse
 
-    from masksub_kernels.training.run_setup import HelpWithDefaults
+    from masksub_kernels.training.help_format import HelpWithDefaults
 
     parser = argparse.ArgumentParser(formatter_class=HelpWithDefaults)
     parser.add_argument("--on", action=argparse.BooleanOptionalAction, default=True, help="on flag")

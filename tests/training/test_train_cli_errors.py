@@ -111,6 +111,10 @@ def test_the_bare_command_trains_on_the_digits(tmp_path, capsys):
     assert torch.load(f"{out}/last.pth", weights_only=False)["args"]["model_kwargs"] == {"img_size": 32}
     err = _error(tmp_path, capsys, "--epochs", "1", "--img-size", "48")
     assert "the model is built for (224, 224) images but the data is 48 x 48: pass --model-kwargs img_size=48" in err
+    # a size its patches do not tile: the advice names the sizes they do (helper-231: img_size=30 was advised, which
+    # the 16-pixel patches then refused)
+    err = _error(tmp_path, capsys, "--epochs", "1", "--img-size", "30")
+    assert "but the data is 30 x 30: --img-size 16 or 32 (its 16-pixel patches tile it) with that --model-kwargs" in err
 
 
 def test_an_unusable_backend_is_a_usage_error_and_the_log_names_the_one_used(tmp_path, capsys, monkeypatch):
