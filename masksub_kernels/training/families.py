@@ -44,8 +44,8 @@ DEFAULT_CELL_SIZE = {"vit": None, "swin": 8, "pixel": 32, "mlm": None}  # Swin: 
 _WARNED: set[str] = set()
 
 __all__ = [
-    *("DEFAULT_CELL_SIZE", "FAMILIES", "check_input_size", "check_vit_patches", "logits_of", "resolve_family"),
-    "unwrap_model",
+    *("DEFAULT_CELL_SIZE", "FAMILIES", "check_input_size", "check_vit_patches", "is_vit_family", "logits_of"),
+    *("resolve_family", "unwrap_model"),
 ]
 
 
@@ -81,14 +81,18 @@ def _has(model: nn.Module, names: tuple[str, ...]) -> bool:
     return all(hasattr(model, name) for name in names)
 
 
+def is_vit_family(model: nn.Module) -> bool:
+    """Whether ``model`` is one that the vit family cuts at its tokens: a timm ViT, Eva / BEiT, relpos ViT, or a
+    transformers ViT-like classifier (no warning: resolve_family's fallback warns, a --baseline check must not)."""
+    return is_vit(model) or is_eva(model) or is_relpos_vit(model) or is_hf_vit(model)
+
+
 def resolve_family(model: nn.Module, family: str = "auto") -> str:
     """'vit', 'swin', 'pixel' or 'mlm' for ``model`` (see the module docstring for the policy)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if family == "auto":
-        if is_vit(model):
-            return "vit"
-        if is_eva(model) or is_relpos_vit(model) or is_hf_vit(model):
+        if is_vit_family(model):
             return "vit"
         if is_swin(model) or is_hf_swin(model):
             return "swin"

@@ -423,7 +423,7 @@ def setup(args) -> Setup:
     from .augment import build_transforms, ignored_on_digits
     from .data import build_datasets, train_sampler
     from .engine import seed_epoch
-    from .families import check_vit_patches, resolve_family, unwrap_model
+    from .families import check_vit_patches, is_vit_family, unwrap_model
     from .optim import build_ema, build_optimizer
     from .pretrained import load_initial_checkpoint
     from .rank_zero import rank_zero_check
@@ -502,7 +502,7 @@ def setup(args) -> Setup:
                 cell_size=args.cell_size,
             ).to(device)
             ms.check_input_size(img_size)
-        elif resolve_family(unwrap_model(model)) == "vit":  # a size the MaskSub arm refuses, which timm may crop
+        elif is_vit_family(unwrap_model(model)):  # a size the MaskSub arm refuses, which timm may crop
             check_vit_patches(unwrap_model(model), (img_size, img_size))
     except ValueError as exc:
         hint = " (--img-size, --cell-size)" if "cell_size" in str(exc) or "images of" in str(exc) else ""
@@ -545,7 +545,10 @@ def setup(args) -> Setup:
         names = " (timm's: cosine, tanh, step, multistep, poly, ...)" if "nknown" in str(exc) else ""
         raise UsageError(f"--sched {args.sched}: {exc}{names}") from exc
     if scheduler is None:  # timm before 1.0.31 for an unknown name (its first step crashed); 'none' for no schedule
-        raise UsageError(f"--sched {args.sched}: Unknown scheduler (timm's: cosine, tanh, step, multistep, poly, ...)")
+        what = (
+            "timm builds no schedule for it, and the command needs one" if args.sched == "none" else "Unknown scheduler"
+        )
+        raise UsageError(f"--sched {args.sched}: {what} (timm's: cosine, tanh, step, multistep, poly, ...)")
     mixup = None
     if mixing:
         mixup = Mixup(

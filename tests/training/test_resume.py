@@ -191,3 +191,23 @@ def test_a_checkpoint_is_synced_to_the_disk_before_its_rename_and_the_rename_aft
     monkeypatch.setattr(os, "fsync", no_fsync)
     checkpoint.save_checkpoint(path, {"epoch": 2})
     assert checkpoint.load_checkpoint(path) == {"epoch": 2}
+
+
+def test_a_folder_that_cannot_be_opened_for_its_fsync_does_not_fail_the_save(tmp_path, monkeypatch):
+    # helper-234 / helper-236: a writable folder that cannot be read (os.open refuses it; the tests' root ignores mode
+    # bits, so os.open is made to refuse) failed the save after the rename; its checkpoint is whole, the fsync skipped
+    import errno
+
+    from masksub_kernels.training import checkpoint
+
+    real_open = os.open
+
+    def refuse_folders(name, flags, *args, **kwargs):
+        if os.path.isdir(name):
+            raise PermissionError(errno.EACCES, "Permission denied", name)
+        return real_open(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.os, "open", refuse_folders)
+    path = str(tmp_path / "last.pth")
+    checkpoint.save_checkpoint(path, {"x": torch.ones(2)})
+    assert torch.equal(checkpoint.load_checkpoint(path)["x"], torch.ones(2)) and not os.path.exists(path + ".tmp")

@@ -179,6 +179,20 @@ def test_the_mae_and_clip_recipes_warm_up_before_their_cosine():
         assert parse_args_with_config(build_parser(), ["--config", _recipe(name)]).warmup_prefix is prefix, name
 
 
+def test_the_baselines_size_check_warns_of_no_sub_branch(tmp_path):
+    # helper-236: the check asked resolve_family, whose pixel fallback warns "its sub-branch uses the pixel-grid
+    # fallback ... pass family='pixel'": a --baseline MLP-Mixer has no sub-branch and the command no family option
+    import warnings
+
+    from masksub_kernels.training.run_setup import setup
+
+    argv = ["--model", "mixer_s16_224", "--model-kwargs", "img_size=32", "--img-size",
+            "32", "--baseline", "--output", str(tmp_path)]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        setup(build_parser().parse_args(argv))
+
+
 @pytest.mark.parametrize("baseline", [False, True])
 def test_both_arms_refuse_a_size_the_vits_patches_do_not_tile(tmp_path, baseline):
     # helper-231: the MaskSub arm refused 30 px at patch 8; --baseline (a non-strict, dynamic-size ViT, or one built

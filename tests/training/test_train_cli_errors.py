@@ -139,6 +139,9 @@ def test_a_scheduler_timm_does_not_know_or_refuses_for_the_options_is_named(tmp_
 
     err = _error(tmp_path, capsys, *TINY_VIT, "--epochs", "1", "--sched", "cosinus")  # timm 1.0.31 raises, 1.0.29 None
     assert "--sched cosinus: Unknown scheduler" in err and "(timm's: cosine, tanh, step, multistep, poly" in err
+    if "'none'" in inspect.getsource(factory.create_scheduler_v2):  # (helper-236: a known name, called unknown)
+        err = _error(tmp_path, capsys, *TINY_VIT, "--epochs", "1", "--sched", "none")
+        assert "--sched none: timm builds no schedule for it, and the command needs one" in err
     if "wsd" in inspect.getsource(factory.create_scheduler_v2):  # (timm 1.0.29 has no wsd)
         # a name timm knows but refuses for these options: its own reason (helper-234: it was called unknown)
         err = _error(tmp_path, capsys, *TINY_VIT, "--epochs", "1", "--sched", "wsd", "--warmup-epochs", "0",
