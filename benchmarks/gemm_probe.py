@@ -1,9 +1,17 @@
 """The fused-linear loss's chunk matmuls at BERT's shape, alone (GPU): median time, TFLOP/s and cuBLAS's kernel,
-for the class extent unaligned (C = 30522) and padded to 8 (30528, W copied with zero rows: the loop's way on
-2026-12-04), with an fp32 or a bf16 output, and dW's fp32-accumulating addmm; and the chunk loop's matmuls as it
-runs them per chunk ("loop:" rows, ops/_linear_loss_chunks.py): each over the aligned head of C (30520, views of W;
-the loss launch takes the 2-class tail), dH of both branches in one matmul added (beta = 1) into an fp32 product.
-What the chunk loop's matmuls reach (issue 13); tools/perf_model/linear_loss_measured.py reads the "loop:" rows.
+for the chunk loop's matmuls as it runs them per chunk ("loop:" rows, ops/_linear_loss_chunks.py: each over the
+aligned head of C, 30520, views of W; the loss launch takes the 2-class tail; dH of both branches in one matmul added,
+beta = 1, into an fp32 product), then over C padded to 8 (30528, W copied with zero rows: the loop's way on
+2026-12-04, the calibration's fallback); tools/perf_model/linear_loss_measured.py reads those rows.
+
+Then the loss launch beside the matmuls on a second stream ("overlap:" rows, overlap_cases): issue 13's one lever
+left (the loop's ~3.4 ms of loss launches between its matmuls on one stream, 2026-12-04), and whether cuBLAS's
+kernels leave the SMs room for it, which only a GPU can say:
+- halves (no more memory): the chunk's stacked rows as [z_a; s_a; z_b; s_b], the loss launch of half b on a second
+  stream beside dH's matmul of half a, then dH of half b and dW of both; against the loop as it is;
+- two buffers (a second chunk buffer: +89 MiB at R = 384, over issue 13's memory goal unless R halves): one chunk's
+  loss launch beside the other chunk's dH, dW and logits matmuls.
+Each with the side stream at normal and at high priority; the rows' times are the two streams' span.
 Run from the repository root: PYTHONPATH=. python3 benchmarks/gemm_probe.py"""
 
 import torch
@@ -36,6 +44,106 @@ def kernel(fn):
 
 
 HEAD = matmuls.class_parts(C)[0]  # the aligned head of C: the chunk loop's matmuls' classes
+STEP_ROWS = 16384  # BERT's step: its chunks per step (the overlap's saving per step)
+
+# the overlap rows (overlap_cases), in their order
+LOSS, LOSS_HALF = "loss launch, the chunk's rows", "loss launch, half the rows"
+DH, DH_HALF, DW, LOGITS = "dH, the chunk's rows", "dH, half the rows", "dW", "logits"
+NOW = "now, one stream: loss, dH, dW"
+HALVES = "halves, one stream: loss a, loss b, dH a, dH b, dW"
+HALVES_BESIDE = "halves, two streams: loss b beside dH a"
+HALVES_BESIDE_HIGH = "halves, two streams: loss b beside dH a, high priority"
+TWO_BUFFERS = "two buffers, one stream: loss, dH, dW, logits"
+TWO_BUFFERS_BESIDE = "two buffers, two streams: loss beside dH, dW, logits"
+TWO_BUFFERS_BESIDE_HIGH = "two buffers, two streams: loss beside dH, dW, logits, high priority"
+
+
+def overlap_cases(device, stacked_rows: int, depth: int, classes: int) -> dict:
+    """name -> call of the overlap rows (module docstring) for a chunk of ``stacked_rows`` = 2R rows ([z; s], R per
+    branch), D = ``depth``, C = ``classes``, bf16 operands, fp32 logits: the loop's helpers (_linear_loss_matmuls)
+    and its loss launch (benchmarks/gpu_ncu.chunk_loss_launch: no class tail, so every class in it, the matmuls over
+    C's head). The second stream is the device's (torch.cpu's streams on the CPU: the same lines, run in order)."""
+    from benchmarks.gpu_ncu import chunk_loss_launch
+
+    bf, head, streams = torch.bfloat16, matmuls.class_parts(classes)[0], torch.get_device_module(device)
+    half, quarter = stacked_rows // 2, stacked_rows // 4
+    padded = -(-classes // 64) * 64  # the loop's buffer rows (_linear_loss_chunks.aligned_classes)
+    w = (torch.randn(classes, depth, device=device) / 30).to(bf)
+    x = torch.randn(stacked_rows, depth, device=device).to(bf)
+    buffer, other = (torch.randn(stacked_rows, padded, device=device) * 3 for _ in range(2))
+    grads = buffer.view(bf)  # the bf16 gradients over their logits rows (over_rows)
+    product = torch.zeros(stacked_rows, depth, device=device)
+    dw = torch.zeros(classes, depth, device=device)
+
+    def dh(rows: slice):
+        return lambda: matmuls.add_matmul(product[rows], grads[rows, head], w[head])
+
+    def dw_call():
+        matmuls.add_matmul(dw[head], grads[:, head].T, x)
+
+    def logits():
+        matmuls.fp32_logits(x, w, buffer[:, :classes], (head,))
+
+    # halves: rows [z_a; s_a; z_b; s_b] (quarter rows each), each half a loss launch of its own
+    loss = chunk_loss_launch(buffer, half, classes, derive_each_call=False)
+    loss_a, loss_b = (chunk_loss_launch(buffer[r], quarter, classes, derive_each_call=False)
+                      for r in (slice(0, half), slice(half, None)))  # fmt: skip
+    loss_other = chunk_loss_launch(other, half, classes, derive_each_call=False)
+    dh_all, dh_a, dh_b = dh(slice(None)), dh(slice(0, half)), dh(slice(half, None))
+
+    def one_stream(*calls):
+        def run():
+            for call in calls:
+                call()
+
+        return run
+
+    def beside(side_call, calls, priority: int):
+        side = streams.Stream(priority=priority)  # lower is higher (CUDA's range clamps it)
+
+        def run():
+            current = streams.current_stream()
+            side.wait_stream(current)  # the side's launch after what came before it (its inputs)
+            with streams.stream(side):
+                side_call()
+            for call in calls:
+                call()
+            current.wait_stream(side)  # what comes after waits for both streams
+
+        return run
+
+    return {
+        LOSS: loss,
+        LOSS_HALF: loss_a,
+        DH: dh_all,
+        DH_HALF: dh_a,
+        DW: dw_call,
+        LOGITS: logits,
+        NOW: one_stream(loss, dh_all, dw_call),
+        HALVES: one_stream(loss_a, loss_b, dh_a, dh_b, dw_call),
+        HALVES_BESIDE: one_stream(loss_a, beside(loss_b, [dh_a], 0), dh_b, dw_call),
+        HALVES_BESIDE_HIGH: one_stream(loss_a, beside(loss_b, [dh_a], -1), dh_b, dw_call),
+        TWO_BUFFERS: one_stream(loss_other, dh_all, dw_call, logits),
+        TWO_BUFFERS_BESIDE: beside(loss_other, [dh_all, dw_call, logits], 0),
+        TWO_BUFFERS_BESIDE_HIGH: beside(loss_other, [dh_all, dw_call, logits], -1),
+    }
+
+
+def overlap_summary(us: dict[str, float], chunks: int) -> list[str]:
+    """What the overlap rows' medians (us by name; a failed row absent) say: the halves' saving per chunk against the
+    loop as it is (and over ``chunks`` chunks: a step), and how much of the loss launch two buffers hide."""
+    lines = []
+    for name in (HALVES, HALVES_BESIDE, HALVES_BESIDE_HIGH):
+        if NOW in us and name in us:
+            saved = us[NOW] - us[name]
+            lines.append(f"overlap: {name}: saves {saved:+.1f} us a chunk against now, {saved * chunks / 1e3:+.2f} "
+                         f"ms over {chunks} chunks")  # fmt: skip
+    for name in (TWO_BUFFERS_BESIDE, TWO_BUFFERS_BESIDE_HIGH):
+        if TWO_BUFFERS in us and LOSS in us and name in us:
+            hidden = us[TWO_BUFFERS] - us[name]
+            lines.append(f"overlap: {name}: hides {hidden:.1f} us of the loss launch's {us[LOSS]:.1f} us "
+                         f"({100 * hidden / us[LOSS]:.0f}%)")  # fmt: skip
+    return lines
 
 
 def main():
@@ -50,12 +158,11 @@ def main():
     buf = torch.empty(R, 30528, device=dev, dtype=torch.float32)
     g16 = buf.view(bf)  # [R, 2 x 30528]
     dh = torch.empty(R // 2, D, device=dev, dtype=bf)
-    dh2 = torch.empty(R, D, device=dev, dtype=bf)
     dw = torch.zeros(C, D + 8, device=dev, dtype=torch.float32)
     dw8 = torch.zeros(C8, D + 8, device=dev, dtype=torch.float32)
     xw = torch.randn(R, D + 8, device=dev, dtype=bf)
     product = torch.zeros(R, D, device=dev, dtype=torch.float32)  # the loop's dH product (the tail's share in it)
-    cases = {  # the loop's own first: what the perf model's calibration reads (a step cut at its cap keeps them)
+    loop = {  # the loop's own first: what the perf model's calibration reads (a step cut at its cap keeps them)
         # the loop's, per chunk (its helpers over C's aligned head, views of W)
         "loop: logits head": (lambda: matmuls.fp32_logits(x, w, buf[:, :C], (HEAD,)), 2 * R * D * HEAD.stop),
         "loop: dH both, head, beta 1": (
@@ -63,30 +170,49 @@ def main():
             2 * R * D * HEAD.stop,
         ),
         "loop: dW head": (lambda: matmuls.add_matmul(dw[HEAD], g16[:, HEAD].T, xw), 2 * R * (D + 8) * HEAD.stop),
-        "logits fp32 out, C": (lambda: torch.mm(x, w.T, out_dtype=torch.float32, out=buf[:, :C]), 2 * R * D * C),
+    }
+    padded = {  # over C padded to 8 (the calibration's fallback for logs without the loop's rows); C's own
+        # unaligned extent (sm_80 kernels, ~2x slower) was measured on 2026-12-04 (results/gpu-2026-12-04)
         "logits fp32 out, C8": (lambda: torch.mm(x, w8.T, out_dtype=torch.float32, out=buf[:, :C8]), 2 * R * D * C8),
-        "logits bf16 out, C8": (lambda: torch.mm(x, w8.T), 2 * R * D * C8),
-        "dH, K=C": (lambda: torch.mm(g16[: R // 2, :C], w, out=dh), R * D * C),  # one branch: R / 2 rows
-        "dH, K=C8": (lambda: torch.mm(g16[: R // 2, :C8], w8, out=dh), R * D * C8),
-        "dH both branches, K=C8": (lambda: torch.mm(g16[:, :C8], w8, out=dh2), 2 * R * D * C8),  # one matmul, 2R rows
-        "dW addmm fp32, M=C": (
-            lambda: torch.addmm(dw, g16[:, :C].T, xw, out_dtype=torch.float32, out=dw),
-            2 * R * (D + 8) * C,
-        ),
+        "dH, K=C8": (lambda: torch.mm(g16[: R // 2, :C8], w8, out=dh), R * D * C8),  # one branch: R / 2 rows
         "dW addmm fp32, M=C8": (
             lambda: torch.addmm(dw8, g16[:, :C8].T, xw, out_dtype=torch.float32, out=dw8),
             2 * R * (D + 8) * C8,
         ),
-        "dW mm bf16 out, M=C8": (lambda: torch.mm(g16[:, :C8].T, xw), 2 * R * (D + 8) * C8),
     }
     g16[:, :C8].normal_()
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__}")
+    matmul_rows(loop)
+    overlap_rows()
+    matmul_rows(padded)
+
+
+def matmul_rows(cases: dict) -> None:
     for name, (fn, flops) in cases.items():
         try:
             ms = timed(fn)
             print(f"{name:24s} {ms * 1e3:8.1f} us {flops / ms / 1e9:7.1f} TFLOP/s  {kernel(fn)}")
         except Exception as exc:  # a probe: report and go on
             print(f"{name:24s} failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def overlap_rows() -> None:
+    """The overlap rows at BERT's chunk (2 x 384 rows), their medians and what they say (overlap_summary)."""
+    print(f"overlap: a chunk of 2 x {R // 2} rows, D = {D}, C = {C}, bf16; the two streams' span (us, median)")
+    us = {}
+    try:
+        cases = overlap_cases(torch.device("cuda"), R, D, C)
+    except Exception as exc:  # a probe: report and go on (a second chunk buffer's memory, say)
+        print(f"overlap: failed: {type(exc).__name__}: {str(exc)[:200]}")
+        return
+    for name, call in cases.items():
+        try:
+            us[name] = timed(call) * 1e3
+            print(f"overlap: {name:70s} {us[name]:8.1f} us")
+        except Exception as exc:
+            print(f"overlap: {name} failed: {type(exc).__name__}: {str(exc)[:200]}")
+    for line in overlap_summary(us, -(-STEP_ROWS // (R // 2))):
+        print(line)
 
 
 if __name__ == "__main__":

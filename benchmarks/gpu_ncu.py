@@ -73,6 +73,39 @@ def calls(rows: int, depth: int, classes: int, device: torch.device) -> list[tup
     ]
 
 
+def chunk_loss_launch(logits: torch.Tensor, rows: int, classes: int, *, derive_each_call: bool = True):
+    """A call of the chunk loop's loss launch (ops/_loss_fwd_bwd.py) on ``logits``, fp32 [2 rows, C padded to 64]
+    (the loop's buffer: main's rows over sub's): class ids, a bias, a mean's row grads, the bf16 gradients written
+    over their rows (over_rows), every class from the logits (no class tail). A call reads what the last one wrote
+    (the gradients over the first half of each row's bytes: small finite logits): copy fresh logits in first where
+    their values matter. derive_each_call: the launch's configuration derived at each call (FORWARD_DESCENDING as it
+    is then); else once, here, as the chunk loop does (its host time then left out of the call)."""
+    from masksub_kernels.ops import _loss_fwd_bwd
+
+    generator = torch.Generator(device=logits.device).manual_seed(2)
+    labels = torch.randint(0, classes, (rows,), generator=generator, device=logits.device)
+    bias = (torch.randn(classes, generator=generator, device=logits.device) * 0.1).bfloat16()
+    row_grads = torch.full((rows,), 1.0 / rows, device=logits.device)
+    stats = logits.new_empty(9, rows)
+    tickets = torch.zeros(rows, dtype=torch.int32, device=logits.device)
+    narrow = logits.view(torch.bfloat16)
+    z, s = logits[:rows, :classes], logits[rows : 2 * rows, :classes]
+    into = (narrow[:rows, :classes], narrow[rows : 2 * rows, :classes])
+    options = (False, 0.0, -100, 1.0, None)  # bce, label smoothing, ignore_index, temperature, threshold
+    planned = {}
+    if not derive_each_call:
+        fixed = (options[0], options[1], options[3], options[4])  # one_launch's: no ignore_index
+        planned["launch"] = _loss_fwd_bwd.one_launch(row_grads, row_grads, z, s, labels, *fixed, into, bias, True)
+
+    def call():
+        _loss_fwd_bwd.forward_backward_triton(
+            row_grads, row_grads, z, s, labels, *options, out=stats, tickets=tickets, into=into, bias=bias,
+            over_rows=True, **planned,
+        )  # fmt: skip
+
+    return call
+
+
 def loss_launch_orders(rows: int, classes: int, device: torch.device) -> list[tuple[str, object]]:
     """(name, call) pairs: the chunk's loss launch alone on ``rows`` rows per branch, its forward's blocks descending,
     then ascending (the A/B of ops/_loss_fwd_bwd.py's FORWARD_DESCENDING); each call first copies the logits back
@@ -83,22 +116,13 @@ def loss_launch_orders(rows: int, classes: int, device: torch.device) -> list[tu
     padded = -(-classes // 64) * 64  # the chunk loop's rows (_linear_loss_chunks)
     source = torch.randn(2 * rows, padded, generator=generator, device=device) * 3
     logits = torch.empty_like(source)
-    narrow = logits.view(torch.bfloat16)
-    labels = torch.randint(0, classes, (rows,), generator=generator, device=device)
-    bias = (torch.randn(classes, generator=generator, device=device) * 0.1).bfloat16()
-    row_grads = torch.full((rows,), 1.0 / rows, device=device)
-    stats = torch.empty(9, rows, device=device)
-    tickets = torch.zeros(rows, dtype=torch.int32, device=device)
+    launch = chunk_loss_launch(logits, rows, classes)
 
     def run(descending: bool):
         logits.copy_(source)
         saved, _loss_fwd_bwd.FORWARD_DESCENDING = _loss_fwd_bwd.FORWARD_DESCENDING, descending
         try:
-            _loss_fwd_bwd.forward_backward_triton(
-                row_grads, row_grads, logits[:rows, :classes], logits[rows:, :classes], labels, False, 0.0, -100,
-                1.0, None, out=stats, tickets=tickets, into=(narrow[:rows, :classes], narrow[rows:, :classes]),
-                bias=bias, over_rows=True,
-            )  # fmt: skip
+            launch()
         finally:
             _loss_fwd_bwd.FORWARD_DESCENDING = saved
 

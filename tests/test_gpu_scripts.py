@@ -339,3 +339,39 @@ def test_failures_are_reported_as_they_happen(tmp_path, workers):
                             text=True, timeout=120).stdout  # fmt: skip
     if not workers:  # in order (xdist's workers run the tests of a file in parallel)
         assert merged.index("reported as it happened") < merged.index("test_after PASSED"), log
+
+
+def test_gemm_probe_overlap_rows_run_the_loops_calls_on_two_streams():
+    # benchmarks/gemm_probe.py's overlap rows (issue 13's second stream) run only where a GPU is; their calls are
+    # the loop's helpers and its loss launch, with the device's streams: run here on the test device (torch.cpu's
+    # streams on the CPU: the same lines in order), so that a GPU run spends no time on a call that cannot run
+    import torch
+
+    from benchmarks import gemm_probe as probe
+    from masksub_kernels import triton_interpreted
+    from tests.conftest import DEVICE
+
+    if DEVICE.type == "cpu" and not triton_interpreted():
+        pytest.skip("the loss launch is a Triton kernel: a GPU or the interpreter")
+    torch.manual_seed(0)
+    cases = probe.overlap_cases(DEVICE, 8, 16, 42)  # 2 x 4 rows, C with a 2-class tail past the matmuls' head
+    assert list(cases) == [probe.LOSS, probe.LOSS_HALF, probe.DH, probe.DH_HALF, probe.DW, probe.LOGITS, probe.NOW,
+                           probe.HALVES, probe.HALVES_BESIDE, probe.HALVES_BESIDE_HIGH, probe.TWO_BUFFERS,
+                           probe.TWO_BUFFERS_BESIDE, probe.TWO_BUFFERS_BESIDE_HIGH]  # fmt: skip
+    before = torch.get_device_module(DEVICE).current_stream()
+    for call in cases.values():
+        call()
+    assert torch.get_device_module(DEVICE).current_stream() == before  # the side stream left
+
+
+def test_gemm_probe_overlap_summary_reads_the_rows():
+    from benchmarks import gemm_probe as probe
+
+    us = {probe.LOSS: 80.0, probe.NOW: 400.0, probe.HALVES: 410.0, probe.HALVES_BESIDE: 370.0,
+          probe.TWO_BUFFERS: 500.0, probe.TWO_BUFFERS_BESIDE: 440.0}  # fmt: skip
+    assert probe.overlap_summary(us, 43) == [
+        f"overlap: {probe.HALVES}: saves -10.0 us a chunk against now, -0.43 ms over 43 chunks",
+        f"overlap: {probe.HALVES_BESIDE}: saves +30.0 us a chunk against now, +1.29 ms over 43 chunks",
+        f"overlap: {probe.TWO_BUFFERS_BESIDE}: hides 60.0 us of the loss launch's 80.0 us (75%)",
+    ]  # a failed row (absent) says nothing
+    assert probe.overlap_summary({}, 43) == []
