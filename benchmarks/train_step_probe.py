@@ -9,7 +9,8 @@ row slowed by 1.13-1.68x against 2026-11-30, the official step at both ends). Th
   swaps isolate the masking op (this library's step with the official blend, the official step with
   mask_tokens_grid);
 then, one provider at a time, in both orders (a gap that flips with the order is a timing artefact):
-- events: the suite's measure, CUDA events around back-to-back steps;
+- events: CUDA events around back-to-back steps (the train suite's measure until 2026-12-06, one provider at a time;
+  it now interleaves the providers too: masksub_kernels/bench/train_step.py);
 - wall: one step on a drained GPU, synchronised; host: the same step's enqueue time (host-bound when ~ wall);
 - syncs: host synchronisations inside one step (torch.cuda.set_sync_debug_mode);
 - kernels, kernel ms: the CUDA kernels of one step (torch.profiler), and per kernel name, the largest differences

@@ -4,9 +4,10 @@
 2. Runs the op suites (each provider of this library against official-style eager code, timm-style code and
    torch.compile of the eager code; forward, backward and full).
 3. Writes benchmarks/results/<device>-<date>.json, .md and .png (--tiny: <device>-<date>-tiny.*): the JSON after
-   each case, all three after each suite; prints the table. A run cut short keeps the cases finished so far, and a
-   suite stopped midway is marked in the files ("cut short after i of n cases": the JSON's incomplete_suites, the
-   .md, the plot); Ctrl-C (status 130) and SIGTERM (a cap's `timeout`: 143) write the .md and .png first.
+   each case (the train suite: after each model, whose providers are timed interleaved), all three after each
+   suite; prints the table. A run cut short keeps the cases finished so far, and a suite stopped midway is marked
+   in the files ("cut short after i of n cases": the JSON's incomplete_suites, the .md, the plot); Ctrl-C (status
+   130) and SIGTERM (a cap's `timeout`: 143) write the .md and .png first.
    --append adds to the files of an earlier run on the same device and date, measured with the same versions, code
    and settings (refused otherwise): benchmarks/gpu_bench.sh runs each suite in a process of its own, under its own
    time cap (with --no-plot, then --report-only once at the end); without --append or --overwrite a measured run
@@ -40,7 +41,7 @@ from pathlib import Path
 import torch
 
 from . import report
-from .runner import run_case
+from .runner import run_case, run_group, timing_groups
 from .timing import copy_bandwidth_gbps, environment
 
 SUITES = {
@@ -341,24 +342,28 @@ def _run_suites(run: dict, args: argparse.Namespace, device: torch.device, direc
             # the JSON now, before the first case ends: a process killed in it (a segfault, a sticky CUDA error,
             # `timeout -k`'s SIGKILL) leaves its suite marked (helper-203: it left no trace)
             report.write(run, directory, stem, json_only=True)
-            for done, case in enumerate(suite_cases, 1):
+            done = 0
+            for unit in timing_groups(suite_cases):  # a case alone, or a group timed interleaved (runner.py)
                 case_started = time.perf_counter()
-                for record in run_case(
-                    case, device, repeats=run["repeats"], warmup=run["warmup"], copy_gbps=run["copy_gbps"]
-                ):
-                    records.append(record)
-                    summary = record.get("error") or f"{record['median_ms']:.3f} ms"
-                    if record.get("host_ms") is not None:
-                        summary += f" (host {report.host_cell(record)})"
-                    print(f"  {case.shape} {case.dtype} {case.provider} {record['mode']}: {summary}", flush=True)
-                # where a suite's time goes (compilation, JIT, the measurement), e.g. in the log of a capped GPU step
+                timed = dict(repeats=run["repeats"], warmup=run["warmup"], copy_gbps=run["copy_gbps"])
+                by_case = [run_case(unit[0], device, **timed)] if len(unit) == 1 else run_group(unit, device, **timed)
+                for case, case_records in zip(unit, by_case):
+                    for record in case_records:
+                        records.append(record)
+                        summary = record.get("error") or f"{record['median_ms']:.3f} ms"
+                        if record.get("host_ms") is not None:
+                            summary += f" (host {report.host_cell(record)})"
+                        print(f"  {case.shape} {case.dtype} {case.provider} {record['mode']}: {summary}", flush=True)
+                # where a suite's time goes (compilation, JIT, the measurement), e.g. in the log of a capped GPU step:
+                # per case, or per group (its cases' times are interleaved: one figure for them all)
                 print(
                     f"    [{time.perf_counter() - case_started:.1f} s, {time.perf_counter() - started:.0f} s in]",
                     flush=True,
                 )
+                done += len(unit)
                 incomplete[suite]["cases_done"] = done
-                # the JSON after each case: a crash (a segfault, a sticky CUDA error) or a cap keeps the finished
-                # cases, marked as a part of their suite
+                # the JSON after each case (or group): a crash (a segfault, a sticky CUDA error) or a cap keeps the
+                # finished cases, marked as a part of their suite
                 report.write(run, directory, stem, json_only=True)
             del incomplete[suite]
         finally:  # a stopped suite's time too

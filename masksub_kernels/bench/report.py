@@ -157,9 +157,12 @@ def markdown_table(run: dict) -> str:
     groups = defaultdict(list)
     for record in run["records"]:
         groups[(record["suite"], record["shape"], record["dtype"], record["mode"])].append(record)
+    # runs since 2026-12-06 time a model's providers interleaved (bench/train_step.py), earlier ones did not
+    interleaved = any(r.get("timing") == "interleaved" for r in run["records"] if r["suite"] == "train")
+    order = "; each model's providers timed interleaved, round by round" if interleaved else ""
     train_lines = [
         "",
-        "End-to-end training steps (images/s; step-time ratio to plain training, beside the ideal):",
+        f"End-to-end training steps (images/s; step-time ratio to plain training, beside the ideal{order}):",
         "",
         "| model | dtype | provider | median ms (p20-p80) | images/s | time / plain | ideal | peak MiB |",
         "|---|---|---|---|---|---|---|---|",

@@ -10,6 +10,11 @@ Modes: forward (one call), backward (one backward through a graph that an untime
 as a training step runs it) and full (forward + backward). A case's ``setup`` may select a backend of this
 library: the one selected before the case is restored after it (the choice is process-wide, and a later caller,
 e.g. another test in the same pytest process, must not inherit the benchmark's).
+
+A case is timed alone, mode after mode (run_case: the kernel suites), unless it belongs to a group (OpCase.group:
+the train suite's providers of one model): a group's cases are timed together, interleaved (run_group: the warm-up
+of each, then repeat k of every case before repeat k+1 of any), so that a host that drifts during the group slows
+them alike and their ratios hold; timing_groups splits a suite's cases into these units.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import _backend
-from .timing import measure
+from .timing import Call, Timing, measure, measure_each
 
 MODES = ("forward", "backward", "full")
 
@@ -45,6 +50,15 @@ class OpCase:
     # some input (Liger's main-branch CE: no sub-branch hidden state) names the ones it uses: autograd.grad refuses
     # an input that is not in the graph, and a zero gradient for it would be work the provider never did.
     grad_inputs: tuple[int, ...] | None = None
+    # cases of one group, adjacent in their suite, are timed together, interleaved (run_group: the train suite's
+    # providers of one model); None: alone (run_case)
+    group: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.group is not None and self.setup is not None:
+            # a backend choice is process-wide: interleaved calls of cases that select different ones would each
+            # need their own selection before every call
+            raise ValueError(f"{self.provider}: a case of a timing group ({self.group}) selects no backend (setup)")
 
 
 def library_first(
@@ -100,57 +114,128 @@ def _timed_callables(case: OpCase, mode: str) -> tuple[Callable[[], object], Cal
     return full, None
 
 
+def _record(case: OpCase, mode: str) -> dict:
+    return {
+        "suite": case.suite,
+        "shape": case.shape,
+        "dtype": case.dtype,
+        "provider": case.provider,
+        "mode": mode,
+        "bytes": case.bytes.get(mode),
+        "design_bytes": (case.design_bytes or {}).get(mode),
+        **case.notes,
+    }
+
+
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+
+
+def _call(case: OpCase, mode: str, repeats: int, warmup: int) -> Call:
+    """``mode`` of ``case`` ready to time (its setup run, its inputs made): the call and how to time it."""
+    if case.setup is not None:
+        case.setup()
+    if case.max_repeats is not None:
+        repeats, warmup = min(repeats, case.max_repeats), min(warmup, 3)
+    call, prepare = _timed_callables(case, mode)
+    # capped cases (whole training steps): no host-time pass
+    return Call(call, prepare, warmup, repeats, cpu_memory=case.cpu_memory, host_pass=case.max_repeats is None)
+
+
+def _fill(record: dict, timing: Timing, case: OpCase, mode: str, copy_gbps: float) -> None:
+    """``record`` completed with ``timing`` and what follows from it (GB/s, fraction of copy, TFLOP/s)."""
+    record.update(
+        median_ms=timing.median_ms,
+        p20_ms=timing.p20_ms,
+        p80_ms=timing.p80_ms,
+        repeats=timing.repeats,
+        peak_mem_mb=timing.peak_mem_mb,
+    )
+    if timing.transient_mem_mb is not None:  # GPU: the peak beyond what the call returned (timing.py)
+        record["transient_mem_mb"] = timing.transient_mem_mb
+    if timing.host_ms is not None:
+        record.update(host_ms=timing.host_ms, host_bound=timing.host_ms >= timing.median_ms)
+    if record.get("batch_size"):
+        record["images_per_s"] = record["batch_size"] / (timing.median_ms * 1e-3)
+    if record["bytes"]:
+        record["gbps"] = record["bytes"] / (timing.median_ms * 1e-3) / 1e9
+        record["fraction_of_copy"] = record["gbps"] / copy_gbps
+    if record["design_bytes"]:
+        design_gbps = record["design_bytes"] / (timing.median_ms * 1e-3) / 1e9
+        record["fraction_of_copy_design"] = design_gbps / copy_gbps
+    if case.flops and case.flops.get(mode):
+        record["tflops"] = case.flops[mode] / (timing.median_ms * 1e-3) / 1e12
+
+
 def run_case(case: OpCase, device: torch.device, *, repeats: int, warmup: int, copy_gbps: float) -> list[dict]:
-    """One record per mode: timing, GB/s and fraction of copy bandwidth, or the error that stopped it."""
+    """One record per mode, the modes one after the other: timing, GB/s and fraction of copy bandwidth, or the
+    error that stopped it."""
     records = []
     backend = _backend.get_backend()  # case.setup may select another: restored below (module docstring)
     for mode in case.modes:
-        record = {
-            "suite": case.suite,
-            "shape": case.shape,
-            "dtype": case.dtype,
-            "provider": case.provider,
-            "mode": mode,
-            "bytes": case.bytes.get(mode),
-            "design_bytes": (case.design_bytes or {}).get(mode),
-            **case.notes,
-        }
+        record = _record(case, mode)
         try:
-            if case.setup is not None:
-                case.setup()
-            if case.max_repeats is not None:
-                repeats, warmup = min(repeats, case.max_repeats), min(warmup, 3)
-            call, prepare = _timed_callables(case, mode)
+            call = _call(case, mode, repeats, warmup)
             timing = measure(
-                call, device, warmup=warmup, repeats=repeats, cpu_memory=case.cpu_memory, prepare=prepare,
-                host_pass=case.max_repeats is None,  # capped cases (whole training steps): no host-time pass
+                call.fn, device, warmup=call.warmup, repeats=call.repeats, cpu_memory=call.cpu_memory,
+                prepare=call.prepare, host_pass=call.host_pass,
             )  # fmt: skip
-            record.update(
-                median_ms=timing.median_ms,
-                p20_ms=timing.p20_ms,
-                p80_ms=timing.p80_ms,
-                repeats=timing.repeats,
-                peak_mem_mb=timing.peak_mem_mb,
-            )
-            if timing.transient_mem_mb is not None:  # GPU: the peak beyond what the call returned (timing.py)
-                record["transient_mem_mb"] = timing.transient_mem_mb
-            if timing.host_ms is not None:
-                record.update(host_ms=timing.host_ms, host_bound=timing.host_ms >= timing.median_ms)
-            if record.get("batch_size"):
-                record["images_per_s"] = record["batch_size"] / (timing.median_ms * 1e-3)
-            if record["bytes"]:
-                record["gbps"] = record["bytes"] / (timing.median_ms * 1e-3) / 1e9
-                record["fraction_of_copy"] = record["gbps"] / copy_gbps
-            if record["design_bytes"]:
-                design_gbps = record["design_bytes"] / (timing.median_ms * 1e-3) / 1e9
-                record["fraction_of_copy_design"] = design_gbps / copy_gbps
-            if case.flops and case.flops.get(mode):
-                record["tflops"] = case.flops[mode] / (timing.median_ms * 1e-3) / 1e12
+            _fill(record, timing, case, mode, copy_gbps)
         except Exception as exc:  # a provider that fails (e.g. compile unsupported) is recorded, not fatal
-            record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            record["error"] = _error(exc)
         finally:
             _backend.set_backend(backend)
         records.append(record)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return records
+
+
+def timing_groups(cases: list[OpCase]) -> list[list[OpCase]]:
+    """``cases`` in the units they are timed in, in order: adjacent cases of one ``group`` together (run_group),
+    every other case alone (run_case)."""
+    units: list[list[OpCase]] = []
+    for case in cases:
+        if units and case.group is not None and units[-1][-1].group == case.group:
+            units[-1].append(case)
+        else:
+            units.append([case])
+    return units
+
+
+def run_group(
+    cases: list[OpCase], device: torch.device, *, repeats: int, warmup: int, copy_gbps: float
+) -> list[list[dict]]:
+    """Each case's records (one per mode, as run_case's), every mode of every case timed interleaved
+    (timing.measure_each: the warm-up of each, then repeat k of all before repeat k+1 of any), so that a host that
+    drifts during the group slows each of its cases alike; their records say so (``timing: "interleaved"``). A case
+    that fails is recorded as run_case records it, and the others are timed on. Its cases select no backend
+    (OpCase.group)."""
+    pairs = [(case, mode) for case in cases for mode in case.modes]
+    records = [_record(case, mode) for case, mode in pairs]
+    if len(pairs) > 1:  # one call alone is timed as run_case times it
+        for record in records:
+            record["timing"] = "interleaved"
+    timed, calls = [], []
+    for index, (case, mode) in enumerate(pairs):
+        try:
+            calls.append(_call(case, mode, repeats, warmup))
+            timed.append(index)
+        except Exception as exc:  # its inputs or graph could not be made: recorded, the others timed
+            records[index]["error"] = _error(exc)
+    try:
+        timings = measure_each(calls, device) if calls else []
+    except Exception as exc:  # not one call's failure (e.g. the device's synchronize): every timed case's
+        timings = [exc] * len(calls)
+    for index, timing in zip(timed, timings):
+        case, mode = pairs[index]
+        if isinstance(timing, Exception):  # its step failed (timing.measure_each): recorded as run_case does
+            records[index]["error"] = _error(timing)
+            continue
+        try:
+            _fill(records[index], timing, case, mode, copy_gbps)
+        except Exception as exc:
+            records[index]["error"] = _error(exc)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return [[record for (case, _), record in zip(pairs, records) if case is owner] for owner in cases]

@@ -20,6 +20,8 @@ the allocator's trace of that same call (transient_peak_bytes). A call that allo
 peak does not: the raw peaks of two such calls differ by outputs both return; this figure compares what each needs
 besides them (issue 13's "extra memory of the loss"). ``prepare``: untimed work before each call (the backward's
 forward), finished before the flush on a GPU so that every mode gets the same head start.
+measure times one callable; measure_each several together, interleaved (round by round, each with its own events
+and flush), for calls whose ratios must not depend on when each was timed (the train suite's providers of a model).
 """
 
 from __future__ import annotations
@@ -139,6 +141,18 @@ def _traced_call(fn: Callable[[], object], device: torch.device) -> tuple[list[d
     return entries, peak
 
 
+@dataclass
+class Call:
+    """One callable for measure_each and how to time it (measure's arguments)."""
+
+    fn: Callable[[], object]
+    prepare: Callable[[], object] | None = None
+    warmup: int = 5
+    repeats: int = 30
+    cpu_memory: bool = False
+    host_pass: bool = True
+
+
 def measure(
     fn: Callable[[], object],
     device: torch.device,
@@ -152,56 +166,128 @@ def measure(
     """Time ``fn()`` on ``device``: ``warmup`` untimed calls, then ``repeats`` timed ones (and one more call that
     measures the CPU peak memory when ``cpu_memory``), each after ``prepare()`` (untimed) when given. On a GPU,
     ``host_pass=False`` leaves out the host-time pass (``host_ms`` None): whole training steps, whose calls take
-    tens of milliseconds each, are not compared with the model's host times."""
+    tens of milliseconds each, are not compared with the model's host times. What ``fn`` or ``prepare`` raises
+    propagates."""
+    (result,) = measure_each([Call(fn, prepare, warmup, repeats, cpu_memory, host_pass)], device)
+    if isinstance(result, Exception):
+        raise result
+    return result
 
-    def ready() -> None:
-        if prepare is not None:
-            prepare()
-            if device.type == "cuda":
+
+def measure_each(calls: list[Call], device: torch.device) -> list[Timing | Exception]:
+    """Time several callables together, interleaved: the warm-up of each first (in order), then repeat k of every
+    call before repeat k+1 of any (a call with fewer repeats leaves the later rounds), so that a host or clock that
+    drifts during the measurement slows every call alike; then, call by call, the host-time and memory passes
+    (measure). A call that raises leaves the rounds, its exception in its place; the others go on. One call: what
+    measure always did, in the same order."""
+    on_gpu = device.type == "cuda"
+    errors: dict[int, Exception] = {}
+
+    def attempt(index: int, step: Callable[..., object], *args) -> None:
+        if index not in errors:
+            try:
+                step(*args)
+            except Exception as exc:  # this call's failure (the caller records it), not the others'
+                errors[index] = exc
+
+    def ready(call: Call) -> None:
+        if call.prepare is not None:
+            call.prepare()
+            if on_gpu:
                 torch.cuda.synchronize(device)
 
-    for _ in range(warmup):
-        ready()
-        fn()
-    times = []
-    peak = host = transient = None
-    if device.type == "cuda":
+    def warm(call: Call) -> None:
+        for _ in range(call.warmup):
+            ready(call)
+            call.fn()
+
+    def failed() -> list[Timing | Exception] | None:  # every call failed: nothing more to time
+        return [errors[index] for index in range(len(calls))] if len(errors) == len(calls) else None
+
+    for index, call in enumerate(calls):
+        attempt(index, warm, call)
+    if failed():
+        return failed()
+    rounds = range(max(call.repeats for call in calls))
+    times: list[list[float]] = [[] for _ in calls]
+    peaks: list[float | None] = [None] * len(calls)
+    hosts: list[float | None] = [None] * len(calls)
+    transients: list[float | None] = [None] * len(calls)
+    if on_gpu:
         torch.cuda.synchronize(device)
         flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=device)
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-        for start, end in zip(starts, ends):
-            ready()
+        events = [
+            ([torch.cuda.Event(enable_timing=True) for _ in range(call.repeats)],
+             [torch.cuda.Event(enable_timing=True) for _ in range(call.repeats)])
+            for call in calls
+        ]  # fmt: skip
+
+        def timed(call: Call, start, end) -> None:
+            ready(call)
             flush.zero_()
             start.record()
-            fn()
+            call.fn()
             end.record()
+
+        for repeat in rounds:
+            for index, call in enumerate(calls):
+                if repeat < call.repeats:
+                    attempt(index, timed, call, events[index][0][repeat], events[index][1][repeat])
+        if failed():
+            return failed()
         torch.cuda.synchronize(device)
-        times = [start.elapsed_time(end) for start, end in zip(starts, ends)]
+        for index, (starts, ends) in enumerate(events):
+            if index not in errors:
+                times[index] = [start.elapsed_time(end) for start, end in zip(starts, ends)]
         del flush
-        host_times = []  # the host-time pass: each call on a drained GPU (module docstring)
-        for _ in range(HOST_REPEATS if host_pass else 0):
-            ready()
+
+        def passes(index: int, call: Call) -> None:
+            host_times = []  # the host-time pass: each call on a drained GPU (module docstring)
+            for _ in range(HOST_REPEATS if call.host_pass else 0):
+                ready(call)
+                torch.cuda.synchronize(device)
+                begun = time.perf_counter()
+                call.fn()
+                host_times.append((time.perf_counter() - begun) * 1e3)
+            hosts[index] = statistics.median(host_times) if host_times else None
+            ready(call)
             torch.cuda.synchronize(device)
-            begun = time.perf_counter()
-            fn()
-            host_times.append((time.perf_counter() - begun) * 1e3)
-        host = statistics.median(host_times) if host_times else None
-        ready()
-        torch.cuda.synchronize(device)
-        entries, peak = _traced_call(fn, device)
-        transient = None if entries is None else transient_peak_bytes(entries) / 2**20
+            entries, peaks[index] = _traced_call(call.fn, device)
+            transients[index] = None if entries is None else transient_peak_bytes(entries) / 2**20
+
+        for index, call in enumerate(calls):
+            attempt(index, passes, index, call)
     else:
-        for _ in range(repeats):
-            ready()
+
+        def timed(call: Call, into: list[float]) -> None:
+            ready(call)
             start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        if cpu_memory:
-            ready()
-            peak = cpu_peak_mb(fn)
-    quantiles = (_quantile(times, 0.2), _quantile(times, 0.8))
-    return Timing(statistics.median(times), *quantiles, repeats, peak, host, transient)
+            call.fn()
+            into.append((time.perf_counter() - start) * 1e3)
+
+        for repeat in rounds:
+            for index, call in enumerate(calls):
+                if repeat < call.repeats:
+                    attempt(index, timed, call, times[index])
+
+        def cpu_memory(index: int, call: Call) -> None:
+            ready(call)
+            peaks[index] = cpu_peak_mb(call.fn)
+
+        for index, call in enumerate(calls):
+            if call.cpu_memory:
+                attempt(index, cpu_memory, index, call)
+    results: list[Timing | Exception] = []
+    for index, call in enumerate(calls):
+        if index in errors:
+            results.append(errors[index])
+            continue
+        values = times[index]
+        quantiles = (_quantile(values, 0.2), _quantile(values, 0.8))
+        results.append(
+            Timing(statistics.median(values), *quantiles, call.repeats, peaks[index], hosts[index], transients[index])
+        )
+    return results
 
 
 def copy_bandwidth_gbps(device: torch.device, megabytes: int = 1024, repeats: int = 20) -> tuple[float, float, float]:

@@ -8,6 +8,13 @@ Providers (one optimizer step each, same model, batch and optimizer):
 - masksub (sequential) / masksub (joint): this library's ``MaskSub.train_step`` and ``MaskSub(...)`` + backward.
 The ideal MaskSub / plain step-time ratio is about 1.5 for ViT at r = 0.5 (the sub-branch runs half the tokens)
 and about 2 for Swin and CNNs (full-length sub-branch). On a GPU the steps run under bf16 autocast.
+
+Order: model after model (a suite cut by its cap keeps whole models: each ratio needs its own model's plain step of
+the same run), and within a model the four providers timed interleaved, one timing group (runner.run_group): the
+warm-up of each, then repeat k of every provider before repeat k+1 of any, plain first in each round, so that a host
+that drifts during the model's steps (the 2026-12-04 H200 run: 1.13-1.68x between runs) slows all four alike and the
+ratios to plain hold. The rows say so (``timing: "interleaved"``); a model's rows come out, and its JSON is written,
+when its last round ends. The runs up to 2026-12-04 timed one provider's repeats after another's.
 """
 
 from __future__ import annotations
@@ -141,12 +148,13 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
                 _StepCase(
                     "train", f"{label} B={batch_size}", "bf16 autocast" if on_gpu else "float32", provider,
                     build, lambda provider=provider, state=state: state[provider](), {},
-                    modes=("forward",), max_repeats=10,
+                    modes=("forward",), max_repeats=10, group=label,  # the model's providers interleaved
                     notes={"batch_size": batch_size, "model": name, "ideal_ratio": ideal},
                 )
             )  # fmt: skip
-    # model after model, each model's steps together (unlike the kernel suites' library-first order, runner.py's
-    # library_first): a step's ratio is against its own model's plain step of the same run, so a suite cut by its cap
-    # (gpu_bench.sh) keeps whole models; library-first had every library step before the first plain one, and a cut
-    # run would have had ratios for none (helper-214). Each model is built once, at its first case.
+    # model after model, each model's steps together and timed interleaved (unlike the kernel suites' library-first
+    # order, runner.py's library_first, one case at a time): a step's ratio is against its own model's plain step of
+    # the same run, so a suite cut by its cap (gpu_bench.sh) keeps whole models; library-first had every library step
+    # before the first plain one, and a cut run would have had ratios for none (helper-214). Each model is built once,
+    # at its first case.
     return result
