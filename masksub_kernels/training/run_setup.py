@@ -263,48 +263,6 @@ def _mean_std(args, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(cfg.mean), tuple(cfg.std)
 
 
-def _fixed_size(model: torch.nn.Module) -> tuple | None:
-    """The image size a ViT / Swin is built for where it refuses others (strict), else None."""
-    embed = getattr(model, "patch_embed", None)
-    size = getattr(embed, "img_size", None)
-    return tuple(size) if size is not None and getattr(embed, "strict_img_size", False) else None
-
-
-def _digits_default_size(args, model: torch.nn.Module, img_size: int) -> bool:
-    """Whether the model should be rebuilt at the digits' size: the digits (no --data-dir) at the default size (no
-    --img-size, no img_size model kwarg), and a timm ViT (VisionTransformer, Eva, Beit, VisionTransformerRelPos) built
-    for another fixed size (the default
-    vit_tiny_patch16_224 is built for 224 px: the bare command would otherwise stop at _check_model_size)."""
-    if args.data_dir is not None or args.img_size is not None or "img_size" in args.model_kwargs:
-        return False
-    from .vit import is_eva, is_vit
-    from .vit_relpos import is_relpos_vit
-
-    if not (is_vit(model) or is_eva(model) or is_relpos_vit(model)):  # a Swin at 32 px stops at its mask cells:
-        return False  # its own error says more
-    size = _fixed_size(model)
-    return size is not None and size != (img_size, img_size)
-
-
-def _check_model_size(model: torch.nn.Module, img_size: int) -> None:
-    """A ViT / Swin built for another size fails deep in its patch embedding: say so up front, with a size that its
-    patches tile (helper-231: --img-size 30 advised img_size=30, which 16-pixel patches then refused)."""
-    size = _fixed_size(model)
-    if size is not None and size != (img_size, img_size):
-        patch = getattr(model.patch_embed, "patch_size", 1)
-        patch = patch[0] if isinstance(patch, (tuple, list)) else patch
-        if img_size % patch == 0:
-            advice = f"pass --model-kwargs img_size={img_size} (or --img-size {size[0]})"
-        else:  # the sizes its patches tile, beside this one
-            fits = [n for n in (img_size // patch * patch, (img_size // patch + 1) * patch) if n > 0]
-            sizes = " or ".join(map(str, fits))
-            advice = f"--img-size {sizes} (its {patch}-pixel patches tile it) with that --model-kwargs img_size"
-            advice += f", or --img-size {size[0]}"
-        raise UsageError(
-            f"the model is built for {tuple(size)} images but the data is {img_size} x {img_size}: {advice}"
-        )
-
-
 # (option, lowest, highest, whether the lowest is allowed, whether the highest is allowed); None: no bound.
 _RANGES = (
     ("epochs", 1, None, True, True),
@@ -424,6 +382,7 @@ def setup(args) -> Setup:
     from .data import build_datasets, train_sampler
     from .engine import seed_epoch
     from .families import check_vit_patches, is_vit_family, unwrap_model
+    from .image_size import check_model_size, digits_default_size
     from .optim import build_ema, build_optimizer
     from .pretrained import load_initial_checkpoint
     from .rank_zero import rank_zero_check
@@ -463,7 +422,7 @@ def setup(args) -> Setup:
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from exc
     model = _create_model(args, data.num_classes, in_chans)
-    if _digits_default_size(args, model, img_size):  # built at the digits' size, not the model's default
+    if digits_default_size(args, model, img_size):  # built at the digits' size, not the model's default
         args.model_kwargs = {**args.model_kwargs, "img_size": img_size}  # saved with the run: --resume agrees
         model = _create_model(args, data.num_classes, in_chans)
         if rank == 0:
@@ -473,7 +432,10 @@ def setup(args) -> Setup:
                 f"{grid} patch grid; --model-kwargs img_size=... patch_size=... choose another)",
                 file=sys.stderr,
             )
-    _check_model_size(model, img_size)
+    try:
+        check_model_size(model, img_size, args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     report = None
     if args.initial_checkpoint is not None and args.resume is None:  # --resume: the checkpoint's (resume.py's note)
         fresh_norm = args.fc_norm == "per-token"

@@ -88,6 +88,17 @@ def test_cnn_and_swin_at_the_digits_default_size_get_a_hint(tmp_path, capsys):
     assert "images of 64 x 64 pixels or more, or cell_size=16 (--img-size, --cell-size)" in err
     err = _error(tmp_path, capsys, *TINY_SWIN, "--epochs", "1")
     assert "mask cell(s) of 8 tokens" in err and "cell_size=4" in err
+    # a Swin built for another size: the advice's img_size=32 says at once what the cells then need (helper-231: it
+    # was advised alone, and the cells refused it next); a baseline has no cells
+    built_for_64 = [*TINY_SWIN[:3], "img_size=64", *TINY_SWIN[4:]]
+    err = _error(tmp_path, capsys, *built_for_64, "--epochs", "1")
+    assert "built for (64, 64) images but the data is 32 x 32: pass --model-kwargs img_size=32 (or --img-size 64); " \
+           "but at 32 px the sub-branch's mask cells do not fit: mask_ratio=0.5 keeps none" in err  # fmt: skip
+    assert "or cell_size=4 (--img-size, --cell-size)" in err
+    err = _error(tmp_path, capsys, *built_for_64, "--epochs", "1", "--cell-size", "4")
+    assert err.rstrip().endswith("pass --model-kwargs img_size=32 (or --img-size 64)")  # cells of 4 fit 32 px
+    err = _error(tmp_path, capsys, *built_for_64, "--epochs", "1", "--baseline")
+    assert err.rstrip().endswith("pass --model-kwargs img_size=32 (or --img-size 64)")
 
 
 def test_torchrun_with_more_processes_than_gpus(tmp_path, capsys, monkeypatch):
