@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=30)
     g.add_argument("--batch-size", type=int, default=64, help="per process, per micro-step")
     g.add_argument("--grad-accum-steps", type=int, default=1)
+    g.add_argument(
+        "--lr-global-batch", type=int, default=None, metavar="N",
+        help="the global batch (--batch-size x processes x --grad-accum-steps) the learning rates are for: where "
+        "this run's differs, a note gives the rates the linear scaling rule would (the rates are used as given); "
+        "the recipes set their sources' (8 processes); default: none, no note",
+    )  # fmt: skip
     g.add_argument("--opt", default="adamw", help="timm optimizer name")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--weight-decay", type=float, default=0.05)

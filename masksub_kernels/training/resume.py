@@ -35,6 +35,7 @@ _UNCHECKED = (
     # img_size: resolved into model_kwargs (compared there); head_init_scale: only with --initial-checkpoint
     *("img_size", "head_init_scale"),
     *("deterministic", "rates_passed_at_zero"),  # the bits of a GPU run, not its training; a checkpoint's mark
+    "lr_global_batch",  # a note's reference, not what trains
 )
 
 

@@ -268,6 +268,7 @@ _RANGES = (
     ("epochs", 1, None, True, True),
     ("batch_size", 1, None, True, True),
     ("grad_accum_steps", 1, None, True, True),
+    ("lr_global_batch", 1, None, True, True),
     ("log_interval", 1, None, True, True),
     ("workers", 0, None, True, True),
     ("lr", 0.0, None, False, True),
@@ -371,6 +372,24 @@ class Setup:
     ema: Any = None  # timm ModelEmaV3 of the bare model (--model-ema)
     pretrained: Any = None  # the --initial-checkpoint LoadReport
     backend: str = "torch"  # what the library's ops run with on the device (check_backend)
+
+
+def _note_global_batch(args, world: int) -> None:
+    """A note where this run's global batch is not the --lr-global-batch its rates are for (a recipe's 8 processes
+    on another count): the rates the linear scaling rule would give, as DeiT's, MAE's and Swin's code scale theirs.
+    The rates stay as given (DeiT-III's --unscale-lr and FT-CLIP's used them unscaled)."""
+    batch = args.batch_size * world * args.grad_accum_steps
+    if batch == args.lr_global_batch:
+        return
+    factor = batch / args.lr_global_batch
+    scaled = " ".join(f"--{name.replace('_', '-')} {getattr(args, name) * factor:.3g}"
+                      for name in ("lr", "warmup_lr", "min_lr"))  # fmt: skip
+    print(
+        f"{PROG}: note: the learning rates are for a global batch of {args.lr_global_batch} (--lr-global-batch); "
+        f"this run's is {batch} (--batch-size {args.batch_size} x {world} process(es) x --grad-accum-steps "
+        f"{args.grad_accum_steps}): used as given; the linear scaling rule would give {scaled}",
+        file=sys.stderr,
+    )
 
 
 def setup(args) -> Setup:
@@ -527,6 +546,8 @@ def setup(args) -> Setup:
     amp_dtype = getattr(torch, args.amp_dtype)
     autocast = functools.partial(torch.autocast, device.type, dtype=amp_dtype) if amp else None
     scaler = torch.amp.GradScaler(device.type) if amp and amp_dtype == torch.float16 else None
+    if rank == 0 and args.lr_global_batch is not None:
+        _note_global_batch(args, world)
     if args.data_dir is None and rank == 0 and ignored_on_digits(args):
         print(
             f"{PROG}: note: {', '.join(ignored_on_digits(args))} shape the ImageFolder transforms (--data-dir): the "

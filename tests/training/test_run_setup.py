@@ -208,3 +208,26 @@ def test_both_arms_refuse_a_size_the_vits_patches_do_not_tile(tmp_path, baseline
                 "num_heads=2", *extra, "--img-size", "30", "--output", str(tmp_path)]  # fmt: skip
         with pytest.raises(UsageError, match=r"image size \(30, 30\) is not divisible by the ViT patch size \(8, 8\)"):
             setup(build_parser().parse_args([*argv, *(["--baseline"] if baseline else [])]))
+
+
+def test_a_global_batch_other_than_the_rates_one_gets_a_note(tmp_path, capsys):
+    # --lr-global-batch (the recipes': their sources' 8 processes): a run of another global batch is told the rates
+    # the linear rule would give, which it does not apply; the same batch, or no --lr-global-batch, says nothing
+    from masksub_kernels.training import run_setup
+
+    def note(*options: str) -> str:
+        argv = [*TINY_VIT, "--device", "cpu", "--output", str(tmp_path), "--batch-size", "16", *options]
+        run_setup.setup(build_parser().parse_args(argv))
+        return "".join(line for line in capsys.readouterr().err.splitlines() if "global batch" in line)
+
+    assert note("--lr-global-batch", "128", "--grad-accum-steps", "2", "--lr", "1e-3", "--min-lr", "1e-6") == (
+        "masksub-train: note: the learning rates are for a global batch of 128 (--lr-global-batch); this run's is 32 "
+        "(--batch-size 16 x 1 process(es) x --grad-accum-steps 2): used as given; the linear scaling rule would give "
+        "--lr 0.00025 --warmup-lr 2.5e-06 --min-lr 2.5e-07"
+    )
+    assert note("--lr-global-batch", "32", "--grad-accum-steps", "2") == note() == ""
+    args = build_parser().parse_args([*TINY_VIT, "--batch-size", "16", "--lr-global-batch", "128"])
+    run_setup._note_global_batch(args, 4)  # torchrun's 4 processes (setup's world)
+    assert "this run's is 64 (--batch-size 16 x 4 process(es) x" in capsys.readouterr().err
+    with pytest.raises(UsageError, match=r"--lr-global-batch must be in \[1, inf\), got 0"):
+        _check("--lr-global-batch", "0")
