@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--model-kwargs", nargs="*", action="extend", default=None, metavar="K=V",
         help="extra create_model kwargs (several flags add up; a key given again, or a --config file's, takes the "
-        "last value)",
+        "last value; K= removes K: the model's default)",
     )  # fmt: skip
     g.add_argument("--data-dir", default=None, help="ImageFolder root with train/ and val/ (default: digits)")
     g.add_argument("--img-size", type=int, default=None, help="input size (default: model img_size, 32 for digits)")

@@ -26,12 +26,17 @@ class UsageError(Exception):
 
 def parse_kwargs(items: list[str] | None) -> dict:
     """``['img_size=32', 'patch_size=4', 'global_pool=avg']`` -> {'img_size': 32, 'patch_size': 4, ...}: values
-    are Python literals where they parse as one (numbers, tuples, True / None), strings otherwise."""
+    are Python literals where they parse as one (numbers, tuples, True / None), strings otherwise; a key's last value
+    counts, and ``key=`` (no value) removes the key given before it (a --config file's: the model's own default
+    then, where ``key=None`` would pass None, e.g. no LayerScale for a DeiT-III)."""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--model-kwargs expects key=value pairs, got {item!r}")
+        if not value:
+            out.pop(key, None)
+            continue
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

@@ -142,6 +142,9 @@ def test_merge_keys_and_model_kwargs_strings(tmp_path):
     cfg.write_text("model-kwargs:\n  <<: {depth: 1, num_heads: 2}\n  depth: 2\n")
     args = parse_args_with_config(build_parser(), ["--config", str(cfg)])
     assert parse_kwargs(args.model_kwargs) == {"depth": 2, "num_heads": 2}
+    # the command line's `key=` removes the file's key (helper-236 F5: key=None passed None, not the default)
+    args = parse_args_with_config(build_parser(), ["--config", str(cfg), "--model-kwargs", "num_heads="])
+    assert parse_kwargs(args.model_kwargs) == {"depth": 2}
 
 
 def test_missing_config_file(tmp_path, capsys):

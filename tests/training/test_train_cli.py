@@ -255,6 +255,9 @@ def test_parse_kwargs():
     assert parse_kwargs(["img_size=32", "depths=(1,1)", "global_pool=avg", "class_token=False"]) == {
         "img_size": 32, "depths": (1, 1), "global_pool": "avg", "class_token": False,
     }  # fmt: skip
+    # a key's last value counts; `key=` removes the key (a config's: the model's default, where None may differ)
+    assert parse_kwargs(["a=1", "b=2", "a=", "c=", "b=None"]) == {"b": None}
+    assert parse_kwargs(["a=", "a=3"]) == {"a": 3}
 
 
 @pytest.mark.parametrize(
