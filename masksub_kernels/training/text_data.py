@@ -52,11 +52,13 @@ def stdlib_docstrings(root: str | None = None) -> list[str]:
 
 
 # Paragraphs: separated by a line that is empty or holds only spaces and tabs (editors leave them: helper-151)
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+# a line of whitespace alone (spaces, tabs, a form feed, a no-break space: any Unicode whitespace but a newline)
+# ends a paragraph; until 2026-12-06 spaces and tabs only (helper-233: a no-break space line joined two paragraphs)
+_PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n")
 
 
 def text_dir_documents(root: str) -> list[str]:
-    """The non-empty paragraphs (separated by blank lines, spaces and tabs allowed on them) of every ``*.txt`` file
+    """The non-empty paragraphs (separated by blank lines, any whitespace allowed on them) of every ``*.txt`` file
     (any case: ``.TXT``) under ``root``, linked folders and files read once, pipes and devices left out (sorted
     paths, UTF-8: another encoding, or a file that cannot be read, is a ValueError naming the file)."""
     if not os.path.isdir(root):

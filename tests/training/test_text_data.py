@@ -36,6 +36,10 @@ def test_special_tokens_mask_marks_padding_too():
 def test_blank_paragraphs_are_not_documents(tmp_path):
     (tmp_path / "a.txt").write_text("one\n\n  \n\ntwo\n\n", encoding="utf-8")
     assert text_data.text_dir_documents(str(tmp_path)) == ["one", "two"]
+    # a line of other whitespace (a no-break space, a form feed, CR LF endings) ends a paragraph too (helper-233: a
+    # no-break space's line joined the two); a line break alone does not
+    (tmp_path / "a.txt").write_text("one\n\u00a0\ntwo\r\n\x0c\r\nthree\nfour\n", encoding="utf-8", newline="")
+    assert text_data.text_dir_documents(str(tmp_path)) == ["one", "two", "three\nfour"]
 
 
 # kills text_data.py:114 `BertWordPieceTokenizer(lowercase=True)` -> `lowercase=False` (the docstring's lower-casing
