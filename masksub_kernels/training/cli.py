@@ -175,6 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
         "warm-up inside the schedule's --epochs (timm's, as DeiT-III, Swin and RSB ran)",
     )
     g.add_argument("--warmup-lr", type=float, default=1e-5)
+    g.add_argument(
+        "--decay-epochs", type=float, default=None,
+        help="--sched step: epochs between decays (wsd, rsqrt: the decay phase's length); default: timm's (90)",
+    )  # fmt: skip
+    g.add_argument(
+        "--decay-milestones", type=int, nargs="+", default=None, metavar="EPOCH",
+        help="--sched multistep: the epochs to decay at, ascending; default: timm's (90 180 270)",
+    )  # fmt: skip
+    g.add_argument(
+        "--decay-rate", type=float, default=None,
+        help="--sched step / multistep: the factor of each decay; poly: the power; default: timm's (0.1)",
+    )  # fmt: skip
     g.add_argument("--min-lr", type=float, default=1e-5)
     g.add_argument("--clip-grad", type=float, default=None)
     g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")

@@ -18,7 +18,7 @@ __all__ = ["resume"]
 # The options that shape the learning-rate schedule: a resumed run with other values gets a new schedule.
 _SCHEDULE_OPTIONS = (
     *("epochs", "sched", "lr", "warmup_epochs", "warmup_prefix", "warmup_lr", "min_lr", "batch_size"),
-    "grad_accum_steps",
+    *("grad_accum_steps", "decay_epochs", "decay_milestones", "decay_rate"),
 )
 # The optimizer's settings: optimizer.load_state_dict restores the checkpoint's into the parameter groups, so the
 # command line's are put back after it (the moments stay the checkpoint's) and a note names the changed ones. Only
@@ -192,7 +192,8 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
             "train (pass a larger --epochs to extend the run)"
         )
     rank_zero_check(lambda: _check_no_later_epochs(args.output, args.resume, start_epoch), s.rank, s.world)
-    old = {"warmup_prefix": False, **old}  # a checkpoint of before 2026-12-06: the warm-up inside the schedule
+    # a checkpoint of before 2026-12-06: the warm-up inside the schedule, timm's decay defaults (None: not passed)
+    old = {"warmup_prefix": False, "decay_epochs": None, "decay_milestones": None, "decay_rate": None, **old}
     changed_schedule = [name for name in _SCHEDULE_OPTIONS if name in old and old[name] != getattr(args, name)]
     diffs = [f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed_schedule]
     # The schedule is counted in optimizer updates: other updates per epoch (another number of processes,

@@ -281,6 +281,8 @@ _RANGES = (
     ("momentum", 0.0, 1.0, True, False),
     ("warmup_epochs", 0, None, True, True),
     ("warmup_lr", 0.0, None, True, True),
+    ("decay_epochs", 0.0, None, False, True),
+    ("decay_rate", 0.0, None, False, True),
     ("min_lr", 0.0, None, True, True),
     ("clip_grad", 0.0, None, False, True),  # a negative max norm would flip the gradient's sign
     ("smoothing", 0.0, 1.0, True, False),  # 1 would train towards the uniform target
@@ -379,34 +381,16 @@ class Setup:
     backend: str = "torch"  # what the library's ops run with on the device (check_backend)
 
 
-def _note_global_batch(args, world: int) -> None:
-    """A note where this run's global batch is not the --lr-global-batch its rates are for (a recipe's 8 processes
-    on another count): the rates the linear scaling rule would give, as DeiT's, MAE's and Swin's code scale theirs.
-    The rates stay as given (DeiT-III's --unscale-lr and FT-CLIP's used them unscaled)."""
-    batch = args.batch_size * world * args.grad_accum_steps
-    if batch == args.lr_global_batch:
-        return
-    factor = batch / args.lr_global_batch
-    scaled = " ".join(f"--{name.replace('_', '-')} {getattr(args, name) * factor:.3g}"
-                      for name in ("lr", "warmup_lr", "min_lr"))  # fmt: skip
-    print(
-        f"{PROG}: note: the learning rates are for a global batch of {args.lr_global_batch} (--lr-global-batch); "
-        f"this run's is {batch} (--batch-size {args.batch_size} x {world} process(es) x --grad-accum-steps "
-        f"{args.grad_accum_steps}): used as given; the linear scaling rule would give {scaled}",
-        file=sys.stderr,
-    )
-
-
 def setup(args) -> Setup:
     """Everything before the first epoch; raises UsageError for configuration mistakes."""
     from timm.data import Mixup
-    from timm.scheduler import create_scheduler_v2
 
     from .augment import build_transforms, ignored_on_digits
     from .data import build_datasets, train_sampler
     from .engine import seed_epoch
     from .families import check_vit_patches, is_vit_family, unwrap_model
     from .image_size import check_model_size, digits_default_size
+    from .lr_schedule import build_scheduler, note_global_batch
     from .optim import build_ema, build_optimizer
     from .pretrained import load_initial_checkpoint
     from .rank_zero import rank_zero_check
@@ -514,27 +498,7 @@ def setup(args) -> Setup:
             f"{len(data.train)} training images over {world} process(es) give {batches} batch(es) of {args.batch_size}"
             f"{' (--limit-batches)' if limited else ''}: fewer than --grad-accum-steps {args.grad_accum_steps}"
         )
-    if args.sched == "plateau":  # timm asserts step_on_epochs, and it needs a metric that no step passes
-        raise UsageError(
-            "--sched plateau: timm's plateau scheduler steps per epoch on a validation metric; masksub-train steps "
-            "its schedule per update: use cosine, tanh, step, multistep or poly"
-        )
-    try:
-        scheduler, _ = create_scheduler_v2(
-            optimizer,
-            sched=args.sched,
-            num_epochs=max(args.epochs - args.warmup_epochs, 1) if args.warmup_prefix else args.epochs,  # >= 1
-            warmup_epochs=args.warmup_epochs, warmup_prefix=args.warmup_prefix, warmup_lr=args.warmup_lr,
-            min_lr=args.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch,
-        )  # fmt: skip
-    except ValueError as exc:  # an unknown name, or a schedule timm refuses for these options (wsd, rsqrt)
-        names = " (timm's: cosine, tanh, step, multistep, poly, ...)" if "nknown" in str(exc) else ""
-        raise UsageError(f"--sched {args.sched}: {exc}{names}") from exc
-    if scheduler is None:  # timm before 1.0.31 for an unknown name (its first step crashed); 'none' for no schedule
-        what = (
-            "timm builds no schedule for it, and the command needs one" if args.sched == "none" else "Unknown scheduler"
-        )
-        raise UsageError(f"--sched {args.sched}: {what} (timm's: cosine, tanh, step, multistep, poly, ...)")
+    scheduler = build_scheduler(args, optimizer, updates_per_epoch, rank)
     mixup = None
     if mixing:
         mixup = Mixup(
@@ -552,7 +516,7 @@ def setup(args) -> Setup:
     autocast = functools.partial(torch.autocast, device.type, dtype=amp_dtype) if amp else None
     scaler = torch.amp.GradScaler(device.type) if amp and amp_dtype == torch.float16 else None
     if rank == 0 and args.lr_global_batch is not None:
-        _note_global_batch(args, world)
+        note_global_batch(args, world)
     if args.data_dir is None and rank == 0 and ignored_on_digits(args):
         print(
             f"{PROG}: note: {', '.join(ignored_on_digits(args))} shape the ImageFolder transforms (--data-dir): the "

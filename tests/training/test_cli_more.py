@@ -569,3 +569,17 @@ def test_a_truncated_loader_has_the_length_it_yields():
 
     batches = _Truncated(list(range(10)), 3)
     assert len(batches) == 3 and list(batches) == [0, 1, 2]
+
+
+# kills cli.py `group["lr"] / group.get("lr_scale", 1.0)` -> `group["lr"]` (helper-237 S21): with --layer-decay the
+# first group is a stem group (cls token, position embedding: lr_scale d ** (depth + 1)), so log.csv's lr column showed
+# the stem's rate, not the schedule's, and no test ran the log under --layer-decay
+def test_the_logged_lr_is_the_schedules_under_layer_decay():
+    from masksub_kernels.training.cli import _base_lr
+
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    groups = [
+        {"params": params[:1], "lr": 2.5e-4, "lr_scale": 0.25},
+        {"params": params[1:], "lr": 1e-3, "lr_scale": 1.0},
+    ]
+    assert _base_lr(torch.optim.SGD(groups, lr=1e-3)) == pytest.approx(1e-3)

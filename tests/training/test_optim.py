@@ -102,3 +102,14 @@ def test_layer_decay_keeps_timms_grouping_for_matcher_functions_and_models_witho
     model = timm.create_model(name, num_classes=3, **kw)
     optimizer = build_optimizer(_args(layer_decay=0.5), model, model)
     assert len({g["lr_scale"] for g in optimizer.param_groups}) > 2
+
+
+# kills optim.py `kwargs["betas"] = tuple(args.opt_betas)` -> `pass` (helper-237 O10): --opt-betas was checked (range,
+# the optimizer's has_betas) but never read by a test of the built optimizer: timm's default (0.9, 0.999) in its place
+# passed every test (the Swin recipe's betas are that default)
+def test_opt_betas_reach_every_parameter_group():
+    model = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=1,
+                              num_classes=3)  # fmt: skip
+    for layer_decay in (None, 0.5):
+        optimizer = build_optimizer(_args(opt_betas=[0.8, 0.95], layer_decay=layer_decay), model, model)
+        assert {g["betas"] for g in optimizer.param_groups} == {(0.8, 0.95)}, layer_decay

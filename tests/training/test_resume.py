@@ -211,3 +211,30 @@ def test_a_folder_that_cannot_be_opened_for_its_fsync_does_not_fail_the_save(tmp
     path = str(tmp_path / "last.pth")
     checkpoint.save_checkpoint(path, {"x": torch.ones(2)})
     assert torch.equal(checkpoint.load_checkpoint(path)["x"], torch.ones(2)) and not os.path.exists(path + ".tmp")
+
+
+# kills resume.py `old = {"warmup_prefix": False, **old}` -> `{**old, "warmup_prefix": False}` (helper-237 S19): the
+# default is for a checkpoint of before the option (no record); over a recorded True it made a --warmup-prefix run
+# (the MAE and CLIP recipes), resumed with its own options, a "--warmup-prefix False -> True" change: a note, a rebuilt
+# schedule in place of the checkpoint's state, and the change in log.json's meta (the schedule test above covers the
+# missing record)
+def test_a_warmup_prefix_run_resumes_its_own_schedule_state(tmp_path, capsys):
+    from masksub_kernels.training.resume import resume
+    from masksub_kernels.training.run_setup import setup
+
+    out = str(tmp_path / "run")
+    quick = [*TINY_VIT, "--batch-size", "256", "--warmup-epochs", "1", "--warmup-prefix", "--epochs", "3"]
+    assert main([*quick, "--no-progress", "--epochs", "1", "--output", out]) == 0
+    ckpt = torch.load(f"{out}/last.pth", weights_only=False)
+    ckpt["args"]["epochs"] = 3  # as if the run had been started for 3 epochs (only --epochs' record changed)
+    ckpt["scheduler"] = None
+    args = build_parser().parse_args([*quick, "--resume", f"{out}/last.pth"])
+    ckpt["scheduler"] = setup(args).scheduler.state_dict()  # the 3-epoch run's schedule state
+    torch.save(ckpt, f"{out}/three.pth")
+    capsys.readouterr()
+    args = build_parser().parse_args([*quick, "--resume", f"{out}/three.pth"])
+    s = setup(args)
+    *_, resumes = resume(args, s)
+    assert resumes[-1]["changed"] == []
+    assert "the learning rate follows the new schedule" not in capsys.readouterr().err
+    assert s.scheduler.state_dict() == ckpt["scheduler"]

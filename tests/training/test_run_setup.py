@@ -210,24 +210,26 @@ def test_both_arms_refuse_a_size_the_vits_patches_do_not_tile(tmp_path, baseline
             setup(build_parser().parse_args([*argv, *(["--baseline"] if baseline else [])]))
 
 
-def test_a_global_batch_other_than_the_rates_one_gets_a_note(tmp_path, capsys):
-    # --lr-global-batch (the recipes': their sources' 8 processes): a run of another global batch is told the rates
-    # the linear rule would give, which it does not apply; the same batch, or no --lr-global-batch, says nothing
-    from masksub_kernels.training import run_setup
+# kills run_setup.py `max(args.epochs - args.warmup_epochs, 1)` -> `max(..., 0)` (helper-237 S2): a --warmup-prefix run
+# whose warm-up fills all its epochs left timm a cosine of 0 updates, which timm refuses with a bare AssertionError (a
+# traceback, not a usage error); with 1 the run warms up to --lr over its updates, and the value after the last one
+# (the checkpoint's, and a resume's) is --lr
+def test_a_prefixed_warm_up_as_long_as_the_run_still_builds_its_schedule(tmp_path):
+    from masksub_kernels.training.run_setup import setup
 
-    def note(*options: str) -> str:
-        argv = [*TINY_VIT, "--device", "cpu", "--output", str(tmp_path), "--batch-size", "16", *options]
-        run_setup.setup(build_parser().parse_args(argv))
-        return "".join(line for line in capsys.readouterr().err.splitlines() if "global batch" in line)
+    argv = [*TINY_VIT, "--epochs", "2", "--warmup-epochs", "2", "--warmup-prefix", "--warmup-lr", "0", "--lr", "1e-3"]
+    s = setup(build_parser().parse_args([*argv, "--limit-batches", "4", "--output", str(tmp_path)]))
+    for update in range(2 * 4 + 1):  # every update of the run, all in the warm-up, and the value after the last
+        s.scheduler.step_update(num_updates=update)
+        assert s.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * update / 8, rel=1e-9), update
 
-    assert note("--lr-global-batch", "128", "--grad-accum-steps", "2", "--lr", "1e-3", "--min-lr", "1e-6") == (
-        "masksub-train: note: the learning rates are for a global batch of 128 (--lr-global-batch); this run's is 32 "
-        "(--batch-size 16 x 1 process(es) x --grad-accum-steps 2): used as given; the linear scaling rule would give "
-        "--lr 0.00025 --warmup-lr 2.5e-06 --min-lr 2.5e-07"
-    )
-    assert note("--lr-global-batch", "32", "--grad-accum-steps", "2") == note() == ""
-    args = build_parser().parse_args([*TINY_VIT, "--batch-size", "16", "--lr-global-batch", "128"])
-    run_setup._note_global_batch(args, 4)  # torchrun's 4 processes (setup's world)
-    assert "this run's is 64 (--batch-size 16 x 4 process(es) x" in capsys.readouterr().err
-    with pytest.raises(UsageError, match=r"--lr-global-batch must be in \[1, inf\), got 0"):
-        _check("--lr-global-batch", "0")
+
+# kills run_setup.py `batches=updates_per_epoch * args.grad_accum_steps` -> `batches=batches` (helper-237 S12): 5
+# micro-batches an epoch at --grad-accum-steps 2 trained a fifth whose window closed only in the next epoch, after this
+# one's evaluation and checkpoint (saved with half a window's gradient pending; the schedule's updates per epoch, 2,
+# not what ran); an epoch is whole windows: 4
+def test_an_epoch_trains_whole_accumulation_windows(tmp_path):
+    from masksub_kernels.training.run_setup import setup
+
+    argv = [*TINY_VIT, "--limit-batches", "5", "--grad-accum-steps", "2", "--output", str(tmp_path)]
+    assert setup(build_parser().parse_args(argv)).batches == 4
