@@ -8,16 +8,23 @@ Then the loss launch beside the matmuls on a second stream ("overlap:" rows, ove
 left (the loop's ~3.4 ms of loss launches between its matmuls on one stream, 2026-12-04), and whether cuBLAS's
 kernels leave the SMs room for it, which only a GPU can say:
 - halves (no more memory): the chunk's stacked rows as [z_a; s_a; z_b; s_b], the loss launch of half b on a second
-  stream beside dH's matmul of half a, then dH of half b and dW of both; against the loop as it is;
+  stream beside dH's matmul of half a, then dH of half b and dW of both; against the loop as it is, and against the
+  halves on one stream (the overlap's own gain). Each half's loss is one launch, as the chunk's: planned without the
+  class split that the forward's rule gives 192 rows (two launches each; helper-240);
 - two buffers (a second chunk buffer: +89 MiB at R = 384, over issue 13's memory goal unless R halves): one chunk's
   loss launch beside the other chunk's dH, dW and logits matmuls.
-Each with the side stream at normal and at high priority; the rows' times are the two streams' span.
+Each with the side stream at normal and at high priority (queued first either way); the rows' times are the two
+streams' span. Each section prints its seconds since the start (the step's cap: 23 s).
 Run from the repository root: PYTHONPATH=. python3 benchmarks/gemm_probe.py"""
 
-import torch
-from torch.profiler import ProfilerActivity, profile
+import time
 
-from masksub_kernels.ops import _linear_loss_matmuls as matmuls
+START = time.perf_counter()
+
+import torch  # noqa: E402 (after the clock: the import is part of what the step's cap pays)
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from masksub_kernels.ops import _linear_loss_matmuls as matmuls  # noqa: E402
 
 R, D, C, C8 = 768, 768, 30522, 30528  # 2 x 384 stacked rows per chunk
 
@@ -69,24 +76,26 @@ def overlap_cases(device, stacked_rows: int, depth: int, classes: int) -> dict:
     half, quarter = stacked_rows // 2, stacked_rows // 4
     padded = -(-classes // 64) * 64  # the loop's buffer rows (_linear_loss_chunks.aligned_classes)
     w = (torch.randn(classes, depth, device=device) / 30).to(bf)
-    x = torch.randn(stacked_rows, depth, device=device).to(bf)
+    wide = depth + 8  # the loop's stacked rows with their ones column and dW's [dW | db | 0...] (padded_depth)
+    x_wide = torch.randn(stacked_rows, wide, device=device).to(bf)
+    x = x_wide[:, :depth]  # the logits' operand: a view of row stride D + 8, as the loop's
     buffer, other = (torch.randn(stacked_rows, padded, device=device) * 3 for _ in range(2))
     grads = buffer.view(bf)  # the bf16 gradients over their logits rows (over_rows)
     product = torch.zeros(stacked_rows, depth, device=device)
-    dw = torch.zeros(classes, depth, device=device)
+    dw = torch.zeros(classes, wide, device=device)
 
     def dh(rows: slice):
         return lambda: matmuls.add_matmul(product[rows], grads[rows, head], w[head])
 
     def dw_call():
-        matmuls.add_matmul(dw[head], grads[:, head].T, x)
+        matmuls.add_matmul(dw[head], grads[:, head].T, x_wide)
 
     def logits():
         matmuls.fp32_logits(x, w, buffer[:, :classes], (head,))
 
     # halves: rows [z_a; s_a; z_b; s_b] (quarter rows each), each half a loss launch of its own
     loss = chunk_loss_launch(buffer, half, classes, derive_each_call=False)
-    loss_a, loss_b = (chunk_loss_launch(buffer[r], quarter, classes, derive_each_call=False)
+    loss_a, loss_b = (chunk_loss_launch(buffer[r], quarter, classes, derive_each_call=False, split=False)
                       for r in (slice(0, half), slice(half, None)))  # fmt: skip
     loss_other = chunk_loss_launch(other, half, classes, derive_each_call=False)
     dh_all, dh_a, dh_b = dh(slice(None)), dh(slice(0, half)), dh(slice(half, None))
@@ -138,6 +147,9 @@ def overlap_summary(us: dict[str, float], chunks: int) -> list[str]:
             saved = us[NOW] - us[name]
             lines.append(f"overlap: {name}: saves {saved:+.1f} us a chunk against now, {saved * chunks / 1e3:+.2f} "
                          f"ms over {chunks} chunks")  # fmt: skip
+    for name in (HALVES_BESIDE, HALVES_BESIDE_HIGH):  # the second stream's own gain, the split's cost left out
+        if HALVES in us and name in us:
+            lines.append(f"overlap: {name}: {us[HALVES] - us[name]:+.1f} us a chunk against the halves on one stream")
     for name in (TWO_BUFFERS_BESIDE, TWO_BUFFERS_BESIDE_HIGH):
         if TWO_BUFFERS in us and LOSS in us and name in us:
             hidden = us[TWO_BUFFERS] - us[name]
@@ -182,9 +194,10 @@ def main():
     }
     g16[:, :C8].normal_()
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__}")
-    matmul_rows(loop)
-    overlap_rows()
-    matmul_rows(padded)
+    for section, rows in (("the loop's rows", lambda: matmul_rows(loop)), ("the overlap rows", overlap_rows),
+                          ("the padded rows", lambda: matmul_rows(padded))):  # fmt: skip
+        rows()
+        print(f"gemm_probe: {time.perf_counter() - START:5.1f} s: {section} done", flush=True)
 
 
 def matmul_rows(cases: dict) -> None:

@@ -59,9 +59,10 @@
 #                      ("loop:" rows) and over a padded W, cuBLAS's kernels named (tools/perf_model reads the
 #                      newest gpu-<date>/*gemm*.log: the model's matmuls calibrated; ~20 s on 2026-12-04 with 11
 #                      rows); between them since 2026-12-06 the "overlap:" rows (issue 13's second stream: the loss
-#                      launch beside the matmuls; 13 rows of ~0.1-0.5 ms x 23, no profiler; their loss launches' two
-#                      Triton variants compiled, ~2-4 s estimated), paid for by 6 settled rows dropped (C's unaligned
-#                      extent, bf16 outputs: each with its profiler pass)
+#                      launch beside the matmuls; 13 rows of ~0.1-0.5 ms x 23, no profiler; their loss launches' one-launch
+#                      variant without a class tail compiled, ~3 s, as ncu's warm-up measured on 2026-12-04), paid for
+#                      by 6 settled rows dropped (C's unaligned extent, bf16 outputs: each with its profiler pass);
+#                      each section prints its seconds since the start (helper-240 estimated 14-22 s in all)
 #   ncu            41  Nsight Compute on the fused-linear op's kernels (benchmarks/gpu_ncu.py: one 384-row chunk of
 #                      the gradients-in-forward path, the recompute op on 16384 rows; cuBLAS's and the Triton
 #                      kernels only), raw metrics in base units as CSV lines into bench.log between '== ncu_csv'

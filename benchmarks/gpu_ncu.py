@@ -73,14 +73,17 @@ def calls(rows: int, depth: int, classes: int, device: torch.device) -> list[tup
     ]
 
 
-def chunk_loss_launch(logits: torch.Tensor, rows: int, classes: int, *, derive_each_call: bool = True):
+def chunk_loss_launch(logits: torch.Tensor, rows: int, classes: int, *, derive_each_call: bool = True, split=True):
     """A call of the chunk loop's loss launch (ops/_loss_fwd_bwd.py) on ``logits``, fp32 [2 rows, C padded to 64]
     (the loop's buffer: main's rows over sub's): class ids, a bias, a mean's row grads, the bf16 gradients written
     over their rows (over_rows), every class from the logits (no class tail). A call reads what the last one wrote
     (the gradients over the first half of each row's bytes: small finite logits): copy fresh logits in first where
     their values matter. derive_each_call: the launch's configuration derived at each call (FORWARD_DESCENDING as it
-    is then); else once, here, as the chunk loop does (its host time then left out of the call)."""
+    is then); else once, here, as the chunk loop does (its host time then left out of the call). split=False (a
+    configuration derived once): planned without a class split of the forward's rows (masksub_loss's
+    SPLIT_PROGRAMS_PER_SM 0 while planning): one launch where few rows would split (the two launches otherwise)."""
     from masksub_kernels.ops import _loss_fwd_bwd
+    from masksub_kernels.ops import masksub_loss as loss_ops
 
     generator = torch.Generator(device=logits.device).manual_seed(2)
     labels = torch.randint(0, classes, (rows,), generator=generator, device=logits.device)
@@ -95,7 +98,12 @@ def chunk_loss_launch(logits: torch.Tensor, rows: int, classes: int, *, derive_e
     planned = {}
     if not derive_each_call:
         fixed = (options[0], options[1], options[3], options[4])  # one_launch's: no ignore_index
-        planned["launch"] = _loss_fwd_bwd.one_launch(row_grads, row_grads, z, s, labels, *fixed, into, bias, True)
+        saved = loss_ops.SPLIT_PROGRAMS_PER_SM
+        loss_ops.SPLIT_PROGRAMS_PER_SM = saved if split else 0  # (a key of the cached configurations: none stale)
+        try:
+            planned["launch"] = _loss_fwd_bwd.one_launch(row_grads, row_grads, z, s, labels, *fixed, into, bias, True)
+        finally:
+            loss_ops.SPLIT_PROGRAMS_PER_SM = saved
 
     def call():
         _loss_fwd_bwd.forward_backward_triton(
@@ -103,6 +111,7 @@ def chunk_loss_launch(logits: torch.Tensor, rows: int, classes: int, *, derive_e
             over_rows=True, **planned,
         )  # fmt: skip
 
+    call.launch = planned.get("launch", "derived at each call")  # the plan (None: the two launches of a split)
     return call
 
 

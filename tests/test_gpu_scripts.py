@@ -372,6 +372,46 @@ def test_gemm_probe_overlap_summary_reads_the_rows():
     assert probe.overlap_summary(us, 43) == [
         f"overlap: {probe.HALVES}: saves -10.0 us a chunk against now, -0.43 ms over 43 chunks",
         f"overlap: {probe.HALVES_BESIDE}: saves +30.0 us a chunk against now, +1.29 ms over 43 chunks",
+        f"overlap: {probe.HALVES_BESIDE}: +40.0 us a chunk against the halves on one stream",
         f"overlap: {probe.TWO_BUFFERS_BESIDE}: hides 60.0 us of the loss launch's 80.0 us (75%)",
     ]  # a failed row (absent) says nothing
     assert probe.overlap_summary({}, 43) == []
+
+
+def test_gemm_probe_halves_plan_one_launch_where_the_rule_would_split():
+    # the overlap rows' halves (192 rows per branch at BERT's chunk, a 132-SM GPU) get a class split from the loss
+    # forward's rule, so a derived plan is none (two launches, helper-240: 4 per chunk against the chunk's one);
+    # chunk_loss_launch(split=False) plans one launch for them, as the chunk's 384 rows have. Both run here: the
+    # split's fallback (launch=None) and the one launch write what a launch derived at the call writes
+    import torch
+
+    from benchmarks.gpu_ncu import chunk_loss_launch
+    from masksub_kernels import triton_interpreted
+    from masksub_kernels.ops import _loss_fwd_bwd
+    from masksub_kernels.ops import masksub_loss as loss_ops
+    from tests.conftest import DEVICE
+
+    if DEVICE.type == "cpu" and not triton_interpreted():
+        pytest.skip("the loss launch is a Triton kernel: a GPU or the interpreter")
+    buffer = torch.empty(768, 30528, device="meta")  # BERT's halves: [z_a; s_a; z_b; s_b] of 192 rows
+    narrow = buffer.view(torch.bfloat16)
+    z, s, into = buffer[:192, :30522], buffer[192:384, :30522], (narrow[:192, :30522], narrow[192:384, :30522])
+    grads, labels = torch.empty(192, device="meta"), torch.empty(192, dtype=torch.long, device="meta")
+    bias = torch.empty(30522, dtype=torch.bfloat16, device="meta")
+    assert loss_ops.class_splits(192, 30522, 1024, 132)[0] == 2
+    assert _loss_fwd_bwd.one_launch(grads, grads, z, s, labels, False, 0.0, 1.0, None, into, bias, True) is None
+    torch.manual_seed(0)
+    source = torch.randn(4, 1152, device=DEVICE) * 3  # 2 rows per branch of 1100 classes: split on this device
+    split, one, derived = source.clone(), source.clone(), source.clone()
+    calls = [
+        chunk_loss_launch(split, 2, 1100, derive_each_call=False),
+        chunk_loss_launch(one, 2, 1100, derive_each_call=False, split=False),
+        chunk_loss_launch(derived, 2, 1100),
+    ]
+    assert calls[0].launch is None and calls[1].launch is not None  # a split, and one launch
+    for call in calls:
+        call()
+    assert torch.equal(split, derived) and not torch.equal(split, source)
+    gradients = [x.view(torch.bfloat16)[:, :1100].float() for x in (one, derived)]
+    torch.testing.assert_close(*gradients, rtol=1e-2, atol=1e-6)  # one launch: the same gradients, another order
+    assert loss_ops.SPLIT_PROGRAMS_PER_SM == 2  # restored after the planning

@@ -31,6 +31,7 @@ import platform
 import statistics
 import subprocess
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -188,6 +189,7 @@ def measure_each(calls: list[Call], device: torch.device) -> list[Timing | Excep
             try:
                 step(*args)
             except Exception as exc:  # this call's failure (the caller records it), not the others'
+                traceback.clear_frames(exc.__traceback__)  # its frames' tensors (an OOM's activations) let go
                 errors[index] = exc
 
     def ready(call: Call) -> None:

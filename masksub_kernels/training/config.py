@@ -49,8 +49,9 @@ def _convert(key: str, value, action: argparse.Action, where: str):
             raise UsageError(f"{where}: {key!r} ({name}) cannot be null (its default is {action.default!r})")
         return None
     if action.dest == "model_kwargs":
-        if isinstance(value, dict):  # a string value as the command line reads it (1e-5, YAML 1.1's string: 1e-5)
-            return [f"{k}={v}" if isinstance(v, str) else f"{k}={v!r}" for k, v in value.items()]
+        if isinstance(value, dict):  # a string value as the command line reads it (1e-5, YAML 1.1's string: 1e-5),
+            # but an empty one quoted: `key=` alone removes the key (run_setup.parse_kwargs; helper-240)
+            return [f"{k}={v}" if isinstance(v, str) and v else f"{k}={v!r}" for k, v in value.items()]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
         raise UsageError(f"{where}: {key!r} ({name}) takes a mapping {{key: value}} or a list of 'key=value' strings")

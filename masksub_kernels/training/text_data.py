@@ -51,9 +51,9 @@ def stdlib_docstrings(root: str | None = None) -> list[str]:
     return documents
 
 
-# Paragraphs: separated by a line that is empty or holds only spaces and tabs (editors leave them: helper-151)
-# a line of whitespace alone (spaces, tabs, a form feed, a no-break space: any Unicode whitespace but a newline)
-# ends a paragraph; until 2026-12-06 spaces and tabs only (helper-233: a no-break space line joined two paragraphs)
+# Paragraphs: separated by a line that is empty or holds whitespace alone (editors leave spaces and tabs: helper-151;
+# a form feed, a no-break space: any Unicode whitespace but a newline); until 2026-12-06 spaces and tabs only
+# (helper-233: a no-break space's line joined two paragraphs)
 _PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n")
 
 

@@ -145,6 +145,10 @@ def test_merge_keys_and_model_kwargs_strings(tmp_path):
     # the command line's `key=` removes the file's key (helper-236 F5: key=None passed None, not the default)
     args = parse_args_with_config(build_parser(), ["--config", str(cfg), "--model-kwargs", "num_heads="])
     assert parse_kwargs(args.model_kwargs) == {"depth": 2}
+    cfg.write_text("model-kwargs: {global_pool: ''}\n")  # the file's empty string stays one (helper-240: removed)
+    assert parse_kwargs(parse_args_with_config(build_parser(), ["--config", str(cfg)]).model_kwargs) == {
+        "global_pool": ""
+    }
 
 
 def test_missing_config_file(tmp_path, capsys):
