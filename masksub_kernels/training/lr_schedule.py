@@ -35,6 +35,12 @@ def build_scheduler(args, optimizer, updates_per_epoch: int, rank: int):
             "timm builds no schedule for it, and the command needs one" if args.sched == "none" else "Unknown scheduler"
         )
         raise UsageError(f"--sched {args.sched}: {what} (timm's: cosine, tanh, step, multistep, poly, ...)")
+    if args.warmup_epochs >= args.epochs and rank == 0:  # (helper-237: accepted silently)
+        print(
+            f"{PROG}: note: --warmup-epochs {args.warmup_epochs} of --epochs {args.epochs}: the whole run is warm-up, "
+            f"from --warmup-lr {args.warmup_lr:g} towards --lr",
+            file=sys.stderr,
+        )
     return scheduler
 
 

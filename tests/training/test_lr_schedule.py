@@ -104,3 +104,13 @@ def test_a_global_batch_other_than_the_rates_one_gets_a_note(tmp_path, capsys):
     assert "this run's is 64 (--batch-size 16 x 4 process(es) x" in capsys.readouterr().err
     with pytest.raises(UsageError, match=r"--lr-global-batch must be in \[1, inf\), got 0"):
         check_args(build_parser().parse_args(["--lr-global-batch", "0", "--output", str(tmp_path)]))
+
+
+def test_a_run_that_only_warms_up_gets_a_note(tmp_path, capsys):
+    # helper-237: --warmup-epochs >= --epochs was accepted silently (MAE's code would divide by zero there)
+    for warmup, noted in (("2", True), ("3", True), ("1", False)):
+        setup(build_parser().parse_args([*TINY_VIT, "--epochs", "2", "--warmup-epochs", warmup, "--output",
+                                         str(tmp_path)]))  # fmt: skip
+        assert ("the whole run is warm-up, from --warmup-lr 1e-05 towards --lr" in capsys.readouterr().err) == noted, (
+            warmup
+        )
