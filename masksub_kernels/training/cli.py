@@ -32,6 +32,7 @@ import torch
 from .data import LOADER_SEEDING
 from .determinism import DETERMINISTIC_HELP, run_command
 from .help_format import HelpWithDefaults
+from .lr_schedule import schedule_notes
 from .optim import LAYER_DECAY_GROUPING
 from .resume import resume
 from .run_setup import PROG, Setup, UsageError, parse_kwargs, setup
@@ -379,6 +380,8 @@ def _run(args) -> None:
             f"warming up when the run ends and never reaches --lr {args.lr}",
             file=sys.stderr,
         )
+    for note in schedule_notes(args, s.world) if s.rank == 0 else ():  # (a decay never reached, the global batch)
+        print(note, file=sys.stderr)
     meta = {
         "command": " ".join([PROG, *sys.argv[1:]]),
         "args": dict(vars(args)),

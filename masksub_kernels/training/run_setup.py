@@ -390,7 +390,7 @@ def setup(args) -> Setup:
     from .engine import seed_epoch
     from .families import check_vit_patches, is_vit_family, unwrap_model
     from .image_size import check_model_size, digits_default_size
-    from .lr_schedule import build_scheduler, note_global_batch
+    from .lr_schedule import build_scheduler
     from .optim import build_ema, build_optimizer
     from .pretrained import load_initial_checkpoint
     from .rank_zero import rank_zero_check
@@ -498,7 +498,7 @@ def setup(args) -> Setup:
             f"{len(data.train)} training images over {world} process(es) give {batches} batch(es) of {args.batch_size}"
             f"{' (--limit-batches)' if limited else ''}: fewer than --grad-accum-steps {args.grad_accum_steps}"
         )
-    scheduler = build_scheduler(args, optimizer, updates_per_epoch, rank)
+    scheduler = build_scheduler(args, optimizer, updates_per_epoch)
     mixup = None
     if mixing:
         mixup = Mixup(
@@ -515,8 +515,6 @@ def setup(args) -> Setup:
     amp_dtype = getattr(torch, args.amp_dtype)
     autocast = functools.partial(torch.autocast, device.type, dtype=amp_dtype) if amp else None
     scaler = torch.amp.GradScaler(device.type) if amp and amp_dtype == torch.float16 else None
-    if rank == 0 and args.lr_global_batch is not None:
-        note_global_batch(args, world)
     if args.data_dir is None and rank == 0 and ignored_on_digits(args):
         print(
             f"{PROG}: note: {', '.join(ignored_on_digits(args))} shape the ImageFolder transforms (--data-dir): the "

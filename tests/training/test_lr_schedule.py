@@ -9,7 +9,7 @@ import torch
 from test_run_setup import TINY_VIT
 
 from masksub_kernels.train import build_parser, main
-from masksub_kernels.training.lr_schedule import note_global_batch
+from masksub_kernels.training.lr_schedule import schedule_notes
 from masksub_kernels.training.run_setup import UsageError, check_args, setup
 
 
@@ -48,10 +48,22 @@ def test_step_and_multistep_decay_where_their_options_say(tmp_path, capsys):
         (["--sched", "cosine", "--decay-epochs", "1"], None),
     ],
 )  # fmt: skip
-def test_a_schedule_that_never_decays_gets_a_note(tmp_path, capsys, options, note):
-    setup(build_parser().parse_args([*TINY_VIT, "--epochs", "4", "--output", str(tmp_path), *options]))
+def test_a_schedule_that_never_decays_gets_a_note(tmp_path, options, note):
+    notes = "\n".join(schedule_notes(build_parser().parse_args([*TINY_VIT, "--epochs", "4", *options]), 1))
+    assert (note in notes) if note else "never decays" not in notes
+
+
+def test_the_schedule_notes_come_after_every_check(tmp_path, capsys):
+    # printed by the command after the resume's checks: an error is the first line of what it says (as the warm-up's
+    # note, helper-148); a run prints them
+    assert main([*TINY_VIT, "--sched", "step", "--epochs", "2", "--resume", str(tmp_path / "none.pth"),
+                 "--output", str(tmp_path / "a"), "--no-progress"]) == 2  # fmt: skip
     err = capsys.readouterr().err
-    assert (note in err) if note else "never decays" not in err
+    assert err.startswith("masksub-train: error: checkpoint") and "never decays" not in err
+    assert main([*TINY_VIT, "--sched", "step", "--epochs", "1", "--warmup-epochs", "0", "--limit-batches", "1",
+                 "--lr-global-batch", "128", "--output", str(tmp_path / "b"), "--no-progress"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--sched step decays first at epoch 90 of the schedule's 1" in err and "global batch of 128" in err
 
 
 def test_decay_options_out_of_range_are_usage_errors(tmp_path):
@@ -85,13 +97,12 @@ def test_a_decay_option_changed_on_resume_makes_a_new_schedule(tmp_path, capsys)
     assert "--decay-rate None -> 0.5" in capsys.readouterr().err
 
 
-def test_a_global_batch_other_than_the_rates_one_gets_a_note(tmp_path, capsys):
+def test_a_global_batch_other_than_the_rates_one_gets_a_note(tmp_path):
     # --lr-global-batch (the recipes': their sources' 8 processes): a run of another global batch is told the rates
     # the linear rule would give, which it does not apply; the same batch, or no --lr-global-batch, says nothing
-    def note(*options: str) -> str:
-        argv = [*TINY_VIT, "--device", "cpu", "--output", str(tmp_path), "--batch-size", "16", *options]
-        setup(build_parser().parse_args(argv))
-        return "".join(line for line in capsys.readouterr().err.splitlines() if "global batch" in line)
+    def note(*options: str, world: int = 1) -> str:
+        args = build_parser().parse_args([*TINY_VIT, "--batch-size", "16", *options])
+        return "".join(line for line in schedule_notes(args, world) if "global batch" in line)
 
     assert note("--lr-global-batch", "128", "--grad-accum-steps", "2", "--lr", "1e-3", "--min-lr", "1e-6") == (
         "masksub-train: note: the learning rates are for a global batch of 128 (--lr-global-batch); this run's is 32 "
@@ -99,18 +110,6 @@ def test_a_global_batch_other_than_the_rates_one_gets_a_note(tmp_path, capsys):
         "--lr 0.00025 --warmup-lr 2.5e-06 --min-lr 2.5e-07"
     )
     assert note("--lr-global-batch", "32", "--grad-accum-steps", "2") == note() == ""
-    args = build_parser().parse_args([*TINY_VIT, "--batch-size", "16", "--lr-global-batch", "128"])
-    note_global_batch(args, 4)  # torchrun's 4 processes (setup's world)
-    assert "this run's is 64 (--batch-size 16 x 4 process(es) x" in capsys.readouterr().err
+    assert "this run's is 64 (--batch-size 16 x 4 process(es) x" in note("--lr-global-batch", "128", world=4)
     with pytest.raises(UsageError, match=r"--lr-global-batch must be in \[1, inf\), got 0"):
         check_args(build_parser().parse_args(["--lr-global-batch", "0", "--output", str(tmp_path)]))
-
-
-def test_a_run_that_only_warms_up_gets_a_note(tmp_path, capsys):
-    # helper-237: --warmup-epochs >= --epochs was accepted silently (MAE's code would divide by zero there)
-    for warmup, noted in (("2", True), ("3", True), ("1", False)):
-        setup(build_parser().parse_args([*TINY_VIT, "--epochs", "2", "--warmup-epochs", warmup, "--output",
-                                         str(tmp_path)]))  # fmt: skip
-        assert ("the whole run is warm-up, from --warmup-lr 1e-05 towards --lr" in capsys.readouterr().err) == noted, (
-            warmup
-        )
