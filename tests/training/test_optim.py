@@ -6,6 +6,7 @@ import types
 
 import pytest
 import timm
+import torch
 
 from masksub_kernels.training import MaskSub
 from masksub_kernels.training.optim import build_optimizer
@@ -113,3 +114,18 @@ def test_opt_betas_reach_every_parameter_group():
     for layer_decay in (None, 0.5):
         optimizer = build_optimizer(_args(opt_betas=[0.8, 0.95], layer_decay=layer_decay), model, model)
         assert {g["betas"] for g in optimizer.param_groups} == {(0.8, 0.95)}, layer_decay
+
+
+# kills helper-237's O13: optim.py:117 build_ema `ModelEmaV3(unwrap_model(model), decay=...)` ->
+# `ModelEmaV3(model, decay=...)` (run_setup.py:485 passes the torch.compile'd model under --compile --model-ema)
+def test_the_ema_of_a_compiled_model_is_a_copy_of_the_eager_model():
+    # An EMA of the OptimizedModule names its weights `_orig_mod.*`: cli.py saves them as the checkpoint's "ema" and
+    # "state_dict_ema" (which timm and a resume without --compile cannot load, where "module" holds the eager names)
+    # and its evaluation compiles a second graph. torch.compile builds no graph until the first call: cheap.
+    from masksub_kernels.training.optim import build_ema
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                            num_classes=3)  # fmt: skip
+    ema = build_ema(types.SimpleNamespace(model_ema=True, model_ema_decay=0.5), torch.compile(vit))
+    assert type(ema.module) is type(vit) and ema.module is not vit  # a copy, not the model trained
+    assert list(ema.module.state_dict()) == list(vit.state_dict())  # the eager names: no `_orig_mod.` prefix

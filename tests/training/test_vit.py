@@ -134,3 +134,21 @@ def test_a_strict_hybrid_takes_the_sizes_that_give_its_token_grid():
         ms.check_input_size(96)
     with pytest.raises(RuntimeError):
         hybrid(torch.randn(1, 3, 96, 96))  # what the check saves the user from, mid-step
+
+
+# kills helper-237's F4: families.py check_vit_patches `tiled = getattr(embed, "dynamic_img_pad", False) or
+# hasattr(embed, "backbone")` -> `tiled = getattr(embed, "dynamic_img_pad", False)`
+def test_a_hybrid_takes_a_size_off_its_patch_size_that_gives_its_token_grid():
+    # A hybrid's patch embedding (HybridEmbed, a CNN backbone) reports patch_size (8, 8), but its backbone takes any
+    # size and its patches cut the features: 68 px gives the built 2 x 2 token grid and the model runs. The tests'
+    # sizes (64, 72 px) are multiples of 8, so a check that applied the pixel-patch divisibility to hybrids too
+    # (refusing 68 px "not divisible by the ViT patch size (8, 8)") passed them.
+    from masksub_kernels.training.families import check_vit_patches
+
+    timm = pytest.importorskip("timm")
+    hybrid = timm.create_model("vit_tiny_r_s16_p8_224", img_size=64, num_classes=5)
+    assert tuple(hybrid.patch_embed.patch_size) == (8, 8) and 68 % 8  # the size is off the reported patch
+    assert check_vit_patches(hybrid, (68, 68)) == (2, 2)  # also --baseline's check (run_setup.py)
+    ms = MaskSub(hybrid, mask_ratio=0.5).train()
+    ms.check_input_size(68)
+    assert ms(torch.randn(2, 3, 68, 68), torch.tensor([1, 2]), seed=1)["loss"].isfinite()
