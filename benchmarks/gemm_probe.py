@@ -13,8 +13,9 @@ kernels leave the SMs room for it, which only a GPU can say:
   class split that the forward's rule gives 192 rows (two launches each; helper-240);
 - two buffers (a second chunk buffer: +89 MiB at R = 384, over issue 13's memory goal unless R halves): one chunk's
   loss launch beside the other chunk's dH, dW and logits matmuls.
-Each with the side stream at normal and at high priority (queued first either way); the rows' times are the two
-streams' span. Each section prints its seconds since the start (the step's cap: 23 s).
+Each with the side stream at normal and at high priority (queued first either way), and the halves also with the
+matmuls' stream at high priority instead (helper-240: the memory-bound loss then fills what the matmuls leave); the
+rows' times are the streams' span. Each section prints its seconds since the start (the step's cap: 23 s).
 Run from the repository root: PYTHONPATH=. python3 benchmarks/gemm_probe.py"""
 
 import time
@@ -60,9 +61,27 @@ NOW = "now, one stream: loss, dH, dW"
 HALVES = "halves, one stream: loss a, loss b, dH a, dH b, dW"
 HALVES_BESIDE = "halves, two streams: loss b beside dH a"
 HALVES_BESIDE_HIGH = "halves, two streams: loss b beside dH a, high priority"
+HALVES_BESIDE_MATMULS_HIGH = "halves, two streams: loss b beside dH a, dH at high priority"
 TWO_BUFFERS = "two buffers, one stream: loss, dH, dW, logits"
 TWO_BUFFERS_BESIDE = "two buffers, two streams: loss beside dH, dW, logits"
 TWO_BUFFERS_BESIDE_HIGH = "two buffers, two streams: loss beside dH, dW, logits, high priority"
+
+
+def _sibling(name: str):
+    """benchmarks/<name>.py, loaded by its path: ``benchmarks`` is a namespace package (no __init__.py), which a
+    regular package of that name anywhere on sys.path would shadow (helper-240 L3), and the step would print its
+    overlap rows as failed."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    key = f"_gemm_probe_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
 
 
 def overlap_cases(device, stacked_rows: int, depth: int, classes: int) -> dict:
@@ -70,7 +89,7 @@ def overlap_cases(device, stacked_rows: int, depth: int, classes: int) -> dict:
     branch), D = ``depth``, C = ``classes``, bf16 operands, fp32 logits: the loop's helpers (_linear_loss_matmuls)
     and its loss launch (benchmarks/gpu_ncu.chunk_loss_launch: no class tail, so every class in it, the matmuls over
     C's head). The second stream is the device's (torch.cpu's streams on the CPU: the same lines, run in order)."""
-    from benchmarks.gpu_ncu import chunk_loss_launch
+    chunk_loss_launch = _sibling("gpu_ncu").chunk_loss_launch
 
     bf, head, streams = torch.bfloat16, matmuls.class_parts(classes)[0], torch.get_device_module(device)
     half, quarter = stacked_rows // 2, stacked_rows // 4
@@ -107,17 +126,23 @@ def overlap_cases(device, stacked_rows: int, depth: int, classes: int) -> dict:
 
         return run
 
-    def beside(side_call, calls, priority: int):
-        side = streams.Stream(priority=priority)  # lower is higher (CUDA's range clamps it)
+    def beside(side_call, calls, side_priority: int, calls_priority: int | None = None):
+        """side_call on a stream of its own beside calls: on the current stream, or on one at calls_priority."""
+        side = streams.Stream(priority=side_priority)  # lower is higher (CUDA's range clamps it)
+        own = [] if calls_priority is None else [streams.Stream(priority=calls_priority)]
 
         def run():
             current = streams.current_stream()
-            side.wait_stream(current)  # the side's launch after what came before it (its inputs)
+            main = own[0] if own else current
+            for stream in [side, *own]:
+                stream.wait_stream(current)  # the launches after what came before them (their inputs)
             with streams.stream(side):
                 side_call()
-            for call in calls:
-                call()
-            current.wait_stream(side)  # what comes after waits for both streams
+            with streams.stream(main):
+                for call in calls:
+                    call()
+            for stream in [side, *own]:
+                current.wait_stream(stream)  # what comes after waits for both streams
 
         return run
 
@@ -132,6 +157,7 @@ def overlap_cases(device, stacked_rows: int, depth: int, classes: int) -> dict:
         HALVES: one_stream(loss_a, loss_b, dh_a, dh_b, dw_call),
         HALVES_BESIDE: one_stream(loss_a, beside(loss_b, [dh_a], 0), dh_b, dw_call),
         HALVES_BESIDE_HIGH: one_stream(loss_a, beside(loss_b, [dh_a], -1), dh_b, dw_call),
+        HALVES_BESIDE_MATMULS_HIGH: one_stream(loss_a, beside(loss_b, [dh_a], 0, calls_priority=-1), dh_b, dw_call),
         TWO_BUFFERS: one_stream(loss_other, dh_all, dw_call, logits),
         TWO_BUFFERS_BESIDE: beside(loss_other, [dh_all, dw_call, logits], 0),
         TWO_BUFFERS_BESIDE_HIGH: beside(loss_other, [dh_all, dw_call, logits], -1),
@@ -142,12 +168,16 @@ def overlap_summary(us: dict[str, float], chunks: int) -> list[str]:
     """What the overlap rows' medians (us by name; a failed row absent) say: the halves' saving per chunk against the
     loop as it is (and over ``chunks`` chunks: a step), and how much of the loss launch two buffers hide."""
     lines = []
-    for name in (HALVES, HALVES_BESIDE, HALVES_BESIDE_HIGH):
+    for name in (HALVES, HALVES_BESIDE, HALVES_BESIDE_HIGH, HALVES_BESIDE_MATMULS_HIGH):
         if NOW in us and name in us:
             saved = us[NOW] - us[name]
             lines.append(f"overlap: {name}: saves {saved:+.1f} us a chunk against now, {saved * chunks / 1e3:+.2f} "
                          f"ms over {chunks} chunks")  # fmt: skip
-    for name in (HALVES_BESIDE, HALVES_BESIDE_HIGH):  # the second stream's own gain, the split's cost left out
+    for name in (
+        HALVES_BESIDE,
+        HALVES_BESIDE_HIGH,
+        HALVES_BESIDE_MATMULS_HIGH,
+    ):  # the second stream's own gain, the split's cost left out
         if HALVES in us and name in us:
             lines.append(f"overlap: {name}: {us[HALVES] - us[name]:+.1f} us a chunk against the halves on one stream")
     for name in (TWO_BUFFERS_BESIDE, TWO_BUFFERS_BESIDE_HIGH):
