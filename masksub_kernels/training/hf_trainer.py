@@ -32,6 +32,9 @@ gets wrong (a probe's findings, 2026-12-03) made right:
   acts only in the Trainer's own loss, so it is refused rather than silently ignored.
 - Batches: images as ``pixel_values`` [B, C, H, W] and ``labels`` (class ids [B], or probabilities [B, C] from a
   mixup collator); a masked LM takes the batch mapping itself (``input_ids``, ``labels``, ... : the mlm family).
+- Layer-wise learning-rate decay (MAE / BEiT / FT-CLIP fine-tuning): ``layer_decay=d`` splits the Trainer's
+  optimizer groups by block, the head at the full rate and each block below it ``d`` times the one above
+  (hf_layer_decay.py); not with an optimizer given in ``optimizers``, whose groups are the caller's.
 - ``model_init`` (and so ``hyperparameter_search``) is refused: the Trainer would build a new model in ``train()``
   that the MaskSub built here never calls.
 - One process on one device. Under several processes (the Trainer's DistributedDataParallel) both branches would
@@ -45,6 +48,7 @@ from __future__ import annotations
 import torch
 
 from .extras import missing_message
+from .hf_layer_decay import check_layer_decay, hf_layer_ids, split_groups_by_layer
 from .schedules import check_holds_mask_token
 from .wrapper import MaskSub
 
@@ -61,9 +65,13 @@ __all__ = ["MaskSubTrainer"]
 
 class MaskSubTrainer(Trainer):
     """``transformers.Trainer`` whose loss is MaskSub's (module docstring). ``masksub``: keyword arguments of
-    ``MaskSub`` (mask_ratio, loss, label_smoothing, ...); the rest are the Trainer's own."""
+    ``MaskSub`` (mask_ratio, loss, label_smoothing, ...); ``layer_decay``: layer-wise learning-rate decay of the
+    Trainer's optimizer (hf_layer_decay.py; None: off); the rest are the Trainer's own."""
 
-    def __init__(self, model=None, *args, masksub: dict | None = None, **kwargs) -> None:
+    def __init__(
+        self, model=None, *args, masksub: dict | None = None, layer_decay: float | None = None, **kwargs
+    ) -> None:
+        self.layer_decay = None if layer_decay is None else check_layer_decay(layer_decay)
         # a torch.compile-d model: the Trainer gets the eager one (its column filter, label names and saving read
         # the model's class and forward signature), MaskSub the compiled one (whose branches it then runs compiled)
         compiled = model if hasattr(model, "_orig_mod") else None
@@ -106,6 +114,13 @@ class MaskSubTrainer(Trainer):
             raise ValueError(f"MaskSub's {self.masksub.family} family owns parameters that the Trainer would not train")
         if self.optimizer is not None:  # optimizers=(optimizer, scheduler): one built before MaskSub made Swin's token
             check_holds_mask_token(self.masksub, self.optimizer)
+        if self.layer_decay is not None:
+            if self.optimizer is not None:
+                raise ValueError(
+                    "layer_decay splits the groups of the optimizer the Trainer builds; one was given in optimizers="
+                    ": split its groups with masksub_kernels.training.hf_layer_decay.split_groups_by_layer instead"
+                )
+            hf_layer_ids(self.model)  # a model without block lists: refused now, not at train()
         # MaskSub's loss is a mean over the micro-batch: the Trainer divides it by its accumulation steps when told
         # that it is not already scaled (transformers >= 5.x reads loss_is_scaled_for_ga first, earlier ones the
         # model's **kwargs, which a transformers model's forward has)
@@ -136,11 +151,24 @@ class MaskSubTrainer(Trainer):
                 f"checkpoint {resume_from_checkpoint!r} does not hold {len(lost)} of the model's tensors: {lost[:5]}"
             )
 
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer; with ``layer_decay``, its groups split by layer (hf_layer_decay.py)."""
+        built = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if built and self.layer_decay is not None:
+            token = frozenset(name for name in self._no_decay_names() if name.endswith("embeddings.mask_token"))
+            split_groups_by_layer(self.optimizer, self.model, self.layer_decay, head_rate=token)
+        return optimizer
+
     def get_decay_parameter_names(self, model) -> list[str]:
         """The Trainer's choice, less MaskSub's ``no_weight_decay`` names (a transformers Swin's mask token)."""
-        prefix = "model._orig_mod." if self.masksub.model is not self.masksub.inner_model else "model."
-        kept_out = {name.removeprefix(prefix) for name in self.masksub.no_weight_decay()}
+        kept_out = set(self._no_decay_names())
         return [name for name in super().get_decay_parameter_names(model) if name not in kept_out]
+
+    def _no_decay_names(self) -> list[str]:
+        """MaskSub's ``no_weight_decay`` names as the model's (a transformers Swin's mask token, which MaskSub made)."""
+        prefix = "model._orig_mod." if self.masksub.model is not self.masksub.inner_model else "model."
+        return [name.removeprefix(prefix) for name in self.masksub.no_weight_decay()]
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         """The Trainer's, except for images without labels (``predict`` on unlabelled data), which the Trainer would

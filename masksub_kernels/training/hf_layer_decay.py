@@ -1,0 +1,99 @@
+"""Layer-wise learning-rate decay for Hugging Face models (``MaskSubTrainer(..., layer_decay=d)``).
+
+MAE, BEiT and FT-CLIP fine-tune with it (the training command's ``--layer-decay`` for timm models: optim.py): with
+L blocks, the stem (everything before the first block: embeddings, class and position tokens, CLIP's pre-norm) is
+layer 0, block i is layer i + 1, and everything after the last block (final norm, pooler, classifier, an MLM
+head) is layer L + 1; a parameter's learning rate is ``lr * d ** (L + 1 - layer)``: the head trains at the full
+rate, the stem at ``d ** (L + 1)`` of it. The same scales as MAE's ``util/lr_decay.py`` for a ViT.
+
+transformers' models name no matcher as timm's do, so the blocks are found by their container: the
+``nn.ModuleList`` attributes named ``layer``, ``layers`` or ``blocks`` whose elements hold parameters (ViT, DeiT,
+DINOv2, CLIP / SigLIP vision, BERT, RoBERTa, DistilBERT: one list; Swin, ConvNeXt, ResNet: a list of stages, each
+with a list of blocks, where the innermost lists are the blocks, numbered across the stages in order). A parameter
+outside the blocks takes the layer of the block before it in the model's registration order (a Swin stage's
+patch merging, after its blocks: its last block's), or 0 before the first block, or L + 1 after the last. A tied
+parameter (BERT's decoder, the word embeddings) is one parameter: it trains at its first name's rate (the
+embeddings': layer 0). ``head_rate`` names parameters that train at the full rate wherever they sit: MaskSub's
+Swin mask token (the embeddings' ``mask_token``, new at fine-tuning: at the stem's rate it would barely move),
+as the training command's wrapper parameters do (optim.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["BLOCK_LIST_NAMES", "check_layer_decay", "hf_layer_ids", "split_groups_by_layer"]
+
+BLOCK_LIST_NAMES = ("layer", "layers", "blocks")
+
+
+def check_layer_decay(layer_decay) -> float:
+    """``layer_decay`` as a float in (0, 1]: a TypeError or ValueError that names what came otherwise."""
+    if isinstance(layer_decay, bool) or not isinstance(layer_decay, (int, float)):
+        raise TypeError(f"layer_decay must be a number in (0, 1]; got {type(layer_decay).__name__}")
+    if not (0 < layer_decay <= 1) or not math.isfinite(layer_decay):
+        raise ValueError(f"layer_decay must be in (0, 1] (MAE: 0.65, FT-CLIP: 0.6); got {layer_decay}")
+    return float(layer_decay)
+
+
+def _block_prefixes(model: nn.Module) -> list[str]:
+    """The blocks' module names in registration order: the elements of the innermost named block lists."""
+    lists = [name for name, module in model.named_modules()
+             if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in BLOCK_LIST_NAMES
+             and any(True for _ in module.parameters())]  # fmt: skip
+    inner = [name for name in lists if not any(other.startswith(name + ".") for other in lists)]
+    blocks = []
+    for name in inner:
+        blocks += [f"{name}.{key}" for key, child in model.get_submodule(name).named_children()
+                   if any(True for _ in child.parameters())]  # fmt: skip
+    return blocks
+
+
+def hf_layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
+    """({parameter name: layer}, L) for ``model`` (module docstring), over ``named_parameters()`` (a tied parameter
+    under its first name), trainable or not. A ValueError where the model has no block list."""
+    blocks = _block_prefixes(model)
+    if not blocks:
+        raise ValueError(
+            f"layer_decay needs the model's blocks in an nn.ModuleList named {' / '.join(BLOCK_LIST_NAMES)}; "
+            f"{type(model).__name__} has none"
+        )
+    depth, layers, current = len(blocks), {}, 0
+    for name, _ in model.named_parameters():
+        inside = next((i for i, block in enumerate(blocks) if name.startswith(block + ".")), None)
+        if inside is not None:
+            current = inside + 1
+        elif current == depth:  # past the last block's parameters: the head's layer
+            current = depth + 1
+        layers[name] = current
+    return layers, depth
+
+
+def split_groups_by_layer(
+    optimizer: torch.optim.Optimizer, model: nn.Module, layer_decay: float, head_rate: frozenset[str] = frozenset()
+) -> None:
+    """Split each of ``optimizer``'s parameter groups (no step taken yet) by the layer of its parameters in
+    ``model``, each part at ``lr * layer_decay ** (L + 1 - layer)`` (its ``lr_scale`` recorded; the parameters named
+    in ``head_rate`` at layer L + 1), the rest of the group's settings (weight decay, betas, ...) as they were. The
+    head's groups come first: a Trainer logs the first group's rate, which is then the schedule's own."""
+    if optimizer.state:
+        raise ValueError("split_groups_by_layer: the optimizer has taken steps; split its groups before the first")
+    names = {id(p): name for name, p in model.named_parameters()}
+    ids, depth = hf_layer_ids(model)
+    ids.update({name: depth + 1 for name in head_rate if name in ids})
+    parts = {}
+    for index, group in enumerate(optimizer.param_groups):
+        for p in group["params"]:
+            if id(p) not in names:
+                raise ValueError(f"the optimizer holds a parameter of shape {tuple(p.shape)} that is not the model's")
+            parts.setdefault((-ids[names[id(p)]], index), []).append(p)
+    groups = []
+    for (negative_layer, index), params in sorted(parts.items()):
+        group, scale = optimizer.param_groups[index], layer_decay ** (depth + 1 + negative_layer)
+        groups.append({**group, "params": params, "lr": group["lr"] * scale, "lr_scale": scale})
+    optimizer.param_groups.clear()
+    for group in groups:
+        optimizer.add_param_group(group)
