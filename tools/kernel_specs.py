@@ -225,6 +225,8 @@ _LOSS_CASES = [
     ("bf16,probs,reduced_mean", {"classes": 1000, "target": "probs", "reduce": True, **_MIXED}),
     ("bf16,ids,reduced_sum", {"classes": 32000, "reduce": "sum", **_MIXED}),
     ("bf16,sub_only,reduced", {"classes": 32000, "reduce": True, "target": None, **_MIXED}),
+    # few classes (token tagging): a block of 16 in 4 warps, the reduction's own 1024 lanes (helper-245)
+    ("fp32,ids,few_classes,reduced_mean", {"dtype": "fp32", "classes": 9, "reduce": True}),
     # a few rows of many classes (8 x 128256, an LLM's head): the class-split grid (class_splits), a reduction too
     *(
         (f"bf16,split,{label}", {"rows": 8, "classes": 128256, **options})

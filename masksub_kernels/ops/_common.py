@@ -14,6 +14,9 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from .. import _backend
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# Classes of the loss ops: a row's column positions (a block's start plus its lanes) are int32 in the kernels, the
+# row offsets int64 (helper-245); far beyond any vocabulary, refused alike by every backend
+MAX_CLASSES = 2**31 - 2**16
 INDEX_DTYPES = (torch.int64, torch.int32)
 MAX_TOKENS = 8192  # one sort per sample in one program (8192 int64 keys, 32 warps); a ViT-H at 448 px has 1024
 

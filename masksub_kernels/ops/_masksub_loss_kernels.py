@@ -17,6 +17,11 @@ from ._masksub_loss_blocks import _block_range, _bwd_block, _fwd_block, _row_lab
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# The reduction's lanes: the last program sums M rows REDUCE_LANES at a time, one L2 round trip each, whatever the
+# row's block (BLOCK_C is 16 for C <= 16: 1024 serial steps at M = 16384 then; helper-245), 2-8 per thread
+REDUCE_LANES = tl.constexpr(1024)
+
+
 @jit
 def _reduce_rows(
     out_ptr, y_ptr, red_ptr, d_ptr, done_ptr, M, ignore_index, main_weight, sub_weight, lanes,
@@ -351,7 +356,7 @@ def _loss_fwd_kernel(
         l_t = l_z  # CE at T = 1: the teacher's running sums are the main term's (_fwd_block carries one)
     out_row, o64 = out_ptr + row, row * 0 + stride_out  # stats row k of this row: out_row + k * stride_out, int64
     in_row = row < M
-    reduce_lanes = tl.arange(0, BLOCK_C)  # REDUCE: the reduction's lanes
+    reduce_lanes = tl.arange(0, REDUCE_LANES)  # REDUCE: the reduction's lanes (its own width: helper-245)
     if SPLIT:
         # This split's lanes into one state, stored; the row's last split to finish (a ticket taken after the
         # stores: release, then acquire for the reader) merges the row's states in split order, so the result does

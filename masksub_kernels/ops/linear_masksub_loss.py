@@ -49,7 +49,7 @@ import torch
 from .. import _backend
 from .._triton import next_power_of_2
 from . import _linear_loss_kernels as kernels
-from ._common import FLOAT_DTYPES, cdiv, masksub_op
+from ._common import FLOAT_DTYPES, MAX_CLASSES, cdiv, masksub_op
 from ._linear_loss_chunks import backward_in_chunks, sync_free
 from ._linear_loss_grads import _grads_wanted, _linear_loss_grads_op
 from .losses import MaskSubLoss, _check_options, _check_target, _number, _reduce, _row_count, fp64_threshold_applied
@@ -467,6 +467,8 @@ def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hid
         raise ValueError(
             f"weight must be [classes, hidden={hidden.shape[1]}] (classes >= 1), got shape {tuple(weight.shape)}"
         )
+    if weight.shape[0] > MAX_CLASSES:  # the loss kernels' int32 column positions (ops/_common.py)
+        raise ValueError(f"weight may have at most {MAX_CLASSES} classes (2^31 - 2^16), got {weight.shape[0]}")
     expected = {"sub_hidden": tuple(hidden.shape), "weight": tuple(weight.shape), "bias": (weight.shape[0],)}
     for name, x in (("sub_hidden", sub_hidden), ("weight", weight), ("bias", bias)):
         if x is not None and (tuple(x.shape) != expected[name] or x.dtype != hidden.dtype or x.device != hidden.device):

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _backend
-from ._common import FLOAT_DTYPES, INDEX_DTYPES, values_readable
+from ._common import FLOAT_DTYPES, INDEX_DTYPES, MAX_CLASSES, values_readable
 from .masksub_loss import MAIN, SUB, _loss_op
 from .masksub_loss_reduced import _reduced_loss_op
 
@@ -76,6 +76,8 @@ def _check_logits(name: str, x: torch.Tensor) -> None:
         raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
     if x.shape[0] > MAX_ROWS:  # every backend refuses what the kernels' one program per row cannot launch
         raise ValueError(f"{name} may have at most {MAX_ROWS} rows (2^31 - 1), got {x.shape[0]}")
+    if x.shape[1] > MAX_CLASSES:  # (the kernels' int32 column positions)
+        raise ValueError(f"{name} may have at most {MAX_CLASSES} classes (2^31 - 2^16), got {x.shape[1]}")
 
 
 def _check_pair(sub: torch.Tensor, main: torch.Tensor) -> None:

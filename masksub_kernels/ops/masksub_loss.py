@@ -33,7 +33,8 @@ row, unknown to the host without a sync): (8b + f) C, and O(M C) held until the 
 saved fp32 stats (c and log l per softmax, and S: flash-attention's choice) moves fewer bytes for class ids (6b vs
 8b: 25% less) and as many for fp32 probability targets with bf16 logits, is correct for any grad_output, and keeps
 the extra memory O(M). The caller's logits are never written. One program per row loops over C in blocks of at
-most MAX_BLOCK_C (C up to 262144, int64 offsets). fp64 logits run in fp32 in the kernels (fp64 in the reference).
+most MAX_BLOCK_C (row offsets int64; C up to _common.MAX_CLASSES, 2^31 - 2^16, as column positions are int32).
+fp64 logits run in fp32 in the kernels (fp64 in the reference).
 
 Few rows, many classes (M = 8, C = 128256 would fill 8 of 132 SMs): class_splits cuts each row into splits of a
 whole number of blocks and the kernels run a (row, split) grid. A forward program folds its split into one state

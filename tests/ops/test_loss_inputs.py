@@ -337,6 +337,25 @@ def test_logits_of_more_rows_than_a_grid_holds_are_refused(backend):
         call()
 
 
+def _losses_of_classes(classes: int) -> tuple:
+    logits, ids = torch.empty(2, classes, device="meta"), torch.empty(2, dtype=torch.long, device="meta")
+    weight, hidden = torch.empty(classes, 1, device="meta"), torch.empty(2, 1, device="meta")
+    return (lambda: mk.masksub_loss(logits, logits, ids), lambda: mk.soft_target_cross_entropy(logits, logits),
+            lambda: mk.linear_masksub_loss(hidden, hidden, weight, None, ids))  # fmt: skip
+
+
+def test_logits_of_more_classes_than_int32_columns_reach_are_refused(backend):
+    # a row's column positions are int32 in the kernels (helper-245: the docstring promised 262144 classes and
+    # nothing checked); every backend refuses past MAX_CLASSES up front, the fused-linear loss's weight alike
+    from masksub_kernels.ops._common import MAX_CLASSES
+
+    for call in _losses_of_classes(MAX_CLASSES + 1):
+        with pytest.raises(ValueError, match=rf"at most {MAX_CLASSES} classes \(2\^31 - 2\^16\), got"):
+            call()
+    for call in _losses_of_classes(MAX_CLASSES):
+        call()
+
+
 def test_single_branch_losses_take_meta_tensors_on_every_backend(backend):  # helper-164: C7
     logits = torch.empty(3, 5, device="meta")
     for loss in (

@@ -100,7 +100,9 @@ def test_all_rows_ignored_is_zero(backend):
 
 
 def test_more_rows_than_one_reduction_block(backend):
-    rows = 2 * 16 + 5  # the reduction's loop takes BLOCK_C = 16 rows a trip at 3 classes: three trips
+    from masksub_kernels.ops._masksub_loss_kernels import REDUCE_LANES
+
+    rows = REDUCE_LANES + 5  # the reduction's loop takes 1024 rows a trip (not the rows' 16 lanes): two trips
     main, sub, target = _inputs(rows, 3, "ids", seed=1)
     reduced, _, _ = reduced_op._reduced_loss_op(main, sub, target, *OPTIONS["ce"], 0.5, 0.5, True)
     expected = _expected(main, sub, target, OPTIONS["ce"], 0.5, 0.5, True)
