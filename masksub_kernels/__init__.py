@@ -15,6 +15,7 @@ from ._backend import (
     use_backend,
 )
 from ._philox import philox_uint32
+from .ops._linear_loss_chunks import capture_safe
 from .ops.grid_mask import mask_image_grid, random_grid_mask
 from .ops.linear_masksub_loss import linear_masksub_loss, linear_soft_target_cross_entropy
 from .ops.losses import (
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MaskSubLoss",
     "available_backends",
+    "capture_safe",
     "gather_tokens",
     "get_backend",
     "last_backend",

@@ -54,6 +54,7 @@ the recompute op there: _grads_wanted).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -508,10 +509,33 @@ def grads_chunk_rows(classes: int, rows: int) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+_capture_safe_depth = 0  # open mk.capture_safe() blocks
+
+
+@contextlib.contextmanager
+def capture_safe():
+    """``with mk.capture_safe():`` the fused-linear losses take the path that never synchronises with the device in
+    eager mode too: the one CUDA graph capture takes. For class-id targets it launches other kernels than an eager
+    call (the recompute op's: helper-244), which a Triton kernel loads at its first launch, and global-mode capture
+    forbids loading a module: run the warm-up iterations before ``torch.cuda.graph`` (forward and backward) inside
+    this block, as ``torch.optim``'s ``capturable=True`` prepares an optimizer. torch.compile's
+    ``mode="reduce-overhead"`` needs none (its warm-up runs the compiled path)."""
+    global _capture_safe_depth
+    _capture_safe_depth += 1
+    try:
+        yield
+    finally:
+        _capture_safe_depth -= 1
+
+
 def sync_free(hidden: torch.Tensor) -> bool:
-    """Whether a call must not synchronise with the device: under torch.compile's tracing or CUDA graph capture
-    (is_compiling first: dynamo cannot trace the capture query, a bool from a torch function)."""
-    return torch.compiler.is_compiling() or (hidden.is_cuda and torch.cuda.is_current_stream_capturing())
+    """Whether a call must not synchronise with the device: inside capture_safe(), under torch.compile's tracing or
+    CUDA graph capture (is_compiling before the capture query, a bool from a torch function dynamo cannot trace)."""
+    return (
+        _capture_safe_depth > 0
+        or torch.compiler.is_compiling()
+        or (hidden.is_cuda and torch.cuda.is_current_stream_capturing())
+    )
 
 
 def backward_in_chunks(

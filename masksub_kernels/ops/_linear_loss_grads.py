@@ -149,6 +149,8 @@ def _stored_factor(ctx, grad_loss, grad_main, grad_sub):
 
 SCALE_BLOCK_ELEMENTS = 1 << 23  # _scaled's fp32 temporary: 8M elements (32 MiB) at most, whatever M D
 SCALE_BLOCK = (16, 256)  # rows x columns of a _scale_kernel program
+GRID_Y_LIMIT = 65535  # a GPU grid's blocks on axis 1: a 1-D gradient longer than this many column blocks (db of more
+# than 16.7M classes) runs as one column of rows instead (helper-244)
 
 
 @jit
@@ -178,7 +180,8 @@ def _scaled(
     low = (torch.float16, torch.bfloat16, torch.float32)
     if kernel and stored.dtype in low and dtype in low and g.dtype == torch.float32 and stored.dim() in (1, 2):
         out = stored if in_place and dtype == stored.dtype else torch.empty(stored.shape, dtype=dtype, device=g.device)
-        src, dst = (t.view(1, -1) if t.dim() == 1 else t for t in (stored, out))
+        wide = stored.dim() == 1 and cdiv(stored.numel(), SCALE_BLOCK[1]) > GRID_Y_LIMIT
+        src, dst = (t if t.dim() == 2 else t.view(-1, 1) if wide else t.view(1, -1) for t in (stored, out))
         if src.numel():
             assert src.stride(-1) == 1 and dst.stride(-1) == 1
             grid = (cdiv(src.shape[0], SCALE_BLOCK[0]), cdiv(src.shape[1], SCALE_BLOCK[1]))

@@ -10,9 +10,10 @@ transformers' models name no matcher as timm's do, so the blocks are found by th
 ``nn.ModuleList`` attributes named ``layer``, ``layers`` or ``blocks`` whose elements hold parameters (ViT, DeiT,
 DINOv2, CLIP / SigLIP vision, BERT, RoBERTa, DistilBERT: one list; Swin, ConvNeXt: a list of stages, each with a
 list of blocks, where the innermost lists are the blocks, numbered across the stages in order). A model without
-such a list is refused (transformers' ResNet, whose blocks are an ``nn.Sequential``: CNN recipes use no layer decay). A parameter
-outside the blocks takes the layer of the block before it in the model's registration order (a Swin stage's
-patch merging, after its blocks: its last block's), or 0 before the first block, or L + 1 after the last. A tied
+such a list is refused (transformers' ResNet, whose blocks are an ``nn.Sequential``: CNN recipes use no layer
+decay). A parameter outside the blocks takes the layer of the block before it in the model's registration order (a
+Swin stage's patch merging, after its blocks: its last block's), or 0 before the first block, or L + 1 after the
+last. A tied
 parameter (BERT's decoder, the word embeddings) is one parameter: it trains at its first name's rate (the
 embeddings': layer 0). ``head_rate`` names parameters that train at the full rate wherever they sit: MaskSub's
 Swin mask token (the embeddings' ``mask_token``, new at fine-tuning: at the stem's rate it would barely move),

@@ -85,6 +85,17 @@ def test_stored_gradients_are_scaled_by_one_launch_each(dtype):
     check(dw, expected)
     db = grads._scaled(accumulator[:, 20].clone(), g, True, dtype, kernel=True)
     check(db, accumulator[:, 20] * g)
+    # a db longer than a GPU grid's 65535 blocks on axis 1 hold at 256 classes each (16.7M classes): one column of
+    # rows instead (helper-244; the limit lowered here to 1 block, so 30 classes are "long")
+    launches = []
+    real = grads._scale_kernel
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(grads, "GRID_Y_LIMIT", 0)
+        patch.setattr(grads, "_scale_kernel", type("K", (), {"__getitem__": lambda _, grid: launches.append(grid)
+                                                              or real[grid]})())  # fmt: skip
+        db = grads._scaled(accumulator[:, 20].clone(), g, True, dtype, kernel=True)
+    assert launches == [(2, 1)]  # 30 rows of one class: 2 blocks of 16 rows on axis 0, 1 on axis 1
+    check(db, accumulator[:, 20] * g)
 
 
 @pytest.mark.triton

@@ -269,3 +269,72 @@ def test_eager_recompute_backwards_take_the_chunk_loop(monkeypatch):
         assert seen == [True]
         mk.linear_masksub_loss(*leaves(h, hs, w, b), target).main.backward()
         assert seen == [True, True]
+
+
+def test_capture_safe_runs_the_capture_path_eagerly(monkeypatch, op_backend):  # noqa: F811
+    # helper-244: under CUDA graph capture, class ids take the recompute op and its own backward kernels, which an
+    # eager call never launches, so an eager warm-up would not load them (a Triton kernel loads its module at its
+    # first launch; global-mode capture forbids that). Inside mk.capture_safe() an eager call takes that path: the
+    # recompute op forward, its backward without the chunk loop's gather (the host read of the count)
+    from masksub_kernels.ops import linear_masksub_loss as lm
+
+    h, hs, w, b, target = make_inputs(kind="index_ignore", seed=5)
+    (loss64, *_), leaves64 = composite(h, hs, w, b, target)
+    loss64.backward()
+    gathers, real = [], lm._linear_loss_backward_op
+    monkeypatch.setattr(lm, "_linear_loss_backward_op", lambda *a: gathers.append(a[10]) or real(*a))
+    calls = Calls(monkeypatch)
+    inputs = leaves(h, hs, w, b)
+    with mk.capture_safe():
+        assert chunks.sync_free(h)
+        out = mk.linear_masksub_loss(*inputs, target)
+        out.loss.backward()
+    assert (calls.grads, calls.recompute, gathers) == (0, 1, [False])
+    torch.testing.assert_close(out.loss.double(), loss64.detach().double(), rtol=1e-5, atol=0)
+    for name, a, e in zip(("h", "h_s", "W", "b"), inputs, leaves64):
+        assert_grad_close(a.grad, e.grad, GRAD_RTOL[F32], name)
+    # outside it, the eager path again (the gradients in the forward); the block is left on an error too
+    assert not chunks.sync_free(h)
+    mk.linear_masksub_loss(*leaves(h, hs, w, b), target).loss.backward()
+    assert (calls.grads, calls.recompute) == (1, 1)
+    with pytest.raises(RuntimeError, match="inside"), mk.capture_safe(), mk.capture_safe():
+        raise RuntimeError("inside")
+    assert not chunks.sync_free(h)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda" or "triton" not in OP_BACKENDS, reason="needs a CUDA device")
+def test_cuda_graph_capture_of_class_ids_after_a_capture_safe_warm_up():
+    # The recipe of docs/api.md: warm up inside mk.capture_safe() on a side stream (it loads the kernels the capture
+    # launches), capture the public op's step with class ids, replay on new inputs: each replay equals an eager call
+    rows, depth, classes = 64, 32, 1000
+    h, hs, w, b, target = (t.detach() for t in make_inputs(rows, depth, classes, kind="index_ignore"))
+    inputs = [t.requires_grad_(True) for t in (h.clone(), hs.clone(), w.clone(), b.clone())]
+
+    def step():
+        for t in inputs:
+            t.grad = None
+        out = mk.linear_masksub_loss(*inputs, target)
+        out.loss.backward()
+        return out.loss.detach(), [t.grad for t in inputs]
+
+    with mk.use_backend("triton"):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), mk.capture_safe():
+            step()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured_loss, captured_grads = step()
+        for seed in (1, 2):
+            new = make_inputs(rows, depth, classes, kind="index_ignore", seed=seed)
+            with torch.no_grad():
+                for old, value in zip((*inputs, target), new):
+                    old.copy_(value)
+            graph.replay()
+            loss, grads = (captured_loss.clone(), [g.clone() for g in captured_grads])
+            with mk.capture_safe():
+                eager_loss, eager_grads = step()
+            torch.testing.assert_close(loss, eager_loss, rtol=1e-6, atol=0)
+            for a, e in zip(grads, eager_grads):
+                torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-7)
