@@ -118,3 +118,32 @@ def test_uint64_products_detected_when_torch_has_them():
     except (RuntimeError, TypeError):
         exact = False
     assert _philox._uint64_products() == exact
+
+
+# helper-246: test_matches_triton_randint_bit_for_bit draws offsets < 111 only, and its seeds are all >= 0: no
+# Triton test, on the interpreter or on either GPU run, had checked (a) the counter's high word (offset >> 32:
+# Triton's randint4x splits it off since 3.4, the whole difference with 3.2 / 3.3) or (b) a negative seed below 2^31
+# in magnitude, which the JIT types as i32 and philox() sign-extends to uint64 (the reference's two's-complement
+# words). CUDA has a GPU-only counter test (test_select_counters_past_two_to_the_32). A base offset keeps the buffers
+# tiny. Fails with `offset_hi = _0` in triton/language/random.py, a zero-extending seed cast, or an int32 offset.
+@jit(do_not_specialize=("seed",))
+def _draws_from_kernel(draws_ptr, keys_ptr, seed, row, n, BLOCK: tl.constexpr):
+    lanes = tl.arange(0, BLOCK)
+    offsets = row.to(tl.int64) * n + lanes
+    tl.store(draws_ptr + lanes, tl.randint(seed, offsets).to(tl.int64), mask=lanes < n)
+    tl.store(keys_ptr + lanes, philox_sort_keys(seed, row.to(tl.int64), lanes, n), mask=lanes < n)
+
+
+@pytest.mark.skipif(not HAS_TRITON or "triton" not in kernel_backends(), reason="needs the Triton backend")
+@pytest.mark.parametrize("seed", [-1, -5, -(2**31), -(2**31) - 1, -(2**63), 2**63 - 1, 5])
+@pytest.mark.parametrize("row", [0, 524287, 524288, 2**31 - 1])  # 524288 x 8192 = 2^32: offsets past 2^32 from here
+def test_triton_draws_past_two_to_the_32_and_negative_seeds(seed, row, device):
+    n = 8192  # MAX_TOKENS: the selection's row length, so row * n is an offset the ops really draw
+    block = 64  # the first 64 positions of the row
+    draws = torch.zeros(block, dtype=torch.int64, device=device)
+    keys = torch.zeros(block, dtype=torch.int64, device=device)
+    _draws_from_kernel[(1,)](draws, keys, seed, row, n, BLOCK=block)
+    offsets = row * n + torch.arange(block)
+    expected = philox_uint32(seed, offsets)
+    assert torch.equal(draws.cpu(), expected)
+    assert torch.equal(keys.cpu(), ((expected - 2**31) << 32) + torch.arange(block))

@@ -11,7 +11,7 @@ import numbers
 import torch
 
 from .._philox import resolve_seed
-from ._common import FLOAT_DTYPES, check_int, check_keep_args
+from ._common import FLOAT_DTYPES, MAX_TOKENS, check_int, check_keep_args
 
 
 def _check_int(name: str, value, low: int = 1) -> int:
@@ -38,6 +38,16 @@ def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int,
         raise ValueError(
             f"{what} of {height} x {width} is not divisible by cell_size={cell_size}: resize or crop to a multiple "
             "of the cell size (grid masks never crop silently)"
+        )
+    cells = (height // cell_size) * (width // cell_size)
+    if cells > MAX_TOKENS:  # (helper-246: "num_cells must be in [1, 8192]" named no way out)
+        fits = (s for s in range(cell_size + 1, min(height, width) + 1)
+                if height % s == 0 and width % s == 0 and (height // s) * (width // s) <= MAX_TOKENS)  # fmt: skip
+        larger = next(fits, None)
+        hint = f" (cell_size={larger} gives {(height // larger) * (width // larger)})" if larger else ""
+        raise ValueError(
+            f"{what} of {height} x {width}: {cells} cells of cell_size={cell_size}, more than the {MAX_TOKENS} a "
+            f"mask selects among{hint}"
         )
     return cell_size, height // cell_size, width // cell_size
 

@@ -127,8 +127,8 @@ def _image_columns(plane, cols, C, W, sxb, sxc, sxw, syb, syc, syw, CELL, CHANNE
             w = cols // C
             c = cols - w * C
             cell_col = w // CELL
-            x_col = w.to(tl.int64) * sxw + c * sxc
-            y_col = w.to(tl.int64) * syw + c * syc
+            x_col = w.to(tl.int64) * sxw + c.to(tl.int64) * sxc  # int64: c * syc passes 2^31 (helper-246)
+            y_col = w.to(tl.int64) * syw + c.to(tl.int64) * syc
     else:
         b = plane // C
         c = plane - b * C
@@ -183,7 +183,7 @@ def _mask_image_kernel(
         plane, cols, C, W, sxb, sxc, sxw, syb, syc, syw, CELL, CHANNELS_LAST, ROW_CONTIGUOUS
     )
     ok = (h < H)[:, None] & col_ok[None, :]
-    cell = ((b * (H // CELL) + h // CELL) * (W // CELL))[:, None] + cell_col[None, :]
+    cell = ((b.to(tl.int64) * (H // CELL) + h // CELL) * (W // CELL))[:, None] + cell_col[None, :]  # B Lc >= 2^31
     # the loaded cell bytes are constant over runs of RUN columns: saying so lets the masked loads vectorise
     removed = tl.max_constancy(tl.load(cell_ptr + cell, mask=ok, other=0) != 0, [1, RUN])
     _mask_rows(x_ptr, y_ptr, h, ok, removed, x_base, y_base, x_col, y_col, sxh, syh, fill_bits, FILL_INT)
@@ -521,8 +521,9 @@ def mask_image_grid(
 
     images: [B, C, H, W] float (fp32/fp16/bf16/fp64), contiguous or channels_last (any strides work); H and W
     must be multiples of ``cell_size`` (else ValueError: no silent crop); B x H at most 2**31 - 1025, H at most
-    65535 and W x C at most 65535 x 256 (``MAX_GRID_*``, every backend). Of the Lc = (H/S)(W/S) cells,
-    Kc = floor(Lc * (1 - mask_ratio)) are kept per sample, the rest set to ``fill_value`` (rounded to the dtype;
+    65535 and W x C at most 65535 x 256 (``MAX_GRID_*``, every backend), and at most 8192 cells (the selection's
+    limit: 4096 x 4096 images need ``cell_size`` >= 64). Of the Lc = (H/S)(W/S) cells, Kc = floor(Lc * (1 -
+    mask_ratio)) are kept per sample, the rest set to ``fill_value`` (rounded to the dtype;
     0 is the normalised mean colour). Returns (masked [B, C, H, W] of images' dtype and layout, mask bool
     [B, H/S, W/S], True = removed, equal to ``random_grid_mask(B, (H/S, W/S), Kc, seed=seed)``).
 

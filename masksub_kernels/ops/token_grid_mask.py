@@ -131,7 +131,7 @@ def _token_line(line, w, H, W, cell_ptr, w_ok, CELL: tl.constexpr):
     """(b, h, removed [BLOCK_W]) of the tokens w of line (b, h) = (line // H, line % H)."""
     b = line // H
     h = line - b * H
-    cell = (b * (H // CELL) + h // CELL) * (W // CELL) + w // CELL
+    cell = (b.to(tl.int64) * (H // CELL) + h // CELL) * (W // CELL) + w // CELL  # int64: B Lc may pass 2^31
     return b, h, tl.load(cell_ptr + cell, mask=w_ok, other=0) != 0
 
 

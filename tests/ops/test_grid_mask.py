@@ -208,6 +208,13 @@ def test_mask_image_published_cell_counts():
         ((2, 3, 64, 64), {"mask_ratio": -0.1}, ValueError, r"\[0, 1\)"),
         ((2, 3, 64, 64), {"mask_ratio": 0.9}, ValueError, "= 0 of 4 grid cells: at least one"),
         ((2, 3, 64, 80), {}, ValueError, "not divisible by cell_size=32"),
+        # more cells than a mask selects among: the cell size that fits named (helper-246)
+        (
+            (1, 1, 4096, 4096),
+            {},
+            ValueError,
+            r"16384 cells of cell_size=32, more .* 8192 .* \(cell_size=64 gives 4096\)",
+        ),
         ((2, 3, 64, 64), {"cell_size": 0}, ValueError, "cell_size"),
         ((3, 64, 64), {}, ValueError, "4-D"),
         ((2, 3, 64, 64), {"fill_value": True}, TypeError, "fill_value"),
