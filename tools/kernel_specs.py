@@ -227,6 +227,11 @@ _LOSS_CASES = [
     ("bf16,sub_only,reduced", {"classes": 32000, "reduce": True, "target": None, **_MIXED}),
     # few classes (token tagging): a block of 16 in 4 warps, the reduction's own 1024 lanes (helper-245)
     ("fp32,ids,few_classes,reduced_mean", {"dtype": "fp32", "classes": 9, "reduce": True}),
+    # helper-245's variants that compiled but were not listed: fp64 logits (fp32 in the kernels), a split of BCE
+    # with class ids, a split of rows realigned to 16-byte words (C not a multiple of 8)
+    ("fp64,ids", {"dtype": "fp64", "classes": 1000}),
+    ("bf16,split,bce,ids", {"rows": 8, "classes": 128256, "bce": True, **_MIXED}),
+    ("bf16,split,ids,realigned", {"rows": 8, "classes": 128250, **_MIXED}),
     # a few rows of many classes (8 x 128256, an LLM's head): the class-split grid (class_splits), a reduction too
     *(
         (f"bf16,split,{label}", {"rows": 8, "classes": 128256, **options})
@@ -281,7 +286,7 @@ def _loss_launches(
     from masksub_kernels.ops import _linear_loss_chunks as chunk_loop
     from tools.perf_model.capture import recording
 
-    meta, types = torch.device("meta"), {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    meta, types = torch.device("meta"), {**_TYPES, "fp64": torch.float64}
     into, over_rows, forward_buffers, b = None, False, {}, None
     if chunk:
         buffer = torch.empty(2 * rows, chunk_loop.aligned_classes(classes), device=meta)
