@@ -80,7 +80,11 @@ def _sibling(name: str):
         spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
         module = importlib.util.module_from_spec(spec)
         sys.modules[key] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[key]  # not a half-loaded module for the next call (helper-247)
+            raise
     return sys.modules[key]
 
 

@@ -466,7 +466,9 @@ __global__ void __launch_bounds__(kLossThreads)
   // BCE with class ids: the vector holding the id (peeled, -1 if none) is left out of the loop, whose chunks then
   // compare no column with the id, and folded after it by thread 0 of its split
   constexpr bool kPeel = V::kBce && V::kLabels;
-  const int64_t from_head = target.label - span.head;
+  // modular, as the GPU computes it: an unchecked id near INT64_MIN must not overflow int64 (undefined; helper-248)
+  const int64_t from_head =
+      static_cast<int64_t>(static_cast<uint64_t>(target.label) - static_cast<uint64_t>(span.head));
   const int64_t peeled = kPeel && from_head >= 0 && from_head < span.vectors * W ? from_head / W : -1;
   for (int64_t v = begin + threadIdx.x; v < end; v += int64_t{threads} * kLossUnroll) {
 #pragma unroll

@@ -319,7 +319,8 @@ __device__ __forceinline__ void store_logits(T* row, int64_t c, const float (&v)
 // element, one 64-bit test per chunk).
 template <int N>
 __device__ __forceinline__ int position_in_chunk(int64_t label, int64_t c) {
-  const uint64_t at = static_cast<uint64_t>(label - c);
+  // in uint64: label - c overflows int64 (undefined) for an unchecked id near INT64_MIN (helper-248)
+  const uint64_t at = static_cast<uint64_t>(label) - static_cast<uint64_t>(c);
   return at < static_cast<uint64_t>(N) ? static_cast<int>(at) : -1;
 }
 

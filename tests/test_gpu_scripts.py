@@ -399,6 +399,11 @@ def test_gemm_probe_finds_its_sibling_past_a_regular_benchmarks_package(tmp_path
 
     assert benchmarks.__file__ == str(tmp_path / "benchmarks" / "__init__.py")  # the shadow wins the import
     assert callable(probe._sibling("gpu_ncu").chunk_loss_launch)
+    from masksub_kernels import triton_interpreted
+    from tests.conftest import DEVICE
+
+    if DEVICE.type == "cuda" or triton_interpreted():  # the overlap rows' own import, under the shadow
+        assert probe.NOW in probe.overlap_cases(DEVICE, 8, 16, 42)
 
 
 def test_gemm_probe_halves_plan_one_launch_where_the_rule_would_split():

@@ -515,11 +515,11 @@ _capture_safe_depth = 0  # open mk.capture_safe() blocks
 @contextlib.contextmanager
 def capture_safe():
     """``with mk.capture_safe():`` the fused-linear losses take the path that never synchronises with the device in
-    eager mode too: the one CUDA graph capture takes. For class-id targets it launches other kernels than an eager
-    call (the recompute op's: helper-244), which a Triton kernel loads at its first launch, and global-mode capture
-    forbids loading a module: run the warm-up iterations before ``torch.cuda.graph`` (forward and backward) inside
-    this block, as ``torch.optim``'s ``capturable=True`` prepares an optimizer. torch.compile's
-    ``mode="reduce-overhead"`` needs none (its warm-up runs the compiled path)."""
+    eager mode too: the one CUDA graph capture takes. It launches other kernels than an eager call (class ids: the
+    recompute op's, helper-244; probabilities: the count on the device, helper-247), and a kernel loads at its first
+    launch, which global-mode capture forbids: run the warm-up iterations before ``torch.cuda.graph`` (forward and
+    backward) inside this block, whatever the target, as ``torch.optim``'s ``capturable=True`` prepares an
+    optimizer. torch.compile's ``mode="reduce-overhead"`` needs none (its warm-up runs the compiled path)."""
     global _capture_safe_depth
     _capture_safe_depth += 1
     try:
@@ -529,11 +529,12 @@ def capture_safe():
 
 
 def sync_free(hidden: torch.Tensor) -> bool:
-    """Whether a call must not synchronise with the device: inside capture_safe(), under torch.compile's tracing or
-    CUDA graph capture (is_compiling before the capture query, a bool from a torch function dynamo cannot trace)."""
+    """Whether a call must not synchronise with the device: under torch.compile's tracing, inside capture_safe() or
+    CUDA graph capture. is_compiling first: dynamo would guard on the block's depth (a recompile on entering it:
+    helper-247), and cannot trace the capture query (a bool from a torch function)."""
     return (
-        _capture_safe_depth > 0
-        or torch.compiler.is_compiling()
+        torch.compiler.is_compiling()
+        or _capture_safe_depth > 0
         or (hidden.is_cuda and torch.cuda.is_current_stream_capturing())
     )
 

@@ -57,15 +57,13 @@ from .masksub_loss import MAIN, NUM_OUT, SUB, loss_backward_reference, loss_forw
 
 CHUNK_ELEMENTS = 2**20  # logits per chunk of the reference: rows per chunk = max(1, CHUNK_ELEMENTS // C)
 MAX_BLOCK_M, MAX_BLOCK_N, MAX_BLOCK_K = 64, 128, 64  # Triton tiles (the tests lower them under the interpreter)
-# fp32 operands take tiles of 64 classes and depth 16: their ieee tl.dot (FMA pipes, operands in registers) spilled
-# inside the dH / dW matmul loops at 64 x 128 x 32 (85-143 local accesses per trip, sm_80 / sm_90, BERT's shape),
-# none at 64 x 64 x 16 on 8 warps; depth 64 also exceeded sm_86 / sm_89's 99 KiB of shared memory per block
-# (OutOfResources), these take 24-36 KiB. bf16 / fp16 (tensor-core dots) keep 64 x 128 x 64 (tools/spill_baseline.json).
+# fp32 operands: tiles of 64 classes, depth 16 (their ieee tl.dot spilled in the dH / dW loops at 64 x 128 x 32, 85-143
+# local accesses per trip; depth 64 passed sm_86 / sm_89's 99 KiB of shared memory per block: OutOfResources; these
+# take 24-36 KiB). bf16 / fp16 (tensor-core dots) keep 64 x 128 x 64 (tools/spill_baseline.json).
 MAX_BLOCK_N_FP32, MAX_BLOCK_K_FP32 = 64, 16
 MAX_DW_SPLITS = 8  # row splits of the dW kernel: each costs an fp32 [C, D] accumulator
-# Class splits of the forward and dH for labels where few rows count (MLM: the kernels choose on the device, up to
-# this many or those that fill the GPU when every row counts): the forward's partial states take 44 bytes per row
-# and split; programs of the splits not chosen do no class tile
+# Class splits of the forward and dH for labels where few rows count (MLM: chosen on the device, up to this many or
+# those that fill the GPU when all count): partial states of 44 bytes per row and split; unchosen ones do no tile
 MAX_COUNT_SPLITS = 8
 # The kernels' row positions (order, count, a row tile's start plus a step of up to MAX_DW_SPLITS tiles) are int32
 MAX_ROWS = 2**31 - 2**10

@@ -11,9 +11,10 @@ transformers' models name no matcher as timm's do, so the blocks are found by th
 DINOv2, CLIP / SigLIP vision, BERT, RoBERTa, DistilBERT: one list; Swin, ConvNeXt: a list of stages, each with a
 list of blocks, where the innermost lists are the blocks, numbered across the stages in order). A model without
 such a list is refused (transformers' ResNet, whose blocks are an ``nn.Sequential``: CNN recipes use no layer
-decay). A parameter outside the blocks takes the layer of the block before it in the model's registration order (a
-Swin stage's patch merging, after its blocks: its last block's), or 0 before the first block, or L + 1 after the
-last. A tied
+decay), as is one whose block lists lie in no one list of stages (CLIPModel's text and vision towers, helper-247). A
+parameter outside the blocks takes the layer of the block before it in the model's registration order (a Swin
+stage's patch merging, after its blocks: its last block's; ConvNeXt's downsampling, before a stage's blocks: the
+previous stage's last block), or 0 before the first block, or L + 1 after the last. A tied
 parameter (BERT's decoder, the word embeddings) is one parameter: it trains at its first name's rate (the
 embeddings': layer 0). ``head_rate`` names parameters that train at the full rate wherever they sit: MaskSub's
 Swin mask token (the embeddings' ``mask_token``, new at fine-tuning: at the stem's rate it would barely move),
@@ -23,6 +24,7 @@ as the training command's wrapper parameters do (optim.py).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -34,7 +36,7 @@ BLOCK_LIST_NAMES = ("layer", "layers", "blocks")
 
 def check_layer_decay(layer_decay) -> float:
     """``layer_decay`` as a float in (0, 1]: a TypeError or ValueError that names what came otherwise."""
-    if isinstance(layer_decay, bool) or not isinstance(layer_decay, (int, float)):
+    if isinstance(layer_decay, bool) or not isinstance(layer_decay, numbers.Real):  # NumPy's floats too
         raise TypeError(f"layer_decay must be a number in (0, 1]; got {type(layer_decay).__name__}")
     if not (0 < layer_decay <= 1) or not math.isfinite(layer_decay):
         raise ValueError(f"layer_decay must be in (0, 1] (MAE: 0.65, FT-CLIP: 0.6); got {layer_decay}")
@@ -47,6 +49,13 @@ def _block_prefixes(model: nn.Module) -> list[str]:
              if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in BLOCK_LIST_NAMES
              and any(True for _ in module.parameters())]  # fmt: skip
     inner = [name for name in lists if not any(other.startswith(name + ".") for other in lists)]
+    stages = [name for name, module in model.named_modules() if isinstance(module, nn.ModuleList)
+              and all(block.startswith(name + ".") for block in inner)]  # fmt: skip
+    if len(inner) > 1 and not stages:  # blocks of several stacks (towers), which one numbering would interleave
+        raise ValueError(
+            f"layer_decay numbers one stack of blocks; {type(model).__name__} has block lists in no one list of "
+            f"stages: {inner}"
+        )
     blocks = []
     for name in inner:
         blocks += [f"{name}.{key}" for key, child in model.get_submodule(name).named_children()

@@ -188,7 +188,10 @@ class MaskSubTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         """MaskSub's joint loss in training; the main criterion and the model's logits in evaluation."""
         if self.masksub.family == "mlm":
-            out = self.masksub(inputs)
+            # its branches call the encoder and the head past the model's forward, which is all that the Trainer's
+            # mixed precision (accelerate's) wraps: without this, bf16=True / fp16=True trained in fp32 (helper-249)
+            with self.accelerator.autocast():
+                out = self.masksub(inputs)
             return (out["loss"], {k: v for k, v in out.items() if k != "loss"}) if return_outputs else out["loss"]
         if "pixel_values" not in inputs or "labels" not in inputs:
             raise ValueError(f"MaskSubTrainer needs batches with 'pixel_values' and 'labels'; got {sorted(inputs)}")

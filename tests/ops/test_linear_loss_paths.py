@@ -303,19 +303,26 @@ def test_capture_safe_runs_the_capture_path_eagerly(monkeypatch, op_backend):  #
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda" or "triton" not in OP_BACKENDS, reason="needs a CUDA device")
-def test_cuda_graph_capture_of_class_ids_after_a_capture_safe_warm_up():
+@pytest.mark.parametrize("kind", ["index_ignore", "dense"])
+@pytest.mark.parametrize("single", [False, True])
+def test_cuda_graph_capture_after_a_capture_safe_warm_up(kind, single):
     # The recipe of docs/api.md: warm up inside mk.capture_safe() on a side stream (it loads the kernels the capture
-    # launches), capture the public op's step with class ids, replay on new inputs: each replay equals an eager call
+    # launches: the recompute op's for class ids, the count on the device for probabilities), capture the public
+    # op's step, replay on new inputs (other rows ignored each time: the count changes on the device): each replay
+    # equals an eager call of the same path
     rows, depth, classes = 64, 32, 1000
-    h, hs, w, b, target = (t.detach() for t in make_inputs(rows, depth, classes, kind="index_ignore"))
+    h, hs, w, b, target = (t.detach() for t in make_inputs(rows, depth, classes, kind=kind))
     inputs = [t.requires_grad_(True) for t in (h.clone(), hs.clone(), w.clone(), b.clone())]
 
     def step():
         for t in inputs:
             t.grad = None
-        out = mk.linear_masksub_loss(*inputs, target)
-        out.loss.backward()
-        return out.loss.detach(), [t.grad for t in inputs]
+        if single:
+            loss = mk.linear_soft_target_cross_entropy(inputs[0], inputs[2], inputs[3], target)
+        else:
+            loss = mk.linear_masksub_loss(*inputs, target).loss
+        loss.backward()
+        return loss.detach(), [t.grad for t in inputs if t.grad is not None]
 
     with mk.use_backend("triton"):
         stream = torch.cuda.Stream()
@@ -327,14 +334,17 @@ def test_cuda_graph_capture_of_class_ids_after_a_capture_safe_warm_up():
         with torch.cuda.graph(graph):
             captured_loss, captured_grads = step()
         for seed in (1, 2):
-            new = make_inputs(rows, depth, classes, kind="index_ignore", seed=seed)
+            new = make_inputs(rows, depth, classes, kind=kind, seed=seed)
+            if kind == "index_ignore":
+                new[4][seed::2] = -100  # other rows ignored than the capture's (its [::3])
             with torch.no_grad():
                 for old, value in zip((*inputs, target), new):
                     old.copy_(value)
             graph.replay()
-            loss, grads = (captured_loss.clone(), [g.clone() for g in captured_grads])
+            loss, grads = captured_loss.clone(), [g.clone() for g in captured_grads]
             with mk.capture_safe():
                 eager_loss, eager_grads = step()
             torch.testing.assert_close(loss, eager_loss, rtol=1e-6, atol=0)
+            assert len(grads) == len(eager_grads) == (3 if single else 4)
             for a, e in zip(grads, eager_grads):
                 torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-7)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from test_hf_swin import tiny_swin
@@ -114,6 +115,14 @@ def test_bad_settings_are_refused(tmp_path):
         with pytest.raises(error, match="layer_decay must be"):
             check_layer_decay(bad)
     assert check_layer_decay(1) == 1.0
+    assert check_layer_decay(np.float32(0.5)) == 0.5  # NumPy's floats are numbers (helper-247)
+    # two towers (CLIPModel): their blocks would interleave in one numbering (helper-247)
+    tiny = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    config = transformers.CLIPConfig(text_config={**tiny, "vocab_size": 50},
+                                     vision_config={**tiny, "image_size": 32, "patch_size": 8})  # fmt: skip
+    towers = transformers.CLIPModel(config)
+    with pytest.raises(ValueError, match=r"one stack of blocks; CLIPModel has block lists in no one list of stages"):
+        hf_layer_ids(towers)
     model = tiny_hf("ViTForImageClassification").float()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(

@@ -420,3 +420,21 @@ def test_a_resumed_swin_checkpoint_without_the_mask_token_is_refused(tmp_path):
                              args=_args(tmp_path / "again", **args), train_dataset=data)  # fmt: skip
     with pytest.raises(RuntimeError, match=r"does not hold 1 of the model's tensors: \['swin.embeddings.mask_token'\]"):
         trainer.train(resume_from_checkpoint=str(checkpoint))
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_a_masked_lm_trains_under_the_trainers_mixed_precision(tmp_path, mixed):
+    # helper-249: accelerate's mixed precision wraps the model's forward, which the mlm family's branches bypass
+    # (they call the encoder and the head themselves): with bf16=True both branches ran in fp32. Now the encoder of
+    # each branch runs under autocast exactly when the Trainer's mixed precision is on
+    from test_mlm import make_batch, tiny_bert
+
+    model, batch = tiny_bert(), make_batch(batch=4, seed=3)
+    seen = []
+    model.bert.encoder.register_forward_pre_hook(lambda module, args: seen.append(torch.is_autocast_enabled("cpu")))
+    rows = [{key: value[i] for key, value in batch.items()} for i in range(4)]
+    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=1, bf16=mixed)
+    trainer = MaskSubTrainer(model=model, args=args, train_dataset=rows, masksub={"mask_ratio": 0.5})
+    trainer.train()
+    assert seen == [mixed, mixed]  # the main branch's encoder call and the sub-branch's
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32
