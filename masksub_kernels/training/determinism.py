@@ -26,6 +26,9 @@ on the CPU too: a kernel that read memory it never wrote would show. Determinist
 backward of bilinear / bicubic interpolation, e.g. a timm ViT with ``dynamic_img_size`` resizing its position
 embedding to another image size; adaptive pooling to more than 1 x 1; ``grid_sample``; 4-D ``cross_entropy``; none on
 the library's own paths, helper-134; a CNN's global pool to 1 x 1 is a mean, deterministic): it is off by default.
+Off, the context turns cuDNN's benchmarking on instead, as timm's train.py does (the fastest convolution algorithms
+for the run's shapes, chosen by timing at the first call of each: helper-249; a ResNet's steps on cuDNN's defaults
+otherwise), and puts it back after.
 """
 
 from __future__ import annotations
@@ -49,9 +52,13 @@ CUBLAS_WORKSPACE = ":4096:8"  # one of the two settings torch documents for dete
 @contextlib.contextmanager
 def deterministic_algorithms(on: bool) -> Iterator[None]:
     """While the context is open: torch's, cuDNN's and cuBLAS's deterministic settings when ``on`` (the module
-    docstring); nothing at all otherwise. Every setting is put back as it was when the context closes."""
+    docstring); cuDNN's benchmarking otherwise. Every setting is put back as it was when the context closes."""
     if not on:
-        yield
+        benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
         return
     saved = (
         torch.are_deterministic_algorithms_enabled(),

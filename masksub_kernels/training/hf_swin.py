@@ -118,9 +118,9 @@ def prepare(model: nn.Module) -> tuple[CellMask, nn.Parameter]:
     norm = embeddings.norm
     token = getattr(embeddings, "mask_token", None)
     if not isinstance(token, nn.Parameter):
-        weight = norm.weight
-        token = torch.empty(1, 1, weight.shape[0], device=weight.device, dtype=weight.dtype)
-        embeddings.mask_token = nn.Parameter(nn.init.trunc_normal_(token, std=0.02))
+        weight = norm.weight  # the token drawn on the CPU: a GPU run starts from the CPU run's (helper-249)
+        token = nn.init.trunc_normal_(torch.empty(1, 1, weight.shape[0], dtype=weight.dtype), std=0.02)
+        embeddings.mask_token = nn.Parameter(token.to(weight.device))
     return install(embeddings.dropout, CellMask), embeddings.mask_token
 
 

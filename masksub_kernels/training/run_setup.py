@@ -5,6 +5,7 @@ optimizer, schedule and Mixup built (``Setup``); ``--resume`` is resume.py's. A 
 from __future__ import annotations
 
 import ast
+import datetime
 import difflib
 import functools
 import os
@@ -96,6 +97,11 @@ def check_writable_directory(directory: str, what: str) -> None:
         raise UsageError(f"{what} cannot be made: {first!r} is not a writable directory")
 
 
+# How long a collective waits for the slowest rank: rank 0's work that the others wait on (masksub-train-mlm training
+# its tokenizer on a large corpus, a checkpoint written to slow storage) can outlast NCCL's 10 minutes (helper-249)
+DIST_TIMEOUT = datetime.timedelta(minutes=60)
+
+
 def _distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
     """(rank, world, device); initialises the process group under torchrun (NCCL on GPUs, gloo on CPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -134,7 +140,7 @@ def _distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
                 f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the processes with torchrun "
                 "(torchrun --nproc_per_node N ...), or unset WORLD_SIZE"
             )
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=DIST_TIMEOUT)
         return dist.get_rank(), world, device
     return 0, 1, device
 

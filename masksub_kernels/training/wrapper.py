@@ -11,10 +11,9 @@ or, for ViTs, the unmasked model with dropout (``variant='drop'``) or drop-path 
 
 Two schedules give the same gradients (dropout and drop-path aside, whose randomness differs):
 
-- joint: ``ms(images, target)`` runs both branches and returns the fused ``masksub_loss``; one backward by the
-  caller. Simple, but both graphs are alive at once (activation memory of two forwards).
+- joint: ``ms(images, target)`` runs both branches, returns the fused ``masksub_loss``; one backward by the caller.
 - sequential (``ms.train_step``, the official schedule): main forward + backward, then sub forward + backward, then
-  one optimizer step; the main graph is freed before the sub forward. See schedules.py.
+  one optimizer step; the main graph is freed before the sub forward (the joint one holds both). See schedules.py.
 """
 
 from __future__ import annotations
@@ -87,11 +86,11 @@ class MaskSub(nn.Module):
         model: a timm ViT (VisionTransformer, Eva, Beit, VisionTransformerRelPos) / Swin (v1, v2), a transformers
             ViT-like image classifier (ViT, DeiT, DINOv2, I-JEPA, ViT-MSN, CLIP, SigLIP: hf_vit.py), a CNN, or any
             image classifier (pixel-grid fallback with a one-time warning; a Hugging Face image classifier's
-            ``.logits`` are read from its output); may be ``torch.compile``-d (the
-            sub-branch is then compiled with the same options).
-            Or a Hugging Face masked-LM model of BERT / RoBERTa structure (family 'mlm', mlm.py): it then takes a
-            batch mapping (input_ids, labels, ...) where image models take images, and its branches return head
-            inputs instead of logits, which the fused-linear loss turns into the loss without [rows, V] logits.
+            ``.logits`` are read from its output); may be ``torch.compile``-d (the sub-branch is then compiled with
+            the same options). Or a Hugging Face masked-LM model of BERT / RoBERTa structure (family 'mlm', mlm.py):
+            it then takes a batch mapping (input_ids, labels, ...) where image models take images, and its branches
+            return head inputs instead of logits, which the fused-linear loss turns into the loss without [rows, V]
+            logits.
         mask_ratio: r, the fraction of tokens / cells removed (DropSub / PathSub: the dropout / drop-path rate).
         loss: 'ce' (softmax, DeiT / MAE / Swin recipes) or 'bce' (sigmoid, DeiT-III / ResNet RSB recipes).
         variant: 'mask' (MaskSub), 'drop' (DropSub) or 'path' (PathSub); the last two for timm ViTs only.
@@ -102,19 +101,18 @@ class MaskSub(nn.Module):
         cell_size: mask cell side, in tokens for Swin (8) and pixels for the pixel grid (32).
         sub_fill: mlm only: 'drop' (the sub-branch drops tokens) or 'mask' (it replaces them by [MASK]).
         mask_token_id: mlm with sub_fill='mask': the [MASK] id (default: the model config's ``mask_token_id``).
-        chunk_rows: mlm only: rows per chunk of the fused-linear loss, which holds about 2 chunk_rows V fp32 logits
-            at once (V the vocabulary; one branch's in the sequential schedule's main term); None: the backend's rule
-            (triton ~96 MiB of them, at least 384 rows for calls on 12288 rows or more; torch 2^20 / V rows;
-            docs/fused_linear.md). Evaluation (eval mode) forms the predicted rows' logits whatever it says.
-        model_kwargs: keyword arguments passed to every call of the model's forward, both branches, train and eval
-            (e.g. ``{'interpolate_pos_encoding': True}`` for a transformers ViT / Swin on images larger than its
-            config's); for the models whose sub-branch runs their forward (transformers' ViT-like and Swin
-            classifiers, the pixel family; DropSub / PathSub), and only names that forward takes.
+        chunk_rows: mlm only: rows per chunk of the fused-linear loss, which holds ~2 chunk_rows V fp32 logits at once
+            (V the vocabulary); None: the backend's rule (docs/fused_linear.md). Evaluation forms the predicted rows'
+            logits whatever it says.
+        model_kwargs: keyword arguments of every call of the model's forward, both branches, train and eval (e.g.
+            ``{'interpolate_pos_encoding': True}``: a transformers ViT / Swin on images larger than its config's),
+            for models whose sub-branch runs their forward (transformers' ViT-like, Swin; pixel; DropSub / PathSub);
+            only names that forward takes.
 
     In eval mode ``ms(images)`` just runs the model: {'logits'} (+ 'loss' = 'loss_main' when a target is given). The
-    mode is the model's (``in_training``): ``ms.eval()`` and ``model.eval()`` alike.
-    Only the Swin family owns a parameter, ``mask_token`` [C] (trunc-normal 0.02, listed by ``no_weight_decay``);
-    for transformers' Swin it lives in the model, in its own ``embeddings.mask_token`` slot [1, 1, C] (hf_swin.py).
+    mode is the model's (``in_training``): ``ms.eval()`` and ``model.eval()`` alike. Only the Swin family owns a
+    parameter, ``mask_token`` [C] (trunc-normal 0.02, listed by ``no_weight_decay``); for transformers' Swin it lives
+    in the model, in its own ``embeddings.mask_token`` slot [1, 1, C] (hf_swin.py).
     """
 
     def __init__(
@@ -187,9 +185,9 @@ class MaskSub(nn.Module):
         self.chunk_rows = check_chunk_rows(chunk_rows) or None  # mlm: rows per chunk (None: the backend's rule)
         self.model_kwargs = self._check_model_kwargs(inner, model_kwargs)
         if self.family == "swin" and variant == "mask" and not is_hf_swin(inner):
-            reference = next(inner.parameters())
-            token = torch.empty(swin_embed_dim(inner), device=reference.device, dtype=reference.dtype)
-            self.mask_token = nn.Parameter(nn.init.trunc_normal_(token, std=0.02))
+            reference = next(inner.parameters())  # drawn on the CPU: a GPU run starts from the CPU run's (helper-249)
+            token = nn.init.trunc_normal_(torch.empty(swin_embed_dim(inner), dtype=reference.dtype), std=0.02)
+            self.mask_token = nn.Parameter(token.to(reference.device))
         else:
             self.register_parameter("mask_token", None)
         if variant == "mask":
@@ -447,16 +445,18 @@ class MaskSub(nn.Module):
         return logits_of(masked, images.shape[0])
 
     def sub_logits(self, images: torch.Tensor, seed: int | torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of the sub-branch. The seed is drawn here, eagerly, when None (torch's default generator), so a
-        compiled sub-branch always receives an int; with ``seed=s`` the mask is the ops' mask for s. A seed tensor
-        (one int64 on the images' device) is passed through to the ops, which read it on the device."""
+        """Logits of the sub-branch: the ops' mask for ``seed`` (None: drawn here from torch's default generator; a
+        tensor, one int64 on the images' device: read on the device). A compiled sub-branch gets a tensor (an int is a
+        symbolic int there, per whose value reduce-overhead records a new CUDA graph: helper-249; same mask)."""
         if not isinstance(seed, torch.Tensor):
             seed = new_seed(seed)
         if self.model is self.inner_model:
             return self._sub_eager(images, seed)
-        if self._compiled_sub is None:
-            # Same backend and options as the user's torch.compile(model): its dynamo context wraps our function.
+        if self._compiled_sub is None:  # the user's torch.compile(model)'s backend and options: its dynamo context
             object.__setattr__(self, "_compiled_sub", self.model.dynamo_ctx(self._sub_eager))
+        if not isinstance(seed, torch.Tensor):
+            device = (images["input_ids"] if self._mlm is not None else images).device
+            seed = torch.full((1,), seed, dtype=torch.int64, device=device)
         return self._compiled_sub(images, seed)
 
     def forward(

@@ -3,6 +3,8 @@ fallbacks (helper-177's mutation audit: 42 mutants, 17 gaps in run_setup, config
 names the mutant it kills). Most call check_args on parsed options (no model is built); a few run setup() on the
 digits with a tiny ViT (~1 s)."""
 
+import datetime
+
 import pytest
 
 pytest.importorskip("sklearn", reason="the default dataset (digits) comes from scikit-learn")
@@ -98,13 +100,15 @@ def test_run_setup_torchrun_with_as_many_processes_as_gpus_is_accepted(monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
-    monkeypatch.setattr(dist, "init_process_group", lambda backend: None)
+    groups = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: groups.append((backend, timeout)))
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
     env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": "29500"}  # fmt: skip
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert run_setup._distributed(None) == (1, 2, torch.device("cuda", 1))
+    assert groups == [("nccl", datetime.timedelta(minutes=60))]  # not NCCL's 10 minutes (helper-249)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # more processes than GPUs: still refused
     with pytest.raises(UsageError, match="3 processes on this machine but 2 GPU"):
         run_setup._distributed(None)

@@ -152,6 +152,31 @@ def test_torch_compiled_model_gives_the_same_loss_and_gradients(variant):
     assert compiled.no_weight_decay() == {n.replace("model.", "model._orig_mod.", 1) for n in eager.no_weight_decay()}
 
 
+@pytest.mark.parametrize("family", ["vit", "mlm"])
+def test_a_compiled_sub_branch_takes_its_seed_as_a_tensor(family):
+    # helper-249: an int seed reached the compiled sub-branch as a symbolic int, per whose value torch.compile's
+    # reduce-overhead records a new CUDA graph (each step: a new seed); it gets a one-element int64 tensor on the
+    # batch's device instead, which gives the same mask
+    torch.manual_seed(0)
+    if family == "vit":
+        model, images = tiny_vit().double(), batch("vit")[0]
+    else:
+        from test_mlm import make_batch, tiny_bert
+
+        model, images = tiny_bert(), make_batch(batch=2, seed=3)
+    compiled, eager = MaskSub(torch.compile(copy.deepcopy(model), backend="eager")), MaskSub(model)
+    compiled.sub_logits(images, 5)  # builds the compiled sub-branch
+    seen, real = [], compiled._compiled_sub
+    object.__setattr__(compiled, "_compiled_sub", lambda x, seed: seen.append(seed) or real(x, seed))
+    got = compiled.sub_logits(images, 5)
+    (seed,) = seen
+    assert isinstance(seed, torch.Tensor) and seed.dtype == torch.int64 and seed.tolist() == [5]
+    want = eager.sub_logits(images, 5)
+    if family == "mlm":  # (head inputs, positions, ...): the hidden rows
+        got, want = got.hidden, want.hidden
+    torch.testing.assert_close(got, want)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("schedule", ["sequential", "joint"])
