@@ -28,7 +28,8 @@
 #                       tests/ops/test_gpu_scale.py at full size (the chunks' one launch in other warps than the
 #                       forward's, the over-rows barrier at a BERT chunk over 20 seeds, the image grid mask at
 #                       cell 24 against the reference 20 times: helper-164's G9, helper-165), and
-#                       tests/test_philox.py's Triton draws (counters past 2^32, negative int32 seeds: helper-246)
+#                       tests/test_philox.py's Triton draws (counters past 2^32, negative int32 seeds: helper-246),
+#                       each family's train_step under bf16 with no host sync (test_schedules.py: helper-249)
 #     tests-select.log  tests/ops/test_token_select.py (122 s in one process on the H200, 2026-12-04, 168 tests;
 #                       178 now): its tests over 3 xdist workers (--dist load, where xdist is installed; one file,
 #                       so loadfile would give one worker: helper-214), each compiling the kernels its tests use
@@ -57,9 +58,9 @@ step env.txt 15 write_env
 # phase 1: the open questions, and the tests of the kernels that changed most
 # (test_philox.py's Triton draws here: tests-rest ran out of its cap on 2026-12-04 before reaching them; helper-247)
 OPEN_TESTS=(tests/training/test_determinism.py tests/test_bench_more.py tests/ops/test_gpu_scale.py
-  tests/test_philox.py)
-step_bg tests-open.log 150 "${PYTEST[@]}" "${OPEN_TESTS[@]}" \
-  -k 'on_a_gpu or gpu_measure or gpu_scale or randint_bit_for_bit or past_two_to_the_32' # (CPU: CI's)
+  tests/test_philox.py tests/training/test_schedules.py)
+step_bg tests-open.log 150 "${PYTEST[@]}" "${OPEN_TESTS[@]}" -k 'on_a_gpu or gpu_measure or gpu_scale or
+  randint_bit_for_bit or past_two_to_the_32 or does_not_synchronise_with_the_gpu' # (CPU: CI's)
 SELECT_XDIST=()
 ((${#XDIST[@]})) && SELECT_XDIST=(-n 3 --dist load) # the tests of one file over 3 workers (no order between them)
 step_bg tests-select.log 150 "${PYTEST[@]}" "${SELECT_XDIST[@]}" tests/ops/test_token_select.py

@@ -180,19 +180,30 @@ def test_a_compiled_sub_branch_takes_its_seed_as_a_tensor(family):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("schedule", ["sequential", "joint"])
-def test_train_step_does_not_synchronise_with_the_gpu(schedule):
+@pytest.mark.parametrize(("family", "amp"), [("swin", None), ("vit", torch.bfloat16), ("swin", torch.bfloat16),
+                                             ("resnet", torch.bfloat16)])  # fmt: skip
+def test_train_step_does_not_synchronise_with_the_gpu(schedule, family, amp):
+    # helper-249's device check: each family's step on CUDA, under bf16 autocast, channels_last for the grid
+    # families, reads nothing back from the GPU (a host sync raises), and trains finite
     torch.manual_seed(0)
-    ms = MaskSub(tiny_swin().cuda()).train()
-    images, target = (t.cuda() for t in batch("swin", dtype=torch.float32))
+    build = {"vit": tiny_vit, "swin": tiny_swin, "resnet": tiny_resnet}[family]
+    layout = torch.contiguous_format if family == "vit" else torch.channels_last
+    ms = MaskSub(build().cuda().to(memory_format=layout)).train()
+    images, target = (t.cuda() for t in batch(family, dtype=torch.float32))
+    images = images.contiguous(memory_format=layout)
     optimizer = torch.optim.SGD(ms.parameters(), lr=0.1, foreach=True)
-    ms.train_step(images, target, optimizer, seed=1, clip_grad=1.0, schedule=schedule)  # warm-up (allocations)
+    autocast = functools.partial(torch.autocast, "cuda", dtype=amp) if amp is not None else None
+    step = functools.partial(ms.train_step, images, target, optimizer, clip_grad=1.0, schedule=schedule,
+                             autocast=autocast)  # fmt: skip
+    step(seed=1)  # warm-up (allocations)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for step in range(2):
-            ms.train_step(images, target, optimizer, seed=2 + step, clip_grad=1.0, accum_steps=2, schedule=schedule)
+        outs = [step(seed=2 + i, accum_steps=2) for i in range(2)]
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(out["loss"]).item() for out in outs)
+    assert all(torch.isfinite(p).all() for p in ms.parameters())
 
 
 def test_a_checked_optimizer_is_forgotten_when_collected():
