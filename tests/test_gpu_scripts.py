@@ -50,6 +50,31 @@ def budget(lines: list[list[str]]) -> int:
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
+def test_every_filtered_pytest_step_collects_tests(script, tmp_path):
+    # helper-251: a -k expression written over two lines in gpu_check.sh collected nothing (pytest's -k refuses a
+    # newline): the GPU run's first phase would have run no test. Each pytest step with a -k, collected here with its
+    # own files and expression (its workers and plugins left out), must collect some
+    steps = [rest[2:] for kind, *rest in dry_run(script, tmp_path) if kind in ("step", "step_bg")]
+    checked = 0
+    for command in steps:
+        if command[1:3] != ["-m", "pytest"] or "-k" not in command:
+            continue
+        args, skip = [], 0
+        for arg in command[3:]:
+            if skip:
+                skip -= 1
+            elif arg in ("-n", "--dist", "-p"):
+                skip = 1
+            elif not arg.startswith(("-v", "-r", "--durations")):
+                args.append(arg)
+        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+                             cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 0 and " collected" in out.stdout, (command, out.stdout[-2000:], out.stderr[-2000:])
+        checked += 1
+    assert checked or script.endswith("gpu_bench.sh")  # gpu_check.sh's first phase filters with -k
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_each_call_fits_the_window(script, tmp_path):
     lines = dry_run(script, tmp_path)
     *_, last = lines
