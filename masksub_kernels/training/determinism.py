@@ -44,7 +44,7 @@ import torch
 DETERMINISTIC_HELP = (
     "deterministic kernels on a GPU (torch.use_deterministic_algorithms; cuDNN; CUBLAS_WORKSPACE_CONFIG): the same "
     "bits from the same seed, and a resumed run bit-identical to an uninterrupted one, or an error naming an op that "
-    "has no deterministic kernel; can be slower. The CPU needs none"
+    "has no deterministic kernel; can be slower. The CPU needs none. Off: cuDNN's benchmarking on (timm's setting)"
 )
 CUBLAS_WORKSPACE = ":4096:8"  # one of the two settings torch documents for deterministic cuBLAS (16 MiB a stream)
 

@@ -283,9 +283,13 @@ def _other_cell(grid: tuple[int, int], cell_size: int, mask_ratio: float) -> str
 
 def _check_cells(family: str, grid: tuple[int, int], patch: tuple[int, int], cell_size: int, mask_ratio: float) -> None:
     """A grid of too few cells keeps none: say which image size or cell size would keep one (the bare
-    ``num_kept_tokens`` error talks about tokens, which means nothing to a CNN user)."""
+    ``num_kept_tokens`` error talks about tokens, which means nothing to a CNN user). One of more cells than a mask
+    selects among (8192): the ops' error, naming a larger cell size, here before the first step (helper-251)."""
     import math
 
+    from ..ops._grid_checks import _cell_grid
+
+    _cell_grid(grid[0], grid[1], cell_size, "images" if family != "swin" else "Swin's stage-1 token grid")
     cells = (grid[0] // cell_size) * (grid[1] // cell_size)
     needed = _fewest_cells(mask_ratio)
     if cells >= needed:

@@ -92,6 +92,11 @@ def split_groups_by_layer(
     head's groups come first: a Trainer logs the first group's rate, which is then the schedule's own."""
     if optimizer.state:
         raise ValueError("split_groups_by_layer: the optimizer has taken steps; split its groups before the first")
+    if any("initial_lr" in group for group in optimizer.param_groups):  # what a torch scheduler sets at construction
+        raise ValueError(
+            "split_groups_by_layer: a learning-rate scheduler was built on the optimizer's groups (it would not see "
+            "the new ones); split them before building the scheduler"
+        )
     names = {id(p): name for name, p in model.named_parameters()}
     ids, depth = hf_layer_ids(model)
     ids.update({name: depth + 1 for name in head_rate if name in ids})

@@ -118,7 +118,8 @@ class MaskSubTrainer(Trainer):
             if self.optimizer is not None:
                 raise ValueError(
                     "layer_decay splits the groups of the optimizer the Trainer builds; one was given in optimizers="
-                    ": split its groups with masksub_kernels.training.hf_layer_decay.split_groups_by_layer instead"
+                    ": split its groups with masksub_kernels.training.hf_layer_decay.split_groups_by_layer (a Swin's "
+                    "mask token in head_rate) before building its scheduler instead"
                 )
             hf_layer_ids(self.model)  # a model without block lists: refused now, not at train()
         # MaskSub's loss is a mean over the micro-batch: the Trainer divides it by its accumulation steps when told

@@ -140,6 +140,10 @@ def test_bad_settings_are_refused(tmp_path):
     stepped.step()
     with pytest.raises(ValueError, match="the optimizer has taken steps"):
         split_groups_by_layer(stepped, model, 0.5)
+    scheduled = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.optim.lr_scheduler.LambdaLR(scheduled, lambda step: 1.0)  # it keeps the groups it saw (helper-251)
+    with pytest.raises(ValueError, match="split them before building the scheduler"):
+        split_groups_by_layer(scheduled, model, 0.5)
     # a hand-built optimizer split by hand: every group keeps its settings, at its layer's rate
     optimizer = torch.optim.SGD([{"params": model.classifier.parameters(), "momentum": 0.9},
                                  {"params": model.vit.parameters(), "momentum": 0.0}], lr=0.2)  # fmt: skip

@@ -40,6 +40,17 @@ def test_pixel_sub_logits_alone_gives_the_size_advice():
         ms.sub_logits(torch.randn(2, 3, 64, 48, dtype=torch.float64), seed=1)
 
 
+def test_a_size_of_more_cells_than_a_mask_selects_among_is_refused_before_training():
+    # helper-251: a CNN at 4096 px in cells of 32 has 16384 cells, more than the 8192 the selection takes: the ops
+    # refuse it at the first step; check_input_size (the command's set-up, MaskSub's construction) now says so first,
+    # naming a cell size that fits
+    from masksub_kernels.training.families import check_input_size
+
+    with pytest.raises(ValueError, match=r"images of 4096 x 4096: 16384 cells .* 8192 .* \(cell_size=64 gives 4096\)"):
+        check_input_size("pixel", tiny_resnet(), 4096, 32, 0.5)
+    check_input_size("pixel", tiny_resnet(), 4096, 64, 0.5)
+
+
 # Kills P07 (is_convolutional's "stride 1" rule loosened to stride <= 2): PoolFormer's only wide convolutions are
 # its 7x7/4 stem and 3x3/2 downsamplings, so the stride rule is all that keeps it from counting as a CNN (its
 # docstring names it); no model in the test depended on the stride.
