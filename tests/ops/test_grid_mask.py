@@ -523,3 +523,22 @@ def test_float8_images_and_tokens_are_refused_as_a_type_error(dtype):
         mk.mask_image_grid(images.to(DEVICE))
     with pytest.raises(TypeError, match="tokens must be float32, float16, bfloat16 or float64"):
         mk.mask_tokens_grid(tokens.to(DEVICE), torch.zeros(4, dtype=dtype, device=DEVICE))
+
+
+# helper-250's mutation audit (the mutant named in the comment)
+# kills _grid_checks.py `cells > MAX_TOKENS` -> `>=` (M30: a grid of exactly 8192 cells refused), the hint's
+# `<= MAX_TOKENS` -> `<` (M31: 8192 cells fit, a larger size was named), its range's `min(height, width) + 1` ->
+# `min(height, width)` (M33: a cell as large as the shorter side was never named), `if larger else ""` dropped
+# (M32: no size fits, and the message raised a TypeError instead)
+def test_the_cell_count_limit_and_its_hint_at_their_edges():
+    from masksub_kernels.ops._grid_checks import _cell_grid
+
+    assert _cell_grid(64, 128, 1, "images") == (1, 64, 128)  # 8192 cells: the limit itself
+    with mk.use_backend("torch"):
+        _, mask = mk.mask_image_grid(torch.zeros(1, 1, 64, 128), 0.5, cell_size=1, seed=0)
+    assert mask.shape == (1, 64, 128) and int(mask.sum()) == 4096
+    cases = (((4096, 8192, 32), r" \(cell_size=64 gives 8192\)"), ((97, 9700, 1), r" \(cell_size=97 gives 100\)"),
+             ((1, 8193, 1), ""))  # fmt: skip
+    for (height, width, size), hint in cases:
+        with pytest.raises(ValueError, match=rf"cell_size={size}, more than the 8192 a mask selects among{hint}$"):
+            _cell_grid(height, width, size, "images")

@@ -191,3 +191,22 @@ def test_meta_tensors_get_the_stored_gradients_shapes_on_every_backend(backend):
         mk.linear_masksub_loss(h, hs, w, b, torch.zeros(8, dtype=torch.long, device=meta)).loss.backward()
     assert [x.grad.shape for x in (h, hs, w, b)] == [(8, 4), (8, 4), (10, 4), (10,)]
     assert all(x.grad.device == meta for x in (h, hs, w, b))
+
+
+# helper-250's mutation audit (the mutant named in the comment)
+# kills _linear_loss_grads.py _scaled's `cdiv(stored.numel(), SCALE_BLOCK[1]) > GRID_Y_LIMIT` -> `>=` (M34): a db
+# of exactly GRID_Y_LIMIT column blocks fits axis 1 and keeps its one row (the existing test lowers the limit to 0)
+@pytest.mark.triton
+def test_a_db_at_the_grid_limit_stays_one_row():
+    from masksub_kernels.ops import _linear_loss_grads as grads
+
+    launches, real = [], grads._scale_kernel
+    g = torch.tensor(0.5, device=DEVICE)
+    db = torch.randn(30, device=DEVICE)  # 30 classes: one column block of 256
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(grads, "GRID_Y_LIMIT", 1)
+        patch.setattr(grads, "_scale_kernel", type("K", (), {"__getitem__": lambda _, grid: launches.append(grid)
+                                                              or real[grid]})())  # fmt: skip
+        scaled = grads._scaled(db.clone(), g, True, torch.float32, kernel=True)
+    assert launches == [(1, 1)]  # one row of 30 classes: 1 block on axis 0, 1 on axis 1
+    assert torch.equal(scaled, db * g)

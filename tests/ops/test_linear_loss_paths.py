@@ -348,3 +348,24 @@ def test_cuda_graph_capture_after_a_capture_safe_warm_up(kind, single):
             assert len(grads) == len(eager_grads) == (3 if single else 4)
             for a, e in zip(grads, eager_grads):
                 torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-7)
+
+
+# helper-250's mutation audit (the mutant named in the comment)
+# kills _linear_loss_chunks.py sync_free's order swapped, `_capture_safe_depth > 0 or torch.compiler.is_compiling()`
+# (M29): dynamo then reads the depth while tracing and guards on it, and a compiled call inside mk.capture_safe()
+# recompiles (helper-247)
+def test_capture_safe_does_not_recompile_a_compiled_caller():
+
+    compiles = []
+
+    def backend(graph, example_inputs):
+        compiles.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    step = torch.compile(lambda x: x * 2 if chunks.sync_free(x) else x, backend=backend)
+    x = torch.ones(3, device=DEVICE)
+    assert torch.equal(step(x), x * 2)  # traced: sync-free
+    with mk.capture_safe():
+        assert torch.equal(step(x), x * 2)
+    assert len(compiles) == 1

@@ -555,3 +555,17 @@ def test_make_fx_traces_ignored_rows(backend):
 
     graph = make_fx(loss)(main, sub, target)
     torch.testing.assert_close(graph(main * 2, sub, target), loss(main * 2, sub, target))
+
+
+# helper-250's mutation audit (the mutant named in the comment)
+# kills _common.py `MAX_CLASSES = 2**31 - 2**16` -> any value past 2^31 - the widest block (M36: the existing test
+# reads the constant, so it passes for any value, and its message keeps saying 2^31 - 2^16): a row of the most
+# classes admitted keeps its column positions int32 up to the start after its last block, at the widest block
+def test_the_class_limit_leaves_the_last_block_within_int32():
+    from masksub_kernels.ops import linear_masksub_loss as lm
+    from masksub_kernels.ops import masksub_loss as ml
+    from masksub_kernels.ops._common import MAX_CLASSES
+
+    widest = max(ml.MAX_BLOCK_C, lm.MAX_BLOCK_N)
+    assert -(-MAX_CLASSES // widest) * widest <= 2**31 - 1  # a class loop's start after its last block: int32
+    assert MAX_CLASSES == 2**31 - 2**16  # the number the refusals name

@@ -150,3 +150,77 @@ def test_bad_settings_are_refused(tmp_path):
     split_groups_by_layer(optimizer, model, 0.5)
     assert [(g["lr"], g["momentum"], len(g["params"])) for g in optimizer.param_groups][:3] == [
         (0.2, 0.9, 2), (0.2, 0.0, 2), (0.1, 0.0, 16)]  # fmt: skip
+
+
+# helper-250's mutation audit of the day's code: each test names the mutant it kills
+# kills hf_layer_decay.py hf_layer_ids `name.startswith(block + ".")` -> `name.startswith(block)` (M14): a ViT-B's
+# blocks 10 and 11 start with "layers.1", so they took block 1's layer (the tests' models had 2 or 3 blocks)
+def test_blocks_past_the_tenth_take_their_own_layers():
+
+    ids, depth = hf_layer_ids(tiny_hf("ViTForImageClassification", num_hidden_layers=12))
+    assert depth == 12
+    names = ("vit.layers.1.mlp.fc1.weight", "vit.layers.10.mlp.fc1.weight", "vit.layers.11.mlp.fc2.bias",
+             "vit.layernorm.weight", "classifier.weight")  # fmt: skip
+    assert [ids[n] for n in names] == [2, 11, 12, 13, 13]
+
+
+# kills hf_layer_decay.py _block_prefixes: the lists' `and any(True for _ in module.parameters())` dropped (M5: a
+# parameterless list named blocks beside the real one refused the model as two towers), the blocks'
+# `if any(True for _ in child.parameters())` dropped (M11: a parameterless entry counted as a block, one layer
+# more), the stages' `all(...)` -> `any(...)` (M8: an encoder's stages and a decoder's blocks numbered as one
+# stack)
+def test_block_lists_are_those_holding_parameters_in_one_stack():
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(2, 2)
+            self.layers = nn.ModuleList([nn.Linear(2, 2), nn.Identity(), nn.Linear(2, 2)])  # Identity: no block
+            self.blocks = nn.ModuleList([nn.Dropout(), nn.GELU()])  # no parameters: no block list
+            self.head = nn.Linear(2, 2)
+
+    ids, depth = hf_layer_ids(Net())
+    assert depth == 2
+    assert [ids[n] for n in ("embed.weight", "layers.0.bias", "layers.2.weight", "head.bias")] == [0, 1, 2, 3]
+
+    def stage():
+        holder = nn.Module()
+        holder.blocks = nn.ModuleList([nn.Linear(2, 2)])
+        return holder
+
+    towers = nn.Module()  # a hierarchical encoder's stages (one stack) and a decoder's blocks (another)
+    towers.encoder = nn.Module()
+    towers.encoder.stages = nn.ModuleList([stage(), stage()])
+    towers.decoder = nn.Module()
+    towers.decoder.layers = nn.ModuleList([nn.Linear(2, 2)])
+    with pytest.raises(ValueError, match="one stack of blocks; Module has block lists in no one list of stages"):
+        hf_layer_ids(towers)
+
+
+# kills hf_trainer.py create_optimizer `built = self.optimizer is None` -> `built = True` (M21): a second call (the
+# Trainer's own in train(), after the caller built the optimizer to inspect it) split the split groups again: each
+# group's lr scaled twice, its lr_scale recorded once
+def test_an_optimizer_built_before_train_is_split_once(tmp_path):
+
+    model = tiny_hf("ViTForImageClassification").float()
+    trainer = MaskSubTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=_data(4, 0),
+                             layer_decay=0.5)  # fmt: skip
+    trainer.create_optimizer()
+    trainer.train()
+    ids, depth = hf_layer_ids(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in trainer.optimizer.param_groups:
+        for p in group["params"]:
+            assert group["lr_scale"] == 0.5 ** (depth + 1 - ids[names[id(p)]]), names[id(p)]
+            assert group["lr"] == pytest.approx(0.1 * group["lr_scale"]), names[id(p)]  # the constant schedule's
+
+
+# kills hf_trainer.py __init__ `hf_layer_ids(self.model)` dropped (M25): a model without block lists (transformers'
+# ResNet) was taken, to fail only when train() built the optimizer
+def test_a_model_without_block_lists_is_refused_when_the_trainer_is_built(tmp_path):
+
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)
+    resnet = transformers.ResNetForImageClassification(config)
+    with pytest.raises(ValueError, match=r"layers / blocks; ResNetForImageClassification has none"):
+        MaskSubTrainer(model=resnet, args=_args(tmp_path), layer_decay=0.65)

@@ -365,3 +365,15 @@ def test_each_batch_is_checked_with_the_runs_mask_ratio_before_the_main_branch()
     with pytest.raises(ValueError, match=r"mask_ratio=0.8 keeps none of the 4 mask cell\(s\)"):
         ms(images, torch.tensor([0, 3, 4]), seed=1)
     assert heads == []
+
+
+# helper-250's mutation audit: kills hf_swin.py prepare's mask token drawn on the model's device again (a GPU run
+# started from another token than the CPU run of its seed, helper-249) and the token left on the CPU; the meta device
+# stands in for a GPU
+def test_the_mask_token_is_drawn_on_the_cpu_and_lives_on_the_models_device(monkeypatch):
+    from masksub_kernels.training import hf_swin
+
+    drawn, real = [], torch.nn.init.trunc_normal_
+    monkeypatch.setattr(torch.nn.init, "trunc_normal_", lambda t, **kw: drawn.append(t.device) or real(t, **kw))
+    assert hf_swin.prepare(tiny_swin("SwinForImageClassification").to("meta"))[1].device.type == "meta"
+    assert drawn == [torch.device("cpu")]

@@ -237,3 +237,22 @@ def test_an_epoch_trains_whole_accumulation_windows(tmp_path):
 
     argv = [*TINY_VIT, "--limit-batches", "5", "--grad-accum-steps", "2", "--output", str(tmp_path)]
     assert setup(build_parser().parse_args(argv)).batches == 4
+
+
+# helper-250's mutation audit (the mutant named in the comment)
+# kills run_setup.py `init_process_group(..., timeout=DIST_TIMEOUT)` for NCCL only (M48): the existing test stubs a
+# GPU machine; torchrun with --device cpu (gloo) waits as long
+def test_run_setup_torchrun_on_cpus_waits_an_hour_too(monkeypatch):
+    import torch
+    import torch.distributed as dist
+
+    from masksub_kernels.training import run_setup
+
+    groups = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: groups.append((backend, kw)))
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "29500"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    assert run_setup._distributed("cpu") == (0, 2, torch.device("cpu"))
+    assert groups == [("gloo", {"timeout": datetime.timedelta(minutes=60)})]

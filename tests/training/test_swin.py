@@ -89,3 +89,13 @@ def test_the_timm_swin_mask_token_has_the_models_dtype_and_device():
     weight = model.patch_embed.proj.weight
     assert ms.mask_token.dtype == weight.dtype == torch.float64 and ms.mask_token.device == weight.device
     assert "mask_token" in ms.state_dict() and ms.state_dict()["mask_token"].dtype == torch.float64
+
+
+# helper-250's mutation audit: kills wrapper.py's mask token drawn on the model's device again (a GPU run started from
+# another token than the CPU run of its seed, helper-249) and the token left on the CPU (`.to(device)` dropped); the
+# meta device stands in for a GPU
+def test_the_mask_token_is_drawn_on_the_cpu_and_lives_on_the_models_device(monkeypatch):
+    drawn, real = [], torch.nn.init.trunc_normal_
+    monkeypatch.setattr(torch.nn.init, "trunc_normal_", lambda t, **kw: drawn.append(t.device) or real(t, **kw))
+    assert MaskSub(tiny_swin().to("meta")).mask_token.device.type == "meta"
+    assert drawn == [torch.device("cpu")]
