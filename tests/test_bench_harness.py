@@ -90,14 +90,16 @@ class _FakeGpu:
 
 def test_gpu_timing_keeps_prepare_and_flush_outside_the_events_and_syncs_around_them(monkeypatch):
     # 1 warm-up, 3 timed calls of 2, 4, 3 ms, 5 host-pass calls of 1, 1, 1, 1, 10 ms (median 1, mean 2.8), the traced
-    # call: each after prepare() and a synchronize (the prepared graph finished before the flush and the events)
+    # call: each after prepare(), the untimed ones after a synchronize too; a timed call's prepared forward is queued
+    # before the flush and the events, not drained (helper-252: drained, the GPU idled inside the events while
+    # autograd reached the backward's first launch)
     gpu = _FakeGpu(monkeypatch, [0, 2, 4, 3, 1, 1, 1, 1, 10, 0])
     result = timing.measure(gpu.call, torch.device("cuda"), warmup=1, repeats=3, prepare=gpu.prepare)
     assert gpu.costs == []  # warm-up, repeats, HOST_REPEATS, the traced call: no call more or fewer
     assert (result.median_ms, result.p20_ms, result.p80_ms) == (pytest.approx(3), pytest.approx(2), pytest.approx(4))
     assert result.host_ms == pytest.approx(1.0) and result.peak_mem_mb == 1.0
     ready = ["prepare", "sync"]  # prepare() and its work finished
-    warm, timed = [*ready, "fn", "sync"], [*ready, "flush", "record", "fn", "record"]
+    warm, timed = [*ready, "fn", "sync"], ["prepare", "flush", "record", "fn", "record"]
     host, traced = [*ready, "sync", "fn"], [*ready, "sync", "traced", "fn"]
     assert gpu.log == [*warm, *timed * 3, "sync", *host * 5, *traced]
 

@@ -42,7 +42,7 @@ from .mlm_tokenizer import (
     removed_if_refused,
     tokenizer_path,
 )
-from .rank_zero import rank_zero_check
+from .rank_zero import ReportedOnRankZero, rank_zero_check
 from .run_setup import (
     UsageError,
     _distributed,
@@ -523,6 +523,7 @@ def _run(args) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - round_start
+        _check_finite_weights(ms.model, step + 1, rank)
         metrics = _evaluate(args, ms, vocab, val, rank, world, device, autocast)
         n = float(sums[3]) or float("nan")  # no micro-batch predicted a token: no loss to log
         wall += time.perf_counter() - round_start
@@ -558,6 +559,20 @@ def _run(args) -> None:
         del step_fn  # its closure holds ms (whose DDP module close_process_group forgets) or, for --baseline, a
         # PlainStep and its own DDP module
         close_process_group(ms)
+
+
+def _check_finite_weights(model: nn.Module, step: int, rank: int) -> None:
+    """Stop a run whose weights are no longer finite before its round saves them over last.pth, the last good
+    checkpoint (helper-253). Weights, not the round's loss: under fp16 a non-finite loss whose step the GradScaler
+    skipped leaves them intact. One device read per round; DDP keeps every rank's weights equal: all stop alike."""
+    finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+    if not bool(finite):
+        report = UsageError if rank == 0 else ReportedOnRankZero
+        raise report(
+            f"step {step}: the model's weights are no longer finite (the training diverged): stopped before saving, "
+            "so last.pth holds the last finite round; resume from it with a lower --lr or a longer --warmup-steps "
+            "(or --amp bf16 for fp16)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
