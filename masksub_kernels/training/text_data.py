@@ -140,12 +140,20 @@ def train_tokenizer(documents: list[str], vocab_size: int):
     return tokenizer
 
 
+# Documents per encode_batch call of pack_blocks: the tokenizers' Encoding objects of one batch are ~140 bytes a token,
+# so the whole corpus at once peaked at ~175 bytes a token (helper-253); by batches, ~12 (the stream's int32 ids and
+# the int64 blocks) plus one batch's
+ENCODE_BATCH_DOCUMENTS = 10_000
+
+
 def pack_blocks(tokenizer, documents: list[str], length: int) -> torch.Tensor:
     """int64 [num_blocks, length]: [CLS] + L - 2 tokens of the documents joined by [SEP] + [SEP]."""
+    import numpy as np
+
     if length < 3:
         raise ValueError(f"the sequence length must be >= 3 ([CLS], a token, [SEP]), got {length}")
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    stream: list[int] = []
+    parts = []
     # the text's own "[MASK]", "[PAD]", ... (a corpus about BERT) are words, not special tokens: encoded as text
     # (tokenizers matches added tokens in the text even without add_special_tokens; helper-131)
     inner = getattr(tokenizer, "_tokenizer", tokenizer)  # a BertWordPieceTokenizer wraps its Tokenizer
@@ -158,7 +166,12 @@ def pack_blocks(tokenizer, documents: list[str], length: int) -> torch.Tensor:
     if padding:
         inner.no_padding()
     try:
-        encodings = tokenizer.encode_batch(documents, add_special_tokens=False)
+        for start in range(0, len(documents), ENCODE_BATCH_DOCUMENTS):
+            encodings = tokenizer.encode_batch(
+                documents[start : start + ENCODE_BATCH_DOCUMENTS], add_special_tokens=False
+            )
+            ids = (token for encoding in encodings for token in (*encoding.ids, sep_id))
+            parts.append(np.fromiter(ids, dtype=np.int32))  # (a vocabulary's ids are far below 2^31)
     finally:
         if was is not None:
             inner.encode_special_tokens = was
@@ -166,16 +179,16 @@ def pack_blocks(tokenizer, documents: list[str], length: int) -> torch.Tensor:
             inner.enable_truncation(**truncation)
         if padding:
             inner.enable_padding(**padding)
-    for encoding in encodings:
-        stream.extend(encoding.ids)
-        stream.append(sep_id)
+    stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    del parts
     body = length - 2
     num_blocks = len(stream) // body
     if num_blocks == 0:
         raise ValueError(f"the corpus has {len(stream)} tokens: too few for one block of {length}")
-    tokens = torch.tensor(stream[: num_blocks * body], dtype=torch.int64).view(num_blocks, body)
-    frame = lambda value: torch.full((num_blocks, 1), value, dtype=torch.int64)
-    return torch.cat([frame(cls_id), tokens, frame(sep_id)], dim=1)
+    blocks = torch.empty(num_blocks, length, dtype=torch.int64)
+    blocks[:, 0], blocks[:, -1] = cls_id, sep_id
+    blocks[:, 1:-1] = torch.from_numpy(stream[: num_blocks * body].reshape(num_blocks, body))
+    return blocks
 
 
 def special_tokens_mask(blocks: torch.Tensor, tokenizer) -> torch.Tensor:

@@ -292,3 +292,30 @@ def test_mlm_learning_rate_warms_up_then_decays_linearly_to_0():
     assert [mlm_cli._lr_factor(step, warmup=0, total=4) for step in range(5)] == pytest.approx(
         [1, 3 / 4, 2 / 4, 1 / 4, 0]
     )
+
+
+def test_a_diverged_run_stops_before_saving_over_its_last_checkpoint(corpus, tokenizer, tmp_path, capsys, monkeypatch):
+    # helper-253 M6: a run whose weights became inf / NaN trained on to --steps and saved them over last.pth each
+    # round, the only checkpoint; now the round stops first (exit 2, the message), the last finite round's file kept.
+    # The divergence: the optimizer's second step leaves a NaN in the weights
+    build = mlm_cli._optimizer
+
+    def diverging(module, args):
+        optimizer, calls = build(module, args), []
+
+        def poison(optimizer, *_):
+            calls.append(1)
+            if len(calls) == 2:
+                with torch.no_grad():
+                    next(module.parameters()).view(-1)[0] = float("nan")
+
+        optimizer.register_step_post_hook(poison)
+        return optimizer
+
+    monkeypatch.setattr(mlm_cli, "_optimizer", diverging)
+    out = str(tmp_path / "run")
+    args = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", out, "--eval-every", "1"]
+    assert main([*args, "--steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "step 2: the model's weights are no longer finite (the training diverged): stopped before saving" in err
+    assert torch.load(f"{out}/last.pth", map_location="cpu", weights_only=False)["step"] == 1  # round 1's, finite
