@@ -19,12 +19,15 @@ import torch
 
 from .run_setup import UsageError
 
-RESUME_MUST_MATCH = ("seed", "batch_size", "accum_steps", "seq_len", "baseline", "mask_ratio", "sub_fill",
+RESUME_MUST_MATCH = ("seed", "batch_size", "seq_len", "baseline", "mask_ratio", "sub_fill",
                      "mlm_probability", "schedule", "lr", "warmup_steps", "weight_decay", "layers", "width", "heads",
                      "intermediate", "dropout", "data_dir", "eval_blocks", "clip_grad")  # fmt: skip
 # may change on a resume, recorded: the schedule's length, the rounds, the device and precision, the chunking, the
-# output, GPU determinism (--stop-at may change too, not recorded: a time-limited job's own)
-RESUME_MAY_CHANGE = ("steps", "eval_every", "output", "device", "amp", "chunk_rows", "vocab_size", "deterministic")
+# output, GPU determinism, the accumulation as long as --accum-steps x processes stays (a step's parts: the same
+# data, seeds and mean; 2 processes train as 1 with --accum-steps 2, tested) (--stop-at may change too, not
+# recorded: a time-limited job's own)
+RESUME_MAY_CHANGE = ("steps", "eval_every", "output", "device", "amp", "chunk_rows", "vocab_size", "deterministic",
+                     "accum_steps")  # fmt: skip
 
 
 def corpus_digest(train: torch.Tensor, val: torch.Tensor) -> str:
@@ -33,7 +36,7 @@ def corpus_digest(train: torch.Tensor, val: torch.Tensor) -> str:
     digest = hashlib.sha256()
     for blocks in (train, val):
         digest.update(str(tuple(blocks.shape)).encode())
-        digest.update(blocks.contiguous().numpy().tobytes())
+        digest.update(memoryview(blocks.contiguous().numpy()))  # its bytes without a copy (24 GB at scale: helper-253)
     return digest.hexdigest()
 
 
@@ -51,8 +54,11 @@ def check_resume(args, state: dict, world: int, sizes: dict) -> None:
     saved = state.get("args", {})
     changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MUST_MATCH
                if _resume_value(k, saved.get(k)) != _resume_value(k, getattr(args, k))]  # fmt: skip
-    if state.get("world_size", 1) != world:
-        changed.append(f"processes {state.get('world_size', 1)} -> {world}")
+    saved_accum, saved_world = saved.get("accum_steps", 1), state.get("world_size", 1)
+    if saved_accum * saved_world != args.accum_steps * world:  # a step's parts (helper-253: the split may change)
+        changed.append(
+            f"a step's parts, --accum-steps x processes, {saved_accum} x {saved_world} -> {args.accum_steps} x {world}"
+        )
     if state.get("tokenizer_sha256") not in (None, sizes["tokenizer_sha256"]):
         changed.append("the vocabulary (tokenizer.json differs)")
     corpus = state.get("corpus")  # None: a checkpoint from before 2026-12-05

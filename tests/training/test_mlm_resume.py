@@ -132,18 +132,24 @@ def test_a_resume_without_tokenizer_gets_no_earlier_run_note(corpus, tmp_path, c
     assert "that an earlier run wrote there" not in capsys.readouterr().err
 
 
-def test_a_resume_with_another_number_of_processes_is_refused():
+def test_a_resume_with_another_number_of_parts_per_step_is_refused():
     # the parts of a step are accum-steps x processes: another count would silently change every step's data and
-    # seeds (helper-193)
+    # seeds (helper-193); another split of the same count is the same run (helper-253: 2 processes train as 1 with
+    # --accum-steps 2, test_mlm_cli.py), so 2 GPUs may continue on 1 with twice the accumulation
     from masksub_kernels.training import mlm_cli
     from masksub_kernels.training.mlm_resume import check_resume
 
-    args = mlm_cli.build_parser().parse_args(["--resume", "run/last.pth"])
+    parse = mlm_cli.build_parser().parse_args
+    args = parse(["--resume", "run/last.pth"])
     sizes = {"tokenizer_sha256": "same", "corpus_sha256": "same"}
     state = {"args": dict(vars(args)), "step": 2, "world_size": 2, "tokenizer_sha256": "same"}
-    with pytest.raises(mlm_cli.UsageError, match="continues another run: processes 2 -> 1"):
+    with pytest.raises(mlm_cli.UsageError, match=r"continues another run: a step's parts, --accum-steps x processes, "
+                                                 r"1 x 2 -> 1 x 1"):  # fmt: skip
         check_resume(args, state, 1, sizes)
     check_resume(args, state, 2, sizes)  # the same processes: resumes
+    check_resume(parse(["--resume", "run/last.pth", "--accum-steps", "2"]), state, 1, sizes)  # the same parts
+    with pytest.raises(mlm_cli.UsageError, match=r"1 x 2 -> 2 x 2"):
+        check_resume(parse(["--resume", "run/last.pth", "--accum-steps", "2"]), state, 2, sizes)
     del state["world_size"]  # (a checkpoint without it: one process)
     check_resume(args, state, 1, sizes)
 
@@ -188,11 +194,11 @@ def test_a_runs_loss_scale_is_saved_and_restored(corpus, tokenizer, tmp_path, mo
     assert scaler.get_scale() == 1234.0
 
 
-# kills mlm_resume.py:22 RESUME_MUST_MATCH without "lr", without "warmup_steps", without "accum_steps" (each: a
-# resume that silently changed the learning rate or every step's data and seeds), and each other option's removal
+# kills mlm_resume.py:22 RESUME_MUST_MATCH without "lr", without "warmup_steps" (each: a resume that silently
+# changed the learning rate), and each other option's removal (--accum-steps: the parts test above)
 @pytest.mark.parametrize(
     "flag, value",
-    [("--lr", "2e-3"), ("--warmup-steps", "50"), ("--accum-steps", "2"), ("--batch-size", "32"),
+    [("--lr", "2e-3"), ("--warmup-steps", "50"), ("--batch-size", "32"),
      ("--weight-decay", "0.1"), ("--dropout", "0.2"), ("--layers", "2"), ("--heads", "4"), ("--intermediate", "64"),
      ("--eval-blocks", "16"), ("--schedule", "joint"), ("--baseline", None)],
 )  # fmt: skip
