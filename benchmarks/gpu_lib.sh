@@ -126,6 +126,8 @@ write_env() { # card, driver, versions, the code: what the results were measured
   # the working tree without .git: helper-163)
   echo "commit $(git describe --always --dirty --abbrev=12 2> /dev/null || echo "${MASKSUB_COMMIT:-unknown (no .git, MASKSUB_COMMIT unset)}")"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || echo "nvidia-smi: none"
+  # the card's state at the start (a compute-bound TFLOP/s depends on the sustained clock: helper-252), its own line
+  nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,power.limit,temperature.gpu --format=csv 2>&1 || true
   "$PY" - <<'EOF'
 import platform, sys
 import torch

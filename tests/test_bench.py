@@ -124,6 +124,7 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
     floor = [{**linear, "shape": "RoBERTa", "provider": p} for p in ("masksub[triton]", "masksub[triton]:R=192")]
     (tmp_path / "model-sm90.json").write_text(json.dumps(model))
     assert report.model_file(tmp_path, "GPU: NVIDIA H100 80GB HBM3") is None  # the H100 has its own file
+    assert report.model_file(tmp_path, "GPU: NVIDIA H200 NVL") is None  # another form: not the SXM's model
     path = report.model_file(tmp_path, "GPU: NVIDIA H200")
     run = {"environment": {"device": "GPU: NVIDIA H200", "torch": "-"}, "date": "-", "copy_gbps": 1.0,
            "records": records + floor}  # fmt: skip

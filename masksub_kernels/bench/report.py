@@ -29,6 +29,8 @@ def model_file(directory: Path, device_name: str) -> Path | None:
     """The performance model's predictions for this card (tools/perf_model writes them), where there are some:
     benchmarks/results/model-sm90.json for an H200, model-sm90-H100.json for an H100."""
     name = device_name.upper()
+    if "PCIE" in name or "NVL" in name:  # another form of the chip: the SXM card's model would be wrong (helper-252)
+        return None
     stem = "model-sm90" if "H200" in name else "model-sm90-H100" if "H100" in name else None
     path = directory / f"{stem}.json" if stem else None
     return path if path is not None and path.exists() else None
