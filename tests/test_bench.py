@@ -135,8 +135,11 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
     assert cuda["predicted_ms"] == pytest.approx(0.456) and "predicted_ms" not in official
     assert (fused["predicted_ms"], compiled["predicted_ms"]) == (pytest.approx(11.0), pytest.approx(8.0))
     assert "predicted_ms" not in forward
+    records[-1].update(tflops=300.0, gbps=5.0, fraction_of_copy=0.002)  # a compute-bound row: no bytes' roofline
     table = report.markdown_table(run)
     assert "% of copy (design)" in table and "predicted ms" in table and "| 0.123 |" in table
+    row = [line for line in table.splitlines() if "| masksub[triton]:R=768 |" in line and "| full |" in line][0]
+    assert "| 5.0 |" not in row and "| 0.2 |" not in row  # GB/s and % of copy: '-' (helper-252)
 
 
 @pytest.mark.parametrize(

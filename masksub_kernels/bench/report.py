@@ -195,10 +195,13 @@ def markdown_table(run: dict) -> str:
                 speedup = None  # other inputs than the baseline's (the fused-linear suite's MLM-like labels), or
                 # half its work (Liger's main-branch CE against the two-branch composite)
             fraction, design = r.get("fraction_of_copy"), r.get("fraction_of_copy_design")
+            gbps = r.get("gbps")
+            if r.get("tflops"):  # compute-bound (the fused-linear loss): its bytes are no roofline (helper-252)
+                gbps = fraction = design = None
             lines.append(
                 f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | {_fmt(r['median_ms'])} "
                 f"({_fmt(r['p20_ms'])}-{_fmt(r['p80_ms'])}) | {host_cell(r)} | {_fmt(r.get('predicted_ms'))} | "
-                f"{_fmt(r.get('gbps'), 1)} | {_fmt(None if fraction is None else 100 * fraction, 1)} | "
+                f"{_fmt(gbps, 1)} | {_fmt(None if fraction is None else 100 * fraction, 1)} | "
                 f"{_fmt(None if design is None else 100 * design, 1)} | "
                 f"{_fmt(speedup, 2)}{'x' if speedup else ''} | {_fmt(r.get('peak_mem_mb'), 1)} |"
             )

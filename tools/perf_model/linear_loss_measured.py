@@ -101,6 +101,7 @@ def _composites(run: dict, shape: str) -> dict[str, float]:
         for r in run["records"]
         if (r["suite"], r["shape"], r["dtype"], r["mode"]) == ("linear_loss", shape, "bfloat16", "full")
         and r.get("median_ms")
+        and not r.get("labels_differ")  # the MLM-like labels' rows: other inputs than the composite's (helper-252)
     }
 
 
