@@ -138,7 +138,7 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
     records[-1].update(tflops=300.0, gbps=5.0, fraction_of_copy=0.002)  # a compute-bound row: no bytes' roofline
     table = report.markdown_table(run)
     assert "% of copy (design)" in table and "predicted ms" in table and "| 0.123 |" in table
-    row = [line for line in table.splitlines() if "| masksub[triton]:R=768 |" in line and "| full |" in line][0]
+    row = next(line for line in table.splitlines() if "| masksub[triton]:R=768 |" in line and "| full |" in line)
     assert "| 5.0 |" not in row and "| 0.2 |" not in row  # GB/s and % of copy: '-' (helper-252)
 
 
