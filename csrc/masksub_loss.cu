@@ -9,9 +9,11 @@ namespace {
 // Forward
 // ---------------------------------------------------------------------------------------------------------------
 
-// CE: the fields as in the maths above (a_z = A); BCE: plain sums, the main term's in a_z (probabilities: the
-// sum of terms; class ids: p_z = P, l_z = G and n_z = A' = sum z over the other classes, N = A' - P at the row's
-// end) and the sub term's in l_s.
+// CE: the fields as in the maths above; class ids with smoothing keep sum_c (z_c - c_z) in d_z with the count
+// of classes in s_z, the probabilities' fields with w = 1 (shifted sums: a plain sum z less C c_z at the row's
+// end overflowed at logits near -FLT_MAX and cancelled at large common offsets; helper-248). BCE: plain sums,
+// the main term's in a_z (probabilities: the sum of terms; class ids: p_z = P, l_z = G and n_z = N = sum
+// min(z, 0) over the other classes) and the sub term's in l_s.
 struct LossState {
   float m_z, l_z, s_z, d_z, a_z, p_z, n_z;
   float m_s, l_s, m_t, l_t, d_t, m_ninf;
@@ -46,7 +48,7 @@ __device__ __forceinline__ void fold(LossState& st, const float (&z)[N], const f
       for (int i = 0; i < N; ++i) {
         const float z_other = kLabel && label_at == i ? 0.0f : z[i];  // the id's linear part: once per row
         st.p_z += fmaxf(z_other, 0.0f);
-        if constexpr (V::kSmoothed) st.n_z += z_other;  // A' (N = A' - P enters the loss as w_o N)
+        if constexpr (V::kSmoothed) st.n_z += fminf(z_other, 0.0f);  // N (enters the loss as w_o N)
       }
       st.l_z += sum_log1p(e_z);
     }
@@ -97,9 +99,11 @@ __device__ __forceinline__ void fold(LossState& st, const float (&z)[N], const f
           if (w[i] != 0.0f) st.d_z += w[i] * (z[i] - c_new);
           st.s_z += w[i];
         }
-      } else if constexpr (V::kLabels && V::kSmoothed) {
+      } else if constexpr (V::kLabels && V::kSmoothed) {  // w = 1 over every class: the row's end weighs the id's
+        st.d_z += st.s_z * (c_z_old - c_new);
 #pragma unroll
-        for (int i = 0; i < N; ++i) st.a_z += z[i];  // over every class: the row's end takes the id's out
+        for (int i = 0; i < N; ++i) st.d_z += z[i] - c_new;
+        st.s_z += static_cast<float>(N);
       }
       st.m_z = m_new;
     }
@@ -173,11 +177,10 @@ __device__ __forceinline__ LossState merge(const LossState& a, const LossState& 
       alpha_a = exp_neg(a.m_z - c);  // e^(-inf - c) = 0 for an empty state
       alpha_b = exp_neg(b.m_z - c);
       r.l_z = a.l_z * alpha_a + b.l_z * alpha_b;
-      if constexpr (V::kDense) {
+      if constexpr (V::kDense || (V::kLabels && V::kSmoothed)) {
         r.d_z = a.d_z + a.s_z * (shift_of(a.m_z) - c) + b.d_z + b.s_z * (shift_of(b.m_z) - c);
         r.s_z = a.s_z + b.s_z;
       }
-      if constexpr (V::kLabels) r.a_z = a.a_z + b.a_z;
     }
     if constexpr (V::kSub) {
       r.m_s = fmaxf(a.m_s, b.m_s);
@@ -220,11 +223,10 @@ __device__ __forceinline__ LossState shuffle_xor(const LossState& s, int offset)
       r.m_z = other(s.m_z);
       r.l_z = other(s.l_z);
     }
-    if constexpr (V::kDense) {
+    if constexpr (V::kDense || (V::kLabels && V::kSmoothed)) {
       r.s_z = other(s.s_z);
       r.d_z = other(s.d_z);
     }
-    if constexpr (V::kLabels && V::kSmoothed) r.a_z = other(s.a_z);
     if constexpr (V::kSub) {
       r.m_s = other(s.m_s);
       r.l_s = other(s.l_s);
@@ -335,10 +337,9 @@ __device__ __forceinline__ void store_row(LossState st, const T* z_row, const Lo
     if constexpr (V::kBce) {
       float sum = st.a_z;  // probabilities: the sum of the terms
       if constexpr (V::kLabels) {
-        // N = A' - P; P = +inf: the row's term is +inf whatever N (A' may be NaN). w_o = 0 skips the term
-        // (!kSmoothed: A' not summed)
-        const float n = st.p_z == INFINITY ? 0.0f : st.n_z - st.p_z;
-        sum = (w_o != 1.0f ? (1.0f - w_o) * st.p_z : 0.0f) - (V::kSmoothed && w_o != 0.0f ? w_o * n : 0.0f) + st.l_z;
+        // N <= 0: P = +inf and N = -inf add to +inf, never NaN. w_o = 0 skips the term (!kSmoothed: N not summed)
+        sum = (w_o != 1.0f ? (1.0f - w_o) * st.p_z : 0.0f) - (V::kSmoothed && w_o != 0.0f ? w_o * st.n_z : 0.0f) +
+              st.l_z;
         const float t_y = (z_y > 0.0f ? 1.0f : 0.0f) - w_y;  // the id's linear part, as fold's t x
         sum += has_y && t_y != 0.0f ? t_y * z_y : 0.0f;
       }
@@ -348,10 +349,9 @@ __device__ __forceinline__ void store_row(LossState st, const T* z_row, const Lo
       float s_w = st.s_z, d_w = st.d_z;
       if constexpr (V::kLabels) {
         s_w = w_o * static_cast<float>(C) + (has_y ? w_y - w_o : 0.0f);
-        // A = the sum over every class less z_y (z_y = -inf: the sum is -inf already, and so is D_z)
-        const float a = has_y && z_y != -INFINITY ? st.a_z - z_y : st.a_z;
-        d_w = w_o != 0.0f ? w_o * (a - static_cast<float>(C - (has_y ? 1 : 0)) * c) : 0.0f;
-        d_w += has_y && w_y != 0.0f ? w_y * (z_y - c) : 0.0f;
+        // sum w (z - c) = w_o sum (z - c) + (w_y - w_o) (z_y - c), the sum over every class (d_z; w_y >= w_o)
+        d_w = w_o != 0.0f ? w_o * st.d_z : 0.0f;
+        d_w += has_y && w_y != w_o ? (w_y - w_o) * (z_y - c) : 0.0f;
       }
       main = s_w * logf(st.l_z) - d_w;  // sum_c w_c (lse - z_c)
       stats[kStatShiftZ] = c;

@@ -17,8 +17,8 @@
 // probability e^(m_ninf - c_t) / L_t is not 0 (as the reference's softmax: a -inf term in D_t would stay -inf
 // through any chain of nonzero rescales, even where their product, the class's weight, is 0).
 // Class ids (one-hot q: w_y at the id, w_o elsewhere): S = C w_o + (w_y - w_o) and
-// D_z = w_o (A - (C - 1) c) + w_y (z_y - c) with A = sum of z over the other classes (a plain sum) and z_y loaded
-// once per row; zero weights skip their term. BCE with class ids: softplus(z) - w z = t z + log1p(exp(-|z|)),
+// D_z = w_o A + (w_y - w_o) (z_y - c) with A = sum of (z - c) over every class (a shifted sum, as D_z's own for
+// probabilities with w = 1) and z_y loaded once per row; zero weights skip their term. BCE with class ids: softplus(z) - w z = t z + log1p(exp(-|z|)),
 // t = [z > 0] - w, so the row keeps P = sum max(z, 0), N = sum min(z, 0) over the other classes and
 // G = sum log1p(exp(-|z|)) over all, and adds (1 - w_o) P - w_o N + t_y z_y once (zero coefficients skip +-inf).
 // Rows: a class id equal to ignore_index gives 0 in both terms and both gradients; any other id outside [0, C)

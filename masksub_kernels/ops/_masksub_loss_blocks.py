@@ -224,7 +224,7 @@ def _fwd_block(
     HAS_BIAS: tl.constexpr,
     UNIT_T: tl.constexpr,
     LABEL: tl.constexpr = True,  # BCE with class ids: the block may hold the label's column (else no compare)
-    SMOOTHED: tl.constexpr = True,  # class ids: the weight off the label, w_o, may be nonzero (else no sum z)
+    SMOOTHED: tl.constexpr = True,  # class ids: the weight off the label, w_o, may be nonzero (else no sum z - m)
 ):
     # One block of classes into the per-group states. cols = start + lanes, mask: [R, G], R groups of G contiguous
     # classes (a
@@ -233,8 +233,10 @@ def _fwd_block(
     # once per row (_merge_states). MASKED blocks (a row's last; its first when realigned: _block_range) read
     # z = s = -inf in their masked lanes, which add nothing. cols: the block's columns in the row's frame.
     # CE: m_z (>= -FLT_MAX, finite: v - m is -inf, never NaN, for v = -inf), l_z = sum 2^((z - m_z) k_z)
-    # (k_z = log2 e: exp(v) = exp2(v log2 e), the difference rounded once, then scaled); class ids: a_z = sum z;
-    # probabilities: b_z = sum w, a_z = sum w (z - m_z).
+    # (k_z = log2 e: exp(v) = exp2(v log2 e), the difference rounded once, then scaled); probabilities: b_z = sum w,
+    # a_z = sum w (z - m_z); class ids with smoothing: the same with w = 1 (b_z counts the classes, a_z = sum
+    # (z - m_z)): shifted, as the softmax's sums, not a plain sum z less C m at the row's end, which overflowed at
+    # logits near -FLT_MAX and cancelled at large common offsets (6.8e-4 at 1e5, C = 32000; helper-245 / 248).
     # Sub CE: m_s, l_s (s, scale k_t = log2(e) / T), l_t = sum exp((z - m_z) / T), d_t = sum that * (s - m_s).
     # With a new max m' of a group: l' = l 2^((m - m') k) + sum 2^((v - m') k) and d_t' = alpha_t (d_t + l_t (m_s -
     # m_s')) + sum e_t (s - m_s'), alpha_t = 2^((m_z - m_z') k_t) (the merge's algebra, once per group and block).
@@ -245,10 +247,9 @@ def _fwd_block(
     # BCE: d_t is the per-group sum of the sub elements; probabilities: a_z the sum of the main elements; class ids
     # (label: the row's counting id as int32, -1 if none): the main element is softplus(z) - w z =
     # (1 - w) max(z, 0) - w min(z, 0) + log1p(exp(-|z|)) with one weight w_o off the label, so the groups keep
-    # P = a_z = sum max(z', 0), A = b_z = sum z' (z' = z, 0 at the label, whose linear part the row's end adds with
-    # its own weight) and l_z = sum log1p(exp(-|z|)), combined once per row (_store_row) with N = sum min(z', 0) =
-    # A - P: no per-element weight, and 0 * inf guarded once, not per element. (A - P cancels, but N enters the
-    # loss as w_o N with w_o = eps / C <= 1 / C: its error, that of sums of P + |N|, stays within the sums' own.)
+    # P = a_z = sum max(z', 0), N = b_z = sum min(z', 0) (z' = z, 0 at the label, whose linear part the row's end
+    # adds with its own weight) and l_z = sum log1p(exp(-|z|)), combined once per row (_store_row): no per-element
+    # weight, and 0 * inf guarded once, not per element. (N summed itself, not as sum z' - P, which cancelled.)
     cols = start + lanes
     z = _load_block(z_row, start, lanes, mask, MASKED)
     if HAS_BIAS:
@@ -272,8 +273,8 @@ def _fwd_block(
                 if LABEL:
                     z_off = tl.where(lanes == label - start, 0.0, z)  # 32-bit compares (cols == label: 64-bit)
                 a_z += tl.sum(tl.maximum(z_off, 0.0), axis=1)  # masked lanes: max(-inf, 0) = 0
-                if SMOOTHED:  # N = A - P enters the loss as w_o N
-                    b_z += tl.sum(tl.where(mask, z_off, 0.0), axis=1)
+                if SMOOTHED:  # N enters the loss as w_o N
+                    b_z += tl.sum(tl.where(mask, tl.minimum(z_off, 0.0), 0.0), axis=1)
                 l_z += _sum_log1p(e_z)
         if HAS_SUB:
             # the teacher sigmoid(z / T) from exp(-|z / T|): at T = 1 (UNIT_T) the main term's e_z; masked lanes
@@ -300,8 +301,9 @@ def _fwd_block(
                 a_z += b_z * (m_z - m_new) + tl.sum(tl.where(w != 0.0, w * dz, 0.0), axis=1)
                 b_z += tl.sum(w, axis=1)
             else:
-                if SMOOTHED:  # the uniform w_o = eps / C term needs only sum z
-                    a_z += tl.sum(tl.where(mask, z, 0.0), axis=1)
+                if SMOOTHED:  # the uniform w_o = eps / C term needs sum (z - m_z): the probabilities' sums, w = 1
+                    a_z += b_z * (m_z - m_new) + tl.sum(tl.where(mask, dz, 0.0), axis=1)
+                    b_z += tl.sum(tl.where(mask, 1.0, 0.0), axis=1)
         if HAS_SUB:
             # teacher z / T: UNIT_T (T = 1, the paper's): k_t = k_z, so its exponentials, rescale and running sum
             # are the main term's, bit for bit (one exp2 per element and one state fewer); otherwise its own

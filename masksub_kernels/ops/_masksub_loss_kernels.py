@@ -89,7 +89,7 @@ def _merge_states(
 ):  # fmt: skip
     # A vector of states (one per lane, or one per class split) into one, each sum rescaled from its own max to the
     # common shift c (the states are those of _fwd_block; an untouched state, m = -FLT_MAX and sums 0, adds 0):
-    #   l = sum l_i 2^((m_i - c) k),  sum w (z - c) = sum a_i + b_i (m_i - c),  sum w = sum b_i,  sum z = sum a_i
+    #   l = sum l_i 2^((m_i - c) k),  sum w (z - c) = sum a_i + b_i (m_i - c),  sum w = sum b_i  (class ids: w = 1)
     #   teacher beta_i = 2^((m_z,i - c_z) k_t): l_t = sum beta_i l_t,i,  d_t = sum beta_i (d_t,i + l_t,i (m_s,i - c_s))
     #   the largest z among classes with s = -inf: m_ninf = max m_ninf,i (in units of z, unscaled)
     # FINAL: c is the row's shift (0 for an all -inf row, as the saved stats); else the raw max (-FLT_MAX for an
@@ -109,11 +109,9 @@ def _merge_states(
             c_z = tl.max(m_z, axis=0)
         if HAS_MAIN:
             l_z_row = tl.sum(l_z * tl.exp2((m_z - c_z) * k_z), axis=0)
-            if DENSE:
-                a_row = tl.sum(a_z + b_z * (m_z - c_z), axis=0)
-                b_row = tl.sum(b_z, axis=0)
-            else:
-                a_row = tl.sum(a_z, axis=0)
+            # probabilities, and class ids' sum (z - m) with smoothing (b_z: the classes' count, 0 without)
+            a_row = tl.sum(a_z + b_z * (m_z - c_z), axis=0)
+            b_row = tl.sum(b_z, axis=0)
         if HAS_SUB:
             if FINAL:
                 c_s = _row_shift(m_s)  # in units of s; the stats are in units of s / T
@@ -184,10 +182,9 @@ def _store_row(
                 w_y, w_o, has_y, z_y = _label_terms(
                     z_row, bias_ptr, label, valid, bad, eps, C, threshold, BINARISE, HAS_BIAS
                 )
-                # N = A - P (_fwd_block); P = +inf: the row's term is +inf whatever N (A may be NaN); w_o = 1 only
-                # at C = 1, where no other class exists
-                n_z = tl.where(a_z == float("inf"), 0.0, b_z - a_z)
-                lin = tl.where(w_o != 1.0, (1.0 - w_o) * a_z, 0.0) - tl.where(w_o != 0.0, w_o * n_z, 0.0)
+                # P = a_z, N = b_z (_fwd_block; N <= 0, so P = +inf and N = -inf add to +inf, never NaN); w_o = 1
+                # only at C = 1, where no other class exists
+                lin = tl.where(w_o != 1.0, (1.0 - w_o) * a_z, 0.0) - tl.where(w_o != 0.0, w_o * b_z, 0.0)
                 t_y = tl.where(z_y > 0.0, 1.0, 0.0) - w_y  # the label's linear part, as _bce_elem
                 lin += tl.where(has_y & (t_y != 0.0), t_y * z_y, 0.0)
                 main = (lin + l_z) / C
@@ -196,12 +193,12 @@ def _store_row(
                 s_w, d_w = b_z, a_z  # sum w, sum w (z - c_z)
             else:
                 # one-hot q: w = w_y at the label, w_o elsewhere (q := [q > threshold] first), so
-                # sum w (z - c) = w_o (sum z - C c) + (w_y - w_o) (z_y - c): z_y is loaded once, w = 0 terms skipped
+                # sum w (z - c) = w_o sum (z - c) + (w_y - w_o) (z_y - c): z_y is loaded once, w = 0 terms skipped
                 w_y, w_o, has_y, z_y = _label_terms(
                     z_row, bias_ptr, label, valid, bad, eps, C, threshold, BINARISE, HAS_BIAS
                 )
                 s_w = w_o * C + tl.where((label >= 0) & (label < C), w_y - w_o, 0.0)  # as the one-hot's sum
-                d_w = tl.where(w_o != 0.0, w_o * (a_z - C * c_z), 0.0)
+                d_w = tl.where(w_o != 0.0, w_o * a_z, 0.0)  # a_z = sum (z - c_z) (_merge_states)
                 d_w += tl.where(w_y != w_o, (w_y - w_o) * (z_y - c_z), 0.0)
             main = s_w * tl.log(l_z) - d_w  # sum_c w_c (lse - z_c)
             tl.store(out_row + 2 * m64, c_z, mask=in_row)
@@ -267,7 +264,7 @@ def _loss_fwd_kernel(
     ALIGNED: tl.constexpr = False,  # VEC = 1 rows that start on 16-byte boundaries (rows_aligned): hinted
     EVEN: tl.constexpr = False,  # C % GROUP == 0 with ALIGNED: a masked block's groups are wholly in or out
     SMOOTHED: tl.constexpr = True,  # class ids: w_o, the weight off the label, may be nonzero (eps > 0): the
-    # blocks sum z for it (w_o = 0, the default eps = 0: _store_row skips the term, so no sum is needed)
+    # blocks sum z - m for it (w_o = 0, the default eps = 0: _store_row skips the term, so no sum is needed)
     ZERO_ABSENT: tl.constexpr = False,  # out not zero-filled: write 0 where the variant has no value (_store_row)
     DESCENDING: tl.constexpr = False,  # the whole blocks (before BCE's label block) from the last to the first
 ):

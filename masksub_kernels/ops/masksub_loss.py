@@ -50,10 +50,11 @@ element rescaled its own state): a block is [BLOCK_C / GROUP, GROUP], each row o
 each word keeps one online-softmax state (max, sum of exp), rescaled once per word and block by the word's max
 (one exp2 per word, one per element and softmax), the states merged once per row; exponents are exp2 of the
 difference to the max times log2(e) / T; whole blocks run unmasked, only a partial last block (and a realigned
-row's first) is masked; for class ids only the target column and sum z matter (sum w (z - c) = w_o (sum z - C c)
-+ (w_y - w_o)(z_y - c)), so no per-element weight is built. At T = 1 the teacher's exponentials are the main
-term's. Rows of 16 bytes that Triton cannot see as such (a stride of 1000 bf16 is not a multiple of 16 elements)
-are hinted aligned (ALIGNED), and a last block whose mask is uniform over each word (EVEN) keeps 16-byte loads.
+row's first) is masked; for class ids only the target column and sum (z - c) matter (sum w (z - c) =
+w_o sum (z - c) + (w_y - w_o)(z_y - c), the sum shifted as the softmax's), so no per-element weight is built. At
+T = 1 the teacher's exponentials are the main term's. Rows of 16 bytes that Triton cannot see as such (a stride
+of 1000 bf16 is not a multiple of 16 elements) are hinted aligned (ALIGNED), and a last block whose mask is
+uniform over each word (EVEN) keeps 16-byte loads.
 Unmasked bf16 blocks are read as int32 words widened by placing bits (one instruction per element, not 1.5).
 
 BCE forward (issue-bound at ~1.6 instructions per element before; 0.87-1.11 now, by the perf model): each
