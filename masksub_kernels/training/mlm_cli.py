@@ -31,6 +31,7 @@ import time
 import torch
 from torch import nn
 
+from . import mlm_blocks
 from .determinism import DETERMINISTIC_HELP, run_command
 from .help_format import HelpWithDefaults
 from .mlm_resume import check_resume, corpus_digest, corpus_record, load_state, read_checkpoint, resumes
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "share one: training a vocabulary is not deterministic",
     )  # fmt: skip
     g.add_argument("--seq-len", type=int, default=64, help="tokens per block, [CLS] and [SEP] included")
-    g.add_argument("--eval-blocks", type=int, default=512, help="held-out blocks evaluated (0: all)")
+    g.add_argument("--eval-blocks", type=int, default=512, help="held-out blocks evaluated, spread evenly (0: all)")
     g = p.add_argument_group("model (BertForMaskedLM from a config: nothing is downloaded)")
     g.add_argument("--layers", type=int, default=4)
     g.add_argument("--width", type=int, default=128, help="hidden size")
@@ -246,38 +247,47 @@ def _binomial_pmf(n: int, x: int, p: float) -> float:
 
 
 def _corpus(args, rank: int, world: int, device, tokenizer_at: str, resuming: bool):
-    """(vocab, training blocks and their special-token mask on ``device``, the held-out batch, sizes). The held-out
-    blocks are corrupted once, from EVAL_SEED and each block's index: the same masks for every run and round.
-    ``tokenizer_at``: the vocabulary's file (mlm_tokenizer.py); sizes['tokenizer_trained']: this run wrote it."""
+    """(vocab, the training blocks (mlm_blocks.TrainBlocks: on the CPU, memory-mapped from the cache in --output),
+    the held-out batch on ``device``, sizes). Rank 0 alone reads the corpus and packs it, where the cache is absent
+    or of other documents, vocabulary or --seq-len (mlm_blocks.py). The held-out blocks evaluated are spread over
+    the held-out part (mlm_blocks.eval_rows) and corrupted once, from EVAL_SEED and each block's index: the same
+    masks for every run and round. ``tokenizer_at``: the vocabulary's file (mlm_tokenizer.py);
+    sizes['tokenizer_trained']: this run wrote it."""
+    import torch.distributed as dist
+
     from . import text_data
 
-    try:
-        documents = text_data.text_dir_documents(args.data_dir) if args.data_dir else text_data.stdlib_docstrings()
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    train_docs, held_out = text_data.split_documents(documents)
-    if not held_out or not train_docs:
-        raise UsageError(
-            f"the corpus has {len(documents)} document(s) (paragraphs: documents are separated by blank lines): too "
-            "few to hold 10% out"
-        )
-    tokenizer, digest, trained = load_tokenizer(args, tokenizer_at, train_docs, rank, world, resuming, PROG)
-    split = {}
-    for name, docs, held in (("training", train_docs, False), ("held-out", held_out, True)):
-        try:
-            split[name] = text_data.pack_blocks(tokenizer, docs, args.seq_len)
-        except ValueError as exc:  # say which part: the held-out one can be small where the corpus is not
-            share = " (the documents whose CRC-32 is 0 mod 10, about 10% of many)" if held else ""
-            raise UsageError(f"the {name} part of the corpus, {len(docs)} document(s){share}: {exc}") from exc
-    train, val = split["training"], split["held-out"]
-    if args.eval_blocks:
-        val = val[: args.eval_blocks]
+    docs: dict = {}  # rank 0's: {'count', 'train', 'held_out'}
+    rank_zero_check(lambda: docs.update(mlm_blocks.read_documents(args.data_dir)), rank, world)
+    tokenizer, digest, trained = load_tokenizer(args, tokenizer_at, docs.get("train", []), rank, world, resuming, PROG)
+    key = [None, None]  # the cache's key, whether this run built it (rank 0's, then every rank's)
+
+    def cache() -> None:
+        full = mlm_blocks.cache_key(docs["train"], docs["held_out"], digest, args.seq_len)
+        counts = {"documents": docs["count"], "held_out_documents": len(docs["held_out"])}
+        pack = functools.partial(mlm_blocks.pack_parts, tokenizer, docs, args.seq_len)
+        key[0], key[1] = full["key"], mlm_blocks.ensure_cache(args.output, full, pack, counts)
+
+    rank_zero_check(cache, rank, world)  # the others wait here for the files
+    docs.clear()  # (rank 0's documents: no longer needed)
+    if world > 1:
+        dist.broadcast_object_list(key, src=0)
+    blocks, meta = mlm_blocks.load_cache(args.output, key[0])
+    where = os.path.join(args.output, mlm_blocks.META)
+    if rank == 0:
+        done = "packed and cached in" if key[1] else "read from the cache"
+        print(f"{PROG}: token blocks {done} {where} ({meta['train'][0]} training, {meta['held_out'][0]} held-out "
+              f"blocks of {args.seq_len})", flush=True)  # fmt: skip
+    train = blocks["train"]
+    val = blocks["held_out"][mlm_blocks.eval_rows(blocks["held_out"].shape[0], args.eval_blocks)]
     vocab = Vocab(tokenizer.get_vocab_size(), tokenizer.token_to_id("[MASK]"), tokenizer.token_to_id("[PAD]"))
-    sizes = {"documents": len(documents), "held_out_documents": len(held_out), "train_blocks": int(train.shape[0]),
-             "val_blocks": int(val.shape[0]), "vocab_size": vocab.size, "tokenizer_sha256": digest,
-             "tokenizer": tokenizer_at, "tokenizer_trained": trained,
+    sizes = {"documents": meta["documents"], "held_out_documents": meta["held_out_documents"],
+             "train_blocks": int(train.shape[0]), "val_blocks": int(val.shape[0]), "vocab_size": vocab.size,
+             "tokenizer_sha256": digest, "tokenizer": tokenizer_at, "tokenizer_trained": trained,
+             "block_cache": {"path": where, "built": bool(key[1])},
              "corpus_sha256": corpus_digest(train, val)}  # fmt: skip
-    train = (train.to(device), text_data.special_tokens_mask(train, tokenizer).to(device))
+    special_ids = torch.tensor([tokenizer.token_to_id(t) for t in mlm_blocks.SPECIAL_TOKENS], device=device)
+    train = mlm_blocks.TrainBlocks(train, special_ids, device)  # (the ids on the device: no copy per batch)
     val = _corrupt(args, vocab, val.to(device), text_data.special_tokens_mask(val, tokenizer).to(device), EVAL_SEED)
     return vocab, train, val, sizes
 
@@ -323,17 +333,20 @@ def _train_batch(args, vocab, data, step: int, part: int, parts: int) -> dict:
     ``step``: consecutive slices of an epoch-wise permutation drawn from (seed, epoch), corrupted from (seed, step,
     part). So a step sees the same data however it is split into processes and micro-batches; blocks that do not
     fill a step at the end of an epoch are unused."""
-    blocks, special = data  # on the training device
+    from .mlm_blocks import to_device
+
+    blocks = data.blocks  # on the CPU (memory-mapped): a batch's rows go to the device, pinned on CUDA
     per_step = args.batch_size * parts
     epoch, index = divmod(step, blocks.shape[0] // per_step)
     rows = _epoch_order(blocks.shape[0], args.seed, epoch)[index * per_step + part * args.batch_size :]
-    rows = rows[: args.batch_size].to(blocks.device, non_blocking=True)
+    batch = to_device(blocks[rows[: args.batch_size]], data.device)
+    special = torch.isin(batch, data.special_ids.to(batch.device))  # [PAD], [CLS], [SEP]
     # MaskSub's sub-branch keeps K tokens, every predicted and special one among them: the rare block that draws
     # more is capped (_check_keep refuses settings where that is not rare). The baseline trains BERT's recipe as is.
     import masksub_kernels as mk
 
     keep = None if args.baseline else mk.num_kept_tokens(args.seq_len, args.mask_ratio)
-    return _corrupt(args, vocab, blocks[rows], special[rows], _seed(args.seed, step, part), max_kept=keep)
+    return _corrupt(args, vocab, batch, special, _seed(args.seed, step, part), max_kept=keep)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -436,14 +449,15 @@ def _build(args, vocab: Vocab, train, state: dict | None, world: int, device, ra
     larger than the corpus, blocks whose special tokens the sub-branch cannot keep, and a resume of another run."""
     from .wrapper import MaskSub
 
+    blocks = train.blocks.shape[0]
     per_step = args.batch_size * args.accum_steps * world
-    if train[0].shape[0] < per_step:
+    if blocks < per_step:
         raise UsageError(
-            f"{train[0].shape[0]} training blocks: fewer than one step's {per_step} (--batch-size {args.batch_size} x "
+            f"{blocks} training blocks: fewer than one step's {per_step} (--batch-size {args.batch_size} x "
             f"--accum-steps {args.accum_steps} x {world} process(es)); lower them, or give a larger corpus"
         )
     if not args.baseline:
-        _check_keep(args, specials=train[1].sum(1))  # the blocks' own [SEP]s
+        _check_keep(args, specials=mlm_blocks.special_counts(train))  # the blocks' own [SEP]s
     if state is not None:
         check_resume(args, state, world, sizes)
     torch.manual_seed(_seed(args.seed, -1))
@@ -487,7 +501,8 @@ def _run(args) -> None:
             check_writable_directory(os.path.dirname(os.path.abspath(tokenizer_at)), f"--tokenizer {tokenizer_at!r}")
 
     rank_zero_check(check_tokenizer_directory, rank, world)  # (on every rank: a collective under torchrun)
-    with removed_if_refused(tokenizer_at, rank):  # a vocabulary this run trains, then refused (mlm_tokenizer.py)
+    cached = tuple(os.path.join(args.output, name) for name in (mlm_blocks.META, *mlm_blocks.PARTS.values()))
+    with removed_if_refused(tokenizer_at, rank, also=cached):  # a vocabulary this run trains, then refused
         vocab, train, val, sizes = _corpus(args, rank, world, device, tokenizer_at, state is not None)
         ms, optimizer, scheduler, scaler, autocast = _build(args, vocab, train, state, world, device, rank, sizes)
         _check_held_out(args, val)

@@ -3,10 +3,11 @@
 A resume continues a run exactly (data order and every seed come from --seed, the step and the rank), so the
 options that fix the data, the seeds, the model or the optimizer must match the checkpoint's (RESUME_MUST_MATCH),
 as must the number of processes, the vocabulary (its SHA-256) and the corpus itself (a SHA-256 of its training and
-held-out blocks: the same --data-dir may hold other files by now, and the default corpus is the running Python's
-standard library). --steps (with a note), --eval-every, --stop-at, --output, --device, --amp and --chunk-rows may
-change; each resume and what it changed is recorded (log.json's meta.resumes and every later checkpoint's
-``resumes``), as masksub-train does.
+held-out blocks evaluated: the same --data-dir may hold other files by now, and the default corpus is the running
+Python's standard library; a checkpoint from before 2026-12-07 evaluated the first --eval-blocks held-out blocks,
+not blocks spread over them: refused, with a note, unless they were all of them). --steps (with a note),
+--eval-every, --stop-at, --output, --device, --amp and --chunk-rows may change; each resume and what it changed is
+recorded (log.json's meta.resumes and every later checkpoint's ``resumes``), as masksub-train does.
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ def check_resume(args, state: dict, world: int, sizes: dict) -> None:
             f"{corpus.get(key)} -> {sizes[key]} {what}"
             for key, what in (("documents", "documents"), ("train_blocks", "training blocks"))
         )
-        changed.append(f"the corpus ({where}: {counts}; other text)")
+        spread = "" if corpus.get("eval_spread") else (
+            " or, from a checkpoint before 2026-12-07, the held-out blocks evaluated: the first --eval-blocks then, "
+            "spread over them now (mlm_blocks.eval_rows)"
+        )  # fmt: skip
+        changed.append(f"the corpus ({where}: {counts}; other text{spread})")
     if changed:
         raise UsageError(f"--resume {args.resume!r} continues another run: {'; '.join(changed)}")
     if state["step"] >= (args.stop_at or args.steps):
@@ -81,7 +86,8 @@ def check_resume(args, state: dict, world: int, sizes: dict) -> None:
 def corpus_record(sizes: dict) -> dict:
     """What a checkpoint keeps of the corpus for check_resume."""
     keys = ("documents", "held_out_documents", "train_blocks", "val_blocks")
-    return {"sha256": sizes["corpus_sha256"], "python": sys.version.split()[0], **{k: sizes[k] for k in keys}}
+    return {"sha256": sizes["corpus_sha256"], "python": sys.version.split()[0], "eval_spread": True,
+            **{k: sizes[k] for k in keys}}  # fmt: skip
 
 
 def read_checkpoint(args, prog: str) -> dict:

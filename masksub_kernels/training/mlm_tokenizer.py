@@ -131,9 +131,11 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
 
 
 @contextlib.contextmanager
-def removed_if_refused(path: str, rank: int):
+def removed_if_refused(path: str, rank: int, also: tuple[str, ...] = ()):
     """Around a run's set-up: where it ends in a ``UsageError`` and rank 0 had no file at ``path`` before, the
-    vocabulary it trained there is deleted, and so are the directories made for it (innermost first, while empty)."""
+    vocabulary it trained there is deleted, with the files ``also`` (the token blocks cached for it, which no other
+    vocabulary's run would reuse: mlm_blocks.py), and so are the directories made for it (innermost first, while
+    empty)."""
     fresh = rank == 0 and not os.path.isfile(path)
     made, parent = [], os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent) and parent != os.path.dirname(parent):
@@ -143,8 +145,9 @@ def removed_if_refused(path: str, rank: int):
         yield
     except UsageError:
         if fresh:
-            with contextlib.suppress(OSError):
-                os.remove(path)
+            for file in (path, *also):
+                with contextlib.suppress(OSError):
+                    os.remove(file)
             with contextlib.suppress(OSError):
                 for directory in made:  # one that is not empty stops it
                     os.rmdir(directory)

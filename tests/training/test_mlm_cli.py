@@ -245,14 +245,14 @@ class _FailingSave:
         raise OSError(28, "No space left on device")
 
 
-def test_the_held_out_corruption_is_the_same_for_every_seed(corpus, tokenizer):
+def test_the_held_out_corruption_is_the_same_for_every_seed(corpus, tokenizer, tmp_path):
     # runs of other seeds are compared on the same held-out masks (EVAL_SEED), --eval-blocks of them (helper-120)
     from masksub_kernels.training import mlm_cli
 
     held_out = []
     for seed in ("0", "1"):
         args = mlm_cli.build_parser().parse_args(
-            ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--seed", seed]
+            ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--seed", seed, "--output", str(tmp_path)]
         )
         held_out.append(mlm_cli._corpus(args, 0, 1, torch.device("cpu"), tokenizer, False)[2])
     assert held_out[0]["input_ids"].shape[0] == 8
@@ -356,11 +356,13 @@ def test_training_batches_cap_what_the_sub_branch_must_keep(corpus, tokenizer):
     from tokenizers import Tokenizer
 
     from masksub_kernels.training import mlm_cli
+    from masksub_kernels.training.mlm_blocks import TrainBlocks
 
     args = mlm_cli.build_parser().parse_args(["--data-dir", corpus, *TINY, "--mlm-probability", "0.9"])
     tok = Tokenizer.from_file(tokenizer)
     blocks = text_data.pack_blocks(tok, text_data.text_dir_documents(corpus), 16)
-    data = (blocks, text_data.special_tokens_mask(blocks, tok))
+    special_ids = torch.tensor([tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")])
+    data = TrainBlocks(blocks, special_ids, torch.device("cpu"))
     vocab = mlm_cli.Vocab(tok.get_vocab_size(), tok.token_to_id("[MASK]"))
     keep = mk.num_kept_tokens(16, 0.25)
     batch = mlm_cli._train_batch(args, vocab, data, step=0, part=0, parts=1)

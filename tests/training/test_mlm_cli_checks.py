@@ -12,6 +12,7 @@ from _mlm_runs import TINY, corpus_fixture, tokenizer_fixture  # noqa: F401  (fi
 from _mlm_runs import log as _log
 
 from masksub_kernels.training import mlm_cli, text_data
+from masksub_kernels.training.mlm_blocks import TrainBlocks
 from masksub_kernels.training.mlm_cli import main
 
 pytest.importorskip("transformers")
@@ -59,13 +60,14 @@ def test_a_log_row_holds_each_loss_in_its_own_column(corpus, tokenizer, tmp_path
     assert (row["loss"], row["loss_main"], row["loss_sub"]) == (1.0, 2.0, 3.0)
 
 
-# kills mlm_cli.py:268 `val[: args.eval_blocks]` -> `val[-args.eval_blocks :]` (other blocks than the first ones, so
-# runs of two versions were scored on other text) and mlm_cli.py:267 `if args.eval_blocks:` -> `... is not None:`
-# (--eval-blocks 0, "all", evaluated none: refused as a held-out set that predicts no token)
-def test_eval_blocks_takes_the_first_held_out_blocks_and_0_takes_them_all(corpus, tokenizer):
+# kills mlm_blocks.eval_rows' `k = num_blocks if eval_blocks == 0` -> `k = eval_blocks` (--eval-blocks 0, "all",
+# evaluated none: refused as a held-out set that predicts no token), its stride `* num_blocks // k` -> `+ 0` (the
+# first blocks, of the first documents alone: helper-254) and mlm_cli's `eval_rows(...)` -> `[: args.eval_blocks]`
+def test_eval_blocks_are_spread_over_the_held_out_blocks_and_0_takes_them_all(corpus, tokenizer, tmp_path):
     held_out = {}
     for blocks in ("8", "0"):
-        args = mlm_cli.build_parser().parse_args(["--data-dir", corpus, *TINY, "--eval-blocks", blocks])
+        argv = ["--data-dir", corpus, *TINY, "--eval-blocks", blocks, "--output", str(tmp_path)]
+        args = mlm_cli.build_parser().parse_args(argv)
         _, _, val, sizes = mlm_cli._corpus(args, 0, 1, torch.device("cpu"), tokenizer, False)
         held_out[blocks] = val, sizes
     (first, sizes_8), (every, sizes_all) = held_out["8"], held_out["0"]
@@ -73,10 +75,12 @@ def test_eval_blocks_takes_the_first_held_out_blocks_and_0_takes_them_all(corpus
 
     docs = text_data.split_documents(text_data.text_dir_documents(corpus))[1]
     packed = text_data.pack_blocks(Tokenizer.from_file(tokenizer), docs, 16)
-    assert sizes_8["val_blocks"] == 8 and sizes_all["val_blocks"] == packed.shape[0] > 8
-    for key in ("input_ids", "labels"):  # each block's corruption is drawn from its index: the same first 8
-        assert torch.equal(first[key], every[key][:8]), key
+    n = packed.shape[0]
+    assert sizes_8["val_blocks"] == 8 and sizes_all["val_blocks"] == n > 16
     assert torch.equal(torch.where(every["labels"] == -100, every["input_ids"], every["labels"]), packed)
+    rows = [i * n // 8 for i in range(8)]  # block floor(i N / K): from the first block to the last eighth
+    assert rows[-1] >= n - n // 8 - 1
+    assert torch.equal(torch.where(first["labels"] == -100, first["input_ids"], first["labels"]), packed[rows])
 
 
 # kills mlm_cli.py:258 `load_tokenizer(args, tokenizer_at, train_docs, ...)` -> `documents` (the vocabulary trained
@@ -86,20 +90,22 @@ def test_eval_blocks_takes_the_first_held_out_blocks_and_0_takes_them_all(corpus
 def test_the_vocabulary_is_trained_on_the_training_documents_and_the_digest_covers_both_parts(
     corpus, tmp_path, monkeypatch
 ):
+    from masksub_kernels.training.mlm_blocks import eval_rows
+
     seen = []
     real = text_data.train_tokenizer
     monkeypatch.setattr(text_data, "train_tokenizer", lambda docs, size: seen.append(list(docs)) or real(docs, size))
-    args = mlm_cli.build_parser().parse_args(["--data-dir", corpus, *TINY])
+    args = mlm_cli.build_parser().parse_args(["--data-dir", corpus, *TINY, "--output", str(tmp_path)])
     path = str(tmp_path / "tokenizer.json")
-    _, (train, _), _, sizes = mlm_cli._corpus(args, 0, 1, torch.device("cpu"), path, False)
+    _, data, _, sizes = mlm_cli._corpus(args, 0, 1, torch.device("cpu"), path, False)
     train_docs, held_out = text_data.split_documents(text_data.text_dir_documents(corpus))
     assert seen == [train_docs] and held_out
     from tokenizers import Tokenizer
 
     from masksub_kernels.training.mlm_resume import corpus_digest
 
-    blocks = text_data.pack_blocks(Tokenizer.from_file(path), held_out, 16)[:8]  # --eval-blocks 8
-    assert sizes["corpus_sha256"] == corpus_digest(train, blocks)
+    blocks = text_data.pack_blocks(Tokenizer.from_file(path), held_out, 16)
+    assert sizes["corpus_sha256"] == corpus_digest(data.blocks, blocks[eval_rows(blocks.shape[0], 8)])
 
 
 # kills mlm_cli.py:390 the baseline's `accum_steps=args.accum_steps` -> `accum_steps=1`: --baseline --accum-steps 2
@@ -136,11 +142,11 @@ def test_mlm_defaults_the_tests_did_not_read():
 def test_mlm_each_part_of_a_step_corrupts_its_own_positions():
     args = mlm_cli.build_parser().parse_args(["--batch-size", "2", "--accum-steps", "2", "--seq-len", "16"])
     blocks = torch.randint(5, 64, (8, 16), generator=torch.Generator().manual_seed(0))
-    special = torch.zeros_like(blocks, dtype=torch.bool)
+    data = TrainBlocks(blocks, torch.tensor([0, 2, 3]), torch.device("cpu"))  # none special
     vocab = mlm_cli.Vocab(64, 4, 0)
-    chosen = [mlm_cli._train_batch(args, vocab, (blocks, special), 0, part, 2)["labels"] != -100 for part in (0, 1)]
+    chosen = [mlm_cli._train_batch(args, vocab, data, 0, part, 2)["labels"] != -100 for part in (0, 1)]
     assert chosen[0].any() and not torch.equal(chosen[0], chosen[1])
-    again = mlm_cli._train_batch(args, vocab, (blocks, special), 0, 1, 2)["labels"] != -100
+    again = mlm_cli._train_batch(args, vocab, data, 0, 1, 2)["labels"] != -100
     assert torch.equal(again, chosen[1])  # (a seed per part, not a random draw)
 
 
@@ -148,13 +154,13 @@ def test_mlm_each_part_of_a_step_corrupts_its_own_positions():
 # mlm_cli.py:456 the bf16 / fp16 swap (--amp bf16 ran float16 autocast: on a CPU no error, no scaler, another run)
 def test_mlm_build_takes_a_corpus_of_one_step_and_the_named_autocast_dtype():
     blocks = torch.randint(5, 64, (8, 16))
-    special = torch.zeros(8, 16, dtype=torch.bool)
-    special[:, [0, -1]] = True
+    blocks[:, 0], blocks[:, -1] = 2, 3  # [CLS], [SEP]
+    data = TrainBlocks(blocks, torch.tensor([0, 2, 3]), torch.device("cpu"))
     for amp, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         argv = ["--layers", "1", "--width", "16", "--heads", "2", "--seq-len", "16", "--mask-ratio", "0.25",
                 "--batch-size", "4", "--accum-steps", "2", "--amp", amp]  # fmt: skip
         args = mlm_cli.build_parser().parse_args(argv)
-        built = mlm_cli._build(args, mlm_cli.Vocab(64, 4, 0), (blocks, special), None, 1, torch.device("cpu"), 0, {})
+        built = mlm_cli._build(args, mlm_cli.Vocab(64, 4, 0), data, None, 1, torch.device("cpu"), 0, {})
         autocast = built[4]
         assert isinstance(autocast, functools.partial) and autocast.keywords["dtype"] == dtype, amp
 
@@ -183,17 +189,17 @@ def test_the_vocabulary_tool_trains_what_the_command_would(tmp_path, monkeypatch
 # mlm_cli.py:335 the corruption's `_seed(args.seed, step, part)` -> `_seed(0, step, part)` (every --seed predicted the
 # same positions): runs of other seeds, meant as independent repeats, shared their data order or their masks
 def test_the_seed_sets_the_data_order_and_the_masks():
-    def batch(seed, blocks, special):
+    def batch(seed, blocks, special_ids):
         args = mlm_cli.build_parser().parse_args(["--batch-size", "4", "--seq-len", "16", "--seed", str(seed)])
-        return mlm_cli._train_batch(args, mlm_cli.Vocab(64, 4, 0), (blocks, special), 0, 0, 1)
+        data = TrainBlocks(blocks, special_ids, torch.device("cpu"))
+        return mlm_cli._train_batch(args, mlm_cli.Vocab(64, 4, 0), data, 0, 0, 1)
 
     numbered = torch.arange(40 * 16).view(40, 16)  # block i holds 16 i .. 16 i + 15; all special: none corrupted
-    taken = [(batch(seed, numbered, torch.ones_like(numbered, dtype=torch.bool))["input_ids"][:, 0] // 16).tolist()
+    taken = [(batch(seed, numbered, numbered.flatten())["input_ids"][:, 0] // 16).tolist()
              for seed in (0, 1)]  # fmt: skip
     assert taken[0] != taken[1]
     same = torch.randint(5, 64, (1, 16), generator=torch.Generator().manual_seed(0)).expand(40, 16)  # one block
-    special = torch.zeros_like(same, dtype=torch.bool)
-    chosen = [batch(seed, same, special)["labels"] != -100 for seed in (0, 1)]
+    chosen = [batch(seed, same, torch.tensor([0, 2, 3]))["labels"] != -100 for seed in (0, 1)]
     assert chosen[0].any() and not torch.equal(chosen[0], chosen[1])
 
 
@@ -222,11 +228,11 @@ def test_the_seed_sets_the_dropout_and_the_sub_branchs_tokens(corpus, tokenizer,
 
 # kills mlm_cli.py:274 the Vocab's `token_to_id("[MASK]")` -> `token_to_id("[UNK]")`: the corruption's 80% then wrote
 # [UNK] for [MASK] (a run trained and logged plausible losses; the tests built their own Vocab or read only pad_id)
-def test_the_corpus_corrupts_with_the_vocabularys_mask_token(corpus, tokenizer):
+def test_the_corpus_corrupts_with_the_vocabularys_mask_token(corpus, tokenizer, tmp_path):
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(tokenizer)
-    args = mlm_cli.build_parser().parse_args(["--data-dir", corpus, *TINY])
+    args = mlm_cli.build_parser().parse_args(["--data-dir", corpus, *TINY, "--output", str(tmp_path)])
     vocab, _, val, _ = mlm_cli._corpus(args, 0, 1, torch.device("cpu"), tokenizer, False)
     assert vocab == (tok.get_vocab_size(), tok.token_to_id("[MASK]"), tok.token_to_id("[PAD]"))
     predicted = val["labels"] != -100

@@ -11,11 +11,17 @@ from _mlm_runs import TINY, corpus_fixture, tokenizer_fixture  # noqa: F401  (fi
 from _mlm_runs import log as _log
 
 from masksub_kernels.training import mlm_cli
+from masksub_kernels.training.mlm_blocks import TrainBlocks
 from masksub_kernels.training.mlm_cli import main
 from masksub_kernels.training.run_setup import UsageError
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
+
+
+def _data(blocks: torch.Tensor) -> TrainBlocks:
+    """Training blocks for _build on the CPU ([PAD], [CLS], [SEP]: ids 0, 2, 3)."""
+    return TrainBlocks(blocks, torch.tensor([0, 2, 3]), torch.device("cpu"))
 
 
 def test_resume_continues_exactly(corpus, tokenizer, tmp_path):
@@ -188,7 +194,7 @@ def test_a_runs_loss_scale_is_saved_and_restored(corpus, tokenizer, tmp_path, mo
     args = mlm_cli.build_parser().parse_args([*argv, "--resume", str(tmp_path / "last.pth")])
     vocab = mlm_cli.Vocab(_log(tmp_path)["meta"]["vocab_size"], 4, 0)
     blocks = torch.randint(5, 64, (8, 16))
-    ms, optimizer, scheduler, _, _ = real_build(args, vocab, (blocks, blocks < 0), None, 1, torch.device("cpu"), 0, {})
+    ms, optimizer, scheduler, _, _ = real_build(args, vocab, _data(blocks), None, 1, torch.device("cpu"), 0, {})
     scaler = torch.amp.GradScaler("cpu")
     load_state(args, state, ms, optimizer, scheduler, scaler, 0, "prog")
     assert scaler.get_scale() == 1234.0
@@ -269,7 +275,7 @@ def test_a_resume_with_other_steps_sets_every_groups_rate(corpus, tokenizer, tmp
     args = mlm_cli.build_parser().parse_args([*argv, "--resume", str(tmp_path / "last.pth"), "--steps", "8"])
     vocab = mlm_cli.Vocab(_log(tmp_path)["meta"]["vocab_size"], 4, 0)
     blocks = torch.randint(5, 64, (8, 16))
-    ms, optimizer, scheduler, _, _ = mlm_cli._build(args, vocab, (blocks, blocks < 0), None, 1, torch.device("cpu"),
+    ms, optimizer, scheduler, _, _ = mlm_cli._build(args, vocab, _data(blocks), None, 1, torch.device("cpu"),
                                                     0, {})  # fmt: skip
     load_state(args, state, ms, optimizer, scheduler, None, 0, "prog")
     assert len(optimizer.param_groups) == 2
@@ -347,11 +353,27 @@ def test_a_default_corpus_of_another_python_is_named_in_the_refusal():
              "train_blocks": 5, "val_blocks": 1}  # fmt: skip
     record = corpus_record(sizes)
     python = sys.version.split()[0]
-    assert record == {"sha256": "new", "python": python, "documents": 9, "held_out_documents": 1, "train_blocks": 5,
-                      "val_blocks": 1}  # fmt: skip
+    assert record == {"sha256": "new", "python": python, "eval_spread": True, "documents": 9, "held_out_documents": 1,
+                      "train_blocks": 5, "val_blocks": 1}  # fmt: skip
     args = mlm_cli.build_parser().parse_args(["--resume", "run/last.pth"])
     old = {**record, "sha256": "old", "python": "3.0.1", "documents": 8, "train_blocks": 4}
     with pytest.raises(UsageError, match=rf"the standard library's docstrings of Python 3.0.1 -> {python}: 8 -> 9 "
                                          r"documents, 4 -> 5 training blocks; other text\)"):  # fmt: skip
         check_resume(args, _state(args, corpus=old), 1, sizes)
     check_resume(args, _state(args, corpus={**old, "sha256": "new"}), 1, sizes)  # the same text: resumes
+
+
+# kills mlm_resume.check_resume's note for a checkpoint without corpus_record's "eval_spread" (helper-254: before
+# 2026-12-07 the first --eval-blocks held-out blocks were evaluated; a resume of such a run is refused as other text)
+def test_a_checkpoint_that_evaluated_the_first_held_out_blocks_is_named_in_the_refusal():
+    from masksub_kernels.training.mlm_resume import check_resume, corpus_record
+
+    sizes = {"tokenizer_sha256": "same", "corpus_sha256": "new", "documents": 9, "held_out_documents": 1,
+             "train_blocks": 5, "val_blocks": 1}  # fmt: skip
+    args = mlm_cli.build_parser().parse_args(["--resume", "run/last.pth", "--data-dir", "."])
+    old = {**corpus_record(sizes), "sha256": "old"}
+    with pytest.raises(UsageError, match=r"other text\)"):
+        check_resume(args, _state(args, corpus=old), 1, sizes)
+    del old["eval_spread"]
+    with pytest.raises(UsageError, match=r"other text or, from a checkpoint before 2026-12-07, the held-out blocks"):
+        check_resume(args, _state(args, corpus=old), 1, sizes)
