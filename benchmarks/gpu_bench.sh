@@ -2,8 +2,9 @@
 # GPU call 1 of 2: the benchmarks (python -m masksub_kernels.bench), one suite per process under its own cap, then
 # the cuda backend's tests and compute-sanitizer (gpu_lib.sh's cuda_steps) on the extension built meanwhile. The
 # JSON is rewritten after each case and the .md after each suite, so a suite cut short (a cap, a crash) keeps its
-# finished cases; each kernel suite times this library's kernels of every shape before its baselines
-# (runner.library_first), so a cap drops baselines measured before; the train suite times model after model, each
+# finished cases (a sticky CUDA error stops its suite's process, rc 1 in summary.txt, its later cases "not run",
+# the next suite runs in a fresh process); each kernel suite times this library's kernels of every shape before its
+# baselines (runner.library_first), so a cap drops baselines measured before; the train suite times model after model, each
 # with its plain step, so a cap drops whole models (their ratios need the plain step of the same run). No .png here (--no-plot: drawing it after each suite took capped GPU
 # time, and a 9th file would not come back): `python -m masksub_kernels.bench --report-only OUT/<device>-<date>.json`
 # draws it afterwards on the CPU machine, and rewrites the .md with the model's predictions on every row.

@@ -13,6 +13,9 @@
    time cap (with --no-plot, then --report-only once at the end); without --append or --overwrite a measured run
    refuses to replace that day's files (status 2; --tiny files are replaced). A run that measures nothing (every
    record an error) exits with status 1.
+   A sticky CUDA error (an illegal address, a launch failure: every later CUDA call of the process fails) is the
+   failure of the case that raised it; the suite stops there, its later cases recorded as "not run: CUDA context
+   lost after <case>" and the later suites as skipped (the JSON's context_lost), and the run exits with status 1.
 
 --report-only RUN.json measures nothing: it rewrites RUN.md and RUN.png beside it from the JSON (a GPU run's, here
 on the CPU: e.g. when the last suite was stopped by its cap after its JSON but before its .md and .png). The run's
@@ -41,7 +44,7 @@ from pathlib import Path
 import torch
 
 from . import report
-from .runner import run_case, run_group, timing_groups
+from .runner import case_label, not_run_records, run_case, run_group, timing_groups
 from .timing import copy_bandwidth_gbps, environment
 
 SUITES = {
@@ -195,7 +198,8 @@ def load_run(path: Path) -> dict:
         for record in run["records"]:
             for key in ("suite", "shape", "dtype", "mode", "provider"):
                 record[key]
-        run.setdefault("skipped_suites", {}), run.setdefault("incomplete_suites", {})
+        for marks in ("skipped_suites", "incomplete_suites", "context_lost"):  # older runs: not all of them
+            run.setdefault(marks, {})
         report.markdown_table(run)  # every key the table reads
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path} is not a benchmark run's JSON ({type(exc).__name__}: {exc})") from None
@@ -278,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         "skipped_suites": previous["skipped_suites"] if previous else {},
         # suites stopped midway (a cap, a crash, Ctrl-C): suite -> {"cases_done": i, "cases": n}, until they end
         "incomplete_suites": previous["incomplete_suites"] if previous else {},
+        # suites stopped by a sticky CUDA error: suite -> {"after": case, "error": ..., "not_run": records}
+        "context_lost": previous["context_lost"] if previous else {},
         "seconds": previous["seconds"] if previous else 0.0,
         "records": records,
     }
@@ -287,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     stopping = threading.current_thread() is threading.main_thread()  # signal handlers: the main thread's only
     default_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if stopping else None
     try:
-        _run_suites(run, args, device, directory, stem, model_path)
+        lost = _run_suites(run, args, device, directory, stem, model_path)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (_Terminated): the files with what finished, marked
         if stopping:  # `timeout` signals the process, then its group: a second SIGTERM must not cut this write
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (its -k SIGKILL still ends a write that hangs)
@@ -306,6 +312,17 @@ def main(argv: list[str] | None = None) -> int:
     print(report.markdown_table(run))
     for kind, path in paths.items():
         print(f"wrote {kind}: {path}")
+    if lost is not None:  # a failure, whatever else was measured: the later cases never ran
+        suite, mark = lost
+        later = args.suites[args.suites.index(suite) + 1 :]
+        nor = f", nor the suites after it ({', '.join(later)})" if later else ""
+        print(
+            f"masksub-bench: FAILED: CUDA context lost in the {suite} suite at {mark['after']} ({mark['error']}): "
+            f"{mark['not_run']} later records of it not run{nor}; rerun them in a fresh process (--append). The "
+            f"finished cases are in {directory / stem}.json / .md",
+            file=sys.stderr,
+        )
+        return 1
     measured = records[earlier:]
     if not measured or all("error" in r for r in measured):  # nothing measured: a failure, not a result
         print(f"nothing measured ({measured[0]['error']}, ...)" if measured else "nothing measured", file=sys.stderr)
@@ -314,13 +331,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_suites(run: dict, args: argparse.Namespace, device: torch.device, directory: Path, stem: str,
-                model_path: Path | None) -> None:  # fmt: skip
+                model_path: Path | None) -> tuple[str, dict] | None:  # fmt: skip
     """Each suite's cases into ``run["records"]``, the files written after each case (JSON) and suite (all); a
     suite under way is marked in ``run["incomplete_suites"]`` until its last case ends, so that a run stopped
-    within it (a cap's SIGTERM, Ctrl-C, a crash) says so in its files."""
+    within it (a cap's SIGTERM, Ctrl-C, a crash) says so in its files. A sticky CUDA error stops the run (module
+    docstring): returns (its suite, its mark in ``run["context_lost"]``), else None."""
     records, incomplete = run["records"], run["incomplete_suites"]
-    for suite in args.suites:
-        started = time.perf_counter()
+    for number, suite in enumerate(args.suites):
+        started, first, lost = time.perf_counter(), len(records), None
         try:
             incomplete[suite] = {"cases_done": 0, "cases": None}  # stopped before its cases are known: said too
             try:
@@ -342,15 +360,20 @@ def _run_suites(run: dict, args: argparse.Namespace, device: torch.device, direc
             # the JSON now, before the first case ends: a process killed in it (a segfault, a sticky CUDA error,
             # `timeout -k`'s SIGKILL) leaves its suite marked (helper-203: it left no trace)
             report.write(run, directory, stem, json_only=True)
-            done = 0
-            for unit in timing_groups(suite_cases):  # a case alone, or a group timed interleaved (runner.py)
+            done, units = 0, timing_groups(suite_cases)
+            for position, unit in enumerate(units):  # a case alone, or a group timed interleaved (runner.py)
                 case_started = time.perf_counter()
                 timed = dict(repeats=run["repeats"], warmup=run["warmup"], copy_gbps=run["copy_gbps"])
                 by_case = [run_case(unit[0], device, **timed)] if len(unit) == 1 else run_group(unit, device, **timed)
                 for case, case_records in zip(unit, by_case):
                     for record in case_records:
                         records.append(record)
-                        summary = record.get("error") or f"{record['median_ms']:.3f} ms"
+                        if record.get("context_lost") and lost is None:
+                            lost = {"after": case_label(case, record["mode"]), "error": record["error"]}
+                        if "not_run" in record:
+                            summary = f"not run: {record['not_run']}"
+                        else:
+                            summary = record.get("error") or f"{record['median_ms']:.3f} ms"
                         if record.get("host_ms") is not None:
                             summary += f" (host {report.host_cell(record)})"
                         print(f"  {case.shape} {case.dtype} {case.provider} {record['mode']}: {summary}", flush=True)
@@ -362,6 +385,16 @@ def _run_suites(run: dict, args: argparse.Namespace, device: torch.device, direc
                 )
                 done += len(unit)
                 incomplete[suite]["cases_done"] = done
+                if lost is not None:  # a sticky CUDA error: the suite's later cases, and the later suites, not run
+                    for case in (case for later in units[position + 1 :] for case in later):
+                        records.extend(not_run_records(case, lost["after"]))
+                    lost["not_run"] = sum("not_run" in record for record in records[first:])
+                    run["context_lost"][suite] = lost
+                    for later in args.suites[number + 1 :]:
+                        run["skipped_suites"][later] = f"not run: CUDA context lost after {lost['after']}"
+                    print(f"[{suite}] CUDA context lost at {lost['after']} ({lost['error']}): stopped, "
+                          f"{lost['not_run']} later records not run", file=sys.stderr, flush=True)  # fmt: skip
+                    break
                 # the JSON after each case (or group): a crash (a segfault, a sticky CUDA error) or a cap keeps the
                 # finished cases, marked as a part of their suite
                 report.write(run, directory, stem, json_only=True)
@@ -371,6 +404,9 @@ def _run_suites(run: dict, args: argparse.Namespace, device: torch.device, direc
         _attach_predictions(run, model_path)
         paths = report.write(run, directory, stem, with_plot=not args.no_plot)  # after each suite: a cap keeps it
         print(f"[{suite}] done in {time.perf_counter() - started:.0f} s, written to {paths['json']}", flush=True)
+        if lost is not None:
+            return suite, lost
+    return None
 
 
 def _attach_predictions(run: dict, model_path: Path | None) -> None:
@@ -405,7 +441,7 @@ def _previous_run(path: Path, suites: list[str], environment: dict, settings: di
             "another --out"
         )
     run["records"] = [r for r in run["records"] if r["suite"] not in suites]
-    for marks in ("skipped_suites", "incomplete_suites"):
+    for marks in ("skipped_suites", "incomplete_suites", "context_lost"):
         run[marks] = {suite: mark for suite, mark in run[marks].items() if suite not in suites}
     return run
 

@@ -102,6 +102,12 @@ def _header_notes(run: dict) -> list[str]:
             f"The copy bandwidth varied {copy_range(spread)} between its copies (p20-p80; a shared or throttled "
             f"machine): every '% of copy' below is as uncertain."
         )
+    for suite, mark in run.get("context_lost", {}).items():
+        notes.append(
+            f"**{suite}: CUDA context lost at {mark['after']}** ({mark['error']}): a sticky CUDA error, after which "
+            f"every CUDA call of the process fails; its {mark['not_run']} later rows were not run (not their "
+            "failures: a fresh process runs them)."
+        )
     for suite in run.get("incomplete_suites", {}):
         notes.append(
             f"**{suite}: {cut_short(run, suite)}** (a cap, a crash or a stop): its other rows are missing, and a "
@@ -173,8 +179,9 @@ def markdown_table(run: dict) -> str:
         if suite == "train":
             plain = next((r for r in records if r["provider"] == TRAIN_BASELINE and "median_ms" in r), None)
             for r in records:
-                if "error" in r:
-                    train_lines.append(f"| {shape} | {dtype} | {r['provider']} | error: {r['error']} |||||")
+                if "error" in r or "not_run" in r:
+                    what = f"error: {r['error']}" if "error" in r else f"not run: {r['not_run']}"
+                    train_lines.append(f"| {shape} | {dtype} | {r['provider']} | {what} |||||")
                     continue
                 ratio = r["median_ms"] / plain["median_ms"] if plain else None
                 train_lines.append(
@@ -185,8 +192,9 @@ def markdown_table(run: dict) -> str:
             continue
         baseline = next((r for r in records if r["provider"] == BASELINE and "median_ms" in r), None)
         for r in records:
-            if "error" in r:
-                lines.append(f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | error: {r['error']} ||||||||")
+            if "error" in r or "not_run" in r:
+                what = f"error: {r['error']}" if "error" in r else f"not run: {r['not_run']}"
+                lines.append(f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | {what} ||||||||")
                 continue
             speedup = baseline["median_ms"] / r["median_ms"] if baseline else None
             if mode == "forward" and r.get("forward_computes_gradients"):

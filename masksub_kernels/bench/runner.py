@@ -15,6 +15,11 @@ A case is timed alone, mode after mode (run_case: the kernel suites), unless it 
 the train suite's providers of one model): a group's cases are timed together, interleaved (run_group: the warm-up
 of each, then repeat k of every case before repeat k+1 of any), so that a host that drifts during the group slows
 them alike and their ratios hold; timing_groups splits a suite's cases into these units.
+
+A sticky CUDA error (timing.context_lost: an illegal address, a launch failure; every later CUDA call of the process
+fails) is recorded as the failure of the case whose call raised it, marked ``context_lost``; the modes and cases
+after it are recorded as not run (``not_run``: "CUDA context lost after <case>", not_run_records), never as their
+own failures, and the caller (cli.py) runs nothing more in the process.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import _backend
-from .timing import Call, Timing, measure, measure_each
+from .timing import Call, ContextLost, Timing, context_lost, measure, measure_each
 
 MODES = ("forward", "backward", "full")
 
@@ -128,7 +133,30 @@ def _record(case: OpCase, mode: str) -> dict:
 
 
 def _error(exc: Exception) -> str:
+    if isinstance(exc, ContextLost) and exc.__cause__ is not None:  # the CUDA error itself
+        exc = exc.__cause__
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+
+
+def case_label(case: OpCase, mode: str) -> str:
+    """'loss BERT-like 16384 x 30522 bfloat16 masksub[triton] full': a case's mode, as the not-run rows name it."""
+    return f"{case.suite} {case.shape} {case.dtype} {case.provider} {mode}"
+
+
+def not_run_records(case: OpCase, after: str, modes: Sequence[str] | None = None) -> list[dict]:
+    """The records of ``case``'s ``modes`` (default: all) that were not run because the CUDA context was lost at
+    ``after`` (case_label): no time, no error of their own."""
+    modes = case.modes if modes is None else modes
+    return [{**_record(case, mode), "not_run": f"CUDA context lost after {after}"} for mode in modes]
+
+
+def _failed(record: dict, exc: Exception, device: torch.device) -> bool:
+    """``record`` given ``exc`` as its error; True (and the record marked ``context_lost``) where it is a sticky
+    CUDA error."""
+    record["error"] = _error(exc)
+    if context_lost(exc, device):
+        record["context_lost"] = True
+    return record.get("context_lost", False)
 
 
 def _call(case: OpCase, mode: str, repeats: int, warmup: int) -> Call:
@@ -172,8 +200,8 @@ def run_case(case: OpCase, device: torch.device, *, repeats: int, warmup: int, c
     error that stopped it."""
     records = []
     backend = _backend.get_backend()  # case.setup may select another: restored below (module docstring)
-    for mode in case.modes:
-        record = _record(case, mode)
+    for position, mode in enumerate(case.modes):
+        record, lost = _record(case, mode), False
         try:
             call = _call(case, mode, repeats, warmup)
             timing = measure(
@@ -182,10 +210,12 @@ def run_case(case: OpCase, device: torch.device, *, repeats: int, warmup: int, c
             )  # fmt: skip
             _fill(record, timing, case, mode, copy_gbps)
         except Exception as exc:  # a provider that fails (e.g. compile unsupported) is recorded, not fatal
-            record["error"] = _error(exc)
+            lost = _failed(record, exc, device)
         finally:
             _backend.set_backend(backend)
         records.append(record)
+        if lost:  # a sticky CUDA error: the later modes not run (module docstring), no empty_cache (it would raise)
+            return records + not_run_records(case, case_label(case, mode), case.modes[position + 1 :])
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return records
@@ -210,22 +240,31 @@ def run_group(
     (timing.measure_each: the warm-up of each, then repeat k of all before repeat k+1 of any), so that a host that
     drifts during the group slows each of its cases alike; their records say so (``timing: "interleaved"``). A case
     that fails is recorded as run_case records it, and the others are timed on. Its cases select no backend
-    (OpCase.group)."""
+    (OpCase.group). A sticky CUDA error stops the group: the case that raised it records it (``context_lost``),
+    every other one is not run (not_run_records: the interleaved rounds of those before it were cut too)."""
     pairs = [(case, mode) for case in cases for mode in case.modes]
     records = [_record(case, mode) for case, mode in pairs]
     if len(pairs) > 1:  # one call alone is timed as run_case times it
         for record in records:
             record["timing"] = "interleaved"
-    timed, calls = [], []
+    timed, calls, timings = [], [], []
     for index, (case, mode) in enumerate(pairs):
         try:
             calls.append(_call(case, mode, repeats, warmup))
             timed.append(index)
         except Exception as exc:  # its inputs or graph could not be made: recorded, the others timed
-            records[index]["error"] = _error(exc)
+            if _failed(records[index], exc, device):
+                return _lost_group(cases, pairs, records)
     try:
         timings = measure_each(calls, device) if calls else []
+    except ContextLost as exc:  # one call's sticky CUDA error: nothing else measured
+        _failed(records[timed[exc.index]], exc, device)
+        return _lost_group(cases, pairs, records)
     except Exception as exc:  # not one call's failure (e.g. the device's synchronize): every timed case's
+        if context_lost(exc, device):  # the device lost at the synchronize after the rounds: no one call's
+            for index in timed:
+                _failed(records[index], exc, device)
+            return _lost_group(cases, pairs, records)
         timings = [exc] * len(calls)
     for index, timing in zip(timed, timings):
         case, mode = pairs[index]
@@ -238,4 +277,20 @@ def run_group(
             records[index]["error"] = _error(exc)
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    return _by_case(cases, pairs, records)
+
+
+def _by_case(cases: list[OpCase], pairs: list[tuple[OpCase, str]], records: list[dict]) -> list[list[dict]]:
     return [[record for (case, _), record in zip(pairs, records) if case is owner] for owner in cases]
+
+
+def _lost_group(cases: list[OpCase], pairs: list[tuple[OpCase, str]], records: list[dict]) -> list[list[dict]]:
+    """A group's records after a sticky CUDA error: those marked ``context_lost`` keep their error, every other one
+    is not run, after the first lost case."""
+    first = next(index for index, record in enumerate(records) if record.get("context_lost"))
+    after = case_label(*pairs[first])
+    kept = [
+        record if record.get("context_lost") else not_run_records(case, after, [mode])[0]
+        for (case, mode), record in zip(pairs, records)
+    ]
+    return _by_case(cases, pairs, kept)

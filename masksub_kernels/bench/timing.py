@@ -23,6 +23,9 @@ besides them (issue 13's "extra memory of the loss"). ``prepare``: untimed work 
 forward), finished before the flush on a GPU so that every mode gets the same head start.
 measure times one callable; measure_each several together, interleaved (round by round, each with its own events
 and flush), for calls whose ratios must not depend on when each was timed (the train suite's providers of a model).
+A sticky CUDA error (an illegal address, a launch failure, a device-side assert: every later CUDA call of the
+process fails with it) stops the measurement at the call that raised it (ContextLost, context_lost): the runner
+records it as that case's failure and the cases after it as not run, never as their own failures.
 """
 
 from __future__ import annotations
@@ -41,6 +44,46 @@ from pathlib import Path
 import torch
 
 HOST_REPEATS = 5  # calls of the host-time pass (GPU), each after the GPU drained
+# how a CUDA runtime error reads where its type does not say it (torch's releases before torch.AcceleratorError, a
+# RuntimeError): torch's C10_CUDA_CHECK and this library's extension, Triton's launcher, the driver API's names
+CUDA_ERROR_MARKERS = ("CUDA error", "Triton Error [CUDA]", "CUDA_ERROR_")
+
+
+class ContextLost(Exception):
+    """measure_each stopped: call ``index`` raised a sticky CUDA error (its ``__cause__``): nothing more runs on the
+    device in this process. An asynchronous fault surfaces at a later launch or synchronize, maybe of the next call
+    (CUDA_LAUNCH_BLOCKING=1 pins it on the call whose kernel faulted)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"CUDA context lost in call {index}")
+        self.index = index
+
+
+def is_cuda_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a CUDA runtime error, by its type (torch.AcceleratorError) or its message
+    (CUDA_ERROR_MARKERS). An out-of-memory error is not one (torch.OutOfMemoryError: 'CUDA out of memory')."""
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(exc, accelerator_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in CUDA_ERROR_MARKERS)
+
+
+def device_usable(device: torch.device) -> bool:
+    """Whether ``device`` still runs work: a synchronize and a one-element op, read back. After a sticky CUDA
+    error both fail (the context is unusable for the rest of the process); after one that is not (an invalid launch
+    configuration) they run."""
+    try:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return torch.ones(1, device=device).add_(1).item() == 2.0
+    except Exception:  # the probe's own failure is the answer
+        return False
+
+
+def context_lost(exc: BaseException, device: torch.device) -> bool:
+    """Whether ``exc`` is a sticky CUDA error: a CUDA error (is_cuda_error) after which ``device`` runs nothing
+    (device_usable). Every later case of the process would fail with it: the runner stops there."""
+    return isinstance(exc, ContextLost) or (is_cuda_error(exc) and not device_usable(device))
 
 
 @dataclass
@@ -169,7 +212,7 @@ def measure(
     measures the CPU peak memory when ``cpu_memory``), each after ``prepare()`` (untimed) when given. On a GPU,
     ``host_pass=False`` leaves out the host-time pass (``host_ms`` None): whole training steps, whose calls take
     tens of milliseconds each, are not compared with the model's host times. What ``fn`` or ``prepare`` raises
-    propagates."""
+    propagates (a sticky CUDA error as ContextLost, from it)."""
     (result,) = measure_each([Call(fn, prepare, warmup, repeats, cpu_memory, host_pass)], device)
     if isinstance(result, Exception):
         raise result
@@ -180,8 +223,9 @@ def measure_each(calls: list[Call], device: torch.device) -> list[Timing | Excep
     """Time several callables together, interleaved: the warm-up of each first (in order), then repeat k of every
     call before repeat k+1 of any (a call with fewer repeats leaves the later rounds), so that a host or clock that
     drifts during the measurement slows every call alike; then, call by call, the host-time and memory passes
-    (measure). A call that raises leaves the rounds, its exception in its place; the others go on. One call: what
-    measure always did, in the same order."""
+    (measure). A call that raises leaves the rounds, its exception in its place; the others go on, unless it is a
+    sticky CUDA error (context_lost): then nothing more runs, and ContextLost(its index) is raised from it. One
+    call: what measure always did, in the same order."""
     on_gpu = device.type == "cuda"
     errors: dict[int, Exception] = {}
 
@@ -191,6 +235,8 @@ def measure_each(calls: list[Call], device: torch.device) -> list[Timing | Excep
                 step(*args)
             except Exception as exc:  # this call's failure (the caller records it), not the others'
                 traceback.clear_frames(exc.__traceback__)  # its frames' tensors (an OOM's activations) let go
+                if context_lost(exc, device):  # a sticky CUDA error: every later step would fail with it
+                    raise ContextLost(index) from exc
                 errors[index] = exc
 
     def ready(call: Call, drain: bool = True) -> None:
