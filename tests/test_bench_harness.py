@@ -1,6 +1,6 @@
 """The benchmark harness's own rules (masksub_kernels/bench: timing.py, cli.py, runner.py) from helper-203's
 second-pass mutation audit: the GPU timing's order of prepare, flush, events and synchronize (on a faked torch.cuda:
-its events, synchronize, the flush buffer), the traced call's memory, each mode's own work, failed cases, a GPU
+its events, synchronize, the L2 flush), the traced call's memory, each mode's own work, failed cases, a GPU
 run's defaults, --report-only, the run's date and seconds, and a suite killed in its first case. Each test's header
 names the mutants it kills (file:line and the change). CPU only, each test well under a second or two."""
 
@@ -39,7 +39,7 @@ def _suite(monkeypatch, name: str, cases=None) -> None:
 
 
 class _FakeGpu:
-    """torch.cuda's events, synchronize and the flush buffer, and timing's clock, for measure() on a machine without
+    """torch.cuda's events, synchronize and timing's L2 flush, and timing's clock, for measure() on a machine without
     a GPU: a log of what ran in order, a clock that the calls (and the flush) advance, events that read it and that
     refuse elapsed_time before a synchronize completed them (as CUDA's do)."""
 
@@ -60,16 +60,17 @@ class _FakeGpu:
                     raise RuntimeError("event not completed: no synchronize after its record")
                 return (end.at - self.at) * 1e3
 
-        class Flush:
-            def zero_(self):
-                gpu.log.append("flush")
-                gpu.now += 0.1  # a 100 ms memset: timed only where it sits inside the events
+        class Flush:  # timing.L2Flush's stand-in (its reads and writes: test_bench_flush.py)
+            def __init__(self, device):
+                assert str(device).startswith("cuda")
 
-        real_empty = torch.empty
+            def __call__(self):
+                gpu.log.append("flush")
+                gpu.now += 0.1  # a 100 ms flush: timed only where it sits inside the events
+
         monkeypatch.setattr(torch.cuda, "Event", Event)
         monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: self._sync())
-        monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: Flush() if str(device).startswith("cuda")
-                            else real_empty(*a, device=device, **k))  # fmt: skip
+        monkeypatch.setattr(timing, "L2Flush", Flush)
         monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: self.now))
         monkeypatch.setattr(
             timing, "_traced_call", lambda fn, device: (self.log.append("traced"), fn(), (None, 1.0))[2]

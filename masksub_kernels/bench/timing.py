@@ -1,7 +1,7 @@
 """Timing, memory and bandwidth measurement shared by every benchmark.
 
-GPU: CUDA events around each repeat, the L2 cache flushed before each one (a 256 MB memset, as
-triton.testing.do_bench does) so that inputs that would fit in L2 are read from HBM; median and 20/80 percentiles.
+GPU: CUDA events around each repeat, the L2 cache flushed before each one (L2Flush: a read of 256 MiB, at least 4x the
+L2, never a write) so that inputs that would fit in L2 are read from HBM; median and 20/80 percentiles.
 Beside it, the host time: the median CPU time for the call to return (Python, checks, kernel launches, and any wait
 on the GPU inside the call), measured in a pass of its own (HOST_REPEATS calls) that lets the GPU drain before each
 call: in the timed calls, back to back, a call that synchronises inside (the fused-linear loss reads a count on the
@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 HOST_REPEATS = 5  # calls of the host-time pass (GPU), each after the GPU drained
+L2_FLUSH_BYTES = 256 * 2**20  # the L2 flush's read, at least (L2Flush): 5x the L2 of an H100 or H200 (50 MiB)
 # how a CUDA runtime error reads where its type does not say it (torch's releases before torch.AcceleratorError, a
 # RuntimeError): torch's C10_CUDA_CHECK and this library's extension, Triton's launcher, the driver API's names
 CUDA_ERROR_MARKERS = ("CUDA error", "Triton Error [CUDA]", "CUDA_ERROR_")
@@ -84,6 +85,31 @@ def context_lost(exc: BaseException, device: torch.device) -> bool:
     """Whether ``exc`` is a sticky CUDA error: a CUDA error (is_cuda_error) after which ``device`` runs nothing
     (device_usable). Every later case of the process would fail with it: the runner stops there."""
     return isinstance(exc, ContextLost) or (is_cuda_error(exc) and not device_usable(device))
+
+
+def l2_flush_bytes(device: torch.device) -> int:
+    """The L2 flush's read: L2_FLUSH_BYTES, or 4x the device's L2 where that is more (a card with a larger one)."""
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) if device.type == "cuda" else 0
+    return max(L2_FLUSH_BYTES, 4 * int(l2 or 0))
+
+
+class L2Flush:
+    """The L2 cache emptied of the timed calls' data before each timed repeat, by a read (one sum over a buffer of
+    ``nbytes``, at least 4x the L2): its lines replace every line an earlier call left in L2, and they are clean,
+    so that the next timed call starts on an L2 that holds none of its inputs and owes HBM no write-back. A flush
+    by a write (triton.testing.do_bench's 256 MB memset, this harness's until 2026-12-07) leaves L2 full of its own
+    dirty lines: the next timed call's reads evict them, and L2 writes them back to HBM inside its events (up to
+    ~12 us on an H100 / H200: 50 MiB at ~4 TB/s; helper-252). The dirty lines of the previous timed call's outputs
+    are written back during this read, before the start event. What it writes: the sum's one element
+    (``total``), and the buffer once, when it is made (zeros), which the first flush's read evicts."""
+
+    def __init__(self, device: torch.device, nbytes: int | None = None) -> None:
+        nbytes = l2_flush_bytes(device) if nbytes is None else nbytes
+        self.buffer = torch.zeros(nbytes // 4, dtype=torch.float32, device=device)
+        self.total = torch.zeros((), dtype=torch.float32, device=device)
+
+    def __call__(self) -> None:
+        torch.sum(self.buffer, dim=0, out=self.total)  # every byte read, one element written
 
 
 @dataclass
@@ -264,7 +290,7 @@ def measure_each(calls: list[Call], device: torch.device) -> list[Timing | Excep
     transients: list[float | None] = [None] * len(calls)
     if on_gpu:
         torch.cuda.synchronize(device)
-        flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=device)
+        flush = L2Flush(device)
         events = [
             ([torch.cuda.Event(enable_timing=True) for _ in range(call.repeats)],
              [torch.cuda.Event(enable_timing=True) for _ in range(call.repeats)])
@@ -276,7 +302,7 @@ def measure_each(calls: list[Call], device: torch.device) -> list[Timing | Excep
             # its head start into the backward as in training; drained, the GPU idled inside the events while
             # autograd reached its first launch (backward-alone times up to +0.8 ms on the H200, 2026-12-04: helper-252)
             ready(call, drain=False)
-            flush.zero_()
+            flush()  # a read: L2 left clean (L2Flush)
             start.record()
             call.fn()
             end.record()
