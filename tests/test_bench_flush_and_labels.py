@@ -1,11 +1,14 @@
-"""helper-252's review of the benchmarks, finding 2: the L2 flush between timed repeats reads and writes nothing
-that L2 would write back inside the next timed region. CPU only."""
+"""helper-252's review of the benchmarks, findings 2-5: the L2 flush between timed repeats reads and writes nothing
+that L2 would write back inside the next timed region; '% of copy' over 100% is marked and explained; the train
+table says that its steps' host time is not measured (or shows it where a run has it); its peak memory is labelled
+as the step's peak above its start, not the process's. CPU only."""
 
 import types
 
+import pytest
 import torch
 
-from masksub_kernels.bench import timing
+from masksub_kernels.bench import report, timing
 
 CPU = torch.device("cpu")
 MiB = 2**20
@@ -47,3 +50,87 @@ def test_the_gpu_timing_flushes_with_the_read_flush_of_the_device(monkeypatch):
     monkeypatch.setattr(timing, "L2Flush", lambda device: made.append(device) or fake(device))
     timing.measure(gpu.call, torch.device("cuda:0"), warmup=1, repeats=2, host_pass=False)
     assert made == [torch.device("cuda:0")] and gpu.log.count("flush") == 2
+
+
+# --- report.py: '% of copy' over 100% (finding 3) -----------------------------------------------------------------
+
+_ROW = {"suite": "loss", "shape": "s", "dtype": "bf16", "mode": "forward", "p20_ms": 1.0, "p80_ms": 1.0}
+
+
+def _run(records):
+    return {"environment": {"device": "GPU: X", "torch": "-"}, "date": "-", "copy_gbps": 1.0, "repeats": 30,
+            "warmup": 5, "records": records}  # fmt: skip
+
+
+def _cells(table: str, provider: str) -> dict[str, str]:
+    lines = table.splitlines()
+    header = next(line for line in lines if line.startswith("| suite |"))
+    (row,) = [line for line in lines if f"| {provider} |" in line and line.startswith("| loss |")]
+    return dict(zip((c.strip() for c in header.split("|")), (c.strip() for c in row.split("|")), strict=True))
+
+
+def test_a_percent_of_copy_over_100_is_marked_and_explained():
+    over = {**_ROW, "provider": "masksub[triton]", "median_ms": 1.0, "gbps": 4.5, "fraction_of_copy": 1.07,
+            "fraction_of_copy_design": 1.6}  # fmt: skip
+    under = {**_ROW, "provider": "official", "median_ms": 2.0, "gbps": 2.0, "fraction_of_copy": 0.5}
+    table = report.markdown_table(_run([over, under]))
+    cells = _cells(table, "masksub[triton]")
+    assert cells["% of copy (minimal)"] == f"107.0{report.OVER_COPY}"
+    assert cells["% of copy (design)"] == f"160.0{report.OVER_COPY}"
+    assert _cells(table, "official")["% of copy (minimal)"] == "50.0"  # no mark at or under 100
+    assert report.COPY_NOTE in table and "read + write roofline" in table  # the column's denominator, named
+    assert report.COPY_NOTE.startswith(report.OVER_COPY)  # the note says what the mark means
+    table = report.markdown_table(_run([under, {**under, "provider": "p", "fraction_of_copy": 1.0}]))
+    assert report.COPY_NOTE not in table and report.OVER_COPY not in table  # exactly 100: not over
+
+
+def test_a_compute_bound_rows_bytes_do_not_bring_the_note():
+    # its GB/s and % of copy are not shown (helper-252: its bytes are no roofline), so there is nothing to explain
+    row = {**_ROW, "provider": "masksub[triton]", "median_ms": 1.0, "fraction_of_copy": 3.0, "tflops": 100.0}
+    assert report.COPY_NOTE not in report.markdown_table(_run([row]))
+
+
+# --- report.py: the training table (findings 4 and 5) ------------------------------------------------------------
+
+_STEP = {"suite": "train", "shape": "vit", "dtype": "bf16", "mode": "forward", "p20_ms": 10.0, "p80_ms": 10.0,
+         "repeats": 10, "peak_mem_mb": 300.0}  # fmt: skip
+
+
+def _train_cells(table: str, provider: str) -> dict[str, str]:
+    lines = table.splitlines()
+    header = next(line for line in lines if line.startswith("| model |"))
+    (row,) = [line for line in lines if line.startswith("| vit |") and f"| {provider} |" in line]
+    return dict(zip((c.strip() for c in header.split("|")), (c.strip() for c in row.split("|")), strict=True))
+
+
+def test_the_training_table_says_its_host_time_is_not_measured():
+    records = [{**_STEP, "provider": "plain", "median_ms": 10.0}, {**_STEP, "provider": "joint", "median_ms": 15.0}]
+    table = report.markdown_table(_run(records))
+    assert _train_cells(table, "joint")["host ms"] == "-"
+    assert "host ms: not measured (whole steps get no host-time pass" in table
+    assert "a host-bound step is not marked" in table
+    cpu = report.markdown_table({**_run(records), "environment": {"device": "CPU: X", "torch": "-"}})
+    assert "not measured" not in cpu and "host ms: '-' on the CPU, where the median is the host time" in cpu
+
+
+def test_the_training_table_marks_a_host_bound_step_where_its_host_time_was_measured():
+    records = [{**_STEP, "provider": "plain", "median_ms": 10.0, "host_ms": 4.0, "host_bound": False},
+               {**_STEP, "provider": "joint", "median_ms": 15.0, "host_ms": 16.0, "host_bound": True}]  # fmt: skip
+    table = report.markdown_table(_run(records))
+    assert _train_cells(table, "joint")["host ms"] == "16.000 host-bound"
+    assert _train_cells(table, "plain")["host ms"] == "4.000"
+    assert "not measured" not in table
+    assert _train_cells(table, "joint")["time / plain"] == "1.50"  # the other cells under their own headers
+    assert _train_cells(table, "joint")["images/s"] == "-"
+
+
+def test_the_training_peak_is_labelled_as_the_steps_peak_above_its_start():
+    table = report.markdown_table(_run([{**_STEP, "provider": "plain", "median_ms": 10.0}]))
+    assert _train_cells(table, "plain")["peak MiB above the step's start"] == "300"
+    assert "not the process's peak" in table
+
+
+@pytest.mark.parametrize("suite", ["loss", "train"])
+def test_no_training_caption_without_training_rows(suite):
+    table = report.markdown_table(_run([{**_STEP, "suite": suite, "provider": "plain", "median_ms": 10.0}]))
+    assert ("End-to-end training steps" in table) == (suite == "train")

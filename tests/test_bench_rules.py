@@ -518,8 +518,8 @@ def test_report_training_step_ratio_is_time_over_plain_time():
                {**train, "provider": "masksub (joint)", "median_ms": 15.0, "ideal_ratio": 1.5}]  # fmt: skip
     table = report.markdown_table(_run(records))
     rows = {line.split("|")[3].strip(): line.split("|") for line in table.splitlines() if line.startswith("| vit |")}
-    assert rows["masksub (joint)"][6].strip() == "1.50" and rows["plain"][6].strip() == "1.00"
-    assert rows["masksub (joint)"][7].strip() == "1.5"  # the ideal beside it
+    assert rows["masksub (joint)"][7].strip() == "1.50" and rows["plain"][7].strip() == "1.00"
+    assert rows["masksub (joint)"][8].strip() == "1.5"  # the ideal beside it
 
 
 # kills report.py:194 (the minimal '% of copy' printed as the fraction: `_fmt(fraction, 1)`, a unit off by 100)

@@ -117,6 +117,22 @@ def _header_notes(run: dict) -> list[str]:
     return notes
 
 
+OVER_COPY = "\u2020"  # marks a '% of copy' over 100 (the note under the header, COPY_NOTE)
+COPY_NOTE = (
+    f"{OVER_COPY} over 100% of copy: the copy's GB/s count a read and a write per byte moved (a read + write "
+    "roofline); an op that mostly reads (a loss forward: the logits read, a row's loss written) can stream faster "
+    "than that (DRAM loses less time switching between reads and writes): such a figure is no fraction of the op's "
+    "own roofline."
+)
+
+
+def _percent(fraction: float | None) -> str:
+    """A '% of copy' cell: the fraction as a percentage, marked OVER_COPY past 100."""
+    if fraction is None:
+        return "-"
+    return f"{100 * fraction:.1f}{OVER_COPY if fraction > 1 else ''}"
+
+
 def markdown_table(run: dict) -> str:
     """Per suite, shape, dtype and mode: each provider's median time, GB/s, % of copy bandwidth (on the minimal
     bytes, and on the bytes the design moves where they differ), speed-up vs the official style measured in the
@@ -141,9 +157,18 @@ def markdown_table(run: dict) -> str:
         + (" | --tiny: a smoke test of the code, not a measurement" if run.get("tiny") else ""),
         *(["", *(f"- {note}" for note in _header_notes(run))] if _header_notes(run) else []),
         "",
-        "% of copy: on the minimal bytes (each input read once, each output written once) and, where this "
-        "library's design moves more (the loss: 6 passes over the logits in full, not 4), on the design's bytes.",
+        "% of copy: the case's GB/s over the copy bandwidth above (a device-to-device copy's bytes read + written: a "
+        "read + write roofline, not the op's own mix of reads and writes), on the minimal bytes (each input read "
+        "once, each output written once) and, where this library's design moves more (the loss: 6 passes over the "
+        "logits in full, not 4), on the design's bytes.",
     ]
+    over = [
+        r
+        for r in run["records"]
+        if not r.get("tflops") and max(r.get("fraction_of_copy") or 0, r.get("fraction_of_copy_design") or 0) > 1
+    ]
+    if over:  # no figure over 100% without its reason (helper-252)
+        lines.append(COPY_NOTE)
     if run.get("model"):
         model = run["model"]
         of = ", ".join(f"{k} {model[k]}" for k in ("card", "date", "triton") if model.get(k))  # older runs: none
@@ -168,12 +193,25 @@ def markdown_table(run: dict) -> str:
     # runs since 2026-12-06 time a model's providers interleaved (bench/train_step.py), earlier ones did not
     interleaved = any(r.get("timing") == "interleaved" for r in run["records"] if r["suite"] == "train")
     order = "; each model's providers timed interleaved, round by round" if interleaved else ""
+    train = [r for r in run["records"] if r["suite"] == "train"]
+    train_host = any(r.get("host_ms") is not None for r in train)
     train_lines = [
         "",
-        f"End-to-end training steps (images/s; step-time ratio to plain training, beside the ideal{order}):",
+        f"End-to-end training steps (images/s; step-time ratio to plain training, beside the ideal{order}). "
+        "peak MiB: the most allocated during one step above what was allocated at its start (the weights, the "
+        "optimizer's state, the data and whatever the step before left are not counted), not the process's peak."
+        + (
+            ""
+            if train_host or not train
+            else " host ms: '-' on the CPU, where the median is the host time."
+            if env["device"].startswith("CPU")
+            else " host ms: not measured (whole steps get no host-time pass, masksub_kernels/bench/timing.py): a "
+            "host-bound step is not marked."
+        ),
         "",
-        "| model | dtype | provider | median ms (p20-p80) | images/s | time / plain | ideal | peak MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | dtype | provider | median ms (p20-p80) | host ms | images/s | time / plain | ideal "
+        "| peak MiB above the step's start |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (suite, shape, dtype, mode), records in groups.items():
         if suite == "train":
@@ -181,13 +219,13 @@ def markdown_table(run: dict) -> str:
             for r in records:
                 if "error" in r or "not_run" in r:
                     what = f"error: {r['error']}" if "error" in r else f"not run: {r['not_run']}"
-                    train_lines.append(f"| {shape} | {dtype} | {r['provider']} | {what} |||||")
+                    train_lines.append(f"| {shape} | {dtype} | {r['provider']} | {what} ||||||")
                     continue
                 ratio = r["median_ms"] / plain["median_ms"] if plain else None
                 train_lines.append(
                     f"| {shape} | {dtype} | {r['provider']} | {_fmt(r['median_ms'], 1)} ({_fmt(r['p20_ms'], 1)}-"
-                    f"{_fmt(r['p80_ms'], 1)}) | {_fmt(r.get('images_per_s'), 0)} | {_fmt(ratio, 2)} | "
-                    f"{_fmt(r.get('ideal_ratio'), 1)} | {_fmt(r.get('peak_mem_mb'), 0)} |"
+                    f"{_fmt(r['p80_ms'], 1)}) | {host_cell(r)} | {_fmt(r.get('images_per_s'), 0)} | "
+                    f"{_fmt(ratio, 2)} | {_fmt(r.get('ideal_ratio'), 1)} | {_fmt(r.get('peak_mem_mb'), 0)} |"
                 )
             continue
         baseline = next((r for r in records if r["provider"] == BASELINE and "median_ms" in r), None)
@@ -209,8 +247,7 @@ def markdown_table(run: dict) -> str:
             lines.append(
                 f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | {_fmt(r['median_ms'])} "
                 f"({_fmt(r['p20_ms'])}-{_fmt(r['p80_ms'])}) | {host_cell(r)} | {_fmt(r.get('predicted_ms'))} | "
-                f"{_fmt(gbps, 1)} | {_fmt(None if fraction is None else 100 * fraction, 1)} | "
-                f"{_fmt(None if design is None else 100 * design, 1)} | "
+                f"{_fmt(gbps, 1)} | {_percent(fraction)} | {_percent(design)} | "
                 f"{_fmt(speedup, 2)}{'x' if speedup else ''} | {_fmt(r.get('peak_mem_mb'), 1)} |"
             )
     if len(train_lines) > 5:

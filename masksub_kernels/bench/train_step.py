@@ -1,4 +1,6 @@
-"""End-to-end training steps: images/s and peak memory of plain training and of MaskSub, per model.
+"""End-to-end training steps: images/s and peak memory (above the step's start: what was allocated before it, the
+weights, the optimizer's state and the data, not counted; not the process's peak) of plain training and of MaskSub,
+per model. No host time: whole steps get no host-time pass (runner._call), and the report says so.
 
 Providers (one optimizer step each, same model, batch and optimizer):
 - plain: the model alone, soft-target CE (no MaskSub): the cost MaskSub is compared with;
