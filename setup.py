@@ -121,11 +121,18 @@ def extension_modules():
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
-    archs = os.environ.get("MASKSUB_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
+    archs = [a.strip() for a in os.environ.get("MASKSUB_CUDA_ARCHS", "80;90").replace(",", ";").split(";")]
+    archs = list(filter(None, archs))
+    # PTX beside the machine code of the lowest arch but sm_90a (whose PTX runs on sm_90 only): a newer GPU (10.x,
+    # 12.x) JIT-compiles it at the first launch instead of failing with "no kernel image" (helper-246 F3); the PTX
+    # is the one that arch's machine code is assembled from, so it costs no second compile
+    portable = [arch for arch in archs if arch != "90" and arch.isdigit()]
+    ptx_arch = min(portable, key=int) if portable else None
     gencode = []
-    for arch in filter(None, (a.strip() for a in archs)):
+    for arch in archs:
         target = f"{arch}a" if arch == "90" else arch  # sm_90a: Hopper-only instructions allowed
-        gencode += [f"-gencode=arch=compute_{target},code=sm_{target}"]
+        code = f"[sm_{target},compute_{target}]" if arch == ptx_arch else f"sm_{target}"
+        gencode += [f"-gencode=arch=compute_{target},code={code}"]
     log(f"building the CUDA extension masksub_kernels._C for sm_{', sm_'.join(archs)} ({reason})")
     sources = [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cu")) + sorted(CSRC.glob("*.cpp"))]
     extension = CUDAExtension(

@@ -237,7 +237,20 @@ def test_the_extension_targets_sm_80_and_sm_90a(monkeypatch, archs):
         monkeypatch.setenv("MASKSUB_CUDA_ARCHS", archs)
     _, extension = planned_extension(monkeypatch)
     gencode = [flag for flag in extension.extra_compile_args["nvcc"] if flag.startswith("-gencode")]
-    assert gencode == ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a"]
+    # sm_80's PTX embedded too: a newer GPU JIT-compiles it (helper-246 F3)
+    assert gencode == ["-gencode=arch=compute_80,code=[sm_80,compute_80]", "-gencode=arch=compute_90a,code=sm_90a"]
+
+
+@pytest.mark.parametrize(("archs", "expected"), [
+    ("90", ["-gencode=arch=compute_90a,code=sm_90a"]),  # sm_90a's PTX runs on sm_90 only: none
+    ("90;86;80", ["-gencode=arch=compute_90a,code=sm_90a", "-gencode=arch=compute_86,code=sm_86",
+                  "-gencode=arch=compute_80,code=[sm_80,compute_80]"]),  # the lowest arch's, whatever the order
+    ("100", ["-gencode=arch=compute_100,code=[sm_100,compute_100]"]),
+])  # fmt: skip
+def test_the_ptx_is_the_lowest_portable_archs(monkeypatch, archs, expected):
+    monkeypatch.setenv("MASKSUB_CUDA_ARCHS", archs)
+    _, extension = planned_extension(monkeypatch)
+    assert [flag for flag in extension.extra_compile_args["nvcc"] if flag.startswith("-gencode")] == expected
 
 
 # -> tests/test_setup.py. Kills S03 (NVCC_WARNING_FLAGS without "-Werror=all-warnings": nvcc's own warnings, of the
