@@ -134,3 +134,26 @@ def test_the_training_peak_is_labelled_as_the_steps_peak_above_its_start():
 def test_no_training_caption_without_training_rows(suite):
     table = report.markdown_table(_run([{**_STEP, "suite": suite, "provider": "plain", "median_ms": 10.0}]))
     assert ("End-to-end training steps" in table) == (suite == "train")
+
+
+# helper-258's mutation audit of the labels
+
+
+def test_a_design_figure_alone_over_100_brings_the_note():
+    # kills report's `over` reading fraction_of_copy only (the test above has a row with both over 100)
+    row = {**_ROW, "provider": "masksub[triton]", "median_ms": 1.0, "gbps": 0.9, "fraction_of_copy": 0.9,
+           "fraction_of_copy_design": 1.35}  # fmt: skip
+    table = report.markdown_table(_run([row]))
+    assert f"135.0{report.OVER_COPY}" in table and report.COPY_NOTE in table
+
+
+@pytest.mark.parametrize("what", [{"error": "RuntimeError: x"}, {"not_run": "CUDA context lost after y"}])
+def test_error_and_not_run_rows_have_the_headers_number_of_cells(what):
+    # kills the error / not-run rows' empty cells one short (the tables' column counts before the host ms column)
+    records = [{**_ROW, "provider": "p", **what},
+               {**_ROW, "suite": "train", "shape": "vit", "provider": "joint", **what}]  # fmt: skip
+    lines = report.markdown_table(_run(records)).splitlines()
+    for header_start, row_start in (("| suite |", "| loss |"), ("| model |", "| vit |")):
+        header = next(line for line in lines if line.startswith(header_start))
+        (row,) = [line for line in lines if line.startswith(row_start)]
+        assert row.count("|") == header.count("|"), (header, row)

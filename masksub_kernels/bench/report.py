@@ -121,8 +121,9 @@ OVER_COPY = "\u2020"  # marks a '% of copy' over 100 (the note under the header,
 COPY_NOTE = (
     f"{OVER_COPY} over 100% of copy: the copy's GB/s count a read and a write per byte moved (a read + write "
     "roofline); an op that mostly reads (a loss forward: the logits read, a row's loss written) can stream faster "
-    "than that (DRAM loses less time switching between reads and writes): such a figure is no fraction of the op's "
-    "own roofline."
+    "than that (DRAM loses less time switching between reads and writes); and the design column counts every pass "
+    "as read from memory, where a later pass may find its data still in L2: such a figure is no fraction of the "
+    "op's own roofline."
 )
 
 

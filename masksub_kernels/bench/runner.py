@@ -258,7 +258,12 @@ def run_group(
     try:
         timings = measure_each(calls, device) if calls else []
     except ContextLost as exc:  # one call's sticky CUDA error: nothing else measured
-        _failed(records[timed[exc.index]], exc, device)
+        lost = records[timed[exc.index]]
+        _failed(lost, exc, device)
+        if len(calls) > 1:  # a fault surfaces at a later launch: the call launched before it (in its round, or
+            # the previous round's last) may be the culprit
+            before = case_label(*pairs[timed[(exc.index - 1) % len(calls)]])
+            lost["error"] += f" (or the call before it, {before}: rerun with CUDA_LAUNCH_BLOCKING=1)"
         return _lost_group(cases, pairs, records)
     except Exception as exc:  # not one call's failure (e.g. the device's synchronize): every timed case's
         if context_lost(exc, device):  # the device lost at the synchronize after the rounds: no one call's
@@ -285,12 +290,13 @@ def _by_case(cases: list[OpCase], pairs: list[tuple[OpCase, str]], records: list
 
 
 def _lost_group(cases: list[OpCase], pairs: list[tuple[OpCase, str]], records: list[dict]) -> list[list[dict]]:
-    """A group's records after a sticky CUDA error: those marked ``context_lost`` keep their error, every other one
-    is not run, after the first lost case."""
+    """A group's records after a sticky CUDA error: those with an error keep it (the lost case's, marked
+    ``context_lost``, and a case's own earlier failure, e.g. inputs it could not make), every other one is not run,
+    after the first lost case."""
     first = next(index for index, record in enumerate(records) if record.get("context_lost"))
     after = case_label(*pairs[first])
     kept = [
-        record if record.get("context_lost") else not_run_records(case, after, [mode])[0]
+        record if "error" in record else not_run_records(case, after, [mode])[0]
         for (case, mode), record in zip(pairs, records)
     ]
     return _by_case(cases, pairs, kept)

@@ -46,8 +46,12 @@ import torch
 HOST_REPEATS = 5  # calls of the host-time pass (GPU), each after the GPU drained
 L2_FLUSH_BYTES = 256 * 2**20  # the L2 flush's read, at least (L2Flush): 5x the L2 of an H100 or H200 (50 MiB)
 # how a CUDA runtime error reads where its type does not say it (torch's releases before torch.AcceleratorError, a
-# RuntimeError): torch's C10_CUDA_CHECK and this library's extension, Triton's launcher, the driver API's names
-CUDA_ERROR_MARKERS = ("CUDA error", "Triton Error [CUDA]", "CUDA_ERROR_")
+# RuntimeError): torch's C10_CUDA_CHECK and its driver checks, this library's extension (csrc/bindings.h's launch
+# check), Triton's launcher, the driver API's names. On a CUDA device any other error is probed too (context_lost).
+CUDA_ERROR_MARKERS = ("CUDA error", "CUDA driver error", "kernel launch failed", "Triton Error [CUDA]", "CUDA_ERROR_")
+# errors that never lose the context, whatever they say: the caching allocator's out of memory, Triton's refusal of
+# a kernel over the card's shared memory or registers (raised before any launch)
+NOT_STICKY = ("OutOfMemoryError", "OutOfResources")
 
 
 class ContextLost(Exception):
@@ -77,14 +81,22 @@ def device_usable(device: torch.device) -> bool:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return torch.ones(1, device=device).add_(1).item() == 2.0
+    except torch.OutOfMemoryError:  # after a synchronize that ran: the device works, its memory is full (helper-258)
+        return True
     except Exception:  # the probe's own failure is the answer
         return False
 
 
 def context_lost(exc: BaseException, device: torch.device) -> bool:
-    """Whether ``exc`` is a sticky CUDA error: a CUDA error (is_cuda_error) after which ``device`` runs nothing
-    (device_usable). Every later case of the process would fail with it: the runner stops there."""
-    return isinstance(exc, ContextLost) or (is_cuda_error(exc) and not device_usable(device))
+    """Whether ``exc`` is a sticky CUDA error: an error after which ``device`` runs nothing (device_usable), probed
+    where it is a CUDA error (is_cuda_error) or, on a CUDA device, any error but NOT_STICKY's (a message this harness
+    does not know, e.g. a wrapper's, must not pass a lost context as one case's failure; helper-258). Every later
+    case of the process would fail with it: the runner stops there."""
+    if isinstance(exc, ContextLost):
+        return True
+    if any(cls.__name__ in NOT_STICKY for cls in type(exc).__mro__):
+        return False
+    return (is_cuda_error(exc) or device.type == "cuda") and not device_usable(device)
 
 
 def l2_flush_bytes(device: torch.device) -> int:
