@@ -12,8 +12,9 @@ namespace {
 // CE: the fields as in the maths above; class ids with smoothing keep sum_c (z_c - c_z) in d_z with the count
 // of classes in s_z, the probabilities' fields with w = 1 (shifted sums: a plain sum z less C c_z at the row's
 // end overflowed at logits near -FLT_MAX and cancelled at large common offsets; helper-248). BCE: plain sums,
-// the main term's in a_z (probabilities: the sum of terms; class ids: p_z = P, l_z = G and n_z = N = sum
-// min(z, 0) over the other classes) and the sub term's in l_s.
+// the main term's in a_z (probabilities: the sum of terms; class ids: p_z = P, l_z = G and n_z = A' = sum z over
+// the other classes, N = A' - P at the row's end: accurate to the sums' rounding, w_o <= 1 / C; summing min(z, 0)
+// itself cost an instruction per element for nothing a public input reaches, helper-256) and the sub term's in l_s.
 struct LossState {
   float m_z, l_z, s_z, d_z, a_z, p_z, n_z;
   float m_s, l_s, m_t, l_t, d_t, m_ninf;
@@ -48,7 +49,7 @@ __device__ __forceinline__ void fold(LossState& st, const float (&z)[N], const f
       for (int i = 0; i < N; ++i) {
         const float z_other = kLabel && label_at == i ? 0.0f : z[i];  // the id's linear part: once per row
         st.p_z += fmaxf(z_other, 0.0f);
-        if constexpr (V::kSmoothed) st.n_z += fminf(z_other, 0.0f);  // N (enters the loss as w_o N)
+        if constexpr (V::kSmoothed) st.n_z += z_other;  // A' (N = A' - P enters the loss as w_o N)
       }
       st.l_z += sum_log1p(e_z);
     }
@@ -337,9 +338,10 @@ __device__ __forceinline__ void store_row(LossState st, const T* z_row, const Lo
     if constexpr (V::kBce) {
       float sum = st.a_z;  // probabilities: the sum of the terms
       if constexpr (V::kLabels) {
-        // N <= 0: P = +inf and N = -inf add to +inf, never NaN. w_o = 0 skips the term (!kSmoothed: N not summed)
-        sum = (w_o != 1.0f ? (1.0f - w_o) * st.p_z : 0.0f) - (V::kSmoothed && w_o != 0.0f ? w_o * st.n_z : 0.0f) +
-              st.l_z;
+        // N = A' - P; P = +inf: the row's term is +inf whatever N (A' may be NaN). w_o = 0 skips the term
+        // (!kSmoothed: A' not summed)
+        const float n = st.p_z == INFINITY ? 0.0f : st.n_z - st.p_z;
+        sum = (w_o != 1.0f ? (1.0f - w_o) * st.p_z : 0.0f) - (V::kSmoothed && w_o != 0.0f ? w_o * n : 0.0f) + st.l_z;
         const float t_y = (z_y > 0.0f ? 1.0f : 0.0f) - w_y;  // the id's linear part, as fold's t x
         sum += has_y && t_y != 0.0f ? t_y * z_y : 0.0f;
       }

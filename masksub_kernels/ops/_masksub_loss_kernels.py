@@ -182,9 +182,10 @@ def _store_row(
                 w_y, w_o, has_y, z_y = _label_terms(
                     z_row, bias_ptr, label, valid, bad, eps, C, threshold, BINARISE, HAS_BIAS
                 )
-                # P = a_z, N = b_z (_fwd_block; N <= 0, so P = +inf and N = -inf add to +inf, never NaN); w_o = 1
-                # only at C = 1, where no other class exists
-                lin = tl.where(w_o != 1.0, (1.0 - w_o) * a_z, 0.0) - tl.where(w_o != 0.0, w_o * b_z, 0.0)
+                # N = A - P (_fwd_block); P = +inf: the row's term is +inf whatever N (A may be NaN); w_o = 1 only
+                # at C = 1, where no other class exists
+                n_z = tl.where(a_z == float("inf"), 0.0, b_z - a_z)
+                lin = tl.where(w_o != 1.0, (1.0 - w_o) * a_z, 0.0) - tl.where(w_o != 0.0, w_o * n_z, 0.0)
                 t_y = tl.where(z_y > 0.0, 1.0, 0.0) - w_y  # the label's linear part, as _bce_elem
                 lin += tl.where(has_y & (t_y != 0.0), t_y * z_y, 0.0)
                 main = (lin + l_z) / C

@@ -56,3 +56,21 @@ def test_masksub_loss_split_merge_skips_a_teacher_rescale_of_zero(temperature, h
     expected = ml.loss_forward_reference(z, s, label, *options)
     assert torch.isfinite(expected[: ml.SUB + 1]).all()
     torch.testing.assert_close(out[: ml.SUB + 1], expected[: ml.SUB + 1], rtol=1e-6, atol=1e-6)
+
+
+@kernels
+def test_masksub_loss_smoothed_class_ids_over_lanes_of_unequal_counts_and_maxima():
+    # helper-256: the shifted smoothing sum (d_z, s_z) merged over lanes that folded unequal class counts and hold
+    # very different maxima (a +60 logit in lane 0's extra vector), at an offset of 1e4, on one-block rows and
+    # on a split row (1 row of ~37k fp32 classes): kills dropping s_z from shuffle_xor or merge (the offsets test's
+    # lanes fold equal counts but three, within its tolerance, and never split on CUDA)
+    for rows, classes in ((4, 4 * (128 * 8 + 64)), (1, 4 * (128 * 8 * 9 + 64))):
+        generator = torch.Generator().manual_seed(1)
+        main = (torch.randn(rows, classes, generator=generator) + 1e4).to(DEV)
+        main[:, 4 * 128 * 8] = 1e4 + 60.0  # the first extra vector (lane 0's last)
+        target = torch.arange(rows, device=DEV) * 7
+        options = (False, 0.1, -100, 1.0, None)
+        out = EXT.masksub_loss_forward(main, None, target, *options)
+        expected = ml.loss_forward_reference(main.double(), None, target, *options)
+        error = (out[ml.MAIN].double() - expected[ml.MAIN]).abs()
+        assert bool((error <= 2e-6 * expected[ml.MAIN].abs() + 1e-6).all()), error
