@@ -14,11 +14,15 @@ such a list is refused (transformers' ResNet, whose blocks are an ``nn.Sequentia
 decay), as is one whose block lists lie in no one list of stages (CLIPModel's text and vision towers, helper-247). A
 parameter outside the blocks takes the layer of the block before it in the model's registration order (a Swin
 stage's patch merging, after its blocks: its last block's; ConvNeXt's downsampling, before a stage's blocks: the
-previous stage's last block), or 0 before the first block, or L + 1 after the last. A tied
-parameter (BERT's decoder, the word embeddings) is one parameter: it trains at its first name's rate (the
-embeddings': layer 0). ``head_rate`` names parameters that train at the full rate wherever they sit: MaskSub's
-Swin mask token (the embeddings' ``mask_token``, new at fine-tuning: at the stem's rate it would barely move),
-as the training command's wrapper parameters do (optim.py).
+previous stage's last block), or 0 before the first block, or L + 1 after the last. A transformers model's
+parameters outside its backbone (``model.base_model``, where that is a submodule holding the blocks) are its head,
+L + 1, wherever they are registered: XLM-RoBERTa's and CamemBERT's classifiers and MLM heads are registered before
+the backbone, and by registration order alone trained at the stem's rate (helper-260). A tied parameter (BERT's
+MLM decoder, the word embeddings) is one parameter, in one group under its first name: it trains at the lowest
+rate of its places (the embeddings', layer 0), whichever is registered first. ``head_rate`` names parameters that
+train at the full rate wherever they sit: MaskSub's Swin mask token (the embeddings' ``mask_token``, new at
+fine-tuning: at the stem's rate it would barely move), as the training command's wrapper parameters do
+(optim.py); a name that is not the model's parameter is refused.
 """
 
 from __future__ import annotations
@@ -63,23 +67,42 @@ def _block_prefixes(model: nn.Module) -> list[str]:
     return blocks
 
 
+def _backbone_prefix(model: nn.Module, blocks: list[str]) -> str | None:
+    """``"roberta."`` where ``model.base_model`` (a transformers model's backbone) is a submodule holding every block:
+    what lies outside it is the head, wherever registered. None otherwise (a bare backbone, a plain module)."""
+    base = getattr(model, "base_model", None)
+    if not isinstance(base, nn.Module) or base is model:
+        return None
+    prefix = next((name for name, module in model.named_modules() if module is base), None)
+    if not prefix or not all(block.startswith(prefix + ".") for block in blocks):
+        return None
+    return prefix + "."
+
+
 def hf_layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
     """({parameter name: layer}, L) for ``model`` (module docstring), over ``named_parameters()`` (a tied parameter
-    under its first name), trainable or not. A ValueError where the model has no block list."""
+    under its first name, at the lowest layer of its names), trainable or not. A ValueError where the model has no
+    block list."""
     blocks = _block_prefixes(model)
     if not blocks:
         raise ValueError(
             f"layer_decay needs the model's blocks in an nn.ModuleList named {' / '.join(BLOCK_LIST_NAMES)}; "
             f"{type(model).__name__} has none"
         )
-    depth, layers, current = len(blocks), {}, 0
-    for name, _ in model.named_parameters():
+    backbone = _backbone_prefix(model, blocks)
+    depth, layers, first, current = len(blocks), {}, {}, 0
+    for name, p in model.named_parameters(remove_duplicate=False):  # every name of a tied parameter
         inside = next((i for i, block in enumerate(blocks) if name.startswith(block + ".")), None)
         if inside is not None:
-            current = inside + 1
-        elif current == depth:  # past the last block's parameters: the head's layer
-            current = depth + 1
-        layers[name] = current
+            current = layer = inside + 1
+        elif backbone is not None and not name.startswith(backbone):  # the head, before the backbone or after
+            layer = depth + 1
+        else:
+            if current == depth:  # past the last block's parameters: the head's layer
+                current = depth + 1
+            layer = current
+        key = first.setdefault(id(p), name)  # named_parameters()' name for it
+        layers[key] = min(layers.get(key, layer), layer)
     return layers, depth
 
 
@@ -99,7 +122,13 @@ def split_groups_by_layer(
         )
     names = {id(p): name for name, p in model.named_parameters()}
     ids, depth = hf_layer_ids(model)
-    ids.update({name: depth + 1 for name in head_rate if name in ids})
+    if isinstance(head_rate, str):
+        raise TypeError(f"head_rate is a set of parameter names; got the string {head_rate!r}")
+    aliases = {name: names[id(p)] for name, p in model.named_parameters(remove_duplicate=False)}
+    unknown = sorted(name for name in head_rate if name not in aliases)
+    if unknown:
+        raise ValueError(f"head_rate names no parameter of {type(model).__name__}: {unknown}")
+    ids.update({aliases[name]: depth + 1 for name in head_rate})
     parts = {}
     for index, group in enumerate(optimizer.param_groups):
         for p in group["params"]:
