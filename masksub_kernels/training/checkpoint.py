@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["eager_state_dict", "load_checkpoint", "load_eager_state_dict", "read_run_checkpoint", "save_checkpoint"]
+__all__ = ["eager_state_dict", "fsync", "fsync_directory", "load_checkpoint", "load_eager_state_dict",
+           "read_run_checkpoint", "save_checkpoint"]  # fmt: skip
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
@@ -30,20 +31,25 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     with open(tmp, "wb") as file:
         torch.save(state, file)
         file.flush()
-        _fsync(file.fileno())
+        fsync(file.fileno())
     os.replace(tmp, path)
+    fsync_directory(folder)
+
+
+def fsync_directory(folder: str) -> None:
+    """Flush ``folder``'s entries (a rename into it) to the disk, where the folder can be opened for it."""
     try:  # a directory opens read-only on POSIX (not on Windows, whose rename is its own), unless unreadable
         descriptor = os.open(folder, os.O_RDONLY) if os.name == "posix" else None
     except OSError:  # (helper-234: a writable, unreadable folder: the checkpoint is saved, its rename not synced)
         descriptor = None
     if descriptor is not None:
         try:
-            _fsync(descriptor)
+            fsync(descriptor)
         finally:
             os.close(descriptor)
 
 
-def _fsync(descriptor: int) -> None:
+def fsync(descriptor: int) -> None:
     """os.fsync, where the filesystem has it (some FUSE mounts: EINVAL / ENOTSUP; the rename still protects a
     crash)."""
     try:

@@ -1,18 +1,28 @@
-"""The token blocks of ``masksub-train-mlm`` (mlm_cli.py): packed once into ``--output``, memory-mapped by every rank,
-kept on the CPU, a batch at a time moved to the device.
+"""The token blocks of ``masksub-train-mlm`` (mlm_cli.py): packed once into ``--block-cache`` (default ``--output``),
+memory-mapped by every rank, kept on the CPU, a batch at a time moved to the device.
 
-- The cache: ``OUTPUT/blocks.json`` (its key and shapes) beside ``blocks_train.bin`` and ``blocks_held_out.bin``
-  (int64, row-major [blocks, --seq-len]: the blocks as ``text_data.pack_blocks`` packs them). Its key is a SHA-256
-  of what determines the blocks (``cache_key``): the documents (every training and held-out document's text, in
-  order), the vocabulary file's SHA-256, --seq-len, the ``tokenizers`` version and CACHE_VERSION (the packing's
-  format). Rank 0 alone reads the corpus and decides: a cache whose key (or file sizes) differs is rebuilt, never
-  reused; the files are written through a temporary file, flushed and renamed, ``blocks.json`` removed first and
-  written last, so an interrupted rebuild leaves no cache that passes for another. The other ranks wait (a
-  broadcast), then map the files (``torch.from_file``, private: pages shared with the page cache, nothing copied).
-  Under torchrun on several machines ``--output`` must be one shared folder, as for the vocabulary.
+- The cache: ``DIR/blocks.json`` (its key, shapes and what is derived from the blocks) beside ``blocks_train.bin``
+  and ``blocks_held_out.bin`` (int32 since CACHE_VERSION 2: 4 bytes a token; row-major [blocks, --seq-len]: the
+  blocks as ``text_data.pack_blocks`` packs them). Its key is a SHA-256 of what determines the blocks
+  (``cache_key``): the documents (every training and held-out document's text, in order), the vocabulary file's
+  SHA-256, --seq-len, the ``tokenizers`` version and CACHE_VERSION (the packing's format). So runs of the same
+  corpus, vocabulary and --seq-len (a baseline and MaskSub, seeds) may share one folder: the first packs it, the
+  others read it. Rank 0 of a run alone reads the corpus and decides: a cache whose key (or file sizes) differs is
+  rebuilt, never reused. A build holds a lock on ``DIR/blocks.lock`` (flock, where the file system has it: runs
+  started together wait for one build, then read it), removes the temporary files an interrupted build left, and
+  writes each file through a temporary file of its own (pid and a random tag), flushed and renamed, ``blocks.json``
+  removed first and written last, the folder flushed after: an interrupted rebuild leaves no cache that passes for
+  another. The other ranks wait (a broadcast), then map the files (``torch.from_file``, private: pages shared with
+  the page cache, nothing copied); where one cannot, every rank stops (``every_rank_check``). Under torchrun on
+  several machines the folder must be shared, as the vocabulary's.
+- Built once with the blocks, stored in blocks.json (not read from the files at each start, ~2 min per rank at
+  40 GB): each training block's count of special tokens, as a histogram (mlm_cli._check_keep), and the corpus's
+  SHA-256 (``corpus_digest``, which a checkpoint records) for the held-out blocks evaluated by this run's
+  --eval-blocks, by all of them (0) and by the default 512; another --eval-blocks computes it at the start.
 - Training batches: a batch's rows are gathered from the mapped blocks on the CPU and copied to a CUDA device from
-  pinned memory without blocking (``to_device``); their special-token mask is computed from the batch
-  (``torch.isin``), not held for the whole corpus: 9 bytes a token on every GPU before (helper-253).
+  pinned memory without blocking (``to_device``), then widened to int64 (the model's ids, as before); their
+  special-token mask is computed from the batch (``torch.isin``), not held for the whole corpus: 9 bytes a token on
+  every GPU before (helper-253).
 - The held-out evaluation: ``--eval-blocks`` K of the N held-out blocks, evenly strided over them (``eval_rows``:
   block floor(i N / K) for i < K, in file order), not the first K (which came from the first documents alone).
 """
@@ -20,28 +30,38 @@ kept on the CPU, a batch at a time moved to the device.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import secrets
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
+from .rank_zero import every_rank_check, rank_zero_check
 from .run_setup import UsageError
 
-CACHE_VERSION = 1  # the packing's format ([CLS] + L - 2 tokens + [SEP], documents joined by [SEP]); bump to rebuild
+CACHE_VERSION = 2  # the packing's format ([CLS] + L - 2 tokens + [SEP], documents joined by [SEP]; 2: int32 and the
+# stats); bump to rebuild
+DTYPE = torch.int32  # the files' (a vocabulary's ids < 2^31: pack_parts checks); int64 once on the device
 META = "blocks.json"
+LOCK = "blocks.lock"
 PARTS = {"train": "blocks_train.bin", "held_out": "blocks_held_out.bin"}
-SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]")  # never predicted, always kept by the sub-branch
+DEFAULT_EVAL_BLOCKS = 512  # --eval-blocks' default: its corpus digest is stored with the cache
 
-__all__ = ["TrainBlocks", "cache_key", "ensure_cache", "eval_rows", "load_cache", "special_counts", "to_device"]
+__all__ = ["CACHE_VERSION", "DEFAULT_EVAL_BLOCKS", "LOCK", "META", "PARTS", "TrainBlocks", "block_specials",
+           "block_stats", "cache_key", "cached_blocks", "corpus_digest", "documents_digest", "ensure_cache",
+           "eval_count", "eval_rows", "load_cache", "pack_parts", "read_documents", "special_counts", "stored_digest",
+           "to_device"]  # fmt: skip
 
 
 class TrainBlocks(NamedTuple):
-    blocks: torch.Tensor  # int64 [N, L] on the CPU (memory-mapped from the cache)
-    special_ids: torch.Tensor  # int64: the ids of SPECIAL_TOKENS, on ``device``
+    blocks: torch.Tensor  # int32 [N, L] on the CPU (memory-mapped from the cache)
+    special_ids: torch.Tensor  # int64: the ids of text_data.NEVER_PREDICTED, on ``device``
     device: torch.device  # where a batch goes
+    specials: dict | None = None  # {special tokens in a block: blocks}, blocks.json's (None: counted from ``blocks``)
 
 
 def read_documents(data_dir: str | None) -> dict:
@@ -62,13 +82,19 @@ def read_documents(data_dir: str | None) -> dict:
 
 
 def pack_parts(tokenizer, docs: dict, seq_len: int) -> dict[str, torch.Tensor]:
-    """{'train', 'held_out'}: each part's documents packed (text_data.pack_blocks); a UsageError names the part."""
+    """{'train', 'held_out'}: each part's documents packed (text_data.pack_blocks), DTYPE; a UsageError names the
+    part, or a vocabulary whose ids do not fit DTYPE."""
     from . import text_data
 
+    if tokenizer.get_vocab_size() > torch.iinfo(DTYPE).max:
+        raise UsageError(
+            f"a vocabulary of {tokenizer.get_vocab_size()} tokens: the token blocks are cached as {DTYPE} (ids below "
+            f"2^31), too few for it"
+        )
     split = {}
     for name, held in (("train", False), ("held_out", True)):
         try:
-            split[name] = text_data.pack_blocks(tokenizer, docs[name], seq_len)
+            split[name] = text_data.pack_blocks(tokenizer, docs[name], seq_len, dtype=DTYPE)
         except ValueError as exc:  # say which part: the held-out one can be small where the corpus is not
             share = " (the documents whose CRC-32 is 0 mod 10, about 10% of many)" if held else ""
             part = "held-out" if held else "training"
@@ -97,36 +123,84 @@ def cache_key(train_docs: list[str], held_out: list[str], tokenizer_sha256: str,
     return {"key": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), **parts}
 
 
-def _read_meta(output: str) -> dict | None:
+def _hash_blocks(digest, blocks: torch.Tensor, rows_per_chunk: int = 1 << 16):
+    """``digest`` updated with the blocks' shape and their bytes as int64 (whatever their dtype), a chunk of rows at a
+    time: an int64 [N, L] tensor's bytes, as the digest was taken before the cache held int32."""
+    digest.update(str(tuple(blocks.shape)).encode())
+    for start in range(0, blocks.shape[0], rows_per_chunk):
+        digest.update(memoryview(blocks[start : start + rows_per_chunk].to(torch.int64).contiguous().numpy()))
+    return digest
+
+
+def corpus_digest(train: torch.Tensor, val: torch.Tensor) -> str:
+    """SHA-256 of the corpus as the run trains and evaluates on it: its training and held-out token blocks ([N, L]
+    each, on the CPU, hashed as int64), so a resume on other text (same sizes or not) is told apart."""
+    return _hash_blocks(_hash_blocks(hashlib.sha256(), train), val).hexdigest()
+
+
+def eval_count(num_blocks: int, eval_blocks: int) -> int:
+    """The number of held-out blocks evaluated: ``eval_blocks`` (0: all) of ``num_blocks``."""
+    return num_blocks if eval_blocks == 0 else min(eval_blocks, num_blocks)
+
+
+def eval_rows(num_blocks: int, eval_blocks: int) -> torch.Tensor:
+    """The held-out blocks evaluated: ``eval_blocks`` (0: all) of ``num_blocks``, evenly strided, in file order."""
+    k = eval_count(num_blocks, eval_blocks)
+    return torch.arange(k, dtype=torch.int64) * num_blocks // k
+
+
+def block_stats(blocks: dict[str, torch.Tensor], special_ids: torch.Tensor, eval_blocks: int) -> dict:
+    """What blocks.json keeps of the blocks (module docstring), from one read of them: 'special_counts' {s: the
+    training blocks holding s special tokens}, 'corpus_sha256' {K: corpus_digest with K held-out blocks evaluated}
+    for --eval-blocks ``eval_blocks``, 0 and DEFAULT_EVAL_BLOCKS (the training blocks hashed once)."""
+    values, counts = torch.unique(special_counts(blocks["train"], special_ids), return_counts=True)
+    held_out = blocks["held_out"]
+    trained = _hash_blocks(hashlib.sha256(), blocks["train"])
+    ks = sorted({eval_count(held_out.shape[0], e) for e in (eval_blocks, 0, DEFAULT_EVAL_BLOCKS)})
+    digests = {str(k): _hash_blocks(trained.copy(), held_out[eval_rows(held_out.shape[0], k)]).hexdigest()
+               for k in ks}  # fmt: skip
+    return {"special_counts": {str(int(v)): int(c) for v, c in zip(values, counts)}, "corpus_sha256": digests}
+
+
+def stored_digest(meta: dict, train: torch.Tensor, val: torch.Tensor) -> str:
+    """corpus_digest(train, val): blocks.json's where it holds one for this many held-out blocks, else computed."""
+    stored = meta.get("corpus_sha256", {}).get(str(val.shape[0]))
+    return stored if stored is not None else corpus_digest(train, val)
+
+
+def _read_meta(folder: str) -> dict | None:
     try:
-        with open(os.path.join(output, META)) as f:
+        with open(os.path.join(folder, META)) as f:
             meta = json.load(f)
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
 
 
-def _valid(output: str, meta: dict | None, key: str) -> bool:
-    """The cache in ``output`` has this key and files of the sizes it records (a truncated file is rebuilt)."""
-    if meta is None or meta.get("key") != key:
+def _valid(folder: str, meta: dict | None, key: str) -> bool:
+    """The cache in ``folder`` has this key and files of the sizes it records (a truncated file is rebuilt)."""
+    if meta is None or meta.get("key") != key or not isinstance(meta.get("special_counts"), dict):
         return False
+    size = DTYPE.itemsize
     try:
         return all(
-            os.path.getsize(os.path.join(output, PARTS[name])) == 8 * meta[name][0] * meta[name][1] for name in PARTS
+            os.path.getsize(os.path.join(folder, PARTS[name])) == size * meta[name][0] * meta[name][1] for name in PARTS
         )
     except (OSError, KeyError, TypeError, IndexError):
         return False
 
 
-def _write(path: str, blocks: torch.Tensor) -> None:
-    from .checkpoint import _fsync
+def _write(path: str, data: bytes | memoryview) -> None:
+    """``data`` to ``path`` through a temporary file of this process's (a concurrent build's is another), flushed and
+    renamed."""
+    from .checkpoint import fsync
 
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         with open(tmp, "wb") as f:
-            f.write(memoryview(blocks.contiguous().numpy()))
+            f.write(data)
             f.flush()
-            _fsync(f.fileno())
+            fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -134,57 +208,129 @@ def _write(path: str, blocks: torch.Tensor) -> None:
         raise
 
 
-def ensure_cache(output: str, key: dict, pack: Callable[[], dict], extra: dict) -> bool:
-    """Rank 0: the cache in ``output`` for ``key`` (cache_key's), built from ``pack()`` ({'train', 'held_out'}: int64
-    [N, L] blocks each) where absent or of another key. ``extra``: recorded in blocks.json (the document counts).
-    Returns whether it was built."""
-    if _valid(output, _read_meta(output), key["key"]):
+@contextlib.contextmanager
+def _locked(folder: str):
+    """An exclusive lock on ``folder``'s LOCK file while a build runs (released when the file closes, also by a
+    process that dies); without flock (Windows, a file system that refuses it) builds are not serialised."""
+    with open(os.path.join(folder, LOCK), "a") as f:
+        try:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            pass
+        yield
+
+
+def _remove_leftovers(folder: str) -> None:
+    """The temporary files of builds that were interrupted (under the lock: no build of this folder is running)."""
+    for name in os.listdir(folder):
+        if name.endswith(".tmp") and name.startswith((META, *PARTS.values())):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, name))
+
+
+def ensure_cache(folder: str, key: dict, pack: Callable[[], dict], extra: dict, stats: Callable[[dict], dict]) -> bool:
+    """Rank 0: the cache in ``folder`` for ``key`` (cache_key's), built from ``pack()`` ({'train', 'held_out'}: DTYPE
+    [N, L] blocks each) where absent or of another key. blocks.json records ``extra`` (the document counts) and
+    ``stats(blocks)`` (block_stats). Returns whether it was built."""
+    from .checkpoint import fsync_directory
+
+    if _valid(folder, _read_meta(folder), key["key"]):
         return False
-    blocks = pack()
     try:
-        os.makedirs(output, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(output, META))  # first: no meta passes for the files while they are replaced
-        for name, file in PARTS.items():
-            _write(os.path.join(output, file), blocks[name])
-        meta = {**key, **extra, **{name: list(blocks[name].shape) for name in PARTS}}
-        tmp = os.path.join(output, META + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(tmp, os.path.join(output, META))
+        os.makedirs(folder, exist_ok=True)
+        with _locked(folder):
+            if _valid(folder, _read_meta(folder), key["key"]):  # built by a run of the same key while this one waited
+                return False
+            _remove_leftovers(folder)
+            blocks = pack()
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, META))  # first: no meta passes for the files while they are replaced
+            for name, file in PARTS.items():
+                _write(os.path.join(folder, file), memoryview(blocks[name].to(DTYPE).contiguous().numpy()))
+            meta = {**key, **extra, **stats(blocks), **{name: list(blocks[name].shape) for name in PARTS}}
+            _write(os.path.join(folder, META), json.dumps(meta, indent=1).encode())
+            fsync_directory(folder)  # the renames
     except OSError as exc:
-        raise UsageError(f"--output {output!r}: the token blocks cannot be cached there: {exc}") from exc
+        raise UsageError(f"--block-cache {folder!r}: the token blocks cannot be cached there: {exc}") from exc
     return True
 
 
-def load_cache(output: str, key: str) -> tuple[dict[str, torch.Tensor], dict]:
+def load_cache(folder: str, key: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Every rank: ({'train', 'held_out'}: the cached blocks, memory-mapped), blocks.json) for ``key`` (rank 0's)."""
-    meta = _read_meta(output)
-    if not _valid(output, meta, key):
+    meta = _read_meta(folder)
+    if not _valid(folder, meta, key):
         raise UsageError(
-            f"--output {output!r}: the token blocks rank 0 cached there are not this process's to read (another "
-            "key, or no file): under torchrun on several machines --output must be a shared folder"
+            f"--block-cache {folder!r}: the token blocks rank 0 cached there are not this process's to read (another "
+            "key, or no file): under torchrun on several machines it must be a shared folder (--block-cache, or "
+            "--output by default), and no run of other blocks may rebuild it meanwhile"
         )
     blocks = {}
     for name, file in PARTS.items():
         rows, length = meta[name]
-        mapped = torch.from_file(os.path.join(output, file), shared=False, size=rows * length, dtype=torch.int64)
+        mapped = torch.from_file(os.path.join(folder, file), shared=False, size=rows * length, dtype=DTYPE)
         blocks[name] = mapped.view(rows, length)
     return blocks, meta
 
 
-def eval_rows(num_blocks: int, eval_blocks: int) -> torch.Tensor:
-    """The held-out blocks evaluated: ``eval_blocks`` (0: all) of ``num_blocks``, evenly strided, in file order."""
-    k = num_blocks if eval_blocks == 0 else min(eval_blocks, num_blocks)
-    return torch.arange(k, dtype=torch.int64) * num_blocks // k
+def cached_blocks(args, rank: int, world: int, docs: dict, tokenizer, digest: str, state, built: list, prog: str):
+    """(blocks ({'train', 'held_out'}: memory-mapped), blocks.json, whether this run built them, its path): rank 0
+    builds the cache in ``args.block_cache`` (or --output) where needed (after refusing a resume of other documents
+    or options: mlm_resume.check_resume_early, before the corpus is packed), the others wait for its key, then every
+    rank maps the files. ``docs``: rank 0's documents; ``built``: the files and the folders made for them, where this
+    run built them (a refused run that trained its vocabulary deletes them)."""
+    import torch.distributed as dist
+
+    from . import text_data
+    from .mlm_resume import check_resume_early
+
+    key = [None, None]  # the cache's key, whether this run built it (rank 0's, then every rank's)
+    folder = args.block_cache or args.output
+
+    def build() -> None:
+        full = cache_key(docs["train"], docs["held_out"], digest, args.seq_len)
+        if state is not None:
+            check_resume_early(args, state, world, digest, full, docs["count"])
+        counts = {"documents": docs["count"], "held_out_documents": len(docs["held_out"])}
+        pack = functools.partial(pack_parts, tokenizer, docs, args.seq_len)
+        ids = torch.tensor([tokenizer.token_to_id(t) for t in text_data.NEVER_PREDICTED])
+        stats = functools.partial(block_stats, special_ids=ids, eval_blocks=args.eval_blocks)
+        made, parent = [], folder  # the folders the build makes (innermost first)
+        while not os.path.exists(parent) and parent != os.path.dirname(parent):
+            made.append(parent)
+            parent = os.path.dirname(parent)
+        key[0], key[1] = full["key"], ensure_cache(folder, full, pack, counts, stats)
+        if key[1]:
+            built.extend([*(os.path.join(folder, name) for name in (META, *PARTS.values(), LOCK)), *made])
+
+    rank_zero_check(build, rank, world)  # the others wait here for the files
+    if world > 1:
+        dist.broadcast_object_list(key, src=0)
+    loaded: list = []
+    every_rank_check(lambda: loaded.extend(load_cache(folder, key[0])), rank, world)
+    blocks, meta = loaded
+    if rank == 0:
+        done = "packed and cached in" if key[1] else "read from the cache"
+        print(f"{prog}: token blocks {done} {os.path.join(folder, META)} ({meta['train'][0]} training, "
+              f"{meta['held_out'][0]} held-out blocks of {args.seq_len})", flush=True)  # fmt: skip
+    return blocks, meta, bool(key[1]), os.path.join(folder, META)
 
 
-def special_counts(data: TrainBlocks, rows_per_chunk: int = 1 << 16) -> torch.Tensor:
-    """int64 [N]: each training block's special tokens, counted a chunk of blocks at a time (no [N, L] mask)."""
-    blocks, ids = data.blocks, data.special_ids.cpu()
+def special_counts(blocks: torch.Tensor, special_ids: torch.Tensor, rows_per_chunk: int = 1 << 16) -> torch.Tensor:
+    """int64 [N]: each block's special tokens, counted a chunk of blocks at a time (no [N, L] mask)."""
+    ids = special_ids.cpu()
     counts = [torch.isin(blocks[s : s + rows_per_chunk], ids).sum(1)
               for s in range(0, blocks.shape[0], rows_per_chunk)]  # fmt: skip
     return torch.cat(counts) if counts else torch.zeros(0, dtype=torch.int64)
+
+
+def block_specials(data: TrainBlocks) -> dict[int, int]:
+    """{s: the training blocks holding s special tokens}: blocks.json's, else counted (a TrainBlocks made by hand)."""
+    if data.specials is not None:
+        return {int(s): int(n) for s, n in data.specials.items()}
+    values, counts = torch.unique(special_counts(data.blocks, data.special_ids), return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts)}
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

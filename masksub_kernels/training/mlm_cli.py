@@ -34,7 +34,7 @@ from torch import nn
 from . import mlm_blocks
 from .determinism import DETERMINISTIC_HELP, run_command
 from .help_format import HelpWithDefaults
-from .mlm_resume import check_resume, corpus_digest, corpus_record, load_state, read_checkpoint, resumes
+from .mlm_resume import check_resume, corpus_record, load_state, read_checkpoint, resumes
 from .mlm_tokenizer import (
     DEFAULT_VOCAB_SIZE,
     Vocab,
@@ -77,7 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         "share one: training a vocabulary is not deterministic",
     )  # fmt: skip
     g.add_argument("--seq-len", type=int, default=64, help="tokens per block, [CLS] and [SEP] included")
-    g.add_argument("--eval-blocks", type=int, default=512, help="held-out blocks evaluated, spread evenly (0: all)")
+    g.add_argument("--eval-blocks", type=int, default=mlm_blocks.DEFAULT_EVAL_BLOCKS,
+                   help="held-out blocks evaluated, spread evenly (0: all)")  # fmt: skip
+    g.add_argument(
+        "--block-cache", default=None, metavar="DIR",
+        help="folder of the packed token blocks (default: --output); runs of the same corpus, vocabulary and --seq-len "
+        "may share one (docs/masked_lm.md)",
+    )  # fmt: skip
     g = p.add_argument_group("model (BertForMaskedLM from a config: nothing is downloaded)")
     g.add_argument("--layers", type=int, default=4)
     g.add_argument("--width", type=int, default=128, help="hidden size")
@@ -177,6 +183,8 @@ def _check_args(args) -> None:
         args.data_dir = os.path.abspath(args.data_dir)
     if args.tokenizer:
         args.tokenizer = os.path.abspath(args.tokenizer)
+    if args.block_cache:
+        args.block_cache = os.path.abspath(args.block_cache)
 
 
 # The largest share of the training blocks whose predicted tokens the command may cap (_check_keep): BERT's recipe
@@ -184,15 +192,15 @@ def _check_args(args) -> None:
 CAPPED_SHARE_LIMIT = 1e-3
 
 
-def _check_keep(args, specials: torch.Tensor | None = None) -> None:
+def _check_keep(args, specials: torch.Tensor | dict | None = None) -> None:
     """The sub-branch keeps K = floor(L (1 - r)) tokens of a block, all its predicted and special tokens among them
     (a block with more is refused by the op: a ValueError on a CPU, a device-side assert on a GPU). The training
     batches cap them (``mlm_corrupt``'s ``max_kept``: a block's first K - s predicted tokens), so no batch stops the
     run; refuse settings where the cap would change BERT's recipe in more than CAPPED_SHARE_LIMIT of the blocks, or
     where a block's special tokens alone exceed K. A block of s special tokens ([CLS], its closing [SEP] and a [SEP]
     after each document that ends inside it: the corpus is packed) draws s + X, X ~ Binomial(L - s, p), so
-    P(s + X > K) exactly, averaged over the training blocks (``specials``: int [blocks], each block's s), or before
-    the corpus is read for s = 2, the fewest (what the corpus's blocks would refuse anyway)."""
+    P(s + X > K) exactly, averaged over the training blocks (``specials``: int [blocks], each block's s, or {s:
+    blocks}), or before the corpus is read for s = 2, the fewest (what the corpus's blocks would refuse anyway)."""
     import masksub_kernels as mk
 
     try:
@@ -219,10 +227,13 @@ def _check_keep(args, specials: torch.Tensor | None = None) -> None:
         )
 
 
-def _shares(specials: torch.Tensor) -> dict[int, float]:
-    """{s: the share of the blocks holding s special tokens} from each block's count."""
-    values, counts = torch.unique(specials.cpu(), return_counts=True)
-    return {int(v): float(c) / specials.numel() for v, c in zip(values, counts)}
+def _shares(specials: torch.Tensor | dict) -> dict[int, float]:
+    """{s: the share of the blocks holding s special tokens} from each block's count, or from {s: blocks}."""
+    if not isinstance(specials, dict):
+        values, counts = torch.unique(specials.cpu(), return_counts=True)
+        specials = {int(v): int(c) for v, c in zip(values, counts)}
+    total = sum(specials.values())
+    return {int(s): n / total for s, n in specials.items()}
 
 
 def _over_keep(length: int, specials: int, keep: int, p: float) -> float:
@@ -246,48 +257,36 @@ def _binomial_pmf(n: int, x: int, p: float) -> float:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _corpus(args, rank: int, world: int, device, tokenizer_at: str, resuming: bool):
-    """(vocab, the training blocks (mlm_blocks.TrainBlocks: on the CPU, memory-mapped from the cache in --output),
-    the held-out batch on ``device``, sizes). Rank 0 alone reads the corpus and packs it, where the cache is absent
-    or of other documents, vocabulary or --seq-len (mlm_blocks.py). The held-out blocks evaluated are spread over
-    the held-out part (mlm_blocks.eval_rows) and corrupted once, from EVAL_SEED and each block's index: the same
-    masks for every run and round. ``tokenizer_at``: the vocabulary's file (mlm_tokenizer.py);
-    sizes['tokenizer_trained']: this run wrote it."""
-    import torch.distributed as dist
-
+def _corpus(args, rank: int, world: int, device, tokenizer_at: str, resuming: bool, state=None, built=None):
+    """(vocab, the training blocks (mlm_blocks.TrainBlocks: on the CPU, memory-mapped from the cache in
+    --block-cache), the held-out batch on ``device``, sizes). Rank 0 alone reads the corpus and packs it, where the
+    cache is absent or of other documents, vocabulary or --seq-len (mlm_blocks.py). The held-out blocks evaluated are
+    spread over the held-out part (mlm_blocks.eval_rows) and corrupted once, from EVAL_SEED and each block's index:
+    the same masks for every run and round. ``tokenizer_at``: the vocabulary's file (mlm_tokenizer.py);
+    sizes['tokenizer_trained']: this run wrote it. ``state``: the --resume checkpoint; ``built``: a list the cache's
+    files are added to where this run built them."""
     from . import text_data
 
     docs: dict = {}  # rank 0's: {'count', 'train', 'held_out'}
     rank_zero_check(lambda: docs.update(mlm_blocks.read_documents(args.data_dir)), rank, world)
     tokenizer, digest, trained = load_tokenizer(args, tokenizer_at, docs.get("train", []), rank, world, resuming, PROG)
-    key = [None, None]  # the cache's key, whether this run built it (rank 0's, then every rank's)
-
-    def cache() -> None:
-        full = mlm_blocks.cache_key(docs["train"], docs["held_out"], digest, args.seq_len)
-        counts = {"documents": docs["count"], "held_out_documents": len(docs["held_out"])}
-        pack = functools.partial(mlm_blocks.pack_parts, tokenizer, docs, args.seq_len)
-        key[0], key[1] = full["key"], mlm_blocks.ensure_cache(args.output, full, pack, counts)
-
-    rank_zero_check(cache, rank, world)  # the others wait here for the files
+    built = [] if built is None else built
+    blocks, meta, fresh, where = mlm_blocks.cached_blocks(args, rank, world, docs, tokenizer, digest, state, built,
+                                                          PROG)  # fmt: skip
     docs.clear()  # (rank 0's documents: no longer needed)
-    if world > 1:
-        dist.broadcast_object_list(key, src=0)
-    blocks, meta = mlm_blocks.load_cache(args.output, key[0])
-    where = os.path.join(args.output, mlm_blocks.META)
-    if rank == 0:
-        done = "packed and cached in" if key[1] else "read from the cache"
-        print(f"{PROG}: token blocks {done} {where} ({meta['train'][0]} training, {meta['held_out'][0]} held-out "
-              f"blocks of {args.seq_len})", flush=True)  # fmt: skip
-    train = blocks["train"]
-    val = blocks["held_out"][mlm_blocks.eval_rows(blocks["held_out"].shape[0], args.eval_blocks)]
+    train = blocks["train"]  # int32, mapped; int64 a batch at a time on the device (_train_batch), as the held-out
+    val = blocks["held_out"][mlm_blocks.eval_rows(blocks["held_out"].shape[0], args.eval_blocks)].long()
     vocab = Vocab(tokenizer.get_vocab_size(), tokenizer.token_to_id("[MASK]"), tokenizer.token_to_id("[PAD]"))
     sizes = {"documents": meta["documents"], "held_out_documents": meta["held_out_documents"],
              "train_blocks": int(train.shape[0]), "val_blocks": int(val.shape[0]), "vocab_size": vocab.size,
              "tokenizer_sha256": digest, "tokenizer": tokenizer_at, "tokenizer_trained": trained,
-             "block_cache": {"path": where, "built": bool(key[1])},
-             "corpus_sha256": corpus_digest(train, val)}  # fmt: skip
-    special_ids = torch.tensor([tokenizer.token_to_id(t) for t in mlm_blocks.SPECIAL_TOKENS], device=device)
-    train = mlm_blocks.TrainBlocks(train, special_ids, device)  # (the ids on the device: no copy per batch)
+             "block_cache": {"path": where, "built": fresh},
+             "corpus_sha256": mlm_blocks.stored_digest(meta, train, val),
+             "cache_key": {k: meta[k] for k in ("key", "version", "documents_sha256", "tokenizer_sha256", "seq_len",
+                                                "tokenizers")}}  # fmt: skip
+    special_ids = torch.tensor([tokenizer.token_to_id(t) for t in text_data.NEVER_PREDICTED], device=device)
+    # (the ids on the device: no copy per batch; the special tokens' histogram from blocks.json)
+    train = mlm_blocks.TrainBlocks(train, special_ids, device, meta["special_counts"])
     val = _corrupt(args, vocab, val.to(device), text_data.special_tokens_mask(val, tokenizer).to(device), EVAL_SEED)
     return vocab, train, val, sizes
 
@@ -339,7 +338,7 @@ def _train_batch(args, vocab, data, step: int, part: int, parts: int) -> dict:
     per_step = args.batch_size * parts
     epoch, index = divmod(step, blocks.shape[0] // per_step)
     rows = _epoch_order(blocks.shape[0], args.seed, epoch)[index * per_step + part * args.batch_size :]
-    batch = to_device(blocks[rows[: args.batch_size]], data.device)
+    batch = to_device(blocks[rows[: args.batch_size]], data.device).long()  # int32 copied, int64 for the model
     special = torch.isin(batch, data.special_ids.to(batch.device))  # [PAD], [CLS], [SEP]
     # MaskSub's sub-branch keeps K tokens, every predicted and special one among them: the rare block that draws
     # more is capped (_check_keep refuses settings where that is not rare). The baseline trains BERT's recipe as is.
@@ -457,7 +456,7 @@ def _build(args, vocab: Vocab, train, state: dict | None, world: int, device, ra
             f"--accum-steps {args.accum_steps} x {world} process(es)); lower them, or give a larger corpus"
         )
     if not args.baseline:
-        _check_keep(args, specials=mlm_blocks.special_counts(train))  # the blocks' own [SEP]s
+        _check_keep(args, specials=mlm_blocks.block_specials(train))  # the blocks' own [SEP]s (blocks.json's)
     if state is not None:
         check_resume(args, state, world, sizes)
     torch.manual_seed(_seed(args.seed, -1))
@@ -501,9 +500,9 @@ def _run(args) -> None:
             check_writable_directory(os.path.dirname(os.path.abspath(tokenizer_at)), f"--tokenizer {tokenizer_at!r}")
 
     rank_zero_check(check_tokenizer_directory, rank, world)  # (on every rank: a collective under torchrun)
-    cached = tuple(os.path.join(args.output, name) for name in (mlm_blocks.META, *mlm_blocks.PARTS.values()))
-    with removed_if_refused(tokenizer_at, rank, also=cached):  # a vocabulary this run trains, then refused
-        vocab, train, val, sizes = _corpus(args, rank, world, device, tokenizer_at, state is not None)
+    built: list[str] = []  # the cache's files, where this run builds them (not another run's, which it may share)
+    with removed_if_refused(tokenizer_at, rank, also=built):  # a vocabulary this run trains, then refused
+        vocab, train, val, sizes = _corpus(args, rank, world, device, tokenizer_at, state is not None, state, built)
         ms, optimizer, scheduler, scaler, autocast = _build(args, vocab, train, state, world, device, rank, sizes)
         _check_held_out(args, val)
     if args.warmup_steps > args.steps and rank == 0:  # after every check: a note, not an error (as masksub-train's)

@@ -7,18 +7,21 @@ held-out blocks evaluated: the same --data-dir may hold other files by now, and 
 Python's standard library; a checkpoint from before 2026-12-07 evaluated the first --eval-blocks held-out blocks,
 not blocks spread over them: refused, with a note, unless they were all of them). --steps (with a note),
 --eval-every, --stop-at, --output, --device, --amp and --chunk-rows may change; each resume and what it changed is
-recorded (log.json's meta.resumes and every later checkpoint's ``resumes``), as masksub-train does.
+recorded (log.json's meta.resumes and every later checkpoint's ``resumes``), as masksub-train does. Since
+2026-12-07 a checkpoint records the block cache's key too (the documents' and the vocabulary's SHA-256): a resume of
+other documents is refused before the corpus is packed (check_resume_early), not after (its cache rebuilt).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 
-import torch
-
+from .mlm_blocks import corpus_digest
 from .run_setup import UsageError
+
+__all__ = ["RESUME_MAY_CHANGE", "RESUME_MUST_MATCH", "check_resume", "check_resume_early", "corpus_digest",
+           "corpus_record", "load_state", "read_checkpoint", "resumes"]  # fmt: skip
 
 RESUME_MUST_MATCH = ("seed", "batch_size", "seq_len", "baseline", "mask_ratio", "sub_fill",
                      "mlm_probability", "schedule", "lr", "warmup_steps", "weight_decay", "layers", "width", "heads",
@@ -28,17 +31,8 @@ RESUME_MUST_MATCH = ("seed", "batch_size", "seq_len", "baseline", "mask_ratio", 
 # data, seeds and mean; 2 processes train as 1 with --accum-steps 2, tested) (--stop-at may change too, not
 # recorded: a time-limited job's own)
 RESUME_MAY_CHANGE = ("steps", "eval_every", "output", "device", "amp", "chunk_rows", "vocab_size", "deterministic",
-                     "accum_steps")  # fmt: skip
-
-
-def corpus_digest(train: torch.Tensor, val: torch.Tensor) -> str:
-    """SHA-256 of the corpus as the run trains and evaluates on it: its training and held-out token blocks (int64
-    [N, L] each, on the CPU), so a resume on other text (same sizes or not) is told apart."""
-    digest = hashlib.sha256()
-    for blocks in (train, val):
-        digest.update(str(tuple(blocks.shape)).encode())
-        digest.update(memoryview(blocks.contiguous().numpy()))  # its bytes without a copy (24 GB at scale: helper-253)
-    return digest.hexdigest()
+                     "accum_steps", "block_cache")  # fmt: skip
+CACHE_KEY_FIELDS = ("key", "version", "documents_sha256", "tokenizer_sha256", "seq_len", "tokenizers")
 
 
 def _resume_value(name: str, value):
@@ -46,12 +40,11 @@ def _resume_value(name: str, value):
     corpus; a plain resume's --output, the checkpoint's directory, = the run's). The command records both absolute
     (since 2026-12-06); an older checkpoint's relative paths are read from the resuming process's working directory:
     resume those from the directory their run started in."""
-    return os.path.realpath(value) if name in ("data_dir", "output") and value is not None else value
+    return os.path.realpath(value) if name in ("data_dir", "output", "block_cache") and value is not None else value
 
 
-def check_resume(args, state: dict, world: int, sizes: dict) -> None:
-    """Refuse a resume that would silently continue another run (module docstring): a UsageError naming each
-    difference. ``sizes``: this run's corpus and vocabulary (the command's _corpus)."""
+def _changes(args, state: dict, world: int, tokenizer_sha256: str) -> list[str]:
+    """The options, the split of a step and the vocabulary that differ from the checkpoint's, as check_resume says."""
     saved = state.get("args", {})
     changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MUST_MATCH
                if _resume_value(k, saved.get(k)) != _resume_value(k, getattr(args, k))]  # fmt: skip
@@ -60,14 +53,40 @@ def check_resume(args, state: dict, world: int, sizes: dict) -> None:
         changed.append(
             f"a step's parts, --accum-steps x processes, {saved_accum} x {saved_world} -> {args.accum_steps} x {world}"
         )
-    if state.get("tokenizer_sha256") not in (None, sizes["tokenizer_sha256"]):
+    if state.get("tokenizer_sha256") not in (None, tokenizer_sha256):
         changed.append("the vocabulary (tokenizer.json differs)")
+    return changed
+
+
+def _where(args, corpus: dict) -> str:
+    where = f"--data-dir {args.data_dir!r}" if args.data_dir else "the standard library's docstrings"
+    python = sys.version.split()[0]
+    if not args.data_dir and corpus.get("python") != python:
+        where += f" of Python {corpus.get('python')} -> {python}"
+    return where
+
+
+def check_resume_early(args, state: dict, world: int, tokenizer_sha256: str, key: dict, documents: int) -> None:
+    """Rank 0, before the blocks are packed (where their cache is of another key: minutes at scale, and a good cache
+    overwritten): refuse what check_resume would refuse for the options or the vocabulary, and other documents where
+    the checkpoint recorded them (``key``: mlm_blocks.cache_key's; a checkpoint from before 2026-12-07 has no key:
+    check_resume compares the blocks after packing)."""
+    changed = _changes(args, state, world, tokenizer_sha256)
+    corpus = state.get("corpus") or {}
+    recorded = corpus.get("cache_key") or {}
+    if "documents_sha256" in recorded and recorded["documents_sha256"] != key["documents_sha256"] and not changed:
+        changed.append(f"the corpus ({_where(args, corpus)}: {corpus.get('documents')} -> {documents} documents; "
+                       "other text)")  # fmt: skip
+    if changed:
+        raise UsageError(f"--resume {args.resume!r} continues another run: {'; '.join(changed)}")
+
+
+def check_resume(args, state: dict, world: int, sizes: dict) -> None:
+    """Refuse a resume that would silently continue another run (module docstring): a UsageError naming each
+    difference. ``sizes``: this run's corpus and vocabulary (the command's _corpus)."""
+    changed = _changes(args, state, world, sizes["tokenizer_sha256"])
     corpus = state.get("corpus")  # None: a checkpoint from before 2026-12-05
     if corpus is not None and corpus["sha256"] != sizes["corpus_sha256"] and not changed:
-        where = f"--data-dir {args.data_dir!r}" if args.data_dir else "the standard library's docstrings"
-        python = sys.version.split()[0]
-        if not args.data_dir and corpus.get("python") != python:
-            where += f" of Python {corpus.get('python')} -> {python}"
         counts = ", ".join(
             f"{corpus.get(key)} -> {sizes[key]} {what}"
             for key, what in (("documents", "documents"), ("train_blocks", "training blocks"))
@@ -76,7 +95,7 @@ def check_resume(args, state: dict, world: int, sizes: dict) -> None:
             " or, from a checkpoint before 2026-12-07, the held-out blocks evaluated: the first --eval-blocks then, "
             "spread over them now (mlm_blocks.eval_rows)"
         )  # fmt: skip
-        changed.append(f"the corpus ({where}: {counts}; other text{spread})")
+        changed.append(f"the corpus ({_where(args, corpus)}: {counts}; other text{spread})")
     if changed:
         raise UsageError(f"--resume {args.resume!r} continues another run: {'; '.join(changed)}")
     if state["step"] >= (args.stop_at or args.steps):
@@ -86,8 +105,11 @@ def check_resume(args, state: dict, world: int, sizes: dict) -> None:
 def corpus_record(sizes: dict) -> dict:
     """What a checkpoint keeps of the corpus for check_resume."""
     keys = ("documents", "held_out_documents", "train_blocks", "val_blocks")
-    return {"sha256": sizes["corpus_sha256"], "python": sys.version.split()[0], "eval_spread": True,
-            **{k: sizes[k] for k in keys}}  # fmt: skip
+    record = {"sha256": sizes["corpus_sha256"], "python": sys.version.split()[0], "eval_spread": True,
+              **{k: sizes[k] for k in keys}}  # fmt: skip
+    if "cache_key" in sizes:  # the block cache's key (check_resume_early)
+        record["cache_key"] = {k: sizes["cache_key"][k] for k in CACHE_KEY_FIELDS}
+    return record
 
 
 def read_checkpoint(args, prog: str) -> dict:

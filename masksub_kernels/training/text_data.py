@@ -23,10 +23,11 @@ from collections.abc import Iterable
 import torch
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+NEVER_PREDICTED = ("[PAD]", "[CLS]", "[SEP]")  # of them: never predicted, always kept by MaskSub's sub-branch
 _SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
-__all__ = ["SPECIAL_TOKENS", "pack_blocks", "special_tokens_mask", "split_documents", "stdlib_docstrings",
-           "text_dir_documents", "train_tokenizer"]  # fmt: skip
+__all__ = ["NEVER_PREDICTED", "SPECIAL_TOKENS", "pack_blocks", "special_tokens_mask", "split_documents",
+           "stdlib_docstrings", "text_dir_documents", "train_tokenizer"]  # fmt: skip
 
 
 def stdlib_docstrings(root: str | None = None) -> list[str]:
@@ -146,8 +147,9 @@ def train_tokenizer(documents: list[str], vocab_size: int):
 ENCODE_BATCH_DOCUMENTS = 10_000
 
 
-def pack_blocks(tokenizer, documents: list[str], length: int) -> torch.Tensor:
-    """int64 [num_blocks, length]: [CLS] + L - 2 tokens of the documents joined by [SEP] + [SEP]."""
+def pack_blocks(tokenizer, documents: list[str], length: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """``dtype`` [num_blocks, length]: [CLS] + L - 2 tokens of the documents joined by [SEP] + [SEP] (int32: what the
+    block cache stores, mlm_blocks.py)."""
     import numpy as np
 
     if length < 3:
@@ -185,15 +187,15 @@ def pack_blocks(tokenizer, documents: list[str], length: int) -> torch.Tensor:
     num_blocks = len(stream) // body
     if num_blocks == 0:
         raise ValueError(f"the corpus has {len(stream)} tokens: too few for one block of {length}")
-    blocks = torch.empty(num_blocks, length, dtype=torch.int64)
+    blocks = torch.empty(num_blocks, length, dtype=dtype)
     blocks[:, 0], blocks[:, -1] = cls_id, sep_id
     blocks[:, 1:-1] = torch.from_numpy(stream[: num_blocks * body].reshape(num_blocks, body))
     return blocks
 
 
 def special_tokens_mask(blocks: torch.Tensor, tokenizer) -> torch.Tensor:
-    """bool, like ``blocks``: True at [PAD], [CLS] and [SEP] (never predicted, always kept by the sub-branch)."""
-    ids = torch.tensor([tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]")])
+    """bool, like ``blocks``: True at NEVER_PREDICTED's tokens, [PAD], [CLS] and [SEP]."""
+    ids = torch.tensor([tokenizer.token_to_id(t) for t in NEVER_PREDICTED])
     return torch.isin(blocks, ids)
 
 

@@ -424,15 +424,15 @@ def test_mlm_seed_initialises_the_model():
     pytest.importorskip("transformers")
     from masksub_kernels.training import mlm_cli
 
-    blocks = torch.randint(5, 64, (8, 16))
-    special = torch.zeros(8, 16, dtype=torch.bool)
-    special[:, [0, -1]] = True
+    blocks = torch.randint(5, 64, (8, 16), dtype=torch.int32)
+    blocks[:, 0], blocks[:, -1] = 2, 3  # [CLS], [SEP]: 2 special tokens a block
+    train = mlm_cli.mlm_blocks.TrainBlocks(blocks, torch.tensor([0, 2, 3]), torch.device("cpu"))
     weights = []
     for seed in ("0", "1", "0"):
         argv = ["--layers", "1", "--width", "16", "--heads", "2", "--seq-len", "16", "--mask-ratio", "0.25",
                 "--batch-size", "4", "--seed", seed]  # fmt: skip
         args = mlm_cli.build_parser().parse_args(argv)
-        built = mlm_cli._build(args, mlm_cli.Vocab(64, 4, 0), (blocks, special), None, 1, torch.device("cpu"), 0, {})
+        built = mlm_cli._build(args, mlm_cli.Vocab(64, 4, 0), train, None, 1, torch.device("cpu"), 0, {})
         weights.append(built[0].model.bert.embeddings.word_embeddings.weight.detach().clone())
     assert torch.equal(weights[0], weights[2]) and not torch.equal(weights[0], weights[1])
 
@@ -512,13 +512,14 @@ def test_mlm_batches_walk_each_epochs_permutation_in_whole_steps():
     args = mlm_cli.build_parser().parse_args(
         ["--batch-size", "2", "--accum-steps", "2", "--seq-len", "6", "--seed", "3"]
     )
-    blocks = torch.arange(10 * 6).view(10, 6)  # block i holds 6 i .. 6 i + 5
-    special = torch.ones_like(blocks, dtype=torch.bool)  # nothing corrupted: the batch shows which blocks it took
+    blocks = torch.arange(10 * 6, dtype=torch.int32).view(10, 6)  # block i holds 6 i .. 6 i + 5
+    # every id special: nothing corrupted, the batch shows which blocks it took
+    train = mlm_cli.mlm_blocks.TrainBlocks(blocks, torch.arange(10 * 6), torch.device("cpu"))
     vocab = mlm_cli.Vocab(64, 4, 0)
     taken = {}
     for step in range(4):  # 10 blocks, 4 a step: 2 steps an epoch, the last 2 blocks of each permutation unused
         for part in range(2):
-            batch = mlm_cli._train_batch(args, vocab, (blocks, special), step, part, parts=2)
+            batch = mlm_cli._train_batch(args, vocab, train, step, part, parts=2)
             taken[step, part] = (batch["input_ids"][:, 0] // 6).tolist()
     for epoch in range(2):
         order = mlm_cli._epoch_order(10, 3, epoch).tolist()

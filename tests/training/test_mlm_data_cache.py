@@ -31,7 +31,7 @@ def _corpus(corpus, tokenizer, output, *extra, device=CPU):
 def _packs(monkeypatch) -> list:
     """Records each pack_blocks call (the corpus tokenised)."""
     calls, real = [], text_data.pack_blocks
-    monkeypatch.setattr(text_data, "pack_blocks", lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(text_data, "pack_blocks", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     return calls
 
 
@@ -129,9 +129,9 @@ def test_a_rank_reads_only_the_cache_of_rank_zeros_key(corpus, tokenizer, tmp_pa
     _corpus(corpus, tokenizer, tmp_path)
     key = json.loads((tmp_path / "blocks.json").read_text())["key"]
     assert mlm_blocks.load_cache(str(tmp_path), key)[0]["train"].shape[1] == 16
-    with pytest.raises(UsageError, match="--output must be a shared folder"):
+    with pytest.raises(UsageError, match="must be a shared folder"):
         mlm_blocks.load_cache(str(tmp_path), "0" * 64)
-    with pytest.raises(UsageError, match="--output must be a shared folder"):
+    with pytest.raises(UsageError, match="must be a shared folder"):
         mlm_blocks.load_cache(str(tmp_path / "elsewhere"), key)
 
 
@@ -192,10 +192,10 @@ def _tok(path):
 def test_special_counts_counts_every_block_by_chunks():
     blocks = torch.randint(5, 64, (7, 8), generator=torch.Generator().manual_seed(0))
     blocks[:, 0], blocks[:, -1], blocks[3, 4] = 2, 3, 3
-    data = mlm_blocks.TrainBlocks(blocks, torch.tensor([0, 2, 3]), CPU)
-    want = torch.isin(blocks, data.special_ids).sum(1)
+    ids = torch.tensor([0, 2, 3])
+    want = torch.isin(blocks, ids).sum(1)
     for chunk in (1, 3, 7, 100):
-        assert torch.equal(mlm_blocks.special_counts(data, rows_per_chunk=chunk), want)
+        assert torch.equal(mlm_blocks.special_counts(blocks, ids, rows_per_chunk=chunk), want)
     assert want[3] == 3
 
 
@@ -216,10 +216,60 @@ def test_another_rank_reads_rank_zeros_cache_and_not_the_corpus(corpus, tokenize
     def unread(*args):
         raise AssertionError("rank 1 read the corpus")
 
+    def all_gather(objects, mine):  # every rank's load_cache outcome: none failed
+        objects[:] = [None, mine]
+
     monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
+    monkeypatch.setattr(dist, "all_gather_object", all_gather)
     monkeypatch.setattr(text_data, "text_dir_documents", unread)
     monkeypatch.setattr(text_data, "pack_blocks", unread)
     args = mlm_cli.build_parser().parse_args(["--data-dir", corpus, *TINY, "--output", str(tmp_path)])
     _, data1, val1, sizes1 = mlm_cli._corpus(args, 1, 2, CPU, tokenizer, False)
     assert torch.equal(data1.blocks, data.blocks) and torch.equal(val1["input_ids"], val["input_ids"])
     assert sizes1["corpus_sha256"] == sizes["corpus_sha256"] and sizes1["documents"] == sizes["documents"] == 400
+
+
+# (helper-257) kills mlm_blocks.load_cache's `shared=False` -> `shared=True`: a write into the mapped blocks (an
+# in-place op by mistake in a batch path) would then go to blocks_train.bin, the cache every other rank and every
+# later run reads; private (copy-on-write), the file stays as packed
+def test_the_mapped_blocks_are_private_a_write_leaves_the_cache_file_alone(corpus, tokenizer, tmp_path):
+    _, data, _, _ = _corpus(corpus, tokenizer, tmp_path)
+    path = tmp_path / "blocks_train.bin"
+    before = path.read_bytes()
+    data.blocks[0].fill_(7)
+    del data
+    assert path.read_bytes() == before
+
+
+# (helper-257) kills _corpus's special ids from text_data.NEVER_PREDICTED -> text_data.SPECIAL_TOKENS (all five:
+# [UNK] and [MASK] too): a training batch's special-token mask (never predicted, always kept by the sub-branch) then
+# differed from the held-out part's (text_data.special_tokens_mask) and from the batches before 2026-12-07; the test
+# above replaces special_ids by hand, so it never sees the ids _corpus builds
+def test_a_training_batchs_special_tokens_are_pad_cls_and_sep_alone(corpus, tokenizer, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(mlm_cli, "_corrupt", lambda args, vocab, blocks, special, *a, **k: seen.append(
+        (blocks, special)) or {"input_ids": blocks})  # fmt: skip
+    vocab, data, _, _ = _corpus(corpus, tokenizer, tmp_path)
+    tok = _tok(tokenizer)
+    ids = {t: tok.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")}
+    blocks = torch.full((4, 16), 50, dtype=torch.int32)
+    blocks[:, 0], blocks[:, -1] = ids["[CLS]"], ids["[SEP]"]
+    blocks[:, 3], blocks[:, 5], blocks[:, 7] = ids["[UNK]"], ids["[MASK]"], ids["[PAD]"]
+    args = mlm_cli.build_parser().parse_args(["--data-dir", corpus, *TINY])
+    mlm_cli._train_batch(args, vocab, data._replace(blocks=blocks), 0, 0, 1)
+    special = seen[-1][1]
+    assert special[:, [0, 7, 15]].all() and not special[:, [1, 2, 3, 4, 5, 6]].any()
+
+
+# (helper-257) kills mlm_tokenizer.removed_if_refused deleting ``also`` (the cached blocks) outside `if fresh`: a
+# refused run that trained no vocabulary (too large a --batch-size, a resume of another run) must keep the cache it
+# built or read, or the next start tokenises the whole corpus again (tens of minutes on rank 0 at 20 GB of text)
+def test_a_refused_run_that_trained_no_vocabulary_keeps_the_cache(corpus, tokenizer, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(out), "--batch-size", "100000"]
+    for done in ("packed and cached in", "read from the cache"):  # built by the refused run, then read by another
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert "fewer than one step" in captured.err and f"token blocks {done}" in captured.out
+        files = sorted(os.listdir(out))
+        assert {"blocks.json", "blocks_train.bin", "blocks_held_out.bin"} <= set(files)
