@@ -38,18 +38,20 @@ PHILOX_KEY_A = 0x9E3779B9
 PHILOX_KEY_B = 0xBB67AE85
 PHILOX_ROUNDS = 10
 SEED_LIMIT = 2**63  # seeds are int64 values, in [-2^63, 2^63): they travel as int64 to every backend
+# What the ops (and the training wrapper) take as a seed: their TypeError names it all (it said "an int or None")
+SEED_TYPES = "an int, an int64 tensor of one element, or None"
 
 
-def new_seed(seed: int | None = None) -> int:
+def new_seed(seed: int | None = None, expected: str = "an int or None") -> int:
     """Validate ``seed``, or draw one from torch's default CPU generator when it is None.
 
     Drawing from the default generator makes ``torch.manual_seed`` reproduce a run; it runs on the host and never
-    synchronises with a GPU.
+    synchronises with a GPU. ``expected``: what the caller takes, as its TypeError says (``SEED_TYPES`` for the ops).
     """
     if seed is None:
         return int(torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64, device="cpu").item())
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):  # NumPy's integers too, as ignore_index
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        raise TypeError(f"seed must be {expected}, got {type(seed).__name__}")
     seed = int(seed)
     if not -SEED_LIMIT <= seed < SEED_LIMIT:
         # Any int64 is a key (its 64 bits, two's complement, as for a seed tensor, which may hold any int64 too)
@@ -65,7 +67,7 @@ def resolve_seed(seed: int | torch.Tensor | None, device: torch.device) -> tuple
     It must hold one int64 on the op's device; its 64 bits are the Philox key as they are for an int.
     """
     if not isinstance(seed, torch.Tensor):
-        return new_seed(seed), None
+        return new_seed(seed, SEED_TYPES), None
     if seed.dtype != torch.int64 or seed.numel() != 1:
         raise TypeError(f"a seed tensor must hold one int64, got {seed.dtype} with {seed.numel()} elements")
     device = torch.device(device)
@@ -146,7 +148,7 @@ def philox_uint32(seed: int, offset: torch.Tensor) -> torch.Tensor:
     """
     if seed is None:  # new_seed would draw one: a draw of a random key is not what a caller of this function means
         raise TypeError("seed must be an int, got None")
-    seed = new_seed(seed)
+    seed = new_seed(seed, "an int")
     dtype = getattr(offset, "dtype", None)
     if not isinstance(offset, torch.Tensor) or dtype == torch.bool or dtype.is_floating_point or dtype.is_complex:
         what = f"a {dtype} tensor" if isinstance(offset, torch.Tensor) else type(offset).__name__

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from .._philox import new_seed
+from .._philox import SEED_TYPES, new_seed
 
 if TYPE_CHECKING:
     from .wrapper import MaskSub
@@ -204,7 +204,7 @@ def train_step(
     accum_steps = int(accum_steps)
     _check_clip_grad(clip_grad)  # here too, so it fails before any work is done
     if seed is not None and not isinstance(seed, torch.Tensor):  # a seed tensor: the ops check it, on its device
-        seed = new_seed(seed)  # None: drawn by the sub-branch, after the main branch (below)
+        seed = new_seed(seed, SEED_TYPES)  # None: drawn by the sub-branch, after the main branch (below)
     if ms._micro_step and accum_steps != ms._window_steps:  # each micro-step of a window is divided by its A
         raise ValueError(
             f"accum_steps={accum_steps} inside an accumulation window of {ms._window_steps} micro-steps "

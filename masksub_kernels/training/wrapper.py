@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._philox import new_seed
+from .._philox import SEED_TYPES, new_seed
 from ..ops.linear_masksub_loss import check_chunk_rows
 from . import mlm
 from .families import DEFAULT_CELL_SIZE, check_eva, check_input_size, logits_of, resolve_family, unwrap_model
@@ -449,7 +449,7 @@ class MaskSub(nn.Module):
         tensor, one int64 on the images' device: read on the device). A compiled sub-branch gets a tensor (an int is a
         symbolic int there, per whose value reduce-overhead records a new CUDA graph: helper-249; same mask)."""
         if not isinstance(seed, torch.Tensor):
-            seed = new_seed(seed)
+            seed = new_seed(seed, SEED_TYPES)
         if self.model is self.inner_model:
             return self._sub_eager(images, seed)
         if self._compiled_sub is None:  # the user's torch.compile(model)'s backend and options: its dynamo context

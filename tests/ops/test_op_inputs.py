@@ -30,6 +30,16 @@ def test_negative_seeds_are_int64_keys_on_every_backend(backend, seed):
         assert torch.equal(mk.random_grid_mask(2, (3, 4), 5, seed=value, device=DEVICE).cpu(), expected_cells)
 
 
+@pytest.mark.parametrize("seed", [1.5, True, "7"])
+def test_a_seed_of_another_type_is_a_type_error_naming_every_seed_the_ops_take(seed):
+    # helper-261: the message said "an int or None", where the ops take a one-element int64 tensor too
+    expected = r"seed must be an int, an int64 tensor of one element, or None, got "
+    with pytest.raises(TypeError, match=expected):
+        mk.random_keep_indices(1, 4, 2, seed=seed)
+    with pytest.raises(TypeError, match=expected):
+        mk.random_token_select(torch.randn(1, 5, 2), 0.5, seed=seed)
+
+
 @pytest.mark.parametrize("seed", [2**63, -(2**63) - 1])
 def test_seeds_beyond_int64_are_refused(seed):
     with pytest.raises(ValueError, match=r"seed must be an int64 value, in \[-2\*\*63, 2\*\*63\)"):
