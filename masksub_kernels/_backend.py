@@ -345,9 +345,10 @@ def register_op_names(names: Iterable[str], implemented: Iterable[str] = _CONCRE
 
 
 def last_backend(op: str | None = None) -> str | dict[str, str] | None:
-    """The backend the last call of ``op`` ran with: None before its first call (all ops as a dict when ``op`` is
-    None). A name that is no op's (a typo) is a ValueError, not None. ``masksub_loss`` and ``linear_masksub_loss``
-    report every call of their ops, which the single-branch losses share (those report only their own calls)."""
+    """The backend the last call of ``op`` ran with: None before its first call (``op`` None: a dict of the ops
+    called so far, {} before any). A name that is no op's (a typo) is a ValueError, not None. ``masksub_loss`` and
+    ``linear_masksub_loss`` report every call of their ops, which the single-branch losses share (those report only
+    their own calls)."""
     if op is None:
         return dict(_last_used)
     if op not in _op_names and op not in _last_used:
