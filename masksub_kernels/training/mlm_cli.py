@@ -2,6 +2,7 @@
 
     masksub-train-mlm --output runs/mlm                         # a 4-layer, width-128 BERT on the stdlib docstrings
     masksub-train-mlm --data-dir corpus/ --seq-len 128 --layers 12 --width 768 --heads 12 --amp bf16
+    masksub-train-mlm --prepare-only --data-dir corpus/ --seq-len 128 --tokenizer tok.json --block-cache blocks/
     torchrun --nproc_per_node=8 -m masksub_kernels.training.mlm_cli --data-dir corpus/ --device cuda ...
 
 The corpus is the docstrings of this Python's standard library (offline everywhere, the same for the same Python
@@ -31,7 +32,7 @@ import time
 import torch
 from torch import nn
 
-from . import mlm_blocks
+from . import mlm_blocks, mlm_prepare
 from .determinism import DETERMINISTIC_HELP, run_command
 from .help_format import HelpWithDefaults
 from .mlm_resume import check_resume, corpus_record, load_state, read_checkpoint, resumes
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of the packed token blocks (default: --output); runs of the same corpus, vocabulary and --seq-len "
         "may share one (docs/masked_lm.md)",
     )  # fmt: skip
+    g.add_argument("--prepare-only", action="store_true", help=mlm_prepare.HELP)
     g = p.add_argument_group("model (BertForMaskedLM from a config: nothing is downloaded)")
     g.add_argument("--layers", type=int, default=4)
     g.add_argument("--width", type=int, default=128, help="hidden size")
@@ -132,8 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(args) -> None:
     args.output = default_output(args, "output/mlm")
-    positive = ("seq_len", "layers", "width", "heads", "steps", "batch_size", "accum_steps",
-                "eval_every")  # fmt: skip
+    positive = ("seq_len", "layers", "width", "heads", "steps", "batch_size", "accum_steps", "eval_every")
     for name in positive:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -591,7 +592,8 @@ def _check_finite_weights(model: nn.Module, step: int, rank: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``masksub-train-mlm``; returns the exit status (2 with a message for unusable options)."""
-    return run_command(PROG, _run, build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    return run_command(PROG, mlm_prepare.prepare if args.prepare_only else _run, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,103 @@
+"""``masksub-train-mlm --prepare-only``: the vocabulary and the token-block cache made ahead of a run, in one CPU
+process, with no model, no GPU and no training (helper-262).
+
+Under torchrun rank 0 reads the corpus, trains the vocabulary where absent and packs the blocks where the cache is
+absent or stale, while every other rank (and every GPU) waits at a collective, up to the process group's timeout
+(run_setup.DIST_TIMEOUT, 60 minutes). ``--prepare-only`` does that work beforehand, through the run's own code:
+``mlm_cli._corpus`` (mlm_tokenizer.load_tokenizer, then mlm_blocks.cached_blocks / ensure_cache: no second copy of
+the packing), as rank 0 of a one-process run on the CPU would, then prints what it made and where, and returns. A
+later run of the same corpus, vocabulary, --seq-len and cache folder reads the cache ("read from the cache") and
+trains bit for bit as one that packed it itself: the same files, made by the same function.
+
+- Used: --data-dir, --vocab-size, --tokenizer, --seq-len, --eval-blocks (blocks.json's stored digests), --block-cache,
+  --output (the cache's folder without --block-cache, and the default tokenizer.json's), --deterministic.
+- Not used (no model is made): the model, MaskSub, optimisation and run options (--device included: CUDA is never
+  touched); they are neither checked nor used, a note lists those given other values than their defaults.
+- Refused (a UsageError, exit status 2): --resume (the checkpoint decides the vocabulary, and its checks would need
+  a run; prepare for a resume with its run's --tokenizer, --seq-len and folder instead), and a start under torchrun
+  (WORLD_SIZE > 1): every process would read the corpus and, without a vocabulary file, train one of its own (not
+  deterministic): it is one process's job, started without torchrun, before it.
+- An --output holding a run's last.pth is not refused (a prepare writes no checkpoint and no log): it may re-pack that
+  run's cache before its resume. Its --output, or --block-cache, must not be a file.
+- A vocabulary this prepare trained is deleted where it is then refused, with the cache files it built
+  (mlm_tokenizer.removed_if_refused), as a run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+import torch
+
+from .run_setup import UsageError
+
+HELP = ("only make the vocabulary (where it is trained) and the token-block cache, on one CPU process: no model, no "
+        "GPU, no training, no log; a later run with the same corpus, vocabulary, --seq-len and folder reads them "
+        "(docs/masked_lm.md)")  # fmt: skip
+# the options a prepare uses; any other takes its default (not checked, not used: no model is made)
+USED = ("data_dir", "vocab_size", "tokenizer", "seq_len", "eval_blocks", "block_cache", "output", "deterministic",
+        "prepare_only", "resume")  # fmt: skip
+
+__all__ = ["HELP", "USED", "check_prepare", "prepare"]
+
+
+def check_prepare(args: argparse.Namespace) -> None:
+    """Refuse what a prepare cannot do (module docstring): --resume, and a start under torchrun."""
+    if args.resume is not None:
+        raise UsageError(
+            "--prepare-only does not take --resume (the checkpoint's own vocabulary and checks belong to the run): to "
+            "pack ahead of a resume, pass that run's --data-dir, --tokenizer, --seq-len and --block-cache (or --output)"
+        )
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.strip() not in ("", "1"):
+        raise UsageError(
+            f"--prepare-only runs in one process, not under torchrun (WORLD_SIZE={world}): every process would read "
+            "the corpus and train a vocabulary of its own; run it alone first, then torchrun the training"
+        )
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """``masksub-train-mlm --prepare-only``: check the data options as a run does, train or read the vocabulary and
+    build the block cache (or find it valid) through ``mlm_cli._corpus`` on the CPU, then print what was made and
+    where. Creates no model, touches no GPU and writes no last.pth or log."""
+    from . import mlm_blocks, mlm_cli
+    from .extras import require
+    from .mlm_tokenizer import removed_if_refused, tokenizer_path
+    from .run_setup import check_writable_directory
+
+    check_prepare(args)
+    defaults = vars(mlm_cli.build_parser().parse_args([]))
+    unused = [name for name in defaults if name not in USED and getattr(args, name) != defaults[name]]
+    # the run's checks of the options used (the others at their defaults pass them; --baseline's: no --mask-ratio
+    # check, which depends on no block's contents here)
+    args = argparse.Namespace(**{**defaults, **{name: getattr(args, name) for name in USED}, "baseline": True})
+    mlm_cli._check_args(args)
+    require("the masked-LM command's --prepare-only", ("tokenizers",), "text")
+    if unused:
+        print(f"{mlm_cli.PROG}: note: --prepare-only makes no model and trains nothing: not used: "
+              f"{', '.join('--' + name.replace('_', '-') for name in unused)}", file=sys.stderr)  # fmt: skip
+    folder = args.block_cache or args.output
+    what = f"--block-cache {folder!r}" if args.block_cache else f"--output {folder!r}"
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{what} is a file, not a directory")
+    if not os.path.isfile(os.path.join(folder, mlm_blocks.META)):  # a cache to build (one found valid is only read)
+        check_writable_directory(folder, what)
+    tokenizer_at = tokenizer_path(args, None)
+    if not os.path.isfile(tokenizer_at):  # where the vocabulary will be saved, before it is trained (as a run)
+        check_writable_directory(os.path.dirname(tokenizer_at), f"--tokenizer {tokenizer_at!r}")
+    built: list[str] = []
+    with removed_if_refused(tokenizer_at, 0, also=built):
+        _, _, _, sizes = mlm_cli._corpus(args, 0, 1, torch.device("cpu"), tokenizer_at, False, None, built)
+    vocab = "trained now" if sizes["tokenizer_trained"] else "read"
+    cache = "built now" if sizes["block_cache"]["built"] else "already valid, not rebuilt"
+    data = f"--data-dir {shlex.quote(args.data_dir)} " if args.data_dir else ""
+    print(
+        f"{mlm_cli.PROG}: prepared (no model, no training): the vocabulary {tokenizer_at} ({sizes['vocab_size']} "
+        f"tokens, {vocab}) and the token blocks in {folder} ({cache}; {sizes['train_blocks']} training blocks of "
+        f"{args.seq_len} tokens); a run given {data}--tokenizer {shlex.quote(tokenizer_at)} --seq-len {args.seq_len} "
+        f"--block-cache {shlex.quote(folder)} reads them",
+        flush=True,
+    )

@@ -1,0 +1,138 @@
+"""``masksub-train-mlm --prepare-only`` (training/mlm_prepare.py, helper-262): the vocabulary and the token-block cache
+made ahead of a run, on one CPU process, through the run's own code; the run then reads the cache and trains as one
+that packed it itself."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from _mlm_runs import TINY, corpus_fixture, tokenizer_fixture  # noqa: F401  (fixtures: corpus, tokenizer)
+from _mlm_runs import log as _log
+
+from masksub_kernels.training import mlm_blocks, mlm_cli, run_setup, text_data
+from masksub_kernels.training.mlm_cli import main
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+TIMINGS = ("tokens_per_s", "round_time_s", "wall_time_s")
+CACHE_FILES = (mlm_blocks.META, *mlm_blocks.PARTS.values())
+
+
+def _packs(monkeypatch) -> list:
+    """Records each pack_blocks call (the corpus tokenised)."""
+    calls, real = [], text_data.pack_blocks
+    monkeypatch.setattr(text_data, "pack_blocks", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    return calls
+
+
+# kills main's dispatch left out (--prepare-only ignored: a whole run), prepare writing its cache elsewhere than
+# --block-cache (e.g. "block_cache" dropped from mlm_prepare.USED: it went to --output) or skipping the packing (the
+# run then packs: "packed and cached in"), and any difference between the blocks it caches and a run's own
+def test_a_run_after_a_prepare_reads_the_cache_and_trains_as_one_that_packed_itself(corpus, tokenizer, tmp_path,
+                                                                                   monkeypatch, capsys):  # fmt: skip
+    cache = tmp_path / "cache"
+    common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--device", "cpu"]
+    assert main(["--prepare-only", *common, "--block-cache", str(cache), "--output", str(tmp_path / "unused")]) == 0
+    out = capsys.readouterr().out
+    assert f"token blocks packed and cached in {cache / 'blocks.json'}" in out
+    assert f"--tokenizer {tokenizer} --seq-len 16 --block-cache {cache} reads them" in out
+    assert not (tmp_path / "unused").exists()  # --output: neither the cache's folder nor the vocabulary's here
+    packs = _packs(monkeypatch)
+    assert main([*common, "--block-cache", str(cache), "--output", str(tmp_path / "read")]) == 0
+    assert packs == [] and f"token blocks read from the cache {cache / 'blocks.json'}" in capsys.readouterr().out
+    assert _log(tmp_path / "read")["meta"]["block_cache"] == {"path": str(cache / "blocks.json"), "built": False}
+    assert main([*common, "--output", str(tmp_path / "packed")]) == 0  # packs its own, into --output
+    assert "token blocks packed and cached in" in capsys.readouterr().out
+    for name in CACHE_FILES[1:]:  # the same blocks, byte for byte
+        assert (cache / name).read_bytes() == (tmp_path / "packed" / name).read_bytes(), name
+    read, packed = (torch.load(tmp_path / run / "last.pth", weights_only=False) for run in ("read", "packed"))
+    assert read["step"] == packed["step"] == 4
+    for name, weight in packed["model"].items():
+        assert torch.equal(read["model"][name], weight), name
+    rows = [[{k: v for k, v in row.items() if k not in TIMINGS} for row in _log(tmp_path / run)["epochs"]]
+            for run in ("read", "packed")]  # fmt: skip
+    assert len(rows[0]) == 2 and rows[0] == rows[1]
+    assert read["corpus"] == packed["corpus"]  # the corpus's digest and the cache's key, as a resume compares them
+
+
+# kills main's dispatch left out (a run: _build / _model / _distributed called), prepare calling check_output (an
+# --output holding a run's last.pth refused), and the note on the options not used left out
+def test_a_prepare_makes_no_model_touches_no_gpu_and_writes_no_checkpoint_or_log(corpus, tmp_path, monkeypatch,
+                                                                                capsys):  # fmt: skip
+    def refuse(*args, **kwargs):
+        raise AssertionError("called by --prepare-only")
+
+    for module, name in ((mlm_cli, "_model"), (mlm_cli, "_build"), (mlm_cli, "_distributed"),
+                         (mlm_cli, "check_backend"), (run_setup, "check_output"), (torch.cuda, "is_available"),
+                         (torch.cuda, "device_count"), (torch.cuda, "set_device")):  # fmt: skip
+        monkeypatch.setattr(module, name, refuse)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "last.pth").write_bytes(b"another run's")  # not refused: a prepare writes no checkpoint
+    # --mask-ratio 0.5 at 16 tokens: refused by a run's check, which does not apply to a prepare
+    argv = ["--prepare-only", "--data-dir", corpus, *TINY, "--output", str(out), "--device", "cuda", "--layers", "3",
+            "--mask-ratio", "0.5"]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert sorted(os.listdir(out)) == sorted([*CACHE_FILES, mlm_blocks.LOCK, "last.pth", "tokenizer.json"])
+    assert (out / "last.pth").read_bytes() == b"another run's"
+    assert "tokens, trained now) and the token blocks in" in captured.out and "(built now; " in captured.out
+    # TINY's and these, where not at their defaults (--mask-ratio 0.5 is); the options a prepare uses are not named
+    assert ("note: --prepare-only makes no model and trains nothing: not used: --layers, --width, --steps, "
+            "--batch-size, --warmup-steps, --device, --eval-every\n") in captured.err  # fmt: skip
+
+
+# kills mlm_prepare.check_prepare left out or either of its checks (--resume was ignored: a prepare for another
+# vocabulary than the resume's; under torchrun every process read the corpus and trained a vocabulary), the
+# prepare's --output / --block-cache file check (a traceback-free but misleading ensure_cache error, after training)
+@pytest.mark.parametrize("case", ["resume", "torchrun", "output_file", "cache_file"])
+def test_what_a_prepare_refuses(case, corpus, tmp_path, monkeypatch, capsys):
+    checkpoint = tmp_path / "run" / "last.pth"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"a checkpoint")
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "out"
+    argv = ["--prepare-only", "--data-dir", corpus, *TINY, "--output", str(out)]
+    if case == "resume":
+        argv += ["--resume", str(checkpoint)]
+        message = "--prepare-only does not take --resume (the checkpoint's own vocabulary and checks belong to the run)"
+    elif case == "torchrun":
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        message = "--prepare-only runs in one process, not under torchrun (WORLD_SIZE=2): every process would read"
+    elif case == "output_file":
+        argv[-1] = str(tmp_path / "file")
+        message = f"--output {str(tmp_path / 'file')!r} is a file, not a directory"
+    else:
+        argv += ["--block-cache", str(tmp_path / "file")]
+        message = f"--block-cache {str(tmp_path / 'file')!r} is a file, not a directory"
+    assert main(argv) == 2
+    assert f"masksub-train-mlm: error: {message}" in capsys.readouterr().err
+    assert not out.exists()  # refused before the corpus is read: no vocabulary trained, no cache
+
+
+# kills prepare's removed_if_refused left out: a vocabulary it trained, then refused (too few held-out tokens for a
+# block), stayed in --output for the next run to read silently
+def test_a_refused_prepare_deletes_the_vocabulary_it_trained(corpus, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["--prepare-only", "--data-dir", corpus, *TINY, "--seq-len", "4096", "--output", str(out)]) == 2
+    assert "the held-out part of the corpus" in capsys.readouterr().err
+    assert os.listdir(out) == [mlm_blocks.LOCK]  # (the build's empty lock file stays, as a refused run's does)
+
+
+# kills ensure_cache's `if _valid(...): return False` (a second prepare packed and rewrote the files) and prepare's
+# report fixed to "built now"
+def test_a_second_prepare_of_the_same_key_rebuilds_nothing(corpus, tokenizer, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    argv = ["--prepare-only", "--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--block-cache", str(cache)]
+    assert main(argv) == 0
+    assert "(built now; " in capsys.readouterr().out
+    mtimes = {name: os.stat(cache / name).st_mtime_ns for name in CACHE_FILES}
+    packs = _packs(monkeypatch)
+    assert main([*argv, "--eval-blocks", "0"]) == 0  # not in the key: stored digests aside, the same cache
+    out = capsys.readouterr().out
+    assert packs == [] and f"token blocks read from the cache {cache / 'blocks.json'}" in out
+    assert "(already valid, not rebuilt; " in out
+    assert {name: os.stat(cache / name).st_mtime_ns for name in CACHE_FILES} == mtimes
