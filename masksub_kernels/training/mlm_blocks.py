@@ -300,7 +300,14 @@ def cached_blocks(args, rank: int, world: int, docs: dict, tokenizer, digest: st
         while not os.path.exists(parent) and parent != os.path.dirname(parent):
             made.append(parent)
             parent = os.path.dirname(parent)
-        key[0], key[1] = full["key"], ensure_cache(folder, full, pack, counts, stats)
+        lock = os.path.join(folder, LOCK)
+        new_lock = not os.path.exists(lock)
+        try:
+            key[0], key[1] = full["key"], ensure_cache(folder, full, pack, counts, stats)
+        except UsageError:  # e.g. a part too small for one block: the lock and folders this build made go too
+            if new_lock:
+                built.extend([lock, *made])
+            raise
         if key[1]:
             built.extend([*(os.path.join(folder, name) for name in (META, *PARTS.values(), LOCK)), *made])
 
