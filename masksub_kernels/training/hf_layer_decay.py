@@ -9,20 +9,27 @@ rate, the stem at ``d ** (L + 1)`` of it. The same scales as MAE's ``util/lr_dec
 transformers' models name no matcher as timm's do, so the blocks are found by their container: the
 ``nn.ModuleList`` attributes named ``layer``, ``layers`` or ``blocks`` whose elements hold parameters (ViT, DeiT,
 DINOv2, CLIP / SigLIP vision, BERT, RoBERTa, DistilBERT: one list; Swin, ConvNeXt: a list of stages, each with a
-list of blocks, where the innermost lists are the blocks, numbered across the stages in order). A model without
-such a list is refused (transformers' ResNet, whose blocks are an ``nn.Sequential``: CNN recipes use no layer
-decay), as is one whose block lists lie in no one list of stages (CLIPModel's text and vision towers, helper-247). A
-parameter outside the blocks takes the layer of the block before it in the model's registration order (a Swin
-stage's patch merging, after its blocks: its last block's; ConvNeXt's downsampling, before a stage's blocks: the
-previous stage's last block), or 0 before the first block, or L + 1 after the last. A transformers model's
-parameters outside its backbone (``model.base_model``, where that is a submodule holding the blocks) are its head,
-L + 1, wherever they are registered: XLM-RoBERTa's and CamemBERT's classifiers and MLM heads are registered before
-the backbone, and by registration order alone trained at the stem's rate (helper-260). A tied parameter (BERT's
-MLM decoder, the word embeddings) is one parameter, in one group under its first name: it trains at the lowest
-rate of its places (the embeddings', layer 0), whichever is registered first. ``head_rate`` names parameters that
-train at the full rate wherever they sit: MaskSub's Swin mask token (the embeddings' ``mask_token``, new at
-fine-tuning: at the stem's rate it would barely move), as the training command's wrapper parameters do
-(optim.py); a name that is not the model's parameter is refused.
+list of blocks, where the innermost lists are the blocks, numbered across the stages in order; T5's blocks are the
+elements of a list named ``block``, whose own lists named ``layer`` hold a block's sub-layers, no blocks: helper-263).
+A model without such a list is refused (transformers' ResNet, whose blocks are an ``nn.Sequential``: CNN recipes use
+no layer decay), as is one whose block lists lie in no one list of stages (CLIPModel's text and vision towers,
+helper-247; T5's encoder and decoder). A parameter outside the blocks takes the layer of the block before it in the
+model's registration order (a Swin stage's patch merging, after its blocks: its last block's; ConvNeXt's
+downsampling, before a stage's blocks: the previous stage's last block; MobileViT's norm, projection and fusion after
+a stage's blocks, the last stage's too: its last block's), or 0 before the first block, or L + 1 after the last block
+and outside the list of stages holding it (the final norm, the pooler). A relative position bias outside the blocks
+and shared by them all (a module named in ``SHARED_BIAS_NAMES``: BEiT's and Data2Vec-vision's with
+``use_shared_relative_position_bias``; one inside a block is the block's, as T5's in its first) is L + 1: BEiT's
+fine-tuning code puts its ``rel_pos_bias`` at the last layer id, the full rate (unilm beit/optim_factory.py
+get_num_layer_for_vit); timm's BEiT matcher, and so the training command's ``--layer-decay``, puts it in the stem
+(helper-263). A transformers model's parameters outside its backbone (``model.base_model``, where that is a
+submodule holding the blocks) are its head, L + 1, wherever they are registered: XLM-RoBERTa's and CamemBERT's
+classifiers and MLM heads are registered before the backbone, and by registration order alone trained at the stem's
+rate (helper-260). A tied parameter (BERT's MLM decoder, the word embeddings) is one parameter, in one group under
+its first name: it trains at the lowest rate of its places (the embeddings', layer 0), whichever is registered
+first. ``head_rate`` names parameters that train at the full rate wherever they sit: MaskSub's Swin mask token (the
+embeddings' ``mask_token``, new at fine-tuning: at the stem's rate it would barely move), as the training command's
+wrapper parameters do (optim.py); a name that is not the model's parameter is refused.
 """
 
 from __future__ import annotations
@@ -33,9 +40,12 @@ import numbers
 import torch
 from torch import nn
 
-__all__ = ["BLOCK_LIST_NAMES", "check_layer_decay", "hf_layer_ids", "split_groups_by_layer"]
+__all__ = ["BLOCK_LIST_NAMES", "SHARED_BIAS_NAMES", "check_layer_decay", "hf_layer_ids", "split_groups_by_layer"]
 
 BLOCK_LIST_NAMES = ("layer", "layers", "blocks")
+# a relative position bias outside the blocks, shared by them all: BEiT's and Data2Vec-vision's (transformers), BEiT's
+# own code's and timm's (rel_pos_bias)
+SHARED_BIAS_NAMES = frozenset({"shared_position_bias", "relative_position_bias", "rel_pos_bias"})
 
 
 def check_layer_decay(layer_decay) -> float:
@@ -47,11 +57,17 @@ def check_layer_decay(layer_decay) -> float:
     return float(layer_decay)
 
 
-def _block_prefixes(model: nn.Module) -> list[str]:
-    """The blocks' module names in registration order: the elements of the innermost named block lists."""
-    lists = [name for name, module in model.named_modules()
-             if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in BLOCK_LIST_NAMES
-             and any(True for _ in module.parameters())]  # fmt: skip
+def _block_prefixes(model: nn.Module) -> tuple[list[str], str | None]:
+    """The blocks' module names in registration order (the elements of the innermost named block lists), and the
+    prefix of the list of stages holding them (``"mobilevit.encoder.layer."``; None where there is none)."""
+    lists = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in BLOCK_LIST_NAMES \
+                and any(True for _ in module.parameters()):  # fmt: skip
+            outer = name.rpartition(".")[0].rpartition(".")[0]  # "encoder.block" for "encoder.block.0.layer"
+            if outer.rpartition(".")[2] == "block" and isinstance(model.get_submodule(outer), nn.ModuleList):
+                name = outer  # a T5 block's list of its sub-layers: the blocks are the elements of `block`
+            lists.setdefault(name)
     inner = [name for name in lists if not any(other.startswith(name + ".") for other in lists)]
     stages = [name for name, module in model.named_modules() if isinstance(module, nn.ModuleList)
               and all(block.startswith(name + ".") for block in inner)]  # fmt: skip
@@ -64,7 +80,7 @@ def _block_prefixes(model: nn.Module) -> list[str]:
     for name in inner:
         blocks += [f"{name}.{key}" for key, child in model.get_submodule(name).named_children()
                    if any(True for _ in child.parameters())]  # fmt: skip
-    return blocks
+    return blocks, (max(stages, key=len) + "." if stages else None)  # the innermost list of stages
 
 
 def _backbone_prefix(model: nn.Module, blocks: list[str]) -> str | None:
@@ -83,7 +99,7 @@ def hf_layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
     """({parameter name: layer}, L) for ``model`` (module docstring), over ``named_parameters()`` (a tied parameter
     under its first name, at the lowest layer of its names), trainable or not. A ValueError where the model has no
     block list."""
-    blocks = _block_prefixes(model)
+    blocks, stages = _block_prefixes(model)
     if not blocks:
         raise ValueError(
             f"layer_decay needs the model's blocks in an nn.ModuleList named {' / '.join(BLOCK_LIST_NAMES)}; "
@@ -97,8 +113,10 @@ def hf_layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
             current = layer = inside + 1
         elif backbone is not None and not name.startswith(backbone):  # the head, before the backbone or after
             layer = depth + 1
+        elif not SHARED_BIAS_NAMES.isdisjoint(name.split(".")[:-1]):  # BEiT's shared bias: its recipe's full rate
+            layer = depth + 1
         else:
-            if current == depth:  # past the last block's parameters: the head's layer
+            if current == depth and not (stages and name.startswith(stages)):  # past the last block and the stages
                 current = depth + 1
             layer = current
         key = first.setdefault(id(p), name)  # named_parameters()' name for it

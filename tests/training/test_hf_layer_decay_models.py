@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 TINY = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
 TEXT = dict(vocab_size=50, **TINY)
+T5 = dict(vocab_size=50, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2, num_labels=3)
 
 
 def _vision(**changes):
@@ -45,6 +46,8 @@ MODELS = {
     # the classifier registered before the backbone (helper-260: by registration order, the stem's rate)
     "xlm-roberta": ("XLMRobertaForSequenceClassification", "XLMRobertaConfig", TEXT,
                     ("classifier.dense.weight", "classifier.out_proj.bias"), "text"),
+    "t5-encoder": ("T5ForTokenClassification", "T5Config", T5, ("transformer.encoder.final_layer_norm.weight",
+                                                                "classifier.weight"), "text"),
 }  # fmt: skip
 
 
@@ -131,6 +134,54 @@ def test_head_rate_names_the_models_parameters():
     assert group["lr_scale"] == 1.0
 
 
+def test_a_shared_relative_position_bias_trains_at_the_full_rate():
+    # BEiT's recipe (unilm beit/optim_factory.py get_num_layer_for_vit: rel_pos_bias at the last layer id, lr * 1):
+    # the bias every block reads. Registered before the blocks, it took the stem's rate, d ** (L + 1) (helper-260)
+    for prefix, family in (("beit.shared_position_bias", "Beit"),
+                           ("data2vec_vision.encoder.relative_position_bias", "Data2VecVision")):  # fmt: skip
+        config = getattr(transformers, f"{family}Config")(**_vision(use_shared_relative_position_bias=True))
+        ids, depth = hf_layer_ids(getattr(transformers, f"{family}ForImageClassification")(config))
+        names = (f"{prefix}.relative_position_bias_table", f"{prefix.split('.')[0]}.embeddings.cls_token")
+        assert (depth, *[ids[n] for n in names]) == (2, 3, 0), family
+    # a bias inside a block (BEiT's per-block one) is the block's
+    config = transformers.BeitConfig(**_vision(use_relative_position_bias=True))
+    ids, _ = hf_layer_ids(transformers.BeitModel(config))
+    assert ids["layers.1.relative_position_bias.relative_position_bias_table"] == 2
+
+
+def test_the_stages_after_the_last_block_are_that_blocks():
+    # MobileViT: each stage's norm, projection and fusion after its transformer's blocks take its last block's layer;
+    # the last stage's took the head's, L + 1 (helper-260); what follows the stages (the 1x1 expansion) is the head's
+    model, _, _ = _build("mobilevit")
+    ids, depth = hf_layer_ids(model)
+    stage = "mobilevit.encoder.layer"
+    names = (f"{stage}.3.transformer.layer.3.output.dense.weight", f"{stage}.3.layernorm.weight",
+             f"{stage}.3.fusion.convolution.weight", f"{stage}.4.transformer.layer.2.output.dense.weight",
+             f"{stage}.4.layernorm.weight", f"{stage}.4.conv_projection.normalization.bias",
+             f"{stage}.4.fusion.convolution.weight", "mobilevit.conv_1x1_exp.convolution.weight")  # fmt: skip
+    assert (depth, *[ids[n] for n in names]) == (13, 10, 10, 10, 13, 13, 13, 13, 14)
+    # the rule: a parameter inside the list of stages after the last block is that block's, one after it the head's
+    stage = torch.nn.Module()
+    stage.blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+    net = torch.nn.Module()
+    net.stages = torch.nn.ModuleList([stage, torch.nn.LayerNorm(2)])  # a stage without blocks last
+    net.norm = torch.nn.LayerNorm(2)
+    ids, depth = hf_layer_ids(net)
+    assert (depth, ids["stages.0.blocks.0.weight"], ids["stages.1.weight"], ids["norm.weight"]) == (1, 1, 1, 2)
+
+
+def test_a_t5_blocks_sub_layers_are_not_blocks():
+    # T5's blocks are the elements of `block`, each with its sub-layers (attention, MLP) in a list named `layer`:
+    # counted as the blocks, they made L twice the model's depth (helper-260)
+    model, _, _ = _build("t5-encoder")
+    ids, depth = hf_layer_ids(model)
+    block = "transformer.encoder.block"
+    names = ("transformer.shared.weight", f"{block}.0.layer.0.SelfAttention.q.weight",
+             f"{block}.0.layer.1.DenseReluDense.wo.weight", f"{block}.1.layer.1.layer_norm.weight",
+             "transformer.encoder.final_layer_norm.weight")  # fmt: skip
+    assert (depth, *[ids[n] for n in names]) == (2, 0, 1, 1, 2, 3)
+
+
 @pytest.mark.parametrize(
     "model_class, config, lists",
     [  # a decode head's or neck's own block lists beside the backbone's: no one stack to number
@@ -142,6 +193,8 @@ def test_head_rate_names_the_models_parameters():
                                                          neck_hidden_sizes=[8, 8], fusion_hidden_size=8,
                                                          reassemble_factors=[4, 2]),
          r"\['dpt.encoder.layer', 'neck.reassemble_stage.layers', 'neck.fusion_stage.layers'\]"),
+        # an encoder and a decoder (T5's; their blocks' lists of sub-layers named once, by their stack)
+        ("T5ForConditionalGeneration", transformers.T5Config(**T5), r"\['encoder.block', 'decoder.block'\]"),
     ],
 )  # fmt: skip
 def test_models_with_several_stacks_are_refused(model_class, config, lists):
