@@ -53,8 +53,8 @@ DEFAULT_EVAL_BLOCKS = 512  # --eval-blocks' default: its corpus digest is stored
 
 __all__ = ["CACHE_VERSION", "DEFAULT_EVAL_BLOCKS", "LOCK", "META", "PARTS", "TrainBlocks", "block_specials",
            "block_stats", "cache_key", "cached_blocks", "corpus_digest", "documents_digest", "ensure_cache",
-           "eval_count", "eval_rows", "load_cache", "pack_parts", "read_documents", "special_counts", "stored_digest",
-           "to_device"]  # fmt: skip
+           "eval_count", "eval_rows", "load_cache", "pack_parts", "read_documents", "remove_lock", "special_counts",
+           "stored_digest", "to_device"]  # fmt: skip
 
 
 class TrainBlocks(NamedTuple):
@@ -211,15 +211,34 @@ def _write(path: str, data: bytes | memoryview) -> None:
 @contextlib.contextmanager
 def _locked(folder: str):
     """An exclusive lock on ``folder``'s LOCK file while a build runs (released when the file closes, also by a
-    process that dies); without flock (Windows, a file system that refuses it) builds are not serialised."""
-    with open(os.path.join(folder, LOCK), "a") as f:
+    process that dies); without flock (Windows, a file system that refuses it) builds are not serialised. A lock
+    taken on a file that was removed meanwhile (remove_lock: a refused run's, under the lock) is taken again on the
+    file now at the path: two builds never hold locks on two files of one folder."""
+    path = os.path.join(folder, LOCK)
+    while True:
+        f = open(path, "a")
         try:
             import fcntl
 
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         except (ImportError, OSError):
+            break  # not serialised: nothing to check
+        try:
+            held, now = os.fstat(f.fileno()), os.stat(path)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                break
+        except FileNotFoundError:
             pass
+        f.close()
+    with f:
         yield
+
+
+def remove_lock(folder: str) -> None:
+    """Remove ``folder``'s LOCK file, as a refused run that built the cache there removes what it made: under the
+    lock (it waits for a build holding it), so that a run waiting on it takes it again on a new file (_locked)."""
+    with contextlib.suppress(OSError), _locked(folder):
+        os.remove(os.path.join(folder, LOCK))
 
 
 def _remove_leftovers(folder: str) -> None:
@@ -278,8 +297,8 @@ def cached_blocks(args, rank: int, world: int, docs: dict, tokenizer, digest: st
     """(blocks ({'train', 'held_out'}: memory-mapped), blocks.json, whether this run built them, its path): rank 0
     builds the cache in ``args.block_cache`` (or --output) where needed (after refusing a resume of other documents
     or options: mlm_resume.check_resume_early, before the corpus is packed), the others wait for its key, then every
-    rank maps the files. ``docs``: rank 0's documents; ``built``: the files and the folders made for them, where this
-    run built them (a refused run that trained its vocabulary deletes them)."""
+    rank maps the files. ``docs``: rank 0's documents; ``built``: the files and the folders made for them (the lock
+    file as a call: remove_lock), where this run built them (a refused run that trained its vocabulary deletes them)."""
     import torch.distributed as dist
 
     from . import text_data
@@ -300,16 +319,16 @@ def cached_blocks(args, rank: int, world: int, docs: dict, tokenizer, digest: st
         while not os.path.exists(parent) and parent != os.path.dirname(parent):
             made.append(parent)
             parent = os.path.dirname(parent)
-        lock = os.path.join(folder, LOCK)
-        new_lock = not os.path.exists(lock)
+        new_lock = not os.path.exists(os.path.join(folder, LOCK))
         try:
             key[0], key[1] = full["key"], ensure_cache(folder, full, pack, counts, stats)
-        except UsageError:  # e.g. a part too small for one block: the lock and folders this build made go too
+        except UsageError:  # e.g. a part too small for one block: the lock file and folders it made go too
             if new_lock:
-                built.extend([lock, *made])
+                built.extend([functools.partial(remove_lock, folder), *made])
             raise
-        if key[1]:
-            built.extend([*(os.path.join(folder, name) for name in (META, *PARTS.values(), LOCK)), *made])
+        if key[1]:  # (the lock file removed under the lock: remove_lock)
+            files = [os.path.join(folder, name) for name in (META, *PARTS.values())]
+            built.extend([*files, functools.partial(remove_lock, folder), *made])
 
     rank_zero_check(build, rank, world)  # the others wait here for the files
     if world > 1:

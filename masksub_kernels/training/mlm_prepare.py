@@ -3,16 +3,20 @@ process, with no model, no GPU and no training (helper-262).
 
 Under torchrun rank 0 reads the corpus, trains the vocabulary where absent and packs the blocks where the cache is
 absent or stale, while every other rank (and every GPU) waits at a collective, up to the process group's timeout
-(run_setup.DIST_TIMEOUT, 60 minutes). ``--prepare-only`` does that work beforehand, through the run's own code:
-``mlm_cli._corpus`` (mlm_tokenizer.load_tokenizer, then mlm_blocks.cached_blocks / ensure_cache: no second copy of
-the packing), as rank 0 of a one-process run on the CPU would, then prints what it made and where, and returns. A
+(run_setup.DIST_TIMEOUT, 60 minutes). ``--prepare-only`` does that work beforehand, through the run's own code: the
+first half of ``mlm_cli._corpus`` (mlm_blocks.read_documents, mlm_tokenizer.load_tokenizer, then
+mlm_blocks.cached_blocks / ensure_cache: no second copy of the packing; not its held-out batch), as rank 0 of a
+one-process run on the CPU would, then prints what it made and where, and returns. A
 later run of the same corpus, vocabulary, --seq-len and cache folder reads the cache ("read from the cache") and
 trains bit for bit as one that packed it itself: the same files, made by the same function.
 
-- Used: --data-dir, --vocab-size, --tokenizer, --seq-len, --eval-blocks (blocks.json's stored digests), --block-cache,
-  --output (the cache's folder without --block-cache, and the default tokenizer.json's), --deterministic.
+- Used: --data-dir, --vocab-size, --tokenizer, --seq-len, --eval-blocks (the corpus digest blocks.json stores for
+  it, where the prepare builds the cache), --block-cache, --output (the cache's folder without --block-cache, and the
+  default tokenizer.json's), --deterministic.
 - Not used (no model is made): the model, MaskSub, optimisation and run options (--device included: CUDA is never
-  touched); they are neither checked nor used, a note lists those given other values than their defaults.
+  touched); a note lists those given other values than their defaults. One check of them is made, once the blocks
+  are packed: where the run's --mask-ratio check would refuse the options given (mlm_cli._check_keep, against the
+  blocks' special tokens), a note says so (the prepare itself succeeds).
 - Refused (a UsageError, exit status 2): --resume (the checkpoint decides the vocabulary, and its checks would need
   a run; prepare for a resume with its run's --tokenizer, --seq-len and folder instead), and a start under torchrun
   (WORLD_SIZE > 1): every process would read the corpus and, without a vocabulary file, train one of its own (not
@@ -29,8 +33,6 @@ import argparse
 import os
 import shlex
 import sys
-
-import torch
 
 from .run_setup import UsageError
 
@@ -61,42 +63,53 @@ def check_prepare(args: argparse.Namespace) -> None:
 
 def prepare(args: argparse.Namespace) -> None:
     """``masksub-train-mlm --prepare-only``: check the data options as a run does, train or read the vocabulary and
-    build the block cache (or find it valid) through ``mlm_cli._corpus`` on the CPU, then print what was made and
-    where. Creates no model, touches no GPU and writes no last.pth or log."""
+    build the block cache (or find it valid) as ``mlm_cli._corpus`` does on the CPU (its first half: no held-out
+    batch), then print what was made and where, with a note where the mask options given would refuse the run.
+    Creates no model, touches no GPU and writes no last.pth or log."""
     from . import mlm_blocks, mlm_cli
     from .extras import require
-    from .mlm_tokenizer import removed_if_refused, tokenizer_path
+    from .mlm_tokenizer import load_tokenizer, removed_if_refused, tokenizer_path
     from .run_setup import check_writable_directory
 
     check_prepare(args)
     defaults = vars(mlm_cli.build_parser().parse_args([]))
     unused = [name for name in defaults if name not in USED and getattr(args, name) != defaults[name]]
-    # the run's checks of the options used (the others at their defaults pass them; --baseline's: no --mask-ratio
-    # check, which depends on no block's contents here)
+    # the run's checks of the options used (the others at their defaults pass them; as --baseline's: the mask options
+    # given are checked against the blocks once packed, a note where a run would refuse them)
+    given = argparse.Namespace(**vars(args))
     args = argparse.Namespace(**{**defaults, **{name: getattr(args, name) for name in USED}, "baseline": True})
     mlm_cli._check_args(args)
     require("the masked-LM command's --prepare-only", ("tokenizers",), "text")
     if unused:
         print(f"{mlm_cli.PROG}: note: --prepare-only makes no model and trains nothing: not used: "
               f"{', '.join('--' + name.replace('_', '-') for name in unused)}", file=sys.stderr)  # fmt: skip
+    for option, path in (("--output", args.output), ("--block-cache", args.block_cache)):
+        if path and os.path.exists(path) and not os.path.isdir(path):
+            raise UsageError(f"{option} {path!r} is a file, not a directory")
     folder = args.block_cache or args.output
     what = f"--block-cache {folder!r}" if args.block_cache else f"--output {folder!r}"
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UsageError(f"{what} is a file, not a directory")
     if not os.path.isfile(os.path.join(folder, mlm_blocks.META)):  # a cache to build (one found valid is only read)
         check_writable_directory(folder, what)
     tokenizer_at = tokenizer_path(args, None)
     if not os.path.isfile(tokenizer_at):  # where the vocabulary will be saved, before it is trained (as a run)
         check_writable_directory(os.path.dirname(tokenizer_at), f"--tokenizer {tokenizer_at!r}")
     built: list[str] = []
-    with removed_if_refused(tokenizer_at, 0, also=built):
-        _, _, _, sizes = mlm_cli._corpus(args, 0, 1, torch.device("cpu"), tokenizer_at, False, None, built)
-    vocab = "trained now" if sizes["tokenizer_trained"] else "read"
-    cache = "built now" if sizes["block_cache"]["built"] else "already valid, not rebuilt"
+    with removed_if_refused(tokenizer_at, 0, also=built):  # the first half of mlm_cli._corpus (no held-out batch)
+        docs = mlm_blocks.read_documents(args.data_dir)
+        tokenizer, digest, trained = load_tokenizer(args, tokenizer_at, docs["train"], 0, 1, False, mlm_cli.PROG)
+        _, meta, fresh, _ = mlm_blocks.cached_blocks(args, 0, 1, docs, tokenizer, digest, None, built, mlm_cli.PROG)
+    try:  # the run's check of its --mask-ratio against these blocks, which the prepare skipped (--baseline)
+        mlm_cli._check_keep(given, meta["special_counts"])
+    except UsageError as exc:
+        if not given.baseline:
+            print(f"{mlm_cli.PROG}: note: a run with these options would be refused: {exc}", file=sys.stderr)
+    vocab = "trained now" if trained else "read"
+    cache = "built now" if fresh else "already valid, not rebuilt"
     data = f"--data-dir {shlex.quote(args.data_dir)} " if args.data_dir else ""
+    size = tokenizer.get_vocab_size()
     print(
-        f"{mlm_cli.PROG}: prepared (no model, no training): the vocabulary {tokenizer_at} ({sizes['vocab_size']} "
-        f"tokens, {vocab}) and the token blocks in {folder} ({cache}; {sizes['train_blocks']} training blocks of "
+        f"{mlm_cli.PROG}: prepared (no model, no training): the vocabulary {tokenizer_at} ({size} "
+        f"tokens, {vocab}) and the token blocks in {folder} ({cache}; {meta['train'][0]} training blocks of "
         f"{args.seq_len} tokens); a run given {data}--tokenizer {shlex.quote(tokenizer_at)} --seq-len {args.seq_len} "
         f"--block-cache {shlex.quote(folder)} reads them",
         flush=True,

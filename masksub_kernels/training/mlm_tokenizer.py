@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from .run_setup import UsageError
@@ -132,11 +132,12 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
 
 
 @contextlib.contextmanager
-def removed_if_refused(path: str, rank: int, also: Sequence[str] = ()):
+def removed_if_refused(path: str, rank: int, also: Sequence[str | Callable[[], None]] = ()):
     """Around a run's set-up: where it ends in a ``UsageError`` and rank 0 had no file at ``path`` before, the
     vocabulary it trained there is deleted, with the files ``also`` (the token blocks this run cached for it, which
-    no other vocabulary's run would reuse: mlm_blocks.py, and the folders made for them; read where the exception is
-    handled, so a list the set-up fills), and so are the directories made for it (innermost first, while empty)."""
+    no other vocabulary's run would reuse: mlm_blocks.py, and the folders made for them; a callable removes its own
+    file: the cache's lock; read where the exception is handled, so a list the set-up fills), and so are the
+    directories made for it (innermost first, while empty)."""
     fresh = rank == 0 and not os.path.isfile(path)
     made, parent = [], os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent) and parent != os.path.dirname(parent):
@@ -147,6 +148,9 @@ def removed_if_refused(path: str, rank: int, also: Sequence[str] = ()):
     except UsageError:
         if fresh:
             for file in (path, *also):
+                if callable(file):  # a removal of its own (mlm_blocks.remove_lock: under the lock)
+                    file()
+                    continue
                 with contextlib.suppress(OSError):
                     os.rmdir(file) if os.path.isdir(file) else os.remove(file)  # a folder: once emptied (in order)
             with contextlib.suppress(OSError):

@@ -72,7 +72,7 @@ def test_a_prepare_makes_no_model_touches_no_gpu_and_writes_no_checkpoint_or_log
     out = tmp_path / "out"
     out.mkdir()
     (out / "last.pth").write_bytes(b"another run's")  # not refused: a prepare writes no checkpoint
-    # --mask-ratio 0.5 at 16 tokens: refused by a run's check, which does not apply to a prepare
+    # --mask-ratio 0.5 at 16 tokens: refused by a run's check, which does not stop a prepare (a note says so)
     argv = ["--prepare-only", "--data-dir", corpus, *TINY, "--output", str(out), "--device", "cuda", "--layers", "3",
             "--mask-ratio", "0.5"]  # fmt: skip
     assert main(argv) == 0
@@ -83,12 +83,13 @@ def test_a_prepare_makes_no_model_touches_no_gpu_and_writes_no_checkpoint_or_log
     # TINY's and these, where not at their defaults (--mask-ratio 0.5 is); the options a prepare uses are not named
     assert ("note: --prepare-only makes no model and trains nothing: not used: --layers, --width, --steps, "
             "--batch-size, --warmup-steps, --device, --eval-every\n") in captured.err  # fmt: skip
+    assert "note: a run with these options would be refused: --mask-ratio 0.5 keeps 8 of 16 tokens" in captured.err
 
 
 # kills mlm_prepare.check_prepare left out or either of its checks (--resume was ignored: a prepare for another
 # vocabulary than the resume's; under torchrun every process read the corpus and trained a vocabulary), the
 # prepare's --output / --block-cache file check (a traceback-free but misleading ensure_cache error, after training)
-@pytest.mark.parametrize("case", ["resume", "torchrun", "output_file", "cache_file"])
+@pytest.mark.parametrize("case", ["resume", "torchrun", "output_file", "cache_file", "output_file_beside_a_cache"])
 def test_what_a_prepare_refuses(case, corpus, tmp_path, monkeypatch, capsys):
     checkpoint = tmp_path / "run" / "last.pth"
     checkpoint.parent.mkdir()
@@ -105,9 +106,13 @@ def test_what_a_prepare_refuses(case, corpus, tmp_path, monkeypatch, capsys):
     elif case == "output_file":
         argv[-1] = str(tmp_path / "file")
         message = f"--output {str(tmp_path / 'file')!r} is a file, not a directory"
-    else:
+    elif case == "cache_file":
         argv += ["--block-cache", str(tmp_path / "file")]
         message = f"--block-cache {str(tmp_path / 'file')!r} is a file, not a directory"
+    else:  # the cache and the vocabulary elsewhere: an --output that is a file is refused all the same (helper-265)
+        argv[-1] = str(tmp_path / "file")
+        argv += ["--block-cache", str(out), "--tokenizer", str(tmp_path / "tok.json")]
+        message = f"--output {str(tmp_path / 'file')!r} is a file, not a directory"
     assert main(argv) == 2
     assert f"masksub-train-mlm: error: {message}" in capsys.readouterr().err
     assert not out.exists()  # refused before the corpus is read: no vocabulary trained, no cache
@@ -119,7 +124,7 @@ def test_a_refused_prepare_deletes_the_vocabulary_it_trained(corpus, tmp_path, c
     out = tmp_path / "out"
     assert main(["--prepare-only", "--data-dir", corpus, *TINY, "--seq-len", "4096", "--output", str(out)]) == 2
     assert "the held-out part of the corpus" in capsys.readouterr().err
-    assert not out.exists()  # the vocabulary, the build's lock file and the folder made for them all removed
+    assert not out.exists()  # the vocabulary, the build's lock file (mlm_blocks.remove_lock) and the folder all gone
 
 
 # kills ensure_cache's `if _valid(...): return False` (a second prepare packed and rewrote the files) and prepare's
