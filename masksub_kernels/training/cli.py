@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="loader processes (default 0 for digits, else 4; the count is part of the augmentations' randomness)",
+        help="loader processes (default 0 for digits, else 4; the count does not change the run: each sample's "
+        "augmentation is seeded by (seed, epoch, rank, position))",
     )
     g.add_argument(
         "--drop", type=float, default=None, help="model dropout rate (timm's drop_rate; default: the model's own)"
@@ -339,7 +340,7 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
         "classes": class_names(s.data.train),  # an ImageFolder's, in index order (resume refuses others)
         "world": s.world,  # who drew the batches and their augmentations (resume notes other counts)
         "workers": s.workers,
-        "loader_seeding": LOADER_SEEDING,  # how torchrun's loaders were seeded (data.py)
+        "loader_seeding": LOADER_SEEDING,  # how the loaders were seeded (data.py)
         "layer_decay_grouping": LAYER_DECAY_GROUPING,  # where --layer-decay puts the final norm (optim.py)
         "module": eager_state_dict(s.trained),  # the eager names: resumable with or without --compile
         "optimizer": s.optimizer.state_dict(),

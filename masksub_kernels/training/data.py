@@ -3,41 +3,53 @@
 - Digits (default, no download): scikit-learn's 8 x 8 handwritten digits, 1,797 grey images, 10 classes, values
   0..16. Scaled to [0, 1], upsampled bilinearly to img_size, normalised with the training split's mean / std, one
   channel (repeated when the model wants more). Stratified split, fixed: 1,437 train / 360 val. Training
-  augmentation: a random shift of up to img_size / 8 pixels (pad with the background, crop), drawn from torch's
-  default generator, so a per-epoch seed makes it reproducible.
+  augmentation: a random shift of up to img_size / 8 pixels (pad with the background, crop), drawn from the
+  generator it is given (torch's default one when indexed directly).
 - ImageFolder: ``DIR/train`` and ``DIR/val`` (or ``validation``) with one folder per class, read by timm's
   ``create_dataset`` and transformed by timm's ``create_transform`` (RandomResizedCrop + flip for training, resize
   + centre crop for validation; the model's mean / std).
 
 Loaders: the training order comes from a generator (single process), a ``DistributedSampler`` (DDP) or timm's
-``RepeatAugSampler`` (--aug-repeats), all seeded by (seed, epoch); the loader's workers, which draw the
-augmentations, from (seed, epoch) in one process and (seed, epoch, rank) under DDP: together with the per-epoch
-reseeding in engine.py (of the main process, which draws them without workers), an epoch is the same whether or not
-the run was resumed before it. Validation shards the set exactly (rank r takes items r, r + world, ...), so summed
-counts are exact.
+``RepeatAugSampler`` (--aug-repeats), all seeded by (seed, epoch). Each training sample's augmentation is seeded by
+(seed, epoch, rank, its position in this rank's epoch order) (``SeededOrder`` / ``SeededSamples``, LOADER_SEEDING
+3): not by the loader's workers, so ``--workers`` does not change the run, nor by the main process's generators,
+which the model draws from too (dropout, drop-path, MaskSub's masks), so a seed's baseline and MaskSub runs see
+the same images, augmented alike, at every step; --aug-repeats' copies of an image lie at other positions, so they
+differ. The digits draw from a generator of their own; timm's transforms from the global torch / Python / NumPy
+generators, seeded per sample (and, in the main process with ``--workers 0``, put back after each batch, so Mixup
+and the model draw as without them). With the per-epoch reseeding in engine.py (of the main process's generators),
+an epoch is the same whether or not the run was resumed before it. Validation shards the set exactly (rank r takes
+items r, r + world, ...), so summed counts are exact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, Subset, get_worker_info
 
 DIGITS_CLASSES = 10
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 
-# How torchrun's training loaders are seeded, recorded in checkpoints (resume notes another): 2 since 2026-12-06, the
-# workers by (seed, epoch, rank) and DistributedSampler by seed * 1_000_003 (1 before: by (seed, epoch), and seed)
-LOADER_SEEDING = 2
+# How the training loaders are seeded, recorded in checkpoints (resume notes another): 3 since 2026-12-07, each
+# sample's augmentation by (seed, epoch, rank, position) (SeededOrder); 2 (2026-12-06) drew them from the loader's
+# workers, seeded by (seed, epoch, rank), or with --workers 0 from the main process's generators, DistributedSampler
+# by seed * 1_000_003; 1 before: torchrun's workers by (seed, epoch), DistributedSampler by seed
+LOADER_SEEDING = 3
 
 __all__ = [
     "LOADER_SEEDING",
     "DataSpec",
     "DigitsDataset",
+    "SeededOrder",
+    "SeededSamples",
     "build_datasets",
     "class_names",
     "train_loader",
@@ -68,11 +80,15 @@ class DigitsDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.item(index)
+
+    def item(self, index: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item ``index``, its shift drawn from ``generator`` (None: torch's default one)."""
         image = self.images[index]
         if self.shift:
             s = self.shift
             padded = F.pad(image, (s, s, s, s), value=self.background)
-            dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()
+            dy, dx = torch.randint(0, 2 * s + 1, (2,), generator=generator).tolist()
             image = padded[:, dy : dy + image.shape[1], dx : dx + image.shape[2]]
         return image.expand(self.in_chans, -1, -1).contiguous(), self.labels[index]
 
@@ -204,6 +220,85 @@ def build_datasets(
     return _image_folder(data_dir, img_size, in_chans, mean, std, augment, transforms)
 
 
+_MASK64 = 2**64 - 1
+
+
+def _mix64(*values: int) -> int:
+    """A 64-bit hash of integers (SplitMix64's step and finaliser over each in turn; a bijection of the running
+    value for the last one, so one key's positions never share a seed)."""
+    h = 0
+    for value in values:
+        h = (h + (value & _MASK64) + 0x9E3779B97F4A7C15) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h
+
+
+class SeededOrder(Sampler):
+    """An epoch's order (a sampler of indices) as (sample seed, index) pairs, the seed from (seed, epoch, rank,
+    position in this order): what ``SeededSamples`` augments each sample with. The position, not the index, so
+    --aug-repeats' copies of an image differ; computed here, in the main process, so a worker's items carry it."""
+
+    def __init__(self, order, seed: int, epoch: int, rank: int) -> None:
+        self.order, self.key = order, _mix64(seed, epoch, rank)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        key = self.key
+        for position, index in enumerate(self.order):
+            yield _mix64(key, position), index
+
+
+@contextlib.contextmanager
+def _global_rngs_kept():
+    """The main process's torch (CPU), Python and NumPy generators put back on leaving (a worker's are its own)."""
+    if get_worker_info() is not None:
+        yield
+        return
+    states = torch.default_generator.get_state(), random.getstate(), np.random.get_state()  # noqa: NPY002
+    try:
+        yield
+    finally:
+        torch.default_generator.set_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])  # noqa: NPY002
+
+
+class SeededSamples(Dataset):
+    """``dataset`` indexed by ``SeededOrder``'s (sample seed, index) pairs, each sample's augmentation drawn from
+    its seed: a dataset with ``item(index, generator)`` (the digits) from a generator of its own, any other (timm's
+    transforms draw from the global torch / Python / NumPy generators) from those, seeded per sample and, in the main
+    process, put back after each batch. The one place the training augmentations are seeded."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._generator = None  # made where it draws (a worker, or the main process)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, keyed: tuple[int, int]):
+        return self.__getitems__([keyed])[0]
+
+    def __getitems__(self, keyed: list[tuple[int, int]]) -> list:
+        item = getattr(self.dataset, "item", None)
+        if item is not None:
+            if self._generator is None:
+                self._generator = torch.Generator()
+            return [item(index, self._generator.manual_seed(seed)) for seed, index in keyed]
+        samples = []
+        with _global_rngs_kept():
+            for seed, index in keyed:
+                torch.default_generator.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed >> 32)  # noqa: NPY002 (timm's RandAugment draws from the legacy global generator)
+                samples.append(self.dataset[index])
+        return samples
+
+
 def train_sampler(dataset: Dataset, epoch: int, seed: int, rank: int, world: int, aug_repeats: int = 0, generator=None):
     """The epoch's sampler: ``RepeatAugSampler`` (timm; DeiT-III's RASampler) with ``aug_repeats`` > 0 -- each image
     ``aug_repeats`` times per epoch, the copies on different processes, ``len(dataset) // 256 * 256 / world``
@@ -241,17 +336,18 @@ def train_loader(
     aug_repeats: int = 0,
 ) -> DataLoader:
     """The epoch's training loader: shuffled by (seed, epoch), whole batches only (Mixup needs even batches and the
-    accumulation windows stay aligned with epochs); its workers seeded by (seed, epoch, rank)."""
+    accumulation windows stay aligned with epochs); each sample augmented from (seed, epoch, rank, its position in
+    this rank's order), whichever process loads it (``loader.sampler.order``: the order)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     sampler = train_sampler(dataset, epoch, seed, rank, world, aug_repeats, generator)
-    if world > 1:  # the samplers above have generators of their own; this one seeds the loader's workers, which draw
-        # the augmentations: one per rank, else worker w of every rank drew the same crops, flips and erasing, and
-        # --aug-repeats' copies of an image (on other ranks) came out identical (helper-218)
+    if world > 1:  # the samplers above have generators of their own; this one seeds the loader's workers (their
+        # generators no longer draw the augmentations, but the loader draws their base seed from torch's default
+        # generator when given none, which the model draws from too)
         generator = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + rank) % 2**63)
     return DataLoader(
-        dataset,
+        SeededSamples(dataset),
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=SeededOrder(sampler, seed, epoch, rank),
         drop_last=True,
         num_workers=workers,
         pin_memory=pin,

@@ -217,11 +217,15 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
                 file=sys.stderr,
             )
     others = other_changes(old, args)
-    # Who draws the batches and their augmentations: each process (seeded by rank) and its loader workers
-    drawers = {"processes": (ckpt.get("world"), s.world), "data-loader workers": (ckpt.get("workers"), s.workers)}
-    if max(ckpt.get("world") or 1, s.world) > 1:  # a torchrun checkpoint of before 2026-12-06 (no record: 1) drew
-        # its augmentations (with workers) and orders (seed != 0) otherwise (helper-218, helper-220's F5)
-        drawers["torchrun loaders' seeding"] = (ckpt.get("loader_seeding", 1), LOADER_SEEDING)
+    # Who draws the batches and their augmentations: the processes (a rank's share of the order, and its samples'
+    # seeds), and how the loaders seed them (data.LOADER_SEEDING). Not the loader workers: since seeding 3 a sample's
+    # augmentation comes from (seed, epoch, rank, position) whichever process loads it. Before 3 the workers (or the
+    # main process) drew them: another seeding, not another --workers, is noted then, for a run that augments; a
+    # torchrun checkpoint of before 2026-12-06 (no record: 1) had other orders (seed != 0) too (helper-218, -220's F5)
+    seeding = ckpt.get("loader_seeding", 1)
+    drawers = {"processes": (ckpt.get("world"), s.world)}
+    if (seeding < LOADER_SEEDING and not args.no_aug) or (seeding < 2 and max(ckpt.get("world") or 1, s.world) > 1):
+        drawers["loaders' seeding"] = (seeding, LOADER_SEEDING)
     for what, (saved, now) in drawers.items():
         if saved is not None and saved != now:
             others.append(f"{what} {saved} -> {now} (they draw the batches and their augmentations)")

@@ -489,9 +489,9 @@ def setup(args) -> Setup:
     eager = unwrap_model(model)
     optimizer = build_optimizer(args, ms if ms is not None else eager, ms.inner_model if ms is not None else eager)
     ema = build_ema(args, model)
-    # An ImageFolder's default: 4 loader processes (timm's) on every machine, as the count decides which process
-    # draws each batch's augmentations (a count that followed the CPUs gave another run on another machine, and a
-    # resume there that was not exact: helper-118); the digits are tensors in memory: none.
+    # An ImageFolder's default: 4 loader processes (timm's) on every machine (until 2026-12-07 the count decided
+    # which process drew the augmentations, helper-118; since, data.SeededSamples seeds each sample, whichever
+    # process loads it); the digits are tensors in memory: none.
     workers = args.workers if args.workers is not None else (0 if args.data_dir is None else 4)
     samples = len(train_sampler(data.train, 0, args.seed, rank, world, args.aug_repeats))
     batches = samples // args.batch_size

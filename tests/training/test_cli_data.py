@@ -75,7 +75,7 @@ def test_aug_repeats_reaches_each_epochs_loader(tmp_path, monkeypatch):
 
     samplers = []
     real = data_mod.train_loader
-    monkeypatch.setattr(data_mod, "train_loader", lambda *a: samplers.append(real(*a).sampler) or real(*a))
+    monkeypatch.setattr(data_mod, "train_loader", lambda *a: samplers.append(real(*a).sampler.order) or real(*a))
     argv = [*TINY_VIT, "--aug-repeats", "3", "--epochs", "1", "--limit-batches", "1", "--output", str(tmp_path)]
     assert main(argv) == 0
     assert [type(s).__name__ for s in samplers] == ["RepeatAugSampler"] and samplers[0].num_repeats == 3

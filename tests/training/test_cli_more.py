@@ -217,7 +217,7 @@ def test_training_orders_follow_seed_epoch_and_rank():
 
     def order(epoch, seed, rank=0, world=1, repeats=0):
         if world == 1 and not repeats:
-            return list(data_mod.train_loader(dataset, 8, epoch, seed, 0, 1, 0, False).sampler)
+            return list(data_mod.train_loader(dataset, 8, epoch, seed, 0, 1, 0, False).sampler.order)
         return list(data_mod.train_sampler(dataset, epoch, seed, rank, world, repeats))
 
     for world, repeats in ((1, 0), (2, 0), (1, 3)):

@@ -11,7 +11,7 @@ def test_loader_orders_of_seed_0_epoch_1_and_seed_1_epoch_0_differ():  # data.py
     dataset = torch.utils.data.TensorDataset(torch.arange(64))
 
     def order(epoch, seed):
-        return list(data_mod.train_loader(dataset, 8, epoch, seed, 0, 1, 0, False).sampler)
+        return list(data_mod.train_loader(dataset, 8, epoch, seed, 0, 1, 0, False).sampler.order)
 
     assert order(1, 0) != order(0, 1)
 
@@ -165,7 +165,7 @@ def test_a_single_process_loader_draws_its_worker_seeds_and_order_from_one_gener
 
     seed, epoch = 7, 3
     loader = train_loader(_WorkerSeeds(), 4, epoch, seed, 0, 1, workers=2, pin=False)
-    assert loader.generator is loader.sampler.generator
+    assert loader.generator is loader.sampler.order.generator
     expected = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     base = int(torch.empty((), dtype=torch.int64).random_(generator=expected))
     order = torch.randperm(16, generator=expected).tolist()

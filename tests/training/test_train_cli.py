@@ -195,8 +195,8 @@ def test_image_folder(tmp_path, capsys):
 
 
 def test_default_loader_workers_do_not_follow_the_machine(tmp_path, monkeypatch):
-    # the worker count decides which process draws each batch's augmentations: a default that followed the CPUs
-    # trained differently (and resumed inexactly) on another machine (helper-118)
+    # until 2026-12-07 the worker count decided which process drew each batch's augmentations: a default that
+    # followed the CPUs trained differently on another machine (helper-118); the defaults stay fixed
     from masksub_kernels.training import run_setup
     from masksub_kernels.training.cli import build_parser
 

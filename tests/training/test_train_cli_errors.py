@@ -407,7 +407,7 @@ def test_a_compiled_run_saves_eager_names_and_resumes_either_way(tmp_path, basel
 
 def test_resume_keeps_a_runs_later_epochs_and_notes_who_draws_the_data(tmp_path, capsys):
     # helper-148: resuming an older epoch-N.pth in its own directory overwrote that run's later epochs silently;
-    # another loader worker count or number of processes draws other batches, and went unnoted
+    # another number of processes draws other batches, and went unnoted
     out = str(tmp_path / "run")
     assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--limit-batches", "2", "--keep-epoch-checkpoints",
                  "--output", out]) == 0  # fmt: skip
@@ -420,7 +420,8 @@ def test_resume_keeps_a_runs_later_epochs_and_notes_who_draws_the_data(tmp_path,
     os.remove(os.path.join(out, "epoch-2.pth"))  # log.json alone still says epoch 2
     assert main([*TINY_VIT, *QUICK, "--epochs", "3", "--limit-batches", "2", "--resume", f"{out}/epoch-1.pth"]) == 2
     assert "holds a run's epochs up to 2" in capsys.readouterr().err
-    # its last epoch: continues in place; elsewhere with another worker count / world size: noted and recorded
+    # its last epoch: continues in place; elsewhere with another world size: noted and recorded; another worker
+    # count is the same run since LOADER_SEEDING 3 (each sample seeded by its position, helper-264): not noted
     assert main([*TINY_VIT, *QUICK, "--epochs", "3", "--limit-batches", "2", "--resume", f"{out}/last.pth"]) == 0
     assert "other options" not in capsys.readouterr().err  # (--epochs 2 -> 3's schedule note only)
     other = str(tmp_path / "other")
@@ -431,17 +432,28 @@ def test_resume_keeps_a_runs_later_epochs_and_notes_who_draws_the_data(tmp_path,
     assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--limit-batches", "2", "--workers", "1",
                  "--output", other, "--resume", str(tmp_path / "two.pth")]) == 0  # fmt: skip
     err = capsys.readouterr().err
-    changed = ["processes 2 -> 1 (they draw the batches and their augmentations)",
-               "data-loader workers 0 -> 1 (they draw the batches and their augmentations)"]  # fmt: skip
+    changed = ["processes 2 -> 1 (they draw the batches and their augmentations)"]
     assert f"note: resuming with other options than the checkpoint's: {', '.join(changed)}; from epoch 2" in err
     assert json.load(open(os.path.join(other, "log.json")))["meta"]["resumes"][-1]["changed"] == changed
-    # a torchrun checkpoint of before 2026-12-06 (no loader_seeding: its ranks' workers drew alike, helper-218)
-    assert checkpoint["loader_seeding"] == 2
+
+    def resumed(name, *flags):
+        torch.save(checkpoint, tmp_path / f"{name}.pth")
+        assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--limit-batches", "2", *flags, "--output",
+                     str(tmp_path / name), "--resume", str(tmp_path / f"{name}.pth")]) == 0  # fmt: skip
+        return capsys.readouterr().err
+
+    # a checkpoint of LOADER_SEEDING 2 (its workers, or with --workers 0 the main process, drew the augmentations):
+    # noted, unless with --no-aug (nothing drawn, the same run)
+    assert checkpoint["loader_seeding"] == 3
+    checkpoint["world"], checkpoint["loader_seeding"] = 1, 2
+    assert "loaders' seeding 2 -> 3 (they draw the batches and their augmentations)" in resumed("seeding2")
+    checkpoint["args"]["no_aug"] = True
+    assert "other options" not in resumed("seeding2-no-aug", "--no-aug")
+    # a torchrun checkpoint of before 2026-12-06 (no loader_seeding: 1) had other orders (seed != 0, helper-218):
+    # noted even with --no-aug
+    checkpoint["world"] = 2
     del checkpoint["loader_seeding"]
-    torch.save(checkpoint, tmp_path / "before.pth")
-    assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--limit-batches", "2", "--output", str(tmp_path / "before"),
-                 "--resume", str(tmp_path / "before.pth")]) == 0  # fmt: skip
-    assert "torchrun loaders' seeding 1 -> 2 (they draw the batches" in capsys.readouterr().err
+    assert "loaders' seeding 1 -> 3 (they draw the batches" in resumed("before", "--no-aug")
 
 
 def test_resume_does_not_load_the_initial_checkpoint(tmp_path, capsys):
