@@ -146,3 +146,26 @@ def test_a_resume_with_another_worker_count_is_the_uninterrupted_run(tmp_path, c
     assert "other options" not in capsys.readouterr().err
     a, b = (torch.load(os.path.join(d, "last.pth"), weights_only=False)["module"] for d in (whole, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# timm's transforms (RandomResizedCrop, flip, RandAugment, erasing) draw from no generator but the three seeded ones.
+def test_an_image_folders_timm_transforms_draw_the_same_for_any_worker_count(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from masksub_kernels.training.augment import AUG_OPTIONS, build_transforms
+
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            os.makedirs(tmp_path / split / label)
+            for i in range(6):
+                pixels = (torch.rand(24, 24, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / split / label / f"{i}.png")
+    args = SimpleNamespace(**{**AUG_OPTIONS, "aa": "rand-m9-mstd0.5-inc1", "reprob": 0.5})
+    transforms = build_transforms(args, 16, (0.5,) * 3, (0.5,) * 3)
+    train = data_mod.build_datasets(str(tmp_path), 16, 3, transforms=transforms).train
+    first = _batches(train, 0, count=1)
+    assert _equal(first, _batches(train, 2, count=1))
+    assert not _equal(first, _batches(train, 0, count=1, seed=6))
