@@ -10,7 +10,8 @@ transformers' models name no matcher as timm's do, so the blocks are found by th
 ``nn.ModuleList`` attributes named ``layer``, ``layers`` or ``blocks`` whose elements hold parameters (ViT, DeiT,
 DINOv2, CLIP / SigLIP vision, BERT, RoBERTa, DistilBERT: one list; Swin, ConvNeXt: a list of stages, each with a
 list of blocks, where the innermost lists are the blocks, numbered across the stages in order; T5's blocks are the
-elements of a list named ``block``, whose own lists named ``layer`` hold a block's sub-layers, no blocks: helper-263).
+elements of a list named ``block``, whose own lists named ``layer`` hold a block's sub-layers, no blocks: helper-263;
+an element that is an unnamed ModuleList is a group of blocks, its elements the blocks: Funnel's, helper-265).
 A model without such a list is refused (transformers' ResNet, whose blocks are an ``nn.Sequential``: CNN recipes use
 no layer decay), as is one whose block lists lie in no one list of stages (CLIPModel's text and vision towers,
 helper-247; T5's encoder and decoder). A parameter outside the blocks takes the layer of the block before it in the
@@ -76,11 +77,22 @@ def _block_prefixes(model: nn.Module) -> tuple[list[str], str | None]:
             f"layer_decay numbers one stack of blocks; {type(model).__name__} has block lists in no one list of "
             f"stages: {inner}"
         )
-    blocks = []
-    for name in inner:
-        blocks += [f"{name}.{key}" for key, child in model.get_submodule(name).named_children()
-                   if any(True for _ in child.parameters())]  # fmt: skip
+    blocks = [block for name in inner for block in _elements(name, model.get_submodule(name))]
     return blocks, (max(stages, key=len) + "." if stages else None)  # the innermost list of stages
+
+
+def _elements(prefix: str, blocks: nn.ModuleList) -> list[str]:
+    """The names of a block list's elements that hold parameters; an element that is itself an unnamed ModuleList
+    (Funnel's groups of blocks, ``encoder.blocks.0.1``) stands for its own elements."""
+    names = []
+    for key, child in blocks.named_children():
+        if not any(True for _ in child.parameters()):
+            continue
+        if isinstance(child, nn.ModuleList):
+            names += _elements(f"{prefix}.{key}", child)
+        else:
+            names.append(f"{prefix}.{key}")
+    return names
 
 
 def _backbone_prefix(model: nn.Module, blocks: list[str]) -> str | None:

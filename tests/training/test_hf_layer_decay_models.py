@@ -182,6 +182,18 @@ def test_a_t5_blocks_sub_layers_are_not_blocks():
     assert (depth, *[ids[n] for n in names]) == (2, 0, 1, 1, 2, 3)
 
 
+def test_a_funnels_groups_of_blocks_are_not_blocks():
+    # Funnel's `blocks` holds one unnamed ModuleList of blocks per pooling stage: the groups were counted as the blocks
+    # (L = 2 for 4 blocks: helper-265)
+    config = transformers.FunnelConfig(vocab_size=50, block_sizes=[2, 2], d_model=16, n_head=2, d_head=8, d_inner=32)
+    ids, depth = hf_layer_ids(transformers.FunnelForSequenceClassification(config))
+    blocks = "funnel.encoder.blocks"
+    names = ("funnel.embeddings.word_embeddings.weight", f"{blocks}.0.0.attention.q_head.weight",
+             f"{blocks}.0.1.ffn.linear_1.weight", f"{blocks}.1.0.attention.q_head.weight",
+             f"{blocks}.1.1.ffn.layer_norm.bias", "classifier.linear_out.weight")  # fmt: skip
+    assert (depth, *[ids[n] for n in names]) == (4, 0, 1, 2, 3, 4, 5)
+
+
 @pytest.mark.parametrize(
     "model_class, config, lists",
     [  # a decode head's or neck's own block lists beside the backbone's: no one stack to number
