@@ -237,10 +237,12 @@ class _Truncated:
         return self.n
 
     def __iter__(self):
+        if self.n <= 0:
+            return
         for index, batch in enumerate(self.loader):
-            if index >= self.n:
-                return
             yield batch
+            if index + 1 >= self.n:  # (before the loader loads a batch more, to be dropped)
+                return
 
 
 def _make_step(args, s: Setup):
@@ -339,7 +341,7 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
         "updates_per_epoch": s.batches // args.grad_accum_steps,  # the schedule's unit (resume compares it)
         "classes": class_names(s.data.train),  # an ImageFolder's, in index order (resume refuses others)
         "world": s.world,  # who drew the batches and their augmentations (resume notes other counts)
-        "workers": s.workers,
+        "workers": s.workers,  # recorded only: since data.LOADER_SEEDING 3 the count does not change the run
         "loader_seeding": LOADER_SEEDING,  # how the loaders were seeded (data.py)
         "layer_decay_grouping": LAYER_DECAY_GROUPING,  # where --layer-decay puts the final norm (optim.py)
         "module": eager_state_dict(s.trained),  # the eager names: resumable with or without --compile

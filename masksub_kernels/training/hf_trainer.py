@@ -32,6 +32,11 @@ gets wrong (a probe's findings, 2026-12-03) made right:
   acts only in the Trainer's own loss, so it is refused rather than silently ignored.
 - Batches: images as ``pixel_values`` [B, C, H, W] and ``labels`` (class ids [B], or probabilities [B, C] from a
   mixup collator); a masked LM takes the batch mapping itself (``input_ids``, ``labels``, ... : the mlm family).
+  The Trainer's loaders are its own: with ``dataloader_num_workers=0`` (its default) a dataset's random transforms
+  draw from torch's default generator in the main process, from which MaskSub also draws each step's mask seed, so
+  a MaskSub run and a plain one of the same seed see other augmentations from the second batch on (masksub-train
+  seeds each sample's augmentation apart: data.SeededSamples); with workers, their base seed is drawn from that
+  generator at each epoch's start. For paired comparisons, seed the transforms per sample.
 - Layer-wise learning-rate decay (MAE / BEiT / FT-CLIP fine-tuning): ``layer_decay=d`` splits the Trainer's
   optimizer groups by block, the head at the full rate and each block below it ``d`` times the one above
   (hf_layer_decay.py); not with an optimizer given in ``optimizers``, whose groups are the caller's.

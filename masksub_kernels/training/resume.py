@@ -223,12 +223,14 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
     # main process) drew them: another seeding, not another --workers, is noted then, for a run that augments; a
     # torchrun checkpoint of before 2026-12-06 (no record: 1) had other orders (seed != 0) too (helper-218, -220's F5)
     seeding = ckpt.get("loader_seeding", 1)
-    drawers = {"processes": (ckpt.get("world"), s.world)}
-    if (seeding < LOADER_SEEDING and not args.no_aug) or (seeding < 2 and max(ckpt.get("world") or 1, s.world) > 1):
-        drawers["loaders' seeding"] = (seeding, LOADER_SEEDING)
-    for what, (saved, now) in drawers.items():
+    drawers = {"processes": (ckpt.get("world"), s.world, "they draw the batches and their augmentations")}
+    orders = seeding < 2 and max(ckpt.get("world") or 1, s.world) > 1  # torchrun's orders of before 2026-12-06
+    if (seeding < LOADER_SEEDING and not args.no_aug) or orders:
+        what = "other batch orders and augmentations" if orders else "other augmentations, the same batch orders"
+        drawers["loaders' seeding"] = (seeding, LOADER_SEEDING, what)
+    for what, (saved, now, why) in drawers.items():
         if saved is not None and saved != now:
-            others.append(f"{what} {saved} -> {now} (they draw the batches and their augmentations)")
+            others.append(f"{what} {saved} -> {now} ({why})")
     recorded += schedule_diffs + others
     if others and s.rank == 0:
         print(

@@ -90,6 +90,26 @@ def test_workers_0_leaves_the_main_process_generators_as_they_were(digits, name)
     assert _equal(batches, _batches(dataset, 0, between=lambda n: (torch.rand(n), random.random(), np.random.rand())))  # noqa: NPY002
 
 
+class _FailsAt(_GlobalDraws):
+    def __getitem__(self, index):
+        item = super().__getitem__(index)  # (the sample's draws made: the generators moved)
+        if index == 5:
+            raise OSError("a corrupt image")
+        return item
+
+
+# kills _global_rngs_kept's restore outside a `finally` (helper-266): a sample that raises in the main process left
+# its seeded generators in place of the caller's
+def test_workers_0_puts_the_generators_back_when_a_sample_raises():
+    torch.manual_seed(1)
+    random.seed(2)
+    np.random.seed(3)  # noqa: NPY002
+    before = _states()
+    with pytest.raises(OSError, match="a corrupt image"):
+        _batches(_FailsAt(), 0, count=3)
+    assert _same_states(before, _states())
+
+
 # A key of the dataset index (not the position) would augment --aug-repeats' copies of an image alike on one rank.
 @pytest.mark.parametrize("name", ["digits", "global"])
 def test_aug_repeats_copies_on_one_rank_differ(name):

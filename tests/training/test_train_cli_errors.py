@@ -446,14 +446,14 @@ def test_resume_keeps_a_runs_later_epochs_and_notes_who_draws_the_data(tmp_path,
     # noted, unless with --no-aug (nothing drawn, the same run)
     assert checkpoint["loader_seeding"] == 3
     checkpoint["world"], checkpoint["loader_seeding"] = 1, 2
-    assert "loaders' seeding 2 -> 3 (they draw the batches and their augmentations)" in resumed("seeding2")
+    assert "loaders' seeding 2 -> 3 (other augmentations, the same batch orders)" in resumed("seeding2")
     checkpoint["args"]["no_aug"] = True
     assert "other options" not in resumed("seeding2-no-aug", "--no-aug")
     # a torchrun checkpoint of before 2026-12-06 (no loader_seeding: 1) had other orders (seed != 0, helper-218):
     # noted even with --no-aug
     checkpoint["world"] = 2
     del checkpoint["loader_seeding"]
-    assert "loaders' seeding 1 -> 3 (they draw the batches" in resumed("before", "--no-aug")
+    assert "loaders' seeding 1 -> 3 (other batch orders and augmentations)" in resumed("before", "--no-aug")
 
 
 def test_resume_does_not_load_the_initial_checkpoint(tmp_path, capsys):
