@@ -277,3 +277,33 @@ def test_a_build_waits_for_another_and_then_reads_its_cache(corpus, tokenizer, t
             os.replace(tmp_path / "other" / name, tmp_path / name)
     thread.join(10)
     assert done == [False] and packs == [1]  # the waiting run read it
+
+
+# kills _locked without its check of the file it locked (6cf28c3): a run waiting on a lock file that a refused run
+# removed (mlm_blocks.remove_lock, under the lock) held a lock on the removed file, while a third run locked a new one
+def test_a_lock_taken_on_a_removed_file_is_taken_again_on_the_new_one(tmp_path):
+    path = tmp_path / mlm_blocks.LOCK
+    seen = []
+
+    def wait_then_lock():
+        with mlm_blocks._locked(str(tmp_path)), open(path) as probe:
+            try:  # the lock held is the one on the file now at the path: another open of it cannot take it
+                fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen.append("the file at the path is not locked")
+            except BlockingIOError:
+                seen.append("locked")
+
+    for recreated in (False, True):  # the file removed; removed and made again by a third run
+        seen.clear()
+        with mlm_blocks._locked(str(tmp_path)):  # a refused run's, which removes its lock file under it
+            thread = threading.Thread(target=wait_then_lock)
+            thread.start()
+            time.sleep(0.3)
+            assert thread.is_alive() and seen == []  # waiting
+            os.remove(path)
+            if recreated:
+                path.touch()
+        thread.join(10)
+        assert seen == ["locked"]
+    mlm_blocks.remove_lock(str(tmp_path))
+    assert not path.exists()
