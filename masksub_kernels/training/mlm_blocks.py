@@ -19,6 +19,13 @@ memory-mapped by every rank, kept on the CPU, a batch at a time moved to the dev
   40 GB): each training block's count of special tokens, as a histogram (mlm_cli._check_keep), and the corpus's
   SHA-256 (``corpus_digest``, which a checkpoint records) for the held-out blocks evaluated by this run's
   --eval-blocks, by all of them (0) and by the default 512; another --eval-blocks computes it at the start.
+- ``--reuse-block-cache`` (helper-267): a start or a resume takes the blocks from the cache without reading the text
+  (rank 0 read the whole corpus into memory at each start to hash it for the key: minutes and tens of GB at
+  Wikipedia's size). corpus_documents reads nothing (the vocabulary must exist: none is trained without the text);
+  reused_key recomputes the key (key_of: cache_key's own) from the documents' SHA-256 that blocks.json records,
+  trusted (a corpus changed since is not noticed), and this run's vocabulary, --seq-len, tokenizers version and
+  CACHE_VERSION: a missing cache, one made for other settings (named) or a damaged one is refused, never rebuilt.
+  The document counts, the corpus digest and a resume's documents check (check_resume_early) come from blocks.json.
 - Training batches: a batch's rows are gathered from the mapped blocks on the CPU and copied to a CUDA device from
   pinned memory without blocking (``to_device``), then widened to int64 (the model's ids, as before); their
   special-token mask is computed from the batch (``torch.isin``), not held for the whole corpus: 9 bytes a token on
@@ -51,10 +58,10 @@ LOCK = "blocks.lock"
 PARTS = {"train": "blocks_train.bin", "held_out": "blocks_held_out.bin"}
 DEFAULT_EVAL_BLOCKS = 512  # --eval-blocks' default: its corpus digest is stored with the cache
 
-__all__ = ["CACHE_VERSION", "DEFAULT_EVAL_BLOCKS", "LOCK", "META", "PARTS", "TrainBlocks", "block_specials",
-           "block_stats", "cache_key", "cached_blocks", "corpus_digest", "documents_digest", "ensure_cache",
-           "eval_count", "eval_rows", "load_cache", "pack_parts", "read_documents", "remove_lock", "special_counts",
-           "stored_digest", "to_device"]  # fmt: skip
+__all__ = ["CACHE_VERSION", "DEFAULT_EVAL_BLOCKS", "LOCK", "META", "PARTS", "REUSE_HELP", "TrainBlocks",
+           "block_specials", "block_stats", "cache_key", "cached_blocks", "corpus_digest", "corpus_documents",
+           "documents_digest", "ensure_cache", "eval_count", "eval_rows", "key_of", "load_cache", "pack_parts",
+           "read_documents", "remove_lock", "reused_key", "special_counts", "stored_digest", "to_device"]  # fmt: skip
 
 
 class TrainBlocks(NamedTuple):
@@ -116,9 +123,14 @@ def documents_digest(train_docs: list[str], held_out: list[str]) -> str:
 
 def cache_key(train_docs: list[str], held_out: list[str], tokenizer_sha256: str, seq_len: int) -> dict:
     """What determines the blocks (module docstring), and its SHA-256 as ``key``."""
+    return key_of(documents_digest(train_docs, held_out), tokenizer_sha256, seq_len)
+
+
+def key_of(documents_sha256: str, tokenizer_sha256: str, seq_len: int) -> dict:
+    """cache_key's, from the documents' SHA-256 (documents_digest's, or a cache's record of it: reused_key)."""
     import tokenizers
 
-    parts = {"version": CACHE_VERSION, "documents_sha256": documents_digest(train_docs, held_out), "seq_len": seq_len,
+    parts = {"version": CACHE_VERSION, "documents_sha256": documents_sha256, "seq_len": seq_len,
              "tokenizer_sha256": tokenizer_sha256, "tokenizers": tokenizers.__version__}  # fmt: skip
     return {"key": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(), **parts}
 
@@ -293,6 +305,56 @@ def load_cache(folder: str, key: str) -> tuple[dict[str, torch.Tensor], dict]:
     return blocks, meta
 
 
+REUSE_HELP = ("take the token blocks from the cache in --block-cache (or --output) without reading the corpus's text "
+              "(no minutes of reading, no RAM for it, at each start and resume): its recorded documents are trusted, "
+              "so a corpus changed since it was made is not noticed; the vocabulary (which must exist), --seq-len and "
+              "the versions are checked; --data-dir is recorded, not read (docs/masked_lm.md)")  # fmt: skip
+
+
+def _reusing(args) -> bool:
+    return bool(getattr(args, "reuse_block_cache", False))
+
+
+def corpus_documents(args, tokenizer_at: str) -> dict:
+    """Rank 0's documents (read_documents of --data-dir); with --reuse-block-cache none, the text is not read (the
+    cache's record stands for it: reused_key), once the vocabulary is known to exist: none is trained without it."""
+    if not _reusing(args):
+        return read_documents(args.data_dir)
+    if not os.path.isfile(tokenizer_at):
+        raise UsageError(
+            f"--reuse-block-cache: the vocabulary {tokenizer_at!r} does not exist, and without the corpus's text none "
+            "can be trained: pass the --tokenizer the cache was made with (--prepare-only), or leave "
+            "--reuse-block-cache out"
+        )
+    return {}
+
+
+def reused_key(folder: str, what: str, tokenizer_sha256: str, seq_len: int) -> tuple[dict, dict]:
+    """Rank 0, with --reuse-block-cache: (the key, blocks.json) of the cache in ``folder``, the key recomputed
+    (key_of) from the documents' SHA-256 it records (trusted: the text is not read) and this run's vocabulary,
+    --seq-len, tokenizers version and CACHE_VERSION. A UsageError names what differs from its record (or a cache
+    missing, or damaged: its key or file sizes) and how to rebuild it."""
+    meta = _read_meta(folder)
+    rebuild = (f"rebuild it with --prepare-only (the corpus's --data-dir, this run's --tokenizer and --seq-len, "
+               f"{what}), or leave --reuse-block-cache out (rank 0 then reads the corpus and packs it)")  # fmt: skip
+    if meta is None or not isinstance(meta.get("documents_sha256"), str):
+        raise UsageError(f"--reuse-block-cache: {what} holds no token-block cache ({META} missing or unreadable): "
+                         f"{rebuild}")  # fmt: skip
+    full = key_of(meta["documents_sha256"], tokenizer_sha256, seq_len)
+    names = {"tokenizer_sha256": "the vocabulary's SHA-256", "seq_len": "--seq-len", "tokenizers": "tokenizers",
+             "version": "the packing's format (CACHE_VERSION)"}  # fmt: skip
+    differ = [f"{label} {meta.get(name)!r} -> {full[name]!r}" for name, label in names.items()
+              if meta.get(name) != full[name]]  # fmt: skip
+    if differ:
+        raise UsageError(f"--reuse-block-cache: the token blocks in {what} were made for other settings (the "
+                         f"cache's -> this run's): {'; '.join(differ)}; {rebuild}")  # fmt: skip
+    counted = all(isinstance(meta.get(name), int) for name in ("documents", "held_out_documents"))
+    if not counted or not _valid(folder, meta, full["key"]):
+        raise UsageError(f"--reuse-block-cache: the token-block cache in {what} is damaged (its key, counts or file "
+                         f"sizes do not match {META}: an interrupted or edited build): {rebuild}")  # fmt: skip
+    return full, meta
+
+
 def cached_blocks(args, rank: int, world: int, docs: dict, tokenizer, digest: str, state, built: list, prog: str):
     """(blocks ({'train', 'held_out'}: memory-mapped), blocks.json, whether this run built them, its path): rank 0
     builds the cache in ``args.block_cache`` (or --output) where needed (after refusing a resume of other documents
@@ -306,8 +368,15 @@ def cached_blocks(args, rank: int, world: int, docs: dict, tokenizer, digest: st
 
     key = [None, None]  # the cache's key, whether this run built it (rank 0's, then every rank's)
     folder = args.block_cache or args.output
+    what = f"--block-cache {folder!r}" if args.block_cache else f"--output {folder!r}"
 
     def build() -> None:
+        if _reusing(args):  # the documents as the cache records them: rank 0 read no text (corpus_documents)
+            full, found = reused_key(folder, what, digest, args.seq_len)
+            if state is not None:
+                check_resume_early(args, state, world, digest, full, found["documents"])
+            key[0] = full["key"]  # nothing to pack (load_cache checks the key again, on every rank)
+            return
         full = cache_key(docs["train"], docs["held_out"], digest, args.seq_len)
         if state is not None:
             check_resume_early(args, state, world, digest, full, docs["count"])
@@ -338,8 +407,9 @@ def cached_blocks(args, rank: int, world: int, docs: dict, tokenizer, digest: st
     blocks, meta = loaded
     if rank == 0:
         done = "packed and cached in" if key[1] else "read from the cache"
+        reused = "; --reuse-block-cache: the corpus not read, its documents as the cache records them" * _reusing(args)
         print(f"{prog}: token blocks {done} {os.path.join(folder, META)} ({meta['train'][0]} training, "
-              f"{meta['held_out'][0]} held-out blocks of {args.seq_len})", flush=True)  # fmt: skip
+              f"{meta['held_out'][0]} held-out blocks of {args.seq_len}{reused})", flush=True)  # fmt: skip
     return blocks, meta, bool(key[1]), os.path.join(folder, META)
 
 

@@ -35,7 +35,7 @@ from torch import nn
 from . import mlm_blocks, mlm_prepare
 from .determinism import DETERMINISTIC_HELP, run_command
 from .help_format import HelpWithDefaults
-from .mlm_resume import check_resume, corpus_record, load_state, read_checkpoint, resumes
+from .mlm_resume import CACHE_KEY_FIELDS, check_resume, corpus_record, load_state, read_checkpoint, resumes
 from .mlm_tokenizer import (
     DEFAULT_VOCAB_SIZE,
     Vocab,
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "may share one (docs/masked_lm.md)",
     )  # fmt: skip
     g.add_argument("--prepare-only", action="store_true", help=mlm_prepare.HELP)
+    g.add_argument("--reuse-block-cache", action="store_true", help=mlm_blocks.REUSE_HELP)
     g = p.add_argument_group("model (BertForMaskedLM from a config: nothing is downloaded)")
     g.add_argument("--layers", type=int, default=4)
     g.add_argument("--width", type=int, default=128, help="hidden size")
@@ -260,16 +261,16 @@ def _binomial_pmf(n: int, x: int, p: float) -> float:
 
 def _corpus(args, rank: int, world: int, device, tokenizer_at: str, resuming: bool, state=None, built=None):
     """(vocab, the training blocks (mlm_blocks.TrainBlocks: on the CPU, memory-mapped from the cache in
-    --block-cache), the held-out batch on ``device``, sizes). Rank 0 alone reads the corpus and packs it, where the
-    cache is absent or of other documents, vocabulary or --seq-len (mlm_blocks.py). The held-out blocks evaluated are
-    spread over the held-out part (mlm_blocks.eval_rows) and corrupted once, from EVAL_SEED and each block's index:
-    the same masks for every run and round. ``tokenizer_at``: the vocabulary's file (mlm_tokenizer.py);
+    --block-cache), the held-out batch on ``device``, sizes). Rank 0 alone reads the corpus (not with
+    --reuse-block-cache) and packs it where the cache is absent or stale (mlm_blocks.py). The held-out blocks
+    evaluated are spread over the held-out part (mlm_blocks.eval_rows) and corrupted once, from EVAL_SEED and each
+    block's index: the same masks for every run and round. ``tokenizer_at``: the vocabulary's file (mlm_tokenizer.py);
     sizes['tokenizer_trained']: this run wrote it. ``state``: the --resume checkpoint; ``built``: a list the cache's
     files are added to where this run built them."""
     from . import text_data
 
     docs: dict = {}  # rank 0's: {'count', 'train', 'held_out'}
-    rank_zero_check(lambda: docs.update(mlm_blocks.read_documents(args.data_dir)), rank, world)
+    rank_zero_check(lambda: docs.update(mlm_blocks.corpus_documents(args, tokenizer_at)), rank, world)
     tokenizer, digest, trained = load_tokenizer(args, tokenizer_at, docs.get("train", []), rank, world, resuming, PROG)
     built = [] if built is None else built
     blocks, meta, fresh, where = mlm_blocks.cached_blocks(args, rank, world, docs, tokenizer, digest, state, built,
@@ -283,8 +284,7 @@ def _corpus(args, rank: int, world: int, device, tokenizer_at: str, resuming: bo
              "tokenizer_sha256": digest, "tokenizer": tokenizer_at, "tokenizer_trained": trained,
              "block_cache": {"path": where, "built": fresh},
              "corpus_sha256": mlm_blocks.stored_digest(meta, train, val),
-             "cache_key": {k: meta[k] for k in ("key", "version", "documents_sha256", "tokenizer_sha256", "seq_len",
-                                                "tokenizers")}}  # fmt: skip
+             "cache_key": {k: meta[k] for k in CACHE_KEY_FIELDS}}  # fmt: skip
     special_ids = torch.tensor([tokenizer.token_to_id(t) for t in text_data.NEVER_PREDICTED], device=device)
     # (the ids on the device: no copy per batch; the special tokens' histogram from blocks.json)
     train = mlm_blocks.TrainBlocks(train, special_ids, device, meta["special_counts"])

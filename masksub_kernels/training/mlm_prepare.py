@@ -18,7 +18,8 @@ trains bit for bit as one that packed it itself: the same files, made by the sam
   are packed: where the run's --mask-ratio check would refuse the options given (mlm_cli._check_keep, against the
   blocks' special tokens), a note says so (the prepare itself succeeds).
 - Refused (a UsageError, exit status 2): --resume (the checkpoint decides the vocabulary, and its checks would need
-  a run; prepare for a resume with its run's --tokenizer, --seq-len and folder instead), and a start under torchrun
+  a run; prepare for a resume with its run's --tokenizer, --seq-len and folder instead), --reuse-block-cache (the
+  run's: it reads no text, which a prepare packs), and a start under torchrun
   (WORLD_SIZE > 1): every process would read the corpus and, without a vocabulary file, train one of its own (not
   deterministic): it is one process's job, started without torchrun, before it.
 - An --output holding a run's last.pth is not refused (a prepare writes no checkpoint and no log): it may re-pack that
@@ -47,11 +48,16 @@ __all__ = ["HELP", "USED", "check_prepare", "prepare"]
 
 
 def check_prepare(args: argparse.Namespace) -> None:
-    """Refuse what a prepare cannot do (module docstring): --resume, and a start under torchrun."""
+    """Refuse what a prepare cannot do (module docstring): --resume, --reuse-block-cache, a start under torchrun."""
     if args.resume is not None:
         raise UsageError(
             "--prepare-only does not take --resume (the checkpoint's own vocabulary and checks belong to the run): to "
             "pack ahead of a resume, pass that run's --data-dir, --tokenizer, --seq-len and --block-cache (or --output)"
+        )
+    if getattr(args, "reuse_block_cache", False):
+        raise UsageError(
+            "--prepare-only builds the token-block cache from the corpus's text, which --reuse-block-cache does not "
+            "read: not both (a prepare finds a valid cache without rebuilding it; --reuse-block-cache is the run's)"
         )
     world = os.environ.get("WORLD_SIZE", "1")
     if world.strip() not in ("", "1"):

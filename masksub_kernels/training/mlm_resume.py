@@ -31,7 +31,7 @@ RESUME_MUST_MATCH = ("seed", "batch_size", "seq_len", "baseline", "mask_ratio", 
 # data, seeds and mean; 2 processes train as 1 with --accum-steps 2, tested) (--stop-at may change too, not
 # recorded: a time-limited job's own)
 RESUME_MAY_CHANGE = ("steps", "eval_every", "output", "device", "amp", "chunk_rows", "vocab_size", "deterministic",
-                     "accum_steps", "block_cache")  # fmt: skip
+                     "accum_steps", "block_cache", "reuse_block_cache")  # fmt: skip
 CACHE_KEY_FIELDS = ("key", "version", "documents_sha256", "tokenizer_sha256", "seq_len", "tokenizers")
 
 
@@ -69,8 +69,9 @@ def _where(args, corpus: dict) -> str:
 def check_resume_early(args, state: dict, world: int, tokenizer_sha256: str, key: dict, documents: int) -> None:
     """Rank 0, before the blocks are packed (where their cache is of another key: minutes at scale, and a good cache
     overwritten): refuse what check_resume would refuse for the options or the vocabulary, and other documents where
-    the checkpoint recorded them (``key``: mlm_blocks.cache_key's; a checkpoint from before 2026-12-07 has no key:
-    check_resume compares the blocks after packing)."""
+    the checkpoint recorded them (``key``: mlm_blocks.cache_key's, or with --reuse-block-cache reused_key's: the
+    cache's recorded documents SHA-256, the text unread; ``documents``: their count, the cache's then; a checkpoint
+    from before 2026-12-07 has no key: check_resume compares the blocks after packing)."""
     changed = _changes(args, state, world, tokenizer_sha256)
     corpus = state.get("corpus") or {}
     recorded = corpus.get("cache_key") or {}
