@@ -42,6 +42,7 @@ import hashlib
 import json
 import os
 import secrets
+import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -293,9 +294,9 @@ def load_cache(folder: str, key: str) -> tuple[dict[str, torch.Tensor], dict]:
     meta = _read_meta(folder)
     if not _valid(folder, meta, key):
         raise UsageError(
-            f"--block-cache {folder!r}: the token blocks rank 0 cached there are not this process's to read (another "
-            "key, or no file): under torchrun on several machines it must be a shared folder (--block-cache, or "
-            "--output by default), and no run of other blocks may rebuild it meanwhile"
+            f"--block-cache {folder!r}: the token blocks rank 0 cached or found there are not this process's to read "
+            "(another key, or no file): under torchrun on several machines it must be a shared folder (--block-cache, "
+            "or --output by default), and no run of other blocks may rebuild it meanwhile"
         )
     blocks = {}
     for name, file in PARTS.items():
@@ -355,6 +356,17 @@ def reused_key(folder: str, what: str, tokenizer_sha256: str, seq_len: int) -> t
     return full, meta
 
 
+def _note_source(args, meta: dict, prog: str) -> None:
+    """With --reuse-block-cache: a note where --data-dir (recorded by this run, not read) is not the folder the cache
+    was packed from (blocks.json's ``data_dir``, None: the stdlib docstrings; caches made before it have none): the
+    same documents on another mount is a cluster's usual case, another corpus a mislabelled log."""
+    if "data_dir" in meta and meta["data_dir"] != args.data_dir:
+        given, packed = (repr(path) if path else "none (the standard library's docstrings)"
+                         for path in (args.data_dir, meta["data_dir"]))  # fmt: skip
+        print(f"{prog}: note: --reuse-block-cache: --data-dir {given} is recorded as this run's corpus, but the cache "
+              f"was packed from {packed}: the blocks are the cache's", file=sys.stderr)  # fmt: skip
+
+
 def cached_blocks(args, rank: int, world: int, docs: dict, tokenizer, digest: str, state, built: list, prog: str):
     """(blocks ({'train', 'held_out'}: memory-mapped), blocks.json, whether this run built them, its path): rank 0
     builds the cache in ``args.block_cache`` (or --output) where needed (after refusing a resume of other documents
@@ -372,15 +384,20 @@ def cached_blocks(args, rank: int, world: int, docs: dict, tokenizer, digest: st
 
     def build() -> None:
         if _reusing(args):  # the documents as the cache records them: rank 0 read no text (corpus_documents)
+            recorded = _read_meta(folder) or {}
+            if state is not None and isinstance(recorded.get("documents_sha256"), str):  # a resume's options first:
+                # another --seq-len or vocabulary is the resume's error, not the cache's (whose rebuild would not help)
+                early = key_of(recorded["documents_sha256"], digest, args.seq_len)
+                check_resume_early(args, state, world, digest, early, recorded.get("documents"))
             full, found = reused_key(folder, what, digest, args.seq_len)
-            if state is not None:
-                check_resume_early(args, state, world, digest, full, found["documents"])
+            _note_source(args, found, prog)
             key[0] = full["key"]  # nothing to pack (load_cache checks the key again, on every rank)
             return
         full = cache_key(docs["train"], docs["held_out"], digest, args.seq_len)
         if state is not None:
             check_resume_early(args, state, world, digest, full, docs["count"])
-        counts = {"documents": docs["count"], "held_out_documents": len(docs["held_out"])}
+        # (data_dir outside the key: the corpus's folder, for --reuse-block-cache's note)
+        counts = {"documents": docs["count"], "held_out_documents": len(docs["held_out"]), "data_dir": args.data_dir}
         pack = functools.partial(pack_parts, tokenizer, docs, args.seq_len)
         ids = torch.tensor([tokenizer.token_to_id(t) for t in text_data.NEVER_PREDICTED])
         stats = functools.partial(block_stats, special_ids=ids, eval_blocks=args.eval_blocks)

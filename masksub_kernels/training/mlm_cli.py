@@ -164,7 +164,7 @@ def _check_args(args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
     if not args.baseline:
         _check_keep(args)  # before the corpus is read: s = 2 special tokens per block, the fewest
-    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+    if args.data_dir is not None and not os.path.isdir(args.data_dir) and not args.reuse_block_cache:  # (unread)
         raise UsageError(f"--data-dir {args.data_dir!r} is not a directory")
     if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
         raise UsageError(f"--stop-at must be in [1, --steps={args.steps}], got {args.stop_at}")
@@ -497,7 +497,7 @@ def _run(args) -> None:
     tokenizer_at = tokenizer_path(args, state)
 
     def check_tokenizer_directory():  # where the vocabulary will be saved, before it is trained
-        if not os.path.isfile(tokenizer_at):
+        if not os.path.isfile(tokenizer_at) and not args.reuse_block_cache:  # (with it: the vocabulary must exist)
             check_writable_directory(os.path.dirname(os.path.abspath(tokenizer_at)), f"--tokenizer {tokenizer_at!r}")
 
     rank_zero_check(check_tokenizer_directory, rank, world)  # (on every rank: a collective under torchrun)

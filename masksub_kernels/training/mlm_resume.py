@@ -32,6 +32,7 @@ RESUME_MUST_MATCH = ("seed", "batch_size", "seq_len", "baseline", "mask_ratio", 
 # recorded: a time-limited job's own)
 RESUME_MAY_CHANGE = ("steps", "eval_every", "output", "device", "amp", "chunk_rows", "vocab_size", "deterministic",
                      "accum_steps", "block_cache", "reuse_block_cache")  # fmt: skip
+NEWER_OPTIONS = {"reuse_block_cache": False}  # options that a checkpoint of before them lacks: their value then
 CACHE_KEY_FIELDS = ("key", "version", "documents_sha256", "tokenizer_sha256", "seq_len", "tokenizers")
 
 
@@ -147,6 +148,7 @@ def resumes(args, state: dict | None) -> list[dict]:
     if state is None:
         return []
     saved = state.get("args", {})
+    saved = {**NEWER_OPTIONS, **saved}
     changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MAY_CHANGE
                if k in saved and _resume_value(k, saved[k]) != _resume_value(k, getattr(args, k))]  # fmt: skip
     return [

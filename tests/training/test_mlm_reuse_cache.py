@@ -107,6 +107,19 @@ def test_a_resume_reusing_a_cache_of_other_documents_is_refused_early(corpus, to
     assert loads == []
 
 
+# kills the reuse path checking the cache before the resume (helper-268): a resume with another --seq-len was told
+# the cache "was made for other settings" and to rebuild it, which would overwrite a good cache and not help
+def test_a_resume_reusing_the_cache_with_another_option_is_the_resumes_error(corpus, tokenizer, tmp_path, capsys):
+    common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--device", "cpu", "--block-cache",
+              str(tmp_path / "cache")]  # fmt: skip
+    assert main([*common, "--output", str(tmp_path / "run"), "--stop-at", "2"]) == 0
+    capsys.readouterr()
+    resume = ["--reuse-block-cache", "--resume", str(tmp_path / "run" / "last.pth"), "--seq-len", "24"]
+    assert main([*common, *resume]) == 2
+    err = capsys.readouterr().err
+    assert "continues another run: --seq-len 16 -> 24" in err and "other settings" not in err, err
+
+
 @pytest.fixture(scope="module", name="prepared")
 def prepared_fixture(corpus, tokenizer, tmp_path_factory) -> str:
     """A cache prepared for TINY's --seq-len and the shared vocabulary."""
@@ -180,8 +193,7 @@ def test_what_reusing_the_cache_refuses(case, prepared, corpus, tokenizer, tmp_p
 # two processes whose --data-dir holds no text any more (read, it is refused: too few documents) train as one
 # process that read the corpus, with --accum-steps 2
 def test_two_processes_reusing_the_cache_equal_one_that_read_the_corpus(prepared, corpus, tokenizer, tmp_path):
-    empty = tmp_path / "gone"
-    empty.mkdir()  # the corpus's folder, its text files gone (as on a machine that was given only the cache)
+    empty = tmp_path / "gone"  # the corpus's folder absent, as on a machine given only the cache: recorded, not read
     common = [*TINY, "--tokenizer", tokenizer, "--device", "cpu", "--block-cache", prepared]
     assert main(["--data-dir", corpus, *common, "--accum-steps", "2", "--output", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -191,6 +203,9 @@ def test_two_processes_reusing_the_cache_equal_one_that_read_the_corpus(prepared
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "the corpus not read" in result.stdout
+    # blocks.json records the folder it was packed from (outside the key): another --data-dir gets a note, once
+    note = f"note: --reuse-block-cache: --data-dir {str(empty)!r} is recorded as this run's corpus, but the cache was "
+    assert result.stderr.count(note + f"packed from {corpus!r}") == 1, result.stderr[-3000:]
     one = torch.load(tmp_path / "one" / "last.pth", weights_only=False)
     two = torch.load(tmp_path / "two" / "last.pth", weights_only=False)
     for name, weight in one["model"].items():
