@@ -117,6 +117,6 @@ def prepare(args: argparse.Namespace) -> None:
         f"{mlm_cli.PROG}: prepared (no model, no training): the vocabulary {tokenizer_at} ({size} "
         f"tokens, {vocab}) and the token blocks in {folder} ({cache}; {meta['train'][0]} training blocks of "
         f"{args.seq_len} tokens); a run given {data}--tokenizer {shlex.quote(tokenizer_at)} --seq-len {args.seq_len} "
-        f"--block-cache {shlex.quote(folder)} reads them",
+        f"--block-cache {shlex.quote(folder)} reads them (with --reuse-block-cache, without reading the text)",
         flush=True,
     )

@@ -38,7 +38,7 @@ def test_a_run_after_a_prepare_reads_the_cache_and_trains_as_one_that_packed_its
     assert main(["--prepare-only", *common, "--block-cache", str(cache), "--output", str(tmp_path / "unused")]) == 0
     out = capsys.readouterr().out
     assert f"token blocks packed and cached in {cache / 'blocks.json'}" in out
-    assert f"--tokenizer {tokenizer} --seq-len 16 --block-cache {cache} reads them" in out
+    assert f"--tokenizer {tokenizer} --seq-len 16 --block-cache {cache} reads them (with --reuse-block-cache, " in out
     assert not (tmp_path / "unused").exists()  # --output: neither the cache's folder nor the vocabulary's here
     packs = _packs(monkeypatch)
     assert main([*common, "--block-cache", str(cache), "--output", str(tmp_path / "read")]) == 0
