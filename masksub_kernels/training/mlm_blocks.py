@@ -12,9 +12,11 @@ memory-mapped by every rank, kept on the CPU, a batch at a time moved to the dev
   started together wait for one build, then read it), removes the temporary files an interrupted build left, and
   writes each file through a temporary file of its own (pid and a random tag), flushed and renamed, ``blocks.json``
   removed first and written last, the folder flushed after: an interrupted rebuild leaves no cache that passes for
-  another. The other ranks wait (a broadcast), then map the files (``torch.from_file``, private: pages shared with
-  the page cache, nothing copied); where one cannot, every rank stops (``every_rank_check``). Under torchrun on
-  several machines the folder must be shared, as the vocabulary's.
+  another. A build that fails (a full disk, an exception while packing or writing) removes the files it wrote, still
+  under the lock (those at their paths that are its own: never another build's), and is refused naming the folder
+  (a UsageError; a full disk says so). The other ranks wait (a broadcast), then map the files (``torch.from_file``,
+  private: pages shared with the page cache, nothing copied); where one cannot, every rank stops
+  (``every_rank_check``). Under torchrun on several machines the folder must be shared, as the vocabulary's.
 - Built once with the blocks, stored in blocks.json (not read from the files at each start, ~2 min per rank at
   40 GB): each training block's count of special tokens, as a histogram (mlm_cli._check_keep), and the corpus's
   SHA-256 (``corpus_digest``, which a checkpoint records) for the held-out blocks evaluated by this run's
@@ -37,6 +39,7 @@ memory-mapped by every rank, kept on the CPU, a batch at a time moved to the dev
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -265,7 +268,8 @@ def _remove_leftovers(folder: str) -> None:
 def ensure_cache(folder: str, key: dict, pack: Callable[[], dict], extra: dict, stats: Callable[[dict], dict]) -> bool:
     """Rank 0: the cache in ``folder`` for ``key`` (cache_key's), built from ``pack()`` ({'train', 'held_out'}: DTYPE
     [N, L] blocks each) where absent or of another key. blocks.json records ``extra`` (the document counts) and
-    ``stats(blocks)`` (block_stats). Returns whether it was built."""
+    ``stats(blocks)`` (block_stats). Returns whether it was built. A build that fails removes the files it wrote
+    (under the lock), then raises: an OSError as a UsageError naming the folder."""
     from .checkpoint import fsync_directory
 
     if _valid(folder, _read_meta(folder), key["key"]):
@@ -279,14 +283,35 @@ def ensure_cache(folder: str, key: dict, pack: Callable[[], dict], extra: dict, 
             blocks = pack()
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(folder, META))  # first: no meta passes for the files while they are replaced
-            for name, file in PARTS.items():
-                _write(os.path.join(folder, file), memoryview(blocks[name].to(DTYPE).contiguous().numpy()))
-            meta = {**key, **extra, **stats(blocks), **{name: list(blocks[name].shape) for name in PARTS}}
-            _write(os.path.join(folder, META), json.dumps(meta, indent=1).encode())
+            written: dict[str, tuple[int, int]] = {}  # this build's files: (device, inode) of each
+            try:
+                for name, file in PARTS.items():
+                    _write(os.path.join(folder, file), memoryview(blocks[name].to(DTYPE).contiguous().numpy()))
+                    written[os.path.join(folder, file)] = _identity(os.path.join(folder, file))
+                meta = {**key, **extra, **stats(blocks), **{name: list(blocks[name].shape) for name in PARTS}}
+                _write(os.path.join(folder, META), json.dumps(meta, indent=1).encode())
+            except BaseException:  # (a full disk, an interrupt): no partial cache of this build is left
+                _remove_written(written)
+                raise
             fsync_directory(folder)  # the renames
     except OSError as exc:
-        raise UsageError(f"--block-cache {folder!r}: the token blocks cannot be cached there: {exc}") from exc
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        hint = " (no space left: free some there, or pass a --block-cache on another disk)" if full else ""
+        raise UsageError(f"--block-cache {folder!r}: the token blocks cannot be cached there: {exc}{hint}") from exc
     return True
+
+
+def _identity(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def _remove_written(written: dict[str, tuple[int, int]]) -> None:
+    """The files a failed build wrote (under its lock), each where it is still that build's (the same inode)."""
+    for path, identity in written.items():
+        with contextlib.suppress(OSError):
+            if _identity(path) == identity:
+                os.remove(path)
 
 
 def load_cache(folder: str, key: str) -> tuple[dict[str, torch.Tensor], dict]:

@@ -307,3 +307,47 @@ def test_a_lock_taken_on_a_removed_file_is_taken_again_on_the_new_one(tmp_path):
         assert seen == ["locked"]
     mlm_blocks.remove_lock(str(tmp_path))
     assert not path.exists()
+
+
+# G. kills ensure_cache without its removal of what a failed build wrote (helper-269: a full disk left the partial
+# blocks_*.bin in the folder), the removal of a file at the path that is no longer this build's (another build's,
+# where the file system has no flock), and the full disk's hint
+def test_a_failed_build_removes_what_it_wrote_and_names_the_folder(corpus, tokenizer, tmp_path, monkeypatch):
+    import errno
+
+    real, calls = mlm_blocks._write, []
+
+    def full_on_the_second(path, data):
+        calls.append(os.path.basename(path))
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(mlm_blocks, "_write", full_on_the_second)
+    folder = tmp_path / "cache"
+    with pytest.raises(UsageError) as failed:
+        _corpus(corpus, tokenizer, tmp_path / "out", "--block-cache", str(folder))
+    assert calls == ["blocks_train.bin", "blocks_held_out.bin"]
+    assert os.listdir(folder) == ["blocks.lock"]  # no partial file, no temporary one, no blocks.json
+    message = str(failed.value)
+    assert message.startswith(f"--block-cache {str(folder)!r}: the token blocks cannot be cached there: ")
+    assert "No space left on device (no space left: free some there, or pass a --block-cache on another" in message
+    # an exception after both parts (the stats): both go; a file replaced by another build's since is kept
+    monkeypatch.setattr(mlm_blocks, "_write", real)
+    other = b"another build's blocks"
+
+    def stats_fail(*a, **k):
+        (folder / "held.tmp").write_bytes(other)
+        os.replace(folder / "held.tmp", folder / "blocks_held_out.bin")
+        raise RuntimeError("stats failed")
+
+    monkeypatch.setattr(mlm_blocks, "block_stats", stats_fail)
+    with pytest.raises(RuntimeError, match="stats failed"):
+        _corpus(corpus, tokenizer, tmp_path / "out", "--block-cache", str(folder))
+    assert sorted(os.listdir(folder)) == ["blocks.lock", "blocks_held_out.bin"]
+    assert (folder / "blocks_held_out.bin").read_bytes() == other
+    monkeypatch.undo()
+    packs = _packs(monkeypatch)
+    _corpus(corpus, tokenizer, tmp_path / "out", "--block-cache", str(folder))  # then builds whole
+    assert packs == [16, 16] and sorted(os.listdir(folder)) == ["blocks.json", "blocks.lock", *sorted(
+        mlm_blocks.PARTS.values())]  # fmt: skip
