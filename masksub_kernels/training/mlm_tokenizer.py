@@ -10,8 +10,10 @@
 - ``--tokenizer`` is made absolute before it is recorded, so a resume from another working directory finds it.
 - A vocabulary trained by a run that is then refused (too few blocks, a resume of another run, ...) is deleted, so
   the next run into the same ``--output`` trains its own instead of silently reading it (with the directories made
-  for it, where they are left empty: ``removed_if_refused``); a default-path file that a
-  run reuses without resuming is named in a note (it may come from an earlier run with another ``--vocab-size``).
+  for it, where they are left empty: ``removed_if_refused``); only the file this process saved, still at the path
+  (its inode, mtime and size): one that another run (a concurrent ``--prepare-only``) wrote meanwhile is kept. A
+  default-path file that a run reuses without resuming is named in a note (it may come from an earlier run with
+  another ``--vocab-size``).
 """
 
 from __future__ import annotations
@@ -92,7 +94,9 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
         try:  # (its directory was checked before: a disk that fills, a permission changed since)
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             tokenizer.save(path + ".partial")
+            written = _identity(path + ".partial")  # (a rename keeps it: the file this process wrote)
             os.replace(path + ".partial", path)  # whole files only: an interrupted save leaves no half-written one
+            _WRITTEN[os.path.abspath(path)] = written
         except Exception as exc:  # OSError, or tokenizers' own Exception type for a failed save
             with contextlib.suppress(OSError):  # a part written (removed_if_refused then removes the directories)
                 os.remove(path + ".partial")
@@ -131,13 +135,32 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
     return tokenizer, tokenizer_digest(path), trained
 
 
+def _identity(path: str) -> tuple[int, int, int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+_WRITTEN: dict[str, tuple[int, int, int, int]] = {}  # {absolute path: the vocabulary file this process saved there}
+
+
+def _written_here(path: str) -> bool:
+    """The file at ``path`` is the vocabulary this process saved there (load_tokenizer), not another run's since."""
+    try:
+        return _WRITTEN.get(os.path.abspath(path)) == _identity(path)
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def removed_if_refused(path: str, rank: int, also: Sequence[str | Callable[[], None]] = ()):
-    """Around a run's set-up: where it ends in a ``UsageError`` and rank 0 had no file at ``path`` before, the
-    vocabulary it trained there is deleted, with the files ``also`` (the token blocks this run cached for it, which
-    no other vocabulary's run would reuse: mlm_blocks.py, and the folders made for them; a callable removes its own
-    file: the cache's lock; read where the exception is handled, so a list the set-up fills), and so are the
-    directories made for it (innermost first, while empty)."""
+    """Around a run's set-up: where it ends in a ``UsageError`` and the file at ``path`` is the vocabulary this
+    process trained and saved there inside it (load_tokenizer: its path and inode, mtime, size; not a file another
+    run, a concurrent --prepare-only, wrote there meanwhile, helper-269), it is deleted, with the files ``also`` (the
+    token blocks this run cached for it, which no other vocabulary's run would reuse: mlm_blocks.py, and the folders
+    made for them; a callable removes its own file: the cache's lock; read where the exception is handled, so a list
+    the set-up fills); where rank 0 had no file at ``path`` before, so are the directories made for it (innermost
+    first, while empty)."""
+    _WRITTEN.pop(os.path.abspath(path), None)  # (an earlier set-up's, in this process: not this one's)
     fresh = rank == 0 and not os.path.isfile(path)
     made, parent = [], os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent) and parent != os.path.dirname(parent):
@@ -146,14 +169,17 @@ def removed_if_refused(path: str, rank: int, also: Sequence[str | Callable[[], N
     try:
         yield
     except UsageError:
-        if fresh:
+        if fresh and _written_here(path):
             for file in (path, *also):
                 if callable(file):  # a removal of its own (mlm_blocks.remove_lock: under the lock)
                     file()
                     continue
                 with contextlib.suppress(OSError):
                     os.rmdir(file) if os.path.isdir(file) else os.remove(file)  # a folder: once emptied (in order)
+        if fresh:  # (a save that failed left none: its directories go too, where empty)
             with contextlib.suppress(OSError):
                 for directory in made:  # one that is not empty stops it
                     os.rmdir(directory)
         raise
+    finally:
+        _WRITTEN.pop(os.path.abspath(path), None)

@@ -122,3 +122,40 @@ def test_a_vocabulary_with_an_id_gap_or_plain_bert_tokens_is_refused(tmp_path):
     with pytest.raises(UsageError, match=r"BERT's tokens \['\[MASK\]'\] are not special added tokens there"):
         load_tokenizer(args, _edited(tmp_path, plain), [], 0, 1, False, "prog")
     load_tokenizer(args, _edited(tmp_path, lambda spec: None), [], 0, 1, False, "prog")  # as trained: taken
+
+
+# kills removed_if_refused deciding from the file's absence at its entry (helper-269): a vocabulary that another run (a
+# concurrent --prepare-only) wrote after a run's entry, read by the run, then refused, was deleted with the cache it
+# built; and its record of the file it saved not checked against the file now at the path (another run's, which
+# replaced it, deleted)
+def test_a_refused_run_deletes_only_the_vocabulary_it_saved_itself(tmp_path):
+    from masksub_kernels.training.mlm_tokenizer import load_tokenizer, removed_if_refused
+
+    path = tmp_path / "out" / "tokenizer.json"
+    args = SimpleNamespace(tokenizer=str(path), vocab_size=80)
+    words = ["some words to learn, some words."] * 4
+    cache = tmp_path / "cache.bin"
+    with pytest.raises(UsageError, match="refused"):
+        with removed_if_refused(str(path), 0, also=[str(cache)]):
+            path.parent.mkdir()
+            text_data.train_tokenizer(words, 80).save(str(path))  # another run's, after this one's entry
+            _, _, trained = load_tokenizer(args, str(path), words, 0, 1, False, "prog")
+            cache.write_bytes(b"blocks built for that vocabulary")
+            raise UsageError("refused")
+    assert not trained and path.is_file() and cache.is_file()
+    path.unlink()
+    path.parent.rmdir()
+    with pytest.raises(UsageError, match="refused"):  # one this run saved: deleted, with its cache and folder
+        with removed_if_refused(str(path), 0, also=[str(cache)]):
+            _, _, trained = load_tokenizer(args, str(path), words, 0, 1, False, "prog")
+            raise UsageError("refused")
+    assert trained and not cache.exists() and not path.parent.exists()
+    with pytest.raises(UsageError, match="refused"):  # saved by this run, then replaced by another run's: kept
+        with removed_if_refused(str(path), 0, also=[str(cache)]):
+            _, _, trained = load_tokenizer(args, str(path), words, 0, 1, False, "prog")
+            other = path.with_name("other.json")
+            text_data.train_tokenizer(words, 80).save(str(other))
+            os.replace(other, path)
+            cache.write_bytes(b"blocks")
+            raise UsageError("refused")
+    assert trained and path.is_file() and cache.is_file()
