@@ -20,7 +20,8 @@ memory-mapped by every rank, kept on the CPU, a batch at a time moved to the dev
 - Built once with the blocks, stored in blocks.json (not read from the files at each start, ~2 min per rank at
   40 GB): each training block's count of special tokens, as a histogram (mlm_cli._check_keep), and the corpus's
   SHA-256 (``corpus_digest``, which a checkpoint records) for the held-out blocks evaluated by this run's
-  --eval-blocks, by all of them (0) and by the default 512; another --eval-blocks computes it at the start.
+  --eval-blocks, by all of them (0) and by the default 512; another --eval-blocks computes it at the start, unless
+  a --prepare-only of that --eval-blocks that found the cache valid recorded it (record_digest, helper-269).
 - ``--reuse-block-cache`` (helper-267): a start or a resume takes the blocks from the cache without reading the text
   (rank 0 read the whole corpus into memory at each start to hash it for the key: minutes and tens of GB at
   Wikipedia's size). corpus_documents reads nothing (the vocabulary must exist: none is trained without the text);
@@ -65,7 +66,8 @@ DEFAULT_EVAL_BLOCKS = 512  # --eval-blocks' default: its corpus digest is stored
 __all__ = ["CACHE_VERSION", "DEFAULT_EVAL_BLOCKS", "LOCK", "META", "PARTS", "REUSE_HELP", "TrainBlocks",
            "block_specials", "block_stats", "cache_key", "cached_blocks", "corpus_digest", "corpus_documents",
            "documents_digest", "ensure_cache", "eval_count", "eval_rows", "key_of", "load_cache", "pack_parts",
-           "read_documents", "remove_lock", "reused_key", "special_counts", "stored_digest", "to_device"]  # fmt: skip
+           "read_documents", "record_digest", "remove_lock", "reused_key", "special_counts", "stored_digest",
+           "to_device"]  # fmt: skip
 
 
 class TrainBlocks(NamedTuple):
@@ -182,6 +184,30 @@ def stored_digest(meta: dict, train: torch.Tensor, val: torch.Tensor) -> str:
     """corpus_digest(train, val): blocks.json's where it holds one for this many held-out blocks, else computed."""
     stored = meta.get("corpus_sha256", {}).get(str(val.shape[0]))
     return stored if stored is not None else corpus_digest(train, val)
+
+
+def record_digest(folder: str, meta: dict, blocks: dict[str, torch.Tensor], eval_blocks: int) -> int | None:
+    """--prepare-only, on a cache it found valid (``meta``, ``blocks``: load_cache's): add to blocks.json the corpus
+    digest of --eval-blocks ``eval_blocks`` where it has none (a run would compute it at its start, on every rank).
+    Computed from the mapped blocks, then written under the lock, atomically (_write), to the blocks.json then in the
+    folder where it is still valid for ``meta``'s key (a rebuild of another key meanwhile: nothing written); the key,
+    the blocks and every other entry as they are. Returns the number of held-out blocks recorded, or None."""
+    from .checkpoint import fsync_directory
+
+    held_out = blocks["held_out"]
+    count = str(eval_count(held_out.shape[0], eval_blocks))
+    if count in meta.get("corpus_sha256", {}):
+        return None
+    digest = corpus_digest(blocks["train"], held_out[eval_rows(held_out.shape[0], eval_blocks)])
+    with _locked(folder):
+        now = _read_meta(folder)
+        if not _valid(folder, now, meta["key"]) or count in now.get("corpus_sha256", {}):
+            return None
+        now["corpus_sha256"] = {**now.get("corpus_sha256", {}), count: digest}
+        _write(os.path.join(folder, META), json.dumps(now, indent=1).encode())
+        fsync_directory(folder)
+    meta["corpus_sha256"] = now["corpus_sha256"]
+    return int(count)
 
 
 def _read_meta(folder: str) -> dict | None:

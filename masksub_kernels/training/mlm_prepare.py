@@ -11,8 +11,10 @@ later run of the same corpus, vocabulary, --seq-len and cache folder reads the c
 trains bit for bit as one that packed it itself: the same files, made by the same function.
 
 - Used: --data-dir, --vocab-size, --tokenizer, --seq-len, --eval-blocks (the corpus digest blocks.json stores for
-  it, where the prepare builds the cache), --block-cache, --output (the cache's folder without --block-cache, and the
-  default tokenizer.json's), --deterministic.
+  it: with the cache it builds, or added to a cache it finds valid where missing, helper-269: mlm_blocks.record_digest,
+  under the lock, blocks.json alone rewritten, its key and the blocks as they are; a folder that cannot be written gets
+  a note), --block-cache, --output (the cache's folder without --block-cache, and the default tokenizer.json's),
+  --deterministic.
 - Not used (no model is made): the model, MaskSub, optimisation and run options (--device included: CUDA is never
   touched); a note lists those given other values than their defaults. One check of them is made, once the blocks
   are packed: where the run's --mask-ratio check would refuse the options given (mlm_cli._check_keep, against the
@@ -103,7 +105,9 @@ def prepare(args: argparse.Namespace) -> None:
     with removed_if_refused(tokenizer_at, 0, also=built):  # the first half of mlm_cli._corpus (no held-out batch)
         docs = mlm_blocks.read_documents(args.data_dir)
         tokenizer, digest, trained = load_tokenizer(args, tokenizer_at, docs["train"], 0, 1, False, mlm_cli.PROG)
-        _, meta, fresh, _ = mlm_blocks.cached_blocks(args, 0, 1, docs, tokenizer, digest, None, built, mlm_cli.PROG)
+        blocks, meta, fresh, _ = mlm_blocks.cached_blocks(args, 0, 1, docs, tokenizer, digest, None, built,
+                                                          mlm_cli.PROG)  # fmt: skip
+    recorded = None if fresh else _record_digest(folder, meta, blocks, args.eval_blocks)
     try:  # the run's check of its --mask-ratio against these blocks, which the prepare skipped (--baseline)
         mlm_cli._check_keep(given, meta["special_counts"])
     except UsageError as exc:
@@ -111,6 +115,8 @@ def prepare(args: argparse.Namespace) -> None:
             print(f"{mlm_cli.PROG}: note: a run with these options would be refused: {exc}", file=sys.stderr)
     vocab = "trained now" if trained else "read"
     cache = "built now" if fresh else "already valid, not rebuilt"
+    if recorded is not None:
+        cache += f", the corpus digest of {recorded} held-out blocks (--eval-blocks {args.eval_blocks}) added"
     data = f"--data-dir {shlex.quote(args.data_dir)} " if args.data_dir else ""
     size = tokenizer.get_vocab_size()
     print(
@@ -120,3 +126,17 @@ def prepare(args: argparse.Namespace) -> None:
         f"--block-cache {shlex.quote(folder)} reads them (with --reuse-block-cache, without reading the text)",
         flush=True,
     )
+
+
+def _record_digest(folder: str, meta: dict, blocks: dict, eval_blocks: int) -> int | None:
+    """mlm_blocks.record_digest on a cache found valid; a folder that cannot be written (a cache found valid is only
+    read: it may be read-only) gets a note, not an error: the run computes the digest at its start."""
+    from . import mlm_blocks, mlm_cli
+
+    try:
+        return mlm_blocks.record_digest(folder, meta, blocks, eval_blocks)
+    except OSError as exc:
+        where = os.path.join(folder, mlm_blocks.META)
+        print(f"{mlm_cli.PROG}: note: the corpus digest of --eval-blocks {eval_blocks} could not be added to "
+              f"{where} ({exc}): a run computes it at its start", file=sys.stderr)  # fmt: skip
+        return None

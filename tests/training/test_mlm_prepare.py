@@ -4,6 +4,7 @@ that packed it itself."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -141,3 +142,64 @@ def test_a_second_prepare_of_the_same_key_rebuilds_nothing(corpus, tokenizer, tm
     assert packs == [] and f"token blocks read from the cache {cache / 'blocks.json'}" in out
     assert "(already valid, not rebuilt; " in out
     assert {name: os.stat(cache / name).st_mtime_ns for name in CACHE_FILES} == mtimes
+
+
+# kills prepare's record of a new --eval-blocks' corpus digest left out (helper-269: a prepare that found the cache
+# valid left it to every rank of the run, at its start, hashing all the training blocks), a digest other than the
+# run's own (corpus_digest of its evaluated blocks), a rewrite of blocks.json where the digest is there already, and
+# a folder that cannot be written refusing the prepare (a cache found valid is only read)
+def test_a_prepare_that_finds_the_cache_valid_records_its_eval_blocks_digest(corpus, tokenizer, tmp_path, monkeypatch,
+                                                                            capsys):  # fmt: skip
+    cache = tmp_path / "cache"
+    argv = ["--prepare-only", "--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--block-cache", str(cache)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    before = json.loads((cache / mlm_blocks.META).read_text())
+    assert "3" not in before["corpus_sha256"] and before["held_out"][0] > 3
+    mtimes = {name: os.stat(cache / name).st_mtime_ns for name in CACHE_FILES[1:]}
+    packs = _packs(monkeypatch)
+    assert main([*argv, "--eval-blocks", "3"]) == 0
+    out = capsys.readouterr().out
+    assert packs == [] and "(already valid, not rebuilt, the corpus digest of 3 held-out blocks (--eval-blocks 3) " \
+                          "added; " in out  # fmt: skip
+    after = json.loads((cache / mlm_blocks.META).read_text())
+    assert after == {**before, "corpus_sha256": {**before["corpus_sha256"], "3": after["corpus_sha256"]["3"]}}
+    assert {name: os.stat(cache / name).st_mtime_ns for name in CACHE_FILES[1:]} == mtimes  # the blocks untouched
+    args = mlm_cli.build_parser().parse_args(["--data-dir", corpus, *TINY, "--eval-blocks", "3", "--block-cache",
+                                              str(cache), "--output", str(tmp_path / "run")])  # fmt: skip
+    real = mlm_blocks.corpus_digest
+    monkeypatch.setattr(mlm_blocks, "corpus_digest", lambda *a: pytest.fail("the run computed the digest"))
+    sizes = mlm_cli._corpus(args, 0, 1, torch.device("cpu"), tokenizer, False)[3]  # the run finds it
+    blocks, _ = mlm_blocks.load_cache(str(cache), after["key"])
+    val = blocks["held_out"][mlm_blocks.eval_rows(blocks["held_out"].shape[0], 3)]
+    assert sizes["corpus_sha256"] == after["corpus_sha256"]["3"] == real(blocks["train"], val)
+    monkeypatch.undo()
+    stamp = os.stat(cache / mlm_blocks.META).st_mtime_ns
+    assert main([*argv, "--eval-blocks", "3"]) == 0  # there already: nothing written
+    assert "(already valid, not rebuilt; " in capsys.readouterr().out
+    assert os.stat(cache / mlm_blocks.META).st_mtime_ns == stamp
+
+    def refused(path, data):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(mlm_blocks, "_write", refused)  # a read-only folder: a note, the prepare succeeds
+    assert main([*argv, "--eval-blocks", "5"]) == 0
+    captured = capsys.readouterr()
+    assert "(already valid, not rebuilt; " in captured.out
+    assert (f"note: the corpus digest of --eval-blocks 5 could not be added to {cache / mlm_blocks.META} ([Errno 13] "
+            "Permission denied): a run computes it at its start") in captured.err  # fmt: skip
+    assert json.loads((cache / mlm_blocks.META).read_text()) == after
+
+
+# kills record_digest without its check, under the lock, that the folder still holds the cache it read (a rebuild of
+# another key meanwhile: the old blocks' digest was added to the new key's blocks.json)
+def test_a_digest_is_not_recorded_into_a_cache_rebuilt_meanwhile(corpus, tokenizer, tmp_path):
+    cache = tmp_path / "cache"
+    argv = ["--prepare-only", "--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--block-cache", str(cache)]
+    assert main(argv) == 0
+    old = json.loads((cache / mlm_blocks.META).read_text())
+    blocks = {name: part.clone() for name, part in mlm_blocks.load_cache(str(cache), old["key"])[0].items()}
+    assert main([*argv, "--seq-len", "24"]) == 0  # another run's rebuild, of another key
+    new = (cache / mlm_blocks.META).read_text()
+    assert mlm_blocks.record_digest(str(cache), old, blocks, 3) is None
+    assert (cache / mlm_blocks.META).read_text() == new
