@@ -134,27 +134,44 @@ class MaskSubTrainer(Trainer):
         self.loss_is_scaled_for_ga = False
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """The Trainer's resume, with the weights read back under the model's own names. transformers 5 saves some
-        under their legacy names (a ViT's ``encoder.layer.0.attention.attention.query`` for its
-        ``layers.0.attention.q_proj``) and the Trainer loads the file non-strictly without renaming them back,
-        leaving those weights at their initialisation with one logged warning (helper-154: 32 of a tiny ViT's 40
-        tensors; the plain Trainer alike). ``from_pretrained`` renames them: its model's tensors are copied in, the
-        Trainer's load having taken the keys it drops (a Swin's mask token, saved under its own name); a tensor
-        that neither gives is an error, not a silently fresh weight."""
-        from transformers import PreTrainedModel
-
+        """The Trainer's resume, with the weights read back under the model's own names (``_reload_renamed``)."""
         model = self.model if model is None else model
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        saved = _saved_keys(resume_from_checkpoint)
-        if not isinstance(model, PreTrainedModel) or saved is None:  # (an adapter's or another layout's checkpoint)
+        self._reload_renamed(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        """The Trainer's ``load_best_model_at_end``, with the weights read back under the model's own names
+        (``_reload_renamed``): its load is as non-strict as the resume's, so the renamed tensors kept the last step's
+        values, the rest the best checkpoint's (helper-271)."""
+        super()._load_best_model()
+        self._reload_renamed(self.state.best_model_checkpoint, self.model)
+
+    def _reload_renamed(self, checkpoint: str, model) -> None:
+        """After the Trainer's load of ``checkpoint``: the weights it could not place read back through
+        ``from_pretrained``. transformers 5 saves some under their legacy names (a ViT's
+        ``encoder.layer.0.attention.attention.query`` for its ``layers.0.attention.q_proj``) and the Trainer loads
+        the file non-strictly without renaming them back, leaving those weights as they were (at their
+        initialisation in a resume, at the last step's values for the best model) with one logged warning
+        (helper-154: 32 of a tiny ViT's 40 tensors; the plain Trainer alike). ``from_pretrained`` renames them: its
+        model's tensors are copied in, the Trainer's load having taken the keys it drops (a Swin's mask token, saved
+        under its own name); a tensor that neither gives is an error, not a silently stale weight. Left to the
+        Trainer alone: an adapter's checkpoint (a PEFT model, not a ``PreTrainedModel``), a folder without a model
+        file, and DeepSpeed's, FSDP's and SageMaker's loads (their own formats and sharded parameters)."""
+        from transformers import PreTrainedModel
+        from transformers.trainer import is_sagemaker_mp_enabled
+
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or is_sagemaker_mp_enabled():
+            return
+        saved = _saved_keys(checkpoint)
+        if not isinstance(model, PreTrainedModel) or saved is None:
             return
         dtype = next(model.parameters()).dtype
-        reloaded, info = type(model).from_pretrained(resume_from_checkpoint, dtype=dtype, output_loading_info=True)
+        reloaded, info = type(model).from_pretrained(checkpoint, dtype=dtype, output_loading_info=True)
         missing = model.load_state_dict(reloaded.state_dict(), strict=False).missing_keys
         lost = [key for key in [*info["missing_keys"], *missing] if key not in saved]  # (fresh in from_pretrained)
         if lost:
             raise RuntimeError(
-                f"checkpoint {resume_from_checkpoint!r} does not hold {len(lost)} of the model's tensors: {lost[:5]}"
+                f"checkpoint {checkpoint!r} does not hold {len(lost)} of the model's tensors: {lost[:5]}"
             )
 
     def create_optimizer(self, model=None):

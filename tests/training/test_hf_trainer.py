@@ -438,3 +438,26 @@ def test_a_masked_lm_trains_under_the_trainers_mixed_precision(tmp_path, mixed):
     trainer.train()
     assert seen == [mixed, mixed]  # the main branch's encoder call and the sub-branch's
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32
+
+
+def test_the_best_model_at_end_is_the_best_checkpoint_whole(tmp_path):
+    # helper-271: load_best_model_at_end's load, non-strict like the resume's, left the tensors that transformers 5
+    # saves under legacy names (32 of this ViT's 40) at the last step's values: a mix of two checkpoints
+    model = tiny_hf("ViTForImageClassification").float()
+    args = _args(tmp_path, max_steps=6, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+                 load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True)  # fmt: skip
+    trainer = MaskSubTrainer(model=model, args=args, train_dataset=_data(16, 0), eval_dataset=_data(8, 1))
+    trainer.train()
+    best = trainer.state.best_model_checkpoint  # the highest eval loss: not the last step's
+    assert best is not None and not best.endswith("checkpoint-6")
+    for name in (best, str(tmp_path / "checkpoint-6")):
+        want = transformers.ViTForImageClassification.from_pretrained(name).state_dict()
+        same = [key for key, value in model.state_dict().items() if torch.equal(value, want[key])]
+        assert len(same) == (len(want) if name == best else 0), name  # (every tensor trains)
+    # a tensor the best checkpoint does not hold is an error, as in a resume
+    from safetensors.torch import load_file, save_file
+
+    saved = os.path.join(best, "model.safetensors")
+    save_file({k: v for k, v in load_file(saved).items() if k != "classifier.bias"}, saved)
+    with pytest.raises(RuntimeError, match=r"does not hold 1 of the model's tensors: \['classifier.bias'\]"):
+        trainer._load_best_model()
