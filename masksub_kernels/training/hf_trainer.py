@@ -50,6 +50,8 @@ gets wrong (a probe's findings, 2026-12-03) made right:
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from .extras import missing_message
@@ -114,6 +116,10 @@ class MaskSubTrainer(Trainer):
                 "options as masksub={...} (main_weight, sub_weight, label_smoothing, ...), or subclass and override "
                 "compute_loss"
             )
+        if self.args.label_names is None and "labels" not in self.label_names:
+            # a forward without `labels` (DeiT's and LeViT's WithTeacher): the Trainer's label names would be [], its
+            # column filter would drop the batches' labels and its evaluation would treat them as unlabelled
+            self.label_names = ["labels"]
         self.masksub = MaskSub(compiled if compiled is not None else self.model, **(masksub or {}))
         if any(True for _ in self.masksub.parameters(recurse=False)):  # Swin's mask token: not a transformers family
             raise ValueError(f"MaskSub's {self.masksub.family} family owns parameters that the Trainer would not train")
@@ -217,7 +223,16 @@ class MaskSubTrainer(Trainer):
                 out = self.masksub(inputs)
             return (out["loss"], {k: v for k, v in out.items() if k != "loss"}) if return_outputs else out["loss"]
         if "pixel_values" not in inputs or "labels" not in inputs:
-            raise ValueError(f"MaskSubTrainer needs batches with 'pixel_values' and 'labels'; got {sorted(inputs)}")
+            hint = ""
+            if "labels" not in inputs and "labels" not in inspect.signature(self.model.forward).parameters:
+                hint = (
+                    f" (the model's forward takes no 'labels': the Trainer's column filter keeps them only if "
+                    f"TrainingArguments.label_names, here {self.label_names}, names them, or with "
+                    "remove_unused_columns=False)"
+                )
+            raise ValueError(
+                f"MaskSubTrainer needs batches with 'pixel_values' and 'labels'; got {sorted(inputs)}{hint}"
+            )
         out = self.masksub(inputs["pixel_values"], inputs["labels"])
         return (out["loss"], {"logits": out["logits"]}) if return_outputs else out["loss"]
 

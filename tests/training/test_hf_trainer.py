@@ -461,3 +461,29 @@ def test_the_best_model_at_end_is_the_best_checkpoint_whole(tmp_path):
     save_file({k: v for k, v in load_file(saved).items() if k != "classifier.bias"}, saved)
     with pytest.raises(RuntimeError, match=r"does not hold 1 of the model's tensors: \['classifier.bias'\]"):
         trainer._load_best_model()
+
+
+def test_a_model_whose_forward_takes_no_labels_trains_and_evaluates(tmp_path):
+    # helper-271: DeiT's (and LeViT's) WithTeacher forward takes no `labels`, so the Trainer's label_names were [] and
+    # its column filter dropped every batch's labels (a "needs ... 'labels'" error; with remove_unused_columns=False
+    # an evaluation without eval_loss, compute_metrics never called)
+    model = tiny_hf("DeiTForImageClassificationWithTeacher").float()
+    seen = []
+    trainer = MaskSubTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=_data(8, 0),
+                             eval_dataset=_data(4, 1), compute_metrics=lambda p: seen.append(p) or {})  # fmt: skip
+    assert trainer.label_names == ["labels"]
+    trainer.train()
+    metrics = trainer.evaluate()
+    model.eval()
+    batch = _data(4, 1)
+    images, labels = torch.stack([d["pixel_values"] for d in batch]), torch.stack([d["labels"] for d in batch])
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(model(images).logits, labels)
+    assert metrics["eval_loss"] == pytest.approx(float(want), rel=1e-5)
+    assert len(seen) == 1 and torch.equal(torch.as_tensor(seen[0].label_ids), labels)
+    # label_names of the caller's own that leave `labels` out: the error says why the column is gone
+    trainer = MaskSubTrainer(model=model, args=_args(tmp_path, max_steps=1, label_names=["label"]),
+                             train_dataset=_data(8, 0))  # fmt: skip
+    hint = r"\(the model's forward takes no 'labels'.*label_names, here \['label'\].*remove_unused_columns=False\)"
+    with pytest.raises(ValueError, match=r"got \['pixel_values'\] " + hint):
+        trainer.train()
