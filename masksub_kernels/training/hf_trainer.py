@@ -180,6 +180,15 @@ class MaskSubTrainer(Trainer):
                 f"checkpoint {checkpoint!r} does not hold {len(lost)} of the model's tensors: {lost[:5]}"
             )
 
+    def _set_signature_columns_if_needed(self) -> None:
+        """The Trainer's columns (the model's forward's arguments and the label names) that ``remove_unused_columns``
+        keeps; a masked LM's also its ``special_tokens_mask``, which its forward does not take and MaskSub's
+        sub-branch reads to keep [CLS] / [SEP] (dropped, the sub-branch dropped them like any token: helper-271)."""
+        super()._set_signature_columns_if_needed()
+        masksub = getattr(self, "masksub", None)  # (None: asked for before MaskSub is built)
+        if masksub is not None and masksub.family == "mlm" and "special_tokens_mask" not in self._signature_columns:
+            self._signature_columns.append("special_tokens_mask")
+
     def create_optimizer(self, model=None):
         """The Trainer's optimizer; with ``layer_decay``, its groups split by layer (hf_layer_decay.py)."""
         built = self.optimizer is None

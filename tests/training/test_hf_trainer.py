@@ -487,3 +487,30 @@ def test_a_model_whose_forward_takes_no_labels_trains_and_evaluates(tmp_path):
     hint = r"\(the model's forward takes no 'labels'.*label_names, here \['label'\].*remove_unused_columns=False\)"
     with pytest.raises(ValueError, match=r"got \['pixel_values'\] " + hint):
         trainer.train()
+
+
+def test_a_masked_lms_batches_keep_their_special_tokens_mask(tmp_path):
+    # helper-271: the Trainer's column filter (remove_unused_columns, on by default) keeps the forward's arguments,
+    # and BertForMaskedLM's forward takes no special_tokens_mask: the sub-branch, without it, dropped [CLS] / [SEP]
+    # like any token, silently
+    from test_mlm import make_batch, tiny_bert
+
+    class Rows(torch.utils.data.Dataset):  # (a datasets.Dataset's columns go through the same list)
+        def __init__(self, batch):
+            self.batch = batch
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {**{key: value[i] for key, value in self.batch.items()}, "row_id": i}
+
+    batch, seen = make_batch(batch=4, seed=3), []
+    trainer = MaskSubTrainer(model=tiny_bert(), args=_args(tmp_path, per_device_train_batch_size=4, max_steps=1),
+                             train_dataset=Rows(batch), masksub={"mask_ratio": 0.5})  # fmt: skip
+    own = trainer.masksub.forward
+    trainer.masksub.forward = lambda inputs, *args, **kwargs: seen.append(dict(inputs)) or own(inputs, *args, **kwargs)
+    trainer.train()
+    (got,) = seen
+    assert sorted(got) == ["input_ids", "labels", "special_tokens_mask"]  # (row_id: the filter's, as before)
+    assert torch.equal(got["special_tokens_mask"], batch["special_tokens_mask"])
