@@ -21,11 +21,13 @@ gets wrong (a probe's findings, 2026-12-03) made right:
 - Training: the joint schedule, ``ms(pixel_values, labels)`` (one forward of each branch, one backward; the
   sequential ``train_step`` steps an optimizer of its own, which a Trainer owns). The loss is a mean over the batch,
   so the Trainer is told to divide it by its gradient-accumulation steps (``model_accepts_loss_kwargs = False``:
-  the model's ``**kwargs`` would make it assume a sum and not divide).
+  the model's ``**kwargs`` would make it assume a sum and not divide). The logged ``loss`` is that joint loss (not
+  a plain run's training loss); each training log also holds its two terms, ``loss_main`` and ``loss_sub``.
 - Evaluation: the Trainer puts the model in eval mode, so the wrapper runs the model only; the loss is the main
-  criterion (cross-entropy, or BCE) and the logits go to ``compute_metrics``. A masked LM's evaluation forms no
-  [rows, vocabulary] logits: ``compute_metrics`` gets ``(loss_main, correct, count)`` per batch. ``predict`` on
-  images without labels: their logits from MaskSub's model call (with its ``model_kwargs``).
+  criterion (cross-entropy, or BCE; with MaskSub's label smoothing) and the logits go to ``compute_metrics``. A
+  masked LM's evaluation forms no [rows, vocabulary] logits: ``compute_metrics`` gets ``(loss_main, correct,
+  count)`` per batch. ``predict`` on images without labels: their logits from MaskSub's model call (with its
+  ``model_kwargs``).
 - ``torch.compile``: give the Trainer ``torch.compile(model)`` (the Trainer keeps the eager model, MaskSub runs the
   compiled one); ``TrainingArguments.torch_compile`` would compile a model MaskSub never calls, so it is refused.
 - Label smoothing is MaskSub's (``masksub={"label_smoothing": ...}``): ``TrainingArguments.label_smoothing_factor``
@@ -138,6 +140,30 @@ class MaskSubTrainer(Trainer):
         # model's **kwargs, which a transformers model's forward has)
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
+        self._terms, self._terms_count = None, 0  # (training's loss_main, loss_sub since the last log: _track_terms)
+
+    def train(self, *args, **kwargs):
+        """The Trainer's ``train``, its logged terms counted from this run's first step."""
+        self._terms, self._terms_count = None, 0
+        return super().train(*args, **kwargs)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The Trainer's; a training log (the one with ``loss``) also gets MaskSub's two terms, ``loss_main`` and
+        ``loss_sub``: their means over the micro-batches since the last log, read from the device once, where the
+        Trainer reads its own loss. (``loss`` is ``main_weight * loss_main + sub_weight * loss_sub``.)"""
+        if "loss" in logs and self._terms is not None:
+            main, sub = (self._terms / self._terms_count).tolist()
+            logs = {**logs, "loss_main": main, "loss_sub": sub}
+            self._terms, self._terms_count = None, 0
+        super().log(logs, start_time)
+
+    def _track_terms(self, out: dict) -> None:
+        """Training: adds the micro-batch's (loss_main, loss_sub) to their sum since the last log, on the device (no
+        host sync per step)."""
+        if "loss_sub" in out:  # (training's outputs only: evaluation's are the main criterion's)
+            terms = torch.stack([out["loss_main"], out["loss_sub"]]).detach().float()
+            self._terms = terms if self._terms is None else self._terms + terms
+            self._terms_count += 1
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """The Trainer's resume, with the weights read back under the model's own names (``_reload_renamed``)."""
@@ -230,6 +256,7 @@ class MaskSubTrainer(Trainer):
             # mixed precision (accelerate's) wraps: without this, bf16=True / fp16=True trained in fp32 (helper-249)
             with self.accelerator.autocast():
                 out = self.masksub(inputs)
+            self._track_terms(out)
             return (out["loss"], {k: v for k, v in out.items() if k != "loss"}) if return_outputs else out["loss"]
         if "pixel_values" not in inputs or "labels" not in inputs:
             hint = ""
@@ -243,6 +270,7 @@ class MaskSubTrainer(Trainer):
                 f"MaskSubTrainer needs batches with 'pixel_values' and 'labels'; got {sorted(inputs)}{hint}"
             )
         out = self.masksub(inputs["pixel_values"], inputs["labels"])
+        self._track_terms(out)
         return (out["loss"], {"logits": out["logits"]}) if return_outputs else out["loss"]
 
 

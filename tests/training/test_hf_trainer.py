@@ -514,3 +514,29 @@ def test_a_masked_lms_batches_keep_their_special_tokens_mask(tmp_path):
     (got,) = seen
     assert sorted(got) == ["input_ids", "labels", "special_tokens_mask"]  # (row_id: the filter's, as before)
     assert torch.equal(got["special_tokens_mask"], batch["special_tokens_mask"])
+
+
+def test_a_training_log_holds_masksubs_two_terms(tmp_path):
+    # helper-271: the logged training loss is main_weight * main + sub_weight * sub, not a baseline's loss; its terms
+    # are logged too, as means over the micro-batches since the last log (here each step's 2 accumulated), evaluations
+    # between them not counted. At r = 0 one step's terms are MaskSub's on the step's batch
+    options = {"mask_ratio": 0.0, "main_weight": 0.7, "sub_weight": 0.3, "label_smoothing": 0.1}
+    model, twin = tiny_hf("ViTForImageClassification").float(), tiny_hf("ViTForImageClassification").float()
+    data = _data(16, 0)
+    args = _args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=2, logging_steps=1,
+                 eval_strategy="steps", eval_steps=1)  # fmt: skip
+    trainer = MaskSubTrainer(model=model, args=args, train_dataset=data, eval_dataset=_data(4, 1), masksub=options)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2 and logs[0]["loss"] != logs[1]["loss"]
+    for log in logs:
+        assert log["loss"] == pytest.approx(0.7 * log["loss_main"] + 0.3 * log["loss_sub"], rel=1e-5)
+    assert all("loss_main" not in h for h in trainer.state.log_history if "loss" not in h)
+    one = MaskSubTrainer(model=twin, args=_args(tmp_path / "one", per_device_train_batch_size=8, max_steps=1),
+                         train_dataset=data[:8], masksub=options)  # fmt: skip
+    one.train()
+    (first,) = [h for h in one.state.log_history if "loss" in h]
+    batch = torch.stack([d["pixel_values"] for d in data[:8]]), torch.stack([d["labels"] for d in data[:8]])
+    want = MaskSub(tiny_hf("ViTForImageClassification").float(), **options)(*batch)
+    for key in ("loss_main", "loss_sub"):
+        assert first[key] == pytest.approx(float(want[key].detach()), rel=1e-5), key
