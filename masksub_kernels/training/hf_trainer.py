@@ -150,9 +150,14 @@ class MaskSubTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """The Trainer's; a training log (the one with ``loss``) also gets MaskSub's two terms, ``loss_main`` and
         ``loss_sub``: their means over the micro-batches since the last log, read from the device once, where the
-        Trainer reads its own loss. (``loss`` is ``main_weight * loss_main + sub_weight * loss_sub``.)"""
+        Trainer reads its own loss, averaged over the processes as that loss is (every rank logs at the same steps).
+        (``loss`` is ``main_weight * loss_main + sub_weight * loss_sub``.)"""
         if "loss" in logs and self._terms is not None:
-            main, sub = (self._terms / self._terms_count).tolist()
+            terms = self._terms / self._terms_count
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(terms)  # (a sum: AVG is NCCL's only)
+                terms = terms / torch.distributed.get_world_size()
+            main, sub = terms.tolist()
             logs = {**logs, "loss_main": main, "loss_sub": sub}
             self._terms, self._terms_count = None, 0
         super().log(logs, start_time)

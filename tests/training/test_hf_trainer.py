@@ -540,3 +540,22 @@ def test_a_training_log_holds_masksubs_two_terms(tmp_path):
     want = MaskSub(tiny_hf("ViTForImageClassification").float(), **options)(*batch)
     for key in ("loss_main", "loss_sub"):
         assert first[key] == pytest.approx(float(want[key].detach()), rel=1e-5), key
+
+
+def test_a_training_logs_terms_are_the_processes_mean(tmp_path, monkeypatch):
+    # the Trainer's logged loss is its processes' mean (nested_gather); the terms beside it are averaged alike. Two
+    # ranks stood in for: all_reduce adds the other rank's (3, 5) to this rank's own means
+    trainer = MaskSubTrainer(model=tiny_hf("ViTForImageClassification").float(), args=_args(tmp_path, max_steps=1),
+                             train_dataset=_data(8, 0))  # fmt: skip
+    trainer._track_terms({"loss_main": torch.tensor(1.0), "loss_sub": torch.tensor(2.0)})
+    trainer._track_terms({"loss_main": torch.tensor(3.0), "loss_sub": torch.tensor(4.0)})
+
+    def all_reduce(tensor):
+        tensor += torch.tensor([3.0, 5.0])
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    trainer.log({"loss": 1.0})
+    last = trainer.state.log_history[-1]
+    assert (last["loss_main"], last["loss_sub"]) == (2.5, 4.0)  # ((1 + 3) / 2 + 3) / 2, ((2 + 4) / 2 + 5) / 2
