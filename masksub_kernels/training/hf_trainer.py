@@ -142,33 +142,37 @@ class MaskSubTrainer(Trainer):
         self.loss_is_scaled_for_ga = False
         self._terms, self._terms_count = None, 0  # (training's loss_main, loss_sub since the last log: _track_terms)
 
-    def train(self, *args, **kwargs):
-        """The Trainer's ``train``, its logged terms counted from this run's first step."""
+    def _inner_training_loop(self, *args, **kwargs):
+        """The Trainer's training loop, its logged terms counted from its first step (a resume's too; a retry of
+        ``auto_find_batch_size`` after an out-of-memory error starts the loop again: not the failed try's terms)."""
         self._terms, self._terms_count = None, 0
-        return super().train(*args, **kwargs)
+        return super()._inner_training_loop(*args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """The Trainer's; a training log (the one with ``loss``) also gets MaskSub's two terms, ``loss_main`` and
-        ``loss_sub``: their means over the micro-batches since the last log, read from the device once, where the
-        Trainer reads its own loss, averaged over the processes as that loss is (every rank logs at the same steps).
-        (``loss`` is ``main_weight * loss_main + sub_weight * loss_sub``.)"""
+        ``loss_sub``, averaged as the Trainer averages its ``loss``: over the optimizer steps since the last log, each
+        step's mean over its micro-batches (a short last window of an epoch included), and over the processes where
+        the Trainer gathers its loss (``nested_gather``); read from the device once, where the Trainer reads its
+        own. (``loss`` is ``main_weight * loss_main + sub_weight * loss_sub``, but for the Trainer's
+        ``logging_nan_inf_filter``, which replaces a non-finite step's loss: the terms keep it.)"""
         if "loss" in logs and self._terms is not None:
-            terms = self._terms / self._terms_count
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(terms)  # (a sum: AVG is NCCL's only)
-                terms = terms / torch.distributed.get_world_size()
+            from transformers.trainer_pt_utils import nested_gather
+
+            terms = nested_gather((self._terms / self._terms_count)[None], self.args.parallel_mode).mean(0)
             main, sub = terms.tolist()
             logs = {**logs, "loss_main": main, "loss_sub": sub}
             self._terms, self._terms_count = None, 0
         super().log(logs, start_time)
 
     def _track_terms(self, out: dict) -> None:
-        """Training: adds the micro-batch's (loss_main, loss_sub) to their sum since the last log, on the device (no
-        host sync per step)."""
+        """Training: adds the micro-batch's (loss_main, loss_sub), divided by its window's micro-batches (the
+        Trainer's ``current_gradient_accumulation_steps``), to their sum since the last log, on the device (no host
+        sync per step); the count is the optimizer steps."""
         if "loss_sub" in out:  # (training's outputs only: evaluation's are the main criterion's)
-            terms = torch.stack([out["loss_main"], out["loss_sub"]]).detach().float()
+            share = 1.0 / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+            terms = torch.stack([out["loss_main"], out["loss_sub"]]).detach().float() * share
             self._terms = terms if self._terms is None else self._terms + terms
-            self._terms_count += 1
+            self._terms_count += share
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """The Trainer's resume, with the weights read back under the model's own names (``_reload_renamed``)."""
@@ -204,8 +208,10 @@ class MaskSubTrainer(Trainer):
             return
         dtype = next(model.parameters()).dtype
         reloaded, info = type(model).from_pretrained(checkpoint, dtype=dtype, output_loading_info=True)
-        missing = model.load_state_dict(reloaded.state_dict(), strict=False).missing_keys
-        lost = [key for key in [*info["missing_keys"], *missing] if key not in saved]  # (fresh in from_pretrained)
+        fresh = set(info["missing_keys"])  # (initialised by from_pretrained: the Trainer's load placed those it could)
+        kept = {key: value for key, value in reloaded.state_dict().items() if key not in fresh}
+        missing = model.load_state_dict(kept, strict=False).missing_keys
+        lost = [key for key in dict.fromkeys([*fresh, *missing]) if key not in saved]  # (in neither load)
         if lost:
             raise RuntimeError(
                 f"checkpoint {checkpoint!r} does not hold {len(lost)} of the model's tensors: {lost[:5]}"

@@ -542,20 +542,55 @@ def test_a_training_log_holds_masksubs_two_terms(tmp_path):
         assert first[key] == pytest.approx(float(want[key].detach()), rel=1e-5), key
 
 
-def test_a_training_logs_terms_are_the_processes_mean(tmp_path, monkeypatch):
-    # the Trainer's logged loss is its processes' mean (nested_gather); the terms beside it are averaged alike. Two
-    # ranks stood in for: all_reduce adds the other rank's (3, 5) to this rank's own means
-    trainer = MaskSubTrainer(model=tiny_hf("ViTForImageClassification").float(), args=_args(tmp_path, max_steps=1),
-                             train_dataset=_data(8, 0))  # fmt: skip
+def test_a_training_logs_terms_are_averaged_as_its_loss(tmp_path, monkeypatch):
+    # helper-273: the Trainer's loss is a mean over optimizer steps of each step's mean over its micro-batches (an
+    # epoch's short last window too: 10 images, batches of 2, windows of 2, 2 and 1 micro-batches, one log of the 3
+    # steps), gathered over the processes by nested_gather where its parallel mode says so; the terms alike
+    options = {"mask_ratio": 0.5, "main_weight": 0.7, "sub_weight": 0.3}
+    args = _args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, num_train_epochs=1,
+                 max_steps=-1, logging_steps=3)  # fmt: skip
+    trainer = MaskSubTrainer(model=tiny_hf("ViTForImageClassification").float(), args=args,
+                             train_dataset=_data(10, 0), masksub=options)  # fmt: skip
+    trainer.train()
+    (log,) = [h for h in trainer.state.log_history if "loss" in h]
+    assert log["loss"] == pytest.approx(0.7 * log["loss_main"] + 0.3 * log["loss_sub"], rel=1e-5)
+
+    import transformers.trainer_pt_utils as pt_utils
+
+    def two_ranks(tensor, parallel_mode):  # this rank's means and another's, (3, 5)
+        assert parallel_mode == trainer.args.parallel_mode
+        return torch.cat([tensor, torch.tensor([[3.0, 5.0]])])
+
+    monkeypatch.setattr(pt_utils, "nested_gather", two_ranks)
+    trainer._terms, trainer._terms_count = None, 0
+    trainer.args.gradient_accumulation_steps = 2
+    monkeypatch.setattr(trainer, "current_gradient_accumulation_steps", 2, raising=False)
     trainer._track_terms({"loss_main": torch.tensor(1.0), "loss_sub": torch.tensor(2.0)})
     trainer._track_terms({"loss_main": torch.tensor(3.0), "loss_sub": torch.tensor(4.0)})
-
-    def all_reduce(tensor):
-        tensor += torch.tensor([3.0, 5.0])
-
-    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
-    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
     trainer.log({"loss": 1.0})
     last = trainer.state.log_history[-1]
     assert (last["loss_main"], last["loss_sub"]) == (2.5, 4.0)  # ((1 + 3) / 2 + 3) / 2, ((2 + 4) / 2 + 5) / 2
+
+
+def test_a_batch_size_retry_logs_no_terms_of_the_failed_try(tmp_path):
+    # helper-273: auto_find_batch_size runs the training loop again inside one train() after an out-of-memory
+    # error; the failed try's terms (tracked before its backward failed) are not the retry's
+    options = {"mask_ratio": 0.5, "main_weight": 0.7, "sub_weight": 0.3}
+    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=1, auto_find_batch_size=True)
+    trainer = MaskSubTrainer(model=tiny_hf("ViTForImageClassification").float(), args=args,
+                             train_dataset=_data(8, 0), masksub=options)  # fmt: skip
+    compute_loss, tries = trainer.compute_loss, []
+
+    def failing_once(*a, **k):
+        loss = compute_loss(*a, **k)
+        tries.append(1)
+        if len(tries) == 1:
+            trainer._terms = trainer._terms * 1000  # (what the failed try left, made unmistakable)
+            raise RuntimeError("CUDA out of memory.")
+        return loss
+
+    trainer.compute_loss = failing_once
+    trainer.train()
+    (log,) = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(tries) == 2 and trainer._train_batch_size < 4
+    assert log["loss"] == pytest.approx(0.7 * log["loss_main"] + 0.3 * log["loss_sub"], rel=1e-5)
