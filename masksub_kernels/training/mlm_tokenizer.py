@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -91,15 +92,17 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
         if not trained:
             return
         tokenizer = text_data.train_tokenizer(train_docs, args.vocab_size or DEFAULT_VOCAB_SIZE)
+        # a temporary name of this process's own (two runs saving into one path wrote one .partial file together)
+        partial = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.partial"
         try:  # (its directory was checked before: a disk that fills, a permission changed since)
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            tokenizer.save(path + ".partial")
-            written = _identity(path + ".partial")  # (a rename keeps it: the file this process wrote)
-            os.replace(path + ".partial", path)  # whole files only: an interrupted save leaves no half-written one
+            tokenizer.save(partial)
+            written = _identity(partial)  # (a rename keeps it: the file this process wrote)
+            os.replace(partial, path)  # whole files only: an interrupted save leaves no half-written one
             _WRITTEN[os.path.abspath(path)] = written
         except Exception as exc:  # OSError, or tokenizers' own Exception type for a failed save
             with contextlib.suppress(OSError):  # a part written (removed_if_refused then removes the directories)
-                os.remove(path + ".partial")
+                os.remove(partial)
             raise UsageError(
                 f"--tokenizer {path!r}: the vocabulary trained for this run cannot be saved: {exc}"
             ) from exc

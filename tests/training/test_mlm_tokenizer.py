@@ -159,3 +159,19 @@ def test_a_refused_run_deletes_only_the_vocabulary_it_saved_itself(tmp_path):
             cache.write_bytes(b"blocks")
             raise UsageError("refused")
     assert trained and path.is_file() and cache.is_file()
+
+
+# kills mlm_tokenizer.py's one temporary name per path (helper-273: two runs saving into one path wrote one .partial
+# file together and renamed each other's half-written bytes into place): another run's file being written at
+# PATH.partial is not this run's temporary file
+def test_a_save_does_not_touch_another_runs_partial_file(tmp_path):
+    from masksub_kernels.training.mlm_tokenizer import load_tokenizer
+
+    path = tmp_path / "tok.json"
+    other = tmp_path / "tok.json.partial"
+    other.write_text("another run's save, under way")
+    args = SimpleNamespace(tokenizer=None, vocab_size=80)
+    load_tokenizer(args, str(path), ["some words to learn, some words."] * 4, 0, 1, False, "prog")
+    assert other.read_text() == "another run's save, under way"
+    assert json.loads(path.read_text())["model"]["type"] == "WordPiece"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.json", "tok.json.partial"]  # no temporary left
