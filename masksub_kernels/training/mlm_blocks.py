@@ -66,8 +66,8 @@ DEFAULT_EVAL_BLOCKS = 512  # --eval-blocks' default: its corpus digest is stored
 __all__ = ["CACHE_VERSION", "DEFAULT_EVAL_BLOCKS", "LOCK", "META", "PARTS", "REUSE_HELP", "TrainBlocks",
            "block_specials", "block_stats", "cache_key", "cached_blocks", "corpus_digest", "corpus_documents",
            "documents_digest", "ensure_cache", "eval_count", "eval_rows", "key_of", "load_cache", "pack_parts",
-           "read_documents", "record_digest", "remove_lock", "reused_key", "special_counts", "stored_digest",
-           "to_device"]  # fmt: skip
+           "read_documents", "record_digest", "remove_built", "remove_lock", "reused_key", "special_counts",
+           "stored_digest", "to_device"]  # fmt: skip
 
 
 class TrainBlocks(NamedTuple):
@@ -332,6 +332,14 @@ def _identity(path: str) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
+def remove_built(folder: str, written: dict[str, tuple[int, int]]) -> None:
+    """A refused run's cache (mlm_tokenizer.removed_if_refused): the files its build wrote, under the lock, each where
+    it is still that build's (another build of the folder since, between this run's build and its refusal, keeps its
+    own files)."""
+    with _locked(folder):
+        _remove_written(written)
+
+
 def _remove_written(written: dict[str, tuple[int, int]]) -> None:
     """The files a failed build wrote (under its lock), each where it is still that build's (the same inode)."""
     for path, identity in written.items():
@@ -463,9 +471,10 @@ def cached_blocks(args, rank: int, world: int, docs: dict, tokenizer, digest: st
             if new_lock:
                 built.extend([functools.partial(remove_lock, folder), *made])
             raise
-        if key[1]:  # (the lock file removed under the lock: remove_lock)
-            files = [os.path.join(folder, name) for name in (META, *PARTS.values())]
-            built.extend([*files, functools.partial(remove_lock, folder), *made])
+        if key[1]:  # (its files and the lock file removed under the lock: remove_built, remove_lock)
+            files = [os.path.join(folder, name) for name in (META, *PARTS.values())]  # (blocks.json first)
+            own = functools.partial(remove_built, folder, {path: _identity(path) for path in files})
+            built.extend([own, functools.partial(remove_lock, folder), *made])
 
     rank_zero_check(build, rank, world)  # the others wait here for the files
     if world > 1:

@@ -160,9 +160,10 @@ def removed_if_refused(path: str, rank: int, also: Sequence[str | Callable[[], N
     process trained and saved there inside it (load_tokenizer: its path and inode, mtime, size; not a file another
     run, a concurrent --prepare-only, wrote there meanwhile, helper-269), it is deleted, with the files ``also`` (the
     token blocks this run cached for it, which no other vocabulary's run would reuse: mlm_blocks.py, and the folders
-    made for them; a callable removes its own file: the cache's lock; read where the exception is handled, so a list
-    the set-up fills); where rank 0 had no file at ``path`` before, so are the directories made for it (innermost
-    first, while empty)."""
+    made for them; a callable removes its own: the cache files, each where still its own, and the lock, under the
+    lock: mlm_blocks.remove_built, remove_lock; read where the exception is handled, so a list the set-up fills);
+    where rank 0 had no file at ``path`` before, so are the directories made for it (innermost first, while
+    empty)."""
     _WRITTEN.pop(os.path.abspath(path), None)  # (an earlier set-up's, in this process: not this one's)
     fresh = rank == 0 and not os.path.isfile(path)
     made, parent = [], os.path.dirname(os.path.abspath(path))

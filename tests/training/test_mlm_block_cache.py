@@ -199,6 +199,29 @@ def test_a_refused_run_deletes_only_a_cache_it_built(corpus, tokenizer, tmp_path
     assert "fewer than one step" in capsys.readouterr().err and not out.exists()
 
 
+# kills removed_if_refused deleting a refused run's cache files by their paths (helper-273): another build that
+# replaced them between this run's build and its refusal keeps its files (mlm_blocks.remove_built: under the lock, each
+# file where it is still this build's)
+def test_a_refused_run_keeps_the_files_another_build_wrote_since(corpus, tokenizer, tmp_path, monkeypatch, capsys):
+    out, real = tmp_path / "c", mlm_blocks.load_cache
+    names = (mlm_blocks.META, *mlm_blocks.PARTS.values())
+
+    def replaced_first(folder, key):  # another build's files at the paths (new inodes, the same bytes)
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f, open(path + ".other", "wb") as g:
+                g.write(f.read())
+            os.replace(path + ".other", path)
+        return real(folder, key)
+
+    monkeypatch.setattr(mlm_blocks, "load_cache", replaced_first)
+    assert main(["--data-dir", corpus, *TINY, "--output", str(out), "--block-cache", str(out / "cache"),
+                 "--batch-size", "100000"]) == 2  # fmt: skip
+    assert "fewer than one step" in capsys.readouterr().err
+    assert sorted(os.listdir(out / "cache")) == sorted(names)  # (the lock file removed, as after any refusal)
+    assert not (out / "tokenizer.json").exists()  # the vocabulary this run trained goes, as before
+
+
 # E. kills check_resume_early (a resume of other documents packed the whole corpus, over a good cache, before it was
 # refused) and corpus_record's cache_key; a checkpoint without it (before 2026-12-07) is compared after packing
 def test_a_resume_of_other_documents_is_refused_before_packing(corpus, tokenizer, tmp_path, monkeypatch, capsys):
