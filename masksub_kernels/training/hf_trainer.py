@@ -44,10 +44,17 @@ gets wrong (a probe's findings, 2026-12-03) made right:
   (hf_layer_decay.py); not with an optimizer given in ``optimizers``, whose groups are the caller's.
 - ``model_init`` (and so ``hyperparameter_search``) is refused: the Trainer would build a new model in ``train()``
   that the MaskSub built here never calls.
-- One process on one device. Under several processes (the Trainer's DistributedDataParallel) both branches would
-  run the model past the DDP wrapper, whose gradients would then not be averaged; with several GPUs in one process
-  (its nn.DataParallel) they would run on one GPU: both refused (a RuntimeError). Multi-GPU MaskSub training:
-  ``ms.wrap_ddp`` and ``ms.train_step`` (docs/training.md), or masksub-train.
+- Several processes (torchrun / accelerate launch; DDP, NCCL or gloo): the model that the Trainer trains is
+  DistributedDataParallel around MaskSub (``_wrap_model``: the Trainer's own DDP would wrap the model, whose
+  forward MaskSub's branches run past, and leave its gradients unaveraged), built with the Trainer's DDP settings
+  (``ddp_find_unused_parameters``, ``ddp_bucket_cap_mb``, ...). It is ``model_wrapped``, and its ``no_sync`` is the
+  one the Trainer enters inside an accumulation window: the gradients are averaged once per optimizer step, as one
+  process's over the ranks' micro-batches (tested, 2 CPU processes). ``self.model`` stays the Hugging Face model:
+  evaluation runs it on every rank (the Trainer gathers), saving is rank 0's. The Trainer seeds every rank's
+  generator alike, so the mask seed each rank draws has its rank folded in (masks differ across ranks, as in
+  masksub-train). Refused: DeepSpeed, FSDP, tensor / context parallelism (they shard or wrap the model in ways
+  MaskSub's branches bypass), and several GPUs in one process (the Trainer's nn.DataParallel would run MaskSub on
+  one GPU): a RuntimeError.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ import inspect
 
 import torch
 
+from .._philox import new_seed
 from .extras import missing_message
 from .hf_layer_decay import check_layer_decay, hf_layer_ids, split_groups_by_layer
 from .schedules import check_holds_mask_token
@@ -102,11 +110,7 @@ class MaskSubTrainer(Trainer):
                 "CUDA_VISIBLE_DEVICES to one GPU"
             )
         if self.args.world_size > 1:
-            raise RuntimeError(
-                f"MaskSubTrainer runs in one process ({self.args.world_size} here): both branches would bypass the "
-                "Trainer's DistributedDataParallel wrapper, whose gradients would then not be averaged; train on "
-                "several GPUs with ms.wrap_ddp and ms.train_step (docs/training.md)"
-            )
+            self._check_distributed()
         if self.args.label_smoothing_factor:
             raise ValueError(
                 "TrainingArguments.label_smoothing_factor acts only in the Trainer's own loss; pass MaskSub's: "
@@ -173,6 +177,53 @@ class MaskSubTrainer(Trainer):
             terms = torch.stack([out["loss_main"], out["loss_sub"]]).detach().float() * share
             self._terms = terms if self._terms is None else self._terms + terms
             self._terms_count += share
+
+    def _check_distributed(self) -> None:
+        """Several processes: DistributedDataParallel only (accelerate's multi-GPU or multi-CPU), which
+        ``_wrap_model`` puts around MaskSub; DeepSpeed, FSDP and tensor / context parallelism shard or wrap the model
+        in ways MaskSub's branches do not go through."""
+        from accelerate.utils import DistributedType
+
+        accelerator = self.accelerator
+        sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled
+        sharded = sharded or getattr(self.args, "parallelism_config", None) is not None
+        sharded = sharded or getattr(self, "is_distributed_loading_by_transformers", False)
+        if sharded or not (accelerator.multi_device or accelerator.distributed_type == DistributedType.MULTI_CPU):
+            raise RuntimeError(
+                f"MaskSubTrainer runs on several processes ({self.args.world_size} here) with DistributedDataParallel "
+                f"only, not {accelerator.distributed_type} (DeepSpeed, FSDP, tensor / context parallelism): MaskSub's "
+                "branches would bypass its wrapper"
+            )
+
+    def _wrap_model(self, model, training: bool = True, dataloader=None):
+        """The Trainer's; for training under several processes, DistributedDataParallel around MaskSub (the
+        Trainer's own would wrap the model, whose forward MaskSub's branches run past it: its gradients would not be
+        averaged). That DDP module is the model the Trainer trains (``model_wrapped``; its ``no_sync`` is the one the
+        Trainer enters inside an accumulation window, so the gradients are averaged once per optimizer step), with
+        the Trainer's DDP settings (``ddp_find_unused_parameters``, ``ddp_bucket_cap_mb``, ...); ``self.model`` stays
+        the Hugging Face model (saving, evaluation), prepared as the one-process run prepares it (its device and
+        mixed precision)."""
+        wrapped = super()._wrap_model(model, training, dataloader)
+        if not training or self.args.world_size <= 1 or wrapped is not self.model:  # (a later train(): DDP kept)
+            return wrapped
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.accelerator.prepare_model(self.model, evaluation_mode=True)
+        device, handler = self.accelerator.device, self.accelerator.ddp_handler
+        device_ids = None if device.type == "cpu" or device.index is None else [device.index]
+        ddp = DistributedDataParallel(self.masksub, device_ids=device_ids, **(handler.to_kwargs() if handler else {}))
+        if handler is not None:
+            handler.register_comm_hook(ddp)
+        return ddp
+
+    def _mask_seed(self) -> int | None:
+        """The sub-branch's mask seed: None (MaskSub draws it from torch's default generator) in one process; under
+        several, that draw with the rank folded in. The Trainer seeds every rank's generator alike
+        (``set_seed(args.seed)``), so each rank would draw the same seed, and its i-th row the same mask as every
+        other rank's i-th row (masksub-train seeds each rank apart, as DeiT does)."""
+        if self.args.world_size <= 1 or not self.masksub.in_training:  # (evaluation draws nothing: no mask)
+            return None
+        return new_seed() ^ self.args.process_index
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """The Trainer's resume, with the weights read back under the model's own names (``_reload_renamed``)."""
@@ -260,13 +311,20 @@ class MaskSubTrainer(Trainer):
             logits = self.masksub(inputs["pixel_values"], branch="main")
         return None, logits.detach(), None
 
+    def _runner(self, model):
+        """What runs MaskSub: the DistributedDataParallel module around it that the Trainer trains (``_wrap_model``),
+        else MaskSub itself (one process; evaluation, which the Trainer runs on the model)."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        return model if isinstance(model, DistributedDataParallel) and model.module is self.masksub else self.masksub
+
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         """MaskSub's joint loss in training; the main criterion and the model's logits in evaluation."""
         if self.masksub.family == "mlm":
             # its branches call the encoder and the head past the model's forward, which is all that the Trainer's
             # mixed precision (accelerate's) wraps: without this, bf16=True / fp16=True trained in fp32 (helper-249)
             with self.accelerator.autocast():
-                out = self.masksub(inputs)
+                out = self._runner(model)(inputs, seed=self._mask_seed())
             self._track_terms(out)
             return (out["loss"], {k: v for k, v in out.items() if k != "loss"}) if return_outputs else out["loss"]
         if "pixel_values" not in inputs or "labels" not in inputs:
@@ -280,7 +338,7 @@ class MaskSubTrainer(Trainer):
             raise ValueError(
                 f"MaskSubTrainer needs batches with 'pixel_values' and 'labels'; got {sorted(inputs)}{hint}"
             )
-        out = self.masksub(inputs["pixel_values"], inputs["labels"])
+        out = self._runner(model)(inputs["pixel_values"], inputs["labels"], seed=self._mask_seed())
         self._track_terms(out)
         return (out["loss"], {"logits": out["logits"]}) if return_outputs else out["loss"]
 
