@@ -102,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from these weights (timm, MAE, OpenAI / OpenCLIP CLIP or masksub-train file)",
     )
     g.add_argument(
+        "--require-initial-checkpoint",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="refuse to start without --initial-checkpoint (or --resume): the fine-tuning recipes set it, as "
+        "their settings (e.g. --lr 1e-5) are for pretrained weights; --no-require-initial-checkpoint trains such a "
+        "recipe from random weights",
+    )
+    g.add_argument(
         "--head-init-scale",
         type=float,
         default=None,

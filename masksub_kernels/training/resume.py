@@ -36,6 +36,7 @@ _UNCHECKED = (
     *("img_size", "head_init_scale"),
     *("deterministic", "rates_passed_at_zero"),  # the bits of a GPU run, not its training; a checkpoint's mark
     "lr_global_batch",  # a note's reference, not what trains
+    "require_initial_checkpoint",  # a check before the start (--resume satisfies it)
 )
 
 

@@ -355,6 +355,14 @@ def check_args(args) -> None:
         raise UsageError(f"--mean / --std need as many numbers each and std > 0, got {args.mean} / {args.std}")
     if args.scale is not None and not 0 < args.scale[0] <= args.scale[1] <= 1:
         raise UsageError(f"--scale is a crop-area range 0 < min <= max <= 1, got {args.scale}")
+    if args.require_initial_checkpoint and args.initial_checkpoint is None and args.resume is None:
+        # (helper-270: deit3_finetune's ViT-B trained from random weights at lr 1e-5, silently)
+        where = f"--config {args.config!r} fine-tunes" if args.config is not None else "this run fine-tunes"
+        raise UsageError(
+            f"{where} pretrained weights (require-initial-checkpoint): pass --initial-checkpoint FILE (the "
+            "weights to start from: a timm, MAE, CLIP or masksub-train file), or --no-require-initial-checkpoint to "
+            "train from random weights"
+        )
     if args.head_init_scale is not None and args.initial_checkpoint is None:
         raise UsageError(
             "--head-init-scale (given, or set by --config FILE) scales the classifier left at initialisation by "

@@ -103,6 +103,35 @@ def test_deit3_finetune_from_the_pretraining_checkpoint(tmp_path, capsys):
     assert pre["module"]["model.pos_embed"].shape[1] == 9 and ckpt["module"]["model.pos_embed"].shape[1] == 16
 
 
+FINETUNE = ("deit3_finetune", "mae_finetune", "clip_finetune")
+
+
+@pytest.mark.parametrize("name", FINETUNE)
+def test_finetune_recipes_refuse_to_start_from_random_weights(tmp_path, capsys, name):
+    # helper-270: deit3_finetune without --initial-checkpoint trained a ViT-B from random weights at lr 1e-5, silently
+    # (MAE / CLIP refused only through --head-init-scale's check)
+    assert main(["--config", _recipe(name), *SHRINK[name], *TWO_STEPS, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"masksub-train: error: --config {_recipe(name)!r} fine-tunes pretrained weights"), err
+    assert "pass --initial-checkpoint FILE" in err and "--no-require-initial-checkpoint" in err
+    assert not os.path.exists(tmp_path / "out" / "last.pth")
+
+
+def test_only_the_finetune_recipes_require_an_initial_checkpoint(tmp_path, capsys):
+    for name in sorted(SHRINK):
+        ns = parse_args_with_config(build_parser(), ["--config", _recipe(name)])
+        assert ns.require_initial_checkpoint is (name in FINETUNE), name
+    assert build_parser().parse_args([]).require_initial_checkpoint is False
+    # the way out: deliberately from random weights (deit3_finetune sets no --head-init-scale)
+    _smoke(tmp_path, "deit3_finetune", "--no-require-initial-checkpoint")
+    # --resume satisfies it (the weights are the checkpoint's), and the option is no change of the run
+    last = str(tmp_path / "deit3_finetune" / "last.pth")
+    argv = ["--config", _recipe("deit3_finetune"), *SHRINK["deit3_finetune"], *TWO_STEPS, "--epochs", "2"]
+    capsys.readouterr()
+    assert main([*argv, "--resume", last]) == 0
+    assert "other options than the checkpoint's" not in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Synthetic pretrained checkpoints (no downloads): a tiny timm model's weights in the MAE / OpenAI-CLIP layouts
 # ---------------------------------------------------------------------------------------------------------------
