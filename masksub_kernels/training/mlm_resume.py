@@ -80,7 +80,20 @@ def check_resume_early(args, state: dict, world: int, tokenizer_sha256: str, key
         changed.append(f"the corpus ({_where(args, corpus)}: {corpus.get('documents')} -> {documents} documents; "
                        "other text)")  # fmt: skip
     if changed:
-        raise UsageError(f"--resume {args.resume!r} continues another run: {'; '.join(changed)}")
+        raise _another_run(args, changed)
+
+
+def _another_run(args, changed: list[str]) -> UsageError:
+    """The refusal of a resume of another run: where options differ (helper-270: `--resume PATH` alone listed the
+    defaults against the checkpoint's values, with no word that a resume repeats the run's options), it says so."""
+    options = [change for change in changed if change.startswith("--")]
+    if not options:
+        return UsageError(f"--resume {args.resume!r} continues another run: {'; '.join(changed)}")
+    return UsageError(
+        f"--resume {args.resume!r} continues another run: its options differ from this command's (the checkpoint's "
+        f"-> this command's): {'; '.join(changed)}. A resume repeats the run's options (its command line: log.json's "
+        "meta.command) with --resume added"
+    )
 
 
 def check_resume(args, state: dict, world: int, sizes: dict) -> None:
@@ -99,7 +112,7 @@ def check_resume(args, state: dict, world: int, sizes: dict) -> None:
         )  # fmt: skip
         changed.append(f"the corpus ({_where(args, corpus)}: {counts}; other text{spread})")
     if changed:
-        raise UsageError(f"--resume {args.resume!r} continues another run: {'; '.join(changed)}")
+        raise _another_run(args, changed)
     if state["step"] >= (args.stop_at or args.steps):
         raise UsageError(f"--resume {args.resume!r} is at step {state['step']}: nothing left to train")
 

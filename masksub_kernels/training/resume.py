@@ -125,7 +125,10 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
     built = [n for n in built if old[n] != getattr(args, n)]
     if built:
         diffs = ", ".join(f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in built)
-        raise UsageError(f"checkpoint {args.resume!r} was trained otherwise: {diffs}; resume it with its options")
+        raise UsageError(
+            f"checkpoint {args.resume!r} was trained otherwise: {diffs}; resume it with its options (a resume repeats "
+            "the run's options, log.json's meta.command, with --resume added)"
+        )
     if "opt" in old and str(old["opt"]).lower() != args.opt.lower():  # its moments are another optimizer's
         raise UsageError(
             f"checkpoint {args.resume!r} was trained with --opt {old['opt']}: resume it with the same optimizer "
@@ -156,7 +159,8 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
         what = "--baseline " if args.baseline else ""
         raise UsageError(
             f"checkpoint {args.resume!r} does not fit this {what}model ({args.model} {args.model_kwargs}): resume "
-            f"with the options it was trained with (--model, --model-kwargs, --fc-norm, ...). {_first_lines(str(exc))}"
+            "with the options it was trained with (--model, --model-kwargs, --fc-norm, ...: a resume repeats the run's "
+            f"options, log.json's meta.command, with --resume added). {_first_lines(str(exc))}"
         ) from exc
     try:
         s.optimizer.load_state_dict(ckpt["optimizer"])

@@ -142,7 +142,19 @@ def test_errors_on_files(corpus, tokenizer, tmp_path, capsys):
                  "--eval-every", "1"]) == 0  # fmt: skip
     wider = [a if a != "16" else "32" for a in TINY]  # width 32 (and seq-len 32): another model
     assert main(["--data-dir", corpus, *wider, "--tokenizer", tokenizer, "--resume", f"{out}/last.pth"]) == 2
-    assert "continues another run: --seq-len 16 -> 32; --width 16 -> 32" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (
+        "continues another run: its options differ from this command's (the checkpoint's -> this command's): "
+        "--seq-len 16 -> 32; --width 16 -> 32. A resume repeats the run's options" in err
+    ), err
+    # helper-270: --resume alone (the run's options left out: the defaults) said "continues another run", listing the
+    # defaults against the checkpoint's values, and nowhere that a resume repeats the run's options
+    assert main(["--data-dir", corpus, "--tokenizer", tokenizer, "--resume", f"{out}/last.pth"]) == 2
+    err = capsys.readouterr().err
+    assert "its options differ from this command's (the checkpoint's -> this command's): " in err, err
+    assert "--seq-len 16 -> 64" in err and err.rstrip().endswith(
+        "A resume repeats the run's options (its command line: log.json's meta.command) with --resume added"
+    ), err
     resume = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--resume", f"{out}/last.pth"]
     assert main([*resume, "--seed", "1"]) == 2
     assert "--seed 0 -> 1" in capsys.readouterr().err

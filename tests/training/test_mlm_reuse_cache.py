@@ -117,7 +117,7 @@ def test_a_resume_reusing_the_cache_with_another_option_is_the_resumes_error(cor
     resume = ["--reuse-block-cache", "--resume", str(tmp_path / "run" / "last.pth"), "--seq-len", "24"]
     assert main([*common, *resume]) == 2
     err = capsys.readouterr().err
-    assert "continues another run: --seq-len 16 -> 24" in err and "other settings" not in err, err
+    assert "(the checkpoint's -> this command's): --seq-len 16 -> 24" in err and "other settings" not in err, err
 
 
 @pytest.fixture(scope="module", name="prepared")

@@ -182,7 +182,8 @@ def test_bad_checkpoints(tmp_path, capsys):
     assert main([*TINY_VIT, *QUICK, "--epochs", "1", "--output", out]) == 0
     last = os.path.join(out, "last.pth")
     wider = [*TINY_VIT[:6], "embed_dim=32", *TINY_VIT[7:]]
-    assert "does not fit this model" in _error(tmp_path, capsys, *wider, "--epochs", "2", "--resume", last)
+    err = _error(tmp_path, capsys, *wider, "--epochs", "2", "--resume", last)
+    assert "does not fit this model" in err and "a resume repeats the run's options" in err
     assert "does not fit this --baseline model" in _error(
         tmp_path, capsys, *TINY_VIT, "--baseline", "--epochs", "2", "--resume", last
     )
@@ -209,6 +210,7 @@ def test_bad_checkpoints(tmp_path, capsys):
     assert main([*TINY_VIT, "--epochs", "2", "--freeze-patch-embed", "--resume", last, "--output", out]) == 2
     err = capsys.readouterr().err  # after the freeze's own line
     assert "error: checkpoint" in err and "was trained otherwise: --freeze-patch-embed False -> True" in err
+    assert "a resume repeats the run's options, log.json's meta.command, with --resume added" in err  # helper-270
 
 
 def test_resume_takes_the_command_lines_optimizer_settings(tmp_path, capsys):
