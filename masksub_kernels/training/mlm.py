@@ -230,7 +230,8 @@ def check_batch(batch: Any, need_labels: bool, parts: MLMParts | None = None) ->
             return  # RoBERTa numbers the tokens that are not padding: the rows fit (read on the host, this path only)
         raise ValueError(
             f"sequences of {input_ids.shape[1]} tokens are longer than the model's {longest} positions "
-            "(max_position_embeddings): cut them (e.g. --seq-len) or use a model with more positions"
+            f"(max_position_embeddings): truncate the sequences to {longest} tokens (masksub-train-mlm: --seq-len) or "
+            "use a model with more positions"
         )
 
 
@@ -294,10 +295,12 @@ def sub_branch(
     except ValueError as exc:  # CPU tensors: the op's check, in the terms of the mlm family's options
         if "always_keep" not in str(exc):
             raise
+        counts = always_keep.sum(dim=1)  # (CPU tensors: the op's own check read them already)
         raise ValueError(
-            f"MaskSub mlm: mask_ratio={mask_ratio} keeps K={num_keep} of {length} tokens per row, but a row has more "
-            f"predicted + special tokens than that, all of which the sub-branch must keep: lower mask_ratio (or "
-            f"predict fewer tokens). ({exc})"
+            f"MaskSub mlm: mask_ratio={mask_ratio} keeps K={num_keep} of {length} tokens per row, but row "
+            f"{int(counts.argmax())} has {int(counts.max())} predicted + special tokens, all of which the sub-branch "
+            f"must keep: cap them with mlm_corrupt(..., max_kept={num_keep}) (masksub_kernels.training.mlm), or lower "
+            "mask_ratio, or predict fewer tokens"
         ) from exc
     slot_valid = None
     if attention_mask is not None:  # row b uses its first K_b slots (module docstring)

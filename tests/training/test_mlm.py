@@ -230,6 +230,10 @@ def test_sequences_longer_than_the_position_embeddings_are_refused(build, longes
     too_long = make_batch(length=longest + 1)
     with pytest.raises(ValueError, match=f"sequences of {longest + 1} tokens are longer than the model's {longest}"):
         ms(too_long)
+    with pytest.raises(
+        ValueError, match=rf"truncate the sequences to {longest} tokens \(masksub-train-mlm: --seq-len\)"
+    ):
+        ms(too_long)  # helper-270: a library error, not only the command's option
     with pytest.raises(ValueError, match="max_position_embeddings"):
         ms.train_step(too_long, None, optimizer)
     if build is tiny_roberta:  # its positions count the tokens that are not padding: padded past the limit, fits
@@ -442,8 +446,12 @@ def test_more_predicted_tokens_than_the_sub_branch_keeps_is_refused():
     ms = MaskSub(tiny_bert(), mask_ratio=0.75)
     batch = make_batch(batch=2, seed=4)
     batch["labels"][0] = batch["input_ids"][0]  # every position predicted
-    with pytest.raises(ValueError, match=r"mask_ratio=0.75 keeps K=\d+ of \d+ tokens per row.*lower mask_ratio"):
+    with pytest.raises(ValueError, match=r"mask_ratio=0.75 keeps K=\d+ of \d+ tokens per row.*lower mask_ratio") as e:
         ms(batch, branch="sub", seed=1)
+    # helper-270: the documented fix named, not the op's own "(unvalidated, ...)" note
+    keep = mk.num_kept_tokens(batch["input_ids"].shape[1], 0.75)
+    assert f"row 0 has {batch['input_ids'].shape[1]} predicted + special tokens" in str(e.value)
+    assert f"mlm_corrupt(..., max_kept={keep})" in str(e.value) and "unvalidated" not in str(e.value)
 
 
 def test_readme_bert_snippet_runs():
