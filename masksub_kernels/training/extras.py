@@ -1,6 +1,6 @@
 """The optional packages each part of the training layer needs, checked before any work: a missing one is a
-one-line error naming the pip extra that brings it (helper-231: they were tracebacks, ModuleNotFoundError, or
-transformers' "Could not import module 'Trainer'" without a word of accelerate)."""
+one-line error naming the pip extra that brings it, installed from the checkout (helper-231: they were tracebacks,
+ModuleNotFoundError, or transformers' "Could not import module 'Trainer'" without a word of accelerate)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,18 @@ __all__ = ["missing_message", "require"]
 
 
 def missing_message(what: str, modules: tuple[str, ...], extra: str) -> str | None:
-    """'<what> needs <the missing modules> (pip install "masksub_kernels[<extra>]")', or None when every one of
-    ``modules`` (import names) is installed."""
+    """'<what> needs <the missing modules>: pip install --no-build-isolation '.[<extra>]' in the checkout ...', or
+    None when every one of ``modules`` (import names) is installed."""
     missing = [name for name in modules if not _installed(name)]
     if not missing:
         return None
     names = {"sklearn": "scikit-learn"}  # pip's name where it is not the import's
     listed = ", ".join(names.get(name, name) for name in missing)
-    return f"{what} needs {listed}, not installed: pip install 'masksub_kernels[{extra}]' (or pip install {listed})"
+    # the package is installed from its checkout (README), not from an index that knows its name (helper-270)
+    return (
+        f"{what} needs {listed}, not installed: pip install --no-build-isolation '.[{extra}]' in the masksub_kernels "
+        f"checkout (or pip install {listed})"
+    )
 
 
 def require(what: str, modules: tuple[str, ...], extra: str) -> None:

@@ -16,7 +16,11 @@ def test_the_message_names_what_is_missing_and_its_extra(monkeypatch):
     assert extras.missing_message("x", ("torch", "sys"), "train") is None
     message = extras.missing_message("the thing", ("torch", "no_such_module_masksub", "sklearn"), "train")
     assert message.startswith("the thing needs no_such_module_masksub, ")  # sklearn installed here: not named
-    assert "pip install 'masksub_kernels[train]' (or pip install no_such_module_masksub)" in message
+    # helper-270: named 'masksub_kernels[train]', which no index serves: the package installs from its checkout
+    assert (
+        "pip install --no-build-isolation '.[train]' in the masksub_kernels checkout (or pip install "
+        "no_such_module_masksub)" in message
+    )
     monkeypatch.setitem(sys.modules, "sklearn", None)  # an entry of None: importing it fails
     assert "needs scikit-learn," in extras.missing_message("y", ("sklearn",), "train")  # pip's name, not the import's
     # an imported stand-in without __spec__ (find_spec raises ValueError) is installed (helper-234: called missing)
@@ -28,10 +32,10 @@ def test_the_message_names_what_is_missing_and_its_extra(monkeypatch):
     ("command", "absent", "message"),
     [
         ("train", "timm", "masksub-train: error: the image training command needs timm, not installed: pip install "
-         "'masksub_kernels[train]'"),
+         "--no-build-isolation '.[train]'"),
         ("train", "sklearn", "masksub-train: error: the digits data set (no --data-dir) needs scikit-learn"),
         ("mlm", "tokenizers", "masksub-train-mlm: error: the masked-LM command needs tokenizers, not installed: pip "
-         "install 'masksub_kernels[text]'"),
+         "install --no-build-isolation '.[text]'"),
     ],
 )  # fmt: skip
 def test_the_commands_refuse_to_start_without_their_packages(tmp_path, capsys, monkeypatch, command, absent, message):
@@ -59,6 +63,7 @@ def test_the_trainer_without_accelerate_says_so():
     pytest.importorskip("transformers")
     run = subprocess.run([sys.executable, "-c", BLOCKER], capture_output=True, text=True, timeout=300)
     assert run.returncode == 1
-    assert "ImportError: MaskSubTrainer needs accelerate, not installed: pip install 'masksub_kernels[text]'" in (
-        run.stderr
+    assert (
+        "ImportError: MaskSubTrainer needs accelerate, not installed: pip install --no-build-isolation '.[text]'"
+        in (run.stderr)
     )
