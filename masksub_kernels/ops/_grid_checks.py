@@ -32,12 +32,13 @@ def _grid_size(grid_size) -> tuple[int, int]:
 def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int, int, int]:
     """(S, G_h, G_w) for an H x W map of cells of S = ``cell_size``; cells that do not tile it: an error (no crop)."""
     cell_size = _check_int("cell_size", cell_size)
+    verb = "are" if what.endswith("s") else "is"  # "images of 64 x 60 are", "the map of ... is" (helper-270)
     if 0 < min(height, width) < cell_size:  # (helper-149: "16 x 16 is not divisible by cell_size=32" said less)
-        raise ValueError(f"{what} of {height} x {width} is smaller than one cell of cell_size={cell_size}")
+        raise ValueError(f"{what} of {height} x {width} {verb} smaller than one cell of cell_size={cell_size}")
     if height % cell_size or width % cell_size:
         raise ValueError(
-            f"{what} of {height} x {width} is not divisible by cell_size={cell_size}: resize or crop to a multiple "
-            "of the cell size (grid masks never crop silently)"
+            f"{what} of {height} x {width} {verb} not divisible by cell_size={cell_size}: resize or crop to a "
+            "multiple of the cell size (grid masks never crop silently)"
         )
     cells = (height // cell_size) * (width // cell_size)
     if cells > MAX_TOKENS:  # (helper-246: "num_cells must be in [1, 8192]" named no way out)

@@ -267,8 +267,12 @@ def test_the_internal_ops_refuse_a_bad_cell_mask_on_every_backend(backend, cell_
 
 
 def test_an_image_smaller_than_a_cell_is_named_so():
-    with pytest.raises(ValueError, match="images of 16 x 16 is smaller than one cell of cell_size=32"):
+    with pytest.raises(ValueError, match="images of 16 x 16 are smaller than one cell of cell_size=32"):
         mk.mask_image_grid(torch.zeros(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="images of 64 x 60 are not divisible by cell_size=32"):  # helper-270: "is"
+        mk.mask_image_grid(torch.zeros(2, 3, 64, 60))
+    with pytest.raises(ValueError, match="tokens grid of 16 x 12 is not divisible by cell_size=8"):
+        mk.mask_tokens_grid(torch.zeros(2, 16, 12, 4), torch.zeros(4))
 
 
 def test_grid_extent_bound_is_exact():
