@@ -33,7 +33,7 @@ from torch import nn
 from .hf_vit import hf_vit_sub_logits, is_hf_vit
 from .vit_relpos import is_relpos_vit, relpos_sub_logits
 
-__all__ = ["is_eva", "is_vit", "vit_sub_logits", "vit_token_grid"]
+__all__ = ["check_vit_images", "is_eva", "is_vit", "vit_sub_logits", "vit_token_grid"]
 
 
 def is_vit(model: nn.Module) -> bool:
@@ -58,6 +58,18 @@ def vit_token_grid(model: nn.Module) -> tuple[int, int] | None:
     """The patch grid (H/p, W/p) at the model's configured image size, or None when it is dynamic."""
     grid = getattr(model.patch_embed, "grid_size", None)
     return tuple(grid) if grid is not None else None
+
+
+def check_vit_images(model: nn.Module, images: torch.Tensor, mask_ratio: float) -> None:
+    """The wrapper's forward on a timm model of the vit family: images of a size it refuses (another than a strict
+    patch embedding's, one its patches do not tile) or whose grid leaves the sub-branch no token (``mask_ratio``; 0
+    in eval mode) are families.check_input_size's ValueError, as masksub-train's, where timm's patch embedding
+    asserts bare (helper-270). Shapes and the model's settings only: no host sync. transformers' ViTs check their
+    own sizes (a ValueError)."""
+    if not is_hf_vit(model):
+        from .families import check_input_size
+
+        check_input_size("vit", model, tuple(images.shape[-2:]), None, mask_ratio)
 
 
 def _blocks(model: nn.Module, x: torch.Tensor, **kwargs) -> torch.Tensor:

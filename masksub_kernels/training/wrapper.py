@@ -41,7 +41,7 @@ from .pixel import pixel_sub_logits
 from .schedules import CheckedOptimizers
 from .swin import swin_embed_dim, swin_sub_logits
 from .variants import sub_drop_path, sub_dropout
-from .vit import vit_sub_logits
+from .vit import check_vit_images, vit_sub_logits
 from .vit_relpos import is_relpos_vit
 from .vit_relpos import prepare as prepare_relpos
 
@@ -398,14 +398,9 @@ class MaskSub(nn.Module):
 
         if self._mlm is not None:
             return mlm.masksub_terms(
-                self._mlm,
-                main_logits,
-                sub_logits,
-                main_weight=self.main_weight,
-                sub_weight=self.sub_weight,
-                label_smoothing=self.label_smoothing,
-                chunk_rows=self.chunk_rows,
-            )
+                self._mlm, main_logits, sub_logits, main_weight=self.main_weight, sub_weight=self.sub_weight,
+                label_smoothing=self.label_smoothing, chunk_rows=self.chunk_rows,
+            )  # fmt: skip
 
         self._check_classes(main_logits)
         return mk.masksub_loss(
@@ -485,6 +480,8 @@ class MaskSub(nn.Module):
         elif self.in_training and self.family in ("pixel", "swin") and images.dim() == 4:
             # likewise a CNN, and a timm Swin of a non-strict image size (helper-149: its main branch ran first)
             check_input_size(self.family, self.inner_model, tuple(images.shape[-2:]), self.cell_size, self.mask_ratio)
+        elif self.family == "vit":  # a size timm's patch embedding would refuse with a bare AssertionError
+            check_vit_images(self.inner_model, images, self.mask_ratio if self.in_training else 0.0)
         if branch == "main":
             return logits_of(self.model(images, **self.model_kwargs), images.shape[0])
         if branch == "sub":
@@ -505,10 +502,9 @@ class MaskSub(nn.Module):
     def _check_images(self, images) -> None:
         """The image families take a tensor of images (a mapping is a Hugging Face batch: the mlm family's)."""
         if not isinstance(images, torch.Tensor):
-            hint = " (a batch mapping is for a Hugging Face masked-LM model: family 'mlm')" * isinstance(
-                images, Mapping
-            )
-            if isinstance(images, Mapping) and type(self.inner_model).__name__.endswith("ForMaskedLM"):
+            mapping = isinstance(images, Mapping)
+            hint = " (a batch mapping is for a Hugging Face masked-LM model: family 'mlm')" * mapping
+            if mapping and type(self.inner_model).__name__.endswith("ForMaskedLM"):
                 hint = (  # a masked LM of another structure (DistilBERT, ALBERT, ...): the family's own refusal
                     f" ({type(self.inner_model).__name__} is a masked LM, but family 'mlm' takes BERT structure (bert "
                     "+ cls.predictions) or RoBERTa structure (roberta + lm_head) only)"

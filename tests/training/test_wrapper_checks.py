@@ -59,6 +59,27 @@ def test_eval_mode_takes_images_the_cells_cannot_mask():
         ms.train()(images, torch.tensor([0, 1]))
 
 
+def test_a_timm_vit_refuses_images_of_another_size_with_the_commands_message():
+    # helper-270: MaskSub(timm ViT)(images of another size, y) raised timm's bare AssertionError ("Input height (48)
+    # doesn't match model (32).") where masksub-train's check_input_size says what to do; every branch and mode
+    from masksub_kernels.training.vit import check_vit_images
+
+    ms, y = MaskSub(tiny_vit()), torch.tensor([0, 1])
+    built = r"the model is built for \(32, 32\) images and refuses \(48, 48\) \(a strict image size\): build it with"
+    with pytest.raises(ValueError, match=built):
+        ms.train()(torch.randn(2, 3, 48, 48), y)
+    for branch in ("main", "sub"):
+        with pytest.raises(ValueError, match=built):
+            ms(torch.randn(2, 3, 48, 48), branch=branch, seed=0)
+    with pytest.raises(ValueError, match=built):
+        ms.eval()(torch.randn(2, 3, 48, 48))
+    dynamic = MaskSub(tiny_vit(dynamic_img_size=True)).train()
+    assert dynamic(torch.randn(2, 3, 48, 48), y)["loss"].isfinite()  # a size it takes: no refusal
+    with pytest.raises(ValueError, match=r"image size \(36, 36\) is not divisible by the ViT patch size \(8, 8\)"):
+        dynamic(torch.randn(2, 3, 36, 36), y)
+    check_vit_images(tiny_vit(), torch.empty(2, 3, 32, 32, device="meta"), 0.5)  # shapes only: no value is read
+
+
 def _tiny_bert():
     import transformers
 
