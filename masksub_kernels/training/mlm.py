@@ -22,6 +22,7 @@ in ascending sort-key order (always-kept, then random, then padding), so slot j 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -262,6 +263,23 @@ def main_hidden(parts: MLMParts, batch) -> torch.Tensor:
         token_type_ids=batch.get("token_type_ids"),
     )
     return parts.transform(out.last_hidden_state)
+
+
+NO_SPECIAL_MASK = (
+    "MaskSub mlm: a batch without 'special_tokens_mask' reached the sub-branch, which then drops [CLS] / [SEP] like "
+    "any other token (it always keeps only the predicted positions; [PAD] is read from attention_mask). "
+    "transformers' DataCollatorForLanguageModeling drops the mask, as does the plain Trainer's column filter "
+    "(MaskSubTrainer keeps it): put it back, e.g. batch['special_tokens_mask'] = torch.isin(batch['input_ids'], "
+    "torch.tensor(tokenizer.all_special_ids)), to keep them (docs/training.md, the mlm family). Warned once per MaskSub"
+)
+
+
+def warn_no_special_mask(owner: nn.Module, batch) -> None:
+    """A UserWarning, once per ``owner`` (the MaskSub), when ``batch`` has no special_tokens_mask (helper-270: the
+    sub-branch dropped [CLS] / [SEP] silently). A dictionary lookup on the host: no sync."""
+    if batch.get("special_tokens_mask") is None and not getattr(owner, "_warned_no_special_mask", False):
+        object.__setattr__(owner, "_warned_no_special_mask", True)
+        warnings.warn(NO_SPECIAL_MASK, UserWarning, stacklevel=3)
 
 
 def sub_branch(

@@ -443,6 +443,8 @@ class MaskSub(nn.Module):
         """Logits of the sub-branch: the ops' mask for ``seed`` (None: drawn here from torch's default generator; a
         tensor, one int64 on the images' device: read on the device). A compiled sub-branch gets a tensor (an int is a
         symbolic int there, per whose value reduce-overhead records a new CUDA graph: helper-249; same mask)."""
+        if self._mlm is not None:  # (before a compiled sub-branch: a warning there would break its graph)
+            mlm.warn_no_special_mask(self, images)
         if not isinstance(seed, torch.Tensor):
             seed = new_seed(seed, SEED_TYPES)
         if self.model is self.inner_model:
