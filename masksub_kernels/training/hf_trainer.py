@@ -99,10 +99,13 @@ class MaskSubTrainer(Trainer):
                 "builds a new model in train() while MaskSub wraps the one built here, so nothing would train; "
                 "build the model and pass it as model="
             )
-        if self.args.torch_compile:
+        dynamo = getattr(getattr(self.accelerator.state, "dynamo_plugin", None), "backend", None)
+        if self.args.torch_compile or str(getattr(dynamo, "value", dynamo or "NO")).upper() != "NO":
+            # (accelerate's dynamo backend, from accelerate launch's --dynamo_backend, its config or the
+            # environment, compiles the model as torch_compile does: helper-276)
             raise ValueError(
-                "TrainingArguments.torch_compile compiles the model the Trainer calls, not the one MaskSub calls: "
-                "give MaskSubTrainer torch.compile(model) instead"
+                "TrainingArguments.torch_compile (or accelerate's dynamo backend) compiles the model the Trainer "
+                "calls, not the one MaskSub calls: give MaskSubTrainer torch.compile(model) instead"
             )
         if self.args.n_gpu > 1:  # the Trainer's nn.DataParallel: MaskSub would run the bare model on one GPU
             raise RuntimeError(
@@ -158,7 +161,9 @@ class MaskSubTrainer(Trainer):
         step's mean over its micro-batches (a short last window of an epoch included), and over the processes where
         the Trainer gathers its loss (``nested_gather``); read from the device once, where the Trainer reads its
         own. (``loss`` is ``main_weight * loss_main + sub_weight * loss_sub``, but for the Trainer's
-        ``logging_nan_inf_filter``, which replaces a non-finite step's loss: the terms keep it.)"""
+        ``logging_nan_inf_filter``, which replaces a non-finite step's loss: the terms keep it.) Under several
+        processes the gather is a collective, as the Trainer's own: a log with ``loss`` made on one rank alone (not
+        the Trainer's, which logs on every rank) would wait for the others."""
         if "loss" in logs and self._terms is not None:
             from transformers.trainer_pt_utils import nested_gather
 
@@ -183,16 +188,29 @@ class MaskSubTrainer(Trainer):
         ``_wrap_model`` puts around MaskSub; DeepSpeed, FSDP and tensor / context parallelism shard or wrap the model
         in ways MaskSub's branches do not go through."""
         from accelerate.utils import DistributedType
+        from transformers.trainer import is_sagemaker_dp_enabled, is_sagemaker_mp_enabled
 
         accelerator = self.accelerator
         sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled
         sharded = sharded or getattr(self.args, "parallelism_config", None) is not None
         sharded = sharded or getattr(self, "is_distributed_loading_by_transformers", False)
+        sharded = sharded or is_sagemaker_dp_enabled() or is_sagemaker_mp_enabled()  # (their own wrappers)
         if sharded or not (accelerator.multi_device or accelerator.distributed_type == DistributedType.MULTI_CPU):
             raise RuntimeError(
                 f"MaskSubTrainer runs on several processes ({self.args.world_size} here) with DistributedDataParallel "
-                f"only, not {accelerator.distributed_type} (DeepSpeed, FSDP, tensor / context parallelism): MaskSub's "
-                "branches would bypass its wrapper"
+                f"only, not {accelerator.distributed_type} (DeepSpeed, FSDP, SageMaker, tensor / context "
+                "parallelism): MaskSub's branches would bypass its wrapper"
+            )
+        checkpointing = self.args.gradient_checkpointing_kwargs
+        reentrant = isinstance(checkpointing, dict) and checkpointing.get("use_reentrant", False)
+        if self.args.gradient_checkpointing and reentrant and not self.args.ddp_static_graph:
+            # MaskSub runs the model twice in one DDP forward: reentrant checkpointing hands DDP each parameter's
+            # gradient twice ("Expected to mark a variable ready only once"; the plain Trainer runs it once)
+            raise RuntimeError(
+                "MaskSubTrainer under several processes takes gradient checkpointing without use_reentrant=True "
+                "(transformers' default is use_reentrant=False): MaskSub runs the model twice in one "
+                "DistributedDataParallel forward, which reentrant checkpointing breaks; or set ddp_static_graph=True "
+                "(gradient_accumulation_steps=1 only: static graphs fail with accumulation, in the plain Trainer too)"
             )
 
     def _wrap_model(self, model, training: bool = True, dataloader=None):
@@ -203,10 +221,14 @@ class MaskSubTrainer(Trainer):
         the Trainer's DDP settings (``ddp_find_unused_parameters``, ``ddp_bucket_cap_mb``, ...); ``self.model`` stays
         the Hugging Face model (saving, evaluation), prepared as the one-process run prepares it (its device and
         mixed precision)."""
-        wrapped = super()._wrap_model(model, training, dataloader)
-        if not training or self.args.world_size <= 1 or wrapped is not self.model:  # (a later train(): DDP kept)
-            return wrapped
         from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = super()._wrap_model(model, training, dataloader)
+        ours = isinstance(wrapped, DistributedDataParallel) and wrapped.module is self.masksub
+        if not training or self.args.world_size <= 1 or ours:  # (ours: a later train() keeps its DDP)
+            return wrapped
+        # (anything else, the Hugging Face model or a copy of it that an earlier evaluate() left as model_wrapped,
+        # is not what the loss goes through: without this DDP no gradient would be averaged, helper-276)
 
         self.accelerator.prepare_model(self.model, evaluation_mode=True)
         device, handler = self.accelerator.device, self.accelerator.ddp_handler

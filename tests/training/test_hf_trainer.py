@@ -104,11 +104,23 @@ def test_settings_it_cannot_honour_are_refused(tmp_path, monkeypatch):
         MaskSubTrainer(model=model, args=_args(tmp_path), compute_loss_func=lambda outputs, labels, **_: 0.0)
     with pytest.raises(ValueError, match=r"give MaskSubTrainer torch.compile\(model\) instead"):
         MaskSubTrainer(model=model, args=_args(tmp_path, torch_compile=True, torch_compile_backend="eager"))
+    with monkeypatch.context() as env:  # accelerate launch --dynamo_backend's, its config's (helper-276)
+        env.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
+        with pytest.raises(ValueError, match=r"accelerate's dynamo backend\) compiles the model the Trainer calls"):
+            MaskSubTrainer(model=model, args=_args(tmp_path), train_dataset=_data(4, 0))
     # several processes: DistributedDataParallel only (test_hf_trainer_ddp.py); here accelerate's state is one
     # process's, as under DeepSpeed, FSDP or tensor parallelism it is not DDP's
     monkeypatch.setattr(transformers.TrainingArguments, "world_size", property(lambda self: 2))
     with pytest.raises(RuntimeError, match="with DistributedDataParallel only, not"):
         MaskSubTrainer(model=model, args=_args(tmp_path), train_dataset=_data(4, 0))
+    # reentrant checkpointing hands DDP each gradient twice (MaskSub's two runs of the model in one forward)
+    from accelerate import Accelerator
+
+    monkeypatch.setattr(Accelerator, "multi_device", property(lambda self: True))
+    checkpointing = {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": True}}
+    with pytest.raises(RuntimeError, match="takes gradient checkpointing without use_reentrant=True"):
+        MaskSubTrainer(model=model, args=_args(tmp_path, **checkpointing), train_dataset=_data(4, 0))
+    MaskSubTrainer(model=model, args=_args(tmp_path, **checkpointing, ddp_static_graph=True))  # (its way out)
     monkeypatch.setattr(transformers.TrainingArguments, "n_gpu", property(lambda self: 2))  # its nn.DataParallel
     with pytest.raises(RuntimeError, match="MaskSubTrainer runs on one device"):
         MaskSubTrainer(model=model, args=_args(tmp_path), train_dataset=_data(4, 0))
