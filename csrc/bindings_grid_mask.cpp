@@ -1,6 +1,7 @@
 // masksub_kernels._C: the bindings of the grid masks (masksub_kernels/ops/grid_mask.py, token_grid_mask.py).
 // The checks they share and the module: bindings.h, bindings.cpp.
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "bindings.h"
@@ -41,7 +42,8 @@ void check_fill_value(double fill_value, at::ScalarType dtype) {
 // A B x H x W map cut into S x S cells: S >= 1 and H, W multiples of S.
 void check_cells(int64_t H, int64_t W, int64_t S, const char* map) {
   TORCH_CHECK_VALUE(S >= 1, "cell_size must be >= 1, got ", S);
-  TORCH_CHECK_VALUE(H % S == 0 && W % S == 0, map, " of ", H, " x ", W, " is not divisible by cell_size=", S);
+  const char* verb = map[0] != '\0' && map[std::strlen(map) - 1] == 's' ? " are" : " is";  // as the ops' checks
+  TORCH_CHECK_VALUE(H % S == 0 && W % S == 0, map, " of ", H, " x ", W, verb, " not divisible by cell_size=", S);
 }
 
 // The cells of a B x H x W map (check_cells) drawn afresh: num_keep of the (H / S)(W / S) cells kept per sample.

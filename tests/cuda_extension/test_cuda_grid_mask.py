@@ -35,7 +35,7 @@ MASK = torch.zeros(2, 2, 2, dtype=torch.bool)
         (torch.zeros(2, 3, 64, 64), MASK, 32, "images must be a CUDA tensor, got cpu"),
         (torch.zeros(3, 64, 64), MASK, 32, r"images must be \[batch, channels, height, width\] \(4-D\)"),
         (torch.zeros(2, 3, 64, 64, dtype=torch.int32), MASK, 32, "images must be float32, float16, bfloat16 or"),
-        (torch.zeros(2, 3, 64, 60), MASK, 32, "images of 64 x 60 is not divisible by cell_size=32"),
+        (torch.zeros(2, 3, 64, 60), MASK, 32, "images of 64 x 60 are not divisible by cell_size=32"),
         (torch.zeros(2, 3, 64, 64), MASK, 0, "cell_size must be >= 1, got 0"),
         (torch.zeros(2, 3, 64, 64), MASK.to(torch.uint8), 32, "cell_mask must be bool, got uint8"),
         (torch.zeros(2, 3, 64, 96), MASK, 32, r"cell_mask must have shape \[2, 2, 3\], got \[2, 2, 2\]"),
@@ -216,7 +216,7 @@ def test_mask_image_grid_random_refusals():
     images = torch.zeros(2, 3, 64, 64)
     with refused("images must be a CUDA tensor, got cpu"):
         _C.mask_image_grid_random(images, 1, None, 32, 2, 0.0)
-    with refused("images of 64 x 64 is not divisible by cell_size=24"):
+    with refused("images of 64 x 64 are not divisible by cell_size=24"):
         _C.mask_image_grid_random(images, 1, None, 24, 2, 0.0)
     with refused(r"num_keep must be in \[1, num_cells=4\], got 5"):
         _C.mask_image_grid_random(images, 1, None, 32, 5, 0.0)
@@ -294,7 +294,7 @@ def test_mask_tokens_grid_random_refusals():
         _C.mask_tokens_grid_random(tokens, token, 1, None, 8, 2)
     with refused(r"mask_token must have shape \[C=40\], got shape \[39\]"):
         _C.mask_tokens_grid_random(tokens, torch.zeros(39), 1, None, 8, 2)
-    with refused("tokens of 16 x 16 is not divisible by cell_size=5"):
+    with refused("tokens of 16 x 16 are not divisible by cell_size=5"):
         _C.mask_tokens_grid_random(tokens, token, 1, None, 5, 2)
     with refused(r"num_keep must be in \[1, num_cells=4\], got 0"):
         _C.mask_tokens_grid_random(tokens, token, 1, None, 8, 0)
