@@ -277,6 +277,8 @@ NO_SPECIAL_MASK = (
 def warn_no_special_mask(owner: nn.Module, batch) -> None:
     """A UserWarning, once per ``owner`` (the MaskSub), when ``batch`` has no special_tokens_mask (helper-270: the
     sub-branch dropped [CLS] / [SEP] silently). A dictionary lookup on the host: no sync."""
+    if torch.compiler.is_compiling():  # (a MaskSub compiled whole: a warning would break its graph)
+        return
     if batch.get("special_tokens_mask") is None and not getattr(owner, "_warned_no_special_mask", False):
         object.__setattr__(owner, "_warned_no_special_mask", True)
         warnings.warn(NO_SPECIAL_MASK, UserWarning, stacklevel=3)
@@ -311,7 +313,7 @@ def sub_branch(
             drop_first=padding,
         )  # fmt: skip
     except ValueError as exc:  # CPU tensors: the op's check, in the terms of the mlm family's options
-        if "always_keep" not in str(exc):
+        if "always_keep marks" not in str(exc):  # (the op's count check; its shape / device errors as they are)
             raise
         counts = always_keep.sum(dim=1)  # (CPU tensors: the op's own check read them already)
         raise ValueError(

@@ -358,10 +358,12 @@ def check_args(args) -> None:
     if args.require_initial_checkpoint and args.initial_checkpoint is None and args.resume is None:
         # (helper-270: deit3_finetune's ViT-B trained from random weights at lr 1e-5, silently)
         where = f"--config {args.config!r} fine-tunes" if args.config is not None else "this run fine-tunes"
+        out = ", or --no-require-initial-checkpoint to train from random weights"
+        if args.head_init_scale is not None:  # (which needs the checkpoint too, and cannot be unset by an option)
+            out = "; its --head-init-scale needs one too: to train from random weights, copy the config without both"
         raise UsageError(
             f"{where} pretrained weights (require-initial-checkpoint): pass --initial-checkpoint FILE (the "
-            "weights to start from: a timm, MAE, CLIP or masksub-train file), or --no-require-initial-checkpoint to "
-            "train from random weights"
+            f"weights to start from: a timm, MAE, CLIP or masksub-train file){out}"
         )
     if args.head_init_scale is not None and args.initial_checkpoint is None:
         raise UsageError(

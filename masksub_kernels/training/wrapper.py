@@ -443,8 +443,8 @@ class MaskSub(nn.Module):
         """Logits of the sub-branch: the ops' mask for ``seed`` (None: drawn here from torch's default generator; a
         tensor, one int64 on the images' device: read on the device). A compiled sub-branch gets a tensor (an int is a
         symbolic int there, per whose value reduce-overhead records a new CUDA graph: helper-249; same mask)."""
-        if self._mlm is not None:  # (before a compiled sub-branch: a warning there would break its graph)
-            mlm.warn_no_special_mask(self, images)
+        if self._mlm is not None and isinstance(images, Mapping):  # (before a compiled sub-branch: a warning
+            mlm.warn_no_special_mask(self, images)  # there would break its graph)
         if not isinstance(seed, torch.Tensor):
             seed = new_seed(seed, SEED_TYPES)
         if self.model is self.inner_model:
@@ -482,8 +482,9 @@ class MaskSub(nn.Module):
         elif self.in_training and self.family in ("pixel", "swin") and images.dim() == 4:
             # likewise a CNN, and a timm Swin of a non-strict image size (helper-149: its main branch ran first)
             check_input_size(self.family, self.inner_model, tuple(images.shape[-2:]), self.cell_size, self.mask_ratio)
-        elif self.family == "vit":  # a size timm's patch embedding would refuse with a bare AssertionError
-            check_vit_images(self.inner_model, images, self.mask_ratio if self.in_training else 0.0)
+        elif self.family == "vit":  # a size timm's patch embedding would refuse with a bare AssertionError; the
+            dropped = self.in_training and self.variant == "mask"  # ratio is a token share for MaskSub alone
+            check_vit_images(self.inner_model, images, self.mask_ratio if dropped else 0.0)
         if branch == "main":
             return logits_of(self.model(images, **self.model_kwargs), images.shape[0])
         if branch == "sub":

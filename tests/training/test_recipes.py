@@ -113,7 +113,11 @@ def test_finetune_recipes_refuse_to_start_from_random_weights(tmp_path, capsys, 
     assert main(["--config", _recipe(name), *SHRINK[name], *TWO_STEPS, "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"masksub-train: error: --config {_recipe(name)!r} fine-tunes pretrained weights"), err
-    assert "pass --initial-checkpoint FILE" in err and "--no-require-initial-checkpoint" in err
+    assert "pass --initial-checkpoint FILE" in err
+    if name == "deit3_finetune":  # the way out, where it is one: MAE's and CLIP's --head-init-scale needs the file too
+        assert "--no-require-initial-checkpoint to train from random weights" in err
+    else:  # (helper-277: the option led to the next refusal)
+        assert "--no-require-initial-checkpoint" not in err and "its --head-init-scale needs one too" in err
     assert not os.path.exists(tmp_path / "out" / "last.pth")
 
 

@@ -98,3 +98,14 @@ def test_variants_in_eval_mode_run_the_plain_model():
     images, _ = batch("vit", dtype=torch.float32)
     torch.testing.assert_close(ms(images)["logits"], model(images))
     assert not any(isinstance(m, DropPath) and m.drop_prob == 0.5 for m in model.modules())
+
+
+@pytest.mark.parametrize("variant", ["drop", "path"])
+def test_dropsub_and_pathsub_take_a_rate_that_would_keep_no_token(variant):
+    # helper-277: the forward's image check took DropSub's / PathSub's rate for a share of tokens dropped and refused
+    # r = 0.8 on a 4-token grid (floor(4 * 0.2) = 0 kept), where these variants drop no token: it trained before
+    model = tiny_vit(img_size=16, patch_size=8)  # 2 x 2 patch tokens
+    ms = MaskSub(model, variant=variant, mask_ratio=0.8).train()
+    images, target = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+    out = ms(images, target)
+    assert torch.isfinite(out["loss"])
