@@ -1,17 +1,15 @@
 """DDP (2 processes, gloo, torchrun): gradients equal one process on the combined batch, one all-reduce per step."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from _models import tiny_swin, tiny_vit
+from _torchrun import HERE, torchrun
 from ddp_worker import ACCUM, STEPS, shard
 
 from masksub_kernels.training import MaskSub
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 WORLD = 2
 
 
@@ -22,16 +20,7 @@ CONFIGS = [("vit", "sequential"), ("swin", "sequential"), ("vit", "joint"), ("vi
 def ddp_results(tmp_path_factory) -> dict:
     """Every configuration, trained by one torchrun of 2 processes."""
     out_dir = tmp_path_factory.mktemp("ddp")
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]),
-    }
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-        os.path.join(HERE, "ddp_worker.py"), str(out_dir), *(f"{n}:{s}" for n, s in CONFIGS),
-    ]  # fmt: skip
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    result = torchrun(os.path.join(HERE, "ddp_worker.py"), str(out_dir), *(f"{n}:{s}" for n, s in CONFIGS), world=WORLD)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = {(n, s): torch.load(out_dir / f"{n}-{s}.pt", weights_only=False) for n, s in CONFIGS}
     results["batchnorm"] = torch.load(out_dir / "batchnorm.pt", weights_only=False)

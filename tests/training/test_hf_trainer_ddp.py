@@ -4,11 +4,10 @@ step, the step of one process on the ranks' micro-batches; evaluation and saving
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from _torchrun import HERE, torchrun
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # the Trainer's
@@ -17,7 +16,6 @@ from hf_ddp_worker import ACCUM, EVAL, OPTIONS, STEPS, model_and_data  # noqa: E
 
 from masksub_kernels.training import MaskSub  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 WORLD = 2
 FAMILIES = ("vit", "swin", "mlm")
 
@@ -26,16 +24,7 @@ FAMILIES = ("vit", "swin", "mlm")
 def runs(tmp_path_factory) -> dict:
     """Both families, trained by one torchrun of 2 processes: {(family, rank): what the rank wrote}."""
     out_dir = tmp_path_factory.mktemp("hf_ddp")
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]),
-    }
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
-        os.path.join(HERE, "hf_ddp_worker.py"), str(out_dir), *FAMILIES,
-    ]  # fmt: skip
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    result = torchrun(os.path.join(HERE, "hf_ddp_worker.py"), str(out_dir), *FAMILIES, world=WORLD)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     got = {(f, r): torch.load(out_dir / f"{f}-{r}.pt", weights_only=False) for f in FAMILIES for r in range(WORLD)}
     got["out"] = out_dir
