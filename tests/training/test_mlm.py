@@ -454,32 +454,6 @@ def test_more_predicted_tokens_than_the_sub_branch_keeps_is_refused():
     assert f"mlm_corrupt(..., max_kept={keep})" in str(e.value) and "unvalidated" not in str(e.value)
 
 
-def test_a_batch_without_special_tokens_mask_warns_once_per_wrapper():
-    # helper-270: without the mask (DataCollatorForLanguageModeling drops it) the sub-branch dropped [CLS] / [SEP]
-    # like any token, silently: a UserWarning the first time the sub-branch meets such a batch, per MaskSub
-    import warnings
-
-    batch = make_batch(batch=2, seed=4)
-    bare = {k: v for k, v in batch.items() if k != "special_tokens_mask"}
-    ms = MaskSub(tiny_bert()).train()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        ms(batch, seed=1)  # with the mask: nothing
-        ms(bare, branch="main")  # the main branch keeps every token
-        ms.eval()(bare)
-    ms.train()
-    said = r"without 'special_tokens_mask' reached the sub-branch, which then drops \[CLS\] / \[SEP\] like any other"
-    with pytest.warns(UserWarning, match=said + r" token.*torch.isin\(batch\['input_ids'\]") as record:
-        ms(bare, seed=1)
-    assert len([w for w in record if "special_tokens_mask" in str(w.message)]) == 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        ms(bare, seed=2)  # once per wrapper
-        ms(bare, branch="sub", seed=3)
-    with pytest.warns(UserWarning, match="without 'special_tokens_mask'"):
-        MaskSub(tiny_bert()).train()(bare, branch="sub", seed=1)  # another wrapper: warned again
-
-
 def test_readme_bert_snippet_runs():
     """The README's BERT code block, executed as written."""
     import os

@@ -1,0 +1,95 @@
+"""MaskSubTrainer's training logs: MaskSub's two terms, loss_main and loss_sub, beside the Trainer's loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_hf_trainer import _args, _data
+from test_hf_vit import tiny_hf
+
+from masksub_kernels.training import MaskSub
+
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # the Trainer's
+
+from masksub_kernels.training.hf_trainer import MaskSubTrainer
+
+
+def test_a_training_log_holds_masksubs_two_terms(tmp_path):
+    # helper-271: the logged training loss is main_weight * main + sub_weight * sub, not a baseline's loss; its terms
+    # are logged too, as means over the micro-batches since the last log (here each step's 2 accumulated), evaluations
+    # between them not counted. At r = 0 one step's terms are MaskSub's on the step's batch
+    options = {"mask_ratio": 0.0, "main_weight": 0.7, "sub_weight": 0.3, "label_smoothing": 0.1}
+    model, twin = tiny_hf("ViTForImageClassification").float(), tiny_hf("ViTForImageClassification").float()
+    data = _data(16, 0)
+    args = _args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=2, logging_steps=1,
+                 eval_strategy="steps", eval_steps=1)  # fmt: skip
+    trainer = MaskSubTrainer(model=model, args=args, train_dataset=data, eval_dataset=_data(4, 1), masksub=options)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2 and logs[0]["loss"] != logs[1]["loss"]
+    for log in logs:
+        assert log["loss"] == pytest.approx(0.7 * log["loss_main"] + 0.3 * log["loss_sub"], rel=1e-5)
+    assert all("loss_main" not in h for h in trainer.state.log_history if "loss" not in h)
+    one = MaskSubTrainer(model=twin, args=_args(tmp_path / "one", per_device_train_batch_size=8, max_steps=1),
+                         train_dataset=data[:8], masksub=options)  # fmt: skip
+    one.train()
+    (first,) = [h for h in one.state.log_history if "loss" in h]
+    batch = torch.stack([d["pixel_values"] for d in data[:8]]), torch.stack([d["labels"] for d in data[:8]])
+    want = MaskSub(tiny_hf("ViTForImageClassification").float(), **options)(*batch)
+    for key in ("loss_main", "loss_sub"):
+        assert first[key] == pytest.approx(float(want[key].detach()), rel=1e-5), key
+
+
+def test_a_training_logs_terms_are_averaged_as_its_loss(tmp_path, monkeypatch):
+    # helper-273: the Trainer's loss is a mean over optimizer steps of each step's mean over its micro-batches (an
+    # epoch's short last window too: 10 images, batches of 2, windows of 2, 2 and 1 micro-batches, one log of the 3
+    # steps), gathered over the processes by nested_gather where its parallel mode says so; the terms alike
+    options = {"mask_ratio": 0.5, "main_weight": 0.7, "sub_weight": 0.3}
+    args = _args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, num_train_epochs=1,
+                 max_steps=-1, logging_steps=3)  # fmt: skip
+    trainer = MaskSubTrainer(model=tiny_hf("ViTForImageClassification").float(), args=args,
+                             train_dataset=_data(10, 0), masksub=options)  # fmt: skip
+    trainer.train()
+    (log,) = [h for h in trainer.state.log_history if "loss" in h]
+    assert log["loss"] == pytest.approx(0.7 * log["loss_main"] + 0.3 * log["loss_sub"], rel=1e-5)
+
+    import transformers.trainer_pt_utils as pt_utils
+
+    def two_ranks(tensor, parallel_mode):  # this rank's means and another's, (3, 5)
+        assert parallel_mode == trainer.args.parallel_mode
+        return torch.cat([tensor, torch.tensor([[3.0, 5.0]])])
+
+    monkeypatch.setattr(pt_utils, "nested_gather", two_ranks)
+    trainer._terms, trainer._terms_count = None, 0
+    trainer.args.gradient_accumulation_steps = 2
+    monkeypatch.setattr(trainer, "current_gradient_accumulation_steps", 2, raising=False)
+    trainer._track_terms({"loss_main": torch.tensor(1.0), "loss_sub": torch.tensor(2.0)})
+    trainer._track_terms({"loss_main": torch.tensor(3.0), "loss_sub": torch.tensor(4.0)})
+    trainer.log({"loss": 1.0})
+    last = trainer.state.log_history[-1]
+    assert (last["loss_main"], last["loss_sub"]) == (2.5, 4.0)  # ((1 + 3) / 2 + 3) / 2, ((2 + 4) / 2 + 5) / 2
+
+
+def test_a_batch_size_retry_logs_no_terms_of_the_failed_try(tmp_path):
+    # helper-273: auto_find_batch_size runs the training loop again inside one train() after an out-of-memory
+    # error; the failed try's terms (tracked before its backward failed) are not the retry's
+    options = {"mask_ratio": 0.5, "main_weight": 0.7, "sub_weight": 0.3}
+    args = _args(tmp_path, per_device_train_batch_size=4, max_steps=1, auto_find_batch_size=True)
+    trainer = MaskSubTrainer(model=tiny_hf("ViTForImageClassification").float(), args=args,
+                             train_dataset=_data(8, 0), masksub=options)  # fmt: skip
+    compute_loss, tries = trainer.compute_loss, []
+
+    def failing_once(*a, **k):
+        loss = compute_loss(*a, **k)
+        tries.append(1)
+        if len(tries) == 1:
+            trainer._terms = trainer._terms * 1000  # (what the failed try left, made unmistakable)
+            raise RuntimeError("CUDA out of memory.")
+        return loss
+
+    trainer.compute_loss = failing_once
+    trainer.train()
+    (log,) = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(tries) == 2 and trainer._train_batch_size < 4
+    assert log["loss"] == pytest.approx(0.7 * log["loss_main"] + 0.3 * log["loss_sub"], rel=1e-5)
