@@ -85,14 +85,18 @@ def check_resume_early(args, state: dict, world: int, tokenizer_sha256: str, key
 
 def _another_run(args, changed: list[str]) -> UsageError:
     """The refusal of a resume of another run: where options differ (helper-270: `--resume PATH` alone listed the
-    defaults against the checkpoint's values, with no word that a resume repeats the run's options), it says so."""
+    defaults against the checkpoint's values, with no word that a resume repeats the run's options), it says so, and
+    lists the other differences (a step's parts, the vocabulary) after the options, in their own words (helper-279:
+    they were listed under the options' heading)."""
     options = [change for change in changed if change.startswith("--")]
+    others = [change for change in changed if not change.startswith("--")]
     if not options:
-        return UsageError(f"--resume {args.resume!r} continues another run: {'; '.join(changed)}")
+        return UsageError(f"--resume {args.resume!r} continues another run: {'; '.join(others)}")
+    besides = f". Other differences: {'; '.join(others)}" if others else ""
     return UsageError(
         f"--resume {args.resume!r} continues another run: its options differ from this command's (the checkpoint's "
-        f"-> this command's): {'; '.join(changed)}. A resume repeats the run's options (its command line: log.json's "
-        "meta.command) with --resume added"
+        f"-> this command's): {'; '.join(options)}{besides}. A resume repeats the run's options (its command line: "
+        "log.json's meta.command) with --resume added"
     )
 
 

@@ -150,7 +150,7 @@ def test_a_resume_with_another_number_of_parts_per_step_is_refused():
     sizes = {"tokenizer_sha256": "same", "corpus_sha256": "same"}
     state = {"args": dict(vars(args)), "step": 2, "world_size": 2, "tokenizer_sha256": "same"}
     with pytest.raises(mlm_cli.UsageError, match=r"continues another run: a step's parts, --accum-steps x processes, "
-                                                 r"1 x 2 -> 1 x 1"):  # fmt: skip
+                                                 r"1 x 2 -> 1 x 1$"):  # fmt: skip
         check_resume(args, state, 1, sizes)
     check_resume(args, state, 2, sizes)  # the same processes: resumes
     check_resume(parse(["--resume", "run/last.pth", "--accum-steps", "2"]), state, 1, sizes)  # the same parts
@@ -158,6 +158,30 @@ def test_a_resume_with_another_number_of_parts_per_step_is_refused():
         check_resume(parse(["--resume", "run/last.pth", "--accum-steps", "2"]), state, 2, sizes)
     del state["world_size"]  # (a checkpoint without it: one process)
     check_resume(args, state, 1, sizes)
+
+
+# helper-279: where options and other differences were both refused, the step's parts and the vocabulary were listed
+# under "its options differ from this command's (the checkpoint's -> this command's)": the options under that heading
+# now, the rest after it under its own words, the ending that a resume repeats the run's options kept
+def test_a_refusal_lists_the_options_apart_from_the_other_differences():
+    from masksub_kernels.training.mlm_resume import check_resume, check_resume_early
+
+    parse = mlm_cli.build_parser().parse_args
+    args = parse(["--resume", "run/last.pth", "--seed", "1"])
+    state = {"args": dict(vars(parse(["--resume", "run/last.pth"]))), "step": 2, "world_size": 2,
+             "tokenizer_sha256": "that"}  # fmt: skip
+    expected = (
+        "--resume 'run/last.pth' continues another run: its options differ from this command's (the checkpoint's -> "
+        "this command's): --seed 0 -> 1. Other differences: a step's parts, --accum-steps x processes, 1 x 2 -> 1 x 1; "
+        "the vocabulary (tokenizer.json differs). A resume repeats the run's options (its command line: log.json's "
+        "meta.command) with --resume added"
+    )
+    with pytest.raises(UsageError) as refused:
+        check_resume(args, state, 1, {"tokenizer_sha256": "this", "corpus_sha256": "same"})
+    assert str(refused.value) == expected
+    with pytest.raises(UsageError) as refused:  # before the blocks are packed: the same words
+        check_resume_early(args, state, 1, "this", {"documents_sha256": "same"}, 400)
+    assert str(refused.value) == expected
 
 
 # kills mlm_cli.py:497 `wall = rows[-1]["wall_time_s"] if rows else 0.0` -> `0.0` (a resumed run's wall clock
