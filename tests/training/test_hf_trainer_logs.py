@@ -93,3 +93,15 @@ def test_a_batch_size_retry_logs_no_terms_of_the_failed_try(tmp_path):
     (log,) = [h for h in trainer.state.log_history if "loss" in h]
     assert len(tries) == 2 and trainer._train_batch_size < 4
     assert log["loss"] == pytest.approx(0.7 * log["loss_main"] + 0.3 * log["loss_sub"], rel=1e-5)
+
+
+def test_only_a_training_log_takes_the_terms(tmp_path):
+    # helper-278: kills `if "loss" in logs` removed from log()
+    # an evaluation's log (no `loss`) made between training steps neither gets the terms nor resets them
+    trainer = MaskSubTrainer(model=tiny_hf("ViTForImageClassification").float(), args=_args(tmp_path))
+    trainer._track_terms({"loss_main": torch.tensor(1.0), "loss_sub": torch.tensor(2.0)})
+    trainer.log({"eval_loss": 1.0})
+    assert "loss_main" not in trainer.state.log_history[-1]
+    trainer._track_terms({"loss_main": torch.tensor(3.0), "loss_sub": torch.tensor(4.0)})
+    trainer.log({"loss": 1.0})
+    assert (trainer.state.log_history[-1]["loss_main"], trainer.state.log_history[-1]["loss_sub"]) == (2.0, 3.0)
