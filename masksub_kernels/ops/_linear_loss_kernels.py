@@ -39,6 +39,9 @@ from .masksub_loss import C_S, C_T, C_Z, LOG_L_S, LOG_L_T, LOG_L_Z, MAIN, NUM_OU
 # shift_t) (s/T - shift_s)); sub BCE sum.
 P_M_Z, P_L_Z, P_S_Z, P_D_Z, P_BCE_MAIN, P_M_S, P_L_S, P_M_T, P_L_T, P_D_T, P_BCE_SUB = range(11)
 NUM_PART = 11
+# the kernels index these states and out [9, M]'s stats rows by number (a @jit function reads no plain global int):
+# the layouts they assume, checked at import
+assert NUM_PART == P_BCE_SUB + 1 and (C_Z, LOG_L_Z, S_Z, C_S, LOG_L_S, C_T, LOG_L_T) == tuple(range(2, 9))
 
 
 @jit

@@ -25,7 +25,8 @@ REDUCTIONS = ("none", "sum", "mean")
 
 
 class MaskSubLoss(NamedTuple):
-    """``loss = main_weight * main + sub_weight * sub`` and the two unweighted criteria, fp32."""
+    """``loss = main_weight * main + sub_weight * sub`` and the two unweighted criteria, fp32: 0-d tensors with
+    reduction 'mean' or 'sum', [M] (one per row) with 'none'."""
 
     loss: torch.Tensor
     main: torch.Tensor
@@ -262,7 +263,7 @@ def soft_target_bce(
     ignore_index: int = -100,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Binary cross-entropy with logits: the mean over the M*C elements of softplus(z) - w z.
+    """Binary cross-entropy with logits: the mean over the counted rows' elements of softplus(z) - w z.
 
     logits: [M, C] float. target: class ids [M] (one-hot; rows equal to ``ignore_index`` give 0 and a zero
     gradient and are not counted, as in soft_target_cross_entropy and masksub_loss(mode='bce'); other ids outside

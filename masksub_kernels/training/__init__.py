@@ -1,6 +1,8 @@
-"""MaskSub training layer: the ``MaskSub`` wrapper, per-family sub-branches (vit, swin, pixel), DropSub /
-PathSub, the sequential and joint training-step schedules, and DistributedDataParallel with one all-reduce per
-step. ``masksub_kernels.train`` is the training command built on it."""
+"""MaskSub training layer: the ``MaskSub`` wrapper, per-family sub-branches (vit, swin, pixel, mlm; timm and
+Hugging Face models), DropSub / PathSub, the sequential and joint training-step schedules, and
+DistributedDataParallel with one all-reduce per step. ``masksub_kernels.train`` (masksub-train) and
+``training.mlm_cli`` (masksub-train-mlm) are the training commands built on it; ``hf_trainer.MaskSubTrainer`` is
+Hugging Face's Trainer with the MaskSub loss."""
 
 from .distributed import close_process_group, unwrap_ddp, wrap_ddp
 from .families import FAMILIES, check_input_size, resolve_family

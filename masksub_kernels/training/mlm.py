@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.linear_masksub_loss import check_chunk_rows
+
 IGNORE_INDEX = -100  # Hugging Face's label for positions that are not predicted
 SUB_FILLS = ("drop", "mask")
 
@@ -100,6 +102,34 @@ def check_mlm_model(model: nn.Module, fill: str) -> None:
             f"{name} uses {positions!r} position embeddings: dropping tokens would change the distances between the "
             "kept ones; use sub_fill='mask'"
         )
+
+
+def check_options(model: nn.Module, loss: str, target_threshold: float | None, fill: str,
+                  mask_token_id: int | None, cell_size: int | None, chunk_rows: int | None):  # fmt: skip
+    """MaskSub's options for this family, checked against the model: (its parts, ``fill``, the [MASK] id (the
+    config's by default with ``fill='mask'``, else None), rows per chunk of the fused-linear loss (None: the
+    backend's rule))."""
+    chunk_rows = check_chunk_rows(chunk_rows) or None  # the fused-linear loss's own check (its message)
+    if loss != "ce" or target_threshold is not None:
+        raise ValueError("the mlm family predicts one token per position: it needs loss='ce' (softmax)")
+    if cell_size is not None:
+        raise ValueError("cell_size is an option of the grid masks; the mlm family drops tokens (mask_ratio)")
+    if fill not in SUB_FILLS:
+        raise ValueError(f"sub_fill must be one of {SUB_FILLS}, got {fill!r}")
+    check_mlm_model(model, fill)
+    parts = mlm_parts(model)
+    vocab_size = parts.decoder.weight.shape[0]
+    if mask_token_id is None and fill == "mask":
+        mask_token_id = getattr(getattr(model, "config", None), "mask_token_id", None)
+        if mask_token_id is None:
+            raise ValueError("sub_fill='mask' needs mask_token_id (the model's config has none)")
+    if mask_token_id is not None and (
+        isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int) or not 0 <= mask_token_id < vocab_size
+    ):
+        raise ValueError(f"mask_token_id must be an int in [0, vocab size {vocab_size}), got {mask_token_id!r}")
+    if mask_token_id is not None and fill == "drop":
+        raise ValueError(f"mask_token_id={mask_token_id} goes with sub_fill='mask'; sub_fill='drop' drops tokens")
+    return parts, fill, mask_token_id, chunk_rows
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -404,7 +434,7 @@ def masksub_terms(
     sub_weight: float,
     label_smoothing: float,
     chunk_rows: int | None = None,
-):
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused MaskSub loss on the kept rows: (loss, main, sub) fp32 scalars. Every predicted position is kept,
     so the main term equals ``main_loss`` over the whole sequence. ``hidden`` detached gives the sub term alone.
     chunk_rows: the fused-linear loss's rows per chunk (None: the backend's rule)."""

@@ -22,14 +22,14 @@ import inspect
 import numbers
 import typing
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from torch import nn
 
 from .._philox import SEED_TYPES, new_seed
-from ..ops.linear_masksub_loss import check_chunk_rows
 from . import mlm
 from .families import DEFAULT_CELL_SIZE, check_eva, check_input_size, logits_of, resolve_family, unwrap_model
 from .hf_swin import check_batch as check_hf_swin_batch
@@ -74,6 +74,10 @@ def supervised_loss(
     (BCE: first binarised at ``target_threshold``) target."""
     import masksub_kernels as mk
 
+    if mode not in LOSSES:
+        raise ValueError(f"mode must be one of {LOSSES}, got {mode!r}")
+    if target_threshold is not None and mode != "bce":
+        raise ValueError(f"target_threshold binarises BCE targets: it needs mode='bce', got mode={mode!r}")
     if mode == "bce":
         return mk.soft_target_bce(logits, target, target_threshold=target_threshold, label_smoothing=label_smoothing)
     return mk.soft_target_cross_entropy(logits, target, label_smoothing=label_smoothing)
@@ -181,8 +185,15 @@ class MaskSub(nn.Module):
                 "cell_size is an option of the grid masks (swin, pixel); the vit family drops tokens (mask_ratio)"
             )
         self.cell_size = cell_size if cell_size is not None else DEFAULT_CELL_SIZE[self.family]
-        self._mlm = self._check_mlm(inner, sub_fill, mask_token_id, cell_size, chunk_rows)
-        self.chunk_rows = check_chunk_rows(chunk_rows) or None  # mlm: rows per chunk (None: the backend's rule)
+        self._mlm = self.chunk_rows = None  # (the mlm family's parts and rows per chunk, None: the backend's rule)
+        if self.family == "mlm":
+            self._mlm, self.sub_fill, self.mask_token_id, self.chunk_rows = mlm.check_options(
+                inner, loss, self.target_threshold, sub_fill, mask_token_id, cell_size, chunk_rows
+            )
+        elif sub_fill != "drop" or mask_token_id is not None or chunk_rows is not None:
+            raise ValueError(
+                f"sub_fill, mask_token_id and chunk_rows are options of the mlm family; this model is {self.family}"
+            )
         self.model_kwargs = self._check_model_kwargs(inner, model_kwargs)
         if self.family == "swin" and variant == "mask" and not is_hf_swin(inner):
             reference = next(inner.parameters())  # drawn on the CPU: a GPU run starts from the CPU run's (helper-249)
@@ -259,38 +270,6 @@ class MaskSub(nn.Module):
                 f"{sorted(names - {first})}"
             )
         return dict(model_kwargs)
-
-    def _check_mlm(self, inner: nn.Module, sub_fill: str, mask_token_id: int | None, cell_size: int | None,
-                   chunk_rows: int | None):  # fmt: skip
-        """The mlm family's parts and options (None for the image families, which take none of its options)."""
-        if self.family != "mlm":
-            if sub_fill != "drop" or mask_token_id is not None or chunk_rows is not None:
-                raise ValueError(
-                    f"sub_fill, mask_token_id and chunk_rows are options of the mlm family; this model is {self.family}"
-                )
-            return None
-        check_chunk_rows(chunk_rows)  # the fused-linear loss's own check (its message)
-        if self.loss_mode != "ce" or self.target_threshold is not None:
-            raise ValueError("the mlm family predicts one token per position: it needs loss='ce' (softmax)")
-        if cell_size is not None:
-            raise ValueError("cell_size is an option of the grid masks; the mlm family drops tokens (mask_ratio)")
-        if sub_fill not in mlm.SUB_FILLS:
-            raise ValueError(f"sub_fill must be one of {mlm.SUB_FILLS}, got {sub_fill!r}")
-        mlm.check_mlm_model(inner, sub_fill)
-        parts = mlm.mlm_parts(inner)
-        vocab_size = parts.decoder.weight.shape[0]
-        if mask_token_id is None and sub_fill == "mask":
-            mask_token_id = getattr(getattr(inner, "config", None), "mask_token_id", None)
-            if mask_token_id is None:
-                raise ValueError("sub_fill='mask' needs mask_token_id (the model's config has none)")
-        if mask_token_id is not None and (
-            isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int) or not 0 <= mask_token_id < vocab_size
-        ):
-            raise ValueError(f"mask_token_id must be an int in [0, vocab size {vocab_size}), got {mask_token_id!r}")
-        if mask_token_id is not None and sub_fill == "drop":
-            raise ValueError(f"mask_token_id={mask_token_id} goes with sub_fill='mask'; sub_fill='drop' drops tokens")
-        self.sub_fill, self.mask_token_id = sub_fill, mask_token_id
-        return parts
 
     # ------------------------------------------------------------------------------------------------------------
     # Introspection used by timm's factories and the training command
@@ -372,7 +351,9 @@ class MaskSub(nn.Module):
                 "binary label"
             )
 
-    def sub_criterion(self, sub_logits: torch.Tensor, main_logits: torch.Tensor, target=None) -> torch.Tensor:
+    def sub_criterion(
+        self, sub_logits: torch.Tensor, main_logits: torch.Tensor, target: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """crit(z_sub, stopgrad(T(z_main))), fp32 scalar; no gradient reaches main_logits. ``target``: class ids [B]
         (rows of -100 left out of the mean, as by the joint masksub_loss's sub term), probabilities or None.
         (mlm: ``sub_logits`` is the sub-branch's ``MLMSub``, ``main_logits`` the main head inputs [B, L, D].)"""
@@ -391,7 +372,9 @@ class MaskSub(nn.Module):
         counted = target != -100
         return torch.where(counted, rows, 0.0).sum() / counted.sum().clamp_min(1)
 
-    def loss(self, main_logits: torch.Tensor, sub_logits: torch.Tensor, target: torch.Tensor):
+    def loss(
+        self, main_logits: torch.Tensor, sub_logits: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The fused ``masksub_loss`` with this wrapper's settings: (loss, main, sub), fp32 scalars. (mlm: the
         fused-linear loss on the kept rows; ``target`` is unused, the sub-branch carries the kept rows' labels.)"""
         import masksub_kernels as mk
@@ -458,7 +441,7 @@ class MaskSub(nn.Module):
 
     def forward(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | Mapping[str, torch.Tensor],
         target: torch.Tensor | None = None,
         *,
         seed: int | torch.Tensor | None = None,
@@ -568,7 +551,7 @@ class MaskSub(nn.Module):
         accum_steps: int = 1,
         seed: int | torch.Tensor | None = None,
         schedule: str = "sequential",
-        autocast=None,
+        autocast: Callable[[], AbstractContextManager] | None = None,
     ) -> dict[str, torch.Tensor | bool]:
         """One micro-step of training; the optimizer steps when the accumulation window closes.
 
@@ -590,7 +573,7 @@ class MaskSub(nn.Module):
             autocast=autocast,
         )
 
-    def wrap_ddp(self, **ddp_kwargs) -> nn.parallel.DistributedDataParallel:
+    def wrap_ddp(self, **ddp_kwargs: Any) -> nn.parallel.DistributedDataParallel:
         """Wrap this module in DistributedDataParallel and route ``train_step``'s forwards through it (see
         distributed.py): one gradient all-reduce per optimizer step. Returns the DDP module (for the joint
         schedule call it: ``ddp(images, target)``)."""

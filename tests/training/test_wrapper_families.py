@@ -17,7 +17,7 @@ from _models import (
 )
 
 import masksub_kernels as mk
-from masksub_kernels.training import MaskSub, families
+from masksub_kernels.training import MaskSub, families, supervised_loss
 
 FAMILY = {"vit": "vit", "deit3": "vit", "mae": "vit", "swin": "swin", "swinv2": "swin", "resnet": "pixel"}
 # DeiT-III's recipe is BCE with binarised mixed targets; the others use soft-target CE.
@@ -429,6 +429,12 @@ def test_configuration_errors_are_clear():
         MaskSub(tiny_vit(), mask_ratio=1.0)
     with pytest.raises(ValueError, match="needs loss='bce'"):
         MaskSub(tiny_vit(), target_threshold=0.0)
+    # the criterion alone refuses as MaskSub does (helper-281: any mode but 'bce' ran CE, a threshold was dropped)
+    logits, labels = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"mode must be one of \('ce', 'bce'\), got 'BCE'"):
+        supervised_loss(logits, labels, mode="BCE")
+    with pytest.raises(ValueError, match="needs mode='bce', got mode='ce'"):
+        supervised_loss(logits, labels, target_threshold=0.0)
     with pytest.raises(ValueError, match="defined for ViTs"):
         MaskSub(BUILDERS["resnet"](), variant="path")
     with pytest.raises(ValueError, match="lacks"):
