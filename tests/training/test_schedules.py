@@ -542,3 +542,15 @@ def test_a_second_optimizer_of_another_model_is_checked_too():
     other = torch.optim.SGD(tiny_vit().double().parameters(), lr=0.1)
     with pytest.raises(ValueError, match="holds none of this MaskSub's parameters"):
         train_step(ms, images, target, other, seed=1)
+
+
+def test_the_method_and_the_function_take_the_same_arguments():
+    # MaskSub.train_step repeats schedules.train_step's signature to forward it: kept in step by hand (helper-281)
+    import inspect
+
+    from masksub_kernels.training.schedules import train_step
+
+    method = list(inspect.signature(MaskSub.train_step).parameters.values())
+    function = list(inspect.signature(train_step).parameters.values())
+    assert method[1:] == function[1:]  # (self / ms first)
+    assert inspect.signature(MaskSub.train_step).return_annotation == inspect.signature(train_step).return_annotation
