@@ -47,8 +47,8 @@ def triton_interpreted() -> bool:
 
 
 # Triton decides when @triton.jit runs, i.e. when this package is imported, whether its kernels are interpreted:
-# TRITON_INTERPRET set later changes what triton_interpreted() reads, not the kernels (helper-140: CPU tensors were
-# then accepted, and failed inside Triton with "0 active drivers")
+# TRITON_INTERPRET set later changes what triton_interpreted() reads, not the kernels (a CPU tensor accepted
+# then would fail inside Triton with "0 active drivers")
 _INTERPRETED_AT_IMPORT = triton_interpreted()
 
 
@@ -292,7 +292,7 @@ def resolve_backend(
         late = triton_interpreted() and not _INTERPRETED_AT_IMPORT
         late = " (it was set after the import: the kernels were made for a GPU then)" if late else ""
         hint = f" (or TRITON_INTERPRET=1 set before importing masksub_kernels to run them on the CPU{late})"
-        raise RuntimeError(  # (the interpreter's hint for CPU tensors only: helper-164, meta ones got it wrong)
+        raise RuntimeError(  # (the interpreter's hint for CPU tensors only: it is wrong for meta ones)
             f"backend 'triton' got tensors on {device}: the Triton kernels need CUDA tensors"
             + (hint if device.type == "cpu" else "")
         )

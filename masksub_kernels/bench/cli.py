@@ -358,7 +358,7 @@ def _run_suites(run: dict, args: argparse.Namespace, device: torch.device, direc
             print(f"[{suite}] {len(suite_cases)} cases", flush=True)
             incomplete[suite] = {"cases_done": 0, "cases": len(suite_cases)}
             # the JSON now, before the first case ends: a process killed in it (a segfault, a sticky CUDA error,
-            # `timeout -k`'s SIGKILL) leaves its suite marked (helper-203: it left no trace)
+            # `timeout -k`'s SIGKILL) leaves its suite marked (else it would leave no trace)
             report.write(run, directory, stem, json_only=True)
             done, units = 0, timing_groups(suite_cases)
             for position, unit in enumerate(units):  # a case alone, or a group timed interleaved (runner.py)

@@ -184,10 +184,10 @@ def modelled_extra_mb(rows: int, depth: int, classes: int, element: int) -> dict
     weights, the fp32 accumulator [dW | db | 0...] [C, D + pad] of both terms (dW is returned as its view, db as a
     copy of its column). For fp32 weights dW and db are the returned gradients (scaled in place, as dH and dHs
     always are), and the logits' operand [2R, D] a cat of the chunk's rows. dH's and dHs's rows of a chunk come
-    from one matmul into an fp32 [2R, D] temporary. (Until late on 2026-12-04, the matmuls took a padded copy of W
-    where C is not a multiple of 8, 45 MiB at BERT's head; they now take views of W: class_parts.) Also the ids of
+    from one matmul into an fp32 [2R, D] temporary. (The matmuls take views of W where C is not a multiple of 8, no
+    padded copy of it, 45 MiB at BERT's head: class_parts.) Also the ids of
     the counted rows (int64 [M]) and, where C is not a multiple of 8, the tail's gradient columns kept for dW's tail
-    ([2, M, 8] in the inputs' dtype; helper-152).
+    ([2, M, 8] in the inputs' dtype).
     composite: both logits and both logit gradients in the inputs' dtype (4 [M, C]), the least any materialising
     implementation holds at its peak (the eager official composite holds more: its fp32 copies)."""
     from masksub_kernels.ops._linear_loss_chunks import aligned_classes, grads_chunk_rows, padded_depth
@@ -248,7 +248,7 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
             shape = _Shape(device, name, rows, depth, classes, dtypes[0])
             floor = [("masksub[triton]", fused, "triton", {**shape.notes, "chunk_rows": shape.chunk_rows})]
             result += [shape.case(*provider, modes=("full",)) for provider in floor + _swept(shape, [(96, None)])]
-    return result + compiled_last  # (helper-214: ~95-110 s of the suite's 100 s cap estimated with it before the floor)
+    return result + compiled_last  # (last: before the floor, ~95-110 s of the suite's 100 s cap estimated with it)
 
 
 def _swept(shape: _Shape, sweep: list[tuple[float, int | None]]) -> list[tuple]:

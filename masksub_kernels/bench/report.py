@@ -29,7 +29,7 @@ def model_file(directory: Path, device_name: str) -> Path | None:
     """The performance model's predictions for this card (tools/perf_model writes them), where there are some:
     benchmarks/results/model-sm90.json for an H200, model-sm90-H100.json for an H100."""
     name = device_name.upper()
-    if "PCIE" in name or "NVL" in name:  # another form of the chip: the SXM card's model would be wrong (helper-252)
+    if "PCIE" in name or "NVL" in name:  # another form of the chip: the SXM card's model would be wrong
         return None
     stem = "model-sm90" if "H200" in name else "model-sm90-H100" if "H100" in name else None
     path = directory / f"{stem}.json" if stem else None
@@ -168,7 +168,7 @@ def markdown_table(run: dict) -> str:
         for r in run["records"]
         if not r.get("tflops") and max(r.get("fraction_of_copy") or 0, r.get("fraction_of_copy_design") or 0) > 1
     ]
-    if over:  # no figure over 100% without its reason (helper-252)
+    if over:  # no figure over 100% without its reason
         lines.append(COPY_NOTE)
     if run.get("model"):
         model = run["model"]
@@ -191,7 +191,7 @@ def markdown_table(run: dict) -> str:
     groups = defaultdict(list)
     for record in run["records"]:
         groups[(record["suite"], record["shape"], record["dtype"], record["mode"])].append(record)
-    # runs since 2026-12-06 time a model's providers interleaved (bench/train_step.py), earlier ones did not
+    # a run's records say whether it timed a model's providers interleaved (bench/train_step.py); older runs did not
     interleaved = any(r.get("timing") == "interleaved" for r in run["records"] if r["suite"] == "train")
     order = "; each model's providers timed interleaved, round by round" if interleaved else ""
     train = [r for r in run["records"] if r["suite"] == "train"]
@@ -243,7 +243,7 @@ def markdown_table(run: dict) -> str:
                 # half its work (Liger's main-branch CE against the two-branch composite)
             fraction, design = r.get("fraction_of_copy"), r.get("fraction_of_copy_design")
             gbps = r.get("gbps")
-            if r.get("tflops"):  # compute-bound (the fused-linear loss): its bytes are no roofline (helper-252)
+            if r.get("tflops"):  # compute-bound (the fused-linear loss): its bytes are no roofline
                 gbps = fraction = design = None
             lines.append(
                 f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | {_fmt(r['median_ms'])} "
@@ -279,7 +279,7 @@ def plot(run: dict, path: Path) -> bool:
     """Dot chart of full-step (forward + backward) medians on a log axis: one panel per suite, stacked, each with its
     shapes' groups of dots (only the providers measured at that shape), one colour per provider across the panels, at
     most PLOT_MAX_INCHES wide; False without matplotlib or without such a record. Dots, not bars: a bar's height on a
-    log axis depends on where the axis starts, so bars made ratios look larger than they are (helper-138); a dot's
+    log axis depends on where the axis starts, so bars make ratios look larger than they are; a dot's
     height is its value, and equal ratios are equal distances."""
     try:
         import matplotlib

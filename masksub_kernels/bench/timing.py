@@ -81,7 +81,7 @@ def device_usable(device: torch.device) -> bool:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return torch.ones(1, device=device).add_(1).item() == 2.0
-    except torch.OutOfMemoryError:  # after a synchronize that ran: the device works, its memory is full (helper-258)
+    except torch.OutOfMemoryError:  # after a synchronize that ran: the device works, its memory is full
         return True
     except Exception:  # the probe's own failure is the answer
         return False
@@ -90,7 +90,7 @@ def device_usable(device: torch.device) -> bool:
 def context_lost(exc: BaseException, device: torch.device) -> bool:
     """Whether ``exc`` is a sticky CUDA error: an error after which ``device`` runs nothing (device_usable), probed
     where it is a CUDA error (is_cuda_error) or, on a CUDA device, any error but NOT_STICKY's (a message this harness
-    does not know, e.g. a wrapper's, must not pass a lost context as one case's failure; helper-258). Every later
+    does not know, e.g. a wrapper's, must not pass a lost context as one case's failure). Every later
     case of the process would fail with it: the runner stops there."""
     if isinstance(exc, ContextLost):
         return True
@@ -109,9 +109,9 @@ class L2Flush:
     """The L2 cache emptied of the timed calls' data before each timed repeat, by a read (one sum over a buffer of
     ``nbytes``, at least 4x the L2): its lines replace every line an earlier call left in L2, and they are clean,
     so that the next timed call starts on an L2 that holds none of its inputs and owes HBM no write-back. A flush
-    by a write (triton.testing.do_bench's 256 MB memset, this harness's until 2026-12-07) leaves L2 full of its own
+    by a write (triton.testing.do_bench's 256 MB memset) leaves L2 full of its own
     dirty lines: the next timed call's reads evict them, and L2 writes them back to HBM inside its events (up to
-    ~12 us on an H100 / H200: 50 MiB at ~4 TB/s; helper-252). The dirty lines of the previous timed call's outputs
+    ~12 us on an H100 / H200: 50 MiB at ~4 TB/s). The dirty lines of the previous timed call's outputs
     are written back during this read, before the start event. What it writes: the sum's one element
     (``total``), and the buffer once, when it is made (zeros), which the first flush's read evicts."""
 
@@ -312,7 +312,7 @@ def measure_each(calls: list[Call], device: torch.device) -> list[Timing | Excep
         def timed(call: Call, start, end) -> None:
             # no drain: the prepared forward's kernels, queued before the flush and the start event, give the host
             # its head start into the backward as in training; drained, the GPU idled inside the events while
-            # autograd reached its first launch (backward-alone times up to +0.8 ms on the H200, 2026-12-04: helper-252)
+            # autograd reached its first launch (backward-alone times up to +0.8 ms on the H200, 2026-12-04)
             ready(call, drain=False)
             flush()  # a read: L2 left clean (L2Flush)
             start.record()

@@ -16,7 +16,7 @@ the same run), and within a model the four providers timed interleaved, one timi
 warm-up of each, then repeat k of every provider before repeat k+1 of any, plain first in each round, so that a host
 that drifts during the model's steps (the 2026-12-04 H200 run: 1.13-1.68x between runs) slows all four alike and the
 ratios to plain hold. The rows say so (``timing: "interleaved"``); a model's rows come out, and its JSON is written,
-when its last round ends. The runs up to 2026-12-04 timed one provider's repeats after another's.
+when its last round ends.
 """
 
 from __future__ import annotations
@@ -157,6 +157,6 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
     # model after model, each model's steps together and timed interleaved (unlike the kernel suites' library-first
     # order, runner.py's library_first, one case at a time): a step's ratio is against its own model's plain step of
     # the same run, so a suite cut by its cap (gpu_bench.sh) keeps whole models; library-first had every library step
-    # before the first plain one, and a cut run would have had ratios for none (helper-214). Each model is built once,
+    # before the first plain one, and a cut run would have had ratios for none. Each model is built once,
     # at its first case.
     return result

@@ -15,7 +15,7 @@ from .. import _backend
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Classes of the loss ops: a row's column positions (a block's start plus its lanes) are int32 in the kernels, the
-# row offsets int64 (helper-245); far beyond any vocabulary, refused alike by every backend
+# row offsets int64; far beyond any vocabulary, refused alike by every backend
 MAX_CLASSES = 2**31 - 2**16
 INDEX_DTYPES = (torch.int64, torch.int32)
 MAX_TOKENS = 8192  # one sort per sample in one program (8192 int64 keys, 32 warps); a ViT-H at 448 px has 1024
@@ -24,7 +24,7 @@ MAX_TOKENS = 8192  # one sort per sample in one program (8192 int64 keys, 32 war
 def check_int(name: str, value) -> int:
     """An integer argument (a Python or NumPy integer, not a bool), as a Python int."""
     # torch.compile's dynamo specialises a SymInt (and strict torch.export guards it); a non-strict export's tracing
-    # counts as compiling but has no dynamo: it gets this message too (helper-211)
+    # counts as compiling but has no dynamo: it gets this message too
     if isinstance(value, torch.SymInt) and not torch.compiler.is_dynamo_compiling():
         raise TypeError(
             f"{name} is a symbolic size ({value}): the ops take static sizes; trace them with static shapes (make_fx "
@@ -110,7 +110,7 @@ class MaskSubOp:
 
     ``check`` (optional): a function of the op's arguments run before any backend (metadata only, no value read):
     the sizes its kernels rely on, for a direct ``torch.ops.masksub`` call whose arguments no public function
-    checked (helper-205: Triton wrote past ids where the cuda binding refused); every backend then refuses alike.
+    checked (else Triton writes past ids where the cuda binding refuses); every backend then refuses alike.
     """
 
     def __init__(
@@ -130,8 +130,8 @@ class MaskSubOp:
             raise TypeError(f"op {name}: the torch implementation is required, the others are functions or None")
         self.name = name
         self.records = records
-        # the refusals' name for the op: the public function it serves first, and its own (helper-160: the user
-        # called masksub_loss, the message named masksub_loss_reduced on one backend and masksub_loss on the other)
+        # the refusals' name for the op: the public function it serves first, and its own (so that a call of
+        # masksub_loss is named masksub_loss on every backend, not masksub_loss_reduced on one of them)
         self.label = f"{records[0]} (op masksub::{name})" if records else f"masksub::{name}"
         self._device_index = parameters.index(device_arg)
         self._implementations = implementations
@@ -192,7 +192,7 @@ class MaskSubOp:
         @functools.wraps(fake)
         def checked_fake(*args):
             # a direct torch.ops.masksub call with an operand on the meta device reaches the fake, not run(): the
-            # same check first (helper-209). Not for a tracer's fake tensors (sizes that may be symbolic): the
+            # same check first. Not for a tracer's fake tensors (sizes that may be symbolic): the
             # compiled code's call runs the check when it runs
             if check is not None and not _tracing(args):
                 check(*args)
@@ -316,7 +316,7 @@ def values_readable(tensors) -> bool:
     dispatch modes, pre-dispatch's proxy mode, tensors with a Python dispatch key: the values are to come, and the op
     is traced as one node), nor inside a torch.func transform (the op refuses it with its own clear error, which
     reading the values would come before). A user's own dispatch mode (FlopCounterMode, selective checkpointing) and
-    a plain Tensor subclass run on real values: read (helper-201; _tracing, which picks the op's route, counts every
+    a plain Tensor subclass run on real values: read (_tracing, which picks the op's route, counts every
     dispatch mode)."""
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return False

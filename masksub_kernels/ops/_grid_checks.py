@@ -32,8 +32,8 @@ def _grid_size(grid_size) -> tuple[int, int]:
 def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int, int, int]:
     """(S, G_h, G_w) for an H x W map of cells of S = ``cell_size``; cells that do not tile it: an error (no crop)."""
     cell_size = _check_int("cell_size", cell_size)
-    verb = "are" if what.endswith("s") else "is"  # "images of 64 x 60 are", "the map of ... is" (helper-270)
-    if 0 < min(height, width) < cell_size:  # (helper-149: "16 x 16 is not divisible by cell_size=32" said less)
+    verb = "are" if what.endswith("s") else "is"  # "images of 64 x 60 are", "the map of ... is"
+    if 0 < min(height, width) < cell_size:  # (says more than "16 x 16 is not divisible by cell_size=32")
         raise ValueError(f"{what} of {height} x {width} {verb} smaller than one cell of cell_size={cell_size}")
     if height % cell_size or width % cell_size:
         raise ValueError(
@@ -41,7 +41,7 @@ def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int,
             "multiple of the cell size (grid masks never crop silently)"
         )
     cells = (height // cell_size) * (width // cell_size)
-    if cells > MAX_TOKENS:  # (helper-246: "num_cells must be in [1, 8192]" named no way out)
+    if cells > MAX_TOKENS:  # (names a way out, as "num_cells must be in [1, 8192]" does not)
         fits = (s for s in range(cell_size + 1, min(height, width) + 1)
                 if height % s == 0 and width % s == 0 and (height // s) * (width // s) <= MAX_TOKENS)  # fmt: skip
         larger = next(fits, None)
@@ -54,7 +54,7 @@ def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int,
 
 
 # B x H rows: the CUDA kernels' int counters (+ 4 x 256); H and W x C: a GPU grid's 65535 blocks on y / z, of rows and
-# of <= 256 elements of a row in the Triton launches (helper-205: the token backward failed past 65535 x 256 channels)
+# of <= 256 elements of a row in the Triton launches (the token backward fails past 65535 x 256 channels)
 MAX_GRID_EXTENT, MAX_GRID_HEIGHT, MAX_GRID_LINE = 2**31 - 1025, 65535, 65535 * 256
 
 
@@ -70,7 +70,7 @@ def _check_extent(batch: int, height: int, width: int, channels: int, what: str)
 
 def check_cell_mask(cell_mask: torch.Tensor, like: torch.Tensor, height: int, width: int, cell_size: int) -> None:
     """The internal ops' cell mask: bool [B, H / S, W / S] on the device of ``like`` ([B, ...]), as the CUDA binding
-    checks (helper-149: Triton read past a smaller mask, torch broadcast it; the public functions draw their own)."""
+    checks (else Triton reads past a smaller mask, torch broadcasts it; the public functions draw their own)."""
     _cell_grid(height, width, cell_size, "the map")
     want = [like.shape[0], height // cell_size, width // cell_size]
     if cell_mask.dtype != torch.bool:
@@ -115,7 +115,7 @@ def _random_cell_sizes(batch: int, height: int, width: int, cell_size: int, num_
 
 def _image_op_sizes(images, cell_size: int, fill_value, num_keep: int | None = None, seed_tensor=None) -> None:
     """The image ops' own check (MaskSubOp's ``check``, for a direct torch.ops.masksub call): 4-D float images within
-    the grid bounds (else the launch failed: helper-205), a fill value finite in their dtype, and for the random op
+    the grid bounds (else the launch fails), a fill value finite in their dtype, and for the random op
     the cells and kept cells."""
     _check_float_tensor("images", images, "[B, C, H, W]")
     batch, channels, height, width = images.shape

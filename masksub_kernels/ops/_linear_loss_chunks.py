@@ -516,7 +516,7 @@ _capture_safe_depth = 0  # open mk.capture_safe() blocks
 def capture_safe():
     """``with mk.capture_safe():`` the fused-linear losses take the path that never synchronises with the device in
     eager mode too: the one CUDA graph capture takes. It launches other kernels than an eager call (class ids: the
-    recompute op's, helper-244; probabilities: the count on the device, helper-247), and a kernel loads at its first
+    recompute op's; probabilities: the count on the device), and a kernel loads at its first
     launch, which global-mode capture forbids: run the warm-up iterations before ``torch.cuda.graph`` (forward and
     backward) inside this block, whatever the target, as ``torch.optim``'s ``capturable=True`` prepares an
     optimizer. torch.compile's ``mode="reduce-overhead"`` needs none (its warm-up runs the compiled path)."""
@@ -530,8 +530,8 @@ def capture_safe():
 
 def sync_free(hidden: torch.Tensor) -> bool:
     """Whether a call must not synchronise with the device: under torch.compile's tracing, inside capture_safe() or
-    CUDA graph capture. is_compiling first: dynamo would guard on the block's depth (a recompile on entering it:
-    helper-247), and cannot trace the capture query (a bool from a torch function)."""
+    CUDA graph capture. is_compiling first: dynamo would guard on the block's depth (a recompile on entering it),
+    and cannot trace the capture query (a bool from a torch function)."""
     return (
         torch.compiler.is_compiling()
         or _capture_safe_depth > 0

@@ -150,7 +150,7 @@ def _stored_factor(ctx, grad_loss, grad_main, grad_sub):
 SCALE_BLOCK_ELEMENTS = 1 << 23  # _scaled's fp32 temporary: 8M elements (32 MiB) at most, whatever M D
 SCALE_BLOCK = (16, 256)  # rows x columns of a _scale_kernel program
 GRID_Y_LIMIT = 65535  # a GPU grid's blocks on axis 1: a 1-D gradient longer than this many column blocks (db of more
-# than 16.7M classes) runs as one column of rows instead (helper-244)
+# than 16.7M classes) runs as one column of rows instead
 
 
 @jit

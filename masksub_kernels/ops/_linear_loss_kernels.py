@@ -222,7 +222,7 @@ def _fwd_kernel(
                 m_s, m_t = ms_new, mt_new
     # the states in the order P_M_Z .. P_BCE_SUB; state k of this split and row at out + k * max_splits * M (a split
     # without classes writes the neutral states: max -inf, sums 0), in int64 (10 x 8 x M passes 2^31 at M = 27M)
-    out, step = part_ptr + split.to(tl.int64) * M + rows, tl.num_programs(1).to(tl.int64) * M  # (helper-244)
+    out, step = part_ptr + split.to(tl.int64) * M + rows, tl.num_programs(1).to(tl.int64) * M
     states = (m_z, l_z, s_z, d_z, acc_m, m_s, l_s, m_t, l_t, d_t, acc_s)
     for k in tl.static_range(11):
         tl.store(out + k * step, states[k], mask=in_rows)

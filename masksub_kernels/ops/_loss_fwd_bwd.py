@@ -9,8 +9,8 @@ forward kernel's code, a barrier, then the backward kernel's on the stats it has
 
 Both kernels are called as they are (Triton inlines them), so the values are theirs: bit for bit where the fused
 launch's num_warps (the larger of the two) and block are the forward's own and its blocks ascend (below), else to
-fp32 rounding (on a GPU the forward's cross-warp sums then add in another order: C > 2048 for CE, > 1024 for BCE,
-helper-165; the interpreter has one order per block; the descending blocks add the states in another order). Where
+fp32 rounding (on a GPU the forward's cross-warp sums then add in another order: C > 2048 for CE, > 1024 for BCE;
+the interpreter has one order per block; the descending blocks add the states in another order). Where
 the larger warps are the backward's and the forward's block has fewer 16-byte words than they have threads (BCE's
 1024-class blocks in 16 warps), the fused launch widens that block to a word per thread (fused_constexprs: else
 Triton splits each word over two threads). Why: a chunk's host time is its launches (the H200 run of 2026-12-04,
@@ -240,7 +240,7 @@ def fused_constexprs(forward: dict, backward: dict) -> dict | None:
         # the forward's block, [BLOCK_C / GROUP, GROUP] states, in more warps than its own: a 16-byte word per
         # thread of them, or Triton splits each word over threads (BCE's 1024 classes in the backward's 16 warps:
         # 2 threads a word, no 16-byte loads, shuffles per block; 1.6 against 1.1 warp-instructions per class in
-        # the forward's loops, sm_90 SASS at C = 21841, helper-165), at most the backward's block
+        # the forward's loops, sm_90 SASS at C = 21841), at most the backward's block
         words = forward["GROUP"] * 32 * merged["num_warps"]
         merged["F_BLOCK_C"] = max(forward["BLOCK_C"], min(words, backward["BLOCK_C"]))
     return merged

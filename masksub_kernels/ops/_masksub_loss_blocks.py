@@ -235,15 +235,15 @@ def _fwd_block(
     # CE: m_z (>= -FLT_MAX, finite: v - m is -inf, never NaN, for v = -inf), l_z = sum 2^((z - m_z) k_z)
     # (k_z = log2 e: exp(v) = exp2(v log2 e), the difference rounded once, then scaled); probabilities: b_z = sum w,
     # a_z = sum w (z - m_z); class ids with smoothing: the same with w = 1 (b_z counts the classes, a_z = sum
-    # (z - m_z)): shifted, as the softmax's sums, not a plain sum z less C m at the row's end, which overflowed at
-    # logits near -FLT_MAX and cancelled at large common offsets (6.8e-4 at 1e5, C = 32000; helper-245 / 248).
+    # (z - m_z)): shifted, as the softmax's sums, not a plain sum z less C m at the row's end, which overflows at
+    # logits near -FLT_MAX and cancels at large common offsets (6.8e-4 at 1e5, C = 32000).
     # Sub CE: m_s, l_s (s, scale k_t = log2(e) / T), l_t = sum exp((z - m_z) / T), d_t = sum that * (s - m_s).
     # With a new max m' of a group: l' = l 2^((m - m') k) + sum 2^((v - m') k) and d_t' = alpha_t (d_t + l_t (m_s -
     # m_s')) + sum e_t (s - m_s'), alpha_t = 2^((m_z - m_z') k_t) (the merge's algebra, once per group and block).
     # Classes with s = -inf stay out of d_t: m_ninf keeps their largest teacher logit z instead, and the row's end
     # (_store_row) makes the sub term +inf only where that class's teacher probability, 2^((m_ninf - c_z) k_t) / l_t,
-    # is not 0 in fp32 (a -inf term in d_t stayed -inf through any chain of nonzero rescales, even where their
-    # product, the class's weight about the row's max, was 0: helper-142).
+    # is not 0 in fp32 (a -inf term in d_t would stay -inf through any chain of nonzero rescales, even where their
+    # product, the class's weight about the row's max, is 0).
     # BCE: d_t is the per-group sum of the sub elements; probabilities: a_z the sum of the main elements; class ids
     # (label: the row's counting id as int32, -1 if none): the main element is softplus(z) - w z =
     # (1 - w) max(z, 0) - w min(z, 0) + log1p(exp(-|z|)) with one weight w_o off the label, so the groups keep
@@ -251,8 +251,7 @@ def _fwd_block(
     # its own weight) and l_z = sum log1p(exp(-|z|)), combined once per row (_store_row) with N = sum min(z', 0) =
     # A - P: no per-element weight, and 0 * inf guarded once, not per element. (A - P cancels, but N enters the
     # loss as w_o N with w_o = eps / C <= 1 / C: its error, that of sums of P + |N|, stays within the sums' own;
-    # summing min(z', 0) itself cost one instruction more per element for no accuracy a public input reaches:
-    # helper-256.)
+    # summing min(z', 0) itself costs one instruction more per element for no accuracy a public input reaches.)
     cols = start + lanes
     z = _load_block(z_row, start, lanes, mask, MASKED)
     if HAS_BIAS:
@@ -320,7 +319,7 @@ def _fwd_block(
             # s = -inf terms skipped (ds = -inf: m_s' is finite), their z kept in m_ninf instead (above); e_t = 0 terms
             # add 0. The old sum where its rescale is 0 adds nothing either (l_teacher (m_s - m_s') may overflow), nor
             # does a group whose student logits were all -inf so far (m_s still -FLT_MAX, d_t = 0: l_teacher, the
-            # weight of those classes, times -FLT_MAX was -inf; helper-145). l_teacher also holds the skipped
+            # weight of those classes, times -FLT_MAX would be -inf). l_teacher also holds the skipped
             # classes' weights: their share of the shift ends as p_c (m_s - c_s), p_c < 2^-150 where the loss is
             # finite.
             live = ds != float("-inf")

@@ -173,7 +173,7 @@ def _forward(logits, sub_logits, target, rows, out, bce, eps, temperature, thres
         else:
             # exp(log_softmax), as the reference: torch.softmax rounds twice (exp, then the division), so its 0 and
             # the reference's differ for log-probabilities within ~0.5 of -104, where a -inf student logit's term is
-            # +inf or nothing (helper-145)
+            # +inf or nothing
             p_t = p_z if p_z is not None and temperature == 1 else torch.log_softmax(zt, dim=1).exp_()
             log_q = torch.log_softmax(x, dim=1)
             if direct and not safe and temperature == 1:

@@ -18,7 +18,7 @@ from ._masksub_loss_blocks import _block_range, _bwd_block, _fwd_block, _row_lab
 
 
 # The reduction's lanes: the last program sums M rows REDUCE_LANES at a time, one L2 round trip each, whatever the
-# row's block (BLOCK_C is 16 for C <= 16: 1024 serial steps at M = 16384 then; helper-245), 2-8 per thread
+# row's block (BLOCK_C is 16 for C <= 16: 1024 serial steps at M = 16384 then), 2-8 per thread
 REDUCE_LANES = tl.constexpr(1024)
 
 
@@ -354,7 +354,7 @@ def _loss_fwd_kernel(
         l_t = l_z  # CE at T = 1: the teacher's running sums are the main term's (_fwd_block carries one)
     out_row, o64 = out_ptr + row, row * 0 + stride_out  # stats row k of this row: out_row + k * stride_out, int64
     in_row = row < M
-    reduce_lanes = tl.arange(0, REDUCE_LANES)  # REDUCE: the reduction's lanes (its own width: helper-245)
+    reduce_lanes = tl.arange(0, REDUCE_LANES)  # REDUCE: the reduction's lanes (its own width)
     if SPLIT:
         # This split's lanes into one state, stored; the row's last split to finish (a ticket taken after the
         # stores: release, then acquire for the reader) merges the row's states in split order, so the result does

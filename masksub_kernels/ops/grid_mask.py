@@ -127,7 +127,7 @@ def _image_columns(plane, cols, C, W, sxb, sxc, sxw, syb, syc, syw, CELL, CHANNE
             w = cols // C
             c = cols - w * C
             cell_col = w // CELL
-            x_col = w.to(tl.int64) * sxw + c.to(tl.int64) * sxc  # int64: c * syc passes 2^31 (helper-246)
+            x_col = w.to(tl.int64) * sxw + c.to(tl.int64) * sxc  # int64: c * syc may pass 2^31
             y_col = w.to(tl.int64) * syw + c.to(tl.int64) * syc
     else:
         b = plane // C
@@ -387,7 +387,7 @@ def _(seed, seed_tensor, batch_size, num_cells, num_keep, device):
 
 def _mask_image_sizes(images, cell_mask, cell_size, fill_value) -> None:
     """mask_image_grid's own check: the images and the fill value, then the given cell mask against them (before
-    any backend and in the meta device's fake: helper-211)."""
+    any backend and in the meta device's fake)."""
     _image_op_sizes(images, cell_size, fill_value)
     check_cell_mask(cell_mask, images, images.shape[2], images.shape[3], cell_size)
 

@@ -48,7 +48,7 @@ NO_IGNORE = -(2**63)
 _ABSENT = object()  # _check_options' ignore_index for the losses without one
 FP32_MAX = torch.finfo(torch.float32).max
 # Rows of the loss kernels: one program (or a row of class splits) per row, a GPU grid's x axis (the cuda binding's
-# bound too: a launch past it failed with "invalid argument", helper-208)
+# bound too: a launch past it fails with "invalid argument")
 MAX_ROWS = 2**31 - 1
 # The kernels use T, T^2 and 1 / T in fp32: T^2 and 1 / T^2 stay normal fp32 numbers for T >= 2^-63. Above 2^13
 # the sub-branch gradient T (softmax(s / T) - softmax(z / T)) (sigmoids for BCE) loses its precision to

@@ -65,7 +65,7 @@ def _check_mask_token(tokens: torch.Tensor, mask_token) -> None:
 
 def _token_op_sizes(tokens, mask_token=None, cell_size=None, num_keep=None, seed_tensor=None, name="tokens") -> None:
     """The token ops' own check (MaskSubOp's ``check``, for a direct torch.ops.masksub call): 4-D float tokens
-    within the grid bounds (else the launch failed: helper-205), their mask token, and for the random op the cells
+    within the grid bounds (else the launch fails), their mask token, and for the random op the cells
     and kept cells."""
     _check_float_tensor(name, tokens, "[B, H, W, C]")
     _check_extent(*tokens.shape, name)
@@ -326,7 +326,7 @@ def _mask_tokens_forward_torch(tokens, mask_token, cell_mask, cell_size):
 
 def _mask_tokens_sizes(tokens, mask_token, cell_mask, cell_size) -> None:
     """mask_tokens_grid's own check: the tokens and the mask token, then the given cell mask against them (before
-    any backend and in the meta device's fake: helper-211)."""
+    any backend and in the meta device's fake)."""
     _token_op_sizes(tokens, mask_token)
     check_cell_mask(cell_mask, tokens, tokens.shape[1], tokens.shape[2], cell_size)
 

@@ -277,8 +277,8 @@ def _select_gather_sizes(x, seed, seed_tensor, num_keep, num_prefix_tokens, orde
 
 
 def _check_inverse(inv, like: torch.Tensor, num_tokens: int) -> None:
-    """inv: None or int32 [B, num_tokens] on the device of ``like`` (the backward's scatter map; helper-205: the cuda
-    and triton backends took N from it, the torch backend from num_tokens)."""
+    """inv: None or int32 [B, num_tokens] on the device of ``like`` (the backward's scatter map; checked, as the cuda
+    and triton backends take N from it, the torch backend from num_tokens)."""
     if inv is not None and (tuple(inv.shape) != (like.shape[0], num_tokens) or inv.device != like.device):
         raise ValueError(f"inv must be None or [batch={like.shape[0]}, num_tokens={num_tokens}] on {like.device}, got "
                          f"{tuple(inv.shape)} on {inv.device}")  # fmt: skip

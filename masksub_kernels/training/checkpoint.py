@@ -22,9 +22,9 @@ __all__ = ["eager_state_dict", "fsync", "fsync_directory", "load_checkpoint", "l
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     """torch.save to ``path`` through a temporary file, flushed to the disk, and a rename, itself flushed: a crash or
-    a full disk never leaves half a checkpoint, and a power loss after the rename not an empty one (helper-223:
-    without the file's fsync a filesystem may commit the rename before the data) nor the previous one (helper-228:
-    without the directory's fsync the rename itself may be lost)."""
+    a full disk never leaves half a checkpoint, and a power loss after the rename not an empty one (without
+    the file's fsync a filesystem may commit the rename before the data) nor the previous one (without the
+    directory's fsync the rename itself may be lost)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp"
@@ -40,7 +40,7 @@ def fsync_directory(folder: str) -> None:
     """Flush ``folder``'s entries (a rename into it) to the disk, where the folder can be opened for it."""
     try:  # a directory opens read-only on POSIX (not on Windows, whose rename is its own), unless unreadable
         descriptor = os.open(folder, os.O_RDONLY) if os.name == "posix" else None
-    except OSError:  # (helper-234: a writable, unreadable folder: the checkpoint is saved, its rename not synced)
+    except OSError:  # (a writable, unreadable folder: the checkpoint is saved, its rename not synced)
         descriptor = None
     if descriptor is not None:
         try:

@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop-path over the blocks: linear (timm's: 0 at the first block up to --drop-path at the last) or "
         "uniform (--drop-path in every block: the official DeiT-III models'; ViTs)",
     )  # fmt: skip
-    # a checkpoint's mark that its --drop / --drop-path were passed to timm when given, 0 included (resume.py: before
-    # 2026-12-05 a 0, their default then, was not passed)
+    # a checkpoint's mark that its --drop / --drop-path were passed to timm when given, 0 included (resume.py: a
+    # checkpoint without the mark, written before 2026-12-05, did not pass a 0, their default then)
     p.set_defaults(rates_passed_at_zero=True)
     g.add_argument(
         "--global-pool",

@@ -50,19 +50,19 @@ def _convert(key: str, value, action: argparse.Action, where: str):
         return None
     if action.dest == "model_kwargs":
         if isinstance(value, dict):  # a string value as the command line reads it (1e-5, YAML 1.1's string: 1e-5),
-            # but an empty one quoted: `key=` alone removes the key (run_setup.parse_kwargs; helper-240)
+            # but an empty one quoted: `key=` alone removes the key (run_setup.parse_kwargs)
             return [f"{k}={v}" if isinstance(v, str) and v else f"{k}={v!r}" for k, v in value.items()]
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
         raise UsageError(f"{where}: {key!r} ({name}) takes a mapping {{key: value}} or a list of 'key=value' strings")
     if action.nargs in ("*", "+") or isinstance(action.nargs, int):
         if action.nargs == "+" and not isinstance(value, (list, dict)):
-            value = [value]  # one value, as the command line takes `--mean 0.5` (helper-231: the file refused it)
+            value = [value]  # one value, as the command line takes `--mean 0.5`
         if not isinstance(value, list):
             raise UsageError(f"{where}: {key!r} ({name}) takes a list, got {value!r}")
         if isinstance(action.nargs, int) and len(value) != action.nargs:
             raise UsageError(f"{where}: {key!r} ({name}) takes {action.nargs} values, got {len(value)}")
-        if action.nargs == "+" and not value:  # as the command line refuses (helper-194: a traceback in the loader)
+        if action.nargs == "+" and not value:  # as the command line refuses (else a traceback in the loader)
             raise UsageError(f"{where}: {key!r} ({name}) takes at least one value")
         return [_scalar(key, v, action, where) for v in value]
     return _scalar(key, value, action, where)
@@ -159,7 +159,7 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | No
     known, _ = pre.parse_known_args(argv)
     if known.config is not None:
         # (--model-kwargs extends: the command line's K=V follow the file's, and parse_kwargs keeps a key's last
-        # value; helper-231: they replaced the whole mapping, so --model-kwargs img_size=32 with the DeiT-III recipe
-        # dropped its init_values, LayerScale then at timm's 1e-6, silently)
+        # value; replacing the whole mapping, --model-kwargs img_size=32 with the DeiT-III recipe would drop its
+        # init_values, LayerScale then at timm's 1e-6, silently)
         parser.set_defaults(**load_config(known.config, parser))
     return parser.parse_args(argv)

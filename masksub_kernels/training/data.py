@@ -168,7 +168,7 @@ def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: b
 def _check_layout(split_root: str, paths: list[str]) -> None:
     """Every image at split/CLASS/file, CLASS not hidden: timm labels an image by its innermost folder, so images
     directly in the split, in a hidden folder ('.ipynb_checkpoints') or in a sub-folder of a class folder made
-    classes of their own (the same sub-folder name in two classes one class of both: helper-151), silently."""
+    classes of their own (the same sub-folder name in two classes one class of both), silently."""
     prefix = os.path.join(split_root, "")
     for path in paths:
         rest = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, split_root)
@@ -317,7 +317,7 @@ def train_sampler(dataset: Dataset, epoch: int, seed: int, rank: int, world: int
         sampler.set_epoch(seed * 1_000_003 + epoch)
         return sampler
     if world > 1:  # torch seeds its shuffle with seed + epoch: seed * 1_000_003, else seed s's epoch e + 1 was seed
-        # s + 1's epoch e (runs of consecutive seeds replayed each other's orders an epoch apart: helper-218)
+        # s + 1's epoch e (else runs of consecutive seeds would replay each other's orders an epoch apart)
         sampler = DistributedSampler(
             dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed * 1_000_003, drop_last=True
         )

@@ -25,9 +25,9 @@ on the CPU too: a kernel that read memory it never wrote would show. Determinist
 (attention's backward most), and torch has none for a few ops on a GPU (by torch's documentation and sources: the
 backward of bilinear / bicubic interpolation, e.g. a timm ViT with ``dynamic_img_size`` resizing its position
 embedding to another image size; adaptive pooling to more than 1 x 1; ``grid_sample``; 4-D ``cross_entropy``; none on
-the library's own paths, helper-134; a CNN's global pool to 1 x 1 is a mean, deterministic): it is off by default.
+the library's own paths; a CNN's global pool to 1 x 1 is a mean, deterministic): it is off by default.
 Off, the context turns cuDNN's benchmarking on instead, as timm's train.py does (the fastest convolution algorithms
-for the run's shapes, chosen by timing at the first call of each: helper-249; a ResNet's steps on cuDNN's defaults
+for the run's shapes, chosen by timing at the first call of each; a ResNet's steps run on cuDNN's defaults
 otherwise), and puts it back after.
 """
 

@@ -1,5 +1,5 @@
 """The optional packages each part of the training layer needs, checked before any work: a missing one is a
-one-line error naming the pip extra that brings it, installed from the checkout (helper-231: they were tracebacks,
+one-line error naming the pip extra that brings it, installed from the checkout (not a traceback, a
 ModuleNotFoundError, or transformers' "Could not import module 'Trainer'" without a word of accelerate)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def missing_message(what: str, modules: tuple[str, ...], extra: str) -> str | No
         return None
     names = {"sklearn": "scikit-learn"}  # pip's name where it is not the import's
     listed = ", ".join(names.get(name, name) for name in missing)
-    # the package is installed from its checkout (README), not from an index that knows its name (helper-270)
+    # the package is installed from its checkout (README), not from an index that knows its name
     return (
         f"{what} needs {listed}, not installed: pip install --no-build-isolation '.[{extra}]' in the masksub_kernels "
         f"checkout (or pip install {listed})"

@@ -184,7 +184,7 @@ def check_input_size(
         why = "a strict image size"
         if hasattr(embed, "backbone") and hasattr(embed, "dynamic_feat_size"):
             # a hybrid's patch embedding (a CNN backbone) takes any size and asserts none: its fixed position
-            # embedding wants the built token grid, which other sizes may give too (helper-228: 72 px at 64's)
+            # embedding wants the built token grid, which other sizes may give too (72 px at 64's)
             grid, built_grid = (tuple(embed.dynamic_feat_size(tuple(size))) for size in (img_size, built))
             refused, why = grid != built_grid, f"a token grid {grid} where the position embedding has {built_grid}"
         if refused:
@@ -228,8 +228,8 @@ def check_input_size(
 def check_vit_patches(model: nn.Module, img_size: tuple[int, int]) -> tuple[int, int]:
     """A timm ViT's token grid for ``img_size`` images; a ValueError for a size its patches do not tile. timm's patch
     embedding refuses such a size unless it pads (dynamic_img_pad), or, not strict, crops it silently (the
-    training command's --baseline checks it too: helper-231); a hybrid's CNN backbone takes any size, its patches
-    cut the features (helper-227: both were refused, or a hybrid's grid counted in pixels)."""
+    training command's --baseline checks it too); a hybrid's CNN backbone takes any size, its patches cut the
+    features (its grid counted in patches of the features, not of pixels)."""
     embed = model.patch_embed
     patch = _pair(embed.patch_size)
     tiled = getattr(embed, "dynamic_img_pad", False) or hasattr(embed, "backbone")
@@ -243,7 +243,7 @@ def check_swin_cells(grid: tuple[int, int], patch: tuple[int, int], cell_size: i
     """Raise a ValueError when the cells of ``cell_size`` tokens do not divide the Swin stage-1 token ``grid`` (of
     ``patch`` = (height, width)-pixel patches) or ``mask_ratio`` keeps none of them."""
     if grid[0] % cell_size or grid[1] % cell_size:
-        height, width = cell_size * patch[0], cell_size * patch[1]  # a non-square patch: per side (helper-202)
+        height, width = cell_size * patch[0], cell_size * patch[1]  # a non-square patch: per side
         size = f"{height} pixels" if height == width else f"{height} x {width} pixels (height x width)"
         unit = f"patch {patch[0]} x cell" if patch[0] == patch[1] else f"patch {patch[0]} x {patch[1]}, cell"
         raise ValueError(
@@ -256,7 +256,7 @@ def check_swin_cells(grid: tuple[int, int], patch: tuple[int, int], cell_size: i
 
 def _fewest_cells(mask_ratio: float) -> int:
     """The fewest cells of which the grid masks keep one: the smallest n with int(n (1 - r)) >= 1, the ops' own
-    rounding (helper-149: ceil(1 / (1 - r)) said 5 at r = 0.8, where 1 - 0.8 = 0.19999999999999996 keeps 0 of 5)."""
+    rounding (not ceil(1 / (1 - r)): 5 at r = 0.8, where 1 - 0.8 = 0.19999999999999996 keeps 0 of 5)."""
     import math
 
     n = max(1, math.ceil(1.0 / (1.0 - mask_ratio)) - 1)
@@ -284,7 +284,7 @@ def _other_cell(grid: tuple[int, int], cell_size: int, mask_ratio: float) -> str
 def _check_cells(family: str, grid: tuple[int, int], patch: tuple[int, int], cell_size: int, mask_ratio: float) -> None:
     """A grid of too few cells keeps none: say which image size or cell size would keep one (the bare
     ``num_kept_tokens`` error talks about tokens, which means nothing to a CNN user). One of more cells than a mask
-    selects among (8192): the ops' error, naming a larger cell size, here before the first step (helper-251)."""
+    selects among (8192): the ops' error, naming a larger cell size, here before the first step."""
     import math
 
     from ..ops._grid_checks import _cell_grid

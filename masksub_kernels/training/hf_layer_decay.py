@@ -10,11 +10,11 @@ transformers' models name no matcher as timm's do, so the blocks are found by th
 ``nn.ModuleList`` attributes named ``layer``, ``layers`` or ``blocks`` whose elements hold parameters (ViT, DeiT,
 DINOv2, CLIP / SigLIP vision, BERT, RoBERTa, DistilBERT: one list; Swin, ConvNeXt: a list of stages, each with a
 list of blocks, where the innermost lists are the blocks, numbered across the stages in order; T5's blocks are the
-elements of a list named ``block``, whose own lists named ``layer`` hold a block's sub-layers, no blocks: helper-263;
-an element that is an unnamed ModuleList is a group of blocks, its elements the blocks: Funnel's, helper-265).
+elements of a list named ``block``, whose own lists named ``layer`` hold a block's sub-layers, no blocks;
+an element that is an unnamed ModuleList is a group of blocks, its elements the blocks: Funnel's).
 A model without such a list is refused (transformers' ResNet, whose blocks are an ``nn.Sequential``: CNN recipes use
 no layer decay), as is one whose block lists lie in no one list of stages (CLIPModel's text and vision towers,
-helper-247; T5's encoder and decoder). A parameter outside the blocks takes the layer of the block before it in the
+T5's encoder and decoder). A parameter outside the blocks takes the layer of the block before it in the
 model's registration order (a Swin stage's patch merging, after its blocks: its last block's; ConvNeXt's
 downsampling, before a stage's blocks: the previous stage's last block; MobileViT's norm, projection and fusion after
 a stage's blocks, the last stage's too: its last block's), or 0 before the first block, or L + 1 after the last block
@@ -22,11 +22,11 @@ and outside the list of stages holding it (the final norm, the pooler). A relati
 and shared by them all (a module named in ``SHARED_BIAS_NAMES``: BEiT's and Data2Vec-vision's with
 ``use_shared_relative_position_bias``; one inside a block is the block's, as T5's in its first) is L + 1: BEiT's
 fine-tuning code puts its ``rel_pos_bias`` at the last layer id, the full rate (unilm beit/optim_factory.py
-get_num_layer_for_vit); timm's BEiT matcher, and so the training command's ``--layer-decay``, puts it in the stem
-(helper-263). A transformers model's parameters outside its backbone (``model.base_model``, where that is a
+get_num_layer_for_vit); timm's BEiT matcher, and so the training command's ``--layer-decay``, puts it in the stem.
+A transformers model's parameters outside its backbone (``model.base_model``, where that is a
 submodule holding the blocks) are its head, L + 1, wherever they are registered: XLM-RoBERTa's and CamemBERT's
-classifiers and MLM heads are registered before the backbone, and by registration order alone trained at the stem's
-rate (helper-260). A tied parameter (BERT's MLM decoder, the word embeddings) is one parameter, in one group under
+classifiers and MLM heads are registered before the backbone, and by registration order alone would train at the
+stem's rate. A tied parameter (BERT's MLM decoder, the word embeddings) is one parameter, in one group under
 its first name: it trains at the lowest rate of its places (the embeddings', layer 0), whichever is registered
 first. ``head_rate`` names parameters that train at the full rate wherever they sit: MaskSub's Swin mask token (the
 embeddings' ``mask_token``, new at fine-tuning: at the stem's rate it would barely move), as the training command's

@@ -15,9 +15,9 @@ random cells of S x S tokens per sample (Kc = floor(Lc (1 - r)), S = 8 by defaul
 
 so the model's own forward runs (its shifted windows, padding, attention implementation, checkpointing). As in the
 official code and timm's Swin (swin.py), that is after the absolute position embedding where the model has one
-(helper-149: transformers' own masking, which this followed before 2026-12-05, comes before it, so removed tokens
-kept their position); without one (the released Swin and SwinV2 checkpoints) the two are the same. The grid is the
-padded one transformers makes: ceil(H / p) x ceil(W / p) tokens.
+(transformers' own masking comes before it, so removed tokens would keep their position); without one (the
+released Swin and SwinV2 checkpoints) the two are the same. The grid is the padded one transformers makes:
+ceil(H / p) x ceil(W / p) tokens.
 
 The mask token lives in the model, in the slot transformers gives it (``swin.embeddings.mask_token``, created by
 ``prepare`` where the model was built without one; trunc-normal 0.02 as timm's), so the model's optimizer, a
@@ -118,7 +118,7 @@ def prepare(model: nn.Module) -> tuple[CellMask, nn.Parameter]:
     norm = embeddings.norm
     token = getattr(embeddings, "mask_token", None)
     if not isinstance(token, nn.Parameter):
-        weight = norm.weight  # the token drawn on the CPU: a GPU run starts from the CPU run's (helper-249)
+        weight = norm.weight  # the token drawn on the CPU: a GPU run starts from the CPU run's
         token = nn.init.trunc_normal_(torch.empty(1, 1, weight.shape[0], dtype=weight.dtype), std=0.02)
         embeddings.mask_token = nn.Parameter(token.to(weight.device))
     return install(embeddings.dropout, CellMask), embeddings.mask_token

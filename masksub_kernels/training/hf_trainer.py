@@ -8,7 +8,7 @@
     trainer.train(); trainer.evaluate(); trainer.save_model()      # save_model: the plain Hugging Face model
 
 It is ``Trainer`` with ``compute_loss`` replaced, and the settings that calling MaskSub from a ``Trainer`` by hand
-gets wrong (a probe's findings, 2026-12-03) made right:
+gets wrong made right:
 
 - The model given to the Trainer is the Hugging Face model itself: what it saves (``config.json``,
   ``model.safetensors``), what ``from_pretrained`` loads back, what ``remove_unused_columns`` reads the batch's
@@ -102,7 +102,7 @@ class MaskSubTrainer(Trainer):
         dynamo = getattr(getattr(self.accelerator.state, "dynamo_plugin", None), "backend", None)
         if self.args.torch_compile or str(getattr(dynamo, "value", dynamo or "NO")).upper() != "NO":
             # (accelerate's dynamo backend, from accelerate launch's --dynamo_backend, its config or the
-            # environment, compiles the model as torch_compile does: helper-276)
+            # environment, compiles the model as torch_compile does)
             raise ValueError(
                 "TrainingArguments.torch_compile (or accelerate's dynamo backend) compiles the model the Trainer "
                 "calls, not the one MaskSub calls: give MaskSubTrainer torch.compile(model) instead"
@@ -119,7 +119,7 @@ class MaskSubTrainer(Trainer):
                 "TrainingArguments.label_smoothing_factor acts only in the Trainer's own loss; pass MaskSub's: "
                 f"masksub={{'label_smoothing': {self.args.label_smoothing_factor}}}"
             )
-        if getattr(self, "compute_loss_func", None) is not None:  # (helper-224: taken and never called)
+        if getattr(self, "compute_loss_func", None) is not None:  # (else taken and never called)
             raise ValueError(
                 "compute_loss_func is the Trainer's own loss, which MaskSubTrainer replaces by MaskSub's: pass its "
                 "options as masksub={...} (main_weight, sub_weight, label_smoothing, ...), or subclass and override "
@@ -228,7 +228,7 @@ class MaskSubTrainer(Trainer):
         if not training or self.args.world_size <= 1 or ours:  # (ours: a later train() keeps its DDP)
             return wrapped
         # (anything else, the Hugging Face model or a copy of it that an earlier evaluate() left as model_wrapped,
-        # is not what the loss goes through: without this DDP no gradient would be averaged, helper-276)
+        # is not what the loss goes through: without this DDP no gradient would be averaged)
 
         self.accelerator.prepare_model(self.model, evaluation_mode=True)
         device, handler = self.accelerator.device, self.accelerator.ddp_handler
@@ -255,8 +255,8 @@ class MaskSubTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         """The Trainer's ``load_best_model_at_end``, with the weights read back under the model's own names
-        (``_reload_renamed``): its load is as non-strict as the resume's, so the renamed tensors kept the last step's
-        values, the rest the best checkpoint's (helper-271)."""
+        (``_reload_renamed``): its load is as non-strict as the resume's, so the renamed tensors would keep the last
+        step's values, the rest the best checkpoint's."""
         super()._load_best_model()
         self._reload_renamed(self.state.best_model_checkpoint, self.model)
 
@@ -266,7 +266,7 @@ class MaskSubTrainer(Trainer):
         ``encoder.layer.0.attention.attention.query`` for its ``layers.0.attention.q_proj``) and the Trainer loads
         the file non-strictly without renaming them back, leaving those weights as they were (at their
         initialisation in a resume, at the last step's values for the best model) with one logged warning
-        (helper-154: 32 of a tiny ViT's 40 tensors; the plain Trainer alike). ``from_pretrained`` renames them: its
+        (32 of a tiny ViT's 40 tensors; the plain Trainer alike). ``from_pretrained`` renames them: its
         model's tensors are copied in, the Trainer's load having taken the keys it drops (a Swin's mask token, saved
         under its own name); a tensor that neither gives is an error, not a silently stale weight. Left to the
         Trainer alone: an adapter's checkpoint (a PEFT model, not a ``PreTrainedModel``), a folder without a model
@@ -293,7 +293,7 @@ class MaskSubTrainer(Trainer):
     def _set_signature_columns_if_needed(self) -> None:
         """The Trainer's columns (the model's forward's arguments and the label names) that ``remove_unused_columns``
         keeps; a masked LM's also its ``special_tokens_mask``, which its forward does not take and MaskSub's
-        sub-branch reads to keep [CLS] / [SEP] (dropped, the sub-branch dropped them like any token: helper-271)."""
+        sub-branch reads to keep [CLS] / [SEP] (dropped, the sub-branch would drop them like any token)."""
         super()._set_signature_columns_if_needed()
         masksub = getattr(self, "masksub", None)  # (None: asked for before MaskSub is built)
         if masksub is not None and masksub.family == "mlm" and "special_tokens_mask" not in self._signature_columns:
@@ -344,7 +344,7 @@ class MaskSubTrainer(Trainer):
         """MaskSub's joint loss in training; the main criterion and the model's logits in evaluation."""
         if self.masksub.family == "mlm":
             # its branches call the encoder and the head past the model's forward, which is all that the Trainer's
-            # mixed precision (accelerate's) wraps: without this, bf16=True / fp16=True trained in fp32 (helper-249)
+            # mixed precision (accelerate's) wraps: without this, bf16=True / fp16=True would train in fp32
             with self.accelerator.autocast():
                 out = self._runner(model)(inputs, seed=self._mask_seed())
             self._track_terms(out)

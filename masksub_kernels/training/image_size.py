@@ -32,9 +32,9 @@ def digits_default_size(args, model: torch.nn.Module, img_size: int) -> bool:
 
 def check_model_size(model: torch.nn.Module, img_size: int, args) -> None:
     """A ViT / Swin built for another size fails deep in its patch embedding: say so up front, with a size that its
-    patches tile (helper-231: --img-size 30 advised img_size=30, which 16-pixel patches then refused), and for a
-    timm Swin's MaskSub arm, where that size leaves its mask cells too few, what they need (helper-231: the digits'
-    advice, img_size=32, then met the cells' 64-pixel minimum)."""
+    patches tile (not --img-size 30's img_size=30, which 16-pixel patches refuse), and for a timm Swin's MaskSub
+    arm, where that size leaves its mask cells too few, what they need (e.g. the cells' 64-pixel minimum, not the
+    digits' img_size=32)."""
     size = fixed_size(model)
     if size is not None and size != (img_size, img_size):
         patch = getattr(model.patch_embed, "patch_size", 1)

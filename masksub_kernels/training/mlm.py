@@ -305,8 +305,8 @@ NO_SPECIAL_MASK = (
 
 
 def warn_no_special_mask(owner: nn.Module, batch) -> None:
-    """A UserWarning, once per ``owner`` (the MaskSub), when ``batch`` has no special_tokens_mask (helper-270: the
-    sub-branch dropped [CLS] / [SEP] silently). A dictionary lookup on the host: no sync."""
+    """A UserWarning, once per ``owner`` (the MaskSub), when ``batch`` has no special_tokens_mask (the
+    sub-branch then drops [CLS] / [SEP]). A dictionary lookup on the host: no sync."""
     if torch.compiler.is_compiling():  # (a MaskSub compiled whole: a warning would break its graph)
         return
     if batch.get("special_tokens_mask") is None and not getattr(owner, "_warned_no_special_mask", False):
@@ -463,7 +463,7 @@ def evaluate_batch(parts: MLMParts, batch) -> dict[str, torch.Tensor]:
     labels = batch["labels"].reshape(-1)
     rows = labels != IGNORE_INDEX
     logits = parts.decoder(_rows(hidden)[rows]).float()
-    picked = labels[rows].long()  # (int32 labels train as int64 ones: cross_entropy takes int64 only, helper-193)
+    picked = labels[rows].long()  # (int32 labels train as int64 ones: cross_entropy takes int64 only)
     outside = picked[(picked < 0) | (picked >= logits.shape[1])]  # the training loss's check (cross_entropy: an
     if outside.numel():  # IndexError on the CPU, a device assert on a GPU)
         raise ValueError(f"class ids must be in [0, {logits.shape[1]}) or ignore_index={IGNORE_INDEX}, got "

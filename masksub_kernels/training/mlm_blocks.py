@@ -21,9 +21,9 @@ memory-mapped by every rank, kept on the CPU, a batch at a time moved to the dev
   40 GB): each training block's count of special tokens, as a histogram (mlm_cli._check_keep), and the corpus's
   SHA-256 (``corpus_digest``, which a checkpoint records) for the held-out blocks evaluated by this run's
   --eval-blocks, by all of them (0) and by the default 512; another --eval-blocks computes it at the start, unless
-  a --prepare-only of that --eval-blocks that found the cache valid recorded it (record_digest, helper-269).
-- ``--reuse-block-cache`` (helper-267): a start or a resume takes the blocks from the cache without reading the text
-  (rank 0 read the whole corpus into memory at each start to hash it for the key: minutes and tens of GB at
+  a --prepare-only of that --eval-blocks that found the cache valid recorded it (record_digest).
+- ``--reuse-block-cache``: a start or a resume takes the blocks from the cache without reading the text
+  (else rank 0 reads the whole corpus into memory at each start to hash it for the key: minutes and tens of GB at
   Wikipedia's size). corpus_documents reads nothing (the vocabulary must exist: none is trained without the text);
   reused_key recomputes the key (key_of: cache_key's own) from the documents' SHA-256 that blocks.json records,
   trusted (a corpus changed since is not noticed), and this run's vocabulary, --seq-len, tokenizers version and
@@ -31,8 +31,8 @@ memory-mapped by every rank, kept on the CPU, a batch at a time moved to the dev
   The document counts, the corpus digest and a resume's documents check (check_resume_early) come from blocks.json.
 - Training batches: a batch's rows are gathered from the mapped blocks on the CPU and copied to a CUDA device from
   pinned memory without blocking (``to_device``), then widened to int64 (the model's ids, as before); their
-  special-token mask is computed from the batch (``torch.isin``), not held for the whole corpus: 9 bytes a token on
-  every GPU before (helper-253).
+  special-token mask is computed from the batch (``torch.isin``), not held for the whole corpus (9 bytes a token on
+  every GPU).
 - The held-out evaluation: ``--eval-blocks`` K of the N held-out blocks, evenly strided over them (``eval_rows``:
   block floor(i N / K) for i < K, in file order), not the first K (which came from the first documents alone).
 """

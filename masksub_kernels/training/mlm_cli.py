@@ -293,7 +293,7 @@ def _corpus(args, rank: int, world: int, device, tokenizer_at: str, resuming: bo
 
 
 def _check_held_out(args, val: dict) -> None:
-    """Refuse a held-out corruption that predicts no token (helper-157: val_loss 0.0 was logged, a perfect-looking
+    """Refuse a held-out corruption that predicts no token (else val_loss 0.0 is logged, a perfect-looking
     loss): one fixed draw, known before a round of training."""
     if not bool((val["labels"] != -100).any()):
         raise UsageError(
@@ -551,7 +551,7 @@ def _run(args) -> None:
         })  # fmt: skip
         if rank == 0:
             row = rows[-1]
-            # each term, as masksub-train prints them (helper-231: 'loss', the weighted sum, meant another per arm)
+            # each term, as masksub-train prints them ('loss', the weighted sum, means another thing per arm)
             sub = "" if row["loss_sub"] is None else f" loss_sub {row['loss_sub']:.4f}"
             print(
                 f"step {row['step']}: loss_main {row['loss_main']:.4f}{sub} val_loss {row['val_loss']:.4f} "
@@ -578,7 +578,7 @@ def _run(args) -> None:
 
 def _check_finite_weights(model: nn.Module, step: int, rank: int) -> None:
     """Stop a run whose weights are no longer finite before its round saves them over last.pth, the last good
-    checkpoint (helper-253). Weights, not the round's loss: under fp16 a non-finite loss whose step the GradScaler
+    checkpoint. Weights, not the round's loss: under fp16 a non-finite loss whose step the GradScaler
     skipped leaves them intact. One device read per round; DDP keeps every rank's weights equal: all stop alike."""
     finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
     if not bool(finite):

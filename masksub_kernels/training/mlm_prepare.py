@@ -1,5 +1,5 @@
 """``masksub-train-mlm --prepare-only``: the vocabulary and the token-block cache made ahead of a run, in one CPU
-process, with no model, no GPU and no training (helper-262).
+process, with no model, no GPU and no training.
 
 Under torchrun rank 0 reads the corpus, trains the vocabulary where absent and packs the blocks where the cache is
 absent or stale, while every other rank (and every GPU) waits at a collective, up to the process group's timeout
@@ -11,7 +11,7 @@ later run of the same corpus, vocabulary, --seq-len and cache folder reads the c
 trains bit for bit as one that packed it itself: the same files, made by the same function.
 
 - Used: --data-dir, --vocab-size, --tokenizer, --seq-len, --eval-blocks (the corpus digest blocks.json stores for
-  it: with the cache it builds, or added to a cache it finds valid where missing, helper-269: mlm_blocks.record_digest,
+  it: with the cache it builds, or added to a cache it finds valid where missing: mlm_blocks.record_digest,
   under the lock, blocks.json alone rewritten, its key and the blocks as they are; a folder that cannot be written gets
   a note), --block-cache, --output (the cache's folder without --block-cache, and the default tokenizer.json's),
   --deterministic.

@@ -50,7 +50,7 @@ def _changes(args, state: dict, world: int, tokenizer_sha256: str) -> list[str]:
     changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MUST_MATCH
                if _resume_value(k, saved.get(k)) != _resume_value(k, getattr(args, k))]  # fmt: skip
     saved_accum, saved_world = saved.get("accum_steps", 1), state.get("world_size", 1)
-    if saved_accum * saved_world != args.accum_steps * world:  # a step's parts (helper-253: the split may change)
+    if saved_accum * saved_world != args.accum_steps * world:  # a step's parts (the split may change)
         changed.append(
             f"a step's parts, --accum-steps x processes, {saved_accum} x {saved_world} -> {args.accum_steps} x {world}"
         )
@@ -84,10 +84,10 @@ def check_resume_early(args, state: dict, world: int, tokenizer_sha256: str, key
 
 
 def _another_run(args, changed: list[str]) -> UsageError:
-    """The refusal of a resume of another run: where options differ (helper-270: `--resume PATH` alone listed the
-    defaults against the checkpoint's values, with no word that a resume repeats the run's options), it says so, and
-    lists the other differences (a step's parts, the vocabulary) after the options, in their own words (helper-279:
-    they were listed under the options' heading)."""
+    """The refusal of a resume of another run: where options differ (`--resume PATH` alone
+    compares the defaults with the checkpoint's values: a resume repeats the run's options), it says so, and lists the
+    other differences (a step's parts, the vocabulary) after the options, in their own words, not under the options'
+    heading."""
     options = [change for change in changed if change.startswith("--")]
     others = [change for change in changed if not change.startswith("--")]
     if not options:

@@ -80,7 +80,7 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
     """(tokenizer, digest, trained): the vocabulary at ``path``, trained on the training documents and saved when
     absent (``trained``). Under DDP rank 0 alone decides and trains, and every rank waits for its outcome (the
     broadcast of rank_zero_check): training is not deterministic, so the ranks must read one file, and a save that
-    fails on rank 0 ends every rank with its message (none is left waiting in a collective, helper-193)."""
+    fails on rank 0 ends every rank with its message (none is left waiting in a collective)."""
     from tokenizers import Tokenizer
 
     from . import text_data
@@ -108,7 +108,7 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
             ) from exc
 
     rank_zero_check(train_and_save, rank, world)  # every rank: under DDP the others wait here for the file
-    if trained and args.tokenizer:  # (helper-231: a mistyped path to share a vocabulary trained another, silently)
+    if trained and args.tokenizer:  # (a mistyped path to share a vocabulary trains another: say so)
         print(f"{prog}: note: --tokenizer {path!r} did not exist: a new vocabulary was trained on this run's "
               "documents and written there (runs compared share one existing file)", file=sys.stderr)  # fmt: skip
     if rank == 0 and not trained and not args.tokenizer and not resuming:
@@ -123,16 +123,16 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
         raise UsageError(f"--tokenizer {path!r} lacks BERT's special tokens {missing}")
     special = {token.content for token in tokenizer.get_added_tokens_decoder().values() if token.special}
     plain = [t for t in text_data.SPECIAL_TOKENS if t not in special]
-    if plain:  # (helper-233: pack_blocks encodes only special added tokens as text, so a corpus's "[MASK]" was masks)
+    if plain:  # (pack_blocks encodes only special added tokens as text, else a corpus's "[MASK]" would be masks)
         raise UsageError(f"--tokenizer {path!r}: BERT's tokens {plain} are not special added tokens there "
                          "(added_tokens with \"special\": true): the corpus's own text would encode as them; mark them "
                          "special")  # fmt: skip
     size = tokenizer.get_vocab_size()
     top = max(tokenizer.get_vocab(with_added_tokens=True).values())
-    if top != size - 1:  # (helper-233: an id past the embedding's rows, an IndexError at the first step)
+    if top != size - 1:  # (else an id past the embedding's rows, an IndexError at the first step)
         raise UsageError(f"--tokenizer {path!r}: its ids run to {top} but it has {size} tokens (the model embeds ids "
                          f"0 to {size - 1}): number the vocabulary without gaps")  # fmt: skip
-    if rank == 0 and not trained and args.vocab_size not in (None, size):  # (helper-157: ignored without a word)
+    if rank == 0 and not trained and args.vocab_size not in (None, size):  # (a note: not ignored silently)
         print(f"{prog}: note: --vocab-size {args.vocab_size} is not used: the vocabulary read from {path!r} has "
               f"{size} tokens", file=sys.stderr)  # fmt: skip
     return tokenizer, tokenizer_digest(path), trained
@@ -158,7 +158,7 @@ def _written_here(path: str) -> bool:
 def removed_if_refused(path: str, rank: int, also: Sequence[str | Callable[[], None]] = ()):
     """Around a run's set-up: where it ends in a ``UsageError`` and the file at ``path`` is the vocabulary this
     process trained and saved there inside it (load_tokenizer: its path and inode, mtime, size; not a file another
-    run, a concurrent --prepare-only, wrote there meanwhile, helper-269), it is deleted, with the files ``also`` (the
+    run, a concurrent --prepare-only, wrote there meanwhile), it is deleted, with the files ``also`` (the
     token blocks this run cached for it, which no other vocabulary's run would reuse: mlm_blocks.py, and the folders
     made for them; a callable removes its own: the cache files, each where still its own, and the lock, under the
     lock: mlm_blocks.remove_built, remove_lock; read where the exception is handled, so a list the set-up fills);

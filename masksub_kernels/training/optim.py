@@ -6,7 +6,7 @@ position embedding, patch embedding, ``norm_pre``) is layer 0, block i is layer 
 fc_norm, head) layer depth + 1 -- and learning rate ``lr * d ** (depth + 1 - layer)``: the same scales as MAE's
 ``util/lr_decay.py`` and FT-CLIP's ``optim_factory.py``. timm's matchers put the final ``norm`` with the last block
 (``MATCH_PREV_GROUP``: lr * d); the references, and so this module, with the head (lr * 1): FT-CLIP's fresh
-per-token norm sits there (helper-225).
+per-token norm sits there.
 Weight decay is off for 1-D parameters and the model's ``no_weight_decay()`` names. The MaskSub wrapper's own
 parameter (Swin's mask token) joins as one more no-decay group at the full learning rate. timm's schedulers multiply
 each group's learning rate by its ``lr_scale``.
@@ -33,7 +33,7 @@ class _FinalNormAtHead:
     """``model`` as timm's param_groups_layer_decay reads it, with the final ``norm`` at the head's layer (MAE's
     lr_decay.py, FT-CLIP's optim_factory.py) where timm's group_matcher merges it into the last block's. Everything
     else is the model's (its parameters, its ``pretrained_cfg`` for timm's grouping of a model without a matcher), and
-    a matcher that is a function (CaiT, Inception) is timm's as it is (helper-228: both had been lost)."""
+    a matcher that is a function (CaiT, Inception) is timm's as it is."""
 
     def __init__(self, model: nn.Module) -> None:
         self._model = model

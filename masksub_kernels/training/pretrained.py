@@ -162,13 +162,13 @@ def load_initial_checkpoint(
     fmt, state = detect_format(obj)
     fresh_norm = fresh_norm and not (fmt == "masksub" and _trained_per_token(obj))
     ignored: list[str] = []
-    if fmt == "clip":  # OpenAI's layout or OpenCLIP's timm trunk (visual.trunk.*; helper-221: its text tower unlisted)
+    if fmt == "clip":  # OpenAI's layout or OpenCLIP's timm trunk (visual.trunk.*; its text tower listed as ignored)
         ignored = sorted(k for k in state if not k.startswith("visual."))  # the text tower and logit scale
     filter_fn = _filter_fn(model)
     if filter_fn is not None:
         # the sources resample a position embedding by F.interpolate(bicubic, align_corners=False) without
         # antialiasing (DeiT's main.py, MAE's util/pos_embed.py); timm's filters antialias by default, another cubic
-        # (a = -0.5, not -0.75): 8% apart on a 12 -> 14 grid (helper-232)
+        # (a = -0.5, not -0.75): 8% apart on a 12 -> 14 grid
         plain = "antialias" in inspect.signature(filter_fn).parameters
         try:
             state = filter_fn(state, model, antialias=False) if plain else filter_fn(state, model)

@@ -17,8 +17,8 @@ class ReportedOnRankZero(UsageError):
 
 def rank_zero_check(check: Callable[[], None], rank: int, world: int) -> None:
     """Run ``check`` (raises UsageError) on rank 0 and share its outcome: every rank raises, so none goes on into a
-    collective that rank 0 has left (under torchrun the other ranks' gloo / NCCL tracebacks followed the error,
-    helper-148). One broadcast of a Python object under torchrun; nothing else without it."""
+    collective that rank 0 has left (under torchrun the other ranks' gloo / NCCL tracebacks would follow the
+    error). One broadcast of a Python object under torchrun; nothing else without it."""
     message = None
     if rank == 0:
         try:

@@ -41,7 +41,7 @@ _UNCHECKED = (
 
 
 # Options added since checkpoints were first written, with the behaviour a checkpoint without them trained with: a
-# resumed run that sets another value gets a note (helper-142: the DeiT-III recipe's uniform drop-path, silently)
+# resumed run that sets another value gets a note (e.g. the DeiT-III recipe's uniform drop-path, not silently)
 _ADDED = {"drop_path_schedule": "linear"}
 
 
@@ -226,7 +226,7 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
     # seeds), and how the loaders seed them (data.LOADER_SEEDING). Not the loader workers: since seeding 3 a sample's
     # augmentation comes from (seed, epoch, rank, position) whichever process loads it. Before 3 the workers (or the
     # main process) drew them: another seeding, not another --workers, is noted then, for a run that augments; a
-    # torchrun checkpoint of before 2026-12-06 (no record: 1) had other orders (seed != 0) too (helper-218, -220's F5)
+    # torchrun checkpoint of before 2026-12-06 (no record: 1) had other orders (seed != 0) too
     seeding = ckpt.get("loader_seeding", 1)
     drawers = {"processes": (ckpt.get("world"), s.world, "they draw the batches and their augmentations")}
     orders = seeding < 2 and max(ckpt.get("world") or 1, s.world) > 1  # torchrun's orders of before 2026-12-06

@@ -98,7 +98,7 @@ def check_writable_directory(directory: str, what: str) -> None:
 
 
 # How long a collective waits for the slowest rank: rank 0's work that the others wait on (masksub-train-mlm training
-# its tokenizer on a large corpus, a checkpoint written to slow storage) can outlast NCCL's 10 minutes (helper-249)
+# its tokenizer on a large corpus, a checkpoint written to slow storage) can outlast NCCL's 10 minutes
 DIST_TIMEOUT = datetime.timedelta(minutes=60)
 
 
@@ -259,7 +259,7 @@ def _img_size(args, model_kwargs: dict) -> int:
 
 
 def _mean_std(args, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """An image folder's --mean / --std (one number, or one per channel: else a UsageError, helper-194: a traceback in
+    """An image folder's --mean / --std (one number, or one per channel: else a UsageError, not a traceback in
     the loader; the digits use their own), else the model's pretrained config's normalisation, else ImageNet's."""
     import timm
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -356,7 +356,7 @@ def check_args(args) -> None:
     if args.scale is not None and not 0 < args.scale[0] <= args.scale[1] <= 1:
         raise UsageError(f"--scale is a crop-area range 0 < min <= max <= 1, got {args.scale}")
     if args.require_initial_checkpoint and args.initial_checkpoint is None and args.resume is None:
-        # (helper-270: deit3_finetune's ViT-B trained from random weights at lr 1e-5, silently)
+        # (else deit3_finetune's ViT-B would train from random weights at lr 1e-5, silently)
         where = f"--config {args.config!r} fine-tunes" if args.config is not None else "this run fine-tunes"
         out = ", or --no-require-initial-checkpoint to train from random weights"
         if args.head_init_scale is not None:  # (which needs the checkpoint too, and cannot be unset by an option)
@@ -499,9 +499,9 @@ def setup(args) -> Setup:
     eager = unwrap_model(model)
     optimizer = build_optimizer(args, ms if ms is not None else eager, ms.inner_model if ms is not None else eager)
     ema = build_ema(args, model)
-    # An ImageFolder's default: 4 loader processes (timm's) on every machine (until 2026-12-07 the count decided
-    # which process drew the augmentations, helper-118; since, data.SeededSamples seeds each sample, whichever
-    # process loads it); the digits are tensors in memory: none.
+    # An ImageFolder's default: 4 loader processes (timm's) on every machine (the count does not change the
+    # augmentations: data.SeededSamples seeds each sample, whichever process loads it); the digits are tensors in
+    # memory: none.
     workers = args.workers if args.workers is not None else (0 if args.data_dir is None else 4)
     samples = len(train_sampler(data.train, 0, args.seed, rank, world, args.aug_repeats))
     batches = samples // args.batch_size

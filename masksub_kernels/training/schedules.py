@@ -56,8 +56,8 @@ def optimizer_step(
 ) -> None:
     """Unscale (when clipping under a scaler), clip the gradient norm of the optimizer's parameters to
     ``clip_grad``, step. The optimizer's own: those a scaler unscales and the step updates (a head-only optimizer
-    beside a trainable backbone: the backbone's still-scaled gradients made the head's clipped ~2^16 times too small,
-    helper-143)."""
+    beside a trainable backbone: the backbone's still-scaled gradients would make the head's clipped ~2^16 times too
+    small)."""
     _check_clip_grad(clip_grad)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if scaler is not None:
@@ -110,7 +110,7 @@ def _check_optimizer(ms, optimizer: torch.optim.Optimizer) -> None:
 
 class CheckedOptimizers:
     """The optimizers whose parameters a step has checked, by identity, held weakly: one that is collected is
-    forgotten (kept by id() alone, a new optimizer at a freed one's address skipped its checks: helper-113's review;
+    forgotten (kept by id() alone, a new optimizer at a freed one's address would skip its checks;
     an optimizer's own ``__eq__`` / ``__hash__`` play no part). An object that takes no weak reference (a duck-typed
     optimizer, e.g. a SimpleNamespace) is never remembered: checked on every call. A copy (copy.deepcopy, e.g. an
     EMA of the model; pickling) starts empty: its parameters are new objects, which the optimizers checked for the

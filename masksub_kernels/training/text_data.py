@@ -52,9 +52,9 @@ def stdlib_docstrings(root: str | None = None) -> list[str]:
     return documents
 
 
-# Paragraphs: separated by a line that is empty or holds whitespace alone (editors leave spaces and tabs: helper-151;
-# a form feed, a no-break space: any Unicode whitespace but a newline); until 2026-12-06 spaces and tabs only
-# (helper-233: a no-break space's line joined two paragraphs)
+# Paragraphs: separated by a line that is empty or holds whitespace alone (editors leave spaces and tabs;
+# a form feed, a no-break space: any Unicode whitespace but a newline, so that a no-break space's line does not join
+# two paragraphs)
 _PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n")
 
 
@@ -96,7 +96,7 @@ def text_dir_documents(root: str) -> list[str]:
 
 def _first_read(path: str, seen: set) -> bool:
     """Whether text_dir_documents reads ``path``: a file not read before under another name (a symbolic or hard
-    link to a file is read once, helper-233 / helper-234: twice before), and not a pipe or a device (a FIFO named
+    link to a file is read once), and not a pipe or a device (a FIFO named
     *.txt hung the read). A broken link is read: its error names it. ``seen``: the folders' real paths and the
     files' (device, inode) pairs read so far."""
     try:
@@ -119,7 +119,7 @@ def split_documents(documents: Iterable[str], held_out_mod: int = 10) -> tuple[l
 
 # A run of more than WordPiece's 100 letters and digits (not CJK ideographs, which BERT's pre-tokenizer splits one by
 # one): one word that encodes as [UNK] whatever the vocabulary, where the trainer's merges inside it take time
-# quadratic in its length (helper-151: a 100k-character run 5.4 s, a 1M one minutes): left out of the vocabulary's
+# quadratic in its length (a 100k-character run 5.4 s, a 1M one minutes): left out of the vocabulary's
 # training. Any other character (punctuation, symbols, marks) ends a run here: a word is never cut short
 _UNUSABLE_WORD = re.compile(r"(?:(?![\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff])[^\W_]){101,}")
 
@@ -142,7 +142,7 @@ def train_tokenizer(documents: list[str], vocab_size: int):
 
 
 # Documents per encode_batch call of pack_blocks: the tokenizers' Encoding objects of one batch are ~140 bytes a token,
-# so the whole corpus at once peaked at ~175 bytes a token (helper-253); by batches, ~12 (the stream's int32 ids and
+# so the whole corpus at once peaked at ~175 bytes a token; by batches, ~12 (the stream's int32 ids and
 # the int64 blocks) plus one batch's
 ENCODE_BATCH_DOCUMENTS = 10_000
 
@@ -157,7 +157,7 @@ def pack_blocks(tokenizer, documents: list[str], length: int, dtype: torch.dtype
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     parts = []
     # the text's own "[MASK]", "[PAD]", ... (a corpus about BERT) are words, not special tokens: encoded as text
-    # (tokenizers matches added tokens in the text even without add_special_tokens; helper-131)
+    # (tokenizers matches added tokens in the text even without add_special_tokens)
     inner = getattr(tokenizer, "_tokenizer", tokenizer)  # a BertWordPieceTokenizer wraps its Tokenizer
     was = getattr(inner, "encode_special_tokens", None)  # (None: a stand-in with no such switch)
     if was is not None:
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--data-dir", default=None, help="directory of *.txt files (default: the stdlib docstrings)")
     args = p.parse_args(argv)
-    if os.path.isdir(args.path):  # (helper-233: tokenizers' "Is a directory" traceback after the training)
+    if os.path.isdir(args.path):  # (before tokenizers' "Is a directory" traceback after the training)
         p.error(f"{args.path!r} is a directory; PATH is the tokenizers JSON file to write (e.g. DIR/tokenizer.json)")
     if args.vocab_size < 64:
         p.error(f"--vocab-size must be >= 64 (the special tokens and the characters), got {args.vocab_size}")
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         p.error(str(exc))
     train, held_out = split_documents(documents)
-    if not train:  # as masksub-train-mlm refuses it (helper-233: a vocabulary of the special tokens alone)
+    if not train:  # as masksub-train-mlm refuses it (else a vocabulary of the special tokens alone)
         p.error(f"no training documents: the corpus's {len(held_out)} document(s) are all held out")
     os.makedirs(os.path.dirname(os.path.abspath(args.path)), exist_ok=True)
     tokenizer = train_tokenizer(train, args.vocab_size)

@@ -64,7 +64,7 @@ def check_vit_images(model: nn.Module, images: torch.Tensor, mask_ratio: float) 
     """The wrapper's forward on a timm model of the vit family: images of a size it refuses (another than a strict
     patch embedding's, one its patches do not tile) or whose grid leaves the sub-branch no token (``mask_ratio``; 0
     in eval mode) are families.check_input_size's ValueError, as masksub-train's, where timm's patch embedding
-    asserts bare (helper-270). Shapes and the model's settings only: no host sync. transformers' ViTs check their
+    asserts bare. Shapes and the model's settings only: no host sync. transformers' ViTs check their
     own sizes (a ValueError)."""
     if not is_hf_vit(model):
         from .families import check_input_size

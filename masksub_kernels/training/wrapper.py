@@ -196,7 +196,7 @@ class MaskSub(nn.Module):
             )
         self.model_kwargs = self._check_model_kwargs(inner, model_kwargs)
         if self.family == "swin" and variant == "mask" and not is_hf_swin(inner):
-            reference = next(inner.parameters())  # drawn on the CPU: a GPU run starts from the CPU run's (helper-249)
+            reference = next(inner.parameters())  # drawn on the CPU: a GPU run starts from the CPU run's
             token = nn.init.trunc_normal_(torch.empty(swin_embed_dim(inner), dtype=reference.dtype), std=0.02)
             self.mask_token = nn.Parameter(token.to(reference.device))
         else:
@@ -425,7 +425,7 @@ class MaskSub(nn.Module):
     def sub_logits(self, images: torch.Tensor, seed: int | torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the sub-branch: the ops' mask for ``seed`` (None: drawn here from torch's default generator; a
         tensor, one int64 on the images' device: read on the device). A compiled sub-branch gets a tensor (an int is a
-        symbolic int there, per whose value reduce-overhead records a new CUDA graph: helper-249; same mask)."""
+        symbolic int there, per whose value reduce-overhead records a new CUDA graph; same mask)."""
         if self._mlm is not None and isinstance(images, Mapping):  # (before a compiled sub-branch: a warning
             mlm.warn_no_special_mask(self, images)  # there would break its graph)
         if not isinstance(seed, torch.Tensor):
@@ -463,7 +463,7 @@ class MaskSub(nn.Module):
             # runs (train_step's sequential schedule runs it alone first); the sub-branch checks its own
             check_hf_swin_batch(self.inner_model, images, self.cell_size, self.mask_ratio)
         elif self.in_training and self.family in ("pixel", "swin") and images.dim() == 4:
-            # likewise a CNN, and a timm Swin of a non-strict image size (helper-149: its main branch ran first)
+            # likewise a CNN, and a timm Swin of a non-strict image size (before its main branch runs)
             check_input_size(self.family, self.inner_model, tuple(images.shape[-2:]), self.cell_size, self.mask_ratio)
         elif self.family == "vit":  # a size timm's patch embedding would refuse with a bare AssertionError; the
             dropped = self.in_training and self.variant == "mask"  # ratio is a token share for MaskSub alone
