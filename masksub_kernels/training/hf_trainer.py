@@ -7,8 +7,8 @@
                              masksub={"mask_ratio": 0.5, "label_smoothing": 0.1})
     trainer.train(); trainer.evaluate(); trainer.save_model()      # save_model: the plain Hugging Face model
 
-It is ``Trainer`` with ``compute_loss`` replaced, and the settings that calling MaskSub from a ``Trainer`` by hand
-gets wrong made right:
+It is ``Trainer`` with ``compute_loss`` replaced, and with what calling MaskSub from a ``Trainer`` by hand gets
+wrong made right:
 
 - The model given to the Trainer is the Hugging Face model itself: what it saves (``config.json``,
   ``model.safetensors``), what ``from_pretrained`` loads back, what ``remove_unused_columns`` reads the batch's
