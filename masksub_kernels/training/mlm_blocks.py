@@ -18,7 +18,7 @@ memory-mapped by every rank, kept on the CPU, a batch at a time moved to the dev
   private: pages shared with the page cache, nothing copied); where one cannot, every rank stops
   (``every_rank_check``). Under torchrun on several machines the folder must be shared, as the vocabulary's.
 - Built once with the blocks, stored in blocks.json (not read from the files at each start, ~2 min per rank at
-  40 GB): each training block's count of special tokens, as a histogram (mlm_cli._check_keep), and the corpus's
+  40 GB): each training block's count of special tokens, as a histogram (mlm_args.check_keep), and the corpus's
   SHA-256 (``corpus_digest``, which a checkpoint records) for the held-out blocks evaluated by this run's
   --eval-blocks, by all of them (0) and by the default 512; another --eval-blocks computes it at the start, unless
   a --prepare-only of that --eval-blocks that found the cache valid recorded it (record_digest).

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import math
 import os
 import sys
 import time
@@ -32,14 +31,13 @@ import time
 import torch
 from torch import nn
 
-from . import mlm_blocks, mlm_prepare
+from . import mlm_args, mlm_blocks, mlm_prepare
 from .determinism import DETERMINISTIC_HELP, run_command
 from .help_format import HelpWithDefaults
 from .mlm_resume import CACHE_KEY_FIELDS, check_resume, corpus_record, load_state, read_checkpoint, resumes
 from .mlm_tokenizer import (
     DEFAULT_VOCAB_SIZE,
     Vocab,
-    check_tokenizer_arg,
     load_tokenizer,
     removed_if_refused,
     tokenizer_path,
@@ -51,7 +49,6 @@ from .run_setup import (
     check_backend,
     check_output,
     check_writable_directory,
-    default_output,
 )
 
 PROG = "masksub-train-mlm"
@@ -131,127 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
         "spans --steps",
     )  # fmt: skip
     return p
-
-
-def _check_args(args) -> None:
-    args.output = default_output(args, "output/mlm")
-    positive = ("seq_len", "layers", "width", "heads", "steps", "batch_size", "accum_steps", "eval_every")
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.seq_len < 3:
-        raise UsageError(f"--seq-len must be >= 3 ([CLS], a token, [SEP]), got {args.seq_len}")
-    if args.vocab_size is not None and args.vocab_size < 64:
-        raise UsageError(f"--vocab-size must be >= 64 (the special tokens and the characters), got {args.vocab_size}")
-    if args.width % args.heads:
-        raise UsageError(f"--heads ({args.heads}) must divide --width ({args.width})")
-    if args.chunk_rows is not None and not 1 <= args.chunk_rows < 2**31:
-        raise UsageError(f"--chunk-rows must be in [1, 2^31) (or left out: the backend's rule), got {args.chunk_rows}")
-    if args.intermediate is not None and args.intermediate < 1:
-        raise UsageError(f"--intermediate must be >= 1 (or left out: 4 x width), got {args.intermediate}")
-    for name, interval, inside in (
-        ("dropout", "[0, 1)", 0.0 <= args.dropout < 1.0),
-        ("mlm_probability", "(0, 1]", 0.0 < args.mlm_probability <= 1.0),
-        ("mask_ratio", "[0, 1)", 0.0 <= args.mask_ratio < 1.0),
-    ):
-        if not inside:
-            raise UsageError(f"--{name.replace('_', '-')} must be in {interval}, got {getattr(args, name)}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
-    for name in ("warmup_steps", "weight_decay", "clip_grad", "eval_blocks"):
-        value = getattr(args, name)
-        if not (math.isfinite(value) and value >= 0):  # NaN passes `value < 0`: a run of NaN losses
-            raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
-    if not args.baseline:
-        _check_keep(args)  # before the corpus is read: s = 2 special tokens per block, the fewest
-    if args.data_dir is not None and not os.path.isdir(args.data_dir) and not args.reuse_block_cache:  # (unread)
-        raise UsageError(f"--data-dir {args.data_dir!r} is not a directory")
-    if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
-        raise UsageError(f"--stop-at must be in [1, --steps={args.steps}], got {args.stop_at}")
-    if args.stop_at is not None and args.stop_at % args.eval_every and args.stop_at != args.steps:
-        raise UsageError(
-            f"--stop-at {args.stop_at} must end a round (a multiple of --eval-every {args.eval_every}): a resumed run "
-            "then logs the same rounds as an uninterrupted one"
-        )
-    if args.resume is not None and os.path.isdir(args.resume):
-        raise UsageError(f"--resume {args.resume!r} is a directory, not a file (e.g. its last.pth)")
-    if args.resume is not None and not os.path.isfile(args.resume):
-        raise UsageError(f"--resume {args.resume!r}: no such file")
-    check_tokenizer_arg(args.tokenizer)
-    # recorded in the checkpoint as absolute paths: a resume may run from another working directory (and compares
-    # --data-dir and --output as the directories they name: mlm_resume._resume_value)
-    args.output = os.path.abspath(args.output)
-    if args.data_dir is not None:
-        args.data_dir = os.path.abspath(args.data_dir)
-    if args.tokenizer:
-        args.tokenizer = os.path.abspath(args.tokenizer)
-    if args.block_cache:
-        args.block_cache = os.path.abspath(args.block_cache)
-
-
-# The largest share of the training blocks whose predicted tokens the command may cap (_check_keep): BERT's recipe
-# is then changed in at most 0.1% of the blocks, slightly.
-CAPPED_SHARE_LIMIT = 1e-3
-
-
-def _check_keep(args, specials: torch.Tensor | dict | None = None) -> None:
-    """The sub-branch keeps K = floor(L (1 - r)) tokens of a block, all its predicted and special tokens among them
-    (a block with more is refused by the op: a ValueError on a CPU, a device-side assert on a GPU). The training
-    batches cap them (``mlm_corrupt``'s ``max_kept``: a block's first K - s predicted tokens), so no batch stops the
-    run; refuse settings where the cap would change BERT's recipe in more than CAPPED_SHARE_LIMIT of the blocks, or
-    where a block's special tokens alone exceed K. A block of s special tokens ([CLS], its closing [SEP] and a [SEP]
-    after each document that ends inside it: the corpus is packed) draws s + X, X ~ Binomial(L - s, p), so
-    P(s + X > K) exactly, averaged over the training blocks (``specials``: int [blocks], each block's s, or {s:
-    blocks}), or before the corpus is read for s = 2, the fewest (what the corpus's blocks would refuse anyway)."""
-    import masksub_kernels as mk
-
-    try:
-        keep = mk.num_kept_tokens(args.seq_len, args.mask_ratio)
-    except ValueError as exc:
-        raise UsageError(f"--mask-ratio {args.mask_ratio} with --seq-len {args.seq_len}: {exc}") from exc
-    shares = {2: 1.0} if specials is None else _shares(specials)
-    if max(shares) > keep:  # the cap cannot help: that block alone would stop the run
-        raise UsageError(
-            f"--mask-ratio {args.mask_ratio} keeps {keep} of {args.seq_len} tokens, but a training block holds "
-            f"{max(shares)} special tokens ([CLS] and a [SEP] ending each of its documents), all of which the "
-            "sub-branch must keep: lower --mask-ratio or use a longer --seq-len"
-        )
-    p = args.mlm_probability
-    capped = sum(share * _over_keep(args.seq_len, s, keep, p) for s, share in shares.items())
-    if capped > CAPPED_SHARE_LIMIT:
-        specials_note = "" if specials is None else f", a block holding up to {max(shares)} special tokens"
-        raise UsageError(
-            f"--mask-ratio {args.mask_ratio} keeps {keep} of {args.seq_len} tokens, but a share of {capped:.1e} of the "
-            f"blocks draw more predicted + special tokens than that at --mlm-probability {p}{specials_note} (the "
-            f"sub-branch must keep them all: the command would cap their predicted tokens, which changes BERT's "
-            f"recipe; refused above {CAPPED_SHARE_LIMIT:g} of the blocks): lower --mask-ratio or --mlm-probability, "
-            "or use a longer --seq-len"
-        )
-
-
-def _shares(specials: torch.Tensor | dict) -> dict[int, float]:
-    """{s: the share of the blocks holding s special tokens} from each block's count, or from {s: blocks}."""
-    if not isinstance(specials, dict):
-        values, counts = torch.unique(specials.cpu(), return_counts=True)
-        specials = {int(v): int(c) for v, c in zip(values, counts)}
-    total = sum(specials.values())
-    return {int(s): n / total for s, n in specials.items()}
-
-
-def _over_keep(length: int, specials: int, keep: int, p: float) -> float:
-    """P(specials + X > keep) for X ~ Binomial(length - specials, p): a block of ``length`` tokens, ``specials`` of
-    them special, holds more always-kept tokens than ``keep``."""
-    n = length - specials
-    return sum(_binomial_pmf(n, x, p) for x in range(max(keep - specials + 1, 0), n + 1))
-
-
-def _binomial_pmf(n: int, x: int, p: float) -> float:
-    """P(X = x) for X ~ Binomial(n, p), 0 < p <= 1, in log space: comb(n, x) alone overflows a float past n ~ 1030
-    (--seq-len 2048 raised OverflowError)."""
-    if p == 1.0:
-        return float(x == n)
-    log_comb = math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1)
-    return math.exp(log_comb + x * math.log(p) + (n - x) * math.log1p(-p))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -342,7 +218,8 @@ def _train_batch(args, vocab, data, step: int, part: int, parts: int) -> dict:
     batch = to_device(blocks[rows[: args.batch_size]], data.device).long()  # int32 copied, int64 for the model
     special = torch.isin(batch, data.special_ids.to(batch.device))  # [PAD], [CLS], [SEP]
     # MaskSub's sub-branch keeps K tokens, every predicted and special one among them: the rare block that draws
-    # more is capped (_check_keep refuses settings where that is not rare). The baseline trains BERT's recipe as is.
+    # more is capped (mlm_args.check_keep refuses settings where that is not rare). The baseline trains BERT's
+    # recipe as is.
     import masksub_kernels as mk
 
     keep = None if args.baseline else mk.num_kept_tokens(args.seq_len, args.mask_ratio)
@@ -457,7 +334,7 @@ def _build(args, vocab: Vocab, train, state: dict | None, world: int, device, ra
             f"--accum-steps {args.accum_steps} x {world} process(es)); lower them, or give a larger corpus"
         )
     if not args.baseline:
-        _check_keep(args, specials=mlm_blocks.block_specials(train))  # the blocks' own [SEP]s (blocks.json's)
+        mlm_args.check_keep(args, specials=mlm_blocks.block_specials(train))  # the blocks' own [SEP]s (blocks.json's)
     if state is not None:
         check_resume(args, state, world, sizes)
     torch.manual_seed(_seed(args.seed, -1))
@@ -488,7 +365,7 @@ def _run(args) -> None:
     from .extras import require
     from .runlog import write_log
 
-    _check_args(args)
+    mlm_args.check_args(args)
     require("the masked-LM command", ("transformers", "tokenizers"), "text")
     rank, world, device = _distributed(args.device)
     rank_zero_check(lambda: check_output(args.output, args.resume), rank, world)

@@ -17,7 +17,7 @@ trains bit for bit as one that packed it itself: the same files, made by the sam
   --deterministic.
 - Not used (no model is made): the model, MaskSub, optimisation and run options (--device included: CUDA is never
   touched); a note lists those given other values than their defaults. One check of them is made, once the blocks
-  are packed: where the run's --mask-ratio check would refuse the options given (mlm_cli._check_keep, against the
+  are packed: where the run's --mask-ratio check would refuse the options given (mlm_args.check_keep, against the
   blocks' special tokens), a note says so (the prepare itself succeeds).
 - Refused (a UsageError, exit status 2): --resume (the checkpoint decides the vocabulary, and its checks would need
   a run; prepare for a resume with its run's --tokenizer, --seq-len and folder instead), --reuse-block-cache (the
@@ -74,7 +74,7 @@ def prepare(args: argparse.Namespace) -> None:
     build the block cache (or find it valid) as ``mlm_cli._corpus`` does on the CPU (its first half: no held-out
     batch), then print what was made and where, with a note where the mask options given would refuse the run.
     Creates no model, touches no GPU and writes no last.pth or log."""
-    from . import mlm_blocks, mlm_cli
+    from . import mlm_args, mlm_blocks, mlm_cli
     from .extras import require
     from .mlm_tokenizer import load_tokenizer, removed_if_refused, tokenizer_path
     from .run_setup import check_writable_directory
@@ -86,7 +86,7 @@ def prepare(args: argparse.Namespace) -> None:
     # given are checked against the blocks once packed, a note where a run would refuse them)
     given = argparse.Namespace(**vars(args))
     args = argparse.Namespace(**{**defaults, **{name: getattr(args, name) for name in USED}, "baseline": True})
-    mlm_cli._check_args(args)
+    mlm_args.check_args(args)
     require("the masked-LM command's --prepare-only", ("tokenizers",), "text")
     if unused:
         print(f"{mlm_cli.PROG}: note: --prepare-only makes no model and trains nothing: not used: "
@@ -109,7 +109,7 @@ def prepare(args: argparse.Namespace) -> None:
                                                           mlm_cli.PROG)  # fmt: skip
     recorded = None if fresh else _record_digest(folder, meta, blocks, args.eval_blocks)
     try:  # the run's check of its --mask-ratio against these blocks, which the prepare skipped (--baseline)
-        mlm_cli._check_keep(given, meta["special_counts"])
+        mlm_args.check_keep(given, meta["special_counts"])
     except UsageError as exc:
         if not given.baseline:
             print(f"{mlm_cli.PROG}: note: a run with these options would be refused: {exc}", file=sys.stderr)

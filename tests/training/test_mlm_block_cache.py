@@ -16,7 +16,7 @@ import torch
 from _mlm_runs import TINY, corpus_fixture, tokenizer_fixture  # noqa: F401  (fixtures: corpus, tokenizer)
 from _mlm_runs import log as _log
 
-from masksub_kernels.training import checkpoint, mlm_blocks, mlm_cli, rank_zero, text_data
+from masksub_kernels.training import checkpoint, mlm_args, mlm_blocks, mlm_cli, rank_zero, text_data
 from masksub_kernels.training.mlm_cli import main
 from masksub_kernels.training.rank_zero import ReportedOnRankZero
 from masksub_kernels.training.run_setup import UsageError
@@ -152,7 +152,7 @@ def test_the_special_counts_and_the_digest_are_stored_when_the_cache_is_built(co
     monkeypatch.setattr(mlm_blocks, "corpus_digest", unread)
     monkeypatch.setattr(mlm_blocks, "special_counts", unread)
     checked = []
-    monkeypatch.setattr(mlm_cli, "_check_keep", lambda args, specials=None: checked.append(specials))
+    monkeypatch.setattr(mlm_args, "check_keep", lambda args, specials=None: checked.append(specials))
     assert main(["--data-dir", corpus, *TINY, "--eval-blocks", "0", "--tokenizer", tokenizer, "--output",
                  str(tmp_path), "--stop-at", "2"]) == 0  # fmt: skip
     assert checked[-1] == {int(v): int(c) for v, c in zip(values, counts)}

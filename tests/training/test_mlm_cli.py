@@ -14,7 +14,7 @@ from _mlm_runs import TINY, corpus_fixture, tokenizer_fixture  # noqa: F401  (fi
 from _mlm_runs import log as _log
 
 import masksub_kernels as mk
-from masksub_kernels.training import mlm_cli, text_data
+from masksub_kernels.training import mlm_args, mlm_cli, text_data
 from masksub_kernels.training.mlm_cli import main
 
 pytest.importorskip("transformers")
@@ -345,21 +345,21 @@ def test_the_keep_check_is_the_binomial_tail_over_the_blocks():
 
     # L = 8, K = floor(8 x 0.5) = 4: a block of s = 2 special tokens is over with P(X >= 3), X ~ Bin(6, p)
     p = 0.03
-    tail = sum(mlm_cli._binomial_pmf(6, x, p) for x in range(3, 7))
-    assert mlm_cli._over_keep(8, 2, 4, p) == pytest.approx(tail, rel=1e-12)
-    assert mlm_cli._over_keep(8, 5, 4, p) == pytest.approx(1.0)  # more special tokens than K: always over
-    assert tail < mlm_cli.CAPPED_SHARE_LIMIT < mlm_cli._over_keep(8, 3, 4, p)
+    tail = sum(mlm_args._binomial_pmf(6, x, p) for x in range(3, 7))
+    assert mlm_args._over_keep(8, 2, 4, p) == pytest.approx(tail, rel=1e-12)
+    assert mlm_args._over_keep(8, 5, 4, p) == pytest.approx(1.0)  # more special tokens than K: always over
+    assert tail < mlm_args.CAPPED_SHARE_LIMIT < mlm_args._over_keep(8, 3, 4, p)
     args = SimpleNamespace(seq_len=8, mask_ratio=0.5, mlm_probability=p)
-    mlm_cli._check_keep(args)  # s = 2
-    mlm_cli._check_keep(args, specials=torch.tensor([2, 2, 2, 2]))
+    mlm_args.check_keep(args)  # s = 2
+    mlm_args.check_keep(args, specials=torch.tensor([2, 2, 2, 2]))
     # the blocks' own counts, weighted by their share: a quarter with 3 special tokens
-    share = (3 * tail + mlm_cli._over_keep(8, 3, 4, p)) / 4
+    share = (3 * tail + mlm_args._over_keep(8, 3, 4, p)) / 4
     with pytest.raises(mlm_cli.UsageError, match=f"a share of {share:.1e} of the blocks.*holding up to 3 special"):
-        mlm_cli._check_keep(args, specials=torch.tensor([2, 3, 2, 2]))
+        mlm_args.check_keep(args, specials=torch.tensor([2, 3, 2, 2]))
     # one block of 10000 with more special tokens than K: refused whatever the share
     args.mlm_probability = 1e-9
     with pytest.raises(mlm_cli.UsageError, match="keeps 4 of 8 tokens, but a training block holds 5 special tokens"):
-        mlm_cli._check_keep(args, specials=torch.tensor([2] * 9999 + [5]))
+        mlm_args.check_keep(args, specials=torch.tensor([2] * 9999 + [5]))
 
 
 def test_training_batches_cap_what_the_sub_branch_must_keep(corpus, tokenizer):
@@ -526,7 +526,7 @@ def test_chunk_rows_of_2_to_the_31_is_refused(tmp_path, capsys):
     assert main(["--chunk-rows", str(2**31), "--output", str(tmp_path)]) == 2
     assert "--chunk-rows must be in [1, 2^31)" in capsys.readouterr().err
     args = mlm_cli.build_parser().parse_args(["--chunk-rows", str(2**31 - 1), "--output", str(tmp_path)])
-    mlm_cli._check_args(args)  # the largest allowed value passes
+    mlm_args.check_args(args)  # the largest allowed value passes
 
 
 def test_a_vocab_size_equal_to_the_files_gets_no_note(corpus, tokenizer, tmp_path, capsys):
@@ -565,10 +565,10 @@ def test_each_micro_batch_of_a_step_draws_its_own_masks_and_dropout(corpus, toke
 def test_stop_at_the_last_step_need_not_be_a_multiple_of_eval_every():
     # a time-limited job's last slice ends at --steps, which always ends a round (helper-193)
     parse = mlm_cli.build_parser().parse_args
-    mlm_cli._check_args(parse(["--steps", "5", "--eval-every", "2", "--stop-at", "5", "--seq-len", "16",
+    mlm_args.check_args(parse(["--steps", "5", "--eval-every", "2", "--stop-at", "5", "--seq-len", "16",
                                "--mask-ratio", "0.25"]))  # fmt: skip
     with pytest.raises(mlm_cli.UsageError, match="must end a round"):
-        mlm_cli._check_args(parse(["--steps", "5", "--eval-every", "2", "--stop-at", "3", "--seq-len", "16",
+        mlm_args.check_args(parse(["--steps", "5", "--eval-every", "2", "--stop-at", "3", "--seq-len", "16",
                                    "--mask-ratio", "0.25"]))  # fmt: skip
 
 

@@ -11,7 +11,7 @@ import torch
 from _mlm_runs import TINY, corpus_fixture, tokenizer_fixture  # noqa: F401  (fixtures: corpus, tokenizer)
 from _mlm_runs import log as _log
 
-from masksub_kernels.training import mlm_cli, text_data
+from masksub_kernels.training import mlm_args, mlm_cli, text_data
 from masksub_kernels.training.mlm_blocks import TrainBlocks
 from masksub_kernels.training.mlm_cli import main
 
@@ -32,10 +32,10 @@ def test_the_option_bounds_are_the_documented_ones():
         (["--vocab-size", "63"], "--vocab-size must be >= 64"),
     ):
         with pytest.raises(mlm_cli.UsageError, match=message):
-            mlm_cli._check_args(parse(*extra))
+            mlm_args.check_args(parse(*extra))
     # the inclusive ends are taken: 64 tokens, no dropout, a sub-branch that keeps every token
     for extra in (["--vocab-size", "64"], ["--dropout", "0"], ["--mask-ratio", "0"]):
-        mlm_cli._check_args(parse(*extra))
+        mlm_args.check_args(parse(*extra))
 
 
 # kills mlm_cli.py:510 `step + 1 not in (args.steps, args.stop_at)` -> `step + 1 != args.stop_at`: with --steps not

@@ -10,7 +10,7 @@ import torch
 from _mlm_runs import TINY, corpus_fixture, tokenizer_fixture  # noqa: F401  (fixtures: corpus, tokenizer)
 from _mlm_runs import log as _log
 
-from masksub_kernels.training import mlm_cli
+from masksub_kernels.training import mlm_args, mlm_cli
 from masksub_kernels.training.mlm_blocks import TrainBlocks
 from masksub_kernels.training.mlm_cli import main
 from masksub_kernels.training.run_setup import UsageError
@@ -270,16 +270,16 @@ def test_a_plain_resume_records_no_change_of_output_from_any_working_directory(t
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path)
     first = mlm_cli.build_parser().parse_args(["--output", "runs/mlm", "--data-dir", "."])
-    mlm_cli._check_args(first)
+    mlm_args.check_args(first)
     assert (first.output, first.data_dir) == (str(tmp_path / "runs" / "mlm"), str(tmp_path))
     state = {"args": dict(vars(first)), "step": 200}
     older = {"args": {**vars(first), "output": "runs/mlm"}, "step": 200}  # a checkpoint from before: relative
     again = mlm_cli.build_parser().parse_args(["--resume", "runs/mlm/last.pth"])
-    again.output = mlm_cli.default_output(again, "output/mlm")  # as _check_args sets it (the file need not exist)
+    again.output = mlm_args.default_output(again, "output/mlm")  # as check_args sets it (the file need not exist)
     assert resumes(again, state)[-1]["changed"] == resumes(again, older)[-1]["changed"] == []
     monkeypatch.chdir(tmp_path / "elsewhere")
     moved = mlm_cli.build_parser().parse_args(["--resume", "../runs/mlm/last.pth"])
-    moved.output = mlm_cli.default_output(moved, "output/mlm")
+    moved.output = mlm_args.default_output(moved, "output/mlm")
     assert resumes(moved, state)[-1]["changed"] == []
     into = mlm_cli.build_parser().parse_args(["--resume", "../runs/mlm/last.pth", "--output", "runs/mlm"])
     into.output = os.path.abspath(into.output)  # elsewhere/runs/mlm: another directory of the same name
