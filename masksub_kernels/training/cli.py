@@ -156,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--lr-global-batch", type=int, default=None, metavar="N",
         help="the global batch (--batch-size x processes x --grad-accum-steps) the learning rates are for: where "
-        "this run's differs, a note gives the rates the linear scaling rule would (the rates are used as given); "
-        "the recipes set their sources' (8 processes); default: none, no note",
+        "this run's differs, a note gives the rates the linear scaling rule would (--lr, as DeiT's and MAE's code "
+        "scale; also --warmup-lr and --min-lr, as Swin's; the rates are used as given); the recipes set their "
+        "sources' (8 processes); default: none, no note",
     )  # fmt: skip
     g.add_argument("--opt", default="adamw", help="timm optimizer name")
     g.add_argument("--lr", type=float, default=1e-3)

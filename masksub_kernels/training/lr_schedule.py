@@ -67,16 +67,18 @@ def schedule_notes(args, world: int) -> list[str]:
 
 def _global_batch_note(args, world: int) -> list[str]:
     """A note where this run's global batch is not the --lr-global-batch its rates are for (a recipe's 8 processes
-    on another count): the rates the linear scaling rule would give, as DeiT's, MAE's and Swin's code scale theirs.
-    The rates stay as given (DeiT-III's --unscale-lr and FT-CLIP's used them unscaled)."""
+    on another count): --lr times the ratio, as DeiT's and MAE's code scale the learning rate (theirs only), and
+    --warmup-lr and --min-lr times it too, as Swin's code scales all three. The rates stay as given (DeiT-III's
+    --unscale-lr, FT-CLIP's and RSB's timm 0.5.4 train.py used them unscaled; the recipes' rates are already scaled
+    for their 8 processes where their sources scaled them: mae_finetune's --lr, swin's three)."""
     batch = args.batch_size * world * args.grad_accum_steps
     if batch == args.lr_global_batch:
         return []
     factor = batch / args.lr_global_batch
-    scaled = " ".join(f"--{name.replace('_', '-')} {getattr(args, name) * factor:.3g}"
-                      for name in ("lr", "warmup_lr", "min_lr"))  # fmt: skip
+    lr, warmup_lr, min_lr = (f"{getattr(args, name) * factor:.3g}" for name in ("lr", "warmup_lr", "min_lr"))
     return [
         f"{PROG}: note: the learning rates are for a global batch of {args.lr_global_batch} (--lr-global-batch); "
         f"this run's is {batch} (--batch-size {args.batch_size} x {world} process(es) x --grad-accum-steps "
-        f"{args.grad_accum_steps}): used as given; the linear scaling rule would give {scaled}"
+        f"{args.grad_accum_steps}): used as given; the linear scaling rule would give --lr {lr} (DeiT's and MAE's "
+        f"code scale only the learning rate; Swin's also --warmup-lr {warmup_lr} --min-lr {min_lr})"
     ]

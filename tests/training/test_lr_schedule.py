@@ -107,7 +107,8 @@ def test_a_global_batch_other_than_the_rates_one_gets_a_note(tmp_path):
     assert note("--lr-global-batch", "128", "--grad-accum-steps", "2", "--lr", "1e-3", "--min-lr", "1e-6") == (
         "masksub-train: note: the learning rates are for a global batch of 128 (--lr-global-batch); this run's is 32 "
         "(--batch-size 16 x 1 process(es) x --grad-accum-steps 2): used as given; the linear scaling rule would give "
-        "--lr 0.00025 --warmup-lr 2.5e-06 --min-lr 2.5e-07"
+        "--lr 0.00025 (DeiT's and MAE's code scale only the learning rate; Swin's also --warmup-lr 2.5e-06 --min-lr "
+        "2.5e-07)"
     )
     assert note("--lr-global-batch", "32", "--grad-accum-steps", "2") == note() == ""
     assert "this run's is 64 (--batch-size 16 x 4 process(es) x" in note("--lr-global-batch", "128", world=4)
