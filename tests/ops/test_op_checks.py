@@ -1,5 +1,5 @@
-"""The internal ops' own checks (MaskSubOp's ``check``: ops/_grid_checks.py and the check= functions of
-token_select.py, grid_mask.py and token_grid_mask.py), for direct ``torch.ops.masksub`` calls and the ops' Python
+"""The internal ops' own checks (MaskSubOp's ``check``: ops/_grid_checks.py, ops/_token_select_checks.py and the
+check= functions of grid_mask.py and token_grid_mask.py), for direct ``torch.ops.masksub`` calls and the ops' Python
 objects: every backend refuses what the public functions would, before any backend runs, on every route a call can
 take (the plain call, the eager autograd path, the meta device's fake). From helper-209's mutation audit; the
 refusals of test_op_inputs.py come first."""
