@@ -63,6 +63,7 @@ import torch
 from . import _linear_loss_matmuls as matmuls
 from . import masksub_loss as loss_ops
 from ._loss_fwd_bwd import ClassTail, forward_backward_triton, one_launch, prepare_tail
+from ._loss_layout import _layout
 from .masksub_loss import MAIN, NUM_OUT, SUB
 
 # The kernels' path: the chunk's [2R, C] fp32 logits (fp16 / bf16 gradients over their rows), 384 rows at BERT's
@@ -401,7 +402,7 @@ def grads_in_forward(
             # is laid out alike (probabilities' rows may start off 16 bytes in some chunks: ALIGNED): made once (host
             # time), each chunk's row_base; the tail's rows are the stacked buffer's, else each chunk's own cat (then
             # the tail is made per chunk)
-            key, static_rows = (n, loss_ops._layout(y)), v.x_wide is not None
+            key, static_rows = (n, _layout(y)), v.x_wide is not None
             plan = plans.get(key)
             if plan is None or loss_ops._CHECK_CONFIGS or not static_rows:  # what the class tail's plan is made of
                 tail_args = (v, n, {term for term, _, _ in stored}, tail_grads, (gm, gs), parts[-1], w, x, stats)

@@ -51,6 +51,7 @@ import torch
 
 from .._triton import jit, tl
 from . import masksub_loss as loss_ops
+from ._loss_layout import _unit_last_stride
 from ._masksub_loss_kernels import _loss_bwd_kernel, _loss_fwd_kernel
 
 # the launch constants the two kernels share (equal in both configurations) and those each has under its own name
@@ -277,7 +278,7 @@ def one_launch(grad_main, grad_sub, z, s, y, bce, eps, temperature, threshold, i
     """The one launch's (row strides, the gradients' row stride, constants) for forward_backward_triton's operands,
     or None where it does not apply (a class split, nothing to compute, ONE_LAUNCH off): from masksub_loss's two
     launch configurations, cached by layout."""
-    z, s, y = loss_ops._unit_last_stride(z, s, y)  # as forward_backward_triton's operands
+    z, s, y = _unit_last_stride(z, s, y)  # as forward_backward_triton's operands
     if not ONE_LAUNCH or not z.shape[0] or (grad_main is None and grad_sub is None):
         return None
     dz, ds = (x if g is not None else z.new_empty(0) for x, g in zip(into, (grad_main, grad_sub)))
@@ -307,7 +308,7 @@ def forward_backward_triton(
     one_launch gives for these operands, where the caller has it (else derived here). tail: the classes the logits'
     matmul left out (ClassTail, or its PreparedTail for these operands; the one launch only: a caller passes it where
     ``launch`` is not None). Returns (out, (dz or [0], ds or [0]))."""
-    z, s, y = loss_ops._unit_last_stride(logits, sub_logits, target)
+    z, s, y = _unit_last_stride(logits, sub_logits, target)
     dz, ds = (x if g is not None else z.new_empty(0) for x, g in zip(into, (grad_main, grad_sub)))
     if launch is _UNSET:
         launch = one_launch(grad_main, grad_sub, z, s, y, bce, eps, temperature, threshold, into, bias, over_rows)

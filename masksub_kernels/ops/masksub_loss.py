@@ -72,13 +72,13 @@ replaces the RCP) plus an I2F per word and term (0.25 per element at 8 classes p
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 
 from .._triton import next_power_of_2
 from ._common import masksub_op
+from ._loss_layout import _alignment_flags, _device_sms, _layout, _unit_last_stride, row_alignment, rows_aligned
 from ._masksub_loss_eager import loss_forward_eager
 from ._masksub_loss_kernels import _loss_bwd_kernel, _loss_fwd_kernel
 
@@ -236,6 +236,8 @@ def loss_backward_reference(grad_main, grad_sub, out, logits, sub_logits, target
 #                           target_threshold?) -> fp32 [9, M] (rows: main, sub, the 7 stats of NUM_OUT above)
 #   _C.masksub_loss_backward(grad_main?, grad_sub?, out, logits, sub_logits?, target?, bce, label_smoothing,
 #                            ignore_index, temperature, target_threshold?) -> (d logits or [0], d sub_logits or [0])
+# What the launch configurations read of the operands and the device (layouts, 16-byte alignment, SM count):
+# ops/_loss_layout.py.
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -255,7 +257,6 @@ def _forward_max_block(bce: bool = False) -> int:
 
 
 SPLIT_PROGRAMS_PER_SM = 2  # the split's target: two resident programs per SM, so one computes while one loads
-DEFAULT_SMS = 132  # SMs assumed off a GPU (the interpreter; meta tensors for the perf model): H100 / H200
 
 
 def _split_max_block() -> int:
@@ -277,23 +278,6 @@ def class_splits(rows: int, classes: int, block_c: int, sms: int) -> tuple[int, 
     wanted = -(-SPLIT_PROGRAMS_PER_SM * sms // max(rows, 1))
     chunk = -(-blocks // max(1, min(wanted, blocks))) * block_c
     return -(-classes // chunk), chunk
-
-
-@functools.cache
-def _cuda_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _device_sms(device: torch.device) -> int:
-    """The SM count of the device the kernels run on (a cached property: no sync), DEFAULT_SMS off a GPU."""
-    if device.type != "cuda":
-        return DEFAULT_SMS
-    return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
-
-
-def _unit_last_stride(*tensors):
-    """The kernel operands: each tensor (or None) with unit last stride (a copy only where it has not)."""
-    return tuple(t if t is None or t.stride(-1) == 1 else t.contiguous() for t in tensors)
 
 
 def _prepare(z, s, y, bce, binarise, max_block, sms):
@@ -321,15 +305,6 @@ _MAX_CONFIGS = 1024
 _CHECK_CONFIGS = os.environ.get("MASKSUB_CHECK_LAUNCH_CACHE") == "1"
 
 
-def _layout(t: torch.Tensor | None):
-    """What a launch configuration reads of an operand: dtype, shape, strides and whether its data starts on a
-    16-byte boundary (meta tensors, which have none: yes, as the configuration reads them). Of the device only its
-    SM count matters: _cached_config's key has it."""
-    if t is None:
-        return None
-    return t.dtype, t.shape, t.stride(), t.is_meta or t.data_ptr() % 16 == 0
-
-
 def _cached_config(derive, operands: tuple, options: tuple):
     """derive(*operands, *options, sms), remembered by the operands' layouts, the options, the SM count and the
     module's tunables (MAX_BLOCK_C, SPLIT_PROGRAMS_PER_SM: the tests and the benchmark change them): a
@@ -345,42 +320,6 @@ def _cached_config(derive, operands: tuple, options: tuple):
         fresh = derive(*operands, *options, sms)
         assert fresh == config, f"a stale launch configuration: {config} reused where {fresh} is derived"
     return config
-
-
-def row_alignment(rows: torch.Tensor, *others: torch.Tensor) -> int:
-    """The kernels' VEC: 16 bytes in elements of ``rows`` when its row stride is not a multiple of that (C = 30522
-    or 21841 in bf16) and the other [M, C] operands given (sub logits, gradients) share the stride, so that the
-    kernels realign each row's blocks to 16-byte boundaries (_block_range); else 1 (aligned rows, or none to gain)."""
-    vec, stride = 16 // rows.element_size(), rows.stride(0)
-    if rows.shape[0] < 2 or stride % vec == 0 or any(t.numel() and t.stride(0) != stride for t in others):
-        return 1
-    # the shift is computed from row * stride alone: each tensor must start on a 16-byte boundary (a view with a
-    # storage offset would stay correct, with no wider access to gain)
-    if any(t.data_ptr() % 16 for t in (rows, *others) if t.numel() and t.device.type != "meta"):
-        return 1
-    return vec
-
-
-def rows_aligned(group: int, *tensors: torch.Tensor) -> bool:
-    """Whether every [M, C] operand's row stride is a multiple of ``group`` elements (16 bytes of the logits) and
-    its data 16-byte aligned: the kernels then hint it (ALIGNED), as Triton infers it only for strides of 16
-    elements (C = 1000 in bf16: 16-byte rows, 2-byte loads without the hint)."""
-    return all(
-        (t.shape[0] == 1 or t.stride(0) % group == 0) and (t.device.type == "meta" or t.data_ptr() % 16 == 0)
-        for t in tensors
-        if t.numel()
-    )
-
-
-def _alignment_flags(vec: int, z: torch.Tensor, *others: torch.Tensor) -> dict:
-    """The kernels' GROUP, ALIGNED and EVEN constexprs for rows not realigned (vec = 1): ALIGNED where rows_aligned
-    (a single row: its data alone), EVEN where C is a multiple of GROUP as well (a masked last block's mask is then
-    uniform over each 16-byte word). GROUP: a 16-byte word of the logits where the rows' words are aligned (realigned
-    or ALIGNED), else 1 (the forward's per-word states would need shuffles across lanes)."""
-    group = 16 // z.element_size()
-    aligned = vec == 1 and rows_aligned(group, z, *others)
-    even = aligned and z.shape[1] % group == 0
-    return {"GROUP": group if vec > 1 or aligned else 1, "ALIGNED": aligned, "EVEN": even}
 
 
 def _forward_config(z, s, y, bce, binarise, smoothed, unit_t, has_bias, sms):

@@ -26,6 +26,7 @@ import masksub_kernels as mk
 from masksub_kernels.ops import _linear_loss_chunks as chunks
 from masksub_kernels.ops import _linear_loss_matmuls as matmuls
 from masksub_kernels.ops._linear_loss_grads import _linear_loss_grads_op
+from masksub_kernels.ops._loss_layout import DEFAULT_SMS
 
 # The interpreter computes the discarded lanes of tl.where too (inf - inf, 0 / 0): numpy warns, the GPU does not.
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
@@ -252,7 +253,7 @@ def test_the_backward_over_rows_never_splits_a_row():
     for over_rows, (dz, ds) in ((True, (narrow[:8], narrow[8:])), (False, (own[:8], own[8:]))):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(ml, "MAX_BLOCK_C", 16)
-            (splits, _), _, _, constexprs = ml._backward_config(z, s, y, dz, ds, *options, over_rows, ml.DEFAULT_SMS)
+            (splits, _), _, _, constexprs = ml._backward_config(z, s, y, dz, ds, *options, over_rows, DEFAULT_SMS)
         assert (splits == 1) == over_rows and constexprs["SPLIT"] == (not over_rows)
         assert constexprs["OVER_ROWS"] == over_rows and constexprs["VEC"] == 1
 
@@ -283,7 +284,7 @@ def test_split_chunks_share_their_tickets(monkeypatch, kind):
     from masksub_kernels.ops import masksub_loss as ml
 
     monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
-    assert ml.class_splits(8, 30, ml._split_max_block(), ml.DEFAULT_SMS)[0] == 2
+    assert ml.class_splits(8, 30, ml._split_max_block(), DEFAULT_SMS)[0] == 2
     h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=torch.float32, kind=kind, seed=4)
     args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
     kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)

@@ -18,6 +18,7 @@ from conftest import DEVICE, kernel_backends
 from test_masksub_loss import make_inputs
 
 from masksub_kernels.ops import _loss_fwd_bwd as fused
+from masksub_kernels.ops import _loss_layout as loss_layout
 from masksub_kernels.ops import masksub_loss as ml
 
 pytestmark = [
@@ -211,7 +212,7 @@ def test_the_forward_block_widened_to_the_backward_warps(launches, monkeypatch, 
     main, sub, target = make_inputs(rows, classes, torch.float32, "index", seed=21)
     gen = torch.Generator().manual_seed(22)
     row_grads = tuple(torch.randn(rows, generator=gen).to(DEVICE) for _ in range(2))
-    z, s, y = ml._unit_last_stride(main, sub, target)
+    z, s, y = loss_layout._unit_last_stride(main, sub, target)
     if over_rows:  # the chunks' layout: bf16 gradients over the fp32 logits' rows
         buffer = torch.cat([main, sub])
         z, s = buffer[:rows], buffer[rows:]

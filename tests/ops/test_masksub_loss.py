@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from conftest import DEVICE, grad_tolerance
 
 import masksub_kernels as mk
+from masksub_kernels.ops import _loss_layout as loss_layout
 from masksub_kernels.ops import masksub_loss as ml
 
 # The interpreter computes the discarded lanes of tl.where too (inf - inf, 0 / 0): numpy warns, the GPU does not.
@@ -353,7 +354,7 @@ def test_bce_tiny_terms_with_class_ids(kernel_backend):
 
 @pytest.mark.parametrize(("classes", "dtype"), [(203, BF16), (200, BF16), (201, F32)])
 @pytest.mark.parametrize("eps", [0.0, 0.1])
-@pytest.mark.parametrize("sms", [0, ml.DEFAULT_SMS], ids=["one program per row", "class splits"])
+@pytest.mark.parametrize("sms", [0, loss_layout.DEFAULT_SMS], ids=["one program per row", "class splits"])
 def test_bce_class_ids_over_many_blocks(backend, monkeypatch, classes, dtype, eps, sms):
     # BCE with class ids over ~13 blocks of 16 classes (the forward's at MAX_BLOCK_C = 64): the Triton forward runs
     # the whole block that holds the class id on its own between two loops that compare no column with it, the
@@ -396,7 +397,7 @@ def test_main_logits_never_written_and_get_no_sub_gradient(backend):
         ("ce", "dense", 0.1, 1.0),
     ],
 )
-@pytest.mark.parametrize("sms", [0, ml.DEFAULT_SMS], ids=["one program per row", "class splits"])
+@pytest.mark.parametrize("sms", [0, loss_layout.DEFAULT_SMS], ids=["one program per row", "class splits"])
 def test_many_blocks_online_rescaling(backend, monkeypatch, mode, kind, eps, temperature, sms):
     # 16 blocks of 64 classes: the running max grows block after block (row 0 starts with an all -inf block),
     # falls (row 1), or jumps at the end (row 2); the stats must rescale every time. Triton: in one program per
@@ -423,7 +424,7 @@ def test_many_blocks_online_rescaling(backend, monkeypatch, mode, kind, eps, tem
 @pytest.mark.parametrize(
     ("mode", "kind", "dtype"), [("ce", "index_ignore", BF16), ("ce", "dense", F32), ("bce", "index", BF16)]
 )
-@pytest.mark.parametrize("sms", [0, ml.DEFAULT_SMS], ids=["one program per row", "class splits"])
+@pytest.mark.parametrize("sms", [0, loss_layout.DEFAULT_SMS], ids=["one program per row", "class splits"])
 def test_unaligned_rows_realigned_to_16_bytes(backend, monkeypatch, mode, kind, dtype, sms):
     # C = 203 (bf16) / 201 (fp32): rows start off 16-byte boundaries, at every shift in turn over 8 rows; the
     # Triton kernels then begin each row (or class split) with a masked block from the boundary before it
@@ -432,18 +433,19 @@ def test_unaligned_rows_realigned_to_16_bytes(backend, monkeypatch, mode, kind, 
     monkeypatch.setattr(ml, "_device_sms", lambda device: sms)
     classes = 203 if dtype == BF16 else 201  # 4 blocks of 64 with the shift: first, whole ones, last
     main, sub, target = make_inputs(8, classes, dtype, kind)
-    assert ml.row_alignment(main, sub) == 16 // main.element_size()
+    assert loss_layout.row_alignment(main, sub) == 16 // main.element_size()
     check_masksub(main, sub, target, mode=mode, label_smoothing=0.1 if mode == "ce" else 0.0, temperature=2.0)
 
 
 def test_row_alignment_only_where_it_pays():
+    row_alignment = loss_layout.row_alignment
     z = torch.empty(4, 1003, dtype=BF16)
-    assert ml.row_alignment(z) == 8 and ml.row_alignment(z.float()) == 4 and ml.row_alignment(z.double()) == 2
-    assert ml.row_alignment(torch.empty(4, 1000, dtype=BF16)) == 1  # rows already 16-byte aligned
-    assert ml.row_alignment(z, torch.empty(4, 1004, dtype=BF16)[:, :1003]) == 1  # another stride: no realignment
-    assert ml.row_alignment(z[:1]) == 1 and ml.row_alignment(z, torch.empty(0)) == 8  # one row; absent operands
+    assert row_alignment(z) == 8 and row_alignment(z.float()) == 4 and row_alignment(z.double()) == 2
+    assert row_alignment(torch.empty(4, 1000, dtype=BF16)) == 1  # rows already 16-byte aligned
+    assert row_alignment(z, torch.empty(4, 1004, dtype=BF16)[:, :1003]) == 1  # another stride: no realignment
+    assert row_alignment(z[:1]) == 1 and row_alignment(z, torch.empty(0)) == 8  # one row; absent operands
     offset = torch.empty(4 * 1003 + 1, dtype=BF16)[1:].view(4, 1003)  # starts 2 bytes past a 16-byte boundary
-    assert ml.row_alignment(offset) == 1 and ml.row_alignment(z, offset) == 1
+    assert row_alignment(offset) == 1 and row_alignment(z, offset) == 1
 
 
 def test_aligned_rows_hinted_only_where_true():
@@ -451,17 +453,17 @@ def test_aligned_rows_hinted_only_where_true():
     # word-uniform last block (C % GROUP == 0). A wrong promise would be a wrong load on a GPU: never given then.
     # GROUP (the forward's classes per state) is a 16-byte word only where the words are aligned, else 1.
     z = torch.empty(4, 1000, dtype=BF16)
-    assert ml._alignment_flags(1, z, z) == {"GROUP": 8, "ALIGNED": True, "EVEN": True}
-    assert ml._alignment_flags(1, z.float()) == {"GROUP": 4, "ALIGNED": True, "EVEN": True}
-    assert ml._alignment_flags(1, z[:, :996]) == {"GROUP": 8, "ALIGNED": True, "EVEN": False}  # C % 8 != 0
-    assert ml._alignment_flags(8, z) == {"GROUP": 8, "ALIGNED": False, "EVEN": False}  # realigned (VEC > 1)
+    assert loss_layout._alignment_flags(1, z, z) == {"GROUP": 8, "ALIGNED": True, "EVEN": True}
+    assert loss_layout._alignment_flags(1, z.float()) == {"GROUP": 4, "ALIGNED": True, "EVEN": True}
+    assert loss_layout._alignment_flags(1, z[:, :996]) == {"GROUP": 8, "ALIGNED": True, "EVEN": False}  # C % 8 != 0
+    assert loss_layout._alignment_flags(8, z) == {"GROUP": 8, "ALIGNED": False, "EVEN": False}  # realigned (VEC > 1)
     odd = torch.empty(4, 1003, dtype=BF16)
-    assert ml._alignment_flags(1, odd) == {"GROUP": 1, "ALIGNED": False, "EVEN": False}  # odd stride
-    assert ml._alignment_flags(1, odd[:1])["ALIGNED"]  # one row: only its start counts
-    assert not ml._alignment_flags(1, z, torch.empty(4, 1004, dtype=BF16)[:, :1000])["ALIGNED"]  # 1004 % 8
+    assert loss_layout._alignment_flags(1, odd) == {"GROUP": 1, "ALIGNED": False, "EVEN": False}  # odd stride
+    assert loss_layout._alignment_flags(1, odd[:1])["ALIGNED"]  # one row: only its start counts
+    assert not loss_layout._alignment_flags(1, z, torch.empty(4, 1004, dtype=BF16)[:, :1000])["ALIGNED"]  # 1004 % 8
     offset = torch.empty(4 * 1000 + 8, dtype=BF16)[1:4001].view(4, 1000)  # starts 2 bytes past a boundary
-    assert ml._alignment_flags(1, z, offset)["GROUP"] == 1
-    assert not ml._alignment_flags(1, z, torch.empty(4, 1001)[:, :1000])["ALIGNED"]  # probabilities' stride
+    assert loss_layout._alignment_flags(1, z, offset)["GROUP"] == 1
+    assert not loss_layout._alignment_flags(1, z, torch.empty(4, 1001)[:, :1000])["ALIGNED"]  # probabilities' stride
 
 
 def test_gradient_rows_hinted_in_their_own_elements():
@@ -489,7 +491,7 @@ def test_aligned_rows_with_a_partial_last_block(backend, monkeypatch, dtype):
     # C = 200: rows of 16 bytes (ALIGNED, EVEN), 3 whole blocks of 64 and a masked last block of 8 classes
     monkeypatch.setattr(ml, "MAX_BLOCK_C", 128)
     main, sub, target = make_inputs(6, 200, dtype, "index_ignore")
-    assert ml._alignment_flags(ml.row_alignment(main, sub), main, sub)["EVEN"]
+    assert loss_layout._alignment_flags(loss_layout.row_alignment(main, sub), main, sub)["EVEN"]
     check_masksub(main, sub, target, mode="ce", label_smoothing=0.1, temperature=2.0)
     check_masksub(main, sub, target, mode="ce")
 
@@ -503,7 +505,7 @@ def test_misaligned_rows_one_state_per_class(backend, monkeypatch, temperature, 
     monkeypatch.setattr(ml, "MAX_BLOCK_C", 128)
     wide_main, _, target = make_inputs(5, 301, BF16, "index_ignore")
     main, sub = wide_main[:, 1:], make_inputs(5, 300, BF16, "index")[1]
-    assert ml._alignment_flags(ml.row_alignment(main, sub), main, sub)["GROUP"] == 1
+    assert loss_layout._alignment_flags(loss_layout.row_alignment(main, sub), main, sub)["GROUP"] == 1
     check_masksub(main, sub, target.clamp_max(299), mode=mode, label_smoothing=0.1, temperature=temperature)
 
 

@@ -4,6 +4,7 @@ data that is not, or take another MAX_BLOCK_C's block)."""
 
 import torch
 
+import masksub_kernels.ops._loss_layout as loss_layout
 import masksub_kernels.ops.masksub_loss as ml
 
 
@@ -21,7 +22,7 @@ def test_forward_block_bce_a_quarter_of_the_backward():
     # BCE at C = 3000, one split (many rows): the forward's 1024 classes in 4 warps, CE's 2048 in 8
     z, y = torch.zeros(512, 3000), torch.zeros(512, dtype=torch.int64)
     for bce, block, warps in ((True, 1024, 4), (False, 2048, 8)):
-        split, _, constexprs = ml._forward_config(z, None, y, bce, False, False, True, False, ml.DEFAULT_SMS)
+        split, _, constexprs = ml._forward_config(z, None, y, bce, False, False, True, False, loss_layout.DEFAULT_SMS)
         assert split[0] == 1 and (constexprs["BLOCK_C"], constexprs["num_warps"]) == (block, warps)
 
 

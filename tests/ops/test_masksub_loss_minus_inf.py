@@ -8,13 +8,14 @@ from conftest import DEVICE
 from test_masksub_loss import F32, assert_close, check_masksub, make_inputs
 
 import masksub_kernels as mk
+from masksub_kernels.ops import _loss_layout as loss_layout
 from masksub_kernels.ops import masksub_loss as ml
 
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
 
 
 @pytest.mark.parametrize(("kind", "temperature"), [("index", 1.0), ("dense", 2.0)])
-@pytest.mark.parametrize("sms", [0, ml.DEFAULT_SMS], ids=["one program per row", "class splits"])
+@pytest.mark.parametrize("sms", [0, loss_layout.DEFAULT_SMS], ids=["one program per row", "class splits"])
 def test_student_minus_inf_where_the_teachers_mass_underflows(backend, monkeypatch, kind, temperature, sms):
     # helper-140: classes masked with a finite -1e4 in the teacher (main) and -inf in the student (sub) carry no
     # teacher mass in the row, but a block or a CUDA lane that starts with them sees them at its own max (weight
@@ -48,7 +49,7 @@ def _sub_oracle(student, teacher, temperature):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-@pytest.mark.parametrize("sms", [0, ml.DEFAULT_SMS], ids=["one program per row", "class splits"])
+@pytest.mark.parametrize("sms", [0, loss_layout.DEFAULT_SMS], ids=["one program per row", "class splits"])
 def test_student_minus_inf_where_the_teachers_weight_underflows_over_many_rescales(
     backend, monkeypatch, temperature, sms
 ):
@@ -98,7 +99,7 @@ def test_student_minus_inf_where_the_teachers_weight_underflows_over_many_rescal
     assert_close(got.cpu(), want, 1e-6, name="self_distillation_loss")
 
 
-@pytest.mark.parametrize("sms", [0, ml.DEFAULT_SMS], ids=["one program per row", "class splits"])
+@pytest.mark.parametrize("sms", [0, loss_layout.DEFAULT_SMS], ids=["one program per row", "class splits"])
 def test_minus_inf_student_logits_at_the_start_of_realigned_rows(backend, monkeypatch, sms):
     # helper-145: fp32 rows of 1023 classes start off 16-byte boundaries (but row 0 and row 4), so the Triton kernels
     # begin them with a masked block from the boundary before (_block_range): its first group holds masked lanes and
@@ -108,7 +109,7 @@ def test_minus_inf_student_logits_at_the_start_of_realigned_rows(backend, monkey
     monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
     monkeypatch.setattr(ml, "_device_sms", lambda device: sms)
     main, sub, target = make_inputs(6, 1023, F32, "index")
-    assert ml.row_alignment(main, sub) == 4
+    assert loss_layout.row_alignment(main, sub) == 4
     main[1:4, :3], sub[1:4, :3] = -110.0, float("-inf")
     main[1:4, 31:35] = -50.0
     sub[5, 0] = float("-inf")

@@ -11,13 +11,14 @@ from conftest import DEVICE
 from test_masksub_loss import F32, assert_close, check_masksub, make_inputs, oracle
 
 import masksub_kernels as mk
+from masksub_kernels.ops import _loss_layout as loss_layout
 from masksub_kernels.ops import masksub_loss as ml
 
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow|divide by zero) encountered:RuntimeWarning")
 
 
 @pytest.mark.parametrize("mode", ["ce", "bce"])
-@pytest.mark.parametrize("sms", [0, ml.DEFAULT_SMS], ids=["one program per row", "class splits"])
+@pytest.mark.parametrize("sms", [0, loss_layout.DEFAULT_SMS], ids=["one program per row", "class splits"])
 def test_smoothed_class_ids_at_a_large_common_offset(backend, monkeypatch, mode, sms):
     # rows of C = 4099 logits (several blocks and a partial last one; under a split, several programs a row) with
     # offsets of +-1e5 and BCE's both signs in one row (its N and P both large): the per-row main term within 2e-6

@@ -57,7 +57,7 @@ from masksub_kernels.bench.linear_loss import CHUNK_SWEEP, chunking, modelled_ex
 from masksub_kernels.bench.report import MODEL_VARIANTS
 from masksub_kernels.ops import _linear_loss_chunks as chunk_loop
 from masksub_kernels.ops import _linear_loss_grads as linear_grads
-from masksub_kernels.ops import _loss_fwd_bwd, masksub_loss
+from masksub_kernels.ops import _loss_fwd_bwd, _loss_layout, masksub_loss
 
 from . import linear_loss_host
 from . import linear_loss_measured as measured
@@ -176,7 +176,7 @@ def _fused(card: Card, shape: tuple = SHAPE) -> dict:
     split_block = masksub_loss._launch_config(c, masksub_loss._split_max_block())[0]
 
     def splits(rows: int) -> bool:  # the chunk's loss forward splits the classes (fewer rows than 2 per SM, ...)
-        return masksub_loss.class_splits(rows, c, split_block, masksub_loss.DEFAULT_SMS)[0] > 1
+        return masksub_loss.class_splits(rows, c, split_block, _loss_layout.DEFAULT_SMS)[0] > 1
 
     full_matmuls, full_loss, loss_kernels = _chunk_us(card, r, d, c, splits(r))
     last_matmuls, last_loss, last_kernels = _chunk_us(card, last, d, c, splits(last))
