@@ -42,17 +42,17 @@ Triton backward holds the chunk loop's ([2R, C] fp32 logits, fp32 dW [C, D]) ins
 from __future__ import annotations
 
 import functools
-import numbers
 
 import torch
 
 from .. import _backend
 from .._triton import next_power_of_2
 from . import _linear_loss_kernels as kernels
-from ._common import FLOAT_DTYPES, MAX_CLASSES, cdiv, masksub_op
+from ._common import cdiv, masksub_op
+from ._linear_loss_checks import _check_all, check_chunk_rows
 from ._linear_loss_chunks import backward_in_chunks, sync_free
 from ._linear_loss_grads import _grads_wanted, _linear_loss_grads_op
-from .losses import MaskSubLoss, _check_options, _check_target, _number, _reduce, _row_count, fp64_threshold_applied
+from .losses import MaskSubLoss, _number, _reduce, _row_count
 from .masksub_loss import MAIN, NUM_OUT, SUB, loss_backward_reference, loss_forward_reference
 
 CHUNK_ELEMENTS = 2**20  # logits per chunk of the reference: rows per chunk = max(1, CHUNK_ELEMENTS // C)
@@ -65,8 +65,6 @@ MAX_DW_SPLITS = 8  # row splits of the dW kernel: each costs an fp32 [C, D] accu
 # Class splits of the forward and dH for labels where few rows count (MLM: chosen on the device, up to this many or
 # those that fill the GPU when all count): partial states of 44 bytes per row and split; unchosen ones do no tile
 MAX_COUNT_SPLITS = 8
-# The kernels' row positions (order, count, a row tile's start plus a step of up to MAX_DW_SPLITS tiles) are int32
-MAX_ROWS = 2**31 - 2**10
 DH_SUM_BLOCKS = (32, 128)  # rows x depth of a _dh_sum_kernel program (4 warps: 32 fp32 sums per thread)
 # Offsets into W from this many elements up are int64 in the kernels (WIDE_W: C D >= 2^31, e.g. a 256000 x 18432
 # head, whose int32 offsets would wrap and read wrong rows); below, int32, as their register budget was tuned for
@@ -445,59 +443,8 @@ _linear_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Public API: host-side checks (ops/losses.py's rules and messages), the op, the reductions
+# Public API: the op, the reductions (the host-side checks, ops/losses.py's rules: _linear_loss_checks.py)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hidden") -> None:
-    """Shapes, dtypes and devices of hidden [M, D], sub_hidden like hidden, weight [C, D], bias [C] or None; errors
-    name the hidden states as the caller's signature does (hidden_name)."""
-    for name, x in ((hidden_name, hidden), ("sub_hidden", sub_hidden), ("weight", weight), ("bias", bias)):
-        if not (x is None and name in ("sub_hidden", "bias")) and not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if hidden.dim() != 2 or hidden.shape[1] < 1:
-        raise ValueError(f"{hidden_name} must be [rows, depth] (2-D, depth >= 1), got shape {tuple(hidden.shape)}")
-    if hidden.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{hidden_name} must be float32, float16, bfloat16 or float64, got {hidden.dtype}")
-    if hidden.shape[0] > MAX_ROWS:  # every backend refuses what the kernels' int32 row positions cannot reach
-        raise ValueError(f"{hidden_name} may have at most {MAX_ROWS} rows (2^31 - 2^10), got {hidden.shape[0]}")
-    if weight.dim() != 2 or weight.shape[0] < 1 or weight.shape[1] != hidden.shape[1]:
-        raise ValueError(
-            f"weight must be [classes, hidden={hidden.shape[1]}] (classes >= 1), got shape {tuple(weight.shape)}"
-        )
-    if weight.shape[0] > MAX_CLASSES:  # the loss kernels' int32 column positions (ops/_common.py)
-        raise ValueError(f"weight may have at most {MAX_CLASSES} classes (2^31 - 2^16), got {weight.shape[0]}")
-    expected = {"sub_hidden": tuple(hidden.shape), "weight": tuple(weight.shape), "bias": (weight.shape[0],)}
-    for name, x in (("sub_hidden", sub_hidden), ("weight", weight), ("bias", bias)):
-        if x is not None and (tuple(x.shape) != expected[name] or x.dtype != hidden.dtype or x.device != hidden.device):
-            # autocast gives the hidden states its dtype and leaves a head's parameters in theirs
-            cast = tuple(x.shape) == expected[name] and x.device == hidden.device and name != "sub_hidden"
-            hint = f" (under torch.autocast? cast it: {name}.to({hidden_name}.dtype))" if cast else ""
-            raise ValueError(
-                f"{name} must be {list(expected[name])} with {hidden_name}'s dtype and device ({hidden.dtype}, "
-                f"{hidden.device}), got {list(x.shape)} {x.dtype} {x.device}{hint}"
-            )
-
-
-def check_chunk_rows(chunk_rows) -> int:
-    """chunk_rows as the grads op takes it: an int >= 1, or 0 for None (the backend's default)."""
-    if chunk_rows is None:
-        return 0
-    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral):
-        raise TypeError(f"chunk_rows must be an int >= 1 or None, got {type(chunk_rows).__name__}")
-    if not 1 <= chunk_rows < 2**31:
-        raise ValueError(f"chunk_rows must be an int >= 1 (below 2^31) or None, got {chunk_rows}")
-    return int(chunk_rows)
-
-
-def _check_all(hidden, sub_hidden, weight, bias, target, mode, reduction, label_smoothing, ignore_index,
-               temperature, target_threshold, hidden_name="main_hidden"):  # fmt: skip
-    """(target, options of the op) after every check of masksub_loss, applied to the logits' shape [M, C]."""
-    _check_linear(hidden, sub_hidden, weight, bias, hidden_name)
-    options = _check_options(mode, reduction, label_smoothing, ignore_index, temperature, target_threshold)
-    # masksub_loss's target check needs the logits only for their shape and device: one element, expanded
-    logits_like = hidden.new_empty(()).expand(hidden.shape[0], weight.shape[0])
-    return fp64_threshold_applied(_check_target(logits_like, target, options.ignore_index), hidden.dtype, options)
 
 
 # The single-branch function shares linear_masksub_loss's ops: it reports its own calls (MaskSubOp.report_as)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.linear_masksub_loss import check_chunk_rows
+from ..ops._linear_loss_checks import check_chunk_rows
 
 IGNORE_INDEX = -100  # Hugging Face's label for positions that are not predicted
 SUB_FILLS = ("drop", "mask")

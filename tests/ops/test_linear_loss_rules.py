@@ -9,6 +9,7 @@ from conftest import DEVICE
 from test_linear_masksub_loss import _small_tiles, leaves, make_inputs, op_backend  # noqa: F401 (fixtures)
 
 import masksub_kernels as mk
+from masksub_kernels.ops import _linear_loss_checks as checks
 from masksub_kernels.ops import _linear_loss_chunks as chunks
 from masksub_kernels.ops import linear_masksub_loss as lm
 
@@ -63,7 +64,7 @@ def test_the_recompute_backward_of_the_weight_and_bias_alone(op_backend):  # noq
 
 
 def test_exactly_max_rows_is_accepted(monkeypatch):
-    monkeypatch.setattr(lm, "MAX_ROWS", 4)
+    monkeypatch.setattr(checks, "MAX_ROWS", 4)  # read by _check_linear
     h, s, w, b = torch.randn(4, 5), torch.randn(4, 5), torch.randn(6, 5), torch.randn(6)
     mk.linear_masksub_loss(h, s, w, b, torch.tensor([0, 5, -100, 2]))  # 4 rows: allowed
     with pytest.raises(ValueError, match="at most 4 rows"):

@@ -1,0 +1,69 @@
+"""The fused-linear losses' argument checks (linear_masksub_loss.py's public functions): the hidden states, the
+head's weight and bias (shapes, dtypes, devices, with a hint for a head left in its dtype under autocast), the rows
+and classes the kernels can index (MAX_ROWS, MAX_CLASSES), chunk_rows, and then the options and the target as
+masksub_loss checks them (ops/losses.py's rules and messages), applied to the logits' shape [M, C]. Apart from the
+op so that linear_masksub_loss.py reads as reference, launchers, custom ops and public API. Only the target's class
+ids are read, on CPU tensors in eager mode (ops/losses.py's _check_target); the rest is metadata."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from ._common import FLOAT_DTYPES, MAX_CLASSES
+from .losses import _check_options, _check_target, fp64_threshold_applied
+
+# The kernels' row positions (order, count, a row tile's start plus a step of up to MAX_DW_SPLITS tiles) are int32
+MAX_ROWS = 2**31 - 2**10
+
+
+def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hidden") -> None:
+    """Shapes, dtypes and devices of hidden [M, D], sub_hidden like hidden, weight [C, D], bias [C] or None; errors
+    name the hidden states as the caller's signature does (hidden_name)."""
+    for name, x in ((hidden_name, hidden), ("sub_hidden", sub_hidden), ("weight", weight), ("bias", bias)):
+        if not (x is None and name in ("sub_hidden", "bias")) and not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if hidden.dim() != 2 or hidden.shape[1] < 1:
+        raise ValueError(f"{hidden_name} must be [rows, depth] (2-D, depth >= 1), got shape {tuple(hidden.shape)}")
+    if hidden.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{hidden_name} must be float32, float16, bfloat16 or float64, got {hidden.dtype}")
+    if hidden.shape[0] > MAX_ROWS:  # every backend refuses what the kernels' int32 row positions cannot reach
+        raise ValueError(f"{hidden_name} may have at most {MAX_ROWS} rows (2^31 - 2^10), got {hidden.shape[0]}")
+    if weight.dim() != 2 or weight.shape[0] < 1 or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(
+            f"weight must be [classes, hidden={hidden.shape[1]}] (classes >= 1), got shape {tuple(weight.shape)}"
+        )
+    if weight.shape[0] > MAX_CLASSES:  # the loss kernels' int32 column positions (ops/_common.py)
+        raise ValueError(f"weight may have at most {MAX_CLASSES} classes (2^31 - 2^16), got {weight.shape[0]}")
+    expected = {"sub_hidden": tuple(hidden.shape), "weight": tuple(weight.shape), "bias": (weight.shape[0],)}
+    for name, x in (("sub_hidden", sub_hidden), ("weight", weight), ("bias", bias)):
+        if x is not None and (tuple(x.shape) != expected[name] or x.dtype != hidden.dtype or x.device != hidden.device):
+            # autocast gives the hidden states its dtype and leaves a head's parameters in theirs
+            cast = tuple(x.shape) == expected[name] and x.device == hidden.device and name != "sub_hidden"
+            hint = f" (under torch.autocast? cast it: {name}.to({hidden_name}.dtype))" if cast else ""
+            raise ValueError(
+                f"{name} must be {list(expected[name])} with {hidden_name}'s dtype and device ({hidden.dtype}, "
+                f"{hidden.device}), got {list(x.shape)} {x.dtype} {x.device}{hint}"
+            )
+
+
+def check_chunk_rows(chunk_rows) -> int:
+    """chunk_rows as the grads op takes it: an int >= 1, or 0 for None (the backend's default)."""
+    if chunk_rows is None:
+        return 0
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral):
+        raise TypeError(f"chunk_rows must be an int >= 1 or None, got {type(chunk_rows).__name__}")
+    if not 1 <= chunk_rows < 2**31:
+        raise ValueError(f"chunk_rows must be an int >= 1 (below 2^31) or None, got {chunk_rows}")
+    return int(chunk_rows)
+
+
+def _check_all(hidden, sub_hidden, weight, bias, target, mode, reduction, label_smoothing, ignore_index,
+               temperature, target_threshold, hidden_name="main_hidden"):  # fmt: skip
+    """(target, options of the op) after every check of masksub_loss, applied to the logits' shape [M, C]."""
+    _check_linear(hidden, sub_hidden, weight, bias, hidden_name)
+    options = _check_options(mode, reduction, label_smoothing, ignore_index, temperature, target_threshold)
+    # masksub_loss's target check needs the logits only for their shape and device: one element, expanded
+    logits_like = hidden.new_empty(()).expand(hidden.shape[0], weight.shape[0])
+    return fp64_threshold_applied(_check_target(logits_like, target, options.ignore_index), hidden.dtype, options)
