@@ -18,6 +18,22 @@ from .losses import _check_options, _check_target, fp64_threshold_applied
 MAX_ROWS = 2**31 - 2**10
 
 
+def autocast_operands(hidden, sub_hidden, weight, bias) -> tuple:
+    """The head's operands as ``F.linear`` would take them under ``torch.autocast`` for their device: each floating
+    tensor but fp64 in autocast's dtype (differentiable casts: an fp32 weight's gradient stays fp32, as F.linear's
+    under autocast); as given without autocast. The op runs with autocast off: the loss in fp32 all the same."""
+    device = hidden.device.type if isinstance(hidden, torch.Tensor) else None
+    if device is None or not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+        return hidden, sub_hidden, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+
+    def cast(x):
+        castable = isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != torch.float64
+        return x.to(dtype) if castable else x
+
+    return cast(hidden), cast(sub_hidden), cast(weight), cast(bias)
+
+
 def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hidden") -> None:
     """Shapes, dtypes and devices of hidden [M, D], sub_hidden like hidden, weight [C, D], bias [C] or None; errors
     name the hidden states as the caller's signature does (hidden_name)."""
@@ -25,7 +41,10 @@ def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hid
         if not (x is None and name in ("sub_hidden", "bias")) and not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if hidden.dim() != 2 or hidden.shape[1] < 1:
-        raise ValueError(f"{hidden_name} must be [rows, depth] (2-D, depth >= 1), got shape {tuple(hidden.shape)}")
+        flatten = " (flatten the leading dimensions: .flatten(0, -2), target.flatten())" if hidden.dim() > 2 else ""
+        raise ValueError(
+            f"{hidden_name} must be [rows, depth] (2-D, depth >= 1), got shape {tuple(hidden.shape)}{flatten}"
+        )
     if hidden.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{hidden_name} must be float32, float16, bfloat16 or float64, got {hidden.dtype}")
     if hidden.shape[0] > MAX_ROWS:  # every backend refuses what the kernels' int32 row positions cannot reach
@@ -39,9 +58,9 @@ def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hid
     expected = {"sub_hidden": tuple(hidden.shape), "weight": tuple(weight.shape), "bias": (weight.shape[0],)}
     for name, x in (("sub_hidden", sub_hidden), ("weight", weight), ("bias", bias)):
         if x is not None and (tuple(x.shape) != expected[name] or x.dtype != hidden.dtype or x.device != hidden.device):
-            # autocast gives the hidden states its dtype and leaves a head's parameters in theirs
+            # (a head's parameters left in their dtype beside hidden states cast by hand; autocast casts both)
             cast = tuple(x.shape) == expected[name] and x.device == hidden.device and name != "sub_hidden"
-            hint = f" (under torch.autocast? cast it: {name}.to({hidden_name}.dtype))" if cast else ""
+            hint = f" (cast it: {name}.to({hidden_name}.dtype), or run under torch.autocast)" if cast else ""
             raise ValueError(
                 f"{name} must be {list(expected[name])} with {hidden_name}'s dtype and device ({hidden.dtype}, "
                 f"{hidden.device}), got {list(x.shape)} {x.dtype} {x.device}{hint}"

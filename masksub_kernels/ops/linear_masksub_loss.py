@@ -49,7 +49,7 @@ from .. import _backend
 from .._triton import next_power_of_2
 from . import _linear_loss_kernels as kernels
 from ._common import cdiv, masksub_op
-from ._linear_loss_checks import _check_all, check_chunk_rows
+from ._linear_loss_checks import _check_all, autocast_operands, check_chunk_rows
 from ._linear_loss_chunks import backward_in_chunks, sync_free
 from ._linear_loss_grads import _grads_wanted, _linear_loss_grads_op
 from .losses import MaskSubLoss, _number, _reduce, _row_count
@@ -471,7 +471,8 @@ def linear_masksub_loss(
     """``masksub_loss(main_hidden @ weight.T + bias, sub_hidden @ weight.T + bias, target, ...)`` without the logits.
 
     main_hidden, sub_hidden: [M, D] fp32/fp16/bf16/fp64, rows aligned (row i of both is the same sample or
-    position). weight: [C, D] (a tied embedding works), bias: [C] or None; all of one dtype and device. target:
+    position). weight: [C, D] (a tied embedding works), bias: [C] or None; all of one dtype and device (under
+    torch.autocast for their device, cast to its dtype as F.linear's operands would be, fp64 left as is). target:
     class ids [M] (int64/int32; ``ignore_index`` rows count in neither term and cost no work) or probabilities
     [M, C]. The options, the checks and their errors, and the values are masksub_loss's (docs/semantics.md §7):
     returns MaskSubLoss(loss, main, sub), fp32 scalars ([M] with reduction='none'). Gradients reach both hidden
@@ -495,6 +496,7 @@ def linear_masksub_loss(
         raise TypeError(
             "sub_hidden must be a torch.Tensor, got NoneType (one branch: linear_soft_target_cross_entropy)"
         )
+    main_hidden, sub_hidden, weight, bias = autocast_operands(main_hidden, sub_hidden, weight, bias)
     target, options = _check_all(
         main_hidden, sub_hidden, weight, bias, target, mode, reduction, label_smoothing, ignore_index, temperature,
         target_threshold,
@@ -529,11 +531,13 @@ def linear_soft_target_cross_entropy(
 ) -> torch.Tensor:
     """``soft_target_cross_entropy(hidden @ weight.T + bias, target, ...)`` without the logits (one branch).
 
-    hidden: [M, D] fp32/fp16/bf16/fp64; weight [C, D] and bias [C] or None of the same dtype and device; target:
+    hidden: [M, D] fp32/fp16/bf16/fp64; weight [C, D] and bias [C] or None of the same dtype and device (under
+    torch.autocast: cast as in linear_masksub_loss); target:
     class ids [M] or probabilities [M, C], as in soft_target_cross_entropy. Returns fp32 [M] for reduction='none',
     else a scalar; gradients reach hidden, weight and bias. chunk_rows: as in linear_masksub_loss (one branch's
     logits: about min(chunk_rows, M) C fp32).
     """
+    hidden, _, weight, bias = autocast_operands(hidden, None, weight, bias)
     target, options = _check_all(
         hidden, None, weight, bias, target, "ce", reduction, label_smoothing, ignore_index, 1.0, None, "hidden"
     )
