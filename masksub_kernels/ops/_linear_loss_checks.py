@@ -41,7 +41,7 @@ def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hid
         if not (x is None and name in ("sub_hidden", "bias")) and not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if hidden.dim() != 2 or hidden.shape[1] < 1:
-        flatten = " (flatten the leading dimensions: .flatten(0, -2), target.flatten())" if hidden.dim() > 2 else ""
+        flatten = " (flatten the leading dimensions into rows, the target's alike)" if hidden.dim() > 2 else ""
         raise ValueError(
             f"{hidden_name} must be [rows, depth] (2-D, depth >= 1), got shape {tuple(hidden.shape)}{flatten}"
         )

@@ -72,7 +72,8 @@ def _check_logits(name: str, x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2 or x.shape[1] < 1:
-        raise ValueError(f"{name} must be [rows, classes] (2-D, classes >= 1), got shape {tuple(x.shape)}")
+        flatten = " (flatten the leading dimensions into rows, the target's alike)" if x.dim() > 2 else ""
+        raise ValueError(f"{name} must be [rows, classes] (2-D, classes >= 1), got shape {tuple(x.shape)}{flatten}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
     if x.shape[0] > MAX_ROWS:  # every backend refuses what the kernels' one program per row cannot launch

@@ -97,7 +97,7 @@ def test_the_cast_under_a_compiled_autocast_region():
 
 def test_a_three_dimensional_hidden_state_is_told_to_flatten():
     h, w, target = torch.randn(3, 4, 8), torch.randn(9, 8), torch.randint(0, 9, (3, 4))
-    with pytest.raises(ValueError, match=r"got shape \(3, 4, 8\) \(flatten the leading dimensions"):
+    with pytest.raises(ValueError, match=r"got shape \(3, 4, 8\) \(flatten the leading dimensions into rows"):
         mk.linear_soft_target_cross_entropy(h, w, None, target)
     with pytest.raises(ValueError, match=r"got shape \(8,\)$"):  # (1-D: no flattening to suggest)
         mk.linear_soft_target_cross_entropy(h[0, 0], w, None, target[0])

@@ -475,7 +475,7 @@ def test_logits_of_three_dims_are_refused_with_the_expected_shape(backend):
     for call in calls:
         with pytest.raises(
             ValueError,
-            match=r"must be \[rows, classes\] \(2-D, classes >= 1\), got shape \(2, 4, 6\)",
+            match=r"must be \[rows, classes\] \(2-D, classes >= 1\), got shape \(2, 4, 6\) \(flatten the leading",
         ):
             call()
 
