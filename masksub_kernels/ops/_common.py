@@ -106,7 +106,8 @@ class MaskSubOp:
     too (the direct call, and a custom op's implementation, see the caller's autocast state): the fused-linear
     loss's reference matmuls, documented fp32, ran in bf16 under bf16 autocast, and on CUDA its fp32 dW
     accumulation then met bf16 and fp32 operands (a RuntimeError; ``masksub-train-mlm --amp bf16`` with the torch
-    backend on a GPU). Callers cast the inputs to the precision they want (mlm.py's head does).
+    backend on a GPU). Callers cast the inputs to the precision they want (the fused-linear pair's public functions
+    cast the head's operands as F.linear's under autocast would be).
 
     ``check`` (optional): a function of the op's arguments run before any backend (metadata only, no value read):
     the sizes its kernels rely on, for a direct ``torch.ops.masksub`` call whose arguments no public function
