@@ -54,7 +54,7 @@ def _cell_grid(height: int, width: int, cell_size: int, what: str) -> tuple[int,
 
 
 # B x H rows: the CUDA kernels' int counters (+ 4 x 256); H and W x C: a GPU grid's 65535 blocks on y / z, of rows and
-# of <= 256 elements of a row in the Triton launches (the token backward fails past 65535 x 256 channels)
+# of <= 256 elements of a row in the Triton launches (the token backward would fail past 65535 x 256 channels)
 MAX_GRID_EXTENT, MAX_GRID_HEIGHT, MAX_GRID_LINE = 2**31 - 1025, 65535, 65535 * 256
 
 

@@ -18,18 +18,29 @@ from .losses import _check_options, _check_target, fp64_threshold_applied
 MAX_ROWS = 2**31 - 2**10
 
 
+# The device types whose autocast state is read (torch.is_autocast_enabled refuses others, e.g. meta): a fixed
+# tuple, traced by torch.compile as a constant
+AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
+def _autocast_on(device: str) -> bool:
+    return device in AUTOCAST_DEVICES and torch.is_autocast_enabled(device)
+
+
 def autocast_operands(hidden, sub_hidden, weight, bias) -> tuple:
-    """The head's operands as ``F.linear`` would take them under ``torch.autocast`` for their device: each floating
-    tensor but fp64 in autocast's dtype (differentiable casts: an fp32 weight's gradient stays fp32, as F.linear's
-    under autocast); as given without autocast. The op runs with autocast off: the loss in fp32 all the same."""
+    """The head's operands as ``F.linear`` would take them under ``torch.autocast`` for the hidden states' device:
+    each floating tensor of that device type but fp64 in autocast's dtype (differentiable casts: an fp32 weight's
+    gradient stays fp32, its values rounded once to autocast's dtype, as F.linear's under autocast); as given
+    without autocast, or with fp64 hidden states (which autocast leaves, and the checks then refuse beside operands
+    of another dtype, naming the dtypes given). The op runs with autocast off: the loss in fp32 all the same."""
     device = hidden.device.type if isinstance(hidden, torch.Tensor) else None
-    if device is None or not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
+    if device is None or hidden.dtype == torch.float64 or not _autocast_on(device):
         return hidden, sub_hidden, weight, bias
     dtype = torch.get_autocast_dtype(device)
 
     def cast(x):
         castable = isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != torch.float64
-        return x.to(dtype) if castable else x
+        return x.to(dtype) if castable and x.device.type == device else x
 
     return cast(hidden), cast(sub_hidden), cast(weight), cast(bias)
 
@@ -58,9 +69,12 @@ def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hid
     expected = {"sub_hidden": tuple(hidden.shape), "weight": tuple(weight.shape), "bias": (weight.shape[0],)}
     for name, x in (("sub_hidden", sub_hidden), ("weight", weight), ("bias", bias)):
         if x is not None and (tuple(x.shape) != expected[name] or x.dtype != hidden.dtype or x.device != hidden.device):
-            # (a head's parameters left in their dtype beside hidden states cast by hand; autocast casts both)
+            # (a head's parameters left in their dtype beside hidden states cast by hand)
             cast = tuple(x.shape) == expected[name] and x.device == hidden.device and name != "sub_hidden"
-            hint = f" (cast it: {name}.to({hidden_name}.dtype), or run under torch.autocast)" if cast else ""
+            hint = f" (cast it: {name}.to({hidden_name}.dtype)" if cast else ""
+            if cast and hidden.dtype != torch.float64 and not _autocast_on(hidden.device.type):
+                hint += ", or run under torch.autocast, which casts both"
+            hint += ")" if cast else ""
             raise ValueError(
                 f"{name} must be {list(expected[name])} with {hidden_name}'s dtype and device ({hidden.dtype}, "
                 f"{hidden.device}), got {list(x.shape)} {x.dtype} {x.device}{hint}"

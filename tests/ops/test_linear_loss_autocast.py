@@ -76,6 +76,24 @@ def test_fp64_operands_are_left_as_autocast_leaves_them():
         mk.linear_masksub_loss(h, hs, w.float(), b, target)  # (as F.linear under autocast: fp64 beside bf16)
 
 
+def test_operands_on_another_device_type_are_not_cast():
+    # as autocast: a tensor of another device type than the hidden states' is left as given (helper-286: the
+    # refusal reported the cast dtype, and a large weight was copied before the refusal)
+    (h, hs, w, b), target = _head(seed=5)
+    with _autocast(), pytest.raises(ValueError, match=r"got \[40, 24\] torch.float32 meta"):
+        mk.linear_masksub_loss(h, hs, w.to("meta"), b, target)
+
+
+def test_the_cast_hint_offers_autocast_only_where_it_helps():
+    (h, hs, w, b), target = _head(seed=6)
+    with pytest.raises(ValueError, match=r"torch.float32 \S+ \(cast it: weight.to\(main_hidden.dtype\), or run under"):
+        mk.linear_masksub_loss(h.to(BF16), hs.to(BF16), w, b, target)
+    for autocast in (False, True):  # fp64 hidden states: autocast leaves them, so it would not help
+        with torch.autocast(DEVICE.type, dtype=BF16, enabled=autocast), pytest.raises(ValueError) as error:
+            mk.linear_masksub_loss(h.double(), hs.double(), w, b, target)
+        assert str(error.value).endswith("torch.float32 " + str(w.device) + " (cast it: weight.to(main_hidden.dtype))")
+
+
 def test_the_cast_under_a_compiled_autocast_region():
     (h, hs, w, b), target = _head(seed=4)
 
