@@ -119,3 +119,51 @@ def test_a_three_dimensional_hidden_state_is_told_to_flatten():
         mk.linear_soft_target_cross_entropy(h, w, None, target)
     with pytest.raises(ValueError, match=r"got shape \(8,\)$"):  # (1-D: no flattening to suggest)
         mk.linear_soft_target_cross_entropy(h[0, 0], w, None, target[0])
+
+
+# kills _linear_loss_checks.py:28 `dtype = torch.get_autocast_dtype(device)` -> `dtype = torch.bfloat16` (every test
+# above runs a bf16 region: a cast to a fixed bf16 passed them all)
+def test_the_cast_is_to_the_regions_own_dtype():
+    (h, hs, w, b), target = _head(seed=5)
+    with torch.autocast(DEVICE.type, dtype=torch.float16):
+        got = mk.linear_masksub_loss(h, hs, w, b, target)
+    want = mk.linear_masksub_loss(*(t.half() for t in (h, hs, w, b)), target)
+    assert torch.equal(got.loss, want.loss)
+
+
+# kills _linear_loss_checks.py:25 `device = hidden.device.type` -> `device = "cpu"` on a CPU run (the tensors' own
+# device's region decides: meta tensors under a CPU region are left as they are, so a bf16 hidden state beside an fp32
+# head is refused as without autocast), and :26 dropping `not torch.amp.is_autocast_available(device) or` (the
+# autocast query itself raised for the meta device)
+def test_a_region_of_another_device_leaves_the_operands_as_they_are():
+    h, w = torch.randn(4, 8, device="meta", dtype=BF16), torch.randn(9, 8, device="meta")
+    target = torch.zeros(4, dtype=torch.int64, device="meta")
+    with torch.autocast("cpu", dtype=BF16), pytest.raises(ValueError, match=r"weight must be .* with hidden's dtype"):
+        mk.linear_soft_target_cross_entropy(h, w, None, target)
+
+
+# kills _linear_loss_checks.py:31 dropping `x.is_floating_point() and` (integer hidden states were cast to the
+# region's dtype and accepted; F.linear's autocast casts floating tensors only)
+def test_integer_hidden_states_are_refused_under_autocast_too():
+    (h, hs, w, b), target = _head(seed=6)
+    with _autocast(), pytest.raises(TypeError, match="main_hidden must be float32, float16, bfloat16 or float64"):
+        mk.linear_masksub_loss(h.long(), hs, w, b, target)
+
+
+# kills _linear_loss_checks.py:25 dropping `if isinstance(hidden, torch.Tensor) else None` (a list as the hidden
+# states: AttributeError 'list' object has no attribute 'device' instead of the TypeError naming the argument)
+def test_hidden_states_that_are_not_a_tensor_are_refused_by_name():
+    (h, hs, w, b), target = _head(seed=7)
+    with pytest.raises(TypeError, match=r"main_hidden must be a torch\.Tensor, got list"):
+        mk.linear_masksub_loss(h.tolist(), hs, w, b, target)
+    with pytest.raises(TypeError, match=r"hidden must be a torch\.Tensor, got list"):
+        mk.linear_soft_target_cross_entropy(h.tolist(), w, b, target)
+
+
+# kills _linear_loss_checks.py:44 `hidden.dim() > 2` -> `hidden.dim() >= 2` (a 2-D hidden state of depth 0 was told
+# to flatten; the test above tries 3-D and 1-D only)
+def test_a_hidden_state_of_depth_zero_is_not_told_to_flatten():
+    with pytest.raises(ValueError, match=r"got shape \(4, 0\)$"):
+        mk.linear_soft_target_cross_entropy(
+            torch.randn(4, 0), torch.randn(9, 0), None, torch.zeros(4, dtype=torch.long)
+        )

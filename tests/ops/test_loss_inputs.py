@@ -569,3 +569,14 @@ def test_the_class_limit_leaves_the_last_block_within_int32():
     widest = max(ml.MAX_BLOCK_C, lm.MAX_BLOCK_N)
     assert -(-MAX_CLASSES // widest) * widest <= 2**31 - 1  # a class loop's start after its last block: int32
     assert MAX_CLASSES == 2**31 - 2**16  # the number the refusals name
+
+
+# kills losses.py:75 `x.dim() > 2` -> `x.dim() >= 2` (2-D logits of 0 classes were told to flatten) and ->
+# `x.dim() != 2` (1-D logits were told to flatten; the test above tries 3-D logits only, the REFUSALS' 1-D match is
+# unanchored)
+def test_only_logits_of_more_than_two_dims_are_told_to_flatten(backend):
+    for logits in (torch.randn(4, 0, device=DEVICE), torch.randn(6, device=DEVICE)):
+        with pytest.raises(
+            ValueError, match=rf"got shape {tuple(logits.shape)}$".replace("(", r"\(").replace(")", r"\)")
+        ):
+            mk.soft_target_cross_entropy(logits, torch.zeros(logits.shape[:1], dtype=torch.int64, device=DEVICE))

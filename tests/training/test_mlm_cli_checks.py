@@ -325,3 +325,18 @@ def test_a_diverged_run_stops_before_saving_over_its_last_checkpoint(corpus, tok
     err = capsys.readouterr().err
     assert "step 2: the model's weights are no longer finite (the training diverged): stopped before saving" in err
     assert torch.load(f"{out}/last.pth", map_location="cpu", weights_only=False)["step"] == 1  # round 1's, finite
+
+
+# kills mlm_args.py:20 dropping "layers" / "width" / "heads" / "batch_size" / "accum_steps" from the positive options
+# (only --steps and --eval-every are tried) and :36 `0.0 < args.mlm_probability` -> `0.0 <=` (0 was never tried)
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--layers", "0"], "--layers must be >= 1, got 0"), (["--width", "0"], "--width must be >= 1, got 0"),
+     (["--heads", "0"], "--heads must be >= 1, got 0"), (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+     (["--accum-steps", "0"], "--accum-steps must be >= 1, got 0"),
+     (["--mlm-probability", "0"], r"--mlm-probability must be in \(0, 1\], got 0.0")],
+)  # fmt: skip
+def test_zero_sized_options_are_usage_errors(extra, message):
+    args = mlm_cli.build_parser().parse_args(["--seq-len", "16", "--mask-ratio", "0.25", *extra])
+    with pytest.raises(mlm_cli.UsageError, match=message):
+        mlm_args.check_args(args)

@@ -6,6 +6,7 @@ names the mutant it kills."""
 import pytest
 import torch
 from _models import batch, tiny_vit
+from test_mlm import MASK_ID, VOCAB, tiny_bert
 
 from masksub_kernels.training import MaskSub
 from masksub_kernels.training.wrapper import supervised_loss
@@ -218,3 +219,26 @@ def test_eval_loss_is_the_wrappers_main_criterion():
     want = supervised_loss(out["logits"], labels, mode="bce", label_smoothing=0.1, target_threshold=0.0)
     torch.testing.assert_close(out["loss"], want, rtol=0, atol=0)
     torch.testing.assert_close(out["loss_main"], want, rtol=0, atol=0)
+
+
+# kills wrapper.py:193 dropping `or mask_token_id is not None` (an image model's mask_token_id was accepted and never
+# used: the refusals try sub_fill and chunk_rows only), and wrapper.py:188 `self._mlm = self.chunk_rows = None` ->
+# `self._mlm = None` (an image family's repr raised AttributeError) or `...; self.chunk_rows = 0` ("chunk_rows=0")
+def test_image_families_refuse_mask_token_id_and_have_no_chunk_rows():
+    with pytest.raises(ValueError, match="options of the mlm family; this model is vit"):
+        MaskSub(tiny_vit(), mask_token_id=4)
+    ms = MaskSub(tiny_vit())
+    assert ms.chunk_rows is None and "chunk_rows" not in repr(ms)
+
+
+# checks the value of the config's default id (no test read it; a pad_token_id read is killed by
+# test_refuses_bad_options already), and kills mlm.py's range `0 <=` -> `1 <=` (id 0 refused) or dropped (-1
+# accepted), and dropping the bool / int checks (True, 4.0 accepted)
+def test_the_mask_token_id_defaults_to_the_configs_and_is_an_int_in_the_vocabulary():
+    assert MaskSub(tiny_bert(mask_token_id=MASK_ID), sub_fill="mask").mask_token_id == MASK_ID
+    assert MaskSub(tiny_bert(), sub_fill="mask", mask_token_id=0).mask_token_id == 0
+    for bad in (-1, True, 4.0):
+        with pytest.raises(
+            ValueError, match=rf"mask_token_id must be an int in \[0, vocab size {VOCAB}\), got {bad!r}"
+        ):
+            MaskSub(tiny_bert(), sub_fill="mask", mask_token_id=bad)
