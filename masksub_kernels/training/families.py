@@ -65,9 +65,12 @@ def logits_of(output, batch_size: int) -> torch.Tensor:
     anything else, or logits of another shape, is an error naming what the model returned (shapes only: no sync)."""
     logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
     if not isinstance(logits, torch.Tensor):
+        # (timm's distilled DeiT returns its two heads' logits in distilled training, their mean otherwise)
+        two_heads = " (a distilled DeiT in distilled training? model.set_distilled_training(False))"
         raise TypeError(
             "MaskSub's image families need a model whose forward returns logits [B, C]: a tensor, or an object with "
             f"a .logits tensor (a Hugging Face ModelOutput); this model returned {type(output).__name__}"
+            f"{two_heads if isinstance(output, tuple) else ''}"
         )
     if logits.dim() != 2 or logits.shape[0] != batch_size:
         raise ValueError(
@@ -191,7 +194,7 @@ def check_input_size(
             raise ValueError(
                 f"the model is built for {tuple(built)} images and refuses {tuple(img_size)} ({why}): "
                 f"build it with img_size={img_size[0] if img_size[0] == img_size[1] else tuple(img_size)}, or "
-                "dynamic_img_size=True where the model has it"
+                f"{'strict_img_size=False' if family == 'swin' else 'dynamic_img_size=True where the model has it'}"
             )
     if family == "vit" and is_hf_vit(model):
         grid = configured_grid(model) if img_size is None else check_hf_size(model, img_size, model_kwargs)
@@ -203,7 +206,7 @@ def check_input_size(
         if img_size is not None:
             grid = check_vit_patches(model, img_size)
         if grid is not None:
-            num_kept_tokens(grid[0] * grid[1], mask_ratio)
+            _check_kept_after_patch_dropout(model, grid[0] * grid[1], mask_ratio)
         return
     if family == "swin":
         if is_hf_swin(model):  # transformers pads the images to multiples of the patch
@@ -223,6 +226,25 @@ def check_input_size(
                 f"multiple of {cell_size}, or {_other_cell(grid, cell_size, mask_ratio)}"
             )
     _check_cells(family, grid, (1, 1), cell_size, mask_ratio)  # the pixel family: cells of pixels (swin returned above)
+
+
+def _check_kept_after_patch_dropout(model: nn.Module, tokens: int, mask_ratio: float) -> None:
+    """The sub-branch's kept tokens of a timm ViT with ``tokens`` patch tokens: its patch dropout (patch_drop_rate
+    p, training only) runs before the selection and keeps max(1, floor(L (1 - p))) of them (timm's rule), of which
+    the sub-branch keeps floor(. (1 - r)): a share (1 - p)(1 - r) of the patches. Refused where none is left."""
+    from ..ops.token_select import num_kept_tokens  # (at call time: the package imports this module)
+
+    drop = float(getattr(getattr(model, "patch_drop", None), "prob", 0.0) or 0.0)
+    left = max(1, int(tokens * (1.0 - drop))) if drop > 0 else tokens
+    try:
+        num_kept_tokens(left, mask_ratio)
+    except ValueError as exc:
+        if not drop:
+            raise
+        raise ValueError(
+            f"{exc}: the model's patch dropout (patch_drop_rate={drop:g}) keeps {left} of its {tokens} patch tokens "
+            "before the sub-branch's selection"
+        ) from exc
 
 
 def check_vit_patches(model: nn.Module, img_size: tuple[int, int]) -> tuple[int, int]:

@@ -5,7 +5,7 @@ names the mutant it kills."""
 
 import pytest
 import torch
-from _models import batch, tiny_vit
+from _models import batch, tiny_swin, tiny_vit
 from test_mlm import MASK_ID, VOCAB, tiny_bert
 
 from masksub_kernels.training import MaskSub
@@ -242,3 +242,28 @@ def test_the_mask_token_id_defaults_to_the_configs_and_is_an_int_in_the_vocabula
             ValueError, match=rf"mask_token_id must be an int in \[0, vocab size {VOCAB}\), got {bad!r}"
         ):
             MaskSub(tiny_bert(), sub_fill="mask", mask_token_id=bad)
+
+
+def test_a_distilled_deit_in_distilled_training_is_told_why():
+    # helper-288: timm's distilled DeiT returns its two heads' logits in distilled training: a bare TypeError before
+    from timm.models.deit import VisionTransformerDistilled
+
+    model = VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
+    model.set_distilled_training(True)
+    images, target = batch("vit", dtype=torch.float32)
+    with pytest.raises(TypeError, match=r"returned tuple \(a distilled DeiT in distilled training\? "):
+        MaskSub(model).train_step(images, target, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_a_vits_patch_dropout_counts_in_the_kept_tokens():
+    # helper-288: timm's patch dropout runs before the sub-branch's selection; the check at construction ignored it,
+    # and the op refused mid-run with "0 of 1 tokens" on a model of 4 patches
+    with pytest.raises(ValueError, match=r"patch_drop_rate=0\.75\) keeps 1 of its 4 patch tokens"):
+        MaskSub(tiny_vit(img_size=16, patch_drop_rate=0.75))
+    MaskSub(tiny_vit(img_size=16, patch_drop_rate=0.5))  # 2 of 4 left, 1 kept
+
+
+def test_a_strict_swin_fed_another_size_is_told_of_strict_img_size():
+    # helper-288: timm's Swin has no dynamic_img_size; strict_img_size=False takes other sizes
+    with pytest.raises(ValueError, match=r"or strict_img_size=False$"):
+        MaskSub(tiny_swin()).check_input_size(96)
