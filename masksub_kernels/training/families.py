@@ -65,8 +65,9 @@ def logits_of(output, batch_size: int) -> torch.Tensor:
     anything else, or logits of another shape, is an error naming what the model returned (shapes only: no sync)."""
     logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
     if not isinstance(logits, torch.Tensor):
-        # (timm's distilled DeiT returns its two heads' logits in distilled training, their mean otherwise)
-        two_heads = " (a distilled DeiT in distilled training? model.set_distilled_training(False))"
+        # (timm's distilled models return their two heads' logits in distilled training, their mean otherwise)
+        two_heads = " (a timm distilled model (DeiT, LeViT, PiT, EfficientFormer, ...) in distilled training? "
+        two_heads += "model.set_distilled_training(False))"
         raise TypeError(
             "MaskSub's image families need a model whose forward returns logits [B, C]: a tensor, or an object with "
             f"a .logits tensor (a Hugging Face ModelOutput); this model returned {type(output).__name__}"
@@ -171,7 +172,8 @@ def check_input_size(
     """Raise a ValueError when images of ``img_size`` (None: the model's configured size, where it has one) cannot
     be masked (a grid that the cells do not divide, a ratio that keeps no token / cell) or when the model refuses
     them (a ViT / Swin built for another size with a strict patch embedding, timm's default; a transformers model's
-    embeddings, run with the ``model_kwargs`` they take, e.g. ``interpolate_pos_encoding``)."""
+    embeddings, run with the ``model_kwargs`` they take, e.g. ``interpolate_pos_encoding``); a timm ViT's tokens
+    counted after its patch dropout (``_check_kept_after_patch_dropout``)."""
     from ..ops.token_select import num_kept_tokens
 
     if isinstance(img_size, int):
@@ -194,7 +196,7 @@ def check_input_size(
             raise ValueError(
                 f"the model is built for {tuple(built)} images and refuses {tuple(img_size)} ({why}): "
                 f"build it with img_size={img_size[0] if img_size[0] == img_size[1] else tuple(img_size)}, or "
-                f"{'strict_img_size=False' if family == 'swin' else 'dynamic_img_size=True where the model has it'}"
+                f"{'strict_img_size=False' if family == 'swin' else 'dynamic_img_size=True'} where the model has it"
             )
     if family == "vit" and is_hf_vit(model):
         grid = configured_grid(model) if img_size is None else check_hf_size(model, img_size, model_kwargs)

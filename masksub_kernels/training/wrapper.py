@@ -202,11 +202,12 @@ class MaskSub(nn.Module):
         else:
             self.register_parameter("mask_token", None)
         if variant == "mask":
+            if self.family == "vit":
+                check_eva(inner)  # (first: an Eva's patch dropout is refused, not counted as a ViT's)
             check_input_size(self.family, inner, None, self.cell_size, self.mask_ratio, self.model_kwargs)
             if self.family == "swin" and is_hf_swin(inner):  # after the checks: a refused MaskSub leaves it as it was
                 prepare_hf_swin(inner)  # the mask token in the model's own slot, the hook on its embeddings' dropout
             if self.family == "vit":
-                check_eva(inner)
                 if is_relpos_vit(inner):
                     prepare_relpos(inner)  # the stand-ins of its attention bias methods (vit_relpos.py)
                 if is_hf_vit(inner):

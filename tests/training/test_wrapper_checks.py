@@ -251,7 +251,8 @@ def test_a_distilled_deit_in_distilled_training_is_told_why():
     model = VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
     model.set_distilled_training(True)
     images, target = batch("vit", dtype=torch.float32)
-    with pytest.raises(TypeError, match=r"returned tuple \(a distilled DeiT in distilled training\? "):
+    hint = r"returned tuple \(a timm distilled model .* model\.set_distilled_training\(False\)\)$"
+    with pytest.raises(TypeError, match=hint):
         MaskSub(model).train_step(images, target, torch.optim.SGD(model.parameters(), lr=0.1))
 
 
@@ -264,6 +265,17 @@ def test_a_vits_patch_dropout_counts_in_the_kept_tokens():
 
 
 def test_a_strict_swin_fed_another_size_is_told_of_strict_img_size():
-    # helper-288: timm's Swin has no dynamic_img_size; strict_img_size=False takes other sizes
-    with pytest.raises(ValueError, match=r"or strict_img_size=False$"):
+    # helper-288: the hint named dynamic_img_size (which timm's Swin takes as of 1.0.31, as strict_img_size=False:
+    # the one both take)
+    with pytest.raises(ValueError, match=r"or strict_img_size=False where the model has it$"):
         MaskSub(tiny_swin()).check_input_size(96)
+
+
+def test_an_evas_patch_dropout_is_refused_as_such():
+    # helper-289: the count of a ViT's patch dropout ran before the Eva check, so an Eva was told its rate kept too
+    # few tokens (as if a lower rate would do) before check_eva's refusal of any rate
+    from timm.models.eva import Eva
+
+    eva = Eva(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=5, patch_drop_rate=0.75)
+    with pytest.raises(ValueError, match="needs patch_drop_rate=0"):
+        MaskSub(eva)
