@@ -55,6 +55,16 @@ def check_keep_args(
     return batch_size, num_tokens, num_keep
 
 
+def check_float_tensor(name: str, x, layout: str, dims: int) -> None:
+    """``x`` a floating-point tensor of ``dims`` dimensions (``layout`` names them in the error)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != dims:
+        raise ValueError(f"{name} must be {layout} ({dims}-D), got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
+
+
 def check_bool(name: str, value) -> bool:
     """A flag argument: a bool (a string such as "no" would otherwise count as True)."""
     if not isinstance(value, bool):

@@ -11,7 +11,7 @@ import numbers
 import torch
 
 from .._philox import resolve_seed
-from ._common import FLOAT_DTYPES, MAX_TOKENS, check_int, check_keep_args
+from ._common import MAX_TOKENS, check_float_tensor, check_int, check_keep_args
 
 
 def _check_int(name: str, value, low: int = 1) -> int:
@@ -95,15 +95,6 @@ def _check_fill_value(fill_value, dtype: torch.dtype) -> None:
         raise ValueError(f"fill_value must be finite and within ±{largest:g} for {dtype} images, got {fill_value}")
 
 
-def _check_float_tensor(name: str, x, layout: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be {layout} (4-D), got shape {tuple(x.shape)}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
-
-
 def _random_cell_sizes(batch: int, height: int, width: int, cell_size: int, num_keep: int, seed_tensor, device) -> None:
     """The random grid ops' own check (MaskSubOp's ``check``): cells that tile the map, at most all of them kept,
     the seed tensor one int64 on the op's device (resolve_seed's rules; its value is not read)."""
@@ -117,7 +108,7 @@ def _image_op_sizes(images, cell_size: int, fill_value, num_keep: int | None = N
     """The image ops' own check (MaskSubOp's ``check``, for a direct torch.ops.masksub call): 4-D float images within
     the grid bounds (else the launch fails), a fill value finite in their dtype, and for the random op
     the cells and kept cells."""
-    _check_float_tensor("images", images, "[B, C, H, W]")
+    check_float_tensor("images", images, "[B, C, H, W]", 4)
     batch, channels, height, width = images.shape
     _check_extent(batch, height, width, channels, "images")
     _check_fill_value(fill_value, images.dtype)

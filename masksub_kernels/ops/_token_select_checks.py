@@ -10,16 +10,18 @@ from __future__ import annotations
 import torch
 
 from .._philox import _concrete, resolve_seed
-from ._common import FLOAT_DTYPES, INDEX_DTYPES, check_bool, check_int, check_keep_args, values_readable
+from ._common import (
+    INDEX_DTYPES,
+    check_bool,
+    check_float_tensor,
+    check_int,
+    check_keep_args,
+    values_readable,
+)
 
 
 def _check_tokens(x: torch.Tensor, num_prefix_tokens: int) -> int:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 3:
-        raise ValueError(f"x must be [batch, prefix + tokens, dim] (3-D), got shape {tuple(x.shape)}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"x must be float32, float16, bfloat16 or float64, got {x.dtype}")
+    check_float_tensor("x", x, "[batch, prefix + tokens, dim]", 3)
     num_prefix_tokens = check_int("num_prefix_tokens", num_prefix_tokens)
     if not 0 <= num_prefix_tokens < x.shape[1]:
         raise ValueError(

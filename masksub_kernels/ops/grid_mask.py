@@ -35,7 +35,7 @@ import torch
 
 from .._philox import load_seed, philox_sort_keys, resolve_seed, seed_value
 from .._triton import jit, next_power_of_2, tl
-from ._common import cdiv, check_keep_args, masksub_op, resolve_device, sort_warps
+from ._common import cdiv, check_float_tensor, check_keep_args, masksub_op, resolve_device, sort_warps
 from ._grid_checks import (  # noqa: F401 (MAX_GRID_*: the ops' public bounds, read from here)
     MAX_GRID_EXTENT,
     MAX_GRID_HEIGHT,
@@ -43,7 +43,6 @@ from ._grid_checks import (  # noqa: F401 (MAX_GRID_*: the ops' public bounds, r
     _cell_grid,
     _check_extent,
     _check_fill_value,
-    _check_float_tensor,
     _check_int,
     _grid_size,
     _image_op_sizes,
@@ -530,7 +529,7 @@ def mask_image_grid(
     Differentiable in ``images``: d images = d masked with the removed cells zeroed. Note the official code
     zeroes the *kept* cells instead (see the module docstring).
     """
-    _check_float_tensor("images", images, "[B, C, H, W]")
+    check_float_tensor("images", images, "[B, C, H, W]", 4)
     cell_size, grid_h, grid_w = _cell_grid(images.shape[2], images.shape[3], cell_size, "images")
     batch, channels, height, width = images.shape
     _check_extent(batch, height, width, channels, "images")

@@ -32,8 +32,8 @@ import torch
 
 from .._philox import resolve_seed, seed_value
 from .._triton import jit, next_power_of_2, tl
-from ._common import cdiv, check_keep_args, masksub_op, resolve_device
-from ._grid_checks import _cell_grid, _check_extent, _check_float_tensor, _random_cell_sizes, check_cell_mask
+from ._common import cdiv, check_float_tensor, check_keep_args, masksub_op, resolve_device
+from ._grid_checks import _cell_grid, _check_extent, _random_cell_sizes, check_cell_mask
 from .grid_mask import _cell_mask_triton, _tile, cell_mask_reference
 from .token_select import num_kept_tokens
 
@@ -67,7 +67,7 @@ def _token_op_sizes(tokens, mask_token=None, cell_size=None, num_keep=None, seed
     """The token ops' own check (MaskSubOp's ``check``, for a direct torch.ops.masksub call): 4-D float tokens
     within the grid bounds (else the launch fails), their mask token, and for the random op the cells
     and kept cells."""
-    _check_float_tensor(name, tokens, "[B, H, W, C]")
+    check_float_tensor(name, tokens, "[B, H, W, C]", 4)
     _check_extent(*tokens.shape, name)
     if mask_token is not None:
         _check_mask_token(tokens, mask_token)
@@ -545,7 +545,7 @@ def mask_tokens_grid(
     mask_token (d mask_token = sum of d out over removed tokens, reduced in fp32 in a fixed order: same bits on
     every run).
     """
-    _check_float_tensor("tokens", tokens, "[B, H, W, C] (timm Swin layout after patch_embed)")
+    check_float_tensor("tokens", tokens, "[B, H, W, C] (timm Swin layout after patch_embed)", 4)
     _check_mask_token(tokens, mask_token)
     cell_size, grid_h, grid_w = _cell_grid(tokens.shape[1], tokens.shape[2], cell_size, "tokens grid")
     _check_extent(*tokens.shape, "tokens")
