@@ -227,6 +227,46 @@ def test_plot_titles_mark_cut_suites_tiny_runs_and_the_cpu(tmp_path, monkeypatch
     assert report.plot(run, tmp_path / "p.png")
     assert titles == [
         "two (cut short after 1 of 2 cases)",
-        "CPU: x - d | CPU: the torch backend, not the kernels | --tiny: a smoke test, not a measurement "
-        "(lower is better)",
-    ]
+        "CPU: x - d (lower is better)\nCPU: the torch backend, not the kernels\n"
+        "--tiny: a smoke test, not a measurement",
+    ]  # (a line each: one ran past the figure's edges, helper-290)
+
+
+def test_off_a_gpu_the_run_times_the_torch_backend_whatever_the_process_chose(monkeypatch, tmp_path):
+    # helper-290: the train suite's library rows ran the process's backend (MASKSUB_BACKEND=triton with the
+    # interpreter: 83x plain) where the header says the torch backend's
+    import masksub_kernels as mk
+
+    seen = []
+    monkeypatch.setattr(cli, "_measure", lambda args, device, on_gpu: seen.append(mk.get_backend()) or 0)
+    with mk.use_backend("triton"):
+        assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path)]) == 0
+        assert mk.get_backend() == "triton"  # restored after the run
+    assert seen == ["torch"]
+
+
+def test_an_unknown_masksub_backend_is_refused_before_the_run(monkeypatch, tmp_path, capsys):
+    # helper-290: a backend that cannot run crashed the run midway with a traceback, after its header
+    from masksub_kernels import _backend
+
+    monkeypatch.setenv("MASKSUB_BACKEND", "bogus")
+    monkeypatch.setattr(_backend, "_requested", None)
+    monkeypatch.setattr(cli, "_measure", lambda *args: pytest.fail("the run started"))
+    assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("masksub-bench: MASKSUB_BACKEND: ")
+
+
+def test_a_run_with_nothing_to_draw_removes_an_earlier_png(tmp_path):
+    # helper-290: after an --overwrite with nothing to draw (the train suite alone), the replaced run's .png stayed
+    # beside the new .json and .md
+    pytest.importorskip("matplotlib")
+    (tmp_path / "s.png").write_bytes(b"an earlier run's")
+    train = {"suite": "train", "shape": "s", "dtype": "float32", "mode": "forward", "provider": "plain",
+             "median_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0, "repeats": 10}  # fmt: skip
+    run = {"environment": {"device": "CPU: x", "torch": "-"}, "date": "d", "copy_gbps": 1.0, "repeats": 10,
+           "warmup": 2, "records": [train]}  # fmt: skip
+    assert sorted(report.write(run, tmp_path, "s")) == ["json", "md"]
+    assert not (tmp_path / "s.png").exists()
+    (tmp_path / "s.png").write_bytes(b"kept")
+    report.write(run, tmp_path, "s", with_plot=False)  # --no-plot: an earlier one left as it is (documented)
+    assert (tmp_path / "s.png").read_bytes() == b"kept"

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from .. import _backend
 from . import report
 from .runner import case_label, not_run_records, run_case, run_group, timing_groups
 from .timing import copy_bandwidth_gbps, environment
@@ -231,6 +232,20 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device = torch.device(args.device)
     on_gpu = device.type == "cuda"
+    # the train suite's library rows run the process's backend (the op suites name theirs): off a GPU the torch
+    # backend, as the header says; on a GPU the process's (MASKSUB_BACKEND), checked before anything runs
+    try:
+        backend = _backend.get_backend() if on_gpu else "torch"
+        with _backend.use_backend(backend):  # (an unknown or unavailable one: a ValueError / RuntimeError here)
+            pass
+    except (ValueError, RuntimeError) as exc:
+        print(f"masksub-bench: MASKSUB_BACKEND: {exc}", file=sys.stderr)
+        return 2
+    with _backend.use_backend(backend):
+        return _measure(args, device, on_gpu)
+
+
+def _measure(args: argparse.Namespace, device: torch.device, on_gpu: bool) -> int:
     repeats = args.repeats if args.repeats is not None else (2 if args.tiny else 30 if on_gpu else 10)
     warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 5 if on_gpu else 2)
     env = environment(device)

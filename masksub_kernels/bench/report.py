@@ -323,8 +323,11 @@ def plot(run: dict, path: Path) -> bool:
     # suites cut short that have no panel here (the train suite, forward-only rows) are marked in the title
     unplotted = [f"{s} ({cut_short(run, s)})" for s in run.get("incomplete_suites", {}) if s not in suites]
     kind += f" | not drawn: {', '.join(unplotted)}" if unplotted else ""
-    figure.suptitle(f"{run['environment']['device']} - {run['date']}{kind} (lower is better)", fontsize=9)
-    figure.tight_layout()
+    # one line a part (device and date, then each mark): a single line ran past the figure's edges
+    title = f"{run['environment']['device']} - {run['date']} (lower is better){kind}".replace(" | ", "\n")
+    title = "\n".join(textwrap.fill(line, 120) for line in title.split("\n"))
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout(rect=(0, 0, 1, 1 - (title.count("\n") + 1) * 0.17 / figure.get_figheight()))
     figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
     return True
@@ -332,8 +335,8 @@ def plot(run: dict, path: Path) -> bool:
 
 def write(run: dict, directory: Path, stem: str, json_only: bool = False, with_plot: bool = True) -> dict[str, Path]:
     """The run as <stem>.json, .md and .png in ``directory`` (json_only: the JSON alone, after each case;
-    with_plot=False: no .png, an earlier one left as it is). Each file is written under a .partial name, then
-    renamed: a cap that kills a write mid-file leaves the previous file whole."""
+    with_plot=False: no .png, an earlier one left as it is; nothing to draw: an earlier one removed). Each file is
+    written under a .partial name, then renamed: a cap that kills a write mid-file leaves the previous file whole."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"json": directory / f"{stem}.json", "md": directory / f"{stem}.md", "png": directory / f"{stem}.png"}
     _replace(paths["json"], lambda partial: partial.write_text(json.dumps(run, indent=1, default=str)))
@@ -341,6 +344,8 @@ def write(run: dict, directory: Path, stem: str, json_only: bool = False, with_p
         return {"json": paths["json"]}
     _replace(paths["md"], lambda partial: partial.write_text(markdown_table(run)))
     if not with_plot or not _replace(paths["png"], lambda partial: plot(run, partial)):
+        if with_plot:  # nothing to draw: an earlier run's .png would sit beside this run's files
+            paths["png"].unlink(missing_ok=True)
         del paths["png"]
     return paths
 
