@@ -226,7 +226,7 @@ def test_a_suite_stopped_midway_keeps_its_finished_cases(tmp_path, monkeypatch):
     assert "**half: cut short after 1 of 2 cases**" in path.with_suffix(".md").read_text()
 
 
-def test_files_are_written_after_each_suite_and_append_merges_runs(tmp_path, monkeypatch):
+def test_files_are_written_after_each_suite_and_append_merges_runs(tmp_path, monkeypatch, capsys):
     # A run stopped during its second suite (here an exception, on a GPU the step's timeout) keeps the first.
     broken = types.ModuleType("broken_suite")
     broken.cases = lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt)
@@ -237,7 +237,10 @@ def test_files_are_written_after_each_suite_and_append_merges_runs(tmp_path, mon
     assert {r["suite"] for r in json.loads(path.read_text())["records"]} == {"loss"}
     # --append: another process adds its suite to the same files; a suite measured again replaces its records
     for suites in (["grid_mask"], ["loss"]):
+        capsys.readouterr()
         assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--append", "--suites", *suites]) == 0
+        replacing = "--append: replacing the " in capsys.readouterr().out  # said (helper-290: it was silent)
+        assert replacing == (suites == ["loss"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{path.stem}{s}" for s in (".json", ".md", ".png"))
     run = json.loads(path.read_text())
     count = collections.Counter(

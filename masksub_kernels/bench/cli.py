@@ -105,8 +105,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="smallest shapes, 2 repeats: a smoke test of the code (its files are named ...-tiny: never a run's)",
     )  # fmt: skip
     parser.add_argument(
-        "--append", action="store_true", help="add to the result files already in --out for this device and date"
-    )
+        "--append", action="store_true",
+        help="add to the result files already in --out for this device and date (a suite measured again replaces "
+        "its earlier rows)",
+    )  # fmt: skip
     parser.add_argument(
         "--overwrite", action="store_true",
         help="replace the result files already in --out for this device and date (a measured run refuses otherwise)",
@@ -257,6 +259,11 @@ def _measure(args: argparse.Namespace, device: torch.device, on_gpu: bool) -> in
         )
     # one date for every suite of a run that crosses midnight (gpu_bench.sh sets it): the files are the run's
     date = os.environ.get("MASKSUB_BENCH_DATE") or datetime.date.today().isoformat()
+    try:
+        datetime.date.fromisoformat(date)
+    except ValueError:
+        print(f"masksub-bench: MASKSUB_BENCH_DATE must be a date, YYYY-MM-DD; got {date!r}", file=sys.stderr)
+        return 2
     # a smoke run's files are named apart: it never replaces the day's measured results
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{env['device']}-{date}").strip("-") + ("-tiny" if args.tiny else "")
     directory = args.out or default_output_directory()
@@ -455,6 +462,10 @@ def _previous_run(path: Path, suites: list[str], environment: dict, settings: di
             f"the run in {path} was measured otherwise ({'; '.join(differences)}): --overwrite to replace it, or "
             "another --out"
         )
+    replaced = sum(r["suite"] in suites for r in run["records"])
+    if replaced:  # --append measures these suites again: their earlier rows go (one set of rows per suite)
+        again = sorted({r["suite"] for r in run["records"] if r["suite"] in suites})
+        print(f"masksub-bench: --append: replacing the {replaced} earlier records of {', '.join(again)}")
     run["records"] = [r for r in run["records"] if r["suite"] not in suites]
     for marks in ("skipped_suites", "incomplete_suites", "context_lost"):
         run[marks] = {suite: mark for suite, mark in run[marks].items() if suite not in suites}
