@@ -319,9 +319,12 @@ def _measure(args: argparse.Namespace, device: torch.device, on_gpu: bool) -> in
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (_Terminated): the files with what finished, marked
         if stopping:  # `timeout` signals the process, then its group: a second SIGTERM must not cut this write
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (its -k SIGKILL still ends a write that hangs)
+        signal_name = "SIGTERM" if isinstance(stop, _Terminated) else "SIGINT (Ctrl-C)"
+        started = {r["suite"] for r in records} | set(run["incomplete_suites"]) | set(run["skipped_suites"])
+        for later in (suite for suite in args.suites if suite not in started):  # asked for: the files say so
+            run["skipped_suites"][later] = f"not run: stopped by {signal_name}"
         _attach_predictions(run, model_path)  # the cut suite's rows too (a capped GPU suite: the usual case)
         report.write(run, directory, stem, with_plot=not args.no_plot)
-        signal_name = "SIGTERM" if isinstance(stop, _Terminated) else "SIGINT (Ctrl-C)"
         cut = "; ".join(f"{s} {report.cut_short(run, s)}" for s in run["incomplete_suites"])
         print(f"masksub-bench: stopped by {signal_name}{f' ({cut})' if cut else ''}: the finished cases are in "
               f"{directory / stem}.json / .md", file=sys.stderr)  # fmt: skip
