@@ -323,8 +323,9 @@ def test_the_runs_date_comes_from_the_environment_and_appended_seconds_add_up(tm
     assert json.loads(path.read_text())["seconds"] >= 100.0
     # not a date: refused before anything runs (helper-290: it named the files and the header)
     before = sorted(p.name for p in tmp_path.iterdir())
-    monkeypatch.setenv("MASKSUB_BENCH_DATE", "../x date")
-    assert cli.main([*common, "--append"]) == 2
+    for bad in ("../x date", "20310203"):  # (the second, a date to fromisoformat, not YYYY-MM-DD)
+        monkeypatch.setenv("MASKSUB_BENCH_DATE", bad)
+        assert cli.main([*common, "--append"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 

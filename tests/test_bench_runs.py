@@ -253,10 +253,10 @@ def test_an_unknown_masksub_backend_is_refused_before_the_run(monkeypatch, tmp_p
     monkeypatch.setattr(_backend, "_requested", None)
     monkeypatch.setattr(cli, "_measure", lambda *args: pytest.fail("the run started"))
     assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith("masksub-bench: MASKSUB_BACKEND: ")
+    assert capsys.readouterr().err.startswith("masksub-bench: the process's backend (MASKSUB_BACKEND): ")
 
 
-def test_a_run_with_nothing_to_draw_removes_an_earlier_png(tmp_path):
+def test_a_run_with_nothing_to_draw_removes_an_earlier_png(tmp_path, monkeypatch):
     # helper-290: after an --overwrite with nothing to draw (the train suite alone), the replaced run's .png stayed
     # beside the new .json and .md
     pytest.importorskip("matplotlib")
@@ -269,4 +269,9 @@ def test_a_run_with_nothing_to_draw_removes_an_earlier_png(tmp_path):
     assert not (tmp_path / "s.png").exists()
     (tmp_path / "s.png").write_bytes(b"kept")
     report.write(run, tmp_path, "s", with_plot=False)  # --no-plot: an earlier one left as it is (documented)
+    assert (tmp_path / "s.png").read_bytes() == b"kept"
+    # without matplotlib (an optional extra) nothing is drawn, and a good .png is kept (helper-291: removed)
+    drawable = {**train, "suite": "loss", "mode": "full", "provider": "official"}
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert sorted(report.write({**run, "records": [drawable]}, tmp_path, "s")) == ["json", "md"]
     assert (tmp_path / "s.png").read_bytes() == b"kept"

@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         with _backend.use_backend(backend):  # (an unknown or unavailable one: a ValueError / RuntimeError here)
             pass
     except (ValueError, RuntimeError) as exc:
-        print(f"masksub-bench: MASKSUB_BACKEND: {exc}", file=sys.stderr)
+        cpu = "" if on_gpu else " (a run off a GPU uses the torch backend: unset MASKSUB_BACKEND)"
+        print(f"masksub-bench: the process's backend (MASKSUB_BACKEND): {exc}{cpu}", file=sys.stderr)
         return 2
     with _backend.use_backend(backend):
         return _measure(args, device, on_gpu)
@@ -260,6 +261,8 @@ def _measure(args: argparse.Namespace, device: torch.device, on_gpu: bool) -> in
     # one date for every suite of a run that crosses midnight (gpu_bench.sh sets it): the files are the run's
     date = os.environ.get("MASKSUB_BENCH_DATE") or datetime.date.today().isoformat()
     try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+            raise ValueError(date)
         datetime.date.fromisoformat(date)
     except ValueError:
         print(f"masksub-bench: MASKSUB_BENCH_DATE must be a date, YYYY-MM-DD; got {date!r}", file=sys.stderr)

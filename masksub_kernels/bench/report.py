@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import textwrap
@@ -325,9 +326,9 @@ def plot(run: dict, path: Path) -> bool:
     kind += f" | not drawn: {', '.join(unplotted)}" if unplotted else ""
     # one line a part (device and date, then each mark): a single line ran past the figure's edges
     title = f"{run['environment']['device']} - {run['date']} (lower is better){kind}".replace(" | ", "\n")
-    title = "\n".join(textwrap.fill(line, 120) for line in title.split("\n"))
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout(rect=(0, 0, 1, 1 - (title.count("\n") + 1) * 0.17 / figure.get_figheight()))
+    width = int(figure.get_figwidth() * 14)  # characters of 9 pt a line holds
+    figure.suptitle("\n".join(textwrap.fill(line, width) for line in title.split("\n")), fontsize=9)
+    figure.tight_layout()  # (it makes room for the title)
     figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
     return True
@@ -335,7 +336,8 @@ def plot(run: dict, path: Path) -> bool:
 
 def write(run: dict, directory: Path, stem: str, json_only: bool = False, with_plot: bool = True) -> dict[str, Path]:
     """The run as <stem>.json, .md and .png in ``directory`` (json_only: the JSON alone, after each case;
-    with_plot=False: no .png, an earlier one left as it is; nothing to draw: an earlier one removed). Each file is
+    with_plot=False or no matplotlib: no .png, an earlier one left as it is; nothing to draw: an earlier one
+    removed). Each file is
     written under a .partial name, then renamed: a cap that kills a write mid-file leaves the previous file whole."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"json": directory / f"{stem}.json", "md": directory / f"{stem}.md", "png": directory / f"{stem}.png"}
@@ -344,8 +346,9 @@ def write(run: dict, directory: Path, stem: str, json_only: bool = False, with_p
         return {"json": paths["json"]}
     _replace(paths["md"], lambda partial: partial.write_text(markdown_table(run)))
     if not with_plot or not _replace(paths["png"], lambda partial: plot(run, partial)):
-        if with_plot:  # nothing to draw: an earlier run's .png would sit beside this run's files
-            paths["png"].unlink(missing_ok=True)
+        if with_plot and importlib.util.find_spec("matplotlib") is not None and paths["png"].exists():
+            paths["png"].unlink()  # nothing to draw: an earlier run's .png would sit beside this run's files
+            print(f"removed {paths['png']}: nothing of this run to draw")
         del paths["png"]
     return paths
 
