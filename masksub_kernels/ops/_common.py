@@ -212,12 +212,14 @@ class MaskSubOp:
         self.custom_op.register_fake(checked_fake)
         return fake
 
-    def register_autograd(self, backward, *, setup_context, differentiable: bool = False) -> None:
+    def register_autograd(self, backward, *, setup_context, differentiable: bool = False, called=None) -> None:
         """``backward`` and ``setup_context`` as torch.library's. ``differentiable``: the backward is built from
         differentiable ops (its gradients can be differentiated again); else it is first-order only, and a backward
-        with create_graph=True raises (first_order_only)."""
+        with create_graph=True raises (first_order_only). ``called`` (an op that serves several public functions):
+        a function of the backward's ctx that gives the public function whose call made it, for that refusal."""
         if not differentiable:
-            backward = first_order_only(self.label, backward)
+            name = self.label if called is None else lambda ctx: f"{called(ctx)} (op masksub::{self.name})"
+            backward = first_order_only(name, backward)
         self.custom_op.register_autograd(backward, setup_context=setup_context)
         run = self.run
 
@@ -271,21 +273,24 @@ def _refuse_forward_ad(name: str, args) -> None:
         )
 
 
-def first_order_only(name: str, backward):
+def first_order_only(name, backward):
     """``backward`` (ctx, *grads) -> gradients, for a backward that is not itself differentiable (kernels, or torch
     ops on detached values). Under create_graph=True (grad mode on in the backward) its gradients would silently be
     constants: a gradient penalty, a Hessian-vector product or a jvp through them would be zero. So it refuses:
     a RuntimeError naming the op. (Marking the gradients instead, as torch's once_differentiable does, is not
     enough: autograd.grad(..., inputs) and functional.hvp only run the nodes that lead to the inputs asked for, so
-    a marker with no edge to them never runs, and they return None or zeros.)"""
+    a marker with no edge to them never runs, and they return None or zeros.) ``name``: the op's name in that
+    error, or a function of ctx that gives it (an op shared by several public functions names the one called, from
+    what its forward saved: no value read)."""
 
     @functools.wraps(backward)
     def wrapped(ctx, *grads):
         # under make_fx / AOTAutograd too (their backward runs with grad mode off unless create_graph=True): the
         # trace would hold a constant gradient, and a second grad through it met torch's "no autograd formula"
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            label = name(ctx) if callable(name) else name
             raise RuntimeError(
-                f"{name}: double backward is not supported (create_graph=True: its backward is not differentiable, "
+                f"{label}: double backward is not supported (create_graph=True: its backward is not differentiable, "
                 "so the gradient's own gradient would be wrong); differentiate the plain PyTorch composite instead"
             )
         return backward(ctx, *grads)

@@ -115,6 +115,12 @@ def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, nee
     )
 
 
+def called_linear_loss(ctx) -> str:
+    """The public function whose call made a fused-linear op's call (ops/_masksub_loss_eager.called_loss's rule):
+    one branch (no sub_hidden, ctx.operands[0] false) is linear_soft_target_cross_entropy's."""
+    return "linear_masksub_loss" if ctx.operands[0] else "linear_soft_target_cross_entropy"
+
+
 def _grads_setup_context(ctx, inputs, output):
     hidden, sub_hidden, weight, bias, target, mean, a, b, *_, private, _chunk_rows = inputs[:14]
     bce, eps, ignore, temperature, threshold = inputs[14:]
@@ -129,6 +135,7 @@ def _grads_setup_context(ctx, inputs, output):
     saved = () if ctx.in_place else output[3:7]
     ctx.save_for_backward(hidden, sub_hidden, weight, bias, target, output[7], output[8], *saved)
     ctx.options, ctx.mean, ctx.weights = (bce, eps, ignore, temperature, threshold), mean, (a, b)
+    ctx.operands = (sub_hidden is not None, True, bce)  # for called_linear_loss
 
 
 def _stored_factor(ctx, grad_loss, grad_main, grad_sub):
@@ -264,7 +271,7 @@ def _recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stat
     )
 
 
-_linear_loss_grads_op.register_autograd(_grads_backward, setup_context=_grads_setup_context)
+_linear_loss_grads_op.register_autograd(_grads_backward, setup_context=_grads_setup_context, called=called_linear_loss)
 
 
 def _grads_wanted(hidden, sub_hidden, weight, bias, target, reduction) -> tuple[bool, bool, bool, bool] | None:

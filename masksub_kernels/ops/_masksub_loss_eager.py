@@ -46,6 +46,16 @@ from ._common import first_order_only
 # select; off the CPU the select always runs (knowing would sync).
 
 
+def called_loss(ctx) -> str:
+    """The public loss whose call made a loss op's call, for its double-backward refusal (first_order_only): the
+    four share the ops, and their operands tell them apart (ctx.operands, saved by the forward: whether sub_logits
+    and target were given, and bce). A direct torch.ops.masksub call is named as the loss that makes such a call."""
+    has_sub, has_target, bce = ctx.operands
+    if has_sub:
+        return "masksub_loss" if has_target else "self_distillation_loss"
+    return "soft_target_bce" if bce else "soft_target_cross_entropy"
+
+
 def _readable(device: torch.device) -> bool:
     """Whether values of tensors on ``device`` may be read without a sync: the CPU (the tests also run the other
     devices' code on CPU tensors by patching this)."""
@@ -254,7 +264,7 @@ class _EagerLoss(torch.autograd.Function):
         )
         ctx.save_for_backward(*brackets)
         ctx.options = (bce, temperature, logits.dtype, logits.shape[1])
-        ctx.keep = keep
+        ctx.keep, ctx.operands = keep, (sub_logits is not None, target is not None, bce)
         return out
 
     @staticmethod
@@ -267,7 +277,10 @@ class _EagerLoss(torch.autograd.Function):
 
 
 # first-order only, as the registered backwards (_common.first_order_only): create_graph=True raises
-_EagerLoss.backward = staticmethod(first_order_only("masksub_loss (op masksub::masksub_loss)", _EagerLoss.backward))
+# (named by the op that the kernel backends run: masksub::masksub_loss_forward)
+_EagerLoss.backward = staticmethod(
+    first_order_only(lambda ctx: f"{called_loss(ctx)} (op masksub::masksub_loss_forward)", _EagerLoss.backward)
+)
 
 
 def loss_forward_eager(logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, threshold):
@@ -333,6 +346,7 @@ class _ReducedLoss(torch.autograd.Function):
         ctx.save_for_backward(*brackets)
         ctx.options = (bce, temperature, logits.dtype, logits.shape[1])
         ctx.keep, ctx.weights = keep, (mw, sw)
+        ctx.operands = (sub_logits is not None, target is not None, bce)
         return reduced, out
 
     @staticmethod
@@ -356,7 +370,7 @@ class _ReducedLoss(torch.autograd.Function):
 
 
 _ReducedLoss.backward = staticmethod(
-    first_order_only("masksub_loss (op masksub::masksub_loss_reduced)", _ReducedLoss.backward)
+    first_order_only(lambda ctx: f"{called_loss(ctx)} (op masksub::masksub_loss_reduced)", _ReducedLoss.backward)
 )
 
 

@@ -51,7 +51,7 @@ from . import _linear_loss_kernels as kernels
 from ._common import cdiv, masksub_op
 from ._linear_loss_checks import _check_all, autocast_operands, check_chunk_rows
 from ._linear_loss_chunks import backward_in_chunks, sync_free
-from ._linear_loss_grads import _grads_wanted, _linear_loss_grads_op
+from ._linear_loss_grads import _grads_wanted, _linear_loss_grads_op, called_linear_loss
 from .losses import MaskSubLoss, _number, _reduce, _row_count
 from .masksub_loss import MAIN, NUM_OUT, SUB, loss_backward_reference, loss_forward_reference
 
@@ -416,6 +416,7 @@ def _setup_context(ctx, inputs, output):
     hidden, sub_hidden, weight, bias, target, *options = inputs
     ctx.save_for_backward(hidden, sub_hidden, weight, bias, target, output)
     ctx.options = options  # bce, label_smoothing, ignore_index, temperature, target_threshold
+    ctx.operands = (sub_hidden is not None, True, options[0])  # for called_linear_loss
 
 
 def _backward(ctx, grad_out):
@@ -439,7 +440,7 @@ def _backward(ctx, grad_out):
     )
 
 
-_linear_loss_op.register_autograd(_backward, setup_context=_setup_context)
+_linear_loss_op.register_autograd(_backward, setup_context=_setup_context, called=called_linear_loss)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ import torch
 from .._triton import next_power_of_2
 from ._common import masksub_op
 from ._loss_layout import _alignment_flags, _device_sms, _layout, _unit_last_stride, row_alignment, rows_aligned
-from ._masksub_loss_eager import loss_forward_eager
+from ._masksub_loss_eager import called_loss, loss_forward_eager
 from ._masksub_loss_kernels import _loss_bwd_kernel, _loss_fwd_kernel
 
 MAX_BLOCK_C = 4096  # classes per loop iteration of a program (the tests raise it under the interpreter)
@@ -522,6 +522,7 @@ def _loss_setup_context(ctx, inputs, output):
     logits, sub_logits, target, *options = inputs
     ctx.save_for_backward(logits, sub_logits, target, output)
     ctx.options = options  # bce, label_smoothing, ignore_index, temperature, target_threshold
+    ctx.operands = (sub_logits is not None, target is not None, options[0])  # for called_loss
 
 
 def _loss_backward(ctx, grad_out):
@@ -536,4 +537,4 @@ def _loss_backward(ctx, grad_out):
     return (dz if need_dmain else None), (ds if need_dsub else None), *(None,) * 6
 
 
-_loss_op.register_autograd(_loss_backward, setup_context=_loss_setup_context)
+_loss_op.register_autograd(_loss_backward, setup_context=_loss_setup_context, called=called_loss)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from ._common import masksub_op
-from ._masksub_loss_eager import reduced_loss_eager
+from ._masksub_loss_eager import called_loss, reduced_loss_eager
 from .masksub_loss import (
     MAIN,
     NUM_OUT,
@@ -193,6 +193,7 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(logits, sub_logits, target, d, out)
     ctx.options = options[:-1]  # bce, label_smoothing, ignore_index, temperature, target_threshold, a, b
+    ctx.operands = (sub_logits is not None, target is not None, options[0])  # for called_loss
 
 
 def _backward(ctx, grad_reduced, grad_out, grad_d):
@@ -207,4 +208,4 @@ def _backward(ctx, grad_reduced, grad_out, grad_d):
     return (dz if need_main else None), (ds if need_sub else None), *(None,) * 9
 
 
-_reduced_loss_op.register_autograd(_backward, setup_context=_setup_context)
+_reduced_loss_op.register_autograd(_backward, setup_context=_setup_context, called=called_loss)
