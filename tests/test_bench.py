@@ -65,7 +65,7 @@ def test_cli_tiny_run_of_every_suite_writes_json_markdown_and_plot(tmp_path, cap
     for record in records:
         assert REQUIRED <= set(record), record
         if record["suite"] == "train":
-            assert record["images_per_s"] > 0 and record["ideal_ratio"] == 1.5
+            assert record["images_per_s"] > 0 and record["ideal_ratio"] == 1.5 and record["mode"] == "step"
             assert record["timing"] == "interleaved"  # a model's providers round by round (bench/train_step.py)
         else:
             assert record["gbps"] > 0 and record["fraction_of_copy"] > 0

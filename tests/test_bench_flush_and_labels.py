@@ -3,12 +3,14 @@ that L2 would write back inside the next timed region; '% of copy' over 100% is 
 table says that its steps' host time is not measured (or shows it where a run has it); its peak memory is labelled
 as the step's peak above its start, not the process's. CPU only."""
 
+import json
+import pathlib
 import types
 
 import pytest
 import torch
 
-from masksub_kernels.bench import report, timing
+from masksub_kernels.bench import cli, report, timing
 
 CPU = torch.device("cpu")
 MiB = 2**20
@@ -92,7 +94,7 @@ def test_a_compute_bound_rows_bytes_do_not_bring_the_note():
 
 # --- report.py: the training table (findings 4 and 5) ------------------------------------------------------------
 
-_STEP = {"suite": "train", "shape": "vit", "dtype": "bf16", "mode": "forward", "p20_ms": 10.0, "p80_ms": 10.0,
+_STEP = {"suite": "train", "shape": "vit", "dtype": "bf16", "mode": "step", "p20_ms": 10.0, "p80_ms": 10.0,
          "repeats": 10, "peak_mem_mb": 300.0}  # fmt: skip
 
 
@@ -157,3 +159,24 @@ def test_error_and_not_run_rows_have_the_headers_number_of_cells(what):
         header = next(line for line in lines if line.startswith(header_start))
         (row,) = [line for line in lines if line.startswith(row_start)]
         assert row.count("|") == header.count("|"), (header, row)
+
+
+# helper-294: the train suite's rows say what they time, a whole step (forward + backward + optimizer step)
+
+
+def test_report_only_of_an_older_run_labels_its_training_rows_step(tmp_path):
+    # the committed runs recorded them as mode 'forward': read back (--report-only, --append) they are relabelled,
+    # the op suites' forward rows left as they are
+    committed = pathlib.Path(__file__).parents[1] / "benchmarks/results/GPU-NVIDIA-H200-2026-12-04.json"
+    older = json.loads(committed.read_text())
+    modes = {(r["suite"] == "train", r["mode"]) for r in older["records"]}
+    assert (True, "forward") in modes and (False, "forward") in modes  # (what this test reads)
+    path = tmp_path / committed.name
+    path.write_text(committed.read_text())
+    assert cli.report_only(path, with_plot=False) == 0
+    run = json.loads(path.read_text())
+    assert {r["mode"] for r in run["records"] if r["suite"] == "train"} == {"step"}
+    others = [r["mode"] for r in run["records"] if r["suite"] != "train"]
+    assert others == [r["mode"] for r in older["records"] if r["suite"] != "train"]
+    table = (tmp_path / committed.name.replace(".json", ".md")).read_text()
+    assert "End-to-end training steps" in table and "| ViT-B/16 224px B=64 |" in table

@@ -30,7 +30,7 @@ def _step_case(provider: str, log: list, *, group: str | None = "m", fails_at: i
         return torch.zeros(())
 
     notes = {"batch_size": 4, "model": "demo", "ideal_ratio": 1.5}
-    return OpCase("train", "m B=4", "float32", provider, lambda: [], step, {}, modes=("forward",), max_repeats=10,
+    return OpCase("train", "m B=4", "float32", provider, lambda: [], step, {}, modes=(runner.STEP,), max_repeats=10,
                   notes=notes, group=group)  # fmt: skip
 
 
@@ -60,6 +60,7 @@ def test_a_groups_rows_have_the_fields_run_case_gives_and_say_they_were_interlea
     # more (timing) that says how they were measured
     alone = run_case(_step_case("plain", [], group=None), CPU, repeats=2, warmup=1, copy_gbps=1.0)
     together = run_group([_step_case("plain", []), _step_case("joint", [])], CPU, repeats=2, warmup=1, copy_gbps=1.0)
+    assert alone[0]["mode"] == "step"  # timed as a forward is (one call of the step), recorded as what it is
     for (record,) in together:
         assert set(record) == set(alone[0]) | {"timing"} and record["timing"] == "interleaved"
         assert record["images_per_s"] > 0 and record["model"] == "demo" and record["ideal_ratio"] == 1.5
@@ -91,6 +92,8 @@ def test_the_train_suite_is_one_group_per_model_and_the_kernel_suites_one_case_a
     cases = train_step.cases(CUDA)  # the models are built lazily, by the first case of each: nothing runs here
     units = timing_groups(cases)
     assert [len(unit) for unit in units] == [len(train_step.PROVIDER_ORDER)] * 4  # whole models, plain first
+    # helper-294: a row times a whole training step (forward + backward + optimizer step), was recorded as 'forward'
+    assert all(case.modes == ("step",) for case in cases)
     assert all([case.provider for case in unit] == list(train_step.PROVIDER_ORDER) for unit in units)
     assert all(len({case.notes["model"] for case in unit}) == 1 for unit in units)
     kernels = token_select.cases(CUDA)
@@ -127,7 +130,7 @@ def test_the_cli_writes_a_groups_rows_in_case_order_once_per_group(tmp_path, mon
     assert [r["provider"] for r in run["records"]] == ["plain", "joint", "plain", "joint"]
     assert all(r["timing"] == "interleaved" and r["repeats"] == 2 for r in run["records"])
     out = capsys.readouterr().out
-    assert out.count(" s in]") == 2 and "m B=4 float32 joint forward: " in out  # one seconds line per model
+    assert out.count(" s in]") == 2 and "m B=4 float32 joint step: " in out  # one seconds line per model
     assert "each model's providers timed interleaved" in report.markdown_table(run)
 
 

@@ -203,6 +203,7 @@ def load_run(path: Path) -> dict:
                 record[key]
         for marks in ("skipped_suites", "incomplete_suites", "context_lost"):  # older runs: not all of them
             run.setdefault(marks, {})
+        report.older_step_modes(run)  # older runs: the train suite's steps recorded as 'forward'
         report.markdown_table(run)  # every key the table reads
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path} is not a benchmark run's JSON ({type(exc).__name__}: {exc})") from None

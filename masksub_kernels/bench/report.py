@@ -14,6 +14,16 @@ BASELINE = "official"  # op suites: speed-up = official-style time / provider ti
 TRAIN_BASELINE = "plain"  # training steps: MaskSub step time / plain step time, beside the ideal ratio
 
 
+def older_step_modes(run: dict) -> int:
+    """The train suite's rows of an older run relabelled as they are recorded now: mode 'step' (runner.STEP), not
+    'forward' (each row timed a whole training step, forward + backward + optimizer step, then as now); the number
+    relabelled. For a run read back (cli.load_run: --report-only, --append)."""
+    older = [r for r in run["records"] if r["suite"] == "train" and r["mode"] == "forward"]
+    for record in older:
+        record["mode"] = "step"
+    return len(older)
+
+
 def _fmt(value, digits=3):
     return "-" if value is None else f"{value:.{digits}f}"
 

@@ -7,7 +7,8 @@ library's design moves more than that (the loss re-reads the logits in its backw
 design's bytes, and the fraction of copy bandwidth on those is reported beside.
 
 Modes: forward (one call), backward (one backward through a graph that an untimed forward built just before it,
-as a training step runs it) and full (forward + backward). A case's ``setup`` may select a backend of this
+as a training step runs it) and full (forward + backward); the train suite's cases have one mode, step (STEP: one
+call of a whole training step, forward + backward + optimizer step). A case's ``setup`` may select a backend of this
 library: the one selected before the case is restored after it (the choice is process-wide, and a later caller,
 e.g. another test in the same pytest process, must not inherit the benchmark's).
 
@@ -33,6 +34,7 @@ from .. import _backend
 from .timing import Call, ContextLost, Timing, context_lost, measure, measure_each
 
 MODES = ("forward", "backward", "full")
+STEP = "step"  # the train suite's one mode: ``fn()`` is a whole training step (timed as a forward is: one call)
 
 
 @dataclass
@@ -91,7 +93,7 @@ def _timed_callables(case: OpCase, mode: str) -> tuple[Callable[[], object], Cal
         differentiable = [inputs[i] for i in case.grad_inputs]
     else:
         differentiable = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-    if mode == "forward":
+    if mode in ("forward", STEP):
         return (lambda: case.fn(*inputs)), None
     output = case.fn(*inputs)
     grad_output = torch.randn_like(output) if output.dim() else torch.ones_like(output)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..training import MaskSub
 from .grid_mask import official_images, official_tokens
-from .runner import OpCase
+from .runner import STEP, OpCase
 from .token_select import official_style
 
 MASK_RATIO = 0.5
@@ -118,7 +118,9 @@ def _step_functions(ms: MaskSub, optimizer, images, soft_target, labels, autocas
 
 
 class _StepCase(OpCase):
-    """An OpCase whose 'forward' mode is one whole training step (the runner times ``fn()`` with no inputs)."""
+    """An OpCase whose one mode, 'step' (runner.STEP), is one whole training step: forward, backward and optimizer
+    step (the runner times ``fn()`` with no inputs). Older runs recorded it as 'forward'
+    (report.older_step_modes relabels them)."""
 
 
 def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> list[OpCase]:
@@ -150,7 +152,7 @@ def cases(device: torch.device, *, full: bool = False, tiny: bool = False) -> li
                 _StepCase(
                     "train", f"{label} B={batch_size}", "bf16 autocast" if on_gpu else "float32", provider,
                     build, lambda provider=provider, state=state: state[provider](), {},
-                    modes=("forward",), max_repeats=10, group=label,  # the model's providers interleaved
+                    modes=(STEP,), max_repeats=10, group=label,  # the model's providers interleaved
                     notes={"batch_size": batch_size, "model": name, "ideal_ratio": ideal},
                 )
             )  # fmt: skip
