@@ -50,6 +50,22 @@ def run_of(tmp_path) -> tuple[dict, str]:
     return json.loads(path.read_text()), path.with_suffix(".md").read_text()
 
 
+def test_a_stopped_run_marks_not_run_only_the_suites_it_never_started(tmp_path, suites, monkeypatch):
+    # helper-294: the mark was inferred from the suites with rows, so a suite that finished with zero cases (an
+    # empty case list: nothing of it on this machine) was said to be 'not run: stopped by SIGTERM'
+    suites[0] = stop_by_sigterm
+    empty = types.ModuleType("empty_suite")
+    empty.cases = lambda *a, **k: []
+    monkeypatch.setitem(sys.modules, empty.__name__, empty)
+    monkeypatch.setitem(cli.SUITES, "empty", empty.__name__)
+    args = ["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "empty", "two", "one"]
+    assert cli.main(args) == 143
+    run, table = run_of(tmp_path)
+    assert run["skipped_suites"] == {"one": "not run: stopped by SIGTERM"}  # 'empty' ran (nothing), 'two' was cut
+    assert run["incomplete_suites"] == {"two": {"cases_done": 1, "cases": 2}}
+    assert {r["suite"] for r in run["records"]} == {"two"} and "empty" not in table
+
+
 def test_sigterm_writes_the_marked_files_and_restores_the_handler(tmp_path, suites, capsys, monkeypatch):
     suites[0] = stop_by_sigterm
     before = signal.getsignal(signal.SIGTERM)

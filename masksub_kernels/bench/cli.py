@@ -318,14 +318,17 @@ def _measure(args: argparse.Namespace, device: torch.device, on_gpu: bool) -> in
     model_path = report.model_file(default_output_directory(), env["device"]) if on_gpu else None
     stopping = threading.current_thread() is threading.main_thread()  # signal handlers: the main thread's only
     default_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if stopping else None
+    begun: list[str] = []  # the suites asked for that this invocation started (_run_suites), finished or not
     try:
-        lost = _run_suites(run, args, device, directory, stem, model_path)
+        lost = _run_suites(run, args, device, directory, stem, model_path, begun)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (_Terminated): the files with what finished, marked
         if stopping:  # `timeout` signals the process, then its group: a second SIGTERM must not cut this write
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (its -k SIGKILL still ends a write that hangs)
         signal_name = "SIGTERM" if isinstance(stop, _Terminated) else "SIGINT (Ctrl-C)"
-        started = {r["suite"] for r in records} | set(run["incomplete_suites"]) | set(run["skipped_suites"])
-        for later in (suite for suite in args.suites if suite not in started):  # asked for: the files say so
+        # the suites never started: not begun (a finished one has its rows, or none: a suite of zero cases, which
+        # is not 'not run'), nor under way (incomplete_suites: marked so before it is begun)
+        never = [suite for suite in args.suites if suite not in begun and suite not in run["incomplete_suites"]]
+        for later in never:  # asked for: the files say so
             run["skipped_suites"][later] = f"not run: stopped by {signal_name}"
         _attach_predictions(run, model_path)  # the cut suite's rows too (a capped GPU suite: the usual case)
         report.write(run, directory, stem, with_plot=not args.no_plot)
@@ -360,16 +363,18 @@ def _measure(args: argparse.Namespace, device: torch.device, on_gpu: bool) -> in
 
 
 def _run_suites(run: dict, args: argparse.Namespace, device: torch.device, directory: Path, stem: str,
-                model_path: Path | None) -> tuple[str, dict] | None:  # fmt: skip
+                model_path: Path | None, begun: list[str]) -> tuple[str, dict] | None:  # fmt: skip
     """Each suite's cases into ``run["records"]``, the files written after each case (JSON) and suite (all); a
     suite under way is marked in ``run["incomplete_suites"]`` until its last case ends, so that a run stopped
-    within it (a cap's SIGTERM, Ctrl-C, a crash) says so in its files. A sticky CUDA error stops the run (module
-    docstring): returns (its suite, its mark in ``run["context_lost"]``), else None."""
+    within it (a cap's SIGTERM, Ctrl-C, a crash) says so in its files; each suite is added to ``begun`` as it
+    starts (a stopped run marks the others not run). A sticky CUDA error stops the run (module docstring): returns
+    (its suite, its mark in ``run["context_lost"]``), else None."""
     records, incomplete = run["records"], run["incomplete_suites"]
     for number, suite in enumerate(args.suites):
         started, first, lost = time.perf_counter(), len(records), None
         try:
             incomplete[suite] = {"cases_done": 0, "cases": None}  # stopped before its cases are known: said too
+            begun.append(suite)
             try:
                 module = importlib.import_module(SUITES[suite])
             except ImportError as exc:
