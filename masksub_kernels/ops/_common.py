@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import numbers
 
 import torch
@@ -19,6 +20,7 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MAX_CLASSES = 2**31 - 2**16
 INDEX_DTYPES = (torch.int64, torch.int32)
 MAX_TOKENS = 8192  # one sort per sample in one program (8192 int64 keys, 32 warps); a ViT-H at 448 px has 1024
+FP32_MAX = torch.finfo(torch.float32).max
 
 
 def check_int(name: str, value) -> int:
@@ -34,6 +36,24 @@ def check_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     return int(value)
+
+
+def check_real(name: str, value, low: float, high: float = FP32_MAX, *, open_high=False, expected=None) -> float:
+    """A real-number option (a Python or NumPy int or float, not a bool nor a tensor) as a float in [low, high] (or
+    [low, high)), finite: the losses' and MaskSub's. The kernels take it in fp32, so ``high`` is at most fp32's
+    largest finite value. ``expected`` words the interval in the error message. (check_int is the integers': a size
+    or count, kept exact, whose range its callers check against the sizes it relates to.)"""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number (int or float), got {type(value).__name__}")
+    try:
+        x = float(value)
+    except OverflowError:  # an int beyond the float range
+        x = math.inf
+    finite = x - x == 0  # math.isfinite(x), traceable where x is a SymFloat (torch.compile(dynamic=True))
+    if not (finite and low <= x and (x < high if open_high else x <= high)):
+        expected = expected or f"in [{low:g}, {high:g}{')' if open_high else ']'}"
+        raise ValueError(f"{name} must be a finite number {expected}, got {value!r}")
+    return x
 
 
 def check_keep_args(

@@ -48,11 +48,11 @@ import torch
 from .. import _backend
 from .._triton import next_power_of_2
 from . import _linear_loss_kernels as kernels
-from ._common import cdiv, masksub_op
+from ._common import cdiv, check_real, masksub_op
 from ._linear_loss_checks import _check_all, autocast_operands, check_chunk_rows
 from ._linear_loss_chunks import backward_in_chunks, sync_free
 from ._linear_loss_grads import _grads_wanted, _linear_loss_grads_op, called_linear_loss
-from .losses import MaskSubLoss, _number, _reduce, _row_count
+from .losses import MaskSubLoss, _reduce, _row_count
 from .masksub_loss import MAIN, NUM_OUT, SUB, loss_backward_reference, loss_forward_reference
 
 CHUNK_ELEMENTS = 2**20  # logits per chunk of the reference: rows per chunk = max(1, CHUNK_ELEMENTS // C)
@@ -502,8 +502,8 @@ def linear_masksub_loss(
         main_hidden, sub_hidden, weight, bias, target, mode, reduction, label_smoothing, ignore_index, temperature,
         target_threshold,
     )  # fmt: skip
-    main_weight = _number("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
-    sub_weight = _number("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
+    main_weight = check_real("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
+    sub_weight = check_real("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
     chunk = check_chunk_rows(chunk_rows)
     wanted = _grads_wanted(main_hidden, sub_hidden, weight, bias, target, reduction)
     if wanted is not None:  # the gradients in the forward: 6 matmul units, the backward of .loss only scales them

@@ -9,14 +9,13 @@ that count): one launch more instead of a dozen small torch ops and their autogr
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import NamedTuple
 
 import torch
 
 from .. import _backend
-from ._common import FLOAT_DTYPES, INDEX_DTYPES, MAX_CLASSES, values_readable
+from ._common import FLOAT_DTYPES, INDEX_DTYPES, MAX_CLASSES, check_real, values_readable
 from .masksub_loss import MAIN, SUB, _loss_op
 from .masksub_loss_reduced import _reduced_loss_op
 
@@ -46,7 +45,6 @@ _backend.register_op_names(
 # ignored elsewhere (no class id is that negative in practice; the fused op has no "none" ignore_index).
 NO_IGNORE = -(2**63)
 _ABSENT = object()  # _check_options' ignore_index for the losses without one
-FP32_MAX = torch.finfo(torch.float32).max
 # Rows of the loss kernels: one program (or a row of class splits) per row, a GPU grid's x axis (the cuda binding's
 # bound too: a launch past it fails with "invalid argument")
 MAX_ROWS = 2**31 - 1
@@ -141,22 +139,6 @@ def _choice(name: str, value, choices: tuple[str, ...]) -> None:
         raise (ValueError if isinstance(value, str) else TypeError)(f"{name} must be one of {choices}, got {value!r}")
 
 
-def _number(name: str, value, low: float, high: float = FP32_MAX, *, open_high=False, expected=None) -> float:
-    """``value`` (a real number, not a bool) as a float in [low, high] (or [low, high)); the kernels take it in fp32,
-    so ``high`` is at most fp32's largest finite value. ``expected`` words the interval in the error message."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number (int or float), got {type(value).__name__}")
-    try:
-        x = float(value)
-    except OverflowError:  # an int beyond the float range
-        x = math.inf
-    finite = x - x == 0  # math.isfinite(x), traceable where x is a SymFloat (torch.compile(dynamic=True))
-    if not (finite and low <= x and (x < high if open_high else x <= high)):
-        expected = expected or f"in [{low:g}, {high:g}{')' if open_high else ']'}"
-        raise ValueError(f"{name} must be a finite number {expected}, got {value!r}")
-    return x
-
-
 def _check_options(
     mode="ce", reduction="mean", label_smoothing=0.0, ignore_index=_ABSENT, temperature=1.0, target_threshold=None
 ) -> _Options:
@@ -176,12 +158,12 @@ def _check_options(
         if mode == "ce":
             raise ValueError("target_threshold binarises BCE targets: it needs mode='bce', got mode='ce'")
         # q > threshold on probabilities in [0, 1]: outside [0, 1) every target would become the same
-        threshold = _number("target_threshold", target_threshold, 0.0, 1.0, open_high=True)
+        threshold = check_real("target_threshold", target_threshold, 0.0, 1.0, open_high=True)
     return _Options(
         bce=mode == "bce",
-        label_smoothing=_number("label_smoothing", label_smoothing, 0.0, 1.0),
+        label_smoothing=check_real("label_smoothing", label_smoothing, 0.0, 1.0),
         ignore_index=int(ignore_index),
-        temperature=_number("temperature", temperature, *TEMPERATURE_RANGE, expected="> 0, in [2**-63, 2**13]"),
+        temperature=check_real("temperature", temperature, *TEMPERATURE_RANGE, expected="> 0, in [2**-63, 2**13]"),
         target_threshold=threshold,
     )
 
@@ -331,7 +313,7 @@ def masksub_loss(
     """
     _check_pair(sub_logits, main_logits)
     options = _check_options(mode, reduction, label_smoothing, ignore_index, temperature, target_threshold)
-    main_weight = _number("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
-    sub_weight = _number("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
+    main_weight = check_real("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
+    sub_weight = check_real("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
     target = _check_target(main_logits, target, options.ignore_index)
     return _terms(main_logits, sub_logits, target, options, main_weight, sub_weight, reduction)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .._philox import SEED_TYPES, new_seed
+from ..ops._common import check_real
 from . import mlm
 from .families import DEFAULT_CELL_SIZE, check_eva, check_input_size, logits_of, resolve_family, unwrap_model
 from .hf_swin import check_batch as check_hf_swin_batch
@@ -50,15 +51,6 @@ VARIANTS = ("mask", "drop", "path")
 BRANCHES = ("joint", "main", "sub")
 
 __all__ = ["LOSSES", "VARIANTS", "MaskSub", "supervised_loss"]
-
-
-def _check_float(name: str, value, low: float, high: float, high_open: bool = False) -> float:
-    # Python or NumPy numbers, as the ops take them (docs/semantics.md §1); not bools
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not (low <= value < high if high_open else low <= value <= high):
-        raise ValueError(f"{name} must be in [{low}, {high}{')' if high_open else ']'}, got {value}")
-    return float(value)
 
 
 def supervised_loss(
@@ -144,13 +136,15 @@ class MaskSub(nn.Module):
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if target_threshold is not None and loss != "bce":
             raise ValueError("target_threshold binarises BCE targets: it needs loss='bce'")
-        self.mask_ratio = _check_float("mask_ratio", mask_ratio, 0.0, 1.0, high_open=True)
-        self.main_weight = _check_float("main_weight", main_weight, 0.0, float("inf"), high_open=True)
-        self.sub_weight = _check_float("sub_weight", sub_weight, 0.0, float("inf"), high_open=True)
-        self.label_smoothing = _check_float("label_smoothing", label_smoothing, 0.0, 1.0)
+        # the options masksub_loss takes checked as it checks them (ops/_common.check_real: the same messages),
+        # here at construction rather than at the first step
+        self.mask_ratio = check_real("mask_ratio", mask_ratio, 0.0, 1.0, open_high=True)
+        self.main_weight = check_real("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
+        self.sub_weight = check_real("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
+        self.label_smoothing = check_real("label_smoothing", label_smoothing, 0.0, 1.0)
         self.target_threshold = None
         if target_threshold is not None:  # a probability threshold: [0, 1), as masksub_loss takes it
-            self.target_threshold = _check_float("target_threshold", target_threshold, 0.0, 1.0, high_open=True)
+            self.target_threshold = check_real("target_threshold", target_threshold, 0.0, 1.0, open_high=True)
         if cell_size is not None and (
             isinstance(cell_size, bool) or not isinstance(cell_size, numbers.Integral) or cell_size < 1
         ):

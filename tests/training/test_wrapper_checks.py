@@ -29,15 +29,16 @@ class _TinyCNN(torch.nn.Module):
 
 
 def test_a_bool_float_option_is_refused():
-    # kills wrapper.py:58 `isinstance(value, bool) or not isinstance(...)` -> `not isinstance(...)` (True taken as 1.0)
+    # kills ops/_common.check_real's `isinstance(value, bool) or not isinstance(...)` -> `not isinstance(...)` (True
+    # taken as 1.0; the check was wrapper.py's _check_float until helper-294)
     for name in ("mask_ratio", "main_weight", "sub_weight", "label_smoothing"):
-        with pytest.raises(TypeError, match=f"{name} must be a float, got bool"):
+        with pytest.raises(TypeError, match=rf"{name} must be a real number \(int or float\), got bool"):
             MaskSub(tiny_vit(), **{name: True if name != "mask_ratio" else False})
 
 
 def test_label_smoothing_of_one_is_taken():
-    # kills wrapper.py:60 closed range `low <= value <= high` -> `low <= value < high` (label_smoothing=1.0 refused;
-    # the ops take eps in [0, 1], docs/semantics.md)
+    # kills check_real's closed range `x <= high` -> `x < high` (label_smoothing=1.0 refused; the ops take eps in
+    # [0, 1], docs/semantics.md)
     assert MaskSub(tiny_vit(), label_smoothing=1.0).label_smoothing == 1.0
 
 

@@ -425,7 +425,7 @@ def test_configuration_errors_are_clear():
         MaskSub(tiny_vit(), loss="mse")
     with pytest.raises(ValueError, match="variant must be one of"):
         MaskSub(tiny_vit(), variant="cut")
-    with pytest.raises(ValueError, match="mask_ratio must be in"):
+    with pytest.raises(ValueError, match=r"mask_ratio must be a finite number in \[0, 1\), got 1.0"):
         MaskSub(tiny_vit(), mask_ratio=1.0)
     with pytest.raises(ValueError, match="needs loss='bce'"):
         MaskSub(tiny_vit(), target_threshold=0.0)
@@ -458,14 +458,36 @@ def test_configuration_errors_are_clear():
         with pytest.raises(ValueError, match="cell_size is an option of the grid masks"):
             MaskSub(tiny_vit(), variant=variant, cell_size=4)
     for weight in (-0.5, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="sub_weight must be in"):
+        with pytest.raises(ValueError, match="sub_weight must be a finite number >= 0"):
             MaskSub(tiny_vit(), sub_weight=weight)
     for eps in (-0.1, 1.5, float("nan")):  # helper-115: refused at construction, not at the first step
-        with pytest.raises(ValueError, match=r"label_smoothing must be in \[0.0, 1.0\]"):
+        with pytest.raises(ValueError, match=r"label_smoothing must be a finite number in \[0, 1\]"):
             MaskSub(tiny_vit(), label_smoothing=eps)
     for threshold in (float("nan"), float("-inf"), -0.5, 1.0):
         with pytest.raises(ValueError, match="target_threshold must be"):
             MaskSub(tiny_vit(), loss="bce", target_threshold=threshold)
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"main_weight": 1e39}, ValueError),  # finite, beyond fp32: masksub_loss refused it at the first step
+        ({"main_weight": 10**400}, ValueError),  # beyond float: an OverflowError
+        ({"sub_weight": "0.5"}, TypeError),
+        ({"label_smoothing": torch.tensor(0.1)}, TypeError),
+        ({"loss": "bce", "target_threshold": 1}, ValueError),
+    ],
+)
+def test_masksub_checks_its_loss_options_as_masksub_loss_does(options, error):
+    # helper-294: one checker (ops/_common.check_real) for both: what MaskSub takes at construction, masksub_loss
+    # takes at every step, with the same message
+    logits, labels = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(error) as by_masksub:
+        MaskSub(tiny_vit(), **options)
+    loss_options = {("mode" if k == "loss" else k): v for k, v in options.items()}
+    with pytest.raises(error) as by_loss:
+        mk.masksub_loss(logits, logits.clone(), labels, **loss_options)
+    assert str(by_masksub.value) == str(by_loss.value)
 
 
 def test_model_kwargs_need_a_forward_that_both_branches_run_and_that_takes_them():
