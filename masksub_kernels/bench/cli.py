@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="masksub-bench",
         description=__doc__,
+        allow_abbrev=False,  # options by their full names only: a prefix unique today is ambiguous when one is added
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda or cuda:N")

@@ -31,7 +31,7 @@ import torch
 
 from .data import LOADER_SEEDING
 from .determinism import DETERMINISTIC_HELP, run_command
-from .help_format import HelpWithDefaults
+from .help_format import FullNamesParser, HelpWithDefaults
 from .lr_schedule import schedule_notes
 from .optim import LAYER_DECAY_GROUPING
 from .resume import resume
@@ -41,7 +41,7 @@ __all__ = ["PROG", "UsageError", "build_parser", "main", "parse_kwargs"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpWithDefaults)
+    p = FullNamesParser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=HelpWithDefaults)
     p.add_argument("--config", default=None, metavar="FILE", help="YAML file of option values (recipes/*.yaml); "
                    "options on the command line override it")  # fmt: skip
     g = p.add_argument_group("model and data")

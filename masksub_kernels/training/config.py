@@ -154,7 +154,7 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
 def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """``parser.parse_args(argv)`` with the defaults of ``--config FILE`` (when given) in place of the parser's;
     ``--model-kwargs`` given in both: the file's K=V, then the command line's (a key's last value counts)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # as the commands' parsers: --config in full
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.config is not None:

@@ -1,4 +1,5 @@
-"""The training commands' --help formatter (masksub-train, masksub-train-mlm): each option's default after its help."""
+"""The training commands' argument parsing (masksub-train, masksub-train-mlm): each option's default after its help in
+--help, and options by their full names only."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import copy
 import sys
 
-__all__ = ["HelpWithDefaults"]
+__all__ = ["FullNamesParser", "HelpWithDefaults"]
 
 
 class HelpWithDefaults(argparse.HelpFormatter):
@@ -38,3 +39,27 @@ class HelpWithDefaults(argparse.HelpFormatter):
         if not self._says_default(action):
             return self._own_help(action)
         return f"{self._own_help(action) or ''} (default: %(default)s)".lstrip()
+
+
+class FullNamesParser(argparse.ArgumentParser):
+    """An ArgumentParser that takes options by their full names only (``allow_abbrev=False``): argparse's prefixes
+    (``--mask-r`` for ``--mask-ratio``) would be recorded as typed in a run's ``meta.command``, which a resume
+    repeats, and a prefix unique today becomes ambiguous when an option is added. An unrecognised ``--prefix`` of
+    known options gets a hint naming them (a command recorded before 2026-12-07 may hold one)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments: "):
+            hints = []
+            known = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+            for word in message[len("unrecognized arguments: ") :].split():
+                name = word.split("=", 1)[0]
+                full = [s for s in known if name.startswith("--") and len(name) > 2 and s.startswith(name)]
+                if full and name not in known:
+                    hints.append(f"{name} is not an option: {' or '.join(full[:4])}?")
+            if hints:
+                message += f" ({'; '.join(hints)} options are taken by their full names only)"
+        super().error(message)

@@ -33,7 +33,7 @@ from torch import nn
 
 from . import mlm_args, mlm_blocks, mlm_prepare
 from .determinism import DETERMINISTIC_HELP, run_command
-from .help_format import HelpWithDefaults
+from .help_format import FullNamesParser, HelpWithDefaults
 from .mlm_resume import CACHE_KEY_FIELDS, check_resume, corpus_record, load_state, read_checkpoint, resumes
 from .mlm_tokenizer import (
     DEFAULT_VOCAB_SIZE,
@@ -61,7 +61,7 @@ __all__ = ["PROG", "build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     about = __doc__.split("\n\n")[0].replace("``", "")
-    p = argparse.ArgumentParser(prog=PROG, description=about, formatter_class=HelpWithDefaults)
+    p = FullNamesParser(prog=PROG, description=about, formatter_class=HelpWithDefaults)
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=None, help="directory of *.txt files (default: the stdlib docstrings)")
     g.add_argument(

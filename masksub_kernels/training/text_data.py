@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     vocabulary that ``masksub-train-mlm`` would train, once, and save it to PATH for runs to share."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m masksub_kernels.training.text_data", description=main.__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m masksub_kernels.training.text_data", description=main.__doc__, allow_abbrev=False
+    )
     p.add_argument("path", help="tokenizer.json to write")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--data-dir", default=None, help="directory of *.txt files (default: the stdlib docstrings)")
