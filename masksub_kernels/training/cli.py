@@ -373,6 +373,18 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
     write_log(args.output, rows, meta)
 
 
+def _what_runs(s: Setup) -> str:
+    """The run's first line: the MaskSub family and what its sub-branch does (or --baseline's plain training), the
+    backend of the library's ops and the device."""
+    from .families import describe_sub_branch
+
+    branch = "--baseline (plain training, no MaskSub sub-branch)"
+    if s.ms is not None:
+        branch = f"MaskSub family {describe_sub_branch(s.ms, s.img_size)}"
+    world = f" x {s.world} processes" if s.world > 1 else ""
+    return f"{branch}, backend {s.backend} on {s.device.type}{world}"
+
+
 def _run(args) -> None:
     from .data import class_names, val_loader
     from .extras import require
@@ -413,6 +425,8 @@ def _run(args) -> None:
         "resumes": resumes,  # each resume's epoch, checkpoint and changed options (args above: the latest's)
     }
     val = val_loader(s.data.val, args.batch_size, s.rank, s.world, s.workers, s.device.type == "cuda")
+    if s.rank == 0:  # what runs: log.json's meta.family and meta.backend, in words
+        print(f"{PROG}: {_what_runs(s)}", flush=True)
     for epoch in range(start_epoch, args.epochs):
         stats, metrics, seconds = _epoch(args, s, step, epoch, num_updates, val)
         num_updates = stats.num_updates

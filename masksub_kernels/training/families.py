@@ -45,7 +45,7 @@ _WARNED: set[str] = set()
 
 __all__ = [
     *("DEFAULT_CELL_SIZE", "FAMILIES", "check_input_size", "check_vit_patches", "is_vit_family", "logits_of"),
-    *("resolve_family", "unwrap_model"),
+    *("describe_sub_branch", "resolve_family", "unwrap_model"),
 ]
 
 
@@ -228,6 +228,43 @@ def check_input_size(
                 f"multiple of {cell_size}, or {_other_cell(grid, cell_size, mask_ratio)}"
             )
     _check_cells(family, grid, (1, 1), cell_size, mask_ratio)  # the pixel family: cells of pixels (swin returned above)
+
+
+def describe_sub_branch(ms, img_size: int | tuple[int, int]) -> str:
+    """What a MaskSub wrapper ``ms``'s sub-branch does to ``img_size`` images, in words (the training command's
+    first line): 'vit (token drop: keep 8 of 16 tokens)', 'swin (mask token on 2 of 4 stage-1 cells of 8 x 8
+    tokens)', 'pixel (grid cells: 2 of 4 cells of 32 x 32 pixels set to 0)', and DropSub / PathSub's rates. The
+    counts are the ops' (floor(L (1 - r)) kept); the pixel family of a model that is not a CNN says it is the
+    fallback."""
+    from ..ops.token_select import num_kept_tokens  # (at call time: the package imports this module)
+
+    family, model, ratio, cell = ms.family, ms.inner_model, ms.mask_ratio, ms.cell_size
+    if ms.variant != "mask":
+        what = {"drop": "DropSub: dropout", "path": "PathSub: drop-path"}[ms.variant]
+        return f"{family} ({what} at rate {ratio:g} in the sub-branch)"
+    size = _pair(img_size)
+    if family == "vit":
+        grid = check_hf_size(model, size, ms.model_kwargs) if is_hf_vit(model) else check_vit_patches(model, size)
+        tokens = grid[0] * grid[1]
+        drop = float(getattr(getattr(model, "patch_drop", None), "prob", 0.0) or 0.0)
+        left = max(1, int(tokens * (1.0 - drop))) if drop > 0 else tokens
+        after = f" that its patch dropout keeps of {tokens}" if left != tokens else ""
+        return f"vit (token drop: keep {num_kept_tokens(left, ratio)} of {left} tokens{after})"
+    if family == "swin":
+        if is_hf_swin(model):
+            grid = hf_swin_grid(model, size, ms.model_kwargs)[0]
+        else:
+            patch = _pair(model.patch_embed.patch_size)
+            grid = (size[0] // patch[0], size[1] // patch[1])
+        cells = (grid[0] // cell) * (grid[1] // cell)
+        masked = cells - num_kept_tokens(cells, ratio)
+        return f"swin (mask token on {masked} of {cells} stage-1 cells of {cell} x {cell} tokens)"
+    if family == "pixel":
+        cells = (size[0] // cell) * (size[1] // cell)
+        masked = cells - num_kept_tokens(cells, ratio)
+        fallback = "" if is_convolutional(model) else "; the fallback for a model that is not a CNN"
+        return f"pixel (grid cells: {masked} of {cells} cells of {cell} x {cell} pixels set to 0{fallback})"
+    return family
 
 
 def _check_kept_after_patch_dropout(model: nn.Module, tokens: int, mask_ratio: float) -> None:
