@@ -330,6 +330,42 @@ def _base_lr(optimizer: torch.optim.Optimizer) -> float:
     return group["lr"] / group.get("lr_scale", 1.0)
 
 
+class _Progress:
+    """Where the run is, for the message of a Ctrl-C (SIGINT): the epoch being trained and the checkpoint that
+    holds the run's latest epoch (--resume's, then each last.pth written)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.rank = int(os.environ.get("RANK", 0))  # (torchrun's, until setup says)
+        self.epoch: int | None = None  # the epoch being trained, from 1
+        self.saving: tuple[str, int] | None = None  # last.pth's path and epoch while it is written
+        self.checkpoint: tuple[str, int] | None = None  # the path that holds the run's latest epoch, and that epoch
+
+    def saved(self, path: str, epochs: int) -> None:
+        self.checkpoint, self.saving = (path, epochs), None
+
+    def interrupted(self) -> str:
+        """The message: which epoch stopped, which checkpoint holds which epoch, how to continue."""
+        if self.saving is not None:  # save_checkpoint writes PATH.tmp, then renames it: no .tmp left, renamed
+            path, epochs = self.saving
+            if os.path.exists(f"{path}.tmp"):
+                os.remove(f"{path}.tmp")  # the half-written file (last.pth is intact)
+            else:
+                self.checkpoint = (path, epochs)
+            where = f"while saving epoch {epochs}"
+        else:
+            where = f"in epoch {self.epoch}" if self.epoch is not None else "before the first epoch"
+        if self.checkpoint is None:
+            return f"interrupted {where}; no checkpoint written yet"
+        path, epochs = self.checkpoint
+        return f"interrupted {where}; {path} holds epoch {epochs}: to continue, rerun the command with --resume {path}"
+
+
+_PROGRESS = _Progress()  # the running command's (main resets it)
+
+
 def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) -> None:
     """Rank 0, after each epoch: print the row, write last.pth (and epoch-N.pth) and the logs."""
     from .checkpoint import eager_state_dict, save_checkpoint
@@ -367,7 +403,10 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
     state["state_dict"] = eager_state_dict(s.model)
     if state["ema"] is not None:
         state["state_dict_ema"] = state["ema"]
-    save_checkpoint(os.path.join(args.output, "last.pth"), state)
+    last = os.path.join(args.output, "last.pth")
+    _PROGRESS.saving = (last, epoch + 1)
+    save_checkpoint(last, state)
+    _PROGRESS.saved(last, epoch + 1)
     if args.keep_epoch_checkpoints:
         save_checkpoint(os.path.join(args.output, f"epoch-{epoch + 1}.pth"), state)
     write_log(args.output, rows, meta)
@@ -392,11 +431,14 @@ def _run(args) -> None:
     require("the image training command", ("timm", "torchvision"), "train")
     if args.data_dir is None:
         require("the digits data set (no --data-dir)", ("sklearn",), "train")
+    progress = _PROGRESS
     s = setup(args)
+    progress.rank = s.rank
     step = _make_step(args, s)
     start_epoch, num_updates, rows, wall, resumes = 0, 0, [], 0.0, []
     if args.resume:
         start_epoch, num_updates, rows, resumes = resume(args, s)
+        progress.saved(args.resume, start_epoch)
         wall = rows[-1]["wall_time_s"] if rows else 0.0
     if args.warmup_epochs >= args.epochs and s.rank == 0:  # after every check: a note, not an error
         print(
@@ -428,6 +470,7 @@ def _run(args) -> None:
     if s.rank == 0:  # what runs: log.json's meta.family and meta.backend, in words
         print(f"{PROG}: {_what_runs(s)}", flush=True)
     for epoch in range(start_epoch, args.epochs):
+        progress.epoch = epoch + 1
         stats, metrics, seconds = _epoch(args, s, step, epoch, num_updates, val)
         num_updates = stats.num_updates
         wall += seconds
@@ -462,4 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:  # a --config file's mistakes
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    return run_command(PROG, _run, args)
+    _PROGRESS.reset()
+    try:
+        return run_command(PROG, _run, args)
+    except KeyboardInterrupt:  # Ctrl-C: one line (not torch's traceback through the loader), status 130 (128 + SIGINT)
+        if _PROGRESS.rank == 0:
+            print(f"\n{PROG}: {_PROGRESS.interrupted()}", file=sys.stderr, flush=True)
+        return 130

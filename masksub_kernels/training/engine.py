@@ -112,35 +112,43 @@ def train_one_epoch(
         from tqdm import tqdm
 
         bar = tqdm(total=len(loader), desc=description, leave=False, dynamic_ncols=True)
-    for index, (images, target) in enumerate(loader):
-        images = images.to(device, non_blocking=True)
-        target = target.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if mixup is not None:
-            images, target = mixup(images, target)
-        out = step(
-            images, target, optimizer, scaler=scaler, clip_grad=clip_grad, accum_steps=accum_steps, autocast=autocast
-        )
-        sums[0] += out["loss"]
-        sums[1] += out["loss_main"]
-        if "loss_sub" in out:
-            has_sub = True
-            sums[2] += out["loss_sub"]
-        sums[3] += 1
-        images_seen += images.shape[0]
-        if out["stepped"]:
-            num_updates += 1
-            if scheduler is not None:
-                scheduler.step_update(num_updates=num_updates)
-            if after_step is not None:
-                after_step()
+    try:  # (the bar closed on a Ctrl-C too: the command's message goes on a clean line)
+        for index, (images, target) in enumerate(loader):
+            images = images.to(device, non_blocking=True)
+            target = target.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            if mixup is not None:
+                images, target = mixup(images, target)
+            out = step(
+                images,
+                target,
+                optimizer,
+                scaler=scaler,
+                clip_grad=clip_grad,
+                accum_steps=accum_steps,
+                autocast=autocast,
+            )
+            sums[0] += out["loss"]
+            sums[1] += out["loss_main"]
+            if "loss_sub" in out:
+                has_sub = True
+                sums[2] += out["loss_sub"]
+            sums[3] += 1
+            images_seen += images.shape[0]
+            if out["stepped"]:
+                num_updates += 1
+                if scheduler is not None:
+                    scheduler.step_update(num_updates=num_updates)
+                if after_step is not None:
+                    after_step()
+            if bar is not None:
+                bar.update(1)
+                if (index + 1) % log_interval == 0:
+                    bar.set_postfix(loss=f"{float(out['loss']):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    finally:
         if bar is not None:
-            bar.update(1)
-            if (index + 1) % log_interval == 0:
-                bar.set_postfix(loss=f"{float(out['loss']):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    if bar is not None:
-        bar.close()
+            bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start

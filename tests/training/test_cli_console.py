@@ -3,6 +3,7 @@ sub-branch does (or --baseline's plain training), the backend and the device -- 
 meta.family / meta.backend did."""
 
 import json
+import os
 import warnings
 
 import pytest
@@ -57,3 +58,67 @@ def test_the_grid_families_and_the_fallback_in_words():
     assert describe_sub_branch(MaskSub(tiny_vit(patch_drop_rate=0.25), mask_ratio=0.5), 32) == (
         "vit (token drop: keep 6 of 12 tokens that its patch dropout keeps of 16)"
     )
+
+
+def _interrupt_on_call(monkeypatch, module, name: str, call: int, before=None) -> None:
+    """``module.name`` raises KeyboardInterrupt (a Ctrl-C) on its ``call``-th call (from 1), after ``before(*a)``."""
+    real, calls = getattr(module, name), []
+
+    def patched(*a, **k):
+        calls.append(1)
+        if len(calls) == call:
+            if before is not None:
+                before(*a)
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, patched)
+
+
+def _stopped(argv, capsys) -> str:
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def test_a_ctrl_c_says_which_epoch_stopped_and_which_checkpoint_to_resume(tmp_path, monkeypatch, capsys):
+    from masksub_kernels.training import engine
+
+    out, argv = tmp_path / "run", [*TINY_VIT, "--epochs", "3", "--limit-batches", "1", "--warmup-epochs", "0"]
+    last = out / "last.pth"
+    _interrupt_on_call(monkeypatch, engine, "train_one_epoch", 3)
+    assert _stopped([*argv, "--output", str(out)], capsys) == (
+        f"masksub-train: interrupted in epoch 3; {last} holds epoch 2: to continue, rerun the command with --resume "
+        f"{last}"
+    )
+    # the resumed run, stopped in its first epoch: the checkpoint it resumed still holds epoch 2
+    monkeypatch.undo()
+    _interrupt_on_call(monkeypatch, engine, "train_one_epoch", 1)
+    assert _stopped([*argv, "--resume", str(last)], capsys) == (
+        f"masksub-train: interrupted in epoch 3; {last} holds epoch 2: to continue, rerun the command with --resume "
+        f"{last}"
+    )
+
+
+def test_a_ctrl_c_before_any_checkpoint_or_while_one_is_written(tmp_path, monkeypatch, capsys):
+    from masksub_kernels.training import checkpoint, engine, run_setup
+
+    argv = [*TINY_VIT, "--epochs", "3", "--limit-batches", "1", "--warmup-epochs", "0"]
+    _interrupt_on_call(monkeypatch, engine, "train_one_epoch", 1)
+    assert _stopped([*argv, "--output", str(tmp_path / "a")], capsys) == (
+        "masksub-train: interrupted in epoch 1; no checkpoint written yet"
+    )
+    _interrupt_on_call(monkeypatch, run_setup, "_create_model", 1)
+    assert _stopped([*argv, "--output", str(tmp_path / "b")], capsys) == (
+        "masksub-train: interrupted before the first epoch; no checkpoint written yet"
+    )
+    monkeypatch.undo()
+    # stopped while epoch 2's last.pth is written (half a .tmp file, removed): last.pth holds epoch 1
+    last = tmp_path / "c" / "last.pth"
+    _interrupt_on_call(monkeypatch, checkpoint, "save_checkpoint", 2, lambda path, state: open(f"{path}.tmp", "wb"))
+    assert _stopped([*argv, "--output", str(tmp_path / "c")], capsys) == (
+        f"masksub-train: interrupted while saving epoch 2; {last} holds epoch 1: to continue, rerun the command with "
+        f"--resume {last}"
+    )
+    assert sorted(os.listdir(tmp_path / "c")) == ["last.pth", "log.csv", "log.json"]
