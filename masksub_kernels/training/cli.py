@@ -346,6 +346,13 @@ class _Progress:
     def saved(self, path: str, epochs: int) -> None:
         self.checkpoint, self.saving = (path, epochs), None
 
+    def resume_hint(self) -> str:
+        """'; PATH holds epoch M: ...' for an error that stops the run (nothing before a checkpoint)."""
+        if self.checkpoint is None:
+            return ""
+        path, epochs = self.checkpoint
+        return f"; {path} holds epoch {epochs}: to continue, rerun the command with --resume {path}"
+
     def interrupted(self) -> str:
         """The message: which epoch stopped, which checkpoint holds which epoch, how to continue."""
         if self.saving is not None:  # save_checkpoint writes PATH.tmp, then renames it: no .tmp left, renamed
@@ -427,6 +434,8 @@ def _what_runs(s: Setup) -> str:
 def _run(args) -> None:
     from .data import class_names, val_loader
     from .extras import require
+    from .image_files import UnreadableImages, check_image_headers
+    from .rank_zero import every_rank_check
 
     require("the image training command", ("timm", "torchvision"), "train")
     if args.data_dir is None:
@@ -434,6 +443,7 @@ def _run(args) -> None:
     progress = _PROGRESS
     s = setup(args)
     progress.rank = s.rank
+    every_rank_check(lambda: check_image_headers(s.data.val, s.rank, s.world), s.rank, s.world)  # before an epoch
     step = _make_step(args, s)
     start_epoch, num_updates, rows, wall, resumes = 0, 0, [], 0.0, []
     if args.resume:
@@ -471,7 +481,10 @@ def _run(args) -> None:
         print(f"{PROG}: {_what_runs(s)}", flush=True)
     for epoch in range(start_epoch, args.epochs):
         progress.epoch = epoch + 1
-        stats, metrics, seconds = _epoch(args, s, step, epoch, num_updates, val)
+        try:
+            stats, metrics, seconds = _epoch(args, s, step, epoch, num_updates, val)
+        except UnreadableImages as exc:  # (where the run can continue from, once the files are fixed)
+            raise UnreadableImages(f"{exc}{progress.resume_hint()}") from None
         num_updates = stats.num_updates
         wall += seconds
         rows.append(

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, Subset, get_worker_info
 
+from .image_files import LoadingNamed, load_item
+
 DIGITS_CLASSES = 10
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -152,7 +154,7 @@ def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: b
             + " (the class folders of both must match: the model's classes are train's)"
         )
     val = _split(root, val_split, class_map=classes)
-    val._max_retries = 1  # an unreadable image stops the run (timm's error), not its neighbour scored in its place
+    val._max_retries = 1  # an unreadable image stops the run (image_files.py), not its neighbour scored in its place
     train.transform, val.transform = transforms
     num_classes = len(classes or {}) or 1 + max(t for _, t in train.reader.samples)
     if num_classes < 2:
@@ -297,7 +299,7 @@ class SeededSamples(Dataset):
                 torch.default_generator.manual_seed(seed)
                 random.seed(seed)
                 np.random.seed(seed >> 32)  # noqa: NPY002 (timm's RandAugment draws from the legacy global generator)
-                samples.append(self.dataset[index])
+                samples.append(load_item(self.dataset, index))  # (an unreadable image: an error naming it)
         return samples
 
 
@@ -361,4 +363,4 @@ def train_loader(
 def val_loader(dataset: Dataset, batch_size: int, rank: int, world: int, workers: int, pin: bool) -> DataLoader:
     """This rank's exact shard of the validation set (items rank, rank + world, ...), in order."""
     shard = Subset(dataset, list(range(rank, len(dataset), world))) if world > 1 else dataset
-    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
+    return DataLoader(LoadingNamed(shard), batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin)

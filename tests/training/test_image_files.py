@@ -1,0 +1,95 @@
+"""Unreadable image files in an ImageFolder are the command's usage error naming them (helper-295: timm's
+`RuntimeError: Failed to load N consecutive samples` traceback, exit status 1, after a whole training epoch and with
+nothing saved); validation's headers are checked before the first epoch."""
+
+import os
+
+import pytest
+from PIL import Image
+from test_cli_more import TINY_VIT
+
+from masksub_kernels.train import main
+from masksub_kernels.training import cli, engine
+from masksub_kernels.training.image_files import UnreadableImages
+
+RUN = [*TINY_VIT, "--epochs", "1", "--batch-size", "2", "--warmup-epochs", "0"]
+
+
+def _folder(root, per_class: int = 4) -> str:
+    for split in ("train", "val"):
+        for label, colour in (("a", (200, 40, 40)), ("b", (40, 40, 200))):
+            os.makedirs(root / split / label)
+            for i in range(per_class):
+                Image.new("RGB", (20, 20), colour).save(root / split / label / f"{i}.png")
+    return str(root)
+
+
+def _error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def test_a_file_in_val_that_is_no_image_stops_the_run_before_an_epoch(tmp_path, monkeypatch, capsys):
+    data = _folder(tmp_path / "data")
+    bad = os.path.join(data, "val", "b", "2.png")
+    with open(bad, "wb") as f:
+        f.write(b"<html>not found</html>")
+    epochs = []
+    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **k: epochs.append(1))
+    err = _error([*RUN, "--data-dir", data, "--workers", "0", "--output", str(tmp_path / "o")], capsys)
+    assert err == (
+        f"masksub-train: error: an image file in {os.path.join(data, 'val')!r} that Pillow cannot open (checked "
+        f"before training): {bad!r} (UnidentifiedImageError: cannot identify image file): replace or delete it"
+    )
+    assert epochs == []
+
+
+def test_an_image_cut_short_in_val_names_it_and_the_checkpoint_to_resume(tmp_path, monkeypatch, capsys):
+    data = _folder(tmp_path / "data")
+    bad = os.path.join(data, "val", "a", "1.png")
+    real_save = cli._save
+
+    def save_then_truncate(*a):  # the file breaks after epoch 1 (its header stays readable)
+        real_save(*a)
+        with open(bad, "rb") as f:
+            head = f.read()
+        with open(bad, "wb") as f:
+            f.write(head[: len(head) // 2])
+
+    monkeypatch.setattr(cli, "_save", save_then_truncate)
+    out = tmp_path / "o"
+    argv = [*RUN, "--epochs", "2", "--data-dir", data, "--workers", "0", "--output", str(out)]
+    last = out / "last.pth"
+    assert _error(argv, capsys) == (
+        f"masksub-train: error: unreadable image file: {bad!r} (OSError: image file is truncated): replace or delete "
+        f"it; {last} holds epoch 1: to continue, rerun the command with --resume {last}"
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_of_unreadable_training_images_names_them(tmp_path, capsys, workers):
+    data = _folder(tmp_path / "data", per_class=6)
+    for label in ("a", "b"):
+        for i in range(6):
+            with open(os.path.join(data, "train", label, f"{i}.png"), "wb") as f:
+                f.write(b"")
+    err = _error([*RUN, "--data-dir", data, "--workers", str(workers), "--output", str(tmp_path / "o")], capsys)
+    assert err.startswith(
+        "masksub-train: error: unreadable image files, 10 in a row (timm skips an unreadable training image, up to 9 "
+        f"in a row): '{data}{os.sep}train{os.sep}"
+    ), err
+    assert err.count("(UnidentifiedImageError: cannot identify image file)") == 5
+    assert err.endswith("; and 5 more: replace or delete them")
+    assert not os.path.exists(tmp_path / "o" / "last.pth")
+
+
+def test_the_message_survives_a_loader_workers_reraise():
+    inner = "unreadable image file: '/d/val/a/1.png' (OSError: image file is truncated): replace or delete it"
+    wrapped = (
+        "Caught UnreadableImages in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  File "
+        f'"x.py", line 1, in f\nmasksub_kernels.training.image_files.UnreadableImages: {inner}\n'
+    )
+    assert str(UnreadableImages(wrapped)) == inner
+    assert str(UnreadableImages(inner)) == inner
