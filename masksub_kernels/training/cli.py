@@ -444,6 +444,8 @@ def _run(args) -> None:
     s = setup(args)
     progress.rank = s.rank
     every_rank_check(lambda: check_image_headers(s.data.val, s.rank, s.world), s.rank, s.world)  # before an epoch
+    for note in getattr(s.data, "notes", ()) if s.rank == 0 else ():
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     step = _make_step(args, s)
     start_epoch, num_updates, rows, wall, resumes = 0, 0, [], 0.0, []
     if args.resume:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -69,6 +69,7 @@ class DataSpec:
     num_classes: int
     in_chans: int
     img_size: int
+    notes: list[str] = field(default_factory=list)  # for the command to print (rank 0): a val/ without some classes
 
 
 class DigitsDataset(Dataset):
@@ -140,6 +141,12 @@ def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: b
     train = _split(root, "train", is_training=True)
     _check_layout(os.path.join(root, "train"), [path for path, _ in train.reader.samples])
     classes = getattr(train.reader, "class_to_idx", None)
+    empty = [name for name in _class_folders(os.path.join(root, "train")) if name not in (classes or {})]
+    if empty:  # timm makes classes of the folders holding images: the model would be built for the others only
+        raise FileNotFoundError(
+            f"{os.path.join(root, 'train')!r} has class folders that hold no images timm reads: {empty[:8]} (timm "
+            "would drop them and build the model for the other classes): add their images, or delete the folders"
+        )
     # val's classes as timm finds them (folders holding images: a '.ipynb_checkpoints' is none), one walk of its tree
     val_images, val_classes = find_images_and_targets(os.path.join(root, val_split))
     _check_layout(os.path.join(root, val_split), [path for path, _ in val_images])
@@ -147,11 +154,18 @@ def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: b
         name or "(images directly in it)" for name in val_classes if classes is not None and name not in classes
     )
     if unknown:  # timm's class_map drops their images without a word: a validation on fewer images than it holds
-        empty = [name for name in unknown if os.path.isdir(os.path.join(root, "train", name))]
         raise FileNotFoundError(
-            f"{os.path.join(root, val_split)!r} has class folders that 'train/' "
-            + (f"holds no images in: {empty[:8]}" if empty else f"lacks: {unknown[:8]}")
-            + " (the class folders of both must match: the model's classes are train's)"
+            f"{os.path.join(root, val_split)!r} has class folders that 'train/' lacks: {unknown[:8]} (the class "
+            "folders of both must match: the model's classes are train's)"
+        )
+    unseen = sorted(set(classes or {}) - set(val_classes) - {""})
+    notes = []
+    if unseen:  # (a class folder without images, or none: the metrics are the other classes' images')
+        empty = [name for name in unseen if os.path.isdir(os.path.join(root, val_split, name))]
+        notes.append(
+            f"{os.path.join(root, val_split)!r} holds no images of {len(unseen)} of the {len(classes)} classes: "
+            f"{unseen[:8]}{f' (empty folders: {empty[:8]})' if empty else ''}: top-1 / top-5 are over the other "
+            "classes' images"
         )
     val = _split(root, val_split, class_map=classes)
     val._max_retries = 1  # an unreadable image stops the run (image_files.py), not its neighbour scored in its place
@@ -164,7 +178,12 @@ def _image_folder(root: str, img_size: int, in_chans: int, mean, std, augment: b
             f"{os.path.join(root, 'train')!r} holds 1 class (class folders: {shown}): a classifier needs at least 2, "
             "one sub-folder of images per class in 'train/' and 'val/'"
         )
-    return DataSpec(train, val, num_classes, in_chans, img_size)
+    return DataSpec(train, val, num_classes, in_chans, img_size, notes)
+
+
+def _class_folders(split_root: str) -> list[str]:
+    """The class folders of a split: its sub-folders, less hidden ones (which hold no images: _check_layout)."""
+    return sorted(e.name for e in os.scandir(split_root) if e.is_dir() and not e.name.startswith("."))
 
 
 def _check_layout(split_root: str, paths: list[str]) -> None:

@@ -93,3 +93,36 @@ def test_the_message_survives_a_loader_workers_reraise():
     )
     assert str(UnreadableImages(wrapped)) == inner
     assert str(UnreadableImages(inner)) == inner
+
+
+def test_a_train_class_folder_without_images_is_refused(tmp_path, capsys):
+    # helper-295: timm made classes of the folders holding images only: the model was built for the others, silently
+    data = _folder(tmp_path / "data")
+    os.makedirs(os.path.join(data, "train", "c"))
+    with open(os.path.join(data, "train", "c", "notes.txt"), "w") as f:
+        f.write("not an image")
+    os.makedirs(os.path.join(data, "train", ".cache"))  # hidden, empty: no class
+    assert _error([*RUN, "--data-dir", data, "--output", str(tmp_path / "o")], capsys) == (
+        f"masksub-train: error: {os.path.join(data, 'train')!r} has class folders that hold no images timm reads: "
+        "['c'] (timm would drop them and build the model for the other classes): add their images, or delete the "
+        "folders"
+    )
+
+
+def test_a_val_without_a_class_s_images_gets_a_note(tmp_path, capsys):
+    from masksub_kernels.training.data import build_datasets
+
+    data = _folder(tmp_path / "data")
+    for label in ("c", "d"):
+        os.makedirs(os.path.join(data, "train", label))
+        Image.new("RGB", (20, 20)).save(os.path.join(data, "train", label, "0.png"))
+    os.makedirs(os.path.join(data, "val", "c"))  # empty; d: no folder
+    val = os.path.join(data, "val")
+    note = (
+        f"{val!r} holds no images of 2 of the 4 classes: ['c', 'd'] (empty folders: ['c']): top-1 / top-5 are over "
+        "the other classes' images"
+    )
+    assert build_datasets(data, 16, 3).notes == [note]
+    assert build_datasets(_folder(tmp_path / "full"), 16, 3).notes == []
+    assert main([*RUN, "--limit-batches", "1", "--data-dir", data, "--output", str(tmp_path / "o")]) == 0
+    assert f"masksub-train: note: {note}\n" in capsys.readouterr().err
