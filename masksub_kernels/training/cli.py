@@ -342,6 +342,7 @@ class _Progress:
         self.epoch: int | None = None  # the epoch being trained, from 1
         self.saving: tuple[str, int] | None = None  # last.pth's path and epoch while it is written
         self.checkpoint: tuple[str, int] | None = None  # the path that holds the run's latest epoch, and that epoch
+        self.resuming: str | None = None  # --resume, before it is read
 
     def saved(self, path: str, epochs: int) -> None:
         self.checkpoint, self.saving = (path, epochs), None
@@ -363,11 +364,10 @@ class _Progress:
                 self.checkpoint = (path, epochs)
             where = f"while saving epoch {epochs}"
         else:
-            where = f"in epoch {self.epoch}" if self.epoch is not None else "before the first epoch"
-        if self.checkpoint is None:
-            return f"interrupted {where}; no checkpoint written yet"
-        path, epochs = self.checkpoint
-        return f"interrupted {where}; {path} holds epoch {epochs}: to continue, rerun the command with --resume {path}"
+            where = f"in epoch {self.epoch}" if self.epoch is not None else "before training"
+        if self.checkpoint is None and self.resuming is not None:
+            return f"interrupted {where}; {self.resuming} is unchanged: to continue, rerun the command"
+        return f"interrupted {where}{self.resume_hint() or '; no checkpoint written yet'}"
 
 
 _PROGRESS = _Progress()  # the running command's (main resets it)
@@ -441,6 +441,7 @@ def _run(args) -> None:
     if args.data_dir is None:
         require("the digits data set (no --data-dir)", ("sklearn",), "train")
     progress = _PROGRESS
+    progress.resuming = args.resume
     s = setup(args)
     progress.rank = s.rank
     every_rank_check(lambda: check_image_headers(s.data.val, s.rank, s.world), s.rank, s.world)  # before an epoch

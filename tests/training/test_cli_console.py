@@ -83,7 +83,7 @@ def _stopped(argv, capsys) -> str:
 
 
 def test_a_ctrl_c_says_which_epoch_stopped_and_which_checkpoint_to_resume(tmp_path, monkeypatch, capsys):
-    from masksub_kernels.training import engine
+    from masksub_kernels.training import engine, run_setup
 
     out, argv = tmp_path / "run", [*TINY_VIT, "--epochs", "3", "--limit-batches", "1", "--warmup-epochs", "0"]
     last = out / "last.pth"
@@ -92,7 +92,12 @@ def test_a_ctrl_c_says_which_epoch_stopped_and_which_checkpoint_to_resume(tmp_pa
         f"masksub-train: interrupted in epoch 3; {last} holds epoch 2: to continue, rerun the command with --resume "
         f"{last}"
     )
-    # the resumed run, stopped in its first epoch: the checkpoint it resumed still holds epoch 2
+    # the resumed run, stopped before it read the checkpoint, then in its first epoch: the checkpoint holds epoch 2
+    monkeypatch.undo()
+    _interrupt_on_call(monkeypatch, run_setup, "_create_model", 1)
+    assert _stopped([*argv, "--resume", str(last)], capsys) == (
+        f"masksub-train: interrupted before training; {last} is unchanged: to continue, rerun the command"
+    )
     monkeypatch.undo()
     _interrupt_on_call(monkeypatch, engine, "train_one_epoch", 1)
     assert _stopped([*argv, "--resume", str(last)], capsys) == (
@@ -111,7 +116,7 @@ def test_a_ctrl_c_before_any_checkpoint_or_while_one_is_written(tmp_path, monkey
     )
     _interrupt_on_call(monkeypatch, run_setup, "_create_model", 1)
     assert _stopped([*argv, "--output", str(tmp_path / "b")], capsys) == (
-        "masksub-train: interrupted before the first epoch; no checkpoint written yet"
+        "masksub-train: interrupted before training; no checkpoint written yet"
     )
     monkeypatch.undo()
     # stopped while epoch 2's last.pth is written (half a .tmp file, removed): last.pth holds epoch 1
