@@ -14,7 +14,7 @@ random shifts) and the command says so.
 
 from __future__ import annotations
 
-__all__ = ["AUG_OPTIONS", "build_transforms", "ignored_on_digits", "posterize_any_bits"]
+__all__ = ["AUG_OPTIONS", "build_transforms", "check_aa", "ignored_on_digits", "posterize_any_bits"]
 
 # The options that only shape the ImageFolder transforms (and their normalisation), with the command's defaults.
 AUG_OPTIONS = {
@@ -30,6 +30,65 @@ AUG_OPTIONS = {
     "mean": None,  # the digits set normalises with its own training images' mean and std
     "std": None,
 }
+
+
+# The sections timm's parsers read after the first (auto_augment.py: rand_augment_transform, augment_and_mix_transform,
+# auto_augment_transform): a name, then a number from its first digit on (int or float). timm skips a section without a
+# digit (``inc`` for ``inc1``: RandAugment without the increasing ops) and, for ``t``, reads an unknown set as the
+# default one; a repeated ``mstd`` / ``mmax`` / ``t`` keeps the first, the others the last.
+_AA_SECTIONS = {
+    "rand": {"m": int, "n": int, "p": float, "mstd": float, "mmax": int, "inc": int, "t": ("weights", "3aw", "3a")},
+    "augmix": {"m": int, "w": int, "d": int, "b": int, "a": float, "mstd": float},
+    "policy": {"mstd": float},
+}
+AA_POLICIES = ("original", "originalr", "v0", "v0r", "3a")  # timm's auto_augment_policy names
+AA_FORMS = {
+    "rand": "rand-... with m<int> n<int> p<float> mstd<float> mmax<int> inc<0|1> t<weights|3aw|3a> (the recipes' "
+    "rand-m9-mstd0.5-inc1)",
+    "augmix": "augmix-... with m<int> w<int> d<int> b<int> a<float> mstd<float> (e.g. augmix-m5-w4)",
+    "policy": f"an AutoAugment policy ({', '.join(AA_POLICIES)}), optionally -mstd<float>",
+}
+
+
+def check_aa(aa: str) -> None:
+    """ValueError naming the first section of ``--aa`` that timm would skip or misread (a section without a number, an
+    unknown name, a number that is not one, a repeated section), and the accepted forms."""
+    import math
+    import re
+
+    first, *sections = aa.split("-")
+    kind = first if first in ("rand", "augmix") else "policy"
+    if kind == "policy" and first not in AA_POLICIES:
+        raise ValueError(
+            f"--aa {aa!r}: {first!r} is not rand, augmix or a policy; accepted: {'; '.join(AA_FORMS.values())}"
+        )
+    seen = set()
+    for section in sections:
+        if kind == "rand" and section.startswith("t"):
+            key, value = "t", section[1:]
+        else:
+            key, value, *_ = [*re.split(r"(\d.*)", section, maxsplit=1), ""]
+        kind_of = _AA_SECTIONS[kind].get(key)
+        why = None
+        if key in seen:
+            why = "is repeated (timm keeps one of them)"
+        elif not value and key != "t":
+            why = "has no number (timm skips it)"
+        elif kind_of is None:
+            why = f"is not one of {first}'s"
+        elif isinstance(kind_of, tuple):
+            why = None if value in kind_of else "names no transform set of timm's (read as the default)"
+        else:
+            try:
+                number = kind_of(value)
+                bad = not math.isfinite(number) or (key == "p" and not 0 <= number <= 1)
+            except ValueError:
+                bad = True
+            if bad:
+                why = "is not a probability in [0, 1]" if key == "p" else f"is not {key}<{kind_of.__name__}>"
+        if why:
+            raise ValueError(f"--aa {aa!r}: section {section!r} {why}; accepted: {AA_FORMS[kind]}")
+        seen.add(key)
 
 
 def build_transforms(args, img_size: int, mean, std, augment: bool = True):

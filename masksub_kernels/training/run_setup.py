@@ -349,6 +349,13 @@ def check_args(args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} takes finite numbers, got {value}")
     if args.opt_betas is not None and not all(0.0 <= b < 1.0 for b in args.opt_betas):
         raise UsageError(f"--opt-betas are two numbers in [0, 1), got {args.opt_betas}")
+    if args.aa:  # timm skips or misreads some sections silently (rand-m9-mstd0.5-inc: no increasing ops)
+        from .augment import check_aa
+
+        try:
+            check_aa(args.aa)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
     if (args.mean is None) != (args.std is None):
         raise UsageError("--mean and --std go together: pass both (one number per input channel)")
     if args.mean is not None and (len(args.mean) != len(args.std) or any(s <= 0 for s in args.std)):
@@ -432,7 +439,7 @@ def setup(args) -> Setup:
     if args.data_dir is not None and in_chans != 3:
         raise UsageError(f"--model-kwargs in_chans={in_chans}, but an image folder's images are read as RGB (3)")
     mean, std = _mean_std(args, in_chans)
-    try:  # built for the digits too: a bad --aa is an error before anything runs
+    try:  # built for the digits too: what timm refuses is an error before anything runs
         transforms = build_transforms(args, img_size, mean, std, augment=not args.no_aug)
     except (AssertionError, ValueError, KeyError, IndexError) as exc:
         raise UsageError(

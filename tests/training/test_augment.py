@@ -1,10 +1,49 @@
-"""training/augment.py: the command's options reach the transforms (helper-171's mutation audit)."""
+"""training/augment.py: the command's options reach the transforms (helper-171's mutation audit); --aa is checked."""
+
+import pytest
 
 from masksub_kernels.train import build_parser
 from masksub_kernels.training.augment import build_transforms
+from masksub_kernels.training.run_setup import UsageError, check_args
 
 
 def test_scale_reaches_the_random_resized_crop():
     args = build_parser().parse_args(["--scale", "0.3", "0.6"])
     train, _ = build_transforms(args, 32, (0.5,) * 3, (0.5,) * 3)
     assert tuple(train.transforms[0].scale) == (0.3, 0.6)
+
+
+@pytest.mark.parametrize(
+    ("aa", "message"),
+    [
+        ("rand-m9-mstd0.5-inc", "section 'inc' has no number (timm skips it)"),  # the recipes' inc1, the 1 lost
+        ("rand-zz", "section 'zz' has no number"),  # timm: RandAugment at magnitude 10
+        ("rand-m9-mstd0.5-xyz", "section 'xyz' has no number"),
+        ("rand--m9", "section '' has no number"),
+        ("rand-m9-tfoo", "section 'tfoo' names no transform set"),  # timm: the default set
+        ("rand-m9-m8", "section 'm8' is repeated"),
+        ("rand-m9.5", "section 'm9.5' is not m<int>"),
+        ("rand-p2", "section 'p2' is not a probability in [0, 1]"),
+        ("augmix-m5-q2", "section 'q2' is not one of augmix's"),
+        ("v0-foo", "section 'foo' has no number"),
+        ("bogus", "'bogus' is not rand, augmix or a policy"),
+    ],
+)
+def test_aa_sections_that_timm_would_skip_or_misread_are_refused(aa, message):
+    # helper-296's probe: timm skips a rand-... section without a digit, so a lost digit trained another augmentation
+    args = build_parser().parse_args(["--aa", aa])
+    with pytest.raises(UsageError) as info:
+        check_args(args)
+    assert (
+        str(info.value).startswith(f"--aa {aa!r}: ") and message in str(info.value) and "accepted: " in str(info.value)
+    )
+
+
+@pytest.mark.parametrize(
+    "aa", ["rand", "rand-m9-mstd0.5-inc1", "rand-m7-mstd0.5", "rand-tweights-n3-p0.7-mmax12-inc0", "rand-m9-t3a",
+           "3a", "v0", "original-mstd0.5", "augmix-m5-w4-d2-b1-a0.5-mstd0.2"],
+)  # fmt: skip
+def test_aa_forms_timm_reads_are_accepted(aa):
+    args = build_parser().parse_args(["--aa", aa])
+    check_args(args)
+    build_transforms(args, 32, (0.5,) * 3, (0.5,) * 3)

@@ -478,7 +478,7 @@ def test_recipe_on_an_image_folder(tmp_path):
     ("extra", "message"),
     [
         (["--initial-checkpoint", "/no/such.pth"], "initial checkpoint '/no/such.pth' does not exist"),
-        (["--aa", "bogus"], "the augmentation options (--aa 'bogus'"),
+        (["--aa", "bogus"], "--aa 'bogus': 'bogus' is not rand, augmix or a policy"),
         (["--head-init-scale", "0.001"], "--head-init-scale (given, or set by --config FILE) scales the classifier"),
         (["--layer-decay", "0"], "--layer-decay must be in (0.0, 1.0]"),
         (["--mean", "0.5", "--std", "0.5", "0.5"], "--mean / --std need as many numbers"),
