@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import sys
 import warnings
 import zipfile
@@ -44,7 +45,14 @@ from torch import nn
 
 from .run_setup import UsageError
 
-__all__ = ["LoadReport", "detect_format", "load_initial_checkpoint", "read_state_dict"]
+__all__ = ["DOWNLOAD", "LoadReport", "detect_format", "load_initial_checkpoint", "read_state_dict"]
+
+# What to do about weights that would have to be downloaded (a URL, a Hub name, timm's pretrained=True)
+DOWNLOAD = (
+    "masksub-train does not download weights: fetch the file where there is a network (a URL with curl or wget, a "
+    "Hub model with `huggingface-cli download timm/NAME model.safetensors`), then pass its local path as "
+    "--initial-checkpoint FILE"
+)
 
 
 @dataclass
@@ -72,6 +80,9 @@ def read_state_dict(path: str) -> dict:
     """The raw object in ``path`` (a dict): torch.load, timm's safetensors reader, or a TorchScript archive's
     state dict (OpenAI CLIP's .pt files)."""
     if not os.path.isfile(path):
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://|hf[-_]hub:", path) and not os.path.exists(path):
+            what = "a Hugging Face Hub name" if path.startswith(("hf-hub:", "hf_hub:")) else "a URL"
+            raise UsageError(f"initial checkpoint {path!r} is {what}: {DOWNLOAD}")
         what = "is a directory, not a file" if os.path.isdir(path) else "does not exist"
         raise UsageError(f"initial checkpoint {path!r} {what}")
     if path.endswith(".safetensors"):

@@ -162,7 +162,7 @@ def check_backend(device: torch.device, ops: tuple[str, ...]) -> str:
 def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
     import timm
 
-    from .pretrained import AVERAGING
+    from .pretrained import AVERAGING, DOWNLOAD
     from .vit import is_vit
 
     if not timm.is_model(args.model):
@@ -170,6 +170,10 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
         hint = f"; similar names: {', '.join(close)}" if close else " (timm.list_models() lists them)"
         raise UsageError(f"unknown timm model {args.model!r}{hint}")
     kwargs = dict(args.model_kwargs)
+    if "pretrained" in kwargs:  # (timm's create_model would say "got multiple values for keyword argument")
+        raise UsageError(
+            f"--model-kwargs pretrained={kwargs['pretrained']}: the model is built without timm's weights; {DOWNLOAD}"
+        )
     if kwargs.setdefault("num_classes", num_classes) != num_classes:  # the data's
         raise UsageError(f"--model-kwargs num_classes={kwargs['num_classes']}, but the data has {num_classes} classes")
     kwargs.setdefault("in_chans", in_chans)

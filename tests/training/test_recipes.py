@@ -478,6 +478,13 @@ def test_recipe_on_an_image_folder(tmp_path):
     ("extra", "message"),
     [
         (["--initial-checkpoint", "/no/such.pth"], "initial checkpoint '/no/such.pth' does not exist"),
+        # helper-296: a download said "does not exist" / timm's "got multiple values for keyword argument 'pretrained'"
+        (["--initial-checkpoint", "https://x.org/w.pth"], "is a URL: masksub-train does not download weights: fetch"),
+        (
+            ["--initial-checkpoint", "hf-hub:timm/vit_tiny"],
+            "is a Hugging Face Hub name: masksub-train does not download",
+        ),
+        (["--model-kwargs", "pretrained=True"], "pretrained=True: the model is built without timm's weights; masksub"),
         (["--aa", "bogus"], "--aa 'bogus': 'bogus' is not rand, augmix or a policy"),
         (["--head-init-scale", "0.001"], "--head-init-scale (given, or set by --config FILE) scales the classifier"),
         (["--layer-decay", "0"], "--layer-decay must be in (0.0, 1.0]"),
