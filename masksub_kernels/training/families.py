@@ -44,8 +44,8 @@ DEFAULT_CELL_SIZE = {"vit": None, "swin": 8, "pixel": 32, "mlm": None}  # Swin: 
 _WARNED: set[str] = set()
 
 __all__ = [
-    *("DEFAULT_CELL_SIZE", "FAMILIES", "check_input_size", "check_vit_patches", "is_vit_family", "logits_of"),
-    *("describe_sub_branch", "resolve_family", "unwrap_model"),
+    *("DEFAULT_CELL_SIZE", "FAMILIES", "check_family_options", "check_input_size", "check_like_masksub"),
+    *("check_vit_patches", "describe_sub_branch", "is_vit_family", "logits_of", "resolve_family", "unwrap_model"),
 ]
 
 
@@ -149,6 +149,33 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
         missing = [name for name in needs if not hasattr(model, name)]
         raise ValueError(f"family={family!r} needs a model with {needs}; {type(model).__name__} lacks {missing}")
     return family
+
+
+def check_family_options(family: str, variant: str, cell_size: int | None) -> None:
+    """MaskSub's refusals of a variant or a cell size that ``family`` has no use for."""
+    if variant != "mask" and family != "vit":
+        raise ValueError(f"variant={variant!r} (DropSub / PathSub) is defined for ViTs; this model is {family}")
+    if cell_size is not None and family == "vit":
+        raise ValueError(
+            "cell_size is an option of the grid masks (swin, pixel); the vit family drops tokens (mask_ratio)"
+        )
+
+
+def check_like_masksub(model: nn.Module, img_size: int, variant: str, cell_size: int | None, mask_ratio: float) -> None:
+    """For a ``--baseline`` run: the MaskSub arm's refusals of its variant, cell size and image size for ``model``
+    (a cell that does not divide the images, a ViT size its patches do not tile, ...), without building the wrapper
+    (which prepares some models for its sub-branch): the paired runs accept and refuse the same options."""
+    model, warned = unwrap_model(model), set(_WARNED)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the pixel fallback's warning is about the sub-branch, which does not run
+        family = resolve_family(model)
+    _WARNED.intersection_update(warned)  # (a MaskSub of that model later in the process still warns)
+    check_family_options(family, variant, cell_size)
+    if variant == "mask":
+        if family == "vit":
+            check_eva(model)
+        cell = cell_size if cell_size is not None else DEFAULT_CELL_SIZE[family]
+        check_input_size(family, model, img_size, cell, mask_ratio)
 
 
 def check_eva(model: nn.Module) -> None:

@@ -415,7 +415,7 @@ def setup(args) -> Setup:
     from .augment import build_transforms, ignored_on_digits
     from .data import build_datasets, train_sampler
     from .engine import seed_epoch
-    from .families import check_vit_patches, is_vit_family, unwrap_model
+    from .families import check_like_masksub, unwrap_model
     from .image_size import check_model_size, digits_default_size
     from .lr_schedule import build_scheduler
     from .optim import build_ema, build_optimizer
@@ -499,8 +499,8 @@ def setup(args) -> Setup:
                 cell_size=args.cell_size,
             ).to(device)
             ms.check_input_size(img_size)
-        elif is_vit_family(unwrap_model(model)):  # a size the MaskSub arm refuses, which timm may crop
-            check_vit_patches(unwrap_model(model), (img_size, img_size))
+        else:  # what the MaskSub arm refuses (a ViT size timm may crop, a cell not dividing the images, ...)
+            check_like_masksub(model, img_size, args.variant, args.cell_size, args.mask_ratio)
     except ValueError as exc:
         hint = " (--img-size, --cell-size)" if "cell_size" in str(exc) or "images of" in str(exc) else ""
         raise UsageError(f"{exc}{hint}") from exc

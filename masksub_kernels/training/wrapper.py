@@ -32,7 +32,15 @@ from torch import nn
 from .._philox import SEED_TYPES, new_seed
 from ..ops._common import check_real
 from . import mlm
-from .families import DEFAULT_CELL_SIZE, check_eva, check_input_size, logits_of, resolve_family, unwrap_model
+from .families import (
+    DEFAULT_CELL_SIZE,
+    check_eva,
+    check_family_options,
+    check_input_size,
+    logits_of,
+    resolve_family,
+    unwrap_model,
+)
 from .hf_swin import check_batch as check_hf_swin_batch
 from .hf_swin import hf_swin_embeddings, hf_swin_sub_logits, is_hf_swin
 from .hf_swin import prepare as prepare_hf_swin
@@ -165,18 +173,11 @@ class MaskSub(nn.Module):
                 f"{type(inner).__name__} has no classifier (timm num_classes=0): its outputs are features, not the "
                 "logits MaskSub's losses need; build it with num_classes=C (or model.reset_classifier(C))"
             )
-        if variant != "mask" and self.family != "vit":
-            raise ValueError(
-                f"variant={variant!r} (DropSub / PathSub) is defined for ViTs; this model is {self.family}"
-            )
+        check_family_options(self.family, variant, cell_size)
         if variant != "mask" and is_hf_vit(inner):
             raise ValueError(
                 f"variant={variant!r} (DropSub / PathSub) is defined for timm ViTs (their blocks' dropout and "
                 f"drop-path modules); {type(inner).__name__} is a transformers model: use variant='mask'"
-            )
-        if cell_size is not None and self.family == "vit":
-            raise ValueError(
-                "cell_size is an option of the grid masks (swin, pixel); the vit family drops tokens (mask_ratio)"
             )
         self.cell_size = cell_size if cell_size is not None else DEFAULT_CELL_SIZE[self.family]
         self._mlm = self.chunk_rows = None  # (the mlm family's parts and rows per chunk, None: the backend's rule)

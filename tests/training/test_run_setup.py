@@ -190,8 +190,19 @@ def test_the_baselines_size_check_warns_of_no_sub_branch(tmp_path):
 
     from masksub_kernels.training.run_setup import setup
 
-    argv = ["--model", "mixer_s16_224", "--model-kwargs", "img_size=32", "--img-size",
-            "32", "--baseline", "--output", str(tmp_path)]  # fmt: skip
+    argv = [
+        "--model",
+        "mixer_s16_224",
+        "--model-kwargs",
+        "img_size=32",
+        "--img-size",
+        "32",
+        "--cell-size",
+        "16",
+        "--baseline",
+        "--output",
+        str(tmp_path),
+    ]  # fmt: skip (one cell of 32: none kept)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         setup(build_parser().parse_args(argv))
@@ -212,6 +223,24 @@ def test_both_arms_refuse_a_size_the_vits_patches_do_not_tile(tmp_path, baseline
                 "num_heads=2", *extra, "--img-size", "30", "--output", str(tmp_path)]  # fmt: skip
         with pytest.raises(UsageError, match=r"image size \(30, 30\) is not divisible by the ViT patch size \(8, 8\)"):
             setup(build_parser().parse_args([*argv, *(["--baseline"] if baseline else [])]))
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_both_arms_refuse_a_cell_size_that_does_not_fit(tmp_path, baseline):
+    # helper-296's probe: --baseline skipped the mask-grid checks (a cell of 5 on 32 px images, a --cell-size for a
+    # ViT, DropSub on a CNN trained); the paired runs accept and refuse the same options
+    from masksub_kernels.training.run_setup import setup
+
+    cnn = ["--model", "test_resnet", "--img-size", "32", "--output", str(tmp_path)]
+    refused = [
+        ([*cnn, "--cell-size", "5"], r"image size 32 x 32 is not divisible by the mask cell of 5 pixels"),
+        ([*TINY_VIT, "--cell-size", "4", "--output", str(tmp_path)], r"cell_size is an option of the grid masks"),
+        ([*cnn, "--variant", "drop"], r"variant='drop' \(DropSub / PathSub\) is defined for ViTs"),
+    ]
+    for argv, message in refused:
+        with pytest.raises(UsageError, match=message):
+            setup(build_parser().parse_args([*argv, *(["--baseline"] if baseline else [])]))
+    setup(build_parser().parse_args([*cnn, "--cell-size", "8", *(["--baseline"] if baseline else [])]))
 
 
 # kills run_setup.py `max(args.epochs - args.warmup_epochs, 1)` -> `max(..., 0)` (helper-237 S2): a --warmup-prefix run
