@@ -95,21 +95,27 @@ def read_state_dict(path: str) -> dict:
         except Exception as exc:
             raise UsageError(f"cannot read initial checkpoint {path!r}: {exc}") from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        if not zipfile.is_zipfile(path):
-            raise UsageError(f"cannot read initial checkpoint {path!r}: {exc}") from exc
-        try:  # OpenAI's CLIP releases are TorchScript archives
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+        if _is_torchscript(path):  # OpenAI's CLIP releases: read as torch.load would, without its two warnings
+            with warnings.catch_warnings():  # (torch.load's "dispatching to torch.jit.load" is not raised here)
+                warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated", FutureWarning)
                 obj = torch.jit.load(path, map_location="cpu").state_dict()
-        except Exception:
-            raise UsageError(f"cannot read initial checkpoint {path!r}: {exc}") from exc
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UsageError(f"cannot read initial checkpoint {path!r}: {exc}") from exc
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if not isinstance(obj, dict):
         raise UsageError(f"initial checkpoint {path!r} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def _is_torchscript(path: str) -> bool:
+    """Whether ``path`` is a TorchScript archive: torch.load's own test, a zip with a ``constants.pkl`` record."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.partition("/")[2] == "constants.pkl" for name in archive.namelist())
 
 
 def _tensors(obj: dict) -> dict:

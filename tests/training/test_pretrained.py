@@ -198,3 +198,21 @@ def test_pretrained_formats_wrappers_and_non_tensor_entries():
     assert detect_format({"module": {"model.w": a}, "num_updates": 1})[0] == "masksub"
     assert detect_format({"pos_embed": a, "epoch": 5, "arch": "vit"})[1] == {"pos_embed": a}
     assert detect_format({"state_dict": {"w": a}, "model": {"w": b}})[1]["w"] is a
+
+
+def test_an_openai_torchscript_clip_file_loads_without_torchs_warnings(tmp_path):
+    # helper-296's probe: reading OpenAI's TorchScript .pt printed torch.load's "dispatching to 'torch.jit.load'"
+    # UserWarning and torch.jit.load's deprecation FutureWarning; the same tensors as the torch.save'd file
+    import warnings
+
+    from masksub_kernels.training.pretrained import read_state_dict
+
+    for name, torchscript in (("ts.pt", True), ("plain.pt", False)):
+        torch.manual_seed(0)  # (the fixture's text tower is drawn from the global generator)
+        _openai_clip_checkpoint(tmp_path / name, torchscript=torchscript)
+    with warnings.catch_warnings(record=True) as caught:  # (not "error": the old code caught that and read on)
+        warnings.simplefilter("always")
+        scripted = read_state_dict(str(tmp_path / "ts.pt"))
+    assert not caught, [str(w.message) for w in caught]
+    plain = read_state_dict(str(tmp_path / "plain.pt"))
+    assert scripted.keys() == plain.keys() and all(torch.equal(scripted[k], plain[k]) for k in plain)
