@@ -66,14 +66,25 @@ class LoadReport:
     notes: list[str] = field(default_factory=list)  # what the user asked for that did nothing
 
     def summary(self, path: str) -> str:
+        """One line; the file's tensors set aside for one the model keeps (a classifier of another shape, CLIP's
+        ln_post / proj under timm's names) are named beside the model's, not listed as both initialised and unused."""
         parts = [f"loaded {self.loaded} tensors from {path!r} ({self.format} format)"]
+        replaced = [key for key in self.ignored if key.split(" ")[0] in self.reinitialised]
+        others = [key for key in self.ignored if key not in replaced]
         if self.reinitialised:
-            parts.append(f"initialised here: {', '.join(self.reinitialised)}")
-        if self.ignored:
-            more = f" and {len(self.ignored) - 6} more" if len(self.ignored) > 6 else ""
-            shown = ", ".join(self.ignored[:6]) + more
-            parts.append(f"not used: {shown}")
+            clip = self.format == "clip"
+            sources = [name for prefix, name in (("norm.", "ln_post"), ("head.", "proj")) if _starts(replaced, prefix)]
+            origin = f" (CLIP's {' and '.join(sources)}, under timm's names)" if clip and sources else ""
+            instead = f" instead of the file's {', '.join(replaced)}{origin}" if replaced else ""
+            parts.append(f"initialised here: {', '.join(self.reinitialised)}{instead}")
+        if others:
+            more = f" and {len(others) - 6} more" if len(others) > 6 else ""
+            parts.append(f"not used: {', '.join(others[:6])}{more}")
         return "; ".join(parts + self.notes)
+
+
+def _starts(keys: list[str], prefix: str) -> bool:
+    return any(key.startswith(prefix) for key in keys)
 
 
 def read_state_dict(path: str) -> dict:

@@ -216,3 +216,15 @@ def test_an_openai_torchscript_clip_file_loads_without_torchs_warnings(tmp_path)
     assert not caught, [str(w.message) for w in caught]
     plain = read_state_dict(str(tmp_path / "plain.pt"))
     assert scripted.keys() == plain.keys() and all(torch.equal(scripted[k], plain[k]) for k in plain)
+
+
+def test_the_clip_summary_names_no_key_both_initialised_and_unused(tmp_path):
+    # helper-296's probe: FT-CLIP's load listed norm.*, head.* under "initialised here" and again under "not used"
+    # (the file's ln_post / proj under timm's names): they are named as the file's, beside the model's
+    _openai_clip_checkpoint(tmp_path / "clip.pt")
+    model = _tiny_vit("vit_base_patch16_clip_quickgelu_224", num_classes=10, global_pool="avg", fc_norm=False)
+    summary = load_initial_checkpoint(model, str(tmp_path / "clip.pt"), 0.001, fresh_norm=True).summary("c.pt")
+    initialised, unused = summary.split("; initialised here: ")[1].split("; not used: ")
+    assert initialised.startswith("norm.weight, norm.bias, head.weight, head.bias instead of the file's norm.weight")
+    assert initialised.endswith("(CLIP's ln_post and proj, under timm's names)"), summary
+    assert unused == "logit_scale, token_embedding.weight, transformer.resblocks.0.ln_1.weight", summary
