@@ -119,6 +119,22 @@ def _unique_key_loader():
     return UniqueKeyLoader
 
 
+def _recipes_hint(path: str) -> str:
+    """For a missing recipes/NAME.yaml: where the recipes are (the source checkout's recipes/, not installed with the
+    package), with this checkout's file where the package runs from one."""
+    parts = os.path.normpath(path).split(os.sep)
+    if "recipes" not in parts[:-1]:
+        return ""
+    relative = os.path.join(*parts[parts.index("recipes") :])
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    here = os.path.join(checkout, relative)
+    found = f": this package's checkout has {here!r}" if os.path.isfile(here) else ""
+    return (
+        f" (recipes/ is in masksub_kernels' source checkout, not installed with the package: pass {relative!r} from "
+        f"the checkout's root, or its full path{found})"
+    )
+
+
 def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
     """The file's values as {dest: value}, checked against ``parser``'s options (UsageError otherwise)."""
     try:
@@ -126,7 +142,7 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
     except ImportError as exc:  # timm depends on PyYAML, so this is rare
         raise UsageError(f"--config needs PyYAML (pip install pyyaml): {exc}") from exc
     if not os.path.isfile(path):
-        raise UsageError(f"config file {path!r} does not exist")
+        raise UsageError(f"config file {path!r} does not exist{_recipes_hint(path)}")
     try:
         with open(path) as f:
             data = yaml.load(f, Loader=_unique_key_loader())  # a SafeLoader

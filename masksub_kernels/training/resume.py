@@ -129,6 +129,12 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
             f"checkpoint {args.resume!r} was trained otherwise: {diffs}; resume it with its options (a resume repeats "
             "the run's options, log.json's meta.command, with --resume added)"
         )
+    if "baseline" in old and bool(old["baseline"]) != args.baseline:  # the module's keys are another arm's
+        arm, fix = ("a --baseline run", "add --baseline") if old["baseline"] else ("a MaskSub run", "drop --baseline")
+        raise UsageError(
+            f"checkpoint {args.resume!r} is {arm}: {fix} to resume it (or start a run of the other arm from its "
+            "weights with --initial-checkpoint)"
+        )
     if "opt" in old and str(old["opt"]).lower() != args.opt.lower():  # its moments are another optimizer's
         raise UsageError(
             f"checkpoint {args.resume!r} was trained with --opt {old['opt']}: resume it with the same optimizer "
@@ -222,6 +228,10 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
                 file=sys.stderr,
             )
     others = other_changes(old, args)
+    if s.device.type != "cuda":  # AMP runs on CUDA only: this run trains in float32 whatever --amp / --amp-dtype say
+        inert = [note for note in others if note.startswith(("--amp ", "--amp-dtype "))]
+        others = [note for note in others if note not in inert]
+        recorded += [f"{note} (no effect: {s.device.type} trains in float32)" for note in inert]
     # Who draws the batches and their augmentations: the processes (a rank's share of the order, and its samples'
     # seeds), and how the loaders seed them (data.LOADER_SEEDING). Not the loader workers: since seeding 3 a sample's
     # augmentation comes from (seed, epoch, rank, position) whichever process loads it. Before 3 the workers (or the

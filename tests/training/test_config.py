@@ -156,6 +156,20 @@ def test_missing_config_file(tmp_path, capsys):
     assert "config file" in capsys.readouterr().err
 
 
+def test_a_missing_recipe_says_where_the_recipes_are(tmp_path, capsys, monkeypatch):
+    # helper-296's probe: run outside the checkout's root, --config recipes/deit3.yaml said only "does not exist"
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", "recipes/deit3.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "(recipes/ is in masksub_kernels' source checkout, not installed with the package: pass 'recipes/deit3.yaml'"
+        in err
+    )
+    assert f"this package's checkout has {os.path.join(ROOT, 'recipes', 'deit3.yaml')!r})" in err
+    assert main(["--config", "elsewhere/deit3.yaml"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("config file 'elsewhere/deit3.yaml' does not exist")
+
+
 def test_empty_config_file_changes_nothing(tmp_path):
     cfg = tmp_path / "empty.yaml"
     cfg.write_text("# nothing\n")

@@ -238,3 +238,25 @@ def test_a_warmup_prefix_run_resumes_its_own_schedule_state(tmp_path, capsys):
     assert resumes[-1]["changed"] == []
     assert "the learning rate follows the new schedule" not in capsys.readouterr().err
     assert s.scheduler.state_dict() == ckpt["scheduler"]
+
+
+def test_a_resume_names_the_other_arm_and_an_amp_change_on_the_cpu_is_no_other_run(tmp_path, capsys):
+    # helper-296's probe: resuming a MaskSub checkpoint with --baseline (or the reverse) said "does not fit this
+    # --baseline model ... Missing key(s)"; an --amp change on the CPU, where AMP does nothing, was noted as "the run
+    # is not the one it continues"
+    from masksub_kernels.training.resume import resume
+    from masksub_kernels.training.run_setup import setup
+
+    quick = [*TINY_VIT, "--batch-size", "256", "--warmup-epochs", "0", "--limit-batches", "1", "--device", "cpu"]
+    for arm, extra in (("ms", []), ("bl", ["--baseline"])):
+        assert main([*quick, *extra, "--epochs", "1", "--output", str(tmp_path / arm)]) == 0
+    ms, bl = (str(tmp_path / arm / "last.pth") for arm in ("ms", "bl"))
+    capsys.readouterr()
+    assert main([*quick, "--baseline", "--epochs", "2", "--resume", ms]) == 2
+    assert f"checkpoint {ms!r} is a MaskSub run: drop --baseline to resume it" in capsys.readouterr().err
+    assert main([*quick, "--epochs", "2", "--resume", bl]) == 2
+    assert f"checkpoint {bl!r} is a --baseline run: add --baseline to resume it" in capsys.readouterr().err
+    args = build_parser().parse_args([*quick, "--amp", "--epochs", "2", "--resume", ms])
+    changed = resume(args, setup(args))[3][-1]["changed"]
+    assert changed == ["--amp False -> True (no effect: cpu trains in float32)", "--epochs 1 -> 2"]
+    assert "is not the one it continues" not in capsys.readouterr().err
