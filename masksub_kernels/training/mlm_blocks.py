@@ -291,11 +291,13 @@ def _remove_leftovers(folder: str) -> None:
                 os.remove(os.path.join(folder, name))
 
 
-def ensure_cache(folder: str, key: dict, pack: Callable[[], dict], extra: dict, stats: Callable[[dict], dict]) -> bool:
+def ensure_cache(folder: str, key: dict, pack: Callable[[], dict], extra: dict, stats: Callable[[dict], dict],
+                 what: str | None = None) -> bool:  # fmt: skip
     """Rank 0: the cache in ``folder`` for ``key`` (cache_key's), built from ``pack()`` ({'train', 'held_out'}: DTYPE
     [N, L] blocks each) where absent or of another key. blocks.json records ``extra`` (the document counts) and
     ``stats(blocks)`` (block_stats). Returns whether it was built. A build that fails removes the files it wrote
-    (under the lock), then raises: an OSError as a UsageError naming the folder."""
+    (under the lock), then raises: an OSError as a UsageError naming the folder (``what``: the option that gave it,
+    --output where --block-cache defaulted to it; default --block-cache)."""
     from .checkpoint import fsync_directory
 
     if _valid(folder, _read_meta(folder), key["key"]):
@@ -323,7 +325,8 @@ def ensure_cache(folder: str, key: dict, pack: Callable[[], dict], extra: dict, 
     except OSError as exc:
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         hint = " (no space left: free some there, or pass a --block-cache on another disk)" if full else ""
-        raise UsageError(f"--block-cache {folder!r}: the token blocks cannot be cached there: {exc}{hint}") from exc
+        what = what or f"--block-cache {folder!r}"
+        raise UsageError(f"{what}: the token blocks cannot be cached there: {exc}{hint}") from exc
     return True
 
 
@@ -466,7 +469,7 @@ def cached_blocks(args, rank: int, world: int, docs: dict, tokenizer, digest: st
             parent = os.path.dirname(parent)
         new_lock = not os.path.exists(os.path.join(folder, LOCK))
         try:
-            key[0], key[1] = full["key"], ensure_cache(folder, full, pack, counts, stats)
+            key[0], key[1] = full["key"], ensure_cache(folder, full, pack, counts, stats, what)
         except UsageError:  # e.g. a part too small for one block: the lock file and folders it made go too
             if new_lock:
                 built.extend([functools.partial(remove_lock, folder), *made])

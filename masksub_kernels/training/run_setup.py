@@ -81,20 +81,31 @@ def check_output(output: str, resume: str | None) -> None:
 
 
 def check_writable_directory(directory: str, what: str) -> None:
-    """``directory`` can be written, or made where it does not exist: a file is made and removed there, or its first
-    existing ancestor must be a directory that can be written (nothing is made here). ``what`` starts the
-    UsageError's message (the option and its value)."""
+    """``directory`` can be written, or made where it does not exist: a file is made and removed there; a missing
+    folder is made for it (with its missing parents), then removed again (os.access alone passes for root on any
+    path, e.g. under /proc). ``what`` starts the UsageError's message (the option and its value)."""
     first = os.path.abspath(directory)
+    made = []  # the folders this check makes (innermost first), removed after it
     while not os.path.lexists(first):  # (a dangling symlink stops here: not a directory)
+        made.append(first)
         first = os.path.dirname(first)
-    if first == os.path.abspath(directory) and os.path.isdir(first):
-        try:
-            with tempfile.TemporaryFile(dir=first):
-                pass
-        except OSError as exc:
-            raise UsageError(f"{what} cannot be written: {exc.strerror or exc}") from exc
-    elif not os.path.isdir(first) or not os.access(first, os.W_OK | os.X_OK):
+    if not os.path.isdir(first):
         raise UsageError(f"{what} cannot be made: {first!r} is not a writable directory")
+    try:
+        os.makedirs(os.path.abspath(directory), exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        verb = "made" if made else "written"
+        raise UsageError(f"{what} cannot be {verb}: {exc.strerror or exc}") from exc
+    finally:
+        for folder in made:  # (one another process filled meanwhile stays)
+            try:
+                os.rmdir(folder)
+            except FileNotFoundError:  # (never made: makedirs failed below it)
+                continue
+            except OSError:
+                break
 
 
 # How long a collective waits for the slowest rank: rank 0's work that the others wait on (masksub-train-mlm training

@@ -1,0 +1,50 @@
+"""``masksub-train-mlm``: the fixes after a user's probe (helper-297), each test failing before its fix."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from _mlm_runs import TINY, corpus_fixture, tokenizer_fixture  # noqa: F401  (fixtures: corpus, tokenizer)
+
+from masksub_kernels.training import mlm_blocks
+from masksub_kernels.training.mlm_cli import main
+from masksub_kernels.training.run_setup import UsageError, check_writable_directory
+
+pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+CPU = ["--device", "cpu"]
+UNMAKEABLE = "/proc/masksub-h297/out"  # a folder no one can make (root included: os.access passes for root)
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+
+
+# 1. check_writable_directory trusted os.access for a folder to make (root passes everywhere): --output /proc/x
+# trained a round, then failed in write_log with a FileNotFoundError traceback
+@needs_proc
+def test_an_output_that_cannot_be_made_is_refused_before_training(corpus, tokenizer, tmp_path, capsys):
+    args = ["--data-dir", corpus, *TINY, *CPU, "--tokenizer", tokenizer, "--output", UNMAKEABLE]
+    assert main([*args, "--block-cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr()
+    assert f"--output '{UNMAKEABLE}' cannot be made" in err.err
+    assert "step 2" not in err.out and not os.listdir(tmp_path)  # nothing trained, no cache packed
+
+
+@needs_proc
+def test_check_writable_directory_makes_a_missing_folder_then_removes_it(tmp_path):
+    with pytest.raises(UsageError, match="cannot be made"):
+        check_writable_directory(UNMAKEABLE, "--output")
+    check_writable_directory(str(tmp_path / "a" / "b"), "--output")  # can be made: made, tried, removed
+    assert os.listdir(tmp_path) == []
+    check_writable_directory(str(tmp_path), "--output")  # an existing folder stays, empty
+    assert os.listdir(tmp_path) == []
+
+
+# 1b. the cache's refusal named --block-cache where the user gave none (it defaulted to --output)
+@needs_proc
+def test_the_cache_refusal_names_output_when_the_cache_defaulted_to_it():
+    blocks = {"train": torch.ones(4, 16, dtype=torch.int32), "held_out": torch.ones(2, 16, dtype=torch.int32)}
+    with pytest.raises(UsageError, match=r"^--output '/proc/masksub-h297/out': the token blocks cannot be cached"):
+        mlm_blocks.ensure_cache(UNMAKEABLE, {"key": "k" * 64, "version": 2}, lambda: blocks, {}, lambda b: {},
+                                f"--output {UNMAKEABLE!r}")  # fmt: skip
