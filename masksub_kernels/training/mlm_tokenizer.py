@@ -63,9 +63,12 @@ def tokenizer_path(args, state: dict | None) -> str:
         saved = state.get("tokenizer") or state.get("args", {}).get("tokenizer")
         path = saved if saved and os.path.isfile(saved) else beside  # a run directory moved: the file beside it
         if not os.path.isfile(path):
+            where = (f"{path!r} is missing" if not saved or os.path.abspath(saved) == beside else
+                     f"is missing: neither {saved!r} (the path the checkpoint records) nor {beside!r} (beside the "
+                     "checkpoint) exists")  # fmt: skip
             raise UsageError(
-                f"--resume {args.resume!r}: its run's vocabulary {path!r} is missing; pass --tokenizer with the "
-                "tokenizer.json that run used"
+                f"--resume {args.resume!r}: its run's vocabulary {where}; pass --tokenizer with the tokenizer.json "
+                "that run used"
             )
         return path
     return os.path.join(args.output, "tokenizer.json")

@@ -48,3 +48,22 @@ def test_the_cache_refusal_names_output_when_the_cache_defaulted_to_it():
     with pytest.raises(UsageError, match=r"^--output '/proc/masksub-h297/out': the token blocks cannot be cached"):
         mlm_blocks.ensure_cache(UNMAKEABLE, {"key": "k" * 64, "version": 2}, lambda: blocks, {}, lambda b: {},
                                 f"--output {UNMAKEABLE!r}")  # fmt: skip
+
+
+# 2. a resume whose recorded vocabulary (--tokenizer X) and the file beside the checkpoint are both gone named only
+# the fallback beside the checkpoint, never X
+def test_a_missing_vocabulary_names_the_recorded_path_and_the_one_beside(tmp_path):
+    from types import SimpleNamespace
+
+    from masksub_kernels.training.mlm_tokenizer import tokenizer_path
+
+    recorded, checkpoint = str(tmp_path / "shared" / "tok.json"), str(tmp_path / "run" / "last.pth")
+    args = SimpleNamespace(tokenizer=None, resume=checkpoint, output=str(tmp_path / "run"))
+    with pytest.raises(UsageError) as info:
+        tokenizer_path(args, {"tokenizer": recorded, "args": {}})
+    beside = str(tmp_path / "run" / "tokenizer.json")
+    assert f"neither '{recorded}' (the path the checkpoint records) nor '{beside}' (beside the checkpoint)" in str(
+        info.value
+    )
+    with pytest.raises(UsageError, match=f"its run's vocabulary '{beside}' is missing; pass --tokenizer"):
+        tokenizer_path(args, {"tokenizer": beside, "args": {}})  # one path: named once
