@@ -87,9 +87,12 @@ def read_documents(data_dir: str | None) -> dict:
         raise UsageError(str(exc)) from exc
     train, held_out = text_data.split_documents(documents)
     if not held_out or not train:
+        distinct = len(set(documents))
+        copies = f", {distinct} distinct" if distinct != len(documents) else ""
         raise UsageError(
-            f"the corpus has {len(documents)} document(s) (paragraphs: documents are separated by blank lines): too "
-            "few to hold 10% out"
+            f"the corpus has {len(documents)} document(s){copies} (paragraphs: documents are separated by blank "
+            f"lines), and {'none' if not held_out else 'all'} of them landed in the held-out part (about 10%, chosen "
+            "by a hash of each document's text, so identical texts fall together): give more distinct documents"
         )
     return {"count": len(documents), "train": train, "held_out": held_out}
 

@@ -191,7 +191,7 @@ def test_a_refused_run_deletes_only_a_cache_it_built(corpus, tokenizer, tmp_path
     tiny.mkdir()
     (tiny / "one.txt").write_text("one document alone")
     assert main(["--data-dir", str(tiny), *TINY, "--output", str(tmp_path / "b"), "--block-cache", str(shared)]) == 2
-    assert "too few to hold 10% out" in capsys.readouterr().err
+    assert "landed in the held-out part" in capsys.readouterr().err
     assert sorted(os.listdir(shared)) == files
     out = tmp_path / "c"  # a run that builds its cache, then is refused: the cache and the folders made go
     assert main(["--data-dir", corpus, *TINY, "--output", str(out), "--block-cache", str(out / "cache"),

@@ -67,3 +67,14 @@ def test_a_missing_vocabulary_names_the_recorded_path_and_the_one_beside(tmp_pat
     )
     with pytest.raises(UsageError, match=f"its run's vocabulary '{beside}' is missing; pass --tokenizer"):
         tokenizer_path(args, {"tokenizer": beside, "args": {}})  # one path: named once
+
+
+# 3. 300 copies of one paragraph were "too few documents to hold 10% out": the split is by a hash of the text, so
+# identical documents fall together
+def test_identical_documents_are_refused_as_one_text_held_out_together(tmp_path):
+    (tmp_path / "a.txt").write_text("\n\n".join(["the same paragraph, again and again"] * 300), encoding="utf-8")
+    with pytest.raises(UsageError) as info:
+        mlm_blocks.read_documents(str(tmp_path))
+    message = str(info.value)
+    assert "300 document(s), 1 distinct" in message and "landed in the held-out part" in message
+    assert "identical texts fall together" in message and "give more distinct documents" in message
