@@ -44,7 +44,7 @@ def check_args(args) -> None:
         value = getattr(args, name)
         if not (math.isfinite(value) and value >= 0):  # NaN passes `value < 0`: a run of NaN losses
             raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
-    if not args.baseline:
+    if not args.baseline and args.resume is None:  # (a resume's: after its options are compared with the checkpoint's)
         check_keep(args)  # before the corpus is read: s = 2 special tokens per block, the fewest
     if args.data_dir is not None and not os.path.isdir(args.data_dir) and not args.reuse_block_cache:  # (unread)
         raise UsageError(f"--data-dir {args.data_dir!r} is not a directory")

@@ -34,7 +34,15 @@ from torch import nn
 from . import mlm_args, mlm_blocks, mlm_prepare
 from .determinism import DETERMINISTIC_HELP, run_command
 from .help_format import FullNamesParser, HelpWithDefaults
-from .mlm_resume import CACHE_KEY_FIELDS, check_resume, corpus_record, load_state, read_checkpoint, resumes
+from .mlm_resume import (
+    CACHE_KEY_FIELDS,
+    check_resume,
+    check_resume_options,
+    corpus_record,
+    load_state,
+    read_checkpoint,
+    resumes,
+)
 from .mlm_tokenizer import (
     DEFAULT_VOCAB_SIZE,
     Vocab,
@@ -372,6 +380,14 @@ def _run(args) -> None:
     backend = check_backend(device, ("linear_masksub_loss", "random_keep_indices"))
     state = read_checkpoint(args, PROG) if args.resume else None
     tokenizer_at = tokenizer_path(args, state)
+
+    def check_resumed_options():  # a resume's options first (another --seq-len: that, not the masking cap at it)
+        check_resume_options(args, state, world, tokenizer_at)
+        if not args.baseline:
+            mlm_args.check_keep(args)  # (a fresh run's: in check_args)
+
+    if state is not None:
+        rank_zero_check(check_resumed_options, rank, world)
 
     def check_tokenizer_directory():  # where the vocabulary will be saved, before it is trained
         if not os.path.isfile(tokenizer_at) and not args.reuse_block_cache:  # (with it: the vocabulary must exist)

@@ -20,8 +20,8 @@ import sys
 from .mlm_blocks import corpus_digest
 from .run_setup import UsageError
 
-__all__ = ["RESUME_MAY_CHANGE", "RESUME_MUST_MATCH", "check_resume", "check_resume_early", "corpus_digest",
-           "corpus_record", "load_state", "read_checkpoint", "resumes"]  # fmt: skip
+__all__ = ["RESUME_MAY_CHANGE", "RESUME_MUST_MATCH", "check_resume", "check_resume_early", "check_resume_options",
+           "corpus_digest", "corpus_record", "load_state", "read_checkpoint", "resumes"]  # fmt: skip
 
 RESUME_MUST_MATCH = ("seed", "batch_size", "seq_len", "baseline", "mask_ratio", "sub_fill",
                      "mlm_probability", "schedule", "lr", "warmup_steps", "weight_decay", "layers", "width", "heads",
@@ -83,6 +83,25 @@ def check_resume_early(args, state: dict, world: int, tokenizer_sha256: str, key
         raise _another_run(args, changed)
 
 
+def check_resume_options(args, state: dict, world: int, tokenizer_at: str) -> None:
+    """Rank 0, right after the checkpoint is read (before the masking cap of mlm_args.check_keep, the corpus and the
+    block cache): refuse what check_resume would refuse for the options, the split of a step and the vocabulary
+    (``tokenizer_at``: its file, compared where it exists), and a run with nothing left to train, so the refusal
+    names the resume's own difference (--seq-len 32 -> 16, not the cap at 16) and costs no read of the corpus."""
+    from .mlm_tokenizer import tokenizer_digest
+
+    digest = tokenizer_digest(tokenizer_at) if os.path.isfile(tokenizer_at) else state.get("tokenizer_sha256")
+    changed = _changes(args, state, world, digest)
+    if changed:
+        raise _another_run(args, changed)
+    _check_steps_left(args, state)
+
+
+def _check_steps_left(args, state: dict) -> None:
+    if state["step"] >= (args.stop_at or args.steps):
+        raise UsageError(f"--resume {args.resume!r} is at step {state['step']}: nothing left to train")
+
+
 def _another_run(args, changed: list[str]) -> UsageError:
     """The refusal of a resume of another run: where options differ (`--resume PATH` alone
     compares the defaults with the checkpoint's values: a resume repeats the run's options), it says so, and lists the
@@ -117,8 +136,7 @@ def check_resume(args, state: dict, world: int, sizes: dict) -> None:
         changed.append(f"the corpus ({_where(args, corpus)}: {counts}; other text{spread})")
     if changed:
         raise _another_run(args, changed)
-    if state["step"] >= (args.stop_at or args.steps):
-        raise UsageError(f"--resume {args.resume!r} is at step {state['step']}: nothing left to train")
+    _check_steps_left(args, state)
 
 
 def corpus_record(sizes: dict) -> dict:

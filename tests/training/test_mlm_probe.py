@@ -78,3 +78,37 @@ def test_identical_documents_are_refused_as_one_text_held_out_together(tmp_path)
     message = str(info.value)
     assert "300 document(s), 1 distinct" in message and "landed in the held-out part" in message
     assert "identical texts fall together" in message and "give more distinct documents" in message
+
+
+@pytest.fixture(scope="module", name="run32")
+def run32_fixture(corpus, tokenizer, tmp_path_factory) -> str:
+    """A run of --seq-len 32, --mask-ratio 0.5 stopped at step 2 of 4: its last.pth."""
+    out = tmp_path_factory.mktemp("run32")
+    assert main(["--data-dir", corpus, *TINY, *CPU, "--seq-len", "32", "--mask-ratio", "0.5", "--tokenizer", tokenizer,
+                 "--output", str(out), "--stop-at", "2"]) == 0  # fmt: skip
+    return str(out / "last.pth")
+
+
+def _no_corpus(monkeypatch) -> None:
+    def read(*_args, **_kwargs):
+        raise AssertionError("the corpus was read")
+
+    monkeypatch.setattr(mlm_blocks, "corpus_documents", read)
+
+
+# 4. a resume with another --seq-len (32 -> 16) was refused by the masking cap at 16 (check_args' check_keep), not as
+# a resume of another run
+def test_a_resume_with_another_seq_len_names_it_before_the_masking_cap(corpus, run32, monkeypatch, capsys):
+    _no_corpus(monkeypatch)
+    args = ["--data-dir", corpus, *TINY, *CPU, "--mask-ratio", "0.5", "--resume", run32]  # (TINY's --seq-len 16)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "continues another run" in err and "--seq-len 32 -> 16" in err and "lower --mask-ratio" not in err
+
+
+# 5. a resume of a run with no step left was refused only after the corpus was read and its cache checked
+def test_a_resume_with_nothing_left_is_refused_before_the_corpus_is_read(corpus, run32, monkeypatch, capsys):
+    _no_corpus(monkeypatch)
+    args = ["--data-dir", corpus, *TINY, *CPU, "--seq-len", "32", "--mask-ratio", "0.5", "--resume", run32]
+    assert main([*args, "--steps", "2"]) == 2
+    assert "is at step 2: nothing left to train" in capsys.readouterr().err
