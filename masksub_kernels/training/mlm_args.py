@@ -25,6 +25,10 @@ def check_args(args) -> None:
         raise UsageError(f"--seq-len must be >= 3 ([CLS], a token, [SEP]), got {args.seq_len}")
     if args.vocab_size is not None and args.vocab_size < 64:
         raise UsageError(f"--vocab-size must be >= 64 (the special tokens and the characters), got {args.vocab_size}")
+    if not 0 <= args.seed < 2**63:  # (every seed is mixed mod 2^63: _seed; -1 trained as 2^63 - 1 and 2^64 - 1)
+        raise UsageError(
+            f"--seed must be an integer in [0, 2^63) (seeds that differ by 2^63 train alike), got {args.seed}"
+        )
     if args.width % args.heads:
         raise UsageError(f"--heads ({args.heads}) must divide --width ({args.width})")
     if args.chunk_rows is not None and not 1 <= args.chunk_rows < 2**31:

@@ -44,11 +44,27 @@ def _resume_value(name: str, value):
     return os.path.realpath(value) if name in ("data_dir", "output", "block_cache") and value is not None else value
 
 
+def _effective(name: str, options: dict):
+    """An option's value as the run uses it: --intermediate left out is 4 x --width (the same model as given)."""
+    value = options.get(name)
+    if name == "intermediate" and value is None and isinstance(options.get("width"), int):
+        return 4 * options["width"]
+    return _resume_value(name, value)
+
+
+def _shown(name: str, options: dict) -> str:
+    value = options.get(name)
+    if name == "intermediate" and value is None and isinstance(options.get("width"), int):
+        return f"None (4 x --width = {4 * options['width']})"
+    return repr(value)
+
+
 def _changes(args, state: dict, world: int, tokenizer_sha256: str) -> list[str]:
-    """The options, the split of a step and the vocabulary that differ from the checkpoint's, as check_resume says."""
-    saved = state.get("args", {})
-    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_MUST_MATCH
-               if _resume_value(k, saved.get(k)) != _resume_value(k, getattr(args, k))]  # fmt: skip
+    """The options, the split of a step and the vocabulary that differ from the checkpoint's, as check_resume says
+    (each option's value as the run uses it: _effective)."""
+    saved, given = state.get("args", {}), vars(args)
+    changed = [f"--{k.replace('_', '-')} {_shown(k, saved)} -> {_shown(k, given)}" for k in RESUME_MUST_MATCH
+               if _effective(k, saved) != _effective(k, given)]  # fmt: skip
     saved_accum, saved_world = saved.get("accum_steps", 1), state.get("world_size", 1)
     if saved_accum * saved_world != args.accum_steps * world:  # a step's parts (the split may change)
         changed.append(

@@ -112,3 +112,30 @@ def test_a_resume_with_nothing_left_is_refused_before_the_corpus_is_read(corpus,
     args = ["--data-dir", corpus, *TINY, *CPU, "--seq-len", "32", "--mask-ratio", "0.5", "--resume", run32]
     assert main([*args, "--steps", "2"]) == 2
     assert "is at step 2: nothing left to train" in capsys.readouterr().err
+
+
+def _options(*argv: str) -> dict:
+    from masksub_kernels.training.mlm_cli import build_parser
+
+    return vars(build_parser().parse_args(list(argv)))
+
+
+# 6. resume comparisons of the values a run uses: --intermediate 256 on a run of the default (4 x --width 64 = 256)
+# was refused as '--intermediate None -> 256'; --seed -1 trained as 2^63 - 1 (and 2^64 - 1): refused up front
+def test_a_resume_compares_the_feed_forward_size_the_model_has():
+    from argparse import Namespace
+
+    from masksub_kernels.training.mlm_resume import _changes
+
+    state = {"args": _options("--width", "64"), "world_size": 1}
+    assert _changes(Namespace(**_options("--width", "64", "--intermediate", "256")), state, 1, None) == []
+    changed = _changes(Namespace(**_options("--width", "32")), state, 1, None)
+    assert changed == ["--width 64 -> 32", "--intermediate None (4 x --width = 256) -> None (4 x --width = 128)"]
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63), str(2**64 - 1)])
+def test_a_seed_outside_0_to_2_63_is_refused(seed, capsys):
+    assert main(["--seed", seed, "--steps", "4", "--stop-at", "5"]) == 2  # (else refused by --stop-at, untrained)
+    assert f"--seed must be an integer in [0, 2^63) (seeds that differ by 2^63 train alike), got {seed}" in (
+        capsys.readouterr().err
+    )
