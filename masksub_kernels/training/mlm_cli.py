@@ -35,6 +35,7 @@ from . import mlm_args, mlm_blocks, mlm_prepare
 from .determinism import DETERMINISTIC_HELP, run_command
 from .help_format import FullNamesParser, HelpWithDefaults
 from .mlm_resume import (
+    BASELINE_UNUSED,
     CACHE_KEY_FIELDS,
     check_resume,
     check_resume_options,
@@ -376,6 +377,10 @@ def _run(args) -> None:
     mlm_args.check_args(args)
     require("the masked-LM command", ("transformers", "tokenizers"), "text")
     rank, world, device = _distributed(args.device)
+    unused = [name for name in BASELINE_UNUSED if getattr(args, name) != build_parser().get_default(name)]
+    if args.baseline and unused and rank == 0:  # (as --prepare-only's note: given, yet without effect)
+        print(f"{PROG}: note: not used with --baseline (no sub-branch): "
+              f"{', '.join('--' + name.replace('_', '-') for name in unused)}", file=sys.stderr)  # fmt: skip
     rank_zero_check(lambda: check_output(args.output, args.resume), rank, world)
     backend = check_backend(device, ("linear_masksub_loss", "random_keep_indices"))
     state = read_checkpoint(args, PROG) if args.resume else None

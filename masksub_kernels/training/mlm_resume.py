@@ -20,8 +20,9 @@ import sys
 from .mlm_blocks import corpus_digest
 from .run_setup import UsageError
 
-__all__ = ["RESUME_MAY_CHANGE", "RESUME_MUST_MATCH", "check_resume", "check_resume_early", "check_resume_options",
-           "corpus_digest", "corpus_record", "load_state", "read_checkpoint", "resumes"]  # fmt: skip
+__all__ = ["BASELINE_UNUSED", "RESUME_MAY_CHANGE", "RESUME_MUST_MATCH", "check_resume", "check_resume_early",
+           "check_resume_options", "corpus_digest", "corpus_record", "load_state", "read_checkpoint",
+           "resumes"]  # fmt: skip
 
 RESUME_MUST_MATCH = ("seed", "batch_size", "seq_len", "baseline", "mask_ratio", "sub_fill",
                      "mlm_probability", "schedule", "lr", "warmup_steps", "weight_decay", "layers", "width", "heads",
@@ -32,6 +33,7 @@ RESUME_MUST_MATCH = ("seed", "batch_size", "seq_len", "baseline", "mask_ratio", 
 # recorded: a time-limited job's own)
 RESUME_MAY_CHANGE = ("steps", "eval_every", "output", "device", "amp", "chunk_rows", "vocab_size", "deterministic",
                      "accum_steps", "block_cache", "reuse_block_cache")  # fmt: skip
+BASELINE_UNUSED = ("mask_ratio", "sub_fill", "schedule")  # the sub-branch's: --baseline trains none (not compared)
 NEWER_OPTIONS = {"reuse_block_cache": False}  # options that a checkpoint of before them lacks: their value then
 CACHE_KEY_FIELDS = ("key", "version", "documents_sha256", "tokenizer_sha256", "seq_len", "tokenizers")
 
@@ -64,7 +66,8 @@ def _changes(args, state: dict, world: int, tokenizer_sha256: str) -> list[str]:
     (each option's value as the run uses it: _effective)."""
     saved, given = state.get("args", {}), vars(args)
     changed = [f"--{k.replace('_', '-')} {_shown(k, saved)} -> {_shown(k, given)}" for k in RESUME_MUST_MATCH
-               if _effective(k, saved) != _effective(k, given)]  # fmt: skip
+               if _effective(k, saved) != _effective(k, given)
+               and not (k in BASELINE_UNUSED and saved.get("baseline") and args.baseline)]  # fmt: skip
     saved_accum, saved_world = saved.get("accum_steps", 1), state.get("world_size", 1)
     if saved_accum * saved_world != args.accum_steps * world:  # a step's parts (the split may change)
         changed.append(

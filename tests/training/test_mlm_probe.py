@@ -139,3 +139,25 @@ def test_a_seed_outside_0_to_2_63_is_refused(seed, capsys):
     assert f"--seed must be an integer in [0, 2^63) (seeds that differ by 2^63 train alike), got {seed}" in (
         capsys.readouterr().err
     )
+
+
+# 7. --baseline trains no sub-branch: its --mask-ratio / --sub-fill / --schedule were accepted silently, and a resume
+# that changed them was refused as another run
+def test_the_baseline_notes_its_unused_options_and_does_not_compare_them(tmp_path, capsys):
+    from argparse import Namespace
+
+    from masksub_kernels.training.mlm_resume import _changes
+
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert main(["--baseline", "--mask-ratio", "0.3", "--schedule", "joint", "--output", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert "note: not used with --baseline (no sub-branch): --mask-ratio, --schedule" in err
+    state = {"args": _options("--baseline"), "world_size": 1}
+    assert (
+        _changes(Namespace(**_options("--baseline", "--mask-ratio", "0.3", "--sub-fill", "mask")), state, 1, None) == []
+    )
+    assert _changes(Namespace(**_options("--mask-ratio", "0.3")), state, 1, None) == [
+        "--baseline True -> False",
+        "--mask-ratio 0.5 -> 0.3",
+    ]
