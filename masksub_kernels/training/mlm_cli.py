@@ -367,7 +367,9 @@ def _build(args, vocab: Vocab, train, state: dict | None, world: int, device, ra
     return ms, optimizer, scheduler, scaler, autocast
 
 
-def _run(args) -> None:
+def _run(args, progress: dict | None = None) -> None:
+    """The run; ``progress`` (main's, for the message of an interrupt): {'rank', 'step' (the step in progress,
+    1-based), 'saved' ((checkpoint, its step): the latest saved, the --resume one until this run saves)}."""
     import torch.distributed as dist
 
     from .checkpoint import save_checkpoint
@@ -377,6 +379,8 @@ def _run(args) -> None:
     mlm_args.check_args(args)
     require("the masked-LM command", ("transformers", "tokenizers"), "text")
     rank, world, device = _distributed(args.device)
+    progress = {} if progress is None else progress
+    progress["rank"] = rank
     unused = [name for name in BASELINE_UNUSED if getattr(args, name) != build_parser().get_default(name)]
     if args.baseline and unused and rank == 0:  # (as --prepare-only's note: given, yet without effect)
         print(f"{PROG}: note: not used with --baseline (no sub-branch): "
@@ -384,6 +388,8 @@ def _run(args) -> None:
     rank_zero_check(lambda: check_output(args.output, args.resume), rank, world)
     backend = check_backend(device, ("linear_masksub_loss", "random_keep_indices"))
     state = read_checkpoint(args, PROG) if args.resume else None
+    if state is not None:
+        progress["saved"] = (os.path.abspath(args.resume), state["step"])
     tokenizer_at = tokenizer_path(args, state)
 
     def check_resumed_options():  # a resume's options first (another --seq-len: that, not the masking cap at it)
@@ -419,6 +425,7 @@ def _run(args) -> None:
     wall = rows[-1]["wall_time_s"] if rows else 0.0
     parts = args.accum_steps * world
     for step in range(start, args.stop_at or args.steps):
+        progress["step"] = step + 1
         for micro in range(args.accum_steps):
             part = micro * world + rank
             torch.manual_seed(_seed(args.seed, step, part, 1))  # dropout: per part, as the data and the masks
@@ -464,6 +471,7 @@ def _run(args) -> None:
                 "tokenizer_sha256": sizes["tokenizer_sha256"], "tokenizer": os.path.abspath(sizes["tokenizer"]),
                 "corpus": corpus_record(sizes), "resumes": meta["resumes"],
             })  # fmt: skip
+            progress["saved"] = (os.path.join(args.output, "last.pth"), step + 1)
         sums.zero_()
         round_start = time.perf_counter()
     if world > 1:
@@ -488,10 +496,31 @@ def _check_finite_weights(model: nn.Module, step: int, rank: int) -> None:
         )
 
 
+def _interrupted(args, progress: dict) -> str:
+    """The line printed for Ctrl-C (SIGINT): where the run stopped and which checkpoint continues it (as
+    masksub-train's)."""
+    if args.prepare_only:
+        return f"{PROG}: interrupted"
+    saved = progress.get("saved")
+    where = f"at step {progress['step']}" if progress.get("step") else "before training began"
+    if saved is None:
+        first = min(args.eval_every, args.stop_at or args.steps, args.steps)
+        return f"{PROG}: interrupted {where}; no checkpoint yet (the first is saved at step {first})"
+    return f"{PROG}: interrupted {where}; {saved[0]} holds step {saved[1]}: rerun the command with --resume {saved[0]}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``masksub-train-mlm``; returns the exit status (2 with a message for unusable options)."""
+    """Entry point of ``masksub-train-mlm``; returns the exit status (2 with a message for unusable options, 130 for
+    an interrupt: Ctrl-C)."""
     args = build_parser().parse_args(argv)
-    return run_command(PROG, mlm_prepare.prepare if args.prepare_only else _run, args)
+    progress: dict = {}
+    run = mlm_prepare.prepare if args.prepare_only else functools.partial(_run, progress=progress)
+    try:
+        return run_command(PROG, run, args)
+    except KeyboardInterrupt:
+        if progress.get("rank", 0) == 0:  # (under torchrun every process is interrupted: rank 0 says it)
+            print(_interrupted(args, progress), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

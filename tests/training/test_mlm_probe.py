@@ -161,3 +161,26 @@ def test_the_baseline_notes_its_unused_options_and_does_not_compare_them(tmp_pat
         "--baseline True -> False",
         "--mask-ratio 0.5 -> 0.3",
     ]
+
+
+# 8. Ctrl-C (SIGINT) ended the command in a raw KeyboardInterrupt traceback
+@pytest.mark.parametrize("at", [0, 2])
+def test_an_interrupt_names_the_checkpoint_to_resume_from(at, corpus, tokenizer, tmp_path, monkeypatch, capsys):
+    from masksub_kernels.training import mlm_cli
+
+    train_batch = mlm_cli._train_batch
+
+    def interrupted(args, vocab, data, step, part, parts):
+        if step == at:
+            raise KeyboardInterrupt
+        return train_batch(args, vocab, data, step, part, parts)
+
+    monkeypatch.setattr(mlm_cli, "_train_batch", interrupted)
+    assert main(["--data-dir", corpus, *TINY, *CPU, "--tokenizer", tokenizer, "--output", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    if at == 0:
+        assert "masksub-train-mlm: interrupted at step 1; no checkpoint yet (the first is saved at step 2)" in err
+    else:
+        last = tmp_path / "last.pth"
+        assert (f"masksub-train-mlm: interrupted at step 3; {last} holds step 2: rerun the command with --resume "
+                f"{last}") in err  # fmt: skip
