@@ -46,18 +46,20 @@ def _resume_value(name: str, value):
     return os.path.realpath(value) if name in ("data_dir", "output", "block_cache") and value is not None else value
 
 
-def _effective(name: str, options: dict):
-    """An option's value as the run uses it: --intermediate left out is 4 x --width (the same model as given)."""
+def _effective(name: str, options: dict, other: dict):
+    """An option's value as the run uses it: --intermediate left out is 4 x --width (the same model as given), where
+    the ``other`` side gives it (both left out: compared as given, a --width that differs is named alone)."""
     value = options.get(name)
-    if name == "intermediate" and value is None and isinstance(options.get("width"), int):
-        return 4 * options["width"]
+    width = options.get("width")
+    if name == "intermediate" and value is None and other.get(name) is not None and isinstance(width, int):
+        return 4 * width
     return _resume_value(name, value)
 
 
-def _shown(name: str, options: dict) -> str:
+def _shown(name: str, options: dict, other: dict) -> str:
     value = options.get(name)
-    if name == "intermediate" and value is None and isinstance(options.get("width"), int):
-        return f"None (4 x --width = {4 * options['width']})"
+    if name == "intermediate" and value is None and _effective(name, options, other) is not None:
+        return f"None (4 x --width = {_effective(name, options, other)})"
     return repr(value)
 
 
@@ -65,8 +67,8 @@ def _changes(args, state: dict, world: int, tokenizer_sha256: str) -> list[str]:
     """The options, the split of a step and the vocabulary that differ from the checkpoint's, as check_resume says
     (each option's value as the run uses it: _effective)."""
     saved, given = state.get("args", {}), vars(args)
-    changed = [f"--{k.replace('_', '-')} {_shown(k, saved)} -> {_shown(k, given)}" for k in RESUME_MUST_MATCH
-               if _effective(k, saved) != _effective(k, given)
+    changed = [f"--{k.replace('_', '-')} {_shown(k, saved, given)} -> {_shown(k, given, saved)}"
+               for k in RESUME_MUST_MATCH if _effective(k, saved, given) != _effective(k, given, saved)
                and not (k in BASELINE_UNUSED and saved.get("baseline") and args.baseline)]  # fmt: skip
     saved_accum, saved_world = saved.get("accum_steps", 1), state.get("world_size", 1)
     if saved_accum * saved_world != args.accum_steps * world:  # a step's parts (the split may change)

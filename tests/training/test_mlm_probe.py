@@ -129,8 +129,9 @@ def test_a_resume_compares_the_feed_forward_size_the_model_has():
 
     state = {"args": _options("--width", "64"), "world_size": 1}
     assert _changes(Namespace(**_options("--width", "64", "--intermediate", "256")), state, 1, None) == []
-    changed = _changes(Namespace(**_options("--width", "32")), state, 1, None)
-    assert changed == ["--width 64 -> 32", "--intermediate None (4 x --width = 256) -> None (4 x --width = 128)"]
+    assert _changes(Namespace(**_options("--width", "32")), state, 1, None) == ["--width 64 -> 32"]  # (named once)
+    changed = _changes(Namespace(**_options("--width", "64", "--intermediate", "128")), state, 1, None)
+    assert changed == ["--intermediate None (4 x --width = 256) -> 128"]
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**63), str(2**64 - 1)])
