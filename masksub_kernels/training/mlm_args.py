@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from . import text_data
 from .mlm_tokenizer import check_tokenizer_arg
 from .run_setup import UsageError, default_output
 
@@ -23,8 +24,11 @@ def check_args(args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.seq_len < 3:
         raise UsageError(f"--seq-len must be >= 3 ([CLS], a token, [SEP]), got {args.seq_len}")
-    if args.vocab_size is not None and args.vocab_size < 64:
-        raise UsageError(f"--vocab-size must be >= 64 (the special tokens and the characters), got {args.vocab_size}")
+    if args.vocab_size is not None:
+        try:
+            text_data.check_vocab_size(args.vocab_size)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
     if not 0 <= args.seed < 2**63:  # (every seed is mixed mod 2^63: _seed; -1 trained as 2^63 - 1 and 2^64 - 1)
         raise UsageError(
             f"--seed must be an integer in [0, 2^63) (seeds that differ by 2^63 train alike), got {args.seed}"

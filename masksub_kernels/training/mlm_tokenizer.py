@@ -94,7 +94,10 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
     def train_and_save() -> None:
         if not trained:
             return
-        tokenizer = text_data.train_tokenizer(train_docs, args.vocab_size or DEFAULT_VOCAB_SIZE)
+        try:
+            tokenizer = text_data.train_tokenizer(train_docs, args.vocab_size or DEFAULT_VOCAB_SIZE)
+        except ValueError as exc:  # (an empty corpus, a size below the minimum: refused before, by the command)
+            raise UsageError(str(exc)) from exc
         # a temporary name of this process's own (two runs saving into one path wrote one .partial file together)
         partial = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.partial"
         try:  # (its directory was checked before: a disk that fills, a permission changed since)
@@ -135,6 +138,11 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
     if top != size - 1:  # (else an id past the embedding's rows, an IndexError at the first step)
         raise UsageError(f"--tokenizer {path!r}: its ids run to {top} but it has {size} tokens (the model embeds ids "
                          f"0 to {size - 1}): number the vocabulary without gaps")  # fmt: skip
+    asked = args.vocab_size or DEFAULT_VOCAB_SIZE
+    if trained and size < asked:  # (rank 0's: only it trains; a note, not silently smaller)
+        default = " (the default)" if args.vocab_size is None else ""
+        print(f"{prog}: note: --vocab-size {asked}{default}: the vocabulary trained has {size} tokens, all that the "
+              "training documents give (WordPiece keeps the pieces seen at least twice)", file=sys.stderr)  # fmt: skip
     if rank == 0 and not trained and args.vocab_size not in (None, size):  # (a note: not ignored silently)
         print(f"{prog}: note: --vocab-size {args.vocab_size} is not used: the vocabulary read from {path!r} has "
               f"{size} tokens", file=sys.stderr)  # fmt: skip

@@ -26,7 +26,8 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 NEVER_PREDICTED = ("[PAD]", "[CLS]", "[SEP]")  # of them: never predicted, always kept by MaskSub's sub-branch
 _SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
-__all__ = ["NEVER_PREDICTED", "SPECIAL_TOKENS", "pack_blocks", "special_tokens_mask", "split_documents",
+__all__ = ["MIN_VOCAB_SIZE", "NEVER_PREDICTED", "SPECIAL_TOKENS", "check_vocab_size",
+           "pack_blocks", "special_tokens_mask", "split_documents",
            "stdlib_docstrings", "text_dir_documents", "train_tokenizer"]  # fmt: skip
 
 
@@ -124,11 +125,28 @@ def split_documents(documents: Iterable[str], held_out_mod: int = 10) -> tuple[l
 _UNUSABLE_WORD = re.compile(r"(?:(?![\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff])[^\W_]){101,}")
 
 
+MIN_VOCAB_SIZE = 64  # masksub-train-mlm's --vocab-size, and train_tokenizer's: the special tokens and the characters
+
+
+def check_vocab_size(vocab_size: int, name: str = "--vocab-size") -> None:
+    """A ValueError for a vocabulary size below MIN_VOCAB_SIZE (the command's message; ``name``: the option)."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(
+            f"{name} must be >= {MIN_VOCAB_SIZE} (the special tokens and the characters), got {vocab_size}"
+        )
+
+
 def train_tokenizer(documents: list[str], vocab_size: int):
     """A lower-casing BERT WordPiece tokenizer (``tokenizers.BertWordPieceTokenizer``) trained on ``documents``
     (words of more than 100 characters left out: they encode as [UNK]), with SPECIAL_TOKENS at ids 0..4 ([PAD] = 0,
-    [CLS] = 2, [SEP] = 3, [MASK] = 4)."""
+    [CLS] = 2, [SEP] = 3, [MASK] = 4). A ValueError for no documents (a vocabulary of the special tokens alone) or a
+    ``vocab_size`` below MIN_VOCAB_SIZE, as masksub-train-mlm refuses them. The vocabulary may come out smaller than
+    ``vocab_size``: WordPiece keeps the pieces seen at least twice."""
     from tokenizers import BertWordPieceTokenizer
+
+    check_vocab_size(vocab_size, "vocab_size")
+    if not documents:
+        raise ValueError("no documents to train the vocabulary on: the corpus is empty")
 
     tokenizer = BertWordPieceTokenizer(lowercase=True)
     tokenizer.train_from_iterator(
@@ -213,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if os.path.isdir(args.path):  # (before tokenizers' "Is a directory" traceback after the training)
         p.error(f"{args.path!r} is a directory; PATH is the tokenizers JSON file to write (e.g. DIR/tokenizer.json)")
-    if args.vocab_size < 64:
-        p.error(f"--vocab-size must be >= 64 (the special tokens and the characters), got {args.vocab_size}")
+    try:
+        check_vocab_size(args.vocab_size)
+    except ValueError as exc:
+        p.error(str(exc))
     try:
         documents = text_dir_documents(args.data_dir) if args.data_dir else stdlib_docstrings()
     except (OSError, ValueError) as exc:

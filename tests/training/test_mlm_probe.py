@@ -185,3 +185,23 @@ def test_an_interrupt_names_the_checkpoint_to_resume_from(at, corpus, tokenizer,
         last = tmp_path / "last.pth"
         assert (f"masksub-train-mlm: interrupted at step 3; {last} holds step 2: rerun the command with --resume "
                 f"{last}") in err  # fmt: skip
+
+
+# 9. --vocab-size 200 on a small corpus trained fewer tokens with no note; the API trained a 5-token vocabulary from
+# no documents, and any vocab_size below the command's minimum
+def test_a_vocabulary_smaller_than_asked_is_noted(tmp_path, capsys):
+    words = " ".join(f"w{i}" for i in range(40))
+    (tmp_path / "a.txt").write_text("\n\n".join(f"{words} doc {i}." for i in range(60)), encoding="utf-8")
+    args = ["--data-dir", str(tmp_path), *TINY, *CPU, "--vocab-size", "2000", "--output", str(tmp_path / "out")]
+    main([*args, "--batch-size", "100000"])  # (refused after the vocabulary: too few blocks)
+    err = capsys.readouterr().err
+    assert "note: --vocab-size 2000: the vocabulary trained has" in err and "seen at least twice" in err
+
+
+def test_train_tokenizer_refuses_no_documents_and_a_size_below_the_minimum():
+    from masksub_kernels.training import text_data
+
+    with pytest.raises(ValueError, match="no documents to train the vocabulary on"):
+        text_data.train_tokenizer([], 100)
+    with pytest.raises(ValueError, match=r"vocab_size must be >= 64 \(the special tokens and the characters\), got 5"):
+        text_data.train_tokenizer(["some words"] * 4, 5)
