@@ -228,9 +228,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path", help="tokenizer.json to write")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--data-dir", default=None, help="directory of *.txt files (default: the stdlib docstrings)")
+    p.add_argument("--overwrite", action="store_true", help="replace PATH where it exists (default: refused)")
     args = p.parse_args(argv)
     if os.path.isdir(args.path):  # (before tokenizers' "Is a directory" traceback after the training)
         p.error(f"{args.path!r} is a directory; PATH is the tokenizers JSON file to write (e.g. DIR/tokenizer.json)")
+    if os.path.lexists(args.path) and not args.overwrite:  # (as the command, which reuses an existing one)
+        p.error(f"{args.path!r} exists: runs that share it (--tokenizer) would read another vocabulary; pass "
+                "--overwrite to replace it, or choose another PATH")  # fmt: skip
+    from .run_setup import UsageError, check_writable_directory
+
+    try:  # before the training (a folder that cannot be written failed after it, in a traceback)
+        check_writable_directory(os.path.dirname(os.path.abspath(args.path)), f"{args.path!r}: its folder")
+    except UsageError as exc:
+        p.error(str(exc))
     try:
         check_vocab_size(args.vocab_size)
     except ValueError as exc:
@@ -246,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = train_tokenizer(train, args.vocab_size)
     tokenizer.save(args.path + ".partial")
     os.replace(args.path + ".partial", args.path)  # whole files only, as the command saves its vocabulary
-    print(f"{args.path}: {tokenizer.get_vocab_size()} tokens from {len(train)} documents ({len(held_out)} held out)")
+    # (the documents trained on; log.json's `documents` of a run counts the corpus's, held-out ones included)
+    print(f"{args.path}: {tokenizer.get_vocab_size()} tokens from {len(train)} training documents ({len(held_out)} of "
+          f"the corpus's {len(documents)} held out)")  # fmt: skip
     return 0
 
 

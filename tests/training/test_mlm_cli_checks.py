@@ -181,7 +181,9 @@ def test_the_vocabulary_tool_trains_what_the_command_would(tmp_path, monkeypatch
     assert text_data.main([str(tmp_path / "out" / "tok.json"), "--data-dir", str(tmp_path)]) == 0
     train, held_out = text_data.split_documents(documents)
     assert held_out and seen == [(train, DEFAULT_VOCAB_SIZE)]
-    assert f"from {len(train)} documents ({len(held_out)} held out)" in capsys.readouterr().out
+    assert f"from {len(train)} training documents ({len(held_out)} of the corpus's {len(documents)} held out)" in (
+        capsys.readouterr().out
+    )
 
 
 # kills mlm_cli.py:317 `_epoch_order`'s `_seed(seed, epoch)` -> `_seed(0, epoch)` (every --seed walked the blocks in

@@ -205,3 +205,28 @@ def test_train_tokenizer_refuses_no_documents_and_a_size_below_the_minimum():
         text_data.train_tokenizer([], 100)
     with pytest.raises(ValueError, match=r"vocab_size must be >= 64 \(the special tokens and the characters\), got 5"):
         text_data.train_tokenizer(["some words"] * 4, 5)
+
+
+# 10. the vocabulary tool (python -m masksub_kernels.training.text_data PATH): an unwritable PATH trained, then
+# failed in a traceback; an existing PATH was replaced silently (the command reuses one, never replaces it)
+@needs_proc
+def test_the_vocabulary_tool_checks_its_path_before_training(tmp_path, monkeypatch, capsys):
+    from masksub_kernels.training import text_data
+
+    (tmp_path / "a.txt").write_text("\n\n".join(f"paragraph {i} of words to learn" for i in range(40)))
+    trained = []
+    real = text_data.train_tokenizer
+    monkeypatch.setattr(text_data, "train_tokenizer", lambda d, size: trained.append(1) or real(d, size))
+    with pytest.raises(SystemExit):
+        text_data.main([f"{UNMAKEABLE}/tok.json", "--vocab-size", "64", "--data-dir", str(tmp_path)])
+    assert f"'{UNMAKEABLE}/tok.json': its folder cannot be made" in capsys.readouterr().err and not trained
+    path = tmp_path / "tok.json"
+    path.write_text("{}")
+    with pytest.raises(SystemExit):
+        text_data.main([str(path), "--vocab-size", "64", "--data-dir", str(tmp_path)])
+    assert "exists: runs that share it (--tokenizer) would read another vocabulary; pass --overwrite" in (
+        capsys.readouterr().err
+    )
+    assert path.read_text() == "{}" and not trained
+    assert text_data.main([str(path), "--vocab-size", "64", "--data-dir", str(tmp_path), "--overwrite"]) == 0
+    assert path.read_text() != "{}"

@@ -170,7 +170,9 @@ def test_the_vocabulary_tool_trains_on_the_training_documents_only(tmp_path, mon
     assert text_data.main([str(path), "--vocab-size", "64", "--data-dir", str(tmp_path / "corpus")]) == 0
     train, held_out = text_data.split_documents(docs)
     assert held_out and seen == [train] and path.is_file()
-    assert f"from {len(train)} documents ({len(held_out)} held out)" in capsys.readouterr().out
+    assert f"from {len(train)} training documents ({len(held_out)} of the corpus's {len(docs)} held out)" in (
+        capsys.readouterr().out
+    )
 
 
 # helper-233: the vocabulary tool refused what the command refuses (a PATH that is a directory was tokenizers'
