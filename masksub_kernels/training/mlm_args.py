@@ -18,12 +18,12 @@ __all__ = ["CAPPED_SHARE_LIMIT", "check_args", "check_keep"]
 
 def check_args(args) -> None:
     args.output = default_output(args, "output/mlm")
-    positive = ("seq_len", "layers", "width", "heads", "steps", "batch_size", "accum_steps", "eval_every")
+    if args.seq_len < 3:  # (0 too: one message)
+        raise UsageError(f"--seq-len must be >= 3 ([CLS], a token, [SEP]), got {args.seq_len}")
+    positive = ("layers", "width", "heads", "steps", "batch_size", "accum_steps", "eval_every")
     for name in positive:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.seq_len < 3:
-        raise UsageError(f"--seq-len must be >= 3 ([CLS], a token, [SEP]), got {args.seq_len}")
     if args.vocab_size is not None:
         try:
             text_data.check_vocab_size(args.vocab_size)
@@ -48,7 +48,10 @@ def check_args(args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be in {interval}, got {getattr(args, name)}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
-    for name in ("warmup_steps", "weight_decay", "clip_grad", "eval_blocks"):
+    for name in ("warmup_steps", "eval_blocks"):  # integers (argparse's type=int)
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be an integer >= 0, got {getattr(args, name)}")
+    for name in ("weight_decay", "clip_grad"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value >= 0):  # NaN passes `value < 0`: a run of NaN losses
             raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")

@@ -118,8 +118,9 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
         print(f"{prog}: note: --tokenizer {path!r} did not exist: a new vocabulary was trained on this run's "
               "documents and written there (runs compared share one existing file)", file=sys.stderr)  # fmt: skip
     if rank == 0 and not trained and not args.tokenizer and not resuming:
-        print(f"{prog}: note: using the vocabulary {path!r} that an earlier run wrote there (not trained for this "
-              "run's --vocab-size: delete it, or pass --tokenizer, to train another)", file=sys.stderr)  # fmt: skip
+        which = "by this run" if args.vocab_size is None else "for this run's --vocab-size"  # (one given or not)
+        print(f"{prog}: note: using the vocabulary {path!r} that an earlier run wrote there (not trained {which}: "
+              "delete it, or pass --tokenizer, to train another)", file=sys.stderr)  # fmt: skip
     try:
         tokenizer = Tokenizer.from_file(path)
     except Exception as exc:  # tokenizers raises its own Exception type for a bad file

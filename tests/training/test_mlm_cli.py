@@ -102,8 +102,8 @@ def test_baseline_joint_schedule_and_bf16(corpus, tokenizer, tmp_path, monkeypat
         (["--dropout", "1.0"], "--dropout must be in [0, 1), got 1.0"),
         (["--steps", "0"], "--steps must be >= 1"),
         (["--vocab-size", "63"], "--vocab-size must be >= 64"),
-        (["--warmup-steps", "-1"], "--warmup-steps must be a finite number >= 0, got -1"),
-        (["--eval-blocks", "-1"], "--eval-blocks must be a finite number >= 0, got -1"),
+        (["--warmup-steps", "-1"], "--warmup-steps must be an integer >= 0, got -1"),
+        (["--eval-blocks", "-1"], "--eval-blocks must be an integer >= 0, got -1"),
         (["--lr", "-1"], "--lr must be a finite number > 0"),
         (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
         (["--weight-decay", "nan"], "--weight-decay must be a finite number >= 0, got nan"),  # NaN losses before

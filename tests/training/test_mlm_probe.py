@@ -230,3 +230,26 @@ def test_the_vocabulary_tool_checks_its_path_before_training(tmp_path, monkeypat
     assert path.read_text() == "{}" and not trained
     assert text_data.main([str(path), "--vocab-size", "64", "--data-dir", str(tmp_path), "--overwrite"]) == 0
     assert path.read_text() != "{}"
+
+
+# 11. messages: --seq-len 0 said '>= 1' (2 said '>= 3'); integer options said 'a finite number'; the note on a
+# tokenizer.json found in --output named a --vocab-size never given
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--seq-len", "0"], "--seq-len must be >= 3 ([CLS], a token, [SEP]), got 0"),
+    (["--warmup-steps", "-1"], "--warmup-steps must be an integer >= 0, got -1"),
+    (["--eval-blocks", "-2"], "--eval-blocks must be an integer >= 0, got -2"),
+])  # fmt: skip
+def test_the_messages_of_integer_options(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_note_on_a_found_vocabulary_names_no_vocab_size_not_given(corpus, tokenizer, tmp_path, capsys):
+    import shutil
+
+    assert TINY[:2] == ["--vocab-size", "120"]
+    (tmp_path / "out").mkdir()
+    shutil.copy(tokenizer, tmp_path / "out" / "tokenizer.json")
+    main(["--data-dir", corpus, *TINY[2:], *CPU, "--output", str(tmp_path / "out"), "--batch-size", "100000"])
+    err = capsys.readouterr().err
+    assert "that an earlier run wrote there (not trained by this run: delete it" in err and "--vocab-size" not in err
