@@ -367,9 +367,12 @@ def _build(args, vocab: Vocab, train, state: dict | None, world: int, device, ra
     return ms, optimizer, scheduler, scaler, autocast
 
 
-def _run(args, progress: dict | None = None) -> None:
-    """The run; ``progress`` (main's, for the message of an interrupt): {'rank', 'step' (the step in progress,
-    1-based), 'saved' ((checkpoint, its step): the latest saved, the --resume one until this run saves)}."""
+# The run in progress, for the message of an interrupt (main's _interrupted): {'rank', 'step' (the step in progress,
+# 1-based), 'saved' ((checkpoint, its step): the latest saved, the --resume one until this run saves)}; main clears it
+_PROGRESS: dict = {}
+
+
+def _run(args) -> None:
     import torch.distributed as dist
 
     from .checkpoint import save_checkpoint
@@ -379,7 +382,7 @@ def _run(args, progress: dict | None = None) -> None:
     mlm_args.check_args(args)
     require("the masked-LM command", ("transformers", "tokenizers"), "text")
     rank, world, device = _distributed(args.device)
-    progress = {} if progress is None else progress
+    progress = _PROGRESS
     progress["rank"] = rank
     unused = [name for name in BASELINE_UNUSED if getattr(args, name) != build_parser().get_default(name)]
     if args.baseline and unused and rank == 0:  # (as --prepare-only's note: given, yet without effect)
@@ -513,13 +516,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``masksub-train-mlm``; returns the exit status (2 with a message for unusable options, 130 for
     an interrupt: Ctrl-C)."""
     args = build_parser().parse_args(argv)
-    progress: dict = {}
-    run = mlm_prepare.prepare if args.prepare_only else functools.partial(_run, progress=progress)
+    _PROGRESS.clear()
     try:
-        return run_command(PROG, run, args)
+        return run_command(PROG, mlm_prepare.prepare if args.prepare_only else _run, args)
     except KeyboardInterrupt:
-        if progress.get("rank", 0) == 0:  # (under torchrun every process is interrupted: rank 0 says it)
-            print(_interrupted(args, progress), file=sys.stderr)
+        if _PROGRESS.get("rank", 0) == 0:  # (under torchrun every process is interrupted: rank 0 says it)
+            print(_interrupted(args, _PROGRESS), file=sys.stderr)
         return 130
 
 
