@@ -514,6 +514,12 @@ def setup(args) -> Setup:
             check_like_masksub(model, img_size, args.variant, args.cell_size, args.mask_ratio)
     except ValueError as exc:
         hint = " (--img-size, --cell-size)" if "cell_size" in str(exc) or "images of" in str(exc) else ""
+        if args.baseline:  # it masks nothing: say why it refuses (the refusal, kept, reads as the MaskSub arm's)
+            cells = "mask cell" in str(exc)  # the grid masks' refusals: a cell size that fits lets the pair run
+            pick = "; a --baseline run may pass --cell-size N (unused by it) to pick a grid that fits" if cells else ""
+            raise UsageError(
+                f"--baseline checks what its MaskSub arm would refuse, so the pair match: {exc}{hint}{pick}"
+            ) from exc
         raise UsageError(f"{exc}{hint}") from exc
     trained = ms if ms is not None else model
     # The baseline's optimizer sees the eager module's parameter names (no torch.compile prefix): timm matches

@@ -516,3 +516,12 @@ def test_a_relative_resume_path_is_recorded_absolute(tmp_path, monkeypatch):
     with open(tmp_path / "again" / "log.json") as f:
         resumes = json.load(f)["meta"]["resumes"]
     assert [r["from"] for r in resumes] == [str(tmp_path / "run" / "last.pth")]
+
+
+def test_a_baseline_refusal_says_it_is_the_masksub_arms(tmp_path, capsys):
+    # --baseline masks nothing: its refusal of a cell that keeps none must not read as if it had masked something
+    err = _error(tmp_path, capsys, "--model", "test_resnet", "--epochs", "1", "--baseline")
+    assert "--baseline checks what its MaskSub arm would refuse, so the pair match: mask_ratio=0.5 keeps none" in err
+    assert err.rstrip().endswith("may pass --cell-size N (unused by it) to pick a grid that fits")
+    err = _error(tmp_path, capsys, "--model", "test_resnet", "--epochs", "1")
+    assert "--baseline" not in err
