@@ -73,7 +73,7 @@ def check_aa(aa: str) -> None:
         if key in seen:
             why = "is repeated (timm keeps one of them)"
         elif not value and key != "t":
-            why = "has no number (timm skips it)"
+            why = "has no number (timm skips it)" + _skipped_note(aa, kind, section, sections)
         elif kind_of is None:
             why = f"is not one of {first}'s"
         elif isinstance(kind_of, tuple):
@@ -89,6 +89,26 @@ def check_aa(aa: str) -> None:
         if why:
             raise ValueError(f"--aa {aa!r}: section {section!r} {why}; accepted: {AA_FORMS[kind]}")
         seen.add(key)
+
+
+def _skipped_note(aa: str, kind: str, section: str, sections: list[str]) -> str:
+    """What timm trained of ``aa`` (its sections without a digit skipped), so a resume of an old run can pass that
+    string; the section timm would have read where it is clear (inc: the recipes' inc1; AugMix's d-1, split by '-')."""
+    import re
+
+    if kind == "augmix" and section == "d" and sections[sections.index(section) + 1 :][:1] == ["1"]:
+        return (
+            ": a negative number cannot be written in --aa (the '-' splits 'd-1' into sections 'd' and '1'), and d-1 "
+            "(a random depth of 1-3) is timm's default: leave d out"
+        )
+    first = aa.split("-")[0]
+    kept = [part for part in sections if re.search(r"\d", part) or (kind == "rand" and part.startswith("t"))]
+    skipped = len(sections) - len(kept)
+    note = f": timm trained {'-'.join([first, *kept])!r} (the section{'s' if skipped > 1 else ''} skipped)"
+    if kind == "rand" and section == "inc":
+        fixed = "-".join([first, *("inc1" if part == "inc" else part for part in sections)])
+        note += f"; did you mean {fixed!r}?"
+    return note
 
 
 def build_transforms(args, img_size: int, mean, std, augment: bool = True):

@@ -40,6 +40,25 @@ def test_aa_sections_that_timm_would_skip_or_misread_are_refused(aa, message):
 
 
 @pytest.mark.parametrize(
+    ("aa", "note"),
+    [
+        ("rand-m9-mstd0.5-inc", "timm trained 'rand-m9-mstd0.5' (the section skipped); did you mean "
+         "'rand-m9-mstd0.5-inc1'?; accepted: "),
+        ("rand-zz-m9-yy", "timm trained 'rand-m9' (the sections skipped); accepted: "),
+        ("v0-foo", "timm trained 'v0' (the section skipped); accepted: "),
+        ("augmix-m5-d-1", "a negative number cannot be written in --aa (the '-' splits 'd-1' into sections 'd' and "
+         "'1'), and d-1 (a random depth of 1-3) is timm's default: leave d out; accepted: "),
+    ],
+)  # fmt: skip
+def test_a_skipped_aa_section_names_what_timm_trained(aa, note):
+    # a resume of a run whose --aa lost a digit can pass the string timm actually trained
+    args = build_parser().parse_args(["--aa", aa])
+    with pytest.raises(UsageError, match="has no number") as info:
+        check_args(args)
+    assert note in str(info.value)
+
+
+@pytest.mark.parametrize(
     "aa", ["rand", "rand-m9-mstd0.5-inc1", "rand-m7-mstd0.5", "rand-tweights-n3-p0.7-mmax12-inc0", "rand-m9-t3a",
            "3a", "v0", "original-mstd0.5", "augmix-m5-w4-d2-b1-a0.5-mstd0.2"],
 )  # fmt: skip
