@@ -444,7 +444,7 @@ def _run(args) -> None:
     progress.resuming = args.resume
     s = setup(args)
     progress.rank = s.rank
-    every_rank_check(lambda: check_image_headers(s.data.val, s.rank, s.world), s.rank, s.world)  # before an epoch
+    every_rank_check(lambda: check_image_headers(s.data.val, s.rank, s.world, s.workers), s.rank, s.world)
     for note in getattr(s.data, "notes", ()) if s.rank == 0 else ():
         print(f"{PROG}: note: {note}", file=sys.stderr)
     step = _make_step(args, s)

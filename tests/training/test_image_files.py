@@ -126,3 +126,37 @@ def test_a_val_without_a_class_s_images_gets_a_note(tmp_path, capsys):
     assert build_datasets(_folder(tmp_path / "full"), 16, 3).notes == []
     assert main([*RUN, "--limit-batches", "1", "--data-dir", data, "--output", str(tmp_path / "o")]) == 0
     assert f"masksub-train: note: {note}\n" in capsys.readouterr().err
+
+
+def test_val_headers_are_opened_on_workers_threads_and_failures_sorted_by_path(tmp_path, monkeypatch):
+    # ~150 us an image on one thread: --workers threads open them; the message is the same whichever finishes first
+    from types import SimpleNamespace
+
+    from masksub_kernels.training import image_files
+
+    sizes = []
+
+    class Pool(image_files.ThreadPoolExecutor):
+        def __init__(self, max_workers):
+            sizes.append(max_workers)
+            super().__init__(max_workers)
+
+    monkeypatch.setattr(image_files, "ThreadPoolExecutor", Pool)
+    paths = []
+    for name in ("c", "a", "b"):
+        path = tmp_path / "val" / "k" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"no image")
+        paths.append((str(path), 0))
+    dataset = SimpleNamespace(reader=SimpleNamespace(samples=paths))
+    with pytest.raises(UnreadableImages) as info:
+        image_files.check_image_headers(dataset, workers=3)
+    named = [str(tmp_path / "val" / "k" / f"{n}.png") for n in "abc"]
+    message = str(info.value)
+    assert [message.index(repr(p)) for p in named] == sorted(message.index(repr(p)) for p in named)
+    image_files.check_image_headers(SimpleNamespace(reader=SimpleNamespace(samples=[])), workers=0)
+    assert sizes == [3]
+    sizes.clear()
+    with pytest.raises(UnreadableImages):
+        image_files.check_image_headers(dataset, workers=0)
+    assert sizes == [1]
