@@ -121,14 +121,27 @@ def _unique_key_loader():
 
 def _recipes_hint(path: str) -> str:
     """For a missing recipes/NAME.yaml: where the recipes are (the source checkout's recipes/, not installed with the
-    package), with this checkout's file where the package runs from one."""
+    package), with this checkout's file where the package runs from one; where it has none, the closest names in the
+    path's recipes/ folder (or the checkout's)."""
     parts = os.path.normpath(path).split(os.sep)
     if "recipes" not in parts[:-1]:
         return ""
     relative = os.path.join(*parts[parts.index("recipes") :])
     checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     here = os.path.join(checkout, relative)
-    found = f": this package's checkout has {here!r}" if os.path.isfile(here) else ""
+    if not os.path.isfile(here):  # no such recipe: the closest name in a recipes/ folder there is (cwd's, checkout's)
+        import difflib
+        import glob
+
+        for folder in (os.path.dirname(path), os.path.dirname(here)):
+            found = glob.glob(os.path.join(folder, "*.yaml"))
+            names = sorted(os.path.basename(name)[: -len(".yaml")] for name in found)
+            if names:
+                close = difflib.get_close_matches(os.path.splitext(os.path.basename(path))[0], names, n=3)
+                listed = ", ".join(repr(os.path.join(folder, f"{name}.yaml")) for name in close or names)
+                return f" ({'the closest' if close else 'no name is close'} in {folder!r}: {listed})"
+        return ""
+    found = f": this package's checkout has {here!r}"
     return (
         f" (recipes/ is in masksub_kernels' source checkout, not installed with the package: pass {relative!r} from "
         f"the checkout's root, or its full path{found})"

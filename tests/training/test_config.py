@@ -213,3 +213,18 @@ def test_config_an_empty_list_for_an_option_of_one_or_more_values_is_refused(tmp
     cfg.write_text("mean: []\nstd: []\n")
     with pytest.raises(UsageError, match=re.escape("'mean' (--mean) takes at least one value")):
         load_config(str(cfg), build_parser())
+
+
+def test_a_missing_recipe_lists_the_closest_names(tmp_path, capsys, monkeypatch):
+    # the user passed the path from the checkout's root: the advice is the recipe's closest name, not to do so again
+    monkeypatch.chdir(ROOT)
+    assert main(["--config", "recipes/deit.yaml"]) == 2
+    err = capsys.readouterr().err.rstrip()
+    assert err.endswith("'recipes/deit.yaml' does not exist (the closest in 'recipes': 'recipes/deit3.yaml')")
+    monkeypatch.chdir(tmp_path)  # no recipes/ here: the checkout's
+    assert main(["--config", "recipes/swim.yaml"]) == 2
+    err = capsys.readouterr().err.rstrip()
+    folder = os.path.join(ROOT, "recipes")
+    assert err.endswith(f"(the closest in {folder!r}: {os.path.join(folder, 'swin.yaml')!r})")
+    assert main(["--config", "recipes/zzzzzzzz.yaml"]) == 2
+    assert "(no name is close in " in capsys.readouterr().err
