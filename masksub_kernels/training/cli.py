@@ -340,7 +340,7 @@ class _Progress:
     def reset(self) -> None:
         self.rank = int(os.environ.get("RANK", 0))  # (torchrun's, until setup says)
         self.epoch: int | None = None  # the epoch being trained, from 1
-        self.saving: tuple[str, int] | None = None  # last.pth's path and epoch while it is written
+        self.saving: tuple[str, int] | None = None  # last.pth's (or epoch-N.pth's) path and epoch while it is written
         self.checkpoint: tuple[str, int] | None = None  # the path that holds the run's latest epoch, and that epoch
         self.resuming: str | None = None  # --resume, before it is read
 
@@ -358,11 +358,16 @@ class _Progress:
         """The message: which epoch stopped, which checkpoint holds which epoch, how to continue."""
         if self.saving is not None:  # save_checkpoint writes PATH.tmp, then renames it: no .tmp left, renamed
             path, epochs = self.saving
+            copy = self.checkpoint is not None and self.checkpoint[1] == epochs  # epoch-N.pth: last.pth holds N
             if os.path.exists(f"{path}.tmp"):
                 os.remove(f"{path}.tmp")  # the half-written file (last.pth is intact)
-            else:
+            elif not copy:
                 self.checkpoint = (path, epochs)
-            where = f"while saving epoch {epochs}"
+            where = (
+                f"while saving {os.path.basename(path)} (epoch {epochs}'s copy)"
+                if copy
+                else f"while saving epoch {epochs}"
+            )
         else:
             where = f"in epoch {self.epoch}" if self.epoch is not None else "before training"
         if self.checkpoint is None and self.resuming is not None:
@@ -414,8 +419,10 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
     _PROGRESS.saving = (last, epoch + 1)
     save_checkpoint(last, state)
     _PROGRESS.saved(last, epoch + 1)
-    if args.keep_epoch_checkpoints:
-        save_checkpoint(os.path.join(args.output, f"epoch-{epoch + 1}.pth"), state)
+    if args.keep_epoch_checkpoints:  # (a Ctrl-C here: its .tmp removed, last.pth named)
+        _PROGRESS.saving = (os.path.join(args.output, f"epoch-{epoch + 1}.pth"), epoch + 1)
+        save_checkpoint(_PROGRESS.saving[0], state)
+        _PROGRESS.saving = None
     write_log(args.output, rows, meta)
 
 

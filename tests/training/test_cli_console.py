@@ -127,3 +127,12 @@ def test_a_ctrl_c_before_any_checkpoint_or_while_one_is_written(tmp_path, monkey
         f"--resume {last}"
     )
     assert sorted(os.listdir(tmp_path / "c")) == ["last.pth", "log.csv", "log.json"]
+    monkeypatch.undo()
+    # stopped while --keep-epoch-checkpoints' epoch-1.pth is written: its .tmp removed, last.pth holds epoch 1
+    last = tmp_path / "d" / "last.pth"
+    _interrupt_on_call(monkeypatch, checkpoint, "save_checkpoint", 2, lambda path, state: open(f"{path}.tmp", "wb"))
+    assert _stopped([*argv, "--output", str(tmp_path / "d"), "--keep-epoch-checkpoints"], capsys) == (
+        f"masksub-train: interrupted while saving epoch-1.pth (epoch 1's copy); {last} holds epoch 1: to continue, "
+        f"rerun the command with --resume {last}"
+    )
+    assert sorted(os.listdir(tmp_path / "d")) == ["last.pth"]
