@@ -91,25 +91,35 @@ def is_vit_family(model: nn.Module) -> bool:
     return is_vit(model) or is_eva(model) or is_relpos_vit(model) or is_hf_vit(model)
 
 
+def _auto_family(model: nn.Module) -> str:
+    """family='auto''s answer for ``model``, without the pixel fallback's warning (resolve_family gives it; a
+    ``--baseline`` check must not, nor reset the warnings registry to hide it)."""
+    if is_vit_family(model):
+        return "vit"
+    if is_swin(model) or is_hf_swin(model):
+        return "swin"
+    if is_mlm(model):
+        return "mlm"
+    name = type(model).__name__
+    if getattr(model, "main_input_name", None) == "input_ids":  # a transformers text model: no image fallback
+        what = "a masked LM of another structure" if name.endswith("ForMaskedLM") else "a model of token ids"
+        raise ValueError(
+            f"MaskSub: {name} is {what} (it takes input_ids); the text family 'mlm' takes masked LMs of BERT "
+            "structure (bert + cls.predictions) or RoBERTa structure (roberta + lm_head) only, and the other "
+            "families take images"
+        )
+    return "pixel"
+
+
 def resolve_family(model: nn.Module, family: str = "auto") -> str:
     """'vit', 'swin', 'pixel' or 'mlm' for ``model`` (see the module docstring for the policy)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if family == "auto":
-        if is_vit_family(model):
-            return "vit"
-        if is_swin(model) or is_hf_swin(model):
-            return "swin"
-        if is_mlm(model):
-            return "mlm"
+        found = _auto_family(model)
+        if found != "pixel":
+            return found
         name = type(model).__name__
-        if getattr(model, "main_input_name", None) == "input_ids":  # a transformers text model: no image fallback
-            what = "a masked LM of another structure" if name.endswith("ForMaskedLM") else "a model of token ids"
-            raise ValueError(
-                f"MaskSub: {name} is {what} (it takes input_ids); the text family 'mlm' takes masked LMs of BERT "
-                "structure (bert + cls.predictions) or RoBERTa structure (roberta + lm_head) only, and the other "
-                "families take images"
-            )
         # once per architecture: a timm class can hold several (ByobNet: HaloNet and MobileViT; MaxxVit: MaxViT and
         # CoAtNet), told apart by the model's pretrained_cfg; other models by their class
         architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
@@ -165,11 +175,8 @@ def check_like_masksub(model: nn.Module, img_size: int, variant: str, cell_size:
     """For a ``--baseline`` run: the MaskSub arm's refusals of its variant, cell size and image size for ``model``
     (a cell that does not divide the images, a ViT size its patches do not tile, ...), without building the wrapper
     (which prepares some models for its sub-branch): the paired runs accept and refuse the same options."""
-    model, warned = unwrap_model(model), set(_WARNED)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the pixel fallback's warning is about the sub-branch, which does not run
-        family = resolve_family(model)
-    _WARNED.intersection_update(warned)  # (a MaskSub of that model later in the process still warns)
+    model = unwrap_model(model)
+    family = _auto_family(model)  # (no pixel fallback's warning: it is about the sub-branch, which does not run)
     check_family_options(family, variant, cell_size)
     if variant == "mask":
         if family == "vit":

@@ -563,3 +563,23 @@ def test_swin_grid_error_names_height_then_width():  # helper-172: S3, a non-squ
     )
     with pytest.raises(ValueError, match="token grid 16 x 12 is not divisible"):
         MaskSub(swin)
+
+
+def _warn_here() -> None:
+    warnings.warn("a warning shown once (the 'default' action)", UserWarning, stacklevel=1)
+
+
+def test_a_baseline_check_neither_warns_nor_resets_the_warnings_registry(monkeypatch):
+    # check_like_masksub's catch_warnings + simplefilter reset the registry: a "default" / "once" warning showed again
+    monkeypatch.setattr(families, "_WARNED", set())
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(10))  # no CNN, no ViT: the pixel fallback
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        _warn_here()
+        families.check_like_masksub(model, 64, "mask", None, 0.5)
+        _warn_here()
+    assert [str(w.message) for w in shown] == ["a warning shown once (the 'default' action)"]
+    with pytest.warns(UserWarning, match="pixel-grid fallback"):  # a MaskSub of that model still warns
+        families.resolve_family(model)
+    with pytest.raises(ValueError, match="it takes input_ids"):  # the text models' refusal is kept
+        families.check_like_masksub(types.SimpleNamespace(main_input_name="input_ids"), 64, "mask", None, 0.5)
