@@ -30,7 +30,7 @@ import time
 import torch
 
 from .data import LOADER_SEEDING
-from .determinism import DETERMINISTIC_HELP, run_command
+from .determinism import DETERMINISTIC_HELP, interrupt_traceback, run_command
 from .help_format import FullNamesParser, HelpWithDefaults
 from .lr_schedule import schedule_notes
 from .optim import LAYER_DECAY_GROUPING
@@ -532,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_command(PROG, _run, args)
     except KeyboardInterrupt:  # Ctrl-C: one line (not torch's traceback through the loader), status 130 (128 + SIGINT)
+        interrupt_traceback()  # (MASKSUB_TRACEBACK=1: where it was, for a hung run)
         if _PROGRESS.rank == 0:
             print(f"\n{PROG}: {_PROGRESS.interrupted()}", file=sys.stderr, flush=True)
         return 130

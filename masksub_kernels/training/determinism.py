@@ -119,3 +119,12 @@ def run_command(prog: str, run: Callable[..., None], args) -> int:
             raise
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
+
+
+def interrupt_traceback() -> None:
+    """Under ``MASKSUB_TRACEBACK=1``, a Ctrl-C's traceback on stderr (every process's: where a hung run was), before the
+    commands' one-line message; nothing otherwise. Called in an ``except KeyboardInterrupt`` block."""
+    if os.environ.get("MASKSUB_TRACEBACK") == "1":
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)

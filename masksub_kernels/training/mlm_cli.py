@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import mlm_args, mlm_blocks, mlm_prepare
-from .determinism import DETERMINISTIC_HELP, run_command
+from .determinism import DETERMINISTIC_HELP, interrupt_traceback, run_command
 from .help_format import FullNamesParser, HelpWithDefaults
 from .mlm_resume import (
     BASELINE_UNUSED,
@@ -520,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_command(PROG, mlm_prepare.prepare if args.prepare_only else _run, args)
     except KeyboardInterrupt:
+        interrupt_traceback()  # (MASKSUB_TRACEBACK=1: where it was, for a hung run)
         if _PROGRESS.get("rank", 0) == 0:  # (under torchrun every process is interrupted: rank 0 says it)
             print(_interrupted(args, _PROGRESS), file=sys.stderr)
         return 130

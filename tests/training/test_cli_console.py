@@ -136,3 +136,16 @@ def test_a_ctrl_c_before_any_checkpoint_or_while_one_is_written(tmp_path, monkey
         f"rerun the command with --resume {last}"
     )
     assert sorted(os.listdir(tmp_path / "d")) == ["last.pth"]
+
+
+def test_a_ctrl_c_shows_its_traceback_under_masksub_traceback(tmp_path, monkeypatch, capsys):
+    # a user presses Ctrl-C on a hung run to see where it was: MASKSUB_TRACEBACK=1 prints the traceback too
+    from masksub_kernels.training import engine
+
+    argv = [*TINY_VIT, "--epochs", "1", "--limit-batches", "1", "--output", str(tmp_path / "o")]
+    _interrupt_on_call(monkeypatch, engine, "train_one_epoch", 1)
+    monkeypatch.setenv("MASKSUB_TRACEBACK", "1")
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert "Traceback (most recent call last)" in err and "in patched" in err and "KeyboardInterrupt" in err
+    assert err.splitlines()[-1] == "masksub-train: interrupted in epoch 1; no checkpoint written yet"

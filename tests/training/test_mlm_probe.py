@@ -185,6 +185,12 @@ def test_an_interrupt_names_the_checkpoint_to_resume_from(at, corpus, tokenizer,
         last = tmp_path / "last.pth"
         assert (f"masksub-train-mlm: interrupted at step 3; {last} holds step 2: rerun the command with --resume "
                 f"{last}") in err  # fmt: skip
+    assert "Traceback" not in err
+    monkeypatch.setenv("MASKSUB_TRACEBACK", "1")  # a hung run's Ctrl-C: where it was, then the one line
+    assert main(["--data-dir", corpus, *TINY, *CPU, "--tokenizer", tokenizer, "--output", str(tmp_path / "t")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert "Traceback (most recent call last)" in err and "in interrupted" in err
+    assert err.splitlines()[-1].startswith("masksub-train-mlm: interrupted at step ")
 
 
 # 9. --vocab-size 200 on a small corpus trained fewer tokens with no note; the API trained a 5-token vocabulary from
