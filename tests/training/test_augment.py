@@ -66,3 +66,28 @@ def test_aa_forms_timm_reads_are_accepted(aa):
     args = build_parser().parse_args(["--aa", aa])
     check_args(args)
     build_transforms(args, 32, (0.5,) * 3, (0.5,) * 3)
+
+
+# kills aa3: check_aa `not 0 <= number <= 1` -> `not 0 <= number < 1` (rand-p1, timm's always-apply, refused);
+# aa6: `value in kind_of` -> `value in kind_of or not value` (a bare `t`, timm's default set, accepted);
+# aa7: augmix's sections plus `n` (RandAugment's, which timm's augmix parser ignores: accepted);
+# aa4: `not math.isfinite(number) or` dropped (augmix-a1e999, an infinite Dirichlet alpha, accepted)
+@pytest.mark.parametrize(
+    ("aa", "message"),
+    [
+        ("rand-t", "section 't' names no transform set"),
+        ("augmix-n3", "section 'n3' is not one of augmix's"),
+        ("augmix-a1e999", "section 'a1e999' is not a<float>"),
+        (None, None),
+    ],
+)
+def test_aa_edges_of_the_sections(aa, message):
+    from masksub_kernels.training.augment import check_aa
+
+    if aa is None:  # a probability of 1 (and 0) is one
+        check_aa("rand-m9-p1")
+        check_aa("rand-m9-p0.0")
+        return
+    with pytest.raises(ValueError) as info:
+        check_aa(aa)
+    assert message in str(info.value), str(info.value)

@@ -5,6 +5,7 @@ meta.family / meta.backend did."""
 import json
 import os
 import warnings
+from types import SimpleNamespace
 
 import pytest
 from _models import tiny_resnet, tiny_swin, tiny_vit
@@ -149,3 +150,31 @@ def test_a_ctrl_c_shows_its_traceback_under_masksub_traceback(tmp_path, monkeypa
     err = capsys.readouterr().err.strip()
     assert "Traceback (most recent call last)" in err and "in patched" in err and "KeyboardInterrupt" in err
     assert err.splitlines()[-1] == "masksub-train: interrupted in epoch 1; no checkpoint written yet"
+
+
+# kills cl5: _what_runs' `if s.world > 1 else ""` dropped (' x 1 processes' on every single-process run); the
+# DDP case is otherwise only run by the slow torchrun tests
+def test_the_first_line_counts_the_processes_of_a_distributed_run():
+    import torch
+
+    from masksub_kernels.training.cli import _what_runs
+
+    def line(world):
+        return _what_runs(SimpleNamespace(ms=None, world=world, backend="triton", device=torch.device("cuda", 0)))
+
+    assert line(1) == "--baseline (plain training, no MaskSub sub-branch), backend triton on cuda"
+    assert line(4) == "--baseline (plain training, no MaskSub sub-branch), backend triton on cuda x 4 processes"
+
+
+# kills fa8: describe_sub_branch's Swin grid `size[1] // patch[1]` -> `size[0] // patch[1]` (a non-square image's
+# cells counted from its height twice); the pixel family's non-square count too
+def test_the_sub_branch_in_words_for_non_square_images():
+    from _models import tiny_resnet, tiny_swin
+
+    from masksub_kernels.training import MaskSub
+    from masksub_kernels.training.families import describe_sub_branch
+
+    swin = MaskSub(tiny_swin(img_size=(64, 32)), mask_ratio=0.5)
+    assert describe_sub_branch(swin, (64, 32)) == "swin (mask token on 1 of 2 stage-1 cells of 8 x 8 tokens)"
+    cnn = MaskSub(tiny_resnet(), mask_ratio=0.5, cell_size=16)
+    assert describe_sub_branch(cnn, (64, 32)) == "pixel (grid cells: 4 of 8 cells of 16 x 16 pixels set to 0)"

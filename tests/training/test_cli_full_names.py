@@ -49,3 +49,35 @@ def test_masksub_bench_refuses_a_prefix(capsys):
 
     err = _refused(cli.parse_args, ["--suit", "loss"], capsys)
     assert "unrecognized arguments: --suit" in err, err
+
+
+# kills hf1: FullNamesParser.error's `name.startswith("--") and len(name) > 2 and` dropped (a stray '-' -- stdin's
+# name -- was hinted as '- is not an option: --config or --model or ...?')
+def test_a_stray_dash_gets_no_prefix_hint(capsys):
+    from masksub_kernels.training.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["-"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "masksub-train: error: unrecognized arguments: -", err
+
+
+# kills cf3: parse_args_with_config's pre-parser without `allow_abbrev=False` (--conf FILE was read as --config FILE
+# before the command's parser refused it: a missing or bad file's error instead of the prefix's)
+def test_a_config_prefix_is_not_read_even_when_its_file_is_missing(tmp_path, capsys):
+    from masksub_kernels.training.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        parse_args_with_config(build_parser(), ["--conf", str(tmp_path / "none.yaml")])
+    assert "--conf is not an option: --config?" in capsys.readouterr().err
+
+
+# kills hf2: FullNamesParser.error's `if full and name not in known` -> `if full` (an option's full name that
+# reached the leftovers -- after '--' -- was hinted as '--epochs is not an option: --epochs?')
+def test_a_full_name_after_a_double_dash_gets_no_prefix_hint(capsys):
+    from masksub_kernels.training.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--", "--epochs"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "masksub-train: error: unrecognized arguments: -- --epochs", err

@@ -228,3 +228,20 @@ def test_a_missing_recipe_lists_the_closest_names(tmp_path, capsys, monkeypatch)
     assert err.endswith(f"(the closest in {folder!r}: {os.path.join(folder, 'swin.yaml')!r})")
     assert main(["--config", "recipes/zzzzzzzz.yaml"]) == 2
     assert "(no name is close in " in capsys.readouterr().err
+
+
+# kills cf1: _recipes_hint's `"recipes" not in parts[:-1]` -> `not in parts` (a missing FILE named 'recipes' got the
+# recipes/ hint); cf2: `if os.path.isfile(here) else ""` dropped (a recipe this checkout does not have was said to be
+# in it); also a path with recipes/ deeper in it is shown from recipes/ on
+def test_the_recipes_hint_only_for_a_file_under_recipes_and_the_checkout_only_where_it_has_it(tmp_path, monkeypatch):
+    from masksub_kernels.training.config import _recipes_hint
+
+    monkeypatch.chdir(tmp_path)
+    assert _recipes_hint("recipes") == ""
+    assert _recipes_hint("a/recipes.yaml") == ""
+    hint = _recipes_hint(os.path.join("x", "recipes", "nosuch.yaml"))
+    assert hint.startswith(" (no name is close in ") and "deit3.yaml" in hint, hint
+    assert "this package's checkout has" not in hint
+    hint = _recipes_hint(os.path.join("x", "recipes", "deit3.yaml"))
+    assert hint.startswith(" (recipes/ is in masksub_kernels' source checkout") and "'recipes/deit3.yaml'" in hint
+    assert "this package's checkout has" in hint

@@ -3,6 +3,7 @@
 nothing saved); validation's headers are checked before the first epoch."""
 
 import os
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -160,3 +161,59 @@ def test_val_headers_are_opened_on_workers_threads_and_failures_sorted_by_path(t
     with pytest.raises(UnreadableImages):
         image_files.check_image_headers(dataset, workers=0)
     assert sizes == [1]
+
+
+# kills if1: image_files._message `if total > SHOWN` -> `if total >= SHOWN + 2` (6 files: the sixth not counted)
+def test_a_message_of_one_file_more_than_shown_counts_it():
+    from masksub_kernels.training.image_files import SHOWN, _message
+
+    failed = [(f"/d/{i}.png", "OSError: x") for i in range(SHOWN + 1)]
+    message = _message(failed, len(failed), "unreadable image files")
+    assert message.count("OSError: x") == SHOWN
+    assert message.endswith("; and 1 more: replace or delete them")
+    assert not _message(failed[:SHOWN], SHOWN, "w").endswith("more: replace or delete them")
+
+
+# kills if3: check_image_headers `(samples or [])[rank::world]` -> `[rank:]` (each rank opens every file after its
+# first: the same bad file reported by several ranks, world x the work)
+def test_each_rank_opens_the_headers_of_its_own_share_only(tmp_path):
+    from masksub_kernels.training.image_files import UnreadableImages, check_image_headers
+
+    paths = []
+    for i in range(4):
+        path = str(tmp_path / "val" / "a" / f"{i}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.new("RGB", (4, 4)).save(path)
+        paths.append(path)
+    with open(paths[2], "wb") as f:  # item 2: rank 0's of 2
+        f.write(b"not an image")
+    dataset = SimpleNamespace(reader=SimpleNamespace(samples=[(p, 0) for p in paths]))
+    check_image_headers(dataset, rank=1, world=2)  # items 1, 3: readable
+    with pytest.raises(UnreadableImages, match="an image file in"):
+        check_image_headers(dataset, rank=0, world=2)
+
+
+# kills if6: load_item `index, dataset = dataset.indices[index], dataset.dataset` -> `dataset = dataset.dataset`
+# (a Subset's item -- val_loader's shard of a rank when world > 1 -- named the file at the shard's position in the
+# whole set: another, readable, file)
+def test_an_unreadable_image_of_a_subset_is_named_by_its_own_path(tmp_path):
+    from timm.data import ImageDataset
+    from torch.utils.data import Subset
+
+    from masksub_kernels.training.image_files import UnreadableImages, load_item
+
+    for i in range(4):
+        os.makedirs(tmp_path / "a", exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / "a" / f"{i}.png")
+    bad = str(tmp_path / "a" / "3.png")
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    dataset = ImageDataset(str(tmp_path))
+    dataset._max_retries = 1  # as data.py's val
+    shard = Subset(dataset, [1, 3])  # rank 1 of 2
+    load_item(shard, 0)
+    with pytest.raises(UnreadableImages) as info:
+        load_item(shard, 1)
+    assert str(info.value) == (
+        f"unreadable image file: {bad!r} (UnidentifiedImageError: cannot identify image file): replace or delete it"
+    )

@@ -2,6 +2,9 @@
 mutation audit), and what the fine-tuning recipes load from MAE / CLIP / OpenCLIP files (helper-221's second pass,
 with test_recipes.py's fixtures); each test names the mutant it kills."""
 
+import os
+
+import pytest
 import timm
 import torch
 from test_recipes import SHRINK, _mae_checkpoint, _openai_clip_checkpoint, _recipe, _tiny_vit
@@ -228,3 +231,54 @@ def test_the_clip_summary_names_no_key_both_initialised_and_unused(tmp_path):
     assert initialised.startswith("norm.weight, norm.bias, head.weight, head.bias instead of the file's norm.weight")
     assert initialised.endswith("(CLIP's ln_post and proj, under timm's names)"), summary
     assert unused == "logit_scale, token_embedding.weight, transformer.resblocks.0.ln_1.weight", summary
+
+
+# kills pr1: the Hub spelling `("hf-hub:", "hf_hub:")` -> `("hf-hub:",)` (timm's hf_hub: spelling called a URL);
+# pr2: `and not os.path.exists(path)` -> `and True` (a folder named like one, here, called a URL / Hub name, not the
+# folder it is)
+def test_the_download_refusal_names_hub_names_in_both_spellings_and_not_a_local_folder(tmp_path, monkeypatch):
+    from masksub_kernels.training.pretrained import read_state_dict
+    from masksub_kernels.training.run_setup import UsageError
+
+    with pytest.raises(UsageError, match="'hf_hub:timm/vit_tiny' is a Hugging Face Hub name: masksub-train does"):
+        read_state_dict("hf_hub:timm/vit_tiny")
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("hf-hub:weights")
+    with pytest.raises(UsageError, match=r"^initial checkpoint 'hf-hub:weights' is a directory, not a file$"):
+        read_state_dict("hf-hub:weights")
+
+
+# kills pr5: LoadReport.summary's `clip = self.format == "clip"` -> `clip = True` (a timm file's classifier of another
+# shape was said to be CLIP's proj)
+def test_a_replaced_classifier_of_a_timm_file_is_not_called_clips():
+    from masksub_kernels.training.pretrained import LoadReport
+
+    report = LoadReport(format="timm", loaded=3, reinitialised=["head.weight", "head.bias"],
+                        ignored=["head.weight", "head.bias", "extra.x"])  # fmt: skip
+    assert report.summary("f.pth") == (
+        "loaded 3 tensors from 'f.pth' (timm format); initialised here: head.weight, head.bias instead of the file's "
+        "head.weight, head.bias; not used: extra.x"
+    )
+
+
+# kills cl4: main's `if _PROGRESS.rank == 0:` -> `if True:` (each of a torchrun's processes printed the Ctrl-C line:
+# world x the same message; before setup the rank is torchrun's RANK)
+def test_a_ctrl_c_is_reported_by_rank_zero_only(tmp_path, monkeypatch, capsys):
+    from test_cli_more import TINY_VIT
+
+    from masksub_kernels.train import main
+    from masksub_kernels.training import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "setup", interrupted)
+    argv = [*TINY_VIT, "--epochs", "1", "--output", str(tmp_path)]
+    monkeypatch.setenv("RANK", "1")
+    assert main(argv) == 130
+    assert "interrupted" not in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "masksub-train: interrupted before training; no checkpoint written yet"
+    )

@@ -285,3 +285,22 @@ def test_run_setup_torchrun_on_cpus_waits_an_hour_too(monkeypatch):
         monkeypatch.setenv(key, value)
     assert run_setup._distributed("cpu") == (0, 2, torch.device("cpu"))
     assert groups == [("gloo", {"timeout": datetime.timedelta(minutes=60)})]
+
+
+# kills fa1: check_like_masksub's `_WARNED.intersection_update(warned)` dropped (a --baseline check of a model that
+# is not a CNN used up the pixel fallback's once-a-process warning: a MaskSub of it later in the process was silent)
+def test_a_baseline_check_leaves_the_pixel_fallback_warning_to_a_later_masksub(monkeypatch):
+    import warnings
+
+    from timm.models.mlp_mixer import MlpMixer
+
+    from masksub_kernels.training import MaskSub, families
+
+    monkeypatch.setattr(families, "_WARNED", set())
+    mixer = MlpMixer(num_classes=3, img_size=64, patch_size=16, num_blocks=1, embed_dim=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        families.check_like_masksub(mixer, 64, "mask", None, 0.5)
+        assert not caught, [str(w.message) for w in caught]
+        MaskSub(mixer, mask_ratio=0.5)
+    assert any("is not one of the models cut at their tokens" in str(w.message) for w in caught), caught

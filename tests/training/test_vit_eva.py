@@ -89,3 +89,28 @@ def test_a_training_step_and_the_refusals():
     for variant in ("drop", "path"):  # DropSub / PathSub run the whole model, patch dropout and all
         MaskSub(tiny_eva(use_rot_pos_emb=True, patch_drop_rate=0.25), variant=variant).train()(images, target)
     MaskSub(tiny_eva(patch_drop_rate=0.25), family="pixel", cell_size=8)  # pixel masking: any model
+
+
+# kills fa2: check_like_masksub's `if family == "vit": check_eva(model)` dropped (--baseline trained an Eva with
+# patch dropout that the MaskSub arm refuses: the paired runs took different options); DropSub / PathSub take it
+def test_a_baseline_check_refuses_an_eva_with_patch_dropout_as_the_masksub_arm_does():
+    from test_vit_eva import tiny_eva
+
+    from masksub_kernels.training.families import check_like_masksub
+
+    with pytest.raises(ValueError, match="patch_drop_rate=0"):
+        check_like_masksub(tiny_eva(patch_drop_rate=0.25), 32, "mask", None, 0.5)
+    check_like_masksub(tiny_eva(patch_drop_rate=0.25), 32, "path", None, 0.1)
+    check_like_masksub(tiny_eva(), 32, "mask", None, 0.5)
+
+
+# kills fa3: check_like_masksub's `unwrap_model(model)` dropped (check_eva's isinstance missed a torch.compile'd Eva;
+# the command calls it before compiling, so this guards the public function only)
+def test_a_baseline_check_sees_through_torch_compile():
+    import torch
+    from test_vit_eva import tiny_eva
+
+    from masksub_kernels.training.families import check_like_masksub
+
+    with pytest.raises(ValueError, match="patch_drop_rate=0"):
+        check_like_masksub(torch.compile(tiny_eva(patch_drop_rate=0.25)), 32, "mask", None, 0.5)
