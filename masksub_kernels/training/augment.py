@@ -83,8 +83,10 @@ def check_aa(aa: str) -> None:
                 number = kind_of(value)
                 bad = not math.isfinite(number) or (key == "p" and not 0 <= number <= 1)
             except ValueError:
-                bad = True
-            if bad:
+                number, bad = None, True
+            if bad and key == "mstd" and number is not None:  # mstd1e999: timm's uniform sampling, spelled finite here
+                why = "is not finite: write mstd101 (timm samples magnitudes uniformly for any mstd > 100)"
+            elif bad:
                 why = "is not a probability in [0, 1]" if key == "p" else f"is not {key}<{kind_of.__name__}>"
         if why:
             raise ValueError(f"--aa {aa!r}: section {section!r} {why}; accepted: {AA_FORMS[kind]}")

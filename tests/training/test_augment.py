@@ -91,3 +91,11 @@ def test_aa_edges_of_the_sections(aa, message):
     with pytest.raises(ValueError) as info:
         check_aa(aa)
     assert message in str(info.value), str(info.value)
+
+
+def test_an_infinite_mstd_is_refused_with_timms_finite_spelling_of_uniform_sampling():
+    from masksub_kernels.training.augment import check_aa
+
+    with pytest.raises(ValueError, match=r"section 'mstd1e999' is not finite: write mstd101 \(timm samples"):
+        check_aa("rand-m9-mstd1e999")
+    check_aa("rand-m9-mstd101")  # the finite spelling timm reads as uniform
