@@ -390,6 +390,8 @@ def _run(args) -> None:
               f"{', '.join('--' + name.replace('_', '-') for name in unused)}", file=sys.stderr)  # fmt: skip
     rank_zero_check(lambda: check_output(args.output, args.resume), rank, world)
     backend = check_backend(device, ("linear_masksub_loss", "random_keep_indices"))
+    if args.resume:  # (a Ctrl-C while it is read: the message says it is unchanged)
+        progress["resuming"] = os.path.abspath(args.resume)
     state = read_checkpoint(args, PROG) if args.resume else None
     if state is not None:
         progress["saved"] = (os.path.abspath(args.resume), state["step"])
@@ -467,14 +469,15 @@ def _run(args) -> None:
                 flush=True,
             )
             write_log(args.output, rows, meta, columns=LOG_COLUMNS)
-            save_checkpoint(os.path.join(args.output, "last.pth"), {
+            progress["saving"] = (os.path.join(args.output, "last.pth"), step + 1)  # (a Ctrl-C in the write)
+            save_checkpoint(progress["saving"][0], {
                 "model": ms.model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "step": step + 1, "rows": rows, "args": dict(vars(args)), "world_size": world,
                 "tokenizer_sha256": sizes["tokenizer_sha256"], "tokenizer": os.path.abspath(sizes["tokenizer"]),
                 "corpus": corpus_record(sizes), "resumes": meta["resumes"],
             })  # fmt: skip
-            progress["saved"] = (os.path.join(args.output, "last.pth"), step + 1)
+            progress["saved"], progress["saving"] = progress["saving"], None
         sums.zero_()
         round_start = time.perf_counter()
     if world > 1:
@@ -504,8 +507,17 @@ def _interrupted(args, progress: dict) -> str:
     masksub-train's)."""
     if args.prepare_only:
         return f"{PROG}: interrupted"
-    saved = progress.get("saved")
     where = f"at step {progress['step']}" if progress.get("step") else "before training began"
+    if progress.get("saving") is not None:  # save_checkpoint writes PATH.tmp, then renames it
+        path, step = progress["saving"]
+        if os.path.exists(f"{path}.tmp"):
+            os.remove(f"{path}.tmp")  # the half-written file (the previous last.pth is intact)
+        else:  # renamed: it holds this step
+            progress["saved"] = progress["saving"]
+        where = f"while saving step {step}"
+    saved = progress.get("saved")
+    if saved is None and progress.get("resuming"):
+        return f"{PROG}: interrupted {where}; {progress['resuming']} is unchanged: to continue, rerun the command"
     if saved is None:
         first = min(args.eval_every, args.stop_at or args.steps, args.steps)
         return f"{PROG}: interrupted {where}; no checkpoint yet (the first is saved at step {first})"
@@ -521,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(PROG, mlm_prepare.prepare if args.prepare_only else _run, args)
     except KeyboardInterrupt:
         interrupt_traceback()  # (MASKSUB_TRACEBACK=1: where it was, for a hung run)
-        if _PROGRESS.get("rank", 0) == 0:  # (under torchrun every process is interrupted: rank 0 says it)
+        # (under torchrun every process is interrupted: rank 0 says it; torchrun's RANK until setup records it)
+        if _PROGRESS.get("rank", int(os.environ.get("RANK", 0))) == 0:
             print(_interrupted(args, _PROGRESS), file=sys.stderr)
         return 130
 

@@ -106,9 +106,11 @@ def load_tokenizer(args, path: str, train_docs: list[str], rank: int, world: int
             written = _identity(partial)  # (a rename keeps it: the file this process wrote)
             os.replace(partial, path)  # whole files only: an interrupted save leaves no half-written one
             _WRITTEN[os.path.abspath(path)] = written
-        except Exception as exc:  # OSError, or tokenizers' own Exception type for a failed save
+        except BaseException as exc:  # OSError, tokenizers' own Exception type for a failed save, or a Ctrl-C
             with contextlib.suppress(OSError):  # a part written (removed_if_refused then removes the directories)
                 os.remove(partial)
+            if not isinstance(exc, Exception):
+                raise
             raise UsageError(
                 f"--tokenizer {path!r}: the vocabulary trained for this run cannot be saved: {exc}"
             ) from exc

@@ -97,7 +97,8 @@ def check_writable_directory(directory: str, what: str) -> None:
             pass
     except OSError as exc:
         verb = "made" if made else "written"
-        raise UsageError(f"{what} cannot be {verb}: {exc.strerror or exc}") from exc
+        where = f" ({exc.filename})" if exc.filename and exc.strerror else ""
+        raise UsageError(f"{what} cannot be {verb}: {exc.strerror or exc}{where}") from exc
     finally:
         for folder in made:  # (one another process filled meanwhile stays)
             try:

@@ -193,6 +193,42 @@ def test_an_interrupt_names_the_checkpoint_to_resume_from(at, corpus, tokenizer,
     assert err.splitlines()[-1].startswith("masksub-train-mlm: interrupted at step ")
 
 
+def test_an_interrupt_in_a_save_or_a_resumes_read_names_what_the_checkpoints_hold(
+    corpus, tokenizer, tmp_path, monkeypatch, capsys
+):
+    from masksub_kernels.training import checkpoint, mlm_cli
+
+    save = checkpoint.save_checkpoint
+    last = tmp_path / "last.pth"
+
+    def half_written(path, state):  # the Ctrl-C while the second save writes: last.pth (step 2) is intact
+        if state["step"] == 4:
+            open(f"{path}.tmp", "wb").close()
+            raise KeyboardInterrupt
+        save(path, state)
+
+    def renamed(path, state):  # the Ctrl-C after the rename (the folder's fsync): last.pth holds step 2
+        save(path, state)
+        raise KeyboardInterrupt
+
+    run = ["--data-dir", corpus, *TINY, *CPU, "--tokenizer", tokenizer, "--output", str(tmp_path)]
+    monkeypatch.setattr(checkpoint, "save_checkpoint", half_written)
+    assert main(run) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted while saving step 4; {last} holds step 2: rerun the command with --resume {last}" in err
+    assert not os.path.exists(f"{last}.tmp")
+    monkeypatch.setattr(checkpoint, "save_checkpoint", renamed)
+    assert main([*run[:-1], str(tmp_path / "r")]) == 130
+    assert f"interrupted while saving step 2; {tmp_path / 'r' / 'last.pth'} holds step 2" in capsys.readouterr().err
+
+    def read(args, prog):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlm_cli, "read_checkpoint", read)
+    assert main([*run, "--resume", str(last)]) == 130
+    assert f"interrupted before training began; {last} is unchanged: to continue, rerun" in capsys.readouterr().err
+
+
 # 9. --vocab-size 200 on a small corpus trained fewer tokens with no note; the API trained a 5-token vocabulary from
 # no documents, and any vocab_size below the command's minimum
 def test_a_vocabulary_smaller_than_asked_is_noted(tmp_path, capsys):
