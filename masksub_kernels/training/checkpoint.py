@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 __all__ = ["eager_state_dict", "fsync", "fsync_directory", "load_checkpoint", "load_eager_state_dict",
-           "read_run_checkpoint", "save_checkpoint"]  # fmt: skip
+           "read_run_checkpoint", "save_checkpoint", "settle_interrupted_save"]  # fmt: skip
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
@@ -34,6 +34,15 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
         fsync(file.fileno())
     os.replace(tmp, path)
     fsync_directory(folder)
+
+
+def settle_interrupted_save(path: str) -> bool:
+    """After an interrupt (Ctrl-C) inside save_checkpoint(``path``): whether ``path`` now holds the new checkpoint
+    (renamed, its folder's flush cut). A half-written ``path``.tmp is removed (``path`` then holds the previous one)."""
+    if not os.path.exists(f"{path}.tmp"):
+        return True
+    os.remove(f"{path}.tmp")
+    return False
 
 
 def fsync_directory(folder: str) -> None:

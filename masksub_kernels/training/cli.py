@@ -356,12 +356,12 @@ class _Progress:
 
     def interrupted(self) -> str:
         """The message: which epoch stopped, which checkpoint holds which epoch, how to continue."""
+        from .checkpoint import settle_interrupted_save
+
         if self.saving is not None:  # save_checkpoint writes PATH.tmp, then renames it: no .tmp left, renamed
             path, epochs = self.saving
             copy = self.checkpoint is not None and self.checkpoint[1] == epochs  # epoch-N.pth: last.pth holds N
-            if os.path.exists(f"{path}.tmp"):
-                os.remove(f"{path}.tmp")  # the half-written file (last.pth is intact)
-            elif not copy:
+            if settle_interrupted_save(path) and not copy:
                 self.checkpoint = (path, epochs)
             where = (
                 f"while saving {os.path.basename(path)} (epoch {epochs}'s copy)"

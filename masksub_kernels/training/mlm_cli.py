@@ -505,16 +505,15 @@ def _check_finite_weights(model: nn.Module, step: int, rank: int) -> None:
 def _interrupted(args, progress: dict) -> str:
     """The line printed for Ctrl-C (SIGINT): where the run stopped and which checkpoint continues it (as
     masksub-train's)."""
+    from .checkpoint import settle_interrupted_save
+
     if args.prepare_only:
         return f"{PROG}: interrupted"
     where = f"at step {progress['step']}" if progress.get("step") else "before training began"
     if progress.get("saving") is not None:  # save_checkpoint writes PATH.tmp, then renames it
-        path, step = progress["saving"]
-        if os.path.exists(f"{path}.tmp"):
-            os.remove(f"{path}.tmp")  # the half-written file (the previous last.pth is intact)
-        else:  # renamed: it holds this step
+        if settle_interrupted_save(progress["saving"][0]):  # renamed: it holds this step
             progress["saved"] = progress["saving"]
-        where = f"while saving step {step}"
+        where = f"while saving step {progress['saving'][1]}"
     saved = progress.get("saved")
     if saved is None and progress.get("resuming"):
         return f"{PROG}: interrupted {where}; {progress['resuming']} is unchanged: to continue, rerun the command"
