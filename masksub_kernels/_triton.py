@@ -2,8 +2,9 @@
 
 Triton ships with the CUDA builds of torch on Linux but not with CPU-only builds. The op files define their
 kernels at import time, so without Triton this module supplies a stand-in ``tl`` whose attributes are only good
-for the annotations of kernel signatures, and a ``jit`` that leaves the function as plain Python. Such kernels are
-never launched: ``_backend`` reports the Triton backend as unavailable and the ops run the PyTorch reference.
+for what runs at import (annotations of kernel signatures, module-level ``tl.constexpr(...)`` constants), and a
+``jit`` that leaves the function as plain Python. Such kernels are never launched: ``_backend`` reports the Triton
+backend as unavailable and the ops run the PyTorch reference.
 """
 
 from __future__ import annotations
@@ -19,11 +20,20 @@ except ImportError:  # CPU-only torch builds, macOS, Windows
     HAS_TRITON = False
     triton = None
 
+    class _StandIn:
+        """Any attribute of the stand-in ``tl``: a type, so an annotation (``x: tl.constexpr``); called, it gives
+        back its first argument, so a module-level ``tl.constexpr(1024)`` is 1024 and a decorator leaves the function
+        as is."""
+
+        def __new__(cls, value: Any = None, *args: Any, **kwargs: Any) -> Any:
+            return value
+
     class _AnnotationOnly:
-        """Stands in for ``triton.language`` so that ``x: tl.constexpr`` evaluates without Triton."""
+        """Stands in for ``triton.language`` so that the op files' import-time uses of ``tl`` evaluate without Triton
+        (annotations, ``tl.constexpr(...)`` constants)."""
 
         def __getattr__(self, name: str) -> Any:
-            return object
+            return _StandIn
 
     tl = _AnnotationOnly()
 

@@ -1,0 +1,36 @@
+"""The public API's edges that helper-303's probe found: the package without Triton, use_backend under a bad
+MASKSUB_BACKEND, last_backend's and num_kept_tokens' argument types, `python -m masksub_kernels`'s arguments."""
+
+import os
+import subprocess
+import sys
+
+from conftest import DEVICE
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# run with a `triton` that does not import (CPU-only torch, macOS, Windows: pyproject installs it on Linux x86_64 only)
+WITHOUT_TRITON = f"""
+import torch, masksub_kernels as mk
+from masksub_kernels._triton import HAS_TRITON
+assert not HAS_TRITON and "triton" not in mk.available_backends(), mk.available_backends()
+x = torch.randn(2, 9, 4, device="{DEVICE}")
+with mk.use_backend("torch"):
+    y, ids = mk.random_token_select(x, 0.5, seed=3)
+assert y.shape == (2, 5, 4), y.shape
+print(mk.last_backend("random_token_select"), mk.resolve_backend("cpu"))
+"""
+
+
+def test_the_package_imports_and_runs_without_triton(tmp_path):
+    # helper-303: `REDUCE_LANES = tl.constexpr(1024)` raised TypeError at import where Triton is not installed
+    (tmp_path / "triton.py").write_text("raise ImportError('no Triton here (the test)')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MASKSUB_BACKEND", "TRITON_INTERPRET")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), REPO, env.get("PYTHONPATH", "")])
+    ran = subprocess.run([sys.executable, "-c", WITHOUT_TRITON], capture_output=True, text=True, env=env, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["torch", "torch"]  # the op's backend; auto's for CPU tensors
+    entry_point = [sys.executable, "-m", "masksub_kernels"]
+    report = subprocess.run(entry_point, capture_output=True, text=True, env=env, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert "triton  unavailable: the 'triton' package does not import (no Triton here (the test))" in report.stdout
