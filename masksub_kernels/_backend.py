@@ -217,13 +217,15 @@ def set_backend(name: str) -> None:
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Context manager: run the enclosed ops with backend ``name``, then restore the previous choice."""
-    previous = get_backend()
+    """Context manager: run the enclosed ops with backend ``name``, then restore the previous choice (as it was:
+    MASKSUB_BACKEND not yet read stays unread, so that a bad value there does not refuse ``use_backend("torch")``)."""
+    global _requested
+    previous = _requested
     set_backend(name)
     try:
         yield
     finally:
-        set_backend(previous)
+        _requested = previous
 
 
 def check_device(device: torch.device | str) -> torch.device:

@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import DEVICE
+
+import masksub_kernels as mk
+from masksub_kernels import _backend
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,3 +38,19 @@ def test_the_package_imports_and_runs_without_triton(tmp_path):
     report = subprocess.run(entry_point, capture_output=True, text=True, env=env, timeout=120)
     assert report.returncode == 0, report.stderr
     assert "triton  unavailable: the 'triton' package does not import (no Triton here (the test))" in report.stdout
+
+
+def test_use_backend_works_under_a_bad_backend_variable(monkeypatch):
+    # helper-303: use_backend read MASKSUB_BACKEND first, so a bad value refused `with use_backend("torch")`
+    monkeypatch.setenv("MASKSUB_BACKEND", "nope")
+    monkeypatch.setattr(_backend, "_requested", None)
+    with mk.use_backend("torch"):
+        assert mk.get_backend() == "torch"
+        mk.num_kept_tokens(4, 0.5)
+    assert _backend._requested is None  # restored as it was: the variable still unread
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        mk.get_backend()
+    monkeypatch.setattr(_backend, "_requested", "auto")
+    with mk.use_backend("torch"):
+        mk.set_backend("auto")  # a change inside the block is undone too
+    assert _backend._requested == "auto"
