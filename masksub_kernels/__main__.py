@@ -53,11 +53,18 @@ def _parser() -> argparse.ArgumentParser:
         "whether it is available and for which devices' tensors, and which backend CPU and CUDA tensors get under "
         "the requested one (set_backend, or the MASKSUB_BACKEND environment variable; default auto).",
         epilog="Exit status: 0, or 2 when the requested backend is unknown or cannot run here.",
+        allow_abbrev=False,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    _parser().parse_args(sys.argv[1:] if argv is None else argv)  # --help, or an error for stray arguments
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    # any argument but --help is refused, before the help (argparse would print it for `foo --help` and exit 0)
+    stray = [arg for arg in argv if arg not in ("-h", "--help")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    parser.parse_args(argv)  # --help
     try:
         print(describe())
     except (ValueError, RuntimeError) as exc:

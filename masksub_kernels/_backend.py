@@ -350,9 +350,15 @@ def last_backend(op: str | None = None) -> str | dict[str, str] | None:
     """The backend the last call of ``op`` ran with: None before its first call (``op`` None: a dict of the ops
     called so far, {} before any). A name that is no op's (a typo) is a ValueError, not None. ``masksub_loss`` and
     ``linear_masksub_loss`` report every call of their ops, which the single-branch losses share (those report only
-    their own calls)."""
+    their own calls). A name that is not a str is a TypeError."""
     if op is None:
         return dict(_last_used)
+    if not isinstance(op, str):
+        raise TypeError(f"last_backend: op must be an op's name (str) or None, got {op!r}")
     if op not in _op_names and op not in _last_used:
-        raise ValueError(f"last_backend: no op is named {op!r}; the ops: {', '.join(sorted(_op_names))}")
+        public = importlib.import_module("masksub_kernels").__all__  # not the internal ops (scatter_tokens, backwards)
+        ops = ", ".join(sorted(name for name in _op_names if name in public))
+        raise ValueError(
+            f"last_backend: no op is named {op!r}; the ops: {ops} (the public functions of masksub_kernels)"
+        )
     return _last_used.get(op)

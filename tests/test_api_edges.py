@@ -9,6 +9,7 @@ import pytest
 from conftest import DEVICE
 
 import masksub_kernels as mk
+from masksub_kernels import __main__ as entry
 from masksub_kernels import _backend
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,3 +55,29 @@ def test_use_backend_works_under_a_bad_backend_variable(monkeypatch):
     with mk.use_backend("torch"):
         mk.set_backend("auto")  # a change inside the block is undone too
     assert _backend._requested == "auto"
+
+
+def test_last_backend_refuses_a_non_name_and_lists_the_public_ops():
+    with pytest.raises(TypeError, match=r"op must be an op's name \(str\) or None, got 3"):
+        mk.last_backend(3)
+    with pytest.raises(ValueError, match="no op is named 'gather'") as refused:
+        mk.last_backend("gather")
+    listed = str(refused.value).split("the ops: ")[1].split(" (")[0].split(", ")
+    assert "gather_tokens" in listed and set(listed) <= set(mk.__all__)  # not scatter_tokens, *_backward
+    assert mk.last_backend("scatter_tokens") in (None, *_backend.BACKEND_NAMES)  # the internal ones still answer
+
+
+def test_num_kept_tokens_refuses_a_unit_that_is_not_a_str():
+    with pytest.raises(TypeError, match="unit must be a str"):
+        mk.num_kept_tokens(10, 0.99, unit=3)
+    assert mk.num_kept_tokens(10, 0.5, unit="grid cells") == 5
+
+
+@pytest.mark.parametrize("argv", [["foo", "--help"], ["--hel"], ["--help", "-x"]])
+def test_module_entry_point_refuses_any_argument_but_help(argv, capsys):
+    # helper-303: `foo --help` printed the help and exited 0, and argparse took `--hel` for --help
+    with pytest.raises(SystemExit) as exited:
+        entry.main(argv)
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert "unrecognized arguments: " in captured.err and captured.out == ""

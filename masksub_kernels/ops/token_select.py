@@ -74,6 +74,8 @@ from ._token_select_reference import inverse_reference, select_reference  # the 
 def num_kept_tokens(num_tokens: int, mask_ratio: float, *, unit: str = "tokens") -> int:
     """K = floor(num_tokens * (1 - mask_ratio)), as the official code computes it (``int(L * (1 - r))``).
     ``unit``: what the error calls the positions ('grid cells' for the grid masks)."""
+    if not isinstance(unit, str):
+        raise TypeError(f"unit must be a str (what the error calls the positions), got {unit!r}")
     num_tokens = check_int("num_tokens", num_tokens)
     if num_tokens < 1:
         counted = "num_tokens" if unit == "tokens" else f"the number of {unit} (an empty grid)"
