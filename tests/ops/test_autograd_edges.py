@@ -301,3 +301,24 @@ def test_loss_backward_with_create_graph_is_refused_while_traced(backend, case):
     z, s, v = _logits(4, 7), _logits(4, 7, seed=1), torch.randn(4, 7, device=DEVICE)
     with pytest.raises(RuntimeError, match=_named(name)):  # (the loss's target: a real tensor, so real mode)
         make_fx(hvp)(z, s, v)
+
+
+def test_losses_pass_gradcheck_at_fp32_output_tolerances():
+    # docs/api.md: losses come back in fp32 even for fp64 logits, so gradcheck needs eps=1e-3, atol ~2e-3 (helper-303)
+    z = _logits(3, 5, seed=4).double().detach().requires_grad_()
+    s = _logits(3, 5, seed=5).double().detach().requires_grad_()
+    y = torch.tensor([0, 3, -100], device=DEVICE)
+    probs = torch.softmax(torch.randn(3, 5, generator=torch.Generator().manual_seed(6)), 1).double().to(DEVICE)
+    tolerances = {"eps": 1e-3, "atol": 2e-3, "rtol": 1e-3}
+    with mk.use_backend("torch"):
+        for target in (y, probs):
+            assert torch.autograd.gradcheck(
+                lambda z, target=target: mk.soft_target_cross_entropy(z, target, label_smoothing=0.1),
+                (z,),
+                **tolerances,
+            )
+        for mode in ("ce", "bce"):  # the sub branch, w.r.t. the sub logits (the main logits' are its teacher)
+            sub = lambda s, mode=mode: mk.masksub_loss(z.detach(), s, y, mode=mode, temperature=2.0).loss
+            assert torch.autograd.gradcheck(sub, (s,), **tolerances)
+        whole = lambda z: mk.masksub_loss(z, s.detach(), y).loss  # stop-gradient on the sub term's target: by design,
+        assert not torch.autograd.gradcheck(whole, (z,), raise_exception=False, **tolerances)  # not the derivative
