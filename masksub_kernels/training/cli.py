@@ -443,6 +443,7 @@ def _run(args) -> None:
     from .extras import require
     from .image_files import UnreadableImages, check_image_headers
     from .rank_zero import every_rank_check
+    from .runlog import run_provenance
 
     require("the image training command", ("timm", "torchvision"), "train")
     if args.data_dir is None:
@@ -475,6 +476,7 @@ def _run(args) -> None:
         "device": str(s.device),
         "backend": s.backend,
         "torch": torch.__version__,
+        **run_provenance(s.device),  # the commit, start time, CPU, threads, GPU (runlog.run_provenance)
         "family": s.ms.family if s.ms is not None else None,
         "train_images": len(s.data.train),
         # what an epoch trains: whole batches of each process's sampler (timm's repeated augmentation rounds the

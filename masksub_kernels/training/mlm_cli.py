@@ -377,7 +377,7 @@ def _run(args) -> None:
 
     from .checkpoint import save_checkpoint
     from .extras import require
-    from .runlog import write_log
+    from .runlog import run_provenance, write_log
 
     mlm_args.check_args(args)
     require("the masked-LM command", ("transformers", "tokenizers"), "text")
@@ -422,7 +422,7 @@ def _run(args) -> None:
     start, rows = (state["step"], state["rows"]) if state else (0, [])
     meta = {"command": " ".join([PROG, *sys.argv[1:]]), "args": dict(vars(args)), "world_size": world,
             "device": str(device), "backend": backend, "torch": torch.__version__, "python": sys.version.split()[0],
-            **sizes, "resumes": resumes(args, state)}  # fmt: skip
+            **run_provenance(device), **sizes, "resumes": resumes(args, state)}  # fmt: skip
     # one round's sums: loss, main, sub (of the micro-batches that predict a token), those micro-batches, all of them
     sums = torch.zeros(5, dtype=torch.float64, device=device)
     one = torch.ones(1, dtype=torch.float64, device=device)  # a micro-batch counted (never NaN, whatever its loss)

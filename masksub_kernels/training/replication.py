@@ -8,7 +8,9 @@ copied), ``summary.json`` and ``table.md`` (final accuracy mean +- std over seed
 loss, wall time) and ``curves.png`` (main-branch training loss and validation accuracy, mean over seeds with a +-1
 std band). The standard deviation is the sample one (n - 1): none (``null``, "n/a") for an arm of one seed. Two
 kinds of logs: ``masksub-train``'s per-epoch rows (top-1 on images) and ``masksub-train-mlm``'s per-round rows
-(held-out MLM accuracy, against optimizer steps).
+(held-out MLM accuracy, against optimizer steps). Where the logs' meta records where the runs ran (git commit, start
+time, CPU, torch threads, GPU: runlog.run_provenance), each arm's summary holds it under ``provenance`` and a line
+under the table says it; logs without it (before 2026-12-07's helper-307) give the line "not recorded in the logs".
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import statistics
 import sys
 from dataclasses import dataclass
 
-__all__ = ["IMAGE", "TEXT", "load_runs", "log_kind", "plot_curves", "summarise"]
+__all__ = ["IMAGE", "TEXT", "load_runs", "log_kind", "plot_curves", "provenance", "summarise"]
 
 ARMS = ("baseline", "masksub")
+PROVENANCE = ("git_commit", "git_dirty", "started_utc", "cpu", "torch_threads", "gpu")  # runlog.run_provenance
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,38 @@ def load_runs(runs_dir: str) -> dict[str, list[dict]]:
     for arm in ARMS:
         runs[arm].sort(key=lambda log: log["seed"])
     return runs
+
+
+def provenance(logs: list[dict]) -> dict | None:
+    """What the logs' meta records of where they ran: each field's distinct values (the start times' first and
+    last), ``runs_without`` the logs that record none; None where no log records any."""
+    metas = [log["meta"] for log in logs]
+    recorded = [m for m in metas if any(key in m for key in PROVENANCE)]
+    if not recorded:
+        return None
+    out: dict = {key: sorted({m.get(key) for m in recorded}, key=lambda v: (v is None, str(v))) for key in PROVENANCE}
+    starts = sorted(m["started_utc"] for m in recorded if m.get("started_utc"))
+    out["started_utc"] = [starts[0], starts[-1]] if starts else [None]
+    out["runs_without"] = len(metas) - len(recorded)
+    return out
+
+
+def _provenance_line(runs: dict[str, list[dict]]) -> str:
+    p = provenance([log for logs in runs.values() for log in logs])
+    if p is None:
+        return "Provenance: not recorded in the logs."
+
+    def words(key: str, none: str) -> str:
+        return ", ".join(none if v is None else str(v) for v in p[key])
+
+    commits = ", ".join("not a git checkout" if c is None else c[:12] for c in p["git_commit"])
+    dirty = " (tracked files changed)" if True in p["git_dirty"] else ""
+    first, last = p["started_utc"][0], p["started_utc"][-1]
+    started = "unknown" if first is None else first if first == last else f"{first} to {last}"
+    without = f"; {p['runs_without']} of the logs record none of it" if p["runs_without"] else ""
+    return (f"Provenance (the logs' meta): commit {commits}{dirty}; started {started} (UTC); CPU "
+            f"{words('cpu', 'unknown')}; torch threads {words('torch_threads', 'unknown')}; GPU {words('gpu', 'none')}"
+            f"{without}.")  # fmt: skip
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -112,6 +147,8 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
             "mean_loss_main_curve": curve,
             "command": logs[0]["meta"]["command"],
         }
+        if (where := provenance(logs)) is not None:  # (logs from before meta recorded it: no key, as before)
+            out[arm]["provenance"] = where
     return out
 
 
@@ -187,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    table = _table(summary, log_kind(runs))
+    where = _provenance_line(runs)
+    if where.endswith("not recorded in the logs.") and os.path.isfile(os.path.join(out_dir, "PROVENANCE.md")):
+        where = where[:-1] + " (PROVENANCE.md, beside this file, gives it from the git history)."
+    table = _table(summary, log_kind(runs)) + "\n" + where + "\n"
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(table)
     plot_curves(runs, os.path.join(out_dir, "curves.png"))

@@ -8,13 +8,20 @@ so a resumed run continues the same files. log.json holds {'meta': ..., 'epochs'
 rows are rounds of steps, under the same key). A value that is undefined (a round in which no batch predicted a
 token, a diverged run) is NaN, as Python's json writes it (a bare NaN, which json.load and pandas read; a strict
 parser needs it allowed), and 'nan' in log.csv; null means not applicable (loss_sub of a baseline).
+
+``run_provenance`` gives what meta records of where a run ran (the latest start's, for a resumed run): the package's
+git commit (null outside a git checkout), whether tracked files differed from it, the UTC start time, the CPU model,
+torch's thread count and the GPU's name (null off CUDA).
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import os
+import platform
+import subprocess
 from typing import Any
 
 COLUMNS = (
@@ -34,7 +41,7 @@ COLUMNS = (
     "wall_time_s",
 )
 
-__all__ = ["COLUMNS", "write_log"]
+__all__ = ["COLUMNS", "run_provenance", "write_log"]
 
 
 def write_log(
@@ -50,3 +57,57 @@ def write_log(
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
     with open(os.path.join(output_dir, "log.json"), "w") as f:
         json.dump({"meta": meta, "epochs": rows}, f, indent=1)
+
+
+def _git(root: str, *args: str) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):  # no git, a hung one: not recorded, never a failed run
+        return None
+
+
+def _git_commit() -> tuple[str | None, bool | None]:
+    """The commit of the checkout the package runs from and whether its tracked files differ from it; (None, None)
+    outside a checkout (an installed wheel; a checkout that holds the package elsewhere than at its top)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    top = _git(root, "rev-parse", "--show-toplevel", "HEAD")
+    if top is None or top.returncode != 0 or len(top.stdout.split()) != 2:
+        return None, None
+    toplevel, commit = top.stdout.split()
+    if os.path.realpath(toplevel) != os.path.realpath(root):
+        return None, None
+    diff = _git(root, "diff", "--quiet", "HEAD", "--")
+    return commit, (None if diff is None or diff.returncode not in (0, 1) else diff.returncode == 1)
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip() or None
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def run_provenance(device: Any) -> dict[str, Any]:
+    """Where and from what code a run runs: git_commit, git_dirty, started_utc, cpu, torch_threads, gpu."""
+    import torch
+
+    device = torch.device(device)
+    commit, dirty = _git_commit()
+    gpu = None
+    if device.type == "cuda":
+        try:
+            gpu = torch.cuda.get_device_name(device)
+        except Exception:  # a name is provenance, not a reason to stop
+            gpu = None
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+    }

@@ -61,6 +61,7 @@ def test_masksub_run_logs_and_checkpoint(corpus, tokenizer, tmp_path):
         for key in ("loss", "loss_main", "loss_sub", "val_loss", "val_acc"):
             assert row[key] == row[key] and abs(row[key]) < 1e3, (key, row)
     assert log["meta"]["vocab_size"] <= 120 and log["meta"]["val_blocks"] == 8  # --eval-blocks
+    assert {"git_commit", "started_utc", "cpu", "torch_threads", "gpu"} <= set(log["meta"])  # runlog.run_provenance
     # the rate each round's last step used: warm-up of 1 step, then linear decay to 0 at step 4 (helper-120)
     assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-3 / 3])
     state = torch.load(os.path.join(out, "last.pth"), weights_only=False)

@@ -129,3 +129,32 @@ def test_seeds_of_different_lengths_are_refused(tmp_path, capsys):
     assert replication.main([str(tmp_path), str(tmp_path / "out")]) == 2
     assert "error: the baseline runs logged different numbers" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before any file is written
+
+
+def test_provenance_in_summary_and_table(tmp_path):
+    # helper-304: the logs' meta says where the runs ran (runlog.run_provenance); logs without it say so
+    _write_runs(tmp_path / "old", "image", seeds=2)
+    assert replication.main([str(tmp_path / "old"), str(tmp_path / "out")]) == 0
+    assert "provenance" not in json.loads((tmp_path / "out" / "summary.json").read_text())["baseline"]
+    assert (tmp_path / "out" / "table.md").read_text().endswith("\nProvenance: not recorded in the logs.\n")
+    (tmp_path / "out" / "PROVENANCE.md").write_text("from git log\n")
+    assert replication.main([str(tmp_path / "old"), str(tmp_path / "out")]) == 0
+    assert "not recorded in the logs (PROVENANCE.md, beside" in (tmp_path / "out" / "table.md").read_text()
+    _write_runs(tmp_path / "new", "image", seeds=2)
+    for i, path in enumerate(sorted((tmp_path / "new").glob("*/log.json"))):
+        log = json.loads(path.read_text())
+        log["meta"].update(git_commit="a" * 40, git_dirty=False, started_utc=f"2026-12-07T0{i}:00:00+00:00",
+                           cpu="AMD EPYC", torch_threads=1, gpu=None)  # fmt: skip
+        if i == 3:
+            log["meta"] = {"command": "c"}  # one log from before
+        path.write_text(json.dumps(log))
+    assert replication.main([str(tmp_path / "new"), str(tmp_path / "out2")]) == 0
+    summary = json.loads((tmp_path / "out2" / "summary.json").read_text())
+    assert summary["baseline"]["provenance"] == {"git_commit": ["a" * 40], "git_dirty": [False], "cpu": ["AMD EPYC"],
+        "started_utc": ["2026-12-07T00:00:00+00:00", "2026-12-07T01:00:00+00:00"], "torch_threads": [1],
+        "gpu": [None], "runs_without": 0}  # fmt: skip
+    assert summary["masksub"]["provenance"]["runs_without"] == 1
+    line = (tmp_path / "out2" / "table.md").read_text().splitlines()[-1]
+    assert line == ("Provenance (the logs' meta): commit aaaaaaaaaaaa; started 2026-12-07T00:00:00+00:00 to "
+                    "2026-12-07T02:00:00+00:00 (UTC); CPU AMD EPYC; torch threads 1; GPU none; 1 of the logs record "
+                    "none of it.")  # fmt: skip

@@ -47,6 +47,11 @@ def test_masksub_run_writes_logs_and_checkpoints(tmp_path):
     meta = json.load(open(os.path.join(out, "log.json")))["meta"]
     assert meta["family"] == "vit" and meta["train_images"] == 1437 and meta["val_images"] == 360
     assert (meta["batches_per_epoch"], meta["images_per_epoch"]) == (22, 1408)  # whole batches of 64: 29 dropped
+    # where it ran (helper-304): the checkout's commit, the start, the CPU, torch's threads; no GPU on CPU
+    assert meta["git_commit"] == subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                                                text=True).stdout.strip() or None  # fmt: skip
+    assert meta["started_utc"].endswith("+00:00") and meta["cpu"] and meta["torch_threads"] == torch.get_num_threads()
+    assert meta["gpu"] is None and meta["git_dirty"] in (True, False, None)
 
 
 def test_notes_a_warmup_that_outlasts_the_run(tmp_path, capsys):

@@ -1,0 +1,49 @@
+"""runlog.run_provenance: what log.json's meta records of where a run ran (helper-304's probe)."""
+
+import os
+import subprocess
+
+import torch
+
+from masksub_kernels.training import runlog
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_provenance_of_a_checkout_on_the_cpu():
+    p = runlog.run_provenance("cpu")
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert p["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    assert p["torch_threads"] == torch.get_num_threads() and p["gpu"] is None and p["cpu"]
+    assert p["started_utc"].endswith("+00:00") and p["started_utc"][:4].isdigit()
+    assert set(p) == {"git_commit", "git_dirty", "started_utc", "cpu", "torch_threads", "gpu"}
+
+
+def test_no_git_or_no_checkout_records_none_and_never_fails(monkeypatch, tmp_path):
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(runlog.subprocess, "run", no_git)
+    p = runlog.run_provenance(torch.device("cpu"))
+    assert p["git_commit"] is None and p["git_dirty"] is None and p["torch_threads"] >= 1
+    monkeypatch.undo()
+    # a repository whose top is not the package's parent (a wheel under some other checkout): not its commit
+    monkeypatch.setattr(runlog, "_git", lambda root, *a: subprocess.CompletedProcess(a, 0, f"{tmp_path}\n{'0' * 40}\n"))
+    assert runlog._git_commit() == (None, None)
+    monkeypatch.setattr(runlog, "_git", lambda root, *a: subprocess.CompletedProcess(a, 128, "", "not a repository"))
+    assert runlog._git_commit() == (None, None)
+
+
+def test_cpu_model_falls_back_to_platform(monkeypatch):
+    real_open = open
+
+    def no_cpuinfo(path, *args, **kwargs):
+        if path == "/proc/cpuinfo":
+            raise OSError("no /proc")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_cpuinfo)
+    monkeypatch.setattr(runlog.platform, "processor", lambda: "some cpu")
+    assert runlog._cpu_model() == "some cpu"
+    monkeypatch.setattr(runlog.platform, "processor", lambda: "")
+    assert runlog._cpu_model() is None
