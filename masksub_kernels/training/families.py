@@ -44,8 +44,9 @@ DEFAULT_CELL_SIZE = {"vit": None, "swin": 8, "pixel": 32, "mlm": None}  # Swin: 
 _WARNED: set[str] = set()
 
 __all__ = [
-    *("DEFAULT_CELL_SIZE", "FAMILIES", "check_family_options", "check_input_size", "check_like_masksub"),
-    *("check_vit_patches", "describe_sub_branch", "is_vit_family", "logits_of", "resolve_family", "unwrap_model"),
+    *("DEFAULT_CELL_SIZE", "FAMILIES", "check_classes", "check_family_options", "check_input_size"),
+    *("check_like_masksub", "check_vit_patches", "describe_sub_branch", "is_vit_family", "logits_of"),
+    *("resolve_family", "unwrap_model"),
 ]
 
 
@@ -79,6 +80,25 @@ def logits_of(output, batch_size: int) -> torch.Tensor:
             f"{batch_size}; the model returned shape {tuple(logits.shape)}"
         )
     return logits
+
+
+def check_classes(loss: str, logits: torch.Tensor, target: torch.Tensor) -> None:
+    """Logits [B, C] that ``loss`` cannot train: softmax CE over one class is 0 whatever the model, and BCE on one
+    logit takes float targets [B, 1] (class ids would be one-hot over one class: every row positive, id 1 refused).
+    A ValueError rather than a run that learns nothing; shapes and dtypes only (no sync)."""
+    if loss == "ce" and logits.shape[-1] < 2:
+        raise ValueError(
+            f"loss='ce' needs logits of at least 2 classes, got {logits.shape[-1]}: softmax cross-entropy over one "
+            "class is 0 whatever the model (a Hugging Face num_labels=1 head?); for one binary label use loss='bce' "
+            "with float targets [B, 1] of 0. / 1."
+        )
+    one_label = loss == "bce" and logits.shape[-1] == 1 and isinstance(target, torch.Tensor)
+    if one_label and (not target.is_floating_point() or target.dim() != 2):
+        raise ValueError(
+            "loss='bce' on one logit (one binary label) takes float targets [B, 1] of 0. / 1. (e.g. "
+            f"labels.float()[:, None]); got {target.dtype} {tuple(target.shape)}"
+            + (": class ids would be one-hot over a single class" if not target.is_floating_point() else "")
+        )
 
 
 def _has(model: nn.Module, names: tuple[str, ...]) -> bool:

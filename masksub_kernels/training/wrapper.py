@@ -34,6 +34,7 @@ from ..ops._common import check_real
 from . import mlm
 from .families import (
     DEFAULT_CELL_SIZE,
+    check_classes,
     check_eva,
     check_family_options,
     check_input_size,
@@ -41,6 +42,7 @@ from .families import (
     resolve_family,
     unwrap_model,
 )
+from .hf_checks import check_hf_config
 from .hf_swin import check_batch as check_hf_swin_batch
 from .hf_swin import hf_swin_embeddings, hf_swin_sub_logits, is_hf_swin
 from .hf_swin import prepare as prepare_hf_swin
@@ -173,6 +175,8 @@ class MaskSub(nn.Module):
                 f"{type(inner).__name__} has no classifier (timm num_classes=0): its outputs are features, not the "
                 "logits MaskSub's losses need; build it with num_classes=C (or model.reset_classifier(C))"
             )
+        if self.family != "mlm":
+            check_hf_config(inner, loss)  # a transformers config's labels MaskSub's loss cannot train (hf_checks.py)
         check_family_options(self.family, variant, cell_size)
         if variant != "mask" and is_hf_vit(inner):
             raise ValueError(
@@ -329,7 +333,7 @@ class MaskSub(nn.Module):
         (mlm: ``logits`` are the main head inputs [B, L, D] and ``target`` the labels [B, L].)"""
         if self._mlm is not None:
             return mlm.main_loss(self._mlm, logits, target, self.label_smoothing, self.chunk_rows)
-        self._check_classes(logits)
+        check_classes(self.loss_mode, logits, target)
         return supervised_loss(
             logits,
             target,
@@ -337,15 +341,6 @@ class MaskSub(nn.Module):
             label_smoothing=self.label_smoothing,
             target_threshold=self.target_threshold,
         )
-
-    def _check_classes(self, logits: torch.Tensor) -> None:
-        """Softmax CE over one class is 0 whatever the model: a ValueError rather than a run that learns nothing."""
-        if self.loss_mode == "ce" and logits.shape[-1] < 2:
-            raise ValueError(
-                f"loss='ce' needs logits of at least 2 classes, got {logits.shape[-1]}: softmax cross-entropy over one "
-                "class is 0 whatever the model (a Hugging Face num_labels=1 regression head?); use loss='bce' for one "
-                "binary label"
-            )
 
     def sub_criterion(
         self, sub_logits: torch.Tensor, main_logits: torch.Tensor, target: torch.Tensor | None = None
@@ -381,7 +376,7 @@ class MaskSub(nn.Module):
                 label_smoothing=self.label_smoothing, chunk_rows=self.chunk_rows,
             )  # fmt: skip
 
-        self._check_classes(main_logits)
+        check_classes(self.loss_mode, main_logits, target)
         return mk.masksub_loss(
             main_logits,
             sub_logits,

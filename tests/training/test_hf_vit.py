@@ -186,15 +186,48 @@ def test_options_and_sizes_are_checked():
 
 
 def test_cross_entropy_over_one_class_is_refused():
-    # helper-109: num_labels=1 (Hugging Face's regression convention) with loss='ce' trained on a loss of 0
-    ms = MaskSub(tiny_hf("ViTForImageClassification", num_labels=1))
-    images, target = _images(), torch.zeros(3, dtype=torch.long)
-    with pytest.raises(ValueError, match="loss='ce' needs logits of at least 2 classes, got 1"):
+    # helper-109: num_labels=1 (Hugging Face's regression convention) with loss='ce' trained on a loss of 0; refused
+    # at construction since helper-302's probe (was: at the first step), saying which targets loss='bce' then takes
+    with pytest.raises(ValueError, match=r"num_labels=1, and loss='ce' .* float targets \[B, 1\] of 0\. / 1\."):
+        MaskSub(tiny_hf("ViTForImageClassification", num_labels=1))
+    # a model without a transformers config: at its first step, in train and eval mode
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).double()
+    ms, images, target = MaskSub(plain, family="pixel", cell_size=8), _images(), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"loss='ce' needs logits of at least 2 classes, got 1: .* \[B, 1\] of 0"):
         ms(images, target)
     with pytest.raises(ValueError, match="at least 2 classes"):
         ms.eval()(images, target)
-    ms = MaskSub(tiny_hf("ViTForImageClassification", num_labels=1), loss="bce")
-    assert ms(images, target.double()[:, None])["loss"] > 0
+
+
+def test_bce_on_one_logit_takes_float_targets_b_by_1():
+    # helper-302: class ids [B] were one-hot over one class (all 0: every row a positive, trained silently; a 1:
+    # "class ids must be in [0, 1)") and float [B] a bare shape error
+    ms, images = MaskSub(tiny_hf("ViTForImageClassification", num_labels=1), loss="bce"), _images()
+    for target in (torch.zeros(3, dtype=torch.long), torch.tensor([0, 1, 0]), torch.tensor([0.0, 1.0, 0.0])):
+        with pytest.raises(ValueError, match=r"loss='bce' on one logit .* takes float targets \[B, 1\] of 0\. / 1\."):
+            ms(images, target)
+    with pytest.raises(ValueError, match="one-hot over a single class"):
+        ms.eval()(images, torch.zeros(3, dtype=torch.long))
+    assert ms.train()(images, torch.tensor([[0.0], [1.0], [0.0]], dtype=torch.float64))["loss"] > 0
+
+
+def test_the_configs_problem_type_and_return_dict_are_checked_at_construction():
+    # helper-302: a multi-label config trained silently on softmax CE; regression and return_dict=False failed later
+    model = tiny_hf("ViTForImageClassification")
+    model.config.problem_type = "multi_label_classification"
+    with pytest.raises(ValueError, match=r"problem_type='multi_label_classification', .* use loss='bce'"):
+        MaskSub(model)
+    model.config.problem_type = "regression"
+    for loss in ("ce", "bce"):
+        with pytest.raises(ValueError, match="problem_type='regression': MaskSub has no regression loss"):
+            MaskSub(model, loss=loss)
+    model.config.problem_type, model.config.return_dict = None, False
+    with pytest.raises(ValueError, match=r"return_dict=False: .* set model.config.return_dict = True"):
+        MaskSub(model)
+    model.config.return_dict = True
+    for problem, loss in ((None, "ce"), ("single_label_classification", "ce"), ("multi_label_classification", "bce")):
+        model.config.problem_type = problem
+        assert MaskSub(model, loss=loss).loss_mode == loss
 
 
 def test_other_transformers_classifiers_keep_the_warned_pixel_fallback(monkeypatch):
