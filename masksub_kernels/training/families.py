@@ -20,8 +20,9 @@ pixel-grid masking works on any model that takes [B, C, H, W] images, so such a 
 sub-branch is the pixel-grid fallback rather than the paper's recipe for that architecture; passing
 ``family='pixel'`` explicitly silences it. A model whose forward is not image -> logits fails on its first call:
 with the model's own error, or where it returns something other than logits [B, C] (a tensor, or an object with
-``.logits``: Hugging Face's), with ``logits_of``'s. Asking for ``'vit'`` / ``'swin'`` on a model without that
-structure is a ValueError.
+``.logits``: Hugging Face's), with ``logits_of``'s; a transformers class without an image-classification head
+(``ViTModel``) is refused when MaskSub is built (hf_checks.py). Asking for ``'vit'`` / ``'swin'`` on a model without
+that structure is a ValueError.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import warnings
 import torch
 from torch import nn
 
+from .hf_checks import check_hf_head
 from .hf_swin import hf_swin_grid, is_hf_swin
 from .hf_vit import check_hf_size, configured_grid, is_hf_vit
 from .mlm import is_mlm
@@ -128,6 +130,7 @@ def _auto_family(model: nn.Module) -> str:
             "structure (bert + cls.predictions) or RoBERTa structure (roberta + lm_head) only, and the other "
             "families take images"
         )
+    check_hf_head(model)  # a transformers encoder or non-classification head: no logits (hf_checks.py)
     return "pixel"
 
 
@@ -166,6 +169,8 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
         "pixel": (),
         "mlm": (),
     }[family]
+    if family == "pixel":
+        check_hf_head(model)
     if family == "mlm" and not is_mlm(model):
         raise ValueError(
             f"family='mlm' needs a Hugging Face masked-LM model of BERT structure (bert + cls.predictions) or RoBERTa "

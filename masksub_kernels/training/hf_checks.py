@@ -1,5 +1,8 @@
 """MaskSub's construction-time refusals of a transformers model that its image families cannot train.
 
+- ``check_hf_head``: a transformers class without an image-classification head (``ViTModel``, ``Dinov2Backbone``,
+  ``ViTForMaskedImageModeling``, a segmentation or detection model): its forward returns features or
+  reconstructions, not logits, so the pixel-grid fallback would warn and then fail at the first step.
 - ``check_hf_config``: what the model's config says about its labels: ``problem_type`` (where set: None is not
   read) 'regression' (MaskSub has no regression loss) or 'multi_label_classification' with ``loss='ce'`` (softmax
   cross-entropy on multi-hot targets: ``loss='bce'``), ``num_labels=1`` with ``loss='ce'`` (softmax over one class is
@@ -13,7 +16,9 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["check_hf_config", "transformers_config"]
+from .hf_hooks import is_transformers_classifier
+
+__all__ = ["check_hf_config", "check_hf_head", "transformers_config"]
 
 
 def transformers_config(model: nn.Module):
@@ -21,6 +26,32 @@ def transformers_config(model: nn.Module):
     config = getattr(model, "config", None)
     from_transformers = any(cls.__module__.startswith("transformers.") for cls in type(config).__mro__)
     return config if config is not None and from_transformers else None
+
+
+def _classifier_name(config) -> str:
+    """Where transformers has one, the image classifier of the config's model type, in words."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES as names
+    except ImportError:  # (a transformers that moved it: the advice without the class name)
+        names = {}
+    found = names.get(getattr(config, "model_type", None))
+    if found is None:
+        return "an image classifier (a *ForImageClassification class), or a head of its own in a subclass"
+    found = (found,) if isinstance(found, str) else tuple(found)
+    return " or ".join(found) + " (from_pretrained(..., num_labels=C))"
+
+
+def check_hf_head(model: nn.Module) -> None:
+    """Refuse a model whose own class is a transformers one without an image-classification head."""
+    cls = type(model)
+    if not cls.__module__.startswith("transformers.") or is_transformers_classifier(model):
+        return
+    config = transformers_config(model)
+    raise ValueError(
+        f"MaskSub: {cls.__name__} is a transformers model without an image-classification head (its forward returns "
+        "features or reconstructions, not the logits [B, C] MaskSub's losses need); use "
+        f"{_classifier_name(config)}"
+    )
 
 
 def check_hf_config(model: nn.Module, loss: str) -> None:

@@ -204,6 +204,8 @@ def test_bare_encoders_and_masked_image_modelling_heads_are_not_cut(monkeypatch)
         assert not is_hf_swin(other)
         with pytest.raises(ValueError, match="family='swin' needs a model with"):
             MaskSub(other, family="swin")
+        with pytest.raises(ValueError, match=r"without an image-classification head .* use SwinForImageClassification"):
+            MaskSub(other)  # (helper-302: was the pixel fallback's warning, then a failure at the first step)
     with pytest.raises(ValueError, match=r"DropSub / PathSub.*defined for ViTs"):
         MaskSub(tiny_swin("SwinForImageClassification"), variant="drop")
 

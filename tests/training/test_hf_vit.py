@@ -266,10 +266,29 @@ def test_which_transformers_models_are_cut_and_the_errors_of_odd_embeddings(monk
     config = tiny_hf("ViTForImageClassification").config
     assert is_hf_vit(MyViT(config)) and MaskSub(MyViT(config).double()).family == "vit"
     monkeypatch.setattr(families, "_WARNED", set())
-    for bare in (transformers.ViTModel(config), transformers.ViTForMaskedImageModeling(config)):  # no logits
+    # no logits: refused at construction, naming the classifier to use (helper-302: they got the pixel fallback's
+    # warning, then failed at the first step); a user class with a head of its own takes the fallback
+    dinov2 = transformers.Dinov2Backbone(
+        transformers.Dinov2Config(**{k: v for k, v in TINY.items() if k != "num_labels"})
+    )
+    bare_models = (transformers.ViTModel(config), transformers.ViTForMaskedImageModeling(config), dinov2)
+    for bare, family in zip(bare_models, ("auto", "pixel", "auto")):
         assert not is_hf_vit(bare)
-        with pytest.warns(UserWarning, match="pixel-grid fallback"):
-            assert MaskSub(bare, cell_size=8).family == "pixel"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # (refused before the fallback's warning)
+            with pytest.raises(ValueError, match=rf"{type(bare).__name__} is a transformers model without an image-"):
+                MaskSub(bare, family=family)
+    with pytest.raises(ValueError, match=r"head \(.*\); use ViTForImageClassification \(from_pretrained"):
+        MaskSub(transformers.ViTModel(config))
+    with pytest.raises(ValueError, match="use Dinov2ForImageClassification"):
+        MaskSub(dinov2)
+
+    class WithHead(transformers.ViTModel):
+        def forward(self, pixel_values):
+            return super().forward(pixel_values).pooler_output
+
+    with pytest.warns(UserWarning, match="pixel-grid fallback"):
+        assert MaskSub(WithHead(config).double(), cell_size=8)(_images(), torch.zeros(3, dtype=torch.long))["loss"] > 0
     # the construction-time size check reads a vision config too (CLIP): 8 px, 1 patch, keeps none
     with pytest.raises(ValueError, match="0 of 1 tokens: at least one must be kept"):
         MaskSub(tiny_hf("CLIPForImageClassification", image_size=8))
