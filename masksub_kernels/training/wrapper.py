@@ -100,7 +100,7 @@ class MaskSub(nn.Module):
         mask_ratio: r, the fraction of tokens / cells removed (DropSub / PathSub: the dropout / drop-path rate).
         loss: 'ce' (softmax, DeiT / MAE / Swin recipes) or 'bce' (sigmoid, DeiT-III / ResNet RSB recipes).
         variant: 'mask' (MaskSub), 'drop' (DropSub) or 'path' (PathSub); the last two for timm ViTs only.
-        main_weight, sub_weight: weights of the two terms (1/2 each in the paper).
+        main_weight, sub_weight: weights of the two terms (1/2 each in the paper; not both 0).
         target_threshold: BCE only: the main target becomes [y > threshold] (DeiT-III: 0.0).
         label_smoothing: eps of the main target, w = (1 - eps) y + eps / C (leave 0 when timm's Mixup smooths).
         family: 'auto' (detect), 'vit', 'swin', 'pixel' or 'mlm'.
@@ -151,6 +151,8 @@ class MaskSub(nn.Module):
         self.mask_ratio = check_real("mask_ratio", mask_ratio, 0.0, 1.0, open_high=True)
         self.main_weight = check_real("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
         self.sub_weight = check_real("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
+        if self.main_weight == 0 and self.sub_weight == 0:
+            raise ValueError("main_weight and sub_weight are both 0: the loss would be 0 whatever the model")
         self.label_smoothing = check_real("label_smoothing", label_smoothing, 0.0, 1.0)
         self.target_threshold = None
         if target_threshold is not None:  # a probability threshold: [0, 1), as masksub_loss takes it

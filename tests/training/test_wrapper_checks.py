@@ -42,6 +42,13 @@ def test_label_smoothing_of_one_is_taken():
     assert MaskSub(tiny_vit(), label_smoothing=1.0).label_smoothing == 1.0
 
 
+def test_both_weights_zero_is_refused_and_either_alone_is_taken():
+    # helper-302: main_weight=0 and sub_weight=0 were taken (a loss of 0: nothing trains)
+    with pytest.raises(ValueError, match="main_weight and sub_weight are both 0"):
+        MaskSub(tiny_vit(), main_weight=0, sub_weight=0.0)
+    assert MaskSub(tiny_vit(), main_weight=0).sub_weight == MaskSub(tiny_vit(), sub_weight=0).main_weight == 0.5
+
+
 def test_model_kwargs_with_a_non_string_key_are_a_type_error():
     # kills wrapper.py:222 dropping `or not all(isinstance(key, str) for key in model_kwargs)` (the key then reached
     # the name check: a ValueError, or under a plain **kwargs a TypeError only at the first forward)
