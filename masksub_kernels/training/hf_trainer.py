@@ -59,7 +59,10 @@ wrong made right:
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import reprlib
+from collections.abc import Mapping
 
 import torch
 
@@ -80,14 +83,37 @@ except (ImportError, RuntimeError) as exc:  # transformers' Trainer needs accele
 __all__ = ["MaskSubTrainer"]
 
 
+def _masksub_options(masksub) -> dict:
+    """``masksub`` as MaskSub's keyword arguments: a mapping (None: none) of the names MaskSub takes."""
+    if masksub is None:
+        return {}
+    if not isinstance(masksub, Mapping):
+        raise TypeError(
+            "masksub must be a mapping of MaskSub's keyword arguments (e.g. {'mask_ratio': 0.5}), got "
+            f"{type(masksub).__name__} {reprlib.repr(masksub)}"
+        )
+    parameters = inspect.signature(MaskSub.__init__).parameters.values()
+    options = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    for key in masksub:
+        if key not in options:
+            close = difflib.get_close_matches(str(key), options, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"masksub has {key!r}, which is not an option of MaskSub{hint}; its options: {', '.join(options)}"
+            )
+    return dict(masksub)
+
+
 class MaskSubTrainer(Trainer):
-    """``transformers.Trainer`` whose loss is MaskSub's (module docstring). ``masksub``: keyword arguments of
-    ``MaskSub`` (mask_ratio, loss, label_smoothing, ...); ``layer_decay``: layer-wise learning-rate decay of the
-    Trainer's optimizer (hf_layer_decay.py; None: off); the rest are the Trainer's own."""
+    """``transformers.Trainer`` whose loss is MaskSub's (module docstring). ``masksub``: a mapping of keyword
+    arguments of ``MaskSub`` (mask_ratio, loss, label_smoothing, ...; another name is refused); ``layer_decay``:
+    layer-wise learning-rate decay of the Trainer's optimizer (hf_layer_decay.py; None: off); the rest are the
+    Trainer's own."""
 
     def __init__(
         self, model=None, *args, masksub: dict | None = None, layer_decay: float | None = None, **kwargs
     ) -> None:
+        masksub = _masksub_options(masksub)  # (before the Trainer's setup: a typo is told at once)
         self.layer_decay = None if layer_decay is None else check_layer_decay(layer_decay)
         # a torch.compile-d model: the Trainer gets the eager one (its column filter, label names and saving read
         # the model's class and forward signature), MaskSub the compiled one (whose branches it then runs compiled)
@@ -129,7 +155,7 @@ class MaskSubTrainer(Trainer):
             # a forward without `labels` (DeiT's and LeViT's WithTeacher): the Trainer's label names would be [], its
             # column filter would drop the batches' labels and its evaluation would treat them as unlabelled
             self.label_names = ["labels"]
-        self.masksub = MaskSub(compiled if compiled is not None else self.model, **(masksub or {}))
+        self.masksub = MaskSub(compiled if compiled is not None else self.model, **masksub)
         if any(True for _ in self.masksub.parameters(recurse=False)):  # Swin's mask token: not a transformers family
             raise ValueError(f"MaskSub's {self.masksub.family} family owns parameters that the Trainer would not train")
         if self.optimizer is not None:  # optimizers=(optimizer, scheduler): one built before MaskSub made Swin's token

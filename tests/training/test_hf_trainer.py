@@ -226,6 +226,20 @@ def test_optimizers_and_compiled_models_keep_the_swin_token_right(tmp_path):
     assert "swin.embeddings.mask_token" not in decayed and "classifier.weight" in decayed
 
 
+def test_masksub_must_be_a_mapping_of_masksubs_options(tmp_path):
+    # helper-302: 0.5 gave Python's "argument after ** must be a mapping", a misspelt key a bare unexpected keyword
+    model, args = tiny_hf("ViTForImageClassification").float(), _args(tmp_path)
+    with pytest.raises(TypeError, match=r"masksub must be a mapping of MaskSub's keyword arguments .* got float 0.5"):
+        MaskSubTrainer(model=model, args=args, masksub=0.5)
+    with pytest.raises(
+        ValueError, match=r"'mask_ration', .* \(did you mean 'mask_ratio'\?\); its options: mask_ratio, loss,"
+    ):
+        MaskSubTrainer(model=model, args=args, masksub={"mask_ration": 0.5})
+    with pytest.raises(ValueError, match=r"masksub has 'model', which is not an option of MaskSub; its options: "):
+        MaskSubTrainer(model=model, args=args, masksub={"model": model})
+    assert MaskSubTrainer(model=model, args=args, masksub={"sub_weight": 1.0}).masksub.sub_weight == 1.0
+
+
 def test_model_init_is_refused(tmp_path):
     # helper-112: the Trainer built a new model from model_init in train(), MaskSub kept the first: nothing trained
     with pytest.raises(ValueError, match="does not take model_init"):
