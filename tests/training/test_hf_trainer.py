@@ -240,6 +240,17 @@ def test_masksub_must_be_a_mapping_of_masksubs_options(tmp_path):
     assert MaskSubTrainer(model=model, args=args, masksub={"sub_weight": 1.0}).masksub.sub_weight == 1.0
 
 
+def test_a_label_column_reaches_training_and_evaluation_through_the_default_collator(tmp_path):
+    # helper-302: docs/training.md said such a column was not found in evaluation without label_names=["labels"];
+    # the Trainer's label names are the forward's (["labels"]), its column filter keeps `label`, and transformers'
+    # default collator renames it `labels`
+    rows = [{"pixel_values": row["pixel_values"], "label": int(row["labels"])} for row in _data(8, 0)]
+    model = tiny_hf("ViTForImageClassification").float()
+    trainer = MaskSubTrainer(model=model, args=_args(tmp_path), train_dataset=rows, eval_dataset=rows)
+    assert trainer.label_names == ["labels"] and trainer.train().training_loss > 0
+    assert trainer.evaluate()["eval_loss"] > 0
+
+
 def test_model_init_is_refused(tmp_path):
     # helper-112: the Trainer built a new model from model_init in train(), MaskSub kept the first: nothing trained
     with pytest.raises(ValueError, match="does not take model_init"):
