@@ -8,8 +8,10 @@
   cross-entropy on multi-hot targets: ``loss='bce'``), ``num_labels=1`` with ``loss='ce'`` (softmax over one class is
   0 whatever the model), and ``return_dict=False`` (the model returns tuples, without ``.logits``).
 
-The checks read the class and config only; a model in user code that subclasses a transformers model has its
-config read, and its head is its own business (a class of its own may add one).
+transformers' own loss writes ``problem_type`` on its first call with labels where it is None (float labels:
+multi-label; num_labels=1: regression), so a model once run on mixup's probabilities says multi-label: the messages
+say to reset it. The checks read the class and config only; a model in user code that subclasses a transformers
+model has its config read, and its head is its own business (a class of its own may add one).
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ def _classifier_name(config) -> str:
 
 
 def check_hf_head(model: nn.Module) -> None:
-    """Refuse a model whose own class is a transformers one without an image-classification head."""
+    """Refuse a model whose own class is a transformers one without an image-classification head (a text model,
+    which takes input_ids, is families._auto_family's to refuse)."""
     cls = type(model)
     if not cls.__module__.startswith("transformers.") or is_transformers_classifier(model):
+        return
+    if getattr(model, "main_input_name", None) == "input_ids":
         return
     config = transformers_config(model)
     raise ValueError(
@@ -52,6 +57,13 @@ def check_hf_head(model: nn.Module) -> None:
         "features or reconstructions, not the logits [B, C] MaskSub's losses need); use "
         f"{_classifier_name(config)}"
     )
+
+
+_SET_BY_TRANSFORMERS = (
+    "transformers' own loss sets problem_type at its first call with labels where it was None (num_labels=1: "
+    "'regression'; float labels, e.g. mixup's probabilities: 'multi_label_classification'): where that guess is "
+    "wrong, set model.config.problem_type = None"
+)
 
 
 def check_hf_config(model: nn.Module, loss: str) -> None:
@@ -69,12 +81,14 @@ def check_hf_config(model: nn.Module, loss: str) -> None:
     if problem == "regression":
         raise ValueError(
             f"{name}'s config has problem_type='regression': MaskSub has no regression loss (its criteria are "
-            "cross-entropy, loss='ce', and binary cross-entropy, loss='bce', over class logits)"
+            "cross-entropy, loss='ce', and binary cross-entropy, loss='bce', over class logits); "
+            f"{_SET_BY_TRANSFORMERS}"
         )
     if problem == "multi_label_classification" and loss == "ce":
         raise ValueError(
             f"{name}'s config has problem_type='multi_label_classification', and loss='ce' is a softmax over the "
-            "classes (one label per image): use loss='bce' (a sigmoid per class) with multi-hot float targets [B, C]"
+            "classes (one label per image): use loss='bce' (a sigmoid per class) with multi-hot float targets [B, C]; "
+            f"{_SET_BY_TRANSFORMERS}"
         )
     if getattr(config, "num_labels", None) == 1 and loss == "ce":
         raise ValueError(

@@ -221,6 +221,12 @@ def test_the_configs_problem_type_and_return_dict_are_checked_at_construction():
     for loss in ("ce", "bce"):
         with pytest.raises(ValueError, match="problem_type='regression': MaskSub has no regression loss"):
             MaskSub(model, loss=loss)
+    # transformers' own loss sets it at its first call with labels: float labels (mixup's) say multi-label
+    model.config.problem_type = None
+    model.eval()(_images(), labels=torch.full((3, 5), 0.2, dtype=torch.float64))
+    assert model.train().config.problem_type == "multi_label_classification"
+    with pytest.raises(ValueError, match=r"where that guess is wrong, set model.config.problem_type = None"):
+        MaskSub(model)
     model.config.problem_type, model.config.return_dict = None, False
     with pytest.raises(ValueError, match=r"return_dict=False: .* set model.config.return_dict = True"):
         MaskSub(model)
