@@ -60,9 +60,10 @@ def write_log(
 
 
 def _git(root: str, *args: str) -> subprocess.CompletedProcess | None:
+    """git's answer, its stdout as bytes (a path in it may be in any encoding: os.fsdecode reads it back)."""
     try:
-        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):  # no git, a hung one: not recorded, never a failed run
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError, ValueError):  # no git, a hung one: not recorded, never a failed run
         return None
 
 
@@ -71,9 +72,10 @@ def _git_commit() -> tuple[str | None, bool | None]:
     outside a checkout (an installed wheel; a checkout that holds the package elsewhere than at its top)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     top = _git(root, "rev-parse", "--show-toplevel", "HEAD")
-    if top is None or top.returncode != 0 or len(top.stdout.split()) != 2:
+    lines = [] if top is None or top.returncode != 0 else os.fsdecode(top.stdout).splitlines()
+    if len(lines) != 2:  # one line each: the top folder (spaces and all) and the commit
         return None, None
-    toplevel, commit = top.stdout.split()
+    toplevel, commit = lines
     if os.path.realpath(toplevel) != os.path.realpath(root):
         return None, None
     diff = _git(root, "diff", "--quiet", "HEAD", "--")
@@ -82,7 +84,7 @@ def _git_commit() -> tuple[str | None, bool | None]:
 
 def _cpu_model() -> str | None:
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", errors="replace") as f:
             for line in f:
                 if line.startswith("model name"):
                     return line.partition(":")[2].strip() or None

@@ -164,13 +164,13 @@ class MaskSub(nn.Module):
         cell_size = None if cell_size is None else int(cell_size)
         self.loss_mode = loss
         self.variant = variant
-        if isinstance(model, (MaskSub, nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        inner = unwrap_model(model)
+        if isinstance(inner, (MaskSub, nn.parallel.DistributedDataParallel, nn.DataParallel)):  # torch.compile(DDP) too
             raise ValueError(
-                f"MaskSub wraps the bare model (or its torch.compile), not a {type(model).__name__}: its family and "
+                f"MaskSub wraps the bare model (or its torch.compile), not a {type(inner).__name__}: its family and "
                 "sub-branch are read from the model itself; wrap the model, then ms.wrap_ddp(...) for DDP"
             )
         self.model = model
-        inner = unwrap_model(model)
         self.family = resolve_family(inner, family)
         if self.family != "mlm" and getattr(inner, "num_classes", None) == 0:  # timm's num_classes=0: no head
             raise ValueError(

@@ -47,3 +47,15 @@ def test_cpu_model_falls_back_to_platform(monkeypatch):
     assert runlog._cpu_model() == "some cpu"
     monkeypatch.setattr(runlog.platform, "processor", lambda: "")
     assert runlog._cpu_model() is None
+
+
+# helper-308: the top folder was split on whitespace (a path with a space recorded no commit) and git's output
+# decoded strictly (a path with a byte that is not UTF-8 raised UnicodeDecodeError and stopped the run)
+def test_a_checkout_path_with_a_space_or_other_bytes_records_its_commit(monkeypatch):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    for top in (b"/tmp/sp ace/p", b"/tmp/\xff/p"):
+        answers = {"rev-parse": subprocess.CompletedProcess([], 0, top + b"\n" + commit.encode() + b"\n", b"\xff"),
+                   "diff": subprocess.CompletedProcess([], 1, b"", b"")}  # fmt: skip
+        monkeypatch.setattr(runlog, "__file__", os.fsdecode(top) + "/masksub_kernels/training/runlog.py")
+        monkeypatch.setattr(runlog, "_git", lambda root, *args, answers=answers: answers[args[0]])
+        assert runlog._git_commit() == (commit, True)
