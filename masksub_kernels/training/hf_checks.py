@@ -36,7 +36,10 @@ def _classifier_name(config) -> str:
         from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES as names
     except ImportError:  # (a transformers that moved it: the advice without the class name)
         names = {}
-    found = names.get(getattr(config, "model_type", None))
+    model_type = getattr(config, "model_type", None)
+    found = names.get(model_type)
+    if found is None and isinstance(model_type, str):  # CLIPVisionModel's 'clip_vision_model': CLIP's classifier
+        found = names.get(model_type.removesuffix("_vision_model"))
     if found is None:
         return "an image classifier (a *ForImageClassification class), or a head of its own in a subclass"
     found = (found,) if isinstance(found, str) else tuple(found)
@@ -52,6 +55,11 @@ def check_hf_head(model: nn.Module) -> None:
     if getattr(model, "main_input_name", None) == "input_ids":
         return
     config = transformers_config(model)
+    if "For" in cls.__name__ and cls.__name__.endswith("Classification"):  # VideoMAE's, an audio model's: logits
+        raise ValueError(
+            f"MaskSub: {cls.__name__} is a transformers classifier of other inputs than images (video, audio): "
+            "MaskSub's image families take images [B, C, H, W] and a model that classifies them"
+        )
     raise ValueError(
         f"MaskSub: {cls.__name__} is a transformers model without an image-classification head (its forward returns "
         "features or reconstructions, not the logits [B, C] MaskSub's losses need); use "

@@ -10,7 +10,9 @@ std band). The standard deviation is the sample one (n - 1): none (``null``, "n/
 kinds of logs: ``masksub-train``'s per-epoch rows (top-1 on images) and ``masksub-train-mlm``'s per-round rows
 (held-out MLM accuracy, against optimizer steps). Where the logs' meta records where the runs ran (git commit, start
 time, CPU, torch threads, GPU: runlog.run_provenance), each arm's summary holds it under ``provenance`` and a line
-under the table says it; logs without it (before 2026-12-07's helper-307) give the line "not recorded in the logs".
+under the table says it; logs without it (before 2026-12-07) give the line "not recorded in the logs", pointing to a
+PROVENANCE.md beside the table (what the git history says of them) where there is one; logs that all record it
+replace such a file's logs, and it is removed.
 """
 
 from __future__ import annotations
@@ -224,9 +226,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    where = _provenance_line(runs)
-    if where.endswith("not recorded in the logs.") and os.path.isfile(os.path.join(out_dir, "PROVENANCE.md")):
+    where, history = _provenance_line(runs), os.path.join(out_dir, "PROVENANCE.md")
+    if where.endswith("not recorded in the logs.") and os.path.isfile(history):
         where = where[:-1] + " (PROVENANCE.md, beside this file, gives it from the git history)."
+    elif os.path.isfile(history) and provenance([log for logs in runs.values() for log in logs])["runs_without"] == 0:
+        os.remove(history)  # it told where the replaced logs came from; every new one records its own
+        print(f"removed {history}: it gave the provenance of the logs replaced here; the new ones record their own")
     table = _table(summary, log_kind(runs)) + "\n" + where + "\n"
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(table)

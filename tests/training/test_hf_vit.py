@@ -288,6 +288,14 @@ def test_which_transformers_models_are_cut_and_the_errors_of_odd_embeddings(monk
         MaskSub(transformers.ViTModel(config))
     with pytest.raises(ValueError, match="use Dinov2ForImageClassification"):
         MaskSub(dinov2)
+    # helper-308: a vision tower's model type ('clip_vision_model') names its family's classifier; a video classifier
+    # is not said to lack a head
+    small = dict(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=8)
+    with pytest.raises(ValueError, match="use CLIPForImageClassification"):
+        MaskSub(transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**small, patch_size=4)))
+    video = transformers.VideoMAEConfig(**small, patch_size=4, num_frames=2, tubelet_size=2, num_labels=3)
+    with pytest.raises(ValueError, match="classifier of other inputs than images"):
+        MaskSub(transformers.VideoMAEForVideoClassification(video))
 
     class WithHead(transformers.ViTModel):
         def forward(self, pixel_values):

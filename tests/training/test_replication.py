@@ -158,3 +158,13 @@ def test_provenance_in_summary_and_table(tmp_path):
     assert line == ("Provenance (the logs' meta): commit aaaaaaaaaaaa; started 2026-12-07T00:00:00+00:00 to "
                     "2026-12-07T02:00:00+00:00 (UTC); CPU AMD EPYC; torch threads 1; GPU none; 1 of the logs record "
                     "none of it.")  # fmt: skip
+    # a PROVENANCE.md stays while a log records none; once every log records its own, it told of replaced logs
+    (tmp_path / "out2" / "PROVENANCE.md").write_text("from git log\n")
+    assert replication.main([str(tmp_path / "new"), str(tmp_path / "out2")]) == 0
+    assert (tmp_path / "out2" / "PROVENANCE.md").is_file()
+    path = sorted((tmp_path / "new").glob("*/log.json"))[3]
+    log = json.loads(path.read_text())
+    log["meta"].update(git_commit=None, git_dirty=None, started_utc=None, cpu=None, torch_threads=1, gpu=None)
+    path.write_text(json.dumps(log))
+    assert replication.main([str(tmp_path / "new"), str(tmp_path / "out2")]) == 0
+    assert not (tmp_path / "out2" / "PROVENANCE.md").exists()

@@ -51,7 +51,8 @@ def test_masksub_run_writes_logs_and_checkpoints(tmp_path):
     assert meta["git_commit"] == subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
                                                 text=True).stdout.strip() or None  # fmt: skip
     assert meta["started_utc"].endswith("+00:00") and meta["cpu"] and meta["torch_threads"] == torch.get_num_threads()
-    assert meta["gpu"] is None and meta["git_dirty"] in (True, False, None)
+    dirty = subprocess.run(["git", "-C", ROOT, "diff", "--quiet", "HEAD", "--"], capture_output=True).returncode
+    assert meta["gpu"] is None and meta["git_dirty"] == (None if meta["git_commit"] is None else dirty == 1)
 
 
 def test_notes_a_warmup_that_outlasts_the_run(tmp_path, capsys):
