@@ -121,8 +121,8 @@ def _compiled_extension_missing() -> str | None:
     except ImportError as exc:
         return (
             "the CUDA extension masksub_kernels._C is not built or does not import "
-            f"({exc}); build it with `MASKSUB_BUILD_CUDA=1 pip install --no-build-isolation -e .` on a machine "
-            "with a CUDA toolkit and a CUDA build of torch"
+            f"({exc}); build it with `MASKSUB_BUILD_CUDA=1 pip install --no-build-isolation .` (or -e .) in the "
+            "source checkout, on a machine with a CUDA toolkit and a CUDA build of torch"
         )
     return None
 
@@ -167,7 +167,8 @@ class _Extension:
         if function is None:
             raise RuntimeError(
                 f"the CUDA extension {self._module.__name__} has no {name}: it was built from older sources; rebuild "
-                "it (pip install --no-build-isolation -e .) or select the 'triton' or 'torch' backend"
+                "it (pip install --no-build-isolation . in the source checkout) or select the 'triton' or 'torch' "
+                "backend"
             )
         return function
 

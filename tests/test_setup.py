@@ -82,6 +82,24 @@ def test_setup_py_skips_the_extension_with_a_message():
     assert "skipping the CUDA extension masksub_kernels._C (MASKSUB_BUILD_CUDA=0)" in result.stderr
 
 
+def test_the_sdist_holds_what_the_extension_build_needs(tmp_path):
+    """helper-310: the sdist held no csrc/ (nor tools/cuda_home.py, which setup.py loads by path), so a wheel built
+    from it skipped the extension ('no sources in csrc/') even with a CUDA toolkit; nor the licence (MANIFEST.in)."""
+    import tarfile
+
+    env = {**os.environ, "MASKSUB_BUILD_CUDA": "0"}
+    command = [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path), "sdist", "-d", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    (sdist,) = tmp_path.glob("masksub_kernels-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    needed = {str(p.relative_to(ROOT)) for p in CSRC.rglob("*") if p.is_file() and p.suffix not in (".o", ".so")}
+    assert needed and needed <= names, sorted(needed - names)
+    assert {"tools/cuda_home.py", "LICENSE", "masksub_kernels/py.typed", "setup.py", "pyproject.toml"} <= names
+    assert not any(name.startswith("tests/") for name in names)
+
+
 # The warning flags of the real build, on the real platform header: the build that must refuse an infinite recursion
 # (once shipped as bindings.cpp's current_stream, which no CPU test could run) and accept the fixed header.
 STREAM_USER = """#include "masksub_platform.h"

@@ -140,7 +140,10 @@ def _recipes_hint(path: str) -> str:
                 close = difflib.get_close_matches(os.path.splitext(os.path.basename(path))[0], names, n=3)
                 listed = ", ".join(repr(os.path.join(folder, f"{name}.yaml")) for name in close or names)
                 return f" ({'the closest' if close else 'no name is close'} in {folder!r}: {listed})"
-        return ""
+        return (  # an installed package, no recipes/ folder anywhere near: say where they are (helper-310)
+            " (recipes/ is in masksub_kernels' source checkout, not installed with the package: clone the repository "
+            "and pass the recipe's path there)"
+        )
     found = f": this package's checkout has {here!r}"
     return (
         f" (recipes/ is in masksub_kernels' source checkout, not installed with the package: pass {relative!r} from "

@@ -78,6 +78,9 @@ def _git_commit() -> tuple[str | None, bool | None]:
     toplevel, commit = lines
     if os.path.realpath(toplevel) != os.path.realpath(root):
         return None, None
+    tracked = _git(root, "ls-files", "--error-unmatch", "masksub_kernels/__init__.py")  # not a repository the
+    if tracked is None or tracked.returncode != 0:  # package was installed into (pip --target a checkout's folder)
+        return None, None
     diff = _git(root, "diff", "--quiet", "HEAD", "--")
     return commit, (None if diff is None or diff.returncode not in (0, 1) else diff.returncode == 1)
 

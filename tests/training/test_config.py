@@ -245,3 +245,18 @@ def test_the_recipes_hint_only_for_a_file_under_recipes_and_the_checkout_only_wh
     hint = _recipes_hint(os.path.join("x", "recipes", "deit3.yaml"))
     assert hint.startswith(" (recipes/ is in masksub_kernels' source checkout") and "'recipes/deit3.yaml'" in hint
     assert "this package's checkout has" in hint
+
+
+# helper-310: an installed package (no recipes/ beside it, none in the cwd) said only that the file does not exist
+def test_the_recipes_hint_of_an_installed_package_says_where_the_recipes_are(tmp_path, monkeypatch):
+    from masksub_kernels.training import config
+
+    site = tmp_path / "site" / "masksub_kernels" / "training"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(config, "__file__", str(site / "config.py"))
+    monkeypatch.chdir(tmp_path)
+    hint = config._recipes_hint(os.path.join("recipes", "deit3.yaml"))
+    assert hint == (
+        " (recipes/ is in masksub_kernels' source checkout, not installed with the package: clone the repository and "
+        "pass the recipe's path there)"
+    )

@@ -55,7 +55,12 @@ def test_a_checkout_path_with_a_space_or_other_bytes_records_its_commit(monkeypa
     commit = "0123456789abcdef0123456789abcdef01234567"
     for top in (b"/tmp/sp ace/p", b"/tmp/\xff/p"):
         answers = {"rev-parse": subprocess.CompletedProcess([], 0, top + b"\n" + commit.encode() + b"\n", b"\xff"),
-                   "diff": subprocess.CompletedProcess([], 1, b"", b"")}  # fmt: skip
+                   "diff": subprocess.CompletedProcess([], 1, b"", b""),
+                   "ls-files": subprocess.CompletedProcess([], 0, b"masksub_kernels/__init__.py\n", b"")}  # fmt: skip
         monkeypatch.setattr(runlog, "__file__", os.fsdecode(top) + "/masksub_kernels/training/runlog.py")
         monkeypatch.setattr(runlog, "_git", lambda root, *args, answers=answers: answers[args[0]])
         assert runlog._git_commit() == (commit, True)
+    # helper-310: a repository the package was installed into (pip install --target a folder that is one) does not
+    # track it: not the package's commit
+    answers["ls-files"] = subprocess.CompletedProcess([], 1, b"", b"error: pathspec did not match")
+    assert runlog._git_commit() == (None, None)
