@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import types
 import warnings
 
 import pytest
@@ -449,3 +450,22 @@ def test_the_sub_branch_runs_in_the_models_train_mode_with_its_dropout():
     assert torch.equal(ms.sub_logits(images, seed=1), first)  # the same tokens kept, the same dropout drawn
     assert not torch.equal(ms.sub_logits(images, seed=1), first)  # the same tokens, other dropout: it is on
     assert modes == [True, True, True] and model.training
+
+
+# helper-309's mutation audit
+def test_a_config_that_is_not_a_transformers_one_is_not_read():
+    # kills hf_checks.py transformers_config's `return config if config is not None and from_transformers else None`
+    # -> `return config` (a model of one's own with a `config` namespace of num_labels=1 / return_dict=False was
+    # refused as if it were a transformers config)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    model.config = types.SimpleNamespace(num_labels=1, return_dict=False, problem_type="regression")
+    assert MaskSub(model, family="pixel", cell_size=8).family == "pixel"
+
+
+def test_a_masked_lms_config_labels_are_not_checked():
+    # kills wrapper.py `if self.family != "mlm": check_hf_config(inner, loss)` -> `if True:` (a BERT MLM whose
+    # config carries num_labels=1 or a problem_type, fields the MLM loss never reads, was refused)
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, num_labels=1, problem_type="regression")  # fmt: skip
+    assert MaskSub(transformers.BertForMaskedLM(config)).family == "mlm"

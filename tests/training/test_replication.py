@@ -168,3 +168,36 @@ def test_provenance_in_summary_and_table(tmp_path):
     path.write_text(json.dumps(log))
     assert replication.main([str(tmp_path / "new"), str(tmp_path / "out2")]) == 0
     assert not (tmp_path / "out2" / "PROVENANCE.md").exists()
+
+
+# helper-309's mutation audit
+def _metas(*metas):
+    return [{"meta": {"command": "c", **m}} for m in metas]
+
+
+def test_provenance_line_of_a_dirty_tree_no_checkout_one_start_and_several_values():
+    # kills replication.py `dirty = ... if True in p["git_dirty"] else ""` -> `dirty = ""`, `"not a git checkout" if
+    # c is None else c[:12]` -> `str(c)[:12]`, `else first if first == last else` -> `else` (one start: "X to X"),
+    # words()' `p[key]` -> `p[key][:1]` (a second CPU dropped), and provenance()'s `for m in recorded` -> `recorded[:1]`
+    same = dict(started_utc="2026-12-07T05:00:00+00:00", torch_threads=1, gpu=None)
+    runs = {
+        "baseline": _metas(dict(git_commit="b" * 40, git_dirty=True, cpu="AMD EPYC", **same)),
+        "masksub": _metas(dict(git_commit=None, git_dirty=None, cpu="Intel Xeon", **same)),
+    }
+    line = replication._provenance_line(runs)
+    assert line == (
+        "Provenance (the logs' meta): commit bbbbbbbbbbbb, not a git checkout (tracked files changed); started "
+        "2026-12-07T05:00:00+00:00 (UTC); CPU AMD EPYC, Intel Xeon; torch threads 1; GPU none."
+    )
+
+
+def test_a_log_that_records_part_of_the_provenance_counts_as_recording_it():
+    # kills replication.py `any(key in m for key in PROVENANCE)` -> `all(...)` (a log with some fields, e.g. one
+    # written by a later run_provenance with a field renamed, counted as "records none")
+    p = replication.provenance(_metas(dict(git_commit="c" * 40), {}))
+    assert (
+        p["git_commit"] == ["c" * 40] and p["cpu"] == [None] and p["runs_without"] == 1 and p["started_utc"] == [None]
+    )
+    assert "; started unknown (UTC); CPU unknown;" in replication._provenance_line(
+        {"baseline": _metas(dict(cpu=None, gpu="H100"))}
+    )

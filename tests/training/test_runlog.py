@@ -1,5 +1,6 @@
 """runlog.run_provenance: what log.json's meta records of where a run ran (helper-304's probe)."""
 
+import io
 import os
 import subprocess
 
@@ -64,3 +65,60 @@ def test_a_checkout_path_with_a_space_or_other_bytes_records_its_commit(monkeypa
     # track it: not the package's commit
     answers["ls-files"] = subprocess.CompletedProcess([], 1, b"", b"error: pathspec did not match")
     assert runlog._git_commit() == (None, None)
+
+
+# helper-309's mutation audit
+def _fake_git(diff_rc, calls=None):
+    """A _git whose rev-parse answers the package's own checkout (its top at the package's parent) and whose diff
+    exits with diff_rc (None: git hung or missing)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(runlog.__file__))))
+
+    def git(where, *args):
+        if calls is not None:
+            calls.append(args)
+        if args[0] == "rev-parse":
+            return subprocess.CompletedProcess(args, 0, f"{root}\n{'1' * 40}\n", "")
+        if args[0] == "ls-files":  # the package is tracked
+            return subprocess.CompletedProcess(args, 0, "masksub_kernels/__init__.py\n", "")
+        return None if diff_rc is None else subprocess.CompletedProcess(args, diff_rc, "", "")
+
+    return git
+
+
+def test_git_dirty_is_diffs_exit_status_against_head(monkeypatch):
+    # kills runlog.py `else diff.returncode == 1)` -> `== 0)` (dirty inverted), `diff.returncode not in (0, 1)` ->
+    # `False` (a failed diff, 128, recorded as clean), and `"diff", "--quiet", "HEAD", "--"` -> `"diff", "--quiet"`
+    # (staged changes not counted: git diff without HEAD compares the work tree with the index)
+    calls = []
+    for rc, dirty in ((0, False), (1, True), (128, None), (None, None)):
+        monkeypatch.setattr(runlog, "_git", _fake_git(rc, calls))
+        assert runlog._git_commit() == ("1" * 40, dirty), rc
+    assert calls[2] == ("diff", "--quiet", "HEAD", "--")
+
+
+def test_cpu_model_reads_the_model_name_line_not_the_model_number(monkeypatch):
+    # kills runlog.py `line.startswith("model name")` -> `line.startswith("model")` (x86's cpuinfo has a
+    # `model : 85` line before `model name`: the CPU was recorded as "85")
+    real_open = open
+    cpuinfo = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel\t\t: 85\nmodel name\t: Intel Xeon Gold\n"
+
+    def fake(path, *args, **kwargs):
+        return io.StringIO(cpuinfo) if path == "/proc/cpuinfo" else real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake)
+    assert runlog._cpu_model() == "Intel Xeon Gold"
+
+
+def test_gpu_is_named_on_cuda_and_a_failing_name_is_none(monkeypatch):
+    # kills runlog.py `if device.type == "cuda":` -> `== "cpu"` (no GPU name on CUDA; the CPU test alone passes
+    # because the mutant's get_device_name on a CPU device raises into the except) and the `except Exception: gpu =
+    # None` -> `finally: pass` (a CUDA name that fails stops the run)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU 80GB")
+    assert runlog.run_provenance("cuda:0")["gpu"] == "Fake GPU 80GB"
+    assert runlog.run_provenance("cpu")["gpu"] is None
+
+    def broken(device=None):
+        raise RuntimeError("no CUDA driver")
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", broken)
+    assert runlog.run_provenance(torch.device("cuda"))["gpu"] is None
