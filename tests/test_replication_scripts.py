@@ -40,7 +40,10 @@ def test_run_sh_takes_seeds_epochs_and_out(tmp_path):
     # -> `--epochs 40`, and the last line's `"$OUT"` -> `docs/replication` (a smoke run overwrote the table)
     ran, calls, runs = _run_script("image", tmp_path, SEEDS="3 5", EPOCHS="2", OUT=str(tmp_path / "out"))
     assert ran.returncode == 0, ran.stderr
-    assert calls[0] == "-c import masksub_kernels.train, timm, torchvision" and not (runs / "baseline-seed0").exists()
+    assert (
+        calls[0] == "-c import masksub_kernels.train, timm, torchvision, matplotlib"
+        and not (runs / "baseline-seed0").exists()
+    )
     trains = [c for c in calls[1:] if c.startswith("-m masksub_kernels.train ")]
     assert len(trains) == 4 and all(" --epochs 2 " in c for c in trains)
     outputs = sorted(c.split("--output ")[1] for c in trains)
@@ -55,7 +58,7 @@ def test_mlm_run_sh_takes_seeds_steps_eval_every_and_out(tmp_path):
     # and the import check without `tokenizers`
     ran, calls, runs = _run_script("text", tmp_path, SEEDS="0", STEPS="20", EVAL_EVERY="10", OUT=str(tmp_path / "o"))
     assert ran.returncode == 0, ran.stderr
-    assert calls[0] == "-c import masksub_kernels.training.mlm_cli, transformers, tokenizers"
+    assert calls[0] == "-c import masksub_kernels.training.mlm_cli, transformers, tokenizers, matplotlib"
     trains = [c for c in calls[1:] if c.startswith("-m masksub_kernels.training.mlm_cli ")]
     assert len(trains) == 2 and all(" --steps 20 " in c and " --eval-every 10 " in c for c in trains)
     assert sorted(c.split("--output ")[1] for c in trains) == [f"{runs}/baseline-seed0", f"{runs}/masksub-seed0"]

@@ -85,11 +85,20 @@ def test_setup_py_skips_the_extension_with_a_message():
 def test_the_sdist_holds_what_the_extension_build_needs(tmp_path):
     """helper-310: the sdist held no csrc/ (nor tools/cuda_home.py, which setup.py loads by path), so a wheel built
     from it skipped the extension ('no sources in csrc/') even with a CUDA toolkit; nor the licence (MANIFEST.in)."""
+    import shutil
     import tarfile
 
+    # from a copy of the tracked files: sdist builds its tree in its working folder (another worker's
+    # test_csrc_sources lists the checkout's files)
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    source = tmp_path / "source"
+    for name in filter(None, tracked.stdout.split("\0")):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     env = {**os.environ, "MASKSUB_BUILD_CUDA": "0"}
     command = [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path), "sdist", "-d", str(tmp_path)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(command, cwd=source, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     (sdist,) = tmp_path.glob("masksub_kernels-*.tar.gz")
     with tarfile.open(sdist) as tar:

@@ -11,9 +11,9 @@ RUNS=${RUNS:-/tmp/masksub-replication}   # checkpoints and logs of each run (che
 SEEDS=${SEEDS:-0 1 2 3 4 5 6 7 8 9}
 EPOCHS=${EPOCHS:-40}
 OUT=${OUT:-docs/replication}
-if ! "$PY" -c "import masksub_kernels.train, timm, torchvision" 2>/dev/null; then   # before anything is removed
-    echo "run.sh: $PY cannot import masksub_kernels.train: run 'make install' first, or set PYTHON=/path/to/python" \
-         "(an environment with the package and its train extra)" >&2
+if ! "$PY" -c "import masksub_kernels.train, timm, torchvision, matplotlib" 2>/dev/null; then   # before any rm
+    echo "run.sh: $PY cannot import masksub_kernels.train or its train extra: run 'make install' first, or set" \
+         "PYTHON=/path/to/python (an environment with the package and its train extra)" >&2
     exit 2
 fi
 rm -rf "$RUNS"/baseline-seed? "$RUNS"/masksub-seed?   # fresh runs: the commands refuse to start over another run

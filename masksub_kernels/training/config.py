@@ -141,8 +141,8 @@ def _recipes_hint(path: str) -> str:
                 listed = ", ".join(repr(os.path.join(folder, f"{name}.yaml")) for name in close or names)
                 return f" ({'the closest' if close else 'no name is close'} in {folder!r}: {listed})"
         return (  # an installed package, no recipes/ folder anywhere near: say where they are (helper-310)
-            " (recipes/ is in masksub_kernels' source checkout, not installed with the package: clone the repository "
-            "and pass the recipe's path there)"
+            " (if you meant masksub_kernels' recipes: they are in its source checkout's recipes/, not installed with "
+            "the package; clone the repository and pass the recipe's path there)"
         )
     found = f": this package's checkout has {here!r}"
     return (

@@ -82,6 +82,19 @@ def provenance(logs: list[dict]) -> dict | None:
     return out
 
 
+def _logs_without_provenance(logs_dir: str) -> list[str]:
+    """The log.json copies in ``logs_dir`` whose meta records none of the provenance (a partial rerun into a folder
+    of older logs leaves some)."""
+    without = []
+    for name in sorted(os.listdir(logs_dir)):
+        if name.endswith(".json"):
+            with open(os.path.join(logs_dir, name)) as f:
+                meta = json.load(f).get("meta", {})
+            if not any(key in meta for key in PROVENANCE):
+                without.append(name)
+    return without
+
+
 def _provenance_line(runs: dict[str, list[dict]]) -> str:
     p = provenance([log for logs in runs.values() for log in logs])
     if p is None:
@@ -227,11 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     where, history = _provenance_line(runs), os.path.join(out_dir, "PROVENANCE.md")
-    if where.endswith("not recorded in the logs.") and os.path.isfile(history):
+    if os.path.isfile(history) and not _logs_without_provenance(os.path.join(out_dir, "logs")):
+        os.remove(history)  # it told where replaced logs came from; every log in out_dir/logs records its own
+        print(f"removed {history}: it gave the provenance of logs replaced here; those there now record their own")
+    elif os.path.isfile(history) and where.endswith(("not recorded in the logs.", "record none of it.")):
         where = where[:-1] + " (PROVENANCE.md, beside this file, gives it from the git history)."
-    elif os.path.isfile(history) and provenance([log for logs in runs.values() for log in logs])["runs_without"] == 0:
-        os.remove(history)  # it told where the replaced logs came from; every new one records its own
-        print(f"removed {history}: it gave the provenance of the logs replaced here; the new ones record their own")
     table = _table(summary, log_kind(runs)) + "\n" + where + "\n"
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(table)

@@ -72,7 +72,7 @@ def _git_commit() -> tuple[str | None, bool | None]:
     outside a checkout (an installed wheel; a checkout that holds the package elsewhere than at its top)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     top = _git(root, "rev-parse", "--show-toplevel", "HEAD")
-    lines = [] if top is None or top.returncode != 0 else os.fsdecode(top.stdout).splitlines()
+    lines = [] if top is None or top.returncode != 0 else os.fsdecode(top.stdout).rstrip("\n").split("\n")
     if len(lines) != 2:  # one line each: the top folder (spaces and all) and the commit
         return None, None
     toplevel, commit = lines

@@ -257,6 +257,6 @@ def test_the_recipes_hint_of_an_installed_package_says_where_the_recipes_are(tmp
     monkeypatch.chdir(tmp_path)
     hint = config._recipes_hint(os.path.join("recipes", "deit3.yaml"))
     assert hint == (
-        " (recipes/ is in masksub_kernels' source checkout, not installed with the package: clone the repository and "
-        "pass the recipe's path there)"
+        " (if you meant masksub_kernels' recipes: they are in its source checkout's recipes/, not installed with the "
+        "package; clone the repository and pass the recipe's path there)"
     )

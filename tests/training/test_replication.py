@@ -201,3 +201,35 @@ def test_a_log_that_records_part_of_the_provenance_counts_as_recording_it():
     assert "; started unknown (UTC); CPU unknown;" in replication._provenance_line(
         {"baseline": _metas(dict(cpu=None, gpu="H100"))}
     )
+
+
+# helper-311: a rerun of fewer seeds into a folder of older logs removed PROVENANCE.md though the older seeds' logs,
+# which it describes, stayed in logs/; the table points to it while any log there records none
+def test_a_partial_rerun_keeps_the_provenance_file_of_the_logs_left(tmp_path):
+    _write_runs(tmp_path / "old", "image", seeds=3)
+    assert replication.main([str(tmp_path / "old"), str(tmp_path / "out")]) == 0
+    (tmp_path / "out" / "PROVENANCE.md").write_text("from git log\n")
+    _write_runs(tmp_path / "new", "image", seeds=2)
+    for path in (tmp_path / "new").glob("*/log.json"):
+        log = json.loads(path.read_text())
+        log["meta"].update(git_commit="a" * 40, git_dirty=False, started_utc=None, cpu=None, torch_threads=1, gpu=None)
+        path.write_text(json.dumps(log))
+    assert replication.main([str(tmp_path / "new"), str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "PROVENANCE.md").is_file()  # seed 2's older logs are still there
+    for name in ("baseline-seed2.json", "masksub-seed2.json"):
+        (tmp_path / "out" / "logs" / name).unlink()
+    assert replication.main([str(tmp_path / "new"), str(tmp_path / "out")]) == 0
+    assert not (tmp_path / "out" / "PROVENANCE.md").exists()
+    mixed = tmp_path / "mixed"
+    assert replication.main([str(tmp_path / "old"), str(mixed)]) == 0
+    (mixed / "PROVENANCE.md").write_text("from git log\n")
+    path = tmp_path / "old" / "masksub-seed0" / "log.json"
+    log = json.loads(path.read_text())
+    log["meta"].update(git_commit="b" * 40)
+    path.write_text(json.dumps(log))
+    assert replication.main([str(tmp_path / "old"), str(mixed)]) == 0
+    assert (
+        (mixed / "table.md")
+        .read_text()
+        .endswith("5 of the logs record none of it (PROVENANCE.md, beside this file, gives it from the git history).\n")
+    )

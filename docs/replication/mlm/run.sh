@@ -13,9 +13,10 @@ SEEDS=${SEEDS:-0 1 2}
 STEPS=${STEPS:-800}
 EVAL_EVERY=${EVAL_EVERY:-100}
 OUT=${OUT:-docs/replication/mlm}
-if ! "$PY" -c "import masksub_kernels.training.mlm_cli, transformers, tokenizers" 2>/dev/null; then   # before any rm
-    echo "run.sh: $PY cannot import masksub_kernels.training.mlm_cli with transformers and tokenizers: run" \
-         "'make install' first, or set PYTHON=/path/to/python (an environment with the package's text extra)" >&2
+if ! "$PY" -c "import masksub_kernels.training.mlm_cli, transformers, tokenizers, matplotlib" 2>/dev/null; then
+    echo "run.sh: $PY cannot import masksub_kernels.training.mlm_cli with transformers, tokenizers and matplotlib" \
+         "(the plot): run 'make install' first, or set PYTHON=/path/to/python (an environment with the package's" \
+         "text extra and matplotlib)" >&2
     exit 2
 fi
 rm -rf "$RUNS"/baseline-seed? "$RUNS"/masksub-seed?   # fresh runs: the commands refuse to start over another run
