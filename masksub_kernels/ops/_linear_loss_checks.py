@@ -72,9 +72,15 @@ def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hid
             # (a head's parameters left in their dtype beside hidden states cast by hand)
             cast = tuple(x.shape) == expected[name] and x.device == hidden.device and name != "sub_hidden"
             hint = f" (cast it: {name}.to({hidden_name}.dtype)" if cast else ""
-            if cast and hidden.dtype != torch.float64 and not _autocast_on(hidden.device.type):
+            float64 = torch.float64 in (hidden.dtype, x.dtype)  # autocast leaves float64 alone (helper-312)
+            if cast and not float64 and not _autocast_on(hidden.device.type):
                 hint += ", or run under torch.autocast, which casts both"
             hint += ")" if cast else ""
+            if name == "sub_hidden" and x.dim() == 2 and x.shape[1:] == hidden.shape[1:] and x.shape[0] != len(hidden):
+                hint = (  # a sub-branch that keeps fewer tokens than the main one (helper-312)
+                    f" (the rows are aligned: where the sub-branch kept fewer tokens, gather the main rows at its kept "
+                    f"positions, {hidden_name}[ids] and target[ids])"
+                )
             raise ValueError(
                 f"{name} must be {list(expected[name])} with {hidden_name}'s dtype and device ({hidden.dtype}, "
                 f"{hidden.device}), got {list(x.shape)} {x.dtype} {x.device}{hint}"

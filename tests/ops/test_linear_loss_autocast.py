@@ -92,6 +92,10 @@ def test_the_cast_hint_offers_autocast_only_where_it_helps():
         with torch.autocast(DEVICE.type, dtype=BF16, enabled=autocast), pytest.raises(ValueError) as error:
             mk.linear_masksub_loss(h.double(), hs.double(), w, b, target)
         assert str(error.value).endswith("torch.float32 " + str(w.device) + " (cast it: weight.to(main_hidden.dtype))")
+    # an fp64 weight beside fp32 hidden states: autocast leaves it fp64 too (helper-312: it offered autocast)
+    with pytest.raises(ValueError) as error:
+        mk.linear_masksub_loss(h, hs, w.double(), b, target)
+    assert str(error.value).endswith("torch.float64 " + str(w.device) + " (cast it: weight.to(main_hidden.dtype))")
 
 
 def test_the_cast_under_a_compiled_autocast_region():

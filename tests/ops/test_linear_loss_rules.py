@@ -83,6 +83,9 @@ def test_no_autocast_hint_for_the_sub_hidden_state():
     with pytest.raises(ValueError, match="sub_hidden must be") as error:
         mk.linear_masksub_loss(h, s.double(), w, b, torch.tensor([0, 5, -100, 2]))
     assert "cast it" not in str(error.value)
+    # a sub-branch that kept fewer rows: how to align them (helper-312)
+    with pytest.raises(ValueError, match=r"sub_hidden must be \[4, 5\].*gather the main rows at its kept positions"):
+        mk.linear_masksub_loss(h, s[:2], w, b, torch.tensor([0, 5, -100, 2]))
 
 
 def test_the_chunks_padding_rules():
