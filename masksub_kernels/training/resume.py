@@ -211,10 +211,16 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
     # --limit-batches, --aug-repeats) make another schedule even with the same options.
     updates_per_epoch = s.batches // args.grad_accum_steps
     old_updates = ckpt.get("updates_per_epoch")
+    counted = ""
     if old_updates is not None and old_updates != updates_per_epoch:
         diffs.append(
             f"updates per epoch {old_updates} -> {updates_per_epoch} (processes, --limit-batches, --aug-repeats)"
         )
+        # timm's train.py counts epoch x this run's updates per epoch: the new schedule at the epoch's start (the
+        # checkpoint's own count, on a run of twice the processes, was its end: the rest at --min-lr; helper-313)
+        num_updates = start_epoch * updates_per_epoch
+        counted = f", epoch {start_epoch} x {updates_per_epoch} as timm's train.py counts; the checkpoint had made " \
+                  f"{ckpt['num_updates']}"  # fmt: skip
     schedule_diffs = list(diffs)  # recorded below (updates per epoch among them)
     if not diffs:
         s.scheduler.load_state_dict(ckpt["scheduler"])
@@ -224,7 +230,7 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
             diffs = ", ".join(diffs)
             print(
                 f"{PROG}: note: resuming with {diffs}: the learning rate follows the new schedule from update "
-                f"{num_updates} on (the updates so far followed the old one)",
+                f"{num_updates} on (the updates so far followed the old one{counted})",
                 file=sys.stderr,
             )
     others = other_changes(old, args)

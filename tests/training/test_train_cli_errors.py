@@ -295,15 +295,16 @@ def test_resume_with_other_updates_per_epoch_follows_the_new_schedule(tmp_path, 
     assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--limit-batches", "2", "--keep-epoch-checkpoints",
                  "--output", out]) == 0  # fmt: skip
     full = str(tmp_path / "full")
-    assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--output", full, "--resume", f"{out}/epoch-1.pth"]) == 0
+    assert main([*TINY_VIT, *QUICK, "--epochs", "3", "--output", full, "--resume", f"{out}/epoch-1.pth"]) == 0
     assert "updates per epoch 2 -> 5 (processes, --limit-batches, --aug-repeats): the learning rate follows the new " \
-           "schedule from update 2" in capsys.readouterr().err  # fmt: skip
+           "schedule from update 5 on (the updates so far followed the old one, epoch 1 x 5 as timm's train.py " \
+           "counts; the checkpoint had made 2)" in capsys.readouterr().err  # fmt: skip
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
-    sched, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=2, warmup_epochs=0, min_lr=1e-5,
+    sched, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=3, warmup_epochs=0, min_lr=1e-5,
                                    step_on_epochs=False, updates_per_epoch=5)  # fmt: skip
-    sched.step_update(num_updates=2 + 5)
+    sched.step_update(num_updates=5 + 5)  # epoch 2's end: epoch 1 x 5 updates, then its own 5 (was 2 + 5)
     rows = json.load(open(os.path.join(full, "log.json")))["epochs"]
-    assert rows[-1]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])  # the old state: at --min-lr by now
+    assert rows[1]["epoch"] == 2 and rows[1]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])
     # the same updates per epoch: the checkpoint's state, no note
     assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--limit-batches", "2", "--output", str(tmp_path / "same"),
                  "--resume", f"{out}/epoch-1.pth"]) == 0  # fmt: skip
