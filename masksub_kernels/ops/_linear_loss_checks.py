@@ -71,15 +71,17 @@ def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hid
         if x is not None and (tuple(x.shape) != expected[name] or x.dtype != hidden.dtype or x.device != hidden.device):
             # (a head's parameters left in their dtype beside hidden states cast by hand)
             cast = tuple(x.shape) == expected[name] and x.device == hidden.device and name != "sub_hidden"
+            cast = cast and x.is_floating_point()  # (an integer tensor: neither a cast nor autocast makes it a weight)
             hint = f" (cast it: {name}.to({hidden_name}.dtype)" if cast else ""
             float64 = torch.float64 in (hidden.dtype, x.dtype)  # autocast leaves float64 alone (helper-312)
             if cast and not float64 and not _autocast_on(hidden.device.type):
                 hint += ", or run under torch.autocast, which casts both"
             hint += ")" if cast else ""
-            if name == "sub_hidden" and x.dim() == 2 and x.shape[1:] == hidden.shape[1:] and x.shape[0] != len(hidden):
+            if name == "sub_hidden" and x.dim() == 2 and x.shape[1:] == hidden.shape[1:] and x.shape[0] < len(hidden):
                 hint = (  # a sub-branch that keeps fewer tokens than the main one (helper-312)
                     f" (the rows are aligned: where the sub-branch kept fewer tokens, gather the main rows at its kept "
-                    f"positions, {hidden_name}[ids] and target[ids])"
+                    f"positions, {hidden_name}[ids] and target[ids], with every labelled position kept as the mlm "
+                    "family does; else the main loss of the other rows needs a call of its own)"
                 )
             raise ValueError(
                 f"{name} must be {list(expected[name])} with {hidden_name}'s dtype and device ({hidden.dtype}, "

@@ -110,10 +110,11 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
     """Load --resume into the set-up run; returns (first epoch to train, optimizer updates so far, log rows, the
     run's resumes: {'epoch', 'from', 'changed'} for each, this one last, kept in log.json's meta and the checkpoints).
 
-    Same schedule options as the checkpoint's run: the scheduler's state is restored and the run continues exactly.
-    Other ones (e.g. a larger --epochs to extend a run): the new schedule is followed from the current update on, as
-    timm's train.py does, and a note says so -- restoring the old state would silently keep the old schedule (timm
-    schedulers save their length in their state)."""
+    Same schedule options and updates per epoch as the checkpoint's run: the scheduler's state is restored and the
+    run continues exactly (the checkpoint's update count). Other ones (e.g. a larger --epochs to extend a run, another
+    number of processes): the new schedule is followed from the next epoch's start in it, epoch x this run's updates
+    per epoch (returned as the updates so far), as timm's train.py counts, and a note says so -- restoring the old
+    state would silently keep the old schedule (timm schedulers save their length in their state)."""
     from .checkpoint import load_eager_state_dict, read_run_checkpoint
     from .data import class_names
     from .rank_zero import rank_zero_check
@@ -192,8 +193,8 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
     if changed and s.rank == 0:
         diffs = ", ".join(f"--{n.replace('_', '-')} {old[n]} -> {getattr(args, n)}" for n in changed)
         print(
-            f"{PROG}: note: resuming with {diffs}: the optimizer takes the new settings from update "
-            f"{ckpt['num_updates']} on (its moments are the checkpoint's)",
+            f"{PROG}: note: resuming with {diffs}: the optimizer takes the new settings from epoch "
+            f"{ckpt['epoch'] + 2} on (its moments are the checkpoint's)",
             file=sys.stderr,
         )
     start_epoch, num_updates = ckpt["epoch"] + 1, ckpt["num_updates"]
@@ -211,20 +212,21 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
     # --limit-batches, --aug-repeats) make another schedule even with the same options.
     updates_per_epoch = s.batches // args.grad_accum_steps
     old_updates = ckpt.get("updates_per_epoch")
-    counted = ""
     if old_updates is not None and old_updates != updates_per_epoch:
         diffs.append(
             f"updates per epoch {old_updates} -> {updates_per_epoch} (processes, --limit-batches, --aug-repeats)"
         )
-        # timm's train.py counts epoch x this run's updates per epoch: the new schedule at the epoch's start (the
-        # checkpoint's own count, on a run of twice the processes, was its end: the rest at --min-lr; helper-313)
-        num_updates = start_epoch * updates_per_epoch
-        counted = f", epoch {start_epoch} x {updates_per_epoch} as timm's train.py counts; the checkpoint had made " \
-                  f"{ckpt['num_updates']}"  # fmt: skip
     schedule_diffs = list(diffs)  # recorded below (updates per epoch among them)
     if not diffs:
         s.scheduler.load_state_dict(ckpt["scheduler"])
     else:
+        # timm's train.py counts epoch x this run's updates per epoch: the new schedule at the epoch's start (the
+        # checkpoint's own count, from a run of fewer processes, was past its end: the rest at --min-lr; helper-313)
+        num_updates = start_epoch * updates_per_epoch
+        counted = "" if num_updates == ckpt["num_updates"] else (
+            f", epoch {start_epoch} x {updates_per_epoch} as timm's train.py counts; the checkpoint had made "
+            f"{ckpt['num_updates']}"
+        )  # fmt: skip
         s.scheduler.step_update(num_updates=num_updates)  # the new schedule's value at this update
         if s.rank == 0:
             diffs = ", ".join(diffs)

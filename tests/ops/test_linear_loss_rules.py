@@ -86,6 +86,11 @@ def test_no_autocast_hint_for_the_sub_hidden_state():
     # a sub-branch that kept fewer rows: how to align them (helper-312)
     with pytest.raises(ValueError, match=r"sub_hidden must be \[4, 5\].*gather the main rows at its kept positions"):
         mk.linear_masksub_loss(h, s[:2], w, b, torch.tensor([0, 5, -100, 2]))
+    # more rows than the main branch, or an integer weight (helper-314): no gather hint, no cast hint
+    for args in ((h, torch.cat([s, s]), w, b), (h, s, w.long(), b)):
+        with pytest.raises(ValueError, match="must be") as error:
+            mk.linear_masksub_loss(*args, torch.tensor([0, 5, -100, 2]))
+        assert "gather" not in str(error.value) and "cast it" not in str(error.value)
 
 
 def test_the_chunks_padding_rules():

@@ -233,7 +233,8 @@ def test_resume_takes_the_command_lines_optimizer_settings(tmp_path, capsys):
     moments = [state["exp_avg"] for state in s.optimizer.state.values()]
     assert len(moments) == len(saved) and all(torch.equal(a, b) for a, b in zip(moments, saved))  # kept
     err = capsys.readouterr().err
-    assert "--weight-decay 0.05 -> 0.3, --opt-betas None -> [0.8, 0.95]: the optimizer takes the new" in err
+    assert "--weight-decay 0.05 -> 0.3, --opt-betas None -> [0.8, 0.95]: the optimizer takes the new settings from " \
+           "epoch 2 on (its moments" in err  # fmt: skip
     # another --layer-decay: lr_scale and the restored lr at the new scale; Lookahead's own step count kept
     layered = str(tmp_path / "layered")
     flags = [*TINY_VIT, *QUICK, "--opt", "lookahead_adamw", "--layer-decay", "0.75", "--output", layered]
@@ -305,6 +306,15 @@ def test_resume_with_other_updates_per_epoch_follows_the_new_schedule(tmp_path, 
     sched.step_update(num_updates=5 + 5)  # epoch 2's end: epoch 1 x 5 updates, then its own 5 (was 2 + 5)
     rows = json.load(open(os.path.join(full, "log.json")))["epochs"]
     assert rows[1]["epoch"] == 2 and rows[1]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])
+    # helper-314: a later --epochs extension of a checkpoint whose count is not epoch x updates (written by the code
+    # before this fix after such a resume): the new schedule from epoch x updates too
+    ckpt = torch.load(f"{full}/last.pth", weights_only=False)
+    ckpt["num_updates"] = 2 + 2 * 5
+    torch.save(ckpt, str(tmp_path / "old-count.pth"))
+    assert main([*TINY_VIT, *QUICK, "--epochs", "4", "--output", str(tmp_path / "longer"), "--resume",
+                 str(tmp_path / "old-count.pth")]) == 0  # fmt: skip
+    assert "from update 15 on (the updates so far followed the old one, epoch 3 x 5 as timm's train.py counts; the " \
+           "checkpoint had made 12)" in capsys.readouterr().err  # fmt: skip
     # the same updates per epoch: the checkpoint's state, no note
     assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--limit-batches", "2", "--output", str(tmp_path / "same"),
                  "--resume", f"{out}/epoch-1.pth"]) == 0  # fmt: skip
