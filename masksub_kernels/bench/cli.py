@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     # the train suite's library rows run the process's backend (the op suites name theirs): off a GPU the torch
     # backend, as the header says; on a GPU the process's (MASKSUB_BACKEND), checked before anything runs
     try:
-        backend = _backend.get_backend() if on_gpu else "torch"
+        requested = _backend.get_backend()  # MASKSUB_BACKEND read here, also where the run uses torch (a typo refused)
+        backend = requested if on_gpu else "torch"
         with _backend.use_backend(backend):  # (an unknown or unavailable one: a ValueError / RuntimeError here)
             pass
     except (ValueError, RuntimeError) as exc:
