@@ -19,15 +19,17 @@ pixel-grid masking works on any model that takes [B, C, H, W] images, so such a 
 ``UserWarning`` per architecture (timm's ``pretrained_cfg['architecture']`` within the class) that says the
 sub-branch is the pixel-grid fallback rather than the paper's recipe for that architecture; passing
 ``family='pixel'`` explicitly silences it. A model whose forward is not image -> logits fails on its first call:
-with the model's own error, or where it returns something other than logits [B, C] (a tensor, or an object with
-``.logits``: Hugging Face's), with ``logits_of``'s; a transformers class without an image-classification head
-(``ViTModel``) is refused when MaskSub is built (hf_checks.py). Asking for ``'vit'`` / ``'swin'`` on a model without
-that structure is a ValueError.
+with the model's own error, or where it returns something other than logits [B, C] (a tensor, an object with
+``.logits``: Hugging Face's, or a mapping's ``'logits'``), with ``logits_of``'s; a transformers class without an
+image-classification head (``ViTModel``) is refused when MaskSub is built (hf_checks.py). Asking for ``'vit'`` /
+``'swin'`` on a model without that structure is a ValueError naming what it lacks (a user's ViT with timm's names
+can be forced to ``'vit'``).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -63,18 +65,23 @@ def _pair(size) -> tuple[int, int]:
 
 
 def logits_of(output, batch_size: int) -> torch.Tensor:
-    """The logits [B, C] of an image model's output: the tensor itself, or the ``.logits`` of a Hugging Face
-    ``ModelOutput`` (``ViTForImageClassification`` and the other transformers image classifiers return one);
-    anything else, or logits of another shape, is an error naming what the model returned (shapes only: no sync)."""
-    logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+    """The logits [B, C] of an image model's output: the tensor itself, the ``.logits`` of a Hugging Face
+    ``ModelOutput`` (``ViTForImageClassification`` and the other transformers image classifiers return one) or a
+    mapping's ``'logits'``; anything else, or logits of another shape, is an error naming what the model returned
+    (shapes only: no sync)."""
+    if isinstance(output, torch.Tensor):
+        logits = output
+    else:  # (a ModelOutput is both: its .logits is its 'logits')
+        logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
     if not isinstance(logits, torch.Tensor):
         # (timm's distilled models return their two heads' logits in distilled training, their mean otherwise)
         two_heads = " (a timm distilled model (DeiT, LeViT, PiT, EfficientFormer, ...) in distilled training? "
-        two_heads += "model.set_distilled_training(False))"
+        two_heads += "model.set_distilled_training(False); or return the logits tensor (wrap the model to return "
+        two_heads += "out[0]))"
         raise TypeError(
-            "MaskSub's image families need a model whose forward returns logits [B, C]: a tensor, or an object with "
-            f"a .logits tensor (a Hugging Face ModelOutput); this model returned {type(output).__name__}"
-            f"{two_heads if isinstance(output, tuple) else ''}"
+            "MaskSub's image families need a model whose forward returns logits [B, C]: a tensor, an object with a "
+            f".logits tensor (a Hugging Face ModelOutput) or a mapping with a 'logits' tensor; this model returned "
+            f"{type(output).__name__}{two_heads if isinstance(output, tuple) else ''}"
         )
     if logits.dim() != 2 or logits.shape[0] != batch_size:
         raise ValueError(
@@ -101,10 +108,6 @@ def check_classes(loss: str, logits: torch.Tensor, target: torch.Tensor) -> None
             f"labels.float()[:, None]); got {target.dtype} {tuple(target.shape)}"
             + (": class ids would be one-hot over a single class" if not target.is_floating_point() else "")
         )
-
-
-def _has(model: nn.Module, names: tuple[str, ...]) -> bool:
-    return all(hasattr(model, name) for name in names)
 
 
 def is_vit_family(model: nn.Module) -> bool:
@@ -134,8 +137,9 @@ def _auto_family(model: nn.Module) -> str:
     return "pixel"
 
 
-def resolve_family(model: nn.Module, family: str = "auto") -> str:
-    """'vit', 'swin', 'pixel' or 'mlm' for ``model`` (see the module docstring for the policy)."""
+def resolve_family(model: nn.Module, family: str = "auto", cell_size: int | None = None) -> str:
+    """'vit', 'swin', 'pixel' or 'mlm' for ``model`` (see the module docstring for the policy); ``cell_size``: the
+    pixel cells' side that the fallback's warning names (None: the pixel family's default, 32)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if family == "auto":
@@ -150,13 +154,13 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
         if not is_convolutional(model) and key not in _WARNED:
             _WARNED.add(key)
             shown = f"{name} ({architecture})" if architecture else name
+            cell = cell_size if cell_size is not None else DEFAULT_CELL_SIZE["pixel"]
             warnings.warn(
                 f"MaskSub: {shown} is not one of the models cut at their tokens (timm's VisionTransformer, Eva, "
                 "Beit, VisionTransformerRelPos, SwinTransformer v1 / v2; transformers' ViT-like image classifiers: "
                 "ViT, ViT-MSN, DeiT, DINOv2, I-JEPA, CLIP, MetaCLIP 2, SigLIP; transformers' Swin, SwinV2), nor a "
-                "CNN; its sub-branch uses "
-                "the pixel-grid fallback (random 32x32-pixel cells of the input set to 0), not a recipe from the "
-                "paper. Pass family='pixel' to silence this warning.",
+                f"CNN; its sub-branch uses the pixel-grid fallback (random {cell}x{cell}-pixel cells of the input set "
+                "to 0), not a recipe from the paper. Pass family='pixel' to silence this warning.",
                 UserWarning,
                 stacklevel=3,
             )
@@ -180,10 +184,21 @@ def resolve_family(model: nn.Module, family: str = "auto") -> str:
         needs = ("patch_embed", "blocks", "norm", "forward_head")
     if (family == "vit" and is_hf_vit(model)) or (family == "swin" and is_hf_swin(model)):
         needs = ()  # transformers: its own forward, changed after the embeddings (hf_vit.py, hf_swin.py)
-    if not _has(model, needs):
-        missing = [name for name in needs if not hasattr(model, name)]
+    if family == "vit" and needs:  # timm's parts, which vit.py / vit_relpos.py run (a user ViT with their names too)
+        needs = (*needs, "num_prefix_tokens", "patch_embed.patch_size")  # (the selection's prefix; the token grid)
+    missing = [name for name in needs if not _has_path(model, name)]
+    if missing:
         raise ValueError(f"family={family!r} needs a model with {needs}; {type(model).__name__} lacks {missing}")
     return family
+
+
+def _has_path(model: nn.Module, name: str) -> bool:
+    """Whether ``model`` has the attribute ``name``, a dotted path ('patch_embed.patch_size') too."""
+    for part in name.split("."):
+        if not hasattr(model, part):
+            return False
+        model = getattr(model, part)
+    return True
 
 
 def check_family_options(family: str, variant: str, cell_size: int | None) -> None:

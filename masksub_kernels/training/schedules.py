@@ -212,6 +212,11 @@ def train_step(
         )
     if not ms.in_training:
         raise RuntimeError("train_step needs the model in train mode (call ms.train())")
+    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():  # before the forwards update BN statistics
+        raise RuntimeError(
+            "train_step runs backward: call it with gradients enabled, not under torch.no_grad() or "
+            "torch.inference_mode()"
+        )
     if not all(hasattr(optimizer, name) for name in ("param_groups", "step", "zero_grad")):  # duck-typed ones too
         raise TypeError(
             f"optimizer must be an optimizer (param_groups, step, zero_grad: a torch.optim.Optimizer) built from the "

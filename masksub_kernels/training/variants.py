@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-__all__ = ["sub_drop_path", "sub_dropout", "uniform_drop_path"]
+__all__ = ["check_variant", "sub_drop_path", "sub_dropout", "uniform_drop_path"]
 
 
 def _blocks(model: nn.Module) -> nn.Module:
@@ -26,16 +26,41 @@ def _blocks(model: nn.Module) -> nn.Module:
     return blocks
 
 
+def _dropouts(model: nn.Module) -> list[nn.Dropout]:
+    """DropSub's dropouts: every ``nn.Dropout`` in ``model.blocks`` except ``*attn_drop`` and those inside a relative
+    position bias module (``rel_pos``: vit_relpos_*'s bias MLP, whose dropout is not DropSub's)."""
+    return [
+        module for name, module in _blocks(model).named_modules()
+        if isinstance(module, nn.Dropout) and not name.endswith("attn_drop") and "rel_pos" not in name
+    ]  # fmt: skip
+
+
+def check_variant(model: nn.Module, variant: str) -> None:
+    """A ValueError for DropSub / PathSub on a model whose blocks have nothing they set: its sub-branch would be the
+    main branch (the sub term training nothing). timm's ViTs have them (an ``nn.Dropout(p=0)``, an ``nn.Identity``
+    drop-path slot, where their rates are 0)."""
+    if variant == "drop" and not _dropouts(model):
+        raise ValueError(
+            f"variant='drop' (DropSub) sets the dropout of the model's blocks, and {type(model).__name__}.blocks has "
+            "no torch.nn.Dropout (other than attn_drop and those of a relative position bias, rel_pos): its "
+            "sub-branch would be the main branch"
+        )
+    if variant == "path" and not list(_drop_path_slots(model)):
+        raise ValueError(
+            f"variant='path' (PathSub) sets the drop-path slots of the model's blocks, and {type(model).__name__}"
+            ".blocks has none: a child named drop_path* that is timm's DropPath (timm.layers.DropPath, not a class "
+            "of one's own) or an nn.Identity (timm's slot at rate 0); its sub-branch would be the main branch"
+        )
+
+
 @contextlib.contextmanager
 def sub_dropout(model: nn.Module, rate: float) -> Iterator[None]:
-    """Set p = rate on every ``nn.Dropout`` in ``model.blocks`` except ``*attn_drop`` and those inside a relative
-    position bias module (``rel_pos``: vit_relpos_*'s bias MLP, whose dropout is not DropSub's); restore on exit."""
+    """Set p = rate on DropSub's dropouts (``_dropouts``); restore on exit."""
     saved: list[tuple[nn.Dropout, float]] = []
     try:
-        for name, module in _blocks(model).named_modules():
-            if isinstance(module, nn.Dropout) and not name.endswith("attn_drop") and "rel_pos" not in name:
-                saved.append((module, module.p))
-                module.p = rate
+        for module in _dropouts(model):
+            saved.append((module, module.p))
+            module.p = rate
         yield
     finally:
         for module, p in saved:

@@ -51,7 +51,7 @@ from .hf_vit import prepare as prepare_hf_vit
 from .pixel import pixel_sub_logits
 from .schedules import CheckedOptimizers
 from .swin import swin_embed_dim, swin_sub_logits
-from .variants import sub_drop_path, sub_dropout
+from .variants import check_variant, sub_drop_path, sub_dropout
 from .vit import check_vit_images, vit_sub_logits
 from .vit_relpos import is_relpos_vit
 from .vit_relpos import prepare as prepare_relpos
@@ -171,7 +171,7 @@ class MaskSub(nn.Module):
                 "sub-branch are read from the model itself; wrap the model, then ms.wrap_ddp(...) for DDP"
             )
         self.model = model
-        self.family = resolve_family(inner, family)
+        self.family = resolve_family(inner, family, cell_size)
         if self.family != "mlm" and getattr(inner, "num_classes", None) == 0:  # timm's num_classes=0: no head
             raise ValueError(
                 f"{type(inner).__name__} has no classifier (timm num_classes=0): its outputs are features, not the "
@@ -185,6 +185,7 @@ class MaskSub(nn.Module):
                 f"variant={variant!r} (DropSub / PathSub) is defined for timm ViTs (their blocks' dropout and "
                 f"drop-path modules); {type(inner).__name__} is a transformers model: use variant='mask'"
             )
+        check_variant(inner, variant)  # (a ViT whose blocks have no dropout / drop-path slot to set)
         self.cell_size = cell_size if cell_size is not None else DEFAULT_CELL_SIZE[self.family]
         self._mlm = self.chunk_rows = None  # (the mlm family's parts and rows per chunk, None: the backend's rule)
         if self.family == "mlm":
@@ -482,7 +483,12 @@ class MaskSub(nn.Module):
         """The image families take a tensor of images (a mapping is a Hugging Face batch: the mlm family's)."""
         if not isinstance(images, torch.Tensor):
             mapping = isinstance(images, Mapping)
-            hint = " (a batch mapping is for a Hugging Face masked-LM model: family 'mlm')" * mapping
+            hint = (  # a batch of images in a mapping, or a forward that takes one: the tensor itself
+                " (the image families take the image tensor [B, C, H, W] itself: a Hugging Face batch's "
+                "'pixel_values'; a model whose forward takes a dict: wrap it in a module that takes the image tensor)"
+            ) * mapping
+            if mapping and "input_ids" in images:  # a text batch: the mlm family's
+                hint = " (a batch mapping of input_ids is for a Hugging Face masked-LM model: family 'mlm')"
             if mapping and type(self.inner_model).__name__.endswith("ForMaskedLM"):
                 hint = (  # a masked LM of another structure (DistilBERT, ALBERT, ...): the family's own refusal
                     f" ({type(self.inner_model).__name__} is a masked LM, but family 'mlm' takes BERT structure (bert "
