@@ -96,6 +96,13 @@ def check_mlm_model(model: nn.Module, fill: str) -> None:
             f"{name} has a next-sentence head besides the MLM head: it would get no gradient here; use "
             "BertForMaskedLM (its weights load from the same checkpoint)"
         )
+    attention = getattr(config, "attention_type", "original_full")  # BigBird's: block sparse by default
+    if attention != "original_full":
+        raise ValueError(
+            f"{name} uses attention_type={attention!r}: the sub-branch's shorter sequences make transformers switch "
+            "it to full attention for good (the saved config still saying block sparse); set "
+            "model.config.attention_type = 'original_full' (and build the model with it) to train it with MaskSub"
+        )  # (helper-317)
     positions = getattr(config, "position_embedding_type", "absolute")
     if fill == "drop" and positions not in (None, "absolute"):
         raise ValueError(
@@ -255,6 +262,11 @@ def check_batch(batch: Any, need_labels: bool, parts: MLMParts | None = None) ->
     for name in ("labels", "attention_mask", "token_type_ids", "special_tokens_mask"):
         if batch.get(name) is not None:
             _check_like_ids(f"batch[{name!r}]", batch[name], input_ids)
+    if batch.get("position_ids") is not None:  # (it was silently ignored by both branches: helper-317)
+        raise ValueError(
+            "batch['position_ids'] is not read by the mlm family (both branches number the tokens 0..L-1, the sub-"
+            "branch keeping its tokens' original positions): remove it from the batch"
+        )
     longest = None if parts is None else max_length(parts)
     if longest is not None and input_ids.shape[1] > longest:
         if parts.padding_idx is not None and int((input_ids != parts.padding_idx).sum(1).max()) <= longest:

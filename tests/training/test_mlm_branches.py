@@ -81,3 +81,21 @@ def test_the_mlm_sub_criterion_trains_the_sub_branch_alone_against_the_detached_
     grad_main, grad_sub = torch.autograd.grad(loss, [main, sub.hidden], allow_unused=True)
     assert grad_main is None  # the teacher is detached
     torch.testing.assert_close(grad_sub, torch.autograd.grad(want, sub.hidden)[0], rtol=1e-5, atol=1e-8)
+
+
+# helper-317: BigBird's block-sparse attention was switched to full for good by the sub-branch's shorter sequences
+# (its config still saying block sparse); a batch's position_ids were ignored by both branches, silently
+def test_block_sparse_bigbird_and_a_batchs_position_ids_are_refused():
+    import transformers
+
+    small = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    with pytest.raises(
+        ValueError, match=r"attention_type='block_sparse'.*model\.config\.attention_type = 'original_full'"
+    ):
+        MaskSub(transformers.BigBirdForMaskedLM(transformers.BigBirdConfig(**small)))
+    full = transformers.BigBirdConfig(**small, attention_type="original_full")
+    assert MaskSub(transformers.BigBirdForMaskedLM(full)).family == "mlm"
+    batch = make_batch(batch=2, seed=4)
+    batch["position_ids"] = torch.arange(batch["input_ids"].shape[1]).flip(0).expand_as(batch["input_ids"])
+    with pytest.raises(ValueError, match=r"batch\['position_ids'\] is not read by the mlm family"):
+        MaskSub(tiny_bert())(batch, seed=1)
