@@ -96,13 +96,16 @@ def check_mlm_model(model: nn.Module, fill: str) -> None:
             f"{name} has a next-sentence head besides the MLM head: it would get no gradient here; use "
             "BertForMaskedLM (its weights load from the same checkpoint)"
         )
-    attention = getattr(config, "attention_type", "original_full")  # BigBird's: block sparse by default
+    # BigBird's attention, block sparse by default: the model's own setting (set_attention_type changes it, not the
+    # config's), else the config's
+    encoder = getattr(model, "bert", None) or getattr(model, "roberta", None)
+    attention = getattr(encoder, "attention_type", getattr(config, "attention_type", "original_full"))
     if attention != "original_full":
         raise ValueError(
             f"{name} uses attention_type={attention!r}: the sub-branch's shorter sequences make transformers switch "
-            "it to full attention for good (the saved config still saying block sparse); set "
-            "model.config.attention_type = 'original_full' (and build the model with it) to train it with MaskSub"
-        )  # (helper-317)
+            "it to full attention for good (the saved config still saying block sparse); call "
+            "model.bert.set_attention_type('original_full') (or build it with attention_type='original_full')"
+        )  # (helper-317, helper-319)
     positions = getattr(config, "position_embedding_type", "absolute")
     if fill == "drop" and positions not in (None, "absolute"):
         raise ValueError(

@@ -89,10 +89,15 @@ def test_block_sparse_bigbird_and_a_batchs_position_ids_are_refused():
     import transformers
 
     small = dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-    with pytest.raises(
-        ValueError, match=r"attention_type='block_sparse'.*model\.config\.attention_type = 'original_full'"
-    ):
-        MaskSub(transformers.BigBirdForMaskedLM(transformers.BigBirdConfig(**small)))
+    sparse = transformers.BigBirdForMaskedLM(transformers.BigBirdConfig(**small))
+    with pytest.raises(ValueError, match=r"attention_type='block_sparse'.*set_attention_type\('original_full'\)"):
+        MaskSub(sparse)
+    sparse.config.attention_type = "original_full"  # the config alone: its layers are still block sparse (helper-319)
+    with pytest.raises(ValueError, match="attention_type='block_sparse'"):
+        MaskSub(sparse)
+    sparse.config.attention_type = "block_sparse"
+    sparse.bert.set_attention_type("original_full")  # transformers' own switch: the config still says block sparse
+    assert MaskSub(sparse).family == "mlm"
     full = transformers.BigBirdConfig(**small, attention_type="original_full")
     assert MaskSub(transformers.BigBirdForMaskedLM(full)).family == "mlm"
     batch = make_batch(batch=2, seed=4)

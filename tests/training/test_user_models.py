@@ -86,6 +86,25 @@ class _PlainBlock(torch.nn.Module):
         return x + self.drop_path(self.fc(x))
 
 
+class _AttentionOnlyBlock(torch.nn.Module):
+    """A block whose only nn.Dropout is its attention's attn_drop (which DropSub leaves alone)."""
+
+    def __init__(self, dim=32):
+        super().__init__()
+        self.attn = torch.nn.Module()
+        self.attn.attn_drop, self.fc = torch.nn.Dropout(0.0), torch.nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return x + self.attn.attn_drop(self.fc(x))
+
+
+def test_dropsub_on_blocks_whose_only_dropout_is_attn_drop_is_refused():
+    # helper-319: attn_drop is not one DropSub sets: such blocks have nothing to set
+    model = UserViT(blocks=torch.nn.Sequential(_AttentionOnlyBlock(), _AttentionOnlyBlock()))
+    with pytest.raises(ValueError, match=r"variant='drop' .*UserViT\.blocks has no torch\.nn\.Dropout"):
+        MaskSub(model, family="vit", variant="drop")
+
+
 @pytest.mark.parametrize("variant", ["drop", "path"])
 def test_dropsub_and_pathsub_on_blocks_with_nothing_to_set_are_refused(variant):
     # helper-315: they trained a sub term whose logits were the main branch's (nothing set), silently
@@ -153,4 +172,7 @@ def test_a_mapping_with_logits_is_read_and_a_tuple_is_told_to_return_the_tensor(
     assert out["logits"].shape == (4, 10) and torch.isfinite(out["loss"])
     ms = MaskSub(_BatchNormCNN(lambda z: (z, z.sum())), family="pixel").train()
     with pytest.raises(TypeError, match=r"or return the logits tensor \(wrap the model to return out\[0\]\)"):
+        ms(images, target)
+    ms = MaskSub(_BatchNormCNN(lambda z: {"out": z}), family="pixel").train()  # a mapping without logits (helper-319)
+    with pytest.raises(TypeError, match="returned dict"):
         ms(images, target)
