@@ -158,3 +158,24 @@ def test_out_of_range_ids_give_nan_gradient_rows_in_the_recompute_backward(op_ba
     bad[[1, 2]] = True
     for grad in (dh, dhs):
         assert grad[bad].isnan().all() and grad[~bad].isfinite().all()
+
+
+# helper-318's mutation audit
+# kills M4  ops/_linear_loss_checks.py:80  `x.shape[0] < len(hidden)` -> `x.shape[0] <= len(hidden)`
+#   (a sub_hidden of the right rows but another dtype got the gather hint)
+# kills M5  ops/_linear_loss_checks.py:80  drop `x.shape[1:] == hidden.shape[1:] and`
+#   (fewer rows but another depth got the gather hint)
+# kills M6  ops/_linear_loss_checks.py:80  drop `name == "sub_hidden" and`
+#   (a fp64 weight with fewer classes than rows got the gather hint instead of the cast hint)
+def test_the_gather_hint_only_for_a_sub_hidden_with_fewer_rows_of_the_same_depth():
+    h, s, w, b = torch.randn(4, 5), torch.randn(4, 5), torch.randn(3, 5), torch.randn(3)
+    target = torch.tensor([0, 2, -100, 1])
+    for args, hint in (
+        ((h, s.double(), w, b), None),  # the same rows, another dtype (M4)
+        ((h, torch.randn(2, 7), w, b), None),  # fewer rows, another depth (M5)
+        ((h, s, w.double(), b), "(cast it: weight.to(main_hidden.dtype)"),  # a weight of 3 classes < 4 rows (M6)
+    ):
+        with pytest.raises(ValueError, match="must be") as error:
+            mk.linear_masksub_loss(*args, target)
+        assert "gather" not in str(error.value)
+        assert hint is None or hint in str(error.value)

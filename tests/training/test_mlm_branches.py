@@ -104,3 +104,13 @@ def test_block_sparse_bigbird_and_a_batchs_position_ids_are_refused():
     batch["position_ids"] = torch.arange(batch["input_ids"].shape[1]).flip(0).expand_as(batch["input_ids"])
     with pytest.raises(ValueError, match=r"batch\['position_ids'\] is not read by the mlm family"):
         MaskSub(tiny_bert())(batch, seed=1)
+
+
+# helper-318's mutation audit
+# kills M34  training/mlm.py:265  `batch.get("position_ids") is not None` -> `"position_ids" in batch`
+#   (a collator's position_ids=None, which neither branch would read, was refused)
+def test_a_batchs_position_ids_of_none_is_accepted():
+    batch = make_batch(batch=2, seed=4)
+    batch["position_ids"] = None
+    out = MaskSub(tiny_bert())(batch, seed=1)
+    assert torch.isfinite(out["loss"])

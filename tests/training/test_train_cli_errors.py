@@ -536,3 +536,17 @@ def test_a_baseline_refusal_says_it_is_the_masksub_arms(tmp_path, capsys):
     assert err.rstrip().endswith("may pass --cell-size N (unused by it) to pick a grid that fits")
     err = _error(tmp_path, capsys, "--model", "test_resnet", "--epochs", "1")
     assert "--baseline" not in err
+
+
+# helper-318's mutation audit
+# kills M19  training/resume.py:226  `counted = "" if num_updates == ckpt["num_updates"] else (...)`
+#   -> always the `, epoch x ... the checkpoint had made N` clause (said where the counts agree)
+def test_resume_with_more_epochs_notes_no_other_count_where_the_counts_agree(tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="the default dataset (digits) comes from scikit-learn")
+    out = str(tmp_path / "short")
+    flags = [*TINY_VIT, *QUICK, "--limit-batches", "1"]
+    assert main([*flags, "--epochs", "1", "--output", out]) == 0
+    assert main([*flags, "--epochs", "2", "--output", str(tmp_path / "longer"), "--resume", f"{out}/last.pth"]) == 0
+    err = capsys.readouterr().err
+    assert "the learning rate follows the new schedule from update 1 on (the updates so far followed the old one)\n" \
+        in err  # fmt: skip

@@ -2,6 +2,7 @@
 missing or what to pass, rather than a bare error at the first step or a sub-branch that silently trains nothing."""
 
 import re
+import types
 
 import pytest
 import torch
@@ -176,3 +177,15 @@ def test_a_mapping_with_logits_is_read_and_a_tuple_is_told_to_return_the_tensor(
     ms = MaskSub(_BatchNormCNN(lambda z: {"out": z}), family="pixel").train()  # a mapping without logits (helper-319)
     with pytest.raises(TypeError, match="returned dict"):
         ms(images, target)
+
+
+# helper-318's mutation audit
+# kills M7  training/families.py:75  `isinstance(output, Mapping)` -> `isinstance(output, dict)`
+#   (a read-only / user Mapping, not a dict, with 'logits': TypeError "returned mappingproxy")
+def test_logits_of_reads_any_mappings_logits():
+    from masksub_kernels.training.families import logits_of
+
+    z = torch.randn(4, 10)
+    assert logits_of(types.MappingProxyType({"logits": z, "aux": z.sum()}), 4) is z
+    with pytest.raises(TypeError, match="or a mapping with a 'logits' tensor; this model returned mappingproxy"):
+        logits_of(types.MappingProxyType({"scores": z}), 4)
