@@ -28,7 +28,6 @@ can be forced to ``'vit'``).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 
 import torch
@@ -40,6 +39,7 @@ from .hf_vit import check_hf_size, configured_grid, is_hf_vit
 from .mlm import is_mlm
 from .pixel import is_convolutional
 from .swin import is_swin, swin_token_grid
+from .user_warning import warn_user
 from .vit import is_eva, is_vit, vit_token_grid
 from .vit_relpos import is_relpos_vit
 
@@ -155,14 +155,12 @@ def resolve_family(model: nn.Module, family: str = "auto", cell_size: int | None
             _WARNED.add(key)
             shown = f"{name} ({architecture})" if architecture else name
             cell = cell_size if cell_size is not None else DEFAULT_CELL_SIZE["pixel"]
-            warnings.warn(
+            warn_user(
                 f"MaskSub: {shown} is not one of the models cut at their tokens (timm's VisionTransformer, Eva, "
                 "Beit, VisionTransformerRelPos, SwinTransformer v1 / v2; transformers' ViT-like image classifiers: "
                 "ViT, ViT-MSN, DeiT, DINOv2, I-JEPA, CLIP, MetaCLIP 2, SigLIP; transformers' Swin, SwinV2), nor a "
                 f"CNN; its sub-branch uses the pixel-grid fallback (random {cell}x{cell}-pixel cells of the input set "
-                "to 0), not a recipe from the paper. Pass family='pixel' to silence this warning.",
-                UserWarning,
-                stacklevel=3,
+                "to 0), not a recipe from the paper. Pass family='pixel' to silence this warning."
             )
         return "pixel"
     if family not in FAMILIES:

@@ -22,7 +22,6 @@ in ascending sort-key order (always-kept, then random, then padding), so slot j 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops._linear_loss_checks import check_chunk_rows
+from .user_warning import warn_user
 
 IGNORE_INDEX = -100  # Hugging Face's label for positions that are not predicted
 SUB_FILLS = ("drop", "mask")
@@ -326,7 +326,7 @@ def warn_no_special_mask(owner: nn.Module, batch) -> None:
         return
     if batch.get("special_tokens_mask") is None and not getattr(owner, "_warned_no_special_mask", False):
         object.__setattr__(owner, "_warned_no_special_mask", True)
-        warnings.warn(NO_SPECIAL_MASK, UserWarning, stacklevel=3)
+        warn_user(NO_SPECIAL_MASK)
 
 
 def sub_branch(

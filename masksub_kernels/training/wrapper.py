@@ -21,7 +21,6 @@ from __future__ import annotations
 import inspect
 import numbers
 import typing
-import warnings
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -51,6 +50,7 @@ from .hf_vit import prepare as prepare_hf_vit
 from .pixel import pixel_sub_logits
 from .schedules import CheckedOptimizers
 from .swin import swin_embed_dim, swin_sub_logits
+from .user_warning import warn_user
 from .variants import check_variant, sub_drop_path, sub_dropout
 from .vit import check_vit_images, vit_sub_logits
 from .vit_relpos import is_relpos_vit
@@ -260,11 +260,9 @@ class MaskSub(nn.Module):
             )
         unchecked = [key for key in model_kwargs if names is None and key not in parameters]
         if unchecked:
-            warnings.warn(
+            warn_user(
                 f"model_kwargs {unchecked}: {type(inner).__name__}.forward takes them through a plain **kwargs, so "
-                "MaskSub cannot check their names (a misspelt one would be ignored by the model, silently)",
-                UserWarning,
-                stacklevel=3,
+                "MaskSub cannot check their names (a misspelt one would be ignored by the model, silently)"
             )
         unknown = [key for key in model_kwargs if names is not None and key not in names]
         if unknown:

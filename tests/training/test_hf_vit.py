@@ -353,8 +353,10 @@ def test_model_kwargs_labels_unchecked_names_and_unbatched_images():
     # helper-112: a plain **kwargs forward (transformers' CNNs) took misspelt names silently; labels were accepted
     config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)
     resnet = transformers.ResNetForImageClassification(config)
-    with pytest.warns(UserWarning, match=r"model_kwargs \['interpolate_pos_embeding'\]: .*cannot check their names"):
+    said = r"model_kwargs \['interpolate_pos_embeding'\]: .*cannot check their names"
+    with pytest.warns(UserWarning, match=said) as w:
         MaskSub(resnet, model_kwargs={"interpolate_pos_embeding": True})
+    assert [each.filename for each in w] == [__file__]  # the user's line (user_warning.warn_user)
     with pytest.raises(ValueError, match="must not hold 'labels'"):
         MaskSub(tiny_hf("ViTForImageClassification"), model_kwargs={"labels": torch.tensor([1])})
     ms = MaskSub(tiny_hf("ViTForImageClassification"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import torch
 from test_mlm import make_batch, tiny_bert
 
 from masksub_kernels.training import MaskSub
@@ -34,3 +35,22 @@ def test_a_batch_without_special_tokens_mask_warns_once_per_wrapper():
         ms(bare, branch="sub", seed=3)
     with pytest.warns(UserWarning, match="without 'special_tokens_mask'"):
         MaskSub(tiny_bert()).train()(bare, branch="sub", seed=1)  # another wrapper: warned again
+
+
+def test_the_warning_names_the_users_line_on_every_path():
+    # stacklevel=3 named the user's line for sub_logits only: through ms(batch) (torch's Module.__call__, forward)
+    # it named a line of wrapper.py; user_warning.warn_user counts the frames
+    batch = make_batch(batch=2, seed=4)
+    bare = {k: v for k, v in batch.items() if k != "special_tokens_mask"}
+    model = tiny_bert()
+    calls = [
+        lambda ms: ms(bare, seed=1),
+        lambda ms: ms(bare, branch="sub", seed=1),
+        lambda ms: ms.sub_logits(bare, seed=1),
+        lambda ms: ms.train_step(bare, None, torch.optim.SGD(ms.parameters(), lr=0.0), seed=1),
+    ]
+    for call in calls:
+        ms = MaskSub(model).train()
+        with pytest.warns(UserWarning, match="without 'special_tokens_mask'") as record:
+            call(ms)
+        assert [w.filename for w in record] == [__file__], [(w.filename, w.lineno) for w in record]

@@ -215,8 +215,9 @@ class _TinyMlpClassifier(torch.nn.Module):
 
 
 def test_unsupported_model_gets_pixel_fallback_with_one_warning():
-    with pytest.warns(UserWarning, match="pixel-grid fallback"):
+    with pytest.warns(UserWarning, match="pixel-grid fallback") as record:
         ms = MaskSub(_TinyMlpClassifier().double())
+    assert [w.filename for w in record] == [__file__]  # the user's line (user_warning.warn_user), not the package's
     assert ms.family == "pixel"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
