@@ -40,6 +40,7 @@ from .mlm import is_mlm
 from .pixel import is_convolutional
 from .swin import is_swin, swin_token_grid
 from .user_warning import warn_user
+from .variants import check_variant
 from .vit import is_eva, is_vit, vit_token_grid
 from .vit_relpos import is_relpos_vit
 
@@ -221,6 +222,8 @@ def check_like_masksub(model: nn.Module, img_size: int, variant: str, cell_size:
             check_eva(model)
         cell = cell_size if cell_size is not None else DEFAULT_CELL_SIZE[family]
         check_input_size(family, model, img_size, cell, mask_ratio)
+    else:
+        check_variant(model, variant)  # (blocks with no dropout / drop-path slot: MaskSub refuses them)
 
 
 def check_eva(model: nn.Module) -> None:

@@ -6,7 +6,7 @@ import types
 
 import pytest
 import torch
-from _models import NUM_CLASSES, batch
+from _models import NUM_CLASSES, batch, tiny_vit
 from timm.models.vision_transformer import Block
 
 from masksub_kernels.training import MaskSub, families
@@ -189,3 +189,26 @@ def test_logits_of_reads_any_mappings_logits():
     assert logits_of(types.MappingProxyType({"logits": z, "aux": z.sum()}), 4) is z
     with pytest.raises(TypeError, match="or a mapping with a 'logits' tensor; this model returned mappingproxy"):
         logits_of(types.MappingProxyType({"scores": z}), 4)
+
+
+@pytest.mark.parametrize("variant", ["drop", "path"])
+def test_baseline_check_refuses_what_masksub_refuses_for_the_variant(variant):
+    # check_like_masksub (--baseline's check of the MaskSub arm) skipped check_variant: a timm ViT whose blocks lost
+    # their dropouts / drop-path slots passed it, while MaskSub(model, variant=...) refused the same model
+    model = tiny_vit()
+    for name, module in list(model.blocks.named_modules()):
+        if isinstance(module, torch.nn.Dropout) or name.rsplit(".", 1)[-1].startswith("drop_path"):
+            parent = model.blocks.get_submodule(name.rpartition(".")[0]) if "." in name else model.blocks
+            setattr(parent, name.rsplit(".", 1)[-1], _Nothing())
+    with pytest.raises(ValueError, match=f"variant='{variant}'") as by_masksub:
+        MaskSub(model, variant=variant)
+    with pytest.raises(ValueError, match=f"variant='{variant}'") as by_baseline:
+        families.check_like_masksub(model, 32, variant, None, 0.1)
+    assert str(by_baseline.value) == str(by_masksub.value)
+
+
+class _Nothing(torch.nn.Module):
+    """Neither a Dropout nor a drop-path slot."""
+
+    def forward(self, x):
+        return x
