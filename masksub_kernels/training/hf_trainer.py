@@ -366,9 +366,29 @@ class MaskSubTrainer(Trainer):
 
         return model if isinstance(model, DistributedDataParallel) and model.module is self.masksub else self.masksub
 
+    def _with_special_tokens_mask(self, inputs):
+        """A masked LM's batch without ``special_tokens_mask`` (DataCollatorForLanguageModeling removes it) with it
+        rebuilt from the tokenizer given as ``processing_class``: the ids in its ``all_special_ids``, as the
+        collator's own ``get_special_tokens_mask`` marks them (the [MASK]-replaced positions too: harmless, the
+        predicted positions are kept anyway). Without a tokenizer the batch goes as it is (MaskSub then warns).
+        The ids' tensor is made once per device: no copy from the host each step."""
+        if inputs.get("special_tokens_mask") is not None or not isinstance(inputs.get("input_ids"), torch.Tensor):
+            return inputs
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)  # (a processor's tokenizer)
+        special_ids = getattr(tokenizer, "all_special_ids", None)
+        if not special_ids:
+            return inputs
+        input_ids = inputs["input_ids"]
+        cached = getattr(self, "_special_ids", None)
+        if cached is None or cached.device != input_ids.device:
+            cached = torch.tensor(sorted({int(i) for i in special_ids}), dtype=input_ids.dtype, device=input_ids.device)
+            self._special_ids = cached
+        return {**inputs, "special_tokens_mask": torch.isin(input_ids, cached)}
+
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         """MaskSub's joint loss in training; the main criterion and the model's logits in evaluation."""
         if self.masksub.family == "mlm":
+            inputs = self._with_special_tokens_mask(inputs)
             # its branches call the encoder and the head past the model's forward, which is all that the Trainer's
             # mixed precision (accelerate's) wraps: without this, bf16=True / fp16=True would train in fp32
             with self.accelerator.autocast():

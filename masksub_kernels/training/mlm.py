@@ -314,7 +314,8 @@ NO_SPECIAL_MASK = (
     "MaskSub mlm: a batch without 'special_tokens_mask' reached the sub-branch, which then drops [CLS] / [SEP] like "
     "any other token (it always keeps only the predicted positions; [PAD] is read from attention_mask). "
     "transformers' DataCollatorForLanguageModeling drops the mask, as does the plain Trainer's column filter "
-    "(MaskSubTrainer keeps it): put it back, e.g. batch['special_tokens_mask'] = torch.isin(batch['input_ids'], "
+    "(MaskSubTrainer keeps it, and rebuilds it from the tokenizer given as its processing_class): put it back, "
+    "e.g. batch['special_tokens_mask'] = torch.isin(batch['input_ids'], "
     "torch.tensor(tokenizer.all_special_ids)), to keep them (docs/training.md, the mlm family). Warned once per MaskSub"
 )
 

@@ -1,4 +1,5 @@
-"""The mlm family's batches without a special_tokens_mask (transformers' collator drops it): a warning."""
+"""The mlm family's batches without a special_tokens_mask (transformers' collator drops it): a warning at the user's
+line, and MaskSubTrainer's rebuild from its tokenizer."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import warnings
 
 import pytest
 import torch
-from test_mlm import make_batch, tiny_bert
+from test_mlm import VOCAB, make_batch, tiny_bert
 
 from masksub_kernels.training import MaskSub
 
-pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers")
 
 
 def test_a_batch_without_special_tokens_mask_warns_once_per_wrapper():
@@ -54,3 +55,33 @@ def test_the_warning_names_the_users_line_on_every_path():
         with pytest.warns(UserWarning, match="without 'special_tokens_mask'") as record:
             call(ms)
         assert [w.filename for w in record] == [__file__], [(w.filename, w.lineno) for w in record]
+
+
+def test_a_masked_lms_special_tokens_mask_is_rebuilt_from_the_tokenizer(tmp_path):
+    # DataCollatorForLanguageModeling removes special_tokens_mask from its batches: the sub-branch then dropped
+    # [CLS] / [SEP] (with a warning); MaskSubTrainer rebuilds it from processing_class's all_special_ids
+    from test_hf_trainer import _args
+    from tokenizers import Tokenizer, models
+
+    from masksub_kernels.training.hf_trainer import MaskSubTrainer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, as test_mlm's
+    vocab = {name: i for i, name in enumerate(specials + [f"w{i}" for i in range(len(specials), VOCAB)])}
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")), pad_token="[PAD]",
+        unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": [2, *torch.randint(5, VOCAB, (22,), generator=g).tolist(), 3]} for _ in range(4)]
+    collator = transformers.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=0)
+    trainer = MaskSubTrainer(model=tiny_bert(), args=_args(tmp_path, per_device_train_batch_size=4, max_steps=1),
+                             train_dataset=rows, data_collator=collator, processing_class=tokenizer,
+                             masksub={"mask_ratio": 0.5})  # fmt: skip
+    seen, own = [], trainer.masksub.forward
+    trainer.masksub.forward = lambda inputs, *args, **kwargs: seen.append(dict(inputs)) or own(inputs, *args, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # (no missing-special-mask warning)
+        trainer.train()
+    (got,) = seen
+    assert torch.equal(got["special_tokens_mask"], got["input_ids"] < len(specials))
+    assert got["special_tokens_mask"][:, [0, -1]].all()  # [CLS] / [SEP] marked: kept by the sub-branch
