@@ -62,7 +62,7 @@ def check_aa(aa: str) -> None:
         raise ValueError(
             f"--aa {aa!r}: {first!r} is not rand, augmix or a policy; accepted: {'; '.join(AA_FORMS.values())}"
         )
-    seen = set()
+    seen, values = set(), {}
     for section in sections:
         if kind == "rand" and section.startswith("t"):
             key, value = "t", section[1:]
@@ -88,9 +88,22 @@ def check_aa(aa: str) -> None:
                 why = "is not finite: write mstd101 (timm samples magnitudes uniformly for any mstd > 100)"
             elif bad:
                 why = "is not a probability in [0, 1]" if key == "p" else f"is not {key}<{kind_of.__name__}>"
+            elif kind == "rand" and key == "inc" and number not in (0, 1):
+                why = "is not inc0 or inc1 (timm reads any other number as inc1)"
+            elif kind == "rand" and key == "mmax" and number == 0:
+                why = "reads as mmax10 (timm's default bound: `mmax or 10`)"
+            elif kind == "rand" and key in ("m", "mmax"):
+                values[key] = number
         if why:
             raise ValueError(f"--aa {aa!r}: section {section!r} {why}; accepted: {AA_FORMS[kind]}")
         seen.add(key)
+    magnitude, bound = values.get("m", 10), values.get("mmax", 10)  # (timm's defaults: m10, mmax10)
+    if kind == "rand" and magnitude > bound:  # timm clips each drawn magnitude to [0, mmax]: m above it trains as mmax
+        given = "" if "m" in values else " (timm's default)"
+        raise ValueError(
+            f"--aa {aa!r}: m{magnitude}{given} is above the magnitude bound {bound} (mmax, 10 unless given), at which "
+            f"timm clips it: it would train as m{bound}; add mmax{magnitude} to train at m{magnitude}"
+        )
 
 
 def _skipped_note(aa: str, kind: str, section: str, sections: list[str]) -> str:
