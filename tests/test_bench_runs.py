@@ -191,6 +191,29 @@ def test_report_only_keeps_the_runs_predictions_unless_told(tmp_path, suites, ca
     assert f"date {model['date']}" in path.with_suffix(".md").read_text()
 
 
+def test_a_gpu_run_without_a_model_file_says_why_it_has_no_predictions(tmp_path, suites, capsys, monkeypatch):
+    # an installed package (no benchmarks/results of the source checkout) or another card: the predictions were
+    # left out silently; now a line names the files and where they were looked for
+    assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "one", "--no-plot"]) == 0
+    (path,) = tmp_path.glob("*.json")
+    run = json.loads(path.read_text())
+    run["environment"]["device"] = "GPU: NVIDIA A100-SXM4-80GB"
+    path.write_text(json.dumps(run))
+    capsys.readouterr()
+    assert cli.main(["--report-only", str(path), "--no-plot"]) == 0
+    said = capsys.readouterr().out
+    assert "performance model: no predictions attached for GPU: NVIDIA A100-SXM4-80GB: the model's files" in said
+    run["environment"]["device"] = "GPU: NVIDIA H200"  # its card, run from an installed package
+    path.write_text(json.dumps(run))
+    monkeypatch.setattr(cli, "default_output_directory", lambda: tmp_path / "elsewhere")
+    assert cli.main(["--report-only", str(path), "--no-plot"]) == 0
+    assert f"are not in {tmp_path / 'elsewhere'}" in capsys.readouterr().out
+    run["environment"]["device"] = "CPU: x86_64"  # a CPU run has none to attach: nothing said
+    path.write_text(json.dumps(run))
+    assert cli.main(["--report-only", str(path), "--no-plot"]) == 0
+    assert "performance model" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

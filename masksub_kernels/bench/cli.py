@@ -219,7 +219,8 @@ def report_only(path: Path, repredict: bool = False, with_plot: bool = True) -> 
         print(f"--report-only: {exc}", file=sys.stderr)
         return 2
     if repredict or not run.get("model"):
-        _attach_predictions(run, report.model_file(default_output_directory(), run["environment"]["device"]))
+        device_name = run["environment"]["device"]
+        _attach_predictions(run, None if device_name.startswith("CPU") else _model_path(device_name))
     paths = report.write(run, path.parent, path.name.removesuffix(".json"), with_plot=with_plot)
     for kind, written in paths.items():
         print(f"wrote {kind}: {written}")
@@ -317,7 +318,7 @@ def _measure(args: argparse.Namespace, device: torch.device, on_gpu: bool) -> in
     }
     if previous and previous.get("model"):  # the model file of the earlier suites' predictions (until the next one)
         run["model"] = previous["model"]
-    model_path = report.model_file(default_output_directory(), env["device"]) if on_gpu else None
+    model_path = _model_path(env["device"]) if on_gpu else None
     stopping = threading.current_thread() is threading.main_thread()  # signal handlers: the main thread's only
     default_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if stopping else None
     begun: list[str] = []  # the suites asked for that this invocation started (_run_suites), finished or not
@@ -443,6 +444,18 @@ def _run_suites(run: dict, args: argparse.Namespace, device: torch.device, direc
         if lost is not None:
             return suite, lost
     return None
+
+
+def _model_path(device_name: str) -> Path | None:
+    """The performance model's file for this GPU (report.model_file), or None with a line saying why none is
+    attached: the files are the source checkout's (an installed package run elsewhere has none), H100 / H200 only."""
+    directory = default_output_directory()
+    found = report.model_file(directory, device_name)
+    if found is None:
+        print(f"performance model: no predictions attached for {device_name}: the model's files "
+              f"(model-sm90.json for an H200 SXM, model-sm90-H100.json for an H100 SXM, written by tools/perf_model "
+              f"in the source checkout) are not in {directory}")  # fmt: skip
+    return found
 
 
 def _attach_predictions(run: dict, model_path: Path | None) -> None:
