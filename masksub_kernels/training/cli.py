@@ -409,6 +409,7 @@ def _save(args, s: Setup, epoch: int, num_updates: int, rows: list, meta: dict) 
         "log": rows,
         "args": vars(args),
         "resumes": meta.get("resumes", []),
+        "first_start": meta.get("first_start"),  # (runlog.first_start: a resume's meta.first_start)
     }
     # timm's loaders (load_checkpoint, create_model(..., pretrained_cfg_overlay=dict(file=...))) read the bare
     # model's weights under these keys: the same tensors as in "module" and "ema", which torch.save stores once
@@ -457,8 +458,10 @@ def _run(args) -> None:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     step = _make_step(args, s)
     start_epoch, num_updates, rows, wall, resumes = 0, 0, [], 0.0, []
+    where = run_provenance(s.device)  # the commit, start time, CPU, threads, GPU (runlog.run_provenance)
+    first = where  # where the run's first start ran (a resume: the checkpoint's record)
     if args.resume:
-        start_epoch, num_updates, rows, resumes = resume(args, s)
+        start_epoch, num_updates, rows, resumes, first = resume(args, s, where)
         progress.saved(args.resume, start_epoch)
         wall = rows[-1]["wall_time_s"] if rows else 0.0
     if args.warmup_epochs >= args.epochs and s.rank == 0:  # after every check: a note, not an error
@@ -476,7 +479,8 @@ def _run(args) -> None:
         "device": str(s.device),
         "backend": s.backend,
         "torch": torch.__version__,
-        **run_provenance(s.device),  # the commit, start time, CPU, threads, GPU (runlog.run_provenance)
+        **where,
+        "first_start": first,  # the first start's provenance (null: resumed from a checkpoint that lacks it)
         "family": s.ms.family if s.ms is not None else None,
         "train_images": len(s.data.train),
         # what an epoch trains: whole batches of each process's sampler (timm's repeated augmentation rounds the
@@ -486,7 +490,7 @@ def _run(args) -> None:
         "classes": class_names(s.data.train),  # an ImageFolder's class names in index order
         "val_images": len(s.data.val),
         "initial_checkpoint": vars(s.pretrained) if s.pretrained is not None else None,
-        "resumes": resumes,  # each resume's epoch, checkpoint and changed options (args above: the latest's)
+        "resumes": resumes,  # each resume's epoch, checkpoint, changed options (args: the latest's), commit, start
     }
     val = val_loader(s.data.val, args.batch_size, s.rank, s.world, s.workers, s.device.type == "cuda")
     if s.rank == 0:  # what runs: log.json's meta.family and meta.backend, in words
@@ -524,12 +528,13 @@ def _run(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``masksub-train`` / ``python -m masksub_kernels.train``; returns the exit status."""
     from .config import parse_args_with_config
+    from .rank_zero import option_error, options_parsed
 
     try:
-        args = parse_args_with_config(build_parser(), argv)
+        with options_parsed():  # (under torchrun argparse's error is local rank 0's alone, as option_error's)
+            args = parse_args_with_config(build_parser(), argv)
     except UsageError as exc:  # a --config file's mistakes
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return option_error(PROG, str(exc))
     _PROGRESS.reset()
     try:
         return run_command(PROG, _run, args)

@@ -101,8 +101,13 @@ def refused_by_determinism(exc: BaseException) -> str | None:
 
 def run_command(prog: str, run: Callable[..., None], args) -> int:
     """A training command's body ``run(args)`` under its ``--deterministic``; the exit status: 0, or 2 with
-    ``prog: error: ...`` on stderr for a UsageError or, under --deterministic, an op without a deterministic kernel."""
-    from .rank_zero import ReportedOnRankZero
+    ``prog: error: ...`` on stderr for a UsageError or, under --deterministic, an op without a deterministic kernel.
+    Under torchrun (rank_zero): a UsageError raised before the process group (the options' checks: the same on every
+    rank) is printed by local rank 0 alone; a collective that failed because another rank died prints one line
+    (``prog: rank N: stopped because another rank failed; ...``), status 1, not gloo's / NCCL's traceback."""
+    import torch.distributed as dist
+
+    from .rank_zero import ReportedOnRankZero, option_error, peer_failure
     from .run_setup import UsageError
 
     try:
@@ -112,8 +117,13 @@ def run_command(prog: str, run: Callable[..., None], args) -> int:
     except ReportedOnRankZero:  # rank 0 printed it
         return 2
     except UsageError as exc:
+        if not (dist.is_available() and dist.is_initialized()):  # before the process group: every rank's
+            return option_error(prog, str(exc))
         message = str(exc)
     except RuntimeError as exc:
+        if (stopped := peer_failure(exc)) is not None:
+            print(f"{prog}: {stopped}", file=sys.stderr, flush=True)
+            return 1
         message = refused_by_determinism(exc) if args.deterministic else None
         if message is None:
             raise

@@ -51,7 +51,7 @@ from .mlm_tokenizer import (
     removed_if_refused,
     tokenizer_path,
 )
-from .rank_zero import ReportedOnRankZero, rank_zero_check
+from .rank_zero import ReportedOnRankZero, options_parsed, rank_zero_check
 from .run_setup import (
     UsageError,
     _distributed,
@@ -377,7 +377,7 @@ def _run(args) -> None:
 
     from .checkpoint import save_checkpoint
     from .extras import require
-    from .runlog import run_provenance, write_log
+    from .runlog import first_start, run_provenance, write_log
 
     mlm_args.check_args(args)
     require("the masked-LM command", ("transformers", "tokenizers"), "text")
@@ -420,9 +420,11 @@ def _run(args) -> None:
               f"warming up when the run ends and never reaches --lr {args.lr}", file=sys.stderr)  # fmt: skip
     step_fn = _make_step(args, ms, world)
     start, rows = (state["step"], state["rows"]) if state else (0, [])
+    where = run_provenance(device)  # (each resume's commit and start recorded in meta.resumes, the first start's too)
     meta = {"command": " ".join([PROG, *sys.argv[1:]]), "args": dict(vars(args)), "world_size": world,
             "device": str(device), "backend": backend, "torch": torch.__version__, "python": sys.version.split()[0],
-            **run_provenance(device), **sizes, "resumes": resumes(args, state)}  # fmt: skip
+            **where, "first_start": first_start(state, where), **sizes,
+            "resumes": resumes(args, state, where)}  # fmt: skip
     # one round's sums: loss, main, sub (of the micro-batches that predict a token), those micro-batches, all of them
     sums = torch.zeros(5, dtype=torch.float64, device=device)
     one = torch.ones(1, dtype=torch.float64, device=device)  # a micro-batch counted (never NaN, whatever its loss)
@@ -475,7 +477,7 @@ def _run(args) -> None:
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "step": step + 1, "rows": rows, "args": dict(vars(args)), "world_size": world,
                 "tokenizer_sha256": sizes["tokenizer_sha256"], "tokenizer": os.path.abspath(sizes["tokenizer"]),
-                "corpus": corpus_record(sizes), "resumes": meta["resumes"],
+                "corpus": corpus_record(sizes), "resumes": meta["resumes"], "first_start": meta["first_start"],
             })  # fmt: skip
             progress["saved"], progress["saving"] = progress["saving"], None
         sums.zero_()
@@ -526,7 +528,8 @@ def _interrupted(args, progress: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``masksub-train-mlm``; returns the exit status (2 with a message for unusable options, 130 for
     an interrupt: Ctrl-C)."""
-    args = build_parser().parse_args(argv)
+    with options_parsed():  # (under torchrun argparse's error is local rank 0's alone)
+        args = build_parser().parse_args(argv)
     _PROGRESS.clear()
     try:
         return run_command(PROG, mlm_prepare.prepare if args.prepare_only else _run, args)

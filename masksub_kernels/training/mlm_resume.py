@@ -198,9 +198,13 @@ def load_state(args, state: dict, ms, optimizer, scheduler, scaler, rank: int, p
         scaler.load_state_dict(state["scaler"])
 
 
-def resumes(args, state: dict | None) -> list[dict]:
+def resumes(args, state: dict | None, provenance: dict | None = None) -> list[dict]:
     """The run's resumes, this one last: {'step', 'from', 'changed'} each ('changed': the options of
-    RESUME_MAY_CHANGE that differ from the checkpoint's, as '--name old -> new'); [] for a fresh run."""
+    RESUME_MAY_CHANGE that differ from the checkpoint's, as '--name old -> new'), with its start's commit, dirty
+    flag and start time from ``provenance`` (runlog.resume_provenance; entries of before 2026-12-07 lack them); []
+    for a fresh run."""
+    from .runlog import resume_provenance
+
     if state is None:
         return []
     saved = state.get("args", {})
@@ -209,5 +213,6 @@ def resumes(args, state: dict | None) -> list[dict]:
                if k in saved and _resume_value(k, saved[k]) != _resume_value(k, getattr(args, k))]  # fmt: skip
     return [
         *state.get("resumes", []),
-        {"step": state["step"], "from": os.path.abspath(args.resume), "changed": changed},
-    ]
+        {"step": state["step"], "from": os.path.abspath(args.resume), "changed": changed,
+         **(resume_provenance(provenance) if provenance is not None else {})},
+    ]  # fmt: skip

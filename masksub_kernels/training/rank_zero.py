@@ -1,14 +1,98 @@
 """The training commands' checks that rank 0 alone makes (the files only rank 0 writes: --output, --resume's later
 epochs, --tokenizer's directory), with their outcome shared by every rank; and checks that every rank makes (what
-each reads: the token blocks rank 0 cached), with every rank's outcome shared."""
+each reads: the token blocks rank 0 cached), with every rank's outcome shared.
+
+Under torchrun, what the commands print of a failure, once: an option's error (argparse's, a check of the options
+before the process group: the same on every rank) by local rank 0 alone (option_error, options_parsed); a rank that
+a collective stopped because another rank died (peer_failure) one line, not gloo's / NCCL's traceback -- the failing
+rank's own message and traceback are printed in full, as they were."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import io
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
 
 from .run_setup import UsageError
 
-__all__ = ["ReportedOnRankZero", "every_rank_check", "rank_zero_check"]
+__all__ = [
+    "ReportedOnRankZero",
+    "every_rank_check",
+    "option_error",
+    "options_parsed",
+    "peer_failure",
+    "rank_zero_check",
+]
+
+# How long a silent rank waits before it exits with an option's error: torchrun stops every process once one has
+# failed, so a rank exiting at once could have local rank 0 stopped before it printed the error (torchrun stops the
+# waiting ranks once local rank 0 has exited)
+OPTION_ERROR_WAIT_S = 10.0
+
+
+def _silent_local_rank() -> bool:
+    """A torchrun process other than its machine's first (LOCAL_RANK > 0 with WORLD_SIZE > 1)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("LOCAL_RANK", "0")) > 0
+    except ValueError:  # not torchrun's numbers: every process prints
+        return False
+
+
+def _wait_for_local_rank_zero() -> None:
+    time.sleep(OPTION_ERROR_WAIT_S)
+
+
+def option_error(prog: str, message: str) -> int:
+    """``prog: error: message`` on stderr from local rank 0 only (an option's error, raised before the process group:
+    the same on every rank, printed once per machine under torchrun; every process without torchrun); 2, the exit
+    status of every rank (the others after a short wait, OPTION_ERROR_WAIT_S, that lets local rank 0 print it)."""
+    if _silent_local_rank():
+        _wait_for_local_rank_zero()
+    else:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+@contextlib.contextmanager
+def options_parsed() -> Iterator[None]:
+    """Around a command's argument parsing: argparse's error (usage and message on stderr, SystemExit 2) printed by
+    local rank 0 alone under torchrun; the other ranks exit with the same status, silently, after a short wait.
+    Its --help (stdout, status 0) is every rank's, as before."""
+    if not _silent_local_rank():
+        yield
+        return
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            _wait_for_local_rank_zero()
+        raise
+
+
+# How gloo and NCCL (and torch's TCP store) report that a peer's process is gone, in their exceptions' messages
+_PEER_GONE = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "remote process exited",
+)
+
+
+def peer_failure(exc: BaseException) -> str | None:
+    """The one line a rank prints when a collective failed because another rank died (gloo's "Connection closed by
+    peer", NCCL's "remote process exited", ...), in place of its traceback: the failing rank printed its own
+    message; None for any other exception, or outside a process group of several ranks."""
+    if not isinstance(exc, RuntimeError) or not any(text in str(exc) for text in _PEER_GONE):
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return None
+    return f"rank {dist.get_rank()}: stopped because another rank failed; see its message above"
 
 
 class ReportedOnRankZero(UsageError):

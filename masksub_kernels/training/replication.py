@@ -68,15 +68,26 @@ def load_runs(runs_dir: str) -> dict[str, list[dict]]:
     return runs
 
 
+def _none_last(value) -> tuple[bool, str]:
+    return value is None, str(value)
+
+
 def provenance(logs: list[dict]) -> dict | None:
     """What the logs' meta records of where they ran: each field's distinct values (the start times' first and
-    last), ``runs_without`` the logs that record none; None where no log records any."""
+    last), over each run's starts (its first start's and its resumes' records too), ``runs_without`` the logs that
+    record none; None where no log records any."""
     metas = [log["meta"] for log in logs]
     recorded = [m for m in metas if any(key in m for key in PROVENANCE)]
     if not recorded:
         return None
-    out: dict = {key: sorted({m.get(key) for m in recorded}, key=lambda v: (v is None, str(v))) for key in PROVENANCE}
-    starts = sorted(m["started_utc"] for m in recorded if m.get("started_utc"))
+    # a resumed run's first start and each resume's (meta.first_start, meta.resumes' commits and start times, since
+    # 2026-12-07): a run resumed under another commit ran under both
+    earlier = [r for m in recorded for r in (m.get("first_start"), *m.get("resumes", [])) if isinstance(r, dict)]
+    out: dict = {
+        key: sorted({m.get(key) for m in recorded} | {r[key] for r in earlier if key in r}, key=_none_last)
+        for key in PROVENANCE
+    }
+    starts = sorted(r["started_utc"] for r in [*recorded, *earlier] if r.get("started_utc"))
     out["started_utc"] = [starts[0], starts[-1]] if starts else [None]
     out["runs_without"] = len(metas) - len(recorded)
     return out

@@ -106,9 +106,11 @@ def _listdir(directory: str) -> list[str]:
         return []
 
 
-def resume(args, s: Setup) -> tuple[int, int, list, list]:
+def resume(args, s: Setup, provenance: dict | None = None) -> tuple[int, int, list, list, dict | None]:
     """Load --resume into the set-up run; returns (first epoch to train, optimizer updates so far, log rows, the
-    run's resumes: {'epoch', 'from', 'changed'} for each, this one last, kept in log.json's meta and the checkpoints).
+    run's resumes: {'epoch', 'from', 'changed'} for each, this one last, with this start's commit, dirty flag and start
+    time from ``provenance`` (runlog.resume_provenance), kept in log.json's meta and the checkpoints; the first start's
+    provenance, meta.first_start: None from a checkpoint of before 2026-12-07).
 
     Same schedule options and updates per epoch as the checkpoint's run: the scheduler's state is restored and the
     run continues exactly (the checkpoint's update count). Other ones (e.g. a larger --epochs to extend a run, another
@@ -118,6 +120,7 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
     from .checkpoint import load_eager_state_dict, read_run_checkpoint
     from .data import class_names
     from .rank_zero import rank_zero_check
+    from .runlog import resume_provenance
 
     ckpt = read_run_checkpoint(args.resume, ("module", "optimizer", "scheduler", "epoch", "num_updates", "log"), PROG)
     old = ckpt.get("args", {})
@@ -271,5 +274,7 @@ def resume(args, s: Setup) -> tuple[int, int, list, list]:
             file=sys.stderr,
         )
     resume_from = os.path.abspath(args.resume)
-    resumes = [*ckpt.get("resumes", []), {"epoch": start_epoch, "from": resume_from, "changed": recorded}]
-    return start_epoch, num_updates, ckpt["log"], resumes
+    entry = {"epoch": start_epoch, "from": resume_from, "changed": recorded}
+    if provenance is not None:  # this start's commit, dirty flag and start time
+        entry.update(resume_provenance(provenance))
+    return start_epoch, num_updates, ckpt["log"], [*ckpt.get("resumes", []), entry], ckpt.get("first_start")

@@ -11,7 +11,9 @@ parser needs it allowed), and 'nan' in log.csv; null means not applicable (loss_
 
 ``run_provenance`` gives what meta records of where a run ran (the latest start's, for a resumed run): the package's
 git commit (null outside a git checkout), whether tracked files differed from it, the UTC start time, the CPU model,
-torch's thread count and the GPU's name (null off CUDA).
+torch's thread count and the GPU's name (null off CUDA). meta.first_start keeps the first start's (saved in every
+checkpoint: null for a run resumed from a checkpoint of before 2026-12-07, which has none), and each entry of
+meta.resumes the commit, dirty flag and start time of its resume (``resume_provenance``; older entries lack them).
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ COLUMNS = (
     "wall_time_s",
 )
 
-__all__ = ["COLUMNS", "run_provenance", "write_log"]
+__all__ = ["COLUMNS", "RESUME_PROVENANCE", "first_start", "resume_provenance", "run_provenance", "write_log"]
+
+# what each resume records of its start (meta.resumes: a run resumed under another commit keeps each one)
+RESUME_PROVENANCE = ("git_commit", "git_dirty", "started_utc")
 
 
 def write_log(
@@ -116,3 +121,14 @@ def run_provenance(device: Any) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
     }
+
+
+def resume_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
+    """A resume's record of its start (its entry in meta.resumes): the commit, the dirty flag, the UTC start time."""
+    return {key: provenance.get(key) for key in RESUME_PROVENANCE}
+
+
+def first_start(checkpoint: dict[str, Any] | None, provenance: dict[str, Any]) -> dict[str, Any] | None:
+    """meta.first_start: this start's provenance for a fresh run (``checkpoint`` None), the checkpoint's record for a
+    resume (None where a checkpoint of before 2026-12-07 has none)."""
+    return dict(provenance) if checkpoint is None else checkpoint.get("first_start")

@@ -401,3 +401,32 @@ def test_a_checkpoint_that_evaluated_the_first_held_out_blocks_is_named_in_the_r
     del old["eval_spread"]
     with pytest.raises(UsageError, match=r"other text or, from a checkpoint before 2026-12-07, the held-out blocks"):
         check_resume(args, _state(args, corpus=old), 1, sizes)
+
+
+def test_each_resume_records_its_commit_and_the_first_start_survives(corpus, tokenizer, tmp_path, monkeypatch):
+    # helper-321: as masksub-train's (test_train_cli.py): each resume's commit, dirty flag and start time in its
+    # meta.resumes entry, the first start's provenance in meta.first_start (and the checkpoint)
+    from masksub_kernels.training import runlog
+
+    common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path / "run")]
+    monkeypatch.setattr(runlog, "_git_commit", lambda: ("a" * 40, False))
+    assert main([*common, "--stop-at", "2"]) == 0
+    last = tmp_path / "run" / "last.pth"
+    saved = torch.load(last, weights_only=False)
+    monkeypatch.setattr(runlog, "_git_commit", lambda: ("b" * 40, True))
+    assert main([*common, "--resume", str(last)]) == 0
+    meta = _log(tmp_path / "run")["meta"]
+    assert meta["git_commit"] == "b" * 40 and meta["first_start"]["git_commit"] == "a" * 40
+    (resume,) = meta["resumes"]
+    assert (resume["step"], resume["git_commit"], resume["git_dirty"]) == (2, "b" * 40, True)
+    assert resume["started_utc"] == meta["started_utc"]
+    assert torch.load(last, weights_only=False)["first_start"] == meta["first_start"]
+    # a checkpoint of before 2026-12-07 (no first start; an earlier resume without a commit) resumes
+    del saved["first_start"]
+    saved["resumes"] = [{"step": 1, "from": "/elsewhere/last.pth", "changed": []}]
+    torch.save(saved, tmp_path / "old.pth")
+    old_run = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path / "old")]
+    assert main([*old_run, "--resume", str(tmp_path / "old.pth")]) == 0
+    meta = _log(tmp_path / "old")["meta"]
+    assert meta["first_start"] is None and meta["resumes"][0] == saved["resumes"][0]
+    assert meta["resumes"][1]["git_commit"] == "b" * 40

@@ -233,3 +233,19 @@ def test_a_partial_rerun_keeps_the_provenance_file_of_the_logs_left(tmp_path):
         .read_text()
         .endswith("5 of the logs record none of it (PROVENANCE.md, beside this file, gives it from the git history).\n")
     )
+
+
+def test_provenance_counts_a_resumed_runs_first_start_and_resumes():
+    # helper-321: a run resumed under another commit ran under both (meta.first_start, each meta.resumes entry);
+    # older resumes' entries without a commit add none, a first start of null (an older checkpoint's) neither
+    first = {"git_commit": "a" * 40, "git_dirty": False, "started_utc": "2026-12-07T00:00:00+00:00", "cpu": "X",
+             "torch_threads": 1, "gpu": None}  # fmt: skip
+    resumes = [{"epoch": 1, "from": "f", "changed": []},
+               {"epoch": 2, "from": "f", "changed": [], "git_commit": "b" * 40, "git_dirty": True,
+                "started_utc": "2026-12-07T01:00:00+00:00"}]  # fmt: skip
+    latest = {**first, "git_commit": "c" * 40, "started_utc": "2026-12-07T02:00:00+00:00"}
+    p = replication.provenance(_metas({**latest, "first_start": first, "resumes": resumes},
+                                      {**latest, "first_start": None, "resumes": []}))  # fmt: skip
+    assert p["git_commit"] == ["a" * 40, "b" * 40, "c" * 40] and p["git_dirty"] == [False, True]
+    assert p["started_utc"] == ["2026-12-07T00:00:00+00:00", "2026-12-07T02:00:00+00:00"]
+    assert p["cpu"] == ["X"] and p["torch_threads"] == [1] and p["gpu"] == [None] and p["runs_without"] == 0

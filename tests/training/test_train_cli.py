@@ -77,7 +77,10 @@ def test_resume_continues_exactly(tmp_path):
     drop_time = lambda rows: [{k: v for k, v in r.items() if "time" not in k and k != "images_per_s"} for r in rows]
     assert drop_time(_log(resumed)) == drop_time(_log(full))
     meta = json.load(open(os.path.join(resumed, "log.json")))["meta"]
-    assert meta["resumes"] == [{"epoch": 1, "from": os.path.join(full, "epoch-1.pth"), "changed": []}]
+    (entry,) = meta["resumes"]  # (and the resume's commit, dirty flag and start: runlog.resume_provenance)
+    recorded = {"epoch": 1, "from": os.path.join(full, "epoch-1.pth"), "changed": []}
+    assert {k: entry[k] for k in recorded} == recorded
+    assert {"git_commit", "git_dirty", "started_utc"} <= set(entry)
     # timm's own loader takes the bare model's weights out of last.pth (a digits model has one input channel)
     import timm
     from timm.models import load_checkpoint
@@ -454,3 +457,46 @@ def test_mean_and_std_of_another_channel_count_are_refused(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "masksub-train: error:" in err and "--mean" in err and "3" in err, err
+
+
+def test_each_resume_records_its_commit_and_the_first_start_survives(tmp_path, monkeypatch):
+    # helper-321: meta held the latest start's provenance only; a run resumed under another commit kept no record of
+    # the first one. Now each resume's entry has its commit, dirty flag and start time, meta.first_start (saved in the
+    # checkpoints) the first start's
+    from masksub_kernels.training import runlog
+
+    def under(commit: str, dirty: bool) -> None:
+        monkeypatch.setattr(runlog, "_git_commit", lambda: (commit, dirty))
+
+    one = ["--limit-batches", "1", "--device", "cpu"]
+    under("a" * 40, False)
+    out = _run(tmp_path, "run", *one, "--epochs", "1")
+    meta = json.load(open(os.path.join(out, "log.json")))["meta"]
+    assert meta["first_start"] == {k: meta[k] for k in ("git_commit", "git_dirty", "started_utc", "cpu",
+                                                         "torch_threads", "gpu")}  # fmt: skip
+    last = os.path.join(out, "last.pth")
+    assert torch.load(last, weights_only=False)["first_start"]["git_commit"] == "a" * 40
+    under("b" * 40, True)
+    _run(tmp_path, "run", *one, "--epochs", "2", "--resume", last)
+    under("c" * 40, False)
+    _run(tmp_path, "run", *one, "--epochs", "3", "--resume", last)
+    meta = json.load(open(os.path.join(out, "log.json")))["meta"]
+    assert meta["git_commit"] == "c" * 40 and meta["first_start"]["git_commit"] == "a" * 40
+    assert [(r["epoch"], r["git_commit"], r["git_dirty"]) for r in meta["resumes"]] == [
+        (1, "b" * 40, True),
+        (2, "c" * 40, False),
+    ]
+    assert meta["resumes"][-1]["started_utc"] == meta["started_utc"]
+    saved = torch.load(last, weights_only=False)
+    assert saved["resumes"] == meta["resumes"] and saved["first_start"] == meta["first_start"]
+    # a checkpoint of before 2026-12-07: no first start, resumes without commits; it resumes, its record as it was
+    for entry in saved["resumes"]:
+        for key in ("git_commit", "git_dirty", "started_utc"):
+            del entry[key]
+    del saved["first_start"]
+    old = str(tmp_path / "old.pth")
+    torch.save(saved, old)
+    out = _run(tmp_path, "from-old", *one, "--epochs", "4", "--resume", old)
+    meta = json.load(open(os.path.join(out, "log.json")))["meta"]
+    assert meta["first_start"] is None and [set(r) for r in meta["resumes"][:2]] == [{"epoch", "from", "changed"}] * 2
+    assert meta["resumes"][-1]["git_commit"] == "c" * 40 and meta["resumes"][-1]["epoch"] == 3

@@ -14,6 +14,7 @@ pytest.importorskip("sklearn", reason="the default dataset (digits) comes from s
 from _models import tiny_vit
 
 from masksub_kernels.train import main
+from masksub_kernels.training import rank_zero
 from masksub_kernels.training import resume as resume_mod
 from masksub_kernels.training.run_setup import UsageError
 
@@ -107,6 +108,11 @@ def test_torchrun_with_more_processes_than_gpus(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setattr(rank_zero, "OPTION_ERROR_WAIT_S", 0.0, raising=False)
+    args = [*TINY_VIT, "--epochs", "1", "--output", str(tmp_path / "err"), "--no-progress"]
+    assert main(args) == 2 and capsys.readouterr().err == ""  # the same on every rank: local rank 0 prints it
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "0")
     err = _error(tmp_path, capsys, *TINY_VIT, "--epochs", "1")
     assert "2 processes on this machine but 1 GPU(s)" in err and "--nproc_per_node=1" in err
 

@@ -1,0 +1,103 @@
+"""What the training commands print of a failure under torchrun (rank_zero.option_error, options_parsed,
+peer_failure; determinism.run_command): an option's error once, and a rank stopped by another's failure in one line
+(helper-321: each rank printed the option's error; rank 0 printed gloo's "Connection closed by peer" traceback)."""
+
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch.distributed as dist
+from _torchrun import HERE, torchrun
+
+from masksub_kernels.training import rank_zero
+from masksub_kernels.training.determinism import run_command
+
+TINY_VIT = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=16",
+            "depth=1", "num_heads=2", "--img-size", "16", "--no-progress", "--device", "cpu"]  # fmt: skip
+
+
+def test_an_option_error_is_printed_once_under_torchrun(tmp_path):
+    result = torchrun("-m", "masksub_kernels.train", *TINY_VIT, "--lr", "-1", "--output", str(tmp_path / "o"))
+    assert result.returncode != 0
+    assert result.stderr.count("masksub-train: error: --lr must be in (0.0, inf), got -1.0") == 1, result.stderr
+
+
+def test_a_rank_stopped_by_another_ranks_failure_prints_one_line():
+    result = torchrun(os.path.join(HERE, "errors_worker.py"))
+    assert result.returncode != 0
+    err = result.stderr
+    # the failing rank's own error in full, traceback and all; the other rank's one line instead of gloo's
+    assert "ValueError: rank 1's own failure: bad image broken.png" in err and "in body" in err, err
+    assert "masksub-test: rank 0: stopped because another rank failed; see its message above" in err, err
+    assert "Connection closed by peer" not in err and "Connection reset by peer" not in err, err
+
+
+@pytest.fixture
+def other_local_rank(monkeypatch):
+    """This process as torchrun's local rank 1 of 2 (before its process group), without the wait."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(rank_zero, "OPTION_ERROR_WAIT_S", 0.0, raising=False)  # (raising: the test ran before it)
+
+
+@pytest.mark.parametrize("command", ["train", "mlm"])
+def test_option_errors_are_local_rank_zeros(command, other_local_rank, capsys, monkeypatch, tmp_path):
+    # argparse's error and a check of the options before the process group: rank 0's to print; the other local ranks
+    # exit with the same status, silently
+    if command == "train":
+        from masksub_kernels.training.cli import main
+
+        bad_check = [*TINY_VIT, "--lr", "-1", "--output", str(tmp_path / "o")]
+    else:
+        from masksub_kernels.training.mlm_cli import main
+
+        bad_check = ["--steps", "0", "--output", str(tmp_path / "o"), "--device", "cpu"]
+    with pytest.raises(SystemExit) as exc:
+        main(["--no-such-option"])
+    assert exc.value.code == 2 and capsys.readouterr().err == ""
+    assert main(bad_check) == 2 and capsys.readouterr().err == ""
+    monkeypatch.setenv("LOCAL_RANK", "0")  # (on every machine: its local rank 0 prints)
+    with pytest.raises(SystemExit):
+        main(["--no-such-option"])
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+    assert main(bad_check) == 2 and "error: --" in capsys.readouterr().err
+
+
+def test_a_config_files_error_is_local_rank_zeros(other_local_rank, capsys, tmp_path):
+    from masksub_kernels.training.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("no_such_option: 1\n")
+    assert main(["--config", str(config)]) == 2 and capsys.readouterr().err == ""
+
+
+def test_peer_failure_reads_gloo_and_nccl_messages(monkeypatch):
+    gloo = RuntimeError("[../gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:26796")
+    nccl = dist.DistBackendError("NCCL error: remote process exited or there was a network error")
+    assert rank_zero.peer_failure(gloo) is None  # no process group: not another rank's failure
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 3)
+    line = "rank 3: stopped because another rank failed; see its message above"
+    assert rank_zero.peer_failure(gloo) == line and rank_zero.peer_failure(nccl) == line
+    assert rank_zero.peer_failure(RuntimeError("CUDA out of memory")) is None  # a rank's own error: its traceback
+    assert rank_zero.peer_failure(ValueError("Connection closed by peer")) is None
+
+
+def test_run_command_prints_the_one_line_for_a_peers_failure(monkeypatch, capsys):
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+
+    def body(args):
+        raise dist.DistBackendError("[pair.cc:561] Connection closed by peer [127.0.0.1]:1")
+
+    assert run_command("prog", body, SimpleNamespace(deterministic=False)) == 1
+    assert capsys.readouterr().err == "prog: rank 0: stopped because another rank failed; see its message above\n"
+
+    def own(args):
+        raise RuntimeError("a rank's own failure")
+
+    with pytest.raises(RuntimeError, match="own failure"):  # its traceback, as before
+        run_command("prog", own, SimpleNamespace(deterministic=False))
