@@ -234,7 +234,7 @@ def test_a_warmup_prefix_run_resumes_its_own_schedule_state(tmp_path, capsys):
     capsys.readouterr()
     args = build_parser().parse_args([*quick, "--resume", f"{out}/three.pth"])
     s = setup(args)
-    *_, resumes = resume(args, s)
+    resumes = resume(args, s)[3]
     assert resumes[-1]["changed"] == []
     assert "the learning rate follows the new schedule" not in capsys.readouterr().err
     assert s.scheduler.state_dict() == ckpt["scheduler"]
