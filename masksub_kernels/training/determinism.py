@@ -103,8 +103,9 @@ def run_command(prog: str, run: Callable[..., None], args) -> int:
     """A training command's body ``run(args)`` under its ``--deterministic``; the exit status: 0, or 2 with
     ``prog: error: ...`` on stderr for a UsageError or, under --deterministic, an op without a deterministic kernel.
     Under torchrun (rank_zero): a UsageError raised before the process group (the options' checks: the same on every
-    rank) is printed by local rank 0 alone; a collective that failed because another rank died prints one line
-    (``prog: rank N: stopped because another rank failed; ...``), status 1, not gloo's / NCCL's traceback."""
+    rank) is printed by each machine's local rank 0 alone; a collective that failed because another rank died prints
+    one line (``prog: rank N: stopped by a failed collective (...): most likely another rank failed; ...``), status 1,
+    not gloo's / NCCL's traceback."""
     import torch.distributed as dist
 
     from .rank_zero import ReportedOnRankZero, option_error, peer_failure

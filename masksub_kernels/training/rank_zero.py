@@ -3,9 +3,10 @@ epochs, --tokenizer's directory), with their outcome shared by every rank; and c
 each reads: the token blocks rank 0 cached), with every rank's outcome shared.
 
 Under torchrun, what the commands print of a failure, once: an option's error (argparse's, a check of the options
-before the process group: the same on every rank) by local rank 0 alone (option_error, options_parsed); a rank that
-a collective stopped because another rank died (peer_failure) one line, not gloo's / NCCL's traceback -- the failing
-rank's own message and traceback are printed in full, as they were."""
+before the process group: the same on every rank) by each machine's local rank 0 alone (option_error,
+options_parsed); a rank that a collective stopped because another rank died (peer_failure) one line with the
+collective's first line, not gloo's / NCCL's traceback -- the failing rank's own message and traceback are printed
+in full, as they were."""
 
 from __future__ import annotations
 
@@ -30,11 +31,16 @@ __all__ = [
 # How long a silent rank waits before it exits with an option's error: torchrun stops every process once one has
 # failed, so a rank exiting at once could have local rank 0 stopped before it printed the error (torchrun stops the
 # waiting ranks once local rank 0 has exited)
-OPTION_ERROR_WAIT_S = 10.0
+# (long: in the usual case torchrun stops the waiting ranks as soon as local rank 0 exits, so the wait costs nothing;
+# it covers a local rank 0 that reaches the error later than the others, e.g. slower imports)
+OPTION_ERROR_WAIT_S = 30.0
 
 
 def _silent_local_rank() -> bool:
-    """A torchrun process other than its machine's first (LOCAL_RANK > 0 with WORLD_SIZE > 1)."""
+    """A torchrun process other than its machine's first: LOCAL_RANK > 0 with WORLD_SIZE > 1, under torchrun's
+    agent (TORCHELASTIC_RUN_ID, which torchrun sets): one process with the ranks' variables set by hand prints."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return False
     try:
         return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("LOCAL_RANK", "0")) > 0
     except ValueError:  # not torchrun's numbers: every process prints
@@ -42,7 +48,10 @@ def _silent_local_rank() -> bool:
 
 
 def _wait_for_local_rank_zero() -> None:
-    time.sleep(OPTION_ERROR_WAIT_S)
+    try:
+        time.sleep(OPTION_ERROR_WAIT_S)
+    except KeyboardInterrupt:  # (Ctrl-C while waiting: exit with the option's status, no traceback)
+        pass
 
 
 def option_error(prog: str, message: str) -> int:
@@ -83,16 +92,29 @@ _PEER_GONE = (
 
 
 def peer_failure(exc: BaseException) -> str | None:
-    """The one line a rank prints when a collective failed because another rank died (gloo's "Connection closed by
-    peer", NCCL's "remote process exited", ...), in place of its traceback: the failing rank printed its own
-    message; None for any other exception, or outside a process group of several ranks."""
-    if not isinstance(exc, RuntimeError) or not any(text in str(exc) for text in _PEER_GONE):
+    """The one line a rank prints, in place of its traceback, when a collective failed with a message that says a
+    peer is gone (gloo's "Connection closed by peer", NCCL's "remote process exited or there was a network
+    error", ...): most likely another rank failed and printed its own message. Only a collective's error counts:
+    torch.distributed's DistError, or a RuntimeError whose first line names gloo (gloo raises plain RuntimeErrors,
+    also out of DDP's backward); never dynamo's / inductor's errors, which can quote a compile worker's broken pipe.
+    The line keeps the error's first line: a network fault reads the same as a dead peer. None for any other
+    exception, or outside a process group of several ranks."""
+    if not isinstance(exc, RuntimeError) or type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
         return None
     import torch.distributed as dist
 
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    collective = isinstance(exc, dist.DistError) or "gloo" in first
+    if not collective or not any(gone in text for gone in _PEER_GONE):
+        return None
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
         return None
-    return f"rank {dist.get_rank()}: stopped because another rank failed; see its message above"
+    shown = first if len(first) <= 200 else first[:197] + "..."
+    return (
+        f"rank {dist.get_rank()}: stopped by a failed collective ({type(exc).__name__}: {shown}): most likely "
+        "another rank failed; see its message above"
+    )
 
 
 class ReportedOnRankZero(UsageError):

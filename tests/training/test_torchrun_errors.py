@@ -28,8 +28,9 @@ def test_a_rank_stopped_by_another_ranks_failure_prints_one_line():
     err = result.stderr
     # the failing rank's own error in full, traceback and all; the other rank's one line instead of gloo's
     assert "ValueError: rank 1's own failure: bad image broken.png" in err and "in body" in err, err
-    assert "masksub-test: rank 0: stopped because another rank failed; see its message above" in err, err
-    assert "Connection closed by peer" not in err and "Connection reset by peer" not in err, err
+    said = "masksub-test: rank 0: stopped by a failed collective (RuntimeError: "
+    assert said in err and "most likely another rank failed; see its message above" in err, err
+    assert "[rank1]: Traceback" in err and "[rank0]: Traceback" not in err, err  # (then torchrun's own report)
 
 
 @pytest.fixture
@@ -38,6 +39,7 @@ def other_local_rank(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # (torchrun's agent: without it every process prints)
     monkeypatch.setattr(rank_zero, "OPTION_ERROR_WAIT_S", 0.0, raising=False)  # (raising: the test ran before it)
 
 
@@ -79,10 +81,33 @@ def test_peer_failure_reads_gloo_and_nccl_messages(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(dist, "get_rank", lambda: 3)
-    line = "rank 3: stopped because another rank failed; see its message above"
-    assert rank_zero.peer_failure(gloo) == line and rank_zero.peer_failure(nccl) == line
+    tail = "most likely another rank failed; see its message above"
+    assert rank_zero.peer_failure(gloo) == (
+        "rank 3: stopped by a failed collective (RuntimeError: [../gloo/transport/tcp/pair.cc:561] Connection closed "
+        f"by peer [127.0.0.1]:26796): {tail}"
+    )
+    assert rank_zero.peer_failure(nccl) == (
+        "rank 3: stopped by a failed collective (DistBackendError: NCCL error: remote process exited or there was a "
+        f"network error): {tail}"  # (the first line kept: a network fault reads the same)
+    )
     assert rank_zero.peer_failure(RuntimeError("CUDA out of memory")) is None  # a rank's own error: its traceback
     assert rank_zero.peer_failure(ValueError("Connection closed by peer")) is None
+    # helper-323: a rank's own RuntimeError quoting a broken pipe (a compile worker's) is no collective's
+    assert rank_zero.peer_failure(RuntimeError("compile worker died:\nBrokenPipeError: [Errno 32] Broken pipe")) is None
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    compile_error = BackendCompilerFailed.__new__(BackendCompilerFailed)
+    RuntimeError.__init__(compile_error, "gloo-named backend failed: Broken pipe")
+    assert rank_zero.peer_failure(compile_error) is None
+
+
+def test_a_single_process_with_rank_variables_set_by_hand_prints_its_option_error(monkeypatch, capsys):
+    # helper-323: LOCAL_RANK / WORLD_SIZE set by hand (no torchrun agent) silenced the process's own error, after 10 s
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert rank_zero.option_error("prog", "bad option") == 2
+    assert capsys.readouterr().err == "prog: error: bad option\n"
 
 
 def test_run_command_prints_the_one_line_for_a_peers_failure(monkeypatch, capsys):
@@ -94,7 +119,8 @@ def test_run_command_prints_the_one_line_for_a_peers_failure(monkeypatch, capsys
         raise dist.DistBackendError("[pair.cc:561] Connection closed by peer [127.0.0.1]:1")
 
     assert run_command("prog", body, SimpleNamespace(deterministic=False)) == 1
-    assert capsys.readouterr().err == "prog: rank 0: stopped because another rank failed; see its message above\n"
+    said = capsys.readouterr().err
+    assert said.startswith("prog: rank 0: stopped by a failed collective (DistBackendError: [pair.cc:561] Connection")
 
     def own(args):
         raise RuntimeError("a rank's own failure")

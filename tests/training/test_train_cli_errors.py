@@ -106,7 +106,8 @@ def test_torchrun_with_more_processes_than_gpus(tmp_path, capsys, monkeypatch):
     # rank 1 of 2 on a one-GPU machine, no --device: it used to ask for cuda:1 and fail inside torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    for key, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+    ranks = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "t"}
+    for key, value in ranks.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(rank_zero, "OPTION_ERROR_WAIT_S", 0.0, raising=False)
     args = [*TINY_VIT, "--epochs", "1", "--output", str(tmp_path / "err"), "--no-progress"]
