@@ -92,17 +92,24 @@ def check_aa(aa: str) -> None:
                 why = "is not inc0 or inc1 (timm reads any other number as inc1)"
             elif kind == "rand" and key == "mmax" and number == 0:
                 why = "reads as mmax10 (timm's default bound: `mmax or 10`)"
-            elif kind == "rand" and key in ("m", "mmax"):
+            elif key in ("m", "mmax", "mstd"):
                 values[key] = number
         if why:
             raise ValueError(f"--aa {aa!r}: section {section!r} {why}; accepted: {AA_FORMS[kind]}")
         seen.add(key)
-    magnitude, bound = values.get("m", 10), values.get("mmax", 10)  # (timm's defaults: m10, mmax10)
-    if kind == "rand" and magnitude > bound:  # timm clips each drawn magnitude to [0, mmax]: m above it trains as mmax
+    # timm clips each drawn magnitude to [0, bound] (RandAugment's mmax, else 10; AugMix has no mmax): an m above it
+    # trains as m<bound> without mstd, and with mstd draws around m (uniformly in [0, m] for mstd > 100), clipped
+    magnitude, bound = values.get("m", 10 if kind == "rand" else 3), values.get("mmax", 10)  # (timm's defaults)
+    if kind != "policy" and magnitude > bound:
         given = "" if "m" in values else " (timm's default)"
+        if kind == "augmix":
+            fix = f"write m{bound} or less (AugMix has no mmax)"
+        elif values.get("mstd", 0) > 0:
+            fix = f"each magnitude drawn above {bound} is clipped to it; add mmax{magnitude} to draw without the clip"
+        else:
+            fix = f"it trains as m{bound}: write m{bound}, or add mmax{magnitude} to train at m{magnitude}"
         raise ValueError(
-            f"--aa {aa!r}: m{magnitude}{given} is above the magnitude bound {bound} (mmax, 10 unless given), at which "
-            f"timm clips it: it would train as m{bound}; add mmax{magnitude} to train at m{magnitude}"
+            f"--aa {aa!r}: m{magnitude}{given} is above timm's magnitude bound {bound}, at which it clips: {fix}"
         )
 
 

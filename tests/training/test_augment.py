@@ -60,7 +60,8 @@ def test_a_skipped_aa_section_names_what_timm_trained(aa, note):
 
 @pytest.mark.parametrize(
     "aa", ["rand", "rand-m9-mstd0.5-inc1", "rand-m7-mstd0.5", "rand-tweights-n3-p0.7-mmax12-inc0", "rand-m9-t3a",
-           "rand-m15-mmax15", "rand-m10-inc0", "3a", "v0", "original-mstd0.5", "augmix-m5-w4-d2-b1-a0.5-mstd0.2"],
+           "rand-m15-mmax15", "rand-m10-inc0", "rand-m9-mstd101", "rand-n2-m10", "augmix-m10", "3a", "v0",
+           "original-mstd0.5", "augmix-m5-w4-d2-b1-a0.5-mstd0.2"],
 )  # fmt: skip
 def test_aa_forms_timm_reads_are_accepted(aa):
     args = build_parser().parse_args(["--aa", aa])
@@ -81,12 +82,20 @@ def test_aa_forms_timm_reads_are_accepted(aa):
         ("rand-m9-mstd0.5-inc2", "section 'inc2' is not inc0 or inc1 (timm reads any other number as inc1)"),
         ("rand-m9-mmax0", "section 'mmax0' reads as mmax10"),
         (
-            "rand-m15-mstd0.5",
-            "m15 is above the magnitude bound 10 (mmax, 10 unless given), at which timm clips it: "
-            "it would train as m10; add mmax15",
+            "rand-m15",
+            "m15 is above timm's magnitude bound 10, at which it clips: it trains as m10: write m10, or add mmax15",
         ),
-        ("rand-m13-mmax12", "m13 is above the magnitude bound 12"),
-        ("rand-mmax5", "m10 (timm's default) is above the magnitude bound 5"),
+        (
+            "rand-m15-mstd101",
+            "m15 is above timm's magnitude bound 10, at which it clips: each magnitude drawn above 10 is "
+            "clipped to it; add mmax15 to draw without the clip",
+        ),
+        ("rand-m13-mmax12", "m13 is above timm's magnitude bound 12"),
+        ("rand-mmax5", "m10 (timm's default) is above timm's magnitude bound 5"),
+        (
+            "augmix-m15-w4",
+            "m15 is above timm's magnitude bound 10, at which it clips: write m10 or less (AugMix has no mmax)",
+        ),
         (None, None),
     ],
 )
