@@ -368,10 +368,11 @@ class MaskSubTrainer(Trainer):
 
     def _with_special_tokens_mask(self, inputs):
         """A masked LM's batch without ``special_tokens_mask`` (DataCollatorForLanguageModeling removes it) with it
-        rebuilt from the tokenizer given as ``processing_class``: the ids in its ``all_special_ids``, as the
-        collator's own ``get_special_tokens_mask`` marks them (the [MASK]-replaced positions too: harmless, the
-        predicted positions are kept anyway). Without a tokenizer the batch goes as it is (MaskSub then warns).
-        The ids' tensor is made once per device: no copy from the host each step."""
+        rebuilt from the tokenizer given as ``processing_class``: the ids in its ``all_special_ids`` but [UNK] (a
+        word of the text, which the sub-branch may drop; always kept, a row of many could hold more kept tokens
+        than K), as the collator's own ``get_special_tokens_mask`` marks them otherwise (the [MASK]-replaced
+        positions too: harmless, the predicted positions are kept anyway). Without a tokenizer the batch goes as
+        it is (MaskSub then warns). The ids' tensor is made once per device: no copy from the host each step."""
         if inputs.get("special_tokens_mask") is not None or not isinstance(inputs.get("input_ids"), torch.Tensor):
             return inputs
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)  # (a processor's tokenizer)
@@ -381,7 +382,8 @@ class MaskSubTrainer(Trainer):
         input_ids = inputs["input_ids"]
         cached = getattr(self, "_special_ids", None)
         if cached is None or cached.device != input_ids.device:
-            cached = torch.tensor(sorted({int(i) for i in special_ids}), dtype=input_ids.dtype, device=input_ids.device)
+            kept = sorted({int(i) for i in special_ids} - {getattr(tokenizer, "unk_token_id", None)})
+            cached = torch.tensor(kept, dtype=input_ids.dtype, device=input_ids.device)
             self._special_ids = cached
         return {**inputs, "special_tokens_mask": torch.isin(input_ids, cached)}
 

@@ -72,7 +72,7 @@ def test_a_masked_lms_special_tokens_mask_is_rebuilt_from_the_tokenizer(tmp_path
         unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
     )  # fmt: skip
     g = torch.Generator().manual_seed(0)
-    rows = [{"input_ids": [2, *torch.randint(5, VOCAB, (22,), generator=g).tolist(), 3]} for _ in range(4)]
+    rows = [{"input_ids": [2, 1, *torch.randint(5, VOCAB, (21,), generator=g).tolist(), 3]} for _ in range(4)]
     collator = transformers.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=0)
     trainer = MaskSubTrainer(model=tiny_bert(), args=_args(tmp_path, per_device_train_batch_size=4, max_steps=1),
                              train_dataset=rows, data_collator=collator, processing_class=tokenizer,
@@ -83,5 +83,23 @@ def test_a_masked_lms_special_tokens_mask_is_rebuilt_from_the_tokenizer(tmp_path
         warnings.simplefilter("error", UserWarning)  # (no missing-special-mask warning)
         trainer.train()
     (got,) = seen
-    assert torch.equal(got["special_tokens_mask"], got["input_ids"] < len(specials))
+    ids = got["input_ids"]
+    assert torch.equal(got["special_tokens_mask"], (ids < len(specials)) & (ids != 1))  # [UNK] (1): a word of the text
     assert got["special_tokens_mask"][:, [0, -1]].all()  # [CLS] / [SEP] marked: kept by the sub-branch
+
+
+def test_through_the_trainer_the_warning_names_the_users_train_call(tmp_path):
+    # helper-323: through MaskSubTrainer (no tokenizer to rebuild the mask from) the warning named transformers'
+    # trainer.py, the first frame outside masksub_kernels and torch; now the user's trainer.train() line
+    from test_hf_trainer import _args
+
+    from masksub_kernels.training.hf_trainer import MaskSubTrainer
+
+    batch = make_batch(batch=4, seed=3)
+    rows = [{key: value[i] for key, value in batch.items() if key != "special_tokens_mask"} for i in range(4)]
+    trainer = MaskSubTrainer(model=tiny_bert(), args=_args(tmp_path, per_device_train_batch_size=4, max_steps=1),
+                             train_dataset=rows, masksub={"mask_ratio": 0.5})  # fmt: skip
+    with pytest.warns(UserWarning, match="without 'special_tokens_mask'") as record:
+        trainer.train()
+    said = [w for w in record if "special_tokens_mask" in str(w.message)]
+    assert [w.filename for w in said] == [__file__], [(w.filename, w.lineno) for w in said]
