@@ -75,7 +75,8 @@ def _none_last(value) -> tuple[bool, str]:
 def provenance(logs: list[dict]) -> dict | None:
     """What the logs' meta records of where they ran: each field's distinct values (the start times' first and
     last), over each run's starts (its first start's and its resumes' records too), ``runs_without`` the logs that
-    record none; None where no log records any."""
+    record none, ``runs_partly`` the runs resumed from a checkpoint older than the per-resume record; None where no
+    log records any."""
     metas = [log["meta"] for log in logs]
     recorded = [m for m in metas if any(key in m for key in PROVENANCE)]
     if not recorded:
@@ -90,6 +91,11 @@ def provenance(logs: list[dict]) -> dict | None:
     starts = sorted(r["started_utc"] for r in [*recorded, *earlier] if r.get("started_utc"))
     out["started_utc"] = [starts[0], starts[-1]] if starts else [None]
     out["runs_without"] = len(metas) - len(recorded)
+    # resumed from a checkpoint of before the per-resume record: its earlier starts' commits unknown
+    out["runs_partly"] = sum(
+        bool(m.get("resumes")) and (m.get("first_start") is None or any("git_commit" not in r for r in m["resumes"]))
+        for m in recorded
+    )
     return out
 
 
@@ -119,6 +125,8 @@ def _provenance_line(runs: dict[str, list[dict]]) -> str:
     first, last = p["started_utc"][0], p["started_utc"][-1]
     started = "unknown" if first is None else first if first == last else f"{first} to {last}"
     without = f"; {p['runs_without']} of the logs record none of it" if p["runs_without"] else ""
+    if p.get("runs_partly"):
+        without += f"; {p['runs_partly']} resumed from older checkpoints (their earlier starts' commits unrecorded)"
     return (f"Provenance (the logs' meta): commit {commits}{dirty}; started {started} (UTC); CPU "
             f"{words('cpu', 'unknown')}; torch threads {words('torch_threads', 'unknown')}; GPU {words('gpu', 'none')}"
             f"{without}.")  # fmt: skip

@@ -152,7 +152,7 @@ def test_provenance_in_summary_and_table(tmp_path):
     summary = json.loads((tmp_path / "out2" / "summary.json").read_text())
     assert summary["baseline"]["provenance"] == {"git_commit": ["a" * 40], "git_dirty": [False], "cpu": ["AMD EPYC"],
         "started_utc": ["2026-12-07T00:00:00+00:00", "2026-12-07T01:00:00+00:00"], "torch_threads": [1],
-        "gpu": [None], "runs_without": 0}  # fmt: skip
+        "gpu": [None], "runs_without": 0, "runs_partly": 0}  # fmt: skip
     assert summary["masksub"]["provenance"]["runs_without"] == 1
     line = (tmp_path / "out2" / "table.md").read_text().splitlines()[-1]
     assert line == ("Provenance (the logs' meta): commit aaaaaaaaaaaa; started 2026-12-07T00:00:00+00:00 to "
@@ -249,3 +249,7 @@ def test_provenance_counts_a_resumed_runs_first_start_and_resumes():
     assert p["git_commit"] == ["a" * 40, "b" * 40, "c" * 40] and p["git_dirty"] == [False, True]
     assert p["started_utc"] == ["2026-12-07T00:00:00+00:00", "2026-12-07T02:00:00+00:00"]
     assert p["cpu"] == ["X"] and p["torch_threads"] == [1] and p["gpu"] == [None] and p["runs_without"] == 0
+    assert p["runs_partly"] == 1  # (the first run's first resume has no commit)
+    line = replication._provenance_line({"baseline": _metas({**latest, "first_start": None, "resumes": resumes[1:]})})
+    assert line.endswith("; 1 resumed from older checkpoints (their earlier starts' commits unrecorded).")
+    assert "resumed from older" not in replication._provenance_line({"baseline": _metas({**latest, "resumes": []})})
