@@ -396,7 +396,7 @@ def _linear_launches(dtype: torch.dtype, shape: tuple[int, int, int], variant: d
         # gather False with class ids: the recompute kernels (gather True, and probabilities always, take the chunk
         # loop: cuBLAS and the chunk's loss launch, whose specs are chunk_step_specs': no kernel of this op)
         if not flags["DENSE"]:
-            args = (grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, True, True, False)
+            args = (grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, True, True, True, False)
             op._backward_triton(*args, *options)
     return list(launches)
 
@@ -468,7 +468,7 @@ def _chunk_step_spec(dtype: str, classes: int, label: str, target: str = "ids", 
     loss = (options.get("bce", False), 0.0, -100, options.get("temperature", 1.0), options.get("threshold"))
     with recording(chunk_loop, _loss_fwd_bwd, masksub_loss) as launches:  # gather False: no host read of the ids
         _linear_loss_grads._grads_triton(
-            hidden, torch.empty_like(hidden), weight, b, y, True, *weights, True, True, True, False, True, rows, *loss
+            hidden, torch.empty_like(hidden), weight, b, y, True, *weights, *(True,) * 4, False, True, rows, *loss
         )  # fmt: skip
     (launch,) = [launch for launch in launches if launch.kernel is _loss_fwd_bwd._loss_fwd_bwd_kernel]
     return _recorded_spec(launch, f"fwd_bwd[{label}{',tail' if classes % 8 else ''}]")

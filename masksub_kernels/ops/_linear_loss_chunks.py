@@ -187,11 +187,12 @@ def _store_rows(chunk: slice | torch.Tensor, into: list, rows: list[torch.Tensor
         dx[chunk] = r.to(dx.dtype)
 
 
-def padded_dw(want_weight: bool, bias: torch.Tensor | None, dtype: torch.dtype) -> bool:
-    """Whether dW is returned as the [C, D] view of a [C, padded_depth(D)] fp32 buffer: fp16 / bf16 inputs with a
-    bias, on every backend (the fake cannot know which ran). The kernels' path fills it as [dW | db | 0...] (db out
-    of dW's matmul through a ones column); the reference leaves the padding unused."""
-    return want_weight and bias is not None and dtype in (torch.float16, torch.bfloat16)
+def padded_dw(want_weight: bool, want_bias: bool, dtype: torch.dtype) -> bool:
+    """Whether dW is returned as the [C, D] view of a [C, padded_depth(D)] fp32 buffer: fp16 / bf16 inputs whose
+    weight and bias both store a gradient, on every backend (the fake cannot know which ran). The kernels' path
+    fills it as [dW | db | 0...] (db out of dW's matmul through a ones column); the reference leaves the padding
+    unused. dW alone: a plain [C, D] (no ones column); db alone: no dW at all."""
+    return want_weight and want_bias and dtype in (torch.float16, torch.bfloat16)
 
 
 def padded_depth(depth: int) -> int:
@@ -239,6 +240,7 @@ def grads_in_forward(
     need_hidden: bool,
     need_sub_hidden: bool,
     need_weight: bool,
+    need_bias: bool,
     options: tuple,
     *,
     rows_per_chunk: int,
@@ -249,7 +251,9 @@ def grads_in_forward(
     """The reduced losses and the stored gradients of L = main_weight main + sub_weight sub (module docstring).
 
     hidden, sub_hidden [M, D], weight [C, D], bias [C] or None; target [M] ids or [M, C] probabilities. mean:
-    reduction 'mean' (else 'sum'). need_*: which gradients to store (the others come back as empty [0] tensors).
+    reduction 'mean' (else 'sum'). need_*: which gradients to store (the others come back as empty [0] tensors;
+    need_bias without need_weight: db's column sums only, no dW matmul and no fp32 [C, D]; need_weight without
+    need_bias, or no bias: no db).
     options: (bce, label_smoothing, ignore_index, temperature, target_threshold). kernels: the Triton flavour (else
     the reference). gather: chunks of the counted rows, their number read on the host (one sync on CUDA); else
     chunks of every row, ignored ones included (their loss and gradients are zeros), and the count, the mean's
@@ -269,8 +273,9 @@ def grads_in_forward(
     operand = hidden.dtype if kernels and hidden.dtype in (torch.float16, torch.bfloat16) else acc
     # L reaches h, W, b through z when main_weight != 0, and hs, W, b through s when sub_weight != 0 (the teacher
     # softmax(z / T) is detached)
-    want_main = main_weight != 0 and (need_hidden or need_weight)
-    want_sub = has_sub and sub_weight != 0 and (need_sub_hidden or need_weight)
+    need_bias = need_bias and bias is not None
+    want_main = main_weight != 0 and (need_hidden or need_weight or need_bias)
+    want_sub = has_sub and sub_weight != 0 and (need_sub_hidden or need_weight or need_bias)
     # d(reduced loss) / d(row loss) is 1/count (mean) or 1 (sum). The stored gradients are kept `unit` times larger,
     # a power of two near count (exact), so that each row's dz, ds, dH are of the size of an unreduced loss's:
     # 1/count-sized values would underflow in fp16 (GradScaler scales only in the backward); the backward divides.
@@ -294,17 +299,18 @@ def grads_in_forward(
     dh = zeros((rows, depth), hidden.dtype, need_hidden and want_main)
     dhs = zeros((rows, depth), hidden.dtype, need_sub_hidden and want_sub)
     want_weight = need_weight and (want_main or want_sub)
+    want_bias = need_bias and (want_main or want_sub)  # db alone (a frozen W): column sums of dz, ds, no dW matmul
     # db in dW's matmul (the kernels' path, fp16 / bf16 operands, where dW is an fp32 accumulator of its own): the
     # stacked rows get a column of ones, [h_c; hs_c | 1 | 0...] (rows of 16-byte multiples), so that column D of
     # [dz; ds]^T [h_c; hs_c | 1] is db's sum over the chunk's rows: no pass of its own over the [2R, C] gradients.
     # dW is then that [dW | db | 0...] accumulator until the chunks are done.
-    padded = padded_dw(want_weight, bias, hidden.dtype)
+    padded = padded_dw(want_weight, want_bias, hidden.dtype)
     with_ones = kernels and padded  # the kernels' operand is then fp16 / bf16
     dw_width = padded_depth(depth) if padded else depth
     dw = torch.zeros(classes, dw_width, dtype=acc, device=device) if want_weight else None
     if padded and not with_ones:  # the reference: dW the [C, D] view from the start (the padding unused)
         dw = dw[:, :depth]
-    db = torch.zeros(classes, dtype=acc, device=device) if want_weight and bias is not None and not with_ones else None
+    db = torch.zeros(classes, dtype=acc, device=device) if want_bias and not with_ones else None
     stats = zeros((loss_ops.NUM_OUT, rows), torch.float32, True)  # every chunk writes its columns; ignored rows 0
     w = weight.to(operand)  # the reference's (and fp64 inputs') one copy of W; the inputs' own W otherwise
     # the kernels' matmuls run over these class ranges of W and of the chunk's buffers (views): an aligned head
@@ -472,8 +478,8 @@ def grads_in_forward(
         matmuls.add_tail_dw(dw, parts[1], depth, tail_grads, kept_terms, (hidden, sub_hidden), counted, with_ones, acc)
     if with_ones:  # [dW | db | 0...]: dW its [C, D] view (no copy, no second [C, D]), db a copy of its column
         dw, db = dw[:classes, :depth], dw[:classes, depth].clone()
-    if kernels and hidden.dtype == torch.float64 and dw is not None:  # fp64 inputs: fp32 arithmetic, but the
-        dw, db = dw.double(), None if db is None else db.double()  # reference's fp64 outputs (the op's contract)
+    if kernels and hidden.dtype == torch.float64:  # fp64 inputs: fp32 arithmetic, but the reference's fp64 outputs
+        dw, db = (None if t is None else t.double() for t in (dw, db))  # (the op's contract)
 
     main, sub = stats[MAIN].sum(), stats[SUB].sum()
     if mean:  # the public functions' mean: the sum over counted rows / max(count, 1)
@@ -541,8 +547,9 @@ def sync_free(hidden: torch.Tensor) -> bool:
 
 
 def backward_in_chunks(
-    grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, gather, options
-):
+    grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, need_bias, gather,
+    options,
+):  # fmt: skip
     """The recompute op's (d hidden, d sub_hidden, d weight, d bias) from per-row grads [M] (or None), by this
     loop: per chunk the logits (cuBLAS), the loss kernels (the stats recomputed from these logits, not read from
     the forward's ``out``: consistent where cuBLAS's fp32 logits differ from the Triton forward's, e.g. TF32 where
@@ -554,7 +561,7 @@ def backward_in_chunks(
     rows, classes = hidden.shape[0], weight.shape[0]
     dh, dhs, dw, db = grads_in_forward(
         hidden, sub_hidden, weight, bias, target, False, float(grad_main is not None), float(grad_sub is not None),
-        need_hidden and grad_main is not None, need_hidden and grad_sub is not None, need_weight, options,
+        need_hidden and grad_main is not None, need_hidden and grad_sub is not None, need_weight, need_bias, options,
         rows_per_chunk=grads_chunk_rows(classes, rows), kernels=True, gather=gather, row_grads=(grad_main, grad_sub),
     )[3:7]  # fmt: skip
     return dh, dhs, dw.to(weight.dtype), db.to(weight.dtype)

@@ -16,21 +16,21 @@ from ._common import _tracing, cdiv, masksub_op
 from .masksub_loss import NUM_OUT
 
 
-def _grads_reference(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _,
-                     chunk, *opts):  # fmt: skip
+def _grads_reference(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, need_b, gather,
+                     _, chunk, *opts):  # fmt: skip
     from .linear_masksub_loss import reference_chunk_rows  # the recompute reference's (imported late: it imports us)
 
     return chunk_loop.grads_in_forward(
-        hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, opts,
+        hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, need_b, opts,
         rows_per_chunk=chunk or reference_chunk_rows(weight.shape[0]), kernels=False, gather=gather,
     )  # fmt: skip
 
 
-def _grads_triton(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, _, chunk,
-                  *options):  # fmt: skip
+def _grads_triton(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, need_b, gather, _,
+                  chunk, *options):  # fmt: skip
     rows = chunk or chunk_loop.grads_chunk_rows(weight.shape[0], hidden.shape[0])
     return chunk_loop.grads_in_forward(
-        hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, options,
+        hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, need_b, options,
         rows_per_chunk=rows, kernels=True, gather=gather,
     )  # fmt: skip
 
@@ -55,6 +55,7 @@ def _linear_loss_grads_op(
     need_hidden: bool,
     need_sub_hidden: bool,
     need_weight: bool,
+    need_bias: bool,
     gather: bool,
     private: bool,
     chunk_rows: int,
@@ -76,8 +77,9 @@ def _linear_loss_grads_op(
 ]:
     """(loss, main, sub, dH, dHs, dW, db, stats, scale): the reduced losses (fp32 0-d; mean or sum; loss =
     main_weight main + sub_weight sub), the gradients of loss stored for the backward times 1 / scale (0-d, fp64
-    for fp64 inputs, else fp32), an unneeded one an empty [0], and the per-row stats [9, M] for the per-term
-    backward (module docstring).
+    for fp64 inputs, else fp32), an unneeded one an empty [0] (need_weight and need_bias apart: a bias-only gradient
+    runs no dW matmul and holds no fp32 [C, D]), and the per-row stats [9, M] for the per-term backward (module
+    docstring).
     gather: read the number of counted rows on the host and run the matmuls on those rows only (else every row, no
     host sync: torch.compile, CUDA graphs). private: the caller never reads the stored gradients (the public
     functions), so the backward may scale them in place and return them. chunk_rows: rows per chunk (each branch's
@@ -85,20 +87,21 @@ def _linear_loss_grads_op(
 
 
 @_linear_loss_grads_op.register_fake
-def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, gather, private, chunk, *options):
-    # the same on every backend (padded_dw): dW, db in fp64 for fp64 inputs, else fp32; fp16 / bf16 dW with a bias
+def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, need_w, need_b, *_):
+    # the same on every backend (padded_dw): dW, db in fp64 for fp64 inputs, else fp32; fp16 / bf16 dW beside a db
     # a view of a wider buffer
     acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    has_sub = sub_hidden is not None
-    want_main, want_sub = a != 0 and (need_h or need_w), has_sub and b != 0 and (need_hs or need_w)
-    want_w = need_w and (want_main or want_sub)
+    has_sub, need_b = sub_hidden is not None, need_b and bias is not None
+    want_main = a != 0 and (need_h or need_w or need_b)
+    want_sub = has_sub and b != 0 and (need_hs or need_w or need_b)
+    want_w, want_b = need_w and (want_main or want_sub), need_b and (want_main or want_sub)
 
     def grad(shape, dtype, wanted):
         return hidden.new_empty(shape if wanted else (0,), dtype=dtype)
 
     (rows, depth), classes = hidden.shape, weight.shape[0]
     scalar = hidden.new_empty((), dtype=torch.float32)
-    if chunk_loop.padded_dw(want_w, bias, hidden.dtype):
+    if chunk_loop.padded_dw(want_w, want_b, hidden.dtype):
         dw = hidden.new_empty_strided((classes, depth), (chunk_loop.padded_depth(depth), 1), dtype=acc)
     else:
         dw = grad((classes, depth), acc, want_w)
@@ -109,7 +112,7 @@ def _(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, need_hs, nee
         grad((rows, depth), hidden.dtype, need_h and want_main),
         grad((rows, depth), hidden.dtype, need_hs and want_sub),
         dw,
-        grad((classes,), acc, want_w and bias is not None),
+        grad((classes,), acc, want_b),
         hidden.new_empty((NUM_OUT, rows), dtype=torch.float32),
         hidden.new_empty((), dtype=acc),
     )
@@ -122,8 +125,8 @@ def called_linear_loss(ctx) -> str:
 
 
 def _grads_setup_context(ctx, inputs, output):
-    hidden, sub_hidden, weight, bias, target, mean, a, b, *_, private, _chunk_rows = inputs[:14]
-    bce, eps, ignore, temperature, threshold = inputs[14:]
+    hidden, sub_hidden, weight, bias, target, mean, a, b, *_, private, _chunk_rows = inputs[:15]
+    bce, eps, ignore, temperature, threshold = inputs[15:]
     ctx.mark_non_differentiable(*output[3:])
     ctx.set_materialize_grads(False)  # .main alone backpropagated: no gradient for the others (no zero pass)
     # Private stored gradients (eager calls of the public functions) are held by ctx itself, not saved, so that
@@ -241,7 +244,7 @@ def _grads_backward(ctx, grad_loss, grad_main, grad_sub, *_):
     for i, x in enumerate((hidden, sub_hidden, weight, bias)):
         if need[i] and grads[i] is None:
             grads[i] = torch.zeros_like(x)  # its terms have weight 0 (the composite's zeros)
-    return (*grads, *(None,) * 15)  # target, mean, the weights, need_*, gather, private, chunk_rows, options
+    return (*grads, *(None,) * 16)  # target, mean, the weights, need_*, gather, private, chunk_rows, options
 
 
 def _recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stats):
@@ -249,7 +252,7 @@ def _recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stat
     on the saved per-row stats: 3 matmul units per term."""
     from .linear_masksub_loss import _linear_loss_backward_op  # imported late: that module imports this one
 
-    need_weight = need[2] or need[3]
+    need_params = need[2] or need[3]
     rows = hidden.shape[0]
     if not ctx.mean:
         count = 1.0
@@ -261,21 +264,22 @@ def _recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stat
     def per_row(g, wanted):  # the grad of each counted row's loss: g / count (mean) or g (sum)
         return None if g is None or not wanted else (g.to(torch.float32) / count).expand(rows)
 
-    gm = per_row(terms[0], need[0] or need_weight)
-    gs = per_row(terms[1], sub_hidden is not None and (need[1] or need_weight))
+    gm = per_row(terms[0], need[0] or need_params)
+    gs = per_row(terms[1], sub_hidden is not None and (need[1] or need_params))
     if gm is None and gs is None:
         return ()
     gather = not chunk_loop.sync_free(hidden)  # the chunk loop on the counted rows in eager mode (backward_in_chunks)
     return _linear_loss_backward_op(
-        gm, gs, stats, hidden, sub_hidden, weight, bias, target, need[0] or need[1], need_weight, gather, *ctx.options
-    )
+        gm, gs, stats, hidden, sub_hidden, weight, bias, target, need[0] or need[1], need[2], need[3], gather,
+        *ctx.options,
+    )  # fmt: skip
 
 
 _linear_loss_grads_op.register_autograd(_grads_backward, setup_context=_grads_setup_context, called=called_linear_loss)
 
 
-def _grads_wanted(hidden, sub_hidden, weight, bias, target, reduction) -> tuple[bool, bool, bool, bool] | None:
-    """(need_hidden, need_sub_hidden, need_weight, gather) when the grads-in-forward path applies: a scalar
+def _grads_wanted(hidden, sub_hidden, weight, bias, target, reduction) -> tuple[bool, ...] | None:
+    """(need_hidden, need_sub_hidden, need_weight, need_bias, gather) when the grads-in-forward path applies: a scalar
     reduction, grad mode on and some input requiring grad; else None (reduction='none' keeps the recompute backward,
     correct for per-row grads that differ, and a no-grad call computes no gradient).
 
@@ -291,5 +295,5 @@ def _grads_wanted(hidden, sub_hidden, weight, bias, target, reduction) -> tuple[
         return None
     need_h = hidden.requires_grad
     need_hs = sub_hidden is not None and sub_hidden.requires_grad
-    need_w = weight.requires_grad or (bias is not None and bias.requires_grad)
-    return (need_h, need_hs, need_w, not no_sync) if need_h or need_hs or need_w else None
+    need_w, need_b = weight.requires_grad, bias is not None and bias.requires_grad
+    return (need_h, need_hs, need_w, need_b, not no_sync) if need_h or need_hs or need_w or need_b else None

@@ -14,8 +14,9 @@ inputs' dtype for the gradient matmuls, as a bf16 GEMM would).
                   split's classes, into the program's own fp32 slab [BLOCK_M, D]
     _dh_sum_kernel  grid (row blocks, depth blocks): each counted row's slabs summed in split order, written to its
                   row of dH in the output dtype (0 for the ignored rows)
-    _dw_kernel    grid (class tiles, row splits): recompute z, s; dz, ds; dW += dz^T H + ds^T H_s, db += sum dz + ds
-                  over the split's counted row tiles (dealt out in turn), into the split's fp32 [C, D]
+    _dw_kernel    grid (class tiles, row splits): recompute z, s; dz, ds; dW += dz^T H + ds^T H_s (STORE_DW),
+                  db += sum dz + ds (STORE_DB) over the split's counted row tiles (dealt out in turn), into the
+                  split's fp32 [C, D] and [C] (a bias-only gradient: no dW product, no [C, D])
 The forward's and dH's class splits are chosen on the device from the count (_class_splits): as many as fill the
 GPU for the row tiles that hold counted rows (up to the grid's), so that MLM-like labels (15% of the rows count)
 keep the SMs busy without a host sync; the programs of the other tiles and splits do no class tile (the forward's
@@ -414,15 +415,15 @@ def _dh_kernel(
 @jit
 def _dw_kernel(
     h_ptr, hs_ptr, w_ptr, b_ptr, y_ptr, order_ptr, count_ptr, out_ptr, gm_ptr, gs_ptr,  # as in _dh_kernel
-    dw_ptr,  # fp32 [splits, C, D] out, zero-filled: d weight per row split
-    db_ptr,  # fp32 [splits, C] out: d bias per row split (HAS_BIAS)
+    dw_ptr,  # fp32 [splits, C, D] out, zero-filled: d weight per row split (STORE_DW; else not read)
+    db_ptr,  # fp32 [splits, C] out: d bias per row split (STORE_DB, which needs HAS_BIAS; else not read)
     M, C, D, stride_h, stride_hs, stride_w, stride_y, stride_gm, stride_gs,
     row_step,  # splits x BLOCK_M: positions from one of a split's row tiles to its next
     eps, temperature, threshold,
     HAS_SUB: tl.constexpr, HAS_BIAS: tl.constexpr, BCE: tl.constexpr, DENSE: tl.constexpr, BINARISE: tl.constexpr,
     MAIN_GRAD: tl.constexpr, SUB_GRAD: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNIT_T: tl.constexpr,
-    WIDE_W: tl.constexpr,
+    WIDE_W: tl.constexpr, STORE_DW: tl.constexpr, STORE_DB: tl.constexpr,
 ):  # fmt: skip
     # split j of S takes the counted row tiles j, j + S, j + 2S, ...: the counted rows come first in ``order`` and
     # the host does not know how many there are, so dealing the tiles out in turn keeps the splits' shares within a
@@ -444,23 +445,25 @@ def _dw_kernel(
             stride_w, stride_y, eps, temperature, threshold, HAS_SUB, HAS_BIAS, BCE, DENSE, BINARISE, MAIN_GRAD,
             SUB_GRAD, UNIT_T, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, WIDE_W=WIDE_W,
         )  # fmt: skip
-        db += tl.sum(dz + ds, axis=0)  # fp32, before the rounding of the matmul operands
-        dz, ds = tl.trans(_operand(dz, h_ptr, UPCAST)), tl.trans(_operand(ds, h_ptr, UPCAST))
-        for k in range(0, D, BLOCK_K):  # dW[cols, k] += dz^T H[rows, k] + ds^T H_s[rows, k]
-            kk = k + ks
-            k_mask = kk < D
-            h_mask = in_rows[:, None] & k_mask[None, :]
-            acc_mask = col_mask[:, None] & k_mask[None, :]
-            acc = tl.load(dw_ptr + offsets + kk[None, :], mask=acc_mask, other=0.0)
-            if MAIN_GRAD:
-                h = _load_dot(h_ptr, rows[:, None] * stride_h + kk[None, :], h_mask, UPCAST)
-                acc = tl.dot(dz, h, acc, input_precision=PRECISION)
-            if SUB_GRAD:
-                hs = _load_dot(hs_ptr, rows[:, None] * stride_hs + kk[None, :], h_mask, UPCAST)
-                acc = tl.dot(ds, hs, acc, input_precision=PRECISION)
-            tl.store(dw_ptr + offsets + kk[None, :], acc, mask=acc_mask)
-            tl.debug_barrier()  # the next row tile reads what this one wrote
-    if HAS_BIAS:
+        if STORE_DB:
+            db += tl.sum(dz + ds, axis=0)  # fp32, before the rounding of the matmul operands
+        if STORE_DW:
+            dz, ds = tl.trans(_operand(dz, h_ptr, UPCAST)), tl.trans(_operand(ds, h_ptr, UPCAST))
+            for k in range(0, D, BLOCK_K):  # dW[cols, k] += dz^T H[rows, k] + ds^T H_s[rows, k]
+                kk = k + ks
+                k_mask = kk < D
+                h_mask = in_rows[:, None] & k_mask[None, :]
+                acc_mask = col_mask[:, None] & k_mask[None, :]
+                acc = tl.load(dw_ptr + offsets + kk[None, :], mask=acc_mask, other=0.0)
+                if MAIN_GRAD:
+                    h = _load_dot(h_ptr, rows[:, None] * stride_h + kk[None, :], h_mask, UPCAST)
+                    acc = tl.dot(dz, h, acc, input_precision=PRECISION)
+                if SUB_GRAD:
+                    hs = _load_dot(hs_ptr, rows[:, None] * stride_hs + kk[None, :], h_mask, UPCAST)
+                    acc = tl.dot(ds, hs, acc, input_precision=PRECISION)
+                tl.store(dw_ptr + offsets + kk[None, :], acc, mask=acc_mask)
+                tl.debug_barrier()  # the next row tile reads what this one wrote
+    if STORE_DB:
         tl.store(db_ptr + split * C + cols, db, mask=col_mask)
 
 

@@ -136,10 +136,12 @@ def linear_loss_forward_reference(hidden, sub_hidden, weight, bias, target, bce,
 
 
 def linear_loss_backward_reference(
-    grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, gather, *options
-):
+    grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, need_bias, gather,
+    *options,
+):  # fmt: skip
     """(d hidden, d sub_hidden, d weight, d bias), each in its input's dtype, or an empty [0] when not asked for
-    (need_hidden / need_weight) or when its term has no grad (grad_main / grad_sub None). gather: whether a host
+    (need_hidden / need_weight / need_bias: dW and db apart, so that a bias-only gradient costs no dW matmul and no
+    fp32 [C, D]) or when its term has no grad (grad_main / grad_sub None). gather: whether a host
     sync may read the count (the Triton flavour's choice; the reference computes counted rows either way).
     options: (bce, label_smoothing, ignore_index, temperature, target_threshold)."""
     acc, w, b = _accumulation(hidden, weight, bias)
@@ -149,7 +151,7 @@ def linear_loss_backward_reference(
     dh = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if want_dh else None
     dhs = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if want_dhs else None
     dw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
-    db = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_weight and bias is not None else None
+    db = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_bias and bias is not None else None
     for rows in _counted_row_chunks(target, ignore, weight.shape[0]):
         z = _chunk_logits(hidden, rows, w, b)
         s = None if sub_hidden is None else _chunk_logits(sub_hidden, rows, w, b)
@@ -288,13 +290,14 @@ def _sum_slabs(slabs, order, count, hidden, splitting, block_m) -> torch.Tensor:
 
 
 def _backward_triton(
-    grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, gather, *options
-):
+    grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, need_bias, gather,
+    *options,
+):  # fmt: skip
     # the chunk loop's cuBLAS matmuls where it may read the count (eager) or needs none (probabilities: every row
     # counts); else (class ids under torch.compile, CUDA graphs) the kernels below, which skip ignored rows
     if gather or target.is_floating_point():
         return backward_in_chunks(grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden,
-                                  need_weight, gather, options)  # fmt: skip
+                                  need_weight, need_bias, gather, options)  # fmt: skip
     bce, eps, ignore, temperature, threshold = options
     tensors, strides, flags, blocks = _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore, bce, threshold)
     flags.update(MAIN_GRAD=grad_main is not None, SUB_GRAD=grad_sub is not None, UNIT_T=temperature == 1.0)
@@ -326,14 +329,19 @@ def _backward_triton(
             _sum_slabs(part, order, count, hidden, (*splitting, grid[1]), blocks[0]) if g is not None else absent()
             for part, g in zip(parts, (grad_main, grad_sub))
         )
-    if need_weight:
+    need_bias = need_bias and bias is not None
+    if need_weight or need_bias:  # dW's programs; a bias alone: db's column sums, no dW product, no fp32 [C, D]
         splits = _row_splits(class_tiles, row_tiles, hidden.device)
-        dw_part, db_part = fp32_zeros(splits, classes, depth), fp32_zeros(splits, classes)
+        # the partial sums asked for, else a placeholder pointer (the kernel's STORE_DW / STORE_DB leave it unread)
+        dw_part = fp32_zeros(splits, classes, depth) if need_weight else out
+        db_part = fp32_zeros(splits, classes) if need_bias else out
         if launch:
             args = (*inputs, dw_part, db_part, *scalars, splits * blocks[0], *options)
-            kernels._dw_kernel[(class_tiles, splits)](*args, **flags, num_warps=_num_warps(blocks))
-        dw = _sum_splits(dw_part, weight.dtype)
-        db = _sum_splits(db_part, weight.dtype) if bias is not None else absent()
+            kernels._dw_kernel[(class_tiles, splits)](
+                *args, **flags, STORE_DW=need_weight, STORE_DB=need_bias, num_warps=_num_warps(blocks)
+            )
+        dw = _sum_splits(dw_part, weight.dtype) if need_weight else absent()
+        db = _sum_splits(db_part, weight.dtype) if need_bias else absent()
     return dh, dhs, dw, db
 
 
@@ -388,6 +396,7 @@ def _linear_loss_backward_op(
     target: torch.Tensor,
     need_hidden: bool,
     need_weight: bool,
+    need_bias: bool,
     gather: bool,
     bce: bool,
     label_smoothing: float,
@@ -395,12 +404,13 @@ def _linear_loss_backward_op(
     temperature: float,
     target_threshold: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(d hidden, d sub_hidden, d weight, d bias), each [0] when not asked for or its term has no grad. gather: a
+    """(d hidden, d sub_hidden, d weight, d bias), each [0] when not asked for (need_weight and need_bias apart: dW's
+    matmul runs only for need_weight) or its term has no grad. gather: a
     host sync may read the count of counted rows (eager; not under torch.compile or CUDA graphs)."""
 
 
 @_linear_loss_backward_op.register_fake
-def _(grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, gather, *options):
+def _(grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_hidden, need_weight, need_bias, *_):
     def grad(x, shape, wanted):
         return x.new_empty(shape if wanted else (0,))
 
@@ -408,7 +418,7 @@ def _(grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_h
         grad(hidden, hidden.shape, need_hidden and grad_main is not None),
         grad(hidden, hidden.shape, need_hidden and grad_sub is not None),
         grad(weight, weight.shape, need_weight),
-        grad(weight, weight.shape[:1], need_weight and bias is not None),
+        grad(weight, weight.shape[:1], need_bias and bias is not None),
     )
 
 
@@ -422,14 +432,14 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     hidden, sub_hidden, weight, bias, target, out = ctx.saved_tensors
     need_h, need_hs, need_w, need_b = ctx.needs_input_grad[:4]
-    need_weight = need_w or need_b
+    need_params = need_w or need_b
     # the main term reaches h, W and b through z; the sub term reaches h_s, W and b through s (its teacher is detached)
-    need_main = grad_out is not None and (need_h or need_weight)
-    need_sub = grad_out is not None and sub_hidden is not None and (need_hs or need_weight)
+    need_main = grad_out is not None and (need_h or need_params)
+    need_sub = grad_out is not None and sub_hidden is not None and (need_hs or need_params)
     if not (need_main or need_sub):
         return (None,) * 10
     grad_main, grad_sub = grad_out[MAIN] if need_main else None, grad_out[SUB] if need_sub else None
-    args = (grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_h or need_hs, need_weight)
+    args = (grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_h or need_hs, need_w, need_b)
     dh, dhs, dw, db = _linear_loss_backward_op(*args, not sync_free(hidden), *ctx.options)
     return (
         dh if need_h else None,
@@ -477,12 +487,13 @@ def linear_masksub_loss(
     class ids [M] (int64/int32; ``ignore_index`` rows count in neither term and cost no work) or probabilities
     [M, C]. The options, the checks and their errors, and the values are masksub_loss's (docs/semantics.md §7):
     returns MaskSubLoss(loss, main, sub), fp32 scalars ([M] with reduction='none'). Gradients reach both hidden
-    states, the weight and the bias (fp32 accumulation, one rounding to the inputs' dtype); the sub term's teacher
-    softmax(z / T) is detached. With a scalar reduction and an input requiring grad, the gradients are computed in
-    the forward in chunks of rows and stored (dH, dHs [M, D]; one dW, db in fp32 for the combined loss), so the
-    first backward of ``.loss`` only scales them (a second one through a retained graph recomputes); ``.main`` and
-    ``.sub`` on their own backpropagate through a recompute of their logits. Never [M, C] (unless chunk_rows >= M).
-    No CUDA extension.
+    states, the weight and the bias (fp32 accumulation, one rounding to the inputs' dtype), each computed only where
+    its input requires grad (a frozen weight beside a trained bias: no dW matmul, no fp32 [C, D]); the sub term's
+    teacher softmax(z / T) is detached. With a scalar reduction and an input requiring grad, the gradients are
+    computed in the forward in chunks of rows and stored (dH, dHs [M, D]; one dW, db in fp32 for the combined loss),
+    so the first backward of ``.loss`` only scales them (a second one through a retained graph recomputes);
+    ``.main`` and ``.sub`` on their own backpropagate through a recompute of their logits. Never [M, C] (unless
+    chunk_rows >= M). No CUDA extension.
 
     chunk_rows (an int in [1, 2^31)): that path's rows per chunk, about 2 min(chunk_rows, M) C fp32 of logits (the
     triton backend writes their fp16 / bf16 gradients over them) beside one fp32 dW [C, D]. None: the triton

@@ -47,7 +47,7 @@ def _relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def test_ones_column_gives_db_and_dw(dtype, main_weight, sub_weight, has_sub, kind):
     h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=dtype, kind=kind, seed=3)
     sub = hs if has_sub else None
-    args = (h, sub, w, b, target, True, main_weight, sub_weight, True, has_sub, True, OPTIONS)
+    args = (h, sub, w, b, target, True, main_weight, sub_weight, True, has_sub, True, True, OPTIONS)
     kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)  # 5 chunks
     reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
     dw, db = kernels[5], kernels[6]
@@ -78,7 +78,7 @@ def test_gradients_over_the_logits_rows(monkeypatch, bias, one_launch, dtype):
     monkeypatch.setattr(_loss_fwd_bwd, "ONE_LAUNCH", one_launch)  # False: the loss's two launches, the tail by matmuls
     h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=dtype, kind="index_ignore", seed=4)
     b = b if bias else None
-    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, OPTIONS)
     recorded, backwards, backward = [], [], chunks.forward_backward_triton
     add_matmul = matmuls.add_matmul
 
@@ -130,7 +130,7 @@ def test_gradients_over_rows_of_several_blocks(monkeypatch, bce, kind):
         monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
     classes = 10000 if on_gpu else 300
     h, hs, w, b, target = make_inputs(rows=20, depth=16, classes=classes, dtype=torch.bfloat16, kind=kind, seed=6)
-    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, (bce, 0.1, -100, 2.0, None))
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, (bce, 0.1, -100, 2.0, None))
     kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)
     reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
     torch.testing.assert_close(kernels[7], reference[7], rtol=1e-4, atol=1e-5)  # the per-row stats [9, M]
@@ -171,7 +171,7 @@ def test_the_loop_runs_chunks_of_the_floor(monkeypatch):
     monkeypatch.setattr(chunks, "GRADS_CHUNK_MIN_SHARE", 2)
     assert chunks.grads_chunk_rows(40, 128) == 64 and chunks.grads_chunk_rows(40, 127) == 2
     h, hs, w, b, target = make_inputs(rows=128, depth=16, classes=40, dtype=torch.bfloat16, kind="ids", seed=3)
-    flags, options = (True, 0.5, 0.5, True, True, True), (False, 0.0, -100, 1.0, None)
+    flags, options = (True, 0.5, 0.5, True, True, True, True), (False, 0.0, -100, 1.0, None)
     shapes, empty = [], torch.empty
 
     def spy(*size, **kwargs):  # the loop's buffers: the chunk's fp32 logits [2R, C_pad] among them
@@ -230,13 +230,24 @@ def test_chunk_rows_refuses_clearly(value, error, match):
 def test_grads_in_forward_stores_only_what_is_needed(op_backend):  # noqa: F811
     h, hs, w, b, target = make_inputs(kind="index_ignore")
     options = (True, False, 0, False, 0.0, -100, 1.0, None)  # gather, private, chunk_rows, the loss options
-    stored = _linear_loss_grads_op(h, hs, w, b, target, True, 0.5, 0.5, False, True, False, *options)
+    stored = _linear_loss_grads_op(h, hs, w, b, target, True, 0.5, 0.5, False, True, False, False, *options)
     assert [tuple(t.shape) for t in stored[3:7]] == [(0,), tuple(h.shape), (0,), (0,)]  # dHs only
-    stored = _linear_loss_grads_op(h, hs, w, None, target, True, 0.5, 0.5, False, False, True, *options)
+    stored = _linear_loss_grads_op(h, hs, w, None, target, True, 0.5, 0.5, False, False, True, True, *options)
     assert [tuple(t.shape) for t in stored[3:7]] == [(0,), (0,), tuple(w.shape), (0,)]  # one dW for both terms
     assert stored[5].dtype == torch.float32 and tuple(stored[7].shape) == (9, h.shape[0])  # + the per-row stats
-    stored = _linear_loss_grads_op(h, hs, w, b, target, True, 0.0, 0.5, True, True, False, *options)
+    stored = _linear_loss_grads_op(h, hs, w, b, target, True, 0.0, 0.5, True, True, False, False, *options)
     assert [tuple(t.shape) for t in stored[3:5]] == [(0,), tuple(h.shape)]  # main_weight 0: no main term in L
+    # the bias alone (a frozen weight): db, no dW; the weight alone (a frozen bias): dW, no db, and in bf16 a plain
+    # [C, D] (no ones column: the [C, D + pad] accumulator holds dW beside db only)
+    stored = _linear_loss_grads_op(h, hs, w, b, target, True, 0.5, 0.5, False, False, False, True, *options)
+    assert [tuple(t.shape) for t in stored[3:7]] == [(0,), (0,), (0,), tuple(b.shape)]
+    stored = _linear_loss_grads_op(h, hs, w, b, target, True, 0.5, 0.5, False, False, True, False, *options)
+    assert [tuple(t.shape) for t in stored[3:7]] == [(0,), (0,), tuple(w.shape), (0,)]
+    h, hs, w, b = (t.to(torch.bfloat16) for t in (h, hs, w, b))
+    for need_w, need_b, dw_stride in ((True, True, chunks.padded_depth(w.shape[1])), (True, False, w.shape[1])):
+        stored = _linear_loss_grads_op(h, hs, w, b, target, True, 0.5, 0.5, False, False, need_w, need_b, *options)
+        assert stored[5].shape == w.shape and stored[5].stride() == (dw_stride, 1), (need_w, need_b)
+        assert tuple(stored[6].shape) == (tuple(b.shape) if need_b else (0,))
 
 
 def test_the_backward_over_rows_never_splits_a_row():
@@ -264,7 +275,7 @@ def test_fake_outputs_follow_the_backend(backend, dtype):
     # the fake registration must give each output the shape, dtype and strides the backend's implementation returns
     # (dW the view of the wider accumulator on Triton's fp16 / bf16 path; fp32 for fp64 inputs on Triton)
     h, hs, w, b, target = make_inputs(rows=9, depth=20, classes=30, dtype=dtype, kind="index_ignore", seed=5)
-    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, False, 0, *OPTIONS)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, True, False, 0, *OPTIONS)
     op = _linear_loss_grads_op.custom_op
     with mk.use_backend(backend):
         real = op(*args)
@@ -286,7 +297,7 @@ def test_split_chunks_share_their_tickets(monkeypatch, kind):
     monkeypatch.setattr(ml, "MAX_BLOCK_C", 64)
     assert ml.class_splits(8, 30, ml._split_max_block(), DEFAULT_SMS)[0] == 2
     h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=torch.float32, kind=kind, seed=4)
-    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, OPTIONS)
     kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)
     reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
     torch.testing.assert_close(kernels[7], reference[7], rtol=1e-5, atol=1e-6)  # the per-row stats [9, M]
@@ -302,7 +313,7 @@ def test_every_row_without_a_host_sync_matches_the_gathered_rows(monkeypatch, ke
     # divisor on the device; never reads the count on the host. Against gather=True (the counted rows only): the same
     # losses, stored gradients, unit scale; bit for bit where every row counts (the same chunks)
     h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=torch.bfloat16, kind=kind, seed=6)
-    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, OPTIONS)
     gathered = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=kernels)
 
     def no_sync(*_):
@@ -329,8 +340,9 @@ def test_mean_over_no_counted_rows_without_a_host_sync():
     h, hs, w, b, target = make_inputs(rows=9, depth=20, classes=30, dtype=torch.float32, kind="index", seed=2)
     target = torch.full_like(target, -100)
     out = chunks.grads_in_forward(
-        h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS, rows_per_chunk=4, kernels=True, gather=False
-    )
+        h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, OPTIONS, rows_per_chunk=4, kernels=True,
+        gather=False,
+    )  # fmt: skip
     assert all(float(x) == 0.0 for x in out[:3]) and float(out[8]) == 0.5
     assert all(not x.any() for x in out[3:7])
 
@@ -457,10 +469,10 @@ def test_the_class_tail_takes_operands_of_any_last_stride(layout):
     h, hs, w, _, target = make_inputs(rows=37, depth=20, classes=30, dtype=torch.bfloat16, kind="index", seed=4)
     if layout == "weight_t":
         w = w.t().contiguous().t()
-        args = (h, hs, w, None, target, True, 0.5, 0.5, True, True, True, OPTIONS)
+        args = (h, hs, w, None, target, True, 0.5, 0.5, True, True, True, True, OPTIONS)
     else:
         h = h.t().contiguous().t()
-        args = (h, None, w, None, target, True, 1.0, 0.0, True, False, True, OPTIONS)
+        args = (h, None, w, None, target, True, 1.0, 0.0, True, False, True, True, OPTIONS)
     kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)
     reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
     for i in (3, 5):
@@ -476,7 +488,7 @@ def test_fp64_gradients_to_fp64_precision(gather, main_weight, sub_weight):
     h, hs, w, b, target = (t.double() if t.is_floating_point() else t for t in make_inputs(kind="index_ignore", seed=3))
     ours = leaves(h, hs, w, b)
     with mk.use_backend("torch"):
-        out = _linear_loss_grads_op.custom_op(*ours, target, True, main_weight, sub_weight, True, True, True, gather,
+        out = _linear_loss_grads_op.custom_op(*ours, target, True, main_weight, sub_weight, *(True,) * 4, gather,
                                               True, 7, *OPTIONS)  # fmt: skip
     out[0].backward()
     options = dict(main_weight=main_weight, sub_weight=sub_weight, label_smoothing=0.1, temperature=2.0)
@@ -527,7 +539,7 @@ def test_kernels_matmuls_take_aligned_class_extents_as_views_of_w(classes, dtype
                 copies.append(func)
             return out
 
-    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, OPTIONS)
     with Recorded():
         kernels = chunks.grads_in_forward(*args, rows_per_chunk=7, kernels=True)
     chunk_count = -(-37 // 7)
@@ -551,7 +563,7 @@ def test_a_chunk_plan_is_reused_only_for_targets_laid_out_alike():
     # a stale one), the values the reference's
     h, hs, w, b, target = make_inputs(rows=12, depth=16, classes=12, dtype=torch.bfloat16, kind="dense", seed=5)
     target = target.to(torch.bfloat16)
-    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, OPTIONS)
     kernels = chunks.grads_in_forward(*args, rows_per_chunk=3, kernels=True)
     reference = chunks.grads_in_forward(*args, rows_per_chunk=3, kernels=False)
     for i in (3, 4, 5, 6):  # dH, dHs, dW, db
@@ -582,6 +594,6 @@ def test_the_chunk_buffers_are_let_go_before_dws_tail(monkeypatch, kind):
     monkeypatch.setattr(chunks._ChunkViews, "of", classmethod(views_of))
     monkeypatch.setattr(matmuls, "add_tail_dw", tail_dw)
     h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=30, dtype=torch.bfloat16, kind=kind, seed=4)
-    chunks.grads_in_forward(h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS, rows_per_chunk=8,
+    chunks.grads_in_forward(h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, OPTIONS, rows_per_chunk=8,
                             kernels=True)  # fmt: skip
     assert len(buffers) == 3 and alive == []

@@ -136,7 +136,7 @@ def test_the_gpu_lines_of_the_matmul_helpers_give_the_references_values(monkeypa
         return checked(out).copy_(beta * acc + alpha * (a.to(out_dtype) @ b.to(out_dtype)))
 
     h, hs, w, b, target = make_inputs(rows=37, depth=20, classes=classes, dtype=dtype, kind="index_ignore", seed=6)
-    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, OPTIONS)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, OPTIONS)
     reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
     monkeypatch.setattr(matmuls, "cublas_lines", lambda t: True)
     monkeypatch.setattr(fwd_bwd, "ONE_LAUNCH", one_launch)  # (off: times_weight into the chunks' product buffer)

@@ -130,7 +130,7 @@ def test_the_eager_backward_scales_with_the_kernel(monkeypatch):
 def test_grads_op_fake_with_both_weights_zero(backend):
     # G2 (_linear_loss_grads.py:94): both terms weigh 0: no dW is stored ([0]) on the backends; the fake must agree
     h, hs, w, b, target = make_inputs(kind="index_ignore", seed=30)
-    args = (h, hs, w, b, target, True, 0.0, 0.0, True, True, True, True, False, 0, False, 0.0, -100, 1.0, None)
+    args = (h, hs, w, b, target, True, 0.0, 0.0, True, True, True, True, True, False, 0, False, 0.0, -100, 1.0, None)
     with mk.use_backend(backend):
         torch.library.opcheck(_linear_loss_grads_op.custom_op, args, test_utils=("test_faketensor",))
 

@@ -231,7 +231,7 @@ def test_chunk_rows_beyond_the_batch_hold_the_batch_only(op_backend, dtype):
     # (.run): a dispatch mode sees none of the tensors inside a custom op called as one
     rows, depth, classes = 20, 24, 40
     h, hs, w, b, target = make_inputs(rows, depth, classes, dtype=dtype, kind="index_ignore", seed=26)
-    options = (True, 0.5, 0.5, True, True, True, True, True)  # mean, weights, need_*, gather, private
+    options = (True, 0.5, 0.5, True, True, True, True, True, True)  # mean, weights, need_*, gather, private
     with LargestStorage() as seen:
         stored = _linear_loss_grads_op.run(h, hs, w, b, target, *options, 10**6, False, 0.1, -100, 1.0, None)
     bound = 4 * max(2 * rows * chunks.aligned_classes(classes), classes * chunks.padded_depth(depth), 9 * rows)
@@ -252,10 +252,10 @@ def test_reference_chunks_hold_their_rows_only(monkeypatch):
     options = (False, 0.0, -100, 1.0, None)
     bound = 4 * max(lm.NUM_OUT * rows, rows * depth, 2 * 16 * classes)  # stats, dH, one chunk's [z; s] (fp32)
     with mk.use_backend("torch"), LargestStorage() as seen:
-        _linear_loss_grads_op.run(h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, True, 0, *options)
+        _linear_loss_grads_op.run(h, hs, w, b, target, True, 0.5, 0.5, True, True, True, True, True, True, 0, *options)
         out = lm._linear_loss_op.run(h, hs, w, b, target, *options)
         g = torch.ones(rows)
-        lm._linear_loss_backward_op.run(g, g, out, h, hs, w, b, target, True, True, True, *options)
+        lm._linear_loss_backward_op.run(g, g, out, h, hs, w, b, target, True, True, True, True, *options)
     assert seen.largest <= bound, (seen.largest, bound)
 
 
@@ -325,7 +325,7 @@ def test_recompute_backward_outputs_match_its_fake(op_backend, dtype):
     h, hs, w, b, target = make_inputs(kind="index_ignore", dtype=dtype, seed=28)
     out = lm._linear_loss_op(h, hs, w, b, target, False, 0.1, -100, 2.0, None)
     g = torch.linspace(0.5, 1.5, h.shape[0], device=DEVICE)
-    args = (g, g, out, h, hs, w, b, target, True, True, True, False, 0.1, -100, 2.0, None)
+    args = (g, g, out, h, hs, w, b, target, True, True, True, True, False, 0.1, -100, 2.0, None)
     torch.library.opcheck(lm._linear_loss_backward_op.custom_op, args, test_utils=("test_schema", "test_faketensor"))
     assert [t.dtype for t in lm._linear_loss_backward_op.custom_op(*args)] == [dtype] * 4
 
@@ -335,7 +335,7 @@ def test_grads_op_fake_with_a_zero_weighted_term(op_backend, weights):
     # a term of weight 0 has no stored gradients ([0] for its hidden state) on every backend and in the fake that
     # torch.compile traces with (the MLM family's sequential schedule: main_weight 0)
     h, hs, w, b, target = make_inputs(kind="index_ignore", seed=30)
-    args = (h, hs, w, b, target, True, *weights, True, True, True, True, False, 0, False, 0.0, -100, 1.0, None)
+    args = (h, hs, w, b, target, True, *weights, True, True, True, True, True, False, 0, False, 0.0, -100, 1.0, None)
     torch.library.opcheck(_linear_loss_grads_op.custom_op, args, test_utils=("test_schema", "test_faketensor"))
 
 
@@ -379,7 +379,7 @@ def test_fp64_inputs_on_the_kernels_path_add_dws_class_tail(bias):
         t.double() if t.is_floating_point() else t
         for t in make_inputs(rows=37, depth=20, classes=30, kind="index_ignore", seed=3)
     )
-    args = (h, hs, w, b if bias else None, target, True, 0.5, 0.5, True, True, True, (False, 0.1, -100, 2.0, None))
+    args = (h, hs, w, b if bias else None, target, True, 0.5, 0.5, *(True,) * 4, (False, 0.1, -100, 2.0, None))
     kernels = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=True)  # 4 chunks of the counted rows
     reference = chunks.grads_in_forward(*args, rows_per_chunk=8, kernels=False)
     assert matmuls.class_parts(30)[1] == slice(24, 30)

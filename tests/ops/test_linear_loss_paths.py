@@ -91,7 +91,8 @@ def test_cuda_graph_capture_takes_the_grads_op_for_probabilities(monkeypatch):
     h, hs, w, b, target = (t.detach() for t in make_inputs(rows, depth, classes, kind="dense"))
     inputs = [t.requires_grad_(True) for t in (h.clone(), hs.clone(), w.clone(), b.clone())]
     options = (False, 0.1, 0, 1.0, None)  # bce, label_smoothing, ignore_index, temperature, threshold
-    args = (True, 0.5, 0.5, True, True, True, False, False, 0, *options)  # mean, weights, need_*, gather, private, 0
+    # mean, weights, need_* (hidden, sub_hidden, weight, bias), gather, private, chunk_rows 0
+    args = (True, 0.5, 0.5, True, True, True, True, False, False, 0, *options)
 
     def public():
         return mk.linear_masksub_loss(*inputs, target, label_smoothing=0.1, ignore_index=0).loss
@@ -140,7 +141,9 @@ def test_cuda_graph_capture_of_the_recompute_backward_on_probabilities(monkeypat
         out = lm._linear_loss_op(h, hs, w, b, target, *options)
 
         def backward():
-            return lm._linear_loss_backward_op(g, -g.flip(0), out, h, hs, w, b, target, True, True, False, *options)
+            return lm._linear_loss_backward_op(
+                g, -g.flip(0), out, h, hs, w, b, target, True, True, True, False, *options
+            )
 
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -165,8 +168,9 @@ def test_cuda_graph_capture_of_the_recompute_backward_on_probabilities(monkeypat
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("params", [(True, True), (False, True), (True, False)])  # need_weight, need_bias
 @pytest.mark.triton
-def test_the_grads_ops_outputs_do_not_depend_on_the_backend(dtype, bias):
+def test_the_grads_ops_outputs_do_not_depend_on_the_backend(dtype, bias, params):
     # A graph compiled under one backend may run under another (set_backend between calls; Inductor's on-disk cache
     # shared by processes): the fake cannot know which, so every backend's outputs must have the fake's dtypes,
     # sizes and strides (fp64 dW was fp32 on Triton, bf16 dW a padded view on Triton only: compiled under torch,
@@ -175,7 +179,7 @@ def test_the_grads_ops_outputs_do_not_depend_on_the_backend(dtype, bias):
     h, hs, w = (t.to(dtype) for t in (h, hs, w))
     b = None if b is None else b.to(dtype)
     options = (False, 0.0, -100, 1.0, None)
-    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, True, False, False, 0, *options)
+    args = (h, hs, w, b, target, True, 0.5, 0.5, True, True, *params, False, False, 0, *options)
 
     def layout(outputs):
         return [(t.dtype, tuple(t.shape), t.stride()) for t in outputs]
@@ -215,7 +219,10 @@ def test_torch_compile_with_some_inputs_frozen(op_backend, kind, single, trained
 @pytest.mark.parametrize("kind", ["index", "index_ignore", "dense", "bad_id"])
 @pytest.mark.parametrize("dtype", [F32, torch.bfloat16])
 @pytest.mark.parametrize("terms", ["both", "main", "sub"])
-@pytest.mark.parametrize("need", [(True, True), (True, False), (False, True)])  # need_hidden, need_weight
+# need_hidden, need_weight, need_bias: the bias alone (a frozen W) and the weight alone (a frozen bias) too
+@pytest.mark.parametrize(
+    "need", [(True, True, True), (True, False, False), (False, True, True), (False, False, True), (False, True, False)]
+)
 def test_recompute_backward_routes_agree_with_the_reference(monkeypatch, kind, dtype, terms, need):
     # The recompute op's backward (reduction='none', each term's own backward) on the Triton backend: the chunk
     # loop's cuBLAS matmuls where it may read the count (gather, eager) or has none to read (probabilities), else its
@@ -282,7 +289,7 @@ def test_capture_safe_runs_the_capture_path_eagerly(monkeypatch, op_backend):  #
     (loss64, *_), leaves64 = composite(h, hs, w, b, target)
     loss64.backward()
     gathers, real = [], lm._linear_loss_backward_op
-    monkeypatch.setattr(lm, "_linear_loss_backward_op", lambda *a: gathers.append(a[10]) or real(*a))
+    monkeypatch.setattr(lm, "_linear_loss_backward_op", lambda *a: gathers.append(a[11]) or real(*a))
     calls = Calls(monkeypatch)
     inputs = leaves(h, hs, w, b)
     with mk.capture_safe():

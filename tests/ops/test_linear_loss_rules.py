@@ -94,8 +94,10 @@ def test_no_autocast_hint_for_the_sub_hidden_state():
 
 
 def test_the_chunks_padding_rules():
-    assert not chunks.padded_dw(True, None, torch.bfloat16)  # no bias: no ones column, dW unpadded
-    assert chunks.padded_dw(True, torch.zeros(3), torch.float16)
+    assert not chunks.padded_dw(True, False, torch.bfloat16)  # no db (no bias, or a frozen one): dW unpadded
+    assert not chunks.padded_dw(False, True, torch.bfloat16)  # db alone: no dW at all
+    assert not chunks.padded_dw(True, True, torch.float32)  # fp32: db summed on its own
+    assert chunks.padded_dw(True, True, torch.float16)  # dW beside db: [dW | db | 0...]
     assert chunks.padded_depth(768) == 776 and chunks.padded_depth(24) == 32 and chunks.padded_depth(23) == 24
 
 
@@ -110,6 +112,7 @@ def test_one_weighted_term_is_stored_unweighted(weights):
         target,
         False,
         *weights,
+        True,
         True,
         True,
         True,
@@ -138,7 +141,7 @@ def test_the_dw_kernel_takes_the_row_splits_of_its_shape(monkeypatch):
         out = lm._linear_loss_op(h, hs, w, b, target, *options)
     g = torch.ones(h.shape[0], device=DEVICE)
     with mk.use_backend("triton"):
-        lm._linear_loss_backward_op(g, g, out, h, hs, w, b, target, False, True, False, *options)
+        lm._linear_loss_backward_op(g, g, out, h, hs, w, b, target, False, True, True, False, *options)
     assert seen and seen[0] == 2, seen
 
 
@@ -153,7 +156,7 @@ def test_out_of_range_ids_give_nan_gradient_rows_in_the_recompute_backward(op_ba
     options = (False, 0.0, -100, 1.0, None)
     out = lm._linear_loss_op(h, hs, w, b, target, *options)
     g = torch.ones(h.shape[0], device=DEVICE)
-    dh, dhs, _, _ = lm._linear_loss_backward_op(g, g, out, h, hs, w, b, target, True, True, gather, *options)
+    dh, dhs, _, _ = lm._linear_loss_backward_op(g, g, out, h, hs, w, b, target, True, True, True, gather, *options)
     bad = torch.zeros(h.shape[0], dtype=torch.bool, device=DEVICE)
     bad[[1, 2]] = True
     for grad in (dh, dhs):

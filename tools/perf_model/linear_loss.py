@@ -143,7 +143,7 @@ def recorded_forward(shape: tuple, rows_per_chunk: int) -> dict[str, int]:
     with mock.patch.object(chunk_loop, "counted_rows", counted_rows):
         with recording(chunk_loop, linear_grads, _loss_fwd_bwd, masksub_loss) as launches:
             linear_grads._grads_triton(
-                hidden, sub_hidden, weight, bias, target, True, 0.5, 0.5, True, True, True, True, True, rows_per_chunk,
+                hidden, sub_hidden, weight, bias, target, True, 0.5, 0.5, *(True,) * 4, True, True, rows_per_chunk,
                 *options,
             )  # fmt: skip
     return {"torch": len(launches.torch_ops), "triton": len(launches)}
