@@ -7,7 +7,8 @@
 # baselines (runner.library_first), so a cap drops baselines measured before; the train suite times model after model, each
 # with its plain step, so a cap drops whole models (their ratios need the plain step of the same run). No .png here (--no-plot: drawing it after each suite took capped GPU
 # time, and a 9th file would not come back): `python -m masksub_kernels.bench --report-only OUT/<device>-<date>.json`
-# draws it afterwards on the CPU machine, and rewrites the .md with the model's predictions on every row.
+# draws it afterwards on the CPU machine, and rewrites the .md with the model's predictions on every row (the JSON
+# left as it is).
 #
 #   benchmarks/gpu_bench.sh "$OUT"        (first; then benchmarks/gpu_check.sh "$OUT", call 2 of 2: the other tests)
 #                                         (no argument: the device tool's $OUT, else benchmarks/results/gpu-<date>)

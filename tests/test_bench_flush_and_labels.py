@@ -164,19 +164,52 @@ def test_error_and_not_run_rows_have_the_headers_number_of_cells(what):
 # helper-294: the train suite's rows say what they time, a whole step (forward + backward + optimizer step)
 
 
+# an older run as the committed benchmarks/results/GPU-NVIDIA-H200-2026-12-04.json recorded it (a trimmed, frozen
+# copy: a regenerated committed file must not change what this test reads): the train suite's steps as mode
+# 'forward', no context_lost, no copy_gbps_range
+_OLDER_STEP = {"suite": "train", "shape": "ViT-B/16 224px B=64", "dtype": "bf16 autocast", "mode": "forward",
+               "bytes": None, "design_bytes": None, "batch_size": 64, "model": "vit_base_patch16_224",
+               "ideal_ratio": 1.5, "repeats": 10}  # fmt: skip
+_OLDER_OP = {"suite": "loss", "shape": "ImageNet M=1024 C=1000", "dtype": "float32", "provider": "masksub[triton]",
+             "bytes": 8192000, "design_bytes": 8192000, "repeats": 30}  # fmt: skip
+_OLDER_RUN = {
+    "date": "2026-12-04", "copy_gbps": 4225.865945140842, "repeats": 30, "warmup": 5, "full": False, "tiny": False,
+    "skipped_suites": {}, "seconds": 104.3, "incomplete_suites": {"train": {"cases_done": 12, "cases": 16}},
+    "environment": {"device": "GPU: NVIDIA H200", "python": "3.12.3", "torch": "2.11.0+cu130", "triton": "3.6.0"},
+    "model": {"file": "model-sm90.json", "label": "PREDICTIONS of a static model (SASS + roofline), not measurements",
+              "card": "H200", "date": "2026-12-02", "triton": "3.8.0"},
+    "records": [
+        {**_OLDER_OP, "mode": "forward", "median_ms": 0.10622400045394897, "p20_ms": 0.09347199648618698,
+         "p80_ms": 0.12588800489902496, "peak_mem_mb": 0.03662109375, "host_ms": 0.15104099998097809,
+         "host_bound": True, "gbps": 77.12004787045707, "fraction_of_copy": 0.01824952539233631,
+         "fraction_of_copy_design": 0.01824952539233631, "predicted_ms": 0.00797},
+        {**_OLDER_OP, "mode": "backward", "bytes": 16384000, "design_bytes": 16384000, "median_ms": 0.4509119987487793,
+         "p20_ms": 0.42179200053215027, "p80_ms": 0.5152320265769958, "peak_mem_mb": 8.28173828125,
+         "host_ms": 0.5375780000065333, "host_bound": True, "gbps": 36.335249550829026,
+         "fraction_of_copy": 0.00859829678047632, "fraction_of_copy_design": 0.00859829678047632,
+         "predicted_ms": 0.00632},
+        {**_OLDER_STEP, "provider": "plain", "median_ms": 31.507648468017578, "p20_ms": 28.33580780029297,
+         "p80_ms": 32.650047302246094, "peak_mem_mb": 4070.642578125, "images_per_s": 2031.2528262769079},
+        {**_OLDER_STEP, "provider": "masksub official-style (sequential)", "median_ms": 63.2313117980957,
+         "p20_ms": 61.24323272705078, "p80_ms": 64.946044921875, "peak_mem_mb": 4072.35888671875,
+         "images_per_s": 1012.1567650590391},
+    ],
+}  # fmt: skip
+
+
 def test_report_only_of_an_older_run_labels_its_training_rows_step(tmp_path):
-    # the committed runs recorded them as mode 'forward': read back (--report-only, --append) they are relabelled,
-    # the op suites' forward rows left as they are
-    committed = pathlib.Path(__file__).parents[1] / "benchmarks/results/GPU-NVIDIA-H200-2026-12-04.json"
-    older = json.loads(committed.read_text())
-    modes = {(r["suite"] == "train", r["mode"]) for r in older["records"]}
-    assert (True, "forward") in modes and (False, "forward") in modes  # (what this test reads)
-    path = tmp_path / committed.name
-    path.write_text(committed.read_text())
+    # the older runs recorded them as mode 'forward': read back (--report-only, --append) they are relabelled, the op
+    # suites' forward rows left as they are; --report-only leaves the JSON itself byte for byte (the measured record)
+    path = tmp_path / "GPU-NVIDIA-H200-2026-12-04.json"
+    path.write_text(json.dumps(_OLDER_RUN, indent=1))
+    older = path.read_bytes()
     assert cli.report_only(path, with_plot=False) == 0
-    run = json.loads(path.read_text())
+    assert path.read_bytes() == older
+    run = cli.load_run(path)  # what the .md was written from
     assert {r["mode"] for r in run["records"] if r["suite"] == "train"} == {"step"}
     others = [r["mode"] for r in run["records"] if r["suite"] != "train"]
-    assert others == [r["mode"] for r in older["records"] if r["suite"] != "train"]
-    table = (tmp_path / committed.name.replace(".json", ".md")).read_text()
-    assert "End-to-end training steps" in table and "| ViT-B/16 224px B=64 |" in table
+    assert others == [r["mode"] for r in _OLDER_RUN["records"] if r["suite"] != "train"] == ["forward", "backward"]
+    table = path.with_suffix(".md").read_text()
+    assert table == report.markdown_table(run)
+    assert "End-to-end training steps" in table and "| ViT-B/16 224px B=64 | bf16 autocast | plain | 31.5 " in table
+    assert "| loss | ImageNet M=1024 C=1000 | float32 | forward | masksub[triton] | 0.106 " in table

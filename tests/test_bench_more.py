@@ -272,13 +272,20 @@ def test_report_only_rewrites_the_markdown_and_plot_of_a_runs_json(gpu_cases, tm
            "repeats": 30, "warmup": 5, "records": records}  # fmt: skip
     path = tmp_path / "GPU-NVIDIA-H200-2030-01-02.json"
     path.write_text(json.dumps(run))
+    measured = path.read_bytes()
     assert cli.main(["--report-only", str(path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{path.stem}{s}" for s in (".json", ".md", ".png")]
+    assert path.read_bytes() == measured  # the measured record is left as it is: the .md and .png derive from it
+    predicted = json.loads(measured)
+    assert report.attach_predictions(predicted, cli.default_output_directory() / "model-sm90.json") > 0
+    table = path.with_suffix(".md").read_text()
+    assert table == report.markdown_table(predicted) and "| grid_mask | Swin-T tokens" in table
+    said = capsys.readouterr().out
+    assert "wrote png:" in said and "wrote json:" not in said
+    assert cli.main(["--report-only", str(path), "--repredict", "--no-plot"]) == 0  # the JSON too, told so
     rewritten = json.loads(path.read_text())
     assert rewritten["model"]["file"] == "model-sm90.json" and any("predicted_ms" in r for r in rewritten["records"])
-    table = path.with_suffix(".md").read_text()
-    assert table == report.markdown_table(rewritten) and "| grid_mask | Swin-T tokens" in table
-    assert "wrote png:" in capsys.readouterr().out
+    assert "wrote json:" in capsys.readouterr().out
     path.write_text("{}")  # not a run's JSON: said, exit status 2, nothing written
     assert cli.main(["--report-only", str(path)]) == 2 and "not a benchmark run's JSON" in capsys.readouterr().err
 

@@ -18,10 +18,11 @@
    lost after <case>" and the later suites as skipped (the JSON's context_lost), and the run exits with status 1.
 
 --report-only RUN.json measures nothing: it rewrites RUN.md and RUN.png beside it from the JSON (a GPU run's, here
-on the CPU: e.g. when the last suite was stopped by its cap after its JSON but before its .md and .png). The run's
-own predictions are kept (a GPU run attaches the model of its code after each suite); a run without any gets the
-performance model's of today where the card has a model file, labelled with the model's card and date, and
---repredict replaces them with those (the JSON is rewritten with them).
+on the CPU: e.g. when the last suite was stopped by its cap after its JSON but before its .md and .png), and leaves
+the JSON as it is, byte for byte (the measured record; an older run's labels are updated in the .md alone). The
+run's own predictions are kept (a GPU run attaches the model of its code after each suite); a run without any gets
+the performance model's of today in its .md where the card has a model file, labelled with the model's card and
+date, and --repredict replaces them with those (the JSON too is rewritten then, with them).
 
 The default run is short (minutes); --full sweeps more shapes and dtypes. On a machine without a GPU the suites
 time the torch backend (the CPU path) against the baselines on the CPU and say so: GPU figures need a GPU.
@@ -119,11 +120,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--report-only", type=Path, default=None, metavar="RUN.json",
-        help="measure nothing: rewrite the .md and .png of a run's JSON beside it (its predictions kept)",
+        help="measure nothing: rewrite the .md and .png of a run's JSON beside it (its predictions kept; the JSON "
+        "unchanged)",
     )  # fmt: skip
     parser.add_argument(
         "--repredict", action="store_true",
-        help="with --report-only: replace the run's predictions with today's performance model's",
+        help="with --report-only: replace the run's predictions with today's performance model's (in the JSON too)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.report_only is not None:  # it measures nothing, and writes beside RUN.json
@@ -221,7 +223,9 @@ def report_only(path: Path, repredict: bool = False, with_plot: bool = True) -> 
     if repredict or not run.get("model"):
         device_name = run["environment"]["device"]
         _attach_predictions(run, None if device_name.startswith("CPU") else _model_path(device_name))
-    paths = report.write(run, path.parent, path.name.removesuffix(".json"), with_plot=with_plot)
+    # the JSON is the measured record: left byte for byte as it is (an older run's labels are relabelled in the .md
+    # alone), except with --repredict, which replaces its predictions
+    paths = report.write(run, path.parent, path.name.removesuffix(".json"), with_plot=with_plot, with_json=repredict)
     for kind, written in paths.items():
         print(f"wrote {kind}: {written}")
     return 0

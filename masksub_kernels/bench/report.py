@@ -344,14 +344,20 @@ def plot(run: dict, path: Path) -> bool:
     return True
 
 
-def write(run: dict, directory: Path, stem: str, json_only: bool = False, with_plot: bool = True) -> dict[str, Path]:
+def write(
+    run: dict, directory: Path, stem: str, json_only: bool = False, with_plot: bool = True, with_json: bool = True
+) -> dict[str, Path]:
     """The run as <stem>.json, .md and .png in ``directory`` (json_only: the JSON alone, after each case;
-    with_plot=False or no matplotlib: no .png, an earlier one left as it is; nothing to draw: an earlier one
-    removed). Each file is
+    with_json=False: the .md and .png alone, the JSON left as it is (--report-only: the measured record is the
+    record, the .md and .png are derived from it); with_plot=False or no matplotlib: no .png, an earlier one left as
+    it is; nothing to draw: an earlier one removed). Each file is
     written under a .partial name, then renamed: a cap that kills a write mid-file leaves the previous file whole."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"json": directory / f"{stem}.json", "md": directory / f"{stem}.md", "png": directory / f"{stem}.png"}
-    _replace(paths["json"], lambda partial: partial.write_text(json.dumps(run, indent=1, default=str)))
+    if with_json or json_only:
+        _replace(paths["json"], lambda partial: partial.write_text(json.dumps(run, indent=1, default=str)))
+    else:
+        del paths["json"]
     if json_only:
         return {"json": paths["json"]}
     _replace(paths["md"], lambda partial: partial.write_text(markdown_table(run)))
