@@ -4,7 +4,6 @@ table says that its steps' host time is not measured (or shows it where a run ha
 as the step's peak above its start, not the process's. CPU only."""
 
 import json
-import pathlib
 import types
 
 import pytest
@@ -90,6 +89,21 @@ def test_a_compute_bound_rows_bytes_do_not_bring_the_note():
     # its GB/s and % of copy are not shown (helper-252: its bytes are no roofline), so there is nothing to explain
     row = {**_ROW, "provider": "masksub[triton]", "median_ms": 1.0, "fraction_of_copy": 3.0, "tflops": 100.0}
     assert report.COPY_NOTE not in report.markdown_table(_run([row]))
+
+
+def test_a_compute_bound_suites_row_without_tflops_shows_no_bandwidth():
+    # helper-322's probe: the linear_loss suite's 'recompute mlm15' rows have no TFLOP/s (15% of the work counted),
+    # and showed their bytes' 18.5 GB/s / 0.4% of copy: the whole suite is compute-bound, its bytes no roofline
+    mlm = {**_ROW, "suite": "linear_loss", "mode": "full", "provider": "masksub[triton] recompute mlm15",
+           "median_ms": 10.5, "gbps": 18.5, "fraction_of_copy": 1.2, "fraction_of_copy_design": 1.3}  # fmt: skip
+    lines = report.markdown_table(_run([mlm])).splitlines()
+    header = next(line for line in lines if line.startswith("| suite |"))
+    (row,) = [line for line in lines if line.startswith("| linear_loss |")]
+    cells = dict(zip((c.strip() for c in header.split("|")), (c.strip() for c in row.split("|")), strict=True))
+    assert (cells["GB/s"], cells["% of copy (minimal)"], cells["% of copy (design)"]) == ("-", "-", "-")
+    assert report.COPY_NOTE not in "\n".join(lines)  # nothing over 100% shown: nothing to explain
+    loss = report.markdown_table(_run([{**mlm, "suite": "loss", "provider": "p"}]))  # a memory-bound suite: shown
+    assert _cells(loss, "p")["GB/s"] == "18.5" and report.COPY_NOTE in loss
 
 
 # --- report.py: the training table (findings 4 and 5) ------------------------------------------------------------

@@ -12,6 +12,14 @@ from pathlib import Path
 MODEL_VARIANTS = ("", "nchw", "CE, class ids")  # the model's variant of each benchmark case (tools/perf_model)
 BASELINE = "official"  # op suites: speed-up = official-style time / provider time
 TRAIN_BASELINE = "plain"  # training steps: MaskSub step time / plain step time, beside the ideal ratio
+# suites whose figure is TFLOP/s (the fused-linear loss): their bytes are no roofline, so no row of theirs shows
+# GB/s or % of copy, a row without TFLOP/s (the 'recompute mlm15' rows: 15% of the work counted) included
+COMPUTE_BOUND_SUITES = ("linear_loss",)
+
+
+def _compute_bound(record: dict) -> bool:
+    """Whether ``record``'s GB/s and % of copy are left blank: a compute-bound suite's row, or any with TFLOP/s."""
+    return bool(record.get("tflops")) or record["suite"] in COMPUTE_BOUND_SUITES
 
 
 def older_step_modes(run: dict) -> int:
@@ -177,7 +185,7 @@ def markdown_table(run: dict) -> str:
     over = [
         r
         for r in run["records"]
-        if not r.get("tflops") and max(r.get("fraction_of_copy") or 0, r.get("fraction_of_copy_design") or 0) > 1
+        if not _compute_bound(r) and max(r.get("fraction_of_copy") or 0, r.get("fraction_of_copy_design") or 0) > 1
     ]
     if over:  # no figure over 100% without its reason
         lines.append(COPY_NOTE)
@@ -254,7 +262,7 @@ def markdown_table(run: dict) -> str:
                 # half its work (Liger's main-branch CE against the two-branch composite)
             fraction, design = r.get("fraction_of_copy"), r.get("fraction_of_copy_design")
             gbps = r.get("gbps")
-            if r.get("tflops"):  # compute-bound (the fused-linear loss): its bytes are no roofline
+            if _compute_bound(r):  # the fused-linear loss: its bytes are no roofline (TFLOP/s: the table below)
                 gbps = fraction = design = None
             lines.append(
                 f"| {suite} | {shape} | {dtype} | {mode} | {r['provider']} | {_fmt(r['median_ms'])} "
