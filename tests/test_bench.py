@@ -125,6 +125,8 @@ def test_loss_reports_design_bytes_beside_minimal_and_predictions_beside_measure
     (tmp_path / "model-sm90.json").write_text(json.dumps(model))
     assert report.model_file(tmp_path, "GPU: NVIDIA H100 80GB HBM3") is None  # the H100 has its own file
     assert report.model_file(tmp_path, "GPU: NVIDIA H200 NVL") is None  # another form: not the SXM's model
+    assert report.model_file(tmp_path, "GPU: NVIDIA GH200 480GB") is None  # Grace Hopper: no H200 (a word match)
+    assert report.model_file(tmp_path, "GPU: NVIDIA GH200 144G HBM3e") is None
     path = report.model_file(tmp_path, "GPU: NVIDIA H200")
     run = {"environment": {"device": "GPU: NVIDIA H200", "torch": "-"}, "date": "-", "copy_gbps": 1.0,
            "records": records + floor}  # fmt: skip

@@ -193,16 +193,29 @@ def test_report_only_keeps_the_runs_predictions_unless_told(tmp_path, suites, ca
 
 def test_a_gpu_run_without_a_model_file_says_why_it_has_no_predictions(tmp_path, suites, capsys, monkeypatch):
     # an installed package (no benchmarks/results of the source checkout) or another card: the predictions were
-    # left out silently; now a line names the files and where they were looked for
+    # left out silently; now a line says why: the card is not the model's, or its file is not where it was looked for
     assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "one", "--no-plot"]) == 0
     (path,) = tmp_path.glob("*.json")
     run = json.loads(path.read_text())
-    run["environment"]["device"] = "GPU: NVIDIA A100-SXM4-80GB"
-    path.write_text(json.dumps(run))
     capsys.readouterr()
-    assert cli.main(["--report-only", str(path), "--no-plot"]) == 0
-    said = capsys.readouterr().out
-    assert "performance model: no predictions attached for GPU: NVIDIA A100-SXM4-80GB: the model's files" in said
+    # a card the model does not cover, though the files are here (the source checkout): that, not 'are not in'
+    # (helper-325: the PCIe / NVL forms were told their files were missing; a GH200 got the H200's model)
+    for card in ("NVIDIA A100-SXM4-80GB", "NVIDIA H100 PCIe", "NVIDIA H200 NVL", "NVIDIA GH200 480GB"):
+        run["environment"]["device"] = f"GPU: {card}"
+        path.write_text(json.dumps(run))
+        assert cli.main(["--report-only", str(path), "--no-plot"]) == 0
+        said = capsys.readouterr().out
+        assert (
+            f"performance model: no predictions attached: the model covers the H100 SXM and H200 SXM only; GPU: "
+            f"{card} has none" in said
+        ) and "are not in" not in said, said
+        assert "predicted ms: " not in path.with_suffix(".md").read_text()  # no model named
+    for card in ("NVIDIA H200", "NVIDIA H100 80GB HBM3"):  # the cards it covers: their files found, nothing said
+        run["environment"]["device"] = f"GPU: {card}"
+        path.write_text(json.dumps(run))
+        assert cli.main(["--report-only", str(path), "--no-plot"]) == 0
+        said = capsys.readouterr().out
+        assert "no predictions attached" not in said and "performance model: " in said, said
     run["environment"]["device"] = "GPU: NVIDIA H200"  # its card, run from an installed package
     path.write_text(json.dumps(run))
     monkeypatch.setattr(cli, "default_output_directory", lambda: tmp_path / "elsewhere")

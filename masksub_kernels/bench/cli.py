@@ -452,7 +452,12 @@ def _run_suites(run: dict, args: argparse.Namespace, device: torch.device, direc
 
 def _model_path(device_name: str) -> Path | None:
     """The performance model's file for this GPU (report.model_file), or None with a line saying why none is
-    attached: the files are the source checkout's (an installed package run elsewhere has none), H100 / H200 only."""
+    attached: a card the model does not cover (H100 SXM / H200 SXM only), or its file missing (the files are the
+    source checkout's: an installed package run elsewhere has none)."""
+    if report.model_card(device_name) is None:
+        print(f"performance model: no predictions attached: the model covers the H100 SXM and H200 SXM only; "
+              f"{device_name} has none")  # fmt: skip
+        return None
     directory = default_output_directory()
     found = report.model_file(directory, device_name)
     if found is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import textwrap
 from collections import defaultdict
 from pathlib import Path
@@ -44,14 +45,25 @@ def host_cell(record: dict) -> str:
     return f"{record['host_ms']:.3f}{' host-bound' if record.get('host_bound') else ''}"
 
 
+# the cards the performance model covers (tools/perf_model), by their files' stems: the SXM forms only
+MODEL_STEMS = {"H200": "model-sm90", "H100": "model-sm90-H100"}
+
+
+def model_card(device_name: str) -> str | None:
+    """The card of a device name that the performance model covers ('H200', 'H100'), or None: another card, or
+    another form of the chip (PCIe, NVL: other SMs, clocks, bandwidth; the SXM card's model would be wrong there).
+    The card's name as a word: a GH200 (Grace Hopper, 'NVIDIA GH200 480GB') is no H200."""
+    name = device_name.upper()
+    if "PCIE" in name or "NVL" in name:
+        return None
+    return next((card for card in MODEL_STEMS if re.search(rf"(?<![A-Z0-9]){card}(?![A-Z0-9])", name)), None)
+
+
 def model_file(directory: Path, device_name: str) -> Path | None:
     """The performance model's predictions for this card (tools/perf_model writes them), where there are some:
-    benchmarks/results/model-sm90.json for an H200, model-sm90-H100.json for an H100."""
-    name = device_name.upper()
-    if "PCIE" in name or "NVL" in name:  # another form of the chip: the SXM card's model would be wrong
-        return None
-    stem = "model-sm90" if "H200" in name else "model-sm90-H100" if "H100" in name else None
-    path = directory / f"{stem}.json" if stem else None
+    benchmarks/results/model-sm90.json for an H200 SXM, model-sm90-H100.json for an H100 SXM (model_card)."""
+    card = model_card(device_name)
+    path = directory / f"{MODEL_STEMS[card]}.json" if card else None
     return path if path is not None and path.exists() else None
 
 
