@@ -66,7 +66,7 @@
 #                      by 6 settled rows dropped (C's unaligned extent, bf16 outputs: each with its profiler pass);
 #                      each section prints its seconds since the start (helper-240 estimated 14-22 s in all)
 #   ncu            41  Nsight Compute on the fused-linear op's kernels (benchmarks/gpu_ncu.py: one 384-row chunk of
-#                      the gradients-in-forward path, the recompute op on 16384 rows; cuBLAS's and the Triton
+#                      the gradients-in-forward path, the recompute op on 4096 rows, RECOMPUTE_ROWS; cuBLAS's and the Triton
 #                      kernels only), raw metrics in base units as CSV lines into bench.log between '== ncu_csv'
 #                      markers (DRAM throughput and bytes, L2 hit rate, occupancy, warp stall reasons,
 #                      instructions executed): why the loss kernels ran ~2x the model's time on 2026-11-30.
