@@ -152,17 +152,18 @@ def test_measured_beside_predicted_calibrates_on_device_bound_cases(tmp_path):
     assert [(r["shape"], r["bound"]) for r in rows] == [("s", "device"), ("tiny", "host"), ("busy host", "host"),
                                                         ("s", "device"), ("s", "device")]  # fmt: skip
     assert [r["ratio"] for r in rows] == pytest.approx([2.0, 30.0, 1.4 / 0.3, 13.0 / 8.0, 1.2])
+    run = {"predictions": "run"}  # the run's own predictions (none attached afterwards)
     assert measured.summary(rows) == {
-        ("linear_loss", "full", "compile(official)"): {"cases": 1, "min": 1.625, "median": 1.625, "max": 1.625},
-        ("linear_loss", "full", "masksub[triton]:R=768"): {"cases": 1, "min": 1.2, "median": 1.2, "max": 1.2},
-        ("loss", "forward", "masksub[triton]"): {"cases": 1, "min": 2.0, "median": 2.0, "max": 2.0},
+        ("linear_loss", "full", "compile(official)"): {"cases": 1, "min": 1.625, "median": 1.625, "max": 1.625, **run},
+        ("linear_loss", "full", "masksub[triton]:R=768"): {"cases": 1, "min": 1.2, "median": 1.2, "max": 1.2, **run},
+        ("loss", "forward", "masksub[triton]"): {"cases": 1, "min": 2.0, "median": 2.0, "max": 2.0, **run},
     }
-    path = tmp_path / "GPU-X-2026-11-30.json"
-    path.write_text(__import__("json").dumps(results))
+    path = tmp_path / "GPU-X-2026-11-30.json"  # main reads it as a benchmark run's JSON: a device named
+    path.write_text(__import__("json").dumps({**results, "environment": {"device": "GPU: X"}}))
     assert measured.main([str(path), "--out", str(tmp_path / "r.md")]) == 0
     text = (tmp_path / "r.md").read_text()
-    assert "| loss | forward | masksub[triton] | 1 | 2.00 | 2.00 | 2.00 |" in text
-    assert "| linear_loss | s | bfloat16 | full | compile(official) | 13.000 | 8.000 | 1.62 | device |" in text
+    assert "| loss | forward | masksub[triton] | 1 | 2.00 | 2.00 | 2.00 | run |" in text
+    assert "| linear_loss | s | bfloat16 | full | compile(official) | 13.000 | 8.000 | 1.62 | device | run |" in text
 
 
 def test_measured_attaches_the_predictions_a_capped_suite_lacks(tmp_path):

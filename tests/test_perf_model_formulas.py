@@ -267,8 +267,9 @@ def test_a_prediction_at_the_host_bound_threshold_is_device_bound():
 def test_the_calibration_summary_takes_the_median():
     # kills X04 (mean): ratios 1, 2 and 6 over three device-bound cases: median 2 (mean 3)
     records = [_row(shape=f"s{i}", median_ms=m, predicted_ms=1.0) for i, m in enumerate((1.0, 2.0, 6.0))]
+    summary = {"cases": 3, "min": 1.0, "median": 2.0, "max": 6.0, "predictions": "run"}
     assert measured.summary(measured.comparisons({"records": records})) == {
-        ("loss", "forward", "masksub[triton]"): {"cases": 3, "min": 1.0, "median": 2.0, "max": 6.0}
+        ("loss", "forward", "masksub[triton]"): summary
     }
 
 
@@ -284,6 +285,84 @@ def test_a_tiny_smoke_run_is_no_measurement(tmp_path):
     (tmp_path / "GPU-NVIDIA-H200-2026-01-01-tiny.json").write_text("{}")
     with pytest.raises(SystemExit):
         measured.newest_gpu_results(tmp_path)
+
+
+def _run_file(path, date, records=0, device="GPU: NVIDIA H200", **extra):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    run = {"date": date, "environment": {"device": device}, "records": [_row(median_ms=1.0)] * records, **extra}
+    path.write_text(json.dumps(run))
+    return path
+
+
+def test_runs_committed_in_gpu_bench_output_folders_and_suffixed_runs_are_found(tmp_path):
+    # helper-322: gpu_bench.sh's output committed as benchmarks/results/gpu-<date>/ (as documented) was ignored, and
+    # card_runs skipped suffixed runs (-matmul-aligned); newest = the run's own date (its JSON), then the fuller run
+    old = _run_file(tmp_path / "GPU-NVIDIA-H200-2026-11-30.json", "2026-11-30", 5)
+    assert measured.newest_gpu_results(tmp_path) == old
+    full = _run_file(tmp_path / "gpu-2026-12-04" / "GPU-NVIDIA-H200-2026-12-04.json", "2026-12-04", 9)
+    assert measured.newest_gpu_results(tmp_path) == full  # fails before: the gpu-*/ folder was not searched
+    rerun = _run_file(tmp_path / "GPU-NVIDIA-H200-2026-12-04-matmul-aligned.json", "2026-12-04", 2)
+    _run_file(tmp_path / "GPU-NVIDIA-H200-2026-12-05-tiny.json", "2026-12-05", 1)  # a smoke run: no measurement
+    assert measured.newest_gpu_results(tmp_path) == full  # one date: the day's full run, not its partial rerun
+    assert lm.card_runs(H200, tmp_path) == [("2026-11-30", old), ("2026-12-04", rerun), ("2026-12-04", full)]
+    assert lm.card_runs(H100, tmp_path) == []
+    # the run's own date, not its name's (a file renamed by hand)
+    renamed = _run_file(tmp_path / "GPU-NVIDIA-H200-2026-01-01.json", "2026-12-06", 1)
+    assert measured.newest_gpu_results(tmp_path) == renamed
+
+
+def test_measured_refuses_a_file_it_cannot_compare_with_status_2(tmp_path, capsys):
+    # helper-322: an empty or truncated JSON was a JSONDecodeError traceback; a CPU run, another tool's JSON or a card
+    # without a model printed empty tables with status 0
+    empty = tmp_path / "GPU-NVIDIA-H200-2026-12-04.json"
+    empty.write_text("")
+    assert measured.main([str(empty)]) == 2
+    assert "is not a benchmark run's JSON" in capsys.readouterr().err
+    truncated = _run_file(tmp_path / "t.json", "2026-12-04", 3)
+    truncated.write_text(truncated.read_text()[:40])
+    assert measured.main([str(truncated)]) == 2
+    model = tmp_path / "model-sm90.json"
+    model.write_text(json.dumps({"environment": {"card": "H200"}, "records": []}))
+    assert measured.main([str(model)]) == 2
+    assert "not a masksub_kernels.bench run" in capsys.readouterr().err
+    cpu = _run_file(tmp_path / "cpu" / "CPU-x-2026-12-01.json", "2026-12-01", 3, device="CPU: x")
+    assert measured.main([str(cpu)]) == 2
+    assert "a CPU run" in capsys.readouterr().err
+    a100 = _run_file(tmp_path / "a100" / "GPU-NVIDIA-A100-2026-12-01.json", "2026-12-01", 3, device="GPU: NVIDIA A100")
+    assert measured.main([str(a100)]) == 2
+    assert "no model file for GPU: NVIDIA A100" in capsys.readouterr().err
+
+
+def test_measured_marks_each_prediction_by_its_model_and_names_the_run(tmp_path, monkeypatch, capsys):
+    # helper-322: the run's own predictions and those attached afterwards from today's model were mixed in one table
+    # unmarked; no header named the run (date, versions, commit) or the models; copy 0 GB/s where not measured
+    model = {"environment": {"card": "H200", "date": "2026-12-07", "triton": "3.8.0"},
+             "records": [{"suite": "loss", "shape": "t", "dtype": "bfloat16", "mode": "forward",
+                          "provider": "masksub[triton]", "variant": "", "predicted_us": 500.0}]}  # fmt: skip
+    (tmp_path / "model-sm90.json").write_text(json.dumps(model))
+    records = [_row(median_ms=2.0, predicted_ms=1.0), _row(shape="t", median_ms=1.5)]  # the second: none in the run
+    path = _run_file(tmp_path / "GPU-NVIDIA-H200-2026-12-04.json", "2026-12-04", 0,
+                     environment={"device": "GPU: NVIDIA H200", "torch": "2.11", "triton": "3.6.0",
+                                  "commit": "abc1234"},
+                     model={"file": "model-sm90.json", "card": "H200", "date": "2026-12-02"},
+                     incomplete_suites={"loss": {"cases_done": 2, "cases": 5}})  # fmt: skip
+    run = json.loads(path.read_text())
+    path.write_text(json.dumps({**run, "records": records}))
+    monkeypatch.setattr(measured, "newest_gpu_results", lambda: path)
+    assert measured.main([]) == 0
+    captured = capsys.readouterr()
+    assert f"the newest committed GPU run: {path}" in captured.err
+    text = captured.out
+    assert "Run: date 2026-12-04, device GPU: NVIDIA H200, torch 2.11, triton 3.6.0, commit abc1234" in text
+    assert "measured copy not measured" in text
+    assert 'Predictions "run" (1 rows): the run\'s own, attached when its suites ended, from model-sm90.json ' \
+        "(H200, 2026-12-02)" in text  # fmt: skip
+    assert "1 predictions attached afterwards from model-sm90.json (H200, 2026-12-07, triton 3.8.0)" in text
+    assert "loss cut short after 2 of 5 cases" in text
+    assert "| loss | s | bfloat16 | forward | masksub[triton] | 2.000 | 1.000 | 2.00 | device | run |" in text
+    assert "| loss | t | bfloat16 | forward | masksub[triton] | 1.500 | 0.500 | 3.00 | device | today |" in text
+    assert "| loss | forward | masksub[triton] | 2 | 2.00 | 2.50 | 3.00 | run + today |" in text
+    assert "the run measured the call so (its host_bound" in text  # the definition the code applies
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 measured at the BERT shape, and the prediction with its loss kernels calibrated by that run, so that the speed goal
 (faster than torch.compile of the composite) is read against what torch.compile did, not only what it could do.
 
-Inputs (all committed): the newest benchmark run of the card, benchmarks/results/GPU-NVIDIA-<card>-<yyyy-mm-dd>.json
-(the exact card name: an H200 NVL is another card), that has the fused-linear suite's rows at the shape; and
+Inputs (all committed): the newest benchmark run of the card (card_runs:
+benchmarks/results/GPU-NVIDIA-<card>-<yyyy-mm-dd>[-<suffix>].json, or the same under benchmarks/results/gpu-<date>/;
+the exact card name: an H200 NVL is another card) that has the fused-linear suite's rows at the shape; and
 PROFILE, the one torch.profiler table of the chunk loop's loss kernels.
 
 The loss kernels' calibration is a range, not one factor: the kernels and the model changed since the only run, so
@@ -33,7 +34,7 @@ import re
 from pathlib import Path
 
 from .hardware import Card, card_for_device
-from .measured import RESULTS, comparisons
+from .measured import RESULTS, comparisons, gpu_runs
 
 LOSS_CASE = "BERT-like M=16384 C=30522"  # the loss suite's case with the op's C (device-bound on the H200)
 LOSS_KEY = ("loss", LOSS_CASE, "bfloat16", "masksub[triton]")  # (suite, shape, dtype, provider) of its rows
@@ -63,13 +64,14 @@ _GEMM_ROW = re.compile(r"^(\S.*?)\s{2,}([\d.]+) us\s+[\d.]+ TFLOP/s", re.MULTILI
 
 
 def card_runs(card: Card, folder: Path = RESULTS) -> list[tuple[str, Path]]:
-    """(date, path) of the committed GPU runs of exactly this card, oldest first: files named after the device
-    (masksub_kernels.bench), the card's name with at most its memory size and type after it (GPU-NVIDIA-H200-<date>,
-    GPU-NVIDIA-H100-80GB-HBM3-<date>; not another product of the name, e.g. GPU-NVIDIA-H200-NVL-<date>)."""
+    """(date, path) of the committed GPU runs of exactly this card, oldest first, in measured.gpu_runs's order (the
+    run's own date, then its records: a day's full run after a partial rerun such as -matmul-aligned; in ``folder``
+    and its gpu-*/ folders): files named after the device (masksub_kernels.bench), the card's name with at most its
+    memory size and type after it (GPU-NVIDIA-H200-<date>, GPU-NVIDIA-H100-80GB-HBM3-<date>; not another product of
+    the name, e.g. GPU-NVIDIA-H200-NVL-<date>), then a suffix or none (-matmul-aligned; --tiny runs: none)."""
     name = re.escape(card.name)
-    pattern = re.compile(rf"GPU-NVIDIA-{name}(?:-\d+GB)?(?:-HBM\w+)?-(\d{{4}}-\d{{2}}-\d{{2}})\.json")
-    runs = [(m.group(1), p) for p in folder.glob("GPU-NVIDIA-*.json") if (m := pattern.fullmatch(p.name))]
-    return sorted(runs)
+    pattern = re.compile(rf"GPU-NVIDIA-{name}(?:-\d+GB)?(?:-HBM\w+)?-\d{{4}}-\d{{2}}-\d{{2}}(?:-[\w.-]+)?\.json")
+    return [(date, path) for date, path in gpu_runs(folder) if pattern.fullmatch(path.name)]
 
 
 def gemm_probe(card: Card, folder: Path = RESULTS) -> dict | None:
