@@ -80,3 +80,50 @@ def test_the_real_platform_header_cannot_shadow_the_emulated_one():
     assert not (CSRC / "masksub_platform.h").exists()
     bindings = (CSRC / "bindings.h").read_text()
     assert '#include "masksub_platform.h"' in bindings
+
+
+# tools/perf_model/csrc.py's trip counts rest on the kernels' tuning constants: it reads them from these sources
+# (helper-322: hand-written copies drifted silently; kLossUnroll changed to 4 passed every test)
+def test_the_perf_model_reads_the_kernels_constants_from_the_sources(tmp_path):
+    from tools.perf_model import csrc
+
+    def defined(file: str, name: str) -> int:
+        return int(re.search(rf"constexpr \w+ {name} = (\d+);", (CSRC / file).read_text()).group(1))
+
+    assert (csrc.LOSS_UNROLL, csrc.COPY_THREADS, csrc.COPY_UNROLL, csrc.MASK_THREADS, csrc.MASK_UNROLL) == (
+        defined("masksub_loss.cuh", "kLossUnroll"),
+        defined("row_copy.cuh", "kCopyThreads"),
+        defined("row_copy.cuh", "kCopyUnroll"),
+        defined("grid_mask.cu", "kMaskThreads"),
+        defined("grid_mask.cu", "kMaskUnroll"),
+    )
+    assert csrc.RADIX_PASSES == 8  # cub::BlockRadixSort<uint32_t, ...>: 32 key bits, cub's default 4 radix bits
+    # a changed source is what the model reads
+    (tmp_path / "masksub_loss.cuh").write_text("constexpr int kLossUnroll = 4;  // vectors in flight\n")
+    assert csrc.source_constant("masksub_loss.cuh", "kLossUnroll", tmp_path) == 4
+    (tmp_path / "token_select.cu").write_text(
+        "using Sort = cub::BlockRadixSort<uint32_t, THREADS, ITEMS, uint16_t, 5>;"
+    )
+    assert csrc.radix_passes(tmp_path) == 7  # ceil(32 / 5)
+    (tmp_path / "token_select.cu").write_text("using Sort = cub::BlockRadixSort<uint64_t, THREADS, ITEMS>;")
+    assert csrc.radix_passes(tmp_path) == 16
+    (tmp_path / "masksub_loss.cuh").write_text("constexpr int kLossUnroll = kOther;\n")  # not a literal: refused
+    with pytest.raises(ValueError, match="kLossUnroll"):
+        csrc.source_constant("masksub_loss.cuh", "kLossUnroll", tmp_path)
+
+
+def test_the_loss_kernels_vectors_per_iteration_follow_kloss_unroll(monkeypatch):
+    from tools.perf_model import csrc
+    from tools.perf_model.csrc_launches import Call, CsrcLaunch
+
+    named = {"rows": 8, "classes": 4096, "stride_logits": 4096, "target_kind": 1}
+    launch = CsrcLaunch(
+        "loss_backward_kernel<...>", (8, 1, 1), (256, 1, 1), [], Call("masksub_loss", "bfloat16", named)
+    )
+    trips, elements, *_ = csrc._loss(launch)
+    assert (trips[0][0], elements) == (1, 256 * csrc.LOSS_UNROLL * 8)  # 4096 / 8 vectors over 256 threads x 2
+    monkeypatch.setattr(csrc, "LOSS_UNROLL", 4)  # as if csrc/masksub_loss.cuh said kLossUnroll = 4
+    trips, elements, *_ = csrc._loss(launch)
+    assert (trips[0][0], elements) == (1, 256 * 4 * 8)
+    monkeypatch.setattr(csrc, "LOSS_UNROLL", 1)
+    assert csrc._loss(launch)[0][0][0] == 2  # 512 vectors over 256 threads, one each per iteration

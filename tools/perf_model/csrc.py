@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -33,6 +34,39 @@ from .workloads import MASK_RATIO, Case
 
 ARCH = "90a"
 _FUNCTIONS: dict[str, Function] = {}  # normalised kernel name -> its SASS, over every csrc cubin
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
+
+
+def source_constant(file: str, name: str, folder: Path = CSRC) -> int:
+    """The value of ``constexpr <int type> name = <integer>;`` in csrc/``file``: the kernels' tuning constants are
+    read from the sources, not copied here (a copy drifted silently). ValueError where it is not such a line."""
+    definition = rf"^\s*(?:static\s+)?constexpr\s+\w+\s+{re.escape(name)}\s*=\s*(\d+)\s*;"
+    found = re.findall(definition, (folder / file).read_text(), re.MULTILINE)
+    if len(found) != 1:
+        raise ValueError(f"csrc/{file}: {len(found)} integer definitions of constexpr {name} (expected 1)")
+    return int(found[0])
+
+
+def radix_passes(folder: Path = CSRC) -> int:
+    """The passes of token_select.cu's cub::BlockRadixSort over its whole keys: the key's bits over the radix bits
+    (its 5th template argument, else cub's default RADIX_BITS = 4): 32 / 4 = 8."""
+    sorts = re.findall(r"cub::BlockRadixSort<([^>]*)>", (folder / "token_select.cu").read_text())
+    if len(sorts) != 1:
+        raise ValueError(f"csrc/token_select.cu: {len(sorts)} cub::BlockRadixSort types (expected 1)")
+    args = [a.strip() for a in sorts[0].split(",")]
+    key_bits = re.fullmatch(r"u?int(\d+)_t", args[0])
+    if key_bits is None or (len(args) > 4 and not args[4].isdigit()):
+        raise ValueError(f"csrc/token_select.cu: cub::BlockRadixSort<{sorts[0]}>: key or radix bits not read")
+    return math.ceil(int(key_bits.group(1)) / (int(args[4]) if len(args) > 4 else 4))
+
+
+# the sources' constants that the trip counts and elements below rest on
+LOSS_UNROLL = source_constant("masksub_loss.cuh", "kLossUnroll")  # vectors of each operand per thread per iteration
+COPY_THREADS = source_constant("row_copy.cuh", "kCopyThreads")
+COPY_UNROLL = source_constant("row_copy.cuh", "kCopyUnroll")  # words per lane per iteration of the word loop
+MASK_THREADS = source_constant("grid_mask.cu", "kMaskThreads")
+MASK_UNROLL = source_constant("grid_mask.cu", "kMaskUnroll")  # rows a thread loads before storing them
+RADIX_PASSES = radix_passes()  # token_select.cu's sort over the 32-bit draws
 
 
 def missing() -> str | None:
@@ -83,16 +117,16 @@ def functions() -> dict[str, Function]:
 
 
 def _copy_rows(launch: CsrcLaunch) -> tuple:
-    # args: dst, total_rows, words_per_row, lanes_log2, source. A group of `lanes` threads per row, kCopyUnroll = 4
+    # args: dst, total_rows, words_per_row, lanes_log2, source. A group of `lanes` threads per row, kCopyUnroll
     # words per lane per iteration of the word loop (the source's unroll: one SASS loop of 4 loads, 4 stores)
     _, rows, words, lanes_log2, _ = launch.args
-    lanes, per_block = 1 << lanes_log2, 256 >> lanes_log2
+    lanes, per_block = 1 << lanes_log2, COPY_THREADS >> lanes_log2
     a, e = launch.call.named, ELEMENT_BYTES[launch.call.dtype]
     token_rows = ("gather_tokens", "scatter_tokens", "select_gather_tokens")
     word_elements = a.get("D") if launch.call.launcher in token_rows else a.get("C")
     word_elements /= words
-    trips = [math.ceil(rows / (launch.grid[0] * per_block)), math.ceil(words / (4 * lanes))]
-    elements = per_block * min(words, 4 * lanes) * word_elements
+    trips = [math.ceil(rows / (launch.grid[0] * per_block)), math.ceil(words / (COPY_UNROLL * lanes))]
+    elements = per_block * min(words, COPY_UNROLL * lanes) * word_elements
     row_bytes = words * word_elements * e
     if launch.call.launcher in ("gather_tokens", "select_gather_tokens"):  # every output row copied; the ids read
         return trips, elements, rows * row_bytes + a["B"] * a["K"] * 8, rows * row_bytes
@@ -106,15 +140,15 @@ def _mask_image(launch: CsrcLaunch) -> tuple:
     # args: x, xs, y, ys, cells, draw, fill, units, G_h, G_w, planes, S, row_words, cell_words, lanes. A grid-stride
     # loop over units (b, cell row); per unit (SELECT, <...,true>) the Lc Philox draws (one per thread), then threads
     # g < G_w count the keys before their cell (one warp in ceil(G_w / 32) of kWarps runs that loop: its trips are
-    # the average over the block's 8 warps), then each thread's word columns, planes and rows, kMaskUnroll = 4 rows
+    # the average over the block's 8 warps), then each thread's word columns, planes and rows, kMaskUnroll rows
     # of `groups` row groups per trip of the innermost loop
     *_, units, grid_h, grid_w, planes, cell, row_words, _, lanes = launch.args
-    groups, per_word = 256 // lanes, {"uint4": 16, "uint2": 8, "unsignedint": 4, "unsignedshort": 2}
+    groups, per_word = MASK_THREADS // lanes, {"uint4": 16, "uint2": 8, "unsignedint": 4, "unsignedshort": 2}
     e = ELEMENT_BYTES[launch.call.dtype]
     word = per_word[normalise(launch.kernel).split("<")[1].split(",")[0]] // e  # elements per word
     unit_trips = math.ceil(units / launch.grid[0])
     columns = math.ceil(row_words / lanes)
-    rows = math.ceil(cell / (4 * groups))
+    rows = math.ceil(cell / (MASK_UNROLL * groups))
     size = units * planes * cell * row_words * word * e
     if "true" in launch.kernel:
         cells = grid_h * grid_w
@@ -125,7 +159,7 @@ def _mask_image(launch: CsrcLaunch) -> tuple:
         written = size + units // grid_h * cells
     else:
         trips, written = [unit_trips, columns, planes, rows], size
-    elements = 4 * groups * min(lanes, row_words) * word
+    elements = MASK_UNROLL * groups * min(lanes, row_words) * word
     return trips, elements, int(size * (1 - MASK_RATIO)) + units * grid_w, written
 
 
@@ -136,7 +170,7 @@ def _select(launch: CsrcLaunch) -> tuple:
     threads = launch.block[0]
     per_row = (8 * a["K"] if a["ids"] else 0) + (4 * a["N"] if a["inv"] else 0) + a["N"] * bool(a.get("removed"))
     written = a["B"] * per_row
-    return [(8, math.ceil(a["N"] / threads)), 1], a["N"], 0, written
+    return [(RADIX_PASSES, math.ceil(a["N"] / threads)), 1], a["N"], 0, written
 
 
 def _select_gather(launch: CsrcLaunch) -> tuple:
@@ -154,16 +188,16 @@ def _select_gather(launch: CsrcLaunch) -> tuple:
     for depth in range(max(loop.depth for loop in function.loops) + 1):
         at_depth = [loop for loop in function.loops if loop.depth == depth]
         if depth == 0:
-            trips.append(tuple(8 if i == 0 else 1 for i in range(len(at_depth))))
+            trips.append(tuple(RADIX_PASSES if i == 0 else 1 for i in range(len(at_depth))))
         elif depth == 1:
             holds_copy = [any(o.depth == 2 and loop.start <= o.start and o.end <= loop.end for o in function.loops)
                           for loop in at_depth]  # fmt: skip
             per_row = math.ceil(rows / rows_at_once)
             trips.append(tuple(per_row if copy else math.ceil(a["N"] / threads) for copy in holds_copy))
         else:
-            trips.append(math.ceil(split_words / (4 * lanes)))
+            trips.append(math.ceil(split_words / (COPY_UNROLL * lanes)))
     word_elements = a["D"] / words_per_row if words_per_row else 0
-    elements = rows_at_once * min(split_words, 4 * lanes) * word_elements
+    elements = rows_at_once * min(split_words, COPY_UNROLL * lanes) * word_elements
     row_bytes = a["D"] * ELEMENT_BYTES[launch.call.dtype]
     written = a["B"] * (rows * row_bytes + 8 * a["K"] + 4 * a["N"])
     return trips, elements, a["B"] * rows * row_bytes, written
@@ -175,7 +209,7 @@ TARGET_BYTES = {1: 8, 2: 4, 3: 4, 4: 2, 5: 2, 6: 8}  # per TargetKind (csrc_laun
 def _loss(launch: CsrcLaunch) -> tuple:
     # one block per row (64-256 threads: loss_threads; each kernel an instance of its variant: CE / BCE, target
     # kind, sub, T = 1), or for few rows each row's vectors over `splits` blocks (grid (M, splits); the forward's
-    # split instance: 128 threads). The vector loop first: 2 16-byte vectors of each operand per thread per
+    # split instance: 128 threads). The vector loop first: kLossUnroll 16-byte vectors of each operand per thread per
     # iteration, from the row's first 16-byte boundary; then the scalar loop over the classes before that boundary
     # and after the last whole vector (one iteration where there are any, fewer than 256; split 0 alone), which nvcc
     # may duplicate per case (e.g. with or without a gradient): every such copy and every split is charged that
@@ -189,9 +223,9 @@ def _loss(launch: CsrcLaunch) -> tuple:
     width = 16 // e
     aligned = (a["stride_logits"] * e) % 16 == 0 and c % width == 0
     threads, splits = launch.block[0], launch.grid[1]
-    vector_trips = math.ceil(math.ceil((c // width) / splits) / (threads * 2))
+    vector_trips = math.ceil(math.ceil((c // width) / splits) / (threads * LOSS_UNROLL))
     trips = [(vector_trips, 0 if aligned else 1)]
-    elements = threads * 2 * width
+    elements = threads * LOSS_UNROLL * width
     target = m * TARGET_BYTES[a["target_kind"]] * (1 if a["target_kind"] <= 2 else c)  # class ids: one per row
     if launch.name == "loss_forward_kernel":
         loops = functions()[normalise(launch.kernel)].loops
@@ -209,19 +243,19 @@ def _loss(launch: CsrcLaunch) -> tuple:
 def _token_grad(launch: CsrcLaunch) -> tuple:
     # args: grad, gs, cells, grad_tokens, partials, units, units_per_part, parts, G_h, G_w, S, W, token_words,
     # chunk_words, lanes. Grid (parts, channel chunks); per part its units (cell rows), per unit each thread's
-    # (token, channel word) columns, 4 rows of `groups` row groups per trip; then the part's sums: threads
+    # (token, channel word) columns, kMaskUnroll rows of `groups` row groups per trip; then the part's sums: threads
     # t < chunk_words (ceil(chunk_words / 32) of 8 warps) add the groups x lanes / chunk_words sums of their word,
     # one loop per element of the word (depth 1, after the unit loop)
     _, _, _, grad_tokens, _, units, per_part, parts, _, _, cell, w, token_words, chunk, lanes = launch.args
-    groups, e, c = 256 // lanes, ELEMENT_BYTES[launch.call.dtype], launch.call.named["C"]
+    groups, e, c = MASK_THREADS // lanes, ELEMENT_BYTES[launch.call.dtype], launch.call.named["C"]
     reduce = math.ceil(chunk / 32) / 8 * (groups * lanes // chunk - 1)
     trips = [
         math.ceil(parts / launch.grid[0]),
         (per_part, reduce),
         math.ceil(w * chunk / lanes),
-        math.ceil(cell / 4 / groups),
+        math.ceil(cell / MASK_UNROLL / groups),
     ]
-    elements = 4 * groups * lanes * c // token_words
+    elements = MASK_UNROLL * groups * lanes * c // token_words
     size = units * cell * w * c * e
     read = size if grad_tokens else int(size * MASK_RATIO)
     return trips, elements, read + units * w, size * bool(grad_tokens) + parts * c * 4
