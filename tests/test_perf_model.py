@@ -565,3 +565,49 @@ def test_ncu_rows_are_read_between_their_markers(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):  # argparse's usage error: not a traceback
         ncu.main([str(tmp_path / "missing.log")])
     assert "is not a file" in capsys.readouterr().err
+
+
+# helper-322: the ncu report named no card, date or ncu version; --card A100 / h200 was a KeyError traceback; a block
+# ending rc=9 showed as complete; the A/B calls' three loss launches got the op's launch's prediction, unlabelled
+NCU_AB = """Device: GPU: NVIDIA H200 | torch 2.11.0+cu130 | triton 3.6.0 | date 2026-12-09 | copy bandwidth 4226 GB/s
+== ncu_csv begin --section SpeedOfLight
+gpu_ncu:    9.0 s: warmed up on NVIDIA H200, backend triton
+gpu_ncu:    9.0 s: profiled: gradients in the forward, one chunk: M=384 D=768 C=30522
+gpu_ncu:   11.0 s: profiled: the chunk's loss launch alone, blocks descending: M=384 C=30522
+gpu_ncu:   12.0 s: profiled: the chunk's loss launch alone, blocks ascending: M=384 C=30522
+"ID","Kernel Name","Block Size","Grid Size","gpu__time_duration.sum"
+"","","","","nsecond"
+"0","_loss_fwd_bwd_kernel","(256, 1, 1)","(384, 1, 1)","60,000"
+"1","_loss_fwd_bwd_kernel","(256, 1, 1)","(384, 1, 1)","55,000"
+"2","_loss_fwd_bwd_kernel","(256, 1, 1)","(384, 1, 1)","57,000"
+== ncu_csv end rc=9
+"""
+
+
+def test_ncu_report_names_its_sources_flags_rc_and_labels_the_ab_rows(tmp_path, monkeypatch, capsys):
+    from tools.perf_model import ncu
+
+    log = tmp_path / "bench.log"
+    log.write_text(NCU_AB)
+    cards = []
+    predicted = {"_loss_fwd_bwd_kernel": {"kernel_us": 50.0, "bytes": 2e8}}
+    monkeypatch.setattr(ncu, "predicted_loss_kernels", lambda card: cards.append(card) or predicted)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the model's columns (tests/conftest.py sets it on the CPU)
+    assert ncu.main([str(log), "--card", "h200"]) == 0 and cards == ["H200"]  # any case
+    out = capsys.readouterr().out
+    assert "Ran on: NVIDIA H200; run date: 2026-12-09; ncu version: not in the log." in out
+    assert "Model columns: PREDICTIONS of today's model (" in out and ") for the H200, per chunk" in out
+    assert "3 kernels (MEASURED), **ncu rc=9: ncu failed or was stopped" in out
+    rows = [line for line in out.splitlines() if line.startswith("| _loss_fwd_bwd_kernel")]
+    assert rows[0].startswith("| _loss_fwd_bwd_kernel | gradients in the forward, one chunk: M=384 D=768 C=30522 |")
+    assert rows[0].endswith("| 50.0 | 200.0 |")  # the op's launch: the model's prediction
+    assert rows[1].startswith("| _loss_fwd_bwd_kernel | the chunk's loss launch alone, blocks descending: M=384")
+    assert rows[2].startswith("| _loss_fwd_bwd_kernel | the chunk's loss launch alone, blocks ascending: M=384")
+    assert rows[1].endswith("| - | - |") and rows[2].endswith("| - | - |")  # another launch: no prediction
+    assert "have no model columns: that launch reads logits without a class tail" in out
+    for card in ("A100", "h100 pcie"):  # a card the model lacks: argparse's refusal, status 2, no traceback
+        with pytest.raises(SystemExit) as refused:
+            ncu.main([str(log), "--card", card])
+        assert refused.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+

@@ -4,6 +4,13 @@ time and bytes per chunk (linear_loss._loss_kernels_us: the same launches, 384 r
 
     python -m tools.perf_model.ncu OUT/bench.log [--card H200]   (default: the card the log's gpu_ncu line names)
 
+The report names the card the log ran on, the run's date where the log has its benchmark header, ncu's version (the
+step does not log it: "not in the log"), and the card and date of the model columns (today's model); each block its
+ncu exit status (the end marker's rc: a non-zero one is flagged, its kernels or metrics may be missing). Rows are
+labelled with the workload's calls ('profiled:' lines) where the log tells them apart: the last rows are the A/B
+calls' loss launches (one each, on logits without a class tail), which get no model columns: the model's
+prediction is for the op's own launch. --card takes the model's cards only (H200, H100; any case).
+
 The step writes ncu's raw page (--csv --page raw --print-units base) into bench.log between '== ncu_csv begin' and
 '== ncu_csv end rc=N': a header row of metric names, a units row, then a row per profiled kernel; ncu's own lines
 (==PROF==, ==WARNING==) and the workload's (gpu_ncu: ...) in between are not CSV rows and are skipped. The metric
@@ -69,6 +76,41 @@ def tables(text: str) -> list[list[dict[str, str]]]:
             data = data[1:]
         result.append([dict(zip(header, row)) for row in data if len(row) == len(header)])
     return result
+
+
+ALONE = "loss launch alone"  # gpu_ncu.py's A/B calls: one loss launch each, on logits without a class tail
+
+
+def blocks_info(text: str) -> list[dict]:
+    """Per '== ncu_csv begin' .. 'end' block (tables' order): {'rc': ncu's exit status from the end marker (None
+    where the marker has none), 'profiled': the workload's calls in order (its 'gpu_ncu: ... profiled: NAME'
+    lines)}."""
+    infos, current = [], None
+    for line in text.splitlines():
+        if line.startswith("== ncu_csv begin"):
+            current = {"rc": None, "profiled": []}
+        elif line.startswith("== ncu_csv end"):
+            if current is not None:
+                rc = re.search(r"rc=(-?\d+)", line)
+                current["rc"] = int(rc.group(1)) if rc else None
+                infos.append(current)
+            current = None
+        elif current is not None and (found := re.match(r"gpu_ncu:.*?profiled: (.+)$", line)):
+            current["profiled"].append(found.group(1).strip())
+    return infos
+
+
+def call_labels(rows: list[dict], profiled: list[str]) -> list[str]:
+    """Which profiled call each row's kernel belongs to, where the log says: gpu_ncu.py's A/B calls (the last
+    ones, ALONE in their names) launch one loss kernel each, the last rows of the block; the rows before them belong
+    to the other calls ('-' where there are several: their kernels are not told apart), or to the one other call."""
+    alone = [name for name in profiled if ALONE in name]
+    others = [name for name in profiled if ALONE not in name]
+    labels = [others[0] if len(others) == 1 else "-"] * len(rows)
+    tail = rows[len(rows) - len(alone) :] if alone and len(alone) <= len(rows) else []
+    if tail and all(short(r["kernel"]) in LOSS_KERNELS for r in tail):
+        labels[len(rows) - len(alone) :] = alone
+    return labels
 
 
 def why_no_rows(text: str) -> str:
@@ -152,33 +194,49 @@ def predicted_loss_kernels(card_name: str) -> dict[str, dict]:
     return {k["kernel"]: k for k in (both, *kernels)}
 
 
-def markdown(rows: list[dict], predicted: dict[str, dict] | None) -> list[str]:
+def markdown(rows: list[dict], predicted: dict[str, dict] | None, labels: list[str] | None = None) -> list[str]:
+    """The block's table; ``labels``: each row's profiled call (call_labels). A row of an A/B call (ALONE) gets no
+    prediction: the model's is for the op's launch with its class tail, another launch."""
     heads = [head for head, _ in COLUMNS.values()]
+    labelled = labels is not None and any(ALONE in label for label in labels)  # the column where A/B rows are
     lines = [
-        "| kernel | grid | block | " + " | ".join(heads) + " | DRAM GB/s | top stalls (cycles per issue) | model us "
-        "| model MB |",
-        "|" + "---|" * (len(heads) + 7),
+        "| kernel | "
+        + ("profiled call | " if labelled else "")
+        + "grid | block | "
+        + " | ".join(heads)
+        + " | DRAM GB/s | top stalls (cycles per issue) | model us | model MB |",
+        "|" + "---|" * (len(heads) + 7 + labelled),
     ]
-    for r in rows:
+    for index, r in enumerate(rows):
+        label = labels[index] if labels else "-"
         moved = (r["dram_read"] or 0) + (r["dram_write"] or 0)
         rate = f"{moved / r['duration_us'] * 1e3:.0f}" if r["duration_us"] and moved else "-"
         stalls = ", ".join(f"{name} {value:.1f}" for name, value in r["stalls"]) or "-"
-        model = (predicted or {}).get(short(r["kernel"]))
-        cells = [short(r["kernel"]), r["grid"], r["block"]]
+        model = None if ALONE in label else (predicted or {}).get(short(r["kernel"]))
+        cells = [short(r["kernel"]), *([label] if labelled else []), r["grid"], r["block"]]
         cells += ["-" if r[key] is None else f"{r[key]:.4g}" for key in COLUMNS]
         cells += [rate, stalls]
         cells += [f"{model['kernel_us']:.1f}", f"{model['bytes'] / 1e6:.1f}"] if model else ["-", "-"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if labels and predicted and any(ALONE in label for label in labels):
+        lines += ["", "The rows of the loss launch alone (benchmarks/gpu_ncu.py's A/B of its block order) have no "
+                  "model columns: that launch reads logits without a class tail, and the model's prediction is for the "
+                  "op's launch with its class tail."]  # fmt: skip
     return lines
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.perf_model.ncu", description=__doc__.split("\n\n")[0])
     parser.add_argument("log", type=Path, help="bench.log of benchmarks/gpu_bench.sh")
+    from .hardware import CARDS
+
     parser.add_argument(
         "--card",
         default=None,
-        help="the model's card for the loss kernels' predictions (default: the card the log's gpu_ncu line names)",
+        type=str.upper,
+        choices=sorted(CARDS),
+        help="the model's card for the loss kernels' predictions, any case (default: the card the log's gpu_ncu line "
+        "names)",
     )
     parser.add_argument("--columns", action="store_true", help="list the metric columns the log has")
     args = parser.parse_args(argv)
@@ -200,12 +258,40 @@ def main(argv: list[str]) -> int:
             print("perf_model.ncu: the log names no card the model knows (--card H100 / H200): no model columns",
                   file=sys.stderr)  # fmt: skip
         predicted = predicted_loss_kernels(card) if card else None
-    for index, block in enumerate(blocks):
+    print("\n".join(header(args.log, text, card if predicted is not None else None)))
+    for index, (block, info) in enumerate(zip(blocks, blocks_info(text), strict=True)):
         if args.columns and block:
             print("\n".join(sorted(block[0])))
-        print(f"\n## ncu block {index + 1}: {len(block)} kernels (MEASURED); model: PREDICTIONS per chunk\n")
-        print("\n".join(markdown([summary(row) for row in block], predicted)))
+        rc = info["rc"]
+        status = "ncu rc=0" if rc == 0 else f"**ncu rc={rc if rc is not None else '?'}: ncu failed or was stopped, "
+        status += "" if rc == 0 else "kernels or metrics may be missing**"
+        print(f"\n## ncu block {index + 1}: {len(block)} kernels (MEASURED), {status}; model: PREDICTIONS per chunk\n")
+        rows = [summary(row) for row in block]
+        print("\n".join(markdown(rows, predicted, call_labels(rows, info["profiled"]))))
     return 0
+
+
+def header(log: Path, text: str, card: str | None) -> list[str]:
+    """What the report is of: the log, the run's device and date where it says, ncu's version (not in gpu_bench's
+    log), the model's card and date for the model columns."""
+    import datetime
+
+    device = re.search(r"^gpu_ncu:.*warmed up on ([^,\n]+)", text, re.M)
+    date = re.search(r"^Device: .*\| date (\d{4}-\d{2}-\d{2})", text, re.M)
+    version = re.search(r"NVIDIA \(R\) Nsight Compute Command Line Profiler.*?Version ([\w.() -]+)", text, re.S)
+    model = (
+        f"PREDICTIONS of today's model ({datetime.date.today().isoformat()}) for the {card}, per chunk (384 rows, "
+        "C = 30522, bf16)"
+        if card
+        else "none"
+    )
+    return [
+        f"# Nsight Compute beside the model: {log}",
+        "",
+        f"Ran on: {device.group(1).strip() if device else 'not named in the log'}; run date: "
+        f"{date.group(1) if date else 'not in the log'}; ncu version: "
+        f"{version.group(1).strip() if version else 'not in the log'}. Model columns: {model}.",
+    ]
 
 
 if __name__ == "__main__":
