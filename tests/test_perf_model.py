@@ -611,3 +611,21 @@ def test_ncu_report_names_its_sources_flags_rc_and_labels_the_ab_rows(tmp_path, 
         assert refused.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 
+
+def test_floors_help_names_the_command_that_runs_it(capsys):
+    # helper-322: `python -m tools.perf_model.floors --help` said "usage: floors.py"
+    with pytest.raises(SystemExit):
+        floors.main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m tools.perf_model.floors")
+
+
+def test_the_model_table_names_each_rows_provider():
+    # helper-322: model-sm90.md's main table had no provider column: a Triton row and its cuda twin looked alike
+    from tools.perf_model import predict
+
+    run = json.loads((ROOT / "benchmarks" / "results" / "model-sm90.json").read_text())
+    lines = predict.markdown(run).splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| suite | shape | dtype | variant | provider |"))
+    table = lines[head + 2 : lines.index("", head)]  # the main table (the cuda-vs-Triton one follows)
+    providers = {line.split(" | ")[4] for line in table if line.startswith("| token_select | ViT-S B=256 N=196")}
+    assert providers == {"masksub[triton]", "masksub[cuda]"}  # the committed tables hold the cuda rows too

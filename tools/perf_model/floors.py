@@ -51,7 +51,7 @@ def updated(result: dict, floors: dict[str, float], allow_lower: bool = False) -
 def main(argv: list[str] | None = None) -> int:
     from .__main__ import FLOORS, run
 
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.perf_model.floors", description=__doc__)
     parser.add_argument("--update", action="store_true", help="raise the floors to this run's predictions x MARGIN")
     parser.add_argument("--allow-lower", action="store_true", help="also lower floors (say why in the commit)")
     args = parser.parse_args(argv)

@@ -150,14 +150,15 @@ def markdown(run: dict) -> str:
         "steady-state loop (memory-bound needs <= 0.24 x bytes per element on an H200). launches: the kernels' and "
         "the torch ops' around them (a zero fill) that launch one too.",
         "",
-        "| suite | shape | dtype | variant | mode | predicted us | % copy (design) | % copy (minimal) | bound | "
-        "launches | kernels |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| suite | shape | dtype | variant | provider | mode | predicted us | % copy (design) | % copy (minimal) | "
+        "bound | launches | kernels |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in run["records"]:
         kernels = "; ".join(_fmt_kernel(k) for k in r["kernels"]) or r["note"]
         lines.append(
-            f"| {r['suite']} | {r['shape']} | {r['dtype']} | {r['variant'] or '-'} | {r['mode']} | "
+            f"| {r['suite']} | {r['shape']} | {r['dtype']} | {r['variant'] or '-'} | {r.get('provider', '-')} | "
+            f"{r['mode']} | "
             f"{r['predicted_us']:.1f} | {r['percent_of_copy_design']:.1f} | {r['percent_of_copy_minimal']:.1f} | "
             f"{r['bound']} | {r['launches'] + r.get('extra_launches', 0)} | {kernels} |"
         )
