@@ -93,6 +93,7 @@ def test_an_h100_runs_file_is_found_for_the_h100_card(tmp_path):
     # the PCIe and NVL forms have other SM counts and bandwidths: no card, rather than the SXM figures
     assert card_for_device("NVIDIA H100 PCIe") is None and card_for_device("NVIDIA H100 NVL") is None
     assert card_for_device("NVIDIA H200 NVL") is None and card_for_device("NVIDIA H200") is not None
+    assert card_for_device("NVIDIA GH200 480GB") is None  # another chip: 'H200' within 'GH200' is not the card
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{label}-2030-01-02").strip("-")  # cli.main's stem
     assert stem == "GPU-NVIDIA-H100-80GB-HBM3-2030-01-02"
     (tmp_path / f"{stem}.json").write_text("{}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -66,7 +67,8 @@ def card_for_device(device_name: str) -> Card | None:
     upper = device_name.upper()
     if any(form in upper for form in OTHER_FORMS):
         return None
+    words = set(re.split(r"[^A-Z0-9]+", upper))  # (a word: 'H200' is not the GH200's, another chip)
     for name, card in CARDS.items():
-        if name in upper:
+        if name in words:
             return card
     return None

@@ -1,7 +1,7 @@
 """The fused-linear loss's host time, PREDICTED from one GPU run's host times: is today's chunk loop host-bound?
 
 The device model (linear_loss.py) counts the GPU's gaps between launches, not the host's time to issue them. The
-2026-12-04 H200 run found the op as host-bound as device-bound (host 17.23 ms beside 17.54 ms on the GPU at 384
+2026-12-04 H200 run found the op as host-bound as device-bound (host 17.23 ms beside 17.53 ms on the GPU at 384
 rows per chunk), so the chunk count the memory budget sets also sets a host floor. This module carries that run's
 host times to today's code:
 
