@@ -318,14 +318,17 @@ def test_negative_or_infinite_term_weights_are_refused(name, value):
         mk.linear_masksub_loss(h, hs, w, b, target, **{name: value})
 
 
+@pytest.mark.parametrize(("need_weight", "need_bias"), [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
-def test_recompute_backward_outputs_match_its_fake(op_backend, dtype):
+def test_recompute_backward_outputs_match_its_fake(op_backend, dtype, need_weight, need_bias):
     # the recompute op's backward (reduction='none', each term's own backward) gives each gradient in its input's
-    # dtype on every backend, as its fake says (a graph compiled under one backend may run under another)
+    # dtype on every backend, as its fake says (a graph compiled under one backend may run under another); with the
+    # weight's and the bias's gradients asked for apart too (helper-326: a fake's db flag reverted was caught only
+    # through the grads op's autograd)
     h, hs, w, b, target = make_inputs(kind="index_ignore", dtype=dtype, seed=28)
     out = lm._linear_loss_op(h, hs, w, b, target, False, 0.1, -100, 2.0, None)
     g = torch.linspace(0.5, 1.5, h.shape[0], device=DEVICE)
-    args = (g, g, out, h, hs, w, b, target, True, True, True, True, False, 0.1, -100, 2.0, None)
+    args = (g, g, out, h, hs, w, b, target, True, need_weight, need_bias, True, False, 0.1, -100, 2.0, None)
     torch.library.opcheck(lm._linear_loss_backward_op.custom_op, args, test_utils=("test_schema", "test_faketensor"))
     assert [t.dtype for t in lm._linear_loss_backward_op.custom_op(*args)] == [dtype] * 4
 
