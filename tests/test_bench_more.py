@@ -547,3 +547,9 @@ def test_the_commit_of_a_checkout_with_uncommitted_changes_says_dirty(tmp_path, 
     assert clean is not None and not clean.endswith("-dirty")
     (tmp_path / "a.py").write_text("x = 2\n")
     assert source_commit(tmp_path) == f"{clean}-dirty"
+
+
+# kills report.model_card's trailing (?![A-Z0-9]) dropped (helper-327's B5)
+def test_the_cards_name_ends_as_a_word():
+    assert report.model_card("GPU: NVIDIA H2000") is None and report.model_card("GPU: NVIDIA H100X") is None
+    assert report.model_card("GPU: NVIDIA H100 80GB HBM3") == "H100" and report.model_card("NVIDIA H200") == "H200"

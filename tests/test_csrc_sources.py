@@ -127,3 +127,24 @@ def test_the_loss_kernels_vectors_per_iteration_follow_kloss_unroll(monkeypatch)
     assert (trips[0][0], elements) == (1, 256 * 4 * 8)
     monkeypatch.setattr(csrc, "LOSS_UNROLL", 1)
     assert csrc._loss(launch)[0][0][0] == 2  # 512 vectors over 256 threads, one each per iteration
+
+
+# helper-327's mutation audit of tools/perf_model/csrc.py's reading of the sources
+def test_two_definitions_of_a_constant_are_refused(tmp_path):
+    # kills S1 (len(found) != 1 -> not found: the first of two #if-branch definitions read silently)
+    (tmp_path / "row_copy.cuh").write_text(
+        "#if A\nconstexpr int kCopyThreads = 128;\n#else\nstatic constexpr int kCopyThreads = 256;\n#endif\n"
+    )
+    from tools.perf_model import csrc
+
+    with pytest.raises(ValueError, match="2 integer definitions of constexpr kCopyThreads"):
+        csrc.source_constant("row_copy.cuh", "kCopyThreads", tmp_path)
+
+
+def test_a_radix_bits_argument_that_is_no_number_is_refused(tmp_path):
+    # kills S2 (a named radix-bits constant: int() of it raised a bare ValueError without the file's message)
+    (tmp_path / "token_select.cu").write_text("using Sort = cub::BlockRadixSort<uint32_t, T, I, uint16_t, kBits>;")
+    from tools.perf_model import csrc
+
+    with pytest.raises(ValueError, match="key or radix bits not read"):
+        csrc.radix_passes(tmp_path)

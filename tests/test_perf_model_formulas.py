@@ -439,3 +439,40 @@ def test_the_liger_check_reads_the_logits_and_the_targets():
             calibration.liger_check(H100)
             predict = calibration.predict_launch
     assert predict.call_args.args[2] == ([1], 32768, 524_288_000 + 65_536, 524_288_000)
+
+
+# helper-327's mutation audit of measured.py (gpu_runs, load_run, header)
+def test_a_run_in_both_places_is_the_top_level_copy(tmp_path):
+    # kills M2 (the globs' order swapped: the gpu-*/ copy won over the top-level one of the same name)
+    inner = _run_file(tmp_path / "gpu-2026-12-04" / "GPU-NVIDIA-H200-2026-12-04.json", "2026-12-04", 3)
+    top = _run_file(tmp_path / "GPU-NVIDIA-H200-2026-12-04.json", "2026-12-04", 3)
+    assert measured.gpu_runs(tmp_path) == [("2026-12-04", top)] and inner.exists()
+
+
+def test_a_json_date_that_is_no_date_falls_back_to_the_names(tmp_path):
+    # kills M3 (any string in the JSON's "date" taken: 'yesterday' sorted after every real date)
+    odd = _run_file(tmp_path / "GPU-NVIDIA-H200-2026-01-01.json", "yesterday", 3)
+    newer = _run_file(tmp_path / "GPU-NVIDIA-H200-2026-12-04.json", "2026-12-04", 3)
+    assert measured.gpu_runs(tmp_path) == [("2026-01-01", odd), ("2026-12-04", newer)]
+
+
+def test_a_record_without_the_rows_keys_is_no_benchmark_run(tmp_path):
+    # kills M5 (load_run's check of each record's suite / shape / dtype / mode / provider dropped)
+    path = tmp_path / "GPU-NVIDIA-H200-2026-12-04.json"
+    path.write_text(json.dumps({"environment": {"device": "GPU: NVIDIA H200"}, "records": [{"suite": "copy"}]}))
+    with pytest.raises(ValueError, match=r"is not a benchmark run's JSON \(KeyError: 'shape'\)"):
+        measured.load_run(path)
+
+
+@pytest.mark.parametrize("copy", [0, -1.0, None, "n/a"])
+def test_a_copy_bandwidth_of_zero_is_not_measured(copy):
+    # kills M6 (copy > 0 dropped: a run's 0 GB/s copy, the benchmark's 'not measured', shown as '0 GB/s')
+    results = {"copy_gbps": copy, "environment": {"device": "GPU: NVIDIA H200"}, "records": []}
+    assert "measured copy not measured." in measured.header(results, [])[0]
+
+
+def test_of_one_dates_runs_the_fuller_wins_whatever_the_names(tmp_path):
+    # kills M4 (the records' count left out of the key: the last name won, here a partial rerun)
+    full = _run_file(tmp_path / "GPU-NVIDIA-H200-2026-12-04-a.json", "2026-12-04", 9)
+    _run_file(tmp_path / "GPU-NVIDIA-H200-2026-12-04-b.json", "2026-12-04", 2)
+    assert measured.newest_gpu_results(tmp_path) == full

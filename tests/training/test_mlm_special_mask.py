@@ -3,7 +3,9 @@ line, and MaskSubTrainer's rebuild from its tokenizer."""
 
 from __future__ import annotations
 
+import os
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -103,3 +105,60 @@ def test_through_the_trainer_the_warning_names_the_users_train_call(tmp_path):
         trainer.train()
     said = [w for w in record if "special_tokens_mask" in str(w.message)]
     assert [w.filename for w in said] == [__file__], [(w.filename, w.lineno) for w in said]
+
+
+# helper-327's mutation audit of MaskSubTrainer._with_special_tokens_mask and warn_user
+class _Tok:
+    all_special_ids = (0, 1, 2, 3, 4)
+    unk_token_id = 1
+
+
+def _rebuild(processing_class, inputs, trainer=None):
+    from masksub_kernels.training.hf_trainer import MaskSubTrainer
+
+    trainer = trainer or SimpleNamespace(processing_class=processing_class)
+    return MaskSubTrainer._with_special_tokens_mask(trainer, inputs), trainer
+
+
+def test_a_batchs_own_special_tokens_mask_is_left_as_it_is():
+    # kills H2 (the mask rebuilt even where the batch has one: a user's own mask overwritten)
+    ids = torch.tensor([[2, 7, 8, 3]])
+    own = torch.tensor([[True, True, False, True]])
+    out, _ = _rebuild(_Tok(), {"input_ids": ids, "special_tokens_mask": own})
+    assert out["special_tokens_mask"] is own
+
+
+def test_a_batch_without_input_ids_goes_as_it_is():
+    # kills H3 (no isinstance check: a batch of inputs_embeds raised KeyError 'input_ids')
+    batch = {"inputs_embeds": torch.zeros(1, 4, 8)}
+    out, _ = _rebuild(_Tok(), batch)
+    assert out is batch
+
+
+def test_a_processors_tokenizer_gives_the_special_ids():
+    # kills H6 (processing_class taken as the tokenizer: a processor, which has no all_special_ids, left it unbuilt)
+    processor = SimpleNamespace(tokenizer=_Tok())
+    out, _ = _rebuild(processor, {"input_ids": torch.tensor([[2, 1, 9, 3]])})
+    assert out["special_tokens_mask"].tolist() == [[True, False, False, True]]
+
+
+def test_the_special_ids_are_remade_for_another_device():
+    # kills H5 (the cached ids kept on the first batch's device)
+    _, trainer = _rebuild(_Tok(), {"input_ids": torch.tensor([[2, 9, 3]])})
+    assert trainer._special_ids.device.type == "cpu"
+    _rebuild(None, {"input_ids": torch.tensor([[2, 9, 3]], device="meta")}, trainer)
+    assert trainer._special_ids.device.type == "meta"
+
+
+def test_accelerates_frames_are_skipped_too():
+    # kills U4 (accelerate dropped from user_warning._LOOPS: a warning raised under accelerate's code named it)
+    accelerate = pytest.importorskip("accelerate")
+    from masksub_kernels.training.user_warning import warn_user
+
+    inside = os.path.join(os.path.dirname(os.path.abspath(accelerate.__file__)), "h327_loop.py")
+    loop = {"warn_user": warn_user}
+    exec(compile("def run():\n    warn_user('h327')\n", inside, "exec"), loop)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        loop["run"]()
+    assert [w.filename for w in record] == [__file__], [w.filename for w in record]

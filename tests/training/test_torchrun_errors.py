@@ -127,3 +127,118 @@ def test_run_command_prints_the_one_line_for_a_peers_failure(monkeypatch, capsys
 
     with pytest.raises(RuntimeError, match="own failure"):  # its traceback, as before
         run_command("prog", own, SimpleNamespace(deterministic=False))
+
+
+# helper-327's mutation audit of rank_zero / run_command: each kills the survivor its comment names
+@pytest.fixture
+def group_of(monkeypatch):
+    """A process group of ``n`` ranks as peer_failure sees it (this process rank 0)."""
+
+    def make(n):
+        monkeypatch.setattr(dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(dist, "get_world_size", lambda: n)
+        monkeypatch.setattr(dist, "get_rank", lambda: 0)
+
+    return make
+
+
+def test_silent_local_rank_needs_two_ranks_and_torchruns_numbers(monkeypatch):
+    # kills R2 (WORLD_SIZE > 1 -> >= 1) and R4 (a non-numeric LOCAL_RANK silenced the process)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not rank_zero._silent_local_rank()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert rank_zero._silent_local_rank()
+    monkeypatch.setenv("LOCAL_RANK", "one")
+    assert not rank_zero._silent_local_rank()
+
+
+def test_ctrl_c_in_the_wait_still_exits_with_the_options_status(monkeypatch, capsys):
+    # kills R5 (KeyboardInterrupt in the wait re-raised: a traceback instead of status 2)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+
+    def interrupted(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rank_zero.time, "sleep", interrupted)
+    assert rank_zero.option_error("prog", "bad option") == 2
+    assert capsys.readouterr().err == ""
+
+
+def test_help_on_a_silent_rank_does_not_wait(monkeypatch):
+    # kills R6 (options_parsed waited on --help's SystemExit(0) too)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    waits = []
+    monkeypatch.setattr(rank_zero, "_wait_for_local_rank_zero", lambda: waits.append(1))
+    for code in (0, None):
+        with pytest.raises(SystemExit), rank_zero.options_parsed():
+            raise SystemExit(code)
+    assert waits == []
+    with pytest.raises(SystemExit), rank_zero.options_parsed():
+        raise SystemExit(2)
+    assert waits == [1]
+
+
+def test_inductor_errors_are_never_a_peers_failure(group_of):
+    # kills R8 (only torch._dynamo's module excluded)
+    group_of(2)
+    from torch._inductor.exc import InductorError
+
+    err = InductorError.__new__(InductorError)
+    RuntimeError.__init__(err, "gloo: compile worker: Broken pipe")
+    assert type(err).__module__.startswith("torch._inductor")
+    assert rank_zero.peer_failure(err) is None
+    assert rank_zero.peer_failure(RuntimeError("gloo: Broken pipe")) is not None  # the same text, a collective's
+
+
+def test_gloo_must_be_named_on_the_first_line(group_of):
+    # kills R9 ("gloo" looked for in the whole text)
+    group_of(2)
+    own = RuntimeError("my data loader failed\n  in /opt/gloo_utils/reader.py: Broken pipe")
+    assert rank_zero.peer_failure(own) is None
+
+
+def test_a_group_of_one_rank_has_no_peer(group_of):
+    # kills R10 (world size < 2 -> < 1)
+    group_of(1)
+    assert rank_zero.peer_failure(RuntimeError("[gloo] Connection closed by peer")) is None
+
+
+def test_the_line_keeps_only_the_first_line_shortened(group_of):
+    # kills R11 (no cut at 200 characters) and R12 (the whole text kept, not its first line)
+    group_of(2)
+    said = rank_zero.peer_failure(RuntimeError("[gloo] Connection closed by peer\nException raised from pair.cc"))
+    assert "Exception raised from" not in said and "\n" not in said
+    long = "[gloo] Connection closed by peer " + "x" * 300
+    said = rank_zero.peer_failure(RuntimeError(long))
+    assert f"(RuntimeError: {long[:197]}...)" in said
+
+
+@pytest.mark.parametrize("gone", ["Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                                  "remote process exited"])  # fmt: skip
+def test_each_way_a_peer_is_reported_gone(group_of, gone):
+    # kills R13 / R14 (a message dropped from _PEER_GONE)
+    group_of(2)
+    assert rank_zero.peer_failure(dist.DistBackendError(f"backend error: {gone}")) is not None
+
+
+def test_a_usage_error_inside_the_process_group_is_every_ranks(monkeypatch, capsys):
+    # kills D1 (run_command sent a UsageError raised after init_process_group to option_error: local rank > 0 silent)
+    from masksub_kernels.training.run_setup import UsageError
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(rank_zero, "OPTION_ERROR_WAIT_S", 0.0)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+
+    def body(args):
+        raise UsageError("rank 1's token cache is stale")
+
+    assert run_command("prog", body, SimpleNamespace(deterministic=False)) == 2
+    assert capsys.readouterr().err == "prog: error: rank 1's token cache is stale\n"
