@@ -427,13 +427,15 @@ def test_linear_specs_are_the_launchers_launches_as_the_jit_specialises_them():
     # specialises those launches: at BERT's shape the hidden size and row strides carry the divisibility hints that
     # widen the loads (without them the kernels spill several times more), at D = 100 they do not
     specs = _json_from_script(_LINEAR_SPECS)
-    assert len(specs) == 26 and len({name.split("[")[0] for name in specs}) == 4
+    assert len(specs) == 28 and len({name.split("[")[0] for name in specs}) == 4
     # probability targets: the forward's kernel only (their backward is the chunk loop's, since 2026-12-05)
     assert sorted(name.split("[")[0] for name in specs if "dense" in name) == ["fwd_kernel", "fwd_kernel"]
     # a head of C D >= 2^31 elements: the int64 offsets into W (WIDE_W), each kernel that reads W once
     assert sorted(name for name in specs if "wide_w" in name) == [
         "dh_kernel[bf16,wide_w]", "dw_kernel[bf16,wide_w]", "fwd_kernel[bf16,wide_w]",
     ]  # fmt: skip
+    # a frozen weight (db alone) and a frozen bias: _dw_kernel's STORE_DW / STORE_DB variants, compiled too
+    assert {"dw_kernel[bf16,no_store_dw]", "dw_kernel[bf16,no_store_db]"} <= set(specs)
     # dH's sum of its slabs: once per dtype, and unaligned
     sums = {name: specs.pop(name) for name in list(specs) if name.startswith("dh_sum_kernel")}
     kinds = ("bf16,unaligned", "bf16", "fp16", "fp32")

@@ -362,14 +362,16 @@ _LINEAR_WIDE = (16384, 18432, 256000)  # C D >= 2^31: W's offsets in int64 (the 
 _LINEAR_BASE = {
     "HAS_SUB": True, "HAS_BIAS": True, "BCE": False, "DENSE": False, "BINARISE": False, "UNIT_T": True, "WIDE_W": False,
 }  # fmt: skip
-_LINEAR_GRADS = {"MAIN_GRAD": True, "SUB_GRAD": True}
+# the gradients asked for; STORE_DW / STORE_DB: _dw_kernel's constexprs, which a frozen weight / bias turns off
+_LINEAR_GRADS = {"MAIN_GRAD": True, "SUB_GRAD": True, "STORE_DW": True, "STORE_DB": True}
 
 
 def _linear_launches(dtype: torch.dtype, shape: tuple[int, int, int], variant: dict) -> list:
     """The forward's and backward's launches of linear_masksub_loss (every gradient asked for) at ``shape`` (the
     forward's alone for probability targets, whose backward is the chunk loop's).
     variant: DENSE (probability targets), HAS_BIAS, BCE / BINARISE (DeiT-III's thresholded BCE), HAS_SUB (one branch:
-    linear_soft_target_cross_entropy), MAIN_GRAD (False: a backward of the sub term alone), UNIT_T (False: T = 2)."""
+    linear_soft_target_cross_entropy), MAIN_GRAD (False: a backward of the sub term alone), UNIT_T (False: T = 2),
+    STORE_DW / STORE_DB (False: a frozen weight / bias, whose gradient _dw_kernel neither computes nor stores)."""
     from tools.perf_model.capture import recording
 
     rows, depth, classes = shape
@@ -396,7 +398,8 @@ def _linear_launches(dtype: torch.dtype, shape: tuple[int, int, int], variant: d
         # gather False with class ids: the recompute kernels (gather True, and probabilities always, take the chunk
         # loop: cuBLAS and the chunk's loss launch, whose specs are chunk_step_specs': no kernel of this op)
         if not flags["DENSE"]:
-            args = (grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, True, True, True, False)
+            need = (True, flags["STORE_DW"], flags["STORE_DB"] and bias is not None)  # hidden, weight, bias
+            args = (grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, *need, False)
             op._backward_triton(*args, *options)
     return list(launches)
 
@@ -435,6 +438,8 @@ def linear_masksub_loss_specs() -> list[tuple]:
     cases += [("fp16", _LINEAR_ALIGNED, {}, ""), ("bf16", _LINEAR_UNALIGNED, {}, "unaligned")]
     cases += [("bf16", _LINEAR_ALIGNED, {"HAS_SUB": False}, ""), ("bf16", _LINEAR_ALIGNED, {"MAIN_GRAD": False}, "")]
     cases += [("bf16", _LINEAR_WIDE, {}, "")]
+    # a frozen weight (db alone: BitFit) and a frozen bias beside a trained weight: _dw_kernel's other two variants
+    cases += [("bf16", _LINEAR_ALIGNED, {"STORE_DW": False}, ""), ("bf16", _LINEAR_ALIGNED, {"STORE_DB": False}, "")]
     specs = {}  # by name: the sub-term-alone case's forward is the base case's
     for dtype, shape, variant, label in cases:
         for launch in _linear_launches(dtypes[dtype], shape, variant):
