@@ -215,6 +215,9 @@ def resume(args, s: Setup, provenance: dict | None = None) -> tuple[int, int, li
     # --limit-batches, --aug-repeats) make another schedule even with the same options.
     updates_per_epoch = s.batches // args.grad_accum_steps
     old_updates = ckpt.get("updates_per_epoch")
+    if old_updates is None and ckpt["num_updates"] % (ckpt["epoch"] + 1) == 0:
+        # a checkpoint of before 2026-12-06 (no such key): its count over the epochs it finished
+        old_updates = ckpt["num_updates"] // (ckpt["epoch"] + 1)
     if old_updates is not None and old_updates != updates_per_epoch:
         diffs.append(
             f"updates per epoch {old_updates} -> {updates_per_epoch} (processes, --limit-batches, --aug-repeats)"
