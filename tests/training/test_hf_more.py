@@ -255,3 +255,22 @@ def test_a_vocabulary_rank_0_cannot_save_ends_every_rank(tmp_path, monkeypatch):
     monkeypatch.setattr(dist, "broadcast_object_list", lambda objects, src: objects.__setitem__(0, sent[0][0]))
     with pytest.raises(ReportedOnRankZero, match="cannot be saved"):
         load_tokenizer(args, path, docs, 1, 2, False, "prog")
+
+
+def test_every_image_classifier_transformers_maps_is_one_masksub_recognises():
+    # hf_hooks.is_transformers_classifier reads the class name ("ForImageClassification"): transformers' own list of
+    # image classifiers (AutoModelForImageClassification's) must all match it, or a new release's classifier named
+    # otherwise would be refused by check_hf_head as a model without a head
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES as names
+
+    from masksub_kernels.training.hf_hooks import is_transformers_classifier
+
+    classes = [name for found in names.values() for name in ((found,) if isinstance(found, str) else found)]
+    assert len(classes) > 30
+    for name in classes:
+        cls = getattr(transformers, name, None)
+        if cls is None:  # a class transformers does not export at the top level
+            continue
+        model = cls.__new__(cls)  # no weights or config: only the class is read
+        assert is_transformers_classifier(model), name
