@@ -201,7 +201,8 @@ def load_state(args, state: dict, ms, optimizer, scheduler, scaler, rank: int, p
 def resumes(args, state: dict | None, provenance: dict | None = None) -> list[dict]:
     """The run's resumes, this one last: {'step', 'from', 'changed'} each ('changed': the options of
     RESUME_MAY_CHANGE that differ from the checkpoint's, as '--name old -> new'), with its start's commit, dirty
-    flag and start time from ``provenance`` (runlog.resume_provenance; entries of before 2026-12-07 lack them); []
+    flag, start time, CPU, threads and GPU from ``provenance`` (runlog.resume_provenance; entries of before 2026-12-07
+    lack them); []
     for a fresh run."""
     from .runlog import resume_provenance
 

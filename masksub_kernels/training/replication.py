@@ -24,10 +24,11 @@ import statistics
 import sys
 from dataclasses import dataclass
 
+from .runlog import PROVENANCE
+
 __all__ = ["IMAGE", "TEXT", "load_runs", "log_kind", "plot_curves", "provenance", "summarise"]
 
 ARMS = ("baseline", "masksub")
-PROVENANCE = ("git_commit", "git_dirty", "started_utc", "cpu", "torch_threads", "gpu")  # runlog.run_provenance
 
 
 @dataclass(frozen=True)

@@ -108,9 +108,9 @@ def _listdir(directory: str) -> list[str]:
 
 def resume(args, s: Setup, provenance: dict | None = None) -> tuple[int, int, list, list, dict | None]:
     """Load --resume into the set-up run; returns (first epoch to train, optimizer updates so far, log rows, the
-    run's resumes: {'epoch', 'from', 'changed'} for each, this one last, with this start's commit, dirty flag and start
-    time from ``provenance`` (runlog.resume_provenance), kept in log.json's meta and the checkpoints; the first start's
-    provenance, meta.first_start: None from a checkpoint of before 2026-12-07).
+    run's resumes: {'epoch', 'from', 'changed'} for each, this one last, with this start's commit, dirty flag, start
+    time, CPU, threads and GPU from ``provenance`` (runlog.resume_provenance), kept in log.json's meta and the
+    checkpoints; the first start's provenance, meta.first_start: None from a checkpoint of before 2026-12-07).
 
     Same schedule options and updates per epoch as the checkpoint's run: the scheduler's state is restored and the
     run continues exactly (the checkpoint's update count). Other ones (e.g. a larger --epochs to extend a run, another

@@ -13,7 +13,8 @@ parser needs it allowed), and 'nan' in log.csv; null means not applicable (loss_
 git commit (null outside a git checkout), whether tracked files differed from it, the UTC start time, the CPU model,
 torch's thread count and the GPU's name (null off CUDA). meta.first_start keeps the first start's (saved in every
 checkpoint: null for a run resumed from a checkpoint of before 2026-12-07, which has none), and each entry of
-meta.resumes the commit, dirty flag and start time of its resume (``resume_provenance``; older entries lack them).
+meta.resumes its resume's, the same fields (``resume_provenance``: a run resumed on another machine or card says so;
+entries of before 2026-12-07 lack them, the first ones of that day have the commit, dirty flag and start time alone).
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ COLUMNS = (
     "wall_time_s",
 )
 
-__all__ = ["COLUMNS", "RESUME_PROVENANCE", "first_start", "resume_provenance", "run_provenance", "write_log"]
+__all__ = ["COLUMNS", "PROVENANCE", "first_start", "resume_provenance", "run_provenance", "write_log"]
 
-# what each resume records of its start (meta.resumes: a run resumed under another commit keeps each one)
-RESUME_PROVENANCE = ("git_commit", "git_dirty", "started_utc")
+# what meta records of a start (run_provenance), the first's (meta.first_start) and each resume's (meta.resumes: a run
+# resumed under another commit, or on another machine or card, keeps each one)
+PROVENANCE = ("git_commit", "git_dirty", "started_utc", "cpu", "torch_threads", "gpu")
 
 
 def write_log(
@@ -124,8 +126,8 @@ def run_provenance(device: Any) -> dict[str, Any]:
 
 
 def resume_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
-    """A resume's record of its start (its entry in meta.resumes): the commit, the dirty flag, the UTC start time."""
-    return {key: provenance.get(key) for key in RESUME_PROVENANCE}
+    """A resume's record of its start (its entry in meta.resumes): the ``PROVENANCE`` fields of ``provenance``."""
+    return {key: provenance.get(key) for key in PROVENANCE}
 
 
 def first_start(checkpoint: dict[str, Any] | None, provenance: dict[str, Any]) -> dict[str, Any] | None:

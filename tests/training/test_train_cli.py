@@ -80,7 +80,7 @@ def test_resume_continues_exactly(tmp_path):
     (entry,) = meta["resumes"]  # (and the resume's commit, dirty flag and start: runlog.resume_provenance)
     recorded = {"epoch": 1, "from": os.path.join(full, "epoch-1.pth"), "changed": []}
     assert {k: entry[k] for k in recorded} == recorded
-    assert {"git_commit", "git_dirty", "started_utc"} <= set(entry)
+    assert {"git_commit", "git_dirty", "started_utc", "cpu", "torch_threads", "gpu"} <= set(entry)
     # timm's own loader takes the bare model's weights out of last.pth (a digits model has one input channel)
     import timm
     from timm.models import load_checkpoint
@@ -487,11 +487,15 @@ def test_each_resume_records_its_commit_and_the_first_start_survives(tmp_path, m
         (2, "c" * 40, False),
     ]
     assert meta["resumes"][-1]["started_utc"] == meta["started_utc"]
+    # where each resume ran too (a run resumed on another machine or card says so): this start's, as meta's
+    assert {k: meta["resumes"][-1][k] for k in ("cpu", "torch_threads", "gpu")} == {
+        k: meta[k] for k in ("cpu", "torch_threads", "gpu")
+    }
     saved = torch.load(last, weights_only=False)
     assert saved["resumes"] == meta["resumes"] and saved["first_start"] == meta["first_start"]
     # a checkpoint of before 2026-12-07: no first start, resumes without commits; it resumes, its record as it was
     for entry in saved["resumes"]:
-        for key in ("git_commit", "git_dirty", "started_utc"):
+        for key in ("git_commit", "git_dirty", "started_utc", "cpu", "torch_threads", "gpu"):
             del entry[key]
     del saved["first_start"]
     old = str(tmp_path / "old.pth")
