@@ -113,7 +113,8 @@ def peer_failure(exc: BaseException) -> str | None:
     shown = first if len(first) <= 200 else first[:197] + "..."
     return (
         f"rank {dist.get_rank()}: stopped by a failed collective ({type(exc).__name__}: {shown}): most likely "
-        "another rank failed; see its message above"
+        "another rank failed; see its message above (none from a rank killed by a signal, such as the out-of-memory "
+        "killer's: torchrun's summary names it)"
     )
 
 

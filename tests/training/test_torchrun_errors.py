@@ -81,7 +81,10 @@ def test_peer_failure_reads_gloo_and_nccl_messages(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(dist, "get_rank", lambda: 3)
-    tail = "most likely another rank failed; see its message above"
+    tail = (
+        "most likely another rank failed; see its message above (none from a rank killed by a signal, such as the "
+        "out-of-memory killer's: torchrun's summary names it)"
+    )
     assert rank_zero.peer_failure(gloo) == (
         "rank 3: stopped by a failed collective (RuntimeError: [../gloo/transport/tcp/pair.cc:561] Connection closed "
         f"by peer [127.0.0.1]:26796): {tail}"
