@@ -67,14 +67,14 @@ def option_error(prog: str, message: str) -> int:
 
 @contextlib.contextmanager
 def options_parsed() -> Iterator[None]:
-    """Around a command's argument parsing: argparse's error (usage and message on stderr, SystemExit 2) printed by
-    local rank 0 alone under torchrun; the other ranks exit with the same status, silently, after a short wait.
-    Its --help (stdout, status 0) is every rank's, as before."""
+    """Around a command's argument parsing: argparse's error (usage and message on stderr, SystemExit 2) and its
+    --help (stdout, status 0) printed by local rank 0 alone under torchrun; the other ranks exit with the same status,
+    silently (after a short wait for an error: a rank exiting 0 stops nothing)."""
     if not _silent_local_rank():
         yield
         return
     try:
-        with contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
             yield
     except SystemExit as exc:
         if exc.code not in (0, None):
