@@ -388,7 +388,9 @@ def check_args(args) -> None:
             f"{where} pretrained weights (require-initial-checkpoint): pass --initial-checkpoint FILE (the "
             f"weights to start from: a timm, MAE, CLIP or masksub-train file){out}"
         )
-    if args.head_init_scale is not None and args.initial_checkpoint is None:
+    # (a --resume loads the checkpoint's weights, head included: the scale has nothing to do, as the recipe's
+    # own comment says, "refused without --initial-checkpoint (or --resume)")
+    if args.head_init_scale is not None and args.initial_checkpoint is None and args.resume is None:
         raise UsageError(
             "--head-init-scale (given, or set by --config FILE) scales the classifier left at initialisation by "
             "--initial-checkpoint: pass --initial-checkpoint"

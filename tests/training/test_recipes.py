@@ -250,6 +250,12 @@ def test_mae_finetune_recipe_from_an_mae_checkpoint(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "(mae format)" in err and "initialised here: fc_norm.weight" in err
     _loads_back(ckpt, ["--config", _recipe("mae_finetune"), *SHRINK["mae_finetune"]])
+    # helper-329: "refused without --initial-checkpoint (or --resume)": the recipe resumes without the file (its
+    # head-init-scale asked for it), and a wrong --resume path says so, not "pass --initial-checkpoint"
+    argv = ["--config", _recipe("mae_finetune"), *SHRINK["mae_finetune"], *TWO_STEPS, "--epochs", "2"]
+    assert main([*argv, "--resume", str(tmp_path / "mae_finetune" / "last.pth")]) == 0
+    assert main([*argv, "--resume", str(tmp_path / "nowhere" / "last.pth")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_clip_finetune_recipe_with_ema(tmp_path, capsys):

@@ -87,6 +87,9 @@ def test_run_setup_head_init_scale_needs_an_initial_checkpoint():
     with pytest.raises(UsageError, match=r"--head-init-scale .* pass --initial-checkpoint"):
         _check("--head-init-scale", "0.001")
     _check("--head-init-scale", "0.001", "--initial-checkpoint", "some.pth")
+    # helper-329: a resume loads the checkpoint's weights, head included; the MAE / CLIP recipes' --head-init-scale
+    # refused `--config recipes/mae_finetune.yaml --resume OUT/last.pth`, asking for a file it would not load
+    _check("--head-init-scale", "0.001", "--resume", "some/last.pth")
 
 
 def test_run_setup_torchrun_with_as_many_processes_as_gpus_is_accepted(monkeypatch):
