@@ -124,10 +124,16 @@ def _recipes_hint(path: str) -> str:
     package), with this checkout's file where the package runs from one; where it has none, the closest names in the
     path's recipes/ folder (or the checkout's)."""
     parts = os.path.normpath(path).split(os.sep)
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if len(parts) == 1:  # a bare recipe name, `--config deit3` or `deit3.yaml` (helper-329): the recipe's path
+        stem = parts[0][: -len(".yaml")] if parts[0].endswith(".yaml") else parts[0]
+        for candidate in (os.path.join("recipes", f"{stem}.yaml"), os.path.join(checkout, "recipes", f"{stem}.yaml")):
+            if stem and os.path.isfile(candidate):
+                return f" (a recipe is passed by its path: --config {candidate})"
+        return ""
     if "recipes" not in parts[:-1]:
         return ""
     relative = os.path.join(*parts[parts.index("recipes") :])
-    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     here = os.path.join(checkout, relative)
     if not os.path.isfile(here):  # no such recipe: the closest name in a recipes/ folder there is (cwd's, checkout's)
         import difflib

@@ -260,3 +260,19 @@ def test_the_recipes_hint_of_an_installed_package_says_where_the_recipes_are(tmp
         " (if you meant masksub_kernels' recipes: they are in its source checkout's recipes/, not installed with the "
         "package; clone the repository and pass the recipe's path there)"
     )
+
+
+# helper-329: `--config deit3` (the recipe's name, as in the README's table) said only "does not exist"
+def test_a_bare_recipe_name_is_pointed_to_the_recipes_path(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    for name in ("deit3", "deit3.yaml"):
+        assert main(["--config", name]) == 2
+        err = capsys.readouterr().err.rstrip()
+        assert err.endswith(
+            f"config file {name!r} does not exist (a recipe is passed by its path: --config recipes/deit3.yaml)"
+        )
+    monkeypatch.chdir(tmp_path)  # outside the checkout: its file's full path
+    assert main(["--config", "swin"]) == 2
+    assert f"--config {os.path.join(ROOT, 'recipes', 'swin.yaml')})" in capsys.readouterr().err
+    assert main(["--config", "nosuch"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("config file 'nosuch' does not exist")
