@@ -130,8 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("MIN", "MAX"),
         help="RandomResizedCrop area range (default 0.08 1.0)",
     )
-    g.add_argument("--train-interpolation", default="bilinear", help="training resize: bilinear, bicubic, random")
-    g.add_argument("--interpolation", default="bilinear", help="validation resize interpolation")
+    # timm's names (a misspelt one was timm's bare KeyError('bicubc') at the transforms, helper-329); 'random'
+    # (bilinear or bicubic per image) is a training interpolation only
+    interps = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+    g.add_argument(
+        "--train-interpolation",
+        default="bilinear",
+        choices=(*interps, "random"),
+        help="training resize: bilinear, bicubic, random, ...",
+    )
+    g.add_argument("--interpolation", default="bilinear", choices=interps, help="validation resize interpolation")
     g.add_argument("--crop-pct", type=float, default=1.0, help="validation centre crop fraction (1.0: no crop)")
     g.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation (default: the model's)")
     g.add_argument("--std", type=float, nargs="+", default=None, help="normalisation (default: the model's)")

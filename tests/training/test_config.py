@@ -276,3 +276,22 @@ def test_a_bare_recipe_name_is_pointed_to_the_recipes_path(tmp_path, capsys, mon
     assert f"--config {os.path.join(ROOT, 'recipes', 'swin.yaml')})" in capsys.readouterr().err
     assert main(["--config", "nosuch"]) == 2
     assert capsys.readouterr().err.rstrip().endswith("config file 'nosuch' does not exist")
+
+
+# helper-329: a misspelt interpolation in a recipe ran to the transforms and stopped on timm's bare KeyError('bicubc')
+# (on the digits, which use no transform, it trained silently); 'random' is timm's training-only choice
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("train-interpolation", "bicubc", "must be one of nearest, bilinear, bicubic, box, hamming, lanczos, random"),
+        ("interpolation", "random", "must be one of nearest, bilinear, bicubic, box, hamming, lanczos, got 'random'"),
+    ],
+)
+def test_config_interpolations_are_timms_names(tmp_path, key, value, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"{key}: {value}\n")
+    with pytest.raises(UsageError, match=re.escape(f"'{key}' (--{key}) {message}")):
+        load_config(str(cfg), build_parser())
+    for ok in ("bicubic", "lanczos"):
+        cfg.write_text(f"{key}: {ok}\n")
+        assert load_config(str(cfg), build_parser())[key.replace("-", "_")] == ok
