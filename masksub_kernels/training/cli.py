@@ -490,6 +490,9 @@ def _run(args) -> None:
         **where,
         "first_start": first,  # the first start's provenance (null: resumed from a checkpoint that lacks it)
         "family": s.ms.family if s.ms is not None else None,
+        # timm.create_model(args.model, **this) rebuilds the trained model (--global-pool, --fc-norm, the data's
+        # classes and channels included; DeiT-III's uniform drop-path, a training setting, is not a kwarg)
+        "create_model": getattr(s.model, "masksub_create_kwargs", None),
         "train_images": len(s.data.train),
         # what an epoch trains: whole batches of each process's sampler (timm's repeated augmentation rounds the
         # set down to 256s), --limit-batches, whole accumulation windows

@@ -213,9 +213,8 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
             unused = [key for key, value in rates.items() if value == 0 and key in str(exc)]
             if not unused:
                 raise
-            model = timm.create_model(
-                args.model, pretrained=False, **{k: v for k, v in kwargs.items() if k not in unused}
-            )
+            kwargs = {k: v for k, v in kwargs.items() if k not in unused}
+            model = timm.create_model(args.model, pretrained=False, **kwargs)
     except TypeError as exc:
         if args.fc_norm is not None and "fc_norm" in str(exc):
             raise UsageError(f"--fc-norm is for timm's VisionTransformer models, not {args.model!r}") from exc
@@ -244,6 +243,9 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
             f"--fc-norm places the head's LayerNorm around a pool over the patch tokens; this model pools "
             f"{model.global_pool!r}: pass --global-pool avg (FT-CLIP's head: --global-pool avg --fc-norm per-token)"
         )
+    # what rebuilds the trained model (log.json's meta.create_model: --global-pool and --fc-norm included, which a
+    # rebuild from --model-kwargs alone missed: the CLIP recipe's weights loaded into a class-token model, helper-329)
+    model.masksub_create_kwargs = dict(kwargs)
     return model
 
 

@@ -279,6 +279,13 @@ def test_clip_finetune_recipe_with_ema(tmp_path, capsys):
     report = load_initial_checkpoint(model, str(tmp_path / "clip_finetune" / "last.pth"), fresh_norm=True)
     assert report.format == "masksub" and report.reinitialised == []
     assert torch.equal(model.norm.weight, state["model.norm.weight"])
+    # helper-329: log.json's meta.create_model rebuilds the model timm's loader takes the run's weights into (from
+    # --model-kwargs alone: a class-token model, which loaded them silently)
+    with open(tmp_path / "clip_finetune" / "log.json") as f:
+        kwargs = json.load(f)["meta"]["create_model"]
+    model = timm.create_model(ckpt["args"]["model"], **kwargs)
+    timm.models.load_checkpoint(model, str(tmp_path / "clip_finetune" / "last.pth"), use_ema=False)
+    assert (model.global_pool, kwargs["fc_norm"], kwargs["num_classes"]) == ("avg", False, 10)
 
 
 def test_per_token_head_is_ft_clips(tmp_path):
