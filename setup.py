@@ -2,9 +2,10 @@
 
 The extension is built when a CUDA build of torch and a CUDA toolkit are present. Switches (environment):
 
-    MASKSUB_BUILD_CUDA=1     build it and fail loudly if that is impossible
-    MASKSUB_BUILD_CUDA=0     skip it (pure-Python install: Triton and PyTorch backends)
-    (unset)                  build it when possible; otherwise, or if the build fails, install without it
+    MASKSUB_BUILD_CUDA=1     build it and fail loudly if that is impossible (also true / yes / on)
+    MASKSUB_BUILD_CUDA=0     skip it (pure-Python install: Triton and PyTorch backends) (also false / no / off)
+    (unset or empty)         build it when possible; otherwise, or if the build fails, install without it
+                             (any other value is refused: a typo must not turn a forced build into an optional one)
     MASKSUB_CUDA_ARCHS       target compute capabilities, default "80;90" (sm_80 and sm_90a)
 
 The extension's own code compiles with warnings as errors (WARNING_FLAGS: host compiler and nvcc's host pass), so
@@ -73,11 +74,29 @@ def find_cuda_home() -> str | None:
     return None if home is None else str(home)
 
 
+SWITCH_ON = ("1", "true", "yes", "on")
+SWITCH_OFF = ("0", "false", "no", "off")
+
+
+def build_switch() -> bool | None:
+    """MASKSUB_BUILD_CUDA: True (build or fail), False (skip) or None (unset or empty: build when possible). Any other
+    value is a SystemExit: "2" or a typo once meant "when possible" (helper-328), and "off" even built it."""
+    value = os.environ.get("MASKSUB_BUILD_CUDA", "").strip()
+    if not value:
+        return None
+    if value.lower() in SWITCH_ON + SWITCH_OFF:
+        return value.lower() in SWITCH_ON
+    raise SystemExit(
+        f"masksub_kernels setup: MASKSUB_BUILD_CUDA={value!r} is not understood: 1 builds the CUDA extension (or "
+        "fails saying why), 0 skips it, unset builds it when possible"
+    )
+
+
 def cuda_extension_plan() -> tuple[bool, str]:
     """(build?, reason) from the switches and what this machine has."""
-    switch = os.environ.get("MASKSUB_BUILD_CUDA", "").strip()
-    if switch == "0":
-        return False, "MASKSUB_BUILD_CUDA=0"
+    switch = build_switch()
+    if switch is False:
+        return False, f"MASKSUB_BUILD_CUDA={os.environ['MASKSUB_BUILD_CUDA'].strip()}"
     sources = sorted(CSRC.glob("*.cu")) + sorted(CSRC.glob("*.cpp"))
     if not sources:
         return False, "no sources in csrc/"
@@ -113,10 +132,13 @@ def host_compile_flags(cuda_home: str) -> list[str]:
 
 def extension_modules():
     build, reason = cuda_extension_plan()
-    forced = os.environ.get("MASKSUB_BUILD_CUDA", "").strip() == "1"
+    forced = build_switch() is True
     if not build:
         if forced:
-            raise SystemExit(f"masksub_kernels setup: MASKSUB_BUILD_CUDA=1 but the extension cannot be built: {reason}")
+            value = os.environ["MASKSUB_BUILD_CUDA"].strip()
+            raise SystemExit(
+                f"masksub_kernels setup: MASKSUB_BUILD_CUDA={value} but the extension cannot be built: {reason}"
+            )
         log(f"skipping the CUDA extension masksub_kernels._C ({reason}); the Triton and torch backends still work")
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension

@@ -383,3 +383,25 @@ def test_find_cuda_home_checks_each_candidate_for_nvcc(tmp_path, monkeypatch):
     wrapper.parent.mkdir()
     wrapper.write_text(f'#!/bin/sh\nexec {tmp_path}/gone/bin/nvcc "$@"\n')
     assert find_cuda_home(str(wrapper), fallback=str(toolkit)) == toolkit.resolve()  # a dead target: the fallback
+
+
+# helper-328 (a user's install probes): MASKSUB_BUILD_CUDA=off built the extension, =yes / =true made a forced build
+# optional (a failure then installed without it, silently), =2 or a typo meant "when possible". Each is read or refused.
+@pytest.mark.parametrize(
+    ("value", "forced"), [("yes", True), ("TRUE", True), ("on", True), ("off", False), ("No", False)]
+)
+def test_the_build_switch_reads_yes_and_no_and_refuses_the_rest(monkeypatch, value, forced):
+    setup = load_setup_module()
+    monkeypatch.setattr(setup, "find_cuda_home", lambda: None)  # no toolkit: a forced build must fail, loudly
+    monkeypatch.setenv("MASKSUB_BUILD_CUDA", value)
+    if forced:
+        with pytest.raises(SystemExit, match=f"MASKSUB_BUILD_CUDA={value} but the extension cannot be built"):
+            setup.extension_modules()
+    else:
+        assert setup.cuda_extension_plan() == (False, f"MASKSUB_BUILD_CUDA={value}")
+    for typo in ("2", "yes please", "-1"):
+        monkeypatch.setenv("MASKSUB_BUILD_CUDA", typo)
+        with pytest.raises(SystemExit, match=f"MASKSUB_BUILD_CUDA='{typo}' is not understood"):
+            setup.extension_modules()
+    monkeypatch.setenv("MASKSUB_BUILD_CUDA", " ")  # set but empty: unset
+    assert setup.build_switch() is None
