@@ -6,7 +6,10 @@ The extension is built when a CUDA build of torch and a CUDA toolkit are present
     MASKSUB_BUILD_CUDA=0     skip it (pure-Python install: Triton and PyTorch backends) (also false / no / off)
     (unset or empty)         build it when possible; otherwise, or if the build fails, install without it
                              (any other value is refused: a typo must not turn a forced build into an optional one)
-    MASKSUB_CUDA_ARCHS       target compute capabilities, default "80;90" (sm_80 and sm_90a)
+    MASKSUB_CUDA_ARCHS       target compute capabilities, default "80;90" (sm_80 and sm_90a); "8.0" and "80"
+                             alike, ";", "," or spaces between; 8.0 at least, anything else refused. Unset,
+                             TORCH_CUDA_ARCH_LIST is read instead ("+PTX" honoured; what this build cannot take,
+                             such as "7.0", "Ampere" or "native", left out, saying so)
 
 The extension's own code compiles with warnings as errors (WARNING_FLAGS: host compiler and nvcc's host pass), so
 a build that warns fails; CI sets MASKSUB_BUILD_CUDA=1, so that such a failure fails the run.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -92,6 +96,46 @@ def build_switch() -> bool | None:
     )
 
 
+# one compute capability: "80", "8.0", "90a", "9.0a", "100", "12.0", with an optional "+PTX" (TORCH_CUDA_ARCH_LIST's)
+_ARCH = re.compile(r"(\d{1,2})\.?(\d)(a?)(\+PTX)?", re.IGNORECASE)
+MIN_ARCH = 80  # README "Versions": compute capability 8.0 and newer (CUDA 13's nvcc has no sm_70 at all)
+
+
+def cuda_archs() -> tuple[list[str], set[str], str]:
+    """(archs, those whose PTX is asked for, where they came from): from MASKSUB_CUDA_ARCHS, else TORCH_CUDA_ARCH_LIST
+    (torch's own variable: the -gencode flags below make torch ignore it, so it is read here), else "80;90". An arch
+    is "80", "90" (built as sm_90a), "90a", "100"...; in MASKSUB_CUDA_ARCHS a value that names none, or one below
+    8.0, is a SystemExit that says so, rather than an nvcc error that an automatic build swallows (installing without
+    the extension). TORCH_CUDA_ARCH_LIST is often set for every build of an image ("7.0 7.5 8.0 8.6 9.0+PTX",
+    "Ampere", "native"): its entries this build cannot take are left out, saying so, and if none is left, the
+    default."""
+    variable = next((v for v in ("MASKSUB_CUDA_ARCHS", "TORCH_CUDA_ARCH_LIST") if os.environ.get(v, "").strip()), None)
+    value = os.environ[variable] if variable else "80;90"
+    archs, ptx, skipped = [], set(), []
+    for entry in filter(None, re.split(r"[;,\s]+", value)):
+        match = _ARCH.fullmatch(entry)
+        if match is None or int(match[1] + match[2]) < MIN_ARCH:
+            why = "is not a compute capability" if match is None else f"is below {MIN_ARCH // 10}.{MIN_ARCH % 10}"
+            if variable == "TORCH_CUDA_ARCH_LIST":
+                skipped.append(f"{entry!r} {why}")
+                continue
+            raise SystemExit(
+                f"masksub_kernels setup: {variable}={value!r}: {entry!r} {why}; give compute capabilities of "
+                f'{MIN_ARCH // 10}.{MIN_ARCH % 10} or newer, e.g. MASKSUB_CUDA_ARCHS="80;90" (sm_80 and sm_90a)'
+            )
+        arch = match[1] + match[2] + match[3].lower()
+        if arch not in archs:
+            archs.append(arch)
+        if match[4]:
+            ptx.add(arch)
+    if skipped:
+        log(f"TORCH_CUDA_ARCH_LIST={value!r}: left out {', '.join(skipped)} (MASKSUB_CUDA_ARCHS overrides it)")
+    if not archs:
+        log(f"TORCH_CUDA_ARCH_LIST={value!r} names no arch this build can take: the default, 80;90")
+        return ["80", "90"], set(), "the default"
+    return archs, ptx, variable or "the default"
+
+
 def cuda_extension_plan() -> tuple[bool, str]:
     """(build?, reason) from the switches and what this machine has."""
     switch = build_switch()
@@ -143,19 +187,22 @@ def extension_modules():
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
-    archs = [a.strip() for a in os.environ.get("MASKSUB_CUDA_ARCHS", "80;90").replace(",", ";").split(";")]
-    archs = list(filter(None, archs))
+    archs, asked_ptx, source = cuda_archs()
     # PTX beside the machine code of the lowest arch but sm_90a (whose PTX runs on sm_90 only): a newer GPU (10.x,
     # 12.x) JIT-compiles it at the first launch instead of failing with "no kernel image" (helper-246 F3); the PTX
     # is the one that arch's machine code is assembled from, so it costs no second compile
     portable = [arch for arch in archs if arch != "90" and arch.isdigit()]
     ptx_arch = min(portable, key=int) if portable else None
-    gencode = []
+    gencode, targets = [], []
     for arch in archs:
         target = f"{arch}a" if arch == "90" else arch  # sm_90a: Hopper-only instructions allowed
+        targets.append(f"sm_{target}" + (" (with PTX)" if arch == ptx_arch or arch in asked_ptx else ""))
         code = f"[sm_{target},compute_{target}]" if arch == ptx_arch else f"sm_{target}"
         gencode += [f"-gencode=arch=compute_{target},code={code}"]
-    log(f"building the CUDA extension masksub_kernels._C for sm_{', sm_'.join(archs)} ({reason})")
+        if arch in asked_ptx and arch != ptx_arch:  # +PTX: that arch's portable PTX (compute_90, not 90a's)
+            portable_target = target.removesuffix("a")
+            gencode += [f"-gencode=arch=compute_{portable_target},code=compute_{portable_target}"]
+    log(f"building the CUDA extension masksub_kernels._C for {', '.join(targets)} ({source}; {reason})")
     sources = [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cu")) + sorted(CSRC.glob("*.cpp"))]
     extension = CUDAExtension(
         name="masksub_kernels._C",

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -260,6 +261,7 @@ def test_the_extension_links_the_shared_cxx_runtime(monkeypatch):
 def test_the_extension_targets_sm_80_and_sm_90a(monkeypatch, archs):
     if archs is None:
         monkeypatch.delenv("MASKSUB_CUDA_ARCHS", raising=False)  # the default
+        monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)  # (read when MASKSUB_CUDA_ARCHS is unset)
     else:
         monkeypatch.setenv("MASKSUB_CUDA_ARCHS", archs)
     _, extension = planned_extension(monkeypatch)
@@ -405,3 +407,57 @@ def test_the_build_switch_reads_yes_and_no_and_refuses_the_rest(monkeypatch, val
             setup.extension_modules()
     monkeypatch.setenv("MASKSUB_BUILD_CUDA", " ")  # set but empty: unset
     assert setup.build_switch() is None
+
+
+def gencode_flags(extension) -> list[str]:
+    return [flag for flag in extension.extra_compile_args["nvcc"] if flag.startswith("-gencode")]
+
+
+SM80_PTX, SM90A = "-gencode=arch=compute_80,code=[sm_80,compute_80]", "-gencode=arch=compute_90a,code=sm_90a"
+
+
+# helper-328: the -gencode flags make torch ignore TORCH_CUDA_ARCH_LIST, so a user's "10.0" silently built sm_80 and
+# sm_90a; MASKSUB_CUDA_ARCHS="8.0" or "garbage" reached nvcc as compute_8.0 (an automatic build then failed after
+# minutes and installed without the extension), "70" too (CUDA 13's nvcc has no sm_70), and "" built no arch at all.
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("MASKSUB_CUDA_ARCHS", "8.0", [SM80_PTX]),
+    ("MASKSUB_CUDA_ARCHS", "", [SM80_PTX, SM90A]),  # set but empty: the default
+    ("MASKSUB_CUDA_ARCHS", "9.0a", [SM90A]),
+    ("TORCH_CUDA_ARCH_LIST", "8.0 8.6", [SM80_PTX, "-gencode=arch=compute_86,code=sm_86"]),
+    ("TORCH_CUDA_ARCH_LIST", "10.0", ["-gencode=arch=compute_100,code=[sm_100,compute_100]"]),
+    ("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX", [SM80_PTX, SM90A, "-gencode=arch=compute_90,code=compute_90"]),
+])  # fmt: skip
+def test_the_archs_are_read_from_either_variable_in_either_spelling(monkeypatch, variable, value, expected):
+    other = "TORCH_CUDA_ARCH_LIST" if variable == "MASKSUB_CUDA_ARCHS" else "MASKSUB_CUDA_ARCHS"
+    monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(variable, value)
+    assert gencode_flags(planned_extension(monkeypatch)[1]) == expected
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("garbage", "'garbage' is not a compute capability"),
+    ("80;7.0", "'7.0' is below 8.0"),
+    ("8.0;9.0+PTX;sm_100", "'sm_100' is not a compute capability"),
+])  # fmt: skip
+def test_archs_that_nvcc_cannot_build_are_refused_before_the_build(monkeypatch, value, why):
+    monkeypatch.setenv("MASKSUB_CUDA_ARCHS", value)
+    setup = load_setup_module()
+    monkeypatch.setattr(setup, "cuda_extension_plan", lambda: (True, "test"))
+    monkeypatch.delenv("MASKSUB_BUILD_CUDA", raising=False)  # even an automatic build: the user asked for these
+    with pytest.raises(SystemExit, match=f"MASKSUB_CUDA_ARCHS='{re.escape(value)}': {why}"):
+        setup.extension_modules()
+
+
+# torch's variable is often set for every build of an image: what this build cannot take is left out, saying so
+@pytest.mark.parametrize(("value", "expected"), [
+    ("7.0 7.5 8.0 8.6 9.0+PTX", [SM80_PTX, "-gencode=arch=compute_86,code=sm_86", SM90A,
+                                  "-gencode=arch=compute_90,code=compute_90"]),
+    ("Ampere;native", [SM80_PTX, SM90A]),
+])  # fmt: skip
+def test_torch_arch_list_entries_below_8_0_or_named_are_left_out_saying_so(monkeypatch, capfd, value, expected):
+    monkeypatch.delenv("MASKSUB_CUDA_ARCHS", raising=False)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", value)
+    assert gencode_flags(planned_extension(monkeypatch)[1]) == expected
+    assert f"TORCH_CUDA_ARCH_LIST={value!r}: left out" in capfd.readouterr().err
+    monkeypatch.setenv("MASKSUB_CUDA_ARCHS", "80")  # ours wins over torch's
+    assert gencode_flags(planned_extension(monkeypatch)[1]) == [SM80_PTX]
