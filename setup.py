@@ -136,6 +136,14 @@ def cuda_archs() -> tuple[list[str], set[str], str]:
     return archs, ptx, variable or "the default"
 
 
+def sources_digest() -> str:
+    """The digest of csrc/ (masksub_kernels/_sources.py, loaded by path), compiled into _C as SOURCES_DIGEST."""
+    spec = importlib.util.spec_from_file_location("_masksub_sources", ROOT / "masksub_kernels" / "_sources.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.sources_digest(CSRC)
+
+
 def cuda_extension_plan() -> tuple[bool, str]:
     """(build?, reason) from the switches and what this machine has."""
     switch = build_switch()
@@ -209,7 +217,8 @@ def extension_modules():
         sources=sources,
         include_dirs=[str(CSRC), str(PLATFORM)],
         extra_compile_args={
-            "cxx": host_compile_flags(find_cuda_home()),
+            # the sources' digest: the package refuses an extension built from other sources than its csrc/
+            "cxx": [*host_compile_flags(find_cuda_home()), f"-DMASKSUB_SOURCES_DIGEST={sources_digest()}"],
             "nvcc": ["-O3", "-std=c++17", "-lineinfo", *NVCC_WARNING_FLAGS, *gencode],  # .cu files are torch-free
         },
         # the process's C++ runtime, shared (shared_cxx_runtime): it comes before the driver's own libraries, so the

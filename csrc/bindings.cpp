@@ -9,6 +9,11 @@ using namespace masksub::bindings;
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "masksub_kernels CUDA extension: the `cuda` backend of masksub_kernels' ops (CUDA tensors only)";
   m.attr("MAX_SELECT_TOKENS") = masksub::kMaxSelectTokens;
+  // the digest of csrc/ it was built from (masksub_kernels/_sources.py; -D by setup.py and the CUDA emulator's build):
+  // the package refuses a stale extension, one built from other sources than its checkout's csrc/ holds now
+#define MASKSUB_STRINGIFY_(x) #x
+#define MASKSUB_STRINGIFY(x) MASKSUB_STRINGIFY_(x)
+  m.attr("SOURCES_DIGEST") = MASKSUB_STRINGIFY(MASKSUB_SOURCES_DIGEST);
   m.def("select_tokens", &select_tokens,
         "(ids int64 [B, K], inv int32 [B, N] or None): per sample the K positions with the smallest Philox draws "
         "(ties by position), ascending-draw order or ascending position when ordered; optional bool [B, N] "

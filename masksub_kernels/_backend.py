@@ -26,9 +26,14 @@ import importlib
 import itertools
 import os
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._sources import sources_digest
+
+_CSRC = Path(__file__).resolve().parents[1] / "csrc"  # present in a source checkout only
 
 BACKEND_NAMES = ("auto", "triton", "cuda", "torch")
 _CONCRETE = ("triton", "cuda", "torch")
@@ -115,16 +120,34 @@ def _triton_missing() -> str | None:
 
 @functools.cache
 def _compiled_extension_missing() -> str | None:
-    """Why masksub_kernels._C does not import, or None when it does."""
+    """Why masksub_kernels._C does not import, or is stale, or None when it imports and is current."""
     try:
-        importlib.import_module("masksub_kernels._C")
+        module = importlib.import_module("masksub_kernels._C")
     except ImportError as exc:
         return (
             "the CUDA extension masksub_kernels._C is not built or does not import "
             f"({exc}); build it with `MASKSUB_BUILD_CUDA=1 pip install --no-build-isolation .` (or -e .) in the "
             "source checkout, on a machine with a CUDA toolkit and a CUDA build of torch"
         )
-    return None
+    return stale_extension(module)
+
+
+def stale_extension(module: Any, csrc: Path = _CSRC) -> str | None:
+    """Why ``module`` (masksub_kernels._C) must not run: in a source checkout (csrc/ beside the package: an editable
+    install, or the checkout on PYTHONPATH), an extension whose SOURCES_DIGEST is not that of csrc/ now (built before
+    a change of its sources, or copied in) runs the kernels of other sources, silently (helper-328). An installed
+    package has no csrc/: its extension was built with it."""
+    if not csrc.is_dir():
+        return None
+    built, now = getattr(module, "SOURCES_DIGEST", None), sources_digest(csrc)
+    if built == now:
+        return None
+    return (
+        f"the CUDA extension {getattr(module, '__file__', module)} was built from other sources than {csrc} holds "
+        f"now ({'digest ' + built if built else 'no digest recorded'}, csrc/ now {now}): rebuild it with "
+        "`MASKSUB_BUILD_CUDA=1 pip install --no-build-isolation -e .` in the checkout, or select the 'triton' or "
+        "'torch' backend"
+    )
 
 
 def _cuda_missing() -> str | None:

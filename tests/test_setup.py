@@ -461,3 +461,14 @@ def test_torch_arch_list_entries_below_8_0_or_named_are_left_out_saying_so(monke
     assert f"TORCH_CUDA_ARCH_LIST={value!r}: left out" in capfd.readouterr().err
     monkeypatch.setenv("MASKSUB_CUDA_ARCHS", "80")  # ours wins over torch's
     assert gencode_flags(planned_extension(monkeypatch)[1]) == [SM80_PTX]
+
+
+# helper-328: the extension carries the digest of the sources it was built from; the package compares it with csrc/
+def test_the_extension_is_stamped_with_the_digest_of_its_sources(monkeypatch):
+    from masksub_kernels._sources import sources_digest
+
+    _, extension = planned_extension(monkeypatch)
+    assert f"-DMASKSUB_SOURCES_DIGEST={sources_digest(CSRC)}" in extension.extra_compile_args["cxx"]
+    assert (
+        'm.attr("SOURCES_DIGEST") = MASKSUB_STRINGIFY(MASKSUB_SOURCES_DIGEST);' in (CSRC / "bindings.cpp").read_text()
+    )

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from masksub_kernels._sources import sources_digest
+
 from . import check_spills
 from .cuda_home import find_cuda_home
 
@@ -214,6 +216,7 @@ def compile_flags(sanitize: str | None = None) -> list[str]:
         # cpp_extension here would guess CUDA_HOME before build() sets it: helper-219)
         *(flag for flag in check_spills.NVCC_FLAGS if flag.startswith("-D")),
         "-DMASKSUB_MAX_GRID_BLOCKS=3",  # capped grids: the tests run the kernels' grid-stride loops
+        f"-DMASKSUB_SOURCES_DIGEST={sources_digest(CSRC)}",  # _C's SOURCES_DIGEST, as setup.py stamps it
         f"-DMASKSUB_EMULATOR_DIGEST={digest}",  # a changed emulator header changes the flags: the build reruns
         "-include",
         str(EMULATOR / "emulator.h"),
