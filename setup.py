@@ -158,11 +158,18 @@ def cuda_extension_plan() -> tuple[bool, str]:
         return False, "torch is not installed in the build environment (use --no-build-isolation)"
     if torch.version.cuda is None:
         return False, f"torch {torch.__version__} is a CPU-only build"
+    # a CUDA_HOME without bin/nvcc (a conda environment's may be one) is passed over (tools/cuda_home.py): say so, or
+    # a user who named a toolkit there gets another one, or none, without a word (helper-328)
+    passed_over = "".join(
+        f"; {name}={os.environ[name]} passed over: no bin/nvcc there"
+        for name in ("CUDA_HOME", "CUDA_PATH")
+        if os.environ.get(name) and not Path(os.environ[name], "bin", "nvcc").exists()
+    )
     cuda_home = find_cuda_home()
     if cuda_home is None:
-        return False, "no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)"
+        return False, f"no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH{passed_over})"
     os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
-    return True, f"CUDA toolkit {cuda_home}, torch {torch.__version__} (CUDA {torch.version.cuda})"
+    return True, f"CUDA toolkit {cuda_home}{passed_over}, torch {torch.__version__} (CUDA {torch.version.cuda})"
 
 
 def foreign_include_dirs(cuda_home: str) -> list[str]:

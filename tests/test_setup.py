@@ -472,3 +472,23 @@ def test_the_extension_is_stamped_with_the_digest_of_its_sources(monkeypatch):
     assert (
         'm.attr("SOURCES_DIGEST") = MASKSUB_STRINGIFY(MASKSUB_SOURCES_DIGEST);' in (CSRC / "bindings.cpp").read_text()
     )
+
+
+# helper-328: CUDA_HOME=/nowhere (a typo, a removed toolkit) was passed over in silence: the toolkit on PATH was built
+# with, or "no CUDA toolkit found (set CUDA_HOME ...)" told a user who had set it to set it
+def test_a_cuda_home_without_nvcc_is_named_in_the_plan(monkeypatch, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda is None:
+        pytest.skip("a CPU-only torch: the plan stops before the toolkit")
+    setup = load_setup_module()
+    monkeypatch.delenv("MASKSUB_BUILD_CUDA", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(setup, "find_cuda_home", lambda: None)
+    assert f"CUDA_HOME={tmp_path / 'nowhere'} passed over: no bin/nvcc there" in setup.cuda_extension_plan()[1]
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "nowhere"))  # (the plan exports the toolkit it found)
+    monkeypatch.setattr(setup, "find_cuda_home", lambda: str(fake_toolkit(tmp_path)))
+    build, reason = setup.cuda_extension_plan()
+    assert build and reason.startswith(
+        f"CUDA toolkit {tmp_path / 'cuda-13.0'}; CUDA_HOME={tmp_path / 'nowhere'} passed"
+    )
