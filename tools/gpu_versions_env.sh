@@ -57,7 +57,7 @@ rm -rf "$checkout"
 git clone --quiet "$ROOT" "$checkout"
 git -C "$checkout" log -1 --format='checkout: %h %s'
 cd "$checkout"
-MASKSUB_BUILD_CUDA=1 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+MASKSUB_BUILD_CUDA=1 MASKSUB_CUDA_ARCHS="80;90" "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
   --no-build-isolation -e .
 
 export CI=true MASKSUB_CUDA_EMULATOR="${MASKSUB_CUDA_EMULATOR:-1}"
