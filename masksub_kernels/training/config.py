@@ -125,11 +125,23 @@ def _recipes_hint(path: str) -> str:
     path's recipes/ folder (or the checkout's)."""
     parts = os.path.normpath(path).split(os.sep)
     checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if len(parts) == 1:  # a bare recipe name, `--config deit3` or `deit3.yaml` (helper-329): the recipe's path
-        stem = parts[0][: -len(".yaml")] if parts[0].endswith(".yaml") else parts[0]
-        for candidate in (os.path.join("recipes", f"{stem}.yaml"), os.path.join(checkout, "recipes", f"{stem}.yaml")):
+    if len(parts) == 1:  # a bare recipe name, `--config deit3`, `deit3.yaml` (helper-329): the recipe's path, or the
+        # closest recipes' (`deit`, `deit3.yml`: helper-331)
+        stem = os.path.splitext(parts[0])[0] if parts[0].endswith((".yaml", ".yml")) else parts[0]
+        folders = ("recipes", os.path.join(checkout, "recipes"))
+        for candidate in (os.path.join(folder, f"{stem}.yaml") for folder in folders):
             if stem and os.path.isfile(candidate):
                 return f" (a recipe is passed by its path: --config {candidate})"
+        import difflib
+        import glob
+
+        for folder in folders:
+            found = glob.glob(os.path.join(folder, "*.yaml"))
+            names = sorted(os.path.basename(name)[: -len(".yaml")] for name in found)
+            close = difflib.get_close_matches(stem, names, n=3)
+            if close:
+                listed = ", ".join(os.path.join(folder, f"{name}.yaml") for name in close)
+                return f" (a recipe is passed by its path; the closest recipes: {listed})"
         return ""
     if "recipes" not in parts[:-1]:
         return ""

@@ -420,7 +420,7 @@ def _run(args) -> None:
               f"warming up when the run ends and never reaches --lr {args.lr}", file=sys.stderr)  # fmt: skip
     step_fn = _make_step(args, ms, world)
     start, rows = (state["step"], state["rows"]) if state else (0, [])
-    where = run_provenance(device)  # (each resume's commit and start recorded in meta.resumes, the first start's too)
+    where = run_provenance(device)  # (each resume's recorded in meta.resumes, the first start's too)
     meta = {"command": " ".join([PROG, *sys.argv[1:]]), "args": dict(vars(args)), "world_size": world,
             "device": str(device), "backend": backend, "torch": torch.__version__, "python": sys.version.split()[0],
             **where, "first_start": first_start(state, where), **sizes,

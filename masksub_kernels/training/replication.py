@@ -82,8 +82,8 @@ def provenance(logs: list[dict]) -> dict | None:
     recorded = [m for m in metas if any(key in m for key in PROVENANCE)]
     if not recorded:
         return None
-    # a resumed run's first start and each resume's (meta.first_start, meta.resumes' commits and start times, since
-    # 2026-12-07): a run resumed under another commit ran under both
+    # a resumed run's first start and each resume's (meta.first_start, meta.resumes' provenance, since 2026-12-07): a
+    # run resumed under another commit, or on another machine, ran under both
     earlier = [r for m in recorded for r in (m.get("first_start"), *m.get("resumes", [])) if isinstance(r, dict)]
     out: dict = {
         key: sorted({m.get(key) for m in recorded} | {r[key] for r in earlier if key in r}, key=_none_last)
@@ -92,9 +92,11 @@ def provenance(logs: list[dict]) -> dict | None:
     starts = sorted(r["started_utc"] for r in [*recorded, *earlier] if r.get("started_utc"))
     out["started_utc"] = [starts[0], starts[-1]] if starts else [None]
     out["runs_without"] = len(metas) - len(recorded)
-    # resumed from a checkpoint of before the per-resume record: its earlier starts' commits unknown
+    # resumed from a checkpoint of before the per-resume record (none, or early on 2026-12-07 the commit, dirty flag
+    # and start time alone): where its earlier starts ran not all known
     out["runs_partly"] = sum(
-        bool(m.get("resumes")) and (m.get("first_start") is None or any("git_commit" not in r for r in m["resumes"]))
+        bool(m.get("resumes"))
+        and (m.get("first_start") is None or any(key not in r for r in m["resumes"] for key in PROVENANCE))
         for m in recorded
     )
     return out
@@ -127,7 +129,9 @@ def _provenance_line(runs: dict[str, list[dict]]) -> str:
     started = "unknown" if first is None else first if first == last else f"{first} to {last}"
     without = f"; {p['runs_without']} of the logs record none of it" if p["runs_without"] else ""
     if p.get("runs_partly"):
-        without += f"; {p['runs_partly']} resumed from older checkpoints (their earlier starts' commits unrecorded)"
+        without += (
+            f"; {p['runs_partly']} resumed from older checkpoints (where their earlier starts ran not all recorded)"
+        )
     return (f"Provenance (the logs' meta): commit {commits}{dirty}; started {started} (UTC); CPU "
             f"{words('cpu', 'unknown')}; torch threads {words('torch_threads', 'unknown')}; GPU {words('gpu', 'none')}"
             f"{without}.")  # fmt: skip

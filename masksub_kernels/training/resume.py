@@ -214,13 +214,16 @@ def resume(args, s: Setup, provenance: dict | None = None) -> tuple[int, int, li
     # The schedule is counted in optimizer updates: other updates per epoch (another number of processes,
     # --limit-batches, --aug-repeats) make another schedule even with the same options.
     updates_per_epoch = s.batches // args.grad_accum_steps
-    old_updates = ckpt.get("updates_per_epoch")
+    old_updates, inferred = ckpt.get("updates_per_epoch"), ""
     if old_updates is None and ckpt["num_updates"] % (ckpt["epoch"] + 1) == 0:
-        # a checkpoint of before 2026-12-06 (no such key): its count over the epochs it finished
+        # a checkpoint of before 2026-12-01 (no such key): its count over the epochs it finished, said so
         old_updates = ckpt["num_updates"] // (ckpt["epoch"] + 1)
+        epochs = ckpt["epoch"] + 1
+        inferred = f" (inferred: {ckpt['num_updates']} updates in {epochs} epoch{'s' if epochs > 1 else ''})"
     if old_updates is not None and old_updates != updates_per_epoch:
         diffs.append(
-            f"updates per epoch {old_updates} -> {updates_per_epoch} (processes, --limit-batches, --aug-repeats)"
+            f"updates per epoch {old_updates}{inferred} -> {updates_per_epoch} (processes, --limit-batches, "
+            "--aug-repeats)"
         )
     schedule_diffs = list(diffs)  # recorded below (updates per epoch among them)
     if not diffs:
@@ -278,6 +281,6 @@ def resume(args, s: Setup, provenance: dict | None = None) -> tuple[int, int, li
         )
     resume_from = os.path.abspath(args.resume)
     entry = {"epoch": start_epoch, "from": resume_from, "changed": recorded}
-    if provenance is not None:  # this start's commit, dirty flag and start time
+    if provenance is not None:  # this start's commit, dirty flag, start time and machine (runlog.PROVENANCE)
         entry.update(resume_provenance(provenance))
     return start_epoch, num_updates, ckpt["log"], [*ckpt.get("resumes", []), entry], ckpt.get("first_start")

@@ -8,6 +8,7 @@ import ast
 import datetime
 import difflib
 import functools
+import json
 import os
 import sys
 import tempfile
@@ -29,7 +30,9 @@ def parse_kwargs(items: list[str] | None) -> dict:
     """``['img_size=32', 'patch_size=4', 'global_pool=avg']`` -> {'img_size': 32, 'patch_size': 4, ...}: values
     are Python literals where they parse as one (numbers, tuples, True / None), strings otherwise; a key's last value
     counts, and ``key=`` (no value) removes the key given before it (a --config file's: the model's own default
-    then, where ``key=None`` would pass None, e.g. no LayerScale for a DeiT-III)."""
+    then, where ``key=None`` would pass None, e.g. no LayerScale for a DeiT-III). A value that log.json cannot hold
+    (a set, bytes, a complex number: json refuses them) is refused: the run records its kwargs (meta.args,
+    meta.create_model) at every epoch's end."""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -42,6 +45,13 @@ def parse_kwargs(items: list[str] | None) -> dict:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             out[key] = value
+        try:
+            json.dumps(out[key])
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"--model-kwargs {item!r}: a {type(out[key]).__name__} value; expected numbers, strings, True / False "
+                "/ None, or tuples, lists and dicts of them (the run records its kwargs in log.json)"
+            ) from None
     return out
 
 
@@ -395,7 +405,7 @@ def check_args(args) -> None:
     if args.head_init_scale is not None and args.initial_checkpoint is None and args.resume is None:
         raise UsageError(
             "--head-init-scale (given, or set by --config FILE) scales the classifier left at initialisation by "
-            "--initial-checkpoint: pass --initial-checkpoint"
+            "--initial-checkpoint: pass --initial-checkpoint (or --resume a run's checkpoint)"
         )
 
 

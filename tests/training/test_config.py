@@ -265,7 +265,7 @@ def test_the_recipes_hint_of_an_installed_package_says_where_the_recipes_are(tmp
 # helper-329: `--config deit3` (the recipe's name, as in the README's table) said only "does not exist"
 def test_a_bare_recipe_name_is_pointed_to_the_recipes_path(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
-    for name in ("deit3", "deit3.yaml"):
+    for name in ("deit3", "deit3.yaml", "deit3.yml"):
         assert main(["--config", name]) == 2
         err = capsys.readouterr().err.rstrip()
         assert err.endswith(
@@ -276,6 +276,10 @@ def test_a_bare_recipe_name_is_pointed_to_the_recipes_path(tmp_path, capsys, mon
     assert f"--config {os.path.join(ROOT, 'recipes', 'swin.yaml')})" in capsys.readouterr().err
     assert main(["--config", "nosuch"]) == 2
     assert capsys.readouterr().err.rstrip().endswith("config file 'nosuch' does not exist")
+    # a misspelt name: the closest recipes' paths (helper-331)
+    assert main(["--config", "deit"]) == 2
+    closest = os.path.join(ROOT, "recipes", "deit3.yaml")
+    assert capsys.readouterr().err.rstrip().endswith(f"passed by its path; the closest recipes: {closest})")
 
 
 # helper-329: a misspelt interpolation in a recipe ran to the transforms and stopped on timm's bare KeyError('bicubc')

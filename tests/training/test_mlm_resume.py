@@ -404,8 +404,8 @@ def test_a_checkpoint_that_evaluated_the_first_held_out_blocks_is_named_in_the_r
 
 
 def test_each_resume_records_its_commit_and_the_first_start_survives(corpus, tokenizer, tmp_path, monkeypatch):
-    # helper-321: as masksub-train's (test_train_cli.py): each resume's commit, dirty flag and start time in its
-    # meta.resumes entry, the first start's provenance in meta.first_start (and the checkpoint)
+    # helper-321: as masksub-train's (test_train_cli.py): each resume's commit, dirty flag, start time and machine in
+    # its meta.resumes entry, the first start's provenance in meta.first_start (and the checkpoint)
     from masksub_kernels.training import runlog
 
     common = ["--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--output", str(tmp_path / "run")]
@@ -419,7 +419,7 @@ def test_each_resume_records_its_commit_and_the_first_start_survives(corpus, tok
     assert meta["git_commit"] == "b" * 40 and meta["first_start"]["git_commit"] == "a" * 40
     (resume,) = meta["resumes"]
     assert (resume["step"], resume["git_commit"], resume["git_dirty"]) == (2, "b" * 40, True)
-    assert resume["started_utc"] == meta["started_utc"]
+    assert {k: resume[k] for k in runlog.PROVENANCE} == {k: meta[k] for k in runlog.PROVENANCE}
     assert torch.load(last, weights_only=False)["first_start"] == meta["first_start"]
     # a checkpoint of before 2026-12-07 (no first start; an earlier resume without a commit) resumes
     del saved["first_start"]

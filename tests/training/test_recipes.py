@@ -286,6 +286,10 @@ def test_clip_finetune_recipe_with_ema(tmp_path, capsys):
     model = timm.create_model(ckpt["args"]["model"], **kwargs)
     timm.models.load_checkpoint(model, str(tmp_path / "clip_finetune" / "last.pth"), use_ema=False)
     assert (model.global_pool, kwargs["fc_norm"], kwargs["num_classes"]) == ("avg", False, 10)
+    # and the docs' other form, timm's pretrained loader with the file as an overlay (C from meta.create_model)
+    overlay = dict(file=str(tmp_path / "clip_finetune" / "last.pth"), num_classes=kwargs["num_classes"])
+    model = timm.create_model(ckpt["args"]["model"], pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    assert torch.equal(model.norm.weight, ckpt["state_dict_ema"]["norm.weight"])  # (timm prefers the EMA's)
 
 
 def test_per_token_head_is_ft_clips(tmp_path):

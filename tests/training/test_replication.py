@@ -251,5 +251,12 @@ def test_provenance_counts_a_resumed_runs_first_start_and_resumes():
     assert p["cpu"] == ["X"] and p["torch_threads"] == [1] and p["gpu"] == [None] and p["runs_without"] == 0
     assert p["runs_partly"] == 1  # (the first run's first resume has no commit)
     line = replication._provenance_line({"baseline": _metas({**latest, "first_start": None, "resumes": resumes[1:]})})
-    assert line.endswith("; 1 resumed from older checkpoints (their earlier starts' commits unrecorded).")
+    assert line.endswith("; 1 resumed from older checkpoints (where their earlier starts ran not all recorded).")
+    # helper-331: a resume on another machine counts its CPU and GPU; an entry with the commit alone (early on
+    # 2026-12-07) leaves where it ran unknown: partly recorded
+    moved = {**resumes[1], "cpu": "Y", "torch_threads": 8, "gpu": "NVIDIA H100"}
+    p = replication.provenance(_metas({**latest, "first_start": first, "resumes": [moved]}))
+    assert p["cpu"] == ["X", "Y"] and p["torch_threads"] == [1, 8] and p["gpu"] == ["NVIDIA H100", None]
+    assert p["runs_partly"] == 0
+    assert replication.provenance(_metas({**latest, "first_start": first, "resumes": resumes[1:]}))["runs_partly"] == 1
     assert "resumed from older" not in replication._provenance_line({"baseline": _metas({**latest, "resumes": []})})

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -13,6 +14,7 @@ import torch
 pytest.importorskip("sklearn", reason="the default dataset (digits) comes from scikit-learn")
 
 from masksub_kernels.train import main, parse_kwargs
+from masksub_kernels.training.run_setup import UsageError
 from masksub_kernels.training.runlog import COLUMNS
 
 TINY_VIT = ["--model", "vit_tiny_patch16_224", "--model-kwargs", "img_size=16", "patch_size=4", "embed_dim=16",
@@ -267,6 +269,12 @@ def test_parse_kwargs():
     # a key's last value counts; `key=` removes the key (a config's: the model's default, where None may differ)
     assert parse_kwargs(["a=1", "b=2", "a=", "c=", "b=None"]) == {"b": None}
     assert parse_kwargs(["a=", "a=3"]) == {"a": 3}
+    # helper-331: a literal log.json cannot hold (json.dump raised after the first epoch's checkpoint) is refused
+    for item, kind in (("s={1, 2}", "set"), ("b=b'x'", "bytes"), ("c=1j", "complex"), ("e=...", "ellipsis"),
+                       ("d={(1, 2): 3}", "dict"), ("t=(1, {2})", "tuple")):  # fmt: skip
+        with pytest.raises(UsageError, match=rf"--model-kwargs {re.escape(repr(item))}: a {kind} value; expected"):
+            parse_kwargs([item])
+    assert parse_kwargs(["n=nan", "x=[1, (2, None)]", "m={'a': 1}"])["x"] == [1, (2, None)]
 
 
 @pytest.mark.parametrize(
@@ -461,8 +469,8 @@ def test_mean_and_std_of_another_channel_count_are_refused(tmp_path, capsys):
 
 def test_each_resume_records_its_commit_and_the_first_start_survives(tmp_path, monkeypatch):
     # helper-321: meta held the latest start's provenance only; a run resumed under another commit kept no record of
-    # the first one. Now each resume's entry has its commit, dirty flag and start time, meta.first_start (saved in the
-    # checkpoints) the first start's
+    # the first one. Now each resume's entry has its commit, dirty flag, start time and machine, meta.first_start (saved
+    # in the checkpoints) the first start's
     from masksub_kernels.training import runlog
 
     def under(commit: str, dirty: bool) -> None:

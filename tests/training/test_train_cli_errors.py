@@ -322,13 +322,13 @@ def test_resume_with_other_updates_per_epoch_follows_the_new_schedule(tmp_path, 
                  str(tmp_path / "old-count.pth")]) == 0  # fmt: skip
     assert "from update 15 on (the updates so far followed the old one, epoch 3 x 5 as timm's train.py counts; the " \
            "checkpoint had made 12)" in capsys.readouterr().err  # fmt: skip
-    # a checkpoint of before the key (2026-12-06): its updates per epoch from its count (4 in 2 epochs)
+    # a checkpoint of before the key (2026-12-01): its updates per epoch from its count (2 in 1 epoch), said so
     ckpt = torch.load(f"{out}/epoch-1.pth", weights_only=False)
     del ckpt["updates_per_epoch"]
     torch.save(ckpt, str(tmp_path / "no-key.pth"))
     assert main([*TINY_VIT, *QUICK, "--epochs", "3", "--output", str(tmp_path / "no-key"), "--resume",
                  str(tmp_path / "no-key.pth")]) == 0  # fmt: skip
-    assert "updates per epoch 2 -> 5 (processes" in capsys.readouterr().err
+    assert "updates per epoch 2 (inferred: 2 updates in 1 epoch) -> 5 (processes" in capsys.readouterr().err
     # the same updates per epoch: the checkpoint's state, no note
     assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--limit-batches", "2", "--output", str(tmp_path / "same"),
                  "--resume", f"{out}/epoch-1.pth"]) == 0  # fmt: skip
