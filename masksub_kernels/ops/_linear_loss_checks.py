@@ -12,6 +12,7 @@ import numbers
 import torch
 
 from ._common import FLOAT_DTYPES, MAX_CLASSES
+from ._loss_checks import check_op_options, check_reduced_weights, check_target_layout, like_error
 from .losses import _check_options, _check_target, fp64_threshold_applied
 
 # The kernels' row positions (order, count, a row tile's start plus a step of up to MAX_DW_SPLITS tiles) are int32
@@ -83,7 +84,7 @@ def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hid
                     f"positions, {hidden_name}[ids] and target[ids], with every labelled position kept as the mlm "
                     "family does; else the main loss of the other rows needs a call of its own)"
                 )
-            raise ValueError(
+            raise like_error(x.dtype != hidden.dtype)(
                 f"{name} must be {list(expected[name])} with {hidden_name}'s dtype and device ({hidden.dtype}, "
                 f"{hidden.device}), got {list(x.shape)} {x.dtype} {x.device}{hint}"
             )
@@ -108,3 +109,23 @@ def _check_all(hidden, sub_hidden, weight, bias, target, mode, reduction, label_
     # masksub_loss's target check needs the logits only for their shape and device: one element, expanded
     logits_like = hidden.new_empty(()).expand(hidden.shape[0], weight.shape[0])
     return fp64_threshold_applied(_check_target(logits_like, target, options.ignore_index), hidden.dtype, options)
+
+
+def check_linear_loss_op(hidden, sub_hidden, weight, bias, target, bce, label_smoothing, ignore_index, temperature,
+                         threshold) -> None:  # fmt: skip
+    """linear_masksub_loss_forward's check (MaskSubOp's ``check``, for a direct torch.ops.masksub call): the public
+    functions' checks of its operands and options (ops/_loss_checks.py) but the class ids' values."""
+    _check_linear(hidden, sub_hidden, weight, bias, "hidden")
+    check_target_layout(hidden.new_empty(()).expand(hidden.shape[0], weight.shape[0]), target)
+    check_op_options(bce, label_smoothing, ignore_index, temperature, threshold)
+
+
+def check_linear_grads_op(hidden, sub_hidden, weight, bias, target, mean, main_weight, sub_weight, *rest) -> None:
+    """linear_masksub_loss_grads' check (the grads-in-forward op; MaskSubOp's ``check``): the forward op's, the
+    weights (finite, >= 0) and chunk_rows (0 for the default, else in [1, 2^31))."""
+    *_, chunk_rows, bce, label_smoothing, ignore_index, temperature, threshold = rest
+    check_linear_loss_op(hidden, sub_hidden, weight, bias, target, bce, label_smoothing, ignore_index, temperature,
+                         threshold)  # fmt: skip
+    check_reduced_weights(main_weight, sub_weight, mean)
+    if chunk_rows != 0:
+        check_chunk_rows(chunk_rows)

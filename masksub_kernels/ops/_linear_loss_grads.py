@@ -13,6 +13,7 @@ from .. import _backend
 from .._triton import jit, tl
 from . import _linear_loss_chunks as chunk_loop  # module attributes read at call time (the benchmarks' sweep)
 from ._common import _tracing, cdiv, masksub_op
+from ._linear_loss_checks import check_linear_grads_op
 from .masksub_loss import NUM_OUT
 
 
@@ -42,6 +43,7 @@ def _grads_triton(hidden, sub_hidden, weight, bias, target, mean, a, b, need_h, 
     triton=_grads_triton,  # cuBLAS matmuls + the masksub_loss Triton kernels on each chunk's logits
     cuda=None,
     records=("linear_masksub_loss",),
+    check=check_linear_grads_op,
 )
 def _linear_loss_grads_op(
     hidden: torch.Tensor,

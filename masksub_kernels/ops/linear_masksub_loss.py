@@ -49,7 +49,7 @@ from .. import _backend
 from .._triton import next_power_of_2
 from . import _linear_loss_kernels as kernels
 from ._common import cdiv, check_real, masksub_op
-from ._linear_loss_checks import _check_all, autocast_operands, check_chunk_rows
+from ._linear_loss_checks import _check_all, autocast_operands, check_chunk_rows, check_linear_loss_op
 from ._linear_loss_chunks import backward_in_chunks, sync_free
 from ._linear_loss_grads import _grads_wanted, _linear_loss_grads_op, called_linear_loss
 from .losses import MaskSubLoss, _reduce, _row_count
@@ -357,6 +357,7 @@ def _backward_triton(
     triton=_forward_triton,
     cuda=None,  # no CUDA-extension (csrc/) implementation yet: auto takes triton or torch
     records=("linear_masksub_loss",),
+    check=check_linear_loss_op,
 )
 def _linear_loss_op(
     hidden: torch.Tensor,

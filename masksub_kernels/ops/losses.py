@@ -15,7 +15,10 @@ from typing import NamedTuple
 import torch
 
 from .. import _backend
-from ._common import FLOAT_DTYPES, INDEX_DTYPES, MAX_CLASSES, check_real, values_readable
+from ._common import check_real, values_readable
+from ._loss_checks import NO_IGNORE, TEMPERATURE_RANGE, check_target_layout
+from ._loss_checks import check_logits as _check_logits
+from ._loss_checks import check_pair as _check_pair
 from .masksub_loss import MAIN, SUB, _loss_op
 from .masksub_loss_reduced import _reduced_loss_op
 
@@ -41,19 +44,7 @@ _backend.register_op_names(
     ("soft_target_cross_entropy", "soft_target_bce", "self_distillation_loss"), _loss_op.implemented
 )
 
-# The ignore_index passed by losses without one: an id equal to it is refused on CPU tensors, but would count as
-# ignored elsewhere (no class id is that negative in practice; the fused op has no "none" ignore_index).
-NO_IGNORE = -(2**63)
 _ABSENT = object()  # _check_options' ignore_index for the losses without one
-# Rows of the loss kernels: one program (or a row of class splits) per row, a GPU grid's x axis (the cuda binding's
-# bound too: a launch past it fails with "invalid argument")
-MAX_ROWS = 2**31 - 1
-# The kernels use T, T^2 and 1 / T in fp32: T^2 and 1 / T^2 stay normal fp32 numbers for T >= 2^-63. Above 2^13
-# the sub-branch gradient T (softmax(s / T) - softmax(z / T)) (sigmoids for BCE) loses its precision to
-# cancellation: both terms tend to 1 / C (1/2), their difference is ~ (s - z) / (T C), and each carries fp32's
-# rounding, a relative error of ~ eps T / |s - z| (1e-3 of an fp64 reference at T = 1e5, 17% at 1e7, all of it at
-# 1e9, where the backends also disagree). Distillation temperatures are 1 to ~20.
-TEMPERATURE_RANGE = (2.0**-63, 2.0**13)
 
 
 class _Options(NamedTuple):
@@ -66,57 +57,16 @@ class _Options(NamedTuple):
     target_threshold: float | None
 
 
-def _check_logits(name: str, x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2 or x.shape[1] < 1:
-        flatten = " (flatten the leading dimensions into rows, the target's alike)" if x.dim() > 2 else ""
-        raise ValueError(f"{name} must be [rows, classes] (2-D, classes >= 1), got shape {tuple(x.shape)}{flatten}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
-    if x.shape[0] > MAX_ROWS:  # every backend refuses what the kernels' one program per row cannot launch
-        raise ValueError(f"{name} may have at most {MAX_ROWS} rows (2^31 - 1), got {x.shape[0]}")
-    if x.shape[1] > MAX_CLASSES:  # (the kernels' int32 column positions)
-        raise ValueError(f"{name} may have at most {MAX_CLASSES} classes (2^31 - 2^16), got {x.shape[1]}")
-
-
-def _check_pair(sub: torch.Tensor, main: torch.Tensor) -> None:
-    _check_logits("sub_logits", sub)
-    _check_logits("main_logits", main)
-    if sub.shape != main.shape or sub.dtype != main.dtype or sub.device != main.device:
-        raise ValueError(
-            "sub_logits must match main_logits in shape, dtype and device: expected "
-            f"{tuple(main.shape)} {main.dtype} {main.device}, got {tuple(sub.shape)} {sub.dtype} {sub.device}"
-        )
-
-
 def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    check_target_layout(logits, target)
     rows, classes = logits.shape
-    if target.device != logits.device:
-        raise ValueError(f"target must be on the device of the logits ({logits.device}), got {target.device}")
-    if target.dtype in FLOAT_DTYPES:
-        if target.shape != logits.shape:
-            raise ValueError(
-                f"probability target must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)} "
-                "(class ids must be an int64 or int32 tensor [rows])"
-            )
+    if target.is_floating_point():
         if target.requires_grad and torch.is_grad_enabled():  # it would silently get no gradient
             raise ValueError(
                 "probability target requires grad, but the losses do not differentiate their targets: "
                 "pass target.detach()"
             )
         return target
-    if target.dtype not in INDEX_DTYPES:
-        raise TypeError(
-            f"target must be int64 or int32 class ids [rows] or float probabilities [rows, classes], got {target.dtype}"
-        )
-    if tuple(target.shape) != (rows,):
-        raise ValueError(
-            f"class-id target must be [rows={rows}], got shape {tuple(target.shape)} "
-            "(probabilities [rows, classes] must be a float tensor)"
-        )
     target = target.long().contiguous()
     # An id outside [0, C) makes its row NaN on every backend (the kernels); on CPU tensors in eager mode it is
     # caught here with a clearer message. Never on a GPU (reading the ids would synchronise) nor while a tracer runs

@@ -78,6 +78,7 @@ import torch
 
 from .._triton import next_power_of_2
 from ._common import masksub_op
+from ._loss_checks import check_loss_op
 from ._loss_layout import _alignment_flags, _device_sms, _layout, _unit_last_stride, row_alignment, rows_aligned
 from ._masksub_loss_eager import called_loss, loss_forward_eager
 from ._masksub_loss_kernels import _loss_bwd_kernel, _loss_fwd_kernel
@@ -471,6 +472,7 @@ def _backward_triton(
     cuda=lambda extension, *args: extension.masksub_loss_forward(*args),
     records=("masksub_loss",),
     torch_eager=loss_forward_eager,
+    check=check_loss_op,
 )
 def _loss_op(
     logits: torch.Tensor,

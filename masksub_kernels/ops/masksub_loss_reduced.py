@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from ._common import masksub_op
+from ._loss_checks import check_reduced_loss_op
 from ._masksub_loss_eager import called_loss, reduced_loss_eager
 from .masksub_loss import (
     MAIN,
@@ -130,6 +131,7 @@ def _backward_triton_reduced(grad, need_main, need_sub, d, out, logits, sub_logi
     cuda=_forward_cuda,
     records=("masksub_loss",),
     torch_eager=_eager,
+    check=check_reduced_loss_op,
 )
 def _reduced_loss_op(
     logits: torch.Tensor,

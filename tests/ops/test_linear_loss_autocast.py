@@ -72,7 +72,7 @@ def test_fp64_operands_are_left_as_autocast_leaves_them():
     with _autocast():
         got = mk.linear_masksub_loss(h, hs, w, b, target)
     assert torch.equal(got.loss, mk.linear_masksub_loss(h, hs, w, b, target).loss)
-    with _autocast(), pytest.raises(ValueError, match=r"weight must be .* with main_hidden's dtype"):
+    with _autocast(), pytest.raises(TypeError, match=r"weight must be .* with main_hidden's dtype"):
         mk.linear_masksub_loss(h, hs, w.float(), b, target)  # (as F.linear under autocast: fp64 beside bf16)
 
 
@@ -80,20 +80,20 @@ def test_operands_on_another_device_type_are_not_cast():
     # as autocast: a tensor of another device type than the hidden states' is left as given (helper-286: the
     # refusal reported the cast dtype, and a large weight was copied before the refusal)
     (h, hs, w, b), target = _head(seed=5)
-    with _autocast(), pytest.raises(ValueError, match=r"got \[40, 24\] torch.float32 meta"):
+    with _autocast(), pytest.raises(TypeError, match=r"got \[40, 24\] torch.float32 meta"):
         mk.linear_masksub_loss(h, hs, w.to("meta"), b, target)
 
 
 def test_the_cast_hint_offers_autocast_only_where_it_helps():
     (h, hs, w, b), target = _head(seed=6)
-    with pytest.raises(ValueError, match=r"torch.float32 \S+ \(cast it: weight.to\(main_hidden.dtype\), or run under"):
+    with pytest.raises(TypeError, match=r"torch.float32 \S+ \(cast it: weight.to\(main_hidden.dtype\), or run under"):
         mk.linear_masksub_loss(h.to(BF16), hs.to(BF16), w, b, target)
     for autocast in (False, True):  # fp64 hidden states: autocast leaves them, so it would not help
-        with torch.autocast(DEVICE.type, dtype=BF16, enabled=autocast), pytest.raises(ValueError) as error:
+        with torch.autocast(DEVICE.type, dtype=BF16, enabled=autocast), pytest.raises(TypeError) as error:
             mk.linear_masksub_loss(h.double(), hs.double(), w, b, target)
         assert str(error.value).endswith("torch.float32 " + str(w.device) + " (cast it: weight.to(main_hidden.dtype))")
     # an fp64 weight beside fp32 hidden states: autocast leaves it fp64 too (helper-312: it offered autocast)
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(TypeError) as error:
         mk.linear_masksub_loss(h, hs, w.double(), b, target)
     assert str(error.value).endswith("torch.float64 " + str(w.device) + " (cast it: weight.to(main_hidden.dtype))")
 
@@ -142,7 +142,7 @@ def test_the_cast_is_to_the_regions_own_dtype():
 def test_a_region_of_another_device_leaves_the_operands_as_they_are():
     h, w = torch.randn(4, 8, device="meta", dtype=BF16), torch.randn(9, 8, device="meta")
     target = torch.zeros(4, dtype=torch.int64, device="meta")
-    with torch.autocast("cpu", dtype=BF16), pytest.raises(ValueError, match=r"weight must be .* with hidden's dtype"):
+    with torch.autocast("cpu", dtype=BF16), pytest.raises(TypeError, match=r"weight must be .* with hidden's dtype"):
         mk.linear_soft_target_cross_entropy(h, w, None, target)
 
 

@@ -80,15 +80,15 @@ def test_the_tiles_by_dtype(monkeypatch):
 
 def test_no_autocast_hint_for_the_sub_hidden_state():
     h, s, w, b = torch.randn(4, 5), torch.randn(4, 5), torch.randn(6, 5), torch.randn(6)
-    with pytest.raises(ValueError, match="sub_hidden must be") as error:
+    with pytest.raises(TypeError, match="sub_hidden must be") as error:
         mk.linear_masksub_loss(h, s.double(), w, b, torch.tensor([0, 5, -100, 2]))
     assert "cast it" not in str(error.value)
     # a sub-branch that kept fewer rows: how to align them (helper-312)
     with pytest.raises(ValueError, match=r"sub_hidden must be \[4, 5\].*gather the main rows at its kept positions"):
         mk.linear_masksub_loss(h, s[:2], w, b, torch.tensor([0, 5, -100, 2]))
     # more rows than the main branch, or an integer weight (helper-314): no gather hint, no cast hint
-    for args in ((h, torch.cat([s, s]), w, b), (h, s, w.long(), b)):
-        with pytest.raises(ValueError, match="must be") as error:
+    for args, kind in (((h, torch.cat([s, s]), w, b), ValueError), ((h, s, w.long(), b), TypeError)):
+        with pytest.raises(kind, match="must be") as error:
             mk.linear_masksub_loss(*args, torch.tensor([0, 5, -100, 2]))
         assert "gather" not in str(error.value) and "cast it" not in str(error.value)
 
@@ -173,12 +173,12 @@ def test_out_of_range_ids_give_nan_gradient_rows_in_the_recompute_backward(op_ba
 def test_the_gather_hint_only_for_a_sub_hidden_with_fewer_rows_of_the_same_depth():
     h, s, w, b = torch.randn(4, 5), torch.randn(4, 5), torch.randn(3, 5), torch.randn(3)
     target = torch.tensor([0, 2, -100, 1])
-    for args, hint in (
-        ((h, s.double(), w, b), None),  # the same rows, another dtype (M4)
-        ((h, torch.randn(2, 7), w, b), None),  # fewer rows, another depth (M5)
-        ((h, s, w.double(), b), "(cast it: weight.to(main_hidden.dtype)"),  # a weight of 3 classes < 4 rows (M6)
+    for args, hint, kind in (
+        ((h, s.double(), w, b), None, TypeError),  # the same rows, another dtype (M4)
+        ((h, torch.randn(2, 7), w, b), None, ValueError),  # fewer rows, another depth (M5)
+        ((h, s, w.double(), b), "(cast it: weight.to(main_hidden.dtype)", TypeError),  # 3 classes < 4 rows (M6)
     ):
-        with pytest.raises(ValueError, match="must be") as error:
+        with pytest.raises(kind, match="must be") as error:
             mk.linear_masksub_loss(*args, target)
         assert "gather" not in str(error.value)
         assert hint is None or hint in str(error.value)

@@ -1,0 +1,145 @@
+"""The loss ops' checks (ops/_loss_checks.py): a dtype that differs from the tensor it must match is a TypeError
+on every path (masksub_loss's sub_logits, the fused-linear head's operands, as the token ops' mask_token and any
+dtype outside the accepted ones), and a direct ``torch.ops.masksub`` call of a loss op is refused alike on every
+backend, with the public functions' errors, before any backend runs (helper-330: Triton read past a short target
+or a narrower sub_logits / weight and returned a loss, the reference failed with torch's own errors, the cuda
+binding refused with its own)."""
+
+import pytest
+import torch
+from conftest import DEVICE
+
+import masksub_kernels as mk
+
+
+def _like(*shape, dtype=torch.float32, device=DEVICE):
+    return torch.randn(*shape, dtype=dtype, device=device)
+
+
+def _dtype_mismatches():
+    z, y = _like(4, 6), torch.tensor([0, 1, 2, 5], device=DEVICE)
+    h, w, b = _like(4, 3), _like(6, 3), _like(6)
+    tokens, token = _like(2, 4, 4, 3), _like(3)
+    return {
+        "masksub_loss sub_logits": (lambda: mk.masksub_loss(z, z.double(), y), "sub_logits must match main_logits"),
+        "self_distillation sub_logits": (lambda: mk.self_distillation_loss(z.half(), z), "sub_logits must match"),
+        "linear sub_hidden": (lambda: mk.linear_masksub_loss(h, h.half(), w, b, y), "sub_hidden must be"),
+        "linear weight": (lambda: mk.linear_masksub_loss(h, h, w.double(), b, y), "weight must be"),
+        "linear integer weight": (lambda: mk.linear_masksub_loss(h, h, w.long(), b, y), "weight must be"),
+        "linear bias": (lambda: mk.linear_masksub_loss(h, h, w, b.half(), y), "bias must be"),
+        "linear ce weight": (lambda: mk.linear_soft_target_cross_entropy(h, w.half(), b, y), "weight must be"),
+        "mask_token": (lambda: mk.mask_tokens_grid(tokens, token.double(), cell_size=2, seed=1), "mask_token must"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("call", sorted(_dtype_mismatches()))
+def test_a_dtype_mismatch_is_a_type_error_on_every_path(backend, call):
+    # docs/semantics.md: a wrong kind or dtype is a TypeError. The losses' and the fused-linear head's mismatches
+    # were ValueErrors (mask_token's a TypeError), an integer weight too where integer hidden states were a TypeError
+    fn, match = _dtype_mismatches()[call]
+    with pytest.raises(TypeError, match=match):
+        fn()
+
+
+def test_a_shape_or_device_mismatch_stays_a_value_error(backend):
+    z, y = _like(4, 6), torch.tensor([0, 1, 2, 5], device=DEVICE)
+    h, w = _like(4, 3), _like(6, 3)
+    with pytest.raises(ValueError, match="sub_logits must match main_logits"):
+        mk.masksub_loss(z, _like(4, 5), y)
+    with pytest.raises(ValueError, match="sub_logits must match main_logits"):
+        mk.masksub_loss(z, _like(4, 6, device="meta"), y)
+    with pytest.raises(ValueError, match=r"bias must be \[6\]"):
+        mk.linear_masksub_loss(h, h, w, _like(5), y)
+
+
+def _direct_calls():
+    ops, z, y = torch.ops.masksub, _like(4, 6), torch.tensor([0, 1, 2, 5], device=DEVICE)
+    h, w, b = _like(4, 3), _like(6, 3), _like(6)
+    options = (False, 0.0, -100, 1.0, None)
+    reduced = (*options, 0.5, 0.5, True)
+    flags = (True,) * 6  # need_hidden, need_sub_hidden, need_weight, need_bias, gather, private
+    return {
+        "forward short target": (lambda: ops.masksub_loss_forward(z, z, y[:2], *options), ValueError,
+                                 r"class-id target must be \[rows=4\], got shape \(2,\)"),
+        "forward narrower sub": (lambda: ops.masksub_loss_forward(z, _like(4, 3), y, *options), ValueError,
+                                 "sub_logits must match logits in shape"),
+        "forward sub dtype": (lambda: ops.masksub_loss_forward(z, z.double(), y, *options), TypeError,
+                              "sub_logits must match logits in shape, dtype"),
+        "forward integer logits": (lambda: ops.masksub_loss_forward(z.long(), None, y, *options), TypeError,
+                                   "logits must be float32, float16, bfloat16 or float64, got torch.int64"),
+        "forward 3-D logits": (lambda: ops.masksub_loss_forward(z[None], None, y, *options), ValueError,
+                               r"logits must be \[rows, classes\]"),
+        "forward int16 target": (lambda: ops.masksub_loss_forward(z, None, y.short(), *options), TypeError,
+                                 "target must be int64 or int32 class ids"),
+        "forward zero temperature": (lambda: ops.masksub_loss_forward(z, z, y, False, 0.0, -100, 0.0, None),
+                                     ValueError, "temperature must be a finite number > 0"),
+        "forward threshold 1": (lambda: ops.masksub_loss_forward(z, z, y, True, 0.0, -100, 1.0, 1.0), ValueError,
+                                r"target_threshold must be a finite number in \[0, 1\)"),
+        "forward smoothing nan": (lambda: ops.masksub_loss_forward(z, z, y, False, float("nan"), -100, 1.0, None),
+                                  ValueError, "label_smoothing must be a finite number"),
+        "forward no target nor sub": (lambda: ops.masksub_loss_forward(z, None, None, *options), ValueError,
+                                      "needs a target, sub_logits or both"),
+        "reduced short target": (lambda: ops.masksub_loss_reduced(z, z, y[:2], *reduced), ValueError,
+                                 r"class-id target must be \[rows=4\]"),
+        "reduced negative weight": (lambda: ops.masksub_loss_reduced(z, z, y, *options, -1.0, 0.5, True),
+                                    ValueError, "main_weight must be a finite number >= 0"),
+        "linear narrower weight": (lambda: ops.linear_masksub_loss_forward(h, h, _like(6, 2), b, y, *options),
+                                   ValueError, r"weight must be \[classes, hidden=3\]"),
+        "linear short bias": (lambda: ops.linear_masksub_loss_forward(h, h, w, _like(3), y, *options), ValueError,
+                              r"bias must be \[6\] with hidden's dtype and device"),
+        "linear weight dtype": (lambda: ops.linear_masksub_loss_forward(h, h, w.double(), b, y, *options),
+                                TypeError, r"weight must be \[6, 3\] with hidden's dtype"),
+        "linear short target": (lambda: ops.linear_masksub_loss_forward(h, h, w, b, y[:2], *options), ValueError,
+                                r"class-id target must be \[rows=4\]"),
+        "grads narrower weight": (lambda: ops.linear_masksub_loss_grads(h, h, _like(6, 2), b, y, True, 0.5, 0.5,
+                                                                        *flags, 0, *options),
+                                  ValueError, r"weight must be \[classes, hidden=3\]"),
+        "grads short target": (lambda: ops.linear_masksub_loss_grads(h, h, w, b, y[:2], True, 0.5, 0.5, *flags, 0,
+                                                                     *options),
+                               ValueError, r"class-id target must be \[rows=4\]"),
+        "grads negative weight": (lambda: ops.linear_masksub_loss_grads(h, h, w, b, y, True, -0.5, 0.5, *flags, 0,
+                                                                        *options),
+                                  ValueError, "main_weight must be a finite number >= 0"),
+        "grads negative chunk": (lambda: ops.linear_masksub_loss_grads(h, h, w, b, y, True, 0.5, 0.5, *flags, -1,
+                                                                       *options),
+                                 ValueError, "chunk_rows must be an int >= 1"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("call", sorted(_direct_calls()))
+def test_a_direct_loss_op_call_is_refused_alike_on_every_backend(backend, call):
+    # helper-330: these ran on Triton (a short target or a narrower sub_logits / weight: reads past them, a loss
+    # returned), failed with torch's shape errors on the reference or an InterpreterError (a zero temperature), and
+    # were refused by the cuda binding with its own messages
+    fn, error, match = _direct_calls()[call]
+    with pytest.raises(error, match=match):
+        fn()
+
+
+def test_a_direct_loss_op_call_with_a_meta_operand_is_checked_too():
+    # an operand on the meta device sends the dispatcher's call to the registered fake, which runs the same check
+    meta = torch.device("meta")
+    z, y = torch.empty(4, 6, device=meta), torch.empty(2, dtype=torch.long, device=meta)
+    with pytest.raises(ValueError, match=r"class-id target must be \[rows=4\]"):
+        torch.ops.masksub.masksub_loss_forward(z, z, y, False, 0.0, -100, 1.0, None)
+    h, w = torch.empty(4, 3, device=meta), torch.empty(6, 2, device=meta)
+    with pytest.raises(ValueError, match=r"weight must be \[classes, hidden=3\]"):
+        torch.ops.masksub.linear_masksub_loss_forward(h, h, w, None, y[:1].expand(4), False, 0.0, -100, 1.0, None)
+
+
+def test_the_public_functions_checked_options_take_the_cheap_path():
+    # the op check's fast path (the public functions' Python floats) and its full path agree: a NaN or an
+    # out-of-range float leaves the fast path for the full check's error
+    from masksub_kernels.ops._loss_checks import check_op_options, check_reduced_loss_op
+
+    check_op_options(True, 0.1, -(2**63), 2.0**-63, 0.0)
+    for bad in (float("nan"), float("inf"), 2.0**13 * 2):
+        with pytest.raises(ValueError, match="temperature"):
+            check_op_options(False, 0.0, -100, bad, None)
+    with pytest.raises(TypeError, match="bce must be a bool"):
+        check_op_options(1, 0.0, -100, 1.0, None)
+    z = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="sub_weight"):
+        check_reduced_loss_op(z, z, None, False, 0.0, -100, 1.0, None, 0.5, float("nan"), True)
+    with pytest.raises(TypeError, match="mean must be a bool"):
+        check_reduced_loss_op(z, z, None, False, 0.0, -100, 1.0, None, 0.5, 0.5, 1)
