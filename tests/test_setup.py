@@ -492,3 +492,72 @@ def test_a_cuda_home_without_nvcc_is_named_in_the_plan(monkeypatch, tmp_path):
     assert build and reason.startswith(
         f"CUDA toolkit {tmp_path / 'cuda-13.0'}; CUDA_HOME={tmp_path / 'nowhere'} passed"
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# -> tests/test_setup.py (uses load_setup_module, planned_extension, SM80_PTX, fake_toolkit from that file)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+# Kills S01 (setup.py:81 SWITCH_OFF without "false": MASKSUB_BUILD_CUDA=false then a SystemExit) and any other value
+# dropped from SWITCH_ON / SWITCH_OFF (the existing test samples yes/TRUE/on/off/No only)
+@pytest.mark.parametrize("value", ["1", "true", "True", "YES", "on", "0", "false", "FALSE", "no", "Off"])
+def test_every_documented_build_switch_value_is_read(monkeypatch, value):
+    setup = load_setup_module()
+    monkeypatch.setenv("MASKSUB_BUILD_CUDA", f" {value} ")
+    assert setup.build_switch() is (value.lower() in ("1", "true", "yes", "on"))
+
+
+# Kills S04 (_ARCH without re.IGNORECASE: "9.0A" / "+ptx" refused), S07 (no de-duplication: "80" twice),
+# S10 (the "a" suffix dropped: 100a built as sm_100), S11 (the suffix not lower-cased: compute_90A) and
+# S14 (the source always reported as "the default")
+def test_arch_spellings_are_normalised_and_deduplicated(monkeypatch):
+    setup = load_setup_module()
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setenv("MASKSUB_CUDA_ARCHS", "80, 8.0 9.0A;100a 12.0+ptx")
+    assert setup.cuda_archs() == (["80", "90a", "100a", "120"], {"120"}, "MASKSUB_CUDA_ARCHS")
+    monkeypatch.delenv("MASKSUB_CUDA_ARCHS")
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0 8.0+PTX")
+    assert setup.cuda_archs() == (["80"], {"80"}, "TORCH_CUDA_ARCH_LIST")
+
+
+# Kills S08 (a MASKSUB_CUDA_ARCHS of spaces only chosen over TORCH_CUDA_ARCH_LIST: the default built, 10.0 ignored)
+def test_a_blank_masksub_cuda_archs_defers_to_torch_cuda_arch_list(monkeypatch):
+    setup = load_setup_module()
+    monkeypatch.setenv("MASKSUB_CUDA_ARCHS", "  ")
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "10.0")
+    assert setup.cuda_archs() == (["100"], set(), "TORCH_CUDA_ARCH_LIST")
+
+
+# Kills S09 (setup.py "+PTX" branch without `arch != ptx_arch`: "8.0+PTX" added a second compute_80 PTX target)
+def test_ptx_asked_for_the_lowest_arch_is_not_compiled_twice(monkeypatch):
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setenv("MASKSUB_CUDA_ARCHS", "8.0+PTX")
+    assert gencode_flags(planned_extension(monkeypatch)[1]) == [SM80_PTX]
+
+
+# Kills S12 (the passed-over check reads CUDA_HOME alone: a CUDA_PATH without bin/nvcc passed over in silence)
+def test_a_cuda_path_without_nvcc_is_named_in_the_plan_too(monkeypatch, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda is None:
+        pytest.skip("a CPU-only torch: the plan stops before the toolkit")
+    setup = load_setup_module()
+    monkeypatch.delenv("MASKSUB_BUILD_CUDA", raising=False)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setenv("CUDA_PATH", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(setup, "find_cuda_home", lambda: None)
+    assert f"CUDA_PATH={tmp_path / 'nowhere'} passed over: no bin/nvcc there" in setup.cuda_extension_plan()[1]
+
+
+# Kills S19 (extension_modules' `forced = build_switch() is True` -> `is not False`: an automatic build, the
+# switch unset, failed loudly where it cannot build instead of installing without the extension)
+@pytest.mark.parametrize("value", [None, "", "0"])
+def test_an_unforced_build_without_a_toolkit_installs_without_the_extension(monkeypatch, capfd, value):
+    setup = load_setup_module()
+    if value is None:
+        monkeypatch.delenv("MASKSUB_BUILD_CUDA", raising=False)
+    else:
+        monkeypatch.setenv("MASKSUB_BUILD_CUDA", value)
+    monkeypatch.setattr(setup, "find_cuda_home", lambda: None)
+    assert setup.extension_modules() == ([], {})
+    assert "skipping the CUDA extension masksub_kernels._C" in capfd.readouterr().err

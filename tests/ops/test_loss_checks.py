@@ -143,3 +143,63 @@ def test_the_public_functions_checked_options_take_the_cheap_path():
         check_reduced_loss_op(z, z, None, False, 0.0, -100, 1.0, None, 0.5, float("nan"), True)
     with pytest.raises(TypeError, match="mean must be a bool"):
         check_reduced_loss_op(z, z, None, False, 0.0, -100, 1.0, None, 0.5, 0.5, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# -> tests/ops/test_loss_checks.py (uses _like, DEVICE, the `backend` fixture as that file does)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+# Python floats just outside each bound: the fast path of check_op_options / check_reduced_weights must hand every
+# one to the full check. Kills L01 (label_smoothing <= 2.0), L02 (-1.0 <= label_smoothing), L03 (ignore_index's
+# bounds widened by one), L04 (0.0 < temperature: 2^-64 accepted), L05 (0.0 <= target_threshold dropped),
+# L07 (0.0 <= sub_weight dropped), L08 / L09 (main_weight / sub_weight <= inf: inf and 1e39 accepted),
+# L10 (type(bce) is bool dropped from the fast path: bce=1 accepted), L23 (type(temperature) is float dropped:
+# temperature=True accepted)
+@pytest.mark.parametrize(("options", "error", "match"), [
+    ((False, 1.5, -100, 1.0, None), ValueError, "label_smoothing"),
+    ((False, -0.5, -100, 1.0, None), ValueError, "label_smoothing"),
+    ((False, 0.0, 2**63, 1.0, None), ValueError, "ignore_index must fit in int64"),
+    ((False, 0.0, -(2**63) - 1, 1.0, None), ValueError, "ignore_index must fit in int64"),
+    ((False, 0.0, -100, 2.0**-64, None), ValueError, "temperature"),
+    ((False, 0.0, -100, 2.0**13 * 1.5, None), ValueError, "temperature"),
+    ((True, 0.0, -100, 1.0, -0.5), ValueError, "target_threshold"),
+    ((1, 0.0, -100, 1.0, None), TypeError, "bce must be a bool"),
+    ((False, 0.0, -100, True, None), TypeError, "temperature must be a real number"),
+])  # fmt: skip
+def test_the_fast_path_of_the_op_options_widens_no_bound(options, error, match):
+    from masksub_kernels.ops._loss_checks import check_op_options
+
+    with pytest.raises(error, match=match):
+        check_op_options(*options)
+    check_op_options(True, 1.0, 2**63 - 1, 2.0**13, 0.999)  # the bounds themselves: accepted
+
+
+@pytest.mark.parametrize(("weights", "match"), [
+    ((-0.5, 0.5), "main_weight"), ((0.5, -0.5), "sub_weight"),
+    ((float("inf"), 0.5), "main_weight"), ((0.5, float("inf")), "sub_weight"),
+    ((1e39, 0.5), "main_weight"), ((0.5, 1e39), "sub_weight"),
+])  # fmt: skip
+def test_the_fast_path_of_the_reduced_weights_widens_no_bound(weights, match):
+    from masksub_kernels.ops._loss_checks import check_reduced_weights
+
+    with pytest.raises(ValueError, match=match):
+        check_reduced_weights(*weights, True)
+    check_reduced_weights(0.0, 3.4028234663852886e38, False)  # the bounds themselves: accepted
+
+
+# Kills L18 (check_linear_loss_op without check_op_options: a direct linear_masksub_loss_forward /
+# linear_masksub_loss_grads call with a bad option ran on every backend)
+@pytest.mark.parametrize("op", ["forward", "grads"])
+def test_a_direct_linear_loss_op_call_checks_its_options(backend, op):
+    ops, y = torch.ops.masksub, torch.tensor([0, 1, 2, 5], device=DEVICE)
+    h, w, b = _like(4, 3), _like(6, 3), _like(6)
+    options = (False, 0.0, -100, 0.0, None)  # temperature 0
+    if op == "forward":
+        call = lambda: ops.linear_masksub_loss_forward(h, h, w, b, y, *options)
+    else:
+        call = lambda: ops.linear_masksub_loss_grads(h, h, w, b, y, True, 0.5, 0.5, *(True,) * 6, 0, *options)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        call()
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ops.linear_masksub_loss_forward(h, h, w, b, y, False, 2.0, -100, 1.0, None)

@@ -299,3 +299,11 @@ def test_config_interpolations_are_timms_names(tmp_path, key, value, message):
     for ok in ("bicubic", "lanczos"):
         cfg.write_text(f"{key}: {ok}\n")
         assert load_config(str(cfg), build_parser())[key.replace("-", "_")] == ok
+
+
+# Kills T11 (_recipes_hint's bare-name branch with get_close_matches(n=1): one recipe offered where several are close)
+def test_a_misspelt_bare_recipe_name_lists_every_close_recipe(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no recipes/ here: the checkout's
+    assert main(["--config", "deit3_fine"]) == 2
+    listed = ", ".join(os.path.join(ROOT, "recipes", f"{name}.yaml") for name in ("deit3_finetune", "deit3"))
+    assert capsys.readouterr().err.rstrip().endswith(f"the closest recipes: {listed})")

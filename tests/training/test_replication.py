@@ -260,3 +260,13 @@ def test_provenance_counts_a_resumed_runs_first_start_and_resumes():
     assert p["runs_partly"] == 0
     assert replication.provenance(_metas({**latest, "first_start": first, "resumes": resumes[1:]}))["runs_partly"] == 1
     assert "resumed from older" not in replication._provenance_line({"baseline": _metas({**latest, "resumes": []})})
+
+
+# Kills T05 (replication.provenance's runs_partly without `m.get("first_start") is None or`: a run resumed from a
+# checkpoint of before 2026-12-07, whose first start is unknown, counted as fully recorded once its resumes were)
+def test_a_resumed_run_without_its_first_start_is_partly_recorded():
+    where = {"git_commit": "a" * 40, "git_dirty": False, "started_utc": "2026-12-07T03:00:00+00:00", "cpu": "X",
+             "torch_threads": 1, "gpu": None}  # fmt: skip
+    resume = {"epoch": 2, "from": "f", "changed": [], **where}  # a full record of the resume
+    assert replication.provenance(_metas({**where, "first_start": None, "resumes": [resume]}))["runs_partly"] == 1
+    assert replication.provenance(_metas({**where, "first_start": where, "resumes": [resume]}))["runs_partly"] == 0

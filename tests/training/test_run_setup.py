@@ -307,3 +307,25 @@ def test_a_baseline_check_leaves_the_pixel_fallback_warning_to_a_later_masksub(m
         assert not caught, [str(w.message) for w in caught]
         MaskSub(mixer, mask_ratio=0.5)
     assert any("is not one of the models cut at their tokens" in str(w.message) for w in caught), caught
+
+
+# Kills T08 (_create_model's retry without the unused zero rates not kept in `kwargs`: meta.create_model recorded
+# drop_path_rate=0 for a DenseNet, whose rebuild from it is timm's TypeError) and T09 (meta.create_model without
+# --global-pool: the rebuild a class-token model)
+def test_create_model_records_the_kwargs_that_rebuild_the_model():
+    import timm
+
+    from masksub_kernels.training.run_setup import _create_model, parse_kwargs
+
+    def build(*flags):
+        args = build_parser().parse_args(list(flags))
+        args.model_kwargs = parse_kwargs(args.model_kwargs)
+        return _create_model(args, 10, 3)
+
+    kwargs = build("--model", "densenet121", "--drop-path", "0").masksub_create_kwargs
+    assert "drop_path_rate" not in kwargs and (kwargs["num_classes"], kwargs["in_chans"]) == (10, 3)
+    assert timm.create_model("densenet121", **kwargs).num_classes == 10
+    vit = [*TINY_VIT, "--global-pool", "avg", "--fc-norm", "per-token"]
+    kwargs = build(*vit).masksub_create_kwargs
+    assert (kwargs["global_pool"], kwargs["fc_norm"], kwargs["num_classes"]) == ("avg", False, 10)
+    assert timm.create_model("vit_tiny_patch16_224", **kwargs).global_pool == "avg"

@@ -564,3 +564,23 @@ def test_resume_with_more_epochs_notes_no_other_count_where_the_counts_agree(tmp
     err = capsys.readouterr().err
     assert "the learning rate follows the new schedule from update 1 on (the updates so far followed the old one)\n" \
         in err  # fmt: skip
+
+
+# Kills T01 (resume.py: the updates per epoch inferred whatever the count, `% (epoch + 1) == 0` dropped: a count that
+# is no whole number per epoch gave a wrong one) and T02 (`num_updates // (epoch + 1)` -> `// max(epoch, 1)`: the
+# existing test's checkpoint has one epoch, where both agree); T03 (the plural: `epochs > 2`) too
+def test_an_old_checkpoints_updates_per_epoch_are_inferred_over_all_its_epochs(tmp_path, capsys):
+    out = str(tmp_path / "limited")
+    assert main([*TINY_VIT, *QUICK, "--epochs", "2", "--limit-batches", "2", "--output", out]) == 0
+    ckpt = torch.load(f"{out}/last.pth", weights_only=False)
+    assert (ckpt["epoch"], ckpt["num_updates"]) == (1, 4)
+    del ckpt["updates_per_epoch"]  # a checkpoint of before 2026-12-01
+    torch.save(ckpt, str(tmp_path / "no-key.pth"))
+    assert main([*TINY_VIT, *QUICK, "--epochs", "3", "--output", str(tmp_path / "a"), "--resume",
+                 str(tmp_path / "no-key.pth")]) == 0  # fmt: skip
+    assert "updates per epoch 2 (inferred: 4 updates in 2 epochs) -> 5 (processes" in capsys.readouterr().err
+    ckpt["num_updates"] = 5  # no whole number of updates per epoch: nothing inferred
+    torch.save(ckpt, str(tmp_path / "odd.pth"))
+    assert main([*TINY_VIT, *QUICK, "--epochs", "3", "--output", str(tmp_path / "b"), "--resume",
+                 str(tmp_path / "odd.pth")]) == 0  # fmt: skip
+    assert "inferred" not in capsys.readouterr().err
