@@ -476,27 +476,24 @@ def test_the_extension_is_stamped_with_the_digest_of_its_sources(monkeypatch):
 
 # helper-328: CUDA_HOME=/nowhere (a typo, a removed toolkit) was passed over in silence: the toolkit on PATH was built
 # with, or "no CUDA toolkit found (set CUDA_HOME ...)" told a user who had set it to set it
-def test_a_cuda_home_without_nvcc_is_named_in_the_plan(monkeypatch, tmp_path):
+@pytest.mark.parametrize("variable", ["CUDA_HOME", "CUDA_PATH"])  # (CUDA_PATH: helper-332's S12)
+def test_a_cuda_home_without_nvcc_is_named_in_the_plan(monkeypatch, tmp_path, variable):
     torch = pytest.importorskip("torch")
     if torch.version.cuda is None:
         pytest.skip("a CPU-only torch: the plan stops before the toolkit")
     setup = load_setup_module()
     monkeypatch.delenv("MASKSUB_BUILD_CUDA", raising=False)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.delenv("CUDA_PATH", raising=False)
-    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "nowhere"))
+    monkeypatch.setenv(variable, str(tmp_path / "nowhere"))
     monkeypatch.setattr(setup, "find_cuda_home", lambda: None)
-    assert f"CUDA_HOME={tmp_path / 'nowhere'} passed over: no bin/nvcc there" in setup.cuda_extension_plan()[1]
-    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "nowhere"))  # (the plan exports the toolkit it found)
+    assert f"{variable}={tmp_path / 'nowhere'} passed over: no bin/nvcc there" in setup.cuda_extension_plan()[1]
+    monkeypatch.setenv(variable, str(tmp_path / "nowhere"))  # (the plan exports the toolkit it found)
     monkeypatch.setattr(setup, "find_cuda_home", lambda: str(fake_toolkit(tmp_path)))
     build, reason = setup.cuda_extension_plan()
     assert build and reason.startswith(
-        f"CUDA toolkit {tmp_path / 'cuda-13.0'}; CUDA_HOME={tmp_path / 'nowhere'} passed"
+        f"CUDA toolkit {tmp_path / 'cuda-13.0'}; {variable}={tmp_path / 'nowhere'} passed"
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# -> tests/test_setup.py (uses load_setup_module, planned_extension, SM80_PTX, fake_toolkit from that file)
-# ---------------------------------------------------------------------------------------------------------------
 
 
 # Kills S01 (setup.py:81 SWITCH_OFF without "false": MASKSUB_BUILD_CUDA=false then a SystemExit) and any other value
@@ -534,19 +531,6 @@ def test_ptx_asked_for_the_lowest_arch_is_not_compiled_twice(monkeypatch):
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     monkeypatch.setenv("MASKSUB_CUDA_ARCHS", "8.0+PTX")
     assert gencode_flags(planned_extension(monkeypatch)[1]) == [SM80_PTX]
-
-
-# Kills S12 (the passed-over check reads CUDA_HOME alone: a CUDA_PATH without bin/nvcc passed over in silence)
-def test_a_cuda_path_without_nvcc_is_named_in_the_plan_too(monkeypatch, tmp_path):
-    torch = pytest.importorskip("torch")
-    if torch.version.cuda is None:
-        pytest.skip("a CPU-only torch: the plan stops before the toolkit")
-    setup = load_setup_module()
-    monkeypatch.delenv("MASKSUB_BUILD_CUDA", raising=False)
-    monkeypatch.delenv("CUDA_HOME", raising=False)
-    monkeypatch.setenv("CUDA_PATH", str(tmp_path / "nowhere"))
-    monkeypatch.setattr(setup, "find_cuda_home", lambda: None)
-    assert f"CUDA_PATH={tmp_path / 'nowhere'} passed over: no bin/nvcc there" in setup.cuda_extension_plan()[1]
 
 
 # Kills S19 (extension_modules' `forced = build_switch() is True` -> `is not False`: an automatic build, the
