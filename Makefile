@@ -8,7 +8,7 @@ SOURCES := masksub_kernels tests benchmarks tools setup.py
 
 .PHONY: test bench lint format install clean
 
-$(STAMP): requirements-dev.txt pyproject.toml setup.py $(wildcard csrc/* csrc/platform/*)
+$(STAMP): requirements-dev.txt pyproject.toml setup.py masksub_kernels/_sources.py $(wildcard csrc/* csrc/platform/*)
 	test -x $(PYTHON) || $(PYTHON_FOR_VENV) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .

@@ -99,6 +99,7 @@ def build_switch() -> bool | None:
 # one compute capability: "80", "8.0", "90a", "9.0a", "100", "12.0", with an optional "+PTX" (TORCH_CUDA_ARCH_LIST's)
 _ARCH = re.compile(r"(\d{1,2})\.?(\d)(a?)(\+PTX)?", re.IGNORECASE)
 MIN_ARCH = 80  # README "Versions": compute capability 8.0 and newer (CUDA 13's nvcc has no sm_70 at all)
+MAX_MAJOR = 15  # above any compute capability there is (12.x in CUDA 13): "800" is a typo, not capability 80.0
 
 
 def cuda_archs() -> tuple[list[str], set[str], str]:
@@ -114,6 +115,8 @@ def cuda_archs() -> tuple[list[str], set[str], str]:
     archs, ptx, skipped = [], set(), []
     for entry in filter(None, re.split(r"[;,\s]+", value)):
         match = _ARCH.fullmatch(entry)
+        if match is not None and int(match[1]) > MAX_MAJOR:  # (helper-333: "800" reached nvcc as compute_800)
+            match = None
         if match is None or int(match[1] + match[2]) < MIN_ARCH:
             why = "is not a compute capability" if match is None else f"is below {MIN_ARCH // 10}.{MIN_ARCH % 10}"
             if variable == "TORCH_CUDA_ARCH_LIST":

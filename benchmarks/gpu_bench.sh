@@ -105,8 +105,10 @@
 source "$(dirname "$0")/gpu_lib.sh"
 
 build_if_missing() {
-  if "$PY" -c 'import masksub_kernels._C' 2> /dev/null; then
-    echo "masksub_kernels._C imports: no build needed"
+  # a _C that imports but was built from other sources (a warm machine's, before csrc/ changed) is refused by the
+  # package as stale (_backend.stale_extension): built again then, as one that does not import (helper-333)
+  if "$PY" -c 'import sys; from masksub_kernels._backend import _compiled_extension_missing as m; sys.exit(m() is not None)' 2> /dev/null; then
+    echo "masksub_kernels._C imports and matches csrc/: no build needed"
   else
     MAX_JOBS=6 nice -n 10 bash "$SCRIPT" __call build_extension || return
     if install_extension; then

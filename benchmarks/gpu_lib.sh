@@ -286,8 +286,8 @@ RACECHECK_K='(test_select_matches_reference and (4-10-5 or 3-257-100 or 1-8192-4
 RACECHECK_K="$(echo $RACECHECK_K)" # one line
 
 cuda_steps() { # the three steps above, with the extension built and installed (else a note)
-  if [[ -z ${DRY_RUN:-} ]] && ! ls masksub_kernels/_C*.so > /dev/null 2>&1; then
-    note "no CUDA extension built (see the build's lines in cuda.log): the cuda backend's tests and the sanitizers did not run"
+  if [[ -z ${DRY_RUN:-} ]] && ! "$PY" -c 'import sys; from masksub_kernels._backend import _compiled_extension_missing as m; sys.exit(m() is not None)' 2> /dev/null; then
+    note "no CUDA extension built, or a stale one (see the build's lines in cuda.log): the cuda backend's tests and the sanitizers did not run"
     return 0
   fi
   step cuda.log 70 "${PYTEST[@]}" "${XDIST8[@]}" "${CUDA_TESTS[@]}" tests/ops -k 'cuda or test_backend'

@@ -33,7 +33,7 @@ import torch
 
 from ._sources import sources_digest
 
-_CSRC = Path(__file__).resolve().parents[1] / "csrc"  # present in a source checkout only
+_CSRC = Path(__file__).resolve().parents[1] / "csrc"  # present in a source checkout only (stale_extension)
 
 BACKEND_NAMES = ("auto", "triton", "cuda", "torch")
 _CONCRETE = ("triton", "cuda", "torch")
@@ -136,10 +136,15 @@ def stale_extension(module: Any, csrc: Path = _CSRC) -> str | None:
     """Why ``module`` (masksub_kernels._C) must not run: in a source checkout (csrc/ beside the package: an editable
     install, or the checkout on PYTHONPATH), an extension whose SOURCES_DIGEST is not that of csrc/ now (built before
     a change of its sources, or copied in) runs the kernels of other sources, silently (helper-328). An installed
-    package has no csrc/: its extension was built with it."""
-    if not csrc.is_dir():
+    package has no csrc/: its extension was built with it (a csrc/ folder without bindings.cpp beside site-packages,
+    another distribution's, is not this checkout's)."""
+    if not (csrc / "bindings.cpp").is_file():
         return None
-    built, now = getattr(module, "SOURCES_DIGEST", None), sources_digest(csrc)
+    try:
+        now = sources_digest(csrc)
+    except OSError as exc:  # a source unreadable as it is read (removed meanwhile): not a reason to crash
+        return f"the sources in {csrc} could not be read to check the CUDA extension against them ({exc})"
+    built = getattr(module, "SOURCES_DIGEST", None)
     if built == now:
         return None
     return (

@@ -16,7 +16,16 @@ SUFFIXES = (".cu", ".cuh", ".h", ".cpp")
 
 
 def source_files(csrc: Path) -> list[Path]:
-    return sorted(p for p in csrc.rglob("*") if p.suffix in SUFFIXES and "emulator" not in p.relative_to(csrc).parts)
+    """The sources under ``csrc``: regular files, not hidden ones (an editor's lock symlink, ``.#bindings.cpp``,
+    dangles: helper-333), outside csrc/emulator/."""
+    return sorted(
+        p
+        for p in csrc.rglob("*")
+        if p.suffix in SUFFIXES
+        and not p.name.startswith(".")
+        and p.is_file()
+        and "emulator" not in p.relative_to(csrc).parts
+    )
 
 
 def sources_digest(csrc: Path) -> str:

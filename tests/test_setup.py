@@ -438,6 +438,7 @@ def test_the_archs_are_read_from_either_variable_in_either_spelling(monkeypatch,
     ("garbage", "'garbage' is not a compute capability"),
     ("80;7.0", "'7.0' is below 8.0"),
     ("8.0;9.0+PTX;sm_100", "'sm_100' is not a compute capability"),
+    ("800", "'800' is not a compute capability"),  # (helper-333: compute_800 reached nvcc)
 ])  # fmt: skip
 def test_archs_that_nvcc_cannot_build_are_refused_before_the_build(monkeypatch, value, why):
     monkeypatch.setenv("MASKSUB_CUDA_ARCHS", value)

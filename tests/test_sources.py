@@ -50,8 +50,23 @@ def test_an_extension_from_other_sources_is_refused_with_the_reason(tmp_path):
     assert "/somewhere/_C.so was built from other sources than" in stale and "digest s0123456789abcdef" in stale
     assert "rebuild it with `MASKSUB_BUILD_CUDA=1 pip install --no-build-isolation -e .`" in stale
     assert "no digest recorded" in _backend.stale_extension(fake_extension(None), csrc)  # built before the stamp
-    # an installed package (no csrc/ beside it): its extension was built with it
+    # an installed package (no csrc/ beside it): its extension was built with it; a csrc/ without bindings.cpp beside
+    # site-packages (another distribution's) is not this checkout's (helper-333)
     assert _backend.stale_extension(fake_extension(None), tmp_path / "no-csrc") is None
+    (tmp_path / "other" / "csrc").mkdir(parents=True)
+    (tmp_path / "other" / "csrc" / "kernel.cu").write_text("// another package's\n")
+    assert _backend.stale_extension(fake_extension(None), tmp_path / "other" / "csrc") is None
+
+
+def test_hidden_files_and_dangling_links_in_csrc_are_no_sources(tmp_path):
+    # helper-333: an editor's lock symlink (.#bindings.cpp, dangling) crashed available_backends() with a traceback
+    csrc = copy_csrc(tmp_path)
+    before = sources_digest(csrc)
+    (csrc / ".#bindings.cpp").symlink_to(tmp_path / "nowhere")
+    (csrc / ".hidden.cu").write_text("// an editor's backup\n")
+    (csrc / "gone.cuh").symlink_to(tmp_path / "nowhere-either")
+    assert sources_digest(csrc) == before
+    assert _backend.stale_extension(fake_extension(before), csrc) is None
 
 
 def test_a_stale_extension_is_what_the_cuda_backend_reports_missing(monkeypatch):
