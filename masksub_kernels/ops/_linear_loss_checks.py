@@ -90,14 +90,15 @@ def _check_linear(hidden, sub_hidden, weight, bias, hidden_name: str = "main_hid
             )
 
 
-def check_chunk_rows(chunk_rows) -> int:
-    """chunk_rows as the grads op takes it: an int >= 1, or 0 for None (the backend's default)."""
+def check_chunk_rows(chunk_rows, default: str = "None") -> int:
+    """chunk_rows as the grads op takes it: an int >= 1, or 0 for None (the backend's default). ``default``: how
+    the caller spells the default in the message (the op itself takes 0)."""
     if chunk_rows is None:
         return 0
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral):
-        raise TypeError(f"chunk_rows must be an int >= 1 or None, got {type(chunk_rows).__name__}")
+        raise TypeError(f"chunk_rows must be an int >= 1 or {default}, got {type(chunk_rows).__name__}")
     if not 1 <= chunk_rows < 2**31:
-        raise ValueError(f"chunk_rows must be an int >= 1 (below 2^31) or None, got {chunk_rows}")
+        raise ValueError(f"chunk_rows must be an int >= 1 (below 2^31) or {default}, got {chunk_rows}")
     return int(chunk_rows)
 
 
@@ -128,4 +129,4 @@ def check_linear_grads_op(hidden, sub_hidden, weight, bias, target, mean, main_w
                          threshold)  # fmt: skip
     check_reduced_weights(main_weight, sub_weight, mean)
     if chunk_rows != 0:
-        check_chunk_rows(chunk_rows)
+        check_chunk_rows(chunk_rows, default="0 (the default)")

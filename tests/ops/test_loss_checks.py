@@ -102,7 +102,7 @@ def _direct_calls():
                                   ValueError, "main_weight must be a finite number >= 0"),
         "grads negative chunk": (lambda: ops.linear_masksub_loss_grads(h, h, w, b, y, True, 0.5, 0.5, *flags, -1,
                                                                        *options),
-                                 ValueError, "chunk_rows must be an int >= 1"),
+                                 ValueError, r"an int >= 1 \(below 2\^31\) or 0 \(the default\), got -1"),
     }  # fmt: skip
 
 
