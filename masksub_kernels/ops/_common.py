@@ -269,6 +269,8 @@ class MaskSubOp:
             return self.custom_op(*args)
         if torch._C._are_functorch_transforms_active():  # torch.func.grad, vmap, jvp, jacrev...
             _refuse_func_transforms(self.label)
+        # no ``check`` on this route (nor ahead of _function, whose forward calls run(), which checks): __call__ is
+        # the public functions' entry, after their own checks; a direct torch.ops.masksub call enters through run()
         if self._torch_eager is not None:
             device = self._device(args)
             if device.type != "meta" and _backend.resolve_backend(device, self.records, self._implemented) == "torch":

@@ -11,8 +11,15 @@ import numbers
 
 import torch
 
-from ._common import FLOAT_DTYPES, MAX_CLASSES
-from ._loss_checks import check_op_options, check_reduced_weights, check_target_layout, like_error
+from ._common import FLOAT_DTYPES, MAX_CLASSES, check_bool
+from ._loss_checks import (
+    check_branch_grads,
+    check_op_options,
+    check_reduced_weights,
+    check_saved_stats,
+    check_target_layout,
+    like_error,
+)
 from .losses import _check_options, _check_target, fp64_threshold_applied
 
 # The kernels' row positions (order, count, a row tile's start plus a step of up to MAX_DW_SPLITS tiles) are int32
@@ -107,9 +114,8 @@ def _check_all(hidden, sub_hidden, weight, bias, target, mode, reduction, label_
     """(target, options of the op) after every check of masksub_loss, applied to the logits' shape [M, C]."""
     _check_linear(hidden, sub_hidden, weight, bias, hidden_name)
     options = _check_options(mode, reduction, label_smoothing, ignore_index, temperature, target_threshold)
-    # masksub_loss's target check needs the logits only for their shape and device: one element, expanded
-    logits_like = hidden.new_empty(()).expand(hidden.shape[0], weight.shape[0])
-    return fp64_threshold_applied(_check_target(logits_like, target, options.ignore_index), hidden.dtype, options)
+    target = _check_target((hidden.shape[0], weight.shape[0]), hidden.device, target, options.ignore_index)
+    return fp64_threshold_applied(target, hidden.dtype, options)
 
 
 def check_linear_loss_op(hidden, sub_hidden, weight, bias, target, bce, label_smoothing, ignore_index, temperature,
@@ -117,7 +123,7 @@ def check_linear_loss_op(hidden, sub_hidden, weight, bias, target, bce, label_sm
     """linear_masksub_loss_forward's check (MaskSubOp's ``check``, for a direct torch.ops.masksub call): the public
     functions' checks of its operands and options (ops/_loss_checks.py) but the class ids' values."""
     _check_linear(hidden, sub_hidden, weight, bias, "hidden")
-    check_target_layout(hidden.new_empty(()).expand(hidden.shape[0], weight.shape[0]), target)
+    check_target_layout((hidden.shape[0], weight.shape[0]), hidden.device, target)
     check_op_options(bce, label_smoothing, ignore_index, temperature, threshold)
 
 
@@ -130,3 +136,14 @@ def check_linear_grads_op(hidden, sub_hidden, weight, bias, target, mean, main_w
     check_reduced_weights(main_weight, sub_weight, mean)
     if chunk_rows != 0:
         check_chunk_rows(chunk_rows, default="0 (the default)")
+
+
+def check_linear_backward_op(grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, *rest) -> None:
+    """linear_masksub_loss_backward's check (MaskSubOp's ``check``): the forward op's, the upstream gradients [M],
+    the forward's output [9, M] and the four flags (need_hidden, need_weight, need_bias, gather)."""
+    flags, options = rest[:4], rest[4:]
+    check_linear_loss_op(hidden, sub_hidden, weight, bias, target, *options)
+    check_branch_grads(grad_main, grad_sub, True, sub_hidden is not None, hidden.shape[0], hidden.device)
+    check_saved_stats(out, hidden.shape[0], hidden.device)
+    for name, flag in zip(("need_hidden", "need_weight", "need_bias", "gather"), flags):
+        check_bool(name, flag)

@@ -58,18 +58,19 @@ def check_pair(sub: torch.Tensor, main: torch.Tensor, sub_name="sub_logits", mai
         )
 
 
-def check_target_layout(logits: torch.Tensor, target) -> None:
-    """The target's kind, dtype, shape and device against the logits' (only their shape and device are read):
-    float probabilities [rows, classes] or int64 / int32 class ids [rows]."""
+def check_target_layout(shape: tuple[int, int], device: torch.device, target) -> None:
+    """The target's kind, dtype, shape and device against the logits' shape [rows, classes] and device (the logits
+    themselves are not needed: the fused-linear pair has none): float probabilities [rows, classes] or int64 / int32
+    class ids [rows]."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    rows, _ = logits.shape
-    if target.device != logits.device:
-        raise ValueError(f"target must be on the device of the logits ({logits.device}), got {target.device}")
+    rows, classes = shape
+    if target.device != device:
+        raise ValueError(f"target must be on the device of the logits ({device}), got {target.device}")
     if target.dtype in FLOAT_DTYPES:
-        if target.shape != logits.shape:
+        if tuple(target.shape) != (rows, classes):
             raise ValueError(
-                f"probability target must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)} "
+                f"probability target must have the logits' shape {(rows, classes)}, got {tuple(target.shape)} "
                 "(class ids must be an int64 or int32 tensor [rows])"
             )
         return
@@ -117,7 +118,7 @@ def check_loss_op(logits, sub_logits, target, bce, label_smoothing, ignore_index
     else:
         check_pair(sub_logits, logits, "sub_logits", "logits")
     if target is not None:
-        check_target_layout(logits, target)
+        check_target_layout(logits.shape, logits.device, target)
     elif sub_logits is None:
         raise ValueError("the loss op needs a target, sub_logits or both; got neither")
     check_op_options(bce, label_smoothing, ignore_index, temperature, threshold)
@@ -138,3 +139,72 @@ def check_reduced_weights(main_weight, sub_weight, mean) -> None:
     for name, weight in (("main_weight", main_weight), ("sub_weight", sub_weight)):
         check_real(name, weight, 0.0, FP32_MAX, expected=">= 0 (at most fp32's max)")
     check_bool("mean", mean)
+
+
+# The backward ops' checks (a direct torch.ops.masksub call of a backward op: the autograd backward passes what the
+# forward op made). The forward's operands and options as its own check, then what the forward handed over: its
+# fp32 [9, rows] output, the upstream gradients. The cuda binding's refusals, on every backend: unchecked, Triton
+# read past a short out or grad (a silently wrong gradient) and the reference raised torch's own indexing errors.
+
+STATS_ROWS = 9  # the per-row ops' output rows: the losses and the softmax states (ops/masksub_loss.py's layout)
+
+
+def check_saved_stats(out, rows: int, device: torch.device) -> None:
+    """The forward op's output as a backward op reads it: a contiguous fp32 [9, rows] on the operands' device."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out must be a torch.Tensor (the forward op's output), got {type(out).__name__}")
+    if out.dtype != torch.float32:
+        raise TypeError(f"out must be the forward op's float32 output, got {out.dtype}")
+    if tuple(out.shape) != (STATS_ROWS, rows) or not out.is_contiguous() or out.device != device:
+        raise ValueError(
+            f"out must be the forward op's output: contiguous [{STATS_ROWS}, rows={rows}] on {device}, got "
+            f"{tuple(out.shape)}{'' if out.is_contiguous() else ' (not contiguous)'} on {out.device}"
+        )
+
+
+def check_upstream_grad(name: str, grad, shape: tuple[int, ...], device: torch.device) -> None:
+    """An upstream gradient of a backward op: a float tensor of ``shape`` (any strides) on the operands' device."""
+    if not isinstance(grad, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(grad).__name__}")
+    if grad.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {grad.dtype}")
+    if tuple(grad.shape) != shape or grad.device != device:
+        raise ValueError(f"{name} must be {list(shape)} on {device}, got {tuple(grad.shape)} on {grad.device}")
+
+
+def check_branch_grads(grad_main, grad_sub, has_target: bool, has_sub: bool, rows: int, device) -> None:
+    """The per-row backward ops' upstream gradients: [rows] or None, each for a term the operands have."""
+    if grad_main is not None and not has_target:
+        raise ValueError("grad_main needs a target: without one there is no main term")
+    if grad_sub is not None and not has_sub:
+        raise ValueError("grad_sub needs sub operands: without them there is no sub term")
+    for name, grad in (("grad_main", grad_main), ("grad_sub", grad_sub)):
+        if grad is not None:
+            check_upstream_grad(name, grad, (rows,), device)
+
+
+def check_loss_backward_op(grad_main, grad_sub, out, logits, sub_logits, target, *options) -> None:
+    """masksub_loss_backward's check: the forward op's, the upstream gradients [M] and its output [9, M]."""
+    check_loss_op(logits, sub_logits, target, *options)
+    check_branch_grads(grad_main, grad_sub, target is not None, sub_logits is not None, logits.shape[0], logits.device)
+    check_saved_stats(out, logits.shape[0], logits.device)
+
+
+def check_reduced_backward_op(grad, need_main, need_sub, d, out, logits, sub_logits, target, *options) -> None:
+    """masksub_loss_reduced_backward's check: the forward op's, the flags, the reduced losses' gradient [4], the
+    divisor d (fp32 [1]) and the per-row output [9, M]."""
+    *options, main_weight, sub_weight = options
+    check_loss_op(logits, sub_logits, target, *options)
+    check_reduced_weights(main_weight, sub_weight, False)
+    check_bool("need_main", need_main)
+    check_bool("need_sub", need_sub)
+    if need_main and target is None:
+        raise ValueError("need_main needs a target: without one there is no main term")
+    if need_sub and sub_logits is None:
+        raise ValueError("need_sub needs sub_logits: without them there is no sub term")
+    check_upstream_grad("grad", grad, (4,), logits.device)
+    if not isinstance(d, torch.Tensor) or d.dtype != torch.float32:
+        raise TypeError(f"d must be the reduced forward's float32 divisor [1], got {getattr(d, 'dtype', type(d))}")
+    if tuple(d.shape) != (1,) or d.device != logits.device:
+        raise ValueError(f"d must be [1] on {logits.device}, got {tuple(d.shape)} on {d.device}")
+    check_saved_stats(out, logits.shape[0], logits.device)

@@ -49,7 +49,13 @@ from .. import _backend
 from .._triton import next_power_of_2
 from . import _linear_loss_kernels as kernels
 from ._common import cdiv, check_real, masksub_op
-from ._linear_loss_checks import _check_all, autocast_operands, check_chunk_rows, check_linear_loss_op
+from ._linear_loss_checks import (
+    _check_all,
+    autocast_operands,
+    check_chunk_rows,
+    check_linear_backward_op,
+    check_linear_loss_op,
+)
 from ._linear_loss_chunks import backward_in_chunks, sync_free
 from ._linear_loss_grads import _grads_wanted, _linear_loss_grads_op, called_linear_loss
 from .losses import MaskSubLoss, _reduce, _row_count
@@ -385,6 +391,7 @@ def _(hidden, *options):
     torch=linear_loss_backward_reference,
     triton=_backward_triton,
     cuda=None,  # no CUDA-extension (csrc/) implementation yet: auto takes triton or torch
+    check=check_linear_backward_op,
 )
 def _linear_loss_backward_op(
     grad_main: torch.Tensor | None,

@@ -57,9 +57,10 @@ class _Options(NamedTuple):
     target_threshold: float | None
 
 
-def _check_target(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    check_target_layout(logits, target)
-    rows, classes = logits.shape
+def _check_target(shape: tuple[int, int], device, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """The target checked against the logits' shape [rows, classes] and device, class ids as contiguous int64."""
+    check_target_layout(shape, device, target)
+    rows, classes = shape
     if target.is_floating_point():
         if target.requires_grad and torch.is_grad_enabled():  # it would silently get no gradient
             raise ValueError(
@@ -182,7 +183,7 @@ def soft_target_cross_entropy(
     """
     _check_logits("logits", logits)
     options = _check_options(reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index)
-    target = _check_target(logits, target, options.ignore_index)
+    target = _check_target(logits.shape, logits.device, target, options.ignore_index)
     _reduced_loss_op.report_as("soft_target_cross_entropy", logits)
     return _terms(logits, None, target, options, 1.0, 0.0, reduction).main
 
@@ -208,7 +209,7 @@ def soft_target_bce(
     """
     _check_logits("logits", logits)
     options = _check_options("bce", reduction, label_smoothing, ignore_index, target_threshold=target_threshold)
-    target = _check_target(logits, target, options.ignore_index)
+    target = _check_target(logits.shape, logits.device, target, options.ignore_index)
     _reduced_loss_op.report_as("soft_target_bce", logits)
     return _terms(logits, None, target, options, 1.0, 0.0, reduction).main
 
@@ -265,5 +266,5 @@ def masksub_loss(
     options = _check_options(mode, reduction, label_smoothing, ignore_index, temperature, target_threshold)
     main_weight = check_real("main_weight", main_weight, 0.0, expected=">= 0 (at most fp32's max)")
     sub_weight = check_real("sub_weight", sub_weight, 0.0, expected=">= 0 (at most fp32's max)")
-    target = _check_target(main_logits, target, options.ignore_index)
+    target = _check_target(main_logits.shape, main_logits.device, target, options.ignore_index)
     return _terms(main_logits, sub_logits, target, options, main_weight, sub_weight, reduction)

@@ -78,7 +78,7 @@ import torch
 
 from .._triton import next_power_of_2
 from ._common import masksub_op
-from ._loss_checks import check_loss_op
+from ._loss_checks import check_loss_backward_op, check_loss_op
 from ._loss_layout import _alignment_flags, _device_sms, _layout, _unit_last_stride, row_alignment, rows_aligned
 from ._masksub_loss_eager import called_loss, loss_forward_eager
 from ._masksub_loss_kernels import _loss_bwd_kernel, _loss_fwd_kernel
@@ -498,6 +498,7 @@ def _(logits, *options):
     torch=loss_backward_reference,
     triton=_backward_triton,
     cuda=lambda extension, *args: tuple(extension.masksub_loss_backward(*args)),
+    check=check_loss_backward_op,
 )
 def _loss_backward_op(
     grad_main: torch.Tensor | None,

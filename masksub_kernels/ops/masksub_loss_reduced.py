@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from ._common import masksub_op
-from ._loss_checks import check_reduced_loss_op
+from ._loss_checks import check_reduced_backward_op, check_reduced_loss_op
 from ._masksub_loss_eager import called_loss, reduced_loss_eager
 from .masksub_loss import (
     MAIN,
@@ -162,6 +162,7 @@ def _(logits, *options):
     triton=_backward_triton_reduced,
     cuda=_backward_cuda,
     records=("masksub_loss",),
+    check=check_reduced_backward_op,
 )
 def _reduced_backward_op(
     grad: torch.Tensor,

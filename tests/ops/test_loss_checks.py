@@ -203,3 +203,89 @@ def test_a_direct_linear_loss_op_call_checks_its_options(backend, op):
         call()
     with pytest.raises(ValueError, match="label_smoothing"):
         ops.linear_masksub_loss_forward(h, h, w, b, y, False, 2.0, -100, 1.0, None)
+
+
+def _backward_calls():
+    ops, z, y = torch.ops.masksub, _like(4, 6), torch.tensor([0, 1, 2, 5], device=DEVICE)
+    h, w, b = _like(4, 3), _like(6, 3), _like(6)
+    options = (False, 0.0, -100, 1.0, None)
+    out, g, g4, d = torch.zeros(9, 4, device=DEVICE), _like(4), _like(4), torch.ones(1, device=DEVICE)
+    linear_flags = (True, True, True, False)  # need_hidden, need_weight, need_bias, gather
+    return {
+        "backward short out": (lambda: ops.masksub_loss_backward(g, g, out[:, :2], z, z, y, *options), ValueError,
+                               r"out must be the forward op's output: contiguous \[9, rows=4\]"),
+        "backward strided out": (lambda: ops.masksub_loss_backward(g, g, torch.zeros(4, 9, device=DEVICE).t(), z,
+                                                                   z, y, *options),
+                                 ValueError, r"\(not contiguous\)"),
+        "backward fp16 out": (lambda: ops.masksub_loss_backward(g, g, out.half(), z, z, y, *options), TypeError,
+                              "out must be the forward op's float32 output"),
+        "backward short grad": (lambda: ops.masksub_loss_backward(g[:2], None, out, z, z, y, *options), ValueError,
+                                r"grad_main must be \[4\]"),
+        "backward integer grad": (lambda: ops.masksub_loss_backward(None, g.long(), out, z, z, y, *options),
+                                  TypeError, "grad_sub must be float32"),
+        "backward grad without sub": (lambda: ops.masksub_loss_backward(None, g, out, z, None, y, *options),
+                                      ValueError, "grad_sub needs sub operands"),
+        "backward grad without target": (lambda: ops.masksub_loss_backward(g, None, out, z, z, None, *options),
+                                         ValueError, "grad_main needs a target"),
+        "backward short target": (lambda: ops.masksub_loss_backward(g, g, out, z, z, y[:2], *options), ValueError,
+                                  r"class-id target must be \[rows=4\]"),
+        "reduced backward short grad": (lambda: ops.masksub_loss_reduced_backward(g4[:3], True, True, d, out, z, z,
+                                                                                  y, *options, 0.5, 0.5),
+                                        ValueError, r"grad must be \[4\]"),
+        "reduced backward long d": (lambda: ops.masksub_loss_reduced_backward(g4, True, True, out[0], out, z, z, y,
+                                                                              *options, 0.5, 0.5),
+                                    ValueError, r"d must be \[1\]"),
+        "reduced backward need_sub without sub": (lambda: ops.masksub_loss_reduced_backward(g4, True, True, d, out, z,
+                                                                                            None, y, *options, 0.5,
+                                                                                            0.5),
+                                                  ValueError, "need_sub needs sub_logits"),
+        "reduced backward short out": (lambda: ops.masksub_loss_reduced_backward(g4, True, True, d, out[:8], z, z, y,
+                                                                                 *options, 0.5, 0.5),
+                                       ValueError, r"contiguous \[9, rows=4\]"),
+        "reduced backward negative weight": (lambda: ops.masksub_loss_reduced_backward(g4, True, True, d, out, z, z,
+                                                                                       y, *options, -1.0, 0.5),
+                                             ValueError, "main_weight must be a finite number >= 0"),
+        "linear backward short out": (lambda: ops.linear_masksub_loss_backward(g, g, out[:, :3], h, h, w, b, y,
+                                                                               *linear_flags, *options),
+                                      ValueError, r"contiguous \[9, rows=4\]"),
+        "linear backward short grad": (lambda: ops.linear_masksub_loss_backward(g, g[:1], out, h, h, w, b, y,
+                                                                                *linear_flags, *options),
+                                       ValueError, r"grad_sub must be \[4\]"),
+        "linear backward narrower weight": (lambda: ops.linear_masksub_loss_backward(g, g, out, h, h, _like(6, 2), b,
+                                                                                     y, *linear_flags, *options),
+                                            ValueError, r"weight must be \[classes, hidden=3\]"),
+        "linear backward grad without sub": (lambda: ops.linear_masksub_loss_backward(None, g, out, h, None, w, b, y,
+                                                                                      *linear_flags, *options),
+                                             ValueError, "grad_sub needs sub operands"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("call", sorted(_backward_calls()))
+def test_a_direct_backward_op_call_is_refused_alike_on_every_backend(backend, call):
+    # the backward ops had no check: a short out or grad was read past by Triton (a wrong gradient, silently), the
+    # reference raised torch's indexing errors and the cuda binding refused with its own
+    fn, error, match = _backward_calls()[call]
+    with pytest.raises(error, match=match):
+        fn()
+
+
+def test_a_direct_backward_op_call_of_what_the_forward_made_runs_on_every_backend(backend):
+    # the checks refuse nothing the autograd backward passes: the forward op's output, its grads' row views
+    ops, z, y = torch.ops.masksub, _like(4, 6), torch.tensor([0, 1, 2, 5], device=DEVICE)
+    h, w, b = _like(4, 3), _like(6, 3), _like(6)
+    options = (False, 0.1, -100, 2.0, None)
+    grad = _like(9, 4)
+    out = ops.masksub_loss_forward(z, z, y, *options)
+    dz, ds = ops.masksub_loss_backward(grad[0], grad[1], out, z, z, y, *options)
+    zz, ss = z.clone().requires_grad_(), z.clone().requires_grad_()
+    reference = torch.autograd.grad(ops.masksub_loss_forward(zz, ss, y, *options), (zz, ss), grad)
+    torch.testing.assert_close((dz, ds), reference)
+    if backend != "cuda":  # (the fused-linear ops have no CUDA-extension implementation)
+        out = ops.linear_masksub_loss_forward(h, h, w, b, y, *options)
+        dh, dhs, dw, db = ops.linear_masksub_loss_backward(grad[0], grad[1], out, h, h, w, b, y, True, True, True,
+                                                           False, *options)  # fmt: skip
+        assert dh.shape == dhs.shape == h.shape and dw.shape == w.shape and db.shape == b.shape
+    _, out, d = ops.masksub_loss_reduced(z, z, y, *options, 0.5, 0.5, True)
+    dz, ds = ops.masksub_loss_reduced_backward(torch.ones(4, device=DEVICE), True, True, d, out, z, z, y, *options,
+                                               0.5, 0.5)  # fmt: skip
+    assert dz.shape == ds.shape == z.shape
