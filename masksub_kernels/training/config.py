@@ -201,6 +201,31 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
     return out
 
 
+def config_kwargs_hint(path: str | None, model: str, kwargs: dict) -> str:
+    """For timm's refusal of a run's kwargs: the ones a --config file set for another model than ``model`` (a
+    recipe's model-kwargs kept under a --model of another kind), and how to drop them; else ''. Reads the file again
+    (the error path only; a file that no longer reads gives no hint)."""
+    if path is None:
+        return ""
+    try:
+        import yaml
+
+        with open(path) as f:
+            data = yaml.safe_load(f)
+        file_model = data.get("model")
+        given = data.get("model-kwargs", data.get("model_kwargs")) or {}
+        keys = list(given) if isinstance(given, dict) else [str(item).partition("=")[0] for item in given]
+    except Exception:  # a hint, never a second error
+        return ""
+    keys = [key for key in keys if key in kwargs]
+    if not keys or file_model in (None, model):
+        return ""
+    return (
+        f"; {', '.join(keys)} came from --config {path!r}, for its model {file_model!r}: drop them with "
+        f"--model-kwargs {' '.join(key + '=' for key in keys)}"
+    )
+
+
 def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """``parser.parse_args(argv)`` with the defaults of ``--config FILE`` (when given) in place of the parser's;
     ``--model-kwargs`` given in both: the file's K=V, then the command line's (a key's last value counts)."""

@@ -210,6 +210,12 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
             kwargs[key] = value
     if args.global_pool is not None:
         kwargs.setdefault("global_pool", args.global_pool)
+
+    def recipe_hint(kwargs):  # timm's refusal of a --config file's model-kwargs under another --model
+        from .config import config_kwargs_hint
+
+        return config_kwargs_hint(args.config, args.model, kwargs)
+
     if args.fc_norm is not None:
         if "fc_norm" in kwargs:
             raise UsageError(f"--fc-norm {args.fc_norm} and --model-kwargs fc_norm={kwargs['fc_norm']}: pass one")
@@ -230,12 +236,12 @@ def _create_model(args, num_classes: int, in_chans: int) -> torch.nn.Module:
             raise UsageError(f"--fc-norm is for timm's VisionTransformer models, not {args.model!r}") from exc
         raise UsageError(
             f"timm model {args.model!r} refuses one of its kwargs {kwargs} (--model-kwargs, --drop, --drop-path, "
-            f"--global-pool; num_classes and in_chans: the data's): {exc}"
+            f"--global-pool; num_classes and in_chans: the data's): {exc}{recipe_hint(kwargs)}"
         ) from exc
     except (ValueError, AssertionError) as exc:  # timm asserts its arguments (a pooling it lacks, heads not dividing)
         raise UsageError(
             f"timm cannot build {args.model!r} with {kwargs} (--model-kwargs, --global-pool, --drop, --drop-path): "
-            f"{str(exc) or type(exc).__name__}"
+            f"{str(exc) or type(exc).__name__}{recipe_hint(kwargs)}"
         ) from exc
     if args.drop_path_schedule == "uniform":  # the rate in every block, as the official DeiT-III models
         if kwargs.get("drop_path_rate") is None:

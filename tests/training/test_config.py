@@ -307,3 +307,37 @@ def test_a_misspelt_bare_recipe_name_lists_every_close_recipe(tmp_path, capsys, 
     assert main(["--config", "deit3_fine"]) == 2
     listed = ", ".join(os.path.join(ROOT, "recipes", f"{name}.yaml") for name in ("deit3_finetune", "deit3"))
     assert capsys.readouterr().err.rstrip().endswith(f"the closest recipes: {listed})")
+
+
+def test_a_recipes_model_kwargs_refused_by_another_model_say_where_they_came_from(tmp_path):
+    # the DeiT-III recipe under --model resnet18: timm's refusal of img_size named --model-kwargs, which the user
+    # never passed; the keys the file set are named, with the command line's way to drop them (`key=`)
+    from masksub_kernels.training.run_setup import _create_model
+
+    def build(*flags):
+        args = parse_args_with_config(build_parser(), list(flags))
+        args.model_kwargs = parse_kwargs(args.model_kwargs)
+        return _create_model(args, 10, 3)
+
+    recipe = os.path.join(ROOT, "recipes", "deit3.yaml")
+    with pytest.raises(UsageError, match=r"got an unexpected keyword argument 'img_size'; img_size, init_values came "
+                       r"from --config '.*deit3.yaml', for its model 'deit3_base_patch16_224': drop them with "
+                       r"--model-kwargs img_size= init_values=$"):  # fmt: skip
+        build("--config", recipe, "--model", "resnet18")
+    # one of them dropped: only the other is named
+    with pytest.raises(UsageError, match=r"; init_values came from --config .*: drop them with --model-kwargs init"):
+        build("--config", recipe, "--model", "resnet18", "--model-kwargs", "img_size=")
+    # both dropped (and the recipe's uniform drop-path schedule is for ViTs): the CNN builds
+    assert build("--config", recipe, "--model", "resnet18", "--model-kwargs", "img_size=", "init_values=",
+                 "--drop-path-schedule", "linear").num_classes == 10  # fmt: skip
+    # the file's own model refusing its own kwargs: no hint (nothing to drop); nor without --config
+    cfg = tmp_path / "own.yaml"
+    cfg.write_text("model: resnet18\nmodel-kwargs: {img_size: 32}\n")
+    with pytest.raises(UsageError, match=r"argument 'img_size'$"):
+        build("--config", str(cfg))
+    with pytest.raises(UsageError, match=r"argument 'img_size'$"):
+        build("--model", "resnet18", "--model-kwargs", "img_size=32")
+    # a list of 'key=value' strings in the file, and timm's assertion (a ValueError path) get the hint too
+    cfg.write_text("model: vit_tiny_patch16_224\nmodel-kwargs: ['global_pool=bogus']\n")
+    with pytest.raises(UsageError, match=r"; global_pool came from --config .*'vit_tiny_patch16_224'"):
+        build("--config", str(cfg), "--model", "vit_small_patch16_224")
