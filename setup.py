@@ -163,11 +163,13 @@ def cuda_extension_plan() -> tuple[bool, str]:
         return False, f"torch {torch.__version__} is a CPU-only build"
     # a CUDA_HOME without bin/nvcc (a conda environment's may be one) is passed over (tools/cuda_home.py): say so, or
     # a user who named a toolkit there gets another one, or none, without a word (helper-328)
-    passed_over = "".join(
-        f"; {name}={os.environ[name]} passed over: no bin/nvcc there"
-        for name in ("CUDA_HOME", "CUDA_PATH")
-        if os.environ.get(name) and not Path(os.environ[name], "bin", "nvcc").exists()
-    )
+    # (CUDA_PATH only where CUDA_HOME did not give the toolkit: read after it, it is not looked at otherwise)
+    passed_over = ""
+    for name in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(name) and Path(os.environ[name], "bin", "nvcc").exists():
+            break
+        if os.environ.get(name):
+            passed_over += f"; {name}={os.environ[name]} passed over: no bin/nvcc there"
     cuda_home = find_cuda_home()
     if cuda_home is None:
         return False, f"no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH{passed_over})"

@@ -497,6 +497,22 @@ def test_a_cuda_home_without_nvcc_is_named_in_the_plan(monkeypatch, tmp_path, va
     )
 
 
+def test_cuda_path_is_not_named_where_cuda_home_gave_the_toolkit(monkeypatch, tmp_path):
+    # CUDA_PATH is read after CUDA_HOME (tools/cuda_home.py): with CUDA_HOME holding nvcc it is not looked at, so a
+    # CUDA_PATH without one (another tool's setting) was named "passed over" beside the toolkit actually used
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda is None:
+        pytest.skip("a CPU-only torch: the plan stops before the toolkit")
+    setup = load_setup_module()
+    monkeypatch.delenv("MASKSUB_BUILD_CUDA", raising=False)
+    toolkit = fake_toolkit(tmp_path)
+    monkeypatch.setenv("CUDA_HOME", str(toolkit))
+    monkeypatch.setenv("CUDA_PATH", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(setup, "find_cuda_home", lambda: str(toolkit))
+    build, reason = setup.cuda_extension_plan()
+    assert build and "passed over" not in reason and reason.startswith(f"CUDA toolkit {toolkit}, torch")
+
+
 # Kills S01 (setup.py:81 SWITCH_OFF without "false": MASKSUB_BUILD_CUDA=false then a SystemExit) and any other value
 # dropped from SWITCH_ON / SWITCH_OFF (the existing test samples yes/TRUE/on/off/No only)
 @pytest.mark.parametrize("value", ["1", "true", "True", "YES", "on", "0", "false", "FALSE", "no", "Off"])
