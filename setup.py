@@ -139,12 +139,24 @@ def cuda_archs() -> tuple[list[str], set[str], str]:
     return archs, ptx, variable or "the default"
 
 
-def sources_digest() -> str:
-    """The digest of csrc/ (masksub_kernels/_sources.py, loaded by path), compiled into _C as SOURCES_DIGEST."""
+def _sources_module():
+    """masksub_kernels/_sources.py, loaded by path (nothing is installed yet)."""
     spec = importlib.util.spec_from_file_location("_masksub_sources", ROOT / "masksub_kernels" / "_sources.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.sources_digest(CSRC)
+    return module
+
+
+def sources_digest() -> str:
+    """The digest of csrc/ (masksub_kernels/_sources.py), compiled into _C as SOURCES_DIGEST."""
+    return _sources_module().sources_digest(CSRC)
+
+
+def header_files() -> list[str]:
+    """The headers the real build includes (csrc/, csrc/platform/), relative to the checkout: the extension's
+    ``depends``, so that a build without ninja (setuptools' own, which compares times) rebuilds after a header-only
+    change; ninja follows the compilers' dependency files."""
+    return [str(p.relative_to(ROOT)) for p in _sources_module().source_files(CSRC) if p.suffix in (".h", ".cuh")]
 
 
 def cuda_extension_plan() -> tuple[bool, str]:
@@ -228,6 +240,7 @@ def extension_modules():
         name="masksub_kernels._C",
         sources=sources,
         include_dirs=[str(CSRC), str(PLATFORM)],
+        depends=header_files(),
         extra_compile_args={
             # the sources' digest: the package refuses an extension built from other sources than its csrc/
             "cxx": [*host_compile_flags(find_cuda_home()), f"-DMASKSUB_SOURCES_DIGEST={sources_digest()}"],

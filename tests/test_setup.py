@@ -163,6 +163,16 @@ def test_the_extension_is_built_with_warnings_as_errors(monkeypatch):
     assert str(setup.PLATFORM) in extension.include_dirs and not extension.optional
 
 
+def test_the_extension_depends_on_the_headers_it_includes(monkeypatch):
+    # setuptools' own build (no ninja) compares the sources' and depends' times with the built library's: without
+    # the headers in depends, a header-only change (masksub_loss.cuh) left the old _C in place, refused as stale
+    _, extension = planned_extension(monkeypatch)
+    headers = sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*") if p.suffix in (".h", ".cuh"))
+    expected = [h for h in headers if "emulator" not in h]  # (csrc/emulator/: the tests' CPU twin, not included)
+    assert sorted(extension.depends) == expected and "csrc/platform/masksub_platform.h" in expected
+    assert all((ROOT / h).is_file() for h in extension.depends)
+
+
 def test_the_package_ships_no_developer_tools():
     """tools/ (the emulator, the compile and spill checks) reads the source tree: it is not part of the library."""
     tomllib = pytest.importorskip("tomllib")
