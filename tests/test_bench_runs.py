@@ -2,8 +2,10 @@
 so, --append adds only to a run measured alike, --report-only rewrites a run's report without changing what it
 measured or predicted (helper-138's audit: findings 2, 3, 8-10, 12)."""
 
+import datetime
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -14,6 +16,7 @@ import torch
 
 from masksub_kernels.bench import cli, report
 from masksub_kernels.bench.runner import OpCase
+from masksub_kernels.bench.timing import environment
 
 
 def double(x):
@@ -327,3 +330,39 @@ def test_a_run_with_nothing_to_draw_removes_an_earlier_png(tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert sorted(report.write({**run, "records": [drawable]}, tmp_path, "s")) == ["json", "md"]
     assert (tmp_path / "s.png").read_bytes() == b"kept"
+
+
+def test_a_result_file_that_cannot_be_written_is_an_error_not_a_traceback(tmp_path, suites, capsys, monkeypatch):
+    # helper-335: a folder in the JSON's place (or a full disk) was an IsADirectoryError's traceback mid-run
+    (tmp_path / f"{_stem()}-tiny.json").mkdir()
+    assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--suites", "one", "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert f"could not write {tmp_path / _stem()}-tiny.json: Is a directory" in err and "--out a writable" in err
+    assert "Traceback" not in err and not list(tmp_path.glob("*.partial"))
+    # --report-only on a fetched run in a read-only folder (the device tool's files_at): a PermissionError
+    assert cli.main(["--tiny", "--device", "cpu", "--out", str(tmp_path / "run"), "--suites", "one"]) == 0
+    (path,) = (tmp_path / "run").glob("*.json")
+
+    def read_only(source, target):
+        raise PermissionError(13, "Permission denied", str(source))
+
+    monkeypatch.setattr(report.os, "replace", read_only)
+    assert cli.main(["--report-only", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"could not write {path.with_suffix('.md')}: Permission denied" in err and "writable folder" in err
+    assert not list((tmp_path / "run").glob("*.partial"))
+
+
+def test_the_default_output_directory_is_checked_before_measuring(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(cli, "default_output_directory", lambda: tmp_path / "file" / "results")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(["--tiny"])
+    assert exit_info.value.code == 2
+    assert f"the default output directory {tmp_path / 'file' / 'results'} (--out another)" in capsys.readouterr().err
+
+
+def _stem() -> str:
+    """The name cli gives this machine's CPU run of today (without -tiny)."""
+    date = os.environ.get("MASKSUB_BENCH_DATE") or datetime.date.today().isoformat()
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{environment(torch.device('cpu'))['device']}-{date}").strip("-")

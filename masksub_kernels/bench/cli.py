@@ -152,13 +152,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--append and --overwrite exclude each other")
     if args.report_only is not None and not args.report_only.is_file():
         parser.error(f"--report-only: no such file: {args.report_only}")
-    if args.out is not None and args.report_only is None:
-        try:  # before anything is measured: a bad --out would fail only at the first write
-            args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only is None:  # before anything is measured: a bad --out would fail only at the first write
+        out = args.out if args.out is not None else default_output_directory()
+        named = f"--out {out}" if args.out is not None else f"the default output directory {out} (--out another)"
+        try:
+            out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            parser.error(f"--out {args.out}: not a directory that can be made ({exc.strerror or exc})")
-        if not os.access(args.out, os.W_OK | os.X_OK):
-            parser.error(f"--out {args.out}: the directory is not writable")
+            parser.error(f"{named}: not a directory that can be made ({exc.strerror or exc})")
+        if not os.access(out, os.W_OK | os.X_OK):
+            parser.error(f"{named}: the directory is not writable")
     if args.device != "auto":
         try:
             device = torch.device(args.device)
@@ -233,6 +235,18 @@ def report_only(path: Path, repredict: bool = False, with_plot: bool = True) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return _main(args)
+    except report.NotWritten as exc:  # a read-only folder (a fetched run's), a full disk: said, not a traceback
+        if args.report_only is not None:
+            hint = "--report-only writes RUN.md and RUN.png beside RUN.json: copy it into a writable folder first"
+        else:
+            hint = "what was measured since the last file written is lost; --out a writable directory"
+        print(f"masksub-bench: {exc} ({hint})", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.report_only is not None:
         return report_only(args.report_only, args.repredict, with_plot=not args.no_plot)
     _allow_recompiles()

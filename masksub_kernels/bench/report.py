@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -371,7 +372,20 @@ def write(
     with_json=False: the .md and .png alone, the JSON left as it is (--report-only: the measured record is the
     record, the .md and .png are derived from it); with_plot=False or no matplotlib: no .png, an earlier one left as
     it is; nothing to draw: an earlier one removed). Each file is
-    written under a .partial name, then renamed: a cap that kills a write mid-file leaves the previous file whole."""
+    written under a .partial name, then renamed: a cap that kills a write mid-file leaves the previous file whole.
+    A file that cannot be written (a read-only folder, a full disk, a folder in its place) is a NotWritten naming it.
+    """
+    try:
+        return _write(run, directory, stem, json_only, with_plot, with_json)
+    except OSError as exc:  # the folder itself (each file's own failure: _replace)
+        raise NotWritten(f"could not write into {directory}: {exc.strerror or exc}") from exc
+
+
+class NotWritten(Exception):
+    """A result file that could not be written (write): the CLI says so, without a traceback."""
+
+
+def _write(run: dict, directory: Path, stem: str, json_only: bool, with_plot: bool, with_json: bool):
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"json": directory / f"{stem}.json", "md": directory / f"{stem}.md", "png": directory / f"{stem}.png"}
     if with_json or json_only:
@@ -392,8 +406,13 @@ def write(
 def _replace(path: Path, write) -> bool:
     """``write(partial)`` into ``path``.partial, then that renamed to ``path``; ``write``'s False: nothing written."""
     partial = path.with_name(path.name + ".partial")
-    if write(partial) is False:
-        partial.unlink(missing_ok=True)
-        return False
-    os.replace(partial, path)
+    try:
+        if write(partial) is False:
+            partial.unlink(missing_ok=True)
+            return False
+        os.replace(partial, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # a half-written .partial: not left beside the results
+            partial.unlink(missing_ok=True)
+        raise NotWritten(f"could not write {path}: {exc.strerror or exc}") from exc
     return True
