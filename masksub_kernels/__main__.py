@@ -32,7 +32,8 @@ def describe() -> str:
     """The report; raises ValueError or RuntimeError when the requested backend is unknown or cannot run."""
     requested = _backend.get_backend()
     lines = [
-        f"masksub_kernels {__version__} (torch {torch.__version__}, CUDA {torch.version.cuda})",
+        f"masksub_kernels {__version__} (torch {torch.__version__}, "
+        f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'})",
         f"requested backend: {requested} (set_backend / MASKSUB_BACKEND)",
         *(_backend_line(name) for name in ("triton", "cuda", "torch")),
     ]
@@ -42,7 +43,9 @@ def describe() -> str:
         except RuntimeError as exc:
             lines.append(f"tensors on {device}: error: {exc}")
     if not torch.cuda.is_available():
-        lines.append("no CUDA device here: under `auto` every op runs its PyTorch reference")
+        lines.append(
+            "no CUDA device here: under `auto` every op runs the torch backend (PyTorch code), not the kernels"
+        )
     return "\n".join(lines)
 
 

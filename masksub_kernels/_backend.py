@@ -25,6 +25,7 @@ import functools
 import importlib
 import itertools
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -124,12 +125,32 @@ def _compiled_extension_missing() -> str | None:
     try:
         module = importlib.import_module("masksub_kernels._C")
     except ImportError as exc:
-        return (
-            "the CUDA extension masksub_kernels._C is not built or does not import "
-            f"({exc}); build it with `MASKSUB_BUILD_CUDA=1 pip install --no-build-isolation .` (or -e .) in the "
-            "source checkout, on a machine with a CUDA toolkit and a CUDA build of torch"
+        forced = "`MASKSUB_BUILD_CUDA=1 pip install --no-build-isolation .` (or -e .) in the source checkout"
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "masksub_kernels._C":  # never built (helper-335)
+            return (
+                f"the CUDA extension masksub_kernels._C is not built: {_build_obstacle()}. An install says why it "
+                f"skipped the build only in pip's verbose output (`pip install -v`); {forced} builds it or stops "
+                "with the reason"
+            )
+        return (  # a file that does not load (built against another torch, a missing library)
+            f"the CUDA extension masksub_kernels._C does not import ({exc}); rebuild it with {forced}, on a machine "
+            "with a CUDA toolkit and a CUDA build of torch"
         )
     return stale_extension(module)
+
+
+def _build_obstacle(default_home: str = "/usr/local/cuda") -> str:
+    """What this machine lacks to build the extension, as setup.py's own checks find it (an install records no
+    reason): a CPU-only torch, no CUDA toolkit; or, with both, where else to look."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build: the extension needs a CUDA build of torch"
+    homes = [os.environ.get(name, "").strip() for name in ("CUDA_HOME", "CUDA_PATH")] + [default_home]
+    if not shutil.which("nvcc") and not any(home and Path(home, "bin", "nvcc").exists() for home in homes):
+        return f"no CUDA toolkit here: no nvcc on PATH, in CUDA_HOME, CUDA_PATH or {default_home}"
+    return (
+        f"torch {torch.__version__} and a CUDA toolkit are here, so the install was told to skip it "
+        "(MASKSUB_BUILD_CUDA=0), could not see torch (a build without --no-build-isolation) or failed to build it"
+    )
 
 
 def stale_extension(module: Any, csrc: Path = _CSRC) -> str | None:

@@ -472,7 +472,9 @@ def test_entry_point_lists_the_reference_for_every_device(monkeypatch):
 def test_entry_point_says_when_there_is_no_cuda_device(monkeypatch):
     # M04 (`if not torch.cuda.is_available()` inverted: the note missing here, printed on GPU machines)
     lines = _report(monkeypatch)
-    assert lines[-1] == "no CUDA device here: under `auto` every op runs its PyTorch reference", lines
+    assert lines[-1] == (
+        "no CUDA device here: under `auto` every op runs the torch backend (PyTorch code), not the kernels"
+    ), lines  # not "its PyTorch reference": the CPU path of the loss, token select and Swin masks is its own
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine: no such note
     assert not any(line.startswith("no CUDA device here") for line in entry.describe().splitlines())
 
@@ -561,3 +563,38 @@ def test_last_backend_of_all_ops_is_a_copy(monkeypatch):
     every.clear()
     every["masksub_loss"] = "cuda"
     assert mk.last_backend("gather_tokens") == "torch" and mk.last_backend("masksub_loss") is None
+
+
+def test_a_missing_extension_says_what_the_build_lacked_and_how_to_see_why(monkeypatch):
+    # helper-335: "not built or does not import" for both, with no word on why an install skipped the build
+    real = _backend.importlib.import_module
+
+    def absent(name, *args):
+        if name == "masksub_kernels._C":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real(name, *args)
+
+    monkeypatch.setattr(_backend.importlib, "import_module", absent)
+    _backend._compiled_extension_missing.cache_clear()
+    try:
+        reason = _backend._compiled_extension_missing()
+        assert reason.startswith("the CUDA extension masksub_kernels._C is not built: "), reason
+        assert "`pip install -v`" in reason and "MASKSUB_BUILD_CUDA=1 pip install --no-build-isolation" in reason
+        monkeypatch.setattr(_backend.importlib, "import_module", lambda name, *a: (_ for _ in ()).throw(
+            ImportError("_C.so: undefined symbol: _ZN3c10")))  # fmt: skip
+        _backend._compiled_extension_missing.cache_clear()
+        assert _backend._compiled_extension_missing().startswith(
+            "the CUDA extension masksub_kernels._C does not import (_C.so: undefined symbol: _ZN3c10); rebuild it"
+        )
+    finally:
+        _backend._compiled_extension_missing.cache_clear()
+    monkeypatch.setattr(_backend, "os", types.SimpleNamespace(environ={}))  # no CUDA_HOME, no CUDA_PATH
+    monkeypatch.setattr(_backend.shutil, "which", lambda name: None)
+    assert _backend._build_obstacle("/nonexistent").startswith("no CUDA toolkit here: no nvcc on PATH")
+    monkeypatch.setattr(_backend.shutil, "which", lambda name: "/opt/cuda/bin/nvcc")
+    assert "install was told to skip it (MASKSUB_BUILD_CUDA=0)" in _backend._build_obstacle("/nonexistent")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert "is a CPU-only build: the extension needs a CUDA build of torch" in _backend._build_obstacle()
+    assert (
+        entry.describe().splitlines()[0].endswith(f"(torch {torch.__version__}, a CPU-only build)")
+    )  # not "CUDA None"
