@@ -366,3 +366,9 @@ def _stem() -> str:
     """The name cli gives this machine's CPU run of today (without -tiny)."""
     date = os.environ.get("MASKSUB_BENCH_DATE") or datetime.date.today().isoformat()
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{environment(torch.device('cpu'))['device']}-{date}").strip("-")
+
+
+def test_full_and_tiny_are_refused_together(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(["--full", "--tiny"])
+    assert exit_info.value.code == 2 and "--full and --tiny exclude each other" in capsys.readouterr().err

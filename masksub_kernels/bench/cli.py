@@ -150,6 +150,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--suites names {', '.join(repeated)} more than once (each suite runs once)")
     if args.append and args.overwrite:
         parser.error("--append and --overwrite exclude each other")
+    if args.full and args.tiny:  # (--tiny's smallest shapes won, silently: helper-335)
+        parser.error("--full and --tiny exclude each other (--tiny: the smallest shapes; --full: more of them)")
     if args.report_only is not None and not args.report_only.is_file():
         parser.error(f"--report-only: no such file: {args.report_only}")
     if args.report_only is None:  # before anything is measured: a bad --out would fail only at the first write
