@@ -145,6 +145,16 @@ def test_the_real_platform_header_compiles_warning_free(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def setup_with_cuda_torch(monkeypatch):
+    """The setup module with MASKSUB_BUILD_CUDA unset, for a test of the plan past torch; skips with a CPU-only torch
+    (the plan stops before the toolkit)."""
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda is None:
+        pytest.skip("a CPU-only torch: the plan stops before the toolkit")
+    monkeypatch.delenv("MASKSUB_BUILD_CUDA", raising=False)
+    return load_setup_module()
+
+
 def planned_extension(monkeypatch):
     """(setup module, the CUDA extension it would build here with MASKSUB_BUILD_CUDA=1); skips without a toolkit."""
     setup = load_setup_module()
@@ -336,11 +346,7 @@ def test_the_extension_is_the_module_the_package_imports(monkeypatch):
 # -> tests/test_setup.py. Kills S14 (the plan no longer exports the toolkit it found as CUDA_HOME: torch's
 # cpp_extension then guesses it from the nvcc on PATH, a wrapper script's folder, and the link fails on -lcudart).
 def test_the_plan_exports_the_real_toolkit_as_cuda_home(monkeypatch, tmp_path):
-    torch = pytest.importorskip("torch")
-    if torch.version.cuda is None:
-        pytest.skip("a CPU-only torch: the plan stops before the toolkit")
-    setup = load_setup_module()
-    monkeypatch.delenv("MASKSUB_BUILD_CUDA", raising=False)
+    setup = setup_with_cuda_torch(monkeypatch)
     monkeypatch.setenv("CUDA_HOME", "/guessed/by/torch")  # restored after the test
     monkeypatch.setattr(setup, "find_cuda_home", lambda: str(tmp_path / "cuda-13.0"))
     build, _ = setup.cuda_extension_plan()
@@ -489,11 +495,7 @@ def test_the_extension_is_stamped_with_the_digest_of_its_sources(monkeypatch):
 # with, or "no CUDA toolkit found (set CUDA_HOME ...)" told a user who had set it to set it
 @pytest.mark.parametrize("variable", ["CUDA_HOME", "CUDA_PATH"])  # (CUDA_PATH: helper-332's S12)
 def test_a_cuda_home_without_nvcc_is_named_in_the_plan(monkeypatch, tmp_path, variable):
-    torch = pytest.importorskip("torch")
-    if torch.version.cuda is None:
-        pytest.skip("a CPU-only torch: the plan stops before the toolkit")
-    setup = load_setup_module()
-    monkeypatch.delenv("MASKSUB_BUILD_CUDA", raising=False)
+    setup = setup_with_cuda_torch(monkeypatch)
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.delenv("CUDA_PATH", raising=False)
     monkeypatch.setenv(variable, str(tmp_path / "nowhere"))
@@ -510,11 +512,7 @@ def test_a_cuda_home_without_nvcc_is_named_in_the_plan(monkeypatch, tmp_path, va
 def test_cuda_path_is_not_named_where_cuda_home_gave_the_toolkit(monkeypatch, tmp_path):
     # CUDA_PATH is read after CUDA_HOME (tools/cuda_home.py): with CUDA_HOME holding nvcc it is not looked at, so a
     # CUDA_PATH without one (another tool's setting) was named "passed over" beside the toolkit actually used
-    torch = pytest.importorskip("torch")
-    if torch.version.cuda is None:
-        pytest.skip("a CPU-only torch: the plan stops before the toolkit")
-    setup = load_setup_module()
-    monkeypatch.delenv("MASKSUB_BUILD_CUDA", raising=False)
+    setup = setup_with_cuda_torch(monkeypatch)
     toolkit = fake_toolkit(tmp_path)
     monkeypatch.setenv("CUDA_HOME", str(toolkit))
     monkeypatch.setenv("CUDA_PATH", str(tmp_path / "nowhere"))
