@@ -454,20 +454,6 @@ def test_more_predicted_tokens_than_the_sub_branch_keeps_is_refused():
     assert f"mlm_corrupt(..., max_kept={keep})" in str(e.value) and "unvalidated" not in str(e.value)
 
 
-def test_readme_bert_snippet_runs():
-    """The README's BERT code block, executed as written."""
-    import os
-    import re
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    with open(os.path.join(root, "README.md")) as f:
-        readme = f.read()
-    section = readme[readme.index("\n## BERT: masked-language models\n") :]
-    namespace = {}
-    exec(compile(re.search(r"```python\n(.*?)```", section, re.S).group(1), "README.md", "exec"), namespace)
-    assert namespace["out"]["stepped"] and torch.isfinite(namespace["out"]["loss"])
-
-
 @pytest.mark.parametrize("fill", ["drop", "mask"])
 def test_joint_and_sequential_agree_on_padded_batches_with_smoothing(fill):
     """Padded rows (per-row K_b, masked slots) and label smoothing: both schedules give the same gradients."""

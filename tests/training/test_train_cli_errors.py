@@ -1,10 +1,10 @@
 """masksub-train as a new user meets it: every mistake is a one-line error (exit status 2) or a clear exception
-from the API, never a traceback or a silently wrong run; --resume with a new schedule; the README's code runs."""
+from the API, never a traceback or a silently wrong run; --resume with a new schedule. (The README's code blocks run in
+tests/test_docs_examples.py.)"""
 
 import argparse
 import json
 import os
-import re
 
 import pytest
 import torch
@@ -373,21 +373,6 @@ def test_optimizer_of_another_model_and_negative_clip_are_refused():
     own = torch.optim.SGD(ms.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="clip_grad must be a max norm > 0"):
         ms.train_step(images, target, own, clip_grad=-1.0)
-
-
-def test_readme_training_snippet_runs():
-    # the README's Training section code block, executed as written (CPU here: autocast must not disable itself)
-    import warnings
-
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
-    section = readme[readme.index("\n## Training\n") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # "CUDA is not available. Disabling" would be a UserWarning
-        namespace = {}
-        exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["out"]["stepped"] and torch.isfinite(namespace["out"]["loss"])
 
 
 def test_checkpoints_hold_eager_names_and_load_with_or_without_compile():
