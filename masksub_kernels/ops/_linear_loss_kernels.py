@@ -72,8 +72,11 @@ def _split_program(count_ptr, C, class_tiles, target_programs, BLOCK_M: tl.const
     tile, split = tl.program_id(0), tl.program_id(1)
     count = tl.load(count_ptr)
     splits, per_split = _class_splits(count, class_tiles, target_programs, tl.num_programs(1), BLOCK_M)
-    c_begin = split * per_split * BLOCK_N
-    c_end = tl.minimum(c_begin + per_split * BLOCK_N, C)
+    # in class tiles first, clamped to class_tiles: split * per_split * BLOCK_N is ~split C, which wraps int32 for
+    # C >= 2^31 / max_splits (negative columns, read and written: helper-336)
+    first = tl.minimum(split * per_split, class_tiles)
+    c_begin = first * BLOCK_N
+    c_end = tl.minimum(tl.minimum(first + per_split, class_tiles) * BLOCK_N, C)
     c_end = tl.where(tile * BLOCK_M < count, c_end, c_begin)
     return count, tile, split, splits, c_begin, c_end
 

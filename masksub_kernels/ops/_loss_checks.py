@@ -14,9 +14,11 @@ from ._common import FLOAT_DTYPES, FP32_MAX, INDEX_DTYPES, MAX_CLASSES, check_bo
 # The ignore_index passed by losses without one: an id equal to it is refused on CPU tensors, but would count as
 # ignored elsewhere (no class id is that negative in practice; the fused op has no "none" ignore_index).
 NO_IGNORE = -(2**63)
-# Rows of the loss kernels: one program (or a row of class splits) per row, a GPU grid's x axis (the cuda binding's
-# bound too: a launch past it fails with "invalid argument")
-MAX_ROWS = 2**31 - 1
+# Rows of the loss kernels: one program (or a row of class splits) per row, a GPU grid's x axis (2^31 - 1: a launch
+# past it fails with "invalid argument"), less a block of the reduced op's last program, which sums the rows' losses
+# in int32 steps of 1024 (`start + 1024` wrapped negative past 2^31 - 2^10, and the loop read below the losses:
+# helper-336). The fused-linear checks' bound alike
+MAX_ROWS = 2**31 - 2**10
 # The kernels use T, T^2 and 1 / T in fp32: T^2 and 1 / T^2 stay normal fp32 numbers for T >= 2^-63. Above 2^13
 # the sub-branch gradient T (softmax(s / T) - softmax(z / T)) (sigmoids for BCE) loses its precision to
 # cancellation: both terms tend to 1 / C (1/2), their difference is ~ (s - z) / (T C), and each carries fp32's
@@ -42,7 +44,7 @@ def check_logits(name: str, x: torch.Tensor) -> None:
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
     if x.shape[0] > MAX_ROWS:  # every backend refuses what the kernels' one program per row cannot launch
-        raise ValueError(f"{name} may have at most {MAX_ROWS} rows (2^31 - 1), got {x.shape[0]}")
+        raise ValueError(f"{name} may have at most {MAX_ROWS} rows (2^31 - 2^10), got {x.shape[0]}")
     if x.shape[1] > MAX_CLASSES:  # (the kernels' int32 column positions)
         raise ValueError(f"{name} may have at most {MAX_CLASSES} classes (2^31 - 2^16), got {x.shape[1]}")
 

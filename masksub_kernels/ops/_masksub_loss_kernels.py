@@ -63,6 +63,16 @@ def _reduce_rows(
 
 
 @jit
+def _split_classes(C, chunk):
+    # this program's classes [lo, hi) of a row cut into splits of chunk classes (program_id 1; lo < C: the
+    # launcher's splits = cdiv(C, chunk)). Not min(lo + chunk, C): in int32 that wraps where C is within a chunk of
+    # 2^31 (MAX_CLASSES leaves 2^16; a chunk is up to ~C / splits), and the last split then lost its classes
+    # (helper-336)
+    lo = tl.program_id(1) * chunk
+    return lo, lo + tl.minimum(chunk, C - lo)
+
+
+@jit
 def _row_grad(g_ptr, row, stride_g, in_row, d_ptr, weight, TERM: tl.constexpr, REDUCED: tl.constexpr):
     # The gradient of the row's loss of term TERM (1 main, 2 sub): g[row] for per-row losses; for the reduced
     # loss's gradient g [4] (ops/masksub_loss_reduced.py): (w g_0 + g_TERM) / d, the same for every row
@@ -285,8 +295,7 @@ def _loss_fwd_kernel(
     lo, hi = 0, C
     if SPLIT:
         split = tl.program_id(1)
-        lo = split * chunk
-        hi = tl.minimum(lo + chunk, C)
+        lo, hi = _split_classes(C, chunk)
     # masked first block (realigned rows), whole blocks unmasked, one masked last block, in the row's frame
     # (_block_range: physical column p holds class p - shift; every pointer and the label moved by shift)
     shift, first, full, end = _block_range(row, stride_z, lo, hi, VEC, BLOCK_C)
@@ -499,8 +508,7 @@ def _loss_bwd_kernel(
         b_t = tl.load(out_row + 8 * m64, mask=in_row, other=0.0) * 1.4426950408889634
     lo, hi = 0, C
     if SPLIT:  # the gradient is elementwise given the row's stats: any split of the classes computes the same
-        lo = tl.program_id(1) * chunk
-        hi = tl.minimum(lo + chunk, C)
+        lo, hi = _split_classes(C, chunk)
     # as the forward: the row's frame (_block_range; one stride for z, s, dz and ds where VEC > 1: the launcher)
     shift, first, full, end = _block_range(row, stride_z, lo, hi, VEC, BLOCK_C)
     z_off, s_off, d_off = row * stride_z - shift, row * stride_s - shift, row * stride_d - shift
