@@ -23,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.util
 import itertools
 import os
 import shutil
+import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,9 @@ def _triton_missing() -> str | None:
 @functools.cache
 def _compiled_extension_missing() -> str | None:
     """Why masksub_kernels._C does not import, or is stale, or None when it imports and is current."""
+    cut_short = _cut_short_library()
+    if cut_short is not None:
+        return cut_short
     try:
         module = importlib.import_module("masksub_kernels._C")
     except ImportError as exc:
@@ -137,6 +142,40 @@ def _compiled_extension_missing() -> str | None:
             "with a CUDA toolkit and a CUDA build of torch"
         )
     return stale_extension(module)
+
+
+def _cut_short_library() -> str | None:
+    """Why masksub_kernels._C's file must not be loaded: an ELF library shorter than its own headers say (an
+    interrupted copy or build). The dynamic loader maps it and faults on the missing pages: SIGBUS, the process
+    killed without a word (``python -m masksub_kernels`` included). Reads the headers only (64-bit little-endian
+    ELF: x86-64, aarch64; other files are left to the import)."""
+    spec = importlib.util.find_spec("masksub_kernels._C")
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+        return None
+    try:
+        with open(spec.origin, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            header = f.read(64)
+            if len(header) < 64 or header[:6] != b"\x7fELF\x02\x01":  # (too short for a header: dlopen refuses it)
+                return None
+            ph_offset, sh_offset = struct.unpack_from("<QQ", header, 0x20)
+            ph_size, ph_count, sh_size, sh_count = struct.unpack_from("<HHHH", header, 0x36)
+            extent = max(ph_offset + ph_size * ph_count, sh_offset + sh_size * sh_count)
+            if ph_offset + ph_size * ph_count <= size:  # the segments the loader maps: each one's end in the file
+                f.seek(ph_offset)
+                table = f.read(ph_size * ph_count)
+                for i in range(ph_count):
+                    offset, _, _, file_size = struct.unpack_from("<QQQQ", table, i * ph_size + 8)
+                    extent = max(extent, offset + file_size)
+    except OSError:
+        return None  # unreadable: the import says why
+    if size >= extent:
+        return None
+    return (
+        f"the CUDA extension {spec.origin} is cut short ({size} bytes, its ELF headers need {extent}: an interrupted "
+        "copy or build), and loading it would kill the process (SIGBUS): rebuild it with `MASKSUB_BUILD_CUDA=1 pip "
+        "install --no-build-isolation .` (or -e .) in the source checkout, or delete it"
+    )
 
 
 def _build_obstacle(default_home: str = "/usr/local/cuda") -> str:

@@ -1,0 +1,80 @@
+"""A masksub_kernels._C file cut short (an interrupted copy or build) is refused before it is loaded: the dynamic
+loader maps its segments and faults on the missing pages (SIGBUS: ``python -m masksub_kernels`` died without a
+word). _backend._cut_short_library reads the ELF headers only."""
+
+import importlib.util
+import struct
+import types
+
+import pytest
+
+from masksub_kernels import _backend
+
+
+def _elf(path, *, file_size: int, segment_end: int, sections_at: int = 256) -> str:
+    """A 64-bit little-endian ELF header, one program header (PT_LOAD at 0, ``segment_end`` bytes in the file) and a
+    section table of 2 entries at ``sections_at``; the file written ``file_size`` bytes long."""
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<QQ", header, 0x20, 64, sections_at)  # e_phoff, e_shoff
+    struct.pack_into("<HHHH", header, 0x36, 56, 1, 64, 2)  # e_phentsize, e_phnum, e_shentsize, e_shnum
+    program = bytearray(56)
+    struct.pack_into("<II", program, 0, 1, 5)  # PT_LOAD, R+X
+    struct.pack_into("<QQQQ", program, 8, 0, 0, 0, segment_end)  # p_offset, p_vaddr, p_paddr, p_filesz
+    data = bytes(header + program)
+    path.write_bytes(data[:file_size] + bytes(max(0, file_size - len(data))))
+    return str(path)
+
+
+@pytest.fixture
+def extension_at(monkeypatch):
+    """Point find_spec('masksub_kernels._C') at a file of the test's; the import must not be reached."""
+
+    def point(origin):
+        spec = types.SimpleNamespace(origin=origin)
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec if name == "masksub_kernels._C" else None)
+        _backend._compiled_extension_missing.cache_clear()
+        monkeypatch.setattr(_backend.importlib, "import_module", lambda name: pytest.fail(f"imported {name}"))
+
+    yield point
+    _backend._compiled_extension_missing.cache_clear()
+
+
+def test_a_library_shorter_than_its_segments_is_refused_before_the_import(tmp_path, extension_at):
+    extension_at(_elf(tmp_path / "_C.so", file_size=4096, segment_end=10_000))
+    reason = _backend._compiled_extension_missing()
+    assert reason.startswith(f"the CUDA extension {tmp_path / '_C.so'} is cut short (4096 bytes, its ELF headers need ")
+    assert "10000: an interrupted copy or build), and loading it would kill the process (SIGBUS): rebuild" in reason
+
+
+def test_a_library_shorter_than_its_section_table_is_refused(tmp_path, extension_at):
+    extension_at(_elf(tmp_path / "_C.so", file_size=300, segment_end=200, sections_at=256))  # table ends at 384
+    assert "(300 bytes, its ELF headers need 384:" in _backend._compiled_extension_missing()
+
+
+@pytest.mark.parametrize(("file_size", "segment_end"), [(10_000, 10_000), (20_000, 10_000)])
+def test_a_whole_library_goes_on_to_the_import(tmp_path, monkeypatch, file_size, segment_end):
+    path = _elf(tmp_path / "_C.so", file_size=file_size, segment_end=segment_end)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: types.SimpleNamespace(origin=path))
+    assert _backend._cut_short_library() is None
+
+
+@pytest.mark.parametrize("content", [b"", b"\x7fEL", b"not a library at all" * 10, b"\x7fELF\x01\x01" + bytes(58)])
+def test_what_is_not_a_64_bit_elf_is_left_to_the_import(tmp_path, monkeypatch, content):
+    # (the import refuses those with its own ImportError: invalid ELF header, file too short, wrong class)
+    (tmp_path / "_C.so").write_bytes(content)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: types.SimpleNamespace(origin=str(tmp_path / "_C.so")))
+    assert _backend._cut_short_library() is None
+
+
+def test_no_extension_file_is_no_reason_here(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert _backend._cut_short_library() is None
+
+
+def test_the_built_extension_is_whole():
+    # where this checkout has a _C (CI builds it): its own headers agree with its size
+    spec = importlib.util.find_spec("masksub_kernels._C")
+    if spec is None:
+        pytest.skip("no built masksub_kernels._C here")
+    assert _backend._cut_short_library() is None
