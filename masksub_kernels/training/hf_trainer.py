@@ -59,6 +59,7 @@ wrong made right:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import reprlib
@@ -174,6 +175,7 @@ class MaskSubTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
         self._terms, self._terms_count = None, 0  # (training's loss_main, loss_sub since the last log: _track_terms)
+        self._deferred_loads = None  # (the Trainer's load warnings, held back while a reload is to follow)
 
     def _inner_training_loop(self, *args, **kwargs):
         """The Trainer's training loop, its logged terms counted from its first step (a resume's too; a retry of
@@ -276,15 +278,45 @@ class MaskSubTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """The Trainer's resume, with the weights read back under the model's own names (``_reload_renamed``)."""
         model = self.model if model is None else model
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        self._reload_renamed(resume_from_checkpoint, model)
+        self._deferred_loads = []
+        try:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            self._reload_renamed(resume_from_checkpoint, model)
+        finally:
+            self._deferred_loads = None
 
     def _load_best_model(self) -> None:
         """The Trainer's ``load_best_model_at_end``, with the weights read back under the model's own names
         (``_reload_renamed``): its load is as non-strict as the resume's, so the renamed tensors would keep the last
         step's values, the rest the best checkpoint's."""
-        super()._load_best_model()
-        self._reload_renamed(self.state.best_model_checkpoint, self.model)
+        self._deferred_loads = []
+        try:
+            super()._load_best_model()
+            self._reload_renamed(self.state.best_model_checkpoint, self.model)
+        finally:
+            self._deferred_loads = None
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """The Trainer's warnings of missing / unexpected keys, held back while ``_reload_renamed`` is to follow:
+        it places the tensors saved under legacy names (which the Trainer's load reports as both missing and
+        unexpected: every attention weight of a ViT, on a resume that then continues exactly), so only what is
+        left unplaced after it is reported (``_warn_after_reload``)."""
+        if getattr(self, "_deferred_loads", None) is not None:
+            self._deferred_loads.append(load_result)
+            return
+        super()._issue_warnings_after_load(load_result)
+
+    def _warn_after_reload(self, unplaced: set[str] | None) -> None:
+        """The held-back warnings: as the Trainer's where ``_reload_renamed`` did not run (``unplaced`` None), else
+        only the checkpoint's keys that neither load placed (none missing: those raise)."""
+        from types import SimpleNamespace
+
+        deferred, self._deferred_loads = getattr(self, "_deferred_loads", None) or [], None
+        for result in deferred:
+            if unplaced is not None:
+                kept = [key for key in result.unexpected_keys if key in unplaced]
+                result = SimpleNamespace(missing_keys=[], unexpected_keys=kept)
+            super()._issue_warnings_after_load(result)
 
     def _reload_renamed(self, checkpoint: str, model) -> None:
         """After the Trainer's load of ``checkpoint``: the weights it could not place read back through
@@ -300,13 +332,13 @@ class MaskSubTrainer(Trainer):
         from transformers import PreTrainedModel
         from transformers.trainer import is_sagemaker_mp_enabled
 
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled or is_sagemaker_mp_enabled():
-            return
-        saved = _saved_keys(checkpoint)
+        saved = None if self.is_deepspeed_enabled or self.is_fsdp_enabled or is_sagemaker_mp_enabled() else (
+            _saved_keys(checkpoint))  # fmt: skip
         if not isinstance(model, PreTrainedModel) or saved is None:
-            return
+            return self._warn_after_reload(None)
         dtype = next(model.parameters()).dtype
-        reloaded, info = type(model).from_pretrained(checkpoint, dtype=dtype, output_loading_info=True)
+        with _quiet_transformers():  # (its load report would list what the Trainer's load placed as unexpected)
+            reloaded, info = type(model).from_pretrained(checkpoint, dtype=dtype, output_loading_info=True)
         fresh = set(info["missing_keys"])  # (initialised by from_pretrained: the Trainer's load placed those it could)
         kept = {key: value for key, value in reloaded.state_dict().items() if key not in fresh}
         missing = model.load_state_dict(kept, strict=False).missing_keys
@@ -315,6 +347,7 @@ class MaskSubTrainer(Trainer):
             raise RuntimeError(
                 f"checkpoint {checkpoint!r} does not hold {len(lost)} of the model's tensors: {lost[:5]}"
             )
+        self._warn_after_reload(set(info["unexpected_keys"]))
 
     def _set_signature_columns_if_needed(self) -> None:
         """The Trainer's columns (the model's forward's arguments and the label names) that ``remove_unused_columns``
@@ -411,6 +444,22 @@ class MaskSubTrainer(Trainer):
         out = self._runner(model)(inputs["pixel_values"], inputs["labels"], seed=self._mask_seed())
         self._track_terms(out)
         return (out["loss"], {"logits": out["logits"]}) if return_outputs else out["loss"]
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' warnings and progress bars off (its load report, its "Loading weights" bar), then as they were."""
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
 
 
 def _saved_keys(checkpoint: str) -> set[str] | None:

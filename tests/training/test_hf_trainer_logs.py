@@ -105,3 +105,34 @@ def test_only_a_training_log_takes_the_terms(tmp_path):
     trainer._track_terms({"loss_main": torch.tensor(3.0), "loss_sub": torch.tensor(4.0)})
     trainer.log({"loss": 1.0})
     assert (trainer.state.log_history[-1]["loss_main"], trainer.state.log_history[-1]["loss_sub"]) == (2.0, 3.0)
+
+
+def test_a_resume_warns_only_of_what_no_load_placed(tmp_path):
+    # helper-337: a resume that continued exactly logged the Trainer's "missing keys" (every attention weight, saved
+    # under its legacy name and placed by the reload through from_pretrained), its "unexpected keys" (those names)
+    # and from_pretrained's load report: read as a failed resume. A key the checkpoint adds is still reported
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
+    args = _args(tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
+    MaskSubTrainer(model=tiny_hf("ViTForImageClassification").float(), args=args, train_dataset=_data(8, 0)).train()
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        for extra in (False, True):
+            checkpoint = tmp_path / "checkpoint-1"
+            if extra:
+                tensors = load_file(str(checkpoint / "model.safetensors"))
+                save_file({**tensors, "stray.weight": torch.zeros(1)}, str(checkpoint / "model.safetensors"))
+            records.clear()
+            trainer = MaskSubTrainer(model=tiny_hf("ViTForImageClassification").float(), args=args,
+                                     train_dataset=_data(8, 0))  # fmt: skip
+            trainer.train(resume_from_checkpoint=str(checkpoint))
+            loads = [m for m in records if "keys in the checkpoint" in m or "LOAD REPORT" in m]
+            assert loads == (["There were unexpected keys in the checkpoint model loaded: ['stray.weight']."] if extra
+                             else []), loads  # fmt: skip
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
