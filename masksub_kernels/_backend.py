@@ -160,6 +160,8 @@ def _cut_short_library() -> str | None:
                 return None
             ph_offset, sh_offset = struct.unpack_from("<QQ", header, 0x20)
             ph_size, ph_count, sh_size, sh_count = struct.unpack_from("<HHHH", header, 0x36)
+            if ph_size < 56 or ph_count == 0xFFFF:  # not a 64-bit program header, or PN_XNUM's count elsewhere
+                return None  # (the import judges such a file)
             extent = max(ph_offset + ph_size * ph_count, sh_offset + sh_size * sh_count)
             if ph_offset + ph_size * ph_count <= size:  # the segments the loader maps: each one's end in the file
                 f.seek(ph_offset)

@@ -588,13 +588,13 @@ def test_a_missing_extension_says_what_the_build_lacked_and_how_to_see_why(monke
         )
     finally:
         _backend._compiled_extension_missing.cache_clear()
-    monkeypatch.setattr(_backend, "os", types.SimpleNamespace(environ={}))  # no CUDA_HOME, no CUDA_PATH
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
     monkeypatch.setattr(_backend.shutil, "which", lambda name: None)
     assert _backend._build_obstacle("/nonexistent").startswith("no CUDA toolkit here: no nvcc on PATH")
     monkeypatch.setattr(_backend.shutil, "which", lambda name: "/opt/cuda/bin/nvcc")
     assert "install was told to skip it (MASKSUB_BUILD_CUDA=0)" in _backend._build_obstacle("/nonexistent")
     monkeypatch.setattr(torch.version, "cuda", None)
     assert "is a CPU-only build: the extension needs a CUDA build of torch" in _backend._build_obstacle()
-    assert (
-        entry.describe().splitlines()[0].endswith(f"(torch {torch.__version__}, a CPU-only build)")
-    )  # not "CUDA None"
+    header = entry.describe().splitlines()[0]
+    assert header.endswith(f"(torch {torch.__version__}, a CPU-only build)")  # not "CUDA None"

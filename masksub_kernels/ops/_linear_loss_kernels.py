@@ -72,11 +72,13 @@ def _split_program(count_ptr, C, class_tiles, target_programs, BLOCK_M: tl.const
     tile, split = tl.program_id(0), tl.program_id(1)
     count = tl.load(count_ptr)
     splits, per_split = _class_splits(count, class_tiles, target_programs, tl.num_programs(1), BLOCK_M)
-    # in class tiles first, clamped to class_tiles: split * per_split * BLOCK_N is ~split C, which wraps int32 for
-    # C >= 2^31 / max_splits (negative columns, read and written: helper-336)
-    first = tl.minimum(split * per_split, class_tiles)
-    c_begin = first * BLOCK_N
-    c_end = tl.minimum(tl.minimum(first + per_split, class_tiles) * BLOCK_N, C)
+    # the first tile clamped to class_tiles: split * per_split * BLOCK_N is ~split C for the splits past E, which
+    # wrapped int32 for C >= 2^31 / max_splits (negative columns, read and written: helper-336). Those splits begin
+    # at class_tiles BLOCK_N >= C, and their c_begin + per_split BLOCK_N (< 2^32) either stays at or past C or wraps
+    # negative: c_end <= c_begin, an empty range, either way (this form: sm_90's register allocation spills no more
+    # than before the fix; clamping the end in tiles too spilled once more in the forward's loop)
+    c_begin = tl.minimum(split * per_split, class_tiles) * BLOCK_N
+    c_end = tl.minimum(c_begin + per_split * BLOCK_N, C)
     c_end = tl.where(tile * BLOCK_M < count, c_end, c_begin)
     return count, tile, split, splits, c_begin, c_end
 
