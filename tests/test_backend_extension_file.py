@@ -78,3 +78,61 @@ def test_the_built_extension_is_whole():
     if spec is None:
         pytest.skip("no built masksub_kernels._C here")
     assert _backend._cut_short_library() is None
+
+
+def _elf_of(path, size: int, segments, sections=(0, 0)) -> str:
+    """A 64-bit little-endian ELF header, its program headers right after it (PT_LOAD, (p_offset, p_filesz) each)
+    and a section table of (offset, count) entries; the file written ``size`` bytes long."""
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<QQ", header, 0x20, 64, sections[0])
+    struct.pack_into("<HHHH", header, 0x36, 56, len(segments), 64, sections[1])
+    table = b"".join(struct.pack("<IIQQQQ", 1, 5, offset, 0, 0, filesz) + bytes(16) for offset, filesz in segments)
+    data = bytes(header) + table
+    path.write_bytes(data[:size] + bytes(max(0, size - len(data))))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("size", "segments"),
+    [
+        (120, [(0, 4096)]),  # the program headers end the file: their segments are still read
+        (4100, [(4096, 100)]),  # a segment's end is its offset plus its size in the file
+        (4096, [(0, 1024), (1024, 8192)]),  # every segment, not the first alone
+    ],
+)
+def test_a_segment_past_the_files_end_is_found(tmp_path, extension_at, size, segments):
+    # helper-340's mutation audit: the test files' one segment at offset 0, table well inside, did not tell these
+    extension_at(_elf_of(tmp_path / "_C.so", size, segments))
+    end = max(offset + filesz for offset, filesz in segments)
+    assert f"is cut short ({size} bytes, its ELF headers need {end}:" in _backend._compiled_extension_missing()
+
+
+def test_a_module_the_extension_needs_that_is_missing_is_not_a_missing_build(monkeypatch):
+    # a ModuleNotFoundError for another module (one _C imports) is a file that does not import, not "not built"
+    def needs_another(name, *args):
+        raise ModuleNotFoundError("No module named 'torch._masksub_helper'", name="torch._masksub_helper")
+
+    monkeypatch.setattr(_backend, "_cut_short_library", lambda: None)
+    monkeypatch.setattr(_backend.importlib, "import_module", needs_another)
+    _backend._compiled_extension_missing.cache_clear()
+    try:
+        reason = _backend._compiled_extension_missing()
+    finally:
+        _backend._compiled_extension_missing.cache_clear()
+    assert reason.startswith("the CUDA extension masksub_kernels._C does not import (No module named 'torch._"), reason
+
+
+@pytest.mark.parametrize("where", ["CUDA_PATH", "default"])
+def test_a_toolkit_in_cuda_path_or_the_default_home_is_found(tmp_path, monkeypatch, where):
+    # _build_obstacle looks where setup.py does: CUDA_HOME, CUDA_PATH, the default home, not only nvcc on PATH
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvcc").write_text("")
+    monkeypatch.setattr(_backend.torch.version, "cuda", "13.0")
+    monkeypatch.setattr(_backend.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    if where == "CUDA_PATH":
+        monkeypatch.setenv("CUDA_PATH", str(tmp_path))
+    obstacle = _backend._build_obstacle(str(tmp_path) if where == "default" else "/nonexistent")
+    assert obstacle.startswith(f"torch {_backend.torch.__version__} and a CUDA toolkit are here"), obstacle

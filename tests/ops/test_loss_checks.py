@@ -289,3 +289,40 @@ def test_a_direct_backward_op_call_of_what_the_forward_made_runs_on_every_backen
     dz, ds = ops.masksub_loss_reduced_backward(torch.ones(4, device=DEVICE), True, True, d, out, z, z, y, *options,
                                                0.5, 0.5)  # fmt: skip
     assert dz.shape == ds.shape == z.shape
+
+
+def test_a_backward_op_call_with_an_operand_elsewhere_or_of_another_shape_is_refused(backend):
+    # helper-340's mutation audit: the checks' device and exact-shape tests (a grad [4, 1] for [4], an out or grad
+    # on another device), need_main without a target and the divisor's dtype and device were not tried
+    ops, z, y = torch.ops.masksub, _like(4, 6), torch.tensor([0, 1, 2, 5], device=DEVICE)
+    options = (False, 0.0, -100, 1.0, None)
+    out, g, g4, d = torch.zeros(9, 4, device=DEVICE), _like(4), _like(4), torch.ones(1, device=DEVICE)
+    calls = [
+        (lambda: ops.masksub_loss_backward(g, g, out.to("meta"), z, z, y, *options), ValueError,
+         r"out must be the forward op's output: .* got \(9, 4\) on meta"),
+        (lambda: ops.masksub_loss_backward(g.to("meta"), g, out, z, z, y, *options), ValueError,
+         r"grad_main must be \[4\] on .*, got \(4,\) on meta"),
+        (lambda: ops.masksub_loss_backward(g, g[:, None], out, z, z, y, *options), ValueError,
+         r"grad_sub must be \[4\] on .*, got \(4, 1\)"),
+        (lambda: ops.masksub_loss_reduced_backward(g4, True, False, d, out, z, z, None, *options, 0.5, 0.5),
+         ValueError, "need_main needs a target"),
+        (lambda: ops.masksub_loss_reduced_backward(g4, True, True, d.double(), out, z, z, y, *options, 0.5, 0.5),
+         TypeError, "d must be the reduced forward's float32 divisor"),
+        (lambda: ops.masksub_loss_reduced_backward(g4, True, True, d.to("meta"), out, z, z, y, *options, 0.5, 0.5),
+         ValueError, r"d must be \[1\] on .*, got \(1,\) on meta"),
+    ]  # fmt: skip
+    for fn, error, match in calls:
+        with pytest.raises(error, match=match):
+            fn()
+
+
+def test_a_direct_linear_op_call_checks_a_probability_target_against_the_classes(backend):
+    # helper-340's mutation audit: the fused-linear op's target layout is [rows, classes = weight's rows], not the
+    # hidden states' [rows, hidden] (no test had a probability target in a direct call)
+    ops, h, w, b = torch.ops.masksub, _like(4, 3), _like(6, 3), _like(6)
+    options = (False, 0.0, -100, 1.0, None)
+    with pytest.raises(ValueError, match=r"probability target must have the logits' shape \(4, 6\), got \(4, 3\)"):
+        ops.linear_masksub_loss_forward(h, h, w, b, _like(4, 3).softmax(-1), *options)
+    if backend != "cuda":  # (no CUDA-extension implementation of the fused-linear ops)
+        out = ops.linear_masksub_loss_forward(h, h, w, b, _like(4, 6).softmax(-1), *options)
+        assert out.shape == (9, 4) and bool(out.isfinite().all())

@@ -341,3 +341,19 @@ def test_a_recipes_model_kwargs_refused_by_another_model_say_where_they_came_fro
     cfg.write_text("model: vit_tiny_patch16_224\nmodel-kwargs: ['global_pool=bogus']\n")
     with pytest.raises(UsageError, match=r"; global_pool came from --config .*'vit_tiny_patch16_224'"):
         build("--config", str(cfg), "--model", "vit_small_patch16_224")
+
+
+def test_the_recipe_hint_reads_model_kwargs_either_spelling_and_needs_the_files_own_model(tmp_path):
+    # helper-340's mutation audit: a file's model_kwargs (the underscore spelling load_config takes) got no hint, and
+    # a file that names no model must give none ("for its model None")
+    from masksub_kernels.training.config import config_kwargs_hint
+
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text("model: deit3_base_patch16_224\nmodel_kwargs: {img_size: 32, init_values: 0.1}\n")
+    assert config_kwargs_hint(str(cfg), "resnet18", {"img_size": 32, "drop_rate": 0.0}) == (
+        f"; img_size came from --config {str(cfg)!r}, for its model 'deit3_base_patch16_224': drop them with "
+        "--model-kwargs img_size="
+    )
+    cfg.write_text("model_kwargs: {img_size: 32}\n")
+    assert config_kwargs_hint(str(cfg), "resnet18", {"img_size": 32}) == ""
+    assert config_kwargs_hint(None, "resnet18", {"img_size": 32}) == ""

@@ -136,3 +136,22 @@ def test_a_resume_warns_only_of_what_no_load_placed(tmp_path):
                              else []), loads  # fmt: skip
     finally:
         logging.getLogger("transformers").removeHandler(handler)
+
+
+def test_the_quieted_reload_leaves_transformers_logging_as_it_was():
+    # helper-340's mutation audit: the reload's quiet transformers must hand back the user's verbosity and their
+    # choice of progress bars (a resume turned bars back on, or left warnings off for the rest of the run)
+    from transformers.utils import logging
+
+    from masksub_kernels.training.hf_trainer import _quiet_transformers
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    try:
+        logging.set_verbosity_info()
+        logging.disable_progress_bar()
+        with _quiet_transformers():
+            assert logging.get_verbosity() == logging.ERROR and not logging.is_progress_bar_enabled()
+        assert logging.get_verbosity() == logging.INFO and not logging.is_progress_bar_enabled()
+    finally:
+        logging.set_verbosity(verbosity)
+        (logging.enable_progress_bar if bars else logging.disable_progress_bar)()
