@@ -172,7 +172,8 @@ def cuda_extension_plan() -> tuple[bool, str]:
     except ImportError:
         return False, "torch is not installed in the build environment (use --no-build-isolation)"
     if torch.version.cuda is None:
-        return False, f"torch {torch.__version__} is a CPU-only build"
+        kind = "a ROCm (HIP) build" if getattr(torch.version, "hip", None) else "a CPU-only build"
+        return False, f"torch {torch.__version__} is {kind}"
     # a CUDA_HOME without bin/nvcc (a conda environment's may be one) is passed over (tools/cuda_home.py): say so, or
     # a user who named a toolkit there gets another one, or none, without a word (helper-328)
     # (CUDA_PATH only where CUDA_HOME did not give the toolkit: read after it, it is not looked at otherwise)

@@ -28,12 +28,19 @@ def _backend_line(name: str) -> str:
     return f"  {name:7} available for tensors on: {', '.join(serves)}"
 
 
+def _torch_build() -> str:
+    """Which accelerator torch was built for: 'CUDA 12.8', 'ROCm 6.4' (HIP), or 'a CPU-only build'."""
+    if torch.version.cuda:
+        return f"CUDA {torch.version.cuda}"
+    hip = getattr(torch.version, "hip", None)
+    return f"ROCm {hip}" if hip else "a CPU-only build"
+
+
 def describe() -> str:
     """The report; raises ValueError or RuntimeError when the requested backend is unknown or cannot run."""
     requested = _backend.get_backend()
     lines = [
-        f"masksub_kernels {__version__} (torch {torch.__version__}, "
-        f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'})",
+        f"masksub_kernels {__version__} (torch {torch.__version__}, {_torch_build()})",
         f"requested backend: {requested} (set_backend / MASKSUB_BACKEND)",
         *(_backend_line(name) for name in ("triton", "cuda", "torch")),
     ]

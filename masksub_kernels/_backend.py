@@ -184,7 +184,8 @@ def _build_obstacle(default_home: str = "/usr/local/cuda") -> str:
     """What this machine lacks to build the extension, as setup.py's own checks find it (an install records no
     reason): a CPU-only torch, no CUDA toolkit; or, with both, where else to look."""
     if torch.version.cuda is None:
-        return f"torch {torch.__version__} is a CPU-only build: the extension needs a CUDA build of torch"
+        kind = "a ROCm (HIP) build" if getattr(torch.version, "hip", None) else "a CPU-only build"
+        return f"torch {torch.__version__} is {kind}: the extension needs a CUDA build of torch"
     homes = [os.environ.get(name, "").strip() for name in ("CUDA_HOME", "CUDA_PATH")] + [default_home]
     if not shutil.which("nvcc") and not any(home and Path(home, "bin", "nvcc").exists() for home in homes):
         return f"no CUDA toolkit here: no nvcc on PATH, in CUDA_HOME, CUDA_PATH or {default_home}"

@@ -136,3 +136,19 @@ def test_a_toolkit_in_cuda_path_or_the_default_home_is_found(tmp_path, monkeypat
         monkeypatch.setenv("CUDA_PATH", str(tmp_path))
     obstacle = _backend._build_obstacle(str(tmp_path) if where == "default" else "/nonexistent")
     assert obstacle.startswith(f"torch {_backend.torch.__version__} and a CUDA toolkit are here"), obstacle
+
+
+def test_a_rocm_torch_is_named_so_not_cpu_only(monkeypatch):
+    # helper-339: torch.version.cuda is None on a ROCm build too, which the report and the reason called CPU-only
+    import torch
+
+    from masksub_kernels import __main__ as entry
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", "6.4.1", raising=False)
+    assert "is a ROCm (HIP) build: the extension needs a CUDA build of torch" in _backend._build_obstacle()
+    assert entry._torch_build() == "ROCm 6.4.1"
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert entry._torch_build() == "a CPU-only build"
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert entry._torch_build() == "CUDA 12.8"

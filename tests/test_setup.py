@@ -570,3 +570,13 @@ def test_an_unforced_build_without_a_toolkit_installs_without_the_extension(monk
     monkeypatch.setattr(setup, "find_cuda_home", lambda: None)
     assert setup.extension_modules() == ([], {})
     assert "skipping the CUDA extension masksub_kernels._C" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(("hip", "kind"), [(None, "a CPU-only build"), ("6.4.1", "a ROCm (HIP) build")])
+def test_a_torch_without_cuda_is_named_by_its_kind(monkeypatch, hip, kind):
+    torch = pytest.importorskip("torch")
+    setup = load_setup_module()
+    monkeypatch.delenv("MASKSUB_BUILD_CUDA", raising=False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", hip, raising=False)
+    assert setup.cuda_extension_plan() == (False, f"torch {torch.__version__} is {kind}")

@@ -49,9 +49,8 @@ def _convert(key: str, value, action: argparse.Action, where: str):
             raise UsageError(f"{where}: {key!r} ({name}) cannot be null (its default is {action.default!r})")
         return None
     if action.dest == "model_kwargs":
-        if isinstance(value, dict):  # a string value as the command line reads it (1e-5, YAML 1.1's string: 1e-5),
-            # but an empty one quoted: `key=` alone removes the key (run_setup.parse_kwargs)
-            return [f"{k}={v}" if isinstance(v, str) and v else f"{k}={v!r}" for k, v in value.items()]
+        if isinstance(value, dict):
+            return _kwargs_items(value)
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
         raise UsageError(f"{where}: {key!r} ({name}) takes a mapping {{key: value}} or a list of 'key=value' strings")
@@ -66,6 +65,13 @@ def _convert(key: str, value, action: argparse.Action, where: str):
             raise UsageError(f"{where}: {key!r} ({name}) takes at least one value")
         return [_scalar(key, v, action, where) for v in value]
     return _scalar(key, value, action, where)
+
+
+def _kwargs_items(mapping: dict) -> list[str]:
+    """A file's model-kwargs mapping as the command line's 'key=value' strings: a string value as the command line
+    reads it (1e-5, YAML 1.1's string: 1e-5), but an empty one quoted: `key=` alone removes the key
+    (run_setup.parse_kwargs)."""
+    return [f"{k}={v}" if isinstance(v, str) and v else f"{k}={v!r}" for k, v in mapping.items()]
 
 
 def _scalar(key: str, value, action: argparse.Action, where: str):
@@ -212,12 +218,15 @@ def config_kwargs_hint(path: str | None, model: str, kwargs: dict) -> str:
 
         with open(path) as f:
             data = yaml.safe_load(f)
+        from .run_setup import parse_kwargs
+
         file_model = data.get("model")
         given = data.get("model-kwargs", data.get("model_kwargs")) or {}
-        keys = list(given) if isinstance(given, dict) else [str(item).partition("=")[0] for item in given]
+        given = parse_kwargs(_kwargs_items(given) if isinstance(given, dict) else [str(item) for item in given])
     except Exception:  # a hint, never a second error
         return ""
-    keys = [key for key in keys if key in kwargs]
+    # the file's keys the run kept at the file's value (a key given again on the command line is the user's own)
+    keys = [key for key, value in given.items() if key in kwargs and kwargs[key] == value]
     if not keys or file_model in (None, model):
         return ""
     return (

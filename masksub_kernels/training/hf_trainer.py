@@ -314,6 +314,9 @@ class MaskSubTrainer(Trainer):
         deferred, self._deferred_loads = getattr(self, "_deferred_loads", None) or [], None
         for result in deferred:
             if unplaced is not None:
+                ignored = getattr(self.model, "_keys_to_ignore_on_save", None)
+                if ignored and set(result.missing_keys) == set(ignored):
+                    self.model.tie_weights()  # the Trainer's own step for keys left out of its checkpoints (Marian)
                 kept = [key for key in result.unexpected_keys if key in unplaced]
                 result = SimpleNamespace(missing_keys=[], unexpected_keys=kept)
             super()._issue_warnings_after_load(result)

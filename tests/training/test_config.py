@@ -324,6 +324,9 @@ def test_a_recipes_model_kwargs_refused_by_another_model_say_where_they_came_fro
                        r"from --config '.*deit3.yaml', for its model 'deit3_base_patch16_224': drop them with "
                        r"--model-kwargs img_size= init_values=$"):  # fmt: skip
         build("--config", recipe, "--model", "resnet18")
+    # one given again on the command line is the user's own: not named (nor offered for dropping)
+    with pytest.raises(UsageError, match=r"; init_values came from --config .*: drop them with --model-kwargs init"):
+        build("--config", recipe, "--model", "resnet18", "--model-kwargs", "img_size=160")
     # one of them dropped: only the other is named
     with pytest.raises(UsageError, match=r"; init_values came from --config .*: drop them with --model-kwargs init"):
         build("--config", recipe, "--model", "resnet18", "--model-kwargs", "img_size=")

@@ -155,3 +155,19 @@ def test_the_quieted_reload_leaves_transformers_logging_as_it_was():
     finally:
         logging.set_verbosity(verbosity)
         (logging.enable_progress_bar if bars else logging.disable_progress_bar)()
+
+
+def test_held_back_warnings_keep_the_trainers_tie_weights_step():
+    # helper-339: the Trainer ties the weights where a checkpoint lacks exactly the model's _keys_to_ignore_on_save
+    # (Marian's); the held-back warnings after the reload dropped that step with the missing keys
+    from types import SimpleNamespace
+
+    calls = []
+    model = SimpleNamespace(_keys_to_ignore_on_save=["lm_head.weight"], tie_weights=lambda: calls.append("tied"))
+    trainer = MaskSubTrainer.__new__(MaskSubTrainer)  # (the method alone: nothing else of a Trainer is read)
+    trainer.model = model
+    for missing, tied in ((["lm_head.weight"], ["tied"]), (["other.weight"], []), ([], [])):
+        calls.clear()
+        trainer._deferred_loads = [SimpleNamespace(missing_keys=missing, unexpected_keys=[])]
+        trainer._warn_after_reload(set())
+        assert calls == tied and trainer._deferred_loads is None
