@@ -393,8 +393,8 @@ def reduced_loss_eager(
     term's per-row losses over divisor = max(rows that count, 1) if ``mean`` else 1 (an absent term is 0).
     out: fp32 [NUM_OUT, M], rows MAIN and SUB as loss_forward_reference's, the stats rows NaN; not differentiable.
     Differentiable in both logits through ``reduced`` (the logits get the main term's gradient only); a gradient
-    is formed only for a tensor that requires it, and on the CPU not when its grad_output is exactly 0 (then
-    None: autograd's zero)."""
+    is formed only for a tensor that requires it, a tensor even where its term's grad_output is exactly 0 (0 times
+    its bracket, as the reference's)."""
     args = (logits, sub_logits, target, bce, label_smoothing, ignore_index, temperature, target_threshold)
     args += (main_weight, sub_weight, mean)
     if torch.is_grad_enabled() and (logits.requires_grad or (sub_logits is not None and sub_logits.requires_grad)):

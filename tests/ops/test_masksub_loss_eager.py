@@ -207,3 +207,78 @@ def test_eager_ignore_index_inside_the_class_range(reduced):
         out[: ml.SUB + 1].sum().backward()
         assert bool((z.grad[1] == 0).all()) and bool((s.grad[1] == 0).all())
     _rows_close(out.detach(), expected)
+
+
+# helper-338's mutation audit of _masksub_loss_eager.py: option combinations no case above reached
+
+
+@pytest.mark.parametrize("reduced", [False, True])
+def test_eager_negative_id_alone_is_a_nan_row(reduced):
+    # kills _masksub_loss_eager.py _Rows `0 <= low and high < classes` -> `high < classes`: the only out-of-range
+    # id is negative (no id C, no ignored row: ignore_index -100 lies below the ids' range), so the CPU fast path
+    # (no masks) must not be taken: row 2 is NaN in both terms and in both gradients, as the reference's
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(4, 6, generator=gen).requires_grad_()
+    s = torch.randn(4, 6, generator=gen).requires_grad_()
+    target = torch.tensor([0, 5, -7, 3])
+    options = (False, 0.1, -100, 1.0, None)
+    expected = ml.loss_forward_reference(z.detach(), s.detach(), target, *options)
+    if reduced:
+        red, out = eager_path.reduced_loss_eager(z, s, target, *options, 1.0, 1.0, False)
+        assert bool(red[:3].isnan().all())
+        red[0].backward()
+        g = torch.ones(4)
+    else:
+        out = eager_path.loss_forward_eager(z, s, target, *options)
+        g = torch.randn(4, generator=gen)
+        (g * (out[ml.MAIN] + out[ml.SUB])).sum().backward()
+    _rows_close(out.detach(), expected)
+    assert bool(out[ml.MAIN, 2].isnan()) and bool(out[ml.SUB, 2].isnan())
+    dz, ds = ml.loss_backward_reference(g, g, expected, z.detach(), s.detach(), target, *options)
+    _close(z.grad, dz, F32, "d main")
+    _close(s.grad, ds, F32, "d sub")
+
+
+@pytest.mark.parametrize("reduced", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_eager_fp64_class_ids_all_counting(reduced, temperature):
+    # kills _masksub_loss_eager.py _forward `direct = acc == torch.float32 and rows.keep is None` -> `direct =
+    # rows.keep is None`: fp64 logits with every id in range and none ignored (the cases above give fp64 ignored
+    # rows) must not gather fp64 log-probabilities into the fp32 output (out=: a dtype error), and stay fp64-exact
+    main, sub, target = _inputs(7, 33, F64, "ids")
+    options = (False, 0.0, -100, temperature, None)
+    if not reduced:
+        _check(main, sub, target, options)
+        return
+    red, out = eager_path.reduced_loss_eager(main, sub, target, *options, 0.5, 0.5, True)
+    expected = ml.loss_forward_reference(main, sub, target, *options)
+    _close(out[: ml.SUB + 1], expected[: ml.SUB + 1], F64, "rows")
+    _close(red[1:3], expected[: ml.SUB + 1].double().mean(1), F32, "reduced")
+
+
+@pytest.mark.parametrize("reduced", [False, True])
+def test_eager_ce_probability_target_threshold_without_smoothing(reduced):
+    # kills _masksub_loss_eager.py _weights_lean `(q > threshold)` dropped (-> `q`) and `q > threshold` -> `q >=
+    # threshold`: the op (not the public losses, which refuse a threshold with mode='ce') binarises a CE
+    # probability target as the reference does, here with no label smoothing (the lean weights' own branch) and
+    # targets exactly at the threshold (0.25: not above it, weight 0)
+    gen = torch.Generator().manual_seed(4)
+    z = torch.randn(5, 8, generator=gen).requires_grad_()
+    s = torch.randn(5, 8, generator=gen).requires_grad_()
+    target = torch.tensor([0.0, 0.25, 0.5, 0.125, 0.125, 0.0, 0.0, 0.0]).repeat(5, 1)
+    target[:, 5:] = torch.rand(5, 3, generator=gen)  # some above, some below 0.25
+    target[1, 0] = 0.25
+    options = (False, 0.0, -100, 1.0, 0.25)
+    expected = ml.loss_forward_reference(z.detach(), s.detach(), target, *options)
+    if reduced:
+        red, out = eager_path.reduced_loss_eager(z, s, target, *options, 1.0, 0.0, False)
+        _close(red[1], expected[ml.MAIN].double().sum(), F32, "reduced main")
+        red[0].backward()
+        g = torch.ones(5)
+    else:
+        out = eager_path.loss_forward_eager(z, s, target, *options)
+        g = torch.randn(5, generator=gen)
+        (g * out[ml.MAIN]).sum().backward()
+    _close(out[ml.MAIN].detach(), expected[ml.MAIN], F32, "main")
+    dz, _ = ml.loss_backward_reference(g, None, expected, z.detach(), s.detach(), target, *options)
+    _close(z.grad, dz, F32, "d main")

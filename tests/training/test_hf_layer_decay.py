@@ -224,3 +224,40 @@ def test_a_model_without_block_lists_is_refused_when_the_trainer_is_built(tmp_pa
     resnet = transformers.ResNetForImageClassification(config)
     with pytest.raises(ValueError, match=r"layers / blocks; ResNetForImageClassification has none"):
         MaskSubTrainer(model=resnet, args=_args(tmp_path), layer_decay=0.65)
+
+
+# helper-338's mutation audit of hf_layer_decay.py
+
+
+# kills hf_layer_decay.py _block_prefixes' innermost lists `other.startswith(name + ".")` -> `other.startswith(name)`
+# (another list whose name merely begins with this one's: `layer` beside `layers`): two stacks of blocks side by
+# side are refused, not numbered as the `layers` stack alone with the `layer` stack's blocks in the stem
+def test_sibling_block_lists_named_alike_are_two_stacks():
+    from torch import nn
+
+    net = nn.Module()
+    net.layer = nn.ModuleList([nn.Linear(2, 2)])
+    net.layers = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+    with pytest.raises(ValueError, match=r"one stack of blocks; Module has block lists in no one list of stages"):
+        hf_layer_ids(net)
+
+
+# kills hf_layer_decay.py _block_prefixes `max(stages, key=len)` -> `min(stages, key=len)`: of the lists holding
+# every block, the innermost is the list of stages; a parameter after the last block outside it (a norm beside
+# the stages, inside an outer list) is the head's (L + 1), not the last block's
+def test_the_list_of_stages_is_the_innermost_holding_every_block():
+    from torch import nn
+
+    def stage():
+        holder = nn.Module()
+        holder.blocks = nn.ModuleList([nn.Linear(2, 2)])
+        return holder
+
+    group = nn.Module()
+    group.stages = nn.ModuleList([stage(), stage()])
+    group.norm = nn.LayerNorm(2)
+    net = nn.Module()
+    net.outer = nn.ModuleList([group])
+    ids, depth = hf_layer_ids(net)
+    names = ("outer.0.stages.0.blocks.0.weight", "outer.0.stages.1.blocks.0.bias", "outer.0.norm.weight")
+    assert (depth, *[ids[n] for n in names]) == (2, 1, 2, 3)

@@ -225,12 +225,16 @@ def test_a_runs_loss_scale_is_saved_and_restored(corpus, tokenizer, tmp_path, mo
 
 
 # kills mlm_resume.py:22 RESUME_MUST_MATCH without "lr", without "warmup_steps" (each: a resume that silently
-# changed the learning rate), and each other option's removal (--accum-steps: the parts test above)
+# changed the learning rate), and each other option's removal (--accum-steps: the parts test above); helper-338:
+# without "sub_fill", "mlm_probability" or "clip_grad" (each survived every test), "seed", "seq_len", "mask_ratio" or
+# "width" (each caught only by a test that trains, or by a message's wording)
 @pytest.mark.parametrize(
     "flag, value",
     [("--lr", "2e-3"), ("--warmup-steps", "50"), ("--batch-size", "32"),
      ("--weight-decay", "0.1"), ("--dropout", "0.2"), ("--layers", "2"), ("--heads", "4"), ("--intermediate", "64"),
-     ("--eval-blocks", "16"), ("--schedule", "joint"), ("--baseline", None)],
+     ("--eval-blocks", "16"), ("--schedule", "joint"), ("--baseline", None), ("--seed", "1"), ("--seq-len", "32"),
+     ("--mask-ratio", "0.25"), ("--sub-fill", "mask"), ("--mlm-probability", "0.2"), ("--width", "64"),
+     ("--clip-grad", "0.5")],
 )  # fmt: skip
 def test_a_resume_with_another_value_of_an_option_that_fixes_the_run_is_refused(flag, value):
     from masksub_kernels.training.mlm_resume import check_resume
@@ -430,3 +434,46 @@ def test_each_resume_records_its_commit_and_the_first_start_survives(corpus, tok
     meta = _log(tmp_path / "old")["meta"]
     assert meta["first_start"] is None and meta["resumes"][0] == saved["resumes"][0]
     assert meta["resumes"][1]["git_commit"] == "b" * 40
+
+
+# helper-338's mutation audit of mlm_resume.py: check_resume_options (right after the checkpoint is read)
+# kills mlm_resume.py check_resume_options `tokenizer_digest(tokenizer_at) if os.path.isfile(tokenizer_at) else ...`
+# -> the checkpoint's own digest (another vocabulary file refused only after the corpus was read and packed), and
+# its `_check_steps_left` left out (a run with nothing left to train refused only after the corpus)
+def test_the_options_check_compares_the_vocabulary_file_and_the_steps_left(tmp_path):
+    import hashlib
+
+    from masksub_kernels.training.mlm_resume import check_resume_options
+
+    vocab = tmp_path / "tokenizer.json"
+    vocab.write_text('{"model": "this"}')
+    digest = hashlib.sha256(vocab.read_bytes()).hexdigest()
+    args = mlm_cli.build_parser().parse_args(["--resume", "run/last.pth", "--steps", "4"])
+    check_resume_options(args, _state(args, tokenizer_sha256=digest), 1, str(vocab))
+    check_resume_options(args, _state(args, tokenizer_sha256="that"), 1, str(tmp_path / "absent.json"))  # no file
+    with pytest.raises(UsageError, match=r"continues another run: the vocabulary \(tokenizer.json differs\)$"):
+        check_resume_options(args, _state(args, tokenizer_sha256="that"), 1, str(vocab))
+    with pytest.raises(UsageError, match="is at step 4: nothing left to train"):
+        check_resume_options(args, {**_state(args, tokenizer_sha256=digest), "step": 4}, 1, str(vocab))
+
+
+# kills mlm_resume.py resumes' `{**NEWER_OPTIONS, **saved}` -> `saved` (a checkpoint from before
+# --reuse-block-cache: the option's first use unrecorded), "accum_steps" left out of RESUME_MAY_CHANGE (a new
+# split of a step unrecorded), "block_cache" compared as a string (an older checkpoint's relative --block-cache
+# recorded as a change), and load_state's refusal of another model (`except RuntimeError`) narrowed away
+def test_the_resumes_record_of_newer_and_split_options_and_another_models_refusal(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from masksub_kernels.training.mlm_resume import load_state, resumes
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--resume", "run/last.pth", "--accum-steps", "2", "--block-cache", str(tmp_path / "blocks")]
+    args = mlm_cli.build_parser().parse_args([*argv, "--reuse-block-cache"])
+    saved = {**vars(args), "accum_steps": 1, "block_cache": "blocks"}  # relative: the same folder from here
+    del saved["reuse_block_cache"]  # a checkpoint from before the option: it ran without it
+    changed = resumes(args, {"args": saved, "step": 2})[-1]["changed"]
+    assert changed == ["--accum-steps 1 -> 2", "--reuse-block-cache False -> True"]
+    model = SimpleNamespace(model=torch.nn.Linear(2, 2))
+    state = {"args": vars(args), "step": 2, "model": {"weight": torch.zeros(3, 3), "bias": torch.zeros(3)}}
+    with pytest.raises(UsageError, match=r"--resume 'run/last.pth' holds another model: "):
+        load_state(args, state, model, None, None, None, 0, "prog")

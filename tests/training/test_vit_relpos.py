@@ -242,3 +242,16 @@ def test_relpos_bias_of_another_size_is_refused_in_the_sub_branch():  # helper-1
     ms = MaskSub(beit, mask_ratio=0.5)
     with pytest.raises(ValueError, match="relative position bias covers 17 tokens but the images give 5"):
         ms.sub_logits(torch.randn(2, 3, 16, 16), seed=0)
+
+
+# helper-338: kills vit_relpos.py _embed `x = x + model.pos_embed; x = model.pos_drop(x)` -> `x = model.pos_drop(x)
+# + model.pos_embed` (the shape check above passes it, and at p = 0 so does every comparison): the position
+# dropout takes the tokens with their absolute position embedding added, as timm's forward_features
+def test_beits_position_dropout_takes_the_tokens_with_their_position_embedding():
+    model = _model("beit_abs_token")
+    images = _batch()[0]
+    seen = []
+    model.pos_drop.register_forward_hook(lambda module, args, output: seen.append(args[0].detach()))
+    MaskSub(model).sub_logits(images, seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(seen[0], _tokens(model, images), rtol=0, atol=0)  # (pos_drop is p = 0 here)
