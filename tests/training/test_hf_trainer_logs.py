@@ -171,3 +171,35 @@ def test_held_back_warnings_keep_the_trainers_tie_weights_step():
         trainer._deferred_loads = [SimpleNamespace(missing_keys=missing, unexpected_keys=[])]
         trainer._warn_after_reload(set())
         assert calls == tied and trainer._deferred_loads is None
+
+
+def test_the_best_models_load_and_a_skipped_reload_warn_as_the_resume(tmp_path):
+    # helper-341's mutation audit: load_best_model_at_end's load holds back the Trainer's warnings as the resume's
+    # does (else every attention weight, placed by the reload, is logged as missing and unexpected); where the
+    # reload does not run (a model that is not a PreTrainedModel, a folder without a model file) the held-back
+    # warnings are logged as the Trainer's, not dropped
+    import logging
+    from types import SimpleNamespace
+
+    args = _args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                 load_best_model_at_end=True, metric_for_best_model="loss")  # fmt: skip
+    trainer = MaskSubTrainer(model=tiny_hf("ViTForImageClassification").float(), args=args,
+                             train_dataset=_data(8, 0), eval_dataset=_data(4, 1))  # fmt: skip
+    trainer.train()
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        trainer._load_best_model()
+        assert [m for m in records if "keys in the checkpoint" in m or "LOAD REPORT" in m] == [], records
+        (tmp_path / "empty").mkdir()
+        for checkpoint, model in ((str(tmp_path / "empty"), trainer.model),
+                                  (trainer.state.best_model_checkpoint, torch.nn.Linear(1, 1))):  # fmt: skip
+            records.clear()
+            trainer._deferred_loads = [SimpleNamespace(missing_keys=[], unexpected_keys=["stray.weight"])]
+            trainer._reload_renamed(checkpoint, model)
+            assert records == ["There were unexpected keys in the checkpoint model loaded: ['stray.weight']."]
+            assert trainer._deferred_loads is None
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
