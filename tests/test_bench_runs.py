@@ -372,3 +372,18 @@ def test_full_and_tiny_are_refused_together(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_args(["--full", "--tiny"])
     assert exit_info.value.code == 2 and "--full and --tiny exclude each other" in capsys.readouterr().err
+
+
+def test_a_folder_that_cannot_be_made_and_a_write_that_gives_up_leave_nothing(tmp_path):
+    # helper-341's mutation audit: the output folder itself unmakable (a file in its place) is a NotWritten naming
+    # it, not an OSError's traceback; a write that returns False leaves no .partial of what it had written
+    (tmp_path / "file").write_text("")
+    with pytest.raises(report.NotWritten, match=f"could not write into {re.escape(str(tmp_path / 'file' / 'run'))}"):
+        report.write({"records": []}, tmp_path / "file" / "run", "s", json_only=True)
+
+    def gives_up(partial):
+        partial.write_text("half")
+        return False
+
+    assert report._replace(tmp_path / "s.png", gives_up) is False
+    assert list(tmp_path.iterdir()) == [tmp_path / "file"]
