@@ -387,3 +387,13 @@ def test_a_folder_that_cannot_be_made_and_a_write_that_gives_up_leave_nothing(tm
 
     assert report._replace(tmp_path / "s.png", gives_up) is False
     assert list(tmp_path.iterdir()) == [tmp_path / "file"]
+
+
+def test_an_out_directory_that_is_not_writable_is_refused_before_measuring(tmp_path, capsys, monkeypatch):
+    # helper-341's mutation audit: a folder that exists but cannot be written into (root reads every folder as
+    # writable, so os.access stands in for a user's read-only one) is refused before anything is measured
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(["--tiny", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"--out {tmp_path}: the directory is not writable" in capsys.readouterr().err
