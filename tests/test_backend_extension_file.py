@@ -67,6 +67,19 @@ def test_what_is_not_a_64_bit_elf_is_left_to_the_import(tmp_path, monkeypatch, c
     assert _backend._cut_short_library() is None
 
 
+@pytest.mark.parametrize("ident", [b"\x01\x01", b"\x02\x02"])  # ELFCLASS32; big-endian
+def test_a_cut_short_elf_of_another_class_or_byte_order_is_left_to_the_import(tmp_path, monkeypatch, ident):
+    # helper-341's mutation audit: the header of a 32-bit or big-endian ELF is not read as a 64-bit little-endian one
+    # (the one tested above was all zeros past its magic: no extent, whatever it was read as)
+    path = tmp_path / "_C.so"
+    _elf(path, file_size=4096, segment_end=10_000)
+    data = bytearray(path.read_bytes())
+    data[4:6] = ident
+    path.write_bytes(data)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: types.SimpleNamespace(origin=str(path)))
+    assert _backend._cut_short_library() is None
+
+
 def test_no_extension_file_is_no_reason_here(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert _backend._cut_short_library() is None
