@@ -203,3 +203,21 @@ def test_the_best_models_load_and_a_skipped_reload_warn_as_the_resume(tmp_path):
             assert trainer._deferred_loads is None
     finally:
         logging.getLogger("transformers").removeHandler(handler)
+
+
+def test_a_failed_load_stops_holding_back_the_trainers_warnings(monkeypatch):
+    # helper-341's mutation audit: a load that raises (a checkpoint lacking a tensor, an unreadable file) must not
+    # leave the warnings held back, every later load's then swallowed without a word
+    import transformers
+
+    def fails(*args):
+        raise RuntimeError("no such checkpoint")
+
+    trainer = MaskSubTrainer.__new__(MaskSubTrainer)  # (the methods alone: nothing else of a Trainer is read)
+    for name, call in (("_load_from_checkpoint", lambda: trainer._load_from_checkpoint("nowhere", model=object())),
+                       ("_load_best_model", trainer._load_best_model)):  # fmt: skip
+        monkeypatch.setattr(transformers.Trainer, name, fails)
+        trainer._deferred_loads = None
+        with pytest.raises(RuntimeError, match="no such checkpoint"):
+            call()
+        assert trainer._deferred_loads is None, name
