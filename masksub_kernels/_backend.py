@@ -28,6 +28,7 @@ import itertools
 import os
 import shutil
 import struct
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,12 @@ def _cut_short_library() -> str | None:
     interrupted copy or build). The dynamic loader maps it and faults on the missing pages: SIGBUS, the process
     killed without a word (``python -m masksub_kernels`` included). Reads the headers only (64-bit little-endian
     ELF: x86-64, aarch64; other files are left to the import)."""
-    spec = importlib.util.find_spec("masksub_kernels._C")
+    if "masksub_kernels._C" in sys.modules:  # loaded already (or a stand-in, whose __spec__ find_spec refuses)
+        return None
+    try:
+        spec = importlib.util.find_spec("masksub_kernels._C")
+    except (ImportError, ValueError):  # the import says why
+        return None
     if spec is None or not spec.origin or not os.path.isfile(spec.origin):
         return None
     try:

@@ -567,11 +567,11 @@ def test_last_backend_of_all_ops_is_a_copy(monkeypatch):
 
 def test_a_missing_extension_says_what_the_build_lacked_and_how_to_see_why(monkeypatch):
     # helper-335: "not built or does not import" for both, with no word on why an install skipped the build
-    real = _backend.importlib.import_module
+    real, error = _backend.importlib.import_module, ModuleNotFoundError("No module", name="masksub_kernels._C")
 
     def absent(name, *args):
         if name == "masksub_kernels._C":
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            raise error
         return real(name, *args)
 
     monkeypatch.setattr(_backend.importlib, "import_module", absent)
@@ -580,13 +580,13 @@ def test_a_missing_extension_says_what_the_build_lacked_and_how_to_see_why(monke
         reason = _backend._compiled_extension_missing()
         assert reason.startswith("the CUDA extension masksub_kernels._C is not built: "), reason
         assert "`pip install -v`" in reason and "MASKSUB_BUILD_CUDA=1 pip install --no-build-isolation" in reason
-        monkeypatch.setattr(_backend.importlib, "import_module", lambda name, *a: (_ for _ in ()).throw(
-            ImportError("_C.so: undefined symbol: _ZN3c10")))  # fmt: skip
+        error = ImportError("_C.so: undefined symbol: _ZN3c10")
         _backend._compiled_extension_missing.cache_clear()
         assert _backend._compiled_extension_missing().startswith(
             "the CUDA extension masksub_kernels._C does not import (_C.so: undefined symbol: _ZN3c10); rebuild it"
         )
     finally:
+        monkeypatch.setattr(_backend.importlib, "import_module", real)
         _backend._compiled_extension_missing.cache_clear()
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.delenv("CUDA_PATH", raising=False)

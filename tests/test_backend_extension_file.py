@@ -4,11 +4,29 @@ word). _backend._cut_short_library reads the ELF headers only."""
 
 import importlib.util
 import struct
+import sys
 import types
 
 import pytest
 
 from masksub_kernels import _backend
+
+
+@pytest.fixture(autouse=True)
+def _not_loaded(monkeypatch):
+    """The check is for a _C not yet loaded (a loaded one is not mapped again): this process's own, where it was
+    imported, set aside for the test."""
+    monkeypatch.delitem(sys.modules, "masksub_kernels._C", raising=False)
+
+
+def test_a_loaded_or_stand_in_extension_is_not_read_again(monkeypatch):
+    # a stand-in module (a test's fake _C, __spec__ None) made find_spec raise ValueError out of the check
+    monkeypatch.setitem(sys.modules, "masksub_kernels._C", types.ModuleType("masksub_kernels._C"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: pytest.fail("find_spec called"))
+    assert _backend._cut_short_library() is None
+    monkeypatch.delitem(sys.modules, "masksub_kernels._C")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: (_ for _ in ()).throw(ValueError("__spec__ is None")))
+    assert _backend._cut_short_library() is None
 
 
 def _elf(path, *, file_size: int, segment_end: int, sections_at: int = 256) -> str:
