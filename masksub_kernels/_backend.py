@@ -216,9 +216,15 @@ def stale_extension(module: Any, csrc: Path = _CSRC) -> str | None:
     built = getattr(module, "SOURCES_DIGEST", None)
     if built == now:
         return None
+    if not built:
+        recorded = "no digest recorded"
+    elif built == "MASKSUB_SOURCES_DIGEST":  # bindings.cpp built without setup.py's -D (a cpp_extension.load of csrc/)
+        recorded = "built without setup.py: no digest recorded"
+    else:
+        recorded = "digest " + built
     return (
         f"the CUDA extension {getattr(module, '__file__', module)} was built from other sources than {csrc} holds "
-        f"now ({'digest ' + built if built else 'no digest recorded'}, csrc/ now {now}): rebuild it with "
+        f"now ({recorded}, csrc/ now {now}): rebuild it with "
         "`MASKSUB_BUILD_CUDA=1 pip install --no-build-isolation -e .` in the checkout, or select the 'triton' or "
         "'torch' backend"
     )

@@ -50,6 +50,10 @@ def test_an_extension_from_other_sources_is_refused_with_the_reason(tmp_path):
     assert "/somewhere/_C.so was built from other sources than" in stale and "digest s0123456789abcdef" in stale
     assert "rebuild it with `MASKSUB_BUILD_CUDA=1 pip install --no-build-isolation -e .`" in stale
     assert "no digest recorded" in _backend.stale_extension(fake_extension(None), csrc)  # built before the stamp
+    # bindings.cpp compiled without setup.py's -DMASKSUB_SOURCES_DIGEST (a user's own cpp_extension.load) stringifies
+    # the macro's name: not a digest
+    unstamped = _backend.stale_extension(fake_extension("MASKSUB_SOURCES_DIGEST"), csrc)
+    assert "built without setup.py: no digest recorded" in unstamped and "digest MASKSUB" not in unstamped
     # an installed package (no csrc/ beside it): its extension was built with it; a csrc/ without bindings.cpp beside
     # site-packages (another distribution's) is not this checkout's (helper-333)
     assert _backend.stale_extension(fake_extension(None), tmp_path / "no-csrc") is None
