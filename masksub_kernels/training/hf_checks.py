@@ -6,7 +6,8 @@
 - ``check_hf_config``: what the model's config says about its labels: ``problem_type`` (where set: None is not
   read) 'regression' (MaskSub has no regression loss) or 'multi_label_classification' with ``loss='ce'`` (softmax
   cross-entropy on multi-hot targets: ``loss='bce'``), ``num_labels=1`` with ``loss='ce'`` (softmax over one class is
-  0 whatever the model), and ``return_dict=False`` (the model returns tuples, without ``.logits``).
+  0 whatever the model), and ``return_dict=False`` (the model returns tuples, without ``.logits``: also refused at
+  each forward, by ``check_return_dict``, every family).
 
 transformers' own loss writes ``problem_type`` on its first call with labels where it is None (float labels:
 multi-label; num_labels=1: regression), so a model once run on mixup's probabilities says multi-label: the messages
@@ -20,7 +21,7 @@ from torch import nn
 
 from .hf_hooks import is_transformers_classifier
 
-__all__ = ["check_hf_config", "check_hf_head", "transformers_config"]
+__all__ = ["check_hf_config", "check_hf_head", "check_return_dict", "transformers_config"]
 
 
 def transformers_config(model: nn.Module):
@@ -74,17 +75,25 @@ _SET_BY_TRANSFORMERS = (
 )
 
 
+def check_return_dict(config, name: str) -> None:
+    """Refuse a transformers ``config`` (of the model class ``name``) with ``return_dict=False``: its forward returns
+    tuples, and MaskSub reads the named outputs (the image families' ``.logits``, the mlm family's hidden states).
+    Checked when MaskSub is built and at each of its forwards (a flag set afterwards fails inside transformers with
+    an AttributeError on a tuple): an attribute read, no sync."""
+    if config is not None and getattr(config, "return_dict", True) is False:
+        raise ValueError(
+            f"{name}'s config has return_dict=False: its forward returns tuples, and MaskSub reads the named outputs "
+            "of its forward (.logits; the mlm family's hidden states); set model.config.return_dict = True"
+        )
+
+
 def check_hf_config(model: nn.Module, loss: str) -> None:
     """Refuse a transformers image model whose config says MaskSub's ``loss`` cannot train it (module docstring)."""
     config = transformers_config(model)
     if config is None:
         return
     name = type(model).__name__
-    if getattr(config, "return_dict", True) is False:
-        raise ValueError(
-            f"{name}'s config has return_dict=False: its forward returns tuples, and MaskSub reads the .logits of its "
-            "output; set model.config.return_dict = True"
-        )
+    check_return_dict(config, name)
     problem = getattr(config, "problem_type", None)
     if problem == "regression":
         raise ValueError(

@@ -235,6 +235,16 @@ def test_the_configs_problem_type_and_return_dict_are_checked_at_construction():
     for problem, loss in ((None, "ce"), ("single_label_classification", "ce"), ("multi_label_classification", "bce")):
         model.config.problem_type = problem
         assert MaskSub(model, loss=loss).loss_mode == loss
+    # set after MaskSub was built: refused at the next forward, every branch (transformers' own AttributeError on a
+    # tuple's .last_hidden_state before)
+    model.config.problem_type = None
+    ms = MaskSub(model)
+    model.config.return_dict = False
+    for branch in ("joint", "main", "sub"):
+        with pytest.raises(ValueError, match=r"ViTForImageClassification's config has return_dict=False"):
+            ms(_images(), torch.zeros(3, dtype=torch.long), branch=branch)
+    model.config.return_dict = True
+    assert ms(_images(), torch.zeros(3, dtype=torch.long))["loss"] > 0
 
 
 def test_other_transformers_classifiers_keep_the_warned_pixel_fallback(monkeypatch):

@@ -114,3 +114,19 @@ def test_a_batchs_position_ids_of_none_is_accepted():
     batch["position_ids"] = None
     out = MaskSub(tiny_bert())(batch, seed=1)
     assert torch.isfinite(out["loss"])
+
+
+def test_return_dict_false_is_refused_when_built_and_when_set_afterwards():
+    # a masked LM's forward returning tuples failed inside transformers (AttributeError on a tuple)
+    model = tiny_bert()
+    model.config.return_dict = False
+    refused = r"BertForMaskedLM's config has return_dict=False: .* set model.config.return_dict = True"
+    with pytest.raises(ValueError, match=refused):
+        MaskSub(model)
+    model.config.return_dict = True
+    ms = MaskSub(model)
+    model.config.return_dict = False
+    with pytest.raises(ValueError, match=r"BertForMaskedLM's config has return_dict=False"):
+        ms(make_batch())
+    model.config.return_dict = True
+    assert ms(make_batch())["loss"] > 0
