@@ -397,3 +397,26 @@ def test_an_out_directory_that_is_not_writable_is_refused_before_measuring(tmp_p
         cli.parse_args(["--tiny", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert f"--out {tmp_path}: the directory is not writable" in capsys.readouterr().err
+
+
+# a run's JSON that is not one is refused in words, not by the name of the Python exception that found it
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ("", "no JSON (Expecting value at line 1, column 1); empty or cut short?"),
+        ("[1]", "no 'environment' object at its top level (not a masksub_kernels.bench run)"),
+        ('{"environment": {}, "records": []}', "its 'environment' names no 'device'"),
+        ('{"environment": {"device": "CPU: x"}}', "no 'records' list at its top level"),
+        ('{"environment": {"device": "CPU: x"}, "records": [3]}', "record 0 has no 'suite', 'shape', 'dtype'"),
+        ('{"environment": {"device": "CPU: x"}, "records": [], "copy_gbps": "fast"}', "'copy_gbps' is 'fast', not"),
+        ('{"environment": {"device": "CPU: x"}, "records": [], "copy_gbps": true}', "'copy_gbps' is True, not a"),
+        ('{"environment": {"device": "CPU: x"}, "records": [], "copy_gbps": 1}', "do not make the table (no field"),
+    ],
+)
+def test_a_json_that_is_no_run_is_refused_in_words(tmp_path, capsys, text, said):
+    path = tmp_path / "run.json"
+    path.write_text(text)
+    assert cli.main(["--report-only", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is not a benchmark run's JSON: {said}"[:60] in err and said in err
+    assert "Error:" not in err  # (KeyError:, JSONDecodeError:, TypeError: were the messages before)

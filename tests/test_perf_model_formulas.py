@@ -460,7 +460,7 @@ def test_a_record_without_the_rows_keys_is_no_benchmark_run(tmp_path):
     # kills M5 (load_run's check of each record's suite / shape / dtype / mode / provider dropped)
     path = tmp_path / "GPU-NVIDIA-H200-2026-12-04.json"
     path.write_text(json.dumps({"environment": {"device": "GPU: NVIDIA H200"}, "records": [{"suite": "copy"}]}))
-    with pytest.raises(ValueError, match=r"is not a benchmark run's JSON \(KeyError: 'shape'\)"):
+    with pytest.raises(ValueError, match=r"is not a benchmark run's JSON: record 0 has no 'shape', 'dtype'"):
         measured.load_run(path)
 
 

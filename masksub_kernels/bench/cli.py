@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import json
 import os
 import re
 import signal
@@ -199,21 +198,21 @@ def _raise_terminated(signum, frame) -> None:
 
 
 def load_run(path: Path) -> dict:
-    """A benchmark run's JSON, checked for what the report reads (ValueError naming the file otherwise)."""
+    """A benchmark run's JSON, checked for what the report reads (ValueError naming the file and what is wrong, in
+    words, otherwise: report.read_run, then the figures and the table)."""
+    run = report.read_run(path)
+    for key, default in (("copy_gbps", None), ("seconds", 0.0)):
+        value = run.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{path} is not a benchmark run's JSON: its {key!r} is {value!r}, not a number")
+    for marks in ("skipped_suites", "incomplete_suites", "context_lost"):  # older runs: not all of them
+        run.setdefault(marks, {})
     try:
-        run = json.loads(path.read_text())
-        if not isinstance(run.get("environment"), dict) or not isinstance(run.get("records"), list):
-            raise TypeError("no 'environment' object and 'records' list")
-        run["environment"]["device"], float(run["copy_gbps"]), float(run.get("seconds", 0.0))
-        for record in run["records"]:
-            for key in ("suite", "shape", "dtype", "mode", "provider"):
-                record[key]
-        for marks in ("skipped_suites", "incomplete_suites", "context_lost"):  # older runs: not all of them
-            run.setdefault(marks, {})
         report.older_step_modes(run)  # older runs: the train suite's steps recorded as 'forward'
         report.markdown_table(run)  # every key the table reads
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path} is not a benchmark run's JSON ({type(exc).__name__}: {exc})") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a figure of the wrong kind, a missing field
+        what = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"{path} is not a benchmark run's JSON: its records do not make the table ({what})") from None
     return run
 
 

@@ -34,6 +34,39 @@ def older_step_modes(run: dict) -> int:
     return len(older)
 
 
+RECORD_KEYS = ("suite", "shape", "dtype", "mode", "provider")  # what every row of a run's table is keyed by
+
+
+def read_run(path: Path) -> dict:
+    """A benchmark run's JSON read back, with an environment naming its device and records keyed by RECORD_KEYS: a
+    ValueError naming the file and what is wrong, in words, otherwise (an empty or truncated file, another tool's
+    JSON such as model-sm90.json or linear-loss-memory-*.json). Shared by cli.load_run and tools.perf_model.measured.
+    """
+
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"{path} is not a benchmark run's JSON: {why}")
+
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise refuse(f"it could not be read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        run = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise refuse(f"no JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); empty or cut short?") from None
+    if not isinstance(run, dict) or not isinstance(run.get("environment"), dict):
+        raise refuse("no 'environment' object at its top level (not a masksub_kernels.bench run)")
+    if not isinstance(run["environment"].get("device"), str):
+        raise refuse("its 'environment' names no 'device' (not a masksub_kernels.bench run)")
+    if not isinstance(run.get("records"), list):
+        raise refuse("no 'records' list at its top level")
+    for i, record in enumerate(run["records"]):
+        missing = [key for key in RECORD_KEYS if key not in record] if isinstance(record, dict) else RECORD_KEYS
+        if missing:
+            raise refuse(f"record {i} has no {', '.join(repr(key) for key in missing)}")
+    return run
+
+
 def _fmt(value, digits=3):
     return "-" if value is None else f"{value:.{digits}f}"
 

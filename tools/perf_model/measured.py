@@ -222,19 +222,11 @@ def nothing_to_compare(results: dict) -> str:
 
 def load_run(path: Path) -> dict:
     """A benchmark run's JSON with what this report reads (ValueError naming the file and what is wrong otherwise:
-    an empty or truncated file, another tool's JSON such as model-sm90.json or linear-loss-memory-*.json)."""
-    try:
-        run = json.loads(path.read_text())
-        if not isinstance(run, dict) or not isinstance(run.get("environment"), dict):
-            raise TypeError("no 'environment' object")
-        if not isinstance(run["environment"].get("device"), str) or not isinstance(run.get("records"), list):
-            raise TypeError("no 'environment.device' and 'records' list (not a masksub_kernels.bench run)")
-        for record in run["records"]:
-            for key in ("suite", "shape", "dtype", "mode", "provider"):
-                record[key]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path} is not a benchmark run's JSON ({type(exc).__name__}: {exc})") from None
-    return run
+    an empty or truncated file, another tool's JSON such as model-sm90.json or linear-loss-memory-*.json): the
+    benchmark's own reading (masksub_kernels.bench.report.read_run)."""
+    from masksub_kernels.bench import report as bench_report
+
+    return bench_report.read_run(path)
 
 
 def main(argv: list[str] | None = None) -> int:
