@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-lr", type=float, default=1e-5)
     g.add_argument(
         "--decay-epochs", type=float, default=None,
-        help="--sched step: epochs between decays (wsd, rsqrt: the decay phase's length); default: timm's (90)",
+        help="--sched step: epochs between decays (wsd, rsqrt: the decay phase's length, a value in (0, 1) a share of "
+        "the schedule); default: timm's (step: 90; wsd, rsqrt: 0.2, the schedule's last 20%%)",
     )  # fmt: skip
     g.add_argument(
         "--decay-milestones", type=int, nargs="+", default=None, metavar="EPOCH",

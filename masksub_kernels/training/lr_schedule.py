@@ -16,7 +16,7 @@ def build_scheduler(args, optimizer, updates_per_epoch: int):
     if args.sched == "plateau":  # timm asserts step_on_epochs, and it needs a metric that no step passes
         raise UsageError(
             "--sched plateau: timm's plateau scheduler steps per epoch on a validation metric; masksub-train steps "
-            "its schedule per update: use cosine, tanh, step, multistep or poly"
+            "its schedule per update: use cosine, tanh, step, multistep, poly, wsd or rsqrt"
         )
     try:
         scheduler, _ = create_scheduler_v2(
