@@ -403,6 +403,16 @@ def test_find_cuda_home_checks_each_candidate_for_nvcc(tmp_path, monkeypatch):
     assert find_cuda_home(str(wrapper), fallback=str(toolkit)) == toolkit.resolve()  # a dead target: the fallback
 
 
+# Kills the mutant left open on 2026-12-07 (tools/cuda_home.py without `os.environ.get(variable) and`: an empty
+# CUDA_HOME, as `export CUDA_HOME=` leaves it, read as "." wherever the build runs from a folder with bin/nvcc)
+def test_an_empty_cuda_home_is_unset_not_the_current_folder(tmp_path, monkeypatch):
+    fake_toolkit(tmp_path)
+    monkeypatch.chdir(tmp_path / "cuda-13.0")  # bin/nvcc here
+    monkeypatch.setenv("CUDA_HOME", "")
+    monkeypatch.setenv("CUDA_PATH", "")
+    assert find_cuda_home(str(tmp_path / "missing-nvcc"), fallback="") is None
+
+
 # helper-328 (a user's install probes): MASKSUB_BUILD_CUDA=off built the extension, =yes / =true made a forced build
 # optional (a failure then installed without it, silently), =2 or a typo meant "when possible". Each is read or refused.
 @pytest.mark.parametrize(
