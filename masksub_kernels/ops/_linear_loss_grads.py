@@ -271,7 +271,7 @@ def _recomputed(ctx, terms, need, hidden, sub_hidden, weight, bias, target, stat
     if gm is None and gs is None:
         return ()
     gather = not chunk_loop.sync_free(hidden)  # the chunk loop on the counted rows in eager mode (backward_in_chunks)
-    return _linear_loss_backward_op(
+    return _linear_loss_backward_op.from_backward(
         gm, gs, stats, hidden, sub_hidden, weight, bias, target, need[0] or need[1], need[2], need[3], gather,
         *ctx.options,
     )  # fmt: skip

@@ -448,7 +448,7 @@ def _backward(ctx, grad_out):
         return (None,) * 10
     grad_main, grad_sub = grad_out[MAIN] if need_main else None, grad_out[SUB] if need_sub else None
     args = (grad_main, grad_sub, out, hidden, sub_hidden, weight, bias, target, need_h or need_hs, need_w, need_b)
-    dh, dhs, dw, db = _linear_loss_backward_op(*args, not sync_free(hidden), *ctx.options)
+    dh, dhs, dw, db = _linear_loss_backward_op.from_backward(*args, not sync_free(hidden), *ctx.options)
     return (
         dh if need_h else None,
         dhs if need_hs and need_sub else None,

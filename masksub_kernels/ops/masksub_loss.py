@@ -536,7 +536,7 @@ def _loss_backward(ctx, grad_out):
     if not (need_dmain or need_dsub):
         return (None,) * 8
     grad_main, grad_sub = grad_out[MAIN] if need_dmain else None, grad_out[SUB] if need_dsub else None
-    dz, ds = _loss_backward_op(grad_main, grad_sub, out, logits, sub_logits, target, *ctx.options)
+    dz, ds = _loss_backward_op.from_backward(grad_main, grad_sub, out, logits, sub_logits, target, *ctx.options)
     return (dz if need_dmain else None), (ds if need_dsub else None), *(None,) * 6
 
 

@@ -207,7 +207,7 @@ def _backward(ctx, grad_reduced, grad_out, grad_d):
     if not (need_main or need_sub):
         return (None,) * 11
     args = (grad_reduced, need_main, need_sub, d, out, logits, sub_logits, target, *ctx.options)
-    dz, ds = _reduced_backward_op(*args)
+    dz, ds = _reduced_backward_op.from_backward(*args)
     return (dz if need_main else None), (ds if need_sub else None), *(None,) * 9
 
 

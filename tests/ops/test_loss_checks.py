@@ -326,3 +326,38 @@ def test_a_direct_linear_op_call_checks_a_probability_target_against_the_classes
     if backend != "cuda":  # (no CUDA-extension implementation of the fused-linear ops)
         out = ops.linear_masksub_loss_forward(h, h, w, b, _like(4, 6).softmax(-1), *options)
         assert out.shape == (9, 4) and bool(out.isfinite().all())
+
+
+def test_the_autograd_backward_runs_no_backward_op_check_and_a_direct_call_does(kernel_backend, monkeypatch):
+    # the autograd backward calls the backward ops on what the forward made (checked then) and the grads autograd
+    # matched to its outputs: MaskSubOp.from_backward skips the ~10-16 us check; torch.ops.masksub calls keep it
+    from masksub_kernels.ops import linear_masksub_loss, masksub_loss, masksub_loss_reduced
+
+    ops = (masksub_loss._loss_backward_op, masksub_loss_reduced._reduced_backward_op,
+           linear_masksub_loss._linear_loss_backward_op)  # fmt: skip
+    checked = []
+    for op in ops:
+        monkeypatch.setattr(op, "_check", lambda *args, _check=op._check, _name=op.name: checked.append(_name) or
+                            _check(*args))  # fmt: skip
+    z, y = _like(4, 6), torch.tensor([0, 1, 2, 5], device=DEVICE)
+    h, w, b = _like(4, 3), _like(6, 3), _like(6)
+    calls = [
+        lambda zz, ss, hh: mk.masksub_loss(zz, ss, y, reduction="none").loss.sum(),
+        lambda zz, ss, hh: mk.masksub_loss(zz, ss, y).loss,
+        lambda zz, ss, hh: mk.linear_masksub_loss(hh, hh * 2, w, b, y).loss,
+        lambda zz, ss, hh: mk.linear_masksub_loss(hh, hh * 2, w, b, y, reduction="none").loss.sum(),
+    ]
+    for call in calls[:2] if kernel_backend == "cuda" else calls:  # (no CUDA-extension fused-linear ops)
+        inputs = [t.clone().requires_grad_() for t in (z, z * 0.5, h)]
+        got = torch.autograd.grad(call(*inputs), inputs, allow_unused=True)
+        with mk.use_backend("torch"):
+            inputs = [t.clone().requires_grad_() for t in (z, z * 0.5, h)]
+            want = torch.autograd.grad(call(*inputs), inputs, allow_unused=True)
+        for g, r in zip(got, want):
+            assert (g is None) == (r is None)
+            if g is not None:
+                torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    assert checked == []
+    out = torch.ops.masksub.masksub_loss_forward(z, z, y, False, 0.0, -100, 1.0, None)
+    torch.ops.masksub.masksub_loss_backward(_like(4), _like(4), out, z, z, y, False, 0.0, -100, 1.0, None)
+    assert checked == ["masksub_loss_backward"]
