@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ._common import FLOAT_DTYPES, FP32_MAX, INDEX_DTYPES, MAX_CLASSES, check_bool, check_int, check_real
+from ._loss_layout import NUM_OUT
 
 # The ignore_index passed by losses without one: an id equal to it is refused on CPU tensors, but would count as
 # ignored elsewhere (no class id is that negative in practice; the fused op has no "none" ignore_index).
@@ -148,8 +149,6 @@ def check_reduced_weights(main_weight, sub_weight, mean) -> None:
 # fp32 [9, rows] output, the upstream gradients. The cuda binding's refusals, on every backend: unchecked, Triton
 # read past a short out or grad (a silently wrong gradient) and the reference raised torch's own indexing errors.
 
-STATS_ROWS = 9  # the per-row ops' output rows: the losses and the softmax states (ops/masksub_loss.py's layout)
-
 
 def check_saved_stats(out, rows: int, device: torch.device) -> None:
     """The forward op's output as a backward op reads it: a contiguous fp32 [9, rows] on the operands' device."""
@@ -157,9 +156,9 @@ def check_saved_stats(out, rows: int, device: torch.device) -> None:
         raise TypeError(f"out must be a torch.Tensor (the forward op's output), got {type(out).__name__}")
     if out.dtype != torch.float32:
         raise TypeError(f"out must be the forward op's float32 output, got {out.dtype}")
-    if tuple(out.shape) != (STATS_ROWS, rows) or not out.is_contiguous() or out.device != device:
+    if tuple(out.shape) != (NUM_OUT, rows) or not out.is_contiguous() or out.device != device:
         raise ValueError(
-            f"out must be the forward op's output: contiguous [{STATS_ROWS}, rows={rows}] on {device}, got "
+            f"out must be the forward op's output: contiguous [{NUM_OUT}, rows={rows}] on {device}, got "
             f"{tuple(out.shape)}{'' if out.is_contiguous() else ' (not contiguous)'} on {out.device}"
         )
 

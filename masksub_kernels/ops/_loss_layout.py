@@ -1,7 +1,8 @@
-"""What the loss kernels' launch configurations read of their operands and of the device, no tunable of the op
-among it: the operands with unit last stride, an operand's layout (the key of masksub_loss.py's configuration cache
-and of _linear_loss_chunks.py's class-tail plans), the rows' realignment to 16-byte boundaries (VEC), the 16-byte
-hints (GROUP, ALIGNED, EVEN) and the device's SM count (a cached property: no sync). Shared by masksub_loss.py's
+"""What the loss kernels' launch configurations read of their operands and of the device, no tunable of the op among it:
+the operands with unit last stride, an operand's layout (the key of masksub_loss.py's configuration cache and of
+_linear_loss_chunks.py's class-tail plans), the rows' realignment to 16-byte boundaries (VEC), the 16-byte hints
+(GROUP, ALIGNED, EVEN), the device's SM count (a cached property: no sync) and the rows of the forward's fp32 [9, M]
+output (here, so that _loss_checks.py reads them too: it cannot import masksub_loss.py). Shared by masksub_loss.py's
 launchers and _loss_fwd_bwd.py's one launch, and apart from the op so that masksub_loss.py keeps its reference,
 launchers and autograd; the tunables (MAX_BLOCK_C, SPLIT_PROGRAMS_PER_SM) and the cache stay there, where the tests
 change them. The tests patch _device_sms on masksub_loss, whose _cached_config reads it."""
@@ -11,6 +12,10 @@ from __future__ import annotations
 import functools
 
 import torch
+
+# Rows of the loss forward's fp32 [9, M] output: the two per-row losses, then the stats the backward reads (CE only).
+MAIN, SUB, C_Z, LOG_L_Z, S_Z, C_S, LOG_L_S, C_T, LOG_L_T = range(9)
+NUM_OUT = 9
 
 DEFAULT_SMS = 132  # SMs assumed off a GPU (the interpreter; meta tensors for the perf model): H100 / H200
 

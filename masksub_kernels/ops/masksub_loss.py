@@ -79,14 +79,28 @@ import torch
 from .._triton import next_power_of_2
 from ._common import masksub_op
 from ._loss_checks import check_loss_backward_op, check_loss_op
-from ._loss_layout import _alignment_flags, _device_sms, _layout, _unit_last_stride, row_alignment, rows_aligned
+from ._loss_layout import (
+    C_S,
+    C_T,
+    C_Z,
+    LOG_L_S,
+    LOG_L_T,
+    LOG_L_Z,
+    MAIN,
+    NUM_OUT,
+    S_Z,
+    SUB,
+    _alignment_flags,
+    _device_sms,
+    _layout,
+    _unit_last_stride,
+    row_alignment,
+    rows_aligned,
+)
 from ._masksub_loss_eager import called_loss, loss_forward_eager
 from ._masksub_loss_kernels import _loss_bwd_kernel, _loss_fwd_kernel
 
 MAX_BLOCK_C = 4096  # classes per loop iteration of a program (the tests raise it under the interpreter)
-# Rows of the forward's fp32 [9, M] output: the two per-row losses, then the stats the backward reads (CE only).
-MAIN, SUB, C_Z, LOG_L_Z, S_Z, C_S, LOG_L_S, C_T, LOG_L_T = range(9)
-NUM_OUT = 9
 
 
 # ----------------------------------------------------------------------------------------------------------------
