@@ -96,8 +96,10 @@ def build_switch() -> bool | None:
     )
 
 
-# one compute capability: "80", "8.0", "90a", "9.0a", "100", "12.0", with an optional "+PTX" (TORCH_CUDA_ARCH_LIST's)
-_ARCH = re.compile(r"(\d{1,2})\.?(\d)(a?)(\+PTX)?", re.IGNORECASE)
+# one compute capability: "80", "8.0", "90a", "9.0a", "100", "12.0", "12.0f" (a family target, CUDA 12.9+: the
+# machine code runs on every GPU of its family, sm_120f on 12.x), with an optional "+PTX" (TORCH_CUDA_ARCH_LIST's)
+_ARCH = re.compile(r"(\d{1,2})\.?(\d)([af]?)(\+PTX)?", re.IGNORECASE)
+MIN_FAMILY_MAJOR = 10  # family targets ("f") begin with Blackwell: nvcc has no compute_90f
 MIN_ARCH = 80  # README "Versions": compute capability 8.0 and newer (CUDA 13's nvcc has no sm_70 at all)
 MAX_MAJOR = 15  # above any compute capability there is (12.x in CUDA 13): "800" is a typo, not capability 80.0
 
@@ -105,7 +107,7 @@ MAX_MAJOR = 15  # above any compute capability there is (12.x in CUDA 13): "800"
 def cuda_archs() -> tuple[list[str], set[str], str]:
     """(archs, those whose PTX is asked for, where they came from): from MASKSUB_CUDA_ARCHS, else TORCH_CUDA_ARCH_LIST
     (torch's own variable: the -gencode flags below make torch ignore it, so it is read here), else "80;90". An arch
-    is "80", "90" (built as sm_90a), "90a", "100"...; in MASKSUB_CUDA_ARCHS a value that names none, or one below
+    is "80", "90" (built as sm_90a), "90a", "100", "120f" (a family target)...; in MASKSUB_CUDA_ARCHS a value that names none, or one below
     8.0, is a SystemExit that says so, rather than an nvcc error that an automatic build swallows (installing without
     the extension). TORCH_CUDA_ARCH_LIST is often set for every build of an image ("7.0 7.5 8.0 8.6 9.0+PTX",
     "Ampere", "native"): its entries this build cannot take are left out, saying so, and if none is left, the
@@ -117,8 +119,11 @@ def cuda_archs() -> tuple[list[str], set[str], str]:
         match = _ARCH.fullmatch(entry)
         if match is not None and int(match[1]) > MAX_MAJOR:  # (helper-333: "800" reached nvcc as compute_800)
             match = None
-        if match is None or int(match[1] + match[2]) < MIN_ARCH:
+        family_too_old = match is not None and match[3].lower() == "f" and int(match[1]) < MIN_FAMILY_MAJOR
+        if match is None or int(match[1] + match[2]) < MIN_ARCH or family_too_old:
             why = "is not a compute capability" if match is None else f"is below {MIN_ARCH // 10}.{MIN_ARCH % 10}"
+            if family_too_old and int(match[1] + match[2]) >= MIN_ARCH:
+                why = f"is a family target below {MIN_FAMILY_MAJOR}.0 (nvcc's family targets begin with 10.0f)"
             if variable == "TORCH_CUDA_ARCH_LIST":
                 skipped.append(f"{entry!r} {why}")
                 continue
@@ -232,8 +237,8 @@ def extension_modules():
         targets.append(f"sm_{target}" + (" (with PTX)" if arch == ptx_arch or arch in asked_ptx else ""))
         code = f"[sm_{target},compute_{target}]" if arch == ptx_arch else f"sm_{target}"
         gencode += [f"-gencode=arch=compute_{target},code={code}"]
-        if arch in asked_ptx and arch != ptx_arch:  # +PTX: that arch's portable PTX (compute_90, not 90a's)
-            portable_target = target.removesuffix("a")
+        if arch in asked_ptx and arch != ptx_arch:  # +PTX: that arch's portable PTX (compute_90 / 120, not 90a's / 120f's)
+            portable_target = target.rstrip("af")
             gencode += [f"-gencode=arch=compute_{portable_target},code=compute_{portable_target}"]
     log(f"building the CUDA extension masksub_kernels._C for {', '.join(targets)} ({source}; {reason})")
     sources = [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cu")) + sorted(CSRC.glob("*.cpp"))]
