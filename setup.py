@@ -107,11 +107,11 @@ MAX_MAJOR = 15  # above any compute capability there is (12.x in CUDA 13): "800"
 def cuda_archs() -> tuple[list[str], set[str], str]:
     """(archs, those whose PTX is asked for, where they came from): from MASKSUB_CUDA_ARCHS, else TORCH_CUDA_ARCH_LIST
     (torch's own variable: the -gencode flags below make torch ignore it, so it is read here), else "80;90". An arch
-    is "80", "90" (built as sm_90a), "90a", "100", "120f" (a family target)...; in MASKSUB_CUDA_ARCHS a value that names none, or one below
-    8.0, is a SystemExit that says so, rather than an nvcc error that an automatic build swallows (installing without
-    the extension). TORCH_CUDA_ARCH_LIST is often set for every build of an image ("7.0 7.5 8.0 8.6 9.0+PTX",
-    "Ampere", "native"): its entries this build cannot take are left out, saying so, and if none is left, the
-    default."""
+    is "80", "90" (built as sm_90a), "90a", "100", "120f" (a family target)...; in MASKSUB_CUDA_ARCHS a value that
+    names none, or one below 8.0, is a SystemExit that says so, rather than an nvcc error that an automatic build
+    swallows (installing without the extension). TORCH_CUDA_ARCH_LIST is often set for every build of an image ("7.0
+    7.5 8.0 8.6 9.0+PTX", "Ampere", "native"): its entries this build cannot take are left out, saying so, and if
+    none is left, the default."""
     variable = next((v for v in ("MASKSUB_CUDA_ARCHS", "TORCH_CUDA_ARCH_LIST") if os.environ.get(v, "").strip()), None)
     value = os.environ[variable] if variable else "80;90"
     archs, ptx, skipped = [], set(), []
@@ -237,7 +237,7 @@ def extension_modules():
         targets.append(f"sm_{target}" + (" (with PTX)" if arch == ptx_arch or arch in asked_ptx else ""))
         code = f"[sm_{target},compute_{target}]" if arch == ptx_arch else f"sm_{target}"
         gencode += [f"-gencode=arch=compute_{target},code={code}"]
-        if arch in asked_ptx and arch != ptx_arch:  # +PTX: that arch's portable PTX (compute_90 / 120, not 90a's / 120f's)
+        if arch in asked_ptx and arch != ptx_arch:  # +PTX: that arch's portable PTX (compute_90, not 90a's; 120f: 120)
             portable_target = target.rstrip("af")
             gencode += [f"-gencode=arch=compute_{portable_target},code=compute_{portable_target}"]
     log(f"building the CUDA extension masksub_kernels._C for {', '.join(targets)} ({source}; {reason})")
