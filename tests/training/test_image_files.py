@@ -217,3 +217,72 @@ def test_an_unreadable_image_of_a_subset_is_named_by_its_own_path(tmp_path):
     assert str(info.value) == (
         f"unreadable image file: {bad!r} (UnidentifiedImageError: cannot identify image file): replace or delete it"
     )
+
+
+# helper-343's mutation audit of image_files.py
+def _image_dataset(root, bad: tuple[int, ...], count: int = 4):
+    """timm's ImageDataset of ``count`` images in root/a, those at ``bad`` no images; one try (as data.py's val)."""
+    from timm.data import ImageDataset
+
+    os.makedirs(root / "a", exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", (4, 4)).save(root / "a" / f"{i}.png")
+        if i in bad:
+            (root / "a" / f"{i}.png").write_bytes(b"not an image")
+    dataset = ImageDataset(str(root))
+    dataset._max_retries = 1
+    return dataset
+
+
+# kills load_item's `if not str(exc).startswith("Failed to load "): raise` left out (a transform's RuntimeError
+# reported as unreadable image files: readable files named, "read on a retry", the real error hidden) and its
+# `if not samples: raise` left out (a dataset without timm's file list: a TypeError in place of its own error)
+def test_load_item_converts_timms_retries_only_and_reraises_any_other_error(tmp_path):
+    from torch.utils.data import Dataset
+
+    from masksub_kernels.training.image_files import load_item
+
+    dataset = _image_dataset(tmp_path, bad=())
+
+    def broken(image):
+        raise RuntimeError("a transform's own error")
+
+    dataset.transform = broken
+    with pytest.raises(RuntimeError, match=r"^a transform's own error$"):
+        load_item(dataset, 0)
+
+    class NoFiles(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            raise RuntimeError("Failed to load 10 consecutive samples")
+
+    with pytest.raises(RuntimeError, match=r"^Failed to load 10 consecutive samples$"):
+        load_item(NoFiles(), 0)
+
+
+# kills load_item's `while isinstance(dataset, Subset)` -> `if` (a Subset of a Subset: the file at the outer
+# Subset's index named, a readable one) and _samples' `while` -> `if` (no file list found: timm's RuntimeError)
+def test_an_unreadable_image_under_nested_subsets_is_named_by_its_own_path(tmp_path):
+    from torch.utils.data import Subset
+
+    from masksub_kernels.training.image_files import load_item
+
+    dataset = _image_dataset(tmp_path, bad=(3,))
+    nested = Subset(Subset(dataset, [1, 2, 3]), [2])  # item 0: the inner Subset's 2, the dataset's 3
+    with pytest.raises(UnreadableImages) as info:
+        load_item(nested, 0)
+    bad = str(tmp_path / "a" / "3.png")
+    assert str(info.value) == (
+        f"unreadable image file: {bad!r} (UnidentifiedImageError: cannot identify image file): replace or delete it"
+    )
+
+
+# kills check_image_headers' `"an image file" if len(failed) == 1` -> `<= 2` (two files called "an image file")
+def test_two_unreadable_val_headers_are_counted(tmp_path):
+    from masksub_kernels.training.image_files import check_image_headers
+
+    dataset = _image_dataset(tmp_path / "val", bad=(0, 2))
+    with pytest.raises(UnreadableImages, match=r"^2 image files in .* replace or delete them$"):
+        check_image_headers(dataset)
