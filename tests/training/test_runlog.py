@@ -4,6 +4,7 @@ import io
 import os
 import subprocess
 
+import pytest
 import torch
 
 from masksub_kernels.training import runlog
@@ -122,3 +123,21 @@ def test_gpu_is_named_on_cuda_and_a_failing_name_is_none(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_name", broken)
     assert runlog.run_provenance(torch.device("cuda"))["gpu"] is None
+
+
+# helper-343's mutation audit of runlog.py
+def test_a_hung_git_or_an_odd_answer_records_no_commit_and_never_stops_the_run(monkeypatch):
+    # kills _git's `timeout=10` -> `timeout=None` (a git that hangs, on a stale NFS lock or a credential prompt, hung
+    # the run's start), its `except (OSError, subprocess.SubprocessError, ValueError)` -> `except OSError` (git's
+    # TimeoutExpired stopped the run) and _git_commit's `if len(lines) != 2` -> `if len(lines) < 1` (a rev-parse
+    # answer of one line: a ValueError unpacking it)
+    def hung(argv, **kwargs):
+        if kwargs.get("timeout") is None:
+            pytest.fail(f"git run without a timeout: {argv}")
+        raise subprocess.TimeoutExpired(argv, kwargs["timeout"])
+
+    monkeypatch.setattr(runlog.subprocess, "run", hung)
+    assert runlog._git_commit() == (None, None)
+    assert runlog.run_provenance("cpu")["git_commit"] is None
+    monkeypatch.setattr(runlog, "_git", lambda root, *a: subprocess.CompletedProcess(a, 0, b"/only/one/line\n", b""))
+    assert runlog._git_commit() == (None, None)
