@@ -481,3 +481,12 @@ def test_a_masked_lms_config_labels_are_not_checked():
     config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                      intermediate_size=32, num_labels=1, problem_type="regression")  # fmt: skip
     assert MaskSub(transformers.BertForMaskedLM(config)).family == "mlm"
+
+
+# helper-343's mutation audit: kills hf_vit.py check_embeddings_size's message `{img_size[0]} x {img_size[1]}` ->
+# `{img_size[1]} x {img_size[0]}` (every refused size tried was square: a 32 x 48 image was called 48 x 32)
+def test_a_refused_non_square_size_is_named_height_by_width():
+    from masksub_kernels.training.hf_vit import check_hf_size
+
+    with pytest.raises(ValueError, match=r"^ViTForImageClassification refuses 32 x 48 images: "):
+        check_hf_size(tiny_hf("ViTForImageClassification", num_hidden_layers=1), (32, 48))
