@@ -203,3 +203,17 @@ def test_a_digest_is_not_recorded_into_a_cache_rebuilt_meanwhile(corpus, tokeniz
     new = (cache / mlm_blocks.META).read_text()
     assert mlm_blocks.record_digest(str(cache), old, blocks, 3) is None
     assert (cache / mlm_blocks.META).read_text() == new
+
+
+# helper-343's mutation audit: kills mlm_prepare.py's `mlm_args.check_keep(given, meta["special_counts"])` ->
+# `check_keep(given)` (the note checked s = 2 special tokens a block, not the packed blocks' own: a corpus of short
+# paragraphs that a run refuses got no note)
+def test_a_prepare_notes_a_refusal_by_the_blocks_own_special_tokens(tmp_path, capsys):
+    words = [f"w{i % 37} v{i % 11}" for i in range(3000)]  # two-word paragraphs: ~20 special tokens a block of 64
+    (tmp_path / "short.txt").write_text("\n\n".join(words), encoding="utf-8")
+    argv = ["--prepare-only", "--data-dir", str(tmp_path), "--vocab-size", "80", "--seq-len", "64", "--eval-blocks",
+            "4", "--output", str(tmp_path / "o"), "--mask-ratio", "0.5"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "note: a run with these options would be refused: --mask-ratio 0.5 keeps 32 of 64 tokens" in err, err
+    assert "a block holding up to" in err
