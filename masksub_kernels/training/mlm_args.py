@@ -39,13 +39,9 @@ def check_args(args) -> None:
         raise UsageError(f"--chunk-rows must be in [1, 2^31) (or left out: the backend's rule), got {args.chunk_rows}")
     if args.intermediate is not None and args.intermediate < 1:
         raise UsageError(f"--intermediate must be >= 1 (or left out: 4 x width), got {args.intermediate}")
-    for name, interval, inside in (
-        ("dropout", "[0, 1)", 0.0 <= args.dropout < 1.0),
-        ("mlm_probability", "(0, 1]", 0.0 < args.mlm_probability <= 1.0),
-        ("mask_ratio", "[0, 1)", 0.0 <= args.mask_ratio < 1.0),
-    ):
-        if not inside:
-            raise UsageError(f"--{name.replace('_', '-')} must be in {interval}, got {getattr(args, name)}")
+    if not 0.0 <= args.dropout < 1.0:
+        raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
+    check_mask_ranges(args)
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
     for name in ("warmup_steps", "eval_blocks"):  # integers (argparse's type=int)
@@ -85,6 +81,17 @@ def check_args(args) -> None:
 # The largest share of the training blocks whose predicted tokens the command may cap (check_keep): BERT's recipe
 # is then changed in at most 0.1% of the blocks, slightly.
 CAPPED_SHARE_LIMIT = 1e-3
+
+
+def check_mask_ranges(args) -> None:
+    """--mlm-probability in (0, 1] and --mask-ratio in [0, 1) (check_args; --prepare-only's note on the values given,
+    which its own checks leave at their defaults)."""
+    for name, interval, inside in (
+        ("mlm_probability", "(0, 1]", 0.0 < args.mlm_probability <= 1.0),
+        ("mask_ratio", "[0, 1)", 0.0 <= args.mask_ratio < 1.0),
+    ):
+        if not inside:
+            raise UsageError(f"--{name.replace('_', '-')} must be in {interval}, got {getattr(args, name)}")
 
 
 def check_keep(args, specials: torch.Tensor | dict | None = None) -> None:

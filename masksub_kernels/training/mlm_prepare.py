@@ -108,7 +108,8 @@ def prepare(args: argparse.Namespace) -> None:
         blocks, meta, fresh, _ = mlm_blocks.cached_blocks(args, 0, 1, docs, tokenizer, digest, None, built,
                                                           mlm_cli.PROG)  # fmt: skip
     recorded = None if fresh else _record_digest(folder, meta, blocks, args.eval_blocks)
-    try:  # the run's check of its --mask-ratio against these blocks, which the prepare skipped (--baseline)
+    try:  # the run's checks of its mask options (ranges, then against these blocks), which the prepare skipped
+        mlm_args.check_mask_ranges(given)  # (a --mlm-probability of 0 or 1.5 made check_keep's log a ValueError)
         mlm_args.check_keep(given, meta["special_counts"])
     except UsageError as exc:
         if not given.baseline:

@@ -217,3 +217,13 @@ def test_a_prepare_notes_a_refusal_by_the_blocks_own_special_tokens(tmp_path, ca
     err = capsys.readouterr().err
     assert "note: a run with these options would be refused: --mask-ratio 0.5 keeps 32 of 64 tokens" in err, err
     assert "a block holding up to" in err
+
+
+# helper-343: a --mlm-probability outside (0, 1] (left at its default by the prepare's own checks) reached the note's
+# check_keep, whose binomial tail took its log: 'ValueError: math domain error' after the packing, status 1
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.1"])
+def test_a_prepare_notes_an_mlm_probability_out_of_range(value, corpus, tmp_path, capsys):
+    argv = ["--prepare-only", "--data-dir", corpus, *TINY, "--output", str(tmp_path / "o"), "--mlm-probability", value]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"note: a run with these options would be refused: --mlm-probability must be in (0, 1], got {value}" in err
