@@ -182,3 +182,21 @@ def test_a_direct_call_of_a_given_mask_op_with_meta_operands_checks_its_cell_mas
         ops.mask_tokens_grid_backward(tokens, one, 8, True, True)
     with pytest.raises(ValueError, match="not divisible by cell_size=32"):  # a height off the cells
         ops.mask_image_grid(torch.empty(2, 3, 80, 64, device=meta), one.expand(2, 2, 2), 32, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("images", "error", "match"),
+    [
+        (torch.zeros(2, 3, 64, 64, dtype=torch.int32), TypeError, "images must be float32, float16, bfloat16"),
+        (torch.zeros(3, 64, 64), ValueError, r"images must be \[B, C, H, W\] \(4-D\), got shape \(3, 64, 64\)"),
+    ],
+)
+def test_the_image_ops_refuse_images_that_are_not_4d_float_on_every_backend(backend, images, error, match):
+    # helper-342's mutation audit of _grid_checks.py:111 (_image_op_sizes without check_float_tensor): a direct
+    # torch.ops.masksub call with int32 images failed in torch.finfo, 3-D ones in an unpacking of their shape
+    ops, images = torch.ops.masksub, images.to(DEVICE)
+    cells = torch.ones(2, 2, 2, dtype=torch.bool, device=DEVICE)
+    with pytest.raises(error, match=match):
+        ops.mask_image_grid(images, cells, 32, 0.0)
+    with pytest.raises(error, match=match):
+        ops.mask_image_grid_random(images, 1, None, 32, 2, 0.0)
