@@ -86,6 +86,9 @@ def _more_direct_calls():
                                  r"inv must be None or \[batch=2, num_tokens=10\] on"),
         "scatter inv elsewhere": (lambda: scatter(x[:, :6], ids, inv_elsewhere, 1, 10), ValueError,
                                   r"inv must be None or \[batch=2, num_tokens=10\] on"),
+        # helper-342's mutation audit of ops/_token_select_checks.py:134 (ids' batch unchecked): ids of one row
+        "scatter ids of another batch": (lambda: ops.scatter_tokens(x[:, :6], ids[:1], None, 1, 10), ValueError,
+                                         r"ids must be \[batch=2, K=5\] with K <= num_tokens=10, got \(1, 5\)"),
         "scatter float ids": (lambda: ops.scatter_tokens(x[:, :6], ids.float(), None, 1, 10), TypeError,
                               r"ids must be int64 \(or int32\)"),
         "scatter ids elsewhere": (lambda: scatter(x[:, :6], ids.to(meta), None, 1, 10), ValueError,

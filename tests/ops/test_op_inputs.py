@@ -145,6 +145,8 @@ BAD_MASKS = [
     (torch.zeros(2, 8).tolist(), TypeError, "must be a bool torch.Tensor or None, got list"),
     (torch.zeros(2, 9, dtype=torch.bool), ValueError, r"must be \[batch=2, tokens=8\] .*got shape \(2, 9\)"),
     (torch.zeros(16, dtype=torch.bool), ValueError, r"must be .*got shape \(16,\)"),
+    # helper-342's mutation audit of ops/_token_select_checks.py:75 (the batch dimension unchecked): one row for two
+    (torch.zeros(1, 8, dtype=torch.bool), ValueError, r"must be \[batch=2, tokens=8\] .*got shape \(1, 8\)"),
     (torch.zeros(2, 8, dtype=torch.bool, device="meta"), ValueError, "must be on the op's device"),
 ]
 

@@ -203,11 +203,27 @@ def test_gather_empty_batch(backend):
         ((2, 9, 4), torch.tensor([[0, 1, 8], [0, 1, 2]]), {}, ValueError, r"\[0, 8\)"),
         ((2, 9, 4), torch.tensor([[0, 1, -1], [0, 1, 2]]), {}, ValueError, r"\[0, 8\)"),
         ((2, 9, 4), torch.tensor([[0, 1, 1], [0, 1, 2]]), {}, ValueError, "unique"),
+        # helper-342's mutation audit of ops/_token_select_checks.py: a repeat that is not adjacent (fails with the
+        # uniqueness test on the ids unsorted, line 52), ids of 3 dimensions (fails with `ids.dim() != 2` dropped,
+        # line 38: a 'unique' error, unvalidated the backend's own) and ids of no kept token (fails with 0 <= K,
+        # line 38: the prefix alone came back)
+        ((1, 9, 4), torch.tensor([[2, 5, 2]]), {}, ValueError, "unique"),
+        ((2, 9, 4), torch.zeros(2, 3, 1, dtype=torch.int64), {}, ValueError, r"ids must be \[batch=2, K\]"),
+        ((2, 9, 4), torch.zeros(2, 0, dtype=torch.int64), {}, ValueError, r"1 <= K <= 8"),
     ],
 )
 def test_gather_bad_input(x_shape, ids, kwargs, error, match):
     with pytest.raises(error, match=match):
         mk.gather_tokens(torch.zeros(x_shape), ids, **kwargs)
+
+
+def test_validated_ids_unique_per_row_whatever_the_other_rows_hold():
+    # helper-342's mutation audit of ops/_token_select_checks.py:52 (the ids sorted along the batch, dim=0): rows
+    # [1, 0] and [0, 1] are each unique; sorted down the batch they read [0, 0] and [1, 1], a repeat refused
+    x = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)
+    ids = torch.tensor([[1, 0], [0, 1]])
+    y = mk.gather_tokens(x, ids, num_prefix_tokens=1, validate_ids=True)
+    assert torch.equal(y, torch.stack([x[0, [0, 2, 1]], x[1, [0, 1, 2]]]))
 
 
 def test_gather_bad_dtype_and_device():
