@@ -505,3 +505,14 @@ def test_token_select_of_a_strided_channel_axis_equals_the_reference(backend):
     grad_y = torch.randn(y.shape, device=DEVICE)
     (grad_x,) = torch.autograd.grad(y, x, grad_y)
     assert torch.equal(grad_x.cpu(), reference.scatter_reference(grad_y.cpu(), ids.cpu(), 1, 8))
+
+
+def test_validation_by_default_reads_cpu_tensors_only():
+    # helper-342's mutation audit of ops/_token_select_checks.py:96 (`device.type == "cpu"` dropped): the validate_*
+    # flags' default (None) reads values on CPU only, never a GPU's (a host sync per call); an explicit flag decides
+    from masksub_kernels.ops._token_select_checks import _validate_default
+
+    values = (torch.zeros(2, 3, dtype=torch.int64),)
+    assert _validate_default(None, torch.device("cpu"), "validate_ids", values) is True
+    assert _validate_default(None, torch.device("cuda", 0), "validate_ids", values) is False
+    assert _validate_default(True, torch.device("cuda", 0), "validate_ids", values) is True
