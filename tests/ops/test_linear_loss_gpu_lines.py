@@ -176,3 +176,22 @@ def test_meta_tensors_take_the_gpu_lines():
     # them); CPU tensors do not
     assert matmuls.cublas_lines(torch.empty(1, device="meta"))
     assert not matmuls.cublas_lines(torch.empty(1))
+
+
+def test_mm_fp32_without_out_dtype_multiplies_fp32_copies(monkeypatch):
+    # helper-342's mutation audit of _linear_loss_matmuls.py:64: on a torch without mm's out_dtype (before 2.8: a
+    # TypeError) mm_fp32 multiplies fp32 copies of the bf16 operands, never their bf16 product made fp32 after
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(16, 64, generator=generator).bfloat16()
+    b = torch.randn(64, 8, generator=generator).bfloat16()
+    real_mm = torch.mm
+
+    def mm(mat1, mat2, **kwargs):
+        if "out_dtype" in kwargs:
+            raise TypeError("mm() got an unexpected keyword argument 'out_dtype'")
+        return real_mm(mat1, mat2, **kwargs)
+
+    monkeypatch.setattr(torch, "mm", mm)
+    product = matmuls.mm_fp32(a, b)
+    assert product.dtype == torch.float32
+    torch.testing.assert_close(product, a.float() @ b.float(), rtol=1e-6, atol=1e-6)
