@@ -195,3 +195,27 @@ def test_mm_fp32_without_out_dtype_multiplies_fp32_copies(monkeypatch):
     product = matmuls.mm_fp32(a, b)
     assert product.dtype == torch.float32
     torch.testing.assert_close(product, a.float() @ b.float(), rtol=1e-6, atol=1e-6)
+
+
+def test_times_weight_without_a_buffer_keeps_the_gpu_lines_product_in_fp32(monkeypatch):
+    # helper-342's mutation audit of _linear_loss_matmuls.py:92: times_weight's GPU line with no product buffer (a
+    # chunk whose forward splits the classes) takes mm_fp32 (cuBLAS, an fp32 output), not a bf16 product made fp32;
+    # C = 20: the head of 16 classes by mm, the tail of 4 added by add_matmul (torch's ops stood in for, as above)
+    generator = torch.Generator().manual_seed(0)
+    d = torch.randn(8, 20, generator=generator).bfloat16()
+    w = torch.randn(20, 6, generator=generator).bfloat16()
+    real_mm = torch.mm
+
+    def mm(mat1, mat2, out_dtype=None, **kwargs):
+        return real_mm(mat1, mat2, **kwargs) if out_dtype is None else mat1.to(out_dtype) @ mat2.to(out_dtype)
+
+    def addmm(acc, mat1, mat2, out_dtype=None, *, out=None):
+        return out.copy_(acc + mat1.to(out_dtype) @ mat2.to(out_dtype))
+
+    monkeypatch.setattr(matmuls, "cublas_lines", lambda t: True)
+    monkeypatch.setattr(matmuls, "_addmm_into_fp32", None)
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(torch, "addmm", addmm)
+    product = matmuls.times_weight(d, w)
+    assert product.dtype == torch.float32
+    torch.testing.assert_close(product, d.float() @ w.float(), rtol=1e-6, atol=1e-6)
