@@ -190,9 +190,12 @@ class MaskSubOp:
         that forward ran) and the gradients autograd has matched to the forward's outputs (shape, dtype, device).
         As ``__call__``, without ``check`` in eager mode (10-16 us of Python per backward on the tests' 2-core Xeon);
         a tracer, torch.compile or a torch.func transform gets ``__call__``'s route (the custom op, checked there on
-        its fake tensors or when the compiled code runs)."""
+        its fake tensors or when the compiled code runs). An open forward-AD level too: __call__ refuses a dual
+        upstream gradient, whose tangent the kernels would drop (a silent zero jvp of the vjp)."""
         plain = self._torch_eager is None and self._function is None  # (a backward op: neither)
-        if not plain or torch.compiler.is_compiling() or _tracing(args) or torch._C._are_functorch_transforms_active():
+        if not plain or torch.autograd.forward_ad._current_level >= 0 or torch.compiler.is_compiling():
+            return self(*args)
+        if _tracing(args) or torch._C._are_functorch_transforms_active():
             return self(*args)
         return self._run_unchecked(args)
 

@@ -361,3 +361,57 @@ def test_the_autograd_backward_runs_no_backward_op_check_and_a_direct_call_does(
     out = torch.ops.masksub.masksub_loss_forward(z, z, y, False, 0.0, -100, 1.0, None)
     torch.ops.masksub.masksub_loss_backward(_like(4), _like(4), out, z, z, y, False, 0.0, -100, 1.0, None)
     assert checked == ["masksub_loss_backward"]
+
+
+# helper-347's audit of MaskSubOp.from_backward (ops/_common.py)
+# kills from_backward's `_tracing(args)` left out: make_fx (real mode) traced the backward op's eager implementation
+# on the real operands (the triton / cuda backends: gradients baked into the graph as constants; torch: its aten ops)
+# instead of one masksub backward node
+def test_make_fx_traces_each_loss_backward_as_its_op(kernel_backend):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    y = torch.tensor([0, 1, 2, 5], device=DEVICE)
+    w, b = _like(6, 3), _like(6)
+    calls = {
+        "masksub_loss_backward": lambda a, h: mk.masksub_loss(a, a * 0.5, y, reduction="none").loss.sum(),
+        "masksub_loss_reduced_backward": lambda a, h: mk.masksub_loss(a, a * 0.5, y).loss,
+        "linear_masksub_loss_backward": lambda a, h: mk.linear_masksub_loss(
+            h, h * 2, w, b, y, reduction="none"
+        ).loss.sum(),
+    }
+    for name, call in calls.items():
+        if kernel_backend == "cuda" and name.startswith("linear"):
+            continue  # (no CUDA-extension fused-linear ops)
+
+        def grads(a, h):
+            return torch.autograd.grad(call(a, h), (a, h), allow_unused=True, materialize_grads=True)  # noqa: B023
+
+        inputs = [_like(4, 6).requires_grad_(), _like(4, 3).requires_grad_()]
+        graph = make_fx(grads)(*inputs)
+        called = {str(node.target) for node in graph.graph.nodes if node.op == "call_function"}
+        assert f"masksub.{name}.default" in called, (name, called)
+        others = [_like(4, 6).requires_grad_(), _like(4, 3).requires_grad_()]
+        for got, want in zip(graph(*others), grads(*others)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+# kills from_backward without __call__'s forward-AD refusal (dcd7ef7 as committed): a dual grad_outputs (forward over
+# reverse) reached the kernels, which dropped its tangent: a silent zero where torch's own ops give the jvp of the
+# vjp. Refused as the forward op's dual operands are
+def test_a_dual_upstream_gradient_is_refused_by_the_kernel_backends(kernel_backend):
+    from torch.autograd import forward_ad
+
+    y = torch.tensor([0, 1, 2, 5], device=DEVICE)
+    z = _like(4, 6).requires_grad_()
+    per_row = mk.masksub_loss(z, z * 0.5, y, reduction="none").loss
+    reduced = mk.masksub_loss(z, z * 0.5, y).loss
+    losses = [per_row, reduced]
+    if kernel_backend != "cuda":  # (no CUDA-extension fused-linear ops)
+        w = _like(6, 6)
+        losses.append(mk.linear_masksub_loss(z, z * 0.5, w, None, y, reduction="none").loss)
+    with forward_ad.dual_level():
+        for loss in losses:
+            upstream = forward_ad.make_dual(torch.ones_like(loss), torch.ones_like(loss))
+            with pytest.raises(RuntimeError, match=r"does not support forward-mode AD"):
+                torch.autograd.grad(loss, z, upstream, retain_graph=True)
+    torch.autograd.grad(per_row, z, torch.ones_like(per_row))  # outside a dual level: unchanged
