@@ -415,3 +415,14 @@ def test_a_dual_upstream_gradient_is_refused_by_the_kernel_backends(kernel_backe
             with pytest.raises(RuntimeError, match=r"does not support forward-mode AD"):
                 torch.autograd.grad(loss, z, upstream, retain_graph=True)
     torch.autograd.grad(per_row, z, torch.ones_like(per_row))  # outside a dual level: unchanged
+
+
+# kills from_backward's `torch._C._are_functorch_transforms_active()` left out: a torch.func.vmap over
+# torch.autograd.grad of a graph built outside it handed the kernels batched grads (Triton: "Cannot access storage of
+# BatchedTensorImpl"); refused as __call__ refuses the transforms
+def test_a_vmapped_backward_is_refused_by_the_kernel_backends(kernel_backend):
+    y = torch.tensor([0, 1, 2, 5], device=DEVICE)
+    z = _like(4, 6).requires_grad_()
+    loss = mk.masksub_loss(z, z * 0.5, y, reduction="none").loss
+    with pytest.raises(RuntimeError, match=r"masksub_loss_backward .* does not support torch.func transforms"):
+        torch.func.vmap(lambda v: torch.autograd.grad(loss, z, v, retain_graph=True)[0])(torch.eye(4, device=DEVICE))
