@@ -420,3 +420,30 @@ def test_a_json_that_is_no_run_is_refused_in_words(tmp_path, capsys, text, said)
     err = capsys.readouterr().err
     assert f"{path} is not a benchmark run's JSON: {said}"[:60] in err and said in err
     assert "Error:" not in err  # (KeyError:, JSONDecodeError:, TypeError: were the messages before)
+
+
+# helper-347's audit of report.read_run (each case names the mutant it kills)
+@pytest.mark.parametrize(
+    "content, said",
+    [
+        # except (OSError, UnicodeDecodeError) -> except OSError: a traceback
+        (b"\xff\xfe{}", "it could not be read ('utf-8' codec can't decode byte 0xff"),
+        # getattr(exc, 'strerror', None) or exc -> exc: "[Errno 21] Is a directory: '...'"
+        (None, "it could not be read (Is a directory)"),
+        # exc.lineno / exc.colno swapped or either left out
+        (b"\n\n   {x", "no JSON (Expecting property name enclosed in double quotes at line 3, column 5)"),
+        # the ValueError / RecursionError clause left out: Python's own message without the file, or a traceback
+        (b'{"copy_gbps": ' + b"9" * 5000 + b"}", "no JSON this reads (Exceeds the limit (4300 digits)"),
+        (b"[" * 100000 + b"]" * 100000, "no JSON this reads (maximum recursion depth exceeded"),
+    ],
+)
+def test_a_file_that_is_no_readable_json_is_refused_in_words(tmp_path, capsys, content, said):
+    from tools.perf_model import measured
+
+    path = tmp_path / "run.json"
+    path.mkdir() if content is None else path.write_bytes(content)
+    if content is not None:  # (--report-only refuses a directory itself: "no such file")
+        assert cli.main(["--report-only", str(path)]) == 2
+        assert f"{path} is not a benchmark run's JSON: {said}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=re.escape(f"{path} is not a benchmark run's JSON: {said}")):
+        measured.load_run(path)

@@ -54,6 +54,8 @@ def read_run(path: Path) -> dict:
         run = json.loads(text)
     except json.JSONDecodeError as exc:
         raise refuse(f"no JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); empty or cut short?") from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; arrays nested past the stack
+        raise refuse(f"no JSON this reads ({str(exc).split(';')[0]})") from None
     if not isinstance(run, dict) or not isinstance(run.get("environment"), dict):
         raise refuse("no 'environment' object at its top level (not a masksub_kernels.bench run)")
     if not isinstance(run["environment"].get("device"), str):
