@@ -22,3 +22,21 @@ def test_family_targets_are_built_as_such_from_10_0(monkeypatch, capfd):
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.6f 12.0f")
     assert setup.cuda_archs() == (["120f"], set(), "TORCH_CUDA_ARCH_LIST")
     assert "left out '8.6f' is a family target below 10.0" in capfd.readouterr().err
+
+
+# helper-347's audit: kills `match[3].lower() == "f"` -> `match[3] == "f"` (an upper-case "9.0F" reached nvcc as
+# compute_90f, which it has not) and `family_too_old and ... >= MIN_ARCH` -> `family_too_old` ("7.5f" said to be a
+# family target below 10.0 where it is below 8.0, as "7.5" is)
+def test_a_family_target_below_10_0_is_refused_in_either_case_and_below_8_0_as_such(monkeypatch, capfd):
+    setup = load_setup_module()
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setenv("MASKSUB_CUDA_ARCHS", "9.0F")
+    with pytest.raises(SystemExit, match=r"'9.0F' is a family target below 10.0"):
+        setup.cuda_archs()
+    monkeypatch.setenv("MASKSUB_CUDA_ARCHS", "7.5f")
+    with pytest.raises(SystemExit, match=r"'7.5f' is below 8.0; give compute capabilities"):
+        setup.cuda_archs()
+    monkeypatch.delenv("MASKSUB_CUDA_ARCHS")
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "7.5F 9.0F 10.3F")
+    assert setup.cuda_archs() == (["103f"], set(), "TORCH_CUDA_ARCH_LIST")
+    assert "left out '7.5F' is below 8.0, '9.0F' is a family target below 10.0" in capfd.readouterr().err
