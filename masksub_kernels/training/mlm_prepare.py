@@ -109,11 +109,11 @@ def prepare(args: argparse.Namespace) -> None:
                                                           mlm_cli.PROG)  # fmt: skip
     recorded = None if fresh else _record_digest(folder, meta, blocks, args.eval_blocks)
     try:  # the run's checks of its mask options (ranges, then against these blocks), which the prepare skipped
-        mlm_args.check_mask_ranges(given)  # (a --mlm-probability of 0 or 1.5 made check_keep's log a ValueError)
-        mlm_args.check_keep(given, meta["special_counts"])
+        mlm_args.check_mask_ranges(given)  # every run's (a --mlm-probability of 0 or 1.5 made check_keep's log fail)
+        if not given.baseline:  # the sub-branch's (check_args)
+            mlm_args.check_keep(given, meta["special_counts"])
     except UsageError as exc:
-        if not given.baseline:
-            print(f"{mlm_cli.PROG}: note: a run with these options would be refused: {exc}", file=sys.stderr)
+        print(f"{mlm_cli.PROG}: note: a run with these options would be refused: {exc}", file=sys.stderr)
     vocab = "trained now" if trained else "read"
     cache = "built now" if fresh else "already valid, not rebuilt"
     if recorded is not None:

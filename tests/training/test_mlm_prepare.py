@@ -227,3 +227,15 @@ def test_a_prepare_notes_an_mlm_probability_out_of_range(value, corpus, tmp_path
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert f"note: a run with these options would be refused: --mlm-probability must be in (0, 1], got {value}" in err
+
+
+# helper-347's audit: a --baseline run refuses an --mlm-probability outside (0, 1] too (check_args' check_mask_ranges
+# runs for every run; only check_keep is the sub-branch's): the prepare's note said nothing under --baseline (fails
+# with mlm_prepare's check_mask_ranges inside the try whose refusal `if not given.baseline` silences)
+def test_a_baseline_prepare_notes_an_mlm_probability_out_of_range(corpus, tmp_path, capsys):
+    base = [*TINY, "--output", str(tmp_path / "o"), "--mlm-probability", "1.5", "--baseline"]
+    assert main(["--prepare-only", "--data-dir", corpus, *base]) == 0
+    err = capsys.readouterr().err
+    assert "note: a run with these options would be refused: --mlm-probability must be in (0, 1], got 1.5" in err
+    assert main(["--data-dir", corpus, *base]) == 2  # the run itself
+    assert "--mlm-probability must be in (0, 1], got 1.5" in capsys.readouterr().err
