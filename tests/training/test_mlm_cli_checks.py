@@ -342,3 +342,13 @@ def test_zero_sized_options_are_usage_errors(extra, message):
     args = mlm_cli.build_parser().parse_args(["--seq-len", "16", "--mask-ratio", "0.25", *extra])
     with pytest.raises(mlm_cli.UsageError, match=message):
         mlm_args.check_args(args)
+
+
+# helper-347's audit of mlm_args.check_mask_ranges: kills `args.mlm_probability <= 1.0` -> `< 1.0` (every token
+# predicted, the documented inclusive end, refused) and `args.mask_ratio < 1.0` -> `<= 1.0` (a --baseline run, which
+# skips check_keep, took a sub-branch that keeps no token)
+def test_the_mask_ranges_inclusive_and_exclusive_ends():
+    parse = lambda *extra: mlm_cli.build_parser().parse_args(["--seq-len", "16", "--baseline", *extra])
+    mlm_args.check_args(parse("--mlm-probability", "1"))
+    with pytest.raises(mlm_cli.UsageError, match=r"--mask-ratio must be in \[0, 1\), got 1.0"):
+        mlm_args.check_args(parse("--mask-ratio", "1"))
