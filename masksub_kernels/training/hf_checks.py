@@ -75,15 +75,17 @@ _SET_BY_TRANSFORMERS = (
 )
 
 
-def check_return_dict(config, name: str) -> None:
-    """Refuse a transformers ``config`` (of the model class ``name``) with ``return_dict=False``: its forward returns
-    tuples, and MaskSub reads the named outputs (the image families' ``.logits``, the mlm family's hidden states).
-    Checked when MaskSub is built and at each of its forwards (a flag set afterwards fails inside transformers with
-    an AttributeError on a tuple): an attribute read, no sync."""
+def check_return_dict(model: nn.Module) -> None:
+    """Refuse a transformers model whose config has ``return_dict=False``: its forward returns tuples, and MaskSub
+    reads the named outputs (the image families' ``.logits``, the mlm family's hidden states). Checked when MaskSub is
+    built and at each of its forwards and sub_logits calls (a flag set afterwards, or another config put in place,
+    fails inside transformers with an AttributeError on a tuple): attribute reads, no sync."""
+    config = transformers_config(model)
     if config is not None and getattr(config, "return_dict", True) is False:
         raise ValueError(
-            f"{name}'s config has return_dict=False: its forward returns tuples, and MaskSub reads the named outputs "
-            "of its forward (.logits; the mlm family's hidden states); set model.config.return_dict = True"
+            f"{type(model).__name__}'s config has return_dict=False: its forward returns tuples, and MaskSub reads "
+            "the named outputs of its forward (.logits; the mlm family's hidden states); set "
+            "model.config.return_dict = True"
         )
 
 
@@ -93,7 +95,7 @@ def check_hf_config(model: nn.Module, loss: str) -> None:
     if config is None:
         return
     name = type(model).__name__
-    check_return_dict(config, name)
+    check_return_dict(model)
     problem = getattr(config, "problem_type", None)
     if problem == "regression":
         raise ValueError(

@@ -41,7 +41,7 @@ from .families import (
     resolve_family,
     unwrap_model,
 )
-from .hf_checks import check_hf_config, check_return_dict, transformers_config
+from .hf_checks import check_hf_config, check_return_dict
 from .hf_swin import check_batch as check_hf_swin_batch
 from .hf_swin import hf_swin_embeddings, hf_swin_sub_logits, is_hf_swin
 from .hf_swin import prepare as prepare_hf_swin
@@ -177,8 +177,7 @@ class MaskSub(nn.Module):
                 f"{type(inner).__name__} has no classifier (timm num_classes=0): its outputs are features, not the "
                 "logits MaskSub's losses need; build it with num_classes=C (or model.reset_classifier(C))"
             )
-        self._hf_config = transformers_config(inner)  # (its return_dict is checked at each forward too)
-        check_return_dict(self._hf_config, type(inner).__name__)
+        check_return_dict(inner)  # (and at each forward: a flag set afterwards)
         if self.family != "mlm":
             check_hf_config(inner, loss)  # a transformers config's labels MaskSub's loss cannot train (hf_checks.py)
         check_family_options(self.family, variant, cell_size)
@@ -420,6 +419,7 @@ class MaskSub(nn.Module):
         """Logits of the sub-branch: the ops' mask for ``seed`` (None: drawn here from torch's default generator; a
         tensor, one int64 on the images' device: read on the device). A compiled sub-branch gets a tensor (an int is a
         symbolic int there, per whose value reduce-overhead records a new CUDA graph; same mask)."""
+        check_return_dict(self.inner_model)  # (its own entry too: public)
         if self._mlm is not None and isinstance(images, Mapping):  # (before a compiled sub-branch: a warning
             mlm.warn_no_special_mask(self, images)  # there would break its graph)
         if not isinstance(seed, torch.Tensor):
@@ -449,7 +449,7 @@ class MaskSub(nn.Module):
         """
         if branch not in BRANCHES:
             raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
-        check_return_dict(self._hf_config, type(self.inner_model).__name__)  # (set False after MaskSub was built)
+        check_return_dict(self.inner_model)  # (set False after MaskSub was built)
         if self._mlm is not None:
             return self._mlm_forward(images, target, seed, branch)
         self._check_images(images)

@@ -243,8 +243,13 @@ def test_the_configs_problem_type_and_return_dict_are_checked_at_construction():
     for branch in ("joint", "main", "sub"):
         with pytest.raises(ValueError, match=r"ViTForImageClassification's config has return_dict=False"):
             ms(_images(), torch.zeros(3, dtype=torch.long), branch=branch)
+    with pytest.raises(ValueError, match=r"return_dict=False"):  # helper-347: the public sub_logits too
+        ms.sub_logits(_images(), seed=1)
     model.config.return_dict = True
     assert ms(_images(), torch.zeros(3, dtype=torch.long))["loss"] > 0
+    model.config = type(model.config)(**{**model.config.to_dict(), "return_dict": False})  # another config in place
+    with pytest.raises(ValueError, match=r"return_dict=False"):
+        ms(_images(), torch.zeros(3, dtype=torch.long))
 
 
 def test_other_transformers_classifiers_keep_the_warned_pixel_fallback(monkeypatch):
