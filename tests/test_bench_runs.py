@@ -411,6 +411,15 @@ def test_an_out_directory_that_is_not_writable_is_refused_before_measuring(tmp_p
         ('{"environment": {"device": "CPU: x"}, "records": [], "copy_gbps": "fast"}', "'copy_gbps' is 'fast', not"),
         ('{"environment": {"device": "CPU: x"}, "records": [], "copy_gbps": true}', "'copy_gbps' is True, not a"),
         ('{"environment": {"device": "CPU: x"}, "records": [], "copy_gbps": 1}', "do not make the table (no field"),
+        # helper-347: a missing copy, a NaN one; names that are no strings; marks that are no objects
+        ('{"environment": {"device": "CPU: x"}, "records": []}', "it has no 'copy_gbps' (the copy bandwidth)"),
+        ('{"environment": {"device": "CPU: x"}, "records": [], "copy_gbps": NaN}', "'copy_gbps' is nan, not a finite"),
+        (
+            '{"environment": {"device": "CPU: x"}, "records": [{"suite": "loss", "shape": [1], "dtype": "f", "mode": '
+            '"m", "provider": "p"}]}',
+            "record 0's 'shape' is [1], not a name",
+        ),
+        ('{"environment": {"device": "CPU: x"}, "records": [], "model": "sm90"}', "its 'model' is str 'sm90', not an"),
     ],
 )
 def test_a_json_that_is_no_run_is_refused_in_words(tmp_path, capsys, text, said):
@@ -442,7 +451,11 @@ def test_a_file_that_is_no_readable_json_is_refused_in_words(tmp_path, capsys, c
 
     path = tmp_path / "run.json"
     path.mkdir() if content is None else path.write_bytes(content)
-    if content is not None:  # (--report-only refuses a directory itself: "no such file")
+    if content is None:  # --report-only refuses a directory itself
+        with pytest.raises(SystemExit):
+            cli.main(["--report-only", str(path)])
+        assert f"--report-only: {path}: is a directory, not a run's .json file" in capsys.readouterr().err
+    else:
         assert cli.main(["--report-only", str(path)]) == 2
         assert f"{path} is not a benchmark run's JSON: {said}" in capsys.readouterr().err
     with pytest.raises(ValueError, match=re.escape(f"{path} is not a benchmark run's JSON: {said}")):

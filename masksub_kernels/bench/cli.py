@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import math
 import os
 import re
 import signal
@@ -152,7 +153,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.full and args.tiny:  # (--tiny's smallest shapes won, silently: helper-335)
         parser.error("--full and --tiny exclude each other (--tiny: the smallest shapes; --full: more of them)")
     if args.report_only is not None and not args.report_only.is_file():
-        parser.error(f"--report-only: no such file: {args.report_only}")
+        what = "is a directory, not a run's .json file" if args.report_only.is_dir() else "no such file"
+        parser.error(f"--report-only: {args.report_only}: {what}")
     if args.report_only is None:  # before anything is measured: a bad --out would fail only at the first write
         out = args.out if args.out is not None else default_output_directory()
         named = f"--out {out}" if args.out is not None else f"the default output directory {out} (--out another)"
@@ -201,10 +203,12 @@ def load_run(path: Path) -> dict:
     """A benchmark run's JSON, checked for what the report reads (ValueError naming the file and what is wrong, in
     words, otherwise: report.read_run, then the figures and the table)."""
     run = report.read_run(path)
+    if "copy_gbps" not in run:
+        raise ValueError(f"{path} is not a benchmark run's JSON: it has no 'copy_gbps' (the copy bandwidth)")
     for key, default in (("copy_gbps", None), ("seconds", 0.0)):
         value = run.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{path} is not a benchmark run's JSON: its {key!r} is {value!r}, not a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{path} is not a benchmark run's JSON: its {key!r} is {value!r}, not a finite number")
     for marks in ("skipped_suites", "incomplete_suites", "context_lost"):  # older runs: not all of them
         run.setdefault(marks, {})
     try:

@@ -34,7 +34,8 @@ def older_step_modes(run: dict) -> int:
     return len(older)
 
 
-RECORD_KEYS = ("suite", "shape", "dtype", "mode", "provider")  # what every row of a run's table is keyed by
+RECORD_KEYS = ("suite", "shape", "dtype", "mode", "provider")  # what every row of a run's table is keyed by (names)
+MARK_KEYS = ("model", "skipped_suites", "incomplete_suites", "context_lost")  # a run's objects beside its records
 
 
 def read_run(path: Path) -> dict:
@@ -66,6 +67,12 @@ def read_run(path: Path) -> dict:
         missing = [key for key in RECORD_KEYS if key not in record] if isinstance(record, dict) else RECORD_KEYS
         if missing:
             raise refuse(f"record {i} has no {', '.join(repr(key) for key in missing)}")
+        named = next((key for key in RECORD_KEYS if not isinstance(record[key], str)), None)
+        if named is not None:  # (a table row's names: a list or a number there made tracebacks or odd rows)
+            raise refuse(f"record {i}'s {named!r} is {record[named]!r}, not a name")
+    marks = next((key for key in MARK_KEYS if not isinstance(run.get(key, {}), dict)), None)
+    if marks is not None:
+        raise refuse(f"its {marks!r} is {type(run[marks]).__name__} {run[marks]!r:.40}, not an object")
     return run
 
 
