@@ -25,6 +25,7 @@ import importlib.util
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -144,6 +145,38 @@ def cuda_archs() -> tuple[list[str], set[str], str]:
     return archs, ptx, variable or "the default"
 
 
+FAMILY_NVCC = (12, 9)  # the first nvcc with family targets (compute_100f, compute_120f)
+
+
+def nvcc_release(cuda_home: str | None) -> tuple[int, int] | None:
+    """The toolkit's nvcc release, (13, 0), from ``nvcc --version``; None where it cannot be read."""
+    if cuda_home is None:
+        return None
+    try:
+        said = subprocess.run([str(Path(cuda_home, "bin", "nvcc")), "--version"], capture_output=True, text=True,
+                              timeout=60).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"release (\d+)\.(\d+)", said)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def family_targets_checked(archs: list[str], ptx: set[str], source: str) -> tuple[list[str], set[str], str]:
+    """``archs`` without their family targets ("120f") where the toolkit's nvcc predates them (12.9): asked for by
+    MASKSUB_CUDA_ARCHS, a SystemExit that says so (not an nvcc error that an automatic build swallows); from
+    TORCH_CUDA_ARCH_LIST, left out with a note (the default where none is left)."""
+    family = [arch for arch in archs if arch.endswith("f")]
+    release = nvcc_release(find_cuda_home()) if family else None
+    if release is None or release >= FAMILY_NVCC:
+        return archs, ptx, source
+    said = f"family targets ({', '.join(family)}) need nvcc 12.9 or newer; this toolkit's is {release[0]}.{release[1]}"
+    if source != "TORCH_CUDA_ARCH_LIST":
+        raise SystemExit(f"masksub_kernels setup: {source}: {said}; name plain capabilities (120, not 120f)")
+    kept = [arch for arch in archs if arch not in family]
+    log(f"TORCH_CUDA_ARCH_LIST: left out: {said}" + ("" if kept else "; the default, 80;90"))
+    return (kept, ptx - set(family), source) if kept else (["80", "90"], set(), "the default")
+
+
 def _sources_module():
     """masksub_kernels/_sources.py, loaded by path (nothing is installed yet)."""
     spec = importlib.util.spec_from_file_location("_masksub_sources", ROOT / "masksub_kernels" / "_sources.py")
@@ -225,7 +258,7 @@ def extension_modules():
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
-    archs, asked_ptx, source = cuda_archs()
+    archs, asked_ptx, source = family_targets_checked(*cuda_archs())
     # PTX beside the machine code of the lowest arch but sm_90a (whose PTX runs on sm_90 only): a newer GPU (10.x,
     # 12.x) JIT-compiles it at the first launch instead of failing with "no kernel image" (helper-246 F3); the PTX
     # is the one that arch's machine code is assembled from, so it costs no second compile
@@ -237,9 +270,10 @@ def extension_modules():
         targets.append(f"sm_{target}" + (" (with PTX)" if arch == ptx_arch or arch in asked_ptx else ""))
         code = f"[sm_{target},compute_{target}]" if arch == ptx_arch else f"sm_{target}"
         gencode += [f"-gencode=arch=compute_{target},code={code}"]
-        if arch in asked_ptx and arch != ptx_arch:  # +PTX: that arch's portable PTX (compute_90, not 90a's; 120f: 120)
-            portable_target = target.rstrip("af")
+        portable_target = target.rstrip("af")  # +PTX: that arch's portable PTX (compute_90, not 90a's; 120f: 120)
+        if arch in asked_ptx and portable_target != ptx_arch:  # (ptx_arch's machine-code flag carries it already)
             gencode += [f"-gencode=arch=compute_{portable_target},code=compute_{portable_target}"]
+    gencode = list(dict.fromkeys(gencode))  # one PTX each: "100a+PTX;100f+PTX" both ask for compute_100's
     log(f"building the CUDA extension masksub_kernels._C for {', '.join(targets)} ({source}; {reason})")
     sources = [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cu")) + sorted(CSRC.glob("*.cpp"))]
     extension = CUDAExtension(
