@@ -50,7 +50,9 @@ def test_family_targets_need_nvcc_12_9(monkeypatch, capfd):
     with pytest.raises(SystemExit, match=r"MASKSUB_CUDA_ARCHS: family targets \(120f\) need nvcc 12.9 or newer; this"):
         setup.family_targets_checked(["80", "120f"], set(), "MASKSUB_CUDA_ARCHS")
     assert setup.family_targets_checked(["80", "120f"], {"120f"}, "TORCH_CUDA_ARCH_LIST") == (
-        ["80"], set(), "TORCH_CUDA_ARCH_LIST"
+        ["80"],
+        set(),
+        "TORCH_CUDA_ARCH_LIST",
     )
     assert setup.family_targets_checked(["120f"], set(), "TORCH_CUDA_ARCH_LIST") == (["80", "90"], set(), "the default")
     assert "left out: family targets (120f) need nvcc 12.9 or newer; this toolkit's is 12.8" in capfd.readouterr().err
