@@ -324,6 +324,11 @@ def first_order_only(name, backward):
 
     @functools.wraps(backward)
     def wrapped(ctx, *grads):
+        # a dual upstream gradient (forward-mode AD over this backward): refused on every backend, as the kernels'
+        # backward ops refuse it (the torch backend's eager reduced loss read it with .tolist(): a silent zero
+        # tangent; helper-347)
+        if torch.autograd.forward_ad._current_level >= 0:
+            _refuse_forward_ad(name(ctx) if callable(name) else name, grads)
         # under make_fx / AOTAutograd too (their backward runs with grad mode off unless create_graph=True): the
         # trace would hold a constant gradient, and a second grad through it met torch's "no autograd formula"
         if torch.is_grad_enabled() and not torch.compiler.is_compiling():

@@ -398,17 +398,18 @@ def test_make_fx_traces_each_loss_backward_as_its_op(kernel_backend):
 # kills from_backward without __call__'s forward-AD refusal (dcd7ef7 as committed): a dual grad_outputs (forward over
 # reverse) reached the kernels, which dropped its tangent: a silent zero where torch's own ops give the jvp of the
 # vjp. Refused as the forward op's dual operands are
-def test_a_dual_upstream_gradient_is_refused_by_the_kernel_backends(kernel_backend):
+def test_a_dual_upstream_gradient_is_refused_on_every_backend(backend):
     from torch.autograd import forward_ad
 
     y = torch.tensor([0, 1, 2, 5], device=DEVICE)
     z = _like(4, 6).requires_grad_()
     per_row = mk.masksub_loss(z, z * 0.5, y, reduction="none").loss
     reduced = mk.masksub_loss(z, z * 0.5, y).loss
-    losses = [per_row, reduced]
-    if kernel_backend != "cuda":  # (no CUDA-extension fused-linear ops)
+    losses = [per_row, reduced]  # (the torch backend's eager reduced loss dropped the tangent: a silent zero)
+    if backend != "cuda":  # (no CUDA-extension fused-linear ops)
         w = _like(6, 6)
         losses.append(mk.linear_masksub_loss(z, z * 0.5, w, None, y, reduction="none").loss)
+        losses.append(mk.linear_masksub_loss(z, z * 0.5, w, None, y).loss)
     with forward_ad.dual_level():
         for loss in losses:
             upstream = forward_ad.make_dual(torch.ones_like(loss), torch.ones_like(loss))
