@@ -495,3 +495,39 @@ def test_a_refused_non_square_size_is_named_height_by_width():
 
     with pytest.raises(ValueError, match=r"^ViTForImageClassification refuses 32 x 48 images: "):
         check_hf_size(tiny_hf("ViTForImageClassification", num_hidden_layers=1), (32, 48))
+
+
+def test_metaclip_2_is_cut_at_its_tokens():
+    # helper-346's mutation audit: kills "MetaClip2VisionEmbeddings" left out of hf_vit.HF_VIT_EMBEDDINGS (MetaCLIP 2's
+    # classifier, named in the docs' list, got the pixel fallback with its warning; CLASSES has no MetaCLIP 2)
+    from masksub_kernels.training.hf_vit import is_hf_vit
+
+    if not hasattr(transformers, "MetaClip2ForImageClassification"):
+        pytest.skip("this transformers has no MetaCLIP 2")
+    vision = {k: v for k, v in TINY.items() if k != "num_labels"}
+    model = transformers.MetaClip2ForImageClassification(
+        transformers.MetaClip2Config(vision_config=vision, num_labels=5)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ms = MaskSub(model.double())
+    assert is_hf_vit(model) and ms.family == "vit"
+    assert ms.sub_logits(_images(), seed=1).shape == (3, 5)
+
+
+def test_a_subclass_returning_the_logits_tensor_and_a_config_without_a_size():
+    # helper-346's mutation audit: kills hf_vit_sub_logits' `return logits_of(output, ...)` -> `return output.logits`
+    # (a user subclass whose forward returns the logits tensor, which the main branch takes, failed in the sub-branch)
+    # and configured_grid's `if size is None: return None` left out (tuple(None): a TypeError at construction)
+    from masksub_kernels.training.hf_vit import configured_grid
+
+    class LogitsViT(transformers.ViTForImageClassification):
+        def forward(self, pixel_values):
+            return super().forward(pixel_values).logits
+
+    plain = tiny_hf("ViTForImageClassification")
+    model = LogitsViT(plain.config).double().train()
+    model.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(MaskSub(model).sub_logits(_images(), seed=1),
+                               MaskSub(plain).sub_logits(_images(), seed=1), rtol=0, atol=0)  # fmt: skip
+    assert configured_grid(types.SimpleNamespace(config=types.SimpleNamespace(image_size=None))) is None
