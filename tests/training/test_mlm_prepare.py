@@ -239,3 +239,26 @@ def test_a_baseline_prepare_notes_an_mlm_probability_out_of_range(corpus, tmp_pa
     assert "note: a run with these options would be refused: --mlm-probability must be in (0, 1], got 1.5" in err
     assert main(["--data-dir", corpus, *base]) == 2  # the run itself
     assert "--mlm-probability must be in (0, 1], got 1.5" in capsys.readouterr().err
+
+
+# helper-346's mutation audit: kills mlm_prepare.py's `if not os.path.isfile(os.path.join(folder, mlm_blocks.META))`
+# -> `if True:` (a read-only folder holding a valid cache, which a prepare only reads, was refused; root ignores
+# permissions, so the refusal is check_writable_directory's, made to refuse), and the vocabulary's check left out or
+# never run (`if not os.path.isfile(tokenizer_at)` -> `if False:`: a vocabulary to train into a folder that cannot be
+# written was trained, then its save failed)
+def test_only_what_a_prepare_writes_must_be_writable(corpus, tokenizer, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    argv = ["--prepare-only", "--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--block-cache", str(cache)]
+    assert main(argv) == 0
+    capsys.readouterr()
+
+    def read_only(directory, what):
+        raise run_setup.UsageError(f"{what}: read-only")
+
+    monkeypatch.setattr(run_setup, "check_writable_directory", read_only)
+    assert main(argv) == 0  # the cache and the vocabulary both found: only read
+    assert "(already valid, not rebuilt; " in capsys.readouterr().out
+    fresh = tmp_path / "new" / "tokenizer.json"
+    assert main([*argv[:-4], "--tokenizer", str(fresh), "--block-cache", str(cache)]) == 2
+    assert f"error: --tokenizer {str(fresh)!r}: read-only" in capsys.readouterr().err
+    assert not fresh.exists()
