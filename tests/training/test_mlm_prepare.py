@@ -245,7 +245,8 @@ def test_a_baseline_prepare_notes_an_mlm_probability_out_of_range(corpus, tmp_pa
 # -> `if True:` (a read-only folder holding a valid cache, which a prepare only reads, was refused; root ignores
 # permissions, so the refusal is check_writable_directory's, made to refuse), and the vocabulary's check left out or
 # never run (`if not os.path.isfile(tokenizer_at)` -> `if False:`: a vocabulary to train into a folder that cannot be
-# written was trained, then its save failed)
+# written was trained, then its save failed), and the report's parts: the vocabulary 'read' (not 'trained now'), the
+# training blocks (not the held-out ones), --data-dir, and a refused cache folder named by --block-cache
 def test_only_what_a_prepare_writes_must_be_writable(corpus, tokenizer, tmp_path, monkeypatch, capsys):
     cache = tmp_path / "cache"
     argv = ["--prepare-only", "--data-dir", corpus, *TINY, "--tokenizer", tokenizer, "--block-cache", str(cache)]
@@ -257,8 +258,16 @@ def test_only_what_a_prepare_writes_must_be_writable(corpus, tokenizer, tmp_path
 
     monkeypatch.setattr(run_setup, "check_writable_directory", read_only)
     assert main(argv) == 0  # the cache and the vocabulary both found: only read
-    assert "(already valid, not rebuilt; " in capsys.readouterr().out
+    meta = json.loads((cache / mlm_blocks.META).read_text())
+    size = __import__("tokenizers").Tokenizer.from_file(tokenizer).get_vocab_size()
+    assert meta["train"][0] != meta["held_out"][0]  # (the report's count is told apart)
+    assert (f"prepared (no model, no training): the vocabulary {tokenizer} ({size} tokens, read) and the token blocks "
+            f"in {cache} (already valid, not rebuilt; {meta['train'][0]} training blocks of 16 tokens); a run given "
+            f"--data-dir {corpus} --tokenizer {tokenizer} --seq-len 16 --block-cache {cache} reads them") in (
+        capsys.readouterr().out)  # fmt: skip
     fresh = tmp_path / "new" / "tokenizer.json"
     assert main([*argv[:-4], "--tokenizer", str(fresh), "--block-cache", str(cache)]) == 2
     assert f"error: --tokenizer {str(fresh)!r}: read-only" in capsys.readouterr().err
     assert not fresh.exists()
+    assert main([*argv[:-2], "--block-cache", str(tmp_path / "other")]) == 2  # named by its option
+    assert f"error: --block-cache {str(tmp_path / 'other')!r}: read-only" in capsys.readouterr().err
