@@ -13,8 +13,8 @@ trains bit for bit as one that packed it itself: the same files, made by the sam
 - Used: --data-dir, --vocab-size, --tokenizer, --seq-len, --eval-blocks (the corpus digest blocks.json stores for
   it: with the cache it builds, or added to a cache it finds valid where missing: mlm_blocks.record_digest,
   under the lock, blocks.json alone rewritten, its key and the blocks as they are; a folder that cannot be written gets
-  a note), --block-cache, --output (the cache's folder without --block-cache, and the default tokenizer.json's),
-  --deterministic.
+  a note), --block-cache, --output (the cache's folder without --block-cache, and the default tokenizer.json's).
+  --deterministic is the run's (torch's algorithms): a prepare given it notes it as not used.
 - Not used (no model is made): the model, MaskSub, optimisation and run options (--device included: CUDA is never
   touched); a note lists those given other values than their defaults. One check of them is made, once the blocks
   are packed: where the run's --mask-ratio check would refuse the options given (mlm_args.check_keep, against the
@@ -43,8 +43,8 @@ HELP = ("only make the vocabulary (where it is trained) and the token-block cach
         "GPU, no training, no log; a later run with the same corpus, vocabulary, --seq-len and folder reads them "
         "(docs/masked_lm.md)")  # fmt: skip
 # the options a prepare uses; any other takes its default (not checked, not used: no model is made)
-USED = ("data_dir", "vocab_size", "tokenizer", "seq_len", "eval_blocks", "block_cache", "output", "deterministic",
-        "prepare_only", "resume")  # fmt: skip
+USED = ("data_dir", "vocab_size", "tokenizer", "seq_len", "eval_blocks", "block_cache", "output", "prepare_only",
+        "resume")  # fmt: skip
 
 __all__ = ["HELP", "USED", "check_prepare", "prepare"]
 
