@@ -53,9 +53,10 @@ if GPU_MATH and mk.triton_interpreted():
     from tools import gpu_math
 
     gpu_math.install()
-# The interpreter without two of its costs that change nothing the kernels compute (tools/interpreter_speed.py): a
+# The interpreter without four of its costs that change nothing the kernels compute (tools/interpreter_speed.py): a
 # custom-combine tl.reduce one element at a time (the loss's BCE blocks), the language patched again at every call
-# of a @jit helper.
+# of a @jit helper, an integer overflow check computed for an assert that its options switch off, a dtype table built
+# at every conversion.
 # And its programs run out of index order (tools/interpreter_order.py: the last first, then from the first up), as
 # a GPU's may: a kernel that takes the largest index to run last, where it must count arrivals, fails.
 if mk.triton_interpreted():

@@ -383,3 +383,68 @@ def test_a_combine_returning_fewer_values_than_it_reduces_fails_as_the_interpret
     plain, patched, fallbacks = _plain_and_patched(run)
     assert plain != "no error" and patched == plain
     assert fallbacks == ["first_of_pair"]
+
+
+@triton.jit
+def int32_arithmetic(a_ptr, b_ptr, out_ptr, N: tl.constexpr):
+    offsets = tl.arange(0, N)
+    a = tl.load(a_ptr + offsets)
+    b = tl.load(b_ptr + offsets)
+    tl.store(out_ptr + offsets, a * b + a - b)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_the_overflow_check_runs_where_it_asserts_and_only_there(debug, monkeypatch):
+    # int32 products past 2^31: a GPU's result wraps; the interpreter checks the overflow only under debug options
+    # (its device_assert), the patched interpreter then too, with the same message; without debug it computes the
+    # check no more (its result was thrown away) and gives the same bits
+    a = torch.tensor([3, 2**30, -7, 2**31 - 1], dtype=torch.int32)
+    b = torch.tensor([5, 4, 9, 2], dtype=torch.int32)
+    if debug:
+        monkeypatch.setattr(interpreter.interpreter_builder, "options", interpreter.InterpreterOptions(debug=True))
+
+    def run():
+        out = torch.zeros(4, dtype=torch.int32)
+        try:
+            int32_arithmetic[(1,)](a, b, out, N=4)
+        except Exception as exc:  # the interpreter's error, compared as text
+            return repr(exc)
+        return out.numpy()
+
+    plain, patched, _ = _plain_and_patched(run)
+    assert _bits(patched) == _bits(plain)
+    if debug:
+        assert "AssertionError('int32 overflow detected for operation mul')" in plain
+    else:
+        wide = a.long() * b.long() + a.long() - b.long()
+        assert plain.tolist() == ((wide + 2**31) % 2**32 - 2**31).tolist()  # wrapped, as on a GPU
+    assert interpreter_speed.install()
+    checks = []
+    original = interpreter_speed._installed["sanitize_overflow"]
+    monkeypatch.setitem(
+        interpreter_speed._installed, "sanitize_overflow", lambda *args: checks.append(1) or original(*args)
+    )
+    run()
+    assert len(checks) == (1 if debug else 0)  # (the first one fails under debug)
+
+
+def test_the_dtype_table_answers_as_the_interpreters_own():
+    was_installed = bool(interpreter_speed._installed)
+    assert interpreter_speed.install()
+    own = interpreter_speed._installed["_get_np_dtype"]
+    try:
+        scalars = [tl.int1, tl.float16, tl.bfloat16, tl.float32, tl.float64, tl.float8e5, tl.float8e4nv]
+        scalars += [getattr(tl, f"{sign}int{bits}") for sign in ("", "u") for bits in (8, 16, 32, 64)]
+        pointers = [tl.pointer_type(tl.float32), tl.pointer_type(tl.bfloat16)]
+        types = scalars + pointers + [tl.block_type(t, [4, 2]) for t in scalars + pointers]
+        for _ in range(2):  # asked, then kept
+            assert [interpreter._get_np_dtype(t) for t in types] == [own(t) for t in types]
+        assert interpreter._get_np_dtype(tl.bfloat16) == np.uint16  # (bf16 held as its bits)
+        for missing in (tl.void, tl.block_type(tl.void, [2])):
+            with pytest.raises(KeyError):
+                own(missing)
+            with pytest.raises(KeyError):
+                interpreter._get_np_dtype(missing)
+    finally:
+        if not was_installed:
+            interpreter_speed.uninstall()

@@ -18,16 +18,24 @@ without changing what the kernels compute: the kernels' lines run as they did, w
   or the first such call's patch (a call's patches are never restored): half the time of a loss test with many
   blocks. Here a call within a launch patches only where its language modules are not among those already patched
   in that launch; outside a launch (a ``@jit`` function called from Python) as the interpreter does.
+- **An integer overflow check computed and thrown away.** Each add, sub and mul of integers narrower than 64 bits
+  computes its result again in int64 and compares it with the type's range (``binary_op_sanitize_overflow_impl``:
+  nine more operations through the language's semantics, a quarter of a loss test's time), for a
+  ``device_assert`` that does nothing unless the interpreter's options have ``debug`` (they never do: the
+  interpreter's builder makes them with the default, False). Skipped where ``debug`` is off; computed and asserted as
+  before where a caller has switched it on.
+- **The dtype table built at every conversion.** ``_get_np_dtype`` (the NumPy dtype of a Triton type, called for
+  every cast, load and arithmetic result) builds its table of 19 types at each call; here each scalar type's answer
+  is the interpreter's own, asked once and kept.
 """
 
 from __future__ import annotations
-
-import inspect
 
 import numpy as np
 
 _installed: dict[str, object] = {}  # the interpreter's own functions, while ours replace them
 _launch_languages: list[set[int]] = []  # the language modules (ids) patched in the running launch
+_np_dtypes: dict = {}  # a scalar Triton type -> the interpreter's NumPy dtype for it
 
 
 class _NotTheSameComputation(Exception):
@@ -98,7 +106,7 @@ def _languages(fn) -> set[int]:
     the interpreter's ``_patch_lang(fn)`` patches."""
     import triton.language as tl
 
-    return {id(value) for value in fn.__globals__.values() if inspect.ismodule(value) and value in (tl, tl.core)}
+    return {id(value) for value in fn.__globals__.values() if value is tl or value is tl.core}
 
 
 class _NothingPatched:
@@ -128,22 +136,53 @@ def _patch_lang(fn):
     return scope
 
 
+def _sanitize_overflow(lhs, rhs, binary_op):
+    """The interpreter's semantics' ``binary_op_sanitize_overflow_impl``, only where its ``device_assert`` would
+    assert (the builder's options have ``debug``): otherwise its result is discarded (nothing else it does is seen)."""
+    from triton.runtime import interpreter
+
+    if not interpreter.interpreter_semantic.builder.options.debug:
+        return None
+    return _installed["sanitize_overflow"](lhs, rhs, binary_op)
+
+
+def _get_np_dtype(tt_dtype):
+    """The interpreter's ``_get_np_dtype``: a block's is its element type's; a scalar type's is asked of the
+    interpreter's once (pointer types, unhashable, each time: it answers them first)."""
+    import triton.language as tl
+
+    scalar = tt_dtype.element_ty if isinstance(tt_dtype, tl.block_type) else tt_dtype
+    if isinstance(scalar, tl.pointer_type):
+        return _installed["_get_np_dtype"](scalar)
+    answer = _np_dtypes.get(scalar)
+    if answer is None:
+        answer = _np_dtypes[scalar] = _installed["_get_np_dtype"](scalar)  # (a type it lacks: its own KeyError)
+    return answer
+
+
 def install() -> bool:
-    """Replace the interpreter's custom reduction and language patching with these (idempotent). False, and
-    nothing replaced, where the interpreter lacks what they replace (another Triton: the tests run as they are)."""
+    """Replace the interpreter's custom reduction, language patching, overflow check and dtype table with these
+    (idempotent). False, and nothing replaced, where the interpreter lacks what they replace (another Triton: the
+    tests run as they are)."""
     from triton.runtime import interpreter
 
     if _installed:
         return True
-    needed = (getattr(interpreter, name, None) for name in ("_patch_lang", "ReduceOps", "GridExecutor"))
-    if not all(needed):
+    needed = [getattr(interpreter, name, None) for name in ("_patch_lang", "ReduceOps", "GridExecutor")]
+    needed += [getattr(interpreter, "_get_np_dtype", None), getattr(interpreter, "interpreter_semantic", None)]
+    semantic = needed[-1]
+    if not all(n is not None for n in needed) or not hasattr(semantic, "binary_op_sanitize_overflow_impl"):
         return False
     _installed["generic_reduce"] = interpreter.ReduceOps.generic_reduce
     _installed["_patch_lang"] = interpreter._patch_lang
     _installed["GridExecutor.__call__"] = interpreter.GridExecutor.__call__
+    _installed["_get_np_dtype"] = interpreter._get_np_dtype
+    _installed["sanitize_overflow"] = semantic.binary_op_sanitize_overflow_impl  # (bound to the interpreter's)
     interpreter.ReduceOps.generic_reduce = _generic_reduce
     interpreter._patch_lang = _patch_lang
     interpreter.GridExecutor.__call__ = _launch
+    interpreter._get_np_dtype = _get_np_dtype
+    semantic.binary_op_sanitize_overflow_impl = _sanitize_overflow  # this instance's only (not the compiler's)
     return True
 
 
@@ -155,3 +194,7 @@ def uninstall() -> None:
         interpreter.ReduceOps.generic_reduce = _installed.pop("generic_reduce")
         interpreter._patch_lang = _installed.pop("_patch_lang")
         interpreter.GridExecutor.__call__ = _installed.pop("GridExecutor.__call__")
+        interpreter._get_np_dtype = _installed.pop("_get_np_dtype")
+        del interpreter.interpreter_semantic.binary_op_sanitize_overflow_impl  # the class's method again
+        _installed.pop("sanitize_overflow")
+        _np_dtypes.clear()
