@@ -9,6 +9,7 @@ backend runs on the emulator (tools/cuda_emulator.py: csrc/ compiled for the CPU
 """
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -110,6 +111,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.triton)
         if item.get_closest_marker("triton") is not None and item.path.name in GPU_MATH_FILES:
             item.add_marker(pytest.mark.gpu_math)
+        if CUDA_EMULATED and _runs_emulated_cuda(item):
+            item.add_marker(pytest.mark.emulated_cuda)
+    _leave_emulated_cuda_to_the_sanitized_run(config, items)
     if GPU_MATH and DEVICE.type == "cuda":
         for item in items:
             item.add_marker(pytest.mark.skip("MASKSUB_GPU_MATH=1 emulates a GPU's arithmetic; this run has a GPU"))
@@ -118,6 +122,37 @@ def pytest_collection_modifyitems(config, items):
         if deferred:
             config.hook.pytest_deselected(items=deferred)
             items[:] = [item for item in items if item.get_closest_marker("gpu_math") is None]
+
+
+# The CUDA backend's tests on the emulator (marked emulated_cuda: tests/cuda_extension, and the tests of tests/ops
+# whose name -- the function, its class, its parameters -- says cuda) are what the AddressSanitizer test runs in a
+# process of its own, on a sanitized build of the same sources (tests/test_cuda_emulator.py,
+# test_kernels_under_address_sanitizer: every load and store of the kernels checked). Where that test is in the
+# session and can run, they run there only, not a second time unsanitized (in `make test`, ~130 s of CPU less).
+# A session without it (a file or a folder of tests, a machine without ASan's runtime) runs them as they are.
+ASAN_TEST = "test_cuda_emulator.py::test_kernels_under_address_sanitizer"
+
+
+def _runs_emulated_cuda(item) -> bool:
+    tests = Path(__file__).parent
+    if item.path.is_relative_to(tests / "cuda_extension"):
+        return True
+    return item.path.is_relative_to(tests / "ops") and "cuda" in item.nodeid.split("::", 1)[1].lower()
+
+
+def _leave_emulated_cuda_to_the_sanitized_run(config, items) -> None:
+    if not CUDA_EMULATED or not any(item.nodeid.endswith(ASAN_TEST) for item in items):
+        return
+    from tools import cuda_emulator
+
+    try:
+        cuda_emulator.asan_environment()  # the compiler has ASan's runtime: the sanitized run will not skip
+    except RuntimeError:
+        return
+    covered = [item for item in items if item.get_closest_marker("emulated_cuda") is not None]
+    if covered:
+        config.hook.pytest_deselected(items=covered)
+        items[:] = [item for item in items if item.get_closest_marker("emulated_cuda") is None]
 
 
 # The seed of torch's global generators at the start of every test (MASKSUB_TEST_SEED, default 0): what a test

@@ -3,6 +3,7 @@ on probe kernels (barriers, races made visible, deadlocks, shuffles, launch limi
 place as the ``cuda`` backend for CPU tensors. The ops' own tests run the ``cuda`` backend on it (tests/ops)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CUDA_EMULATED
+from conftest import ASAN_TEST, CUDA_EMULATED
 
 import masksub_kernels as mk
 from masksub_kernels import _backend
@@ -197,9 +198,10 @@ def test_sanitized_probe_stops_a_misaligned_vector_load(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not CUDA_EMULATED, reason="the CUDA emulator is not installed in this run")
 def test_kernels_under_address_sanitizer():
-    """The extension's kernel tests and the public ops on the cuda backend, with every load and store of the
-    kernels checked by AddressSanitizer and their alignment by UBSan (an unmasked load past a tensor, a 16-byte
-    access off its boundary, aborts with a report): ~6 minutes in CI (the build at -O0 about 2, the tests 4)."""
+    """The extension's kernel tests and the public ops on the cuda backend (marked emulated_cuda by conftest.py:
+    a session with this test runs them here only), with every load and store of the kernels checked by
+    AddressSanitizer and their alignment by UBSan (an unmasked load past a tensor, a 16-byte access off its
+    boundary, aborts with a report): ~5 minutes in CI (the build at -O0 about 2, the tests 3)."""
     try:
         asan = cuda_emulator.asan_environment()
     except RuntimeError as exc:
@@ -208,8 +210,10 @@ def test_kernels_under_address_sanitizer():
         pytest.skip(str(exc))
     env = {**os.environ, **asan, "MASKSUB_CUDA_EMULATOR": "1", "PYTHONUNBUFFERED": "1"}
     tests = Path(__file__).parent
-    command = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-x"]
-    command += [str(tests / "cuda_extension"), str(tests / "ops"), "-k", "not ops or cuda"]
+    # the tests marked emulated_cuda (tests/conftest.py), which a session with this test runs here only; every
+    # failure reported (up to 20), as the session would have
+    command = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "--maxfail=20"]
+    command += [str(tests / "cuda_extension"), str(tests / "ops"), "-m", "emulated_cuda"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1500, cwd=tests.parent)
     report = result.stdout[-6000:] + result.stderr[-6000:]
     assert result.returncode == 0, report
@@ -304,3 +308,56 @@ def test_the_emulator_contracts_as_nvcc_where_the_cpu_has_fma():
     if " fma " not in cpu_flags:
         pytest.skip("this CPU has no fma")
     assert "-ffp-contract=fast" in cuda_emulator.compile_flags() and "-mfma" in cuda_emulator.compile_flags()
+
+
+def _collected(*args: str, **env: str) -> tuple[set[str], int]:
+    """The node ids a pytest session of ``args`` would run here (--collect-only), and how many it deselected."""
+    environment = {**os.environ, "MASKSUB_CUDA_EMULATOR": "1", **env}
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, cwd=CSRC.parent, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    deselected = re.search(r"(\d+) deselected", result.stdout)
+    return {line for line in result.stdout.splitlines() if "::" in line}, int(deselected[1]) if deselected else 0
+
+
+@pytest.mark.skipif(not CUDA_EMULATED, reason="the CUDA emulator is not installed in this run")
+def test_a_session_with_the_sanitized_run_leaves_the_emulated_cuda_tests_to_it():
+    ops, asan = "tests/ops/test_token_grid_mask.py", f"tests/{ASAN_TEST}"
+    alone, deselected = _collected(ops)  # a session without the sanitized run runs every test itself
+    assert deselected == 0
+    emulated = {test for test in alone if "cuda" in test.split("::", 1)[1].lower()}
+    assert emulated and all("[cuda" in test for test in emulated)  # (this file's: the backend parameter)
+    marked, _ = _collected(ops, "-m", "emulated_cuda")
+    assert marked == emulated  # what the sanitized run selects: the cuda tests, no other
+    with_it, deselected = _collected(ops, asan)
+    assert with_it == (alone - emulated) | {asan} and deselected == len(emulated)
+
+
+def test_a_session_whose_sanitized_run_would_skip_leaves_nothing_to_it(monkeypatch):
+    # a compiler without ASan's runtime: test_kernels_under_address_sanitizer skips, so nothing is deselected for it
+    import conftest
+
+    class Item:
+        def __init__(self, nodeid, marked):
+            self.nodeid, self.marked = nodeid, marked
+
+        def get_closest_marker(self, name):
+            return (name == "emulated_cuda" and self.marked) or None
+
+    class Config:
+        class hook:
+            @staticmethod
+            def pytest_deselected(items):
+                deselected.extend(items)
+
+    def no_runtime():
+        raise RuntimeError("c++ has no libasan.so")
+
+    items = [Item(f"tests/{ASAN_TEST}", False), Item("tests/ops/test_x.py::test_y[cuda]", True)]
+    monkeypatch.setattr(conftest, "CUDA_EMULATED", True)
+    for runtime, kept in ((no_runtime, items), (lambda: {}, items[:1])):
+        deselected = []
+        monkeypatch.setattr(cuda_emulator, "asan_environment", runtime)
+        session = list(items)
+        conftest._leave_emulated_cuda_to_the_sanitized_run(Config, session)
+        assert session == kept and deselected == items[len(kept) :]
