@@ -12,7 +12,15 @@ This tool compiles each csrc/*.cu on its own, device code only (torch-free sourc
 at once as there are cores), prints one row per function and architecture, and exits 1 if any function spills (2
 if nvcc is missing or a compilation fails).
 
+``--built`` reads the extension that setup.py built instead (masksub_kernels._C, or the library named; a second):
+each function of each of its cubins (sm_80 and sm_90a by default), as ``cuobjdump -res-usage`` lists it (Triton's
+wheel ships cuobjdump: no toolkit needed). A spill is a store to the function's stack frame, so a function without
+one (``STACK:0``) spills nothing; one with a frame fails the check unread (spills or a local array, which cuobjdump
+does not tell apart: the compiling mode's ptxas account says which). The very binary the package loads, with
+setup.py's flags: what CI checks, where the extension is built anyway (the compiling mode took 83 s there).
+
     python -m tools.check_spills [--arch 90a,80] [--json out.json] [file.cu ...]
+    python -m tools.check_spills --built [path/to/_C.so] [--json out.json]
 """
 
 from __future__ import annotations
@@ -86,10 +94,10 @@ def _record(source: str, symbol: str, arch: str, kind: str) -> dict:
     }
 
 
-def demangle(records: list[dict], cuda_home: Path) -> None:
+def demangle(records: list[dict], cuda_home: Path | None) -> None:
     """Readable names, shortened: namespaces dropped, parameter lists elided. nvcc mangles as the Itanium C++ ABI,
     so the toolkit's cu++filt or binutils' c++filt both demangle; without either the mangled names stay."""
-    candidates = [cuda_home / "bin" / "cu++filt", shutil.which("c++filt")]
+    candidates = [cuda_home / "bin" / "cu++filt" if cuda_home else None, shutil.which("c++filt")]
     tool = next((Path(c) for c in candidates if c and Path(c).exists()), None)
     symbols = [record["symbol"] for record in records]
     if not symbols or tool is None:
@@ -122,6 +130,53 @@ def compile_source(source: Path, arch: str, nvcc: Path, workdir: Path) -> tuple[
     return parse_ptxas(result.stdout + result.stderr, source.name), None
 
 
+# cuobjdump -res-usage: a cubin's "arch = sm_80" and "identifier = .../csrc/x.cu", then per function its
+# " Function <symbol>:" line and "  REG:40 STACK:0 SHARED:2048 LOCAL:0 ..." below it
+_CUBIN = re.compile(
+    r"^arch = (sm_\w+)\s*$|^identifier = (.+?)\s*$|^\s*Function (\S+):\s*$|^\s*REG:(\d+) STACK:(\d+) SHARED:(\d+)"
+)
+
+
+def parse_resource_usage(text: str) -> list[dict]:
+    """One record per function and arch of ``cuobjdump -res-usage``'s listing of a library's cubins: registers,
+    static shared memory, stack frame; spill stores / loads 0 where there is no stack frame, else None (not told by
+    cuobjdump). A function listed twice for an arch (a library may hold two cubins of one source) counts once."""
+    records: dict[tuple[str, str], dict] = {}
+    arch, source, symbol = "", "", None
+    for line in text.splitlines():
+        match = _CUBIN.match(line)
+        if match is None:
+            continue
+        if match[1]:
+            arch, source = match[1], ""
+        elif match[2]:
+            source = Path(match[2]).name
+        elif match[3]:
+            symbol = match[3]
+        elif symbol is not None:
+            record = _record(source, symbol, arch, "function")
+            record["registers"], record["stack"], record["smem"] = int(match[4]), int(match[5]), int(match[6])
+            if record["stack"]:
+                record["spill_stores"] = record["spill_loads"] = None
+            records.setdefault((symbol, arch), record)
+            symbol = None
+    return list(records.values())
+
+
+def built_extension() -> Path | None:
+    """The file of the package's CUDA extension (masksub_kernels._C), or None where it is not built."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("masksub_kernels._C")
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def read_built(library: Path) -> list[dict]:
+    from .perf_model.sass import _tool
+
+    return parse_resource_usage(_tool("cuobjdump", "-res-usage", str(library)))
+
+
 def format_table(records: list[dict]) -> str:
     header = ("source", "arch", "function", "regs", "smem B", "stack B", "spill st B", "spill ld B")
     rows = [
@@ -132,8 +187,8 @@ def format_table(records: list[dict]) -> str:
             "-" if r["registers"] is None else str(r["registers"]),
             str(r["smem"]),
             str(r["stack"]),
-            str(r["spill_stores"]),
-            str(r["spill_loads"]),
+            "?" if r["spill_stores"] is None else str(r["spill_stores"]),
+            "?" if r["spill_loads"] is None else str(r["spill_loads"]),
         )
         for r in records
     ]
@@ -145,21 +200,69 @@ def format_table(records: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="90a", help="comma-separated targets as in sm_<arch> (default: 90a)")
+    parser.add_argument("--arch", help="comma-separated targets as in sm_<arch> (default: 90a)")
     parser.add_argument("--json", help="write the per-function records to this file")
+    parser.add_argument(
+        "--built", nargs="?", const="", metavar="LIBRARY", type=str,
+        help="read the built extension's cubins (default: masksub_kernels._C's file) instead of compiling",
+    )  # fmt: skip
     parser.add_argument("sources", nargs="*", type=Path, help="the .cu files (default: every csrc/*.cu)")
     args = parser.parse_args(argv)
-    archs = [arch.strip() for arch in args.arch.split(",") if arch.strip()]
-
+    if args.built is not None and (args.arch or args.sources):
+        parser.error("--built reads the arches and sources the extension was built with: no --arch, no sources")
     cuda_home = find_cuda_home()
-    if cuda_home is None:
-        print("check_spills: no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)", file=sys.stderr)
-        return 2
-    sources = args.sources or sorted(CSRC.glob("*.cu"))
-    if not sources:
-        print(f"check_spills: no .cu sources in {CSRC}", file=sys.stderr)
-        return 2
+    if args.built is not None:
+        library = Path(args.built) if args.built else built_extension()
+        if library is None or not library.is_file():
+            print(f"check_spills: no built extension at {library or 'masksub_kernels._C'}", file=sys.stderr)
+            return 2
+        try:
+            records, failures, what = read_built(library), [], library.name
+        except subprocess.CalledProcessError as exc:
+            print(f"check_spills: cuobjdump cannot read {library}: {exc.stderr.strip()}", file=sys.stderr)
+            return 2
+        if not records:
+            print(f"check_spills: cuobjdump lists no CUDA function in {library}", file=sys.stderr)
+            return 2
+    else:
+        if cuda_home is None:
+            print("check_spills: no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)", file=sys.stderr)
+            return 2
+        records, failures, what = compiled(args.sources, (args.arch or "90a").split(","), cuda_home)
+        if what is None:
+            print(f"check_spills: no .cu sources in {CSRC}", file=sys.stderr)
+            return 2
+    demangle(records, cuda_home)
+    records.sort(key=lambda r: (r["source"], r["arch"], r["name"]))
+    print(format_table(records))
 
+    spilling = [r for r in records if r["spill_stores"] != 0 or r["spill_loads"] != 0]  # (None: not told)
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=1))
+    for error in failures:
+        print(f"check_spills: compilation failed:\n{error}", file=sys.stderr)
+    for record in spilling:
+        if record["spill_stores"] is None:
+            said = (
+                f"has a {record['stack']} B stack frame (spills or a local array: python -m tools.check_spills "
+                f"csrc/{record['source']} gives ptxas' account)"
+            )
+        else:
+            said = f"spills {record['spill_stores']} B stored / {record['spill_loads']} B loaded"
+        print(f"check_spills: {record['source']} {record['arch']} {record['name']} {said}", file=sys.stderr)
+    print(f"{len(records)} functions from {what}: {len(spilling)} spilling, {len(failures)} failed compilations")
+    if failures:
+        return 2
+    return 1 if spilling else 0
+
+
+def compiled(sources: list[Path], archs: list[str], cuda_home: Path) -> tuple[list[dict], list[str], str | None]:
+    """The records of ``sources`` (default: every csrc/*.cu) compiled for ``archs``, the failed compilations, and
+    what was compiled (None: no sources)."""
+    archs = [arch.strip() for arch in archs if arch.strip()]
+    sources = sources or sorted(CSRC.glob("*.cu"))
+    if not sources:
+        return [], [], None
     records, failures = [], []
     nvcc = cuda_home / "bin" / "nvcc"
     with tempfile.TemporaryDirectory(prefix="masksub-spills-") as workdir:
@@ -171,28 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 if error:
                     failures.append(error)
                 records += found
-    demangle(records, cuda_home)
-    records.sort(key=lambda r: (r["source"], r["arch"], r["name"]))
-    print(format_table(records))
-
-    spilling = [r for r in records if r["spill_stores"] or r["spill_loads"]]
-    if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=1))
-    for error in failures:
-        print(f"check_spills: compilation failed:\n{error}", file=sys.stderr)
-    for record in spilling:
-        print(
-            f"check_spills: {record['source']} {record['arch']} {record['name']} spills "
-            f"{record['spill_stores']} B stored / {record['spill_loads']} B loaded",
-            file=sys.stderr,
-        )
-    print(
-        f"{len(records)} functions from {len(sources)} sources x {len(archs)} arch: "
-        f"{len(spilling)} spilling, {len(failures)} failed compilations"
-    )
-    if failures:
-        return 2
-    return 1 if spilling else 0
+    return records, failures, f"{len(sources)} sources x {len(archs)} arch"
 
 
 if __name__ == "__main__":
