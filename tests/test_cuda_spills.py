@@ -227,6 +227,10 @@ def test_built_mode_fails_a_function_with_a_stack_frame_and_refuses_what_it_cann
     assert check_spills.main(["--built", str(library)]) == 2
     assert "cuobjdump lists no CUDA function in" in capsys.readouterr().err
     assert check_spills.main(["--built", str(tmp_path / "missing.so")]) == 2
+    monkeypatch.setattr(check_spills, "built_extension", lambda: library)  # the package's, built from other sources
+    monkeypatch.setattr(check_spills, "_package_extension_stale", lambda: "masksub_kernels._C is stale: rebuild")
+    assert check_spills.main(["--built"]) == 2
+    assert "check_spills: masksub_kernels._C is stale: rebuild" in capsys.readouterr().err
     monkeypatch.setattr(check_spills, "built_extension", lambda: None)
     assert check_spills.main(["--built"]) == 2
     assert "no built extension at masksub_kernels._C" in capsys.readouterr().err

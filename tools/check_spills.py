@@ -171,6 +171,12 @@ def built_extension() -> Path | None:
     return Path(spec.origin) if spec is not None and spec.origin else None
 
 
+def _package_extension_stale() -> str | None:
+    from masksub_kernels import _backend
+
+    return _backend._compiled_extension_missing()  # (why it does not import, or is stale; None: current)
+
+
 def read_built(library: Path) -> list[dict]:
     from .perf_model.sass import _tool
 
@@ -215,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         library = Path(args.built) if args.built else built_extension()
         if library is None or not library.is_file():
             print(f"check_spills: no built extension at {library or 'masksub_kernels._C'}", file=sys.stderr)
+            return 2
+        stale = None if args.built else _package_extension_stale()
+        if stale is not None:  # built from other sources than csrc/'s: its cubins are not theirs
+            print(f"check_spills: {stale}", file=sys.stderr)
             return 2
         try:
             records, failures, what = read_built(library), [], library.name
