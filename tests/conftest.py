@@ -60,11 +60,17 @@ if GPU_MATH and mk.triton_interpreted():
 # at every conversion.
 # And its programs run out of index order (tools/interpreter_order.py: the last first, then from the first up), as
 # a GPU's may: a kernel that takes the largest index to run last, where it must count arrivals, fails.
+# And the integer arithmetic of every kernel is checked for overflow: the interpreter's own check of each add, sub
+# and mul narrower than 64 bits, which asserts only under its debug options ("int32 overflow detected for operation
+# mul"; index arithmetic past 2^31 that a GPU would wrap silently; tools/interpreter_speed.py computes it in NumPy).
 if mk.triton_interpreted():
+    from triton.runtime import interpreter
+
     from tools import interpreter_order, interpreter_speed
 
     interpreter_speed.install()
     interpreter_order.install()
+    interpreter.interpreter_builder.options = interpreter.InterpreterOptions(debug=True)
 
 
 def _install_cuda_emulator() -> bool:

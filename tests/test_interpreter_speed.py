@@ -396,12 +396,11 @@ def int32_arithmetic(a_ptr, b_ptr, out_ptr, N: tl.constexpr):
 @pytest.mark.parametrize("debug", [False, True])
 def test_the_overflow_check_runs_where_it_asserts_and_only_there(debug, monkeypatch):
     # int32 products past 2^31: a GPU's result wraps; the interpreter checks the overflow only under debug options
-    # (its device_assert), the patched interpreter then too, with the same message; without debug it computes the
-    # check no more (its result was thrown away) and gives the same bits
+    # (its device_assert; tests/conftest.py switches them on), the patched interpreter then too, with the same
+    # message; without debug it computes the check no more (its result was thrown away) and gives the same bits
     a = torch.tensor([3, 2**30, -7, 2**31 - 1], dtype=torch.int32)
     b = torch.tensor([5, 4, 9, 2], dtype=torch.int32)
-    if debug:
-        monkeypatch.setattr(interpreter.interpreter_builder, "options", interpreter.InterpreterOptions(debug=True))
+    monkeypatch.setattr(interpreter.interpreter_builder, "options", interpreter.InterpreterOptions(debug=debug))
 
     def run():
         out = torch.zeros(4, dtype=torch.int32)
@@ -418,14 +417,59 @@ def test_the_overflow_check_runs_where_it_asserts_and_only_there(debug, monkeypa
     else:
         wide = a.long() * b.long() + a.long() - b.long()
         assert plain.tolist() == ((wide + 2**31) % 2**32 - 2**31).tolist()  # wrapped, as on a GPU
-    assert interpreter_speed.install()
-    checks = []
-    original = interpreter_speed._installed["sanitize_overflow"]
-    monkeypatch.setitem(
-        interpreter_speed._installed, "sanitize_overflow", lambda *args: checks.append(1) or original(*args)
-    )
-    run()
-    assert len(checks) == (1 if debug else 0)  # (the first one fails under debug)
+
+
+@triton.jit
+def one_operation(a_ptr, b_ptr, out_ptr, OP: tl.constexpr, N: tl.constexpr):
+    offsets = tl.arange(0, N)
+    a = tl.load(a_ptr + offsets)
+    b = tl.load(b_ptr + offsets)
+    if OP == "add":
+        result = a + b
+    elif OP == "sub":
+        result = a - b
+    else:
+        result = a * b + 0  # (an add of the product: the check of each, in order)
+    tl.store(out_ptr + offsets, result)
+
+
+_EDGES = {
+    torch.int8: (-128, 127),
+    torch.int16: (-(2**15), 2**15 - 1),
+    torch.int32: (-(2**31), 2**31 - 1),
+    torch.uint8: (0, 255),
+    torch.uint32: (0, 2**32 - 1),
+}
+
+
+@pytest.mark.parametrize("dtype", list(_EDGES), ids=str)
+@pytest.mark.parametrize("op", ["add", "sub", "mul"])
+def test_the_overflow_check_of_each_width_asserts_as_the_interpreters(dtype, op, monkeypatch):
+    # the NumPy check against the language's, under debug options: in range, one past either end, for signed and
+    # unsigned 8 to 32 bits (a uint32 zero-extended to int64, as the language's cast does)
+    monkeypatch.setattr(interpreter.interpreter_builder, "options", interpreter.InterpreterOptions(debug=True))
+    low, high = _EDGES[dtype]
+    operands = {  # (a, b): in range, then past the top, then past the bottom (where the operation can go there)
+        "add": [(high - 3, 3), (high, 1), (low, -1 if low else 0)],
+        "sub": [(low + 3, 3), (high, -1 if low else 0), (low, 1)],
+        "mul": [(high // 2, 2), (high // 2 + 1, 2), (low // 2 - 1, 2) if low else (high, 1)],
+    }[op]
+    outcomes = []
+    for a, b in operands:
+        a_block, b_block = (torch.tensor([value, 1], dtype=dtype) for value in (a, b))
+
+        def run(a_block=a_block, b_block=b_block):
+            out = torch.zeros(2, dtype=dtype)
+            try:
+                one_operation[(1,)](a_block, b_block, out, OP=op, N=2)
+            except Exception as exc:
+                return repr(exc)
+            return out.numpy()
+
+        plain, patched, _ = _plain_and_patched(run)
+        assert _bits(patched) == _bits(plain), (a, b)
+        outcomes.append(isinstance(plain, str) and "overflow detected" in plain)
+    assert outcomes[0] is False and True in outcomes  # (the checks ran: the cases are not all in range)
 
 
 def test_the_dtype_table_answers_as_the_interpreters_own():

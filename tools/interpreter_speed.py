@@ -18,12 +18,13 @@ without changing what the kernels compute: the kernels' lines run as they did, w
   or the first such call's patch (a call's patches are never restored): half the time of a loss test with many
   blocks. Here a call within a launch patches only where its language modules are not among those already patched
   in that launch; outside a launch (a ``@jit`` function called from Python) as the interpreter does.
-- **An integer overflow check computed and thrown away.** Each add, sub and mul of integers narrower than 64 bits
+- **An integer overflow check through the language.** Each add, sub and mul of integers narrower than 64 bits
   computes its result again in int64 and compares it with the type's range (``binary_op_sanitize_overflow_impl``:
   nine more operations through the language's semantics, a quarter of a loss test's time), for a
-  ``device_assert`` that does nothing unless the interpreter's options have ``debug`` (they never do: the
-  interpreter's builder makes them with the default, False). Skipped where ``debug`` is off; computed and asserted as
-  before where a caller has switched it on.
+  ``device_assert`` that asserts only where the interpreter's options have ``debug`` (the interpreter's default is
+  False; tests/conftest.py switches it on, so that every kernel the tests run is checked for int32 overflow). Here
+  the same int64 results and range test on the operands' NumPy arrays, the same error (AssertionError "int32
+  overflow detected for operation mul"); nothing where ``debug`` is off (its result was discarded).
 - **The dtype table built at every conversion.** ``_get_np_dtype`` (the NumPy dtype of a Triton type, called for
   every cast, load and arithmetic result) builds its table of 19 types at each call; here each scalar type's answer
   is the interpreter's own, asked once and kept.
@@ -136,14 +137,28 @@ def _patch_lang(fn):
     return scope
 
 
+_EXACT = {"add": np.add, "sub": np.subtract, "mul": np.multiply}  # the checked operations, in int64
+
+
 def _sanitize_overflow(lhs, rhs, binary_op):
-    """The interpreter's semantics' ``binary_op_sanitize_overflow_impl``, only where its ``device_assert`` would
-    assert (the builder's options have ``debug``): otherwise its result is discarded (nothing else it does is seen)."""
+    """The interpreter's semantics' ``binary_op_sanitize_overflow_impl``: where its ``device_assert`` asserts (the
+    builder's options have ``debug``), the operation of the operands widened to int64 (exact for 8 to 32 bits; a
+    uint32 zero-extends, as its cast does) in the operand type's range, or AssertionError with its message; nothing
+    where it does not (its result is discarded). Any other case (another operation, width or type): its own."""
     from triton.runtime import interpreter
 
-    if not interpreter.interpreter_semantic.builder.options.debug:
+    options = interpreter.interpreter_semantic.builder.options
+    if not options.debug:
         return None
-    return _installed["sanitize_overflow"](lhs, rhs, binary_op)
+    scalar, exact = lhs.type.scalar, _EXACT.get(getattr(binary_op, "__name__", None))
+    if not (options.sanitize_overflow and exact and scalar.is_int() and scalar.int_bitwidth in (8, 16, 32)):
+        return _installed["sanitize_overflow"](lhs, rhs, binary_op)
+    if rhs.type.scalar != scalar:
+        return _installed["sanitize_overflow"](lhs, rhs, binary_op)  # (its own assertion error)
+    result = exact(lhs.handle.data.astype(np.int64), rhs.handle.data.astype(np.int64))
+    if not ((result <= scalar.get_int_max_value()) & (result >= scalar.get_int_min_value())).all():
+        raise AssertionError(f"int{scalar.int_bitwidth} overflow detected for operation {binary_op.__name__}")
+    return None
 
 
 def _get_np_dtype(tt_dtype):

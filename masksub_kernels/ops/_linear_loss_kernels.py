@@ -74,11 +74,12 @@ def _split_program(count_ptr, C, class_tiles, target_programs, BLOCK_M: tl.const
     splits, per_split = _class_splits(count, class_tiles, target_programs, tl.num_programs(1), BLOCK_M)
     # the first tile clamped to class_tiles: split * per_split * BLOCK_N is ~split C for the splits past E, which
     # wrapped int32 for C >= 2^31 / max_splits (negative columns, read and written: helper-336). Those splits begin
-    # at class_tiles BLOCK_N >= C, and their c_begin + per_split BLOCK_N (< 2^32) either stays at or past C or wraps
-    # negative: c_end <= c_begin, an empty range, either way (this form: sm_90's register allocation spills no more
-    # than before the fix; clamping the end in tiles too spilled once more in the forward's loop)
+    # at class_tiles BLOCK_N >= C, so c_end = C <= c_begin: an empty range. min(c_begin + P, C) as
+    # min(c_begin, C - P) + P, P = per_split BLOCK_N: no sum past C (c_begin + P passed 2^31 for C >= 2^30: an empty
+    # range still, but an overflow, which the interpreter's check asserts: helper-348; this form: sm_90's register
+    # allocation as before, c_begin + min(P, C - c_begin) spilled once more in the forward's loop)
     c_begin = tl.minimum(split * per_split, class_tiles) * BLOCK_N
-    c_end = tl.minimum(c_begin + per_split * BLOCK_N, C)
+    c_end = tl.minimum(c_begin, C - per_split * BLOCK_N) + per_split * BLOCK_N
     c_end = tl.where(tile * BLOCK_M < count, c_end, c_begin)
     return count, tile, split, splits, c_begin, c_end
 
@@ -489,7 +490,7 @@ def _dh_sum_kernel(
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     in_positions, counted, col_mask = positions < M, positions < count, cols < D
     # slab row of split 0: (tile E) BLOCK_M + i, tile = p // BLOCK_M, i = p % BLOCK_M; split s adds s BLOCK_M
-    first = ((positions // BLOCK_M) * splits * BLOCK_M + positions % BLOCK_M).to(tl.int64)
+    first = (positions // BLOCK_M).to(tl.int64) * splits * BLOCK_M + positions % BLOCK_M  # (past 2^31 for M >= 2^28)
     acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
     mask = counted[:, None] & col_mask[None, :]
     for split in range(0, splits):

@@ -177,10 +177,13 @@ def _tail_logits(xz_ptr, xs_ptr, w_ptr, z_ptr, s_ptr, row, stride_x, stride_w, s
     t = tl.arange(0, BLOCK_T)
     t_ok = t < C - start
     acc_z, acc_s = tl.zeros([BLOCK_T], tl.float32), tl.zeros([BLOCK_T], tl.float32)
+    # W's tail rows t: t stride_w passes 2^31 where W's rows are ~2^31 / 7 elements apart (helper-348: int32 read
+    # row 2's bytes for row 6 there), so their pointers from int64 offsets
+    w_rows = w_ptr + t.to(tl.int64)[:, None] * stride_w
     for d0 in range(0, D, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         d_ok = d < D
-        w = tl.load(w_ptr + t[:, None] * stride_w + d[None, :], mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+        w = tl.load(w_rows + d[None, :], mask=t_ok[:, None] & d_ok[None, :], other=0.0)
         w = w.to(tl.float32)
         x = tl.load(xz_ptr + row * stride_x + d, mask=d_ok, other=0.0)
         acc_z += tl.sum(w * x.to(tl.float32)[None, :], axis=1)
@@ -214,10 +217,11 @@ def _tail_products(dz_ptr, ds_ptr, w_ptr, pz_ptr, ps_ptr, tz_ptr, ts_ptr, row, r
         tl.store(ts_ptr + at, g_s, mask=t_ok)
     if DZ or DS:
         g_z, g_s = g_z.to(tl.float32), g_s.to(tl.float32)
+        w_rows = w_ptr + t.to(tl.int64)[:, None] * stride_w  # from int64 offsets, as _tail_logits' (rows far apart)
         for d0 in range(0, D, BLOCK_D):
             d = d0 + tl.arange(0, BLOCK_D)
             d_ok = d < D
-            w = tl.load(w_ptr + t[:, None] * stride_w + d[None, :], mask=t_ok[:, None] & d_ok[None, :], other=0.0)
+            w = tl.load(w_rows + d[None, :], mask=t_ok[:, None] & d_ok[None, :], other=0.0)
             w = w.to(tl.float32)
             if DZ:
                 tl.store(pz_ptr + row * stride_p + d, tl.sum(w * g_z[:, None], axis=0), mask=d_ok)

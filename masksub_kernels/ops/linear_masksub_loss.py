@@ -72,8 +72,9 @@ MAX_DW_SPLITS = 8  # row splits of the dW kernel: each costs an fp32 [C, D] accu
 # those that fill the GPU when all count): partial states of 44 bytes per row and split; unchosen ones do no tile
 MAX_COUNT_SPLITS = 8
 DH_SUM_BLOCKS = (32, 128)  # rows x depth of a _dh_sum_kernel program (4 warps: 32 fp32 sums per thread)
-# Offsets into W from this many elements up are int64 in the kernels (WIDE_W: C D >= 2^31, e.g. a 256000 x 18432
-# head, whose int32 offsets would wrap and read wrong rows); below, int32, as their register budget was tuned for
+# Offsets into W are int64 in the kernels where the tiles' would reach this (WIDE_W: about C D >= 2^31, e.g. a
+# 256000 x 18432 head, whose int32 offsets would wrap and read wrong rows); below, int32, as their register budget
+# was tuned for
 WIDE_OFFSETS = 2**31
 
 
@@ -228,6 +229,9 @@ def _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore_index, bce, 
     (rows, depth), classes = h.shape, w.shape[0]
     tops = _max_blocks(compute)
     blocks = tuple(min(top, max(16, next_power_of_2(n))) for top, n in zip(tops, (rows, classes, depth)))
+    # the largest offset into W that the tiles compute, their masked lanes past C and D included (an int32 wrap there
+    # was harmless, but an overflow: helper-348)
+    last_offset = (-(-classes // blocks[1]) * blocks[1] - 1) * w.stride(0) + -(-depth // blocks[2]) * blocks[2] - 1
     flags = {
         "HAS_SUB": hs is not None,
         "HAS_BIAS": b is not None,
@@ -239,7 +243,7 @@ def _kernel_inputs(hidden, sub_hidden, weight, bias, target, ignore_index, bce, 
         "BLOCK_M": blocks[0],
         "BLOCK_N": blocks[1],
         "BLOCK_K": blocks[2],
-        "WIDE_W": classes * w.stride(0) >= WIDE_OFFSETS,  # W's offsets in int64 (else int32: fewer registers)
+        "WIDE_W": last_offset >= WIDE_OFFSETS,  # W's offsets in int64 (else int32: fewer registers)
     }
     tensors = (h, h if hs is None else hs, w, w if b is None else b, y, order, count)
     strides = (h.stride(0), 0 if hs is None else hs.stride(0), w.stride(0), y.stride(0) if flags["DENSE"] else 1)

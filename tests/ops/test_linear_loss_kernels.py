@@ -74,16 +74,20 @@ def test_wide_weight_offsets_give_the_same_values(op_backend, monkeypatch):  # n
 
 
 def test_wide_weight_offsets_from_two_to_the_31_elements():
-    # the launcher's flag: C x W's row stride >= 2^31 (a 256000 x 18432 head), not BERT's 30522 x 768 nor a
-    # 128256 x 16384 one (2.10e9)
-    def flag(classes, depth):
-        h = torch.empty(4, depth, dtype=torch.bfloat16, device="meta")
-        w = torch.empty(classes, depth, dtype=torch.bfloat16, device="meta")
+    # the launcher's flag: the largest offset into W a tile computes, its masked lanes included ((C rounded up to
+    # BLOCK_N - 1) x W's row stride + D rounded up to BLOCK_K - 1) >= 2^31 (a 256000 x 18432 head), not BERT's
+    # 30522 x 768 nor a 128256 x 16384 one (2.10e9); 131072 x 16384's last offset is 2^31 - 1, 131073 rounds up to
+    # 131200 rows (BLOCK_N 128); 3 rows 2^28 apart (3 x 2^28 < 2^31) are a tile of 16: 15 x 2^28 (helper-348: the
+    # masked lanes' int32 offsets wrapped, harmless, but an overflow the interpreter's debug options assert)
+    def flag(classes, depth, stride=None, dtype=torch.bfloat16):
+        h = torch.empty(4, depth, dtype=dtype, device="meta")
+        w = torch.empty(classes, stride or depth, dtype=dtype, device="meta")[:, :depth]
         target = torch.zeros(4, dtype=torch.int64, device="meta")
         return lm._kernel_inputs(h, h, w, None, target, -100, False, None)[2]["WIDE_W"]
 
-    assert not flag(30522, 768) and not flag(2**31 // 16384 - 1, 16384)
-    assert flag(2**31 // 16384, 16384) and flag(256000, 18432) and not flag(128256, 16384)
+    assert not flag(30522, 768) and not flag(2**31 // 16384, 16384) and not flag(128256, 16384)
+    assert flag(2**31 // 16384 + 1, 16384) and flag(256000, 18432)
+    assert flag(3, 16, 2**28, torch.float32) and not flag(3, 16, 2**31 // 16 - 1, torch.float32)
 
 
 def test_weight_rows_past_two_to_the_31_elements_are_read(op_backend):  # noqa: F811
@@ -243,3 +247,22 @@ def test_combining_splits_skips_one_without_teacher_mass():
     both = kernels.combine_states(part, bce=False, has_sub=True, temperature=2.0, classes=4)
     alone = kernels.combine_states(part[:, 1:], bce=False, has_sub=True, temperature=2.0, classes=4)
     assert bool(torch.isfinite(both[SUB]).all()) and torch.equal(both[SUB], alone[SUB])
+
+
+def test_masked_lanes_of_a_tile_past_two_to_the_31_elements_take_int64_offsets():
+    # helper-348: 3 rows of W 2^28 elements apart (3 x 2^28 < 2^31: WIDE_W was off), a tile of BLOCK_N = 16 columns:
+    # the masked columns' int32 offsets (up to 15 x 2^28) wrapped. Harmless (masked), but an overflow, which the
+    # interpreter's check (tests/conftest.py: debug options) asserts; WIDE_W now counts the tile's padded extent
+    if "triton" not in mk.available_backends():
+        pytest.skip("needs the Triton backend")
+    depth, classes, step = 16, 3, 2**28
+    storage = torch.empty((classes - 1) * step + depth, dtype=torch.float32, device=DEVICE)  # 2 GiB, untouched pages
+    w = storage.as_strided((classes, depth), (step, 1))
+    gen = torch.Generator().manual_seed(0)
+    w.copy_(torch.randn(classes, depth, generator=gen))
+    h, hs = (torch.randn(8, depth, generator=gen).to(DEVICE) for _ in range(2))
+    target = torch.arange(8, device=DEVICE) % classes
+    with mk.use_backend("triton"):
+        got = mk.linear_masksub_loss(h, hs, w, None, target, reduction="none")
+        expected = mk.linear_masksub_loss(h, hs, w.contiguous(), None, target, reduction="none")
+    assert torch.equal(got.loss, expected.loss)

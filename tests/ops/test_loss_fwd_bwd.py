@@ -446,3 +446,35 @@ def test_kept_rows_are_the_shorter_buffers():
     prepared = fused.prepare_tail(fused.ClassTail(24, w[24:], x[:4], x[4:], (None, None), kept), z, s, *g, (z, s),
                                   torch.zeros(1, device=DEVICE))  # fmt: skip
     assert prepared.kept_rows == 6
+
+
+def test_class_tail_weight_rows_past_two_to_the_31_elements():
+    # helper-348: _tail_logits' and _tail_products' `w_ptr + t[:, None] * stride_w` were int32: the chunk path's
+    # class tail (the C % 8 classes past the 8-aligned head: _linear_loss_chunks' _chunk_tail; the eager backward,
+    # probabilities) read W[head + t] there, which the tile kernels' WIDE_W does not cover. C = 15: tail rows t = 0..6,
+    # W's rows ceil(2^31 / 6) elements apart: 6 x that = 2^31 + 4 wrapped to -2147483644, and row 6 was read from
+    # row 2's bytes (allocated: wrong values, no fault; dH, dHs, dW off by up to 0.6-1.8). Now the same bits as a
+    # contiguous W (the interpreter's overflow check, tests/conftest.py, asserted there too)
+    import masksub_kernels as mk
+
+    depth, classes, step = 16, 15, -(-(2**31) // 6)
+    try:
+        storage = torch.empty((classes - 1) * step + depth, dtype=torch.bfloat16, device=DEVICE)  # 10 GiB, untouched
+    except (RuntimeError, MemoryError):
+        pytest.skip("no 10 GiB of address space for the storage")
+    w = storage.as_strided((classes, depth), (step, 1))
+    gen = torch.Generator().manual_seed(0)
+    w.copy_(torch.randn(classes, depth, generator=gen).to(torch.bfloat16))
+    h, hs = (torch.randn(8, depth, generator=gen).to(torch.bfloat16).to(DEVICE) for _ in range(2))
+    target = torch.softmax(torch.randn(8, classes, generator=gen), 1).to(DEVICE)
+
+    def run(weight):
+        inputs = [t.detach().clone().requires_grad_(True) for t in (h, hs)]
+        leaf = weight.detach().requires_grad_(True)
+        out = mk.linear_masksub_loss(inputs[0], inputs[1], leaf, None, target, reduction="none")
+        (out.loss * torch.linspace(0.5, 1.5, 8, device=DEVICE)).sum().backward()
+        return [out.loss, inputs[0].grad, inputs[1].grad, leaf.grad]
+
+    with mk.use_backend("triton"):
+        for got, expected in zip(run(w), run(w.contiguous())):
+            assert torch.equal(got, expected)
