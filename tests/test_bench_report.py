@@ -113,3 +113,17 @@ def test_the_host_time_note_is_there_where_any_row_has_a_host_time():
     table = report.markdown_table(_run(records))
     assert "host ms (GPU runs): the median CPU time for the call to return" in table
     assert _cells(table, "official")["host ms"] == "0.500" and _cells(table, "plain", "| model |")["host ms"] == "-"
+
+
+def test_report_only_refuses_a_time_of_zero_in_words(tmp_path, capsys):
+    # helper-349's edge case: a hand-edited run with median_ms 0 divided by zero in the table (a traceback from
+    # --report-only); refused as the other malformed runs are, nothing written
+    from masksub_kernels.bench import cli
+
+    rows = [{**ROW, "provider": provider, "median_ms": 0.0} for provider in ("official", "masksub[triton]")]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(_run(rows)))
+    assert cli.main(["--report-only", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a benchmark run's JSON: its records do not make the table (a time of 0: " in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]

@@ -214,8 +214,9 @@ def load_run(path: Path) -> dict:
     try:
         report.older_step_modes(run)  # older runs: the train suite's steps recorded as 'forward'
         report.markdown_table(run)  # every key the table reads
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a figure of the wrong kind, a missing field
-        what = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as exc:
+        # a figure of the wrong kind, a missing field, a time of 0 (no run records one: helper-349)
+        what = {KeyError: f"no field {exc}", ZeroDivisionError: f"a time of 0: {exc}"}.get(type(exc), str(exc))
         raise ValueError(f"{path} is not a benchmark run's JSON: its records do not make the table ({what})") from None
     return run
 
