@@ -173,6 +173,9 @@ def test_short_keeps_60_characters_of_the_name_and_only_drops_a_leading_void():
     assert ncu.short(long) == long[:60]
     assert ncu.short(f"void {long}(float*)") == long[:60]
     assert ncu.short("void k<void fn, 4>(int)") == "k<void fn>"
+    # helper-349's edge case: an anonymous namespace's parentheses read as a parameter list cut the name
+    named = "void at::native::(anonymous namespace)::fused_dropout_kernel<float, float, 4>(at::TensorInfo<float>)"
+    assert ncu.short(named) == "at::native::{anon}::fused_dropout_kernel<float>"
 
 
 # kills predicted_loss_kernels(): the one launch of both modelled as `sum` of their times -> `max`, its bytes as the

@@ -158,8 +158,9 @@ def summary(row: dict[str, str]) -> dict:
 def short(name: str) -> str:
     """A kernel's name without its parameters and with its first template argument only, shortened (cuBLAS's names
     run to hundreds of characters; the first argument says which GEMM kernel ran: ``cutlass::Kernel2<cutlass_80_
-    tensorop_bf16_s16816gemm_...>`` is an sm80 kernel). The Triton kernels' names have neither."""
-    name = re.sub(r"^void ", "", name)
+    tensorop_bf16_s16816gemm_...>`` is an sm80 kernel). The Triton kernels' names have neither. An anonymous
+    namespace is named {anon} (its parentheses are no parameter list: helper-349)."""
+    name = re.sub(r"^void ", "", name).replace("(anonymous namespace)", "{anon}")
     depth, kept = 0, []
     for ch in name:
         depth += ch in "<("
