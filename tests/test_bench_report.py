@@ -127,3 +127,17 @@ def test_report_only_refuses_a_time_of_zero_in_words(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is not a benchmark run's JSON: its records do not make the table (a time of 0: " in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+
+
+def test_the_header_names_the_commit_of_a_run_without_a_version():
+    # helper-349's edge case: a run with a commit but no masksub_kernels version lost its commit from the header
+    rows = [{**ROW, "provider": "official", "median_ms": 1.0}]
+    for env, cell in (
+        ({"commit": "abc1234"}, "masksub_kernels (abc1234) | "),
+        ({"masksub_kernels": "0.4.0", "commit": "abc1234"}, "masksub_kernels 0.4.0 (abc1234) | "),
+        ({"masksub_kernels": "0.4.0"}, "masksub_kernels 0.4.0 | "),
+    ):
+        run = _run(rows)
+        run["environment"].update(env)
+        assert cell in report.markdown_table(run)
+    assert "masksub_kernels" not in report.markdown_table(_run(rows))

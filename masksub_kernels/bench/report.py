@@ -213,10 +213,10 @@ def markdown_table(run: dict) -> str:
     bytes, and on the bytes the design moves where they differ), speed-up vs the official style measured in the
     same run; the model's prediction beside where a model file was found."""
     env = run["environment"]
-    code = f"masksub_kernels {env['masksub_kernels']} | " if env.get("masksub_kernels") else ""  # older runs: none
+    # the library's version and commit, each where the run has it (older runs: neither, or a commit alone)
+    named = " ".join(filter(None, (env.get("masksub_kernels"), f"({env['commit']})" if env.get("commit") else "")))
+    code = f"masksub_kernels {named} | " if named else ""
     spread = f"; p20-p80 {copy_range(run['copy_gbps_range'])}" if run.get("copy_gbps_range") else ""
-    if env.get("commit"):
-        code = code.replace(" | ", f" ({env['commit']}) | ")
     # cases with a cap of their own (whole training steps: 10) time fewer repeats than the run's: each record says
     fewer = defaultdict(set)
     for r in run["records"]:
