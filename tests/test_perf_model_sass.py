@@ -392,3 +392,24 @@ def test_occupancy_of_a_small_block_is_the_cards_block_limit():
     card = Card("T", sms=4, clock_ghz=1.0, copy_tbps=1.0)
     occ = occupancy(card, sass.Function("k", [], 16, 0, 0, 0, []), 1, 0, 80)
     assert (occ.resident_blocks, occ.limiter) == (32, "blocks")
+
+
+def test_the_csrc_kernels_are_read_from_the_built_extension_where_it_is_current(monkeypatch, tmp_path):
+    # tools/perf_model/csrc.py built_cubins: the built _C's sm_90a cubin of each csrc/*.cu (setup.py's own compile,
+    # the code it runs; the same SASS as the model's nvcc compile on 2026-12-08), else None and the model compiles
+    from tools import check_spills
+    from tools.perf_model import csrc
+
+    if check_spills.built_extension() is None or check_spills._package_extension_stale() is not None:
+        pytest.skip("the CUDA extension is not built from these sources")
+    cubins = csrc.built_cubins(tmp_path)
+    sources = sorted(check_spills.CSRC.glob("*.cu"))
+    assert [c.name for c in cubins] == [f"{s.stem}.sm_90a.cubin" for s in sources]
+    assert sorted(p.name for p in cubins[0].parent.iterdir()) == [c.name for c in cubins]  # (sm_80's not kept)
+    names = {name for c in cubins for name in sass.read_resources(c)}  # (mangled)
+    assert any("select_tokens_kernel" in n for n in names) and any("loss_forward_kernel" in n for n in names)
+    assert csrc.built_cubins(tmp_path) == cubins  # from the cache
+    monkeypatch.setattr(check_spills, "_package_extension_stale", lambda: "stale")
+    assert csrc.built_cubins(tmp_path) is None
+    monkeypatch.setattr(check_spills, "built_extension", lambda: None)
+    assert csrc.built_cubins(tmp_path) is None

@@ -1,11 +1,14 @@
-"""The CUDA extension's kernels (csrc/) in the model: compiled for sm_90a with nvcc as setup.py builds them, their
-SASS read with sass.py, their launches recorded from csrc's own launchers (csrc_launches.py), predicted with the
-same model.py as the Triton kernels, and compared per op with the Triton rows.
+"""The CUDA extension's kernels (csrc/) in the model: their sm_90a code (the built extension's, or compiled as
+setup.py builds it), their SASS read with sass.py, their launches recorded from csrc's own launchers
+(csrc_launches.py), predicted with the same model.py as the Triton kernels, and compared per op with the Triton rows.
 
-Each csrc/*.cu compiles on its own to a cubin (``nvcc -cubin -arch=sm_90a`` with tools/check_spills.py's flags,
-which are setup.py's plus those torch's BuildExtension adds; ~10 s for all, cached under build/perf_model/csrc/ by a
-hash of csrc/ and the flags). A launch finds its function in the cubin by name: the recorder's spelling of the
-instantiation and the demangled symbol, both normalised (csrc_launches.normalise).
+Each csrc/*.cu has a cubin: the built extension's (masksub_kernels._C, where it is current with csrc/ and holds
+sm_90a: extracted with cuobjdump, the very code it runs, as setup.py built it; their SASS was the same as compiled on
+2026-12-08), else its own compile (``nvcc -cubin -arch=sm_90a`` with tools/check_spills.py's flags, which are
+setup.py's plus those torch's BuildExtension adds; ~60 s for all on 2 cores). Either is cached under
+build/perf_model/csrc/ (by a hash of the library, or of csrc/ and the flags). A launch finds its function in the
+cubin by name: the recorder's spelling of the instantiation and the demangled symbol, both normalised
+(csrc_launches.normalise).
 
 Limits, stated where the numbers are used: a loop body's branches are counted as if every path ran (sass.py), which
 for csrc's loss kernels (one instance per variant: CE / BCE, target kind, sub term, T = 1) leaves the dense targets'
@@ -21,6 +24,7 @@ import math
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +33,7 @@ from ..cuda_home import find_cuda_home
 from .csrc_launches import CACHE, ELEMENT_BYTES, CsrcLaunch, normalise, record
 from .hardware import Card
 from .model import KernelPrediction, OpPrediction, predict_kernel
-from .sass import Function, read_cubin
+from .sass import BIN, Function, read_cubin
 from .workloads import MASK_RATIO, Case
 
 ARCH = "90a"
@@ -78,8 +82,35 @@ def missing() -> str | None:
     return None
 
 
+def built_cubins(cache: Path = CACHE) -> list[Path] | None:
+    """The built extension's sm_90a cubin of each csrc/*.cu, or None where there is none to read (not built, stale,
+    built without sm_90a)."""
+    library = check_spills.built_extension()
+    if library is None or check_spills._package_extension_stale() is not None:
+        return None
+    folder = cache / f"built-{hashlib.sha256(library.read_bytes()).hexdigest()[:16]}"
+    if not folder.is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cache))  # then renamed: another process may read the cache
+        command = [str(BIN / "cuobjdump"), "-xelf", "all", str(library)]
+        subprocess.run(command, cwd=staging, check=True, capture_output=True)
+        for other in staging.glob("*.cubin"):
+            if not other.name.endswith(f".sm_{ARCH}.cubin"):
+                other.unlink()  # (the other archs' cubins: not modelled)
+        try:
+            staging.rename(folder)
+        except OSError:  # another process extracted it first
+            shutil.rmtree(staging)
+    cubins = [folder / f"{source.stem}.sm_{ARCH}.cubin" for source in sorted(check_spills.CSRC.glob("*.cu"))]
+    return cubins if all(cubin.is_file() for cubin in cubins) else None
+
+
 def compile_cubins(cache: Path = CACHE) -> list[Path]:
-    """One sm_90a cubin per csrc/*.cu (cached by the sources' and flags' hash)."""
+    """One sm_90a cubin per csrc/*.cu: the built extension's where current (built_cubins), else compiled (cached by
+    the sources' and flags' hash)."""
+    built = built_cubins(cache)
+    if built is not None:
+        return built
     home = find_cuda_home()
     if home is None:
         raise RuntimeError("no CUDA toolkit (nvcc) found: the csrc kernels cannot be compiled")
