@@ -119,7 +119,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.gpu_math)
         if CUDA_EMULATED and _runs_emulated_cuda(item):
             item.add_marker(pytest.mark.emulated_cuda)
-    _leave_emulated_cuda_to_the_sanitized_run(config, items)
     if GPU_MATH and DEVICE.type == "cuda":
         for item in items:
             item.add_marker(pytest.mark.skip("MASKSUB_GPU_MATH=1 emulates a GPU's arithmetic; this run has a GPU"))
@@ -134,9 +133,16 @@ def pytest_collection_modifyitems(config, items):
 # whose name -- the function, its class, its parameters -- says cuda) are what the AddressSanitizer test runs in a
 # process of its own, on a sanitized build of the same sources (tests/test_cuda_emulator.py,
 # test_kernels_under_address_sanitizer: every load and store of the kernels checked). Where that test is in the
-# session and can run, they run there only, not a second time unsanitized (in `make test`, ~130 s of CPU less).
-# A session without it (a file or a folder of tests, a machine without ASan's runtime) runs them as they are.
+# session (after -m / -k / --deselect: this hook runs last) and can run, those of the integer kernels (token
+# selection, grid masks) run there only, not a second time unsanitized. The loss kernels' (the loss files of
+# GPU_MATH_FILES, tests/cuda_extension/test_cuda_loss*.py) run in both: the sanitized build is -O0, which forms no
+# fma, where the session's -O2 build contracts a * b + c as nvcc does (helper-350). A session without the sanitized
+# run (a file or a folder of tests, a machine without ASan's runtime) runs them all itself.
 ASAN_TEST = "test_cuda_emulator.py::test_kernels_under_address_sanitizer"
+
+
+def _float_arithmetic(item) -> bool:
+    return item.path.name in GPU_MATH_FILES or item.path.name.startswith("test_cuda_loss")
 
 
 def _runs_emulated_cuda(item) -> bool:
@@ -144,6 +150,12 @@ def _runs_emulated_cuda(item) -> bool:
     if item.path.is_relative_to(tests / "cuda_extension"):
         return True
     return item.path.is_relative_to(tests / "ops") and "cuda" in item.nodeid.split("::", 1)[1].lower()
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
+def pytest_collection_modifyitems_last(config, items) -> None:
+    """After pytest's own -m / -k / --deselect (a hook that runs last; the name must start with pytest_)."""
+    _leave_emulated_cuda_to_the_sanitized_run(config, items)
 
 
 def _leave_emulated_cuda_to_the_sanitized_run(config, items) -> None:
@@ -155,10 +167,10 @@ def _leave_emulated_cuda_to_the_sanitized_run(config, items) -> None:
         cuda_emulator.asan_environment()  # the compiler has ASan's runtime: the sanitized run will not skip
     except RuntimeError:
         return
-    covered = [item for item in items if item.get_closest_marker("emulated_cuda") is not None]
+    covered = {id(item) for item in items if item.get_closest_marker("emulated_cuda") and not _float_arithmetic(item)}
     if covered:
-        config.hook.pytest_deselected(items=covered)
-        items[:] = [item for item in items if item.get_closest_marker("emulated_cuda") is None]
+        config.hook.pytest_deselected(items=[item for item in items if id(item) in covered])
+        items[:] = [item for item in items if id(item) not in covered]
 
 
 # The seed of torch's global generators at the start of every test (MASKSUB_TEST_SEED, default 0): what a test

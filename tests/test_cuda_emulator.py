@@ -331,6 +331,14 @@ def test_a_session_with_the_sanitized_run_leaves_the_emulated_cuda_tests_to_it()
     assert marked == emulated  # what the sanitized run selects: the cuda tests, no other
     with_it, deselected = _collected(ops, asan)
     assert with_it == (alone - emulated) | {asan} and deselected == len(emulated)
+    # a filter that leaves the sanitized run out (a quick run: -m "not slow") leaves them in (helper-350: the
+    # deselection ran before pytest's -m and dropped them from both); a loss file's stay in either (fma: -O0 has none)
+    quick, deselected = _collected(ops, asan, "-m", "not slow")
+    assert quick == alone and deselected == 1
+    loss = "tests/cuda_extension/test_cuda_loss_split.py"
+    loss_alone, _ = _collected(loss)
+    loss_with_it, deselected = _collected(loss, asan)
+    assert loss_alone and loss_with_it == loss_alone | {asan} and deselected == 0
 
 
 def test_a_session_whose_sanitized_run_would_skip_leaves_nothing_to_it(monkeypatch):
@@ -339,7 +347,7 @@ def test_a_session_whose_sanitized_run_would_skip_leaves_nothing_to_it(monkeypat
 
     class Item:
         def __init__(self, nodeid, marked):
-            self.nodeid, self.marked = nodeid, marked
+            self.nodeid, self.marked, self.path = nodeid, marked, Path(nodeid.split("::")[0])
 
         def get_closest_marker(self, name):
             return (name == "emulated_cuda" and self.marked) or None

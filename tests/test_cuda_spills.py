@@ -199,6 +199,8 @@ Resource usage:
   REG:30 STACK:0 SHARED:0 LOCAL:0 CONSTANT[0]:360 TEXTURE:0 SURFACE:0 SAMPLER:0
  Function _Z4fastPf:
   REG:99 STACK:0 SHARED:0 LOCAL:0 CONSTANT[0]:360 TEXTURE:0 SURFACE:0 SAMPLER:0
+ Function _Z5localPf:
+  REG:20 STACK:0 SHARED:0 LOCAL:16 CONSTANT[0]:360 TEXTURE:0 SURFACE:0 SAMPLER:0
 """
 
 
@@ -208,9 +210,11 @@ def test_parse_resource_usage_records_each_function_per_arch_and_source():
     assert rows == [
         ("a.cu", "sm_80", "_Z4fastPf", 28, 5312, 0),
         ("a.cu", "sm_80", "_Z4slowPf", 32, 0, 824),
-        ("b.cu", "sm_90a", "_Z4fastPf", 30, 0, 0),  # listed twice for one arch: counted once, the first
+        ("b.cu", "sm_90a", "_Z4fastPf", 30, 0, 0),  # listed twice for one source and arch: counted once, the first
+        ("b.cu", "sm_90a", "_Z5localPf", 20, 0, 0),
     ]
-    assert [(r["spill_stores"], r["spill_loads"]) for r in records] == [(0, 0), (None, None), (0, 0)]
+    spills = [(r["spill_stores"], r["spill_loads"]) for r in records]
+    assert spills == [(0, 0), (None, None), (0, 0), (None, None)]  # a stack frame or local memory: not told
 
 
 def test_built_mode_fails_a_function_with_a_stack_frame_and_refuses_what_it_cannot_read(monkeypatch, tmp_path, capsys):
@@ -221,8 +225,9 @@ def test_built_mode_fails_a_function_with_a_stack_frame_and_refuses_what_it_cann
     monkeypatch.setattr(check_spills, "read_built", lambda path: check_spills.parse_resource_usage(RESOURCE_USAGE))
     assert check_spills.main(["--built", str(library)]) == 1
     out, err = capsys.readouterr()
-    assert "a.cu sm_80 _Z4slowPf has a 824 B stack frame (spills or a local array" in err
-    assert "_Z4fastPf" not in err and "3 functions from _C.so: 1 spilling" in out
+    assert "a.cu sm_80 _Z4slowPf has a 824 B stack frame, 0 B of local memory (spills or a local array" in err
+    assert "b.cu sm_90a _Z5localPf has a 0 B stack frame, 16 B of local memory" in err
+    assert "_Z4fastPf" not in err and "4 functions from _C.so: 2 spilling" in out
     monkeypatch.setattr(check_spills, "read_built", lambda path: [])
     assert check_spills.main(["--built", str(library)]) == 2
     assert "cuobjdump lists no CUDA function in" in capsys.readouterr().err

@@ -472,6 +472,21 @@ def test_the_overflow_check_of_each_width_asserts_as_the_interpreters(dtype, op,
     assert outcomes[0] is False and True in outcomes  # (the checks ran: the cases are not all in range)
 
 
+def test_debug_options_without_the_overflow_check_check_nothing(monkeypatch):
+    # helper-350: debug on, sanitize_overflow off: the language computes no check (the patched one must not either)
+    options = interpreter.InterpreterOptions(debug=True, sanitize_overflow=False)
+    monkeypatch.setattr(interpreter.interpreter_builder, "options", options)
+    a, b = torch.tensor([2**31 - 1, 1], dtype=torch.int32), torch.tensor([2, 1], dtype=torch.int32)
+
+    def run():
+        out = torch.zeros(2, dtype=torch.int32)
+        one_operation[(1,)](a, b, out, OP="mul", N=2)
+        return out.numpy()
+
+    plain, patched, _ = _plain_and_patched(run)
+    assert _bits(patched) == _bits(plain) and plain.tolist() == [-2, 1]  # wrapped, no error
+
+
 def test_the_dtype_table_answers_as_the_interpreters_own():
     was_installed = bool(interpreter_speed._installed)
     assert interpreter_speed.install()

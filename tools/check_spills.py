@@ -133,15 +133,16 @@ def compile_source(source: Path, arch: str, nvcc: Path, workdir: Path) -> tuple[
 # cuobjdump -res-usage: a cubin's "arch = sm_80" and "identifier = .../csrc/x.cu", then per function its
 # " Function <symbol>:" line and "  REG:40 STACK:0 SHARED:2048 LOCAL:0 ..." below it
 _CUBIN = re.compile(
-    r"^arch = (sm_\w+)\s*$|^identifier = (.+?)\s*$|^\s*Function (\S+):\s*$|^\s*REG:(\d+) STACK:(\d+) SHARED:(\d+)"
+    r"^arch = (sm_\w+)\s*$|^identifier = (.+?)\s*$|^\s*Function (\S+):\s*$"
+    r"|^\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)"
 )
 
 
 def parse_resource_usage(text: str) -> list[dict]:
     """One record per function and arch of ``cuobjdump -res-usage``'s listing of a library's cubins: registers,
-    static shared memory, stack frame; spill stores / loads 0 where there is no stack frame, else None (not told by
-    cuobjdump). A function listed twice for an arch (a library may hold two cubins of one source) counts once."""
-    records: dict[tuple[str, str], dict] = {}
+    static shared memory, stack frame, local memory; spill stores / loads 0 where there is neither stack frame nor
+    local memory, else None (not told by cuobjdump). A function listed twice for a source and arch counts once."""
+    records: dict[tuple[str, str, str], dict] = {}
     arch, source, symbol = "", "", None
     for line in text.splitlines():
         match = _CUBIN.match(line)
@@ -156,9 +157,10 @@ def parse_resource_usage(text: str) -> list[dict]:
         elif symbol is not None:
             record = _record(source, symbol, arch, "function")
             record["registers"], record["stack"], record["smem"] = int(match[4]), int(match[5]), int(match[6])
-            if record["stack"]:
+            record["local"] = int(match[7])
+            if record["stack"] or record["local"]:
                 record["spill_stores"] = record["spill_loads"] = None
-            records.setdefault((symbol, arch), record)
+            records.setdefault((source, symbol, arch), record)
             symbol = None
     return list(records.values())
 
@@ -254,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     for record in spilling:
         if record["spill_stores"] is None:
             said = (
-                f"has a {record['stack']} B stack frame (spills or a local array: python -m tools.check_spills "
-                f"csrc/{record['source']} gives ptxas' account)"
+                f"has a {record['stack']} B stack frame, {record.get('local', 0)} B of local memory (spills or a "
+                f"local array: python -m tools.check_spills csrc/{record['source']} gives ptxas' account)"
             )
         else:
             said = f"spills {record['spill_stores']} B stored / {record['spill_loads']} B loaded"

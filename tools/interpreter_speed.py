@@ -142,8 +142,9 @@ _EXACT = {"add": np.add, "sub": np.subtract, "mul": np.multiply}  # the checked 
 
 def _sanitize_overflow(lhs, rhs, binary_op):
     """The interpreter's semantics' ``binary_op_sanitize_overflow_impl``: where its ``device_assert`` asserts (the
-    builder's options have ``debug``), the operation of the operands widened to int64 (exact for 8 to 32 bits; a
-    uint32 zero-extends, as its cast does) in the operand type's range, or AssertionError with its message; nothing
+    builder's options have ``debug``), the operation of the operands widened to int64 (exact below 32 bits; a
+    uint32 zero-extends, as its cast does, and a uint32 product past 2^63 wraps negative as the language's does: an
+    overflow either way) in the operand type's range, or AssertionError with its message; nothing
     where it does not (its result is discarded). Any other case (another operation, width or type): its own."""
     from triton.runtime import interpreter
 
